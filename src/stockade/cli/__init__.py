@@ -1,0 +1,86 @@
+"""The `stockade` command line: a thin shell that parses, calls the library, renders.
+
+Subcommands live in their own modules and are imported only when invoked, so
+`stockade run` pays for nothing it does not use (start-up time is a feature).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["main", "cli"]
+
+# command name -> (module under stockade.cli, attribute, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("run", "run", "Run a WebAssembly module in a sandbox."),
+    "compile": ("compile", "compile_", "Compile a module ahead of time to a .cwasm file."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module = importlib.import_module(f"{__name__}.{entry[0]}")
+        command: click.Command = getattr(module, entry[1])
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("stockade")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stockade", prog_name="stockade", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Stockade runs untrusted WebAssembly under limits that hold, and shows what it did.
+
+    \b
+    Quick start:
+      stockade run hello.wasm -- world          run a module, guest output passed through
+      stockade run --profile strict --json m.wasm   one JSON result object
+      stockade compile m.wasm -o m.cwasm         ahead-of-time compile
+
+    Exit codes: the guest's own code when it exits; 124 CPU/time limit; 125 usage or
+    configuration error; 126 module cannot run or is denied; 127 module not found;
+    134 trap; 137 memory limit; 153 output, disk, file, descriptor or host-call quota.
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console entry point: usage errors exit 125 (not click's 2), never a traceback."""
+    from ..errors import StockadeError
+
+    try:
+        return cli.main(args=argv, prog_name="stockade", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("stockade: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(125)
+    except StockadeError as exc:
+        click.echo(f"stockade: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("stockade: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,87 @@
+"""`stockade run`: run one module under a policy; guest output passed through."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import StockadeError
+from ..result import Outcome, Result
+from .options import build_invocation, build_policy
+
+__all__ = ["run"]
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("module", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--profile", type=click.Choice(["strict", "default", "permissive"]),
+              help="Starting limits (default: default).")
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Limits and capabilities from a TOML file; flags override it.")
+@click.option("--fuel", help="Instruction budget (wasmtime fuel), or 'unlimited'.")
+@click.option("--timeout", help="Wall-clock limit, e.g. 500ms, 2s, 1m.")
+@click.option("--max-memory", help="Linear memory limit, e.g. 16MiB.")
+@click.option("--max-output", help="Cap on captured stdout+stderr, e.g. 1MiB.")
+@click.option("--dir", "dirs", multiple=True, metavar="HOST[:GUEST][:ro|:rw]",
+              help="Preopen a directory; read-only unless :rw. Repeatable.")
+@click.option("--disk-quota", help="Cap on bytes written in writable dirs, e.g. 64MiB.")
+@click.option("--max-files", help="Cap on new files and directories in writable dirs.")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
+@click.option("--env-allow", "env_allow", multiple=True, metavar="KEY",
+              help="Pass one host variable through (nothing else is).")
+@click.option("--stdin", "stdin", metavar="FILE|-", help="Guest standard input (default: empty).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
+def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
+        fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
+        dirs: tuple[str, ...], disk_quota: str | None, max_files: str | None,
+        env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
+        as_json: bool) -> None:
+    """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
+
+    \b
+    Examples:
+      stockade run hello.wasm -- world
+      stockade run --profile strict --timeout 2s --max-memory 16MiB app.wasm
+      stockade run --dir ./data:/data --dir ./out:/out:rw --disk-quota 10MiB app.wasm
+      stockade run --json python.wasm -- -c "print(6*7)"
+
+    Exits with the guest's own code, or 124 (time/fuel), 125 (usage), 126 (cannot run or
+    denied import), 127 (not found), 134 (trap), 137 (memory), 153 (quota).
+    """
+    limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
+              "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files}
+    try:
+        policy = build_policy(profile, policy_file, limits, dirs, env, env_allow)
+        invocation = build_invocation(args, stdin)
+        from ..sandbox import Sandbox
+
+        result = Sandbox(policy).run(module, invocation)
+    except StockadeError as exc:
+        if as_json:
+            error = {"module": module.name, "outcome": "error", "exit_code": exc.exit_code,
+                     "message": exc.message}
+            click.echo(json.dumps(error))
+        raise
+    render(result, as_json)
+    sys.exit(result.exit_code)
+
+
+def render(result: Result, as_json: bool) -> None:
+    """Print the result: JSON, or guest output plus a summary line when a limit hit."""
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        sys.stdout.flush()
+        return
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    if result.outcome is not Outcome.EXITED:
+        truncated = " (output truncated)" if result.stdout_truncated or result.stderr_truncated \
+            else ""
+        sys.stderr.write(f"stockade: {result.outcome.value}: {result.message}{truncated} "
+                         f"[exit {result.exit_code}, {result.usage.wall_ms:.0f} ms]\n")
+    sys.stderr.flush()

@@ -1,0 +1,69 @@
+"""`EngineConfig`: the wasmtime settings that change generated code, and their fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import wasmtime
+
+    from ..policy import Limits
+
+__all__ = ["EngineConfig", "wasmtime_version"]
+
+
+def wasmtime_version() -> str:
+    """The installed wasmtime-py version (part of every cache key)."""
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings that make compiled code differ; one wasmtime Engine exists per distinct value.
+
+    `fuel` instruments code with an instruction budget, `epochs` with deadline checks;
+    `max_stack` is the wasm stack in bytes; `strategy` is `cranelift` or `pulley`
+    (wasmtime's portable interpreter).
+    """
+
+    fuel: bool = True
+    epochs: bool = True
+    max_stack: int = 1024 * 1024
+    strategy: str = "cranelift"
+
+    @classmethod
+    def for_limits(cls, limits: Limits) -> EngineConfig:
+        """The configuration a policy's limits need: fuel only when a budget is set."""
+        return cls(fuel=limits.fuel is not None, epochs=True, max_stack=limits.max_stack)
+
+    def fingerprint(self) -> str:
+        """A short digest of this configuration and the wasmtime version (AoT cache key)."""
+        text = f"wasmtime={wasmtime_version()};{self!r}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """Human form, e.g. 'cranelift, fuel, epochs, stack 1MiB'."""
+        parts = [self.strategy]
+        parts += [name for name, on in (("fuel", self.fuel), ("epochs", self.epochs)) if on]
+        parts.append(f"stack {self.max_stack // 1024}KiB")
+        return ", ".join(parts)
+
+    def to_wasmtime(self) -> wasmtime.Config:
+        """Build the wasmtime `Config`."""
+        import wasmtime
+
+        config = wasmtime.Config()
+        config.consume_fuel = self.fuel
+        config.epoch_interruption = self.epochs
+        config.max_wasm_stack = self.max_stack
+        if self.strategy == "pulley":
+            config.target = "pulley64"
+        elif self.strategy != "cranelift":
+            raise ValueError(f"unknown strategy {self.strategy!r}")
+        # Threads and shared memory are refused anyway (wasi-threads is not provided).
+        config.wasm_threads = False
+        return config

@@ -1,0 +1,121 @@
+"""`Engine`: one wasmtime engine per configuration, with its epoch ticker, module loader,
+AoT cache and pre-instantiated modules."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import wasmtime
+
+from ..paths import cache_dir
+from .cache import AotCache
+from .config import EngineConfig
+from .loader import LoadedModule, ModuleLoader
+from .ticker import EpochTicker
+
+__all__ = ["Engine", "get_engine", "close_engines"]
+
+LinkerFactory = Callable[[wasmtime.Engine], wasmtime.Linker]
+
+
+class Engine:
+    """A wasmtime engine for one `EngineConfig`.
+
+    Modules loaded through it are compiled once (then served from the on-disk AoT
+    cache and an in-memory table); `instance_pre` returns a pre-linked module so each
+    run only creates a store and instantiates. `close()` stops the epoch ticker; it
+    is safe to call twice.
+    """
+
+    def __init__(self, config: EngineConfig, cache: AotCache | None = None) -> None:
+        self.config = config
+        self.wasmtime = wasmtime.Engine(config.to_wasmtime())
+        self.fingerprint = config.fingerprint()
+        self.cache = cache if cache is not None else AotCache(cache_dir())
+        self.ticker = EpochTicker(self.wasmtime.increment_epoch)
+        self._loader = ModuleLoader(self.wasmtime, self.fingerprint, self.cache)
+        self._lock = threading.Lock()
+        self._by_path: dict[tuple[str, int, int], LoadedModule] = {}
+        self._linkers: dict[str, wasmtime.Linker] = {}
+        self._pres: dict[tuple[str, str], wasmtime.InstancePre] = {}
+        self._closed = False
+
+    def load(self, source: str | Path | bytes, name: str | None = None) -> LoadedModule:
+        """Load a `.wasm`, `.wat` or `.cwasm` file (or bytes). Raises ModuleNotFound or
+        ModuleError. Repeated loads of an unchanged file are served from memory."""
+        if isinstance(source, bytes):
+            return self._loader.load_bytes(source, name or "<bytes>")
+        path = Path(source)
+        try:
+            info = path.stat()
+            key: tuple[str, int, int] | None = (str(path), info.st_mtime_ns, info.st_size)
+        except OSError:
+            key = None
+        if key is not None and key in self._by_path:
+            return self._by_path[key]
+        loaded = self._loader.load_path(path)
+        if key is not None:
+            with self._lock:
+                self._by_path[key] = loaded
+        return loaded
+
+    def linker(self, name: str, build: LinkerFactory) -> wasmtime.Linker:
+        """The linker registered under `name`, built once by `build(engine)`."""
+        with self._lock:
+            linker = self._linkers.get(name)
+            if linker is None:
+                linker = self._linkers[name] = build(self.wasmtime)
+            return linker
+
+    def instance_pre(self, loaded: LoadedModule, linker_name: str) -> wasmtime.InstancePre:
+        """A pre-instantiated module for the named linker (see `linker`); cached by digest."""
+        key = (linker_name, loaded.sha256)
+        with self._lock:
+            pre = self._pres.get(key)
+            if pre is None:
+                pre = self._pres[key] = self._linkers[linker_name].instantiate_pre(loaded.module)
+            return pre
+
+    def is_warm(self, loaded: LoadedModule, linker_name: str) -> bool:
+        """True once `instance_pre` has prepared this module (its next run is warm)."""
+        return (linker_name, loaded.sha256) in self._pres
+
+    def close(self) -> None:
+        """Stop the epoch ticker and drop cached modules. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.ticker.close()
+        with self._lock:
+            self._pres.clear()
+            self._by_path.clear()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_engines: dict[EngineConfig, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(config: EngineConfig) -> Engine:
+    """The process-wide engine for `config` (created on first use)."""
+    with _engines_lock:
+        engine = _engines.get(config)
+        if engine is None or engine._closed:
+            engine = _engines[config] = Engine(config)
+        return engine
+
+
+def close_engines() -> None:
+    """Close every engine made by `get_engine`."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.close()

@@ -1,0 +1,74 @@
+"""The one exception hierarchy of Stockade.
+
+Every error knows its process exit code and HTTP status, so the CLI and the
+gateway render errors and never decide what they mean::
+
+    StockadeError                   125 / 500
+    ├── UsageError                  125 / 400   bad flag, bad value
+    │   └── PolicyError             125 / 400   broken policy file or key
+    ├── ModuleNotFound              127 / 404   no such module file
+    ├── ModuleError                 126 / 422   not wasm, truncated, incompatible .cwasm
+    │   └── DeniedImport            126 / 403   imports something Stockade does not provide
+    └── WorkerError                 125 / 500   an isolation worker failed to start or answer
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StockadeError",
+    "UsageError",
+    "PolicyError",
+    "ModuleNotFound",
+    "ModuleError",
+    "DeniedImport",
+    "WorkerError",
+]
+
+
+class StockadeError(Exception):
+    """Base of every error Stockade raises on purpose."""
+
+    exit_code = 125
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(StockadeError):
+    """A flag, argument or value the user gave cannot be used."""
+
+    http_status = 400
+
+
+class PolicyError(UsageError):
+    """A policy (file, profile or override) is invalid; the message names the key and source."""
+
+
+class ModuleNotFound(StockadeError):
+    """The module file does not exist."""
+
+    exit_code = 127
+    http_status = 404
+
+
+class ModuleError(StockadeError):
+    """The module cannot run: not WebAssembly, truncated, invalid, or made by another engine."""
+
+    exit_code = 126
+    http_status = 422
+
+
+class DeniedImport(ModuleError):
+    """The module imports a function Stockade does not provide (sockets, threads, ...)."""
+
+    http_status = 403
+
+    def __init__(self, message: str, import_name: str) -> None:
+        super().__init__(message)
+        self.import_name = import_name
+
+
+class WorkerError(StockadeError):
+    """An isolation worker could not be started or stopped answering."""

@@ -1,0 +1,123 @@
+"""WASI preview 1 facts Stockade needs: import names, signatures, constants, memory access."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import Any
+
+__all__ = [
+    "MODULE",
+    "PREVIEW1_FUNCTIONS",
+    "INTERPOSED",
+    "Errno",
+    "OFLAG_CREAT",
+    "FDFLAGS_SYNC_MASK",
+    "GuestMemory",
+]
+
+MODULE = "wasi_snapshot_preview1"
+
+# Every function of wasi_snapshot_preview1. The four sock_* calls act only on sockets
+# the host hands over; Stockade hands none, so they fail with EBADF in the guest.
+PREVIEW1_FUNCTIONS = frozenset(
+    """args_get args_sizes_get environ_get environ_sizes_get clock_res_get clock_time_get
+    fd_advise fd_allocate fd_close fd_datasync fd_fdstat_get fd_fdstat_set_flags
+    fd_fdstat_set_rights fd_filestat_get fd_filestat_set_size fd_filestat_set_times fd_pread
+    fd_prestat_get fd_prestat_dir_name fd_pwrite fd_read fd_readdir fd_renumber fd_seek fd_sync
+    fd_tell fd_write path_create_directory path_filestat_get path_filestat_set_times path_link
+    path_open path_readlink path_remove_directory path_rename path_symlink path_unlink_file
+    poll_oneoff proc_exit proc_raise sched_yield random_get sock_accept sock_recv sock_send
+    sock_shutdown""".split()
+)
+
+I32, I64 = "i32", "i64"
+# The calls Stockade owns (those that cost the host): name -> parameter types. All return i32.
+INTERPOSED: dict[str, tuple[str, ...]] = {
+    "fd_read": (I32, I32, I32, I32),
+    "fd_pread": (I32, I32, I32, I64, I32),
+    "fd_write": (I32, I32, I32, I32),
+    "fd_pwrite": (I32, I32, I32, I64, I32),
+    "fd_readdir": (I32, I32, I32, I64, I32),
+    "fd_close": (I32,),
+    "fd_renumber": (I32, I32),
+    "fd_sync": (I32,),
+    "fd_datasync": (I32,),
+    "fd_fdstat_set_flags": (I32, I32),
+    "fd_allocate": (I32, I64, I64),
+    "fd_filestat_set_size": (I32, I64),
+    "path_open": (I32, I32, I32, I32, I32, I64, I64, I32, I32),
+    "path_create_directory": (I32, I32, I32),
+    "path_symlink": (I32, I32, I32, I32, I32),
+    "path_link": (I32, I32, I32, I32, I32, I32, I32),
+    "path_rename": (I32, I32, I32, I32, I32, I32),
+    "path_unlink_file": (I32, I32, I32),
+    "path_remove_directory": (I32, I32, I32),
+    "poll_oneoff": (I32, I32, I32, I32),
+    "random_get": (I32, I32),
+}
+
+
+class Errno:
+    """WASI errno values used by Stockade's host calls."""
+
+    SUCCESS = 0
+    ACCES = 2
+    BADF = 8
+    FAULT = 21
+    INVAL = 28
+    NOTSUP = 58
+
+
+OFLAG_CREAT = 1
+# fdflags dsync | rsync | sync: every write would reach the device.
+FDFLAGS_SYNC_MASK = 2 | 8 | 16
+
+
+class GuestMemory:
+    """Bounds-checked access to a guest's linear memory during one host call.
+
+    Raises IndexError for an access outside memory (the caller answers EFAULT).
+    """
+
+    __slots__ = ("_base", "_size")
+
+    def __init__(self, memory: Any, store: Any) -> None:
+        pointer = memory.data_ptr(store)
+        self._base = ctypes.cast(pointer, ctypes.c_void_p).value or 0
+        self._size = memory.data_len(store)
+
+    def _check(self, offset: int, length: int) -> int:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise IndexError("guest memory access out of bounds")
+        return self._base + offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy `length` bytes at `offset`."""
+        return ctypes.string_at(self._check(offset, length), length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Store `data` at `offset`."""
+        ctypes.memmove(self._check(offset, len(data)), data, len(data))
+
+    def u32(self, offset: int) -> int:
+        """Read a little-endian u32."""
+        value: int = struct.unpack("<I", self.read(offset, 4))[0]
+        return value
+
+    def put_u32(self, offset: int, value: int) -> None:
+        """Write a little-endian u32."""
+        self.write(offset, struct.pack("<I", value))
+
+    def iovecs(self, offset: int, count: int) -> list[tuple[int, int]]:
+        """The (buffer, length) pairs of an iovec array."""
+        raw = self.read(offset, 8 * count)
+        return [struct.unpack_from("<II", raw, 8 * i) for i in range(count)]
+
+    def gather(self, offset: int, count: int) -> bytes:
+        """Concatenate the bytes an iovec array points at."""
+        return b"".join(self.read(buf, length) for buf, length in self.iovecs(offset, count))
+
+    def path(self, offset: int, length: int) -> str:
+        """A guest path argument, decoded leniently."""
+        return self.read(offset, length).decode("utf-8", "replace")

@@ -1,0 +1,257 @@
+"""Shadow the costly WASI calls in the linker with Stockade's own, metered versions.
+
+Each owned call charges the run's `Meter` (budget, deadline, quotas), then either
+answers itself (stdio, sleeps, ignored syncs) or forwards to wasmtime's real WASI
+function. Forwarding goes through a tiny per-store *trampoline* module that imports
+the guest's memory: a WASI function called straight from the host finds no caller
+memory, but called from wasm code it finds the trampoline's (the guest's own).
+
+The meter of the run is found through a thread-local: a guest runs on the thread
+that called `_start`, and its host calls arrive on that same thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import wasmtime
+
+from ..result import GuestStopped, Outcome
+from .abi import FDFLAGS_SYNC_MASK, INTERPOSED, MODULE, OFLAG_CREAT, Errno, GuestMemory
+from .meter import Meter, is_special_file
+from .poll import SUBSCRIPTION_SIZE, parse_clock_subscriptions, sleep_until_due
+
+__all__ = ["build_linker", "metered", "LINKER_NAME"]
+
+LINKER_NAME = "stockade-metered"
+_local = threading.local()
+_trampolines: dict[int, wasmtime.Module] = {}
+_trampolines_lock = threading.Lock()
+
+
+class metered:  # noqa: N801 - used as a context manager like a function
+    """Context manager installing `meter` for host calls made on this thread."""
+
+    def __init__(self, meter: Meter, engine: wasmtime.Engine) -> None:
+        self.meter = meter
+        self.engine = engine
+
+    def __enter__(self) -> Meter:
+        _local.meter = self.meter
+        _local.engine = self.engine
+        return self.meter
+
+    def __exit__(self, *exc: object) -> None:
+        _local.meter = None
+        _local.engine = None
+
+
+def _trampoline_wat() -> str:
+    # WASI finds memory through the calling instance's "memory" export: re-export the guest's.
+    lines = ['(module (import "env" "memory" (memory 0)) (export "memory" (memory 0))']
+    for name, params in INTERPOSED.items():
+        sig = f"(param {' '.join(params)}) (result i32)"
+        lines.append(f'(import "{MODULE}" "{name}" (func ${name} {sig}))')
+    for name, params in INTERPOSED.items():
+        sig = f"(param {' '.join(params)}) (result i32)"
+        body = " ".join(f"local.get {i}" for i in range(len(params)))
+        lines.append(f'(func (export "{name}") {sig} {body} call ${name})')
+    return "\n".join(lines) + ")"
+
+
+def _trampoline_module(engine: wasmtime.Engine) -> wasmtime.Module:
+    with _trampolines_lock:
+        module = _trampolines.get(id(engine))
+        if module is None:
+            module = _trampolines[id(engine)] = wasmtime.Module(engine, _trampoline_wat())
+        return module
+
+
+def _forward(meter: Meter, caller: Any, name: str, *args: int) -> int:
+    """Call wasmtime's own WASI `name` with the guest's memory."""
+    if meter.trampoline is None:
+        engine: wasmtime.Engine = _local.engine
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        linker.define(caller, "env", "memory", caller["memory"])
+        instance = linker.instantiate(caller, _trampoline_module(engine))
+        meter.trampoline = dict(instance.exports(caller).items())
+    func: Any = meter.trampoline[name]
+    result: int = func(caller, *args)
+    return result
+
+
+# -- handlers: (meter, caller, memory, *args) -> errno ------------------------------------
+
+Handler = Callable[..., int]
+
+
+def _fd_write(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
+    if fd in (1, 2) and m.stdio_owned[fd]:
+        data = mem.gather(iovs, n)
+        mem.put_u32(ret, len(data))
+        m.capture(fd, data)
+        return Errno.SUCCESS
+    return _file_write(m, c, mem, "fd_write", (fd, iovs, n, ret), iovs, n, ret)
+
+
+def _fd_pwrite(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, off: int,
+               ret: int) -> int:
+    return _file_write(m, c, mem, "fd_pwrite", (fd, iovs, n, off, ret), iovs, n, ret)
+
+
+def _file_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
+                iovs: int, n: int, ret: int) -> int:
+    requested = sum(length for _, length in mem.iovecs(iovs, n))
+    m.reserve_bytes(requested)
+    errno = _forward(m, c, name, *args)
+    if errno == Errno.SUCCESS:
+        m.wrote(mem.u32(ret))
+    return errno
+
+
+def _fd_read(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
+    if fd == 0 and m.stdio_owned[0]:
+        total = 0
+        for buf, length in mem.iovecs(iovs, n):
+            chunk = m.read_stdin(length)
+            mem.write(buf, chunk)
+            total += len(chunk)
+            if len(chunk) < length:
+                break
+        mem.put_u32(ret, total)
+        return Errno.SUCCESS
+    return _forward(m, c, "fd_read", fd, iovs, n, ret)
+
+
+def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, path: int,
+               path_len: int, oflags: int, base: int, inheriting: int, fdflags: int,
+               out: int) -> int:
+    m.reserve_fd()
+    host = m.host_path(dirfd, mem.path(path, path_len))
+    if host is not None and is_special_file(host):
+        return Errno.ACCES  # devices and FIFOs can block or reach the host
+    creating = bool(oflags & OFLAG_CREAT) and (host is None or not host.exists())
+    if creating:
+        m.reserve_file()
+    if m.limits.sync_limit() == 0:
+        fdflags &= ~FDFLAGS_SYNC_MASK
+    errno = _forward(m, c, "path_open", dirfd, dirflags, path, path_len, oflags, base,
+                     inheriting, fdflags, out)
+    if errno == Errno.SUCCESS:
+        m.files_created += creating
+        m.opened(mem.u32(out), host)
+    return errno
+
+
+def _creates(name: str) -> Handler:
+    def handler(m: Meter, c: Any, mem: GuestMemory, *args: int) -> int:
+        m.reserve_file()
+        errno = _forward(m, c, name, *args)
+        if errno == Errno.SUCCESS:
+            m.files_created += 1
+        return errno
+
+    return handler
+
+
+def _fd_close(m: Meter, c: Any, mem: GuestMemory, fd: int) -> int:
+    errno = _forward(m, c, "fd_close", fd)
+    if errno == Errno.SUCCESS:
+        m.closed(fd)
+    return errno
+
+
+def _fd_renumber(m: Meter, c: Any, mem: GuestMemory, fd: int, to: int) -> int:
+    errno = _forward(m, c, "fd_renumber", fd, to)
+    if errno == Errno.SUCCESS:
+        m.renumbered(fd, to)
+    return errno
+
+
+def _sync(name: str) -> Handler:
+    def handler(m: Meter, c: Any, mem: GuestMemory, fd: int) -> int:
+        if m.allow_sync():
+            return _forward(m, c, name, fd)
+        return Errno.SUCCESS  # policy `ignore`: the data stays in the page cache
+
+    return handler
+
+
+def _set_flags(m: Meter, c: Any, mem: GuestMemory, fd: int, flags: int) -> int:
+    if m.limits.sync_limit() == 0:
+        flags &= ~FDFLAGS_SYNC_MASK
+    return _forward(m, c, "fd_fdstat_set_flags", fd, flags)
+
+
+def _fd_allocate(m: Meter, c: Any, mem: GuestMemory, fd: int, offset: int, length: int) -> int:
+    m.reserve_bytes(length)
+    return _forward(m, c, "fd_allocate", fd, offset, length)
+
+
+def _poll_oneoff(m: Meter, c: Any, mem: GuestMemory, subs: int, out: int, n: int,
+                 nevents: int) -> int:
+    if n == 0:
+        return Errno.INVAL
+    waits = parse_clock_subscriptions(mem.read(subs, n * SUBSCRIPTION_SIZE), n)
+    if waits is None:
+        return _forward(m, c, "poll_oneoff", subs, out, n, nevents)
+    count = sleep_until_due(m, mem, waits, out)
+    mem.put_u32(nevents, count)
+    return Errno.SUCCESS
+
+
+def _forwarding(name: str) -> Handler:
+    def handler(m: Meter, c: Any, mem: GuestMemory, *args: int) -> int:
+        return _forward(m, c, name, *args)
+
+    return handler
+
+
+HANDLERS: dict[str, Handler] = {name: _forwarding(name) for name in INTERPOSED}
+HANDLERS.update(
+    fd_write=_fd_write,
+    fd_pwrite=_fd_pwrite,
+    fd_read=_fd_read,
+    path_open=_path_open,
+    path_create_directory=_creates("path_create_directory"),
+    path_symlink=_creates("path_symlink"),
+    path_link=_creates("path_link"),
+    fd_close=_fd_close,
+    fd_renumber=_fd_renumber,
+    fd_sync=_sync("fd_sync"),
+    fd_datasync=_sync("fd_datasync"),
+    fd_fdstat_set_flags=_set_flags,
+    fd_allocate=_fd_allocate,
+    poll_oneoff=_poll_oneoff,
+)
+
+
+def _entry(name: str, handler: Handler) -> Callable[..., int]:
+    def host_call(caller: Any, *args: int) -> int:
+        meter: Meter | None = getattr(_local, "meter", None)
+        if meter is None:
+            raise GuestStopped(Outcome.ERROR, f"{name} called outside a metered run")
+        meter.charge(name)
+        try:
+            memory = GuestMemory(caller["memory"], caller)
+            return handler(meter, caller, memory, *args)
+        except (IndexError, KeyError):
+            return Errno.FAULT
+
+    return host_call
+
+
+def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
+    """A linker with all of WASI preview 1, the costly calls shadowed by metered versions."""
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    linker.allow_shadowing = True
+    types = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
+    for name, params in INTERPOSED.items():
+        functype = wasmtime.FuncType([types[p] for p in params], [types["i32"]])
+        linker.define_func(MODULE, name, functype, _entry(name, HANDLERS[name]),
+                           access_caller=True)
+    return linker

@@ -1,0 +1,185 @@
+"""`Meter`: per-run accounting of owned host calls, quotas, descriptors and output."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..policy import Limits
+from ..policy.units import format_size
+from ..result import GuestStopped, Outcome
+
+__all__ = ["Meter", "FdEntry", "is_special_file"]
+
+
+@dataclass
+class FdEntry:
+    """A descriptor the guest holds: its host path when known (preopens, path_open)."""
+
+    host: Path | None
+    is_dir: bool
+    preopen: bool = False
+
+
+class Meter:
+    """The budgets of one run, charged by the interposed WASI calls.
+
+    Every method that finds a limit exceeded raises `GuestStopped` with the outcome;
+    the sandbox turns that into the run's `Result`. Deadlines use `time.monotonic()`.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        deadline: float | None,
+        preopens: list[tuple[Path, bool]],
+        stdin: bytes = b"",
+    ) -> None:
+        self.limits = limits
+        self.deadline = deadline
+        self.counts: dict[str, int] = {}
+        self.total = 0
+        self.syncs = 0
+        self.stdin = stdin
+        self.stdin_pos = 0
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.stdout_truncated = False
+        self.stderr_truncated = False
+        self.stdio_owned = {0: True, 1: True, 2: True}
+        self.bytes_written = 0
+        self.files_created = 0
+        # Preopened directories get descriptors 3, 4, ... in order.
+        self.fds: dict[int, FdEntry] = {
+            3 + index: FdEntry(host, True, preopen=True) for index, (host, _) in enumerate(preopens)
+        }
+        self.guest_opened = 0
+        self.trampoline: dict[str, object] | None = None
+
+    # -- budget -------------------------------------------------------------------
+
+    def charge(self, name: str) -> None:
+        """Count one call of `name`; stop the guest past the budget or the deadline."""
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.total += 1
+        budget = self.limits.max_hostcalls
+        if budget is not None and self.total > budget:
+            raise GuestStopped(
+                Outcome.HOSTCALL_LIMIT, f"host-call budget of {budget} calls exhausted at {name}"
+            )
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise GuestStopped(Outcome.TIMEOUT, "wall-clock timeout (in a host call)")
+
+    def remaining_time(self) -> float | None:
+        """Seconds until the deadline (None when there is none)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def allow_sync(self) -> bool:
+        """Whether an fd_sync/fd_datasync may reach the disk; False means answer success
+        without syncing. Stops the guest past a `limit:N` budget."""
+        allowed = self.limits.sync_limit()
+        if allowed is None:
+            return True
+        if allowed == 0:
+            return False
+        if self.syncs >= allowed:
+            raise GuestStopped(Outcome.HOSTCALL_LIMIT, f"sync budget of {allowed} calls exhausted")
+        self.syncs += 1
+        return True
+
+    # -- output -------------------------------------------------------------------
+
+    def capture(self, fd: int, data: bytes) -> None:
+        """Keep guest stdout/stderr up to the shared cap; stop the guest at the cap."""
+        cap = self.limits.max_output
+        room = cap - len(self.stdout) - len(self.stderr)
+        buffer = self.stdout if fd == 1 else self.stderr
+        if len(data) <= room:
+            buffer += data
+            return
+        buffer += data[: max(room, 0)]
+        if fd == 1:
+            self.stdout_truncated = True
+        else:
+            self.stderr_truncated = True
+        raise GuestStopped(Outcome.OUTPUT_LIMIT, f"output cap of {format_size(cap)} reached")
+
+    def read_stdin(self, size: int) -> bytes:
+        """The next `size` bytes of standard input (empty at the end)."""
+        chunk = self.stdin[self.stdin_pos : self.stdin_pos + size]
+        self.stdin_pos += len(chunk)
+        return chunk
+
+    # -- disk ---------------------------------------------------------------------
+
+    def reserve_bytes(self, size: int) -> None:
+        """Charge a write of `size` bytes to the disk quota before it happens."""
+        quota = self.limits.disk_quota
+        if self.bytes_written + size > quota:
+            raise GuestStopped(
+                Outcome.DISK_QUOTA,
+                f"disk quota of {format_size(quota)} reached "
+                f"({format_size(self.bytes_written)} written)",
+            )
+
+    def wrote(self, size: int) -> None:
+        """Record bytes actually written."""
+        self.bytes_written += size
+
+    def reserve_file(self) -> None:
+        """Charge one new file, directory or link before it is created."""
+        if self.files_created + 1 > self.limits.max_files:
+            raise GuestStopped(
+                Outcome.FILE_QUOTA, f"new-file quota of {self.limits.max_files} reached"
+            )
+
+    # -- descriptors --------------------------------------------------------------
+
+    def reserve_fd(self) -> None:
+        """Stop the guest when it would hold more descriptors than allowed."""
+        held = 3 + len(self.fds)
+        if held + 1 > self.limits.max_open_files:
+            raise GuestStopped(
+                Outcome.FD_QUOTA, f"descriptor cap of {self.limits.max_open_files} reached"
+            )
+
+    def host_path(self, dirfd: int, path: str) -> Path | None:
+        """The host path `path` names relative to guest descriptor `dirfd`, when known."""
+        entry = self.fds.get(dirfd)
+        if entry is None or entry.host is None or path.startswith("/"):
+            return None
+        return entry.host / path
+
+    def opened(self, fd: int, host: Path | None) -> None:
+        """Record a descriptor returned by path_open."""
+        is_dir = host is not None and host.is_dir()
+        self.fds[fd] = FdEntry(host, is_dir)
+        self.guest_opened += 1
+
+    def closed(self, fd: int) -> None:
+        """Record a descriptor closed by the guest."""
+        self.fds.pop(fd, None)
+        if fd in self.stdio_owned:
+            self.stdio_owned[fd] = False
+
+    def renumbered(self, source: int, target: int) -> None:
+        """Record fd_renumber(source, target): target now refers to source's file."""
+        entry = self.fds.pop(source, None)
+        if target in self.stdio_owned:
+            self.stdio_owned[target] = False
+        if entry is not None:
+            self.fds[target] = entry
+        else:
+            self.fds.pop(target, None)
+
+
+def is_special_file(path: Path) -> bool:
+    """True for devices, FIFOs and sockets: opening them can block or reach the host."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))

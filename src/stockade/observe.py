@@ -1,0 +1,65 @@
+"""Hooks for watching runs from outside the sandbox: `RunInfo` and `RunObserver`.
+
+The sandbox calls observers at the start and end of each run; telemetry, the
+security monitor and breakers implement them. Observers must never touch the
+wasmtime Store (it is not thread-safe) and must not raise: errors are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .invocation import Invocation
+    from .policy import Policy
+    from .result import Result
+
+__all__ = ["RunInfo", "RunObserver", "notify_started", "notify_finished"]
+
+logger = logging.getLogger("stockade.observe")
+
+
+@dataclass
+class RunInfo:
+    """What is known about a run as it starts. `started` is `time.time()`, `pid` the process
+    that runs the guest (a worker when isolated), `writable_dirs` the host directories the
+    guest may write to. `events` collects (name, attributes) pairs observers add, e.g. warnings."""
+
+    module: str
+    sha256: str
+    invocation: Invocation
+    policy: Policy
+    started: float
+    pid: int
+    writable_dirs: tuple[Path, ...] = ()
+    coldstart: bool = False
+    events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+
+class RunObserver(Protocol):
+    """Receives run start and end. Called on the thread that runs the guest."""
+
+    def run_started(self, info: RunInfo) -> None: ...
+
+    def run_finished(self, info: RunInfo, result: Result) -> None: ...
+
+
+def notify_started(observers: tuple[RunObserver, ...], info: RunInfo) -> None:
+    """Call `run_started` on each observer; an observer's error is logged, never raised."""
+    for observer in observers:
+        try:
+            observer.run_started(info)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger.exception("observer %r failed at run start", observer)
+
+
+def notify_finished(observers: tuple[RunObserver, ...], info: RunInfo, result: Result) -> None:
+    """Call `run_finished` on each observer; an observer's error is logged, never raised."""
+    for observer in observers:
+        try:
+            observer.run_finished(info, result)
+        except Exception:  # noqa: BLE001
+            logger.exception("observer %r failed at run end", observer)

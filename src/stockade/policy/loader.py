@@ -1,0 +1,162 @@
+"""Load a policy from TOML and apply overrides: flag > file > profile default.
+
+Every error names the key and where it came from, e.g.
+``policy.toml: limits.timeout: not a duration: 'soon' (use e.g. 500ms, 2s, 1m)``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import PolicyError
+from .model import Capabilities, DirGrant, Policy
+from .profiles import profile
+from .units import parse_duration, parse_size
+
+__all__ = ["load_policy", "policy_from_mapping", "apply_limit", "LIMIT_PARSERS"]
+
+_UNLIMITED = ("unlimited", "none", "inf")
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a count: {value!r}")
+    number = int(float(value)) if isinstance(value, str) else int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative: {value!r}")
+    return number
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_or_unlimited(value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in _UNLIMITED:
+            return None
+        return parse(value)
+
+    return parse_or_unlimited
+
+
+def _sync(value: Any) -> str:
+    text = str(value)
+    if text in ("ignore", "allow"):
+        return text
+    if text.startswith("limit:") and text[6:].isdigit():
+        return text
+    raise ValueError(f"not a sync mode: {value!r} (use ignore, allow or limit:N)")
+
+
+LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "fuel": _optional(_count),
+    "timeout": _optional(parse_duration),
+    "max_memory": parse_size,
+    "max_table_elements": _count,
+    "max_tables": _count,
+    "max_instances": _count,
+    "max_memories": _count,
+    "max_stack": parse_size,
+    "max_output": parse_size,
+    "disk_quota": parse_size,
+    "max_files": _count,
+    "max_open_files": _count,
+    "max_hostcalls": _optional(_count),
+    "sync": _sync,
+}
+
+
+
+def apply_limit(policy: Policy, key: str, value: Any, label: str) -> Policy:
+    """Return `policy` with limit `key` parsed from `value`; errors start with `label`
+    (e.g. `policy.toml: limits.timeout` or `--timeout`)."""
+    parser = LIMIT_PARSERS.get(key)
+    if parser is None:
+        raise PolicyError(f"{label}: unknown limit (known: {', '.join(LIMIT_PARSERS)})")
+    try:
+        parsed = parser(value)
+    except (ValueError, TypeError) as exc:
+        raise PolicyError(f"{label}: {exc}") from None
+    return policy.with_limits(**{key: parsed})
+
+
+def _dir_grant(item: Any, where: str) -> DirGrant:
+    if isinstance(item, str):
+        try:
+            return DirGrant.parse(item)
+        except ValueError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+    if isinstance(item, Mapping) and isinstance(item.get("host"), str):
+        mode = item.get("mode", "ro")
+        if mode not in ("ro", "rw"):
+            raise PolicyError(f"{where}.mode: must be 'ro' or 'rw', not {mode!r}")
+        guest = item.get("guest", item["host"])
+        return DirGrant(host=Path(item["host"]), guest=str(guest), writable=mode == "rw")
+    raise PolicyError(f"{where}: expected 'HOST[:GUEST][:ro|:rw]' or {{host=..., mode=...}}")
+
+
+def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabilities:
+    known = {"dirs", "env", "env_allow"}
+    for key in table:
+        if key not in known:
+            raise PolicyError(f"{source}: unknown key capabilities.{key} (known: {sorted(known)})")
+    dirs = []
+    raw_dirs = table.get("dirs", [])
+    if not isinstance(raw_dirs, list):
+        raise PolicyError(f"{source}: capabilities.dirs: expected a list")
+    for index, item in enumerate(raw_dirs):
+        grant = _dir_grant(item, f"{source}: capabilities.dirs[{index}]")
+        if not grant.host.is_absolute():
+            grant = replace(grant, host=base / grant.host)
+        dirs.append(grant)
+    env = table.get("env", {})
+    if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
+        raise PolicyError(f"{source}: capabilities.env: expected a table of strings")
+    allow = table.get("env_allow", [])
+    if not isinstance(allow, list) or not all(isinstance(v, str) for v in allow):
+        raise PolicyError(f"{source}: capabilities.env_allow: expected a list of names")
+    return Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow))
+
+
+def policy_from_mapping(
+    data: Mapping[str, Any], source: str, base: Path | None = None, profile_name: str | None = None
+) -> Policy:
+    """Build a policy from parsed TOML data. `profile_name` (a flag) beats the file's `profile`."""
+    known = {"profile", "limits", "capabilities"}
+    for key in data:
+        if key not in known:
+            raise PolicyError(f"{source}: unknown key {key!r} (known: {sorted(known)})")
+    name = profile_name or data.get("profile", "default")
+    if not isinstance(name, str):
+        raise PolicyError(f"{source}: profile: expected a string")
+    try:
+        policy = profile(name)
+    except PolicyError as exc:
+        raise PolicyError(f"{source}: profile: {exc.message}") from None
+    limits = data.get("limits", {})
+    if not isinstance(limits, Mapping):
+        raise PolicyError(f"{source}: limits: expected a table")
+    for key, value in limits.items():
+        policy = apply_limit(policy, key, value, f"{source}: limits.{key}")
+    caps = data.get("capabilities", {})
+    if not isinstance(caps, Mapping):
+        raise PolicyError(f"{source}: capabilities: expected a table")
+    return replace(policy, capabilities=_capabilities(caps, source, base or Path.cwd()))
+
+
+def load_policy(path: str | Path, profile_name: str | None = None) -> Policy:
+    """Load a policy TOML file. Relative `dirs` resolve against the file's directory.
+
+    Raises PolicyError for a missing, unreadable or invalid file, naming the key.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: policy file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read policy file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: invalid TOML: {exc}") from None
+    return policy_from_mapping(data, str(path), path.parent.resolve(), profile_name)

@@ -1,0 +1,115 @@
+"""The policy data model: `Limits` (how much) and `Capabilities` (what), combined in `Policy`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["Limits", "DirGrant", "Capabilities", "Policy", "SyncMode"]
+
+SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one invocation. `None` means unlimited.
+
+    Sizes are bytes, `timeout` is seconds. Disk and file quotas apply to writable
+    preopened directories; `max_open_files` caps descriptors the guest holds at once.
+    """
+
+    fuel: int | None = 10_000_000_000
+    timeout: float | None = 60.0
+    max_memory: int = 128 * 1024**2
+    max_table_elements: int = 100_000
+    max_tables: int = 16
+    max_instances: int = 16
+    max_memories: int = 1
+    max_stack: int = 1024 * 1024
+    max_output: int = 16 * 1024**2
+    disk_quota: int = 64 * 1024**2
+    max_files: int = 1_000
+    max_open_files: int = 256
+    max_hostcalls: int | None = 10_000_000
+    sync: SyncMode = "ignore"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The contract's `limits` object: sizes in bytes, times in milliseconds."""
+        data = asdict(self)
+        timeout = data.pop("timeout")
+        data["timeout_ms"] = None if timeout is None else round(timeout * 1000)
+        for key in ("max_memory", "max_output", "max_stack"):
+            data[f"{key}_bytes"] = data.pop(key)
+        data["disk_quota_bytes"] = data.pop("disk_quota")
+        return data
+
+    def sync_limit(self) -> int | None:
+        """How many real `fd_sync`/`fd_datasync` calls are allowed (None: unlimited, 0: none
+        reach the disk)."""
+        if self.sync == "allow":
+            return None
+        if self.sync == "ignore":
+            return 0
+        return int(str(self.sync).split(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class DirGrant:
+    """A host directory preopened for the guest at `guest`, read-only unless `writable`."""
+
+    host: Path
+    guest: str
+    writable: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> DirGrant:
+        """Parse `HOST[:GUEST][:ro|:rw]`. Raises ValueError."""
+        parts = spec.split(":")
+        writable = False
+        if len(parts) > 1 and parts[-1] in ("ro", "rw"):
+            writable = parts.pop() == "rw"
+        if not parts[0] or len(parts) > 2:
+            raise ValueError(f"not a directory grant: {spec!r} (use HOST[:GUEST][:ro|:rw])")
+        host = Path(parts[0])
+        guest = parts[1] if len(parts) == 2 and parts[1] else parts[0]
+        return cls(host=host, guest=guest, writable=writable)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.guest}:{'rw' if self.writable else 'ro'}"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the guest may touch: preopened directories and environment variables.
+
+    `env` is set as given; `env_allow` names host variables passed through (nothing else is).
+    """
+
+    dirs: tuple[DirGrant, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    env_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Limits plus capabilities; the profile name it started from is kept for reports."""
+
+    limits: Limits = field(default_factory=Limits)
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    profile: str = "default"
+
+    def with_limits(self, **changes: Any) -> Policy:
+        """A copy with some limits changed, e.g. `policy.with_limits(timeout=2.0)`."""
+        return replace(self, limits=replace(self.limits, **changes))
+
+    def with_capabilities(self, **changes: Any) -> Policy:
+        """A copy with some capabilities changed."""
+        return replace(self, capabilities=replace(self.capabilities, **changes))
+
+    @classmethod
+    def from_profile(cls, name: str) -> Policy:
+        """The policy of a named profile (`strict`, `default`, `permissive`). Raises PolicyError."""
+        from .profiles import profile
+
+        return profile(name)

@@ -1,0 +1,72 @@
+"""Human units: sizes (`16MiB`, `512k`, `1GB`) and durations (`500ms`, `2s`, `1m`)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["parse_size", "parse_duration", "format_size", "format_duration"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)\s*$")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(value: str | int) -> int:
+    """Parse a byte size: an int, or a number with a unit (`B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`,
+    `k`, `M`, `G`; binary unless the unit says `KB`/`MB`/`GB`). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size must not be negative: {value}")
+        return value
+    match = _SIZE.match(str(value))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. 64KiB, 16MiB, 1GiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Parse a duration into seconds: a number (seconds) or a number with `us`, `ms`, `s`, `m`,
+    `h`. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _DURATION_UNITS:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 2s, 1m)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+    if seconds <= 0 or not math.isfinite(seconds):
+        raise ValueError(f"duration must be positive: {value!r}")
+    return seconds
+
+
+def format_size(size: int) -> str:
+    """Render bytes in binary units, e.g. 16777216 -> '16MiB'."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor:
+            scaled = size / factor
+            return f"{scaled:.0f}{unit}" if scaled == int(scaled) else f"{scaled:.1f}{unit}"
+    return f"{size}B"
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds compactly, e.g. 0.5 -> '500ms', 90 -> '1m30s'."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds < 60:
+        return f"{seconds:g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:g}s" if rest else f"{int(minutes)}m"

@@ -1,0 +1,141 @@
+"""What one invocation produced: `Outcome`, `Usage` and `Result` (plain data)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Outcome", "Usage", "Result", "GuestStopped"]
+
+
+class Outcome(enum.StrEnum):
+    """How an invocation ended. The value is the contract's string."""
+
+    EXITED = "exited"
+    TRAP = "trap"
+    TIMEOUT = "timeout"
+    FUEL_EXHAUSTED = "fuel_exhausted"
+    MEMORY_LIMIT = "memory_limit"
+    OUTPUT_LIMIT = "output_limit"
+    DISK_QUOTA = "disk_quota"
+    FILE_QUOTA = "file_quota"
+    FD_QUOTA = "fd_quota"
+    HOSTCALL_LIMIT = "hostcall_limit"
+    DENIED = "denied"
+    ERROR = "error"
+
+    @property
+    def exit_code(self) -> int:
+        """Process exit code for this outcome (`exited` uses the guest's own code instead)."""
+        return _EXIT_CODES[self]
+
+    @property
+    def is_violation(self) -> bool:
+        """True when a limit or the policy stopped the guest (what breakers and audits count)."""
+        return self not in (Outcome.EXITED, Outcome.ERROR)
+
+
+_EXIT_CODES = {
+    Outcome.EXITED: 0,
+    Outcome.TRAP: 134,
+    Outcome.TIMEOUT: 124,
+    Outcome.FUEL_EXHAUSTED: 124,
+    Outcome.MEMORY_LIMIT: 137,
+    Outcome.OUTPUT_LIMIT: 153,
+    Outcome.DISK_QUOTA: 153,
+    Outcome.FILE_QUOTA: 153,
+    Outcome.FD_QUOTA: 153,
+    Outcome.HOSTCALL_LIMIT: 153,
+    Outcome.DENIED: 126,
+    Outcome.ERROR: 125,
+}
+
+
+@dataclass
+class Usage:
+    """Resources one invocation used. Times in milliseconds, sizes in bytes."""
+
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    fuel_consumed: int = 0
+    peak_memory_bytes: int = 0
+    files_created: int = 0
+    bytes_written: int = 0
+    hostcalls: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """The outcome of `Sandbox.run`: what the guest printed, how it ended, what it used.
+
+    `exit_code` is what a process running the guest should exit with: the guest's own
+    code when it exited, otherwise the outcome's code (see `Outcome.exit_code`).
+    """
+
+    module: str
+    sha256: str
+    outcome: Outcome
+    exit_code: int
+    guest_exit_code: int | None = None
+    message: str = ""
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    usage: Usage = field(default_factory=Usage)
+    limits: dict[str, Any] = field(default_factory=dict)
+    coldstart: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the guest exited with code 0."""
+        return self.outcome is Outcome.EXITED and self.guest_exit_code == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's JSON object (stdout/stderr decoded as UTF-8, invalid bytes replaced)."""
+        return {
+            "module": self.module,
+            "sha256": self.sha256,
+            "outcome": self.outcome.value,
+            "exit_code": self.exit_code,
+            "guest_exit_code": self.guest_exit_code,
+            "message": self.message,
+            "stdout": self.stdout.decode("utf-8", "replace"),
+            "stderr": self.stderr.decode("utf-8", "replace"),
+            "stdout_truncated": self.stdout_truncated,
+            "stderr_truncated": self.stderr_truncated,
+            "usage": asdict(self.usage),
+            "limits": dict(self.limits),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        """Rebuild a `Result` from `to_dict()` output (used across worker processes)."""
+        return cls(
+            module=data["module"],
+            sha256=data["sha256"],
+            outcome=Outcome(data["outcome"]),
+            exit_code=data["exit_code"],
+            guest_exit_code=data.get("guest_exit_code"),
+            message=data.get("message", ""),
+            stdout=data.get("stdout", "").encode(),
+            stderr=data.get("stderr", "").encode(),
+            stdout_truncated=data.get("stdout_truncated", False),
+            stderr_truncated=data.get("stderr_truncated", False),
+            usage=Usage(**data.get("usage", {})),
+            limits=data.get("limits", {}),
+            coldstart=data.get("coldstart", False),
+        )
+
+
+class GuestStopped(Exception):
+    """Raised inside host calls to stop a guest because a limit was hit.
+
+    Not an error of the caller: the sandbox turns it into a `Result` with `outcome`.
+    """
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message

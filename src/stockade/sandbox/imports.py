@@ -1,0 +1,37 @@
+"""Refuse modules that import anything Stockade does not provide, before they run."""
+
+from __future__ import annotations
+
+import wasmtime
+
+from ..hostcalls import MODULE, PREVIEW1_FUNCTIONS
+
+__all__ = ["denied_import"]
+
+_HINTS = {
+    "wasix": "WASIX calls (sockets, threads, processes) are not provided",
+    "wasi": "wasi-threads is not provided",
+    "env": "the host provides no 'env' imports",
+}
+
+
+def denied_import(module: wasmtime.Module) -> tuple[str, str] | None:
+    """The first import Stockade refuses, as (`module.name`, reason), or None.
+
+    WASI preview 1 functions are provided whole (the `sock_*` calls included: they act
+    only on sockets the host hands over, and none are handed over). Anything else —
+    WASIX sockets, wasi-threads `thread-spawn`, shared memories, unknown modules — is
+    refused so the guest never starts half-linked.
+    """
+    for item in module.imports:
+        qualified = f"{item.module}.{item.name}"
+        if item.module == MODULE and item.name in PREVIEW1_FUNCTIONS:
+            if isinstance(item.type, wasmtime.FuncType):
+                continue
+        if item.module == MODULE:
+            reason = f"{item.name!r} is not a WASI preview 1 function"
+        else:
+            prefix = item.module.split("_")[0]
+            reason = _HINTS.get(prefix, f"no host module {item.module!r} is provided")
+        return qualified, reason
+    return None

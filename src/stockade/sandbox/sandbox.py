@@ -1,0 +1,202 @@
+"""`Sandbox`: run one WebAssembly module under a `Policy`, in this process."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from ..engine import Engine, EngineConfig, LoadedModule, classify, get_engine
+from ..engine.traps import Ending, describe_load_error
+from ..errors import ModuleError
+from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
+from ..invocation import Invocation
+from ..observe import RunInfo, RunObserver, notify_finished, notify_started
+from ..policy import Policy
+from ..policy.units import format_size
+from ..result import Outcome, Result, Usage
+from .imports import denied_import
+from .wasi import checked_preopens, wasi_config
+
+__all__ = ["Sandbox"]
+
+_NO_DEADLINE = 2**62
+PAGE = 65536
+
+
+class Sandbox:
+    """Runs modules under one policy, each run in a fresh instance.
+
+    ``Sandbox(policy).run(module, Invocation(...)) -> Result``. `module` is a path to a
+    `.wasm`, `.wat` or `.cwasm` file, module bytes, or a `LoadedModule` from `load()`.
+    Limits hold against hostile guests: fuel, an epoch deadline that also cuts sleeps in
+    host calls, store limits for memory/tables/instances, a bounded wasm stack, and the
+    output, disk, file, descriptor and host-call quotas of `stockade.hostcalls`.
+
+    Raises ModuleNotFound or ModuleError when the module cannot be loaded; everything
+    the guest does is reported in the `Result`. Closing is safe twice.
+    """
+
+    def __init__(self, policy: Policy | None = None, *,
+                 observers: Sequence[RunObserver] = ()) -> None:
+        self.policy = policy or Policy.from_profile("default")
+        self.observers = tuple(observers)
+        self.engine_config = EngineConfig.for_limits(self.policy.limits)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The (shared) engine for this policy's configuration."""
+        if self._engine is None:
+            self._engine = get_engine(self.engine_config)
+        return self._engine
+
+    def load(self, module: str | Path | bytes | LoadedModule) -> LoadedModule:
+        """Compile (or fetch from the AoT cache) a module ahead of running it."""
+        if isinstance(module, LoadedModule):
+            return module
+        return self.engine.load(module)
+
+    def run(self, module: str | Path | bytes | LoadedModule,
+            invocation: Invocation | None = None) -> Result:
+        """Run the module's `_start` once in a fresh instance and report what happened."""
+        invocation = invocation or Invocation()
+        started = time.monotonic()
+        loaded = self.load(module)
+        coldstart = not self.engine.is_warm(loaded, LINKER_NAME)
+        info = RunInfo(
+            module=loaded.name, sha256=loaded.sha256, invocation=invocation, policy=self.policy,
+            started=time.time(), pid=os.getpid(), coldstart=coldstart,
+            writable_dirs=tuple(g.host for g in self.policy.capabilities.dirs if g.writable),
+        )
+        denied = denied_import(loaded.module)
+        if denied is not None:
+            name, reason = denied
+            result = self._result(loaded, Ending(Outcome.DENIED, f"import {name} denied: {reason}"),
+                                  None, Usage(), coldstart)
+            notify_finished(self.observers, info, result)
+            return result
+        preopens = checked_preopens(self.policy)
+        self.engine.linker(LINKER_NAME, build_linker)
+        try:
+            pre = self.engine.instance_pre(loaded, LINKER_NAME)
+        except wasmtime.WasmtimeError as exc:
+            raise ModuleError(f"{loaded.name}: cannot link: {describe_load_error(exc)}") from None
+        notify_started(self.observers, info)
+        result = self._execute(loaded, pre, invocation, preopens, started, coldstart)
+        notify_finished(self.observers, info, result)
+        return result
+
+    def _execute(self, loaded: LoadedModule, pre: wasmtime.InstancePre, invocation: Invocation,
+                 preopens: list[tuple[Path, bool]], started: float, coldstart: bool) -> Result:
+        limits = self.policy.limits
+        engine = self.engine
+        store = wasmtime.Store(engine.wasmtime)
+        # One extra instance for the forwarding trampoline of stockade.hostcalls.
+        store.set_limits(memory_size=limits.max_memory,
+                         table_elements=limits.max_table_elements,
+                         instances=limits.max_instances + 1, tables=limits.max_tables,
+                         memories=limits.max_memories)
+        if limits.fuel is not None:
+            store.set_fuel(limits.fuel)
+        store.set_wasi(wasi_config(self.policy, invocation, loaded.name, preopens))
+        deadline = None if limits.timeout is None else started + limits.timeout
+        meter = Meter(limits, deadline, preopens, invocation.stdin)
+        instance: wasmtime.Instance | None = None
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        with engine.ticker.active(), metered(meter, engine.wasmtime):
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            store.set_epoch_deadline(
+                _NO_DEADLINE if remaining is None else engine.ticker.ticks_for(remaining))
+            try:
+                instance = pre.instantiate(store)
+                start = instance.exports(store).get("_start")
+                if not isinstance(start, wasmtime.Func):
+                    raise ModuleError(f"{loaded.name}: no _start export (not a WASI command)")
+                start(store)
+                ending = Ending(Outcome.EXITED, "exited with code 0", 0)
+            except ModuleError:
+                raise
+            except (wasmtime.WasmtimeError, wasmtime.Trap, Exception) as exc:  # noqa: B014
+                ending = self._instantiation_limit(exc, instance) or classify(exc)
+        usage = Usage(
+            wall_ms=(time.perf_counter() - wall0) * 1000,
+            cpu_ms=(time.thread_time() - cpu0) * 1000,
+            fuel_consumed=0 if limits.fuel is None else limits.fuel - _fuel_left(store),
+            peak_memory_bytes=_memory_size(instance, store),
+            files_created=meter.files_created,
+            bytes_written=meter.bytes_written,
+            hostcalls=dict(meter.counts),
+        )
+        ending = self._memory_verdict(ending, usage.peak_memory_bytes)
+        return self._result(loaded, ending, meter, usage, coldstart)
+
+    def _instantiation_limit(self, exc: BaseException, instance: Any) -> Ending | None:
+        """A module whose declared memory or tables exceed the limits fails to instantiate."""
+        if instance is not None or not isinstance(exc, wasmtime.WasmtimeError):
+            return None
+        text = str(exc).lower()
+        if "memory" in text and ("limit" in text or "minimum" in text):
+            return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
+                          f"of {format_size(self.policy.limits.max_memory)}")
+        if "table" in text or "instance" in text or "resource limit" in text:
+            return Ending(Outcome.TRAP, f"instantiation refused: {describe_load_error(exc)}")
+        return None
+
+    def _memory_verdict(self, ending: Ending, peak: int) -> Ending:
+        """A guest that failed with its memory at the limit was stopped by the limit:
+        wasmtime refuses the growth and the guest traps or exits on the failed malloc."""
+        limit = self.policy.limits.max_memory
+        failed = ending.outcome is Outcome.TRAP or (
+            ending.outcome is Outcome.EXITED and ending.guest_exit_code not in (0, None))
+        if failed and peak + max(limit // 16, 16 * PAGE) >= limit:
+            return Ending(Outcome.MEMORY_LIMIT,
+                          f"memory limit of {format_size(limit)} reached "
+                          f"(linear memory {format_size(peak)})")
+        return ending
+
+    def _result(self, loaded: LoadedModule, ending: Ending, meter: Meter | None, usage: Usage,
+                coldstart: bool) -> Result:
+        exit_code = (ending.guest_exit_code or 0) if ending.outcome is Outcome.EXITED \
+            else ending.outcome.exit_code
+        return Result(
+            module=loaded.name, sha256=loaded.sha256, outcome=ending.outcome, exit_code=exit_code,
+            guest_exit_code=ending.guest_exit_code, message=ending.message,
+            stdout=bytes(meter.stdout) if meter else b"",
+            stderr=bytes(meter.stderr) if meter else b"",
+            stdout_truncated=meter.stdout_truncated if meter else False,
+            stderr_truncated=meter.stderr_truncated if meter else False,
+            usage=usage, limits=self.policy.limits.as_dict(), coldstart=coldstart,
+        )
+
+    def close(self) -> None:
+        """Release this sandbox (engines are shared per process and stay). Safe twice."""
+        self._engine = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fuel_left(store: wasmtime.Store) -> int:
+    try:
+        left: int = store.get_fuel()
+        return left
+    except wasmtime.WasmtimeError:
+        return 0
+
+
+def _memory_size(instance: wasmtime.Instance | None, store: wasmtime.Store) -> int:
+    if instance is None:
+        return 0
+    memory = instance.exports(store).get("memory")
+    if isinstance(memory, wasmtime.Memory):
+        size: int = memory.data_len(store)
+        return size
+    return 0

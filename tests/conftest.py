@@ -1,0 +1,60 @@
+"""Shared fixtures: environment isolation, guest modules, the CPython module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUESTS = ROOT / "build" / "guests"
+REAL = ROOT / "build" / "real"
+STOCKADE = [sys.executable, "-m", "stockade"]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One AoT cache for the session, so large modules compile once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_cache: Path
+) -> Iterator[None]:
+    """No STOCKADE_*, OTEL_* or XDG_* from the host; caches and state under tmp."""
+    for name in list(os.environ):
+        if name.startswith(("STOCKADE_", "OTEL_", "XDG_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("STOCKADE_CACHE_DIR", str(shared_cache))
+    monkeypatch.setenv("STOCKADE_STATE_DIR", str(tmp_path / "state"))
+    yield
+
+
+def guest(name: str) -> Path:
+    """A built guest module; fails (not skips) when the build step was not run."""
+    path = GUESTS / name
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `make guests` (scripts/build_guests.py) first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def python_wasm() -> Path:
+    """CPython 3.12 for WASI, fetched by scripts/fetch_real_guests.py."""
+    path = REAL / "python.wasm"
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `make real-guests` first")
+    return path
+
+
+def stockade(*args: str, stdin: bytes | None = None, timeout: float = 120) -> (
+        subprocess.CompletedProcess[bytes]):
+    """Run the real `stockade` command line in a fresh process."""
+    return subprocess.run(
+        [*STOCKADE, *args], input=stdin, capture_output=True, timeout=timeout, check=False
+    )

@@ -1,0 +1,148 @@
+"""Each hostile guest is stopped with the right outcome, and the host stays within bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stockade import Invocation, Outcome, Policy, Sandbox
+from stockade.policy import DirGrant
+from tests.conftest import guest
+
+MiB = 1024**2
+
+
+def run(policy: Policy, name: str, *args: str) -> tuple[Sandbox, object]:
+    sandbox = Sandbox(policy)
+    return sandbox, sandbox.run(guest(name), Invocation(args=args))
+
+
+def test_hello_exits_cleanly() -> None:
+    result = Sandbox().run(guest("hello.wasm"), Invocation(args=("world",), stdin=b"piped\n"))
+    assert result.outcome is Outcome.EXITED
+    assert (result.exit_code, result.guest_exit_code) == (0, 0)
+    assert result.stdout == b"Hello from a Stockade sandbox!\narg 1: world\npiped\n"
+    assert result.usage.fuel_consumed > 0
+    assert result.usage.peak_memory_bytes > 0
+
+
+def test_guest_exit_code_is_passed_through() -> None:
+    result = Sandbox().run(guest("exitcode.wasm"), Invocation(args=("7",)))
+    assert (result.outcome, result.exit_code, result.guest_exit_code) == (Outcome.EXITED, 7, 7)
+
+
+def test_timeout_stops_spinning_guest() -> None:
+    policy = Policy.from_profile("default").with_limits(timeout=0.5, fuel=None)
+    result = Sandbox(policy).run(guest("spin.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.TIMEOUT, 124)
+    assert result.usage.wall_ms <= 500 * 1.1
+
+
+def test_timeout_holds_while_guest_sleeps_in_host_call() -> None:
+    policy = Policy.from_profile("default").with_limits(timeout=1.0)
+    result = Sandbox(policy).run(guest("sleeper.wasm"), Invocation(args=("8",)))
+    assert (result.outcome, result.exit_code) == (Outcome.TIMEOUT, 124)
+    assert result.usage.wall_ms <= 1000 * 1.1
+    assert result.stdout == b"sleeping 8 s\n"
+
+
+def test_short_sleep_completes() -> None:
+    policy = Policy.from_profile("default").with_limits(timeout=5.0)
+    result = Sandbox(policy).run(guest("sleeper.wasm"), Invocation(args=("1",)))
+    assert result.outcome is Outcome.EXITED
+    assert result.stdout == b"sleeping 1 s\nwoke up\n"
+    assert result.usage.wall_ms >= 1000
+
+
+def test_fuel_exhaustion() -> None:
+    policy = Policy.from_profile("default").with_limits(fuel=1_000_000)
+    result = Sandbox(policy).run(guest("spin.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.FUEL_EXHAUSTED, 124)
+    assert result.usage.fuel_consumed == 1_000_000
+
+
+def test_memory_hog_stops_at_limit() -> None:
+    policy = Policy.from_profile("default").with_limits(max_memory=16 * MiB)
+    result = Sandbox(policy).run(guest("memhog.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.MEMORY_LIMIT, 137)
+    assert result.usage.peak_memory_bytes <= 16 * MiB
+
+
+def test_declared_memory_above_limit_is_refused() -> None:
+    module = b'(module (memory (export "memory") 512) (func (export "_start")))'
+    policy = Policy.from_profile("strict")  # 16 MiB < 512 pages = 32 MiB
+    result = Sandbox(policy).run(module)
+    assert (result.outcome, result.exit_code) == (Outcome.MEMORY_LIMIT, 137)
+
+
+def test_stack_recursion_traps() -> None:
+    result = Sandbox(Policy.from_profile("strict")).run(guest("recurse.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.TRAP, 134)
+
+
+def test_wasm_stack_overflow_traps() -> None:
+    module = (b'(module (memory (export "memory") 1) (func $f (call $f))'
+              b' (export "_start" (func $f)))')
+    result = Sandbox(Policy.from_profile("strict")).run(module)
+    assert (result.outcome, result.exit_code) == (Outcome.TRAP, 134)
+    assert "stack" in result.message
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_output_flood_stopped_at_cap(stream: str) -> None:
+    policy = Policy.from_profile("default").with_limits(max_output=1 * MiB)
+    result = Sandbox(policy).run(guest("flood.wasm"), Invocation(args=(stream,)))
+    assert (result.outcome, result.exit_code) == (Outcome.OUTPUT_LIMIT, 153)
+    captured = result.stdout if stream == "stdout" else result.stderr
+    assert len(captured) == 1 * MiB
+    assert getattr(result, f"{stream}_truncated")
+
+
+def writable(tmp_path: Path, **limits: object) -> Policy:
+    grant = DirGrant(tmp_path, "/out", writable=True)
+    return Policy.from_profile("default").with_limits(**limits).with_capabilities(dirs=(grant,))
+
+
+def test_file_spam_stopped_at_file_quota(tmp_path: Path) -> None:
+    result = Sandbox(writable(tmp_path, max_files=50)).run(guest("filespam.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.FILE_QUOTA, 153)
+    assert len(list(tmp_path.iterdir())) == 50
+    assert result.usage.files_created == 50
+
+
+def test_disk_fill_stopped_at_quota(tmp_path: Path) -> None:
+    result = Sandbox(writable(tmp_path, disk_quota=2 * MiB)).run(guest("diskfill.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.DISK_QUOTA, 153)
+    on_disk = (tmp_path / "fill.bin").stat().st_size
+    assert on_disk <= 2 * MiB * 1.1
+    assert result.usage.bytes_written == on_disk
+
+
+def test_descriptor_hoard_stopped_at_cap(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    policy = Policy.from_profile("strict").with_capabilities(
+        dirs=(DirGrant(tmp_path, "/data"),))
+    result = Sandbox(policy).run(guest("fdhoard.wasm"), Invocation(args=("/data/f",)))
+    assert (result.outcome, result.exit_code) == (Outcome.FD_QUOTA, 153)
+
+
+def test_strict_profile_allows_no_writes(tmp_path: Path) -> None:
+    policy = Policy.from_profile("strict").with_capabilities(
+        dirs=(DirGrant(tmp_path, "/out", writable=True),))
+    result = Sandbox(policy).run(guest("diskfill.wasm"))
+    assert result.outcome in (Outcome.FILE_QUOTA, Outcome.DISK_QUOTA)
+    assert not any(tmp_path.iterdir())
+
+
+def test_hostcall_budget(tmp_path: Path) -> None:
+    policy = Policy.from_profile("default").with_limits(max_hostcalls=100, max_output=1024**3)
+    result = Sandbox(policy).run(guest("flood.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.HOSTCALL_LIMIT, 153)
+    assert result.usage.hostcalls["fd_write"] == 101
+
+
+def test_trap_is_reported() -> None:
+    result = Sandbox().run(guest("trap.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.TRAP, 134)
+    assert "unreachable" in result.message
