@@ -1,4 +1,4 @@
-"""`EpochTicker`: one thread per engine advancing its epoch while runs are active."""
+"""`EpochTicker`: one thread per engine advancing its epoch in step with the clock."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ __all__ = ["EpochTicker", "TICK_SECONDS"]
 # 2 ms keeps deadlines within a few percent of even 100 ms timeouts for ~500 wake-ups/s,
 # paid only while a guest runs.
 TICK_SECONDS = 0.002
+# Bound on catch-up increments after a long stall (a suspended process, a frozen VM).
+_MAX_CATCH_UP = 100_000
 
 
 class EpochTicker:
-    """Calls `increment` every `interval` seconds while at least one run is active.
+    """Advances the engine's epoch so that epoch N is reached `N * interval` seconds after
+    the ticker's origin, while at least one run is active.
 
-    Only ever increments the engine's epoch: never touches a Store (not thread-safe).
-    Use `ticks_for(timeout)` to turn a timeout into a store's epoch deadline, and
-    `active()` around each run so the thread sleeps when the engine is idle.
+    The epoch follows the clock, not the number of wake-ups: a thread woken late (a
+    loaded machine) catches up with several increments, so deadlines do not drift.
+    It only calls `increment` (the engine's `increment_epoch`), never touches a Store.
+    Enter `active()` around each run; the thread sleeps when the engine is idle.
     """
 
     def __init__(self, increment: Callable[[], None], interval: float = TICK_SECONDS) -> None:
@@ -27,17 +31,26 @@ class EpochTicker:
         self.interval = interval
         self._cond = threading.Condition()
         self._active = 0
+        self._epoch = 0
+        self._origin = time.monotonic()
         self._closed = False
         self._thread: threading.Thread | None = None
 
     def ticks_for(self, timeout: float) -> int:
         """Epoch deadline (in ticks after the current epoch) for `timeout` seconds."""
-        return max(1, math.ceil(timeout / self.interval)) + 1
+        return max(1, math.ceil(timeout / self.interval))
+
+    def active(self) -> EpochTicker:
+        """Context manager marking one active run."""
+        return self
 
     def __enter__(self) -> EpochTicker:
         with self._cond:
             if self._closed:
                 raise RuntimeError("epoch ticker is closed")
+            if self._active == 0:
+                # Resume the clock where the epoch stands: idle time is not counted.
+                self._origin = time.monotonic() - self._epoch * self.interval
             self._active += 1
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -51,10 +64,6 @@ class EpochTicker:
         with self._cond:
             self._active -= 1
 
-    def active(self) -> EpochTicker:
-        """Context manager marking one active run."""
-        return self
-
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -62,12 +71,15 @@ class EpochTicker:
                     self._cond.wait()
                 if self._closed:
                     return
-            # Sleep outside the lock: waking early (a run starting) must not add a tick.
+            # Sleep outside the lock so runs can start and end meanwhile.
             time.sleep(self.interval)
             with self._cond:
                 if self._closed:
                     return
-                self._increment()
+                due = int((time.monotonic() - self._origin) / self.interval)
+                for _ in range(min(due - self._epoch, _MAX_CATCH_UP)):
+                    self._increment()
+                self._epoch = max(self._epoch, due)
 
     def close(self) -> None:
         """Stop the thread. Safe to call twice."""
