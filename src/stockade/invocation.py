@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 
 __all__ = ["Invocation"]
@@ -22,4 +22,4 @@ class Invocation:
     env: tuple[tuple[str, str], ...] = ()
     name: str | None = None
     tenant: str | None = None
-    invocation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    invocation_id: str = field(default_factory=lambda: os.urandom(16).hex())

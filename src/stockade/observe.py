@@ -7,7 +7,6 @@ wasmtime Store (it is not thread-safe) and must not raise: errors are logged.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -19,7 +18,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RunInfo", "RunObserver", "notify_started", "notify_finished"]
 
-logger = logging.getLogger("stockade.observe")
+
+def _log_failure(observer: object, stage: str) -> None:
+    import logging
+
+    logging.getLogger("stockade.observe").exception("observer %r failed at run %s", observer, stage)
 
 
 @dataclass
@@ -53,7 +56,7 @@ def notify_started(observers: tuple[RunObserver, ...], info: RunInfo) -> None:
         try:
             observer.run_started(info)
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
-            logger.exception("observer %r failed at run start", observer)
+            _log_failure(observer, "start")
 
 
 def notify_finished(observers: tuple[RunObserver, ...], info: RunInfo, result: Result) -> None:
@@ -62,4 +65,4 @@ def notify_finished(observers: tuple[RunObserver, ...], info: RunInfo, result: R
         try:
             observer.run_finished(info, result)
         except Exception:  # noqa: BLE001
-            logger.exception("observer %r failed at run end", observer)
+            _log_failure(observer, "end")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 __all__ = ["AotCache"]
@@ -34,8 +33,8 @@ class AotCache:
         target = self.path(fingerprint, sha256)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as handle:
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+            with open(tmp, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, target)
         except OSError:

@@ -6,7 +6,6 @@ Every error names the key and where it came from, e.g.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -150,6 +149,8 @@ def load_policy(path: str | Path, profile_name: str | None = None) -> Policy:
 
     Raises PolicyError for a missing, unreadable or invalid file, naming the key.
     """
+    import tomllib  # only policy files need it: keeps `stockade run` start-up lean
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

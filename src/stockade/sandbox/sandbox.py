@@ -42,11 +42,16 @@ class Sandbox:
     """
 
     def __init__(self, policy: Policy | None = None, *,
-                 observers: Sequence[RunObserver] = ()) -> None:
+                 observers: Sequence[RunObserver] = (),
+                 engine_config: EngineConfig | None = None) -> None:
         self.policy = policy or Policy.from_profile("default")
         self.observers = tuple(observers)
-        self.engine_config = EngineConfig.for_limits(self.policy.limits)
+        # An explicit engine configuration is for measurements (e.g. no epochs): the
+        # policy's limits then hold only as far as that configuration instruments code.
+        self.engine_config = engine_config or EngineConfig.for_limits(self.policy.limits)
         self._engine: Engine | None = None
+        self._limits_dict = self.policy.limits.as_dict()
+        self._denied: dict[str, tuple[str, str] | None] = {}
 
     @property
     def engine(self) -> Engine:
@@ -73,7 +78,9 @@ class Sandbox:
             started=time.time(), pid=os.getpid(), coldstart=coldstart,
             writable_dirs=tuple(g.host for g in self.policy.capabilities.dirs if g.writable),
         )
-        denied = denied_import(loaded.module)
+        if loaded.sha256 not in self._denied:
+            self._denied[loaded.sha256] = denied_import(loaded.module)
+        denied = self._denied[loaded.sha256]
         if denied is not None:
             name, reason = denied
             result = self._result(loaded, Ending(Outcome.DENIED, f"import {name} denied: {reason}"),
@@ -101,7 +108,7 @@ class Sandbox:
                          table_elements=limits.max_table_elements,
                          instances=limits.max_instances + 1, tables=limits.max_tables,
                          memories=limits.max_memories)
-        if limits.fuel is not None:
+        if limits.fuel is not None and self.engine_config.fuel:
             store.set_fuel(limits.fuel)
         store.set_wasi(wasi_config(self.policy, invocation, loaded.name, preopens))
         deadline = None if limits.timeout is None else started + limits.timeout
@@ -110,11 +117,13 @@ class Sandbox:
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         with engine.ticker.active(), metered(meter, engine.wasmtime):
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            store.set_epoch_deadline(
-                _NO_DEADLINE if remaining is None else engine.ticker.ticks_for(remaining))
+            if self.engine_config.epochs:
+                store.set_epoch_deadline(
+                    _NO_DEADLINE if remaining is None else engine.ticker.ticks_for(remaining))
             try:
                 instance = pre.instantiate(store)
-                start = instance.exports(store).get("_start")
+                exports = instance.exports(store)
+                start = exports.get("_start")
                 if not isinstance(start, wasmtime.Func):
                     raise ModuleError(f"{loaded.name}: no _start export (not a WASI command)")
                 start(store)
@@ -126,7 +135,8 @@ class Sandbox:
         usage = Usage(
             wall_ms=(time.perf_counter() - wall0) * 1000,
             cpu_ms=(time.thread_time() - cpu0) * 1000,
-            fuel_consumed=0 if limits.fuel is None else limits.fuel - _fuel_left(store),
+            fuel_consumed=limits.fuel - _fuel_left(store)
+            if limits.fuel is not None and self.engine_config.fuel else 0,
             peak_memory_bytes=_memory_size(instance, store),
             files_created=meter.files_created,
             bytes_written=meter.bytes_written,
@@ -170,7 +180,7 @@ class Sandbox:
             stderr=bytes(meter.stderr) if meter else b"",
             stdout_truncated=meter.stdout_truncated if meter else False,
             stderr_truncated=meter.stderr_truncated if meter else False,
-            usage=usage, limits=self.policy.limits.as_dict(), coldstart=coldstart,
+            usage=usage, limits=dict(self._limits_dict), coldstart=coldstart,
         )
 
     def close(self) -> None:
