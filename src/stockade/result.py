@@ -86,6 +86,7 @@ class Result:
     usage: Usage = field(default_factory=Usage)
     limits: dict[str, Any] = field(default_factory=dict)
     coldstart: bool = False
+    scratch: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,7 @@ class Result:
             "stderr_truncated": self.stderr_truncated,
             "usage": asdict(self.usage),
             "limits": dict(self.limits),
+            **({"scratch": self.scratch} if self.scratch else {}),
         }
 
     @classmethod
@@ -126,6 +128,7 @@ class Result:
             usage=Usage(**data.get("usage", {})),
             limits=data.get("limits", {}),
             coldstart=data.get("coldstart", False),
+            scratch=data.get("scratch"),
         )
 
 

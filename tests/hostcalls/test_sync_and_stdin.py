@@ -42,3 +42,11 @@ def test_large_stdin_round_trips() -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB
     result = Sandbox().run(guest("hello.wasm"), Invocation(stdin=payload))
     assert result.stdout.endswith(payload)
+
+
+def test_per_call_cap(tmp_path: Path) -> None:
+    policy = Policy().with_limits(hostcall_caps=(("fd_write", 10),), max_output=1024**3)
+    result = Sandbox(policy).run(guest("flood.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.HOSTCALL_LIMIT, 153)
+    assert result.usage.hostcalls["fd_write"] == 11
+    assert "fd_write" in result.message

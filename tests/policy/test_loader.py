@@ -85,3 +85,10 @@ def test_missing_file(tmp_path: Path) -> None:
 ])
 def test_dir_grant_parse(spec: str, grant: DirGrant) -> None:
     assert DirGrant.parse(spec) == grant
+
+
+def test_hostcall_caps_from_toml(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, "[limits.hostcall_caps]\nrandom_get = 5\n"))
+    assert policy.limits.hostcall_caps == (("random_get", 5),)
+    with pytest.raises(PolicyError, match="limits.hostcall_caps: 'clock_time_get' is not"):
+        load_policy(write(tmp_path, "[limits.hostcall_caps]\nclock_time_get = 5\n"))

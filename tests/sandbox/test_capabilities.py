@@ -79,3 +79,23 @@ def test_missing_preopen_dir(tmp_path: Path) -> None:
     policy = Policy().with_capabilities(dirs=(DirGrant(tmp_path / "nope", "/x"),))
     with pytest.raises(PolicyError, match="not a directory"):
         Sandbox(policy).run(guest("hello.wasm"))
+
+
+def test_scratch_dir_is_fresh_and_removed() -> None:
+    policy = Policy().with_capabilities(scratch="/scratch")
+    result = Sandbox(policy).run(guest("probe.wasm"),
+                                 Invocation(args=("--write", "/scratch/a.txt")))
+    assert result.stdout.decode().splitlines() == ["write /scratch/a.txt ok"]
+    assert result.usage.files_created == 1
+    assert result.scratch is None
+
+
+def test_scratch_dir_kept_on_request() -> None:
+    import shutil
+
+    policy = Policy().with_capabilities(scratch="/scratch", keep_scratch=True)
+    result = Sandbox(policy).run(guest("probe.wasm"),
+                                 Invocation(args=("--write", "/scratch/a.txt")))
+    assert result.scratch is not None
+    assert (Path(result.scratch) / "a.txt").read_text() == "x"
+    shutil.rmtree(result.scratch)

@@ -28,6 +28,9 @@ __all__ = ["run"]
 @click.option("--max-output", help="Cap on captured stdout+stderr, e.g. 1MiB.")
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[:GUEST][:ro|:rw]",
               help="Preopen a directory; read-only unless :rw. Repeatable.")
+@click.option("--scratch", metavar="GUEST_PATH",
+              help="Give each run a fresh writable directory at GUEST_PATH, removed afterwards.")
+@click.option("--keep-scratch", is_flag=True, help="Keep the scratch directory and print it.")
 @click.option("--disk-quota", help="Cap on bytes written in writable dirs, e.g. 64MiB.")
 @click.option("--max-files", help="Cap on new files and directories in writable dirs.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
@@ -37,7 +40,8 @@ __all__ = ["run"]
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
-        dirs: tuple[str, ...], disk_quota: str | None, max_files: str | None,
+        dirs: tuple[str, ...], scratch: str | None, keep_scratch: bool,
+        disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
         as_json: bool) -> None:
     """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
@@ -56,6 +60,8 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
               "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files}
     try:
         policy = build_policy(profile, policy_file, limits, dirs, env, env_allow)
+        if scratch is not None:
+            policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         invocation = build_invocation(args, stdin)
         from ..sandbox import Sandbox
 
@@ -79,6 +85,8 @@ def render(result: Result, as_json: bool) -> None:
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
+    if result.scratch:
+        sys.stderr.write(f"stockade: scratch directory kept at {result.scratch}\n")
     if result.outcome is not Outcome.EXITED:
         truncated = " (output truncated)" if result.stdout_truncated or result.stderr_truncated \
             else ""

@@ -41,6 +41,7 @@ class Meter:
         self.limits = limits
         self.deadline = deadline
         self.counts: dict[str, int] = {}
+        self._caps = dict(limits.hostcall_caps)
         self.total = 0
         self.syncs = 0
         self.stdin = stdin
@@ -63,8 +64,11 @@ class Meter:
 
     def charge(self, name: str) -> None:
         """Count one call of `name`; stop the guest past the budget or the deadline."""
-        self.counts[name] = self.counts.get(name, 0) + 1
+        count = self.counts[name] = self.counts.get(name, 0) + 1
         self.total += 1
+        cap = self._caps.get(name)
+        if cap is not None and count > cap:
+            raise GuestStopped(Outcome.HOSTCALL_LIMIT, f"cap of {cap} {name} calls exhausted")
         budget = self.limits.max_hostcalls
         if budget is not None and self.total > budget:
             raise GuestStopped(

@@ -48,6 +48,19 @@ def _sync(value: Any) -> str:
     raise ValueError(f"not a sync mode: {value!r} (use ignore, allow or limit:N)")
 
 
+def _hostcall_caps(value: Any) -> tuple[tuple[str, int], ...]:
+    from ..hostcalls.abi import INTERPOSED
+
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of call name = count")
+    caps = []
+    for name, count in value.items():
+        if name not in INTERPOSED:
+            raise ValueError(f"{name!r} is not a metered call (known: {', '.join(INTERPOSED)})")
+        caps.append((str(name), _count(count)))
+    return tuple(caps)
+
+
 LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "fuel": _optional(_count),
     "timeout": _optional(parse_duration),
@@ -62,6 +75,7 @@ LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_files": _count,
     "max_open_files": _count,
     "max_hostcalls": _optional(_count),
+    "hostcall_caps": _hostcall_caps,
     "sync": _sync,
 }
 
@@ -96,7 +110,7 @@ def _dir_grant(item: Any, where: str) -> DirGrant:
 
 
 def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabilities:
-    known = {"dirs", "env", "env_allow"}
+    known = {"dirs", "env", "env_allow", "scratch"}
     for key in table:
         if key not in known:
             raise PolicyError(f"{source}: unknown key capabilities.{key} (known: {sorted(known)})")
@@ -115,7 +129,11 @@ def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabili
     allow = table.get("env_allow", [])
     if not isinstance(allow, list) or not all(isinstance(v, str) for v in allow):
         raise PolicyError(f"{source}: capabilities.env_allow: expected a list of names")
-    return Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow))
+    scratch = table.get("scratch")
+    if scratch is not None and not (isinstance(scratch, str) and scratch.startswith("/")):
+        raise PolicyError(f"{source}: capabilities.scratch: expected an absolute guest path")
+    return Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow),
+                        scratch=scratch)
 
 
 def policy_from_mapping(

@@ -17,6 +17,8 @@ class Limits:
 
     Sizes are bytes, `timeout` is seconds. Disk and file quotas apply to writable
     preopened directories; `max_open_files` caps descriptors the guest holds at once.
+    `max_hostcalls` caps all owned WASI calls of a run, `hostcall_caps` single kinds
+    (e.g. `(("random_get", 1000),)`); `sync` is `ignore`, `allow` or `limit:N`.
     """
 
     fuel: int | None = 10_000_000_000
@@ -32,11 +34,13 @@ class Limits:
     max_files: int = 1_000
     max_open_files: int = 256
     max_hostcalls: int | None = 10_000_000
+    hostcall_caps: tuple[tuple[str, int], ...] = ()
     sync: SyncMode = "ignore"
 
     def as_dict(self) -> dict[str, Any]:
         """The contract's `limits` object: sizes in bytes, times in milliseconds."""
         data = asdict(self)
+        data["hostcall_caps"] = dict(self.hostcall_caps)
         timeout = data.pop("timeout")
         data["timeout_ms"] = None if timeout is None else round(timeout * 1000)
         for key in ("max_memory", "max_output", "max_stack"):
@@ -84,11 +88,15 @@ class Capabilities:
     """What the guest may touch: preopened directories and environment variables.
 
     `env` is set as given; `env_allow` names host variables passed through (nothing else is).
+    `scratch` names a guest path where each run gets a fresh writable directory, removed
+    after the run unless `keep_scratch`.
     """
 
     dirs: tuple[DirGrant, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     env_allow: tuple[str, ...] = ()
+    scratch: str | None = None
+    keep_scratch: bool = False
 
 
 @dataclass(frozen=True)

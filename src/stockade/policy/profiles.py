@@ -16,6 +16,8 @@ PROFILES: dict[str, Limits] = {
         disk_quota=0, max_files=0, max_open_files=32, max_stack=512 * 1024,
         max_table_elements=10_000, max_tables=4, max_instances=4,
         max_hostcalls=1_000_000, sync="ignore",
+        # Calls whose host cost is out of proportion to the guest's fuel.
+        hostcall_caps=(("poll_oneoff", 10_000), ("random_get", 10_000), ("path_open", 10_000)),
     ),
     "default": Limits(),
     "permissive": Limits(

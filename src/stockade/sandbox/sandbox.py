@@ -16,10 +16,11 @@ from ..errors import ModuleError
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
-from ..policy import Policy
+from ..policy import DirGrant, Policy
 from ..policy.units import format_size
 from ..result import Outcome, Result, Usage
 from .imports import denied_import
+from .scratch import Scratch
 from .wasi import checked_preopens, wasi_config
 
 __all__ = ["Sandbox"]
@@ -87,19 +88,25 @@ class Sandbox:
                                   None, Usage(), coldstart)
             notify_finished(self.observers, info, result)
             return result
-        preopens = checked_preopens(self.policy)
+        preopens, grants = checked_preopens(self.policy), self.policy.capabilities.dirs
         self.engine.linker(LINKER_NAME, build_linker)
         try:
             pre = self.engine.instance_pre(loaded, LINKER_NAME)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{loaded.name}: cannot link: {describe_load_error(exc)}") from None
-        notify_started(self.observers, info)
-        result = self._execute(loaded, pre, invocation, preopens, started, coldstart)
+        with Scratch(self.policy.capabilities) as scratch:
+            if scratch.grant is not None:
+                preopens, grants = [*preopens, (scratch.grant.host, True)], (*grants, scratch.grant)
+                info.writable_dirs += (scratch.grant.host,)
+            notify_started(self.observers, info)
+            result = self._execute(loaded, pre, invocation, preopens, grants, started, coldstart)
+        result.scratch = scratch.kept
         notify_finished(self.observers, info, result)
         return result
 
     def _execute(self, loaded: LoadedModule, pre: wasmtime.InstancePre, invocation: Invocation,
-                 preopens: list[tuple[Path, bool]], started: float, coldstart: bool) -> Result:
+                 preopens: list[tuple[Path, bool]], grants: tuple[DirGrant, ...],
+                 started: float, coldstart: bool) -> Result:
         limits = self.policy.limits
         engine = self.engine
         store = wasmtime.Store(engine.wasmtime)
@@ -110,7 +117,7 @@ class Sandbox:
                          memories=limits.max_memories)
         if limits.fuel is not None and self.engine_config.fuel:
             store.set_fuel(limits.fuel)
-        store.set_wasi(wasi_config(self.policy, invocation, loaded.name, preopens))
+        store.set_wasi(wasi_config(invocation, self.policy, loaded.name, preopens, grants))
         deadline = None if limits.timeout is None else started + limits.timeout
         meter = Meter(limits, deadline, preopens, invocation.stdin)
         instance: wasmtime.Instance | None = None

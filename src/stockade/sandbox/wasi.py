@@ -9,7 +9,7 @@ import wasmtime
 
 from ..errors import PolicyError
 from ..invocation import Invocation
-from ..policy import Policy
+from ..policy import DirGrant, Policy
 
 __all__ = ["guest_env", "wasi_config", "checked_preopens"]
 
@@ -38,7 +38,8 @@ def checked_preopens(policy: Policy) -> list[tuple[Path, bool]]:
 
 
 def wasi_config(
-    policy: Policy, invocation: Invocation, program: str, preopens: list[tuple[Path, bool]]
+    invocation: Invocation, policy: Policy, program: str, preopens: list[tuple[Path, bool]],
+    grants: tuple[DirGrant, ...],
 ) -> wasmtime.WasiConfig:
     """The WasiConfig: read-only preopens unless granted rw, no inherited stdio or env.
 
@@ -48,6 +49,6 @@ def wasi_config(
     config = wasmtime.WasiConfig()
     config.argv = [program, *invocation.args]
     config.env = guest_env(policy, invocation)
-    for (host, writable), grant in zip(preopens, policy.capabilities.dirs, strict=True):
+    for (host, writable), grant in zip(preopens, grants, strict=True):
         config.preopen_dir(str(host), grant.guest, writable)
     return config
