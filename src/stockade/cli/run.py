@@ -37,13 +37,16 @@ __all__ = ["run"]
 @click.option("--env-allow", "env_allow", multiple=True, metavar="KEY",
               help="Pass one host variable through (nothing else is).")
 @click.option("--stdin", "stdin", metavar="FILE|-", help="Guest standard input (default: empty).")
+@click.option("--isolate", type=click.Choice(["process", "none"]),
+              help="Run in a hardened worker process (rlimits, cgroup, seccomp, no network) or "
+                   "in this process. Default: process for the strict profile, none otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
         dirs: tuple[str, ...], scratch: str | None, keep_scratch: bool,
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
-        as_json: bool) -> None:
+        isolate: str | None, as_json: bool) -> None:
     """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
 
     \b
@@ -63,9 +66,10 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         invocation = build_invocation(args, stdin)
-        from ..sandbox import Sandbox
+        from ..isolate import make_sandbox
 
-        result = Sandbox(policy).run(module, invocation)
+        with make_sandbox(policy, isolate) as sandbox:
+            result = sandbox.run(module, invocation)
     except StockadeError as exc:
         if as_json:
             error = {"module": module.name, "outcome": "error", "exit_code": exc.exit_code,

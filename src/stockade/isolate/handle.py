@@ -1,0 +1,191 @@
+"""`WorkerProcess`: the parent's handle on one worker: start, talk, kill, explain a death.
+
+A worker is a fresh interpreter (`python -P -m stockade.isolate.worker`) in its own
+session, its own cgroup and, once it has hardened itself, behind its own seccomp
+filter. The handle owns the two pipes, the cgroup, and an unlinked file collecting the
+worker's stderr, which explains crashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import WorkerError
+from ..policy.units import format_size
+from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
+from .plan import WorkerPlan
+from .protections import Protection
+from .protocol import DeadlineExceeded, loads_plain, read_frame, write_frame
+
+__all__ = ["WorkerProcess"]
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # Stockade must import from where this process imported it, never from the cwd (-P).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    # Fewer malloc arenas: each reserves 64 MiB of address space, which RLIMIT_AS counts.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
+    return env
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _reap(proc: subprocess.Popen[bytes], cgroup: WorkerCgroup, fds: list[int],
+          stderr: IO[bytes]) -> None:
+    """Kill and wait for the worker, close the pipes and the stderr file, remove the
+    cgroup (idempotent)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    cgroup.kill_all()
+    cgroup.remove()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+    stderr.close()
+
+
+class WorkerProcess:
+    """One running worker. Not thread-safe: its owner serialises requests.
+
+    Raises WorkerError when the interpreter cannot be started.
+    """
+
+    def __init__(self, plan: WorkerPlan, limits: CgroupLimits | None, python: str) -> None:
+        self.memory_limit = limits.memory if limits is not None else None
+        self.cgroup = create_cgroup(limits) if limits is not None else WorkerCgroup(
+            0, {}, [Protection("cgroup", False, "turned off by configuration")])
+        to_worker_r, self._to_worker = os.pipe()
+        self._from_worker, from_worker_w = os.pipe()
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-P", "-m", "stockade.isolate.worker", str(to_worker_r),
+                 str(from_worker_w), str(os.getpid()), str(int(_on_main_thread()))],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                pass_fds=(to_worker_r, from_worker_w), start_new_session=True,
+                env=_environment(),
+            )
+        except OSError as exc:
+            self.cgroup.remove()
+            self._stderr.close()
+            raise WorkerError(f"cannot start a worker with {python}: {exc.strerror}") from None
+        finally:
+            os.close(to_worker_r)
+            os.close(from_worker_w)
+        self.pid = self.proc.pid
+        self._fds = [self._to_worker, self._from_worker]
+        self._finalizer = weakref.finalize(self, _reap, self.proc, self.cgroup, self._fds,
+                                          self._stderr)
+        self._join_failures = self.cgroup.add(self.pid)
+        self._oom_before = self.cgroup.oom_kills()
+        self.protections: list[Protection] | None = None
+        self.runs = 0
+        write_frame(self._to_worker, plan)
+
+    def wait_ready(self, timeout: float) -> list[Protection]:
+        """Wait for the worker's `ready` and return every protection, cgroup's included.
+
+        Raises WorkerError (with the cause) when it dies or stays silent.
+        """
+        if self.protections is not None:
+            return self.protections
+        try:
+            kind, payload = self.receive(time.monotonic() + timeout, 1 << 20)
+        except TimeoutError:
+            self.kill()
+            raise WorkerError(f"the worker did not start within {timeout:g} s") from None
+        except EOFError:
+            raise WorkerError(f"the worker failed to start: {self.death_cause()}") from None
+        if kind != "ready" or not isinstance(payload, dict):
+            self.kill()
+            raise WorkerError(f"the worker answered {kind!r} instead of 'ready'")
+        failed = {item.name for item in self._join_failures}
+        cgroup = [p for p in self.cgroup.report if p.name not in failed] + self._join_failures
+        worker = [Protection(str(n), bool(a), str(d)) for n, a, d in payload["protections"]]
+        self.protections = cgroup + worker
+        return self.protections
+
+    def send(self, message: Any) -> None:
+        """Send one request. Raises EOFError when the worker is gone."""
+        try:
+            write_frame(self._to_worker, message)
+        except (BrokenPipeError, OSError):
+            raise EOFError("the worker is gone") from None
+
+    def receive(self, deadline: float | None, limit: int) -> tuple[str, Any]:
+        """The next reply as (kind, payload). Raises TimeoutError at `deadline`
+        (`time.monotonic()`), EOFError when the worker died, WorkerError when malformed."""
+        try:
+            reply = loads_plain(read_frame(self._from_worker, deadline, limit))
+        except DeadlineExceeded:
+            raise TimeoutError from None
+        if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
+            raise WorkerError("the worker sent a reply of the wrong shape")
+        return reply[0], reply[1]
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything in its cgroup, then wait for it."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        self.cgroup.kill_all()
+        self.proc.wait()
+
+    def death_cause(self) -> str:
+        """Why the worker ended, in words: OOM kill, signal, CPU limit, exit code, and
+        the last line it wrote to stderr. Waits for the worker to exit."""
+        code = self.proc.wait()
+        if self.cgroup.oom_kills() > self._oom_before:
+            limit = format_size(self.memory_limit) if self.memory_limit else "?"
+            return (f"the worker was killed by the kernel OOM killer (SIGKILL): its cgroup "
+                    f"memory limit of {limit} was reached")
+        if code < 0:
+            name = signal.Signals(-code).name
+            if -code == signal.SIGXCPU:
+                return f"the worker exceeded its CPU time limit (RLIMIT_CPU, {name})"
+            if -code == signal.SIGKILL:
+                return f"the worker was killed ({name})"
+            cause = f"the worker crashed ({name})"
+        else:
+            cause = f"the worker exited unexpectedly with code {code}"
+        tail = self._stderr_tail()
+        return f"{cause}: {tail}" if tail else cause
+
+    def _stderr_tail(self) -> str:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: already closed
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - 2048))
+            lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+            return lines[-1].strip()[:300] if lines else ""
+        return ""
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker process runs."""
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """Kill the worker, close the pipes, remove the cgroup. Safe to call twice.
+
+        A worker holds nothing worth a graceful exit (the AoT cache is written before a
+        run answers), and SIGKILL spares the interpreter's ~20 ms shutdown.
+        """
+        self._finalizer()

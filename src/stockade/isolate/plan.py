@@ -1,0 +1,78 @@
+"""`WorkerPlan`: what a worker applies to itself, and the cgroup limits its parent sets.
+
+Both are derived from the policy (what the guest may use) and the `IsolationConfig`
+(what the worker around it may use), once per worker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import cache_dir
+from ..policy import Policy
+from .cgroup import CgroupLimits
+from .config import IsolationConfig
+from .devices import throttles_for
+from .rlimits import RlimitPlan
+
+__all__ = ["WorkerPlan", "plan_for", "cgroup_limits_for"]
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Sent to a new worker: its policy and the protections to apply, in `harden` order.
+
+    `address_space` is an explicit RLIMIT_AS in bytes; None lets the worker size it from
+    the address space wasmtime reserves per linear memory, measured on its own engine,
+    plus `address_space_headroom`.
+    """
+
+    policy: Policy
+    rlimits: RlimitPlan
+    address_space: int | None
+    address_space_headroom: int
+    seccomp: bool
+    network_namespace: bool
+    drop_capabilities: bool
+
+
+def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
+    """The plan of a worker running `policy` under `config`."""
+    rlimits = RlimitPlan(
+        nofile=config.nofile(policy),
+        fsize=config.fsize(policy),
+        nproc=config.pids_max,
+        run_cpu=config.run_cpu_seconds(policy),
+        load_cpu=config.load_cpu_seconds(policy),
+        cpu_budget_runs=config.cpu_budget_runs,
+    )
+    return WorkerPlan(
+        policy=policy,
+        rlimits=rlimits,
+        address_space=config.address_space,
+        address_space_headroom=config.address_space_headroom,
+        seccomp=config.seccomp,
+        network_namespace=config.network_namespace,
+        drop_capabilities=config.drop_capabilities,
+    )
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing parent."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def cgroup_limits_for(policy: Policy, config: IsolationConfig) -> CgroupLimits:
+    """The cgroup limits of a worker: memory, CPU, tasks, and throttling of the disks
+    it writes (the AoT cache, the temporary directory, writable grants)."""
+    written = [cache_dir(), Path(tempfile.gettempdir())]
+    written += [grant.host for grant in policy.capabilities.dirs if grant.writable]
+    io = throttles_for([_existing(path) for path in written], config.io_write_bps,
+                       config.io_write_iops, config.io_read_bps, config.io_read_iops)
+    return CgroupLimits(memory=config.cgroup_memory(policy), cpu_quota=config.cpu_quota,
+                        pids=config.pids_max, io=io)

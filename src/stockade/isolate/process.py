@@ -1,0 +1,262 @@
+"""`IsolatedSandbox`: the in-process `Sandbox` interface, served by a hardened worker.
+
+    with IsolatedSandbox(policy) as sandbox:
+        result = sandbox.run("hello.wasm", Invocation(args=("world",)))
+
+One worker process serves the runs of one `IsolatedSandbox`, one at a time, and is
+reused while it lives. The parent holds the deadline: loading may take
+`load_timeout`, then the guest gets the policy's timeout plus `grace`, after which the
+worker is killed (outcome `timeout`). A worker that dies (cgroup OOM kill, crash,
+SIGKILL) yields outcome `error` with the cause; either way a fresh worker replaces it
+and the caller goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError, WorkerError
+from ..invocation import Invocation
+from ..observe import RunInfo, RunObserver, notify_finished, notify_started
+from ..policy import Policy
+from ..result import Outcome, Result, Usage
+from .config import IsolationConfig
+from .handle import WorkerProcess
+from .plan import cgroup_limits_for, plan_for
+from .protections import Protection
+from .protocol import error_from_wire, result_from_wire
+
+__all__ = ["IsolatedSandbox"]
+
+_RETIRE = object()
+
+
+class IsolatedSandbox:
+    """Runs modules under one policy in a worker process (see the module docstring).
+
+    Same methods as `stockade.Sandbox`: `run(module, invocation) -> Result`, `close()`,
+    `with`. `module` is a path or module bytes (UsageError otherwise). Raises
+    ModuleNotFound, ModuleError or PolicyError as the in-process sandbox does (reported
+    by the worker), and WorkerError when no worker can be started. Thread-safe: runs
+    are serialised (use one `IsolatedSandbox` per concurrent run).
+    """
+
+    def __init__(self, policy: Policy | None = None, *, observers: Sequence[RunObserver] = (),
+                 config: IsolationConfig | None = None) -> None:
+        self.policy = policy or Policy.from_profile("default")
+        self.observers = tuple(observers)
+        self.config = config or IsolationConfig()
+        self._plan = plan_for(self.policy, self.config)
+        self._cgroup_limits = (cgroup_limits_for(self.policy, self.config)
+                               if self.config.cgroup else None)
+        self._lock = threading.Lock()
+        self._worker: WorkerProcess | None = None
+        self._closed = False
+        limits = self.policy.limits
+        self._reply_limit = 2 * limits.max_output + 16 * 1024**2
+
+    # -- workers ------------------------------------------------------------------------
+
+    def _spawn(self) -> WorkerProcess:
+        self._worker = WorkerProcess(self._plan, self._cgroup_limits, self.config.python)
+        return self._worker
+
+    def _ready_worker(self) -> WorkerProcess:
+        if self._closed:
+            raise WorkerError("this isolated sandbox is closed")
+        worker = self._worker
+        if worker is None or not worker.alive:
+            self._discard()
+            worker = self._spawn()
+        try:
+            worker.wait_ready(self.config.start_timeout)
+        except WorkerError:
+            self._discard()
+            raise
+        return worker
+
+    def _discard(self, respawn: bool = False) -> None:
+        """Drop the current worker; with `respawn`, start its replacement right away so
+        its start-up overlaps whatever the caller does next."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        if respawn and not self._closed:
+            # Best effort: a failure to start surfaces on the next request instead.
+            with contextlib.suppress(WorkerError):
+                self._spawn()
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The process id of the current worker, if one is running."""
+        return self._worker.pid if self._worker is not None and self._worker.alive else None
+
+    def protections(self) -> list[Protection]:
+        """The protections of the worker (started if needed): active or why not."""
+        with self._lock:
+            return list(self._ready_worker().wait_ready(self.config.start_timeout))
+
+    def check(self, name: str, arg: int = 0) -> dict[str, Any]:
+        """Run a named self-check in the worker (see `stockade.isolate.checks`).
+
+        Returns `{"held": bool, "detail": str, "value": ...}`. Raises WorkerError with
+        the cause when the worker dies during the check (it is then replaced).
+        """
+        with self._lock:
+            worker = self._ready_worker()
+            try:
+                worker.send(("check", name, arg))
+                kind, payload = worker.receive(time.monotonic() + self.config.start_timeout,
+                                               self._reply_limit)
+            except (EOFError, TimeoutError) as exc:
+                worker.kill()
+                cause = worker.death_cause() if isinstance(exc, EOFError) else "no answer"
+                self._discard(respawn=True)
+                raise WorkerError(f"check {name!r}: {cause}") from None
+            if kind != "checked" or not isinstance(payload, dict):
+                raise WorkerError(f"check {name!r}: unexpected reply {kind!r}")
+            return payload
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def run(self, module: str | Path | bytes, invocation: Invocation | None = None) -> Result:
+        """Run the module's `_start` once in the worker and report what happened."""
+        if not isinstance(module, str | Path | bytes):
+            raise UsageError("an isolated sandbox runs a module path or module bytes, "
+                             f"not {type(module).__name__}")
+        invocation = invocation or Invocation()
+        env = {name: os.environ.get(name) for name in self.policy.capabilities.env_allow}
+        with self._lock:
+            for _ in range(2):
+                worker = self._ready_worker()
+                try:
+                    worker.send(("run", module, invocation, env, os.getcwd()))
+                except EOFError:
+                    self._discard()
+                    continue
+                outcome = self._collect(worker, module, invocation)
+                if not isinstance(outcome, Result):  # retired: its CPU budget is spent
+                    self._discard(respawn=True)
+                    continue
+                worker.runs += 1
+                if self.config.max_runs is not None and worker.runs >= self.config.max_runs:
+                    self._discard(respawn=True)
+                return outcome
+        raise WorkerError("the worker could not take the run (CPU budget or start-up)")
+
+    def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
+                 invocation: Invocation) -> Result | object:
+        begun = time.monotonic()
+        load = self.config.load_timeout
+        deadline = None if load is None else begun + load
+        info: RunInfo | None = None
+        while True:
+            try:
+                kind, payload = worker.receive(deadline, self._reply_limit)
+            except TimeoutError:
+                worker.kill()
+                result = self._killed(module, info, begun, started=info is not None)
+                self._discard(respawn=True)
+                self._remove_scratch(info)
+                return self._finish(info, result, worker.pid, invocation)
+            except EOFError:
+                result = self._died(module, info, begun, worker.death_cause())
+                self._discard(respawn=True)
+                self._remove_scratch(info)
+                return self._finish(info, result, worker.pid, invocation)
+            if kind == "started" and isinstance(payload, dict):
+                info = self._info(payload, worker.pid, invocation)
+                notify_started(self.observers, info)
+                limit = self.config.deadline(self.policy)
+                deadline = None if limit is None else time.monotonic() + limit
+            elif kind == "result":
+                return self._finish(info, result_from_wire(payload), worker.pid, invocation)
+            elif kind == "error":
+                raise error_from_wire(payload)
+            elif kind == "retire":
+                return _RETIRE
+            else:
+                message = payload.get("message") if isinstance(payload, dict) else payload
+                raise WorkerError(f"the worker failed: {message}")
+
+    def _info(self, payload: dict[str, Any], pid: int, invocation: Invocation) -> RunInfo:
+        dirs = payload.get("writable_dirs")
+        writable = tuple(Path(d) for d in dirs if isinstance(d, str)) if isinstance(
+            dirs, list) else tuple(g.host for g in self.policy.capabilities.dirs if g.writable)
+        started = payload.get("started")
+        return RunInfo(
+            module=str(payload.get("module", "")), sha256=str(payload.get("sha256", "")),
+            invocation=invocation, policy=self.policy,
+            started=started if isinstance(started, float) else time.time(), pid=pid,
+            writable_dirs=writable, coldstart=bool(payload.get("coldstart", False)),
+        )
+
+    def _remove_scratch(self, info: RunInfo | None) -> None:
+        """A killed worker cannot remove its run's scratch directory: do it here."""
+        capabilities = self.policy.capabilities
+        if info is None or capabilities.scratch is None or capabilities.keep_scratch:
+            return
+        granted = {g.host for g in capabilities.dirs}
+        tmp = Path(tempfile.gettempdir()).resolve()
+        for path in info.writable_dirs:
+            # Only a directory the worker made for this run: in the temporary directory,
+            # named as `Scratch` names it, and not one the policy granted.
+            if (path not in granted and path.parent.resolve() == tmp
+                    and path.name.startswith("stockade-scratch-")):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _finish(self, info: RunInfo | None, result: Result, pid: int,
+                invocation: Invocation) -> Result:
+        if info is None:
+            info = RunInfo(module=result.module, sha256=result.sha256, invocation=invocation,
+                           policy=self.policy, started=time.time(), pid=pid,
+                           coldstart=result.coldstart)
+        notify_finished(self.observers, info, result)
+        return result
+
+    def _synthetic(self, module: str | Path | bytes, info: RunInfo | None, begun: float,
+                   outcome: Outcome, message: str) -> Result:
+        name = info.module if info else ("<bytes>" if isinstance(module, bytes)
+                                         else Path(module).name)
+        return Result(
+            module=name, sha256=info.sha256 if info else "", outcome=outcome,
+            exit_code=outcome.exit_code, message=message,
+            usage=Usage(wall_ms=(time.monotonic() - begun) * 1000),
+            limits=self.policy.limits.as_dict(), coldstart=info.coldstart if info else False,
+        )
+
+    def _killed(self, module: str | Path | bytes, info: RunInfo | None, begun: float,
+                started: bool) -> Result:
+        if started:
+            message = (f"no result within the {self.policy.limits.timeout:g} s timeout + "
+                       f"{self.config.grace:g} s grace; the worker was killed (SIGKILL)")
+        else:
+            message = (f"loading the module took longer than {self.config.load_timeout:g} s; "
+                       "the worker was killed (SIGKILL)")
+        return self._synthetic(module, info, begun, Outcome.TIMEOUT, message)
+
+    def _died(self, module: str | Path | bytes, info: RunInfo | None, begun: float,
+              cause: str) -> Result:
+        return self._synthetic(module, info, begun, Outcome.ERROR, cause)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the worker and remove its cgroup. Safe to call twice."""
+        with self._lock:
+            self._closed = True
+            self._discard()
+
+    def __enter__(self) -> IsolatedSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,158 @@
+"""The pipe protocol between a parent and its worker: length-prefixed pickled frames.
+
+Requests (parent -> worker) are ordinary pickles: the worker trusts its parent.
+Replies (worker -> parent) are unpickled with *no* globals allowed, so they can hold
+only plain data (dicts, lists, tuples, str, bytes, numbers): a worker taken over by its
+guest cannot make the parent build arbitrary objects. `Result`s and errors are turned
+into plain data and checked field by field on the way back.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import select
+import struct
+import time
+from dataclasses import asdict, fields
+from typing import Any
+
+from .. import errors
+from ..errors import StockadeError, WorkerError
+from ..result import Outcome, Result, Usage
+
+__all__ = ["DeadlineExceeded", "write_frame", "read_frame", "loads_plain", "result_to_wire",
+           "result_from_wire", "error_to_wire", "error_from_wire"]
+
+_HEADER = struct.Struct(">Q")
+_ERRORS: dict[str, type[StockadeError]] = {
+    cls.__name__: cls for cls in (errors.StockadeError, errors.UsageError, errors.PolicyError,
+                                  errors.ModuleNotFound, errors.ModuleError, WorkerError)
+}
+
+
+class DeadlineExceeded(Exception):
+    """No complete frame arrived before the deadline."""
+
+
+def write_frame(fd: int, message: Any) -> None:
+    """Pickle `message` and write it as one frame (blocking)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
+    chunks = bytearray()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while len(chunks) < size:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not poller.poll(wait * 1000):
+                raise DeadlineExceeded
+        chunk = os.read(fd, min(size - len(chunks), 1 << 20))
+        if not chunk:
+            raise EOFError("the worker closed its pipe")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def read_frame(fd: int, deadline: float | None = None, limit: int = 1 << 30) -> bytes:
+    """Read one frame's payload. `deadline` is a `time.monotonic()` value (None: wait).
+
+    Raises DeadlineExceeded, EOFError (the other side is gone) or WorkerError (a frame
+    larger than `limit` bytes).
+    """
+    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+    if size > limit:
+        raise WorkerError(f"the worker sent a {size}-byte reply, over the {limit}-byte bound")
+    return _read_exact(fd, size, deadline)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"worker replies may not name {module}.{name}")
+
+
+def loads_plain(data: bytes) -> Any:
+    """Unpickle a worker's reply, refusing any class or function reference."""
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:  # noqa: BLE001 - any malformed reply is the worker's fault
+        raise WorkerError(f"the worker sent a malformed reply: {exc}") from None
+
+
+def result_to_wire(result: Result) -> dict[str, Any]:
+    """A `Result` as plain data (bytes kept as bytes)."""
+    data = {f.name: getattr(result, f.name) for f in fields(Result)}
+    data["outcome"] = result.outcome.value
+    data["usage"] = asdict(result.usage)
+    return data
+
+
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "module": (str,), "sha256": (str,), "exit_code": (int,), "guest_exit_code": (int, type(None)),
+    "message": (str,), "stdout": (bytes,), "stderr": (bytes,), "stdout_truncated": (bool,),
+    "stderr_truncated": (bool,), "limits": (dict,), "coldstart": (bool,),
+}
+_RESULT_FIELDS = {f.name for f in fields(Result)} - {"outcome", "usage"}
+_USAGE_FIELDS = {f.name for f in fields(Usage)}
+_USAGE_TYPES: dict[str, tuple[type, ...]] = {
+    "wall_ms": (float, int), "cpu_ms": (float, int), "fuel_consumed": (int,),
+    "peak_memory_bytes": (int,), "files_created": (int,), "bytes_written": (int,),
+    "hostcalls": (dict,),
+}
+
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _checked(data: Any, types: dict[str, tuple[type, ...]], known: set[str],
+             what: str) -> dict[str, Any]:
+    """The fields of `known` present in `data`, of the types in `types` (fields
+    without an entry there must be scalars)."""
+    if not isinstance(data, dict):
+        raise WorkerError(f"the worker sent a malformed {what}")
+    checked = {}
+    for key in known & data.keys():
+        if not isinstance(data[key], types.get(key, _SCALARS)):
+            raise WorkerError(f"the worker sent a malformed {what} ({key})")
+        checked[key] = data[key]
+    return checked
+
+
+def result_from_wire(data: Any) -> Result:
+    """Rebuild and check a `Result` from plain data. Raises WorkerError when malformed."""
+    fields_ = _checked(data, _RESULT_TYPES, _RESULT_FIELDS, "result")
+    usage = _checked(data.get("usage", {}), _USAGE_TYPES, _USAGE_FIELDS, "usage")
+    if not all(isinstance(k, str) and isinstance(v, int) for k, v in
+               usage.get("hostcalls", {}).items()):
+        raise WorkerError("the worker sent malformed host-call counts")
+    try:
+        outcome = Outcome(data.get("outcome"))
+    except ValueError:
+        raise WorkerError(f"the worker sent an unknown outcome {data.get('outcome')!r}") from None
+    missing = {"module", "sha256", "exit_code"} - fields_.keys()
+    if missing:
+        raise WorkerError(f"the worker's result lacks {', '.join(sorted(missing))}")
+    return Result(outcome=outcome, usage=Usage(**usage), **fields_)
+
+
+def error_to_wire(exc: StockadeError) -> dict[str, Any]:
+    """A Stockade error as plain data."""
+    return {"type": type(exc).__name__, "message": exc.message,
+            "import_name": getattr(exc, "import_name", None)}
+
+
+def error_from_wire(data: Any) -> StockadeError:
+    """The Stockade error a worker reported (its class from a fixed list)."""
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+        return WorkerError("the worker reported a malformed error")
+    name, message = data.get("type"), data["message"]
+    if name == "DeniedImport" and isinstance(data.get("import_name"), str):
+        return errors.DeniedImport(message, data["import_name"])
+    cls = _ERRORS.get(name, StockadeError) if isinstance(name, str) else StockadeError
+    return cls(message)

@@ -1,0 +1,150 @@
+"""The worker process: `python -m stockade.isolate.worker READ_FD WRITE_FD PARENT_PID TIE`.
+
+It reads a `WorkerPlan`, hardens itself (`harden`), answers `ready` with the report of
+its protections, then serves requests until its parent closes the pipe:
+
+- `("run", module, invocation, env, cwd)` -> `started` (as the guest starts), then `result`,
+  `error` (a Stockade error: bad module, bad policy) or `failed` (anything else);
+- `("check", name, arg)` -> `checked` (see `checks`);
+- a run the remaining CPU budget cannot cover -> `retire` (the parent starts a new worker).
+
+RLIMIT_CPU is stepped like the parent's deadlines: a load allowance when a request
+arrives, one run's worth when the guest starts (`Relay.run_started`).
+
+An idle worker exits when its parent's end of the pipe closes. With TIE=1 (a parent
+that started it from its main thread) it is also killed the moment the parent dies
+(PR_SET_PDEATHSIG); the signal follows the *thread* that started the worker, so a
+worker started from any other thread relies on the pipe alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import pickle
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StockadeError
+from .checks import run_check
+from .harden import harden_after_engine, harden_before_engine
+from .protocol import error_to_wire, read_frame, result_to_wire, write_frame
+from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
+
+if TYPE_CHECKING:
+    from ..invocation import Invocation
+    from ..observe import RunInfo
+    from ..result import Result
+    from ..sandbox import Sandbox
+    from .plan import WorkerPlan
+
+__all__ = ["main", "Relay"]
+
+_PR_SET_PDEATHSIG = 1
+_RECLAIM_BYTES = 256 * 1024**2
+
+
+class Relay:
+    """Observer of the worker's sandbox: tells the parent when the guest starts, so the
+    parent's deadline counts from there (compiling is bounded separately)."""
+
+    def __init__(self, fd: int, run_cpu: int | None) -> None:
+        self.fd = fd
+        self.run_cpu = run_cpu
+
+    def run_started(self, info: RunInfo) -> None:
+        if self.run_cpu is not None:
+            step_cpu_limit(self.run_cpu)  # loading is over: from here, one run's CPU time
+        write_frame(self.fd, ("started", {
+            "module": info.module, "sha256": info.sha256, "coldstart": info.coldstart,
+            "started": info.started, "writable_dirs": [str(p) for p in info.writable_dirs],
+        }))
+
+    def run_finished(self, info: RunInfo, result: Result) -> None:
+        """The result itself is the reply; nothing to send here."""
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+def _run(sandbox: Sandbox, module: str | Path | bytes, invocation: Invocation,
+         env: dict[str, str | None], cwd: str) -> tuple[str, Any]:
+    # Relative module and directory paths mean what they mean in the parent, now.
+    if cwd != os.getcwd():
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            return "failed", {"message": f"cannot enter the caller's directory {cwd}: {exc}"}
+    # The parent's values of the variables the policy passes through, as of this run.
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        return "result", result_to_wire(sandbox.run(module, invocation))
+    except StockadeError as exc:
+        return "error", error_to_wire(exc)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
+        return "failed", {"message": f"{type(exc).__name__}: {exc}"}
+
+
+def serve(read_fd: int, write_fd: int) -> None:
+    """Harden this process by the plan read from `read_fd`, then answer requests."""
+    plan: WorkerPlan = pickle.loads(read_frame(read_fd))
+    report = harden_before_engine(plan)
+    from ..sandbox import Sandbox
+
+    sandbox = Sandbox(plan.policy, observers=(Relay(write_fd, plan.rlimits.run_cpu),))
+    report += harden_after_engine(plan, sandbox.engine.wasmtime)
+    baseline = vm_size()
+    write_frame(write_fd, ("ready", {"pid": os.getpid(), "cpu_used": cpu_used(),
+                                     "protections": [tuple(p) for p in report]}))
+    while True:
+        try:
+            request = pickle.loads(read_frame(read_fd))
+        except EOFError:
+            return
+        kind = request[0]
+        if kind == "run":
+            cpu = plan.rlimits
+            if cpu.run_cpu is not None:
+                if not cpu_room(cpu.per_request_cpu()):
+                    write_frame(write_fd, ("retire", {"cpu_used": cpu_used()}))
+                    continue
+                step_cpu_limit(cpu.load_cpu)
+            reply = _run(sandbox, *request[1:])
+            # A trap's traceback keeps its Store, with a whole linear-memory reservation,
+            # alive until the cycle collector runs; RLIMIT_AS has room for one at a time.
+            if vm_size() > baseline + _RECLAIM_BYTES:
+                gc.collect()
+            write_frame(write_fd, reply)
+        elif kind == "check":
+            write_frame(write_fd, ("checked", run_check(request[1], request[2])))
+        else:
+            write_frame(write_fd, ("failed", {"message": f"unknown request {kind!r}"}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the worker process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4:
+        print("usage: python -m stockade.isolate.worker READ_FD WRITE_FD PARENT_PID TIE",
+              file=sys.stderr)
+        return 2
+    read_fd, write_fd, parent, tie = (int(arg) for arg in args)
+    if tie:
+        _die_with_parent(parent)
+    serve(read_fd, write_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

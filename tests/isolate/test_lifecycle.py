@@ -1,0 +1,120 @@
+"""Workers that die, hang or are closed: the caller gets a Result and goes on."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from stockade import Invocation, Outcome, Policy, WorkerError
+from stockade.isolate import IsolatedSandbox, IsolationConfig
+from stockade.observe import RunInfo
+from stockade.result import Result
+from tests.conftest import guest
+
+
+class SignalOnStart:
+    """An observer sending `sig` to the worker as soon as its guest starts."""
+
+    def __init__(self, sig: signal.Signals) -> None:
+        self.sig = sig
+        self.finished: list[Result] = []
+
+    def run_started(self, info: RunInfo) -> None:
+        os.kill(info.pid, self.sig)
+
+    def run_finished(self, info: RunInfo, result: Result) -> None:
+        self.finished.append(result)
+
+
+def test_worker_killed_by_sigkill_gives_error_and_is_replaced() -> None:
+    killer = SignalOnStart(signal.SIGKILL)
+    with IsolatedSandbox(Policy.from_profile("strict"), observers=[killer]) as sandbox:
+        result = sandbox.run(guest("sleeper.wasm"), Invocation(args=("10",)))
+        assert result.outcome is Outcome.ERROR
+        assert "SIGKILL" in result.message
+        assert result.module == "sleeper.wasm" and result.sha256
+        assert killer.finished == [result]
+        sandbox.observers = ()
+        assert sandbox.run(guest("hello.wasm")).ok
+
+
+def test_hung_worker_is_killed_at_timeout_plus_grace() -> None:
+    # The guest would sleep 10 s; stopped, the worker cannot even honour its own 1 s limit.
+    policy = Policy.from_profile("strict").with_limits(timeout=1.0)
+    stopper = SignalOnStart(signal.SIGSTOP)
+    config = IsolationConfig(grace=0.5)
+    with IsolatedSandbox(policy, observers=[stopper], config=config) as sandbox:
+        result = sandbox.run(guest("sleeper.wasm"), Invocation(args=("10",)))
+        assert result.outcome is Outcome.TIMEOUT
+        assert result.exit_code == 124
+        assert "1 s timeout + 0.5 s grace" in result.message
+
+
+def test_load_timeout_bounds_the_time_before_the_guest_starts() -> None:
+    config = IsolationConfig(load_timeout=0.5)
+    with IsolatedSandbox(Policy.from_profile("strict"), config=config) as sandbox:
+        sandbox.protections()
+        pid = sandbox.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        result = sandbox.run(guest("hello.wasm"))
+        assert result.outcome is Outcome.TIMEOUT
+        assert "loading the module" in result.message
+        assert sandbox.worker_pid != pid
+
+
+def test_worker_is_reused_across_runs() -> None:
+    with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:
+        first = sandbox.run(guest("hello.wasm"))
+        pid = sandbox.worker_pid
+        second = sandbox.run(guest("hello.wasm"), Invocation(args=("again",)))
+        assert first.ok and second.ok
+        assert sandbox.worker_pid == pid
+        assert not second.coldstart
+
+
+def test_max_runs_replaces_the_worker() -> None:
+    config = IsolationConfig(max_runs=1)
+    with IsolatedSandbox(Policy.from_profile("strict"), config=config) as sandbox:
+        sandbox.protections()
+        pid = sandbox.worker_pid
+        assert sandbox.run(guest("hello.wasm")).ok
+        assert sandbox.worker_pid != pid
+
+
+def test_close_is_idempotent_and_final() -> None:
+    sandbox = IsolatedSandbox(Policy.from_profile("strict"))
+    sandbox.protections()
+    pid = sandbox.worker_pid
+    assert pid is not None
+    sandbox.close()
+    sandbox.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(WorkerError):
+        sandbox.run(guest("hello.wasm"))
+
+
+def test_a_missing_interpreter_is_a_worker_error() -> None:
+    config = IsolationConfig(python="/nonexistent/python3")
+    with IsolatedSandbox(Policy.from_profile("strict"), config=config) as sandbox:
+        with pytest.raises(WorkerError, match="cannot start a worker"):
+            sandbox.run(guest("hello.wasm"))
+
+
+def test_a_killed_runs_scratch_directory_is_removed() -> None:
+    killer = SignalOnStart(signal.SIGKILL)
+    seen: list[RunInfo] = []
+
+    class Watch(SignalOnStart):
+        def run_started(self, info: RunInfo) -> None:
+            seen.append(info)
+
+    policy = Policy.from_profile("default").with_capabilities(scratch="/scratch")
+    with IsolatedSandbox(policy, observers=[Watch(signal.SIGKILL), killer]) as sandbox:
+        result = sandbox.run(guest("sleeper.wasm"), Invocation(args=("10",)))
+    assert result.outcome is Outcome.ERROR
+    scratch = [path for path in seen[0].writable_dirs if path.name.startswith("stockade-scratch")]
+    assert scratch and not scratch[0].exists()
