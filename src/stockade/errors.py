@@ -9,7 +9,8 @@ gateway render errors and never decide what they mean::
     ├── ModuleNotFound              127 / 404   no such module file
     ├── ModuleError                 126 / 422   not wasm, truncated, incompatible .cwasm
     │   └── DeniedImport            126 / 403   imports something Stockade does not provide
-    └── WorkerError                 125 / 500   an isolation worker failed to start or answer
+    ├── WorkerError                 125 / 500   an isolation worker failed to start or answer
+    └── FastPathUnavailable         125 / 500   the C-API fast path cannot run here
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "ModuleError",
     "DeniedImport",
     "WorkerError",
+    "FastPathUnavailable",
 ]
 
 
@@ -72,3 +74,8 @@ class DeniedImport(ModuleError):
 
 class WorkerError(StockadeError):
     """An isolation worker could not be started or stopped answering."""
+
+
+class FastPathUnavailable(StockadeError):
+    """The fast path cannot run here: another wasmtime version (its C ABI is pinned),
+    another platform, or no /proc. Callers fall back to the wasmtime-py path."""

@@ -1,0 +1,26 @@
+"""The per-request fast path: a fresh WASI instance per call through wasmtime's C API.
+
+`FastEngine` is a pooling-allocator engine driven by direct ctypes calls (no
+wasmtime-py wrapper objects per call); `FastModule` is a module pre-linked against
+WASI preview 1 (with Stockade's own `poll_oneoff`, so sleeps end at the deadline);
+`FastEngine.run` returns a `FastResult`. Output is captured in memfds whose cap holds
+while the guest runs. Pinned to wasmtime 50.x: importing this package raises
+`FastPathUnavailable` with any other version; callers fall back to the standard path.
+
+Modules: `_capi` (the C functions), `_engine` (engine, admission, epoch ticker),
+`_module` (loading and linking), `_run` (one run and its verdict), `_poll` (the owned
+`poll_oneoff`).
+
+    with FastEngine(EngineConfig(), max_instances=8) as engine:
+        module = engine.compile(Path("hello.wasm").read_bytes(), "hello.wasm")
+        result = engine.run(module, ["world"], stdin=b"hi", timeout_s=1.0, max_output=65536)
+"""
+
+from __future__ import annotations
+
+from ._capi import FastPathUnavailable
+from ._engine import FastEngine
+from ._module import FastModule
+from ._run import FastResult
+
+__all__ = ["FastEngine", "FastModule", "FastResult", "FastPathUnavailable"]

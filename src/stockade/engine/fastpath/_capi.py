@@ -1,0 +1,208 @@
+"""The slice of wasmtime's C API the fast path calls, bound once through ctypes.
+
+wasmtime-py ships the shared library and generated bindings; calling its Python
+wrappers costs a frame, pointer boxing and type checks per call. Here each function
+gets its own ctypes prototype (a fresh function object, so wasmtime-py's own
+prototypes stay untouched) taking and returning plain addresses. The struct layouts
+come from wasmtime-py's generated bindings, which match the pinned C headers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import types
+from ctypes import (
+    POINTER,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_int64,
+    c_size_t,
+    c_uint8,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+from typing import Any
+
+from ...errors import FastPathUnavailable
+
+__all__ = [
+    "FastPathUnavailable",
+    "C",
+    "ByteVec",
+    "Instance",
+    "Extern",
+    "ExportTypeVec",
+    "ValTypeVec",
+    "ValRaw",
+    "EXTERN_FUNC",
+    "EXTERN_MEMORY",
+    "take_error",
+    "take_trap",
+    "check_version",
+    "installed_wasmtime",
+]
+
+SUPPORTED_SERIES = "50."
+
+
+def installed_wasmtime() -> str:
+    """The installed wasmtime-py version, from its dist-info directory's name (reading
+    package metadata through importlib costs ~25 ms of imports)."""
+    import wasmtime
+
+    site = Path(wasmtime.__file__).resolve().parent.parent
+    for info in site.glob("wasmtime-*.dist-info"):
+        return info.name.removeprefix("wasmtime-").removesuffix(".dist-info")
+    from importlib.metadata import version  # an unusual layout: ask the slow way
+
+    return version("wasmtime")
+
+
+def check_version(found: str) -> None:
+    """Raise FastPathUnavailable unless `found` is a wasmtime version this path supports."""
+    if not found.startswith(SUPPORTED_SERIES):
+        raise FastPathUnavailable(
+            f"the fast path is pinned to wasmtime {SUPPORTED_SERIES}x (its C ABI); found "
+            f"wasmtime {found}: install wasmtime>=50.0.1,<51 or use the standard path"
+        )
+
+
+check_version(installed_wasmtime())
+
+from wasmtime import _bindings, _ffi  # noqa: E402  (only once the version is known)
+
+ByteVec: Any = _bindings.wasm_byte_vec_t
+Instance: Any = _bindings.wasmtime_instance_t
+Extern: Any = _bindings.wasmtime_extern_t
+ExportTypeVec: Any = _bindings.wasm_exporttype_vec_t
+ValTypeVec: Any = _bindings.wasm_valtype_vec_t
+ValRaw: Any = _bindings.wasmtime_val_raw_t
+EXTERN_FUNC = 0  # WASMTIME_EXTERN_FUNC
+EXTERN_MEMORY = 3  # WASMTIME_EXTERN_MEMORY
+_P = c_void_p
+_PP = POINTER(c_void_p)
+
+
+# The bound functions, named without their `wasmtime_` prefix (`C.store_new`).
+C: Any = types.SimpleNamespace()
+
+
+def _bind(name: str, restype: Any, *argtypes: Any) -> None:
+    function = _ffi.dll[name]  # indexing makes a new function object every time
+    function.restype = restype
+    function.argtypes = list(argtypes)
+    setattr(C, name.removeprefix("wasmtime_"), function)
+
+
+for _name, _res, _args in [
+    # configuration and engine
+    ("wasm_config_new", _P, ()),
+    ("wasm_config_delete", None, (_P,)),
+    ("wasm_engine_new_with_config", _P, (_P,)),
+    ("wasm_engine_delete", None, (_P,)),
+    ("wasmtime_config_consume_fuel_set", None, (_P, c_bool)),
+    ("wasmtime_config_epoch_interruption_set", None, (_P, c_bool)),
+    ("wasmtime_config_max_wasm_stack_set", None, (_P, c_size_t)),
+    ("wasmtime_config_wasm_threads_set", None, (_P, c_bool)),
+    ("wasmtime_config_target_set", _P, (_P, c_char_p)),
+    ("wasmtime_pooling_allocation_config_new", _P, ()),
+    ("wasmtime_pooling_allocation_config_delete", None, (_P,)),
+    ("wasmtime_pooling_allocation_config_total_core_instances_set", None, (_P, c_uint32)),
+    ("wasmtime_pooling_allocation_config_total_memories_set", None, (_P, c_uint32)),
+    ("wasmtime_pooling_allocation_config_total_tables_set", None, (_P, c_uint32)),
+    ("wasmtime_pooling_allocation_config_max_memory_size_set", None, (_P, c_size_t)),
+    ("wasmtime_pooling_allocation_config_table_elements_set", None, (_P, c_size_t)),
+    ("wasmtime_pooling_allocation_config_linear_memory_keep_resident_set", None, (_P, c_size_t)),
+    ("wasmtime_pooling_allocation_config_table_keep_resident_set", None, (_P, c_size_t)),
+    ("wasmtime_pooling_allocation_strategy_set", None, (_P, _P)),
+    ("wasmtime_engine_increment_epoch", None, (_P,)),
+    # modules, linker, pre-instantiation
+    ("wasmtime_module_new", _P, (_P, c_char_p, c_size_t, _PP)),
+    ("wasmtime_module_deserialize", _P, (_P, c_char_p, c_size_t, _PP)),
+    ("wasmtime_module_deserialize_file", _P, (_P, c_char_p, _PP)),
+    ("wasmtime_module_serialize", _P, (_P, POINTER(ByteVec))),
+    ("wasmtime_module_exports", None, (_P, POINTER(ExportTypeVec))),
+    ("wasmtime_module_delete", None, (_P,)),
+    ("wasm_exporttype_name", POINTER(ByteVec), (_P,)),
+    ("wasm_exporttype_type", _P, (_P,)),
+    ("wasm_externtype_kind", c_uint8, (_P,)),
+    ("wasm_exporttype_vec_delete", None, (POINTER(ExportTypeVec),)),
+    ("wasmtime_linker_new", _P, (_P,)),
+    ("wasmtime_linker_define_wasi", _P, (_P,)),
+    ("wasmtime_linker_delete", None, (_P,)),
+    ("wasmtime_linker_instantiate_pre", _P, (_P, _P, _PP)),
+    ("wasmtime_instance_pre_delete", None, (_P,)),
+    ("wasmtime_linker_allow_shadowing", None, (_P, c_bool)),
+    ("wasmtime_linker_define_func_unchecked", _P, (_P, c_char_p, c_size_t, c_char_p, c_size_t,
+                                                   _P, _P, _P, _P)),
+    ("wasm_valtype_new", _P, (c_uint8,)),
+    ("wasm_valtype_vec_new", None, (POINTER(ValTypeVec), c_size_t, _PP)),
+    ("wasm_functype_new", _P, (POINTER(ValTypeVec), POINTER(ValTypeVec))),
+    ("wasm_functype_delete", None, (_P,)),
+    # host calls
+    ("wasmtime_caller_context", _P, (_P,)),
+    ("wasmtime_caller_export_get", c_bool, (_P, c_char_p, c_size_t, POINTER(Extern))),
+    ("wasmtime_context_get_data", _P, (_P,)),
+    ("wasmtime_memory_data", _P, (_P, _P)),
+    ("wasmtime_trap_new", _P, (c_char_p, c_size_t)),
+    # one run
+    ("wasmtime_store_new", _P, (_P, _P, _P)),
+    ("wasmtime_store_context", _P, (_P,)),
+    ("wasmtime_store_limiter", None, (_P, c_int64, c_int64, c_int64, c_int64, c_int64)),
+    ("wasmtime_store_delete", None, (_P,)),
+    ("wasmtime_context_set_fuel", _P, (_P, c_uint64)),
+    ("wasmtime_context_get_fuel", _P, (_P, POINTER(c_uint64))),
+    ("wasmtime_context_set_epoch_deadline", None, (_P, c_uint64)),
+    ("wasmtime_context_set_wasi", _P, (_P, _P)),
+    ("wasi_config_new", _P, ()),
+    ("wasi_config_delete", None, (_P,)),
+    ("wasi_config_set_argv", c_bool, (_P, c_size_t, POINTER(c_char_p))),
+    ("wasi_config_set_env", c_bool, (_P, c_size_t, POINTER(c_char_p), POINTER(c_char_p))),
+    ("wasi_config_set_stdin_bytes", None, (_P, POINTER(ByteVec))),
+    ("wasi_config_set_stdout_file", c_bool, (_P, c_char_p)),
+    ("wasi_config_set_stderr_file", c_bool, (_P, c_char_p)),
+    ("wasmtime_instance_pre_instantiate", _P, (_P, _P, POINTER(Instance), _PP)),
+    ("wasmtime_instance_export_get", c_bool, (_P, POINTER(Instance), c_char_p, c_size_t,
+                                              POINTER(Extern))),
+    ("wasmtime_func_call", _P, (_P, _P, _P, c_size_t, _P, c_size_t, _PP)),
+    ("wasmtime_memory_data_size", c_size_t, (_P, _P)),
+    # results
+    ("wasm_byte_vec_new", None, (POINTER(ByteVec), c_size_t, c_char_p)),
+    ("wasm_byte_vec_delete", None, (POINTER(ByteVec),)),
+    ("wasmtime_error_message", None, (_P, POINTER(ByteVec))),
+    ("wasmtime_error_exit_status", c_bool, (_P, POINTER(c_int))),
+    ("wasmtime_error_delete", None, (_P,)),
+    ("wasm_trap_message", None, (_P, POINTER(ByteVec))),
+    ("wasmtime_trap_code", c_bool, (_P, POINTER(c_uint8))),
+    ("wasm_trap_delete", None, (_P,)),
+]:
+    _bind(_name, _res, *_args)
+
+
+def _vec_text(vec: Any) -> str:
+    text = ctypes.string_at(vec.data, vec.size) if vec.size else b""
+    C.wasm_byte_vec_delete(ctypes.byref(vec))
+    return text.rstrip(b"\0").decode("utf-8", "replace")
+
+
+def take_error(error: int) -> tuple[str, int | None]:
+    """Message and WASI exit status of an owned `wasmtime_error_t*`, which is freed."""
+    status = c_int()
+    exited = C.error_exit_status(error, ctypes.byref(status))
+    vec = ByteVec()
+    C.error_message(error, ctypes.byref(vec))
+    C.error_delete(error)
+    return _vec_text(vec), (status.value if exited else None)
+
+
+def take_trap(trap: int) -> tuple[str, int | None]:
+    """Message and trap code (`wasmtime_trap_code_t`) of an owned `wasm_trap_t*`, freed."""
+    code = c_uint8()
+    known = C.trap_code(trap, ctypes.byref(code))
+    vec = ByteVec()
+    C.wasm_trap_message(trap, ctypes.byref(vec))
+    C.wasm_trap_delete(trap)
+    return _vec_text(vec), (code.value if known else None)

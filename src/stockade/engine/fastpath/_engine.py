@@ -1,0 +1,346 @@
+"""`FastEngine`: a pooling-allocator engine driven through wasmtime's C API.
+
+The engine owns the wasmtime engine, a linker with WASI preview 1, the epoch ticker,
+the output slots and admission: at most `max_instances` runs at once (the pool's size),
+further callers wait. Runs on different threads proceed in parallel (each C call
+releases the GIL); each uses its own store.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ...errors import ModuleError, ModuleNotFound, UsageError
+from ..config import EngineConfig
+from ..ticker import TICK_SECONDS
+from ._capi import C, FastPathUnavailable, take_error
+from ._module import Env, FastModule, prepare, raise_load
+from ._poll import define_poll_oneoff
+from ._run import FastResult, RunSlot, execute
+
+__all__ = ["FastEngine"]
+
+_NO_DEADLINE = 1 << 62
+_MAX_FUEL = (1 << 64) - 1
+
+
+class FastEngine:
+    """A wasmtime engine with the pooling allocator, for one fresh instance per call.
+
+    `config` sets fuel metering, epoch interruption (required for timeouts), the wasm
+    stack and code generator, exactly as the standard engine does, so `.cwasm` files
+    are interchangeable with it. `max_instances` bounds concurrent runs (the pool's
+    slots); `max_memory` is the largest linear memory any run may get (bytes);
+    `keep_resident` bytes of each freed memory are zeroed in place rather than returned
+    to the kernel (faster for small guests). Raises FastPathUnavailable off Linux.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        max_instances: int = 64,
+        max_memory: int = 128 * 1024**2,
+        table_elements: int = 100_000,
+        keep_resident: int = 1024**2,
+        tick_interval: float = TICK_SECONDS,
+    ) -> None:
+        if not sys.platform.startswith("linux") or not os.path.isdir("/proc/self/fd"):
+            raise FastPathUnavailable("the fast path needs Linux with /proc mounted")
+        # wasmtime aborts the process (a panic in the C API) on a pool it cannot build:
+        # memories above the 4 GiB reservation, or far too many slots to map.
+        for key, value, top in (("max_instances", max_instances, 1_000),
+                                ("max_memory", max_memory, 4 * 1024**3),
+                                ("table_elements", table_elements, 10_000_000),
+                                ("keep_resident", keep_resident, 1 << 30)):
+            if not 0 < value <= top and not (key == "keep_resident" and value == 0):
+                raise UsageError(f"FastEngine {key}={value} is out of range (1..{top})")
+        if not 0 < tick_interval <= 1:
+            raise UsageError(f"FastEngine tick_interval={tick_interval} must be in (0, 1] s")
+        self.config = config or EngineConfig()
+        self.max_instances = max_instances
+        self.max_memory = max_memory
+        self._engine = C.wasm_engine_new_with_config(self._wasm_config(keep_resident,
+                                                                       table_elements))
+        self._linker = C.linker_new(self._engine)
+        raise_load(C.linker_define_wasi(self._linker), "WASI")
+        define_poll_oneoff(self._linker)
+        self.tick_interval = tick_interval
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # a run finished
+        self._wake = threading.Condition(self._lock)  # the ticker has work
+        self._ticking = False
+        self._ticker: threading.Thread | None = None
+        self._running: set[RunSlot] = set()
+        self._free: list[RunSlot] = []
+        self._modules: set[FastModule] = set()
+        self._active = 0
+        self._waiters = 0
+        self._closed = False
+        self._forked = False
+        _ENGINES.add(self)
+
+    def _wasm_config(self, keep_resident: int, table_elements: int) -> int:
+        """A `wasm_config_t*` for this engine (ownership passes to the engine)."""
+        config = C.wasm_config_new()
+        try:
+            self._configure(config, keep_resident, table_elements)
+        except BaseException:
+            C.wasm_config_delete(config)
+            raise
+        return int(config)
+
+    def _configure(self, config: int, keep_resident: int, table_elements: int) -> None:
+        C.config_consume_fuel_set(config, self.config.fuel)
+        C.config_epoch_interruption_set(config, self.config.epochs)
+        C.config_max_wasm_stack_set(config, self.config.max_stack)
+        C.config_wasm_threads_set(config, False)
+        if self.config.strategy == "pulley":
+            error = C.config_target_set(config, b"pulley64")
+            if error:
+                raise FastPathUnavailable(f"pulley: {take_error(error)[0]}")
+        elif self.config.strategy != "cranelift":
+            raise UsageError(f"unknown code generator {self.config.strategy!r}")
+        pool = C.pooling_allocation_config_new()
+        for setter, value in (("total_core_instances", self.max_instances),
+                              ("total_memories", self.max_instances),
+                              ("total_tables", self.max_instances),
+                              ("max_memory_size", self.max_memory),
+                              ("table_elements", table_elements),
+                              ("linear_memory_keep_resident", keep_resident),
+                              ("table_keep_resident", keep_resident)):
+            getattr(C, f"pooling_allocation_config_{setter}_set")(pool, value)
+        C.pooling_allocation_strategy_set(config, pool)
+        C.pooling_allocation_config_delete(pool)
+
+    # -- loading ---------------------------------------------------------------------
+
+    def compile(self, wasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
+        """Compile WebAssembly binary bytes. Raises ModuleError, DeniedImport."""
+        wasm = bytes(wasm)
+        if not wasm.startswith(b"\0asm"):
+            raise ModuleError(f"{name}: not a WebAssembly binary (no \\0asm header)")
+        return self._load(lambda out: C.module_new(self._engine, wasm, len(wasm), out), name)
+
+    def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
+        """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
+        wasmtime version). Only for trusted files (the AoT cache). Raises ModuleError."""
+        cwasm = bytes(cwasm)
+        return self._load(
+            lambda out: C.module_deserialize(self._engine, cwasm, len(cwasm), out), name
+        )
+
+    def deserialize_file(self, path: str | Path) -> FastModule:
+        """Like `deserialize`, mapping the file instead of reading it. Raises
+        ModuleNotFound, ModuleError."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModuleNotFound(f"{path}: no such module file")
+        encoded = os.fsencode(path)
+        return self._load(lambda out: C.module_deserialize_file(self._engine, encoded, out),
+                          path.name)
+
+    def _load(self, make: Callable[[Any], int | None], name: str) -> FastModule:
+        if self._closed:
+            raise UsageError("FastEngine is closed")
+        module, pre = prepare(self._linker, make, name)
+        loaded = FastModule(self, module, pre, name)
+        with self._cond:
+            self._modules.add(loaded)
+        return loaded
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(
+        self,
+        module: FastModule,
+        args: Iterable[str] = (),
+        env: Env = (),
+        stdin: bytes = b"",
+        *,
+        fuel: int | None = None,
+        timeout_s: float | None = None,
+        max_memory: int | None = None,
+        max_output: int | None = None,
+        capture_stderr: bool = True,
+    ) -> FastResult:
+        """Run `module`'s `_start` in a fresh instance and return how it ended.
+
+        `args` exclude argv[0] (the module's name); `stdin` is the whole input. Limits:
+        `fuel` instructions (None: unlimited; requires a fuel engine), `timeout_s`
+        seconds of wall time (epoch interruption; a guest sleeping in `poll_oneoff` is
+        stopped at the deadline too), `max_memory` bytes of linear memory (default and
+        ceiling: the engine's),
+        `max_output` bytes of stdout + stderr together (None: unlimited; enforced while
+        the guest runs, within a tick). `capture_stderr=False` discards stderr, saving
+        a file open per call. Waits while `max_instances` runs are in flight. Raises
+        UsageError for bad arguments.
+        """
+        argv = [_arg(module.name, "module name"), *(_arg(arg, "argument") for arg in args)]
+        pairs = env.items() if isinstance(env, Mapping) else env
+        env_list = [(_arg(k, "environment name", "="), _arg(v, "environment value"))
+                    for k, v in pairs]
+        budget = self._fuel(fuel)
+        memory = self.max_memory if max_memory is None else max_memory
+        if not 0 < memory <= self.max_memory:
+            raise UsageError(f"max_memory={memory} must be within 1..{self.max_memory} bytes "
+                             "(the engine's pool slot size)")
+        if max_output is not None and max_output < 0:
+            raise UsageError(f"max_output={max_output} must not be negative")
+        if not isinstance(stdin, bytes | bytearray | memoryview):
+            raise UsageError(f"stdin must be bytes, not {type(stdin).__name__}")
+        deadline = _NO_DEADLINE if timeout_s is None else self._deadline(timeout_s)
+        slot = self._admit(module)
+        slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            return execute(self._engine, module._pre, slot, argv, env_list, bytes(stdin),
+                           budget, deadline, memory, max_output, capture_stderr)
+        finally:
+            self._release(module, slot)
+
+    def _fuel(self, fuel: int | None) -> int | None:
+        if not self.config.fuel:
+            if fuel is not None:
+                raise UsageError("fuel was given but this engine does not meter fuel")
+            return None
+        if fuel is None:
+            return _MAX_FUEL
+        if not 0 <= fuel <= _MAX_FUEL:
+            raise UsageError(f"fuel={fuel} must be within 0..2**64-1")
+        return fuel
+
+    def _deadline(self, timeout_s: float) -> int:
+        if not self.config.epochs:
+            raise UsageError("a timeout needs an engine with epoch interruption")
+        if not timeout_s > 0:
+            raise UsageError(f"timeout_s={timeout_s} must be positive")
+        # +1: the first tick may come right after the run starts; never stop one early.
+        return max(1, math.ceil(timeout_s / self.tick_interval)) + 1
+
+    def _admit(self, module: FastModule) -> RunSlot:
+        with self._cond:
+            while self._active >= self.max_instances and not self._closed:
+                self._wait()
+            if self._forked:
+                raise UsageError("this FastEngine was created before fork(): create one in "
+                                 "each worker process")
+            if self._closed or module._module is None:
+                raise UsageError(f"{module.name}: engine or module is closed")
+            if module.engine is not self:
+                raise UsageError(f"{module.name}: module belongs to another FastEngine")
+            self._active += 1
+            module._active += 1
+            slot = self._free.pop() if self._free else RunSlot()
+            self._running.add(slot)
+            if not self._ticking:
+                self._ticking = True
+                if self._ticker is None:
+                    self._ticker = threading.Thread(target=self._tick_loop, daemon=True,
+                                                    name="stockade-fastpath-epoch")
+                    self._ticker.start()
+                self._wake.notify()
+            return slot
+
+    def _release(self, module: FastModule, slot: RunSlot) -> None:
+        with self._cond:
+            self._running.discard(slot)
+            slot.cap = None
+            self._active -= 1
+            module._active -= 1
+            if slot.sealed or self._closed:
+                slot.close()
+            else:
+                self._free.append(slot)
+            if self._waiters:
+                self._cond.notify_all()
+
+    def _wait(self) -> None:
+        """Wait on the engine's condition (held) for a run to finish."""
+        self._waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiters -= 1
+
+    def _tick_loop(self) -> None:
+        """The epoch ticker thread: while runs are active, advance the engine's epoch
+        every `tick_interval` and enforce their output caps; idle otherwise. It never
+        touches a store (stores are not thread-safe)."""
+        with self._lock:
+            while True:
+                while not self._ticking and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                self._lock.release()
+                try:
+                    time.sleep(self.tick_interval)
+                    C.engine_increment_epoch(self._engine)
+                finally:
+                    self._lock.acquire()
+                for slot in self._running:
+                    slot.seal_if_over()
+                # Stay awake through the tick after the last run: busy periods stay cheap.
+                self._ticking = bool(self._active)
+
+    # -- lifetime --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Wait for in-flight runs, then stop the ticker and free every module, slot and
+        the engine. Safe to call twice."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            if self._forked:  # the parent's engine: nothing here to free or wait for
+                return
+            self._cond.notify_all()
+            self._wake.notify()
+            while self._active:
+                self._wait()
+            modules, slots, self._free = list(self._modules), self._free, []
+        if self._ticker is not None:
+            self._ticker.join()
+        for module in modules:
+            module.close()
+        for slot in slots:
+            slot.close()
+        C.linker_delete(self._linker)
+        C.wasm_engine_delete(self._engine)
+
+    def __enter__(self) -> FastEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_ENGINES: weakref.WeakSet[FastEngine] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    """A forked child shares the parent's memfds and lacks its ticker: refuse to run."""
+    for engine in list(_ENGINES):
+        engine._forked = True
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _arg(value: str, what: str, forbidden: str = "") -> bytes:
+    if not isinstance(value, str):
+        raise UsageError(f"{what} {value!r} must be a string")
+    if "\0" in value or (forbidden and forbidden in value):
+        raise UsageError(f"{what} {value!r} contains a NUL byte or {forbidden or 'NUL'!r}")
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} {value!r} is not valid Unicode text") from None

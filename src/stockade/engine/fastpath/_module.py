@@ -1,0 +1,135 @@
+"""`FastModule`: a module compiled for a `FastEngine` and pre-linked against WASI.
+
+Loading checks what the fast path needs before any run: a `_start` function, and no
+import beyond WASI preview 1 (refused as `DeniedImport`, naming the import).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ...errors import DeniedImport, ModuleError, UsageError
+from ._capi import EXTERN_FUNC, ByteVec, C, ExportTypeVec, take_error
+from ._run import FastResult
+
+if TYPE_CHECKING:
+    from ._engine import FastEngine
+
+__all__ = ["FastModule", "Env", "prepare", "raise_load"]
+
+_UNKNOWN_IMPORT = re.compile(r"unknown import: `([^`]+)`")
+_CAUSE_NUMBER = re.compile(r"^\d+: ")
+
+Env = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+class FastModule:
+    """A module compiled for one `FastEngine` and pre-linked against WASI preview 1.
+
+    Share it freely between threads; `close()` waits for its runs, then frees it (safe
+    twice). Run it with `FastEngine.run` or `run`.
+    """
+
+    def __init__(self, engine: FastEngine, module: int, pre: int, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._module: int | None = module
+        self._pre = pre
+        self._active = 0
+
+    def run(
+        self,
+        args: Iterable[str] = (),
+        env: Env = (),
+        stdin: bytes = b"",
+        *,
+        fuel: int | None = None,
+        timeout_s: float | None = None,
+        max_memory: int | None = None,
+        max_output: int | None = None,
+        capture_stderr: bool = True,
+    ) -> FastResult:
+        """Shorthand for `self.engine.run(self, ...)`."""
+        return self.engine.run(self, args, env, stdin, fuel=fuel, timeout_s=timeout_s,
+                               max_memory=max_memory, max_output=max_output,
+                               capture_stderr=capture_stderr)
+
+    def serialize(self) -> bytes:
+        """The compiled module (`.cwasm` bytes) for `FastEngine.deserialize` or the AoT cache."""
+        if self._module is None:
+            raise UsageError(f"{self.name}: module is closed")
+        vec = ByteVec()
+        raise_load(C.module_serialize(self._module, ctypes.byref(vec)), self.name)
+        data = ctypes.string_at(vec.data, vec.size)
+        C.wasm_byte_vec_delete(ctypes.byref(vec))
+        return data
+
+    def close(self) -> None:
+        """Wait for this module's runs to finish, then free it. Safe to call twice."""
+        with self.engine._cond:
+            if self._module is None:
+                return
+            module, self._module = self._module, None
+            while self._active:
+                self.engine._wait()
+            self.engine._modules.discard(self)
+        C.instance_pre_delete(self._pre)
+        C.module_delete(module)
+
+    def __enter__(self) -> FastModule:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prepare(linker: int, make: Callable[[Any], int | None], name: str) -> tuple[int, int]:
+    """Create a module with `make(out_pointer)` and pre-instantiate it with `linker`:
+    (module, instance_pre) addresses. Raises ModuleError, DeniedImport."""
+    out = ctypes.c_void_p()
+    raise_load(make(ctypes.byref(out)), name)
+    module = int(out.value or 0)
+    try:
+        _require_start(module, name)
+        pre = ctypes.c_void_p()
+        error = C.linker_instantiate_pre(linker, module, ctypes.byref(pre))
+        if error:
+            message, _ = take_error(error)
+            found = _UNKNOWN_IMPORT.search(message)
+            if found:
+                raise DeniedImport(
+                    f"{name}: imports {found.group(1)}, which Stockade does not provide "
+                    "(only WASI preview 1 is linked)", found.group(1))
+            raise ModuleError(f"{name}: cannot link: {message.splitlines()[0]}")
+    except BaseException:
+        C.module_delete(module)
+        raise
+    return module, int(pre.value or 0)
+
+
+def raise_load(error: int | None, name: str) -> None:
+    """Raise ModuleError with the context and causes of a load error on one line."""
+    if error:
+        message, _ = take_error(error)
+        lines = [_CAUSE_NUMBER.sub("", line.strip()) for line in message.splitlines()]
+        useful = [line for line in lines if line and line != "Caused by:"]
+        raise ModuleError(f"{name}: {'; '.join(dict.fromkeys(useful[:3])) or 'unknown error'}")
+
+
+def _require_start(module: int, name: str) -> None:
+    exports = ExportTypeVec()
+    C.module_exports(module, ctypes.byref(exports))
+    try:
+        for index in range(exports.size):
+            export = exports.data[index]
+            label = C.wasm_exporttype_name(export).contents
+            if ctypes.string_at(label.data, label.size) == b"_start":
+                kind = C.wasm_externtype_kind(C.wasm_exporttype_type(export))
+                if kind == EXTERN_FUNC:
+                    return
+    finally:
+        C.wasm_exporttype_vec_delete(ctypes.byref(exports))
+    raise ModuleError(f"{name}: no `_start` function: not a WASI command module")

@@ -1,0 +1,292 @@
+"""One fast-path run: a fresh store and instance, `_start`, captured output, an outcome.
+
+Output goes to a pair of memfds the guest's WASI stdout/stderr open by path
+(`/proc/<pid>/fd/N`): writes happen synchronously on the guest's thread, with no Python
+callback (wasmtime's custom-stdout streams go through a tokio task and can abort the
+interpreter at exit). The cap holds while the guest runs because the engine's ticker
+seals a memfd (`F_SEAL_GROW | F_SEAL_WRITE`) once the pair outgrows it: further writes
+fail in the guest with EPERM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ...policy.units import format_size
+from ...result import Outcome, Result, Usage
+from ._capi import (
+    EXTERN_FUNC,
+    EXTERN_MEMORY,
+    ByteVec,
+    C,
+    Extern,
+    Instance,
+    take_error,
+    take_trap,
+)
+
+__all__ = ["FastResult", "RunSlot", "execute"]
+
+_SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+# Outputs larger than this are truncated after reading, so an idle slot holds no memory.
+_RELEASE_BYTES = 1 << 20
+_PAGE = 65536
+
+# wasmtime_trap_code_t values (wasmtime/trap.h).
+_TRAP_STACK_OVERFLOW = 0
+_TRAP_INTERRUPT = 10
+_TRAP_OUT_OF_FUEL = 11
+_TRAP_OUTCOMES = {
+    _TRAP_OUT_OF_FUEL: (Outcome.FUEL_EXHAUSTED, "instruction budget (fuel) exhausted"),
+    _TRAP_INTERRUPT: (Outcome.TIMEOUT, "wall-clock timeout"),
+    _TRAP_STACK_OVERFLOW: (Outcome.TRAP, "wasm stack exhausted"),
+}
+
+
+@dataclass(slots=True)
+class FastResult:
+    """What one fast-path run produced. Times in seconds, sizes in bytes.
+
+    `guest_exit_code` is set when the guest exited (WASI `proc_exit` or returning from
+    `_start`, which is 0); `memory_bytes` is the final (= peak) size of its memory;
+    `fuel_consumed` is 0 when the engine does not meter fuel.
+    """
+
+    outcome: Outcome
+    guest_exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    message: str
+    fuel_consumed: int
+    wall_s: float
+    cpu_s: float
+    memory_bytes: int
+
+    @property
+    def exit_code(self) -> int:
+        """The process exit code: the guest's own when it exited, else the outcome's."""
+        if self.outcome is Outcome.EXITED and self.guest_exit_code is not None:
+            return self.guest_exit_code
+        return self.outcome.exit_code
+
+    def to_result(self, module: str, sha256: str, limits: dict[str, Any] | None = None) -> Result:
+        """This run as the library's `Result` (what telemetry, the CLI and gateway render)."""
+        usage = Usage(
+            wall_ms=self.wall_s * 1000,
+            cpu_ms=self.cpu_s * 1000,
+            fuel_consumed=self.fuel_consumed,
+            peak_memory_bytes=self.memory_bytes,
+        )
+        return Result(
+            module=module, sha256=sha256, outcome=self.outcome, exit_code=self.exit_code,
+            guest_exit_code=self.guest_exit_code, message=self.message, stdout=self.stdout,
+            stderr=self.stderr, stdout_truncated=self.stdout_truncated,
+            stderr_truncated=self.stderr_truncated, usage=usage, limits=dict(limits or {}),
+        )
+
+
+class RunSlot:
+    """What one run needs and the next may reuse: two memfds receiving stdout and
+    stderr, and the ctypes out-parameters of the C calls. Reused until sealed.
+
+    `cap` is the running guest's combined output limit, set once its files are open
+    (None: unlimited, or not running); `sealed` is set by `seal_if_over` (the engine's
+    ticker thread) and means the slot must be replaced. `deadline` (monotonic seconds)
+    and `stopped` serve the owned `poll_oneoff`, which finds the slot through `live`
+    by the store's data word.
+    """
+
+    live: ClassVar[dict[int, RunSlot]] = {}
+
+    __slots__ = ("out", "err", "out_path", "err_path", "cap", "capture_err", "sealed",
+                 "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left")
+
+    def __init__(self) -> None:
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+        self.out = os.memfd_create("stockade-stdout", flags)
+        self.err = os.memfd_create("stockade-stderr", flags)
+        # /proc/<pid> resolves faster than /proc/self; slots never cross a fork.
+        self.out_path = f"/proc/{os.getpid()}/fd/{self.out}".encode()
+        self.err_path = f"/proc/{os.getpid()}/fd/{self.err}".encode()
+        self.cap: int | None = None
+        self.capture_err = True
+        self.sealed = False
+        self.deadline: float | None = None
+        self.stopped = False
+        self.clock_base = 0
+        self.instance = Instance()
+        self.item = Extern()
+        self.trap = ctypes.c_void_p()
+        self.fuel_left = ctypes.c_uint64()
+        RunSlot.live[id(self)] = self
+
+    def seal_if_over(self) -> None:
+        """Stop further writes once stdout + stderr exceed the cap (ticker thread)."""
+        if self.cap is None or self.sealed:
+            return
+        if os.lseek(self.out, 0, os.SEEK_END) + os.lseek(self.err, 0, os.SEEK_END) > self.cap:
+            fcntl.fcntl(self.out, fcntl.F_ADD_SEALS, _SEALS)
+            fcntl.fcntl(self.err, fcntl.F_ADD_SEALS, _SEALS)
+            self.sealed = True
+
+    def collect(self) -> tuple[bytes, bytes, bool, bool]:
+        """(stdout, stderr, stdout_truncated, stderr_truncated) within the cap; stdout
+        keeps its bytes first. The next run's open truncates the files."""
+        n_out = os.lseek(self.out, 0, os.SEEK_END)
+        n_err = os.lseek(self.err, 0, os.SEEK_END) if self.capture_err else 0
+        keep_out, keep_err = n_out, n_err
+        if self.cap is not None:
+            keep_out = min(n_out, self.cap)
+            keep_err = min(n_err, self.cap - keep_out)
+        out = os.pread(self.out, keep_out, 0) if keep_out else b""
+        err = os.pread(self.err, keep_err, 0) if keep_err else b""
+        if not self.sealed and max(n_out, n_err) > _RELEASE_BYTES:
+            os.ftruncate(self.out, 0)
+            os.ftruncate(self.err, 0)
+        return out, err, n_out > keep_out, n_err > keep_err
+
+    def close(self) -> None:
+        """Close both memfds (their memory is freed with the last descriptor)."""
+        RunSlot.live.pop(id(self), None)
+        for fd in (self.out, self.err):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def execute(
+    engine: int,
+    pre: int,
+    slot: RunSlot,
+    argv: list[bytes],
+    env: list[tuple[bytes, bytes]],
+    stdin: bytes,
+    fuel: int | None,
+    deadline_ticks: int,
+    max_memory: int,
+    max_output: int | None,
+    capture_stderr: bool,
+) -> FastResult:
+    """Instantiate `pre` in a fresh store, call `_start`, and classify how it ended.
+
+    Runs entirely on the calling thread; every C call releases the GIL. The store and
+    its WASI context are created and deleted here, never shared. Without
+    `capture_stderr` the guest's stderr is discarded (saves opening a file). Verdicts,
+    strongest last: the trap or exit, a sleep cut at the deadline (`timeout`), a failure
+    near the memory limit (`memory_limit`), output beyond the cap (`output_limit`).
+    """
+    byref = ctypes.byref
+    instance, item, trap = byref(slot.instance), slot.item, slot.trap
+    trap.value = None
+    slot.stopped = False
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    store = C.store_new(engine, id(slot), None)
+    error: int | None = None
+    memory_bytes = fuel_left = 0
+    called = False
+    try:
+        cx = C.store_context(store)
+        C.store_limiter(store, max_memory, -1, -1, -1, -1)
+        if fuel is not None:
+            _check(C.context_set_fuel(cx, fuel))
+        C.context_set_epoch_deadline(cx, deadline_ticks)
+        slot.capture_err = capture_stderr
+        _check(C.context_set_wasi(cx, _wasi_config(slot, argv, env, stdin)))
+        slot.cap = max_output  # only now: the files were just truncated for this run
+        error = C.instance_pre_instantiate(pre, cx, instance, byref(trap))
+        if not error and not trap.value:
+            if not C.instance_export_get(cx, instance, b"_start", 6, byref(item)) \
+                    or item.kind != EXTERN_FUNC:
+                raise RuntimeError("module lost its _start export")  # checked at load
+            error = C.func_call(cx, byref(item.of.func), None, 0, None, 0, byref(trap))
+            called = True
+            if C.instance_export_get(cx, instance, b"memory", 6, byref(item)) \
+                    and item.kind == EXTERN_MEMORY:
+                memory_bytes = C.memory_data_size(cx, byref(item.of.memory))
+        if fuel is not None:
+            _check(C.context_get_fuel(cx, byref(slot.fuel_left)))
+            fuel_left = slot.fuel_left.value
+    finally:
+        C.store_delete(store)
+    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    outcome, message, code = _ending(error, trap.value, started=called)
+    if slot.stopped:
+        outcome, message, code = Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)", None
+    if (outcome is Outcome.TRAP or (outcome is Outcome.EXITED and code)) \
+            and memory_bytes + max(max_memory // 16, 16 * _PAGE) >= max_memory:
+        # A denied memory.grow returns -1 rather than trapping; a guest that then failed
+        # near the limit was stopped by it (the same rule as the standard sandbox).
+        outcome, message = Outcome.MEMORY_LIMIT, (
+            f"memory limit of {format_size(max_memory)} reached "
+            f"(linear memory {format_size(memory_bytes)})")
+    out, err, out_cut, err_cut = slot.collect()
+    if out_cut or err_cut:
+        outcome, message = Outcome.OUTPUT_LIMIT, \
+            f"output limit of {format_size(max_output or 0)} exceeded"
+    return FastResult(
+        outcome, code, out, err, out_cut, err_cut, message,
+        fuel - fuel_left if fuel is not None else 0, wall, cpu, memory_bytes,
+    )
+
+
+def _wasi_config(
+    slot: RunSlot, argv: list[bytes], env: list[tuple[bytes, bytes]], stdin: bytes
+) -> int:
+    slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
+    wasi = C.wasi_config_new()
+    C.wasi_config_set_argv(wasi, len(argv), (ctypes.c_char_p * len(argv))(*argv))
+    if env:
+        names = (ctypes.c_char_p * len(env))(*(name for name, _ in env))
+        values = (ctypes.c_char_p * len(env))(*(value for _, value in env))
+        C.wasi_config_set_env(wasi, len(env), names, values)
+    if stdin:
+        vec = ByteVec()
+        C.wasm_byte_vec_new(ctypes.byref(vec), len(stdin), stdin)
+        C.wasi_config_set_stdin_bytes(wasi, ctypes.byref(vec))
+    if not (C.wasi_config_set_stdout_file(wasi, slot.out_path)
+            and (not slot.capture_err or C.wasi_config_set_stderr_file(wasi, slot.err_path))):
+        C.wasi_config_delete(wasi)
+        raise OSError(f"cannot open {slot.out_path.decode()} for the guest's output")
+    return int(wasi)
+
+
+def _check(error: int | None) -> None:
+    if error:
+        message, _ = take_error(error)
+        raise RuntimeError(f"wasmtime: {message}")
+
+
+def _ending(error: int | None, trap: int | None, started: bool) -> tuple[Outcome, str, int | None]:
+    """(outcome, message, guest exit code) from what instantiation or `_start` returned."""
+    if trap:
+        message, code = take_trap(trap)
+        if code in _TRAP_OUTCOMES:
+            outcome, text = _TRAP_OUTCOMES[code]
+            return outcome, text, None
+        return Outcome.TRAP, _first_line(message), None
+    if error:
+        message, status = take_error(error)
+        if status is not None:
+            return Outcome.EXITED, f"exited with code {status}", status
+        if not started and "memory" in message and "limit" in message:
+            return Outcome.MEMORY_LIMIT, _first_line(message), None
+        return (Outcome.TRAP if started else Outcome.ERROR), _first_line(message), None
+    return Outcome.EXITED, "exited with code 0", 0
+
+
+def _first_line(text: str) -> str:
+    """The root cause of a wasmtime message, without context lines or backtrace."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Caused by:" in lines[:-1]:
+        lines = lines[lines.index("Caused by:") + 1:]
+        head, _, rest = lines[0].partition(": ")
+        lines[0] = rest if head.isdigit() and rest else lines[0]
+    return lines[0].removeprefix("wasm trap: ") if lines else "unknown error"
