@@ -46,7 +46,8 @@ def build_c(source: Path) -> None:
     target = opts.get("target", "wasm32-wasi")
     out = OUT / rel.with_suffix(".wasm")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if stale(out, source, Path(__file__)):
+    headers = sorted(source.parent.glob("*.h"))
+    if stale(out, source, Path(__file__), *headers):
         cmd = ["clang", f"--target={target}", *flags, "-Wl,--strip-all"]
         cmd += ["-o", str(out), str(source)]
         cmd += opts.get("link", "").split()
@@ -54,8 +55,9 @@ def build_c(source: Path) -> None:
     if opts.get("native") == "yes":
         native = NATIVE / rel
         native.parent.mkdir(parents=True, exist_ok=True)
-        if stale(native, source, Path(__file__)):
-            run(["cc", *flags, "-s", "-static", "-o", str(native), str(source), "-lm"], source)
+        if stale(native, source, Path(__file__), *headers):
+            # Same compiler as the wasm build, so native vs wasm compares code generators.
+            run(["clang", *flags, "-s", "-static", "-o", str(native), str(source), "-lm"], source)
 
 
 def build_wat(source: Path) -> None:
