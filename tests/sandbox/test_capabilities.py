@@ -99,3 +99,10 @@ def test_scratch_dir_kept_on_request() -> None:
     assert result.scratch is not None
     assert (Path(result.scratch) / "a.txt").read_text() == "x"
     shutil.rmtree(result.scratch)
+
+
+def test_unnameable_long_paths_do_not_break_host_calls(tmp_path: Path) -> None:
+    policy = Policy().with_capabilities(dirs=(DirGrant(tmp_path, "/out", writable=True),))
+    long_name = "/out/" + "d" * 250 + "/" + "e" * 250 + "/" + "f" * 4000
+    lines = probe(policy, "--write", long_name)
+    assert lines[0].startswith("write /out/ddd") and not lines[0].endswith(" ok")

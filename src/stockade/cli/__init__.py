@@ -18,6 +18,7 @@ __all__ = ["main", "cli"]
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Run a WebAssembly module in a sandbox."),
     "compile": ("compile", "compile_", "Compile a module ahead of time to a .cwasm file."),
+    "attack": ("attack", "attack", "Run the attack suite and judge how each attack is contained."),
     "bench": ("bench", "bench", "Benchmark Stockade against native, containers and other hosts."),
 }
 

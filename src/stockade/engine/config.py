@@ -70,6 +70,7 @@ class EngineConfig:
             config.target = "pulley64"
         elif self.strategy != "cranelift":
             raise ValueError(f"unknown strategy {self.strategy!r}")
-        # Threads and shared memory are refused anyway (wasi-threads is not provided).
-        config.wasm_threads = False
+        # Threads modules must parse so the import check can name what they need
+        # (wasi-threads is not provided: such modules are denied before running).
+        config.wasm_threads = True
         return config

@@ -12,6 +12,7 @@ import wasmtime
 from ..paths import cache_dir
 from .cache import AotCache
 from .config import EngineConfig
+from .guard import CompileGuard
 from .loader import LoadedModule, ModuleLoader
 from .ticker import EpochTicker
 
@@ -42,11 +43,13 @@ class Engine:
         self._pres: dict[tuple[str, str], wasmtime.InstancePre] = {}
         self._closed = False
 
-    def load(self, source: str | Path | bytes, name: str | None = None) -> LoadedModule:
+    def load(self, source: str | Path | bytes, name: str | None = None,
+             guard: CompileGuard | None = None) -> LoadedModule:
         """Load a `.wasm`, `.wat` or `.cwasm` file (or bytes). Raises ModuleNotFound or
-        ModuleError. Repeated loads of an unchanged file are served from memory."""
+        ModuleError (also when `guard` refuses it). Repeated loads of an unchanged file are
+        served from memory."""
         if isinstance(source, bytes):
-            return self._loader.load_bytes(source, name or "<bytes>")
+            return self._loader.load_bytes(source, name or "<bytes>", guard)
         path = Path(source)
         try:
             info = path.stat()
@@ -54,8 +57,10 @@ class Engine:
         except OSError:
             key = None
         if key is not None and key in self._by_path:
+            if guard is not None:
+                guard.check_size(key[2], str(path))
             return self._by_path[key]
-        loaded = self._loader.load_path(path)
+        loaded = self._loader.load_path(path, guard)
         if key is not None:
             with self._lock:
                 self._by_path[key] = loaded

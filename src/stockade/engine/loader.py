@@ -12,6 +12,7 @@ import wasmtime
 
 from ..errors import ModuleError, ModuleNotFound
 from .cache import AotCache
+from .guard import CompileGuard
 from .traps import describe_load_error
 
 __all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind"]
@@ -20,6 +21,8 @@ __all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind"]
 MAX_MODULE_BYTES = 512 * 1024**2
 WASM_MAGIC = b"\0asm"
 ELF_MAGIC = b"\x7fELF"
+# Without a policy: only the absolute size cap; code shape is the policy's business.
+_DEFAULT_GUARD = CompileGuard(MAX_MODULE_BYTES, MAX_MODULE_BYTES, 2**32)
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ class ModuleLoader:
         self._fingerprint = fingerprint
         self._cache = cache
 
-    def load_path(self, path: Path) -> LoadedModule:
-        """Load a module file. Raises ModuleNotFound or ModuleError."""
+    def load_path(self, path: Path, guard: CompileGuard | None = None) -> LoadedModule:
+        """Load a module file. Raises ModuleNotFound or ModuleError (also when `guard`
+        refuses it)."""
         try:
             info = path.stat()
         except FileNotFoundError:
@@ -75,11 +79,7 @@ class ModuleLoader:
             raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
         if not path.is_file():
             raise ModuleError(f"{path}: not a regular file")
-        if info.st_size > MAX_MODULE_BYTES:
-            raise ModuleError(
-                f"{path}: {info.st_size / 1024**2:.0f} MiB is larger than the "
-                f"{MAX_MODULE_BYTES // 1024**2} MiB module size limit"
-            )
+        (guard or _DEFAULT_GUARD).check_size(info.st_size, str(path))
         hit = self._from_stat_index(path, info)
         if hit is not None:
             return hit
@@ -87,14 +87,15 @@ class ModuleLoader:
             data = path.read_bytes()
         except OSError as exc:
             raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-        loaded = self.load_bytes(data, path.name)
+        loaded = self.load_bytes(data, path.name, guard)
         self._remember_stat(path, info, loaded.sha256)
         return loaded
 
-    def load_bytes(self, data: bytes, name: str = "<bytes>") -> LoadedModule:
+    def load_bytes(self, data: bytes, name: str = "<bytes>",
+                   guard: CompileGuard | None = None) -> LoadedModule:
         """Load a module from memory. Raises ModuleError."""
-        if len(data) > MAX_MODULE_BYTES:
-            raise ModuleError(f"{name}: larger than the module size limit")
+        guard = guard or _DEFAULT_GUARD
+        guard.check_size(len(data), name)
         kind = sniff_kind(data[:64], name)
         if kind == "cwasm":
             return self._deserialize(data, name)
@@ -112,6 +113,8 @@ class ModuleLoader:
             except wasmtime.WasmtimeError:
                 assert self._cache is not None
                 self._cache.evict(self._fingerprint, sha)
+        if guard is not _DEFAULT_GUARD:
+            guard.check_code(data, name)
         start = time.perf_counter()
         try:
             module = wasmtime.Module(self._engine, data)

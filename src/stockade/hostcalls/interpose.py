@@ -20,7 +20,7 @@ import wasmtime
 
 from ..result import GuestStopped, Outcome
 from .abi import FDFLAGS_SYNC_MASK, INTERPOSED, MODULE, OFLAG_CREAT, Errno, GuestMemory
-from .meter import Meter, is_special_file
+from .meter import Meter, is_special_file, path_exists
 from .poll import SUBSCRIPTION_SIZE, parse_clock_subscriptions, sleep_until_due
 
 __all__ = ["build_linker", "metered", "LINKER_NAME"]
@@ -133,7 +133,7 @@ def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, pa
     host = m.host_path(dirfd, mem.path(path, path_len))
     if host is not None and is_special_file(host):
         return Errno.ACCES  # devices and FIFOs can block or reach the host
-    creating = bool(oflags & OFLAG_CREAT) and (host is None or not host.exists())
+    creating = bool(oflags & OFLAG_CREAT) and (host is None or not path_exists(host))
     if creating:
         m.reserve_file()
     if m.limits.sync_limit() == 0:

@@ -12,7 +12,7 @@ from ..policy import Limits
 from ..policy.units import format_size
 from ..result import GuestStopped, Outcome
 
-__all__ = ["Meter", "FdEntry", "is_special_file"]
+__all__ = ["Meter", "FdEntry", "is_special_file", "path_exists"]
 
 
 @dataclass
@@ -159,7 +159,7 @@ class Meter:
 
     def opened(self, fd: int, host: Path | None) -> None:
         """Record a descriptor returned by path_open."""
-        is_dir = host is not None and host.is_dir()
+        is_dir = host is not None and _exists(host, directory=True)
         self.fds[fd] = FdEntry(host, is_dir)
         self.guest_opened += 1
 
@@ -180,10 +180,24 @@ class Meter:
             self.fds.pop(target, None)
 
 
+def _exists(path: Path, directory: bool = False) -> bool:
+    """Like Path.exists/is_dir, but False for paths the host cannot even name (too long)."""
+    try:
+        mode = os.lstat(path).st_mode if not directory else os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISDIR(mode) if directory else True
+
+
+def path_exists(path: Path) -> bool:
+    """Whether `path` exists (without following a final symlink); False when unnameable."""
+    return _exists(path)
+
+
 def is_special_file(path: Path) -> bool:
     """True for devices, FIFOs and sockets: opening them can block or reach the host."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:
+    except (OSError, ValueError):
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))

@@ -17,6 +17,8 @@ class Limits:
 
     Sizes are bytes, `timeout` is seconds. Disk and file quotas apply to writable
     preopened directories; `max_open_files` caps descriptors the guest holds at once.
+    `max_module_size`, `max_function_size` and `max_locals` bound what is compiled (the
+    cost of compiling comes before any fuel or deadline applies).
     `max_hostcalls` caps all owned WASI calls of a run, `hostcall_caps` single kinds
     (e.g. `(("random_get", 1000),)`); `sync` is `ignore`, `allow` or `limit:N`.
     """
@@ -33,6 +35,9 @@ class Limits:
     disk_quota: int = 64 * 1024**2
     max_files: int = 1_000
     max_open_files: int = 256
+    max_module_size: int = 128 * 1024**2
+    max_function_size: int = 512 * 1024
+    max_locals: int = 2_000
     max_hostcalls: int | None = 10_000_000
     hostcall_caps: tuple[tuple[str, int], ...] = ()
     sync: SyncMode = "ignore"
@@ -43,7 +48,8 @@ class Limits:
         data["hostcall_caps"] = dict(self.hostcall_caps)
         timeout = data.pop("timeout")
         data["timeout_ms"] = None if timeout is None else round(timeout * 1000)
-        for key in ("max_memory", "max_output", "max_stack"):
+        for key in ("max_memory", "max_output", "max_stack", "max_module_size",
+                    "max_function_size"):
             data[f"{key}_bytes"] = data.pop(key)
         data["disk_quota_bytes"] = data.pop("disk_quota")
         return data

@@ -15,6 +15,7 @@ PROFILES: dict[str, Limits] = {
         fuel=1_000_000_000, timeout=30.0, max_memory=16 * MiB, max_output=1 * MiB,
         disk_quota=0, max_files=0, max_open_files=32, max_stack=512 * 1024,
         max_table_elements=10_000, max_tables=4, max_instances=4,
+        max_module_size=64 * MiB, max_function_size=256 * 1024, max_locals=1_000,
         max_hostcalls=1_000_000, sync="ignore",
         # Calls whose host cost is out of proportion to the guest's fuel.
         hostcall_caps=(("poll_oneoff", 10_000), ("random_get", 10_000), ("path_open", 10_000)),
@@ -24,6 +25,7 @@ PROFILES: dict[str, Limits] = {
         fuel=None, timeout=600.0, max_memory=1 * GiB, max_output=256 * MiB,
         disk_quota=1 * GiB, max_files=100_000, max_open_files=1024, max_stack=2 * MiB,
         max_table_elements=1_000_000, max_hostcalls=None, sync="allow",
+        max_module_size=512 * MiB, max_function_size=4 * MiB, max_locals=50_000,
     ),
 }
 

@@ -23,7 +23,9 @@ def denied_import(module: wasmtime.Module) -> tuple[str, str] | None:
     WASIX sockets, wasi-threads `thread-spawn`, shared memories, unknown modules — is
     refused so the guest never starts half-linked.
     """
-    for item in module.imports:
+    # Functions first: "wasi.thread-spawn" explains more than the shared memory it needs.
+    imports = sorted(module.imports, key=lambda i: not isinstance(i.type, wasmtime.FuncType))
+    for item in imports:
         qualified = f"{item.module}.{item.name}"
         if item.module == MODULE and item.name in PREVIEW1_FUNCTIONS:
             if isinstance(item.type, wasmtime.FuncType):

@@ -10,7 +10,7 @@ from typing import Any
 
 import wasmtime
 
-from ..engine import Engine, EngineConfig, LoadedModule, classify, get_engine
+from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, classify, get_engine
 from ..engine.traps import Ending, describe_load_error
 from ..errors import ModuleError
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
@@ -52,6 +52,9 @@ class Sandbox:
         self.engine_config = engine_config or EngineConfig.for_limits(self.policy.limits)
         self._engine: Engine | None = None
         self._limits_dict = self.policy.limits.as_dict()
+        limits = self.policy.limits
+        self._guard = CompileGuard(limits.max_module_size, limits.max_function_size,
+                                   limits.max_locals)
         self._denied: dict[str, tuple[str, str] | None] = {}
 
     @property
@@ -65,7 +68,7 @@ class Sandbox:
         """Compile (or fetch from the AoT cache) a module ahead of running it."""
         if isinstance(module, LoadedModule):
             return module
-        return self.engine.load(module)
+        return self.engine.load(module, guard=self._guard)
 
     def run(self, module: str | Path | bytes | LoadedModule,
             invocation: Invocation | None = None) -> Result:

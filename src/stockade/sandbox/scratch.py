@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..policy import Capabilities, DirGrant
@@ -27,6 +25,8 @@ class Scratch:
 
     def __enter__(self) -> Scratch:
         if self._guest is not None:
+            import tempfile  # only runs with a scratch dir pay for it
+
             host = Path(tempfile.mkdtemp(prefix="stockade-scratch-"))
             self.grant = DirGrant(host=host, guest=self._guest, writable=True)
         return self
@@ -37,4 +37,6 @@ class Scratch:
         if self._keep:
             self.kept = str(self.grant.host)
         else:
+            import shutil
+
             shutil.rmtree(self.grant.host, ignore_errors=True)

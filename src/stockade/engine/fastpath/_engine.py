@@ -102,7 +102,8 @@ class FastEngine:
         C.config_consume_fuel_set(config, self.config.fuel)
         C.config_epoch_interruption_set(config, self.config.epochs)
         C.config_max_wasm_stack_set(config, self.config.max_stack)
-        C.config_wasm_threads_set(config, False)
+        # Same feature set as EngineConfig.to_wasmtime, so .cwasm files serve both paths.
+        C.config_wasm_threads_set(config, True)
         if self.config.strategy == "pulley":
             error = C.config_target_set(config, b"pulley64")
             if error:

@@ -1,0 +1,20 @@
+;; Attack (ours: instance growth): 16 linear memories (multi-memory), where a policy
+;; allows one.
+(module
+  (memory (export "memory") 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (memory 1 1)
+  (func (export "_start")))

@@ -1,0 +1,43 @@
+"""First-sight copies of modules, for attacks whose cost is paid when a module is loaded.
+
+An attacker never sends the same file twice, so a compile bomb served from the AoT
+cache, or a huge module found in the cache's stat index, would measure nothing.
+`fresh_copy` with `salt` appends a custom section with random bytes (a new digest, the
+same code: compiled again); with `link` it makes a new hard link (a new path, the same
+bytes: read and hashed again, compiled form reused, no data copied). `forget_compiled`
+drops a salted copy's compiled form from the cache so repeated suites do not fill it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..engine import AotCache
+from ..paths import cache_dir
+
+__all__ = ["fresh_copy", "forget_compiled"]
+
+_SECTION_NAME = b"stockade.attack.salt"
+
+
+def fresh_copy(module: Path, target: Path, how: str) -> Path:
+    """Make `target` a first-sight copy of `module` (`how` is `link` or `salt`, see the
+    module docstring); returns `target`. A link across file systems becomes a copy."""
+    if how == "link":
+        try:
+            os.link(module, target)
+        except OSError:
+            shutil.copyfile(module, target)
+        return target
+    shutil.copyfile(module, target)
+    payload = bytes([len(_SECTION_NAME)]) + _SECTION_NAME + os.urandom(16)
+    with target.open("ab") as out:
+        out.write(b"\x00" + bytes([len(payload)]) + payload)  # both lengths fit one byte
+    return target
+
+
+def forget_compiled(fingerprint: str, sha256: str) -> None:
+    """Remove one module's compiled form from the AoT cache (missing is fine)."""
+    AotCache(cache_dir()).evict(fingerprint, sha256)

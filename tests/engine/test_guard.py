@@ -1,0 +1,59 @@
+"""The compile guard: module size, function body size and locals, checked before compiling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stockade import Invocation, ModuleError, Outcome, Policy, Sandbox
+from stockade.engine import CompileGuard
+from stockade.engine.guard import code_shape
+from tests.conftest import GUESTS, guest
+
+
+def test_code_shape_of_real_module(python_wasm: Path) -> None:
+    shape = code_shape(python_wasm.read_bytes())
+    assert len(shape) > 10_000
+    assert max(body for body, _ in shape) < 256 * 1024  # fits even the strict profile
+
+
+def test_code_shape_of_truncated_module_is_partial() -> None:
+    data = guest("hello.wasm").read_bytes()
+    assert len(code_shape(data[: len(data) // 2])) < len(code_shape(data))
+
+
+def test_compile_bomb_is_refused_before_compiling(tmp_path: Path) -> None:
+    bomb = GUESTS / "attacks" / "compile_bomb.wasm"
+    copy = tmp_path / "bomb.wasm"  # a path the AoT cache has never seen
+    copy.write_bytes(bomb.read_bytes() + b"\x00\x03\x01x\x00")  # plus a custom section
+    for profile in ("strict", "default"):
+        with pytest.raises(ModuleError, match="compile cost"):
+            Sandbox(Policy.from_profile(profile)).run(copy)
+
+
+def test_locals_limit() -> None:
+    module = b'(module (func (export "_start") (local i32 i32 i32 i32 i32)))'
+    policy = Policy().with_limits(max_locals=4)
+    with pytest.raises(ModuleError, match="5 locals"):
+        Sandbox(policy).run(module)
+
+
+def test_module_size_limit_reads_nothing(tmp_path: Path) -> None:
+    big = tmp_path / "big.wasm"
+    with big.open("wb") as handle:
+        handle.truncate(65 * 1024**2)  # sparse: the check must come from stat alone
+    with pytest.raises(ModuleError, match="module size limit of 64MiB"):
+        Sandbox(Policy.from_profile("strict")).run(big)
+
+
+def test_guard_messages_name_the_limit() -> None:
+    guard = CompileGuard(max_module_size=10, max_function_size=10, max_locals=1)
+    with pytest.raises(ModuleError, match="10B"):
+        guard.check_size(11, "m.wasm")
+
+
+def test_threads_module_is_denied_naming_thread_spawn() -> None:
+    result = Sandbox().run(GUESTS / "attacks" / "threads.wasm", Invocation())
+    assert (result.outcome, result.exit_code) == (Outcome.DENIED, 126)
+    assert "thread-spawn" in result.message
