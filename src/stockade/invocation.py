@@ -14,7 +14,8 @@ class Invocation:
 
     `args` excludes the program name (the module's file name is used as argv[0]).
     `env` adds variables on top of the policy's; `name` and `tenant` label telemetry,
-    breakers and audit records.
+    breakers and audit records; `traceparent` (W3C) makes the run's span a child of the
+    caller's trace.
     """
 
     args: tuple[str, ...] = ()
@@ -23,3 +24,4 @@ class Invocation:
     name: str | None = None
     tenant: str | None = None
     invocation_id: str = field(default_factory=lambda: os.urandom(16).hex())
+    traceparent: str | None = None

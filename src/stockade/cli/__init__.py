@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Run a WebAssembly module in a sandbox."),
     "compile": ("compile", "compile_", "Compile a module ahead of time to a .cwasm file."),
     "attack": ("attack", "attack", "Run the attack suite and judge how each attack is contained."),
+    "telemetry": ("telemetry", "telemetry", "Summarise the locally recorded telemetry."),
+    "doctor": ("doctor", "doctor", "Show the environment, telemetry export and protections."),
+    "breaker": ("breaker", "breaker", "List or reset circuit breakers of misbehaving modules."),
+    "audit": ("audit", "audit", "Verify the hash-chained audit log of security events."),
     "bench": ("bench", "bench", "Benchmark Stockade against native, containers and other hosts."),
 }
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import StockadeError
+from ..invocation import Invocation
+from ..policy import Policy
 from ..result import Outcome, Result
 from .options import build_invocation, build_policy
 
@@ -40,13 +42,16 @@ __all__ = ["run"]
 @click.option("--isolate", type=click.Choice(["process", "none"]),
               help="Run in a hardened worker process (rlimits, cgroup, seccomp, no network) or "
                    "in this process. Default: process for the strict profile, none otherwise.")
+@click.option("--telemetry", "telemetry_profile", metavar="PROFILE",
+              help="OTLP export profile: edge, cloud, on-prem, hybrid, or off. Default: the "
+                   "local OTLP-JSON file, or OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
         dirs: tuple[str, ...], scratch: str | None, keep_scratch: bool,
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
-        isolate: str | None, as_json: bool) -> None:
+        isolate: str | None, telemetry_profile: str | None, as_json: bool) -> None:
     """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
 
     \b
@@ -66,10 +71,7 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         invocation = build_invocation(args, stdin)
-        from ..isolate import make_sandbox
-
-        with make_sandbox(policy, isolate) as sandbox:
-            result = sandbox.run(module, invocation)
+        result = run_observed(module, policy, invocation, isolate, telemetry_profile)
     except StockadeError as exc:
         if as_json:
             error = {"module": module.name, "outcome": "error", "exit_code": exc.exit_code,
@@ -78,6 +80,22 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
         raise
     render(result, as_json)
     sys.exit(result.exit_code)
+
+
+def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: str | None,
+                 telemetry_profile: str | None) -> Result:
+    """Ask the module's circuit breaker, run it (in-process or isolated), record telemetry."""
+    from ..engine import EngineConfig, get_engine
+    from ..isolate import make_sandbox
+    from ..telemetry import open_telemetry, refusal_result
+
+    sha256 = get_engine(EngineConfig.for_limits(policy.limits)).digest(module)
+    with open_telemetry(telemetry_profile) as telemetry:
+        decision = telemetry.admit(module.name, sha256, invocation, policy)
+        if not decision.allowed:
+            return refusal_result(decision, module.name, sha256)
+        with make_sandbox(policy, isolate, observers=(telemetry.observer,)) as sandbox:
+            return sandbox.run(module, invocation)
 
 
 def render(result: Result, as_json: bool) -> None:

@@ -66,6 +66,10 @@ class Engine:
                 self._by_path[key] = loaded
         return loaded
 
+    def digest(self, source: str | Path) -> str:
+        """The sha256 a load of this file reports, cheaply (see ModuleLoader.digest)."""
+        return self._loader.digest(Path(source))
+
     def linker(self, name: str, build: LinkerFactory) -> wasmtime.Linker:
         """The linker registered under `name`, built once by `build(engine)`."""
         with self._lock:

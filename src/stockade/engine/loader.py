@@ -136,6 +136,36 @@ class ModuleLoader:
             ) from None
         return LoadedModule(module, hashlib.sha256(data).hexdigest(), name, True, 0.0)
 
+    def digest(self, path: Path) -> str:
+        """The sha256 `load_path` would report for `path`, without compiling: from the stat
+        index when the file is unchanged, else by hashing it (`.wat` as its binary).
+        Raises ModuleNotFound or ModuleError."""
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            raise ModuleNotFound(f"{path}: no such module file") from None
+        except OSError as exc:
+            raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+        key = self._stat_key(path, info)
+        if key is not None:
+            try:
+                return key.read_text().strip()
+            except OSError:
+                pass
+        _DEFAULT_GUARD.check_size(info.st_size, str(path))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+        if sniff_kind(data[:64], path.name) == "wat":
+            try:
+                data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
+            except wasmtime.WasmtimeError as exc:
+                raise ModuleError(f"{path.name}: invalid WAT: {describe_load_error(exc)}") from None
+        sha = hashlib.sha256(data).hexdigest()
+        self._remember_stat(path, info, sha)
+        return sha
+
     # -- stat index: skip reading and hashing large modules on every cold start --------
 
     def _stat_key(self, path: Path, info: os.stat_result) -> Path | None:

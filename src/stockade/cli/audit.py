@@ -1,0 +1,36 @@
+"""`stockade audit verify`: check the hash chain of the audit log."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+
+__all__ = ["audit"]
+
+
+@click.group("audit")
+def audit() -> None:
+    """The audit log of security events (violations, denials, quota hits, breaker changes)."""
+
+
+@audit.command("verify")
+@click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+def verify(path: Path | None) -> None:
+    """Verify the audit log (default: audit.jsonl in the state directory).
+
+    Exits 0 when every record is intact, 1 naming the first changed, removed or
+    reordered record.
+    """
+    from ..telemetry import verify as verify_log
+
+    try:
+        report = verify_log(path)
+    except OSError as exc:
+        raise UsageError(f"{path or 'audit log'}: cannot read: {exc.strerror}") from None
+    click.echo(str(report), err=not report.ok)
+    if not report.ok:
+        sys.exit(1)

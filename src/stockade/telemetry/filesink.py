@@ -1,0 +1,146 @@
+"""The embedded default: OTLP export requests as JSON lines in a local file.
+
+No OpenTelemetry SDK or protobuf is imported (start-up time of `stockade run`).
+Spans and logs are buffered up to the profile's batch size, metrics aggregated as
+deltas; a flush appends up to three lines (traces, metrics, logs) under an exclusive
+`flock`, so processes can share the file. Past `max_bytes` the file is rotated to
+`<name>.1`. Write failures are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .aggregate import DeltaAggregator
+from .log import logger
+from .otlpjson import (
+    encode_logs,
+    encode_metrics,
+    encode_spans,
+    generic_span_json,
+    resource_json,
+    scope_json,
+    span_json,
+)
+from .sink import is_sampled, ratio_bound, resource_attributes, scope
+
+if TYPE_CHECKING:
+    from .record import InvocationRecord, LogEvent, SpanData
+    from .settings import ExportSettings
+
+__all__ = ["FileSink", "DEFAULT_MAX_BYTES"]
+
+DEFAULT_MAX_BYTES = 64 * 1024**2
+
+
+class FileSink:
+    """Appends OTLP/JSON requests to `settings.file`, sampling spans at the settings'
+    ratio (metrics and logs are never sampled)."""
+
+    def __init__(self, settings: ExportSettings, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.path = settings.file
+        self._settings = settings
+        self._bound = ratio_bound(settings.sampling_ratio)
+        self._batch = max(1, settings.batch_size)
+        self._interval = settings.interval
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._spans: list[str] = []  # encoded at once: no live objects for the GC to walk
+        self._logs: list[LogEvent] = []
+        self._metrics = DeltaAggregator()
+        self._last_flush = time.monotonic()
+        self._resource: str | None = None
+
+    def record(self, record: InvocationRecord) -> None:
+        """Assign ids, keep the span if sampled, aggregate its measurements."""
+        parent = record.parent
+        # os.urandom, not `random`: importing `random` costs `stockade run` 1.7 ms.
+        ids = os.urandom(24)
+        record.trace_id = parent.trace_id if parent else int.from_bytes(ids[:16]) or 1
+        record.span_id = int.from_bytes(ids[16:]) or 1
+        self._metrics.add(record)
+        keep = self._keep(record.trace_id, parent.sampled if parent else None)
+        self._add_span(span_json(record) if keep else None)
+
+    def span(self, span: SpanData) -> None:
+        """Keep `span` if sampled (parent-based, like the invocation spans)."""
+        keep = self._keep(span.trace_id, span.sampled)
+        self._add_span(generic_span_json(span) if keep else None)
+
+    def _keep(self, trace_id: int, parent_sampled: bool | None) -> bool:
+        if parent_sampled is not None and self._settings.parent_based:
+            return parent_sampled
+        return is_sampled(trace_id, self._bound)
+
+    def _add_span(self, text: str | None) -> None:
+        with self._lock:
+            if text is not None:
+                self._spans.append(text)
+            due = len(self._spans) >= self._batch or self._due()
+        if due:
+            self.flush()
+
+    def log(self, event: LogEvent) -> None:
+        """Buffer one log record."""
+        with self._lock:
+            self._logs.append(event)
+            due = len(self._logs) >= self._batch or self._due()
+        if due:
+            self.flush()
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._last_flush >= self._interval
+
+    def flush(self) -> None:
+        """Append the buffered requests to the file (errors are logged)."""
+        with self._lock:
+            spans, self._spans = self._spans, []
+            logs, self._logs = self._logs, []
+            self._last_flush = time.monotonic()
+        try:
+            metrics = self._metrics.drain()
+            if not (spans or logs or metrics):
+                return
+            if self._resource is None:
+                self._resource = resource_json(resource_attributes(self._settings))
+            resource, scope_ = self._resource, scope_json(scope())
+            lines = []
+            if spans:
+                lines.append(encode_spans(resource, scope_, spans))
+            if metrics:
+                lines.append(encode_metrics(resource, scope_, metrics))
+            if logs:
+                lines.append(encode_logs(resource, scope_, logs))
+            self._append(lines)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger().warning("could not write telemetry to %s", self.path, exc_info=True)
+
+    def _append(self, requests: list[str]) -> None:
+        data = "".join(line + "\n" for line in requests).encode()
+        with self._write_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_size + len(data) > self._max_bytes:
+                    self._rotate(fd)
+                    os.close(fd)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    def _rotate(self, fd: int) -> None:
+        # Still holding the lock on the old file: only one process renames it.
+        if os.path.exists(self.path) and os.path.samestat(os.fstat(fd), os.stat(self.path)):
+            os.replace(self.path, f"{self.path}.1")
+
+    def close(self) -> None:
+        """Flush; later records are still accepted and written by the next flush."""
+        self.flush()

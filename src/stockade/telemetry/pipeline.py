@@ -1,0 +1,312 @@
+"""`Telemetry`: the one object the CLI and the gateway hold, built by `open_telemetry`.
+
+It owns a sink (local OTLP-JSON file, OTLP exporters, or nothing), the security
+monitor, the circuit breakers and the audit log, and hands the sandbox one
+`observer`. Per run: the monitor watches it; at its end a span, metrics and, for a
+violation, an audit record and log record are written, and the breaker is told.
+`admit` is what callers ask before running a module. Nothing here raises into a run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..invocation import Invocation
+from ..observe import RunInfo
+from ..result import Outcome
+from .filesink import FileSink
+from .instruments import Attributes
+from .log import logger
+from .monitor import SecurityMonitor
+from .record import LIMIT_HIT, MONITOR_WARNING, InvocationRecord, LogEvent, SpanData
+from .settings import ExportSettings, resolve_settings
+from .sink import NullSink, Sink
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ..policy import Policy
+    from ..result import Result
+    from .audit import AuditLog
+    from .breaker import Breaker, Decision, Transition
+
+__all__ = ["Telemetry", "open_telemetry", "event_kind", "ServerSpanLike", "TraceContextLike"]
+
+
+_QUOTAS = {Outcome.OUTPUT_LIMIT, Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome.FD_QUOTA,
+           Outcome.HOSTCALL_LIMIT}
+
+
+def event_kind(outcome: Outcome) -> str | None:
+    """The audit kind of an outcome: `denial`, `quota_hit`, `violation`, or None."""
+    if outcome is Outcome.DENIED:
+        return "denial"
+    if outcome in _QUOTAS:
+        return "quota_hit"
+    return "violation" if outcome.is_violation else None
+
+
+class TraceContextLike(Protocol):
+    """The ids of a gateway request's trace (`stockade.gateway.tracing.TraceContext`)."""
+
+    @property
+    def trace_id(self) -> int: ...
+    @property
+    def parent_id(self) -> int: ...
+    @property
+    def span_id(self) -> int: ...
+    @property
+    def sampled(self) -> bool | None: ...
+
+
+class ServerSpanLike(Protocol):
+    """A finished HTTP server span (`stockade.gateway.tracing.ServerSpan`); telemetry does
+    not import the gateway, which sits above it."""
+
+    @property
+    def context(self) -> TraceContextLike: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def route(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def function(self) -> str | None: ...
+
+
+class _Observer:
+    """The `RunObserver` handed to the sandbox."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+    def run_started(self, info: RunInfo) -> None:
+        monitor = self._telemetry.monitor
+        if monitor is not None:
+            monitor.run_started(info)
+
+    def run_finished(self, info: RunInfo, result: Result) -> None:
+        self._telemetry.finish(info, result)
+
+
+class Telemetry:
+    """Telemetry for a process: `observer` for the sandbox, `admit` before a run,
+    `close()` at exit (flushes; safe twice; also via `with`)."""
+
+    def __init__(self, settings: ExportSettings, sink: Sink, *, monitor: bool = True,
+                 breaker: bool = True) -> None:
+        self.settings = settings
+        self.sink = sink
+        self._recording = not isinstance(sink, NullSink)
+        self.monitor = SecurityMonitor(on_warning=self._live_warning) if monitor else None
+        self.observer = _Observer(self)
+        self._use_breaker = breaker
+        self._breaker: Breaker | None = None
+        self._audit: AuditLog | None = None
+        self._lazy = threading.Lock()  # gateway threads may ask for these at once
+        self._closed = False
+
+    @property
+    def breaker(self) -> Breaker:
+        """The circuit breakers (opened on first use)."""
+        with self._lazy:
+            if self._breaker is None:
+                from .breaker import Breaker  # imported when first needed: start-up time
+
+                self._breaker = Breaker(on_transition=self._transition)
+            return self._breaker
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit log (every record is also emitted as a log record)."""
+        with self._lazy:
+            if self._audit is None:
+                from .audit import AuditLog
+
+                self._audit = AuditLog(emit=self._audit_record)
+            return self._audit
+
+    def admit(self, module: str, sha256: str, invocation: Invocation | None = None,
+              policy: Policy | None = None) -> Decision:
+        """Ask the module's breaker whether it may run. A refusal is recorded like a run
+        (span, metrics, audit `denial`); `refusal_result(decision, ...)` renders it.
+        With breakers turned off every run is admitted (state `disabled`)."""
+        from .breaker import Decision, default_path, refusal_result
+
+        if not self._use_breaker:
+            return Decision(True, "disabled")
+        if self._breaker is None and not default_path().exists():
+            return Decision(True, "closed")  # no module ever violated: nothing to open
+        invocation = invocation or Invocation()
+        try:
+            decision = self.breaker.check(sha256, invocation.tenant)
+        except Exception:  # noqa: BLE001 - a broken breaker database must not stop runs
+            logger().warning("circuit breaker unavailable; run allowed", exc_info=True)
+            return Decision(True, "unknown")
+        if not decision.allowed:
+            from ..policy import Policy
+
+            info = RunInfo(module, sha256, invocation, policy or Policy(), time.time(),
+                           os.getpid())
+            self.finish(info, refusal_result(decision, module, sha256), refused=decision)
+        return decision
+
+    def finish(self, info: RunInfo, result: Result, refused: Decision | None = None) -> None:
+        """Record a finished run: monitor's final check, span and metrics, audit and log
+        records for a violation, and the breaker's count. Never raises."""
+        try:
+            warnings = self.monitor.final_check(info, result) if self.monitor else []
+            trace_id = span_id = 0
+            limit = "breaker" if refused is not None else LIMIT_HIT.get(result.outcome, "none")
+            if self._recording:
+                record = InvocationRecord.build(info, result)
+                record.limit_hit = limit
+                self.sink.record(record)
+                trace_id, span_id = record.trace_id, record.span_id
+                for attrs in warnings:
+                    self._log_warning(info, attrs, trace_id, span_id)
+            kind = event_kind(result.outcome)
+            if kind is not None:
+                self.audit.append(
+                    kind, result.message or result.outcome.value,
+                    module=info.module, sha256=info.sha256, tenant=info.invocation.tenant,
+                    invocation_id=info.invocation.invocation_id,
+                    outcome=result.outcome.value,
+                    limit=limit,
+                    until=refused.until_iso if refused else None,
+                    trace_id=format(trace_id, "032x") if trace_id else None,
+                    span_id=format(span_id, "016x") if span_id else None,
+                )
+            if self._use_breaker and refused is None:
+                violated = result.outcome.is_violation
+                if violated or self._breaker is not None:
+                    self.breaker.record(info.sha256, info.invocation.tenant, violated)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger().warning("could not record run telemetry", exc_info=True)
+
+    def record_server_span(self, span: ServerSpanLike) -> None:
+        """Record the gateway's HTTP server span with the ids the gateway chose, so that
+        invocation spans carrying its `traceparent` are its children. Never raises."""
+        if not self._recording:
+            return
+        context = span.context
+        attrs: Attributes = {"http.request.method": span.method, "url.path": span.target,
+                             "http.response.status_code": span.status}
+        if span.route:
+            attrs["http.route"] = span.route
+        if span.function:
+            attrs["faas.name"] = span.function
+        try:
+            self.sink.span(SpanData(
+                f"{span.method} {span.route}" if span.route else span.method,
+                context.trace_id, context.span_id, context.parent_id, context.sampled,
+                span.start_ns, span.end_ns, attrs,
+                f"HTTP {span.status}" if span.status >= 500 else None))
+        except Exception:  # noqa: BLE001 - telemetry never breaks a request
+            logger().warning("could not record a server span", exc_info=True)
+
+    def _live_warning(self, info: RunInfo, attrs: dict[str, object]) -> None:
+        self._log_warning(info, attrs, 0, 0)
+
+    def _log_warning(self, info: RunInfo, attrs: dict[str, object], trace_id: int,
+                     span_id: int) -> None:
+        stamp = attrs.get("time_unix_nano")
+        data: Attributes = {k: v for k, v in attrs.items()
+                            if k != "time_unix_nano" and isinstance(v, str | int | float | bool)}
+        data["stockade.module.sha256"] = info.sha256
+        kind = data.get("stockade.warning.kind")
+        ratio = float(data.get("stockade.warning.ratio", 0.0))
+        self.sink.log(LogEvent(
+            MONITOR_WARNING, f"{info.module}: {kind} at {ratio:.0%} of its limit", "WARN",
+            stamp if isinstance(stamp, int) else time.time_ns(), data, trace_id, span_id,
+        ))
+
+    def _transition(self, change: Transition) -> None:
+        from .breaker import iso_time
+
+        self.audit.append(
+            "breaker_transition",
+            f"circuit breaker {change.old} -> {change.new}: {change.reason}",
+            sha256=change.digest, tenant=change.tenant, old=change.old, new=change.new,
+            violations=change.violations,
+            until=iso_time(change.until) if change.until is not None else None,
+        )
+
+    def _audit_record(self, record: dict[str, Any]) -> None:
+        attrs: dict[str, str | int | float | bool] = {
+            f"stockade.audit.{key}": value for key, value in record.items()
+            if isinstance(value, str | int | float | bool) and key not in ("trace_id", "span_id")
+        }
+        severity = "ERROR" if record.get("new") == "open" else "WARN"
+        if record["kind"] in ("breaker_reset",) or record.get("new") == "closed":
+            severity = "INFO"
+        self.sink.log(LogEvent(
+            f"stockade.audit.{record['kind']}", str(record["message"]), severity,
+            time.time_ns(), attrs,
+            int(record.get("trace_id", "0"), 16), int(record.get("span_id", "0"), 16),
+        ))
+
+    def flush(self) -> None:
+        """Write out buffered telemetry."""
+        self.sink.flush()
+
+    def close(self) -> None:
+        """Stop the monitor, flush and close the sink and the breaker database."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.monitor is not None:
+            self.monitor.close()
+        try:
+            self.sink.close()
+        except Exception:  # noqa: BLE001
+            logger().warning("could not close telemetry", exc_info=True)
+        if self._breaker is not None:
+            self._breaker.close()
+
+    def __enter__(self) -> Telemetry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_telemetry(
+    profile: str | None = None,
+    service_name: str = "stockade",
+    *,
+    endpoint: str | None = None,
+    env: Mapping[str, str] | None = None,
+    monitor: bool = True,
+    breaker: bool = True,
+) -> Telemetry:
+    """Telemetry for `profile` (`edge`, `cloud`, `on-prem`, `hybrid`, `off`, or None).
+    With an OTLP endpoint (argument or `OTEL_EXPORTER_OTLP_*ENDPOINT`) the SDK exports
+    over gRPC or HTTP; otherwise records go to the local OTLP-JSON file. Raises
+    UsageError for a bad profile or `OTEL_*` value; exporter failures fall back to the
+    file with a warning."""
+    settings = resolve_settings(profile, endpoint=endpoint, service_name=service_name, env=env)
+    sink: Sink
+    if not settings.enabled:
+        sink = NullSink()
+    elif settings.exports:
+        try:
+            from .sdksink import SdkSink
+
+            sink = SdkSink(settings)
+        except Exception:  # noqa: BLE001 - fall back rather than fail the run
+            logger().warning("OTLP export unavailable; writing %s", settings.file, exc_info=True)
+            sink = FileSink(settings)
+    else:
+        sink = FileSink(settings)
+    return Telemetry(settings, sink, monitor=monitor, breaker=breaker)

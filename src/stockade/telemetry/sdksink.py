@@ -1,0 +1,273 @@
+"""Export through the OpenTelemetry SDK to an OTLP endpoint (gRPC or HTTP/protobuf).
+
+Built only when an endpoint is configured; every SDK import happens in here, inside
+functions, so `stockade run` without an endpoint never pays for it. The providers are
+private to this sink (never installed as globals): an embedding application keeps
+its own. Export errors are logged by the SDK and never raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .instruments import INSTRUMENTS
+from .log import logger
+from .sink import resource_attributes, scope
+
+if TYPE_CHECKING:
+    from .record import InvocationRecord, LogEvent, SpanData
+    from .settings import ExportSettings
+
+__all__ = ["SdkSink"]
+
+
+
+def _exporter(settings: ExportSettings, signal: str) -> Any:
+    """The OTLP exporter for `signal` over the settings' protocol and compression."""
+    endpoint = settings.endpoints[signal]
+    headers = dict(settings.headers) or None
+    gzip = settings.compression == "gzip"
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc import (
+            _log_exporter as grpc_logs,
+        )
+        from opentelemetry.exporter.otlp.proto.grpc import (
+            metric_exporter as grpc_metrics,
+        )
+        from opentelemetry.exporter.otlp.proto.grpc import (
+            trace_exporter as grpc_traces,
+        )
+
+        grpc_classes = {
+            "traces": grpc_traces.OTLPSpanExporter,
+            "metrics": grpc_metrics.OTLPMetricExporter,
+            "logs": grpc_logs.OTLPLogExporter,
+        }
+        grpc: Any = importlib.import_module("grpc")  # no type stubs installed
+        compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
+        return grpc_classes[signal](endpoint=endpoint, headers=headers, compression=compression)
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http import _log_exporter as http_logs
+    from opentelemetry.exporter.otlp.proto.http import metric_exporter as http_metrics
+    from opentelemetry.exporter.otlp.proto.http import trace_exporter as http_traces
+
+    http_classes = {
+        "traces": http_traces.OTLPSpanExporter,
+        "metrics": http_metrics.OTLPMetricExporter,
+        "logs": http_logs.OTLPLogExporter,
+    }
+    return http_classes[signal](
+        endpoint=endpoint,
+        headers=headers,
+        compression=Compression.Gzip if gzip else Compression.NoCompression,
+    )
+
+
+class _Preset(threading.local):
+    """Ids the next span started on this thread must carry (the gateway chose them)."""
+
+    trace_id = 0
+    span_id = 0
+
+
+def _id_generator(preset: _Preset) -> Any:
+    """The SDK's random ids, unless `preset` holds ids for the span being started."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class PresetIdGenerator(RandomIdGenerator):
+        def generate_span_id(self) -> int:
+            return preset.span_id or super().generate_span_id()
+
+        def generate_trace_id(self) -> int:
+            return preset.trace_id or super().generate_trace_id()
+
+    return PresetIdGenerator()
+
+
+def _parent(trace_id: int, span_id: int, sampled: bool) -> Any:
+    """A context whose current span is the remote caller's."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return set_span_in_context(NonRecordingSpan(
+        SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)))
+
+
+class SdkSink:
+    """Tracer, meter and logger providers with batch processors and OTLP exporters,
+    sized by the export profile (batch, interval) and sampled parent-based by trace id."""
+
+    def __init__(self, settings: ExportSettings) -> None:
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+
+        resource = Resource(resource_attributes(settings))
+        delay_ms = settings.interval * 1000
+        sampler: Sampler = TraceIdRatioBased(settings.sampling_ratio)
+        if settings.parent_based:
+            sampler = ParentBased(sampler)
+        self._preset = _Preset()
+        self._tracer_provider = TracerProvider(resource=resource, sampler=sampler,
+                                               id_generator=_id_generator(self._preset))
+        if "traces" in settings.endpoints:
+            self._tracer_provider.add_span_processor(BatchSpanProcessor(
+                _exporter(settings, "traces"),
+                max_queue_size=max(2048, settings.batch_size * 4),
+                schedule_delay_millis=delay_ms,
+                max_export_batch_size=settings.batch_size,
+            ))
+        readers = []
+        if "metrics" in settings.endpoints:
+            readers.append(PeriodicExportingMetricReader(
+                _exporter(settings, "metrics"), export_interval_millis=delay_ms,
+            ))
+        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self._logger_provider = LoggerProvider(resource=resource)
+        if "logs" in settings.endpoints:
+            self._logger_provider.add_log_record_processor(BatchLogRecordProcessor(
+                _exporter(settings, "logs"),
+                schedule_delay_millis=delay_ms,
+                max_export_batch_size=settings.batch_size,
+            ))
+        info = scope()
+        self._tracer = self._tracer_provider.get_tracer(info["name"], info["version"])
+        meter = self._meter_provider.get_meter(info["name"], info["version"])
+        self._logger = self._logger_provider.get_logger(info["name"], info["version"])
+        self._histograms: dict[str, Any] = {}
+        # Counters are summed here and observed at export time: one SDK `add` per counter
+        # per invocation cost more than the invocation itself.
+        self._totals: dict[tuple[str, tuple[tuple[str, Any], ...]], list[Any]] = {}
+        self._totals_lock = threading.Lock()
+        for name, spec in INSTRUMENTS.items():
+            if spec.kind == "histogram":
+                self._histograms[name] = meter.create_histogram(
+                    name, spec.unit, spec.description,
+                    explicit_bucket_boundaries_advisory=list(spec.bounds),
+                )
+            else:
+                meter.create_observable_counter(
+                    name, [functools.partial(self._observe, name)], spec.unit, spec.description)
+        self._closed = False
+
+    def _observe(self, name: str, options: Any) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
+        with self._totals_lock:
+            return [Observation(total, attrs.attrs)
+                    for (metric, _), (attrs, total) in self._totals.items() if metric == name]
+
+    def record(self, record: InvocationRecord) -> None:
+        """Start and end the invocation's span (timestamps from the record) and record its
+        measurements."""
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        try:
+            parent = record.parent
+            span = self._tracer.start_span(
+                record.name, kind=SpanKind.SERVER, attributes=record.attributes,
+                start_time=record.start_ns,
+                context=_parent(*parent) if parent is not None else None,
+            )
+            for event in record.events:
+                span.add_event(event.name, event.attributes, timestamp=event.time_ns)
+            if record.error:
+                span.set_status(Status(StatusCode.ERROR, record.error))
+            context = span.get_span_context()
+            record.trace_id, record.span_id = context.trace_id, context.span_id
+            span.end(end_time=record.end_ns)
+            counted = []
+            for name, value, attribute_set in record.measurements():
+                histogram = self._histograms.get(name)
+                if histogram is not None:
+                    histogram.record(value, attribute_set.attrs)
+                else:
+                    counted.append((name, int(value), attribute_set))
+            with self._totals_lock:
+                for name, value, attribute_set in counted:
+                    entry = self._totals.get((name, attribute_set.key))
+                    if entry is None:
+                        self._totals[(name, attribute_set.key)] = [attribute_set, value]
+                    else:
+                        entry[1] += value
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger().warning("could not record invocation telemetry", exc_info=True)
+
+    def span(self, span: SpanData) -> None:
+        """Export a span with the ids its producer chose: the SDK's id generator is told
+        them for the duration of `start_span`."""
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        try:
+            context = None
+            if span.parent_id:
+                context = _parent(span.trace_id, span.parent_id, bool(span.sampled))
+            self._preset.trace_id, self._preset.span_id = span.trace_id, span.span_id
+            try:
+                started = self._tracer.start_span(
+                    span.name, kind=SpanKind.SERVER, attributes=span.attributes,
+                    start_time=span.start_ns, context=context)
+            finally:
+                self._preset.trace_id = self._preset.span_id = 0
+            if span.error:
+                started.set_status(Status(StatusCode.ERROR, span.error))
+            started.end(end_time=span.end_ns)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a request
+            logger().warning("could not record a server span", exc_info=True)
+
+    def log(self, event: LogEvent) -> None:
+        """Emit a log record, in the context of its invocation's span when known."""
+        from opentelemetry._logs import SeverityNumber
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            SpanContext,
+            TraceFlags,
+            set_span_in_context,
+        )
+
+        try:
+            context = None
+            if event.trace_id:
+                span_context = SpanContext(
+                    event.trace_id, event.span_id, is_remote=False,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                )
+                context = set_span_in_context(NonRecordingSpan(span_context))
+            self._logger.emit(
+                timestamp=event.time_ns,
+                context=context,
+                severity_number=SeverityNumber[event.severity],
+                severity_text=event.severity,
+                body=event.body,
+                attributes=event.attributes,
+                event_name=event.name,
+            )
+        except Exception:  # noqa: BLE001
+            logger().warning("could not emit telemetry log record", exc_info=True)
+
+    def flush(self) -> None:
+        """Export everything pending now."""
+        for provider in (self._tracer_provider, self._meter_provider, self._logger_provider):
+            try:
+                provider.force_flush()
+            except Exception:  # noqa: BLE001
+                logger().warning("telemetry flush failed", exc_info=True)
+
+    def close(self) -> None:
+        """Flush and shut the providers down; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for provider in (self._tracer_provider, self._meter_provider, self._logger_provider):
+            try:
+                provider.shutdown()
+            except Exception:  # noqa: BLE001
+                logger().warning("telemetry shutdown failed", exc_info=True)

@@ -1,0 +1,204 @@
+"""Resolve telemetry settings: explicit argument > standard `OTEL_*` variable > profile.
+
+`resolve_settings` turns a profile name plus the environment into one frozen
+`ExportSettings`. With no endpoint anywhere, `endpoint` stays None and telemetry goes
+to the local OTLP-JSON file (the embedded default). Every error names the key and
+where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple, get_args
+from urllib.parse import unquote
+
+from ..errors import UsageError
+from ..paths import state_dir
+from .profiles import Compression, ExportProfile, Protocol, choose_profile
+
+__all__ = ["ExportSettings", "resolve_settings", "SIGNALS"]
+
+SIGNALS = ("traces", "metrics", "logs")
+_RATIO_SAMPLERS = {"traceidratio": False, "parentbased_traceidratio": True}
+_FIXED_SAMPLERS = {
+    "always_on": (1.0, False), "always_off": (0.0, False),
+    "parentbased_always_on": (1.0, True), "parentbased_always_off": (0.0, True),
+}
+
+
+class ExportSettings(NamedTuple):
+    """Everything the exporters need, after overrides. `endpoints` maps each signal to its
+    URL (empty: the local file sink); `sources` says where each setting came from."""
+
+    profile: ExportProfile
+    reason: str
+    enabled: bool
+    endpoints: dict[str, str]
+    protocol: Protocol
+    compression: Compression
+    headers: tuple[tuple[str, str], ...]
+    sampling_ratio: float
+    parent_based: bool
+    batch_size: int
+    interval: float
+    service_name: str
+    resource_attributes: dict[str, str]
+    file: Path
+    sources: dict[str, str]
+
+    @property
+    def exports(self) -> bool:
+        """True when an OTLP endpoint is configured (the SDK is used); False for the file."""
+        return bool(self.endpoints)
+
+
+def _get(env: Mapping[str, str], key: str) -> str | None:
+    value = env.get(key)
+    return value.strip() if value and value.strip() else None
+
+
+def _number(env: Mapping[str, str], key: str, cast: type[float] | type[int]) -> float | None:
+    raw = _get(env, key)
+    if raw is None:
+        return None
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise UsageError(f"{key}={raw!r} (from the environment) is not a number") from None
+    if value <= 0:
+        raise UsageError(f"{key}={raw!r} (from the environment) must be positive")
+    return float(value)
+
+
+def _headers(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(
+                f"OTEL_EXPORTER_OTLP_HEADERS has {item!r} (from the environment): use key=value"
+            )
+        pairs.append((unquote(key.strip()).lower(), unquote(value.strip())))
+    return tuple(pairs)
+
+
+def _resource(raw: str | None) -> dict[str, str]:
+    attrs: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            attrs[unquote(key.strip())] = unquote(value.strip())
+    return attrs
+
+
+def _endpoints(
+    explicit: str | None, env: Mapping[str, str], protocol: Protocol, sources: dict[str, str]
+) -> dict[str, str]:
+    base = explicit or _get(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    if base:
+        sources["endpoint"] = "argument" if explicit else "OTEL_EXPORTER_OTLP_ENDPOINT"
+    result: dict[str, str] = {}
+    for signal in SIGNALS:
+        own = _get(env, f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+        if own and not explicit:
+            result[signal] = own
+        elif base:
+            # OTLP/HTTP appends the signal path to a base endpoint; gRPC uses it as is.
+            result[signal] = base if protocol == "grpc" else f"{base.rstrip('/')}/v1/{signal}"
+    return result
+
+
+def _sampler(env: Mapping[str, str], ratio: float, sources: dict[str, str]) -> tuple[float, bool]:
+    name = _get(env, "OTEL_TRACES_SAMPLER")
+    if name is None:
+        return ratio, True
+    name = name.lower()
+    sources["sampler"] = "OTEL_TRACES_SAMPLER"
+    if name in _FIXED_SAMPLERS:
+        return _FIXED_SAMPLERS[name]
+    if name not in _RATIO_SAMPLERS:
+        choices = ", ".join([*_FIXED_SAMPLERS, *_RATIO_SAMPLERS])
+        raise UsageError(
+            f"OTEL_TRACES_SAMPLER={name!r} (from the environment) is not supported: use {choices}"
+        )
+    arg = _get(env, "OTEL_TRACES_SAMPLER_ARG")
+    if arg is not None:
+        try:
+            ratio = float(arg)
+        except ValueError:
+            raise UsageError(
+                f"OTEL_TRACES_SAMPLER_ARG={arg!r} (from the environment) is not a number"
+            ) from None
+        if not 0.0 <= ratio <= 1.0:
+            raise UsageError(
+                f"OTEL_TRACES_SAMPLER_ARG={arg!r} (from the environment) must be within 0..1"
+            )
+    return ratio, _RATIO_SAMPLERS[name]
+
+
+def resolve_settings(
+    profile: str | None = None,
+    *,
+    endpoint: str | None = None,
+    service_name: str = "stockade",
+    env: Mapping[str, str] | None = None,
+) -> ExportSettings:
+    """Settings for `profile` (`edge`, `cloud`, `on-prem`, `hybrid`, `off`, or None for
+    the SDK defaults), overridden by `OTEL_*` variables in `env` (default `os.environ`),
+    `endpoint` overriding them all. `STOCKADE_TELEMETRY` names the profile when `profile`
+    is None. Raises UsageError for unknown names and malformed values."""
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+    if profile is None and _get(env, "STOCKADE_TELEMETRY"):
+        profile = _get(env, "STOCKADE_TELEMETRY")
+        sources["profile"] = "STOCKADE_TELEMETRY"
+    disabled = profile == "off" or (_get(env, "OTEL_SDK_DISABLED") or "").lower() == "true"
+    chosen, reason = choose_profile(None if profile == "off" else profile)
+
+    protocol: Protocol = chosen.protocol
+    raw_protocol = _get(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+    if raw_protocol is not None:
+        if raw_protocol not in get_args(Protocol):
+            raise UsageError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL={raw_protocol!r} (from the environment) is not "
+                f"supported: use grpc or http/protobuf"
+            )
+        protocol = raw_protocol  # type: ignore[assignment]
+        sources["protocol"] = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    compression: Compression = chosen.compression
+    raw_compression = _get(env, "OTEL_EXPORTER_OTLP_COMPRESSION")
+    if raw_compression is not None:
+        if raw_compression not in get_args(Compression):
+            raise UsageError(
+                f"OTEL_EXPORTER_OTLP_COMPRESSION={raw_compression!r} (from the environment) "
+                f"is not supported: use gzip or none"
+            )
+        compression = raw_compression  # type: ignore[assignment]
+        sources["compression"] = "OTEL_EXPORTER_OTLP_COMPRESSION"
+    ratio, parent_based = _sampler(env, chosen.sampling_ratio, sources)
+    raw_headers = _get(env, "OTEL_EXPORTER_OTLP_HEADERS")
+    resource = _resource(_get(env, "OTEL_RESOURCE_ATTRIBUTES"))
+    resource_name = resource.pop("service.name", None)  # OTEL_SERVICE_NAME wins over it
+    name = _get(env, "OTEL_SERVICE_NAME") or resource_name or service_name
+    batch = _number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", int)
+    interval_ms = _number(env, "OTEL_METRIC_EXPORT_INTERVAL", float)
+    file = _get(env, "STOCKADE_TELEMETRY_FILE")
+    return ExportSettings(
+        profile=chosen,
+        reason="telemetry off" if disabled else reason,
+        enabled=not disabled,
+        endpoints={} if disabled else _endpoints(endpoint, env, protocol, sources),
+        protocol=protocol,
+        compression=compression,
+        headers=_headers(raw_headers) if raw_headers else (),
+        sampling_ratio=ratio,
+        parent_based=parent_based,
+        batch_size=int(batch) if batch else chosen.batch_size,
+        interval=interval_ms / 1000 if interval_ms else chosen.interval,
+        service_name=name,
+        resource_attributes=resource,
+        file=Path(file) if file else state_dir() / "telemetry.jsonl",
+        sources=sources,
+    )

@@ -1,0 +1,86 @@
+"""`stockade doctor`, `breaker list|reset`, `audit verify`, `telemetry show` as processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stockade.result import Outcome
+from stockade.telemetry import open_telemetry
+from tests.conftest import stockade
+
+from .receiver import GrpcReceiver, attrs
+from .runs import DIGEST, make_run
+
+
+def open_a_breaker() -> None:
+    with open_telemetry() as telemetry:
+        for _ in range(3):
+            info, result = make_run(Outcome.TRAP, tenant="acme")
+            telemetry.observer.run_finished(info, result)
+
+
+def test_breaker_list_and_reset(tmp_path: Path) -> None:
+    assert stockade("breaker", "list").stdout == b"no circuit breakers recorded\n"
+    open_a_breaker()
+    listed = stockade("breaker", "list").stdout.decode()
+    assert DIGEST[:16] in listed and "acme" in listed and "open" in listed
+    (entry,) = [json.loads(x) for x in stockade("breaker", "list", "--json").stdout.splitlines()]
+    assert (entry["state"], entry["tenant"], entry["violations"]) == ("open", "acme", 3)
+    refused = stockade("breaker", "reset")
+    assert refused.returncode == 125 and b"--all" in refused.stderr
+    reset = stockade("breaker", "reset", DIGEST[:10])
+    assert reset.returncode == 0 and reset.stdout == b"reset 1 circuit breaker\n"
+    assert stockade("breaker", "list").stdout == b"no circuit breakers recorded\n"
+    last = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()[-1]
+    assert json.loads(last)["kind"] == "breaker_reset"
+
+
+def test_audit_verify_names_the_tampered_record(tmp_path: Path) -> None:
+    open_a_breaker()
+    ok = stockade("audit", "verify")
+    assert ok.returncode == 0 and ok.stdout == b"audit log intact: 4 records\n"
+    path = tmp_path / "state" / "audit.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"outcome":"trap"', '"outcome":"exited"')
+    path.write_text("".join(lines))
+    bad = stockade("audit", "verify", str(path))
+    assert bad.returncode == 1
+    assert b"line 2 (seq 2)" in bad.stderr and b"changed" in bad.stderr
+
+
+def test_telemetry_show_without_a_file() -> None:
+    proc = stockade("telemetry", "show")
+    assert proc.returncode == 0 and b"no telemetry at" in proc.stdout
+
+
+def test_doctor_reports_environment_and_protections() -> None:
+    proc = stockade("doctor", "--no-worker", "--telemetry", "hybrid")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode()
+    for heading in ("Environment", "Telemetry", "Host protections", "Worker protections"):
+        assert heading in text
+    assert "virtualization" in text and "seccomp" in text and "hybrid:" in text
+    data = json.loads(stockade("doctor", "--no-worker", "--json").stdout)
+    assert data["resource"]["virtualization.type"] == data["environment"]["virtualization"]
+    bad = stockade("doctor", "--telemetry", "fog")
+    assert bad.returncode == 125 and b"unknown telemetry profile" in bad.stderr
+
+
+def test_stockade_run_exports_over_grpc(grpc_receiver: GrpcReceiver) -> None:
+    """`stockade run --telemetry cloud` with an endpoint: the span arrives over gRPC."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import guest
+
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=grpc_receiver.endpoint)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stockade", "run", "--telemetry", "cloud", str(guest("hello.wasm"))],
+        env=env, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert grpc_receiver.wait_for(lambda r: bool(r.spans()))
+    resource, span = grpc_receiver.spans()[0]
+    assert attrs(span.attributes)["faas.name"] == "hello.wasm"
+    assert "virtualization.type" in resource

@@ -1,0 +1,188 @@
+"""The embedded default: OTLP/JSON lines in a local file, read back by `read_summary`."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from stockade.result import Outcome
+from stockade.telemetry import FileSink, open_telemetry, read_summary, resolve_settings
+from stockade.telemetry.otlpjson import span_json
+from stockade.telemetry.reader import attributes_of
+from stockade.telemetry.record import InvocationRecord
+
+from .receiver import attrs
+from .runs import DIGEST, make_run
+
+json_format: Any = importlib.import_module("google.protobuf.json_format")  # no stubs
+_TYPES: dict[str, Any] = {"resourceSpans": ExportTraceServiceRequest,
+          "resourceMetrics": ExportMetricsServiceRequest,
+          "resourceLogs": ExportLogsServiceRequest}
+
+
+def _ids_to_base64(data: Any) -> Any:
+    # OTLP/JSON writes ids as hex; protobuf's canonical JSON expects base64 bytes.
+    if isinstance(data, dict):
+        return {k: base64.b64encode(bytes.fromhex(v)).decode()
+                if k in ("traceId", "spanId") else _ids_to_base64(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_ids_to_base64(v) for v in data]
+    return data
+
+
+def parse_lines(path: Path) -> list[Any]:
+    """Each line as the protobuf export request it encodes (strict: unknown keys fail)."""
+    messages = []
+    for line in path.read_text().splitlines():
+        data = json.loads(line)
+        (key,) = data
+        messages.append(json_format.Parse(json.dumps(_ids_to_base64(data)), _TYPES[key]()))
+    return messages
+
+
+def record_all(outcomes: list[Outcome], profile: str | None = None) -> Path:
+    with open_telemetry(profile) as telemetry:
+        for outcome in outcomes:
+            info, result = make_run(outcome)
+            telemetry.observer.run_started(info)
+            telemetry.observer.run_finished(info, result)
+    return telemetry.settings.file
+
+
+def test_without_endpoint_requests_go_to_the_state_directory(tmp_path: Path) -> None:
+    path = record_all([Outcome.EXITED, Outcome.TIMEOUT, Outcome.MEMORY_LIMIT])
+    assert path == tmp_path / "state" / "telemetry.jsonl"
+    traces, metrics, logs = parse_lines(path)
+    assert isinstance(traces, ExportTraceServiceRequest)
+    spans = traces.resource_spans[0].scope_spans[0].spans
+    assert len(spans) == 3 and len(spans[0].trace_id) == 16 and len(spans[0].span_id) == 8
+    first = attrs(spans[0].attributes)
+    assert first["stockade.module.sha256"] == DIGEST
+    assert first["faas.max_memory"] == 128 * 1024**2  # int64 survives as a decimal string
+    assert spans[1].status.code == 2 and attrs(spans[1].attributes)["stockade.limit.hit"] == (
+        "timeout")
+    names = {m.name for m in metrics.resource_metrics[0].scope_metrics[0].metrics}
+    assert {"faas.invoke_duration", "faas.invocations", "stockade.violations"} <= names
+    records = logs.resource_logs[0].scope_logs[0].log_records
+    assert [attrs(r.attributes)["stockade.audit.outcome"] for r in records] == [
+        "timeout", "memory_limit"]
+
+
+def test_the_file_needs_no_sdk_and_few_modules(tmp_path: Path) -> None:
+    # Start-up time of `stockade run`: no SDK, protobuf or gRPC, nor modules it does not use.
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, '.')\n"
+        "from tests.telemetry.runs import make_run\n"
+        "before = set(sys.modules)\n"
+        "from stockade.telemetry import open_telemetry\n"
+        "t = open_telemetry()\n"
+        "info, result = make_run()\n"
+        "t.admit(info.module, info.sha256)\n"
+        "t.observer.run_started(info); t.observer.run_finished(info, result); t.close()\n"
+        "heavy = ('opentelemetry', 'google', 'grpc', 'importlib.metadata', 'platform',\n"
+        "         'stockade.telemetry.reader', 'stockade.telemetry.protections',\n"
+        "         'stockade.telemetry.audit', 'rich')\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith(heavy)))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, check=True)
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "state" / "telemetry.jsonl").exists()
+
+
+def test_the_span_template_writes_the_sdk_attributes() -> None:
+    info, result = make_run(Outcome.MEMORY_LIMIT, tenant="t\u00e9nant \"q\"")
+    info.events.append(("custom", {"note": "x", "time_unix_nano": 5}))
+    record = InvocationRecord.build(info, result)
+    record.trace_id, record.span_id = 1, 2
+    span = json.loads(span_json(record))
+    assert attributes_of(span["attributes"]) == record.attributes
+    assert span["events"] == [{"timeUnixNano": "5", "name": "custom",
+                               "attributes": [{"key": "note", "value": {"stringValue": "x"}}]}]
+    assert span["status"] == {"code": 2, "message": "memory_limit"}
+    assert (span["traceId"], span["spanId"]) == ("0" * 31 + "1", "0" * 15 + "2")
+
+
+def test_summary_reads_outcomes_percentiles_and_violations() -> None:
+    path = record_all([Outcome.EXITED] * 8 + [Outcome.TIMEOUT, Outcome.DISK_QUOTA])
+    summary = read_summary(path, recent=5)
+    assert summary.invocations == 10 and summary.spans == 10
+    assert summary.outcomes == {"exited": 8, "timeout": 1, "disk_quota": 1}
+    assert summary.violations == {"timeout": 1, "disk_quota": 1}
+    assert summary.p50_ms is not None and summary.p99_ms is not None
+    assert summary.p50_ms <= summary.p99_ms
+    assert len(summary.recent) == 5 and summary.bad_lines == 0
+
+
+def test_file_sink_samples_spans_but_counts_every_invocation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
+    summary = read_summary(record_all([Outcome.EXITED] * 2000))
+    assert summary.invocations == 2000
+    assert 140 <= summary.spans <= 260
+
+
+def test_batches_flush_at_the_batch_size(tmp_path: Path) -> None:
+    settings = resolve_settings("edge", env={"OTEL_TRACES_SAMPLER": "always_on",
+                                             "STOCKADE_TELEMETRY_FILE": str(tmp_path / "t")})
+    sink = FileSink(settings)
+    for _ in range(70):
+        info, result = make_run()
+        sink.record(InvocationRecord.build(info, result))
+    # two full batches of 32 were written on the way; 6 spans wait for close()
+    spans_per_line = [len(m.resource_spans[0].scope_spans[0].spans)
+                      for m in parse_lines(tmp_path / "t")
+                      if isinstance(m, ExportTraceServiceRequest)]
+    assert spans_per_line == [32, 32]
+    sink.close()
+    assert read_summary(tmp_path / "t").spans == 70
+
+
+def test_file_is_rotated_past_its_size(tmp_path: Path) -> None:
+    settings = resolve_settings(env={"STOCKADE_TELEMETRY_FILE": str(tmp_path / "t.jsonl")})
+    sink = FileSink(settings, max_bytes=20_000)
+    for _ in range(10):
+        info, result = make_run()
+        sink.record(InvocationRecord.build(info, result))
+        sink.flush()
+    assert (tmp_path / "t.jsonl.1").exists()
+    assert (tmp_path / "t.jsonl").stat().st_size <= 20_000
+    assert read_summary(tmp_path / "t.jsonl").lines > 0
+
+
+def _writer(path: str, count: int) -> None:
+    settings = resolve_settings(env={"STOCKADE_TELEMETRY_FILE": path})
+    sink = FileSink(settings)
+    for _ in range(count):
+        info, result = make_run()
+        sink.record(InvocationRecord.build(info, result))
+        sink.flush()
+
+
+def test_processes_share_the_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.jsonl")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(path, 50)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    summary = read_summary(path)
+    assert summary.bad_lines == 0 and summary.invocations == 150 and summary.spans == 150

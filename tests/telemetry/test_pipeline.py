@@ -1,0 +1,99 @@
+"""`Telemetry` as the CLI and gateway use it: observer, admit, audit, breaker, close."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from stockade.policy import Policy
+from stockade.result import Outcome, Usage
+from stockade.telemetry import event_kind, open_telemetry, read_summary, verify
+
+from .runs import DIGEST, make_run
+
+MiB = 1024**2
+
+
+def audit_kinds(path: Path) -> list[str]:
+    return [json.loads(line)["kind"] for line in path.read_text().splitlines()]
+
+
+def test_three_violations_open_the_breaker_and_the_refusal_is_recorded(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with open_telemetry() as telemetry:
+        for _ in range(3):
+            assert telemetry.admit("bad.wasm", DIGEST).allowed
+            info, result = make_run(Outcome.FUEL_EXHAUSTED, name="bad")
+            telemetry.observer.run_started(info)
+            telemetry.observer.run_finished(info, result)
+        decision = telemetry.admit("bad.wasm", DIGEST)
+        assert not decision.allowed and str(decision.until_iso) in decision.message
+    assert audit_kinds(state / "audit.jsonl") == [
+        "violation", "violation", "violation", "breaker_transition", "denial"]
+    assert verify(state / "audit.jsonl").ok
+    summary = read_summary(state / "telemetry.jsonl")
+    assert summary.outcomes == {"fuel_exhausted": 3, "denied": 1}
+    assert summary.recent[0].limit_hit == "breaker"
+    with open_telemetry() as again:  # a new process sees the open breaker
+        assert not again.admit("bad.wasm", DIGEST).allowed
+        (entry,) = again.breaker.entries()
+        assert entry.violations == 3  # the refusals did not count as violations
+
+
+def test_audit_kinds_by_outcome() -> None:
+    assert event_kind(Outcome.DENIED) == "denial"
+    assert event_kind(Outcome.DISK_QUOTA) == "quota_hit"
+    assert event_kind(Outcome.MEMORY_LIMIT) == "violation"
+    assert event_kind(Outcome.EXITED) is None and event_kind(Outcome.ERROR) is None
+
+
+def test_monitor_warnings_become_span_events_and_log_records(tmp_path: Path) -> None:
+    with open_telemetry() as telemetry:
+        info, result = make_run(policy=Policy().with_limits(max_memory=16 * MiB),
+                                usage=Usage(wall_ms=2, cpu_ms=1,
+                                            peak_memory_bytes=16 * MiB - 65536))
+        telemetry.observer.run_started(info)
+        telemetry.observer.run_finished(info, result)
+    lines = [json.loads(x) for x in (tmp_path / "state" / "telemetry.jsonl").read_text()
+             .splitlines()]
+    span = lines[0]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert [e["name"] for e in span["events"]] == ["stockade.monitor.warning"]
+    logs = lines[2]["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+    assert logs[0]["severityText"] == "WARN" and logs[0]["traceId"] == span["traceId"]
+    assert read_summary(tmp_path / "state" / "telemetry.jsonl").warnings == 1
+    assert not (tmp_path / "state" / "audit.jsonl").exists()  # a warning is no violation
+
+
+def test_telemetry_off_writes_no_file_but_keeps_the_breaker(tmp_path: Path) -> None:
+    with open_telemetry("off") as telemetry:
+        for _ in range(3):
+            info, result = make_run(Outcome.TRAP)
+            telemetry.observer.run_finished(info, result)
+        assert not telemetry.admit("m.wasm", DIGEST).allowed
+    assert not (tmp_path / "state" / "telemetry.jsonl").exists()
+
+
+def test_failures_are_logged_not_raised(tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "state"
+    (state / "telemetry.jsonl").mkdir(parents=True)  # directories where files should be
+    (state / "breaker.db").mkdir()
+    with caplog.at_level(logging.WARNING, "stockade.telemetry"):
+        with open_telemetry() as telemetry:
+            decision = telemetry.admit("m.wasm", DIGEST)
+            info, result = make_run(Outcome.TIMEOUT)
+            telemetry.observer.run_finished(info, result)
+    assert decision.allowed and decision.state == "unknown"
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "circuit breaker unavailable" in messages
+    assert "could not record run telemetry" in messages
+    assert "could not write telemetry" in messages
+
+
+def test_close_twice_is_safe() -> None:
+    telemetry = open_telemetry()
+    telemetry.close()
+    telemetry.close()
