@@ -1,7 +1,8 @@
-"""`EpochTicker`: one thread per engine advancing its epoch in step with the clock."""
+"""`EpochTicker`: one thread per engine that advances its epoch when deadlines fall due."""
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -9,77 +10,88 @@ from collections.abc import Callable
 
 __all__ = ["EpochTicker", "TICK_SECONDS"]
 
-# 2 ms keeps deadlines within a few percent of even 100 ms timeouts for ~500 wake-ups/s,
-# paid only while a guest runs.
-TICK_SECONDS = 0.002
-# Bound on catch-up increments after a long stall (a suspended process, a frozen VM).
-_MAX_CATCH_UP = 100_000
+# Epoch N stands for `N * TICK_SECONDS` after the ticker's origin: deadlines are rounded up
+# to a tick, so 5 ms keeps even a 100 ms timeout within 5 %.
+TICK_SECONDS = 0.005
+# Bound on increments in one catch-up (a process suspended for hours).
+_MAX_CATCH_UP = 1_000_000
 
 
 class EpochTicker:
-    """Advances the engine's epoch so that epoch N is reached `N * interval` seconds after
-    the ticker's origin, while at least one run is active.
+    """Maps wall-clock deadlines onto the engine's epoch.
 
-    The epoch follows the clock, not the number of wake-ups: a thread woken late (a
-    loaded machine) catches up with several increments, so deadlines do not drift.
-    It only calls `increment` (the engine's `increment_epoch`), never touches a Store.
-    Enter `active()` around each run; the thread sleeps when the engine is idle.
+    Epoch N is reached `N * interval` seconds after the ticker's origin. The thread does
+    not tick periodically: it sleeps until the earliest registered deadline, then brings
+    the epoch up to date in one burst of `increment` calls, so a guest running for a
+    minute costs a handful of wake-ups, not thousands (each of which would contend for
+    the GIL with host calls). It only calls `increment`, never touches a Store.
+
+    Use `with ticker.deadline(seconds) as ticks:` around a run and pass `ticks` to
+    `store.set_epoch_deadline`; `seconds=None` registers no deadline.
     """
 
     def __init__(self, increment: Callable[[], None], interval: float = TICK_SECONDS) -> None:
         self._increment = increment
         self.interval = interval
         self._cond = threading.Condition()
-        self._active = 0
         self._epoch = 0
         self._origin = time.monotonic()
+        self._deadlines: list[int] = []  # heap of epoch numbers runs are waiting for
+        self._active = 0
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def ticks_for(self, timeout: float) -> int:
-        """Epoch deadline (in ticks after the current epoch) for `timeout` seconds."""
-        return max(1, math.ceil(timeout / self.interval))
+    def deadline(self, seconds: float | None) -> _Registration:
+        """Context manager registering a run's deadline `seconds` from now; enters as the
+        epoch deadline in ticks after the current epoch (None: no deadline)."""
+        return _Registration(self, seconds)
 
-    def active(self) -> EpochTicker:
-        """Context manager marking one active run."""
-        return self
-
-    def __enter__(self) -> EpochTicker:
+    def _register(self, seconds: float | None) -> tuple[int | None, int | None]:
         with self._cond:
             if self._closed:
                 raise RuntimeError("epoch ticker is closed")
+            now = time.monotonic()
             if self._active == 0:
-                # Resume the clock where the epoch stands: idle time is not counted.
-                self._origin = time.monotonic() - self._epoch * self.interval
+                # Idle time is not counted: the epoch resumes where it stood.
+                self._origin = now - self._epoch * self.interval
             self._active += 1
+            if seconds is None:
+                return None, None
+            target = math.ceil((now + seconds - self._origin) / self.interval)
+            target = max(target, self._epoch + 1)
+            heapq.heappush(self._deadlines, target)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="stockade-epoch", daemon=True
-                )
+                self._thread = threading.Thread(target=self._loop, name="stockade-epoch",
+                                                 daemon=True)
                 self._thread.start()
             self._cond.notify()
-        return self
+            return target, target - self._epoch
 
-    def __exit__(self, *exc: object) -> None:
+    def _unregister(self, target: int | None) -> None:
         with self._cond:
             self._active -= 1
+            if target is not None:
+                self._deadlines.remove(target)
+                heapq.heapify(self._deadlines)
 
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._active == 0 and not self._closed:
+        with self._cond:
+            while not self._closed:
+                if not self._deadlines:
                     self._cond.wait()
-                if self._closed:
-                    return
-            # Sleep outside the lock so runs can start and end meanwhile.
-            time.sleep(self.interval)
-            with self._cond:
-                if self._closed:
-                    return
-                due = int((time.monotonic() - self._origin) / self.interval)
-                for _ in range(min(due - self._epoch, _MAX_CATCH_UP)):
+                    continue
+                due_at = self._origin + self._deadlines[0] * self.interval
+                wait = due_at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                now_epoch = int((time.monotonic() - self._origin) / self.interval)
+                for _ in range(min(now_epoch - self._epoch, _MAX_CATCH_UP)):
                     self._increment()
-                self._epoch = max(self._epoch, due)
+                self._epoch = max(self._epoch, now_epoch)
+                # Deadlines now past stay registered until their runs end; skip them.
+                while self._deadlines and self._deadlines[0] <= self._epoch:
+                    heapq.heappop(self._deadlines)
 
     def close(self) -> None:
         """Stop the thread. Safe to call twice."""
@@ -89,3 +101,22 @@ class EpochTicker:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)
+
+
+class _Registration:
+    def __init__(self, ticker: EpochTicker, seconds: float | None) -> None:
+        self._ticker = ticker
+        self._seconds = seconds
+        self._target: int | None = None
+
+    def __enter__(self) -> int | None:
+        self._target, ticks = self._ticker._register(self._seconds)
+        return ticks
+
+    def __exit__(self, *exc: object) -> None:
+        target = self._target
+        # A deadline already popped by the loop is gone from the heap.
+        with self._ticker._cond:
+            if target is not None and target not in self._ticker._deadlines:
+                target = None
+        self._ticker._unregister(target)

@@ -12,11 +12,13 @@ that called `_start`, and its host calls arrive on that same thread.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from ..result import GuestStopped, Outcome
 from .abi import FDFLAGS_SYNC_MASK, INTERPOSED, MODULE, OFLAG_CREAT, Errno, GuestMemory
@@ -69,6 +71,42 @@ def _trampoline_module(engine: wasmtime.Engine) -> wasmtime.Module:
         return module
 
 
+class _RawCall:
+    """Calls one trampoline export through the C API directly: wasmtime-py's `Func.__call__`
+    re-derives the function type and boxes every argument, ~20 µs per host call."""
+
+    __slots__ = ("_func", "_kinds", "_params_type")
+
+    def __init__(self, func: wasmtime.Func, params: tuple[str, ...]) -> None:
+        self._func = func._func
+        self._kinds = [_KINDS[p] for p in params]
+        self._params_type = ffi.wasmtime_val_t * len(params)
+
+    def __call__(self, caller: Any, args: tuple[int, ...]) -> int:
+        params = self._params_type()
+        for index, (kind, arg) in enumerate(zip(self._kinds, args, strict=True)):
+            slot: Any = params[index]
+            slot.kind = kind
+            if kind == _I32_KIND:
+                slot.of.i32 = arg
+            else:
+                slot.of.i64 = arg
+        result = ffi.wasmtime_val_t()
+        trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        error = ffi.wasmtime_func_call(caller._context(), ctypes.byref(self._func), params,
+                                       len(args), ctypes.byref(result), 1, ctypes.byref(trap))
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        if trap:
+            raise wasmtime.Trap._from_ptr(trap)
+        value: int = result.of.i32
+        return value
+
+
+_I32_KIND = ffi.WASMTIME_I32.value
+_KINDS = {"i32": _I32_KIND, "i64": ffi.WASMTIME_I64.value}
+
+
 def _forward(meter: Meter, caller: Any, name: str, *args: int) -> int:
     """Call wasmtime's own WASI `name` with the guest's memory."""
     if meter.trampoline is None:
@@ -77,9 +115,14 @@ def _forward(meter: Meter, caller: Any, name: str, *args: int) -> int:
         linker.define_wasi()
         linker.define(caller, "env", "memory", caller["memory"])
         instance = linker.instantiate(caller, _trampoline_module(engine))
-        meter.trampoline = dict(instance.exports(caller).items())
-    func: Any = meter.trampoline[name]
-    result: int = func(caller, *args)
+        exports = instance.exports(caller)
+        funcs = {export: exports[export] for export in INTERPOSED}
+        meter.trampoline = {
+            export: _RawCall(func, INTERPOSED[export]) for export, func in funcs.items()
+            if isinstance(func, wasmtime.Func)
+        }
+    call: Any = meter.trampoline[name]
+    result: int = call(caller, args)
     return result
 
 
@@ -236,7 +279,11 @@ def _entry(name: str, handler: Handler) -> Callable[..., int]:
             raise GuestStopped(Outcome.ERROR, f"{name} called outside a metered run")
         meter.charge(name)
         try:
-            memory = GuestMemory(caller["memory"], caller)
+            # The export handle stays valid for the store's life; its base address may
+            # move when memory grows, so GuestMemory re-reads that on every call.
+            if meter.memory is None:
+                meter.memory = caller["memory"]
+            memory = GuestMemory(meter.memory, caller)
             return handler(meter, caller, memory, *args)
         except (IndexError, KeyError):
             return Errno.FAULT

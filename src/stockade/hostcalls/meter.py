@@ -59,6 +59,7 @@ class Meter:
         }
         self.guest_opened = 0
         self.trampoline: dict[str, object] | None = None
+        self.memory: object | None = None  # the guest's memory export, once looked up
 
     # -- budget -------------------------------------------------------------------
 

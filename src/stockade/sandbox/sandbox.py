@@ -125,11 +125,10 @@ class Sandbox:
         meter = Meter(limits, deadline, preopens, invocation.stdin)
         instance: wasmtime.Instance | None = None
         wall0, cpu0 = time.perf_counter(), time.thread_time()
-        with engine.ticker.active(), metered(meter, engine.wasmtime):
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        with engine.ticker.deadline(remaining) as ticks, metered(meter, engine.wasmtime):
             if self.engine_config.epochs:
-                store.set_epoch_deadline(
-                    _NO_DEADLINE if remaining is None else engine.ticker.ticks_for(remaining))
+                store.set_epoch_deadline(_NO_DEADLINE if ticks is None else ticks)
             try:
                 instance = pre.instantiate(store)
                 exports = instance.exports(store)

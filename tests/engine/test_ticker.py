@@ -1,0 +1,53 @@
+"""The epoch ticker maps wall-clock deadlines onto epochs without periodic ticking."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from stockade.engine import EpochTicker
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.value = 0
+        self.lock = threading.Lock()
+
+    def increment(self) -> None:
+        with self.lock:
+            self.value += 1
+
+
+def test_epoch_reaches_each_deadline_in_time() -> None:
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    with ticker.deadline(0.2) as short, ticker.deadline(5.0) as long:
+        assert short is not None and long is not None and short < long
+        time.sleep(0.3)
+        assert counter.value >= short  # the short run's deadline has passed
+        assert counter.value < long  # the long one's has not
+    ticker.close()
+    ticker.close()
+
+
+def test_no_deadline_no_thread() -> None:
+    counter = Counter()
+    ticker = EpochTicker(counter.increment)
+    with ticker.deadline(None) as ticks:
+        assert ticks is None
+        time.sleep(0.05)
+    assert counter.value == 0
+    ticker.close()
+
+
+def test_idle_time_is_not_counted() -> None:
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    with ticker.deadline(0.02):
+        time.sleep(0.05)
+    reached = counter.value
+    time.sleep(0.1)  # idle: nothing registered
+    with ticker.deadline(1.0) as ticks:
+        assert ticks is not None and ticks >= 1.0 / 0.005 - 1
+    assert counter.value == reached
+    ticker.close()
