@@ -18,12 +18,14 @@ __all__ = ["main", "cli"]
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Run a WebAssembly module in a sandbox."),
     "compile": ("compile", "compile_", "Compile a module ahead of time to a .cwasm file."),
+    "serve": ("serve", "serve", "Serve the functions of a manifest over HTTP (the gateway)."),
+    "new": ("new", "new", "Write a starter stockade.toml and its example function."),
     "attack": ("attack", "attack", "Run the attack suite and judge how each attack is contained."),
+    "bench": ("bench", "bench", "Benchmark Stockade against native, containers and other hosts."),
     "telemetry": ("telemetry", "telemetry", "Summarise the locally recorded telemetry."),
     "doctor": ("doctor", "doctor", "Show the environment, telemetry export and protections."),
     "breaker": ("breaker", "breaker", "List or reset circuit breakers of misbehaving modules."),
     "audit": ("audit", "audit", "Verify the hash-chained audit log of security events."),
-    "bench": ("bench", "bench", "Benchmark Stockade against native, containers and other hosts."),
 }
 
 

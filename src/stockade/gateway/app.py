@@ -1,0 +1,79 @@
+"""`GatewayApp`: the ASGI 3 application of one worker.
+
+It adapts ASGI to the gateway's handler stack (`layers.py`): the scope becomes a
+`Request` whose body is read on demand, the `Response` is sent with its length.
+The lifespan protocol starts the `GatewayService` (loading and preparing functions off
+the event loop) and closes it after the server has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import StockadeError
+from .messages import Request, Response
+from .problem import render_error
+from .service import GatewayService
+
+__all__ = ["GatewayApp", "Scope", "Receive", "Send"]
+
+logger = logging.getLogger("stockade.gateway")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class GatewayApp:
+    """ASGI entry point for `service`."""
+
+    def __init__(self, service: GatewayService) -> None:
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(
+            method=scope["method"], path=scope["path"],
+            query=scope["query_string"].decode("latin-1"), headers=scope["headers"],
+            client=scope.get("client"), server=scope.get("server"),
+            scheme=scope.get("scheme", "http"), http_version=scope.get("http_version", "1.1"),
+            raw_path=scope.get("raw_path") or b"", receive=receive,
+        )
+        handler = self.service.handler
+        if handler is None:
+            response = render_error(StockadeError("the gateway is not started"), request.path)
+        else:
+            response = await handler(request)
+        await _send(send, response)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await loop.run_in_executor(None, self.service.start)
+                    await self.service.started()
+                except StockadeError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": exc.message})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await loop.run_in_executor(None, self.service.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _send(send: Send, response: Response) -> None:
+    body = response.body
+    headers = [*response.headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,195 @@
+"""Executors: how a function's module runs once per request, in a fresh instance.
+
+    Executor.prepare(spec) -> Prepared          (load from the AoT cache, link, check)
+    Prepared.run(invocation) -> Result           (on a guest thread; never shared state)
+
+Implementations: `SandboxExecutor` (`stockade.Sandbox`: every limit and metered host
+call) and `FastExecutor` (`fastexec.py`: the wasmtime C API with the pooling allocator).
+`Executors` picks one per function: the fast path when the server allows it and the
+function qualifies (see `fast_refusal`), the sandbox otherwise. A module that imports
+what Stockade does not provide becomes a `DeniedFunction`, refused on every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..engine import EngineConfig, LoadedModule, get_engine
+from ..errors import ModuleError, ModuleNotFound, StockadeError
+from ..hostcalls import MODULE
+from ..invocation import Invocation
+from ..observe import RunInfo, RunObserver, notify_finished, notify_started
+from ..result import Outcome, Result
+from ..sandbox import Sandbox
+from ..sandbox.imports import denied_import
+from .manifest import FunctionSpec
+
+if TYPE_CHECKING:
+    from .fastexec import FastExecutor
+
+__all__ = ["Prepared", "SandboxExecutor", "DeniedFunction", "Executors", "fast_refusal",
+           "load_standard", "named_error"]
+
+logger = logging.getLogger("stockade.gateway")
+
+
+class Prepared(ABC):
+    """A function ready to run: `kind` names the executor, `sha256` the module."""
+
+    kind = "none"
+
+    def __init__(self, spec: FunctionSpec, sha256: str, observers: Sequence[RunObserver]):
+        self.spec = spec
+        self.sha256 = sha256
+        self.observers = tuple(observers)
+        self.warm = False
+
+    @abstractmethod
+    def run(self, invocation: Invocation) -> Result:
+        """Run once in a fresh instance (called on a guest thread)."""
+
+    def try_inline(self, invocation: Invocation) -> tuple[Result | None, float]:
+        """Run on the calling thread if it can be done within a small budget: (result,
+        cpu seconds), or (None, cpu seconds spent) to have `run` do it on a guest thread.
+        Only executors whose runs leave no trace when abandoned can say yes."""
+        return None, 0.0
+
+    def _info(self, invocation: Invocation) -> RunInfo:
+        return RunInfo(module=self.spec.module.name, sha256=self.sha256, invocation=invocation,
+                       policy=self.spec.policy, started=time.time(), pid=os.getpid(),
+                       coldstart=not self.warm)
+
+
+class SandboxFunction(Prepared):
+    """Runs through `stockade.Sandbox` (observers are called by the sandbox)."""
+
+    kind = "sandbox"
+
+    def __init__(self, spec: FunctionSpec, loaded: LoadedModule,
+                 observers: Sequence[RunObserver]) -> None:
+        super().__init__(spec, loaded.sha256, observers)
+        self._sandbox = Sandbox(spec.policy, observers=observers)
+        self._loaded = loaded
+
+    def run(self, invocation: Invocation) -> Result:
+        """Run through the sandbox (its observers record the run)."""
+        return self._sandbox.run(self._loaded, invocation)
+
+
+class DeniedFunction(Prepared):
+    """A module refused at load: every run reports `denied` (and observers record it)."""
+
+    kind = "denied"
+
+    def __init__(self, spec: FunctionSpec, sha256: str, message: str,
+                 observers: Sequence[RunObserver]) -> None:
+        super().__init__(spec, sha256, observers)
+        self.message = message
+
+    def run(self, invocation: Invocation) -> Result:
+        """A `denied` result, recorded like a run."""
+        info = self._info(invocation)
+        notify_started(self.observers, info)
+        result = Result(module=self.spec.module.name, sha256=self.sha256,
+                        outcome=Outcome.DENIED, exit_code=Outcome.DENIED.exit_code,
+                        message=self.message, limits=self.spec.policy.limits.as_dict())
+        notify_finished(self.observers, info, result)
+        return result
+
+
+def named_error(exc: ModuleNotFound | ModuleError, name: str) -> StockadeError:
+    """`exc` again, its message prefixed with the function's name."""
+    kind = ModuleNotFound if isinstance(exc, ModuleNotFound) else ModuleError
+    return kind(f"function {name}: {exc.message}")
+
+
+def load_standard(spec: FunctionSpec) -> LoadedModule:
+    """The function's module through the standard engine and the AoT cache. Raises
+    ModuleNotFound or ModuleError."""
+    return get_engine(EngineConfig.for_limits(spec.policy.limits)).load(spec.module)
+
+
+def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
+    """Why the fast path cannot run this function with all its limits, or None.
+
+    The fast path enforces fuel, the timeout (sleeps included), memory, tables and
+    output; it has no preopened directories and does not count host calls (fuel and the
+    timeout still bound them), so functions granted directories, and modules importing
+    a call their policy caps, use the sandbox.
+    """
+    caps = spec.policy.capabilities
+    if caps.dirs or caps.scratch:
+        return "it is granted directories"
+    # Per-call caps matter only for calls the module imports; path calls fail anyway
+    # without directories.
+    capped = {name for name, _ in spec.policy.limits.hostcall_caps}
+    for item in loaded.module.imports:
+        if item.module != MODULE:
+            continue
+        if item.name in capped and not item.name.startswith("path_"):
+            return f"it imports {item.name}, which its policy caps per call"
+    return None
+
+
+class SandboxExecutor:
+    """Prepares functions to run through `stockade.Sandbox`."""
+
+    kind = "sandbox"
+
+    def __init__(self, observers: Sequence[RunObserver] = ()) -> None:
+        self.observers = tuple(observers)
+
+    def prepare(self, spec: FunctionSpec, loaded: LoadedModule) -> Prepared:
+        """A `SandboxFunction` for an already loaded module."""
+        return SandboxFunction(spec, loaded, self.observers)
+
+
+class Executors:
+    """Chooses and prepares an executor per function (`mode`: auto, fast or sandbox)."""
+
+    def __init__(self, mode: str, threads: int, observers: Sequence[RunObserver] = ()) -> None:
+        self.mode = mode
+        self.observers = tuple(observers)
+        self.sandbox = SandboxExecutor(observers)
+        self._threads = threads
+        self._fast: FastExecutor | None = None
+        self._fast_failed = mode == "sandbox"
+
+    def prepare(self, spec: FunctionSpec) -> Prepared:
+        """Load and prepare `spec`'s module. Raises ModuleNotFound or ModuleError."""
+        loaded = load_standard(spec)
+        denied = denied_import(loaded.module)
+        if denied is not None:
+            name, reason = denied
+            return DeniedFunction(spec, loaded.sha256, f"import {name} denied: {reason}",
+                                  self.observers)
+        fast = self._fast_executor()
+        if fast is not None:
+            refusal = fast_refusal(spec, loaded) or fast.refusal(spec)
+            if refusal is None:
+                return fast.prepare(spec, loaded)
+            log = logger.warning if self.mode == "fast" else logger.info
+            log("function %s runs in the sandbox: %s", spec.name, refusal)
+        return self.sandbox.prepare(spec, loaded)
+
+    def _fast_executor(self) -> FastExecutor | None:
+        if self._fast is None and not self._fast_failed:
+            try:
+                from .fastexec import FastExecutor
+
+                self._fast = FastExecutor(self._threads, self.observers)
+            except Exception as exc:  # noqa: BLE001 - fall back to the sandbox, say why
+                self._fast_failed = True
+                logger.warning("fast path unavailable, using the sandbox: %s", exc)
+        return self._fast
+
+    def close(self) -> None:
+        """Free the fast path's engines (after in-flight runs). Safe twice."""
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None

@@ -1,0 +1,153 @@
+"""`FastExecutor`: functions on the C-API fast path (`stockade.engine.fastpath`).
+
+One pooling-allocator `FastEngine` per engine configuration (fuel on or off, stack
+size), sized for the worker's guest threads, so a run never waits for a pool slot.
+Modules come from the same AoT cache as the standard engine: the `.cwasm` the standard
+engine wrote is mapped in, not recompiled.
+
+Inline first: handing a run to a guest thread and back costs more than a short guest
+runs, so `try_inline` runs it on the calling (event loop) thread under a small budget,
+`INLINE_FUEL` instructions and `INLINE_TIMEOUT` seconds. A run that outgrows the budget
+is abandoned and run again on a guest thread with the function's full limits: on the
+fast path a guest has no directories or sockets, so an abandoned run leaves no trace
+outside its own instance. The function then skips the inline attempt for
+`INLINE_BACKOFF` seconds, so a slow function stalls the loop at most once per backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from ..engine import EngineConfig, LoadedModule, get_engine
+from ..engine.fastpath import FastEngine, FastModule
+from ..invocation import Invocation
+from ..observe import RunObserver, notify_finished, notify_started
+from ..result import Outcome, Result
+from ..sandbox.wasi import guest_env
+from .executor import Prepared
+from .manifest import FunctionSpec
+
+__all__ = ["FastExecutor", "FastFunction", "POOL_MEMORY", "INLINE_FUEL", "INLINE_TIMEOUT",
+           "INLINE_BACKOFF"]
+
+# Linear memory per pool slot: the largest memory a fast-path function may have.
+# The pool reserves address space (not memory) for threads x this.
+POOL_MEMORY = 256 * 1024**2
+_TABLE_ELEMENTS = 100_000
+INLINE_FUEL = 2_000_000  # instructions: well under a millisecond of compute
+INLINE_TIMEOUT = 0.005  # seconds: bounds host-call time, which fuel does not count
+INLINE_BACKOFF = 5.0  # seconds without inline attempts after one outgrew its budget
+
+
+class FastFunction(Prepared):
+    """A function run through a `FastEngine`, limits taken from its policy."""
+
+    kind = "fast"
+
+    def __init__(self, spec: FunctionSpec, module: FastModule, sha256: str,
+                 observers: Sequence[RunObserver]) -> None:
+        super().__init__(spec, sha256, observers)
+        self._module = module
+        limits = spec.policy.limits
+        self._fuel = limits.fuel
+        self._timeout = limits.timeout
+        self._memory = limits.max_memory
+        self._output = limits.max_output
+        self._limits = limits.as_dict()
+        self._name = spec.module.name
+        self._inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
+        self._inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
+            else min(limits.timeout, INLINE_TIMEOUT)
+        self._inline_after = 0.0
+
+    def run(self, invocation: Invocation) -> Result:
+        """Run once in a fresh instance with the function's limits (a guest thread)."""
+        result, _ = self._run(invocation, inline=False)
+        if result is None:  # only inline runs are abandoned
+            raise RuntimeError("a full run cannot be abandoned")
+        return result
+
+    def try_inline(self, invocation: Invocation) -> tuple[Result | None, float]:
+        """Run with the inline budget: (result, cpu seconds), or (None, cpu seconds spent)
+        when the run outgrew the budget (or did recently) and must go to `run`."""
+        if time.monotonic() < self._inline_after:
+            return None, 0.0
+        return self._run(invocation, inline=True)
+
+    def _run(self, invocation: Invocation, inline: bool) -> tuple[Result | None, float]:
+        fuel, timeout = (self._inline_fuel, self._inline_timeout) if inline \
+            else (self._fuel, self._timeout)
+        info = self._info(invocation) if self.observers else None
+        if info is not None and not inline:
+            notify_started(self.observers, info)
+        fast = self._module.run((), guest_env(self.spec.policy, invocation), invocation.stdin,
+                                fuel=fuel, timeout_s=timeout, max_memory=self._memory,
+                                max_output=self._output, capture_stderr=False)
+        if inline and ((fast.outcome is Outcome.FUEL_EXHAUSTED and fuel != self._fuel) or (
+                fast.outcome is Outcome.TIMEOUT and timeout != self._timeout)):
+            self._inline_after = time.monotonic() + INLINE_BACKOFF
+            return None, fast.cpu_s
+        result = fast.to_result(self._name, self.sha256, self._limits)
+        result.coldstart = not self.warm
+        self.warm = True
+        if info is not None:
+            if inline:
+                notify_started(self.observers, info)
+            notify_finished(self.observers, info, result)
+        return result, fast.cpu_s
+
+
+class FastExecutor:
+    """Prepares functions on the fast path; `threads` bounds concurrent runs."""
+
+    kind = "fast"
+
+    def __init__(self, threads: int, observers: Sequence[RunObserver] = ()) -> None:
+        self.observers = tuple(observers)
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._engines: dict[EngineConfig, FastEngine] = {}
+        self._modules: dict[tuple[EngineConfig, str], FastModule] = {}
+
+    def refusal(self, spec: FunctionSpec) -> str | None:
+        """Why this executor cannot hold the function's limits, or None."""
+        if spec.policy.limits.max_memory > POOL_MEMORY:
+            return f"its memory limit is above the fast path's {POOL_MEMORY >> 20} MiB slots"
+        if spec.policy.limits.max_table_elements > _TABLE_ELEMENTS:
+            return "its table limit is above the fast path's"
+        return None
+
+    def prepare(self, spec: FunctionSpec, loaded: LoadedModule) -> FastFunction:
+        """Map the module's cached `.cwasm` into the fast engine (compiled modules are
+        kept for the life of the worker, so a reload of an unchanged module is free)."""
+        config = EngineConfig.for_limits(spec.policy.limits)
+        with self._lock:
+            engine = self._engines.get(config)
+            if engine is None:
+                # One slot per guest thread plus one for the event loop's inline runs.
+                engine = self._engines[config] = FastEngine(
+                    config, max_instances=self._threads + 1, max_memory=POOL_MEMORY,
+                    table_elements=_TABLE_ELEMENTS)
+            module = self._modules.get((config, loaded.sha256))
+            if module is None:
+                module = self._modules[(config, loaded.sha256)] = self._load(
+                    engine, config, loaded)
+        return FastFunction(spec, module, loaded.sha256, self.observers)
+
+    @staticmethod
+    def _load(engine: FastEngine, config: EngineConfig, loaded: LoadedModule) -> FastModule:
+        standard = get_engine(config)
+        cached = standard.cache.lookup(standard.fingerprint, loaded.sha256)
+        if cached is not None:
+            return engine.deserialize_file(cached)
+        return engine.deserialize(bytes(loaded.module.serialize()), loaded.name)
+
+    def close(self) -> None:
+        """Close every engine (each waits for its runs). Safe twice."""
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+            self._modules.clear()
+        for engine in engines:
+            engine.close()

@@ -1,0 +1,158 @@
+"""`Invoker`: the innermost handler. It reads the body, runs the routed function once
+(CGI in, CGI out), and turns the `Result` into a response. A run goes to a guest thread
+unless the executor can finish it inline within a small budget (`try_inline`).
+
+Outcomes map to statuses by kind: a clean exit renders the function's CGI response;
+`timeout` is 504, `denied` 403, other limits and traps 502, an internal error 500.
+An open circuit breaker answers 503 with `Retry-After` without running the guest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..invocation import Invocation
+from ..policy import format_size
+from ..result import Outcome, Result
+from .cgi import cgi_environ, parse_output
+from .manifest import HEADER_ALLOWANCE
+from .messages import Request, Response
+from .problem import BadGateway, Forbidden, GatewayTimeout, HttpProblem, Unavailable
+
+if TYPE_CHECKING:
+    from ..telemetry import Telemetry
+    from .dispatch import Dispatcher
+    from .metrics import Metrics
+    from .registry import Route
+    from .tracing import TraceContext
+
+__all__ = ["Invoker", "HttpInvocation", "response_for"]
+
+logger = logging.getLogger("stockade.gateway")
+# Added to a function's own timeout before the gateway gives up waiting (504): the
+# guest's deadline normally ends the run first, this covers time spent queued.
+BACKSTOP_GRACE = 1.0
+# A closed breaker is asked again after this long (seconds), or after any violation
+# here: a breaker opened by another process is seen within this time.
+BREAKER_RECHECK = 0.5
+
+
+@dataclass(frozen=True)
+class HttpInvocation(Invocation):
+    """An invocation made for an HTTP request: `traceparent` names the request's server
+    span, so telemetry records the invocation span as its child."""
+
+    traceparent: str | None = None
+
+
+class Invoker:
+    """Runs the function `request.state["route"]` names; see the module docstring."""
+
+    def __init__(self, dispatcher: Dispatcher, metrics: Metrics,
+                 telemetry: Telemetry | None = None, inline: bool = True) -> None:
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.telemetry = telemetry
+        self.inline = inline
+        self._closed_until: dict[tuple[str, str], float] = {}  # (sha256, tenant) -> time
+
+    async def __call__(self, request: Request) -> Response:
+        route: Route = request.state["route"]
+        spec = route.spec
+        await request.read_body(spec.max_body)
+        trace: TraceContext | None = request.state.get("trace")
+        invocation = HttpInvocation(stdin=request.body, env=cgi_environ(request, spec.route),
+                                    name=spec.name, tenant=spec.tenant,
+                                    traceparent=trace.traceparent() if trace else None)
+        result: Result | None = None
+        spent = 0.0
+        if self.inline:
+            # Short guests run right here (see fastexec.py); the breaker is asked first.
+            self._admit(route, invocation)
+            result, spent = route.prepared.try_inline(invocation)
+        if result is None:
+            result = await self._dispatch(request, route, invocation, check=not self.inline)
+        request.state["cpu_seconds"] = spent + result.usage.cpu_ms / 1000
+        if result.outcome.is_violation:
+            self._closed_until.pop((route.prepared.sha256, route.spec.tenant), None)
+        self._count(route, result)
+        return response_for(route, result)
+
+    async def _dispatch(self, request: Request, route: Route, invocation: Invocation,
+                        check: bool) -> Result:
+        timeout = route.spec.policy.limits.timeout
+        backstop = None if timeout is None else timeout + BACKSTOP_GRACE
+        try:
+            return await self.dispatcher.run(lambda: self._call(route, invocation, check),
+                                             backstop)
+        except GatewayTimeout:
+            # The guest still runs out its own deadline: charge the whole timeout.
+            request.state["cpu_seconds"] = timeout or 0.0
+            raise
+
+    def _call(self, route: Route, invocation: Invocation, check: bool) -> Result:
+        """On a guest thread: ask the breaker (unless asked already), then run."""
+        if check:
+            self._admit(route, invocation)
+        return route.prepared.run(invocation)
+
+    def _admit(self, route: Route, invocation: Invocation) -> None:
+        """Raise Unavailable (503) while the function's circuit breaker is open. A closed
+        breaker is trusted for `BREAKER_RECHECK` seconds (one database read fewer per
+        request), unless a run here violated a limit since."""
+        if self.telemetry is None:
+            return
+        key = (route.prepared.sha256, route.spec.tenant)
+        now = time.monotonic()
+        if self._closed_until.get(key, 0.0) > now:
+            return
+        decision = self.telemetry.admit(route.spec.module.name, route.prepared.sha256,
+                                        invocation, route.spec.policy)
+        if decision.allowed and decision.state == "closed":
+            self._closed_until[key] = now + BREAKER_RECHECK
+        if not decision.allowed:
+            retry = max(1.0, (decision.until or 0.0) - time.time())
+            raise Unavailable(f"function {route.spec.name}: {decision.message}", retry,
+                              reason="breaker")
+
+    def _count(self, route: Route, result: Result) -> None:
+        labels = (*route.labels, ("outcome", result.outcome.value),
+                  ("executor", route.prepared.kind))
+        self.metrics.inc("stockade_gateway_invocations_total", labels)
+        self.metrics.inc("stockade_gateway_guest_cpu_seconds_total", route.labels,
+                         result.usage.cpu_ms / 1000)
+        if result.coldstart:
+            self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
+        if result.stderr and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("function %s stderr: %r", route.spec.name, result.stderr[:1024])
+
+
+def response_for(route: Route, result: Result) -> Response:
+    """The HTTP response for a finished run (raises the HttpProblem for a failed one)."""
+    name = route.spec.name
+    outcome = result.outcome
+    if outcome is Outcome.EXITED:
+        if result.stdout_truncated:
+            raise BadGateway(f"function {name}: the response is larger than "
+                             f"{format_size(route.spec.max_response)}", outcome="output_limit")
+        try:
+            return parse_output(result.stdout, route.spec.max_response, HEADER_ALLOWANCE)
+        except BadGateway as exc:
+            code = result.guest_exit_code
+            suffix = f" (it exited with code {code})" if code else ""
+            raise BadGateway(f"function {name}: {exc.message}{suffix}",
+                             outcome=outcome.value, exit_code=code) from None
+    detail = f"function {name}: {result.message or outcome.value}"
+    problem: type[HttpProblem]
+    if outcome is Outcome.TIMEOUT:
+        problem = GatewayTimeout
+    elif outcome is Outcome.DENIED:
+        problem = Forbidden
+    elif outcome is Outcome.ERROR:
+        problem = HttpProblem
+    else:
+        problem = BadGateway
+    raise problem(detail, outcome=outcome.value)

@@ -1,0 +1,127 @@
+"""The gateway's handler stack, one small layer per concern, each wrapping the next::
+
+    MetricsLayer        requests and durations by function and status
+    └── TracingLayer    W3C trace context in, a server span out (tracing.py; with telemetry)
+        └── ErrorLayer  any exception -> problem+json (status from the error's class)
+            └── RoutingLayer    /healthz, /readyz, /metrics; else the function's route
+                └── LimitsLayer function and tenant quotas (429)
+                    └── Invoker (invoke.py)  CGI in, guest run, CGI out
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
+
+from ..errors import StockadeError
+from .messages import Handler, Request, Response
+from .problem import HttpProblem, MethodNotAllowed, NotFound, render_error
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .registry import Registry, Route
+
+__all__ = ["MetricsLayer", "ErrorLayer", "RoutingLayer", "LimitsLayer", "NO_ROUTE", "GATEWAY"]
+
+logger = logging.getLogger("stockade.gateway")
+NO_ROUTE = (("function", ""), ("tenant", ""))
+GATEWAY = (("function", "_gateway"), ("tenant", ""))  # /healthz, /readyz, /metrics
+
+
+class MetricsLayer:
+    """Counts every response by function, tenant and status; times it per function."""
+
+    def __init__(self, app: Handler, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, request: Request) -> Response:
+        start = time.perf_counter()
+        response = await self.app(request)
+        route: Route | None = request.state.get("route")
+        labels = route.labels if route is not None else request.state.get("labels", NO_ROUTE)
+        self.metrics.inc("stockade_gateway_requests_total",
+                         (*labels, ("code", str(response.status))))
+        self.metrics.observe("stockade_gateway_request_duration_seconds", labels[:1],
+                             time.perf_counter() - start)
+        return response
+
+
+class ErrorLayer:
+    """Renders errors as problem+json; counts refusals (413, 429, 503) by reason. An
+    unexpected exception is logged and answered 500 without its details."""
+
+    def __init__(self, app: Handler, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self.app(request)
+        except StockadeError as exc:
+            if isinstance(exc, HttpProblem) and exc.http_status in (413, 429, 503):
+                route: Route | None = request.state.get("route")
+                reason = str(exc.extra.get("limit") or exc.extra.get("reason") or exc.slug)
+                self.metrics.inc("stockade_gateway_rejections_total",
+                                 (*(route.labels if route else NO_ROUTE), ("reason", reason)))
+            return render_error(exc, request.path)
+        except Exception as exc:
+            logger.exception("request %s %s failed", request.method, request.path)
+            return render_error(exc, request.path)
+
+
+SystemHandler = Callable[[Request], Awaitable[Response]]
+
+
+class RoutingLayer:
+    """Answers the gateway's own endpoints, then finds the function for the path (404),
+    checks the method (405) and passes on with `request.state["route"]` set."""
+
+    def __init__(self, app: Handler, registry: Registry,
+                 system: Mapping[str, SystemHandler]) -> None:
+        self.app = app
+        self.registry = registry
+        self.system = system
+
+    async def __call__(self, request: Request) -> Response:
+        handler = self.system.get(request.path)
+        if handler is not None:
+            request.state["labels"] = GATEWAY
+            return await handler(request)
+        route = self.registry.routes.match(request.path)
+        if route is None:
+            raise NotFound("no function is routed at this path")
+        if not route.spec.allows(request.method):
+            raise MethodNotAllowed(f"function {route.spec.name} does not accept "
+                                   f"{request.method}", route.spec.methods)
+        request.state["route"] = route
+        return await self.app(request)
+
+
+class LimitsLayer:
+    """Takes a slot from the function's and the tenant's limiters (429 when either is
+    spent) and returns both after the response, charging the guest's CPU time."""
+
+    def __init__(self, app: Handler, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, request: Request) -> Response:
+        route: Route = request.state["route"]
+        function, tenant = route.function_limiter, route.tenant_limiter
+        function.admit()
+        try:
+            tenant.admit()
+        except StockadeError:
+            function.release()
+            raise
+        self.metrics.add("stockade_gateway_inflight", route.labels, 1)
+        try:
+            return await self.app(request)
+        finally:
+            cpu = float(request.state.get("cpu_seconds", 0.0))
+            tenant.release(cpu)
+            function.release(cpu)
+            self.metrics.add("stockade_gateway_inflight", route.labels, -1)

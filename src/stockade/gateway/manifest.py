@@ -1,0 +1,239 @@
+"""The gateway manifest, `stockade.toml`: functions, tenants and server settings.
+
+    [server]                      # all optional
+    workers = 2
+    [tenant.acme]                 # quotas shared by the tenant's functions
+    concurrency = 8
+    rate = 100                    # requests per second (burst: `burst`, default 1 s worth)
+    cpu_per_minute = "10s"        # guest CPU time per minute
+    [[function]]
+    name = "hello"
+    route = "/hello"              # path prefix; `methods` default to any
+    module = "hello.wasm"         # relative to this file
+    tenant = "acme"
+    profile = "strict"            # plus [function.limits], env, env_allow, dirs,
+    max_concurrency = 4           # rate, burst, max_body, max_response
+
+`load_manifest` resolves it into frozen dataclasses; every error names the file and the
+key, e.g. ``stockade.toml: function[0] (hello).limits.timeout: not a duration: 'soon'``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PolicyError
+from ..policy import Capabilities, DirGrant, Policy, apply_limit, profile
+from .settings import Quota, ServerSettings, parse_quota, parse_server, size_or_none
+
+__all__ = ["FunctionSpec", "Manifest", "Quota", "ServerSettings", "load_manifest",
+           "parse_manifest", "RESERVED_PATHS", "HEADER_ALLOWANCE"]
+
+RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
+HEADER_ALLOWANCE = 64 * 1024  # bytes of CGI headers allowed on top of `max_response`
+DEFAULT_TENANT = "default"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_FUNCTION_KEYS = {"name", "route", "methods", "module", "profile", "limits", "env", "env_allow",
+                  "dirs", "tenant", "max_concurrency", "rate", "burst", "max_body",
+                  "max_response"}
+# manifest key -> Quota field
+_FUNCTION_QUOTA = {"max_concurrency": "concurrency", "rate": "rate", "burst": "burst"}
+_TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
+                 "cpu_per_minute": "cpu_per_minute"}
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One function: its route (`route` is a path prefix, `methods` empty for any), the
+    module and policy it runs with, its tenant, its own quota, and body size limits in
+    bytes (`max_response` counts the body the function writes after its headers)."""
+
+    name: str
+    route: str
+    methods: tuple[str, ...]
+    module: Path
+    policy: Policy
+    tenant: str
+    quota: Quota
+    max_body: int
+    max_response: int
+
+    def allows(self, method: str) -> bool:
+        """True when the function accepts `method`."""
+        return not self.methods or method in self.methods
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded manifest: where it came from, server settings, functions and tenants."""
+
+    source: Path
+    server: ServerSettings
+    functions: tuple[FunctionSpec, ...]
+    tenants: dict[str, Quota] = field(default_factory=dict)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and resolve a manifest file. Raises PolicyError naming the key."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: manifest not found (create one with `stockade new`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read manifest: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: invalid TOML: {exc}") from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
+    """Resolve parsed TOML; module paths and dirs are relative to `path`'s directory."""
+    source = str(path)
+    _known(data, {"server", "tenant", "function"}, source, "")
+    server = parse_server(_table(data.get("server", {}), source, "server"), source)
+    tenants = {DEFAULT_TENANT: Quota()}
+    raw_tenants = _table(data.get("tenant", {}), source, "tenant")
+    for name, table in raw_tenants.items():
+        where = f"tenant.{name}"
+        if not _NAME.match(name):
+            raise PolicyError(f"{source}: {where}: invalid tenant name")
+        table = _table(table, source, where)
+        _known(table, set(_TENANT_QUOTA), source, f"{where}.")
+        tenants[name] = parse_quota(table, source, where, _TENANT_QUOTA)
+    raw_functions = data.get("function", [])
+    if not isinstance(raw_functions, list) or not raw_functions:
+        raise PolicyError(f"{source}: function: add at least one [[function]] table")
+    base = path.parent.resolve()
+    functions: list[FunctionSpec] = []
+    for index, table in enumerate(raw_functions):
+        functions.append(_function(_table(table, source, f"function[{index}]"), index, source,
+                                   base, server, tenants))
+    _check_unique(functions, source)
+    return Manifest(path.resolve(), server, tuple(functions), tenants)
+
+
+def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
+              server: ServerSettings, tenants: Mapping[str, Quota]) -> FunctionSpec:
+    name = table.get("name")
+    where = f"function[{index}]"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PolicyError(f"{source}: {where}.name: required, letters, digits, '.', '_', '-'")
+    where = f"function[{index}] ({name})"
+    _known(table, _FUNCTION_KEYS, source, f"{where}.")
+    module = table.get("module")
+    if not isinstance(module, str) or not module:
+        raise PolicyError(f"{source}: {where}.module: required, a path to a .wasm/.cwasm file")
+    tenant = table.get("tenant", DEFAULT_TENANT)
+    if tenant not in tenants:
+        raise PolicyError(f"{source}: {where}.tenant: {tenant!r} has no [tenant.{tenant}] table")
+    max_response = size_or_none(table.get("max_response"), source, f"{where}.max_response") \
+        or server.max_response
+    policy = _policy(table, source, where, base)
+    # The server's request timeout caps every function's. The output cap is the response
+    # limit plus room for CGI headers (a flood stops there), or less if set explicitly.
+    timeout = policy.limits.timeout
+    if timeout is None or timeout > server.request_timeout:
+        policy = policy.with_limits(timeout=server.request_timeout)
+    explicit = table.get("limits", {}).get("max_output") is not None
+    cap = max_response + HEADER_ALLOWANCE
+    policy = policy.with_limits(max_output=min(policy.limits.max_output, cap) if explicit
+                                else cap)
+    return FunctionSpec(
+        name=name, route=_route(table.get("route"), source, where),
+        methods=_methods(table.get("methods", []), source, where),
+        module=base / module, policy=policy, tenant=tenant,
+        quota=parse_quota(table, source, where, _FUNCTION_QUOTA),
+        max_body=size_or_none(table.get("max_body"), source, f"{where}.max_body")
+        or server.max_body,
+        max_response=max_response,
+    )
+
+
+def _policy(table: Mapping[str, Any], source: str, where: str, base: Path) -> Policy:
+    name = table.get("profile", "strict")
+    if not isinstance(name, str):
+        raise PolicyError(f"{source}: {where}.profile: expected a string")
+    try:
+        policy = profile(name)
+    except PolicyError as exc:
+        raise PolicyError(f"{source}: {where}.profile: {exc.message}") from None
+    for key, value in _table(table.get("limits", {}), source, f"{where}.limits").items():
+        policy = apply_limit(policy, key, value, f"{source}: {where}.limits.{key}")
+    env = _table(table.get("env", {}), source, f"{where}.env")
+    if not all(isinstance(v, str) for v in env.values()):
+        raise PolicyError(f"{source}: {where}.env: values must be strings")
+    allow = table.get("env_allow", [])
+    if not isinstance(allow, list) or not all(isinstance(v, str) for v in allow):
+        raise PolicyError(f"{source}: {where}.env_allow: expected a list of names")
+    raw_dirs = table.get("dirs", [])
+    if not isinstance(raw_dirs, list):
+        raise PolicyError(f"{source}: {where}.dirs: expected a list of 'HOST[:GUEST][:ro|:rw]'")
+    dirs = []
+    for position, spec in enumerate(raw_dirs):
+        try:
+            grant = DirGrant.parse(spec if isinstance(spec, str) else "")
+        except ValueError as exc:
+            raise PolicyError(f"{source}: {where}.dirs[{position}]: {exc}") from None
+        if not grant.host.is_absolute():
+            grant = DirGrant(base / grant.host, grant.guest, grant.writable)
+        dirs.append(grant)
+    caps = Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow))
+    return Policy(limits=policy.limits, capabilities=caps, profile=policy.profile)
+
+
+def _route(value: Any, source: str, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in "?#"):
+        raise PolicyError(f"{source}: {where}.route: required, a path prefix like '/hello'")
+    route = "/" + value.strip("/") if value != "/" else "/"
+    for reserved in RESERVED_PATHS:
+        if route == reserved or route.startswith(reserved + "/"):
+            raise PolicyError(f"{source}: {where}.route: {reserved} is reserved by the gateway")
+    return route
+
+
+def _methods(value: Any, source: str, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise PolicyError(f"{source}: {where}.methods: expected a list like ['GET', 'POST']")
+    methods = tuple(dict.fromkeys(str(m).upper() for m in value))
+    for method in methods:
+        if method not in _METHODS:
+            raise PolicyError(f"{source}: {where}.methods: unknown method {method!r} "
+                              f"(known: {', '.join(_METHODS)})")
+    if "GET" in methods and "HEAD" not in methods:
+        methods += ("HEAD",)
+    return methods
+
+
+def _check_unique(functions: list[FunctionSpec], source: str) -> None:
+    names: set[str] = set()
+    routes: dict[str, str] = {}
+    for spec in functions:
+        if spec.name in names:
+            raise PolicyError(f"{source}: function {spec.name!r}: name used twice")
+        names.add(spec.name)
+        if spec.route in routes:
+            raise PolicyError(f"{source}: function {spec.name!r}: route {spec.route} is "
+                              f"already used by {routes[spec.route]!r}")
+        routes[spec.route] = spec.name
+
+
+def _table(value: Any, source: str, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"{source}: {where}: expected a table")
+    return value
+
+
+def _known(table: Mapping[str, Any], known: set[str], source: str, prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            raise PolicyError(f"{source}: unknown key {prefix}{key} (known: {sorted(known)})")

@@ -1,0 +1,95 @@
+"""The gateway's own request and response: plain objects the layers pass along.
+
+The ASGI adapter (`app.py`) reads a whole request into a `Request` and writes a
+`Response` back; every layer in between is a `Handler`: an async callable from one
+to the other. Headers are lists of `(name, value)` byte pairs, names lower-case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Request", "Response", "Handler", "Headers", "Receive", "header"]
+
+Headers = list[tuple[bytes, bytes]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request. `path` is percent-decoded, `query` the raw query string;
+    `state` carries what layers learn (trace context, the matched function). The body
+    is read only when a handler asks, with that handler's size limit (`read_body`)."""
+
+    method: str
+    path: str
+    query: str
+    headers: Headers
+    body: bytes = b""
+    client: tuple[str, int] | None = None
+    server: tuple[str, int | None] | None = None
+    scheme: str = "http"
+    http_version: str = "1.1"
+    raw_path: bytes = b""
+    state: dict[str, Any] = field(default_factory=dict)
+    receive: Receive = _no_body
+    body_read: bool = False
+
+    async def read_body(self, limit: int) -> bytes:
+        """Read the whole body into `body`. Raises PayloadTooLarge as soon as the
+        declared or received length exceeds `limit` bytes."""
+        from .problem import BadRequest, PayloadTooLarge  # problem.py builds on this module
+
+        if self.body_read:
+            return self.body
+        declared = self.header(b"content-length")
+        if declared is None and self.header(b"transfer-encoding") is None:
+            self.body_read = True  # HTTP/1.1: neither header means no body
+            return self.body
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"the body is {int(declared)} bytes; this function accepts "
+                                  f"at most {limit}", max_body=limit)
+        chunks, size = [], 0
+        while True:
+            message = await self.receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes", max_body=limit)
+            if message["type"] == "http.disconnect":
+                raise BadRequest("the client disconnected while sending the body")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.body, self.body_read = b"".join(chunks), True
+        return self.body
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower-case bytes), or None."""
+        return header(self.headers, name)
+
+
+@dataclass(slots=True)
+class Response:
+    """One HTTP response; `content-length` is added by the adapter."""
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of `name` (lower-case bytes) in `headers`, or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,172 @@
+"""Prometheus metrics of the gateway, summed over its worker processes.
+
+Each worker counts into its own `Metrics` (event loop thread only, no locks) and writes
+a snapshot file to a directory the workers share, every second and before answering
+`/metrics`; the worker that answers renders the sum of all snapshots in the Prometheus
+text format (0.0.4). Gauges count only from workers still alive.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Metrics", "MetricsStore", "render", "FAMILIES", "BUCKETS", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0, 30.0)
+Labels = tuple[tuple[str, str], ...]
+
+# name -> (type, help)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "stockade_gateway_requests_total": ("counter", "HTTP requests answered, by status code"),
+    "stockade_gateway_request_duration_seconds": (
+        "histogram", "Time from request to response, by function"),
+    "stockade_gateway_rejections_total": (
+        "counter", "Requests refused before running (quota, queue, body, breaker)"),
+    "stockade_gateway_invocations_total": ("counter", "Function invocations, by outcome"),
+    "stockade_gateway_coldstarts_total": ("counter", "First invocations of a function"),
+    "stockade_gateway_guest_cpu_seconds_total": ("counter", "Guest CPU time, by tenant"),
+    "stockade_gateway_inflight": ("gauge", "Invocations running or queued"),
+    "stockade_gateway_reloads_total": ("counter", "Manifest reloads, by result"),
+}
+
+
+class Metrics:
+    """One worker's counters, gauges and histograms, keyed by (name, labels)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, Labels], float] = {}
+        self.gauges: dict[tuple[str, Labels], float] = {}
+        self.histograms: dict[tuple[str, Labels], list[float]] = {}
+
+    def inc(self, name: str, labels: Labels, value: float = 1.0) -> None:
+        """Add `value` to a counter."""
+        key = (name, labels)
+        self.counters[key] = self.counters.get(key, 0.0) + value
+
+    def add(self, name: str, labels: Labels, delta: float) -> None:
+        """Move a gauge by `delta`."""
+        key = (name, labels)
+        self.gauges[key] = self.gauges.get(key, 0.0) + delta
+
+    def observe(self, name: str, labels: Labels, value: float) -> None:
+        """Record `value` (seconds) in a histogram."""
+        key = (name, labels)
+        data = self.histograms.get(key)
+        if data is None:
+            data = self.histograms[key] = [0.0] * (len(BUCKETS) + 3)
+        data[bisect.bisect_left(BUCKETS, value)] += 1  # the +Inf slot sits after the last
+        data[-2] += value
+        data[-1] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy of every series."""
+        return {
+            "pid": os.getpid(),
+            "counters": [[n, list(map(list, labels)), v] for (n, labels), v
+                         in self.counters.items()],
+            "gauges": [[n, list(map(list, labels)), v] for (n, labels), v
+                       in self.gauges.items()],
+            "histograms": [[n, list(map(list, labels)), d] for (n, labels), d
+                           in self.histograms.items()],
+        }
+
+
+class MetricsStore:
+    """Snapshot files of all workers in `directory` (one `worker-<index>.json` each)."""
+
+    def __init__(self, directory: Path, index: int) -> None:
+        self.directory = directory
+        self.path = directory / f"worker-{index}.json"
+
+    def write(self, metrics: Metrics) -> None:
+        """Replace this worker's snapshot atomically (errors are ignored: metrics never
+        break serving)."""
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(metrics.snapshot()))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+    def read_all(self) -> list[dict[str, Any]]:
+        """Every worker's latest snapshot."""
+        snapshots = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            try:
+                snapshots.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return snapshots
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def render(snapshots: Iterable[dict[str, Any]]) -> str:
+    """The Prometheus text exposition of the sum of `snapshots`."""
+    counters: dict[tuple[str, Labels], float] = {}
+    gauges: dict[tuple[str, Labels], float] = {}
+    histograms: dict[tuple[str, Labels], list[float]] = {}
+    for snap in snapshots:
+        alive = _alive(int(snap.get("pid", 0)))
+        for kind, target in (("counters", counters), ("gauges", gauges)):
+            if kind == "gauges" and not alive:
+                continue
+            for name, labels, value in snap.get(kind, []):
+                key = (name, tuple(map(tuple, labels)))
+                target[key] = target.get(key, 0.0) + value
+        for name, labels, data in snap.get("histograms", []):
+            key = (name, tuple(map(tuple, labels)))
+            total = histograms.setdefault(key, [0.0] * len(data))
+            for i, value in enumerate(data):
+                total[i] += value
+    lines: list[str] = []
+    for family, (kind, text) in FAMILIES.items():
+        lines += [f"# HELP {family} {text}", f"# TYPE {family} {kind}"]
+        if kind == "histogram":
+            for (name, labels), data in sorted(histograms.items()):
+                if name == family:
+                    lines += _histogram_lines(name, labels, data)
+            continue
+        for (name, labels), value in sorted((gauges if kind == "gauge" else counters).items()):
+            if name == family:
+                lines.append(f"{name}{_labels(labels)} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(name: str, labels: Labels, data: list[float]) -> list[str]:
+    lines, running = [], 0.0
+    for bound, count in zip((*BUCKETS, float("inf")), data, strict=False):
+        running += count
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        lines.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {_number(running)}")
+    lines.append(f"{name}_sum{_labels(labels)} {data[-2]!r}")
+    lines.append(f"{name}_count{_labels(labels)} {_number(data[-1])}")
+    return lines
+
+
+def _labels(labels: Iterable[tuple[str, str]]) -> str:
+    parts = [f'{k}="{_escape(v)}"' for k, v in labels]
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)

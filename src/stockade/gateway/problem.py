@@ -1,0 +1,161 @@
+"""HTTP errors of the gateway and their `application/problem+json` bodies (RFC 9457).
+
+Each error class carries its status and problem type, so layers raise and the error
+layer renders::
+
+    StockadeError
+    └── HttpProblem                 500  internal-error
+        ├── BadRequest              400  bad-request
+        ├── Forbidden               403  denied
+        ├── NotFound                404  not-found
+        ├── MethodNotAllowed        405  method-not-allowed  (Allow)
+        ├── PayloadTooLarge         413  payload-too-large
+        ├── TooManyRequests         429  too-many-requests   (Retry-After)
+        ├── BadGateway              502  bad-gateway
+        ├── Unavailable             503  unavailable         (Retry-After)
+        └── GatewayTimeout          504  timeout
+
+Details never carry host paths: `scrub` reduces any absolute path to its last part.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from ..errors import StockadeError
+from .messages import Headers, Response
+
+__all__ = [
+    "HttpProblem",
+    "BadRequest",
+    "Forbidden",
+    "NotFound",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "TooManyRequests",
+    "BadGateway",
+    "Unavailable",
+    "GatewayTimeout",
+    "problem_response",
+    "render_error",
+    "scrub",
+]
+
+PROBLEM_TYPE = "application/problem+json"
+# Two or more path segments from the root (`/a/b`), or a home-relative path.
+_PATH = re.compile(r"(?:~|(?<![\w.:/]))(?:/[\w.@+%-]+){2,}/?")
+
+
+def scrub(text: str) -> str:
+    """`text` with absolute paths replaced by their last component."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+class HttpProblem(StockadeError):
+    """An error that becomes an HTTP problem response; `headers` are added to it."""
+
+    http_status = 500
+    slug = "internal-error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, headers: Headers | None = None,
+                 **extra: str | int | float | None) -> None:
+        super().__init__(detail)
+        self.headers: Headers = list(headers or [])
+        self.extra = {k: v for k, v in extra.items() if v is not None}
+
+
+class BadRequest(HttpProblem):
+    """The request cannot be passed to a function (e.g. a NUL byte in the path)."""
+
+    http_status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Forbidden(HttpProblem):
+    """The function's module is denied (it imports what Stockade does not provide)."""
+
+    http_status, slug, title = 403, "denied", "Module denied"
+
+
+class NotFound(HttpProblem):
+    """No function is routed at this path."""
+
+    http_status, slug, title = 404, "not-found", "No such function"
+
+
+class MethodNotAllowed(HttpProblem):
+    """The function does not accept this method; `Allow` lists those it does."""
+
+    http_status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+    def __init__(self, detail: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(detail, headers=[(b"allow", ", ".join(allowed).encode())])
+
+
+class PayloadTooLarge(HttpProblem):
+    """The request body is larger than the function accepts."""
+
+    http_status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class _RetryLater(HttpProblem):
+    def __init__(self, detail: str, retry_after: float, **extra: str | int | float | None) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(detail, headers=[(b"retry-after", str(seconds).encode())],
+                         retry_after=seconds, **extra)
+
+
+class TooManyRequests(_RetryLater):
+    """A concurrency, rate or CPU quota of the function or its tenant is used up."""
+
+    http_status, slug, title = 429, "too-many-requests", "Too many requests"
+
+
+class Unavailable(_RetryLater):
+    """The worker's queue is full, the server is draining, or the breaker is open."""
+
+    http_status, slug, title = 503, "unavailable", "Service unavailable"
+
+
+class BadGateway(HttpProblem):
+    """The function trapped, hit a limit, or wrote an invalid CGI response."""
+
+    http_status, slug, title = 502, "bad-gateway", "Function failed"
+
+
+class GatewayTimeout(HttpProblem):
+    """The function ran out of time."""
+
+    http_status, slug, title = 504, "timeout", "Function timed out"
+
+
+def problem_response(status: int, slug: str, title: str, detail: str, instance: str = "",
+                     headers: Headers | None = None,
+                     extra: dict[str, str | int | float] | None = None) -> Response:
+    """A problem+json response; `detail` is scrubbed of host paths (`instance` is the
+    request's own path)."""
+    body: dict[str, str | int | float] = {
+        "type": f"urn:stockade:problem:{slug}", "title": title, "status": status,
+        "detail": scrub(detail),
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra or {})
+    return Response(status, [(b"content-type", PROBLEM_TYPE.encode()), *(headers or [])],
+                    json.dumps(body).encode())
+
+
+def render_error(exc: BaseException, instance: str = "") -> Response:
+    """The response for any exception: its own status for Stockade errors (the class
+    decides), a generic 500 otherwise (the detail would leak internals)."""
+    if isinstance(exc, HttpProblem):
+        return problem_response(exc.http_status, exc.slug, exc.title, exc.message, instance,
+                                exc.headers, exc.extra)
+    if isinstance(exc, StockadeError):
+        slug = re.sub(r"(?<!^)(?=[A-Z])", "-", type(exc).__name__).lower()
+        return problem_response(exc.http_status, slug, "Function cannot run", exc.message,
+                                instance)
+    return problem_response(500, "internal-error", "Internal error",
+                            "the gateway failed to handle this request", instance)

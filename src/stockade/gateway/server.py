@@ -1,0 +1,208 @@
+"""`Supervisor`: the `stockade serve` process. It validates the manifest, compiles the
+modules into the AoT cache once, opens the listening socket and runs N worker
+processes (`worker.py`) that share it.
+
+Signals: SIGTERM or SIGINT drain (workers finish in-flight requests, then exit);
+SIGHUP reloads (the manifest is checked here first; a bad one is reported and the old
+one kept; a good one is loaded by every worker without dropping requests). A worker
+that dies unexpectedly is restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
+from .manifest import Manifest, load_manifest
+from .settings import ServerSettings
+
+__all__ = ["Supervisor", "serve"]
+
+logger = logging.getLogger("stockade.gateway")
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+READY_TIMEOUT = 120.0  # seconds a worker may take to load its functions
+BACKLOG = 2048
+_RESTART_BACKOFF = 1.0
+MAX_RESTARTS = 5
+
+
+class Supervisor:
+    """Serves the manifest at `path` with `overrides` (command-line server settings)."""
+
+    def __init__(self, path: Path, overrides: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.settings = ServerSettings()
+        self.port = 0
+        self._socket: socket.socket | None = None
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="stockade-gateway-"))
+        self._stopping = False
+        self._restarts: list[float] = []
+        self.failed = False
+
+    def prepare(self) -> Manifest:
+        """Load the manifest and compile every module into the AoT cache (so workers
+        map it in rather than each compiling). Raises StockadeError naming the problem."""
+        manifest = load_manifest(self.path)
+        from .executor import load_standard, named_error
+
+        for spec in manifest.functions:
+            try:
+                load_standard(spec)
+            except (ModuleNotFound, ModuleError) as exc:
+                raise named_error(exc, spec.name) from None
+        return manifest
+
+    def start(self) -> None:
+        """Prepare, listen, start the workers and wait until all are ready."""
+        manifest = self.prepare()
+        self.settings = manifest.server.override(**self.overrides)
+        host, port = self.settings.host, self.settings.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if self.settings.reuse_port:
+            # Holds the port (and picks it when 0); each worker listens on its own socket.
+            self._socket = socket.socket(family, socket.SOCK_STREAM)
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, port))
+        else:
+            self._socket = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        self.port = self._socket.getsockname()[1]
+        self.overrides["port"] = self.port
+        self.settings = self.settings.override(port=self.port)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        pending = {index: self._spawn(index) for index in range(self.settings.workers)}
+        deadline = time.monotonic() + READY_TIMEOUT
+        for index, ready in pending.items():
+            if not _wait_ready(ready, deadline):
+                self.stop()
+                raise WorkerError(f"worker {index} did not start (see the messages above)")
+
+    def _spawn(self, index: int) -> int:
+        read, write = os.pipe()
+        command = [sys.executable, "-m", "stockade.gateway.worker",
+                   "--manifest", str(self.path), "--overrides", json.dumps(self.overrides),
+                   "--index", str(index), "--workers", str(self.settings.workers),
+                   "--metrics-dir", str(self._metrics_dir), "--ready-fd", str(write),
+                   "--log-level", logging.getLevelName(logger.getEffectiveLevel())]
+        fds = [write]
+        if self._socket is not None and not self.settings.reuse_port:
+            command += ["--fd", str(self._socket.fileno())]
+            fds.append(self._socket.fileno())
+        self._workers[index] = subprocess.Popen(command, pass_fds=fds)
+        os.close(write)
+        return read
+
+    def run(self) -> int:
+        """Wait for signals until stopped; returns the exit code (0 after a drain, 1 when
+        workers kept dying)."""
+        while not self._stopping:
+            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            if info is None or info.si_signo == signal.SIGCHLD:
+                self._reap()
+            elif info.si_signo == signal.SIGHUP:
+                self.reload()
+            else:
+                logger.info("draining %d workers", len(self._workers))
+                self.stop()
+        return 1 if self.failed else 0
+
+    def reload(self) -> bool:
+        """Check the manifest, then have every worker load it. Returns success."""
+        try:
+            manifest = self.prepare()
+        except StockadeError as exc:
+            logger.error("reload refused, still serving the previous manifest: %s",
+                         exc.message)
+            return False
+        if manifest.server.override(**self.overrides) != self.settings:
+            logger.warning("[server] changes take effect at the next restart")
+        for process in self._workers.values():
+            process.send_signal(signal.SIGHUP)
+        return True
+
+    def _reap(self) -> None:
+        for index, process in list(self._workers.items()):
+            code = process.poll()
+            if code is None or self._stopping:
+                continue
+            now = time.monotonic()
+            self._restarts = [t for t in self._restarts if now - t < 60.0] + [now]
+            if len(self._restarts) > MAX_RESTARTS:
+                logger.error("workers keep exiting (%d restarts in a minute): stopping",
+                             MAX_RESTARTS)
+                self.failed = True
+                self.stop()
+                return
+            logger.error("worker %d exited with %s; restarting it", index, code)
+            time.sleep(_RESTART_BACKOFF)
+            os.close(self._spawn(index))
+
+    def stop(self) -> None:
+        """Drain every worker (SIGTERM), wait for them, close the socket. Safe twice."""
+        if self._stopping and not self._workers:
+            return
+        self._stopping = True
+        for process in self._workers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_timeout + 5.0
+        for process in self._workers.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._workers.clear()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+
+def _wait_ready(fd: int, deadline: float) -> bool:
+    import select
+
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                return os.read(fd, 1) == b"R"
+    finally:
+        os.close(fd)
+
+
+def serve(path: Path, overrides: dict[str, Any] | None = None,
+          announce: Any = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT; `announce(url, settings)` is called once every
+    worker is ready. Raises StockadeError for a bad manifest or module."""
+    supervisor = Supervisor(path, overrides)
+    try:
+        supervisor.start()
+    except BaseException:
+        supervisor.stop()
+        raise
+    if announce is not None:
+        host = supervisor.settings.host
+        announce(f"http://{'[' + host + ']' if ':' in host else host}:{supervisor.port}",
+                 supervisor.settings)
+    try:
+        return supervisor.run()
+    finally:
+        supervisor.stop()
+

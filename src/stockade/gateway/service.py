@@ -1,0 +1,162 @@
+"""`GatewayService`: everything one worker process runs, wired together.
+
+It loads the manifest, prepares the functions (executors, registry), owns the guest
+thread pool, metrics and telemetry, builds the handler stack, answers the gateway's
+own endpoints, and reloads the manifest on request. `start` and `close` bracket its
+life (the ASGI lifespan calls them); `close` waits for in-flight guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .dispatch import Dispatcher
+from .executor import Executors
+from .invoke import Invoker
+from .layers import ErrorLayer, LimitsLayer, MetricsLayer, RoutingLayer
+from .manifest import Manifest, load_manifest
+from .messages import Handler, Request, Response
+from .metrics import CONTENT_TYPE, Metrics, MetricsStore, render
+from .registry import Registry
+from .settings import ServerSettings
+from .tracing import TracingLayer
+
+if TYPE_CHECKING:
+    from ..observe import RunObserver
+    from ..telemetry import Telemetry
+
+__all__ = ["GatewayService"]
+
+logger = logging.getLogger("stockade.gateway")
+METRICS_INTERVAL = 1.0  # seconds between snapshot files
+
+
+class GatewayService:
+    """One worker's gateway for the manifest at `path`; `overrides` are server settings
+    given on the command line (they win over `[server]`, also after a reload)."""
+
+    def __init__(self, path: Path, overrides: Mapping[str, Any] | None = None, *,
+                 index: int = 0, workers: int = 1, metrics_dir: Path | None = None) -> None:
+        self.path = path
+        self.overrides = dict(overrides or {})
+        self.index = index
+        self.workers = workers
+        self.metrics = Metrics()
+        self.store = MetricsStore(metrics_dir, index) if metrics_dir else None
+        self.draining = False
+        self.settings = ServerSettings()
+        self.telemetry: Telemetry | None = None
+        self.registry: Registry | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.executors: Executors | None = None
+        self.handler: Handler | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._reloading = asyncio.Lock()
+
+    def load(self) -> Manifest:
+        """Read the manifest with the command line's server settings applied."""
+        manifest = load_manifest(self.path)
+        return Manifest(manifest.source, manifest.server.override(**self.overrides),
+                        manifest.functions, manifest.tenants)
+
+    def start(self) -> None:
+        """Load the manifest and prepare every function (blocking). Raises PolicyError,
+        ModuleNotFound or ModuleError."""
+        manifest = self.load()
+        self.settings = settings = manifest.server
+        observers: tuple[RunObserver, ...] = ()
+        if settings.telemetry != "off":
+            from ..telemetry import open_telemetry
+
+            self.telemetry = open_telemetry(settings.telemetry, "stockade-gateway")
+            observers = (self.telemetry.observer,)
+        self.executors = Executors(settings.executor, settings.threads, observers)
+        self.dispatcher = dispatcher = Dispatcher(settings.threads, settings.max_queue)
+        self.registry = registry = Registry(self.executors, self.workers)
+        registry.swap(manifest, registry.build(manifest))
+        self.handler = self._stack(registry, dispatcher)
+
+    def _stack(self, registry: Registry, dispatcher: Dispatcher) -> Handler:
+        invoker = Invoker(dispatcher, self.metrics, self.telemetry, self.settings.inline)
+        system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
+        routed = RoutingLayer(LimitsLayer(invoker, self.metrics), registry, system)
+        handler: Handler = ErrorLayer(routed, self.metrics)
+        if self.telemetry is not None:
+            handler = TracingLayer(handler, self.telemetry)
+        return MetricsLayer(handler, self.metrics)
+
+    async def started(self) -> None:
+        """Begin background work (metrics snapshots) once the event loop runs."""
+        if self.store is not None:
+            self.store.write(self.metrics)
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_metrics(self.store))
+
+    async def reload(self) -> bool:
+        """Load the manifest again and swap the routes; on any error keep serving the old
+        ones. Loading runs off the event loop, requests keep flowing. Returns success."""
+        registry = self.registry
+        if registry is None:
+            return False
+        async with self._reloading:
+            loop = asyncio.get_running_loop()
+            try:
+                manifest = await loop.run_in_executor(None, self.load)
+                routes = await loop.run_in_executor(None, registry.build, manifest)
+            except Exception as exc:  # noqa: BLE001 - a bad manifest must not stop serving
+                logger.error("reload failed, still serving the previous manifest: %s", exc)
+                self.metrics.inc("stockade_gateway_reloads_total", (("result", "failed"),))
+                return False
+            if manifest.server != self.settings:
+                logger.warning("[server] changes take effect at the next restart")
+            registry.swap(manifest, routes)
+            self.metrics.inc("stockade_gateway_reloads_total", (("result", "ok"),))
+            return True
+
+    async def _flush_metrics(self, store: MetricsStore) -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL)
+            store.write(self.metrics)
+
+    # -- the gateway's own endpoints ---------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.draining:
+            return _json(503, {"status": "draining"})
+        functions = len(self.registry.routes.functions) if self.registry else 0
+        return _json(200, {"status": "ready", "functions": functions})
+
+    async def _metrics(self, request: Request) -> Response:
+        if self.store is None:
+            text = render([self.metrics.snapshot()])
+        else:
+            self.store.write(self.metrics)
+            text = render(self.store.read_all())
+        return Response(200, [(b"content-type", CONTENT_TYPE.encode())], text.encode())
+
+    def close(self) -> None:
+        """Wait for running guests, then free engines, flush telemetry and write the last
+        metrics snapshot. Safe twice."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self.dispatcher is not None:
+            self.dispatcher.close(wait=True)
+        if self.executors is not None:
+            self.executors.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
+        if self.store is not None:
+            self.store.write(self.metrics)
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(status, [(b"content-type", b"application/json")], json.dumps(body).encode())

@@ -1,0 +1,172 @@
+"""Server settings (`[server]`) and quotas (`[tenant.NAME]`, per function) of a manifest.
+
+Command-line flags override `[server]` (see `ServerSettings.override`); every error
+names the file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..errors import PolicyError
+from ..policy import parse_duration, parse_size
+
+__all__ = ["Quota", "ServerSettings", "parse_server", "parse_quota", "size_or_none",
+           "EXECUTORS"]
+
+EXECUTORS = ("auto", "fast", "sandbox")
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits on a function or a tenant; None means unlimited.
+
+    `concurrency` invocations at once, `rate` requests per second with bursts of `burst`
+    (default: one second's worth), `cpu_per_minute` seconds of guest CPU time per minute.
+    """
+
+    concurrency: int | None = None
+    rate: float | None = None
+    burst: int | None = None
+    cpu_per_minute: float | None = None
+
+    def share(self, workers: int) -> Quota:
+        """This quota split evenly over `workers` processes, each enforcing its share:
+        rates and CPU divide exactly; concurrency rounds down but stays at least 1."""
+        if workers <= 1:
+            return self
+        return Quota(
+            concurrency=None if self.concurrency is None
+            else max(1, self.concurrency // workers),
+            rate=None if self.rate is None else self.rate / workers,
+            burst=None if self.burst is None else max(1, math.ceil(self.burst / workers)),
+            cpu_per_minute=None if self.cpu_per_minute is None
+            else self.cpu_per_minute / workers,
+        )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the gateway serves. Sizes in bytes, times in seconds.
+
+    `threads` guest threads per worker process; `max_queue` requests per worker waiting
+    for a thread before 503; `request_timeout` caps every function's timeout;
+    `drain_timeout` bounds the SIGTERM drain; `executor` is `auto` (the C-API fast path
+    where a function qualifies), `fast` (the same, logged when a function does not) or
+    `sandbox`; `telemetry` an export profile name or `off`; `reuse_port` gives each
+    worker its own SO_REUSEPORT socket instead of sharing one; `inline` lets short
+    fast-path runs finish on the event loop thread (see `fastexec.py`).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    threads: int = 8
+    max_queue: int = 256
+    max_body: int = 1 * MiB
+    max_response: int = 8 * MiB
+    request_timeout: float = 30.0
+    drain_timeout: float = 30.0
+    executor: str = "auto"
+    telemetry: str | None = None
+    reuse_port: bool = False
+    inline: bool = True
+
+    def override(self, **changes: Any) -> ServerSettings:
+        """A copy with the given settings (None values are ignored: flag not given)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _int(lo: int, hi: int) -> Any:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}, not {value!r}")
+        return int(value)
+    return parse
+
+
+def _choice(*choices: str) -> Any:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, not {value!r}")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, not {value!r}")
+    return value
+
+
+_SERVER_PARSERS: dict[str, Any] = {
+    "host": _text, "port": _int(0, 65535), "workers": _int(1, 64), "threads": _int(1, 256),
+    "max_queue": _int(0, 100_000), "max_body": parse_size, "max_response": parse_size,
+    "request_timeout": parse_duration, "drain_timeout": parse_duration,
+    "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
+    "inline": _flag,
+}
+
+
+def parse_server(table: Mapping[str, Any], source: str) -> ServerSettings:
+    """`[server]` into settings. Raises PolicyError naming the key."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        parser = _SERVER_PARSERS.get(key)
+        if parser is None:
+            known = sorted(f.name for f in fields(ServerSettings))
+            raise PolicyError(f"{source}: unknown key server.{key} (known: {known})")
+        try:
+            values[key] = parser(value)
+        except (ValueError, TypeError) as exc:
+            raise PolicyError(f"{source}: server.{key}: {exc}") from None
+    return ServerSettings(**values)
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"expected a positive number, not {value!r}")
+    return float(value)
+
+
+_QUOTA_PARSERS: dict[str, Any] = {
+    "concurrency": _int(1, 1_000_000), "rate": _positive, "burst": _int(1, 10_000_000),
+    "cpu_per_minute": parse_duration,
+}
+
+
+def parse_quota(table: Mapping[str, Any], source: str, where: str,
+                keys: Mapping[str, str]) -> Quota:
+    """The quota in `table`; `keys` maps manifest keys to `Quota` fields (others are
+    ignored). Raises PolicyError naming `where` and the key."""
+    values: dict[str, Any] = {}
+    for key, name in keys.items():
+        if key in table:
+            try:
+                values[name] = _QUOTA_PARSERS[name](table[key])
+            except (ValueError, TypeError) as exc:
+                raise PolicyError(f"{source}: {where}.{key}: {exc}") from None
+    return Quota(**values)
+
+
+def size_or_none(value: Any, source: str, where: str) -> int | None:
+    """A size in bytes, or None when not given. Raises PolicyError naming `where`."""
+    if value is None:
+        return None
+    try:
+        size = parse_size(value)
+    except (ValueError, TypeError) as exc:
+        raise PolicyError(f"{source}: {where}: {exc}") from None
+    if size <= 0:
+        raise PolicyError(f"{source}: {where}: must be positive")
+    return size

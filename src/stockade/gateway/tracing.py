@@ -1,0 +1,97 @@
+"""W3C Trace Context for the gateway: `traceparent` in, a server span per request.
+
+`TraceContext.from_headers` parses the request's `traceparent` (a malformed one is
+ignored, as the W3C spec says, and a new trace starts). `TracingLayer` keeps the
+context in `request.state["trace"]` for the invocation span and hands the finished
+server span to a `SpanRecorder` (the telemetry pipeline), never raising into a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from .messages import Handler, Request, Response
+
+__all__ = ["TraceContext", "TracingLayer", "SpanRecorder", "ServerSpan"]
+
+logger = logging.getLogger("stockade.gateway")
+_TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """The trace a request belongs to: `trace_id`, the caller's span (`parent_id`, 0 when
+    the trace starts here), the server span's own id, and the caller's sampled flag
+    (None when there was no caller)."""
+
+    trace_id: int
+    parent_id: int
+    span_id: int
+    sampled: bool | None
+
+    @classmethod
+    def from_headers(cls, traceparent: bytes | None) -> TraceContext:
+        """Continue the caller's trace, or start one."""
+        span_id = random.getrandbits(64) or 1
+        if traceparent:
+            match = _TRACEPARENT.match(traceparent.strip().lower())
+            if match and match.group(1) != b"ff":
+                trace_id, parent_id = int(match.group(2), 16), int(match.group(3), 16)
+                if trace_id and parent_id:
+                    return cls(trace_id, parent_id, span_id, bool(int(match.group(4), 16) & 1))
+        return cls(random.getrandbits(128) or 1, 0, span_id, None)
+
+    def traceparent(self) -> str:
+        """This server span as a `traceparent` value (for the invocation's parent)."""
+        flags = "00" if self.sampled is False else "01"
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpan:
+    """A finished HTTP server span: the trace context, route, method, status, times in ns
+    since the epoch."""
+
+    context: TraceContext
+    method: str
+    route: str
+    target: str
+    status: int
+    start_ns: int
+    end_ns: int
+    function: str | None
+
+
+class SpanRecorder(Protocol):
+    """Receives finished server spans (the telemetry pipeline implements it)."""
+
+    def record_server_span(self, span: ServerSpan) -> None: ...
+
+
+class TracingLayer:
+    """Extracts the trace context and records the server span when `recorder` is set."""
+
+    def __init__(self, app: Handler, recorder: SpanRecorder | None = None) -> None:
+        self.app = app
+        self.recorder = recorder
+
+    async def __call__(self, request: Request) -> Response:
+        context = TraceContext.from_headers(request.header(b"traceparent"))
+        request.state["trace"] = context
+        start = time.time_ns()
+        response = await self.app(request)
+        if self.recorder is not None:
+            route = request.state.get("route")
+            span = ServerSpan(context, request.method, route.spec.route if route else "",
+                              request.path, response.status, start, time.time_ns(),
+                              route.spec.name if route else None)
+            try:
+                self.recorder.record_server_span(span)
+            except Exception:  # noqa: BLE001 - telemetry never breaks a request
+                logger.warning("could not record the server span", exc_info=True)
+        return response

@@ -1,0 +1,134 @@
+"""One gateway worker process: uvicorn (uvloop + httptools) serving `GatewayApp`.
+
+Started by the supervisor (`server.py`) as ``python -m stockade.gateway.worker``, it
+serves an inherited listening socket (or its own SO_REUSEPORT one), reports readiness
+on a pipe once its functions are loaded and it accepts connections, drains on
+SIGTERM/SIGINT, reloads the manifest on SIGHUP, and exits if the supervisor dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from .app import GatewayApp
+from .service import GatewayService
+
+__all__ = ["main", "WorkerServer", "reuse_port_socket"]
+
+logger = logging.getLogger("stockade.gateway")
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PARENT_CHECK_SECONDS = 1.0
+
+
+class WorkerServer(uvicorn.Server):
+    """uvicorn's server, marking the service as draining when told to exit and wiring
+    SIGHUP and readiness once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, service: GatewayService,
+                 ready_fd: int | None) -> None:
+        super().__init__(config)
+        self.service = service
+        self.ready_fd = ready_fd
+        self._parent = os.getppid()
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Drain: /readyz answers 503, no new connections, in-flight requests finish."""
+        self.service.draining = True
+        super().handle_exit(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then SIGHUP, the parent watch and the readiness report."""
+        await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        self._spawn(self._watch_parent())
+        if self.ready_fd is not None and not self.should_exit:
+            try:
+                os.write(self.ready_fd, b"R")
+            except OSError:
+                pass  # a restarted worker: nobody waits for it
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reload(self) -> None:
+        logger.info("SIGHUP: reloading %s", self.service.path.name)
+        self._spawn(self.service.reload())
+
+    async def _watch_parent(self) -> None:
+        while not self.should_exit:
+            await asyncio.sleep(PARENT_CHECK_SECONDS)
+            if os.getppid() != self._parent:
+                logger.warning("supervisor is gone: draining and exiting")
+                self.service.draining = True
+                self.should_exit = True
+
+
+def reuse_port_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket of its own on a port other workers also listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one worker until it is told to stop; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="stockade.gateway.worker")
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--overrides", default="{}", help="server settings as JSON")
+    parser.add_argument("--fd", type=int, help="inherited listening socket")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--metrics-dir", type=Path)
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    # The supervisor blocks these signals to wait for them; children inherit the mask.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    # uvicorn re-raises the signal it drained for after restoring this handler.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"stockade serve [worker {args.index}]: %(message)s")
+    service = GatewayService(args.manifest, json.loads(args.overrides), index=args.index,
+                             workers=args.workers, metrics_dir=args.metrics_dir)
+    settings = service.load().server
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+    else:
+        sock = reuse_port_socket(settings.host, settings.port, 2048)
+    config = uvicorn.Config(
+        GatewayApp(service), loop="uvloop", http="httptools", ws="none", lifespan="on",
+        access_log=False, log_config=None, log_level="warning", server_header=False,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)), timeout_keep_alive=5,
+    )
+    server = WorkerServer(config, service, args.ready_fd)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""A real `stockade serve` in a subprocess on 127.0.0.1 (port 0), and httpx clients."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import GUESTS
+
+FUNCTIONS = GUESTS / "functions"
+START_TIMEOUT = 60.0
+
+
+def module(name: str) -> str:
+    """The path of a built example function, for manifests (fails when not built)."""
+    path = FUNCTIONS / f"{name}.wasm"
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `make guests` (scripts/build_guests.py) first")
+    return str(path)
+
+
+class Gateway:
+    """A running gateway: `url`, `client`, its stderr lines, signals, `stop()`."""
+
+    def __init__(self, manifest: Path, env: dict[str, str], args: tuple[str, ...]) -> None:
+        self.manifest = manifest
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stockade", "serve", "-c", str(manifest), "--port", "0",
+             *args], stderr=subprocess.PIPE, env=env)
+        self.lines: list[str] = []
+        self.url = self._wait_for_url()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        self.client = httpx.Client(base_url=self.url, timeout=30.0)
+
+    def _wait_for_url(self) -> str:
+        assert self.process.stderr is not None
+        timer = threading.Timer(START_TIMEOUT, self.process.kill)
+        timer.start()
+        try:
+            for raw in self.process.stderr:
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                match = re.search(r"listening on (http://\S+)", line)
+                if match:
+                    return match.group(1)
+        finally:
+            timer.cancel()
+        pytest.fail("the gateway did not start:\n" + "".join(self.lines))
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            self.lines.append(raw.decode(errors="replace"))
+
+    def log(self) -> str:
+        """Everything the gateway wrote to stderr so far."""
+        return "".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> None:
+        """Wait until a stderr line matches `pattern` (a regular expression)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.log()):
+                return
+            time.sleep(0.05)
+        pytest.fail(f"no log line matching {pattern!r}:\n{self.log()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the supervisor."""
+        self.process.send_signal(sig)
+
+    def stop(self) -> int:
+        """SIGTERM, wait, return the exit code."""
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return self.process.returncode
+
+
+def gateway_env(cache: Path, state: Path) -> dict[str, str]:
+    """The host environment without STOCKADE_*, OTEL_*, XDG_*; cache and state given."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("STOCKADE_", "OTEL_", "XDG_"))}
+    env.update(STOCKADE_CACHE_DIR=str(cache), STOCKADE_STATE_DIR=str(state))
+    return env
+
+
+Start = Callable[..., Gateway]
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path, shared_cache: Path) -> Iterator[Start]:
+    """Start gateways from manifest text (stopped at the end of the test)."""
+    started: list[Gateway] = []
+
+    def start(manifest: str, *args: str, name: str = "stockade.toml") -> Gateway:
+        path = tmp_path / name
+        path.write_text(manifest)
+        gateway = Gateway(path, gateway_env(shared_cache, tmp_path / "state"), args)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()

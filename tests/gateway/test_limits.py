@@ -1,0 +1,136 @@
+"""Quotas: the limiter on a controlled clock, then tenant and function quotas over HTTP."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from stockade.gateway import Quota, TooManyRequests
+from stockade.gateway.limits import Limiter
+
+from .conftest import Start, module
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refused(limiter: Limiter) -> TooManyRequests:
+    with pytest.raises(TooManyRequests) as error:
+        limiter.admit()
+    return error.value
+
+
+def test_concurrency_rate_and_cpu() -> None:
+    clock = Clock()
+    limiter = Limiter("tenant t", Quota(concurrency=2, rate=2, burst=2, cpu_per_minute=6.0),
+                      clock)
+    limiter.admit()
+    limiter.admit()
+    assert refused(limiter).extra["limit"] == "concurrency"
+    limiter.release(0.0)
+    limiter.release(0.0)
+    assert refused(limiter).extra == {"limit": "rate", "retry_after": 1}
+    clock.now += 1.0
+    limiter.admit()
+    limiter.release(7.0)  # 1 s over the 6 s budget; it refills at 0.1 s per second
+    error = refused(limiter)
+    assert error.extra == {"limit": "cpu", "retry_after": 10}
+    assert (b"retry-after", b"10") in error.headers
+    clock.now += 10.0
+    limiter.admit()
+
+
+def test_update_keeps_in_flight_counts() -> None:
+    limiter = Limiter("function f", Quota(concurrency=1), Clock())
+    limiter.admit()
+    limiter.update(Quota(concurrency=2))
+    limiter.admit()
+    assert refused(limiter).extra["limit"] == "concurrency"
+    assert Limiter("x", Quota()).unlimited
+
+
+MANIFEST = f"""
+[server]
+telemetry = "off"
+[tenant.busy]
+concurrency = 1
+[tenant.slow]
+rate = 0.1
+[tenant.cpu]
+cpu_per_minute = "50ms"
+
+[[function]]
+name = "sleep"
+route = "/sleep"
+module = "{module("fail")}"
+tenant = "busy"
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+tenant = "busy"
+[[function]]
+name = "rated"
+route = "/rated"
+module = "{module("hello")}"
+tenant = "slow"
+[[function]]
+name = "spin"
+route = "/spin"
+module = "{module("spin")}"
+tenant = "cpu"
+[function.limits]
+timeout = "200ms"
+fuel = "unlimited"
+[[function]]
+name = "solo"
+route = "/solo"
+module = "{module("fail")}"
+max_concurrency = 1
+"""
+
+
+def in_background(client: httpx.Client, path: str) -> tuple[threading.Thread, list[int]]:
+    statuses: list[int] = []
+    thread = threading.Thread(target=lambda: statuses.append(client.get(path).status_code))
+    thread.start()
+    return thread, statuses
+
+
+def wait_in_flight(client: httpx.Client, function: str) -> None:
+    series = f'stockade_gateway_inflight{{function="{function}"'
+    for _ in range(400):
+        if any(line.startswith(series) and line.endswith(" 1")
+               for line in client.get("/metrics").text.splitlines()):
+            return
+        threading.Event().wait(0.025)
+    pytest.fail(f"{function} never became in flight")
+
+
+def test_tenant_and_function_quotas_answer_429(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST)
+    client = gateway.client
+    for slow_path, other, limit in (("/sleep?kind=sleep&s=2", "/hello", "tenant busy"),
+                                    ("/solo?kind=sleep&s=2", "/solo", "function solo")):
+        thread, statuses = in_background(client, slow_path)
+        wait_in_flight(client, slow_path.split("?")[0][1:])
+        response = client.get(other)
+        assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
+        assert response.json()["limit"] == "concurrency" and limit in response.json()["detail"]
+        thread.join()
+        assert statuses == [200]
+    assert client.get("/rated").status_code == 200
+    rated = client.get("/rated")
+    assert rated.status_code == 429 and rated.json()["limit"] == "rate"
+    assert int(rated.headers["retry-after"]) >= 5
+    assert client.get("/spin").status_code == 504  # spends ~200 ms of a 50 ms budget
+    spent = client.get("/spin")
+    assert spent.status_code == 429 and spent.json()["limit"] == "cpu"
+    assert 'reason="cpu"' in client.get("/metrics").text

@@ -1,0 +1,100 @@
+"""Manifest loading: defaults, resolution, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stockade.errors import PolicyError
+from stockade.gateway import load_manifest
+from stockade.gateway.manifest import HEADER_ALLOWANCE
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = """
+[[function]]
+name = "hello"
+route = "/hello/"
+module = "hello.wasm"
+"""
+
+
+def load(tmp_path: Path, text: str) -> object:
+    path = tmp_path / "stockade.toml"
+    path.write_text(text)
+    return load_manifest(path)
+
+
+def test_defaults_and_resolution(tmp_path: Path) -> None:
+    manifest = load(tmp_path, BASE)
+    spec = manifest.functions[0]  # type: ignore[attr-defined]
+    assert (spec.route, spec.methods, spec.tenant) == ("/hello", (), "default")
+    assert spec.module == tmp_path / "hello.wasm"
+    assert spec.policy.profile == "strict"
+    assert spec.policy.limits.max_output == spec.max_response + HEADER_ALLOWANCE
+    assert manifest.server.workers == 1  # type: ignore[attr-defined]
+
+
+def test_limits_env_dirs_quota_and_server(tmp_path: Path) -> None:
+    manifest = load(tmp_path, """
+[server]
+workers = 2
+request_timeout = "5s"
+max_body = "2KiB"
+[tenant.acme]
+concurrency = 4
+rate = 10
+cpu_per_minute = "3s"
+""" + BASE + """
+tenant = "acme"
+methods = ["get", "POST"]
+max_concurrency = 2
+dirs = ["data:/data"]
+env = { A = "1" }
+[function.limits]
+max_memory = "8MiB"
+timeout = "1m"
+""")
+    spec = manifest.functions[0]  # type: ignore[attr-defined]
+    assert spec.methods == ("GET", "POST", "HEAD")
+    assert spec.quota.concurrency == 2 and spec.max_body == 2048
+    assert spec.policy.limits.max_memory == 8 * 1024**2
+    assert spec.policy.limits.timeout == 5.0  # capped by the server's request_timeout
+    assert spec.policy.capabilities.env == (("A", "1"),)
+    assert spec.policy.capabilities.dirs[0].host == tmp_path / "data"
+    quota = manifest.tenants["acme"]  # type: ignore[attr-defined]
+    assert (quota.concurrency, quota.rate, quota.cpu_per_minute) == (4, 10.0, 3.0)
+    assert quota.share(2).concurrency == 2 and quota.share(2).rate == 5.0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (BASE + 'tenant = "nobody"\n', "function[0] (hello).tenant: 'nobody' has no [tenant.nobody]"),
+    (BASE + "[function.limits]\ntimeout = \"soon\"\n",
+     "function[0] (hello).limits.timeout: not a duration"),
+    (BASE + 'colour = "red"\n', "unknown key function[0] (hello).colour"),
+    (BASE.replace('"/hello/"', '"/metrics"'), "route: /metrics is reserved"),
+    (BASE.replace('"/hello/"', '"hello"'), "function[0] (hello).route: required"),
+    (BASE + 'methods = ["FETCH"]\n', "methods: unknown method 'FETCH'"),
+    (BASE + BASE.replace('"hello"', '"other"', 1), "route /hello is already used by 'hello'"),
+    ("[server]\nworkers = 0\n" + BASE, "server.workers: expected an integer from 1 to 64"),
+    ("[server]\nspeed = 1\n" + BASE, "unknown key server.speed"),
+    ("[tenant.t]\nrate = -1\n" + BASE, "tenant.t.rate: expected a positive number"),
+    ("[server]\n", "function: add at least one [[function]]"),
+    ("[[function]\n", "invalid TOML"),
+])
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(PolicyError) as error:
+        load(tmp_path, text)
+    assert error.value.message.startswith(f"{tmp_path / 'stockade.toml'}: ")
+    assert message in error.value.message
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="manifest not found"):
+        load_manifest(tmp_path / "nope.toml")
+
+
+def test_the_example_manifest_loads() -> None:
+    manifest = load_manifest(ROOT / "examples" / "stockade.toml")
+    assert [f.name for f in manifest.functions] == ["hello"]
+    assert manifest.functions[0].module.exists()

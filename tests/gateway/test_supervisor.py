@@ -1,0 +1,112 @@
+"""The `stockade serve` process: workers sharing a port, SIGTERM drain, SIGHUP reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import Start, module
+from .test_limits import in_background, wait_in_flight
+
+FUNCTIONS = f"""
+[[function]]
+name = "sleep"
+route = "/sleep"
+module = "{module("fail")}"
+
+[[function]]
+name = "{{name}}"
+route = "/{{name}}"
+module = "{module("hello")}"
+"""
+MANIFEST = '[server]\nworkers = {workers}\ntelemetry = "off"\n' + FUNCTIONS
+
+
+def test_sigterm_drains_in_flight_requests(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST.format(workers=1, name="hello"))
+    thread, statuses = in_background(gateway.client, "/sleep?kind=sleep&s=2")
+    wait_in_flight(gateway.client, "sleep")
+    gateway.signal(signal.SIGTERM)
+    thread.join()
+    assert statuses == [200]  # finished, not cut
+    assert gateway.process.wait(30) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{gateway.url}/hello")
+
+
+def test_sighup_reloads_without_dropping_requests(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST.format(workers=2, name="hello"))
+    thread, statuses = in_background(gateway.client, "/sleep?kind=sleep&s=2")
+    stop = threading.Event()
+    during: list[int] = []
+
+    def hammer() -> None:
+        with httpx.Client(base_url=gateway.url) as client:
+            while not stop.is_set():
+                during.append(client.get("/sleep?kind=none").status_code)
+
+    def wait_for(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    hammering = threading.Thread(target=hammer)
+    hammering.start()
+    wait_for(lambda: len(during) > 0)
+    gateway.manifest.write_text(MANIFEST.format(workers=2, name="hi"))
+    gateway.signal(signal.SIGHUP)
+    wait_for(lambda: gateway.client.get("/hi").status_code == 200)
+    for _ in range(10):  # both workers now serve the new manifest
+        assert gateway.client.get("/hi").status_code == 200
+        assert gateway.client.get("/hello").status_code == 404
+    seen = len(during)
+    wait_for(lambda: len(during) > seen + 3)
+    stop.set()
+    hammering.join()
+    thread.join()
+    assert statuses == [200] and during and set(during) == {200}
+
+
+def test_a_broken_manifest_is_not_applied(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST.format(workers=1, name="hello"))
+    gateway.manifest.write_text(MANIFEST.format(workers=1, name="hello") + "oops = [\n")
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for_log(r"reload refused, still serving the previous manifest: .*invalid TOML")
+    assert gateway.client.get("/hello").status_code == 200
+
+
+def test_workers_share_the_port_and_metrics(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST.format(workers=2, name="hello"))
+    for _ in range(20):
+        with httpx.Client(base_url=gateway.url) as fresh:  # a new connection each time
+            assert fresh.get("/hello").status_code == 200
+    series = 'stockade_gateway_requests_total{function="hello",tenant="default",code="200"} 20'
+    deadline = time.monotonic() + 10  # the other worker's snapshot lags up to a second
+    while series not in gateway.client.get("/metrics").text:
+        assert time.monotonic() < deadline, gateway.client.get("/metrics").text
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_is_restarted(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST.format(workers=1, name="hello"))
+    pid = gateway.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    os.kill(int(children.split()[0]), signal.SIGKILL)
+    gateway.wait_for_log(r"worker 0 exited with -9; restarting it")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{gateway.url}/hello").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass  # the connection may have gone to the dying worker
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

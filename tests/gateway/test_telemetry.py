@@ -1,0 +1,74 @@
+"""Telemetry through the gateway: trace context from the request to exported spans, and
+the circuit breaker per function and tenant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .conftest import Start, module
+
+MANIFEST = f"""
+[server]
+workers = 1
+[tenant.a]
+[tenant.b]
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{module("fail")}"
+tenant = "a"
+
+[[function]]
+name = "fail-b"
+route = "/fail-b"
+module = "{module("fail")}"
+tenant = "b"
+"""
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+def spans(state: Path) -> list[dict[str, Any]]:
+    """Every span exported to the local OTLP-JSON file."""
+    found = []
+    for line in (state / "telemetry.jsonl").read_text().splitlines():
+        for resource in json.loads(line).get("resourceSpans", []):
+            for scope in resource["scopeSpans"]:
+                found += scope["spans"]
+    return found
+
+
+def test_traceparent_reaches_the_exported_spans(start_gateway: Start, tmp_path: Path) -> None:
+    gateway = start_gateway(MANIFEST)
+    response = gateway.client.get(
+        "/hello", headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"})
+    assert response.status_code == 200
+    assert gateway.stop() == 0  # flushes telemetry
+    trace = [span for span in spans(tmp_path / "state") if span["traceId"] == TRACE_ID]
+    server = next(span for span in trace if span["parentSpanId"] == CALLER_SPAN)
+    invocation = next(span for span in trace if span.get("parentSpanId") == server["spanId"])
+    attributes = {a["key"]: a["value"] for a in invocation["attributes"]}
+    assert attributes["faas.name"] == {"stringValue": "hello"}
+    assert "faas.coldstart" in attributes
+
+
+def test_breaker_opens_per_function_and_tenant(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST)
+    client = gateway.client
+    for _ in range(3):  # three violations within the window open the breaker
+        assert client.get("/fail", params={"kind": "trap"}).status_code == 502
+    refused = client.get("/fail", params={"kind": "none"})
+    assert refused.status_code == 503 and refused.json()["reason"] == "breaker"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "/tmp" not in refused.text
+    # The same module for another tenant has its own breaker.
+    assert client.get("/fail-b", params={"kind": "none"}).status_code == 200
+    assert client.get("/hello").status_code == 200

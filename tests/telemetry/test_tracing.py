@@ -1,0 +1,80 @@
+"""The gateway's server span and the invocation span under it form one trace."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stockade.gateway.tracing import ServerSpan, TraceContext
+from stockade.invocation import Invocation
+from stockade.telemetry import Telemetry, open_telemetry
+from stockade.telemetry.record import parse_traceparent
+
+from .receiver import HttpReceiver, attrs
+from .runs import make_run
+
+CALLER = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@dataclass(frozen=True)
+class TracedInvocation(Invocation):
+    """An Invocation carrying the gateway's `traceparent` (the field telemetry reads)."""
+
+    traceparent: str | None = None
+
+
+def serve_one(telemetry: Telemetry, caller: bytes | None) -> TraceContext:
+    """What the gateway does for one request: a server span, an invocation under it."""
+    context = TraceContext.from_headers(caller)
+    info, result = make_run()
+    info.invocation = TracedInvocation(name="hello", traceparent=context.traceparent())
+    start = time.time_ns()
+    telemetry.observer.run_started(info)
+    telemetry.observer.run_finished(info, result)
+    telemetry.record_server_span(ServerSpan(context, "POST", "/hello", "/hello?x=1", 200,
+                                            start, time.time_ns(), "hello"))
+    return context
+
+
+def test_traceparent_parsing() -> None:
+    parent = parse_traceparent(CALLER)
+    assert parent is not None and parent.sampled
+    assert (parent.trace_id, parent.span_id) == (0x4BF92F3577B34DA6A3CE929D0E0E4736,
+                                                 0x00F067AA0BA902B7)
+    for bad in (None, b"", b"ff-" + CALLER[3:], b"00-" + b"0" * 32 + CALLER[35:], b"00-xyz"):
+        assert parse_traceparent(bad) is None
+
+
+def test_file_spans_share_the_callers_trace(tmp_path: Path) -> None:
+    with open_telemetry() as telemetry:
+        context = serve_one(telemetry, CALLER)
+    line = json.loads((tmp_path / "state" / "telemetry.jsonl").read_text().splitlines()[0])
+    invocation, server = line["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert server["traceId"] == invocation["traceId"] == CALLER[3:35].decode()
+    assert server["parentSpanId"] == CALLER[36:52].decode()
+    assert server["spanId"] == format(context.span_id, "016x") == invocation["parentSpanId"]
+    assert server["name"] == "POST /hello"
+
+
+def test_a_caller_that_does_not_sample_is_followed(tmp_path: Path) -> None:
+    with open_telemetry() as telemetry:
+        serve_one(telemetry, CALLER[:-2] + b"00")
+    lines = (tmp_path / "state" / "telemetry.jsonl").read_text().splitlines()
+    assert not any("resourceSpans" in line for line in lines)  # metrics only
+
+
+def test_sdk_spans_keep_the_gateways_ids(http_receiver: HttpReceiver) -> None:
+    with open_telemetry("cloud", endpoint=http_receiver.endpoint,
+                        env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}) as telemetry:
+        context = serve_one(telemetry, None)
+    assert http_receiver.wait_for(lambda r: len(r.spans()) == 2)
+    spans = {span.name: span for _, span in http_receiver.spans()}
+    server, invocation = spans["POST /hello"], spans["hello"]
+    assert int.from_bytes(server.trace_id, "big") == context.trace_id
+    assert int.from_bytes(server.span_id, "big") == context.span_id
+    assert server.parent_span_id == b""
+    assert invocation.trace_id == server.trace_id
+    assert invocation.parent_span_id == server.span_id
+    assert attrs(server.attributes)["http.response.status_code"] == 200
