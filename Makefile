@@ -10,7 +10,7 @@ STOCKADE := $(VENV)/bin/stockade
 APT_PACKAGES := clang lld wasi-libc libclang-rt-dev-wasm32 crun skopeo wrk libseccomp2 iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system venv guests real-guests run test lint typecheck unit bench clean
+.PHONY: all setup system venv guests real-guests run serve test lint typecheck unit bench clean
 
 all: test
 
@@ -58,3 +58,7 @@ bench: setup real-guests
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+# The gateway with the example manifest (README: "Serving functions over HTTP").
+serve: setup
+	$(STOCKADE) serve --config examples/stockade.toml
