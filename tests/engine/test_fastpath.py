@@ -375,8 +375,16 @@ def test_cwasm_roundtrip_and_from_wasmtime_py(engine: FastEngine, tmp_path: Path
 def test_bad_arguments_are_usage_errors(engine: FastEngine, hello: FastModule) -> None:
     with pytest.raises(UsageError):
         hello.run(["nul\0byte"])
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="'A=B'"):
         hello.run(env={"A=B": "x"})
+    with pytest.raises(UsageError, match="environment value"):
+        hello.run(env=[("OK", "x"), ("B", "nul\0")])
+    with pytest.raises(UsageError, match="environment name"):
+        hello.run(env=[("OK", "x"), ("B\0", "y")])
+    with pytest.raises(UsageError, match="Unicode"):
+        hello.run(env={"A": "\ud800"})
+    with pytest.raises(UsageError, match="must be a string"):
+        hello.run(env={"A": 1})  # type: ignore[dict-item]
     with pytest.raises(UsageError):
         hello.run(max_memory=engine.max_memory + 1)
     with pytest.raises(UsageError):

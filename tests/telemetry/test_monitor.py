@@ -148,3 +148,15 @@ def test_runs_below_the_thresholds_stay_quiet() -> None:
     monitor.run_finished(info, result)
     monitor.close()
     assert warnings(info) == {} and info.pid == os.getpid()
+
+
+def test_a_run_never_watched_is_still_checked_at_its_end() -> None:
+    # The gateway's inline runs end before a sampler could see them: only the end is told.
+    monitor = SecurityMonitor()
+    policy = Policy().with_limits(max_memory=128 * MiB, timeout=10.0)
+    info, result = make_run(policy=policy, usage=Usage(wall_ms=10, cpu_ms=10,
+                                                       peak_memory_bytes=121 * MiB))
+    new = monitor.final_check(info, result)
+    monitor.close()
+    assert [a["stockade.warning.kind"] for a in new] == ["memory"]
+    assert set(warnings(info)) == {"memory"}

@@ -78,3 +78,36 @@ def test_sdk_spans_keep_the_gateways_ids(http_receiver: HttpReceiver) -> None:
     assert invocation.trace_id == server.trace_id
     assert invocation.parent_span_id == server.span_id
     assert attrs(server.attributes)["http.response.status_code"] == 200
+
+
+def test_a_trace_starting_at_the_gateway_is_kept_or_dropped_whole(tmp_path: Path) -> None:
+    # Head sampling: the server span's decision travels to the invocation in traceparent.
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
+    with open_telemetry(env=env) as telemetry:
+        contexts = []
+        for _ in range(200):
+            context = TraceContext.from_headers(None, telemetry.samples)
+            assert context.sampled is not None
+            assert context.traceparent().endswith("-01" if context.sampled else "-00")
+            contexts.append(context)
+            info, result = make_run()
+            info.invocation = TracedInvocation(name="hello", traceparent=context.traceparent())
+            telemetry.observer.run_finished(info, result)
+            if context.sampled:  # what TracingLayer does: unsampled builds no span
+                telemetry.record_server_span(ServerSpan(
+                    context, "GET", "/hello", "/hello", 200, time.time_ns(), time.time_ns(),
+                    "hello"))
+    spans = [span for line in (tmp_path / "state" / "telemetry.jsonl").read_text().splitlines()
+             for batch in json.loads(line).get("resourceSpans", [])
+             for span in batch["scopeSpans"][0]["spans"]]
+    kept = {format(c.trace_id, "032x") for c in contexts if c.sampled}
+    assert 60 <= len(kept) <= 140
+    by_trace: dict[str, int] = {}
+    for span in spans:
+        by_trace[span["traceId"]] = by_trace.get(span["traceId"], 0) + 1
+    assert set(by_trace) == kept and set(by_trace.values()) == {2}
+
+
+def test_without_a_recorder_the_decision_is_left_open() -> None:
+    assert TraceContext.from_headers(None).sampled is None
+    assert TraceContext.from_headers(CALLER, lambda _: False).sampled is True

@@ -11,7 +11,9 @@ runs, so `try_inline` runs it on the calling (event loop) thread under a small b
 is abandoned and run again on a guest thread with the function's full limits: on the
 fast path a guest has no directories or sockets, so an abandoned run leaves no trace
 outside its own instance. The function then skips the inline attempt for
-`INLINE_BACKOFF` seconds, so a slow function stalls the loop at most once per backoff.
+`INLINE_BACKOFF` seconds, so a slow function stalls the loop at most twice per backoff
+(a timeout with little CPU time, a sleeping guest or a worker descheduled on a busy
+machine, counts only when it happens twice in a row).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections.abc import Sequence
 
 from ..engine import EngineConfig, LoadedModule, get_engine
-from ..engine.fastpath import FastEngine, FastModule
+from ..engine.fastpath import FastEngine, FastModule, FastResult
 from ..invocation import Invocation
 from ..observe import RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
@@ -61,6 +63,7 @@ class FastFunction(Prepared):
         self._inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
             else min(limits.timeout, INLINE_TIMEOUT)
         self._inline_after = 0.0
+        self._inline_strikes = 0
 
     def run(self, invocation: Invocation) -> Result:
         """Run once in a fresh instance with the function's limits (a guest thread)."""
@@ -68,6 +71,15 @@ class FastFunction(Prepared):
         if result is None:  # only inline runs are abandoned
             raise RuntimeError("a full run cannot be abandoned")
         return result
+
+    def _outgrew_inline(self, fast: FastResult) -> bool:
+        """Whether the function itself outgrew the inline budget: it ran out of fuel or
+        computed for most of the time. A timeout with little CPU is a sleeping guest or a
+        descheduled worker (a busy machine): only a second one in a row counts."""
+        if fast.outcome is Outcome.FUEL_EXHAUSTED or fast.cpu_s >= fast.wall_s / 2:
+            return True
+        self._inline_strikes += 1
+        return self._inline_strikes >= 2
 
     def try_inline(self, invocation: Invocation) -> tuple[Result | None, float]:
         """Run with the inline budget: (result, cpu seconds), or (None, cpu seconds spent)
@@ -87,14 +99,15 @@ class FastFunction(Prepared):
                                 max_output=self._output, capture_stderr=False)
         if inline and ((fast.outcome is Outcome.FUEL_EXHAUSTED and fuel != self._fuel) or (
                 fast.outcome is Outcome.TIMEOUT and timeout != self._timeout)):
-            self._inline_after = time.monotonic() + INLINE_BACKOFF
+            if self._outgrew_inline(fast):
+                self._inline_after = time.monotonic() + INLINE_BACKOFF
             return None, fast.cpu_s
+        self._inline_strikes = 0
         result = fast.to_result(self._name, self.sha256, self._limits)
         result.coldstart = not self.warm
         self.warm = True
         if info is not None:
-            if inline:
-                notify_started(self.observers, info)
+            # An inline run is over before a monitor could sample it: only its end is told.
             notify_finished(self.observers, info, result)
         return result, fast.cpu_s
 

@@ -44,14 +44,14 @@ class Request:
     async def read_body(self, limit: int) -> bytes:
         """Read the whole body into `body`. Raises PayloadTooLarge as soon as the
         declared or received length exceeds `limit` bytes."""
-        from .problem import BadRequest, PayloadTooLarge  # problem.py builds on this module
-
         if self.body_read:
             return self.body
         declared = self.header(b"content-length")
         if declared is None and self.header(b"transfer-encoding") is None:
             self.body_read = True  # HTTP/1.1: neither header means no body
             return self.body
+        from .problem import BadRequest, PayloadTooLarge  # problem.py builds on this module
+
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"the body is {int(declared)} bytes; this function accepts "
                                   f"at most {limit}", max_body=limit)

@@ -4,6 +4,11 @@
 ignored, as the W3C spec says, and a new trace starts). `TracingLayer` keeps the
 context in `request.state["trace"]` for the invocation span and hands the finished
 server span to a `SpanRecorder` (the telemetry pipeline), never raising into a request.
+
+Sampling is decided once, at the head: a caller's flag is followed, a trace that
+starts here is sampled by the recorder's ratio. The invocation span inherits the
+decision through its `traceparent`, so a trace is kept or dropped whole, and an
+unsampled request builds no span at all.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,8 +41,10 @@ class TraceContext:
     sampled: bool | None
 
     @classmethod
-    def from_headers(cls, traceparent: bytes | None) -> TraceContext:
-        """Continue the caller's trace, or start one."""
+    def from_headers(cls, traceparent: bytes | None,
+                     sample: Callable[[int], bool] | None = None) -> TraceContext:
+        """Continue the caller's trace, or start one, sampled when `sample(trace_id)`
+        says so (None: undecided, left to whoever records the spans)."""
         span_id = random.getrandbits(64) or 1
         if traceparent:
             match = _TRACEPARENT.match(traceparent.strip().lower())
@@ -44,7 +52,8 @@ class TraceContext:
                 trace_id, parent_id = int(match.group(2), 16), int(match.group(3), 16)
                 if trace_id and parent_id:
                     return cls(trace_id, parent_id, span_id, bool(int(match.group(4), 16) & 1))
-        return cls(random.getrandbits(128) or 1, 0, span_id, None)
+        trace_id = random.getrandbits(128) or 1
+        return cls(trace_id, 0, span_id, None if sample is None else sample(trace_id))
 
     def traceparent(self) -> str:
         """This server span as a `traceparent` value (for the invocation's parent)."""
@@ -70,6 +79,9 @@ class ServerSpan:
 class SpanRecorder(Protocol):
     """Receives finished server spans (the telemetry pipeline implements it)."""
 
+    def samples(self, trace_id: int) -> bool:
+        """Whether a trace starting here with this id is sampled."""
+
     def record_server_span(self, span: ServerSpan) -> None: ...
 
 
@@ -81,11 +93,13 @@ class TracingLayer:
         self.recorder = recorder
 
     async def __call__(self, request: Request) -> Response:
-        context = TraceContext.from_headers(request.header(b"traceparent"))
+        recorder = self.recorder
+        context = TraceContext.from_headers(request.header(b"traceparent"),
+                                            recorder.samples if recorder else None)
         request.state["trace"] = context
         start = time.time_ns()
         response = await self.app(request)
-        if self.recorder is not None:
+        if self.recorder is not None and context.sampled is not False:
             route = request.state.get("route")
             span = ServerSpan(context, request.method, route.spec.route if route else "",
                               request.path, response.status, start, time.time_ns(),

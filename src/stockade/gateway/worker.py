@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sock = reuse_port_socket(settings.host, settings.port, 2048)
     config = uvicorn.Config(
+        # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
         GatewayApp(service), loop="uvloop", http="httptools", ws="none", lifespan="on",
+        proxy_headers=False,
         access_log=False, log_config=None, log_level="warning", server_header=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)), timeout_keep_alive=5,
     )

@@ -171,13 +171,14 @@ class SecurityMonitor:
 
     def final_check(self, info: RunInfo, result: Result) -> list[dict[str, object]]:
         """Stop watching `info` and warn from `result.usage`; returns the new warnings
-        (already appended to `info.events`). A limit the run actually hit is not warned."""
+        (already appended to `info.events`). A limit the run actually hit is not warned.
+        A run that was never watched (too short to sample, such as the gateway's inline
+        runs) is checked all the same."""
         with self._lock:  # the sampler checks `done` under the same lock
             watch = self._watches.pop(id(info), None)
             if watch is not None:
                 watch.done = True
-        if watch is None:
-            return []
+        warned = watch.warned if watch is not None else set()
         limits = info.policy.limits
         usage = result.usage
         hit = LIMIT_HIT.get(result.outcome)
@@ -191,24 +192,25 @@ class SecurityMonitor:
         skip = _SKIP.get(hit or "", ())
         new = []
         for kind, value, limit, ratio in checks:
-            if kind not in skip and kind not in watch.warned and limit and value >= ratio * limit:
-                new.append(self._warning(watch, kind, value, limit))
+            if kind not in skip and kind not in warned and limit and value >= ratio * limit:
+                new.append(self._warning(info, warned, kind, value, limit))
         return new
 
-    def _warning(self, watch: _Watch, kind: str, value: float, limit: float) -> dict[str, object]:
-        watch.warned.add(kind)
+    def _warning(self, info: RunInfo, warned: set[str], kind: str, value: float,
+                 limit: float) -> dict[str, object]:
+        warned.add(kind)
         attrs: dict[str, object] = {
             "stockade.warning.kind": kind,
             "stockade.warning.value": float(value),
             "stockade.warning.limit": float(limit),
             "stockade.warning.ratio": round(value / limit, 3),
-            "faas.invocation_id": watch.info.invocation.invocation_id,
+            "faas.invocation_id": info.invocation.invocation_id,
             "time_unix_nano": time.time_ns(),
         }
-        watch.info.events.append((MONITOR_WARNING, attrs))
+        info.events.append((MONITOR_WARNING, attrs))
         logger("stockade.telemetry.monitor").warning(
             "%s: %s at %.0f%% of its limit (%g of %g)",
-            watch.info.module, kind, 100 * value / limit, value, limit)
+            info.module, kind, 100 * value / limit, value, limit)
         return attrs
 
     def _loop(self) -> None:
@@ -256,7 +258,7 @@ class SecurityMonitor:
                 with self._lock:
                     if watch.done:
                         return
-                    attrs = self._warning(watch, kind, value, limit)
+                    attrs = self._warning(info, watch.warned, kind, value, limit)
                 if self._on_warning is not None:
                     self._on_warning(info, attrs)
 

@@ -23,7 +23,7 @@ from .log import logger
 from .monitor import SecurityMonitor
 from .record import LIMIT_HIT, MONITOR_WARNING, InvocationRecord, LogEvent, SpanData
 from .settings import ExportSettings, resolve_settings
-from .sink import NullSink, Sink
+from .sink import NullSink, Sink, is_sampled, ratio_bound
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -108,6 +108,7 @@ class Telemetry:
         self.settings = settings
         self.sink = sink
         self._recording = not isinstance(sink, NullSink)
+        self._bound = ratio_bound(settings.sampling_ratio)
         self.monitor = SecurityMonitor(on_warning=self._live_warning) if monitor else None
         self.observer = _Observer(self)
         self._use_breaker = breaker
@@ -193,6 +194,11 @@ class Telemetry:
                     self.breaker.record(info.sha256, info.invocation.tenant, violated)
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
             logger().warning("could not record run telemetry", exc_info=True)
+
+    def samples(self, trace_id: int) -> bool:
+        """Whether a trace that starts here with `trace_id` is sampled: the profile's
+        trace-id ratio, the same rule the sinks apply (OTel's `TraceIdRatioBased`)."""
+        return self._recording and is_sampled(trace_id, self._bound)
 
     def record_server_span(self, span: ServerSpanLike) -> None:
         """Record the gateway's HTTP server span with the ids the gateway chose, so that

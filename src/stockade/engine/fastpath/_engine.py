@@ -185,10 +185,8 @@ class FastEngine:
         a file open per call. Waits while `max_instances` runs are in flight. Raises
         UsageError for bad arguments.
         """
-        argv = [_arg(module.name, "module name"), *(_arg(arg, "argument") for arg in args)]
-        pairs = env.items() if isinstance(env, Mapping) else env
-        env_list = [(_arg(k, "environment name", "="), _arg(v, "environment value"))
-                    for k, v in pairs]
+        argv = _encode_args(module.name, args)
+        env_lists = _encode_env(env)
         budget = self._fuel(fuel)
         memory = self.max_memory if max_memory is None else max_memory
         if not 0 < memory <= self.max_memory:
@@ -202,7 +200,7 @@ class FastEngine:
         slot = self._admit(module)
         slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            return execute(self._engine, module._pre, slot, argv, env_list, bytes(stdin),
+            return execute(self._engine, module._pre, slot, argv, env_lists, bytes(stdin),
                            budget, deadline, memory, max_output, capture_stderr)
         finally:
             self._release(module, slot)
@@ -334,6 +332,35 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _encode_args(name: str, args: Iterable[str]) -> list[bytes]:
+    """argv as bytes: the module's name, then `args`. Raises UsageError naming a bad one."""
+    values = [name, *args]
+    try:
+        encoded = [value.encode() for value in values]
+    except (AttributeError, UnicodeEncodeError):
+        encoded = None
+    if encoded is None or b"\0" in b"".join(encoded):
+        encoded = [_arg(values[0], "module name"), *(_arg(a, "argument") for a in values[1:])]
+    return encoded
+
+
+def _encode_env(env: Env) -> tuple[list[bytes], list[bytes]]:
+    """(names, values) as bytes. One encode and one scan per list on the per-request
+    path; a bad entry is found again by `_arg`, which raises UsageError naming it."""
+    pairs = list(env.items() if isinstance(env, Mapping) else env)
+    try:
+        names = [name.encode() for name, _ in pairs]
+        values = [value.encode() for _, value in pairs]
+    except (AttributeError, UnicodeEncodeError):
+        names = values = []
+    joined_names, joined_values = b"".join(names), b"".join(values)
+    if len(names) != len(pairs) or b"\0" in joined_names or b"=" in joined_names \
+            or b"\0" in joined_values:
+        names = [_arg(name, "environment name", "=") for name, _ in pairs]
+        values = [_arg(value, "environment value") for _, value in pairs]
+    return names, values
 
 
 def _arg(value: str, what: str, forbidden: str = "") -> bytes:

@@ -167,7 +167,7 @@ def execute(
     pre: int,
     slot: RunSlot,
     argv: list[bytes],
-    env: list[tuple[bytes, bytes]],
+    env: tuple[list[bytes], list[bytes]],
     stdin: bytes,
     fuel: int | None,
     deadline_ticks: int,
@@ -237,16 +237,22 @@ def execute(
     )
 
 
+def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
+    # Slice assignment converts in C: about twice as fast as the array constructor.
+    array = (ctypes.c_char_p * len(items))()
+    array[:] = items  # type: ignore[assignment]  # ctypes converts bytes to c_char_p
+    return array
+
+
 def _wasi_config(
-    slot: RunSlot, argv: list[bytes], env: list[tuple[bytes, bytes]], stdin: bytes
+    slot: RunSlot, argv: list[bytes], env: tuple[list[bytes], list[bytes]], stdin: bytes
 ) -> int:
     slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
     wasi = C.wasi_config_new()
-    C.wasi_config_set_argv(wasi, len(argv), (ctypes.c_char_p * len(argv))(*argv))
-    if env:
-        names = (ctypes.c_char_p * len(env))(*(name for name, _ in env))
-        values = (ctypes.c_char_p * len(env))(*(value for _, value in env))
-        C.wasi_config_set_env(wasi, len(env), names, values)
+    C.wasi_config_set_argv(wasi, len(argv), _strings(argv))
+    names, values = env
+    if names:
+        C.wasi_config_set_env(wasi, len(names), _strings(names), _strings(values))
     if stdin:
         vec = ByteVec()
         C.wasm_byte_vec_new(ctypes.byref(vec), len(stdin), stdin)
