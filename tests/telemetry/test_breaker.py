@@ -53,6 +53,19 @@ def test_after_the_cooldown_exactly_one_probe_runs(breaker: Breaker) -> None:
     assert breaker.check(DIGEST, now=T0 + 43).allowed
 
 
+def test_only_the_probe_closes_it(breaker: Breaker, tmp_path: Path) -> None:
+    # Another process's clean run (one admitted before the breaker opened) proves nothing.
+    other = Breaker(tmp_path / "breaker.db", breaker.config)
+    for offset in range(3):
+        breaker.record(DIGEST, None, violated=True, now=T0 + offset)
+    assert breaker.check(DIGEST, now=T0 + 40).probe
+    assert other.record(DIGEST, None, violated=False, now=T0 + 41) is None
+    assert not other.check(DIGEST, now=T0 + 42).allowed  # the probe is still out
+    change = breaker.record(DIGEST, None, violated=False, now=T0 + 43)
+    assert change is not None and change.new == "closed"
+    other.close()
+
+
 def test_a_violating_probe_opens_it_again(breaker: Breaker) -> None:
     for offset in range(3):
         breaker.record(DIGEST, None, violated=True, now=T0 + offset)

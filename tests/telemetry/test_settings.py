@@ -96,3 +96,12 @@ def test_off_and_the_profile_variable() -> None:
     assert not resolve_settings(env={"OTEL_SDK_DISABLED": "true"}).enabled
     chosen = resolve_settings(env={"STOCKADE_TELEMETRY": "on-prem"})
     assert chosen.profile.name == "on-prem" and chosen.sources["profile"] == "STOCKADE_TELEMETRY"
+
+
+def test_a_fallback_profile_applies_only_when_none_is_named() -> None:
+    # The gateway's fallback is `hybrid`; `stockade run` has none (the SDK defaults).
+    assert resolve_settings(None, env={}, fallback="edge").profile.name == "edge"
+    named = resolve_settings(None, env={"STOCKADE_TELEMETRY": "cloud"}, fallback="edge")
+    assert named.profile.name == "cloud"
+    assert resolve_settings("on-prem", env={}, fallback="edge").profile.name == "on-prem"
+    assert resolve_settings(None, env={}).profile.name == "default"

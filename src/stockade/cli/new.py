@@ -25,7 +25,7 @@ workers = 2
 # max_body = "1MiB"            # request body limit (413 beyond)
 # max_response = "8MiB"        # response body limit (502 beyond)
 # request_timeout = "30s"      # caps every function's timeout (504 beyond)
-# telemetry = "edge"           # OTLP export profile (edge, cloud, on-prem, hybrid) or "off"
+# telemetry = "hybrid"         # OTLP export profile (edge, cloud, on-prem, hybrid) or "off"
 
 [tenant.demo]
 concurrency = 16               # invocations at once (429 beyond)

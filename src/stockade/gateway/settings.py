@@ -57,9 +57,10 @@ class ServerSettings:
     for a thread before 503; `request_timeout` caps every function's timeout;
     `drain_timeout` bounds the SIGTERM drain; `executor` is `auto` (the C-API fast path
     where a function qualifies), `fast` (the same, logged when a function does not) or
-    `sandbox`; `telemetry` an export profile name or `off`; `reuse_port` gives each
-    worker its own SO_REUSEPORT socket instead of sharing one; `inline` lets short
-    fast-path runs finish on the event loop thread (see `fastexec.py`).
+    `sandbox`; `telemetry` an export profile name or `off` (None: `STOCKADE_TELEMETRY`,
+    else `hybrid`); `reuse_port` gives each worker its own SO_REUSEPORT socket instead
+    of sharing one; `inline` lets short fast-path runs finish on the event loop thread
+    (see `fastexec.py`).
     """
 
     host: str = "127.0.0.1"

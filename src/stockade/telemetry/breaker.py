@@ -158,6 +158,9 @@ class Breaker:
         self.config = config or BreakerConfig.from_env()
         self._on_transition = on_transition
         self._lock = threading.Lock()
+        # Probes this process was let through: only their clean end can close a breaker,
+        # so other clean runs never touch the database.
+        self._probes: set[tuple[str, str]] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db: sqlite3.Connection = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
                                    check_same_thread=False)
@@ -215,6 +218,7 @@ class Breaker:
                 if state == "open":
                     transition = Transition(digest, tenant, "open", "half_open", now, count,
                                             None, "cooldown over: one probe run let through")
+                self._probes.add((digest, key))
         self._notify(transition)
         return Decision(True, "half_open", "probe run after cooldown", probe=True)
 
@@ -232,6 +236,9 @@ class Breaker:
         transition: Transition | None
         with self._lock:
             if not violated:
+                if (digest, key) not in self._probes:
+                    return None
+                self._probes.discard((digest, key))
                 row = self._row(digest, key)
                 if row is None or row[0] != "half_open":
                     return None
@@ -244,6 +251,7 @@ class Breaker:
                 transition = Transition(digest, tenant, "half_open", "closed", now, 0, None,
                                         "probe run ended without a violation")
             else:
+                self._probes.discard((digest, key))
                 transition = self._violation(digest, tenant, key, now, cfg)
         self._notify(transition)
         return transition

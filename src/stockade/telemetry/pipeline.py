@@ -295,13 +295,16 @@ def open_telemetry(
     env: Mapping[str, str] | None = None,
     monitor: bool = True,
     breaker: bool = True,
+    fallback: str | None = None,
 ) -> Telemetry:
     """Telemetry for `profile` (`edge`, `cloud`, `on-prem`, `hybrid`, `off`, or None).
     With an OTLP endpoint (argument or `OTEL_EXPORTER_OTLP_*ENDPOINT`) the SDK exports
     over gRPC or HTTP; otherwise records go to the local OTLP-JSON file. Raises
     UsageError for a bad profile or `OTEL_*` value; exporter failures fall back to the
-    file with a warning."""
-    settings = resolve_settings(profile, endpoint=endpoint, service_name=service_name, env=env)
+    file with a warning. `fallback` is the profile when neither `profile` nor
+    `STOCKADE_TELEMETRY` names one (None: the SDK defaults)."""
+    settings = resolve_settings(profile, endpoint=endpoint, service_name=service_name, env=env,
+                                fallback=fallback)
     sink: Sink
     if not settings.enabled:
         sink = NullSink()

@@ -144,16 +144,19 @@ def resolve_settings(
     endpoint: str | None = None,
     service_name: str = "stockade",
     env: Mapping[str, str] | None = None,
+    fallback: str | None = None,
 ) -> ExportSettings:
     """Settings for `profile` (`edge`, `cloud`, `on-prem`, `hybrid`, `off`, or None for
     the SDK defaults), overridden by `OTEL_*` variables in `env` (default `os.environ`),
     `endpoint` overriding them all. `STOCKADE_TELEMETRY` names the profile when `profile`
-    is None. Raises UsageError for unknown names and malformed values."""
+    is None, and `fallback` when neither does. Raises UsageError for unknown names and
+    malformed values."""
     env = os.environ if env is None else env
     sources: dict[str, str] = {}
     if profile is None and _get(env, "STOCKADE_TELEMETRY"):
         profile = _get(env, "STOCKADE_TELEMETRY")
         sources["profile"] = "STOCKADE_TELEMETRY"
+    profile = fallback if profile is None else profile
     disabled = profile == "off" or (_get(env, "OTEL_SDK_DISABLED") or "").lower() == "true"
     chosen, reason = choose_profile(None if profile == "off" else profile)
 
