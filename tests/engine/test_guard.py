@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from stockade import Invocation, ModuleError, Outcome, Policy, Sandbox
 from stockade.engine import CompileGuard
-from stockade.engine.guard import code_shape
+from stockade.engine.guard import code_shape, data_size
 from tests.conftest import GUESTS, guest
 
 
@@ -57,3 +58,23 @@ def test_threads_module_is_denied_naming_thread_spawn() -> None:
     result = Sandbox().run(GUESTS / "attacks" / "threads.wasm", Invocation())
     assert (result.outcome, result.exit_code) == (Outcome.DENIED, 126)
     assert "thread-spawn" in result.message
+
+
+def test_data_size_reads_every_segment() -> None:
+    # Offsets whose LEB bytes look like `end` (11) must not end the expression early.
+    module = wasmtime.wat2wasm(
+        '(module (memory 1) (data (i32.const 11) "abc") (data "passive-12")'
+        ' (data (i32.const 0x0B0B) "x"))')
+    assert data_size(bytes(module)) == 3 + 10 + 1
+    assert data_size(guest("hello.wasm").read_bytes()) < 16 * 1024
+
+
+def test_data_larger_than_the_memory_limit_is_refused_before_compiling(
+        tmp_path: Path) -> None:
+    huge = tmp_path / "huge_data.wasm"  # a path the AoT cache has never seen
+    huge.write_bytes((GUESTS / "attacks" / "huge_data.wasm").read_bytes()
+                     + b"\x00\x03\x01y\x00")
+    with pytest.raises(ModuleError, match="data segments hold 48MiB.*memory limit of 16MiB"):
+        Sandbox(Policy.from_profile("strict")).run(huge)
+    result = Sandbox(Policy.from_profile("default")).run(huge)  # 128 MiB: it fits
+    assert result.outcome is Outcome.EXITED

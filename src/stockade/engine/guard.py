@@ -3,7 +3,9 @@
 Compilation happens before any fuel or deadline applies, and Cranelift's register
 allocation is superlinear in locals kept live through one huge function: a 1 MB module
 can cost seconds of CPU. So the policy bounds the module file, the largest function body
-and the locals of one function; the check reads only section and body headers.
+and the locals of one function; the check reads only section and body headers. Data
+segments larger than the memory limit are refused too: such a module can never be
+instantiated, and compiling it builds memory images of that size in the host.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 from ..errors import ModuleError
 from ..policy.units import format_size
 
-__all__ = ["CompileGuard", "code_shape"]
+__all__ = ["CompileGuard", "code_shape", "data_size"]
 
 CODE_SECTION = 10
+DATA_SECTION = 11
 
 
 class _Truncated(Exception):
@@ -69,6 +72,50 @@ def _scan(data: bytes, shape: list[tuple[int, int]]) -> None:
         pos = end
 
 
+def data_size(data: bytes) -> int:
+    """Bytes of all data segments of a binary module, as far as its headers can be read."""
+    total = 0
+    try:
+        pos = 8
+        while pos < len(data):
+            section = data[pos]
+            size, pos = _leb(data, pos + 1)
+            if section == DATA_SECTION:
+                count, cursor = _leb(data, pos)
+                for _ in range(count):
+                    flags, cursor = _leb(data, cursor)
+                    if flags == 2:
+                        _, cursor = _leb(data, cursor)  # memory index
+                    if flags in (0, 2):
+                        cursor = _skip_const_expr(data, cursor)  # the offset
+                    length, cursor = _leb(data, cursor)
+                    total += length
+                    cursor += length
+                return total
+            pos += size
+    except _Truncated:
+        pass
+    return total
+
+
+_WITH_IMMEDIATE = {0x41, 0x42, 0x23}  # i32.const, i64.const, global.get
+_NO_IMMEDIATE = {0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E}  # extended-const add, sub, mul
+
+
+def _skip_const_expr(data: bytes, pos: int) -> int:
+    """The position after a constant expression's `end` (unknown opcodes: give up)."""
+    while pos < len(data):
+        opcode = data[pos]
+        pos += 1
+        if opcode == 0x0B:
+            return pos
+        if opcode in _WITH_IMMEDIATE:
+            _, pos = _leb(data, pos)
+        elif opcode not in _NO_IMMEDIATE:
+            raise _Truncated
+    raise _Truncated
+
+
 @dataclass(frozen=True)
 class CompileGuard:
     """Bounds checked before a module is compiled (sizes in bytes)."""
@@ -76,6 +123,7 @@ class CompileGuard:
     max_module_size: int
     max_function_size: int
     max_locals: int
+    max_data_size: int | None = None
 
     def check_size(self, size: int, name: str) -> None:
         """Refuse a module file larger than `max_module_size` before reading it."""
@@ -86,7 +134,16 @@ class CompileGuard:
             )
 
     def check_code(self, data: bytes, name: str) -> None:
-        """Refuse function bodies or local counts that would make compilation explode."""
+        """Refuse function bodies or local counts that would make compilation explode, and
+        data segments that could never fit in the memory limit."""
+        if self.max_data_size is not None:
+            segments = data_size(data)
+            if segments > self.max_data_size:
+                raise ModuleError(
+                    f"{name}: its data segments hold {format_size(segments)}, more than "
+                    f"this policy's memory limit of {format_size(self.max_data_size)}: it "
+                    "could never be instantiated"
+                )
         for index, (body, locals_count) in enumerate(code_shape(data)):
             if body > self.max_function_size:
                 raise ModuleError(
