@@ -105,7 +105,10 @@ def _verdict(value: float | None, limit: float) -> str:
 
 def goal_rows(results: BenchResults) -> list[ClaimRow]:
     """The issue's goals, measured in this run."""
-    warm_us = _p50(results, "stockade", "startup/hello")
+    # The fresh-instance goal is the gateway's per-request path: the fast path when it ran.
+    warm_backend = "stockade-fast" if _p50(results, "stockade-fast", "startup/hello") \
+        is not None else "stockade"
+    warm_us = _p50(results, warm_backend, "startup/hello")
     warm_us = None if warm_us is None else warm_us * 1000
     run_ratio = ratio(cold_start_ms(hello(results, "stockade-run")),
                       _p50(results, "python-import", "startup/hello"))
@@ -115,7 +118,8 @@ def goal_rows(results: BenchResults) -> list[ClaimRow]:
     io16 = io_ratios(results, "stockade").get(SIXTEEN_MIB)
     return [
         ClaimRow("goal", "warm fresh-instance hello in-process <= 30 µs",
-                 "Stockade hello p50", "n/a" if warm_us is None else f"{warm_us:.0f} µs",
+                 f"{'fast path' if warm_backend == 'stockade-fast' else 'Stockade'} hello p50",
+                 "n/a" if warm_us is None else f"{warm_us:.0f} µs",
                  _verdict(warm_us, 30.0)),
         ClaimRow("goal", "`stockade run hello.wasm` <= 1.2x `python -c \"import wasmtime\"`",
                  "first output / import time, same run", _x(run_ratio),
