@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..policy import Capabilities, DirGrant, Policy, apply_limit, profile
+from ..policy.loader import read_toml
 from .settings import Quota, ServerSettings, parse_quota, parse_server, size_or_none
 
 __all__ = ["FunctionSpec", "Manifest", "Quota", "ServerSettings", "load_manifest",
@@ -80,17 +81,8 @@ class Manifest:
 
 def load_manifest(path: str | Path) -> Manifest:
     """Read and resolve a manifest file. Raises PolicyError naming the key."""
-    import tomllib
-
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: manifest not found (create one with `stockade new`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}: cannot read manifest: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: invalid TOML: {exc}") from None
+    data = read_toml(path, "manifest", " (create one with `stockade new`)")
     return parse_manifest(data, path)
 
 

@@ -16,7 +16,7 @@ from .model import Capabilities, DirGrant, Policy
 from .profiles import profile
 from .units import parse_duration, parse_size
 
-__all__ = ["load_policy", "policy_from_mapping", "apply_limit", "LIMIT_PARSERS"]
+__all__ = ["load_policy", "policy_from_mapping", "apply_limit", "read_toml", "LIMIT_PARSERS"]
 
 _UNLIMITED = ("unlimited", "none", "inf")
 
@@ -170,15 +170,21 @@ def load_policy(path: str | Path, profile_name: str | None = None) -> Policy:
 
     Raises PolicyError for a missing, unreadable or invalid file, naming the key.
     """
-    import tomllib  # only policy files need it: keeps `stockade run` start-up lean
-
     path = Path(path)
+    data = read_toml(path, "policy file")
+    return policy_from_mapping(data, str(path), path.parent.resolve(), profile_name)
+
+
+def read_toml(path: Path, kind: str, hint: str = "") -> dict[str, Any]:
+    """The TOML document at `path` (a `kind` such as "policy file"). Raises PolicyError
+    naming the file for a missing (with `hint`), unreadable or invalid one."""
+    import tomllib  # only files need it: keeps `stockade run` start-up lean
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PolicyError(f"{path}: policy file not found") from None
+        raise PolicyError(f"{path}: {kind} not found{hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}: cannot read policy file: {exc}") from None
+        raise PolicyError(f"{path}: cannot read {kind}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: invalid TOML: {exc}") from None
-    return policy_from_mapping(data, str(path), path.parent.resolve(), profile_name)
