@@ -57,6 +57,7 @@ def test_traceparent_reaches_the_exported_spans(start_gateway: Start, tmp_path: 
     invocation = next(span for span in trace if span.get("parentSpanId") == server["spanId"])
     attributes = {a["key"]: a["value"] for a in invocation["attributes"]}
     assert attributes["faas.name"] == {"stringValue": "hello"}
+    assert attributes["faas.trigger"] == {"stringValue": "http"}
     assert "faas.coldstart" in attributes
 
 

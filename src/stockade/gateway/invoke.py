@@ -43,9 +43,11 @@ BREAKER_RECHECK = 0.5
 @dataclass(frozen=True)
 class HttpInvocation(Invocation):
     """An invocation made for an HTTP request: `traceparent` names the request's server
-    span, so telemetry records the invocation span as its child."""
+    span, so telemetry records the invocation span as its child; `trigger` is the OTel
+    `faas.trigger` of its span."""
 
     traceparent: str | None = None
+    trigger: str = "http"
 
 
 class Invoker:

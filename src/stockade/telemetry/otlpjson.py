@@ -134,6 +134,8 @@ def span_json(record: InvocationRecord) -> str:
                  + str(record.guest_exit_code) + '"}}')
     if record.tenant:
         text += ',{"key":"stockade.tenant","value":{"stringValue":' + _quote(record.tenant) + "}}"
+    if record.trigger:
+        text += ',{"key":"faas.trigger","value":{"stringValue":' + _quote(record.trigger) + "}}"
     text += "]"
     if record.parent is not None:
         text += ',"parentSpanId":"' + format(record.parent.span_id, "016x") + '"'

@@ -119,7 +119,7 @@ class InvocationRecord:
         "outcome", "exit_code", "guest_exit_code", "fuel_consumed", "peak_memory", "cpu_ms",
         "wall_s", "files_created", "bytes_written", "profile", "limit_hit", "tenant",
         "violation", "error", "metric_name", "warnings", "events", "trace_id", "span_id",
-        "parent",
+        "parent", "trigger",
     )
 
     def __init__(self, info: RunInfo, result: Result, end_ns: int | None = None) -> None:
@@ -147,6 +147,8 @@ class InvocationRecord:
         self.profile: str = info.policy.profile
         self.limit_hit: str = LIMIT_HIT.get(outcome, "none")
         self.tenant: str | None = invocation.tenant
+        # `faas.trigger` when the caller says what triggered the run (the gateway: http).
+        self.trigger: str | None = getattr(invocation, "trigger", None)
         self.violation: bool = outcome.is_violation
         self.error: str | None = (result.message or outcome.value) if (
             self.violation or outcome is Outcome.ERROR) else None
@@ -190,6 +192,8 @@ class InvocationRecord:
             attrs["stockade.guest.exit_code"] = self.guest_exit_code
         if self.tenant:
             attrs["stockade.tenant"] = self.tenant
+        if self.trigger:
+            attrs["faas.trigger"] = self.trigger
         return attrs
 
     def measurements(self) -> list[Measurement]:
