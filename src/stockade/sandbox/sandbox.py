@@ -74,7 +74,6 @@ class Sandbox:
             invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in a fresh instance and report what happened."""
         invocation = invocation or Invocation()
-        started = time.monotonic()
         loaded = self.load(module)
         coldstart = not self.engine.is_warm(loaded, LINKER_NAME)
         info = RunInfo(
@@ -102,7 +101,10 @@ class Sandbox:
                 preopens, grants = [*preopens, (scratch.grant.host, True)], (*grants, scratch.grant)
                 info.writable_dirs += (scratch.grant.host,)
             notify_started(self.observers, info)
-            result = self._execute(loaded, pre, invocation, preopens, grants, started, coldstart)
+            # The timeout is the guest's: it starts now, not before a first compile (which
+            # the compile guard bounds) could eat it.
+            result = self._execute(loaded, pre, invocation, preopens, grants, time.monotonic(),
+                                   coldstart)
         result.scratch = scratch.kept
         notify_finished(self.observers, info, result)
         return result
