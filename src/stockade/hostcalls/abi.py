@@ -80,6 +80,19 @@ OFLAG_CREAT = 1
 FDFLAGS_SYNC_MASK = 2 | 8 | 16
 
 
+def _prototype(name: str, restype: Any) -> Any:
+    from wasmtime import _ffi
+
+    function = _ffi.dll[name]  # a new function object: wasmtime-py's own stays untouched
+    function.restype = restype
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return function
+
+
+_memory_data = _prototype("wasmtime_memory_data", ctypes.c_void_p)
+_memory_data_size = _prototype("wasmtime_memory_data_size", ctypes.c_size_t)
+
+
 class GuestMemory:
     """Bounds-checked access to a guest's linear memory during one host call.
 
@@ -89,9 +102,11 @@ class GuestMemory:
     __slots__ = ("_base", "_size")
 
     def __init__(self, memory: Any, store: Any) -> None:
-        pointer = memory.data_ptr(store)
-        self._base = ctypes.cast(pointer, ctypes.c_void_p).value or 0
-        self._size = memory.data_len(store)
+        # Straight to the C API: wasmtime-py's data_ptr returns a typed pointer that
+        # costs a ctypes.cast on every host call.
+        context, handle = store._context(), ctypes.byref(memory._memory)
+        self._base = _memory_data(context, handle) or 0
+        self._size = _memory_data_size(context, handle)
 
     def _check(self, offset: int, length: int) -> int:
         if offset < 0 or length < 0 or offset + length > self._size:

@@ -20,7 +20,6 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from ..result import GuestStopped, Outcome
 from .abi import FDFLAGS_SYNC_MASK, INTERPOSED, MODULE, OFLAG_CREAT, Errno, GuestMemory
 from .meter import Meter, is_special_file, path_exists
 from .poll import SUBSCRIPTION_SIZE, parse_clock_subscriptions, sleep_until_due
@@ -272,23 +271,55 @@ HANDLERS.update(
 )
 
 
-def _entry(name: str, handler: Handler) -> Callable[..., int]:
-    def host_call(caller: Any, *args: int) -> int:
+# The raw callback type of `wasmtime_linker_define_func_unchecked`: arguments and the
+# result in one array of untyped slots, a trap pointer (or 0) returned.
+_Callback = ffi.wasmtime_func_unchecked_callback_t
+_CALLBACKS: dict[str, Any] = {}  # one per call, alive as long as the process: linkers hold them
+
+
+def _entry(name: str, handler: Handler, params: tuple[str, ...]) -> Any:
+    """The raw host function for `name`: wasmtime-py's callback wrapper would box every
+    argument and the result (a quarter of a forwarded call's cost); this reads them in
+    place. A `GuestStopped` or any other exception is kept on the meter for the sandbox
+    and the guest stopped with a trap (never unwinding into wasmtime)."""
+    wide = tuple(param == "i64" for param in params)
+
+    def host_call(_env: Any, caller_ptr: Any, slots: Any, _count: int) -> int:
         meter: Meter | None = getattr(_local, "meter", None)
         if meter is None:
-            raise GuestStopped(Outcome.ERROR, f"{name} called outside a metered run")
-        meter.charge(name)
+            return _trap(f"{name} called outside a metered run")
+        caller = wasmtime.Caller(caller_ptr)
         try:
-            # The export handle stays valid for the store's life; its base address may
-            # move when memory grows, so GuestMemory re-reads that on every call.
-            if meter.memory is None:
-                meter.memory = caller["memory"]
-            memory = GuestMemory(meter.memory, caller)
-            return handler(meter, caller, memory, *args)
-        except (IndexError, KeyError):
-            return Errno.FAULT
+            args = [slots[i].i64 if is_wide else slots[i].i32 for i, is_wide in enumerate(wide)]
+            meter.charge(name)
+            try:
+                # The export handle stays valid for the store's life; its base address may
+                # move when memory grows, so GuestMemory re-reads that on every call.
+                if meter.memory is None:
+                    meter.memory = caller["memory"]
+                memory = GuestMemory(meter.memory, caller)
+                errno = handler(meter, caller, memory, *args)
+            except (IndexError, KeyError):
+                errno = Errno.FAULT
+            slots[0].i32 = errno
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - the sandbox classifies it
+            if meter.failure is None:
+                meter.failure = exc
+            return _trap(f"stockade: {name}: {exc}")
+        finally:
+            caller._invalidate()
 
-    return host_call
+    callback = _CALLBACKS.get(name)
+    if callback is None:
+        callback = _CALLBACKS[name] = _Callback(host_call)
+    return callback
+
+
+def _trap(message: str) -> int:
+    trap = wasmtime.Trap(message)._consume()
+    address: int = ctypes.cast(trap, ctypes.c_void_p).value or 0
+    return address
 
 
 def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
@@ -297,8 +328,17 @@ def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     linker.define_wasi()
     linker.allow_shadowing = True
     types = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
+    module = MODULE.encode()
     for name, params in INTERPOSED.items():
         functype = wasmtime.FuncType([types[p] for p in params], [types["i32"]])
-        linker.define_func(MODULE, name, functype, _entry(name, HANDLERS[name]),
-                           access_caller=True)
+        raw_name = name.encode()
+        error = ffi.wasmtime_linker_define_func_unchecked(
+            linker.ptr(), ctypes.create_string_buffer(module), len(module),
+            ctypes.create_string_buffer(raw_name), len(raw_name), functype.ptr(),
+            _entry(name, HANDLERS[name], params), None, _NO_FINALIZER)
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
     return linker
+
+
+_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()

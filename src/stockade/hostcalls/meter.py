@@ -43,6 +43,9 @@ class Meter:
         self.counts: dict[str, int] = {}
         self._caps = dict(limits.hostcall_caps)
         self.total = 0
+        # What stopped the guest inside a host call (a GuestStopped, or a failure of the
+        # host call itself): the trap the guest sees only says that it was stopped.
+        self.failure: BaseException | None = None
         self.syncs = 0
         self.stdin = stdin
         self.stdin_pos = 0

@@ -142,11 +142,13 @@ class Sandbox:
             except ModuleError:
                 raise
             except (wasmtime.WasmtimeError, wasmtime.Trap, Exception) as exc:  # noqa: B014
-                ending = self._instantiation_limit(exc, instance) or classify(exc)
+                ending = self._instantiation_limit(exc, instance) or classify(
+                    meter.failure or exc)
                 # The traceback's frames hold this Store (a ~4 GiB reservation) in a cycle
                 # only the garbage collector would break: cut it now.
                 exc.__traceback__ = None
                 exc.__context__ = None
+        meter.failure = None  # its traceback holds the store, like the exception above
         usage = Usage(
             wall_ms=(time.perf_counter() - wall0) * 1000,
             cpu_ms=(time.thread_time() - cpu0) * 1000,
