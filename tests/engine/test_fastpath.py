@@ -13,11 +13,36 @@ import pytest
 import wasmtime
 
 from stockade.engine.config import EngineConfig
-from stockade.engine.fastpath import FastEngine, FastModule, FastPathUnavailable, FastResult, _capi
+from stockade.engine.fastpath import (
+    FastEngine,
+    FastModule,
+    FastPathUnavailable,
+    FastResult,
+    _capi,
+    _native,
+    _run,
+)
 from stockade.errors import DeniedImport, ModuleError, ModuleNotFound, UsageError
 from stockade.result import Outcome
 
 from ..conftest import guest
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def run_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: the native run (one C call) and the ctypes one, which a machine
+    without a C compiler uses; both must behave the same."""
+    if request.param == "python":
+        monkeypatch.setattr(_run, "NATIVE_RUN", None)
+    return str(request.param)
+
+
+def test_the_native_run_is_built_and_loaded() -> None:
+    # `make setup` builds it (scripts/build_native.py); without it every run pays ~15
+    # ctypes calls more.
+    assert _native.LIBRARY.exists(), "run scripts/build_native.py"
+    assert _native.NATIVE_RUN is not None
+
 
 WASI = '(import "wasi_snapshot_preview1" "{name}" (func ${name} {sig}))'
 FD_WRITE = WASI.format(name="fd_write", sig="(param i32 i32 i32 i32) (result i32)")
@@ -409,3 +434,8 @@ def test_version_pin() -> None:
     _capi.check_version("50.0.1")
     with pytest.raises(FastPathUnavailable, match="pinned to wasmtime 50"):
         _capi.check_version("51.0.0")
+
+
+def test_more_strings_than_the_native_run_takes(hello: FastModule) -> None:
+    env = {f"V{i}": str(i) for i in range(_native.MAX_STRINGS + 10)}
+    assert hello.run(["a"], env).outcome is Outcome.EXITED

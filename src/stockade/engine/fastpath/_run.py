@@ -29,6 +29,7 @@ from ._capi import (
     take_error,
     take_trap,
 )
+from ._native import MAX_STRINGS, NATIVE_RUN, RUN_NO_START, RUN_OK, RUN_WASI_FILES, RunIn, RunOut
 
 __all__ = ["FastResult", "RunSlot", "execute"]
 
@@ -105,8 +106,9 @@ class RunSlot:
 
     live: ClassVar[dict[int, RunSlot]] = {}
 
-    __slots__ = ("out", "err", "out_path", "err_path", "cap", "capture_err", "sealed",
-                 "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left")
+    __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
+                 "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
+                 "native_in", "native_out")
 
     def __init__(self) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -115,7 +117,8 @@ class RunSlot:
         # /proc/<pid> resolves faster than /proc/self; slots never cross a fork.
         self.out_path = f"/proc/{os.getpid()}/fd/{self.out}".encode()
         self.err_path = f"/proc/{os.getpid()}/fd/{self.err}".encode()
-        self.cap: int | None = None
+        # The cap lives in a C cell: the native run sets it once the files are open.
+        self.cap_cell = ctypes.c_int64(-1)
         self.capture_err = True
         self.sealed = False
         self.deadline: float | None = None
@@ -125,7 +128,20 @@ class RunSlot:
         self.item = Extern()
         self.trap = ctypes.c_void_p()
         self.fuel_left = ctypes.c_uint64()
+        self.native_in = RunIn(data=id(self), out_path=self.out_path, err_path=self.err_path,
+                               cap=ctypes.pointer(self.cap_cell))
+        self.native_out = RunOut()
         RunSlot.live[id(self)] = self
+
+    @property
+    def cap(self) -> int | None:
+        """The running guest's combined output limit in bytes (None: none, or idle)."""
+        value = self.cap_cell.value
+        return None if value < 0 else value
+
+    @cap.setter
+    def cap(self, value: int | None) -> None:
+        self.cap_cell.value = -1 if value is None else value
 
     def seal_if_over(self) -> None:
         """Stop further writes once stdout + stderr exceed the cap (ticker thread)."""
@@ -183,11 +199,77 @@ def execute(
     strongest last: the trap or exit, a sleep cut at the deadline (`timeout`), a failure
     near the memory limit (`memory_limit`), output beyond the cap (`output_limit`).
     """
+    slot.stopped = False
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    names, values = env
+    if NATIVE_RUN is not None and len(argv) <= MAX_STRINGS and len(names) <= MAX_STRINGS:
+        error, trap, called, memory_bytes, fuel_left = _run_native(
+            engine, pre, slot, argv, env, stdin, fuel, deadline_ticks, max_memory, max_output,
+            capture_stderr)
+    else:
+        error, trap, called, memory_bytes, fuel_left = _run_python(
+            engine, pre, slot, argv, env, stdin, fuel, deadline_ticks, max_memory, max_output,
+            capture_stderr)
+    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    outcome, message, code = _ending(error, trap, started=called)
+    if slot.stopped:
+        outcome, message, code = Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)", None
+    if (outcome is Outcome.TRAP or (outcome is Outcome.EXITED and code)) \
+            and memory_bytes + max(max_memory // 16, 16 * _PAGE) >= max_memory:
+        # A denied memory.grow returns -1 rather than trapping; a guest that then failed
+        # near the limit was stopped by it (the same rule as the standard sandbox).
+        outcome, message = Outcome.MEMORY_LIMIT, (
+            f"memory limit of {format_size(max_memory)} reached "
+            f"(linear memory {format_size(memory_bytes)})")
+    out, err, out_cut, err_cut = slot.collect()
+    if out_cut or err_cut:
+        outcome, message = Outcome.OUTPUT_LIMIT, \
+            f"output limit of {format_size(max_output or 0)} exceeded"
+    return FastResult(
+        outcome, code, out, err, out_cut, err_cut, message,
+        fuel - fuel_left if fuel is not None else 0, wall, cpu, memory_bytes,
+    )
+
+
+_Ran = tuple[int | None, int | None, bool, int, int]  # error, trap, called, memory, fuel left
+
+
+def _run_native(engine: int, pre: int, slot: RunSlot, argv: list[bytes],
+                env: tuple[list[bytes], list[bytes]], stdin: bytes, fuel: int | None,
+                deadline_ticks: int, max_memory: int, max_output: int | None,
+                capture_stderr: bool) -> _Ran:
+    """The run as one C call (`_native.c`); the same steps as `_run_python`."""
+    names, values = env
+    args, out = slot.native_in, slot.native_out
+    args.engine, args.pre, args.max_memory, args.deadline = engine, pre, max_memory, deadline_ticks
+    args.has_fuel, args.fuel = fuel is not None, fuel or 0
+    args.capture_stderr = slot.capture_err = capture_stderr
+    args.argv, args.argc = b"\0".join(argv), len(argv)
+    args.names, args.values, args.envc = b"\0".join(names), b"\0".join(values), len(names)
+    args.stdin_data, args.stdin_len = stdin, len(stdin)
+    args.max_output = -1 if max_output is None else max_output
+    slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
+    NATIVE_RUN(ctypes.byref(args), ctypes.byref(out))
+    args.stdin_data = None  # do not keep the request body alive in the slot
+    status = out.status
+    if status != RUN_OK:
+        if status == RUN_WASI_FILES:
+            raise OSError(f"cannot open {slot.out_path.decode()} for the guest's output")
+        if status == RUN_NO_START:
+            raise RuntimeError("module lost its _start export")  # checked at load
+        message, _ = take_error(out.error) if out.error else ("unknown error", None)
+        raise RuntimeError(f"wasmtime: {message}")
+    return out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left
+
+
+def _run_python(engine: int, pre: int, slot: RunSlot, argv: list[bytes],
+                env: tuple[list[bytes], list[bytes]], stdin: bytes, fuel: int | None,
+                deadline_ticks: int, max_memory: int, max_output: int | None,
+                capture_stderr: bool) -> _Ran:
+    """The run through ctypes, one C call at a time (when the native run is not built)."""
     byref = ctypes.byref
     instance, item, trap = byref(slot.instance), slot.item, slot.trap
     trap.value = None
-    slot.stopped = False
-    wall0, cpu0 = time.perf_counter(), time.thread_time()
     store = C.store_new(engine, id(slot), None)
     error: int | None = None
     memory_bytes = fuel_left = 0
@@ -216,25 +298,7 @@ def execute(
             fuel_left = slot.fuel_left.value
     finally:
         C.store_delete(store)
-    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    outcome, message, code = _ending(error, trap.value, started=called)
-    if slot.stopped:
-        outcome, message, code = Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)", None
-    if (outcome is Outcome.TRAP or (outcome is Outcome.EXITED and code)) \
-            and memory_bytes + max(max_memory // 16, 16 * _PAGE) >= max_memory:
-        # A denied memory.grow returns -1 rather than trapping; a guest that then failed
-        # near the limit was stopped by it (the same rule as the standard sandbox).
-        outcome, message = Outcome.MEMORY_LIMIT, (
-            f"memory limit of {format_size(max_memory)} reached "
-            f"(linear memory {format_size(memory_bytes)})")
-    out, err, out_cut, err_cut = slot.collect()
-    if out_cut or err_cut:
-        outcome, message = Outcome.OUTPUT_LIMIT, \
-            f"output limit of {format_size(max_output or 0)} exceeded"
-    return FastResult(
-        outcome, code, out, err, out_cut, err_cut, message,
-        fuel - fuel_left if fuel is not None else 0, wall, cpu, memory_bytes,
-    )
+    return error, trap.value, called, memory_bytes, fuel_left
 
 
 def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:

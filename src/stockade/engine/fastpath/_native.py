@@ -1,0 +1,81 @@
+"""The fast path's native run: `_native.c`, built beside this module by
+`scripts/build_native.py`, makes one run a single C call instead of about fifteen
+ctypes calls. Optional: `NATIVE_RUN` is None when the library is not built, cannot be
+loaded, or `STOCKADE_FASTPATH_NATIVE=0`; `execute` then runs the Python version.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import POINTER, c_char_p, c_int32, c_int64, c_size_t, c_uint64, c_void_p
+from pathlib import Path
+from typing import Any
+
+from wasmtime import _ffi
+
+from ._capi import Extern
+
+__all__ = ["NATIVE_RUN", "RunIn", "RunOut", "MAX_STRINGS", "RUN_OK", "RUN_FUEL",
+           "RUN_WASI_FILES", "RUN_WASI", "RUN_NO_START", "LIBRARY"]
+
+LIBRARY = Path(__file__).with_name("libstockade_fastrun.so")
+MAX_STRINGS = 1024  # argv and environment entries the C side takes (MAX_STRINGS there)
+RUN_OK, RUN_FUEL, RUN_WASI_FILES, RUN_WASI, RUN_NO_START = 0, 1, 2, 3, 4
+
+# In the order of the C side's function table (its `enum`).
+_FUNCTIONS = (
+    "wasmtime_store_new", "wasmtime_store_context", "wasmtime_store_limiter",
+    "wasmtime_store_delete", "wasmtime_context_set_fuel", "wasmtime_context_get_fuel",
+    "wasmtime_context_set_epoch_deadline", "wasmtime_context_set_wasi", "wasi_config_new",
+    "wasi_config_delete", "wasi_config_set_argv", "wasi_config_set_env",
+    "wasi_config_set_stdin_bytes", "wasi_config_set_stdout_file",
+    "wasi_config_set_stderr_file", "wasm_byte_vec_new", "wasmtime_instance_pre_instantiate",
+    "wasmtime_instance_export_get", "wasmtime_func_call", "wasmtime_memory_data_size",
+    "wasmtime_error_delete",
+)
+
+
+class RunIn(ctypes.Structure):
+    """`run_in` of `_native.c`: what one run is given (strings NUL-separated)."""
+
+    _fields_ = [
+        ("engine", c_void_p), ("pre", c_void_p), ("data", c_void_p),
+        ("max_memory", c_int64), ("fuel", c_uint64), ("has_fuel", c_int32),
+        ("capture_stderr", c_int32), ("deadline", c_uint64),
+        ("argv", c_char_p), ("names", c_char_p), ("values", c_char_p),
+        ("argc", c_size_t), ("envc", c_size_t),
+        ("stdin_data", c_char_p), ("stdin_len", c_size_t),
+        ("out_path", c_char_p), ("err_path", c_char_p),
+        ("max_output", c_int64), ("cap", POINTER(c_int64)),
+    ]
+
+
+class RunOut(ctypes.Structure):
+    """`run_out` of `_native.c`: owned error and trap pointers, sizes, status."""
+
+    _fields_ = [
+        ("error", c_void_p), ("trap", c_void_p), ("memory_bytes", c_uint64),
+        ("fuel_left", c_uint64), ("called", c_int32), ("status", c_int32),
+    ]
+
+
+def _load() -> Any:
+    if os.environ.get("STOCKADE_FASTPATH_NATIVE", "1") == "0" or not LIBRARY.exists():
+        return None
+    try:
+        library = ctypes.CDLL(str(LIBRARY))
+    except OSError:
+        return None
+    addresses = (c_void_p * len(_FUNCTIONS))(
+        *(ctypes.cast(_ffi.dll[name], c_void_p).value for name in _FUNCTIONS))
+    init = library.stockade_fast_init
+    init.argtypes, init.restype = [POINTER(c_void_p), c_size_t, c_size_t], c_int32
+    if init(addresses, len(_FUNCTIONS), Extern.of.offset) != 0:
+        return None
+    run = library.stockade_fast_run
+    run.argtypes, run.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
+    return run
+
+
+NATIVE_RUN: Any = _load()
