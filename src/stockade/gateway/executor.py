@@ -48,6 +48,7 @@ class Prepared(ABC):
         self.sha256 = sha256
         self.observers = tuple(observers)
         self.warm = False
+        self._pid = os.getpid()  # a system call: worker processes are exec'd, never forked
 
     @abstractmethod
     def run(self, invocation: Invocation) -> Result:
@@ -61,7 +62,7 @@ class Prepared(ABC):
 
     def _info(self, invocation: Invocation) -> RunInfo:
         return RunInfo(module=self.spec.module.name, sha256=self.sha256, invocation=invocation,
-                       policy=self.spec.policy, started=time.time(), pid=os.getpid(),
+                       policy=self.spec.policy, started=time.time(), pid=self._pid,
                        coldstart=not self.warm)
 
 

@@ -160,9 +160,9 @@ class InvocationRecord:
             self.warnings = sum(1 for e in self.events if e.name == MONITOR_WARNING)
         self.trace_id: int = 0
         self.span_id: int = 0
-        # The gateway's server span, when the core's Invocation carries a `traceparent`.
-        self.parent: ParentContext | None = parse_traceparent(
-            getattr(invocation, "traceparent", None))
+        # The caller's span: given as ids (the gateway's `parent`) or as a `traceparent`.
+        self.parent: ParentContext | None = getattr(invocation, "parent", None) \
+            or parse_traceparent(invocation.traceparent)
 
     @classmethod
     def build(cls, info: RunInfo, result: Result, end_ns: int | None = None) -> InvocationRecord:
