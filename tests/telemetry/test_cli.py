@@ -58,11 +58,13 @@ def test_doctor_reports_environment_and_protections() -> None:
     proc = stockade("doctor", "--no-worker", "--telemetry", "hybrid")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.decode()
-    for heading in ("Environment", "Telemetry", "Host protections", "Worker protections"):
+    for heading in ("Environment", "Telemetry", "Gateway fast path", "Host protections",
+                    "Worker protections"):
         assert heading in text
     assert "virtualization" in text and "seccomp" in text and "hybrid:" in text
     data = json.loads(stockade("doctor", "--no-worker", "--json").stdout)
     assert data["resource"]["virtualization.type"] == data["environment"]["virtualization"]
+    assert data["fast_path"].startswith("native")  # `make setup` builds it
     bad = stockade("doctor", "--telemetry", "fog")
     assert bad.returncode == 125 and b"unknown telemetry profile" in bad.stderr
 

@@ -29,6 +29,18 @@ def _worker_report() -> tuple[list[tuple[str, str]], str | None]:
             for p in items], None
 
 
+def _fast_path_report() -> str:
+    """How the gateway's fast path runs a fresh instance on this machine."""
+    try:
+        from ..engine.fastpath import _native
+    except Exception as exc:  # noqa: BLE001 - e.g. another wasmtime version: say so
+        return f"unavailable: {exc}"
+    if _native.NATIVE_RUN is not None:
+        return f"native ({_native.LIBRARY.name}: one C call per run)"
+    return ("ctypes (the native run is not built: `make native` or "
+            "scripts/build_native.py; or STOCKADE_FASTPATH_NATIVE=0)")
+
+
 @click.command("doctor")
 @click.option("--telemetry", "profile", metavar="PROFILE",
               help="Show what this export profile resolves to (edge, cloud, on-prem, hybrid).")
@@ -50,6 +62,7 @@ def doctor(profile: str | None, no_worker: bool, as_json: bool) -> None:
               if settings.exports else f"local OTLP-JSON file {settings.file}")
     if not settings.enabled:
         export = "off"
+    fast_path = _fast_path_report()
     if as_json:
         data: dict[str, Any] = {
             "environment": {**environment._asdict(),
@@ -60,6 +73,7 @@ def doctor(profile: str | None, no_worker: bool, as_json: bool) -> None:
                           "hybrid": hybrid.name, "hybrid_reason": hybrid_reason},
             "host_protections": dict(host.summary()),
             "worker_protections": dict(worker), "worker_error": worker_error,
+            "fast_path": fast_path,
         }
         click.echo(json.dumps(data, default=str))
         return
@@ -83,5 +97,6 @@ def doctor(profile: str | None, no_worker: bool, as_json: bool) -> None:
          + (" parent-based" if settings.parent_based else "")),
         ("hybrid would pick", f"{hybrid.name} ({hybrid_reason})"),
     ])
+    _rows("Gateway fast path", [("per-request run", fast_path)])
     _rows("Host protections", host.summary())
     _rows("Worker protections", worker or [("worker", worker_error or "none reported")])
