@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError
-from ..policy import Capabilities, DirGrant, Policy, apply_limit, profile
-from ..policy.loader import read_toml
+from ..policy import Capabilities, DirGrant, Policy, apply_limit
+from ..policy.loader import named_profile, read_toml
 from .settings import Quota, ServerSettings, parse_quota, parse_server, size_or_none
 
 __all__ = ["FunctionSpec", "Manifest", "Quota", "ServerSettings", "load_manifest",
@@ -150,13 +150,7 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
 
 
 def _policy(table: Mapping[str, Any], source: str, where: str, base: Path) -> Policy:
-    name = table.get("profile", "strict")
-    if not isinstance(name, str):
-        raise PolicyError(f"{source}: {where}.profile: expected a string")
-    try:
-        policy = profile(name)
-    except PolicyError as exc:
-        raise PolicyError(f"{source}: {where}.profile: {exc.message}") from None
+    policy = named_profile(table.get("profile", "strict"), f"{source}: {where}.profile")
     for key, value in _table(table.get("limits", {}), source, f"{where}.limits").items():
         policy = apply_limit(policy, key, value, f"{source}: {where}.limits.{key}")
     env = _table(table.get("env", {}), source, f"{where}.env")

@@ -16,7 +16,8 @@ from .model import Capabilities, DirGrant, Policy
 from .profiles import profile
 from .units import parse_duration, parse_size
 
-__all__ = ["load_policy", "policy_from_mapping", "apply_limit", "read_toml", "LIMIT_PARSERS"]
+__all__ = ["load_policy", "policy_from_mapping", "apply_limit", "named_profile", "read_toml",
+           "LIMIT_PARSERS"]
 
 _UNLIMITED = ("unlimited", "none", "inf")
 
@@ -139,6 +140,17 @@ def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabili
                         scratch=scratch)
 
 
+def named_profile(name: Any, where: str) -> Policy:
+    """The profile called `name`, a value found at `where` (file and key). Raises
+    PolicyError naming that place for a non-string or unknown name."""
+    if not isinstance(name, str):
+        raise PolicyError(f"{where}: expected a string")
+    try:
+        return profile(name)
+    except PolicyError as exc:
+        raise PolicyError(f"{where}: {exc.message}") from None
+
+
 def policy_from_mapping(
     data: Mapping[str, Any], source: str, base: Path | None = None, profile_name: str | None = None
 ) -> Policy:
@@ -147,13 +159,7 @@ def policy_from_mapping(
     for key in data:
         if key not in known:
             raise PolicyError(f"{source}: unknown key {key!r} (known: {sorted(known)})")
-    name = profile_name or data.get("profile", "default")
-    if not isinstance(name, str):
-        raise PolicyError(f"{source}: profile: expected a string")
-    try:
-        policy = profile(name)
-    except PolicyError as exc:
-        raise PolicyError(f"{source}: profile: {exc.message}") from None
+    policy = named_profile(profile_name or data.get("profile", "default"), f"{source}: profile")
     limits = data.get("limits", {})
     if not isinstance(limits, Mapping):
         raise PolicyError(f"{source}: limits: expected a table")
