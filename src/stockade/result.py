@@ -52,7 +52,7 @@ _EXIT_CODES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     """Resources one invocation used. Times in milliseconds, sizes in bytes."""
 
@@ -65,7 +65,7 @@ class Usage:
     hostcalls: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """The outcome of `Sandbox.run`: what the guest printed, how it ended, what it used.
 

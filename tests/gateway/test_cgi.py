@@ -54,3 +54,17 @@ def test_output_to_response() -> None:
 def test_malformed_output_is_bad_gateway(output: bytes) -> None:
     with pytest.raises(BadGateway):
         parse_output(output, 100, 100)
+
+
+def test_a_header_block_seen_before_answers_the_same() -> None:
+    # Parsed blocks are remembered; a response's own header list is still its own.
+    output = b"Content-Type: text/plain\nX-Run: 1\n\nbody one"
+    first = parse_output(output, 1024, 1024)
+    first.headers.append((b"x-added", b"by a layer"))
+    second = parse_output(output.replace(b"body one", b"body two"), 1024, 1024)
+    assert second.headers == [(b"content-type", b"text/plain"), (b"x-run", b"1")]
+    assert (second.status, second.body) == (200, b"body two")
+    with pytest.raises(BadGateway):
+        parse_output(b"Bad Header\n\nx", 1024, 1024)
+    with pytest.raises(BadGateway):  # a malformed block is not remembered as good
+        parse_output(b"Bad Header\n\nx", 1024, 1024)

@@ -86,7 +86,29 @@ def parse_output(stdout: bytes, max_body: int, max_header: int) -> Response:
     """The response a function wrote. Raises BadGateway when there is no header block
     within `max_header` bytes, a header is malformed, or the body exceeds `max_body`."""
     end, gap = _header_end(stdout, max_header)
-    lines = stdout[:end].split(b"\n")
+    block = stdout[:end]
+    parsed = _PARSED.get(block)
+    if parsed is None:
+        parsed = _parse_headers(block)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[block] = parsed
+    status, headers = parsed
+    body = stdout[end + gap:]
+    if len(body) > max_body:
+        raise BadGateway(f"the function's response body is larger than {format_size(max_body)}")
+    return Response(status, list(headers), b"" if status in _NO_BODY else body)
+
+
+# A function writes the same header block on most requests: parse each block once.
+# Keys are the exact bytes, so a cached answer is the answer; bounded by clearing.
+_PARSED: dict[bytes, tuple[int, tuple[tuple[bytes, bytes], ...]]] = {}
+_PARSED_MAX = 1024
+
+
+def _parse_headers(block: bytes) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
+    """(status, headers) of a CGI header block. Raises BadGateway for a malformed one."""
+    lines = block.split(b"\n")
     if len(lines) > MAX_HEADER_LINES:
         raise BadGateway(f"the function wrote more than {MAX_HEADER_LINES} CGI header lines")
     status: int | None = None
@@ -107,10 +129,7 @@ def parse_output(stdout: bytes, max_body: int, max_header: int) -> Response:
         if not headers:
             raise BadGateway("the function's CGI header block is empty")
         status = 302 if location else 200
-    body = stdout[end + gap:]
-    if len(body) > max_body:
-        raise BadGateway(f"the function's response body is larger than {format_size(max_body)}")
-    return Response(status, headers, b"" if status in _NO_BODY else body)
+    return status, tuple(headers)
 
 
 def _header_end(stdout: bytes, max_header: int) -> tuple[int, int]:
