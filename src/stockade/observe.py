@@ -25,7 +25,7 @@ def _log_failure(observer: object, stage: str) -> None:
     logging.getLogger("stockade.observe").exception("observer %r failed at run %s", observer, stage)
 
 
-@dataclass
+@dataclass(slots=True)
 class RunInfo:
     """What is known about a run as it starts. `started` is `time.time()`, `pid` the process
     that runs the guest (a worker when isolated), `writable_dirs` the host directories the

@@ -1,9 +1,11 @@
 """Delta aggregation of the invocation metrics for the local file sink.
 
 Between two flushes, each (function name, outcome) pair has one row holding every
-instrument of `instruments.py` (one dictionary lookup per invocation, not one per
-metric); violations are counted per (function name, kind). `drain` returns them as
-OTLP/JSON `Metric` objects with delta temporality (each line of the file covers its
+instrument of `instruments.py`; violations are counted per (function name, kind). An
+invocation only appends its figures to its pair's list; every `FOLD` invocations, and
+at `drain`, the list is folded into the row in bulk (sums, minima and maxima by the
+builtins: a gateway records thousands of invocations a second). `drain` returns the rows
+as OTLP/JSON `Metric` objects with delta temporality (each line of the file covers its
 own time window, so a reader adds them up) and starts over.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .instruments import COUNTERS, HISTOGRAMS, VIOLATIONS
@@ -20,10 +23,14 @@ from .otlpjson import key_values
 if TYPE_CHECKING:
     from .record import InvocationRecord
 
-__all__ = ["DeltaAggregator", "TEMPORALITY_DELTA"]
+__all__ = ["DeltaAggregator", "TEMPORALITY_DELTA", "FOLD"]
 
 TEMPORALITY_DELTA = 1
+FOLD = 256  # invocations appended before they are folded into their row
 _BOUNDS = tuple(h.bounds for h in HISTOGRAMS)
+# One invocation's figures: the three histogram values, then the counters' increments
+# (invocations is implied) in the order of COUNTERS[1:].
+Observation = tuple[float, float, float, int, int, int, int, int]
 
 
 class _Row:
@@ -43,40 +50,57 @@ class DeltaAggregator:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], _Row] = {}
+        self._pending: dict[tuple[str, str], list[Observation]] = {}
         self._violations: dict[tuple[str, str], int] = {}
         self._start_ns = time.time_ns()
 
     def __len__(self) -> int:
-        return len(self._rows) + len(self._violations)
+        return len(self._rows) + len(self._pending) + len(self._violations)
 
     def add(self, record: InvocationRecord) -> None:
         """Add one invocation's measurements."""
-        values = (record.wall_s, record.cpu_ms / 1000, float(record.peak_memory))
+        observation = (record.wall_s, record.cpu_ms / 1000, float(record.peak_memory),
+                       int(record.coldstart), record.fuel_consumed, record.files_created,
+                       record.bytes_written, record.warnings)
         key = (record.metric_name, record.outcome)
         with self._lock:
-            row = self._rows.get(key)
-            if row is None:
-                row = self._rows[key] = _Row()
-            for histogram, value, bounds in zip(row.histograms, values, _BOUNDS, strict=True):
-                histogram[0] += 1
-                histogram[1] += value
-                histogram[2] = min(histogram[2], value)
-                histogram[3] = max(histogram[3], value)
-                histogram[4][bisect.bisect_left(bounds, value)] += 1
-            counters = row.counters
-            counters[0] += 1
-            counters[1] += record.coldstart
-            counters[2] += record.fuel_consumed
-            counters[3] += record.files_created
-            counters[4] += record.bytes_written
-            counters[5] += record.warnings
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = []
+            pending.append(observation)
             if record.violation:
                 self._violations[key] = self._violations.get(key, 0) + 1
+            if len(pending) >= FOLD:
+                self._fold(key, pending)
+                self._pending[key] = []
+
+    def _fold(self, key: tuple[str, str], observations: list[Observation]) -> None:
+        """Add `observations` to the row of `key` (the lock is held)."""
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = _Row()
+        columns = list(zip(*observations, strict=True))
+        count = len(observations)
+        for histogram, values, bounds in zip(row.histograms, columns, _BOUNDS, strict=False):
+            histogram[0] += count
+            histogram[1] += sum(values)
+            histogram[2] = min(histogram[2], min(values))
+            histogram[3] = max(histogram[3], max(values))
+            buckets = histogram[4]
+            for index in map(bisect.bisect_left, repeat(bounds), values):
+                buckets[index] += 1
+        counters = row.counters
+        counters[0] += count
+        for index, values in enumerate(columns[len(_BOUNDS):], start=1):
+            counters[index] += sum(values)
 
     def drain(self) -> list[dict[str, Any]]:
         """The OTLP/JSON `Metric` list since the last drain (empty when nothing was added)."""
         now = time.time_ns()
         with self._lock:
+            for key, pending in self._pending.items():
+                self._fold(key, pending)
+            self._pending = {}
             rows, self._rows = self._rows, {}
             violations, self._violations = self._violations, {}
             start, self._start_ns = self._start_ns, now

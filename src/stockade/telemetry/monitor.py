@@ -174,13 +174,21 @@ class SecurityMonitor:
         (already appended to `info.events`). A limit the run actually hit is not warned.
         A run that was never watched (too short to sample, such as the gateway's inline
         runs) is checked all the same."""
-        with self._lock:  # the sampler checks `done` under the same lock
-            watch = self._watches.pop(id(info), None)
-            if watch is not None:
-                watch.done = True
-        warned = watch.warned if watch is not None else set()
+        watch = None
+        if self._watches:  # most runs (inline ones) were never watched: no lock
+            with self._lock:  # the sampler checks `done` under the same lock
+                watch = self._watches.pop(id(info), None)
+                if watch is not None:
+                    watch.done = True
         limits = info.policy.limits
         usage = result.usage
+        # The common case first, without building the checks: far below every limit.
+        timeout = limits.timeout
+        if (timeout is None or max(usage.wall_ms, usage.cpu_ms) < TIME_RATIO * 1000 * timeout) \
+                and usage.peak_memory_bytes < MEMORY_RATIO * limits.max_memory \
+                and not usage.bytes_written and not usage.files_created:
+            return []
+        warned = watch.warned if watch is not None else set()
         hit = LIMIT_HIT.get(result.outcome)
         checks: list[tuple[str, float, float | None, float]] = [
             ("time", usage.wall_ms / 1000, limits.timeout, TIME_RATIO),
