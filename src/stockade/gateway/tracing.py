@@ -18,22 +18,21 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .messages import Handler, Request, Response
 
 __all__ = ["TraceContext", "TracingLayer", "SpanRecorder", "ServerSpan"]
 
 logger = logging.getLogger("stockade.gateway")
+_SPAN_MASK = (1 << 64) - 1
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
+class TraceContext(NamedTuple):
     """The trace a request belongs to: `trace_id`, the caller's span (`parent_id`, 0 when
     the trace starts here), the server span's own id, and the caller's sampled flag
-    (None when there was no caller)."""
+    (None when there was no caller). A named tuple: one is made per request."""
 
     trace_id: int
     parent_id: int
@@ -45,14 +44,15 @@ class TraceContext:
                      sample: Callable[[int], bool] | None = None) -> TraceContext:
         """Continue the caller's trace, or start one, sampled when `sample(trace_id)`
         says so (None: undecided, left to whoever records the spans)."""
-        span_id = random.getrandbits(64) or 1
+        bits = random.getrandbits(192)  # a span id, and a trace id should one start here
+        span_id = bits & _SPAN_MASK or 1
         if traceparent:
             match = _TRACEPARENT.match(traceparent.strip().lower())
             if match and match.group(1) != b"ff":
                 trace_id, parent_id = int(match.group(2), 16), int(match.group(3), 16)
                 if trace_id and parent_id:
                     return cls(trace_id, parent_id, span_id, bool(int(match.group(4), 16) & 1))
-        trace_id = random.getrandbits(128) or 1
+        trace_id = bits >> 64 or 1
         return cls(trace_id, 0, span_id, None if sample is None else sample(trace_id))
 
     def traceparent(self) -> str:
@@ -61,8 +61,7 @@ class TraceContext:
         return f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSpan:
+class ServerSpan(NamedTuple):
     """A finished HTTP server span: the trace context, route, method, status, times in ns
     since the epoch."""
 
