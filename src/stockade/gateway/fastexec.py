@@ -59,6 +59,8 @@ class FastFunction(Prepared):
         self._output = limits.max_output
         self._limits = limits.as_dict()
         self._name = spec.module.name
+        # Host variables are read once: a worker's environment does not change.
+        self._base_env = guest_env(spec.policy, Invocation())
         self._inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
         self._inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
             else min(limits.timeout, INLINE_TIMEOUT)
@@ -94,7 +96,9 @@ class FastFunction(Prepared):
         info = self._info(invocation) if self.observers else None
         if info is not None and not inline:
             notify_started(self.observers, info)
-        fast = self._module.run((), guest_env(self.spec.policy, invocation), invocation.stdin,
+        env = invocation.env if not self._base_env else \
+            list({**dict(self._base_env), **dict(invocation.env)}.items())
+        fast = self._module.run((), env, invocation.stdin,
                                 fuel=fuel, timeout_s=timeout, max_memory=self._memory,
                                 max_output=self._output, capture_stderr=False)
         if inline and ((fast.outcome is Outcome.FUEL_EXHAUSTED and fuel != self._fuel) or (
