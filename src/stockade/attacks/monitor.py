@@ -9,6 +9,7 @@ so a limit that bites late shows as a long breach-to-containment time.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,9 @@ class Monitor:
 
     def start(self) -> Monitor:
         """Take the starting readings and begin sampling."""
+        # Write back what the machine already holds dirty (a compile cache written just
+        # before, say): the window must count the device work of this run, not earlier.
+        os.sync()
         self._t0 = time.monotonic()
         self._machine0 = cpu_times()
         self._kthreads0 = kernel_threads_cpu()

@@ -278,10 +278,14 @@ _CALLBACKS: dict[str, Any] = {}  # one per call, alive as long as the process: l
 
 
 def _entry(name: str, handler: Handler, params: tuple[str, ...]) -> Any:
-    """The raw host function for `name`: wasmtime-py's callback wrapper would box every
-    argument and the result (a quarter of a forwarded call's cost); this reads them in
-    place. A `GuestStopped` or any other exception is kept on the meter for the sandbox
-    and the guest stopped with a trap (never unwinding into wasmtime)."""
+    """The raw host function for `name` (one per name, shared by every linker):
+    wasmtime-py's callback wrapper would box every argument and the result, a third of a
+    metered call's cost; this reads them in place. A `GuestStopped` or any other
+    exception is kept on the meter for the sandbox and the guest stopped with a trap
+    (never unwinding into wasmtime)."""
+    callback = _CALLBACKS.get(name)
+    if callback is not None:
+        return callback
     wide = tuple(param == "i64" for param in params)
 
     def host_call(_env: Any, caller_ptr: Any, slots: Any, _count: int) -> int:
@@ -310,9 +314,7 @@ def _entry(name: str, handler: Handler, params: tuple[str, ...]) -> Any:
         finally:
             caller._invalidate()
 
-    callback = _CALLBACKS.get(name)
-    if callback is None:
-        callback = _CALLBACKS[name] = _Callback(host_call)
+    callback = _CALLBACKS[name] = _Callback(host_call)
     return callback
 
 
