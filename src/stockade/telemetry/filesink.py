@@ -43,7 +43,7 @@ _SINKS: weakref.WeakSet[FileSink] = weakref.WeakSet()
 def _forget_entropy_after_fork() -> None:
     # A forked child must not hand out the ids its parent will also use.
     for sink in list(_SINKS):
-        sink._entropy = b""
+        sink._entropy, sink._entropy_at = b"", 0
 
 
 os.register_at_fork(after_in_child=_forget_entropy_after_fork)
@@ -68,6 +68,7 @@ class FileSink:
         self._last_flush = time.monotonic()
         self._resource: str | None = None
         self._entropy = b""
+        self._entropy_at = 0
         _SINKS.add(self)
 
     def record(self, record: InvocationRecord) -> None:
@@ -84,10 +85,11 @@ class FileSink:
         """24 random bytes (a trace id and a span id). os.urandom, not `random`, whose
         import costs `stockade run` 1.7 ms; read in blocks, not one system call per run."""
         with self._lock:
-            if len(self._entropy) < 24:
-                self._entropy = os.urandom(_ENTROPY_BLOCK)
-            ids, self._entropy = self._entropy[:24], self._entropy[24:]
-        return ids
+            start = self._entropy_at
+            if start + 24 > len(self._entropy):
+                self._entropy, start = os.urandom(_ENTROPY_BLOCK), 0
+            self._entropy_at = start + 24
+            return self._entropy[start:start + 24]
 
     def span(self, span: SpanData) -> None:
         """Keep `span` if sampled (parent-based, like the invocation spans)."""
@@ -100,9 +102,12 @@ class FileSink:
         return is_sampled(trace_id, self._bound)
 
     def _add_span(self, text: str | None) -> None:
+        if text is None:  # an unsampled span: only the flush interval to look at
+            if self._due():
+                self.flush()
+            return
         with self._lock:
-            if text is not None:
-                self._spans.append(text)
+            self._spans.append(text)
             due = len(self._spans) >= self._batch or self._due()
         if due:
             self.flush()
