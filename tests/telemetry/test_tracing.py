@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from stockade.gateway.invoke import HttpInvocation
 from stockade.gateway.tracing import ServerSpan, TraceContext
 from stockade.invocation import Invocation
 from stockade.telemetry import Telemetry, open_telemetry
@@ -18,18 +18,11 @@ from .runs import make_run
 CALLER = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-@dataclass(frozen=True)
-class TracedInvocation(Invocation):
-    """An Invocation carrying the gateway's `traceparent` (the field telemetry reads)."""
-
-    traceparent: str | None = None
-
-
 def serve_one(telemetry: Telemetry, caller: bytes | None) -> TraceContext:
     """What the gateway does for one request: a server span, an invocation under it."""
     context = TraceContext.from_headers(caller)
     info, result = make_run()
-    info.invocation = TracedInvocation(name="hello", traceparent=context.traceparent())
+    info.invocation = HttpInvocation(name="hello", parent=context.as_parent())
     start = time.time_ns()
     telemetry.observer.run_started(info)
     telemetry.observer.run_finished(info, result)
@@ -45,6 +38,18 @@ def test_traceparent_parsing() -> None:
                                                  0x00F067AA0BA902B7)
     for bad in (None, b"", b"ff-" + CALLER[3:], b"00-" + b"0" * 32 + CALLER[35:], b"00-xyz"):
         assert parse_traceparent(bad) is None
+
+
+def test_a_traceparent_string_names_the_parent_too(tmp_path: Path) -> None:
+    # What a library caller passes: the core Invocation's W3C `traceparent`.
+    with open_telemetry() as telemetry:
+        info, result = make_run()
+        info.invocation = Invocation(name="hello", traceparent=CALLER.decode())
+        telemetry.observer.run_finished(info, result)
+    line = json.loads((tmp_path / "state" / "telemetry.jsonl").read_text().splitlines()[0])
+    (span,) = line["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert (span["traceId"], span["parentSpanId"]) == (CALLER[3:35].decode(),
+                                                        CALLER[36:52].decode())
 
 
 def test_file_spans_share_the_callers_trace(tmp_path: Path) -> None:
@@ -81,17 +86,17 @@ def test_sdk_spans_keep_the_gateways_ids(http_receiver: HttpReceiver) -> None:
 
 
 def test_a_trace_starting_at_the_gateway_is_kept_or_dropped_whole(tmp_path: Path) -> None:
-    # Head sampling: the server span's decision travels to the invocation in traceparent.
+    # Head sampling: the server span's decision travels to the invocation as its parent.
     env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
     with open_telemetry(env=env) as telemetry:
         contexts = []
         for _ in range(200):
             context = TraceContext.from_headers(None, telemetry.samples)
             assert context.sampled is not None
-            assert context.traceparent().endswith("-01" if context.sampled else "-00")
+            assert context.as_parent().sampled is context.sampled
             contexts.append(context)
             info, result = make_run()
-            info.invocation = TracedInvocation(name="hello", traceparent=context.traceparent())
+            info.invocation = HttpInvocation(name="hello", parent=context.as_parent())
             telemetry.observer.run_finished(info, result)
             if context.sampled:  # what TracingLayer does: unsampled builds no span
                 telemetry.record_server_span(ServerSpan(

@@ -68,10 +68,9 @@ class Invoker:
         spec = route.spec
         await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
-        parent = None if trace is None else \
-            ParentContext(trace.trace_id, trace.span_id, trace.sampled is not False)
         invocation = HttpInvocation(stdin=request.body, env=cgi_environ(request, spec.route),
-                                    name=spec.name, tenant=spec.tenant, parent=parent)
+                                    name=spec.name, tenant=spec.tenant,
+                                    parent=trace.as_parent() if trace else None)
         result: Result | None = None
         spent = 0.0
         if self.inline:

@@ -7,7 +7,7 @@ server span to a `SpanRecorder` (the telemetry pipeline), never raising into a r
 
 Sampling is decided once, at the head: a caller's flag is followed, a trace that
 starts here is sampled by the recorder's ratio. The invocation span inherits the
-decision through its `traceparent`, so a trace is kept or dropped whole, and an
+decision as its parent (`as_parent`), so a trace is kept or dropped whole, and an
 unsampled request builds no span at all.
 """
 
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
+from ..telemetry.record import ParentContext
 from .messages import Handler, Request, Response
 
 __all__ = ["TraceContext", "TracingLayer", "SpanRecorder", "ServerSpan"]
@@ -55,10 +56,10 @@ class TraceContext(NamedTuple):
         trace_id = bits >> 64 or 1
         return cls(trace_id, 0, span_id, None if sample is None else sample(trace_id))
 
-    def traceparent(self) -> str:
-        """This server span as a `traceparent` value (for the invocation's parent)."""
-        flags = "00" if self.sampled is False else "01"
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{flags}"
+    def as_parent(self) -> ParentContext:
+        """This server span as the parent of the invocation it runs (sampled unless the
+        decision was no)."""
+        return ParentContext(self.trace_id, self.span_id, self.sampled is not False)
 
 
 class ServerSpan(NamedTuple):
