@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from build_guests import stale  # this folder is on the path of a script run from it
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "src" / "stockade" / "engine" / "fastpath" / "_native.c"
 # Not `_native.so`: Python would take that for an extension module named `_native`.
@@ -17,7 +19,7 @@ FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared"]
 
 
 def main() -> int:
-    if TARGET.exists() and TARGET.stat().st_mtime >= SOURCE.stat().st_mtime:
+    if not stale(TARGET, SOURCE):
         print(f"build_native: {TARGET.name} up to date")
         return 0
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

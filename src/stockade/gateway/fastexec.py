@@ -60,7 +60,7 @@ class FastFunction(Prepared):
         self._limits = limits.as_dict()
         self._name = spec.module.name
         # Host variables are read once: a worker's environment does not change.
-        self._base_env = guest_env(spec.policy, Invocation())
+        self._base_env = dict(guest_env(spec.policy, Invocation()))
         self._inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
         self._inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
             else min(limits.timeout, INLINE_TIMEOUT)
@@ -97,7 +97,7 @@ class FastFunction(Prepared):
         if info is not None and not inline:
             notify_started(self.observers, info)
         env = invocation.env if not self._base_env else \
-            list({**dict(self._base_env), **dict(invocation.env)}.items())
+            list({**self._base_env, **dict(invocation.env)}.items())
         fast = self._module.run((), env, invocation.stdin,
                                 fuel=fuel, timeout_s=timeout, max_memory=self._memory,
                                 max_output=self._output, capture_stderr=False)

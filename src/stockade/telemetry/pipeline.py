@@ -202,7 +202,7 @@ class Telemetry:
 
     def record_server_span(self, span: ServerSpanLike) -> None:
         """Record the gateway's HTTP server span with the ids the gateway chose, so that
-        invocation spans carrying its `traceparent` are its children. Never raises."""
+        invocation spans naming it as their parent are its children. Never raises."""
         if not self._recording:
             return
         context = span.context
