@@ -14,6 +14,7 @@ import wasmtime
 
 from stockade.engine.config import EngineConfig
 from stockade.engine.fastpath import (
+    EnvBlock,
     FastEngine,
     FastModule,
     FastPathUnavailable,
@@ -439,3 +440,17 @@ def test_version_pin() -> None:
 def test_more_strings_than_the_native_run_takes(hello: FastModule) -> None:
     env = {f"V{i}": str(i) for i in range(_native.MAX_STRINGS + 10)}
     assert hello.run(["a"], env).outcome is Outcome.EXITED
+
+
+def test_a_plan_runs_many_times_and_a_malformed_block_is_refused(
+        engine: FastEngine, hello: FastModule) -> None:
+    plan = engine.plan(hello, ["x"], timeout_s=10.0, max_output=1 << 16)
+    block = EnvBlock(b"GREETING\0B\0", b"hi\0\0", 2)
+    outputs = {engine.run_plan(plan, block).stdout for _ in range(3)}
+    assert len(outputs) == 1 and b"x" in outputs.pop()
+    # Entries that do not match the count, or are not UTF-8, never reach the guest.
+    for bad in (EnvBlock(b"A\0B", b"1\0\0", 2), EnvBlock(b"A\0", b"1\0", 2),
+                EnvBlock(b"A\0", b"\xff\0", 1)):
+        with pytest.raises(ValueError):
+            engine.run_plan(plan, bad)
+    assert engine.run_plan(plan, block).outcome is Outcome.EXITED

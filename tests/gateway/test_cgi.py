@@ -68,3 +68,29 @@ def test_a_header_block_seen_before_answers_the_same() -> None:
         parse_output(b"Bad Header\n\nx", 1024, 1024)
     with pytest.raises(BadGateway):  # a malformed block is not remembered as good
         parse_output(b"Bad Header\n\nx", 1024, 1024)
+
+
+def test_environment_as_bytes_matches_the_text_pairs() -> None:
+    from stockade.gateway.cgi import CgiEnvironment
+
+    req = request(headers=[(b"host", b"h:1"), (b"content-type", b"a/b"), (b"x-caf\xe9", b"v"),
+                           (b"x-latin", b"caf\xe9"), (b"content-type", b"c/d")])
+    names, values, count = CgiEnvironment("/fn", (("PATH", "/bin"), ("HTTP_X", "host"),
+                                                  ("QUERY_STRING", "host"))).block(req)
+    pairs = list(zip(names.split(b"\0")[:-1], values.split(b"\0")[:-1], strict=True))
+    assert len(pairs) == count and pairs[-1] == (b"PATH", b"/bin")
+    env = dict(pairs)
+    # The last Content-Type wins; Latin-1 header bytes become UTF-8 text; host variables
+    # named like CGI ones never shadow the request's (nor appear at all).
+    assert env[b"CONTENT_TYPE"] == b"c/d" and env[b"HTTP_X_LATIN"] == "café".encode()
+    assert env[b"QUERY_STRING"] == b"q=1" and b"HTTP_X" not in env
+    assert not any(name.startswith(b"HTTP_X_CAF") for name in env)
+    assert dict(cgi_environ(req, "/fn")) == {
+        name.decode(): value.decode() for name, value in pairs if name != b"PATH"}
+
+
+def test_a_nul_byte_in_a_header_is_a_bad_request() -> None:
+    from stockade.gateway.cgi import CgiEnvironment
+
+    with pytest.raises(BadRequest):
+        CgiEnvironment("/fn").block(request(headers=[(b"x-a", b"a\0b")]))

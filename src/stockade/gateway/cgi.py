@@ -19,67 +19,128 @@ from ..policy import format_size
 from .messages import Headers, Request, Response
 from .problem import BadGateway, BadRequest
 
-__all__ = ["cgi_environ", "parse_output", "MAX_HEADER_LINES", "SERVER_SOFTWARE"]
+__all__ = ["CgiEnvironment", "EnvBlock", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
+           "SERVER_SOFTWARE"]
 
 SERVER_SOFTWARE = "Stockade"
 MAX_HEADER_LINES = 100
 # Never passed to functions: credentials (CGI/1.1, RFC 3875 4.1.18) and `Proxy`, which
 # would become HTTP_PROXY (httpoxy).
 _WITHHELD = {b"authorization", b"proxy-authorization", b"proxy"}
-_ENV_NAME = re.compile(r"^[A-Z0-9_]+$")
+_ENV_NAME = re.compile(rb"^[A-Z0-9_]+$")
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DROPPED = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade",
             b"te", b"trailer", b"proxy-connection"}
 _NO_BODY = (204, 304)
+# The variables every request gets, in this order (then CONTENT_TYPE and HTTP_*).
+_FIXED = (b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"SERVER_NAME",
+          b"SERVER_PORT", b"REQUEST_METHOD", b"SCRIPT_NAME", b"PATH_INFO", b"PATH_TRANSLATED",
+          b"QUERY_STRING", b"CONTENT_LENGTH", b"REMOTE_ADDR", b"X_MATCHED_ROUTE",
+          b"X_RAW_PATH_INFO", b"X_FULL_URL")
+_FIXED_NAMES = b"".join(name + b"\0" for name in _FIXED)
+# Header name -> variable name (b"" for one never passed), learned once per name.
+_HEADER_KEYS: dict[bytes, bytes] = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
+_HEADER_KEYS_MAX = 4096
+
+EnvBlock = tuple[bytes, bytes, int]
+"""Names, values (each entry UTF-8 ending in NUL) and their count: what the fast path
+takes (`stockade.engine.fastpath.EnvBlock`)."""
+
+
+class CgiEnvironment:
+    """The CGI variables of requests routed at prefix `route`, as bytes, after `base`
+    (the host variables a function gets). A base variable named like a CGI one
+    (`HTTP_*`, `CONTENT_TYPE`, the fixed names) is not passed: the request's own wins."""
+
+    def __init__(self, route: str, base: tuple[tuple[str, str], ...] = ()) -> None:
+        prefix = "" if route == "/" else route
+        self._prefix, self._prefix_bytes = prefix, prefix.encode()
+        self._matched = (prefix + "/...").encode()
+        kept = [(name, value) for name, value in base
+                if name.encode() not in _FIXED and name != "CONTENT_TYPE"
+                and not name.startswith("HTTP_")]
+        self._base_names = b"".join(name.encode() + b"\0" for name, _ in kept)
+        self._base_values = b"".join(value.encode() + b"\0" for _, value in kept)
+        self._base_count = len(kept)
+
+    def block(self, request: Request) -> EnvBlock:
+        """The variables for `request` (base ones last). Raises BadRequest when the
+        request has a NUL byte where a variable's value comes from."""
+        path = request.path
+        if "\0" in path:
+            raise BadRequest("the request path contains a NUL byte")
+        prefix = self._prefix
+        path_info = path[len(prefix):].encode()
+        raw = request.raw_path or path.encode()
+        raw_info = _text(raw[len(prefix):]) if raw.startswith(self._prefix_bytes) \
+            else path_info
+        headers = request.headers
+        host_header = next((value for key, value in headers if key == b"host"), None)
+        server_host, server_port = request.server or ("", None)
+        host = _text(host_header) if host_header else server_host.encode()
+        server_name = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+        query = request.query.encode()
+        url = [request.scheme.encode(), b"://", host, path.encode()]
+        if query:
+            url += [b"?", query]
+        values = [
+            b"CGI/1.1", b"Stockade", b"HTTP/" + request.http_version.encode(), server_name,
+            b"" if server_port is None else str(server_port).encode(), request.method.encode(),
+            self._prefix_bytes, path_info, path_info, query, str(len(request.body)).encode(),
+            request.client[0].encode() if request.client else b"", self._matched, raw_info,
+            b"".join(url), b"",
+        ]
+        names = [_FIXED_NAMES]
+        extra: dict[bytes, bytes] = {}
+        for name, value in headers:
+            key = _HEADER_KEYS.get(name)
+            if key is None:
+                key = _header_key(name)
+            if not key:
+                continue
+            value = _text(value)
+            if key in extra and key != b"CONTENT_TYPE":
+                value = extra[key] + b", " + value
+            extra[key] = value
+        count = len(_FIXED) + len(extra) + self._base_count
+        if extra:
+            names += [key + b"\0" for key in extra]
+            values[-1:] = [*extra.values(), b""]
+        names.append(self._base_names)
+        joined = b"\0".join(values) + self._base_values
+        if joined.count(b"\0") != count:
+            raise BadRequest("a request header contains a NUL byte")
+        return b"".join(names), joined, count
+
+    def pairs(self, request: Request) -> tuple[tuple[str, str], ...]:
+        """The same variables as text (name, value) pairs."""
+        names, values, _ = self.block(request)
+        return tuple(zip(names.decode().split("\0")[:-1], values.decode().split("\0")[:-1],
+                         strict=True))
 
 
 def cgi_environ(request: Request, route: str) -> tuple[tuple[str, str], ...]:
-    """The CGI variables for `request` routed at prefix `route`. Raises BadRequest when
-    the path cannot be passed (a NUL byte)."""
-    if "\0" in request.path:
-        raise BadRequest("the request path contains a NUL byte")
-    prefix = "" if route == "/" else route
-    path_info = request.path[len(prefix):]
-    raw = request.raw_path or request.path.encode()
-    raw_info = raw[len(prefix):].decode("latin-1") if raw.startswith(prefix.encode()) \
-        else path_info
-    host_header = request.header(b"host")
-    server_host, server_port = request.server or ("", None)
-    host = host_header.decode("latin-1") if host_header else server_host
-    server_name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    query = request.query
-    env: dict[str, str] = {
-        "GATEWAY_INTERFACE": "CGI/1.1",
-        "SERVER_SOFTWARE": SERVER_SOFTWARE,
-        "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
-        "SERVER_NAME": server_name,
-        "SERVER_PORT": "" if server_port is None else str(server_port),
-        "REQUEST_METHOD": request.method,
-        "SCRIPT_NAME": prefix,
-        "PATH_INFO": path_info,
-        "PATH_TRANSLATED": path_info,
-        "QUERY_STRING": query,
-        "CONTENT_LENGTH": str(len(request.body)),
-        "REMOTE_ADDR": request.client[0] if request.client else "",
-        "X_MATCHED_ROUTE": prefix + "/...",
-        "X_RAW_PATH_INFO": raw_info,
-        "X_FULL_URL": f"{request.scheme}://{host}{request.path}" + (f"?{query}" if query
-                                                                     else ""),
-    }
-    for name, value in request.headers:
-        if name in _WITHHELD:
-            continue
-        text = value.decode("latin-1")
-        if name == b"content-type":
-            env["CONTENT_TYPE"] = text
-            continue
-        if name == b"content-length":
-            continue
-        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        if _ENV_NAME.match(key):
-            env[key] = f"{env[key]}, {text}" if key in env else text
-    return tuple(env.items())
+    """The CGI variables for `request` routed at prefix `route`, as text pairs. Raises
+    BadRequest when the path cannot be passed (a NUL byte)."""
+    return CgiEnvironment(route).pairs(request)
+
+
+def _header_key(name: bytes) -> bytes:
+    """The variable for header `name` (b"" when it is withheld or not a valid name)."""
+    key = b"" if name in _WITHHELD else b"HTTP_" + name.upper().replace(b"-", b"_")
+    if key and not _ENV_NAME.match(key):
+        key = b""
+    if len(_HEADER_KEYS) >= _HEADER_KEYS_MAX:
+        _HEADER_KEYS.clear()
+        _HEADER_KEYS.update({b"content-type": b"CONTENT_TYPE", b"content-length": b""})
+    _HEADER_KEYS[name] = key
+    return key
+
+
+def _text(value: bytes) -> bytes:
+    """Header bytes as UTF-8 text: ASCII as it is, other bytes read as Latin-1."""
+    return value if value.isascii() else value.decode("latin-1").encode()
 
 
 def parse_output(stdout: bytes, max_body: int, max_header: int) -> Response:

@@ -30,6 +30,7 @@ from ..sandbox.imports import denied_import
 from .manifest import FunctionSpec
 
 if TYPE_CHECKING:
+    from .cgi import CgiEnvironment
     from .fastexec import FastExecutor
 
 __all__ = ["Prepared", "SandboxExecutor", "DeniedFunction", "Executors", "fast_refusal",
@@ -39,9 +40,12 @@ logger = logging.getLogger("stockade.gateway")
 
 
 class Prepared(ABC):
-    """A function ready to run: `kind` names the executor, `sha256` the module."""
+    """A function ready to run: `kind` names the executor, `sha256` the module. `cgi`
+    is set by executors that take a request's CGI variables as bytes (`HttpInvocation.
+    env_block`); the others get them as `Invocation.env`."""
 
     kind = "none"
+    cgi: CgiEnvironment | None = None
 
     def __init__(self, spec: FunctionSpec, sha256: str, observers: Sequence[RunObserver]):
         self.spec = spec

@@ -23,11 +23,12 @@ import time
 from collections.abc import Sequence
 
 from ..engine import EngineConfig, LoadedModule, get_engine
-from ..engine.fastpath import FastEngine, FastModule, FastResult
+from ..engine.fastpath import EnvBlock, FastEngine, FastModule, FastResult, encode_env
 from ..invocation import Invocation
 from ..observe import RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
 from ..sandbox.wasi import guest_env
+from .cgi import CgiEnvironment
 from .executor import Prepared
 from .manifest import FunctionSpec
 
@@ -52,18 +53,26 @@ class FastFunction(Prepared):
                  observers: Sequence[RunObserver]) -> None:
         super().__init__(spec, sha256, observers)
         self._module = module
+        self._engine = module.engine
         limits = spec.policy.limits
         self._fuel = limits.fuel
         self._timeout = limits.timeout
-        self._memory = limits.max_memory
-        self._output = limits.max_output
         self._limits = limits.as_dict()
         self._name = spec.module.name
         # Host variables are read once: a worker's environment does not change.
-        self._base_env = dict(guest_env(spec.policy, Invocation()))
-        self._inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
-        self._inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
+        self._base_env = tuple(guest_env(spec.policy, Invocation()))
+        self.cgi = CgiEnvironment(spec.route, self._base_env)
+        # Arguments and limits are checked once, here, not per request.
+        inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
+        inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
             else min(limits.timeout, INLINE_TIMEOUT)
+        plan = self._engine.plan
+        self._plan = plan(module, fuel=limits.fuel, timeout_s=limits.timeout,
+                          max_memory=limits.max_memory, max_output=limits.max_output,
+                          capture_stderr=False)
+        self._inline_plan = plan(module, fuel=inline_fuel, timeout_s=inline_timeout,
+                                 max_memory=limits.max_memory, max_output=limits.max_output,
+                                 capture_stderr=False)
         self._inline_after = 0.0
         self._inline_strikes = 0
 
@@ -91,18 +100,13 @@ class FastFunction(Prepared):
         return self._run(invocation, inline=True)
 
     def _run(self, invocation: Invocation, inline: bool) -> tuple[Result | None, float]:
-        fuel, timeout = (self._inline_fuel, self._inline_timeout) if inline \
-            else (self._fuel, self._timeout)
+        plan = self._inline_plan if inline else self._plan
         info = self._info(invocation) if self.observers else None
         if info is not None and not inline:
             notify_started(self.observers, info)
-        env = invocation.env if not self._base_env else \
-            list({**self._base_env, **dict(invocation.env)}.items())
-        fast = self._module.run((), env, invocation.stdin,
-                                fuel=fuel, timeout_s=timeout, max_memory=self._memory,
-                                max_output=self._output, capture_stderr=False)
-        if inline and ((fast.outcome is Outcome.FUEL_EXHAUSTED and fuel != self._fuel) or (
-                fast.outcome is Outcome.TIMEOUT and timeout != self._timeout)):
+        fast = self._engine.run_plan(plan, self._env(invocation), invocation.stdin)
+        if inline and ((fast.outcome is Outcome.FUEL_EXHAUSTED and plan.fuel != self._plan.fuel)
+                       or (fast.outcome is Outcome.TIMEOUT and plan.timeout_s != self._timeout)):
             if self._outgrew_inline(fast):
                 self._inline_after = time.monotonic() + INLINE_BACKOFF
             return None, fast.cpu_s
@@ -114,6 +118,14 @@ class FastFunction(Prepared):
             # An inline run is over before a monitor could sample it: only its end is told.
             notify_finished(self.observers, info, result)
         return result, fast.cpu_s
+
+    def _env(self, invocation: Invocation) -> EnvBlock:
+        """The guest's environment: a request's CGI block as the gateway built it (host
+        variables included), or the host variables under an invocation's own."""
+        block = getattr(invocation, "env_block", None)
+        if block is not None:
+            return EnvBlock(*block)
+        return encode_env({**dict(self._base_env), **dict(invocation.env)})
 
 
 class FastExecutor:

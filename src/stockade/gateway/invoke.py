@@ -18,7 +18,7 @@ from ..invocation import Invocation
 from ..policy import format_size
 from ..result import Outcome, Result
 from ..telemetry.record import ParentContext
-from .cgi import cgi_environ, parse_output
+from .cgi import EnvBlock, cgi_environ, parse_output
 from .manifest import HEADER_ALLOWANCE
 from .messages import Request, Response
 from .problem import BadGateway, Forbidden, GatewayTimeout, HttpProblem, Unavailable
@@ -46,10 +46,12 @@ class HttpInvocation(Invocation):
     """An invocation made for an HTTP request: `parent` is the request's server span, so
     telemetry records the invocation span as its child (the ids themselves: formatting
     and parsing a `traceparent` per request costs more); `trigger` is the OTel
-    `faas.trigger` of its span."""
+    `faas.trigger` of its span; `env_block` the CGI variables as bytes, for an executor
+    that takes them so (`Prepared.cgi`), instead of `env`."""
 
     parent: ParentContext | None = None
     trigger: str = "http"
+    env_block: EnvBlock | None = None
 
 
 class Invoker:
@@ -68,9 +70,14 @@ class Invoker:
         spec = route.spec
         await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
-        invocation = HttpInvocation(stdin=request.body, env=cgi_environ(request, spec.route),
-                                    name=spec.name, tenant=spec.tenant,
-                                    parent=trace.as_parent() if trace else None)
+        parent = trace.as_parent() if trace else None
+        cgi = route.prepared.cgi
+        if cgi is not None:
+            invocation = HttpInvocation(stdin=request.body, env_block=cgi.block(request),
+                                        name=spec.name, tenant=spec.tenant, parent=parent)
+        else:
+            invocation = HttpInvocation(stdin=request.body, env=cgi_environ(request, spec.route),
+                                        name=spec.name, tenant=spec.tenant, parent=parent)
         result: Result | None = None
         spent = 0.0
         if self.inline:

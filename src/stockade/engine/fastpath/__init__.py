@@ -3,9 +3,11 @@
 `FastEngine` is a pooling-allocator engine driven by direct ctypes calls (no
 wasmtime-py wrapper objects per call); `FastModule` is a module pre-linked against
 WASI preview 1 (with Stockade's own `poll_oneoff`, so sleeps end at the deadline);
-`FastEngine.run` returns a `FastResult`. Output is captured in memfds whose cap holds
-while the guest runs. Pinned to wasmtime 50.x: importing this package raises
-`FastPathUnavailable` with any other version; callers fall back to the standard path.
+`FastEngine.run` returns a `FastResult` (`plan` and `run_plan` split it in two, so a
+caller that runs the same way many times checks its arguments once). Output is
+captured in memfds whose cap holds while the guest runs. Pinned to wasmtime 50.x:
+importing this package raises `FastPathUnavailable` with any other version; callers
+fall back to the standard path.
 
 Modules: `_capi` (the C functions), `_engine` (engine, admission, epoch ticker),
 `_module` (loading and linking), `_run` (one run and its verdict), `_poll` (the owned
@@ -19,8 +21,9 @@ Modules: `_capi` (the C functions), `_engine` (engine, admission, epoch ticker),
 from __future__ import annotations
 
 from ._capi import FastPathUnavailable
-from ._engine import FastEngine
+from ._engine import FastEngine, encode_env
 from ._module import FastModule
-from ._run import FastResult
+from ._run import NO_ENV, EnvBlock, FastResult, RunPlan
 
-__all__ = ["FastEngine", "FastModule", "FastResult", "FastPathUnavailable"]
+__all__ = ["FastEngine", "FastModule", "FastResult", "FastPathUnavailable", "RunPlan",
+           "EnvBlock", "NO_ENV", "encode_env"]

@@ -24,9 +24,9 @@ from ..ticker import TICK_SECONDS
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import Env, FastModule, prepare, raise_load
 from ._poll import define_poll_oneoff
-from ._run import FastResult, RunSlot, execute
+from ._run import EnvBlock, FastResult, RunPlan, RunSlot, execute
 
-__all__ = ["FastEngine"]
+__all__ = ["FastEngine", "encode_env"]
 
 _NO_DEADLINE = 1 << 62
 _MAX_FUEL = (1 << 64) - 1
@@ -183,10 +183,29 @@ class FastEngine:
         `max_output` bytes of stdout + stderr together (None: unlimited; enforced while
         the guest runs, within a tick). `capture_stderr=False` discards stderr, saving
         a file open per call. Waits while `max_instances` runs are in flight. Raises
-        UsageError for bad arguments.
+        UsageError for bad arguments. `plan` and `run_plan` do the same in two steps,
+        checking the arguments once for many runs.
         """
+        if not isinstance(stdin, bytes | bytearray | memoryview):
+            raise UsageError(f"stdin must be bytes, not {type(stdin).__name__}")
+        plan = self.plan(module, args, fuel=fuel, timeout_s=timeout_s, max_memory=max_memory,
+                         max_output=max_output, capture_stderr=capture_stderr)
+        return self.run_plan(plan, encode_env(env), bytes(stdin))
+
+    def plan(
+        self,
+        module: FastModule,
+        args: Iterable[str] = (),
+        *,
+        fuel: int | None = None,
+        timeout_s: float | None = None,
+        max_memory: int | None = None,
+        max_output: int | None = None,
+        capture_stderr: bool = True,
+    ) -> RunPlan:
+        """Check a run's arguments and limits once (see `run`) for `run_plan`. Raises
+        UsageError."""
         argv = _encode_args(module.name, args)
-        env_lists = _encode_env(env)
         budget = self._fuel(fuel)
         memory = self.max_memory if max_memory is None else max_memory
         if not 0 < memory <= self.max_memory:
@@ -194,16 +213,20 @@ class FastEngine:
                              "(the engine's pool slot size)")
         if max_output is not None and max_output < 0:
             raise UsageError(f"max_output={max_output} must not be negative")
-        if not isinstance(stdin, bytes | bytearray | memoryview):
-            raise UsageError(f"stdin must be bytes, not {type(stdin).__name__}")
         deadline = _NO_DEADLINE if timeout_s is None else self._deadline(timeout_s)
-        slot = self._admit(module)
+        return RunPlan(module, b"".join(arg + b"\0" for arg in argv), len(argv), budget,
+                       deadline, timeout_s, memory, max_output, capture_stderr)
+
+    def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
+        """Run a checked plan with `env` (`encode_env`) and `stdin` (bytes): `run` without
+        checking its arguments again. Waits while `max_instances` runs are in flight."""
+        slot = self._admit(plan.module)
+        timeout_s = plan.timeout_s
         slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            return execute(self._engine, module._pre, slot, argv, env_lists, bytes(stdin),
-                           budget, deadline, memory, max_output, capture_stderr)
+            return execute(self._engine, plan, slot, env, stdin)
         finally:
-            self._release(module, slot)
+            self._release(plan.module, slot)
 
     def _fuel(self, fuel: int | None) -> int | None:
         if not self.config.fuel:
@@ -346,21 +369,22 @@ def _encode_args(name: str, args: Iterable[str]) -> list[bytes]:
     return encoded
 
 
-def _encode_env(env: Env) -> tuple[list[bytes], list[bytes]]:
-    """(names, values) as bytes. One encode and one scan per list on the per-request
-    path; a bad entry is found again by `_arg`, which raises UsageError naming it."""
+def encode_env(env: Env) -> EnvBlock:
+    """`env` as an `EnvBlock`. One encode and one scan per list; a bad entry is found
+    again by `_arg`, which raises UsageError naming it."""
     pairs = list(env.items() if isinstance(env, Mapping) else env)
+    if not pairs:
+        return EnvBlock(b"", b"", 0)
     try:
-        names = [name.encode() for name, _ in pairs]
-        values = [value.encode() for _, value in pairs]
+        names = b"\0".join([name.encode() for name, _ in pairs]) + b"\0"
+        values = b"\0".join([value.encode() for _, value in pairs]) + b"\0"
     except (AttributeError, UnicodeEncodeError):
-        names = values = []
-    joined_names, joined_values = b"".join(names), b"".join(values)
-    if len(names) != len(pairs) or b"\0" in joined_names or b"=" in joined_names \
-            or b"\0" in joined_values:
-        names = [_arg(name, "environment name", "=") for name, _ in pairs]
-        values = [_arg(value, "environment value") for _, value in pairs]
-    return names, values
+        names = values = b""
+    if names.count(b"\0") != len(pairs) or b"=" in names \
+            or values.count(b"\0") != len(pairs):
+        names = b"".join(_arg(name, "environment name", "=") + b"\0" for name, _ in pairs)
+        values = b"".join(_arg(value, "environment value") + b"\0" for _, value in pairs)
+    return EnvBlock(names, values, len(pairs))
 
 
 def _arg(value: str, what: str, forbidden: str = "") -> bytes:

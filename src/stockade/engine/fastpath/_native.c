@@ -29,7 +29,7 @@ static size_t extern_of; /* offset of the union in wasmtime_extern_t */
 
 /* Outcome of the steps before the guest runs (status): the error, if any, is in `error`. */
 enum { RUN_OK = 0, RUN_FUEL = 1, RUN_WASI_FILES = 2, RUN_WASI = 3, RUN_NO_START = 4,
-       RUN_TOO_MANY = 5 };
+       RUN_TOO_MANY = 5, RUN_BAD_STRINGS = 6 };
 
 typedef struct {
     void *engine, *pre, *data;
@@ -37,8 +37,9 @@ typedef struct {
     uint64_t fuel;
     int32_t has_fuel, capture_stderr;
     uint64_t deadline;
-    const char *argv, *names, *values; /* NUL-separated strings */
+    const char *argv, *names, *values; /* NUL-terminated entries, back to back */
     size_t argc, envc;
+    size_t argv_len, names_len, values_len; /* bytes, terminators included */
     const uint8_t *stdin_data;
     size_t stdin_len;
     const char *out_path, *err_path;
@@ -61,12 +62,17 @@ int stockade_fast_init(void **functions, size_t count, size_t union_offset) {
     return 0;
 }
 
-static size_t split(const char *blob, size_t count, const char **out) {
+/* Point `out` at the `count` entries of `blob`; false unless exactly `count` entries
+ * end within `len` bytes (a malformed block is refused, never read past). */
+static bool split(const char *blob, size_t len, size_t count, const char **out) {
+    const char *end = blob + len;
     for (size_t i = 0; i < count; i++) {
+        const char *nul = blob < end ? memchr(blob, 0, (size_t)(end - blob)) : NULL;
+        if (!nul) return false;
         out[i] = blob;
-        blob += strlen(blob) + 1;
+        blob = nul + 1;
     }
-    return count;
+    return blob == end;
 }
 
 int stockade_fast_run(const run_in *in, run_out *out) {
@@ -76,6 +82,12 @@ int stockade_fast_run(const run_in *in, run_out *out) {
     memset(out, 0, sizeof *out);
     if (in->argc > MAX_STRINGS || in->envc > MAX_STRINGS) {
         out->status = RUN_TOO_MANY;
+        return 0;
+    }
+    if (!split(in->argv, in->argv_len, in->argc, argv)
+        || !split(in->names, in->names_len, in->envc, names)
+        || !split(in->values, in->values_len, in->envc, values)) {
+        out->status = RUN_BAD_STRINGS;
         return 0;
     }
     void *store = CALL(F_STORE_NEW, void *(*)(void *, void *, void *))(in->engine, in->data, NULL);
@@ -89,13 +101,14 @@ int stockade_fast_run(const run_in *in, run_out *out) {
     CALL(F_SET_EPOCH_DEADLINE, void (*)(void *, uint64_t))(cx, in->deadline);
 
     void *wasi = CALL(F_WASI_NEW, void *(*)(void))();
-    split(in->argv, in->argc, argv);
-    CALL(F_WASI_ARGV, bool (*)(void *, size_t, const char **))(wasi, in->argc, argv);
-    if (in->envc) {
-        split(in->names, in->envc, names);
-        split(in->values, in->envc, values);
-        CALL(F_WASI_ENV, bool (*)(void *, size_t, const char **, const char **))(
-            wasi, in->envc, names, values);
+    /* Both refuse text that is not UTF-8. */
+    if (!CALL(F_WASI_ARGV, bool (*)(void *, size_t, const char **))(wasi, in->argc, argv)
+        || (in->envc && !CALL(F_WASI_ENV, bool (*)(void *, size_t, const char **,
+                                                   const char **))(
+                wasi, in->envc, names, values))) {
+        CALL(F_WASI_DELETE, void (*)(void *))(wasi);
+        out->status = RUN_BAD_STRINGS;
+        goto done;
     }
     if (in->stdin_len) {
         byte_vec vec;

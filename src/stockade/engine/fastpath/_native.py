@@ -17,11 +17,12 @@ from wasmtime import _ffi
 from ._capi import Extern
 
 __all__ = ["NATIVE_RUN", "RunIn", "RunOut", "MAX_STRINGS", "RUN_OK", "RUN_FUEL",
-           "RUN_WASI_FILES", "RUN_WASI", "RUN_NO_START", "LIBRARY"]
+           "RUN_WASI_FILES", "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
 
 LIBRARY = Path(__file__).with_name("libstockade_fastrun.so")
 MAX_STRINGS = 1024  # argv and environment entries the C side takes (MAX_STRINGS there)
 RUN_OK, RUN_FUEL, RUN_WASI_FILES, RUN_WASI, RUN_NO_START = 0, 1, 2, 3, 4
+RUN_BAD_STRINGS = 6  # an argv or environment block that is malformed or not UTF-8
 
 # In the order of the C side's function table (its `enum`).
 _FUNCTIONS = (
@@ -37,7 +38,7 @@ _FUNCTIONS = (
 
 
 class RunIn(ctypes.Structure):
-    """`run_in` of `_native.c`: what one run is given (strings NUL-separated)."""
+    """`run_in` of `_native.c`: what one run is given (strings NUL-terminated)."""
 
     _fields_ = [
         ("engine", c_void_p), ("pre", c_void_p), ("data", c_void_p),
@@ -45,6 +46,7 @@ class RunIn(ctypes.Structure):
         ("capture_stderr", c_int32), ("deadline", c_uint64),
         ("argv", c_char_p), ("names", c_char_p), ("values", c_char_p),
         ("argc", c_size_t), ("envc", c_size_t),
+        ("argv_len", c_size_t), ("names_len", c_size_t), ("values_len", c_size_t),
         ("stdin_data", c_char_p), ("stdin_len", c_size_t),
         ("out_path", c_char_p), ("err_path", c_char_p),
         ("max_output", c_int64), ("cap", POINTER(c_int64)),

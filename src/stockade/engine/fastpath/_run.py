@@ -15,7 +15,7 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ...policy.units import format_size
 from ...result import Outcome, Result, Usage
@@ -29,9 +29,21 @@ from ._capi import (
     take_error,
     take_trap,
 )
-from ._native import MAX_STRINGS, NATIVE_RUN, RUN_NO_START, RUN_OK, RUN_WASI_FILES, RunIn, RunOut
+from ._native import (
+    MAX_STRINGS,
+    NATIVE_RUN,
+    RUN_BAD_STRINGS,
+    RUN_NO_START,
+    RUN_OK,
+    RUN_WASI_FILES,
+    RunIn,
+    RunOut,
+)
 
-__all__ = ["FastResult", "RunSlot", "execute"]
+if TYPE_CHECKING:
+    from ._module import FastModule
+
+__all__ = ["FastResult", "RunSlot", "RunPlan", "EnvBlock", "NO_ENV", "execute"]
 
 _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
@@ -47,6 +59,37 @@ _TRAP_OUTCOMES = {
     _TRAP_INTERRUPT: (Outcome.TIMEOUT, "wall-clock timeout"),
     _TRAP_STACK_OVERFLOW: (Outcome.TRAP, "wasm stack exhausted"),
 }
+
+
+class EnvBlock(NamedTuple):
+    """A guest's environment as the C API takes it: `names` and `values` hold `entries`
+    entries each, every one UTF-8 ending in a NUL byte (none inside, no `=` in a name).
+    Made by `encode_env`, or by a caller that builds the bytes itself (the gateway's CGI
+    variables); a malformed block is refused by the run, never read past."""
+
+    names: bytes
+    values: bytes
+    entries: int
+
+
+NO_ENV = EnvBlock(b"", b"", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
+    `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
+    meter fuel), `deadline_ticks` the epoch deadline, `timeout_s` the same in seconds."""
+
+    module: FastModule
+    argv: bytes
+    argc: int
+    fuel: int | None
+    deadline_ticks: int
+    timeout_s: float | None
+    max_memory: int
+    max_output: int | None
+    capture_stderr: bool
 
 
 @dataclass(slots=True)
@@ -178,42 +221,30 @@ class RunSlot:
                 pass
 
 
-def execute(
-    engine: int,
-    pre: int,
-    slot: RunSlot,
-    argv: list[bytes],
-    env: tuple[list[bytes], list[bytes]],
-    stdin: bytes,
-    fuel: int | None,
-    deadline_ticks: int,
-    max_memory: int,
-    max_output: int | None,
-    capture_stderr: bool,
-) -> FastResult:
-    """Instantiate `pre` in a fresh store, call `_start`, and classify how it ended.
+def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
+            stdin: bytes) -> FastResult:
+    """Instantiate `plan`'s module in a fresh store, call `_start`, classify how it ended.
 
     Runs entirely on the calling thread; every C call releases the GIL. The store and
     its WASI context are created and deleted here, never shared. Without
-    `capture_stderr` the guest's stderr is discarded (saves opening a file). Verdicts,
-    strongest last: the trap or exit, a sleep cut at the deadline (`timeout`), a failure
-    near the memory limit (`memory_limit`), output beyond the cap (`output_limit`).
+    `plan.capture_stderr` the guest's stderr is discarded (saves opening a file).
+    Verdicts, strongest last: the trap or exit, a sleep cut at the deadline (`timeout`),
+    a failure near the memory limit (`memory_limit`), output beyond the cap
+    (`output_limit`).
     """
     slot.stopped = False
     wall0, cpu0 = time.perf_counter(), time.thread_time()
-    names, values = env
-    if NATIVE_RUN is not None and len(argv) <= MAX_STRINGS and len(names) <= MAX_STRINGS:
-        error, trap, called, memory_bytes, fuel_left = _run_native(
-            engine, pre, slot, argv, env, stdin, fuel, deadline_ticks, max_memory, max_output,
-            capture_stderr)
+    if NATIVE_RUN is not None and plan.argc <= MAX_STRINGS and env.entries <= MAX_STRINGS:
+        error, trap, called, memory_bytes, fuel_left = _run_native(engine, plan, slot, env,
+                                                                   stdin)
     else:
-        error, trap, called, memory_bytes, fuel_left = _run_python(
-            engine, pre, slot, argv, env, stdin, fuel, deadline_ticks, max_memory, max_output,
-            capture_stderr)
+        error, trap, called, memory_bytes, fuel_left = _run_python(engine, plan, slot, env,
+                                                                   stdin)
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     outcome, message, code = _ending(error, trap, started=called)
     if slot.stopped:
         outcome, message, code = Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)", None
+    max_memory = plan.max_memory
     if (outcome is Outcome.TRAP or (outcome is Outcome.EXITED and code)) \
             and memory_bytes + max(max_memory // 16, 16 * _PAGE) >= max_memory:
         # A denied memory.grow returns -1 rather than trapping; a guest that then failed
@@ -224,7 +255,8 @@ def execute(
     out, err, out_cut, err_cut = slot.collect()
     if out_cut or err_cut:
         outcome, message = Outcome.OUTPUT_LIMIT, \
-            f"output limit of {format_size(max_output or 0)} exceeded"
+            f"output limit of {format_size(plan.max_output or 0)} exceeded"
+    fuel = plan.fuel
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
         fuel - fuel_left if fuel is not None else 0, wall, cpu, memory_bytes,
@@ -234,20 +266,19 @@ def execute(
 _Ran = tuple[int | None, int | None, bool, int, int]  # error, trap, called, memory, fuel left
 
 
-def _run_native(engine: int, pre: int, slot: RunSlot, argv: list[bytes],
-                env: tuple[list[bytes], list[bytes]], stdin: bytes, fuel: int | None,
-                deadline_ticks: int, max_memory: int, max_output: int | None,
-                capture_stderr: bool) -> _Ran:
+def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
+                stdin: bytes) -> _Ran:
     """The run as one C call (`_native.c`); the same steps as `_run_python`."""
-    names, values = env
     args, out = slot.native_in, slot.native_out
-    args.engine, args.pre, args.max_memory, args.deadline = engine, pre, max_memory, deadline_ticks
-    args.has_fuel, args.fuel = fuel is not None, fuel or 0
-    args.capture_stderr = slot.capture_err = capture_stderr
-    args.argv, args.argc = b"\0".join(argv), len(argv)
-    args.names, args.values, args.envc = b"\0".join(names), b"\0".join(values), len(names)
+    args.engine, args.pre, args.max_memory = engine, plan.module._pre, plan.max_memory
+    args.deadline, args.has_fuel, args.fuel = plan.deadline_ticks, plan.fuel is not None, \
+        plan.fuel or 0
+    args.capture_stderr = slot.capture_err = plan.capture_stderr
+    args.argv, args.argc, args.argv_len = plan.argv, plan.argc, len(plan.argv)
+    args.names, args.values, args.envc = env.names, env.values, env.entries
+    args.names_len, args.values_len = len(env.names), len(env.values)
     args.stdin_data, args.stdin_len = stdin, len(stdin)
-    args.max_output = -1 if max_output is None else max_output
+    args.max_output = -1 if plan.max_output is None else plan.max_output
     slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
     NATIVE_RUN(ctypes.byref(args), ctypes.byref(out))
     args.stdin_data = None  # do not keep the request body alive in the slot
@@ -257,16 +288,20 @@ def _run_native(engine: int, pre: int, slot: RunSlot, argv: list[bytes],
             raise OSError(f"cannot open {slot.out_path.decode()} for the guest's output")
         if status == RUN_NO_START:
             raise RuntimeError("module lost its _start export")  # checked at load
+        if status == RUN_BAD_STRINGS:
+            raise ValueError("malformed argv or environment block (or text not UTF-8)")
         message, _ = take_error(out.error) if out.error else ("unknown error", None)
         raise RuntimeError(f"wasmtime: {message}")
     return out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left
 
 
-def _run_python(engine: int, pre: int, slot: RunSlot, argv: list[bytes],
-                env: tuple[list[bytes], list[bytes]], stdin: bytes, fuel: int | None,
-                deadline_ticks: int, max_memory: int, max_output: int | None,
-                capture_stderr: bool) -> _Ran:
+def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
+                stdin: bytes) -> _Ran:
     """The run through ctypes, one C call at a time (when the native run is not built)."""
+    argv, names, values = _entries(plan.argv), _entries(env.names), _entries(env.values)
+    if len(argv) != plan.argc or len(names) != env.entries or len(values) != env.entries:
+        raise ValueError("malformed argv or environment block")
+    pre, fuel = plan.module._pre, plan.fuel
     byref = ctypes.byref
     instance, item, trap = byref(slot.instance), slot.item, slot.trap
     trap.value = None
@@ -276,13 +311,13 @@ def _run_python(engine: int, pre: int, slot: RunSlot, argv: list[bytes],
     called = False
     try:
         cx = C.store_context(store)
-        C.store_limiter(store, max_memory, -1, -1, -1, -1)
+        C.store_limiter(store, plan.max_memory, -1, -1, -1, -1)
         if fuel is not None:
             _check(C.context_set_fuel(cx, fuel))
-        C.context_set_epoch_deadline(cx, deadline_ticks)
-        slot.capture_err = capture_stderr
-        _check(C.context_set_wasi(cx, _wasi_config(slot, argv, env, stdin)))
-        slot.cap = max_output  # only now: the files were just truncated for this run
+        C.context_set_epoch_deadline(cx, plan.deadline_ticks)
+        slot.capture_err = plan.capture_stderr
+        _check(C.context_set_wasi(cx, _wasi_config(slot, argv, (names, values), stdin)))
+        slot.cap = plan.max_output  # only now: the files were just truncated for this run
         error = C.instance_pre_instantiate(pre, cx, instance, byref(trap))
         if not error and not trap.value:
             if not C.instance_export_get(cx, instance, b"_start", 6, byref(item)) \
@@ -301,6 +336,11 @@ def _run_python(engine: int, pre: int, slot: RunSlot, argv: list[bytes],
     return error, trap.value, called, memory_bytes, fuel_left
 
 
+def _entries(block: bytes) -> list[bytes]:
+    """The NUL-terminated entries of `block`."""
+    return block.split(b"\0")[:-1] if block else []
+
+
 def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     # Slice assignment converts in C: about twice as fast as the array constructor.
     array = (ctypes.c_char_p * len(items))()
@@ -313,10 +353,12 @@ def _wasi_config(
 ) -> int:
     slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
     wasi = C.wasi_config_new()
-    C.wasi_config_set_argv(wasi, len(argv), _strings(argv))
     names, values = env
-    if names:
-        C.wasi_config_set_env(wasi, len(names), _strings(names), _strings(values))
+    if not C.wasi_config_set_argv(wasi, len(argv), _strings(argv)) or (
+            names and not C.wasi_config_set_env(wasi, len(names), _strings(names),
+                                                _strings(values))):
+        C.wasi_config_delete(wasi)
+        raise ValueError("argv or environment text is not UTF-8")
     if stdin:
         vec = ByteVec()
         C.wasm_byte_vec_new(ctypes.byref(vec), len(stdin), stdin)
