@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
 
+from stockade.invocation import Invocation
 from stockade.policy import Policy
 from stockade.result import Outcome, Usage
 from stockade.telemetry import event_kind, open_telemetry, read_summary, verify
+from stockade.telemetry.record import ParentContext
 
 from .runs import DIGEST, make_run
 
@@ -97,3 +101,32 @@ def test_close_twice_is_safe() -> None:
     telemetry = open_telemetry()
     telemetry.close()
     telemetry.close()
+
+
+def test_an_unsampled_clean_run_is_counted_without_a_span(tmp_path: Path) -> None:
+    """The quick path for a clean run whose trace is not sampled writes no span and the
+    same metrics as the full record would."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Child(Invocation):
+        parent: ParentContext | None = None
+
+    def metrics(path: Path) -> str:
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        found = [line["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+                 for line in lines if "resourceMetrics" in line]
+        return re.sub(r'"(start)?[tT]imeUnixNano": "\d+"', "", json.dumps(found))
+
+    files = {}
+    for sampled in (True, False):
+        files[sampled] = path = tmp_path / f"{sampled}.jsonl"
+        with open_telemetry("edge", env={"STOCKADE_TELEMETRY_FILE": str(path)}) as telemetry:
+            for _ in range(3):
+                info, result = make_run()
+                info = dataclasses.replace(info, invocation=Child(
+                    name="hello", parent=ParentContext(5, 6, sampled)))
+                telemetry.observer.run_finished(info, result)
+    assert '"resourceSpans"' in files[True].read_text()
+    assert '"resourceSpans"' not in files[False].read_text()
+    assert '"asInt": "3"' in metrics(files[False])
+    assert metrics(files[True]) == metrics(files[False])

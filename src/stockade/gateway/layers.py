@@ -20,7 +20,7 @@ from .messages import Handler, Request, Response
 from .problem import HttpProblem, MethodNotAllowed, NotFound, render_error
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from .metrics import Labels, Metrics
     from .registry import Registry, Route
 
 __all__ = ["MetricsLayer", "ErrorLayer", "RoutingLayer", "LimitsLayer", "NO_ROUTE", "GATEWAY"]
@@ -36,15 +36,23 @@ class MetricsLayer:
     def __init__(self, app: Handler, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (labels, status) -> the counter's labels: one tuple per series, not per request.
+        self._series: dict[tuple[Labels, int], tuple[Labels, Labels]] = {}
 
     async def __call__(self, request: Request) -> Response:
         start = time.perf_counter()
         response = await self.app(request)
         route: Route | None = request.state.get("route")
         labels = route.labels if route is not None else request.state.get("labels", NO_ROUTE)
-        self.metrics.inc("stockade_gateway_requests_total",
-                         (*labels, ("code", str(response.status))))
-        self.metrics.observe("stockade_gateway_request_duration_seconds", labels[:1],
+        key = (labels, response.status)
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= 4096:  # bounded: labels come from the manifest
+                self._series.clear()
+            series = self._series[key] = ((*labels, ("code", str(response.status))),
+                                          labels[:1])
+        self.metrics.inc("stockade_gateway_requests_total", series[0])
+        self.metrics.observe("stockade_gateway_request_duration_seconds", series[1],
                              time.perf_counter() - start)
         return response
 

@@ -21,6 +21,7 @@ from .instruments import COUNTERS, HISTOGRAMS, VIOLATIONS
 from .otlpjson import key_values
 
 if TYPE_CHECKING:
+    from ..result import Usage
     from .record import InvocationRecord
 
 __all__ = ["DeltaAggregator", "TEMPORALITY_DELTA", "FOLD"]
@@ -62,13 +63,23 @@ class DeltaAggregator:
         observation = (record.wall_s, record.cpu_ms / 1000, float(record.peak_memory),
                        int(record.coldstart), record.fuel_consumed, record.files_created,
                        record.bytes_written, record.warnings)
-        key = (record.metric_name, record.outcome)
+        self._add((record.metric_name, record.outcome), observation, record.violation)
+
+    def add_usage(self, metric_name: str, outcome: str, usage: Usage, coldstart: bool) -> None:
+        """Add the measurements of a run without monitor warnings or a violation, from its
+        usage alone (what `add` takes from the record, without building one)."""
+        self._add((metric_name, outcome), (
+            usage.wall_ms / 1000, usage.cpu_ms / 1000, float(usage.peak_memory_bytes),
+            int(coldstart), usage.fuel_consumed, usage.files_created, usage.bytes_written, 0,
+        ), False)
+
+    def _add(self, key: tuple[str, str], observation: Observation, violation: bool) -> None:
         with self._lock:
             pending = self._pending.get(key)
             if pending is None:
                 pending = self._pending[key] = []
             pending.append(observation)
-            if record.violation:
+            if violation:
                 self._violations[key] = self._violations.get(key, 0) + 1
             if len(pending) >= FOLD:
                 self._fold(key, pending)

@@ -230,6 +230,8 @@ class Breaker:
     def record(self, digest: str, tenant: str | None, violated: bool,
                now: float | None = None) -> Transition | None:
         """Report how a run of the module ended; returns the transition it caused, if any."""
+        if not violated and not self._probes:
+            return None  # only a probe run of this process can close a breaker
         now = time.time() if now is None else now
         key = tenant or ""
         cfg = self.config

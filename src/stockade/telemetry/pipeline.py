@@ -18,7 +18,7 @@ from ..invocation import Invocation
 from ..observe import RunInfo
 from ..result import Outcome
 from .filesink import FileSink
-from .instruments import Attributes
+from .instruments import Attributes, bounded_name
 from .log import logger
 from .monitor import SecurityMonitor
 from .record import LIMIT_HIT, MONITOR_WARNING, InvocationRecord, LogEvent, SpanData
@@ -26,7 +26,7 @@ from .settings import ExportSettings, resolve_settings
 from .sink import NullSink, Sink, is_sampled, ratio_bound
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from ..policy import Policy
     from ..result import Result
@@ -108,6 +108,9 @@ class Telemetry:
         self.settings = settings
         self.sink = sink
         self._recording = not isinstance(sink, NullSink)
+        # Sinks that can count an unsampled clean run without its full record.
+        self._unsampled: Callable[[RunInfo, Result, str], bool] | None = getattr(
+            sink, "record_unsampled", None)
         self._bound = ratio_bound(settings.sampling_ratio)
         self.monitor = SecurityMonitor(on_warning=self._live_warning) if monitor else None
         self.observer = _Observer(self)
@@ -167,6 +170,12 @@ class Telemetry:
         records for a violation, and the breaker's count. Never raises."""
         try:
             warnings = self.monitor.final_check(info, result) if self.monitor else []
+            if not warnings and refused is None and self._unsampled is not None \
+                    and event_kind(result.outcome) is None and self._unsampled(
+                        info, result, bounded_name(info.invocation.name or
+                                                   os.path.basename(info.module) or "module")):
+                self._tell_breaker(info, result)
+                return
             trace_id = span_id = 0
             limit = "breaker" if refused is not None else LIMIT_HIT.get(result.outcome, "none")
             if self._recording:
@@ -188,12 +197,17 @@ class Telemetry:
                     trace_id=format(trace_id, "032x") if trace_id else None,
                     span_id=format(span_id, "016x") if span_id else None,
                 )
-            if self._use_breaker and refused is None:
-                violated = result.outcome.is_violation
-                if violated or self._breaker is not None:
-                    self.breaker.record(info.sha256, info.invocation.tenant, violated)
+            if refused is None:
+                self._tell_breaker(info, result)
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
             logger().warning("could not record run telemetry", exc_info=True)
+
+    def _tell_breaker(self, info: RunInfo, result: Result) -> None:
+        """Count the run for its breaker (a clean run only once a breaker exists)."""
+        if self._use_breaker:
+            violated = result.outcome.is_violation
+            if violated or self._breaker is not None:
+                self.breaker.record(info.sha256, info.invocation.tenant, violated)
 
     def samples(self, trace_id: int) -> bool:
         """Whether a trace that starts here with `trace_id` is sampled: the profile's

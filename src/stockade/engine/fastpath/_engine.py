@@ -248,7 +248,8 @@ class FastEngine:
         return max(1, math.ceil(timeout_s / self.tick_interval)) + 1
 
     def _admit(self, module: FastModule) -> RunSlot:
-        with self._cond:
+        # The bare lock (the one `_cond` wraps): a Condition's `with` is Python code.
+        with self._lock:
             while self._active >= self.max_instances and not self._closed:
                 self._wait()
             if self._forked:
@@ -272,7 +273,7 @@ class FastEngine:
             return slot
 
     def _release(self, module: FastModule, slot: RunSlot) -> None:
-        with self._cond:
+        with self._lock:
             self._running.discard(slot)
             slot.cap = None
             self._active -= 1

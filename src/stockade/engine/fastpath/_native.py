@@ -50,15 +50,19 @@ class RunIn(ctypes.Structure):
         ("stdin_data", c_char_p), ("stdin_len", c_size_t),
         ("out_path", c_char_p), ("err_path", c_char_p),
         ("max_output", c_int64), ("cap", POINTER(c_int64)),
+        ("out_fd", c_int32), ("err_fd", c_int32),
     ]
 
 
 class RunOut(ctypes.Structure):
-    """`run_out` of `_native.c`: owned error and trap pointers, sizes, status."""
+    """`run_out` of `_native.c`: owned error and trap pointers, sizes, status, the
+    call's wall and thread CPU time, and the sizes of the guest's output files."""
 
     _fields_ = [
         ("error", c_void_p), ("trap", c_void_p), ("memory_bytes", c_uint64),
         ("fuel_left", c_uint64), ("called", c_int32), ("status", c_int32),
+        ("wall_ns", c_uint64), ("cpu_ns", c_uint64), ("out_size", c_int64),
+        ("err_size", c_int64),
     ]
 
 

@@ -172,7 +172,8 @@ class RunSlot:
         self.trap = ctypes.c_void_p()
         self.fuel_left = ctypes.c_uint64()
         self.native_in = RunIn(data=id(self), out_path=self.out_path, err_path=self.err_path,
-                               cap=ctypes.pointer(self.cap_cell))
+                               cap=ctypes.pointer(self.cap_cell), out_fd=self.out,
+                               err_fd=self.err)
         self.native_out = RunOut()
         RunSlot.live[id(self)] = self
 
@@ -195,11 +196,15 @@ class RunSlot:
             fcntl.fcntl(self.err, fcntl.F_ADD_SEALS, _SEALS)
             self.sealed = True
 
-    def collect(self) -> tuple[bytes, bytes, bool, bool]:
-        """(stdout, stderr, stdout_truncated, stderr_truncated) within the cap; stdout
-        keeps its bytes first. The next run's open truncates the files."""
-        n_out = os.lseek(self.out, 0, os.SEEK_END)
-        n_err = os.lseek(self.err, 0, os.SEEK_END) if self.capture_err else 0
+    def sizes(self) -> tuple[int, int]:
+        """Bytes written to stdout and stderr (0 for a discarded stderr)."""
+        return (os.lseek(self.out, 0, os.SEEK_END),
+                os.lseek(self.err, 0, os.SEEK_END) if self.capture_err else 0)
+
+    def collect(self, n_out: int, n_err: int) -> tuple[bytes, bytes, bool, bool]:
+        """(stdout, stderr, stdout_truncated, stderr_truncated) within the cap, given the
+        files' sizes (`sizes`); stdout keeps its bytes first. The next run's open
+        truncates the files."""
         keep_out, keep_err = n_out, n_err
         if self.cap is not None:
             keep_out = min(n_out, self.cap)
@@ -233,14 +238,11 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     (`output_limit`).
     """
     slot.stopped = False
-    wall0, cpu0 = time.perf_counter(), time.thread_time()
     if NATIVE_RUN is not None and plan.argc <= MAX_STRINGS and env.entries <= MAX_STRINGS:
-        error, trap, called, memory_bytes, fuel_left = _run_native(engine, plan, slot, env,
-                                                                   stdin)
+        ran = _run_native(engine, plan, slot, env, stdin)
     else:
-        error, trap, called, memory_bytes, fuel_left = _run_python(engine, plan, slot, env,
-                                                                   stdin)
-    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+        ran = _run_python(engine, plan, slot, env, stdin)
+    error, trap, called, memory_bytes, fuel_left, wall, cpu, n_out, n_err = ran
     outcome, message, code = _ending(error, trap, started=called)
     if slot.stopped:
         outcome, message, code = Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)", None
@@ -252,7 +254,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
         outcome, message = Outcome.MEMORY_LIMIT, (
             f"memory limit of {format_size(max_memory)} reached "
             f"(linear memory {format_size(memory_bytes)})")
-    out, err, out_cut, err_cut = slot.collect()
+    out, err, out_cut, err_cut = slot.collect(n_out, n_err)
     if out_cut or err_cut:
         outcome, message = Outcome.OUTPUT_LIMIT, \
             f"output limit of {format_size(plan.max_output or 0)} exceeded"
@@ -263,7 +265,8 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     )
 
 
-_Ran = tuple[int | None, int | None, bool, int, int]  # error, trap, called, memory, fuel left
+# error, trap, called, memory, fuel left, wall and CPU seconds, stdout and stderr sizes
+_Ran = tuple[int | None, int | None, bool, int, int, float, float, int, int]
 
 
 def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
@@ -292,7 +295,8 @@ def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             raise ValueError("malformed argv or environment block (or text not UTF-8)")
         message, _ = take_error(out.error) if out.error else ("unknown error", None)
         raise RuntimeError(f"wasmtime: {message}")
-    return out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left
+    return (out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left,
+            out.wall_ns / 1e9, out.cpu_ns / 1e9, out.out_size, out.err_size)
 
 
 def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
@@ -302,6 +306,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     if len(argv) != plan.argc or len(names) != env.entries or len(values) != env.entries:
         raise ValueError("malformed argv or environment block")
     pre, fuel = plan.module._pre, plan.fuel
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
     byref = ctypes.byref
     instance, item, trap = byref(slot.instance), slot.item, slot.trap
     trap.value = None
@@ -333,7 +338,8 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             fuel_left = slot.fuel_left.value
     finally:
         C.store_delete(store)
-    return error, trap.value, called, memory_bytes, fuel_left
+    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *slot.sizes())
 
 
 def _entries(block: bytes) -> list[bytes]:
