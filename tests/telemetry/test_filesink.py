@@ -150,8 +150,12 @@ def test_batches_flush_at_the_batch_size(tmp_path: Path) -> None:
                       for m in parse_lines(tmp_path / "t")
                       if isinstance(m, ExportTraceServiceRequest)]
     assert spans_per_line == [32, 32]
+    # Metrics wait for the interval (5 s at the edge) or close(), not for span batches.
+    assert not any(isinstance(m, ExportMetricsServiceRequest)
+                   for m in parse_lines(tmp_path / "t"))
     sink.close()
     assert read_summary(tmp_path / "t").spans == 70
+    assert read_summary(tmp_path / "t").invocations == 70
 
 
 def test_file_is_rotated_past_its_size(tmp_path: Path) -> None:

@@ -103,9 +103,16 @@ def test_close_twice_is_safe() -> None:
     telemetry.close()
 
 
-def test_an_unsampled_clean_run_is_counted_without_a_span(tmp_path: Path) -> None:
+def test_an_unsampled_clean_run_is_counted_without_a_span(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The quick path for a clean run whose trace is not sampled writes no span and the
-    same metrics as the full record would."""
+    same metrics as the full record would, without building that record."""
+    import stockade.telemetry.pipeline as pipeline
+
+    built = []
+    full_record = pipeline.InvocationRecord.build
+    monkeypatch.setattr(pipeline.InvocationRecord, "build", classmethod(
+        lambda cls, info, result, end_ns=None: built.append(info) or full_record(info, result)))
 
     @dataclasses.dataclass(frozen=True)
     class Child(Invocation):
@@ -126,6 +133,7 @@ def test_an_unsampled_clean_run_is_counted_without_a_span(tmp_path: Path) -> Non
                 info = dataclasses.replace(info, invocation=Child(
                     name="hello", parent=ParentContext(5, 6, sampled)))
                 telemetry.observer.run_finished(info, result)
+    assert len(built) == 3  # the sampled runs only
     assert '"resourceSpans"' in files[True].read_text()
     assert '"resourceSpans"' not in files[False].read_text()
     assert '"asInt": "3"' in metrics(files[False])
