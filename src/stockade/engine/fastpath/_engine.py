@@ -24,7 +24,7 @@ from ..ticker import TICK_SECONDS
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import Env, FastModule, prepare, raise_load
 from ._poll import define_poll_oneoff
-from ._run import EnvBlock, FastResult, RunPlan, RunSlot, execute
+from ._run import NO_ENV, EnvBlock, FastResult, RunPlan, RunSlot, execute
 
 __all__ = ["FastEngine", "encode_env"]
 
@@ -375,7 +375,7 @@ def encode_env(env: Env) -> EnvBlock:
     again by `_arg`, which raises UsageError naming it."""
     pairs = list(env.items() if isinstance(env, Mapping) else env)
     if not pairs:
-        return EnvBlock(b"", b"", 0)
+        return NO_ENV
     try:
         names = b"\0".join([name.encode() for name, _ in pairs]) + b"\0"
         values = b"\0".join([value.encode() for _, value in pairs]) + b"\0"

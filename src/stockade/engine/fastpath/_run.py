@@ -191,7 +191,7 @@ class RunSlot:
         """Stop further writes once stdout + stderr exceed the cap (ticker thread)."""
         if self.cap is None or self.sealed:
             return
-        if os.lseek(self.out, 0, os.SEEK_END) + os.lseek(self.err, 0, os.SEEK_END) > self.cap:
+        if sum(self.sizes()) > self.cap:
             fcntl.fcntl(self.out, fcntl.F_ADD_SEALS, _SEALS)
             fcntl.fcntl(self.err, fcntl.F_ADD_SEALS, _SEALS)
             self.sealed = True
