@@ -39,8 +39,11 @@ _FIXED = (b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"SERVER
           b"QUERY_STRING", b"CONTENT_LENGTH", b"REMOTE_ADDR", b"X_MATCHED_ROUTE",
           b"X_RAW_PATH_INFO", b"X_FULL_URL")
 _FIXED_NAMES = b"".join(name + b"\0" for name in _FIXED)
-# Header name -> variable name (b"" for one never passed), learned once per name.
-_HEADER_KEYS: dict[bytes, bytes] = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
+_SOFTWARE = SERVER_SOFTWARE.encode()
+# Header name -> variable name (b"" for one never passed), learned once per name on top
+# of the two headers CGI treats apart.
+_SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
+_HEADER_KEYS = dict(_SPECIAL_HEADERS)
 _HEADER_KEYS_MAX = 4096
 
 EnvBlock = tuple[bytes, bytes, int]
@@ -85,7 +88,7 @@ class CgiEnvironment:
         if query:
             url += [b"?", query]
         values = [
-            b"CGI/1.1", b"Stockade", b"HTTP/" + request.http_version.encode(), server_name,
+            b"CGI/1.1", _SOFTWARE, b"HTTP/" + request.http_version.encode(), server_name,
             b"" if server_port is None else str(server_port).encode(), request.method.encode(),
             self._prefix_bytes, path_info, path_info, query, str(len(request.body)).encode(),
             request.client[0].encode() if request.client else b"", self._matched, raw_info,
@@ -133,7 +136,7 @@ def _header_key(name: bytes) -> bytes:
         key = b""
     if len(_HEADER_KEYS) >= _HEADER_KEYS_MAX:
         _HEADER_KEYS.clear()
-        _HEADER_KEYS.update({b"content-type": b"CONTENT_TYPE", b"content-length": b""})
+        _HEADER_KEYS.update(_SPECIAL_HEADERS)
     _HEADER_KEYS[name] = key
     return key
 

@@ -70,14 +70,12 @@ class Invoker:
         spec = route.spec
         await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
-        parent = trace.as_parent() if trace else None
-        cgi = route.prepared.cgi
-        if cgi is not None:
-            invocation = HttpInvocation(stdin=request.body, env_block=cgi.block(request),
-                                        name=spec.name, tenant=spec.tenant, parent=parent)
-        else:
-            invocation = HttpInvocation(stdin=request.body, env=cgi_environ(request, spec.route),
-                                        name=spec.name, tenant=spec.tenant, parent=parent)
+        cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
+        invocation = HttpInvocation(
+            stdin=request.body, name=spec.name, tenant=spec.tenant,
+            env=() if cgi else cgi_environ(request, spec.route),
+            env_block=cgi.block(request) if cgi else None,
+            parent=trace.as_parent() if trace else None)
         result: Result | None = None
         spent = 0.0
         if self.inline:
