@@ -18,6 +18,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .aggregate import DeltaAggregator
+from .instruments import bounded_name
 from .log import logger
 from .otlpjson import (
     encode_logs,
@@ -28,6 +29,7 @@ from .otlpjson import (
     scope_json,
     span_json,
 )
+from .record import run_name, was_cold
 from .sink import is_sampled, ratio_bound, resource_attributes, scope
 
 if TYPE_CHECKING:
@@ -84,15 +86,15 @@ class FileSink:
         keep = self._keep(record.trace_id, parent.sampled if parent else None)
         self._add_span(span_json(record) if keep else None)
 
-    def record_unsampled(self, info: RunInfo, result: Result, metric_name: str) -> bool:
+    def record_unsampled(self, info: RunInfo, result: Result) -> bool:
         """Aggregate a clean run whose span is not kept (its parent's trace is not
         sampled) without building its record: most of a gateway's invocations. False,
         with nothing done, when the span would be kept or there is no parent."""
         parent = getattr(info.invocation, "parent", None)
         if parent is None or self._keep(parent.trace_id, parent.sampled):
             return False
-        self._metrics.add_usage(metric_name, result.outcome.value, result.usage,
-                                bool(result.coldstart or info.coldstart))
+        self._metrics.add_usage(bounded_name(run_name(info)), result.outcome.value,
+                                result.usage, was_cold(info, result))
         if self._due():
             self.flush()
         return True

@@ -18,7 +18,7 @@ from ..invocation import Invocation
 from ..observe import RunInfo
 from ..result import Outcome
 from .filesink import FileSink
-from .instruments import Attributes, bounded_name
+from .instruments import Attributes
 from .log import logger
 from .monitor import SecurityMonitor
 from .record import LIMIT_HIT, MONITOR_WARNING, InvocationRecord, LogEvent, SpanData
@@ -109,7 +109,7 @@ class Telemetry:
         self.sink = sink
         self._recording = not isinstance(sink, NullSink)
         # Sinks that can count an unsampled clean run without its full record.
-        self._unsampled: Callable[[RunInfo, Result, str], bool] | None = getattr(
+        self._unsampled: Callable[[RunInfo, Result], bool] | None = getattr(
             sink, "record_unsampled", None)
         self._bound = ratio_bound(settings.sampling_ratio)
         self.monitor = SecurityMonitor(on_warning=self._live_warning) if monitor else None
@@ -171,9 +171,7 @@ class Telemetry:
         try:
             warnings = self.monitor.final_check(info, result) if self.monitor else []
             if not warnings and refused is None and self._unsampled is not None \
-                    and event_kind(result.outcome) is None and self._unsampled(
-                        info, result, bounded_name(info.invocation.name or
-                                                   os.path.basename(info.module) or "module")):
+                    and event_kind(result.outcome) is None and self._unsampled(info, result):
                 self._tell_breaker(info, result)
                 return
             trace_id = span_id = 0

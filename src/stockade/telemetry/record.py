@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "InvocationRecord",
+    "run_name",
+    "was_cold",
     "SpanData",
     "SpanEvent",
     "LogEvent",
@@ -107,6 +109,16 @@ class LogEvent(NamedTuple):
     span_id: int = 0
 
 
+def run_name(info: RunInfo) -> str:
+    """The name a run is recorded under: the invocation's, else the module file's."""
+    return info.invocation.name or os.path.basename(info.module) or "module"
+
+
+def was_cold(info: RunInfo, result: Result) -> bool:
+    """Whether the run was its function's cold start (as the result or the caller says)."""
+    return bool(result.coldstart or info.coldstart)
+
+
 class InvocationRecord:
     """Span and metric data for one invocation. Times are ns since the epoch, `wall_s`
     the run's own wall time in seconds; `metric_name` is the bounded `name`. Sinks set
@@ -128,11 +140,11 @@ class InvocationRecord:
         usage = result.usage
         end = end_ns if end_ns is not None else time.time_ns()
         start = int(info.started * 1e9)
-        self.name: str = invocation.name or os.path.basename(info.module) or "module"
+        self.name: str = run_name(info)
         self.start_ns: int = start
         self.end_ns: int = max(end, start)
         self.invocation_id: str = invocation.invocation_id
-        self.coldstart: bool = bool(result.coldstart or info.coldstart)
+        self.coldstart: bool = was_cold(info, result)
         self.max_memory: int = info.policy.limits.max_memory
         self.sha256: str = result.sha256 or info.sha256
         self.outcome: str = outcome.value
