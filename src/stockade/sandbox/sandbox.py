@@ -105,7 +105,7 @@ class Sandbox:
             # the compile guard bounds) could eat it.
             result = self._execute(loaded, pre, invocation, preopens, grants, time.monotonic(),
                                    coldstart)
-        result.scratch = scratch.kept
+        result.scratch, result.cleanup_error = scratch.kept, scratch.failure
         notify_finished(self.observers, info, result)
         return result
 
