@@ -53,8 +53,7 @@ class Sandbox:
         self._engine: Engine | None = None
         self._limits_dict = self.policy.limits.as_dict()
         limits = self.policy.limits
-        self._guard = CompileGuard(limits.max_module_size, limits.max_function_size,
-                                   limits.max_locals, limits.max_memory)
+        self._guard = CompileGuard.for_limits(limits)
         self._denied: dict[str, tuple[str, str] | None] = {}
 
     @property
