@@ -20,20 +20,28 @@ OPS = 100_000
 LOCAL_GET, LOCAL_SET, I32_CONST, I32_ADD, I32_MUL, I32_XOR = 0x20, 0x21, 0x41, 0x6A, 0x6C, 0x73
 
 
-def bomb_body() -> bytes:
-    """`(func (param i32) (result i32))` with LOCALS-1 extra locals, all live at the end."""
-    rnd = random.Random(2509)  # fixed seed: the same module every build
-    out = bytearray(vec([leb(LOCALS - 1) + b"\x7f"]))
-    for k in range(1, LOCALS):
-        out += bytes([LOCAL_GET, 0, I32_CONST]) + sleb(k) + bytes([I32_ADD, LOCAL_SET]) + leb(k)
-    for _ in range(OPS):
-        a, b, c = (rnd.randrange(LOCALS) for _ in range(3))
-        out += bytes([LOCAL_GET]) + leb(a) + bytes([LOCAL_GET]) + leb(b)
-        out += bytes([I32_MUL, LOCAL_SET]) + leb(c)
-    out += bytes([LOCAL_GET, 0])
-    for k in range(1, LOCALS):
-        out += bytes([LOCAL_GET]) + leb(k) + bytes([I32_XOR])
-    return bytes(out) + b"\x0b"
+def bomb_body(locals_count: int = LOCALS, ops: int = OPS, seed: int = 2509,
+              max_size: int | None = None) -> bytes:
+    """`(func (param i32) (result i32))` with `locals_count`-1 extra locals, all live at the
+    end, mixed by `ops` multiplications (fewer when the body would pass `max_size` bytes)."""
+    rnd = random.Random(seed)  # fixed seed: the same module every build
+    head = bytearray(vec([leb(locals_count - 1) + b"\x7f"]))
+    for k in range(1, locals_count):
+        head += bytes([LOCAL_GET, 0, I32_CONST]) + sleb(k) + bytes([I32_ADD, LOCAL_SET]) + leb(k)
+    tail = bytearray([LOCAL_GET, 0])
+    for k in range(1, locals_count):
+        tail += bytes([LOCAL_GET]) + leb(k) + bytes([I32_XOR])
+    tail += b"\x0b"
+    room = (max_size if max_size is not None else 2**62) - len(head) - len(tail)
+    mix = bytearray()
+    for _ in range(ops):
+        a, b, c = (rnd.randrange(locals_count) for _ in range(3))
+        op = bytes([LOCAL_GET]) + leb(a) + bytes([LOCAL_GET]) + leb(b)
+        op += bytes([I32_MUL, LOCAL_SET]) + leb(c)
+        if len(mix) + len(op) > room:
+            break
+        mix += op
+    return bytes(head + mix + tail)
 
 
 def main(out_dir: Path) -> None:

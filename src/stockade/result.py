@@ -71,6 +71,8 @@ class Result:
 
     `exit_code` is what a process running the guest should exit with: the guest's own
     code when it exited, otherwise the outcome's code (see `Outcome.exit_code`).
+    `cleanup_error` says what the host could not remove after the run (its scratch
+    directory): the run's own outcome stands, the leftover is the host's to deal with.
     """
 
     module: str
@@ -87,6 +89,7 @@ class Result:
     limits: dict[str, Any] = field(default_factory=dict)
     coldstart: bool = False
     scratch: str | None = None
+    cleanup_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,6 +112,7 @@ class Result:
             "usage": asdict(self.usage),
             "limits": dict(self.limits),
             **({"scratch": self.scratch} if self.scratch else {}),
+            **({"cleanup_error": self.cleanup_error} if self.cleanup_error else {}),
         }
 
     @classmethod
@@ -129,6 +133,7 @@ class Result:
             limits=data.get("limits", {}),
             coldstart=data.get("coldstart", False),
             scratch=data.get("scratch"),
+            cleanup_error=data.get("cleanup_error"),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,15 @@ import wasmtime
 
 from stockade import Invocation, ModuleError, Outcome, Policy, Sandbox
 from stockade.engine import CompileGuard
-from stockade.engine.guard import code_shape, data_size
-from tests.conftest import GUESTS, guest
+from stockade.engine.guard import (
+    COMPILE_CEILING,
+    COMPILE_FLOOR,
+    code_shape,
+    compile_budget,
+    compile_cost,
+    data_size,
+)
+from tests.conftest import GUESTS, REAL, guest, stockade
 
 
 def test_code_shape_of_real_module(python_wasm: Path) -> None:
@@ -78,3 +86,49 @@ def test_data_larger_than_the_memory_limit_is_refused_before_compiling(
         Sandbox(Policy.from_profile("strict")).run(huge)
     result = Sandbox(Policy.from_profile("default")).run(huge)  # 128 MiB: it fits
     assert result.outcome is Outcome.EXITED
+
+
+def _fresh(tmp_path: Path, name: str) -> Path:
+    """A copy of a built guest with a digest the AoT cache has never seen."""
+    copy = tmp_path / name.replace("/", "_")
+    copy.write_bytes(guest(name).read_bytes() + b"\x00\x05\x04salt")
+    return copy
+
+
+def test_split_compile_bomb_is_refused_within_a_short_timeout(tmp_path: Path) -> None:
+    # Three 511 KiB bodies of 1,999 locals pass every per-function check of `default`
+    # and cost ~30 s of CPU together: the total budget refuses them before compiling.
+    bomb = _fresh(tmp_path, "attacks/compile_bomb_split.wasm")
+    shape = code_shape(bomb.read_bytes())
+    limits = Policy().limits
+    assert all(body <= limits.max_function_size and n <= limits.max_locals for body, n in shape)
+    policy = Policy().with_limits(timeout=1.0)
+    begun = time.perf_counter()
+    with pytest.raises(ModuleError, match="compile budget of 15 s"):
+        Sandbox(policy).run(bomb)
+    assert time.perf_counter() - begun < 1.1  # refused, not compiled
+    done = stockade("run", "--timeout", "1s", str(bomb))
+    assert done.returncode == 126
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "compile budget" in lines[0] and "--timeout" in lines[0], lines
+
+
+def test_the_compile_budget_follows_the_timeout() -> None:
+    bomb = guest("attacks/compile_bomb_split.wasm").read_bytes()
+    assert compile_cost(code_shape(bomb)) > COMPILE_FLOOR
+    # A policy that lets a guest run a minute may let it compile for as long.
+    CompileGuard.for_limits(Policy().limits).check_code(bomb, "bomb")
+    with pytest.raises(ModuleError, match="compile budget"):
+        CompileGuard.for_limits(Policy().with_limits(timeout=5.0).limits).check_code(bomb, "b")
+    assert compile_budget(None) == COMPILE_CEILING
+
+
+@pytest.mark.parametrize("profile", ["strict", "default", "permissive"])
+def test_real_modules_fit_every_profile_even_with_a_short_timeout(
+        python_wasm: Path, profile: str) -> None:
+    # CPython (26 MB) and QuickJS load under every profile, whatever the timeout: the
+    # floor of the budget is above their predicted cost (checked without compiling).
+    limits = Policy.from_profile(profile).with_limits(timeout=0.1).limits
+    guard = CompileGuard.for_limits(limits)
+    for module in (python_wasm, REAL / "quickjs.wasm"):
+        guard.check_code(module.read_bytes(), module.name)

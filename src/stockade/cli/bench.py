@@ -6,13 +6,14 @@ never pay for them.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import click
+
+from ..rmtree import remove_tree
 
 __all__ = ["bench"]
 
@@ -89,6 +90,8 @@ def bench(quick: bool, only: tuple[str, ...], out: Path | None, build: Path,
         if keep_workdir:
             console.print(f"work directory kept: {workdir}")
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            failure = remove_tree(workdir)
+            if failure is not None:
+                console.print(f"could not remove the work directory: {failure}")
     click.echo(summary_table(results))
     console.print(f"wrote {', '.join(written)} to {target}")

@@ -109,6 +109,8 @@ def render(result: Result, as_json: bool) -> None:
     sys.stderr.buffer.write(result.stderr)
     if result.scratch:
         sys.stderr.write(f"stockade: scratch directory kept at {result.scratch}\n")
+    if result.cleanup_error:
+        sys.stderr.write(f"stockade: cleanup failed: {result.cleanup_error}\n")
     if result.outcome is not Outcome.EXITED:
         truncated = " (output truncated)" if result.stdout_truncated or result.stderr_truncated \
             else ""

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..engine import EngineConfig, LoadedModule, get_engine
+from ..engine import CompileGuard, EngineConfig, LoadedModule, get_engine
 from ..errors import ModuleError, ModuleNotFound, StockadeError
 from ..hostcalls import MODULE
 from ..invocation import Invocation
@@ -116,7 +116,9 @@ def named_error(exc: ModuleNotFound | ModuleError, name: str) -> StockadeError:
 def load_standard(spec: FunctionSpec) -> LoadedModule:
     """The function's module through the standard engine and the AoT cache. Raises
     ModuleNotFound or ModuleError."""
-    return get_engine(EngineConfig.for_limits(spec.policy.limits)).load(spec.module)
+    limits = spec.policy.limits
+    return get_engine(EngineConfig.for_limits(limits)).load(
+        spec.module, guard=CompileGuard.for_limits(limits))
 
 
 def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:

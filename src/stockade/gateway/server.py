@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
+from ..rmtree import remove_tree
 from .manifest import Manifest, load_manifest
 from .settings import ServerSettings
 
@@ -169,7 +169,9 @@ class Supervisor:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-        shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        failure = remove_tree(self._metrics_dir)
+        if failure is not None:
+            logger.warning("could not remove the metrics directory: %s", failure)
 
 
 def _wait_ready(fd: int, deadline: float) -> bool:

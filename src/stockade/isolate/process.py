@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
 from ..result import Outcome, Result, Usage
+from ..rmtree import remove_tree
 from .config import IsolationConfig
 from .handle import WorkerProcess
 from .plan import cgroup_limits_for, plan_for
@@ -165,12 +165,12 @@ class IsolatedSandbox:
                 worker.kill()
                 result = self._killed(module, info, begun, started=info is not None)
                 self._discard(respawn=True)
-                self._remove_scratch(info)
+                result.cleanup_error = self._remove_scratch(info)
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
                 result = self._died(module, info, begun, worker.death_cause())
                 self._discard(respawn=True)
-                self._remove_scratch(info)
+                result.cleanup_error = self._remove_scratch(info)
                 return self._finish(info, result, worker.pid, invocation)
             if kind == "started" and isinstance(payload, dict):
                 info = self._info(payload, worker.pid, invocation)
@@ -199,19 +199,26 @@ class IsolatedSandbox:
             writable_dirs=writable, coldstart=bool(payload.get("coldstart", False)),
         )
 
-    def _remove_scratch(self, info: RunInfo | None) -> None:
-        """A killed worker cannot remove its run's scratch directory: do it here."""
+    def _remove_scratch(self, info: RunInfo | None) -> str | None:
+        """A killed worker cannot remove its run's scratch directory: do it here.
+        Returns what could not be removed, or None."""
         capabilities = self.policy.capabilities
         if info is None or capabilities.scratch is None or capabilities.keep_scratch:
-            return
+            return None
+        from ..sandbox.scratch import SCRATCH_PREFIX  # here: the parent stays free of wasmtime
+
         granted = {g.host for g in capabilities.dirs}
         tmp = Path(tempfile.gettempdir()).resolve()
+        failures = []
         for path in info.writable_dirs:
             # Only a directory the worker made for this run: in the temporary directory,
             # named as `Scratch` names it, and not one the policy granted.
             if (path not in granted and path.parent.resolve() == tmp
-                    and path.name.startswith("stockade-scratch-")):
-                shutil.rmtree(path, ignore_errors=True)
+                    and path.name.startswith(SCRATCH_PREFIX)):
+                failure = remove_tree(path)
+                if failure is not None:
+                    failures.append(failure)
+        return "; ".join(failures) or None
 
     def _finish(self, info: RunInfo | None, result: Result, pid: int,
                 invocation: Invocation) -> Result:

@@ -97,6 +97,7 @@ _RESULT_TYPES: dict[str, tuple[type, ...]] = {
     "module": (str,), "sha256": (str,), "exit_code": (int,), "guest_exit_code": (int, type(None)),
     "message": (str,), "stdout": (bytes,), "stderr": (bytes,), "stdout_truncated": (bool,),
     "stderr_truncated": (bool,), "limits": (dict,), "coldstart": (bool,),
+    "scratch": (str, type(None)), "cleanup_error": (str, type(None)),
 }
 _RESULT_FIELDS = {f.name for f in fields(Result)} - {"outcome", "usage"}
 _USAGE_FIELDS = {f.name for f in fields(Usage)}

@@ -53,8 +53,7 @@ class Sandbox:
         self._engine: Engine | None = None
         self._limits_dict = self.policy.limits.as_dict()
         limits = self.policy.limits
-        self._guard = CompileGuard(limits.max_module_size, limits.max_function_size,
-                                   limits.max_locals, limits.max_memory)
+        self._guard = CompileGuard.for_limits(limits)
         self._denied: dict[str, tuple[str, str] | None] = {}
 
     @property
@@ -105,7 +104,7 @@ class Sandbox:
             # the compile guard bounds) could eat it.
             result = self._execute(loaded, pre, invocation, preopens, grants, time.monotonic(),
                                    coldstart)
-        result.scratch = scratch.kept
+        result.scratch, result.cleanup_error = scratch.kept, scratch.failure
         notify_finished(self.observers, info, result)
         return result
 

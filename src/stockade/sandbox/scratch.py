@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..policy import Capabilities, DirGrant
+from ..rmtree import remove_tree
 
-__all__ = ["Scratch"]
+__all__ = ["Scratch", "SCRATCH_PREFIX"]
+
+# How scratch directories are named in the temporary directory (the isolated sandbox
+# removes a killed worker's scratch directory only when it is named so).
+SCRATCH_PREFIX = "stockade-scratch-"
 
 
 class Scratch:
@@ -14,7 +19,9 @@ class Scratch:
 
     Untrusted guests write here rather than into a directory that outlives them; the
     disk and file quotas apply as to any writable preopen. `kept` is the host path when
-    the directory is kept for inspection.
+    the directory is kept for inspection. Removal works at any depth the guest nested
+    directories to; when something cannot be removed, `failure` says what and where
+    (the run goes on: the caller puts it in the `Result` and the audit log).
     """
 
     def __init__(self, capabilities: Capabilities) -> None:
@@ -22,12 +29,13 @@ class Scratch:
         self._keep = capabilities.keep_scratch
         self.grant: DirGrant | None = None
         self.kept: str | None = None
+        self.failure: str | None = None
 
     def __enter__(self) -> Scratch:
         if self._guest is not None:
             import tempfile  # only runs with a scratch dir pay for it
 
-            host = Path(tempfile.mkdtemp(prefix="stockade-scratch-"))
+            host = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
             self.grant = DirGrant(host=host, guest=self._guest, writable=True)
         return self
 
@@ -37,6 +45,4 @@ class Scratch:
         if self._keep:
             self.kept = str(self.grant.host)
         else:
-            import shutil
-
-            shutil.rmtree(self.grant.host, ignore_errors=True)
+            self.failure = remove_tree(self.grant.host)

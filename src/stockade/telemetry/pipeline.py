@@ -171,7 +171,8 @@ class Telemetry:
         try:
             warnings = self.monitor.final_check(info, result) if self.monitor else []
             if not warnings and refused is None and self._unsampled is not None \
-                    and event_kind(result.outcome) is None and self._unsampled(info, result):
+                    and event_kind(result.outcome) is None and not result.cleanup_error \
+                    and self._unsampled(info, result):
                 self._tell_breaker(info, result)
                 return
             trace_id = span_id = 0
@@ -194,6 +195,12 @@ class Telemetry:
                     until=refused.until_iso if refused else None,
                     trace_id=format(trace_id, "032x") if trace_id else None,
                     span_id=format(span_id, "016x") if span_id else None,
+                )
+            if result.cleanup_error:
+                self.audit.append(
+                    "cleanup_failed", result.cleanup_error, module=info.module,
+                    sha256=info.sha256, tenant=info.invocation.tenant,
+                    invocation_id=info.invocation.invocation_id, outcome=result.outcome.value,
                 )
             if refused is None:
                 self._tell_breaker(info, result)

@@ -4,11 +4,12 @@ the AoT cache, or from `.wasm` with an empty cache), `node` per request, and the
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import tempfile
 from typing import Any
 
+from ...rmtree import remove_tree
 from .base import Host, HostUnavailable, Layout, Request, Sample
 from .node import NODE_FLAGS
 from .process import measure_process
@@ -66,4 +67,6 @@ class CommandHost(Host):
             return measure_process(self.command(request), stdin, env).sample
         finally:
             if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
+                failure = remove_tree(scratch)
+                if failure is not None:
+                    logging.getLogger("stockade.bench").warning("could not remove %s", failure)

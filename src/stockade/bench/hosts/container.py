@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ...rmtree import remove_tree
 from .base import Host, HostUnavailable, Layout, Request, Sample
 from .process import measure_process
 
@@ -31,8 +32,9 @@ _GUESTS = ("noop", "compute", "echo", "micro")
 
 def build_rootfs(layout: Layout, root: Path) -> Path:
     """Create the container root filesystem under `root` from the native binaries."""
-    if root.exists():
-        shutil.rmtree(root)
+    failure = remove_tree(root)
+    if failure is not None:
+        raise HostUnavailable(f"cannot replace the container root: {failure}")
     for sub in ("bin", "proc", "dev", "tmp", "sys"):
         (root / sub).mkdir(parents=True)
     for guest in _GUESTS:
