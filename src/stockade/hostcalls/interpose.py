@@ -20,6 +20,8 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from ..result import GuestStopped, Outcome
+from . import poll
 from .abi import (
     FDFLAGS_SYNC_MASK,
     INTERPOSED,
@@ -30,7 +32,6 @@ from .abi import (
     GuestMemory,
 )
 from .meter import Meter, is_special_file, path_exists
-from .poll import SUBSCRIPTION_SIZE, parse_clock_subscriptions, sleep_until_due
 
 __all__ = ["build_linker", "metered", "LINKER_NAME"]
 
@@ -285,14 +286,42 @@ def _fd_allocate(m: Meter, c: Any, mem: GuestMemory, fd: int, offset: int, lengt
 
 def _poll_oneoff(m: Meter, c: Any, mem: GuestMemory, subs: int, out: int, n: int,
                  nevents: int) -> int:
-    if n == 0:
-        return Errno.INVAL
-    waits = parse_clock_subscriptions(mem.read(subs, n * SUBSCRIPTION_SIZE), n)
-    if waits is None:
-        return _forward(m, c, "poll_oneoff", subs, out, n, nevents)
-    count = sleep_until_due(m, mem, waits, out)
-    mem.put_u32(nevents, count)
+    errno = poll.check_count(n)
+    if errno is not None:
+        return errno
+    raw = mem.read(subs, n * poll.SUBSCRIPTION_SIZE)
+    parsed = poll.parse(raw, n, m.clock_base)
+    if isinstance(parsed, int):
+        return parsed
+    if parsed.fds:
+        return _poll_descriptors(m, c, mem, (subs, out, n, nevents), parsed, raw)
+    events = parsed.failed or [(userdata, Errno.SUCCESS, poll.TAG_CLOCK)
+                               for userdata in poll.wait(parsed.clocks, m.remaining_time())]
+    mem.write(out, poll.pack_events(events))
+    mem.put_u32(nevents, len(events))
     return Errno.SUCCESS
+
+
+def _poll_descriptors(m: Meter, c: Any, mem: GuestMemory, args: tuple[int, int, int, int],
+                      parsed: poll.Poll, raw: bytes) -> int:
+    """Descriptor subscriptions are wasmtime's to answer: forward the call with every
+    clock rewritten in place as a relative wait cut at the deadline (restored after),
+    so no clock, absolute or long, outlasts the run. The sandbox's descriptors never
+    block (stdio is Stockade's, files are always ready, special files are not opened),
+    so the clocks are what bounds the call."""
+    subs = args[0]
+    remaining = m.remaining_time()
+    for index, userdata, seconds in parsed.clocks:
+        bounded = seconds if remaining is None else min(seconds, max(remaining, 0.0))
+        mem.write(subs + index * poll.SUBSCRIPTION_SIZE, poll.relative_clock(userdata, bounded))
+    try:
+        errno = _forward(m, c, "poll_oneoff", *args)
+    finally:
+        mem.write(subs, raw)
+    remaining = m.remaining_time()
+    if remaining is not None and remaining <= 0:
+        raise GuestStopped(Outcome.TIMEOUT, "wall-clock timeout (guest was polling)")
+    return errno
 
 
 def _forwarding(name: str) -> Handler:

@@ -40,6 +40,9 @@ class Meter:
     ) -> None:
         self.limits = limits
         self.deadline = deadline
+        # The guest's monotonic clock counts from its WASI context's creation, just
+        # before the meter (the owned poll_oneoff converts absolute times with it).
+        self.clock_base = time.monotonic_ns()
         self.counts: dict[str, int] = {}
         self._caps = dict(limits.hostcall_caps)
         self.total = 0
