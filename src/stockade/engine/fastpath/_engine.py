@@ -184,10 +184,10 @@ class FastEngine:
         ceiling: the engine's),
         `max_output` bytes of stdout + stderr together (None: unlimited; enforced while
         the guest runs: a write gets at most the room left, a write into a full cap stops
-        the guest), `max_hostcalls` calls of `fd_write`, `fd_read`, `fd_close` and
-        `poll_oneoff` together (None: unlimited; needs `owns_stdio`, the native library).
-        `capture_stderr=False` discards stderr, saving
-        a file open per call. Waits while `max_instances` runs are in flight. Raises
+        the guest), `max_hostcalls` calls of `fd_write`, `fd_read`, `fd_close`,
+        `random_get` and `poll_oneoff` together (None: unlimited; needs `owns_stdio`,
+        the native library). `capture_stderr=False` discards stderr, saving a file open
+        per call. Waits while `max_instances` runs are in flight. Raises
         UsageError for bad arguments. `plan` and `run_plan` do the same in two steps,
         checking the arguments once for many runs.
         """

@@ -1,6 +1,7 @@
 /* One fast-path run in a single C call: the same wasmtime C API calls as `_run.py`'s
  * `execute`, minus a ctypes transition per call (about 15 of them per run); and the
- * fast path's own standard streams (`fd_write`, `fd_read`, `fd_close`), host functions
+ * fast path's own standard streams (`fd_write`, `fd_read`, `fd_close`) and `random_get`,
+ * host functions
  * that count toward the run's host-call budget and stop output at its cap as they write.
  *
  * Built by `scripts/build_native.py` into `libstockade_fastrun.so` beside this file; without it
@@ -15,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/uio.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -341,5 +342,21 @@ void *stockade_fd_close(void *env, void *caller, val_raw *args, size_t nargs) {
     int err = fd < 3 && !st->closed[fd] ? E_SUCCESS : E_BADF;
     if (err == E_SUCCESS) st->closed[fd] = 1;
     args[0].i64 = (uint32_t)err;
+    return NULL;
+}
+
+void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) {
+    (void)env; (void)nargs;
+    uint8_t *base; size_t size; void *trap;
+    run_state *st = enter(caller, &base, &size, &trap);
+    if (!st) return trap;
+    uint32_t buf = (uint32_t)args[0].i64, len = (uint32_t)args[1].i64;
+    if (!base || !in_memory(size, buf, len)) { args[0].i64 = E_FAULT; return NULL; }
+    for (uint32_t done = 0; done < len;) {
+        ssize_t got = getrandom(base + buf + done, len - done, 0);
+        if (got <= 0) { args[0].i64 = 29 /* EIO */; return NULL; }
+        done += (uint32_t)got;
+    }
+    args[0].i64 = E_SUCCESS;
     return NULL;
 }

@@ -19,7 +19,8 @@ from wasmtime import _ffi
 from ._capi import Extern
 
 __all__ = ["NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunState", "MAX_STRINGS", "RUN_OK",
-           "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS", "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
+           "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
+           "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
 
 LIBRARY = Path(__file__).with_name("libstockade_fastrun.so")
 MAX_STRINGS = 1024  # argv and environment entries the C side takes (MAX_STRINGS there)
@@ -111,4 +112,4 @@ if _LIBRARY is not None:
     NATIVE_RUN = _LIBRARY.stockade_fast_run
     NATIVE_RUN.argtypes, NATIVE_RUN.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
     STDIO = {name: ctypes.cast(getattr(_LIBRARY, f"stockade_{name}"), c_void_p).value or 0
-             for name in ("fd_write", "fd_read", "fd_close")}
+             for name in ("fd_write", "fd_read", "fd_close", "random_get")}

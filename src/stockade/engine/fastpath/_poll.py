@@ -36,14 +36,16 @@ _Callback = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ValRaw), c_size_t)
 
 def define_owned_calls(linker: int) -> bool:
     """Replace WASI's `poll_oneoff` in `linker` (already holding WASI) with this one, and
-    its `fd_write`, `fd_read` and `fd_close` with the native library's (`_native.STDIO`)
+    its `fd_write`, `fd_read`, `fd_close` and `random_get` with the native library's
+    (`_native.STDIO`)
     when it is loaded. Whether the standard streams are owned (counted, capped)."""
     C.linker_allow_shadowing(linker, True)
     _define(linker, b"poll_oneoff", 4, ctypes.cast(_CALLBACK, c_void_p))
     if STDIO is None:
         return False
     for name, address in STDIO.items():
-        _define(linker, name.encode(), 4 if name != "fd_close" else 1, c_void_p(address))
+        params = {"fd_close": 1, "random_get": 2}.get(name, 4)
+        _define(linker, name.encode(), params, c_void_p(address))
     return True
 
 

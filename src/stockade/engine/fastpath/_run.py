@@ -84,8 +84,9 @@ class RunPlan:
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
     `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
     meter fuel), `deadline_ticks` the epoch deadline, `timeout_s` the same in seconds,
-    `max_hostcalls` the budget of host calls Stockade serves (the standard streams and
-    `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine serves them."""
+    `max_hostcalls` the budget of host calls Stockade serves (the standard streams,
+    `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
+    serves them."""
 
     module: FastModule
     argv: bytes
