@@ -124,10 +124,11 @@ def load_standard(spec: FunctionSpec) -> LoadedModule:
 def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
     """Why the fast path cannot run this function with all its limits, or None.
 
-    The fast path enforces fuel, the timeout (sleeps included), memory, tables and
-    output; it has no preopened directories and does not count host calls (fuel and the
-    timeout still bound them), so functions granted directories, and modules importing
-    a call their policy caps, use the sandbox.
+    The fast path enforces fuel, the timeout (sleeps included), memory, tables, output
+    and the host-call budget (it counts the calls that reach host resources there: the
+    standard streams, random_get and poll_oneoff; it has no directories or sockets); it
+    keeps no per-call caps, so functions granted directories, and modules importing a
+    call their policy caps, use the sandbox.
     """
     caps = spec.policy.capabilities
     if caps.dirs or caps.scratch:

@@ -23,7 +23,14 @@ import time
 from collections.abc import Sequence
 
 from ..engine import EngineConfig, LoadedModule, get_engine
-from ..engine.fastpath import EnvBlock, FastEngine, FastModule, FastResult, encode_env
+from ..engine.fastpath import (
+    COUNTS_HOSTCALLS,
+    EnvBlock,
+    FastEngine,
+    FastModule,
+    FastResult,
+    encode_env,
+)
 from ..invocation import Invocation
 from ..observe import RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
@@ -69,10 +76,10 @@ class FastFunction(Prepared):
         plan = self._engine.plan
         self._plan = plan(module, fuel=limits.fuel, timeout_s=limits.timeout,
                           max_memory=limits.max_memory, max_output=limits.max_output,
-                          capture_stderr=False)
+                          capture_stderr=False, max_hostcalls=limits.max_hostcalls)
         self._inline_plan = plan(module, fuel=inline_fuel, timeout_s=inline_timeout,
                                  max_memory=limits.max_memory, max_output=limits.max_output,
-                                 capture_stderr=False)
+                                 capture_stderr=False, max_hostcalls=limits.max_hostcalls)
         self._inline_after = 0.0
         self._inline_strikes = 0
 
@@ -146,6 +153,8 @@ class FastExecutor:
             return f"its memory limit is above the fast path's {POOL_MEMORY >> 20} MiB slots"
         if spec.policy.limits.max_table_elements > _TABLE_ELEMENTS:
             return "its table limit is above the fast path's"
+        if spec.policy.limits.max_hostcalls is not None and not COUNTS_HOSTCALLS:
+            return "it has a host-call budget and the fast path's native library is not built"
         return None
 
     def prepare(self, spec: FunctionSpec, loaded: LoadedModule) -> FastFunction:

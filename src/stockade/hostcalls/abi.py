@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "OFLAG_CREAT",
     "FDFLAGS_SYNC_MASK",
     "GuestMemory",
+    "MAX_IOVECS",
+    "MAX_IO_BYTES",
 ]
 
 MODULE = "wasi_snapshot_preview1"
@@ -75,6 +78,13 @@ class Errno:
     NOTSUP = 58
 
 
+# The most iovecs one fd_read/fd_write may pass (Linux and wasi-libc IOV_MAX): beyond it
+# the call fails with EINVAL, as writev(2) does, before any of them is looked at.
+MAX_IOVECS = 1024
+# The most bytes one owned read or write copies (a short read or write beyond: WASI lets
+# the guest retry), so no single host call is proportional to the guest's memory.
+MAX_IO_BYTES = 4 * 1024**2
+
 OFLAG_CREAT = 1
 # fdflags dsync | rsync | sync: every write would reach the device.
 FDFLAGS_SYNC_MASK = 2 | 8 | 16
@@ -130,14 +140,38 @@ class GuestMemory:
         """Write a little-endian u32."""
         self.write(offset, struct.pack("<I", value))
 
-    def iovecs(self, offset: int, count: int) -> list[tuple[int, int]]:
-        """The (buffer, length) pairs of an iovec array."""
-        raw = self.read(offset, 8 * count)
-        return [struct.unpack_from("<II", raw, 8 * i) for i in range(count)]
+    def iovecs(self, offset: int, count: int) -> Iterator[tuple[int, int]]:
+        """The (buffer, length) pairs of an iovec array of at most `MAX_IOVECS` entries,
+        read once and walked lazily. Raises ValueError past `MAX_IOVECS` (EINVAL) and
+        IndexError for an array outside memory."""
+        if count > MAX_IOVECS:
+            raise ValueError(f"{count} iovecs (at most {MAX_IOVECS})")
+        return struct.iter_unpack("<II", self.read(offset, 8 * count))
 
-    def gather(self, offset: int, count: int) -> bytes:
-        """Concatenate the bytes an iovec array points at."""
-        return b"".join(self.read(buf, length) for buf, length in self.iovecs(offset, count))
+    def gather(self, offset: int, count: int, limit: int) -> tuple[bytes, bool]:
+        """At most `limit` bytes of what an iovec array points at, in order, and whether
+        it asked for more. Stops walking at the limit; never joins more than it keeps."""
+        parts: list[bytes] = []
+        left = limit
+        for buf, length in self.iovecs(offset, count):
+            if not length:
+                continue
+            if not left:
+                return b"".join(parts), True
+            take = min(length, left)
+            parts.append(self.read(buf, take))
+            left -= take
+            if take < length:
+                return b"".join(parts), True
+        return b"".join(parts), False
+
+    def first_buffer(self, offset: int, count: int) -> tuple[int, int, int] | None:
+        """(index, buffer, length) of the first non-empty iovec, or None: the only one
+        wasmtime's WASI reads or writes for a file."""
+        for index, (buf, length) in enumerate(self.iovecs(offset, count)):
+            if length:
+                return index, buf, length
+        return None
 
     def path(self, offset: int, length: int) -> str:
         """A guest path argument, decoded leniently."""

@@ -20,9 +20,18 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from .abi import FDFLAGS_SYNC_MASK, INTERPOSED, MODULE, OFLAG_CREAT, Errno, GuestMemory
+from ..result import GuestStopped, Outcome
+from . import poll
+from .abi import (
+    FDFLAGS_SYNC_MASK,
+    INTERPOSED,
+    MAX_IO_BYTES,
+    MODULE,
+    OFLAG_CREAT,
+    Errno,
+    GuestMemory,
+)
 from .meter import Meter, is_special_file, path_exists
-from .poll import SUBSCRIPTION_SIZE, parse_clock_subscriptions, sleep_until_due
 
 __all__ = ["build_linker", "metered", "LINKER_NAME"]
 
@@ -132,40 +141,82 @@ Handler = Callable[..., int]
 
 def _fd_write(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
     if fd in (1, 2) and m.stdio_owned[fd]:
-        data = mem.gather(iovs, n)
-        mem.put_u32(ret, len(data))
+        # Walk the iovecs only as far as the room under the cap: a short write is legal
+        # WASI, and a write into a full cap stops the guest.
+        try:
+            data, more = mem.gather(iovs, n, min(m.output_room(), MAX_IO_BYTES))
+        except ValueError:
+            return Errno.INVAL
+        if more and not data:
+            m.stop_output(fd)
         m.capture(fd, data)
+        mem.put_u32(ret, len(data))
         return Errno.SUCCESS
-    return _file_write(m, c, mem, "fd_write", (fd, iovs, n, ret), iovs, n, ret)
+    return _file_write(m, c, mem, "fd_write", (fd, iovs, n, ret), iovs, n)
 
 
 def _fd_pwrite(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, off: int,
                ret: int) -> int:
-    return _file_write(m, c, mem, "fd_pwrite", (fd, iovs, n, off, ret), iovs, n, ret)
+    return _file_write(m, c, mem, "fd_pwrite", (fd, iovs, n, off, ret), iovs, n)
 
 
 def _file_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
-                iovs: int, n: int, ret: int) -> int:
-    requested = sum(length for _, length in mem.iovecs(iovs, n))
-    m.reserve_bytes(requested)
-    errno = _forward(m, c, name, *args)
+                iovs: int, n: int) -> int:
+    errno = _forward_io(m, c, mem, name, args, iovs, n, reserve=True)
     if errno == Errno.SUCCESS:
-        m.wrote(mem.u32(ret))
+        m.wrote(mem.u32(args[-1]))
     return errno
+
+
+def _forward_io(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
+                iovs: int, n: int, reserve: bool = False) -> int:
+    """Forward a read or write to wasmtime with its iovecs bounded first: at most
+    `MAX_IOVECS` (else EINVAL), and the one buffer wasmtime uses for a file (the first
+    non-empty one) cut to `MAX_IO_BYTES` for the call, then restored. With `reserve`,
+    that many bytes are charged to the disk quota first."""
+    try:
+        first = mem.first_buffer(iovs, n)
+    except ValueError:
+        return Errno.INVAL
+    if first is None:
+        return _forward(m, c, name, *args)
+    index, _, length = first
+    take = min(length, MAX_IO_BYTES)
+    if reserve:
+        m.reserve_bytes(take)
+    if take == length:
+        return _forward(m, c, name, *args)
+    # The guest is single-threaded and inside this call: nothing sees the shorter length.
+    entry = iovs + 8 * index + 4
+    mem.put_u32(entry, take)
+    try:
+        return _forward(m, c, name, *args)
+    finally:
+        mem.put_u32(entry, length)
 
 
 def _fd_read(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
     if fd == 0 and m.stdio_owned[0]:
-        total = 0
-        for buf, length in mem.iovecs(iovs, n):
-            chunk = m.read_stdin(length)
-            mem.write(buf, chunk)
-            total += len(chunk)
-            if len(chunk) < length:
-                break
+        total, left = 0, MAX_IO_BYTES
+        try:
+            for buf, length in mem.iovecs(iovs, n):
+                if not length:
+                    continue
+                chunk = m.read_stdin(min(length, left))
+                try:
+                    mem.write(buf, chunk)
+                except IndexError:
+                    m.unread_stdin(len(chunk))
+                    raise
+                total += len(chunk)
+                left -= len(chunk)
+                if len(chunk) < length or not left:
+                    break
+        except ValueError:
+            return Errno.INVAL
         mem.put_u32(ret, total)
         return Errno.SUCCESS
-    return _forward(m, c, "fd_read", fd, iovs, n, ret)
+    return _forward_io(m, c, mem, "fd_read", (fd, iovs, n, ret), iovs, n)
 
 
 def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, path: int,
@@ -235,14 +286,42 @@ def _fd_allocate(m: Meter, c: Any, mem: GuestMemory, fd: int, offset: int, lengt
 
 def _poll_oneoff(m: Meter, c: Any, mem: GuestMemory, subs: int, out: int, n: int,
                  nevents: int) -> int:
-    if n == 0:
-        return Errno.INVAL
-    waits = parse_clock_subscriptions(mem.read(subs, n * SUBSCRIPTION_SIZE), n)
-    if waits is None:
-        return _forward(m, c, "poll_oneoff", subs, out, n, nevents)
-    count = sleep_until_due(m, mem, waits, out)
-    mem.put_u32(nevents, count)
+    errno = poll.check_count(n)
+    if errno is not None:
+        return errno
+    raw = mem.read(subs, n * poll.SUBSCRIPTION_SIZE)
+    parsed = poll.parse(raw, n, m.clock_base)
+    if isinstance(parsed, int):
+        return parsed
+    if parsed.fds:
+        return _poll_descriptors(m, c, mem, (subs, out, n, nevents), parsed, raw)
+    events = parsed.failed or [(userdata, Errno.SUCCESS, poll.TAG_CLOCK)
+                               for userdata in poll.wait(parsed.clocks, m.remaining_time())]
+    mem.write(out, poll.pack_events(events))
+    mem.put_u32(nevents, len(events))
     return Errno.SUCCESS
+
+
+def _poll_descriptors(m: Meter, c: Any, mem: GuestMemory, args: tuple[int, int, int, int],
+                      parsed: poll.Poll, raw: bytes) -> int:
+    """Descriptor subscriptions are wasmtime's to answer: forward the call with every
+    clock rewritten in place as a relative wait cut at the deadline (restored after),
+    so no clock, absolute or long, outlasts the run. The sandbox's descriptors never
+    block (stdio is Stockade's, files are always ready, special files are not opened),
+    so the clocks are what bounds the call."""
+    subs = args[0]
+    remaining = m.remaining_time()
+    for index, userdata, seconds in parsed.clocks:
+        bounded = seconds if remaining is None else min(seconds, max(remaining, 0.0))
+        mem.write(subs + index * poll.SUBSCRIPTION_SIZE, poll.relative_clock(userdata, bounded))
+    try:
+        errno = _forward(m, c, "poll_oneoff", *args)
+    finally:
+        mem.write(subs, raw)
+    remaining = m.remaining_time()
+    if remaining is not None and remaining <= 0:
+        raise GuestStopped(Outcome.TIMEOUT, "wall-clock timeout (guest was polling)")
+    return errno
 
 
 def _forwarding(name: str) -> Handler:

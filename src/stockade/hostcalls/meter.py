@@ -40,6 +40,9 @@ class Meter:
     ) -> None:
         self.limits = limits
         self.deadline = deadline
+        # The guest's monotonic clock counts from its WASI context's creation, just
+        # before the meter (the owned poll_oneoff converts absolute times with it).
+        self.clock_base = time.monotonic_ns()
         self.counts: dict[str, int] = {}
         self._caps = dict(limits.hostcall_caps)
         self.total = 0
@@ -100,19 +103,25 @@ class Meter:
 
     # -- output -------------------------------------------------------------------
 
+    def output_room(self) -> int:
+        """Bytes stdout and stderr together may still take under the cap."""
+        return max(self.limits.max_output - len(self.stdout) - len(self.stderr), 0)
+
     def capture(self, fd: int, data: bytes) -> None:
-        """Keep guest stdout/stderr up to the shared cap; stop the guest at the cap."""
-        cap = self.limits.max_output
-        room = cap - len(self.stdout) - len(self.stderr)
+        """Keep guest stdout/stderr up to the shared cap; stop the guest past the cap."""
+        room = self.output_room()
         buffer = self.stdout if fd == 1 else self.stderr
-        if len(data) <= room:
-            buffer += data
-            return
-        buffer += data[: max(room, 0)]
+        buffer += data[:room]
+        if len(data) > room:
+            self.stop_output(fd)
+
+    def stop_output(self, fd: int) -> None:
+        """Stop the guest: it wrote to `fd` (1 or 2) past the output cap."""
         if fd == 1:
             self.stdout_truncated = True
         else:
             self.stderr_truncated = True
+        cap = self.limits.max_output
         raise GuestStopped(Outcome.OUTPUT_LIMIT, f"output cap of {format_size(cap)} reached")
 
     def read_stdin(self, size: int) -> bytes:
@@ -120,6 +129,10 @@ class Meter:
         chunk = self.stdin[self.stdin_pos : self.stdin_pos + size]
         self.stdin_pos += len(chunk)
         return chunk
+
+    def unread_stdin(self, size: int) -> None:
+        """Give back the last `size` bytes read (a read that could not be delivered)."""
+        self.stdin_pos -= size
 
     # -- disk ---------------------------------------------------------------------
 

@@ -1,61 +1,115 @@
-"""An owned `poll_oneoff` for clock subscriptions: sleeps that end at the run's deadline.
+"""The owned `poll_oneoff`: parsing, bounds, absolute-to-relative clocks, deadline sleeps.
 
-wasmtime's own poll_oneoff blocks in the host, where epoch interruption cannot reach
-it: a guest calling sleep(8) under a 1 s timeout would run 8 s. Here the sleep is cut
-at the deadline and the guest is stopped with `timeout`.
+wasmtime's own poll_oneoff blocks in the host, where epoch interruption cannot reach it:
+a guest calling sleep(8) under a 1 s timeout would run 8 s, and an absolute time on any
+clock makes the wait as long as the guest likes. Here every clock subscription becomes
+a relative wait (ABSTIME converted on the realtime and the guest's monotonic clock),
+the sleep is cut at the run's deadline and the guest stopped with `timeout`.
+
+One implementation for both paths: the sandbox (`interpose._poll_oneoff`, which also
+forwards descriptor subscriptions to wasmtime with its clocks made relative and
+bounded) and the fast path (`engine.fastpath._poll`, whose descriptors are always
+ready). Pure: no `Meter`, no wasmtime, so the engine layer may import it.
+
+Bounds: at most `MAX_SUBSCRIPTIONS` per call (EINVAL beyond, before any is read), so
+parsing takes at most a few milliseconds and `MAX_SUBSCRIPTIONS * 48` bytes.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from dataclasses import dataclass, field
 
 from ..result import GuestStopped, Outcome
-from .abi import Errno, GuestMemory
-from .meter import Meter
 
-__all__ = ["ClockPoll", "parse_clock_subscriptions", "sleep_until_due"]
+__all__ = ["MAX_SUBSCRIPTIONS", "SUBSCRIPTION_SIZE", "EVENT_SIZE", "TAG_CLOCK", "Poll",
+           "check_count", "parse", "wait", "relative_clock", "pack_events"]
 
+# More subscriptions than any program polls at once (poll(2) callers pass one per fd,
+# and the sandbox caps descriptors far lower); beyond it the call fails with EINVAL.
+MAX_SUBSCRIPTIONS = 4096
 SUBSCRIPTION_SIZE = 48
 EVENT_SIZE = 32
-TAG_CLOCK = 0
-CLOCK_REALTIME = 0
+TAG_CLOCK, TAG_FD_READ, TAG_FD_WRITE = 0, 1, 2
+CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 FLAG_ABSTIME = 1
+_EINVAL = 28
 
-ClockPoll = list[tuple[int, float]]  # (userdata, seconds to wait)
+_HEAD = struct.Struct("<QB")  # userdata, tag
+_CLOCK = struct.Struct("<I4xQQH")  # clock id, timeout, precision, flags (at offset 16)
+_FD = struct.Struct("<I")  # descriptor (at offset 16)
+_SUBSCRIPTION = struct.Struct("<QB7xI4xQQH6x")
+_EVENT = struct.Struct("<QHB5xQH6x")  # userdata, errno, type, nbytes, flags
 
 
-def parse_clock_subscriptions(raw: bytes, count: int) -> ClockPoll | None:
-    """(userdata, relative wait) per subscription when all are relative or realtime
-    clocks; None when any subscription waits on a descriptor or a monotonic absolute time
-    (those are left to wasmtime)."""
-    waits: ClockPoll = []
+@dataclass(slots=True)
+class Poll:
+    """One call's subscriptions: `clocks` as (index, userdata, seconds to wait), `fds` as
+    (index, userdata, tag, descriptor), `failed` as events due at once (userdata, errno,
+    tag) for clocks the host does not offer."""
+
+    clocks: list[tuple[int, int, float]] = field(default_factory=list)
+    fds: list[tuple[int, int, int, int]] = field(default_factory=list)
+    failed: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def check_count(count: int) -> int | None:
+    """EINVAL for no subscriptions or more than `MAX_SUBSCRIPTIONS`, else None: checked
+    before the array is read."""
+    return _EINVAL if not 0 < count <= MAX_SUBSCRIPTIONS else None
+
+
+def parse(raw: bytes, count: int, clock_base_ns: int) -> Poll | int:
+    """The `count` subscriptions in `raw` (checked by `check_count`), or an errno for the
+    whole call (an unknown event type). Absolute times become waits from now: realtime
+    against the host's clock, monotonic against the guest's, which counts from
+    `clock_base_ns` (`time.monotonic_ns()` when its WASI context was made)."""
+    found = Poll()
+    realtime = monotonic = None
     for index in range(count):
         base = index * SUBSCRIPTION_SIZE
-        userdata, tag = struct.unpack_from("<QB", raw, base)
+        userdata, tag = _HEAD.unpack_from(raw, base)
         if tag != TAG_CLOCK:
-            return None
-        clock_id, timeout_ns, _precision, flags = struct.unpack_from("<I4xQQH", raw, base + 16)
+            if tag not in (TAG_FD_READ, TAG_FD_WRITE):
+                return _EINVAL
+            found.fds.append((index, userdata, tag, _FD.unpack_from(raw, base + 16)[0]))
+            continue
+        clock, timeout, _precision, flags = _CLOCK.unpack_from(raw, base + 16)
+        if clock not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
+            found.failed.append((userdata, _EINVAL, TAG_CLOCK))
+            continue
         if flags & FLAG_ABSTIME:
-            if clock_id != CLOCK_REALTIME:
-                return None
-            timeout_ns = max(0, timeout_ns - time.time_ns())
-        waits.append((userdata, timeout_ns / 1e9))
-    return waits
+            if clock == CLOCK_REALTIME:
+                realtime = time.time_ns() if realtime is None else realtime
+                timeout -= realtime
+            else:
+                monotonic = time.monotonic_ns() - clock_base_ns if monotonic is None \
+                    else monotonic
+                timeout -= monotonic
+        found.clocks.append((index, userdata, max(timeout, 0) / 1e9))
+    return found
 
 
-def sleep_until_due(meter: Meter, memory: GuestMemory, waits: ClockPoll, out: int) -> int:
-    """Sleep until the earliest subscription is due, write its events at `out`, and return
-    how many. Stops the guest with `timeout` when the deadline comes first."""
-    shortest = min(wait for _, wait in waits)
-    remaining = meter.remaining_time()
+def wait(clocks: list[tuple[int, int, float]], remaining: float | None) -> list[int]:
+    """Sleep until the earliest clock is due; the userdata of every clock due then.
+    With `remaining` seconds to the deadline (None: no deadline) shorter than that,
+    sleep to the deadline and raise GuestStopped (`timeout`)."""
+    shortest = min(seconds for _, _, seconds in clocks)
     if remaining is not None and remaining < shortest:
         time.sleep(max(remaining, 0.0))
         raise GuestStopped(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
     if shortest > 0:
         time.sleep(shortest)
-    due = [userdata for userdata, wait in waits if wait <= shortest]
-    for index, userdata in enumerate(due):
-        event = struct.pack("<QHBxxxxx", userdata, Errno.SUCCESS, TAG_CLOCK) + bytes(16)
-        memory.write(out + index * EVENT_SIZE, event)
-    return len(due)
+    return [userdata for _, userdata, seconds in clocks if seconds <= shortest]
+
+
+def relative_clock(userdata: int, seconds: float) -> bytes:
+    """A subscription waiting `seconds` on the monotonic clock, relative (no ABSTIME)."""
+    return _SUBSCRIPTION.pack(userdata, TAG_CLOCK, CLOCK_MONOTONIC,
+                              max(int(seconds * 1e9), 0), 0, 0)
+
+
+def pack_events(events: list[tuple[int, int, int]]) -> bytes:
+    """Events (userdata, errno, type) as the guest reads them (no bytes, no flags)."""
+    return b"".join(_EVENT.pack(userdata, errno, tag, 0, 0) for userdata, errno, tag in events)

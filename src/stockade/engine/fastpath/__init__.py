@@ -23,7 +23,12 @@ from __future__ import annotations
 from ._capi import FastPathUnavailable
 from ._engine import FastEngine, encode_env
 from ._module import FastModule
+from ._native import STDIO
 from ._run import NO_ENV, EnvBlock, FastResult, RunPlan
 
 __all__ = ["FastEngine", "FastModule", "FastResult", "FastPathUnavailable", "RunPlan",
-           "EnvBlock", "NO_ENV", "encode_env"]
+           "EnvBlock", "NO_ENV", "encode_env", "COUNTS_HOSTCALLS"]
+
+# Whether fast-path runs count host calls (`max_hostcalls`): the native library serves
+# the counted calls; without it a run with a budget is refused.
+COUNTS_HOSTCALLS = STDIO is not None

@@ -23,7 +23,7 @@ from ..config import EngineConfig
 from ..ticker import TICK_SECONDS
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import Env, FastModule, prepare, raise_load
-from ._poll import define_poll_oneoff
+from ._poll import define_owned_calls
 from ._run import NO_ENV, EnvBlock, FastResult, RunPlan, RunSlot, execute
 
 __all__ = ["FastEngine", "encode_env"]
@@ -72,7 +72,8 @@ class FastEngine:
                                                                        table_elements))
         self._linker = C.linker_new(self._engine)
         raise_load(C.linker_define_wasi(self._linker), "WASI")
-        define_poll_oneoff(self._linker)
+        # Owned (counted, capped as they are written) when the native library is loaded.
+        self.owns_stdio = define_owned_calls(self._linker)
         self.tick_interval = tick_interval
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a run finished
@@ -172,6 +173,7 @@ class FastEngine:
         max_memory: int | None = None,
         max_output: int | None = None,
         capture_stderr: bool = True,
+        max_hostcalls: int | None = None,
     ) -> FastResult:
         """Run `module`'s `_start` in a fresh instance and return how it ended.
 
@@ -181,15 +183,19 @@ class FastEngine:
         stopped at the deadline too), `max_memory` bytes of linear memory (default and
         ceiling: the engine's),
         `max_output` bytes of stdout + stderr together (None: unlimited; enforced while
-        the guest runs, within a tick). `capture_stderr=False` discards stderr, saving
-        a file open per call. Waits while `max_instances` runs are in flight. Raises
+        the guest runs: a write gets at most the room left, a write into a full cap stops
+        the guest), `max_hostcalls` calls of `fd_write`, `fd_read`, `fd_close`,
+        `random_get` and `poll_oneoff` together (None: unlimited; needs `owns_stdio`,
+        the native library). `capture_stderr=False` discards stderr, saving a file open
+        per call. Waits while `max_instances` runs are in flight. Raises
         UsageError for bad arguments. `plan` and `run_plan` do the same in two steps,
         checking the arguments once for many runs.
         """
         if not isinstance(stdin, bytes | bytearray | memoryview):
             raise UsageError(f"stdin must be bytes, not {type(stdin).__name__}")
         plan = self.plan(module, args, fuel=fuel, timeout_s=timeout_s, max_memory=max_memory,
-                         max_output=max_output, capture_stderr=capture_stderr)
+                         max_output=max_output, capture_stderr=capture_stderr,
+                         max_hostcalls=max_hostcalls)
         return self.run_plan(plan, encode_env(env), bytes(stdin))
 
     def plan(
@@ -202,6 +208,7 @@ class FastEngine:
         max_memory: int | None = None,
         max_output: int | None = None,
         capture_stderr: bool = True,
+        max_hostcalls: int | None = None,
     ) -> RunPlan:
         """Check a run's arguments and limits once (see `run`) for `run_plan`. Raises
         UsageError."""
@@ -213,9 +220,13 @@ class FastEngine:
                              "(the engine's pool slot size)")
         if max_output is not None and max_output < 0:
             raise UsageError(f"max_output={max_output} must not be negative")
+        if max_hostcalls is not None and (max_hostcalls < 0 or not self.owns_stdio):
+            raise UsageError(f"max_hostcalls={max_hostcalls} needs a non-negative count and "
+                             "the fast path's native library (scripts/build_native.py)")
         deadline = _NO_DEADLINE if timeout_s is None else self._deadline(timeout_s)
         return RunPlan(module, b"".join(arg + b"\0" for arg in argv), len(argv), budget,
-                       deadline, timeout_s, memory, max_output, capture_stderr)
+                       deadline, timeout_s, memory, max_output, capture_stderr, max_hostcalls,
+                       self.owns_stdio)
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
         """Run a checked plan with `env` (`encode_env`) and `stdin` (bytes): `run` without

@@ -51,11 +51,12 @@ class FastModule:
         max_memory: int | None = None,
         max_output: int | None = None,
         capture_stderr: bool = True,
+        max_hostcalls: int | None = None,
     ) -> FastResult:
         """Shorthand for `self.engine.run(self, ...)`."""
         return self.engine.run(self, args, env, stdin, fuel=fuel, timeout_s=timeout_s,
                                max_memory=max_memory, max_output=max_output,
-                               capture_stderr=capture_stderr)
+                               capture_stderr=capture_stderr, max_hostcalls=max_hostcalls)
 
     def serialize(self) -> bytes:
         """The compiled module (`.cwasm` bytes) for `FastEngine.deserialize` or the AoT cache."""

@@ -1,5 +1,8 @@
 /* One fast-path run in a single C call: the same wasmtime C API calls as `_run.py`'s
- * `execute`, minus a ctypes transition per call (about 15 of them per run).
+ * `execute`, minus a ctypes transition per call (about 15 of them per run); and the
+ * fast path's own standard streams (`fd_write`, `fd_read`, `fd_close`) and `random_get`,
+ * host functions
+ * that count toward the run's host-call budget and stop output at its cap as they write.
  *
  * Built by `scripts/build_native.py` into `libstockade_fastrun.so` beside this file; without it
  * the fast path runs the Python version. It links against nothing: the wasmtime
@@ -13,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,7 +26,8 @@ enum {
     F_STORE_NEW, F_STORE_CONTEXT, F_STORE_LIMITER, F_STORE_DELETE, F_SET_FUEL, F_GET_FUEL,
     F_SET_EPOCH_DEADLINE, F_SET_WASI, F_WASI_NEW, F_WASI_DELETE, F_WASI_ARGV, F_WASI_ENV,
     F_WASI_STDIN_BYTES, F_WASI_STDOUT_FILE, F_WASI_STDERR_FILE, F_BYTE_VEC_NEW,
-    F_PRE_INSTANTIATE, F_EXPORT_GET, F_FUNC_CALL, F_MEMORY_DATA_SIZE, F_ERROR_DELETE, F_COUNT
+    F_PRE_INSTANTIATE, F_EXPORT_GET, F_FUNC_CALL, F_MEMORY_DATA_SIZE, F_ERROR_DELETE,
+    F_CALLER_CONTEXT, F_CONTEXT_GET_DATA, F_CALLER_EXPORT_GET, F_MEMORY_DATA, F_TRAP_NEW, F_COUNT
 };
 
 static void *fn[F_COUNT];
@@ -177,4 +182,181 @@ static int fast_run(const run_in *in, run_out *out) {
 done:
     CALL(F_STORE_DELETE, void (*)(void *))(store);
     return 0;
+}
+
+/* -- the owned standard streams ------------------------------------------------------
+ * A run's store data points at its slot's `run_state` (`_run.py`'s `RunState`). No
+ * preopens exist on the fast path, so descriptors 0-2 are the only ones: stdin is the
+ * request's bytes, stdout and stderr the slot's memfds, written here with pwrite. */
+
+typedef struct {
+    int32_t out_fd, err_fd, capture_err, stop;
+    int64_t cap;                 /* stdout + stderr bytes (-1: unlimited) */
+    int64_t out_size, err_size;  /* bytes written this run */
+    uint64_t hostcalls, max_hostcalls;
+    const uint8_t *stdin_data;
+    uint64_t stdin_len, stdin_pos;
+    int32_t closed[3];           /* fd_close'd standard descriptors */
+} run_state;
+
+enum { STOP_NONE = 0, STOP_STDOUT = 1, STOP_STDERR = 2, STOP_HOSTCALLS = 3 };
+enum { E_SUCCESS = 0, E_BADF = 8, E_FAULT = 21, E_INVAL = 28 };
+#define MAX_IOVECS 1024              /* IOV_MAX: EINVAL beyond (hostcalls.abi) */
+#define MAX_IO_BYTES (4u << 20)      /* bytes one call copies (hostcalls.abi) */
+
+typedef struct { uint64_t i64; uint64_t high; } val_raw; /* wasmtime_val_raw_t: 16 bytes */
+
+static void *stop(run_state *st, int reason, const char *message) {
+    st->stop = reason;
+    return CALL(F_TRAP_NEW, void *(*)(const char *, size_t))(message, strlen(message));
+}
+
+/* The run's state and the guest's memory, after counting the call; NULL with *trap set
+ * when the budget is spent. */
+static run_state *enter(void *caller, uint8_t **base, size_t *size, void **trap) {
+    void *cx = CALL(F_CALLER_CONTEXT, void *(*)(void *))(caller);
+    run_state *st = CALL(F_CONTEXT_GET_DATA, void *(*)(void *))(cx);
+    *trap = NULL;
+    if (++st->hostcalls > st->max_hostcalls) {
+        *trap = stop(st, STOP_HOSTCALLS, "host-call budget exhausted");
+        return NULL;
+    }
+    _Alignas(16) uint8_t item[64];
+    *base = NULL;
+    *size = 0;
+    if (CALL(F_CALLER_EXPORT_GET, bool (*)(void *, const char *, size_t, void *))(
+            caller, "memory", 6, item) && item[0] == 3 /* WASMTIME_EXTERN_MEMORY */) {
+        *base = CALL(F_MEMORY_DATA, uint8_t *(*)(void *, void *))(cx, item + extern_of);
+        *size = CALL(F_MEMORY_DATA_SIZE, size_t (*)(void *, void *))(cx, item + extern_of);
+    }
+    return st;
+}
+
+static bool in_memory(size_t size, uint64_t offset, uint64_t length) {
+    return offset <= size && length <= size - offset;
+}
+
+/* Check an iovec array: EINVAL past MAX_IOVECS, EFAULT outside memory; the total asked. */
+static int check_iovecs(const uint8_t *base, size_t size, uint32_t iovs, uint32_t n,
+                        uint64_t *total) {
+    if (n > MAX_IOVECS) return E_INVAL;
+    if (!base || !in_memory(size, iovs, (uint64_t)n * 8)) return E_FAULT;
+    *total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t buf, len;
+        memcpy(&buf, base + iovs + 8 * i, 4);
+        memcpy(&len, base + iovs + 8 * i + 4, 4);
+        if (!in_memory(size, buf, len)) return E_FAULT;
+        *total += len;
+    }
+    return E_SUCCESS;
+}
+
+static void put_u32(uint8_t *base, uint32_t at, uint32_t value) { memcpy(base + at, &value, 4); }
+
+void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
+    (void)env; (void)nargs;
+    uint8_t *base; size_t size; void *trap;
+    run_state *st = enter(caller, &base, &size, &trap);
+    if (!st) return trap;
+    uint32_t fd = (uint32_t)args[0].i64, iovs = (uint32_t)args[1].i64,
+             n = (uint32_t)args[2].i64, ret = (uint32_t)args[3].i64;
+    uint64_t total;
+    int err = (fd == 1 || fd == 2) && !st->closed[fd] ? check_iovecs(base, size, iovs, n, &total)
+                                                      : E_BADF;
+    if (err == E_SUCCESS && !in_memory(size, ret, 4)) err = E_FAULT;
+    if (err != E_SUCCESS) { args[0].i64 = (uint32_t)err; return NULL; }
+    if (fd == 2 && !st->capture_err) {  /* discarded: everything accepted */
+        put_u32(base, ret, total > UINT32_MAX ? UINT32_MAX : (uint32_t)total);
+        args[0].i64 = E_SUCCESS;
+        return NULL;
+    }
+    uint64_t room = MAX_IO_BYTES;
+    if (st->cap >= 0) {
+        int64_t left = st->cap - st->out_size - st->err_size;
+        if (left <= 0 && total) return stop(st, fd == 1 ? STOP_STDOUT : STOP_STDERR,
+                                            "output limit reached");
+        if (left >= 0 && (uint64_t)left < room) room = (uint64_t)left;
+    }
+    int64_t *written = fd == 1 ? &st->out_size : &st->err_size;
+    int file = fd == 1 ? st->out_fd : st->err_fd;
+    uint32_t done = 0;
+    for (uint32_t i = 0; i < n && room; i++) {
+        uint32_t buf, len;
+        memcpy(&buf, base + iovs + 8 * i, 4);
+        memcpy(&len, base + iovs + 8 * i + 4, 4);
+        uint32_t take = len < room ? len : (uint32_t)room;
+        uint32_t put = 0;
+        while (put < take) {
+            ssize_t wrote = pwrite(file, base + buf + put, take - put, *written);
+            if (wrote <= 0) break;
+            put += (uint32_t)wrote;
+            *written += wrote;
+        }
+        done += put;
+        room -= put;
+        if (len) break; /* the first non-empty buffer only, as wasmtime's WASI writes */
+    }
+    put_u32(base, ret, done);
+    args[0].i64 = E_SUCCESS;
+    return NULL;
+}
+
+void *stockade_fd_read(void *env, void *caller, val_raw *args, size_t nargs) {
+    (void)env; (void)nargs;
+    uint8_t *base; size_t size; void *trap;
+    run_state *st = enter(caller, &base, &size, &trap);
+    if (!st) return trap;
+    uint32_t fd = (uint32_t)args[0].i64, iovs = (uint32_t)args[1].i64,
+             n = (uint32_t)args[2].i64, ret = (uint32_t)args[3].i64;
+    uint64_t total;
+    int err = fd == 0 && !st->closed[0] ? check_iovecs(base, size, iovs, n, &total) : E_BADF;
+    if (err == E_SUCCESS && !in_memory(size, ret, 4)) err = E_FAULT;
+    if (err != E_SUCCESS) { args[0].i64 = (uint32_t)err; return NULL; }
+    uint64_t room = MAX_IO_BYTES;
+    uint32_t done = 0;
+    for (uint32_t i = 0; i < n && room && st->stdin_pos < st->stdin_len; i++) {
+        uint32_t buf, len;
+        memcpy(&buf, base + iovs + 8 * i, 4);
+        memcpy(&len, base + iovs + 8 * i + 4, 4);
+        uint64_t take = st->stdin_len - st->stdin_pos;
+        if (len < take) take = len;
+        if (room < take) take = room;
+        memcpy(base + buf, st->stdin_data + st->stdin_pos, take);
+        st->stdin_pos += take;
+        done += (uint32_t)take;
+        room -= take;
+        if (len) break; /* the first non-empty buffer only, as wasmtime's WASI reads */
+    }
+    put_u32(base, ret, done);
+    args[0].i64 = E_SUCCESS;
+    return NULL;
+}
+
+void *stockade_fd_close(void *env, void *caller, val_raw *args, size_t nargs) {
+    (void)env; (void)nargs;
+    uint8_t *base; size_t size; void *trap;
+    run_state *st = enter(caller, &base, &size, &trap);
+    if (!st) return trap;
+    uint32_t fd = (uint32_t)args[0].i64;
+    int err = fd < 3 && !st->closed[fd] ? E_SUCCESS : E_BADF;
+    if (err == E_SUCCESS) st->closed[fd] = 1;
+    args[0].i64 = (uint32_t)err;
+    return NULL;
+}
+
+void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) {
+    (void)env; (void)nargs;
+    uint8_t *base; size_t size; void *trap;
+    run_state *st = enter(caller, &base, &size, &trap);
+    if (!st) return trap;
+    uint32_t buf = (uint32_t)args[0].i64, len = (uint32_t)args[1].i64;
+    if (!base || !in_memory(size, buf, len)) { args[0].i64 = E_FAULT; return NULL; }
+    for (uint32_t done = 0; done < len;) {
+        ssize_t got = getrandom(base + buf + done, len - done, 0);
+        if (got <= 0) { args[0].i64 = 29 /* EIO */; return NULL; }
+        done += (uint32_t)got;
+    }
+    args[0].i64 = E_SUCCESS;
+    return NULL;
 }

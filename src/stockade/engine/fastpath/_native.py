@@ -1,7 +1,9 @@
 """The fast path's native run: `_native.c`, built beside this module by
 `scripts/build_native.py`, makes one run a single C call instead of about fifteen
-ctypes calls. Optional: `NATIVE_RUN` is None when the library is not built, cannot be
-loaded, or `STOCKADE_FASTPATH_NATIVE=0`; `execute` then runs the Python version.
+ctypes calls, and serves the guest's standard streams (`STDIO`: counted host calls, output
+stopped at the cap as it is written). Optional: `NATIVE_RUN` and `STDIO` are None when
+the library is not built, cannot be loaded, or `STOCKADE_FASTPATH_NATIVE=0`; `execute`
+then runs the Python version.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from wasmtime import _ffi
 
 from ._capi import Extern
 
-__all__ = ["NATIVE_RUN", "RunIn", "RunOut", "MAX_STRINGS", "RUN_OK", "RUN_FUEL",
-           "RUN_WASI_FILES", "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
+__all__ = ["NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunState", "MAX_STRINGS", "RUN_OK",
+           "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
+           "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
 
 LIBRARY = Path(__file__).with_name("libstockade_fastrun.so")
 MAX_STRINGS = 1024  # argv and environment entries the C side takes (MAX_STRINGS there)
@@ -33,7 +36,8 @@ _FUNCTIONS = (
     "wasi_config_set_stdin_bytes", "wasi_config_set_stdout_file",
     "wasi_config_set_stderr_file", "wasm_byte_vec_new", "wasmtime_instance_pre_instantiate",
     "wasmtime_instance_export_get", "wasmtime_func_call", "wasmtime_memory_data_size",
-    "wasmtime_error_delete",
+    "wasmtime_error_delete", "wasmtime_caller_context", "wasmtime_context_get_data",
+    "wasmtime_caller_export_get", "wasmtime_memory_data", "wasmtime_trap_new",
 )
 
 
@@ -66,6 +70,23 @@ class RunOut(ctypes.Structure):
     ]
 
 
+class RunState(ctypes.Structure):
+    """`run_state` of `_native.c`: what the owned standard streams of one run share with
+    Python (the store's data points at it). `stop` says why a host call stopped the
+    guest: 1 stdout or 2 stderr past the output cap, 3 the host-call budget."""
+
+    _fields_ = [
+        ("out_fd", c_int32), ("err_fd", c_int32), ("capture_err", c_int32), ("stop", c_int32),
+        ("cap", c_int64), ("out_size", c_int64), ("err_size", c_int64),
+        ("hostcalls", c_uint64), ("max_hostcalls", c_uint64),
+        ("stdin_data", c_char_p), ("stdin_len", c_uint64), ("stdin_pos", c_uint64),
+        ("closed", c_int32 * 3),
+    ]
+
+
+STOP_STDOUT, STOP_STDERR, STOP_HOSTCALLS = 1, 2, 3
+
+
 def _load() -> Any:
     if os.environ.get("STOCKADE_FASTPATH_NATIVE", "1") == "0" or not LIBRARY.exists():
         return None
@@ -79,9 +100,16 @@ def _load() -> Any:
     init.argtypes, init.restype = [POINTER(c_void_p), c_size_t, c_size_t], c_int32
     if init(addresses, len(_FUNCTIONS), Extern.of.offset) != 0:
         return None
-    run = library.stockade_fast_run
-    run.argtypes, run.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
-    return run
+    return library
 
 
-NATIVE_RUN: Any = _load()
+_LIBRARY: Any = _load()
+NATIVE_RUN: Any = None
+# Host functions (name -> address) of the owned standard streams, or None without the
+# library: the fast path then counts no host calls and caps output with the ticker.
+STDIO: dict[str, int] | None = None
+if _LIBRARY is not None:
+    NATIVE_RUN = _LIBRARY.stockade_fast_run
+    NATIVE_RUN.argtypes, NATIVE_RUN.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
+    STDIO = {name: ctypes.cast(getattr(_LIBRARY, f"stockade_{name}"), c_void_p).value or 0
+             for name in ("fd_write", "fd_read", "fd_close", "random_get")}

@@ -36,8 +36,12 @@ from ._native import (
     RUN_NO_START,
     RUN_OK,
     RUN_WASI_FILES,
+    STOP_HOSTCALLS,
+    STOP_STDERR,
+    STOP_STDOUT,
     RunIn,
     RunOut,
+    RunState,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +83,10 @@ NO_ENV = EnvBlock(b"", b"", 0)
 class RunPlan:
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
     `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
-    meter fuel), `deadline_ticks` the epoch deadline, `timeout_s` the same in seconds."""
+    meter fuel), `deadline_ticks` the epoch deadline, `timeout_s` the same in seconds,
+    `max_hostcalls` the budget of host calls Stockade serves (the standard streams,
+    `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
+    serves them."""
 
     module: FastModule
     argv: bytes
@@ -90,6 +97,8 @@ class RunPlan:
     max_memory: int
     max_output: int | None
     capture_stderr: bool
+    max_hostcalls: int | None = None
+    owned_stdio: bool = False
 
 
 @dataclass(slots=True)
@@ -151,7 +160,7 @@ class RunSlot:
 
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
-                 "native_in", "native_out")
+                 "native_in", "native_out", "state", "key")
 
     def __init__(self) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -171,11 +180,14 @@ class RunSlot:
         self.item = Extern()
         self.trap = ctypes.c_void_p()
         self.fuel_left = ctypes.c_uint64()
-        self.native_in = RunIn(data=id(self), out_path=self.out_path, err_path=self.err_path,
+        # What the owned standard streams share with C; the store's data points at it.
+        self.state = RunState(out_fd=self.out, err_fd=self.err)
+        self.key = ctypes.addressof(self.state)
+        self.native_in = RunIn(data=self.key, out_path=self.out_path, err_path=self.err_path,
                                cap=ctypes.pointer(self.cap_cell), out_fd=self.out,
                                err_fd=self.err)
         self.native_out = RunOut()
-        RunSlot.live[id(self)] = self
+        RunSlot.live[self.key] = self
 
     @property
     def cap(self) -> int | None:
@@ -218,7 +230,7 @@ class RunSlot:
 
     def close(self) -> None:
         """Close both memfds (their memory is freed with the last descriptor)."""
-        RunSlot.live.pop(id(self), None)
+        RunSlot.live.pop(self.key, None)
         for fd in (self.out, self.err):
             try:
                 os.close(fd)
@@ -238,6 +250,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     (`output_limit`).
     """
     slot.stopped = False
+    _start_state(slot, plan, stdin)
     if NATIVE_RUN is not None and plan.argc <= MAX_STRINGS and env.entries <= MAX_STRINGS:
         ran = _run_native(engine, plan, slot, env, stdin)
     else:
@@ -255,6 +268,14 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             f"memory limit of {format_size(max_memory)} reached "
             f"(linear memory {format_size(memory_bytes)})")
     out, err, out_cut, err_cut = slot.collect(n_out, n_err)
+    stop = slot.state.stop
+    slot.state.stdin_data = None  # do not keep the request body alive in the slot
+    if stop == STOP_HOSTCALLS:
+        outcome, message, code = Outcome.HOSTCALL_LIMIT, \
+            f"host-call budget of {plan.max_hostcalls} calls exhausted", None
+    elif stop in (STOP_STDOUT, STOP_STDERR):
+        out_cut, err_cut, code = out_cut or stop == STOP_STDOUT, err_cut or stop == STOP_STDERR, \
+            None
     if out_cut or err_cut:
         outcome, message = Outcome.OUTPUT_LIMIT, \
             f"output limit of {format_size(plan.max_output or 0)} exceeded"
@@ -263,6 +284,20 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
         outcome, code, out, err, out_cut, err_cut, message,
         fuel - fuel_left if fuel is not None else 0, wall, cpu, memory_bytes,
     )
+
+
+_UNLIMITED = (1 << 64) - 1
+
+
+def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
+    """Reset the slot's shared state for a run: budget, cap, sizes, stdin, descriptors."""
+    state = slot.state
+    state.stop = state.hostcalls = state.out_size = state.err_size = state.stdin_pos = 0
+    state.capture_err = plan.capture_stderr
+    state.cap = -1 if plan.max_output is None else plan.max_output
+    state.max_hostcalls = _UNLIMITED if plan.max_hostcalls is None else plan.max_hostcalls
+    state.stdin_data, state.stdin_len = stdin, len(stdin)
+    state.closed[0] = state.closed[1] = state.closed[2] = 0
 
 
 # error, trap, called, memory, fuel left, wall and CPU seconds, stdout and stderr sizes
@@ -280,7 +315,8 @@ def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     args.argv, args.argc, args.argv_len = plan.argv, plan.argc, len(plan.argv)
     args.names, args.values, args.envc = env.names, env.values, env.entries
     args.names_len, args.values_len = len(env.names), len(env.values)
-    args.stdin_data, args.stdin_len = stdin, len(stdin)
+    # Served from the slot's state when the engine owns the standard streams.
+    args.stdin_data, args.stdin_len = (None, 0) if plan.owned_stdio else (stdin, len(stdin))
     args.max_output = -1 if plan.max_output is None else plan.max_output
     slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
     NATIVE_RUN(ctypes.byref(args), ctypes.byref(out))
@@ -310,7 +346,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     byref = ctypes.byref
     instance, item, trap = byref(slot.instance), slot.item, slot.trap
     trap.value = None
-    store = C.store_new(engine, id(slot), None)
+    store = C.store_new(engine, slot.key, None)
     error: int | None = None
     memory_bytes = fuel_left = 0
     called = False
@@ -321,7 +357,8 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             _check(C.context_set_fuel(cx, fuel))
         C.context_set_epoch_deadline(cx, plan.deadline_ticks)
         slot.capture_err = plan.capture_stderr
-        _check(C.context_set_wasi(cx, _wasi_config(slot, argv, (names, values), stdin)))
+        _check(C.context_set_wasi(cx, _wasi_config(slot, argv, (names, values),
+                                                    b"" if plan.owned_stdio else stdin)))
         slot.cap = plan.max_output  # only now: the files were just truncated for this run
         error = C.instance_pre_instantiate(pre, cx, instance, byref(trap))
         if not error and not trap.value:
