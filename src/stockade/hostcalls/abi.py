@@ -73,6 +73,7 @@ class Errno:
     FAULT = 21
     INVAL = 28
     NOTSUP = 58
+    PERM = 63
 
 
 OFLAG_CREAT = 1

@@ -13,6 +13,10 @@ that called `_start`, and its host calls arrive on that same thread.
 from __future__ import annotations
 
 import ctypes
+import errno as errno_codes
+import logging
+import os
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +25,28 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from .abi import FDFLAGS_SYNC_MASK, INTERPOSED, MODULE, OFLAG_CREAT, Errno, GuestMemory
-from .meter import Meter, is_special_file, path_exists
+from .descriptors import (
+    FdEntry,
+    ascent_escapes,
+    is_special,
+    lookup,
+    metadata_hash,
+    open_dir,
+    split_parent,
+    symlink_ascent,
+)
+from .meter import Meter
 from .poll import SUBSCRIPTION_SIZE, parse_clock_subscriptions, sleep_until_due
 
 __all__ = ["build_linker", "metered", "LINKER_NAME"]
 
 LINKER_NAME = "stockade-metered"
+# Calls the trampoline also exports without Stockade owning them: questions about
+# wasmtime's own descriptors (size, type, identity, offset).
+_QUERIES: dict[str, tuple[str, ...]] = {"fd_filestat_get": ("i32", "i32"),
+                                        "fd_tell": ("i32", "i32")}
+_TRAMPOLINE_CALLS = {**INTERPOSED, **_QUERIES}
+_log = logging.getLogger(__name__)
 _local = threading.local()
 _trampolines: dict[int, wasmtime.Module] = {}
 _trampolines_lock = threading.Lock()
@@ -47,15 +67,16 @@ class metered:  # noqa: N801 - used as a context manager like a function
     def __exit__(self, *exc: object) -> None:
         _local.meter = None
         _local.engine = None
+        self.meter.close()
 
 
 def _trampoline_wat() -> str:
     # WASI finds memory through the calling instance's "memory" export: re-export the guest's.
     lines = ['(module (import "env" "memory" (memory 0)) (export "memory" (memory 0))']
-    for name, params in INTERPOSED.items():
+    for name, params in _TRAMPOLINE_CALLS.items():
         sig = f"(param {' '.join(params)}) (result i32)"
         lines.append(f'(import "{MODULE}" "{name}" (func ${name} {sig}))')
-    for name, params in INTERPOSED.items():
+    for name, params in _TRAMPOLINE_CALLS.items():
         sig = f"(param {' '.join(params)}) (result i32)"
         body = " ".join(f"local.get {i}" for i in range(len(params)))
         lines.append(f'(func (export "{name}") {sig} {body} call ${name})')
@@ -115,9 +136,9 @@ def _forward(meter: Meter, caller: Any, name: str, *args: int) -> int:
         linker.define(caller, "env", "memory", caller["memory"])
         instance = linker.instantiate(caller, _trampoline_module(engine))
         exports = instance.exports(caller)
-        funcs = {export: exports[export] for export in INTERPOSED}
+        funcs = {export: exports[export] for export in _TRAMPOLINE_CALLS}
         meter.trampoline = {
-            export: _RawCall(func, INTERPOSED[export]) for export, func in funcs.items()
+            export: _RawCall(func, _TRAMPOLINE_CALLS[export]) for export, func in funcs.items()
             if isinstance(func, wasmtime.Func)
         }
     call: Any = meter.trampoline[name]
@@ -147,10 +168,11 @@ def _fd_pwrite(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, o
 def _file_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
                 iovs: int, n: int, ret: int) -> int:
     requested = sum(length for _, length in mem.iovecs(iovs, n))
-    m.reserve_bytes(requested)
+    hole = _reserve_write(m, c, mem, name, args, requested)
     errno = _forward(m, c, name, *args)
     if errno == Errno.SUCCESS:
-        m.wrote(mem.u32(ret))
+        written = mem.u32(ret)
+        m.wrote((written + hole) if written else 0)
     return errno
 
 
@@ -168,28 +190,112 @@ def _fd_read(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret
     return _forward(m, c, "fd_read", fd, iovs, n, ret)
 
 
+# -- descriptors: file facts from the descriptors wasmtime holds ------------------------
+# See `descriptors` for why Stockade keeps its own descriptor of every guest directory.
+
+_FILESTAT = struct.Struct("<QQB7xQQ")  # dev, ino, filetype, nlink, size (of 64 bytes)
+_FILETYPE_DIRECTORY, _FILETYPE_REGULAR = 3, 4
+_LOOKUP_SYMLINK_FOLLOW = 1
+_U64 = (1 << 64) - 1
+_identity: list[bool] = []  # whether wasmtime's inode numbers are the metadata hash
+
+
+def _query(m: Meter, c: Any, mem: GuestMemory, name: str, fd: int, size: int) -> bytes | None:
+    """Ask wasmtime `name` (fd_filestat_get, fd_tell) about its own descriptor `fd`. The
+    answer lands in guest memory at 0, which is put back as it was (the guest is paused
+    and single-threaded); None when wasmtime answers with an errno."""
+    saved = mem.read(0, size)
+    try:
+        errno = _forward(m, c, name, fd, 0)
+        return mem.read(0, size) if errno == Errno.SUCCESS else None
+    finally:
+        mem.write(0, saved)
+
+
+def _filestat(m: Meter, c: Any, mem: GuestMemory, fd: int) -> tuple[int, int, int] | None:
+    """(filetype, ino, size) of wasmtime's descriptor `fd`."""
+    raw = _query(m, c, mem, "fd_filestat_get", fd, _FILESTAT.size)
+    if raw is None:
+        return None
+    _dev, ino, filetype, _nlink, size = _FILESTAT.unpack(raw)
+    return filetype, ino, size
+
+
+def _same_directory(m: Meter, c: Any, mem: GuestMemory, parent_fd: int, parent: FdEntry,
+                    own: int, ino: int) -> bool:
+    """Whether Stockade's descriptor `own` is the directory wasmtime opened (`ino`).
+    The first time, the parent (whose identity is known) checks that wasmtime's inode
+    numbers are still the metadata hash; if not, the re-resolution is trusted alone."""
+    if not _identity:
+        known = _filestat(m, c, mem, parent_fd)
+        info = os.fstat(parent.dir) if parent.dir is not None else None
+        if known is None or info is None:
+            return True
+        _identity.append(known[1] == metadata_hash(info.st_dev, info.st_ino))
+        if not _identity[0]:
+            _log.warning("wasmtime's inode numbers are not the expected metadata hash: "
+                         "directory identity rests on re-resolution alone")
+    if not _identity[0]:
+        return True
+    info = os.fstat(own)
+    return metadata_hash(info.st_dev, info.st_ino) == ino
+
+
 def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, path: int,
                path_len: int, oflags: int, base: int, inheriting: int, fdflags: int,
                out: int) -> int:
     m.reserve_fd()
-    host = m.host_path(dirfd, mem.path(path, path_len))
-    if host is not None and is_special_file(host):
+    parent = m.fds.get(dirfd)
+    raw = mem.read(path, path_len)
+    follow = bool(dirflags & _LOOKUP_SYMLINK_FOLLOW)
+    found, escapes = None, False
+    if parent is not None and parent.dir is not None:
+        try:
+            found = lookup(parent.dir, raw, follow)
+        except OSError as exc:  # a loop, a bad name: wasmtime answers with its own errno
+            escapes = exc.errno == errno_codes.EXDEV  # wasmtime refuses escapes too
+    if found is not None and is_special(found.st_mode):
         return Errno.ACCES  # devices and FIFOs can block or reach the host
-    creating = bool(oflags & OFLAG_CREAT) and (host is None or not path_exists(host))
+    writable = parent is None or parent.writable
+    # In a read-only preopen wasmtime refuses the create itself (EPERM): no quota stop.
+    creating = bool(oflags & OFLAG_CREAT) and found is None and writable and not escapes
     if creating:
         m.reserve_file()
     if m.limits.sync_limit() == 0:
         fdflags &= ~FDFLAGS_SYNC_MASK
     errno = _forward(m, c, "path_open", dirfd, dirflags, path, path_len, oflags, base,
                      inheriting, fdflags, out)
-    if errno == Errno.SUCCESS:
-        m.files_created += creating
-        m.opened(mem.u32(out), host)
-    return errno
+    if errno != Errno.SUCCESS:
+        return errno
+    fd = mem.u32(out)
+    m.files_created += creating
+    entry = FdEntry(None, writable, parent.root if parent is not None else None)
+    m.opened(fd, entry)  # recorded first, so a refusal below still closes it
+    facts = _filestat(m, c, mem, fd)
+    if facts is None or facts[0] not in (_FILETYPE_DIRECTORY, _FILETYPE_REGULAR):
+        # Swapped in after the lookup by someone outside this run: refuse what was opened.
+        _fd_close(m, c, mem, fd)
+        return Errno.ACCES
+    if facts[0] == _FILETYPE_DIRECTORY and parent is not None and parent.dir is not None:
+        try:
+            entry.dir = open_dir(parent.dir, raw, follow)
+        except OSError:
+            entry.dir = None
+        if entry.dir is None or not _same_directory(m, c, mem, dirfd, parent, entry.dir,
+                                                    facts[1]):
+            _fd_close(m, c, mem, fd)
+            return Errno.ACCES
+    return Errno.SUCCESS
 
 
-def _creates(name: str) -> Handler:
+def _creates(name: str, fd_index: int) -> Handler:
+    """A call creating one name in the directory argument `fd_index`: charged to the
+    file quota, except in a read-only preopen, where wasmtime refuses it (EPERM)."""
+
     def handler(m: Meter, c: Any, mem: GuestMemory, *args: int) -> int:
+        parent = m.fds.get(args[fd_index])
+        if parent is not None and not parent.writable:
+            return _forward(m, c, name, *args)
         m.reserve_file()
         errno = _forward(m, c, name, *args)
         if errno == Errno.SUCCESS:
@@ -197,6 +303,126 @@ def _creates(name: str) -> Handler:
         return errno
 
     return handler
+
+
+_create_symlink = _creates("path_symlink", 2)
+_create_link = _creates("path_link", 4)
+
+
+def _link_escapes(m: Meter, directory: FdEntry | None, target: bytes, link: bytes) -> bool:
+    """Whether a symlink to `target` placed at `link` (beneath `directory`) would point
+    outside every preopen, judged from where its directory really is."""
+    ascent = symlink_ascent(target)
+    if ascent is None:
+        return True
+    if ascent == 0:
+        return False
+    if directory is None or directory.dir is None:
+        return True
+    try:
+        where = open_dir(directory.dir, split_parent(link)[0])
+    except OSError:
+        return True
+    try:
+        return ascent_escapes(where, ascent, m.fds.roots)
+    finally:
+        os.close(where)
+
+
+def _symlink_at(directory: FdEntry | None, path: bytes) -> bytes | None:
+    """The target of `path` beneath `directory` when it is a symlink."""
+    if directory is None or directory.dir is None:
+        return None
+    head, tail = split_parent(path)
+    try:
+        where = open_dir(directory.dir, head)
+    except OSError:
+        return None
+    try:
+        return os.readlink(tail, dir_fd=where)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(where)
+
+
+def _path_symlink(m: Meter, c: Any, mem: GuestMemory, old: int, old_len: int, fd: int,
+                  new: int, new_len: int) -> int:
+    directory = m.fds.get(fd)
+    if directory is None or directory.writable:
+        if _link_escapes(m, directory, mem.read(old, old_len), mem.read(new, new_len)):
+            return Errno.PERM  # nothing created: host tools would follow it later
+    return _create_symlink(m, c, mem, old, old_len, fd, new, new_len)
+
+
+def _path_link(m: Meter, c: Any, mem: GuestMemory, old_fd: int, old_flags: int, old: int,
+               old_len: int, new_fd: int, new: int, new_len: int) -> int:
+    if not old_flags & _LOOKUP_SYMLINK_FOLLOW:  # a hard link to a symlink moves it
+        target = _symlink_at(m.fds.get(old_fd), mem.read(old, old_len))
+        if target is not None and _link_escapes(m, m.fds.get(new_fd), target,
+                                                mem.read(new, new_len)):
+            return Errno.PERM
+    return _create_link(m, c, mem, old_fd, old_flags, old, old_len, new_fd, new, new_len)
+
+
+def _path_rename(m: Meter, c: Any, mem: GuestMemory, old_fd: int, old: int, old_len: int,
+                 new_fd: int, new: int, new_len: int) -> int:
+    target = _symlink_at(m.fds.get(old_fd), mem.read(old, old_len))
+    if target is not None and _link_escapes(m, m.fds.get(new_fd), target,
+                                            mem.read(new, new_len)):
+        return Errno.PERM  # a climbing symlink moved higher would point outside
+    return _forward(m, c, "path_rename", old_fd, old, old_len, new_fd, new, new_len)
+
+
+def _growth(m: Meter, c: Any, mem: GuestMemory, fd: int, end: int) -> int | None:
+    """Bytes a file descriptor's apparent size would grow to reach `end`; None when the
+    descriptor is not a file of a writable preopen (wasmtime decides alone)."""
+    entry = m.fds.get(fd)
+    if entry is None or not entry.writable or entry.dir is not None:
+        return None
+    facts = _filestat(m, c, mem, fd)
+    return None if facts is None else max(0, end - facts[2])
+
+
+def _resize(name: str) -> Handler:
+    """fd_filestat_set_size / fd_allocate: charged by the apparent size they add."""
+
+    def handler(m: Meter, c: Any, mem: GuestMemory, fd: int, *sizes: int) -> int:
+        growth = _growth(m, c, mem, fd, sum(size & _U64 for size in sizes))
+        if growth is not None:
+            m.reserve_bytes(growth)
+        errno = _forward(m, c, name, fd, *sizes)
+        if errno == Errno.SUCCESS and growth:
+            m.wrote(growth)
+        return errno
+
+    return handler
+
+
+_fd_filestat_set_size = _resize("fd_filestat_set_size")
+_fd_allocate = _resize("fd_allocate")
+
+
+def _reserve_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
+                   requested: int) -> int:
+    """Charge a file write of `requested` bytes, plus the hole left when it starts past
+    the end of the file (a seek or pwrite offset beyond it); return the hole. Nothing is
+    charged in a read-only preopen: wasmtime refuses the write itself."""
+    fd = args[0]
+    entry = m.fds.get(fd)
+    if entry is not None and not entry.writable:
+        return 0
+    hole = 0
+    if requested and entry is not None and entry.dir is None:
+        if name == "fd_pwrite":
+            start: int | None = args[3] & _U64
+        else:
+            raw = _query(m, c, mem, "fd_tell", fd, 8)
+            start = None if raw is None else int.from_bytes(raw, "little")
+        growth = None if start is None else _growth(m, c, mem, fd, start)
+        hole = growth or 0
+    m.reserve_bytes(requested + hole)
+    return hole
 
 
 def _fd_close(m: Meter, c: Any, mem: GuestMemory, fd: int) -> int:
@@ -228,11 +454,6 @@ def _set_flags(m: Meter, c: Any, mem: GuestMemory, fd: int, flags: int) -> int:
     return _forward(m, c, "fd_fdstat_set_flags", fd, flags)
 
 
-def _fd_allocate(m: Meter, c: Any, mem: GuestMemory, fd: int, offset: int, length: int) -> int:
-    m.reserve_bytes(length)
-    return _forward(m, c, "fd_allocate", fd, offset, length)
-
-
 def _poll_oneoff(m: Meter, c: Any, mem: GuestMemory, subs: int, out: int, n: int,
                  nevents: int) -> int:
     if n == 0:
@@ -258,9 +479,11 @@ HANDLERS.update(
     fd_pwrite=_fd_pwrite,
     fd_read=_fd_read,
     path_open=_path_open,
-    path_create_directory=_creates("path_create_directory"),
-    path_symlink=_creates("path_symlink"),
-    path_link=_creates("path_link"),
+    path_create_directory=_creates("path_create_directory", 0),
+    path_symlink=_path_symlink,
+    path_link=_path_link,
+    path_rename=_path_rename,
+    fd_filestat_set_size=_fd_filestat_set_size,
     fd_close=_fd_close,
     fd_renumber=_fd_renumber,
     fd_sync=_sync("fd_sync"),
