@@ -34,7 +34,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FdEntry", "Descriptors", "lookup", "open_dir", "metadata_hash",
+__all__ = ["FdEntry", "Descriptors", "lookup", "open_beneath", "metadata_hash",
            "symlink_ascent", "ascent_escapes", "is_special", "split_parent"]
 
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture (added in 5.6)
@@ -79,10 +79,11 @@ def lookup(dirfd: int, path: bytes, follow: bool) -> os.stat_result | None:
         os.close(fd)
 
 
-def open_dir(dirfd: int, path: bytes, follow: bool = True) -> int:
-    """An O_PATH descriptor of the directory `path` beneath `dirfd`; raises OSError."""
-    nofollow = 0 if follow else os.O_NOFOLLOW
-    return _openat2(dirfd, path or b".", _PATH_FLAGS | os.O_DIRECTORY | nofollow)
+def open_beneath(dirfd: int, path: bytes, follow: bool = True, directory: bool = True) -> int:
+    """An O_PATH descriptor of `path` beneath `dirfd` (a directory unless told
+    otherwise); raises OSError."""
+    flags = _PATH_FLAGS | (os.O_DIRECTORY if directory else 0) | (0 if follow else os.O_NOFOLLOW)
+    return _openat2(dirfd, path or b".", flags)
 
 
 def is_special(mode: int) -> bool:
@@ -92,18 +93,19 @@ def is_special(mode: int) -> bool:
 
 @dataclass
 class FdEntry:
-    """A descriptor the guest holds: Stockade's own O_PATH descriptor of the same
-    directory (None for files), and whether it lies in a writable preopen."""
+    """A descriptor the guest holds: whether it lies in a writable preopen, whether it
+    is a directory, and Stockade's own O_PATH descriptor of the same inode (`host`: kept
+    for directories, and for files of writable preopens, whose sizes are charged)."""
 
-    dir: int | None
     writable: bool
-    root: tuple[int, int] | None = None  # (st_dev, st_ino) of its preopen
+    is_dir: bool = False
+    host: int | None = None
 
     def close(self) -> None:
         """Close Stockade's own descriptor. Safe twice."""
-        if self.dir is not None:
-            os.close(self.dir)
-            self.dir = None
+        if self.host is not None:
+            os.close(self.host)
+            self.host = None
 
 
 class Descriptors(dict[int, FdEntry]):
@@ -117,7 +119,7 @@ class Descriptors(dict[int, FdEntry]):
             info = os.fstat(fd)
             root = (info.st_dev, info.st_ino)
             self.roots.add(root)
-            self[3 + index] = FdEntry(fd, writable, root)
+            self[3 + index] = FdEntry(writable, is_dir=True, host=fd)
 
     def put(self, fd: int, entry: FdEntry | None) -> None:
         """Record `entry` at `fd` (None: forget it), closing what `fd` held before."""

@@ -16,6 +16,7 @@ import ctypes
 import errno as errno_codes
 import logging
 import os
+import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from ..result import GuestStopped
 from .abi import FDFLAGS_SYNC_MASK, INTERPOSED, MODULE, OFLAG_CREAT, Errno, GuestMemory
 from .descriptors import (
     FdEntry,
@@ -31,7 +33,7 @@ from .descriptors import (
     is_special,
     lookup,
     metadata_hash,
-    open_dir,
+    open_beneath,
     split_parent,
     symlink_ascent,
 )
@@ -42,9 +44,8 @@ __all__ = ["build_linker", "metered", "LINKER_NAME"]
 
 LINKER_NAME = "stockade-metered"
 # Calls the trampoline also exports without Stockade owning them: questions about
-# wasmtime's own descriptors (size, type, identity, offset).
-_QUERIES: dict[str, tuple[str, ...]] = {"fd_filestat_get": ("i32", "i32"),
-                                        "fd_tell": ("i32", "i32")}
+# wasmtime's own descriptors (type, identity).
+_QUERIES: dict[str, tuple[str, ...]] = {"fd_filestat_get": ("i32", "i32")}
 _TRAMPOLINE_CALLS = {**INTERPOSED, **_QUERIES}
 _log = logging.getLogger(__name__)
 _local = threading.local()
@@ -168,11 +169,10 @@ def _fd_pwrite(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, o
 def _file_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
                 iovs: int, n: int, ret: int) -> int:
     requested = sum(length for _, length in mem.iovecs(iovs, n))
-    hole = _reserve_write(m, c, mem, name, args, requested)
+    before = _reserve_write(m, c, mem, name, args, requested)
     errno = _forward(m, c, name, *args)
     if errno == Errno.SUCCESS:
-        written = mem.u32(ret)
-        m.wrote((written + hole) if written else 0)
+        _settle_write(m, c, mem, before, mem.u32(ret))
     return errno
 
 
@@ -191,7 +191,8 @@ def _fd_read(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret
 
 
 # -- descriptors: file facts from the descriptors wasmtime holds ------------------------
-# See `descriptors` for why Stockade keeps its own descriptor of every guest directory.
+# See `descriptors` for why Stockade keeps its own descriptor of guest directories (and of
+# files in writable preopens, whose growth is charged).
 
 _FILESTAT = struct.Struct("<QQB7xQQ")  # dev, ino, filetype, nlink, size (of 64 bytes)
 _FILETYPE_DIRECTORY, _FILETYPE_REGULAR = 3, 4
@@ -200,42 +201,34 @@ _U64 = (1 << 64) - 1
 _identity: list[bool] = []  # whether wasmtime's inode numbers are the metadata hash
 
 
-def _query(m: Meter, c: Any, mem: GuestMemory, name: str, fd: int, size: int) -> bytes | None:
-    """Ask wasmtime `name` (fd_filestat_get, fd_tell) about its own descriptor `fd`. The
+def _filestat(m: Meter, c: Any, mem: GuestMemory, fd: int) -> tuple[int, int] | None:
+    """(filetype, ino) of wasmtime's own descriptor `fd`, from its fd_filestat_get. The
     answer lands in guest memory at 0, which is put back as it was (the guest is paused
     and single-threaded); None when wasmtime answers with an errno."""
-    saved = mem.read(0, size)
+    saved = mem.read(0, _FILESTAT.size)
     try:
-        errno = _forward(m, c, name, fd, 0)
-        return mem.read(0, size) if errno == Errno.SUCCESS else None
+        if _forward(m, c, "fd_filestat_get", fd, 0) != Errno.SUCCESS:
+            return None
+        _dev, ino, filetype, _nlink, _size = _FILESTAT.unpack(mem.read(0, _FILESTAT.size))
+        return filetype, ino
     finally:
         mem.write(0, saved)
 
 
-def _filestat(m: Meter, c: Any, mem: GuestMemory, fd: int) -> tuple[int, int, int] | None:
-    """(filetype, ino, size) of wasmtime's descriptor `fd`."""
-    raw = _query(m, c, mem, "fd_filestat_get", fd, _FILESTAT.size)
-    if raw is None:
-        return None
-    _dev, ino, filetype, _nlink, size = _FILESTAT.unpack(raw)
-    return filetype, ino, size
-
-
-def _same_directory(m: Meter, c: Any, mem: GuestMemory, parent_fd: int, parent: FdEntry,
-                    own: int, ino: int) -> bool:
-    """Whether Stockade's descriptor `own` is the directory wasmtime opened (`ino`).
+def _same_inode(m: Meter, c: Any, mem: GuestMemory, parent_fd: int, parent: FdEntry,
+                own: int, ino: int) -> bool:
+    """Whether Stockade's descriptor `own` names the inode wasmtime opened (`ino`).
     The first time, the parent (whose identity is known) checks that wasmtime's inode
     numbers are still the metadata hash; if not, the re-resolution is trusted alone."""
-    if not _identity:
+    if not _identity and parent.host is not None:
         known = _filestat(m, c, mem, parent_fd)
-        info = os.fstat(parent.dir) if parent.dir is not None else None
-        if known is None or info is None:
-            return True
-        _identity.append(known[1] == metadata_hash(info.st_dev, info.st_ino))
+        info = os.fstat(parent.host)
+        _identity.append(known is not None and known[1] == metadata_hash(info.st_dev,
+                                                                          info.st_ino))
         if not _identity[0]:
             _log.warning("wasmtime's inode numbers are not the expected metadata hash: "
-                         "directory identity rests on re-resolution alone")
-    if not _identity[0]:
+                         "descriptor identity rests on re-resolution alone")
+    if not _identity or not _identity[0]:
         return True
     info = os.fstat(own)
     return metadata_hash(info.st_dev, info.st_ino) == ino
@@ -249,9 +242,9 @@ def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, pa
     raw = mem.read(path, path_len)
     follow = bool(dirflags & _LOOKUP_SYMLINK_FOLLOW)
     found, escapes = None, False
-    if parent is not None and parent.dir is not None:
+    if parent is not None and parent.host is not None:
         try:
-            found = lookup(parent.dir, raw, follow)
+            found = lookup(parent.host, raw, follow)
         except OSError as exc:  # a loop, a bad name: wasmtime answers with its own errno
             escapes = exc.errno == errno_codes.EXDEV  # wasmtime refuses escapes too
     if found is not None and is_special(found.st_mode):
@@ -269,22 +262,26 @@ def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, pa
         return errno
     fd = mem.u32(out)
     m.files_created += creating
-    entry = FdEntry(None, writable, parent.root if parent is not None else None)
-    m.opened(fd, entry)  # recorded first, so a refusal below still closes it
+    entry = FdEntry(writable)
+    m.opened(fd, entry)  # recorded first, so that a refusal below closes it
+    if parent is None or parent.host is None:
+        return Errno.SUCCESS
+    if not writable and found is not None and stat.S_ISREG(found.st_mode):
+        return Errno.SUCCESS  # a file nothing is charged for: the lookup said enough
     facts = _filestat(m, c, mem, fd)
     if facts is None or facts[0] not in (_FILETYPE_DIRECTORY, _FILETYPE_REGULAR):
-        # Swapped in after the lookup by someone outside this run: refuse what was opened.
-        _fd_close(m, c, mem, fd)
+        _fd_close(m, c, mem, fd)  # swapped in after the lookup, from outside this run
         return Errno.ACCES
-    if facts[0] == _FILETYPE_DIRECTORY and parent is not None and parent.dir is not None:
-        try:
-            entry.dir = open_dir(parent.dir, raw, follow)
-        except OSError:
-            entry.dir = None
-        if entry.dir is None or not _same_directory(m, c, mem, dirfd, parent, entry.dir,
-                                                    facts[1]):
-            _fd_close(m, c, mem, fd)
-            return Errno.ACCES
+    entry.is_dir = facts[0] == _FILETYPE_DIRECTORY
+    if not (entry.is_dir or writable):
+        return Errno.SUCCESS
+    try:
+        entry.host = open_beneath(parent.host, raw, follow, directory=entry.is_dir)
+    except OSError:
+        entry.host = None
+    if entry.host is None or not _same_inode(m, c, mem, dirfd, parent, entry.host, facts[1]):
+        _fd_close(m, c, mem, fd)  # wasmtime's descriptor is not the inode Stockade sees
+        return Errno.ACCES
     return Errno.SUCCESS
 
 
@@ -317,10 +314,10 @@ def _link_escapes(m: Meter, directory: FdEntry | None, target: bytes, link: byte
         return True
     if ascent == 0:
         return False
-    if directory is None or directory.dir is None:
+    if directory is None or directory.host is None:
         return True
     try:
-        where = open_dir(directory.dir, split_parent(link)[0])
+        where = open_beneath(directory.host, split_parent(link)[0])
     except OSError:
         return True
     try:
@@ -331,11 +328,11 @@ def _link_escapes(m: Meter, directory: FdEntry | None, target: bytes, link: byte
 
 def _symlink_at(directory: FdEntry | None, path: bytes) -> bytes | None:
     """The target of `path` beneath `directory` when it is a symlink."""
-    if directory is None or directory.dir is None:
+    if directory is None or directory.host is None:
         return None
     head, tail = split_parent(path)
     try:
-        where = open_dir(directory.dir, head)
+        where = open_beneath(directory.host, head)
     except OSError:
         return None
     try:
@@ -374,22 +371,23 @@ def _path_rename(m: Meter, c: Any, mem: GuestMemory, old_fd: int, old: int, old_
     return _forward(m, c, "path_rename", old_fd, old, old_len, new_fd, new, new_len)
 
 
-def _growth(m: Meter, c: Any, mem: GuestMemory, fd: int, end: int) -> int | None:
-    """Bytes a file descriptor's apparent size would grow to reach `end`; None when the
-    descriptor is not a file of a writable preopen (wasmtime decides alone)."""
+def _charged_file(m: Meter, fd: int) -> int | None:
+    """Stockade's own descriptor of guest file `fd` when its growth is charged (a file of
+    a writable preopen); None for anything else, which wasmtime decides alone."""
     entry = m.fds.get(fd)
-    if entry is None or not entry.writable or entry.dir is not None:
+    if entry is None or entry.is_dir or not entry.writable:
         return None
-    facts = _filestat(m, c, mem, fd)
-    return None if facts is None else max(0, end - facts[2])
+    return entry.host
 
 
 def _resize(name: str) -> Handler:
     """fd_filestat_set_size / fd_allocate: charged by the apparent size they add."""
 
     def handler(m: Meter, c: Any, mem: GuestMemory, fd: int, *sizes: int) -> int:
-        growth = _growth(m, c, mem, fd, sum(size & _U64 for size in sizes))
-        if growth is not None:
+        own = _charged_file(m, fd)
+        growth = 0
+        if own is not None:
+            growth = max(0, sum(size & _U64 for size in sizes) - os.fstat(own).st_size)
             m.reserve_bytes(growth)
         errno = _forward(m, c, name, fd, *sizes)
         if errno == Errno.SUCCESS and growth:
@@ -404,25 +402,44 @@ _fd_allocate = _resize("fd_allocate")
 
 
 def _reserve_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
-                   requested: int) -> int:
-    """Charge a file write of `requested` bytes, plus the hole left when it starts past
-    the end of the file (a seek or pwrite offset beyond it); return the hole. Nothing is
-    charged in a read-only preopen: wasmtime refuses the write itself."""
+                   requested: int) -> tuple[int, int, int] | None:
+    """Charge a file write of `requested` bytes before it happens (a pwrite's hole past
+    the end of the file too); return (fd, own descriptor, size before) for
+    `_settle_write`. Nothing is charged in a read-only preopen: wasmtime refuses the
+    write itself."""
     fd = args[0]
     entry = m.fds.get(fd)
     if entry is not None and not entry.writable:
-        return 0
-    hole = 0
-    if requested and entry is not None and entry.dir is None:
-        if name == "fd_pwrite":
-            start: int | None = args[3] & _U64
-        else:
-            raw = _query(m, c, mem, "fd_tell", fd, 8)
-            start = None if raw is None else int.from_bytes(raw, "little")
-        growth = None if start is None else _growth(m, c, mem, fd, start)
-        hole = growth or 0
+        return None
+    own = _charged_file(m, fd)
+    if own is None:
+        m.reserve_bytes(requested)
+        return None
+    size = os.fstat(own).st_size
+    hole = max(0, (args[3] & _U64) - size) if name == "fd_pwrite" else 0
     m.reserve_bytes(requested + hole)
-    return hole
+    return fd, own, size
+
+
+def _settle_write(m: Meter, c: Any, mem: GuestMemory, before: tuple[int, int, int] | None,
+                  written: int) -> None:
+    """Record `written` bytes, and the hole the write left when it started past the end
+    of the file (a seek beyond it): the apparent size grew by more than was written.
+    Past the quota the file is cut back to its size before the write and the guest
+    stopped with `disk_quota`."""
+    m.wrote(written)
+    if before is None or not written:
+        return
+    fd, own, size = before
+    hole = os.fstat(own).st_size - size - written
+    if hole <= 0:
+        return
+    try:
+        m.reserve_bytes(hole)
+    except GuestStopped:
+        _forward(m, c, "fd_filestat_set_size", fd, size)
+        raise
+    m.wrote(hole)
 
 
 def _fd_close(m: Meter, c: Any, mem: GuestMemory, fd: int) -> int:
