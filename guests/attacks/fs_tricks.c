@@ -13,6 +13,8 @@
 //                    pwrite (one byte at N-1) or allocate ("grow HOW: errno E" or "... ok")
 //   symlink TARGET LINK   make a symlink ("symlink LINK: errno E" or "... ok")
 //   rename OLD NEW   rename ("rename NEW: errno E" or "... ok")
+//   link OLD NEW     hard link, not following a symlink ("link NEW: errno E" or "... ok")
+//   write FILE       open FILE read-only and write a byte anyway ("write FILE: errno E")
 // usage: fs_tricks MODE ARGS...
 #include <fcntl.h>
 #include <stdio.h>
@@ -134,6 +136,13 @@ int main(int argc, char **argv) {
                                                              symlink(argv[2], argv[3]) != 0);
     if (strcmp(mode, "rename") == 0 && argc > 3) return say("rename", argv[3],
                                                             rename(argv[2], argv[3]) != 0);
-    printf("usage: fs_tricks stale|fifo|probe|create|grow|symlink|rename ARGS...\n");
+    if (strcmp(mode, "link") == 0 && argc > 3) {
+        return say("link", argv[3], linkat(AT_FDCWD, argv[2], AT_FDCWD, argv[3], 0) != 0);
+    }
+    if (strcmp(mode, "write") == 0 && argc > 2) {
+        int fd = open(argv[2], O_RDONLY);
+        return say("write", argv[2], fd < 0 || write(fd, "x", 1) != 1);
+    }
+    printf("usage: fs_tricks stale|fifo|probe|create|grow|symlink|rename|link|write ARGS...\n");
     return 2;
 }

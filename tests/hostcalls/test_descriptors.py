@@ -16,7 +16,7 @@ from stockade.policy import DirGrant
 from tests.conftest import guest
 
 # WASI errno numbers as wasi-libc reports them.
-EACCES, EPERM = 2, 63
+EACCES, EBADF, EPERM = 2, 8, 63
 MiB, TiB = 1024**2, 1024**4
 
 
@@ -86,18 +86,20 @@ def test_paths_outside_the_preopen_are_no_existence_oracle(tmp_path: Path) -> No
         assert answers[2 * index] != "stat=0 open=0"
 
 
-@pytest.mark.parametrize("args", [("create", "/data/new.txt"),
-                                  ("symlink", "visible.txt", "/data/link"),
-                                  ("grow", "truncate", "/data/visible.txt", "100")])
+@pytest.mark.parametrize("args, errno", [(("create", "/data/new.txt"), EPERM),
+                                         (("symlink", "visible.txt", "/data/link"), EPERM),
+                                         (("grow", "truncate", "/data/visible.txt", "100"), EPERM),
+                                         (("write", "/data/visible.txt"), EBADF)])
 def test_read_only_preopen_answers_with_an_errno_under_strict(tmp_path: Path,
-                                                              args: tuple[str, ...]) -> None:
+                                                              args: tuple[str, ...],
+                                                              errno: int) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "visible.txt").write_text("yes")
     policy = Policy.from_profile("strict").with_capabilities(dirs=(DirGrant(data, "/data"),))
     result = run(policy, *args)
     assert (result.outcome, result.guest_exit_code) == (Outcome.EXITED, 1), result.message
-    assert result.stdout.decode().endswith(f": errno {EPERM}\n")
+    assert result.stdout.decode().endswith(f": errno {errno}\n")
     assert sorted(os.listdir(data)) == ["visible.txt"]
     assert (data / "visible.txt").read_text() == "yes"
 
@@ -143,9 +145,18 @@ def test_symlinks_inside_the_preopen_are_made(out: Path, target: str, link: str)
     assert os.readlink(out / link.removeprefix("/out/")) == target
 
 
-def test_an_ascending_symlink_cannot_be_renamed_shallower(out: Path) -> None:
+@pytest.mark.parametrize("how", ["rename", "link"])
+def test_a_climbing_symlink_cannot_be_moved_higher(out: Path, how: str) -> None:
     (out / "sub").mkdir()
     (out / "sub" / "up").symlink_to("../visible.txt")
-    result = run(writable(out), "rename", "/out/sub/up", "/out/up")
-    assert result.stdout == f"rename /out/up: errno {EPERM}\n".encode(), result.message
+    result = run(writable(out), how, "/out/sub/up", "/out/up")
+    assert result.stdout == f"{how} /out/up: errno {EPERM}\n".encode(), result.message
     assert os.path.lexists(out / "sub" / "up") and not os.path.lexists(out / "up")
+
+
+def test_a_climbing_symlink_may_move_sideways(out: Path) -> None:
+    (out / "sub").mkdir()
+    (out / "other").mkdir()
+    (out / "sub" / "up").symlink_to("../visible.txt")
+    result = run(writable(out), "rename", "/out/sub/up", "/out/other/up")
+    assert result.stdout == b"rename /out/other/up: ok\n", result.message
