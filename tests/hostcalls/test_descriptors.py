@@ -160,3 +160,16 @@ def test_a_climbing_symlink_may_move_sideways(out: Path) -> None:
     (out / "sub" / "up").symlink_to("../visible.txt")
     result = run(writable(out), "rename", "/out/sub/up", "/out/other/up")
     assert result.stdout == b"rename /out/other/up: ok\n", result.message
+
+
+def test_host_descriptors_are_released_after_each_run(out: Path) -> None:
+    def held() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    run(writable(out), "grow", "truncate", "/out/warm", "1")  # engine and caches made once
+    before = held()
+    for index in range(3):
+        assert run(writable(out), "stale", "/out", "3").ok
+        for name in ("d", "e"):
+            os.rename(out / name, out / f"{name}{index}")
+    assert held() == before

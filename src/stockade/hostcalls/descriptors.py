@@ -1,4 +1,4 @@
-"""Stockade's own host descriptors behind the guest's directory descriptors.
+"""Stockade's own host descriptors behind the guest's: what file facts are decided on.
 
 Quotas and file-type checks must be decided on the directory wasmtime really holds, not
 on a host path remembered when it was opened: after ``mkdir d; D=open(d); rename d e;
@@ -15,10 +15,20 @@ the host descriptor behind a guest one, so Stockade keeps its own:
   `metadata_hash` recomputes. A rename later moves the inode, and both descriptors with
   it.
 
+Files of writable preopens get one the same way, so that a write, a resize or an
+allocation is charged by the apparent size it adds (``fstat`` before and after), and
+wasmtime is asked once per open, not once per write. Files of read-only preopens get
+none: nothing is charged there.
+
 Reading wasmtime's own descriptors from ``/proc/self/fd`` was the other way: it needs a
 before/after diff of the whole table on every open, which other threads of the process
-(gateway workers) change at the same time. Regular files get no host descriptor here:
-their size and offset are asked of wasmtime's descriptor itself.
+(gateway workers) change at the same time, and cannot tell two descriptors of one file
+apart.
+
+What remains: the lookup and wasmtime's open are two resolutions of one path. The guest
+cannot change anything between them (its host calls run one at a time: wasi-threads is
+refused), and the identity check after the open catches anyone else who did; but a FIFO
+that another process renames into place in that window blocks that one open.
 
 Lookups never leave the preopen: ``RESOLVE_BENEATH`` refuses an absolute path or a
 ``..`` above the directory before the kernel looks anything up outside it, and
