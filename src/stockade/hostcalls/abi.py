@@ -76,6 +76,7 @@ class Errno:
     FAULT = 21
     INVAL = 28
     NOTSUP = 58
+    PERM = 63
 
 
 # The most iovecs one fd_read/fd_write may pass (Linux and wasi-libc IOV_MAX): beyond it

@@ -13,6 +13,11 @@ that called `_start`, and its host calls arrive on that same thread.
 from __future__ import annotations
 
 import ctypes
+import errno as errno_codes
+import logging
+import os
+import stat
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,11 +36,26 @@ from .abi import (
     Errno,
     GuestMemory,
 )
-from .meter import Meter, is_special_file, path_exists
+from .descriptors import (
+    FdEntry,
+    ascent_escapes,
+    is_special,
+    lookup,
+    metadata_hash,
+    open_beneath,
+    split_parent,
+    symlink_ascent,
+)
+from .meter import Meter
 
 __all__ = ["build_linker", "metered", "LINKER_NAME"]
 
 LINKER_NAME = "stockade-metered"
+# Calls the trampoline also exports without Stockade owning them: questions about
+# wasmtime's own descriptors (type, identity).
+_QUERIES: dict[str, tuple[str, ...]] = {"fd_filestat_get": ("i32", "i32")}
+_TRAMPOLINE_CALLS = {**INTERPOSED, **_QUERIES}
+_log = logging.getLogger(__name__)
 _local = threading.local()
 _trampolines: dict[int, wasmtime.Module] = {}
 _trampolines_lock = threading.Lock()
@@ -56,15 +76,16 @@ class metered:  # noqa: N801 - used as a context manager like a function
     def __exit__(self, *exc: object) -> None:
         _local.meter = None
         _local.engine = None
+        self.meter.close()
 
 
 def _trampoline_wat() -> str:
     # WASI finds memory through the calling instance's "memory" export: re-export the guest's.
     lines = ['(module (import "env" "memory" (memory 0)) (export "memory" (memory 0))']
-    for name, params in INTERPOSED.items():
+    for name, params in _TRAMPOLINE_CALLS.items():
         sig = f"(param {' '.join(params)}) (result i32)"
         lines.append(f'(import "{MODULE}" "{name}" (func ${name} {sig}))')
-    for name, params in INTERPOSED.items():
+    for name, params in _TRAMPOLINE_CALLS.items():
         sig = f"(param {' '.join(params)}) (result i32)"
         body = " ".join(f"local.get {i}" for i in range(len(params)))
         lines.append(f'(func (export "{name}") {sig} {body} call ${name})')
@@ -124,9 +145,9 @@ def _forward(meter: Meter, caller: Any, name: str, *args: int) -> int:
         linker.define(caller, "env", "memory", caller["memory"])
         instance = linker.instantiate(caller, _trampoline_module(engine))
         exports = instance.exports(caller)
-        funcs = {export: exports[export] for export in INTERPOSED}
+        funcs = {export: exports[export] for export in _TRAMPOLINE_CALLS}
         meter.trampoline = {
-            export: _RawCall(func, INTERPOSED[export]) for export, func in funcs.items()
+            export: _RawCall(func, _TRAMPOLINE_CALLS[export]) for export, func in funcs.items()
             if isinstance(func, wasmtime.Func)
         }
     call: Any = meter.trampoline[name]
@@ -162,18 +183,23 @@ def _fd_pwrite(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, o
 
 def _file_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
                 iovs: int, n: int) -> int:
-    errno = _forward_io(m, c, mem, name, args, iovs, n, reserve=True)
+    reserved: list[tuple[int, int, int] | None] = [None]
+
+    def reserve(size: int) -> None:
+        reserved[0] = _reserve_write(m, c, mem, name, args, size)
+
+    errno = _forward_io(m, c, mem, name, args, iovs, n, reserve)
     if errno == Errno.SUCCESS:
-        m.wrote(mem.u32(args[-1]))
+        _settle_write(m, c, mem, reserved[0], mem.u32(args[-1]))
     return errno
 
 
 def _forward_io(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
-                iovs: int, n: int, reserve: bool = False) -> int:
+                iovs: int, n: int, reserve: Callable[[int], None] | None = None) -> int:
     """Forward a read or write to wasmtime with its iovecs bounded first: at most
     `MAX_IOVECS` (else EINVAL), and the one buffer wasmtime uses for a file (the first
-    non-empty one) cut to `MAX_IO_BYTES` for the call, then restored. With `reserve`,
-    that many bytes are charged to the disk quota first."""
+    non-empty one) cut to `MAX_IO_BYTES` for the call, then restored. `reserve` is
+    called first with the bytes the call may write (the disk quota's charge)."""
     try:
         first = mem.first_buffer(iovs, n)
     except ValueError:
@@ -182,8 +208,8 @@ def _forward_io(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, 
         return _forward(m, c, name, *args)
     index, _, length = first
     take = min(length, MAX_IO_BYTES)
-    if reserve:
-        m.reserve_bytes(take)
+    if reserve is not None:
+        reserve(take)
     if take == length:
         return _forward(m, c, name, *args)
     # The guest is single-threaded and inside this call: nothing sees the shorter length.
@@ -219,28 +245,109 @@ def _fd_read(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret
     return _forward_io(m, c, mem, "fd_read", (fd, iovs, n, ret), iovs, n)
 
 
+# -- descriptors: file facts from the descriptors wasmtime holds ------------------------
+# See `descriptors` for why Stockade keeps its own descriptor of guest directories (and of
+# files in writable preopens, whose growth is charged).
+
+_FILESTAT = struct.Struct("<QQB7xQQ")  # dev, ino, filetype, nlink, size (of 64 bytes)
+_FILETYPE_DIRECTORY, _FILETYPE_REGULAR = 3, 4
+_LOOKUP_SYMLINK_FOLLOW = 1
+_U64 = (1 << 64) - 1
+_identity: list[bool] = []  # whether wasmtime's inode numbers are the metadata hash
+
+
+def _filestat(m: Meter, c: Any, mem: GuestMemory, fd: int) -> tuple[int, int] | None:
+    """(filetype, ino) of wasmtime's own descriptor `fd`, from its fd_filestat_get. The
+    answer lands in guest memory at 0, which is put back as it was (the guest is paused
+    and single-threaded); None when wasmtime answers with an errno."""
+    saved = mem.read(0, _FILESTAT.size)
+    try:
+        if _forward(m, c, "fd_filestat_get", fd, 0) != Errno.SUCCESS:
+            return None
+        _dev, ino, filetype, _nlink, _size = _FILESTAT.unpack(mem.read(0, _FILESTAT.size))
+        return filetype, ino
+    finally:
+        mem.write(0, saved)
+
+
+def _same_inode(m: Meter, c: Any, mem: GuestMemory, parent_fd: int, parent: FdEntry,
+                own: int, ino: int) -> bool:
+    """Whether Stockade's descriptor `own` names the inode wasmtime opened (`ino`).
+    The first time, the parent (whose identity is known) checks that wasmtime's inode
+    numbers are still the metadata hash; if not, the re-resolution is trusted alone."""
+    if not _identity and parent.host is not None:
+        known = _filestat(m, c, mem, parent_fd)
+        info = os.fstat(parent.host)
+        _identity.append(known is not None and known[1] == metadata_hash(info.st_dev,
+                                                                          info.st_ino))
+        if not _identity[0]:
+            _log.warning("wasmtime's inode numbers are not the expected metadata hash: "
+                         "descriptor identity rests on re-resolution alone")
+    if not _identity or not _identity[0]:
+        return True
+    info = os.fstat(own)
+    return metadata_hash(info.st_dev, info.st_ino) == ino
+
+
 def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, path: int,
                path_len: int, oflags: int, base: int, inheriting: int, fdflags: int,
                out: int) -> int:
     m.reserve_fd()
-    host = m.host_path(dirfd, mem.path(path, path_len))
-    if host is not None and is_special_file(host):
+    parent = m.fds.get(dirfd)
+    raw = mem.read(path, path_len)
+    follow = bool(dirflags & _LOOKUP_SYMLINK_FOLLOW)
+    found, escapes = None, False
+    if parent is not None and parent.host is not None:
+        try:
+            found = lookup(parent.host, raw, follow)
+        except OSError as exc:  # a loop, a bad name: wasmtime answers with its own errno
+            escapes = exc.errno == errno_codes.EXDEV  # wasmtime refuses escapes too
+    if found is not None and is_special(found.st_mode):
         return Errno.ACCES  # devices and FIFOs can block or reach the host
-    creating = bool(oflags & OFLAG_CREAT) and (host is None or not path_exists(host))
+    writable = parent is None or parent.writable
+    # In a read-only preopen wasmtime refuses the create itself (EPERM): no quota stop.
+    creating = bool(oflags & OFLAG_CREAT) and found is None and writable and not escapes
     if creating:
         m.reserve_file()
     if m.limits.sync_limit() == 0:
         fdflags &= ~FDFLAGS_SYNC_MASK
     errno = _forward(m, c, "path_open", dirfd, dirflags, path, path_len, oflags, base,
                      inheriting, fdflags, out)
-    if errno == Errno.SUCCESS:
-        m.files_created += creating
-        m.opened(mem.u32(out), host)
-    return errno
+    if errno != Errno.SUCCESS:
+        return errno
+    fd = mem.u32(out)
+    m.files_created += creating
+    entry = FdEntry(writable)
+    m.opened(fd, entry)  # recorded first, so that a refusal below closes it
+    if parent is None or parent.host is None:
+        return Errno.SUCCESS
+    if not writable and found is not None and stat.S_ISREG(found.st_mode):
+        return Errno.SUCCESS  # a file nothing is charged for: the lookup said enough
+    facts = _filestat(m, c, mem, fd)
+    if facts is None or facts[0] not in (_FILETYPE_DIRECTORY, _FILETYPE_REGULAR):
+        _fd_close(m, c, mem, fd)  # swapped in after the lookup, from outside this run
+        return Errno.ACCES
+    entry.is_dir = facts[0] == _FILETYPE_DIRECTORY
+    if not (entry.is_dir or writable):
+        return Errno.SUCCESS
+    try:
+        entry.host = open_beneath(parent.host, raw, follow, directory=entry.is_dir)
+    except OSError:
+        entry.host = None
+    if entry.host is None or not _same_inode(m, c, mem, dirfd, parent, entry.host, facts[1]):
+        _fd_close(m, c, mem, fd)  # wasmtime's descriptor is not the inode Stockade sees
+        return Errno.ACCES
+    return Errno.SUCCESS
 
 
-def _creates(name: str) -> Handler:
+def _creates(name: str, fd_index: int) -> Handler:
+    """A call creating one name in the directory argument `fd_index`: charged to the
+    file quota, except in a read-only preopen, where wasmtime refuses it (EPERM)."""
+
     def handler(m: Meter, c: Any, mem: GuestMemory, *args: int) -> int:
+        parent = m.fds.get(args[fd_index])
+        if parent is not None and not parent.writable:
+            return _forward(m, c, name, *args)
         m.reserve_file()
         errno = _forward(m, c, name, *args)
         if errno == Errno.SUCCESS:
@@ -248,6 +355,146 @@ def _creates(name: str) -> Handler:
         return errno
 
     return handler
+
+
+_create_symlink = _creates("path_symlink", 2)
+_create_link = _creates("path_link", 4)
+
+
+def _link_escapes(m: Meter, directory: FdEntry | None, target: bytes, link: bytes) -> bool:
+    """Whether a symlink to `target` placed at `link` (beneath `directory`) would point
+    outside every preopen, judged from where its directory really is."""
+    ascent = symlink_ascent(target)
+    if ascent is None:
+        return True
+    if ascent == 0:
+        return False
+    if directory is None or directory.host is None:
+        return True
+    try:
+        where = open_beneath(directory.host, split_parent(link)[0])
+    except OSError:
+        return True
+    try:
+        return ascent_escapes(where, ascent, m.fds.roots)
+    finally:
+        os.close(where)
+
+
+def _symlink_at(directory: FdEntry | None, path: bytes) -> bytes | None:
+    """The target of `path` beneath `directory` when it is a symlink."""
+    if directory is None or directory.host is None:
+        return None
+    head, tail = split_parent(path)
+    try:
+        where = open_beneath(directory.host, head)
+    except OSError:
+        return None
+    try:
+        return os.readlink(tail, dir_fd=where)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(where)
+
+
+def _path_symlink(m: Meter, c: Any, mem: GuestMemory, old: int, old_len: int, fd: int,
+                  new: int, new_len: int) -> int:
+    directory = m.fds.get(fd)
+    if directory is None or directory.writable:
+        if _link_escapes(m, directory, mem.read(old, old_len), mem.read(new, new_len)):
+            return Errno.PERM  # nothing created: host tools would follow it later
+    return _create_symlink(m, c, mem, old, old_len, fd, new, new_len)
+
+
+def _path_link(m: Meter, c: Any, mem: GuestMemory, old_fd: int, old_flags: int, old: int,
+               old_len: int, new_fd: int, new: int, new_len: int) -> int:
+    if not old_flags & _LOOKUP_SYMLINK_FOLLOW:  # a hard link to a symlink moves it
+        target = _symlink_at(m.fds.get(old_fd), mem.read(old, old_len))
+        if target is not None and _link_escapes(m, m.fds.get(new_fd), target,
+                                                mem.read(new, new_len)):
+            return Errno.PERM
+    return _create_link(m, c, mem, old_fd, old_flags, old, old_len, new_fd, new, new_len)
+
+
+def _path_rename(m: Meter, c: Any, mem: GuestMemory, old_fd: int, old: int, old_len: int,
+                 new_fd: int, new: int, new_len: int) -> int:
+    target = _symlink_at(m.fds.get(old_fd), mem.read(old, old_len))
+    if target is not None and _link_escapes(m, m.fds.get(new_fd), target,
+                                            mem.read(new, new_len)):
+        return Errno.PERM  # a climbing symlink moved higher would point outside
+    return _forward(m, c, "path_rename", old_fd, old, old_len, new_fd, new, new_len)
+
+
+def _charged_file(m: Meter, fd: int) -> int | None:
+    """Stockade's own descriptor of guest file `fd` when its growth is charged (a file of
+    a writable preopen); None for anything else, which wasmtime decides alone."""
+    entry = m.fds.get(fd)
+    if entry is None or entry.is_dir or not entry.writable:
+        return None
+    return entry.host
+
+
+def _resize(name: str) -> Handler:
+    """fd_filestat_set_size / fd_allocate: charged by the apparent size they add."""
+
+    def handler(m: Meter, c: Any, mem: GuestMemory, fd: int, *sizes: int) -> int:
+        own = _charged_file(m, fd)
+        growth = 0
+        if own is not None:
+            growth = max(0, sum(size & _U64 for size in sizes) - os.fstat(own).st_size)
+            m.reserve_bytes(growth)
+        errno = _forward(m, c, name, fd, *sizes)
+        if errno == Errno.SUCCESS and growth:
+            m.wrote(growth)
+        return errno
+
+    return handler
+
+
+_fd_filestat_set_size = _resize("fd_filestat_set_size")
+_fd_allocate = _resize("fd_allocate")
+
+
+def _reserve_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
+                   requested: int) -> tuple[int, int, int] | None:
+    """Charge a file write of `requested` bytes before it happens (a pwrite's hole past
+    the end of the file too); return (fd, own descriptor, size before) for
+    `_settle_write`. Nothing is charged in a read-only preopen: wasmtime refuses the
+    write itself."""
+    fd = args[0]
+    entry = m.fds.get(fd)
+    if entry is not None and not entry.writable:
+        return None
+    own = _charged_file(m, fd)
+    if own is None:
+        m.reserve_bytes(requested)
+        return None
+    size = os.fstat(own).st_size
+    hole = max(0, (args[3] & _U64) - size) if name == "fd_pwrite" else 0
+    m.reserve_bytes(requested + hole)
+    return fd, own, size
+
+
+def _settle_write(m: Meter, c: Any, mem: GuestMemory, before: tuple[int, int, int] | None,
+                  written: int) -> None:
+    """Record `written` bytes, and the hole the write left when it started past the end
+    of the file (a seek beyond it): the apparent size grew by more than was written.
+    Past the quota the file is cut back to its size before the write and the guest
+    stopped with `disk_quota`."""
+    m.wrote(written)
+    if before is None or not written:
+        return
+    fd, own, size = before
+    hole = os.fstat(own).st_size - size - written
+    if hole <= 0:
+        return
+    try:
+        m.reserve_bytes(hole)
+    except GuestStopped:
+        _forward(m, c, "fd_filestat_set_size", fd, size)
+        raise
+    m.wrote(hole)
 
 
 def _fd_close(m: Meter, c: Any, mem: GuestMemory, fd: int) -> int:
@@ -277,11 +524,6 @@ def _set_flags(m: Meter, c: Any, mem: GuestMemory, fd: int, flags: int) -> int:
     if m.limits.sync_limit() == 0:
         flags &= ~FDFLAGS_SYNC_MASK
     return _forward(m, c, "fd_fdstat_set_flags", fd, flags)
-
-
-def _fd_allocate(m: Meter, c: Any, mem: GuestMemory, fd: int, offset: int, length: int) -> int:
-    m.reserve_bytes(length)
-    return _forward(m, c, "fd_allocate", fd, offset, length)
 
 
 def _poll_oneoff(m: Meter, c: Any, mem: GuestMemory, subs: int, out: int, n: int,
@@ -337,9 +579,11 @@ HANDLERS.update(
     fd_pwrite=_fd_pwrite,
     fd_read=_fd_read,
     path_open=_path_open,
-    path_create_directory=_creates("path_create_directory"),
-    path_symlink=_creates("path_symlink"),
-    path_link=_creates("path_link"),
+    path_create_directory=_creates("path_create_directory", 0),
+    path_symlink=_path_symlink,
+    path_link=_path_link,
+    path_rename=_path_rename,
+    fd_filestat_set_size=_fd_filestat_set_size,
     fd_close=_fd_close,
     fd_renumber=_fd_renumber,
     fd_sync=_sync("fd_sync"),

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..policy import Limits
 from ..policy.units import format_size
 from ..result import GuestStopped, Outcome
+from .descriptors import Descriptors, FdEntry
 
-__all__ = ["Meter", "FdEntry", "is_special_file", "path_exists"]
-
-
-@dataclass
-class FdEntry:
-    """A descriptor the guest holds: its host path when known (preopens, path_open)."""
-
-    host: Path | None
-    is_dir: bool
-    preopen: bool = False
+__all__ = ["Meter"]
 
 
 class Meter:
@@ -29,6 +18,8 @@ class Meter:
 
     Every method that finds a limit exceeded raises `GuestStopped` with the outcome;
     the sandbox turns that into the run's `Result`. Deadlines use `time.monotonic()`.
+    The meter holds host descriptors of the guest's directories (`fds`): `close()` them
+    when the run ends (safe twice).
     """
 
     def __init__(
@@ -60,9 +51,7 @@ class Meter:
         self.bytes_written = 0
         self.files_created = 0
         # Preopened directories get descriptors 3, 4, ... in order.
-        self.fds: dict[int, FdEntry] = {
-            3 + index: FdEntry(host, True, preopen=True) for index, (host, _) in enumerate(preopens)
-        }
+        self.fds = Descriptors(preopens)
         self.guest_opened = 0
         self.trampoline: dict[str, object] | None = None
         self.memory: object | None = None  # the guest's memory export, once looked up
@@ -137,7 +126,8 @@ class Meter:
     # -- disk ---------------------------------------------------------------------
 
     def reserve_bytes(self, size: int) -> None:
-        """Charge a write of `size` bytes to the disk quota before it happens."""
+        """Charge a write of `size` bytes to the disk quota before it happens (bytes
+        written plus any hole the write or a resize leaves: the apparent size it adds)."""
         quota = self.limits.disk_quota
         if self.bytes_written + size > quota:
             raise GuestStopped(
@@ -167,22 +157,14 @@ class Meter:
                 Outcome.FD_QUOTA, f"descriptor cap of {self.limits.max_open_files} reached"
             )
 
-    def host_path(self, dirfd: int, path: str) -> Path | None:
-        """The host path `path` names relative to guest descriptor `dirfd`, when known."""
-        entry = self.fds.get(dirfd)
-        if entry is None or entry.host is None or path.startswith("/"):
-            return None
-        return entry.host / path
-
-    def opened(self, fd: int, host: Path | None) -> None:
+    def opened(self, fd: int, entry: FdEntry) -> None:
         """Record a descriptor returned by path_open."""
-        is_dir = host is not None and _exists(host, directory=True)
-        self.fds[fd] = FdEntry(host, is_dir)
+        self.fds.put(fd, entry)
         self.guest_opened += 1
 
     def closed(self, fd: int) -> None:
         """Record a descriptor closed by the guest."""
-        self.fds.pop(fd, None)
+        self.fds.put(fd, None)
         if fd in self.stdio_owned:
             self.stdio_owned[fd] = False
 
@@ -191,30 +173,8 @@ class Meter:
         entry = self.fds.pop(source, None)
         if target in self.stdio_owned:
             self.stdio_owned[target] = False
-        if entry is not None:
-            self.fds[target] = entry
-        else:
-            self.fds.pop(target, None)
+        self.fds.put(target, entry)
 
-
-def _exists(path: Path, directory: bool = False) -> bool:
-    """Like Path.exists/is_dir, but False for paths the host cannot even name (too long)."""
-    try:
-        mode = os.lstat(path).st_mode if not directory else os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return stat.S_ISDIR(mode) if directory else True
-
-
-def path_exists(path: Path) -> bool:
-    """Whether `path` exists (without following a final symlink); False when unnameable."""
-    return _exists(path)
-
-
-def is_special_file(path: Path) -> bool:
-    """True for devices, FIFOs and sockets: opening them can block or reach the host."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    def close(self) -> None:
+        """Release the host descriptors held for the guest's. Safe twice."""
+        self.fds.close()
