@@ -45,6 +45,7 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 KEY_ENV = "STOCKADE_AUDIT_KEY"
 MAX_BYTES_ENV = "STOCKADE_AUDIT_MAX_BYTES"
 _TAIL = 8192
+_HEAD_SIZE = 256
 _KEY_PURPOSE = "audit key"
 
 
@@ -244,15 +245,19 @@ class AuditLog:
         os.rename(self.path, self.path.with_name(f"{self.path.name}.{number}"))
 
     def _write_head(self, key: bytes, record: dict[str, Any]) -> None:
-        tmp = self.head_path.with_name(f"{self.head_path.name}.{os.getpid()}")
+        # Rewritten in place at a fixed size, under the lock: a rename per record cost
+        # milliseconds. A head torn by a crash reads as damaged: loud, never silent.
         seq, last = int(record["seq"]), str(record["hash"])
-        head = json.dumps({"seq": seq, "hash": last, "mac": _head_mac(key, seq, last)}) + "\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        head = json.dumps({"seq": seq, "hash": last, "mac": _head_mac(key, seq, last)})
+        data = head.encode().ljust(_HEAD_SIZE - 1) + b"\n"
+        fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
         try:
-            os.write(fd, head.encode())
+            os.pwrite(fd, data, 0)
+            if os.fstat(fd).st_size != _HEAD_SIZE:
+                os.ftruncate(fd, _HEAD_SIZE)
         finally:
             os.close(fd)
-        os.replace(tmp, self.head_path)
 
     def _emit_record(self, record: dict[str, Any]) -> None:
         if self._emit is None:
@@ -360,7 +365,10 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
         if key is None:
             return AuditReport(False, 0, None, None, (
                 f"the audit key {where} is missing: the records cannot be authenticated"))
-    prev, before, expected, count = GENESIS, GENESIS, 1, 0
+    head, problem = _read_head_locked(path, key)
+    if problem:
+        return AuditReport(False, 0, None, None, problem)
+    prev, expected, count = GENESIS, 1, 0
     for file, number, raw in _lines(files):
         name = None if file == path else file.name
 
@@ -384,12 +392,30 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
         if record.get("kind") == "tamper":
             return broken(f"tampering was found when this record was written: "
                           f"{record.get('message')}", seq)
-        before, prev, expected, count = prev, stored, expected + 1, count + 1
-    head, problem = _read_head(head_path, key)
-    if problem:
-        return AuditReport(False, count, None, None, problem)
-    last = _Link(expected - 1, prev, before) if count else None
-    problem = _mismatch(head, last)
-    if problem:
-        return AuditReport(False, count, None, head.seq if head else None, problem)
+        if head is not None and seq == head.seq and stored != head.hash:
+            return broken("this is not the record the head names: the log was replaced "
+                          "or rewritten", seq)
+        prev, expected, count = stored, expected + 1, count + 1
+    # Records past the head are appends made while this ran (or before a crash).
+    if head is None and count:
+        return AuditReport(False, count, None, None,
+                           f"the log ends at seq {count} but its head is missing")
+    if head is not None and count < head.seq:
+        return AuditReport(False, count, None, head.seq, (
+            f"the log ends at seq {count} but its head records seq {head.seq}: "
+            + ("the log was deleted" if not count else "records were removed from the end")))
     return AuditReport(True, count)
+
+
+def _read_head_locked(path: Path, key: bytes) -> tuple[_Link | None, str]:
+    """The head, read under a shared lock so that no append is half done."""
+    head_path = path.with_name(path.name + ".head")
+    try:
+        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _read_head(head_path, key)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        return _read_head(head_path, key)
+    finally:
+        os.close(lock)
