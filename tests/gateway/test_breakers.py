@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from stockade.telemetry import verify
 
+from ..conftest import stockade
 from .conftest import Gateway, gateway_env, module
 
 Serve = Callable[..., Gateway]
@@ -25,13 +25,16 @@ Serve = Callable[..., Gateway]
 
 @pytest.fixture
 def serve(tmp_path: Path, shared_cache: Path) -> Iterator[Serve]:
-    """Start gateways on one state directory, with extra environment variables."""
+    """Start gateways on one state directory. A breaker's cooldown is an hour, so that
+    nothing here depends on how fast this machine answers."""
     started: list[Gateway] = []
 
-    def start(manifest: str, **env: str) -> Gateway:
+    def start(manifest: str) -> Gateway:
         path = tmp_path / "stockade.toml"
         path.write_text(manifest)
-        gateway = Gateway(path, {**gateway_env(shared_cache, tmp_path / "state"), **env}, ())
+        env = {**gateway_env(shared_cache, tmp_path / "state"),
+               "STOCKADE_BREAKER_COOLDOWN": "1h"}
+        gateway = Gateway(path, env, ())
         started.append(gateway)
         return gateway
 
@@ -107,35 +110,23 @@ def test_appending_bytes_to_the_module_does_not_escape(serve: Serve, tmp_path: P
     assert is_breaker(again.client.get("/fail", params={"kind": "none"}))
 
 
-def test_three_thousand_refusals_add_a_bounded_amount_to_the_audit_log(
+def test_three_thousand_refusals_add_nothing_to_the_audit_log_and_are_counted(
         serve: Serve, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    gateway = serve(manifest(module("fail")), STOCKADE_BREAKER_COOLDOWN="30s")
+    gateway = serve(manifest(module("fail")))
     client = gateway.client
     for _ in range(3):
         assert client.get("/fail", params={"kind": "flood"}).status_code == 502
     size = (state / "audit.jsonl").stat().st_size
     refused = sum(is_breaker(client.get("/fail")) for _ in range(3000))
     assert refused == 3000
-    grown = (state / "audit.jsonl").stat().st_size - size
-    assert grown == 0  # refusals are counted, and reported with the next transition
+    assert gateway.stop() == 0  # writes the worker's pending refusal count
+    # Refusals are counted, and reported with the breaker's next transition.
+    assert (state / "audit.jsonl").stat().st_size == size
     assert verify(state / "audit.jsonl").ok
-
-
-def test_refusals_are_reported_with_the_transition(serve: Serve, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    gateway = serve(manifest(module("fail")), STOCKADE_BREAKER_COOLDOWN="2s")
-    client = gateway.client
-    for _ in range(3):
-        assert client.get("/fail", params={"kind": "flood"}).status_code == 502
-    for _ in range(200):
-        assert is_breaker(client.get("/fail"))
-    time.sleep(2.1)  # the cooldown
-    assert client.get("/fail", params={"kind": "none"}).status_code == 200  # the probe
-    changes = [r for r in audit(state) if r["kind"] == "breaker_transition"]
-    assert [(c["old"], c["new"]) for c in changes] == [
-        ("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
-    assert changes[1]["denied"] == 200
+    listed = stockade("breaker", "list", "--json")
+    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (entry["key"], entry["state"], entry["denied"]) == ("function:fail", "open", 3000)
 
 
 def test_telemetry_off_keeps_breakers_and_audit(serve: Serve, tmp_path: Path) -> None:

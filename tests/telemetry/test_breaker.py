@@ -188,7 +188,6 @@ def test_traps_count_when_the_setting_says_so(tmp_path: Path) -> None:
 def _open_then_cool(telemetry: Any) -> None:
     for _ in range(3):
         finish(telemetry, Outcome.TIMEOUT)
-    assert not telemetry.admit("m.wasm", DIGEST).allowed
     time.sleep(0.3)  # the cooldown
 
 
@@ -232,7 +231,7 @@ def test_an_error_outside_a_probe_is_not_counted(tmp_path: Path) -> None:
 
 def test_refusals_are_counted_not_audited_one_by_one(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    with open_telemetry(breaker_config=BreakerConfig(cooldown=1.0)) as telemetry:
+    with open_telemetry(breaker_config=BreakerConfig(cooldown=3600)) as telemetry:
         for _ in range(3):
             finish(telemetry, Outcome.TIMEOUT)
         size = (state / "audit.jsonl").stat().st_size
@@ -241,11 +240,29 @@ def test_refusals_are_counted_not_audited_one_by_one(tmp_path: Path) -> None:
         assert (state / "audit.jsonl").stat().st_size == size
         (entry,) = telemetry.breaker.entries()
         assert entry.denied == 3000
-        time.sleep(1.05)
-        assert telemetry.admit("m.wasm", DIGEST).probe
+        # The transition that ends the open period reports them, in one record.
+        assert telemetry.breaker.check(DIGEST, now=time.time() + 3601).probe
     last = audit(state)[-1]
     assert (last["old"], last["new"], last["denied"]) == ("open", "half_open", 3000)
     assert "3000 runs refused" in last["message"]
+
+
+def test_refusal_counts_from_every_process_add_up(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    seen: list[Transition] = []
+    with Breaker(path, BreakerConfig(cooldown=3600), seen.append) as first, \
+            Breaker(path, BreakerConfig(cooldown=3600)) as second:
+        for _ in range(3):
+            first.record(DIGEST, None, violated=True, now=T0)
+        for _ in range(10):
+            assert not first.check(DIGEST, now=T0 + 1).allowed
+            assert not second.check(DIGEST, now=T0 + 1).allowed
+        second.close()  # writes its pending count
+        probe = first.check(DIGEST, now=T0 + 3601)
+    assert probe.probe and seen[-1].new == "half_open" and seen[-1].denied == 20
+    with Breaker(path) as again:
+        (entry,) = again.entries(now=T0 + 3601)
+    assert entry.denied == 0  # taken by the transition
 
 
 def test_breakers_are_keyed_by_what_the_invocation_names(tmp_path: Path) -> None:
