@@ -32,6 +32,8 @@ def isolated_env(
             monkeypatch.delenv(name)
     monkeypatch.setenv("STOCKADE_CACHE_DIR", str(shared_cache))
     monkeypatch.setenv("STOCKADE_STATE_DIR", str(tmp_path / "state"))
+    # Keys (the audit key) live in the config dir: never the real user's.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     yield
 
 

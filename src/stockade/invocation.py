@@ -34,7 +34,8 @@ class Invocation:
     `args` excludes the program name (the module's file name is used as argv[0]).
     `env` adds variables on top of the policy's; `name` and `tenant` label telemetry,
     breakers and audit records; `traceparent` (W3C) makes the run's span a child of the
-    caller's trace.
+    caller's trace; `breaker` names the circuit breaker the run counts toward (the
+    gateway: `function:<name>`; None: the module's digest).
     """
 
     args: tuple[str, ...] = ()
@@ -44,3 +45,4 @@ class Invocation:
     tenant: str | None = None
     invocation_id: str = field(default_factory=new_invocation_id)
     traceparent: str | None = None
+    breaker: str | None = None

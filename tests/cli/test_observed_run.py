@@ -25,8 +25,18 @@ def test_run_writes_local_otlp_json_and_show_reads_it() -> None:
     assert shown.returncode == 0 and b"hello.wasm" in shown.stdout
 
 
-def test_breaker_opens_after_three_violations() -> None:
+def test_without_breaker_one_bad_run_does_not_lock_out_later_runs() -> None:
     args = ("run", "--json", "--fuel", "1000", str(guest("spin.wasm")))
+    for _ in range(4):
+        assert json.loads(stockade(*args).stdout)["outcome"] == "fuel_exhausted"
+    assert not (state() / "breaker.db").exists()
+    kinds = [json.loads(line)["kind"] for line in (state() / "audit.jsonl").read_text()
+             .splitlines()]
+    assert kinds == ["violation"] * 4  # still audited
+
+
+def test_breaker_opens_after_three_violations() -> None:
+    args = ("run", "--breaker", "--json", "--fuel", "1000", str(guest("spin.wasm")))
     for _ in range(3):
         assert json.loads(stockade(*args).stdout)["outcome"] == "fuel_exhausted"
     refused = stockade(*args)

@@ -100,7 +100,8 @@ def gateway_env(cache: Path, state: Path) -> dict[str, str]:
     """The host environment without STOCKADE_*, OTEL_*, XDG_*; cache and state given."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("STOCKADE_", "OTEL_", "XDG_"))}
-    env.update(STOCKADE_CACHE_DIR=str(cache), STOCKADE_STATE_DIR=str(state))
+    env.update(STOCKADE_CACHE_DIR=str(cache), STOCKADE_STATE_DIR=str(state),
+               XDG_CONFIG_HOME=str(state.parent / "config"))
     return env
 
 

@@ -64,8 +64,8 @@ def test_traceparent_reaches_the_exported_spans(start_gateway: Start, tmp_path: 
 def test_breaker_opens_per_function_and_tenant(start_gateway: Start) -> None:
     gateway = start_gateway(MANIFEST)
     client = gateway.client
-    for _ in range(3):  # three violations within the window open the breaker
-        assert client.get("/fail", params={"kind": "trap"}).status_code == 502
+    for _ in range(3):  # three limit violations within the window open the breaker
+        assert client.get("/fail", params={"kind": "flood"}).status_code == 502
     refused = client.get("/fail", params={"kind": "none"})
     assert refused.status_code == 503 and refused.json()["reason"] == "breaker"
     assert int(refused.headers["retry-after"]) >= 1

@@ -1,20 +1,28 @@
-"""The audit log's hash chain: intact logs verify, any edit is found and named."""
+"""The audit log as an attacker who can write the state directory sees it: every edit,
+cut, deletion or forgery is found and named, appends never paper over damage, the
+chain is keyed with a key kept elsewhere, and rotation keeps it whole."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stockade.errors import UsageError
 from stockade.telemetry import AuditLog, verify
+from stockade.telemetry.audit import audit_key_path, record_hash
+from tests.conftest import stockade
 
 
 @pytest.fixture
 def log(tmp_path: Path) -> AuditLog:
-    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit = AuditLog(tmp_path / "state" / "audit.jsonl")
     for number in range(5):
         audit.append("violation", f"timeout #{number}", module="m.wasm", outcome="timeout")
     return audit
@@ -24,12 +32,26 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines(keepends=True)
 
 
-def test_records_are_chained(log: AuditLog) -> None:
-    records = [json.loads(line) for line in lines(log.path)]
-    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
-    assert all(b["prev"] == a["hash"] for a, b in zip(records, records[1:], strict=False))
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines(path)]
+
+
+def test_records_are_chained_and_keyed(log: AuditLog) -> None:
+    written = records(log.path)
+    assert [r["seq"] for r in written] == [1, 2, 3, 4, 5]
+    assert all(b["prev"] == a["hash"] for a, b in zip(written, written[1:], strict=False))
+    # The hash is an HMAC: recomputing it without the key gives something else.
+    assert all(r["hash"] != record_hash(r) for r in written)
     report = verify(log.path)
     assert report.ok and report.records == 5 and str(report) == "audit log intact: 5 records"
+
+
+def test_the_key_is_private_and_outside_the_state_dir(log: AuditLog, tmp_path: Path) -> None:
+    key = audit_key_path()
+    assert key == tmp_path / "config" / "stockade" / "audit.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert len(key.read_bytes()) == 32 and not key.is_relative_to(log.path.parent)
 
 
 def test_a_changed_record_is_named(log: AuditLog) -> None:
@@ -41,18 +63,19 @@ def test_a_changed_record_is_named(log: AuditLog) -> None:
     assert "changed" in report.problem and "line 3 (seq 3)" in str(report)
 
 
-def test_a_rehashed_change_still_breaks_the_chain(log: AuditLog) -> None:
-    from stockade.telemetry.audit import record_hash
-
-    content = lines(log.path)
-    record: dict[str, Any] = json.loads(content[1])
-    record["message"] = "nothing happened"
-    record["hash"] = record_hash(record)
-    content[1] = json.dumps(record) + "\n"
-    log.path.write_text("".join(content))
+def test_a_rewritten_history_with_recomputed_unkeyed_hashes_fails(log: AuditLog) -> None:
+    # The attacker rewrites record 2 and recomputes every hash and link after it, as the
+    # old unkeyed chain allowed; without the key the hashes cannot be right.
+    written = records(log.path)
+    written[1]["message"] = "nothing happened"
+    prev = written[0]["hash"]
+    for record in written[1:]:
+        record["prev"] = prev
+        record["hash"] = prev = record_hash(record)
+    log.path.write_text("".join(json.dumps(r) + "\n" for r in written))
     report = verify(log.path)
-    assert not report.ok and (report.line, report.seq) == (3, 3)
-    assert "chain" in report.problem
+    assert not report.ok and (report.line, report.seq) == (2, 2)
+    assert "audit key" in report.problem
 
 
 def test_a_removed_record_is_found(log: AuditLog) -> None:
@@ -78,8 +101,130 @@ def test_records_cut_off_the_end_are_found(log: AuditLog) -> None:
     assert not report.ok and report.seq == 5 and "removed from the end" in report.problem
 
 
+def test_an_append_after_a_cut_tail_writes_a_tamper_record(log: AuditLog) -> None:
+    log.path.write_text("".join(lines(log.path)[:3]))
+    log.append("violation", "the next ordinary event")
+    written = records(log.path)
+    assert [r["kind"] for r in written[3:]] == ["tamper", "violation"]
+    tamper = written[3]
+    assert (tamper["expected_seq"], tamper["found_seq"]) == (5, 3)
+    assert "removed from the end" in tamper["message"]
+    report = verify(log.path)  # the append did not re-anchor the chain: still broken
+    assert not report.ok and (report.line, report.seq) == (4, 4)
+    assert "tampering" in report.problem
+    log.append("violation", "and another")
+    assert not verify(log.path).ok
+
+
+def test_a_deleted_log_with_its_head_left_fails(log: AuditLog) -> None:
+    log.path.unlink()
+    report = verify(log.path)
+    assert not report.ok and report.seq == 5 and "deleted" in report.problem
+    proc = stockade("audit", "verify", str(log.path))
+    assert proc.returncode == 1 and b"deleted" in proc.stderr and b"Traceback" not in proc.stderr
+    log.append("violation", "after the deletion")
+    (tamper, after) = records(log.path)
+    assert tamper["kind"] == "tamper" and tamper["expected_seq"] == 5
+    assert after["prev"] == tamper["hash"] and not verify(log.path).ok
+
+
+def test_a_deleted_head_fails(log: AuditLog) -> None:
+    log.head_path.unlink()
+    report = verify(log.path)
+    assert not report.ok and "head is missing" in report.problem
+    log.append("violation", "after")
+    assert [r["kind"] for r in records(log.path)[-2:]] == ["tamper", "violation"]
+
+
+def test_a_head_forged_to_match_a_cut_tail_fails(log: AuditLog) -> None:
+    content = lines(log.path)
+    log.path.write_text("".join(content[:3]))
+    third = json.loads(content[2])
+    head = json.loads(log.head_path.read_text())
+    head.update(seq=3, hash=third["hash"])  # the old mac no longer fits; no key to redo it
+    log.head_path.write_text(json.dumps(head))
+    report = verify(log.path)
+    assert not report.ok and "forged" in report.problem
+
+
+def test_the_head_may_lag_one_record_after_a_crash(log: AuditLog) -> None:
+    head = log.head_path.read_text()
+    log.append("violation", "written, then the process died before the head")
+    log.head_path.write_text(head)
+    assert verify(log.path).ok
+    log.append("violation", "the next run")
+    assert [r["kind"] for r in records(log.path)][-2:] == ["violation", "violation"]
+    assert verify(log.path).ok
+
+
 def test_a_missing_log_is_empty_and_intact(tmp_path: Path) -> None:
     assert verify(tmp_path / "none.jsonl").ok
+    assert not audit_key_path().exists()  # verifying creates no key
+
+
+def test_a_log_without_its_key_cannot_be_verified(log: AuditLog) -> None:
+    audit_key_path().unlink()
+    report = verify(log.path)
+    assert not report.ok and "audit key" in report.problem and "missing" in report.problem
+
+
+def test_a_key_others_can_read_is_refused(log: AuditLog) -> None:
+    key = audit_key_path()
+    key.chmod(0o644)
+    fresh = AuditLog(log.path)
+    with pytest.raises(UsageError, match="0644"):
+        fresh.append("violation", "x")
+    with pytest.raises(UsageError, match="0644"):
+        verify(log.path)
+    proc = stockade("audit", "verify", str(log.path))
+    assert proc.returncode == 125 and b"0644" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_a_symlinked_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "elsewhere.key"
+    real.write_bytes(os.urandom(32))
+    real.chmod(0o600)
+    link = tmp_path / "config" / "link.key"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", str(link))
+    with pytest.raises(UsageError, match="symlink"):
+        AuditLog(tmp_path / "state" / "audit.jsonl").append("violation", "x")
+
+
+def test_a_key_beside_the_log_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", str(tmp_path / "state" / "audit.key"))
+    with pytest.raises(UsageError, match="outside the state directory"):
+        AuditLog(tmp_path / "state" / "audit.jsonl").append("violation", "x")
+
+
+def test_rotation_keeps_the_chain_across_files(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "state" / "audit.jsonl", max_bytes=4096)
+    for number in range(60):
+        audit.append("quota_hit", f"quota {number}", padding="x" * 100)
+    rotated = sorted(audit.path.parent.glob("audit.jsonl.[0-9]*"),
+                     key=lambda p: int(p.suffix[1:]))
+    assert len(rotated) >= 2
+    files = [*rotated, audit.path]
+    assert all(f.stat().st_size < 4096 + 512 for f in files)
+    for older, newer in zip(files, files[1:], strict=False):
+        assert records(newer)[0]["prev"] == records(older)[-1]["hash"]
+    report = verify(audit.path)
+    assert report.ok and report.records == 60
+    # A rotated file removed from the middle breaks the chain, and is named.
+    rotated[1].unlink()
+    report = verify(audit.path)
+    assert not report.ok and "removed" in report.problem
+
+
+def test_the_newest_rotated_file_cut_is_found_when_the_log_is_fresh(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "state" / "audit.jsonl", max_bytes=4096)
+    for number in range(60):
+        audit.append("quota_hit", f"quota {number}", padding="x" * 100)
+    audit.path.unlink()  # the current file, as if it had just rotated
+    report = verify(audit.path)
+    assert not report.ok and "removed from the end" in report.problem
 
 
 def test_each_record_is_emitted(tmp_path: Path) -> None:
@@ -89,14 +234,23 @@ def test_each_record_is_emitted(tmp_path: Path) -> None:
     assert emitted == [record] and "tenant" not in record
 
 
+def test_a_damaged_last_line_is_chained_to_and_named(log: AuditLog) -> None:
+    with open(log.path, "a") as file:
+        file.write("{not json\n")
+    log.append("violation", "after garbage")
+    report = verify(log.path)
+    assert not report.ok and report.line == 6 and "not a valid" in report.problem
+    assert hashlib.sha256(b"{not json").hexdigest() in log.path.read_text()
+
+
 def _append(path: str, count: int) -> None:
-    audit = AuditLog(path)
+    audit = AuditLog(path, max_bytes=8192)
     for number in range(count):
         audit.append("quota_hit", f"quota {number}")
 
 
-def test_processes_append_to_one_chain(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.jsonl")
+def test_processes_append_to_one_chain_across_rotations(tmp_path: Path) -> None:
+    path = str(tmp_path / "state" / "shared.jsonl")
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_append, args=(path, 40)) for _ in range(3)]
     for worker in workers:
@@ -106,3 +260,4 @@ def test_processes_append_to_one_chain(tmp_path: Path) -> None:
         assert worker.exitcode == 0
     report = verify(path)
     assert report.ok and report.records == 120
+    assert list(Path(path).parent.glob("shared.jsonl.[0-9]*"))  # it did rotate

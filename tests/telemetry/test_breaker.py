@@ -1,18 +1,24 @@
-"""Circuit breakers: open after N violations, refuse until the cooldown, one probe."""
+"""Circuit breakers: open after N counted violations, refuse until the cooldown, exactly
+one probe; what counts, what a failed probe is, and counting across processes."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import multiprocessing
+import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stockade.errors import UsageError
+from stockade import Invocation, Policy, Sandbox
+from stockade.errors import ModuleNotFound, UsageError
 from stockade.result import Outcome
-from stockade.telemetry import Breaker, BreakerConfig, Transition, refusal_result
+from stockade.telemetry import Breaker, BreakerConfig, Transition, open_telemetry, refusal_result
 
-from .runs import DIGEST
+from .runs import DIGEST, make_run
 
 T0 = 1_800_000_000.0
 
@@ -102,7 +108,7 @@ def test_transitions_are_reported_and_reset_closes(tmp_path: Path) -> None:
         breaker.check(DIGEST, now=T0 + 100)
         assert [(t.old, t.new) for t in seen] == [("closed", "open"), ("open", "half_open")]
         removed = breaker.reset(DIGEST[:8])
-        assert [e.digest for e in removed] == [DIGEST]
+        assert [e.key for e in removed] == [DIGEST]
         assert breaker.entries() == [] and breaker.check(DIGEST).allowed
 
 
@@ -130,3 +136,244 @@ def test_configuration_from_the_environment() -> None:
     assert (config.threshold, config.window, config.cooldown) == (5, 120.0, 0.5)
     with pytest.raises(UsageError, match="STOCKADE_BREAKER_THRESHOLD"):
         BreakerConfig.from_env({"STOCKADE_BREAKER_THRESHOLD": "many"})
+
+
+def test_limits_count_and_traps_only_when_asked() -> None:
+    config = BreakerConfig()
+    limits = [Outcome.TIMEOUT, Outcome.FUEL_EXHAUSTED, Outcome.MEMORY_LIMIT,
+              Outcome.OUTPUT_LIMIT, Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome.FD_QUOTA,
+              Outcome.HOSTCALL_LIMIT]
+    assert all(config.counts(outcome) for outcome in limits)
+    # A client who can make a function trap (bad input) must not take it offline.
+    assert not config.counts(Outcome.TRAP)
+    # A refusal is denied: never a violation of its own, or a breaker would feed itself.
+    assert not any(config.counts(o) for o in (Outcome.DENIED, Outcome.ERROR, Outcome.EXITED))
+    assert config._replace(count_traps=True).counts(Outcome.TRAP)
+    assert BreakerConfig.from_env({"STOCKADE_BREAKER_TRAPS": "on"}).count_traps
+    with pytest.raises(UsageError, match="STOCKADE_BREAKER_TRAPS"):
+        BreakerConfig.from_env({"STOCKADE_BREAKER_TRAPS": "sometimes"})
+
+
+def audit(state: Path) -> list[dict[str, Any]]:
+    path = state / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def finish(telemetry: Any, outcome: Outcome, tenant: str | None = None) -> None:
+    info, result = make_run(outcome, tenant=tenant)
+    telemetry.observer.run_finished(info, result)
+
+
+def test_three_traps_do_not_open_it_three_limit_hits_do(tmp_path: Path) -> None:
+    with open_telemetry() as telemetry:
+        for _ in range(3):
+            finish(telemetry, Outcome.TRAP)
+        assert telemetry.admit("m.wasm", DIGEST).allowed
+        for _ in range(3):
+            finish(telemetry, Outcome.MEMORY_LIMIT)
+        assert not telemetry.admit("m.wasm", DIGEST).allowed
+    # The traps are still audited as violations; they just do not open the breaker.
+    kinds = [r["kind"] for r in audit(tmp_path / "state")]
+    assert kinds == ["violation"] * 6 + ["breaker_transition"]
+
+
+def test_traps_count_when_the_setting_says_so(tmp_path: Path) -> None:
+    config = BreakerConfig(count_traps=True)
+    with open_telemetry(breaker_config=config) as telemetry:
+        for _ in range(3):
+            finish(telemetry, Outcome.TRAP)
+        assert not telemetry.admit("m.wasm", DIGEST).allowed
+
+
+def _open_then_cool(telemetry: Any) -> None:
+    for _ in range(3):
+        finish(telemetry, Outcome.TIMEOUT)
+    time.sleep(0.3)  # the cooldown
+
+
+def test_a_probe_that_raises_is_a_failed_probe(tmp_path: Path) -> None:
+    config = BreakerConfig(cooldown=0.2)
+    with open_telemetry(breaker_config=config) as telemetry, Sandbox(
+            observers=(telemetry.observer,)) as sandbox:
+        _open_then_cool(telemetry)
+        invocation = Invocation()
+        probe = telemetry.admit("m.wasm", DIGEST, invocation)
+        assert probe.allowed and probe.probe
+        with pytest.raises(ModuleNotFound):  # the run raises instead of returning a Result
+            try:
+                sandbox.run(tmp_path / "gone.wasm", invocation)
+            except BaseException:
+                telemetry.run_failed(DIGEST, invocation)
+                raise
+        decision = telemetry.admit("m.wasm", DIGEST, invocation)
+        # Open again, with a new cooldown: not half-open for `probe_timeout` (300 s).
+        assert not decision.allowed and decision.state == "open"
+        assert decision.until is not None and decision.until - time.time() <= 0.2
+    changes = [(r["old"], r["new"]) for r in audit(tmp_path / "state")
+               if r["kind"] == "breaker_transition"]
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "open")]
+
+
+def test_a_probe_ending_in_an_internal_error_is_a_failed_probe(tmp_path: Path) -> None:
+    with open_telemetry(breaker_config=BreakerConfig(cooldown=0.2)) as telemetry:
+        _open_then_cool(telemetry)
+        assert telemetry.admit("m.wasm", DIGEST).probe
+        finish(telemetry, Outcome.ERROR)
+        assert telemetry.admit("m.wasm", DIGEST).state == "open"
+
+
+def test_an_error_outside_a_probe_is_not_counted(tmp_path: Path) -> None:
+    with open_telemetry() as telemetry:
+        for _ in range(5):
+            finish(telemetry, Outcome.ERROR)
+        assert telemetry.admit("m.wasm", DIGEST).allowed
+
+
+def test_refusals_are_counted_not_audited_one_by_one(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with open_telemetry(breaker_config=BreakerConfig(cooldown=3600)) as telemetry:
+        for _ in range(3):
+            finish(telemetry, Outcome.TIMEOUT)
+        size = (state / "audit.jsonl").stat().st_size
+        for _ in range(3000):
+            assert not telemetry.admit("m.wasm", DIGEST).allowed
+        assert (state / "audit.jsonl").stat().st_size == size
+        (entry,) = telemetry.breaker.entries()
+        assert entry.denied == 3000
+        # The transition that ends the open period reports them, in one record.
+        assert telemetry.breaker.check(DIGEST, now=time.time() + 3601).probe
+    last = audit(state)[-1]
+    assert (last["old"], last["new"], last["denied"]) == ("open", "half_open", 3000)
+    assert "3000 runs refused" in last["message"]
+
+
+def test_refusal_counts_from_every_process_add_up(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    seen: list[Transition] = []
+    with Breaker(path, BreakerConfig(cooldown=3600), seen.append) as first, \
+            Breaker(path, BreakerConfig(cooldown=3600)) as second:
+        for _ in range(3):
+            first.record(DIGEST, None, violated=True, now=T0)
+        for _ in range(10):
+            assert not first.check(DIGEST, now=T0 + 1).allowed
+            assert not second.check(DIGEST, now=T0 + 1).allowed
+        second.close()  # writes its pending count
+        probe = first.check(DIGEST, now=T0 + 3601)
+    assert probe.probe and seen[-1].new == "half_open" and seen[-1].denied == 20
+    with Breaker(path) as again:
+        (entry,) = again.entries(now=T0 + 3601)
+    assert entry.denied == 0  # taken by the transition
+
+
+def test_breakers_are_keyed_by_what_the_invocation_names(tmp_path: Path) -> None:
+    with open_telemetry() as telemetry:
+        for _ in range(3):
+            info, result = make_run(Outcome.TIMEOUT, tenant="t")
+            info = dataclasses.replace(
+                info, invocation=Invocation(tenant="t", breaker="function:f"))
+            telemetry.observer.run_finished(info, result)
+        named = Invocation(tenant="t", breaker="function:f")
+        # Another module digest under the same function name: still refused.
+        assert not telemetry.admit("other.wasm", "cd" * 32, named).allowed
+        assert telemetry.admit("m.wasm", DIGEST, Invocation(tenant="t")).allowed
+        assert telemetry.admit("m.wasm", DIGEST, Invocation(
+            tenant="u", breaker="function:f")).allowed
+        (entry,) = telemetry.breaker.entries()
+        assert (entry.key, entry.tenant) == ("function:f", "t")
+
+
+def test_telemetry_off_keeps_breakers_and_audit(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with open_telemetry("off") as telemetry:
+        assert telemetry.monitor is None  # nothing to report to
+        for _ in range(3):
+            finish(telemetry, Outcome.FUEL_EXHAUSTED)
+        assert not telemetry.admit("m.wasm", DIGEST).allowed
+    assert not (state / "telemetry.jsonl").exists()
+    assert [r["kind"] for r in audit(state)] == ["violation"] * 3 + ["breaker_transition"]
+
+
+def test_breakers_and_audit_have_their_own_switches(tmp_path: Path) -> None:
+    with open_telemetry(breaker=False, audit=False) as telemetry:
+        for _ in range(3):
+            finish(telemetry, Outcome.FUEL_EXHAUSTED)
+        assert telemetry.admit("m.wasm", DIGEST).state == "disabled"
+    assert not (tmp_path / "state" / "audit.jsonl").exists()
+    assert not (tmp_path / "state" / "breaker.db").exists()
+
+
+# -- across processes: one SQLite file, real processes started at once ----------------
+
+def _contend(path: str, barrier: Any, results: Any, rounds: int) -> None:
+    config = BreakerConfig(threshold=3, window=600, cooldown=600)
+    opened = admitted = 0
+    with Breaker(path, config) as breaker:
+        barrier.wait()
+        for _ in range(rounds):
+            if breaker.check(DIGEST).allowed:
+                admitted += 1
+                change = breaker.record(DIGEST, None, violated=True)
+                opened += change is not None and change.new == "open"
+    results.put((admitted, opened))
+
+
+def test_ten_processes_count_exactly_and_open_it_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    Breaker(path).close()  # the schema, before the race
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(10), context.Queue()
+    workers = [context.Process(target=_contend, args=(path, barrier, results, 5))
+               for _ in range(10)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    admitted = sum(a for a, _ in outcomes)
+    with Breaker(path, BreakerConfig(window=600)) as breaker:
+        (entry,) = breaker.entries()
+    # Every admitted run's violation is counted, none lost; the breaker opened once.
+    assert entry.violations == admitted and entry.trips == 1
+    assert sum(o for _, o in outcomes) == 1
+    assert entry.denied == 50 - admitted  # and every refusal counted, none lost
+    # Runs already admitted when it opened finish; nothing is admitted after it opened.
+    assert 3 <= admitted < 50
+
+
+def _probe(path: str, barrier: Any, results: Any) -> None:
+    with Breaker(path, BreakerConfig(threshold=3, window=600, cooldown=0.5)) as breaker:
+        barrier.wait()
+        results.put(breaker.check(DIGEST).probe)
+
+
+def test_ten_processes_at_half_open_let_exactly_one_probe_through(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    with Breaker(path, BreakerConfig(threshold=3, window=600, cooldown=0.5)) as breaker:
+        for _ in range(3):
+            breaker.record(DIGEST, None, violated=True)
+    time.sleep(0.6)
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(10), context.Queue()
+    workers = [context.Process(target=_probe, args=(path, barrier, results))
+               for _ in range(10)]
+    for worker in workers:
+        worker.start()
+    probes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert probes.count(True) == 1
+
+
+def test_a_run_with_a_real_guest_counts_its_limit(tmp_path: Path) -> None:
+    from tests.conftest import guest
+
+    spin = guest("spin.wasm")
+    policy = Policy.from_profile("strict").with_limits(fuel=100_000)
+    invocation = Invocation(breaker="function:spin")
+    with open_telemetry() as telemetry, Sandbox(policy,
+                                                observers=(telemetry.observer,)) as sandbox:
+        for _ in range(3):
+            assert sandbox.run(spin, invocation).outcome is Outcome.FUEL_EXHAUSTED
+        assert not telemetry.admit(spin.name, "00" * 32, invocation).allowed

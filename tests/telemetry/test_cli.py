@@ -16,7 +16,7 @@ from .runs import DIGEST, make_run
 def open_a_breaker() -> None:
     with open_telemetry() as telemetry:
         for _ in range(3):
-            info, result = make_run(Outcome.TRAP, tenant="acme")
+            info, result = make_run(Outcome.TIMEOUT, tenant="acme")
             telemetry.observer.run_finished(info, result)
 
 
@@ -42,7 +42,7 @@ def test_audit_verify_names_the_tampered_record(tmp_path: Path) -> None:
     assert ok.returncode == 0 and ok.stdout == b"audit log intact: 4 records\n"
     path = tmp_path / "state" / "audit.jsonl"
     lines = path.read_text().splitlines(keepends=True)
-    lines[1] = lines[1].replace('"outcome":"trap"', '"outcome":"exited"')
+    lines[1] = lines[1].replace('"outcome":"timeout"', '"outcome":"exited"')
     path.write_text("".join(lines))
     bad = stockade("audit", "verify", str(path))
     assert bad.returncode == 1

@@ -1,4 +1,4 @@
-"""`stockade audit verify`: check the hash chain of the audit log."""
+"""`stockade audit verify`: check the keyed hash chain of the audit log."""
 
 from __future__ import annotations
 
@@ -20,10 +20,13 @@ def audit() -> None:
 @audit.command("verify")
 @click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
 def verify(path: Path | None) -> None:
-    """Verify the audit log (default: audit.jsonl in the state directory).
+    """Verify the audit log (default: audit.jsonl in the state directory), its rotated
+    files (PATH.1, PATH.2, ...) and its head.
 
-    Exits 0 when every record is intact, 1 naming the first changed, removed or
-    reordered record.
+    Exits 0 when every record is intact, 1 naming the first changed, removed, reordered
+    or unkeyed record, a `tamper` record, or a head the log does not match (a deleted
+    log included); 125 when the audit key cannot be used (missing is 1, others-readable
+    is 125).
     """
     from ..telemetry import verify as verify_log
 

@@ -45,13 +45,18 @@ __all__ = ["run"]
 @click.option("--telemetry", "telemetry_profile", metavar="PROFILE",
               help="OTLP export profile: edge, cloud, on-prem, hybrid, or off. Default: the "
                    "local OTLP-JSON file, or OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.")
+@click.option("--breaker", "use_breaker", is_flag=True,
+              help="Guard this module with a circuit breaker: after 3 resource-limit "
+                   "violations within 60 s it is refused (exit 126) until a cooldown passes. "
+                   "Off by default: one bad input must not lock out later runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
         dirs: tuple[str, ...], scratch: str | None, keep_scratch: bool,
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
-        isolate: str | None, telemetry_profile: str | None, as_json: bool) -> None:
+        isolate: str | None, telemetry_profile: str | None, use_breaker: bool,
+        as_json: bool) -> None:
     """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
 
     \b
@@ -71,7 +76,8 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         invocation = build_invocation(args, stdin)
-        result = run_observed(module, policy, invocation, isolate, telemetry_profile)
+        result = run_observed(module, policy, invocation, isolate, telemetry_profile,
+                              use_breaker)
     except StockadeError as exc:
         if as_json:
             error = {"module": module.name, "outcome": "error", "exit_code": exc.exit_code,
@@ -83,19 +89,24 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
 
 
 def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: str | None,
-                 telemetry_profile: str | None) -> Result:
-    """Ask the module's circuit breaker, run it (in-process or isolated), record telemetry."""
+                 telemetry_profile: str | None, use_breaker: bool = False) -> Result:
+    """Run the module (in-process or isolated) and record telemetry and audit records;
+    with `use_breaker`, ask its circuit breaker (keyed by the module's digest) first."""
     from ..engine import EngineConfig, get_engine
     from ..isolate import make_sandbox
     from ..telemetry import open_telemetry, refusal_result
 
     sha256 = get_engine(EngineConfig.for_limits(policy.limits)).digest(module)
-    with open_telemetry(telemetry_profile) as telemetry:
+    with open_telemetry(telemetry_profile, breaker=use_breaker) as telemetry:
         decision = telemetry.admit(module.name, sha256, invocation, policy)
         if not decision.allowed:
             return refusal_result(decision, module.name, sha256)
         with make_sandbox(policy, isolate, observers=(telemetry.observer,)) as sandbox:
-            return sandbox.run(module, invocation)
+            try:
+                return sandbox.run(module, invocation)
+            except BaseException:
+                telemetry.run_failed(sha256, invocation)  # a probe that raised failed
+                raise
 
 
 def render(result: Result, as_json: bool) -> None:

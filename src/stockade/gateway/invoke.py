@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .registry import Route
     from .tracing import TraceContext
 
-__all__ = ["Invoker", "HttpInvocation", "response_for"]
+__all__ = ["Invoker", "HttpInvocation", "response_for", "breaker_key"]
 
 logger = logging.getLogger("stockade.gateway")
 # Added to a function's own timeout before the gateway gives up waiting (504): the
@@ -54,6 +54,12 @@ class HttpInvocation(Invocation):
     env_block: EnvBlock | None = None
 
 
+def breaker_key(function: str) -> str:
+    """The circuit breaker of a function: keyed by its name (with the tenant beside it),
+    not its module's digest, so changing the module's bytes does not escape it."""
+    return f"function:{function}"
+
+
 class Invoker:
     """Runs the function `request.state["route"]` names; see the module docstring."""
 
@@ -63,7 +69,7 @@ class Invoker:
         self.metrics = metrics
         self.telemetry = telemetry
         self.inline = inline
-        self._closed_until: dict[tuple[str, str], float] = {}  # (sha256, tenant) -> time
+        self._closed_until: dict[tuple[str, str | None], float] = {}  # (function, tenant)
 
     async def __call__(self, request: Request) -> Response:
         route: Route = request.state["route"]
@@ -75,18 +81,22 @@ class Invoker:
             stdin=request.body, name=spec.name, tenant=spec.tenant,
             env=() if cgi else cgi_environ(request, spec.route),
             env_block=cgi.block(request) if cgi else None,
-            parent=trace.as_parent() if trace else None)
+            parent=trace.as_parent() if trace else None, breaker=breaker_key(spec.name))
         result: Result | None = None
         spent = 0.0
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.
             self._admit(route, invocation)
-            result, spent = route.prepared.try_inline(invocation)
+            try:
+                result, spent = route.prepared.try_inline(invocation)
+            except BaseException:
+                self._run_failed(route, invocation)
+                raise
         if result is None:
             result = await self._dispatch(request, route, invocation, check=not self.inline)
         request.state["cpu_seconds"] = spent + result.usage.cpu_ms / 1000
         if result.outcome.is_violation:
-            self._closed_until.pop((route.prepared.sha256, route.spec.tenant), None)
+            self._closed_until.pop((route.spec.name, route.spec.tenant), None)
         self._count(route, result)
         return response_for(route, result)
 
@@ -106,7 +116,16 @@ class Invoker:
         """On a guest thread: ask the breaker (unless asked already), then run."""
         if check:
             self._admit(route, invocation)
-        return route.prepared.run(invocation)
+        try:
+            return route.prepared.run(invocation)
+        except BaseException:
+            self._run_failed(route, invocation)
+            raise
+
+    def _run_failed(self, route: Route, invocation: Invocation) -> None:
+        """A run raised instead of returning a Result: a breaker probe that raised failed."""
+        if self.telemetry is not None:
+            self.telemetry.run_failed(route.prepared.sha256, invocation)
 
     def _admit(self, route: Route, invocation: Invocation) -> None:
         """Raise Unavailable (503) while the function's circuit breaker is open. A closed
@@ -114,13 +133,13 @@ class Invoker:
         request), unless a run here violated a limit since."""
         if self.telemetry is None:
             return
-        key = (route.prepared.sha256, route.spec.tenant)
+        key = (route.spec.name, route.spec.tenant)
         now = time.monotonic()
         if self._closed_until.get(key, 0.0) > now:
             return
         decision = self.telemetry.admit(route.spec.module.name, route.prepared.sha256,
                                         invocation, route.spec.policy)
-        if decision.allowed and decision.state == "closed":
+        if decision.allowed and decision.state in ("closed", "disabled"):
             self._closed_until[key] = now + BREAKER_RECHECK
         if not decision.allowed:
             retry = max(1.0, (decision.until or 0.0) - time.time())

@@ -71,14 +71,9 @@ class GatewayService:
         manifest = self.load()
         self.settings = settings = manifest.server
         observers: tuple[RunObserver, ...] = ()
-        if settings.telemetry != "off":
-            from ..telemetry import open_telemetry
-
-            # A server answers thousands of requests a second: unless told otherwise it
-            # samples as the environment suggests (edge on a small host: 10 %).
-            self.telemetry = open_telemetry(settings.telemetry, "stockade-gateway",
-                                            fallback=GATEWAY_TELEMETRY)
-            observers = (self.telemetry.observer,)
+        self.telemetry = telemetry = _open_telemetry(settings)
+        if telemetry is not None:
+            observers = (telemetry.observer,)
         self.executors = Executors(settings.executor, settings.threads, observers)
         self.dispatcher = dispatcher = Dispatcher(settings.threads, settings.max_queue)
         self.registry = registry = Registry(self.executors, self.workers)
@@ -90,7 +85,7 @@ class GatewayService:
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
         routed = RoutingLayer(LimitsLayer(invoker, self.metrics), registry, system)
         handler: Handler = ErrorLayer(routed, self.metrics)
-        if self.telemetry is not None:
+        if self.telemetry is not None and self.telemetry.settings.enabled:
             handler = TracingLayer(handler, self.telemetry)
         return MetricsLayer(handler, self.metrics)
 
@@ -160,6 +155,30 @@ class GatewayService:
             self.telemetry.close()
         if self.store is not None:
             self.store.write(self.metrics)
+
+
+def _open_telemetry(settings: ServerSettings) -> Telemetry | None:
+    """Export, breakers and audit as `[server]` says: `telemetry = "off"` turns off
+    export only; None when all three are off. Raises UsageError (an unusable audit key)."""
+    from ..telemetry import open_telemetry
+    from ..telemetry.breaker import BreakerConfig
+
+    if settings.telemetry == "off" and not settings.breakers and not settings.audit:
+        return None
+    config = BreakerConfig.from_env()
+    if settings.breaker_traps is not None:
+        config = config._replace(count_traps=settings.breaker_traps)
+    # A server answers thousands of requests a second: unless told otherwise it samples
+    # as the environment suggests (edge on a small host: 10 %).
+    telemetry = open_telemetry(settings.telemetry, "stockade-gateway",
+                               fallback=GATEWAY_TELEMETRY, breaker=settings.breakers,
+                               audit=settings.audit, breaker_config=config)
+    try:
+        telemetry.prepare()  # the audit key is read before any confinement
+    except BaseException:
+        telemetry.close()
+        raise
+    return telemetry
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:

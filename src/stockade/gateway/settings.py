@@ -60,7 +60,9 @@ class ServerSettings:
     `sandbox`; `telemetry` an export profile name or `off` (None: `STOCKADE_TELEMETRY`,
     else `hybrid`); `reuse_port` gives each worker its own SO_REUSEPORT socket instead
     of sharing one; `inline` lets short fast-path runs finish on the event loop thread
-    (see `fastexec.py`).
+    (see `fastexec.py`). `breakers` (circuit breakers per function and tenant),
+    `breaker_traps` (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no)
+    and `audit` (the audit log) are independent of `telemetry`: export `off` keeps them.
     """
 
     host: str = "127.0.0.1"
@@ -76,6 +78,9 @@ class ServerSettings:
     telemetry: str | None = None
     reuse_port: bool = False
     inline: bool = True
+    breakers: bool = True
+    breaker_traps: bool | None = None
+    audit: bool = True
 
     def override(self, **changes: Any) -> ServerSettings:
         """A copy with the given settings (None values are ignored: flag not given)."""
@@ -115,7 +120,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "max_queue": _int(0, 100_000), "max_body": parse_size, "max_response": parse_size,
     "request_timeout": parse_duration, "drain_timeout": parse_duration,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
-    "inline": _flag,
+    "inline": _flag, "breakers": _flag, "breaker_traps": _flag, "audit": _flag,
 }
 
 

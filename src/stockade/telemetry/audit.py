@@ -1,37 +1,90 @@
-"""The audit log: security events as JSON lines, chained by SHA-256.
+"""The audit log: security events as JSON lines, chained and keyed with HMAC-SHA256.
 
-Each record holds `seq`, the previous record's hash (`prev`) and its own `hash`, the
-SHA-256 of its canonical JSON without `hash`. Appends take an exclusive `flock`, so
-processes can share the file; a sidecar `<file>.head` keeps the last seq and hash so
-that records cut off the end are noticed too. `verify` walks the chain and names the
-first record that was changed, removed or moved.
+Each record holds `seq`, the previous record's hash (`prev`) and its own `hash`: the
+HMAC-SHA256, under the audit key, of its canonical JSON without `hash`. The key lives
+outside the state directory (`$STOCKADE_AUDIT_KEY`, else `audit.key` in the config
+directory, see `keyfile.py`), so whoever can write the log cannot rewrite history and
+recompute the chain. A sidecar `<file>.head` keeps the last seq and hash (keyed too),
+so records cut off the end, or a deleted log, are noticed.
+
+Appends take an exclusive `flock` on `<file>.lock`, so processes share one chain. An
+append first compares the log's last record with the head: when they disagree (the
+tail was cut, the log deleted, the head removed) it writes a `tamper` record naming
+both before its own record, instead of quietly chaining onto what is left; `verify`
+reports every log holding a `tamper` record as broken.
+
+The log rotates by size: when `<file>` reaches `max_bytes` it is renamed
+`<file>.1`, `<file>.2`, ... (oldest first) and the next record, in a new `<file>`,
+chains onto the last record of the previous one. `verify` walks the rotated files in
+order, then `<file>`. Rotated files are never removed here: archive them whole.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..errors import UsageError
 from ..paths import state_dir
+from .keyfile import config_dir, secret_key
 from .log import logger
 
-__all__ = ["AuditLog", "AuditReport", "verify", "record_hash", "GENESIS"]
+__all__ = ["AuditLog", "AuditReport", "verify", "record_hash", "audit_key_path", "GENESIS",
+           "DEFAULT_MAX_BYTES"]
 
 GENESIS = "0" * 64
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+KEY_ENV = "STOCKADE_AUDIT_KEY"
+MAX_BYTES_ENV = "STOCKADE_AUDIT_MAX_BYTES"
 _TAIL = 8192
+_HEAD_SIZE = 256
+_KEY_PURPOSE = "audit key"
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    """SHA-256 (hex) of `record` without its `hash` key, as canonical JSON."""
+def audit_key_path() -> Path:
+    """`$STOCKADE_AUDIT_KEY`, else `audit.key` in the config directory."""
+    explicit = os.environ.get(KEY_ENV)
+    return Path(explicit) if explicit else config_dir() / "audit.key"
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
     body = {k: v for k, v in record.items() if k != "hash"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def record_hash(record: dict[str, Any], key: bytes | None = None) -> str:
+    """The hash (hex) of `record` without its `hash` key, as canonical JSON: HMAC-SHA256
+    under `key`, or plain SHA-256 without one (which `verify` never accepts)."""
+    if key is None:
+        return hashlib.sha256(_canonical(record)).hexdigest()
+    return hmac.new(key, _canonical(record), hashlib.sha256).hexdigest()
+
+
+def _head_mac(key: bytes, seq: int, last: str) -> str:
+    return hmac.new(key, f"stockade-audit-head:{seq}:{last}".encode(), hashlib.sha256).hexdigest()
+
+
+def _segments(path: Path) -> list[Path]:
+    """Rotated files of `path`, oldest first (`<name>.1`, `<name>.2`, ...)."""
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9]+)")
+    numbered = []
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match:
+            numbered.append((int(match.group(1)), path.with_name(name)))
+    return [p for _, p in sorted(numbered)]
 
 
 def _last_line(fd: int) -> bytes:
@@ -48,118 +101,321 @@ def _last_line(fd: int) -> bytes:
     return b""
 
 
+def _file_tail(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        return _last_line(fd)
+    finally:
+        os.close(fd)
+
+
+class _Link(NamedTuple):
+    """A point in the chain: the last record's seq and hash (`prev` of a damaged one)."""
+
+    seq: int
+    hash: str
+    prev: str | None = None
+
+
+def _parse_link(raw: bytes) -> _Link | None:
+    try:
+        record = json.loads(raw)
+        return _Link(int(record["seq"]), str(record["hash"]), str(record.get("prev")))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class AuditLog:
-    """Appends hash-chained records to `path` (default: `audit.jsonl` in the state
-    directory). `emit(record)` is called after each append (the OTel log record)."""
+    """Appends keyed, hash-chained records to `path` (default: `audit.jsonl` in the state
+    directory). `emit(record)` is called after each append (the OTel log record). `key`
+    (bytes) overrides the key file at `key_path` (default `audit_key_path()`), which is
+    created on the first append; `max_bytes` is the size at which the file rotates
+    (default `$STOCKADE_AUDIT_MAX_BYTES`, else 16 MiB)."""
 
     def __init__(self, path: Path | str | None = None,
-                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 emit: Callable[[dict[str, Any]], None] | None = None, *,
+                 key: bytes | None = None, key_path: Path | str | None = None,
+                 max_bytes: int | None = None) -> None:
         self.path = Path(path) if path is not None else state_dir() / "audit.jsonl"
         self.head_path = self.path.with_name(self.path.name + ".head")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.key_path = Path(key_path) if key_path is not None else audit_key_path()
+        self.max_bytes = max_bytes if max_bytes is not None else _max_bytes_from_env()
+        self._key = key
         self._emit = emit
+
+    @property
+    def key(self) -> bytes:
+        """The audit key, read (or created) on first use. Raises UsageError for a key file
+        others can read or change, or that lies inside the log's own directory."""
+        if self._key is None:
+            if self.key_path.resolve().parent == self.path.resolve().parent:
+                raise UsageError(f"audit key {self.key_path}: it lies beside the audit log; "
+                                 f"keep it outside the state directory ({KEY_ENV})")
+            key = secret_key(self.key_path, _KEY_PURPOSE)
+            if key is None:  # secret_key creates it; this only narrows the type
+                raise UsageError(f"audit key {self.key_path}: could not be created")
+            self._key = key
+        return self._key
 
     def append(self, kind: str, message: str, **fields: Any) -> dict[str, Any]:
         """Append one event of `kind` (`violation`, `quota_hit`, `denial`,
-        `breaker_transition`, `breaker_reset`, ...) and return the record written.
-        Raises OSError when the file cannot be written."""
+        `breaker_transition`, `breaker_reset`, ...) and return the record written. When the
+        log's tail does not match its head, a `tamper` record is written first. Raises
+        OSError when the file cannot be written, UsageError for an unusable key."""
+        key = self.key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        written: list[dict[str, Any]] = []
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            seq, prev = 0, GENESIS
-            last = _last_line(fd)
-            if last:
-                try:
-                    previous = json.loads(last)
-                    seq, prev = int(previous["seq"]), str(previous["hash"])
-                except (ValueError, KeyError, TypeError):
-                    # A damaged tail still gets chained to; `verify` reports the damage.
-                    seq, prev = seq + 1, hashlib.sha256(last).hexdigest()
-            now = time.time()
-            record: dict[str, Any] = {
-                "seq": seq + 1,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-                + f".{int(now % 1 * 1e6):06d}Z",
-                "kind": kind,
-                "message": message,
-                **{k: v for k, v in fields.items() if v is not None},
-                "prev": prev,
-            }
-            record["hash"] = record_hash(record)
-            os.write(fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
-            self._write_head(record)
-        finally:
-            os.close(fd)
-        if self._emit is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tail_raw = self._tail()
+            tail = _parse_link(tail_raw) if tail_raw else None
+            head, head_problem = self._head(key)
+            if tail_raw and tail is None:
+                # A damaged last line still gets chained to; `verify` names it.
+                tail = _Link(head.seq if head else 0, hashlib.sha256(tail_raw).hexdigest())
+            seq, prev = (tail.seq, tail.hash) if tail else (0, GENESIS)
+            problem = head_problem or _mismatch(head, tail)
+            if problem:
+                tamper = self._record(key, seq + 1, prev, "tamper", problem, {
+                    "expected_seq": head.seq if head else None,
+                    "expected_hash": head.hash if head else None,
+                    "found_seq": tail.seq if tail else None,
+                    "found_hash": tail.hash if tail else None,
+                })
+                written.append(tamper)
+                seq, prev = tamper["seq"], tamper["hash"]
+            record = self._record(key, seq + 1, prev, kind, message, fields)
+            written.append(record)
+            lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in written]
+            self._rotate_if_full()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                self._emit(record)
-            except Exception:  # noqa: BLE001 - telemetry never breaks a run
-                logger("stockade.telemetry.audit").warning(
-                    "could not emit audit record as telemetry", exc_info=True)
+                os.write(fd, "".join(lines).encode())
+            finally:
+                os.close(fd)
+            self._write_head(key, record)
+        finally:
+            os.close(lock)
+        for each in written:
+            self._emit_record(each)
         return record
 
-    def _write_head(self, record: dict[str, Any]) -> None:
-        tmp = self.head_path.with_name(f"{self.head_path.name}.{os.getpid()}")
-        head = json.dumps({"seq": record["seq"], "hash": record["hash"]}) + "\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    @staticmethod
+    def _record(key: bytes, seq: int, prev: str, kind: str, message: str,
+                fields: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        record: dict[str, Any] = {
+            "seq": seq,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now % 1 * 1e6):06d}Z",
+            "kind": kind,
+            "message": message,
+            **{k: v for k, v in fields.items()
+               if v is not None and k not in ("seq", "prev", "hash")},
+            "prev": prev,
+        }
+        record["hash"] = record_hash(record, key)
+        return record
+
+    def _tail(self) -> bytes:
+        """The last line of the whole log: `<file>`, else the newest rotated file."""
+        last = _file_tail(self.path)
+        if last:
+            return last
+        segments = _segments(self.path)
+        return _file_tail(segments[-1]) if segments else b""
+
+    def _head(self, key: bytes) -> tuple[_Link | None, str]:
+        return _read_head(self.head_path, key)
+
+    def _rotate_if_full(self) -> None:
         try:
-            os.write(fd, head.encode())
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < self.max_bytes:
+            return
+        segments = _segments(self.path)
+        number = 1 + (int(segments[-1].name.rsplit(".", 1)[1]) if segments else 0)
+        os.rename(self.path, self.path.with_name(f"{self.path.name}.{number}"))
+
+    def _write_head(self, key: bytes, record: dict[str, Any]) -> None:
+        # Rewritten in place at a fixed size, under the lock: a rename per record cost
+        # milliseconds. A head torn by a crash reads as damaged: loud, never silent.
+        seq, last = int(record["seq"]), str(record["hash"])
+        head = json.dumps({"seq": seq, "hash": last, "mac": _head_mac(key, seq, last)})
+        data = head.encode().ljust(_HEAD_SIZE - 1) + b"\n"
+        fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.pwrite(fd, data, 0)
+            if os.fstat(fd).st_size != _HEAD_SIZE:
+                os.ftruncate(fd, _HEAD_SIZE)
         finally:
             os.close(fd)
-        os.replace(tmp, self.head_path)
+
+    def _emit_record(self, record: dict[str, Any]) -> None:
+        if self._emit is None:
+            return
+        try:
+            self._emit(record)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger("stockade.telemetry.audit").warning(
+                "could not emit audit record as telemetry", exc_info=True)
+
+
+def _max_bytes_from_env() -> int:
+    raw = os.environ.get(MAX_BYTES_ENV)
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    from ..policy.units import parse_size
+
+    try:
+        size = parse_size(raw)
+    except ValueError as exc:
+        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: {exc}") from None
+    if size < 4096:
+        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: use at least 4KiB")
+    return size
+
+
+def _read_head(head_path: Path, key: bytes) -> tuple[_Link | None, str]:
+    """The head as a link, or a problem when it exists but is damaged or not keyed."""
+    try:
+        text = head_path.read_text()
+    except FileNotFoundError:
+        return None, ""
+    try:
+        head = json.loads(text)
+        seq, last, mac = int(head["seq"]), str(head["hash"]), str(head["mac"])
+    except (ValueError, KeyError, TypeError):
+        return None, f"{head_path.name} is damaged"
+    if not hmac.compare_digest(mac, _head_mac(key, seq, last)):
+        return None, f"{head_path.name} was not written with the audit key (forged or replaced)"
+    return _Link(seq, last), ""
+
+
+def _mismatch(head: _Link | None, tail: _Link | None) -> str:
+    """Why the log's tail does not continue its head, or "" when it does. A tail one
+    record past the head, chained onto it, is a crash between the two writes."""
+    if head is None and tail is None:
+        return ""
+    if head is None:
+        return f"the log ends at seq {tail.seq if tail else 0} but its head is missing"
+    if tail is None:
+        return (f"the log is missing or empty but its head records seq {head.seq}: "
+                "records were deleted")
+    if (tail.seq, tail.hash) == (head.seq, head.hash) or (
+            tail.seq == head.seq + 1 and tail.prev == head.hash):
+        return ""
+    if tail.seq < head.seq:
+        return (f"the log ends at seq {tail.seq} but its head records seq {head.seq}: "
+                "records were removed from the end")
+    return (f"the log ends at seq {tail.seq} ({tail.hash[:12]}) but its head records "
+            f"seq {head.seq} ({head.hash[:12]}): the log was replaced or rewritten")
 
 
 class AuditReport(NamedTuple):
     """What `verify` found: `ok`, how many records were read, and the first bad one
-    (`line` is 1-based, `seq` the sequence number found there) with `problem`."""
+    (`line` is 1-based within `file`, `seq` the sequence number found there) with
+    `problem`. `file` is None for the main log file."""
 
     ok: bool
     records: int
     line: int | None = None
     seq: int | None = None
     problem: str = ""
+    file: str | None = None
 
     def __str__(self) -> str:
         if self.ok:
             return f"audit log intact: {self.records} records"
-        where = f"line {self.line}" + (f" (seq {self.seq})" if self.seq is not None else "")
+        where = (f"{self.file} " if self.file else "") + (
+            f"line {self.line}" if self.line is not None else "its head")
+        where += f" (seq {self.seq})" if self.seq is not None else ""
         return f"audit log broken at {where}: {self.problem}"
 
 
-def verify(path: Path | str | None = None) -> AuditReport:
-    """Check the hash chain of the audit log at `path` (default: the state directory's).
-    A missing file is an intact, empty log. Raises OSError when it cannot be read."""
+def _lines(paths: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    for path in paths:
+        with open(path, "rb") as file:
+            for number, raw in enumerate(file, start=1):
+                yield path, number, raw
+
+
+def verify(path: Path | str | None = None, *, key: bytes | None = None,
+           key_path: Path | str | None = None) -> AuditReport:
+    """Check the keyed hash chain of the audit log at `path` (default: the state
+    directory's), its rotated files first, and its head. No log and no head is an
+    intact, empty log; a head without a log is not. A `tamper` record makes the log
+    broken. Raises OSError when it cannot be read, UsageError for an unusable key."""
     path = Path(path) if path is not None else state_dir() / "audit.jsonl"
-    if not path.exists():
-        return AuditReport(True, 0)
-    prev, expected, count = GENESIS, 1, 0
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, start=1):
-            try:
-                record = json.loads(raw)
-                seq = int(record["seq"])
-                stored = str(record["hash"])
-            except (ValueError, KeyError, TypeError):
-                return AuditReport(False, count, number, None, "not a valid audit record")
-            if record_hash(record) != stored:
-                return AuditReport(False, count, number, seq,
-                                   "record was changed (its hash does not match its content)")
-            if seq != expected:
-                return AuditReport(False, count, number, seq, (
-                    f"expected seq {expected}: records were removed or reordered"))
-            if record.get("prev") != prev:
-                return AuditReport(False, count, number, seq,
-                                   "previous record was changed or removed (chain broken)")
-            prev, expected, count = stored, expected + 1, count + 1
+    files = [*_segments(path), *([path] if path.exists() else [])]
     head_path = path.with_name(path.name + ".head")
-    if head_path.exists():
+    if not files and not head_path.exists():
+        return AuditReport(True, 0)
+    if key is None:
+        where = Path(key_path) if key_path is not None else audit_key_path()
+        key = secret_key(where, _KEY_PURPOSE, create=False)
+        if key is None:
+            return AuditReport(False, 0, None, None, (
+                f"the audit key {where} is missing: the records cannot be authenticated"))
+    head, problem = _read_head_locked(path, key)
+    if problem:
+        return AuditReport(False, 0, None, None, problem)
+    prev, expected, count = GENESIS, 1, 0
+    for file, number, raw in _lines(files):
+        name = None if file == path else file.name
+
+        def broken(problem: str, seq: int | None = None, name: str | None = name,
+                   number: int = number, count: int = count) -> AuditReport:
+            return AuditReport(False, count, number, seq, problem, name)
+
         try:
-            head = json.loads(head_path.read_text())
-            head_seq, head_hash = int(head["seq"]), str(head["hash"])
+            record = json.loads(raw)
+            seq = int(record["seq"])
+            stored = str(record["hash"])
         except (ValueError, KeyError, TypeError):
-            return AuditReport(False, count, None, None, f"{head_path.name} is damaged")
-        if (head_seq, head_hash) != (expected - 1, prev):
-            return AuditReport(False, count, count + 1, head_seq, (
-                f"the log ends at seq {expected - 1} but its head records seq {head_seq}: "
-                "records were removed from the end"))
+            return broken("not a valid audit record")
+        if not hmac.compare_digest(record_hash(record, key), stored):
+            return broken("record was changed or not written with the audit key "
+                          "(its keyed hash does not match its content)", seq)
+        if seq != expected:
+            return broken(f"expected seq {expected}: records were removed or reordered", seq)
+        if record.get("prev") != prev:
+            return broken("previous record was changed or removed (chain broken)", seq)
+        if record.get("kind") == "tamper":
+            return broken(f"tampering was found when this record was written: "
+                          f"{record.get('message')}", seq)
+        if head is not None and seq == head.seq and stored != head.hash:
+            return broken("this is not the record the head names: the log was replaced "
+                          "or rewritten", seq)
+        prev, expected, count = stored, expected + 1, count + 1
+    # Records past the head are appends made while this ran (or before a crash).
+    if head is None and count:
+        return AuditReport(False, count, None, None,
+                           f"the log ends at seq {count} but its head is missing")
+    if head is not None and count < head.seq:
+        return AuditReport(False, count, None, head.seq, (
+            f"the log ends at seq {count} but its head records seq {head.seq}: "
+            + ("the log was deleted" if not count else "records were removed from the end")))
     return AuditReport(True, count)
+
+
+def _read_head_locked(path: Path, key: bytes) -> tuple[_Link | None, str]:
+    """The head, read under a shared lock so that no append is half done."""
+    head_path = path.with_name(path.name + ".head")
+    try:
+        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _read_head(head_path, key)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        return _read_head(head_path, key)
+    finally:
+        os.close(lock)

@@ -1,12 +1,24 @@
-"""Circuit breakers per module digest (and tenant), shared by processes through SQLite.
+"""Circuit breakers per key (and tenant), shared by processes through SQLite.
 
-    closed --N violations within the window--> open --cooldown over--> half_open
-    half_open --probe ran clean--> closed;  half_open --probe violated--> open
+    closed --N counted violations within the window--> open --cooldown over--> half_open
+    half_open --probe ran clean--> closed;  half_open --probe violated or failed--> open
 
-`check` is what runs before a module: one indexed SELECT in the common case, no
-wasmtime. `record` runs after it. State lives in `breaker.db` under the state
-directory (WAL journal, busy timeout), so CLI runs and gateway workers see the same
-breakers. Every transition is passed to `on_transition` (the audit log).
+A key names what misbehaved: the gateway uses `function:<name>` (per tenant), so
+changing a module's bytes does not escape its function's breaker; a module digest
+is the key when nothing else is named. What counts is a resource-limit violation
+(timeout, fuel, memory, output, disk, files, descriptors, host calls); traps count
+only with `count_traps` (a client that can make a function trap must not be able to
+take it offline), and refusals never count.
+
+`check` is what runs before a run: one indexed SELECT in the common case, no
+wasmtime. `record` runs after it. Every decision that changes state, and every count,
+is one `BEGIN IMMEDIATE` transaction, so processes sharing `breaker.db` count
+exactly, open a breaker once, and let exactly one probe through when it half-opens.
+A breaker does not bound runs already admitted while it was closed: that is what the
+concurrency quotas are for. Refusals are counted in memory and added to the database
+at most once a second; the count is reported with the transition that ends the open
+period (one audit record per transition, not one per refusal). Every transition is
+passed to `on_transition` (the audit log).
 """
 
 from __future__ import annotations
@@ -37,15 +49,25 @@ __all__ = [
     "default_path",
 ]
 
+_VERSION = 2
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS breakers (digest TEXT NOT NULL, tenant TEXT NOT NULL,"
+    # Version 1 keyed breakers by module digest; its state is dropped, not migrated.
+    "DROP TABLE IF EXISTS breakers",
+    "DROP TABLE IF EXISTS violations",
+    "CREATE TABLE breakers (key TEXT NOT NULL, tenant TEXT NOT NULL,"
     " state TEXT NOT NULL, opened_at REAL, until REAL, probe_at REAL,"
-    " count INTEGER NOT NULL DEFAULT 0, trips INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,"
-    " PRIMARY KEY (digest, tenant))",
-    "CREATE TABLE IF NOT EXISTS violations (digest TEXT NOT NULL, tenant TEXT NOT NULL, at REAL)",
-    "CREATE INDEX IF NOT EXISTS violations_key ON violations (digest, tenant, at)",
-    "PRAGMA user_version = 1",
+    " count INTEGER NOT NULL DEFAULT 0, trips INTEGER NOT NULL DEFAULT 0,"
+    " denied INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL, PRIMARY KEY (key, tenant))",
+    "CREATE TABLE violations (key TEXT NOT NULL, tenant TEXT NOT NULL, at REAL)",
+    "CREATE INDEX violations_key ON violations (key, tenant, at)",
+    f"PRAGMA user_version = {_VERSION}",
 )
+# Resource limits: what a breaker counts by default.
+LIMIT_OUTCOMES = frozenset({
+    Outcome.TIMEOUT, Outcome.FUEL_EXHAUSTED, Outcome.MEMORY_LIMIT, Outcome.OUTPUT_LIMIT,
+    Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome.FD_QUOTA, Outcome.HOSTCALL_LIMIT,
+})
+DENIAL_FLUSH = 1.0  # seconds between writes of a process's refusal count
 
 
 def default_path() -> Path:
@@ -62,17 +84,24 @@ def iso_time(timestamp: float) -> str:
 
 class BreakerConfig(NamedTuple):
     """`threshold` violations within `window` seconds open a breaker for `cooldown`
-    seconds; a half-open probe not reported within `probe_timeout` is given up."""
+    seconds; a half-open probe not reported within `probe_timeout` (its process died)
+    is given up. Resource-limit violations count; traps only with `count_traps`."""
 
     threshold: int = 3
     window: float = 60.0
     cooldown: float = 30.0
     probe_timeout: float = 300.0
+    count_traps: bool = False
+
+    def counts(self, outcome: Outcome) -> bool:
+        """Whether a run that ended with `outcome` counts toward opening a breaker."""
+        return outcome in LIMIT_OUTCOMES or (self.count_traps and outcome is Outcome.TRAP)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BreakerConfig:
-        """Defaults overridden by `STOCKADE_BREAKER_THRESHOLD`, `STOCKADE_BREAKER_WINDOW`
-        and `STOCKADE_BREAKER_COOLDOWN` (durations like `60s`). Raises UsageError."""
+        """Defaults overridden by `STOCKADE_BREAKER_THRESHOLD`, `STOCKADE_BREAKER_WINDOW`,
+        `STOCKADE_BREAKER_COOLDOWN` (durations like `60s`) and `STOCKADE_BREAKER_TRAPS`
+        (`1`/`true`/`on` or `0`/`false`/`off`). Raises UsageError."""
         from ..policy.units import parse_duration
 
         env = os.environ if env is None else env
@@ -91,7 +120,17 @@ class BreakerConfig(NamedTuple):
             if not raw.isdigit() or int(raw) < 1:
                 raise UsageError(f"STOCKADE_BREAKER_THRESHOLD={raw!r}: use a positive integer")
             config = config._replace(threshold=int(raw))
+        raw = env.get("STOCKADE_BREAKER_TRAPS")
+        if raw:
+            flag = _FLAGS.get(raw.strip().lower())
+            if flag is None:
+                raise UsageError(f"STOCKADE_BREAKER_TRAPS={raw!r}: use on or off")
+            config = config._replace(count_traps=flag)
         return config
+
+
+_FLAGS = {"1": True, "true": True, "on": True, "yes": True,
+          "0": False, "false": False, "off": False, "no": False}
 
 
 class Decision(NamedTuple):
@@ -111,9 +150,10 @@ class Decision(NamedTuple):
 
 
 class Transition(NamedTuple):
-    """A breaker changed state (`closed`, `open`, `half_open`)."""
+    """A breaker changed state (`closed`, `open`, `half_open`); `denied` is how many runs
+    it refused while open (reported when the open period ends)."""
 
-    digest: str
+    key: str
     tenant: str | None
     old: str
     new: str
@@ -121,12 +161,14 @@ class Transition(NamedTuple):
     violations: int
     until: float | None
     reason: str
+    denied: int = 0
 
 
 class BreakerEntry(NamedTuple):
-    """One breaker as stored; `violations` counts those within the current window."""
+    """One breaker as stored; `violations` counts those within the current window,
+    `denied` the refusals of its current open period written so far."""
 
-    digest: str
+    key: str
     tenant: str | None
     state: str
     violations: int
@@ -134,12 +176,18 @@ class BreakerEntry(NamedTuple):
     until: float | None
     trips: int
     updated: float
+    denied: int = 0
 
 
 def refusal_result(decision: Decision, module: str, sha256: str) -> Result:
     """The `denied` Result of a run the breaker refused (exit code 126)."""
     return Result(module=module, sha256=sha256, outcome=Outcome.DENIED,
                   exit_code=Outcome.DENIED.exit_code, message=decision.message)
+
+
+def _label(key: str) -> str:
+    """A key as people read it: a function name, or the first 12 digits of a digest."""
+    return key.replace(":", " ", 1) if ":" in key else f"module {key[:12]}"
 
 
 class Breaker:
@@ -158,23 +206,30 @@ class Breaker:
         self.config = config or BreakerConfig.from_env()
         self._on_transition = on_transition
         self._lock = threading.Lock()
-        # Probes this process was let through: only their clean end can close a breaker,
-        # so other clean runs never touch the database.
+        # Probes this process was let through: only their end can close a breaker, so
+        # other clean runs never touch the database.
         self._probes: set[tuple[str, str]] = set()
+        # Refusals not yet added to the database, and when each key last was.
+        self._denied: dict[tuple[str, str], int] = {}
+        self._flushed: dict[tuple[str, str], float] = {}
+        self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db: sqlite3.Connection = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] != 1:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
             # WAL lets readers (every `check`) proceed while another process writes.
             self._db.execute("PRAGMA journal_mode = WAL")
             with self._tx():
-                for statement in _SCHEMA:
-                    self._db.execute(statement)
+                if self._db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
+                    for statement in _SCHEMA:
+                        self._db.execute(statement)
         self._db.execute("PRAGMA synchronous = NORMAL")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        # IMMEDIATE: the write lock is taken before the first read, so a decision and the
+        # write it leads to see one state across processes.
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -183,105 +238,143 @@ class Breaker:
             raise
         self._db.execute("COMMIT")
 
-    def _row(self, digest: str, tenant: str) -> tuple[str, float | None, float | None, int] | None:
+    def _row(self, key: str, tenant: str) -> tuple[str, float | None, float | None, int] | None:
         row = self._db.execute(
-            "SELECT state, until, probe_at, count FROM breakers WHERE digest=? AND tenant=?",
-            (digest, tenant)).fetchone()
+            "SELECT state, until, probe_at, count FROM breakers WHERE key=? AND tenant=?",
+            (key, tenant)).fetchone()
         return None if row is None else (row[0], row[1], row[2], row[3])
 
-    def check(self, digest: str, tenant: str | None = None, now: float | None = None) -> Decision:
-        """May the module with this digest run now (for this tenant)?"""
+    def check(self, key: str, tenant: str | None = None, now: float | None = None) -> Decision:
+        """May a run under `key` (a function, or a module digest) go ahead now, for this
+        tenant? A refusal is counted (see `Transition.denied`)."""
         now = time.time() if now is None else now
-        key = tenant or ""
+        ident = (key, tenant or "")
         transition = None
         with self._lock:
-            row = self._row(digest, key)
+            row = self._row(*ident)
             if row is None or row[0] == "closed":
                 return Decision(True, "closed")
             if row[0] == "open" and row[1] is not None and now < row[1]:
-                return Decision(False, "open", self._refusal(digest, row[1], row[3]), row[1])
+                self._deny(ident, now)
+                return Decision(False, "open", self._refusal(key, row[1], row[3]), row[1])
             with self._tx():
-                row = self._row(digest, key)
+                row = self._row(*ident)
                 if row is None or row[0] == "closed":
                     return Decision(True, "closed")
                 state, until, probe_at, count = row
                 if state == "open" and until is not None and now < until:
-                    return Decision(False, "open", self._refusal(digest, until, count), until)
+                    self._deny(ident, now)
+                    return Decision(False, "open", self._refusal(key, until, count), until)
                 if state == "half_open" and probe_at is not None and (
                         now - probe_at < self.config.probe_timeout):
+                    self._deny(ident, now)
                     return Decision(False, "half_open", (
-                        f"module {digest[:12]} is refused: its circuit breaker lets one probe "
+                        f"{_label(key)} is refused: its circuit breaker lets one probe "
                         f"run through and that run is still going (since {iso_time(probe_at)})"))
+                denied = self._take_denied(ident) if state == "open" else 0
                 self._db.execute(
                     "UPDATE breakers SET state='half_open', probe_at=?, updated=? "
-                    "WHERE digest=? AND tenant=?", (now, now, digest, key))
+                    "WHERE key=? AND tenant=?", (now, now, *ident))
                 if state == "open":
-                    transition = Transition(digest, tenant, "open", "half_open", now, count,
-                                            None, "cooldown over: one probe run let through")
-                self._probes.add((digest, key))
+                    transition = Transition(key, tenant, "open", "half_open", now, count,
+                                            None, "cooldown over: one probe run let through",
+                                            denied)
+                self._probes.add(ident)
         self._notify(transition)
         return Decision(True, "half_open", "probe run after cooldown", probe=True)
 
-    def _refusal(self, digest: str, until: float, count: int) -> str:
-        return (f"module {digest[:12]} is refused until {iso_time(until)}: its circuit breaker "
-                f"opened after {count} violations within {self.config.window:g} s "
-                f"(`stockade breaker reset {digest[:12]}` closes it)")
+    def _deny(self, ident: tuple[str, str], now: float) -> None:
+        """Count a refusal; add the counts to the database at most once a second."""
+        self._denied[ident] = self._denied.get(ident, 0) + 1
+        if now - self._flushed.get(ident, 0.0) >= DENIAL_FLUSH:
+            self._flush(ident, now)
 
-    def record(self, digest: str, tenant: str | None, violated: bool,
+    def _flush(self, ident: tuple[str, str], now: float) -> None:
+        pending = self._denied.pop(ident, 0)
+        self._flushed[ident] = now
+        if pending:
+            self._db.execute("UPDATE breakers SET denied=denied+? WHERE key=? AND tenant=?",
+                             (pending, *ident))
+
+    def _take_denied(self, ident: tuple[str, str]) -> int:
+        """Inside a transaction: the refusals counted so far (every process's written
+        counts plus this one's pending), zeroed: the transition reports them."""
+        row = self._db.execute("SELECT denied FROM breakers WHERE key=? AND tenant=?",
+                               ident).fetchone()
+        self._db.execute("UPDATE breakers SET denied=0 WHERE key=? AND tenant=?", ident)
+        return (row[0] if row else 0) + self._denied.pop(ident, 0)
+
+    def _refusal(self, key: str, until: float, count: int) -> str:
+        reset = key[:12] if ":" not in key else key
+        return (f"{_label(key)} is refused until {iso_time(until)}: its circuit breaker "
+                f"opened after {count} violations within {self.config.window:g} s "
+                f"(`stockade breaker reset {reset}` closes it)")
+
+    def record(self, key: str, tenant: str | None, violated: bool,
                now: float | None = None) -> Transition | None:
-        """Report how a run of the module ended; returns the transition it caused, if any."""
+        """Report how a run under `key` ended (`violated`: it counts, see
+        `BreakerConfig.counts`); returns the transition it caused, if any."""
         if not violated and not self._probes:
             return None  # only a probe run of this process can close a breaker
         now = time.time() if now is None else now
-        key = tenant or ""
-        cfg = self.config
+        ident = (key, tenant or "")
         transition: Transition | None
         with self._lock:
             if not violated:
-                if (digest, key) not in self._probes:
+                if ident not in self._probes:
                     return None
-                self._probes.discard((digest, key))
-                row = self._row(digest, key)
-                if row is None or row[0] != "half_open":
-                    return None
+                self._probes.discard(ident)
                 with self._tx():
-                    self._db.execute("DELETE FROM violations WHERE digest=? AND tenant=?",
-                                     (digest, key))
+                    row = self._row(*ident)
+                    if row is None or row[0] != "half_open":
+                        return None
+                    denied = self._take_denied(ident)
+                    self._db.execute("DELETE FROM violations WHERE key=? AND tenant=?", ident)
                     self._db.execute(
                         "UPDATE breakers SET state='closed', probe_at=NULL, until=NULL, count=0,"
-                        " updated=? WHERE digest=? AND tenant=?", (now, digest, key))
-                transition = Transition(digest, tenant, "half_open", "closed", now, 0, None,
-                                        "probe run ended without a violation")
+                        " updated=? WHERE key=? AND tenant=?", (now, *ident))
+                transition = Transition(key, tenant, "half_open", "closed", now, 0, None,
+                                        "probe run ended without a violation", denied)
             else:
-                self._probes.discard((digest, key))
-                transition = self._violation(digest, tenant, key, now, cfg)
+                self._probes.discard(ident)
+                transition = self._violation(key, tenant, ident, now)
         self._notify(transition)
         return transition
 
-    def _violation(self, digest: str, tenant: str | None, key: str, now: float,
-                   cfg: BreakerConfig) -> Transition | None:
+    def probe_failed(self, key: str, tenant: str | None,
+                     now: float | None = None) -> Transition | None:
+        """A run under `key` ended without a Result (it raised) or with an internal error:
+        when it was this process's probe, the probe failed and the breaker opens again
+        (instead of staying half-open until `probe_timeout`). Otherwise nothing."""
+        if (key, tenant or "") not in self._probes:
+            return None
+        return self.record(key, tenant, True, now)
+
+    def _violation(self, key: str, tenant: str | None, ident: tuple[str, str],
+                   now: float) -> Transition | None:
+        cfg = self.config
         with self._tx():
-            self._db.execute("DELETE FROM violations WHERE digest=? AND tenant=? AND at<?",
-                             (digest, key, now - cfg.window))
-            self._db.execute("INSERT INTO violations VALUES (?, ?, ?)", (digest, key, now))
+            self._db.execute("DELETE FROM violations WHERE key=? AND tenant=? AND at<?",
+                             (*ident, now - cfg.window))
+            self._db.execute("INSERT INTO violations VALUES (?, ?, ?)", (*ident, now))
             count = self._db.execute(
-                "SELECT COUNT(*) FROM violations WHERE digest=? AND tenant=?",
-                (digest, key)).fetchone()[0]
-            row = self._row(digest, key)
+                "SELECT COUNT(*) FROM violations WHERE key=? AND tenant=?", ident).fetchone()[0]
+            row = self._row(*ident)
             state = "closed" if row is None else row[0]
             if row is None:
-                self._db.execute("INSERT INTO breakers (digest, tenant, state, updated) "
-                                 "VALUES (?, ?, 'closed', ?)", (digest, key, now))
+                self._db.execute("INSERT INTO breakers (key, tenant, state, updated) "
+                                 "VALUES (?, ?, 'closed', ?)", (*ident, now))
             if state == "open" or (state == "closed" and count < cfg.threshold):
                 return None
+            denied = self._take_denied(ident) if state == "half_open" else 0
             until = now + cfg.cooldown
             self._db.execute(
                 "UPDATE breakers SET state='open', opened_at=?, until=?, probe_at=NULL, count=?,"
-                " trips=trips+1, updated=? WHERE digest=? AND tenant=?",
-                (now, until, count, now, digest, key))
-        reason = ("probe run violated a limit" if state == "half_open"
+                " trips=trips+1, updated=? WHERE key=? AND tenant=?",
+                (now, until, count, now, *ident))
+        reason = ("probe run violated a limit or failed" if state == "half_open"
                   else f"{count} violations within {cfg.window:g} s")
-        return Transition(digest, tenant, state, "open", now, count, until, reason)
+        return Transition(key, tenant, state, "open", now, count, until, reason, denied)
 
     def _notify(self, transition: Transition | None) -> None:
         if transition is not None and self._on_transition is not None:
@@ -291,32 +384,52 @@ class Breaker:
         """Every stored breaker, most recently changed first."""
         now = time.time() if now is None else now
         with self._lock:
+            for ident in list(self._denied):
+                self._flush(ident, now)
             rows = self._db.execute(
-                "SELECT b.digest, b.tenant, b.state, b.opened_at, b.until, b.trips, b.updated,"
-                " (SELECT COUNT(*) FROM violations v WHERE v.digest=b.digest AND"
-                "  v.tenant=b.tenant AND v.at>=?) FROM breakers b ORDER BY b.updated DESC",
-                (now - self.config.window,)).fetchall()
-        return [BreakerEntry(r[0], r[1] or None, r[2], r[7], r[3], r[4], r[5], r[6])
+                "SELECT b.key, b.tenant, b.state, b.opened_at, b.until, b.trips, b.updated,"
+                " (SELECT COUNT(*) FROM violations v WHERE v.key=b.key AND"
+                "  v.tenant=b.tenant AND v.at>=?), b.denied FROM breakers b"
+                " ORDER BY b.updated DESC", (now - self.config.window,)).fetchall()
+        return [BreakerEntry(r[0], r[1] or None, r[2], r[7], r[3], r[4], r[5], r[6], r[8])
                 for r in rows]
 
-    def reset(self, digest_prefix: str = "", tenant: str | None = None) -> list[BreakerEntry]:
-        """Close and forget the breakers whose digest starts with `digest_prefix` (all when
-        empty), only `tenant`'s when given. Returns the entries removed."""
+    def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
+        """Close and forget breakers: those whose key starts with `key` when it is a hex
+        digest prefix, the one named `key` exactly otherwise, all when empty; only
+        `tenant`'s when given. Returns the entries removed."""
         with self._lock:
-            pattern = digest_prefix.replace("%", "").replace("_", "") + "%"
-            where = "digest LIKE ?" + (" AND tenant=?" if tenant is not None else "")
-            params: tuple[str, ...] = (pattern,) + ((tenant,) if tenant is not None else ())
+            if all(c in "0123456789abcdef" for c in key):
+                where, params = "key LIKE ?", [key + "%"]
+            else:
+                where, params = "key = ?", [key]
+            if tenant is not None:
+                where += " AND tenant=?"
+                params.append(tenant)
             with self._tx():
                 rows = self._db.execute(
-                    f"SELECT digest, tenant, state, opened_at, until, trips, updated "
+                    f"SELECT key, tenant, state, opened_at, until, trips, updated, denied "
                     f"FROM breakers WHERE {where}", params).fetchall()
                 self._db.execute(f"DELETE FROM breakers WHERE {where}", params)
                 self._db.execute(f"DELETE FROM violations WHERE {where}", params)
-        return [BreakerEntry(r[0], r[1] or None, r[2], 0, r[3], r[4], r[5], r[6]) for r in rows]
+            for row in rows:
+                ident = (row[0], row[1])
+                self._probes.discard(ident)
+                self._denied.pop(ident, None)
+        return [BreakerEntry(r[0], r[1] or None, r[2], 0, r[3], r[4], r[5], r[6], r[7])
+                for r in rows]
 
     def close(self) -> None:
-        """Close the database connection; safe to call twice."""
+        """Write pending refusal counts and close the database; safe to call twice."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                for ident in list(self._denied):
+                    self._flush(ident, time.time())
+            except Exception:  # noqa: BLE001 - counts are advisory; closing must not fail
+                pass
             self._db.close()
 
     def __enter__(self) -> Breaker:

@@ -4,7 +4,12 @@ It owns a sink (local OTLP-JSON file, OTLP exporters, or nothing), the security
 monitor, the circuit breakers and the audit log, and hands the sandbox one
 `observer`. Per run: the monitor watches it; at its end a span, metrics and, for a
 violation, an audit record and log record are written, and the breaker is told.
-`admit` is what callers ask before running a module. Nothing here raises into a run.
+`admit` is what callers ask before running a module; `run_failed` when a run raised.
+Nothing here raises into a run.
+
+Export, breakers and audit are separate switches: with export off (profile `off`,
+`OTEL_SDK_DISABLED`) there is no sink and no monitor, but breakers and the audit log
+keep working unless turned off themselves (`breaker=False`, `audit=False`).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ..result import Result
     from .audit import AuditLog
-    from .breaker import Breaker, Decision, Transition
+    from .breaker import Breaker, BreakerConfig, Decision, Transition
 
-__all__ = ["Telemetry", "open_telemetry", "event_kind", "ServerSpanLike", "TraceContextLike"]
+__all__ = ["Telemetry", "open_telemetry", "event_kind", "breaker_key", "ServerSpanLike",
+           "TraceContextLike"]
 
 
 _QUOTAS = {Outcome.OUTPUT_LIMIT, Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome.FD_QUOTA,
@@ -47,6 +53,12 @@ def event_kind(outcome: Outcome) -> str | None:
     if outcome in _QUOTAS:
         return "quota_hit"
     return "violation" if outcome.is_violation else None
+
+
+def breaker_key(sha256: str, invocation: Invocation) -> str:
+    """The breaker a run counts toward: the invocation's `breaker` (the gateway names the
+    function), else the module's digest."""
+    return invocation.breaker or sha256
 
 
 class TraceContextLike(Protocol):
@@ -104,7 +116,8 @@ class Telemetry:
     `close()` at exit (flushes; safe twice; also via `with`)."""
 
     def __init__(self, settings: ExportSettings, sink: Sink, *, monitor: bool = True,
-                 breaker: bool = True) -> None:
+                 breaker: bool = True, audit: bool = True,
+                 breaker_config: BreakerConfig | None = None) -> None:
         self.settings = settings
         self.sink = sink
         self._recording = not isinstance(sink, NullSink)
@@ -115,6 +128,8 @@ class Telemetry:
         self.monitor = SecurityMonitor(on_warning=self._live_warning) if monitor else None
         self.observer = _Observer(self)
         self._use_breaker = breaker
+        self._use_audit = audit
+        self._breaker_config = breaker_config
         self._breaker: Breaker | None = None
         self._audit: AuditLog | None = None
         self._lazy = threading.Lock()  # gateway threads may ask for these at once
@@ -127,7 +142,8 @@ class Telemetry:
             if self._breaker is None:
                 from .breaker import Breaker  # imported when first needed: start-up time
 
-                self._breaker = Breaker(on_transition=self._transition)
+                self._breaker = Breaker(config=self._breaker_config,
+                                        on_transition=self._transition)
             return self._breaker
 
     @property
@@ -140,20 +156,30 @@ class Telemetry:
                 self._audit = AuditLog(emit=self._audit_record)
             return self._audit
 
+    def prepare(self) -> None:
+        """Open the breaker database and read the audit key now rather than at the first
+        use (a server does this before it confines itself). Raises UsageError for an
+        unusable audit key or breaker setting."""
+        if self._use_audit:
+            _ = self.audit.key
+        if self._use_breaker:
+            _ = self.breaker
+
     def admit(self, module: str, sha256: str, invocation: Invocation | None = None,
               policy: Policy | None = None) -> Decision:
-        """Ask the module's breaker whether it may run. A refusal is recorded like a run
-        (span, metrics, audit `denial`); `refusal_result(decision, ...)` renders it.
-        With breakers turned off every run is admitted (state `disabled`)."""
+        """Ask the run's breaker (`breaker_key`) whether it may run. A refusal is recorded
+        like a run (span, metrics) and counted by the breaker, whose next transition
+        reports the count in one audit record; `refusal_result(decision, ...)` renders
+        it. With breakers turned off every run is admitted (state `disabled`)."""
         from .breaker import Decision, default_path, refusal_result
 
         if not self._use_breaker:
             return Decision(True, "disabled")
         if self._breaker is None and not default_path().exists():
-            return Decision(True, "closed")  # no module ever violated: nothing to open
+            return Decision(True, "closed")  # nothing ever violated: nothing to open
         invocation = invocation or Invocation()
         try:
-            decision = self.breaker.check(sha256, invocation.tenant)
+            decision = self.breaker.check(breaker_key(sha256, invocation), invocation.tenant)
         except Exception:  # noqa: BLE001 - a broken breaker database must not stop runs
             logger().warning("circuit breaker unavailable; run allowed", exc_info=True)
             return Decision(True, "unknown")
@@ -185,7 +211,9 @@ class Telemetry:
                 for attrs in warnings:
                     self._log_warning(info, attrs, trace_id, span_id)
             kind = event_kind(result.outcome)
-            if kind is not None:
+            # A refusal is not audited one by one: the breaker counts refusals and its
+            # next transition reports them (a flood of refused requests stays small).
+            if kind is not None and refused is None and self._use_audit:
                 self.audit.append(
                     kind, result.message or result.outcome.value,
                     module=info.module, sha256=info.sha256, tenant=info.invocation.tenant,
@@ -208,11 +236,38 @@ class Telemetry:
             logger().warning("could not record run telemetry", exc_info=True)
 
     def _tell_breaker(self, info: RunInfo, result: Result) -> None:
-        """Count the run for its breaker (a clean run only once a breaker exists)."""
-        if self._use_breaker:
-            violated = result.outcome.is_violation
-            if violated or self._breaker is not None:
-                self.breaker.record(info.sha256, info.invocation.tenant, violated)
+        """Count the run for its breaker (a clean run only once a breaker exists). An
+        internal error proves nothing: as a probe it failed, otherwise it is not counted."""
+        if not self._use_breaker:
+            return
+        key, tenant = breaker_key(info.sha256, info.invocation), info.invocation.tenant
+        config = self._breaker.config if self._breaker is not None else self._config()
+        if config.counts(result.outcome):
+            self.breaker.record(key, tenant, True)
+        elif self._breaker is None:
+            return
+        elif result.outcome is Outcome.ERROR:
+            self._breaker.probe_failed(key, tenant)
+        else:
+            self._breaker.record(key, tenant, False)
+
+    def _config(self) -> BreakerConfig:
+        if self._breaker_config is None:
+            from .breaker import BreakerConfig
+
+            self._breaker_config = BreakerConfig.from_env()
+        return self._breaker_config
+
+    def run_failed(self, sha256: str, invocation: Invocation) -> None:
+        """A run admitted by `admit` raised instead of returning a Result: when it was the
+        breaker's half-open probe, the probe failed (the breaker opens again). Never
+        raises."""
+        if not self._use_breaker or self._breaker is None:
+            return
+        try:
+            self._breaker.probe_failed(breaker_key(sha256, invocation), invocation.tenant)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger().warning("could not tell the circuit breaker a probe failed", exc_info=True)
 
     def samples(self, trace_id: int) -> bool:
         """Whether a trace that starts here with `trace_id` is sampled: the profile's
@@ -259,11 +314,14 @@ class Telemetry:
     def _transition(self, change: Transition) -> None:
         from .breaker import iso_time
 
+        if not self._use_audit:
+            return
+        refused = f"; {change.denied} runs refused meanwhile" if change.denied else ""
         self.audit.append(
             "breaker_transition",
-            f"circuit breaker {change.old} -> {change.new}: {change.reason}",
-            sha256=change.digest, tenant=change.tenant, old=change.old, new=change.new,
-            violations=change.violations,
+            f"circuit breaker {change.old} -> {change.new}: {change.reason}{refused}",
+            breaker=change.key, tenant=change.tenant, old=change.old, new=change.new,
+            violations=change.violations, denied=change.denied or None,
             until=iso_time(change.until) if change.until is not None else None,
         )
 
@@ -272,7 +330,8 @@ class Telemetry:
             f"stockade.audit.{key}": value for key, value in record.items()
             if isinstance(value, str | int | float | bool) and key not in ("trace_id", "span_id")
         }
-        severity = "ERROR" if record.get("new") == "open" else "WARN"
+        severity = "ERROR" if record.get("new") == "open" or record["kind"] == "tamper" \
+            else "WARN"
         if record["kind"] in ("breaker_reset",) or record.get("new") == "closed":
             severity = "INFO"
         self.sink.log(LogEvent(
@@ -314,6 +373,8 @@ def open_telemetry(
     env: Mapping[str, str] | None = None,
     monitor: bool = True,
     breaker: bool = True,
+    audit: bool = True,
+    breaker_config: BreakerConfig | None = None,
     fallback: str | None = None,
 ) -> Telemetry:
     """Telemetry for `profile` (`edge`, `cloud`, `on-prem`, `hybrid`, `off`, or None).
@@ -321,7 +382,9 @@ def open_telemetry(
     over gRPC or HTTP; otherwise records go to the local OTLP-JSON file. Raises
     UsageError for a bad profile or `OTEL_*` value; exporter failures fall back to the
     file with a warning. `fallback` is the profile when neither `profile` nor
-    `STOCKADE_TELEMETRY` names one (None: the SDK defaults)."""
+    `STOCKADE_TELEMETRY` names one (None: the SDK defaults). `breaker` and `audit` are
+    independent of export: profile `off` keeps them (it drops the sink and monitor);
+    `breaker_config` defaults to `BreakerConfig.from_env()`."""
     settings = resolve_settings(profile, endpoint=endpoint, service_name=service_name, env=env,
                                 fallback=fallback)
     sink: Sink
@@ -337,4 +400,5 @@ def open_telemetry(
             sink = FileSink(settings)
     else:
         sink = FileSink(settings)
-    return Telemetry(settings, sink, monitor=monitor, breaker=breaker)
+    return Telemetry(settings, sink, monitor=monitor and settings.enabled, breaker=breaker,
+                     audit=audit, breaker_config=breaker_config)

@@ -1,0 +1,164 @@
+"""Circuit breakers in a real gateway, as an anonymous client would try to abuse them:
+traps do not take a function offline, limit violations take only that function
+offline, changing the module's bytes does not escape, refusals do not fill the audit
+log, and `telemetry = "off"` keeps breakers and audit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade.telemetry import verify
+
+from ..conftest import stockade
+from .conftest import Gateway, gateway_env, module
+
+Serve = Callable[..., Gateway]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, shared_cache: Path) -> Iterator[Serve]:
+    """Start gateways on one state directory. A breaker's cooldown is an hour, so that
+    nothing here depends on how fast this machine answers."""
+    started: list[Gateway] = []
+
+    def start(manifest: str) -> Gateway:
+        path = tmp_path / "stockade.toml"
+        path.write_text(manifest)
+        env = {**gateway_env(shared_cache, tmp_path / "state"),
+               "STOCKADE_BREAKER_COOLDOWN": "1h"}
+        gateway = Gateway(path, env, ())
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def manifest(fail: str, server: str = "") -> str:
+    return f"""
+[server]
+workers = 1
+{server}
+
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{fail}"
+max_response = "64KiB"
+
+[[function]]
+name = "twin"
+route = "/twin"
+module = "{fail}"
+max_response = "64KiB"
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+"""
+
+
+def audit(state: Path) -> list[dict[str, Any]]:
+    path = state / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def is_breaker(response: Any) -> bool:
+    return response.status_code == 503 and response.json().get("reason") == "breaker"
+
+
+def test_traps_do_not_open_it_limit_violations_open_only_that_function(
+        serve: Serve, tmp_path: Path) -> None:
+    gateway = serve(manifest(module("fail")))
+    client = gateway.client
+    for _ in range(5):  # a client that can make a function trap
+        assert client.get("/fail", params={"kind": "trap"}).status_code == 502
+    assert client.get("/fail", params={"kind": "none"}).status_code == 200
+    for _ in range(3):  # three limit violations (the output cap) within the window
+        assert client.get("/fail", params={"kind": "flood"}).status_code == 502
+    assert is_breaker(client.get("/fail", params={"kind": "none"}))
+    # Only that function: another function built from the same module still answers.
+    assert client.get("/twin", params={"kind": "none"}).status_code == 200
+    assert client.get("/hello").status_code == 200
+    (opened,) = [r for r in audit(tmp_path / "state") if r["kind"] == "breaker_transition"]
+    assert (opened["breaker"], opened["tenant"], opened["new"]) == (
+        "function:fail", "default", "open")
+
+
+def test_appending_bytes_to_the_module_does_not_escape(serve: Serve, tmp_path: Path) -> None:
+    wasm = tmp_path / "fail.wasm"
+    shutil.copyfile(module("fail"), wasm)
+    gateway = serve(manifest(str(wasm)))
+    for _ in range(3):
+        assert gateway.client.get("/fail", params={"kind": "flood"}).status_code == 502
+    assert is_breaker(gateway.client.get("/fail"))
+    gateway.stop()
+    # A custom section appended: a valid module with a new digest.
+    with open(wasm, "ab") as file:
+        file.write(b"\x00\x04\x01xab")
+    again = serve(manifest(str(wasm)))
+    assert is_breaker(again.client.get("/fail", params={"kind": "none"}))
+
+
+def test_three_thousand_refusals_add_nothing_to_the_audit_log_and_are_counted(
+        serve: Serve, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    gateway = serve(manifest(module("fail")))
+    client = gateway.client
+    for _ in range(3):
+        assert client.get("/fail", params={"kind": "flood"}).status_code == 502
+    size = (state / "audit.jsonl").stat().st_size
+    refused = sum(is_breaker(client.get("/fail")) for _ in range(3000))
+    assert refused == 3000
+    assert gateway.stop() == 0  # writes the worker's pending refusal count
+    # Refusals are counted, and reported with the breaker's next transition.
+    assert (state / "audit.jsonl").stat().st_size == size
+    assert verify(state / "audit.jsonl").ok
+    listed = stockade("breaker", "list", "--json")
+    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (entry["key"], entry["state"], entry["denied"]) == ("function:fail", "open", 3000)
+
+
+def test_telemetry_off_keeps_breakers_and_audit(serve: Serve, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    gateway = serve(manifest(module("fail"), 'telemetry = "off"'))
+    for _ in range(3):
+        assert gateway.client.get("/fail", params={"kind": "flood"}).status_code == 502
+    assert is_breaker(gateway.client.get("/fail"))
+    gateway.stop()
+    assert [r["kind"] for r in audit(state)] == ["quota_hit"] * 3 + ["breaker_transition"]
+    assert verify(state / "audit.jsonl").ok
+    assert not (state / "telemetry.jsonl").exists()
+
+
+def test_breakers_can_be_turned_off_on_their_own(serve: Serve, tmp_path: Path) -> None:
+    gateway = serve(manifest(module("fail"), "breakers = false"))
+    for _ in range(4):
+        assert gateway.client.get("/fail", params={"kind": "flood"}).status_code == 502
+    assert gateway.client.get("/fail").status_code == 200
+
+
+def test_an_audit_key_others_can_read_stops_the_server_with_one_line(
+        tmp_path: Path, shared_cache: Path) -> None:
+    key = tmp_path / "config" / "stockade" / "audit.key"
+    key.parent.mkdir(parents=True)
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    path = tmp_path / "stockade.toml"
+    path.write_text(manifest(module("fail")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "stockade", "serve", "-c", str(path), "--port", "0"],
+        env=gateway_env(shared_cache, tmp_path / "state"), capture_output=True, timeout=120,
+        check=False)
+    assert proc.returncode == 125 and b"0644" in proc.stderr
+    assert b"Traceback" not in proc.stderr
