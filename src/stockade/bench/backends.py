@@ -33,6 +33,7 @@ class Context:
     node: str | None
     node_script: Path
     system_python: str | None
+    vm_dir: Path = Path("build") / "vm"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,17 @@ def catalogue(ctx: Context) -> list[Backend]:
                 options={"workdir": str(ctx.workdir / "container")},
                 note="static binary in an OCI bundle; private mount namespace, "
                      "--cgroup-manager=disabled"),
+        Backend("vm", "microVM per request (QEMU microvm)", "vm", "process",
+                frozenset({"startup"}), "compile",
+                options={"mode": "boot", "workdir": str(ctx.workdir / "vm"),
+                         "vm_dir": str(ctx.vm_dir)},
+                note=f"Debian's kernel + a busybox initramfs, boot to first output; "
+                     f"{_accel_note()}"),
+        Backend("vm-warm", "program in a running microVM (QEMU microvm)", "vm", "in-process",
+                frozenset({"startup", "compute", "io", "micro"}), "slow",
+                options={"mode": "warm", "workdir": str(ctx.workdir / "vm"),
+                         "vm_dir": str(ctx.vm_dir)},
+                note=f"one VM, requests over its serial console; {_accel_note()}"),
         Backend("stockade", "Stockade in-process (AoT cache, warm)", "stockade",
                 "in-process", ALL_GROUPS, "fast", options={"cache_dir": cache},
                 note="Sandbox(default profile), module loaded once, fresh instance per call"),
@@ -118,9 +130,18 @@ def catalogue(ctx: Context) -> list[Backend]:
     ]
 
 
-BACKEND_NAMES = ("native", "crun", "stockade", "stockade-fast", "stockade-run", "stockade-wasm",
-                 "wasmtime",
-                 "pulley", "node", "node-run", "extism", "extism-reused", "python-import")
+BACKEND_NAMES = ("native", "crun", "vm", "vm-warm", "stockade", "stockade-fast", "stockade-run",
+                 "stockade-wasm", "wasmtime", "pulley", "node", "node-run", "extism",
+                 "extism-reused", "python-import")
+
+
+def _accel_note() -> str:
+    from .hosts.vm import choose_accel
+
+    if choose_accel() == "kvm":
+        return "KVM"
+    return ("TCG emulation (this host is itself a VM and nested KVM stalls here): figures "
+            "are emulation's, not a VM's cost on real hardware")
 
 
 def precheck(backend: Backend) -> str | None:
@@ -134,6 +155,12 @@ def precheck(backend: Backend) -> str | None:
         for tool in ("crun", "unshare"):
             if shutil.which(tool) is None:
                 return f"{tool} is not installed"
+    if backend.host == "vm":
+        if shutil.which("qemu-system-x86_64") is None:
+            return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+        vm_dir = Path(str(options.get("vm_dir")))
+        if not (vm_dir / "vmlinuz").exists():
+            return f"no VM kernel in {vm_dir} (run: python scripts/fetch_vm.py)"
     if backend.host == "extism" and importlib.util.find_spec("extism") is None:
         return "the Extism Python SDK is not installed (pip install extism)"
     return None

@@ -123,6 +123,14 @@ PLANS: dict[str, Plan] = {
         micro={"cpu": ("20000000",), "clock": ("200000",), "syscall": ("200000",),
                "memcpy": ("16", "8")},
     ),
+    # `stockade advise --probe`: start-up and small compute kernels, under 30 s.
+    "probe": Plan(
+        name="probe", rounds=1,
+        warmup={"fast": 5, "spawn": 1, "slow": 1, "compile": 0},
+        counts={"startup": {"fast": 50, "spawn": 5, "slow": 3},
+                "compute": {"fast": 2, "spawn": 2}},
+        variants=("small",), interpreter_variants=(), groups=("startup", "compute"),
+    ),
 }
 
 

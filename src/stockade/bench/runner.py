@@ -77,14 +77,15 @@ def participants(workload: Workload, backends: Sequence[Backend], plan: Plan) ->
     return chosen
 
 
-def _context(workdir: Path) -> Context:
+def _context(workdir: Path, layout: Layout) -> Context:
     node = node_executable()
     script = write_node_script(workdir)
     stockade = shutil.which("stockade") or shutil.which(str(Path(sys.executable).parent /
                                                             "stockade"))
     system_python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
     return Context(workdir=workdir, cache_dir=workdir / "aot-cache", stockade=stockade,
-                   node=node, node_script=script, system_python=system_python)
+                   node=node, node_script=script, system_python=system_python,
+                   vm_dir=layout.real_dir.parent / "vm")
 
 
 def _select(backends: list[Backend], only: tuple[str, ...]) -> list[Backend]:
@@ -104,7 +105,7 @@ def run_bench(options: Options, progress: Progress | None = None) -> BenchResult
     sink = progress or _Silent()
     plan, layout, workdir = options.plan, options.layout, options.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = _context(workdir)
+    ctx = _context(workdir, layout)
     backends = _select(catalogue(ctx), options.only)
     started = datetime.now(UTC)
     clock = time.perf_counter()

@@ -19,4 +19,5 @@ HOSTS: dict[str, tuple[str, str]] = {
     "wasmtime": ("wasm", "WasmtimeHost"),
     "extism": ("extism_host", "ExtismHost"),
     "node": ("node", "NodeHost"),
+    "vm": ("vm", "VmHost"),
 }

@@ -1,0 +1,175 @@
+"""`stockade advise`: Wasm, container, microVM or a hybrid, with the reasons in numbers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["advise"]
+
+_QUESTION_FLAGS = ("full_os", "dependencies", "languages", "startup_budget", "rps", "density",
+                   "io", "network", "isolation", "gpu", "module")
+
+
+def _duration_ms(value: str | None) -> float | None:
+    if value is None:
+        return None
+    from ..errors import UsageError
+    from ..policy.units import parse_duration
+
+    try:
+        return parse_duration(value) * 1000.0
+    except ValueError as exc:
+        raise UsageError(f"--startup-budget: {exc}") from None
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v.strip().lower() for item in values for v in item.split(",") if v.strip())
+
+
+def _ask(answers: dict[str, Any]) -> dict[str, Any]:
+    """The questions, asked one by one on a terminal."""
+    from ..advise import CHOICES
+
+    answers["full_os"] = click.confirm("Does it need a full OS, kernel features or system "
+                                       "services?", default=False)
+    for question, prompt in (("dependencies", "Dependencies"), ("io", "I/O profile"),
+                             ("network", "Network needs"), ("isolation", "Whose code is it")):
+        answers[question] = click.prompt(prompt, type=click.Choice(CHOICES[question]),
+                                         default=answers[question])
+    languages = click.prompt("Languages (comma-separated, empty for none)", default="",
+                             show_default=False)
+    answers["languages"] = _split((languages,))
+    budget = click.prompt("Cold-start budget (e.g. 50ms; empty if it does not matter)",
+                          default="", show_default=False)
+    answers["startup_budget_ms"] = _duration_ms(budget or None)
+    answers["gpu"] = click.confirm("Does it need a GPU?", default=False)
+    return answers
+
+
+@click.command("advise")
+@click.option("--full-os", is_flag=True, help="It needs a full OS, kernel features or services.")
+@click.option("--dependencies", type=click.Choice(["none", "few", "many", "complex"]),
+              default="few", show_default=True,
+              help="complex: system packages or services a whole OS must provide.")
+@click.option("--language", "languages", multiple=True, metavar="LANG[,LANG]",
+              help="Languages it is written in (c, rust, go, python, javascript, java, ...).")
+@click.option("--startup-budget", "startup_budget", metavar="DURATION", default=None,
+              help="The cold start it can afford, e.g. 50ms.")
+@click.option("--rps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Requests per second it must serve.")
+@click.option("--density", type=click.IntRange(min=1), default=None,
+              help="Instances per host.")
+@click.option("--io", type=click.Choice(["light", "heavy"]), default="light", show_default=True,
+              help="heavy: databases, file systems, large transfers.")
+@click.option("--network", type=click.Choice(["none", "http", "complex"]), default="none",
+              show_default=True, help="complex: its own sockets, several ports or protocols.")
+@click.option("--isolation", type=click.Choice(["trusted", "tenant", "hostile"]),
+              default="tenant", show_default=True, help="Whose code it is.")
+@click.option("--gpu", is_flag=True, help="It needs a GPU.")
+@click.option("--module", "module", metavar="MODULE", default=None,
+              help="Read what a .wasm/.wat module imports (sockets, threads, ...).")
+@click.option("--results", "results", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Cite the figures of a `stockade bench` results.json.")
+@click.option("--probe", is_flag=True, help="Measure this machine first (under 30 s).")
+@click.option("--build", type=click.Path(file_okay=False, path_type=Path), default=Path("build"),
+              show_default=True, help="Build directory with the benchmark guests (--probe).")
+@click.option("--interactive/--no-interactive", default=None,
+              help="Ask the questions (default: on a terminal when none is given).")
+@click.option("--json", "as_json", is_flag=True, help="Print the advice as one JSON object.")
+def advise(full_os: bool, dependencies: str, languages: tuple[str, ...],
+           startup_budget: str | None, rps: float | None, density: int | None, io: str,
+           network: str, isolation: str, gpu: bool, module: str | None, results: Path | None,
+           probe: bool, build: Path, interactive: bool | None, as_json: bool) -> None:
+    """Recommend WebAssembly under Stockade, a container, a microVM or a hybrid for a
+    workload, following the seed's decision tree (full OS -> VM; cold start under 50 ms
+    -> Wasm; I/O-heavy -> containers; otherwise a hybrid by layer), with the reasons in
+    numbers, the OTLP export profile and the Stockade policy to start from.
+
+    \b
+    Figures come from --results (a saved `stockade bench` run), from --probe (measured
+    now), or from published sources, each labelled with where it comes from.
+
+    \b
+    Examples:
+      stockade advise --startup-budget 20ms --isolation hostile
+      stockade advise --module app.wasm --results bench-results/2026-12-01/results.json
+      stockade advise --io heavy --language java --json
+    """
+    from ..advise import Needs, from_results, load_results, needs_from_module, published
+    from ..advise import advise as decide
+    from ..errors import UsageError
+
+    ctx = click.get_current_context()
+    given = any(ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+                for name in _QUESTION_FLAGS)
+    answers: dict[str, Any] = {
+        "full_os": full_os, "dependencies": dependencies, "languages": _split(languages),
+        "startup_budget_ms": _duration_ms(startup_budget),
+        "rps": rps, "density": density, "io": io, "network": network,
+        "isolation": isolation, "gpu": gpu,
+    }
+    if interactive is None:
+        interactive = not given and not as_json and sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        answers = _ask(answers)
+    needs = Needs(**answers)
+    if module is not None:
+        if module.startswith("oci://"):
+            raise UsageError("--module: oci:// references need the OCI store (stockade oci "
+                             "pull), which this installation does not have yet")
+        needs = needs_from_module(Path(module), needs)
+    figures = published()
+    if results is not None:
+        figures = figures.with_measured(from_results(load_results(results), str(results)))
+    if probe:
+        from ..advise.probe import probe as run_probe
+
+        if not as_json:
+            click.echo("stockade: measuring this machine (about 10-30 s) ...", err=True)
+        figures = figures.with_measured(run_probe(build))
+    advice = decide(needs, figures)
+    if as_json:
+        data = advice.to_dict()
+        data["needs"] = needs.to_dict()
+        data["cited"] = [f.to_dict() for r in advice.reasons for f in r.figures]
+        click.echo(json.dumps(data, indent=1))
+        return
+    click.echo(_render(advice))
+
+
+def _render(advice: Any) -> str:
+    lines = [f"Recommendation: {advice.title}"]
+    if advice.layers:
+        for layer, (platform, otlp_name) in advice.layers.items():
+            lines.append(f"  {layer:<9} {platform:<16} OTLP profile {otlp_name}")
+    lines += ["", "Why:"]
+    sources: list[str] = []
+    for reason in advice.reasons:
+        marks = []
+        for figure in reason.figures:
+            if figure.source not in sources:
+                sources.append(figure.source)
+            marks.append(str(sources.index(figure.source) + 1))
+        cite = f" [{','.join(dict.fromkeys(marks))}]" if marks else ""
+        lines.append(f"  - {reason.text}{cite}")
+    if advice.changes:
+        lines += ["", "Harden:"] + [f"  - {change}" for change in advice.changes]
+    if advice.otlp is not None:
+        otlp = advice.otlp
+        lines += ["", f"OTLP export: profile {otlp.name} (batch {otlp.batch_size}, every "
+                      f"{otlp.interval:g} s, {otlp.protocol}, compression {otlp.compression}, "
+                      f"sampling {otlp.sampling_ratio:.0%}): STOCKADE_TELEMETRY={otlp.name} or "
+                      f"[server] telemetry = \"{otlp.name}\""]
+    if advice.policy_toml:
+        lines += ["", f"Stockade policy to start from (stockade run {advice.run_flags} "
+                      "--policy policy.toml):", ""]
+        lines += ["  " + line if line else "" for line in advice.policy_toml.splitlines()]
+    if sources:
+        lines += ["", "Sources:"] + [f"  [{i}] {s}" for i, s in enumerate(sources, 1)]
+    lines.append(f"Path: {' -> '.join(advice.path)}")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""`stockade advise` on the command line: modules, results, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT, guest, stockade
+
+SAVED_RUN = ROOT / "docs" / "benchmarks" / "2026-12-01" / "results.json"
+
+
+def _advise(*args: str) -> dict[str, object]:
+    done = stockade("advise", "--json", *args)
+    assert done.returncode == 0, done.stderr
+    data: dict[str, object] = json.loads(done.stdout)
+    return data
+
+
+def test_a_module_that_opens_sockets_is_advised_a_container() -> None:
+    for module in ("needs_sockets.wasm", "attacks/net_wasix.wasm"):
+        data = _advise("--module", str(guest(module)))
+        assert data["recommendation"] == "container"
+        needs = data["needs"]
+        assert isinstance(needs, dict)
+        assert needs["module"]["sockets"]
+        assert needs["network"] == "complex"
+
+
+def test_a_pure_compute_module_is_advised_wasm() -> None:
+    data = _advise("--module", str(guest("compute.wasm")))
+    assert data["recommendation"] == "wasm"
+    assert data["path"][-1] == "module-runs"  # type: ignore[index]
+    policy = data["policy"]
+    assert isinstance(policy, dict) and 'profile = "strict"' in policy["toml"]
+
+
+def test_the_least_privilege_policy_lets_the_module_run(tmp_path: Path) -> None:
+    data = _advise("--module", str(guest("hello.wasm")))
+    policy = data["policy"]
+    assert isinstance(policy, dict)
+    (tmp_path / "policy.toml").write_text(str(policy["toml"]))
+    done = stockade("run", "--policy", str(tmp_path / "policy.toml"), str(guest("hello.wasm")),
+                    "--", "advice")
+    assert done.returncode == 0, done.stderr
+    assert b"advice" in done.stdout
+
+
+def test_advice_cites_measured_figures_from_a_results_file() -> None:
+    data = _advise("--startup-budget", "20ms", "--results", str(SAVED_RUN))
+    assert data["figures"] == "measured"
+    cited = data["cited"]
+    assert isinstance(cited, list)
+    measured = [f for f in cited if f["measured"]]
+    assert measured and all(f["source"] == str(SAVED_RUN) for f in measured)
+    warm = next(f for f in measured if f["key"] == "wasm.warm_ms")
+    assert warm["value"] == pytest.approx(0.0443, rel=0.01)  # the saved run's fast-path p50
+
+
+def test_human_output_numbers_its_sources() -> None:
+    done = stockade("advise", "--full-os")
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    assert text.startswith("Recommendation: a virtual machine")
+    assert "[1] " in text and "Firecracker" in text and "2501.04580" in text
+
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (("--io", "medium"), 125, b"--io"),
+    (("--startup-budget", "soon"), 125, b"--startup-budget"),
+    (("--results", "/nonexistent/results.json"), 125, b"no such file"),
+    (("--module", "/nonexistent.wasm"), 127, b"no such module"),
+    (("--module", "oci://localhost/app:1"), 125, b"oci://"),
+])
+def test_bad_input_is_one_line(args: tuple[str, ...], code: int, words: bytes) -> None:
+    done = stockade("advise", *args)
+    assert done.returncode == code
+    assert words in done.stderr
+    assert b"Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines()
+              if line.startswith((b"Error:", b"stockade:"))]
+    assert len(errors) == 1  # one line saying what is wrong (click adds its usage hint)
+
+
+def test_a_garbage_module_is_refused_with_the_offset(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"\0asm\x01\0\0\0\x02\xff\xff\xff\xff\x0f")
+    done = stockade("advise", "--module", str(bad))
+    assert done.returncode == 126
+    assert b"offset" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_a_results_file_of_another_kind_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "results.json"
+    other.write_text('{"hello": 1}')
+    done = stockade("advise", "--results", str(other))
+    assert done.returncode == 125
+    assert b"stockade bench" in done.stderr
