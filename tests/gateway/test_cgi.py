@@ -6,6 +6,7 @@ import pytest
 
 from stockade.gateway import BadGateway, BadRequest
 from stockade.gateway.cgi import cgi_environ, parse_output
+from stockade.gateway.headers import HeaderRules
 from stockade.gateway.messages import Request
 
 
@@ -49,6 +50,9 @@ def test_output_to_response() -> None:
 
 @pytest.mark.parametrize("output", [
     b"", b"no header block", b"Status: 99\n\n", b"Status: abc\n\n", b"Bad Name: x\n\n",
+    b"Status: 100 Continue\n\nHTTP/1.1 200 OK\r\n\r\n", b"Status: 101\n\n",
+    b"Status: 103\nLink: </a>\n\n", b"Status: 199\n\n", b"Status: 600\n\n",
+    b"Status: 0200\n\n",
     b"X-A: \x01\n\n", b"Content-Type: a/b\n\n" + b"x" * 101, b"X-A: " + b"a" * 200 + b"\n\n",
 ])
 def test_malformed_output_is_bad_gateway(output: bytes) -> None:
@@ -94,3 +98,56 @@ def test_a_nul_byte_in_a_header_is_a_bad_request() -> None:
 
     with pytest.raises(BadRequest):
         CgiEnvironment("/fn").block(request(headers=[(b"x-a", b"a\0b")]))
+
+
+def test_request_headers_a_function_never_sees() -> None:
+    headers = [(b"host", b"h"), (b"x-forwarded-for", b"1.2.3.4"),
+               (b"x_forwarded_for", b"6.6.6.6"), (b"x-forwarded_for", b"6.6.6.6"),
+               (b"cookie", b"sid=1"), (b"x-api-key", b"k"), (b"x-amz-security-token", b"t"),
+               (b"authorization", b"Bearer t"), (b"proxy", b"http://evil"), (b"x-ok", b"1")]
+    env = dict(cgi_environ(request(headers=headers), "/fn"))
+    # One client-chosen spelling never merges into the proxy's variable.
+    assert env["HTTP_X_FORWARDED_FOR"] == "1.2.3.4" and env["HTTP_X_OK"] == "1"
+    assert not {"HTTP_COOKIE", "HTTP_X_API_KEY", "HTTP_X_AMZ_SECURITY_TOKEN",
+                "HTTP_AUTHORIZATION", "HTTP_PROXY"} & env.keys()
+    opened = HeaderRules.build("/fn", cookies="own", passed=("x-api-key",))
+    env = dict(cgi_environ(request(headers=headers), "/fn", opened))
+    assert env["HTTP_COOKIE"] == "sid=1" and env["HTTP_X_API_KEY"] == "k"
+    assert env["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"
+    assert not {"HTTP_AUTHORIZATION", "HTTP_PROXY", "HTTP_X_AMZ_SECURITY_TOKEN"} & env.keys()
+    # The server's list replaces the default; Proxy stays withheld whatever it says.
+    open_all = HeaderRules.build("/fn", withhold=())
+    env = dict(cgi_environ(request(headers=headers), "/fn", open_all))
+    assert "HTTP_AUTHORIZATION" in env and "HTTP_PROXY" not in env
+    assert "HTTP_COOKIE" not in env  # cookies follow `cookies`, not the list
+
+
+def test_response_headers_pass_an_allow_list() -> None:
+    output = (b"Content-Type: text/plain\nX-Mine: 1\nStrict-Transport-Security: max-age=0\n"
+              b"Server: evil\nDate: then\nAlt-Svc: h2=\":1\"\nClear-Site-Data: *\n"
+              b"X-Accel-Redirect: /secret\nX-Sendfile: /etc/shadow\nConnection: close\n"
+              b"Transfer-Encoding: chunked\nContent-Length: 9\nTE: trailers\nTrailer: X\n"
+              b"Upgrade: h2c\nKeep-Alive: 1\nProxy-Connection: x\nProxy-Authenticate: y\n"
+              b"Set-Cookie: a=b; Path=/\nCache-Control: no-store\n\nbody")
+    response = parse_output(output, 100, 1000, HeaderRules.build("/fn"))
+    assert response.headers == [(b"content-type", b"text/plain"), (b"x-mine", b"1"),
+                                (b"cache-control", b"no-store")]
+
+
+@pytest.mark.parametrize(("cookie", "kept"), [
+    (b"a=b; Path=/", None),
+    (b"a=b; Path=/fnx", None),
+    (b"a=b; Path=/other", None),
+    (b"a=b; Path=/fn; Path=/", None),
+    (b"a=b; path=/fn/x; Domain=example.test", None),
+    (b"a=b; Path=relative", None),
+    (b"a=b; Path=/fn", b"a=b; Path=/fn"),
+    (b"a=b; HttpOnly; PATH=/fn/sub", b"a=b; HttpOnly; PATH=/fn/sub"),
+    (b"a=b; Secure", b"a=b; Secure; Path=/fn"),
+])
+def test_cookies_stay_on_the_function_path(cookie: bytes, kept: bytes | None) -> None:
+    output = b"Set-Cookie: " + cookie + b"\n\n"
+    owner = parse_output(output, 100, 1000, HeaderRules.build("/fn", cookies="own"))
+    assert owner.headers == ([] if kept is None else [(b"set-cookie", kept)])
+    # Without `cookies = "own"` no cookie is ever set.
+    assert parse_output(output, 100, 1000, HeaderRules.build("/fn")).headers == []

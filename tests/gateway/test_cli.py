@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -41,3 +43,38 @@ def test_serve_reports_a_bad_manifest_in_one_line(tmp_path: Path) -> None:
     absent = stockade("serve", "-c", str(tmp_path / "stockade.toml"))
     assert absent.returncode == 127 and b"function f: " in absent.stderr
     assert b"Traceback" not in absent.stderr
+
+
+def test_serve_on_an_address_it_cannot_bind_is_one_line(tmp_path: Path) -> None:
+    stockade("new", str(tmp_path))
+    manifest = str(tmp_path / "stockade.toml")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for args in (("--port", port), ("--port", port, "--reuse-port"),
+                     ("--host", "192.0.2.1"), ("--host", "no-such-host.invalid"),
+                     ("--host", "::1x")):
+            refused = stockade("serve", "-c", manifest, *args, timeout=60)
+            lines = refused.stderr.decode().splitlines()
+            assert refused.returncode == 125, (args, lines)
+            assert len(lines) == 1 and lines[0].startswith("stockade: cannot listen on "), lines
+            if args == ("--port", port):
+                assert "address already in use" in lines[0]
+
+
+def test_serve_logs_escape_names_from_modules(tmp_path: Path, shared_cache: Path) -> None:
+    stockade("new", str(tmp_path))
+    gateway = Gateway(tmp_path / "stockade.toml", gateway_env(shared_cache, tmp_path / "s"), ())
+    try:
+        # A reload naming a module whose file name would clear the screen and retitle it.
+        manifest = tmp_path / "stockade.toml"
+        manifest.write_text(manifest.read_text().replace(
+            'module = "hello.wat"', 'module = "evil\\u001b[2J\\u001b]0;owned\\u0007.wasm"'))
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for_log(r"reload refused")
+        log = gateway.log()
+        assert "\x1b" not in log and "\x07" not in log
+        assert "evil\\x1b[2J\\x1b]0;owned\\x07.wasm" in log
+    finally:
+        gateway.stop()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from ..conftest import GUESTS
-from .conftest import FUNCTIONS, Gateway, gateway_env, module
+from .conftest import FUNCTIONS, Gateway, Start, gateway_env, module
 
 MANIFEST = f"""
 [server]
@@ -206,3 +206,29 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert 'stockade_gateway_requests_total{function="hello",tenant="web",code="200"}' \
         in metrics.text
     assert "# TYPE stockade_gateway_request_duration_seconds histogram" in metrics.text
+
+
+def test_host_paths_never_reach_a_body(tmp_path: Path, start_gateway: Start) -> None:
+    # A granted directory with spaces, '=', commas and non-ASCII letters in its path,
+    # removed while the gateway runs: every run then fails naming it.
+    parent = tmp_path / "tenant data, v=2 ünïcødé"
+    granted = parent / "my files"
+    granted.mkdir(parents=True)
+    gateway = start_gateway(f"""
+[server]
+telemetry = "off"
+[[function]]
+name = "reader"
+route = "/reader"
+module = "{module("echo")}"
+dirs = ["{granted}:/data"]
+""")
+    assert gateway.client.get("/reader").status_code == 200
+    granted.rmdir()
+    response = gateway.client.get("/reader")
+    assert response.status_code >= 400
+    detail = str(response.json()["detail"])
+    for shown in (response.text, detail):
+        for part in (str(tmp_path), parent.name, "tenant data", "ünïcødé", "v=2"):
+            assert part not in shown, (part, shown)
+    assert "my files" in detail  # the last part is kept: it names what failed

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(125)
     except StockadeError as exc:
-        click.echo(f"stockade: {exc.message}", err=True)
+        from ..display import printable
+
+        click.echo(f"stockade: {printable(exc.message)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("stockade: interrupted", err=True)

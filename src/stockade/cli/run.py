@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..display import printable
 from ..errors import StockadeError
 from ..invocation import Invocation
 from ..policy import Policy
@@ -125,6 +126,7 @@ def render(result: Result, as_json: bool) -> None:
     if result.outcome is not Outcome.EXITED:
         truncated = " (output truncated)" if result.stdout_truncated or result.stderr_truncated \
             else ""
-        sys.stderr.write(f"stockade: {result.outcome.value}: {result.message}{truncated} "
+        sys.stderr.write(f"stockade: {result.outcome.value}: {printable(result.message)}"
+                         f"{truncated} "
                          f"[exit {result.exit_code}, {result.usage.wall_ms:.0f} ms]\n")
     sys.stderr.flush()

@@ -47,8 +47,11 @@ def serve(config: Path, host: str | None, port: int | None, workers: int | None,
     manifest without dropping requests (a broken one is reported and not applied).
     Also served: /healthz, /readyz and Prometheus /metrics.
     """
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                        format="stockade serve: %(message)s")
+    from ..display import PrintableFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("stockade serve: %(message)s"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler])
     from ..gateway.server import serve as run_gateway
 
     overrides = {"host": host, "port": port, "workers": workers, "threads": threads,

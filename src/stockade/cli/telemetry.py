@@ -23,6 +23,22 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _shown(text: str) -> str:
+    """`text` inside rich markup, shown as it is."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _cell(text: str) -> Any:
+    """A table cell of recorded text: escaped, never read as markup."""
+    from rich.text import Text
+
+    from ..display import printable
+
+    return Text(printable(text))
+
+
 @telemetry.command("show")
 @click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False),
               help="Telemetry file (default: telemetry.jsonl in the state directory).")
@@ -58,9 +74,11 @@ def show(path: Path | None, last: int, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..display import printable
+
     console = Console()
     console.print(
-        f"[bold]{summary.invocations}[/] invocations in {path} "
+        f"[bold]{summary.invocations}[/] invocations in {_shown(printable(str(path)))} "
         f"({summary.spans} spans kept); duration p50 [bold]{_ms(summary.p50_ms)} ms[/], "
         f"p99 [bold]{_ms(summary.p99_ms)} ms[/]; monitor warnings: {summary.warnings}"
         + (f"; {summary.bad_lines} unreadable lines" if summary.bad_lines else ""))
@@ -69,7 +87,7 @@ def show(path: Path | None, last: int, as_json: bool) -> None:
     counts.add_column("invocations", justify="right")
     counts.add_column("violations", justify="right")
     for outcome, count in summary.outcomes.most_common():
-        counts.add_row(outcome, str(count), str(summary.violations.get(outcome, "")))
+        counts.add_row(_cell(outcome), str(count), str(summary.violations.get(outcome, "")))
     console.print(counts)
     recent = Table(title=f"Last {len(summary.recent)} invocations")
     for column in ("time", "function", "outcome", "ms", "limit", "warn", "invocation"):
@@ -79,6 +97,9 @@ def show(path: Path | None, last: int, as_json: bool) -> None:
     for row in summary.recent:
         when = time.strftime("%H:%M:%S", time.localtime(row.start_ns / 1e9))
         style = "red" if row.outcome not in ("exited",) else None
-        recent.add_row(when, row.name, row.outcome, f"{row.duration_ms:.2f}", row.limit_hit,
-                       str(row.warnings or ""), row.invocation_id[:8], style=style)
+        # Names and attributes come from the file, which guests' names reach: plain
+        # text, control characters escaped, no rich markup.
+        recent.add_row(when, _cell(row.name), _cell(row.outcome), f"{row.duration_ms:.2f}",
+                       _cell(row.limit_hit), str(row.warnings or ""),
+                       _cell(row.invocation_id[:8]), style=style)
     console.print(recent)

@@ -1,7 +1,8 @@
 """`GatewayApp`: the ASGI 3 application of one worker.
 
 It adapts ASGI to the gateway's handler stack (`layers.py`): the scope becomes a
-`Request` whose body is read on demand, the `Response` is sent with its length.
+`Request` whose body is read on demand, the `Response` is sent with its length, and
+with no body where HTTP has none (HEAD, 204, 304; no `Content-Length` on 204 and 304).
 The lifespan protocol starts the `GatewayService` (loading and preparing functions off
 the event loop) and closes it after the server has drained.
 """
@@ -52,7 +53,7 @@ class GatewayApp:
             response = render_error(StockadeError("the gateway is not started"), request.path)
         else:
             response = await handler(request)
-        await _send(send, response)
+        await _send(send, response, request.method == "HEAD")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -72,8 +73,14 @@ class GatewayApp:
                 return
 
 
-async def _send(send: Send, response: Response) -> None:
-    body = response.body
-    headers = [*response.headers, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+_NO_LENGTH = (204, 304)  # RFC 9110 8.6: no Content-Length on 204; 304's would describe GET's
+
+
+async def _send(send: Send, response: Response, head: bool) -> None:
+    body, status = response.body, response.status
+    if status in _NO_LENGTH:
+        headers, body = response.headers, b""
+    else:
+        headers = [*response.headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})

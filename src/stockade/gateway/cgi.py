@@ -4,11 +4,15 @@ In: `REQUEST_METHOD`, `PATH_INFO` (the path after the route), `SCRIPT_NAME` (the
 `QUERY_STRING`, `CONTENT_LENGTH`, `CONTENT_TYPE` (when sent), `HTTP_*` per header,
 `SERVER_*`, `REMOTE_ADDR`, and WAGI's `X_MATCHED_ROUTE`, `X_FULL_URL`, `X_RAW_PATH_INFO`;
 the body goes to standard input. Unset rather than empty: `AUTH_TYPE` (credentials are
-never passed), `CONTENT_TYPE` without one.
+never passed), `CONTENT_TYPE` without one. Which headers become `HTTP_*` is the
+function's `HeaderRules` (headers.py): no credentials, no `Cookie` unless it owns
+cookies, no name containing `_`.
 
-Out: header lines, an empty line, the body. `Status` sets the status (default 200; 302
-with only `Location`), other headers pass through except hop-by-hop ones and
-`Content-Length`, which the gateway sets.
+Out: header lines, an empty line, the body. `Status` sets the status, 200 to 599 only
+(default 200; 302 with only `Location`): an interim 1xx, `101 Switching Protocols`
+included, would let a function write the raw HTTP stream of the connection, so it is a
+malformed response (502). Other headers pass the function's response allow-list; the
+gateway sets `Content-Length` itself. 204 and 304 responses carry no body.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import re
 
 from ..policy import format_size
+from .headers import DEFAULT_RULES, HeaderRules
 from .messages import Headers, Request, Response
 from .problem import BadGateway, BadRequest
 
@@ -24,14 +29,9 @@ __all__ = ["CgiEnvironment", "EnvBlock", "cgi_environ", "parse_output", "MAX_HEA
 
 SERVER_SOFTWARE = "Stockade"
 MAX_HEADER_LINES = 100
-# Never passed to functions: credentials (CGI/1.1, RFC 3875 4.1.18) and `Proxy`, which
-# would become HTTP_PROXY (httpoxy).
-_WITHHELD = {b"authorization", b"proxy-authorization", b"proxy"}
 _ENV_NAME = re.compile(rb"^[A-Z0-9_]+$")
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_DROPPED = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade",
-            b"te", b"trailer", b"proxy-connection"}
 _NO_BODY = (204, 304)
 # The variables every request gets, in this order (then CONTENT_TYPE and HTTP_*).
 _FIXED = (b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"SERVER_NAME",
@@ -40,10 +40,8 @@ _FIXED = (b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"SERVER
           b"X_RAW_PATH_INFO", b"X_FULL_URL")
 _FIXED_NAMES = b"".join(name + b"\0" for name in _FIXED)
 _SOFTWARE = SERVER_SOFTWARE.encode()
-# Header name -> variable name (b"" for one never passed), learned once per name on top
-# of the two headers CGI treats apart.
+# The two headers CGI treats apart (b"": never an HTTP_* variable).
 _SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
-_HEADER_KEYS = dict(_SPECIAL_HEADERS)
 _HEADER_KEYS_MAX = 4096
 
 EnvBlock = tuple[bytes, bytes, int]
@@ -53,10 +51,15 @@ takes (`stockade.engine.fastpath.EnvBlock`)."""
 
 class CgiEnvironment:
     """The CGI variables of requests routed at prefix `route`, as bytes, after `base`
-    (the host variables a function gets). A base variable named like a CGI one
-    (`HTTP_*`, `CONTENT_TYPE`, the fixed names) is not passed: the request's own wins."""
+    (the host variables a function gets); request headers as `rules` allow. A base
+    variable named like a CGI one (`HTTP_*`, `CONTENT_TYPE`, the fixed names) is not
+    passed: the request's own wins."""
 
-    def __init__(self, route: str, base: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, route: str, base: tuple[tuple[str, str], ...] = (),
+                 rules: HeaderRules = DEFAULT_RULES) -> None:
+        self._rules = rules
+        # Header name -> variable name (b"" for one never passed), learned once per name.
+        self._keys = dict(_SPECIAL_HEADERS)
         prefix = "" if route == "/" else route
         self._prefix, self._prefix_bytes = prefix, prefix.encode()
         self._matched = (prefix + "/...").encode()
@@ -96,10 +99,11 @@ class CgiEnvironment:
         ]
         names = [_FIXED_NAMES]
         extra: dict[bytes, bytes] = {}
+        keys = self._keys
         for name, value in headers:
-            key = _HEADER_KEYS.get(name)
+            key = keys.get(name)
             if key is None:
-                key = _header_key(name)
+                key = self._header_key(name)
             if not key:
                 continue
             value = _text(value)
@@ -122,23 +126,23 @@ class CgiEnvironment:
         return tuple(zip(names.decode().split("\0")[:-1], values.decode().split("\0")[:-1],
                          strict=True))
 
+    def _header_key(self, name: bytes) -> bytes:
+        """The variable for header `name` (b"" when withheld or not a valid name)."""
+        key = b"HTTP_" + name.upper().replace(b"-", b"_") \
+            if self._rules.passes_request(name) else b""
+        if key and not _ENV_NAME.match(key):
+            key = b""
+        if len(self._keys) >= _HEADER_KEYS_MAX:  # bounded: names come from clients
+            self._keys = dict(_SPECIAL_HEADERS)
+        self._keys[name] = key
+        return key
 
-def cgi_environ(request: Request, route: str) -> tuple[tuple[str, str], ...]:
+
+def cgi_environ(request: Request, route: str,
+                rules: HeaderRules = DEFAULT_RULES) -> tuple[tuple[str, str], ...]:
     """The CGI variables for `request` routed at prefix `route`, as text pairs. Raises
     BadRequest when the path cannot be passed (a NUL byte)."""
-    return CgiEnvironment(route).pairs(request)
-
-
-def _header_key(name: bytes) -> bytes:
-    """The variable for header `name` (b"" when it is withheld or not a valid name)."""
-    key = b"" if name in _WITHHELD else b"HTTP_" + name.upper().replace(b"-", b"_")
-    if key and not _ENV_NAME.match(key):
-        key = b""
-    if len(_HEADER_KEYS) >= _HEADER_KEYS_MAX:
-        _HEADER_KEYS.clear()
-        _HEADER_KEYS.update(_SPECIAL_HEADERS)
-    _HEADER_KEYS[name] = key
-    return key
+    return CgiEnvironment(route, (), rules).pairs(request)
 
 
 def _text(value: bytes) -> bytes:
@@ -146,17 +150,23 @@ def _text(value: bytes) -> bytes:
     return value if value.isascii() else value.decode("latin-1").encode()
 
 
-def parse_output(stdout: bytes, max_body: int, max_header: int) -> Response:
-    """The response a function wrote. Raises BadGateway when there is no header block
-    within `max_header` bytes, a header is malformed, or the body exceeds `max_body`."""
+def parse_output(stdout: bytes, max_body: int, max_header: int,
+                 rules: HeaderRules = DEFAULT_RULES) -> Response:
+    """The response a function wrote, its headers filtered by `rules`. Raises BadGateway
+    when there is no header block within `max_header` bytes, a header is malformed, the
+    status is not 200-599, or the body exceeds `max_body`."""
     end, gap = _header_end(stdout, max_header)
     block = stdout[:end]
-    parsed = _PARSED.get(block)
+    # A function writes the same header block on most requests: parse each block once
+    # per function. Keys are the exact bytes, so a cached answer is the answer.
+    cache = rules.parsed
+    parsed: _Parsed | None = cache.get(block)  # type: ignore[assignment]
     if parsed is None:
-        parsed = _parse_headers(block)
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[block] = parsed
+        status, raw = _parse_headers(block)
+        parsed = status, tuple(rules.response(list(raw)))
+        if len(cache) >= _PARSED_MAX:
+            cache.clear()
+        cache[block] = parsed
     status, headers = parsed
     body = stdout[end + gap:]
     if len(body) > max_body:
@@ -164,10 +174,8 @@ def parse_output(stdout: bytes, max_body: int, max_header: int) -> Response:
     return Response(status, list(headers), b"" if status in _NO_BODY else body)
 
 
-# A function writes the same header block on most requests: parse each block once.
-# Keys are the exact bytes, so a cached answer is the answer; bounded by clearing.
-_PARSED: dict[bytes, tuple[int, tuple[tuple[bytes, bytes], ...]]] = {}
-_PARSED_MAX = 1024
+_Parsed = tuple[int, tuple[tuple[bytes, bytes], ...]]
+_PARSED_MAX = 1024  # header blocks remembered per function
 
 
 def _parse_headers(block: bytes) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
@@ -186,7 +194,7 @@ def _parse_headers(block: bytes) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
         key = name.lower()
         if key == b"status":
             status = _status(value)
-        elif key not in _DROPPED:
+        else:
             location = location or key == b"location"
             headers.append((key, value))
     if status is None:
@@ -211,7 +219,11 @@ def _header_end(stdout: bytes, max_header: int) -> tuple[int, int]:
 
 
 def _status(value: bytes) -> int:
+    """The status a `Status` header sets. Raises BadGateway unless it is 200-599."""
     code = value.split(b" ", 1)[0]
-    if not code.isdigit() or not 100 <= int(code) <= 599 or len(code) != 3:
+    if len(code) != 3 or not code.isdigit():
         raise BadGateway("the function wrote an invalid Status header")
+    if not 200 <= int(code) <= 599:
+        raise BadGateway(f"the function wrote Status {int(code)}: a function answers with a "
+                         "final status, 200 to 599")
     return int(code)

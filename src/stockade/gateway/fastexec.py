@@ -68,7 +68,7 @@ class FastFunction(Prepared):
         self._name = spec.module.name
         # Host variables are read once: a worker's environment does not change.
         self._base_env = tuple(guest_env(spec.policy, Invocation()))
-        self.cgi = CgiEnvironment(spec.route, self._base_env)
+        self.cgi = CgiEnvironment(spec.route, self._base_env, spec.headers)
         # Arguments and limits are checked once, here, not per request.
         inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
         inline_timeout = INLINE_TIMEOUT if limits.timeout is None \

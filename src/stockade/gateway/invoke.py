@@ -79,7 +79,7 @@ class Invoker:
         cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
         invocation = HttpInvocation(
             stdin=request.body, name=spec.name, tenant=spec.tenant,
-            env=() if cgi else cgi_environ(request, spec.route),
+            env=() if cgi else cgi_environ(request, spec.route, spec.headers),
             env_block=cgi.block(request) if cgi else None,
             parent=trace.as_parent() if trace else None, breaker=breaker_key(spec.name))
         result: Result | None = None
@@ -167,7 +167,8 @@ def response_for(route: Route, result: Result) -> Response:
             raise BadGateway(f"function {name}: the response is larger than "
                              f"{format_size(route.spec.max_response)}", outcome="output_limit")
         try:
-            return parse_output(result.stdout, route.spec.max_response, HEADER_ALLOWANCE)
+            return parse_output(result.stdout, route.spec.max_response, HEADER_ALLOWANCE,
+                                route.spec.headers)
         except BadGateway as exc:
             code = result.guest_exit_code
             suffix = f" (it exited with code {code})" if code else ""

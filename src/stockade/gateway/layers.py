@@ -4,8 +4,12 @@
     └── TracingLayer    W3C trace context in, a server span out (tracing.py; with telemetry)
         └── ErrorLayer  any exception -> problem+json (status from the error's class)
             └── RoutingLayer    /healthz, /readyz, /metrics; else the function's route
-                └── LimitsLayer function and tenant quotas (429)
-                    └── Invoker (invoke.py)  CGI in, guest run, CGI out
+                └── BodyLayer   the whole body, with a deadline (408) and a size (413)
+                    └── LimitsLayer function and tenant quotas (429)
+                        └── Invoker (invoke.py)  CGI in, guest run, CGI out
+
+The body is read before any slot is taken: a client that sends it slowly holds a
+connection, never a function's or a tenant's concurrency.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from .problem import HttpProblem, MethodNotAllowed, NotFound, render_error
 if TYPE_CHECKING:
     from .metrics import Labels, Metrics
     from .registry import Registry, Route
+    from .settings import ServerSettings
 
-__all__ = ["MetricsLayer", "ErrorLayer", "RoutingLayer", "LimitsLayer", "NO_ROUTE", "GATEWAY"]
+__all__ = ["MetricsLayer", "ErrorLayer", "RoutingLayer", "BodyLayer", "LimitsLayer",
+           "NO_ROUTE", "GATEWAY"]
 
 logger = logging.getLogger("stockade.gateway")
 NO_ROUTE = (("function", ""), ("tenant", ""))
@@ -58,7 +64,7 @@ class MetricsLayer:
 
 
 class ErrorLayer:
-    """Renders errors as problem+json; counts refusals (413, 429, 503) by reason. An
+    """Renders errors as problem+json; counts refusals (408, 413, 429, 503) by reason. An
     unexpected exception is logged and answered 500 without its details."""
 
     def __init__(self, app: Handler, metrics: Metrics) -> None:
@@ -69,7 +75,7 @@ class ErrorLayer:
         try:
             return await self.app(request)
         except StockadeError as exc:
-            if isinstance(exc, HttpProblem) and exc.http_status in (413, 429, 503):
+            if isinstance(exc, HttpProblem) and exc.http_status in (408, 413, 429, 503):
                 route: Route | None = request.state.get("route")
                 reason = str(exc.extra.get("limit") or exc.extra.get("reason") or exc.slug)
                 self.metrics.inc("stockade_gateway_rejections_total",
@@ -105,6 +111,22 @@ class RoutingLayer:
             raise MethodNotAllowed(f"function {route.spec.name} does not accept "
                                    f"{request.method}", route.spec.methods)
         request.state["route"] = route
+        return await self.app(request)
+
+
+class BodyLayer:
+    """Reads the routed function's request body (at most its `max_body`) before the
+    layers below take slots: the body must arrive within `body_timeout` seconds plus
+    one second per `body_min_rate` bytes received, else 408 and the connection closes."""
+
+    def __init__(self, app: Handler, settings: ServerSettings) -> None:
+        self.app = app
+        self.timeout = settings.body_timeout
+        self.min_rate = settings.body_min_rate
+
+    async def __call__(self, request: Request) -> Response:
+        route: Route = request.state["route"]
+        await request.read_body(route.spec.max_body, self.timeout, self.min_rate)
         return await self.app(request)
 
 

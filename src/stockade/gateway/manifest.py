@@ -13,6 +13,8 @@
     tenant = "acme"
     profile = "strict"            # plus [function.limits], env, env_allow, dirs,
     max_concurrency = 4           # rate, burst, max_body, max_response
+    cookies = "own"               # receives Cookie, sets cookies on its route (default "none")
+    pass_headers = ["x-api-key"]  # withheld headers this function is sent (default none)
 
 `load_manifest` resolves it into frozen dataclasses; every error names the file and the
 key, e.g. ``stockade.toml: function[0] (hello).limits.timeout: not a duration: 'soon'``.
@@ -29,7 +31,8 @@ from typing import Any
 from ..errors import PolicyError
 from ..policy import Capabilities, DirGrant, Policy, apply_limit
 from ..policy.loader import named_profile, read_toml
-from .settings import Quota, ServerSettings, parse_quota, parse_server, size_or_none
+from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
+from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
 
 __all__ = ["FunctionSpec", "Manifest", "Quota", "ServerSettings", "load_manifest",
            "parse_manifest", "RESERVED_PATHS", "HEADER_ALLOWANCE"]
@@ -41,7 +44,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _FUNCTION_KEYS = {"name", "route", "methods", "module", "profile", "limits", "env", "env_allow",
                   "dirs", "tenant", "max_concurrency", "rate", "burst", "max_body",
-                  "max_response"}
+                  "max_response", "cookies", "pass_headers"}
 # manifest key -> Quota field
 _FUNCTION_QUOTA = {"max_concurrency": "concurrency", "rate": "rate", "burst": "burst"}
 _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
@@ -52,7 +55,8 @@ _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
 class FunctionSpec:
     """One function: its route (`route` is a path prefix, `methods` empty for any), the
     module and policy it runs with, its tenant, its own quota, and body size limits in
-    bytes (`max_response` counts the body the function writes after its headers)."""
+    bytes (`max_response` counts the body the function writes after its headers), and
+    `headers`, which request headers it is sent and which response headers it may set."""
 
     name: str
     route: str
@@ -63,6 +67,7 @@ class FunctionSpec:
     quota: Quota
     max_body: int
     max_response: int
+    headers: HeaderRules = field(default_factory=HeaderRules)
 
     def allows(self, method: str) -> bool:
         """True when the function accepts `method`."""
@@ -138,15 +143,34 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
     cap = max_response + HEADER_ALLOWANCE
     policy = policy.with_limits(max_output=min(policy.limits.max_output, cap) if explicit
                                 else cap)
+    route = _route(table.get("route"), source, where)
     return FunctionSpec(
-        name=name, route=_route(table.get("route"), source, where),
+        name=name, route=route,
         methods=_methods(table.get("methods", []), source, where),
         module=base / module, policy=policy, tenant=tenant,
         quota=parse_quota(table, source, where, _FUNCTION_QUOTA),
         max_body=size_or_none(table.get("max_body"), source, f"{where}.max_body")
         or server.max_body,
         max_response=max_response,
+        headers=_header_rules(table, source, where, route, server),
     )
+
+
+def _header_rules(table: Mapping[str, Any], source: str, where: str, route: str,
+                  server: ServerSettings) -> HeaderRules:
+    cookies = table.get("cookies", "none")
+    if cookies not in COOKIE_MODES:
+        raise PolicyError(f"{source}: {where}.cookies: expected one of "
+                          f"{', '.join(COOKIE_MODES)}, not {cookies!r}")
+    try:
+        passed = header_names(table.get("pass_headers", []))
+    except ValueError as exc:
+        raise PolicyError(f"{source}: {where}.pass_headers: {exc}") from None
+    for name in passed:
+        if name in NEVER_PASSED or name == "cookie":
+            hint = "set cookies = \"own\"" if name == "cookie" else "it is never passed"
+            raise PolicyError(f"{source}: {where}.pass_headers: {name!r}: {hint}")
+    return HeaderRules.build(route, cookies, server.withhold_headers, passed)
 
 
 def _policy(table: Mapping[str, Any], source: str, where: str, base: Path) -> Policy:

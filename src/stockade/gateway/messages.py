@@ -7,6 +7,7 @@ to the other. Headers are lists of `(name, value)` byte pairs, names lower-case.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,32 +42,45 @@ class Request:
     receive: Receive = _no_body
     body_read: bool = False
 
-    async def read_body(self, limit: int) -> bytes:
+    async def read_body(self, limit: int, timeout: float | None = None,
+                        min_rate: int = 1) -> bytes:
         """Read the whole body into `body`. Raises PayloadTooLarge as soon as the
-        declared or received length exceeds `limit` bytes."""
+        declared or received length exceeds `limit` bytes, RequestTimeout when the body
+        is not complete within `timeout` seconds plus one second per `min_rate` bytes
+        received (None: no deadline)."""
         if self.body_read:
             return self.body
         declared = self.header(b"content-length")
         if declared is None and self.header(b"transfer-encoding") is None:
             self.body_read = True  # HTTP/1.1: neither header means no body
             return self.body
-        from .problem import BadRequest, PayloadTooLarge  # problem.py builds on this module
+        from .problem import BadRequest, PayloadTooLarge, RequestTimeout  # built on this
 
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"the body is {int(declared)} bytes; this function accepts "
                                   f"at most {limit}", max_body=limit)
         chunks, size = [], 0
-        while True:
-            message = await self.receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the body exceeds {limit} bytes", max_body=limit)
-            if message["type"] == "http.disconnect":
-                raise BadRequest("the client disconnected while sending the body")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        start = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                while True:
+                    message = await self.receive()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"the body exceeds {limit} bytes",
+                                              max_body=limit)
+                    if message["type"] == "http.disconnect":
+                        raise BadRequest("the client disconnected while sending the body")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+                    if timeout is not None:  # each byte received buys 1/min_rate s
+                        deadline.reschedule(start + timeout + size / min_rate)
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive in time ({size} bytes received; "
+                                 f"at least {min_rate} bytes per second after the first "
+                                 f"{timeout:g} s)") from None
         self.body, self.body_read = b"".join(chunks), True
         return self.body
 

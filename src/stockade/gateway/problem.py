@@ -9,6 +9,7 @@ layer renders::
         ├── Forbidden               403  denied
         ├── NotFound                404  not-found
         ├── MethodNotAllowed        405  method-not-allowed  (Allow)
+        ├── RequestTimeout          408  request-timeout     (Connection: close)
         ├── PayloadTooLarge         413  payload-too-large
         ├── TooManyRequests         429  too-many-requests   (Retry-After)
         ├── BadGateway              502  bad-gateway
@@ -34,6 +35,7 @@ __all__ = [
     "NotFound",
     "MethodNotAllowed",
     "PayloadTooLarge",
+    "RequestTimeout",
     "TooManyRequests",
     "BadGateway",
     "Unavailable",
@@ -44,13 +46,25 @@ __all__ = [
 ]
 
 PROBLEM_TYPE = "application/problem+json"
-# Two or more path segments from the root (`/a/b`), or a home-relative path.
-_PATH = re.compile(r"(?:~|(?<![\w.:/]))(?:/[\w.@+%-]+){2,}/?")
+# An absolute or home-relative path starts at the start of the text, after white space,
+# a quote, an opening bracket, '=' or ','. Host paths may hold spaces, '=', commas, ': '
+# and any letter, so no character inside one can end it: it runs to the end of the
+# line, a quote or a bracket, and everything up to its last '/' goes.
+_PATH = re.compile(r"""(?<![^\s'"(\[<=,])~?/(?!/)[^\n'"()\[\]<>]*""")
 
 
 def scrub(text: str) -> str:
-    """`text` with absolute paths replaced by their last component."""
-    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+    """`text` with host paths (two or more segments) reduced to what follows their last
+    `/`: `cannot open /srv/my dir/a.wasm: denied` becomes `cannot open a.wasm: denied`."""
+    return _PATH.sub(_last_part, text)
+
+
+def _last_part(match: re.Match[str]) -> str:
+    path = match.group(0)
+    trimmed = path.rstrip("/")
+    if "/" not in trimmed[1:]:
+        return path  # `/hello`: a route, not a host path
+    return trimmed.rsplit("/", 1)[-1]
 
 
 class HttpProblem(StockadeError):
@@ -98,6 +112,16 @@ class PayloadTooLarge(HttpProblem):
     """The request body is larger than the function accepts."""
 
     http_status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class RequestTimeout(HttpProblem):
+    """The client sent its request body too slowly; the connection is closed after the
+    answer (the rest of the body is never read)."""
+
+    http_status, slug, title = 408, "request-timeout", "Request timeout"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers=[(b"connection", b"close")])
 
 
 class _RetryLater(HttpProblem):

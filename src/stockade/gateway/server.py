@@ -10,6 +10,7 @@ that dies unexpectedly is restarted.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
+from ..errors import ModuleError, ModuleNotFound, StockadeError, UsageError, WorkerError
 from ..rmtree import remove_tree
 from .manifest import Manifest, load_manifest
 from .settings import ServerSettings
@@ -69,16 +70,7 @@ class Supervisor:
         """Prepare, listen, start the workers and wait until all are ready."""
         manifest = self.prepare()
         self.settings = manifest.server.override(**self.overrides)
-        host, port = self.settings.host, self.settings.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if self.settings.reuse_port:
-            # Holds the port (and picks it when 0); each worker listens on its own socket.
-            self._socket = socket.socket(family, socket.SOCK_STREAM)
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._socket.bind((host, port))
-        else:
-            self._socket = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        self._socket = listen(self.settings.host, self.settings.port, self.settings.reuse_port)
         self.port = self._socket.getsockname()[1]
         self.overrides["port"] = self.port
         self.settings = self.settings.override(port=self.port)
@@ -172,6 +164,40 @@ class Supervisor:
         failure = remove_tree(self._metrics_dir)
         if failure is not None:
             logger.warning("could not remove the metrics directory: %s", failure)
+
+
+def listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """The gateway's listening socket on `host`:`port` (with `reuse_port`, a socket that
+    holds the port, picking it when 0, while each worker listens on its own). Raises
+    UsageError, one line naming the address, when it cannot be bound."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        if not reuse_port:
+            return socket.create_server((host, port), family=family, backlog=BACKLOG)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    except (OSError, OverflowError, UnicodeError) as exc:
+        code = getattr(exc, "errno", None) or 0
+        if isinstance(exc, socket.gaierror) or code < 0:  # create_server re-raises it
+            reason = "not an address of this host; give an IP address with --host"
+        elif code:
+            reason = os.strerror(code).lower() + _BIND_HINTS.get(code, "")
+        else:
+            reason = str(exc)
+        raise UsageError(f"cannot listen on {where}: {reason}") from None
+
+
+_BIND_HINTS = {errno.EADDRINUSE: "; stop what uses it or choose another --port",
+               errno.EADDRNOTAVAIL: "; it is not an address of this host",
+               errno.EACCES: "; ports below 1024 need privileges"}
 
 
 def _wait_ready(fd: int, deadline: float) -> bool:

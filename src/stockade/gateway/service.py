@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .dispatch import Dispatcher
 from .executor import Executors
 from .invoke import Invoker
-from .layers import ErrorLayer, LimitsLayer, MetricsLayer, RoutingLayer
+from .layers import BodyLayer, ErrorLayer, LimitsLayer, MetricsLayer, RoutingLayer
 from .manifest import Manifest, load_manifest
 from .messages import Handler, Request, Response
 from .metrics import CONTENT_TYPE, Metrics, MetricsStore, render
@@ -83,7 +83,8 @@ class GatewayService:
     def _stack(self, registry: Registry, dispatcher: Dispatcher) -> Handler:
         invoker = Invoker(dispatcher, self.metrics, self.telemetry, self.settings.inline)
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
-        routed = RoutingLayer(LimitsLayer(invoker, self.metrics), registry, system)
+        limited = BodyLayer(LimitsLayer(invoker, self.metrics), self.settings)
+        routed = RoutingLayer(limited, registry, system)
         handler: Handler = ErrorLayer(routed, self.metrics)
         if self.telemetry is not None and self.telemetry.settings.enabled:
             handler = TracingLayer(handler, self.telemetry)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..policy import parse_duration, parse_size
+from .headers import WITHHELD
 
 __all__ = ["Quota", "ServerSettings", "parse_server", "parse_quota", "size_or_none",
            "EXECUTORS"]
@@ -63,6 +64,13 @@ class ServerSettings:
     (see `fastexec.py`). `breakers` (circuit breakers per function and tenant),
     `breaker_traps` (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no)
     and `audit` (the audit log) are independent of `telemetry`: export `off` keeps them.
+
+    Slow clients: a request head (line and headers, at most `max_header_size` bytes)
+    must arrive within `header_timeout`, a body within `body_timeout` plus one second
+    per `body_min_rate` bytes received (408 otherwise; bodies are read before a
+    function or tenant slot is taken); an idle keep-alive connection is closed after
+    `keep_alive_timeout`. `withhold_headers` are the request headers no function is
+    sent unless it lists them in `pass_headers` (`headers.py`).
     """
 
     host: str = "127.0.0.1"
@@ -81,6 +89,12 @@ class ServerSettings:
     breakers: bool = True
     breaker_traps: bool | None = None
     audit: bool = True
+    header_timeout: float = 10.0
+    max_header_size: int = 64 * 1024
+    body_timeout: float = 10.0
+    body_min_rate: int = 1024
+    keep_alive_timeout: float = 5.0
+    withhold_headers: tuple[str, ...] = tuple(sorted(WITHHELD))
 
     def override(self, **changes: Any) -> ServerSettings:
         """A copy with the given settings (None values are ignored: flag not given)."""
@@ -109,6 +123,29 @@ def _text(value: Any) -> str:
     return value
 
 
+def _seconds(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not seconds > 0:
+        raise ValueError(f"expected a positive duration like '10s', not {value!r}")
+    return seconds
+
+
+def _bytes(value: Any) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"expected a positive size like '64KiB', not {value!r}")
+    return size
+
+
+def header_names(value: Any) -> tuple[str, ...]:
+    """A list of HTTP header names, lower-cased. Raises ValueError for anything else."""
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and v and all(c.isalnum() or c in "-_" for c in v)
+            for v in value):
+        raise ValueError(f"expected a list of header names, not {value!r}")
+    return tuple(sorted({v.lower() for v in value}))
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, not {value!r}")
@@ -121,6 +158,9 @@ _SERVER_PARSERS: dict[str, Any] = {
     "request_timeout": parse_duration, "drain_timeout": parse_duration,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
     "inline": _flag, "breakers": _flag, "breaker_traps": _flag, "audit": _flag,
+    "header_timeout": _seconds, "max_header_size": _bytes,
+    "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
+    "withhold_headers": header_names,
 }
 
 

@@ -24,7 +24,9 @@ from typing import Any
 
 import uvicorn
 
+from ..display import PrintableFormatter
 from .app import GatewayApp
+from .protocol import guarded_protocol
 from .service import GatewayService
 
 __all__ = ["main", "WorkerServer", "reuse_port_socket"]
@@ -111,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises the signal it drained for after restoring this handler.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"stockade serve [worker {args.index}]: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter(f"stockade serve [worker {args.index}]: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     service = GatewayService(args.manifest, json.loads(args.overrides), index=args.index,
                              workers=args.workers, metrics_dir=args.metrics_dir)
     settings = service.load().server
@@ -122,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         sock = reuse_port_socket(settings.host, settings.port, 2048)
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
-        GatewayApp(service), loop="uvloop", http="httptools", ws="none", lifespan="on",
-        proxy_headers=False,
+        # httptools, with the head timeout and size limit uvicorn lacks (protocol.py).
+        GatewayApp(service), loop="uvloop", ws="none", lifespan="on", proxy_headers=False,
+        http=guarded_protocol(settings.header_timeout, settings.max_header_size),
         access_log=False, log_config=None, log_level="warning", server_header=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)), timeout_keep_alive=5,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
+        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),
     )
     server = WorkerServer(config, service, args.ready_fd)
     server.run(sockets=[sock])

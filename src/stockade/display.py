@@ -1,0 +1,44 @@
+"""Text from guests, made safe to show: the one escaping used by every human output.
+
+Module file names, function names, guest messages, trap text and stderr are chosen by
+whoever wrote the module or named its file. Printed raw they can move the cursor,
+rewrite earlier lines, set the window title or hide text (ANSI escape sequences, C1
+controls, bidirectional overrides) or break a one-line message into several.
+`printable` replaces each such character with a visible escape (`\\x1b`, `\\u202e`);
+bytes that were not valid UTF-8 (a file name decoded with `surrogateescape`) show as
+`\\xNN`. `PrintableFormatter` applies it to log messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+__all__ = ["printable", "PrintableFormatter"]
+
+# C0 controls and DEL, C1 controls, line and paragraph separators, bidirectional
+# marks, embeddings, overrides and isolates, and lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` with control and invisible direction characters escaped (one line)."""
+    return _UNSAFE.sub(_escape, text)
+
+
+class PrintableFormatter(logging.Formatter):
+    """A log formatter whose messages pass through `printable`: one record, one line
+    (a traceback, written by the host, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's)
+        """The formatted line, its message escaped."""
+        record.message = printable(record.message)
+        return super().formatMessage(record)

@@ -1,0 +1,284 @@
+"""The gateway as a boundary between tenants, attacked over real connections: functions that
+try to write the raw HTTP stream or set headers for the whole origin, requests carrying
+what a function must not see, clients that send slowly to hold slots."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h11
+import httpx
+import pytest
+
+from .conftest import Gateway, gateway_env, module
+
+MANIFEST = f"""
+[server]
+workers = 1
+threads = 4
+telemetry = "off"
+header_timeout = "2s"
+body_timeout = "3s"
+max_header_size = "16KiB"
+
+[tenant.small]
+concurrency = 2
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+
+[[function]]
+name = "smuggle"
+route = "/smuggle"
+module = "{module("smuggle")}"
+
+[[function]]
+name = "app"
+route = "/app"
+module = "{module("headers")}"
+cookies = "own"
+
+[[function]]
+name = "plain"
+route = "/plain"
+module = "{module("headers")}"
+
+[[function]]
+name = "echo"
+route = "/echo"
+module = "{module("echo")}"
+
+[[function]]
+name = "session"
+route = "/session"
+module = "{module("echo")}"
+cookies = "own"
+pass_headers = ["X-Api-Key"]
+
+[[function]]
+name = "small"
+route = "/small"
+module = "{module("echo")}"
+tenant = "small"
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("boundary")
+    manifest = root / "stockade.toml"
+    manifest.write_text(MANIFEST)
+    server = Gateway(manifest, gateway_env(shared_cache, root / "state"), ())
+    yield server
+    server.stop()
+
+
+def address(gateway: Gateway) -> tuple[str, int]:
+    url = httpx.URL(gateway.url)
+    assert url.host and url.port
+    return url.host, url.port
+
+
+class StrictClient:
+    """HTTP/1.1 over one socket, parsed strictly by h11: every byte must belong to the
+    response of the request it follows."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=20)
+        self.conn = h11.Connection(h11.CLIENT)
+
+    def request(self, target: str) -> tuple[int, dict[bytes, bytes], bytes]:
+        if self.conn.our_state is h11.DONE:
+            self.conn.start_next_cycle()
+        data = self.conn.send(h11.Request(method="GET", target=target,
+                                          headers=[("Host", "gateway.test")]))
+        data += self.conn.send(h11.EndOfMessage())
+        self.sock.sendall(data)
+        status, headers, body = 0, {}, b""
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(self.sock.recv(65536))
+            elif isinstance(event, h11.InformationalResponse):
+                raise AssertionError(f"an interim {event.status_code} reached the client")
+            elif isinstance(event, h11.Response):
+                status, headers = event.status_code, dict(event.headers)
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return status, headers, body
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("code", ["100", "101", "103"])
+def test_an_interim_status_is_a_bad_gateway_and_the_next_response_is_its_own(
+        gateway: Gateway, code: str) -> None:
+    client = StrictClient(*address(gateway))
+    try:
+        status, headers, body = client.request(f"/smuggle?code={code}")
+        assert status == 502 and headers[b"content-type"] == b"application/problem+json"
+        assert b"PWNED" not in body and b"set-cookie" not in headers
+        assert f"Status {code}".encode() in body
+        # Same connection, as a proxy pooling it would reuse it for another tenant.
+        status, headers, body = client.request("/hello?name=next")
+        assert (status, body) == (200, b"Hello, next!\n")
+        assert b"set-cookie" not in headers
+        status, _, body = client.request("/hello")
+        assert (status, body) == (200, b"Hello, world!\n")
+    finally:
+        client.close()
+
+
+def test_head_gets_no_body_even_from_an_error(gateway: Gateway) -> None:
+    client = StrictClient(*address(gateway))
+    try:
+        data = client.conn.send(h11.Request(method="HEAD", target="/smuggle",
+                                            headers=[("Host", "gateway.test")]))
+        client.sock.sendall(data + client.conn.send(h11.EndOfMessage()))
+        events = []
+        while not events or not isinstance(events[-1], h11.EndOfMessage):
+            event = client.conn.next_event()
+            if event is h11.NEED_DATA:
+                client.conn.receive_data(client.sock.recv(65536))
+            else:
+                events.append(event)
+        assert isinstance(events[0], h11.Response) and events[0].status_code == 502
+        assert not any(isinstance(e, h11.Data) and e.data for e in events)
+        assert client.request("/hello")[2] == b"Hello, world!\n"
+    finally:
+        client.close()
+
+
+def test_response_headers_cannot_reach_beyond_the_function(gateway: Gateway) -> None:
+    response = gateway.client.get("/app/page")
+    assert response.status_code == 200 and response.text == "body\n"
+    assert response.headers.get_list("set-cookie") == [
+        "mine=1; Path=/app/sub; HttpOnly", "nopath=1; Path=/app"]
+    for name in ("strict-transport-security", "alt-svc", "clear-site-data",
+                 "service-worker-allowed", "x-accel-redirect", "x-sendfile", "keep-alive",
+                 "upgrade", "trailer", "proxy-authenticate", "transfer-encoding"):
+        assert name not in response.headers, name
+    assert response.headers.get_list("server") == []
+    assert response.headers["date"] != "Thu, 01 Jan 1970 00:00:00 GMT"
+    assert len(response.headers.get_list("date")) == 1
+    assert response.headers["content-length"] == "5" and "close" not in response.headers.get(
+        "connection", "")
+    assert response.headers["x-function"] == "headers"
+    assert response.headers["cache-control"] == "no-store"
+    # The same module routed without `cookies = "own"` sets no cookie at all.
+    plain = gateway.client.get("/plain")
+    assert plain.status_code == 200 and "set-cookie" not in plain.headers
+
+
+def environment(response: httpx.Response) -> dict[str, str]:
+    head = response.text.partition("\n\n")[0]
+    return dict(line.split("=", 1) for line in head.splitlines())
+
+
+def test_cookies_and_credentials_reach_only_functions_that_ask(gateway: Gateway) -> None:
+    headers = {"Cookie": "sid=secret", "X-Api-Key": "key", "Authorization": "Bearer t",
+               "X-Amz-Security-Token": "aws", "X-Forwarded-For": "1.2.3.4",
+               "X_Forwarded_For": "6.6.6.6", "X-Real_IP": "6.6.6.6"}
+    echo = environment(gateway.client.get("/echo", headers=headers))
+    session = environment(gateway.client.get("/session", headers=headers))
+    assert "HTTP_COOKIE" not in echo and "HTTP_X_API_KEY" not in echo
+    assert session["HTTP_COOKIE"] == "sid=secret" and session["HTTP_X_API_KEY"] == "key"
+    for env in (echo, session):
+        assert "HTTP_AUTHORIZATION" not in env and "HTTP_X_AMZ_SECURITY_TOKEN" not in env
+        assert env["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"
+        assert "6.6.6.6" not in "".join(env.values()) and "HTTP_X_REAL_IP" not in env
+
+
+def test_an_underscore_header_alone_never_becomes_a_variable(gateway: Gateway) -> None:
+    env = environment(gateway.client.get("/echo", headers={"X_Forwarded_For": "6.6.6.6"}))
+    assert "HTTP_X_FORWARDED_FOR" not in env and "6.6.6.6" not in "".join(env.values())
+
+
+def slow_body(host: str, port: int, path: str, results: list[bytes],
+              started: threading.Event) -> None:
+    """POST 100 declared bytes, one every 3 s; record what the gateway answers."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n".encode())
+        started.set()
+        answer = b""
+        try:
+            for _ in range(100):
+                sock.sendall(b"x")
+                sock.settimeout(3.0)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                while chunk:  # the answer, then the close
+                    answer += chunk
+                    chunk = sock.recv(65536)
+                break
+        except OSError:
+            pass  # reset after the answer
+        results.append(answer)
+
+
+def test_slow_bodies_hold_no_slots_and_get_408(gateway: Gateway) -> None:
+    host, port = address(gateway)
+    results: list[bytes] = []
+    events = [threading.Event() for _ in range(4)]
+    threads = [threading.Thread(target=slow_body, args=(host, port, "/small", results, event))
+               for event in events]
+    begun = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for event in events:
+        assert event.wait(10)
+    time.sleep(0.5)
+    # The tenant allows 2 at once; 4 slow clients are sending bodies, yet it answers.
+    answers = [gateway.client.post("/small", content=b"fast").status_code for _ in range(4)]
+    assert answers == [200] * 4
+    for thread in threads:
+        thread.join(40)
+    assert len(results) == 4
+    for answer in results:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"connection: close" in answer.lower() and b"request-timeout" in answer
+    # body_timeout is 3 s: containment, with room for a loaded machine.
+    assert time.monotonic() - begun < 25
+
+
+def raw_exchange(host: str, port: int, chunks: list[bytes], pause: float) -> bytes:
+    with socket.create_connection((host, port), timeout=30) as sock:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                time.sleep(pause)
+        except OSError:
+            pass  # closed by the server
+        answer = b""
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except OSError:
+            pass
+        return answer
+
+
+def test_a_slow_head_gets_408_and_a_huge_head_431(gateway: Gateway) -> None:
+    host, port = address(gateway)
+    begun = time.monotonic()
+    trickle = [b"GET /hello HTTP/1.1\r\n"] + [b"X-A: 1\r\n"] * 20
+    answer = raw_exchange(host, port, trickle, 0.5)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert time.monotonic() - begun < 9  # header_timeout is 2 s
+    huge = [b"GET /hello HTTP/1.1\r\n" + b"X-B: " + b"b" * 20_000 + b"\r\n"]
+    assert raw_exchange(host, port, huge, 0.0).startswith(b"HTTP/1.1 431 ")
+    # An idle connection that never sent a byte is closed without an answer.
+    assert raw_exchange(host, port, [], 0.0) == b""
+    assert gateway.client.get("/hello").status_code == 200
