@@ -26,7 +26,7 @@ from ..policy.units import format_size
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan
 from .protections import Protection
-from .protocol import DeadlineExceeded, loads_plain, read_frame, write_frame
+from .protocol import DeadlineExceeded, loads_plain, read_frame, write_file_frame, write_frame
 
 __all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV"]
 
@@ -160,6 +160,14 @@ class WorkerProcess:
         """Send one request. Raises EOFError when the worker is gone."""
         try:
             write_frame(self._to_worker, message)
+        except (BrokenPipeError, OSError):
+            raise EOFError("the worker is gone") from None
+
+    def send_file(self, fd: int, size: int) -> None:
+        """Send `size` bytes of the open file `fd` as one raw frame. Raises EOFError
+        when the worker is gone."""
+        try:
+            write_file_frame(self._to_worker, fd, size)
         except (BrokenPipeError, OSError):
             raise EOFError("the worker is gone") from None
 

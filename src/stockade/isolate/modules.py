@@ -2,8 +2,9 @@
 
 The worker cannot open the caller's files (Landlock, and a uid of its own), so the
 parent opens the module file (never blocking on a FIFO, a regular file only, no larger
-than the policy allows) and sends its bytes with its identity (device, inode, size,
-mtime). A worker keeps the modules it loaded by that identity, so a reused worker gets
+than the policy allows) and sends its identity (device, inode, size, mtime) followed by
+its bytes, straight from the file (sendfile: a large module costs the parent no
+memory). A worker keeps the modules it loaded by that identity, so a reused worker gets
 only the identity for a file it has seen; when it has let the module go it asks for
 the bytes again (`resend`), once.
 """
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..engine import LoadedModule
     from ..sandbox import Sandbox
 
-__all__ = ["ModuleFile", "read_module", "ModuleMemo"]
+__all__ = ["ModuleFile", "open_module", "ModuleMemo"]
 
 FileKey = tuple[int, int, int, int]
 
@@ -33,20 +34,23 @@ class ModuleFile:
     """A module file as the parent saw it: `name` (the file name, as results report
     it), `path` (as the caller gave it, for errors), `key` (st_dev, st_ino, st_size,
     st_mtime_ns), `size`, and `data`: its bytes, or None when the worker already holds
-    it or the file is over the size limit."""
+    it or the file is over the size limit. With `attached`, the bytes follow the request
+    as a raw frame of `size` bytes (sent from the file, never copied into the parent)."""
 
     name: str
     path: str
     key: FileKey
     size: int
     data: bytes | None
+    attached: bool = False
 
 
-def read_module(path: Path, max_size: int, held: bool) -> ModuleFile:
-    """Open `path` for a worker. With `held` (the worker has this file's identity
-    already), or when it is larger than `max_size` (the worker refuses it with the
-    policy's message), the bytes are left out. Raises ModuleNotFound or ModuleError
-    with the in-process sandbox's wording."""
+def open_module(path: Path, max_size: int, held: bool) -> tuple[ModuleFile, int | None]:
+    """Open `path` for a worker: the request's `ModuleFile`, and the open descriptor
+    whose bytes must follow it (None with `held`, when the worker has this file's
+    identity already, or when it is larger than `max_size`: the worker then refuses it
+    with the policy's message). The caller closes the descriptor. Raises
+    ModuleNotFound or ModuleError with the in-process sandbox's wording."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -55,26 +59,17 @@ def read_module(path: Path, max_size: int, held: bool) -> ModuleFile:
         raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ModuleError(f"{path}: not a regular file")
-        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        if info.st_size > max_size:
-            return ModuleFile(path.name, str(path), key, info.st_size, None)
-        if held:
-            return ModuleFile(path.name, str(path), key, info.st_size, None)
-        chunks = []
-        left = info.st_size
-        while left > 0:  # a file that shrank since fstat ends early; one that grew is cut
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return ModuleFile(path.name, str(path), key, info.st_size, b"".join(chunks))
     except OSError as exc:
-        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-    finally:
         os.close(fd)
+        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ModuleError(f"{path}: not a regular file")
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if held or info.st_size > max_size:
+        os.close(fd)
+        return ModuleFile(path.name, str(path), key, info.st_size, None), None
+    return ModuleFile(path.name, str(path), key, info.st_size, None, attached=True), fd
 
 
 class ModuleMemo:

@@ -32,7 +32,7 @@ from ..result import Outcome, Result, Usage
 from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
-from .modules import ModuleFile, read_module
+from .modules import ModuleFile, open_module
 from .plan import cgroup_limits_for, plan_for
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
@@ -143,9 +143,8 @@ class IsolatedSandbox:
         with self._lock:
             for _ in range(2):
                 worker = self._ready_worker()
-                request = self._request(worker, module, invocation, env)
                 try:
-                    worker.send(request)
+                    request = self._request(worker, module, invocation, env)
                 except EOFError:
                     self._discard()
                     continue
@@ -162,16 +161,26 @@ class IsolatedSandbox:
     def _request(self, worker: WorkerProcess, module: str | Path | bytes,
                  invocation: Invocation, env: dict[str, str | None],
                  resend: bool = False) -> tuple[Any, ...]:
-        """The run request; a module path is read here (the worker cannot open it)."""
+        """Send the run request; a module path is opened here (the worker cannot) and
+        its bytes follow the request. Raises EOFError when the worker is gone."""
         source: ModuleFile | bytes
+        fd = None
         if isinstance(module, bytes):
             source = module
         else:
             path = Path(module)
             held = not resend and self._held(worker, path)
-            source = read_module(path, self.policy.limits.max_module_size, held)
+            source, fd = open_module(path, self.policy.limits.max_module_size, held)
             worker.sent.add(source.key)
-        return ("run", source, invocation, env, os.getcwd())
+        request = ("run", source, invocation, env, os.getcwd())
+        try:
+            worker.send(request)
+            if fd is not None:
+                worker.send_file(fd, source.size if isinstance(source, ModuleFile) else 0)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return request
 
     @staticmethod
     def _held(worker: WorkerProcess, path: Path) -> bool:
@@ -221,8 +230,7 @@ class IsolatedSandbox:
             elif kind == "resend" and not resent and info is None:
                 resent = True
                 try:
-                    worker.send(self._request(worker, module, invocation, request[3],
-                                              resend=True))
+                    self._request(worker, module, invocation, request[3], resend=True)
                 except EOFError:
                     continue  # the next receive reports the death
             elif kind == "result":

@@ -37,7 +37,7 @@ from ..errors import StockadeError
 from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
 from .modules import ModuleFile, ModuleMemo
-from .protocol import error_to_wire, read_frame, result_to_wire, write_frame
+from .protocol import error_to_wire, read_frame, read_raw_frame, result_to_wire, write_frame
 from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
 
 if TYPE_CHECKING:
@@ -98,8 +98,13 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _run(sandbox: Sandbox, modules: ModuleMemo, module: ModuleFile | bytes,
-         invocation: Invocation, env: dict[str, str | None], cwd: str) -> tuple[str, Any]:
+def _run(sandbox: Sandbox, modules: ModuleMemo, arguments: list[Any]) -> tuple[str, Any]:
+    """Serve one run request: `arguments` is [module, invocation, env, cwd], emptied
+    of the module as soon as it is loaded."""
+    invocation: Invocation
+    env: dict[str, str | None]
+    cwd: str
+    invocation, env, cwd = arguments[1:]
     # Relative module and directory paths mean what they mean in the parent, now.
     if cwd != os.getcwd():
         try:
@@ -113,7 +118,7 @@ def _run(sandbox: Sandbox, modules: ModuleMemo, module: ModuleFile | bytes,
         else:
             os.environ[name] = value
     try:
-        loaded = modules.load(sandbox, module)
+        loaded = modules.load(sandbox, arguments.pop(0))
         if loaded is None:
             return "resend", None
         return "result", result_to_wire(sandbox.run(loaded, invocation))
@@ -157,6 +162,10 @@ def serve(read_fd: int, write_fd: int) -> None:
         except EOFError:
             return
         kind = request[0]
+        if kind == "run" and isinstance(request[1], ModuleFile) and request[1].attached:
+            module = request[1]  # its bytes follow as one raw frame of the announced size
+            request = (kind, dataclasses.replace(
+                module, data=read_raw_frame(read_fd, module.size)), *request[2:])
         if kind == "run":
             cpu = plan.rlimits
             if cpu.run_cpu is not None:
@@ -164,7 +173,9 @@ def serve(read_fd: int, write_fd: int) -> None:
                     write_frame(write_fd, ("retire", {"cpu_used": cpu_used()}))
                     continue
                 step_cpu_limit(cpu.load_cpu)
-            reply = _run(sandbox, modules, *request[1:])
+            arguments = list(request[1:])
+            del request  # the module's bytes live only as long as loading needs them
+            reply = _run(sandbox, modules, arguments)
             # A trap's traceback keeps its Store, with a whole linear-memory reservation,
             # alive until the cycle collector runs; RLIMIT_AS has room for one at a time.
             if vm_size() > baseline + _RECLAIM_BYTES:
