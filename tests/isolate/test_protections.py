@@ -12,8 +12,9 @@ from stockade.isolate import IsolatedSandbox, format_protections, protections
 from tests.isolate.conftest import protection, require
 
 EXPECTED = {
-    "network namespace", "capabilities", "seccomp", "rlimit as", "rlimit cpu", "rlimit core",
-    "rlimit nofile", "rlimit fsize", "rlimit nproc",
+    "network namespace", "mount namespace", "uid", "capabilities", "no_new_privs", "landlock",
+    "seccomp", "rlimit as", "rlimit cpu", "rlimit core", "rlimit nofile", "rlimit fsize",
+    "rlimit nproc",
 }
 
 
@@ -88,10 +89,16 @@ def test_only_loopback_in_the_network_namespace(strict_sandbox: IsolatedSandbox)
     assert "lo" in protection(strict_sandbox, "network namespace").detail
 
 
-def test_capabilities_are_dropped_to_file_access(strict_sandbox: IsolatedSandbox) -> None:
-    if os.geteuid() != 0:
-        assert protection(strict_sandbox, "capabilities").active
-        return
+def test_no_capabilities_and_an_unprivileged_uid(strict_sandbox: IsolatedSandbox) -> None:
+    assert protection(strict_sandbox, "capabilities").active
     status = strict_sandbox.check("status")["value"]["status"]
-    assert int(status["CapEff"], 16) == 0b1110
-    assert int(status["CapBnd"], 16) == 0b1110
+    assert int(status["CapEff"], 16) == 0
+    assert int(status["CapBnd"], 16) == 0
+    if os.geteuid() == 0:
+        require(strict_sandbox, "uid")
+        assert "uid/gid" in protection(strict_sandbox, "uid").detail
+
+
+def test_landlock_and_mount_namespace_are_reported(strict_sandbox: IsolatedSandbox) -> None:
+    for name in ("landlock", "mount namespace", "no_new_privs"):
+        assert protection(strict_sandbox, name).detail

@@ -39,7 +39,12 @@ class IsolationConfig:
       (the worker writes the AoT cache).
     - `cpu_budget_runs`: a reused worker's lifetime RLIMIT_CPU hard limit, in runs.
     - `max_runs`: replace a worker after this many runs (`None`: never).
-    - `seccomp`, `network_namespace`, `cgroup`, `drop_capabilities`: turn a protection off.
+    - `uid_base`: a worker started by root runs as uid and gid `uid_base + its pid`
+      (unique among live workers; the default range, from 1879048192, is one no
+      distribution or container runtime assigns). `None` keeps uid 0 without
+      capabilities, for hosts where that range is in use.
+    - `seccomp`, `network_namespace`, `mount_namespace`, `landlock`, `cgroup`,
+      `drop_capabilities` (the uid switch included): turn a protection off.
     """
 
     python: str = field(default_factory=lambda: sys.executable)
@@ -64,6 +69,9 @@ class IsolationConfig:
     network_namespace: bool = True
     cgroup: bool = True
     drop_capabilities: bool = True
+    mount_namespace: bool = True
+    landlock: bool = True
+    uid_base: int | None = 0x7000_0000
 
     def __post_init__(self) -> None:
         if self.grace < 0:
@@ -76,6 +84,9 @@ class IsolationConfig:
             raise UsageError("isolation cpu_budget_runs must be >= 1")
         if self.max_runs is not None and self.max_runs < 1:
             raise UsageError("isolation max_runs must be >= 1 or None")
+        if self.uid_base is not None and not 0 < self.uid_base < 2**32 - 2**23:
+            raise UsageError(f"isolation uid_base must leave room for every pid below "
+                             f"2**32, got {self.uid_base}")
 
     # -- figures derived from a policy ------------------------------------------------
 

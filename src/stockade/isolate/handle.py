@@ -9,6 +9,8 @@ worker's stderr, which explains crashes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -21,22 +23,38 @@ from typing import IO, Any
 
 from ..errors import WorkerError
 from ..policy.units import format_size
+from ..rmtree import remove_tree
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan
 from .protections import Protection
-from .protocol import DeadlineExceeded, loads_plain, read_frame, write_frame
+from .protocol import DeadlineExceeded, loads_plain, read_frame, write_file_frame, write_frame
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
+logger = logging.getLogger(__name__)
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
+
+# Variables a worker inherits from its parent: locale and search path only. Anything
+# else (tokens, keys, credentials) stays out; the guest's own variables come with each
+# run, as the policy allows them (`env_allow`).
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
+
+
+def worker_environment(plan: WorkerPlan) -> dict[str, str]:
+    """The whole environment of a new worker: an allow-list of the parent's variables,
+    plus what Stockade sets (the cache, the temporary directory, the import path)."""
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     # Stockade must import from where this process imported it, never from the cwd (-P).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
     # Fewer malloc arenas: each reserves 64 MiB of address space, which RLIMIT_AS counts.
-    env.setdefault("MALLOC_ARENA_MAX", "2")
+    env["MALLOC_ARENA_MAX"] = os.environ.get("MALLOC_ARENA_MAX", "2")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker
+    if plan.cache is not None:
+        env["STOCKADE_CACHE_DIR"] = str(plan.cache)
+    if plan.temp_dir is not None:
+        env["TMPDIR"] = env["HOME"] = str(plan.temp_dir)
     return env
 
 
@@ -44,10 +62,21 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _remove_temp(path: Path, keep_scratch: bool) -> None:
+    """Remove a worker's temporary directory; with `keep_scratch`, only when it holds
+    no kept scratch directory."""
+    if keep_scratch and any(path.glob("stockade-scratch-*")):
+        return
+    # Guest-made trees live here: removed iteratively, and a failure is logged, not hidden.
+    failure = remove_tree(path)
+    if failure is not None:
+        logger.warning("could not remove the worker's temporary directory: %s", failure)
+
+
 def _reap(proc: subprocess.Popen[bytes], cgroup: WorkerCgroup, fds: list[int],
-          stderr: IO[bytes]) -> None:
+          stderr: IO[bytes], temp_dir: Path, keep_scratch: bool) -> None:
     """Kill and wait for the worker, close the pipes and the stderr file, remove the
-    cgroup (idempotent)."""
+    cgroup and the worker's temporary directory (idempotent)."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -59,6 +88,7 @@ def _reap(proc: subprocess.Popen[bytes], cgroup: WorkerCgroup, fds: list[int],
             os.close(fd)
     fds.clear()
     stderr.close()
+    _remove_temp(temp_dir, keep_scratch)
 
 
 class WorkerProcess:
@@ -69,6 +99,14 @@ class WorkerProcess:
 
     def __init__(self, plan: WorkerPlan, limits: CgroupLimits | None, python: str) -> None:
         self.memory_limit = limits.memory if limits is not None else None
+        # The worker's own temporary directory (scratch directories go there): the only
+        # place besides the grants and the cache that it may write.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-"))
+        self._keep_temp = plan.policy.capabilities.keep_scratch
+        plan = dataclasses.replace(plan, temp_dir=self.temp_dir)
+        if plan.cache is not None:
+            with contextlib.suppress(OSError):
+                plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.cgroup = create_cgroup(limits) if limits is not None else WorkerCgroup(
             0, {}, [Protection("cgroup", False, "turned off by configuration")])
         to_worker_r, self._to_worker = os.pipe()
@@ -80,11 +118,12 @@ class WorkerProcess:
                  str(from_worker_w), str(os.getpid()), str(int(_on_main_thread()))],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
                 pass_fds=(to_worker_r, from_worker_w), start_new_session=True,
-                env=_environment(),
+                env=worker_environment(plan),
             )
         except OSError as exc:
             self.cgroup.remove()
             self._stderr.close()
+            _remove_temp(self.temp_dir, False)
             raise WorkerError(f"cannot start a worker with {python}: {exc.strerror}") from None
         finally:
             os.close(to_worker_r)
@@ -92,7 +131,8 @@ class WorkerProcess:
         self.pid = self.proc.pid
         self._fds = [self._to_worker, self._from_worker]
         self._finalizer = weakref.finalize(self, _reap, self.proc, self.cgroup, self._fds,
-                                          self._stderr)
+                                          self._stderr, self.temp_dir, self._keep_temp)
+        self.sent: set[tuple[int, ...]] = set()  # modules the worker holds (see process)
         self._join_failures = self.cgroup.add(self.pid)
         self._oom_before = self.cgroup.oom_kills()
         self.protections: list[Protection] | None = None
@@ -126,6 +166,14 @@ class WorkerProcess:
         """Send one request. Raises EOFError when the worker is gone."""
         try:
             write_frame(self._to_worker, message)
+        except (BrokenPipeError, OSError):
+            raise EOFError("the worker is gone") from None
+
+    def send_file(self, fd: int, size: int) -> None:
+        """Send `size` bytes of the open file `fd` as one raw frame. Raises EOFError
+        when the worker is gone."""
+        try:
+            write_file_frame(self._to_worker, fd, size)
         except (BrokenPipeError, OSError):
             raise EOFError("the worker is gone") from None
 

@@ -1,14 +1,18 @@
 """Apply a `WorkerPlan` to the current process, in the one order that works.
 
 1. network namespace (unshare acts on the calling thread: before any thread starts);
-2. capabilities (per thread too; after the namespace, which needs CAP_SYS_ADMIN);
-3. rlimits other than the address space;
-4. the sandbox's engine is created and the address space wasmtime reserves for one
+2. mount namespace, with the granted directories idmapped to the worker's uid (needs
+   root, and a fork for the mapping: before any thread);
+3. identity: the worker's own uid, no groups, no capabilities, `no_new_privs`;
+4. rlimits other than the address space;
+5. Landlock (per thread, no TSYNC before ABI 8: before the engine starts its threads);
+6. the sandbox's engine is created and the address space wasmtime reserves for one
    linear memory is measured on it, which sizes RLIMIT_AS;
-5. the seccomp filter, last, once nothing the set-up needs is refused any more.
+7. the allow-list seccomp filter, last, once nothing the set-up needs is refused.
 
-Each step that cannot be applied is reported, never raised: a worker still runs with
-what this machine allows, and the report says what that is.
+Steps 1-5 are `confine.confine_current_process`, the part any process can use. Each
+step that cannot be applied is reported, never raised: a worker still runs with what
+this machine allows, and the report says what that is.
 """
 
 from __future__ import annotations
@@ -17,33 +21,39 @@ import os
 from typing import TYPE_CHECKING
 
 from ..policy.units import format_size
-from .netns import enter_private_network
-from .privileges import drop_capabilities
+from .confine import Confinement, Grants, apply_seccomp, confine_current_process
 from .protections import Protection
 from .rlimits import apply_address_space, apply_rlimits, vm_size
-from .seccomp import DENIED_SYSCALLS, SeccompUnavailable, install_filter, libseccomp_version
 
 if TYPE_CHECKING:
     import wasmtime
 
     from .plan import WorkerPlan
 
-__all__ = ["harden_before_engine", "harden_after_engine", "memory_reservation"]
+__all__ = ["harden_before_engine", "harden_after_engine", "memory_reservation",
+           "grants_of"]
 
 
-def harden_before_engine(plan: WorkerPlan) -> list[Protection]:
-    """Steps 1-3: namespace, capabilities, rlimits. Call before any thread exists."""
-    report = []
-    if plan.network_namespace:
-        report.append(enter_private_network())
-    else:
-        report.append(Protection("network namespace", False, "turned off by configuration"))
-    if plan.drop_capabilities:
-        report.append(drop_capabilities())
-    else:
-        report.append(Protection("capabilities", False, "turned off by configuration"))
-    report += apply_rlimits(plan.rlimits, is_root=os.geteuid() == 0)
-    return report
+def grants_of(plan: WorkerPlan) -> Grants:
+    """What a worker under `plan` may reach."""
+    return Grants(
+        read=plan.readable,
+        dirs=plan.all_grants,
+        uid_base=plan.uid_base,
+        mount_root=plan.temp_dir,
+        drop_privileges=plan.drop_capabilities,
+        network_namespace=plan.network_namespace,
+        mount_namespace=plan.mount_namespace,
+        landlock=plan.landlock,
+        seccomp=False,  # after the engine exists (step 7)
+    )
+
+
+def harden_before_engine(plan: WorkerPlan) -> Confinement:
+    """Steps 1-5. Call before any thread exists."""
+    grants = grants_of(plan)
+    return confine_current_process(grants, before_landlock=lambda: apply_rlimits(
+        plan.rlimits, is_root=os.geteuid() == 0))
 
 
 def memory_reservation(engine: wasmtime.Engine) -> int:
@@ -61,7 +71,7 @@ def memory_reservation(engine: wasmtime.Engine) -> int:
 
 
 def harden_after_engine(plan: WorkerPlan, engine: wasmtime.Engine) -> list[Protection]:
-    """Steps 4-5: RLIMIT_AS sized for `engine`, then the seccomp filter."""
+    """Steps 6-7: RLIMIT_AS sized for `engine`, then the seccomp filter."""
     report = []
     limits = plan.policy.limits
     if plan.address_space is not None:
@@ -74,19 +84,6 @@ def harden_after_engine(plan: WorkerPlan, engine: wasmtime.Engine) -> list[Prote
         how = (f"{format_size(per_memory)} reserved per linear memory x {memories}, "
                f"+ {format_size(plan.address_space_headroom)} headroom")
         report.append(apply_address_space(total, how))
-    if plan.seccomp:
-        report.append(_seccomp())
-    else:
-        report.append(Protection("seccomp", False, "turned off by configuration"))
+    report.append(apply_seccomp() if plan.seccomp
+                  else Protection("seccomp", False, "turned off by configuration"))
     return report
-
-
-def _seccomp() -> Protection:
-    try:
-        version = libseccomp_version()
-        rules = install_filter(DENIED_SYSCALLS)
-    except SeccompUnavailable as exc:
-        return Protection("seccomp", False, str(exc))
-    return Protection("seccomp", True, f"libseccomp {version}: {rules} rules (EPERM): sockets, "
-                      "ptrace, mount, kexec, bpf, keyrings, modules, namespaces, exec, fork, "
-                      "signals to others, io_uring, ...")

@@ -6,6 +6,8 @@ Both are derived from the policy (what the guest may use) and the `IsolationConf
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,9 @@ from .config import IsolationConfig
 from .devices import throttles_for
 from .rlimits import RlimitPlan
 
-__all__ = ["WorkerPlan", "plan_for", "cgroup_limits_for"]
+__all__ = ["WorkerPlan", "plan_for", "cgroup_limits_for", "interpreter_paths"]
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,21 @@ class WorkerPlan:
     seccomp: bool
     network_namespace: bool
     drop_capabilities: bool
+    mount_namespace: bool = True
+    landlock: bool = True
+    uid_base: int | None = None
+    grants: tuple[tuple[Path, bool], ...] = ()
+    readable: tuple[Path, ...] = ()
+    cache: Path | None = None
+    temp_dir: Path | None = None
+    probe: str | None = None
+
+    @property
+    def all_grants(self) -> tuple[tuple[Path, bool], ...]:
+        """Every directory the worker may use, (path, writable): the policy's, its
+        temporary directory and the AoT cache."""
+        extra = [(path, True) for path in (self.temp_dir, self.cache) if path is not None]
+        return (*self.grants, *extra)
 
 
 def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
@@ -56,7 +75,25 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
         seccomp=config.seccomp,
         network_namespace=config.network_namespace,
         drop_capabilities=config.drop_capabilities,
+        mount_namespace=config.mount_namespace,
+        landlock=config.landlock,
+        uid_base=config.uid_base if config.drop_capabilities else None,
+        grants=tuple((Path(os.path.realpath(grant.host)), grant.writable)
+                     for grant in policy.capabilities.dirs),
+        readable=interpreter_paths(),
+        cache=Path(os.path.realpath(cache_dir())),
     )
+
+
+def interpreter_paths() -> tuple[Path, ...]:
+    """What the worker's interpreter reads after Landlock: its standard library,
+    extension modules and installed packages (`sys.path`, this package's root), all
+    code, no data. Existing directories only."""
+    roots = {Path(os.path.realpath(entry)) for entry in (*sys.path, _PACKAGE_ROOT) if entry}
+    kept = [root for root in roots if root.is_dir()]
+    return tuple(sorted(root for root in kept
+                        if not any(root != other and root.is_relative_to(other)
+                                   for other in kept)))
 
 
 def _existing(path: Path) -> Path:

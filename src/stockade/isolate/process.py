@@ -4,9 +4,11 @@
         result = sandbox.run("hello.wasm", Invocation(args=("world",)))
 
 One worker process serves the runs of one `IsolatedSandbox`, one at a time, and is
-reused while it lives. The parent holds the deadline: loading may take
-`load_timeout`, then the guest gets the policy's timeout plus `grace`, after which the
-worker is killed (outcome `timeout`). A worker that dies (cgroup OOM kill, crash,
+reused while it lives. The parent holds the deadline, on its own clock: loading may
+take `load_timeout`, then the guest gets the policy's timeout plus `grace` (never past
+`load_timeout` + timeout + `grace` from the request, whatever the worker sends), after
+which the worker is killed (outcome `timeout`). Module files are read here and sent as
+bytes: the worker cannot open the caller's files. A worker that dies (cgroup OOM kill, crash,
 SIGKILL) yields outcome `error` with the cause; either way a fresh worker replaces it
 and the caller goes on.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -28,8 +29,10 @@ from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
 from ..result import Outcome, Result, Usage
 from ..rmtree import remove_tree
+from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
+from .modules import ModuleFile, open_module
 from .plan import cgroup_limits_for, plan_for
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
@@ -134,15 +137,18 @@ class IsolatedSandbox:
                              f"not {type(module).__name__}")
         invocation = invocation or Invocation()
         env = {name: os.environ.get(name) for name in self.policy.capabilities.env_allow}
+        # Checked here, as the caller sees the filesystem: the worker's uid may not even
+        # reach the place where a missing directory would be.
+        checked_preopens(self.policy)
         with self._lock:
             for _ in range(2):
                 worker = self._ready_worker()
                 try:
-                    worker.send(("run", module, invocation, env, os.getcwd()))
+                    request = self._request(worker, module, invocation, env)
                 except EOFError:
                     self._discard()
                     continue
-                outcome = self._collect(worker, module, invocation)
+                outcome = self._collect(worker, module, invocation, request)
                 if not isinstance(outcome, Result):  # retired: its CPU budget is spent
                     self._discard(respawn=True)
                     continue
@@ -152,12 +158,51 @@ class IsolatedSandbox:
                 return outcome
         raise WorkerError("the worker could not take the run (CPU budget or start-up)")
 
+    def _request(self, worker: WorkerProcess, module: str | Path | bytes,
+                 invocation: Invocation, env: dict[str, str | None],
+                 resend: bool = False) -> tuple[Any, ...]:
+        """Send the run request; a module path is opened here (the worker cannot) and
+        its bytes follow the request. Raises EOFError when the worker is gone."""
+        source: ModuleFile | bytes
+        fd = None
+        if isinstance(module, bytes):
+            source = module
+        else:
+            path = Path(module)
+            held = not resend and self._held(worker, path)
+            source, fd = open_module(path, self.policy.limits.max_module_size, held)
+            worker.sent.add(source.key)
+        request = ("run", source, invocation, env, os.getcwd())
+        try:
+            worker.send(request)
+            if fd is not None:
+                worker.send_file(fd, source.size if isinstance(source, ModuleFile) else 0)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return request
+
+    @staticmethod
+    def _held(worker: WorkerProcess, path: Path) -> bool:
+        try:
+            info = path.stat()
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) in worker.sent
+
     def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
-                 invocation: Invocation) -> Result | object:
+                 invocation: Invocation, request: tuple[Any, ...]) -> Result | object:
+        # The deadline is this process's alone, armed from its own clock: loading may
+        # take `load_timeout`, the guest its timeout + grace, and nothing the worker
+        # sends moves either (a worker that took over its guest could otherwise hold
+        # the caller forever with `started` frames).
         begun = time.monotonic()
         load = self.config.load_timeout
+        limit = self.config.deadline(self.policy)
         deadline = None if load is None else begun + load
+        final = None if load is None or limit is None else begun + load + limit
         info: RunInfo | None = None
+        resent = False
         while True:
             try:
                 kind, payload = worker.receive(deadline, self._reply_limit)
@@ -165,18 +210,29 @@ class IsolatedSandbox:
                 worker.kill()
                 result = self._killed(module, info, begun, started=info is not None)
                 self._discard(respawn=True)
-                result.cleanup_error = self._remove_scratch(info)
+                result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
                 result = self._died(module, info, begun, worker.death_cause())
                 self._discard(respawn=True)
-                result.cleanup_error = self._remove_scratch(info)
+                result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
-            if kind == "started" and isinstance(payload, dict):
+            if kind == "started" and isinstance(payload, dict) and info is None:
                 info = self._info(payload, worker.pid, invocation)
                 notify_started(self.observers, info)
-                limit = self.config.deadline(self.policy)
-                deadline = None if limit is None else time.monotonic() + limit
+                if limit is None:
+                    deadline = None
+                else:
+                    ends = time.monotonic() + limit
+                    deadline = ends if final is None else min(ends, final)
+            elif kind == "started":
+                continue  # only the first one counts; the deadline stays where it is
+            elif kind == "resend" and not resent and info is None:
+                resent = True
+                try:
+                    self._request(worker, module, invocation, request[3], resend=True)
+                except EOFError:
+                    continue  # the next receive reports the death
             elif kind == "result":
                 return self._finish(info, result_from_wire(payload), worker.pid, invocation)
             elif kind == "error":
@@ -199,7 +255,7 @@ class IsolatedSandbox:
             writable_dirs=writable, coldstart=bool(payload.get("coldstart", False)),
         )
 
-    def _remove_scratch(self, info: RunInfo | None) -> str | None:
+    def _remove_scratch(self, info: RunInfo | None, worker: WorkerProcess) -> str | None:
         """A killed worker cannot remove its run's scratch directory: do it here.
         Returns what could not be removed, or None."""
         capabilities = self.policy.capabilities
@@ -208,10 +264,10 @@ class IsolatedSandbox:
         from ..sandbox.scratch import SCRATCH_PREFIX  # here: the parent stays free of wasmtime
 
         granted = {g.host for g in capabilities.dirs}
-        tmp = Path(tempfile.gettempdir()).resolve()
+        tmp = worker.temp_dir.resolve()
         failures = []
         for path in info.writable_dirs:
-            # Only a directory the worker made for this run: in the temporary directory,
+            # Only a directory the worker made for this run: in its temporary directory,
             # named as `Scratch` names it, and not one the policy granted.
             if (path not in granted and path.parent.resolve() == tmp
                     and path.name.startswith(SCRATCH_PREFIX)):

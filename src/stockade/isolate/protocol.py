@@ -9,11 +9,13 @@ into plain data and checked field by field on the way back.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import pickle
 import select
 import struct
+import sys
 import time
 from dataclasses import asdict, fields
 from typing import Any
@@ -22,8 +24,9 @@ from .. import errors
 from ..errors import StockadeError, WorkerError
 from ..result import Outcome, Result, Usage
 
-__all__ = ["DeadlineExceeded", "write_frame", "read_frame", "loads_plain", "result_to_wire",
-           "result_from_wire", "error_to_wire", "error_from_wire"]
+__all__ = ["DeadlineExceeded", "write_frame", "write_file_frame", "read_frame", "read_raw_frame",
+           "loads_plain",
+           "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
 
 _HEADER = struct.Struct(">Q")
 _ERRORS: dict[str, type[StockadeError]] = {
@@ -44,6 +47,22 @@ def write_frame(fd: int, message: Any) -> None:
         view = view[os.write(fd, view):]
 
 
+def write_file_frame(fd: int, source: int, size: int) -> None:
+    """Write `size` bytes of the file `source` (from its start) as one raw frame, by
+    sendfile: the bytes never enter this process's memory. A file that shrank since
+    its size was taken is padded with zeros (the frame keeps its announced length)."""
+    os.write(fd, _HEADER.pack(size))
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(fd, source, offset, min(size - offset, 1 << 24))
+        if sent == 0:
+            break
+        offset += sent
+    padding = size - offset
+    while padding > 0:
+        padding -= os.write(fd, bytes(min(padding, 1 << 16)))
+
+
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     chunks = bytearray()
     poller = select.poll()
@@ -58,6 +77,33 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
             raise EOFError("the worker closed its pipe")
         chunks += chunk
     return bytes(chunks)
+
+
+# A bytes object filled in place (as os.read fills its result): a module frame of tens of
+# MiB then costs its size once, not twice (a bytearray copied into bytes).
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_BYTES_DATA = sys.getsizeof(b"") - 1  # offset of a bytes object's data (CPython)
+
+
+def read_raw_frame(fd: int, limit: int) -> bytes:
+    """Read one raw frame (`write_file_frame`) of at most `limit` bytes, blocking, into
+    a single bytes object. Raises EOFError or WorkerError (over `limit`)."""
+    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, None))
+    if size > limit:
+        raise WorkerError(f"a {size}-byte frame, over the {limit}-byte bound")
+    if size == 0:
+        return b""
+    data: bytes = _new_bytes(None, size)
+    view = memoryview((ctypes.c_char * size).from_address(id(data) + _BYTES_DATA)).cast("B")
+    done = 0
+    while done < size:
+        count = os.readv(fd, [view[done:]])
+        if not count:
+            raise EOFError("the parent closed its pipe")
+        done += count
+    return data
 
 
 def read_frame(fd: int, deadline: float | None = None, limit: int = 1 << 30) -> bytes:

@@ -5,7 +5,12 @@ its protections, then serves requests until its parent closes the pipe:
 
 - `("run", module, invocation, env, cwd)` -> `started` (as the guest starts), then `result`,
   `error` (a Stockade error: bad module, bad policy) or `failed` (anything else);
+  `module` is bytes or a `ModuleFile` read by the parent (the worker cannot open the
+  caller's files); `resend` asks for a module file's bytes again when the worker no
+  longer holds the one the parent left out;
 - `("check", name, arg)` -> `checked` (see `checks`);
+- `("probe",)` -> `probed`: runs the plan's `probe` source, a test-only hook standing
+  for code that took the worker over (a plan from `plan_for` has none);
 - a run the remaining CPU budget cannot cover -> `retire` (the parent starts a new worker).
 
 RLIMIT_CPU is stepped like the parent's deadlines: a load allowance when a request
@@ -20,25 +25,28 @@ worker started from any other thread relies on the pipe alone.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import os
 import pickle
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StockadeError
 from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
-from .protocol import error_to_wire, read_frame, result_to_wire, write_frame
+from .modules import ModuleFile, ModuleMemo
+from .protocol import error_to_wire, read_frame, read_raw_frame, result_to_wire, write_frame
 from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
 
 if TYPE_CHECKING:
     from ..invocation import Invocation
     from ..observe import RunInfo
+    from ..policy import Policy
     from ..result import Result
     from ..sandbox import Sandbox
+    from .confine import Confinement
     from .plan import WorkerPlan
 
 __all__ = ["main", "Relay"]
@@ -51,20 +59,36 @@ class Relay:
     """Observer of the worker's sandbox: tells the parent when the guest starts, so the
     parent's deadline counts from there (compiling is bounded separately)."""
 
-    def __init__(self, fd: int, run_cpu: int | None) -> None:
+    def __init__(self, fd: int, run_cpu: int | None, shown: dict[str, str]) -> None:
         self.fd = fd
         self.run_cpu = run_cpu
+        self.shown = shown
 
     def run_started(self, info: RunInfo) -> None:
         if self.run_cpu is not None:
             step_cpu_limit(self.run_cpu)  # loading is over: from here, one run's CPU time
         write_frame(self.fd, ("started", {
             "module": info.module, "sha256": info.sha256, "coldstart": info.coldstart,
-            "started": info.started, "writable_dirs": [str(p) for p in info.writable_dirs],
+            "started": info.started,
+            "writable_dirs": [self.shown.get(str(p), str(p)) for p in info.writable_dirs],
         }))
 
     def run_finished(self, info: RunInfo, result: Result) -> None:
         """The result itself is the reply; nothing to send here."""
+
+
+def _relocated(plan: WorkerPlan, confinement: Confinement) -> tuple[Policy, dict[str, str]]:
+    """The policy with each granted directory where this worker reaches it, and the
+    way back (worker path -> the caller's path) for what the parent is told."""
+    dirs = []
+    shown = {}
+    for grant, (real, _) in zip(plan.policy.capabilities.dirs, plan.grants, strict=True):
+        if real in confinement.paths:
+            reached = confinement.paths[real]
+            shown[str(reached)] = str(grant.host)
+            grant = dataclasses.replace(grant, host=reached)
+        dirs.append(grant)
+    return plan.policy.with_capabilities(dirs=tuple(dirs)), shown
 
 
 def _die_with_parent(parent: int) -> None:
@@ -74,8 +98,13 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _run(sandbox: Sandbox, module: str | Path | bytes, invocation: Invocation,
-         env: dict[str, str | None], cwd: str) -> tuple[str, Any]:
+def _run(sandbox: Sandbox, modules: ModuleMemo, arguments: list[Any]) -> tuple[str, Any]:
+    """Serve one run request: `arguments` is [module, invocation, env, cwd], emptied
+    of the module as soon as it is loaded."""
+    invocation: Invocation
+    env: dict[str, str | None]
+    cwd: str
+    invocation, env, cwd = arguments[1:]
     # Relative module and directory paths mean what they mean in the parent, now.
     if cwd != os.getcwd():
         try:
@@ -89,21 +118,41 @@ def _run(sandbox: Sandbox, module: str | Path | bytes, invocation: Invocation,
         else:
             os.environ[name] = value
     try:
-        return "result", result_to_wire(sandbox.run(module, invocation))
+        loaded = modules.load(sandbox, arguments.pop(0))
+        if loaded is None:
+            return "resend", None
+        return "result", result_to_wire(sandbox.run(loaded, invocation))
     except StockadeError as exc:
         return "error", error_to_wire(exc)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
         return "failed", {"message": f"{type(exc).__name__}: {exc}"}
 
 
+def _probe(source: str | None) -> Any:
+    """Run the plan's test-only probe (its `result` variable is the reply)."""
+    if source is None:
+        return {"error": "this worker's plan has no probe"}
+    scope: dict[str, Any] = {"__name__": "stockade_probe"}
+    try:
+        exec(compile(source, "<probe>", "exec"), scope)  # noqa: S102 - the parent's own code
+    except Exception as exc:  # noqa: BLE001 - the probe's failure is its answer
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return scope.get("result")
+
+
 def serve(read_fd: int, write_fd: int) -> None:
     """Harden this process by the plan read from `read_fd`, then answer requests."""
     plan: WorkerPlan = pickle.loads(read_frame(read_fd))
-    report = harden_before_engine(plan)
+    confinement = harden_before_engine(plan)
+    report = confinement.report
     from ..sandbox import Sandbox
 
-    sandbox = Sandbox(plan.policy, observers=(Relay(write_fd, plan.rlimits.run_cpu),))
+    if plan.cache is not None:  # the AoT cache, where this worker reaches it
+        os.environ["STOCKADE_CACHE_DIR"] = str(confinement.where(plan.cache))
+    policy, shown = _relocated(plan, confinement)
+    sandbox = Sandbox(policy, observers=(Relay(write_fd, plan.rlimits.run_cpu, shown),))
     report += harden_after_engine(plan, sandbox.engine.wasmtime)
+    modules = ModuleMemo()
     baseline = vm_size()
     write_frame(write_fd, ("ready", {"pid": os.getpid(), "cpu_used": cpu_used(),
                                      "protections": [tuple(p) for p in report]}))
@@ -113,6 +162,10 @@ def serve(read_fd: int, write_fd: int) -> None:
         except EOFError:
             return
         kind = request[0]
+        if kind == "run" and isinstance(request[1], ModuleFile) and request[1].attached:
+            module = request[1]  # its bytes follow as one raw frame of the announced size
+            request = (kind, dataclasses.replace(
+                module, data=read_raw_frame(read_fd, module.size)), *request[2:])
         if kind == "run":
             cpu = plan.rlimits
             if cpu.run_cpu is not None:
@@ -120,7 +173,9 @@ def serve(read_fd: int, write_fd: int) -> None:
                     write_frame(write_fd, ("retire", {"cpu_used": cpu_used()}))
                     continue
                 step_cpu_limit(cpu.load_cpu)
-            reply = _run(sandbox, *request[1:])
+            arguments = list(request[1:])
+            del request  # the module's bytes live only as long as loading needs them
+            reply = _run(sandbox, modules, arguments)
             # A trap's traceback keeps its Store, with a whole linear-memory reservation,
             # alive until the cycle collector runs; RLIMIT_AS has room for one at a time.
             if vm_size() > baseline + _RECLAIM_BYTES:
@@ -128,6 +183,8 @@ def serve(read_fd: int, write_fd: int) -> None:
             write_frame(write_fd, reply)
         elif kind == "check":
             write_frame(write_fd, ("checked", run_check(request[1], request[2])))
+        elif kind == "probe":
+            write_frame(write_fd, ("probed", _probe(plan.probe)))
         else:
             write_frame(write_fd, ("failed", {"message": f"unknown request {kind!r}"}))
 

@@ -63,11 +63,13 @@ class Sandbox:
             self._engine = get_engine(self.engine_config)
         return self._engine
 
-    def load(self, module: str | Path | bytes | LoadedModule) -> LoadedModule:
-        """Compile (or fetch from the AoT cache) a module ahead of running it."""
+    def load(self, module: str | Path | bytes | LoadedModule,
+             name: str | None = None) -> LoadedModule:
+        """Compile (or fetch from the AoT cache) a module ahead of running it; `name`
+        names module bytes in results and errors (default `<bytes>`)."""
         if isinstance(module, LoadedModule):
             return module
-        return self.engine.load(module, guard=self._guard)
+        return self.engine.load(module, name=name, guard=self._guard)
 
     def run(self, module: str | Path | bytes | LoadedModule,
             invocation: Invocation | None = None) -> Result:

@@ -1,0 +1,101 @@
+"""Modules cross into a worker as bytes: the parent reads the file, the worker compiles.
+
+The worker cannot open the caller's files (Landlock, and a uid of its own), so the
+parent opens the module file (never blocking on a FIFO, a regular file only, no larger
+than the policy allows) and sends its identity (device, inode, size, mtime) followed by
+its bytes, straight from the file (sendfile: a large module costs the parent no
+memory). A worker keeps the modules it loaded by that identity, so a reused worker gets
+only the identity for a file it has seen; when it has let the module go it asks for
+the bytes again (`resend`), once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ModuleError, ModuleNotFound
+
+if TYPE_CHECKING:
+    from ..engine import LoadedModule
+    from ..sandbox import Sandbox
+
+__all__ = ["ModuleFile", "open_module", "ModuleMemo"]
+
+FileKey = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    """A module file as the parent saw it: `name` (the file name, as results report
+    it), `path` (as the caller gave it, for errors), `key` (st_dev, st_ino, st_size,
+    st_mtime_ns), `size`, and `data`: its bytes, or None when the worker already holds
+    it or the file is over the size limit. With `attached`, the bytes follow the request
+    as a raw frame of `size` bytes (sent from the file, never copied into the parent)."""
+
+    name: str
+    path: str
+    key: FileKey
+    size: int
+    data: bytes | None
+    attached: bool = False
+
+
+def open_module(path: Path, max_size: int, held: bool) -> tuple[ModuleFile, int | None]:
+    """Open `path` for a worker: the request's `ModuleFile`, and the open descriptor
+    whose bytes must follow it (None with `held`, when the worker has this file's
+    identity already, or when it is larger than `max_size`: the worker then refuses it
+    with the policy's message). The caller closes the descriptor. Raises
+    ModuleNotFound or ModuleError with the in-process sandbox's wording."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ModuleNotFound(f"{path}: no such module file") from None
+    except OSError as exc:
+        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ModuleError(f"{path}: not a regular file")
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if held or info.st_size > max_size:
+        os.close(fd)
+        return ModuleFile(path.name, str(path), key, info.st_size, None), None
+    return ModuleFile(path.name, str(path), key, info.st_size, None, attached=True), fd
+
+
+class ModuleMemo:
+    """The worker's loaded modules by file identity, the `capacity` most recent."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._loaded: OrderedDict[FileKey, LoadedModule] = OrderedDict()
+
+    def load(self, sandbox: Sandbox, module: ModuleFile | bytes) -> LoadedModule | None:
+        """The module compiled (or from the AoT cache), or None when the parent left the
+        bytes out and this worker does not hold them. Raises ModuleError."""
+        if isinstance(module, bytes):
+            return sandbox.load(module)
+        if module.data is None:
+            if module.size > sandbox.policy.limits.max_module_size:
+                from ..engine import CompileGuard
+
+                CompileGuard(sandbox.policy.limits.max_module_size, 0, 0).check_size(
+                    module.size, module.path)
+            loaded = self._loaded.get(module.key)
+            if loaded is not None:
+                self._loaded.move_to_end(module.key)
+            return loaded
+        loaded = sandbox.load(module.data, name=module.name)
+        self._loaded[module.key] = loaded
+        while len(self._loaded) > self.capacity:
+            self._loaded.popitem(last=False)
+        return loaded
