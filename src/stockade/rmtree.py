@@ -57,20 +57,34 @@ def _ident(fd: int) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+def _unescape(field: bytes) -> str:
+    """A mountinfo path: octal escapes (\\040 for a space) undone, bytes as the file
+    system has them. No codec lookup: a confined worker cannot import one any more."""
+    parts = field.split(b"\\")
+    raw = bytearray(parts[0])
+    for part in parts[1:]:
+        if len(part) >= 3 and all(48 <= c <= 55 for c in part[:3]):
+            raw.append(int(part[:3], 8))
+            raw += part[3:]
+        else:
+            raw += b"\\" + part
+    return os.fsdecode(bytes(raw))
+
+
 def _mounts_under(path: Path) -> set[tuple[int, int]]:
     """Identities of the mount points strictly below `path` (a bind mount of the same
     filesystem keeps its device number: only the mount table tells it apart)."""
     try:
-        table = Path("/proc/self/mountinfo").read_text()
+        table = Path("/proc/self/mountinfo").read_bytes()
     except OSError:
         return set()
     prefix = str(path).rstrip("/") + "/"
     found = set()
     for line in table.splitlines():
-        fields = line.split(" ")
+        fields = line.split(b" ")
         if len(fields) < 5:
             continue
-        point = fields[4].encode().decode("unicode_escape")  # \040 for a space, etc.
+        point = _unescape(fields[4])
         if point.startswith(prefix):
             try:
                 info = os.lstat(point)

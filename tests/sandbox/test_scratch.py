@@ -41,6 +41,8 @@ def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("depth", [999, 5000])
 def test_a_deep_tree_is_removed_after_the_run(tmp_path: Path, tmpdir_env: Path, depth: int,
                                               profile: str) -> None:
+    # A worker under its own uid cannot reach this private TMPDIR: it works in /tmp.
+    workers_before = set(Path("/tmp").glob("stockade-worker-*"))
     done = stockade("run", "--json", "--profile", profile, "--scratch", "/scratch",
                     "--max-files", str(depth + 10), str(guest(DEEP_TREE)),
                     str(depth), "1", "60", "/scratch", timeout=300)
@@ -52,6 +54,8 @@ def test_a_deep_tree_is_removed_after_the_run(tmp_path: Path, tmpdir_env: Path, 
     assert result["usage"]["files_created"] == depth
     assert "cleanup_error" not in result
     assert _scratch_dirs(tmpdir_env) == []
+    left = set(Path("/tmp").glob("stockade-worker-*")) - workers_before
+    assert not [d for d in left if list(d.rglob("stockade-scratch-*"))]
     telemetry = (tmp_path / "state" / "telemetry.jsonl").read_text()
     assert "deep_tree.wasm" in telemetry
 
@@ -154,6 +158,13 @@ def test_a_cleanup_failure_is_in_the_result_and_the_audit_log(
         audit = telemetry.audit.path
     assert planter.planted, "the run had no scratch directory"
     assert result.outcome is Outcome.EXITED  # the guest's own outcome stands
+    if isolated and planter.plant == "bind_mount":
+        # The worker has a private mount namespace: a mount the host makes after it
+        # started is not in its tree, so its run removes what it sees; the host's data
+        # stays untouched and the parent reports the mount left in the worker's directory.
+        assert result.cleanup_error is None
+        assert (tmpdir_env / "host" / "canary").read_text() == "host data"
+        return
     assert result.cleanup_error is not None
     assert str(planter.planted[0].parent) in result.cleanup_error
     reason = "Operation not permitted" if planter.plant == "immutable" else "a mount point"

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -58,6 +59,21 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     return env
 
 
+def _temp_base() -> str:
+    """Where a worker's temporary directory goes: the caller's temporary directory when
+    a worker running under its own uid can reach it (every directory above it searchable
+    by others), else /tmp. A TMPDIR inside a private 0700 tree would lock the worker out
+    of its own directory."""
+    base = Path(tempfile.gettempdir()).resolve()
+    for directory in (base, *base.parents):
+        try:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return "/tmp"
+        except OSError:
+            return "/tmp"
+    return str(base)
+
+
 def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -101,7 +117,7 @@ class WorkerProcess:
         self.memory_limit = limits.memory if limits is not None else None
         # The worker's own temporary directory (scratch directories go there): the only
         # place besides the grants and the cache that it may write.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-"))
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-", dir=_temp_base()))
         self._keep_temp = plan.policy.capabilities.keep_scratch
         plan = dataclasses.replace(plan, temp_dir=self.temp_dir)
         if plan.cache is not None:
