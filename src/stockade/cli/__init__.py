@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "doctor": ("doctor", "doctor", "Show the environment, telemetry export and protections."),
     "breaker": ("breaker", "breaker", "List or reset circuit breakers of misbehaving modules."),
     "audit": ("audit", "audit", "Verify the hash-chained audit log of security events."),
+    "oci": ("oci", "oci", "Build, push, pull and inspect Wasm OCI images."),
 }
 
 
