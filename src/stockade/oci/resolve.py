@@ -59,8 +59,12 @@ def guest_process(pulled: PulledImage, args: tuple[str, ...],
     """(guest arguments after argv[0], image variables the caller did not set). `PWD` is
     set from `WorkingDir` as a shell would."""
     image = pulled.image
-    argv = image.entrypoint + (args if args else image.cmd) if image.entrypoint else \
-        (image.cmd[:1] + args if args else image.cmd)
+    if image.entrypoint:
+        argv = image.entrypoint + (args or image.cmd)
+    elif image.cmd:
+        argv = image.cmd[:1] + args if args else image.cmd
+    else:  # an artifact: no process, the caller's arguments as they are
+        argv = ("", *args)
     given = {key for key, _ in env}
     extra: list[tuple[str, str]] = []
     for item in image.env:
