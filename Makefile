@@ -6,8 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STOCKADE := $(VENV)/bin/stockade
 # Debian packages: the wasm toolchain for guests, crun/skopeo/wrk for the container,
-# OCI and load baselines, libseccomp for worker isolation.
-APT_PACKAGES := clang lld wasi-libc libclang-rt-dev-wasm32 crun skopeo wrk libseccomp2 iproute2
+# OCI and load baselines, libseccomp for worker isolation, docker-registry/buildah/
+# containerd for the Wasm image and OCI runtime tests.
+APT_PACKAGES := clang lld wasi-libc libclang-rt-dev-wasm32 crun skopeo wrk libseccomp2 iproute2 \
+	docker-registry buildah containerd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all setup system venv guests native bytecode real-guests run serve test lint typecheck unit bench clean

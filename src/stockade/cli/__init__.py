@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "breaker": ("breaker", "breaker", "List or reset circuit breakers of misbehaving modules."),
     "audit": ("audit", "audit", "Verify the hash-chained audit log of security events."),
     "advise": ("advise", "advise", "Recommend Wasm, a container, a microVM or a hybrid."),
+    "oci": ("oci", "oci", "Build, push, pull and inspect Wasm OCI images."),
 }
 
 

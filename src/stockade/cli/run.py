@@ -14,12 +14,13 @@ from ..invocation import Invocation
 from ..policy import Policy
 from ..result import Outcome, Result
 from .options import build_invocation, build_policy
+from .source import open_source
 
 __all__ = ["run"]
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
-@click.argument("module", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("module")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--profile", type=click.Choice(["strict", "default", "permissive"]),
               help="Starting limits (default: default).")
@@ -51,14 +52,14 @@ __all__ = ["run"]
                    "violations within 60 s it is refused (exit 126) until a cooldown passes. "
                    "Off by default: one bad input must not lock out later runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
-def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
+def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
         dirs: tuple[str, ...], scratch: str | None, keep_scratch: bool,
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
         isolate: str | None, telemetry_profile: str | None, use_breaker: bool,
         as_json: bool) -> None:
-    """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
+    """Run MODULE (.wasm, .wat, .cwasm or oci://REF) in a sandbox. Guest arguments follow `--`.
 
     \b
     Examples:
@@ -76,12 +77,14 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
         policy = build_policy(profile, policy_file, limits, dirs, env, env_allow)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
+        path, args, policy = open_source(module, args, policy)
         invocation = build_invocation(args, stdin)
-        result = run_observed(module, policy, invocation, isolate, telemetry_profile,
+        result = run_observed(path, policy, invocation, isolate, telemetry_profile,
                               use_breaker)
     except StockadeError as exc:
         if as_json:
-            error = {"module": module.name, "outcome": "error", "exit_code": exc.exit_code,
+            shown = module if module.startswith("oci://") else Path(module).name
+            error = {"module": shown, "outcome": "error", "exit_code": exc.exit_code,
                      "message": exc.message}
             click.echo(json.dumps(error))
         raise

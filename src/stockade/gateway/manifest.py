@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PolicyError
+from ..errors import PolicyError, StockadeError
 from ..policy import Capabilities, DirGrant, Policy, apply_limit
 from ..policy.loader import named_profile, read_toml
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
@@ -117,6 +117,21 @@ def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
     return Manifest(path.resolve(), server, tuple(functions), tenants)
 
 
+def _module_file(module: str, base: Path, source: str, where: str) -> Path:
+    """A module path relative to the manifest, or `oci://REF` resolved to its verified blob
+    in the local store (pulled once; the store's tag pins the digest until pulled again)."""
+    if not module.startswith("oci://"):
+        return base / module
+    from ..oci import resolve
+
+    try:
+        return resolve(module).path
+    except StockadeError as exc:
+        exc.message = f"{source}: {where}.module: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
 def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
               server: ServerSettings, tenants: Mapping[str, Quota]) -> FunctionSpec:
     name = table.get("name")
@@ -147,7 +162,7 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
     return FunctionSpec(
         name=name, route=route,
         methods=_methods(table.get("methods", []), source, where),
-        module=base / module, policy=policy, tenant=tenant,
+        module=_module_file(module, base, source, where), policy=policy, tenant=tenant,
         quota=parse_quota(table, source, where, _FUNCTION_QUOTA),
         max_body=size_or_none(table.get("max_body"), source, f"{where}.max_body")
         or server.max_body,

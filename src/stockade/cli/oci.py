@@ -1,0 +1,154 @@
+"""`stockade oci`: build, push, pull, inspect and list Wasm images (both layouts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["oci"]
+
+_INSECURE = click.option("--insecure", "insecure", multiple=True, metavar="HOST[:PORT]",
+                         help="Speak plain HTTP to this registry (also "
+                              "STOCKADE_INSECURE_REGISTRIES). Repeatable.")
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, sort_keys=True))
+
+
+@click.group()
+def oci() -> None:
+    """Wasm modules as OCI images: the CNCF Wasm artifact or a Docker+Wasm wasi/wasm image.
+
+    \b
+    Examples:
+      stockade oci build app.wasm --tag registry.example/app:1
+      stockade oci build app.wasm --tag localhost:5000/app:1 --format image
+      stockade oci push localhost:5000/app:1 --insecure localhost:5000
+      stockade run oci://registry.example/app:1 -- args
+
+    Exit codes: 65 content does not match its digest; 69 registry unreachable; 74 local
+    store corrupt; 75 over a size limit; 77 registry refused credentials; 125 usage;
+    126 not a wasi/wasm image; 127 no such image.
+    """
+
+
+@oci.command()
+@click.argument("module", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--tag", "tag", required=True, metavar="REF", help="Reference to store it as.")
+@click.option("--format", "fmt", type=click.Choice(["artifact", "image"]), default="artifact",
+              show_default=True, help="CNCF Wasm artifact, or a Docker+Wasm wasi/wasm image.")
+@click.option("--arg", "args", multiple=True, help="Image Cmd argument (image format).")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="Image Env entry (image format).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def build(module: Path, tag: str, fmt: str, args: tuple[str, ...], env: tuple[str, ...],
+          as_json: bool) -> None:
+    """Build MODULE (.wasm or .wat) into the local store, reproducibly."""
+    from ..oci import Store, build_image, parse_reference
+
+    ref = parse_reference(tag)
+    built = build_image(module, fmt, Store.default(), str(ref), args, env)
+    if as_json:
+        _echo_json({"ref": str(ref), "digest": built.descriptor["digest"],
+                    "module_digest": built.module_digest, "format": fmt})
+    else:
+        click.echo(f"{built.descriptor['digest']} {ref}")
+
+
+@oci.command()
+@click.argument("ref")
+@_INSECURE
+def push(ref: str, insecure: tuple[str, ...]) -> None:
+    """Push REF from the local store to its registry."""
+    from ..oci import Store, parse_reference
+    from ..oci import push as push_image
+    from ..oci.registry import insecure_hosts
+
+    parsed = parse_reference(ref)
+    digest = push_image(parsed, Store.default(), insecure_hosts(insecure))
+    click.echo(f"{digest} {parsed}")
+
+
+@oci.command()
+@click.argument("ref")
+@_INSECURE
+@click.option("--max-layer-size", metavar="SIZE", help="Refuse larger layers (default 512MiB).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def pull(ref: str, insecure: tuple[str, ...], max_layer_size: str | None, as_json: bool) -> None:
+    """Pull REF into the local store, verifying every digest."""
+    from ..oci import Store, parse_reference
+    from ..oci import pull as pull_image
+    from ..oci.registry import insecure_hosts
+    from ..oci.transfer import MAX_LAYER_BYTES
+
+    limit = MAX_LAYER_BYTES if max_layer_size is None else _size(max_layer_size)
+    pulled = pull_image(parse_reference(ref), Store.default(), insecure_hosts(insecure), limit)
+    if as_json:
+        _echo_json({"ref": str(pulled.ref), "digest": pulled.digest,
+                    "module_digest": pulled.module_digest, "layout": pulled.image.layout,
+                    "platform": pulled.image.platform})
+    else:
+        click.echo(f"{pulled.digest} {pulled.ref} ({pulled.image.layout}, "
+                   f"{pulled.image.platform})")
+
+
+def _size(text: str) -> int:
+    from ..errors import UsageError
+    from ..policy.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--max-layer-size {text!r}: {exc}") from None
+
+
+@oci.command()
+@click.argument("ref")
+@_INSECURE
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(ref: str, insecure: tuple[str, ...], as_json: bool) -> None:
+    """Show REF's manifest, config, layers, platform and signature tags (pulled if absent)."""
+    from ..oci.inspect import inspect_image
+
+    report = inspect_image(ref, insecure)
+    if as_json:
+        _echo_json(report)
+        return
+    rows = [("reference", report["ref"]), ("digest", report["digest"]),
+            ("layout", report["layout"]), ("platform", report["platform"]),
+            ("config", f"{report['config']['mediaType']} {report['config']['digest']}")]
+    rows += [(f"layer {n}", f"{layer['mediaType']} {layer['digest']} {layer['size']} B")
+             for n, layer in enumerate(report["layers"])]
+    rows.append(("module", report["module_digest"]))
+    if report["entrypoint"] or report["cmd"]:
+        rows.append(("process", " ".join([*report["entrypoint"], *report["cmd"]])))
+    rows.append(("signatures", ", ".join(report["signatures"]) or "none found"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+
+
+@oci.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def ls(as_json: bool) -> None:
+    """List the images of the local store."""
+    from ..oci import Store
+    from ..oci.store import REF_ANNOTATION
+    from ..oci.transfer import LAYOUT_ANNOTATION
+
+    rows = []
+    for entry in Store.default().entries():
+        annotations = entry.get("annotations") or {}
+        rows.append({"ref": annotations.get(REF_ANNOTATION, ""), "digest": entry.get("digest"),
+                     "layout": annotations.get(LAYOUT_ANNOTATION, "?"),
+                     "size": entry.get("size")})
+    rows.sort(key=lambda row: str(row["ref"]))
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['ref']}  {str(row['digest'])[:19]}  {row['layout']}")

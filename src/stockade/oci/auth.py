@@ -1,0 +1,80 @@
+"""Registry credentials from the Docker and Podman credential files, and auth challenges.
+
+Files, first match wins: `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+`~/.config/containers/auth.json`, `$DOCKER_CONFIG/config.json` (default
+`~/.docker/config.json`). Entries are matched by `host/repository` prefix, then host
+(`https://` prefixes and Docker Hub's `index.docker.io/v1/` key understood). Credential
+helpers (`credHelpers`, `credsStore`) are not run: Stockade executes no helper binaries.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from pathlib import Path
+
+__all__ = ["Credentials", "find_credentials", "credential_files", "parse_challenge"]
+
+Credentials = tuple[str, str]
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def credential_files() -> list[Path]:
+    """The credential files looked at, in order (existing or not)."""
+    files = []
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        files.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        files.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    files.append(Path.home() / ".config" / "containers" / "auth.json")
+    docker = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    files.append(Path(docker) / "config.json")
+    return files
+
+
+def _keys_for(registry: str, repository: str) -> list[str]:
+    parts = repository.split("/")
+    keys = [f"{registry}/{'/'.join(parts[:n])}" for n in range(len(parts), 0, -1)]
+    keys.append(registry)
+    if registry == "docker.io":
+        keys += ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"]
+    return keys
+
+
+def _decode(entry: object) -> Credentials | None:
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("auth"), str) and entry["auth"]:
+        try:
+            user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        except ValueError:
+            return None
+        return (user, password) if sep else None
+    if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+        return entry["username"], entry["password"]
+    return None
+
+
+def find_credentials(registry: str, repository: str) -> Credentials | None:
+    """(user, password) for `registry/repository`, or None. Unreadable files are skipped."""
+    keys = _keys_for(registry, repository)
+    for path in credential_files():
+        try:
+            auths = json.loads(path.read_bytes()).get("auths") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        normalised = {key.removeprefix("https://").removeprefix("http://").rstrip("/"): value
+                      for key, value in auths.items() if isinstance(key, str)}
+        for key in keys:
+            found = _decode(normalised.get(key.removeprefix("https://").rstrip("/")))
+            if found is not None:
+                return found
+    return None
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`WWW-Authenticate: Bearer realm="…",service="…"` to ('bearer', {realm, service, …})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(_PARAM.findall(rest))

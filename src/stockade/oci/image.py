@@ -1,0 +1,193 @@
+"""`WasmImage`: what a manifest and its config say, for either layout, checked.
+
+Reads OCI and Docker manifests and indexes, picks the wasi/wasm entry of an index,
+validates the CNCF Wasm artifact's config by the rules rust-oci-wasm applies (required
+fields, one `application/wasm` layer, `layerDigests` naming it), and finds the module
+of a Docker+Wasm image (`Entrypoint`, else `Cmd`, `#export` suffix dropped) inside its
+layers without unpacking anything to disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any
+
+from ..errors import ModuleError
+from .errors import BlobTooLarge, PlatformMismatch
+from .media import (
+    GZIP_LAYERS,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    TAR_LAYERS,
+    WASM_CONFIG,
+    WASM_LAYER,
+    is_wasm_platform,
+    platform_name,
+)
+
+__all__ = ["WasmImage", "parse_json", "select_platform", "validate_wasm_config",
+           "describe", "extract_module", "manifest_kind"]
+
+
+@dataclass(frozen=True)
+class WasmImage:
+    """A validated Wasm image: its layout, the layer holding the module, and the process
+    its config asks for (`entrypoint` + `cmd`, `env`, `working_dir`; empty for artifacts)."""
+
+    layout: str
+    platform: str
+    module_layer: dict[str, Any]
+    module_path: str | None
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    working_dir: str | None = None
+
+
+def parse_json(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object, or ModuleError naming `what`."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ModuleError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ModuleError(f"{what}: not a JSON object")
+    return value
+
+
+def manifest_kind(manifest: dict[str, Any], media_type: str | None) -> str:
+    """'index' or 'manifest' from the document's own mediaType, else the HTTP one."""
+    kind = manifest.get("mediaType") or media_type
+    if kind in INDEX_TYPES or (kind is None and "manifests" in manifest):
+        return "index"
+    if kind in MANIFEST_TYPES or (kind is None and "config" in manifest):
+        return "manifest"
+    raise ModuleError(f"unsupported manifest media type {kind!r}")
+
+
+def select_platform(index: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The wasi/wasm manifest descriptor of an index. Raises PlatformMismatch listing what
+    the index offers."""
+    offered = []
+    for entry in index.get("manifests") or []:
+        if not isinstance(entry, dict):
+            continue
+        platform = entry.get("platform") or {}
+        if is_wasm_platform(platform.get("os"), platform.get("architecture")):
+            return entry
+        offered.append(platform_name(platform.get("os"), platform.get("architecture"),
+                                     platform.get("variant")))
+    raise PlatformMismatch(f"{ref}: no wasi/wasm image in the index (it has "
+                           f"{', '.join(offered) or 'nothing'})")
+
+
+def validate_wasm_config(config: dict[str, Any], layers: list[dict[str, Any]]) -> None:
+    """Check a CNCF Wasm artifact config and its layers. Raises ModuleError naming the
+    field, PlatformMismatch for another os or architecture."""
+    for key in ("created", "architecture", "os", "layerDigests"):
+        if key not in config:
+            raise ModuleError(f"Wasm artifact config: {key!r} is required")
+    try:
+        datetime.fromisoformat(str(config["created"]).replace("Z", "+00:00"))
+    except ValueError:
+        raise ModuleError(f"Wasm artifact config: created {config['created']!r} is not "
+                          "RFC 3339") from None
+    if config.get("author") is not None and not isinstance(config["author"], str):
+        raise ModuleError("Wasm artifact config: author must be a string or null")
+    if not is_wasm_platform(config["os"], config["architecture"]):
+        found = platform_name(config["os"], config["architecture"])
+        raise PlatformMismatch(f"Wasm artifact for {found}, not wasip1/wasm")
+    if config["os"] == "wasip2" or config.get("component") is not None:
+        raise ModuleError("Wasm artifact holds a component (wasip2); Stockade runs core "
+                          "modules (wasip1)")
+    if len(layers) != 1:
+        raise ModuleError(f"Wasm artifact has {len(layers)} layers; exactly one is allowed")
+    if layers[0].get("mediaType") != WASM_LAYER:
+        raise ModuleError(f"Wasm artifact layer is {layers[0].get('mediaType')!r}, "
+                          f"not {WASM_LAYER}")
+    if config["layerDigests"] != [layers[0].get("digest")]:
+        raise ModuleError("Wasm artifact config: layerDigests does not name its layer")
+
+
+def describe(manifest: dict[str, Any], config: dict[str, Any], ref: str) -> WasmImage:
+    """The `WasmImage` of a manifest and its parsed config. Raises PlatformMismatch for a
+    non-Wasm image, ModuleError for a malformed one."""
+    layers = [layer for layer in manifest.get("layers") or [] if isinstance(layer, dict)]
+    config_type = (manifest.get("config") or {}).get("mediaType")
+    if config_type == WASM_CONFIG:
+        validate_wasm_config(config, layers)
+        return WasmImage("artifact", platform_name(config["os"], "wasm"), layers[0], None)
+    os_name, arch = config.get("os"), config.get("architecture")
+    if not is_wasm_platform(os_name, arch):
+        found = platform_name(os_name, arch, config.get("variant"))
+        raise PlatformMismatch(f"{ref}: image for {found}, not wasi/wasm")
+    if not layers:
+        raise ModuleError(f"{ref}: image has no layers")
+    for layer in layers:
+        if layer.get("mediaType") not in (*TAR_LAYERS, *GZIP_LAYERS):
+            raise ModuleError(f"{ref}: layer media type {layer.get('mediaType')!r} is not a "
+                              "tar or tar+gzip layer")
+    process = config.get("config") or {}
+    entrypoint = tuple(str(a) for a in process.get("Entrypoint") or ())
+    cmd = tuple(str(a) for a in process.get("Cmd") or ())
+    argv = entrypoint + cmd
+    if not argv:
+        raise ModuleError(f"{ref}: image config has no Entrypoint or Cmd naming its module")
+    return WasmImage(
+        "image", platform_name(os_name, arch), layers[-1], argv[0].split("#", 1)[0],
+        entrypoint, cmd, tuple(str(e) for e in process.get("Env") or ()),
+        process.get("WorkingDir") or None,
+    )
+
+
+class _Bounded(io.RawIOBase):
+    """A reader that refuses to yield more than `limit` bytes (a gzip bomb stops here)."""
+
+    def __init__(self, inner: IO[bytes], limit: int) -> None:
+        self._inner, self._left = inner, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(min(len(buffer), self._left + 1))
+        if len(data) > self._left:
+            raise BlobTooLarge("a layer unpacks to more than the module size limit")
+        self._left -= len(data)
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def extract_module(layers: list[tuple[dict[str, Any], bytes]], path: str, limit: int) -> bytes:
+    """The bytes of file `path` from the topmost layer holding it (tar or tar+gzip, at most
+    `limit` unpacked bytes per layer). Raises ModuleError when no layer has it as a regular
+    file, BlobTooLarge over the limit."""
+    wanted = path.lstrip("/").removeprefix("./")
+    for descriptor, blob in reversed(layers):
+        raw: IO[bytes] = io.BytesIO(blob)
+        if descriptor.get("mediaType") in GZIP_LAYERS or blob[:2] == b"\x1f\x8b":
+            raw = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+        stream = io.BufferedReader(_Bounded(raw, limit))
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    if member.name.lstrip("/").removeprefix("./") != wanted:
+                        continue
+                    if not member.isfile():
+                        raise ModuleError(f"{path}: not a regular file in the image")
+                    if member.size > limit:
+                        raise BlobTooLarge(f"{path}: {member.size} bytes, over the module "
+                                           f"limit of {limit}")
+                    handle = tar.extractfile(member)
+                    if handle is None:
+                        raise ModuleError(f"{path}: not readable in the image")
+                    return handle.read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ModuleError(f"layer {descriptor.get('digest')}: not a readable tar "
+                              f"({exc})") from None
+    raise ModuleError(f"{path}: the image's Entrypoint names a file no layer holds")

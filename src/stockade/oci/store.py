@@ -1,0 +1,205 @@
+"""`Store`: the local content-addressed store, an OCI image layout under the cache directory.
+
+Blobs live at `blobs/sha256/<hex>`, named by the digest of their bytes, verified when
+written (before the rename that publishes them) and when read (a blob that does not
+match is removed and reported). `index.json` maps reference names to manifest
+descriptors; it is replaced whole under a lock, after every blob it points to is in
+place, so a failed pull leaves no reference to half of an image. Directories are 0700,
+files 0600 (the store holds what runs as the caller, like the AoT cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..paths import cache_dir
+from .errors import BlobTooLarge, IntegrityError, StoreCorrupt
+from .media import OCI_INDEX, canonical_json
+
+__all__ = ["Store", "REF_ANNOTATION"]
+
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+_LAYOUT = {"imageLayoutVersion": "1.0.0"}
+_CHUNK = 1 << 20
+
+
+class Store:
+    """An OCI image layout directory used as a verified blob store and tag index."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def default(cls) -> Store:
+        """The store of this user: `<cache dir>/oci`."""
+        return cls(cache_dir() / "oci")
+
+    # -- blobs -----------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob named `digest` lives (it may not exist)."""
+        algorithm, _, hexdigest = digest.partition(":")
+        if algorithm != "sha256" or len(hexdigest) != 64 or not _is_hex(hexdigest):
+            raise IntegrityError(f"{digest!r}: not a sha256 digest")
+        return self.root / "blobs" / "sha256" / hexdigest
+
+    def has(self, digest: str) -> bool:
+        """Whether a blob file named `digest` exists (not verified)."""
+        return self.blob_path(digest).is_file()
+
+    def put(self, data: bytes, expected: str | None = None) -> str:
+        """Store `data`; returns its digest. Raises IntegrityError when it is not `expected`."""
+        return self.put_stream([data], expected, None, None)
+
+    def put_stream(self, chunks: Iterable[bytes], expected: str | None, size: int | None,
+                   limit: int | None, what: str = "blob") -> str:
+        """Stream chunks into the store, hashing as they come. The blob is published only
+        when its digest (and `size`, when given) match; over `limit` bytes the write stops
+        with BlobTooLarge. Nothing is left behind on any error."""
+        self._prepare()
+        tmp = self.root / "tmp" / f"{os.getpid()}.{os.urandom(6).hex()}.part"
+        hasher, written = hashlib.sha256(), 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    written += len(chunk)
+                    if limit is not None and written > limit:
+                        raise BlobTooLarge(f"{what} {expected or ''} is larger than the "
+                                           f"limit of {limit} bytes".replace("  ", " "))
+                    hasher.update(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            digest = "sha256:" + hasher.hexdigest()
+            if expected is not None and digest != expected:
+                raise IntegrityError(f"{what} {expected}: content has digest {digest}; refused")
+            if size is not None and written != size:
+                raise IntegrityError(f"{what} {digest}: {written} bytes, the descriptor "
+                                     f"says {size}; refused")
+            target = self.blob_path(digest)
+            os.replace(tmp, target)
+            return digest
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def get(self, digest: str, limit: int | None = None) -> bytes:
+        """The verified bytes of a blob. Raises StoreCorrupt (and removes the blob) when
+        they do not match; a missing blob is StoreCorrupt too, since something pointed
+        at it. BlobTooLarge over `limit` bytes."""
+        path = self.blob_path(digest)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read() if limit is None else handle.read(limit + 1)
+        except FileNotFoundError:
+            raise StoreCorrupt(f"local store: blob {digest} is missing; pull the image "
+                               "again") from None
+        if limit is not None and len(data) > limit:
+            raise BlobTooLarge(f"local store: blob {digest} is larger than {limit} bytes")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            self._discard(path)
+            raise StoreCorrupt(f"local store: blob {digest} does not match its digest "
+                               f"(removed from {self.root}); pull the image again")
+        return data
+
+    def verified_path(self, digest: str) -> Path:
+        """The path of a blob after hashing the file through. Raises StoreCorrupt."""
+        path = self.blob_path(digest)
+        hasher = hashlib.sha256()
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            raise StoreCorrupt(f"local store: blob {digest} is missing; pull the image "
+                               "again") from None
+        if "sha256:" + hasher.hexdigest() != digest:
+            self._discard(path)
+            raise StoreCorrupt(f"local store: blob {digest} does not match its digest "
+                               f"(removed from {self.root}); pull the image again")
+        return path
+
+    # -- references ------------------------------------------------------------------
+
+    def lookup(self, name: str) -> dict[str, Any] | None:
+        """The manifest descriptor stored under reference `name`, or None."""
+        for descriptor in self.entries():
+            if descriptor.get("annotations", {}).get(REF_ANNOTATION) == name:
+                return descriptor
+        return None
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every manifest descriptor of `index.json` (empty for a new store)."""
+        try:
+            index = json.loads((self.root / "index.json").read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise StoreCorrupt(f"local store: {self.root / 'index.json'} is unreadable "
+                               f"({exc}); remove it and pull again") from None
+        manifests = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(manifests, list):
+            raise StoreCorrupt(f"local store: {self.root / 'index.json'} has no manifests list")
+        return [m for m in manifests if isinstance(m, dict)]
+
+    def tag(self, name: str, descriptor: dict[str, Any]) -> None:
+        """Point reference `name` at `descriptor` (its blob must already be stored)."""
+        entry = dict(descriptor)
+        entry["annotations"] = {**descriptor.get("annotations", {}), REF_ANNOTATION: name}
+        with self._locked():
+            kept = [m for m in self.entries()
+                    if m.get("annotations", {}).get(REF_ANNOTATION) != name]
+            index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*kept, entry]}
+            self._write_atomic(self.root / "index.json", canonical_json(index))
+
+    # -- internals -------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        for directory in (self.root, self.root / "blobs", self.root / "blobs" / "sha256",
+                          self.root / "tmp"):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            self._write_atomic(layout, canonical_json(_LAYOUT))
+
+    def _write_atomic(self, target: Path, data: bytes) -> None:
+        if target.name != "oci-layout":
+            self._prepare()
+        tmp = self.root / "tmp" / f"{target.name}.{os.getpid()}.{os.urandom(6).hex()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._prepare()
+        fd = os.open(self.root / "index.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _discard(path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _is_hex(text: str) -> bool:
+    return all(ch in "0123456789abcdef" for ch in text)

@@ -1,0 +1,172 @@
+"""`pull` and `push`: images between a registry and the local store, verified throughout.
+
+A pull checks every manifest against the digest that names it (the reference's pin, the
+index entry, or the registry's `Docker-Content-Digest`), refuses a non-Wasm platform
+before downloading layers, streams each blob into the store through its digest and size,
+checks a Docker+Wasm image's `diff_ids`, and extracts the module as a blob of its own, so
+the AoT cache sees the same bytes whichever layout brought them. Only then is the
+reference tagged in the store: a failed pull leaves no tag and no unverified file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ModuleError
+from .errors import BlobTooLarge, ImageNotFound, IntegrityError
+from .image import WasmImage, describe, extract_module, manifest_kind, parse_json, select_platform
+from .media import GZIP_LAYERS, OCI_MANIFEST, sha256_digest
+from .reference import Reference
+from .registry import RegistryClient
+from .store import Store
+
+__all__ = ["PulledImage", "pull", "push", "load_local", "MAX_LAYER_BYTES", "MAX_CONFIG_BYTES",
+           "MODULE_ANNOTATION", "LAYOUT_ANNOTATION"]
+
+# The engine's own cap on a module (512 MiB), without importing the engine.
+MAX_LAYER_BYTES = 512 * 1024**2
+MAX_CONFIG_BYTES = 4 * 1024**2
+MODULE_ANNOTATION = "io.stockade.module.digest"
+LAYOUT_ANNOTATION = "io.stockade.layout"
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    """An image in the local store: its manifest descriptor (with the module's digest in
+    its annotations), the parsed manifest and config, and what they describe."""
+
+    ref: Reference
+    descriptor: dict[str, Any]
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    image: WasmImage
+
+    @property
+    def digest(self) -> str:
+        """The manifest digest: what a reference is pinned to."""
+        return str(self.descriptor["digest"])
+
+    @property
+    def module_digest(self) -> str:
+        """The digest of the raw module bytes in the store."""
+        return str(self.descriptor["annotations"][MODULE_ANNOTATION])
+
+
+def _verified_manifest(client: RegistryClient, ref: Reference, selector: str,
+                       expected: str | None) -> tuple[bytes, str]:
+    body, media_type, header_digest = client.get_manifest(ref.repository, selector, str(ref))
+    actual = sha256_digest(body)
+    if expected is not None and actual != expected:
+        raise IntegrityError(f"{ref}: manifest has digest {actual}, expected {expected}; refused")
+    if header_digest and header_digest.startswith("sha256:") and header_digest != actual:
+        raise IntegrityError(f"{ref}: manifest has digest {actual}, the registry says "
+                             f"{header_digest}; refused")
+    return body, media_type
+
+
+def _check_diff_ids(config: dict[str, Any], layers: list[tuple[dict[str, Any], bytes]],
+                    limit: int, ref: str) -> None:
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+        raise ModuleError(f"{ref}: rootfs.diff_ids does not list one digest per layer")
+    for expected, (descriptor, blob) in zip(diff_ids, layers, strict=True):
+        if descriptor.get("mediaType") in GZIP_LAYERS or blob[:2] == b"\x1f\x8b":
+            hasher, total = hashlib.sha256(), 0
+            try:
+                with gzip.GzipFile(fileobj=io.BytesIO(blob)) as unpacked:
+                    while chunk := unpacked.read(1 << 20):
+                        total += len(chunk)
+                        if total > limit:
+                            raise BlobTooLarge(f"{ref}: a layer unpacks to more than {limit} "
+                                               "bytes")
+                        hasher.update(chunk)
+            except (OSError, EOFError) as exc:
+                raise ModuleError(f"{ref}: layer {descriptor.get('digest')} is not valid "
+                                  f"gzip ({exc})") from None
+            actual = "sha256:" + hasher.hexdigest()
+        else:
+            actual = sha256_digest(blob)
+        if actual != expected:
+            raise IntegrityError(f"{ref}: layer {descriptor.get('digest')} unpacks to "
+                                 f"{actual}, rootfs.diff_ids says {expected}; refused")
+
+
+def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
+         max_layer: int = MAX_LAYER_BYTES) -> PulledImage:
+    """Pull `ref` into `store` and tag it there under `str(ref)`. Raises ImageNotFound,
+    PlatformMismatch, IntegrityError, BlobTooLarge, RegistryUnavailable, ModuleError."""
+    with RegistryClient(ref, insecure) as client:
+        body, media_type = _verified_manifest(client, ref, ref.selector, ref.digest)
+        document = parse_json(body, f"{ref}: manifest")
+        if manifest_kind(document, media_type) == "index":
+            entry = select_platform(document, str(ref))
+            store.put(body)
+            body, media_type = _verified_manifest(client, ref, str(entry.get("digest")),
+                                                  str(entry.get("digest")))
+            document = parse_json(body, f"{ref}: manifest")
+            if manifest_kind(document, media_type) != "manifest":
+                raise ModuleError(f"{ref}: the index's wasi/wasm entry is not a manifest")
+        config_descriptor = document.get("config")
+        if not isinstance(config_descriptor, dict):
+            raise ModuleError(f"{ref}: manifest has no config descriptor")
+        config_digest = client.fetch_blob(ref.repository, config_descriptor, store,
+                                          MAX_CONFIG_BYTES, "config")
+        config = parse_json(store.get(config_digest), f"{ref}: config")
+        image = describe(document, config, str(ref))
+        layers = []
+        for descriptor in document.get("layers") or []:
+            digest = client.fetch_blob(ref.repository, descriptor, store, max_layer, "layer")
+            layers.append((descriptor, store.get(digest)))
+    if image.layout == "artifact":
+        module_digest = str(image.module_layer["digest"])
+    else:
+        _check_diff_ids(config, layers, max_layer, str(ref))
+        module_digest = store.put(extract_module(layers, image.module_path or "", max_layer))
+    manifest_digest = store.put(body)
+    descriptor = {"mediaType": document.get("mediaType") or media_type or OCI_MANIFEST,
+                  "digest": manifest_digest, "size": len(body),
+                  "annotations": {MODULE_ANNOTATION: module_digest,
+                                  LAYOUT_ANNOTATION: image.layout}}
+    store.tag(str(ref), descriptor)
+    if ref.digest is None:
+        store.tag(str(ref.with_digest(manifest_digest)), descriptor)
+    return PulledImage(ref, descriptor, document, config, image)
+
+
+def load_local(ref: Reference, store: Store) -> PulledImage:
+    """The image stored under `ref` (or, for a digest reference, any entry with that
+    manifest digest), every blob re-verified. Raises ImageNotFound when absent,
+    StoreCorrupt when a blob no longer matches."""
+    descriptor = store.lookup(str(ref))
+    if descriptor is None and ref.digest is not None:
+        descriptor = next((d for d in store.entries() if d.get("digest") == ref.digest), None)
+    if descriptor is None:
+        raise ImageNotFound(f"{ref}: not in the local store ({store.root}); "
+                            "`stockade oci pull` it first")
+    manifest = parse_json(store.get(str(descriptor["digest"]), MAX_CONFIG_BYTES),
+                          f"{ref}: manifest")
+    config_digest = str((manifest.get("config") or {}).get("digest"))
+    config = parse_json(store.get(config_digest, MAX_CONFIG_BYTES), f"{ref}: config")
+    image = describe(manifest, config, str(ref))
+    if MODULE_ANNOTATION not in (descriptor.get("annotations") or {}):
+        raise ImageNotFound(f"{ref}: the store entry names no module; pull it again")
+    return PulledImage(ref, descriptor, manifest, config, image)
+
+
+def push(ref: Reference, store: Store, insecure: frozenset[str] = frozenset()) -> str:
+    """Push the locally stored `ref` (blobs, then the manifest under its tag); returns the
+    manifest digest. Raises ImageNotFound when `ref` is not in the store."""
+    local = load_local(ref, store)
+    with RegistryClient(ref, insecure) as client:
+        blobs = [local.manifest["config"], *local.manifest.get("layers", [])]
+        for descriptor in blobs:
+            digest = str(descriptor["digest"])
+            client.upload_blob(ref.repository, digest, store.get(digest))
+        body = store.get(local.digest)
+        client.put_manifest(ref.repository, ref.tag or local.digest, body,
+                            str(local.descriptor.get("mediaType") or OCI_MANIFEST))
+    return local.digest

@@ -1,0 +1,140 @@
+"""`Bundle`: an OCI runtime bundle (`config.json` + rootfs) read as a Stockade run.
+
+`process.args[0]` names the module inside the rootfs (`path#export` as runwasi writes it:
+the export is ignored, `_start` runs); the rest are guest arguments. Limits come from the
+bundle, only ever narrowing the profile's (`io.stockade.profile` annotation, default
+`default`): `linux.resources.memory.limit` caps linear memory, a CPU quota below one CPU
+scales the fuel budget, `RLIMIT_NOFILE` caps open files, `RLIMIT_FSIZE` the disk quota,
+`io.stockade.timeout` / `io.stockade.fuel` annotations narrow time and fuel. The rootfs is
+preopened read-only at `/`; bind mounts of directories are preopened at their destination,
+read-only unless their options say `rw`. Anything that is not a Wasm module is refused,
+naming its platform.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..oci.errors import UnsupportedBundle
+from ..policy import DirGrant, Policy, apply_limit, profile
+
+__all__ = ["Bundle", "read_bundle"]
+
+_ELF_MACHINES = {3: "386", 40: "arm", 62: "amd64", 183: "arm64", 243: "riscv64", 8: "mips",
+                 21: "ppc64le", 22: "s390x"}
+_MAX_CONFIG = 4 * 1024**2
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle ready to run: the module file, guest arguments and the narrowed policy."""
+
+    path: Path
+    module: Path
+    args: tuple[str, ...]
+    policy: Policy
+    config: dict[str, Any]
+
+
+def _platform_of(head: bytes) -> str:
+    if head.startswith(b"\x7fELF") and len(head) >= 20:
+        machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+        return f"linux/{_ELF_MACHINES.get(machine, f'machine {machine}')}"
+    if head.startswith(b"#!"):
+        return "a script for " + head[2:].split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+    return "not WebAssembly"
+
+
+def _module_path(rootfs: Path, arg0: str) -> Path:
+    name = arg0.split("#", 1)[0]
+    candidate = (rootfs / name.lstrip("/")).resolve()
+    root = rootfs.resolve()
+    if root not in candidate.parents:
+        raise UnsupportedBundle(f"process.args[0] {arg0!r} leaves the rootfs")
+    return candidate
+
+
+def _narrow(policy: Policy, key: str, value: Any, label: str) -> Policy:
+    narrowed = apply_limit(policy, key, value, label)
+    old, new = getattr(policy.limits, key), getattr(narrowed.limits, key)
+    if old is not None and (new is None or new > old):
+        return policy
+    return narrowed
+
+
+def read_bundle(path: Path) -> Bundle:
+    """Read and check the bundle at `path`. Raises UnsupportedBundle (one line, naming what
+    is wrong or the platform the bundle is for), PolicyError for a bad annotation."""
+    try:
+        raw = (path / "config.json").read_bytes()[:_MAX_CONFIG + 1]
+        config = json.loads(raw)
+    except OSError as exc:
+        raise UnsupportedBundle(f"{path}/config.json: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UnsupportedBundle(f"{path}/config.json: not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UnsupportedBundle(f"{path}/config.json: not a JSON object")
+    process = config.get("process") or {}
+    args = [str(a) for a in process.get("args") or []]
+    if not args:
+        raise UnsupportedBundle(f"{path}/config.json: process.args is empty")
+    rootfs = path / str((config.get("root") or {}).get("path") or "rootfs")
+    module = _module_path(rootfs, args[0])
+    try:
+        with open(module, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        raise UnsupportedBundle(f"{args[0]}: {exc.strerror} in the bundle's rootfs") from None
+    if not head.startswith(b"\0asm"):
+        raise UnsupportedBundle(
+            f"{args[0]} is {_platform_of(head)}: stockade-runtime runs only wasi/wasm images "
+            "(use runc or crun for this one)")
+    annotations = config.get("annotations") or {}
+    policy = profile(str(annotations.get("io.stockade.profile", "default")))
+    policy = _limits(policy, config, annotations)
+    env = []
+    for item in process.get("env") or []:
+        key, sep, value = str(item).partition("=")
+        if sep and key:
+            env.append((key, value))
+    cwd = process.get("cwd")
+    if isinstance(cwd, str) and cwd and not any(k == "PWD" for k, _ in env):
+        env.append(("PWD", cwd))
+    grants = [DirGrant(rootfs.resolve(), "/", writable=False)]
+    for mount in config.get("mounts") or []:
+        options = [str(o) for o in mount.get("options") or []]
+        is_bind = mount.get("type") == "bind" or "bind" in options or "rbind" in options
+        source = Path(str(mount.get("source") or ""))
+        if is_bind and source.is_dir():
+            grants.append(DirGrant(source, str(mount.get("destination")), "rw" in options))
+    policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
+    return Bundle(path, module, tuple(args[1:]), policy, config)
+
+
+def _limits(policy: Policy, config: dict[str, Any], annotations: dict[str, Any]) -> Policy:
+    resources = ((config.get("linux") or {}).get("resources") or {})
+    memory = (resources.get("memory") or {}).get("limit")
+    if isinstance(memory, int) and memory > 0:
+        policy = _narrow(policy, "max_memory", memory, "linux.resources.memory.limit")
+    cpu = resources.get("cpu") or {}
+    quota, period = cpu.get("quota"), cpu.get("period") or 100_000
+    if isinstance(quota, int) and quota > 0 and isinstance(period, int) and period > 0:
+        share = min(1.0, quota / period)
+        if policy.limits.fuel is not None:
+            policy = policy.with_limits(fuel=max(1, int(policy.limits.fuel * share)))
+    for rlimit in (config.get("process") or {}).get("rlimits") or []:
+        soft = rlimit.get("soft")
+        if not isinstance(soft, int) or soft < 0:
+            continue
+        if rlimit.get("type") == "RLIMIT_NOFILE":
+            policy = _narrow(policy, "max_open_files", soft, "process.rlimits RLIMIT_NOFILE")
+        elif rlimit.get("type") == "RLIMIT_FSIZE":
+            policy = _narrow(policy, "disk_quota", soft, "process.rlimits RLIMIT_FSIZE")
+    for key in ("timeout", "fuel"):
+        value = annotations.get(f"io.stockade.{key}")
+        if value is not None:
+            policy = _narrow(policy, key, value, f"annotation io.stockade.{key}")
+    return policy

@@ -1,0 +1,51 @@
+"""The container's process: prepare the run, wait for `start`, run the module, exit with
+its code (the shim reaps this process and reports that code as the container's).
+
+Run as `python -m stockade.runtime.init STATE_DIR BUNDLE`, with the container's stdio.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    """Wait on `STATE_DIR/exec.fifo`, then run the bundle; returns the exit code."""
+    from ..errors import StockadeError
+
+    state_dir, bundle_path = Path(argv[0]), Path(argv[1])
+    try:
+        from ..cli.run import run_observed
+        from ..invocation import Invocation
+        from .bundle import read_bundle
+
+        bundle = read_bundle(bundle_path)
+        # Blocks until `start` opens the other end: nothing of the guest runs before.
+        fd = os.open(state_dir / "exec.fifo", os.O_WRONLY)
+        os.write(fd, b"0")
+        os.close(fd)
+        name = bundle.config.get("annotations", {}).get("io.kubernetes.cri.container-name")
+        invocation = Invocation(args=bundle.args, name=name or state_dir.name)
+        result = run_observed(bundle.module, bundle.policy, invocation, None, None)
+    except StockadeError as exc:
+        sys.stderr.write(f"stockade-runtime: {exc.message}\n")
+        return exc.exit_code
+    for fd, data in ((1, result.stdout), (2, result.stderr)):
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:  # the reader went away: the exit code still tells the shim
+            break
+    if result.outcome.value != "exited":
+        sys.stderr.write(f"stockade-runtime: {result.outcome.value}: {result.message} "
+                         f"[exit {result.exit_code}]\n")
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
