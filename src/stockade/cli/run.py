@@ -45,14 +45,19 @@ __all__ = ["run"]
 @click.option("--telemetry", "telemetry_profile", metavar="PROFILE",
               help="OTLP export profile: edge, cloud, on-prem, hybrid, or off. Default: the "
                    "local OTLP-JSON file, or OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.")
+@click.option("--allow-precompiled", is_flag=True,
+              help="Accept a .cwasm (native code), and only one this host's key "
+                   "authenticates (made by `stockade compile` here).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
         dirs: tuple[str, ...], scratch: str | None, keep_scratch: bool,
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
-        isolate: str | None, telemetry_profile: str | None, as_json: bool) -> None:
+        isolate: str | None, telemetry_profile: str | None, allow_precompiled: bool,
+        as_json: bool) -> None:
     """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
+    A .cwasm is native code: it needs --allow-precompiled and this host's MAC.
 
     \b
     Examples:
@@ -67,7 +72,8 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
     limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
               "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files}
     try:
-        policy = build_policy(profile, policy_file, limits, dirs, env, env_allow)
+        policy = build_policy(profile, policy_file, limits, dirs, env, env_allow,
+                              allow_precompiled=allow_precompiled)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         invocation = build_invocation(args, stdin)

@@ -116,7 +116,8 @@ def named_error(exc: ModuleNotFound | ModuleError, name: str) -> StockadeError:
 def load_standard(spec: FunctionSpec) -> LoadedModule:
     """The function's module through the standard engine and the AoT cache. Raises
     ModuleNotFound or ModuleError."""
-    return get_engine(EngineConfig.for_limits(spec.policy.limits)).load(spec.module)
+    return get_engine(EngineConfig.for_limits(spec.policy.limits)).load(
+        spec.module, allow_precompiled=spec.policy.capabilities.allow_precompiled)
 
 
 def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
