@@ -23,9 +23,13 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One config directory (the host key that seals the shared cache) for the session."""
-    return tmp_path_factory.mktemp("config")
+def shared_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One config directory (the host key that seals the shared cache) for the session,
+    also in the environment between tests, where module-scoped servers start."""
+    path = tmp_path_factory.mktemp("config")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STOCKADE_CONFIG_DIR", str(path / "stockade"))
+        yield path
 
 
 @pytest.fixture(autouse=True)
