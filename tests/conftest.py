@@ -22,15 +22,26 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session")
+def shared_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One config directory (the host key that seals the shared cache) for the session,
+    also in the environment between tests, where module-scoped servers start."""
+    path = tmp_path_factory.mktemp("config")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STOCKADE_CONFIG_DIR", str(path / "stockade"))
+        yield path
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_cache: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_cache: Path, shared_config: Path
 ) -> Iterator[None]:
-    """No STOCKADE_*, OTEL_* or XDG_* from the host; caches and state under tmp."""
+    """No STOCKADE_*, OTEL_* or XDG_* from the host; caches, keys and state under tmp."""
     for name in list(os.environ):
         if name.startswith(("STOCKADE_", "OTEL_", "XDG_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("STOCKADE_CACHE_DIR", str(shared_cache))
+    monkeypatch.setenv("STOCKADE_CONFIG_DIR", str(shared_config / "stockade"))
     monkeypatch.setenv("STOCKADE_STATE_DIR", str(tmp_path / "state"))
     # Keys (the audit key) live in the config dir: never the real user's.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))

@@ -8,7 +8,8 @@ gateway render errors and never decide what they mean::
     │   └── PolicyError             125 / 400   broken policy file or key
     ├── ModuleNotFound              127 / 404   no such module file
     ├── ModuleError                 126 / 422   not wasm, truncated, incompatible .cwasm
-    │   └── DeniedImport            126 / 403   imports something Stockade does not provide
+    │   ├── DeniedImport            126 / 403   imports something Stockade does not provide
+    │   └── PrecompiledRefused      126 / 403   a .cwasm not opted in, or not authenticated
     ├── WorkerError                 125 / 500   an isolation worker failed to start or answer
     └── FastPathUnavailable         125 / 500   the C-API fast path cannot run here
 """
@@ -22,6 +23,7 @@ __all__ = [
     "ModuleNotFound",
     "ModuleError",
     "DeniedImport",
+    "PrecompiledRefused",
     "WorkerError",
     "FastPathUnavailable",
 ]
@@ -70,6 +72,18 @@ class DeniedImport(ModuleError):
     def __init__(self, message: str, import_name: str) -> None:
         super().__init__(message)
         self.import_name = import_name
+
+
+class PrecompiledRefused(ModuleError):
+    """A precompiled `.cwasm` (native code) was refused: the caller did not opt in with
+    `--allow-precompiled` / `allow_precompiled=True`, or this host's key does not
+    authenticate it. `sha256` is the digest of the file that was refused."""
+
+    http_status = 403
+
+    def __init__(self, message: str, sha256: str = "") -> None:
+        super().__init__(message)
+        self.sha256 = sha256
 
 
 class WorkerError(StockadeError):

@@ -1,11 +1,12 @@
-"""Where Stockade keeps its files: the AoT cache and the state directory."""
+"""Where Stockade keeps its files: the AoT cache, the state directory and the config
+directory (this host's keys, kept apart from the cache they authenticate)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "state_dir"]
+__all__ = ["cache_dir", "config_dir", "state_dir"]
 
 
 def cache_dir() -> Path:
@@ -23,4 +24,13 @@ def state_dir() -> Path:
     if explicit:
         return Path(explicit)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "stockade"
+
+
+def config_dir() -> Path:
+    """`$STOCKADE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/stockade`, else `~/.config/stockade`."""
+    explicit = os.environ.get("STOCKADE_CONFIG_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "stockade"

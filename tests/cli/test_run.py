@@ -151,8 +151,8 @@ def test_compile_then_run_cwasm(tmp_path: Path) -> None:
     out = tmp_path / "hello.cwasm"
     proc = stockade("compile", str(guest("hello.wasm")), "-o", str(out))
     assert proc.returncode == 0 and out.exists()
-    assert stockade("run", str(out)).stdout.startswith(b"Hello")
-    refused = stockade("run", "--profile", "permissive", str(out))
+    assert stockade("run", "--allow-precompiled", str(out)).stdout.startswith(b"Hello")
+    refused = stockade("run", "--allow-precompiled", "--profile", "permissive", str(out))
     assert refused.returncode == 126
     assert "another engine configuration" in one_clean_line(refused)
 

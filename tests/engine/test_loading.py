@@ -8,6 +8,8 @@ import pytest
 
 from stockade import ModuleError, ModuleNotFound
 from stockade.engine import AotCache, Engine, EngineConfig
+from stockade.engine.seal import host_key, seal, strip
+from stockade.errors import PrecompiledRefused
 from tests.conftest import guest
 
 
@@ -22,7 +24,8 @@ def test_second_load_comes_from_cache(tmp_path: Path) -> None:
     assert not first.from_cache
     again = Engine(EngineConfig(), cache=cache).load(guest("hello.wasm"))
     assert again.from_cache and again.sha256 == first.sha256
-    assert cache.lookup(EngineConfig().fingerprint(), first.sha256) is not None
+    with cache.open(EngineConfig().fingerprint(), first.sha256) as entry:
+        assert entry is not None
 
 
 def test_cache_key_depends_on_config() -> None:
@@ -69,20 +72,30 @@ def test_truncated_module(engine: Engine, tmp_path: Path) -> None:
         engine.load(path)
 
 
+def _sealed_cwasm(engine: Engine, path: Path) -> Path:
+    """What `stockade compile` writes: the serialized module and this host's trailer."""
+    data = strip(bytes(engine.load(guest("hello.wasm")).module.serialize()))
+    path.write_bytes(data + seal(data, engine.fingerprint, "cwasm", host_key()))
+    return path
+
+
 def test_cwasm_from_other_configuration_is_refused(tmp_path: Path) -> None:
     with Engine(EngineConfig(fuel=False), cache=AotCache(tmp_path / "a")) as other:
-        data = other.load(guest("hello.wasm")).module.serialize()
-    path = tmp_path / "hello.cwasm"
-    path.write_bytes(data)
+        path = _sealed_cwasm(other, tmp_path / "hello.cwasm")
     with Engine(EngineConfig(fuel=True), cache=AotCache(tmp_path / "b")) as engine, \
-            pytest.raises(ModuleError, match="another engine configuration"):
-        engine.load(path)
+            pytest.raises(PrecompiledRefused, match="another engine configuration"):
+        engine.load(path, allow_precompiled=True)
 
 
 def test_cwasm_from_same_configuration_loads(engine: Engine, tmp_path: Path) -> None:
-    path = tmp_path / "hello.cwasm"
-    path.write_bytes(engine.load(guest("hello.wasm")).module.serialize())
-    assert engine.load(path).from_cache
+    path = _sealed_cwasm(engine, tmp_path / "hello.cwasm")
+    loaded = engine.load(path, allow_precompiled=True)
+    assert loaded.from_cache and loaded.precompiled
+    # Served from memory the second time, and still only to callers that opted in.
+    with pytest.raises(PrecompiledRefused, match="--allow-precompiled"):
+        engine.load(path)
+    with pytest.raises(PrecompiledRefused, match="--allow-precompiled"):
+        engine.load(path.read_bytes())
 
 
 def test_close_twice(engine: Engine) -> None:

@@ -97,11 +97,13 @@ class Gateway:
 
 
 def gateway_env(cache: Path, state: Path) -> dict[str, str]:
-    """The host environment without STOCKADE_*, OTEL_*, XDG_*; cache and state given."""
+    """The host environment without STOCKADE_*, OTEL_*, XDG_*; cache and state given,
+    and the session's host key (it seals the shared cache)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("STOCKADE_", "OTEL_", "XDG_"))}
     env.update(STOCKADE_CACHE_DIR=str(cache), STOCKADE_STATE_DIR=str(state),
-               XDG_CONFIG_HOME=str(state.parent / "config"))
+               XDG_CONFIG_HOME=str(state.parent / "config"),
+               STOCKADE_CONFIG_DIR=os.environ["STOCKADE_CONFIG_DIR"])
     return env
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -22,22 +24,42 @@ __all__ = ["compile_"]
 def compile_(source: Path, output: Path | None, profile: str) -> None:
     """Compile SOURCE (.wasm or .wat) for this machine and wasmtime version.
 
-    A .cwasm runs only with the same engine configuration: run it with the same
-    --profile. It is native code: load only .cwasm files you made.
+    The .cwasm is sealed with this host's key (HMAC-SHA256, see SECURITY.md): only this
+    user on this host can run it, with `stockade run --allow-precompiled` and the same
+    --profile. Deleting the key (`~/.config/stockade/aot.key`) revokes every .cwasm.
     """
     from ..engine import Engine, EngineConfig
+    from ..engine.seal import KeyUnavailable, host_key, seal, strip
     from ..policy import profile as get_profile
 
     config = EngineConfig.for_limits(get_profile(profile).limits)
     output = output or source.with_suffix(".cwasm")
+    try:
+        key = host_key()
+    except KeyUnavailable as exc:
+        raise UsageError(f"cannot seal {output}: this host's key cannot be used: "
+                         f"{exc.reason}") from None
     with Engine(config) as engine:
         loaded = engine.load(source)
-        data = bytes(loaded.module.serialize())
+        data = strip(bytes(loaded.module.serialize()))
+        trailer = seal(data, engine.fingerprint, "cwasm", key)
+    _write(output, data + trailer)
+    click.echo(f"{output}: {len(data) / 1024:.0f} KiB, {config.describe()}, "
+               f"sha256 {loaded.sha256[:16]}…, sealed for this host", err=True)
+
+
+def _write(output: Path, data: bytes) -> None:
+    """Write atomically through a private temp file beside `output` (mode 0600)."""
     try:
-        tmp = output.with_name(f".{output.name}.part")
-        tmp.write_bytes(data)
-        os.replace(tmp, output)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part",
+                                   dir=output.parent or Path("."))
     except OSError as exc:
         raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
-    click.echo(f"{output}: {len(data) / 1024:.0f} KiB, {config.describe()}, "
-               f"sha256 {loaded.sha256[:16]}…", err=True)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, output)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None

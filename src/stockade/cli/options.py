@@ -34,8 +34,11 @@ def build_policy(
     dirs: tuple[str, ...],
     env: tuple[str, ...],
     env_allow: tuple[str, ...],
+    *,
+    allow_precompiled: bool = False,
 ) -> Policy:
-    """The run's policy. `limits` maps limit names to raw flag values (None = not given)."""
+    """The run's policy. `limits` maps limit names to raw flag values (None = not given);
+    `allow_precompiled` (the flag) turns the policy's opt-in on, never off."""
     if policy_file is not None:
         policy = load_policy(policy_file, profile_name)
     else:
@@ -54,6 +57,7 @@ def build_policy(
         dirs=tuple(grants),
         env=policy.capabilities.env + parse_env(env),
         env_allow=policy.capabilities.env_allow + env_allow,
+        allow_precompiled=policy.capabilities.allow_precompiled or allow_precompiled,
     )
     return replace(policy, capabilities=caps)
 

@@ -51,6 +51,9 @@ __all__ = ["run"]
               help="Guard this module with a circuit breaker: after 3 resource-limit "
                    "violations within 60 s it is refused (exit 126) until a cooldown passes. "
                    "Off by default: one bad input must not lock out later runs.")
+@click.option("--allow-precompiled", is_flag=True,
+              help="Accept a .cwasm (native code), and only one this host's key "
+                   "authenticates (made by `stockade compile` here).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
@@ -58,8 +61,9 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
         isolate: str | None, telemetry_profile: str | None, use_breaker: bool,
-        as_json: bool) -> None:
+        allow_precompiled: bool, as_json: bool) -> None:
     """Run MODULE (.wasm, .wat, .cwasm or oci://REF) in a sandbox. Guest arguments follow `--`.
+    A .cwasm is native code: it needs --allow-precompiled and this host's MAC.
 
     \b
     Examples:
@@ -74,7 +78,8 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
     limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
               "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files}
     try:
-        policy = build_policy(profile, policy_file, limits, dirs, env, env_allow)
+        policy = build_policy(profile, policy_file, limits, dirs, env, env_allow,
+                              allow_precompiled=allow_precompiled)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         path, args, policy = open_source(module, args, policy)

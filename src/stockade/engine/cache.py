@@ -1,45 +1,78 @@
-"""`AotCache`: compiled modules on disk, keyed by module sha256 and engine fingerprint."""
+"""`AotCache`: compiled modules on disk, keyed by module sha256 and engine fingerprint,
+trusted only as far as this host can authenticate them.
+
+    <root>/                      0700, this uid
+      <fingerprint>/<sha256>.cwasm   0600, sealed for `cache:<sha256>` (see `seal`)
+      stat/<digest of path facts>    0600, "<sha256> <tag>": which module a path holds
+
+Anyone who can write the cache could otherwise make the next run execute their machine
+code as the caller. So every directory must be a directory of this uid that nobody else can
+write, every entry a regular file of this uid that nobody else can write, and every entry
+must carry a MAC made with this host's key (kept outside the cache) before wasmtime sees
+it. A refused entry is deleted (a refused directory moved aside), an audit record is
+written, and the caller compiles again. A cache that cannot be written or trusted at all is
+skipped: modules are then compiled in memory each time.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import mmap
 import os
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .seal import TRAILER_SIZE, KeyUnavailable, SealError, host_key, seal, tag, unseal
 
 __all__ = ["AotCache"]
 
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_INDEX = "stat"
+_INDEX_MAX = 256  # bytes: "<64 hex> <64 hex>\n"
+
 
 class AotCache:
-    """A directory of `<fingerprint>/<sha256>.cwasm` files.
+    """A directory of sealed `<fingerprint>/<sha256>.cwasm` files and a sealed stat index.
 
-    Writes are atomic (temp file + rename), so concurrent processes never see half a
-    file. A cache that cannot be written (read-only disk) is skipped silently: the
-    module is then compiled in memory each time.
+    `open` yields a verified entry for `deserialize_file`; `store` seals and writes one
+    atomically. `key` returns this host's key (raising `KeyUnavailable`); tests pass
+    another. Safe to share between threads and processes.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, key: Callable[[], bytes] = host_key) -> None:
         self.root = root
+        self._key_source = key
+        self._trusted: set[Path] = set()
+        self._key_refused = False
 
     def path(self, fingerprint: str, sha256: str) -> Path:
         """Where the compiled form of a module lives."""
         return self.root / fingerprint / f"{sha256}.cwasm"
 
-    def lookup(self, fingerprint: str, sha256: str) -> Path | None:
-        """The cached file, or None."""
-        path = self.path(fingerprint, sha256)
-        return path if path.is_file() else None
+    @contextmanager
+    def open(self, fingerprint: str, sha256: str) -> Iterator[str | None]:
+        """A path naming the verified entry, or None (missing or refused). The path names
+        the descriptor that was checked (`/proc/self/fd/N`), so nothing can be swapped in
+        between the check and the load; it is valid inside the `with` only."""
+        fd = self._verified(fingerprint, sha256)
+        try:
+            yield None if fd is None else f"/proc/self/fd/{fd}"
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def store(self, fingerprint: str, sha256: str, data: bytes) -> Path | None:
-        """Save compiled bytes; returns the path, or None when the cache is not writable."""
+        """Seal and save compiled bytes; the path, or None when the cache is unusable."""
+        key = self._key()
         target = self.path(fingerprint, sha256)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        except OSError:
+        if key is None or not self._directory(target.parent, create=True):
             return None
-        return target
+        trailer = seal(data, fingerprint, _purpose(sha256), key)
+        return target if _write_atomic(target, (data, trailer)) else None
 
     def evict(self, fingerprint: str, sha256: str) -> None:
         """Remove an entry that failed to load (corrupt or stale)."""
@@ -47,3 +80,219 @@ class AotCache:
             self.path(fingerprint, sha256).unlink()
         except OSError:
             pass
+
+    # -- stat index: which module a path held, so cold starts skip hashing ------------
+
+    def recall(self, ident: str) -> str | None:
+        """The sha256 remembered for `ident` (a path's identity facts), if its tag
+        verifies; a forged or foreign record is deleted and audited."""
+        key = self._key()
+        path = self._index_path(ident)
+        if key is None or not self._directory(path.parent, create=False):
+            return None
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._refuse(path, f"cannot be opened safely ({exc.strerror})")
+            return None
+        try:
+            problem = _file_problem(os.fstat(fd))
+            text = "" if problem else os.read(fd, _INDEX_MAX).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+        sha, _, mac = text.strip().partition(" ")
+        if problem is None and not _tag_matches(tag(key, _INDEX, ident, sha), mac):
+            problem = "its tag does not verify (forged, or written under another key)"
+        if problem is not None:
+            self._refuse(path, problem)
+            return None
+        return sha
+
+    def remember(self, ident: str, sha256: str) -> None:
+        """Record that `ident` holds the module `sha256` (best effort)."""
+        key = self._key()
+        path = self._index_path(ident)
+        if key is None or not self._directory(path.parent, create=True):
+            return
+        record = f"{sha256} {tag(key, _INDEX, ident, sha256)}\n".encode()
+        _write_atomic(path, (record,))
+
+    # -- trust checks ------------------------------------------------------------------
+
+    def _verified(self, fingerprint: str, sha256: str) -> int | None:
+        key = self._key()
+        path = self.path(fingerprint, sha256)
+        if key is None or not self._directory(path.parent, create=False):
+            return None
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # ELOOP: a symlink planted as an entry
+            self._refuse(path, f"cannot be opened safely ({exc.strerror})")
+            return None
+        try:
+            info = os.fstat(fd)
+            problem = _file_problem(info) or _seal_problem(fd, info.st_size, fingerprint,
+                                                           _purpose(sha256), key)
+        except BaseException:
+            os.close(fd)
+            raise
+        if problem is not None:
+            os.close(fd)
+            self._refuse(path, problem)
+            return None
+        return fd
+
+    def _key(self) -> bytes | None:
+        try:
+            return self._key_source()
+        except KeyUnavailable as exc:
+            if exc.insecure and not self._key_refused:
+                self._key_refused = True
+                _audit(self.root, f"AoT cache not used: the host key is refused: {exc.reason}",
+                       reason=exc.reason)
+            return None
+
+    def _directory(self, path: Path, *, create: bool) -> bool:
+        """True when `path` (and the root above it) is a directory only this uid can
+        write. Missing ones are made 0700 when `create`; a foreign one under the root is
+        moved aside (and audited); a foreign root disables the cache."""
+        if path in self._trusted:
+            return True
+        if path != self.root and not self._directory(self.root, create=create):
+            return False
+        try:
+            # The root may be a symlink the user chose; nothing below it may be.
+            info = os.stat(path) if path == self.root else os.lstat(path)
+        except FileNotFoundError:
+            if not create:
+                return False
+            try:
+                path.mkdir(mode=0o700, parents=path == self.root, exist_ok=True)
+                info = os.lstat(path) if path != self.root else os.stat(path)
+            except OSError:
+                return False
+        except OSError:
+            return False
+        problem = _directory_problem(info)
+        if problem is not None and path == self.root:
+            if info.st_uid == os.geteuid() and stat.S_ISDIR(info.st_mode):
+                # Ours but group/other-writable (umask 002, a shared setting): close it;
+                # whatever was planted meanwhile still has to pass each entry's checks.
+                _audit(path, f"AoT cache {path}: {problem}; tightened to 0700", reason=problem)
+                problem = None
+            else:
+                _audit(path, f"AoT cache {path} not used: {problem}", reason=problem)
+                return False
+        if problem is not None:
+            return self._set_aside(path, problem) and self._directory(path, create=create)
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            try:
+                os.chmod(path, 0o700)
+            except OSError:
+                return False
+        self._trusted.add(path)
+        return True
+
+    def _set_aside(self, path: Path, problem: str) -> bool:
+        # Renaming needs no recursion into whatever tree was planted, and keeps it for
+        # whoever investigates the audit record.
+        aside = self.root / f".untrusted-{path.name}-{os.urandom(4).hex()}"
+        try:
+            os.rename(path, aside)
+            moved, where = True, f"; moved to {aside}"
+        except OSError as exc:
+            moved, where = False, f"; could not move it ({exc.strerror})"
+        _audit(path, f"AoT cache directory {path} refused: {problem}{where}", reason=problem)
+        return moved
+
+    def _refuse(self, path: Path, problem: str) -> None:
+        try:
+            path.unlink()
+            removed = "deleted"
+        except OSError as exc:
+            removed = f"not deleted ({exc.strerror})"
+        _audit(path, f"AoT cache entry {path} refused: {problem}; {removed}, compiling again",
+               reason=problem)
+
+    def _index_path(self, ident: str) -> Path:
+        return self.root / _INDEX / hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def _purpose(sha256: str) -> str:
+    return f"cache:{sha256}"
+
+
+def _directory_problem(info: os.stat_result) -> str | None:
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a directory"
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not {os.geteuid()}"
+    if info.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _file_problem(info: os.stat_result) -> str | None:
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not {os.geteuid()}"
+    if info.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _seal_problem(fd: int, size: int, fingerprint: str, purpose: str, key: bytes) -> str | None:
+    if size < TRAILER_SIZE:
+        return "it carries no Stockade MAC"
+    # Mapped, not read: the pages stay in the page cache for wasmtime's own mapping.
+    mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    try:
+        unseal(mapped, fingerprint, purpose, key)
+    except SealError as exc:
+        return exc.reason
+    finally:
+        try:
+            mapped.close()
+        except BufferError:  # a view still held by a traceback: the GC unmaps it
+            pass
+    return None
+
+
+def _tag_matches(expected: str, found: str) -> bool:
+    return hmac.compare_digest(expected.encode(), found.encode("ascii", "replace"))
+
+
+def _write_atomic(target: Path, chunks: tuple[bytes, ...]) -> bool:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+    try:
+        fd = os.open(tmp, _OPEN_NEW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(tmp, target)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        return False
+    return True
+
+
+def _audit(path: Path, message: str, **fields: str) -> None:
+    """One `cache_refused` audit record and a warning; never raises into a run."""
+    # The audit log is a leaf of the telemetry package (it needs only the state dir), and
+    # this happens only when something is wrong: imported here, not at start-up.
+    from ..telemetry.audit import AuditLog
+    from ..telemetry.log import logger
+
+    logger("stockade.engine").warning("%s", message)
+    try:
+        AuditLog().append("cache_refused", message, path=str(path), **fields)
+    except OSError as exc:
+        logger("stockade.engine").warning("could not write the audit record: %s", exc)

@@ -13,7 +13,7 @@ from ..paths import cache_dir
 from .cache import AotCache
 from .config import EngineConfig
 from .guard import CompileGuard
-from .loader import LoadedModule, ModuleLoader
+from .loader import LoadedModule, ModuleLoader, refuse_precompiled
 from .ticker import EpochTicker
 
 __all__ = ["Engine", "get_engine", "close_engines"]
@@ -44,12 +44,15 @@ class Engine:
         self._closed = False
 
     def load(self, source: str | Path | bytes, name: str | None = None,
-             guard: CompileGuard | None = None) -> LoadedModule:
-        """Load a `.wasm`, `.wat` or `.cwasm` file (or bytes). Raises ModuleNotFound or
-        ModuleError (also when `guard` refuses it). Repeated loads of an unchanged file are
-        served from memory."""
+             guard: CompileGuard | None = None, *,
+             allow_precompiled: bool = False) -> LoadedModule:
+        """Load a `.wasm`, `.wat` or `.cwasm` file (or bytes). A `.cwasm` is native code:
+        it loads only with `allow_precompiled` and a MAC this host's key verifies. Raises
+        ModuleNotFound, ModuleError (also when `guard` refuses it) or PrecompiledRefused.
+        Repeated loads of an unchanged file are served from memory."""
         if isinstance(source, bytes):
-            return self._loader.load_bytes(source, name or "<bytes>", guard)
+            return self._loader.load_bytes(source, name or "<bytes>", guard,
+                                           allow_precompiled=allow_precompiled)
         path = Path(source)
         try:
             info = path.stat()
@@ -59,8 +62,11 @@ class Engine:
         if key is not None and key in self._by_path:
             if guard is not None:
                 guard.check_size(key[2], str(path))
-            return self._by_path[key]
-        loaded = self._loader.load_path(path, guard)
+            known = self._by_path[key]
+            if known.precompiled and not allow_precompiled:
+                raise refuse_precompiled(path.name, known.sha256)
+            return known
+        loaded = self._loader.load_path(path, guard, allow_precompiled=allow_precompiled)
         if key is not None:
             with self._lock:
                 self._by_path[key] = loaded

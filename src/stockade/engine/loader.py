@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 
-from ..errors import ModuleError, ModuleNotFound
+from ..errors import ModuleError, ModuleNotFound, PrecompiledRefused
 from .cache import AotCache
 from .guard import CompileGuard
+from .seal import KeyUnavailable, SealError, host_key, unseal
 from .traps import describe_load_error
 
-__all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind"]
+__all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind", "refuse_precompiled"]
 
 # A module larger than this is refused before it is read (an "enormous on disk" module).
 MAX_MODULE_BYTES = 512 * 1024**2
@@ -30,7 +32,9 @@ class LoadedModule:
     """A compiled module ready to instantiate.
 
     `sha256` is the digest of the module's bytes (of the `.cwasm` file itself for
-    precompiled input); `from_cache` tells whether the AoT cache spared a compile.
+    precompiled input); `from_cache` tells whether the AoT cache spared a compile;
+    `precompiled` marks native code the caller supplied (a `.cwasm`), which only callers
+    that allow precompiled input may run.
     """
 
     module: wasmtime.Module
@@ -38,6 +42,15 @@ class LoadedModule:
     name: str
     from_cache: bool
     compile_ms: float
+    precompiled: bool = False
+
+
+def refuse_precompiled(name: str, sha256: str = "") -> PrecompiledRefused:
+    """The error for a `.cwasm` given without the opt-in (one line, naming the flag)."""
+    return PrecompiledRefused(
+        f"{name}: a .cwasm is native code and is refused by default; pass "
+        "--allow-precompiled (API: allow_precompiled=True; manifest: allow_precompiled = "
+        "true) to run one made by `stockade compile` on this host", sha256)
 
 
 def sniff_kind(head: bytes, name: str) -> str:
@@ -60,17 +73,22 @@ class ModuleLoader:
     """Loads modules for one wasmtime engine, through the on-disk AoT cache.
 
     A cold start from the cache reads only the file's metadata: a small stat index maps
-    (path, size, mtime, inode) to the module's sha256, then the `.cwasm` is mapped in.
+    (path, size, mtime, ctime, inode) to the module's sha256, then the `.cwasm` is
+    MAC-checked and mapped in. A `.cwasm` input loads only with `allow_precompiled` and a
+    MAC this host's key verifies (`key` returns it; tests pass another).
     """
 
-    def __init__(self, engine: wasmtime.Engine, fingerprint: str, cache: AotCache | None) -> None:
+    def __init__(self, engine: wasmtime.Engine, fingerprint: str, cache: AotCache | None,
+                 key: Callable[[], bytes] = host_key) -> None:
         self._engine = engine
         self._fingerprint = fingerprint
         self._cache = cache
+        self._key = key
 
-    def load_path(self, path: Path, guard: CompileGuard | None = None) -> LoadedModule:
-        """Load a module file. Raises ModuleNotFound or ModuleError (also when `guard`
-        refuses it)."""
+    def load_path(self, path: Path, guard: CompileGuard | None = None, *,
+                  allow_precompiled: bool = False) -> LoadedModule:
+        """Load a module file. Raises ModuleNotFound, ModuleError (also when `guard`
+        refuses it) or PrecompiledRefused."""
         try:
             info = path.stat()
         except FileNotFoundError:
@@ -87,17 +105,21 @@ class ModuleLoader:
             data = path.read_bytes()
         except OSError as exc:
             raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-        loaded = self.load_bytes(data, path.name, guard)
-        self._remember_stat(path, info, loaded.sha256)
+        loaded = self.load_bytes(data, path.name, guard, allow_precompiled=allow_precompiled)
+        if not loaded.precompiled:
+            self._remember_stat(path, info, loaded.sha256)
         return loaded
 
     def load_bytes(self, data: bytes, name: str = "<bytes>",
-                   guard: CompileGuard | None = None) -> LoadedModule:
-        """Load a module from memory. Raises ModuleError."""
+                   guard: CompileGuard | None = None, *,
+                   allow_precompiled: bool = False) -> LoadedModule:
+        """Load a module from memory. Raises ModuleError or PrecompiledRefused."""
         guard = guard or _DEFAULT_GUARD
         guard.check_size(len(data), name)
         kind = sniff_kind(data[:64], name)
         if kind == "cwasm":
+            if not allow_precompiled:
+                raise refuse_precompiled(name, hashlib.sha256(data).hexdigest())
             return self._deserialize(data, name)
         if kind == "wat":
             try:
@@ -105,14 +127,9 @@ class ModuleLoader:
             except wasmtime.WasmtimeError as exc:
                 raise ModuleError(f"{name}: invalid WAT: {describe_load_error(exc)}") from None
         sha = hashlib.sha256(data).hexdigest()
-        cached = self._cache.lookup(self._fingerprint, sha) if self._cache else None
+        cached = self._from_cache(sha, name)
         if cached is not None:
-            try:
-                module = wasmtime.Module.deserialize_file(self._engine, str(cached))
-                return LoadedModule(module, sha, name, True, 0.0)
-            except wasmtime.WasmtimeError:
-                assert self._cache is not None
-                self._cache.evict(self._fingerprint, sha)
+            return cached
         if guard is not _DEFAULT_GUARD:
             guard.check_code(data, name)
         start = time.perf_counter()
@@ -125,16 +142,43 @@ class ModuleLoader:
             self._cache.store(self._fingerprint, sha, bytes(module.serialize()))
         return LoadedModule(module, sha, name, False, compile_ms)
 
+    def _from_cache(self, sha: str, name: str) -> LoadedModule | None:
+        """The module from a verified cache entry, or None (see `AotCache.open`)."""
+        if self._cache is None:
+            return None
+        with self._cache.open(self._fingerprint, sha) as entry:
+            if entry is None:
+                return None
+            try:
+                module = wasmtime.Module.deserialize_file(self._engine, entry)
+            except wasmtime.WasmtimeError:
+                module = None
+        if module is None:
+            self._cache.evict(self._fingerprint, sha)
+            return None
+        return LoadedModule(module, sha, name, True, 0.0)
+
     def _deserialize(self, data: bytes, name: str) -> LoadedModule:
+        sha = hashlib.sha256(data).hexdigest()
+        # The MAC is checked before wasmtime parses a byte of this native code.
         try:
-            module = wasmtime.Module.deserialize(self._engine, data)
+            end = unseal(data, self._fingerprint, "cwasm", self._key())
+        except KeyUnavailable as exc:
+            raise PrecompiledRefused(
+                f"{name}: refused: this host's key cannot be used: {exc.reason}", sha) from None
+        except SealError as exc:
+            raise PrecompiledRefused(
+                f"{name}: refused: {exc.reason}; compile the .wasm again with `stockade "
+                "compile` (same --profile) on this host", sha) from None
+        try:
+            module = wasmtime.Module.deserialize(self._engine, data[:end])
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(
                 f"{name}: this .cwasm was compiled by another engine configuration or wasmtime "
                 f"version ({describe_load_error(exc)}); recompile it with `stockade compile` "
                 "using the same profile"
             ) from None
-        return LoadedModule(module, hashlib.sha256(data).hexdigest(), name, True, 0.0)
+        return LoadedModule(module, sha, name, True, 0.0, precompiled=True)
 
     def digest(self, path: Path) -> str:
         """The sha256 `load_path` would report for `path`, without compiling: from the stat
@@ -146,12 +190,10 @@ class ModuleLoader:
             raise ModuleNotFound(f"{path}: no such module file") from None
         except OSError as exc:
             raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-        key = self._stat_key(path, info)
-        if key is not None:
-            try:
-                return key.read_text().strip()
-            except OSError:
-                pass
+        if self._cache is not None:
+            remembered = self._cache.recall(_ident(path, info))
+            if remembered is not None:
+                return remembered
         _DEFAULT_GUARD.check_size(info.st_size, str(path))
         try:
             data = path.read_bytes()
@@ -168,38 +210,19 @@ class ModuleLoader:
 
     # -- stat index: skip reading and hashing large modules on every cold start --------
 
-    def _stat_key(self, path: Path, info: os.stat_result) -> Path | None:
+    def _from_stat_index(self, path: Path, info: os.stat_result) -> LoadedModule | None:
         if self._cache is None:
             return None
-        ident = f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}:{info.st_ino}:{info.st_dev}"
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
-        return self._cache.root / "stat" / digest
-
-    def _from_stat_index(self, path: Path, info: os.stat_result) -> LoadedModule | None:
-        key = self._stat_key(path, info)
-        if key is None:
-            return None
-        try:
-            sha = key.read_text().strip()
-        except OSError:
-            return None
-        assert self._cache is not None
-        cached = self._cache.lookup(self._fingerprint, sha)
-        if cached is None:
-            return None
-        try:
-            module = wasmtime.Module.deserialize_file(self._engine, str(cached))
-        except wasmtime.WasmtimeError:
-            self._cache.evict(self._fingerprint, sha)
-            return None
-        return LoadedModule(module, sha, path.name, True, 0.0)
+        sha = self._cache.recall(_ident(path, info))
+        return None if sha is None else self._from_cache(sha, path.name)
 
     def _remember_stat(self, path: Path, info: os.stat_result, sha: str) -> None:
-        key = self._stat_key(path, info)
-        if key is None:
-            return
-        try:
-            key.parent.mkdir(parents=True, exist_ok=True)
-            key.write_text(sha)
-        except OSError:
-            pass
+        if self._cache is not None:
+            self._cache.remember(_ident(path, info), sha)
+
+
+def _ident(path: Path, info: os.stat_result) -> str:
+    """What identifies a file's contents without reading it. The ctime changes on every
+    write and cannot be set back by its owner, unlike the mtime."""
+    return (f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:"
+            f"{info.st_ino}:{info.st_dev}")

@@ -118,7 +118,8 @@ def load_standard(spec: FunctionSpec) -> LoadedModule:
     ModuleNotFound or ModuleError."""
     limits = spec.policy.limits
     return get_engine(EngineConfig.for_limits(limits)).load(
-        spec.module, guard=CompileGuard.for_limits(limits))
+        spec.module, guard=CompileGuard.for_limits(limits),
+        allow_precompiled=spec.policy.capabilities.allow_precompiled)
 
 
 def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:

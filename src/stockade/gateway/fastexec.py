@@ -177,9 +177,10 @@ class FastExecutor:
     @staticmethod
     def _load(engine: FastEngine, config: EngineConfig, loaded: LoadedModule) -> FastModule:
         standard = get_engine(config)
-        cached = standard.cache.lookup(standard.fingerprint, loaded.sha256)
-        if cached is not None:
-            return engine.deserialize_file(cached)
+        # Only a cache entry that passes the cache's owner, mode and MAC checks is mapped.
+        with standard.cache.open(standard.fingerprint, loaded.sha256) as cached:
+            if cached is not None:
+                return engine.deserialize_file(cached)
         return engine.deserialize(bytes(loaded.module.serialize()), loaded.name)
 
     def close(self) -> None:

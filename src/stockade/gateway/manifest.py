@@ -12,7 +12,8 @@
     module = "hello.wasm"         # relative to this file
     tenant = "acme"
     profile = "strict"            # plus [function.limits], env, env_allow, dirs,
-    max_concurrency = 4           # rate, burst, max_body, max_response
+    max_concurrency = 4           # rate, burst, max_body, max_response,
+                                  # allow_precompiled (a .cwasm this host compiled)
     cookies = "own"               # receives Cookie, sets cookies on its route (default "none")
     pass_headers = ["x-api-key"]  # withheld headers this function is sent (default none)
 
@@ -44,7 +45,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _FUNCTION_KEYS = {"name", "route", "methods", "module", "profile", "limits", "env", "env_allow",
                   "dirs", "tenant", "max_concurrency", "rate", "burst", "max_body",
-                  "max_response", "cookies", "pass_headers"}
+                  "max_response", "cookies", "pass_headers", "allow_precompiled"}
 # manifest key -> Quota field
 _FUNCTION_QUOTA = {"max_concurrency": "concurrency", "rate": "rate", "burst": "burst"}
 _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
@@ -210,7 +211,11 @@ def _policy(table: Mapping[str, Any], source: str, where: str, base: Path) -> Po
         if not grant.host.is_absolute():
             grant = DirGrant(base / grant.host, grant.guest, grant.writable)
         dirs.append(grant)
-    caps = Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow))
+    precompiled = table.get("allow_precompiled", False)
+    if not isinstance(precompiled, bool):
+        raise PolicyError(f"{source}: {where}.allow_precompiled: expected true or false")
+    caps = Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow),
+                        allow_precompiled=precompiled)
     return Policy(limits=policy.limits, capabilities=caps, profile=policy.profile)
 
 

@@ -114,7 +114,7 @@ def _dir_grant(item: Any, where: str) -> DirGrant:
 
 
 def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabilities:
-    known = {"dirs", "env", "env_allow", "scratch"}
+    known = {"dirs", "env", "env_allow", "scratch", "allow_precompiled"}
     for key in table:
         if key not in known:
             raise PolicyError(f"{source}: unknown key capabilities.{key} (known: {sorted(known)})")
@@ -136,8 +136,11 @@ def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabili
     scratch = table.get("scratch")
     if scratch is not None and not (isinstance(scratch, str) and scratch.startswith("/")):
         raise PolicyError(f"{source}: capabilities.scratch: expected an absolute guest path")
+    precompiled = table.get("allow_precompiled", False)
+    if not isinstance(precompiled, bool):
+        raise PolicyError(f"{source}: capabilities.allow_precompiled: expected true or false")
     return Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow),
-                        scratch=scratch)
+                        scratch=scratch, allow_precompiled=precompiled)
 
 
 def named_profile(name: Any, where: str) -> Policy:

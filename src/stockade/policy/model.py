@@ -95,7 +95,8 @@ class Capabilities:
 
     `env` is set as given; `env_allow` names host variables passed through (nothing else is).
     `scratch` names a guest path where each run gets a fresh writable directory, removed
-    after the run unless `keep_scratch`.
+    after the run unless `keep_scratch`. `allow_precompiled` accepts a `.cwasm` (native
+    code) as the module, and then only one this host's key authenticates.
     """
 
     dirs: tuple[DirGrant, ...] = ()
@@ -103,6 +104,7 @@ class Capabilities:
     env_allow: tuple[str, ...] = ()
     scratch: str | None = None
     keep_scratch: bool = False
+    allow_precompiled: bool = False
 
 
 @dataclass(frozen=True)

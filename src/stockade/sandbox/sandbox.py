@@ -11,8 +11,9 @@ from typing import Any
 import wasmtime
 
 from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, classify, get_engine
+from ..engine.loader import refuse_precompiled
 from ..engine.traps import Ending, describe_load_error
-from ..errors import ModuleError
+from ..errors import ModuleError, PrecompiledRefused
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
@@ -34,6 +35,9 @@ class Sandbox:
 
     ``Sandbox(policy).run(module, Invocation(...)) -> Result``. `module` is a path to a
     `.wasm`, `.wat` or `.cwasm` file, module bytes, or a `LoadedModule` from `load()`.
+    A `.cwasm` is native code: it runs only with `allow_precompiled=True` (or the policy's
+    `capabilities.allow_precompiled`) and a MAC this host's key verifies; otherwise `run`
+    reports `denied` (exit 126) and `load` raises PrecompiledRefused.
     Limits hold against hostile guests: fuel, an epoch deadline that also cuts sleeps in
     host calls, store limits for memory/tables/instances, a bounded wasm stack, and the
     output, disk, file, descriptor and host-call quotas of `stockade.hostcalls`.
@@ -44,8 +48,11 @@ class Sandbox:
 
     def __init__(self, policy: Policy | None = None, *,
                  observers: Sequence[RunObserver] = (),
-                 engine_config: EngineConfig | None = None) -> None:
+                 engine_config: EngineConfig | None = None,
+                 allow_precompiled: bool | None = None) -> None:
         self.policy = policy or Policy.from_profile("default")
+        if allow_precompiled is not None:
+            self.policy = self.policy.with_capabilities(allow_precompiled=allow_precompiled)
         self.observers = tuple(observers)
         # An explicit engine configuration is for measurements (e.g. no epochs): the
         # policy's limits then hold only as far as that configuration instruments code.
@@ -66,16 +73,24 @@ class Sandbox:
     def load(self, module: str | Path | bytes | LoadedModule,
              name: str | None = None) -> LoadedModule:
         """Compile (or fetch from the AoT cache) a module ahead of running it; `name`
-        names module bytes in results and errors (default `<bytes>`)."""
+        names module bytes in results and errors (default `<bytes>`). Raises
+        ModuleNotFound, ModuleError or PrecompiledRefused."""
+        allowed = self.policy.capabilities.allow_precompiled
         if isinstance(module, LoadedModule):
+            if module.precompiled and not allowed:
+                raise refuse_precompiled(module.name, module.sha256)
             return module
-        return self.engine.load(module, name=name, guard=self._guard)
+        return self.engine.load(module, name=name, guard=self._guard,
+                                allow_precompiled=allowed)
 
     def run(self, module: str | Path | bytes | LoadedModule,
             invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in a fresh instance and report what happened."""
         invocation = invocation or Invocation()
-        loaded = self.load(module)
+        try:
+            loaded = self.load(module)
+        except PrecompiledRefused as exc:
+            return self._refused(module, invocation, exc)
         coldstart = not self.engine.is_warm(loaded, LINKER_NAME)
         info = RunInfo(
             module=loaded.name, sha256=loaded.sha256, invocation=invocation, policy=self.policy,
@@ -162,6 +177,20 @@ class Sandbox:
         )
         ending = self._memory_verdict(ending, usage.peak_memory_bytes)
         return self._result(loaded, ending, meter, usage, coldstart)
+
+    def _refused(self, module: str | Path | bytes | LoadedModule, invocation: Invocation,
+                 exc: PrecompiledRefused) -> Result:
+        """A `denied` result for native code this sandbox will not run (recorded)."""
+        name = module.name if isinstance(module, LoadedModule) else \
+            "<bytes>" if isinstance(module, bytes) else Path(module).name
+        info = RunInfo(module=name, sha256=exc.sha256, invocation=invocation,
+                       policy=self.policy, started=time.time(), pid=os.getpid(),
+                       coldstart=True)
+        result = Result(module=name, sha256=exc.sha256, outcome=Outcome.DENIED,
+                        exit_code=Outcome.DENIED.exit_code, message=exc.message,
+                        limits=dict(self._limits_dict), coldstart=True)
+        notify_finished(self.observers, info, result)
+        return result
 
     def _instantiation_limit(self, exc: BaseException, instance: Any) -> Ending | None:
         """A module whose declared memory or tables exceed the limits fails to instantiate."""
