@@ -77,14 +77,18 @@ class Invoker:
             env_block=cgi.block(request) if cgi else None,
             parent=trace.as_parent() if trace else None)
         result: Result | None = None
-        spent = 0.0
+        abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.
             self._admit(route, invocation)
-            result, spent = route.prepared.try_inline(invocation)
+            result, abandoned = route.prepared.try_inline(invocation)
+            if result is not None:
+                abandoned = 0.0  # the finished run's own usage counts it, once
         if result is None:
             result = await self._dispatch(request, route, invocation, check=not self.inline)
-        request.state["cpu_seconds"] = spent + result.usage.cpu_ms / 1000
+        cpu = abandoned + result.usage.cpu_ms / 1000
+        request.state["cpu_seconds"] = cpu
+        self.metrics.inc("stockade_gateway_quota_cpu_seconds_total", route.labels, cpu)
         if result.outcome.is_violation:
             self._closed_until.pop((route.prepared.sha256, route.spec.tenant), None)
         self._count(route, result)

@@ -6,7 +6,6 @@ names the file and the key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -34,20 +33,6 @@ class Quota:
     burst: int | None = None
     cpu_per_minute: float | None = None
 
-    def share(self, workers: int) -> Quota:
-        """This quota split evenly over `workers` processes, each enforcing its share:
-        rates and CPU divide exactly; concurrency rounds down but stays at least 1."""
-        if workers <= 1:
-            return self
-        return Quota(
-            concurrency=None if self.concurrency is None
-            else max(1, self.concurrency // workers),
-            rate=None if self.rate is None else self.rate / workers,
-            burst=None if self.burst is None else max(1, math.ceil(self.burst / workers)),
-            cpu_per_minute=None if self.cpu_per_minute is None
-            else self.cpu_per_minute / workers,
-        )
-
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -60,7 +45,8 @@ class ServerSettings:
     `sandbox`; `telemetry` an export profile name or `off` (None: `STOCKADE_TELEMETRY`,
     else `hybrid`); `reuse_port` gives each worker its own SO_REUSEPORT socket instead
     of sharing one; `inline` lets short fast-path runs finish on the event loop thread
-    (see `fastexec.py`).
+    (see `fastexec.py`); `pool_workers` is the number of warm confined processes in
+    each cordon's worker pool, per gateway worker (see `pool.py`).
     """
 
     host: str = "127.0.0.1"
@@ -76,6 +62,7 @@ class ServerSettings:
     telemetry: str | None = None
     reuse_port: bool = False
     inline: bool = True
+    pool_workers: int = 2
 
     def override(self, **changes: Any) -> ServerSettings:
         """A copy with the given settings (None values are ignored: flag not given)."""
@@ -115,7 +102,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "max_queue": _int(0, 100_000), "max_body": parse_size, "max_response": parse_size,
     "request_timeout": parse_duration, "drain_timeout": parse_duration,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
-    "inline": _flag,
+    "inline": _flag, "pool_workers": _int(1, 32),
 }
 
 
