@@ -224,7 +224,14 @@ class WorkerPool:
                     raise Unavailable(f"cordon {self.cordon}: all {self.size} pool workers "
                                       "are busy", 1.0, reason="pool")
                 self._cond.wait(remaining)
-            return self._idle.pop()
+            process = self._idle.pop()
+            if process.proc.poll() is None:
+                return process
+            # It died while idle (killed, or its guest's last run took it down).
+            self._all.discard(process)
+            process.kill()
+            self._replace_later()
+        return self._take(deadline)
 
     def _give_back(self, process: PoolProcess) -> None:
         with self._cond:
@@ -291,6 +298,13 @@ class WorkerPool:
             self._retire(process)
             return self._failed(spec, begun, outcome, f"its pool worker ended: {cause}; "
                                 "it was replaced")
+        if kind == "memory":
+            self._retire(process)
+            limit = payload.get("limit") if isinstance(payload, dict) else None
+            size = format_size(limit) if isinstance(limit, int) else "its"
+            return self._failed(spec, begun, Outcome.MEMORY_LIMIT,
+                                "the run needed more host memory than its pool worker's "
+                                f"{size} address space; the worker was replaced")
         if process.resident() > self.memory_limit:
             # Over the pool's memory limit after the run (no cgroup, or a slow one).
             self._retire(process)

@@ -8,7 +8,8 @@ and installs the seccomp filter, and answers `ready` with the functions it holds
 its protections. Then, one at a time until its parent closes the pipe:
 
 - `("run", name, stdin, env)` -> `("result", wire result)`, `("error", wire error)`
-  for a Stockade error, `("failed", {"message"})` for anything else.
+  for a Stockade error, `("memory", {"limit"})` when the run hit the address-space
+  limit (the worker then exits), `("failed", {"message"})` for anything else.
 
 Replies are plain data (see `stockade.isolate.protocol`): the parent trusts nothing a
 worker whose guest got loose could forge beyond a checked `Result`.
@@ -32,6 +33,7 @@ from ..isolate.privileges import KEPT_CAPABILITIES, effective_capabilities
 from ..isolate.protections import Protection
 from ..isolate.protocol import error_to_wire, read_frame, result_to_wire, write_frame
 from ..isolate.rlimits import RlimitPlan, vm_size
+from ..result import Outcome
 from .manifest import FunctionSpec
 
 __all__ = ["PoolPlan", "main", "serve", "WORKER_VARIABLE"]
@@ -106,9 +108,20 @@ def serve(read_fd: int, write_fd: int) -> None:
                                 tenant=function.spec.tenant)
         reply: tuple[str, Any]
         try:
-            reply = ("result", result_to_wire(function.run(invocation)))
+            result = function.run(invocation)
+            # The engine reports an exception in a host call as outcome `error` named by
+            # its type; MemoryError there means the address-space limit held.
+            if result.outcome is Outcome.ERROR and result.message.startswith("MemoryError"):
+                raise MemoryError
+            reply = ("result", result_to_wire(result))
         except StockadeError as exc:
             reply = ("error", error_to_wire(exc))
+        except MemoryError:
+            # Host memory the guest made this worker take (a host call copying what the
+            # guest asked for), past the address-space limit. Report, then make way for a
+            # fresh worker: the heap may be left fragmented or half-built.
+            write_frame(write_fd, ("memory", {"limit": limit}))
+            os._exit(3)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
             reply = ("failed", {"message": f"{type(exc).__name__}: {exc}"})
         # A trap's traceback keeps its Store (a whole linear-memory reservation) alive
