@@ -163,7 +163,7 @@ class Limiter:
 
     @property
     def active(self) -> int:
-        """Invocations in flight, over every worker."""
+        """Invocations in flight, over every worker (not counted for an unlimited quota)."""
         with self._cell as cell:
             return cell.active()
 
@@ -177,6 +177,8 @@ class Limiter:
         """Take a slot. Raises TooManyRequests (with `Retry-After`) when the concurrency
         limit is reached, the rate bucket is empty or the CPU budget is spent."""
         quota = self.quota
+        if self.unlimited:
+            return  # nothing to count: no lock, no shared write on the hot path
         with self._cell as cell:
             limit = quota.concurrency
             if limit is not None and cell.active() >= limit:
@@ -203,6 +205,8 @@ class Limiter:
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         """Return the slot taken by `admit` and charge `cpu_seconds` of guest CPU."""
+        if self.unlimited:
+            return
         with self._cell as cell:
             cell.add_active(-1)
             if cpu_seconds > 0:
