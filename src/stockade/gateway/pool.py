@@ -171,6 +171,9 @@ class WorkerPool:
         guest = max(s.policy.limits.max_memory * s.policy.limits.max_memories
                     for s in self.specs)
         self.memory_limit = guest + MEMORY_OVERHEAD
+        timeouts = [s.policy.limits.timeout or START_TIMEOUT for s in self.specs]
+        # After a reload: how long this pool keeps serving runs routed before it.
+        self.retire_after = 2 * (max(timeouts) + GRACE)
         self._plan = PoolPlan(cordon, self.specs, executor, worker_plan(self.specs),
                               log_level=logging.getLevelName(logger.getEffectiveLevel()))
         self._cgroup = (CgroupLimits(memory=self.memory_limit, cpu_quota=1.0, pids=64)
@@ -184,6 +187,11 @@ class WorkerPool:
         self._closed = False
         self.functions: dict[str, tuple[str, str]] = {}  # name -> (sha256, kind)
         self.protections: list[Protection] = []
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
 
     @property
     def pids(self) -> list[int]:

@@ -11,6 +11,7 @@ whole across workers.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,7 @@ class Registry:
         self.manifest: Manifest | None = None
         self.routes = Routes([])
         self._limiters: dict[str, Limiter] = {}
+        self._retiring: list[WorkerPool] = []
 
     def build(self, manifest: Manifest) -> Routes:
         """Prepare every function (blocking: module loading may compile). Raises
@@ -106,8 +108,14 @@ class Registry:
                 limiter.update(quota)
         self.manifest = manifest
         old, self.routes = self.routes, routes
+        self._retiring = [pool for pool in self._retiring if not pool.closed]
         for pool in old.pools.values():
-            pool.close()  # runs in flight finish first
+            # Requests routed before the swap may still ask the old pool for a process:
+            # it serves them until the longest of its functions' deadlines has passed.
+            timer = threading.Timer(pool.retire_after, pool.close)
+            timer.daemon = True
+            timer.start()
+            self._retiring.append(pool)
         logger.info("serving %d functions from %s", len(manifest.functions),
                     manifest.source.name)
 
@@ -120,7 +128,7 @@ class Registry:
 
     def close(self) -> None:
         """Stop the worker pools and release the quota state. Safe twice."""
-        for pool in self.routes.pools.values():
+        for pool in [*self.routes.pools.values(), *self._retiring]:
             pool.close()
         for limiter in self._limiters.values():
             limiter.close()
