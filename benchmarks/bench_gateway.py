@@ -1,6 +1,7 @@
 """Load benchmark of `stockade serve` with wrk on loopback (bounded in time).
 
-    .venv/bin/python benchmarks/bench_gateway.py --duration 30 [--json out.json]
+    .venv/bin/python benchmarks/bench_gateway.py --duration 30 [--isolate none|process]
+        [--json out.json]
 
 In one run, each with 2 workers and `wrk -t2 -c32 --latency`:
 1. the ceiling: a raw ASGI "hello" under the same server (uvicorn, uvloop, httptools),
@@ -53,12 +54,14 @@ name = "hello"
 route = "/hello"
 module = "{functions}/hello.wasm"
 tenant = "web"
+{isolate}
 
 [[function]]
 name = "spin"
 route = "/spin"
 module = "{functions}/spin.wasm"
 tenant = "batch"
+{isolate}
 [function.limits]
 timeout = "1s"
 """
@@ -190,13 +193,16 @@ def main() -> None:
     parser.add_argument("--telemetry", default="", help="export profile, off, or default")
     parser.add_argument("--spin-cpu", default="15s", help="the spin tenant's CPU per minute")
     parser.add_argument("--servers", action="store_true", help="also measure granian")
+    parser.add_argument("--isolate", choices=["process", "none"],
+                        help="the functions' isolation (default: their profile's, strict)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if shutil.which("wrk") is None or not (FUNCTIONS / "hello.wasm").exists():
         raise SystemExit("bench_gateway: needs wrk and `make guests`")
     results: dict[str, Any] = {"duration_s": args.duration, "workers": args.workers,
                                "executor": args.executor, "telemetry": args.telemetry or
-                               "default", "load_average": os.getloadavg()}
+                               "default", "isolate": args.isolate or "profile",
+               "load_average": os.getloadavg()}
     for server in ("uvicorn", "granian") if args.servers else ("uvicorn",):
         port = _free_port()
         process = raw_server(server, port, args.workers)
@@ -209,7 +215,8 @@ def main() -> None:
         telemetry = f'telemetry = "{args.telemetry}"' if args.telemetry else ""
         manifest.write_text(MANIFEST.format(
             workers=args.workers, executor=args.executor, telemetry=telemetry,
-            spin_cpu=args.spin_cpu, functions=FUNCTIONS))
+            spin_cpu=args.spin_cpu, functions=FUNCTIONS,
+            isolate=f'isolate = "{args.isolate}"' if args.isolate else ""))
         env = {**os.environ, "STOCKADE_STATE_DIR": str(Path(tmp) / "state")}
         # A first start fills the AoT cache; the measured start maps modules from it.
         process, url, _ = start_gateway(manifest, env)
@@ -220,7 +227,7 @@ def main() -> None:
             results["healthz"] = wrk(f"{url}/healthz", args.duration)
             stop = threading.Event()
             spin_url = f"{url}/spin?{SPIN_QUERY}"
-            spinners = [threading.Thread(target=spin_client, args=(spin_url, stop))
+            spinners = [threading.Thread(target=spin_client, args=(spin_url, stop), daemon=True)
                         for _ in range(2)]
             for thread in spinners:
                 thread.start()

@@ -30,6 +30,7 @@ module = "{module("fail")}"
 name = "hello"
 route = "/hello"
 module = "{module("hello")}"
+isolate = "none"  # runs inline in the gateway worker: needs no guest thread
 """
 
 

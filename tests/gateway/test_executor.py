@@ -44,7 +44,8 @@ def test_same_answers_from_either_executor(start_gateway: Start, executor: str) 
     # 20 million iterations outgrow the inline budget: the run is redone on a thread.
     spun = gateway.client.get("/spin", params={"n": "20000000"})
     assert spun.status_code == 200 and spun.text.startswith("spun ")
-    expected = "sandbox" if executor == "sandbox" else "fast"
+    # Strict functions run in the default cordon's pool, with the same choice inside.
+    expected = "pool-sandbox" if executor == "sandbox" else "pool-fast"
     metrics = gateway.client.get("/metrics").text
     assert f'function="echo",tenant="default",outcome="exited",executor="{expected}"' in metrics
 
@@ -53,7 +54,7 @@ def test_capped_host_calls_run_in_the_sandbox(start_gateway: Start) -> None:
     gateway = start_gateway(MANIFEST)  # strict caps poll_oneoff calls; the fast path cannot
     gateway.wait_for_log(r"function sleep runs in the sandbox: it imports poll_oneoff, which")
     assert gateway.client.get("/sleep", params={"kind": "none"}).status_code == 200
-    assert 'function="sleep",tenant="default",outcome="exited",executor="sandbox"' \
+    assert 'function="sleep",tenant="default",outcome="exited",executor="pool-sandbox"' \
         in gateway.client.get("/metrics").text
 
 

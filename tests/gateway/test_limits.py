@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 
 from stockade.gateway import Quota, TooManyRequests
-from stockade.gateway.limits import Limiter
+from stockade.gateway.limits import Limiter, QuotaStore
 
 from .conftest import Start, module
 
@@ -134,3 +136,110 @@ def test_tenant_and_function_quotas_answer_429(start_gateway: Start) -> None:
     spent = client.get("/spin")
     assert spent.status_code == 429 and spent.json()["limit"] == "cpu"
     assert 'reason="cpu"' in client.get("/metrics").text
+
+
+def test_workers_share_one_whole_quota(tmp_path: Path) -> None:
+    # Two workers of one server: each enforces the whole quota against the shared state.
+    first, second = QuotaStore(tmp_path, 0), QuotaStore(tmp_path, 1)
+    quota = Quota(concurrency=2, rate=1, burst=3)
+    one = Limiter("tenant t", quota, cell=first.cell("tenant:t"))
+    two = Limiter("tenant t", quota, cell=second.cell("tenant:t"))
+    one.admit()
+    two.admit()
+    assert refused(one).extra["limit"] == "concurrency"
+    assert refused(two).extra["limit"] == "concurrency"
+    two.release(0.25)
+    one.admit()  # the third token of the burst of 3, whoever takes it
+    one.release(0.5)
+    one.release(0.0)
+    assert refused(two).extra["limit"] == "rate"
+    assert one.active == two.active == 0 and one.cpu_charged == two.cpu_charged == 0.75
+    # A worker that dies holding slots gives them back when its replacement starts.
+    two._cell.add_active(1)  # what a worker killed mid-request leaves behind
+    two._cell.add_active(1)
+    assert one.active == 2
+    Limiter("tenant t", quota, cell=QuotaStore(tmp_path, 1).cell("tenant:t"))
+    assert one.active == 0
+
+
+CONCURRENCY = f"""
+[server]
+workers = 4
+reuse_port = true         # each worker accepts its own share of the connections
+telemetry = "off"
+[tenant.pair]
+concurrency = 2
+[[function]]
+name = "sleep"
+route = "/sleep"
+module = "{module("fail")}"
+tenant = "pair"
+isolate = "none"
+"""
+
+
+def test_concurrency_two_with_four_workers_admits_two(start_gateway: Start) -> None:
+    gateway = start_gateway(CONCURRENCY)
+    statuses: list[int] = []
+    limits: list[str] = []
+
+    def call() -> None:
+        # A client (and a connection) of its own: requests spread over the workers.
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            response = client.get("/sleep", params={"kind": "sleep", "s": "3"})
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            limits.append(response.json()["limit"])
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # All eight overlap (each sleeps 3 s): at most two ran, whichever worker took them.
+    assert 1 <= statuses.count(200) <= 2, statuses
+    assert statuses.count(429) == 8 - statuses.count(200)
+    assert set(limits) == {"concurrency"}
+
+
+def metric(text: str, name: str, function: str) -> float:
+    """The value of series `name` for `function` in a /metrics page."""
+    match = re.search(rf'^{name}\{{function="{function}"[^}}]*\}} (\S+)$', text, re.M)
+    assert match, f"no {name} for {function}"
+    return float(match.group(1))
+
+
+CPU = f"""
+[server]
+workers = 2
+telemetry = "off"
+[tenant.cpu]
+cpu_per_minute = "1m"
+[[function]]
+name = "inline"
+route = "/inline"
+module = "{module("spin")}"
+tenant = "cpu"
+isolate = "none"          # finishes inline on the fast path
+[[function]]
+name = "pooled"
+route = "/pooled"
+module = "{module("spin")}"
+tenant = "cpu"
+isolate = "process"
+"""
+
+
+def test_cpu_is_charged_once(start_gateway: Start) -> None:
+    gateway = start_gateway(CPU)
+    for _ in range(20):
+        for name in ("inline", "pooled"):
+            response = gateway.client.get(f"/{name}", params={"n": "1000"})
+            assert response.status_code == 200, response.text
+    text = gateway.client.get("/metrics").text
+    for name in ("inline", "pooled"):
+        # What the quota was charged, against the guests' own CPU time: counters, so no
+        # refill blurs the comparison.
+        charged = metric(text, "stockade_gateway_quota_cpu_seconds_total", name)
+        used = metric(text, "stockade_gateway_guest_cpu_seconds_total", name)
+        assert used > 0 and round(charged / used, 2) == 1.00, (name, charged, used)

@@ -6,8 +6,11 @@
 Implementations: `SandboxExecutor` (`stockade.Sandbox`: every limit and metered host
 call) and `FastExecutor` (`fastexec.py`: the wasmtime C API with the pooling allocator).
 `Executors` picks one per function: the fast path when the server allows it and the
-function qualifies (see `fast_refusal`), the sandbox otherwise. A module that imports
-what Stockade does not provide becomes a `DeniedFunction`, refused on every request.
+function qualifies (see `fast_refusal`), the sandbox otherwise. A function that must not
+run in the gateway worker process (`FunctionSpec.pooled`) becomes a `PooledFunction`
+instead: its cordon's `WorkerPool` (`pool.py`) runs it, with the same choice made
+inside. A module that imports what Stockade does not provide becomes a
+`DeniedFunction`, refused on every request.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..engine import CompileGuard, EngineConfig, LoadedModule, get_engine
@@ -32,6 +35,7 @@ from .manifest import FunctionSpec
 if TYPE_CHECKING:
     from .cgi import CgiEnvironment
     from .fastexec import FastExecutor
+    from .pool import WorkerPool
 
 __all__ = ["Prepared", "SandboxExecutor", "DeniedFunction", "Executors", "fast_refusal",
            "load_standard", "named_error"]
@@ -159,18 +163,49 @@ class SandboxExecutor:
 
 
 class Executors:
-    """Chooses and prepares an executor per function (`mode`: auto, fast or sandbox)."""
+    """Chooses and prepares an executor per function (`mode`: auto, fast or sandbox);
+    `pool_workers` processes per cordon pool."""
 
-    def __init__(self, mode: str, threads: int, observers: Sequence[RunObserver] = ()) -> None:
+    def __init__(self, mode: str, threads: int, observers: Sequence[RunObserver] = (),
+                 pool_workers: int = 2) -> None:
         self.mode = mode
+        self.pool_workers = pool_workers
         self.observers = tuple(observers)
         self.sandbox = SandboxExecutor(observers)
         self._threads = threads
         self._fast: FastExecutor | None = None
         self._fast_failed = mode == "sandbox"
 
-    def prepare(self, spec: FunctionSpec) -> Prepared:
-        """Load and prepare `spec`'s module. Raises ModuleNotFound or ModuleError."""
+    def start_pools(self, specs: Sequence[FunctionSpec]) -> dict[str, WorkerPool]:
+        """Start a warm `WorkerPool` per cordon for the pooled functions among `specs`
+        (blocking). Raises WorkerError when a pool cannot start."""
+        from .pool import WorkerPool
+
+        cordons: dict[str, list[FunctionSpec]] = {}
+        for spec in specs:
+            if spec.pooled:
+                cordons.setdefault(spec.cordon, []).append(spec)
+        pools: dict[str, WorkerPool] = {}
+        try:
+            for cordon, members in cordons.items():
+                pools[cordon] = pool = WorkerPool(cordon, members, self.pool_workers,
+                                                  self.mode)
+                pool.start()
+        except BaseException:
+            for pool in pools.values():
+                pool.close()
+            raise
+        return pools
+
+    def prepare(self, spec: FunctionSpec,
+                pools: Mapping[str, WorkerPool] | None = None) -> Prepared:
+        """Prepare `spec`: in its cordon's pool when it is pooled and `pools` are given
+        (see `start_pools`), else load its module into this process. Raises
+        ModuleNotFound or ModuleError."""
+        if pools is not None and spec.pooled:
+            from .pool import PooledFunction
+
+            return PooledFunction(spec, pools[spec.cordon], self.observers)
         loaded = load_standard(spec)
         denied = denied_import(loaded.module)
         if denied is not None:

@@ -83,18 +83,22 @@ class Invoker:
             env_block=cgi.block(request) if cgi else None,
             parent=trace.as_parent() if trace else None, breaker=breaker_key(spec.name))
         result: Result | None = None
-        spent = 0.0
+        abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.
             self._admit(route, invocation)
             try:
-                result, spent = route.prepared.try_inline(invocation)
+                result, abandoned = route.prepared.try_inline(invocation)
             except BaseException:
                 self._run_failed(route, invocation)
                 raise
+            if result is not None:
+                abandoned = 0.0  # the finished run's own usage counts it, once
         if result is None:
             result = await self._dispatch(request, route, invocation, check=not self.inline)
-        request.state["cpu_seconds"] = spent + result.usage.cpu_ms / 1000
+        cpu = abandoned + result.usage.cpu_ms / 1000
+        request.state["cpu_seconds"] = cpu
+        self.metrics.inc("stockade_gateway_quota_cpu_seconds_total", route.labels, cpu)
         if result.outcome.is_violation:
             self._closed_until.pop((route.spec.name, route.spec.tenant), None)
         self._count(route, result)

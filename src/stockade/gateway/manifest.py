@@ -3,6 +3,7 @@
     [server]                      # all optional
     workers = 2
     [tenant.acme]                 # quotas shared by the tenant's functions
+    cordon = "finance"            # tenants of one cordon may share processes (see below)
     concurrency = 8
     rate = 100                    # requests per second (burst: `burst`, default 1 s worth)
     cpu_per_minute = "10s"        # guest CPU time per minute
@@ -16,6 +17,12 @@
                                   # allow_precompiled (a .cwasm this host compiled)
     cookies = "own"               # receives Cookie, sets cookies on its route (default "none")
     pass_headers = ["x-api-key"]  # withheld headers this function is sent (default none)
+    isolate = "process"           # or "none"; default: "process" for the strict profile
+
+Where a function runs: in the gateway worker process only when `isolate = "none"` and
+its tenant is in no cordon (the `default` cordon); otherwise in the warm pool of
+confined worker processes of its tenant's cordon. Tenants in different cordons never
+share a process.
 
 `load_manifest` resolves it into frozen dataclasses; every error names the file and the
 key, e.g. ``stockade.toml: function[0] (hello).limits.timeout: not a duration: 'soon'``.
@@ -30,13 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError, StockadeError
+from ..isolate.factory import ISOLATION_MODES, default_isolation
 from ..policy import Capabilities, DirGrant, Policy, apply_limit
 from ..policy.loader import named_profile, read_toml
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
 from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
 
+DEFAULT_CORDON = "default"  # tenants without `cordon`: the gateway worker processes
+
 __all__ = ["FunctionSpec", "Manifest", "Quota", "ServerSettings", "load_manifest",
-           "parse_manifest", "RESERVED_PATHS", "HEADER_ALLOWANCE"]
+           "parse_manifest", "RESERVED_PATHS", "HEADER_ALLOWANCE", "DEFAULT_CORDON"]
 
 RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
 HEADER_ALLOWANCE = 64 * 1024  # bytes of CGI headers allowed on top of `max_response`
@@ -45,7 +55,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _FUNCTION_KEYS = {"name", "route", "methods", "module", "profile", "limits", "env", "env_allow",
                   "dirs", "tenant", "max_concurrency", "rate", "burst", "max_body",
-                  "max_response", "cookies", "pass_headers", "allow_precompiled"}
+                  "max_response", "cookies", "pass_headers", "allow_precompiled", "isolate"}
 # manifest key -> Quota field
 _FUNCTION_QUOTA = {"max_concurrency": "concurrency", "rate": "rate", "burst": "burst"}
 _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
@@ -69,6 +79,14 @@ class FunctionSpec:
     max_body: int
     max_response: int
     headers: HeaderRules = field(default_factory=HeaderRules)
+    isolate: str = "none"
+    cordon: str = DEFAULT_CORDON
+
+    @property
+    def pooled(self) -> bool:
+        """True when the function runs in its cordon's worker pool, not in the gateway
+        worker process (see the module docstring)."""
+        return self.isolate != "none" or self.cordon != DEFAULT_CORDON
 
     def allows(self, method: str) -> bool:
         """True when the function accepts `method`."""
@@ -83,6 +101,7 @@ class Manifest:
     server: ServerSettings
     functions: tuple[FunctionSpec, ...]
     tenants: dict[str, Quota] = field(default_factory=dict)
+    cordons: dict[str, str] = field(default_factory=dict)  # tenant -> cordon
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -98,14 +117,16 @@ def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
     _known(data, {"server", "tenant", "function"}, source, "")
     server = parse_server(_table(data.get("server", {}), source, "server"), source)
     tenants = {DEFAULT_TENANT: Quota()}
+    cordons = {DEFAULT_TENANT: DEFAULT_CORDON}
     raw_tenants = _table(data.get("tenant", {}), source, "tenant")
     for name, table in raw_tenants.items():
         where = f"tenant.{name}"
         if not _NAME.match(name):
             raise PolicyError(f"{source}: {where}: invalid tenant name")
         table = _table(table, source, where)
-        _known(table, set(_TENANT_QUOTA), source, f"{where}.")
+        _known(table, set(_TENANT_QUOTA) | {"cordon"}, source, f"{where}.")
         tenants[name] = parse_quota(table, source, where, _TENANT_QUOTA)
+        cordons[name] = _cordon(table.get("cordon", DEFAULT_CORDON), source, where)
     raw_functions = data.get("function", [])
     if not isinstance(raw_functions, list) or not raw_functions:
         raise PolicyError(f"{source}: function: add at least one [[function]] table")
@@ -113,9 +134,9 @@ def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
     functions: list[FunctionSpec] = []
     for index, table in enumerate(raw_functions):
         functions.append(_function(_table(table, source, f"function[{index}]"), index, source,
-                                   base, server, tenants))
+                                   base, server, tenants, cordons))
     _check_unique(functions, source)
-    return Manifest(path.resolve(), server, tuple(functions), tenants)
+    return Manifest(path.resolve(), server, tuple(functions), tenants, cordons)
 
 
 def _module_file(module: str, base: Path, source: str, where: str) -> Path:
@@ -134,7 +155,8 @@ def _module_file(module: str, base: Path, source: str, where: str) -> Path:
 
 
 def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
-              server: ServerSettings, tenants: Mapping[str, Quota]) -> FunctionSpec:
+              server: ServerSettings, tenants: Mapping[str, Quota],
+              cordons: Mapping[str, str]) -> FunctionSpec:
     name = table.get("name")
     where = f"function[{index}]"
     if not isinstance(name, str) or not _NAME.match(name):
@@ -169,6 +191,8 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         or server.max_body,
         max_response=max_response,
         headers=_header_rules(table, source, where, route, server),
+        isolate=_isolation(table.get("isolate"), policy, source, where),
+        cordon=cordons[tenant],
     )
 
 
@@ -187,6 +211,23 @@ def _header_rules(table: Mapping[str, Any], source: str, where: str, route: str,
             hint = "set cookies = \"own\"" if name == "cookie" else "it is never passed"
             raise PolicyError(f"{source}: {where}.pass_headers: {name!r}: {hint}")
     return HeaderRules.build(route, cookies, server.withhold_headers, passed)
+
+
+def _isolation(value: Any, policy: Policy, source: str, where: str) -> str:
+    """`isolate`, or the profile's default: `process` for `strict` (as `stockade run`)."""
+    if value is None:
+        return default_isolation(policy)
+    if value not in ISOLATION_MODES:
+        raise PolicyError(f"{source}: {where}.isolate: expected \"process\" or \"none\", "
+                          f"not {value!r}")
+    return str(value)
+
+
+def _cordon(value: Any, source: str, where: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise PolicyError(f"{source}: {where}.cordon: a name of letters, digits, '.', '_', "
+                          f"'-', not {value!r}")
+    return value
 
 
 def _policy(table: Mapping[str, Any], source: str, where: str, base: Path) -> Policy:

@@ -32,6 +32,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "stockade_gateway_invocations_total": ("counter", "Function invocations, by outcome"),
     "stockade_gateway_coldstarts_total": ("counter", "First invocations of a function"),
     "stockade_gateway_guest_cpu_seconds_total": ("counter", "Guest CPU time, by tenant"),
+    "stockade_gateway_quota_cpu_seconds_total": (
+        "counter", "Guest CPU time charged to quotas (abandoned inline attempts included)"),
     "stockade_gateway_inflight": ("gauge", "Invocations running or queued"),
     "stockade_gateway_reloads_total": ("counter", "Manifest reloads, by result"),
 }

@@ -3,19 +3,26 @@
 A `Routes` table is immutable once built: a reload prepares every function of the new
 manifest off the event loop, then swaps the table in one assignment, so requests in
 flight finish with the function they started with. Limiters are kept by name across
-reloads (quotas updated in place), so in-flight counts and budgets carry over.
+reloads (quotas updated in place), so in-flight counts and budgets carry over; their
+state lives in the `QuotaStore` every worker of the server shares, so each quota holds
+whole across workers.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ModuleError, ModuleNotFound
 from .executor import Executors, Prepared, named_error
-from .limits import Limiter
+from .limits import Limiter, QuotaStore
 from .manifest import FunctionSpec, Manifest
 from .settings import Quota
+
+if TYPE_CHECKING:
+    from .pool import WorkerPool
 
 __all__ = ["Route", "Routes", "Registry"]
 
@@ -39,7 +46,8 @@ class Routes:
     def __init__(self, routes: list[Route]) -> None:
         self._by_prefix = {route.spec.route: route for route in routes}
         self.functions = {route.spec.name: route for route in routes}
-        self.quotas: dict[str, Quota] = {}  # limiter key -> this worker's share
+        self.quotas: dict[str, Quota] = {}  # limiter key -> the manifest's quota
+        self.pools: dict[str, WorkerPool] = {}  # cordon -> its worker pool
 
     def match(self, path: str) -> Route | None:
         """The route for `path` (`/hello` serves `/hello` and `/hello/x`, not `/helloo`)."""
@@ -54,28 +62,32 @@ class Routes:
 
 
 class Registry:
-    """The current manifest and routes of one worker (`workers` share every quota)."""
+    """The current manifest and routes of one worker; quotas live in `store`."""
 
-    def __init__(self, executors: Executors, workers: int) -> None:
+    def __init__(self, executors: Executors, store: QuotaStore | None = None) -> None:
         self.executors = executors
-        self.workers = workers
+        self.store = store or QuotaStore()
         self.manifest: Manifest | None = None
         self.routes = Routes([])
         self._limiters: dict[str, Limiter] = {}
+        self._retiring: list[WorkerPool] = []
 
     def build(self, manifest: Manifest) -> Routes:
         """Prepare every function (blocking: module loading may compile). Raises
         ModuleNotFound or ModuleError naming the function; nothing changes until `swap`."""
         routes = []
         quotas: dict[str, Quota] = {}
+        pools = self.executors.start_pools(manifest.functions)
         for spec in manifest.functions:
             try:
-                prepared = self.executors.prepare(spec)
+                prepared = self.executors.prepare(spec, pools)
             except (ModuleNotFound, ModuleError) as exc:
+                for pool in pools.values():
+                    pool.close()
                 raise named_error(exc, spec.name) from None
             function_key, tenant_key = f"function:{spec.name}", f"tenant:{spec.tenant}"
-            quotas[function_key] = spec.quota.share(self.workers)
-            quotas[tenant_key] = manifest.tenants.get(spec.tenant, Quota()).share(self.workers)
+            quotas[function_key] = spec.quota
+            quotas[tenant_key] = manifest.tenants.get(spec.tenant, Quota())
             routes.append(Route(
                 spec, prepared,
                 self._limiter(function_key, f"function {spec.name}", quotas[function_key]),
@@ -84,6 +96,7 @@ class Registry:
             ))
         built = Routes(routes)
         built.quotas = quotas
+        built.pools = pools
         return built
 
     def swap(self, manifest: Manifest, routes: Routes) -> None:
@@ -94,7 +107,15 @@ class Registry:
             if limiter is not None:
                 limiter.update(quota)
         self.manifest = manifest
-        self.routes = routes
+        old, self.routes = self.routes, routes
+        self._retiring = [pool for pool in self._retiring if not pool.closed]
+        for pool in old.pools.values():
+            # Requests routed before the swap may still ask the old pool for a process:
+            # it serves them until the longest of its functions' deadlines has passed.
+            timer = threading.Timer(pool.retire_after, pool.close)
+            timer.daemon = True
+            timer.start()
+            self._retiring.append(pool)
         logger.info("serving %d functions from %s", len(manifest.functions),
                     manifest.source.name)
 
@@ -102,5 +123,12 @@ class Registry:
         # Reuse the live limiter (its quota changes at `swap`), or make one.
         limiter = self._limiters.get(key)
         if limiter is None:
-            limiter = self._limiters[key] = Limiter(label, quota)
+            limiter = self._limiters[key] = Limiter(label, quota, cell=self.store.cell(key))
         return limiter
+
+    def close(self) -> None:
+        """Stop the worker pools and release the quota state. Safe twice."""
+        for pool in [*self.routes.pools.values(), *self._retiring]:
+            pool.close()
+        for limiter in self._limiters.values():
+            limiter.close()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from .dispatch import Dispatcher
 from .executor import Executors
 from .invoke import Invoker
 from .layers import BodyLayer, ErrorLayer, LimitsLayer, MetricsLayer, RoutingLayer
+from .limits import QuotaStore
 from .manifest import Manifest, load_manifest
 from .messages import Handler, Request, Response
 from .metrics import CONTENT_TYPE, Metrics, MetricsStore, render
@@ -62,8 +64,7 @@ class GatewayService:
     def load(self) -> Manifest:
         """Read the manifest with the command line's server settings applied."""
         manifest = load_manifest(self.path)
-        return Manifest(manifest.source, manifest.server.override(**self.overrides),
-                        manifest.functions, manifest.tenants)
+        return replace(manifest, server=manifest.server.override(**self.overrides))
 
     def start(self) -> None:
         """Load the manifest and prepare every function (blocking). Raises PolicyError,
@@ -74,9 +75,11 @@ class GatewayService:
         self.telemetry = telemetry = _open_telemetry(settings)
         if telemetry is not None:
             observers = (telemetry.observer,)
-        self.executors = Executors(settings.executor, settings.threads, observers)
+        self.executors = Executors(settings.executor, settings.threads, observers,
+                                   settings.pool_workers)
         self.dispatcher = dispatcher = Dispatcher(settings.threads, settings.max_queue)
-        self.registry = registry = Registry(self.executors, self.workers)
+        store = QuotaStore(self.store.directory / "quotas" if self.store else None, self.index)
+        self.registry = registry = Registry(self.executors, store)
         registry.swap(manifest, registry.build(manifest))
         self.handler = self._stack(registry, dispatcher)
 
@@ -152,6 +155,8 @@ class GatewayService:
             self.dispatcher.close(wait=True)
         if self.executors is not None:
             self.executors.close()
+        if self.registry is not None:
+            self.registry.close()
         if self.telemetry is not None:
             self.telemetry.close()
         if self.store is not None:

@@ -6,7 +6,6 @@ names the file and the key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -35,20 +34,6 @@ class Quota:
     burst: int | None = None
     cpu_per_minute: float | None = None
 
-    def share(self, workers: int) -> Quota:
-        """This quota split evenly over `workers` processes, each enforcing its share:
-        rates and CPU divide exactly; concurrency rounds down but stays at least 1."""
-        if workers <= 1:
-            return self
-        return Quota(
-            concurrency=None if self.concurrency is None
-            else max(1, self.concurrency // workers),
-            rate=None if self.rate is None else self.rate / workers,
-            burst=None if self.burst is None else max(1, math.ceil(self.burst / workers)),
-            cpu_per_minute=None if self.cpu_per_minute is None
-            else self.cpu_per_minute / workers,
-        )
-
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -61,8 +46,9 @@ class ServerSettings:
     `sandbox`; `telemetry` an export profile name or `off` (None: `STOCKADE_TELEMETRY`,
     else `hybrid`); `reuse_port` gives each worker its own SO_REUSEPORT socket instead
     of sharing one; `inline` lets short fast-path runs finish on the event loop thread
-    (see `fastexec.py`). `breakers` (circuit breakers per function and tenant),
-    `breaker_traps` (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no)
+    (see `fastexec.py`); `pool_workers` is the number of warm confined processes in
+    each cordon's worker pool, per gateway worker (see `pool.py`). `breakers` (circuit
+    breakers per function and tenant), `breaker_traps` (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no)
     and `audit` (the audit log) are independent of `telemetry`: export `off` keeps them.
 
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
@@ -95,6 +81,7 @@ class ServerSettings:
     body_min_rate: int = 1024
     keep_alive_timeout: float = 5.0
     withhold_headers: tuple[str, ...] = tuple(sorted(WITHHELD))
+    pool_workers: int = 2
 
     def override(self, **changes: Any) -> ServerSettings:
         """A copy with the given settings (None values are ignored: flag not given)."""
@@ -160,7 +147,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "inline": _flag, "breakers": _flag, "breaker_traps": _flag, "audit": _flag,
     "header_timeout": _seconds, "max_header_size": _bytes,
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
-    "withhold_headers": header_names,
+    "withhold_headers": header_names, "pool_workers": _int(1, 32),
 }
 
 

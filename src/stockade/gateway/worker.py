@@ -1,7 +1,8 @@
 """One gateway worker process: uvicorn (uvloop + httptools) serving `GatewayApp`.
 
 Started by the supervisor (`server.py`) as ``python -m stockade.gateway.worker``, it
-serves an inherited listening socket (or its own SO_REUSEPORT one), reports readiness
+serves an inherited listening socket (or its own SO_REUSEPORT one), confines itself
+once it holds it (`confine.py`: the one call site), reports readiness
 on a pipe once its functions are loaded and it accepts connections, drains on
 SIGTERM/SIGINT, reloads the manifest on SIGHUP, and exits if the supervisor dies.
 """
@@ -26,6 +27,7 @@ import uvicorn
 
 from ..display import PrintableFormatter
 from .app import GatewayApp
+from .confine import confine_server_process
 from .protocol import guarded_protocol
 from .service import GatewayService
 
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket.socket(fileno=args.fd)
     else:
         sock = reuse_port_socket(settings.host, settings.port, 2048)
+    # Bound: from here on the worker needs no privilege (before any thread starts).
+    for protection in confine_server_process():
+        logger.debug("%s: %s (%s)", protection.name,
+                     "active" if protection.active else "unavailable", protection.detail)
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
         # httptools, with the head timeout and size limit uvicorn lacks (protocol.py).

@@ -1,0 +1,179 @@
+"""A confined pool worker: `python -P -m stockade.gateway.poolworker READ_FD WRITE_FD`.
+
+Started by a gateway worker for one cordon's pool (`pool.py`). It reads a `PoolPlan`,
+hardens itself before any thread exists (network namespace, capabilities, rlimits),
+prepares every function of the plan with the gateway's own executors (the C-API fast
+path where a function qualifies, the sandbox otherwise), then caps its address space
+and installs the seccomp filter, and answers `ready` with the functions it holds and
+its protections. Then, one at a time until its parent closes the pipe:
+
+- `("run", name, stdin, env)` -> `("result", wire result)`, `("error", wire error)`
+  for a Stockade error, `("memory", {"limit"})` when the run hit the address-space
+  limit (the worker then exits), `("failed", {"message"})` for anything else.
+
+Replies are plain data (see `stockade.isolate.protocol`): the parent trusts nothing a
+worker whose guest got loose could forge beyond a checked `Result`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import StockadeError
+from ..invocation import Invocation
+from ..isolate.harden import harden_after_engine, harden_before_engine, memory_reservation
+from ..isolate.plan import WorkerPlan, interpreter_paths
+from ..isolate.protections import Protection
+from ..isolate.protocol import error_to_wire, read_frame, result_to_wire, write_frame
+from ..isolate.rlimits import RlimitPlan, vm_size
+from ..paths import cache_dir, config_dir
+from ..result import Outcome
+from .manifest import FunctionSpec
+
+__all__ = ["PoolPlan", "main", "serve", "WORKER_VARIABLE"]
+
+# Set in a pool worker's environment as "cordon=NAME pid=PID": a function that lists it
+# in `env_allow` learns where it runs (nothing else sees it).
+WORKER_VARIABLE = "STOCKADE_WORKER"
+# Host allocations a worker may make beyond its prepared functions and one run's
+# linear memories: generous for CGI buffers, far below what would hurt the host.
+HEAP_HEADROOM = 256 * 1024**2
+_RECLAIM_BYTES = 256 * 1024**2
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """What a pool worker serves and how it confines itself: the cordon's functions,
+    the executor mode (`[server] executor`), and the rlimits of its `WorkerPlan`."""
+
+    cordon: str
+    specs: tuple[FunctionSpec, ...]
+    executor: str
+    worker: WorkerPlan
+    heap_headroom: int = HEAP_HEADROOM
+    log_level: str = "WARNING"
+
+
+def _address_space(plan: PoolPlan, sandboxed: list[FunctionSpec], engine: Any) -> int:
+    """RLIMIT_AS: what is mapped now (engines, pools, compiled code), plus one run of
+    the largest sandboxed function (a fresh reservation per linear memory), plus the
+    output buffers and the heap headroom."""
+    total = vm_size() + plan.heap_headroom
+    if sandboxed:
+        per_memory = memory_reservation(engine)
+        total += max(s.policy.limits.max_memories * (per_memory + s.policy.limits.max_memory)
+                     for s in sandboxed)
+    return total + 2 * max(s.policy.limits.max_output for s in plan.specs)
+
+
+def serve(read_fd: int, write_fd: int) -> None:
+    """Harden by the plan read from `read_fd`, prepare the functions, answer runs."""
+    plan: PoolPlan = pickle.loads(read_frame(read_fd))
+    logging.basicConfig(level=plan.log_level, stream=sys.stderr,
+                        format=f"stockade serve [cordon {plan.cordon} pool {os.getpid()}]: "
+                               "%(message)s")
+    os.environ[WORKER_VARIABLE] = f"cordon={plan.cordon} pid={os.getpid()}"
+    report = [_explained(p) for p in harden_before_engine(plan.worker).report]
+    from ..engine import EngineConfig, get_engine
+    from .executor import Executors
+
+    executors = Executors(plan.executor, 1)
+    prepared = {spec.name: executors.prepare(spec) for spec in plan.specs}
+    sandboxed = [spec for spec in plan.specs if prepared[spec.name].kind == "sandbox"]
+    engine = get_engine(EngineConfig.for_limits(plan.specs[0].policy.limits)).wasmtime
+    limit = _address_space(plan, sandboxed, engine)
+    report += harden_after_engine(replace(plan.worker, address_space=limit), engine)
+    baseline = vm_size()
+    write_frame(write_fd, ("ready", {
+        "pid": os.getpid(),
+        "functions": {name: [p.sha256, p.kind] for name, p in prepared.items()},
+        "protections": [tuple(p) for p in report]}))
+    while True:
+        try:
+            request = pickle.loads(read_frame(read_fd))
+        except EOFError:
+            return
+        if request[0] != "run" or request[1] not in prepared:
+            write_frame(write_fd, ("failed", {"message": f"unknown request {request[:2]!r}"}))
+            continue
+        _, name, stdin, env = request
+        function = prepared[name]
+        invocation = Invocation(stdin=stdin, env=tuple(env), name=name,
+                                tenant=function.spec.tenant)
+        reply: tuple[str, Any]
+        try:
+            result = function.run(invocation)
+            # The engine reports an exception in a host call as outcome `error` named by
+            # its type; MemoryError there means the address-space limit held.
+            if result.outcome is Outcome.ERROR and result.message.startswith("MemoryError"):
+                raise MemoryError
+            reply = ("result", result_to_wire(result))
+        except StockadeError as exc:
+            reply = ("error", error_to_wire(exc))
+        except MemoryError:
+            # Host memory the guest made this worker take (a host call copying what the
+            # guest asked for), past the address-space limit. Report, then make way for a
+            # fresh worker: the heap may be left fragmented or half-built.
+            write_frame(write_fd, ("memory", {"limit": limit}))
+            os._exit(3)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
+            reply = ("failed", {"message": f"{type(exc).__name__}: {exc}"})
+        # A trap's traceback keeps its Store (a whole linear-memory reservation) alive
+        # until the cycle collector runs; the address-space limit has room for one.
+        if vm_size() > baseline + _RECLAIM_BYTES:
+            gc.collect()
+        write_frame(write_fd, reply)
+
+
+def _explained(protection: Protection) -> Protection:
+    """The report of a step, restated where a pool worker differs from `isolate`'s."""
+    if protection.name == "rlimit cpu" and not protection.active:
+        return Protection("rlimit cpu", False, "a pool worker serves many runs: each run's "
+                          "deadline is held by its engine and by the gateway, which kills "
+                          "the worker at the timeout + grace")
+    return protection
+
+
+def worker_plan(specs: tuple[FunctionSpec, ...], nofile_overhead: int = 64,
+                fsize_headroom: int = 256 * 1024**2, pids: int = 64) -> WorkerPlan:
+    """The `WorkerPlan` of a pool serving `specs`: descriptors and file sizes for the
+    largest of them, no CPU rlimit (each run's deadline is enforced by its engine and
+    by the parent, and a pool worker lives for many runs); every protection on."""
+    limits = [spec.policy.limits for spec in specs]
+    rlimits = RlimitPlan(
+        nofile=max(lim.max_open_files for lim in limits) + nofile_overhead,
+        fsize=max(max(lim.disk_quota, lim.max_output) for lim in limits) + fsize_headroom,
+        nproc=pids, run_cpu=None, load_cpu=None, cpu_budget_runs=1)
+    # Started by a gateway worker that holds no capabilities: no namespaces can be made,
+    # so no uid switch either (its idmapped grants need a mount namespace). Landlock
+    # holds it to the modules, the grants, the cache and the keys it verifies them with.
+    grants = {(Path(os.path.realpath(g.host)), g.writable)
+              for spec in specs for g in spec.policy.capabilities.dirs}
+    modules = {Path(os.path.realpath(spec.module)) for spec in specs}
+    return WorkerPlan(policy=specs[0].policy, rlimits=rlimits, address_space=None,
+                      address_space_headroom=0, seccomp=True, network_namespace=False,
+                      drop_capabilities=True, mount_namespace=False, landlock=True,
+                      uid_base=None, grants=tuple(sorted(grants)),
+                      readable=(*interpreter_paths(), *sorted(modules), config_dir()),
+                      cache=Path(os.path.realpath(cache_dir())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a pool worker process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m stockade.gateway.poolworker READ_FD WRITE_FD", file=sys.stderr)
+        return 2
+    serve(int(args[0]), int(args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
