@@ -48,8 +48,9 @@ class ServerSettings:
     of sharing one; `inline` lets short fast-path runs finish on the event loop thread
     (see `fastexec.py`); `pool_workers` is the number of warm confined processes in
     each cordon's worker pool, per gateway worker (see `pool.py`). `breakers` (circuit
-    breakers per function and tenant), `breaker_traps` (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no)
-    and `audit` (the audit log) are independent of `telemetry`: export `off` keeps them.
+    breakers per function and tenant), `breaker_traps` (traps count toward them; None:
+    `STOCKADE_BREAKER_TRAPS`, else no) and `audit` (the audit log) are independent of
+    `telemetry`: export `off` keeps them.
 
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
     must arrive within `header_timeout`, a body within `body_timeout` plus one second
