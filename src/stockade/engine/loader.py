@@ -11,6 +11,7 @@ from pathlib import Path
 import wasmtime
 
 from ..errors import ModuleError, ModuleNotFound
+from ..progress import progress
 from .cache import AotCache
 from .guard import CompileGuard
 from .traps import describe_load_error
@@ -117,7 +118,9 @@ class ModuleLoader:
             guard.check_code(data, name)
         start = time.perf_counter()
         try:
-            module = wasmtime.Module(self._engine, data)
+            with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
+                          "configuration)"):
+                module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
         compile_ms = (time.perf_counter() - start) * 1000
