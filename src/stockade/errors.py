@@ -10,6 +10,7 @@ gateway render errors and never decide what they mean::
     ├── ModuleError                 126 / 422   not wasm, truncated, incompatible .cwasm
     │   └── DeniedImport            126 / 403   imports something Stockade does not provide
     ├── WorkerError                 125 / 500   an isolation worker failed to start or answer
+    ├── PoolBusy                    125 / 503   every sandbox of a pool busy, too many waiting
     └── FastPathUnavailable         125 / 500   the C-API fast path cannot run here
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "ModuleError",
     "DeniedImport",
     "WorkerError",
+    "PoolBusy",
     "FastPathUnavailable",
 ]
 
@@ -74,6 +76,12 @@ class DeniedImport(ModuleError):
 
 class WorkerError(StockadeError):
     """An isolation worker could not be started or stopped answering."""
+
+
+class PoolBusy(StockadeError):
+    """A `SandboxPool` has no free sandbox and its bound of waiting callers is reached."""
+
+    http_status = 503
 
 
 class FastPathUnavailable(StockadeError):

@@ -126,6 +126,15 @@ class Sandbox:
 
         return run_python(self, code, files=files, args=args, stdin=stdin, env=env)
 
+    async def run_async(self, module: str | Path | bytes | LoadedModule,
+                        invocation: Invocation | None = None) -> Result:
+        """`run` for asyncio: the run is made on a thread, so the event loop goes on.
+        A cancelled caller returns at once; the guest runs on to its own timeout (see
+        `stockade.sandbox.aio`; an isolated sandbox is killed instead)."""
+        from .aio import run_in_thread
+
+        return await run_in_thread(self, lambda: self.run(module, invocation))
+
     def _execute(self, loaded: LoadedModule, pre: wasmtime.InstancePre, invocation: Invocation,
                  preopens: list[tuple[Path, bool]], grants: tuple[DirGrant, ...],
                  started: float, coldstart: bool) -> Result:
