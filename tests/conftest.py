@@ -45,6 +45,9 @@ def isolated_env(
     monkeypatch.setenv("STOCKADE_STATE_DIR", str(tmp_path / "state"))
     # Keys (the audit key) live in the config dir: never the real user's.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    # CPython for WASI from the build step: `stockade python` must not download in tests.
+    if (REAL / "python.wasm").exists():
+        monkeypatch.setenv("STOCKADE_PYTHON_WASM", str(REAL / "python.wasm"))
     yield
 
 
@@ -67,7 +70,11 @@ def python_wasm() -> Path:
 
 def stockade(*args: str, stdin: bytes | None = None, timeout: float = 120) -> (
         subprocess.CompletedProcess[bytes]):
-    """Run the real `stockade` command line in a fresh process."""
+    """Run the real `stockade` command line in a fresh process; its standard input is
+    `stdin`, or empty (never the test runner's, which `stockade run` would read)."""
+    if stdin is None:
+        return subprocess.run([*STOCKADE, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, check=False)
     return subprocess.run(
         [*STOCKADE, *args], input=stdin, capture_output=True, timeout=timeout, check=False
     )

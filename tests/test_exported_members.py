@@ -10,6 +10,7 @@ def test_public_names() -> None:
         "Sandbox", "Policy", "Limits", "Capabilities", "DirGrant", "load_policy", "Invocation",
         "Result", "Outcome", "Usage", "StockadeError", "UsageError", "PolicyError",
         "ModuleNotFound", "ModuleError", "DeniedImport", "WorkerError",
+        "AsyncSandbox", "SandboxPool", "PoolBusy",
     ])
     for name in stockade.__all__:
         assert getattr(stockade, name).__module__.startswith("stockade.")

@@ -13,17 +13,22 @@ from .errors import (
     ModuleError,
     ModuleNotFound,
     PolicyError,
+    PoolBusy,
     StockadeError,
     UsageError,
     WorkerError,
 )
 from .invocation import Invocation
+from .isolate.pool import SandboxPool
 from .policy import Capabilities, DirGrant, Limits, Policy, load_policy
 from .result import Outcome, Result, Usage
 from .sandbox import Sandbox
+from .sandbox.aio import AsyncSandbox
 
 __all__ = [
     "Sandbox",
+    "AsyncSandbox",
+    "SandboxPool",
     "Policy",
     "Limits",
     "Capabilities",
@@ -40,5 +45,6 @@ __all__ = [
     "ModuleError",
     "DeniedImport",
     "WorkerError",
+    "PoolBusy",
 ]
 __version__ = "0.1.0"

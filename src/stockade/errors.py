@@ -11,6 +11,7 @@ gateway render errors and never decide what they mean::
     │   ├── DeniedImport            126 / 403   imports something Stockade does not provide
     │   └── PrecompiledRefused      126 / 403   a .cwasm not opted in, or not authenticated
     ├── WorkerError                 125 / 500   an isolation worker failed to start or answer
+    ├── PoolBusy                    125 / 503   every sandbox of a pool busy, too many waiting
     └── FastPathUnavailable         125 / 500   the C-API fast path cannot run here
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "DeniedImport",
     "PrecompiledRefused",
     "WorkerError",
+    "PoolBusy",
     "FastPathUnavailable",
 ]
 
@@ -88,6 +90,12 @@ class PrecompiledRefused(ModuleError):
 
 class WorkerError(StockadeError):
     """An isolation worker could not be started or stopped answering."""
+
+
+class PoolBusy(StockadeError):
+    """A `SandboxPool` has no free sandbox and its bound of waiting callers is reached."""
+
+    http_status = 503
 
 
 class FastPathUnavailable(StockadeError):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
 
 __all__ = ["Invocation", "new_invocation_id"]
 
@@ -36,6 +40,10 @@ class Invocation:
     breakers and audit records; `traceparent` (W3C) makes the run's span a child of the
     caller's trace; `breaker` names the circuit breaker the run counts toward (the
     gateway: `function:<name>`; None: the module's digest).
+
+    Checked when built: `args` is a sequence of strings (a single string is refused, it
+    would otherwise become one argument per character), `stdin` bytes or text (UTF-8),
+    `env` pairs or a mapping of strings. Raises UsageError naming the parameter.
     """
 
     args: tuple[str, ...] = ()
@@ -46,3 +54,65 @@ class Invocation:
     invocation_id: str = field(default_factory=new_invocation_id)
     traceparent: str | None = None
     breaker: str | None = None
+
+    def __post_init__(self) -> None:
+        # The gateway builds thousands a second: the common, valid shapes cost two checks.
+        if type(self.args) is not tuple or not all(type(a) is str for a in self.args):
+            object.__setattr__(self, "args", _args(self.args))
+        if type(self.stdin) is not bytes:
+            object.__setattr__(self, "stdin", _stdin(self.stdin))
+        if type(self.env) is not tuple or not all(
+                type(p) is tuple and len(p) == 2 for p in self.env):
+            object.__setattr__(self, "env", _env(self.env))
+        for name in ("name", "tenant", "traceparent", "breaker"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"Invocation {name}: expected a str or None, not "
+                                 f"{type(value).__name__}")
+
+
+def _args(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str | bytes):
+        raise UsageError(f"Invocation args: expected a sequence of strings, not one "
+                         f"{type(value).__name__} ({value[:40]!r}): write "
+                         "args=('-c', 'print(1)') or args=shlex.split(line)")
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise UsageError(f"Invocation args: expected a sequence of strings, not "
+                         f"{type(value).__name__}") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise UsageError(f"Invocation args[{index}]: expected a str, not "
+                             f"{type(item).__name__}")
+        if "\0" in item:
+            raise UsageError(f"Invocation args[{index}]: contains a NUL character")
+    return items
+
+
+def _stdin(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise UsageError(f"Invocation stdin: expected bytes or str, not {type(value).__name__}")
+
+
+def _env(value: Any) -> tuple[tuple[str, str], ...]:
+    pairs = value.items() if isinstance(value, Mapping) else value
+    if isinstance(pairs, str | bytes):
+        raise UsageError("Invocation env: expected a mapping or (KEY, VALUE) pairs, not a "
+                         "string")
+    result = []
+    try:
+        for pair in pairs:
+            key, text = pair
+            if not isinstance(key, str) or not isinstance(text, str):
+                raise UsageError(f"Invocation env: {key!r}: names and values must be str")
+            if not key or "=" in key or "\0" in key or "\0" in text:
+                raise UsageError(f"Invocation env: {key!r}: not a variable name "
+                                 "(empty, or has '=' or NUL)")
+            result.append((key, text))
+    except (TypeError, ValueError):
+        raise UsageError("Invocation env: expected a mapping or (KEY, VALUE) pairs") from None
+    return tuple(result)

@@ -107,3 +107,17 @@ def test_an_isolated_worker_contains_memory_growth() -> None:
     run = runner(isolate="process").run(grow)
     assert run.outcome == "memory_limit"
     assert run.verdict is Verdict.CONTAINED, run.reasons
+
+
+def test_writing_attacks_reach_the_kernel_under_strict() -> None:
+    """strict has no file or disk quota of its own: the runner's allowance lets the storms
+    run their calls (not stop at the first create) and the verdict still holds."""
+    scratch_disk()
+    names = ("fsync_storm", "tiny_writes", "inode_flood")
+    for attack in find_attacks(names):
+        run = runner(timeout=1.0).run(attack)
+        assert run.outcome in attack.expected_for("strict"), (attack.name, run.outcome)
+        assert run.verdict is Verdict.CONTAINED, (attack.name, run.reasons)
+        if attack.name != "inode_flood":
+            assert run.outcome in ("timeout", "hostcall_limit")  # not file_quota at once
+            assert sum(run.hostcalls.values()) > 100

@@ -80,7 +80,7 @@ def test_stockade_run_exports_over_grpc(grpc_receiver: GrpcReceiver) -> None:
     env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=grpc_receiver.endpoint)
     proc = subprocess.run(
         [sys.executable, "-m", "stockade", "run", "--telemetry", "cloud", str(guest("hello.wasm"))],
-        env=env, capture_output=True, timeout=60, check=False)
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert grpc_receiver.wait_for(lambda r: bool(r.spans()))
     resource, span = grpc_receiver.spans()[0]

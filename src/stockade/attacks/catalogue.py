@@ -79,6 +79,9 @@ def _ours(name: str, strategy: str, guest: str, summary: str, *args: str, scratc
                    expected=expected)
 
 
+# Writing attacks run with the runner's write allowance (1 MiB, 8 files) under every
+# profile, so under strict too the storms reach their calls and are stopped by the
+# timeout or the host-call budget; floods of files and bytes hit the allowance's quotas.
 _WRITES = {"strict": ("file_quota", "disk_quota")}
 
 ATTACKS: tuple[Attack, ...] = (
@@ -92,14 +95,14 @@ ATTACKS: tuple[Attack, ...] = (
            "create up to 200,000 empty files", "200000", "/scratch", "60", scratch=True,
            expected={**_WRITES, "default": ("file_quota",)}),
     _paper("fsync_storm", "fsync storm", "fsync_storm", "pwrite 1 byte + fsync, for 30 s",
-           "fsync", "30", scratch=True, expected={**_WRITES, "default": _FLOOD}),
+           "fsync", "30", scratch=True, expected=_both(_FLOOD)),
     _paper("fdatasync_storm", "fsync storm", "fsync_storm",
            "pwrite 1 byte + fdatasync, for 30 s", "fdatasync", "30", scratch=True,
-           expected={**_WRITES, "default": _FLOOD}),
+           expected=_both(_FLOOD)),
     _paper("tiny_writes", "rapid small I/O", "tiny_io", "1-byte pwrites at full speed, 30 s",
-           "write", "30", scratch=True, expected={**_WRITES, "default": _FLOOD}),
+           "write", "30", scratch=True, expected=_both(_FLOOD)),
     _paper("tiny_reads", "rapid small I/O", "tiny_io", "1-byte preads at full speed, 30 s",
-           "read", "30", scratch=True, expected={**_WRITES, "default": _FLOOD}),
+           "read", "30", scratch=True, expected=_both(_FLOOD)),
     _paper("entropy_flood", "entropy reads", "entropy_flood",
            "random_get of 4 KiB in a loop, 30 s", "30", "4096", expected=_both(_FLOOD)),
     _paper("device_open", "pseudo-terminals and devices", "device_open",

@@ -112,6 +112,23 @@ class _Raw:
     forget: tuple[str, str] | None = None
 
 
+# A profile without file or disk quota (strict) would stop every writing attack at its
+# first create, before its calls reach the kernel: writing attacks get this allowance so
+# fsync storms, tiny I/O and inode floods are really exercised under every profile.
+WRITE_ALLOWANCE = {"disk_quota": 1024**2, "max_files": 8}
+
+
+def with_write_allowance(policy: Policy) -> Policy:
+    """`policy` with at least WRITE_ALLOWANCE of file and disk quota."""
+    limits = policy.limits
+    if limits.disk_quota >= WRITE_ALLOWANCE["disk_quota"] and \
+            limits.max_files >= WRITE_ALLOWANCE["max_files"]:
+        return policy
+    return policy.with_limits(
+        disk_quota=max(limits.disk_quota, WRITE_ALLOWANCE["disk_quota"]),
+        max_files=max(limits.max_files, WRITE_ALLOWANCE["max_files"]))
+
+
 class AttackRunner:
     """Runs attacks under `options` (see `RunnerOptions`). Raises UsageError for an
     unknown profile or an unavailable isolation, ModuleNotFound when a guest was not
@@ -123,8 +140,8 @@ class AttackRunner:
         if options.timeout is not None and (policy.limits.timeout is None
                                             or options.timeout < policy.limits.timeout):
             policy = policy.with_limits(timeout=options.timeout)
-        self.policy = policy
-        self.bounds: Bounds = bounds_for(policy)
+        self.policy = with_write_allowance(policy)
+        self.bounds: Bounds = bounds_for(self.policy)
         self.mode = "baseline" if options.baseline else "stockade"
         self._pid: int | None = None  # the process running the current guest
         if not options.baseline and options.isolate not in ("none", "process"):

@@ -17,6 +17,7 @@ __all__ = ["main", "cli"]
 # command name -> (module under stockade.cli, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run", "Run a WebAssembly module in a sandbox."),
+    "python": ("python", "python", "Run Python code in a sandbox (CPython for WASI)."),
     "compile": ("compile", "compile_", "Compile a module ahead of time to a .cwasm file."),
     "serve": ("serve", "serve", "Serve the functions of a manifest over HTTP (the gateway)."),
     "new": ("new", "new", "Write a starter stockade.toml and its example function."),
@@ -64,7 +65,8 @@ def cli() -> None:
 
     \b
     Quick start:
-      stockade run hello.wasm -- world          run a module, guest output passed through
+      stockade run hello.wasm world             run a module, guest output passed through
+      stockade python -c 'print(6*7)'           a Python snippet (CPython for WASI)
       stockade run --profile strict --json m.wasm   one JSON result object
       stockade compile m.wasm -o m.cwasm         ahead-of-time compile
 

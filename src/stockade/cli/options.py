@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
@@ -11,7 +12,8 @@ from ..errors import PolicyError, UsageError
 from ..invocation import Invocation
 from ..policy import DirGrant, Policy, apply_limit, load_policy, profile
 
-__all__ = ["build_policy", "build_invocation", "parse_env"]
+__all__ = ["build_policy", "build_invocation", "parse_env", "guest_args", "read_stdin",
+           "check_writable"]
 
 MAX_STDIN = 256 * 1024**2
 
@@ -59,15 +61,54 @@ def build_policy(
         env_allow=policy.capabilities.env_allow + env_allow,
         allow_precompiled=policy.capabilities.allow_precompiled or allow_precompiled,
     )
-    return replace(policy, capabilities=caps)
+    policy = replace(policy, capabilities=caps)
+    check_writable(policy)
+    return policy
 
 
-def build_invocation(args: tuple[str, ...], stdin: str | None) -> Invocation:
-    """The invocation: guest args and stdin bytes (`-` reads this process's stdin)."""
-    data = b""
+def check_writable(policy: Policy) -> None:
+    """Refuse a writable directory in which nothing could ever be written: with both the
+    file quota and the disk quota at 0 (the strict profile), the first write would fail
+    inside the guest. Raises PolicyError saying what to add."""
+    limits = policy.limits
+    if limits.max_files or limits.disk_quota:
+        return
+    for grant in policy.capabilities.dirs:
+        if grant.writable:
+            raise PolicyError(
+                f"writable directory {grant}: the {policy.profile} profile allows no new files "
+                "(max_files 0) and no bytes written (disk_quota 0); add --max-files N and "
+                "--disk-quota SIZE, or grant it read-only")
+
+
+def guest_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    """The guest's arguments: everything after MODULE, less one leading `--` (accepted
+    for scripts written against the older `MODULE -- ARGS` form)."""
+    return args[1:] if args[:1] == ("--",) else args
+
+
+def read_stdin(stdin: str | None) -> bytes:
+    """The guest's standard input for `--stdin FILE|-|none`.
+
+    Unset: this process's stdin (as wasmtime inherits it), except a terminal, which
+    gives empty input (input is read before the guest starts, so a guest that never
+    reads would otherwise wait for end-of-file). Raises UsageError past MAX_STDIN.
+    """
+    if stdin == "none":
+        return b""
+    if stdin is None:
+        try:
+            if sys.stdin is None or os.isatty(sys.stdin.fileno()):
+                return b""
+        except (OSError, ValueError, AttributeError):
+            return b""
+        stdin = "-"
     if stdin == "-":
-        data = sys.stdin.buffer.read(MAX_STDIN + 1)
-    elif stdin is not None:
+        try:
+            data = sys.stdin.buffer.read(MAX_STDIN + 1)
+        except OSError as exc:
+            raise UsageError(f"--stdin: cannot read standard input: {exc.strerror}") from None
+    else:
         try:
             with open(stdin, "rb") as handle:
                 data = handle.read(MAX_STDIN + 1)
@@ -75,4 +116,9 @@ def build_invocation(args: tuple[str, ...], stdin: str | None) -> Invocation:
             raise UsageError(f"--stdin {stdin}: {exc.strerror}") from None
     if len(data) > MAX_STDIN:
         raise UsageError(f"--stdin: input larger than {MAX_STDIN // 1024**2} MiB")
-    return Invocation(args=args, stdin=data)
+    return data
+
+
+def build_invocation(args: tuple[str, ...], stdin: str | None) -> Invocation:
+    """The invocation: guest args and stdin bytes (see `read_stdin`)."""
+    return Invocation(args=args, stdin=read_stdin(stdin))

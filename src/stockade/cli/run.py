@@ -12,14 +12,16 @@ from ..display import printable
 from ..errors import StockadeError
 from ..invocation import Invocation
 from ..policy import Policy
+from ..progress import on_terminal
 from ..result import Outcome, Result
-from .options import build_invocation, build_policy
+from .options import build_invocation, build_policy, guest_args
 from .source import open_source
 
 __all__ = ["run"]
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+# Everything after MODULE is the guest's, as with wasmtime: options stop at the module.
+@click.command(context_settings={"allow_interspersed_args": False})
 @click.argument("module")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--profile", type=click.Choice(["strict", "default", "permissive"]),
@@ -31,7 +33,8 @@ __all__ = ["run"]
 @click.option("--max-memory", help="Linear memory limit, e.g. 16MiB.")
 @click.option("--max-output", help="Cap on captured stdout+stderr, e.g. 1MiB.")
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[:GUEST][:ro|:rw]",
-              help="Preopen a directory; read-only unless :rw. Repeatable.")
+              help="Preopen a directory; read-only unless :rw. Repeatable. wasmtime's "
+                   "HOST::GUEST is accepted too.")
 @click.option("--scratch", metavar="GUEST_PATH",
               help="Give each run a fresh writable directory at GUEST_PATH, removed afterwards.")
 @click.option("--keep-scratch", is_flag=True, help="Keep the scratch directory and print it.")
@@ -40,7 +43,9 @@ __all__ = ["run"]
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
 @click.option("--env-allow", "env_allow", multiple=True, metavar="KEY",
               help="Pass one host variable through (nothing else is).")
-@click.option("--stdin", "stdin", metavar="FILE|-", help="Guest standard input (default: empty).")
+@click.option("--stdin", "stdin", metavar="FILE|-|none",
+              help="Guest standard input: a file, - (this process's), or none (empty). "
+                   "Default: this process's stdin, as wasmtime does, unless it is a terminal.")
 @click.option("--isolate", type=click.Choice(["process", "none"]),
               help="Run in a hardened worker process (rlimits, cgroup, seccomp, no network) or "
                    "in this process. Default: process for the strict profile, none otherwise.")
@@ -62,15 +67,16 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
         isolate: str | None, telemetry_profile: str | None, use_breaker: bool,
         allow_precompiled: bool, as_json: bool) -> None:
-    """Run MODULE (.wasm, .wat, .cwasm or oci://REF) in a sandbox. Guest arguments follow `--`.
+    """Run MODULE (.wasm, .wat, .cwasm or oci://REF) in a sandbox. Options go before MODULE;
+    everything after it goes to the guest (a `--` right after MODULE is dropped).
     A .cwasm is native code: it needs --allow-precompiled and this host's MAC.
 
     \b
     Examples:
-      stockade run hello.wasm -- world
+      stockade run hello.wasm world
       stockade run --profile strict --timeout 2s --max-memory 16MiB app.wasm
       stockade run --dir ./data:/data --dir ./out:/out:rw --disk-quota 10MiB app.wasm
-      stockade run --json python.wasm -- -c "print(6*7)"
+      stockade run --json python.wasm -c "print(6*7)"
 
     Exits with the guest's own code, or 124 (time/fuel), 125 (usage), 126 (cannot run or
     denied import), 127 (not found), 134 (trap), 137 (memory), 153 (quota).
@@ -82,7 +88,7 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
                               allow_precompiled=allow_precompiled)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
-        path, args, policy = open_source(module, args, policy)
+        path, args, policy = open_source(module, guest_args(args), policy)
         invocation = build_invocation(args, stdin)
         result = run_observed(path, policy, invocation, isolate, telemetry_profile,
                               use_breaker)
@@ -101,11 +107,16 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
                  telemetry_profile: str | None, use_breaker: bool = False) -> Result:
     """Run the module (in-process or isolated) and record telemetry and audit records;
     with `use_breaker`, ask its circuit breaker (keyed by the module's digest) first."""
-    from ..engine import EngineConfig, get_engine
+    from ..engine import CompileGuard, EngineConfig, get_engine
     from ..isolate import make_sandbox
     from ..telemetry import open_telemetry, refusal_result
 
-    sha256 = get_engine(EngineConfig.for_limits(policy.limits)).digest(module)
+    engine = get_engine(EngineConfig.for_limits(policy.limits))
+    sha256 = engine.digest(module)
+    if on_terminal():
+        # Compile here, where progress can be shown, also for a worker (it shares the
+        # AoT cache); a cached module costs a map of its file.
+        engine.load(module, guard=CompileGuard.for_limits(policy.limits))
     with open_telemetry(telemetry_profile, breaker=use_breaker) as telemetry:
         decision = telemetry.admit(module.name, sha256, invocation, policy)
         if not decision.allowed:

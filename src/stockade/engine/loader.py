@@ -12,6 +12,7 @@ from pathlib import Path
 import wasmtime
 
 from ..errors import ModuleError, ModuleNotFound, PrecompiledRefused
+from ..progress import progress
 from .cache import AotCache
 from .guard import CompileGuard
 from .seal import KeyUnavailable, SealError, host_key, unseal
@@ -134,7 +135,9 @@ class ModuleLoader:
             guard.check_code(data, name)
         start = time.perf_counter()
         try:
-            module = wasmtime.Module(self._engine, data)
+            with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
+                          "configuration)"):
+                module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
         compile_ms = (time.perf_counter() - start) * 1000

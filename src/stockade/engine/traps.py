@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import wasmtime
@@ -66,9 +67,23 @@ def classify(error: BaseException) -> Ending:
     return Ending(Outcome.ERROR, f"{type(error).__name__}: {error}")
 
 
+# wat2wasm's errors point at the source: "message\n --> <anon>:LINE:COL\n | ...".
+_WAT_LOCATION = re.compile(r"^\s*-->\s*\S*?:(\d+):(\d+)\s*$", re.MULTILINE)
+_WAT_SOURCE = re.compile(r"^\s*\d+\s*\|\s?(.*)$", re.MULTILINE)
+
+
 def describe_load_error(error: wasmtime.WasmtimeError) -> str:
-    """A one-line reason a module could not be compiled, validated or deserialized."""
+    """A one-line reason a module could not be compiled, validated or deserialized; for
+    WAT, `line L, column C: message (near `source line`)`."""
     text = str(error)
+    where = _WAT_LOCATION.search(text)
+    if where is not None:
+        message = text[:where.start()].strip().splitlines()
+        source = _WAT_SOURCE.search(text, where.end())
+        near = f" (near `{source.group(1).strip()[:60]}`)" if source and source.group(1).strip() \
+            else ""
+        reason = message[-1].strip() if message else "syntax error"
+        return f"line {where.group(1)}, column {where.group(2)}: {reason}{near}"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     # wasmtime puts the context first and the root cause last ("Caused by: ...").
     noise = ("caused by", "stack backtrace")

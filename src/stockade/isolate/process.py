@@ -310,6 +310,14 @@ class IsolatedSandbox:
               cause: str) -> Result:
         return self._synthetic(module, info, begun, Outcome.ERROR, cause)
 
+    def interrupt(self) -> None:
+        """Stop the run in progress now: its worker is killed (SIGKILL), the run reports
+        outcome `error`, and a fresh worker serves the next run. Callable from any
+        thread (`AsyncSandbox` and `SandboxPool` call it when a task is cancelled)."""
+        worker = self._worker
+        if worker is not None and worker.alive:
+            worker.kill()
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ Every error names the key and where it came from, e.g.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,83 +14,18 @@ from typing import Any
 from ..errors import PolicyError
 from .model import Capabilities, DirGrant, Policy
 from .profiles import profile
-from .units import parse_duration, parse_size
+from .values import LIMIT_PARSERS, suggest
 
 __all__ = ["load_policy", "policy_from_mapping", "apply_limit", "named_profile", "read_toml",
            "LIMIT_PARSERS"]
-
-_UNLIMITED = ("unlimited", "none", "inf")
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"not a count: {value!r}")
-    number = int(float(value)) if isinstance(value, str) else int(value)
-    if number < 0:
-        raise ValueError(f"must not be negative: {value!r}")
-    return number
-
-
-def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def parse_or_unlimited(value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in _UNLIMITED:
-            return None
-        return parse(value)
-
-    return parse_or_unlimited
-
-
-def _sync(value: Any) -> str:
-    text = str(value)
-    if text in ("ignore", "allow"):
-        return text
-    if text.startswith("limit:") and text[6:].isdigit():
-        return text
-    raise ValueError(f"not a sync mode: {value!r} (use ignore, allow or limit:N)")
-
-
-def _hostcall_caps(value: Any) -> tuple[tuple[str, int], ...]:
-    from ..hostcalls.abi import INTERPOSED
-
-    if not isinstance(value, Mapping):
-        raise ValueError("expected a table of call name = count")
-    caps = []
-    for name, count in value.items():
-        if name not in INTERPOSED:
-            raise ValueError(f"{name!r} is not a metered call (known: {', '.join(INTERPOSED)})")
-        caps.append((str(name), _count(count)))
-    return tuple(caps)
-
-
-LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "fuel": _optional(_count),
-    "timeout": _optional(parse_duration),
-    "max_memory": parse_size,
-    "max_table_elements": _count,
-    "max_tables": _count,
-    "max_instances": _count,
-    "max_memories": _count,
-    "max_stack": parse_size,
-    "max_output": parse_size,
-    "disk_quota": parse_size,
-    "max_files": _count,
-    "max_open_files": _count,
-    "max_module_size": parse_size,
-    "max_function_size": parse_size,
-    "max_locals": _count,
-    "max_hostcalls": _optional(_count),
-    "hostcall_caps": _hostcall_caps,
-    "sync": _sync,
-}
-
-
 
 def apply_limit(policy: Policy, key: str, value: Any, label: str) -> Policy:
     """Return `policy` with limit `key` parsed from `value`; errors start with `label`
     (e.g. `policy.toml: limits.timeout` or `--timeout`)."""
     parser = LIMIT_PARSERS.get(key)
     if parser is None:
-        raise PolicyError(f"{label}: unknown limit (known: {', '.join(LIMIT_PARSERS)})")
+        raise PolicyError(f"{label}: unknown limit{suggest(key, LIMIT_PARSERS)} "
+                          f"(known: {', '.join(LIMIT_PARSERS)})")
     try:
         parsed = parser(value)
     except (ValueError, TypeError) as exc:
@@ -117,7 +52,8 @@ def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabili
     known = {"dirs", "env", "env_allow", "scratch", "allow_precompiled"}
     for key in table:
         if key not in known:
-            raise PolicyError(f"{source}: unknown key capabilities.{key} (known: {sorted(known)})")
+            raise PolicyError(f"{source}: unknown key capabilities.{key}{suggest(key, known)} "
+                              f"(known: {', '.join(sorted(known))})")
     dirs = []
     raw_dirs = table.get("dirs", [])
     if not isinstance(raw_dirs, list):
@@ -161,7 +97,8 @@ def policy_from_mapping(
     known = {"profile", "limits", "capabilities"}
     for key in data:
         if key not in known:
-            raise PolicyError(f"{source}: unknown key {key!r} (known: {sorted(known)})")
+            raise PolicyError(f"{source}: unknown key {key!r}{suggest(key, known)} "
+                              f"(known: {', '.join(sorted(known))})")
     policy = named_profile(profile_name or data.get("profile", "default"), f"{source}: profile")
     limits = data.get("limits", {})
     if not isinstance(limits, Mapping):

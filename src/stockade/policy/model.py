@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,10 @@ class Limits:
     cost of compiling comes before any fuel or deadline applies).
     `max_hostcalls` caps all owned WASI calls of a run, `hostcall_caps` single kinds
     (e.g. `(("random_get", 1000),)`); `sync` is `ignore`, `allow` or `limit:N`.
+
+    Values are checked when built and human units accepted: `Limits(timeout="2s",
+    max_memory="32MiB", fuel=1e9)`. A wrong type, a negative value or a memory limit below
+    one 64KiB page raises PolicyError naming the parameter.
     """
 
     fuel: int | None = 10_000_000_000
@@ -41,6 +45,19 @@ class Limits:
     max_hostcalls: int | None = 10_000_000
     hostcall_caps: tuple[tuple[str, int], ...] = ()
     sync: SyncMode = "ignore"
+
+    def __post_init__(self) -> None:
+        from ..errors import PolicyError
+        from .values import parse_limit
+
+        for item in fields(self):
+            value = getattr(self, item.name)
+            try:
+                parsed = parse_limit(item.name, value)
+            except (ValueError, TypeError) as exc:
+                raise PolicyError(f"{item.name}: {exc}") from None
+            if parsed is not value:
+                object.__setattr__(self, item.name, parsed)
 
     def as_dict(self) -> dict[str, Any]:
         """The contract's `limits` object: sizes in bytes, times in milliseconds."""
@@ -74,7 +91,16 @@ class DirGrant:
 
     @classmethod
     def parse(cls, spec: str) -> DirGrant:
-        """Parse `HOST[:GUEST][:ro|:rw]`. Raises ValueError."""
+        """Parse `HOST[:GUEST][:ro|:rw]`, or wasmtime's `HOST::GUEST` (optionally
+        followed by `:ro|:rw`). Raises ValueError."""
+        if "::" in spec:
+            host_text, _, rest = spec.partition("::")
+            parts = rest.split(":")
+            mode = parts.pop() if len(parts) > 1 and parts[-1] in ("ro", "rw") else "ro"
+            if not host_text or len(parts) != 1 or not parts[0]:
+                raise ValueError(f"not a directory grant: {spec!r} (use HOST::GUEST or "
+                                 "HOST[:GUEST][:ro|:rw])")
+            return cls(host=Path(host_text), guest=parts[0], writable=mode == "rw")
         parts = spec.split(":")
         writable = False
         if len(parts) > 1 and parts[-1] in ("ro", "rw"):
@@ -116,7 +142,14 @@ class Policy:
     profile: str = "default"
 
     def with_limits(self, **changes: Any) -> Policy:
-        """A copy with some limits changed, e.g. `policy.with_limits(timeout=2.0)`."""
+        """A copy with some limits changed, e.g. `policy.with_limits(timeout="2s")`.
+        Raises PolicyError for an unknown limit or a bad value, naming it."""
+        from ..errors import PolicyError
+        from .values import LIMIT_PARSERS, suggest
+
+        for key in changes:
+            if key not in LIMIT_PARSERS:
+                raise PolicyError(f"{key}: unknown limit{suggest(key, LIMIT_PARSERS)}")
         return replace(self, limits=replace(self.limits, **changes))
 
     def with_capabilities(self, **changes: Any) -> Policy:

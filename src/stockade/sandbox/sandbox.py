@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,31 @@ class Sandbox:
         result.scratch, result.cleanup_error = scratch.kept, scratch.failure
         notify_finished(self.observers, info, result)
         return result
+
+    def run_python(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
+                   args: Sequence[str] = (), stdin: bytes | str = b"",
+                   env: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> Result:
+        """Run Python source `code` in CPython for WASI under this sandbox's policy.
+
+        CPython (26 MB) is fetched on first use and verified by its pinned sha256, then
+        compiled once per engine configuration (see `stockade.cpython`). `files` maps
+        relative paths to text or bytes, readable by the guest under `/work` (and
+        importable); `args` follow `-c CODE` in `sys.argv`. Raises UsageError for bad
+        arguments, ModuleError when CPython cannot be fetched; the guest's own failures
+        (exceptions, limits) are in the `Result`.
+        """
+        from .python import run_python
+
+        return run_python(self, code, files=files, args=args, stdin=stdin, env=env)
+
+    async def run_async(self, module: str | Path | bytes | LoadedModule,
+                        invocation: Invocation | None = None) -> Result:
+        """`run` for asyncio: the run is made on a thread, so the event loop goes on.
+        A cancelled caller returns at once; the guest runs on to its own timeout (see
+        `stockade.sandbox.aio`; an isolated sandbox is killed instead)."""
+        from .aio import run_in_thread
+
+        return await run_in_thread(self, lambda: self.run(module, invocation))
 
     def _execute(self, loaded: LoadedModule, pre: wasmtime.InstancePre, invocation: Invocation,
                  preopens: list[tuple[Path, bool]], grants: tuple[DirGrant, ...],

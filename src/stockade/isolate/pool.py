@@ -1,0 +1,143 @@
+"""`SandboxPool`: N warm sandboxes behind an asyncio interface, with back-pressure.
+
+    async with SandboxPool(policy, size=4) as pool:
+        results = await asyncio.gather(*(pool.run_python(code) for code in snippets))
+
+Each sandbox serves one run at a time on its own thread (wasmtime releases the GIL, so
+the N runs proceed in parallel). Sandboxes are in-process or hardened workers as
+`make_sandbox(policy, isolate)` decides (the strict profile: workers); compiled modules
+are shared through the engine and the AoT cache, and a worker is kept between runs. A
+caller waits for a free sandbox; past `max_waiting` waiting callers, `run` raises
+PoolBusy at once instead of queueing without bound. A run that breaks a limit ends in
+its `Result` and the sandbox goes back to the pool for the next caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PoolBusy, UsageError
+from ..sandbox.aio import run_in_thread
+from .factory import make_sandbox
+
+if TYPE_CHECKING:
+    from ..invocation import Invocation
+    from ..observe import RunObserver
+    from ..policy import Policy
+    from ..result import Result
+    from .base import SandboxLike
+
+__all__ = ["SandboxPool"]
+
+
+class SandboxPool:
+    """`size` sandboxes for `policy`; see the module docstring.
+
+    `isolate` is `process`, `none` or None (the policy's default). `max_waiting` bounds
+    the callers waiting for a sandbox (None: unbounded). Raises UsageError for a bad
+    size or bound; `run` raises PoolBusy when the bound is reached and UsageError once
+    the pool is closed. Close with `await pool.aclose()` or `async with`.
+    """
+
+    def __init__(self, policy: Policy | None = None, size: int = 4, *,
+                 isolate: str | None = None, max_waiting: int | None = 1024,
+                 observers: Sequence[RunObserver] = ()) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise UsageError(f"SandboxPool size: expected a whole number >= 1, not {size!r}")
+        if max_waiting is not None and (isinstance(max_waiting, bool) or
+                                        not isinstance(max_waiting, int) or max_waiting < 0):
+            raise UsageError(f"SandboxPool max_waiting: expected a whole number >= 0 or None, "
+                             f"not {max_waiting!r}")
+        if policy is None:
+            from ..policy import Policy as PolicyClass
+
+            policy = PolicyClass.from_profile("default")
+        self.policy = policy
+        self.size = size
+        self.max_waiting = max_waiting
+        self._sandboxes: list[SandboxLike] = [
+            make_sandbox(policy, isolate, observers) for _ in range(size)]
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="stockade-pool")
+        self._idle: asyncio.Queue[SandboxLike] | None = None
+        self._waiting = 0
+        self._closed = False
+
+    def _queue(self) -> asyncio.Queue[SandboxLike]:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for sandbox in self._sandboxes:
+                self._idle.put_nowait(sandbox)
+        return self._idle
+
+    async def warm(self, module: str | Path | bytes | None = None) -> None:
+        """Make every sandbox ready now rather than on its first run: start isolated
+        workers, and compile `module` (or take it from the AoT cache) ahead."""
+        loop = asyncio.get_running_loop()
+
+        def prepare(sandbox: Any) -> None:
+            if hasattr(sandbox, "load") and module is not None:
+                sandbox.load(module)
+            elif hasattr(sandbox, "protections"):
+                sandbox.protections()  # starts the worker and waits until it is ready
+
+        if module is not None and hasattr(self._sandboxes[0], "load"):
+            await loop.run_in_executor(self._executor, prepare, self._sandboxes[0])
+            return  # in-process sandboxes share one engine: one load warms them all
+        await asyncio.gather(*(loop.run_in_executor(self._executor, prepare, sandbox)
+                               for sandbox in self._sandboxes))
+
+    async def _call(self, work: Any) -> Result:
+        if self._closed:
+            raise UsageError("this SandboxPool is closed")
+        idle = self._queue()
+        if idle.empty() and self.max_waiting is not None and self._waiting >= self.max_waiting:
+            raise PoolBusy(f"all {self.size} sandboxes are busy and {self._waiting} callers "
+                           "are waiting; try again later")
+        self._waiting += 1
+        try:
+            sandbox = await idle.get()
+        finally:
+            self._waiting -= 1
+        # The sandbox goes back when its thread is done, even after a cancellation (the
+        # callback of the loop's future runs on the loop).
+        result: Result = await run_in_thread(
+            sandbox, lambda: work(sandbox), self._executor,
+            on_done=lambda: idle.put_nowait(sandbox))
+        return result
+
+    async def run(self, module: str | Path | bytes, invocation: Invocation | None = None
+                  ) -> Result:
+        """Run the module once on a free sandbox (waiting for one); see `Sandbox.run`."""
+        return await self._call(lambda sandbox: sandbox.run(module, invocation))
+
+    async def run_python(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
+                         args: Sequence[str] = (), stdin: bytes | str = b"",
+                         env: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> Result:
+        """Run Python source in CPython for WASI on a free sandbox; see
+        `Sandbox.run_python` (with `files`, a one-off sibling sandbox carries the grant)."""
+        from ..sandbox.python import run_python
+
+        return await self._call(lambda sandbox: run_python(
+            sandbox, code, files=files, args=args, stdin=stdin, env=env))
+
+    async def aclose(self) -> None:
+        """Wait for runs in progress, then close every sandbox. Safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+        for sandbox in self._sandboxes:
+            sandbox.close()
+
+    async def __aenter__(self) -> SandboxPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

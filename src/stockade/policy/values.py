@@ -1,0 +1,147 @@
+"""Parsers of limit values: human units in, canonical numbers out, one table for all.
+
+Used by `Limits` itself (so `Policy().with_limits(timeout="2s", max_memory="32MiB")` is
+checked when built), by TOML files and by command-line flags. Each parser raises
+ValueError with a message that the caller prefixes with where the value came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .units import format_size, parse_duration, parse_size
+
+__all__ = ["LIMIT_PARSERS", "parse_limit", "suggest"]
+
+_UNLIMITED = ("unlimited", "none", "inf")
+# Below one wasm page no module can run: a number without a unit is bytes, so this
+# catches `--max-memory 16` meant as 16 MiB.
+MIN_MEMORY = 65536
+
+
+def _count(value: Any) -> int:
+    """A whole number >= 0: int, integral float, or text such as `1000`, `1e9`, `1_000`."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a count: {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float | str):
+        text = value.strip().replace("_", "") if isinstance(value, str) else value
+        try:
+            number = int(text) if isinstance(text, str) and text.lstrip("-").isdigit() \
+                else _integral(float(text))
+        except ValueError:
+            raise ValueError(f"not a whole number: {value!r} (use e.g. 1000000 or 1e9)") \
+                from None
+    else:
+        raise ValueError(f"expected a whole number, not {type(value).__name__}")
+    if number < 0:
+        raise ValueError(f"must not be negative: {value!r}")
+    return number
+
+
+def _integral(number: float) -> int:
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValueError
+    return int(number)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, float):
+        value = _count(value)
+    if not isinstance(value, int | str):
+        raise ValueError(f"expected a size such as 16MiB or a number of bytes, not "
+                         f"{type(value).__name__}")
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise ValueError(f"must not be negative: {value!r}")
+    return parse_size(value)
+
+
+def _memory(value: Any) -> int:
+    size = _size(value)
+    if size < MIN_MEMORY:
+        hint = f" (a number without a unit is bytes: did you mean {value}MiB?)" \
+            if str(value).strip().isdigit() else ""
+        raise ValueError(f"{format_size(size)} is less than one 64KiB wasm page, too small "
+                         f"to be a memory limit{hint}")
+    return size
+
+
+def _duration(value: Any) -> float:
+    if not isinstance(value, int | float | str) or isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 2s or a number of seconds, not "
+                         f"{type(value).__name__}")
+    return parse_duration(value)
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_or_unlimited(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in _UNLIMITED):
+            return None
+        return parse(value)
+
+    return parse_or_unlimited
+
+
+def _sync(value: Any) -> str:
+    text = str(value)
+    if text in ("ignore", "allow"):
+        return text
+    if text.startswith("limit:") and text[6:].isdigit():
+        return text
+    raise ValueError(f"not a sync mode: {value!r} (use ignore, allow or limit:N)")
+
+
+def _hostcall_caps(value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, tuple) and all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+            and type(p[1]) is int and p[1] >= 0 for p in value):
+        return value  # the canonical form, as the profiles write it
+    from ..hostcalls.abi import INTERPOSED  # only for caps given from outside
+
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of call name = count")
+    caps = []
+    for name, count in value.items():
+        if name not in INTERPOSED:
+            raise ValueError(f"{name!r} is not a metered call{suggest(name, INTERPOSED)} "
+                             f"(known: {', '.join(INTERPOSED)})")
+        caps.append((str(name), _count(count)))
+    return tuple(caps)
+
+
+LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "fuel": _optional(_count),
+    "timeout": _optional(_duration),
+    "max_memory": _memory,
+    "max_table_elements": _count,
+    "max_tables": _count,
+    "max_instances": _count,
+    "max_memories": _count,
+    "max_stack": _size,
+    "max_output": _size,
+    "disk_quota": _size,
+    "max_files": _count,
+    "max_open_files": _count,
+    "max_module_size": _size,
+    "max_function_size": _size,
+    "max_locals": _count,
+    "max_hostcalls": _optional(_count),
+    "hostcall_caps": _hostcall_caps,
+    "sync": _sync,
+}
+
+
+def parse_limit(key: str, value: Any) -> Any:
+    """The canonical value of limit `key`. Raises ValueError (KeyError for an unknown key)."""
+    return LIMIT_PARSERS[key](value)
+
+
+def suggest(name: object, known: Any) -> str:
+    """`" (did you mean 'x'?)"` for a close match of `name` among `known`, else ``""``."""
+    import difflib
+
+    matches = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""

@@ -1,0 +1,104 @@
+"""asyncio for sandboxes: `AsyncSandbox` and `run_in_thread`, one execution model.
+
+A run is the same blocking `run()` of the sandbox underneath, made on a worker thread
+(wasmtime releases the GIL, so runs on threads proceed in parallel): there is no
+second, async copy of the sandbox's logic. Cancelling the awaiting task stops the guest
+when the sandbox can be interrupted from outside (`interrupt()`: an isolated sandbox
+SIGKILLs its worker). An in-process guest cannot be stopped from another thread (its
+wasmtime Store is not thread-safe): it runs on until its own timeout, which bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ..invocation import Invocation
+    from ..policy import Policy
+    from ..result import Result
+
+__all__ = ["AsyncSandbox", "run_in_thread"]
+
+T = TypeVar("T")
+
+
+async def run_in_thread(sandbox: Any, call: Callable[[], T],
+                        executor: Executor | None = None,
+                        on_done: Callable[[], None] | None = None) -> T:
+    """Await `call()` on a thread of `executor` (default: the loop's).
+
+    On cancellation, `sandbox.interrupt()` is called when it has one, and the
+    cancellation propagates at once. `on_done` runs on the loop once the thread has
+    finished, however the await ended (a pool returns the sandbox then, not before).
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(executor, call)
+    if on_done is not None:
+        future.add_done_callback(lambda _: on_done())
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        interrupt = getattr(sandbox, "interrupt", None)
+        if callable(interrupt):
+            await loop.run_in_executor(None, interrupt)
+        raise
+
+
+class AsyncSandbox:
+    """An asyncio front for a sandbox: ``result = await AsyncSandbox(policy).run(m, inv)``.
+
+    Wraps `sandbox` (a `Sandbox` or `IsolatedSandbox`), or makes one for `policy` with
+    `make_sandbox(policy, isolate)`. Runs go one at a time through a single thread, like
+    the sandbox's own runs; use `SandboxPool` for several at once. Cancelling an awaiting
+    task interrupts an isolated guest at once (see the module docstring).
+    """
+
+    def __init__(self, policy: Policy | None = None, *, isolate: str | None = None,
+                 sandbox: Any = None) -> None:
+        if sandbox is None:
+            from ..isolate.factory import make_sandbox
+            from ..policy import Policy as PolicyClass
+
+            sandbox = make_sandbox(policy or PolicyClass.from_profile("default"), isolate)
+        self.sandbox = sandbox
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="stockade-async")
+
+    async def run(self, module: str | Path | bytes, invocation: Invocation | None = None
+                  ) -> Result:
+        """Run the module once; see `Sandbox.run`."""
+        return await run_in_thread(self.sandbox, lambda: self.sandbox.run(module, invocation),
+                                   self._executor)
+
+    async def run_python(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
+                         args: Sequence[str] = (), stdin: bytes | str = b"",
+                         env: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> Result:
+        """Run Python source in CPython for WASI; see `Sandbox.run_python`."""
+        from .python import run_python
+
+        return await run_in_thread(
+            self.sandbox,
+            lambda: run_python(self.sandbox, code, files=files, args=args, stdin=stdin, env=env),
+            self._executor)
+
+    def close(self) -> None:
+        """Close the sandbox and the thread. Safe twice."""
+        self.sandbox.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """Close, waiting for a run still on the thread to end."""
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.sandbox.close()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,137 @@
+"""`stockade python` as a real process, with the real CPython-for-WASI module."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REAL, STOCKADE, stockade
+
+pytestmark = pytest.mark.cpython
+
+
+@pytest.fixture(autouse=True)
+def _needs_cpython(python_wasm: Path) -> None:
+    """Every test here runs the real interpreter (fails when the build step was skipped)."""
+
+
+def test_program_from_standard_input() -> None:
+    done = stockade("python", "-", stdin=b"print(6*7)\n", timeout=300)
+    assert (done.returncode, done.stdout) == (0, b"42\n"), done.stderr
+
+
+def test_code_and_arguments_after_it() -> None:
+    done = stockade("python", "-c", "import sys; print(sys.argv[1:])", "a", "--json", "-c")
+    assert done.stdout == b"['a', '--json', '-c']\n", done.stderr
+
+
+def test_script_with_its_arguments(tmp_path: Path) -> None:
+    script = tmp_path / "hello.py"
+    script.write_text("import sys\nprint('script', sys.argv)\n")
+    done = stockade("python", str(script), "x", "-y")
+    assert done.stdout == b"script ['/work/hello.py', 'x', '-y']\n", done.stderr
+
+
+def test_a_script_sees_only_itself(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("host secret")
+    script = tmp_path / "peek.py"
+    script.write_text("import os\nprint(sorted(os.listdir('/work')))\n")
+    done = stockade("python", str(script))
+    assert done.stdout == b"['peek.py']\n", done.stderr
+
+
+def test_json_result_and_limits() -> None:
+    done = stockade("python", "--json", "-c", "print('hi')")
+    result = json.loads(done.stdout)
+    assert (result["outcome"], result["stdout"]) == ("exited", "hi\n")
+    # Sized for CPython: a 10 s timeout and 2e11 fuel over the default profile.
+    assert (result["limits"]["timeout_ms"], result["limits"]["fuel"]) == (10_000, 2 * 10**11)
+
+
+def test_a_runaway_loop_stops_at_its_timeout() -> None:
+    done = stockade("python", "--json", "--timeout", "1s", "--fuel", "unlimited", "-c",
+                    "while True: pass")
+    result = json.loads(done.stdout)
+    assert (done.returncode, result["outcome"]) == (124, "timeout")
+    assert result["usage"]["wall_ms"] <= 1100 + 500  # the timeout, with slack for a busy host
+
+
+def test_the_default_loop_stops_at_the_python_timeout() -> None:
+    done = stockade("python", "--json", "-c", "while True: pass", timeout=60)
+    assert json.loads(done.stdout)["outcome"] == "timeout"
+
+
+def test_guest_exceptions_exit_1_with_traceback() -> None:
+    done = stockade("python", "-c", "raise ValueError('boom')")
+    assert done.returncode == 1
+    assert b"ValueError: boom" in done.stderr
+
+
+def test_strict_runs_a_snippet_and_refuses_an_unwritable_grant(tmp_path: Path) -> None:
+    done = stockade("python", "--profile", "strict", "-c", "print(1)")
+    assert (done.returncode, done.stdout) == (0, b"1\n"), done.stderr
+    refused = stockade("python", "--profile", "strict", "--dir", f"{tmp_path}:/out:rw",
+                       "-c", "print(1)")
+    assert refused.returncode == 125
+    assert b"no new files" in refused.stderr and b"Traceback" not in refused.stderr
+
+
+def test_no_code_is_a_usage_error() -> None:
+    done = stockade("python")
+    assert done.returncode == 125
+    assert done.stderr.startswith(b"stockade: give the code to run")
+
+
+def test_missing_script() -> None:
+    done = stockade("python", "/nonexistent/x.py")
+    assert done.returncode == 125
+    assert b"no such script" in done.stderr
+
+
+def test_a_wrong_cpython_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "python.wasm"
+    fake.write_bytes((REAL / "python.wasm").read_bytes()[:-1] + b"\x01")
+    env = {**os.environ, "STOCKADE_PYTHON_WASM": str(fake)}
+    done = subprocess.run([*STOCKADE, "python", "-c", "print(1)"], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 125
+    assert b"not the pinned CPython build" in done.stderr
+
+
+def test_a_first_compile_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    # A fresh cache: CPython compiles (seconds), and stderr is a terminal.
+    env = {**os.environ, "STOCKADE_CACHE_DIR": str(tmp_path / "cache"), "TERM": "xterm"}
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([*STOCKADE, "python", "-c", "print(6*7)"], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=follower, timeout=600, check=False)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert (done.returncode, done.stdout) == (0, b"42\n")
+    assert b"compiling python.wasm" in shown
+    assert b"done in" in shown
+
+
+def test_help_lists_run_options() -> None:
+    done = stockade("python", "--help")
+    assert done.returncode == 0
+    for option in (b"--timeout", b"--max-memory", b"--dir", b"--json", b"-c CODE"):
+        assert option in done.stdout
+    assert sys.executable  # the same interpreter runs the CLI

@@ -1,0 +1,67 @@
+"""Limits and invocations are checked when built: human units in, clear errors out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade import DirGrant, Invocation, Limits, Policy, PolicyError, UsageError
+
+
+def test_human_units_are_accepted() -> None:
+    limits = Policy().with_limits(timeout="2s", max_memory="32MiB", fuel=1e9,
+                                  max_output="1MiB").limits
+    assert (limits.timeout, limits.max_memory, limits.fuel, limits.max_output) == (
+        2.0, 32 * 1024**2, 10**9, 1024**2)
+    assert type(limits.fuel) is int
+
+
+@pytest.mark.parametrize(("changes", "names"), [
+    ({"timeout": -1}, "timeout"),
+    ({"timeout": "2 parsecs"}, "timeout"),
+    ({"fuel": 1.5}, "fuel"),
+    ({"fuel": "lots"}, "fuel"),
+    ({"max_memory": 16}, "max_memory"),
+    ({"max_memory": None}, "max_memory"),
+    ({"max_output": -3}, "max_output"),
+    ({"max_files": True}, "max_files"),
+    ({"hostcall_caps": {"random_gte": 3}}, "did you mean 'random_get'"),
+    ({"timout": 3}, "did you mean 'timeout'"),
+])
+def test_bad_values_raise_naming_the_parameter(changes: dict[str, Any], names: str) -> None:
+    with pytest.raises(PolicyError, match=names):
+        Policy().with_limits(**changes)
+
+
+def test_limits_built_directly_are_checked() -> None:
+    with pytest.raises(PolicyError, match="max_memory"):
+        Limits(max_memory="lots")  # type: ignore[arg-type]
+
+
+def test_a_string_of_arguments_is_refused_not_split() -> None:
+    with pytest.raises(UsageError, match="sequence of strings"):
+        Invocation(args="-c print(1)")  # type: ignore[arg-type]
+
+
+def test_invocation_inputs_are_normalised() -> None:
+    invocation = Invocation(args=["-c", "x"], stdin="text", env={"A": "1"})  # type: ignore[arg-type]
+    assert (invocation.args, invocation.stdin, invocation.env) == (
+        ("-c", "x"), b"text", (("A", "1"),))
+
+
+@pytest.mark.parametrize("bad", [{"args": [1]}, {"stdin": 5}, {"env": {"A=B": "1"}},
+                                 {"env": {"A": 1}}, {"name": 3}])
+def test_bad_invocation_inputs(bad: dict[str, Any]) -> None:
+    with pytest.raises(UsageError):
+        Invocation(**bad)
+
+
+@pytest.mark.parametrize(("spec", "grant"), [
+    ("./data::/data", DirGrant(host=Path("data"), guest="/data")),
+    ("/srv::/srv:rw", DirGrant(host=Path("/srv"), guest="/srv",
+                               writable=True)),
+])
+def test_wasmtime_dir_form(spec: str, grant: DirGrant) -> None:
+    assert DirGrant.parse(spec) == grant

@@ -1,0 +1,128 @@
+"""`SandboxPool` and `AsyncSandbox` from a real asyncio program, with real CPython."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from stockade import AsyncSandbox, Invocation, Outcome, Policy, PoolBusy, SandboxPool, UsageError
+from stockade.cpython import python_policy
+from tests.conftest import guest
+
+pytestmark = pytest.mark.cpython
+
+
+def _children() -> set[int]:
+    """Processes whose parent is this one (workers left behind would show here)."""
+    mine = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                mine.add(int(entry))
+    return mine
+
+
+@pytest.mark.parametrize("isolate", ["none", "process"])
+def test_a_hundred_snippets_in_order(python_wasm: Path, isolate: str) -> None:
+    before = _children()
+    policy = python_policy()
+
+    async def main() -> tuple[list[object], list[float], float]:
+        latencies: list[float] = []
+
+        async def one(pool: SandboxPool, index: int) -> object:
+            started = time.perf_counter()
+            code = ("x = []\nwhile True: x.append(bytearray(1 << 20))" if index == 37
+                    else f"print({index} * 2)")
+            result = await pool.run_python(code)
+            latencies.append(time.perf_counter() - started)
+            return result
+
+        async with SandboxPool(policy, size=4, isolate=isolate) as pool:
+            await pool.warm(python_wasm)
+            began = time.perf_counter()
+            results = await asyncio.gather(*(one(pool, i) for i in range(100)))
+            return list(results), latencies, time.perf_counter() - began
+
+    results, latencies, elapsed = asyncio.run(main())
+    for index, result in enumerate(results):
+        if index == 37:  # the violating snippet: stopped, and the next one still runs
+            assert result.outcome is Outcome.MEMORY_LIMIT  # type: ignore[attr-defined]
+        else:
+            assert result.stdout == f"{index * 2}\n".encode()  # type: ignore[attr-defined]
+    ordered = sorted(latencies)
+    service = sorted(r.usage.wall_ms for r in results)  # type: ignore[attr-defined]
+    print(f"\n{isolate}: 100 snippets, 4 sandboxes: {100 / elapsed:.1f}/s; awaited "
+          f"p50 {statistics.median(ordered) * 1000:.0f} ms p99 {ordered[98] * 1000:.0f} ms "
+          f"(all submitted at once); run p50 {statistics.median(service):.0f} ms "
+          f"p99 {service[98]:.0f} ms")
+    assert _children() <= before  # no worker left behind
+
+
+def test_back_pressure_refuses_past_the_bound() -> None:
+    async def main() -> list[object]:
+        policy = Policy().with_limits(timeout="2s")
+        async with SandboxPool(policy, size=1, isolate="none", max_waiting=1) as pool:
+            sleeper = guest("sleeper.wasm")
+            tasks = [asyncio.create_task(pool.run(sleeper, Invocation(args=("1",))))
+                     for _ in range(3)]
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert sum(isinstance(o, PoolBusy) for o in outcomes) == 1
+    assert sum(getattr(o, "outcome", None) is Outcome.EXITED for o in outcomes) == 2
+
+
+def test_cancelling_stops_an_isolated_guest() -> None:
+    async def main() -> tuple[float, object]:
+        policy = Policy().with_limits(timeout="60s", fuel=None)
+        async with AsyncSandbox(policy, isolate="process") as sandbox:
+            task = asyncio.create_task(sandbox.run(guest("spin.wasm")))
+            await asyncio.sleep(1.0)
+            pid = sandbox.sandbox.worker_pid
+            task.cancel()
+            began = time.monotonic()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pid is not None
+            # The worker running the guest is gone (killed, not left spinning).
+            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+            after = await sandbox.run(guest("hello.wasm"))  # and the next run works
+            return time.monotonic() - began, after
+
+    waited, after = asyncio.run(main())
+    assert waited < 30
+    assert after.outcome is Outcome.EXITED  # type: ignore[attr-defined]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_run_async_of_a_sandbox() -> None:
+    from stockade import Sandbox
+
+    async def main() -> object:
+        return await Sandbox().run_async(guest("hello.wasm"), Invocation(args=("a",)))
+
+    assert asyncio.run(main()).outcome is Outcome.EXITED  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bad", [{"size": 0}, {"size": "4"}, {"max_waiting": -1}])
+def test_bad_pool_arguments(bad: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        SandboxPool(Policy(), isolate="none", **bad)  # type: ignore[arg-type]
