@@ -57,10 +57,10 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
     if script == "-":
         if options.get("stdin") is None:
             options["stdin"] = "-"  # the program itself comes from standard input
-        ctx.invoke(run, module=module, args=python_args(None, "-", rest), **options)
+        ctx.invoke(run, module=str(module), args=python_args(None, "-", rest), **options)
         return
     if script is None:
-        ctx.invoke(run, module=module, args=python_args(code, None, rest), **options)
+        ctx.invoke(run, module=str(module), args=python_args(code, None, rest), **options)
         return
     source = Path(script)
     if not source.is_file():
@@ -70,7 +70,7 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
         options["dirs"] = (*options.get("dirs", ()), f"{tmp}:{GUEST_WORKDIR}:ro")
         guest = f"{GUEST_WORKDIR}/{source.name}"
         try:
-            ctx.invoke(run, module=module, args=python_args(None, guest, rest), **options)
+            ctx.invoke(run, module=str(module), args=python_args(None, guest, rest), **options)
         except SystemExit:
             raise
 
