@@ -78,7 +78,7 @@ class Invoker:
         trace: TraceContext | None = request.state.get("trace")
         cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
         invocation = HttpInvocation(
-            stdin=request.body, name=spec.name, tenant=spec.tenant,
+            stdin=request.body, name=spec.name, tenant=spec.tenant, args=spec.args,
             env=() if cgi else cgi_environ(request, spec.route, spec.headers),
             env_block=cgi.block(request) if cgi else None,
             parent=trace.as_parent() if trace else None, breaker=breaker_key(spec.name))

@@ -15,6 +15,7 @@
     max_concurrency = 4           # rate, burst, max_body, max_response
     cookies = "own"               # receives Cookie, sets cookies on its route (default "none")
     pass_headers = ["x-api-key"]  # withheld headers this function is sent (default none)
+    argv = ["python", "/app/handler.py"]  # the guest's command line, argv[0] first (WAGI)
 
 `load_manifest` resolves it into frozen dataclasses; every error names the file and the
 key, e.g. ``stockade.toml: function[0] (hello).limits.timeout: not a duration: 'soon'``.
@@ -31,6 +32,7 @@ from typing import Any
 from ..errors import PolicyError
 from ..policy import Capabilities, DirGrant, Policy, apply_limit
 from ..policy.loader import named_profile, read_toml
+from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
 from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
 
@@ -44,7 +46,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _FUNCTION_KEYS = {"name", "route", "methods", "module", "profile", "limits", "env", "env_allow",
                   "dirs", "tenant", "max_concurrency", "rate", "burst", "max_body",
-                  "max_response", "cookies", "pass_headers"}
+                  "max_response", "cookies", "pass_headers", "argv"}
 # manifest key -> Quota field
 _FUNCTION_QUOTA = {"max_concurrency": "concurrency", "rate": "rate", "burst": "burst"}
 _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
@@ -55,8 +57,9 @@ _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
 class FunctionSpec:
     """One function: its route (`route` is a path prefix, `methods` empty for any), the
     module and policy it runs with, its tenant, its own quota, and body size limits in
-    bytes (`max_response` counts the body the function writes after its headers), and
-    `headers`, which request headers it is sent and which response headers it may set."""
+    bytes (`max_response` counts the body the function writes after its headers),
+    `headers`, which request headers it is sent and which response headers it may set,
+    and `argv`, its command line (`argv.py`; empty: the module's name, no arguments)."""
 
     name: str
     route: str
@@ -68,6 +71,12 @@ class FunctionSpec:
     max_body: int
     max_response: int
     headers: HeaderRules = field(default_factory=HeaderRules)
+    argv: tuple[str, ...] = ()
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The arguments after argv[0] that every run of the function gets."""
+        return self.argv[1:]
 
     def allows(self, method: str) -> bool:
         """True when the function accepts `method`."""
@@ -153,6 +162,7 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         or server.max_body,
         max_response=max_response,
         headers=_header_rules(table, source, where, route, server),
+        argv=parse_argv(table.get("argv"), f"{source}: {where}.argv"),
     )
 
 
