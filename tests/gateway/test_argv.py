@@ -92,3 +92,6 @@ profile = "default"
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"method": "POST", "path": "/sum",
                                "argv": ["/app/handler.py"], "sum": 42}
+    # Its stderr and the access line, in the server log.
+    gateway.wait_for_log(r"function py \[[0-9a-f]{32}\] stderr: handler saw POST")
+    gateway.wait_for_log(r'"POST /py/sum HTTP/1\.1" 200 ')

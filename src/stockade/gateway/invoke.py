@@ -82,6 +82,7 @@ class Invoker:
             env=() if cgi else cgi_environ(request, spec.route, spec.headers),
             env_block=cgi.block(request) if cgi else None,
             parent=trace.as_parent() if trace else None, breaker=breaker_key(spec.name))
+        request.state["invocation_id"] = invocation.invocation_id  # for the logs
         result: Result | None = None
         spent = 0.0
         if self.inline:
@@ -94,6 +95,7 @@ class Invoker:
                 raise
         if result is None:
             result = await self._dispatch(request, route, invocation, check=not self.inline)
+        request.state["result"] = result  # its stderr and outcome, for the logs
         request.state["cpu_seconds"] = spent + result.usage.cpu_ms / 1000
         if result.outcome.is_violation:
             self._closed_until.pop((route.spec.name, route.spec.tenant), None)
@@ -154,8 +156,6 @@ class Invoker:
                          result.usage.cpu_ms / 1000)
         if result.coldstart:
             self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
-        if result.stderr and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("function %s stderr: %r", route.spec.name, result.stderr[:1024])
 
 
 def response_for(route: Route, result: Result) -> Response:

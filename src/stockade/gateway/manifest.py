@@ -59,7 +59,8 @@ class FunctionSpec:
     module and policy it runs with, its tenant, its own quota, and body size limits in
     bytes (`max_response` counts the body the function writes after its headers),
     `headers`, which request headers it is sent and which response headers it may set,
-    and `argv`, its command line (`argv.py`; empty: the module's name, no arguments)."""
+    `argv`, its command line (`argv.py`; empty: the module's name, no arguments), and
+    `capture_stderr`, whether its stderr is kept for the server log."""
 
     name: str
     route: str
@@ -72,6 +73,7 @@ class FunctionSpec:
     max_response: int
     headers: HeaderRules = field(default_factory=HeaderRules)
     argv: tuple[str, ...] = ()
+    capture_stderr: bool = True
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -163,6 +165,7 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         max_response=max_response,
         headers=_header_rules(table, source, where, route, server),
         argv=parse_argv(table.get("argv"), f"{source}: {where}.argv"),
+        capture_stderr=server.stderr_limit > 0,
     )
 
 
