@@ -1,89 +1,85 @@
-"""`stockade new`: write a starter manifest and its example function."""
+"""`stockade new`: write a starter manifest and its example function (WAT, C or Python)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import click
 
 from ..errors import UsageError
+from .templates import C_BUILD, HELLO_WAT, LANGUAGES, TEMPLATES, manifest
 
 __all__ = ["new", "MANIFEST", "HELLO_WAT"]
 
 # The same files as examples/stockade.toml and examples/hello.wat (a test pins this).
-MANIFEST = '''\
-# Functions served by `stockade serve --config stockade.toml`.
-# Every request runs in a fresh WebAssembly instance, CGI over WASI: the request comes
-# in as environment variables (REQUEST_METHOD, PATH_INFO, QUERY_STRING, HTTP_*, ...)
-# and standard input; the function writes CGI headers, an empty line and the body.
-
-[server]
-host = "127.0.0.1"
-port = 8080
-workers = 2
-# threads = 8                  # guest threads per worker
-# max_body = "1MiB"            # request body limit (413 beyond)
-# max_response = "8MiB"        # response body limit (502 beyond)
-# request_timeout = "30s"      # caps every function's timeout (504 beyond)
-# telemetry = "hybrid"         # OTLP export profile (edge, cloud, on-prem, hybrid) or "off"
-
-[tenant.demo]
-concurrency = 16               # invocations at once (429 beyond)
-rate = 1000                    # requests per second (429 beyond)
-cpu_per_minute = "30s"         # guest CPU time per minute (429 once spent)
-
-[[function]]
-name = "hello"
-route = "/hello"               # serves /hello and /hello/...
-methods = ["GET", "POST"]
-module = "hello.wat"           # .wasm, .wat or .cwasm, relative to this file
-tenant = "demo"
-profile = "strict"             # strict, default or permissive limits
-max_concurrency = 8
-env = { GREETING = "hello" }
-
-[function.limits]              # overrides of the profile's limits
-timeout = "2s"
-max_memory = "16MiB"
-'''
-
-HELLO_WAT = '''\
-;; The starter function: answers every request with a greeting, CGI over WASI
-;; (headers, an empty line, then the body, written to standard output).
-(module
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "Content-Type: text/plain\\n\\nHello from Stockade!\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 47))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-'''
+MANIFEST = manifest("wat")
+BUILD_TIMEOUT = 120.0  # seconds the C template's build may take
 
 
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False),
                 default=Path("."))
+@click.option("--lang", type=click.Choice(LANGUAGES), default="wat", show_default=True,
+              help="The example function's language.")
+@click.option("--python-wasm", "python_wasm", type=click.Path(path_type=Path, dir_okay=False),
+              help="CPython for WASI to serve the Python handler with (default: "
+                   "python.wasm beside the manifest).")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-def new(directory: Path, force: bool) -> None:
+def new(directory: Path, lang: str, python_wasm: Path | None, force: bool) -> None:
     """Write a starter stockade.toml and its hello function into DIRECTORY (default: .).
 
     \b
+    --lang wat     hello.wat, served as it is (compiled on first use)
+    --lang c       hello.c and a Makefile; built here with clang --target=wasm32-wasi
+    --lang python  app/handler.py, run by CPython for WASI (--python-wasm PATH)
+
+    \b
     Then:
-      stockade serve --config DIRECTORY/stockade.toml
+      stockade serve --config DIRECTORY/stockade.toml --reload
       curl http://127.0.0.1:8080/hello
     """
-    files = {directory / "stockade.toml": MANIFEST, directory / "hello.wat": HELLO_WAT}
+    python = "python.wasm"
+    if lang == "python" and python_wasm is not None:
+        if not python_wasm.is_file():
+            raise UsageError(f"--python-wasm {python_wasm}: no such file")
+        python = str(python_wasm.resolve())
+    files = {directory / "stockade.toml": manifest(lang, python)}
+    files.update({directory / name: text for name, text in TEMPLATES[lang].items()})
     existing = [str(path) for path in files if path.exists()]
     if existing and not force:
         raise UsageError(f"{', '.join(existing)} already exists (use --force to overwrite)")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write to {directory}: {exc.strerror}") from None
     for path in files:
         click.echo(f"wrote {path}")
-    click.echo(f"next: stockade serve --config {directory / 'stockade.toml'}")
+    if lang == "c":
+        _build_c(directory)
+    if lang == "python" and python_wasm is None:
+        click.echo(f"next: put CPython for WASI at {directory / 'python.wasm'}, or run "
+                   "`stockade new --lang python --python-wasm PATH --force`", err=True)
+    click.echo(f"next: stockade serve --config {directory / 'stockade.toml'} --reload")
+
+
+def _build_c(directory: Path) -> None:
+    """Run the C template's build step; a missing compiler is a warning, a failed build
+    an error naming the first compiler message."""
+    if shutil.which(C_BUILD[0]) is None:
+        click.echo(f"warning: {C_BUILD[0]} not found: install clang, lld and wasi-libc, then "
+                   f"run `make -C {directory}`", err=True)
+        return
+    try:
+        done = subprocess.run(C_BUILD, cwd=directory, capture_output=True,
+                              timeout=BUILD_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"building {directory / 'hello.wasm'} took more than "
+                         f"{BUILD_TIMEOUT:.0f} s") from None
+    if done.returncode != 0:
+        first = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[0]
+        raise UsageError(f"building {directory / 'hello.wasm'} failed: {first}")
+    click.echo(f"built {directory / 'hello.wasm'} ({' '.join(C_BUILD)})")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from ..gateway.manifest import Manifest
 
 __all__ = ["serve"]
 
@@ -31,10 +34,13 @@ __all__ = ["serve"]
               help="One SO_REUSEPORT socket per worker, or one socket shared by all.")
 @click.option("--inline/--no-inline", "inline", default=None,
               help="Let short fast-path runs finish on the event loop (default: on).")
-@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
+@click.option("--reload", "watch", is_flag=True,
+              help="Reload when the manifest or a function's module changes.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Log only warnings and errors (no access log, no function stderr).")
 def serve(config: Path, host: str | None, port: int | None, workers: int | None,
           threads: int | None, executor: str | None, telemetry: str | None,
-          reuse_port: bool | None, inline: bool | None, quiet: bool) -> None:
+          reuse_port: bool | None, inline: bool | None, watch: bool, quiet: bool) -> None:
     """Serve the functions of the manifest over HTTP, each request in a fresh instance.
 
     \b
@@ -43,9 +49,15 @@ def serve(config: Path, host: str | None, port: int | None, workers: int | None,
       stockade serve --port 8080 --workers 2
       curl http://127.0.0.1:8080/hello
 
-    Signals: SIGTERM or Ctrl+C drain in-flight requests and exit; SIGHUP reloads the
-    manifest without dropping requests (a broken one is reported and not applied).
+    Signals: SIGTERM or Ctrl+C drain in-flight requests and exit; SIGHUP (or, with
+    --reload, a change to the manifest or a module) reloads without dropping requests
+    (a broken manifest or module is reported and not applied).
     Also served: /healthz, /readyz and Prometheus /metrics.
+
+    Logs on stderr: the routes at start, an access line per request ([server]
+    access_log = "common", "json" or "off"), each function's stderr (up to
+    [server] stderr_limit bytes a request, log_rate lines a second per function) and
+    the reason of every 4xx/5xx a function's request ends with.
     """
     from ..display import PrintableFormatter
 
@@ -58,9 +70,28 @@ def serve(config: Path, host: str | None, port: int | None, workers: int | None,
                  "executor": executor, "telemetry": telemetry, "reuse_port": reuse_port,
                  "inline": inline}
 
-    def announce(url: str, settings: Any) -> None:
+    def announce(url: str, settings: Any, manifest: Manifest | None) -> None:
+        if manifest is not None:
+            for line in route_lines(url, manifest):
+                click.echo(f"stockade serve: {line}", err=True)
         click.echo(f"stockade serve: listening on {url} ({settings.workers} worker"
                    f"{'s' if settings.workers != 1 else ''}, {settings.threads} guest threads "
-                   "each); Ctrl+C to stop", err=True)
+                   f"each{'; reloading on changes' if watch else ''}); Ctrl+C to stop",
+                   err=True)
 
-    sys.exit(run_gateway(config, overrides, announce))
+    sys.exit(run_gateway(config, overrides, announce, watch))
+
+
+def route_lines(url: str, manifest: Manifest) -> list[str]:
+    """One line per function: URL, methods, name, module and tenant (names and paths
+    escaped: module file names are anyone's choice)."""
+    from ..display import printable
+
+    lines = []
+    for spec in sorted(manifest.functions, key=lambda s: s.route):
+        methods = ",".join(m for m in spec.methods if m != "HEAD") or "any"
+        argv = f" argv {' '.join(spec.argv)}" if spec.argv else ""
+        lines.append(printable(f"route {url}{'' if spec.route == '/' else spec.route} "
+                               f"[{methods}] -> {spec.name} ({spec.module.name}{argv}; "
+                               f"tenant {spec.tenant})"))
+    return lines

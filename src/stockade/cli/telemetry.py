@@ -1,17 +1,24 @@
-"""`stockade telemetry show`: summarise the local OTLP-JSON telemetry file."""
+"""`stockade telemetry show`: summarise, filter and follow the local OTLP-JSON file."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import UsageError
 
-__all__ = ["telemetry"]
+if TYPE_CHECKING:
+    from ..telemetry.reader import Filters, InvocationRow, Rejection, Summary
+
+__all__ = ["telemetry", "parse_since"]
+
+FOLLOW_POLL = 0.5  # seconds between looks at the file in --follow
+MAX_PENDING = 64 * 1024**2  # bytes of an unfinished line kept while following
 
 
 @click.group("telemetry")
@@ -39,35 +46,91 @@ def _cell(text: str) -> Any:
     return Text(printable(text))
 
 
+def parse_since(value: str, now: float | None = None) -> int:
+    """`--since`: a duration back from now (`10m`, `2h`, `30s`) or an ISO 8601 time
+    (`2026-12-02T04:00:00`, local time unless it says otherwise), as ns since the epoch.
+    Raises UsageError."""
+    from datetime import datetime
+
+    from ..policy import parse_duration
+
+    now = time.time() if now is None else now
+    try:
+        seconds = parse_duration(value)
+    except (ValueError, TypeError):
+        try:
+            return int(datetime.fromisoformat(value).timestamp() * 1e9)
+        except ValueError:
+            raise UsageError(f"--since {value!r}: give a duration like 10m or 2h, or a time "
+                             "like 2026-12-02T04:00:00") from None
+    if seconds is None or seconds < 0:
+        raise UsageError(f"--since {value!r}: give a positive duration like 10m")
+    return int((now - seconds) * 1e9)
+
+
 @telemetry.command("show")
 @click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False),
               help="Telemetry file (default: telemetry.jsonl in the state directory).")
 @click.option("-n", "--last", default=10, show_default=True, type=click.IntRange(1),
               help="How many recent invocations to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def show(path: Path | None, last: int, as_json: bool) -> None:
-    """Recent invocations, outcome counts, p50/p99 duration and violations.
+@click.option("--function", help="Only invocations of this function (module file name "
+                                 "for `stockade run`).")
+@click.option("--tenant", help="Only invocations of this tenant.")
+@click.option("--outcome", help="Only this outcome (exited, timeout, ...; `rejected` for "
+                                "requests the gateway refused).")
+@click.option("--since", "since", metavar="WHEN",
+              help="Only since then: a duration back (10m, 2h) or an ISO 8601 time.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Then print new invocations as they are recorded, until Ctrl+C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (with --follow: then one per invocation, a line each).")
+def show(path: Path | None, last: int, function: str | None, tenant: str | None,
+         outcome: str | None, since: str | None, follow: bool, as_json: bool) -> None:
+    """Recent invocations (full ids), outcome counts, p50/p99 duration, requests refused
+    before a guest ran (kept out of the percentiles), and monitor warnings.
 
-    Counts come from the metrics (every invocation); the list and the percentiles come
-    from the spans, which the export profile may sample.
+    Counts come from the metrics (every invocation) unless a filter is given; the list,
+    the percentiles, warnings and filtered counts come from the spans, which the export
+    profile may sample.
     """
-    from ..telemetry import read_summary, resolve_settings
+    from ..telemetry import resolve_settings
+    from ..telemetry.reader import Filters, summarise
 
+    filters = Filters(function, tenant, outcome,
+                      parse_since(since) if since is not None else None)
     path = path or resolve_settings().file
-    if not path.exists():
+    if not path.exists() and not follow:
         click.echo(f"no telemetry at {path} yet: `stockade run` writes it when no OTLP "
                    "endpoint is configured")
         return
+    offset = 0
     try:
-        summary = read_summary(path, recent=last)
+        if path.exists():
+            with open(path, "rb") as file:
+                summary = summarise(file, path, last, filters)
+                offset = file.tell()
+            _render(summary, as_json)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    if follow:
+        _follow(path, offset, filters, as_json)
+
+
+def _row_dict(row: InvocationRow | Rejection) -> dict[str, Any]:
+    return {"kind": "rejection" if not hasattr(row, "invocation_id") else "invocation",
+            **asdict(row)}
+
+
+def _render(summary: Summary, as_json: bool) -> None:
     if as_json:
         data: dict[str, Any] = {
-            "file": str(path), "invocations": summary.invocations, "spans": summary.spans,
-            "outcomes": dict(summary.outcomes), "violations": dict(summary.violations),
-            "warnings": summary.warnings, "p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
-            "recent": [row.__dict__ for row in summary.recent],
+            "file": str(summary.path), "invocations": summary.invocations,
+            "spans": summary.spans, "outcomes": dict(summary.outcomes),
+            "violations": dict(summary.violations), "warnings": summary.warnings,
+            "p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
+            "rejections": dict(summary.rejections),
+            "recent": [asdict(row) for row in summary.recent],
+            "warned": [asdict(row) for row in summary.warned],
         }
         click.echo(json.dumps(data))
         return
@@ -76,11 +139,16 @@ def show(path: Path | None, last: int, as_json: bool) -> None:
 
     from ..display import printable
 
+    # Full invocation ids are the point of the list: below 120 columns, lines wrap
+    # rather than cut the ids.
     console = Console()
+    console = Console(width=max(console.width, 120))
+    rejected = sum(summary.rejections.values())
     console.print(
-        f"[bold]{summary.invocations}[/] invocations in {_shown(printable(str(path)))} "
-        f"({summary.spans} spans kept); duration p50 [bold]{_ms(summary.p50_ms)} ms[/], "
-        f"p99 [bold]{_ms(summary.p99_ms)} ms[/]; monitor warnings: {summary.warnings}"
+        f"[bold]{summary.invocations}[/] invocations in {_shown(printable(str(summary.path)))} "
+        f"({summary.spans} spans kept); duration of those that ran: p50 "
+        f"[bold]{_ms(summary.p50_ms)} ms[/], p99 [bold]{_ms(summary.p99_ms)} ms[/]; "
+        f"refused before running: {rejected}; monitor warnings: {summary.warnings}"
         + (f"; {summary.bad_lines} unreadable lines" if summary.bad_lines else ""))
     counts = Table(title="Outcomes")
     counts.add_column("outcome")
@@ -89,17 +157,95 @@ def show(path: Path | None, last: int, as_json: bool) -> None:
     for outcome, count in summary.outcomes.most_common():
         counts.add_row(_cell(outcome), str(count), str(summary.violations.get(outcome, "")))
     console.print(counts)
+    if summary.rejections:
+        refusals = Table(title="Refused before a guest ran (not in the percentiles)")
+        refusals.add_column("function")
+        refusals.add_column("status / outcome")
+        refusals.add_column("requests", justify="right")
+        for key, count in summary.rejections.most_common():
+            name, _, why = key.rpartition(" ")
+            refusals.add_row(_cell(name), _cell(why), str(count))
+        console.print(refusals)
+    if summary.warned:
+        warned = Table(title="Monitor warnings")
+        for column in ("time", "function", "warning", "of limit", "invocation"):
+            warned.add_column(column, no_wrap=column != "function")
+        for row in summary.warned:
+            for warning in row.warning_list:
+                warned.add_row(_clock(row.start_ns), _cell(row.name), _cell(warning.kind),
+                               f"{warning.ratio:.0%} ({warning.value:g} of {warning.limit:g})",
+                               _cell(row.invocation_id))
+        console.print(warned)
     recent = Table(title=f"Last {len(summary.recent)} invocations")
-    for column in ("time", "function", "outcome", "ms", "limit", "warn", "invocation"):
+    tenants = any(row.tenant for row in summary.recent)
+    columns = ["time", "function", *(["tenant"] if tenants else []), "outcome", "ms",
+               "limit", "warn", "invocation"]
+    for column in columns:
         # a narrow terminal squeezes the function name, nothing else
         recent.add_column(column, justify="right" if column in ("ms", "warn") else "left",
-                          no_wrap=column != "function")
+                          no_wrap=column != "function",
+                          min_width=32 if column == "invocation" else None)
     for row in summary.recent:
-        when = time.strftime("%H:%M:%S", time.localtime(row.start_ns / 1e9))
         style = "red" if row.outcome not in ("exited",) else None
         # Names and attributes come from the file, which guests' names reach: plain
         # text, control characters escaped, no rich markup.
-        recent.add_row(when, _cell(row.name), _cell(row.outcome), f"{row.duration_ms:.2f}",
-                       _cell(row.limit_hit), str(row.warnings or ""),
-                       _cell(row.invocation_id[:8]), style=style)
+        cells = [_clock(row.start_ns), _cell(row.name),
+                 *([_cell(row.tenant or "-")] if tenants else []), _cell(row.outcome),
+                 f"{row.duration_ms:.2f}", _cell(row.limit_hit), str(row.warnings or ""),
+                 _cell(row.invocation_id)]
+        recent.add_row(*cells, style=style)
     console.print(recent)
+
+
+def _clock(start_ns: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(start_ns / 1e9))
+
+
+def _line(row: InvocationRow | Rejection) -> str:
+    """One followed row as a line of plain, escaped text."""
+    from ..display import printable
+
+    if not hasattr(row, "invocation_id"):
+        return printable(f"{_clock(row.start_ns)}  {row.name or '-'}  rejected "
+                         f"{getattr(row, 'status', '?')}")
+    invocation: InvocationRow = row  # type: ignore[assignment]
+    warnings = "".join(f"  warning: {w.kind} at {w.ratio:.0%} of its limit"
+                       for w in invocation.warning_list)
+    tenant = f" [{invocation.tenant}]" if invocation.tenant else ""
+    return printable(f"{_clock(row.start_ns)}  {invocation.name}{tenant}  "
+                     f"{invocation.outcome}  {invocation.duration_ms:.2f} ms  "
+                     f"{invocation.invocation_id}{warnings}")
+
+
+def _follow(path: Path, offset: int, filters: Filters, as_json: bool) -> None:
+    """Print rows appended to `path` from `offset` on, until interrupted. A file that
+    shrinks (rotated, replaced) is read again from its start; a partial last line waits
+    for its end."""
+    from ..telemetry.reader import rows_of
+
+    pending = b""
+    try:
+        while True:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if size < offset:
+                offset, pending = 0, b""
+            if size > offset:
+                with open(path, "rb") as file:
+                    file.seek(offset)
+                    chunk = file.read(size - offset)
+                offset += len(chunk)
+                *complete, pending = (pending + chunk).split(b"\n")
+                if len(pending) > MAX_PENDING:  # not a line this file's writer makes
+                    pending = b""
+                for line in complete:
+                    for row in rows_of(line):
+                        if filters.keeps(row):
+                            click.echo(json.dumps(_row_dict(row)) if as_json else _line(row))
+            time.sleep(FOLLOW_POLL)
+    except KeyboardInterrupt:
+        return
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None

@@ -74,12 +74,15 @@ class FastFunction(Prepared):
         inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
             else min(limits.timeout, INLINE_TIMEOUT)
         plan = self._engine.plan
-        self._plan = plan(module, fuel=limits.fuel, timeout_s=limits.timeout,
+        self._plan = plan(module, spec.args, fuel=limits.fuel, timeout_s=limits.timeout,
                           max_memory=limits.max_memory, max_output=limits.max_output,
-                          capture_stderr=False, max_hostcalls=limits.max_hostcalls)
-        self._inline_plan = plan(module, fuel=inline_fuel, timeout_s=inline_timeout,
+                          capture_stderr=spec.capture_stderr, max_hostcalls=limits.max_hostcalls,
+                          program=self._name)
+        self._inline_plan = plan(module, spec.args, fuel=inline_fuel,
+                                 timeout_s=inline_timeout,
                                  max_memory=limits.max_memory, max_output=limits.max_output,
-                                 capture_stderr=False, max_hostcalls=limits.max_hostcalls)
+                                 capture_stderr=spec.capture_stderr,
+                                 max_hostcalls=limits.max_hostcalls, program=self._name)
         self._inline_after = 0.0
         self._inline_strikes = 0
 

@@ -78,10 +78,11 @@ class Invoker:
         trace: TraceContext | None = request.state.get("trace")
         cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
         invocation = HttpInvocation(
-            stdin=request.body, name=spec.name, tenant=spec.tenant,
+            stdin=request.body, name=spec.name, tenant=spec.tenant, args=spec.args,
             env=() if cgi else cgi_environ(request, spec.route, spec.headers),
             env_block=cgi.block(request) if cgi else None,
             parent=trace.as_parent() if trace else None, breaker=breaker_key(spec.name))
+        request.state["invocation_id"] = invocation.invocation_id  # for the logs
         result: Result | None = None
         abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
         if self.inline:
@@ -96,6 +97,7 @@ class Invoker:
                 abandoned = 0.0  # the finished run's own usage counts it, once
         if result is None:
             result = await self._dispatch(request, route, invocation, check=not self.inline)
+        request.state["result"] = result  # its stderr and outcome, for the logs
         cpu = abandoned + result.usage.cpu_ms / 1000
         request.state["cpu_seconds"] = cpu
         self.metrics.inc("stockade_gateway_quota_cpu_seconds_total", route.labels, cpu)
@@ -158,8 +160,6 @@ class Invoker:
                          result.usage.cpu_ms / 1000)
         if result.coldstart:
             self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
-        if result.stderr and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("function %s stderr: %r", route.spec.name, result.stderr[:1024])
 
 
 def response_for(route: Route, result: Result) -> Response:

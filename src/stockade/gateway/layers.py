@@ -1,12 +1,14 @@
 """The gateway's handler stack, one small layer per concern, each wrapping the next::
 
-    MetricsLayer        requests and durations by function and status
-    └── TracingLayer    W3C trace context in, a server span out (tracing.py; with telemetry)
-        └── ErrorLayer  any exception -> problem+json (status from the error's class)
-            └── RoutingLayer    /healthz, /readyz, /metrics; else the function's route
-                └── BodyLayer   the whole body, with a deadline (408) and a size (413)
-                    └── LimitsLayer function and tenant quotas (429)
-                        └── Invoker (invoke.py)  CGI in, guest run, CGI out
+    AccessLogLayer      one line per request (accesslog.py; unless access_log = "off")
+    └── MetricsLayer    requests and durations by function and status
+        └── TracingLayer    W3C trace context in, a server span out (tracing.py)
+            └── FunctionLogLayer    function stderr and failure reasons (funclog.py)
+                └── ErrorLayer  any exception -> problem+json (status from its class)
+                    └── RoutingLayer    /healthz, /readyz, /metrics; else the route
+                        └── BodyLayer   the whole body, with a deadline (408), a size (413)
+                            └── LimitsLayer function and tenant quotas (429)
+                                └── Invoker (invoke.py)  CGI in, guest run, CGI out
 
 The body is read before any slot is taken: a client that sends it slowly holds a
 connection, never a function's or a tenant's concurrency.
@@ -75,6 +77,7 @@ class ErrorLayer:
         try:
             return await self.app(request)
         except StockadeError as exc:
+            request.state["error"] = exc.message  # the reason, for the logs (funclog.py)
             if isinstance(exc, HttpProblem) and exc.http_status in (408, 413, 429, 503):
                 route: Route | None = request.state.get("route")
                 reason = str(exc.extra.get("limit") or exc.extra.get("reason") or exc.slug)
@@ -83,6 +86,7 @@ class ErrorLayer:
             return render_error(exc, request.path)
         except Exception as exc:
             logger.exception("request %s %s failed", request.method, request.path)
+            request.state["error"] = "internal error (see the traceback above)"
             return render_error(exc, request.path)
 
 

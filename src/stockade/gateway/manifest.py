@@ -18,6 +18,7 @@
     cookies = "own"               # receives Cookie, sets cookies on its route (default "none")
     pass_headers = ["x-api-key"]  # withheld headers this function is sent (default none)
     isolate = "process"           # or "none"; default: "process" for the strict profile
+    argv = ["python", "/app/handler.py"]  # the guest's command line, argv[0] first (WAGI)
 
 Where a function runs: in the gateway worker process only when `isolate = "none"` and
 its tenant is in no cordon (the `default` cordon); otherwise in the warm pool of
@@ -40,6 +41,7 @@ from ..errors import PolicyError, StockadeError
 from ..isolate.factory import ISOLATION_MODES, default_isolation
 from ..policy import Capabilities, DirGrant, Policy, apply_limit
 from ..policy.loader import named_profile, read_toml
+from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
 from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
 
@@ -55,7 +57,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _FUNCTION_KEYS = {"name", "route", "methods", "module", "profile", "limits", "env", "env_allow",
                   "dirs", "tenant", "max_concurrency", "rate", "burst", "max_body",
-                  "max_response", "cookies", "pass_headers", "allow_precompiled", "isolate"}
+                  "max_response", "cookies", "pass_headers", "allow_precompiled", "isolate",
+                  "argv"}
 # manifest key -> Quota field
 _FUNCTION_QUOTA = {"max_concurrency": "concurrency", "rate": "rate", "burst": "burst"}
 _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
@@ -66,8 +69,10 @@ _TENANT_QUOTA = {"concurrency": "concurrency", "rate": "rate", "burst": "burst",
 class FunctionSpec:
     """One function: its route (`route` is a path prefix, `methods` empty for any), the
     module and policy it runs with, its tenant, its own quota, and body size limits in
-    bytes (`max_response` counts the body the function writes after its headers), and
-    `headers`, which request headers it is sent and which response headers it may set."""
+    bytes (`max_response` counts the body the function writes after its headers),
+    `headers`, which request headers it is sent and which response headers it may set,
+    `argv`, its command line (`argv.py`; empty: the module's name, no arguments), and
+    `capture_stderr`, whether its stderr is kept for the server log."""
 
     name: str
     route: str
@@ -81,12 +86,19 @@ class FunctionSpec:
     headers: HeaderRules = field(default_factory=HeaderRules)
     isolate: str = "none"
     cordon: str = DEFAULT_CORDON
+    argv: tuple[str, ...] = ()
+    capture_stderr: bool = True
 
     @property
     def pooled(self) -> bool:
         """True when the function runs in its cordon's worker pool, not in the gateway
         worker process (see the module docstring)."""
         return self.isolate != "none" or self.cordon != DEFAULT_CORDON
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The arguments after argv[0] that every run of the function gets."""
+        return self.argv[1:]
 
     def allows(self, method: str) -> bool:
         """True when the function accepts `method`."""
@@ -193,6 +205,8 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         headers=_header_rules(table, source, where, route, server),
         isolate=_isolation(table.get("isolate"), policy, source, where),
         cordon=cordons[tenant],
+        argv=parse_argv(table.get("argv"), f"{source}: {where}.argv"),
+        capture_stderr=server.stderr_limit > 0,
     )
 
 

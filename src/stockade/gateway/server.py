@@ -4,8 +4,9 @@ processes (`worker.py`) that share it.
 
 Signals: SIGTERM or SIGINT drain (workers finish in-flight requests, then exit);
 SIGHUP reloads (the manifest is checked here first; a bad one is reported and the old
-one kept; a good one is loaded by every worker without dropping requests). A worker
-that dies unexpectedly is restarted.
+one kept; a good one is loaded by every worker without dropping requests); with
+`watch` (`--reload`), so does a change to the manifest or a module. A worker that dies
+unexpectedly is restarted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from ..errors import ModuleError, ModuleNotFound, StockadeError, UsageError, WorkerError
 from ..rmtree import remove_tree
 from .manifest import Manifest, load_manifest
+from .reload import FileWatcher, watched_files
 from .settings import ServerSettings
 
 __all__ = ["Supervisor", "serve"]
@@ -41,8 +43,12 @@ MAX_RESTARTS = 5
 class Supervisor:
     """Serves the manifest at `path` with `overrides` (command-line server settings)."""
 
-    def __init__(self, path: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: Path, overrides: dict[str, Any] | None = None,
+                 watch: bool = False) -> None:
         self.path = path
+        self.manifest: Manifest | None = None
+        self._watcher: FileWatcher | None = None
+        self._watch = watch
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.settings = ServerSettings()
         self.port = 0
@@ -68,7 +74,9 @@ class Supervisor:
 
     def start(self) -> None:
         """Prepare, listen, start the workers and wait until all are ready."""
-        manifest = self.prepare()
+        self.manifest = manifest = self.prepare()
+        if self._watch:
+            self._watcher = FileWatcher(watched_files(self.path, manifest))
         self.settings = manifest.server.override(**self.overrides)
         self._socket = listen(self.settings.host, self.settings.port, self.settings.reuse_port)
         self.port = self._socket.getsockname()[1]
@@ -100,16 +108,27 @@ class Supervisor:
     def run(self) -> int:
         """Wait for signals until stopped; returns the exit code (0 after a drain, 1 when
         workers kept dying)."""
+        wait = 1.0 if self._watcher is None else self._watcher.interval
         while not self._stopping:
-            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            info = signal.sigtimedwait(_SIGNALS, wait)
             if info is None or info.si_signo == signal.SIGCHLD:
                 self._reap()
+                self._check_files()
             elif info.si_signo == signal.SIGHUP:
                 self.reload()
             else:
                 logger.info("draining %d workers", len(self._workers))
                 self.stop()
         return 1 if self.failed else 0
+
+    def _check_files(self) -> None:
+        """With --reload: reload once the manifest or a module changed and settled."""
+        if self._watcher is None or self._stopping:
+            return
+        changed = self._watcher.changed()
+        if changed:
+            logger.info("%s changed: reloading", ", ".join(path.name for path in changed))
+            self.reload()
 
     def reload(self) -> bool:
         """Check the manifest, then have every worker load it. Returns success."""
@@ -119,6 +138,9 @@ class Supervisor:
             logger.error("reload refused, still serving the previous manifest: %s",
                          exc.message)
             return False
+        self.manifest = manifest
+        if self._watcher is not None:
+            self._watcher.watch(watched_files(self.path, manifest))
         if manifest.server.override(**self.overrides) != self.settings:
             logger.warning("[server] changes take effect at the next restart")
         for process in self._workers.values():
@@ -216,10 +238,11 @@ def _wait_ready(fd: int, deadline: float) -> bool:
 
 
 def serve(path: Path, overrides: dict[str, Any] | None = None,
-          announce: Any = None) -> int:
-    """Run the gateway until SIGTERM/SIGINT; `announce(url, settings)` is called once every
-    worker is ready. Raises StockadeError for a bad manifest or module."""
-    supervisor = Supervisor(path, overrides)
+          announce: Any = None, watch: bool = False) -> int:
+    """Run the gateway until SIGTERM/SIGINT; `announce(url, settings, manifest)` is called
+    once every worker is ready; `watch` reloads when the manifest or a module changes
+    (`reload.py`). Raises StockadeError for a bad manifest or module."""
+    supervisor = Supervisor(path, overrides, watch)
     try:
         supervisor.start()
     except BaseException:
@@ -228,7 +251,7 @@ def serve(path: Path, overrides: dict[str, Any] | None = None,
     if announce is not None:
         host = supervisor.settings.host
         announce(f"http://{'[' + host + ']' if ':' in host else host}:{supervisor.port}",
-                 supervisor.settings)
+                 supervisor.settings, supervisor.manifest)
     try:
         return supervisor.run()
     finally:

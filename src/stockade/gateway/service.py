@@ -16,8 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .accesslog import AccessLogLayer
 from .dispatch import Dispatcher
 from .executor import Executors
+from .funclog import FunctionLogLayer
 from .invoke import Invoker
 from .layers import BodyLayer, ErrorLayer, LimitsLayer, MetricsLayer, RoutingLayer
 from .limits import QuotaStore
@@ -88,10 +90,13 @@ class GatewayService:
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
         limited = BodyLayer(LimitsLayer(invoker, self.metrics), self.settings)
         routed = RoutingLayer(limited, registry, system)
-        handler: Handler = ErrorLayer(routed, self.metrics)
+        handler: Handler = FunctionLogLayer(ErrorLayer(routed, self.metrics), self.settings)
         if self.telemetry is not None and self.telemetry.settings.enabled:
             handler = TracingLayer(handler, self.telemetry)
-        return MetricsLayer(handler, self.metrics)
+        handler = MetricsLayer(handler, self.metrics)
+        if self.settings.access_log != "off":
+            handler = AccessLogLayer(handler, self.settings.access_log)
+        return handler
 
     async def started(self) -> None:
         """Begin background work (metrics snapshots) once the event loop runs."""

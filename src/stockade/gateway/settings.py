@@ -15,9 +15,10 @@ from ..policy import parse_duration, parse_size
 from .headers import WITHHELD
 
 __all__ = ["Quota", "ServerSettings", "parse_server", "parse_quota", "size_or_none",
-           "EXECUTORS"]
+           "EXECUTORS", "ACCESS_LOGS"]
 
 EXECUTORS = ("auto", "fast", "sandbox")
+ACCESS_LOGS = ("common", "json", "off")
 MiB = 1024**2
 
 
@@ -58,6 +59,12 @@ class ServerSettings:
     function or tenant slot is taken); an idle keep-alive connection is closed after
     `keep_alive_timeout`. `withhold_headers` are the request headers no function is
     sent unless it lists them in `pass_headers` (`headers.py`).
+
+    Logs (`funclog.py`, `accesslog.py`): `access_log` is `common` (Apache's Common Log
+    Format), `json` (one object a line) or `off`; each request's function stderr is
+    logged up to `stderr_limit` bytes (0: not captured); a function gets `log_rate`
+    lines of stderr and failure reasons a second (bursts of 10 s worth), the rest are
+    counted and reported as suppressed.
     """
 
     host: str = "127.0.0.1"
@@ -83,6 +90,9 @@ class ServerSettings:
     keep_alive_timeout: float = 5.0
     withhold_headers: tuple[str, ...] = tuple(sorted(WITHHELD))
     pool_workers: int = 2
+    access_log: str = "common"
+    stderr_limit: int = 4096
+    log_rate: float = 10.0
 
     def override(self, **changes: Any) -> ServerSettings:
         """A copy with the given settings (None values are ignored: flag not given)."""
@@ -125,6 +135,21 @@ def _bytes(value: Any) -> int:
     return size
 
 
+def _size_or_zero(value: Any) -> int:
+    size = parse_size(value)
+    if not 0 <= size <= 1024**2:
+        raise ValueError(f"expected a size from 0 to '1MiB', not {value!r}")
+    return size
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 < value <= 100_000:
+        raise ValueError(f"expected lines per second, above 0 and at most 100000, "
+                         f"not {value!r}")
+    return float(value)
+
+
 def header_names(value: Any) -> tuple[str, ...]:
     """A list of HTTP header names, lower-cased. Raises ValueError for anything else."""
     if not isinstance(value, list) or not all(
@@ -149,6 +174,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "header_timeout": _seconds, "max_header_size": _bytes,
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
     "withhold_headers": header_names, "pool_workers": _int(1, 32),
+    "access_log": _choice(*ACCESS_LOGS), "stderr_limit": _size_or_zero, "log_rate": _rate,
 }
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .instruments import INSTRUMENTS
@@ -21,8 +23,7 @@ if TYPE_CHECKING:
     from .record import InvocationRecord, LogEvent, SpanData
     from .settings import ExportSettings
 
-__all__ = ["SdkSink"]
-
+__all__ = ["SdkSink", "CLOSE_GRACE", "export_logger"]
 
 
 def _exporter(settings: ExportSettings, signal: str) -> Any:
@@ -48,7 +49,8 @@ def _exporter(settings: ExportSettings, signal: str) -> Any:
         }
         grpc: Any = importlib.import_module("grpc")  # no type stubs installed
         compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
-        return grpc_classes[signal](endpoint=endpoint, headers=headers, compression=compression)
+        return grpc_classes[signal](endpoint=endpoint, headers=headers, compression=compression,
+                                    timeout=settings.timeout)
     from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http import _log_exporter as http_logs
     from opentelemetry.exporter.otlp.proto.http import metric_exporter as http_metrics
@@ -63,6 +65,7 @@ def _exporter(settings: ExportSettings, signal: str) -> Any:
         endpoint=endpoint,
         headers=headers,
         compression=Compression.Gzip if gzip else Compression.NoCompression,
+        timeout=settings.timeout,
     )
 
 
@@ -110,14 +113,18 @@ class SdkSink:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
+        self._settings = settings
+        self._failures = _ExportFailures.install()
         resource = Resource(resource_attributes(settings))
         delay_ms = settings.interval * 1000
         sampler: Sampler = TraceIdRatioBased(settings.sampling_ratio)
         if settings.parent_based:
             sampler = ParentBased(sampler)
         self._preset = _Preset()
+        # No atexit shutdown: `close` bounds it (an unbounded one held a run at exit).
         self._tracer_provider = TracerProvider(resource=resource, sampler=sampler,
-                                               id_generator=_id_generator(self._preset))
+                                               id_generator=_id_generator(self._preset),
+                                               shutdown_on_exit=False)
         if "traces" in settings.endpoints:
             self._tracer_provider.add_span_processor(BatchSpanProcessor(
                 _exporter(settings, "traces"),
@@ -130,8 +137,9 @@ class SdkSink:
             readers.append(PeriodicExportingMetricReader(
                 _exporter(settings, "metrics"), export_interval_millis=delay_ms,
             ))
-        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        self._logger_provider = LoggerProvider(resource=resource)
+        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers,
+                                             shutdown_on_exit=False)
+        self._logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         if "logs" in settings.endpoints:
             self._logger_provider.add_log_record_processor(BatchLogRecordProcessor(
                 _exporter(settings, "logs"),
@@ -253,21 +261,128 @@ class SdkSink:
         except Exception:  # noqa: BLE001
             logger().warning("could not emit telemetry log record", exc_info=True)
 
+    def _providers(self) -> tuple[Any, ...]:
+        return self._tracer_provider, self._meter_provider, self._logger_provider
+
     def flush(self) -> None:
-        """Export everything pending now."""
-        for provider in (self._tracer_provider, self._meter_provider, self._logger_provider):
+        """Export everything pending now, waiting at most the export timeout."""
+        millis = max(1, int(self._settings.timeout * 1000))
+        for provider in self._providers():
             try:
-                provider.force_flush()
+                provider.force_flush(millis)
             except Exception:  # noqa: BLE001
                 logger().warning("telemetry flush failed", exc_info=True)
 
     def close(self) -> None:
-        """Flush and shut the providers down; safe to call twice."""
+        """Flush and shut the providers down, all three at once and for at most the export
+        timeout (plus `CLOSE_GRACE`): a collector that does not answer costs a run that
+        long and one warning line (`stockade.otlp`), whatever was dropped. Safe twice."""
         if self._closed:
             return
         self._closed = True
-        for provider in (self._tracer_provider, self._meter_provider, self._logger_provider):
-            try:
-                provider.shutdown()
-            except Exception:  # noqa: BLE001
-                logger().warning("telemetry shutdown failed", exc_info=True)
+        threads = [threading.Thread(target=_shutdown, args=(provider,), daemon=True,
+                                    name="stockade-otlp-shutdown")
+                   for provider in self._providers()]
+        deadline = time.monotonic() + self._settings.timeout + CLOSE_GRACE
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        unfinished = sum(thread.is_alive() for thread in threads)
+        failures, last = self._failures.take()
+        self._failures.uninstall()
+        if failures or unfinished:
+            endpoint = next(iter(self._settings.endpoints.values()), "?")
+            cause = f": {last}" if last else ""
+            export_logger().warning(
+                "telemetry: could not export to %s within %.1f s%s (set "
+                "OTEL_EXPORTER_OTLP_TIMEOUT in ms to wait longer; this run's telemetry "
+                "is dropped)", endpoint, self._settings.timeout, cause)
+
+
+CLOSE_GRACE = 0.25  # seconds on top of the export timeout for the shutdown itself
+
+
+def export_logger() -> logging.Logger:
+    """Where export failures go: outside ``stockade.telemetry`` (whose NullHandler keeps
+    library chatter quiet), so with no logging configured the line reaches stderr."""
+    return logging.getLogger("stockade.otlp")
+
+
+def _shutdown(provider: Any) -> None:
+    try:
+        provider.shutdown()
+    except Exception:  # noqa: BLE001 - telemetry never breaks a run
+        logger().warning("telemetry shutdown failed", exc_info=True)
+
+
+class _ExportFailures(logging.Handler):
+    """Takes the OTLP exporters' own log lines (a warning per retry, an error per
+    dropped batch) off the console: counts the errors, keeps the last message, so
+    `SdkSink.close` reports them as one line. One instance per process, shared by the
+    sinks (the exporters' loggers are global)."""
+
+    _installed: _ExportFailures | None = None
+    _users = 0
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.failures = 0
+        self.last = ""
+
+    @classmethod
+    def install(cls) -> _ExportFailures:
+        """The shared handler, attached to the exporters' loggers."""
+        with cls._lock:
+            if cls._installed is None:
+                cls._installed = cls()
+                for name in _EXPORTER_LOGGERS:
+                    log = logging.getLogger(name)
+                    log.addHandler(cls._installed)
+                    log.propagate = False
+            cls._users += 1
+            return cls._installed
+
+    def uninstall(self) -> None:
+        """Detach once the last sink using it has closed."""
+        with self._lock:
+            type(self)._users -= 1
+            if type(self)._users > 0 or type(self)._installed is not self:
+                return
+            type(self)._installed = None
+            for name in _EXPORTER_LOGGERS:
+                log = logging.getLogger(name)
+                log.removeHandler(self)
+                log.propagate = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Count an error, remember the cause (the last line of a retry's message)."""
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is still a failure
+            message = str(record.msg)
+        if record.levelno >= logging.ERROR:
+            self.failures += 1
+        if "Transient error" in message or not self.last:
+            self.last = _cause(message)
+
+    def take(self) -> tuple[int, str]:
+        """(errors, last cause) since the last call."""
+        failures, last, self.failures, self.last = self.failures, self.last, 0, ""
+        return failures, last
+
+
+_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.sdk._shared_internal")
+
+
+def _cause(message: str) -> str:
+    """The useful end of an exporter message: 'Connection refused' rather than a page."""
+    for marker in ("[Errno", "StatusCode.", "status code"):
+        at = message.find(marker)
+        if at >= 0:
+            cause = message[at:at + 120]
+            for end in (" encountered", ")", "'", '"', ","):
+                cause = cause.split(end)[0]
+            return cause.strip()
+    return message[:120]

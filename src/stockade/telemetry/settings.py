@@ -18,7 +18,12 @@ from ..errors import UsageError
 from ..paths import state_dir
 from .profiles import Compression, ExportProfile, Protocol, choose_profile
 
-__all__ = ["ExportSettings", "resolve_settings", "SIGNALS"]
+__all__ = ["ExportSettings", "resolve_settings", "SIGNALS", "EXPORT_TIMEOUT"]
+
+# Seconds an export may take, retries included. The SDK's default (10 s, retried with
+# backoff per signal) held a one-millisecond `stockade run` for 14 s when the collector
+# was down: a run waits at most this long for a collector that does not answer.
+EXPORT_TIMEOUT = 1.0
 
 SIGNALS = ("traces", "metrics", "logs")
 _RATIO_SAMPLERS = {"traceidratio": False, "parentbased_traceidratio": True}
@@ -30,7 +35,10 @@ _FIXED_SAMPLERS = {
 
 class ExportSettings(NamedTuple):
     """Everything the exporters need, after overrides. `endpoints` maps each signal to its
-    URL (empty: the local file sink); `sources` says where each setting came from."""
+    URL (empty: the local file sink); `sources` says where each setting came from;
+    `timeout` is how long, in seconds, one export may take, retries included, and so the
+    longest a closing run waits for a collector (`EXPORT_TIMEOUT` unless
+    `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds as the OTLP specification says)."""
 
     profile: ExportProfile
     reason: str
@@ -47,6 +55,7 @@ class ExportSettings(NamedTuple):
     resource_attributes: dict[str, str]
     file: Path
     sources: dict[str, str]
+    timeout: float = 1.0
 
     @property
     def exports(self) -> bool:
@@ -188,6 +197,9 @@ def resolve_settings(
     batch = _number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", int)
     interval_ms = _number(env, "OTEL_METRIC_EXPORT_INTERVAL", float)
     file = _get(env, "STOCKADE_TELEMETRY_FILE")
+    timeout_ms = _number(env, "OTEL_EXPORTER_OTLP_TIMEOUT", float)
+    if timeout_ms is not None:
+        sources["timeout"] = "OTEL_EXPORTER_OTLP_TIMEOUT"
     return ExportSettings(
         profile=chosen,
         reason="telemetry off" if disabled else reason,
@@ -204,4 +216,5 @@ def resolve_settings(
         resource_attributes=resource,
         file=Path(file) if file else state_dir() / "telemetry.jsonl",
         sources=sources,
+        timeout=timeout_ms / 1000 if timeout_ms else EXPORT_TIMEOUT,
     )

@@ -209,10 +209,11 @@ class FastEngine:
         max_output: int | None = None,
         capture_stderr: bool = True,
         max_hostcalls: int | None = None,
+        program: str | None = None,
     ) -> RunPlan:
-        """Check a run's arguments and limits once (see `run`) for `run_plan`. Raises
-        UsageError."""
-        argv = _encode_args(module.name, args)
+        """Check a run's arguments and limits once (see `run`) for `run_plan`; `program`
+        is argv[0] (default: the module's name). Raises UsageError."""
+        argv = _encode_args(module.name if program is None else program, args)
         budget = self._fuel(fuel)
         memory = self.max_memory if max_memory is None else max_memory
         if not 0 < memory <= self.max_memory:

@@ -1,0 +1,84 @@
+"""A collector that is down or does not answer costs a run about a second and one
+warning line, never the SDK's retries (14 s and 8 lines before); the export timeout
+follows OTEL_EXPORTER_OTLP_TIMEOUT (milliseconds)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stockade.errors import UsageError
+from stockade.telemetry import resolve_settings
+from stockade.telemetry.settings import EXPORT_TIMEOUT
+
+from ..conftest import guest
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield int(sock.getsockname()[1])
+
+
+def run_hello(endpoint: str, **env: str) -> tuple[subprocess.CompletedProcess[bytes], float]:
+    environ = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **env}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "stockade", "run", str(guest("hello.wasm"))],
+                          capture_output=True, env=environ, timeout=120)
+    return done, time.monotonic() - start
+
+
+def baseline() -> float:
+    """How long the same run takes here with telemetry off (interpreter start included)."""
+    _, elapsed = run_hello("", STOCKADE_TELEMETRY="off")
+    return elapsed
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_collector_that_is_down_costs_a_second_and_one_line(protocol: str) -> None:
+    done, elapsed = run_hello(f"http://127.0.0.1:{closed_port()}",
+                              OTEL_EXPORTER_OTLP_PROTOCOL=protocol)
+    assert (done.returncode, done.stdout) == (0, b"Hello from a Stockade sandbox!\n")
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("telemetry: could not export to http://127.0.0.1:"), lines
+    assert f"within {EXPORT_TIMEOUT:.1f} s" in lines[0]
+    # About a second over an ordinary run; generous for a loaded two-core machine.
+    assert elapsed < baseline() + EXPORT_TIMEOUT + 3.0, elapsed
+
+
+def test_the_export_timeout_is_honoured(silent_collector: int) -> None:
+    endpoint = f"http://127.0.0.1:{silent_collector}"
+    done, elapsed = run_hello(endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="3000")
+    assert done.returncode == 0
+    assert "within 3.0 s" in done.stderr.decode()
+    assert 2.5 < elapsed < baseline() + 3.0 + 4.0, elapsed
+    done, elapsed = run_hello(endpoint)
+    assert done.returncode == 0 and len(done.stderr.decode().splitlines()) == 1
+    assert elapsed < baseline() + EXPORT_TIMEOUT + 3.0, elapsed
+
+
+def test_timeout_setting(tmp_path: Path) -> None:
+    assert resolve_settings(env={}).timeout == EXPORT_TIMEOUT
+    settings = resolve_settings(env={"OTEL_EXPORTER_OTLP_TIMEOUT": "2500"})
+    assert settings.timeout == 2.5 and settings.sources["timeout"] == "OTEL_EXPORTER_OTLP_TIMEOUT"
+    for bad in ("soon", "0", "-5"):
+        with pytest.raises(UsageError, match="OTEL_EXPORTER_OTLP_TIMEOUT"):
+            resolve_settings(env={"OTEL_EXPORTER_OTLP_TIMEOUT": bad})
