@@ -20,7 +20,7 @@ __all__ = [
     "MAGIC", "MalformedModule", "Cursor", "Section", "Import", "Export", "Limits",
     "DataSegment", "sections", "read_imports", "read_exports", "read_limits_section",
     "read_table_section", "read_data", "read_element_counts", "read_count", "read_start",
-    "read_producers", "read_name_section", "code_shape", "data_size", "skip_const_expr",
+    "read_producers", "read_name_section", "read_bodies", "code_shape", "data_size", "skip_const_expr",
     "SECTION_NAMES", "PAGE",
 ]
 
@@ -225,7 +225,7 @@ def read_imports(data: bytes, section: Section | None = None) -> list[Import]:
             return []
     cursor = Cursor(data, section.start, section.end)
     count = cursor.count("import", 4)
-    found: list[Export] = []
+    found: list[Import] = []
     append = found.append
     for _ in range(count):
         module, name = cursor.name(), cursor.name()
@@ -410,6 +410,22 @@ def code_shape(data: bytes) -> list[tuple[int, int]]:
                 break
     except MalformedModule:
         pass
+    return shape
+
+
+def read_bodies(data: bytes, section: Section) -> list[tuple[int, int]]:
+    """(body size, declared locals) of every function body (strict)."""
+    cursor = Cursor(data, section.start, section.end)
+    shape = []
+    for _ in range(cursor.count("function body", 2)):
+        size = cursor.leb()
+        body = Cursor(data, cursor.pos, cursor.pos + size)
+        cursor.bytes(size)
+        locals_count = 0
+        for _ in range(body.count("local group", 2)):
+            locals_count += body.leb()
+            _value_type(body)
+        shape.append((size, locals_count))
     return shape
 
 

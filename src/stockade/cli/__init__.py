@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "breaker": ("breaker", "breaker", "List or reset circuit breakers of misbehaving modules."),
     "audit": ("audit", "audit", "Verify the hash-chained audit log of security events."),
     "advise": ("advise", "advise", "Recommend Wasm, a container, a microVM or a hybrid."),
+    "inspect": ("inspect", "inspect", "Report what a module imports and declares, never run."),
+    "keygen": ("provenance", "keygen", "Write a new Ed25519 signing key and its public key."),
+    "sign": ("provenance", "sign", "Sign a module (an embedded wasmsign2-compatible signature)."),
+    "verify": ("provenance", "verify", "Verify a module's signatures against trusted keys."),
 }
 
 
