@@ -20,7 +20,8 @@ __all__ = [
     "MAGIC", "MalformedModule", "Cursor", "Section", "Import", "Export", "Limits",
     "DataSegment", "sections", "read_imports", "read_exports", "read_limits_section",
     "read_table_section", "read_data", "read_element_counts", "read_count", "read_start",
-    "read_producers", "read_name_section", "read_bodies", "code_shape", "data_size", "skip_const_expr",
+    "read_producers", "read_name_section", "read_bodies", "code_shape", "data_size",
+    "skip_const_expr",
     "SECTION_NAMES", "PAGE",
 ]
 
