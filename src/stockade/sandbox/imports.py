@@ -26,7 +26,8 @@ def denied_import(module: wasmtime.Module) -> tuple[str, str] | None:
     # Functions first: "wasi.thread-spawn" explains more than the shared memory it needs.
     imports = sorted(module.imports, key=lambda i: not isinstance(i.type, wasmtime.FuncType))
     for item in imports:
-        reason = import_refusal(item.module, item.name, isinstance(item.type, wasmtime.FuncType))
+        reason = import_refusal(item.module, item.name or "",
+                                isinstance(item.type, wasmtime.FuncType))
         if reason is not None:
             return f"{item.module}.{item.name}", reason
     return None
