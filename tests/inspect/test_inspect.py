@@ -42,7 +42,7 @@ def test_imports_and_refusals_agree_with_wasmtime(path: Path) -> None:
     data = path.read_bytes()
     report = inspect_module(data, path.name)
     assert report.defined_functions == len(report.bodies)
-    if report.compile_cost > 5:  # a compile bomb: its shape is test_guard's business
+    if report.compile_cost > 15:  # a compile bomb: its shape is test_guard's business
         assert "compile" in " ".join(f.message for f in report.findings)
         return
     module = _sandbox.load(path).module  # through the session's AoT cache
