@@ -14,17 +14,19 @@ from .errors import (
     ModuleNotFound,
     PolicyError,
     StockadeError,
+    UntrustedModule,
     UsageError,
     WorkerError,
 )
 from .invocation import Invocation
-from .policy import Capabilities, DirGrant, Limits, Policy, load_policy
+from .policy import Capabilities, DirGrant, Limits, Policy, Trust, load_policy
 from .result import Outcome, Result, Usage
 from .sandbox import Sandbox
 
 __all__ = [
     "Sandbox",
     "Policy",
+    "Trust",
     "Limits",
     "Capabilities",
     "DirGrant",
@@ -39,6 +41,7 @@ __all__ = [
     "ModuleNotFound",
     "ModuleError",
     "DeniedImport",
+    "UntrustedModule",
     "WorkerError",
 ]
 __version__ = "0.1.0"

@@ -8,7 +8,8 @@ gateway render errors and never decide what they mean::
     │   └── PolicyError             125 / 400   broken policy file or key
     ├── ModuleNotFound              127 / 404   no such module file
     ├── ModuleError                 126 / 422   not wasm, truncated, incompatible .cwasm
-    │   └── DeniedImport            126 / 403   imports something Stockade does not provide
+    │   ├── DeniedImport            126 / 403   imports something Stockade does not provide
+    │   └── UntrustedModule         126 / 403   no valid signature by a trusted key
     ├── WorkerError                 125 / 500   an isolation worker failed to start or answer
     └── FastPathUnavailable         125 / 500   the C-API fast path cannot run here
 """
@@ -22,6 +23,7 @@ __all__ = [
     "ModuleNotFound",
     "ModuleError",
     "DeniedImport",
+    "UntrustedModule",
     "WorkerError",
     "FastPathUnavailable",
 ]
@@ -70,6 +72,12 @@ class DeniedImport(ModuleError):
     def __init__(self, message: str, import_name: str) -> None:
         super().__init__(message)
         self.import_name = import_name
+
+
+class UntrustedModule(ModuleError):
+    """A trust policy requires a valid signature by a trusted key and the module has none."""
+
+    http_status = 403
 
 
 class WorkerError(StockadeError):

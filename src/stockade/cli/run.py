@@ -13,7 +13,7 @@ from ..errors import StockadeError
 from ..invocation import Invocation
 from ..policy import Policy
 from ..result import Outcome, Result
-from .options import build_invocation, build_policy
+from .options import build_invocation, build_policy, with_trust
 
 __all__ = ["run"]
 
@@ -50,6 +50,11 @@ __all__ = ["run"]
               help="Guard this module with a circuit breaker: after 3 resource-limit "
                    "violations within 60 s it is refused (exit 126) until a cooldown passes. "
                    "Off by default: one bad input must not lock out later runs.")
+@click.option("--trust-key", "trust_keys", multiple=True, metavar="PUB",
+              type=click.Path(path_type=Path),
+              help="Trust this public key (file or directory); requires a signature.")
+@click.option("--require-signature", is_flag=True,
+              help="Refuse modules without a valid signature by a trusted key (exit 126).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
@@ -57,7 +62,7 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
         isolate: str | None, telemetry_profile: str | None, use_breaker: bool,
-        as_json: bool) -> None:
+        trust_keys: tuple[Path, ...], require_signature: bool, as_json: bool) -> None:
     """Run MODULE (.wasm, .wat or .cwasm) in a sandbox. Guest arguments follow `--`.
 
     \b
@@ -74,6 +79,7 @@ def run(module: Path, args: tuple[str, ...], profile: str | None, policy_file: P
               "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files}
     try:
         policy = build_policy(profile, policy_file, limits, dirs, env, env_allow)
+        policy = with_trust(policy, trust_keys, require_signature)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         invocation = build_invocation(args, stdin)
