@@ -27,6 +27,7 @@ from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
 from ..sandbox import Sandbox
 from ..sandbox.imports import denied_import
+from ..sandbox.provenance import gate
 from .manifest import FunctionSpec
 
 if TYPE_CHECKING:
@@ -113,12 +114,14 @@ def named_error(exc: ModuleNotFound | ModuleError, name: str) -> StockadeError:
     return kind(f"function {name}: {exc.message}")
 
 
-def load_standard(spec: FunctionSpec) -> LoadedModule:
-    """The function's module through the standard engine and the AoT cache. Raises
-    ModuleNotFound or ModuleError."""
+def load_standard(spec: FunctionSpec, data: bytes | None = None) -> LoadedModule:
+    """The function's module (or its already verified bytes, `data`) through the standard
+    engine and the AoT cache. Raises ModuleNotFound or ModuleError."""
     limits = spec.policy.limits
-    return get_engine(EngineConfig.for_limits(limits)).load(
-        spec.module, guard=CompileGuard.for_limits(limits))
+    engine, guard = get_engine(EngineConfig.for_limits(limits)), CompileGuard.for_limits(limits)
+    if data is not None:
+        return engine.load(data, name=spec.module.name, guard=guard)
+    return engine.load(spec.module, guard=guard)
 
 
 def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
@@ -170,7 +173,11 @@ class Executors:
 
     def prepare(self, spec: FunctionSpec) -> Prepared:
         """Load and prepare `spec`'s module. Raises ModuleNotFound or ModuleError."""
-        loaded = load_standard(spec)
+        checked = gate(spec.module, spec.policy)  # a [trust] that requires signatures
+        if checked is not None and checked.data is None:
+            return DeniedFunction(spec, checked.sha256, f"signature {checked.refusal}",
+                                  self.observers)
+        loaded = load_standard(spec, checked.data if checked is not None else None)
         denied = denied_import(loaded.module)
         if denied is not None:
             name, reason = denied
