@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "keygen": ("provenance", "keygen", "Write a new Ed25519 signing key and its public key."),
     "sign": ("provenance", "sign", "Sign a module (an embedded wasmsign2-compatible signature)."),
     "verify": ("provenance", "verify", "Verify a module's signatures against trusted keys."),
+    "check": ("check", "check", "Evaluate the hardening checklist (exit 0 when nothing fails)."),
 }
 
 
