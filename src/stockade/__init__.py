@@ -15,12 +15,13 @@ from .errors import (
     PolicyError,
     PoolBusy,
     StockadeError,
+    UntrustedModule,
     UsageError,
     WorkerError,
 )
 from .invocation import Invocation
 from .isolate.pool import SandboxPool
-from .policy import Capabilities, DirGrant, Limits, Policy, load_policy
+from .policy import Capabilities, DirGrant, Limits, Policy, Trust, load_policy
 from .result import Outcome, Result, Usage
 from .sandbox import Sandbox
 from .sandbox.aio import AsyncSandbox
@@ -30,6 +31,7 @@ __all__ = [
     "AsyncSandbox",
     "SandboxPool",
     "Policy",
+    "Trust",
     "Limits",
     "Capabilities",
     "DirGrant",
@@ -44,6 +46,7 @@ __all__ = [
     "ModuleNotFound",
     "ModuleError",
     "DeniedImport",
+    "UntrustedModule",
     "WorkerError",
     "PoolBusy",
 ]

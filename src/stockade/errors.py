@@ -10,6 +10,7 @@ gateway render errors and never decide what they mean::
     ├── ModuleError                 126 / 422   not wasm, truncated, incompatible .cwasm
     │   ├── DeniedImport            126 / 403   imports something Stockade does not provide
     │   └── PrecompiledRefused      126 / 403   a .cwasm not opted in, or not authenticated
+    │   └── UntrustedModule         126 / 403   no valid signature by a trusted key
     ├── WorkerError                 125 / 500   an isolation worker failed to start or answer
     ├── PoolBusy                    125 / 503   every sandbox of a pool busy, too many waiting
     └── FastPathUnavailable         125 / 500   the C-API fast path cannot run here
@@ -25,6 +26,7 @@ __all__ = [
     "ModuleError",
     "DeniedImport",
     "PrecompiledRefused",
+    "UntrustedModule",
     "WorkerError",
     "PoolBusy",
     "FastPathUnavailable",
@@ -86,6 +88,11 @@ class PrecompiledRefused(ModuleError):
     def __init__(self, message: str, sha256: str = "") -> None:
         super().__init__(message)
         self.sha256 = sha256
+
+class UntrustedModule(ModuleError):
+    """A trust policy requires a valid signature by a trusted key and the module has none."""
+
+    http_status = 403
 
 
 class WorkerError(StockadeError):

@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": ("audit", "audit", "Verify the hash-chained audit log of security events."),
     "advise": ("advise", "advise", "Recommend Wasm, a container, a microVM or a hybrid."),
     "oci": ("oci", "oci", "Build, push, pull and inspect Wasm OCI images."),
+    "inspect": ("inspect", "inspect", "Report what a module imports and declares, never run."),
+    "keygen": ("provenance", "keygen", "Write a new Ed25519 signing key and its public key."),
+    "sign": ("provenance", "sign", "Sign a module (an embedded wasmsign2-compatible signature)."),
+    "verify": ("provenance", "verify", "Verify a module's signatures against trusted keys."),
+    "check": ("check", "check", "Evaluate the hardening checklist (exit 0 when nothing fails)."),
 }
 
 

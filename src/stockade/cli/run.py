@@ -14,7 +14,7 @@ from ..invocation import Invocation
 from ..policy import Policy
 from ..progress import on_terminal
 from ..result import Outcome, Result
-from .options import build_invocation, build_policy, guest_args
+from .options import build_invocation, build_policy, guest_args, with_trust
 from .source import open_source
 
 __all__ = ["run"]
@@ -59,6 +59,11 @@ __all__ = ["run"]
 @click.option("--allow-precompiled", is_flag=True,
               help="Accept a .cwasm (native code), and only one this host's key "
                    "authenticates (made by `stockade compile` here).")
+@click.option("--trust-key", "trust_keys", multiple=True, metavar="PUB",
+              type=click.Path(path_type=Path),
+              help="Trust this public key (file or directory); requires a signature.")
+@click.option("--require-signature", is_flag=True,
+              help="Refuse modules without a valid signature by a trusted key (exit 126).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result object instead.")
 def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Path | None,
         fuel: str | None, timeout: str | None, max_memory: str | None, max_output: str | None,
@@ -66,7 +71,8 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
         disk_quota: str | None, max_files: str | None,
         env: tuple[str, ...], env_allow: tuple[str, ...], stdin: str | None,
         isolate: str | None, telemetry_profile: str | None, use_breaker: bool,
-        allow_precompiled: bool, as_json: bool) -> None:
+        allow_precompiled: bool, trust_keys: tuple[Path, ...], require_signature: bool,
+        as_json: bool) -> None:
     """Run MODULE (.wasm, .wat, .cwasm or oci://REF) in a sandbox. Options go before MODULE;
     everything after it goes to the guest (a `--` right after MODULE is dropped).
     A .cwasm is native code: it needs --allow-precompiled and this host's MAC.
@@ -86,6 +92,7 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
     try:
         policy = build_policy(profile, policy_file, limits, dirs, env, env_allow,
                               allow_precompiled=allow_precompiled)
+        policy = with_trust(policy, trust_keys, require_signature)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         path, args, policy = open_source(module, guest_args(args), policy)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..binary import code_shape, data_size
 from ..errors import ModuleError
 from ..policy.units import format_size
 
@@ -35,66 +36,12 @@ if TYPE_CHECKING:
 __all__ = ["CompileGuard", "code_shape", "compile_cost", "data_size", "compile_budget",
            "COMPILE_FLOOR", "COMPILE_CEILING"]
 
-CODE_SECTION = 10
-DATA_SECTION = 11
-
 PER_BYTE = 1.5e-6  # CPU seconds per byte of function body
 PER_BYTE_LOCAL = 1.0e-8  # CPU seconds per byte of body per declared local
 # Budget of predicted CPU seconds whatever the timeout: CPython for WASI (9.5 s predicted)
 # loads under any timeout; three bodies just under the default per-function limits do not.
 COMPILE_FLOOR = 15.0
 COMPILE_CEILING = 600.0  # without a timeout: the permissive profile's timeout
-
-
-class _Truncated(Exception):
-    """The headers end early: leave the verdict on validity to wasmtime."""
-
-
-def _leb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 35:
-            raise _Truncated
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, pos
-
-
-def code_shape(data: bytes) -> list[tuple[int, int]]:
-    """(body size, declared locals) of every function in a binary module's code section,
-    as far as its headers can be read (a malformed module is wasmtime's to reject)."""
-    shape: list[tuple[int, int]] = []
-    try:
-        _scan(data, shape)
-    except _Truncated:
-        pass
-    return shape
-
-
-def _scan(data: bytes, shape: list[tuple[int, int]]) -> None:
-    pos = 8
-    while pos < len(data):
-        section = data[pos]
-        size, pos = _leb(data, pos + 1)
-        end = pos + size
-        if section == CODE_SECTION:
-            count, cursor = _leb(data, pos)
-            for _ in range(count):
-                body_size, cursor = _leb(data, cursor)
-                body_end = cursor + body_size
-                groups, inner = _leb(data, cursor)
-                locals_count = 0
-                for _ in range(groups):
-                    declared, inner = _leb(data, inner)
-                    locals_count += declared
-                    inner += 1  # the value type
-                shape.append((body_size, locals_count))
-                cursor = body_end
-            return
-        pos = end
 
 
 def compile_cost(shape: list[tuple[int, int]]) -> float:
@@ -106,50 +53,6 @@ def compile_cost(shape: list[tuple[int, int]]) -> float:
 def compile_budget(timeout: float | None) -> float:
     """The compile budget (predicted CPU seconds) of a policy with this timeout."""
     return COMPILE_CEILING if timeout is None else max(COMPILE_FLOOR, timeout)
-
-
-def data_size(data: bytes) -> int:
-    """Bytes of all data segments of a binary module, as far as its headers can be read."""
-    total = 0
-    try:
-        pos = 8
-        while pos < len(data):
-            section = data[pos]
-            size, pos = _leb(data, pos + 1)
-            if section == DATA_SECTION:
-                count, cursor = _leb(data, pos)
-                for _ in range(count):
-                    flags, cursor = _leb(data, cursor)
-                    if flags == 2:
-                        _, cursor = _leb(data, cursor)  # memory index
-                    if flags in (0, 2):
-                        cursor = _skip_const_expr(data, cursor)  # the offset
-                    length, cursor = _leb(data, cursor)
-                    total += length
-                    cursor += length
-                return total
-            pos += size
-    except _Truncated:
-        pass
-    return total
-
-
-_WITH_IMMEDIATE = {0x41, 0x42, 0x23}  # i32.const, i64.const, global.get
-_NO_IMMEDIATE = {0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E}  # extended-const add, sub, mul
-
-
-def _skip_const_expr(data: bytes, pos: int) -> int:
-    """The position after a constant expression's `end` (unknown opcodes: give up)."""
-    while pos < len(data):
-        opcode = data[pos]
-        pos += 1
-        if opcode == 0x0B:
-            return pos
-        if opcode in _WITH_IMMEDIATE:
-            _, pos = _leb(data, pos)
-        elif opcode not in _NO_IMMEDIATE:
-            raise _Truncated
-    raise _Truncated
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
 from ..sandbox import Sandbox
 from ..sandbox.imports import denied_import
+from ..sandbox.provenance import gate
 from .manifest import FunctionSpec
 
 if TYPE_CHECKING:
@@ -117,13 +118,15 @@ def named_error(exc: ModuleNotFound | ModuleError, name: str) -> StockadeError:
     return kind(f"function {name}: {exc.message}")
 
 
-def load_standard(spec: FunctionSpec) -> LoadedModule:
-    """The function's module through the standard engine and the AoT cache. Raises
-    ModuleNotFound or ModuleError."""
+def load_standard(spec: FunctionSpec, data: bytes | None = None) -> LoadedModule:
+    """The function's module (or its already verified bytes, `data`) through the standard
+    engine and the AoT cache. Raises ModuleNotFound or ModuleError."""
     limits = spec.policy.limits
-    return get_engine(EngineConfig.for_limits(limits)).load(
-        spec.module, guard=CompileGuard.for_limits(limits),
-        allow_precompiled=spec.policy.capabilities.allow_precompiled)
+    engine, guard = get_engine(EngineConfig.for_limits(limits)), CompileGuard.for_limits(limits)
+    allowed = spec.policy.capabilities.allow_precompiled
+    if data is not None:
+        return engine.load(data, name=spec.module.name, guard=guard, allow_precompiled=allowed)
+    return engine.load(spec.module, guard=guard, allow_precompiled=allowed)
 
 
 def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
@@ -200,13 +203,17 @@ class Executors:
     def prepare(self, spec: FunctionSpec,
                 pools: Mapping[str, WorkerPool] | None = None) -> Prepared:
         """Prepare `spec`: in its cordon's pool when it is pooled and `pools` are given
-        (see `start_pools`), else load its module into this process. Raises
-        ModuleNotFound or ModuleError."""
+        (see `start_pools`), else load its module into this process. A module that a
+        [trust] policy refuses is never compiled. Raises ModuleNotFound or ModuleError."""
+        checked = gate(spec.module, spec.policy)  # a [trust] that requires signatures
+        if checked is not None and checked.data is None:
+            return DeniedFunction(spec, checked.sha256, f"signature {checked.refusal}",
+                                  self.observers)
         if pools is not None and spec.pooled:
             from .pool import PooledFunction
 
             return PooledFunction(spec, pools[spec.cordon], self.observers)
-        loaded = load_standard(spec)
+        loaded = load_standard(spec, checked.data if checked is not None else None)
         denied = denied_import(loaded.module)
         if denied is not None:
             name, reason = denied

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError, StockadeError
 from ..isolate.factory import ISOLATION_MODES, default_isolation
-from ..policy import Capabilities, DirGrant, Policy, apply_limit
-from ..policy.loader import named_profile, read_toml
+from ..policy import Capabilities, DirGrant, Policy, Trust, apply_limit
+from ..policy.loader import named_profile, read_toml, trust_from_mapping
 from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
 from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
@@ -126,27 +126,35 @@ def load_manifest(path: str | Path) -> Manifest:
 def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
     """Resolve parsed TOML; module paths and dirs are relative to `path`'s directory."""
     source = str(path)
-    _known(data, {"server", "tenant", "function"}, source, "")
+    _known(data, {"server", "tenant", "function", "trust"}, source, "")
     server = parse_server(_table(data.get("server", {}), source, "server"), source)
     tenants = {DEFAULT_TENANT: Quota()}
     cordons = {DEFAULT_TENANT: DEFAULT_CORDON}
+    base = path.parent.resolve()
+    # [trust] for every function; a tenant's own `trust` table names its signers (and
+    # requires signatures if either does: a tenant never lifts the manifest's requirement).
+    trust = trust_from_mapping(data.get("trust", {}), f"{source}: trust", base)
+    trusts = {DEFAULT_TENANT: trust}
     raw_tenants = _table(data.get("tenant", {}), source, "tenant")
     for name, table in raw_tenants.items():
         where = f"tenant.{name}"
         if not _NAME.match(name):
             raise PolicyError(f"{source}: {where}: invalid tenant name")
-        table = _table(table, source, where)
-        _known(table, set(_TENANT_QUOTA) | {"cordon"}, source, f"{where}.")
+        table = dict(_table(table, source, where))
+        _known(table, {*_TENANT_QUOTA, "cordon", "trust"}, source, f"{where}.")
+        own = trust_from_mapping(table.pop("trust", {}), f"{source}: {where}.trust", base)
+        trusts[name] = Trust(trust.require_signature or own.require_signature,
+                             own.keys or trust.keys)
         tenants[name] = parse_quota(table, source, where, _TENANT_QUOTA)
         cordons[name] = _cordon(table.get("cordon", DEFAULT_CORDON), source, where)
     raw_functions = data.get("function", [])
     if not isinstance(raw_functions, list) or not raw_functions:
         raise PolicyError(f"{source}: function: add at least one [[function]] table")
-    base = path.parent.resolve()
     functions: list[FunctionSpec] = []
     for index, table in enumerate(raw_functions):
-        functions.append(_function(_table(table, source, f"function[{index}]"), index, source,
-                                   base, server, tenants, cordons))
+        spec = _function(_table(table, source, f"function[{index}]"), index, source, base,
+                         server, tenants, cordons)
+        functions.append(replace(spec, policy=replace(spec.policy, trust=trusts[spec.tenant])))
     _check_unique(functions, source)
     return Manifest(path.resolve(), server, tuple(functions), tenants, cordons)
 

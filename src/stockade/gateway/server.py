@@ -63,11 +63,15 @@ class Supervisor:
         """Load the manifest and compile every module into the AoT cache (so workers
         map it in rather than each compiling). Raises StockadeError naming the problem."""
         manifest = load_manifest(self.path)
+        from ..sandbox.provenance import gate
         from .executor import load_standard, named_error
 
         for spec in manifest.functions:
             try:
-                load_standard(spec)
+                checked = gate(spec.module, spec.policy)
+                if checked is not None and checked.data is None:
+                    continue  # refused by [trust]: never compiled, answered with 403
+                load_standard(spec, checked.data if checked is not None else None)
             except (ModuleNotFound, ModuleError) as exc:
                 raise named_error(exc, spec.name) from None
         return manifest

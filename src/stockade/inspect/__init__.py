@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .reader import Import, MalformedModule, read_imports
+from ..binary import Import, MalformedModule, read_imports
 
 __all__ = ["Import", "MalformedModule", "read_imports"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..paths import cache_dir
-from ..policy import Policy
+from ..policy import Policy, Trust
 from .cgroup import CgroupLimits
 from .config import IsolationConfig
 from .devices import throttles_for
@@ -68,7 +68,9 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
         cpu_budget_runs=config.cpu_budget_runs,
     )
     return WorkerPlan(
-        policy=policy,
+        # Signatures are verified by the parent, which sends the verified bytes: the
+        # worker neither needs nor can reach the trusted keys.
+        policy=replace(policy, trust=Trust()),
         rlimits=rlimits,
         address_space=config.address_space,
         address_space_headroom=config.address_space_headroom,

@@ -29,6 +29,7 @@ from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
 from ..result import Outcome, Result, Usage
 from ..rmtree import remove_tree
+from ..sandbox.provenance import denied_result, gate
 from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
@@ -136,6 +137,11 @@ class IsolatedSandbox:
             raise UsageError("an isolated sandbox runs a module path or module bytes, "
                              f"not {type(module).__name__}")
         invocation = invocation or Invocation()
+        verdict = gate(module, self.policy)  # here: the worker cannot read trusted keys
+        if verdict is not None:
+            if verdict.data is None:
+                return denied_result(verdict, self.policy, invocation, self.observers)
+            module = verdict.data  # the verified bytes, not a second read of the file
         env = {name: os.environ.get(name) for name in self.policy.capabilities.env_allow}
         # Checked here, as the caller sees the filesystem: the worker's uid may not even
         # reach the place where a missing directory would be.

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError
-from .model import Capabilities, DirGrant, Policy
+from .model import Capabilities, DirGrant, Policy, Trust
 from .profiles import profile
 from .values import LIMIT_PARSERS, suggest
 
 __all__ = ["load_policy", "policy_from_mapping", "apply_limit", "named_profile", "read_toml",
-           "LIMIT_PARSERS"]
+           "trust_from_mapping", "LIMIT_PARSERS"]
 
 def apply_limit(policy: Policy, key: str, value: Any, label: str) -> Policy:
     """Return `policy` with limit `key` parsed from `value`; errors start with `label`
@@ -79,6 +79,25 @@ def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabili
                         scratch=scratch, allow_precompiled=precompiled)
 
 
+def trust_from_mapping(table: Any, where: str, base: Path) -> Trust:
+    """The `[trust]` table found at `where`: `require_signature` (bool) and `keys` (paths
+    of public keys or key directories, relative to `base`). Raises PolicyError."""
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where}: expected a table")
+    for key in table:
+        if key not in ("require_signature", "keys"):
+            raise PolicyError(f"{where}.{key}: unknown key (known: keys, require_signature)")
+    required = table.get("require_signature", False)
+    if not isinstance(required, bool):
+        raise PolicyError(f"{where}.require_signature: expected true or false")
+    keys = table.get("keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise PolicyError(f"{where}.keys: expected a list of public key files or directories")
+    if required and not keys:
+        raise PolicyError(f"{where}: require_signature = true needs keys = [...] to trust")
+    return Trust(required, tuple(base / k for k in keys))
+
+
 def named_profile(name: Any, where: str) -> Policy:
     """The profile called `name`, a value found at `where` (file and key). Raises
     PolicyError naming that place for a non-string or unknown name."""
@@ -94,7 +113,7 @@ def policy_from_mapping(
     data: Mapping[str, Any], source: str, base: Path | None = None, profile_name: str | None = None
 ) -> Policy:
     """Build a policy from parsed TOML data. `profile_name` (a flag) beats the file's `profile`."""
-    known = {"profile", "limits", "capabilities"}
+    known = {"profile", "limits", "capabilities", "trust"}
     for key in data:
         if key not in known:
             raise PolicyError(f"{source}: unknown key {key!r}{suggest(key, known)} "
@@ -108,7 +127,9 @@ def policy_from_mapping(
     caps = data.get("capabilities", {})
     if not isinstance(caps, Mapping):
         raise PolicyError(f"{source}: capabilities: expected a table")
-    return replace(policy, capabilities=_capabilities(caps, source, base or Path.cwd()))
+    base = base or Path.cwd()
+    trust = trust_from_mapping(data.get("trust", {}), f"{source}: trust", base)
+    return replace(policy, capabilities=_capabilities(caps, source, base), trust=trust)
 
 
 def load_policy(path: str | Path, profile_name: str | None = None) -> Policy:

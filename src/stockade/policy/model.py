@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Limits", "DirGrant", "Capabilities", "Policy", "SyncMode"]
+__all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode"]
 
 SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
 
@@ -134,12 +134,23 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class Trust:
+    """Which modules may run at all: with `require_signature`, only modules an embedded
+    signature by one of `keys` (public key files or directories of them) covers whole.
+    Trust only refuses: a signature never widens limits or capabilities."""
+
+    require_signature: bool = False
+    keys: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
 class Policy:
-    """Limits plus capabilities; the profile name it started from is kept for reports."""
+    """Limits, capabilities and trust; the profile name it started from is kept for reports."""
 
     limits: Limits = field(default_factory=Limits)
     capabilities: Capabilities = field(default_factory=Capabilities)
     profile: str = "default"
+    trust: Trust = field(default_factory=Trust)
 
     def with_limits(self, **changes: Any) -> Policy:
         """A copy with some limits changed, e.g. `policy.with_limits(timeout="2s")`.

@@ -6,7 +6,7 @@ import wasmtime
 
 from ..hostcalls import MODULE, PREVIEW1_FUNCTIONS
 
-__all__ = ["denied_import"]
+__all__ = ["denied_import", "import_refusal"]
 
 _HINTS = {
     "wasix": "WASIX calls (sockets, threads, processes) are not provided",
@@ -26,14 +26,19 @@ def denied_import(module: wasmtime.Module) -> tuple[str, str] | None:
     # Functions first: "wasi.thread-spawn" explains more than the shared memory it needs.
     imports = sorted(module.imports, key=lambda i: not isinstance(i.type, wasmtime.FuncType))
     for item in imports:
-        qualified = f"{item.module}.{item.name}"
-        if item.module == MODULE and item.name in PREVIEW1_FUNCTIONS:
-            if isinstance(item.type, wasmtime.FuncType):
-                continue
-        if item.module == MODULE:
-            reason = f"{item.name!r} is not a WASI preview 1 function"
-        else:
-            prefix = item.module.split("_")[0]
-            reason = _HINTS.get(prefix, f"no host module {item.module!r} is provided")
-        return qualified, reason
+        reason = import_refusal(item.module, item.name or "",
+                                isinstance(item.type, wasmtime.FuncType))
+        if reason is not None:
+            return f"{item.module}.{item.name}", reason
     return None
+
+
+def import_refusal(module: str, name: str, is_function: bool) -> str | None:
+    """Why Stockade refuses the import `module.name`, or None when it provides it (the one
+    rule behind run-time refusals and `stockade inspect`)."""
+    if module == MODULE and name in PREVIEW1_FUNCTIONS and is_function:
+        return None
+    if module == MODULE:
+        return f"{name!r} is not a WASI preview 1 function"
+    prefix = module.split("_")[0]
+    return _HINTS.get(prefix, f"no host module {module!r} is provided")

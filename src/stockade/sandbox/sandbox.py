@@ -13,7 +13,7 @@ import wasmtime
 from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, classify, get_engine
 from ..engine.loader import refuse_precompiled
 from ..engine.traps import Ending, describe_load_error
-from ..errors import ModuleError, PrecompiledRefused
+from ..errors import ModuleError, PrecompiledRefused, UntrustedModule
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
@@ -21,6 +21,7 @@ from ..policy import DirGrant, Policy
 from ..policy.units import format_size
 from ..result import Outcome, Result, Usage
 from .imports import denied_import
+from .provenance import Gate, denied_result, gate
 from .scratch import Scratch
 from .wasi import checked_preopens, wasi_config
 
@@ -62,6 +63,7 @@ class Sandbox:
         limits = self.policy.limits
         self._guard = CompileGuard.for_limits(limits)
         self._denied: dict[str, tuple[str, str] | None] = {}
+        self._signed: set[str] = set()  # digests whose signatures this sandbox verified
 
     @property
     def engine(self) -> Engine:
@@ -80,15 +82,38 @@ class Sandbox:
             if module.precompiled and not allowed:
                 raise refuse_precompiled(module.name, module.sha256)
             return module
-        return self.engine.load(module, name=name, guard=self._guard,
-                                allow_precompiled=allowed)
+        verdict = gate(module, self.policy, name)
+        if verdict is not None:
+            if verdict.data is None:
+                raise UntrustedModule(f"{verdict.name}: signature {verdict.refusal}")
+            self._signed.add(verdict.sha256)
+            return self.engine.load(verdict.data, name=verdict.name, guard=self._guard,
+                                    allow_precompiled=allowed)
+        return self.engine.load(module, name=name, guard=self._guard, allow_precompiled=allowed)
 
     def run(self, module: str | Path | bytes | LoadedModule,
             invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in a fresh instance and report what happened."""
         invocation = invocation or Invocation()
         try:
-            loaded = self.load(module)
+            if isinstance(module, LoadedModule):
+                if self.policy.trust.require_signature and module.sha256 not in self._signed:
+                    verdict = Gate(None, module.name, module.sha256,
+                                   "refused: not verified by this sandbox (pass its path or "
+                                   "bytes)")
+                    return denied_result(verdict, self.policy, invocation, self.observers)
+                loaded = self.load(module)
+            else:
+                checked = gate(module, self.policy)
+                if checked is not None and checked.data is None:
+                    return denied_result(checked, self.policy, invocation, self.observers)
+                if checked is not None and checked.data is not None:
+                    self._signed.add(checked.sha256)
+                    loaded = self.engine.load(
+                        checked.data, name=checked.name, guard=self._guard,
+                        allow_precompiled=self.policy.capabilities.allow_precompiled)
+                else:
+                    loaded = self.load(module)
         except PrecompiledRefused as exc:
             return self._refused(module, invocation, exc)
         coldstart = not self.engine.is_warm(loaded, LINKER_NAME)

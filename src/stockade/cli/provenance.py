@@ -1,0 +1,98 @@
+"""`stockade keygen`, `stockade sign`, `stockade verify`: embedded module signatures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+__all__ = ["keygen", "sign", "verify"]
+
+
+@click.command("keygen")
+@click.argument("key", type=click.Path(path_type=Path))
+def keygen(key: Path) -> None:
+    """Write a new Ed25519 secret key to KEY (PEM, mode 0600) and its public key to KEY.pub.
+
+    Never overwrites an existing file (exit 125).
+    """
+    from ..trust import generate
+
+    secret_path, public_path, secret = generate(key)
+    click.echo(f"wrote {secret_path} (secret, 0600) and {public_path}; "
+               f"key id {secret.public.key_id.hex()}")
+
+
+@click.command("sign")
+@click.option("--key", "key", required=True, type=click.Path(path_type=Path),
+              help="Secret key (PEM, DER, raw or OpenSSH).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Where to write the signed module.")
+@click.option("--no-key-id", is_flag=True, help="Leave the key id out of the signature.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Report the signed message, signature and hashes as JSON.")
+@click.argument("module")
+def sign(key: Path, output: Path, no_key_id: bool, as_json: bool, module: str) -> None:
+    """Sign MODULE with KEY, keeping the signatures it has; write the result to OUTPUT.
+
+    The signature is embedded as wasmsign2 embeds it (a `signature` custom section first),
+    so wasmsign2 and `stockade verify` both check it. Exit 126 for a malformed module.
+    """
+    from ..errors import ModuleError, UsageError
+    from ..trust import load_secret_key, sign_module
+    from .inspect import read_module
+
+    secret = load_secret_key(key)
+    data, _ = read_module(module)
+    try:
+        signed = sign_module(data, secret, with_key_id=not no_key_id)
+    except UsageError as exc:
+        raise ModuleError(f"{module}: {exc.message}") from None
+    _write(output, signed.module)
+    if as_json:
+        click.echo(json.dumps({
+            "module": str(output), "key_id": signed.key_id.hex() if signed.key_id else None,
+            "message": signed.message.hex(), "signature": signed.signature.hex(),
+            "hashes": [h.hex() for h in signed.hashes]}))
+    else:
+        key_id = signed.key_id.hex() if signed.key_id else "(none)"
+        click.echo(f"signed {output} with key id {key_id}")
+
+
+def _write(path: Path, data: bytes) -> None:
+    from ..errors import UsageError
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+@click.command("verify")
+@click.option("--key", "keys", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A trusted public key file or directory (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.argument("module")
+def verify(keys: tuple[Path, ...], as_json: bool, module: str) -> None:
+    """Check that a trusted key signed MODULE whole.
+
+    Exit 0 when one does; 126 otherwise, naming the key ids found and trusted.
+    """
+    from ..errors import UntrustedModule
+    from ..trust import load_public_keys, verify_module
+    from .inspect import read_module
+
+    trusted = [k for path in keys for k in load_public_keys(path)]
+    data, name = read_module(module)
+    verification = verify_module(data, trusted)
+    if as_json:
+        click.echo(json.dumps({"module": name, **verification.as_dict()}))
+    if not verification.ok:
+        raise UntrustedModule(f"{name}: {verification.describe()}")
+    if not as_json:
+        click.echo(f"{name}: {verification.describe()}")

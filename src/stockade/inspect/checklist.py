@@ -1,0 +1,260 @@
+"""The hardening checklist, evaluated: pre-deploy, runtime and review items, each pass,
+warn or fail with the reason and the fix.
+
+Thresholds (the recommended value passes, up to the second warns, beyond fails):
+memory 128 MiB / 512 MiB; timeout 30 s / 120 s (none fails). A policy with neither
+fuel nor a timeout fails; so does a module with high-risk findings, a signature a trust
+policy requires and does not find, a disabled or broken audit log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..policy import Policy
+from ..policy.units import format_duration, format_size
+
+__all__ = ["Item", "Subject", "evaluate", "STATUSES"]
+
+STATUSES = ("pass", "warn", "fail")
+MiB = 1024**2
+MEMORY = (128 * MiB, 512 * MiB)
+TIMEOUT = (30.0, 120.0)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One checklist item's verdict."""
+
+    section: str  # pre-deploy, runtime, review
+    check: str
+    subject: str
+    status: str
+    reason: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON form."""
+        return {"section": self.section, "check": self.check, "subject": self.subject,
+                "status": self.status, "reason": self.reason, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is checked: a policy, under a label, and optionally the module it runs."""
+
+    label: str
+    policy: Policy
+    module: Path | None = None
+
+
+def _graded(value: float, bounds: tuple[float, float]) -> str:
+    return "pass" if value <= bounds[0] else "warn" if value <= bounds[1] else "fail"
+
+
+def _policy_items(subject: Subject) -> list[Item]:
+    limits, caps, label = subject.policy.limits, subject.policy.capabilities, subject.label
+    items = []
+    if limits.fuel is None and limits.timeout is None:
+        items.append(Item("pre-deploy", "cpu limit", label, "fail",
+                          "neither fuel nor a timeout: a spinning guest never stops",
+                          "set limits.fuel or limits.timeout"))
+    else:
+        what = [f"fuel {limits.fuel:,}" if limits.fuel else "", "timeout" if limits.timeout
+                else ""]
+        items.append(Item("pre-deploy", "cpu limit", label, "pass",
+                          " and ".join(w for w in what if w) + " set"))
+    status = _graded(limits.max_memory, MEMORY)
+    items.append(Item("pre-deploy", "memory limit", label, status,
+                      f"max_memory {format_size(limits.max_memory)} (recommended <= 128MiB)",
+                      "" if status == "pass" else 'set limits.max_memory = "128MiB" or less'))
+    if limits.timeout is None:
+        items.append(Item("pre-deploy", "timeout", label, "fail", "no timeout",
+                          'set limits.timeout = "30s" or less'))
+    else:
+        status = _graded(limits.timeout, TIMEOUT)
+        items.append(Item("pre-deploy", "timeout", label, status,
+                          f"timeout {format_duration(limits.timeout)} (recommended <= 30s)",
+                          "" if status == "pass" else 'set limits.timeout = "30s" or less'))
+    items.append(_grants(subject, caps))
+    trust = subject.policy.trust
+    if trust.require_signature:
+        items.append(Item("review", "signature required", label, "pass",
+                          f"[trust] requires a signature by {len(trust.keys)} key source(s)"))
+    else:
+        items.append(Item("review", "signature required", label, "warn",
+                          "modules run without a signature check",
+                          '[trust] require_signature = true, keys = ["signer.pub"]'))
+    return items
+
+
+def _grants(subject: Subject, caps: Any) -> Item:
+    label = subject.label
+    writable = [g for g in caps.dirs if g.writable]
+    if subject.module is None or not subject.module.exists():
+        if writable:
+            return Item("pre-deploy", "minimal WASI grants", label, "warn",
+                        f"{len(writable)} writable director(ies) granted",
+                        "grant directories read-only unless the module must write")
+        return Item("pre-deploy", "minimal WASI grants", label, "pass",
+                    f"{len(caps.dirs)} read-only director(ies), "
+                    f"{len(caps.env_allow)} passed-through variable(s)")
+    report = _inspection(subject.module)
+    if report is None:
+        return Item("pre-deploy", "minimal WASI grants", label, "warn",
+                    "module could not be inspected", "see the module review item")
+    extra = []
+    if caps.dirs and not report.capabilities.uses("filesystem"):
+        extra.append(f"{len(caps.dirs)} director(ies) for a module importing no filesystem call")
+    reads_env = any("environ" in n for n in report.capabilities.groups.get("args/env", []))
+    if (caps.env_allow or caps.env) and not reads_env:
+        extra.append("environment variables for a module that never reads them")
+    if extra:
+        return Item("pre-deploy", "minimal WASI grants", label, "warn", "; ".join(extra),
+                    "remove grants the module does not import (`stockade inspect --policy`)")
+    return Item("pre-deploy", "minimal WASI grants", label, "pass",
+                "grants match what the module imports")
+
+
+_inspected: dict[Path, Any] = {}
+
+
+def _inspection(path: Path) -> Any:
+    """The module's inspection, or None when it cannot be read (cached per path)."""
+    if path not in _inspected:
+        from .report import inspect_module
+
+        try:
+            data = path.read_bytes()
+            if not data.startswith(b"\0asm"):
+                import wasmtime
+
+                data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
+            _inspected[path] = inspect_module(data, path.name)
+        except Exception as exc:  # noqa: BLE001 - unreadable, malformed, bad WAT: reported
+            _inspected[path] = exc
+    found = _inspected[path]
+    return None if isinstance(found, Exception) else found
+
+
+def _module_items(subject: Subject) -> list[Item]:
+    assert subject.module is not None
+    path, label = subject.module, f"{subject.label}: {subject.module.name}"
+    report = _inspection(path)
+    if report is None:
+        return [Item("review", "module inspected", label, "fail",
+                     f"cannot inspect: {_inspected.get(path)}", "fix or rebuild the module")]
+    high = [f.message for f in report.findings if f.risk == "high"]
+    items = [Item("review", "module inspected", label, "fail" if high else "pass",
+                  "; ".join(high) if high else
+                  f"no high-risk findings ({sum(f.risk == 'medium' for f in report.findings)} "
+                  "medium)", "see `stockade inspect`" if high else "")]
+    trust = subject.policy.trust
+    if trust.require_signature:
+        from ..trust.enforce import check
+
+        verification = check(path.read_bytes(), trust)
+        items.append(Item("review", "signature valid", label,
+                          "pass" if verification.ok else "fail", verification.describe(),
+                          "" if verification.ok else "sign it: stockade sign --key KEY"))
+    elif report.signatures:
+        items.append(Item("review", "signature valid", label, "warn",
+                          "signed, but no trusted keys to verify it with",
+                          "add [trust] keys and require_signature"))
+    return items
+
+
+def _host_items(server: Any | None) -> list[Item]:
+    items = []
+    try:
+        from ..isolate.protections import protections
+
+        found = protections()
+    except Exception as exc:  # noqa: BLE001 - the item says why
+        found = []
+        items.append(Item("pre-deploy", "worker isolation", "host", "warn",
+                          f"no isolation worker could start: {exc}", "run `stockade doctor`"))
+    for wanted in ("cgroup", "seccomp"):
+        matches = [p for p in found if wanted in p.name.lower()]
+        if found and matches:
+            active = all(p.active for p in matches)
+            items.append(Item("pre-deploy", f"{wanted} for the worker", "host",
+                              "pass" if active else "warn",
+                              "; ".join(f"{p.name}: {p.detail}" for p in matches),
+                              "" if active else "see `stockade doctor` for what is missing"))
+    from ..telemetry.settings import resolve_settings
+
+    profile = getattr(server, "telemetry", None)
+    settings = resolve_settings(profile)
+    if settings.exports:
+        items.append(Item("runtime", "monitoring and alerting", "host", "pass",
+                          "OTLP export to " + ", ".join(sorted(set(settings.endpoints.values())))))
+    else:
+        items.append(Item("runtime", "monitoring and alerting", "host", "warn",
+                          "telemetry goes to a local file only: nothing can alert on it",
+                          "set OTEL_EXPORTER_OTLP_ENDPOINT to your collector"))
+    if server is None:
+        items.append(Item("runtime", "circuit breaker", "host", "warn",
+                          "`stockade run` consults breakers only with --breaker",
+                          "serve functions through the gateway, or run with --breaker"))
+    else:
+        items.append(Item("runtime", "circuit breaker", "manifest",
+                          "pass" if server.breakers else "fail",
+                          "breakers on" if server.breakers else "breakers = false",
+                          "" if server.breakers else "remove `breakers = false` from [server]"))
+    items.append(_audit_item(server))
+    items.append(Item("review", "attack suite", "host", "warn",
+                      "containment on this host is not recorded here",
+                      "run `stockade attack` on this host before deploying"))
+    return items
+
+
+def _audit_item(server: Any | None) -> Item:
+    if server is not None and not server.audit:
+        return Item("runtime", "audit log", "manifest", "fail", "audit = false",
+                    "remove `audit = false` from [server]")
+    from ..errors import StockadeError
+    from ..telemetry.audit import verify
+
+    try:
+        report = verify()
+    except (OSError, StockadeError) as exc:
+        return Item("runtime", "audit log", "host", "fail", f"cannot verify: {exc}",
+                    "check the state directory and the audit key")
+    if not report.ok:
+        return Item("runtime", "audit log", "host", "fail", str(report),
+                    "investigate: `stockade audit verify`")
+    return Item("runtime", "audit log", "host", "pass", str(report))
+
+
+def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path | None,
+             host: bool = True) -> list[Item]:
+    """Every checklist item for the given policy file, manifest and module (the default
+    profile when neither file is given); `host` adds this host's items. Raises
+    PolicyError for a broken file."""
+    from ..policy import load_policy
+
+    subjects: list[Subject] = []
+    server = None
+    if policy_file is not None:
+        subjects.append(Subject(policy_file.name, load_policy(policy_file), module))
+    if manifest_file is not None:
+        from ..gateway.manifest import load_manifest
+
+        manifest = load_manifest(manifest_file)
+        server = manifest.server
+        for spec in manifest.functions:
+            subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module))
+    if not subjects:
+        subjects.append(Subject("default profile", Policy.from_profile("default"), module))
+    items = []
+    for subject in subjects:
+        items += _policy_items(subject)
+        if subject.module is not None:
+            items += _module_items(subject)
+    if host:
+        items += _host_items(server)
+    order = ("pre-deploy", "runtime", "review")
+    return sorted(items, key=lambda item: order.index(item.section))

@@ -1,0 +1,196 @@
+"""Ed25519 keys of module signers: loading (PEM, DER, raw, OpenSSH), key ids, key files.
+
+Formats accepted, as wasmsign2 accepts them: PEM (PKCS#8 secret, SPKI public), DER, raw
+(`0x01` ‖ 32-byte public key, `0x81` ‖ 64-byte secret key as wasmsign2 writes them) and
+OpenSSH (`ssh-ed25519 …` lines, several per file; unencrypted `OPENSSH PRIVATE KEY`).
+A key id is wasmsign2's default: the first 12 bytes of HMAC-SHA256(key = the raw public
+key, message = "key_id").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import UsageError
+
+__all__ = ["PublicKey", "SecretKey", "KeyFileError", "load_public_keys", "load_secret_key",
+           "parse_public_keys", "parse_secret_key", "key_id_of", "generate", "MAX_KEY_FILE"]
+
+PK_PREFIX, SK_PREFIX = 0x01, 0x81
+MAX_KEY_FILE = 1024 * 1024  # a key file larger than this is not a key file
+
+
+class KeyFileError(UsageError):
+    """A key file that cannot be read or holds no Ed25519 key (exit 125)."""
+
+
+def key_id_of(raw_public: bytes) -> bytes:
+    """wasmsign2's default key id of a raw 32-byte public key."""
+    return hmac.new(raw_public, b"key_id", hashlib.sha256).digest()[:12]
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A trusted signer's public key and where it came from."""
+
+    raw: bytes
+    source: str = ""
+
+    @property
+    def key_id(self) -> bytes:
+        """wasmsign2's default key id."""
+        return key_id_of(self.raw)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """True when `signature` is this key's Ed25519 signature of `message`."""
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def pem(self) -> bytes:
+        """SPKI PEM (what `openssl pkeyutl -verify -pubin` reads)."""
+        return Ed25519PublicKey.from_public_bytes(self.raw).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """A signer's secret key (the 32-byte seed)."""
+
+    seed: bytes
+
+    @property
+    def public(self) -> PublicKey:
+        """The matching public key."""
+        raw = self._key().public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return PublicKey(raw)
+
+    def sign(self, message: bytes) -> bytes:
+        """The Ed25519 signature of `message` (deterministic)."""
+        return self._key().sign(message)
+
+    def _key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.seed)
+
+    def pem(self) -> bytes:
+        """PKCS#8 PEM, unencrypted."""
+        return self._key().private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE} bytes: not a key file")
+    return data
+
+
+def _public_raw(key: object, source: str) -> bytes:
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{source}: not an Ed25519 key")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def parse_public_keys(data: bytes, source: str) -> list[PublicKey]:
+    """Every Ed25519 public key in `data` (raw, DER, PEM, or OpenSSH lines). Raises
+    KeyFileError naming `source` when there is none."""
+    if len(data) == 33 and data[0] == PK_PREFIX:
+        return [PublicKey(data[1:], source)]
+    loaders = (serialization.load_der_public_key, serialization.load_pem_public_key)
+    for loader in loaders:
+        try:
+            return [PublicKey(_public_raw(loader(data), source), source)]
+        except (ValueError, UnsupportedAlgorithm, TypeError):
+            continue
+    keys = []
+    for line in data.splitlines():
+        line = line.strip()
+        if line.startswith(b"ssh-ed25519 "):
+            try:
+                keys.append(PublicKey(_public_raw(
+                    serialization.load_ssh_public_key(line), source), source))
+            except (ValueError, UnsupportedAlgorithm):
+                continue
+    if not keys:
+        raise KeyFileError(f"{source}: no Ed25519 public key (expected PEM, DER, raw or OpenSSH)")
+    return keys
+
+
+def parse_secret_key(data: bytes, source: str) -> SecretKey:
+    """The Ed25519 secret key in `data` (raw, DER, PEM PKCS#8, unencrypted OpenSSH)."""
+    if len(data) == 65 and data[0] == SK_PREFIX:
+        return SecretKey(data[1:33])
+    loaders: tuple[Callable[[bytes, None], object], ...] = (
+        serialization.load_der_private_key, serialization.load_pem_private_key,
+        serialization.load_ssh_private_key)
+    for loader in loaders:
+        try:
+            key = loader(data, None)
+        except TypeError as exc:  # a password is needed
+            raise KeyFileError(f"{source}: encrypted secret keys are not supported") from exc
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{source}: not an Ed25519 key")
+        return SecretKey(key.private_bytes(serialization.Encoding.Raw,
+                                           serialization.PrivateFormat.Raw,
+                                           serialization.NoEncryption()))
+    raise KeyFileError(f"{source}: no Ed25519 secret key (expected PEM, DER, raw or OpenSSH)")
+
+
+def load_public_keys(path: str | Path) -> list[PublicKey]:
+    """The public keys of a file, or of every file in a directory (names starting with a
+    dot skipped). Raises KeyFileError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        keys = []
+        for item in sorted(path.iterdir()):
+            if not item.name.startswith(".") and item.is_file():
+                keys.extend(parse_public_keys(_read(item), str(item)))
+        if not keys:
+            raise KeyFileError(f"{path}: a key directory without keys")
+        return keys
+    return parse_public_keys(_read(path), str(path))
+
+
+def load_secret_key(path: str | Path) -> SecretKey:
+    """The secret key of a file. Raises KeyFileError naming the file."""
+    path = Path(path)
+    return parse_secret_key(_read(path), str(path))
+
+
+def generate(path: str | Path) -> tuple[Path, Path, SecretKey]:
+    """Write a new secret key to `path` (PEM, mode 0600, never over an existing file) and
+    its public key to `path.pub`. Raises KeyFileError."""
+    secret_path = Path(path)
+    public_path = secret_path.with_name(secret_path.name + ".pub")
+    for target in (secret_path, public_path):
+        if target.exists() or target.is_symlink():
+            raise KeyFileError(f"{target}: already exists; not overwriting a key")
+    secret = SecretKey(os.urandom(32))
+    try:
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret.pem())
+        public_path.write_bytes(secret.public.pem())
+    except OSError as exc:
+        where = exc.filename or secret_path
+        raise KeyFileError(f"{where}: cannot write key: {exc.strerror}") from None
+    return secret_path, public_path, secret

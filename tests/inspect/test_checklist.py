@@ -1,0 +1,89 @@
+"""`stockade check`: the README's example manifest passes, a permissive policy fails with
+its reasons, signatures a trust policy requires are checked, the JSON form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stockade.trust import sign_module
+from stockade.trust.keys import SecretKey
+from tests.conftest import ROOT, guest, stockade
+
+SIGNER = SecretKey(bytes(range(32)))
+
+
+def _check(*args: str) -> tuple[int, dict[str, object]]:
+    done = stockade("check", "--json", *args)
+    assert b"Traceback" not in done.stderr, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def _items(report: dict[str, object]) -> list[dict[str, str]]:
+    items = report["items"]
+    assert isinstance(items, list)
+    return items
+
+
+def test_the_readme_example_manifest_passes() -> None:
+    code, report = _check("--manifest", str(ROOT / "examples" / "stockade.toml"))
+    assert code == 0, report
+    assert report["ok"] is True
+    checks = {(i["check"], i["status"]) for i in _items(report)}
+    assert ("cpu limit", "pass") in checks and ("module inspected", "pass") in checks
+    for item in _items(report):
+        assert set(item) == {"section", "check", "subject", "status", "reason", "fix"}
+        assert item["status"] in ("pass", "warn", "fail")
+
+
+def test_a_permissive_policy_fails_with_reasons(tmp_path: Path) -> None:
+    policy = tmp_path / "open.toml"
+    policy.write_text('profile = "permissive"\n[limits]\nfuel = "unlimited"\n'
+                      'timeout = "unlimited"\n')
+    code, report = _check("--no-host", "--policy", str(policy))
+    assert code == 1 and report["ok"] is False
+    failed = {i["check"]: i for i in _items(report) if i["status"] == "fail"}
+    assert set(failed) == {"cpu limit", "memory limit", "timeout"}
+    assert "1GiB" in failed["memory limit"]["reason"]
+    assert failed["timeout"]["fix"]
+    human = stockade("check", "--no-host", "--policy", str(policy))
+    assert human.returncode == 1
+    assert b"FAIL  memory limit" in human.stdout and b"fix:" in human.stdout
+
+
+def test_required_signatures_are_checked(tmp_path: Path) -> None:
+    key = tmp_path / "signer.pub"
+    key.write_bytes(SIGNER.public.pem())
+    policy = tmp_path / "policy.toml"
+    policy.write_text('profile = "strict"\n[trust]\nrequire_signature = true\n'
+                      'keys = ["signer.pub"]\n')
+    hello = guest("hello.wasm")
+    code, report = _check("--no-host", "--policy", str(policy), "--module", str(hello))
+    assert code == 1
+    failed = [i for i in _items(report) if i["status"] == "fail"]
+    assert [i["check"] for i in failed] == ["signature valid"]
+    assert SIGNER.public.key_id.hex() in failed[0]["reason"]
+    signed = tmp_path / "signed.wasm"
+    signed.write_bytes(sign_module(hello.read_bytes(), SIGNER).module)
+    code, report = _check("--no-host", "--policy", str(policy), "--module", str(signed))
+    assert code == 0, report
+
+
+def test_high_risk_modules_and_needless_grants(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'profile = "strict"\n[capabilities]\ndirs = ["{data}:/data:rw"]\n')
+    code, report = _check("--no-host", "--policy", str(policy), "--module",
+                          str(guest("needs_sockets.wasm")))
+    assert code == 1
+    by_check = {i["check"]: i for i in _items(report)}
+    assert by_check["module inspected"]["status"] == "fail"
+    assert "WASIX sockets" in by_check["module inspected"]["reason"]
+    assert by_check["minimal WASI grants"]["status"] == "warn"
+
+
+def test_bad_input_is_one_line() -> None:
+    done = stockade("check", "--policy", "/nonexistent/policy.toml")
+    assert done.returncode == 125 and b"Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

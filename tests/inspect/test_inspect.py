@@ -1,0 +1,182 @@
+"""`stockade inspect`: real guests, the real CPython and QuickJS, hostile inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from stockade import Invocation, Outcome, Policy, Sandbox
+from stockade.binary import MalformedModule
+from stockade.inspect.least import least_privilege_policy
+from stockade.inspect.report import inspect_module
+from stockade.policy import load_policy
+from stockade.sandbox.imports import denied_import
+from stockade.trust.wasmsig import leb
+from tests.conftest import GUESTS, REAL, guest, stockade
+
+ALL_GUESTS = sorted(GUESTS.rglob("*.wasm"))
+_sandbox = Sandbox(Policy.from_profile("permissive"))
+REAL_MODULES = [REAL / "python.wasm", REAL / "quickjs.wasm"]
+
+
+def _module(*sections: tuple[int, bytes]) -> bytes:
+    out = bytearray(b"\0asm\x01\0\0\0")
+    for section_id, payload in sections:
+        out += bytes([section_id]) + leb(len(payload)) + payload
+    return bytes(out)
+
+
+def _name(text: str) -> bytes:
+    raw = text.encode()
+    return leb(len(raw)) + raw
+
+
+@pytest.mark.parametrize("path", ALL_GUESTS + REAL_MODULES, ids=lambda p: p.name)
+def test_imports_and_refusals_agree_with_wasmtime(path: Path) -> None:
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `make guests` / `make real-guests` first")
+    data = path.read_bytes()
+    report = inspect_module(data, path.name)
+    assert report.defined_functions == len(report.bodies)
+    if report.compile_cost > 15:  # a compile bomb: its shape is test_guard's business
+        assert "compile" in " ".join(f.message for f in report.findings)
+        return
+    module = _sandbox.load(path).module  # through the session's AoT cache
+    assert [i.qualified for i in report.imports] == [f"{i.module}.{i.name}"
+                                                     for i in module.imports]
+    assert sorted(e.name for e in report.exports) == sorted(e.name for e in module.exports)
+    refused = denied_import(module)
+    assert bool(report.capabilities.denied) == (refused is not None)
+    if refused is not None:
+        assert refused[0] in dict(report.capabilities.denied)
+        assert report.findings[0].risk == "high"
+    grouped = sum(len(v) for v in report.capabilities.groups.values())
+    assert grouped == len(report.imports)
+
+
+def test_wasix_sockets_are_named_as_denied() -> None:
+    report = inspect_module(guest("needs_sockets.wasm").read_bytes(), "needs_sockets.wasm")
+    assert "imports WASIX sockets" in report.findings[0].message
+    assert "denied" in report.findings[0].message
+
+
+def test_cpython_capabilities_and_time(python_wasm: Path) -> None:
+    data = python_wasm.read_bytes()
+    start = time.process_time()
+    report = inspect_module(data, "python.wasm")
+    elapsed = time.process_time() - start
+    assert elapsed < 1.0, f"inspecting CPython took {elapsed:.2f} s of CPU"
+    groups = report.capabilities.groups
+    assert "wasi_snapshot_preview1.path_open" in groups["filesystem"]
+    assert "wasi_snapshot_preview1.random_get" in groups["random"]
+    assert "wasi_snapshot_preview1.sock_accept" in groups["sockets"]
+    assert not report.capabilities.denied
+    assert report.defined_functions > 10_000
+    assert 5 < report.compile_cost < 15  # the guard's model: ~9.5 s predicted
+    assert any(name == "clang" for name, _ in report.producers["processed-by"])
+
+
+@pytest.mark.cpython
+def test_least_privilege_policy_lets_cpython_run(python_wasm: Path, tmp_path: Path) -> None:
+    report = inspect_module(python_wasm.read_bytes(), "python.wasm")
+    policy_file = tmp_path / "least.toml"
+    policy_file.write_text(least_privilege_policy(report))
+    policy = load_policy(policy_file)
+    assert policy.capabilities.dirs == () and policy.capabilities.env_allow == ()
+    assert policy.limits.max_memory < 128 * 1024**2  # tighter than the default profile
+    result = Sandbox(policy).run(python_wasm, Invocation(args=("-c", "print(6*7)")))
+    assert (result.outcome, result.stdout) == (Outcome.EXITED, b"42\n"), result.message
+
+
+def test_least_privilege_policy_by_the_command_line(tmp_path: Path) -> None:
+    hello = guest("hello.wasm")
+    made = stockade("inspect", "--policy", str(hello))
+    assert made.returncode == 0, made.stderr
+    policy_file = tmp_path / "least.toml"
+    policy_file.write_bytes(made.stdout)
+    ran = stockade("run", "--policy", str(policy_file), str(hello), "world")
+    assert ran.returncode == 0, ran.stderr
+    assert b"world" in ran.stdout
+
+
+def test_json_report_shape() -> None:
+    done = stockade("inspect", "--json", str(guest("hello.wasm")))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for key in ("module", "sha256", "sections", "imports", "exports", "memories", "tables",
+                "data", "elements", "start", "functions", "compile", "custom_sections",
+                "producers", "name", "signatures", "findings"):
+        assert key in report
+    assert report["imports"]["by_capability"]["process exit"] == [
+        "wasi_snapshot_preview1.proc_exit"]
+    assert report["memories"][0]["initial_bytes"] > 0
+
+
+def test_hundred_thousand_imports_are_bounded(tmp_path: Path) -> None:
+    count = 100_000
+    entries = b"".join(_name("env") + _name(f"f{i}") + b"\x00\x00" for i in range(count))
+    data = _module((1, b"\x01\x60\x00\x00"), (2, leb(count) + entries))
+    start = time.process_time()
+    report = inspect_module(data, "many.wasm")
+    assert time.process_time() - start < 5.0
+    assert len(report.imports) == count
+    assert len(report.capabilities.denied) == count
+    path = tmp_path / "many.wasm"
+    path.write_bytes(data)
+    done = stockade("inspect", str(path))
+    assert done.returncode == 0
+    assert len(done.stdout) < 20_000  # the human report summarises
+
+
+def test_claimed_counts_are_checked_before_allocating() -> None:
+    huge = leb(2**32 - 1)
+    for section_id in (2, 3, 7, 10, 11, 9):
+        with pytest.raises(MalformedModule, match="offset"):
+            inspect_module(_module((section_id, huge)), "lie.wasm")
+
+
+def test_truncated_and_random_inputs_fail_cleanly(tmp_path: Path) -> None:
+    data = guest("hello.wasm").read_bytes()
+    for cut in range(9, len(data), max(1, len(data) // 97)):
+        try:
+            inspect_module(data[:cut], "cut.wasm")
+        except MalformedModule as exc:
+            assert "offset" in str(exc) or "declared" in str(exc)
+    rng = os.urandom(64 * 1024)
+    for start in range(0, len(rng) - 512, 512):
+        try:
+            inspect_module(b"\0asm\x01\0\0\0" + rng[start:start + 512], "random.wasm")
+        except MalformedModule:
+            pass
+    truncated = tmp_path / "cut.wasm"
+    truncated.write_bytes(data[: len(data) // 2])
+    done = stockade("inspect", str(truncated))
+    assert done.returncode == 126
+    assert b"offset" in done.stderr and b"Traceback" not in done.stderr
+    noise = tmp_path / "noise.wasm"
+    noise.write_bytes(rng)
+    done = stockade("inspect", str(noise))
+    assert done.returncode == 126 and b"Traceback" not in done.stderr
+    assert stockade("inspect", str(tmp_path / "absent.wasm")).returncode == 127
+
+
+def test_memory_and_data_findings() -> None:
+    # a 64 Ki-page (4 GiB) maximum, a start function and 20 MiB of data
+    types = b"\x01\x60\x00\x00"
+    funcs = b"\x01\x00"
+    memory = b"\x01\x01\x01" + leb(65536)
+    start = b"\x00"
+    code = b"\x01\x02\x00\x0b"
+    segment = b"\x01\x00\x41\x00\x0b" + leb(20 * 1024**2) + bytes(20 * 1024**2)
+    data = _module((1, types), (3, funcs), (5, memory), (8, start), (10, code), (11, segment))
+    report = inspect_module(data, "big.wasm")
+    messages = [(f.risk, f.message) for f in report.findings]
+    assert ("medium", "declares 4GiB max memory") in messages
+    assert any(r == "medium" and "start function 0" in m for r, m in messages)
+    assert any(r == "medium" and "data segments of 20MiB" in m for r, m in messages)
+    risks = [f.risk for f in report.findings]
+    assert risks == sorted(risks, key=("high", "medium", "low").index)

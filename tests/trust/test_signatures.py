@@ -1,0 +1,161 @@
+"""Module signatures: wasmsign2's bytes, openssl as an independent checker, key formats,
+bounded parsing of hostile signature sections."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stockade.binary import CUSTOM
+from stockade.trust import load_public_keys, load_secret_key, sign_module, verify_module
+from stockade.trust.keys import SecretKey, key_id_of
+from stockade.trust.signing import MAX_CHECKS
+from stockade.trust.wasmsig import (
+    SignatureData,
+    SignatureEntry,
+    SignedHashes,
+    encode_section,
+    leb,
+    split,
+)
+from tests.conftest import guest, stockade
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def _vectors() -> list[dict[str, object]]:
+    return list(json.loads((VECTORS / "vectors.json").read_text()))
+
+
+@pytest.mark.parametrize("vector", _vectors(), ids=lambda v: str(v["output"]))
+def test_signing_is_byte_identical_to_wasmsign2(vector: dict[str, object]) -> None:
+    secret = SecretKey(bytes.fromhex(str(vector["seed"])))
+    assert secret.public.raw.hex() == vector["public_key"]
+    assert secret.public.key_id.hex() == vector["key_id"]
+    signed = sign_module((VECTORS / str(vector["input"])).read_bytes(), secret,
+                         with_key_id=bool(vector["with_key_id"]))
+    assert signed.module == (VECTORS / str(vector["output"])).read_bytes()
+    assert signed.message.hex() == vector["message"]
+    assert verify_module(signed.module, [secret.public]).ok
+
+
+def test_the_second_signer_joins_the_first_set() -> None:
+    data = (VECTORS / "signed_a_then_b.wasm").read_bytes()
+    signature, _ = split(data)
+    assert signature is not None and len(signature.sets) == 1
+    assert len(signature.sets[0].signatures) == 2
+    a, b = (SecretKey(bytes(range(n, n + 32))).public for n in (0, 32))
+    assert verify_module(data, [b]).ok and verify_module(data, [a]).ok
+
+
+def test_key_id_is_wasmsign2s_default() -> None:
+    # HMAC-SHA256(key = public key, message = "key_id")[:12], by openssl
+    public = SecretKey(bytes(range(32))).public
+    done = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-mac", "HMAC", "-macopt", f"hexkey:{public.raw.hex()}"],
+        input=b"key_id", capture_output=True, check=True)
+    assert done.stdout.split()[-1].decode()[:24] == key_id_of(public.raw).hex()
+
+
+def test_openssl_verifies_the_message_stockade_reports(tmp_path: Path) -> None:
+    assert stockade("keygen", str(tmp_path / "k")).returncode == 0
+    done = stockade("sign", "--json", "--key", str(tmp_path / "k"), "-o",
+                    str(tmp_path / "s.wasm"), str(guest("hello.wasm")))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (tmp_path / "msg").write_bytes(bytes.fromhex(report["message"]))
+    (tmp_path / "sig").write_bytes(bytes.fromhex(report["signature"]))
+    checked = subprocess.run(
+        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "k.pub"), "-rawin",
+         "-in", str(tmp_path / "msg"), "-sigfile", str(tmp_path / "sig")], capture_output=True)
+    assert checked.returncode == 0, checked.stderr
+    # and the message really is the module's: the signature section holds that signature
+    signature, rest = split((tmp_path / "s.wasm").read_bytes())
+    assert signature is not None
+    assert signature.sets[0].signatures[0].signature.hex() == report["signature"]
+    (tmp_path / "msg").write_bytes(bytes.fromhex(report["message"])[:-1] + b"\0")
+    tampered = subprocess.run(
+        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "k.pub"), "-rawin",
+         "-in", str(tmp_path / "msg"), "-sigfile", str(tmp_path / "sig")], capture_output=True)
+    assert tampered.returncode != 0
+
+
+def test_keygen_writes_a_private_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    assert stockade("keygen", str(tmp_path / "k")).returncode == 0
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+    assert b"BEGIN PRIVATE KEY" in (tmp_path / "k").read_bytes()
+    assert b"BEGIN PUBLIC KEY" in (tmp_path / "k.pub").read_bytes()
+    again = stockade("keygen", str(tmp_path / "k"))
+    assert again.returncode == 125 and b"already exists" in again.stderr
+
+
+def test_key_formats_raw_der_openssh(tmp_path: Path) -> None:
+    secret = SecretKey(bytes(range(32)))
+    public = secret.public
+    (tmp_path / "raw.pub").write_bytes(b"\x01" + public.raw)
+    (tmp_path / "raw.sec").write_bytes(b"\x81" + secret.seed + public.raw)
+    assert load_public_keys(tmp_path / "raw.pub")[0].raw == public.raw
+    assert load_secret_key(tmp_path / "raw.sec").seed == secret.seed
+    if shutil.which("ssh-keygen") is None:
+        pytest.fail("ssh-keygen missing (Debian openssh-client)")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id")],
+                   check=True)
+    ssh_secret = load_secret_key(tmp_path / "id")
+    (tmp_path / "keys").write_text("# two signers\n" + (tmp_path / "id.pub").read_text()
+                                   + f"ssh-ed25519 {_ssh_blob(public.raw)} other\n")
+    keys = load_public_keys(tmp_path / "keys")
+    assert [k.raw for k in keys] == [ssh_secret.public.raw, public.raw]
+    data = sign_module(guest("hello.wasm").read_bytes(), ssh_secret).module
+    assert verify_module(data, keys).ok
+    der = tmp_path / "k.der"
+    subprocess.run(["openssl", "pkey", "-pubin", "-in", "/dev/stdin", "-outform", "DER", "-out",
+                    str(der)], input=public.pem(), check=True)
+    assert load_public_keys(der)[0].raw == public.raw
+    assert stockade("verify", "--key", str(tmp_path / "nothing"), str(guest("hello.wasm"))
+                    ).returncode == 125
+
+
+def _ssh_blob(raw: bytes) -> str:
+    import base64
+
+    def field(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "big") + b
+
+    return base64.b64encode(field(b"ssh-ed25519") + field(raw)).decode()
+
+
+def test_a_key_directory_trusts_every_key_in_it(tmp_path: Path) -> None:
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    for n in range(3):
+        (keys / f"{n}.pub").write_bytes(SecretKey(bytes([n]) * 32).public.pem())
+    data = sign_module(guest("hello.wasm").read_bytes(), SecretKey(bytes([2]) * 32)).module
+    assert verify_module(data, load_public_keys(keys)).ok
+
+
+def test_hostile_signature_sections_are_bounded() -> None:
+    body = guest("hello.wasm").read_bytes()[8:]
+    secret = SecretKey(bytes(range(32)))
+    entries = tuple(SignatureEntry(None, bytes(64)) for _ in range(256))
+    sets = tuple(SignedHashes((bytes(32),) * 63 + (b"\x11" * 32,), entries) for _ in range(64))
+    # every entry has no key id and is tried only when its set holds the module's hash:
+    # make every set hold it, so the cap on checks is what bounds the work
+    from stockade.trust.wasmsig import content_hash, section_hashes
+
+    data = b"\0asm\x01\0\0\0" + SignatureData(sets).section() + body
+    _, rest = split(data)
+    digest = content_hash(data, rest)
+    assert section_hashes(data, rest)[0][-1] == digest
+    sets = tuple(SignedHashes((bytes(32),) * 63 + (digest,), entries) for _ in range(64))
+    data = b"\0asm\x01\0\0\0" + SignatureData(sets).section() + body
+    verification = verify_module(data, [secret.public] * 4)
+    assert not verification.ok and verification.checks == MAX_CHECKS
+    too_many = leb(1) + leb(1) + leb(1) + leb(65)
+    bad = b"\0asm\x01\0\0\0" + encode_section(CUSTOM, leb(9) + b"signature" + too_many) + body
+    verification = verify_module(bad, [secret.public])
+    assert not verification.ok and "at most 64" in str(verification.error)
