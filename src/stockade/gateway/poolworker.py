@@ -157,6 +157,9 @@ def worker_plan(specs: tuple[FunctionSpec, ...], nofile_overhead: int = 64,
     grants = {(Path(os.path.realpath(g.host)), g.writable)
               for spec in specs for g in spec.policy.capabilities.dirs}
     modules = {Path(os.path.realpath(spec.module)) for spec in specs}
+    # A [trust] policy is enforced here too, on the bytes this process compiles: it reads
+    # the trusted keys (files or directories).
+    modules |= {Path(os.path.realpath(key)) for spec in specs for key in spec.policy.trust.keys}
     return WorkerPlan(policy=specs[0].policy, rlimits=rlimits, address_space=None,
                       address_space_headroom=0, seccomp=True, network_namespace=False,
                       drop_capabilities=True, mount_namespace=False, landlock=True,
