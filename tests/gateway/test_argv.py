@@ -54,8 +54,11 @@ def test_bad_argv_names_the_key(tmp_path: Path, argv: str, message: str) -> None
     assert message in caught.value.message
 
 
+@pytest.mark.parametrize("isolate", ["process", "none"])
 @pytest.mark.parametrize("executor", ["fast", "sandbox"])
-def test_both_executors_pass_the_arguments(start_gateway: Start, executor: str) -> None:
+def test_both_executors_pass_the_arguments(start_gateway: Start, executor: str,
+                                           isolate: str) -> None:
+    """In a cordon's pool process (strict's default) and in the gateway worker alike."""
     gateway = start_gateway(f'''
 [server]
 telemetry = "off"
@@ -64,6 +67,7 @@ executor = "{executor}"
 name = "args"
 route = "/args"
 module = "{module("args")}"
+isolate = "{isolate}"
 argv = ["args", "two words", "--flag", "é"]
 ''')
     response = gateway.client.get("/args")

@@ -6,7 +6,7 @@
             └── FunctionLogLayer    function stderr and failure reasons (funclog.py)
                 └── ErrorLayer  any exception -> problem+json (status from its class)
                     └── RoutingLayer    /healthz, /readyz, /metrics; else the route
-                        └── BodyLayer   the whole body, with a deadline (408), a size (413)
+                        └── BodyLayer   the whole body: deadline 408, size 413, budget 503
                             └── LimitsLayer function and tenant quotas (429)
                                 └── Invoker (invoke.py)  CGI in, guest run, CGI out
 
@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import StockadeError
+from .bodybudget import BodyBudget
 from .messages import Handler, Request, Response
 from .problem import HttpProblem, MethodNotAllowed, NotFound, render_error
 
@@ -121,17 +122,31 @@ class RoutingLayer:
 class BodyLayer:
     """Reads the routed function's request body (at most its `max_body`) before the
     layers below take slots: the body must arrive within `body_timeout` seconds plus
-    one second per `body_min_rate` bytes received, else 408 and the connection closes."""
+    one second per `body_min_rate` bytes received, else 408 and the connection closes.
+    The bytes held count against the worker's `BodyBudget` (503 past it) until the
+    response is ready."""
 
     def __init__(self, app: Handler, settings: ServerSettings) -> None:
         self.app = app
         self.timeout = settings.body_timeout
         self.min_rate = settings.body_min_rate
+        self.budget = BodyBudget(settings.body_buffer, settings.body_buffer_per_client)
 
     async def __call__(self, request: Request) -> Response:
         route: Route = request.state["route"]
-        await request.read_body(route.spec.max_body, self.timeout, self.min_rate)
-        return await self.app(request)
+        client = request.client[0] if request.client else ""
+        budget, held = self.budget, 0
+
+        def charge(size: int) -> None:
+            nonlocal held
+            budget.take(client, size)
+            held += size
+
+        try:
+            await request.read_body(route.spec.max_body, self.timeout, self.min_rate, charge)
+            return await self.app(request)
+        finally:
+            budget.give(client, held)
 
 
 class LimitsLayer:

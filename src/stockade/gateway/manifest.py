@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import PolicyError, StockadeError
 from ..isolate.factory import ISOLATION_MODES, default_isolation
-from ..policy import Capabilities, DirGrant, Policy, Trust, apply_limit
+from ..policy import Capabilities, DirGrant, Policy, Trust, apply_limit, format_size
 from ..policy.loader import named_profile, read_toml, trust_from_mapping
 from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
@@ -202,13 +202,19 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
     policy = policy.with_limits(max_output=min(policy.limits.max_output, cap) if explicit
                                 else cap)
     route = _route(table.get("route"), source, where)
+    max_body = size_or_none(table.get("max_body"), source, f"{where}.max_body") \
+        or server.max_body
+    room = min(server.body_buffer, server.body_buffer_per_client)
+    if max_body > room:
+        raise PolicyError(f"{source}: {where}.max_body: {format_size(max_body)} is more "
+                          f"than a worker holds for one client ({format_size(room)}: "
+                          "server.body_buffer and body_buffer_per_client)")
     return FunctionSpec(
         name=name, route=route,
         methods=_methods(table.get("methods", []), source, where),
         module=_module_file(module, base, source, where), policy=policy, tenant=tenant,
         quota=parse_quota(table, source, where, _FUNCTION_QUOTA),
-        max_body=size_or_none(table.get("max_body"), source, f"{where}.max_body")
-        or server.max_body,
+        max_body=max_body,
         max_response=max_response,
         headers=_header_rules(table, source, where, route, server),
         isolate=_isolation(table.get("isolate"), policy, source, where),

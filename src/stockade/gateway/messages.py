@@ -43,11 +43,13 @@ class Request:
     body_read: bool = False
 
     async def read_body(self, limit: int, timeout: float | None = None,
-                        min_rate: int = 1) -> bytes:
+                        min_rate: int = 1,
+                        charge: Callable[[int], None] | None = None) -> bytes:
         """Read the whole body into `body`. Raises PayloadTooLarge as soon as the
         declared or received length exceeds `limit` bytes, RequestTimeout when the body
         is not complete within `timeout` seconds plus one second per `min_rate` bytes
-        received (None: no deadline)."""
+        received (None: no deadline). `charge` is told each chunk's size before the
+        chunk is kept (what it raises ends the read)."""
         if self.body_read:
             return self.body
         declared = self.header(b"content-length")
@@ -72,6 +74,8 @@ class Request:
                                               max_body=limit)
                     if message["type"] == "http.disconnect":
                         raise BadRequest("the client disconnected while sending the body")
+                    if charge is not None and chunk:
+                        charge(len(chunk))
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break

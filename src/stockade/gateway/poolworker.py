@@ -105,8 +105,9 @@ def serve(read_fd: int, write_fd: int) -> None:
             continue
         _, name, stdin, env = request
         function = prepared[name]
+        # The command line is the function's (manifest `argv`), never the request's.
         invocation = Invocation(stdin=stdin, env=tuple(env), name=name,
-                                tenant=function.spec.tenant)
+                                tenant=function.spec.tenant, args=function.spec.args)
         reply: tuple[str, Any]
         try:
             result = function.run(invocation)

@@ -56,7 +56,9 @@ class ServerSettings:
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
     must arrive within `header_timeout`, a body within `body_timeout` plus one second
     per `body_min_rate` bytes received (408 otherwise; bodies are read before a
-    function or tenant slot is taken); an idle keep-alive connection is closed after
+    function or tenant slot is taken); a worker holds at most `body_buffer` bytes of
+    request bodies at once, `body_buffer_per_client` of them for one client address
+    (503 past either, `bodybudget.py`); an idle keep-alive connection is closed after
     `keep_alive_timeout`. `withhold_headers` are the request headers no function is
     sent unless it lists them in `pass_headers` (`headers.py`).
 
@@ -73,6 +75,8 @@ class ServerSettings:
     threads: int = 8
     max_queue: int = 256
     max_body: int = 1 * MiB
+    body_buffer: int = 64 * MiB
+    body_buffer_per_client: int = 16 * MiB
     max_response: int = 8 * MiB
     request_timeout: float = 30.0
     drain_timeout: float = 30.0
@@ -168,6 +172,7 @@ def _flag(value: Any) -> bool:
 _SERVER_PARSERS: dict[str, Any] = {
     "host": _text, "port": _int(0, 65535), "workers": _int(1, 64), "threads": _int(1, 256),
     "max_queue": _int(0, 100_000), "max_body": parse_size, "max_response": parse_size,
+    "body_buffer": _bytes, "body_buffer_per_client": _bytes,
     "request_timeout": parse_duration, "drain_timeout": parse_duration,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
     "inline": _flag, "breakers": _flag, "breaker_traps": _flag, "audit": _flag,
