@@ -17,6 +17,8 @@ __all__ = [
     "GuestMemory",
     "MAX_IOVECS",
     "MAX_IO_BYTES",
+    "PATH_MAX",
+    "path_too_long",
 ]
 
 MODULE = "wasi_snapshot_preview1"
@@ -75,6 +77,7 @@ class Errno:
     BADF = 8
     FAULT = 21
     INVAL = 28
+    NAMETOOLONG = 37
     NOTSUP = 58
     PERM = 63
 
@@ -85,6 +88,16 @@ MAX_IOVECS = 1024
 # The most bytes one owned read or write copies (a short read or write beyond: WASI lets
 # the guest retry), so no single host call is proportional to the guest's memory.
 MAX_IO_BYTES = 4 * 1024**2
+
+# The longest path (or symlink target) an owned call reads, as Linux's PATH_MAX counts
+# it (with its NUL): a longer one is refused with ENAMETOOLONG before it is copied.
+PATH_MAX = 4096
+
+
+def path_too_long(length: int) -> bool:
+    """Whether a guest path length (an i32 argument, read as unsigned) is past PATH_MAX."""
+    return length & 0xFFFFFFFF >= PATH_MAX
+
 
 OFLAG_CREAT = 1
 # fdflags dsync | rsync | sync: every write would reach the device.
@@ -145,7 +158,7 @@ class GuestMemory:
         """The (buffer, length) pairs of an iovec array of at most `MAX_IOVECS` entries,
         read once and walked lazily. Raises ValueError past `MAX_IOVECS` (EINVAL) and
         IndexError for an array outside memory."""
-        if count > MAX_IOVECS:
+        if count & 0xFFFFFFFF > MAX_IOVECS:
             raise ValueError(f"{count} iovecs (at most {MAX_IOVECS})")
         return struct.iter_unpack("<II", self.read(offset, 8 * count))
 

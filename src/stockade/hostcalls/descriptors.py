@@ -30,6 +30,19 @@ cannot change anything between them (its host calls run one at a time: wasi-thre
 refused), and the identity check after the open catches anyone else who did; but a FIFO
 that another process renames into place in that window blocks that one open.
 
+Symlinks the guest makes may not climb at all: a target that is absolute or has a
+``..`` component anywhere is refused with ``EPERM``. The invariant is "no symlink in a
+preopen resolves outside it", for host tools that follow links after the run. A link
+allowed to climb to its preopen's root from where it is made (``a/a/root -> ../..``)
+escapes as soon as its directory moves upward (``rename a/a top``), and checking each
+directory rename would mean walking the moved tree for links, or remembering which runs
+made climbing ones (a later run, or another sandbox sharing the directory, would not
+know). A link that never names anything above its own directory stays inside whatever
+directory it is moved into, with no check at rename time. Renaming or hard-linking a
+symlink itself is still checked (`symlink_ascent`, `ascent_escapes`): links the host
+placed in a preopen may climb. What remains: a guest may move a directory holding such
+a host-placed climbing link upward; those links are the operator's to avoid.
+
 Lookups never leave the preopen: ``RESOLVE_BENEATH`` refuses an absolute path or a
 ``..`` above the directory before the kernel looks anything up outside it, and
 ``O_PATH`` never opens the file itself (a FIFO cannot block, a device driver never
@@ -40,12 +53,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["FdEntry", "Descriptors", "lookup", "open_beneath", "metadata_hash",
-           "symlink_ascent", "ascent_escapes", "is_special", "split_parent"]
+           "symlink_ascent", "climbs", "ascent_escapes", "is_special", "split_parent"]
 
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture (added in 5.6)
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -139,6 +153,10 @@ class Descriptors(dict[int, FdEntry]):
         if entry is not None:
             self[fd] = entry
 
+    def held(self) -> int:
+        """Host descriptors behind the guest's: wasmtime's one each, plus Stockade's own."""
+        return len(self) + sum(entry.host is not None for entry in self.values())
+
     def close(self) -> None:
         """Close every descriptor Stockade holds. Safe twice."""
         for entry in self.values():
@@ -207,6 +225,12 @@ def symlink_ascent(target: bytes) -> int | None:
         else:
             named = True
     return ascent if ascent <= MAX_ASCENT else None
+
+
+def climbs(target: bytes) -> bool:
+    """Whether a symlink target names anything above the link's own directory: it is
+    absolute or has a ``..`` component anywhere. Scanned in place, never split."""
+    return target.startswith(b"/") or re.search(rb"(?:^|/)\.\.(?:/|$)", target) is not None
 
 
 def ascent_escapes(dirfd: int, levels: int, roots: set[tuple[int, int]]) -> bool:

@@ -35,10 +35,12 @@ from .abi import (
     OFLAG_CREAT,
     Errno,
     GuestMemory,
+    path_too_long,
 )
 from .descriptors import (
     FdEntry,
     ascent_escapes,
+    climbs,
     is_special,
     lookup,
     metadata_hash,
@@ -188,37 +190,57 @@ def _file_write(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, 
     def reserve(size: int) -> None:
         reserved[0] = _reserve_write(m, c, mem, name, args, size)
 
-    errno = _forward_io(m, c, mem, name, args, iovs, n, reserve)
+    errno, written = _forward_io(m, c, mem, name, args, iovs, n, args[-1], reserve)
     if errno == Errno.SUCCESS:
-        _settle_write(m, c, mem, reserved[0], mem.u32(args[-1]))
+        _settle_write(m, c, mem, reserved[0], written)
     return errno
 
 
 def _forward_io(m: Meter, c: Any, mem: GuestMemory, name: str, args: tuple[int, ...],
-                iovs: int, n: int, reserve: Callable[[int], None] | None = None) -> int:
+                iovs: int, n: int, ret: int,
+                reserve: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Forward a read or write to wasmtime with its iovecs bounded first: at most
     `MAX_IOVECS` (else EINVAL), and the one buffer wasmtime uses for a file (the first
     non-empty one) cut to `MAX_IO_BYTES` for the call, then restored. `reserve` is
-    called first with the bytes the call may write (the disk quota's charge)."""
+    called first with the bytes the call may write (the disk quota's charge).
+
+    Returns (errno, bytes moved). The count is wasmtime's, read from `ret` right after
+    the call and bounded by what was offered; it is stored at `ret` again after the
+    iovec is restored, since `ret` may be that very length field."""
     try:
         first = mem.first_buffer(iovs, n)
     except ValueError:
-        return Errno.INVAL
+        return Errno.INVAL, 0
     if first is None:
-        return _forward(m, c, name, *args)
+        return _forward(m, c, name, *args), 0
     index, _, length = first
     take = min(length, MAX_IO_BYTES)
     if reserve is not None:
         reserve(take)
-    if take == length:
-        return _forward(m, c, name, *args)
-    # The guest is single-threaded and inside this call: nothing sees the shorter length.
     entry = iovs + 8 * index + 4
-    mem.put_u32(entry, take)
+    if take != length:
+        # The guest is single-threaded and inside this call: nothing sees the shorter length.
+        mem.put_u32(entry, take)
     try:
-        return _forward(m, c, name, *args)
+        errno = _forward(m, c, name, *args)
+        moved = min(mem.u32(ret), take) if errno == Errno.SUCCESS else 0
     finally:
-        mem.put_u32(entry, length)
+        if take != length:
+            mem.put_u32(entry, length)
+    if errno == Errno.SUCCESS:
+        mem.put_u32(ret, moved)
+    return errno, moved
+
+
+def _iovec_call(name: str, iovs_at: int, ret_at: int) -> Handler:
+    """A read or send wasmtime answers, with `_forward_io`'s bounds: iovec array at
+    argument `iovs_at` (its count next), the count the call reports at `ret_at`."""
+
+    def handler(m: Meter, c: Any, mem: GuestMemory, *args: int) -> int:
+        return _forward_io(m, c, mem, name, args, args[iovs_at], args[iovs_at + 1],
+                           args[ret_at])[0]
+
+    return handler
 
 
 def _fd_read(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
@@ -242,7 +264,7 @@ def _fd_read(m: Meter, c: Any, mem: GuestMemory, fd: int, iovs: int, n: int, ret
             return Errno.INVAL
         mem.put_u32(ret, total)
         return Errno.SUCCESS
-    return _forward_io(m, c, mem, "fd_read", (fd, iovs, n, ret), iovs, n)
+    return _forward_io(m, c, mem, "fd_read", (fd, iovs, n, ret), iovs, n, ret)[0]
 
 
 # -- descriptors: file facts from the descriptors wasmtime holds ------------------------
@@ -304,9 +326,11 @@ def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, pa
             escapes = exc.errno == errno_codes.EXDEV  # wasmtime refuses escapes too
     if found is not None and is_special(found.st_mode):
         return Errno.ACCES  # devices and FIFOs can block or reach the host
+    # An unknown descriptor is wasmtime's to refuse (EBADF), a read-only preopen too
+    # (EPERM): neither is charged. What such an open returns is still charged as writable.
     writable = parent is None or parent.writable
-    # In a read-only preopen wasmtime refuses the create itself (EPERM): no quota stop.
-    creating = bool(oflags & OFLAG_CREAT) and found is None and writable and not escapes
+    known_writable = parent is not None and parent.writable
+    creating = bool(oflags & OFLAG_CREAT) and found is None and known_writable and not escapes
     if creating:
         m.reserve_file()
     if m.limits.sync_limit() == 0:
@@ -342,11 +366,12 @@ def _path_open(m: Meter, c: Any, mem: GuestMemory, dirfd: int, dirflags: int, pa
 
 def _creates(name: str, fd_index: int) -> Handler:
     """A call creating one name in the directory argument `fd_index`: charged to the
-    file quota, except in a read-only preopen, where wasmtime refuses it (EPERM)."""
+    file quota, except on a descriptor Stockade does not know (wasmtime answers EBADF)
+    or in a read-only preopen (EPERM)."""
 
     def handler(m: Meter, c: Any, mem: GuestMemory, *args: int) -> int:
         parent = m.fds.get(args[fd_index])
-        if parent is not None and not parent.writable:
+        if parent is None or not parent.writable:
             return _forward(m, c, name, *args)
         m.reserve_file()
         errno = _forward(m, c, name, *args)
@@ -362,8 +387,9 @@ _create_link = _creates("path_link", 4)
 
 
 def _link_escapes(m: Meter, directory: FdEntry | None, target: bytes, link: bytes) -> bool:
-    """Whether a symlink to `target` placed at `link` (beneath `directory`) would point
-    outside every preopen, judged from where its directory really is."""
+    """Whether an existing symlink to `target` moved to `link` (beneath `directory`)
+    would point outside every preopen, judged from where its directory really is (the
+    links the guest makes never climb; those placed by the host may)."""
     ascent = symlink_ascent(target)
     if ascent is None:
         return True
@@ -401,9 +427,8 @@ def _symlink_at(directory: FdEntry | None, path: bytes) -> bytes | None:
 def _path_symlink(m: Meter, c: Any, mem: GuestMemory, old: int, old_len: int, fd: int,
                   new: int, new_len: int) -> int:
     directory = m.fds.get(fd)
-    if directory is None or directory.writable:
-        if _link_escapes(m, directory, mem.read(old, old_len), mem.read(new, new_len)):
-            return Errno.PERM  # nothing created: host tools would follow it later
+    if (directory is None or directory.writable) and climbs(mem.read(old, old_len)):
+        return Errno.PERM  # nothing created: host tools would follow it later
     return _create_symlink(m, c, mem, old, old_len, fd, new, new_len)
 
 
@@ -573,11 +598,33 @@ def _forwarding(name: str) -> Handler:
     return handler
 
 
+def _paths_bounded(handler: Handler, lengths: tuple[int, ...]) -> Handler:
+    """`handler` behind a check of its path length arguments (positions `lengths`):
+    ENAMETOOLONG past PATH_MAX before any path is read, whatever the descriptor."""
+
+    def bounded(m: Meter, c: Any, mem: GuestMemory, *args: int) -> int:
+        if any(path_too_long(args[index]) for index in lengths):
+            return Errno.NAMETOOLONG
+        return handler(m, c, mem, *args)
+
+    return bounded
+
+
+# Argument positions of the path lengths of the owned calls that take paths.
+_PATH_LENGTHS: dict[str, tuple[int, ...]] = {
+    "path_open": (3,), "path_create_directory": (2,), "path_symlink": (1, 4),
+    "path_link": (3, 6), "path_rename": (2, 5), "path_unlink_file": (2,),
+    "path_remove_directory": (2,),
+}
+
 HANDLERS: dict[str, Handler] = {name: _forwarding(name) for name in INTERPOSED}
 HANDLERS.update(
     fd_write=_fd_write,
     fd_pwrite=_fd_pwrite,
     fd_read=_fd_read,
+    fd_pread=_iovec_call("fd_pread", 1, 4),
+    sock_recv=_iovec_call("sock_recv", 1, 4),
+    sock_send=_iovec_call("sock_send", 1, 4),
     path_open=_path_open,
     path_create_directory=_creates("path_create_directory", 0),
     path_symlink=_path_symlink,
@@ -592,6 +639,8 @@ HANDLERS.update(
     fd_allocate=_fd_allocate,
     poll_oneoff=_poll_oneoff,
 )
+HANDLERS.update({name: _paths_bounded(HANDLERS[name], lengths)
+                 for name, lengths in _PATH_LENGTHS.items()})
 
 
 # The raw callback type of `wasmtime_linker_define_func_unchecked`: arguments and the

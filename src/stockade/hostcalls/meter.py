@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from pathlib import Path
 
@@ -11,6 +13,18 @@ from ..result import GuestStopped, Outcome
 from .descriptors import Descriptors, FdEntry
 
 __all__ = ["Meter"]
+
+# Descriptors a host call may open for a moment beyond the ones it keeps (lookups, the
+# parent walk of a symlink check): left free under the process's own limit.
+_TRANSIENT_FDS = 8
+
+
+def _host_room() -> int:
+    """Descriptors this process may still open under its RLIMIT_NOFILE soft limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return soft - len(os.listdir("/proc/self/fd")) - _TRANSIENT_FDS
 
 
 class Meter:
@@ -52,6 +66,9 @@ class Meter:
         self.files_created = 0
         # Preopened directories get descriptors 3, 4, ... in order.
         self.fds = Descriptors(preopens)
+        # The cap counts what the host holds (wasmtime's descriptors and Stockade's own),
+        # and never more than the process can still open: the quota, not EIO, comes first.
+        self.fd_cap = min(limits.max_open_files, 3 + self.fds.held() + _host_room())
         self.guest_opened = 0
         self.trampoline: dict[str, object] | None = None
         self.memory: object | None = None  # the guest's memory export, once looked up
@@ -137,8 +154,11 @@ class Meter:
             )
 
     def wrote(self, size: int) -> None:
-        """Record bytes actually written."""
+        """Record bytes actually written; stop the guest when they pass the quota (a
+        charge `reserve_bytes` missed must not go unnoticed)."""
         self.bytes_written += size
+        if self.bytes_written > self.limits.disk_quota:
+            self.reserve_bytes(0)
 
     def reserve_file(self) -> None:
         """Charge one new file, directory or link before it is created."""
@@ -150,12 +170,11 @@ class Meter:
     # -- descriptors --------------------------------------------------------------
 
     def reserve_fd(self) -> None:
-        """Stop the guest when it would hold more descriptors than allowed."""
-        held = 3 + len(self.fds)
-        if held + 1 > self.limits.max_open_files:
-            raise GuestStopped(
-                Outcome.FD_QUOTA, f"descriptor cap of {self.limits.max_open_files} reached"
-            )
+        """Stop the guest when an open could take the host past the descriptor cap: the
+        guest's descriptors (stdio counted) and Stockade's own behind them, plus the
+        two a new open may add."""
+        if 3 + self.fds.held() + 2 > self.fd_cap:
+            raise GuestStopped(Outcome.FD_QUOTA, f"descriptor cap of {self.fd_cap} reached")
 
     def opened(self, fd: int, entry: FdEntry) -> None:
         """Record a descriptor returned by path_open."""
