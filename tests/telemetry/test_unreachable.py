@@ -37,6 +37,18 @@ def silent_collector() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def own_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("unreachable-cache")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache of its own: stderr must hold the export's warning only, not notes about
+    entries other tests left under other keys in the shared cache."""
+    monkeypatch.setenv("STOCKADE_CACHE_DIR", str(own_cache))
+
+
 def run_hello(endpoint: str, **env: str) -> tuple[subprocess.CompletedProcess[bytes], float]:
     environ = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **env}
     start = time.monotonic()
