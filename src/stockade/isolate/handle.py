@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import WorkerError
+from ..keys import KeyFileError, aot_key_path, config_dir, read_key
 from ..policy.units import format_size
 from ..rmtree import remove_tree
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
@@ -54,9 +55,20 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker
     if plan.cache is not None:
         env["STOCKADE_CACHE_DIR"] = str(plan.cache)
+    env["STOCKADE_CONFIG_DIR"] = str(config_dir())  # so key paths agree with the parent's
     if plan.temp_dir is not None:
         env["TMPDIR"] = env["HOME"] = str(plan.temp_dir)
     return env
+
+
+def _aot_key() -> bytes | None:
+    """This host's AoT key for the worker (which cannot reach the config directory once
+    hardened), or None when it cannot be used: the worker's loader then reports why."""
+    try:
+        return read_key(aot_key_path())
+    except KeyFileError as exc:
+        logger.warning("the AoT key cannot be handed to the worker: %s", exc.reason)
+        return None
 
 
 def _temp_base() -> str:
@@ -119,7 +131,7 @@ class WorkerProcess:
         # place besides the grants and the cache that it may write.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-", dir=_temp_base()))
         self._keep_temp = plan.policy.capabilities.keep_scratch
-        plan = dataclasses.replace(plan, temp_dir=self.temp_dir)
+        plan = dataclasses.replace(plan, temp_dir=self.temp_dir, aot_key=_aot_key())
         if plan.cache is not None:
             with contextlib.suppress(OSError):
                 plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, WorkerError
+from ..errors import PrecompiledRefused, UsageError, WorkerError
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
@@ -242,7 +242,13 @@ class IsolatedSandbox:
             elif kind == "result":
                 return self._finish(info, result_from_wire(payload), worker.pid, invocation)
             elif kind == "error":
-                raise error_from_wire(payload)
+                error = error_from_wire(payload)
+                if isinstance(error, PrecompiledRefused):  # `denied`, as in process
+                    refused = self._synthetic(module, info, begun, Outcome.DENIED,
+                                              error.message)
+                    refused.sha256 = error.sha256
+                    return self._finish(info, refused, worker.pid, invocation)
+                raise error
             elif kind == "retire":
                 return _RETIRE
             else:

@@ -145,7 +145,11 @@ def serve(read_fd: int, write_fd: int) -> None:
     plan: WorkerPlan = pickle.loads(read_frame(read_fd))
     confinement = harden_before_engine(plan)
     report = confinement.report
+    from ..engine.seal import install_key
     from ..sandbox import Sandbox
+
+    if plan.aot_key is not None:  # the parent read it: this worker cannot reach the file
+        install_key(plan.aot_key)
 
     if plan.cache is not None:  # the AoT cache, where this worker reaches it
         os.environ["STOCKADE_CACHE_DIR"] = str(confinement.where(plan.cache))
