@@ -203,7 +203,7 @@ class IsolatedSandbox:
         # sends moves either (a worker that took over its guest could otherwise hold
         # the caller forever with `started` frames).
         begun = time.monotonic()
-        load = self.config.load_timeout
+        load = self.config.load_seconds(self.policy)
         limit = self.config.deadline(self.policy)
         deadline = None if load is None else begun + load
         final = None if load is None or limit is None else begun + load + limit
@@ -314,7 +314,8 @@ class IsolatedSandbox:
             message = (f"no result within the {self.policy.limits.timeout:g} s timeout + "
                        f"{self.config.grace:g} s grace; the worker was killed (SIGKILL)")
         else:
-            message = (f"loading the module took longer than {self.config.load_timeout:g} s; "
+            message = (f"loading the module took longer than "
+                       f"{self.config.load_seconds(self.policy) or 0:g} s; "
                        "the worker was killed (SIGKILL)")
         return self._synthetic(module, info, begun, Outcome.TIMEOUT, message)
 
