@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 # Variables a worker inherits from its parent: locale and search path only. Anything
 # else (tokens, keys, credentials) stays out; the guest's own variables come with each
 # run, as the policy allows them (`env_allow`).
+_OUT_OF_MEMORY = ("memory allocation of", "MemoryError", "Cannot allocate memory",
+                  "out of memory")
+
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
 
 
@@ -163,6 +166,7 @@ class WorkerProcess:
         self.sent: set[tuple[int, ...]] = set()  # modules the worker holds (see process)
         self._join_failures = self.cgroup.add(self.pid)
         self._oom_before = self.cgroup.oom_kills()
+        self.out_of_memory = False  # set by `death_cause`: the worker ran out of memory
         self.protections: list[Protection] | None = None
         self.runs = 0
         write_frame(self._to_worker, plan)
@@ -226,9 +230,11 @@ class WorkerProcess:
 
     def death_cause(self) -> str:
         """Why the worker ended, in words: OOM kill, signal, CPU limit, exit code, and
-        the last line it wrote to stderr. Waits for the worker to exit."""
+        the last line it wrote to stderr. Waits for the worker to exit; sets
+        `out_of_memory` when its cgroup's OOM killer or its address space ended it."""
         code = self.proc.wait()
-        if self.cgroup.oom_kills() > self._oom_before:
+        self.out_of_memory = self.cgroup.oom_kills() > self._oom_before
+        if self.out_of_memory:
             limit = format_size(self.memory_limit) if self.memory_limit else "?"
             return (f"the worker was killed by the kernel OOM killer (SIGKILL): its cgroup "
                     f"memory limit of {limit} was reached")
@@ -242,6 +248,8 @@ class WorkerProcess:
         else:
             cause = f"the worker exited unexpectedly with code {code}"
         tail = self._stderr_tail()
+        # RLIMIT_AS: an allocation failed (Rust aborts, Python raises MemoryError).
+        self.out_of_memory = any(sign in tail for sign in _OUT_OF_MEMORY)
         return f"{cause}: {tail}" if tail else cause
 
     def _stderr_tail(self) -> str:

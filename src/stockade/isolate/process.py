@@ -219,7 +219,8 @@ class IsolatedSandbox:
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
-                result = self._died(module, info, begun, worker.death_cause())
+                cause = worker.death_cause()
+                result = self._died(module, info, begun, cause, worker.out_of_memory)
                 self._discard(respawn=True)
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
@@ -320,8 +321,10 @@ class IsolatedSandbox:
         return self._synthetic(module, info, begun, Outcome.TIMEOUT, message)
 
     def _died(self, module: str | Path | bytes, info: RunInfo | None, begun: float,
-              cause: str) -> Result:
-        return self._synthetic(module, info, begun, Outcome.ERROR, cause)
+              cause: str, out_of_memory: bool) -> Result:
+        # Out of memory is the guest's (or its module's) doing: `memory_limit`, 137.
+        outcome = Outcome.MEMORY_LIMIT if out_of_memory else Outcome.ERROR
+        return self._synthetic(module, info, begun, outcome, cause)
 
     def interrupt(self) -> None:
         """Stop the run in progress now: its worker is killed (SIGKILL), the run reports
