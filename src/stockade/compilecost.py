@@ -16,9 +16,11 @@ PER_BYTE = 1.5e-6  # CPU seconds per byte of function body
 PER_BYTE_LOCAL = 1.0e-8  # CPU seconds per byte of body per declared local
 MEMORY_PER_FUNCTION = 6 * 1024  # bytes of host memory per function (measured ~6 KB)
 MEMORY_PER_BYTE = 16  # bytes of host memory per byte of body (the code it emits)
-# Budget of predicted CPU seconds however short the timeout: QuickJS (1.6 s) compiles
-# under any timeout; a 1 s timeout buys no more than this.
-COMPILE_FLOOR = 2.0
+# Budget of predicted CPU seconds however short the timeout: CPython for WASI (10.3 s
+# predicted) compiles cold under any timeout (`stockade python --timeout 1s`); a 1 s
+# timeout buys no more than this (it bought 15 s before the per-function term).
+COMPILE_FLOOR = 12.0
+COMPILE_RATIO = 2.0  # compile CPU seconds per second of timeout
 COMPILE_CEILING = 600.0  # without a timeout: the permissive profile's timeout
 COMPILE_HEAVY = 15.0  # a compile worth a finding in `stockade inspect`
 COMPILE_MEMORY = 256 * 1024**2  # host memory any compile may use, besides the guest's
@@ -37,8 +39,10 @@ def compile_memory(shape: list[tuple[int, int]]) -> int:
 
 
 def compile_budget(timeout: float | None) -> float:
-    """The compile budget (predicted CPU seconds) of a policy with this timeout."""
-    return COMPILE_CEILING if timeout is None else max(COMPILE_FLOOR, timeout)
+    """The compile budget (predicted CPU seconds) of a policy with this timeout: twice
+    the timeout (the model is fitted on 2 cores, and a snippet policy of 10 s must still
+    compile CPython once), at least `COMPILE_FLOOR`."""
+    return COMPILE_CEILING if timeout is None else max(COMPILE_FLOOR, COMPILE_RATIO * timeout)
 
 
 def memory_budget(max_memory: int) -> int:

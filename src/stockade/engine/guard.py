@@ -10,13 +10,13 @@ instantiated, and compiling it builds memory images of that size in the host.
 Per-function bounds do not bound their sum (three bodies just under them cost ~30 s of
 CPU; 300,000 empty functions, 1.2 MB, cost ~24 s and ~1.8 GB), so the guard also predicts
 the whole module's compile cost in CPU (`compile_cost`) and in memory (`compile_memory`)
-and refuses it over a budget. The CPU budget follows the policy's timeout (a module may
-cost at compile time what the policy lets it spend running), never below `COMPILE_FLOOR`
-(so QuickJS compiles under any timeout) and `COMPILE_CEILING` without a timeout. The
-memory budget is `COMPILE_MEMORY` plus the guest's memory limit. A module found in the AoT
+and refuses it over a budget. The CPU budget follows the policy's timeout (twice it: a
+module may cost at compile time about what the policy lets it spend running), never
+below `COMPILE_FLOOR` (so CPython compiles under any timeout), `COMPILE_CEILING` without
+a timeout. The memory budget is `COMPILE_MEMORY` plus the guest's memory limit. A module found in the AoT
 cache is not compiled, so it is not charged (the loader checks the cache first): CPython
-for WASI, ~10 s predicted, compiles under every profile's own timeout, and once cached
-it loads under any timeout. A compile cannot be interrupted inside wasmtime, so this
+for WASI, ~10 s predicted, compiles under any timeout, and once cached it loads for
+nothing. A compile cannot be interrupted inside wasmtime, so this
 prediction is the load deadline of an in-process run; an isolated worker's load deadline
 follows it too (`load_deadline`).
 
@@ -109,8 +109,8 @@ class CompileGuard:
         if self.compile_budget is not None and cost > self.compile_budget:
             raise ModuleError(
                 f"{name}: compiling it would cost about {cost:.0f} s of CPU, over this "
-                f"policy's compile budget of {self.compile_budget:g} s (the timeout, at "
-                f"least {COMPILE_FLOOR:g} s; {len(shape)} functions); raise the timeout "
+                f"policy's compile budget of {self.compile_budget:g} s (twice the timeout, "
+                f"at least {COMPILE_FLOOR:g} s; {len(shape)} functions); raise the timeout "
                 "(--timeout, or `timeout` in the policy) to allow it"
             )
         memory = compile_memory(shape)
