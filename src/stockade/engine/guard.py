@@ -13,12 +13,12 @@ the whole module's compile cost in CPU (`compile_cost`) and in memory (`compile_
 and refuses it over a budget. The CPU budget follows the policy's timeout (twice it: a
 module may cost at compile time about what the policy lets it spend running), never
 below `COMPILE_FLOOR` (so CPython compiles under any timeout), `COMPILE_CEILING` without
-a timeout. The memory budget is `COMPILE_MEMORY` plus the guest's memory limit. A module found in the AoT
-cache is not compiled, so it is not charged (the loader checks the cache first): CPython
-for WASI, ~10 s predicted, compiles under any timeout, and once cached it loads for
-nothing. A compile cannot be interrupted inside wasmtime, so this
-prediction is the load deadline of an in-process run; an isolated worker's load deadline
-follows it too (`load_deadline`).
+a timeout. The memory budget is `COMPILE_MEMORY` plus the guest's memory limit. A module
+found in the AoT cache is not compiled, so it is not charged (the loader checks the
+cache first): CPython for WASI, ~10 s predicted, compiles under any timeout, and once
+cached loads for nothing. A compile cannot be interrupted inside wasmtime, so this
+prediction is the load deadline of an in-process run; an isolated worker's load
+deadline follows it too (`compilecost.load_deadline`).
 
 The model, fitted on a 2-core x86-64 machine (Cranelift, wasmtime 50, worst-case bodies
 of locals all live to the end; see tests/engine/test_guard.py): CPU seconds =
