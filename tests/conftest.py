@@ -43,8 +43,10 @@ def isolated_env(
     monkeypatch.setenv("STOCKADE_CACHE_DIR", str(shared_cache))
     monkeypatch.setenv("STOCKADE_CONFIG_DIR", str(shared_config / "stockade"))
     monkeypatch.setenv("STOCKADE_STATE_DIR", str(tmp_path / "state"))
-    # Keys (the audit key) live in the config dir: never the real user's.
+    # Keys (the audit key) live in the config dir: never the real user's. The audit key
+    # (and its counters) are per test, the AoT key is shared with the shared cache.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", str(tmp_path / "config" / "stockade" / "audit.key"))
     # CPython for WASI from the build step: `stockade python` must not download in tests.
     if (REAL / "python.wasm").exists():
         monkeypatch.setenv("STOCKADE_PYTHON_WASM", str(REAL / "python.wasm"))

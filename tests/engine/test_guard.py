@@ -104,7 +104,7 @@ def test_split_compile_bomb_is_refused_within_a_short_timeout(tmp_path: Path) ->
     assert all(body <= limits.max_function_size and n <= limits.max_locals for body, n in shape)
     policy = Policy().with_limits(timeout=1.0)
     begun = time.perf_counter()
-    with pytest.raises(ModuleError, match="compile budget of 15 s"):
+    with pytest.raises(ModuleError, match="compile budget of 12 s"):
         Sandbox(policy).run(bomb)
     assert time.perf_counter() - begun < 1.1  # refused, not compiled
     done = stockade("run", "--timeout", "1s", str(bomb))
@@ -124,11 +124,62 @@ def test_the_compile_budget_follows_the_timeout() -> None:
 
 
 @pytest.mark.parametrize("profile", ["strict", "default", "permissive"])
-def test_real_modules_fit_every_profile_even_with_a_short_timeout(
-        python_wasm: Path, profile: str) -> None:
-    # CPython (26 MB) and QuickJS load under every profile, whatever the timeout: the
-    # floor of the budget is above their predicted cost (checked without compiling).
-    limits = Policy.from_profile(profile).with_limits(timeout=0.1).limits
-    guard = CompileGuard.for_limits(limits)
+def test_real_modules_fit_every_profile(python_wasm: Path, profile: str) -> None:
+    # CPython (26 MB) and QuickJS load under every profile, even with a 0.1 s timeout
+    # (the floor of the budget); checked without compiling.
+    short = CompileGuard.for_limits(Policy.from_profile(profile).with_limits(timeout=0.1).limits)
     for module in (python_wasm, REAL / "quickjs.wasm"):
-        guard.check_code(module.read_bytes(), module.name)
+        short.check_code(module.read_bytes(), module.name)
+
+
+def _leb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _section(kind: int, items: list[bytes]) -> bytes:
+    body = _leb(len(items)) + b"".join(items)
+    return bytes([kind]) + _leb(len(body)) + body
+
+
+def many_functions(count: int) -> bytes:
+    """`count` empty functions (4 bytes each) and a `_start`: the attacker's cheapest
+    module per function, far under every per-function bound."""
+    return (b"\0asm\1\0\0\0" + _section(1, [b"\x60\x00\x00"])
+            + _section(3, [b"\x00"] * (count + 1))
+            + _section(7, [b"\x06_start\x00" + _leb(count)])
+            + _section(10, [b"\x02\x00\x0b"] * (count + 1)))
+
+
+@pytest.mark.parametrize("profile", ["strict", "default"])
+def test_many_empty_functions_are_refused_before_compiling(tmp_path: Path,
+                                                           profile: str) -> None:
+    # 300k empty functions, 1.2 MB: ~24 s of CPU and ~1.8 GB to compile. Refused, quickly,
+    # in process and in the hardened worker (where compiling it was an OOM kill).
+    bomb = tmp_path / "many.wasm"
+    bomb.write_bytes(many_functions(300_000))
+    policy = Policy.from_profile(profile)
+    with pytest.raises(ModuleError, match="compile"):
+        CompileGuard.for_limits(policy.limits).check_code(bomb.read_bytes(), "many.wasm")
+    for args in (["--timeout", "1s"], []):
+        begun = time.monotonic()
+        done = stockade("run", "--profile", profile, *args, str(bomb), timeout=120)
+        assert done.returncode == 126, done.stderr
+        lines = done.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "compil" in lines[0], lines
+        assert time.monotonic() - begun < 20  # refused, not compiled (generous: 2 shared cores)
+
+
+def test_a_short_timeout_buys_no_long_compile() -> None:
+    # 200k empty functions cost ~14 s of CPU: more than a 1 s policy may spend compiling,
+    # which a 60 s one allows (memory allowing).
+    bomb = many_functions(200_000)
+    roomy = Policy().with_limits(max_memory=2 * 1024**3)
+    with pytest.raises(ModuleError, match="compile budget"):
+        CompileGuard.for_limits(roomy.with_limits(timeout=1.0).limits).check_code(bomb, "b")
+    CompileGuard.for_limits(roomy.with_limits(timeout=60.0).limits).check_code(bomb, "b")
+    assert compile_budget(1.0) < 15

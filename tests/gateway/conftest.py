@@ -103,6 +103,7 @@ def gateway_env(cache: Path, state: Path) -> dict[str, str]:
            if not k.startswith(("STOCKADE_", "OTEL_", "XDG_"))}
     env.update(STOCKADE_CACHE_DIR=str(cache), STOCKADE_STATE_DIR=str(state),
                XDG_CONFIG_HOME=str(state.parent / "config"),
+               STOCKADE_AUDIT_KEY=str(state.parent / "config" / "stockade" / "audit.key"),
                STOCKADE_CONFIG_DIR=os.environ["STOCKADE_CONFIG_DIR"])
     return env
 

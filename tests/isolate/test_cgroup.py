@@ -56,8 +56,9 @@ def test_cgroup_memory_limit_kills_and_the_caller_survives() -> None:
     with IsolatedSandbox(policy, config=config) as sandbox:
         require(sandbox, "cgroup memory")
         result = sandbox.run(guest("memhog.wasm"), Invocation(args=("400",)))
-        assert result.outcome is Outcome.ERROR
-        assert result.exit_code == 125
+        # The guest's own doing: a memory limit (137), not a usage error (125).
+        assert result.outcome is Outcome.MEMORY_LIMIT
+        assert result.exit_code == 137
         assert "OOM" in result.message and "160MiB" in result.message
         again = sandbox.run(guest("hello.wasm"))
         assert again.ok

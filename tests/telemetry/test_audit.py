@@ -17,7 +17,7 @@ import pytest
 from stockade.errors import UsageError
 from stockade.telemetry import AuditLog, verify
 from stockade.telemetry.audit import audit_key_path, record_hash
-from tests.conftest import stockade
+from tests.conftest import guest, stockade
 
 
 @pytest.fixture
@@ -261,3 +261,64 @@ def test_processes_append_to_one_chain_across_rotations(tmp_path: Path) -> None:
     report = verify(path)
     assert report.ok and report.records == 120
     assert list(Path(path).parent.glob("shared.jsonl.[0-9]*"))  # it did rotate
+
+
+def test_a_rollback_to_a_saved_head_is_found(log: AuditLog) -> None:
+    # The attacker can write the state directory: save the head at 5 records, let the
+    # log grow, then cut it back to 5 lines and put the saved head back.
+    saved_head, saved = log.head_path.read_bytes(), log.path.read_bytes()
+    for number in range(3):
+        log.append("violation", f"later #{number}")
+    log.path.write_bytes(saved)
+    log.head_path.write_bytes(saved_head)
+    report = verify(log.path)
+    assert not report.ok and report.records == 5 and "rolled back" in report.problem
+    proc = stockade("audit", "verify", str(log.path))
+    assert proc.returncode == 1 and b"rolled back" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    log.append("violation", "the next ordinary event")  # does not paper over it
+    assert [r["kind"] for r in records(log.path)][-2:] == ["tamper", "violation"]
+    assert not verify(log.path).ok
+
+
+def test_a_fully_erased_log_is_found(log: AuditLog) -> None:
+    for each in log.path.parent.glob("audit.jsonl*"):
+        each.unlink()
+    report = verify(log.path)
+    assert not report.ok and "erased" in report.problem
+    proc = stockade("audit", "verify", str(log.path))
+    assert proc.returncode == 1 and b"erased" in proc.stderr
+
+
+def test_the_counter_lives_beside_the_key_not_the_log(log: AuditLog) -> None:
+    counter = log.counter_path
+    assert counter.parent == audit_key_path().parent
+    assert not counter.is_relative_to(log.path.parent)
+    assert stat.S_IMODE(counter.stat().st_mode) == 0o600
+    assert json.loads(counter.read_text())["seq"] == 5
+
+
+@pytest.mark.parametrize("planted", ["audit.jsonl", "audit.jsonl.head"])
+def test_a_fifo_planted_in_the_state_dir_does_not_hang(tmp_path: Path, planted: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.mkfifo(state / planted)
+    with pytest.raises(OSError, match="not a regular file"):
+        AuditLog(state / "audit.jsonl").append("violation", "x")
+    proc = stockade("audit", "verify", str(state / "audit.jsonl"), timeout=30)
+    assert proc.returncode in (1, 125) and b"regular file" in proc.stderr
+    assert b"Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+    # A run whose audit record cannot be written still ends, with its own result.
+    run = stockade("run", "--timeout", "1s", str(guest("spin.wasm")), timeout=60)
+    assert run.returncode == 124 and b"Traceback" not in run.stderr
+
+
+def test_the_state_dir_is_private_and_checked(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "fresh" / "state" / "audit.jsonl")
+    audit.append("violation", "x")
+    assert stat.S_IMODE(audit.path.parent.stat().st_mode) == 0o700
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(UsageError, match="0777"):
+        AuditLog(open_dir / "audit.jsonl").append("violation", "x")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import UsageError
 from .seal import TRAILER_SIZE, KeyUnavailable, SealError, host_key, seal, tag, unseal
 
 __all__ = ["AotCache"]
@@ -294,5 +295,5 @@ def _audit(path: Path, message: str, **fields: str) -> None:
     logger("stockade.engine").warning("%s", message)
     try:
         AuditLog().append("cache_refused", message, path=str(path), **fields)
-    except OSError as exc:
+    except (OSError, UsageError) as exc:  # an unusable state dir or key: logged
         logger("stockade.engine").warning("could not write the audit record: %s", exc)

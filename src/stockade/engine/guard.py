@@ -8,17 +8,25 @@ segments larger than the memory limit are refused too: such a module can never b
 instantiated, and compiling it builds memory images of that size in the host.
 
 Per-function bounds do not bound their sum (three bodies just under them cost ~30 s of
-CPU), so the guard also predicts the whole module's compile cost, `compile_cost`, and
-refuses it over a budget: the larger of `COMPILE_FLOOR` and the policy's timeout (a
-module may cost at compile time at most what the policy lets it spend running), or
-`COMPILE_CEILING` without a timeout. A compile cannot be interrupted inside wasmtime,
-so this prediction is the load deadline of an in-process run.
+CPU; 300,000 empty functions, 1.2 MB, cost ~24 s and ~1.8 GB), so the guard also predicts
+the whole module's compile cost in CPU (`compile_cost`) and in memory (`compile_memory`)
+and refuses it over a budget. The CPU budget follows the policy's timeout (twice it: a
+module may cost at compile time about what the policy lets it spend running), never
+below `COMPILE_FLOOR` (so CPython compiles under any timeout), `COMPILE_CEILING` without
+a timeout. The memory budget is `COMPILE_MEMORY` plus the guest's memory limit. A module
+found in the AoT cache is not compiled, so it is not charged (the loader checks the
+cache first): CPython for WASI, ~10 s predicted, compiles under any timeout, and once
+cached loads for nothing. A compile cannot be interrupted inside wasmtime, so this
+prediction is the load deadline of an in-process run; an isolated worker's load
+deadline follows it too (`compilecost.load_deadline`).
 
 The model, fitted on a 2-core x86-64 machine (Cranelift, wasmtime 50, worst-case bodies
 of locals all live to the end; see tests/engine/test_guard.py): CPU seconds =
-`PER_BYTE` x body bytes + `PER_BYTE_LOCAL` x body bytes x locals, summed over functions.
-Measured: CPython 3.12 for WASI 9.1 s (predicted 9.5), QuickJS 1.6 s (1.5), three 511 KiB
-bodies of 1,999 locals 32 s (34), one 4 MiB body of 200 locals 14.6 s (14.7).
+`PER_FUNCTION` + `PER_BYTE` x body bytes + `PER_BYTE_LOCAL` x body bytes x locals, summed
+over functions; memory = `MEMORY_PER_FUNCTION` x functions + `MEMORY_PER_BYTE` x body
+bytes. Measured: CPython 3.12 for WASI 9.1 s (predicted 10.3), QuickJS 1.5 s (1.6), three
+511 KiB bodies of 1,999 locals 32 s (34), one 4 MiB body of 200 locals 14.6 s (14.7),
+60,000 empty functions 2.7 s and 396 MB RSS (4.2 s, 352 MiB + the interpreter).
 """
 
 from __future__ import annotations
@@ -27,33 +35,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..binary import code_shape, data_size
+from ..compilecost import (
+    COMPILE_CEILING,
+    COMPILE_FLOOR,
+    COMPILE_HEAVY,
+    COMPILE_MEMORY,
+    compile_budget,
+    compile_cost,
+    compile_memory,
+    load_deadline,
+    memory_budget,
+)
 from ..errors import ModuleError
 from ..policy.units import format_size
 
 if TYPE_CHECKING:
     from ..policy import Limits
 
-__all__ = ["CompileGuard", "code_shape", "compile_cost", "data_size", "compile_budget",
-           "COMPILE_FLOOR", "COMPILE_CEILING"]
-
-PER_BYTE = 1.5e-6  # CPU seconds per byte of function body
-PER_BYTE_LOCAL = 1.0e-8  # CPU seconds per byte of body per declared local
-# Budget of predicted CPU seconds whatever the timeout: CPython for WASI (9.5 s predicted)
-# loads under any timeout; three bodies just under the default per-function limits do not.
-COMPILE_FLOOR = 15.0
-COMPILE_CEILING = 600.0  # without a timeout: the permissive profile's timeout
-
-
-def compile_cost(shape: list[tuple[int, int]]) -> float:
-    """Predicted CPU seconds Cranelift spends compiling functions of this `code_shape`."""
-    return sum(body * (PER_BYTE + PER_BYTE_LOCAL * locals_count)
-               for body, locals_count in shape)
-
-
-def compile_budget(timeout: float | None) -> float:
-    """The compile budget (predicted CPU seconds) of a policy with this timeout."""
-    return COMPILE_CEILING if timeout is None else max(COMPILE_FLOOR, timeout)
-
+__all__ = ["CompileGuard", "code_shape", "compile_cost", "compile_memory", "data_size",
+           "compile_budget", "memory_budget", "load_deadline", "COMPILE_FLOOR",
+           "COMPILE_CEILING", "COMPILE_HEAVY", "COMPILE_MEMORY"]
 
 @dataclass(frozen=True)
 class CompileGuard:
@@ -64,12 +65,14 @@ class CompileGuard:
     max_locals: int
     max_data_size: int | None = None
     compile_budget: float | None = None
+    memory_budget: int | None = None
 
     @classmethod
     def for_limits(cls, limits: Limits) -> CompileGuard:
-        """The guard of a policy's limits, compile budget included."""
+        """The guard of a policy's limits, compile budgets included."""
         return cls(limits.max_module_size, limits.max_function_size, limits.max_locals,
-                   limits.max_memory, compile_budget(limits.timeout))
+                   limits.max_memory, compile_budget(limits.timeout),
+                   memory_budget(limits.max_memory))
 
     def check_size(self, size: int, name: str) -> None:
         """Refuse a module file larger than `max_module_size` before reading it."""
@@ -106,7 +109,15 @@ class CompileGuard:
         if self.compile_budget is not None and cost > self.compile_budget:
             raise ModuleError(
                 f"{name}: compiling it would cost about {cost:.0f} s of CPU, over this "
-                f"policy's compile budget of {self.compile_budget:.0f} s (the larger of "
-                f"{COMPILE_FLOOR:.0f} s and the timeout); raise the timeout (--timeout, or "
-                "`timeout` in the policy) to allow it"
+                f"policy's compile budget of {self.compile_budget:g} s (twice the timeout, "
+                f"at least {COMPILE_FLOOR:g} s; {len(shape)} functions); raise the timeout "
+                "(--timeout, or `timeout` in the policy) to allow it"
+            )
+        memory = compile_memory(shape)
+        if self.memory_budget is not None and memory > self.memory_budget:
+            raise ModuleError(
+                f"{name}: compiling its {len(shape)} functions would take about "
+                f"{format_size(memory)} of host memory, over this policy's compile memory "
+                f"budget of {format_size(self.memory_budget)} ({format_size(COMPILE_MEMORY)} "
+                "plus the memory limit); raise the memory limit (--max-memory) to allow it"
             )

@@ -16,37 +16,34 @@ cache entry cannot stand for another module and a compiled file cannot be plante
 cache. wasmtime ignores bytes after the ELF sections, so a sealed file still maps directly
 with `deserialize_file`; the MAC is checked before wasmtime sees a byte.
 
-The key is 32 random bytes in `config_dir()/aot.key` (outside the cache), created 0600
-with an atomic link on first use. It is refused when its directory is group/other-writable
-or owned by another uid, or the file is not a regular file of this uid that only it can
-access. Delete the file to rotate the key: every artifact sealed with the old one is then
-refused (the cache recompiles its entries; `.cwasm` files must be compiled again).
+The key is 32 random bytes in `config_dir()/aot.key` (outside the cache), kept by
+`stockade.keys` (created 0600 with an atomic link on first use; refused when its directory
+is group/other-writable or owned by another uid, or the file is not a regular file of this
+uid that only it can access). Delete the file to rotate the key: every artifact sealed
+with the old one is then refused (the cache recompiles its entries; `.cwasm` files must
+be compiled again).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import stat
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..paths import config_dir
+from ..keys import KEY_BYTES, KeyFileError, aot_key_path, read_key
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["SealError", "KeyUnavailable", "TRAILER_SIZE", "key_path", "host_key", "seal",
-           "unseal", "strip", "tag"]
+__all__ = ["SealError", "KeyUnavailable", "TRAILER_SIZE", "KEY_BYTES", "key_path", "host_key",
+           "install_key", "seal", "unseal", "strip", "tag"]
 
 MAGIC = b"\0stockade-seal1\0"
 _FINGERPRINT = 16
 _MAC = 32
 TRAILER_SIZE = len(MAGIC) + _FINGERPRINT + _MAC
-KEY_FILE = "aot.key"
-KEY_BYTES = 32
 _DOMAIN = b"stockade-aot-v1\0"
 
 _keys: dict[Path, bytes] = {}
@@ -71,7 +68,7 @@ class KeyUnavailable(SealError):
 
 def key_path() -> Path:
     """Where this user's key lives: `config_dir()/aot.key`."""
-    return config_dir() / KEY_FILE
+    return aot_key_path()
 
 
 def host_key(path: Path | None = None) -> bytes:
@@ -82,8 +79,25 @@ def host_key(path: Path | None = None) -> bytes:
     with _keys_lock:
         key = _keys.get(path)
         if key is None:
-            key = _keys[path] = _read_or_create(path)
+            try:
+                found = read_key(path)
+            except KeyFileError as exc:
+                raise KeyUnavailable(exc.reason, insecure=exc.insecure) from None
+            if found is None:  # read_key creates it; this only narrows the type
+                raise KeyUnavailable(f"{path} could not be created", insecure=False)
+            key = _keys[path] = found
         return key
+
+
+def install_key(key: bytes, path: Path | None = None) -> None:
+    """Make `key` the key `host_key(path)` returns in this process. An isolated worker
+    cannot reach the config directory once hardened: its parent reads the key (see
+    `stockade.keys`) and sends it over the plan pipe, and the worker installs it here."""
+    if len(key) != KEY_BYTES:
+        raise KeyUnavailable(f"a key of {len(key)} bytes was handed over, not {KEY_BYTES}",
+                             insecure=True)
+    with _keys_lock:
+        _keys[path or key_path()] = bytes(key)
 
 
 def seal(payload: bytes | memoryview, fingerprint: str, purpose: str, key: bytes) -> bytes:
@@ -135,77 +149,3 @@ def _mac(key: bytes, purpose: str, fingerprint: bytes, payload: bytes | memoryvi
                       hashlib.sha256)
     digest.update(payload)
     return digest.digest()
-
-
-def _read_or_create(path: Path) -> bytes:
-    directory = path.parent
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KeyUnavailable(f"cannot create {directory}: {exc.strerror}", insecure=False) \
-            from None
-    _check_owner(directory, os.stat(directory), "directory", 0o022)
-    try:
-        return _read(path)
-    except FileNotFoundError:
-        pass
-    # Write a private temp file, then link it in: the key appears whole, 0600, or not at
-    # all, and when two processes race both read the one that won.
-    tmp = directory / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            os.write(fd, os.urandom(KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    except OSError as exc:
-        raise KeyUnavailable(f"cannot create {path}: {exc.strerror}", insecure=False) from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    try:
-        return _read(path)
-    except FileNotFoundError:
-        raise KeyUnavailable(f"{path} vanished while it was created", insecure=False) from None
-
-
-def _read(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        # ELOOP: a symlink where the key should be.
-        raise KeyUnavailable(f"cannot open {path}: {exc.strerror}", insecure=True) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyUnavailable(f"{path} is not a regular file", insecure=True)
-        _check_owner(path, info, "key file", 0o077)
-        key = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(key) != KEY_BYTES:
-        raise KeyUnavailable(f"{path} is not a {KEY_BYTES}-byte key; delete it to make a "
-                             "new one", insecure=True)
-    return key
-
-
-def _check_owner(path: Path, info: os.stat_result, what: str, forbidden: int) -> None:
-    if info.st_uid != os.geteuid():
-        raise KeyUnavailable(f"{what} {path} is owned by uid {info.st_uid}, not {os.geteuid()}",
-                             insecure=True)
-    if info.st_mode & forbidden:
-        # A key others could read may be known: replace it rather than tighten it.
-        fix = "delete it so a new one is made" if forbidden == 0o077 else "chmod 700 it"
-        access = "accessible" if forbidden == 0o077 else "writable"
-        raise KeyUnavailable(f"{what} {path} is {access} by group or others "
-                             f"(mode {stat.S_IMODE(info.st_mode):o}); {fix}", insecure=True)

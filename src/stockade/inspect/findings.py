@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..engine.guard import COMPILE_FLOOR
+from ..engine.guard import COMPILE_HEAVY
 from ..policy.profiles import PROFILES
 from ..policy.units import format_size
 
@@ -85,9 +85,9 @@ def assess(report: Inspection) -> list[Finding]:
     if heavy:
         add("medium", f"{len(heavy)} function(s) declare more than {strict.max_locals} locals "
                       "(compile cost)")
-    if report.compile_cost > COMPILE_FLOOR:
+    if report.compile_cost > COMPILE_HEAVY:
         add("medium", f"compiling it costs about {report.compile_cost:.1f} s of CPU, over the "
-                      f"{COMPILE_FLOOR:.0f} s floor of the compile budget")
+                      f"{COMPILE_HEAVY:.0f} s a compile should take")
     caps = report.capabilities
     if caps.uses("filesystem"):
         add("medium", "imports filesystem calls: it needs directory grants to use them")

@@ -12,7 +12,9 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
+from ..compilecost import load_deadline
 from ..errors import UsageError
 from ..policy import Policy
 
@@ -28,7 +30,8 @@ class IsolationConfig:
     - `grace`: added to the policy timeout before the parent kills a silent worker.
     - `start_timeout`: how long a new worker may take to harden itself and answer.
     - `load_timeout`: how long loading/compiling a module may take before the guest
-      starts (a compile bomb is stopped here); `None` for no bound.
+      starts (a compile bomb is stopped here); `None` for no bound; by default it
+      follows the policy's compile budget (`compilecost.load_deadline`).
     - `memory_overhead`: the worker's own memory on top of the guest's linear memory,
       charged to the cgroup; `memory_limit` replaces the sum when set.
     - `cpu_quota`: cores the cgroup lets the worker use (CFS quota); `pids_max`: tasks.
@@ -50,7 +53,7 @@ class IsolationConfig:
     python: str = field(default_factory=lambda: sys.executable)
     grace: float = 2.0
     start_timeout: float = 30.0
-    load_timeout: float | None = 120.0
+    load_timeout: float | Literal["policy"] | None = "policy"
     memory_overhead: int = 384 * MiB
     memory_limit: int | None = None
     cpu_quota: float | None = 1.0
@@ -104,11 +107,20 @@ class IsolationConfig:
             return None
         return max(1, math.ceil((timeout + self.grace) * self._cores()))
 
+    def load_seconds(self, policy: Policy) -> float | None:
+        """Seconds loading (compiling) one module may take, or None (no bound): by
+        default the policy's compile budget and slack, so a short timeout buys a short
+        compile and a long one still loads CPython."""
+        if self.load_timeout == "policy":
+            return load_deadline(policy.limits.timeout)
+        return self.load_timeout
+
     def load_cpu_seconds(self, policy: Policy) -> int | None:
         """CPU seconds loading and compiling one module may use, or None (no bound)."""
-        if self.load_timeout is None:
+        seconds = self.load_seconds(policy)
+        if seconds is None:
             return None
-        return max(1, math.ceil(self.load_timeout * self._cores()))
+        return max(1, math.ceil(seconds * self._cores()))
 
     def _cores(self) -> float:
         return self.cpu_quota if self.cpu_quota is not None else float(os.cpu_count() or 1)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import WorkerError
+from ..keys import KeyFileError, aot_key_path, config_dir, read_key
 from ..policy.units import format_size
 from ..rmtree import remove_tree
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 # Variables a worker inherits from its parent: locale and search path only. Anything
 # else (tokens, keys, credentials) stays out; the guest's own variables come with each
 # run, as the policy allows them (`env_allow`).
+_OUT_OF_MEMORY = ("memory allocation of", "MemoryError", "Cannot allocate memory",
+                  "out of memory")
+
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
 
 
@@ -54,9 +58,20 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker
     if plan.cache is not None:
         env["STOCKADE_CACHE_DIR"] = str(plan.cache)
+    env["STOCKADE_CONFIG_DIR"] = str(config_dir())  # so key paths agree with the parent's
     if plan.temp_dir is not None:
         env["TMPDIR"] = env["HOME"] = str(plan.temp_dir)
     return env
+
+
+def _aot_key() -> bytes | None:
+    """This host's AoT key for the worker (which cannot reach the config directory once
+    hardened), or None when it cannot be used: the worker's loader then reports why."""
+    try:
+        return read_key(aot_key_path())
+    except KeyFileError as exc:
+        logger.warning("the AoT key cannot be handed to the worker: %s", exc.reason)
+        return None
 
 
 def _temp_base() -> str:
@@ -119,7 +134,7 @@ class WorkerProcess:
         # place besides the grants and the cache that it may write.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-", dir=_temp_base()))
         self._keep_temp = plan.policy.capabilities.keep_scratch
-        plan = dataclasses.replace(plan, temp_dir=self.temp_dir)
+        plan = dataclasses.replace(plan, temp_dir=self.temp_dir, aot_key=_aot_key())
         if plan.cache is not None:
             with contextlib.suppress(OSError):
                 plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -151,6 +166,7 @@ class WorkerProcess:
         self.sent: set[tuple[int, ...]] = set()  # modules the worker holds (see process)
         self._join_failures = self.cgroup.add(self.pid)
         self._oom_before = self.cgroup.oom_kills()
+        self.out_of_memory = False  # set by `death_cause`: the worker ran out of memory
         self.protections: list[Protection] | None = None
         self.runs = 0
         write_frame(self._to_worker, plan)
@@ -214,9 +230,11 @@ class WorkerProcess:
 
     def death_cause(self) -> str:
         """Why the worker ended, in words: OOM kill, signal, CPU limit, exit code, and
-        the last line it wrote to stderr. Waits for the worker to exit."""
+        the last line it wrote to stderr. Waits for the worker to exit; sets
+        `out_of_memory` when its cgroup's OOM killer or its address space ended it."""
         code = self.proc.wait()
-        if self.cgroup.oom_kills() > self._oom_before:
+        self.out_of_memory = self.cgroup.oom_kills() > self._oom_before
+        if self.out_of_memory:
             limit = format_size(self.memory_limit) if self.memory_limit else "?"
             return (f"the worker was killed by the kernel OOM killer (SIGKILL): its cgroup "
                     f"memory limit of {limit} was reached")
@@ -230,6 +248,8 @@ class WorkerProcess:
         else:
             cause = f"the worker exited unexpectedly with code {code}"
         tail = self._stderr_tail()
+        # RLIMIT_AS: an allocation failed (Rust aborts, Python raises MemoryError).
+        self.out_of_memory = any(sign in tail for sign in _OUT_OF_MEMORY)
         return f"{cause}: {tail}" if tail else cause
 
     def _stderr_tail(self) -> str:

@@ -6,6 +6,7 @@ Both are derived from the policy (what the guest may use) and the `IsolationConf
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -48,6 +49,9 @@ class WorkerPlan:
     cache: Path | None = None
     temp_dir: Path | None = None
     probe: str | None = None
+    # This host's AoT key, read by the parent (the hardened worker cannot reach the
+    # config directory) and installed by the worker before it loads a module.
+    aot_key: bytes | None = dataclasses.field(default=None, repr=False)
 
     @property
     def all_grants(self) -> tuple[tuple[Path, bool], ...]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, WorkerError
+from ..errors import PrecompiledRefused, UsageError, WorkerError
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
@@ -203,7 +203,7 @@ class IsolatedSandbox:
         # sends moves either (a worker that took over its guest could otherwise hold
         # the caller forever with `started` frames).
         begun = time.monotonic()
-        load = self.config.load_timeout
+        load = self.config.load_seconds(self.policy)
         limit = self.config.deadline(self.policy)
         deadline = None if load is None else begun + load
         final = None if load is None or limit is None else begun + load + limit
@@ -219,7 +219,8 @@ class IsolatedSandbox:
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
-                result = self._died(module, info, begun, worker.death_cause())
+                cause = worker.death_cause()
+                result = self._died(module, info, begun, cause, worker.out_of_memory)
                 self._discard(respawn=True)
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
@@ -242,7 +243,13 @@ class IsolatedSandbox:
             elif kind == "result":
                 return self._finish(info, result_from_wire(payload), worker.pid, invocation)
             elif kind == "error":
-                raise error_from_wire(payload)
+                error = error_from_wire(payload)
+                if isinstance(error, PrecompiledRefused):  # `denied`, as in process
+                    refused = self._synthetic(module, info, begun, Outcome.DENIED,
+                                              error.message)
+                    refused.sha256 = error.sha256
+                    return self._finish(info, refused, worker.pid, invocation)
+                raise error
             elif kind == "retire":
                 return _RETIRE
             else:
@@ -308,13 +315,16 @@ class IsolatedSandbox:
             message = (f"no result within the {self.policy.limits.timeout:g} s timeout + "
                        f"{self.config.grace:g} s grace; the worker was killed (SIGKILL)")
         else:
-            message = (f"loading the module took longer than {self.config.load_timeout:g} s; "
+            message = (f"loading the module took longer than "
+                       f"{self.config.load_seconds(self.policy) or 0:g} s; "
                        "the worker was killed (SIGKILL)")
         return self._synthetic(module, info, begun, Outcome.TIMEOUT, message)
 
     def _died(self, module: str | Path | bytes, info: RunInfo | None, begun: float,
-              cause: str) -> Result:
-        return self._synthetic(module, info, begun, Outcome.ERROR, cause)
+              cause: str, out_of_memory: bool) -> Result:
+        # Out of memory is the guest's (or its module's) doing: `memory_limit`, 137.
+        outcome = Outcome.MEMORY_LIMIT if out_of_memory else Outcome.ERROR
+        return self._synthetic(module, info, begun, outcome, cause)
 
     def interrupt(self) -> None:
         """Stop the run in progress now: its worker is killed (SIGKILL), the run reports

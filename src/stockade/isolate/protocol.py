@@ -31,7 +31,8 @@ __all__ = ["DeadlineExceeded", "write_frame", "write_file_frame", "read_frame", 
 _HEADER = struct.Struct(">Q")
 _ERRORS: dict[str, type[StockadeError]] = {
     cls.__name__: cls for cls in (errors.StockadeError, errors.UsageError, errors.PolicyError,
-                                  errors.ModuleNotFound, errors.ModuleError, WorkerError)
+                                  errors.ModuleNotFound, errors.ModuleError, WorkerError,
+                                  errors.UntrustedModule)
 }
 
 
@@ -191,7 +192,8 @@ def result_from_wire(data: Any) -> Result:
 def error_to_wire(exc: StockadeError) -> dict[str, Any]:
     """A Stockade error as plain data."""
     return {"type": type(exc).__name__, "message": exc.message,
-            "import_name": getattr(exc, "import_name", None)}
+            "import_name": getattr(exc, "import_name", None),
+            "sha256": getattr(exc, "sha256", None)}
 
 
 def error_from_wire(data: Any) -> StockadeError:
@@ -201,5 +203,8 @@ def error_from_wire(data: Any) -> StockadeError:
     name, message = data.get("type"), data["message"]
     if name == "DeniedImport" and isinstance(data.get("import_name"), str):
         return errors.DeniedImport(message, data["import_name"])
+    if name == "PrecompiledRefused":  # 126 / 403, as in process
+        sha = data.get("sha256")
+        return errors.PrecompiledRefused(message, sha if isinstance(sha, str) else "")
     cls = _ERRORS.get(name, StockadeError) if isinstance(name, str) else StockadeError
     return cls(message)

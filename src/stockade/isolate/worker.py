@@ -143,9 +143,17 @@ def _probe(source: str | None) -> Any:
 def serve(read_fd: int, write_fd: int) -> None:
     """Harden this process by the plan read from `read_fd`, then answer requests."""
     plan: WorkerPlan = pickle.loads(read_frame(read_fd))
+    # The AoT cache writes an audit record when it refuses an entry (one the parent
+    # wrote under its own uid, say): imported now, while the standard library is
+    # reachable. Appending fails afterwards (no state directory here) and is logged.
+    import stockade.telemetry.audit  # noqa: F401
     confinement = harden_before_engine(plan)
     report = confinement.report
+    from ..engine.seal import install_key
     from ..sandbox import Sandbox
+
+    if plan.aot_key is not None:  # the parent read it: this worker cannot reach the file
+        install_key(plan.aot_key)
 
     if plan.cache is not None:  # the AoT cache, where this worker reaches it
         os.environ["STOCKADE_CACHE_DIR"] = str(confinement.where(plan.cache))

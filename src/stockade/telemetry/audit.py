@@ -3,7 +3,7 @@
 Each record holds `seq`, the previous record's hash (`prev`) and its own `hash`: the
 HMAC-SHA256, under the audit key, of its canonical JSON without `hash`. The key lives
 outside the state directory (`$STOCKADE_AUDIT_KEY`, else `audit.key` in the config
-directory, see `keyfile.py`), so whoever can write the log cannot rewrite history and
+directory, see `stockade.keys`), so whoever can write the log cannot rewrite history and
 recompute the chain. A sidecar `<file>.head` keeps the last seq and hash (keyed too),
 so records cut off the end, or a deleted log, are noticed.
 
@@ -17,28 +17,47 @@ The log rotates by size: when `<file>` reaches `max_bytes` it is renamed
 `<file>.1`, `<file>.2`, ... (oldest first) and the next record, in a new `<file>`,
 chains onto the last record of the previous one. `verify` walks the rotated files in
 order, then `<file>`. Rotated files are never removed here: archive them whole.
+
+Freshness. The head lives beside the log, so whoever can write the state directory can
+save it at N records and later cut the log back to N and put the saved head back (a
+rollback), or erase the log and its head together. So each append also writes a
+*counter*, the last seq and hash keyed like the head, beside the key (in the key's
+directory, `audit-<digest of the log's path>.seq`, outside the state directory), and both
+`append` and `verify` refuse a log that ends before the counter: a rollback, and a
+deleted log whose counter remains, are reported. Limits: the counter protects against
+whoever can write the state directory but not the key's directory; anyone who can write
+the key's directory (this user, root) can roll back the counter too, and a log whose
+key directory is lost loses its freshness (not its chain). Logs written before the
+counter existed are checked from their first append after it.
+
+Every file here is opened with O_NOFOLLOW|O_NONBLOCK and must be a regular file (a FIFO
+planted as the log or its head must not hang a run while it holds the lock), and the
+state directory is created 0700 and refused when another uid owns it or group/others can
+write it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import UsageError
+from ..keys import KeyFileError, config_dir, read_key
 from ..paths import state_dir
-from .keyfile import config_dir, secret_key
 from .log import logger
 
-__all__ = ["AuditLog", "AuditReport", "verify", "record_hash", "audit_key_path", "GENESIS",
-           "DEFAULT_MAX_BYTES"]
+__all__ = ["AuditLog", "AuditReport", "verify", "record_hash", "audit_key_path",
+           "counter_path", "private_dir", "GENESIS", "DEFAULT_MAX_BYTES"]
 
 GENESIS = "0" * 64
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
@@ -53,6 +72,51 @@ def audit_key_path() -> Path:
     """`$STOCKADE_AUDIT_KEY`, else `audit.key` in the config directory."""
     explicit = os.environ.get(KEY_ENV)
     return Path(explicit) if explicit else config_dir() / "audit.key"
+
+
+def _secret_key(path: Path, create: bool) -> bytes | None:
+    try:
+        return read_key(path, create=create)
+    except KeyFileError as exc:
+        raise UsageError(f"{_KEY_PURPOSE}: {exc.reason}") from None
+
+
+def counter_path(log: Path, key_path: Path) -> Path:
+    """The freshness counter of the log at `log`: beside the key, named after the log."""
+    digest = hashlib.sha256(str(log.resolve()).encode()).hexdigest()[:16]
+    return key_path.parent / f"audit-{digest}.seq"
+
+
+def _open_regular(path: Path, flags: int, mode: int = 0o600) -> int:
+    """`os.open` that never follows a symlink nor blocks on a FIFO, and refuses anything
+    but a regular file (OSError EINVAL naming the file)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (refused)", str(path))
+    return fd
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    fd = _open_regular(path, os.O_RDONLY)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def private_dir(directory: Path) -> None:
+    """Create `directory` 0700 when missing; refuse (UsageError) one owned by another uid
+    or writable by group or others: whoever can write it can replace the log."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.stat(directory)
+    if info.st_uid != os.geteuid():
+        raise UsageError(f"state directory {directory}: owned by uid {info.st_uid}, not by "
+                         f"this user (uid {os.geteuid()}): refused")
+    if info.st_mode & 0o022:
+        raise UsageError(f"state directory {directory}: mode "
+                         f"{stat.S_IMODE(info.st_mode):04o} lets others replace its files: "
+                         "refused (chmod 700 it)")
 
 
 def _canonical(record: dict[str, Any]) -> bytes:
@@ -103,7 +167,7 @@ def _last_line(fd: int) -> bytes:
 
 def _file_tail(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return b""
     try:
@@ -143,6 +207,7 @@ class AuditLog:
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.key_path = Path(key_path) if key_path is not None else audit_key_path()
+        self.counter_path = counter_path(self.path, self.key_path)
         self.max_bytes = max_bytes if max_bytes is not None else _max_bytes_from_env()
         self._key = key
         self._emit = emit
@@ -155,8 +220,8 @@ class AuditLog:
             if self.key_path.resolve().parent == self.path.resolve().parent:
                 raise UsageError(f"audit key {self.key_path}: it lies beside the audit log; "
                                  f"keep it outside the state directory ({KEY_ENV})")
-            key = secret_key(self.key_path, _KEY_PURPOSE)
-            if key is None:  # secret_key creates it; this only narrows the type
+            key = _secret_key(self.key_path, create=True)
+            if key is None:  # read_key creates it; this only narrows the type
                 raise UsageError(f"audit key {self.key_path}: could not be created")
             self._key = key
         return self._key
@@ -167,19 +232,21 @@ class AuditLog:
         log's tail does not match its head, a `tamper` record is written first. Raises
         OSError when the file cannot be written, UsageError for an unusable key."""
         key = self.key
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        private_dir(self.path.parent)
+        lock = _open_regular(self.lock_path, os.O_RDWR | os.O_CREAT)
         written: list[dict[str, Any]] = []
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             tail_raw = self._tail()
             tail = _parse_link(tail_raw) if tail_raw else None
             head, head_problem = self._head(key)
+            counter, counter_problem = _read_link(self.counter_path, key)
             if tail_raw and tail is None:
                 # A damaged last line still gets chained to; `verify` names it.
                 tail = _Link(head.seq if head else 0, hashlib.sha256(tail_raw).hexdigest())
             seq, prev = (tail.seq, tail.hash) if tail else (0, GENESIS)
-            problem = head_problem or _mismatch(head, tail)
+            problem = (head_problem or _mismatch(head, tail) or counter_problem
+                       or _rolled_back(counter, tail.seq if tail else 0))
             if problem:
                 tamper = self._record(key, seq + 1, prev, "tamper", problem, {
                     "expected_seq": head.seq if head else None,
@@ -193,12 +260,14 @@ class AuditLog:
             written.append(record)
             lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in written]
             self._rotate_if_full()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = _open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 os.write(fd, "".join(lines).encode())
             finally:
                 os.close(fd)
             self._write_head(key, record)
+            # Last: a crash before it leaves the counter behind the log, never ahead.
+            _write_link(self.counter_path, key, record)
         finally:
             os.close(lock)
         for each in written:
@@ -245,19 +314,7 @@ class AuditLog:
         os.rename(self.path, self.path.with_name(f"{self.path.name}.{number}"))
 
     def _write_head(self, key: bytes, record: dict[str, Any]) -> None:
-        # Rewritten in place at a fixed size, under the lock: a rename per record cost
-        # milliseconds. A head torn by a crash reads as damaged: loud, never silent.
-        seq, last = int(record["seq"]), str(record["hash"])
-        head = json.dumps({"seq": seq, "hash": last, "mac": _head_mac(key, seq, last)})
-        data = head.encode().ljust(_HEAD_SIZE - 1) + b"\n"
-        fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            os.pwrite(fd, data, 0)
-            if os.fstat(fd).st_size != _HEAD_SIZE:
-                os.ftruncate(fd, _HEAD_SIZE)
-        finally:
-            os.close(fd)
+        _write_link(self.head_path, key, record)
 
     def _emit_record(self, record: dict[str, Any]) -> None:
         if self._emit is None:
@@ -267,6 +324,33 @@ class AuditLog:
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
             logger("stockade.telemetry.audit").warning(
                 "could not emit audit record as telemetry", exc_info=True)
+
+
+def _write_link(path: Path, key: bytes, record: dict[str, Any]) -> None:
+    """Write a head or counter: the record's seq and hash, keyed. Rewritten in place at a
+    fixed size, under the lock: a rename per record cost milliseconds. One torn by a
+    crash reads as damaged: loud, never silent."""
+    seq, last = int(record["seq"]), str(record["hash"])
+    head = json.dumps({"seq": seq, "hash": last, "mac": _head_mac(key, seq, last)})
+    data = head.encode().ljust(_HEAD_SIZE - 1) + b"\n"
+    fd = _open_regular(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.pwrite(fd, data, 0)
+        if os.fstat(fd).st_size != _HEAD_SIZE:
+            os.ftruncate(fd, _HEAD_SIZE)
+    finally:
+        os.close(fd)
+
+
+def _rolled_back(counter: _Link | None, last_seq: int) -> str:
+    """Why a log ending at `last_seq` is older than its counter, or ""."""
+    if counter is None or last_seq >= counter.seq:
+        return ""
+    if last_seq == 0:
+        return (f"the log and its head are gone but its counter records seq {counter.seq}: "
+                "the log was erased")
+    return (f"the log ends at seq {last_seq} but its counter (beside the key) records seq "
+            f"{counter.seq}: the log was rolled back to an older copy")
 
 
 def _max_bytes_from_env() -> int:
@@ -286,10 +370,18 @@ def _max_bytes_from_env() -> int:
 
 def _read_head(head_path: Path, key: bytes) -> tuple[_Link | None, str]:
     """The head as a link, or a problem when it exists but is damaged or not keyed."""
+    return _read_link(head_path, key)
+
+
+def _read_link(head_path: Path, key: bytes) -> tuple[_Link | None, str]:
+    """A head or counter as a link, or a problem when it exists but is damaged, not
+    keyed, or not a regular file."""
     try:
-        text = head_path.read_text()
+        text = _read_small(head_path, _HEAD_SIZE * 2)
     except FileNotFoundError:
         return None, ""
+    except OSError as exc:
+        return None, f"{head_path.name}: {exc.strerror}"
     try:
         head = json.loads(text)
         seq, last, mac = int(head["seq"]), str(head["hash"]), str(head["mac"])
@@ -343,7 +435,7 @@ class AuditReport(NamedTuple):
 
 def _lines(paths: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
     for path in paths:
-        with open(path, "rb") as file:
+        with os.fdopen(_open_regular(path, os.O_RDONLY), "rb") as file:
             for number, raw in enumerate(file, start=1):
                 yield path, number, raw
 
@@ -357,15 +449,16 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
     path = Path(path) if path is not None else state_dir() / "audit.jsonl"
     files = [*_segments(path), *([path] if path.exists() else [])]
     head_path = path.with_name(path.name + ".head")
-    if not files and not head_path.exists():
+    where = Path(key_path) if key_path is not None else audit_key_path()
+    counter_file = counter_path(path, where)
+    if not files and not head_path.exists() and not os.path.lexists(counter_file):
         return AuditReport(True, 0)
     if key is None:
-        where = Path(key_path) if key_path is not None else audit_key_path()
-        key = secret_key(where, _KEY_PURPOSE, create=False)
+        key = _secret_key(where, create=False)
         if key is None:
             return AuditReport(False, 0, None, None, (
                 f"the audit key {where} is missing: the records cannot be authenticated"))
-    head, problem = _read_head_locked(path, key)
+    head, counter, problem = _read_head_locked(path, key, counter_file)
     if problem:
         return AuditReport(False, 0, None, None, problem)
     prev, expected, count = GENESIS, 1, 0
@@ -395,6 +488,9 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
         if head is not None and seq == head.seq and stored != head.hash:
             return broken("this is not the record the head names: the log was replaced "
                           "or rewritten", seq)
+        if counter is not None and seq == counter.seq and stored != counter.hash:
+            return broken("this is not the record the counter (beside the key) names: the "
+                          "log was replaced or rewritten", seq)
         prev, expected, count = stored, expected + 1, count + 1
     # Records past the head are appends made while this ran (or before a crash).
     if head is None and count:
@@ -404,18 +500,27 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
         return AuditReport(False, count, None, head.seq, (
             f"the log ends at seq {count} but its head records seq {head.seq}: "
             + ("the log was deleted" if not count else "records were removed from the end")))
+    rolled = _rolled_back(counter, count)
+    if rolled:
+        return AuditReport(False, count, None, counter.seq if counter else None, rolled)
     return AuditReport(True, count)
 
 
-def _read_head_locked(path: Path, key: bytes) -> tuple[_Link | None, str]:
-    """The head, read under a shared lock so that no append is half done."""
+def _read_head_locked(path: Path, key: bytes,
+                      counter_file: Path) -> tuple[_Link | None, _Link | None, str]:
+    """The head and the counter, read under a shared lock so that no append is half
+    done, or a problem with either."""
     head_path = path.with_name(path.name + ".head")
     try:
-        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+        lock = _open_regular(path.with_name(path.name + ".lock"), os.O_RDONLY)
     except FileNotFoundError:
-        return _read_head(head_path, key)
+        lock = -1
     try:
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        return _read_head(head_path, key)
+        if lock >= 0:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        head, problem = _read_link(head_path, key)
+        counter, counter_problem = _read_link(counter_file, key)
+        return head, counter, problem or (counter_problem and f"counter {counter_problem}")
     finally:
-        os.close(lock)
+        if lock >= 0:
+            os.close(lock)
