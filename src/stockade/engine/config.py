@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ if TYPE_CHECKING:
 __all__ = ["EngineConfig", "wasmtime_version"]
 
 
+@functools.cache
 def wasmtime_version() -> str:
     """Identifies the loaded wasmtime library build (part of every cache key).
 
     The shared library's size and mtime stand in for the version: reading package
-    metadata costs ~40 ms of imports on every `stockade run`.
+    metadata costs ~40 ms of imports on every `stockade run`. Read once per process (the
+    loaded library cannot change): a hardened worker reads it before it loses the path.
     """
     from wasmtime import _ffi
 

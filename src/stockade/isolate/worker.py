@@ -147,10 +147,17 @@ def serve(read_fd: int, write_fd: int) -> None:
     # wrote under its own uid, say): imported now, while the standard library is
     # reachable. Appending fails afterwards (no state directory here) and is logged.
     import stockade.telemetry.audit  # noqa: F401
-    confinement = harden_before_engine(plan)
-    report = confinement.report
+
+    # Everything the worker runs is imported (and libwasmtime mapped) while this process is
+    # still the caller: once it has its own uid, a checkout or interpreter under a private
+    # directory (/root, a 0700 temporary directory) is out of its reach.
+    from ..engine.config import wasmtime_version
     from ..engine.seal import install_key
     from ..sandbox import Sandbox
+
+    wasmtime_version()  # stats the library file: part of every cache key
+    confinement = harden_before_engine(plan)
+    report = confinement.report
 
     if plan.aot_key is not None:  # the parent read it: this worker cannot reach the file
         install_key(plan.aot_key)
