@@ -84,6 +84,13 @@ class Cursor:
         self.pos += length
         return self.data[start:self.pos]
 
+    def skip(self, length: int) -> None:
+        """Step over `length` bytes, checked against what remains, without copying them
+        (a 48 MiB data segment must not cost 48 MiB to walk past)."""
+        if length > self.end - self.pos:
+            raise MalformedModule(f"{length} bytes at offset {self.pos} overrun their section")
+        self.pos += length
+
     def name(self) -> str:
         """A length-prefixed UTF-8 name (invalid UTF-8 replaced, for display only)."""
         return self.bytes(self.leb()).decode("utf-8", "replace")
@@ -314,11 +321,11 @@ def skip_const_expr(cursor: Cursor) -> None:
         if opcode in _WITH_LEB:
             cursor.leb(_WITH_LEB[opcode] + 1)  # signed constants take one more bit
         elif opcode in _FIXED:
-            cursor.bytes(_FIXED[opcode])
+            cursor.skip(_FIXED[opcode])
         elif opcode == 0xD0:  # ref.null heaptype
             cursor.leb(33)
         elif opcode == 0xFD and cursor.leb() == 12:  # v128.const
-            cursor.bytes(16)
+            cursor.skip(16)
         elif opcode not in _NO_IMMEDIATE:
             raise MalformedModule(
                 f"offset {cursor.pos - 1}: opcode {opcode:#04x} in a constant expression")
@@ -335,7 +342,7 @@ def _data_segments(cursor: Cursor, found: list[DataSegment]) -> None:
             raise MalformedModule(f"offset {cursor.pos - 1}: unknown data segment flags {flags}")
         length = cursor.leb()
         found.append(DataSegment(length, flags != 1))  # counted even when cut short
-        cursor.bytes(length)
+        cursor.skip(length)
 
 
 def read_data(data: bytes, section: Section) -> list[DataSegment]:
@@ -421,7 +428,7 @@ def read_bodies(data: bytes, section: Section) -> list[tuple[int, int]]:
     for _ in range(cursor.count("function body", 2)):
         size = cursor.leb()
         body = Cursor(data, cursor.pos, cursor.pos + size)
-        cursor.bytes(size)
+        cursor.skip(size)
         locals_count = 0
         for _ in range(body.count("local group", 2)):
             locals_count += body.leb()

@@ -140,7 +140,7 @@ def _parse(cursor: Cursor) -> tuple[SignedHashes, ...]:
     for _ in range(count):
         length = cursor.leb()
         inner = Cursor(cursor.data, cursor.pos, cursor.pos + length)
-        cursor.bytes(length)  # refuses a set overrunning the section
+        cursor.skip(length)  # refuses a set overrunning the section
         sets.append(_signed_hashes(inner))
     return tuple(sets)
 
@@ -158,7 +158,7 @@ def _signed_hashes(cursor: Cursor) -> SignedHashes:
     for _ in range(count):
         length = cursor.leb()
         entry = Cursor(cursor.data, cursor.pos, cursor.pos + length)
-        cursor.bytes(length)
+        cursor.skip(length)
         try:
             key_id = entry.bytes(entry.leb())
             algorithm = entry.byte()
