@@ -228,18 +228,15 @@ def _purpose(sha256: str) -> str:
 
 
 def _directory_problem(info: os.stat_result) -> str | None:
-    if not stat.S_ISDIR(info.st_mode):
-        return "not a directory"
-    if info.st_uid != os.geteuid():
-        return f"owned by uid {info.st_uid}, not {os.geteuid()}"
-    if info.st_mode & 0o022:
-        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
-    return None
+    return "not a directory" if not stat.S_ISDIR(info.st_mode) else _owner_problem(info)
 
 
 def _file_problem(info: os.stat_result) -> str | None:
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
+    return "not a regular file" if not stat.S_ISREG(info.st_mode) else _owner_problem(info)
+
+
+def _owner_problem(info: os.stat_result) -> str | None:
+    """Why an entry someone else could have written is not ours to trust, or None."""
     if info.st_uid != os.geteuid():
         return f"owned by uid {info.st_uid}, not {os.geteuid()}"
     if info.st_mode & 0o022:

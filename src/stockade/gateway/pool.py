@@ -31,10 +31,8 @@ from ..invocation import Invocation
 from ..isolate.cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from ..isolate.protections import Protection
 from ..isolate.protocol import (
-    DeadlineExceeded,
     error_from_wire,
-    loads_plain,
-    read_frame,
+    read_reply,
     result_from_wire,
     write_frame,
 )
@@ -112,13 +110,7 @@ class PoolProcess:
 
     def receive(self, deadline: float | None, limit: int) -> tuple[str, Any]:
         """The next reply. Raises TimeoutError, EOFError, or WorkerError (malformed)."""
-        try:
-            reply = loads_plain(read_frame(self._from, deadline, limit))
-        except DeadlineExceeded:
-            raise TimeoutError from None
-        if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
-            raise WorkerError("a pool worker sent a reply of the wrong shape")
-        return reply[0], reply[1]
+        return read_reply(self._from, deadline, limit)
 
     def resident(self) -> int:
         """Resident memory of the process in bytes (0 once it is gone)."""

@@ -29,7 +29,7 @@ from ..rmtree import remove_tree
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan
 from .protections import Protection
-from .protocol import DeadlineExceeded, loads_plain, read_frame, write_file_frame, write_frame
+from .protocol import read_reply, write_file_frame, write_frame
 
 __all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV"]
 
@@ -212,13 +212,7 @@ class WorkerProcess:
     def receive(self, deadline: float | None, limit: int) -> tuple[str, Any]:
         """The next reply as (kind, payload). Raises TimeoutError at `deadline`
         (`time.monotonic()`), EOFError when the worker died, WorkerError when malformed."""
-        try:
-            reply = loads_plain(read_frame(self._from_worker, deadline, limit))
-        except DeadlineExceeded:
-            raise TimeoutError from None
-        if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
-            raise WorkerError("the worker sent a reply of the wrong shape")
-        return reply[0], reply[1]
+        return read_reply(self._from_worker, deadline, limit)
 
     def kill(self) -> None:
         """SIGKILL the worker and everything in its cgroup, then wait for it."""

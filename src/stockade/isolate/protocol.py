@@ -25,7 +25,7 @@ from ..errors import StockadeError, WorkerError
 from ..result import Outcome, Result, Usage
 
 __all__ = ["DeadlineExceeded", "write_frame", "write_file_frame", "read_frame", "read_raw_frame",
-           "loads_plain",
+           "loads_plain", "read_reply",
            "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
 
 _HEADER = struct.Struct(">Q")
@@ -130,6 +130,18 @@ def loads_plain(data: bytes) -> Any:
         return _PlainUnpickler(io.BytesIO(data)).load()
     except Exception as exc:  # noqa: BLE001 - any malformed reply is the worker's fault
         raise WorkerError(f"the worker sent a malformed reply: {exc}") from None
+
+
+def read_reply(fd: int, deadline: float | None, limit: int) -> tuple[str, Any]:
+    """A worker's next reply as (kind, payload). Raises TimeoutError at `deadline`
+    (`time.monotonic()`), EOFError when the worker is gone, WorkerError when malformed."""
+    try:
+        reply = loads_plain(read_frame(fd, deadline, limit))
+    except DeadlineExceeded:
+        raise TimeoutError from None
+    if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
+        raise WorkerError("the worker sent a reply of the wrong shape")
+    return reply[0], reply[1]
 
 
 def result_to_wire(result: Result) -> dict[str, Any]:
