@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 STOCKADE := $(VENV)/bin/stockade
 # Debian packages: the wasm toolchain for guests, crun/skopeo/wrk for the container,
 # OCI and load baselines, libseccomp for worker isolation, docker-registry/buildah/
-# containerd for the Wasm image and OCI runtime tests, QEMU for the VM rows of the benchmark.
+# containerd/podman for the Wasm image and OCI runtime tests, QEMU for the VM rows of the benchmark,
+# redis-server and haproxy for the simulated cluster, mmdebstrap for the gateway's base image.
 APT_PACKAGES := clang lld wasi-libc libclang-rt-dev-wasm32 crun skopeo wrk libseccomp2 iproute2 \
-	docker-registry buildah containerd qemu-system-x86
+	docker-registry buildah containerd podman qemu-system-x86 redis-server haproxy mmdebstrap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all setup system venv guests native bytecode real-guests vm run serve test lint typecheck unit bench clean
