@@ -243,9 +243,11 @@ def test_a_killed_replicas_slots_return_after_their_lease(
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
-        while survivor.client.get("/quick").status_code != 429:
+        series = 'stockade_gateway_inflight{function="sleep",tenant="pair"} 2'
+        while series not in doomed.client.get("/metrics").text:
             assert time.monotonic() < deadline, "the two sleeps never held the tenant's slots"
             time.sleep(0.02)
+        assert survivor.client.get("/quick").status_code == 429
         for pid in children(doomed.process.pid):  # a crash: nobody releases anything
             os.kill(pid, signal.SIGKILL)
         doomed.process.kill()
