@@ -63,6 +63,16 @@ def serve(path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str
     raise SystemExit(f"{path.name}: the server did not start")
 
 
+def refusals(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics") as response:
+        text = response.read().decode()
+    return "\n".join(line for line in text.splitlines()
+                     if line.startswith(("stockade_gateway_rejections_total",
+                                         "stockade_gateway_state_")))
+
+
 def wrk(url: str, seconds: int) -> tuple[float, float]:
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url + "/hello"],
                          capture_output=True, text=True, check=True).stdout
@@ -70,7 +80,7 @@ def wrk(url: str, seconds: int) -> tuple[float, float]:
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     if "Non-2xx" in out:
-        raise SystemExit(f"non-2xx answers under load:\n{out}")
+        raise SystemExit(f"non-2xx answers under load:\n{out}\n{refusals(url)}")
     return rps, p99
 
 
@@ -108,12 +118,20 @@ def main() -> int:
         finally:
             redis.terminate()
             redis.wait(10)
-    best = {name: max(runs) for name, runs in results.items()}
+    import statistics
+
     for name, runs in results.items():
         print(f"{name:5}  " + "  ".join(f"{rps:8.0f} req/s p99 {p99:6.2f} ms"
                                          for rps, p99 in runs))
-    ratio = best["redis"][0] / best["local"][0]
-    print(f"redis/local throughput (best runs): {ratio:.3f} (cost {100 * (1 - ratio):.1f} %)")
+    median = {name: (statistics.median(r for r, _ in runs),
+                     statistics.median(p for _, p in runs)) for name, runs in results.items()}
+    ratio = median["redis"][0] / median["local"][0]
+    pairs = [red / loc for (red, _), (loc, _)
+             in zip(results["redis"], results["local"], strict=True)]
+    print(f"medians: local {median['local'][0]:.0f} req/s p99 {median['local'][1]:.2f} ms, "
+          f"redis {median['redis'][0]:.0f} req/s p99 {median['redis'][1]:.2f} ms")
+    print(f"redis/local throughput: {ratio:.3f} of medians (cost {100 * (1 - ratio):.1f} %); "
+          f"per round: {', '.join(f'{p:.2f}' for p in pairs)}")
     return 0
 
 

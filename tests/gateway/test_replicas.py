@@ -130,6 +130,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path,
 
 
 def test_a_tenant_spread_over_three_replicas_gets_its_rate_once(cluster: Cluster) -> None:
+    for gateway in cluster.gateways:  # warm: a cold start is time no request asks
+        assert gateway.client.get("/free").status_code == 200
     statuses: list[tuple[float, int]] = []
     lock = threading.Lock()
     stop = time.monotonic() + 3.0
@@ -153,25 +155,29 @@ def test_a_tenant_spread_over_three_replicas_gets_its_rate_once(cluster: Cluster
     # Rate 10 with a burst of 10: about 10 + 10 * elapsed over the cluster, where three
     # islands would each have given that (3x). GCRA admits at most one more.
     assert admitted <= 10 + 10 * elapsed + 1, (admitted, elapsed)
-    assert admitted >= 10 + 10 * (elapsed - 0.5) - 1, (admitted, elapsed)
+    assert admitted >= 10 + 10 * (elapsed - 1.0), (admitted, elapsed)
     assert len(statuses) > 3 * admitted  # the load would have given each replica R
 
 
 def test_a_concurrency_limit_holds_across_replicas(cluster: Cluster) -> None:
-    statuses: list[int] = []
+    answers: list[tuple[float, int]] = []
 
     def call(gateway: Gateway) -> None:
         with httpx.Client(base_url=gateway.url, timeout=30) as client:
-            statuses.append(client.get("/sleep", params={"kind": "sleep", "s": "1"})
-                            .status_code)
+            status = client.get("/sleep", params={"kind": "sleep", "s": "1.5"}).status_code
+            answers.append((time.monotonic(), status))
 
     threads = [threading.Thread(target=call, args=(g,)) for g in cluster.gateways * 2]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    # Six overlapping 1 s requests, two per replica, against a tenant limit of 2.
-    assert 1 <= statuses.count(200) <= 2 and statuses.count(429) >= 4, statuses
+    # Six 1.5 s requests, two per replica, against a tenant limit of 2: a third can run
+    # only once one of two has ended (on a loaded machine a request may come late).
+    ends = sorted(at for at, status in answers if status == 200)
+    assert {status for _, status in answers} <= {200, 429} and ends, answers
+    pairs = zip(ends, ends[2:], strict=False)
+    assert all(later - first >= 1.2 for first, later in pairs), answers
 
 
 def test_a_breaker_tripped_through_one_replica_refuses_on_every_replica(

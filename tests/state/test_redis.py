@@ -298,3 +298,18 @@ def test_on_an_event_loop_a_release_rides_with_the_next_admission(
         other.admit().release()
 
     asyncio.run(scenario())
+
+
+def test_admissions_of_one_loop_turn_share_a_pipeline_and_the_limit(
+        replicas: list[RedisState]) -> None:
+    import asyncio
+
+    gates = [state.gate(spec(concurrency=5)) for state in replicas]
+
+    async def scenario() -> list[object]:
+        return await asyncio.gather(*(gates[i % 3].admit_async() for i in range(40)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    refusals = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(results) - len(refusals) == 5 and len(refusals) == 35

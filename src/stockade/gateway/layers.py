@@ -161,7 +161,7 @@ class LimitsLayer:
 
     async def __call__(self, request: Request) -> Response:
         route: Route = request.state["route"]
-        lease = admit(route.gate)
+        lease = await admit(route.gate)
         if lease.degraded:  # decided by this replica alone: shared state unavailable
             self.metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
         self.metrics.add("stockade_gateway_inflight", route.labels, 1)

@@ -14,11 +14,11 @@ from .problem import TooManyRequests, Unavailable
 __all__ = ["admit"]
 
 
-def admit(gate: Gate) -> Lease:
+async def admit(gate: Gate) -> Lease:
     """Take the routed function's slots through `gate`. Raises TooManyRequests or
     Unavailable (see the module docstring)."""
     try:
-        return gate.admit()
+        return await gate.admit_async()
     except QuotaExceeded as exc:
         raise TooManyRequests(exc.message, exc.retry_after, limit=exc.limit) from None
     except BreakerOpen as exc:

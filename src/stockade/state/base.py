@@ -71,6 +71,10 @@ class Gate(ABC):
         """Take the function's and the tenant's slots, or raise QuotaExceeded (with the
         seconds after which a retry can succeed), BreakerOpen or StateUnavailable."""
 
+    async def admit_async(self) -> Lease:
+        """`admit` on an event loop (a shared store batches the loop's admissions)."""
+        return self.admit()
+
 
 class StateBackend(ABC):
     """Where one worker process keeps quotas and breakers. `close()` twice is safe."""

@@ -113,7 +113,9 @@ class RedisGate(Gate):
         self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
         self._pending_denials = 0
 
-    def admit(self) -> Lease:
+    def _prepare(self) -> list[str]:
+        """The admission script's arguments (a new lease id first), or the refusal
+        cached for this moment raised."""
         refused = self._refused
         if refused is not None:
             if time.monotonic() < refused[0]:
@@ -121,18 +123,31 @@ class RedisGate(Gate):
                     self._pending_denials += 1
                 raise refused[1]
             self._refused = None
-        state = self.state
-        lease_id = state.lease_id()
         args = self._args.copy()
-        args[0] = lease_id
-        pending, self._pending_denials = self._pending_denials, 0
-        args[11] = str(pending)
+        args[0] = self.state.lease_id()
+        args[11] = str(self._pending_denials)
+        self._pending_denials = 0
+        return args
+
+    def admit(self) -> Lease:
+        args = self._prepare()
         try:
-            reply = state.admit(self._keys, args)
+            reply = self.state.admit(self._keys, args)
         except _Unavailable as exc:
-            self._pending_denials += pending
-            return state.unavailable(self, str(exc))
-        return self._decide(reply, lease_id)
+            self._pending_denials += int(args[11])
+            return self.state.unavailable(self, str(exc))
+        return self._decide(reply, args[0])
+
+    async def admit_async(self) -> Lease:
+        """`admit`, sent in one pipeline with the admissions of other requests that
+        reached this point in the same turn of the event loop."""
+        args = self._prepare()
+        try:
+            reply = await self.state.admit_async(self._keys, args)
+        except _Unavailable as exc:
+            self._pending_denials += int(args[11])
+            return self.state.unavailable(self, str(exc))
+        return self._decide(reply, args[0])
 
     def _decide(self, reply: Sequence[str], lease_id: str) -> Lease:
         kind = reply[0]
@@ -221,6 +236,7 @@ class RedisState(StateBackend):
         self._releases: list[tuple[list[str], list[str]]] = []  # (keys, args) to send
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
+        self._admissions: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
 
     @property
     def where(self) -> str:
@@ -312,31 +328,64 @@ class RedisState(StateBackend):
         batch = self._take_releases()
         if not batch:
             return self.run(self.admit_script, keys, args)
-        replies = self._pipeline([*batch, (keys, args)], self.admit_script)
+        replies = self._pipeline(batch, [(keys, args)])
         reply = replies[-1]
         if isinstance(reply, Exception):
             self._script_failed(reply)
         return reply
 
-    def _pipeline(self, calls: list[tuple[list[str], list[str]]], last: Any = None) -> Any:
-        """The releases in `calls` (and `last`'s script for the final one), pipelined;
-        the replies (errors as values). Raises _Unavailable when Redis is down."""
+    async def admit_async(self, keys: list[str], args: list[str]) -> Any:
+        """`admit`, batched: every admission queued in this turn of the event loop goes
+        in one pipeline (after the queued releases), sent once the turn's ready work
+        has run. Raises _Unavailable like `run`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._admissions.append((keys, args, future))
+        if len(self._admissions) == 1:
+            loop.call_soon(self._send_admissions)
+        return await future
+
+    def _send_admissions(self) -> None:
+        waiting, self._admissions = self._admissions, []
+        try:
+            replies = self._pipeline(self._take_releases(), [(k, a) for k, a, _ in waiting])
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets an answer
+            if not isinstance(exc, _Unavailable):
+                logger.exception("shared state %s: admissions failed", self.where)
+            for *_, future in waiting:
+                if not future.done():
+                    future.set_exception(_Unavailable(f"shared state {self.where}: {exc}"))
+            return
+        for (*_, future), reply in zip(waiting, replies[-len(waiting):], strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                try:
+                    self._script_failed(reply)
+                except _Unavailable as exc:
+                    future.set_exception(exc)
+            else:
+                future.set_result(reply)
+
+    def _pipeline(self, releases: list[tuple[list[str], list[str]]],
+                  admissions: Sequence[tuple[list[str], list[str]]] = ()) -> Any:
+        """`releases`, then `admissions`, pipelined (one round trip); the replies (errors
+        as values). Raises _Unavailable when Redis is down."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise _Unavailable(f"shared state {self.where} is unreachable")
+        calls = [(self.release_script, keys, args) for keys, args in releases]
+        calls += [(self.admit_script, keys, args) for keys, args in admissions]
         try:
             for attempt in range(2):
                 pipe = self.client.pipeline(transaction=False)
-                for index, (keys, args) in enumerate(calls):
-                    script = last if last is not None and index == len(calls) - 1 \
-                        else self.release_script
+                for script, keys, args in calls:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 replies = pipe.execute(raise_on_error=False)
                 if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
                                       for r in replies):
                     break
-                for script in (self.release_script, last):  # Redis restarted: load again
-                    if script is not None:
-                        self.client.script_load(script.script)
+                for script in (self.release_script, self.admit_script):  # Redis restarted
+                    self.client.script_load(script.script)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise _Unavailable(f"shared state {self.where} is unreachable") from None
