@@ -137,7 +137,7 @@ class GatewayService:
 
     def _state_fallback(self, reason: str) -> None:
         """Shared state was unavailable for a request (`fail_open`: decided here alone,
-        `fail_closed`: refused); counted by reason (any thread may call this)."""
+        `fail_closed`: refused); counted by policy (on the event loop thread, as admissions)."""
         self.metrics.inc("stockade_gateway_state_unavailable_total", (("policy", reason),))
 
     async def _flush_metrics(self, store: MetricsStore) -> None:

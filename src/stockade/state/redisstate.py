@@ -8,6 +8,7 @@ that dies holding slots gives them back once they expire. Releases (slots to giv
 back, CPU to charge) are not waited for: they ride in the same pipeline as the next
 admission (before it, so a slot given back counts for it); those no admission took
 within `RELEASE_DELAY` are sent by a timer on the event loop (at once, off a loop).
+On an event loop the round trips run on one thread of the state's own, in order.
 A slot may stay taken that much after its response (never less: the limit holds); a
 request costs one round trip.
 
@@ -28,6 +29,7 @@ one timeout, and is used again as soon as it answers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -237,6 +239,9 @@ class RedisState(StateBackend):
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._admissions: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
+        # Round trips for the event loop: one thread keeps them in order (releases
+        # before the admissions after them); it never runs guest code.
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "stockade-state")
 
     @property
     def where(self) -> str:
@@ -315,7 +320,12 @@ class RedisState(StateBackend):
         except RuntimeError:
             self.flush()
             return
-        self._timer = loop.call_later(RELEASE_DELAY, self.flush)
+        self._timer = loop.call_later(RELEASE_DELAY, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        if not self._closed:
+            self._executor.submit(self.flush)
 
     def _take_releases(self) -> list[tuple[list[str], list[str]]]:
         with self._release_lock:
@@ -346,24 +356,38 @@ class RedisState(StateBackend):
         return await future
 
     def _send_admissions(self) -> None:
+        # On the loop: the round trip runs on the state's thread, so a slow store never
+        # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
+        calls = [(keys, args) for keys, args, _ in waiting]
         try:
-            replies = self._pipeline(self._take_releases(), [(k, a) for k, a, _ in waiting])
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets an answer
+            sent = self._executor.submit(self._pipeline, self._take_releases(), calls)
+        except RuntimeError:  # closed: nothing more goes to the store
+            for *_, future in waiting:
+                future.set_exception(_Unavailable(f"shared state {self.where} is closed"))
+            return
+        asyncio.wrap_future(sent).add_done_callback(
+            lambda done: self._answer(waiting, done))
+
+    def _answer(self, waiting: list[tuple[list[str], list[str], asyncio.Future[Any]]],
+                done: asyncio.Future[Any]) -> None:
+        exc = done.exception()
+        if exc is not None:
             if not isinstance(exc, _Unavailable):
-                logger.exception("shared state %s: admissions failed", self.where)
+                logger.error("shared state %s: admissions failed: %r", self.where, exc)
             for *_, future in waiting:
                 if not future.done():
-                    future.set_exception(_Unavailable(f"shared state {self.where}: {exc}"))
+                    future.set_exception(_Unavailable(str(exc)))
             return
+        replies = done.result()
         for (*_, future), reply in zip(waiting, replies[-len(waiting):], strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
                 try:
                     self._script_failed(reply)
-                except _Unavailable as exc:
-                    future.set_exception(exc)
+                except _Unavailable as failed:
+                    future.set_exception(failed)
             else:
                 future.set_result(reply)
 
@@ -397,7 +421,6 @@ class RedisState(StateBackend):
 
     def flush(self) -> None:
         """Send the releases no admission carried (a lost one just expires)."""
-        self._timer = None
         batch = self._take_releases()
         if batch:
             try:
@@ -459,8 +482,7 @@ class RedisState(StateBackend):
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._executor.shutdown(wait=True)  # what was submitted is sent first
         self.flush()
         self.client.close()
         self.fallback.close()
