@@ -31,7 +31,7 @@ telemetry = "off"
 [state]
 backend = "{url}"
 on_unavailable = "{policy}"
-timeout = "200ms"
+timeout = "500ms"
 [tenant.rated]
 rate = 10
 burst = 10
@@ -282,13 +282,13 @@ def test_a_stopped_store_gives_each_policy_within_a_timeout_then_recovers(
         redis_server.stop()
         start = time.monotonic()
         response = closed.client.get("/free")
-        assert time.monotonic() - start < 0.2 + 1.0  # one timeout, and slack
+        assert time.monotonic() - start < 0.5 + 1.0  # one timeout, and slack
         assert response.status_code == 503 and response.json()["reason"] == "state"
         assert "fail_closed" in response.json()["detail"]
         assert int(response.headers["retry-after"]) >= 1
         start = time.monotonic()
         assert opened.client.get("/free").status_code == 200
-        assert time.monotonic() - start < 0.2 + 1.0
+        assert time.monotonic() - start < 0.5 + 1.0
         metrics = opened.client.get("/metrics").text
         assert 'stockade_gateway_state_fallbacks_total{function="free"' in metrics
         assert 'stockade_gateway_state_unavailable_total{policy="fail_open"}' in metrics

@@ -13,7 +13,7 @@ from stockade.state.settings import redis_password
 
 
 def test_defaults_deny_and_stay_local() -> None:
-    assert parse_state({}, "m.toml") == StateSettings("local", "fail_closed", 0.25)
+    assert parse_state({}, "m.toml") == StateSettings("local", "fail_closed", 1.0)
     settings = parse_state({"backend": "redis://cache.internal:6380/2",
                             "on_unavailable": "fail_open", "timeout": "100ms"}, "m.toml")
     assert settings == StateSettings("redis://cache.internal:6380/2", "fail_open", 0.1)

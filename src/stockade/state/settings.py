@@ -3,7 +3,7 @@
     [state]
     backend = "redis://redis:6379/0"   # or "local" (the default: this server only)
     on_unavailable = "fail_closed"     # 503 while Redis is unreachable; or "fail_open"
-    timeout = "250ms"                  # per Redis call (connect, read, write)
+    timeout = "1s"                     # per Redis call (connect, read, write)
 
 Credentials never go in the manifest: the password comes from `STOCKADE_REDIS_PASSWORD`
 (else `REDIS_PASSWORD`), the user name from `STOCKADE_REDIS_USERNAME`; `rediss://`
@@ -35,7 +35,7 @@ class StateSettings:
 
     backend: str = "local"
     on_unavailable: str = "fail_closed"
-    timeout: float = 0.25
+    timeout: float = 1.0
 
     @property
     def shared(self) -> bool:
