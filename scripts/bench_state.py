@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def serve(path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str
     for raw in process.stderr:
         match = re.search(r"listening on (http://\S+)", raw.decode(errors="replace"))
         if match:
+            # Keep reading: a server whose stderr pipe fills up stalls.
+            threading.Thread(target=process.stderr.read, daemon=True).start()
             return process, match.group(1)
     raise SystemExit(f"{path.name}: the server did not start")
 
