@@ -9,11 +9,21 @@ from typing import Any
 from .derive import BASELINE, cold_start_ms, compute_ratios, hello, io_ratios, workload_keys
 from .results import BenchResults
 
-__all__ = ["render_charts", "CHARTS"]
+__all__ = ["render_charts", "charts_available", "CHARTS", "NO_CHARTS"]
 
 CHARTS = ("latency_cdf.png", "cold_start.png", "io_overhead.png", "artifact_sizes.png",
           "compute_ratios.png")
 _DPI = 80
+
+
+NO_CHARTS = "no charts: matplotlib is not installed (pip install 'stockade[bench]')"
+
+
+def charts_available() -> bool:
+    """Whether matplotlib can be imported (the charts are an optional extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot() -> Any:
@@ -148,7 +158,10 @@ def _compute(plt: Any, results: BenchResults, path: Path) -> bool:
 
 
 def render_charts(results: BenchResults, out: Path) -> list[str]:
-    """Write the charts into `out`; returns the file names written (empty ones left out)."""
+    """Write the charts into `out`; returns the file names written (empty ones left out;
+    none without matplotlib, see `charts_available`)."""
+    if not charts_available():
+        return []
     plt = _pyplot()
     drawers = (_latency_cdf, _cold_start, _io_overhead, _artifacts, _compute)
     written = []

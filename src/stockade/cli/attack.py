@@ -56,13 +56,13 @@ def _isolation(isolate: str | None, profile: str, baseline: bool) -> str:
                    "'none' keeps the profile's.")
 @click.option("--watchdog", default="3s", show_default=True, metavar="DURATION",
               help="Outer limit of each --baseline run (SIGKILL).")
-@click.option("--guests", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("build/guests"), show_default=True,
-              help="Directory of built guest modules (scripts/build_guests.py).")
+@click.option("--guests", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of built guest modules (scripts/build_guests.py) "
+                   "[default: the installed package's, or the checkout's build/guests].")
 @click.option("--list", "list_only", is_flag=True, help="List the attacks and exit.")
 def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
            isolate: str | None, keep_scratch: bool, timeout: str, watchdog: str,
-           guests: Path, list_only: bool) -> None:
+           guests: Path | None, list_only: bool) -> None:
     """Run the attack suite: each hostile module in a fresh sandbox, its host impact
     measured from outside (CPU, kernel time, device flushes and writes, memory,
     descriptors, files, output) and judged contained, degraded or escaped.
