@@ -71,16 +71,14 @@ def bench(quick: bool, only: tuple[str, ...], out: Path | None, build: Path | No
     from ..bench.hosts.base import Layout
     from ..bench.report import summary_table
     from ..errors import UsageError
-    from ..guests import build_root
-
-    build = build or build_root()
-    layout = Layout(build / "guests" / "bench", build / "native" / "bench", build / "real")
+    layout = Layout.under(build)
     if not layout.wasm("noop").exists() or not layout.native("noop").exists():
-        raise UsageError(f"no benchmark guests under {build} "
+        raise UsageError(f"no benchmark guests under {layout.wasm_dir.parent.parent} "
                          "(run: python scripts/build_guests.py)")
     plan = get_plan("quick" if quick else "full")
     target = out or Path("bench-results") / date.today().isoformat()
     workdir = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
+    layout = layout.with_cached_python(workdir)
     console = Console(stderr=True)
     from ..bench.charts import NO_CHARTS, charts_available
 
