@@ -9,6 +9,7 @@ binaries make the wheel platform-specific.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,15 @@ class BuildWithGuests(build_py):
     """build_py, then the guests into the built package."""
 
     def run(self) -> None:
+        package = Path(self.build_lib) / "stockade"
+        if not self.editable_mode and package.is_dir():
+            # pip builds in the tree: a module deleted from src/ would otherwise ship
+            # from the previous build's copy.
+            shutil.rmtree(package)
         super().run()
         if self.editable_mode:  # an editable install finds the checkout's build/
             return
-        dest = Path(self.build_lib) / "stockade" / "_guests"
+        dest = package / "_guests"
         subprocess.run([sys.executable, str(ROOT / "scripts" / "build_guests.py"),
                         "--package", str(dest)], check=True, cwd=ROOT)
 
