@@ -102,7 +102,7 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
     report = report_dict(runs, profile=profile, mode=runner.mode, isolate=mode,
                          timeout=runner.policy.limits.timeout, bounds=runner.bounds)
     if chart is not None:
-        from ..attacks.chart import render_attack_chart
+        from ..bench.attackchart import render_attack_chart
 
         render_attack_chart([report], chart)
     if as_json:
@@ -126,7 +126,7 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
 
 def _chart_reports(paths: tuple[Path, ...], chart: Path | None) -> None:
     """`--from`: chart saved reports without running anything."""
-    from ..attacks.chart import render_attack_chart
+    from ..bench.attackchart import render_attack_chart
     from ..errors import UsageError
 
     if chart is None:

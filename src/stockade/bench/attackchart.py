@@ -1,4 +1,5 @@
-"""A PNG chart of attack-suite runs side by side (matplotlib, imported here only).
+"""A PNG chart of attack-suite runs side by side (matplotlib, imported here only; beside
+the benchmark's charts, whose helpers it shares).
 
 Input: the JSON reports of `stockade attack --json`, one per run (a profile under
 Stockade, or `--baseline`: plain wasmtime defaults). Left: the verdict of every attack
@@ -38,7 +39,7 @@ def _host_cpu(attack: Mapping[str, Any]) -> float:
 def render_attack_chart(reports: Sequence[Mapping[str, Any]], path: Path) -> bool:
     """Write the chart of `reports` to `path`; False (nothing written) when they hold no
     attack."""
-    from ..bench.charts import _pyplot, _save
+    from .charts import _pyplot, _save
 
     names: list[str] = []
     for report in reports:
