@@ -16,15 +16,16 @@ __all__ = ["probe", "PROBE_BACKENDS"]
 PROBE_BACKENDS = ("stockade", "stockade-fast", "stockade-run", "crun")
 
 
-def probe(build: Path) -> list[Figure]:
-    """Measure with the `probe` plan using the benchmark guests under `build`.
-    Raises UsageError when they are missing."""
+def probe(build: Path | None = None) -> list[Figure]:
+    """Measure with the `probe` plan using the benchmark guests under `build` (None: the
+    installed package's or the checkout's). Raises UsageError when they are missing."""
     from ..bench import Options, get_plan, run_bench
     from ..bench.hosts.base import Layout
 
-    layout = Layout(build / "guests" / "bench", build / "native" / "bench", build / "real")
+    layout = Layout.under(build)
     if not layout.wasm("noop").exists() or not layout.native("noop").exists():
-        raise UsageError(f"--probe: no benchmark guests under {build} (run `make guests` in "
+        raise UsageError(f"--probe: no benchmark guests under {layout.wasm_dir.parent.parent} "
+                         "(run `make guests` in "
                          "the Stockade checkout, or pass --build DIR)")
     workdir = Path(tempfile.mkdtemp(prefix="stockade-probe-"))
     try:

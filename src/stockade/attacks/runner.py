@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError, ModuleNotFound, StockadeError, UsageError
+from ..guests import guest_path
 from ..invocation import Invocation
 from ..policy import DirGrant, Policy
 from .baseline import run_plain
@@ -46,7 +47,8 @@ class RunnerOptions:
     `policy` replaces the profile's policy when given (its `profile` names the expected
     outcomes to compare with). `timeout` caps the policy's timeout so the suite finishes
     in minutes (None keeps the policy's); `watchdog` is the outer limit of a baseline
-    run in seconds; `guests` is the directory of built guest modules; `devices` is the
+    run in seconds; `guests` is the directory of built guest modules (None: the installed
+    package's, or the checkout's `build/guests`, see `stockade.guests`); `devices` is the
     host directory granted (read-only, at `/dev`) to attacks that look for devices.
     """
 
@@ -55,7 +57,7 @@ class RunnerOptions:
     isolate: str = "none"
     baseline: bool = False
     keep_scratch: bool = False
-    guests: Path = Path("build/guests")
+    guests: Path | None = None
     timeout: float | None = 5.0
     watchdog: float = 3.0
     devices: Path = Path("/dev")
@@ -162,7 +164,7 @@ class AttackRunner:
 
     def run(self, attack: Attack) -> AttackRun:
         """Run one attack in a fresh sandbox (or plain child) and judge it."""
-        module = self.options.guests / attack.module
+        module = guest_path(attack.module, self.options.guests)
         if not module.is_file():
             raise ModuleNotFound(f"{module}: guest not built (run scripts/build_guests.py)")
         root = Path(tempfile.mkdtemp(prefix=f"stockade-attack-{attack.name}-"))

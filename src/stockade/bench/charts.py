@@ -9,11 +9,21 @@ from typing import Any
 from .derive import BASELINE, cold_start_ms, compute_ratios, hello, io_ratios, workload_keys
 from .results import BenchResults
 
-__all__ = ["render_charts", "CHARTS"]
+__all__ = ["render_charts", "charts_available", "CHARTS", "NO_CHARTS"]
 
 CHARTS = ("latency_cdf.png", "cold_start.png", "io_overhead.png", "artifact_sizes.png",
           "compute_ratios.png")
 _DPI = 80
+
+
+NO_CHARTS = "no charts: matplotlib is not installed (pip install 'stockade[bench]')"
+
+
+def charts_available() -> bool:
+    """Whether matplotlib can be imported (the charts are an optional extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot() -> Any:
@@ -31,29 +41,71 @@ def _save(fig: Any, path: Path) -> None:
     fig.clf()
 
 
+# One colour per family of hosts, line styles within a family: a reader tells the
+# families apart at a glance and the members by style (tab10 has no near-duplicates).
+_FAMILIES = (
+    ("stockade", "tab:blue"), ("wasmtime", "tab:orange"), ("pulley", "tab:orange"),
+    ("node", "tab:green"), ("extism", "tab:purple"), ("native", "black"),
+    ("crun", "tab:brown"), ("vm", "tab:red"), ("python", "tab:gray"),
+)
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _family(name: str) -> tuple[str, str]:
+    """(family, colour) of a backend, by its name's prefix."""
+    for prefix, color in _FAMILIES:
+        if name.startswith(prefix):
+            return prefix if prefix != "pulley" else "wasmtime", color
+    return name, "tab:olive"
+
+
+def _styled(names: list[str]) -> dict[str, tuple[str, str]]:
+    """(colour, line style) per backend: the family's colour, the nth member's style."""
+    seen: dict[str, int] = {}
+    styles = {}
+    for name in names:
+        family, color = _family(name)
+        index = seen.get(family, 0)
+        seen[family] = index + 1
+        styles[name] = (color, _STYLES[index % len(_STYLES)])
+    return styles
+
+
 def _latency_cdf(plt: Any, results: BenchResults, path: Path) -> bool:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = plt.get_cmap("tab20").colors
-    drawn = False
-    for index, info in enumerate(results.ran()):
+    # Two panels with their own scales: warm in-process hosts (µs..ms) and a new
+    # process per request (ms..s); each legend sits outside its panel, off the data.
+    series: dict[str, list[tuple[str, list[float]]]] = {"in-process": [], "process": []}
+    for info in results.ran():
         found = hello(results, info.name)
         values = sorted(found.metrics.get("wall_ms", [])) if found else []
-        if not values:
-            continue
-        ys = [(i + 1) / len(values) for i in range(len(values))]
-        style = "--" if info.kind == "process" else "-"
-        ax.step(values, ys, where="post", label=info.name, linestyle=style,
-                color=colors[(2 * index) % 20 + (index // 10) % 2])
-        drawn = True
-    ax.set_xscale("log")
-    ax.set_xlabel("hello, request to completion (ms, log scale)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("Per-request latency CDF (warm hosts; process backends spawn each time)")
-    ax.grid(True, which="both", alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=7, ncol=2)
+        if values:
+            series["process" if info.kind == "process" else "in-process"].append(
+                (info.name, values))
+    panels = [(kind, rows) for kind, rows in series.items() if rows]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels) + 0.6),
+                             squeeze=False)
+    titles = {"in-process": "warm hosts: a fresh instance per request, in one process",
+              "process": "a new process per request (cold start every time)"}
+    for ax, (kind, rows) in zip(axes[:, 0], panels, strict=True):
+        styles = _styled([name for name, _ in rows])
+        # legend order = median order, so the legend reads like the curves, left to right
+        for name, values in sorted(rows, key=lambda row: row[1][len(row[1]) // 2]):
+            ys = [(i + 1) / len(values) for i in range(len(values))]
+            color, style = styles[name]
+            ax.step(values, ys, where="post", label=name, color=color, linestyle=style,
+                    linewidth=1.6)
+        ax.set_xscale("log")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(titles[kind], fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  title="fastest first", title_fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel("hello, request to completion (ms, log scale)")
+    fig.suptitle("Per-request latency CDF", fontsize=11)
     _save(fig, path)
-    return drawn
+    return True
 
 
 def _cold_start(plt: Any, results: BenchResults, path: Path) -> bool:
@@ -112,16 +164,67 @@ def _io_overhead(plt: Any, results: BenchResults, path: Path) -> bool:
     return drawn
 
 
+# Artifact names in results.json: "<workload><format suffix>", or a shared platform
+# file (container rootfs, VM kernel and initramfs) under no workload.
+_FORMATS = (
+    (".wasm", "module (.wasm)", "tab:blue"),
+    (".cwasm (Stockade AoT cache)", "Stockade AoT (.cwasm)", "tab:cyan"),
+    (".cwasm (cranelift)", "wasmtime cranelift (.cwasm)", "tab:orange"),
+    (".cwasm (pulley)", "Pulley bytecode (.cwasm)", "tab:olive"),
+    (" native binary", "native binary (static)", "black"),
+    (" container layer (tar.gz)", "container layer (tar.gz)", "tab:brown"),
+)
+_SHARED = "platform (shared)"
+
+
+def _split_artifact(name: str) -> tuple[str, str, str]:
+    """(workload, format label, colour) of an artifact name."""
+    for suffix, label, color in _FORMATS:
+        if name.endswith(suffix) and name[:-len(suffix)] and " " not in name[:-len(suffix)]:
+            return name[:-len(suffix)], label, color
+    return _SHARED, name, "tab:red"
+
+
 def _artifacts(plt: Any, results: BenchResults, path: Path) -> bool:
-    items = sorted(results.artifacts.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(items) + 1)))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
+    if not results.artifacts:
+        return False
+    groups: dict[str, list[tuple[str, str, int]]] = {}
+    for name, size in results.artifacts.items():
+        workload, label, color = _split_artifact(name)
+        groups.setdefault(workload, []).append((label, color, size))
+    order = sorted((w for w in groups if w != _SHARED), key=lambda w: min(
+        size for _, _, size in groups[w]))
+    order += [_SHARED] if _SHARED in groups else []
+    rank = {label: i for i, (_, label, _) in enumerate(_FORMATS)}
+    bars = sum(len(rows) for rows in groups.values()) + len(order)
+    fig, ax = plt.subplots(figsize=(9, 0.22 * bars + 1.4))
+    y, ticks, labels, shown = 0.0, [], [], set()
+    for workload in order:
+        rows = sorted(groups[workload], key=lambda row: (rank.get(row[0], 99), row[0]))
+        first = y
+        for label, color, size in rows:
+            legend = label if workload != _SHARED and label not in shown else None
+            shown.add(label)
+            ax.barh(y, size, color=color, height=0.85, label=legend)
+            text = f" {size / 1024**2:.1f} MiB" if size >= 1024**2 else f" {size / 1024:.0f} KiB"
+            ax.text(size, y, text + (f"  {label}" if workload == _SHARED else ""),
+                    va="center", fontsize=7)
+            y += 1
+        ticks.append((first + y - 1) / 2)
+        labels.append(workload)
+        y += 1  # a gap between workloads
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels, fontsize=9)
+    ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.set_xlim(right=ax.get_xlim()[1] * 6)  # room for the size labels
     ax.set_xlabel("bytes (log scale)")
-    ax.set_title("Artifact sizes")
-    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title("Artifact sizes by workload and format")
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+              title="format", title_fontsize=8)
     _save(fig, path)
-    return bool(items)
+    return True
 
 
 def _compute(plt: Any, results: BenchResults, path: Path) -> bool:
@@ -148,7 +251,10 @@ def _compute(plt: Any, results: BenchResults, path: Path) -> bool:
 
 
 def render_charts(results: BenchResults, out: Path) -> list[str]:
-    """Write the charts into `out`; returns the file names written (empty ones left out)."""
+    """Write the charts into `out`; returns the file names written (empty ones left out;
+    none without matplotlib, see `charts_available`)."""
+    if not charts_available():
+        return []
     plt = _pyplot()
     drawers = (_latency_cdf, _cold_start, _io_overhead, _artifacts, _compute)
     written = []

@@ -118,8 +118,8 @@ def run_bench(options: Options, progress: Progress | None = None) -> BenchResult
             write_payload(workdir, workload.payload)
         module = layout.wasm(workload.guest)
         if not module.exists():
-            hint = ("run scripts/fetch_real_guests.py" if workload.guest == "python"
-                    else "run scripts/build_guests.py")
+            hint = ("run scripts/fetch_real_guests.py, or `stockade python -c pass` once"
+                    if workload.guest == "python" else "run scripts/build_guests.py")
             skipped_workloads[workload.key] = f"{module} is missing ({hint})"
     workloads = [w for w in workloads if w.key not in skipped_workloads]
 

@@ -76,15 +76,16 @@ def _ask(answers: dict[str, Any]) -> dict[str, Any]:
 @click.option("--results", "results", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Cite the figures of a `stockade bench` results.json.")
 @click.option("--probe", is_flag=True, help="Measure this machine first (under 30 s).")
-@click.option("--build", type=click.Path(file_okay=False, path_type=Path), default=Path("build"),
-              show_default=True, help="Build directory with the benchmark guests (--probe).")
+@click.option("--build", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Build directory with the benchmark guests (--probe) [default: the "
+                   "installed package's, or the checkout's build/].")
 @click.option("--interactive/--no-interactive", default=None,
               help="Ask the questions (default: on a terminal when none is given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as one JSON object.")
 def advise(full_os: bool, dependencies: str, languages: tuple[str, ...],
            startup_budget: str | None, rps: float | None, density: int | None, io: str,
            network: str, isolation: str, gpu: bool, module: str | None, results: Path | None,
-           probe: bool, build: Path, interactive: bool | None, as_json: bool) -> None:
+           probe: bool, build: Path | None, interactive: bool | None, as_json: bool) -> None:
     """Recommend WebAssembly under Stockade, a container, a microVM or a hybrid for a
     workload, following the seed's decision tree (full OS -> VM; cold start under 50 ms
     -> Wasm; I/O-heavy -> containers; otherwise a hybrid by layer), with the reasons in

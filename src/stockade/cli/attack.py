@@ -56,13 +56,20 @@ def _isolation(isolate: str | None, profile: str, baseline: bool) -> str:
                    "'none' keeps the profile's.")
 @click.option("--watchdog", default="3s", show_default=True, metavar="DURATION",
               help="Outer limit of each --baseline run (SIGKILL).")
-@click.option("--guests", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("build/guests"), show_default=True,
-              help="Directory of built guest modules (scripts/build_guests.py).")
+@click.option("--guests", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of built guest modules (scripts/build_guests.py) "
+                   "[default: the installed package's, or the checkout's build/guests].")
 @click.option("--list", "list_only", is_flag=True, help="List the attacks and exit.")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="PNG", help="Also write a chart of this run (or of the --from reports).")
+@click.option("--from", "reports", multiple=True, metavar="REPORT.json",
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="With --chart: chart these `--json` reports side by side (e.g. strict, "
+                   "default, --baseline) instead of running the suite.")
 def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
            isolate: str | None, keep_scratch: bool, timeout: str, watchdog: str,
-           guests: Path, list_only: bool) -> None:
+           guests: Path | None, list_only: bool, chart: Path | None,
+           reports: tuple[Path, ...]) -> None:
     """Run the attack suite: each hostile module in a fresh sandbox, its host impact
     measured from outside (CPU, kernel time, device flushes and writes, memory,
     descriptors, files, output) and judged contained, degraded or escaped.
@@ -72,6 +79,9 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
     from ..attacks import AttackRun, AttackRunner, RunnerOptions, find_attacks
     from ..attacks.report import all_contained, report_dict
 
+    if reports:
+        _chart_reports(reports, chart)
+        return
     names = tuple(name.strip() for item in only for name in item.split(",") if name.strip())
     attacks = find_attacks(names)
     if list_only:
@@ -89,9 +99,13 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
         click.echo(f"  {run.attack.name:<16} {run.outcome:<15} {run.verdict.value}", err=True)
 
     runs = runner.run_all(attacks, None if as_json else progress)
+    report = report_dict(runs, profile=profile, mode=runner.mode, isolate=mode,
+                         timeout=runner.policy.limits.timeout, bounds=runner.bounds)
+    if chart is not None:
+        from ..bench.attackchart import render_attack_chart
+
+        render_attack_chart([report], chart)
     if as_json:
-        report = report_dict(runs, profile=profile, mode=runner.mode, isolate=mode,
-                             timeout=runner.policy.limits.timeout, bounds=runner.bounds)
         click.echo(json.dumps(report))
     else:
         from rich.console import Console
@@ -108,3 +122,24 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
                      bounds=runner.bounds)
     if not all_contained(runs):
         sys.exit(1)
+
+
+def _chart_reports(paths: tuple[Path, ...], chart: Path | None) -> None:
+    """`--from`: chart saved reports without running anything."""
+    from ..bench.attackchart import render_attack_chart
+    from ..errors import UsageError
+
+    if chart is None:
+        raise UsageError("--from needs --chart PNG (where to write the chart)")
+    loaded = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--from {path}: not a JSON report: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("attacks"), list):
+            raise UsageError(f"--from {path}: not a `stockade attack --json` report")
+        loaded.append(data)
+    if not render_attack_chart(loaded, chart):
+        raise UsageError("--from: the reports hold no attack")
+    click.echo(f"wrote {chart}")

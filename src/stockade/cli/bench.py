@@ -46,10 +46,11 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Output directory (default: bench-results/<date>).")
 @click.option("--build", "build", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("build"), show_default=True,
-              help="Build directory with guests/bench, native/bench and real/.")
+              default=None,
+              help="Build directory with guests/bench, native/bench and real/ "
+                   "[default: the installed package's, or the checkout's build/].")
 @click.option("--keep-workdir", is_flag=True, help="Keep payloads, bundles and agent logs.")
-def bench(quick: bool, only: tuple[str, ...], out: Path | None, build: Path,
+def bench(quick: bool, only: tuple[str, ...], out: Path | None, build: Path | None,
           keep_workdir: bool) -> None:
     """Benchmark Stockade against native processes, containers, Node.js, Extism and
     wasmtime's interpreter on this machine, the same C guests on every backend.
@@ -70,15 +71,19 @@ def bench(quick: bool, only: tuple[str, ...], out: Path | None, build: Path,
     from ..bench.hosts.base import Layout
     from ..bench.report import summary_table
     from ..errors import UsageError
-
-    layout = Layout(build / "guests" / "bench", build / "native" / "bench", build / "real")
+    layout = Layout.under(build)
     if not layout.wasm("noop").exists() or not layout.native("noop").exists():
-        raise UsageError(f"no benchmark guests under {build} "
+        raise UsageError(f"no benchmark guests under {layout.wasm_dir.parent.parent} "
                          "(run: python scripts/build_guests.py)")
     plan = get_plan("quick" if quick else "full")
     target = out or Path("bench-results") / date.today().isoformat()
     workdir = Path(tempfile.mkdtemp(prefix="stockade-bench-"))
+    layout = layout.with_cached_python(workdir)
     console = Console(stderr=True)
+    from ..bench.charts import NO_CHARTS, charts_available
+
+    if not charts_available():
+        console.print(f"[yellow]{NO_CHARTS}[/yellow]")
     columns = (SpinnerColumn(), TextColumn("{task.description}", style="cyan"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
     try:

@@ -2,10 +2,13 @@
 
 A run is the same blocking `run()` of the sandbox underneath, made on a worker thread
 (wasmtime releases the GIL, so runs on threads proceed in parallel): there is no
-second, async copy of the sandbox's logic. Cancelling the awaiting task stops the guest
-when the sandbox can be interrupted from outside (`interrupt()`: an isolated sandbox
-SIGKILLs its worker). An in-process guest cannot be stopped from another thread (its
-wasmtime Store is not thread-safe): it runs on until its own timeout, which bounds it.
+second, async copy of the sandbox's logic. Cancelling the awaiting task (or an
+`asyncio.wait_for` timeout) stops the guest: an in-process run through its
+`CancelToken` (the engine's epoch and the store's deadline callback, see
+`stockade.sandbox.cancel`; the run is reported with outcome `error`, "cancelled by the
+caller"), an isolated one by `interrupt()` (its worker is killed). The cancelled await
+returns once the guest has stopped (at most `CANCEL_GRACE` seconds later), so a pool's
+sandbox is free again when the caller sees the cancellation.
 """
 
 from __future__ import annotations
@@ -16,14 +19,21 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .cancel import CancelToken, cancellable
+
 if TYPE_CHECKING:
     from ..invocation import Invocation
     from ..policy import Policy
     from ..result import Result
 
-__all__ = ["AsyncSandbox", "run_in_thread"]
+__all__ = ["AsyncSandbox", "run_in_thread", "CANCEL_GRACE"]
 
 T = TypeVar("T")
+
+
+# How long a cancelled await waits for its guest to stop before propagating anyway
+# (a guest inside a long host-call sleep stops only when the sleep returns).
+CANCEL_GRACE = 2.0
 
 
 async def run_in_thread(sandbox: Any, call: Callable[[], T],
@@ -31,20 +41,29 @@ async def run_in_thread(sandbox: Any, call: Callable[[], T],
                         on_done: Callable[[], None] | None = None) -> T:
     """Await `call()` on a thread of `executor` (default: the loop's).
 
-    On cancellation, `sandbox.interrupt()` is called when it has one, and the
-    cancellation propagates at once. `on_done` runs on the loop once the thread has
+    On cancellation the run is stopped (its `CancelToken`, and `sandbox.interrupt()`
+    when the sandbox has one) and the cancellation propagates once the thread is done or
+    after `CANCEL_GRACE` seconds. `on_done` runs on the loop once the thread has
     finished, however the await ended (a pool returns the sandbox then, not before).
     """
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(executor, call)
+    token = CancelToken()
+
+    def cancellable_call() -> T:
+        with cancellable(token):
+            return call()
+
+    future = loop.run_in_executor(executor, cancellable_call)
     if on_done is not None:
         future.add_done_callback(lambda _: on_done())
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        token.cancel()
         interrupt = getattr(sandbox, "interrupt", None)
         if callable(interrupt):
             await loop.run_in_executor(None, interrupt)
+        await asyncio.wait([future], timeout=CANCEL_GRACE)
         raise
 
 
@@ -54,7 +73,7 @@ class AsyncSandbox:
     Wraps `sandbox` (a `Sandbox` or `IsolatedSandbox`), or makes one for `policy` with
     `make_sandbox(policy, isolate)`. Runs go one at a time through a single thread, like
     the sandbox's own runs; use `SandboxPool` for several at once. Cancelling an awaiting
-    task interrupts an isolated guest at once (see the module docstring).
+    task stops the guest (see the module docstring).
     """
 
     def __init__(self, policy: Policy | None = None, *, isolate: str | None = None,

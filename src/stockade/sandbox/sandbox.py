@@ -20,6 +20,7 @@ from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
 from ..policy.units import format_size
 from ..result import Outcome, Result, Usage
+from .cancel import current_token
 from .imports import denied_import
 from .provenance import Gate, denied_result, gate
 from .scratch import Scratch
@@ -169,8 +170,7 @@ class Sandbox:
     async def run_async(self, module: str | Path | bytes | LoadedModule,
                         invocation: Invocation | None = None) -> Result:
         """`run` for asyncio: the run is made on a thread, so the event loop goes on.
-        A cancelled caller returns at once; the guest runs on to its own timeout (see
-        `stockade.sandbox.aio`; an isolated sandbox is killed instead)."""
+        Cancelling the caller stops the guest (see `stockade.sandbox.aio`)."""
         from .aio import run_in_thread
 
         return await run_in_thread(self, lambda: self.run(module, invocation))
@@ -194,9 +194,12 @@ class Sandbox:
         instance: wasmtime.Instance | None = None
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        token = current_token()
         with engine.ticker.deadline(remaining) as ticks, metered(meter, engine.wasmtime):
             if self.engine_config.epochs:
                 store.set_epoch_deadline(_NO_DEADLINE if ticks is None else ticks)
+                if token is not None:  # asyncio cancellation stops this store (cancel.py)
+                    token.arm(store, engine.wasmtime, meter, deadline)
             try:
                 instance = pre.instantiate(store)
                 exports = instance.exports(store)
@@ -215,6 +218,11 @@ class Sandbox:
                 exc.__traceback__ = None
                 exc.__context__ = None
         meter.failure = None  # its traceback holds the store, like the exception above
+        if token is not None:
+            token.disarm()
+            stopped = token.ending(ending.outcome)
+            if stopped is not None:
+                ending = Ending(*stopped)
         usage = Usage(
             wall_ms=(time.perf_counter() - wall0) * 1000,
             cpu_ms=(time.thread_time() - cpu0) * 1000,

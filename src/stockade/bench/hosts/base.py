@@ -61,6 +61,36 @@ class Layout:
         """Inverse of `to_dict`."""
         return cls(**{k: Path(v) for k, v in data.items()})
 
+    @classmethod
+    def under(cls, build: Path | None = None) -> Layout:
+        """The layout of a build directory (`guests/bench`, `native/bench`, `real`); None:
+        the installed package's, or the checkout's `build/` (`stockade.guests`)."""
+        from ...guests import build_root
+
+        root = build if build is not None else build_root()
+        return cls(root / "guests" / "bench", root / "native" / "bench", root / "real")
+
+    def with_cached_python(self, workdir: Path) -> Layout:
+        """This layout, or (when it has no `python.wasm`, as an installed wheel has not)
+        one whose `real_dir` under `workdir` links the CPython for WASI that Stockade
+        keeps in its cache (`stockade python` fetched it); the VM files stay reachable."""
+        if self.wasm("python").exists():
+            return self
+        from ...cpython import python_module
+        from ...errors import StockadeError
+
+        try:
+            cached = python_module(fetch=False)
+        except StockadeError:
+            return self
+        real = workdir / "real"
+        real.mkdir(parents=True, exist_ok=True)
+        (real / "python.wasm").symlink_to(cached)
+        vm = self.real_dir.parent / "vm"
+        if vm.is_dir():
+            (workdir / "vm").symlink_to(vm.resolve())
+        return Layout(self.wasm_dir, self.native_dir, real)
+
 
 @dataclass(frozen=True)
 class Request:

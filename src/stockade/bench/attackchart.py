@@ -1,0 +1,101 @@
+"""A PNG chart of attack-suite runs side by side (matplotlib, imported here only; beside
+the benchmark's charts, whose helpers it shares).
+
+Input: the JSON reports of `stockade attack --json`, one per run (a profile under
+Stockade, or `--baseline`: plain wasmtime defaults). Left: the verdict of every attack
+in every run, with the outcome that ended it. Right: what each attack cost the host
+(CPU seconds of the process running the guest plus the kernel's threads), per run on a
+log scale, so Stockade's containment and plain wasmtime's exposure read side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_attack_chart", "run_label"]
+
+_VERDICT_COLORS = {"contained": "#4caf50", "degraded": "#ffb300", "escaped": "#e53935"}
+_RUN_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:green")
+_BASELINE_COLOR = "tab:red"
+_FLOOR_S = 0.001  # a log axis needs a floor: below a millisecond reads as "nothing"
+
+
+def run_label(report: Mapping[str, Any]) -> str:
+    """How a run is named on the chart: its profile, or plain wasmtime for a baseline."""
+    if report.get("mode") == "baseline":
+        return "plain wasmtime"
+    isolate = report.get("isolate")
+    return f"{report.get('profile', '?')}" + (f" ({isolate})" if isolate else "")
+
+
+def _host_cpu(attack: Mapping[str, Any]) -> float:
+    impact = attack.get("impact", {})
+    return float(impact.get("cpu_user_s", 0.0) + impact.get("cpu_sys_s", 0.0)
+                 + impact.get("kernel_threads_s", 0.0))
+
+
+def render_attack_chart(reports: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """Write the chart of `reports` to `path`; False (nothing written) when they hold no
+    attack."""
+    from .charts import _pyplot, _save
+
+    names: list[str] = []
+    for report in reports:
+        for attack in report.get("attacks", []):
+            if attack["name"] not in names:
+                names.append(attack["name"])
+    if not names:
+        return False
+    plt = _pyplot()
+    by_run = [{a["name"]: a for a in report.get("attacks", [])} for report in reports]
+    labels = [run_label(report) for report in reports]
+    height = 0.32 * len(names) + 1.8
+    fig, (grid, bars) = plt.subplots(
+        1, 2, figsize=(4.2 + 1.6 * len(reports) + 5, height), sharey=True,
+        gridspec_kw={"width_ratios": [1.6 * len(reports), 5]})
+    for column, attacks in enumerate(by_run):
+        for row, name in enumerate(names):
+            attack = attacks.get(name)
+            verdict = attack["verdict"] if attack else None
+            color = _VERDICT_COLORS.get(verdict or "", "#e0e0e0")
+            grid.add_patch(plt.Rectangle((column, row - 0.5), 1, 1, facecolor=color,
+                                         edgecolor="white", linewidth=1.5))
+            grid.text(column + 0.5, row, attack["outcome"] if attack else "not run",
+                      ha="center", va="center", fontsize=7)
+    grid.set_xlim(0, len(reports))
+    grid.set_ylim(len(names) - 0.5, -0.5)
+    grid.set_xticks([i + 0.5 for i in range(len(reports))])
+    grid.set_xticklabels(labels, fontsize=8)
+    grid.xaxis.tick_top()
+    grid.set_yticks(range(len(names)))
+    grid.set_yticklabels(names, fontsize=8)
+    grid.tick_params(length=0)
+    for side in grid.spines.values():
+        side.set_visible(False)
+    grid.set_title("verdict (cell: how the run ended)", fontsize=9, pad=22)
+    patches = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _VERDICT_COLORS.values()]
+    grid.legend(patches, list(_VERDICT_COLORS), fontsize=8, ncol=3, frameon=False,
+                loc="upper center", bbox_to_anchor=(0.5, 0.0), handlelength=1.2)
+
+    width = 0.8 / len(reports)
+    shades = iter(_RUN_COLORS)
+    for column, (report, attacks) in enumerate(zip(reports, by_run, strict=True)):
+        color = _BASELINE_COLOR if report.get("mode") == "baseline" else \
+            next(shades, "tab:gray")
+        ys = [row - 0.4 + width * (column + 0.5) for row in range(len(names))]
+        values = [max(_host_cpu(attacks[name]), _FLOOR_S) if name in attacks else 0.0
+                  for name in names]
+        bars.barh(ys, values, height=width, color=color, label=labels[column])
+    bars.set_xscale("log")
+    bars.set_xlim(left=_FLOOR_S / 2)  # a run under a millisecond still shows a stub
+    bars.set_xlabel("host CPU seconds: the guest's process + kernel threads "
+                    "(log scale; under 1 ms drawn as 1 ms)", fontsize=8)
+    bars.set_title("what each attack cost the host", fontsize=9, pad=22)
+    bars.grid(True, axis="x", which="major", alpha=0.3)
+    bars.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                ncol=len(reports))
+    fig.suptitle("Attack suite: containment and host impact per run", fontsize=11)
+    _save(fig, path)
+    return True
