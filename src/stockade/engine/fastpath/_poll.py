@@ -9,18 +9,20 @@ stdout/stderr are files, so descriptors 0-2 are always ready. Each call counts t
 the run's host-call budget, like the standard streams the native library serves.
 
 It is a Python callback, entered only while a guest runs and only when the guest
-polls (sleeps); the per-call path stays free of Python callbacks.
+polls (sleeps); the per-call path stays free of Python callbacks. The call itself is
+`hostcalls.poll.serve`, the one a metered run uses too; only the answer for
+descriptors is this path's own.
 """
 
 from __future__ import annotations
 
 import ctypes
-import struct
 import time
 from ctypes import CFUNCTYPE, POINTER, c_size_t, c_void_p
 from typing import Any
 
 from ...hostcalls import poll
+from ...hostcalls.abi import GuestMemory
 from ...result import GuestStopped
 from ._capi import EXTERN_MEMORY, C, Extern, ValRaw, ValTypeVec, take_error
 from ._native import STDIO, STOP_HOSTCALLS
@@ -28,7 +30,7 @@ from ._run import RunSlot
 
 __all__ = ["define_owned_calls"]
 
-_ESUCCESS, _EBADF, _EFAULT, _EINVAL = 0, 8, 21, 28
+_ESUCCESS, _EBADF, _EINVAL = 0, 8, 28
 _STD_FDS = (0, 1, 2)
 
 _Callback = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ValRaw), c_size_t)
@@ -92,35 +94,24 @@ def _poll(caller: int, args: Any) -> int:
     if state.hostcalls > state.max_hostcalls:
         state.stop = STOP_HOSTCALLS
         raise _Stop(b"host-call budget exhausted")
-    base = C.memory_data(context, ctypes.byref(memory.of.memory)) or 0
-    size = C.memory_data_size(context, ctypes.byref(memory.of.memory))
-    in_ptr, out_ptr, count, ret_ptr = (args[i].i32 & 0xFFFFFFFF for i in range(4))
-    errno = poll.check_count(count)
-    if errno is not None:
-        return errno
-    if max(in_ptr + count * poll.SUBSCRIPTION_SIZE, out_ptr + count * poll.EVENT_SIZE,
-           ret_ptr + 4) > size:
-        return _EFAULT
-    parsed = poll.parse(ctypes.string_at(base + in_ptr, count * poll.SUBSCRIPTION_SIZE), count,
-                        slot.clock_base)
-    if isinstance(parsed, int):
-        return parsed
-    # stdin is an in-memory pipe and stdout/stderr are files: descriptors 0-2 are always
-    # ready (others do not exist), so a poll naming any descriptor returns at once.
-    events = [(userdata, _ESUCCESS if fd in _STD_FDS else _EBADF, tag)
-              for _, userdata, tag, fd in parsed.fds] or parsed.failed
-    if not events:
-        try:
-            due = poll.wait(parsed.clocks, None if slot.deadline is None
-                            else slot.deadline - time.monotonic())
-        except GuestStopped as stop:
-            slot.stopped = True
-            raise _Stop(stop.message.encode()) from None
-        events = [(userdata, _ESUCCESS, poll.TAG_CLOCK) for userdata in due]
-    packed = poll.pack_events(events)
-    ctypes.memmove(base + out_ptr, packed, len(packed))
-    ctypes.memmove(base + ret_ptr, struct.pack("<I", len(events)), 4)
-    return _ESUCCESS
+    handle = ctypes.byref(memory.of.memory)
+    mem = GuestMemory(C.memory_data(context, handle) or 0, C.memory_data_size(context, handle))
+
+    def descriptors(parsed: poll.Poll, _raw: bytes, addresses: tuple[int, int, int, int]) -> int:
+        # stdin is an in-memory pipe and stdout/stderr are files: descriptors 0-2 are
+        # always ready (others do not exist), so a poll naming any returns at once.
+        events = [(userdata, _ESUCCESS if fd in _STD_FDS else _EBADF, tag)
+                  for _, userdata, tag, fd in parsed.fds]
+        poll.put_events(mem, addresses[1], addresses[3], events)
+        return _ESUCCESS
+
+    remaining = None if slot.deadline is None else slot.deadline - time.monotonic()
+    try:
+        return poll.serve(mem, (args[0].i32, args[1].i32, args[2].i32, args[3].i32),
+                          slot.clock_base, remaining, descriptors)
+    except GuestStopped as stop:
+        slot.stopped = True
+        raise _Stop(stop.message.encode()) from None
 
 
 _CALLBACK = _Callback(_poll_oneoff)  # one object, alive as long as the module
