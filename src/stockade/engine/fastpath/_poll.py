@@ -22,18 +22,20 @@ from ctypes import CFUNCTYPE, POINTER, c_size_t, c_void_p
 from typing import Any
 
 from ...hostcalls import poll
-from ...hostcalls.abi import GuestMemory
+from ...hostcalls.abi import INTERPOSED, MODULE, GuestMemory
 from ...result import GuestStopped
 from ._capi import EXTERN_MEMORY, C, Extern, ValRaw, ValTypeVec, take_error
 from ._native import STDIO, STOP_HOSTCALLS
 from ._run import RunSlot
 
-__all__ = ["define_owned_calls"]
+__all__ = ["define_owned_calls", "define_func", "CALLBACK_TYPE"]
 
 _ESUCCESS, _EBADF, _EINVAL = 0, 8, 28
 _STD_FDS = (0, 1, 2)
 
-_Callback = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ValRaw), c_size_t)
+# `wasmtime_func_unchecked_callback_t`: (env, caller, argument and result slots, their
+# count) -> a trap to stop the guest with, or 0.
+CALLBACK_TYPE = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ValRaw), c_size_t)
 
 
 def define_owned_calls(linker: int) -> bool:
@@ -42,27 +44,34 @@ def define_owned_calls(linker: int) -> bool:
     (`_native.STDIO`)
     when it is loaded. Whether the standard streams are owned (counted, capped)."""
     C.linker_allow_shadowing(linker, True)
-    _define(linker, b"poll_oneoff", 4, ctypes.cast(_CALLBACK, c_void_p))
+    define_func(linker, b"poll_oneoff", INTERPOSED["poll_oneoff"],
+                ctypes.cast(_CALLBACK, c_void_p))
     if STDIO is None:
         return False
     for name, address in STDIO.items():
-        params = {"fd_close": 1, "random_get": 2}.get(name, 4)
-        _define(linker, name.encode(), params, c_void_p(address))
+        define_func(linker, name.encode(), INTERPOSED[name], c_void_p(address))
     return True
 
 
-def _define(linker: int, name: bytes, params: int, callback: c_void_p) -> None:
-    i32 = [C.wasm_valtype_new(0) for _ in range(params + 1)]  # WASM_I32
+def define_func(linker: int, name: bytes, params: tuple[str, ...], callback: c_void_p) -> None:
+    """Define WASI's `name` in `linker` as the raw host function at `callback` (a
+    `wasmtime_func_unchecked_callback_t`) taking `params` ("i32"/"i64"), returning i32."""
+    kinds = [_VALTYPES[param] for param in (*params, "i32")]
+    valtypes = [C.wasm_valtype_new(kind) for kind in kinds]
     args, results = ValTypeVec(), ValTypeVec()
-    C.wasm_valtype_vec_new(ctypes.byref(args), params, (c_void_p * params)(*i32[:params]))
-    C.wasm_valtype_vec_new(ctypes.byref(results), 1, (c_void_p * 1)(i32[params]))
+    count = len(params)
+    C.wasm_valtype_vec_new(ctypes.byref(args), count, (c_void_p * count)(*valtypes[:count]))
+    C.wasm_valtype_vec_new(ctypes.byref(results), 1, (c_void_p * 1)(valtypes[count]))
     functype = C.wasm_functype_new(ctypes.byref(args), ctypes.byref(results))
-    module = b"wasi_snapshot_preview1"
+    module = MODULE.encode()
     error = C.linker_define_func_unchecked(linker, module, len(module), name, len(name),
                                            functype, callback, None, None)
     C.wasm_functype_delete(functype)
     if error:
         raise RuntimeError(f"cannot define {name.decode()}: {take_error(error)[0]}")
+
+
+_VALTYPES = {"i32": 0, "i64": 1}  # WASM_I32, WASM_I64
 
 
 def _poll_oneoff(_env: Any, caller: Any, args: Any, _count: int) -> int:
@@ -114,4 +123,4 @@ def _poll(caller: int, args: Any) -> int:
         raise _Stop(stop.message.encode()) from None
 
 
-_CALLBACK = _Callback(_poll_oneoff)  # one object, alive as long as the module
+_CALLBACK = CALLBACK_TYPE(_poll_oneoff)  # one object, alive as long as the module
