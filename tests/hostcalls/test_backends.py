@@ -229,13 +229,16 @@ def test_millions_of_zero_length_iovecs_are_refused(fast: Fast, tmp_path: Path,
     assert result.stderr == b"iovec_bomb: call 1 errno 28 bytes 0\n"
 
 
-def test_a_call_without_guest_memory_is_efault(fast: Fast, tmp_path: Path) -> None:
-    # No memory export: nothing a WASI call could read or write (wasmtime's own calls
-    # trap here; the owned ones answer EFAULT). The guest traps on any other answer.
+@pytest.mark.parametrize("memory", ["", '(memory 1) (func $m) (export "memory" (func $m))'])
+def test_a_call_without_guest_memory_is_efault(fast: Fast, tmp_path: Path, memory: str) -> None:
+    # No memory export, or a function under its name: nothing a WASI call could read or
+    # write (wasmtime's own calls trap here; the owned ones answer EFAULT). The guest
+    # traps on any other answer.
     module = tmp_path / "nomemory.wat"
     module.write_text(f"""(module
       (import "wasi_snapshot_preview1" "fd_write"
         (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      {memory}
       (func (export "_start")
         (if (i32.ne (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))
                     (i32.const {EFAULT}))

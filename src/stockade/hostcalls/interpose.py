@@ -123,10 +123,14 @@ class _Host:
 
     def memory(self) -> GuestMemory:
         """The guest's memory for this call. The export handle stays valid for the
-        store's life; its base address may move when memory grows: read per call."""
+        store's life; its base address may move when memory grows: read per call.
+        KeyError when the guest exports no memory under that name (EFAULT)."""
         meter = self.meter
         if meter.memory is None:
-            meter.memory = self.caller["memory"]
+            found = self.caller["memory"]
+            if not isinstance(found, wasmtime.Memory):
+                raise KeyError("memory")  # a function under the name: no memory either
+            meter.memory = found
         memory: Any = meter.memory
         context, handle = self.caller._context(), ctypes.byref(memory._memory)
         return GuestMemory(_memory_data(context, handle) or 0,
