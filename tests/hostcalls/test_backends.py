@@ -248,6 +248,27 @@ def test_a_call_without_guest_memory_is_efault(fast: Fast, tmp_path: Path, memor
     assert result.usage.hostcalls == {"fd_write": 1}
 
 
+def test_environment_and_preopens_are_seen_alike(fast: Fast, tmp_path: Path) -> None:
+    def setup(where: Path) -> None:
+        (where / "ro").mkdir()
+        (where / "rw").mkdir()
+        (where / "ro" / "in.txt").write_text("x")
+
+    def policy_for(where: Path) -> Policy:
+        return Policy.from_profile("default").with_capabilities(
+            env=(("GREETING", "hi"), ("EMPTY", "")),
+            dirs=(DirGrant(where / "ro", "/data"), DirGrant(where / "rw", "/out", writable=True)))
+
+    runs = both(fast, tmp_path, policy_for, "probe.wasm", "/data/in.txt", "/out/none",
+                "/etc/passwd", "--write", "/data/new", "/out/new", setup=setup)
+    result = same(runs)
+    lines = result.stdout.decode().splitlines()
+    assert lines[:2] == ["env GREETING=hi", "env EMPTY="]
+    assert lines[2] == "read /data/in.txt ok" and lines[-1] == "write /out/new ok"
+    assert lines[-2].startswith("write /data/new ") and not lines[-2].endswith(" ok")
+    assert sorted(os.listdir(runs["fast"][1] / "rw")) == ["new"]
+
+
 # -- quotas on writable directories -------------------------------------------------------
 
 def test_file_spam_stopped_at_the_file_quota(fast: Fast, tmp_path: Path) -> None:

@@ -251,7 +251,7 @@ class FastEngine:
         module: FastModule,
         meter: Meter,
         args: Iterable[str] = (),
-        env: Env = (),
+        env: Env | EnvBlock = (),
         *,
         dirs: Sequence[str] = (),
         program: str | None = None,
@@ -268,8 +268,9 @@ class FastEngine:
         input and output. From `meter.limits` too: the fuel budget (when this engine
         meters fuel), linear memory (at most the engine's `max_memory`), tables and
         instances. The meter is closed when the run ends; read its counts after (the
-        result also carries them). `program` is argv[0] (default: the module's name).
-        Raises UsageError for bad arguments or limits this engine cannot hold.
+        result also carries them). `env` is pairs or an `EnvBlock` already encoded;
+        `program` is argv[0] (default: the module's name). Raises UsageError for bad
+        arguments or limits this engine cannot hold.
         """
         from ._metered import MeteredLinking, MeteredRun
 
@@ -280,7 +281,7 @@ class FastEngine:
                              fuel=limits.fuel if self.config.fuel else None,
                              max_memory=limits.max_memory,
                              timeout_s=None if remaining is None else max(remaining, 1e-6))
-            block = encode_env(env)
+            block = env if isinstance(env, EnvBlock) else encode_env(env)
             with self._lock:
                 if self._metered is None and not self._closed:
                     self._metered = MeteredLinking(self._engine)
