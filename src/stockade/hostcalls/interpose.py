@@ -152,18 +152,12 @@ _memory_data_size = _prototype("wasmtime_memory_data_size", ctypes.c_size_t)
 # The raw callback type of `wasmtime_linker_define_func_unchecked`: arguments and the
 # result in one array of untyped slots, a trap pointer (or 0) returned.
 _Callback = ffi.wasmtime_func_unchecked_callback_t
-_CALLBACKS: dict[str, Any] = {}  # one per call, alive as long as the process: linkers hold them
-
-
 def _entry(name: str, params: tuple[str, ...]) -> Any:
-    """The raw host function for `name` (one per name, shared by every linker):
+    """The raw host function for `name` (made once per name, shared by every linker):
     wasmtime-py's callback wrapper would box every argument and the result, a third of a
     metered call's cost; this reads them in place. A `GuestStopped` or any other
     exception is kept on the meter for the sandbox and the guest stopped with a trap
     (never unwinding into wasmtime)."""
-    callback = _CALLBACKS.get(name)
-    if callback is not None:
-        return callback
     wide = tuple(param == "i64" for param in params)
 
     def host_call(_env: Any, caller_ptr: Any, slots: Any, _count: int) -> int:
@@ -180,8 +174,7 @@ def _entry(name: str, params: tuple[str, ...]) -> Any:
         finally:
             caller._invalidate()
 
-    callback = _CALLBACKS[name] = _Callback(host_call)
-    return callback
+    return _Callback(host_call)
 
 
 def _trap(message: str) -> int:
@@ -203,10 +196,13 @@ def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
         error = ffi.wasmtime_linker_define_func_unchecked(
             linker.ptr(), ctypes.create_string_buffer(module), len(module),
             ctypes.create_string_buffer(raw_name), len(raw_name), functype.ptr(),
-            _entry(name, params), None, _NO_FINALIZER)
+            _CALLBACKS[name], None, _NO_FINALIZER)
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
     return linker
 
 
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+# One per call, made once (at import, under the import lock: two engines building their
+# linkers at once must not replace one another's) and alive as long as the process.
+_CALLBACKS: dict[str, Any] = {name: _entry(name, params) for name, params in INTERPOSED.items()}

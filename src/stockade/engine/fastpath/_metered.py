@@ -61,7 +61,7 @@ class MeteredLinking:
             C.linker_allow_shadowing(self.linker, True)
             for name, params in INTERPOSED.items():
                 define_func(self.linker, name.encode(), params,
-                            ctypes.cast(_entry(name, params), c_void_p))
+                            ctypes.cast(_CALLBACKS[name], c_void_p))
             self.wasi = int(C.linker_new(engine))
             raise_load(C.linker_define_wasi(self.wasi), "WASI")
             self.trampoline = _compile(engine, trampoline_wat())
@@ -261,16 +261,10 @@ def _text(value: str, what: str) -> bytes:
     return value.encode()
 
 
-_CALLBACKS: dict[str, Any] = {}  # one per call, alive as long as the process: linkers hold them
-
-
 def _entry(name: str, params: tuple[str, ...]) -> Any:
     """The raw host function for `name`, shared by every engine's metered linker: finds
     the run from the store's data, serves the call, and stops the guest with a trap for
     whatever `serve` raised (kept on the meter: never unwinding into wasmtime)."""
-    callback = _CALLBACKS.get(name)
-    if callback is not None:
-        return callback
     wide = tuple(param == "i64" for param in params)
 
     def host_call(_env: Any, caller: int, slots: Any, _count: int) -> int:
@@ -289,9 +283,13 @@ def _entry(name: str, params: tuple[str, ...]) -> Any:
         except BaseException as exc:  # noqa: BLE001 - `MeteredRun.ending` classifies it
             return _trap(stopping(meter, name, exc))
 
-    callback = _CALLBACKS[name] = CALLBACK_TYPE(host_call)
-    return callback
+    return CALLBACK_TYPE(host_call)
 
 
 def _trap(message: str) -> int:
     return int(C.trap_new(*_bytes_and_length(message)))
+
+
+# One per call, made once (at import, under the import lock) and alive as long as the
+# process: every metered linker holds their addresses.
+_CALLBACKS: dict[str, Any] = {name: _entry(name, params) for name, params in INTERPOSED.items()}
