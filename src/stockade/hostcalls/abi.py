@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 __all__ = [
     "MODULE",
@@ -104,33 +103,23 @@ OFLAG_CREAT = 1
 FDFLAGS_SYNC_MASK = 2 | 8 | 16
 
 
-def _prototype(name: str, restype: Any) -> Any:
-    from wasmtime import _ffi
-
-    function = _ffi.dll[name]  # a new function object: wasmtime-py's own stays untouched
-    function.restype = restype
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    return function
-
-
-_memory_data = _prototype("wasmtime_memory_data", ctypes.c_void_p)
-_memory_data_size = _prototype("wasmtime_memory_data_size", ctypes.c_size_t)
-
-
 class GuestMemory:
-    """Bounds-checked access to a guest's linear memory during one host call.
+    """Bounds-checked access to a guest's linear memory during one host call: `size`
+    bytes at address `base`, as the backend read them for this call (memory may move
+    when it grows, so never keep one across calls).
 
     Raises IndexError for an access outside memory (the caller answers EFAULT).
     """
 
     __slots__ = ("_base", "_size")
 
-    def __init__(self, memory: Any, store: Any) -> None:
-        # Straight to the C API: wasmtime-py's data_ptr returns a typed pointer that
-        # costs a ctypes.cast on every host call.
-        context, handle = store._context(), ctypes.byref(memory._memory)
-        self._base = _memory_data(context, handle) or 0
-        self._size = _memory_data_size(context, handle)
+    def __init__(self, base: int, size: int) -> None:
+        self._base = base
+        self._size = size
+
+    def holds(self, offset: int, length: int) -> bool:
+        """Whether `length` bytes at `offset` lie inside memory."""
+        return 0 <= offset and 0 <= length and offset + length <= self._size
 
     def _check(self, offset: int, length: int) -> int:
         if offset < 0 or length < 0 or offset + length > self._size:

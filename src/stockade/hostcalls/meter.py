@@ -33,7 +33,8 @@ class Meter:
     Every method that finds a limit exceeded raises `GuestStopped` with the outcome;
     the sandbox turns that into the run's `Result`. Deadlines use `time.monotonic()`.
     The meter holds host descriptors of the guest's directories (`fds`): `close()` them
-    when the run ends (safe twice).
+    when the run ends (safe twice). `preopens` are the (host directory, writable) pairs
+    the run's WASI context must preopen, in this order (descriptors 3, 4, ...).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Meter:
         self.bytes_written = 0
         self.files_created = 0
         # Preopened directories get descriptors 3, 4, ... in order.
+        self.preopens = tuple(preopens)
         self.fds = Descriptors(preopens)
         # The cap counts what the host holds (wasmtime's descriptors and Stockade's own),
         # and never more than the process can still open: the quota, not EIO, comes first.

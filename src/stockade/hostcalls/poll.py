@@ -6,10 +6,12 @@ clock makes the wait as long as the guest likes. Here every clock subscription b
 a relative wait (ABSTIME converted on the realtime and the guest's monotonic clock),
 the sleep is cut at the run's deadline and the guest stopped with `timeout`.
 
-One implementation for both paths: the sandbox (`interpose._poll_oneoff`, which also
-forwards descriptor subscriptions to wasmtime with its clocks made relative and
-bounded) and the fast path (`engine.fastpath._poll`, whose descriptors are always
-ready). Pure: no `Meter`, no wasmtime, so the engine layer may import it.
+One implementation for every path: `serve` is the whole call (bounds, parsing, the
+sleep, the events); what differs is only who answers descriptor subscriptions. A
+metered run (`handlers._poll_oneoff`, on either backend) forwards them to wasmtime
+with its clocks made relative and bounded; the fast path's unmetered runs
+(`engine.fastpath._poll`) answer them itself, its descriptors being always ready.
+Pure: no `Meter`, no wasmtime, so the engine layer may import it.
 
 Bounds: at most `MAX_SUBSCRIPTIONS` per call (EINVAL beyond, before any is read), so
 parsing takes at most a few milliseconds and `MAX_SUBSCRIPTIONS * 48` bytes.
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..result import GuestStopped, Outcome
+from .abi import GuestMemory
 
 __all__ = ["MAX_SUBSCRIPTIONS", "SUBSCRIPTION_SIZE", "EVENT_SIZE", "TAG_CLOCK", "Poll",
-           "check_count", "parse", "wait", "relative_clock", "pack_events"]
+           "check_count", "parse", "wait", "relative_clock", "pack_events", "put_events", "serve"]
 
 # More subscriptions than any program polls at once (poll(2) callers pass one per fd,
 # and the sandbox caps descriptors far lower); beyond it the call fails with EINVAL.
@@ -34,7 +38,8 @@ EVENT_SIZE = 32
 TAG_CLOCK, TAG_FD_READ, TAG_FD_WRITE = 0, 1, 2
 CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 FLAG_ABSTIME = 1
-_EINVAL = 28
+_EFAULT, _EINVAL = 21, 28
+_U32 = 0xFFFFFFFF
 
 _HEAD = struct.Struct("<QB")  # userdata, tag
 _CLOCK = struct.Struct("<I4xQQH")  # clock id, timeout, precision, flags (at offset 16)
@@ -113,3 +118,41 @@ def relative_clock(userdata: int, seconds: float) -> bytes:
 def pack_events(events: list[tuple[int, int, int]]) -> bytes:
     """Events (userdata, errno, type) as the guest reads them (no bytes, no flags)."""
     return b"".join(_EVENT.pack(userdata, errno, tag, 0, 0) for userdata, errno, tag in events)
+
+
+def put_events(mem: GuestMemory, out: int, nevents: int,
+               events: list[tuple[int, int, int]]) -> None:
+    """Store `events` at `out` and their number at `nevents` (both checked by `serve`)."""
+    mem.write(out, pack_events(events))
+    mem.put_u32(nevents, len(events))
+
+
+# Answers a call with descriptor subscriptions: (parsed, the subscriptions' bytes,
+# (subscriptions, events, count, nevents) as unsigned addresses) -> errno.
+Descriptors = Callable[[Poll, bytes, tuple[int, int, int, int]], int]
+
+
+def serve(mem: GuestMemory, args: tuple[int, int, int, int], clock_base_ns: int,
+          remaining: float | None, descriptors: Descriptors) -> int:
+    """One `poll_oneoff(subscriptions, events, count, nevents)` on the guest's `mem`:
+    EINVAL past the subscription bound and EFAULT for arrays outside memory (both before
+    anything is read or slept); a call naming descriptors goes to `descriptors`; clocks
+    alone sleep until the earliest is due, or to the deadline `remaining` seconds away
+    (None: none), where GuestStopped (`timeout`) is raised. Returns the errno."""
+    subs, out, count, nevents = (arg & _U32 for arg in args)
+    errno = check_count(count)
+    if errno is not None:
+        return errno
+    if not (mem.holds(subs, count * SUBSCRIPTION_SIZE) and mem.holds(out, count * EVENT_SIZE)
+            and mem.holds(nevents, 4)):
+        return _EFAULT
+    raw = mem.read(subs, count * SUBSCRIPTION_SIZE)
+    parsed = parse(raw, count, clock_base_ns)
+    if isinstance(parsed, int):
+        return parsed
+    if parsed.fds:
+        return descriptors(parsed, raw, (subs, out, count, nevents))
+    events = parsed.failed or [(userdata, 0, TAG_CLOCK)
+                               for userdata in wait(parsed.clocks, remaining)]
+    put_events(mem, out, nevents, events)
+    return 0

@@ -9,13 +9,20 @@ captured in memfds whose cap holds while the guest runs. Pinned to wasmtime 50.x
 importing this package raises `FastPathUnavailable` with any other version; callers
 fall back to the standard path.
 
+`FastEngine.run_metered` runs under a `stockade.hostcalls.Meter` instead: preopened
+directories, disk, file and descriptor quotas, the output cap, the host-call budget and
+per-call caps, the deadline in blocking calls, answered by the sandbox's own owned host
+calls (`stockade.hostcalls.handlers`), with the sandbox's outcomes and errnos.
+
 Modules: `_capi` (the C functions), `_engine` (engine, admission, epoch ticker),
 `_module` (loading and linking), `_run` (one run and its verdict), `_poll` (the owned
-`poll_oneoff`).
+`poll_oneoff` of runs without a meter), `_metered` (the owned host calls of metered runs).
 
     with FastEngine(EngineConfig(), max_instances=8) as engine:
         module = engine.compile(Path("hello.wasm").read_bytes(), "hello.wasm")
         result = engine.run(module, ["world"], stdin=b"hi", timeout_s=1.0, max_output=65536)
+        meter = Meter(policy.limits, time.monotonic() + 1.0, [(Path("out"), True)], b"hi")
+        result = engine.run_metered(module, meter, ["world"], dirs=["/out"])
 """
 
 from __future__ import annotations

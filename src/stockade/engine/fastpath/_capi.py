@@ -148,6 +148,13 @@ for _name, _res, _args in [
     ("wasmtime_context_get_data", _P, (_P,)),
     ("wasmtime_memory_data", _P, (_P, _P)),
     ("wasmtime_trap_new", _P, (c_char_p, c_size_t)),
+    # metered runs: the forwarding trampoline and preopened directories
+    ("wasmtime_wat2wasm", _P, (c_char_p, c_size_t, POINTER(ByteVec))),
+    ("wasmtime_linker_get", c_bool, (_P, _P, c_char_p, c_size_t, c_char_p, c_size_t,
+                                     POINTER(Extern))),
+    ("wasmtime_instance_new", _P, (_P, _P, _P, c_size_t, POINTER(Instance), _PP)),
+    ("wasmtime_func_call_unchecked", _P, (_P, _P, _P, c_size_t, _PP)),
+    ("wasi_config_preopen_dir", c_bool, (_P, c_char_p, c_char_p, c_bool)),
     # one run
     ("wasmtime_store_new", _P, (_P, _P, _P)),
     ("wasmtime_store_context", _P, (_P,)),

@@ -14,9 +14,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
@@ -25,6 +25,10 @@ from ._capi import C, FastPathUnavailable, take_error
 from ._module import Env, FastModule, prepare, raise_load
 from ._poll import define_owned_calls
 from ._run import NO_ENV, EnvBlock, FastResult, RunPlan, RunSlot, execute
+
+if TYPE_CHECKING:
+    from ...hostcalls.meter import Meter
+    from ._metered import MeteredLinking
 
 __all__ = ["FastEngine", "encode_env"]
 
@@ -74,6 +78,7 @@ class FastEngine:
         raise_load(C.linker_define_wasi(self._linker), "WASI")
         # Owned (counted, capped as they are written) when the native library is loaded.
         self.owns_stdio = define_owned_calls(self._linker)
+        self._metered: MeteredLinking | None = None  # made by the first metered run
         self.tick_interval = tick_interval
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a run finished
@@ -112,7 +117,8 @@ class FastEngine:
         elif self.config.strategy != "cranelift":
             raise UsageError(f"unknown code generator {self.config.strategy!r}")
         pool = C.pooling_allocation_config_new()
-        for setter, value in (("total_core_instances", self.max_instances),
+        # Twice the runs: a metered run adds its forwarding trampoline (no memory, no table).
+        for setter, value in (("total_core_instances", 2 * self.max_instances),
                               ("total_memories", self.max_instances),
                               ("total_tables", self.max_instances),
                               ("max_memory_size", self.max_memory),
@@ -240,6 +246,61 @@ class FastEngine:
         finally:
             self._release(plan.module, slot)
 
+    def run_metered(
+        self,
+        module: FastModule,
+        meter: Meter,
+        args: Iterable[str] = (),
+        env: Env | EnvBlock = (),
+        *,
+        dirs: Sequence[str] = (),
+        program: str | None = None,
+    ) -> FastResult:
+        """Run `module`'s `_start` in a fresh instance under `meter`, as the sandbox runs
+        it: the same owned host calls (`hostcalls.handlers`) with the same outcomes and
+        errnos, on this engine.
+
+        The meter (`Meter(limits, deadline, preopens, stdin)`, made just before the
+        call) decides everything the sandbox's would: the preopens (`meter.preopens`;
+        `dirs` are their guest paths, in order; read-only unless writable), the disk,
+        file and descriptor quotas, the output cap, the host-call budget and per-call
+        caps, the deadline (monotonic seconds, also in blocking calls), the standard
+        input and output. From `meter.limits` too: the fuel budget (when this engine
+        meters fuel), linear memory (at most the engine's `max_memory`), tables and
+        instances. The meter is closed when the run ends; read its counts after (the
+        result also carries them). `env` is pairs or an `EnvBlock` already encoded;
+        `program` is argv[0] (default: the module's name). Raises UsageError for bad
+        arguments or limits this engine cannot hold.
+        """
+        from ._metered import MeteredLinking, MeteredRun
+
+        limits = meter.limits
+        remaining = None if meter.deadline is None else meter.deadline - time.monotonic()
+        try:
+            plan = self.plan(module, args, program=program,
+                             fuel=limits.fuel if self.config.fuel else None,
+                             max_memory=limits.max_memory,
+                             timeout_s=None if remaining is None else max(remaining, 1e-6))
+            block = env if isinstance(env, EnvBlock) else encode_env(env)
+            with self._lock:
+                if self._metered is None and not self._closed:
+                    self._metered = MeteredLinking(self._engine)
+            slot = self._admit(module)
+            try:
+                linking = self._metered
+                if linking is None:
+                    raise UsageError(f"{module.name}: engine or module is closed")
+                slot.metered = MeteredRun(meter, dirs, linking.pre(module), linking)
+                result = execute(self._engine, plan, slot, block, b"")
+            finally:
+                slot.metered = None
+                self._release(module, slot)
+        finally:
+            meter.close()
+        result.files_created, result.bytes_written = meter.files_created, meter.bytes_written
+        result.hostcalls = dict(meter.counts)
+        return result
+
     def _fuel(self, fuel: int | None) -> int | None:
         if not self.config.fuel:
             if fuel is not None:
@@ -348,6 +409,8 @@ class FastEngine:
             module.close()
         for slot in slots:
             slot.close()
+        if self._metered is not None:
+            self._metered.close()
         C.linker_delete(self._linker)
         C.wasm_engine_delete(self._engine)
 

@@ -38,6 +38,8 @@ class FastModule:
         self.name = name
         self._module: int | None = module
         self._pre = pre
+        # Pre-linked with the engine's metered linker, on a first metered run.
+        self._metered_pre: int | None = None
         self._active = 0
 
     def run(
@@ -78,6 +80,8 @@ class FastModule:
                 self.engine._wait()
             self.engine._modules.discard(self)
         C.instance_pre_delete(self._pre)
+        if self._metered_pre is not None:
+            C.instance_pre_delete(self._metered_pre)
         C.module_delete(module)
 
     def __enter__(self) -> FastModule:

@@ -9,29 +9,33 @@ stdout/stderr are files, so descriptors 0-2 are always ready. Each call counts t
 the run's host-call budget, like the standard streams the native library serves.
 
 It is a Python callback, entered only while a guest runs and only when the guest
-polls (sleeps); the per-call path stays free of Python callbacks.
+polls (sleeps); the per-call path stays free of Python callbacks. The call itself is
+`hostcalls.poll.serve`, the one a metered run uses too; only the answer for
+descriptors is this path's own.
 """
 
 from __future__ import annotations
 
 import ctypes
-import struct
 import time
 from ctypes import CFUNCTYPE, POINTER, c_size_t, c_void_p
 from typing import Any
 
 from ...hostcalls import poll
+from ...hostcalls.abi import INTERPOSED, MODULE, GuestMemory
 from ...result import GuestStopped
 from ._capi import EXTERN_MEMORY, C, Extern, ValRaw, ValTypeVec, take_error
 from ._native import STDIO, STOP_HOSTCALLS
 from ._run import RunSlot
 
-__all__ = ["define_owned_calls"]
+__all__ = ["define_owned_calls", "define_func", "CALLBACK_TYPE"]
 
-_ESUCCESS, _EBADF, _EFAULT, _EINVAL = 0, 8, 21, 28
+_ESUCCESS, _EBADF, _EINVAL = 0, 8, 28
 _STD_FDS = (0, 1, 2)
 
-_Callback = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ValRaw), c_size_t)
+# `wasmtime_func_unchecked_callback_t`: (env, caller, argument and result slots, their
+# count) -> a trap to stop the guest with, or 0.
+CALLBACK_TYPE = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ValRaw), c_size_t)
 
 
 def define_owned_calls(linker: int) -> bool:
@@ -40,27 +44,34 @@ def define_owned_calls(linker: int) -> bool:
     (`_native.STDIO`)
     when it is loaded. Whether the standard streams are owned (counted, capped)."""
     C.linker_allow_shadowing(linker, True)
-    _define(linker, b"poll_oneoff", 4, ctypes.cast(_CALLBACK, c_void_p))
+    define_func(linker, b"poll_oneoff", INTERPOSED["poll_oneoff"],
+                ctypes.cast(_CALLBACK, c_void_p))
     if STDIO is None:
         return False
     for name, address in STDIO.items():
-        params = {"fd_close": 1, "random_get": 2}.get(name, 4)
-        _define(linker, name.encode(), params, c_void_p(address))
+        define_func(linker, name.encode(), INTERPOSED[name], c_void_p(address))
     return True
 
 
-def _define(linker: int, name: bytes, params: int, callback: c_void_p) -> None:
-    i32 = [C.wasm_valtype_new(0) for _ in range(params + 1)]  # WASM_I32
+def define_func(linker: int, name: bytes, params: tuple[str, ...], callback: c_void_p) -> None:
+    """Define WASI's `name` in `linker` as the raw host function at `callback` (a
+    `wasmtime_func_unchecked_callback_t`) taking `params` ("i32"/"i64"), returning i32."""
+    kinds = [_VALTYPES[param] for param in (*params, "i32")]
+    valtypes = [C.wasm_valtype_new(kind) for kind in kinds]
     args, results = ValTypeVec(), ValTypeVec()
-    C.wasm_valtype_vec_new(ctypes.byref(args), params, (c_void_p * params)(*i32[:params]))
-    C.wasm_valtype_vec_new(ctypes.byref(results), 1, (c_void_p * 1)(i32[params]))
+    count = len(params)
+    C.wasm_valtype_vec_new(ctypes.byref(args), count, (c_void_p * count)(*valtypes[:count]))
+    C.wasm_valtype_vec_new(ctypes.byref(results), 1, (c_void_p * 1)(valtypes[count]))
     functype = C.wasm_functype_new(ctypes.byref(args), ctypes.byref(results))
-    module = b"wasi_snapshot_preview1"
+    module = MODULE.encode()
     error = C.linker_define_func_unchecked(linker, module, len(module), name, len(name),
                                            functype, callback, None, None)
     C.wasm_functype_delete(functype)
     if error:
         raise RuntimeError(f"cannot define {name.decode()}: {take_error(error)[0]}")
+
+
+_VALTYPES = {"i32": 0, "i64": 1}  # WASM_I32, WASM_I64
 
 
 def _poll_oneoff(_env: Any, caller: Any, args: Any, _count: int) -> int:
@@ -92,35 +103,24 @@ def _poll(caller: int, args: Any) -> int:
     if state.hostcalls > state.max_hostcalls:
         state.stop = STOP_HOSTCALLS
         raise _Stop(b"host-call budget exhausted")
-    base = C.memory_data(context, ctypes.byref(memory.of.memory)) or 0
-    size = C.memory_data_size(context, ctypes.byref(memory.of.memory))
-    in_ptr, out_ptr, count, ret_ptr = (args[i].i32 & 0xFFFFFFFF for i in range(4))
-    errno = poll.check_count(count)
-    if errno is not None:
-        return errno
-    if max(in_ptr + count * poll.SUBSCRIPTION_SIZE, out_ptr + count * poll.EVENT_SIZE,
-           ret_ptr + 4) > size:
-        return _EFAULT
-    parsed = poll.parse(ctypes.string_at(base + in_ptr, count * poll.SUBSCRIPTION_SIZE), count,
-                        slot.clock_base)
-    if isinstance(parsed, int):
-        return parsed
-    # stdin is an in-memory pipe and stdout/stderr are files: descriptors 0-2 are always
-    # ready (others do not exist), so a poll naming any descriptor returns at once.
-    events = [(userdata, _ESUCCESS if fd in _STD_FDS else _EBADF, tag)
-              for _, userdata, tag, fd in parsed.fds] or parsed.failed
-    if not events:
-        try:
-            due = poll.wait(parsed.clocks, None if slot.deadline is None
-                            else slot.deadline - time.monotonic())
-        except GuestStopped as stop:
-            slot.stopped = True
-            raise _Stop(stop.message.encode()) from None
-        events = [(userdata, _ESUCCESS, poll.TAG_CLOCK) for userdata in due]
-    packed = poll.pack_events(events)
-    ctypes.memmove(base + out_ptr, packed, len(packed))
-    ctypes.memmove(base + ret_ptr, struct.pack("<I", len(events)), 4)
-    return _ESUCCESS
+    handle = ctypes.byref(memory.of.memory)
+    mem = GuestMemory(C.memory_data(context, handle) or 0, C.memory_data_size(context, handle))
+
+    def descriptors(parsed: poll.Poll, _raw: bytes, addresses: tuple[int, int, int, int]) -> int:
+        # stdin is an in-memory pipe and stdout/stderr are files: descriptors 0-2 are
+        # always ready (others do not exist), so a poll naming any returns at once.
+        events = [(userdata, _ESUCCESS if fd in _STD_FDS else _EBADF, tag)
+                  for _, userdata, tag, fd in parsed.fds]
+        poll.put_events(mem, addresses[1], addresses[3], events)
+        return _ESUCCESS
+
+    remaining = None if slot.deadline is None else slot.deadline - time.monotonic()
+    try:
+        return poll.serve(mem, (args[0].i32, args[1].i32, args[2].i32, args[3].i32),
+                          slot.clock_base, remaining, descriptors)
+    except GuestStopped as stop:
+        slot.stopped = True
+        raise _Stop(stop.message.encode()) from None
 
 
-_CALLBACK = _Callback(_poll_oneoff)  # one object, alive as long as the module
+_CALLBACK = CALLBACK_TYPE(_poll_oneoff)  # one object, alive as long as the module

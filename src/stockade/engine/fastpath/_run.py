@@ -14,7 +14,7 @@ import ctypes
 import fcntl
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ...policy.units import format_size
@@ -45,6 +45,7 @@ from ._native import (
 )
 
 if TYPE_CHECKING:
+    from ._metered import MeteredRun
     from ._module import FastModule
 
 __all__ = ["FastResult", "RunSlot", "RunPlan", "EnvBlock", "NO_ENV", "execute"]
@@ -107,7 +108,9 @@ class FastResult:
 
     `guest_exit_code` is set when the guest exited (WASI `proc_exit` or returning from
     `_start`, which is 0); `memory_bytes` is the final (= peak) size of its memory;
-    `fuel_consumed` is 0 when the engine does not meter fuel.
+    `fuel_consumed` is 0 when the engine does not meter fuel. A metered run
+    (`FastEngine.run_metered`) also reports its meter's `files_created`, `bytes_written`
+    and `hostcalls` (calls per owned WASI function).
     """
 
     outcome: Outcome
@@ -121,6 +124,9 @@ class FastResult:
     wall_s: float
     cpu_s: float
     memory_bytes: int
+    files_created: int = 0
+    bytes_written: int = 0
+    hostcalls: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -136,6 +142,9 @@ class FastResult:
             cpu_ms=self.cpu_s * 1000,
             fuel_consumed=self.fuel_consumed,
             peak_memory_bytes=self.memory_bytes,
+            files_created=self.files_created,
+            bytes_written=self.bytes_written,
+            hostcalls=dict(self.hostcalls),
         )
         return Result(
             module=module, sha256=sha256, outcome=self.outcome, exit_code=self.exit_code,
@@ -160,7 +169,7 @@ class RunSlot:
 
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
-                 "native_in", "native_out", "state", "key")
+                 "native_in", "native_out", "state", "key", "metered")
 
     def __init__(self) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -187,6 +196,7 @@ class RunSlot:
                                cap=ctypes.pointer(self.cap_cell), out_fd=self.out,
                                err_fd=self.err)
         self.native_out = RunOut()
+        self.metered: MeteredRun | None = None
         RunSlot.live[self.key] = self
 
     @property
@@ -251,12 +261,16 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     """
     slot.stopped = False
     _start_state(slot, plan, stdin)
-    if NATIVE_RUN is not None and plan.argc <= MAX_STRINGS and env.entries <= MAX_STRINGS:
+    metered = slot.metered  # its host calls are Python: the ctypes run costs nothing more
+    if metered is None and NATIVE_RUN is not None and plan.argc <= MAX_STRINGS \
+            and env.entries <= MAX_STRINGS:
         ran = _run_native(engine, plan, slot, env, stdin)
     else:
         ran = _run_python(engine, plan, slot, env, stdin)
     error, trap, called, memory_bytes, fuel_left, wall, cpu, n_out, n_err = ran
     outcome, message, code = _ending(error, trap, started=called)
+    if metered is not None:
+        outcome, message, code = metered.ending(outcome, message, code)
     if slot.stopped:
         outcome, message, code = Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)", None
     max_memory = plan.max_memory
@@ -267,7 +281,8 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
         outcome, message = Outcome.MEMORY_LIMIT, (
             f"memory limit of {format_size(max_memory)} reached "
             f"(linear memory {format_size(memory_bytes)})")
-    out, err, out_cut, err_cut = slot.collect(n_out, n_err)
+    out, err, out_cut, err_cut = slot.collect(n_out, n_err) if metered is None \
+        else metered.output()
     stop = slot.state.stop
     slot.state.stdin_data = None  # do not keep the request body alive in the slot
     if stop == STOP_HOSTCALLS:
@@ -276,7 +291,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     elif stop in (STOP_STDOUT, STOP_STDERR):
         out_cut, err_cut, code = out_cut or stop == STOP_STDOUT, err_cut or stop == STOP_STDERR, \
             None
-    if out_cut or err_cut:
+    if (out_cut or err_cut) and metered is None:  # a meter's cap stopped the guest itself
         outcome, message = Outcome.OUTPUT_LIMIT, \
             f"output limit of {format_size(plan.max_output or 0)} exceeded"
     fuel = plan.fuel
@@ -341,7 +356,8 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     argv, names, values = _entries(plan.argv), _entries(env.names), _entries(env.values)
     if len(argv) != plan.argc or len(names) != env.entries or len(values) != env.entries:
         raise ValueError("malformed argv or environment block")
-    pre, fuel = plan.module._pre, plan.fuel
+    metered = slot.metered
+    pre, fuel = plan.module._pre if metered is None else metered.pre, plan.fuel
     wall0, cpu0 = time.perf_counter(), time.thread_time()
     byref = ctypes.byref
     instance, item, trap = byref(slot.instance), slot.item, slot.trap
@@ -352,13 +368,18 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     called = False
     try:
         cx = C.store_context(store)
-        C.store_limiter(store, plan.max_memory, -1, -1, -1, -1)
+        if metered is None:
+            C.store_limiter(store, plan.max_memory, -1, -1, -1, -1)
+        else:
+            metered.limit(store, plan.max_memory)
         if fuel is not None:
             _check(C.context_set_fuel(cx, fuel))
         C.context_set_epoch_deadline(cx, plan.deadline_ticks)
         slot.capture_err = plan.capture_stderr
         _check(C.context_set_wasi(cx, _wasi_config(slot, argv, (names, values),
-                                                    b"" if plan.owned_stdio else stdin)))
+                                                    b"" if plan.owned_stdio else stdin)
+                                  if metered is None else metered.wasi_config(argv, names,
+                                                                              values)))
         slot.cap = plan.max_output  # only now: the files were just truncated for this run
         error = C.instance_pre_instantiate(pre, cx, instance, byref(trap))
         if not error and not trap.value:
@@ -376,7 +397,8 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     finally:
         C.store_delete(store)
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *slot.sizes())
+    sizes = slot.sizes() if metered is None else (0, 0)  # the meter keeps its output
+    return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *sizes)
 
 
 def _entries(block: bytes) -> list[bytes]:
