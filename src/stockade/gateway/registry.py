@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ModuleError, ModuleNotFound
-from .executor import Executors, Prepared, named_error
+from .executor import Executors, named_error
 from .limits import Limiter, QuotaStore
 from .manifest import FunctionSpec, Manifest
+from .pool import start_pools
+from .prepared import Prepared
 from .settings import Quota
 
 if TYPE_CHECKING:
@@ -77,7 +79,8 @@ class Registry:
         ModuleNotFound or ModuleError naming the function; nothing changes until `swap`."""
         routes = []
         quotas: dict[str, Quota] = {}
-        pools = self.executors.start_pools(manifest.functions)
+        pools = start_pools(manifest.functions, self.executors.mode,
+                            self.executors.pool_workers)
         for spec in manifest.functions:
             try:
                 prepared = self.executors.prepare(spec, pools)
