@@ -15,7 +15,10 @@ In one run, each with 2 workers and `wrk -t2 -c32 --latency`:
    function runs at its CPU limit (two clients that retry as `Retry-After` says;
    measured once its budget is spent).
 Reports requests/s, p50, p99 and errors per step, and each mode's hello as a ratio to the
-raw ASGI ceiling measured in the same run. Needs `make guests` and wrk.
+raw ASGI ceiling measured in the same run: the raw server stays up beside each gateway
+and `--rounds` short runs of each alternate (raw, gateway, raw, ...), the ratio being
+the median of the paired ratios, so load from elsewhere on a shared machine falls on
+both sides alike. Needs `make guests` and wrk.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,6 +201,9 @@ def main() -> None:
     parser.add_argument("--telemetry", default="off,default",
                         help="comma-separated modes: an export profile, off, or default "
                              "(the server's own choice); each is measured in the same run")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="paired raw/gateway hello runs per telemetry mode (each "
+                             "--duration / rounds seconds) for the ratio")
     parser.add_argument("--no-spin", action="store_true",
                         help="skip the noisy-neighbour step (hello beside a spinning tenant)")
     parser.add_argument("--spin-cpu", default="15s", help="the spin tenant's CPU per minute")
@@ -212,27 +219,34 @@ def main() -> None:
                                "executor": args.executor, "telemetry": modes,
                                "isolate": args.isolate or "profile",
                                "load_average": os.getloadavg()}
-    for server in ("uvicorn", "granian") if args.servers else ("uvicorn",):
-        port = _free_port()
-        process = raw_server(server, port, args.workers)
-        try:
-            results[f"raw_asgi_{server}"] = wrk(f"http://127.0.0.1:{port}/", args.duration)
-        finally:
-            _stop(process)
-    for index, mode in enumerate(modes):
-        spin = not args.no_spin and index == len(modes) - 1
-        results[f"telemetry_{mode}"] = _measure_gateway(args, mode, spin)
-    ceiling = results["raw_asgi_uvicorn"]["requests_per_s"]
-    results["ratio_to_raw_asgi"] = {
-        mode: results[f"telemetry_{mode}"]["hello"]["requests_per_s"] / ceiling
-        for mode in modes}
+    raw_port = _free_port()
+    raw = raw_server("uvicorn", raw_port, args.workers)
+    try:
+        results["raw_asgi_uvicorn"] = wrk(f"http://127.0.0.1:{raw_port}/", args.duration)
+        if args.servers:
+            port = _free_port()
+            process = raw_server("granian", port, args.workers)
+            try:
+                results["raw_asgi_granian"] = wrk(f"http://127.0.0.1:{port}/", args.duration)
+            finally:
+                _stop(process)
+        results["ratio_to_raw_asgi"] = {}
+        for index, mode in enumerate(modes):
+            spin = not args.no_spin and index == len(modes) - 1
+            results[f"telemetry_{mode}"] = steps = _measure_gateway(
+                args, mode, spin, f"http://127.0.0.1:{raw_port}/")
+            results["ratio_to_raw_asgi"][mode] = steps["ratio"]
+    finally:
+        _stop(raw)
     _report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _measure_gateway(args: argparse.Namespace, mode: str, spin: bool) -> dict[str, Any]:
-    """Start a gateway with telemetry `mode` and measure its steps (see the docstring)."""
+def _measure_gateway(args: argparse.Namespace, mode: str, spin: bool,
+                     raw_url: str) -> dict[str, Any]:
+    """Start a gateway with telemetry `mode` and measure its steps, and its hello against
+    the raw server at `raw_url` in alternating rounds (see the docstring)."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="stockade-bench-") as tmp:
         manifest = Path(tmp) / "stockade.toml"
@@ -249,6 +263,12 @@ def _measure_gateway(args: argparse.Namespace, mode: str, spin: bool) -> dict[st
         try:
             results["hello"] = wrk(f"{url}/hello", args.duration)
             results["healthz"] = wrk(f"{url}/healthz", args.duration)
+            results["rounds"] = rounds = []
+            for _ in range(args.rounds):
+                ceiling = wrk(raw_url, args.duration / args.rounds)["requests_per_s"]
+                hello = wrk(f"{url}/hello", args.duration / args.rounds)["requests_per_s"]
+                rounds.append({"raw_asgi": ceiling, "hello": hello, "ratio": hello / ceiling})
+            results["ratio"] = statistics.median(r["ratio"] for r in rounds)
             if spin:
                 results.update(_with_spin(url, args.duration))
         finally:
@@ -301,8 +321,9 @@ def _report(results: dict[str, Any]) -> None:
               f"{value['p99_ms']:>9.2f}{errors:>8}")
     for mode in results["telemetry"]:
         steps = results[f"telemetry_{mode}"]
-        print(f"telemetry {mode}: hello / raw ASGI = "
-              f"{results['ratio_to_raw_asgi'][mode]:.3f}; first request to a fresh gateway "
+        ratios = ", ".join(f"{r['ratio']:.3f}" for r in steps["rounds"])
+        print(f"telemetry {mode}: hello / raw ASGI = {steps['ratio']:.3f} (median of "
+              f"paired rounds: {ratios}); first request to a fresh gateway "
               f"{steps['first_request_ms']:.1f} ms")
         if "hello_with_spin" in steps:
             ratio = steps["hello_with_spin"]["p99_ms"] / steps["hello"]["p99_ms"]
