@@ -6,12 +6,19 @@
 In one run, each with 2 workers and `wrk -t2 -c32 --latency`:
 1. the ceiling: a raw ASGI "hello" under the same server (uvicorn, uvloop, httptools),
    and with `--servers` the same app under granian for comparison;
-2. the first request to a freshly started gateway (modules already in the AoT cache);
-3. the hello function (C, CGI over WASI, a fresh instance per request);
-4. the gateway's own /healthz (the whole handler stack, no guest);
-5. hello again while another tenant's `spin` function runs at its CPU limit (two clients
-   that retry as `Retry-After` says; measured once its budget is spent).
-Reports requests/s, p50, p99 and errors per step. Needs `make guests` and wrk.
+2. per telemetry mode of `--telemetry` (default: `off` and the server's default, in
+   that order, each in a freshly started gateway):
+   the first request (modules already in the AoT cache), the hello function (C, CGI
+   over WASI, a fresh instance per request), the gateway's own /healthz (the whole
+   handler stack, no guest);
+3. unless `--no-spin`, in the last mode: hello again while another tenant's `spin`
+   function runs at its CPU limit (two clients that retry as `Retry-After` says;
+   measured once its budget is spent).
+Reports requests/s, p50, p99 and errors per step, and each mode's hello as a ratio to the
+raw ASGI ceiling measured in the same run: the raw server stays up beside each gateway
+and `--rounds` short runs of each alternate (raw, gateway, raw, ...), the ratio being
+the median of the paired ratios, so load from elsewhere on a shared machine falls on
+both sides alike. Needs `make guests` and wrk.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -190,7 +198,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--executor", default="auto", choices=["auto", "fast", "sandbox"])
-    parser.add_argument("--telemetry", default="", help="export profile, off, or default")
+    parser.add_argument("--telemetry", default="off,default",
+                        help="comma-separated modes: an export profile, off, or default "
+                             "(the server's own choice); each is measured in the same run")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="paired raw/gateway hello runs per telemetry mode (each "
+                             "--duration / rounds seconds) for the ratio")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="skip the noisy-neighbour step (hello beside a spinning tenant)")
     parser.add_argument("--spin-cpu", default="15s", help="the spin tenant's CPU per minute")
     parser.add_argument("--servers", action="store_true", help="also measure granian")
     parser.add_argument("--isolate", choices=["process", "none"],
@@ -199,20 +214,43 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None or not (FUNCTIONS / "hello.wasm").exists():
         raise SystemExit("bench_gateway: needs wrk and `make guests`")
+    modes = [mode.strip() for mode in args.telemetry.split(",") if mode.strip()]
     results: dict[str, Any] = {"duration_s": args.duration, "workers": args.workers,
-                               "executor": args.executor, "telemetry": args.telemetry or
-                               "default", "isolate": args.isolate or "profile",
-               "load_average": os.getloadavg()}
-    for server in ("uvicorn", "granian") if args.servers else ("uvicorn",):
-        port = _free_port()
-        process = raw_server(server, port, args.workers)
-        try:
-            results[f"raw_asgi_{server}"] = wrk(f"http://127.0.0.1:{port}/", args.duration)
-        finally:
-            _stop(process)
+                               "executor": args.executor, "telemetry": modes,
+                               "isolate": args.isolate or "profile",
+                               "load_average": os.getloadavg()}
+    raw_port = _free_port()
+    raw = raw_server("uvicorn", raw_port, args.workers)
+    try:
+        results["raw_asgi_uvicorn"] = wrk(f"http://127.0.0.1:{raw_port}/", args.duration)
+        if args.servers:
+            port = _free_port()
+            process = raw_server("granian", port, args.workers)
+            try:
+                results["raw_asgi_granian"] = wrk(f"http://127.0.0.1:{port}/", args.duration)
+            finally:
+                _stop(process)
+        results["ratio_to_raw_asgi"] = {}
+        for index, mode in enumerate(modes):
+            spin = not args.no_spin and index == len(modes) - 1
+            results[f"telemetry_{mode}"] = steps = _measure_gateway(
+                args, mode, spin, f"http://127.0.0.1:{raw_port}/")
+            results["ratio_to_raw_asgi"][mode] = steps["ratio"]
+    finally:
+        _stop(raw)
+    _report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _measure_gateway(args: argparse.Namespace, mode: str, spin: bool,
+                     raw_url: str) -> dict[str, Any]:
+    """Start a gateway with telemetry `mode` and measure its steps, and its hello against
+    the raw server at `raw_url` in alternating rounds (see the docstring)."""
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="stockade-bench-") as tmp:
         manifest = Path(tmp) / "stockade.toml"
-        telemetry = f'telemetry = "{args.telemetry}"' if args.telemetry else ""
+        telemetry = "" if mode == "default" else f'telemetry = "{mode}"'
         manifest.write_text(MANIFEST.format(
             workers=args.workers, executor=args.executor, telemetry=telemetry,
             spin_cpu=args.spin_cpu, functions=FUNCTIONS,
@@ -225,50 +263,72 @@ def main() -> None:
         try:
             results["hello"] = wrk(f"{url}/hello", args.duration)
             results["healthz"] = wrk(f"{url}/healthz", args.duration)
-            stop = threading.Event()
-            spin_url = f"{url}/spin?{SPIN_QUERY}"
-            spinners = [threading.Thread(target=spin_client, args=(spin_url, stop), daemon=True)
-                        for _ in range(2)]
-            for thread in spinners:
-                thread.start()
-            # Measure at the limit: once the tenant's budget is spent (its first 429).
-            deadline = time.monotonic() + 120
-            while '"spin",tenant="batch",code="429"' not in urllib.request.urlopen(
-                    f"{url}/metrics", timeout=10).read().decode():
-                if time.monotonic() > deadline:
-                    raise SystemExit("bench_gateway: the spin tenant never reached its limit")
-                time.sleep(0.5)
-            results["hello_with_spin"] = wrk(f"{url}/hello", args.duration)
-            stop.set()
-            for thread in spinners:
-                thread.join()
-            metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-            results["spin_responses"] = {
-                code: int(float(n)) for code, n in re.findall(
-                    r'requests_total\{function="spin",tenant="batch",code="(\d+)"\} (\S+)',
-                    metrics)}
-            results["spin_cpu_s"] = sum(float(n) for n in re.findall(
-                r'guest_cpu_seconds_total\{function="spin",tenant="batch"\} (\S+)', metrics))
+            results["rounds"] = rounds = []
+            for _ in range(args.rounds):
+                ceiling = wrk(raw_url, args.duration / args.rounds)["requests_per_s"]
+                hello = wrk(f"{url}/hello", args.duration / args.rounds)["requests_per_s"]
+                rounds.append({"raw_asgi": ceiling, "hello": hello, "ratio": hello / ceiling})
+            results["ratio"] = statistics.median(r["ratio"] for r in rounds)
+            if spin:
+                results.update(_with_spin(url, args.duration))
         finally:
             _stop(process)
-    _report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _with_spin(url: str, duration: float) -> dict[str, Any]:
+    """hello while the spin tenant is held at its CPU quota, and what spin got."""
+    results: dict[str, Any] = {}
+    stop = threading.Event()
+    spin_url = f"{url}/spin?{SPIN_QUERY}"
+    spinners = [threading.Thread(target=spin_client, args=(spin_url, stop), daemon=True)
+                for _ in range(2)]
+    for thread in spinners:
+        thread.start()
+    try:
+        # Measure at the limit: once the tenant's budget is spent (its first 429).
+        deadline = time.monotonic() + 120
+        while '"spin",tenant="batch",code="429"' not in urllib.request.urlopen(
+                f"{url}/metrics", timeout=10).read().decode():
+            if time.monotonic() > deadline:
+                raise SystemExit("bench_gateway: the spin tenant never reached its limit")
+            time.sleep(0.5)
+        results["hello_with_spin"] = wrk(f"{url}/hello", duration)
+    finally:
+        stop.set()
+        for thread in spinners:
+            thread.join()
+    metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    results["spin_responses"] = {
+        code: int(float(n)) for code, n in re.findall(
+            r'requests_total\{function="spin",tenant="batch",code="(\d+)"\} (\S+)', metrics)}
+    results["spin_cpu_s"] = sum(float(n) for n in re.findall(
+        r'guest_cpu_seconds_total\{function="spin",tenant="batch"\} (\S+)', metrics))
+    return results
 
 
 def _report(results: dict[str, Any]) -> None:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in results['load_average'])}")
-    print(f"{'step':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for key, value in results.items():
-        if isinstance(value, dict) and "requests_per_s" in value:
-            errors = value["non_2xx"] + value["socket_errors"]
-            print(f"{key:<22}{value['requests_per_s']:>10.0f}{value['p50_ms']:>9.2f}"
-                  f"{value['p99_ms']:>9.2f}{errors:>8}")
-    print(f"first request to a fresh gateway: {results['first_request_ms']:.1f} ms")
-    if "hello_with_spin" in results:
-        ratio = results["hello_with_spin"]["p99_ms"] / results["hello"]["p99_ms"]
-        print(f"hello p99 with the spin tenant at its CPU limit: x{ratio:.2f}; spin answers: "
-              f"{results['spin_responses']}, guest CPU {results['spin_cpu_s']:.1f} s")
+    print(f"{'step':<30}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    rows = [(key, value) for key, value in results.items() if key.startswith("raw_asgi_")]
+    for mode in results["telemetry"]:
+        steps = results[f"telemetry_{mode}"]
+        rows += [(f"{mode}: {key}", value) for key, value in steps.items()
+                 if isinstance(value, dict) and "requests_per_s" in value]
+    for name, value in rows:
+        errors = value["non_2xx"] + value["socket_errors"]
+        print(f"{name:<30}{value['requests_per_s']:>10.0f}{value['p50_ms']:>9.2f}"
+              f"{value['p99_ms']:>9.2f}{errors:>8}")
+    for mode in results["telemetry"]:
+        steps = results[f"telemetry_{mode}"]
+        ratios = ", ".join(f"{r['ratio']:.3f}" for r in steps["rounds"])
+        print(f"telemetry {mode}: hello / raw ASGI = {steps['ratio']:.3f} (median of "
+              f"paired rounds: {ratios}); first request to a fresh gateway "
+              f"{steps['first_request_ms']:.1f} ms")
+        if "hello_with_spin" in steps:
+            ratio = steps["hello_with_spin"]["p99_ms"] / steps["hello"]["p99_ms"]
+            print(f"  hello p99 with the spin tenant at its CPU limit: x{ratio:.2f}; spin "
+                  f"answers: {steps['spin_responses']}, guest CPU {steps['spin_cpu_s']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import Gateway, Start, module
 
 ECHO = """
@@ -167,3 +169,27 @@ def test_a_killed_pool_process_is_replaced(start_gateway: Start) -> None:
     assert again is not None and again[1] != first[1]
     # A run sent as it died fails (500, never retried: it may have started); none hang.
     assert statuses[-1] == 200 and set(statuses) <= {200, 500, 503}
+
+
+def test_pool_workers_inherit_only_what_their_functions_pass(
+        start_gateway: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gateway's environment holds secrets a pool worker's code never needs: a guest
+    # that got loose in its pool worker finds only the variables its cordon passes on.
+    monkeypatch.setenv("GATEWAY_SECRET", "hunter2")
+    monkeypatch.setenv("GATEWAY_GREETING", "hello")
+    gateway = start_gateway(f"""
+[server]
+workers = 1
+telemetry = "off"
+[[function]]
+name = "strict"
+route = "/strict"
+module = "{module("echo")}"
+env_allow = ["STOCKADE_WORKER", "GATEWAY_GREETING"]
+""")
+    placed = ran_in(gateway, "/strict")
+    assert placed is not None
+    assert "GATEWAY_GREETING=hello" in gateway.client.get("/strict").text
+    environ = Path(f"/proc/{placed[1]}/environ").read_bytes().split(b"\0")
+    assert b"GATEWAY_GREETING=hello" in environ
+    assert not [entry for entry in environ if entry.startswith(b"GATEWAY_SECRET=")]

@@ -118,6 +118,8 @@ class AccessLogLayer:
     async def __call__(self, request: Request) -> Response:
         start = time.perf_counter()
         response = await self.app(request)
+        if not self.log.isEnabledFor(logging.INFO):  # `serve -q`: no line to format
+            return response
         now = time.time()
         line = json_line(request, response, now, time.perf_counter() - start) if self.json \
             else common_line(request, response, now)

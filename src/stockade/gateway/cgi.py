@@ -43,6 +43,7 @@ _SOFTWARE = SERVER_SOFTWARE.encode()
 # The two headers CGI treats apart (b"": never an HTTP_* variable).
 _SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
 _HEADER_KEYS_MAX = 4096
+_PROTOCOLS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"}
 
 EnvBlock = tuple[bytes, bytes, int]
 """Names, values (each entry UTF-8 ending in NUL) and their count: what the fast path
@@ -60,6 +61,8 @@ class CgiEnvironment:
         self._rules = rules
         # Header name -> variable name (b"" for one never passed), learned once per name.
         self._keys = dict(_SPECIAL_HEADERS)
+        self._servers: dict[tuple[bytes | None, tuple[str, int | None] | None],
+                            tuple[bytes, bytes, bytes]] = {}
         prefix = "" if route == "/" else route
         self._prefix, self._prefix_bytes = prefix, prefix.encode()
         self._matched = (prefix + "/...").encode()
@@ -78,47 +81,62 @@ class CgiEnvironment:
             raise BadRequest("the request path contains a NUL byte")
         prefix = self._prefix
         path_info = path[len(prefix):].encode()
-        raw = request.raw_path or path.encode()
-        raw_info = _text(raw[len(prefix):]) if raw.startswith(self._prefix_bytes) \
-            else path_info
-        headers = request.headers
-        host_header = next((value for key, value in headers if key == b"host"), None)
-        server_host, server_port = request.server or ("", None)
-        host = _text(host_header) if host_header else server_host.encode()
-        server_name = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
-        query = request.query.encode()
-        url = [request.scheme.encode(), b"://", host, path.encode()]
-        if query:
-            url += [b"?", query]
-        values = [
-            b"CGI/1.1", _SOFTWARE, b"HTTP/" + request.http_version.encode(), server_name,
-            b"" if server_port is None else str(server_port).encode(), request.method.encode(),
-            self._prefix_bytes, path_info, path_info, query, str(len(request.body)).encode(),
-            request.client[0].encode() if request.client else b"", self._matched, raw_info,
-            b"".join(url), b"",
-        ]
-        names = [_FIXED_NAMES]
+        raw = request.raw_path
+        raw_info = (raw[len(prefix):] if raw.isascii() else _text(raw[len(prefix):])) \
+            if raw and raw.startswith(self._prefix_bytes) else path_info
+        # One pass over the headers: the Host header and the HTTP_* variables.
+        host_header: bytes | None = None
         extra: dict[bytes, bytes] = {}
         keys = self._keys
-        for name, value in headers:
+        for name, value in request.headers:
+            if name == b"host" and host_header is None:
+                host_header = value
             key = keys.get(name)
             if key is None:
                 key = self._header_key(name)
             if not key:
                 continue
-            value = _text(value)
+            if not value.isascii():
+                value = value.decode("latin-1").encode()
             if key in extra and key != b"CONTENT_TYPE":
                 value = extra[key] + b", " + value
             extra[key] = value
+        server = self._server(host_header, request.server)
+        query = request.query.encode()
+        body = request.body
+        values = [
+            b"CGI/1.1", _SOFTWARE, _PROTOCOLS.get(request.http_version)
+            or b"HTTP/" + request.http_version.encode(), server[1], server[2],
+            request.method.encode(), self._prefix_bytes, path_info, path_info, query,
+            b"%d" % len(body) if body else b"0",
+            request.client[0].encode() if request.client else b"", self._matched, raw_info,
+            b"%s://%s%s?%s" % (request.scheme.encode(), server[0], path.encode(), query)
+            if query else b"%s://%s%s" % (request.scheme.encode(), server[0], path.encode()),
+            *extra.values(), b"",
+        ]
         count = len(_FIXED) + len(extra) + self._base_count
-        if extra:
-            names += [key + b"\0" for key in extra]
-            values[-1:] = [*extra.values(), b""]
-        names.append(self._base_names)
+        names = _FIXED_NAMES + b"".join([key + b"\0" for key in extra]) + self._base_names \
+            if extra else _FIXED_NAMES + self._base_names
         joined = b"\0".join(values) + self._base_values
         if joined.count(b"\0") != count:
             raise BadRequest("a request header contains a NUL byte")
-        return b"".join(names), joined, count
+        return names, joined, count
+
+    def _server(self, host_header: bytes | None,
+                server: tuple[str, int | None] | None) -> tuple[bytes, bytes, bytes]:
+        """(host, SERVER_NAME, SERVER_PORT) of a request, remembered per (Host header,
+        listening address): one answer for every request a client sends alike."""
+        key = (host_header, server)
+        known = self._servers.get(key)
+        if known is None:
+            server_host, server_port = server or ("", None)
+            host = _text(host_header) if host_header else server_host.encode()
+            name = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+            port = b"" if server_port is None else str(server_port).encode()
+            if len(self._servers) >= _HEADER_KEYS_MAX:  # bounded: Host comes from clients
+                self._servers.clear()
+            known = self._servers[key] = (host, name, port)
+        return known
 
     def pairs(self, request: Request) -> tuple[tuple[str, str], ...]:
         """The same variables as text (name, value) pairs."""

@@ -1,24 +1,21 @@
 """Executors: how a function's module runs once per request, in a fresh instance.
 
     Executor.prepare(spec) -> Prepared          (load from the AoT cache, link, check)
-    Prepared.run(invocation) -> Result           (on a guest thread; never shared state)
+    Prepared.run(invocation) -> Result           (prepared.py)
 
 Implementations: `SandboxExecutor` (`stockade.Sandbox`: every limit and metered host
 call) and `FastExecutor` (`fastexec.py`: the wasmtime C API with the pooling allocator).
-`Executors` picks one per function: the fast path when the server allows it and the
-function qualifies (see `fast_refusal`), the sandbox otherwise. A function that must not
-run in the gateway worker process (`FunctionSpec.pooled`) becomes a `PooledFunction`
-instead: its cordon's `WorkerPool` (`pool.py`) runs it, with the same choice made
-inside. A module that imports what Stockade does not provide becomes a
-`DeniedFunction`, refused on every request.
+`Executors` picks one per function, in one place (`Executors._choose`): the fast path
+when the server allows it and the function qualifies (see `fast_refusal`), the sandbox
+otherwise. A function that must not run in the gateway worker process
+(`FunctionSpec.pooled`) is prepared by its cordon's `WorkerPool` instead (`pool.py`),
+which makes the same choice inside its processes. A module that imports what Stockade
+does not provide becomes a `DeniedFunction`, refused on every request.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -26,53 +23,22 @@ from ..engine import CompileGuard, EngineConfig, LoadedModule, get_engine
 from ..errors import ModuleError, ModuleNotFound, StockadeError
 from ..hostcalls import MODULE
 from ..invocation import Invocation
-from ..observe import RunInfo, RunObserver, notify_finished, notify_started
-from ..result import Outcome, Result
+from ..observe import RunObserver
+from ..result import Result
 from ..sandbox import Sandbox
 from ..sandbox.imports import denied_import
 from ..sandbox.provenance import gate
 from .manifest import FunctionSpec
+from .prepared import DeniedFunction, Prepared
 
 if TYPE_CHECKING:
-    from .cgi import CgiEnvironment
     from .fastexec import FastExecutor
     from .pool import WorkerPool
 
-__all__ = ["Prepared", "SandboxExecutor", "DeniedFunction", "Executors", "fast_refusal",
-           "load_standard", "named_error"]
+__all__ = ["SandboxFunction", "SandboxExecutor", "Executors", "fast_refusal", "load_standard",
+           "named_error"]
 
 logger = logging.getLogger("stockade.gateway")
-
-
-class Prepared(ABC):
-    """A function ready to run: `kind` names the executor, `sha256` the module. `cgi`
-    is set by executors that take a request's CGI variables as bytes (`HttpInvocation.
-    env_block`); the others get them as `Invocation.env`."""
-
-    kind = "none"
-    cgi: CgiEnvironment | None = None
-
-    def __init__(self, spec: FunctionSpec, sha256: str, observers: Sequence[RunObserver]):
-        self.spec = spec
-        self.sha256 = sha256
-        self.observers = tuple(observers)
-        self.warm = False
-        self._pid = os.getpid()  # a system call: worker processes are exec'd, never forked
-
-    @abstractmethod
-    def run(self, invocation: Invocation) -> Result:
-        """Run once in a fresh instance (called on a guest thread)."""
-
-    def try_inline(self, invocation: Invocation) -> tuple[Result | None, float]:
-        """Run on the calling thread if it can be done within a small budget: (result,
-        cpu seconds), or (None, cpu seconds spent) to have `run` do it on a guest thread.
-        Only executors whose runs leave no trace when abandoned can say yes."""
-        return None, 0.0
-
-    def _info(self, invocation: Invocation) -> RunInfo:
-        return RunInfo(module=self.spec.module.name, sha256=self.sha256, invocation=invocation,
-                       policy=self.spec.policy, started=time.time(), pid=self._pid,
-                       coldstart=not self.warm)
 
 
 class SandboxFunction(Prepared):
@@ -89,27 +55,6 @@ class SandboxFunction(Prepared):
     def run(self, invocation: Invocation) -> Result:
         """Run through the sandbox (its observers record the run)."""
         return self._sandbox.run(self._loaded, invocation)
-
-
-class DeniedFunction(Prepared):
-    """A module refused at load: every run reports `denied` (and observers record it)."""
-
-    kind = "denied"
-
-    def __init__(self, spec: FunctionSpec, sha256: str, message: str,
-                 observers: Sequence[RunObserver]) -> None:
-        super().__init__(spec, sha256, observers)
-        self.message = message
-
-    def run(self, invocation: Invocation) -> Result:
-        """A `denied` result, recorded like a run."""
-        info = self._info(invocation)
-        notify_started(self.observers, info)
-        result = Result(module=self.spec.module.name, sha256=self.sha256,
-                        outcome=Outcome.DENIED, exit_code=Outcome.DENIED.exit_code,
-                        message=self.message, limits=self.spec.policy.limits.as_dict())
-        notify_finished(self.observers, info, result)
-        return result
 
 
 def named_error(exc: ModuleNotFound | ModuleError, name: str) -> StockadeError:
@@ -179,46 +124,28 @@ class Executors:
         self._fast: FastExecutor | None = None
         self._fast_failed = mode == "sandbox"
 
-    def start_pools(self, specs: Sequence[FunctionSpec]) -> dict[str, WorkerPool]:
-        """Start a warm `WorkerPool` per cordon for the pooled functions among `specs`
-        (blocking). Raises WorkerError when a pool cannot start."""
-        from .pool import WorkerPool
-
-        cordons: dict[str, list[FunctionSpec]] = {}
-        for spec in specs:
-            if spec.pooled:
-                cordons.setdefault(spec.cordon, []).append(spec)
-        pools: dict[str, WorkerPool] = {}
-        try:
-            for cordon, members in cordons.items():
-                pools[cordon] = pool = WorkerPool(cordon, members, self.pool_workers,
-                                                  self.mode)
-                pool.start()
-        except BaseException:
-            for pool in pools.values():
-                pool.close()
-            raise
-        return pools
-
     def prepare(self, spec: FunctionSpec,
                 pools: Mapping[str, WorkerPool] | None = None) -> Prepared:
         """Prepare `spec`: in its cordon's pool when it is pooled and `pools` are given
-        (see `start_pools`), else load its module into this process. A module that a
+        (`pool.start_pools`), else load its module into this process. A module that a
         [trust] policy refuses is never compiled. Raises ModuleNotFound or ModuleError."""
         checked = gate(spec.module, spec.policy)  # a [trust] that requires signatures
         if checked is not None and checked.data is None:
             return DeniedFunction(spec, checked.sha256, f"signature {checked.refusal}",
                                   self.observers)
         if pools is not None and spec.pooled:
-            from .pool import PooledFunction
-
-            return PooledFunction(spec, pools[spec.cordon], self.observers)
+            return pools[spec.cordon].prepare(spec, self.observers)
         loaded = load_standard(spec, checked.data if checked is not None else None)
         denied = denied_import(loaded.module)
         if denied is not None:
             name, reason = denied
             return DeniedFunction(spec, loaded.sha256, f"import {name} denied: {reason}",
                                   self.observers)
+        return self._choose(spec, loaded)
+
+    def _choose(self, spec: FunctionSpec, loaded: LoadedModule) -> Prepared:
+        """The one place an executor is chosen: the fast path unless the server says
+        `sandbox`, it is unavailable, or it cannot hold the function's limits."""
         fast = self._fast_executor()
         if fast is not None:
             refusal = fast_refusal(spec, loaded) or fast.refusal(spec)

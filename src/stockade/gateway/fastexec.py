@@ -36,8 +36,8 @@ from ..observe import RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
 from ..sandbox.wasi import guest_env
 from .cgi import CgiEnvironment
-from .executor import Prepared
 from .manifest import FunctionSpec
+from .prepared import Prepared
 
 __all__ = ["FastExecutor", "FastFunction", "POOL_MEMORY", "INLINE_FUEL", "INLINE_TIMEOUT",
            "INLINE_BACKOFF"]

@@ -53,6 +53,10 @@ class HttpInvocation(Invocation):
     trigger: str = "http"
     env_block: EnvBlock | None = None
 
+    def __post_init__(self) -> None:
+        """No checks: the gateway builds it from checked parts (the manifest's `args`,
+        the body's bytes, CGI variables as pairs of text), one per request."""
+
 
 def breaker_key(function: str) -> str:
     """The circuit breaker of a function: keyed by its name (with the tenant beside it),
@@ -70,6 +74,10 @@ class Invoker:
         self.telemetry = telemetry
         self.inline = inline
         self._closed_until: dict[tuple[str, str | None], float] = {}  # (function, tenant)
+        # (labels, outcome, executor) -> the invocation counter's labels: one tuple per
+        # series, not per request (bounded: labels come from the manifest).
+        self._series: dict[tuple[tuple[tuple[str, str], ...], Outcome, str],
+                           tuple[tuple[str, str], ...]] = {}
 
     async def __call__(self, request: Request) -> Response:
         route: Route = request.state["route"]
@@ -153,8 +161,13 @@ class Invoker:
                               reason="breaker")
 
     def _count(self, route: Route, result: Result) -> None:
-        labels = (*route.labels, ("outcome", result.outcome.value),
-                  ("executor", route.prepared.kind))
+        key = (route.labels, result.outcome, route.prepared.kind)
+        labels = self._series.get(key)
+        if labels is None:
+            if len(self._series) >= 4096:
+                self._series.clear()
+            labels = self._series[key] = (*route.labels, ("outcome", result.outcome.value),
+                                          ("executor", route.prepared.kind))
         self.metrics.inc("stockade_gateway_invocations_total", labels)
         self.metrics.inc("stockade_gateway_guest_cpu_seconds_total", route.labels,
                          result.usage.cpu_ms / 1000)

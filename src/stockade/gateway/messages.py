@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .problem import BadRequest, PayloadTooLarge, RequestTimeout
+from .response import Headers, Response
+
 __all__ = ["Request", "Response", "Handler", "Headers", "Receive", "header"]
 
-Headers = list[tuple[bytes, bytes]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -56,8 +58,6 @@ class Request:
         if declared is None and self.header(b"transfer-encoding") is None:
             self.body_read = True  # HTTP/1.1: neither header means no body
             return self.body
-        from .problem import BadRequest, PayloadTooLarge, RequestTimeout  # built on this
-
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"the body is {int(declared)} bytes; this function accepts "
                                   f"at most {limit}", max_body=limit)
@@ -91,15 +91,6 @@ class Request:
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower-case bytes), or None."""
         return header(self.headers, name)
-
-
-@dataclass(slots=True)
-class Response:
-    """One HTTP response; `content-length` is added by the adapter."""
-
-    status: int
-    headers: Headers = field(default_factory=list)
-    body: bytes = b""
 
 
 Handler = Callable[[Request], Awaitable[Response]]

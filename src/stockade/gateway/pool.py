@@ -4,151 +4,49 @@
     └── WorkerPool per cordon: `size` processes (`poolworker.py`), each hardened and
         holding every module of the cordon prepared (fast path inside), one run at a time
 
-A run takes an idle process, sends it the request over a pipe and waits for the result
-with the function's timeout plus `GRACE`; no process is started per request. A process
-that dies (crash, OOM kill, address-space limit), outlives its deadline, or ends a run
-above the pool's memory limit is killed and replaced in the background; the run that
-caused it gets `memory_limit`, `timeout` or `error`. Each process has its own cgroup
-(memory, one core, tasks) when this machine has one.
+Each process is an `isolate` worker (`stockade.isolate.handle.WorkerProcess`: its
+spawn, pipes, cgroup, temporary directory, reaping and death causes) running the pool
+worker program. A run takes an idle process, sends it the request and waits for the
+result with the function's timeout plus `GRACE`; no process is started per request. A
+process that dies (crash, OOM kill, address-space limit), outlives its deadline, or
+ends a run above the pool's memory limit is killed and replaced in the background; the
+run that caused it gets `memory_limit`, `timeout` or `error`. Each process has its own
+cgroup (memory, one core, tasks) when this machine has one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import resource
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from ..errors import WorkerError
 from ..invocation import Invocation
-from ..isolate.cgroup import CgroupLimits, WorkerCgroup, create_cgroup
+from ..isolate.cgroup import CgroupLimits
+from ..isolate.handle import WorkerProcess
 from ..isolate.protections import Protection
-from ..isolate.protocol import (
-    error_from_wire,
-    read_reply,
-    result_from_wire,
-    write_frame,
-)
+from ..isolate.protocol import error_from_wire, result_from_wire
 from ..observe import RunObserver, notify_finished, notify_started
 from ..policy.units import format_size
 from ..result import Outcome, Result, Usage
-from .executor import Prepared
 from .manifest import FunctionSpec
 from .poolworker import PoolPlan, worker_plan
+from .prepared import Prepared
 from .problem import Unavailable
 
-__all__ = ["WorkerPool", "PooledFunction", "GRACE", "MEMORY_OVERHEAD"]
+__all__ = ["WorkerPool", "PooledFunction", "start_pools", "GRACE", "MEMORY_OVERHEAD"]
 
 logger = logging.getLogger("stockade.gateway")
 GRACE = 1.0  # seconds past a function's timeout before its process is killed
 START_TIMEOUT = 60.0  # seconds a pool process may take to harden and load its modules
 MEMORY_OVERHEAD = 256 * 1024**2  # interpreter, engines and buffers, on top of guests
 _REPLY_OVERHEAD = 1024**2
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-_PAGE = resource.getpagesize()
-
-
-class PoolProcess:
-    """One pool process: its pipes, cgroup and stderr file. Used by one run at a time."""
-
-    def __init__(self, plan: PoolPlan, limits: CgroupLimits | None) -> None:
-        self.cgroup = create_cgroup(limits) if limits is not None else WorkerCgroup(0, {}, [])
-        to_child, self._to = os.pipe()
-        self._from, from_child = os.pipe()
-        env = dict(os.environ, MALLOC_ARENA_MAX="2")  # each arena reserves address space
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT,
-                                                          env.get("PYTHONPATH")]))
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m",
-                 "stockade.gateway.poolworker", str(to_child), str(from_child)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # stderr: the log
-                pass_fds=(to_child, from_child), start_new_session=True, env=env)
-        except OSError as exc:
-            self.cgroup.remove()
-            self._close_fds()
-            raise WorkerError(f"cannot start a pool worker: {exc.strerror}") from None
-        finally:
-            os.close(to_child)
-            os.close(from_child)
-        self.pid = self.proc.pid
-        self.cgroup.add(self.pid)
-        self._oom_before = self.cgroup.oom_kills()
-        self.functions: dict[str, tuple[str, str]] = {}
-        self.protections: list[Protection] = []
-        write_frame(self._to, plan)
-
-    def wait_ready(self, timeout: float) -> None:
-        """Wait for `ready`. Raises WorkerError with the cause."""
-        try:
-            kind, payload = self.receive(time.monotonic() + timeout, 1 << 20)
-        except (TimeoutError, EOFError) as exc:
-            self.kill()
-            cause = "no answer" if isinstance(exc, TimeoutError) else self.death_cause()
-            raise WorkerError(f"a pool worker did not start: {cause}") from None
-        if kind != "ready" or not isinstance(payload, dict):
-            self.kill()
-            raise WorkerError(f"a pool worker answered {kind!r} instead of 'ready'")
-        functions = payload.get("functions", {})
-        self.functions = {str(k): (str(v[0]), str(v[1])) for k, v in functions.items()}
-        self.protections = [Protection(str(n), bool(a), str(d))
-                            for n, a, d in payload.get("protections", [])]
-
-    def send(self, message: Any) -> None:
-        """Send one request. Raises EOFError when the process is gone."""
-        try:
-            write_frame(self._to, message)
-        except OSError:
-            raise EOFError("the pool worker is gone") from None
-
-    def receive(self, deadline: float | None, limit: int) -> tuple[str, Any]:
-        """The next reply. Raises TimeoutError, EOFError, or WorkerError (malformed)."""
-        return read_reply(self._from, deadline, limit)
-
-    def resident(self) -> int:
-        """Resident memory of the process in bytes (0 once it is gone)."""
-        try:
-            with open(f"/proc/{self.pid}/statm", "rb") as statm:
-                return int(statm.read().split()[1]) * _PAGE
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def oom_killed(self) -> bool:
-        """True when the kernel's OOM killer acted in this process's cgroup."""
-        return self.cgroup.oom_kills() > self._oom_before
-
-    def death_cause(self) -> str:
-        """Why the process ended, in words (waits for it; its own last words are in the
-        server's log)."""
-        code = self.proc.wait()
-        if self.oom_killed():
-            return "the kernel OOM killer ended it at its cgroup memory limit"
-        return f"it exited with {code}" if code >= 0 else f"signal {-code} ended it"
-
-    def kill(self) -> None:
-        """SIGKILL the process and its cgroup, wait, release everything. Safe twice."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        self.cgroup.kill_all()
-        self.proc.wait()
-        self.cgroup.remove()
-        self._close_fds()
-
-    def _close_fds(self) -> None:
-        for name in ("_to", "_from"):
-            fd = getattr(self, name, -1)
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                setattr(self, name, -1)
+PROGRAM = "stockade.gateway.poolworker"
+# Host variables the pool worker's own code reads (beyond `worker_environment`'s).
+_SETTINGS = ("STOCKADE_FASTPATH_NATIVE",)
 
 
 class WorkerPool:
@@ -166,14 +64,20 @@ class WorkerPool:
         timeouts = [s.policy.limits.timeout or START_TIMEOUT for s in self.specs]
         # After a reload: how long this pool keeps serving runs routed before it.
         self.retire_after = 2 * (max(timeouts) + GRACE)
-        self._plan = PoolPlan(cordon, self.specs, executor, worker_plan(self.specs),
+        self._worker_plan = worker_plan(self.specs)
+        self._plan = PoolPlan(cordon, self.specs, executor,
                               log_level=logging.getLevelName(logger.getEffectiveLevel()))
+        # The variables the functions' policies pass through, read now: a worker's
+        # environment is otherwise an allow-list (`worker_environment`).
+        passed = {*_SETTINGS, *(name for spec in self.specs
+                                for name in spec.policy.capabilities.env_allow)}
+        self._env = {name: os.environ[name] for name in passed if name in os.environ}
         self._cgroup = (CgroupLimits(memory=self.memory_limit, cpu_quota=1.0, pids=64)
                         if cgroups else None)
         self._reply_limit = 2 * max(s.policy.limits.max_output for s in self.specs) \
             + _REPLY_OVERHEAD
-        self._idle: list[PoolProcess] = []
-        self._all: set[PoolProcess] = set()
+        self._idle: list[WorkerProcess] = []
+        self._all: set[WorkerProcess] = set()
         self._starting = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -185,34 +89,51 @@ class WorkerPool:
         """True once `close` was called."""
         return self._closed
 
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of the pool's live processes."""
-        with self._cond:
-            return sorted(p.pid for p in self._all)
+    def _spawn(self) -> WorkerProcess:
+        """A new pool process, sent its plans (not yet ready). Raises WorkerError."""
+        worker = WorkerProcess(self._worker_plan, self._cgroup, sys.executable,
+                               program=PROGRAM, env=self._env, log=True)
+        try:
+            worker.send(self._plan)
+        except EOFError:
+            worker.close()
+            raise WorkerError("a pool worker ended before it read its plan") from None
+        return worker
+
+    def _ready(self, worker: WorkerProcess) -> None:
+        """Wait for `worker`'s `ready`. Raises WorkerError with the cause (the worker is
+        then closed)."""
+        try:
+            worker.wait_ready(START_TIMEOUT)
+        except WorkerError as exc:
+            worker.close()
+            raise WorkerError(f"a pool worker did not start: {exc.message}") from None
 
     def start(self) -> None:
         """Start every process and wait for all. Raises WorkerError."""
-        started = [PoolProcess(self._plan, self._cgroup) for _ in range(self.size)]
+        started: list[WorkerProcess] = []
         try:
-            for process in started:
-                process.wait_ready(START_TIMEOUT)
+            started += [self._spawn() for _ in range(self.size)]
+            for worker in started:
+                self._ready(worker)
         except WorkerError:
-            for process in started:
-                process.kill()
+            for worker in started:
+                worker.close()
             raise
         first = started[0]
-        self.functions, self.protections = first.functions, first.protections
+        functions = first.ready.get("functions", {})
+        self.functions = {str(k): (str(v[0]), str(v[1])) for k, v in functions.items()}
+        self.protections = list(first.protections or ())
         with self._cond:
             self._all.update(started)
             self._idle.extend(started)
             self._cond.notify_all()
         logger.info("cordon %s: %d pool workers ready (pids %s): %s", self.cordon,
-                    self.size, ", ".join(str(p.pid) for p in started),
+                    self.size, ", ".join(str(w.pid) for w in started),
                     "; ".join(f"{p.name} {'on' if p.active else 'off'}"
                               for p in self.protections))
 
-    def _take(self, deadline: float) -> PoolProcess:
+    def _take(self, deadline: float) -> WorkerProcess:
         with self._cond:
             while not self._idle:
                 if self._closed:
@@ -224,29 +145,29 @@ class WorkerPool:
                     raise Unavailable(f"cordon {self.cordon}: all {self.size} pool workers "
                                       "are busy", 1.0, reason="pool")
                 self._cond.wait(remaining)
-            process = self._idle.pop()
-            if process.proc.poll() is None:
-                return process
+            worker = self._idle.pop()
+            if worker.alive:
+                return worker
             # It died while idle (killed, or its guest's last run took it down).
-            self._all.discard(process)
-            process.kill()
+            self._all.discard(worker)
+            worker.close()
             self._replace_later()
         return self._take(deadline)
 
-    def _give_back(self, process: PoolProcess) -> None:
+    def _give_back(self, worker: WorkerProcess) -> None:
         with self._cond:
             if self._closed:
-                self._all.discard(process)
-                process.kill()
+                self._all.discard(worker)
+                worker.close()
                 return
-            self._idle.append(process)
+            self._idle.append(worker)
             self._cond.notify()
 
-    def _retire(self, process: PoolProcess) -> None:
-        """Kill `process` and start its replacement in the background."""
-        process.kill()
+    def _retire(self, worker: WorkerProcess) -> None:
+        """Close `worker` and start its replacement in the background."""
+        worker.close()
         with self._cond:
-            self._all.discard(process)
+            self._all.discard(worker)
             if not self._closed:
                 self._replace_later()
 
@@ -257,23 +178,23 @@ class WorkerPool:
                          daemon=True).start()
 
     def _replace(self) -> None:
-        process: PoolProcess | None = None
+        worker: WorkerProcess | None = None
         try:
-            process = PoolProcess(self._plan, self._cgroup)
-            process.wait_ready(START_TIMEOUT)
+            worker = self._spawn()
+            self._ready(worker)
         except WorkerError as exc:
             logger.error("cordon %s: %s", self.cordon, exc.message)
-            process = None
+            worker = None
             time.sleep(1.0)  # the next run asks again; do not spin on a broken set-up
         finally:
             with self._cond:
                 self._starting -= 1
-                if process is not None:
+                if worker is not None:
                     if self._closed:
-                        process.kill()
+                        worker.close()
                     else:
-                        self._all.add(process)
-                        self._idle.append(process)
+                        self._all.add(worker)
+                        self._idle.append(worker)
                 self._cond.notify_all()
 
     def run(self, spec: FunctionSpec, invocation: Invocation) -> Result:
@@ -281,43 +202,51 @@ class WorkerPool:
         within the function's timeout, or the Stockade error the worker reported."""
         timeout = spec.policy.limits.timeout
         wait = timeout if timeout is not None else START_TIMEOUT
-        process = self._take(time.monotonic() + wait)
+        worker = self._take(time.monotonic() + wait)
         begun = time.monotonic()
         deadline = None if timeout is None else begun + timeout + GRACE
         try:
-            process.send(("run", spec.name, invocation.stdin, tuple(invocation.env)))
-            kind, payload = process.receive(deadline, self._reply_limit)
+            worker.send(("run", spec.name, invocation.stdin, tuple(invocation.env)))
+            kind, payload = worker.receive(deadline, self._reply_limit)
         except TimeoutError:
-            self._retire(process)
+            self._retire(worker)
             return self._failed(spec, begun, Outcome.TIMEOUT,
                                 f"no result within the {timeout:g} s timeout + {GRACE:g} s; "
                                 "its pool worker was killed and replaced")
         except (EOFError, WorkerError) as exc:
-            cause = process.death_cause() if isinstance(exc, EOFError) else str(exc)
-            outcome = Outcome.MEMORY_LIMIT if process.oom_killed() else Outcome.ERROR
-            self._retire(process)
+            if isinstance(exc, EOFError):
+                cause = worker.death_cause()
+                outcome = Outcome.MEMORY_LIMIT if worker.out_of_memory else Outcome.ERROR
+            else:
+                cause = str(exc)
+                outcome = Outcome.MEMORY_LIMIT if worker.oom_killed() else Outcome.ERROR
+            self._retire(worker)
             return self._failed(spec, begun, outcome, f"its pool worker ended: {cause}; "
                                 "it was replaced")
         if kind == "memory":
-            self._retire(process)
+            self._retire(worker)
             limit = payload.get("limit") if isinstance(payload, dict) else None
             size = format_size(limit) if isinstance(limit, int) else "its"
             return self._failed(spec, begun, Outcome.MEMORY_LIMIT,
                                 "the run needed more host memory than its pool worker's "
                                 f"{size} address space; the worker was replaced")
-        if process.resident() > self.memory_limit:
+        if worker.resident() > self.memory_limit:
             # Over the pool's memory limit after the run (no cgroup, or a slow one).
-            self._retire(process)
+            self._retire(worker)
             logger.warning("cordon %s: a pool worker grew past %s running %s; replaced",
                            self.cordon, format_size(self.memory_limit), spec.name)
         else:
-            self._give_back(process)
+            self._give_back(worker)
         if kind == "result":
             return result_from_wire(payload)
         if kind == "error":
             raise error_from_wire(payload)
         message = payload.get("message") if isinstance(payload, dict) else payload
         return self._failed(spec, begun, Outcome.ERROR, f"its pool worker failed: {message}")
+
+    def prepare(self, spec: FunctionSpec, observers: Sequence[RunObserver]) -> PooledFunction:
+        """`spec`, one of this pool's functions, as run by the pool."""
+        return PooledFunction(spec, self, observers)
 
     def _failed(self, spec: FunctionSpec, begun: float, outcome: Outcome,
                 message: str) -> Result:
@@ -332,11 +261,11 @@ class WorkerPool:
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
-            for process in idle:
-                self._all.discard(process)
+            for worker in idle:
+                self._all.discard(worker)
             self._cond.notify_all()
-        for process in idle:
-            process.kill()
+        for worker in idle:
+            worker.close()
 
 
 class PooledFunction(Prepared):
@@ -361,3 +290,23 @@ class PooledFunction(Prepared):
             notify_finished(self.observers, info, result)
         return result
 
+
+def start_pools(specs: Sequence[FunctionSpec], executor: str,
+                size: int) -> dict[str, WorkerPool]:
+    """Start a warm `WorkerPool` of `size` processes per cordon for the pooled functions
+    among `specs` (blocking); `executor` is the `[server] executor` mode inside them.
+    Raises WorkerError when a pool cannot start (the others are closed)."""
+    cordons: dict[str, list[FunctionSpec]] = {}
+    for spec in specs:
+        if spec.pooled:
+            cordons.setdefault(spec.cordon, []).append(spec)
+    pools: dict[str, WorkerPool] = {}
+    try:
+        for cordon, members in cordons.items():
+            pools[cordon] = pool = WorkerPool(cordon, members, size, executor)
+            pool.start()
+    except BaseException:
+        for pool in pools.values():
+            pool.close()
+        raise
+    return pools

@@ -1,7 +1,9 @@
-"""A confined pool worker: `python -P -m stockade.gateway.poolworker READ_FD WRITE_FD`.
+"""A confined pool worker: `python -P -m stockade.gateway.poolworker READ_FD WRITE_FD
+PARENT_PID TIE`, started through `stockade.isolate.handle.WorkerProcess`.
 
-Started by a gateway worker for one cordon's pool (`pool.py`). It reads a `PoolPlan`,
-hardens itself before any thread exists (network namespace, capabilities, rlimits),
+Started by a gateway worker for one cordon's pool (`pool.py`). It reads its `WorkerPlan`
+(`worker_plan`) and then a `PoolPlan`, hardens itself before any thread exists
+(capabilities, rlimits, Landlock),
 prepares every function of the plan with the gateway's own executors (the C-API fast
 path where a function qualifies, the sandbox otherwise), then caps its address space
 and installs the seccomp filter, and answers `ready` with the functions it holds and
@@ -33,6 +35,7 @@ from ..isolate.plan import WorkerPlan, interpreter_paths
 from ..isolate.protections import Protection
 from ..isolate.protocol import error_to_wire, read_frame, result_to_wire, write_frame
 from ..isolate.rlimits import RlimitPlan, vm_size
+from ..isolate.worker import worker_main
 from ..paths import cache_dir, config_dir
 from ..result import Outcome
 from .manifest import FunctionSpec
@@ -50,13 +53,12 @@ _RECLAIM_BYTES = 256 * 1024**2
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """What a pool worker serves and how it confines itself: the cordon's functions,
-    the executor mode (`[server] executor`), and the rlimits of its `WorkerPlan`."""
+    """What a pool worker serves, sent after its `WorkerPlan`: the cordon's functions
+    and the executor mode (`[server] executor`)."""
 
     cordon: str
     specs: tuple[FunctionSpec, ...]
     executor: str
-    worker: WorkerPlan
     heap_headroom: int = HEAP_HEADROOM
     log_level: str = "WARNING"
 
@@ -74,22 +76,27 @@ def _address_space(plan: PoolPlan, sandboxed: list[FunctionSpec], engine: Any) -
 
 
 def serve(read_fd: int, write_fd: int) -> None:
-    """Harden by the plan read from `read_fd`, prepare the functions, answer runs."""
+    """Harden by the plans read from `read_fd`, prepare the functions, answer runs."""
+    confinement: WorkerPlan = pickle.loads(read_frame(read_fd))
     plan: PoolPlan = pickle.loads(read_frame(read_fd))
     logging.basicConfig(level=plan.log_level, stream=sys.stderr,
                         format=f"stockade serve [cordon {plan.cordon} pool {os.getpid()}]: "
                                "%(message)s")
     os.environ[WORKER_VARIABLE] = f"cordon={plan.cordon} pid={os.getpid()}"
-    report = [_explained(p) for p in harden_before_engine(plan.worker).report]
+    report = [_explained(p) for p in harden_before_engine(confinement).report]
     from ..engine import EngineConfig, get_engine
+    from ..engine.seal import install_key
     from .executor import Executors
+
+    if confinement.aot_key is not None:  # read by the parent, as for `isolate`'s workers
+        install_key(confinement.aot_key)
 
     executors = Executors(plan.executor, 1)
     prepared = {spec.name: executors.prepare(spec) for spec in plan.specs}
     sandboxed = [spec for spec in plan.specs if prepared[spec.name].kind == "sandbox"]
     engine = get_engine(EngineConfig.for_limits(plan.specs[0].policy.limits)).wasmtime
     limit = _address_space(plan, sandboxed, engine)
-    report += harden_after_engine(replace(plan.worker, address_space=limit), engine)
+    report += harden_after_engine(replace(confinement, address_space=limit), engine)
     baseline = vm_size()
     write_frame(write_fd, ("ready", {
         "pid": os.getpid(),
@@ -171,12 +178,8 @@ def worker_plan(specs: tuple[FunctionSpec, ...], nofile_overhead: int = 64,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a pool worker process."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m stockade.gateway.poolworker READ_FD WRITE_FD", file=sys.stderr)
-        return 2
-    serve(int(args[0]), int(args[1]))
-    return 0
+    return worker_main(serve, sys.argv[1:] if argv is None else argv,
+                       "stockade.gateway.poolworker")
 
 
 if __name__ == "__main__":

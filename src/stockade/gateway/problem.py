@@ -26,7 +26,7 @@ import math
 import re
 
 from ..errors import StockadeError
-from .messages import Headers, Response
+from .response import Headers, Response
 
 __all__ = [
     "HttpProblem",

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModuleError, ModuleNotFound
 from ..state import Gate, GateSpec, LocalState, Quota, StateBackend
-from .executor import Executors, Prepared, named_error
+from .executor import Executors, named_error
 from .manifest import FunctionSpec, Manifest
+from .pool import start_pools
+from .prepared import Prepared
 
 if TYPE_CHECKING:
     from .pool import WorkerPool
@@ -78,7 +80,8 @@ class Registry:
         ModuleNotFound or ModuleError naming the function; nothing changes until `swap`."""
         routes = []
         quotas: dict[str, Quota] = {}
-        pools = self.executors.start_pools(manifest.functions)
+        pools = start_pools(manifest.functions, self.executors.mode,
+                            self.executors.pool_workers)
         for spec in manifest.functions:
             try:
                 prepared = self.executors.prepare(spec, pools)

@@ -1,9 +1,14 @@
 """`WorkerProcess`: the parent's handle on one worker: start, talk, kill, explain a death.
 
-A worker is a fresh interpreter (`python -P -m stockade.isolate.worker`) in its own
-session, its own cgroup and, once it has hardened itself, behind its own seccomp
-filter. The handle owns the two pipes, the cgroup, and an unlinked file collecting the
-worker's stderr, which explains crashes.
+A worker is a fresh interpreter (`python -P -m PROGRAM`) in its own session, its own
+cgroup and, once it has hardened itself by the `WorkerPlan` it reads first, behind its
+own seccomp filter. The handle owns the two pipes, the cgroup, the worker's temporary
+directory, and an unlinked file collecting the worker's stderr, which explains crashes.
+
+Two programs speak through it: `stockade.isolate.worker` (one sandbox, modules sent per
+run) and the gateway's pool worker (`stockade.gateway.poolworker`: a cordon's
+functions, prepared once). Both take `READ_FD WRITE_FD PARENT_PID TIE` (see
+`worker.worker_main`) and answer `("ready", {"protections": [...], ...})` first.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,7 +37,10 @@ from .plan import WorkerPlan
 from .protections import Protection
 from .protocol import read_reply, write_file_frame, write_frame
 
-__all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV"]
+__all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV", "WORKER_PROGRAM"]
+
+WORKER_PROGRAM = "stockade.isolate.worker"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -105,7 +114,7 @@ def _remove_temp(path: Path, keep_scratch: bool) -> None:
 
 
 def _reap(proc: subprocess.Popen[bytes], cgroup: WorkerCgroup, fds: list[int],
-          stderr: IO[bytes], temp_dir: Path, keep_scratch: bool) -> None:
+          stderr: IO[bytes] | None, temp_dir: Path, keep_scratch: bool) -> None:
     """Kill and wait for the worker, close the pipes and the stderr file, remove the
     cgroup and the worker's temporary directory (idempotent)."""
     if proc.poll() is None:
@@ -118,17 +127,24 @@ def _reap(proc: subprocess.Popen[bytes], cgroup: WorkerCgroup, fds: list[int],
         with contextlib.suppress(OSError):
             os.close(fd)
     fds.clear()
-    stderr.close()
+    if stderr is not None:
+        stderr.close()
     _remove_temp(temp_dir, keep_scratch)
 
 
 class WorkerProcess:
     """One running worker. Not thread-safe: its owner serialises requests.
 
-    Raises WorkerError when the interpreter cannot be started.
+    `program` is the module the interpreter runs (see the module docstring); `env` adds
+    variables to the allow-listed environment (`worker_environment`); with `log`, the
+    worker's stderr is this process's (its log lines join ours) instead of a private
+    file, and a death is explained without its last words. Raises WorkerError when the
+    interpreter cannot be started.
     """
 
-    def __init__(self, plan: WorkerPlan, limits: CgroupLimits | None, python: str) -> None:
+    def __init__(self, plan: WorkerPlan, limits: CgroupLimits | None, python: str, *,
+                 program: str = WORKER_PROGRAM, env: Mapping[str, str] | None = None,
+                 log: bool = False) -> None:
         self.memory_limit = limits.memory if limits is not None else None
         # The worker's own temporary directory (scratch directories go there): the only
         # place besides the grants and the cache that it may write.
@@ -142,18 +158,19 @@ class WorkerProcess:
             0, {}, [Protection("cgroup", False, "turned off by configuration")])
         to_worker_r, self._to_worker = os.pipe()
         self._from_worker, from_worker_w = os.pipe()
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = None if log else tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
-                [python, "-P", "-m", "stockade.isolate.worker", str(to_worker_r),
+                [python, "-P", "-m", program, str(to_worker_r),
                  str(from_worker_w), str(os.getpid()), str(int(_on_main_thread()))],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
                 pass_fds=(to_worker_r, from_worker_w), start_new_session=True,
-                env=worker_environment(plan),
+                env={**worker_environment(plan), **(env or {})},
             )
         except OSError as exc:
             self.cgroup.remove()
-            self._stderr.close()
+            if self._stderr is not None:
+                self._stderr.close()
             _remove_temp(self.temp_dir, False)
             raise WorkerError(f"cannot start a worker with {python}: {exc.strerror}") from None
         finally:
@@ -168,6 +185,7 @@ class WorkerProcess:
         self._oom_before = self.cgroup.oom_kills()
         self.out_of_memory = False  # set by `death_cause`: the worker ran out of memory
         self.protections: list[Protection] | None = None
+        self.ready: dict[str, Any] = {}  # the worker's `ready` payload
         self.runs = 0
         write_frame(self._to_worker, plan)
 
@@ -188,6 +206,7 @@ class WorkerProcess:
         if kind != "ready" or not isinstance(payload, dict):
             self.kill()
             raise WorkerError(f"the worker answered {kind!r} instead of 'ready'")
+        self.ready = payload
         failed = {item.name for item in self._join_failures}
         cgroup = [p for p in self.cgroup.report if p.name not in failed] + self._join_failures
         worker = [Protection(str(n), bool(a), str(d)) for n, a, d in payload["protections"]]
@@ -214,6 +233,18 @@ class WorkerProcess:
         (`time.monotonic()`), EOFError when the worker died, WorkerError when malformed."""
         return read_reply(self._from_worker, deadline, limit)
 
+    def resident(self) -> int:
+        """Resident memory of the worker in bytes (0 once it is gone)."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def oom_killed(self) -> bool:
+        """True when the kernel's OOM killer acted in the worker's cgroup."""
+        return self.cgroup.oom_kills() > self._oom_before
+
     def kill(self) -> None:
         """SIGKILL the worker and everything in its cgroup, then wait for it."""
         if self.proc.poll() is None:
@@ -227,7 +258,7 @@ class WorkerProcess:
         the last line it wrote to stderr. Waits for the worker to exit; sets
         `out_of_memory` when its cgroup's OOM killer or its address space ended it."""
         code = self.proc.wait()
-        self.out_of_memory = self.cgroup.oom_kills() > self._oom_before
+        self.out_of_memory = self.oom_killed()
         if self.out_of_memory:
             limit = format_size(self.memory_limit) if self.memory_limit else "?"
             return (f"the worker was killed by the kernel OOM killer (SIGKILL): its cgroup "
@@ -247,6 +278,8 @@ class WorkerProcess:
         return f"{cause}: {tail}" if tail else cause
 
     def _stderr_tail(self) -> str:
+        if self._stderr is None:  # in the log, not here
+            return ""
         with contextlib.suppress(OSError, ValueError):  # ValueError: already closed
             self._stderr.seek(0, os.SEEK_END)
             size = self._stderr.tell()

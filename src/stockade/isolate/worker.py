@@ -31,6 +31,7 @@ import os
 import pickle
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StockadeError
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from .confine import Confinement
     from .plan import WorkerPlan
 
-__all__ = ["main", "Relay"]
+__all__ = ["main", "worker_main", "Relay"]
 
 _PR_SET_PDEATHSIG = 1
 _RECLAIM_BYTES = 256 * 1024**2
@@ -204,18 +205,24 @@ def serve(read_fd: int, write_fd: int) -> None:
             write_frame(write_fd, ("failed", {"message": f"unknown request {kind!r}"}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the worker process."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 4:
-        print("usage: python -m stockade.isolate.worker READ_FD WRITE_FD PARENT_PID TIE",
-              file=sys.stderr)
+def worker_main(serve_fds: Callable[[int, int], None], argv: list[str], program: str) -> int:
+    """The entry point of a worker program started by a `WorkerProcess`: `argv` is
+    READ_FD WRITE_FD PARENT_PID TIE; with TIE=1 the worker dies with its parent; then
+    `serve_fds(read_fd, write_fd)` runs until the parent closes the pipe."""
+    if len(argv) != 4:
+        print(f"usage: python -m {program} READ_FD WRITE_FD PARENT_PID TIE", file=sys.stderr)
         return 2
-    read_fd, write_fd, parent, tie = (int(arg) for arg in args)
+    read_fd, write_fd, parent, tie = (int(arg) for arg in argv)
     if tie:
         _die_with_parent(parent)
-    serve(read_fd, write_fd)
+    serve_fds(read_fd, write_fd)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the worker process."""
+    return worker_main(serve, sys.argv[1:] if argv is None else argv,
+                       "stockade.isolate.worker")
 
 
 if __name__ == "__main__":
