@@ -365,3 +365,30 @@ def test_tag_moved_to_another_image_is_refused(signed: tuple[str, str, Api], key
     # Pinned to the signed digest, the old image still verifies.
     pinned = ref.rsplit(":", 1)[0] + "@" + digest
     assert verify(env, key, pinned).returncode == 0
+
+
+def test_a_signature_tag_that_is_not_a_signature_manifest_is_refused(
+        signed: tuple[str, str, Api], key: Path, env: dict[str, str]) -> None:
+    ref, digest, api = signed
+    # An index where cosign's manifest should be, and a referrers tag whose "bundle" is
+    # the image's own manifest (no subject, no bundle layer).
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": []}
+    api.put_manifest(sig_tag(digest), index, "application/vnd.oci.image.index.v1+json")
+    api.put_manifest(digest.replace(":", "-"), dict(index, manifests=[
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+         "size": len(api.manifest(digest)),
+         "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json"}]),
+        "application/vnd.oci.image.index.v1+json")
+    refused = verify(env, key, ref)
+    assert refused.returncode == 126
+    assert "has no layers" in refused.stderr
+    assert f"referrer {digest[:19]} is about another image" in refused.stderr
+
+
+def test_unpushed_image_and_unknown_registry(key: Path, env: dict[str, str],
+                                             registry: Registry) -> None:
+    missing = cli(env, "oci", "sign", "--key", str(key), f"{registry.host}/nothing-here:1")
+    assert missing.returncode == 127 and "not found" in missing.stderr
+    unknown = cli(env, "oci", "verify", "--key", f"{key}.pub", "registry.invalid/app:1")
+    assert unknown.returncode == 69 and "cannot reach registry" in unknown.stderr
