@@ -104,6 +104,7 @@ module = "oci://{repo}:unsigned"
 name = "moving"
 route = "/moving"
 module = "oci://{repo}:moving"
+isolate = "process"   # a confined pool worker: the vouched digest travels with the spec
 """
 
 
