@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-__all__ = ["oci"]
+__all__ = ["oci", "cosign_password"]
 
 _INSECURE = click.option("--insecure", "insecure", multiple=True, metavar="HOST[:PORT]",
                          help="Speak plain HTTP to this registry (also "
@@ -152,3 +152,80 @@ def ls(as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['ref']}  {str(row['digest'])[:19]}  {row['layout']}")
+
+
+def cosign_password(confirm: bool = False) -> bytes:
+    """cosign's password: `COSIGN_PASSWORD` when set (even empty), else a prompt."""
+    import os
+    import sys
+
+    from ..errors import UsageError
+
+    if "COSIGN_PASSWORD" in os.environ:
+        return os.environ["COSIGN_PASSWORD"].encode()
+    if not sys.stdin.isatty():
+        raise UsageError("the cosign key's password: set COSIGN_PASSWORD (no terminal to "
+                         "prompt on)")
+    return str(click.prompt("Enter password for private key", hide_input=True,
+                            confirmation_prompt=confirm, default="",
+                            show_default=False)).encode()
+
+
+@oci.command()
+@click.argument("ref")
+@click.option("--key", "key", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              metavar="COSIGN_KEY", help="cosign's encrypted key file (password from "
+                                         "COSIGN_PASSWORD or a prompt).")
+@_INSECURE
+@click.option("--no-bundle", is_flag=True,
+              help="Write only cosign's .sig tag, not the Sigstore bundle referrer.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def sign(ref: str, key: Path, insecure: tuple[str, ...], no_bundle: bool, as_json: bool) -> None:
+    """Sign image REF in its registry as cosign does (tag sha256-HEX.sig), plus a Sigstore
+    bundle v0.3 attached as a referrer (tag sha256-HEX where the registry has no
+    referrers API). The image must be pushed first."""
+    from ..oci import parse_reference
+    from ..oci.registry import insecure_hosts
+    from ..oci.signatures import sign_image
+    from ..trust.cosignkeys import load_cosign_key
+
+    secret = load_cosign_key(key, cosign_password())
+    signed = sign_image(parse_reference(ref), secret, insecure_hosts(insecure),
+                        with_bundle=not no_bundle)
+    if as_json:
+        _echo_json({"ref": str(signed.ref), "digest": signed.digest,
+                    "signature_tag": signed.signature_tag, "signature": signed.signature,
+                    "payload": signed.payload.decode(), "key_id": secret.public.key_id,
+                    "bundle": signed.bundle_digest or None,
+                    "referrers_api": signed.referrers_api})
+    else:
+        click.echo(f"signed {signed.ref.registry}/{signed.ref.repository}@{signed.digest} "
+                   f"with key {secret.public.key_id} ({signed.signature_tag}"
+                   f"{', bundle ' + signed.bundle_digest[:19] if signed.bundle_digest else ''})")
+
+
+@oci.command()
+@click.argument("ref")
+@click.option("--key", "keys", required=True, multiple=True, type=click.Path(path_type=Path),
+              metavar="PUB", help="A trusted cosign public key (file or directory; "
+                                  "repeatable).")
+@_INSECURE
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(ref: str, keys: tuple[Path, ...], insecure: tuple[str, ...], as_json: bool) -> None:
+    """Check that a trusted key signed the image REF resolves to (cosign's .sig tag or a
+    Sigstore bundle referrer, over exactly that digest). Exit 0 when one did, 126 when
+    none did."""
+    from ..errors import UntrustedModule
+    from ..oci import parse_reference
+    from ..oci.registry import insecure_hosts
+    from ..oci.signatures import verify_image
+    from ..trust.cosignkeys import load_image_keys
+
+    trusted = [k for path in keys for k in load_image_keys(path)]
+    verification = verify_image(parse_reference(ref), trusted, insecure_hosts(insecure))
+    if as_json:
+        _echo_json(verification.as_dict())
+    if not verification.ok:
+        raise UntrustedModule(f"{ref}: {verification.describe()}")
+    if not as_json:
+        click.echo(f"{ref}: {verification.describe()}")

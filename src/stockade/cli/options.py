@@ -127,11 +127,9 @@ def build_invocation(args: tuple[str, ...], stdin: str | None) -> Invocation:
 def with_trust(policy: Policy, trust_keys: tuple[Path, ...], require_signature: bool) -> Policy:
     """`policy` with `--trust-key` files added to its trusted keys; either flag requires a
     signature (flags only narrow: they never lift a policy's own requirement)."""
-    from ..policy import Trust
-
     keys = policy.trust.keys + tuple(key.absolute() for key in trust_keys)
     required = policy.trust.require_signature or require_signature or bool(trust_keys)
     if required and not keys:
         raise PolicyError("--require-signature: no trusted keys (add --trust-key PUB, or "
                           "keys = [...] under [trust] in the policy)")
-    return replace(policy, trust=Trust(required, keys))
+    return replace(policy, trust=replace(policy.trust, require_signature=required, keys=keys))

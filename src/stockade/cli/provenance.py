@@ -13,13 +13,25 @@ __all__ = ["keygen", "sign", "verify"]
 
 @click.command("keygen")
 @click.argument("key", type=click.Path(path_type=Path))
-def keygen(key: Path) -> None:
-    """Write a new Ed25519 secret key to KEY (PEM, mode 0600) and its public key to KEY.pub.
+@click.option("--cosign", "cosign", is_flag=True,
+              help="An image signing key pair as cosign writes it: ECDSA P-256, KEY encrypted "
+                   "(password from COSIGN_PASSWORD or a prompt), KEY.pub SPKI PEM.")
+def keygen(key: Path, cosign: bool) -> None:
+    """Write a new Ed25519 secret key to KEY (PEM, mode 0600) and its public key to KEY.pub
+    (module signatures); with --cosign, a cosign key pair (image signatures).
 
     Never overwrites an existing file (exit 125).
     """
     from ..trust import generate
 
+    if cosign:
+        from ..trust.cosignkeys import generate_cosign
+        from .oci import cosign_password
+
+        secret_file, public_file, pair = generate_cosign(key, cosign_password(confirm=True))
+        click.echo(f"wrote {secret_file} (cosign encrypted, 0600) and {public_file}; "
+                   f"key id {pair.public.key_id}")
+        return
     secret_path, public_path, secret = generate(key)
     click.echo(f"wrote {secret_path} (secret, 0600) and {public_path}; "
                f"key id {secret.public.key_id.hex()}")

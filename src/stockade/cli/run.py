@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -95,10 +96,14 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
         policy = with_trust(policy, trust_keys, require_signature)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
-        path, args, policy = open_source(module, guest_args(args), policy)
+        path, args, policy, pinned = open_source(module, guest_args(args), policy)
         invocation = build_invocation(args, stdin)
+        if pinned is not None:  # an image run is named by its reference and digest
+            invocation = replace(invocation, name=pinned)
         result = run_observed(path, policy, invocation, isolate, telemetry_profile,
                               use_breaker)
+        if pinned is not None:
+            result = replace(result, module=pinned)
     except StockadeError as exc:
         if as_json:
             shown = module if module.startswith("oci://") else Path(module).name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..policy import Policy
@@ -10,17 +12,24 @@ __all__ = ["open_source"]
 
 
 def open_source(module: str, args: tuple[str, ...],
-                policy: Policy) -> tuple[Path, tuple[str, ...], Policy]:
-    """(module file, guest args, policy) for a MODULE argument. For `oci://REF` the image is
-    pulled once into the store, its Entrypoint/Cmd become the arguments (the caller's
-    replace Cmd) and its Env the variables the caller did not set; limits and
-    capabilities stay the caller's. Raises the OCI errors (`stockade.oci.errors`)."""
+                policy: Policy) -> tuple[Path, tuple[str, ...], Policy, str | None]:
+    """(module file, guest args, policy, the pinned `REF@sha256:…` or None) for a MODULE
+    argument. For `oci://REF` the image is pulled once into the store, its Entrypoint/Cmd
+    become the arguments (the caller's replace Cmd) and its Env the variables the caller
+    did not set; limits and capabilities stay the caller's. Under a `[trust]` that
+    requires signatures, the image's signatures are checked (`oci.trusted.vouch`).
+    Raises the OCI errors (`stockade.oci.errors`)."""
     if not module.startswith("oci://"):
-        return Path(module), args, policy
+        return Path(module), args, policy, None
     from ..oci import guest_process, resolve
+    from ..oci.trusted import vouch
 
     resolved = resolve(module)
     caps = policy.capabilities
     given = tuple(caps.env) + tuple((name, "") for name in caps.env_allow)
     guest_args, image_env = guest_process(resolved.pulled, args, given)
-    return resolved.path, guest_args, policy.with_capabilities(env=image_env + tuple(caps.env))
+    trust, note = vouch(resolved, policy.trust)
+    if note is not None and trust is policy.trust:
+        sys.stderr.write(f"stockade: {note}\n")  # why the image signature did not count
+    policy = replace(policy.with_capabilities(env=image_env + tuple(caps.env)), trust=trust)
+    return resolved.path, guest_args, policy, str(resolved.pinned)

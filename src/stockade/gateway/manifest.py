@@ -47,6 +47,7 @@ from ..policy.loader import named_profile, read_toml, trust_from_mapping
 from ..state.settings import StateSettings, parse_state
 from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
+from .images import Images, named, with_vouched
 from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
 
 DEFAULT_CORDON = "default"  # tenants without `cordon`: the gateway worker processes
@@ -92,6 +93,7 @@ class FunctionSpec:
     cordon: str = DEFAULT_CORDON
     argv: tuple[str, ...] = ()
     capture_stderr: bool = True
+    image: str | None = None  # `REF@sha256:…` for an `oci://` module (images.py)
 
     @property
     def pooled(self) -> bool:
@@ -122,14 +124,17 @@ class Manifest:
     state: StateSettings = field(default_factory=StateSettings)
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and resolve a manifest file. Raises PolicyError naming the key."""
+def load_manifest(path: str | Path, refresh_images: bool = False) -> Manifest:
+    """Read and resolve a manifest file. Raises PolicyError naming the key. `oci://`
+    modules run the digests of the manifest's lock file; `refresh_images` (a reload)
+    resolves their tags again and rewrites the lock."""
     path = Path(path)
     data = read_toml(path, "manifest", " (create one with `stockade new`)")
-    return parse_manifest(data, path)
+    return parse_manifest(data, path, refresh_images)
 
 
-def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
+def parse_manifest(data: Mapping[str, Any], path: Path,
+                   refresh_images: bool = False) -> Manifest:
     """Resolve parsed TOML; module paths and dirs are relative to `path`'s directory."""
     source = str(path)
     _known(data, {"server", "state", "tenant", "function", "trust"}, source, "")
@@ -151,39 +156,40 @@ def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
         _known(table, {*_TENANT_QUOTA, "cordon", "trust"}, source, f"{where}.")
         own = trust_from_mapping(table.pop("trust", {}), f"{source}: {where}.trust", base)
         trusts[name] = Trust(trust.require_signature or own.require_signature,
-                             own.keys or trust.keys)
+                             own.keys or trust.keys,
+                             trust.require_image_signature or own.require_image_signature)
         tenants[name] = parse_quota(table, source, where, _TENANT_QUOTA)
         cordons[name] = _cordon(table.get("cordon", DEFAULT_CORDON), source, where)
     raw_functions = data.get("function", [])
     if not isinstance(raw_functions, list) or not raw_functions:
         raise PolicyError(f"{source}: function: add at least one [[function]] table")
     functions: list[FunctionSpec] = []
+    images = Images(path, refresh_images)
     for index, table in enumerate(raw_functions):
         spec = _function(_table(table, source, f"function[{index}]"), index, source, base,
-                         server, tenants, cordons)
-        functions.append(replace(spec, policy=replace(spec.policy, trust=trusts[spec.tenant])))
+                         server, tenants, cordons, images)
+        trust = with_vouched(images, spec.image, trusts[spec.tenant])
+        functions.append(replace(spec, policy=replace(spec.policy, trust=trust)))
     _check_unique(functions, source)
+    images.save()
     return Manifest(path.resolve(), server, tuple(functions), tenants, cordons, state)
 
 
-def _module_file(module: str, base: Path, source: str, where: str) -> Path:
-    """A module path relative to the manifest, or `oci://REF` resolved to its verified blob
-    in the local store (pulled once; the store's tag pins the digest until pulled again)."""
+def _module_file(module: str, base: Path, source: str, where: str,
+                 images: Images) -> tuple[Path, str | None]:
+    """(module file, pinned image or None): a path relative to the manifest, or
+    `oci://REF` resolved to its verified blob in the local store (images.py)."""
     if not module.startswith("oci://"):
-        return base / module
-    from ..oci import resolve
-
+        return base / module, None
     try:
-        return resolve(module).path
+        return images.module(module)
     except StockadeError as exc:
-        exc.message = f"{source}: {where}.module: {exc.message}"
-        exc.args = (exc.message,)
-        raise
+        raise named(exc, f"{source}: {where}.module") from None
 
 
 def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
               server: ServerSettings, tenants: Mapping[str, Quota],
-              cordons: Mapping[str, str]) -> FunctionSpec:
+              cordons: Mapping[str, str], images: Images) -> FunctionSpec:
     name = table.get("name")
     where = f"function[{index}]"
     if not isinstance(name, str) or not _NAME.match(name):
@@ -216,10 +222,11 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         raise PolicyError(f"{source}: {where}.max_body: {format_size(max_body)} is more "
                           f"than a worker holds for one client ({format_size(room)}: "
                           "server.body_buffer and body_buffer_per_client)")
+    module_file, image = _module_file(module, base, source, where, images)
     return FunctionSpec(
         name=name, route=route,
         methods=_methods(table.get("methods", []), source, where),
-        module=_module_file(module, base, source, where), policy=policy, tenant=tenant,
+        module=module_file, image=image, policy=policy, tenant=tenant,
         quota=parse_quota(table, source, where, _FUNCTION_QUOTA),
         max_body=max_body,
         max_response=max_response,

@@ -60,10 +60,12 @@ class Supervisor:
         self._restarts: list[float] = []
         self.failed = False
 
-    def prepare(self) -> Manifest:
+    def prepare(self, refresh_images: bool = False) -> Manifest:
         """Load the manifest and compile every module into the AoT cache (so workers
-        map it in rather than each compiling). Raises StockadeError naming the problem."""
-        manifest = load_manifest(self.path)
+        map it in rather than each compiling); `refresh_images` resolves `oci://` tags
+        again and rewrites the lock the workers then read. Raises StockadeError naming
+        the problem."""
+        manifest = load_manifest(self.path, refresh_images)
         from ..sandbox.provenance import gate
         from .executor import load_standard, named_error
 
@@ -140,7 +142,7 @@ class Supervisor:
     def reload(self) -> bool:
         """Check the manifest, then have every worker load it. Returns success."""
         try:
-            manifest = self.prepare()
+            manifest = self.prepare(refresh_images=True)
         except StockadeError as exc:
             logger.error("reload refused, still serving the previous manifest: %s",
                          exc.message)

@@ -14,8 +14,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from .auth import Credentials, find_credentials, parse_challenge
-from .errors import BlobTooLarge, ImageNotFound, RegistryAuthError, RegistryUnavailable
-from .media import INDEX_TYPES, MANIFEST_TYPES
+from .errors import (
+    BlobTooLarge,
+    ImageNotFound,
+    IntegrityError,
+    RegistryAuthError,
+    RegistryUnavailable,
+)
+from .media import INDEX_TYPES, MANIFEST_TYPES, sha256_digest
 from .reference import Reference
 
 if TYPE_CHECKING:
@@ -74,11 +80,37 @@ class RegistryClient:
             media_type = response.headers.get("content-type", "").split(";")[0].strip()
             return body, media_type, response.headers.get("docker-content-digest")
 
-    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> None:
-        """Upload a manifest under a tag or digest."""
+    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> bool:
+        """Upload a manifest under a tag or digest; True when the registry says (with
+        `OCI-Subject`) that it indexed the manifest's `subject` as a referrer."""
         response = self._send("PUT", repo, f"/v2/{repo}/manifests/{reference}", ("pull", "push"),
                               headers={"Content-Type": media_type}, content=body)
         self._check(response, f"{self.host}/{repo}:{reference}")
+        return "oci-subject" in response.headers
+
+    def referrers(self, repo: str, digest: str) -> bytes | None:
+        """The referrers index of `digest` (the OCI 1.1 API), or None when the registry
+        has no referrers API (then the `sha256-HEX` tag is the fallback)."""
+        with self._stream("GET", repo, f"/v2/{repo}/referrers/{digest}", ("pull",),
+                          headers={"Accept": INDEX_TYPES[0]}) as response:
+            kind = response.headers.get("content-type", "").split(";")[0].strip()
+            if response.status_code != 200 or kind != INDEX_TYPES[0]:
+                return None
+            return b"".join(_bounded(response.iter_bytes(), MAX_MANIFEST_BYTES,
+                                     f"referrers of {digest}"))
+
+    def get_blob(self, repo: str, digest: str, limit: int, what: str) -> bytes:
+        """A small blob in memory, at most `limit` bytes and verified against `digest`.
+        Raises ImageNotFound, BlobTooLarge, IntegrityError, RegistryUnavailable."""
+        with self._stream("GET", repo, f"/v2/{repo}/blobs/{digest}", ("pull",)) as response:
+            if response.status_code == 404:
+                raise ImageNotFound(f"{what} {digest}: blob not found in {self.host}/{repo}")
+            self._check(response, f"{what} {digest}")
+            data = b"".join(_bounded(response.iter_bytes(), limit, what))
+        if sha256_digest(data) != digest:
+            raise IntegrityError(f"{what} {digest}: content has digest "
+                                 f"{sha256_digest(data)}; refused")
+        return data
 
     def tags(self, repo: str) -> list[str]:
         """The repository's tags (empty when it has none or the listing is refused)."""
@@ -248,5 +280,5 @@ def _bounded(chunks: Iterator[bytes], limit: int, what: str) -> Iterator[bytes]:
     for chunk in chunks:
         total += len(chunk)
         if total > limit:
-            raise BlobTooLarge(f"{what}: manifest larger than {limit} bytes")
+            raise BlobTooLarge(f"{what}: larger than {limit} bytes; refused")
         yield chunk

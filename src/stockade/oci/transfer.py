@@ -25,7 +25,7 @@ from .registry import RegistryClient
 from .store import Store
 
 __all__ = ["PulledImage", "pull", "push", "load_local", "MAX_LAYER_BYTES", "MAX_CONFIG_BYTES",
-           "MODULE_ANNOTATION", "LAYOUT_ANNOTATION"]
+           "MODULE_ANNOTATION", "LAYOUT_ANNOTATION", "fetch_manifest"]
 
 # The engine's own cap on a module (512 MiB), without importing the engine.
 MAX_LAYER_BYTES = 512 * 1024**2
@@ -56,8 +56,10 @@ class PulledImage:
         return str(self.descriptor["annotations"][MODULE_ANNOTATION])
 
 
-def _verified_manifest(client: RegistryClient, ref: Reference, selector: str,
-                       expected: str | None) -> tuple[bytes, str]:
+def fetch_manifest(client: RegistryClient, ref: Reference, selector: str,
+                   expected: str | None) -> tuple[bytes, str]:
+    """(body, media type) of a manifest, checked against `expected` and the registry's
+    `Docker-Content-Digest`. Raises ImageNotFound, IntegrityError, RegistryUnavailable."""
     body, media_type, header_digest = client.get_manifest(ref.repository, selector, str(ref))
     actual = sha256_digest(body)
     if expected is not None and actual != expected:
@@ -100,12 +102,12 @@ def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
     """Pull `ref` into `store` and tag it there under `str(ref)`. Raises ImageNotFound,
     PlatformMismatch, IntegrityError, BlobTooLarge, RegistryUnavailable, ModuleError."""
     with RegistryClient(ref, insecure) as client:
-        body, media_type = _verified_manifest(client, ref, ref.selector, ref.digest)
+        body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
         document = parse_json(body, f"{ref}: manifest")
         if manifest_kind(document, media_type) == "index":
             entry = select_platform(document, str(ref))
             store.put(body)
-            body, media_type = _verified_manifest(client, ref, str(entry.get("digest")),
+            body, media_type = fetch_manifest(client, ref, str(entry.get("digest")),
                                                   str(entry.get("digest")))
             document = parse_json(body, f"{ref}: manifest")
             if manifest_kind(document, media_type) != "manifest":

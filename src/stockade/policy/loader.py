@@ -85,17 +85,21 @@ def trust_from_mapping(table: Any, where: str, base: Path) -> Trust:
     if not isinstance(table, Mapping):
         raise PolicyError(f"{where}: expected a table")
     for key in table:
-        if key not in ("require_signature", "keys"):
-            raise PolicyError(f"{where}.{key}: unknown key (known: keys, require_signature)")
+        if key not in ("require_signature", "require_image_signature", "keys"):
+            raise PolicyError(f"{where}.{key}: unknown key (known: keys, require_signature, "
+                              "require_image_signature)")
     required = table.get("require_signature", False)
-    if not isinstance(required, bool):
-        raise PolicyError(f"{where}.require_signature: expected true or false")
+    image = table.get("require_image_signature", False)
+    for name, value in (("require_signature", required), ("require_image_signature", image)):
+        if not isinstance(value, bool):
+            raise PolicyError(f"{where}.{name}: expected true or false")
+    required = required or image
     keys = table.get("keys", [])
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
         raise PolicyError(f"{where}.keys: expected a list of public key files or directories")
     if required and not keys:
         raise PolicyError(f"{where}: require_signature = true needs keys = [...] to trust")
-    return Trust(required, tuple(base / k for k in keys))
+    return Trust(required, tuple(base / k for k in keys), image)
 
 
 def named_profile(name: Any, where: str) -> Policy:

@@ -136,11 +136,17 @@ class Capabilities:
 @dataclass(frozen=True)
 class Trust:
     """Which modules may run at all: with `require_signature`, only modules an embedded
-    signature by one of `keys` (public key files or directories of them) covers whole.
-    Trust only refuses: a signature never widens limits or capabilities."""
+    signature by one of `keys` (public key files or directories of them) covers whole,
+    or, for `oci://` modules, whose image a cosign key among `keys` signed (`vouched`:
+    the sha256 hex digests of module bytes such a verified image signature covers).
+    `require_image_signature` counts image signatures only (and implies
+    `require_signature`). Trust only refuses: a signature never widens limits or
+    capabilities."""
 
     require_signature: bool = False
     keys: tuple[Path, ...] = ()
+    require_image_signature: bool = False
+    vouched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

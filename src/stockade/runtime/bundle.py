@@ -9,6 +9,14 @@ scales the fuel budget, `RLIMIT_NOFILE` caps open files, `RLIMIT_FSIZE` the disk
 preopened read-only at `/`; bind mounts of directories are preopened at their destination,
 read-only unless their options say `rw`. Anything that is not a Wasm module is refused,
 naming its platform.
+
+The host's policy, when there is one (`STOCKADE_RUNTIME_POLICY`, else
+`/etc/stockade/runtime.toml`), replaces the profile as the starting point (the
+`io.stockade.profile` annotation is then ignored: whoever creates a container never
+widens the host's limits), and its `[trust]` applies: with `require_signature`, a module
+without an embedded signature by a trusted key is denied (exit 126, audit record). A
+bundle carries no image digest, so image signatures cannot count here: a host policy
+with `require_image_signature` is refused as a configuration error.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import PolicyError
 from ..oci.errors import UnsupportedBundle
-from ..policy import DirGrant, Policy, apply_limit, profile
+from ..policy import DirGrant, Policy, apply_limit, load_policy, profile
 
-__all__ = ["Bundle", "read_bundle"]
+__all__ = ["Bundle", "read_bundle", "host_policy", "HOST_POLICY"]
+
+HOST_POLICY = Path("/etc/stockade/runtime.toml")
 
 _ELF_MACHINES = {3: "386", 40: "arm", 62: "amd64", 183: "arm64", 243: "riscv64", 8: "mips",
                  21: "ppc64le", 22: "s390x"}
@@ -93,7 +104,7 @@ def read_bundle(path: Path) -> Bundle:
             f"{args[0]} is {_platform_of(head)}: stockade-runtime runs only wasi/wasm images "
             "(use runc or crun for this one)")
     annotations = config.get("annotations") or {}
-    policy = profile(str(annotations.get("io.stockade.profile", "default")))
+    policy = host_policy() or profile(str(annotations.get("io.stockade.profile", "default")))
     policy = _limits(policy, config, annotations)
     env = []
     for item in process.get("env") or []:
@@ -112,6 +123,24 @@ def read_bundle(path: Path) -> Bundle:
             grants.append(DirGrant(source, str(mount.get("destination")), "rw" in options))
     policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
     return Bundle(path, module, tuple(args[1:]), policy, config)
+
+
+def host_policy() -> Policy | None:
+    """The host's runtime policy (`STOCKADE_RUNTIME_POLICY`, else `HOST_POLICY` when it
+    exists), or None. Raises PolicyError for a bad file, or one that requires image
+    signatures (a bundle has no image to check)."""
+    import os
+
+    named = os.environ.get("STOCKADE_RUNTIME_POLICY")
+    path = Path(named) if named else HOST_POLICY
+    if not named and not path.exists():
+        return None
+    policy = load_policy(path)
+    if policy.trust.require_image_signature:
+        raise PolicyError(f"{path}: trust.require_image_signature: stockade-runtime sees a "
+                          "bundle, not an image digest; use require_signature with module "
+                          "(Ed25519) keys, and verify images before they are pulled")
+    return policy
 
 
 def _limits(policy: Policy, config: dict[str, Any], annotations: dict[str, Any]) -> Policy:

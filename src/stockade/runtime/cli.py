@@ -62,6 +62,7 @@ class _Context:
 @click.option("--debug", is_flag=True, hidden=True)
 @click.option("--criu", hidden=True)
 @click.option("--rootless", hidden=True)
+@click.option("--cgroup-manager", hidden=True)  # crun's, passed by Podman's conmon
 @click.version_option(package_name="stockade", prog_name="stockade-runtime",
                       message=f"%(prog)s version %(version)s\nspec: {OCI_VERSION}")
 @click.pass_context

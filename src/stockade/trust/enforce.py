@@ -1,24 +1,29 @@
 """Trust policies applied: which modules may run at all.
 
 `refusal` answers for one module's bytes under a `Trust`: None when it may run, else one
-line naming the key ids found and the key ids trusted. Trusted keys are read once per
-set of key files (re-read when a file changes), so a gateway pays the key parsing once.
+line naming the key ids found and the key ids trusted. A trust's key files may hold both
+kinds of signer: Ed25519 keys verify embedded module signatures, cosign (ECDSA P-256)
+keys verify image signatures (`stockade.oci.signatures`), whose verified modules arrive
+here as `Trust.vouched` digests. Keys are read once per set of key files (re-read when a
+file changes), so a gateway pays the key parsing once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
 
 from ..policy.model import Trust
-from .keys import PublicKey, load_public_keys
+from .cosignkeys import ImageKey, parse_image_key
+from .keys import KeyFileError, PublicKey, key_files, parse_public_keys, read_key_file
 from .signing import Verification, verify_module
 
-__all__ = ["refusal", "trusted_keys", "check"]
+__all__ = ["refusal", "trusted_keys", "image_keys", "check"]
 
 _lock = threading.Lock()
-_cache: dict[tuple[tuple[str, int, int], ...], list[PublicKey]] = {}
+_cache: dict[tuple[tuple[str, int, int], ...], tuple[list[PublicKey], list[ImageKey]]] = {}
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -29,14 +34,31 @@ def _stamp(path: Path) -> tuple[str, int, int]:
     return (str(path), info.st_mtime_ns, info.st_size)
 
 
-def trusted_keys(paths: tuple[Path, ...]) -> list[PublicKey]:
-    """The public keys of `paths` (files or directories). Raises KeyFileError."""
+def _load(paths: tuple[Path, ...]) -> tuple[list[PublicKey], list[ImageKey]]:
+    modules: list[PublicKey] = []
+    images: list[ImageKey] = []
+    for path in paths:
+        found = 0
+        for item in key_files(Path(path)):
+            data = read_key_file(item)
+            image = parse_image_key(data, str(item))
+            if image is not None:
+                images.append(image)
+            else:
+                modules.extend(parse_public_keys(data, str(item)))
+            found += 1
+        if not found:
+            raise KeyFileError(f"{path}: a key directory without keys")
+    return modules, images
+
+
+def _keys(paths: tuple[Path, ...]) -> tuple[list[PublicKey], list[ImageKey]]:
     stamp = tuple(_stamp(p) for p in paths)
     with _lock:
         cached = _cache.get(stamp)
     if cached is not None:
         return cached
-    keys = [key for path in paths for key in load_public_keys(path)]
+    keys = _load(paths)
     with _lock:
         if len(_cache) > 64:
             _cache.clear()
@@ -44,8 +66,19 @@ def trusted_keys(paths: tuple[Path, ...]) -> list[PublicKey]:
     return keys
 
 
+def trusted_keys(paths: tuple[Path, ...]) -> list[PublicKey]:
+    """The module signers' (Ed25519) public keys of `paths` (files or directories).
+    Raises KeyFileError."""
+    return _keys(paths)[0]
+
+
+def image_keys(paths: tuple[Path, ...]) -> list[ImageKey]:
+    """The image signers' (cosign, ECDSA P-256) public keys of `paths`. Raises KeyFileError."""
+    return _keys(paths)[1]
+
+
 def check(data: bytes, trust: Trust) -> Verification:
-    """Verify `data` against the keys `trust` names."""
+    """Verify `data`'s embedded signatures against the module keys `trust` names."""
     return verify_module(data, trusted_keys(trust.keys))
 
 
@@ -54,5 +87,12 @@ def refusal(data: bytes, trust: Trust) -> str | None:
     file that cannot be read (a configuration error, never a silent pass)."""
     if not trust.require_signature:
         return None
+    sha = hashlib.sha256(data).hexdigest()
+    if sha in trust.vouched:
+        return None
+    if trust.require_image_signature:
+        wanted = ", ".join(k.key_id for k in image_keys(trust.keys)) or "none"
+        return (f"refused: no image signature by a trusted key covers module sha256:{sha} "
+                f"(image signatures required; trusted image key ids: {wanted})")
     verification = check(data, trust)
     return None if verification.ok else f"refused: {verification.describe()}"

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ..errors import UsageError
 
 __all__ = ["PublicKey", "SecretKey", "KeyFileError", "load_public_keys", "load_secret_key",
-           "parse_public_keys", "parse_secret_key", "key_id_of", "generate", "MAX_KEY_FILE"]
+           "parse_public_keys", "parse_secret_key", "key_id_of", "generate", "MAX_KEY_FILE",
+           "read_key_file", "key_files"]
 
 PK_PREFIX, SK_PREFIX = 0x01, 0x81
 MAX_KEY_FILE = 1024 * 1024  # a key file larger than this is not a key file
@@ -89,6 +90,19 @@ class SecretKey:
         return self._key().private_bytes(serialization.Encoding.PEM,
                                          serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption())
+
+
+def read_key_file(path: Path) -> bytes:
+    """The bytes of a key file, at most `MAX_KEY_FILE`. Raises KeyFileError."""
+    return _read(path)
+
+
+def key_files(path: Path) -> list[Path]:
+    """`path`, or the files of directory `path` (names starting with a dot skipped)."""
+    if path.is_dir():
+        return [item for item in sorted(path.iterdir())
+                if not item.name.startswith(".") and item.is_file()]
+    return [path]
 
 
 def _read(path: Path) -> bytes:

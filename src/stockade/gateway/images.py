@@ -1,0 +1,131 @@
+"""`Images`: a manifest's `oci://` modules, pinned by digest in its lock file.
+
+The first start resolves each reference (pulling once into the local store) and writes
+the manifest digests to the lock, `stockade.lock` beside `stockade.toml` (or, where that
+directory is not writable, `<state dir>/gateway/<hash of the manifest path>.lock`).
+Later starts, and the gateway's worker processes, run exactly those digests, from the
+store, without asking the registry what a tag means now. A reload by SIGHUP (or
+`--reload`) re-resolves every tag and rewrites the lock (`refresh`). Under a `[trust]`
+that requires signatures, each image's signatures are checked against the cosign keys
+of its function's trust (`oci.trusted.vouch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import StockadeError
+from ..paths import state_dir
+from ..policy import Trust
+
+__all__ = ["Images", "lock_paths"]
+
+logger = logging.getLogger("stockade.gateway")
+_MAX_LOCK = 1024 * 1024
+
+
+def lock_paths(manifest: Path) -> tuple[Path, Path]:
+    """(beside the manifest, in the state directory): where the lock may be."""
+    manifest = manifest.resolve()
+    tag = hashlib.sha256(str(manifest).encode()).hexdigest()[:16]
+    return (manifest.with_suffix(".lock"), state_dir() / "gateway" / f"{tag}.lock")
+
+
+class Images:
+    """The `oci://` modules of one manifest load: resolved, pinned, and vouched for."""
+
+    def __init__(self, manifest: Path, refresh: bool = False) -> None:
+        self.manifest = manifest
+        self.refresh = refresh
+        self._pinned: dict[str, str] = {} if refresh else self._read()
+        self._used: dict[str, dict[str, str]] = {}
+        self._resolved: dict[str, Any] = {}
+
+    def _read(self) -> dict[str, str]:
+        for path in lock_paths(self.manifest):
+            try:
+                with path.open("rb") as handle:
+                    data = json.loads(handle.read(_MAX_LOCK))
+                images = data["images"]
+                return {str(ref): str(entry["digest"]) for ref, entry in images.items()
+                        if str(entry.get("digest", "")).startswith("sha256:")}
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                logger.warning("%s: unreadable lock file (%s); resolving tags again",
+                               path, exc)
+                return {}
+        return {}
+
+    def module(self, text: str) -> tuple[Path, str]:
+        """(module file, pinned `REF@sha256:…`) of `oci://REF`: the locked digest when
+        there is one, else what the tag means now. Raises the OCI errors."""
+        from ..oci import parse_reference, resolve
+
+        ref = parse_reference(text)
+        locked = self._pinned.get(text)
+        if locked is not None and ref.digest is None:
+            resolved = resolve(f"oci://{ref.with_digest(locked)}")
+        else:
+            resolved = resolve(text, refresh=self.refresh)
+        pinned = str(resolved.pinned)
+        self._resolved[pinned] = resolved
+        self._used[text] = {"digest": resolved.pulled.digest,
+                            "module": resolved.pulled.module_digest}
+        return resolved.path, pinned
+
+    def vouch(self, pinned: str, trust: Trust) -> Trust:
+        """`trust` with the image's module vouched for when a trusted cosign key signed it
+        (a line in the log says why not otherwise)."""
+        from ..oci.trusted import vouch
+
+        resolved = self._resolved.get(pinned)
+        if resolved is None:
+            return trust
+        vouched, note = vouch(resolved, trust)
+        if note is not None:
+            (logger.info if vouched is not trust else logger.warning)("%s", note)
+        return vouched
+
+    def save(self) -> Path | None:
+        """Write the lock when it changed (the digests used by this load); returns where,
+        or None when nothing needed writing or no place was writable."""
+        if not self._used or {r: e["digest"] for r, e in self._used.items()} == self._pinned:
+            return None
+        body = json.dumps({"version": 1, "manifest": self.manifest.name,
+                           "images": dict(sorted(self._used.items()))}, indent=2) + "\n"
+        for path in lock_paths(self.manifest):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                tmp.write_text(body)
+                os.replace(tmp, path)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                logger.warning("%s: cannot write the image lock (%s)", path, exc.strerror)
+                continue
+            self._pinned = {r: e["digest"] for r, e in self._used.items()}
+            return path
+        return None
+
+
+def named(exc: StockadeError, where: str) -> StockadeError:
+    """`exc` with its message prefixed by `where` (file and key)."""
+    exc.message = f"{where}: {exc.message}"
+    exc.args = (exc.message,)
+    return exc
+
+
+def with_vouched(images: Images | None, pinned: str | None, trust: Trust) -> Trust:
+    """The trust of a function whose module is image `pinned` (unchanged for files)."""
+    if images is None or pinned is None:
+        return trust
+    return replace(trust, vouched=images.vouch(pinned, trust).vouched)

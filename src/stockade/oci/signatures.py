@@ -1,0 +1,340 @@
+"""Image signatures in a registry: cosign's `.sig` tag and a Sigstore bundle referrer.
+
+`sign_image` signs the manifest digest a reference resolves to in its registry, twice:
+- cosign's key-based layout: tag `sha256-HEX.sig` in the same repository, an OCI manifest
+  whose layers are simple-signing payloads annotated with their signature (a new
+  signature is appended to the ones already there, as cosign does);
+- a Sigstore bundle v0.3 in an OCI 1.1 artifact manifest whose `subject` is the image;
+  registries without the referrers API (Debian's distribution 2.8) get the fallback
+  tag `sha256-HEX`, an image index listing the referrers.
+
+`verify_image` reads both back and counts a signature when a trusted key verifies it over
+exactly that digest. Everything read is bounded: at most `MAX_SIGNATURES` layers and
+`MAX_REFERRERS` referrers looked at, payloads of `MAX_PAYLOAD` and bundles of `MAX_BUNDLE`
+bytes (declared sizes over them are refused without downloading), each blob checked
+against its digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ModuleError
+from ..trust.cosignkeys import CosignSecret, ImageKey
+from ..trust.imagesig import (
+    BUNDLE_TYPE,
+    PAYLOAD_TYPE,
+    SIGNATURE_ANNOTATION,
+    bundle,
+    check_bundle,
+    check_payload,
+    payload,
+)
+from .errors import BlobTooLarge, ImageNotFound, IntegrityError
+from .image import parse_json
+from .media import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, sha256_digest
+from .reference import Reference
+from .registry import RegistryClient
+from .transfer import fetch_manifest
+
+__all__ = ["SignedImage", "ImageVerification", "sign_image", "verify_image", "signature_tag",
+           "referrers_tag", "MAX_SIGNATURES", "MAX_REFERRERS", "MAX_PAYLOAD", "MAX_BUNDLE"]
+
+MAX_SIGNATURES = 64
+MAX_REFERRERS = 256
+MAX_PAYLOAD = 64 * 1024
+MAX_BUNDLE = 1024 * 1024
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY = b"{}"
+_ZERO_TIME = "0001-01-01T00:00:00Z"  # fixed: the same signatures, the same config
+
+
+def signature_tag(digest: str) -> str:
+    """cosign's signature tag of `digest`: `sha256-HEX.sig`."""
+    return digest.replace(":", "-") + ".sig"
+
+
+def referrers_tag(digest: str) -> str:
+    """The referrers fallback tag of `digest`: `sha256-HEX`."""
+    return digest.replace(":", "-")
+
+
+def _json(value: Any) -> bytes:
+    # cosign's manifests: Go's field order, no white space (not sorted keys).
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class SignedImage:
+    """What `sign_image` wrote."""
+
+    ref: Reference
+    digest: str
+    signature_tag: str
+    signature: str
+    payload: bytes
+    bundle_digest: str
+    referrers_api: bool
+
+
+def _existing_layers(client: RegistryClient, ref: Reference, tag: str) -> list[dict[str, Any]]:
+    try:
+        body, _, _ = client.get_manifest(ref.repository, tag, f"{ref.repository}:{tag}")
+    except ImageNotFound:
+        return []
+    layers = parse_json(body, f"{tag}: signature manifest").get("layers")
+    if not isinstance(layers, list) or not all(isinstance(item, dict) for item in layers):
+        raise ModuleError(f"{tag}: the existing signature manifest has no layers list")
+    if len(layers) >= MAX_SIGNATURES:
+        raise ModuleError(f"{tag}: already {len(layers)} signatures (at most {MAX_SIGNATURES})")
+    return layers
+
+
+def _put_blob(client: RegistryClient, repo: str, data: bytes) -> str:
+    digest = sha256_digest(data)
+    client.upload_blob(repo, digest, data)
+    return digest
+
+
+def sign_image(ref: Reference, secret: CosignSecret, insecure: frozenset[str] = frozenset(),
+               with_bundle: bool = True) -> SignedImage:
+    """Sign the manifest `ref` resolves to in its registry (cosign layout and, with
+    `with_bundle`, a Sigstore bundle referrer). Raises the registry errors, ImageNotFound
+    when the image is not pushed, ModuleError for a malformed existing signature tag."""
+    with RegistryClient(ref, insecure) as client:
+        repo = ref.repository
+        body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
+        digest = sha256_digest(body)
+        data = payload(f"{ref.registry}/{repo}", digest)
+        signature = base64.b64encode(secret.sign(data)).decode()
+        tag = signature_tag(digest)
+        layers = _existing_layers(client, ref, tag)
+        layers.append({"mediaType": PAYLOAD_TYPE, "size": len(data),
+                       "digest": _put_blob(client, repo, data),
+                       "annotations": {SIGNATURE_ANNOTATION: signature}})
+        config = _json({"architecture": "", "created": _ZERO_TIME,
+                        "history": [{"created": _ZERO_TIME} for _ in layers], "os": "",
+                        "rootfs": {"type": "layers",
+                                   "diff_ids": [layer.get("digest") for layer in layers]},
+                        "config": {}})
+        manifest = _json({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                          "config": {"mediaType": OCI_CONFIG, "size": len(config),
+                                     "digest": _put_blob(client, repo, config)},
+                          "layers": layers})
+        client.put_manifest(repo, tag, manifest, OCI_MANIFEST)
+        bundle_digest, indexed = "", False
+        if with_bundle:
+            bundle_digest, indexed = _attach_bundle(client, ref, secret, body, media_type,
+                                                    digest)
+    return SignedImage(ref, digest, tag, signature, data, bundle_digest, indexed)
+
+
+def _attach_bundle(client: RegistryClient, ref: Reference, secret: CosignSecret,
+                   body: bytes, media_type: str, digest: str) -> tuple[str, bool]:
+    repo = ref.repository
+    data = bundle(secret, body, digest)
+    layer = {"mediaType": BUNDLE_TYPE, "size": len(data), "digest": _put_blob(client, repo, data)}
+    annotations = {"dev.sigstore.bundle.content": "message-signature"}
+    artifact = _json({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE_TYPE,
+                      "config": {"mediaType": EMPTY_TYPE, "size": len(EMPTY),
+                                 "digest": _put_blob(client, repo, EMPTY)},
+                      "layers": [layer],
+                      "subject": {"mediaType": media_type or OCI_MANIFEST, "size": len(body),
+                                  "digest": digest},
+                      "annotations": annotations})
+    artifact_digest = sha256_digest(artifact)
+    indexed = client.put_manifest(repo, artifact_digest, artifact, OCI_MANIFEST)
+    if not indexed:  # no referrers API: keep the fallback tag's index up to date
+        tag = referrers_tag(digest)
+        try:
+            raw, _, _ = client.get_manifest(repo, tag, f"{repo}:{tag}")
+            entries = parse_json(raw, f"{tag}: referrers index").get("manifests") or []
+        except ImageNotFound:
+            entries = []
+        if not isinstance(entries, list):
+            raise ModuleError(f"{tag}: the referrers tag is not an image index")
+        entries = [e for e in entries if isinstance(e, dict)
+                   and e.get("digest") != artifact_digest][-(MAX_REFERRERS - 1):]
+        entries.append({"mediaType": OCI_MANIFEST, "artifactType": BUNDLE_TYPE,
+                        "digest": artifact_digest, "size": len(artifact),
+                        "annotations": annotations})
+        index = _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+        client.put_manifest(repo, tag, index, OCI_INDEX)
+    return artifact_digest, indexed
+
+
+@dataclass(frozen=True)
+class ImageVerification:
+    """What an image's signatures say about a set of trusted keys."""
+
+    ref: Reference
+    digest: str
+    verified: tuple[tuple[str, str], ...] = ()  # (kind, key id)
+    refused: tuple[str, ...] = ()
+    wanted: tuple[str, ...] = ()
+    found: int = field(default=0)
+
+    @property
+    def ok(self) -> bool:
+        """True when a trusted key signed this digest (cosign signature or bundle)."""
+        return bool(self.verified)
+
+    def describe(self) -> str:
+        """One line naming what was found and which key ids are trusted."""
+        wanted = ", ".join(self.wanted) or "none"
+        if self.ok:
+            by = ", ".join(f"{key} ({kind})" for kind, key in self.verified)
+            return f"image {self.digest} signed by trusted key {by}"
+        if not self.found:
+            return f"image {self.digest} has no signatures; trusted image key ids: {wanted}"
+        reasons = "; ".join(dict.fromkeys(self.refused))[:400]
+        return (f"image {self.digest}: no valid signature by a trusted key ({self.found} "
+                f"found: {reasons}); trusted image key ids: {wanted}")
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form."""
+        return {"ref": str(self.ref), "digest": self.digest, "verified": self.ok,
+                "signatures_found": self.found,
+                "verified_by": [{"kind": kind, "key_id": key} for kind, key in self.verified],
+                "refused": list(self.refused), "key_ids_trusted": list(self.wanted)}
+
+
+class _Checks:
+    def __init__(self, digest: str, keys: Sequence[ImageKey]) -> None:
+        self.digest, self.keys = digest, keys
+        self.verified: list[tuple[str, str]] = []
+        self.refused: list[str] = []
+        self.found = 0
+
+    def outcome(self, kind: str, key: ImageKey | None, reason: str) -> None:
+        self.found += 1
+        if key is not None:
+            self.verified.append((kind, key.key_id))
+        else:
+            self.refused.append(f"{kind}: {reason}")
+
+
+def verify_image(ref: Reference, keys: Sequence[ImageKey],
+                 insecure: frozenset[str] = frozenset(), digest: str | None = None,
+                 ) -> ImageVerification:
+    """Check the signatures of image `digest` (default: what `ref` resolves to now) in
+    `ref`'s repository against `keys`. Raises RegistryUnavailable, ImageNotFound for the
+    image itself; anything wrong with a signature is a refusal in the result."""
+    with RegistryClient(ref, insecure) as client:
+        if digest is None:
+            body, _ = fetch_manifest(client, ref, ref.selector, ref.digest)
+            digest = sha256_digest(body)
+        checks = _Checks(digest, keys)
+        _check_cosign(client, ref, checks)
+        _check_bundles(client, ref, checks)
+    return ImageVerification(ref.with_digest(digest), digest, tuple(checks.verified),
+                             tuple(checks.refused), tuple(k.key_id for k in keys), checks.found)
+
+
+def _small_blob(client: RegistryClient, repo: str, descriptor: dict[str, Any], limit: int,
+                what: str) -> bytes | str:
+    """The blob's bytes, or why not (a refusal, never an exception)."""
+    size, digest = descriptor.get("size"), descriptor.get("digest")
+    if not isinstance(size, int) or not isinstance(digest, str):
+        return f"{what} descriptor without size or digest"
+    if size > limit:
+        return f"{what} declares {size} bytes (at most {limit})"
+    try:
+        return client.get_blob(repo, digest, limit, what)
+    except (ImageNotFound, BlobTooLarge, IntegrityError) as exc:
+        return exc.message
+
+
+def _manifest(client: RegistryClient, repo: str, selector: str, what: str,
+              ) -> dict[str, Any] | str | None:
+    try:
+        body, _, header = client.get_manifest(repo, selector, what)
+    except ImageNotFound:
+        return None
+    except BlobTooLarge as exc:
+        return exc.message
+    if selector.startswith("sha256:") and sha256_digest(body) != selector:
+        return f"{what}: content does not match its digest"
+    try:
+        return parse_json(body, what)
+    except ModuleError as exc:
+        return exc.message
+
+
+def _check_cosign(client: RegistryClient, ref: Reference, checks: _Checks) -> None:
+    tag = signature_tag(checks.digest)
+    manifest = _manifest(client, ref.repository, tag, f"{tag}")
+    if manifest is None:
+        return
+    if isinstance(manifest, str):
+        checks.outcome("cosign", None, manifest)
+        return
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not layers:
+        checks.outcome("cosign", None, f"{tag} has no layers")
+        return
+    for layer in layers[:MAX_SIGNATURES]:
+        if not isinstance(layer, dict) or layer.get("mediaType") != PAYLOAD_TYPE:
+            checks.outcome("cosign", None, "a layer that is not a simple-signing payload")
+            continue
+        data = _small_blob(client, ref.repository, layer, MAX_PAYLOAD, "payload")
+        if isinstance(data, str):
+            checks.outcome("cosign", None, data)
+            continue
+        annotation = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION) \
+            if isinstance(layer.get("annotations"), dict) else None
+        checks.outcome("cosign", *check_payload(data, annotation, checks.digest, checks.keys))
+    if len(layers) > MAX_SIGNATURES:
+        checks.refused.append(f"cosign: {len(layers) - MAX_SIGNATURES} signatures past the "
+                              f"first {MAX_SIGNATURES} not looked at")
+
+
+def _check_bundles(client: RegistryClient, ref: Reference, checks: _Checks) -> None:
+    repo = ref.repository
+    raw = client.referrers(repo, checks.digest)
+    index: dict[str, Any] | str | None
+    if raw is not None:
+        try:
+            index = parse_json(raw, "referrers")
+        except ModuleError as exc:
+            index = exc.message
+    else:
+        index = _manifest(client, repo, referrers_tag(checks.digest), "referrers tag")
+    if index is None:
+        return
+    if isinstance(index, str):
+        checks.outcome("bundle", None, index)
+        return
+    entries = index.get("manifests")
+    if not isinstance(entries, list):
+        checks.outcome("bundle", None, "the referrers index lists no manifests")
+        return
+    for entry in entries[:MAX_REFERRERS]:
+        if not isinstance(entry, dict) or entry.get("artifactType") != BUNDLE_TYPE:
+            continue
+        selector = str(entry.get("digest"))
+        if not selector.startswith("sha256:") or len(selector) != 71:
+            checks.outcome("bundle", None, "a referrer without a sha256 digest")
+            continue
+        artifact = _manifest(client, repo, selector, "bundle manifest")
+        if not isinstance(artifact, dict):
+            checks.outcome("bundle", None, artifact or f"referrer {selector} is missing")
+            continue
+        subject = artifact.get("subject")
+        layers = artifact.get("layers")
+        if not isinstance(subject, dict) or subject.get("digest") != checks.digest:
+            checks.outcome("bundle", None, f"referrer {selector[:19]} is about another image")
+            continue
+        if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict) \
+                or layers[0].get("mediaType") != BUNDLE_TYPE:
+            checks.outcome("bundle", None, f"referrer {selector[:19]} holds no single bundle")
+            continue
+        data = _small_blob(client, repo, layers[0], MAX_BUNDLE, "bundle")
+        if isinstance(data, str):
+            checks.outcome("bundle", None, data)
+            continue
+        checks.outcome("bundle", *check_bundle(data, checks.digest, checks.keys))

@@ -1,0 +1,90 @@
+"""Podman 4.3 runs wasi/wasm images with `--runtime stockade-runtime`.
+
+Podman runs here only in a private mount namespace without the cgroup v1 `unified`
+mount, with cgroups disabled and explicit ulimits (design.md, hazards); it then wants the
+runtime named in containers.conf's `runtime_supports_nocgroup` (Podman 4.3's spelling of
+the key), or it refuses with "not compatible with NoCgroups". Storage is vfs in a temp
+dir; the image comes from the test registry over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ..conftest import guest
+from ..oci.fixtures import Registry, cli, require, stockade_env
+from .test_containerd import RUNTIME
+
+
+class Podman:
+    """`run(*args)`: `podman run` in a private mount namespace, as Podman runs here."""
+
+    def __init__(self, base: Path, env: dict[str, str]) -> None:
+        self.base, self.env = base, env
+        # conmon gives the runtime a clean environment: a wrapper names Stockade's
+        # directories, as an operator's would (or its defaults apply).
+        wrapper = base / "stockade-runtime"
+        wrapper.write_text(f"#!/bin/sh\nexport STOCKADE_STATE_DIR={env['STOCKADE_STATE_DIR']} "
+                           f"STOCKADE_CACHE_DIR={env['STOCKADE_CACHE_DIR']}\n"
+                           f'exec {RUNTIME} "$@"\n')
+        wrapper.chmod(0o755)
+        self.conf = base / "containers.conf"
+        self.conf.write_text(
+            '[engine]\nruntime_supports_nocgroup = ["stockade-runtime"]\n'
+            'runtime_supports_json = ["stockade-runtime"]\n'
+            f'[engine.runtimes]\nstockade-runtime = ["{wrapper}"]\n')
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        podman = [require("podman"), "--root", str(self.base / "root"), "--runroot",
+                  str(self.base / "run"), "--storage-driver", "vfs",
+                  "--runtime", "stockade-runtime", "run", "--rm", "--cgroups", "disabled",
+                  "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+                  "--platform", "wasi/wasm", "--tls-verify=false", *args]
+        script = ("umount -l /sys/fs/cgroup/unified 2>/dev/null; "
+                  f"exec {shlex.join(podman)}")
+        return subprocess.run([require("unshare"), "-m", "sh", "-c", script],
+                              env={**self.env, "CONTAINERS_CONF": str(self.conf)},
+                              capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def podman(registry: Registry, tmp_path_factory: pytest.TempPathFactory,
+           ) -> tuple[Podman, dict[str, str], Path]:
+    """(Podman, image refs by guest name, the runtime's state dir)."""
+    if os.geteuid() != 0:
+        pytest.skip("Podman runs here only as root (unshare -m, umount); this run is not")
+    base = tmp_path_factory.mktemp("podman")
+    env = stockade_env(base / "cache", base / "state", registry)
+    refs = {}
+    for name, args in (("hello", ("from-cmd",)), ("exitcode", ("42",)), ("spin", ())):
+        ref = f"{registry.host}/podman-{name}:1"
+        built = cli(env, "oci", "build", str(guest(f"{name}.wasm")), "--tag", ref, "--format",
+                    "image", *(f"--arg={a}" for a in args))
+        assert built.returncode == 0, built.stderr
+        assert cli(env, "oci", "push", ref).returncode == 0
+        refs[name] = ref
+    return Podman(base, env), refs, base / "state"
+
+
+def test_podman_runs_a_wasm_image_through_stockade(
+        podman: tuple[Podman, dict[str, str], Path], tmp_path: Path) -> None:
+    runner, refs, state = podman
+    cidfile = tmp_path / "cid"
+    done = runner.run("--cidfile", str(cidfile), refs["hello"])
+    assert done.returncode == 0, done.stderr
+    assert "Hello from a Stockade sandbox!" in done.stdout
+    assert "arg 1: from-cmd" in done.stdout
+    # The run is in Stockade's telemetry, named by the container's id.
+    assert cidfile.read_text().strip() in (state / "telemetry.jsonl").read_text()
+
+
+def test_podman_exit_code_and_cpu_limit(podman: tuple[Podman, dict[str, str], Path]) -> None:
+    runner, refs, _ = podman
+    assert runner.run(refs["exitcode"]).returncode == 42
+    spun = runner.run("--annotation", "io.stockade.timeout=1s", refs["spin"])
+    assert spun.returncode == 124, spun.stderr
