@@ -1,0 +1,277 @@
+"""The Kubernetes files (`deploy/kubernetes/`) render, validate against the Kubernetes
+API schemas, and say only what the gateway really accepts: its CLI flags, ports, probe
+paths, environment variables and manifest keys, taken from the code, not restated."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import pytest
+import yaml
+
+from stockade.cli import cli as stockade_cli
+from stockade.gateway.manifest import RESERVED_PATHS, load_manifest
+
+from ..conftest import ROOT
+from ..gateway.conftest import Gateway, gateway_env
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate",
+                                          reason="pip install -e '.[dev]' installs it")
+jsonschema = pytest.importorskip("jsonschema", reason="pip install -e '.[dev]' installs it")
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+OVERLAYS = (KUBERNETES, KUBERNETES / "wasm")
+CONTAINERFILE = ROOT / "deploy" / "Containerfile"
+# The version the files are written for (kubectl 1.32 renders them; PodLifecycleSleepAction
+# for the preStop sleep is on by default from 1.30).
+KUBERNETES_VERSION = "1.32.0"
+CRDS = KUBERNETES / "crds"  # CustomResourceDefinitions of any custom kind used
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize DIRECTORY`, parsed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it renders kustomizations offline)")
+    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[Path, list[dict[str, Any]]]:
+    return {directory: render(directory) for directory in OVERLAYS}
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def base(rendered: dict[Path, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return rendered[KUBERNETES]
+
+
+@pytest.fixture(scope="module")
+def gateway(base: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gateway Deployment's pod spec."""
+    return one(base, "Deployment", "stockade-gateway")["spec"]["template"]  # type: ignore
+
+
+def container(pod: dict[str, Any], name: str = "gateway") -> dict[str, Any]:
+    found = [c for c in pod["spec"]["containers"] if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]  # type: ignore[no-any-return]
+
+
+def serve_params(args: list[str]) -> dict[str, Any]:
+    """The container's arguments parsed by the real `stockade serve` command."""
+    assert args[0] == "serve", f"the image's entrypoint is `stockade`: args start {args[0]!r}"
+    command = stockade_cli.get_command(click.Context(stockade_cli), args[0])
+    assert command is not None
+    with command.make_context("serve", list(args[1:])) as ctx:
+        return dict(ctx.params)
+
+
+@pytest.mark.parametrize("directory", OVERLAYS, ids=lambda d: d.name)
+def test_every_document_validates_strictly(rendered: dict[Path, list[dict[str, Any]]],
+                                           directory: Path) -> None:
+    """Built-in kinds against the Kubernetes API schemas, rejecting unknown fields;
+    custom kinds against their CRD's openAPIV3Schema (none may go unchecked)."""
+    docs = rendered[directory]
+    assert docs
+    for doc in docs:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            schema = crd_schema(doc["apiVersion"], doc["kind"])
+            jsonschema.validate(doc, schema)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{directory.name}: {where}: {exc}")
+
+
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """The openAPIV3Schema of the served version of a custom kind, from deploy/kubernetes/crds."""
+    group, _, version = api_version.rpartition("/")
+    for path in sorted(CRDS.glob("*.yaml")) if CRDS.is_dir() else []:
+        for crd in yaml.safe_load_all(path.read_text()):
+            spec = crd["spec"]
+            if spec["group"] == group and spec["names"]["kind"] == kind:
+                for served in spec["versions"]:
+                    if served["name"] == version:
+                        return served["schema"]["openAPIV3Schema"]  # type: ignore
+    pytest.fail(f"{api_version} {kind}: not a built-in kind and no CRD in {CRDS}")
+
+
+def test_strict_validation_rejects_a_misspelt_field(gateway: dict[str, Any],
+                                                    base: list[dict[str, Any]]) -> None:
+    """The validator is not a formality: a typo in a probe is an error."""
+    deployment = one(base, "Deployment", "stockade-gateway")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    probe = container(broken["spec"]["template"])["readinessProbe"]
+    probe["httpget"] = probe.pop("httpGet")
+    with pytest.raises(kubernetes_validate.ValidationError, match="httpget"):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_pods_meet_the_restricted_standard(rendered: dict[Path, list[dict[str, Any]]]) -> None:
+    """Every pod: non-root, seccomp RuntimeDefault, no privilege escalation, all
+    capabilities dropped, a read-only root filesystem, no service account token."""
+    pods = [d["spec"]["template"] for docs in rendered.values() for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet")]
+    assert len(pods) == 3
+    for pod in pods:
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for box in spec["containers"]:
+            context = box["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    namespace = one(rendered[KUBERNETES], "Namespace", "stockade")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_args_ports_and_probes_match_the_gateway(gateway: dict[str, Any],
+                                                 base: list[dict[str, Any]]) -> None:
+    """The container's arguments parse with `stockade serve`'s own options; the port they
+    name is the container port, the Service's target, the probes' and the scrape port;
+    the probes and the scrape path are the gateway's reserved paths."""
+    box = container(gateway)
+    params = serve_params(box["args"])
+    port = params["port"]
+    ports = {p["name"]: p["containerPort"] for p in box["ports"]}
+    assert ports == {"http": port}
+    assert params["host"] == "0.0.0.0", "a pod must listen beyond its loopback"
+    annotations = gateway["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics" and "/metrics" in RESERVED_PATHS
+    probes = {name: box[name]["httpGet"] for name in
+              ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    for probe in probes.values():
+        assert probe["path"] in RESERVED_PATHS
+        assert probe["port"] in ("http", port)
+    service = one(base, "Service", "stockade-gateway")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert service["spec"]["selector"].items() <= gateway["metadata"]["labels"].items()
+
+
+def test_unknown_flags_are_refused_by_the_drift_check() -> None:
+    """The check parses with click: a flag `stockade serve` lacks fails it."""
+    with pytest.raises(click.NoSuchOption):
+        serve_params(["serve", "--listen", "0.0.0.0:8080"])
+
+
+def materialise(base: list[dict[str, Any]], gateway: dict[str, Any], into: Path) -> Path:
+    """The ConfigMap's files written where the pod mounts them (under `into`); the path
+    of the manifest the container's `--config` names."""
+    mounts = {m["name"]: m["mountPath"] for m in container(gateway)["volumeMounts"]}
+    volumes = {v["name"]: v for v in gateway["spec"]["volumes"]}
+    config_map = one(base, "ConfigMap", "stockade-manifest")
+    [name] = [n for n, v in volumes.items()
+              if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]]
+    directory = into / mounts[name].lstrip("/")
+    directory.mkdir(parents=True)
+    for key, text in config_map["data"].items():
+        (directory / key).write_text(text)
+    config = serve_params(container(gateway)["args"])["config"]
+    assert str(config).startswith(mounts[name] + "/"), "--config is not in the ConfigMap"
+    return into / str(config).lstrip("/")
+
+
+def test_configmap_manifest_loads_and_fits_the_pod(base: list[dict[str, Any]],
+                                                   gateway: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    """The ConfigMap's stockade.toml loads with the gateway's own loader, every module
+    it names ships beside it, and the drain fits inside the termination grace period."""
+    manifest = load_manifest(materialise(base, gateway, tmp_path))
+    for spec in manifest.functions:
+        assert spec.module.is_file(), f"{spec.name}: {spec.module} is not in the ConfigMap"
+    # kustomize reads only below its directory: the example function is a copy, kept equal.
+    assert (KUBERNETES / "config" / "hello.wat").read_bytes() == \
+        (ROOT / "examples" / "hello.wat").read_bytes()
+    pod = gateway["spec"]
+    pre_stop = container(gateway)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop + manifest.server.drain_timeout < pod["terminationGracePeriodSeconds"]
+
+
+def test_environment_is_read_by_the_gateway_and_writable(gateway: dict[str, Any]) -> None:
+    """Every variable the pod sets is one the code reads (so a rename fails here), and
+    every directory Stockade writes is a writable volume (the root filesystem is not)."""
+    box = container(gateway)
+    source = "\n".join(p.read_text() for p in (ROOT / "src" / "stockade").rglob("*.py"))
+    env = {e["name"]: e.get("value") for e in box["env"]}
+    for name in env:
+        assert re.search(rf"[\"']{re.escape(name)}[\"']", source), \
+            f"{name}: set by the Deployment, read nowhere in src/stockade"
+    writable = [m["mountPath"] for m in box["volumeMounts"] if not m.get("readOnly")]
+    for name in ("STOCKADE_STATE_DIR", "STOCKADE_CONFIG_DIR", "STOCKADE_CACHE_DIR"):
+        assert name in env, f"{name} unset: it would default under the read-only $HOME"
+        assert any(env[name].startswith(m + "/") or env[name] == m for m in writable), name
+    assert "/tmp" in writable, "the supervisor and workers make temporary directories"
+
+
+def test_containerfile_matches_the_deployment(gateway: dict[str, Any]) -> None:
+    """The image's entrypoint, port, user and directories are those the pod assumes."""
+    text = CONTAINERFILE.read_text()
+    box = container(gateway)
+    assert re.search(r'^ENTRYPOINT \["[^"]*/stockade"\]$', text, re.M)
+    [exposed] = re.findall(r"^EXPOSE (\d+)$", text, re.M)
+    assert int(exposed) == serve_params(box["args"])["port"]
+    [user] = re.findall(r"^USER (\d+):(\d+)$", text, re.M)
+    assert tuple(map(int, user)) == (gateway["spec"]["securityContext"]["runAsUser"],
+                                     gateway["spec"]["securityContext"]["runAsGroup"])
+    env = {e["name"]: e["value"] for e in box["env"] if "value" in e}
+    for name in ("STOCKADE_STATE_DIR", "STOCKADE_CONFIG_DIR", "STOCKADE_CACHE_DIR"):
+        assert f"{name}={env[name]}" in text
+
+
+@pytest.fixture
+def served(base: list[dict[str, Any]], gateway: dict[str, Any], tmp_path: Path,
+           shared_cache: Path) -> Iterator[Gateway]:
+    """`stockade serve` with the container's own arguments (the port made free) on the
+    ConfigMap's files."""
+    manifest = materialise(base, gateway, tmp_path / "pod")
+    args = list(container(gateway)["args"][1:])
+    # Gateway() passes --config and --port 0 itself; this machine is shared, so the
+    # pod's address becomes loopback and its port a free one.
+    for option in ("--config", "--port"):
+        at = args.index(option)
+        del args[at:at + 2]
+    args[args.index("--host") + 1] = "127.0.0.1"
+    process = Gateway(manifest, gateway_env(shared_cache, tmp_path / "state"), tuple(args))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.slow
+def test_the_configmap_manifest_serves_with_the_container_args(served: Gateway) -> None:
+    """The real gateway, started as the pod starts it, answers the probes, the scrape
+    and the example function."""
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "# TYPE" in metrics.text
+        hello = client.get("/hello")
+        assert hello.status_code == 200, served.log()
+        assert "Hello from Stockade!" in hello.text
