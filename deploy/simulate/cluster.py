@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,6 +42,9 @@ from pathlib import Path
 
 __all__ = ["Cluster", "Node", "ClusterError", "main"]
 
+# Processes this process started, by PID: reaped through their Popen (a Popen dropped
+# while its process runs is reported as a leak).
+_children: dict[int, subprocess.Popen[bytes]] = {}
 START_TIMEOUT = 90.0  # seconds for every replica to answer /readyz
 STATE_FILE = "cluster.json"
 
@@ -134,7 +138,7 @@ class Cluster:
             self._network()
             self.save()
             if self.state == "redis":
-                self._start_redis()
+                self.start_redis()
             self._write_manifest()
             for node in self.nodes:
                 self._start_replica(node)
@@ -149,8 +153,13 @@ class Cluster:
             raise
 
     def _network(self) -> None:
-        tag = f"{os.getpid() % 100000:05d}"
-        subnet = f"10.{200 + os.getpid() % 50}.{(os.getpid() // 50) % 250}"
+        # Names and a /24 of their own: clusters (other tests, other users) may coexist.
+        tag = secrets.token_hex(3)
+        used = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+        while True:
+            subnet = f"10.{secrets.choice(range(200, 250))}.{secrets.randbelow(250)}"
+            if f" {subnet}." not in used:
+                break
         reason = _netns_unavailable()
         if reason:
             self.mode, self.fallback_reason = "loopback", reason
@@ -185,12 +194,15 @@ class Cluster:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
+        _children[process.pid] = process
         self.pids[name] = process.pid
         self.path("pids", f"{name}.pid").write_text(f"{process.pid}\n")
         self.save()
         return process.pid
 
-    def _start_redis(self) -> None:
+    def start_redis(self) -> None:
+        """Start redis-server on the bridge's address (again on the same port after
+        `kill("redis")`: the replicas reconnect to it)."""
         redis = shutil.which("redis-server")
         if redis is None:
             raise ClusterError("redis-server is not installed (Debian: redis-server)")
@@ -275,6 +287,23 @@ class Cluster:
                 return
             time.sleep(0.1)
         raise ClusterError("haproxy did not serve within 20 s")
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send `sig` to a component (`node1`, `redis`, `haproxy`); SIGKILL takes the
+        whole node (a replica's worker processes share its session), as a lost host
+        would. The component counts as stopped from then on."""
+        pid = self.pids.pop(name)
+        self.save()
+        if sig == signal.SIGKILL:
+            _signal(-pid, sig)
+        _signal(pid, sig)
+        deadline = time.monotonic() + 30.0
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):  # never leave it behind
+            _signal(-pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
+        self.path("pids", f"{name}.pid").unlink(missing_ok=True)
 
     # -- down ----------------------------------------------------------------------------
 
@@ -397,12 +426,13 @@ def _status(url: str) -> int:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child (`down` from another process): ask the kernel
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _children[pid]
+        return False
+    # Not started by this process (`down` from another one): ask the kernel.
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
