@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stockade.gateway import Quota, TooManyRequests
-from stockade.gateway.limits import Limiter, QuotaStore
+from stockade.state import Quota, QuotaExceeded
+from stockade.state.quota import Limiter, QuotaStore
 
 from .conftest import Start, module
 
@@ -23,8 +23,8 @@ class Clock:
         return self.now
 
 
-def refused(limiter: Limiter) -> TooManyRequests:
-    with pytest.raises(TooManyRequests) as error:
+def refused(limiter: Limiter) -> QuotaExceeded:
+    with pytest.raises(QuotaExceeded) as error:
         limiter.admit()
     return error.value
 
@@ -35,16 +35,16 @@ def test_concurrency_rate_and_cpu() -> None:
                       clock)
     limiter.admit()
     limiter.admit()
-    assert refused(limiter).extra["limit"] == "concurrency"
+    assert refused(limiter).limit == "concurrency"
     limiter.release(0.0)
     limiter.release(0.0)
-    assert refused(limiter).extra == {"limit": "rate", "retry_after": 1}
+    error = refused(limiter)
+    assert (error.limit, error.retry_after) == ("rate", 0.5)
     clock.now += 1.0
     limiter.admit()
     limiter.release(7.0)  # 1 s over the 6 s budget; it refills at 0.1 s per second
     error = refused(limiter)
-    assert error.extra == {"limit": "cpu", "retry_after": 10}
-    assert (b"retry-after", b"10") in error.headers
+    assert error.limit == "cpu" and error.retry_after == pytest.approx(10.0)
     clock.now += 10.0
     limiter.admit()
 
@@ -54,7 +54,7 @@ def test_update_keeps_in_flight_counts() -> None:
     limiter.admit()
     limiter.update(Quota(concurrency=2))
     limiter.admit()
-    assert refused(limiter).extra["limit"] == "concurrency"
+    assert refused(limiter).limit == "concurrency"
     assert Limiter("x", Quota()).unlimited
 
 
@@ -146,13 +146,13 @@ def test_workers_share_one_whole_quota(tmp_path: Path) -> None:
     two = Limiter("tenant t", quota, cell=second.cell("tenant:t"))
     one.admit()
     two.admit()
-    assert refused(one).extra["limit"] == "concurrency"
-    assert refused(two).extra["limit"] == "concurrency"
+    assert refused(one).limit == "concurrency"
+    assert refused(two).limit == "concurrency"
     two.release(0.25)
     one.admit()  # the third token of the burst of 3, whoever takes it
     one.release(0.5)
     one.release(0.0)
-    assert refused(two).extra["limit"] == "rate"
+    assert refused(two).limit == "rate"
     assert one.active == two.active == 0 and one.cpu_charged == two.cpu_charged == 0.75
     # A worker that dies holding slots gives them back when its replacement starts.
     two._cell.add_active(1)  # what a worker killed mid-request leaves behind

@@ -7,7 +7,7 @@
                 └── ErrorLayer  any exception -> problem+json (status from its class)
                     └── RoutingLayer    /healthz, /readyz, /metrics; else the route
                         └── BodyLayer   the whole body: deadline 408, size 413, budget 503
-                            └── LimitsLayer function and tenant quotas (429)
+                            └── LimitsLayer quotas (429), shared state (503)
                                 └── Invoker (invoke.py)  CGI in, guest run, CGI out
 
 The body is read before any slot is taken: a client that sends it slowly holds a
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StockadeError
 from .bodybudget import BodyBudget
+from .limits import admit
 from .messages import Handler, Request, Response
 from .problem import HttpProblem, MethodNotAllowed, NotFound, render_error
 
@@ -150,8 +151,9 @@ class BodyLayer:
 
 
 class LimitsLayer:
-    """Takes a slot from the function's and the tenant's limiters (429 when either is
-    spent) and returns both after the response, charging the guest's CPU time."""
+    """Takes the function's and the tenant's slots through the route's gate (429 when
+    either is spent, 503 for an open breaker or unavailable shared state) and returns
+    them after the response, charging the guest's CPU time."""
 
     def __init__(self, app: Handler, metrics: Metrics) -> None:
         self.app = app
@@ -159,18 +161,12 @@ class LimitsLayer:
 
     async def __call__(self, request: Request) -> Response:
         route: Route = request.state["route"]
-        function, tenant = route.function_limiter, route.tenant_limiter
-        function.admit()
-        try:
-            tenant.admit()
-        except StockadeError:
-            function.release()
-            raise
+        lease = admit(route.gate)
+        if lease.degraded:  # decided by this replica alone: shared state unavailable
+            self.metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
         self.metrics.add("stockade_gateway_inflight", route.labels, 1)
         try:
             return await self.app(request)
         finally:
-            cpu = float(request.state.get("cpu_seconds", 0.0))
-            tenant.release(cpu)
-            function.release(cpu)
+            lease.release(float(request.state.get("cpu_seconds", 0.0)))
             self.metrics.add("stockade_gateway_inflight", route.labels, -1)

@@ -2,6 +2,9 @@
 
     [server]                      # all optional
     workers = 2
+    [state]                       # optional: quotas and breakers shared by replicas
+    backend = "redis://redis:6379/0"   # default "local"; see stockade.state.settings
+    on_unavailable = "fail_closed"     # or "fail_open"
     [tenant.acme]                 # quotas shared by the tenant's functions
     cordon = "finance"            # tenants of one cordon may share processes (see below)
     concurrency = 8
@@ -41,6 +44,7 @@ from ..errors import PolicyError, StockadeError
 from ..isolate.factory import ISOLATION_MODES, default_isolation
 from ..policy import Capabilities, DirGrant, Policy, Trust, apply_limit, format_size
 from ..policy.loader import named_profile, read_toml, trust_from_mapping
+from ..state.settings import StateSettings, parse_state
 from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
 from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
@@ -107,13 +111,15 @@ class FunctionSpec:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A loaded manifest: where it came from, server settings, functions and tenants."""
+    """A loaded manifest: where it came from, server settings, functions and tenants,
+    and where their quotas and breakers live (`state`)."""
 
     source: Path
     server: ServerSettings
     functions: tuple[FunctionSpec, ...]
     tenants: dict[str, Quota] = field(default_factory=dict)
     cordons: dict[str, str] = field(default_factory=dict)  # tenant -> cordon
+    state: StateSettings = field(default_factory=StateSettings)
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -126,8 +132,9 @@ def load_manifest(path: str | Path) -> Manifest:
 def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
     """Resolve parsed TOML; module paths and dirs are relative to `path`'s directory."""
     source = str(path)
-    _known(data, {"server", "tenant", "function", "trust"}, source, "")
+    _known(data, {"server", "state", "tenant", "function", "trust"}, source, "")
     server = parse_server(_table(data.get("server", {}), source, "server"), source)
+    state = parse_state(_table(data.get("state", {}), source, "state"), source)
     tenants = {DEFAULT_TENANT: Quota()}
     cordons = {DEFAULT_TENANT: DEFAULT_CORDON}
     base = path.parent.resolve()
@@ -156,7 +163,7 @@ def parse_manifest(data: Mapping[str, Any], path: Path) -> Manifest:
                          server, tenants, cordons)
         functions.append(replace(spec, policy=replace(spec.policy, trust=trusts[spec.tenant])))
     _check_unique(functions, source)
-    return Manifest(path.resolve(), server, tuple(functions), tenants, cordons)
+    return Manifest(path.resolve(), server, tuple(functions), tenants, cordons, state)
 
 
 def _module_file(module: str, base: Path, source: str, where: str) -> Path:

@@ -35,6 +35,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "stockade_gateway_quota_cpu_seconds_total": (
         "counter", "Guest CPU time charged to quotas (abandoned inline attempts included)"),
     "stockade_gateway_inflight": ("gauge", "Invocations running or queued"),
+    "stockade_gateway_state_fallbacks_total": (
+        "counter", "Requests admitted by this replica's own limits (shared state unavailable)"),
+    "stockade_gateway_state_unavailable_total": (
+        "counter", "Requests the shared state could not decide, by on_unavailable policy"),
     "stockade_gateway_reloads_total": ("counter", "Manifest reloads, by result"),
 }
 

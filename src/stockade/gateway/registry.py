@@ -2,10 +2,10 @@
 
 A `Routes` table is immutable once built: a reload prepares every function of the new
 manifest off the event loop, then swaps the table in one assignment, so requests in
-flight finish with the function they started with. Limiters are kept by name across
-reloads (quotas updated in place), so in-flight counts and budgets carry over; their
-state lives in the `QuotaStore` every worker of the server shares, so each quota holds
-whole across workers.
+flight finish with the function they started with. Each route has a `Gate`
+of the worker's state backend (`stockade.state`): local limiters kept by name across
+reloads (quotas updated in place at the swap, so in-flight counts and budgets carry
+over) in memory every worker of the server shares, or Redis shared by every replica.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ModuleError, ModuleNotFound
+from ..state import Gate, GateSpec, LocalState, Quota, StateBackend
 from .executor import Executors, Prepared, named_error
-from .limits import Limiter, QuotaStore
 from .manifest import FunctionSpec, Manifest
-from .settings import Quota
 
 if TYPE_CHECKING:
     from .pool import WorkerPool
@@ -31,12 +30,11 @@ logger = logging.getLogger("stockade.gateway")
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A routed function: its prepared executor, limiters and metric labels."""
+    """A routed function: its prepared executor, admission gate and metric labels."""
 
     spec: FunctionSpec
     prepared: Prepared
-    function_limiter: Limiter
-    tenant_limiter: Limiter
+    gate: Gate
     labels: tuple[tuple[str, str], ...]
 
 
@@ -46,7 +44,7 @@ class Routes:
     def __init__(self, routes: list[Route]) -> None:
         self._by_prefix = {route.spec.route: route for route in routes}
         self.functions = {route.spec.name: route for route in routes}
-        self.quotas: dict[str, Quota] = {}  # limiter key -> the manifest's quota
+        self.quotas: dict[str, Quota] = {}  # quota key -> the manifest's quota
         self.pools: dict[str, WorkerPool] = {}  # cordon -> its worker pool
 
     def match(self, path: str) -> Route | None:
@@ -62,14 +60,17 @@ class Routes:
 
 
 class Registry:
-    """The current manifest and routes of one worker; quotas live in `store`."""
+    """The current manifest and routes of one worker; quotas live in `state`."""
 
-    def __init__(self, executors: Executors, store: QuotaStore | None = None) -> None:
+    def __init__(self, executors: Executors, state: StateBackend | None = None,
+                 breakers: bool = False, lease_grace: float = 2.0) -> None:
         self.executors = executors
-        self.store = store or QuotaStore()
+        self._own_state = state is None
+        self.state = state or LocalState()
+        self.breakers = breakers  # the state checks each function's breaker at admission
+        self.lease_grace = lease_grace
         self.manifest: Manifest | None = None
         self.routes = Routes([])
-        self._limiters: dict[str, Limiter] = {}
         self._retiring: list[WorkerPool] = []
 
     def build(self, manifest: Manifest) -> Routes:
@@ -88,24 +89,22 @@ class Registry:
             function_key, tenant_key = f"function:{spec.name}", f"tenant:{spec.tenant}"
             quotas[function_key] = spec.quota
             quotas[tenant_key] = manifest.tenants.get(spec.tenant, Quota())
-            routes.append(Route(
-                spec, prepared,
-                self._limiter(function_key, f"function {spec.name}", quotas[function_key]),
-                self._limiter(tenant_key, f"tenant {spec.tenant}", quotas[tenant_key]),
-                (("function", spec.name), ("tenant", spec.tenant)),
-            ))
+            # A slot outlives no request: the guest's deadline, the 504 backstop after it.
+            timeout = spec.policy.limits.timeout or 60.0
+            gate = self.state.gate(GateSpec(
+                spec.name, spec.tenant, quotas[function_key], quotas[tenant_key],
+                timeout + self.lease_grace, f"function:{spec.name}" if self.breakers else None))
+            routes.append(Route(spec, prepared, gate,
+                                (("function", spec.name), ("tenant", spec.tenant))))
         built = Routes(routes)
         built.quotas = quotas
         built.pools = pools
         return built
 
     def swap(self, manifest: Manifest, routes: Routes) -> None:
-        """Serve `routes` from now on, applying their quotas to the live limiters (the
+        """Serve `routes` from now on, applying their quotas to the live state (the
         event loop thread calls this)."""
-        for key, quota in routes.quotas.items():
-            limiter = self._limiters.get(key)
-            if limiter is not None:
-                limiter.update(quota)
+        self.state.update(routes.quotas)
         self.manifest = manifest
         old, self.routes = self.routes, routes
         self._retiring = [pool for pool in self._retiring if not pool.closed]
@@ -119,16 +118,9 @@ class Registry:
         logger.info("serving %d functions from %s", len(manifest.functions),
                     manifest.source.name)
 
-    def _limiter(self, key: str, label: str, quota: Quota) -> Limiter:
-        # Reuse the live limiter (its quota changes at `swap`), or make one.
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            limiter = self._limiters[key] = Limiter(label, quota, cell=self.store.cell(key))
-        return limiter
-
     def close(self) -> None:
-        """Stop the worker pools and release the quota state. Safe twice."""
+        """Stop the worker pools (and the quota state, when it made it). Safe twice."""
         for pool in [*self.routes.pools.values(), *self._retiring]:
             pool.close()
-        for limiter in self._limiters.values():
-            limiter.close()
+        if self._own_state:
+            self.state.close()

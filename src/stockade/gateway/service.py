@@ -16,13 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..state import StateBackend, open_state
 from .accesslog import AccessLogLayer
 from .dispatch import Dispatcher
 from .executor import Executors
 from .funclog import FunctionLogLayer
 from .invoke import Invoker
 from .layers import BodyLayer, ErrorLayer, LimitsLayer, MetricsLayer, RoutingLayer
-from .limits import QuotaStore
 from .manifest import Manifest, load_manifest
 from .messages import Handler, Request, Response
 from .metrics import CONTENT_TYPE, Metrics, MetricsStore, render
@@ -59,6 +59,7 @@ class GatewayService:
         self.registry: Registry | None = None
         self.dispatcher: Dispatcher | None = None
         self.executors: Executors | None = None
+        self.state: StateBackend | None = None
         self.handler: Handler | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
@@ -74,14 +75,19 @@ class GatewayService:
         manifest = self.load()
         self.settings = settings = manifest.server
         observers: tuple[RunObserver, ...] = ()
-        self.telemetry = telemetry = _open_telemetry(settings)
+        self.state = state = open_state(
+            manifest.state, self.store.directory / "quotas" if self.store else None,
+            self.index, self._state_fallback)
+        self.telemetry = telemetry = _open_telemetry(settings, state)
         if telemetry is not None:
             observers = (telemetry.observer,)
         self.executors = Executors(settings.executor, settings.threads, observers,
                                    settings.pool_workers)
         self.dispatcher = dispatcher = Dispatcher(settings.threads, settings.max_queue)
-        store = QuotaStore(self.store.directory / "quotas" if self.store else None, self.index)
-        self.registry = registry = Registry(self.executors, store)
+        # A shared store checks each function's breaker with its quotas, in one call.
+        self.registry = registry = Registry(
+            self.executors, state, breakers=telemetry is not None and settings.breakers
+            and manifest.state.shared)
         registry.swap(manifest, registry.build(manifest))
         self.handler = self._stack(registry, dispatcher)
 
@@ -120,11 +126,17 @@ class GatewayService:
                 logger.error("reload failed, still serving the previous manifest: %s", exc)
                 self.metrics.inc("stockade_gateway_reloads_total", (("result", "failed"),))
                 return False
-            if manifest.server != self.settings:
-                logger.warning("[server] changes take effect at the next restart")
+            if manifest.server != self.settings or (
+                    registry.manifest is not None and manifest.state != registry.manifest.state):
+                logger.warning("[server] and [state] changes take effect at the next restart")
             registry.swap(manifest, routes)
             self.metrics.inc("stockade_gateway_reloads_total", (("result", "ok"),))
             return True
+
+    def _state_fallback(self, reason: str) -> None:
+        """Shared state was unavailable for a request (`fail_open`: decided here alone,
+        `fail_closed`: refused); counted by reason (any thread may call this)."""
+        self.metrics.inc("stockade_gateway_state_unavailable_total", (("policy", reason),))
 
     async def _flush_metrics(self, store: MetricsStore) -> None:
         while True:
@@ -164,13 +176,16 @@ class GatewayService:
             self.registry.close()
         if self.telemetry is not None:
             self.telemetry.close()
+        if self.state is not None:
+            self.state.close()
         if self.store is not None:
             self.store.write(self.metrics)
 
 
-def _open_telemetry(settings: ServerSettings) -> Telemetry | None:
+def _open_telemetry(settings: ServerSettings, state: StateBackend) -> Telemetry | None:
     """Export, breakers and audit as `[server]` says: `telemetry = "off"` turns off
-    export only; None when all three are off. Raises UsageError (an unusable audit key)."""
+    export only; None when all three are off. Breakers live where `state` keeps them.
+    Raises UsageError (an unusable audit key)."""
     from ..telemetry import open_telemetry
     from ..telemetry.breaker import BreakerConfig
 
@@ -183,7 +198,8 @@ def _open_telemetry(settings: ServerSettings) -> Telemetry | None:
     # as the environment suggests (edge on a small host: 10 %).
     telemetry = open_telemetry(settings.telemetry, "stockade-gateway",
                                fallback=GATEWAY_TELEMETRY, breaker=settings.breakers,
-                               audit=settings.audit, breaker_config=config)
+                               audit=settings.audit, breaker_config=config,
+                               breaker_store=state.breakers)
     try:
         telemetry.prepare()  # the audit key is read before any confinement
     except BaseException:

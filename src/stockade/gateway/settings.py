@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..policy import parse_duration, parse_size
+from ..state.quota import Quota
 from .headers import WITHHELD
 
 __all__ = ["Quota", "ServerSettings", "parse_server", "parse_quota", "size_or_none",
@@ -20,20 +21,6 @@ __all__ = ["Quota", "ServerSettings", "parse_server", "parse_quota", "size_or_no
 EXECUTORS = ("auto", "fast", "sandbox")
 ACCESS_LOGS = ("common", "json", "off")
 MiB = 1024**2
-
-
-@dataclass(frozen=True)
-class Quota:
-    """Limits on a function or a tenant; None means unlimited.
-
-    `concurrency` invocations at once, `rate` requests per second with bursts of `burst`
-    (default: one second's worth), `cpu_per_minute` seconds of guest CPU time per minute.
-    """
-
-    concurrency: int | None = None
-    rate: float | None = None
-    burst: int | None = None
-    cpu_per_minute: float | None = None
 
 
 @dataclass(frozen=True)

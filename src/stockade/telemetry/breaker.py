@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ..errors import UsageError
 from ..paths import state_dir
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Breaker",
+    "BreakerStore",
+    "BreakerStoreFactory",
     "BreakerConfig",
     "BreakerEntry",
     "Decision",
@@ -177,6 +179,38 @@ class BreakerEntry(NamedTuple):
     trips: int
     updated: float
     denied: int = 0
+
+
+class BreakerStore(Protocol):
+    """What telemetry asks of circuit breakers: `Breaker` (SQLite, one host) or a shared
+    store (`stockade.state`, Redis). Same states, same counting, same transitions."""
+
+    config: BreakerConfig
+
+    def check(self, key: str, tenant: str | None = None,
+              now: float | None = None) -> Decision:
+        """May a run under `key` go ahead now, for this tenant? A refusal is counted."""
+
+    def record(self, key: str, tenant: str | None, violated: bool,
+               now: float | None = None) -> Transition | None:
+        """Report how a run under `key` ended; returns the transition it caused."""
+
+    def probe_failed(self, key: str, tenant: str | None,
+                     now: float | None = None) -> Transition | None:
+        """A run ended without a Result: this process's probe, if it was one, failed."""
+
+    def entries(self, now: float | None = None) -> list[BreakerEntry]:
+        """Every stored breaker, most recently changed first."""
+
+    def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
+        """Close and forget breakers (see `Breaker.reset`); returns those removed."""
+
+    def close(self) -> None:
+        """Write what is pending and release the store. Safe twice."""
+
+
+BreakerStoreFactory = Callable[[BreakerConfig, "Callable[[Transition], None] | None"],
+                               "BreakerStore | None"]
 
 
 def refusal_result(decision: Decision, module: str, sha256: str) -> Result:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ..result import Result
     from .audit import AuditLog
-    from .breaker import Breaker, BreakerConfig, Decision, Transition
+    from .breaker import BreakerConfig, BreakerStore, BreakerStoreFactory, Decision, Transition
 
 __all__ = ["Telemetry", "open_telemetry", "event_kind", "breaker_key", "ServerSpanLike",
            "TraceContextLike"]
@@ -117,7 +117,8 @@ class Telemetry:
 
     def __init__(self, settings: ExportSettings, sink: Sink, *, monitor: bool = True,
                  breaker: bool = True, audit: bool = True,
-                 breaker_config: BreakerConfig | None = None) -> None:
+                 breaker_config: BreakerConfig | None = None,
+                 breaker_store: BreakerStoreFactory | None = None) -> None:
         self.settings = settings
         self.sink = sink
         self._recording = not isinstance(sink, NullSink)
@@ -130,20 +131,25 @@ class Telemetry:
         self._use_breaker = breaker
         self._use_audit = audit
         self._breaker_config = breaker_config
-        self._breaker: Breaker | None = None
+        self._breaker_store = breaker_store
+        self._breaker: BreakerStore | None = None
         self._audit: AuditLog | None = None
         self._lazy = threading.Lock()  # gateway threads may ask for these at once
         self._closed = False
 
     @property
-    def breaker(self) -> Breaker:
-        """The circuit breakers (opened on first use)."""
+    def breaker(self) -> BreakerStore:
+        """The circuit breakers (opened on first use): the `breaker_store` factory's
+        (shared state), else the local SQLite database."""
         with self._lazy:
             if self._breaker is None:
                 from .breaker import Breaker  # imported when first needed: start-up time
 
-                self._breaker = Breaker(config=self._breaker_config,
-                                        on_transition=self._transition)
+                store = None
+                if self._breaker_store is not None:
+                    store = self._breaker_store(self._config(), self._transition)
+                self._breaker = store or Breaker(config=self._breaker_config,
+                                                 on_transition=self._transition)
             return self._breaker
 
     @property
@@ -175,7 +181,8 @@ class Telemetry:
 
         if not self._use_breaker:
             return Decision(True, "disabled")
-        if self._breaker is None and not default_path().exists():
+        if self._breaker is None and self._breaker_store is None \
+                and not default_path().exists():
             return Decision(True, "closed")  # nothing ever violated: nothing to open
         invocation = invocation or Invocation()
         try:
@@ -376,6 +383,7 @@ def open_telemetry(
     audit: bool = True,
     breaker_config: BreakerConfig | None = None,
     fallback: str | None = None,
+    breaker_store: BreakerStoreFactory | None = None,
 ) -> Telemetry:
     """Telemetry for `profile` (`edge`, `cloud`, `on-prem`, `hybrid`, `off`, or None).
     With an OTLP endpoint (argument or `OTEL_EXPORTER_OTLP_*ENDPOINT`) the SDK exports
@@ -384,7 +392,8 @@ def open_telemetry(
     file with a warning. `fallback` is the profile when neither `profile` nor
     `STOCKADE_TELEMETRY` names one (None: the SDK defaults). `breaker` and `audit` are
     independent of export: profile `off` keeps them (it drops the sink and monitor);
-    `breaker_config` defaults to `BreakerConfig.from_env()`."""
+    `breaker_config` defaults to `BreakerConfig.from_env()`; `breaker_store(config,
+    on_transition)` opens the breakers' store (None from it: the local SQLite one)."""
     settings = resolve_settings(profile, endpoint=endpoint, service_name=service_name, env=env,
                                 fallback=fallback)
     sink: Sink
@@ -401,4 +410,5 @@ def open_telemetry(
     else:
         sink = FileSink(settings)
     return Telemetry(settings, sink, monitor=monitor and settings.enabled, breaker=breaker,
-                     audit=audit, breaker_config=breaker_config)
+                     audit=audit, breaker_config=breaker_config,
+                     breaker_store=breaker_store)

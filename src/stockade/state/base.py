@@ -1,0 +1,102 @@
+"""The shared-state interface: admission of one request, and the breakers' store.
+
+    StateBackend            one per gateway worker process (`open_state`)
+    ├── gate(GateSpec) -> Gate        one per routed function, built with the routes
+    │   └── admit() -> Lease          concurrency, rate (GCRA) and CPU per minute of
+    │       └── release(cpu_seconds)  the function and its tenant, and its breaker
+    ├── update(quotas)                a reloaded manifest's quotas, applied at the swap
+    └── breakers(config, on_transition) -> BreakerStore | None
+                                      the circuit breakers' store (None: the local
+                                      SQLite one telemetry opens itself)
+
+`LocalState` (this server only: shared memory and SQLite) and `RedisState` (every
+replica sharing one Redis) implement it. `admit` raises QuotaExceeded, BreakerOpen or
+StateUnavailable (`errors.py`); the gateway renders them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from .quota import Quota
+
+if TYPE_CHECKING:
+    from ..telemetry.breaker import BreakerConfig, BreakerStore, Transition
+
+__all__ = ["Lease", "Gate", "GateSpec", "StateBackend", "OnTransition"]
+
+OnTransition = Callable[["Transition"], None]
+
+
+class Lease(Protocol):
+    """A request's admission; `release` it once the response is ready. `degraded` is
+    True when it was decided by this replica alone (`fail_open` with the store down)."""
+
+    degraded: bool
+
+    def release(self, cpu_seconds: float = 0.0) -> None:
+        """Give back the concurrency slots and charge `cpu_seconds` of guest CPU."""
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """What one function's admission checks: its own quota and its tenant's, and the
+    circuit breaker `breaker` (None: not checked at admission). A concurrency slot is
+    held `lease_seconds` at most: a replica that dies holding one gives it back then."""
+
+    function: str
+    tenant: str
+    function_quota: Quota
+    tenant_quota: Quota
+    lease_seconds: float = 60.0
+    breaker: str | None = None
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """How refusals name the quotas: (`function NAME`, `tenant NAME`)."""
+        return f"function {self.function}", f"tenant {self.tenant}"
+
+
+class Gate(ABC):
+    """The admission of one function (see `GateSpec`)."""
+
+    def __init__(self, spec: GateSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def admit(self) -> Lease:
+        """Take the function's and the tenant's slots, or raise QuotaExceeded (with the
+        seconds after which a retry can succeed), BreakerOpen or StateUnavailable."""
+
+
+class StateBackend(ABC):
+    """Where one worker process keeps quotas and breakers. `close()` twice is safe."""
+
+    name = "state"
+
+    @abstractmethod
+    def gate(self, spec: GateSpec) -> Gate:
+        """The admission of one function; quotas it shares by name with other gates
+        (a tenant's) use the quotas live now until `update`."""
+
+    @abstractmethod
+    def update(self, quotas: Mapping[str, Quota]) -> None:
+        """Apply a reloaded manifest's quotas (keys `function:NAME`, `tenant:NAME`)."""
+
+    def breakers(self, config: BreakerConfig,
+                 on_transition: OnTransition | None) -> BreakerStore | None:
+        """The circuit breakers' store, or None for telemetry's local SQLite one."""
+        return None
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and shared memory. Safe twice."""
+
+    def __enter__(self) -> StateBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,93 @@
+"""`LocalState`: quotas of this server only, shared by its worker processes through the
+mapped cells of `quota.py`; circuit breakers stay in telemetry's SQLite database.
+
+This is the gateway's state when the manifest names no `[state] backend`, and each
+replica's fallback under `fail_open` while Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .base import Gate, GateSpec, StateBackend
+from .errors import StateError
+from .quota import Limiter, Quota, QuotaStore
+
+__all__ = ["LocalState", "LocalGate"]
+
+
+class _LocalLease:
+    """Slots taken from two limiters, given back once."""
+
+    __slots__ = ("_gate", "degraded")
+
+    def __init__(self, gate: LocalGate, degraded: bool) -> None:
+        self._gate: LocalGate | None = gate
+        self.degraded = degraded
+
+    def release(self, cpu_seconds: float = 0.0) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.tenant.release(cpu_seconds)
+            gate.function.release(cpu_seconds)
+
+
+class LocalGate(Gate):
+    """The function's limiter, then its tenant's (whose slot is given back if the
+    tenant refuses). Its breaker is asked later, by telemetry (`Invoker`)."""
+
+    def __init__(self, spec: GateSpec, function: Limiter, tenant: Limiter,
+                 degraded: bool = False) -> None:
+        super().__init__(spec)
+        self.function = function
+        self.tenant = tenant
+        self.degraded = degraded
+
+    def admit(self) -> _LocalLease:
+        self.function.admit()
+        try:
+            self.tenant.admit()
+        except StateError:
+            self.function.release()
+            raise
+        return _LocalLease(self, self.degraded)
+
+
+class LocalState(StateBackend):
+    """Quotas in `directory` shared by the server's workers (worker `index`), or in this
+    process's memory when `directory` is None. `degraded` marks its leases (a fallback)."""
+
+    name = "local"
+
+    def __init__(self, directory: Path | None = None, index: int = 0,
+                 degraded: bool = False) -> None:
+        self.store = QuotaStore(directory, index)
+        self.degraded = degraded
+        self._limiters: dict[str, Limiter] = {}
+
+    def limiter(self, key: str, label: str, quota: Quota) -> Limiter:
+        """The live limiter of `key` (`function:NAME`, `tenant:NAME`), made with `quota`
+        on first use; its quota changes only at `update`."""
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = Limiter(label, quota, cell=self.store.cell(key))
+        return limiter
+
+    def gate(self, spec: GateSpec) -> LocalGate:
+        function_label, tenant_label = spec.labels
+        return LocalGate(
+            spec, self.limiter(f"function:{spec.function}", function_label, spec.function_quota),
+            self.limiter(f"tenant:{spec.tenant}", tenant_label, spec.tenant_quota),
+            self.degraded)
+
+    def update(self, quotas: Mapping[str, Quota]) -> None:
+        for key, quota in quotas.items():
+            limiter = self._limiters.get(key)
+            if limiter is not None:
+                limiter.update(quota)
+
+    def close(self) -> None:
+        for limiter in self._limiters.values():
+            limiter.close()
+        self._limiters.clear()

@@ -1,0 +1,432 @@
+"""`RedisState`: quotas and circuit breakers shared by every replica through one Redis.
+
+One admission is one round trip: a Lua script (`scripts.ADMIT`, by EVALSHA) checks the
+function's breaker and the function's and tenant's concurrency, CPU and rate (GCRA)
+with Redis's clock, and takes the slots. Concurrency slots are leases: members of a
+sorted set scored by their expiry (the function's timeout plus a grace), so a replica
+that dies holding slots gives them back once they expire. Releasing is a second round
+trip only when there is something to give back (a concurrency slot, CPU to charge).
+
+What is cached here, and why it stays exact: a refusal for rate or CPU until the
+moment the script said a retry can succeed (other replicas can only push that moment
+later) and an open breaker, each for at most `REFUSAL_CACHE` seconds (a breaker reset
+by hand is seen within that). Nothing that admits is cached.
+
+When Redis does not answer within the timeout (or answers with an error: a Lua error,
+a key of the wrong type), the request gets `on_unavailable`: `fail_closed` raises
+StateUnavailable (503), `fail_open` admits through this server's own limits
+(`LocalState`, one replica's share of nothing: each replica applies the whole quota).
+Either way it is counted (`on_fallback`) and logged once per outage; Redis is tried
+again at most every `RETRY_INTERVAL` seconds, so a dead store costs a request at most
+one timeout, and is used again as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..telemetry.breaker import BreakerEntry, Decision, Transition, iso_time
+from .base import Gate, GateSpec, Lease, OnTransition, StateBackend
+from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
+from .keys import PREFIX, TenantKeys
+from .local import LocalGate, LocalState
+from .quota import Quota
+from .scripts import ADMIT, PROBE_CLEAN, RELEASE, UNLIMITED, VIOLATION
+from .settings import StateSettings, redis_password
+
+if TYPE_CHECKING:
+    from ..telemetry.breaker import BreakerConfig
+
+__all__ = ["RedisState", "RedisGate", "RedisBreakers", "REFUSAL_CACHE", "RETRY_INTERVAL"]
+
+logger = logging.getLogger("stockade.state")
+REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered locally
+RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
+_LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
+
+
+class _Unavailable(Exception):
+    """Redis did not answer usefully; the message says why."""
+
+
+def _float(fields: Mapping[str, str], name: str) -> float | None:
+    value = fields.get(name) or ""
+    return float(value) if value else None
+
+
+def _number(value: float | int | None) -> str:
+    return str(UNLIMITED) if value is None else repr(float(value))
+
+
+class _RedisLease:
+    """Slots held in Redis under `lease_id`; released at most once."""
+
+    __slots__ = ("_gate", "_id", "degraded")
+
+    def __init__(self, gate: RedisGate, lease_id: str) -> None:
+        self._gate: RedisGate | None = gate
+        self._id = lease_id
+        self.degraded = False
+
+    def release(self, cpu_seconds: float = 0.0) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.release(self._id, cpu_seconds)
+
+
+class RedisGate(Gate):
+    """One function's admission through Redis, with `fallback` for `fail_open`."""
+
+    def __init__(self, spec: GateSpec, state: RedisState, fallback: LocalGate) -> None:
+        super().__init__(spec)
+        self.state = state
+        self.fallback = fallback
+        self.keys = TenantKeys.of(spec.tenant, spec.function, spec.breaker or "-", state.prefix)
+        self.ident = (spec.breaker or "", spec.tenant)
+        fq, tq = spec.function_quota, spec.tenant_quota
+        self._concurrent = fq.concurrency is not None or tq.concurrency is not None
+        self._cpu = _number(tq.cpu_per_minute)
+        self._args = [
+            "", _number(spec.lease_seconds),
+            _number(fq.concurrency), _number(fq.rate), _number(fq.bucket),
+            _number(tq.concurrency), _number(tq.rate), _number(tq.bucket), self._cpu,
+            "1" if spec.breaker else "0", _number(state.probe_timeout), "0",
+        ]
+        self._keys = list(self.keys[:5])
+        self._lock = threading.Lock()
+        self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
+        self._pending_denials = 0
+
+    def admit(self) -> Lease:
+        refused = self._refused
+        if refused is not None:
+            if time.monotonic() < refused[0]:
+                if isinstance(refused[1], BreakerOpen):
+                    self._pending_denials += 1
+                raise refused[1]
+            self._refused = None
+        state = self.state
+        lease_id = state.lease_id()
+        args = self._args.copy()
+        args[0] = lease_id
+        pending, self._pending_denials = self._pending_denials, 0
+        args[11] = str(pending)
+        try:
+            reply = state.run(state.admit_script, self._keys, args)
+        except _Unavailable as exc:
+            self._pending_denials += pending
+            return state.unavailable(self, str(exc))
+        return self._decide(reply, lease_id)
+
+    def _decide(self, reply: Sequence[str], lease_id: str) -> Lease:
+        kind = reply[0]
+        if kind == "ok":
+            if reply[1] == "1":
+                self.state.probe_taken(self.ident, int(reply[2]), float(reply[3]))
+            return _RedisLease(self, lease_id)
+        spec = self.spec
+        if kind == "breaker":
+            until, now = float(reply[2]), float(reply[4])
+            retry = max(1.0, until - now) if reply[1] == "open" else 1.0
+            error: Exception = BreakerOpen(self.state.breaker_message(
+                spec.function, reply[1], until, int(float(reply[3]))), retry)
+            self.state.saw_open(self.ident, until if reply[1] == "open" else None, now)
+            self._cache(error, min(retry, REFUSAL_CACHE))
+            raise error
+        scope = reply[1]
+        label = f"{scope} {spec.function if scope == 'function' else spec.tenant}"
+        quota = spec.function_quota if scope == "function" else spec.tenant_quota
+        wait = float(reply[2])
+        if kind == "concurrency":
+            raise QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at most",
+                                1.0, "concurrency")
+        if kind == "cpu":
+            error = QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
+                                  "minute spent", wait, "cpu")
+        else:
+            error = QuotaExceeded(f"{label}: more than {quota.rate:g} requests per second",
+                                  wait, "rate")
+        self._cache(error, wait)
+        raise error
+
+    def _cache(self, error: Exception, seconds: float) -> None:
+        # Only refusals no other replica can lift sooner (see the module docstring).
+        self._refused = (time.monotonic() + min(seconds, REFUSAL_CACHE), error)
+
+    def release(self, lease_id: str, cpu_seconds: float) -> None:
+        """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
+        charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
+        if not (self._concurrent or charge):
+            return
+        try:
+            self.state.run(self.state.release_script, self._keys[:4],
+                           [lease_id, repr(max(0.0, cpu_seconds)), self._cpu])
+        except _Unavailable:
+            pass  # the lease expires by itself; the CPU charge is lost (logged by `run`)
+
+
+class RedisState(StateBackend):
+    """Quotas and breakers in the Redis `settings.backend` names; `fallback` holds this
+    server's own limits for `fail_open`; `on_fallback(policy)` counts each request the
+    store could not decide."""
+
+    name = "redis"
+
+    def __init__(self, settings: StateSettings, fallback: LocalState,
+                 on_fallback: Callable[[str], None] | None = None,
+                 env: Mapping[str, str] | None = None, prefix: str = PREFIX) -> None:
+        env = os.environ if env is None else env
+        self.settings = settings
+        self.fallback = fallback
+        self.prefix = prefix
+        self.probe_timeout = 300.0
+        self._on_fallback = on_fallback
+        options: dict[str, Any] = {}
+        if settings.backend.startswith("rediss://") and env.get("STOCKADE_REDIS_CA_FILE"):
+            options["ssl_ca_certs"] = env["STOCKADE_REDIS_CA_FILE"]
+        # No retries inside the client: one timeout is all a request may wait.
+        self.client = redis.Redis.from_url(
+            settings.backend, password=redis_password(env),
+            username=env.get("STOCKADE_REDIS_USERNAME") or None,
+            socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+            decode_responses=True, client_name=f"stockade-{os.getpid()}", **options)
+        self.admit_script = self.client.register_script(ADMIT)
+        self.release_script = self.client.register_script(RELEASE)
+        self.violation_script = self.client.register_script(VIOLATION)
+        self.probe_script = self.client.register_script(PROBE_CLEAN)
+        self._ids = itertools.count()
+        self._id_prefix = f"{os.urandom(6).hex()}:"
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+        self._down_since: float | None = None
+        self._decided_alone = 0
+        self._logged_error = 0.0
+        self._probes: set[tuple[str, str]] = set()
+        self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
+        self._breakers: RedisBreakers | None = None
+        self._closed = False
+
+    @property
+    def where(self) -> str:
+        """The store as people read it (no credentials: the URL never holds them)."""
+        return self.settings.backend
+
+    def lease_id(self) -> str:
+        """A lease id unique across replicas."""
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    def run(self, script: Any, keys: list[str], args: list[str]) -> Any:
+        """Run `script`; raises _Unavailable when Redis is down (then not tried again for
+        `RETRY_INTERVAL` s) or the script failed."""
+        if self._retry_at and time.monotonic() < self._retry_at:
+            raise _Unavailable(f"shared state {self.where} is unreachable")
+        try:
+            reply = script(keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._went_down(exc)
+            raise _Unavailable(f"shared state {self.where} is unreachable") from None
+        except redis.RedisError as exc:
+            # A Lua error, a key of the wrong type: this decision fails, the store is up.
+            now = time.monotonic()
+            if now - self._logged_error >= _LOG_INTERVAL:
+                self._logged_error = now
+                logger.error("shared state %s: a script failed: %s", self.where, exc)
+            raise _Unavailable(f"shared state {self.where} failed to decide") from None
+        if self._retry_at:
+            self._came_back()
+        return reply
+
+    def _went_down(self, exc: BaseException) -> None:
+        with self._lock:
+            self._retry_at = time.monotonic() + RETRY_INTERVAL
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self._decided_alone = 0
+                what = ("each replica applies the whole quota alone" if
+                        self.settings.on_unavailable == "fail_open" else "requests get 503")
+                logger.error("shared state %s is unavailable (%s): %s, %s, until it "
+                             "answers", self.where, exc, self.settings.on_unavailable, what)
+
+    def _came_back(self) -> None:
+        with self._lock:
+            since, self._down_since, self._retry_at = self._down_since, None, 0.0
+            if since is not None:
+                logger.warning("shared state %s answers again after %.1f s (%d requests "
+                               "decided without it)", self.where, time.monotonic() - since,
+                               self._decided_alone)
+
+    def unavailable(self, gate: RedisGate, reason: str) -> Lease:
+        """The request `gate` could not decide through Redis: `on_unavailable` decides."""
+        policy = self.settings.on_unavailable
+        self._decided_alone += 1
+        if self._on_fallback is not None:
+            self._on_fallback(policy)
+        if policy == "fail_open":
+            return gate.fallback.admit()
+        raise StateUnavailable(f"{reason}; the gateway refuses requests it cannot count "
+                               "(state.on_unavailable = \"fail_closed\")", 1.0)
+
+    # -- breakers: what admissions saw, for `RedisBreakers.check` -------------------------
+
+    def probe_taken(self, ident: tuple[str, str], denied: int, now: float) -> None:
+        """An admission let the half-open probe through (this process runs it)."""
+        with self._lock:
+            self._probes.add(ident)
+            self._open.pop(ident, None)
+        breakers = self._breakers
+        if breakers is not None:
+            breakers.notify(Transition(ident[0], ident[1] or None, "open", "half_open", now,
+                                       0, None, "cooldown over: one probe run let through",
+                                       denied))
+
+    def saw_open(self, ident: tuple[str, str], until: float | None, now: float) -> None:
+        """An admission found the breaker open until `until` (Redis time `now`)."""
+        with self._lock:
+            if until is not None:
+                self._open[ident] = time.monotonic() + min(until - now, REFUSAL_CACHE)
+
+    def breaker_message(self, function: str, state: str, at: float, count: int) -> str:
+        """Why a breaker refuses, as `Breaker` says it."""
+        if state == "open":
+            return (f"function {function} is refused until {iso_time(at)}: its circuit "
+                    f"breaker opened after {count} violations (`stockade breaker reset "
+                    f"function:{function}` closes it)")
+        return (f"function {function} is refused: its circuit breaker lets one probe run "
+                f"through and that run is still going (since {iso_time(at)})")
+
+    def breakers(self, config: BreakerConfig,
+                 on_transition: OnTransition | None) -> RedisBreakers:
+        self.probe_timeout = config.probe_timeout
+        self._breakers = RedisBreakers(self, config, on_transition)
+        return self._breakers
+
+    # -- StateBackend ------------------------------------------------------------------
+
+    def gate(self, spec: GateSpec) -> RedisGate:
+        return RedisGate(spec, self, self.fallback.gate(spec))
+
+    def update(self, quotas: Mapping[str, Quota]) -> None:
+        self.fallback.update(quotas)  # Redis gets each gate's quotas with every call
+
+    def ping(self) -> bool:
+        """Whether Redis answers now (logged when it does not)."""
+        try:
+            return bool(self.client.ping())
+        except (redis.RedisError, OSError) as exc:
+            self._went_down(exc)
+            return False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.client.close()
+        self.fallback.close()
+
+
+class RedisBreakers:
+    """The `BreakerStore` of a `RedisState`: admissions already asked Redis (in the same
+    script as the quotas), so `check` answers from what they saw; `record` runs a script
+    only for a violation, or for the end of this process's probe."""
+
+    def __init__(self, state: RedisState, config: BreakerConfig,
+                 on_transition: OnTransition | None) -> None:
+        self.state = state
+        self.config = config
+        self._on_transition = on_transition
+        self._ids = itertools.count()
+
+    def notify(self, transition: Transition | None) -> None:
+        """Pass `transition` on (the audit log)."""
+        if transition is not None and self._on_transition is not None:
+            self._on_transition(transition)
+
+    def check(self, key: str, tenant: str | None = None,
+              now: float | None = None) -> Decision:
+        ident = (key, tenant or "")
+        until = self.state._open.get(ident)
+        if until is not None and time.monotonic() < until:
+            return Decision(False, "open", f"{key.replace(':', ' ', 1)} is refused: its "
+                            "circuit breaker is open")
+        return Decision(True, "closed")
+
+    def _keys(self, key: str, tenant: str | None) -> list[str]:
+        keys = TenantKeys.of(tenant or "", "-", key, self.state.prefix)
+        return [keys.breaker, keys.violations]
+
+    def record(self, key: str, tenant: str | None, violated: bool,
+               now: float | None = None) -> Transition | None:
+        ident = (key, tenant or "")
+        state = self.state
+        with state._lock:
+            probe = ident in state._probes
+            state._probes.discard(ident)
+        if not violated and not probe:
+            return None
+        try:
+            if violated:
+                cfg = self.config
+                reply = state.run(state.violation_script, self._keys(key, tenant), [
+                    str(cfg.threshold), repr(cfg.window), repr(cfg.cooldown),
+                    f"{state.lease_id()}:{next(self._ids)}", key, tenant or ""])
+            else:
+                reply = state.run(state.probe_script, self._keys(key, tenant), [])
+        except _Unavailable:
+            return None  # logged by `run`; the count is lost, the store decides nothing
+        transition = None
+        if reply[0] == "open":
+            old, count, until, at = reply[1], int(reply[2]), float(reply[3]), float(reply[5])
+            reason = ("probe run violated a limit or failed" if old == "half_open"
+                      else f"{count} violations within {self.config.window:g} s")
+            transition = Transition(key, tenant, old, "open", at, count, until, reason,
+                                    int(reply[4]))
+        elif reply[0] == "closed":
+            transition = Transition(key, tenant, "half_open", "closed", float(reply[2]), 0,
+                                    None, "probe run ended without a violation",
+                                    int(reply[1]))
+        self.notify(transition)
+        return transition
+
+    def probe_failed(self, key: str, tenant: str | None,
+                     now: float | None = None) -> Transition | None:
+        if (key, tenant or "") not in self.state._probes:
+            return None
+        return self.record(key, tenant, True, now)
+
+    def entries(self, now: float | None = None) -> list[BreakerEntry]:
+        client = self.state.client
+        found: list[BreakerEntry] = []
+        for name in client.scan_iter(match=f"{self.state.prefix}:{{*}}:b:*", count=500):
+            fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
+            if not fields:
+                continue
+            split = name.index("}:b:")  # a tenant's token never holds a brace
+            violations: int = client.zcard(  # type: ignore[assignment]
+                f"{name[:split]}}}:v:{name[split + 4:]}")
+            found.append(BreakerEntry(
+                fields.get("key", ""), fields.get("tenant") or None,
+                fields.get("state", "closed"), int(violations), _float(fields, "opened_at"),
+                _float(fields, "until"), int(fields.get("trips", 0)),
+                _float(fields, "updated") or 0.0, int(fields.get("denied", 0))))
+        return sorted(found, key=lambda entry: entry.updated, reverse=True)
+
+    def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
+        removed = [entry for entry in self.entries()
+                   if (not key or entry.key == key) and (tenant is None or entry.tenant == tenant)]
+        for entry in removed:
+            self.state.client.delete(*self._keys(entry.key, entry.tenant))
+        return removed
+
+    def close(self) -> None:
+        """Nothing to flush: every count went to Redis when it happened."""

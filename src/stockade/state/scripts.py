@@ -1,0 +1,165 @@
+"""The Lua scripts of `RedisState`: each decision is one script, run atomically by
+Redis with its own clock (`TIME`), so replicas with skewed clocks agree.
+
+Numbers come back as strings: Redis truncates Lua numbers to integers.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ADMIT", "RELEASE", "VIOLATION", "PROBE_CLEAN", "UNLIMITED"]
+
+UNLIMITED = -1  # a quota field that limits nothing
+
+# KEYS: tenant quota, function quota, tenant leases, function leases, breaker
+# ARGV: lease id, lease seconds, function concurrency, rate, burst, tenant concurrency,
+#       rate, burst, CPU seconds per minute, check breaker (0/1), probe timeout,
+#       refusals counted locally since the last call
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local probe = false
+if ARGV[10] == '1' then
+  local pending = tonumber(ARGV[12])
+  if pending > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
+    redis.call('HINCRBY', KEYS[5], 'denied', pending)
+  end
+  local b = redis.call('HMGET', KEYS[5], 'state', 'until', 'probe_at', 'count')
+  if b[1] == 'open' then
+    local till = tonumber(b[2]) or 0
+    if now < till then
+      redis.call('HINCRBY', KEYS[5], 'denied', 1)
+      return {'breaker', 'open', tostring(till), tostring(b[4] or 0), tostring(now)}
+    end
+    probe = true
+  elseif b[1] == 'half_open' then
+    local at = tonumber(b[3]) or 0
+    if now - at < tonumber(ARGV[11]) then
+      redis.call('HINCRBY', KEYS[5], 'denied', 1)
+      return {'breaker', 'half_open', tostring(at), tostring(b[4] or 0), tostring(now)}
+    end
+    probe = true
+  end
+end
+local function busy(key, limit)
+  if limit < 0 then return false end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key) >= limit
+end
+local fconc, tconc = tonumber(ARGV[3]), tonumber(ARGV[6])
+if busy(KEYS[4], fconc) then return {'concurrency', 'function', '1'} end
+if busy(KEYS[3], tconc) then return {'concurrency', 'tenant', '1'} end
+local cpu = tonumber(ARGV[9])
+if cpu >= 0 then
+  local c = redis.call('HMGET', KEYS[1], 'cpu', 'cpu_at')
+  local level = tonumber(c[1])
+  if level then
+    local per = cpu / 60
+    level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * per)
+    if level < 0 then return {'cpu', 'tenant', tostring(-level / per)} end
+  end
+end
+-- GCRA: the theoretical arrival time `tat` moves one interval per admitted request;
+-- a request is early (refused) when it comes before tat - burst intervals.
+local function gcra(key, rate, burst)
+  if rate < 0 then return nil, 0 end
+  local interval = 1 / rate
+  local tat = tonumber(redis.call('HGET', key, 'tat')) or now
+  if tat < now then tat = now end
+  local new = tat + interval
+  local allowed = new - burst * interval
+  if now < allowed then return nil, allowed - now end
+  return new, 0
+end
+local fnew, fwait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))
+if fwait > 0 then return {'rate', 'function', tostring(fwait)} end
+local tnew, twait = gcra(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[8]))
+if twait > 0 then return {'rate', 'tenant', tostring(twait)} end
+if fnew then
+  redis.call('HSET', KEYS[2], 'tat', tostring(fnew))
+  redis.call('EXPIRE', KEYS[2], 3600)
+end
+if tnew then
+  redis.call('HSET', KEYS[1], 'tat', tostring(tnew))
+  redis.call('EXPIRE', KEYS[1], 3600)
+end
+local expiry = now + tonumber(ARGV[2])
+local keep = math.ceil(tonumber(ARGV[2])) + 60
+if fconc >= 0 then
+  redis.call('ZADD', KEYS[4], expiry, ARGV[1])
+  redis.call('EXPIRE', KEYS[4], keep)
+end
+if tconc >= 0 then
+  redis.call('ZADD', KEYS[3], expiry, ARGV[1])
+  redis.call('EXPIRE', KEYS[3], keep)
+end
+local denied = 0
+if probe then
+  denied = tonumber(redis.call('HGET', KEYS[5], 'denied')) or 0
+  redis.call('HSET', KEYS[5], 'state', 'half_open', 'probe_at', tostring(now),
+             'updated', tostring(now), 'denied', 0)
+end
+return {'ok', probe and '1' or '0', tostring(denied), tostring(now)}
+"""
+
+# KEYS: tenant quota, function quota, tenant leases, function leases
+# ARGV: lease id, guest CPU seconds, tenant CPU seconds per minute
+RELEASE = """
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local used = tonumber(ARGV[2])
+local cpu = tonumber(ARGV[3])
+if used > 0 and cpu >= 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local c = redis.call('HMGET', KEYS[1], 'cpu', 'cpu_at')
+  local level = tonumber(c[1]) or cpu
+  level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * cpu / 60)
+  redis.call('HSET', KEYS[1], 'cpu', tostring(level - used), 'cpu_at', tostring(now))
+  redis.call('HINCRBYFLOAT', KEYS[1], 'charged', used)
+  redis.call('EXPIRE', KEYS[1], 3600)
+end
+return 1
+"""
+
+# KEYS: breaker, violations
+# ARGV: threshold, window, cooldown, a unique member, breaker key, tenant
+VIOLATION = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('ZADD', KEYS[2], now, ARGV[4])
+redis.call('EXPIRE', KEYS[2], math.ceil(window) + 60)
+local count = redis.call('ZCARD', KEYS[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  state = 'closed'
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'key', ARGV[5], 'tenant', ARGV[6],
+             'trips', 0, 'denied', 0, 'updated', tostring(now))
+end
+redis.call('EXPIRE', KEYS[1], 86400)
+if state == 'open' or (state == 'closed' and count < tonumber(ARGV[1])) then
+  return {'none', tostring(count)}
+end
+local denied = 0
+if state == 'half_open' then
+  denied = tonumber(redis.call('HGET', KEYS[1], 'denied')) or 0
+end
+local till = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', tostring(now), 'until', tostring(till),
+           'probe_at', '', 'count', count, 'denied', 0, 'updated', tostring(now))
+redis.call('HINCRBY', KEYS[1], 'trips', 1)
+return {'open', state, tostring(count), tostring(till), tostring(denied), tostring(now)}
+"""
+
+# KEYS: breaker, violations
+PROBE_CLEAN = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'half_open' then return {'none'} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local denied = tonumber(redis.call('HGET', KEYS[1], 'denied')) or 0
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'state', 'closed', 'until', '', 'probe_at', '', 'count', 0,
+           'denied', 0, 'updated', tostring(now))
+return {'closed', tostring(denied), tostring(now)}
+"""

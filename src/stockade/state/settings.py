@@ -1,0 +1,101 @@
+"""`[state]`: where quotas and circuit breakers live, and what happens when that is down.
+
+    [state]
+    backend = "redis://redis:6379/0"   # or "local" (the default: this server only)
+    on_unavailable = "fail_closed"     # 503 while Redis is unreachable; or "fail_open"
+    timeout = "250ms"                  # per Redis call (connect, read, write)
+
+Credentials never go in the manifest: the password comes from `STOCKADE_REDIS_PASSWORD`
+(else `REDIS_PASSWORD`), the user name from `STOCKADE_REDIS_USERNAME`; `rediss://`
+uses TLS, checked against `STOCKADE_REDIS_CA_FILE` when set (else the system's CAs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import PolicyError
+from ..policy.units import parse_duration
+
+__all__ = ["StateSettings", "parse_state", "redis_password", "POLICIES"]
+
+POLICIES = ("fail_closed", "fail_open")
+_KEYS = ("backend", "on_unavailable", "timeout")
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """`backend` is `local` or a `redis://HOST:PORT/DB` / `rediss://…` URL without
+    credentials; `on_unavailable` is `fail_closed` (503) or `fail_open` (this replica's
+    own limits); `timeout` bounds every Redis call, in seconds."""
+
+    backend: str = "local"
+    on_unavailable: str = "fail_closed"
+    timeout: float = 0.25
+
+    @property
+    def shared(self) -> bool:
+        """True when the state is shared with other servers (a Redis URL)."""
+        return self.backend != "local"
+
+
+def redis_password(env: Mapping[str, str] | None = None) -> str | None:
+    """The Redis password from the environment (`STOCKADE_REDIS_PASSWORD`, then
+    `REDIS_PASSWORD`), or None."""
+    env = os.environ if env is None else env
+    return env.get("STOCKADE_REDIS_PASSWORD") or env.get("REDIS_PASSWORD") or None
+
+
+def _backend(value: Any, where: str) -> str:
+    if value == "local":
+        return "local"
+    if not isinstance(value, str):
+        raise PolicyError(f"{where}.backend: expected \"local\" or \"redis://HOST:PORT/DB\", "
+                          f"not {value!r}")
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as exc:
+        raise PolicyError(f"{where}.backend: {exc}") from None
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise PolicyError(f"{where}.backend: expected \"local\" or \"redis://HOST:PORT/DB\" "
+                          f"(rediss:// for TLS), not {value!r}")
+    if url.username or url.password:
+        raise PolicyError(f"{where}.backend: credentials do not belong in the manifest: "
+                          "set STOCKADE_REDIS_PASSWORD (and STOCKADE_REDIS_USERNAME)")
+    database = url.path.strip("/") or "0"
+    if not database.isdigit() or url.query or url.fragment:
+        raise PolicyError(f"{where}.backend: the path is a database number, e.g. "
+                          f"redis://{url.hostname}:{port or 6379}/0")
+    return f"{url.scheme}://{url.netloc}/{int(database)}"
+
+
+def parse_state(table: Mapping[str, Any], source: str) -> StateSettings:
+    """`[state]` into settings. Raises PolicyError naming the file and the key."""
+    where = f"{source}: state"
+    for key in table:
+        if key not in _KEYS:
+            raise PolicyError(f"{where}: unknown key state.{key} (known: {list(_KEYS)})")
+    values: dict[str, Any] = {}
+    if "backend" in table:
+        values["backend"] = _backend(table["backend"], where)
+    if "on_unavailable" in table:
+        policy = table["on_unavailable"]
+        if policy not in POLICIES:
+            raise PolicyError(f"{where}.on_unavailable: expected one of "
+                              f"{', '.join(POLICIES)}, not {policy!r}")
+        values["on_unavailable"] = policy
+    if "timeout" in table:
+        try:
+            seconds = parse_duration(table["timeout"])
+        except (ValueError, TypeError) as exc:
+            raise PolicyError(f"{where}.timeout: {exc}") from None
+        if not 0 < seconds <= 10:
+            raise PolicyError(f"{where}.timeout: expected a duration above 0 and at most "
+                              f"10s, not {table['timeout']!r}")
+        values["timeout"] = seconds
+    return StateSettings(**values)

@@ -1,0 +1,77 @@
+"""A real `redis-server` on 127.0.0.1 (a free port, no persistence), per test."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+START_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """`redis-server` started by the test: `url`, `stop()`, `start()` again (same port)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start (again) on the same port; wait until it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is missing: the set-up installs it (Debian redis-server)")
+        self.process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                    if client.ping():
+                        return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        pytest.fail("redis-server did not answer within 10 s")
+
+    def client(self) -> redis.Redis:
+        """A plain client, for looking at (and spoiling) keys."""
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2.0)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and wait for it. Safe twice."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh `redis-server` for one test."""
+    server = RedisServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()

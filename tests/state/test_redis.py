@@ -1,0 +1,282 @@
+"""The Redis backend against a real redis-server: several `RedisState`s (replicas) share
+one store; attacks first (splitting load, crashing holders, hostile names, a spoiled
+store, a dead store)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from stockade.state import (
+    BreakerOpen,
+    GateSpec,
+    LocalState,
+    Quota,
+    QuotaExceeded,
+    StateSettings,
+    StateUnavailable,
+)
+from stockade.state.keys import TenantKeys, token
+from stockade.state.redisstate import RETRY_INTERVAL, RedisState
+from stockade.telemetry.breaker import BreakerConfig, Transition
+
+from .conftest import RedisServer
+
+TIMEOUT = 0.2
+
+
+@pytest.fixture
+def replicas(redis_server: RedisServer) -> Iterator[list[RedisState]]:
+    """Three replicas' state backends on one Redis (fail_closed)."""
+    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                         env={}) for _ in range(3)]
+    yield states
+    for state in states:
+        state.close()
+
+
+def spec(tenant: str = "acme", function: str = "f", *, lease: float = 30.0,
+         breaker: str | None = None, **quota: float) -> GateSpec:
+    return GateSpec(function, tenant, Quota(), Quota(**quota),  # type: ignore[arg-type]
+                    lease, breaker)
+
+
+def test_a_tenant_spreading_over_replicas_gets_its_rate_not_three_times(
+        replicas: list[RedisState]) -> None:
+    gates = [state.gate(spec(rate=2, burst=4)) for state in replicas]
+    admitted = refused = 0
+    start = time.monotonic()
+    for turn in range(60):  # round robin, as a load balancer spreads them
+        try:
+            gates[turn % 3].admit().release()
+            admitted += 1
+        except QuotaExceeded as exc:
+            assert exc.limit == "rate" and 0 < exc.retry_after <= 0.5
+            refused += 1
+    elapsed = time.monotonic() - start
+    # The burst of 4 plus 2 per second elapsed, however many replicas took them.
+    assert 4 <= admitted <= 4 + 2 * elapsed + 1, (admitted, elapsed)
+    assert refused == 60 - admitted
+
+
+def test_concurrency_holds_across_replicas_and_slots_come_back(
+        replicas: list[RedisState]) -> None:
+    one, two, three = (state.gate(spec(concurrency=2)) for state in replicas)
+    first, second = one.admit(), two.admit()
+    with pytest.raises(QuotaExceeded) as error:
+        three.admit()
+    assert error.value.limit == "concurrency" and "tenant acme: 2 concurrent" in str(error.value)
+    first.release()
+    first.release()  # twice: the second gives nothing back
+    three.admit()
+    with pytest.raises(QuotaExceeded):
+        one.admit()
+    second.release()
+
+
+def test_a_crashed_replicas_leases_expire(redis_server: RedisServer,
+                                          replicas: list[RedisState]) -> None:
+    crashed = RedisState(StateSettings(redis_server.url), LocalState(), env={})
+    gate = crashed.gate(spec(concurrency=2, lease=1.0))
+    gate.admit(), gate.admit()
+    crashed.client.close()  # it dies holding both slots, never releasing them
+    survivor = replicas[0].gate(spec(concurrency=2, lease=1.0))
+    with pytest.raises(QuotaExceeded):
+        survivor.admit()
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            survivor.admit()
+            break
+        except QuotaExceeded:
+            assert time.monotonic() < deadline, "the dead replica's leases never expired"
+            time.sleep(0.05)
+
+
+def test_cpu_per_minute_is_charged_once_for_every_replica(replicas: list[RedisState]) -> None:
+    one, two = (state.gate(spec(cpu_per_minute=0.6)) for state in replicas[:2])
+    one.admit().release(0.7)  # 0.1 s over a 0.6 s budget refilled at 0.01 s per second
+    with pytest.raises(QuotaExceeded) as error:
+        two.admit()
+    assert error.value.limit == "cpu" and 5 < error.value.retry_after <= 10
+
+
+def test_a_breaker_opened_through_one_replica_refuses_on_another_at_once(
+        replicas: list[RedisState]) -> None:
+    config = BreakerConfig(threshold=3, window=60, cooldown=30)
+    seen: list[Transition] = []
+    one = replicas[0].breakers(config, seen.append)
+    replicas[1].breakers(config, None)
+    gate = replicas[1].gate(spec(breaker="function:f"))
+    gate.admit().release()
+    for _ in range(2):
+        assert one.record("function:f", "acme", True) is None
+    opened_at = time.monotonic()
+    transition = one.record("function:f", "acme", True)
+    assert transition is not None and (transition.old, transition.new) == ("closed", "open")
+    with pytest.raises(BreakerOpen) as error:
+        gate.admit()
+    assert time.monotonic() - opened_at < 0.1
+    assert "circuit breaker opened after 3 violations" in str(error.value)
+    assert 25 < error.value.retry_after <= 30
+    assert seen == [transition]
+    # Another tenant's function of the same name is not affected.
+    replicas[2].gate(spec("other", breaker="function:f")).admit()
+    entries = one.entries()
+    assert [(e.key, e.tenant, e.state, e.violations) for e in entries] == [
+        ("function:f", "acme", "open", 3)]
+    assert [e.key for e in one.reset("function:f")] == ["function:f"]
+    replicas[2].gate(spec(breaker="function:f")).admit()
+
+
+def test_half_open_lets_exactly_one_probe_through_across_replicas(
+        replicas: list[RedisState]) -> None:
+    config = BreakerConfig(threshold=1, window=60, cooldown=0.2)
+    stores = [state.breakers(config, None) for state in replicas]
+    stores[0].record("function:f", "acme", True)
+    time.sleep(0.3)
+    gates = [state.gate(spec(breaker="function:f")) for state in replicas]
+    results = []
+    for gate in gates:
+        try:
+            gate.admit()
+            results.append("admitted")
+        except BreakerOpen:
+            results.append("refused")
+    assert results == ["admitted", "refused", "refused"]
+    # The probe ran clean on replica 0: closed for everyone.
+    closed = stores[0].record("function:f", "acme", False)
+    assert closed is not None and closed.new == "closed" and closed.denied >= 2
+    time.sleep(0.11)  # the refusals cached on replicas 1 and 2 run out
+    gates[1].admit(), gates[2].admit()
+
+
+HOSTILE = ["a}", "{a}", "}{", "a\nb", "x" * 10240, "acme:q:t", "", "acme}:l:t", "{acme}",
+           "acme\r\n*1\r\n$8\r\nFLUSHALL\r\n", "ünï"]
+
+
+def test_hostile_tenant_names_keep_to_their_own_keys(redis_server: RedisServer,
+                                                     replicas: list[RedisState]) -> None:
+    seen: set[str] = set()
+    for tenant in ["acme", *HOSTILE]:
+        keys = TenantKeys.of(tenant, "f", "function:f")
+        tag = keys.tenant_quota[keys.tenant_quota.index("{") + 1:keys.tenant_quota.index("}")]
+        assert tag == token(tenant) and len(tag) <= 80
+        # One slot per tenant (Redis Cluster), every key well-formed and short.
+        assert len({key_slot(key.encode()) for key in keys}) == 1
+        assert all(key.count("{") == key.count("}") == 1 and "\n" not in key
+                   and len(key) < 256 for key in keys)
+        assert not seen & set(keys)
+        seen |= set(keys)
+    # Each hostile tenant gets its own one-request budget; acme's is untouched.
+    for tenant in HOSTILE:
+        gate = replicas[0].gate(spec(tenant, rate=0.01, burst=1))
+        gate.admit()
+        with pytest.raises(QuotaExceeded):
+            gate.admit()
+    replicas[1].gate(spec("acme", rate=0.01, burst=1)).admit()
+    assert redis_server.client().dbsize() > 0  # nothing was flushed
+
+
+def test_a_spoiled_key_fails_one_tenant_not_the_gateway(redis_server: RedisServer) -> None:
+    closed = RedisState(StateSettings(redis_server.url), LocalState(), env={})
+    opened = RedisState(StateSettings(redis_server.url, "fail_open"),
+                        LocalState(degraded=True), env={})
+    try:
+        client = redis_server.client()
+        client.set(TenantKeys.of("spoiled", "f", "-").tenant_quota, "not a hash")
+        client.lpush(TenantKeys.of("listed", "f", "-").tenant_leases, "x")
+        for tenant in ("spoiled", "listed"):
+            with pytest.raises(StateUnavailable) as error:
+                closed.gate(spec(tenant, rate=5, concurrency=3)).admit()
+            assert "failed to decide" in str(error.value)
+            lease = opened.gate(spec(tenant, rate=5, concurrency=3)).admit()
+            assert lease.degraded
+            lease.release()
+        # The store itself is fine: other tenants are decided by it.
+        assert not closed.gate(spec("fine", rate=5)).admit().degraded
+    finally:
+        closed.close()
+        opened.close()
+
+
+def test_a_stopped_store_fails_closed_within_a_timeout_and_recovers(
+        redis_server: RedisServer) -> None:
+    counted: list[str] = []
+    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                       counted.append, env={})
+    try:
+        gate = state.gate(spec(concurrency=5))
+        gate.admit().release()
+        redis_server.stop()
+        start = time.monotonic()
+        with pytest.raises(StateUnavailable) as error:
+            gate.admit()
+        assert time.monotonic() - start < TIMEOUT + 0.5
+        assert "unreachable" in str(error.value) and "fail_closed" in str(error.value)
+        assert counted == ["fail_closed"]
+        redis_server.start()
+        deadline = time.monotonic() + RETRY_INTERVAL + 5.0
+        while True:
+            try:
+                assert not gate.admit().degraded
+                break
+            except StateUnavailable:
+                assert time.monotonic() < deadline, "never reconnected"
+                time.sleep(0.05)
+    finally:
+        state.close()
+
+
+def test_a_silent_store_fails_open_within_a_timeout(tmp_path: Path) -> None:
+    # A peer that accepts connections and never answers: reads time out.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        counted: list[str] = []
+        state = RedisState(StateSettings(url, "fail_open", TIMEOUT),
+                           LocalState(tmp_path, 0, degraded=True), counted.append, env={})
+        try:
+            gate = state.gate(spec(concurrency=1))
+            start = time.monotonic()
+            lease = gate.admit()
+            assert time.monotonic() - start < TIMEOUT + 0.5
+            assert lease.degraded and counted == ["fail_open"]
+            # This replica's own limits hold meanwhile, without waiting on the store.
+            start = time.monotonic()
+            with pytest.raises(QuotaExceeded):
+                gate.admit()
+            assert time.monotonic() - start < 0.1
+            lease.release()
+            gate.admit().release()
+        finally:
+            state.close()
+
+
+def test_admissions_from_many_threads_never_exceed_the_limit(
+        replicas: list[RedisState]) -> None:
+    gates = [state.gate(spec(concurrency=3)) for state in replicas]
+    held = []
+    lock = threading.Lock()
+
+    def take(gate_index: int) -> None:
+        try:
+            lease = gates[gate_index % 3].admit()
+        except QuotaExceeded:
+            return
+        with lock:
+            held.append(lease)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(held) == 3
