@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import httpx
@@ -243,30 +245,81 @@ def test_containerfile_matches_the_deployment(gateway: dict[str, Any]) -> None:
         assert f"{name}={env[name]}" in text
 
 
+def secret_env(base: list[dict[str, Any]], box: dict[str, Any]) -> dict[str, str]:
+    """The container's variables taken from Secrets, resolved from the rendered Secrets."""
+    values = {}
+    for var in box["env"]:
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            secret = one(base, "Secret", ref["name"])
+            values[var["name"]] = secret["stringData"][ref["key"]]
+    return values
+
+
+def test_state_backend_is_the_redis_of_the_example(base: list[dict[str, Any]],
+                                                   gateway: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    """[state] names the Redis Service and port, and the gateway's password variable
+    is the Secret key Redis requires."""
+    manifest = load_manifest(materialise(base, gateway, tmp_path))
+    url = urlsplit(manifest.state.backend)
+    service = one(base, "Service", "stockade-redis")
+    assert url.hostname == service["metadata"]["name"]
+    assert url.port in [p["port"] for p in service["spec"]["ports"]]
+    redis_box = container(one(base, "StatefulSet", "stockade-redis")["spec"]["template"],
+                          "redis")
+    redis_password = secret_env(base, redis_box)["REDIS_PASSWORD"]
+    assert "$(REDIS_PASSWORD)" in redis_box["args"]
+    assert secret_env(base, container(gateway))["STOCKADE_REDIS_PASSWORD"] == redis_password
+
+
 @pytest.fixture
 def served(base: list[dict[str, Any]], gateway: dict[str, Any], tmp_path: Path,
            shared_cache: Path) -> Iterator[Gateway]:
-    """`stockade serve` with the container's own arguments (the port made free) on the
-    ConfigMap's files."""
+    """`stockade serve` with the container's own arguments and secret variables on the
+    ConfigMap's files, its [state] backend a real redis-server with the Secret's password
+    (on 127.0.0.1: the Service's name does not resolve here)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: the set-up installs it (Debian redis-server)")
+    box = container(gateway)
+    secrets = secret_env(base, box)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    redis = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path),
+                              "--requirepass", secrets["STOCKADE_REDIS_PASSWORD"]],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = materialise(base, gateway, tmp_path / "pod")
-    args = list(container(gateway)["args"][1:])
+    text = manifest.read_text()
+    backend = load_manifest(manifest).state.backend
+    manifest.write_text(text.replace(f'"{backend}"', f'"redis://127.0.0.1:{port}/0"'))
+    args = list(box["args"][1:])
     # Gateway() passes --config and --port 0 itself; this machine is shared, so the
     # pod's address becomes loopback and its port a free one.
     for option in ("--config", "--port"):
         at = args.index(option)
         del args[at:at + 2]
     args[args.index("--host") + 1] = "127.0.0.1"
-    process = Gateway(manifest, gateway_env(shared_cache, tmp_path / "state"), tuple(args))
+    env = gateway_env(shared_cache, tmp_path / "state")
+    env.update(secrets)
     try:
-        yield process
+        process = Gateway(manifest, env, tuple(args))
+        try:
+            yield process
+        finally:
+            process.stop()
     finally:
-        process.stop()
+        redis.terminate()
+        redis.wait(10)
 
 
 @pytest.mark.slow
 def test_the_configmap_manifest_serves_with_the_container_args(served: Gateway) -> None:
     """The real gateway, started as the pod starts it, answers the probes, the scrape
-    and the example function."""
+    and the example function (its quota decided in Redis, with the Secret's password:
+    `fail_closed` would answer 503 otherwise)."""
     with httpx.Client(base_url=served.url, timeout=30) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
