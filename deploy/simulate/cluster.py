@@ -339,7 +339,7 @@ class Cluster:
 
 def haproxy_config(cluster: Cluster) -> str:
     """HAProxy in front of the replicas: round robin, /readyz checked every 200 ms (a
-    draining replica leaves within ~0.4 s), connection failures retried on another
+    draining replica leaves within ~0.5 s), connection failures retried on another
     replica (a request never sent is never lost), requests logged to stdout."""
     servers = "\n".join(
         f"    server {n.name} {n.address}:{n.port} check" for n in cluster.nodes)
@@ -369,7 +369,10 @@ backend replicas
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 200ms fastinter 100ms downinter 500ms fall 2 rise 2
+    # A loaded replica may answer slowly: a check times out only after 2 s (a draining
+    # one answers 503 at once, and is out after 3 checks, ~0.3 s).
+    timeout check 2s
+    default-server inter 200ms fastinter 100ms downinter 500ms fall 3 rise 2
 {servers}
 """
 
