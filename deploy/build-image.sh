@@ -21,7 +21,7 @@ if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
     buildah commit --rm "$ctr" "$base"
 fi
 # The host's CA bundle reaches pip in the build (TLS-inspecting proxies), never the image.
-buildah build --isolation chroot --build-arg BASE="$base" \
+buildah build --layers --isolation chroot --build-arg BASE="$base" \
     --secret id=ca-bundle,src="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" \
     -f "$root/deploy/Containerfile" -t "$tag" "$root"
 echo "built $tag"

@@ -256,13 +256,14 @@ def test_concurrency_holds_across_the_cluster(redis_cluster: Any) -> None:
 
 @needs_shared_state
 def test_breaker_opened_through_one_replica_refuses_on_all(redis_cluster: Any) -> None:
-    """Three timeouts through node1 open the function's breaker; node2 and node3
-    refuse it within 100 ms."""
+    """Three limit violations through node1 open the function's breaker; node2 and
+    node3 refuse it within 100 ms."""
     first, *others = redis_cluster.nodes
     with httpx.Client(timeout=30) as http:
         statuses = [http.get(f"{first.url}/spin").status_code for _ in range(3)]
         opened = time.monotonic()
-        assert statuses == [504, 504, 504], statuses
+        # a timeout (504), or the fuel budget first (502): both are limit violations
+        assert set(statuses) <= {502, 504}, statuses
         assert http.get(f"{first.url}/spin").status_code == 503
         late: list[tuple[float, int]] = []
         while time.monotonic() < opened + 0.5:

@@ -5,9 +5,6 @@ paths, environment variables and manifest keys, taken from the code, not restate
 from __future__ import annotations
 
 import re
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,71 +15,30 @@ import httpx
 import pytest
 import yaml
 
-from stockade.cli import cli as stockade_cli
 from stockade.gateway.manifest import RESERVED_PATHS, load_manifest
 
 from ..conftest import ROOT
 from ..gateway.conftest import Gateway, gateway_env
+from .conftest import (
+    KUBERNETES,
+    OVERLAYS,
+    container,
+    materialise,
+    one,
+    redis_backend,
+    secret_env,
+    serve_params,
+)
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate",
                                           reason="pip install -e '.[dev]' installs it")
 jsonschema = pytest.importorskip("jsonschema", reason="pip install -e '.[dev]' installs it")
 
-KUBERNETES = ROOT / "deploy" / "kubernetes"
-OVERLAYS = (KUBERNETES, KUBERNETES / "wasm")
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
 # The version the files are written for (kubectl 1.32 renders them; PodLifecycleSleepAction
 # for the preStop sleep is on by default from 1.30).
 KUBERNETES_VERSION = "1.32.0"
 CRDS = KUBERNETES / "crds"  # CustomResourceDefinitions of any custom kind used
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize DIRECTORY`, parsed."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (it renders kustomizations offline)")
-    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[Path, list[dict[str, Any]]]:
-    return {directory: render(directory) for directory in OVERLAYS}
-
-
-def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
-    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
-    return found[0]
-
-
-@pytest.fixture(scope="module")
-def base(rendered: dict[Path, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    return rendered[KUBERNETES]
-
-
-@pytest.fixture(scope="module")
-def gateway(base: list[dict[str, Any]]) -> dict[str, Any]:
-    """The gateway Deployment's pod spec."""
-    return one(base, "Deployment", "stockade-gateway")["spec"]["template"]  # type: ignore
-
-
-def container(pod: dict[str, Any], name: str = "gateway") -> dict[str, Any]:
-    found = [c for c in pod["spec"]["containers"] if c["name"] == name]
-    assert len(found) == 1, name
-    return found[0]  # type: ignore[no-any-return]
-
-
-def serve_params(args: list[str]) -> dict[str, Any]:
-    """The container's arguments parsed by the real `stockade serve` command."""
-    assert args[0] == "serve", f"the image's entrypoint is `stockade`: args start {args[0]!r}"
-    command = stockade_cli.get_command(click.Context(stockade_cli), args[0])
-    assert command is not None
-    with command.make_context("serve", list(args[1:])) as ctx:
-        return dict(ctx.params)
 
 
 @pytest.mark.parametrize("directory", OVERLAYS, ids=lambda d: d.name)
@@ -114,6 +70,7 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
                     if served["name"] == version:
                         return served["schema"]["openAPIV3Schema"]  # type: ignore
     pytest.fail(f"{api_version} {kind}: not a built-in kind and no CRD in {CRDS}")
+
 
 
 def test_strict_validation_rejects_a_misspelt_field(gateway: dict[str, Any],
@@ -181,23 +138,6 @@ def test_unknown_flags_are_refused_by_the_drift_check() -> None:
         serve_params(["serve", "--listen", "0.0.0.0:8080"])
 
 
-def materialise(base: list[dict[str, Any]], gateway: dict[str, Any], into: Path) -> Path:
-    """The ConfigMap's files written where the pod mounts them (under `into`); the path
-    of the manifest the container's `--config` names."""
-    mounts = {m["name"]: m["mountPath"] for m in container(gateway)["volumeMounts"]}
-    volumes = {v["name"]: v for v in gateway["spec"]["volumes"]}
-    config_map = one(base, "ConfigMap", "stockade-manifest")
-    [name] = [n for n, v in volumes.items()
-              if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]]
-    directory = into / mounts[name].lstrip("/")
-    directory.mkdir(parents=True)
-    for key, text in config_map["data"].items():
-        (directory / key).write_text(text)
-    config = serve_params(container(gateway)["args"])["config"]
-    assert str(config).startswith(mounts[name] + "/"), "--config is not in the ConfigMap"
-    return into / str(config).lstrip("/")
-
-
 def test_configmap_manifest_loads_and_fits_the_pod(base: list[dict[str, Any]],
                                                    gateway: dict[str, Any],
                                                    tmp_path: Path) -> None:
@@ -245,17 +185,6 @@ def test_containerfile_matches_the_deployment(gateway: dict[str, Any]) -> None:
         assert f"{name}={env[name]}" in text
 
 
-def secret_env(base: list[dict[str, Any]], box: dict[str, Any]) -> dict[str, str]:
-    """The container's variables taken from Secrets, resolved from the rendered Secrets."""
-    values = {}
-    for var in box["env"]:
-        ref = var.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            secret = one(base, "Secret", ref["name"])
-            values[var["name"]] = secret["stringData"][ref["key"]]
-    return values
-
-
 def test_state_backend_is_the_redis_of_the_example(base: list[dict[str, Any]],
                                                    gateway: dict[str, Any],
                                                    tmp_path: Path) -> None:
@@ -277,24 +206,9 @@ def test_state_backend_is_the_redis_of_the_example(base: list[dict[str, Any]],
 def served(base: list[dict[str, Any]], gateway: dict[str, Any], tmp_path: Path,
            shared_cache: Path) -> Iterator[Gateway]:
     """`stockade serve` with the container's own arguments and secret variables on the
-    ConfigMap's files, its [state] backend a real redis-server with the Secret's password
-    (on 127.0.0.1: the Service's name does not resolve here)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is missing: the set-up installs it (Debian redis-server)")
+    ConfigMap's files, its [state] backend a real redis-server with the Secret's password."""
     box = container(gateway)
-    secrets = secret_env(base, box)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    redis = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp_path),
-                              "--requirepass", secrets["STOCKADE_REDIS_PASSWORD"]],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = materialise(base, gateway, tmp_path / "pod")
-    text = manifest.read_text()
-    backend = load_manifest(manifest).state.backend
-    manifest.write_text(text.replace(f'"{backend}"', f'"redis://127.0.0.1:{port}/0"'))
     args = list(box["args"][1:])
     # Gateway() passes --config and --port 0 itself; this machine is shared, so the
     # pod's address becomes loopback and its port a free one.
@@ -303,16 +217,13 @@ def served(base: list[dict[str, Any]], gateway: dict[str, Any], tmp_path: Path,
         del args[at:at + 2]
     args[args.index("--host") + 1] = "127.0.0.1"
     env = gateway_env(shared_cache, tmp_path / "state")
-    env.update(secrets)
-    try:
+    with redis_backend(base, box, manifest, tmp_path) as secrets:
+        env.update(secrets)
         process = Gateway(manifest, env, tuple(args))
         try:
             yield process
         finally:
             process.stop()
-    finally:
-        redis.terminate()
-        redis.wait(10)
 
 
 @pytest.mark.slow
