@@ -280,3 +280,21 @@ def test_admissions_from_many_threads_never_exceed_the_limit(
     for thread in threads:
         thread.join()
     assert len(held) == 3
+
+
+def test_on_an_event_loop_a_release_rides_with_the_next_admission(
+        redis_server: RedisServer, replicas: list[RedisState]) -> None:
+    import asyncio
+
+    one, other = replicas[0].gate(spec(concurrency=1)), replicas[1].gate(spec(concurrency=1))
+
+    async def scenario() -> None:
+        one.admit().release()  # queued, not sent
+        with pytest.raises(QuotaExceeded):
+            other.admit()  # the slot is still taken in Redis: never less than the limit
+        redis_server.client().script_flush()  # as after a restart: scripts reloaded
+        one.admit().release()  # the release went first, in the same pipeline
+        await asyncio.sleep(0.05)  # no admission came: the timer sent the release
+        other.admit().release()
+
+    asyncio.run(scenario())

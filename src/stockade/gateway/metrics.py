@@ -122,8 +122,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def render(snapshots: Iterable[dict[str, Any]]) -> str:
-    """The Prometheus text exposition of the sum of `snapshots`."""
+def render(snapshots: Iterable[dict[str, Any]], replica: str | None = None) -> str:
+    """The Prometheus text exposition of the sum of `snapshots`, and with `replica`, the
+    `stockade_gateway_replica_info` series naming it (once, whatever the workers: a sum
+    over replicas counts replicas). Every other series counts this replica's own
+    requests, so sums over replicas are the cluster's."""
     counters: dict[tuple[str, Labels], float] = {}
     gauges: dict[tuple[str, Labels], float] = {}
     histograms: dict[tuple[str, Labels], list[float]] = {}
@@ -141,6 +144,10 @@ def render(snapshots: Iterable[dict[str, Any]]) -> str:
             for i, value in enumerate(data):
                 total[i] += value
     lines: list[str] = []
+    if replica is not None:
+        lines += ["# HELP stockade_gateway_replica_info This replica (service.instance.id)",
+                  "# TYPE stockade_gateway_replica_info gauge",
+                  f"stockade_gateway_replica_info{_labels([('service_instance_id', replica)])} 1"]
     for family, (kind, text) in FAMILIES.items():
         lines += [f"# HELP {family} {text}", f"# TYPE {family} {kind}"]
         if kind == "histogram":

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError, ModuleNotFound, StockadeError, UsageError, WorkerError
+from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
 from .manifest import Manifest, load_manifest
 from .reload import FileWatcher, watched_files
@@ -96,6 +97,8 @@ class Supervisor:
 
     def _spawn(self, index: int) -> int:
         read, write = os.pipe()
+        # Every worker of this server reports one replica (`service.instance.id`).
+        env = {**os.environ, REPLICA_ENV: replica_id()}
         command = [sys.executable, "-m", "stockade.gateway.worker",
                    "--manifest", str(self.path), "--overrides", json.dumps(self.overrides),
                    "--index", str(index), "--workers", str(self.settings.workers),
@@ -105,7 +108,7 @@ class Supervisor:
         if self._socket is not None and not self.settings.reuse_port:
             command += ["--fd", str(self._socket.fileno())]
             fds.append(self._socket.fileno())
-        self._workers[index] = subprocess.Popen(command, pass_fds=fds)
+        self._workers[index] = subprocess.Popen(command, pass_fds=fds, env=env)
         os.close(write)
         return read
 
@@ -176,7 +179,8 @@ class Supervisor:
         for process in self._workers.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.drain_timeout + 5.0
+        deadline = (time.monotonic() + self.settings.drain_grace
+                    + self.settings.drain_timeout + 5.0)
         for process in self._workers.values():
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..replica import replica_id
 from ..state import StateBackend, open_state
 from .accesslog import AccessLogLayer
 from .dispatch import Dispatcher
@@ -54,6 +55,7 @@ class GatewayService:
         self.metrics = Metrics()
         self.store = MetricsStore(metrics_dir, index) if metrics_dir else None
         self.draining = False
+        self.replica = replica_id()
         self.settings = ServerSettings()
         self.telemetry: Telemetry | None = None
         self.registry: Registry | None = None
@@ -156,10 +158,10 @@ class GatewayService:
 
     async def _metrics(self, request: Request) -> Response:
         if self.store is None:
-            text = render([self.metrics.snapshot()])
+            text = render([self.metrics.snapshot()], self.replica)
         else:
             self.store.write(self.metrics)
-            text = render(self.store.read_all())
+            text = render(self.store.read_all(), self.replica)
         return Response(200, [(b"content-type", CONTENT_TYPE.encode())], text.encode())
 
     def close(self) -> None:

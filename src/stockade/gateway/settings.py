@@ -29,16 +29,17 @@ class ServerSettings:
 
     `threads` guest threads per worker process; `max_queue` requests per worker waiting
     for a thread before 503; `request_timeout` caps every function's timeout;
-    `drain_timeout` bounds the SIGTERM drain; `executor` is `auto` (the C-API fast path
-    where a function qualifies), `fast` (the same, logged when a function does not) or
-    `sandbox`; `telemetry` an export profile name or `off` (None: `STOCKADE_TELEMETRY`,
-    else `hybrid`); `reuse_port` gives each worker its own SO_REUSEPORT socket instead
-    of sharing one; `inline` lets short fast-path runs finish on the event loop thread
-    (see `fastexec.py`); `pool_workers` is the number of warm confined processes in
-    each cordon's worker pool, per gateway worker (see `pool.py`). `breakers` (circuit
-    breakers per function and tenant), `breaker_traps` (traps count toward them; None:
-    `STOCKADE_BREAKER_TRAPS`, else no) and `audit` (the audit log) are independent of
-    `telemetry`: export `off` keeps them.
+    `drain_timeout` bounds the SIGTERM drain, which begins with `drain_grace` of serving
+    on while /readyz answers 503 (a load balancer stops sending first); `executor` is
+    `auto` (the C-API fast path where a function qualifies), `fast` (the same, logged
+    when a function does not) or `sandbox`; `telemetry` an export profile name or `off`
+    (None: `STOCKADE_TELEMETRY`, else `hybrid`); `reuse_port` gives each worker its own
+    SO_REUSEPORT socket instead of sharing one; `inline` lets short fast-path runs
+    finish on the event loop thread (see `fastexec.py`); `pool_workers` is the number of
+    warm confined processes in each cordon's worker pool, per gateway worker (see
+    `pool.py`). `breakers` (circuit breakers per function and tenant), `breaker_traps`
+    (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no) and `audit` (the
+    audit log) are independent of `telemetry`: export `off` keeps them.
 
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
     must arrive within `header_timeout`, a body within `body_timeout` plus one second
@@ -67,6 +68,7 @@ class ServerSettings:
     max_response: int = 8 * MiB
     request_timeout: float = 30.0
     drain_timeout: float = 30.0
+    drain_grace: float = 0.0
     executor: str = "auto"
     telemetry: str | None = None
     reuse_port: bool = False
@@ -119,6 +121,13 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+def _grace(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 300:
+        raise ValueError(f"expected a duration from '0s' to '5m', not {value!r}")
+    return seconds
+
+
 def _bytes(value: Any) -> int:
     size = parse_size(value)
     if size <= 0:
@@ -161,6 +170,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "max_queue": _int(0, 100_000), "max_body": parse_size, "max_response": parse_size,
     "body_buffer": _bytes, "body_buffer_per_client": _bytes,
     "request_timeout": parse_duration, "drain_timeout": parse_duration,
+    "drain_grace": _grace,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
     "inline": _flag, "breakers": _flag, "breaker_traps": _flag, "audit": _flag,
     "header_timeout": _seconds, "max_header_size": _bytes,

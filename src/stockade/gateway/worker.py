@@ -4,7 +4,9 @@ Started by the supervisor (`server.py`) as ``python -m stockade.gateway.worker``
 serves an inherited listening socket (or its own SO_REUSEPORT one), confines itself
 once it holds it (`confine.py`: the one call site), reports readiness
 on a pipe once its functions are loaded and it accepts connections, drains on
-SIGTERM/SIGINT, reloads the manifest on SIGHUP, and exits if the supervisor dies.
+SIGTERM/SIGINT (first `drain_grace` seconds of serving on with /readyz at 503, so a load
+balancer stops sending before the listener closes), reloads the manifest on SIGHUP,
+and exits if the supervisor dies.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from types import FrameType
@@ -49,11 +52,26 @@ class WorkerServer(uvicorn.Server):
         self.ready_fd = ready_fd
         self._parent = os.getppid()
         self._tasks: set[asyncio.Task[object]] = set()
+        self._close_at: float | None = None  # end of the drain grace (monotonic)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Drain: /readyz answers 503, no new connections, in-flight requests finish."""
+        """Drain: /readyz answers 503 at once; requests, old and new, are served for
+        `drain_grace` seconds more; then no new connections and in-flight requests
+        finish. A second signal ends the grace."""
+        grace = self.service.settings.drain_grace
+        if grace > 0 and self._close_at is None and not self.should_exit:
+            self.service.draining = True
+            self._close_at = time.monotonic() + grace
+            logger.info("draining: /readyz answers 503; serving %g s more", grace)
+            return
         self.service.draining = True
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick (every 0.1 s); ends the drain grace once it is over."""
+        if self._close_at is not None and time.monotonic() >= self._close_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's start-up, then SIGHUP, the parent watch and the readiness report."""

@@ -4,8 +4,12 @@ One admission is one round trip: a Lua script (`scripts.ADMIT`, by EVALSHA) chec
 function's breaker and the function's and tenant's concurrency, CPU and rate (GCRA)
 with Redis's clock, and takes the slots. Concurrency slots are leases: members of a
 sorted set scored by their expiry (the function's timeout plus a grace), so a replica
-that dies holding slots gives them back once they expire. Releasing is a second round
-trip only when there is something to give back (a concurrency slot, CPU to charge).
+that dies holding slots gives them back once they expire. Releases (slots to give
+back, CPU to charge) are not waited for: they ride in the same pipeline as the next
+admission (before it, so a slot given back counts for it); those no admission took
+within `RELEASE_DELAY` are sent by a timer on the event loop (at once, off a loop).
+A slot may stay taken that much after its response (never less: the limit holds); a
+request costs one round trip.
 
 What is cached here, and why it stays exact: a refusal for rate or CPU until the
 moment the script said a retry can succeed (other replicas can only push that moment
@@ -23,13 +27,14 @@ one timeout, and is used again as soon as it answers.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 from redis.backoff import NoBackoff
@@ -52,6 +57,7 @@ __all__ = ["RedisState", "RedisGate", "RedisBreakers", "REFUSAL_CACHE", "RETRY_I
 logger = logging.getLogger("stockade.state")
 REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered locally
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
+RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
 _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
 
 
@@ -122,7 +128,7 @@ class RedisGate(Gate):
         pending, self._pending_denials = self._pending_denials, 0
         args[11] = str(pending)
         try:
-            reply = state.run(state.admit_script, self._keys, args)
+            reply = state.admit(self._keys, args)
         except _Unavailable as exc:
             self._pending_denials += pending
             return state.unavailable(self, str(exc))
@@ -166,13 +172,9 @@ class RedisGate(Gate):
     def release(self, lease_id: str, cpu_seconds: float) -> None:
         """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
         charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
-        if not (self._concurrent or charge):
-            return
-        try:
-            self.state.run(self.state.release_script, self._keys[:4],
-                           [lease_id, repr(max(0.0, cpu_seconds)), self._cpu])
-        except _Unavailable:
-            pass  # the lease expires by itself; the CPU charge is lost (logged by `run`)
+        if self._concurrent or charge:
+            self.state.queue_release(self._keys[:4],
+                                     [lease_id, repr(max(0.0, cpu_seconds)), self._cpu])
 
 
 class RedisState(StateBackend):
@@ -216,6 +218,9 @@ class RedisState(StateBackend):
         self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
         self._breakers: RedisBreakers | None = None
         self._closed = False
+        self._releases: list[tuple[list[str], list[str]]] = []  # (keys, args) to send
+        self._release_lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def where(self) -> str:
@@ -237,15 +242,18 @@ class RedisState(StateBackend):
             self._went_down(exc)
             raise _Unavailable(f"shared state {self.where} is unreachable") from None
         except redis.RedisError as exc:
-            # A Lua error, a key of the wrong type: this decision fails, the store is up.
-            now = time.monotonic()
-            if now - self._logged_error >= _LOG_INTERVAL:
-                self._logged_error = now
-                logger.error("shared state %s: a script failed: %s", self.where, exc)
-            raise _Unavailable(f"shared state {self.where} failed to decide") from None
+            self._script_failed(exc)
         if self._retry_at:
             self._came_back()
         return reply
+
+    def _script_failed(self, exc: BaseException) -> NoReturn:
+        """A Lua error, a key of the wrong type: this decision fails, the store is up."""
+        now = time.monotonic()
+        if now - self._logged_error >= _LOG_INTERVAL:
+            self._logged_error = now
+            logger.error("shared state %s: a script failed: %s", self.where, exc)
+        raise _Unavailable(f"shared state {self.where} failed to decide") from None
 
     def _went_down(self, exc: BaseException) -> None:
         with self._lock:
@@ -276,6 +284,77 @@ class RedisState(StateBackend):
             return gate.fallback.admit()
         raise StateUnavailable(f"{reason}; the gateway refuses requests it cannot count "
                                "(state.on_unavailable = \"fail_closed\")", 1.0)
+
+    # -- releases, carried by admissions ------------------------------------------
+
+    def queue_release(self, keys: list[str], args: list[str]) -> None:
+        """Send this release with the next admission, or within `RELEASE_DELAY` (at once
+        when called off an event loop)."""
+        with self._release_lock:
+            self._releases.append((keys, args))
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._timer = loop.call_later(RELEASE_DELAY, self.flush)
+
+    def _take_releases(self) -> list[tuple[list[str], list[str]]]:
+        with self._release_lock:
+            batch, self._releases = self._releases, []
+        return batch
+
+    def admit(self, keys: list[str], args: list[str]) -> Any:
+        """The admission script, after the queued releases in one pipeline (one round
+        trip). Raises _Unavailable like `run`."""
+        batch = self._take_releases()
+        if not batch:
+            return self.run(self.admit_script, keys, args)
+        replies = self._pipeline([*batch, (keys, args)], self.admit_script)
+        reply = replies[-1]
+        if isinstance(reply, Exception):
+            self._script_failed(reply)
+        return reply
+
+    def _pipeline(self, calls: list[tuple[list[str], list[str]]], last: Any = None) -> Any:
+        """The releases in `calls` (and `last`'s script for the final one), pipelined;
+        the replies (errors as values). Raises _Unavailable when Redis is down."""
+        if self._retry_at and time.monotonic() < self._retry_at:
+            raise _Unavailable(f"shared state {self.where} is unreachable")
+        try:
+            for attempt in range(2):
+                pipe = self.client.pipeline(transaction=False)
+                for index, (keys, args) in enumerate(calls):
+                    script = last if last is not None and index == len(calls) - 1 \
+                        else self.release_script
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = pipe.execute(raise_on_error=False)
+                if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
+                                      for r in replies):
+                    break
+                for script in (self.release_script, last):  # Redis restarted: load again
+                    if script is not None:
+                        self.client.script_load(script.script)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._went_down(exc)
+            raise _Unavailable(f"shared state {self.where} is unreachable") from None
+        except redis.RedisError as exc:
+            self._script_failed(exc)
+        if self._retry_at:
+            self._came_back()
+        return replies
+
+    def flush(self) -> None:
+        """Send the releases no admission carried (a lost one just expires)."""
+        self._timer = None
+        batch = self._take_releases()
+        if batch:
+            try:
+                self._pipeline(batch)
+            except _Unavailable:
+                pass  # the leases expire by themselves
 
     # -- breakers: what admissions saw, for `RedisBreakers.check` -------------------------
 
@@ -331,6 +410,9 @@ class RedisState(StateBackend):
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush()
         self.client.close()
         self.fallback.close()
 

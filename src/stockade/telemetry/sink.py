@@ -67,12 +67,15 @@ def scope() -> dict[str, str]:
 
 
 def resource_attributes(settings: ExportSettings) -> dict[str, str | int]:
-    """Resource attributes: the detected environment, the service, the SDK, then the
-    `OTEL_RESOURCE_ATTRIBUTES` entries, which win."""
+    """Resource attributes: the detected environment, the service (its replica as
+    `service.instance.id`), the SDK, then the `OTEL_RESOURCE_ATTRIBUTES` entries, which
+    win."""
+    from ..replica import replica_id
     from .environment import cached_environment
 
     attrs: dict[str, str | int] = {
         "service.name": settings.service_name,
+        "service.instance.id": replica_id(),
         "service.version": _version(),
         "telemetry.sdk.language": "python",
         "telemetry.sdk.name": "stockade" if not settings.exports else "opentelemetry",

@@ -1,0 +1,322 @@
+"""`stockade serve` as one of many: three real servers sharing one real redis-server.
+
+Attacks first: a tenant spreading its load over replicas, a breaker tripped through one
+replica, a replica killed holding slots, a stopped store, a spoiled key; then what a
+load balancer relies on (drain, replica id, metrics that sum)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..state.conftest import RedisServer
+from .conftest import Gateway, gateway_env, module
+
+BREAKER_ENV = {"STOCKADE_BREAKER_THRESHOLD": "3", "STOCKADE_BREAKER_COOLDOWN": "30s"}
+
+
+def manifest(url: str, policy: str = "fail_closed", server: str = "") -> str:
+    return f"""
+[server]
+telemetry = "off"
+{server}
+[state]
+backend = "{url}"
+on_unavailable = "{policy}"
+timeout = "200ms"
+[tenant.rated]
+rate = 10
+burst = 10
+[tenant.pair]
+concurrency = 2
+[tenant.spoiled]
+rate = 100
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+tenant = "rated"
+isolate = "none"
+[[function]]
+name = "free"
+route = "/free"
+module = "{module("hello")}"
+isolate = "none"
+[[function]]
+name = "sleep"
+route = "/sleep"
+module = "{module("fail")}"
+tenant = "pair"
+isolate = "none"
+[function.limits]
+timeout = "2s"
+[[function]]
+name = "quick"
+route = "/quick"
+module = "{module("hello")}"
+tenant = "pair"
+isolate = "none"
+[[function]]
+name = "victim"
+route = "/victim"
+module = "{module("hello")}"
+tenant = "spoiled"
+isolate = "none"
+[[function]]
+name = "spin"
+route = "/spin"
+module = "{module("spin")}"
+isolate = "none"
+[function.limits]
+timeout = "100ms"
+fuel = "unlimited"
+"""
+
+
+def start_all(path: Path, env: dict[str, str], count: int) -> list[Gateway]:
+    """Start `count` servers of `path` at once (each takes seconds to load)."""
+    gateways: list[Gateway | BaseException] = [RuntimeError("not started")] * count
+
+    def start(index: int) -> None:
+        try:
+            gateways[index] = Gateway(path, env, ())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            gateways[index] = exc
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    started = [g for g in gateways if isinstance(g, Gateway)]
+    if len(started) != count:
+        for gateway in started:
+            gateway.stop()
+        pytest.fail(f"servers did not start: {gateways}")
+    return started
+
+
+class Cluster:
+    """Three servers of one manifest sharing `redis`."""
+
+    def __init__(self, redis: RedisServer, gateways: list[Gateway]) -> None:
+        self.redis = redis
+        self.gateways = gateways
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path,
+            shared_config: Path) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("cluster")
+    redis = RedisServer(base)
+    path = base / "stockade.toml"
+    path.write_text(manifest(redis.url))
+    env = {**gateway_env(shared_cache, base / "state"), **BREAKER_ENV}
+    gateways = start_all(path, env, 3)
+    try:
+        yield Cluster(redis, gateways)
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        redis.stop()
+
+
+def test_a_tenant_spread_over_three_replicas_gets_its_rate_once(cluster: Cluster) -> None:
+    statuses: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 3.0
+
+    def hammer(gateway: Gateway) -> None:
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            while time.monotonic() < stop:
+                status = client.get("/hello").status_code
+                with lock:
+                    statuses.append((time.monotonic(), status))
+
+    threads = [threading.Thread(target=hammer, args=(g,)) for g in cluster.gateways]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - start
+    admitted = sum(1 for _, status in statuses if status == 200)
+    assert {status for _, status in statuses} <= {200, 429}
+    # Rate 10 with a burst of 10: about 10 + 10 * elapsed over the cluster, where three
+    # islands would each have given that (3x). GCRA admits at most one more.
+    assert admitted <= 10 + 10 * elapsed + 1, (admitted, elapsed)
+    assert admitted >= 10 + 10 * (elapsed - 0.5) - 1, (admitted, elapsed)
+    assert len(statuses) > 3 * admitted  # the load would have given each replica R
+
+
+def test_a_concurrency_limit_holds_across_replicas(cluster: Cluster) -> None:
+    statuses: list[int] = []
+
+    def call(gateway: Gateway) -> None:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            statuses.append(client.get("/sleep", params={"kind": "sleep", "s": "1"})
+                            .status_code)
+
+    threads = [threading.Thread(target=call, args=(g,)) for g in cluster.gateways * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Six overlapping 1 s requests, two per replica, against a tenant limit of 2.
+    assert 1 <= statuses.count(200) <= 2 and statuses.count(429) >= 4, statuses
+
+
+def test_a_breaker_tripped_through_one_replica_refuses_on_every_replica(
+        cluster: Cluster) -> None:
+    first, *others = cluster.gateways
+    for _ in range(3):  # three timeouts through the first replica open it
+        assert first.client.get("/spin").status_code == 504
+    tripped = time.monotonic()
+    for gateway in others:
+        response = gateway.client.get("/spin")
+        assert response.status_code == 503, response.text
+        assert response.json()["reason"] == "breaker"
+        assert "circuit breaker opened after 3 violations" in response.json()["detail"]
+    assert time.monotonic() - tripped < 1.0  # the first request on each already refused
+    assert others[0].client.get("/free").status_code == 200
+
+
+def test_a_spoiled_key_refuses_its_tenant_and_the_gateway_serves_on(cluster: Cluster) -> None:
+    from stockade.state.keys import TenantKeys
+
+    client = cluster.redis.client()
+    client.set(TenantKeys.of("spoiled", "victim", "-").tenant_quota, "not a hash")
+    gateway = cluster.gateways[0]
+    response = gateway.client.get("/victim")
+    assert response.status_code == 503 and response.json()["reason"] == "state"
+    assert gateway.client.get("/free").status_code == 200
+    client.delete(TenantKeys.of("spoiled", "victim", "-").tenant_quota)
+    assert gateway.client.get("/victim").status_code == 200
+    assert "a script failed" in gateway.log()
+
+
+def test_replicas_name_themselves_and_their_counters_sum(cluster: Cluster) -> None:
+    ids = set()
+    for gateway in cluster.gateways:
+        text = gateway.client.get("/metrics").text
+        info = [line for line in text.splitlines()
+                if line.startswith("stockade_gateway_replica_info{")]
+        assert len(info) == 1 and info[0].endswith(" 1")
+        ids.add(info[0])
+    assert len(ids) == 3
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh `redis-server` for one test."""
+    server = RedisServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_a_killed_replicas_slots_return_after_their_lease(
+        tmp_path: Path, shared_cache: Path, redis_server: RedisServer) -> None:
+    path = tmp_path / "stockade.toml"
+    path.write_text(manifest(redis_server.url))
+    doomed, survivor = start_all(path, gateway_env(shared_cache, tmp_path / "state"), 2)
+    try:
+        def sleep() -> None:
+            with pytest.raises(httpx.HTTPError):  # the replica dies under it
+                doomed.client.get("/sleep", params={"kind": "sleep", "s": "1.9"})
+
+        threads = [threading.Thread(target=sleep) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        series = 'stockade_gateway_inflight{function="sleep",tenant="pair"} 2'
+        while series not in doomed.client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the two sleeps never held the tenant's slots"
+            time.sleep(0.02)
+        assert survivor.client.get("/quick").status_code == 429
+        for pid in children(doomed.process.pid):  # a crash: nobody releases anything
+            os.kill(pid, signal.SIGKILL)
+        doomed.process.kill()
+        killed = time.monotonic()
+        for thread in threads:
+            thread.join()
+        assert survivor.client.get("/quick").status_code == 429  # still leased
+        while survivor.client.get("/quick").status_code != 200:
+            # The lease is the function's timeout (2 s) plus a grace of 2 s.
+            assert time.monotonic() - killed < 10, "the killed replica's leases never expired"
+            time.sleep(0.1)
+    finally:
+        doomed.stop()
+        survivor.stop()
+
+
+def test_a_stopped_store_gives_each_policy_within_a_timeout_then_recovers(
+        tmp_path: Path, shared_cache: Path, redis_server: RedisServer) -> None:
+    env = gateway_env(shared_cache, tmp_path / "state")
+    closed_path, open_path = tmp_path / "closed.toml", tmp_path / "open.toml"
+    closed_path.write_text(manifest(redis_server.url, "fail_closed"))
+    open_path.write_text(manifest(redis_server.url, "fail_open"))
+    closed, opened = Gateway(closed_path, env, ()), Gateway(open_path, env, ())
+    try:
+        assert closed.client.get("/free").status_code == 200
+        redis_server.stop()
+        start = time.monotonic()
+        response = closed.client.get("/free")
+        assert time.monotonic() - start < 0.2 + 1.0  # one timeout, and slack
+        assert response.status_code == 503 and response.json()["reason"] == "state"
+        assert "fail_closed" in response.json()["detail"]
+        assert int(response.headers["retry-after"]) >= 1
+        start = time.monotonic()
+        assert opened.client.get("/free").status_code == 200
+        assert time.monotonic() - start < 0.2 + 1.0
+        metrics = opened.client.get("/metrics").text
+        assert 'stockade_gateway_state_fallbacks_total{function="free"' in metrics
+        assert 'stockade_gateway_state_unavailable_total{policy="fail_open"}' in metrics
+        opened.wait_for_log("shared state .* is unavailable .*fail_open")
+        redis_server.start()
+        deadline = time.monotonic() + 10
+        while closed.client.get("/free").status_code != 200:
+            assert time.monotonic() < deadline, "never reconnected"
+            time.sleep(0.1)
+        opened.client.get("/free")
+        time.sleep(1.1)
+        opened.client.get("/free")
+        opened.wait_for_log("answers again")
+    finally:
+        closed.stop()
+        opened.stop()
+
+
+def test_sigterm_turns_readiness_off_first_and_serves_through_the_grace(
+        tmp_path: Path, shared_cache: Path, redis_server: RedisServer) -> None:
+    path = tmp_path / "stockade.toml"
+    path.write_text(manifest(redis_server.url, server='drain_grace = "1.5s"'))
+    gateway = Gateway(path, gateway_env(shared_cache, tmp_path / "state"), ())
+    try:
+        assert gateway.client.get("/readyz").status_code == 200
+        gateway.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while gateway.client.get("/readyz").status_code != 503:
+            assert time.monotonic() < deadline, "readiness never went false"
+            time.sleep(0.02)
+        # Not ready, still serving: new connections too, during the grace.
+        with httpx.Client(base_url=gateway.url, timeout=5) as fresh:
+            assert fresh.get("/free").status_code == 200
+        assert json.loads(gateway.client.get("/readyz").text)["status"] == "draining"
+        assert gateway.process.wait(15) == 0
+    finally:
+        gateway.stop()
