@@ -35,8 +35,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate",
 jsonschema = pytest.importorskip("jsonschema", reason="pip install -e '.[dev]' installs it")
 
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
-# The version the files are written for (kubectl 1.32 renders them; PodLifecycleSleepAction
-# for the preStop sleep is on by default from 1.30).
+# The version the files are written for (the kubectl here, 1.32, renders them).
 KUBERNETES_VERSION = "1.32.0"
 CRDS = KUBERNETES / "crds"  # CustomResourceDefinitions of any custom kind used
 
@@ -142,16 +141,21 @@ def test_configmap_manifest_loads_and_fits_the_pod(base: list[dict[str, Any]],
                                                    gateway: dict[str, Any],
                                                    tmp_path: Path) -> None:
     """The ConfigMap's stockade.toml loads with the gateway's own loader, every module
-    it names ships beside it, and the drain fits inside the termination grace period."""
+    it names ships beside it, and the SIGTERM drain fits the probes and the termination
+    grace period."""
     manifest = load_manifest(materialise(base, gateway, tmp_path))
     for spec in manifest.functions:
         assert spec.module.is_file(), f"{spec.name}: {spec.module} is not in the ConfigMap"
     # kustomize reads only below its directory: the example function is a copy, kept equal.
     assert (KUBERNETES / "config" / "hello.wat").read_bytes() == \
         (ROOT / "examples" / "hello.wat").read_bytes()
-    pod = gateway["spec"]
-    pre_stop = container(gateway)["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pre_stop + manifest.server.drain_timeout < pod["terminationGracePeriodSeconds"]
+    # SIGTERM: /readyz answers 503 while the pod still serves for drain_grace; the
+    # readiness probe must see it in that time, and the whole drain fit in the grace.
+    server = manifest.server
+    readiness = container(gateway)["readinessProbe"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= server.drain_grace
+    assert server.drain_grace + server.drain_timeout < \
+        gateway["spec"]["terminationGracePeriodSeconds"]
 
 
 def test_environment_is_read_by_the_gateway_and_writable(gateway: dict[str, Any]) -> None:
