@@ -5,6 +5,8 @@ paths, environment variables and manifest keys, taken from the code, not restate
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from .conftest import (
     materialise,
     one,
     redis_backend,
+    render,
     secret_env,
     serve_params,
 )
@@ -70,6 +73,21 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
                         return served["schema"]["openAPIV3Schema"]  # type: ignore
     pytest.fail(f"{api_version} {kind}: not a built-in kind and no CRD in {CRDS}")
 
+
+
+@pytest.mark.parametrize("directory", OVERLAYS, ids=lambda d: d.name)
+def test_the_validator_command_accepts_the_rendered_files(tmp_path: Path,
+                                                          directory: Path) -> None:
+    """The same through `kubernetes-validate --strict`, as an operator would run it."""
+    command = Path(sys.executable).with_name("kubernetes-validate")
+    if not command.exists():
+        pytest.fail(f"{command} missing: pip install -e '.[dev]' installs it")
+    rendered_file = tmp_path / "rendered.yaml"
+    rendered_file.write_text(yaml.safe_dump_all(render(directory)))
+    done = subprocess.run([str(command), "--strict", "-k", KUBERNETES_VERSION,
+                           str(rendered_file)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "passed" in done.stdout and "failed" not in done.stdout
 
 
 def test_strict_validation_rejects_a_misspelt_field(gateway: dict[str, Any],
