@@ -307,29 +307,52 @@ def test_sigkill_returns_the_dead_nodes_leases(redis_cluster: Any) -> None:
     assert len(cut) == SLOTS, "the holders' requests were not cut by the kill"
 
 
+def fallbacks(node: Any) -> float:
+    """Requests the replica decided alone because shared state was unavailable."""
+    text = httpx.get(f"{node.url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("stockade_gateway_state_fallbacks_total"))
+
+
+def wait_until_shared(node: Any, timeout: float = 30.0) -> None:
+    """Until a request through `node` is admitted by Redis again (200, not counted as
+    a fallback)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = fallbacks(node)
+        if httpx.get(f"{node.url}/hello", timeout=10).status_code == 200 \
+                and fallbacks(node) == before:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{node.name} did not go back to shared state within {timeout:.0f} s")
+
+
 @needs_shared_state
 @pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
 def test_redis_going_away_and_coming_back(tmp_path: Path, policy: str) -> None:
-    """Redis stopped: fail_closed answers 503 and fail_open serves on local limits,
-    within one state timeout (no hang); Redis back: shared limits again."""
+    """Redis stopped: fail_closed answers 503 and fail_open serves on local limits
+    (counted as fallbacks), within one state timeout (no hang); Redis back: every
+    replica returns to the shared limits."""
     with running_cluster(tmp_path / "run", manifest(), state="redis",
                          on_unavailable=policy) as cluster:
         with httpx.Client(base_url=cluster.url, timeout=30) as http:
             assert http.get("/hello").status_code == 200
+            before = sum(fallbacks(node) for node in cluster.nodes)
             cluster.kill("redis", signal.SIGKILL)
             expected = 503 if policy == "fail_closed" else 200
+            statuses = []
             for _ in range(6):
                 started = time.monotonic()
-                status = http.get("/hello").status_code
+                statuses.append(http.get("/hello").status_code)
                 elapsed = time.monotonic() - started
                 # one state timeout (250 ms by default) plus generous slack: never a hang
                 assert elapsed < 0.25 * 1.1 + 1.0, elapsed
-            assert status == expected
+            assert statuses[-3:] == [expected] * 3, statuses
+            if policy == "fail_open":
+                assert sum(fallbacks(node) for node in cluster.nodes) > before
             cluster.start_redis()
-            deadline = time.monotonic() + 30
-            while http.get("/hello").status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert http.get("/hello").status_code == 200
+            for node in cluster.nodes:
+                wait_until_shared(node)
         replies = hammer(cluster.url, 6.0, clients=8, path="/rated")
         rate = steady_rate(replies, skip=2.0)
         assert abs(rate - RATE) <= 0.05 * RATE, f"{rate:.2f} req/s after recovery"
