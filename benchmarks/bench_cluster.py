@@ -1,0 +1,123 @@
+"""What shared state costs: hello through HAProxy in front of a simulated cluster, with
+each replica's own (local) state and with the state in Redis, in one run.
+
+    .venv/bin/python benchmarks/bench_cluster.py [--replicas 3] [--duration 10]
+        [--rounds 2] [--connections 32] [--json out.json]
+
+`deploy/simulate/cluster.py` brings up two clusters side by side (replicas with one
+worker each, in their own network namespaces, and HAProxy): one with local state, one
+with its state in Redis. wrk warms each up for 2 s, then measures `--duration` seconds
+through each HAProxy in turn, `--rounds` times (alternating, so both see the same
+machine; the idle cluster costs next to nothing). The function's tenant has a rate and a concurrency
+quota high enough never to refuse, so every request takes the quota path (with Redis:
+its round trip) without being refused. Reports requests/s, p50, p99, errors per row and
+the throughput ratio redis/local (the goal: shared state costs under 15 %). Needs
+`make guests`, wrk, haproxy and redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench_gateway import wrk  # this folder is on the path of a script run from it
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = ROOT / "build" / "guests" / "functions"
+
+MANIFEST = """\
+[server]
+threads = 8
+access_log = "off"
+telemetry = "off"
+
+[tenant.web]
+rate = 100000
+concurrency = 1000
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{functions}/hello.wasm"
+tenant = "web"
+isolate = "none"
+"""
+
+
+def load_cluster() -> Any:
+    """deploy/simulate/cluster.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "stockade_cluster_script", ROOT / "deploy" / "simulate" / "cluster.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def start(script: Any, work: Path, state: str, replicas: int) -> Any:
+    """A cluster with `state` serving MANIFEST, up."""
+    run_dir = work / state
+    run_dir.mkdir()
+    manifest = run_dir / "manifest.toml"
+    manifest.write_text(MANIFEST.format(functions=FUNCTIONS))
+    cluster = script.Cluster(run_dir, replicas, state, str(manifest),
+                             redis_password="bench" if state == "redis" else "")
+    try:
+        cluster.up()
+    except script.ClusterError as exc:
+        logs = "".join(p.read_text()[-1500:] for p in sorted((run_dir / "logs").glob("*")))
+        raise SystemExit(f"bench_cluster: {state}: {exc}\n{logs}") from None
+    return cluster
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    if not (FUNCTIONS / "hello.wasm").exists():
+        raise SystemExit("bench_cluster: run `make guests` first")
+    script = load_cluster()
+    rows: list[dict[str, Any]] = []
+    clusters: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="stockade-bench-cluster-") as work:
+        try:
+            for state in ("local", "redis"):
+                clusters[state] = start(script, Path(work), state, args.replicas)
+                wrk(f"{clusters[state].url}/hello", 2.0, args.connections)  # warm-up
+            for number in range(1, args.rounds + 1):
+                for state, cluster in clusters.items():
+                    row = wrk(f"{cluster.url}/hello", args.duration, args.connections)
+                    row.update(state=state, round=number, replicas=args.replicas,
+                               mode=cluster.mode)
+                    rows.append(row)
+        finally:
+            for cluster in clusters.values():
+                cluster.down()
+    print(f"{'round':>5} {'state':<6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for row in rows:
+        errors = row["non_2xx"] + row["socket_errors"]
+        print(f"{row['round']:>5} {row['state']:<6} {row['requests_per_s']:>9.0f} "
+              f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {errors:>7}")
+    ratios = [redis["requests_per_s"] / local["requests_per_s"]
+              for local, redis in zip(rows[0::2], rows[1::2], strict=True)]
+    print("redis/local throughput per round: "
+          + ", ".join(f"{r:.3f}" for r in ratios)
+          + f" (shared state costs {1 - max(ratios):.1%} to {1 - min(ratios):.1%}; "
+          "goal < 15 %)")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "redis_over_local": ratios}, indent=2))
+    return 1 if any(row["non_2xx"] + row["socket_errors"] for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
