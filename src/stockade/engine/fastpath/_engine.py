@@ -8,7 +8,6 @@ releases the GIL); each uses its own store.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 
 from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
-from ..ticker import TICK_SECONDS
+from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import Env, FastModule, prepare, raise_load
 from ._poll import define_owned_calls
@@ -28,7 +27,6 @@ from ._run import NO_ENV, EnvBlock, FastResult, RunPlan, RunSlot, execute
 
 __all__ = ["FastEngine", "encode_env"]
 
-_NO_DEADLINE = 1 << 62
 _MAX_FUEL = (1 << 64) - 1
 
 
@@ -77,9 +75,11 @@ class FastEngine:
         self.tick_interval = tick_interval
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a run finished
-        self._wake = threading.Condition(self._lock)  # the ticker has work
-        self._ticking = False
-        self._ticker: threading.Thread | None = None
+        # The engine's epoch (the sandbox's ticker); while runs are registered it also
+        # seals output past its cap every tick.
+        engine = self._engine
+        self._ticker = EpochTicker(lambda: C.engine_increment_epoch(engine), tick_interval,
+                                   watch=self._seal_over)
         self._running: set[RunSlot] = set()
         self._free: list[RunSlot] = []
         self._modules: set[FastModule] = set()
@@ -224,9 +224,10 @@ class FastEngine:
         if max_hostcalls is not None and (max_hostcalls < 0 or not self.owns_stdio):
             raise UsageError(f"max_hostcalls={max_hostcalls} needs a non-negative count and "
                              "the fast path's native library (scripts/build_native.py)")
-        deadline = _NO_DEADLINE if timeout_s is None else self._deadline(timeout_s)
+        if timeout_s is not None:
+            self._check_timeout(timeout_s)
         return RunPlan(module, b"".join(arg + b"\0" for arg in argv), len(argv), budget,
-                       deadline, timeout_s, memory, max_output, capture_stderr, max_hostcalls,
+                       timeout_s, memory, max_output, capture_stderr, max_hostcalls,
                        self.owns_stdio)
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
@@ -234,9 +235,11 @@ class FastEngine:
         checking its arguments again. Waits while `max_instances` runs are in flight."""
         slot = self._admit(plan.module)
         timeout_s = plan.timeout_s
-        slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            return execute(self._engine, plan, slot, env, stdin)
+            with self._ticker.deadline(timeout_s) as ticks:
+                slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                return execute(self._engine, plan, slot, env, stdin,
+                               NO_DEADLINE if ticks is None else ticks)
         finally:
             self._release(plan.module, slot)
 
@@ -251,13 +254,11 @@ class FastEngine:
             raise UsageError(f"fuel={fuel} must be within 0..2**64-1")
         return fuel
 
-    def _deadline(self, timeout_s: float) -> int:
+    def _check_timeout(self, timeout_s: float) -> None:
         if not self.config.epochs:
             raise UsageError("a timeout needs an engine with epoch interruption")
         if not timeout_s > 0:
             raise UsageError(f"timeout_s={timeout_s} must be positive")
-        # +1: the first tick may come right after the run starts; never stop one early.
-        return max(1, math.ceil(timeout_s / self.tick_interval)) + 1
 
     def _admit(self, module: FastModule) -> RunSlot:
         # The bare lock (the one `_cond` wraps): a Condition's `with` is Python code.
@@ -275,13 +276,6 @@ class FastEngine:
             module._active += 1
             slot = self._free.pop() if self._free else RunSlot()
             self._running.add(slot)
-            if not self._ticking:
-                self._ticking = True
-                if self._ticker is None:
-                    self._ticker = threading.Thread(target=self._tick_loop, daemon=True,
-                                                    name="stockade-fastpath-epoch")
-                    self._ticker.start()
-                self._wake.notify()
             return slot
 
     def _release(self, module: FastModule, slot: RunSlot) -> None:
@@ -305,26 +299,12 @@ class FastEngine:
         finally:
             self._waiters -= 1
 
-    def _tick_loop(self) -> None:
-        """The epoch ticker thread: while runs are active, advance the engine's epoch
-        every `tick_interval` and enforce their output caps; idle otherwise. It never
-        touches a store (stores are not thread-safe)."""
+    def _seal_over(self) -> None:
+        """Seal the output of running guests past their cap (the ticker's thread). It
+        never touches a store (stores are not thread-safe)."""
         with self._lock:
-            while True:
-                while not self._ticking and not self._closed:
-                    self._wake.wait()
-                if self._closed:
-                    return
-                self._lock.release()
-                try:
-                    time.sleep(self.tick_interval)
-                    C.engine_increment_epoch(self._engine)
-                finally:
-                    self._lock.acquire()
-                for slot in self._running:
-                    slot.seal_if_over()
-                # Stay awake through the tick after the last run: busy periods stay cheap.
-                self._ticking = bool(self._active)
+            for slot in self._running:
+                slot.seal_if_over()
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -338,12 +318,10 @@ class FastEngine:
             if self._forked:  # the parent's engine: nothing here to free or wait for
                 return
             self._cond.notify_all()
-            self._wake.notify()
             while self._active:
                 self._wait()
             modules, slots, self._free = list(self._modules), self._free, []
-        if self._ticker is not None:
-            self._ticker.join()
+        self._ticker.close()
         for module in modules:
             module.close()
         for slot in slots:
