@@ -13,17 +13,18 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ...envblock import Env, EnvBlock, encode_args, encode_env
 from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
 from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
-from ._module import Env, FastModule, prepare, raise_load
+from ._module import FastModule, prepare, raise_load
 from ._poll import define_owned_calls
-from ._run import NO_ENV, EnvBlock, FastResult, RunPlan, RunSlot, execute
+from ._run import FastResult, RunPlan, RunSlot, execute
 
 __all__ = ["FastEngine", "encode_env"]
 
@@ -213,7 +214,7 @@ class FastEngine:
     ) -> RunPlan:
         """Check a run's arguments and limits once (see `run`) for `run_plan`; `program`
         is argv[0] (default: the module's name). Raises UsageError."""
-        argv = _encode_args(module.name if program is None else program, args)
+        argv = encode_args(module.name if program is None else program, args)
         budget = self._fuel(fuel)
         memory = self.max_memory if max_memory is None else max_memory
         if not 0 < memory <= self.max_memory:
@@ -346,44 +347,3 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
-
-
-def _encode_args(name: str, args: Iterable[str]) -> list[bytes]:
-    """argv as bytes: the module's name, then `args`. Raises UsageError naming a bad one."""
-    values = [name, *args]
-    try:
-        encoded = [value.encode() for value in values]
-    except (AttributeError, UnicodeEncodeError):
-        encoded = None
-    if encoded is None or b"\0" in b"".join(encoded):
-        encoded = [_arg(values[0], "module name"), *(_arg(a, "argument") for a in values[1:])]
-    return encoded
-
-
-def encode_env(env: Env) -> EnvBlock:
-    """`env` as an `EnvBlock`. One encode and one scan per list; a bad entry is found
-    again by `_arg`, which raises UsageError naming it."""
-    pairs = list(env.items() if isinstance(env, Mapping) else env)
-    if not pairs:
-        return NO_ENV
-    try:
-        names = b"\0".join([name.encode() for name, _ in pairs]) + b"\0"
-        values = b"\0".join([value.encode() for _, value in pairs]) + b"\0"
-    except (AttributeError, UnicodeEncodeError):
-        names = values = b""
-    if names.count(b"\0") != len(pairs) or b"=" in names \
-            or values.count(b"\0") != len(pairs):
-        names = b"".join(_arg(name, "environment name", "=") + b"\0" for name, _ in pairs)
-        values = b"".join(_arg(value, "environment value") + b"\0" for _, value in pairs)
-    return EnvBlock(names, values, len(pairs))
-
-
-def _arg(value: str, what: str, forbidden: str = "") -> bytes:
-    if not isinstance(value, str):
-        raise UsageError(f"{what} {value!r} must be a string")
-    if "\0" in value or (forbidden and forbidden in value):
-        raise UsageError(f"{what} {value!r} contains a NUL byte or {forbidden or 'NUL'!r}")
-    try:
-        return value.encode()
-    except UnicodeEncodeError:
-        raise UsageError(f"{what} {value!r} is not valid Unicode text") from None

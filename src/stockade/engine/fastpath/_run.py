@@ -15,8 +15,9 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...envblock import EnvBlock
 from ...policy.units import format_size
 from ...result import Outcome, Result, Usage
 from ..traps import EXITED_OK, Ending, ending_of_error, ending_of_trap, memory_verdict
@@ -48,7 +49,7 @@ from ._native import (
 if TYPE_CHECKING:
     from ._module import FastModule
 
-__all__ = ["FastResult", "RunSlot", "RunPlan", "EnvBlock", "NO_ENV", "execute"]
+__all__ = ["FastResult", "RunSlot", "RunPlan", "execute"]
 
 _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
@@ -56,18 +57,6 @@ _RELEASE_BYTES = 1 << 20
 
 
 
-class EnvBlock(NamedTuple):
-    """A guest's environment as the C API takes it: `names` and `values` hold `entries`
-    entries each, every one UTF-8 ending in a NUL byte (none inside, no `=` in a name).
-    Made by `encode_env`, or by a caller that builds the bytes itself (the gateway's CGI
-    variables); a malformed block is refused by the run, never read past."""
-
-    names: bytes
-    values: bytes
-    entries: int
-
-
-NO_ENV = EnvBlock(b"", b"", 0)
 
 
 @dataclass(frozen=True, slots=True)
