@@ -72,3 +72,31 @@ def test_the_verdict_lives_in_one_module() -> None:
         assert not hasattr(_run, twin), f"fastpath/_run.py has its own {twin} again"
     assert traps.ending_of_trap(traps.TRAP_OUT_OF_FUEL, "").outcome is Outcome.FUEL_EXHAUSTED
     assert traps.ending_of_trap(traps.TRAP_INTERRUPT, "").outcome is Outcome.TIMEOUT
+
+
+def test_one_ticker_serves_both_engines() -> None:
+    # The fast path has no epoch thread or tick formula of its own.
+    from stockade.engine.fastpath import _engine
+    from stockade.engine.ticker import EpochTicker
+
+    assert not hasattr(_engine.FastEngine, "_tick_loop")
+    assert not hasattr(_engine.FastEngine, "_deadline")
+    with FastEngine(EngineConfig(fuel=False), max_instances=1) as engine:
+        assert isinstance(engine._ticker, EpochTicker)
+
+
+@pytest.mark.parametrize("config", [
+    EngineConfig(), EngineConfig(fuel=False), EngineConfig(fuel=False, epochs=False),
+    EngineConfig(max_stack=512 * 1024), EngineConfig(fuel=False, strategy="pulley"),
+], ids=["fuel+epochs", "epochs", "bare", "stack", "pulley"])
+def test_one_configuration_table_feeds_both_engines(config: EngineConfig) -> None:
+    import wasmtime
+
+    wasm = guest("hello.wasm").read_bytes()
+    standard = wasmtime.Module(wasmtime.Engine(config.to_wasmtime()), wasm).serialize()
+    with FastEngine(config, max_instances=1) as engine:
+        # wasmtime refuses code compiled under other settings: the two must agree.
+        module = engine.deserialize(bytes(standard), "hello.cwasm")
+        assert module.run(["x"]).stdout.startswith(b"Hello")
+        assert engine.deserialize(module.serialize(), "again.cwasm").run().outcome \
+            is Outcome.EXITED

@@ -101,17 +101,12 @@ class FastEngine:
         return int(config)
 
     def _configure(self, config: int, keep_resident: int, table_elements: int) -> None:
-        C.config_consume_fuel_set(config, self.config.fuel)
-        C.config_epoch_interruption_set(config, self.config.epochs)
-        C.config_max_wasm_stack_set(config, self.config.max_stack)
-        # Same feature set as EngineConfig.to_wasmtime, so .cwasm files serve both paths.
-        C.config_wasm_threads_set(config, True)
-        if self.config.strategy == "pulley":
-            error = C.config_target_set(config, b"pulley64")
+        # The table EngineConfig.to_wasmtime reads too, so .cwasm files serve both paths.
+        for name, value in self.config.settings():
+            setter = getattr(C, f"config_{name}_set")
+            error = setter(config, value.encode() if isinstance(value, str) else value)
             if error:
-                raise FastPathUnavailable(f"pulley: {take_error(error)[0]}")
-        elif self.config.strategy != "cranelift":
-            raise UsageError(f"unknown code generator {self.config.strategy!r}")
+                raise FastPathUnavailable(f"{name}={value}: {take_error(error)[0]}")
         pool = C.pooling_allocation_config_new()
         for setter, value in (("total_core_instances", self.max_instances),
                               ("total_memories", self.max_instances),
