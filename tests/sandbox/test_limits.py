@@ -23,8 +23,11 @@ def test_hello_exits_cleanly() -> None:
     assert result.outcome is Outcome.EXITED
     assert (result.exit_code, result.guest_exit_code) == (0, 0)
     assert result.stdout == b"Hello from a Stockade sandbox!\narg 1: world\npiped\n"
-    assert result.usage.fuel_consumed > 0
+    assert result.usage.fuel_consumed is None  # the default profile meters no fuel
     assert result.usage.peak_memory_bytes > 0
+    metered = Sandbox(Policy.from_profile("strict")).run(guest("hello.wasm"))
+    assert metered.ok and metered.usage.fuel_consumed is not None \
+        and metered.usage.fuel_consumed > 0
 
 
 def test_guest_exit_code_is_passed_through() -> None:

@@ -215,7 +215,7 @@ class Sandbox:
             wall_ms=(time.perf_counter() - wall0) * 1000,
             cpu_ms=(time.thread_time() - cpu0) * 1000,
             fuel_consumed=limits.fuel - _fuel_left(store)
-            if limits.fuel is not None and self.engine_config.fuel else 0,
+            if limits.fuel is not None and self.engine_config.fuel else None,
             peak_memory_bytes=_memory_size(instance, store),
             files_created=meter.files_created,
             bytes_written=meter.bytes_written,

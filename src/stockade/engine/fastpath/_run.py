@@ -86,7 +86,8 @@ class FastResult:
 
     `guest_exit_code` is set when the guest exited (WASI `proc_exit` or returning from
     `_start`, which is 0); `memory_bytes` is the final (= peak) size of its memory;
-    `fuel_consumed` is 0 when the engine does not meter fuel.
+    `fuel_consumed` is None when the run was not metered (no budget, or an engine
+    without fuel).
     """
 
     outcome: Outcome
@@ -96,7 +97,7 @@ class FastResult:
     stdout_truncated: bool
     stderr_truncated: bool
     message: str
-    fuel_consumed: int
+    fuel_consumed: int | None
     wall_s: float
     cpu_s: float
     memory_bytes: int
@@ -264,7 +265,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     fuel = plan.fuel
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
-        fuel - fuel_left if fuel is not None else 0, wall, cpu, memory_bytes,
+        fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
     )
 
 
