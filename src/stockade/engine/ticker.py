@@ -50,6 +50,7 @@ class EpochTicker:
         self._active = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._wake_at = math.inf  # when the thread next wakes by itself (monotonic)
 
     def deadline(self, seconds: float | None) -> _Registration:
         """Context manager registering a run's deadline `seconds` from now; enters as the
@@ -70,8 +71,8 @@ class EpochTicker:
                                                  daemon=True)
                 self._thread.start()
             if seconds is None:
-                if self._active == 1 and self._watch is not None:
-                    self._cond.notify()
+                if self._watch is not None and self._wake_at > now + self.interval:
+                    self._cond.notify()  # idle: start watching
                 return None, None
             # Epoch N is reached at origin + N * interval: the first tick at or after the
             # deadline, never before it, plus one tick of grace for the set-up between
@@ -79,10 +80,13 @@ class EpochTicker:
             # run's own clock never shows it stopped early.
             target = max(math.ceil((now + seconds - self._origin) / self.interval) + 1,
                          self._epoch + 1)
-            earliest = not self._deadlines or target < self._deadlines[0]
             heapq.heappush(self._deadlines, target)
-            if earliest or (self._active == 1 and self._watch is not None):
-                self._cond.notify()  # the thread sleeps until a later time: wake it
+            # Wake the thread only when it would sleep past this deadline (or should
+            # start watching): a wake-up per run costs a thread switch.
+            due = min(self._origin + target * self.interval,
+                      now + self.interval if self._watch is not None else math.inf)
+            if due < self._wake_at:
+                self._cond.notify()
             return target, target - self._epoch
 
     def _unregister(self, target: int | None) -> None:
@@ -105,13 +109,14 @@ class EpochTicker:
                         self._cond.acquire()
                     watched = time.monotonic()
                     continue
-                if not self._deadlines:
-                    self._cond.wait(self.interval if watching else None)
-                    continue
-                due_at = self._origin + self._deadlines[0] * self.interval
-                wait = due_at - time.monotonic()
+                now = time.monotonic()
+                wait = self._origin + self._deadlines[0] * self.interval - now \
+                    if self._deadlines else math.inf
                 if wait > 0:
-                    self._cond.wait(min(wait, self.interval) if watching else wait)
+                    wait = min(wait, self.interval) if watching else wait
+                    self._wake_at = now + wait
+                    self._cond.wait(None if wait == math.inf else wait)
+                    self._wake_at = -math.inf  # awake: it plans again before sleeping
                     continue
                 now_epoch = int((time.monotonic() - self._origin) / self.interval)
                 for _ in range(min(now_epoch - self._epoch, _MAX_CATCH_UP)):
