@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .envblock import variable_problem
 from .errors import UsageError
 
 __all__ = ["Invocation", "new_invocation_id"]
@@ -107,11 +108,9 @@ def _env(value: Any) -> tuple[tuple[str, str], ...]:
     try:
         for pair in pairs:
             key, text = pair
-            if not isinstance(key, str) or not isinstance(text, str):
-                raise UsageError(f"Invocation env: {key!r}: names and values must be str")
-            if not key or "=" in key or "\0" in key or "\0" in text:
-                raise UsageError(f"Invocation env: {key!r}: not a variable name "
-                                 "(empty, or has '=' or NUL)")
+            problem = variable_problem(key, text)
+            if problem is not None:
+                raise UsageError(f"Invocation env: {key!r}: {problem}")
             result.append((key, text))
     except (TypeError, ValueError):
         raise UsageError("Invocation env: expected a mapping or (KEY, VALUE) pairs") from None

@@ -54,11 +54,12 @@ _EXIT_CODES = {
 
 @dataclass(slots=True)
 class Usage:
-    """Resources one invocation used. Times in milliseconds, sizes in bytes."""
+    """Resources one invocation used. Times in milliseconds, sizes in bytes;
+    `fuel_consumed` is None when the run was not metered (no instruction budget)."""
 
     wall_ms: float = 0.0
     cpu_ms: float = 0.0
-    fuel_consumed: int = 0
+    fuel_consumed: int | None = None
     peak_memory_bytes: int = 0
     files_created: int = 0
     bytes_written: int = 0

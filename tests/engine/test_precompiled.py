@@ -27,13 +27,16 @@ HELLO = "Hello from a Stockade sandbox!"
 _PLAIN_WASMTIME = """
 import sys, wasmtime
 from stockade.engine import EngineConfig
-engine = wasmtime.Engine(EngineConfig().to_wasmtime())
+from stockade.policy import Policy
+config = EngineConfig.for_limits(Policy.from_profile("default").limits)
+engine = wasmtime.Engine(config.to_wasmtime())
 module = wasmtime.Module.deserialize(engine, open(sys.argv[1], "rb").read())
 linker = wasmtime.Linker(engine)
 linker.define_wasi()
 store = wasmtime.Store(engine)
 store.set_wasi(wasmtime.WasiConfig())
-store.set_fuel(10**9)
+if config.fuel:
+    store.set_fuel(10**9)
 store.set_epoch_deadline(10**9)
 linker.instantiate(store, module).exports(store)["_start"](store)
 """

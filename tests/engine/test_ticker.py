@@ -51,3 +51,27 @@ def test_idle_time_is_not_counted() -> None:
         assert ticks is not None and ticks >= 1.0 / 0.005 - 1
     assert counter.value == reached
     ticker.close()
+
+
+def test_a_shorter_deadline_wakes_a_ticker_sleeping_toward_a_longer_one() -> None:
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    with ticker.deadline(30.0):
+        time.sleep(0.02)  # the thread now sleeps toward the 30 s deadline
+        with ticker.deadline(0.1) as short:
+            assert short is not None
+            time.sleep(0.5)
+            assert counter.value >= short  # reached long before the 30 s one
+    ticker.close()
+
+
+def test_a_watcher_runs_every_interval_while_runs_are_registered() -> None:
+    calls = Counter()
+    ticker = EpochTicker(lambda: None, interval=0.005, watch=calls.increment)
+    with ticker.deadline(None):
+        time.sleep(0.3)
+    seen = calls.value
+    assert seen >= 5  # generous: about 60 on an idle machine
+    time.sleep(0.1)  # nothing registered: the watcher rests
+    assert calls.value <= seen + 1
+    ticker.close()

@@ -18,7 +18,8 @@ def test_profiles_match_design() -> None:
     strict, default, permissive = (profile(n).limits for n in ("strict", "default", "permissive"))
     assert (strict.fuel, strict.timeout, strict.max_memory) == (10**9, 30.0, 16 * 1024**2)
     assert (strict.max_output, strict.disk_quota, strict.max_files) == (1024**2, 0, 0)
-    assert (default.fuel, default.timeout, default.max_memory) == (10**10, 60.0, 128 * 1024**2)
+    # No instruction budget by default: the timeout stops a runaway guest (epochs only).
+    assert (default.fuel, default.timeout, default.max_memory) == (None, 60.0, 128 * 1024**2)
     assert (default.disk_quota, default.max_files) == (64 * 1024**2, 1000)
     assert (permissive.fuel, permissive.timeout, permissive.max_memory) == (None, 600.0, 1024**3)
     assert (permissive.disk_quota, permissive.max_files) == (1024**3, 100_000)

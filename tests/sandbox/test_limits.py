@@ -23,8 +23,13 @@ def test_hello_exits_cleanly() -> None:
     assert result.outcome is Outcome.EXITED
     assert (result.exit_code, result.guest_exit_code) == (0, 0)
     assert result.stdout == b"Hello from a Stockade sandbox!\narg 1: world\npiped\n"
-    assert result.usage.fuel_consumed > 0
+    assert result.usage.fuel_consumed is None  # the default profile meters no fuel
+    rendered = result.to_dict()  # what --json prints: not metered is null, not 0
+    assert rendered["usage"]["fuel_consumed"] is None and rendered["limits"]["fuel"] is None
     assert result.usage.peak_memory_bytes > 0
+    metered = Sandbox(Policy.from_profile("strict")).run(guest("hello.wasm"))
+    assert metered.ok and metered.usage.fuel_consumed is not None \
+        and metered.usage.fuel_consumed > 0
 
 
 def test_guest_exit_code_is_passed_through() -> None:
@@ -146,3 +151,12 @@ def test_trap_is_reported() -> None:
     result = Sandbox().run(guest("trap.wasm"))
     assert (result.outcome, result.exit_code) == (Outcome.TRAP, 134)
     assert "unreachable" in result.message
+
+
+def test_a_cpu_burn_under_the_default_profile_stops_at_its_timeout() -> None:
+    # No instruction budget by default: the epoch deadline alone must stop the spin.
+    policy = Policy.from_profile("default").with_limits(timeout=0.3)
+    result = Sandbox(policy).run(guest("spin.wasm"))
+    assert (result.outcome, result.exit_code) == (Outcome.TIMEOUT, 124)
+    assert result.usage.fuel_consumed is None
+    assert 300 <= result.usage.wall_ms < 300 + 2000  # generous: a shared, noisy machine

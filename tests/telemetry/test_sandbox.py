@@ -30,9 +30,12 @@ def guarded_run(telemetry: Telemetry, sandbox: Sandbox, module: Path,
 
 def test_hello_is_recorded_and_shown(tmp_path: Path) -> None:
     hello = guest("hello.wasm")
-    with open_telemetry() as telemetry, Sandbox(observers=(telemetry.observer,)) as sandbox:
+    metered = Policy.from_profile("default").with_limits(fuel=10**9)  # a budget: fuel counted
+    with open_telemetry() as telemetry, \
+            Sandbox(metered, observers=(telemetry.observer,)) as sandbox:
         result = sandbox.run(hello, Invocation(args=("world",), name="hello"))
     assert result.outcome is Outcome.EXITED
+    assert result.usage.fuel_consumed is not None
     summary = read_summary(tmp_path / "state" / "telemetry.jsonl")
     (row,) = summary.recent
     assert (row.name, row.outcome, row.sha256) == ("hello", "exited", digest(hello))

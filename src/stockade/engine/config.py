@@ -8,12 +8,16 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     import wasmtime
 
     from ..policy import Limits
 
-__all__ = ["EngineConfig", "wasmtime_version"]
+__all__ = ["EngineConfig", "STRATEGIES", "wasmtime_version"]
+
+STRATEGIES = ("cranelift", "pulley")
 
 
 @functools.cache
@@ -49,31 +53,46 @@ class EngineConfig:
         """The configuration a policy's limits need: fuel only when a budget is set."""
         return cls(fuel=limits.fuel is not None, epochs=True, max_stack=limits.max_stack)
 
+    def settings(self) -> tuple[tuple[str, bool | int | str], ...]:
+        """The wasmtime settings of this configuration, as (name, value) pairs: the one
+        table both engines are configured from. Each name is wasmtime-py's `Config`
+        attribute and the C API's `wasmtime_config_<name>_set`, so the standard engine
+        and the fast path compile the same code (`.cwasm` files serve both). Raises
+        UsageError for an unknown strategy."""
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"unknown code generator {self.strategy!r} "
+                             f"(choose one of: {', '.join(STRATEGIES)})")
+        table: list[tuple[str, bool | int | str]] = [
+            ("consume_fuel", self.fuel),
+            ("epoch_interruption", self.epochs),
+            ("max_wasm_stack", self.max_stack),
+            # Threads modules must parse so the import check can name what they need
+            # (wasi-threads is not provided: such modules are denied before running).
+            # Pulley has no threads: wasmtime aborts the process building such an engine.
+            ("wasm_threads", self.strategy != "pulley"),
+        ]
+        if self.strategy == "pulley":
+            table.append(("target", "pulley64"))
+        return tuple(table)
+
     def fingerprint(self) -> str:
-        """A short digest of this configuration and the wasmtime version (AoT cache key)."""
-        text = f"wasmtime={wasmtime_version()};{self!r}"
+        """A short digest of this configuration's settings and the wasmtime version (the
+        AoT cache key)."""
+        text = f"wasmtime={wasmtime_version()};{self.settings()!r}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        """Human form, e.g. 'cranelift, fuel, epochs, stack 1MiB'."""
+        """Human form, e.g. 'cranelift, fuel, epochs, stack 1024KiB'."""
         parts = [self.strategy]
         parts += [name for name, on in (("fuel", self.fuel), ("epochs", self.epochs)) if on]
         parts.append(f"stack {self.max_stack // 1024}KiB")
         return ", ".join(parts)
 
     def to_wasmtime(self) -> wasmtime.Config:
-        """Build the wasmtime `Config`."""
+        """Build the wasmtime-py `Config` from `settings`."""
         import wasmtime
 
         config = wasmtime.Config()
-        config.consume_fuel = self.fuel
-        config.epoch_interruption = self.epochs
-        config.max_wasm_stack = self.max_stack
-        if self.strategy == "pulley":
-            config.target = "pulley64"
-        elif self.strategy != "cranelift":
-            raise ValueError(f"unknown strategy {self.strategy!r}")
-        # Threads modules must parse so the import check can name what they need
-        # (wasi-threads is not provided: such modules are denied before running).
-        config.wasm_threads = True
+        for name, value in self.settings():
+            setattr(config, name, value)
         return config

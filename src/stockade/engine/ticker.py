@@ -1,4 +1,8 @@
-"""`EpochTicker`: one thread per engine that advances its epoch when deadlines fall due."""
+"""`EpochTicker`: one thread per engine that advances its epoch when deadlines fall due.
+
+The one place that turns a timeout into an epoch deadline, for both engines (the
+wasmtime-py sandbox and the C-API fast path): the same interval, the same formula.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["EpochTicker", "TICK_SECONDS"]
+__all__ = ["EpochTicker", "TICK_SECONDS", "NO_DEADLINE"]
 
 # Epoch N stands for `N * TICK_SECONDS` after the ticker's origin: deadlines are rounded up
-# to a tick, so 5 ms keeps even a 100 ms timeout within 5 %.
+# to a tick (plus one of grace), so 5 ms keeps even a 200 ms timeout within 5 %.
 TICK_SECONDS = 0.005
+# The epoch deadline of a run without a timeout: never reached.
+NO_DEADLINE = 1 << 62
 # Bound on increments in one catch-up (a process suspended for hours).
 _MAX_CATCH_UP = 1_000_000
 
@@ -27,12 +33,16 @@ class EpochTicker:
     the GIL with host calls). It only calls `increment`, never touches a Store.
 
     Use `with ticker.deadline(seconds) as ticks:` around a run and pass `ticks` to
-    `store.set_epoch_deadline`; `seconds=None` registers no deadline.
+    `store.set_epoch_deadline` (`NO_DEADLINE` for None: `seconds=None` registers no
+    deadline). `watch`, if given, is also called every `interval` while any run is
+    registered (the fast path checks output caps with it), outside the ticker's lock.
     """
 
-    def __init__(self, increment: Callable[[], None], interval: float = TICK_SECONDS) -> None:
+    def __init__(self, increment: Callable[[], None], interval: float = TICK_SECONDS,
+                 watch: Callable[[], None] | None = None) -> None:
         self._increment = increment
         self.interval = interval
+        self._watch = watch
         self._cond = threading.Condition()
         self._epoch = 0
         self._origin = time.monotonic()
@@ -40,6 +50,7 @@ class EpochTicker:
         self._active = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._wake_at = math.inf  # when the thread next wakes by itself (monotonic)
 
     def deadline(self, seconds: float | None) -> _Registration:
         """Context manager registering a run's deadline `seconds` from now; enters as the
@@ -55,16 +66,27 @@ class EpochTicker:
                 # Idle time is not counted: the epoch resumes where it stood.
                 self._origin = now - self._epoch * self.interval
             self._active += 1
-            if seconds is None:
-                return None, None
-            target = math.ceil((now + seconds - self._origin) / self.interval)
-            target = max(target, self._epoch + 1)
-            heapq.heappush(self._deadlines, target)
-            if self._thread is None:
+            if self._thread is None and (seconds is not None or self._watch is not None):
                 self._thread = threading.Thread(target=self._loop, name="stockade-epoch",
                                                  daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if seconds is None:
+                if self._watch is not None and self._wake_at > now + self.interval:
+                    self._cond.notify()  # idle: start watching
+                return None, None
+            # Epoch N is reached at origin + N * interval: the first tick at or after the
+            # deadline, never before it, plus one tick of grace for the set-up between
+            # registering and the guest's first instruction (store, WASI, instance), so a
+            # run's own clock never shows it stopped early.
+            target = max(math.ceil((now + seconds - self._origin) / self.interval) + 1,
+                         self._epoch + 1)
+            heapq.heappush(self._deadlines, target)
+            # Wake the thread only when it would sleep past this deadline (or should
+            # start watching): a wake-up per run costs a thread switch.
+            due = min(self._origin + target * self.interval,
+                      now + self.interval if self._watch is not None else math.inf)
+            if due < self._wake_at:
+                self._cond.notify()
             return target, target - self._epoch
 
     def _unregister(self, target: int | None) -> None:
@@ -75,15 +97,26 @@ class EpochTicker:
                 heapq.heapify(self._deadlines)
 
     def _loop(self) -> None:
+        watched = 0.0
         with self._cond:
             while not self._closed:
-                if not self._deadlines:
-                    self._cond.wait()
+                watching = self._watch is not None and self._active > 0
+                if watching and time.monotonic() - watched >= self.interval:
+                    self._cond.release()
+                    try:
+                        self._watch()  # type: ignore[misc]  # not None while watching
+                    finally:
+                        self._cond.acquire()
+                    watched = time.monotonic()
                     continue
-                due_at = self._origin + self._deadlines[0] * self.interval
-                wait = due_at - time.monotonic()
+                now = time.monotonic()
+                wait = self._origin + self._deadlines[0] * self.interval - now \
+                    if self._deadlines else math.inf
                 if wait > 0:
-                    self._cond.wait(wait)
+                    wait = min(wait, self.interval) if watching else wait
+                    self._wake_at = now + wait
+                    self._cond.wait(None if wait == math.inf else wait)
+                    self._wake_at = -math.inf  # awake: it plans again before sleeping
                     continue
                 now_epoch = int((time.monotonic() - self._origin) / self.interval)
                 for _ in range(min(now_epoch - self._epoch, _MAX_CATCH_UP)):

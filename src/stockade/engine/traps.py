@@ -1,18 +1,28 @@
-"""Translate what wasmtime raises into Stockade outcomes, in one place."""
+"""Translate what wasmtime reports into Stockade outcomes, in one place, for both engines.
+
+The wasmtime-py sandbox hands over exceptions (`classify`); the C-API fast path hands
+over a trap code and message, or an error message and WASI exit status
+(`ending_of_trap`, `ending_of_error`). Both then apply `memory_verdict`. Nothing here
+imports wasmtime at module load: the trap codes are `wasmtime_trap_code_t` (wasmtime's
+`trap.h`), which wasmtime-py's `TrapCode` mirrors.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-import wasmtime
-
+from ..policy.units import format_size
 from ..result import GuestStopped, Outcome
 
-__all__ = ["Ending", "classify", "describe_load_error"]
+__all__ = ["Ending", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT", "TRAP_OUT_OF_FUEL",
+           "root_cause", "ending_of_trap", "ending_of_error", "memory_verdict", "classify",
+           "describe_load_error", "describe_load_message"]
+
+PAGE = 65536
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ending:
     """How a guest's run ended: outcome, message, and the guest's exit code if it exited."""
 
@@ -21,61 +31,110 @@ class Ending:
     guest_exit_code: int | None = None
 
 
-_TRAP_OUTCOMES = {
-    wasmtime.TrapCode.OUT_OF_FUEL: (Outcome.FUEL_EXHAUSTED, "instruction budget (fuel) exhausted"),
-    wasmtime.TrapCode.INTERRUPT: (Outcome.TIMEOUT, "wall-clock timeout"),
-    wasmtime.TrapCode.STACK_OVERFLOW: (Outcome.TRAP, "wasm stack exhausted"),
+EXITED_OK = Ending(Outcome.EXITED, "exited with code 0", 0)
+
+# wasmtime_trap_code_t values (wasmtime/trap.h; wasmtime.TrapCode has the same numbers).
+TRAP_STACK_OVERFLOW = 0
+TRAP_INTERRUPT = 10
+TRAP_OUT_OF_FUEL = 11
+_FUEL = Ending(Outcome.FUEL_EXHAUSTED, "instruction budget (fuel) exhausted")
+_TIMEOUT = Ending(Outcome.TIMEOUT, "wall-clock timeout")
+_TRAP_ENDINGS = {
+    TRAP_OUT_OF_FUEL: _FUEL,
+    TRAP_INTERRUPT: _TIMEOUT,
+    TRAP_STACK_OVERFLOW: Ending(Outcome.TRAP, "wasm stack exhausted"),
 }
 
 
-def _first_line(text: str) -> str:
-    """The informative line of a wasmtime error: its root cause, not the backtrace."""
+def root_cause(text: str) -> str:
+    """The informative line of a wasmtime message: its root cause (after `Caused by:`,
+    without the cause's number), not the context lines or the backtrace."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if "Caused by:" in lines:
+    if "Caused by:" in lines[:-1]:
         cause = lines[lines.index("Caused by:") + 1]
-        return cause.split(": ", 1)[1] if cause[:1].isdigit() and ": " in cause else \
-            cause.removeprefix("wasm trap: ")
+        head, _, rest = cause.partition(": ")
+        return (rest if head.isdigit() and rest else cause).removeprefix("wasm trap: ")
     for line in lines:
         if line.startswith("wasm trap:"):
             return line.removeprefix("wasm trap: ")
     return lines[0] if lines else "unknown error"
 
 
-def classify(error: BaseException) -> Ending:
-    """Map an exception raised by a guest's entry point to an `Ending`.
+def ending_of_trap(code: int | None, message: str) -> Ending:
+    """A trap, by its code (fuel, epoch interrupt, stack) or else its message: `trap`."""
+    known = _TRAP_ENDINGS.get(code) if code is not None else None
+    return known if known is not None else Ending(Outcome.TRAP, root_cause(message))
 
-    `ExitTrap` is a normal exit; `GuestStopped` comes from Stockade's own host calls;
-    traps map by trap code (fuel, epoch interrupt, stack) and otherwise are `trap`.
+
+def ending_of_error(message: str, exit_status: int | None, *, started: bool,
+                    max_memory: int) -> Ending:
+    """An error (not a trap) from instantiating (`started=False`) or calling `_start`.
+
+    A WASI exit status is a normal exit. Before the guest started, a memory its module
+    declares beyond `max_memory` (bytes) is `memory_limit`; any other refusal (tables,
+    instances) is a `trap`. After, fuel and interrupt messages keep their outcomes.
     """
+    if exit_status is not None:
+        return Ending(Outcome.EXITED, f"exited with code {exit_status}", exit_status)
+    text = message.lower()
+    if not started:
+        if "memory" in text and ("limit" in text or "minimum" in text):
+            return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
+                          f"of {format_size(max_memory)}")
+        return Ending(Outcome.TRAP, f"instantiation refused: {describe_load_message(message)}")
+    if "all fuel consumed" in text:
+        return _FUEL
+    if "interrupt" in text:
+        return _TIMEOUT
+    return Ending(Outcome.TRAP, root_cause(message))
+
+
+def memory_verdict(ending: Ending, peak: int, limit: int) -> Ending:
+    """A guest that failed with its memory near the limit was stopped by the limit: a
+    denied `memory.grow` returns -1 rather than trapping, and the guest then traps or
+    exits non-zero on the failed allocation. `peak` and `limit` in bytes."""
+    failed = ending.outcome is Outcome.TRAP or (
+        ending.outcome is Outcome.EXITED and ending.guest_exit_code not in (0, None))
+    if failed and peak + max(limit // 16, 16 * PAGE) >= limit:
+        return Ending(Outcome.MEMORY_LIMIT, f"memory limit of {format_size(limit)} reached "
+                      f"(linear memory {format_size(peak)})")
+    return ending
+
+
+def classify(error: BaseException, *, started: bool = True, max_memory: int = 0) -> Ending:
+    """The `Ending` of an exception raised by wasmtime-py while instantiating
+    (`started=False`) or running a guest. `ExitTrap` is a normal exit; `GuestStopped`
+    comes from Stockade's own host calls; traps and errors as `ending_of_trap` and
+    `ending_of_error`; anything else is `error`."""
+    if isinstance(error, GuestStopped):  # before the import: the C-API backend's only case
+        return Ending(error.outcome, error.message)
+    import wasmtime
+
     if isinstance(error, wasmtime.ExitTrap):
         return Ending(Outcome.EXITED, f"exited with code {error.code}", error.code)
-    if isinstance(error, GuestStopped):
-        return Ending(error.outcome, error.message)
     if isinstance(error, wasmtime.Trap):
         code = error.trap_code
-        if code in _TRAP_OUTCOMES:
-            outcome, message = _TRAP_OUTCOMES[code]
-            return Ending(outcome, message)
-        return Ending(Outcome.TRAP, _first_line(error.message))
+        return ending_of_trap(None if code is None else int(code.value), error.message)
     if isinstance(error, wasmtime.WasmtimeError):
-        text = str(error)
-        if "all fuel consumed" in text:
-            return Ending(Outcome.FUEL_EXHAUSTED, "instruction budget (fuel) exhausted")
-        if "interrupt" in text:
-            return Ending(Outcome.TIMEOUT, "wall-clock timeout")
-        return Ending(Outcome.TRAP, _first_line(text))
+        return ending_of_error(str(error), None, started=started, max_memory=max_memory)
     return Ending(Outcome.ERROR, f"{type(error).__name__}: {error}")
 
 
 # wat2wasm's errors point at the source: "message\n --> <anon>:LINE:COL\n | ...".
 _WAT_LOCATION = re.compile(r"^\s*-->\s*\S*?:(\d+):(\d+)\s*$", re.MULTILINE)
 _WAT_SOURCE = re.compile(r"^\s*\d+\s*\|\s?(.*)$", re.MULTILINE)
+_CAUSE_NUMBER = re.compile(r"^\d+: ")
 
 
-def describe_load_error(error: wasmtime.WasmtimeError) -> str:
-    """A one-line reason a module could not be compiled, validated or deserialized; for
-    WAT, `line L, column C: message (near `source line`)`."""
-    text = str(error)
+def describe_load_error(error: BaseException) -> str:
+    """`describe_load_message` of a wasmtime-py error."""
+    return describe_load_message(str(error))
+
+
+def describe_load_message(text: str) -> str:
+    """A one-line reason a module could not be compiled, validated, linked or
+    deserialized: the context and its causes joined by `; `; for WAT,
+    `line L, column C: message (near `source line`)`."""
     where = _WAT_LOCATION.search(text)
     if where is not None:
         message = text[:where.start()].strip().splitlines()
@@ -84,8 +143,8 @@ def describe_load_error(error: wasmtime.WasmtimeError) -> str:
             else ""
         reason = message[-1].strip() if message else "syntax error"
         return f"line {where.group(1)}, column {where.group(2)}: {reason}{near}"
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [_CAUSE_NUMBER.sub("", line.strip()) for line in text.strip().splitlines()]
     # wasmtime puts the context first and the root cause last ("Caused by: ...").
     noise = ("caused by", "stack backtrace")
-    useful = [line for line in lines if not line.lower().startswith(noise)]
+    useful = [line for line in lines if line and not line.lower().startswith(noise)]
     return "; ".join(dict.fromkeys(useful[:3])) or "unknown error"

@@ -161,7 +161,7 @@ _RESULT_TYPES: dict[str, tuple[type, ...]] = {
 _RESULT_FIELDS = {f.name for f in fields(Result)} - {"outcome", "usage"}
 _USAGE_FIELDS = {f.name for f in fields(Usage)}
 _USAGE_TYPES: dict[str, tuple[type, ...]] = {
-    "wall_ms": (float, int), "cpu_ms": (float, int), "fuel_consumed": (int,),
+    "wall_ms": (float, int), "cpu_ms": (float, int), "fuel_consumed": (int, type(None)),
     "peak_memory_bytes": (int,), "files_created": (int,), "bytes_written": (int,),
     "hostcalls": (dict,),
 }

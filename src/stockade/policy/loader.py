@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..envblock import variable_problem
 from ..errors import PolicyError
 from .model import Capabilities, DirGrant, Policy, Trust
 from .profiles import profile
@@ -66,6 +67,10 @@ def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabili
     env = table.get("env", {})
     if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
         raise PolicyError(f"{source}: capabilities.env: expected a table of strings")
+    for name, value in env.items():
+        problem = variable_problem(name, value)
+        if problem is not None:
+            raise PolicyError(f"{source}: capabilities.env: {name!r}: {problem}")
     allow = table.get("env_allow", [])
     if not isinstance(allow, list) or not all(isinstance(v, str) for v in allow):
         raise PolicyError(f"{source}: capabilities.env_allow: expected a list of names")

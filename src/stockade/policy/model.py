@@ -15,7 +15,10 @@ SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
 class Limits:
     """Resource limits of one invocation. `None` means unlimited.
 
-    Sizes are bytes, `timeout` is seconds. Disk and file quotas apply to writable
+    Sizes are bytes, `timeout` is seconds. `fuel` is an instruction budget: metering
+    it costs compute speed (each function and loop counts), so the default leaves it
+    unset and stops runaway guests by `timeout` (epoch interruption); strict sets one
+    for determinism. Disk and file quotas apply to writable
     preopened directories; `max_open_files` caps descriptors the guest holds at once.
     `max_module_size`, `max_function_size` and `max_locals` bound what is compiled (the
     cost of compiling comes before any fuel or deadline applies).
@@ -27,7 +30,7 @@ class Limits:
     one 64KiB page raises PolicyError naming the parameter.
     """
 
-    fuel: int | None = 10_000_000_000
+    fuel: int | None = None
     timeout: float | None = 60.0
     max_memory: int = 128 * 1024**2
     max_table_elements: int = 100_000

@@ -1,4 +1,9 @@
-"""The three built-in profiles, from the hardening checklist in design.md."""
+"""The three built-in profiles, from the hardening checklist in design.md.
+
+What each costs in compute (the `stockade bench` kernels against native, measured with
+`scripts/measure_costs.py`): strict meters fuel (an instruction budget, deterministic)
+and epochs; default and permissive pay for epochs only, the deadline (see the README).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ PROFILES: dict[str, Limits] = {
         # Calls whose host cost is out of proportion to the guest's fuel.
         hostcall_caps=(("poll_oneoff", 10_000), ("random_get", 10_000), ("path_open", 10_000)),
     ),
+    # No instruction budget: the timeout stops a runaway guest (epochs, no fuel).
     "default": Limits(),
     "permissive": Limits(
         fuel=None, timeout=600.0, max_memory=1 * GiB, max_output=256 * MiB,

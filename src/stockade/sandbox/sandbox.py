@@ -6,19 +6,18 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import wasmtime
 
-from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, classify, get_engine
+from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, get_engine
 from ..engine.loader import refuse_precompiled
-from ..engine.traps import Ending, describe_load_error
+from ..engine.ticker import NO_DEADLINE
+from ..engine.traps import EXITED_OK, Ending, classify, describe_load_error, memory_verdict
 from ..errors import ModuleError, PrecompiledRefused, UntrustedModule
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
-from ..policy.units import format_size
 from ..result import Outcome, Result, Usage
 from .cancel import current_token
 from .imports import denied_import
@@ -27,9 +26,6 @@ from .scratch import Scratch
 from .wasi import checked_preopens, wasi_config
 
 __all__ = ["Sandbox"]
-
-_NO_DEADLINE = 2**62
-PAGE = 65536
 
 
 class Sandbox:
@@ -197,7 +193,7 @@ class Sandbox:
         token = current_token()
         with engine.ticker.deadline(remaining) as ticks, metered(meter, engine.wasmtime):
             if self.engine_config.epochs:
-                store.set_epoch_deadline(_NO_DEADLINE if ticks is None else ticks)
+                store.set_epoch_deadline(NO_DEADLINE if ticks is None else ticks)
                 if token is not None:  # asyncio cancellation stops this store (cancel.py)
                     token.arm(store, engine.wasmtime, meter, deadline)
             try:
@@ -207,12 +203,12 @@ class Sandbox:
                 if not isinstance(start, wasmtime.Func):
                     raise ModuleError(f"{loaded.name}: no _start export (not a WASI command)")
                 start(store)
-                ending = Ending(Outcome.EXITED, "exited with code 0", 0)
+                ending = EXITED_OK
             except ModuleError:
                 raise
             except (wasmtime.WasmtimeError, wasmtime.Trap, Exception) as exc:  # noqa: B014
-                ending = self._instantiation_limit(exc, instance) or classify(
-                    meter.failure or exc)
+                ending = classify(meter.failure or exc, started=instance is not None,
+                                  max_memory=limits.max_memory)
                 # The traceback's frames hold this Store (a ~4 GiB reservation) in a cycle
                 # only the garbage collector would break: cut it now.
                 exc.__traceback__ = None
@@ -227,13 +223,13 @@ class Sandbox:
             wall_ms=(time.perf_counter() - wall0) * 1000,
             cpu_ms=(time.thread_time() - cpu0) * 1000,
             fuel_consumed=limits.fuel - _fuel_left(store)
-            if limits.fuel is not None and self.engine_config.fuel else 0,
+            if limits.fuel is not None and self.engine_config.fuel else None,
             peak_memory_bytes=_memory_size(instance, store),
             files_created=meter.files_created,
             bytes_written=meter.bytes_written,
             hostcalls=dict(meter.counts),
         )
-        ending = self._memory_verdict(ending, usage.peak_memory_bytes)
+        ending = memory_verdict(ending, usage.peak_memory_bytes, limits.max_memory)
         return self._result(loaded, ending, meter, usage, coldstart)
 
     def _refused(self, module: str | Path | bytes | LoadedModule, invocation: Invocation,
@@ -249,30 +245,6 @@ class Sandbox:
                         limits=dict(self._limits_dict), coldstart=True)
         notify_finished(self.observers, info, result)
         return result
-
-    def _instantiation_limit(self, exc: BaseException, instance: Any) -> Ending | None:
-        """A module whose declared memory or tables exceed the limits fails to instantiate."""
-        if instance is not None or not isinstance(exc, wasmtime.WasmtimeError):
-            return None
-        text = str(exc).lower()
-        if "memory" in text and ("limit" in text or "minimum" in text):
-            return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
-                          f"of {format_size(self.policy.limits.max_memory)}")
-        if "table" in text or "instance" in text or "resource limit" in text:
-            return Ending(Outcome.TRAP, f"instantiation refused: {describe_load_error(exc)}")
-        return None
-
-    def _memory_verdict(self, ending: Ending, peak: int) -> Ending:
-        """A guest that failed with its memory at the limit was stopped by the limit:
-        wasmtime refuses the growth and the guest traps or exits on the failed malloc."""
-        limit = self.policy.limits.max_memory
-        failed = ending.outcome is Outcome.TRAP or (
-            ending.outcome is Outcome.EXITED and ending.guest_exit_code not in (0, None))
-        if failed and peak + max(limit // 16, 16 * PAGE) >= limit:
-            return Ending(Outcome.MEMORY_LIMIT,
-                          f"memory limit of {format_size(limit)} reached "
-                          f"(linear memory {format_size(peak)})")
-        return ending
 
     def _result(self, loaded: LoadedModule, ending: Ending, meter: Meter | None, usage: Usage,
                 coldstart: bool) -> Result:

@@ -70,7 +70,7 @@ class DeltaAggregator:
         usage alone (what `add` takes from the record, without building one)."""
         self._add((metric_name, outcome), (
             usage.wall_ms / 1000, usage.cpu_ms / 1000, float(usage.peak_memory_bytes),
-            int(coldstart), usage.fuel_consumed, usage.files_created, usage.bytes_written, 0,
+            int(coldstart), usage.fuel_consumed or 0, usage.files_created, usage.bytes_written, 0,
         ), False)
 
     def _add(self, key: tuple[str, str], observation: Observation, violation: bool) -> None:

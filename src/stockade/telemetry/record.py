@@ -150,7 +150,7 @@ class InvocationRecord:
         self.outcome: str = outcome.value
         self.exit_code: int = result.exit_code
         self.guest_exit_code: int | None = result.guest_exit_code
-        self.fuel_consumed: int = usage.fuel_consumed
+        self.fuel_consumed: int = usage.fuel_consumed or 0  # 0: not metered
         self.peak_memory: int = usage.peak_memory_bytes
         self.cpu_ms: float = usage.cpu_ms
         self.wall_s: float = usage.wall_ms / 1000 if usage.wall_ms else (end - start) / 1e9

@@ -60,7 +60,8 @@ class StockadeHost(Host):
 
 class StockadeFastHost(Host):
     """The gateway's per-request path: `stockade.engine.fastpath` (wasmtime C API, pooling
-    allocator, memfd capture) under the default profile's fuel, timeout and memory limits.
+    allocator, memfd capture) under the default profile's timeout and memory limits (and
+    its fuel budget, when it has one).
     No preopens or host-call metering: the path serverless functions take."""
 
     def __init__(self, layout: Layout, options: dict[str, Any]) -> None:

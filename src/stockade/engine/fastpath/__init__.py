@@ -27,11 +27,12 @@ Modules: `_capi` (the C functions), `_engine` (engine, admission, epoch ticker),
 
 from __future__ import annotations
 
+from ...envblock import NO_ENV, EnvBlock, encode_env
 from ._capi import FastPathUnavailable
-from ._engine import FastEngine, encode_env
+from ._engine import FastEngine
 from ._module import FastModule
 from ._native import STDIO
-from ._run import NO_ENV, EnvBlock, FastResult, RunPlan
+from ._run import FastResult, RunPlan
 
 __all__ = ["FastEngine", "FastModule", "FastResult", "FastPathUnavailable", "RunPlan",
            "EnvBlock", "NO_ENV", "encode_env", "COUNTS_HOSTCALLS"]

@@ -8,23 +8,23 @@ releases the GIL); each uses its own store.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...envblock import Env, EnvBlock, encode_args, encode_env
 from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
-from ..ticker import TICK_SECONDS
+from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
-from ._module import Env, FastModule, prepare, raise_load
+from ._module import FastModule, prepare, raise_load
 from ._poll import define_owned_calls
-from ._run import NO_ENV, EnvBlock, FastResult, RunPlan, RunSlot, execute
+from ._run import FastResult, RunPlan, RunSlot, execute
 
 if TYPE_CHECKING:
     from ...hostcalls.meter import Meter
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FastEngine", "encode_env"]
 
-_NO_DEADLINE = 1 << 62
 _MAX_FUEL = (1 << 64) - 1
 
 
@@ -82,9 +81,11 @@ class FastEngine:
         self.tick_interval = tick_interval
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a run finished
-        self._wake = threading.Condition(self._lock)  # the ticker has work
-        self._ticking = False
-        self._ticker: threading.Thread | None = None
+        # The engine's epoch (the sandbox's ticker); while runs are registered it also
+        # seals output past its cap every tick.
+        engine = self._engine
+        self._ticker = EpochTicker(lambda: C.engine_increment_epoch(engine), tick_interval,
+                                   watch=self._seal_over)
         self._running: set[RunSlot] = set()
         self._free: list[RunSlot] = []
         self._modules: set[FastModule] = set()
@@ -105,17 +106,12 @@ class FastEngine:
         return int(config)
 
     def _configure(self, config: int, keep_resident: int, table_elements: int) -> None:
-        C.config_consume_fuel_set(config, self.config.fuel)
-        C.config_epoch_interruption_set(config, self.config.epochs)
-        C.config_max_wasm_stack_set(config, self.config.max_stack)
-        # Same feature set as EngineConfig.to_wasmtime, so .cwasm files serve both paths.
-        C.config_wasm_threads_set(config, True)
-        if self.config.strategy == "pulley":
-            error = C.config_target_set(config, b"pulley64")
+        # The table EngineConfig.to_wasmtime reads too, so .cwasm files serve both paths.
+        for name, value in self.config.settings():
+            setter = getattr(C, f"config_{name}_set")
+            error = setter(config, value.encode() if isinstance(value, str) else value)
             if error:
-                raise FastPathUnavailable(f"pulley: {take_error(error)[0]}")
-        elif self.config.strategy != "cranelift":
-            raise UsageError(f"unknown code generator {self.config.strategy!r}")
+                raise FastPathUnavailable(f"{name}={value}: {take_error(error)[0]}")
         pool = C.pooling_allocation_config_new()
         # Twice the runs: a metered run adds its forwarding trampoline (no memory, no table).
         for setter, value in (("total_core_instances", 2 * self.max_instances),
@@ -219,7 +215,7 @@ class FastEngine:
     ) -> RunPlan:
         """Check a run's arguments and limits once (see `run`) for `run_plan`; `program`
         is argv[0] (default: the module's name). Raises UsageError."""
-        argv = _encode_args(module.name if program is None else program, args)
+        argv = encode_args(module.name if program is None else program, args)
         budget = self._fuel(fuel)
         memory = self.max_memory if max_memory is None else max_memory
         if not 0 < memory <= self.max_memory:
@@ -230,9 +226,10 @@ class FastEngine:
         if max_hostcalls is not None and (max_hostcalls < 0 or not self.owns_stdio):
             raise UsageError(f"max_hostcalls={max_hostcalls} needs a non-negative count and "
                              "the fast path's native library (scripts/build_native.py)")
-        deadline = _NO_DEADLINE if timeout_s is None else self._deadline(timeout_s)
+        if timeout_s is not None:
+            self._check_timeout(timeout_s)
         return RunPlan(module, b"".join(arg + b"\0" for arg in argv), len(argv), budget,
-                       deadline, timeout_s, memory, max_output, capture_stderr, max_hostcalls,
+                       timeout_s, memory, max_output, capture_stderr, max_hostcalls,
                        self.owns_stdio)
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
@@ -240,9 +237,11 @@ class FastEngine:
         checking its arguments again. Waits while `max_instances` runs are in flight."""
         slot = self._admit(plan.module)
         timeout_s = plan.timeout_s
-        slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            return execute(self._engine, plan, slot, env, stdin)
+            with self._ticker.deadline(timeout_s) as ticks:
+                slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                return execute(self._engine, plan, slot, env, stdin,
+                               NO_DEADLINE if ticks is None else ticks)
         finally:
             self._release(plan.module, slot)
 
@@ -291,7 +290,11 @@ class FastEngine:
                 if linking is None:
                     raise UsageError(f"{module.name}: engine or module is closed")
                 slot.metered = MeteredRun(meter, dirs, linking.pre(module), linking)
-                result = execute(self._engine, plan, slot, block, b"")
+                with self._ticker.deadline(plan.timeout_s) as ticks:
+                    slot.deadline = None if plan.timeout_s is None \
+                        else time.monotonic() + plan.timeout_s
+                    result = execute(self._engine, plan, slot, block, b"",
+                                     NO_DEADLINE if ticks is None else ticks)
             finally:
                 slot.metered = None
                 self._release(module, slot)
@@ -312,13 +315,11 @@ class FastEngine:
             raise UsageError(f"fuel={fuel} must be within 0..2**64-1")
         return fuel
 
-    def _deadline(self, timeout_s: float) -> int:
+    def _check_timeout(self, timeout_s: float) -> None:
         if not self.config.epochs:
             raise UsageError("a timeout needs an engine with epoch interruption")
         if not timeout_s > 0:
             raise UsageError(f"timeout_s={timeout_s} must be positive")
-        # +1: the first tick may come right after the run starts; never stop one early.
-        return max(1, math.ceil(timeout_s / self.tick_interval)) + 1
 
     def _admit(self, module: FastModule) -> RunSlot:
         # The bare lock (the one `_cond` wraps): a Condition's `with` is Python code.
@@ -336,13 +337,6 @@ class FastEngine:
             module._active += 1
             slot = self._free.pop() if self._free else RunSlot()
             self._running.add(slot)
-            if not self._ticking:
-                self._ticking = True
-                if self._ticker is None:
-                    self._ticker = threading.Thread(target=self._tick_loop, daemon=True,
-                                                    name="stockade-fastpath-epoch")
-                    self._ticker.start()
-                self._wake.notify()
             return slot
 
     def _release(self, module: FastModule, slot: RunSlot) -> None:
@@ -366,26 +360,12 @@ class FastEngine:
         finally:
             self._waiters -= 1
 
-    def _tick_loop(self) -> None:
-        """The epoch ticker thread: while runs are active, advance the engine's epoch
-        every `tick_interval` and enforce their output caps; idle otherwise. It never
-        touches a store (stores are not thread-safe)."""
+    def _seal_over(self) -> None:
+        """Seal the output of running guests past their cap (the ticker's thread). It
+        never touches a store (stores are not thread-safe)."""
         with self._lock:
-            while True:
-                while not self._ticking and not self._closed:
-                    self._wake.wait()
-                if self._closed:
-                    return
-                self._lock.release()
-                try:
-                    time.sleep(self.tick_interval)
-                    C.engine_increment_epoch(self._engine)
-                finally:
-                    self._lock.acquire()
-                for slot in self._running:
-                    slot.seal_if_over()
-                # Stay awake through the tick after the last run: busy periods stay cheap.
-                self._ticking = bool(self._active)
+            for slot in self._running:
+                slot.seal_if_over()
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -399,12 +379,10 @@ class FastEngine:
             if self._forked:  # the parent's engine: nothing here to free or wait for
                 return
             self._cond.notify_all()
-            self._wake.notify()
             while self._active:
                 self._wait()
             modules, slots, self._free = list(self._modules), self._free, []
-        if self._ticker is not None:
-            self._ticker.join()
+        self._ticker.close()
         for module in modules:
             module.close()
         for slot in slots:
@@ -431,44 +409,3 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
-
-
-def _encode_args(name: str, args: Iterable[str]) -> list[bytes]:
-    """argv as bytes: the module's name, then `args`. Raises UsageError naming a bad one."""
-    values = [name, *args]
-    try:
-        encoded = [value.encode() for value in values]
-    except (AttributeError, UnicodeEncodeError):
-        encoded = None
-    if encoded is None or b"\0" in b"".join(encoded):
-        encoded = [_arg(values[0], "module name"), *(_arg(a, "argument") for a in values[1:])]
-    return encoded
-
-
-def encode_env(env: Env) -> EnvBlock:
-    """`env` as an `EnvBlock`. One encode and one scan per list; a bad entry is found
-    again by `_arg`, which raises UsageError naming it."""
-    pairs = list(env.items() if isinstance(env, Mapping) else env)
-    if not pairs:
-        return NO_ENV
-    try:
-        names = b"\0".join([name.encode() for name, _ in pairs]) + b"\0"
-        values = b"\0".join([value.encode() for _, value in pairs]) + b"\0"
-    except (AttributeError, UnicodeEncodeError):
-        names = values = b""
-    if names.count(b"\0") != len(pairs) or b"=" in names \
-            or values.count(b"\0") != len(pairs):
-        names = b"".join(_arg(name, "environment name", "=") + b"\0" for name, _ in pairs)
-        values = b"".join(_arg(value, "environment value") + b"\0" for _, value in pairs)
-    return EnvBlock(names, values, len(pairs))
-
-
-def _arg(value: str, what: str, forbidden: str = "") -> bytes:
-    if not isinstance(value, str):
-        raise UsageError(f"{what} {value!r} must be a string")
-    if "\0" in value or (forbidden and forbidden in value):
-        raise UsageError(f"{what} {value!r} contains a NUL byte or {forbidden or 'NUL'!r}")
-    try:
-        return value.encode()
-    except UnicodeEncodeError:
-        raise UsageError(f"{what} {value!r} is not valid Unicode text") from None

@@ -32,8 +32,7 @@ from ...errors import UsageError
 from ...hostcalls.abi import INTERPOSED, MODULE, GuestMemory
 from ...hostcalls.handlers import TRAMPOLINE_CALLS, arguments, serve, stopping, trampoline_wat
 from ...hostcalls.meter import Meter
-from ...result import Outcome
-from ..traps import classify
+from ..traps import Ending, classify
 from ._capi import EXTERN_FUNC, EXTERN_MEMORY, ByteVec, C, Extern, Instance, ValRaw, take_error
 from ._module import raise_load
 from ._poll import CALLBACK_TYPE, define_func
@@ -159,16 +158,14 @@ class MeteredRun:
         self.meter.clock_base = time.monotonic_ns()
         return int(wasi)
 
-    def ending(self, outcome: Outcome, message: str,
-               code: int | None) -> tuple[Outcome, str, int | None]:
+    def ending(self, ending: Ending) -> Ending:
         """The verdict: what stopped the guest inside a host call (a limit, a host
         failure) stands over the trap it was stopped with."""
         failure = self.meter.failure
         if failure is None:
-            return outcome, message, code
+            return ending
         self.meter.failure = None  # its traceback holds host-call frames
-        ending = classify(failure)
-        return ending.outcome, ending.message, ending.guest_exit_code
+        return classify(failure)
 
     def output(self) -> tuple[bytes, bytes, bool, bool]:
         """(stdout, stderr, stdout_truncated, stderr_truncated), as the meter kept them."""

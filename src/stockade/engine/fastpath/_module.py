@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ...envblock import Env
 from ...errors import DeniedImport, ModuleError, UsageError
+from ..traps import describe_load_message
 from ._capi import EXTERN_FUNC, ByteVec, C, ExportTypeVec, take_error
 from ._run import FastResult
 
@@ -21,9 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["FastModule", "Env", "prepare", "raise_load"]
 
 _UNKNOWN_IMPORT = re.compile(r"unknown import: `([^`]+)`")
-_CAUSE_NUMBER = re.compile(r"^\d+: ")
 
-Env = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class FastModule:
@@ -119,9 +119,7 @@ def raise_load(error: int | None, name: str) -> None:
     """Raise ModuleError with the context and causes of a load error on one line."""
     if error:
         message, _ = take_error(error)
-        lines = [_CAUSE_NUMBER.sub("", line.strip()) for line in message.splitlines()]
-        useful = [line for line in lines if line and line != "Caused by:"]
-        raise ModuleError(f"{name}: {'; '.join(dict.fromkeys(useful[:3])) or 'unknown error'}")
+        raise ModuleError(f"{name}: {describe_load_message(message)}")
 
 
 def _require_start(module: int, name: str) -> None:

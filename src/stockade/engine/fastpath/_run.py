@@ -15,10 +15,12 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...envblock import EnvBlock
 from ...policy.units import format_size
 from ...result import Outcome, Result, Usage
+from ..traps import EXITED_OK, Ending, ending_of_error, ending_of_trap, memory_verdict
 from ._capi import (
     EXTERN_FUNC,
     EXTERN_MEMORY,
@@ -48,43 +50,21 @@ if TYPE_CHECKING:
     from ._metered import MeteredRun
     from ._module import FastModule
 
-__all__ = ["FastResult", "RunSlot", "RunPlan", "EnvBlock", "NO_ENV", "execute"]
+__all__ = ["FastResult", "RunSlot", "RunPlan", "execute"]
 
 _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
 _RELEASE_BYTES = 1 << 20
-_PAGE = 65536
-
-# wasmtime_trap_code_t values (wasmtime/trap.h).
-_TRAP_STACK_OVERFLOW = 0
-_TRAP_INTERRUPT = 10
-_TRAP_OUT_OF_FUEL = 11
-_TRAP_OUTCOMES = {
-    _TRAP_OUT_OF_FUEL: (Outcome.FUEL_EXHAUSTED, "instruction budget (fuel) exhausted"),
-    _TRAP_INTERRUPT: (Outcome.TIMEOUT, "wall-clock timeout"),
-    _TRAP_STACK_OVERFLOW: (Outcome.TRAP, "wasm stack exhausted"),
-}
 
 
-class EnvBlock(NamedTuple):
-    """A guest's environment as the C API takes it: `names` and `values` hold `entries`
-    entries each, every one UTF-8 ending in a NUL byte (none inside, no `=` in a name).
-    Made by `encode_env`, or by a caller that builds the bytes itself (the gateway's CGI
-    variables); a malformed block is refused by the run, never read past."""
 
-    names: bytes
-    values: bytes
-    entries: int
-
-
-NO_ENV = EnvBlock(b"", b"", 0)
 
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
     `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
-    meter fuel), `deadline_ticks` the epoch deadline, `timeout_s` the same in seconds,
+    meter fuel), `timeout_s` the wall-clock limit in seconds (None: none),
     `max_hostcalls` the budget of host calls Stockade serves (the standard streams,
     `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
     serves them."""
@@ -93,7 +73,6 @@ class RunPlan:
     argv: bytes
     argc: int
     fuel: int | None
-    deadline_ticks: int
     timeout_s: float | None
     max_memory: int
     max_output: int | None
@@ -108,9 +87,9 @@ class FastResult:
 
     `guest_exit_code` is set when the guest exited (WASI `proc_exit` or returning from
     `_start`, which is 0); `memory_bytes` is the final (= peak) size of its memory;
-    `fuel_consumed` is 0 when the engine does not meter fuel. A metered run
-    (`FastEngine.run_metered`) also reports its meter's `files_created`, `bytes_written`
-    and `hostcalls` (calls per owned WASI function).
+    `fuel_consumed` is None when the run was not metered (no budget, or an engine
+    without fuel). A metered run (`FastEngine.run_metered`) also reports its meter's
+    `files_created`, `bytes_written` and `hostcalls` (calls per owned WASI function).
     """
 
     outcome: Outcome
@@ -120,7 +99,7 @@ class FastResult:
     stdout_truncated: bool
     stderr_truncated: bool
     message: str
-    fuel_consumed: int
+    fuel_consumed: int | None
     wall_s: float
     cpu_s: float
     memory_bytes: int
@@ -248,9 +227,11 @@ class RunSlot:
                 pass
 
 
-def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
-            stdin: bytes) -> FastResult:
-    """Instantiate `plan`'s module in a fresh store, call `_start`, classify how it ended.
+def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
+            deadline_ticks: int) -> FastResult:
+    """Instantiate `plan`'s module in a fresh store, call `_start`, classify how it ended
+    (`stockade.engine.traps`). `deadline_ticks` is the epoch deadline (the engine's
+    `EpochTicker`).
 
     Runs entirely on the calling thread; every C call releases the GIL. The store and
     its WASI context are created and deleted here, never shared. Without
@@ -264,23 +245,24 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     metered = slot.metered  # its host calls are Python: the ctypes run costs nothing more
     if metered is None and NATIVE_RUN is not None and plan.argc <= MAX_STRINGS \
             and env.entries <= MAX_STRINGS:
-        ran = _run_native(engine, plan, slot, env, stdin)
+        ran = _run_native(engine, plan, slot, env, stdin, deadline_ticks)
     else:
-        ran = _run_python(engine, plan, slot, env, stdin)
+        ran = _run_python(engine, plan, slot, env, stdin, deadline_ticks)
     error, trap, called, memory_bytes, fuel_left, wall, cpu, n_out, n_err = ran
-    outcome, message, code = _ending(error, trap, started=called)
+    if trap:
+        message, trap_code = take_trap(trap)
+        ending = ending_of_trap(trap_code, message)
+    elif error:
+        message, status = take_error(error)
+        ending = ending_of_error(message, status, started=called, max_memory=plan.max_memory)
+    else:
+        ending = EXITED_OK
     if metered is not None:
-        outcome, message, code = metered.ending(outcome, message, code)
+        ending = metered.ending(ending)
     if slot.stopped:
-        outcome, message, code = Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)", None
-    max_memory = plan.max_memory
-    if (outcome is Outcome.TRAP or (outcome is Outcome.EXITED and code)) \
-            and memory_bytes + max(max_memory // 16, 16 * _PAGE) >= max_memory:
-        # A denied memory.grow returns -1 rather than trapping; a guest that then failed
-        # near the limit was stopped by it (the same rule as the standard sandbox).
-        outcome, message = Outcome.MEMORY_LIMIT, (
-            f"memory limit of {format_size(max_memory)} reached "
-            f"(linear memory {format_size(memory_bytes)})")
+        ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
+    ending = memory_verdict(ending, memory_bytes, plan.max_memory)
+    outcome, message, code = ending.outcome, ending.message, ending.guest_exit_code
     out, err, out_cut, err_cut = slot.collect(n_out, n_err) if metered is None \
         else metered.output()
     stop = slot.state.stop
@@ -297,7 +279,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     fuel = plan.fuel
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
-        fuel - fuel_left if fuel is not None else 0, wall, cpu, memory_bytes,
+        fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
     )
 
 
@@ -320,11 +302,11 @@ _Ran = tuple[int | None, int | None, bool, int, int, float, float, int, int]
 
 
 def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
-                stdin: bytes) -> _Ran:
+                stdin: bytes, deadline_ticks: int) -> _Ran:
     """The run as one C call (`_native.c`); the same steps as `_run_python`."""
     args, out = slot.native_in, slot.native_out
     args.engine, args.pre, args.max_memory = engine, plan.module._pre, plan.max_memory
-    args.deadline, args.has_fuel, args.fuel = plan.deadline_ticks, plan.fuel is not None, \
+    args.deadline, args.has_fuel, args.fuel = deadline_ticks, plan.fuel is not None, \
         plan.fuel or 0
     args.capture_stderr = slot.capture_err = plan.capture_stderr
     args.argv, args.argc, args.argv_len = plan.argv, plan.argc, len(plan.argv)
@@ -351,7 +333,7 @@ def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
 
 
 def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
-                stdin: bytes) -> _Ran:
+                stdin: bytes, deadline_ticks: int) -> _Ran:
     """The run through ctypes, one C call at a time (when the native run is not built)."""
     argv, names, values = _entries(plan.argv), _entries(env.names), _entries(env.values)
     if len(argv) != plan.argc or len(names) != env.entries or len(values) != env.entries:
@@ -374,7 +356,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             metered.limit(store, plan.max_memory)
         if fuel is not None:
             _check(C.context_set_fuel(cx, fuel))
-        C.context_set_epoch_deadline(cx, plan.deadline_ticks)
+        C.context_set_epoch_deadline(cx, deadline_ticks)
         slot.capture_err = plan.capture_stderr
         _check(C.context_set_wasi(cx, _wasi_config(slot, argv, (names, values),
                                                     b"" if plan.owned_stdio else stdin)
@@ -439,31 +421,3 @@ def _check(error: int | None) -> None:
     if error:
         message, _ = take_error(error)
         raise RuntimeError(f"wasmtime: {message}")
-
-
-def _ending(error: int | None, trap: int | None, started: bool) -> tuple[Outcome, str, int | None]:
-    """(outcome, message, guest exit code) from what instantiation or `_start` returned."""
-    if trap:
-        message, code = take_trap(trap)
-        if code in _TRAP_OUTCOMES:
-            outcome, text = _TRAP_OUTCOMES[code]
-            return outcome, text, None
-        return Outcome.TRAP, _first_line(message), None
-    if error:
-        message, status = take_error(error)
-        if status is not None:
-            return Outcome.EXITED, f"exited with code {status}", status
-        if not started and "memory" in message and "limit" in message:
-            return Outcome.MEMORY_LIMIT, _first_line(message), None
-        return (Outcome.TRAP if started else Outcome.ERROR), _first_line(message), None
-    return Outcome.EXITED, "exited with code 0", 0
-
-
-def _first_line(text: str) -> str:
-    """The root cause of a wasmtime message, without context lines or backtrace."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if "Caused by:" in lines[:-1]:
-        lines = lines[lines.index("Caused by:") + 1:]
-        head, _, rest = lines[0].partition(": ")
-        lines[0] = rest if head.isdigit() and rest else lines[0]
-    return lines[0].removeprefix("wasm trap: ") if lines else "unknown error"

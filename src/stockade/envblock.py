@@ -1,0 +1,89 @@
+"""A guest's argv and environment as the engines take them, and the one check of a variable.
+
+A leaf (it imports only `errors`): `Invocation`, both engines and the gateway's CGI
+block all use it, so what a variable may hold is decided once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from .errors import UsageError
+
+__all__ = ["EnvBlock", "NO_ENV", "Env", "encode_env", "encode_args", "variable_problem"]
+
+Env = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+class EnvBlock(NamedTuple):
+    """A guest's environment as the C API takes it: `names` and `values` hold `entries`
+    entries each, every one UTF-8 ending in a NUL byte (none inside, no `=` in a name).
+    Made by `encode_env`, or by a caller that builds the bytes itself (the gateway's CGI
+    variables); a malformed block is refused by the run, never read past."""
+
+    names: bytes
+    values: bytes
+    entries: int
+
+
+NO_ENV = EnvBlock(b"", b"", 0)
+
+
+def variable_problem(name: object, value: object) -> str | None:
+    """Why (`name`, `value`) cannot be an environment variable, or None: both text, the
+    name not empty and without `=`, neither with a NUL character."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        return "names and values must be str"
+    if not name or "=" in name or "\0" in name:
+        return "not a variable name (empty, or has '=' or NUL)"
+    if "\0" in value:
+        return "its value contains a NUL character"
+    return None
+
+
+def encode_env(env: Env) -> EnvBlock:
+    """`env` as an `EnvBlock`. One encode and one scan per list; a bad entry is found
+    again by `_text`, which raises UsageError naming it."""
+    pairs = list(env.items() if isinstance(env, Mapping) else env)
+    if not pairs:
+        return NO_ENV
+    try:
+        names = b"\0".join([name.encode() for name, _ in pairs]) + b"\0"
+        values = b"\0".join([value.encode() for _, value in pairs]) + b"\0"
+    except (AttributeError, UnicodeEncodeError):
+        names = values = b""
+    if names.count(b"\0") != len(pairs) or b"=" in names or b"\0\0" in names \
+            or names.startswith(b"\0") or values.count(b"\0") != len(pairs):
+        for name, value in pairs:
+            _text(name, "environment name", "=")
+            if not name:
+                raise UsageError("environment name '' is empty")
+            _text(value, "environment value")
+        names = b"".join(name.encode() + b"\0" for name, _ in pairs)
+        values = b"".join(value.encode() + b"\0" for _, value in pairs)
+    return EnvBlock(names, values, len(pairs))
+
+
+def encode_args(program: str, args: Iterable[str]) -> list[bytes]:
+    """argv as bytes: `program`, then `args`. Raises UsageError naming a bad one."""
+    values = [program, *args]
+    try:
+        encoded = [value.encode() for value in values]
+    except (AttributeError, UnicodeEncodeError):
+        encoded = None
+    if encoded is None or b"\0" in b"".join(encoded):
+        encoded = [_text(values[0], "module name"),
+                   *(_text(arg, "argument") for arg in values[1:])]
+    return encoded
+
+
+def _text(value: object, what: str, forbidden: str = "") -> bytes:
+    if not isinstance(value, str):
+        raise UsageError(f"{what} {value!r} must be a string")
+    if "\0" in value or (forbidden and forbidden in value):
+        raise UsageError(f"{what} {value!r} contains a NUL byte or {forbidden or 'NUL'!r}")
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} {value!r} is not valid Unicode text") from None

@@ -1,0 +1,102 @@
+"""Both engines give the same verdict for the same guest: one trap table, one wasmtime
+message parser, one memory-limit rule, one tick formula (a second copy would drift)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stockade.engine import EngineConfig, traps
+from stockade.engine.fastpath import FastEngine, _run
+from stockade.invocation import Invocation
+from stockade.policy import Policy
+from stockade.result import Outcome
+from stockade.sandbox import Sandbox
+
+from ..conftest import guest
+
+MiB = 1024**2
+
+# guest, arguments, limits over the default profile's, the outcome both must report.
+CASES: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Outcome]] = {
+    "unreachable": ("trap.wasm", (), {}, Outcome.TRAP),
+    "out of bounds": ("oob.wasm", (), {}, Outcome.TRAP),
+    "division by zero": ("divzero.wasm", (), {}, Outcome.TRAP),
+    "stack overflow": ("recurse.wasm", (), {}, Outcome.TRAP),
+    "memory limit (growth)": ("memhog.wasm", (), {"max_memory": 16 * MiB}, Outcome.MEMORY_LIMIT),
+    "memory limit (declared)": ("bigmem.wasm", (), {"max_memory": 16 * MiB},
+                                Outcome.MEMORY_LIMIT),
+    "fuel": ("spin.wasm", (), {"fuel": 1_000_000}, Outcome.FUEL_EXHAUSTED),
+    "timeout": ("spin.wasm", (), {"fuel": None, "timeout": 0.3}, Outcome.TIMEOUT),
+    "exit code": ("exitcode.wasm", ("7",), {}, Outcome.EXITED),
+}
+
+
+@pytest.fixture(scope="module")
+def engines() -> Iterator[dict[EngineConfig, FastEngine]]:
+    made: dict[EngineConfig, FastEngine] = {}
+    yield made
+    for engine in made.values():
+        engine.close()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "ctypes"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_both_engines_give_one_verdict(case: str, native: bool,
+                                       engines: dict[EngineConfig, FastEngine],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    name, args, overrides, expected = CASES[case]
+    if not native:
+        monkeypatch.setattr(_run, "NATIVE_RUN", None)
+    policy = Policy.from_profile("default").with_limits(**overrides)
+    limits = policy.limits
+    with Sandbox(policy) as sandbox:
+        standard = sandbox.run(guest(name), Invocation(args=args))
+    config = EngineConfig.for_limits(limits)
+    engine = engines.get(config)
+    if engine is None:
+        engine = engines[config] = FastEngine(config, max_instances=2, max_memory=128 * MiB)
+    module = engine.compile(guest(name).read_bytes(), name)
+    fast = module.run(args, fuel=limits.fuel, timeout_s=limits.timeout,
+                      max_memory=limits.max_memory, max_output=limits.max_output)
+    assert standard.outcome is expected, standard.message
+    assert (fast.outcome, fast.message, fast.exit_code, fast.guest_exit_code) == (
+        standard.outcome, standard.message, standard.exit_code, standard.guest_exit_code)
+
+
+def test_the_verdict_lives_in_one_module() -> None:
+    # The fast path keeps no trap table or message parser of its own.
+    for twin in ("_TRAP_OUTCOMES", "_first_line", "_ending"):
+        assert not hasattr(_run, twin), f"fastpath/_run.py has its own {twin} again"
+    assert traps.ending_of_trap(traps.TRAP_OUT_OF_FUEL, "").outcome is Outcome.FUEL_EXHAUSTED
+    assert traps.ending_of_trap(traps.TRAP_INTERRUPT, "").outcome is Outcome.TIMEOUT
+
+
+def test_one_ticker_serves_both_engines() -> None:
+    # The fast path has no epoch thread or tick formula of its own.
+    from stockade.engine.fastpath import _engine
+    from stockade.engine.ticker import EpochTicker
+
+    assert not hasattr(_engine.FastEngine, "_tick_loop")
+    assert not hasattr(_engine.FastEngine, "_deadline")
+    with FastEngine(EngineConfig(fuel=False), max_instances=1) as engine:
+        assert isinstance(engine._ticker, EpochTicker)
+
+
+@pytest.mark.parametrize("config", [
+    EngineConfig(), EngineConfig(fuel=False), EngineConfig(fuel=False, epochs=False),
+    EngineConfig(max_stack=512 * 1024), EngineConfig(fuel=False, strategy="pulley"),
+], ids=["fuel+epochs", "epochs", "bare", "stack", "pulley"])
+def test_one_configuration_table_feeds_both_engines(config: EngineConfig) -> None:
+    import wasmtime
+
+    wasm = guest("hello.wasm").read_bytes()
+    standard = wasmtime.Module(wasmtime.Engine(config.to_wasmtime()), wasm).serialize()
+    with FastEngine(config, max_instances=1) as engine:
+        # wasmtime refuses code compiled under other settings: the two must agree.
+        module = engine.deserialize(bytes(standard), "hello.cwasm")
+        assert module.run(["x"]).stdout.startswith(b"Hello")
+        assert engine.deserialize(module.serialize(), "again.cwasm").run().outcome \
+            is Outcome.EXITED
