@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..display import printable
+from ..engine.cache import AotCache
 from ..errors import StockadeError
 from ..invocation import Invocation
 from ..policy import Policy
@@ -16,6 +18,10 @@ from ..progress import on_terminal
 from ..result import Outcome, Result
 from .options import build_invocation, build_policy, guest_args, with_trust
 from .source import open_source
+
+if TYPE_CHECKING:
+    from ..isolate.base import SandboxLike
+    from ..sandbox.capi import CapiSandbox
 
 __all__ = ["run"]
 
@@ -113,22 +119,45 @@ def run(module: str, args: tuple[str, ...], profile: str | None, policy_file: Pa
 def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: str | None,
                  telemetry_profile: str | None, use_breaker: bool = False) -> Result:
     """Run the module (in-process or isolated) and record telemetry and audit records;
-    with `use_breaker`, ask its circuit breaker (keyed by the module's digest) first."""
-    from ..engine import CompileGuard, EngineConfig, get_engine
-    from ..isolate import make_sandbox
+    with `use_breaker`, ask its circuit breaker (keyed by the module's digest) first.
+    In-process runs that need no metered host call go to the C-API backend, which never
+    imports wasmtime-py (`stockade.sandbox.backend`)."""
+    from ..isolate.factory import default_isolation
+    from ..sandbox.backend import use_capi
     from ..telemetry import open_telemetry, refusal_result
 
-    engine = get_engine(EngineConfig.for_limits(policy.limits))
-    sha256 = engine.digest(module)
-    if on_terminal():
-        # Compile here, where progress can be shown, also for a worker (it shares the
-        # AoT cache); a cached module costs a map of its file.
-        engine.load(module, guard=CompileGuard.for_limits(policy.limits))
+    mode = default_isolation(policy) if isolate is None else isolate
+    capi = use_capi(policy, module, mode)
+    if capi:
+        from ..engine.loader import digest
+        from ..paths import cache_dir
+
+        cache = AotCache(cache_dir())
+        sha256 = digest(module, cache)
+    else:
+        from ..engine import CompileGuard, EngineConfig, get_engine
+
+        engine = get_engine(EngineConfig.for_limits(policy.limits))
+        sha256 = engine.digest(module)
+        if on_terminal():
+            # Compile here, where progress can be shown, also for a worker (it shares the
+            # AoT cache); a cached module costs a map of its file.
+            engine.load(module, guard=CompileGuard.for_limits(policy.limits))
     with open_telemetry(telemetry_profile, breaker=use_breaker) as telemetry:
         decision = telemetry.admit(module.name, sha256, invocation, policy)
         if not decision.allowed:
             return refusal_result(decision, module.name, sha256)
-        with make_sandbox(policy, isolate, observers=(telemetry.observer,)) as sandbox:
+        observers = (telemetry.observer,)
+        if capi:
+            from ..sandbox.capi import CapiSandbox
+
+            sandbox: SandboxLike | CapiSandbox = CapiSandbox(policy, observers=observers,
+                                                             cache=cache)
+        else:
+            from ..isolate import make_sandbox
+
+            sandbox = make_sandbox(policy, mode, observers=observers)
+        with sandbox:
             try:
                 return sandbox.run(module, invocation)
             except BaseException:

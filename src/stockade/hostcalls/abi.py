@@ -105,9 +105,9 @@ FDFLAGS_SYNC_MASK = 2 | 8 | 16
 
 
 def _prototype(name: str, restype: Any) -> Any:
-    from wasmtime import _ffi
+    from ..engine.library import load_library  # wasmtime-py's library, without its import
 
-    function = _ffi.dll[name]  # a new function object: wasmtime-py's own stays untouched
+    function = load_library()[name]  # a new function object: wasmtime-py's own stays untouched
     function.restype = restype
     function.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     return function
