@@ -6,6 +6,7 @@ wasmtime-py is imported where a module is compiled or mapped, not with this modu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING
 from ..errors import ModuleError, ModuleNotFound, PrecompiledRefused
 from ..progress import progress
 from .cache import AotCache
-from .guard import CompileGuard
 from .seal import KeyUnavailable, SealError, host_key, unseal
 
 if TYPE_CHECKING:
     import wasmtime
+
+    from .guard import CompileGuard
 
 __all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind", "refuse_precompiled",
            "digest", "file_ident"]
@@ -31,7 +33,15 @@ MAX_MODULE_BYTES = 512 * 1024**2
 WASM_MAGIC = b"\0asm"
 ELF_MAGIC = b"\x7fELF"
 # Without a policy: only the absolute size cap; code shape is the policy's business.
-_DEFAULT_GUARD = CompileGuard(MAX_MODULE_BYTES, MAX_MODULE_BYTES, 2**32)
+
+
+@functools.cache
+def _default_guard() -> CompileGuard:
+    # The guard reads code shapes (`stockade.binary`): imported when a module is read,
+    # not on a run served from the AoT cache.
+    from .guard import CompileGuard
+
+    return CompileGuard(MAX_MODULE_BYTES, MAX_MODULE_BYTES, 2**32)
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,7 @@ class ModuleLoader:
             raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
         if not path.is_file():
             raise ModuleError(f"{path}: not a regular file")
-        (guard or _DEFAULT_GUARD).check_size(info.st_size, str(path))
+        (guard or _default_guard()).check_size(info.st_size, str(path))
         hit = self._from_stat_index(path, info)
         if hit is not None:
             return hit
@@ -121,7 +131,8 @@ class ModuleLoader:
                    guard: CompileGuard | None = None, *,
                    allow_precompiled: bool = False) -> LoadedModule:
         """Load a module from memory. Raises ModuleError or PrecompiledRefused."""
-        guard = guard or _DEFAULT_GUARD
+        explicit = guard is not None
+        guard = guard or _default_guard()
         guard.check_size(len(data), name)
         import wasmtime
 
@@ -141,7 +152,7 @@ class ModuleLoader:
         cached = self._from_cache(sha, name)
         if cached is not None:
             return cached
-        if guard is not _DEFAULT_GUARD:
+        if explicit:
             guard.check_code(data, name)
         start = time.perf_counter()
         try:
@@ -230,7 +241,7 @@ def digest(path: Path, cache: AotCache | None) -> str:
         remembered = cache.recall(file_ident(path, info))
         if remembered is not None:
             return remembered
-    _DEFAULT_GUARD.check_size(info.st_size, str(path))
+    _default_guard().check_size(info.st_size, str(path))
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
 from ..engine.fastpath import FastEngine, FastModule, encode_env
-from ..engine.guard import CompileGuard
 from ..engine.loader import file_ident
 from ..errors import StockadeError
 from ..invocation import Invocation
@@ -56,7 +55,6 @@ class CapiSandbox:
         self.observers = tuple(observers)
         limits = policy.limits
         self._config = EngineConfig.for_limits(limits)
-        self._guard = CompileGuard.for_limits(limits)
         self._cache = cache if cache is not None else AotCache(cache_dir())
         self._engine: FastEngine | None = None
         self._standard: Sandbox | None = None
@@ -102,7 +100,7 @@ class CapiSandbox:
             info = path.stat()
         except OSError:
             return None
-        if not os.path.isfile(path) or info.st_size > self._guard.max_module_size:
+        if not os.path.isfile(path) or info.st_size > self.policy.limits.max_module_size:
             return None
         ident = file_ident(path, info)
         fingerprint = self._config.fingerprint()
@@ -142,8 +140,10 @@ class CapiSandbox:
         """Compile under the policy's compile guard and seal the result into the cache;
         None when the guard, wasmtime or the linker refuses it (wasmtime-py's sandbox then
         reports why, in its words)."""
+        from ..engine.guard import CompileGuard  # reads code shapes: only to compile
+
         try:
-            self._guard.check_code(data, name)
+            CompileGuard.for_limits(self.policy.limits).check_code(data, name)
             with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
                           "configuration)"):
                 module = self.engine.compile(data, name)

@@ -12,7 +12,6 @@ a test compares them with wasmtime-py's generated ones.
 from __future__ import annotations
 
 import ctypes
-import types
 from ctypes import (
     POINTER,
     c_bool,
@@ -136,18 +135,26 @@ _P = c_void_p
 _PP = POINTER(c_void_p)
 
 
-# The bound functions, named without their `wasmtime_` prefix (`C.store_new`).
-C: Any = types.SimpleNamespace()
+class _Bindings:
+    """The bound functions, named without their `wasmtime_` prefix (`C.store_new`), each
+    bound on first use: a `stockade run` calls about half of them."""
+
+    def __init__(self, signatures: dict[str, tuple[str, Any, tuple[Any, ...]]]) -> None:
+        self._signatures = signatures
+
+    def __getattr__(self, short: str) -> Any:
+        try:
+            name, restype, argtypes = self._signatures[short]
+        except KeyError:
+            raise AttributeError(f"no bound C function {short!r}") from None
+        function = DLL[name]  # indexing makes a new function object every time
+        function.restype = restype
+        function.argtypes = list(argtypes)
+        setattr(self, short, function)
+        return function
 
 
-def _bind(name: str, restype: Any, *argtypes: Any) -> None:
-    function = DLL[name]  # indexing makes a new function object every time
-    function.restype = restype
-    function.argtypes = list(argtypes)
-    setattr(C, name.removeprefix("wasmtime_"), function)
-
-
-for _name, _res, _args in [
+_SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     # configuration and engine
     ("wasm_config_new", _P, ()),
     ("wasm_config_delete", None, (_P,)),
@@ -234,8 +241,9 @@ for _name, _res, _args in [
     ("wasm_trap_message", None, (_P, POINTER(ByteVec))),
     ("wasmtime_trap_code", c_bool, (_P, POINTER(c_uint8))),
     ("wasm_trap_delete", None, (_P,)),
-]:
-    _bind(_name, _res, *_args)
+]
+C: Any = _Bindings({name.removeprefix("wasmtime_"): (name, restype, argtypes)
+                    for name, restype, argtypes in _SIGNATURES})
 
 
 def _vec_text(vec: Any) -> str:

@@ -309,16 +309,24 @@ class FastEngine:
         """The epoch ticker thread: while runs are active, advance the engine's epoch
         every `tick_interval` and enforce their output caps; idle otherwise. It never
         touches a store (stores are not thread-safe)."""
+        interval, last = self.tick_interval, time.monotonic()
         with self._lock:
             while True:
-                while not self._ticking and not self._closed:
-                    self._wake.wait()
+                if not self._ticking:
+                    while not self._ticking and not self._closed:
+                        self._wake.wait()
+                    last = time.monotonic()  # idle time is not counted
                 if self._closed:
                     return
                 self._lock.release()
                 try:
-                    time.sleep(self.tick_interval)
-                    C.engine_increment_epoch(self._engine)
+                    time.sleep(interval)
+                    # One tick per interval that passed, not per sleep: on a busy host a
+                    # sleep overruns, and deadlines counted in sleeps would overrun with it.
+                    due = min(max(1, int((time.monotonic() - last) / interval)), 1_000_000)
+                    last += due * interval
+                    for _ in range(due):
+                        C.engine_increment_epoch(self._engine)
                 finally:
                     self._lock.acquire()
                 for slot in self._running:

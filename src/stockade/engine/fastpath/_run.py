@@ -264,9 +264,9 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             and memory_bytes + max(max_memory // 16, 16 * _PAGE) >= max_memory:
         # A denied memory.grow returns -1 rather than trapping; a guest that then failed
         # near the limit was stopped by it (the same rule as the standard sandbox).
-        outcome, message = Outcome.MEMORY_LIMIT, (
+        outcome, message, code = Outcome.MEMORY_LIMIT, (
             f"memory limit of {format_size(max_memory)} reached "
-            f"(linear memory {format_size(memory_bytes)})")
+            f"(linear memory {format_size(memory_bytes)})"), None
     out, err, out_cut, err_cut = slot.collect(n_out, n_err)
     stop = slot.state.stop
     slot.state.stdin_data = None  # do not keep the request body alive in the slot
@@ -278,7 +278,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             None
     if out_cut or err_cut:
         outcome, message = Outcome.OUTPUT_LIMIT, \
-            f"output limit of {format_size(plan.max_output or 0)} exceeded"
+            f"output cap of {format_size(plan.max_output or 0)} reached"
     fuel = plan.fuel
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
