@@ -158,3 +158,42 @@ def test_forced_capi_names_why_it_cannot(tmp_path: Path) -> None:
     proc = subprocess.run([*STOCKADE, "run", str(guest("hello.wasm"))], capture_output=True,
                           timeout=120, check=False, env=bad, stdin=subprocess.DEVNULL)
     assert proc.returncode == 125 and b"STOCKADE_BACKEND" in proc.stderr
+
+
+def _capi_run(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "STOCKADE_BACKEND": "capi"}
+    if cache is not None:
+        env["STOCKADE_CACHE_DIR"] = str(cache)
+    return subprocess.run([*STOCKADE, "run", "--json", *args], capture_output=True,
+                          timeout=120, check=False, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_a_cwasm_named_wasm_is_refused_on_the_c_api(tmp_path: Path) -> None:
+    # Native code under a .wasm name: the C-API loader takes only \0asm binaries, so it
+    # reaches the standard loader, which refuses a .cwasm without --allow-precompiled.
+    cwasm = tmp_path / "hello.cwasm"
+    done = subprocess.run([*STOCKADE, "compile", str(guest("hello.wasm")), "-o", str(cwasm)],
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    disguised = tmp_path / "hello.wasm"
+    disguised.write_bytes(cwasm.read_bytes())
+    proc = _capi_run(str(disguised))
+    assert proc.returncode == 126
+    assert json.loads(proc.stdout)["outcome"] == "denied"
+
+
+def test_a_forged_cache_entry_is_refused_on_the_c_api(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert _capi_run(str(guest("hello.wasm")), cache=cache).returncode == 0
+    entries = list(cache.glob("*/*.cwasm"))
+    assert len(entries) == 1
+    entry = entries[0]
+    forged = bytearray(entry.read_bytes())
+    forged[len(forged) // 2] ^= 0xFF  # native code changed after it was sealed
+    entry.write_bytes(bytes(forged))
+    proc = _capi_run(str(guest("hello.wasm")), cache=cache)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["outcome"] == "exited"
+    log = Path(os.environ["STOCKADE_STATE_DIR"]) / "audit.jsonl"
+    kinds = [json.loads(line)["kind"] for line in log.read_text().splitlines()]
+    assert "cache_refused" in kinds
+    assert entry.read_bytes() != bytes(forged)  # compiled again and sealed
