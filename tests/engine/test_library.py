@@ -24,7 +24,6 @@ def test_the_same_library_wasmtime_py_loads() -> None:
     ("Instance", "wasmtime_instance_t"),
     ("Extern", "wasmtime_extern_t"),
     ("ExportTypeVec", "wasm_exporttype_vec_t"),
-    ("ImportTypeVec", "wasm_importtype_vec_t"),
     ("ValTypeVec", "wasm_valtype_vec_t"),
     ("ValRaw", "wasmtime_val_raw_t"),
 ])

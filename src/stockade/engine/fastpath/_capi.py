@@ -38,7 +38,6 @@ __all__ = [
     "Instance",
     "Extern",
     "ExportTypeVec",
-    "ImportTypeVec",
     "ValTypeVec",
     "ValRaw",
     "EXTERN_FUNC",
@@ -77,13 +76,12 @@ class ByteVec(ctypes.Structure):
 
 
 class _PointerVec(ctypes.Structure):
-    """`wasm_*_vec_t` of pointers (export types, import types, value types)."""
+    """`wasm_*_vec_t` of pointers (export types, value types)."""
 
     _fields_ = [("size", c_size_t), ("data", POINTER(c_void_p))]
 
 
 ExportTypeVec: Any = _PointerVec
-ImportTypeVec: Any = _PointerVec
 ValTypeVec: Any = _PointerVec
 
 
@@ -187,11 +185,6 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("wasm_exporttype_type", _P, (_P,)),
     ("wasm_externtype_kind", c_uint8, (_P,)),
     ("wasm_exporttype_vec_delete", None, (POINTER(ExportTypeVec),)),
-    ("wasmtime_module_imports", None, (_P, POINTER(ImportTypeVec))),
-    ("wasm_importtype_module", POINTER(ByteVec), (_P,)),
-    ("wasm_importtype_name", POINTER(ByteVec), (_P,)),
-    ("wasm_importtype_type", _P, (_P,)),
-    ("wasm_importtype_vec_delete", None, (POINTER(ImportTypeVec),)),
     ("wasmtime_linker_new", _P, (_P,)),
     ("wasmtime_linker_define_wasi", _P, (_P,)),
     ("wasmtime_linker_delete", None, (_P,)),
@@ -234,7 +227,6 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     # results
     ("wasm_byte_vec_new", None, (POINTER(ByteVec), c_size_t, c_char_p)),
     ("wasm_byte_vec_delete", None, (POINTER(ByteVec),)),
-    ("wasmtime_wat2wasm", _P, (c_char_p, c_size_t, POINTER(ByteVec))),
     ("wasmtime_error_message", None, (_P, POINTER(ByteVec))),
     ("wasmtime_error_exit_status", c_bool, (_P, POINTER(c_int))),
     ("wasmtime_error_delete", None, (_P,)),
