@@ -4,27 +4,34 @@
     >>> with Sandbox(Policy.from_profile("strict")) as sandbox:
     ...     result = sandbox.run("hello.wasm", Invocation(args=("world",)))
     >>> result.outcome, result.stdout
+
+Names are imported from their modules on first use: `import stockade.cli` (every
+`stockade` command) must not pay for wasmtime-py, which the in-process sandbox needs.
 """
 
 from __future__ import annotations
 
-from .errors import (
-    DeniedImport,
-    ModuleError,
-    ModuleNotFound,
-    PolicyError,
-    PoolBusy,
-    StockadeError,
-    UntrustedModule,
-    UsageError,
-    WorkerError,
-)
-from .invocation import Invocation
-from .isolate.pool import SandboxPool
-from .policy import Capabilities, DirGrant, Limits, Policy, Trust, load_policy
-from .result import Outcome, Result, Usage
-from .sandbox import Sandbox
-from .sandbox.aio import AsyncSandbox
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import (
+        DeniedImport,
+        ModuleError,
+        ModuleNotFound,
+        PolicyError,
+        PoolBusy,
+        StockadeError,
+        UntrustedModule,
+        UsageError,
+        WorkerError,
+    )
+    from .invocation import Invocation
+    from .isolate.pool import SandboxPool
+    from .policy import Capabilities, DirGrant, Limits, Policy, Trust, load_policy
+    from .result import Outcome, Result, Usage
+    from .sandbox import Sandbox
+    from .sandbox.aio import AsyncSandbox
 
 __all__ = [
     "Sandbox",
@@ -51,3 +58,28 @@ __all__ = [
     "PoolBusy",
 ]
 __version__ = "0.1.0"
+
+# public name -> the module defining it
+_EXPORTS = {
+    "Sandbox": "sandbox", "AsyncSandbox": "sandbox.aio", "SandboxPool": "isolate.pool",
+    **dict.fromkeys(("Policy", "Trust", "Limits", "Capabilities", "DirGrant", "load_policy"),
+                    "policy"),
+    "Invocation": "invocation",
+    **dict.fromkeys(("Result", "Outcome", "Usage"), "result"),
+    **dict.fromkeys(("StockadeError", "UsageError", "PolicyError", "ModuleNotFound",
+                     "ModuleError", "DeniedImport", "UntrustedModule", "WorkerError",
+                     "PoolBusy"), "errors"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

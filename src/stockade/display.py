@@ -11,8 +11,12 @@ bytes that were not valid UTF-8 (a file name decoded with `surrogateescape`) sho
 
 from __future__ import annotations
 
-import logging
+import functools
 import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["printable", "PrintableFormatter"]
 
@@ -34,11 +38,28 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
-class PrintableFormatter(logging.Formatter):
-    """A log formatter whose messages pass through `printable`: one record, one line
-    (a traceback, written by the host, keeps its lines)."""
+if TYPE_CHECKING:
+    class PrintableFormatter(logging.Formatter):
+        """A log formatter whose messages pass through `printable`."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's)
-        """The formatted line, its message escaped."""
-        record.message = printable(record.message)
-        return super().formatMessage(record)
+
+@functools.cache
+def _formatter() -> type:
+    import logging  # ~3 ms: only the commands that configure logging pay for it
+
+    class PrintableFormatter(logging.Formatter):
+        """A log formatter whose messages pass through `printable`: one record, one line
+        (a traceback, written by the host, keeps its lines)."""
+
+        def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's)
+            """The formatted line, its message escaped."""
+            record.message = printable(record.message)
+            return super().formatMessage(record)
+
+    return PrintableFormatter
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PrintableFormatter":
+        return _formatter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -133,9 +133,10 @@ def goal_rows(results: BenchResults) -> list[ClaimRow]:
                  f"{'fast path' if warm_backend == 'stockade-fast' else 'Stockade'} hello p50",
                  "n/a" if warm_us is None else f"{warm_us:.0f} µs",
                  _verdict(warm_us, 30.0)),
-        ClaimRow("goal", "`stockade run hello.wasm` <= 1.2x `python -c \"import wasmtime\"`",
-                 "first output / import time, same run", _x(run_ratio),
-                 _verdict(run_ratio, 1.2)),
+        ClaimRow("goal", "`stockade run hello.wasm` <= 1.0x `python -c \"import wasmtime\"` "
+                 "(stretch 0.5x)",
+                 "first output / import time, same run, interleaved rounds", _x(run_ratio),
+                 _verdict(run_ratio, 1.0)),
         ClaimRow("goal", "CPython print(1) from the cache <= 60 ms in-process",
                  "Stockade warm p50", _ms(python_ms), _verdict(python_ms, 60.0)),
         ClaimRow("goal", "compute geometric mean <= 1.2x native (default profile)",

@@ -1,92 +1,91 @@
 """The `stockade` command line: a thin shell that parses, calls the library, renders.
 
 Subcommands live in their own modules and are imported only when invoked, so
-`stockade run` pays for nothing it does not use (start-up time is a feature).
+`stockade run` pays for nothing it does not use (start-up time is a feature). A plainly
+valid `stockade run` command line is parsed without click (`runspec.parse_run`, the same
+option table click's command is built from); everything else goes through click.
 """
 
 from __future__ import annotations
 
-import importlib
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
+if TYPE_CHECKING:
+    from .group import cli
 
 __all__ = ["main", "cli"]
 
-# command name -> (module under stockade.cli, attribute, one-line help)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "run": ("run", "run", "Run a WebAssembly module in a sandbox."),
-    "python": ("python", "python", "Run Python code in a sandbox (CPython for WASI)."),
-    "compile": ("compile", "compile_", "Compile a module ahead of time to a .cwasm file."),
-    "serve": ("serve", "serve", "Serve the functions of a manifest over HTTP (the gateway)."),
-    "new": ("new", "new", "Write a starter stockade.toml and its example function."),
-    "attack": ("attack", "attack", "Run the attack suite and judge how each attack is contained."),
-    "bench": ("bench", "bench", "Benchmark Stockade against native, containers and other hosts."),
-    "telemetry": ("telemetry", "telemetry", "Summarise the locally recorded telemetry."),
-    "doctor": ("doctor", "doctor", "Show the environment, telemetry export and protections."),
-    "breaker": ("breaker", "breaker", "List or reset circuit breakers of misbehaving modules."),
-    "audit": ("audit", "audit", "Verify the hash-chained audit log of security events."),
-    "advise": ("advise", "advise", "Recommend Wasm, a container, a microVM or a hybrid."),
-    "oci": ("oci", "oci", "Build, push, pull and inspect Wasm OCI images."),
-    "inspect": ("inspect", "inspect", "Report what a module imports and declares, never run."),
-    "keygen": ("provenance", "keygen", "Write a new Ed25519 signing key and its public key."),
-    "sign": ("provenance", "sign", "Sign a module (an embedded wasmsign2-compatible signature)."),
-    "verify": ("provenance", "verify", "Verify a module's signatures against trusted keys."),
-    "check": ("check", "check", "Evaluate the hardening checklist (exit 0 when nothing fails)."),
-}
 
+def __getattr__(name: str) -> Any:
+    if name != "cli":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .group import cli
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = COMMANDS.get(cmd_name)
-        if entry is None:
-            return None
-        module = importlib.import_module(f"{__name__}.{entry[0]}")
-        command: click.Command = getattr(module, entry[1])
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("stockade")
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="stockade", prog_name="stockade", message="%(prog)s %(version)s")
-def cli() -> None:
-    """Stockade runs untrusted WebAssembly under limits that hold, and shows what it did.
-
-    \b
-    Quick start:
-      stockade run hello.wasm world             run a module, guest output passed through
-      stockade python -c 'print(6*7)'           a Python snippet (CPython for WASI)
-      stockade run --profile strict --json m.wasm   one JSON result object
-      stockade compile m.wasm -o m.cwasm         ahead-of-time compile
-
-    Exit codes: the guest's own code when it exits; 124 CPU/time limit; 125 usage or
-    configuration error; 126 module cannot run or is denied; 127 module not found;
-    134 trap; 137 memory limit; 153 output, disk, file, descriptor or host-call quota.
-    """
+    return cli
 
 
 def main(argv: list[str] | None = None) -> Any:
     """Console entry point: usage errors exit 125 (not click's 2), never a traceback."""
     from ..errors import StockadeError
 
+    words = sys.argv[1:] if argv is None else list(argv)
+    fast = _fast_run(words)
     try:
-        return cli.main(args=argv, prog_name="stockade", standalone_mode=False)
+        if fast is not None:
+            from .execute import run_command
+
+            try:
+                run_command(**fast)
+            except SystemExit as done:
+                _exit_now(done)
+            return None
+        return _click_main(words)
+    except StockadeError as exc:
+        from ..display import printable
+
+        sys.stderr.write(f"stockade: {printable(exc.message)}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("stockade: interrupted\n")
+        sys.exit(130)
+
+
+def _exit_now(done: SystemExit) -> None:
+    """End a finished run without tearing the interpreter down (about a tenth of a
+    `stockade run` goes to freeing modules at exit). Only when nothing registered an
+    exit handler: telemetry, audit and breaker records were written and closed by the
+    run itself; the standard streams are flushed here."""
+    import atexit
+
+    if not isinstance(done.code, int | None) or atexit._ncallbacks():
+        raise done  # a message to print, or handlers to run: the interpreter's exit
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        raise done from None
+    code = done.code or 0
+    os._exit(code)
+
+
+def _fast_run(words: list[str]) -> dict[str, Any] | None:
+    """The `run` parameters when `words` is a plainly valid `run` command line."""
+    if words[:1] != ["run"]:
+        return None
+    from .runspec import parse_run
+
+    return parse_run(words[1:])
+
+
+def _click_main(words: list[str]) -> Any:
+    import click
+
+    from .group import cli
+
+    try:
+        return cli.main(args=words, prog_name="stockade", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -95,11 +94,3 @@ def main(argv: list[str] | None = None) -> Any:
     except click.ClickException as exc:
         exc.show()
         sys.exit(125)
-    except StockadeError as exc:
-        from ..display import printable
-
-        click.echo(f"stockade: {printable(exc.message)}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("stockade: interrupted", err=True)
-        sys.exit(130)

@@ -1,14 +1,23 @@
-"""The wasmtime layer: engine configurations, module loading, the AoT cache, epochs, traps."""
+"""The wasmtime layer: engine configurations, module loading, the AoT cache, epochs, traps.
+
+Names are imported from their modules on first use: the AoT cache, the seal and the
+C-API fast path must stay usable without importing wasmtime-py (`engine.engine` and
+`engine.loader` import it).
+"""
 
 from __future__ import annotations
 
-from .cache import AotCache
-from .config import EngineConfig
-from .engine import Engine, close_engines, get_engine
-from .guard import CompileGuard
-from .loader import MAX_MODULE_BYTES, LoadedModule
-from .ticker import EpochTicker
-from .traps import Ending, classify
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cache import AotCache
+    from .config import EngineConfig
+    from .engine import Engine, close_engines, get_engine
+    from .guard import CompileGuard
+    from .loader import MAX_MODULE_BYTES, LoadedModule
+    from .ticker import EpochTicker
+    from .traps import Ending, classify
 
 __all__ = [
     "AotCache",
@@ -23,3 +32,24 @@ __all__ = [
     "Ending",
     "classify",
 ]
+
+# public name -> the module defining it
+_EXPORTS = {
+    "AotCache": "cache", "EngineConfig": "config", "Engine": "engine",
+    "get_engine": "engine", "close_engines": "engine", "CompileGuard": "guard",
+    "LoadedModule": "loader", "MAX_MODULE_BYTES": "loader", "EpochTicker": "ticker",
+    "Ending": "traps", "classify": "traps",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

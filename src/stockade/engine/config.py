@@ -28,9 +28,9 @@ def wasmtime_version() -> str:
     metadata costs ~40 ms of imports on every `stockade run`. Read once per process (the
     loaded library cannot change): a hardened worker reads it before it loses the path.
     """
-    from wasmtime import _ffi
+    from .library import library_path  # the file wasmtime-py loads, found without it
 
-    info = os.stat(_ffi.filename)
+    info = os.stat(library_path())
     return f"{info.st_size}-{info.st_mtime_ns}"
 
 

@@ -1,31 +1,47 @@
-"""Turn a path or bytes into a compiled wasmtime `Module`: `.wasm`, `.wat` or `.cwasm`."""
+"""Turn a path or bytes into a compiled wasmtime `Module`: `.wasm`, `.wat` or `.cwasm`.
+
+wasmtime-py is imported where a module is compiled or mapped, not with this module:
+`digest` and `file_ident` serve the C-API backend, which never imports it.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import wasmtime
+from typing import TYPE_CHECKING
 
 from ..errors import ModuleError, ModuleNotFound, PrecompiledRefused
 from ..progress import progress
 from .cache import AotCache
-from .guard import CompileGuard
 from .seal import KeyUnavailable, SealError, host_key, unseal
-from .traps import describe_load_error
 
-__all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind", "refuse_precompiled"]
+if TYPE_CHECKING:
+    import wasmtime
+
+    from .guard import CompileGuard
+
+__all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind", "refuse_precompiled",
+           "digest", "file_ident"]
 
 # A module larger than this is refused before it is read (an "enormous on disk" module).
 MAX_MODULE_BYTES = 512 * 1024**2
 WASM_MAGIC = b"\0asm"
 ELF_MAGIC = b"\x7fELF"
 # Without a policy: only the absolute size cap; code shape is the policy's business.
-_DEFAULT_GUARD = CompileGuard(MAX_MODULE_BYTES, MAX_MODULE_BYTES, 2**32)
+
+
+@functools.cache
+def _default_guard() -> CompileGuard:
+    # The guard reads code shapes (`stockade.binary`): imported when a module is read,
+    # not on a run served from the AoT cache.
+    from .guard import CompileGuard
+
+    return CompileGuard(MAX_MODULE_BYTES, MAX_MODULE_BYTES, 2**32)
 
 
 @dataclass(frozen=True)
@@ -98,7 +114,7 @@ class ModuleLoader:
             raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
         if not path.is_file():
             raise ModuleError(f"{path}: not a regular file")
-        (guard or _DEFAULT_GUARD).check_size(info.st_size, str(path))
+        (guard or _default_guard()).check_size(info.st_size, str(path))
         hit = self._from_stat_index(path, info)
         if hit is not None:
             return hit
@@ -115,8 +131,13 @@ class ModuleLoader:
                    guard: CompileGuard | None = None, *,
                    allow_precompiled: bool = False) -> LoadedModule:
         """Load a module from memory. Raises ModuleError or PrecompiledRefused."""
-        guard = guard or _DEFAULT_GUARD
+        explicit = guard is not None
+        guard = guard or _default_guard()
         guard.check_size(len(data), name)
+        import wasmtime
+
+        from .traps import describe_load_error
+
         kind = sniff_kind(data[:64], name)
         if kind == "cwasm":
             if not allow_precompiled:
@@ -131,7 +152,7 @@ class ModuleLoader:
         cached = self._from_cache(sha, name)
         if cached is not None:
             return cached
-        if guard is not _DEFAULT_GUARD:
+        if explicit:
             guard.check_code(data, name)
         start = time.perf_counter()
         try:
@@ -149,6 +170,8 @@ class ModuleLoader:
         """The module from a verified cache entry, or None (see `AotCache.open`)."""
         if self._cache is None:
             return None
+        import wasmtime
+
         with self._cache.open(self._fingerprint, sha) as entry:
             if entry is None:
                 return None
@@ -162,6 +185,10 @@ class ModuleLoader:
         return LoadedModule(module, sha, name, True, 0.0)
 
     def _deserialize(self, data: bytes, name: str) -> LoadedModule:
+        import wasmtime
+
+        from .traps import describe_load_error
+
         sha = hashlib.sha256(data).hexdigest()
         # The MAC is checked before wasmtime parses a byte of this native code.
         try:
@@ -184,47 +211,57 @@ class ModuleLoader:
         return LoadedModule(module, sha, name, True, 0.0, precompiled=True)
 
     def digest(self, path: Path) -> str:
-        """The sha256 `load_path` would report for `path`, without compiling: from the stat
-        index when the file is unchanged, else by hashing it (`.wat` as its binary).
-        Raises ModuleNotFound or ModuleError."""
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            raise ModuleNotFound(f"{path}: no such module file") from None
-        except OSError as exc:
-            raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-        if self._cache is not None:
-            remembered = self._cache.recall(_ident(path, info))
-            if remembered is not None:
-                return remembered
-        _DEFAULT_GUARD.check_size(info.st_size, str(path))
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-        if sniff_kind(data[:64], path.name) == "wat":
-            try:
-                data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
-            except wasmtime.WasmtimeError as exc:
-                raise ModuleError(f"{path.name}: invalid WAT: {describe_load_error(exc)}") from None
-        sha = hashlib.sha256(data).hexdigest()
-        self._remember_stat(path, info, sha)
-        return sha
+        """The sha256 `load_path` would report for `path` (see `digest`)."""
+        return digest(path, self._cache)
 
     # -- stat index: skip reading and hashing large modules on every cold start --------
 
     def _from_stat_index(self, path: Path, info: os.stat_result) -> LoadedModule | None:
         if self._cache is None:
             return None
-        sha = self._cache.recall(_ident(path, info))
+        sha = self._cache.recall(file_ident(path, info))
         return None if sha is None else self._from_cache(sha, path.name)
 
     def _remember_stat(self, path: Path, info: os.stat_result, sha: str) -> None:
         if self._cache is not None:
-            self._cache.remember(_ident(path, info), sha)
+            self._cache.remember(file_ident(path, info), sha)
 
 
-def _ident(path: Path, info: os.stat_result) -> str:
+def digest(path: Path, cache: AotCache | None) -> str:
+    """The sha256 a load of `path` reports, without compiling: from `cache`'s stat index
+    when the file is unchanged, else by hashing it (`.wat` as its binary). Raises
+    ModuleNotFound or ModuleError."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModuleNotFound(f"{path}: no such module file") from None
+    except OSError as exc:
+        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+    if cache is not None:
+        remembered = cache.recall(file_ident(path, info))
+        if remembered is not None:
+            return remembered
+    _default_guard().check_size(info.st_size, str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+    if sniff_kind(data[:64], path.name) == "wat":
+        import wasmtime
+
+        from .traps import describe_load_error
+
+        try:
+            data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
+        except wasmtime.WasmtimeError as exc:
+            raise ModuleError(f"{path.name}: invalid WAT: {describe_load_error(exc)}") from None
+    sha = hashlib.sha256(data).hexdigest()
+    if cache is not None:
+        cache.remember(file_ident(path, info), sha)
+    return sha
+
+
+def file_ident(path: Path, info: os.stat_result) -> str:
     """What identifies a file's contents without reading it. The ctime changes on every
     write and cannot be set back by its owner, unlike the mtime."""
     return (f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:"

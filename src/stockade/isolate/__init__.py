@@ -15,14 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .base import SandboxLike
-from .config import IsolationConfig
-from .confine import Confinement, Grants, confine_current_process
-from .factory import ISOLATION_MODES, default_isolation, make_sandbox
-from .protections import Protection, format_protections, protections
-
 if TYPE_CHECKING:
+    from .base import SandboxLike
+    from .config import IsolationConfig
+    from .confine import Confinement, Grants, confine_current_process
+    from .factory import ISOLATION_MODES, default_isolation, make_sandbox
     from .process import IsolatedSandbox
+
+# Eager, and cheap: a name equal to its submodule's would otherwise be shadowed by the
+# submodule once something imports `stockade.isolate.protections`.
+from .protections import Protection, format_protections, protections  # noqa: E402
 
 __all__ = [
     "IsolatedSandbox",
@@ -39,11 +41,23 @@ __all__ = [
     "format_protections",
 ]
 
-_LAZY = {"IsolatedSandbox": ".process"}
+# public name -> the module defining it (imported on first use: `stockade run` in this
+# process needs `factory` alone, not the confinement machinery)
+_LAZY = {
+    "IsolatedSandbox": "process", "IsolationConfig": "config", "Grants": "confine",
+    "Confinement": "confine", "confine_current_process": "confine", "SandboxLike": "base",
+    "ISOLATION_MODES": "factory", "default_isolation": "factory", "make_sandbox": "factory",
+}
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

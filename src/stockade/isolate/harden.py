@@ -51,6 +51,10 @@ def grants_of(plan: WorkerPlan) -> Grants:
 
 def harden_before_engine(plan: WorkerPlan) -> Confinement:
     """Steps 1-5. Call before any thread exists."""
+    # wasmtime-py and the system libraries its library maps (libgcc_s) load while the
+    # system's library directories are still reachable: nothing imports them eagerly.
+    import wasmtime  # noqa: F401
+
     grants = grants_of(plan)
     return confine_current_process(grants, before_landlock=lambda: apply_rlimits(
         plan.rlimits, is_root=os.geteuid() == 0))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import wasmtime
+from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
 from ..invocation import Invocation
 from ..policy import DirGrant, Policy
+
+if TYPE_CHECKING:
+    import wasmtime
 
 __all__ = ["guest_env", "wasi_config", "checked_preopens"]
 
@@ -46,6 +48,8 @@ def wasi_config(
     Standard streams are served by Stockade's own host calls (captured, capped), so the
     config leaves them unset.
     """
+    import wasmtime  # here: `guest_env` serves the C-API backend, which never imports it
+
     config = wasmtime.WasiConfig()
     config.argv = [program, *invocation.args]
     config.env = guest_env(policy, invocation)

@@ -1,21 +1,23 @@
 """The slice of wasmtime's C API the fast path calls, bound once through ctypes.
 
-wasmtime-py ships the shared library and generated bindings; calling its Python
-wrappers costs a frame, pointer boxing and type checks per call. Here each function
-gets its own ctypes prototype (a fresh function object, so wasmtime-py's own
-prototypes stay untouched) taking and returning plain addresses. The struct layouts
-come from wasmtime-py's generated bindings, which match the pinned C headers.
+wasmtime-py ships the shared library and generated bindings; importing the bindings
+costs more than a whole `stockade run` may (`stockade.engine.library`), and calling its
+Python wrappers costs a frame, pointer boxing and type checks per call. Here the library
+is loaded by path (wasmtime-py is never imported) and each function gets its own ctypes
+prototype taking and returning plain addresses. The few struct layouts are declared
+below from the pinned C headers (`wasmtime/extern.h`, `instance.h`, `val.h`, `wasm.h`);
+a test compares them with wasmtime-py's generated ones.
 """
 
 from __future__ import annotations
 
 import ctypes
-import types
 from ctypes import (
     POINTER,
     c_bool,
     c_char_p,
     c_int,
+    c_int32,
     c_int64,
     c_size_t,
     c_uint8,
@@ -23,14 +25,15 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from pathlib import Path
 from typing import Any
 
 from ...errors import FastPathUnavailable
+from ..library import installed_version, load_library
 
 __all__ = [
     "FastPathUnavailable",
     "C",
+    "DLL",
     "ByteVec",
     "Instance",
     "Extern",
@@ -49,16 +52,8 @@ SUPPORTED_SERIES = "50."
 
 
 def installed_wasmtime() -> str:
-    """The installed wasmtime-py version, from its dist-info directory's name (reading
-    package metadata through importlib costs ~25 ms of imports)."""
-    import wasmtime
-
-    site = Path(wasmtime.__file__).resolve().parent.parent
-    for info in site.glob("wasmtime-*.dist-info"):
-        return info.name.removeprefix("wasmtime-").removesuffix(".dist-info")
-    from importlib.metadata import version  # an unusual layout: ask the slow way
-
-    return version("wasmtime")
+    """The installed wasmtime-py version (see `stockade.engine.library.installed_version`)."""
+    return installed_version()
 
 
 def check_version(found: str) -> None:
@@ -71,33 +66,93 @@ def check_version(found: str) -> None:
 
 
 check_version(installed_wasmtime())
+DLL: Any = load_library()
 
-from wasmtime import _bindings, _ffi  # noqa: E402  (only once the version is known)
 
-ByteVec: Any = _bindings.wasm_byte_vec_t
-Instance: Any = _bindings.wasmtime_instance_t
-Extern: Any = _bindings.wasmtime_extern_t
-ExportTypeVec: Any = _bindings.wasm_exporttype_vec_t
-ValTypeVec: Any = _bindings.wasm_valtype_vec_t
-ValRaw: Any = _bindings.wasmtime_val_raw_t
+class ByteVec(ctypes.Structure):
+    """`wasm_byte_vec_t`."""
+
+    _fields_ = [("size", c_size_t), ("data", POINTER(ctypes.c_char))]
+
+
+class _PointerVec(ctypes.Structure):
+    """`wasm_*_vec_t` of pointers (export types, value types)."""
+
+    _fields_ = [("size", c_size_t), ("data", POINTER(c_void_p))]
+
+
+ExportTypeVec: Any = _PointerVec
+ValTypeVec: Any = _PointerVec
+
+
+class Instance(ctypes.Structure):
+    """`wasmtime_instance_t`."""
+
+    _fields_ = [("store_id", c_uint64), ("private", c_size_t)]
+
+
+class _Func(ctypes.Structure):
+    _fields_ = [("store_id", c_uint64), ("private", c_void_p)]
+
+
+class _Head(ctypes.Structure):  # the leading anonymous struct of table, memory and tag
+    _fields_ = [("store_id", c_uint64), ("private1", c_uint32)]
+
+
+class _Memory(ctypes.Structure):  # also the layout of wasmtime_table_t and wasmtime_tag_t
+    _fields_ = [("head", _Head), ("private2", c_uint32)]
+
+
+class _Global(ctypes.Structure):
+    _fields_ = [("store_id", c_uint64), ("private1", c_uint32), ("private2", c_uint32),
+                ("private3", c_uint32)]
+
+
+class _ExternUnion(ctypes.Union):
+    _fields_ = [("func", _Func), ("global_", _Global), ("table", _Memory),
+                ("memory", _Memory), ("sharedmemory", c_void_p), ("tag", _Memory)]
+
+
+class Extern(ctypes.Structure):
+    """`wasmtime_extern_t`: a kind (`EXTERN_*`) and the item."""
+
+    _fields_ = [("kind", c_uint8), ("of", _ExternUnion)]
+
+
+class ValRaw(ctypes.Union):
+    """`wasmtime_val_raw_t`: one argument or result slot of a host function."""
+
+    _fields_ = [("i32", c_int32), ("i64", c_int64), ("f32", ctypes.c_float),
+                ("f64", ctypes.c_double), ("v128", c_uint8 * 16), ("anyref", c_uint32),
+                ("externref", c_uint32), ("exnref", c_uint32), ("funcref", c_void_p)]
+
+
 EXTERN_FUNC = 0  # WASMTIME_EXTERN_FUNC
 EXTERN_MEMORY = 3  # WASMTIME_EXTERN_MEMORY
 _P = c_void_p
 _PP = POINTER(c_void_p)
 
 
-# The bound functions, named without their `wasmtime_` prefix (`C.store_new`).
-C: Any = types.SimpleNamespace()
+class _Bindings:
+    """The bound functions, named without their `wasmtime_` prefix (`C.store_new`), each
+    bound on first use: a `stockade run` calls about half of them."""
+
+    def __init__(self, signatures: dict[str, tuple[str, Any, tuple[Any, ...]]]) -> None:
+        self._signatures = signatures
+
+    def __getattr__(self, short: str) -> Any:
+        try:
+            name, restype, argtypes = self._signatures[short]
+        except KeyError:
+            raise AttributeError(f"no bound C function {short!r}") from None
+        function = DLL[name]  # indexing makes a new function object every time
+        function.restype = restype
+        function.argtypes = list(argtypes)
+        setattr(self, short, function)
+        return function
 
 
-def _bind(name: str, restype: Any, *argtypes: Any) -> None:
-    function = _ffi.dll[name]  # indexing makes a new function object every time
-    function.restype = restype
-    function.argtypes = list(argtypes)
-    setattr(C, name.removeprefix("wasmtime_"), function)
-
-
-for _name, _res, _args in [
+_SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     # configuration and engine
     ("wasm_config_new", _P, ()),
     ("wasm_config_delete", None, (_P,)),
@@ -185,8 +240,9 @@ for _name, _res, _args in [
     ("wasm_trap_message", None, (_P, POINTER(ByteVec))),
     ("wasmtime_trap_code", c_bool, (_P, POINTER(c_uint8))),
     ("wasm_trap_delete", None, (_P,)),
-]:
-    _bind(_name, _res, *_args)
+]
+C: Any = _Bindings({name.removeprefix("wasmtime_"): (name, restype, argtypes)
+                    for name, restype, argtypes in _SIGNATURES})
 
 
 def _vec_text(vec: Any) -> str:

@@ -14,9 +14,7 @@ from ctypes import POINTER, c_char_p, c_int32, c_int64, c_size_t, c_uint64, c_vo
 from pathlib import Path
 from typing import Any
 
-from wasmtime import _ffi
-
-from ._capi import Extern
+from ._capi import DLL, Extern
 
 __all__ = ["NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunState", "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
@@ -95,7 +93,7 @@ def _load() -> Any:
     except OSError:
         return None
     addresses = (c_void_p * len(_FUNCTIONS))(
-        *(ctypes.cast(_ffi.dll[name], c_void_p).value for name in _FUNCTIONS))
+        *(ctypes.cast(DLL[name], c_void_p).value for name in _FUNCTIONS))
     init = library.stockade_fast_init
     init.argtypes, init.restype = [POINTER(c_void_p), c_size_t, c_size_t], c_int32
     if init(addresses, len(_FUNCTIONS), Extern.of.offset) != 0:

@@ -275,7 +275,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
             None
     if (out_cut or err_cut) and metered is None:  # a meter's cap stopped the guest itself
         outcome, message = Outcome.OUTPUT_LIMIT, \
-            f"output limit of {format_size(plan.max_output or 0)} exceeded"
+            f"output cap of {format_size(plan.max_output or 0)} reached"
     fuel = plan.fuel
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,

@@ -1,0 +1,140 @@
+"""What `stockade run` does once its command line is parsed (by click or the fast lane
+of `runspec`): build the policy, run the module observed, render the result. No click
+here: the fast lane must not import it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..display import printable
+from ..engine.cache import AotCache
+from ..errors import StockadeError
+from ..invocation import Invocation
+from ..policy import Policy
+from ..progress import on_terminal
+from ..result import Outcome, Result
+from .options import build_invocation, build_policy, guest_args, with_trust
+from .source import open_source
+
+if TYPE_CHECKING:
+    from ..isolate.base import SandboxLike
+    from ..sandbox.capi import CapiSandbox
+
+__all__ = ["run_command", "run_observed", "render"]
+
+
+def run_command(module: str, args: tuple[str, ...], profile: str | None,
+                policy_file: Path | None, fuel: str | None, timeout: str | None,
+                max_memory: str | None, max_output: str | None, dirs: tuple[str, ...],
+                scratch: str | None, keep_scratch: bool, disk_quota: str | None,
+                max_files: str | None, env: tuple[str, ...], env_allow: tuple[str, ...],
+                stdin: str | None, isolate: str | None, telemetry_profile: str | None,
+                use_breaker: bool, allow_precompiled: bool, trust_keys: tuple[Path, ...],
+                require_signature: bool, as_json: bool) -> None:
+    """Run MODULE with the options of `stockade run` (see `runspec.RUN_OPTIONS`) and exit
+    with the result's exit code. Raises StockadeError (after printing the JSON error
+    object under `as_json`)."""
+    limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
+              "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files}
+    try:
+        policy = build_policy(profile, policy_file, limits, dirs, env, env_allow,
+                              allow_precompiled=allow_precompiled)
+        policy = with_trust(policy, trust_keys, require_signature)
+        if scratch is not None:
+            policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
+        path, args, policy, pinned = open_source(module, guest_args(args), policy)
+        invocation = build_invocation(args, stdin)
+        if pinned is not None:  # an image run is named by its reference and digest
+            from dataclasses import replace
+
+            invocation = replace(invocation, name=pinned)
+        result = run_observed(path, policy, invocation, isolate, telemetry_profile,
+                              use_breaker)
+        if pinned is not None:
+            result = replace(result, module=pinned)
+    except StockadeError as exc:
+        if as_json:
+            shown = module if module.startswith("oci://") else Path(module).name
+            error = {"module": shown, "outcome": "error", "exit_code": exc.exit_code,
+                     "message": exc.message}
+            sys.stdout.write(json.dumps(error) + "\n")
+        raise
+    render(result, as_json)
+    sys.exit(result.exit_code)
+
+
+def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: str | None,
+                 telemetry_profile: str | None, use_breaker: bool = False) -> Result:
+    """Run the module (in-process or isolated) and record telemetry and audit records;
+    with `use_breaker`, ask its circuit breaker (keyed by the module's digest) first.
+    In-process runs that need no metered host call go to the C-API backend, which never
+    imports wasmtime-py (`stockade.sandbox.backend`)."""
+    from ..isolate.factory import default_isolation
+    from ..sandbox.backend import use_capi
+    from ..telemetry import open_telemetry
+
+    mode = default_isolation(policy) if isolate is None else isolate
+    capi = use_capi(policy, module, mode)
+    if capi:
+        from ..engine.loader import digest
+        from ..paths import cache_dir
+
+        cache = AotCache(cache_dir())
+        sha256 = digest(module, cache)
+    else:
+        from ..engine import CompileGuard, EngineConfig, get_engine
+
+        engine = get_engine(EngineConfig.for_limits(policy.limits))
+        sha256 = engine.digest(module)
+        if on_terminal():
+            # Compile here, where progress can be shown, also for a worker (it shares the
+            # AoT cache); a cached module costs a map of its file.
+            engine.load(module, guard=CompileGuard.for_limits(policy.limits))
+    with open_telemetry(telemetry_profile, breaker=use_breaker) as telemetry:
+        decision = telemetry.admit(module.name, sha256, invocation, policy)
+        if not decision.allowed:
+            from ..telemetry import refusal_result
+
+            return refusal_result(decision, module.name, sha256)
+        observers = (telemetry.observer,)
+        if capi:
+            from ..sandbox.capi import CapiSandbox
+
+            sandbox: SandboxLike | CapiSandbox = CapiSandbox(policy, observers=observers,
+                                                             cache=cache)
+        else:
+            from ..isolate import make_sandbox
+
+            sandbox = make_sandbox(policy, mode, observers=observers)
+        with sandbox:
+            try:
+                return sandbox.run(module, invocation)
+            except BaseException:
+                telemetry.run_failed(sha256, invocation)  # a probe that raised failed
+                raise
+
+
+def render(result: Result, as_json: bool) -> None:
+    """Print the result: JSON, or guest output plus a summary line when a limit hit."""
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        sys.stdout.flush()
+        return
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    if result.scratch:
+        sys.stderr.write(f"stockade: scratch directory kept at {result.scratch}\n")
+    if result.cleanup_error:
+        sys.stderr.write(f"stockade: cleanup failed: {result.cleanup_error}\n")
+    if result.outcome is not Outcome.EXITED:
+        truncated = " (output truncated)" if result.stdout_truncated or result.stderr_truncated \
+            else ""
+        sys.stderr.write(f"stockade: {result.outcome.value}: {printable(result.message)}"
+                         f"{truncated} "
+                         f"[exit {result.exit_code}, {result.usage.wall_ms:.0f} ms]\n")
+    sys.stderr.flush()

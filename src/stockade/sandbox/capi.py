@@ -1,0 +1,174 @@
+"""`CapiSandbox`: the in-process sandbox on wasmtime's C API, without wasmtime-py.
+
+Same interface and results as `Sandbox` for what it serves (`backend.capi_refusal` says
+what that is): `CapiSandbox(policy).run(path, invocation) -> Result`. A run gets a
+one-slot `FastEngine` (pooling allocator, memory slot = the policy's memory limit), so
+limits hold as the standard sandbox holds them: fuel, the epoch deadline (sleeps in
+`poll_oneoff` end at it too), the memory limit, the output cap while the guest writes,
+the host-call budget. Modules load through the same AoT cache and its stat index:
+a `.cwasm` is mapped only from a cache entry `AotCache.open` verified (owner, mode, this
+host's MAC), and a fresh compile is sealed into it, never from anywhere else.
+
+What this loader does not handle itself goes to wasmtime-py's `Sandbox`, which gives the
+canonical result or error: a module that is not a `.wasm` binary, fails the compile
+guard or validation, imports what Stockade does not provide, or has no `_start`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..engine.cache import AotCache
+from ..engine.config import EngineConfig
+from ..engine.fastpath import FastEngine, FastModule, encode_env
+from ..engine.loader import file_ident
+from ..errors import StockadeError
+from ..invocation import Invocation
+from ..observe import RunInfo, RunObserver, notify_finished, notify_started
+from ..paths import cache_dir
+from ..progress import progress
+from .wasi import guest_env
+
+if TYPE_CHECKING:
+    from ..policy import Policy
+    from ..result import Result
+    from .sandbox import Sandbox
+
+__all__ = ["CapiSandbox"]
+
+_WASM_MAGIC = b"\0asm"
+
+
+class CapiSandbox:
+    """Runs `.wasm` modules under one policy on wasmtime's C API, each run in a fresh
+    instance. Raises what `Sandbox.run` raises (ModuleNotFound, ModuleError); everything
+    the guest does is in the `Result`. Closing is safe twice."""
+
+    def __init__(self, policy: Policy, *, observers: Sequence[RunObserver] = (),
+                 cache: AotCache | None = None) -> None:
+        self.policy = policy
+        self.observers = tuple(observers)
+        limits = policy.limits
+        self._config = EngineConfig.for_limits(limits)
+        self._cache = cache if cache is not None else AotCache(cache_dir())
+        self._engine: FastEngine | None = None
+        self._standard: Sandbox | None = None
+
+    @property
+    def engine(self) -> FastEngine:
+        """This sandbox's one-slot engine (made on first use)."""
+        if self._engine is None:
+            limits = self.policy.limits
+            self._engine = FastEngine(self._config, max_instances=1,
+                                      max_memory=limits.max_memory,
+                                      table_elements=limits.max_table_elements)
+        return self._engine
+
+    def run(self, module: str | Path, invocation: Invocation | None = None) -> Result:
+        """Run the module's `_start` once in a fresh instance and report what happened."""
+        invocation = invocation or Invocation()
+        path = Path(module)
+        loaded = self._load(path)
+        if loaded is None:
+            return self._fallback().run(path, invocation)
+        fast, sha256 = loaded
+        limits = self.policy.limits
+        engine = self.engine
+        plan = engine.plan(fast, invocation.args, fuel=limits.fuel, timeout_s=limits.timeout,
+                           max_memory=limits.max_memory, max_output=limits.max_output,
+                           max_hostcalls=limits.max_hostcalls, program=path.name)
+        env = encode_env(guest_env(self.policy, invocation))
+        info = RunInfo(module=path.name, sha256=sha256, invocation=invocation,
+                       policy=self.policy, started=time.time(), pid=os.getpid(),
+                       coldstart=True)
+        notify_started(self.observers, info)
+        result = engine.run_plan(plan, env, invocation.stdin).to_result(
+            path.name, sha256, limits.as_dict())
+        result.coldstart = True  # one engine per sandbox: every module starts cold
+        notify_finished(self.observers, info, result)
+        return result
+
+    def _load(self, path: Path) -> tuple[FastModule, str] | None:
+        """The module compiled for this engine and its sha256, from the AoT cache or a
+        compile sealed into it; None when wasmtime-py's sandbox should load it instead."""
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        if not os.path.isfile(path) or info.st_size > self.policy.limits.max_module_size:
+            return None
+        ident = file_ident(path, info)
+        fingerprint = self._config.fingerprint()
+        sha256 = self._cache.recall(ident)
+        cached = None if sha256 is None else self._from_cache(fingerprint, sha256)
+        if sha256 is not None and cached is not None:
+            return cached, sha256
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if not data.startswith(_WASM_MAGIC):
+            return None
+        sha256 = hashlib.sha256(data).hexdigest()
+        cached = self._from_cache(fingerprint, sha256)
+        if cached is None:
+            cached = self._compile(data, path.name, fingerprint, sha256)
+        if cached is not None:
+            self._cache.remember(ident, sha256)
+            return cached, sha256
+        return None
+
+    def _from_cache(self, fingerprint: str, sha256: str) -> FastModule | None:
+        """The module mapped from a verified cache entry, or None (see `AotCache.open`)."""
+        with self._cache.open(fingerprint, sha256) as entry:
+            if entry is None:
+                return None
+            try:
+                return self.engine.deserialize_file(entry)
+            except StockadeError:
+                pass
+        self._cache.evict(fingerprint, sha256)
+        return None
+
+    def _compile(self, data: bytes, name: str, fingerprint: str,
+                 sha256: str) -> FastModule | None:
+        """Compile under the policy's compile guard and seal the result into the cache;
+        None when the guard, wasmtime or the linker refuses it (wasmtime-py's sandbox then
+        reports why, in its words)."""
+        from ..engine.guard import CompileGuard  # reads code shapes: only to compile
+
+        try:
+            CompileGuard.for_limits(self.policy.limits).check_code(data, name)
+            with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
+                          "configuration)"):
+                module = self.engine.compile(data, name)
+        except StockadeError:
+            return None
+        self._cache.store(fingerprint, sha256, module.serialize())
+        return module
+
+    def _fallback(self) -> Sandbox:
+        if self._standard is None:
+            from .sandbox import Sandbox
+
+            self._standard = Sandbox(self.policy, observers=self.observers)
+        return self._standard
+
+    def close(self) -> None:
+        """Free the engine and its modules. Safe to call twice."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+        if self._standard is not None:
+            self._standard.close()
+
+    def __enter__(self) -> CapiSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

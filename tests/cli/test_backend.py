@@ -1,0 +1,199 @@
+"""`stockade run` on the C-API backend: no wasmtime-py on its path, the same results.
+
+The backend choice is `stockade.sandbox.backend`; `STOCKADE_BACKEND=capi|wasmtime` forces
+one side, so the same run can be compared on both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade.policy import DirGrant, Policy, profile
+from stockade.sandbox.backend import capi_refusal, use_capi
+from tests.conftest import STOCKADE, guest
+
+# Figures that measure the run (time, fuel through host calls of different shapes, which
+# host calls were counted by name), not what it did.
+_MEASURED = {"wall_ms", "cpu_ms", "fuel_consumed", "hostcalls"}
+
+
+def _python(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_import_stockade_cli_does_not_load_wasmtime() -> None:
+    loaded = _python("import sys, stockade, stockade.cli, stockade.cli.run\n"
+                     "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wasmtime'))")
+    assert loaded == "[]"
+
+
+def test_the_package_root_still_exports_its_names() -> None:
+    # Lazy: the names resolve on first use (and only then import wasmtime-py).
+    assert _python("import stockade\nprint(stockade.Sandbox.__name__, "
+                   "stockade.Policy.__name__, stockade.SandboxPool.__name__)") == \
+        "Sandbox Policy SandboxPool"
+
+
+def _run_and_list_wasmtime(*args: str, backend: str | None = None,
+                           package: str = "wasmtime") -> tuple[int, str, str]:
+    """Run `stockade run ARGS` in a fresh interpreter; (exit code, stdout, the modules of
+    `package` loaded by the time it exited)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('LOADED', sorted(m for m in sys.modules "
+            f"if m.split('.')[0] == {package!r}), file=sys.stderr))\n"
+            "from stockade.cli import main\n"
+            f"main({['run', *args]!r})\n")
+    env = dict(os.environ)
+    if backend is not None:
+        env["STOCKADE_BACKEND"] = backend
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, stdin=subprocess.DEVNULL, env=env)
+    marker = [line for line in proc.stderr.splitlines() if line.startswith("LOADED")]
+    assert marker, proc.stderr
+    return proc.returncode, proc.stdout, marker[-1].removeprefix("LOADED ")
+
+
+@pytest.mark.parametrize("runs", [1, 2], ids=["compiling", "from-cache"])
+def test_run_hello_does_not_import_wasmtime(runs: int) -> None:
+    # The first run compiles (through the C API) and seals into the cache; the second
+    # maps the cached .cwasm. Neither imports wasmtime-py.
+    for _ in range(runs):
+        code, out, loaded = _run_and_list_wasmtime(str(guest("hello.wasm")), "world")
+    assert (code, loaded) == (0, "[]")
+    assert out == "Hello from a Stockade sandbox!\narg 1: world\n"
+
+
+def test_a_plain_run_command_line_does_not_import_click() -> None:
+    code, _, loaded = _run_and_list_wasmtime("--json", "--timeout", "5s",
+                                             str(guest("hello.wasm")), package="click")
+    assert (code, loaded) == (0, "[]")
+    code, _, loaded = _run_and_list_wasmtime("--profile", "bogus", str(guest("hello.wasm")),
+                                             package="click")
+    assert code == 125 and "'click'" in loaded  # click reports what is wrong
+
+
+def test_telemetry_file_is_written_without_wasmtime_or_the_sdk(tmp_path: Path) -> None:
+    code, _, loaded = _run_and_list_wasmtime(str(guest("hello.wasm")))
+    assert (code, loaded) == (0, "[]")
+    state = Path(os.environ["STOCKADE_STATE_DIR"])
+    records = [p for p in state.rglob("*") if p.is_file() and "telemetry" in p.name]
+    assert records and any(p.stat().st_size for p in records)
+
+
+def test_forcing_wasmtime_py_loads_it() -> None:
+    # The check above can fail: the same probe sees wasmtime-py when it is used.
+    code, _, loaded = _run_and_list_wasmtime(str(guest("hello.wasm")), backend="wasmtime")
+    assert code == 0 and "'wasmtime'" in loaded
+
+
+def _result(backend: str, args: list[str], stdin: bytes = b"") -> tuple[int, dict[str, Any]]:
+    env = {**os.environ, "STOCKADE_BACKEND": backend}
+    proc = subprocess.run([*STOCKADE, "run", "--json", *args], input=stdin,
+                          capture_output=True, timeout=120, check=False, env=env)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _comparable(result: dict[str, Any]) -> dict[str, Any]:
+    usage = {k: v for k, v in result["usage"].items() if k not in _MEASURED}
+    return {**result, "usage": usage}
+
+
+@pytest.mark.parametrize("args", [
+    ["hello.wasm", "a", "b"],
+    ["--env", "GREETING=hi", "hello.wasm"],
+    ["exitcode.wasm", "42"],
+    ["trap.wasm"],
+    ["recurse.wasm"],
+    ["--timeout", "300ms", "--fuel", "unlimited", "spin.wasm"],
+    ["--timeout", "500ms", "sleeper.wasm", "5"],
+    ["--fuel", "100000", "spin.wasm"],
+    ["--max-memory", "16MiB", "memhog.wasm"],
+    ["--max-output", "64KiB", "flood.wasm"],
+    ["--max-output", "64KiB", "flood.wasm", "stderr"],
+    ["needs_sockets.wasm"],
+    ["needs_env.wasm"],
+], ids=lambda args: " ".join(args))
+def test_both_backends_give_the_same_result(args: list[str]) -> None:
+    args = [str(guest(a)) if a.endswith(".wasm") else a for a in args]
+    capi_code, capi = _result("capi", args, stdin=b"in\n")
+    py_code, py = _result("wasmtime", args, stdin=b"in\n")
+    assert capi_code == py_code
+    assert _comparable(capi) == _comparable(py)
+
+
+def test_the_choice() -> None:
+    hello = guest("hello.wasm")
+    default = profile("default")
+    assert capi_refusal(default, hello) is None
+    assert use_capi(default, hello, "none")
+    assert not use_capi(default, hello, "process")  # the isolated worker runs wasmtime-py
+    granted = default.with_capabilities(dirs=(DirGrant.parse("/tmp:/tmp:ro"),))
+    assert "directories" in (capi_refusal(granted, hello) or "")
+    assert "scratch" not in (capi_refusal(default.with_capabilities(scratch="/s"), hello)
+                             or "scratch")
+    assert capi_refusal(default, Path("m.wat")) is not None
+    assert capi_refusal(default, Path("m.cwasm")) is not None
+    assert capi_refusal(profile("strict"), hello) is not None  # per-call caps
+    assert isinstance(default, Policy)
+
+
+def test_forced_capi_names_why_it_cannot(tmp_path: Path) -> None:
+    env = {**os.environ, "STOCKADE_BACKEND": "capi"}
+    proc = subprocess.run([*STOCKADE, "run", "--dir", f"{tmp_path}:/d",
+                           str(guest("hello.wasm"))], capture_output=True, timeout=120,
+                          check=False, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 125
+    assert b"directories are granted" in proc.stderr and b"Traceback" not in proc.stderr
+    bad = {**os.environ, "STOCKADE_BACKEND": "nope"}
+    proc = subprocess.run([*STOCKADE, "run", str(guest("hello.wasm"))], capture_output=True,
+                          timeout=120, check=False, env=bad, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 125 and b"STOCKADE_BACKEND" in proc.stderr
+
+
+def _capi_run(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "STOCKADE_BACKEND": "capi"}
+    if cache is not None:
+        env["STOCKADE_CACHE_DIR"] = str(cache)
+    return subprocess.run([*STOCKADE, "run", "--json", *args], capture_output=True,
+                          timeout=120, check=False, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_a_cwasm_named_wasm_is_refused_on_the_c_api(tmp_path: Path) -> None:
+    # Native code under a .wasm name: the C-API loader takes only \0asm binaries, so it
+    # reaches the standard loader, which refuses a .cwasm without --allow-precompiled.
+    cwasm = tmp_path / "hello.cwasm"
+    done = subprocess.run([*STOCKADE, "compile", str(guest("hello.wasm")), "-o", str(cwasm)],
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    disguised = tmp_path / "hello.wasm"
+    disguised.write_bytes(cwasm.read_bytes())
+    proc = _capi_run(str(disguised))
+    assert proc.returncode == 126
+    assert json.loads(proc.stdout)["outcome"] == "denied"
+
+
+def test_a_forged_cache_entry_is_refused_on_the_c_api(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert _capi_run(str(guest("hello.wasm")), cache=cache).returncode == 0
+    entries = list(cache.glob("*/*.cwasm"))
+    assert len(entries) == 1
+    entry = entries[0]
+    forged = bytearray(entry.read_bytes())
+    forged[len(forged) // 2] ^= 0xFF  # native code changed after it was sealed
+    entry.write_bytes(bytes(forged))
+    proc = _capi_run(str(guest("hello.wasm")), cache=cache)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["outcome"] == "exited"
+    log = Path(os.environ["STOCKADE_STATE_DIR"]) / "audit.jsonl"
+    kinds = [json.loads(line)["kind"] for line in log.read_text().splitlines()]
+    assert "cache_refused" in kinds
+    assert entry.read_bytes() != bytes(forged)  # compiled again and sealed
