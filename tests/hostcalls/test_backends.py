@@ -527,6 +527,18 @@ def test_guest_paths_must_match_the_preopens(fast: Fast, tmp_path: Path) -> None
         engine.run_metered(module, meter, dirs=[])
 
 
+
+def test_a_fuel_budget_is_not_dropped_on_an_engine_without_fuel(fast: Fast) -> None:
+    # strict's instruction budget on an engine built for the default profile (no fuel):
+    # refused, not run without a budget.
+    from stockade.errors import UsageError
+
+    engine = fast.engine(Policy.from_profile("default"))
+    module = fast.module(engine, guest("spin.wasm"))
+    meter = Meter(Policy.from_profile("strict").limits, time.monotonic() + 5, [])
+    with pytest.raises(UsageError, match="fuel budget"):
+        engine.run_metered(module, meter)
+
 # -- guest addresses of 2 GiB and above -----------------------------------------------------
 
 _HIGH_MEMORY = 3 * 1024**3  # the guest's memory is 2 GiB + 64 KiB
