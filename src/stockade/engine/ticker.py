@@ -92,7 +92,9 @@ class EpochTicker:
     def _unregister(self, target: int | None) -> None:
         with self._cond:
             self._active -= 1
-            if target is not None:
+            # A deadline the loop already passed was popped by it: checked under the same
+            # lock hold, since the loop may pop it any moment before.
+            if target is not None and target in self._deadlines:
                 self._deadlines.remove(target)
                 heapq.heapify(self._deadlines)
 
@@ -147,9 +149,4 @@ class _Registration:
         return ticks
 
     def __exit__(self, *exc: object) -> None:
-        target = self._target
-        # A deadline already popped by the loop is gone from the heap.
-        with self._ticker._cond:
-            if target is not None and target not in self._ticker._deadlines:
-                target = None
-        self._ticker._unregister(target)
+        self._ticker._unregister(self._target)
