@@ -75,3 +75,44 @@ def test_a_watcher_runs_every_interval_while_runs_are_registered() -> None:
     time.sleep(0.1)  # nothing registered: the watcher rests
     assert calls.value <= seen + 1
     ticker.close()
+
+
+def test_a_run_ending_as_the_loop_passes_its_deadline() -> None:
+    """The loop pops a deadline it passes; a run leaving at that moment (its thread
+    preempted between finding its deadline and unregistering it) must not fail."""
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    unregister = ticker._unregister
+
+    def preempted(target: int | None) -> None:
+        time.sleep(0.1)  # the loop passes the deadline meanwhile
+        unregister(target)
+
+    ticker._unregister = preempted  # type: ignore[method-assign]
+    with ticker.deadline(0.01) as ticks:
+        assert ticks is not None
+    assert counter.value >= ticks
+    with ticker.deadline(0.01):  # the ticker still serves runs
+        pass
+    ticker.close()
+
+
+def test_a_failing_watcher_does_not_stop_the_deadlines() -> None:
+    """The ticker is all that stops a guest without fuel: a watcher that raises (a seal
+    refused by the kernel) must not end its thread."""
+    counter = Counter()
+    calls = []
+
+    def watch() -> None:
+        calls.append(1)
+        raise OSError("seal refused")
+
+    ticker = EpochTicker(counter.increment, interval=0.005, watch=watch)
+    with ticker.deadline(0.05) as first:
+        time.sleep(0.1)
+    with ticker.deadline(0.05) as second:
+        time.sleep(0.1)
+    assert first is not None and second is not None
+    assert len(calls) > 1
+    assert counter.value >= first + second - 1  # both deadlines were reached
+    ticker.close()

@@ -525,3 +525,40 @@ def test_guest_paths_must_match_the_preopens(fast: Fast, tmp_path: Path) -> None
     meter = Meter(policy.limits, None, checked_preopens(policy))
     with pytest.raises(UsageError, match="one per directory"):
         engine.run_metered(module, meter, dirs=[])
+
+
+
+def test_a_fuel_budget_is_not_dropped_on_an_engine_without_fuel(fast: Fast) -> None:
+    # strict's instruction budget on an engine built for the default profile (no fuel):
+    # refused, not run without a budget.
+    from stockade.errors import UsageError
+
+    engine = fast.engine(Policy.from_profile("default"))
+    module = fast.module(engine, guest("spin.wasm"))
+    meter = Meter(Policy.from_profile("strict").limits, time.monotonic() + 5, [])
+    with pytest.raises(UsageError, match="fuel budget"):
+        engine.run_metered(module, meter)
+
+# -- guest addresses of 2 GiB and above -----------------------------------------------------
+
+_HIGH_MEMORY = 3 * 1024**3  # the guest's memory is 2 GiB + 64 KiB
+
+
+@pytest.mark.parametrize(("limits", "outcome"), [
+    ({"max_files": 4}, Outcome.FILE_QUOTA),
+    ({"disk_quota": MiB}, Outcome.DISK_QUOTA),
+    ({"max_open_files": 12}, Outcome.FD_QUOTA),
+])
+def test_results_stored_above_2_gib_are_still_charged(fast: Fast, tmp_path: Path,
+                                                      limits: dict[str, int],
+                                                      outcome: Outcome) -> None:
+    # path_open's descriptor and fd_write's count land at 0x80000010: read as a signed
+    # i32 that address is negative, the read fails after wasmtime acted, and the new
+    # file, its bytes and its descriptor went uncharged (64 files, 16 MiB, 64 fds).
+    policy = writable(max_memory=_HIGH_MEMORY, **limits)
+    result = same(both(fast, tmp_path, policy, "high_pointers.wasm"))
+    assert result.outcome is outcome, result.message
+    for backend in ("sandbox", "fast"):
+        files = list((tmp_path / backend).iterdir())
+        assert len(files) <= limits.get("max_files", 64)
+        assert sum(path.stat().st_size for path in files) <= limits.get("disk_quota", 16 * MiB)

@@ -119,3 +119,28 @@ def test_a_cancellation_does_not_stop_the_other_runs() -> None:
     assert bounded.outcome is Outcome.TIMEOUT
     assert bounded.usage.wall_ms >= 2900  # not cut short by the other run's cancellation
     assert recorder.results[0].outcome is Outcome.ERROR
+
+
+def test_a_cancellation_while_the_run_is_armed_still_stops_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cancel()` landing while `arm` sets the store's deadline (another thread, at the
+    worst moment): its epoch tick must reach the callback, not be counted into the
+    deadline (the guest then ran to its 60 s timeout)."""
+    import wasmtime
+
+    from stockade.sandbox.cancel import CancelToken, cancellable
+
+    token = CancelToken()
+    original = wasmtime.Store.set_epoch_deadline
+
+    def cancel_then_set(store: wasmtime.Store, ticks: int) -> None:
+        if ticks == 1 and not token.cancelled:
+            token.cancel()  # as if from the event loop's thread, right now
+        original(store, ticks)
+
+    monkeypatch.setattr(wasmtime.Store, "set_epoch_deadline", cancel_then_set)
+    began = time.monotonic()
+    with cancellable(token):
+        result = Sandbox(SPIN_POLICY).run(guest("spin.wasm"))
+    assert time.monotonic() - began < STOP_BOUND
+    assert result.outcome is Outcome.ERROR and "cancelled" in result.message

@@ -7,6 +7,7 @@ wasmtime-py sandbox and the C-API fast path): the same interval, the same formul
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import threading
 import time
@@ -19,6 +20,7 @@ __all__ = ["EpochTicker", "TICK_SECONDS", "NO_DEADLINE"]
 TICK_SECONDS = 0.005
 # The epoch deadline of a run without a timeout: never reached.
 NO_DEADLINE = 1 << 62
+_log = logging.getLogger(__name__)
 # Bound on increments in one catch-up (a process suspended for hours).
 _MAX_CATCH_UP = 1_000_000
 
@@ -92,7 +94,9 @@ class EpochTicker:
     def _unregister(self, target: int | None) -> None:
         with self._cond:
             self._active -= 1
-            if target is not None:
+            # A deadline the loop already passed was popped by it: checked under the same
+            # lock hold, since the loop may pop it any moment before.
+            if target is not None and target in self._deadlines:
                 self._deadlines.remove(target)
                 heapq.heapify(self._deadlines)
 
@@ -105,6 +109,10 @@ class EpochTicker:
                     self._cond.release()
                     try:
                         self._watch()  # type: ignore[misc]  # not None while watching
+                    except Exception:  # noqa: BLE001 - the deadlines must go on
+                        # This thread is all that stops a guest without fuel: a failing
+                        # watcher must not end it.
+                        _log.exception("epoch ticker: the watcher failed")
                     finally:
                         self._cond.acquire()
                     watched = time.monotonic()
@@ -147,9 +155,4 @@ class _Registration:
         return ticks
 
     def __exit__(self, *exc: object) -> None:
-        target = self._target
-        # A deadline already popped by the loop is gone from the heap.
-        with self._ticker._cond:
-            if target is not None and target not in self._ticker._deadlines:
-                target = None
-        self._ticker._unregister(target)
+        self._ticker._unregister(self._target)

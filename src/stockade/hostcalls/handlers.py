@@ -52,6 +52,7 @@ __all__ = ["Host", "Handler", "HANDLERS", "TRAMPOLINE_CALLS", "trampoline_wat", 
            "stopping", "arguments"]
 
 _log = logging.getLogger(__name__)
+_U32 = (1 << 32) - 1
 
 # Calls the trampoline also exports without Stockade owning them: questions about
 # wasmtime's own descriptors (type, identity).
@@ -87,8 +88,11 @@ def trampoline_wat() -> str:
 
 def arguments(slots: Any, wide: tuple[bool, ...]) -> list[int]:
     """A call's arguments from the raw value slots of an unchecked host function
-    (`wasmtime_val_raw_t`): i64 where `wide`, else i32 (signed, as the guest passed it)."""
-    return [slots[i].i64 if is_wide else slots[i].i32 for i, is_wide in enumerate(wide)]
+    (`wasmtime_val_raw_t`): i64 where `wide` (signed), else i32 read as unsigned, as
+    wasmtime reads every WASI i32 (addresses, lengths, descriptors): an address of 2 GiB
+    or more read as negative would fail only after wasmtime acted on it, leaving what it
+    did (a file, its bytes, a descriptor) uncharged."""
+    return [slots[i].i64 if is_wide else slots[i].i32 & _U32 for i, is_wide in enumerate(wide)]
 
 
 def serve(name: str, meter: Meter, host: Host, memory: Callable[[], GuestMemory],

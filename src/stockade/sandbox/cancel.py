@@ -87,14 +87,17 @@ class CancelToken:
         self._callback = _CALLBACK(on_deadline)
         ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, None,
                                                    _FINALIZER())
+        # Every move of the epoch (one tick from `cancel()`, the ticker's burst at this
+        # run's deadline) now reaches the callback, which decides. Set before `cancel()`
+        # can see the engine: a tick it made before this line would be counted into the
+        # deadline and never reach the callback.
+        store.set_epoch_deadline(1)
         with self._lock:
             self._engine, self._meter = engine, meter
             cancelled = self._cancelled
         if cancelled:  # cancelled before the run began: stop at the first check
             meter.deadline = time.monotonic()
-        # Every move of the epoch (one tick from `cancel()`, the ticker's burst at this
-        # run's deadline) now reaches the callback, which decides.
-        store.set_epoch_deadline(0 if cancelled else 1)
+            store.set_epoch_deadline(0)
 
     def disarm(self) -> None:
         """Forget the run (its store is gone): a later `cancel()` touches nothing."""

@@ -265,17 +265,22 @@ class FastEngine:
         file and descriptor quotas, the output cap, the host-call budget and per-call
         caps, the deadline (monotonic seconds, also in blocking calls), the standard
         input and output. From `meter.limits` too: the fuel budget (when this engine
-        meters fuel), linear memory (at most the engine's `max_memory`), tables and
-        instances. The meter is closed when the run ends; read its counts after (the
-        result also carries them). `env` is pairs or an `EnvBlock` already encoded;
-        `program` is argv[0] (default: the module's name). Raises UsageError for bad
-        arguments or limits this engine cannot hold.
+        meters fuel; a budget on an engine without fuel is a UsageError), linear memory
+        (at most the engine's `max_memory`), tables and instances. The meter is closed
+        when the run ends; read its counts after (the result also carries them). `env`
+        is pairs or an `EnvBlock` already encoded; `program` is argv[0] (default: the
+        module's name). Raises UsageError for bad arguments or limits this engine
+        cannot hold.
         """
         from ._metered import MeteredLinking, MeteredRun
 
         limits = meter.limits
         remaining = None if meter.deadline is None else meter.deadline - time.monotonic()
         try:
+            if limits.fuel is not None and not self.config.fuel:
+                # Dropping the budget would run a strict policy without one, silently.
+                raise UsageError(f"the policy's fuel budget ({limits.fuel}) needs an engine "
+                                 "that meters fuel (EngineConfig.for_limits)")
             plan = self.plan(module, args, program=program,
                              fuel=limits.fuel if self.config.fuel else None,
                              max_memory=limits.max_memory,
