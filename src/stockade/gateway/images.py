@@ -8,6 +8,12 @@ store, without asking the registry what a tag means now. A reload by SIGHUP (or
 `--reload`) re-resolves every tag and rewrites the lock (`refresh`). Under a `[trust]`
 that requires signatures, each image's signatures are checked against the cosign keys
 of its function's trust (`oci.trusted.vouch`).
+
+The lock decides which bytes run, so it is trusted only as far as the manifest is: a
+lock that is a symlink, not a regular file, owned by another uid than this process's or
+the manifest's, or writable by group or others is ignored (logged; tags are resolved
+again and the lock rewritten). It is written through a new file (`O_EXCL`, no symlink
+followed), renamed over the old one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,16 +55,34 @@ class Images:
         self._used: dict[str, dict[str, str]] = {}
         self._resolved: dict[str, Any] = {}
 
+    def _owners(self) -> set[int]:
+        """The uids whose lock files are believed: this process's and the manifest's."""
+        owners = {os.geteuid()}
+        with contextlib.suppress(OSError):
+            owners.add(os.stat(self.manifest).st_uid)
+        return owners
+
     def _read(self) -> dict[str, str]:
         for path in lock_paths(self.manifest):
             try:
-                with path.open("rb") as handle:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("%s: unreadable lock file (%s); resolving tags again",
+                               path, exc.strerror)
+                return {}
+            try:
+                with os.fdopen(fd, "rb") as handle:
+                    why = _untrusted(os.fstat(handle.fileno()), self._owners())
+                    if why:
+                        logger.warning("%s: lock file ignored: %s; resolving tags again",
+                                       path, why)
+                        return {}
                     data = json.loads(handle.read(_MAX_LOCK))
                 images = data["images"]
                 return {str(ref): str(entry["digest"]) for ref, entry in images.items()
                         if str(entry.get("digest", "")).startswith("sha256:")}
-            except FileNotFoundError:
-                continue
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 logger.warning("%s: unreadable lock file (%s); resolving tags again",
                                path, exc)
@@ -105,8 +130,14 @@ class Images:
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                tmp.write_text(body)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o644)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(body)
                 os.replace(tmp, path)
+            except FileExistsError:  # planted, maybe a symlink: not ours to write or remove
+                logger.warning("%s: cannot write the image lock (%s exists)", path, tmp.name)
+                continue
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -115,6 +146,17 @@ class Images:
             self._pinned = {r: e["digest"] for r, e in self._used.items()}
             return path
         return None
+
+
+def _untrusted(info: os.stat_result, owners: set[int]) -> str:
+    """Why a lock file with status `info` is not believed ("" when it is)."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid not in owners:
+        return f"owned by uid {info.st_uid}, not by this user or the manifest's owner"
+    if info.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    return ""
 
 
 def named(exc: StockadeError, where: str) -> StockadeError:

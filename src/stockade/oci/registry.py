@@ -2,13 +2,16 @@
 insecure), with Bearer token and Basic auth. `httpx` is imported only here, lazily.
 
 Every transport error becomes a `RegistryUnavailable` naming the host; a 404 for a
-manifest is `ImageNotFound`; refused credentials are `RegistryAuthError`.
+manifest is `ImageNotFound`; refused credentials are `RegistryAuthError`. A manifest,
+referrers index or small blob must arrive whole within `DOCUMENT_DEADLINE` seconds: the
+read timeout alone lets a registry trickle one byte per timeout for ever.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -29,9 +32,10 @@ if TYPE_CHECKING:
 
     from .store import Store
 
-__all__ = ["RegistryClient", "insecure_hosts", "MAX_MANIFEST_BYTES"]
+__all__ = ["RegistryClient", "insecure_hosts", "MAX_MANIFEST_BYTES", "DOCUMENT_DEADLINE"]
 
 MAX_MANIFEST_BYTES = 4 * 1024**2
+DOCUMENT_DEADLINE = 60.0  # seconds for one manifest or small blob, headers to last byte
 _ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 
 
@@ -46,9 +50,10 @@ class RegistryClient:
     """A client for one registry host; `with` closes its connections."""
 
     def __init__(self, ref: Reference, insecure: frozenset[str] = frozenset(),
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, deadline: float = DOCUMENT_DEADLINE) -> None:
         import httpx
 
+        self.deadline = deadline
         self.host = ref.api_host
         self.scheme = "http" if ref.registry in insecure or self.host in insecure else "https"
         self._credentials: Credentials | None = find_credentials(ref.registry, ref.repository)
@@ -71,12 +76,13 @@ class RegistryClient:
     def get_manifest(self, repo: str, selector: str, what: str) -> tuple[bytes, str, str | None]:
         """(body, media type, Docker-Content-Digest) of a manifest or index. Raises
         ImageNotFound, BlobTooLarge over 4 MiB, RegistryUnavailable."""
+        until = time.monotonic() + self.deadline
         with self._stream("GET", repo, f"/v2/{repo}/manifests/{selector}", ("pull",),
                           headers={"Accept": _ACCEPT}) as response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{what}: not found in registry {self.host}")
             self._check(response, what)
-            body = b"".join(_bounded(response.iter_bytes(), MAX_MANIFEST_BYTES, what))
+            body = b"".join(self._document(response, MAX_MANIFEST_BYTES, what, until))
             media_type = response.headers.get("content-type", "").split(";")[0].strip()
             return body, media_type, response.headers.get("docker-content-digest")
 
@@ -91,22 +97,24 @@ class RegistryClient:
     def referrers(self, repo: str, digest: str) -> bytes | None:
         """The referrers index of `digest` (the OCI 1.1 API), or None when the registry
         has no referrers API (then the `sha256-HEX` tag is the fallback)."""
+        until = time.monotonic() + self.deadline
         with self._stream("GET", repo, f"/v2/{repo}/referrers/{digest}", ("pull",),
                           headers={"Accept": INDEX_TYPES[0]}) as response:
             kind = response.headers.get("content-type", "").split(";")[0].strip()
             if response.status_code != 200 or kind != INDEX_TYPES[0]:
                 return None
-            return b"".join(_bounded(response.iter_bytes(), MAX_MANIFEST_BYTES,
-                                     f"referrers of {digest}"))
+            return b"".join(self._document(response, MAX_MANIFEST_BYTES,
+                                           f"referrers of {digest}", until))
 
     def get_blob(self, repo: str, digest: str, limit: int, what: str) -> bytes:
         """A small blob in memory, at most `limit` bytes and verified against `digest`.
         Raises ImageNotFound, BlobTooLarge, IntegrityError, RegistryUnavailable."""
+        until = time.monotonic() + self.deadline
         with self._stream("GET", repo, f"/v2/{repo}/blobs/{digest}", ("pull",)) as response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{what} {digest}: blob not found in {self.host}/{repo}")
             self._check(response, f"{what} {digest}")
-            data = b"".join(_bounded(response.iter_bytes(), limit, what))
+            data = b"".join(self._document(response, limit, what, until))
         if sha256_digest(data) != digest:
             raise IntegrityError(f"{what} {digest}: content has digest "
                                  f"{sha256_digest(data)}; refused")
@@ -164,6 +172,16 @@ class RegistryClient:
         self._check(response, f"blob {digest}")
 
     # -- transport ------------------------------------------------------------------
+
+    def _document(self, response: httpx.Response, limit: int, what: str,
+                  until: float) -> Iterator[bytes]:
+        """The body of a small document: at most `limit` bytes, all of it before the
+        monotonic time `until`. Raises BlobTooLarge, RegistryUnavailable."""
+        for chunk in _bounded(response.iter_bytes(), limit, what):
+            if time.monotonic() > until:
+                raise RegistryUnavailable(f"{what}: registry {self.host} did not send it "
+                                          f"within {self.deadline:g} s; refused")
+            yield chunk
 
     def _url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else \
