@@ -118,12 +118,26 @@ class Invoker:
                         check: bool) -> Result:
         timeout = route.spec.policy.limits.timeout
         backstop = None if timeout is None else timeout + BACKSTOP_GRACE
+        started = False
+
+        def call() -> Result:
+            nonlocal started
+            started = True
+            return self._call(route, invocation, check)
+
         try:
-            return await self.dispatcher.run(lambda: self._call(route, invocation, check),
-                                             backstop)
+            return await self.dispatcher.run(call, backstop)
         except GatewayTimeout:
             # The guest still runs out its own deadline: charge the whole timeout.
             request.state["cpu_seconds"] = timeout or 0.0
+            if not started:
+                self._run_failed(route, invocation)
+            raise
+        except BaseException:
+            # Refused or cancelled while queued: a breaker probe granted at admission never
+            # ran, and would keep the function refused everywhere until `probe_timeout`.
+            if not started:
+                self._run_failed(route, invocation)
             raise
 
     def _call(self, route: Route, invocation: Invocation, check: bool) -> Result:
