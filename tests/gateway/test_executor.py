@@ -3,7 +3,11 @@ hands long runs to a guest thread with full limits."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests.conftest import guest
 
 from .conftest import Start, module
 
@@ -50,12 +54,56 @@ def test_same_answers_from_either_executor(start_gateway: Start, executor: str) 
     assert f'function="echo",tenant="default",outcome="exited",executor="{expected}"' in metrics
 
 
-def test_capped_host_calls_run_in_the_sandbox(start_gateway: Start) -> None:
-    gateway = start_gateway(MANIFEST)  # strict caps poll_oneoff calls; the fast path cannot
-    gateway.wait_for_log(r"function sleep runs in the sandbox: it imports poll_oneoff, which")
+def test_capped_host_calls_run_metered_on_the_fast_path(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST)  # strict caps poll_oneoff calls: a metered run
     assert gateway.client.get("/sleep", params={"kind": "none"}).status_code == 200
-    assert 'function="sleep",tenant="default",outcome="exited",executor="pool-sandbox"' \
+    assert 'function="sleep",tenant="default",outcome="exited",executor="pool-fast-metered"' \
         in gateway.client.get("/metrics").text
+
+
+def test_a_writable_dir_with_quotas_holds_on_the_fast_path(tmp_path: Path,
+                                                           start_gateway: Start) -> None:
+    # Hostile guests granted a writable directory, in the gateway process: one creates
+    # files until it is stopped, one writes until it is stopped. The quotas hold, and the
+    # fast path serves them (no second executor behind the gateway).
+    spam, fill = tmp_path / "spam", tmp_path / "fill"
+    spam.mkdir()
+    fill.mkdir()
+    gateway = start_gateway(f"""
+[server]
+workers = 1
+telemetry = "off"
+
+[[function]]
+name = "spam"
+route = "/spam"
+module = "{guest("filespam.wasm")}"
+profile = "default"
+dirs = ["{spam}:/out:rw"]
+[function.limits]
+max_files = 7
+
+[[function]]
+name = "fill"
+route = "/fill"
+module = "{guest("diskfill.wasm")}"
+profile = "default"
+dirs = ["{fill}:/out:rw"]
+[function.limits]
+disk_quota = "256KiB"
+""")
+    for run in (1, 2):  # the quota counts new files per run: f0..f6, then f7..f13
+        spammed = gateway.client.get("/spam")
+        assert spammed.status_code == 502, spammed.text
+        assert "new-file quota of 7 reached" in str(spammed.json()["detail"])
+        assert len(list(spam.iterdir())) == 7 * run
+    filled = gateway.client.get("/fill")
+    assert filled.status_code == 502, filled.text
+    assert (fill / "fill.bin").stat().st_size <= 256 * 1024
+    metrics = gateway.client.get("/metrics").text
+    for name, outcome in (("spam", "file_quota"), ("fill", "disk_quota")):
+        assert (f'function="{name}",tenant="default",outcome="{outcome}",'
+                'executor="fast-metered"') in metrics, metrics
 
 
 def test_a_sleeping_guest_on_the_fast_path(start_gateway: Start) -> None:

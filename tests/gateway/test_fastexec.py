@@ -54,3 +54,20 @@ def test_a_run_that_fits_resets_the_count(hello: FastFunction) -> None:
     assert result is not None and result.outcome is Outcome.EXITED
     assert not hello._outgrew_inline(idle)
 
+
+
+def test_limits_above_the_standard_slots_get_an_engine_of_their_own(tmp_path: Path) -> None:
+    # A memory and table limit above the standard pool's slots: still the fast path.
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(f'[[function]]\nname = "big"\nroute = "/big"\n'
+                        f'module = "{module("hello")}"\nprofile = "default"\n'
+                        '[function.limits]\nmax_memory = "512MiB"\n'
+                        'max_table_elements = 200000\n')
+    executors = Executors("auto", threads=1)
+    try:
+        prepared = executors.prepare(load_manifest(manifest).functions[0])
+        assert isinstance(prepared, FastFunction)
+        result = prepared.run(Invocation(env=(("REQUEST_METHOD", "GET"),)))
+        assert result.outcome is Outcome.EXITED, result.message
+    finally:
+        executors.close()

@@ -3,14 +3,14 @@
     Executor.prepare(spec) -> Prepared          (load from the AoT cache, link, check)
     Prepared.run(invocation) -> Result           (prepared.py)
 
-Implementations: `SandboxExecutor` (`stockade.Sandbox`: every limit and metered host
-call) and `FastExecutor` (`fastexec.py`: the wasmtime C API with the pooling allocator).
-`Executors` picks one per function, in one place (`Executors._choose`): the fast path
-when the server allows it and the function qualifies (see `fast_refusal`), the sandbox
-otherwise. A function that must not run in the gateway worker process
+Every function runs on the C-API fast path (`FastExecutor`, `fastexec.py`: plain runs,
+or metered runs for functions granted directories, caps or a budget the native library
+cannot count). `SandboxExecutor` (`stockade.Sandbox`, wasmtime-py) serves a server told
+`executor = "sandbox"`, or one where the fast path is unavailable: a server-wide choice,
+never one per function. A function that must not run in the gateway worker process
 (`FunctionSpec.pooled`) is prepared by its cordon's `WorkerPool` instead (`pool.py`),
-which makes the same choice inside its processes. A module that imports what Stockade
-does not provide becomes a `DeniedFunction`, refused on every request.
+whose processes use `Executors` too. A module that imports what Stockade does not
+provide becomes a `DeniedFunction`, refused on every request.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from ..engine import CompileGuard, EngineConfig, LoadedModule, get_engine
 from ..errors import ModuleError, ModuleNotFound, StockadeError
-from ..hostcalls import MODULE
 from ..invocation import Invocation
 from ..observe import RunObserver
 from ..result import Result
@@ -35,8 +34,7 @@ if TYPE_CHECKING:
     from .fastexec import FastExecutor
     from .pool import WorkerPool
 
-__all__ = ["SandboxFunction", "SandboxExecutor", "Executors", "fast_refusal", "load_standard",
-           "named_error"]
+__all__ = ["SandboxFunction", "SandboxExecutor", "Executors", "load_standard", "named_error"]
 
 logger = logging.getLogger("stockade.gateway")
 
@@ -74,29 +72,6 @@ def load_standard(spec: FunctionSpec, data: bytes | None = None) -> LoadedModule
     return engine.load(spec.module, guard=guard, allow_precompiled=allowed)
 
 
-def fast_refusal(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
-    """Why the fast path cannot run this function with all its limits, or None.
-
-    The fast path enforces fuel, the timeout (sleeps included), memory, tables, output
-    and the host-call budget (it counts the calls that reach host resources there: the
-    standard streams, random_get and poll_oneoff; it has no directories or sockets); it
-    keeps no per-call caps, so functions granted directories, and modules importing a
-    call their policy caps, use the sandbox.
-    """
-    caps = spec.policy.capabilities
-    if caps.dirs or caps.scratch:
-        return "it is granted directories"
-    # Per-call caps matter only for calls the module imports; path calls fail anyway
-    # without directories.
-    capped = {name for name, _ in spec.policy.limits.hostcall_caps}
-    for item in loaded.module.imports:
-        if item.module != MODULE:
-            continue
-        if item.name in capped and not item.name.startswith("path_"):
-            return f"it imports {item.name}, which its policy caps per call"
-    return None
-
-
 class SandboxExecutor:
     """Prepares functions to run through `stockade.Sandbox`."""
 
@@ -111,8 +86,8 @@ class SandboxExecutor:
 
 
 class Executors:
-    """Chooses and prepares an executor per function (`mode`: auto, fast or sandbox);
-    `pool_workers` processes per cordon pool."""
+    """Prepares functions on the fast path, or all in the sandbox (`mode`: auto or fast,
+    or sandbox); `pool_workers` processes per cordon pool."""
 
     def __init__(self, mode: str, threads: int, observers: Sequence[RunObserver] = (),
                  pool_workers: int = 2) -> None:
@@ -141,19 +116,10 @@ class Executors:
             name, reason = denied
             return DeniedFunction(spec, loaded.sha256, f"import {name} denied: {reason}",
                                   self.observers)
-        return self._choose(spec, loaded)
-
-    def _choose(self, spec: FunctionSpec, loaded: LoadedModule) -> Prepared:
-        """The one place an executor is chosen: the fast path unless the server says
-        `sandbox`, it is unavailable, or it cannot hold the function's limits."""
         fast = self._fast_executor()
-        if fast is not None:
-            refusal = fast_refusal(spec, loaded) or fast.refusal(spec)
-            if refusal is None:
-                return fast.prepare(spec, loaded)
-            log = logger.warning if self.mode == "fast" else logger.info
-            log("function %s runs in the sandbox: %s", spec.name, refusal)
-        return self.sandbox.prepare(spec, loaded)
+        if fast is None:
+            return self.sandbox.prepare(spec, loaded)
+        return fast.prepare(spec, loaded)
 
     def _fast_executor(self) -> FastExecutor | None:
         if self._fast is None and not self._fast_failed:

@@ -1,9 +1,16 @@
 """`FastExecutor`: functions on the C-API fast path (`stockade.engine.fastpath`).
 
+Every in-process function runs here. One that needs metered host calls (`needs_meter`:
+granted directories or a scratch directory, and so disk, file and descriptor quotas;
+per-call caps; a host-call budget the native library cannot count) is a
+`MeteredFunction`, run by `FastEngine.run_metered` under a `Meter`, with the sandbox's
+own host calls; the others are `FastFunction`s, run by a plan checked once.
+
 One pooling-allocator `FastEngine` per engine configuration (fuel on or off, stack
-size), sized for the worker's guest threads, so a run never waits for a pool slot.
-Modules come from the same AoT cache as the standard engine: the `.cwasm` the standard
-engine wrote is mapped in, not recompiled.
+size) and pool size (`POOL_MEMORY` and `_TABLE_ELEMENTS` slots, or larger ones for a
+function whose limits are), sized for the worker's guest threads, so a run never waits
+for a pool slot. Modules come from the same AoT cache as the standard engine: the
+`.cwasm` the standard engine wrote is mapped in, not recompiled.
 
 Inline first: handing a run to a guest thread and back costs more than a short guest
 runs, so `try_inline` runs it on the calling (event loop) thread under a small budget,
@@ -13,7 +20,8 @@ fast path a guest has no directories or sockets, so an abandoned run leaves no t
 outside its own instance. The function then skips the inline attempt for
 `INLINE_BACKOFF` seconds, so a slow function stalls the loop at most twice per backoff
 (a timeout with little CPU time, a sleeping guest or a worker descheduled on a busy
-machine, counts only when it happens twice in a row).
+machine, counts only when it happens twice in a row). A metered function never runs
+inline: an abandoned run may have written to its directories.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..engine import EngineConfig, LoadedModule, get_engine
 from ..engine.fastpath import (
@@ -31,16 +40,19 @@ from ..engine.fastpath import (
     FastResult,
     encode_env,
 )
+from ..errors import ModuleError, UsageError
+from ..hostcalls import MODULE, Meter
 from ..invocation import Invocation
 from ..observe import RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
-from ..sandbox.wasi import guest_env
+from ..sandbox.scratch import Scratch
+from ..sandbox.wasi import checked_preopens, guest_env
 from .cgi import CgiEnvironment
 from .manifest import FunctionSpec
 from .prepared import Prepared
 
-__all__ = ["FastExecutor", "FastFunction", "POOL_MEMORY", "INLINE_FUEL", "INLINE_TIMEOUT",
-           "INLINE_BACKOFF"]
+__all__ = ["FastExecutor", "FastFunction", "MeteredFunction", "needs_meter", "POOL_MEMORY",
+           "INLINE_FUEL", "INLINE_TIMEOUT", "INLINE_BACKOFF"]
 
 # Linear memory per pool slot: the largest memory a fast-path function may have.
 # The pool reserves address space (not memory) for threads x this.
@@ -51,24 +63,58 @@ INLINE_TIMEOUT = 0.005  # seconds: bounds host-call time, which fuel does not co
 INLINE_BACKOFF = 5.0  # seconds without inline attempts after one outgrew its budget
 
 
-class FastFunction(Prepared):
-    """A function run through a `FastEngine`, limits taken from its policy."""
+def needs_meter(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
+    """Why the function's runs need a `Meter` (`FastEngine.run_metered`), or None: the
+    one place this is decided. Per-call caps matter only for calls the module imports
+    (path calls fail anyway without directories); a host-call budget only when the
+    native library does not count host calls."""
+    caps, limits = spec.policy.capabilities, spec.policy.limits
+    if caps.dirs or caps.scratch is not None:
+        return "it is granted directories"
+    capped = {name for name, _ in limits.hostcall_caps}
+    for item in loaded.module.imports:
+        if item.module == MODULE and item.name in capped and not item.name.startswith("path_"):
+            return f"it imports {item.name}, which its policy caps per call"
+    if limits.max_hostcalls is not None and not COUNTS_HOSTCALLS:
+        return "it has a host-call budget and the native library does not count host calls"
+    return None
 
-    kind = "fast"
+
+class _FastBase(Prepared):
+    """What both fast-path functions share: the module, its engine, the guest's
+    environment (a request's CGI block as bytes) and the limits as results carry them."""
 
     def __init__(self, spec: FunctionSpec, module: FastModule, sha256: str,
                  observers: Sequence[RunObserver]) -> None:
         super().__init__(spec, sha256, observers)
         self._module = module
         self._engine = module.engine
-        limits = spec.policy.limits
-        self._fuel = limits.fuel
-        self._timeout = limits.timeout
-        self._limits = limits.as_dict()
+        self._limits = spec.policy.limits.as_dict()
         self._name = spec.module.name
         # Host variables are read once: a worker's environment does not change.
         self._base_env = tuple(guest_env(spec.policy, Invocation()))
         self.cgi = CgiEnvironment(spec.route, self._base_env, spec.headers)
+
+    def _env(self, invocation: Invocation) -> EnvBlock:
+        """The guest's environment: a request's CGI block as the gateway built it (host
+        variables included), or the host variables under an invocation's own."""
+        block = getattr(invocation, "env_block", None)
+        if block is not None:
+            return EnvBlock(*block)
+        return encode_env({**dict(self._base_env), **dict(invocation.env)})
+
+
+class FastFunction(_FastBase):
+    """A function run through a `FastEngine` by a plan, limits taken from its policy."""
+
+    kind = "fast"
+
+    def __init__(self, spec: FunctionSpec, module: FastModule, sha256: str,
+                 observers: Sequence[RunObserver]) -> None:
+        super().__init__(spec, module, sha256, observers)
+        limits = spec.policy.limits
+        self._fuel = limits.fuel
+        self._timeout = limits.timeout
         # Arguments and limits are checked once, here, not per request.
         inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
         inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
@@ -129,13 +175,56 @@ class FastFunction(Prepared):
             notify_finished(self.observers, info, result)
         return result, fast.cpu_s
 
-    def _env(self, invocation: Invocation) -> EnvBlock:
-        """The guest's environment: a request's CGI block as the gateway built it (host
-        variables included), or the host variables under an invocation's own."""
-        block = getattr(invocation, "env_block", None)
-        if block is not None:
-            return EnvBlock(*block)
-        return encode_env({**dict(self._base_env), **dict(invocation.env)})
+
+class MeteredFunction(_FastBase):
+    """A function run by `FastEngine.run_metered`: a `Meter` per run holds its
+    directories (a fresh scratch directory among them), quotas, caps and budget, as
+    the sandbox's would. Never inline (see the module docstring)."""
+
+    kind = "fast-metered"
+
+    def run(self, invocation: Invocation) -> Result:
+        """Run once in a fresh instance under a fresh meter (a guest thread)."""
+        policy = self.spec.policy
+        limits, grants = policy.limits, policy.capabilities.dirs
+        # Resolved per run, as the sandbox does: a directory removed since is refused.
+        preopens = checked_preopens(policy)
+        info = self._info(invocation) if self.observers else None
+        with Scratch(policy.capabilities) as scratch:
+            if scratch.grant is not None:
+                preopens.append((scratch.grant.host, True))
+                grants = (*grants, scratch.grant)
+            if info is not None:
+                info.writable_dirs = tuple(host for host, writable in preopens if writable)
+                notify_started(self.observers, info)
+            deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+            meter = Meter(limits, deadline, preopens, invocation.stdin)
+            fast = self._engine.run_metered(self._module, meter, self.spec.args,
+                                            self._env(invocation),
+                                            dirs=[grant.guest for grant in grants],
+                                            program=self._name)
+        result = fast.to_result(self._name, self.sha256, self._limits)
+        result.scratch, result.cleanup_error = scratch.kept, scratch.failure
+        result.coldstart = not self.warm
+        self.warm = True
+        if info is not None:
+            notify_finished(self.observers, info, result)
+        return result
+
+
+class _Pool(NamedTuple):
+    """What a `FastEngine`'s pool is built for: its configuration and slot sizes."""
+
+    config: EngineConfig
+    memory: int
+    tables: int
+
+    @classmethod
+    def for_spec(cls, spec: FunctionSpec) -> _Pool:
+        """The standard slots, or a function's own when its limits are larger."""
+        limits = spec.policy.limits
+        return cls(EngineConfig.for_limits(limits), max(POOL_MEMORY, limits.max_memory),
+                   max(_TABLE_ELEMENTS, limits.max_table_elements))
 
 
 class FastExecutor:
@@ -147,34 +236,30 @@ class FastExecutor:
         self.observers = tuple(observers)
         self._threads = threads
         self._lock = threading.Lock()
-        self._engines: dict[EngineConfig, FastEngine] = {}
-        self._modules: dict[tuple[EngineConfig, str], FastModule] = {}
+        self._engines: dict[_Pool, FastEngine] = {}
+        self._modules: dict[tuple[_Pool, str], FastModule] = {}
 
-    def refusal(self, spec: FunctionSpec) -> str | None:
-        """Why this executor cannot hold the function's limits, or None."""
-        if spec.policy.limits.max_memory > POOL_MEMORY:
-            return f"its memory limit is above the fast path's {POOL_MEMORY >> 20} MiB slots"
-        if spec.policy.limits.max_table_elements > _TABLE_ELEMENTS:
-            return "its table limit is above the fast path's"
-        if spec.policy.limits.max_hostcalls is not None and not COUNTS_HOSTCALLS:
-            return "it has a host-call budget and the fast path's native library is not built"
-        return None
-
-    def prepare(self, spec: FunctionSpec, loaded: LoadedModule) -> FastFunction:
+    def prepare(self, spec: FunctionSpec, loaded: LoadedModule) -> FastFunction | MeteredFunction:
         """Map the module's cached `.cwasm` into the fast engine (compiled modules are
-        kept for the life of the worker, so a reload of an unchanged module is free)."""
-        config = EngineConfig.for_limits(spec.policy.limits)
+        kept for the life of the worker, so a reload of an unchanged module is free).
+        Raises ModuleError for limits no fast engine can be built for."""
+        pool = _Pool.for_spec(spec)
         with self._lock:
-            engine = self._engines.get(config)
+            engine = self._engines.get(pool)
             if engine is None:
-                # One slot per guest thread plus one for the event loop's inline runs.
-                engine = self._engines[config] = FastEngine(
-                    config, max_instances=self._threads + 1, max_memory=POOL_MEMORY,
-                    table_elements=_TABLE_ELEMENTS)
-            module = self._modules.get((config, loaded.sha256))
+                try:
+                    # One slot per guest thread plus one for the event loop's inline runs.
+                    engine = FastEngine(pool.config, max_instances=self._threads + 1,
+                                        max_memory=pool.memory, table_elements=pool.tables)
+                except UsageError as exc:
+                    raise ModuleError(f"cannot hold its limits: {exc.message}") from None
+                self._engines[pool] = engine
+            module = self._modules.get((pool, loaded.sha256))
             if module is None:
-                module = self._modules[(config, loaded.sha256)] = self._load(
-                    engine, config, loaded)
+                module = self._modules[(pool, loaded.sha256)] = self._load(
+                    engine, pool.config, loaded)
+        if needs_meter(spec, loaded) is not None:
+            return MeteredFunction(spec, module, loaded.sha256, self.observers)
         return FastFunction(spec, module, loaded.sha256, self.observers)
 
     @staticmethod

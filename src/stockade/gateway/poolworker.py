@@ -5,7 +5,8 @@ Started by a gateway worker for one cordon's pool (`pool.py`). It reads its `Wor
 (`worker_plan`) and then a `PoolPlan`, hardens itself before any thread exists
 (capabilities, rlimits, Landlock),
 prepares every function of the plan with the gateway's own executors (the C-API fast
-path where a function qualifies, the sandbox otherwise), then caps its address space
+path, metered where a function needs it; the sandbox when the server says so), then caps
+its address space
 and installs the seccomp filter, and answers `ready` with the functions it holds and
 its protections. Then, one at a time until its parent closes the pipe:
 

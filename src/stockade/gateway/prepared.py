@@ -3,8 +3,8 @@
     Prepared.run(invocation) -> Result           (on a guest thread; never shared state)
     Prepared.try_inline(invocation)              (on the event loop, within a small budget)
 
-Implementations: `SandboxFunction` (executor.py), `FastFunction` (fastexec.py),
-`PooledFunction` (pool.py), and `DeniedFunction` here: a module refused at load.
+Implementations: `SandboxFunction` (executor.py), `FastFunction` and `MeteredFunction`
+(fastexec.py), `PooledFunction` (pool.py), and `DeniedFunction` here: a module refused at load.
 A leaf: it knows none of them.
 """
 
