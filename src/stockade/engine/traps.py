@@ -10,7 +10,7 @@ imports wasmtime at module load: the trap codes are `wasmtime_trap_code_t` (wasm
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ..policy.units import format_size
 from ..result import GuestStopped, Outcome
@@ -22,9 +22,9 @@ __all__ = ["Ending", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT", "TRAP
 PAGE = 65536
 
 
-class Ending(NamedTuple):
-    """How a guest's run ended: outcome, message, and the guest's exit code if it exited.
-    (A named tuple: a dataclass costs `stockade run` its generated methods at import.)"""
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a guest's run ended: outcome, message, and the guest's exit code if it exited."""
 
     outcome: Outcome
     message: str
