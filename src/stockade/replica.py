@@ -9,7 +9,6 @@ processes (so every worker of one server reports one replica).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 
 __all__ = ["replica_id", "REPLICA_ENV"]
@@ -20,4 +19,6 @@ REPLICA_ENV = "STOCKADE_REPLICA_ID"
 def replica_id(env: Mapping[str, str] | None = None) -> str:
     """`STOCKADE_REPLICA_ID`, else `HOSTNAME-PID` (this process's id)."""
     env = os.environ if env is None else env
-    return env.get(REPLICA_ENV) or f"{socket.gethostname()}-{os.getpid()}"
+    # The kernel's node name is what gethostname() returns; `socket` (and the enums it
+    # builds at import) is not worth loading on `stockade run` for it.
+    return env.get(REPLICA_ENV) or f"{os.uname().nodename}-{os.getpid()}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ..result import GuestStopped, Outcome
 from .abi import GuestMemory
@@ -48,15 +47,18 @@ _SUBSCRIPTION = struct.Struct("<QB7xI4xQQH6x")
 _EVENT = struct.Struct("<QHB5xQH6x")  # userdata, errno, type, nbytes, flags
 
 
-@dataclass(slots=True)
 class Poll:
     """One call's subscriptions: `clocks` as (index, userdata, seconds to wait), `fds` as
     (index, userdata, tag, descriptor), `failed` as events due at once (userdata, errno,
-    tag) for clocks the host does not offer."""
+    tag) for clocks the host does not offer. (A plain class: a dataclass costs
+    `stockade run` its generated methods at import.)"""
 
-    clocks: list[tuple[int, int, float]] = field(default_factory=list)
-    fds: list[tuple[int, int, int, int]] = field(default_factory=list)
-    failed: list[tuple[int, int, int]] = field(default_factory=list)
+    __slots__ = ("clocks", "fds", "failed")
+
+    def __init__(self) -> None:
+        self.clocks: list[tuple[int, int, float]] = []
+        self.fds: list[tuple[int, int, int, int]] = []
+        self.failed: list[tuple[int, int, int]] = []
 
 
 def check_count(count: int) -> int | None:

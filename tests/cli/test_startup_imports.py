@@ -1,0 +1,84 @@
+"""Start-up of `stockade run`: which modules a cached hello run imports.
+
+Start-up time is a feature (`stockade run` must cost no more than `import wasmtime`), and
+it is lost one import at a time: these tests list what the interpreter imported
+(`python -X importtime`) and fail when a module known to be heavy comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import guest
+
+# Top-level names of modules that cost a measurable share of a cached run and that the
+# run does not need: wasmtime-py's generated bindings, click, `inspect` and what it pulls
+# in (deferred by `stockade.cli.deferred`), the event loop, TLS, sockets, the OTLP SDK.
+HEAVY = frozenset({"wasmtime", "click", "inspect", "ast", "dis", "tokenize", "asyncio",
+                   "ssl", "socket", "selectors", "opentelemetry", "google"})
+
+
+def _imported(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, set[str]]:
+    """(exit code, stdout, every module name) of `python -X importtime -m stockade ARGS`."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "stockade", *args],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          stdin=subprocess.DEVNULL, env=env)
+    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+             if line.startswith("import time:") and line.count("|") == 2}
+    return proc.returncode, proc.stdout, names
+
+
+def _heavy(names: set[str]) -> set[str]:
+    return {name for name in names if name.split(".")[0] in HEAVY}
+
+
+def test_a_cached_hello_run_imports_no_heavy_module() -> None:
+    hello = str(guest("hello.wasm"))
+    _imported("run", hello)  # the first run may compile; the second is the cached one
+    code, out, names = _imported("run", hello)
+    assert (code, out) == (0, "Hello from a Stockade sandbox!\n")
+    assert "stockade.engine.cache" in names  # the probe sees the run's own modules
+    assert _heavy(names) == set()
+
+
+def test_the_probe_sees_a_heavy_module_when_one_is_imported() -> None:
+    # The check above can fail: forcing wasmtime-py puts it (and inspect) in the list.
+    env = dict(os.environ, STOCKADE_BACKEND="wasmtime")
+    code, _, names = _imported("run", str(guest("hello.wasm")), env=env)
+    assert code == 0
+    assert "wasmtime" in _heavy(names)
+
+
+def _python(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_deferred_inspect_becomes_the_real_module_on_first_use() -> None:
+    out = _python(
+        "import sys\n"
+        "from stockade.cli.deferred import defer_inspect\n"
+        "defer_inspect()\n"
+        "import dataclasses\n"
+        "print('ast' in sys.modules)\n"
+        "@dataclasses.dataclass\n"
+        "class NoDoc:\n"  # the one place dataclasses reads inspect
+        "    x: int = 1\n"
+        "print(NoDoc.__doc__)\n"
+        "import inspect\n"
+        "print(inspect.signature(lambda a, b=2: a), inspect.isfunction(len))\n"
+        "print(dataclasses.inspect.getmodule(NoDoc).__name__)\n"
+        "print(sys.modules['inspect'].signature is inspect.signature)\n")
+    assert out.splitlines() == ["False", "NoDoc(x: int = 1)", "(a, b=2) False", "__main__",
+                                "True"]
+
+
+def test_an_imported_inspect_is_left_alone() -> None:
+    assert _python("import inspect, sys\n"
+                   "from stockade.cli.deferred import defer_inspect\n"
+                   "defer_inspect()\n"
+                   "print(sys.modules['inspect'] is inspect)") == "True"
