@@ -7,7 +7,6 @@ wasmtime-py sandbox and the C-API fast path): the same interval, the same formul
 from __future__ import annotations
 
 import heapq
-import logging
 import math
 import threading
 import time
@@ -20,7 +19,6 @@ __all__ = ["EpochTicker", "TICK_SECONDS", "NO_DEADLINE"]
 TICK_SECONDS = 0.005
 # The epoch deadline of a run without a timeout: never reached.
 NO_DEADLINE = 1 << 62
-_log = logging.getLogger(__name__)
 # Bound on increments in one catch-up (a process suspended for hours).
 _MAX_CATCH_UP = 1_000_000
 
@@ -112,7 +110,10 @@ class EpochTicker:
                     except Exception:  # noqa: BLE001 - the deadlines must go on
                         # This thread is all that stops a guest without fuel: a failing
                         # watcher must not end it.
-                        _log.exception("epoch ticker: the watcher failed")
+                        import logging  # only here: `stockade run` starts without it
+
+                        logging.getLogger(__name__).exception(
+                            "epoch ticker: the watcher failed")
                     finally:
                         self._cond.acquire()
                     watched = time.monotonic()
