@@ -6,6 +6,7 @@ one side, so the same run can be compared on both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from stockade.policy import DirGrant, Policy, profile
+from stockade.policy.model import Trust
 from stockade.sandbox.backend import capi_refusal, use_capi
 from tests.conftest import STOCKADE, guest
 
@@ -163,6 +165,56 @@ def test_both_backends_meter_directories_alike(tmp_path: Path, args: list[str]) 
     assert _tree(tmp_path / "capi") == _tree(tmp_path / "wasmtime")
 
 
+WAT_SOURCES = Path(__file__).resolve().parents[2] / "guests"
+
+
+@pytest.mark.parametrize("source", ["trap.wat", "needs_env.wat", "oob.wat", "broken.wat"])
+def test_wat_runs_alike_on_both_backends(tmp_path: Path, source: str) -> None:
+    # WAT text is compiled by the C API's wat2wasm: the same module, digest and result;
+    # invalid text gets the same one-line error.
+    module = tmp_path / source
+    module.write_text("(module (func $f (i32.add)) (oops))\n" if source == "broken.wat"
+                      else (WAT_SOURCES / source).read_text())
+    capi_code, capi = _result("capi", [str(module)])
+    py_code, py = _result("wasmtime", [str(module)])
+    assert capi_code == py_code
+    if "usage" in py:
+        assert _comparable(capi) == _comparable(py)
+    else:  # an error object: no run
+        assert capi == py
+    code, _, loaded = _run_and_list_wasmtime(str(module))
+    if source == "trap.wat":  # a .wat that loads and runs: no wasmtime-py on the path
+        assert (code, loaded) == (py_code, "[]")
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A key pair and hello.wasm signed with it, tampered and unsigned."""
+    base = tmp_path_factory.mktemp("signed")
+    done = subprocess.run([*STOCKADE, "keygen", str(base / "signer")], capture_output=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*STOCKADE, "sign", "--key", str(base / "signer"),
+                           str(guest("hello.wasm")), "-o", str(base / "signed.wasm")],
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    tampered = bytearray((base / "signed.wasm").read_bytes())
+    tampered[-3] ^= 0x01  # covered by the signature
+    (base / "tampered.wasm").write_bytes(bytes(tampered))
+    return {"key": base / "signer.pub", "signed": base / "signed.wasm",
+            "tampered": base / "tampered.wasm", "unsigned": guest("hello.wasm")}
+
+
+@pytest.mark.parametrize("which", ["signed", "tampered", "unsigned"])
+def test_signatures_are_checked_alike_on_both_backends(signed: dict[str, Path],
+                                                       which: str) -> None:
+    args = ["--trust-key", str(signed["key"]), str(signed[which]), "x"]
+    capi_code, capi = _result("capi", args)
+    py_code, py = _result("wasmtime", args)
+    assert capi_code == py_code == (0 if which == "signed" else 126)
+    assert _comparable(capi) == _comparable(py)
+
+
 def _tree(root: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(root)), 0 if p.is_dir() else p.stat().st_size)
                   for p in root.rglob("*"))
@@ -178,7 +230,9 @@ def test_the_choice() -> None:
     assert capi_refusal(granted, hello) is None  # metered on the C API
     assert capi_refusal(default.with_capabilities(scratch="/s"), hello) is None
     assert capi_refusal(profile("strict"), hello) is None  # per-call caps, metered
-    assert capi_refusal(default, Path("m.wat")) is not None
+    assert capi_refusal(default, Path("m.wat")) is None  # wat2wasm on the C API
+    signing = dataclasses.replace(default, trust=Trust(require_signature=True))
+    assert capi_refusal(signing, hello) is None  # the gate's verified bytes
     assert capi_refusal(default, Path("m.cwasm")) is not None
     assert isinstance(default, Policy)
 

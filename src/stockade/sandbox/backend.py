@@ -34,10 +34,8 @@ def capi_refusal(policy: Policy, module: Path) -> str | None:
     """Why the C-API backend cannot run `module` under `policy` in this process, or None
     when it can. The one place this is decided."""
     limits = policy.limits
-    if policy.trust.require_signature:
-        return "a signature is required (checked on the bytes wasmtime-py loads)"
-    if module.suffix in (".wat", ".cwasm"):
-        return f"a {module.suffix} module (only .wasm binaries are loaded on the C API)"
+    if module.suffix == ".cwasm":
+        return "a .cwasm module (native code is mapped on the C API only from the AoT cache)"
     if limits.max_memory > _MAX_MEMORY or limits.max_table_elements > _MAX_TABLE_ELEMENTS:
         return "the memory or table limit is above what the C-API pool holds"
     if limits.max_memories > 1:

@@ -5,13 +5,18 @@ what that is): `CapiSandbox(policy).run(path, invocation) -> Result`. A run gets
 one-slot `FastEngine` (pooling allocator, memory slot = the policy's memory limit), so
 limits hold as the standard sandbox holds them: fuel, the epoch deadline (sleeps in
 `poll_oneoff` end at it too), the memory limit, the output cap while the guest writes,
-the host-call budget. Modules load through the same AoT cache and its stat index:
-a `.cwasm` is mapped only from a cache entry `AotCache.open` verified (owner, mode, this
-host's MAC), and a fresh compile is sealed into it, never from anywhere else.
+the host-call budget. A policy with granted or scratch directories, per-call caps, or a
+budget the native library cannot count runs under a `Meter` (`FastEngine.run_metered`):
+the sandbox's own host calls, quotas and errnos. Under `require_signature` the trust
+gate's verified bytes are what is compiled. `.wat` text is compiled to its binary by
+the C API. Modules load through the same AoT cache and its stat index: native code is
+mapped only from a cache entry `AotCache.open` verified (owner, mode, this host's MAC),
+and a fresh compile is sealed into it, never from anywhere else.
 
 What this loader does not handle itself goes to wasmtime-py's `Sandbox`, which gives the
-canonical result or error: a module that is not a `.wasm` binary, fails the compile
-guard or validation, imports what Stockade does not provide, or has no `_start`.
+canonical result or error: a `.cwasm` file, a module that is not WebAssembly, invalid
+WAT, a module that fails the compile guard or validation, imports what Stockade does
+not provide, or has no `_start`.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from typing import TYPE_CHECKING
 from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
 from ..engine.fastpath import COUNTS_HOSTCALLS, EnvBlock, FastEngine, FastModule, encode_env
-from ..engine.loader import file_ident
+from ..engine.loader import file_ident, sniff_kind, wat_binary
 from ..errors import StockadeError
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..paths import cache_dir
 from ..progress import progress
+from .provenance import denied_result, gate
 from .scratch import Scratch
 from .wasi import checked_preopens, guest_env
 
@@ -87,7 +93,13 @@ class CapiSandbox:
         """Run the module's `_start` once in a fresh instance and report what happened."""
         invocation = invocation or Invocation()
         path = Path(module)
-        loaded = self._load(path)
+        verdict = gate(path, self.policy)  # None unless a signature is required
+        if verdict is None:
+            loaded = self._load(path)
+        elif verdict.data is None:
+            return denied_result(verdict, self.policy, invocation, self.observers)
+        else:  # the bytes verified are the bytes compiled: the file is not read again
+            loaded = self._load_bytes(verdict.data, verdict.name, None)
         if loaded is None:
             return self._fallback().run(path, invocation)
         fast, sha256 = loaded
@@ -155,16 +167,31 @@ class CapiSandbox:
             data = path.read_bytes()
         except OSError:
             return None
-        if not data.startswith(_WASM_MAGIC):
+        return self._load_bytes(data, path.name, ident)
+
+    def _load_bytes(self, data: bytes, name: str,
+                    ident: str | None) -> tuple[FastModule, str] | None:
+        """`_load` of bytes already read (a `.wat` compiled to its binary first);
+        `ident` (`file_ident`) remembers the file's digest in the cache's stat index."""
+        if len(data) > self.policy.limits.max_module_size:
             return None
+        if not data.startswith(_WASM_MAGIC):
+            try:
+                if sniff_kind(data[:64], name) != "wat":
+                    return None  # a .cwasm or not a module: the standard loader says which
+                data = wat_binary(data, name)
+            except StockadeError:
+                return None
+        fingerprint = self._config.fingerprint()
         sha256 = hashlib.sha256(data).hexdigest()
         cached = self._from_cache(fingerprint, sha256)
         if cached is None:
-            cached = self._compile(data, path.name, fingerprint, sha256)
-        if cached is not None:
+            cached = self._compile(data, name, fingerprint, sha256)
+        if cached is None:
+            return None
+        if ident is not None:
             self._cache.remember(ident, sha256)
-            return cached, sha256
-        return None
+        return cached, sha256
 
     def _from_cache(self, fingerprint: str, sha256: str) -> FastModule | None:
         """The module mapped from a verified cache entry, or None (see `AotCache.open`)."""
