@@ -75,6 +75,14 @@ def test_run_hello_does_not_import_wasmtime(runs: int) -> None:
     assert out == "Hello from a Stockade sandbox!\narg 1: world\n"
 
 
+def test_a_metered_run_does_not_import_wasmtime(tmp_path: Path) -> None:
+    # Granted and scratch directories with their quotas: metered host calls, on the C API.
+    code, _, loaded = _run_and_list_wasmtime("--dir", f"{tmp_path}:/out:rw", "--scratch", "/s",
+                                             "--disk-quota", "1MiB", str(guest("diskfill.wasm")))
+    assert (code, loaded) == (153, "[]")
+    assert (tmp_path / "fill.bin").stat().st_size == 1024**2
+
+
 def test_a_plain_run_command_line_does_not_import_click() -> None:
     code, _, loaded = _run_and_list_wasmtime("--json", "--timeout", "5s",
                                              str(guest("hello.wasm")), package="click")
