@@ -6,6 +6,7 @@ one side, so the same run can be compared on both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from stockade.policy import DirGrant, Policy, profile
+from stockade.policy.model import Trust
 from stockade.sandbox.backend import capi_refusal, use_capi
 from tests.conftest import STOCKADE, guest
 
@@ -71,6 +73,14 @@ def test_run_hello_does_not_import_wasmtime(runs: int) -> None:
         code, out, loaded = _run_and_list_wasmtime(str(guest("hello.wasm")), "world")
     assert (code, loaded) == (0, "[]")
     assert out == "Hello from a Stockade sandbox!\narg 1: world\n"
+
+
+def test_a_metered_run_does_not_import_wasmtime(tmp_path: Path) -> None:
+    # Granted and scratch directories with their quotas: metered host calls, on the C API.
+    code, _, loaded = _run_and_list_wasmtime("--dir", f"{tmp_path}:/out:rw", "--scratch", "/s",
+                                             "--disk-quota", "1MiB", str(guest("diskfill.wasm")))
+    assert (code, loaded) == (153, "[]")
+    assert (tmp_path / "fill.bin").stat().st_size == 1024**2
 
 
 def test_a_plain_run_command_line_does_not_import_click() -> None:
@@ -131,6 +141,93 @@ def test_both_backends_give_the_same_result(args: list[str]) -> None:
     assert _comparable(capi) == _comparable(py)
 
 
+@pytest.mark.parametrize("args", [
+    ["--dir", "{d}:/out:rw", "--max-files", "50", "filespam.wasm"],
+    ["--dir", "{d}:/out:rw", "--disk-quota", "2MiB", "diskfill.wasm"],
+    ["--profile", "strict", "--isolate", "none", "--dir", "{d}:/data", "probe.wasm", "/data/f",
+     "/data/none"],
+    # The strict profile's cap of 10000 random_get calls.
+    ["--profile", "strict", "--isolate", "none", "attacks/entropy_flood.wasm", "20000", "16"],
+    ["--profile", "strict", "--isolate", "none", "hello.wasm", "a"],
+    ["--profile", "strict", "--isolate", "none", "--fuel", "100000", "spin.wasm"],
+    ["--profile", "strict", "--isolate", "none", "--max-output", "64KiB", "flood.wasm"],
+    ["--dir", "{d}:/data", "probe.wasm", "/data/f", "/etc/passwd"],
+    ["--scratch", "/scratch", "attacks/escape.wasm", "/scratch"],
+    ["--scratch", "/scratch", "--max-files", "100", "attacks/inode_flood.wasm", "2000",
+     "/scratch", "10"],
+], ids=lambda args: " ".join(args))
+def test_both_backends_meter_directories_alike(tmp_path: Path, args: list[str]) -> None:
+    # Granted directories, their quotas, scratch and the strict profile's per-call caps
+    # run on the C API (`run_metered`): the same result and the same files as wasmtime-py.
+    runs = {}
+    for backend in ("capi", "wasmtime"):
+        where = tmp_path / backend
+        where.mkdir()
+        (where / "f").write_text("x")
+        argv = [str(guest(a)) if a.endswith(".wasm") else a.replace("{d}", str(where))
+                for a in args]
+        runs[backend] = _result(backend, argv)
+    (capi_code, capi), (py_code, py) = runs["capi"], runs["wasmtime"]
+    assert capi_code == py_code
+    assert _comparable(capi) == _comparable(py)
+    assert _tree(tmp_path / "capi") == _tree(tmp_path / "wasmtime")
+
+
+WAT_SOURCES = Path(__file__).resolve().parents[2] / "guests"
+
+
+@pytest.mark.parametrize("source", ["trap.wat", "needs_env.wat", "oob.wat", "broken.wat"])
+def test_wat_runs_alike_on_both_backends(tmp_path: Path, source: str) -> None:
+    # WAT text is compiled by the C API's wat2wasm: the same module, digest and result;
+    # invalid text gets the same one-line error.
+    module = tmp_path / source
+    module.write_text("(module (func $f (i32.add)) (oops))\n" if source == "broken.wat"
+                      else (WAT_SOURCES / source).read_text())
+    capi_code, capi = _result("capi", [str(module)])
+    py_code, py = _result("wasmtime", [str(module)])
+    assert capi_code == py_code
+    if "usage" in py:
+        assert _comparable(capi) == _comparable(py)
+    else:  # an error object: no run
+        assert capi == py
+    code, _, loaded = _run_and_list_wasmtime(str(module))
+    if source == "trap.wat":  # a .wat that loads and runs: no wasmtime-py on the path
+        assert (code, loaded) == (py_code, "[]")
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A key pair and hello.wasm signed with it, tampered and unsigned."""
+    base = tmp_path_factory.mktemp("signed")
+    done = subprocess.run([*STOCKADE, "keygen", str(base / "signer")], capture_output=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*STOCKADE, "sign", "--key", str(base / "signer"),
+                           str(guest("hello.wasm")), "-o", str(base / "signed.wasm")],
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    tampered = bytearray((base / "signed.wasm").read_bytes())
+    tampered[-3] ^= 0x01  # covered by the signature
+    (base / "tampered.wasm").write_bytes(bytes(tampered))
+    return {"key": base / "signer.pub", "signed": base / "signed.wasm",
+            "tampered": base / "tampered.wasm", "unsigned": guest("hello.wasm")}
+
+
+@pytest.mark.parametrize("which", ["signed", "tampered", "unsigned"])
+def test_signatures_are_checked_alike_on_both_backends(signed: dict[str, Path],
+                                                       which: str) -> None:
+    args = ["--trust-key", str(signed["key"]), str(signed[which]), "x"]
+    capi_code, capi = _result("capi", args)
+    py_code, py = _result("wasmtime", args)
+    assert capi_code == py_code == (0 if which == "signed" else 126)
+    assert _comparable(capi) == _comparable(py)
+
+
+def _tree(root: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(root)), 0 if p.is_dir() else p.stat().st_size)
+                  for p in root.rglob("*"))
+
+
 def test_the_choice() -> None:
     hello = guest("hello.wasm")
     default = profile("default")
@@ -138,22 +235,23 @@ def test_the_choice() -> None:
     assert use_capi(default, hello, "none")
     assert not use_capi(default, hello, "process")  # the isolated worker runs wasmtime-py
     granted = default.with_capabilities(dirs=(DirGrant.parse("/tmp:/tmp:ro"),))
-    assert "directories" in (capi_refusal(granted, hello) or "")
-    assert "scratch" not in (capi_refusal(default.with_capabilities(scratch="/s"), hello)
-                             or "scratch")
-    assert capi_refusal(default, Path("m.wat")) is not None
+    assert capi_refusal(granted, hello) is None  # metered on the C API
+    assert capi_refusal(default.with_capabilities(scratch="/s"), hello) is None
+    assert capi_refusal(profile("strict"), hello) is None  # per-call caps, metered
+    assert capi_refusal(default, Path("m.wat")) is None  # wat2wasm on the C API
+    signing = dataclasses.replace(default, trust=Trust(require_signature=True))
+    assert capi_refusal(signing, hello) is None  # the gate's verified bytes
     assert capi_refusal(default, Path("m.cwasm")) is not None
-    assert capi_refusal(profile("strict"), hello) is not None  # per-call caps
     assert isinstance(default, Policy)
 
 
 def test_forced_capi_names_why_it_cannot(tmp_path: Path) -> None:
     env = {**os.environ, "STOCKADE_BACKEND": "capi"}
-    proc = subprocess.run([*STOCKADE, "run", "--dir", f"{tmp_path}:/d",
+    proc = subprocess.run([*STOCKADE, "run", "--isolate", "process",
                            str(guest("hello.wasm"))], capture_output=True, timeout=120,
                           check=False, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 125
-    assert b"directories are granted" in proc.stderr and b"Traceback" not in proc.stderr
+    assert b"isolated worker" in proc.stderr and b"Traceback" not in proc.stderr
     bad = {**os.environ, "STOCKADE_BACKEND": "nope"}
     proc = subprocess.run([*STOCKADE, "run", str(guest("hello.wasm"))], capture_output=True,
                           timeout=120, check=False, env=bad, stdin=subprocess.DEVNULL)

@@ -230,7 +230,7 @@ class AttackRunner:
         if attack.devices:
             grants.append(DirGrant(host=self.options.devices, guest="/dev", writable=False))
         policy = self.policy.with_capabilities(dirs=tuple(grants))
-        sandbox = self._sandbox(policy)
+        sandbox = self._sandbox(policy, module)
         with sandbox:
             if hasattr(sandbox, "worker_pid"):
                 # start the worker first: its own start-up is not the attack's cost
@@ -254,9 +254,15 @@ class AttackRunner:
             raw.forget = (self._fingerprint(policy), result.sha256)
         return raw, observed
 
-    def _sandbox(self, policy: Policy) -> Any:
+    def _sandbox(self, policy: Policy, module: Path) -> Any:
         if self.options.isolate == "process":
             return _isolate_module().make_sandbox(policy, "process")
+        from ..sandbox.backend import use_capi
+
+        if use_capi(policy, module, "none"):  # the backend `stockade run` would use
+            from ..sandbox.capi import CapiSandbox
+
+            return CapiSandbox(policy)
         from ..sandbox import Sandbox
 
         return Sandbox(policy)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ModuleError, ModuleNotFound, PrecompiledRefused
+from ..errors import FastPathUnavailable, ModuleError, ModuleNotFound, PrecompiledRefused
 from ..progress import progress
 from .cache import AotCache
 from .seal import KeyUnavailable, SealError, host_key, unseal
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .guard import CompileGuard
 
 __all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind", "refuse_precompiled",
-           "digest", "file_ident"]
+           "digest", "file_ident", "wat_binary"]
 
 # A module larger than this is refused before it is read (an "enormous on disk" module).
 MAX_MODULE_BYTES = 512 * 1024**2
@@ -144,10 +144,7 @@ class ModuleLoader:
                 raise refuse_precompiled(name, hashlib.sha256(data).hexdigest())
             return self._deserialize(data, name)
         if kind == "wat":
-            try:
-                data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
-            except wasmtime.WasmtimeError as exc:
-                raise ModuleError(f"{name}: invalid WAT: {describe_load_error(exc)}") from None
+            data = wat_binary(data, name)
         sha = hashlib.sha256(data).hexdigest()
         cached = self._from_cache(sha, name)
         if cached is not None:
@@ -247,18 +244,30 @@ def digest(path: Path, cache: AotCache | None) -> str:
     except OSError as exc:
         raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
     if sniff_kind(data[:64], path.name) == "wat":
+        data = wat_binary(data, path.name)
+    sha = hashlib.sha256(data).hexdigest()
+    if cache is not None:
+        cache.remember(file_ident(path, info), sha)
+    return sha
+
+
+def wat_binary(data: bytes, name: str) -> bytes:
+    """The binary of WebAssembly text `data` (UTF-8; bad bytes replaced). Through the
+    C API when the fast path loads (no wasmtime-py import), else wasmtime-py's
+    `wat2wasm`: the same function of the same library. Raises ModuleError."""
+    text = data.decode("utf-8", "replace")
+    try:
+        from .fastpath import wat2wasm
+    except FastPathUnavailable:
         import wasmtime
 
         from .traps import describe_load_error
 
         try:
-            data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
+            return bytes(wasmtime.wat2wasm(text))
         except wasmtime.WasmtimeError as exc:
-            raise ModuleError(f"{path.name}: invalid WAT: {describe_load_error(exc)}") from None
-    sha = hashlib.sha256(data).hexdigest()
-    if cache is not None:
-        cache.remember(file_ident(path, info), sha)
-    return sha
+            raise ModuleError(f"{name}: invalid WAT: {describe_load_error(exc)}") from None
+    return wat2wasm(text, name)
 
 
 def file_ident(path: Path, info: os.stat_result) -> str:

@@ -1,13 +1,10 @@
 """Which engine backend runs an in-process module: the C API or wasmtime-py, decided here.
 
 The C-API backend (`CapiSandbox`, through `stockade.engine.fastpath`) starts without
-importing wasmtime-py, so `stockade run` costs a fraction of `import wasmtime`. It serves
-a run only when nothing the run needs is metered in Python host calls, which it does not
-have yet: granted directories (and so disk, file and descriptor quotas), a scratch
-directory, per-call caps (`hostcall_caps`). A host-call budget is served when the fast
-path's native library counts host calls. Everything else runs on wasmtime-py's
-`Sandbox`, as before. When metered host calls work on the C API, `capi_refusal` shrinks
-to nothing and this module goes away.
+importing wasmtime-py, so `stockade run` costs a fraction of `import wasmtime`. It
+serves metered runs too (granted and scratch directories with their quotas, per-call
+caps, the host-call budget: `FastEngine.run_metered`). `capi_refusal` names what is
+left for wasmtime-py's `Sandbox`.
 
 `STOCKADE_BACKEND` overrides the choice: `auto` (default), `wasmtime` (always
 wasmtime-py), `capi` (the C API; a run it cannot serve is a usage error naming why).
@@ -36,25 +33,17 @@ _MAX_TABLE_ELEMENTS = 10_000_000
 def capi_refusal(policy: Policy, module: Path) -> str | None:
     """Why the C-API backend cannot run `module` under `policy` in this process, or None
     when it can. The one place this is decided."""
-    caps, limits = policy.capabilities, policy.limits
-    if caps.dirs or caps.scratch is not None:
-        return "directories are granted (their quotas are metered host calls)"
-    if limits.hostcall_caps:
-        return "the policy caps single host calls (metered host calls)"
-    if policy.trust.require_signature:
-        return "a signature is required (checked on the bytes wasmtime-py loads)"
-    if module.suffix in (".wat", ".cwasm"):
-        return f"a {module.suffix} module (only .wasm binaries are loaded on the C API)"
+    limits = policy.limits
+    if module.suffix == ".cwasm":
+        return "a .cwasm module (native code is mapped on the C API only from the AoT cache)"
     if limits.max_memory > _MAX_MEMORY or limits.max_table_elements > _MAX_TABLE_ELEMENTS:
         return "the memory or table limit is above what the C-API pool holds"
     if limits.max_memories > 1:
         return "the policy allows several memories per module (the pool holds one)"
     try:
-        from ..engine.fastpath import COUNTS_HOSTCALLS
+        from ..engine.fastpath import FastEngine  # noqa: F401 - pinned to one wasmtime
     except FastPathUnavailable as exc:
         return exc.message
-    if limits.max_hostcalls is not None and not COUNTS_HOSTCALLS:
-        return "a host-call budget, and the fast path's native library is not built"
     return None
 
 

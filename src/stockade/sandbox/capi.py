@@ -5,13 +5,18 @@ what that is): `CapiSandbox(policy).run(path, invocation) -> Result`. A run gets
 one-slot `FastEngine` (pooling allocator, memory slot = the policy's memory limit), so
 limits hold as the standard sandbox holds them: fuel, the epoch deadline (sleeps in
 `poll_oneoff` end at it too), the memory limit, the output cap while the guest writes,
-the host-call budget. Modules load through the same AoT cache and its stat index:
-a `.cwasm` is mapped only from a cache entry `AotCache.open` verified (owner, mode, this
-host's MAC), and a fresh compile is sealed into it, never from anywhere else.
+the host-call budget. A policy with granted or scratch directories, per-call caps, or a
+budget the native library cannot count runs under a `Meter` (`FastEngine.run_metered`):
+the sandbox's own host calls, quotas and errnos. Under `require_signature` the trust
+gate's verified bytes are what is compiled. `.wat` text is compiled to its binary by
+the C API. Modules load through the same AoT cache and its stat index: native code is
+mapped only from a cache entry `AotCache.open` verified (owner, mode, this host's MAC),
+and a fresh compile is sealed into it, never from anywhere else.
 
 What this loader does not handle itself goes to wasmtime-py's `Sandbox`, which gives the
-canonical result or error: a module that is not a `.wasm` binary, fails the compile
-guard or validation, imports what Stockade does not provide, or has no `_start`.
+canonical result or error: a `.cwasm` file, a module that is not WebAssembly, invalid
+WAT, a module that fails the compile guard or validation, imports what Stockade does
+not provide, or has no `_start`.
 """
 
 from __future__ import annotations
@@ -25,23 +30,34 @@ from typing import TYPE_CHECKING
 
 from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
-from ..engine.fastpath import FastEngine, FastModule, encode_env
-from ..engine.loader import file_ident
+from ..engine.fastpath import COUNTS_HOSTCALLS, EnvBlock, FastEngine, FastModule, encode_env
+from ..engine.loader import file_ident, sniff_kind, wat_binary
 from ..errors import StockadeError
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..paths import cache_dir
 from ..progress import progress
-from .wasi import guest_env
+from .provenance import denied_result, gate
+from .scratch import Scratch
+from .wasi import checked_preopens, guest_env
 
 if TYPE_CHECKING:
     from ..policy import Policy
     from ..result import Result
     from .sandbox import Sandbox
 
-__all__ = ["CapiSandbox"]
+__all__ = ["CapiSandbox", "needs_meter"]
 
 _WASM_MAGIC = b"\0asm"
+
+
+def needs_meter(policy: Policy) -> bool:
+    """Whether runs under `policy` need host calls metered in Python (`run_metered`)
+    rather than the native run's: granted or scratch directories, per-call caps, or a
+    host-call budget the native library is not there to count."""
+    caps, limits = policy.capabilities, policy.limits
+    return bool(caps.dirs or caps.scratch is not None or limits.hostcall_caps
+                or (limits.max_hostcalls is not None and not COUNTS_HOSTCALLS))
 
 
 class CapiSandbox:
@@ -56,6 +72,10 @@ class CapiSandbox:
         limits = policy.limits
         self._config = EngineConfig.for_limits(limits)
         self._cache = cache if cache is not None else AotCache(cache_dir())
+        # Host calls served in Python under a `Meter` (`FastEngine.run_metered`): what the
+        # native run does not hold (directories and their quotas, per-call caps, a budget
+        # without the native library).
+        self._metered = needs_meter(policy)
         self._engine: FastEngine | None = None
         self._standard: Sandbox | None = None
 
@@ -73,24 +93,59 @@ class CapiSandbox:
         """Run the module's `_start` once in a fresh instance and report what happened."""
         invocation = invocation or Invocation()
         path = Path(module)
-        loaded = self._load(path)
+        verdict = gate(path, self.policy)  # None unless a signature is required
+        if verdict is None:
+            loaded = self._load(path)
+        elif verdict.data is None:
+            return denied_result(verdict, self.policy, invocation, self.observers)
+        else:  # the bytes verified are the bytes compiled: the file is not read again
+            loaded = self._load_bytes(verdict.data, verdict.name, None)
         if loaded is None:
             return self._fallback().run(path, invocation)
         fast, sha256 = loaded
-        limits = self.policy.limits
-        engine = self.engine
-        plan = engine.plan(fast, invocation.args, fuel=limits.fuel, timeout_s=limits.timeout,
-                           max_memory=limits.max_memory, max_output=limits.max_output,
-                           max_hostcalls=limits.max_hostcalls, program=path.name)
-        env = encode_env(guest_env(self.policy, invocation))
         info = RunInfo(module=path.name, sha256=sha256, invocation=invocation,
                        policy=self.policy, started=time.time(), pid=os.getpid(),
                        coldstart=True)
-        notify_started(self.observers, info)
-        result = engine.run_plan(plan, env, invocation.stdin).to_result(
-            path.name, sha256, limits.as_dict())
+        env = encode_env(guest_env(self.policy, invocation))
+        if self._metered:
+            result = self._run_metered(fast, path.name, sha256, invocation, env, info)
+        else:
+            limits = self.policy.limits
+            plan = self.engine.plan(fast, invocation.args, fuel=limits.fuel,
+                                    timeout_s=limits.timeout, max_memory=limits.max_memory,
+                                    max_output=limits.max_output,
+                                    max_hostcalls=limits.max_hostcalls, program=path.name)
+            notify_started(self.observers, info)
+            result = self.engine.run_plan(plan, env, invocation.stdin).to_result(
+                path.name, sha256, limits.as_dict())
         result.coldstart = True  # one engine per sandbox: every module starts cold
         notify_finished(self.observers, info, result)
+        return result
+
+    def _run_metered(self, fast: FastModule, name: str, sha256: str, invocation: Invocation,
+                     env: EnvBlock, info: RunInfo) -> Result:
+        """One run under a `Meter`, as `Sandbox` runs it: the granted directories and the
+        scratch directory preopened, their quotas and the per-call caps metered."""
+        from ..hostcalls.meter import Meter  # only metered runs pay for it
+
+        policy = self.policy
+        limits = policy.limits
+        preopens = checked_preopens(policy)
+        guests = [grant.guest for grant in policy.capabilities.dirs]
+        info.writable_dirs = tuple(g.host for g in policy.capabilities.dirs if g.writable)
+        with Scratch(policy.capabilities) as scratch:
+            if scratch.grant is not None:
+                preopens.append((scratch.grant.host, True))
+                guests.append(scratch.grant.guest)
+                info.writable_dirs += (scratch.grant.host,)
+            notify_started(self.observers, info)
+            # The timeout is the guest's: it starts now, as in `Sandbox.run`.
+            deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+            meter = Meter(limits, deadline, preopens, invocation.stdin)
+            result = self.engine.run_metered(fast, meter, invocation.args, env, dirs=guests,
+                                             program=name).to_result(name, sha256,
+                                                                     limits.as_dict())
+        result.scratch, result.cleanup_error = scratch.kept, scratch.failure
         return result
 
     def _load(self, path: Path) -> tuple[FastModule, str] | None:
@@ -112,16 +167,31 @@ class CapiSandbox:
             data = path.read_bytes()
         except OSError:
             return None
-        if not data.startswith(_WASM_MAGIC):
+        return self._load_bytes(data, path.name, ident)
+
+    def _load_bytes(self, data: bytes, name: str,
+                    ident: str | None) -> tuple[FastModule, str] | None:
+        """`_load` of bytes already read (a `.wat` compiled to its binary first);
+        `ident` (`file_ident`) remembers the file's digest in the cache's stat index."""
+        if len(data) > self.policy.limits.max_module_size:
             return None
+        if not data.startswith(_WASM_MAGIC):
+            try:
+                if sniff_kind(data[:64], name) != "wat":
+                    return None  # a .cwasm or not a module: the standard loader says which
+                data = wat_binary(data, name)
+            except StockadeError:
+                return None
+        fingerprint = self._config.fingerprint()
         sha256 = hashlib.sha256(data).hexdigest()
         cached = self._from_cache(fingerprint, sha256)
         if cached is None:
-            cached = self._compile(data, path.name, fingerprint, sha256)
-        if cached is not None:
+            cached = self._compile(data, name, fingerprint, sha256)
+        if cached is None:
+            return None
+        if ident is not None:
             self._cache.remember(ident, sha256)
-            return cached, sha256
-        return None
+        return cached, sha256
 
     def _from_cache(self, fingerprint: str, sha256: str) -> FastModule | None:
         """The module mapped from a verified cache entry, or None (see `AotCache.open`)."""

@@ -30,12 +30,12 @@ from __future__ import annotations
 from ...envblock import NO_ENV, EnvBlock, encode_env
 from ._capi import FastPathUnavailable
 from ._engine import FastEngine
-from ._module import FastModule
+from ._module import FastModule, wat2wasm
 from ._native import STDIO
 from ._run import FastResult, RunPlan
 
 __all__ = ["FastEngine", "FastModule", "FastResult", "FastPathUnavailable", "RunPlan",
-           "EnvBlock", "NO_ENV", "encode_env", "COUNTS_HOSTCALLS"]
+           "EnvBlock", "NO_ENV", "encode_env", "COUNTS_HOSTCALLS", "wat2wasm"]
 
 # Whether fast-path runs count host calls (`max_hostcalls`): the native library serves
 # the counted calls; without it a run with a budget is refused.

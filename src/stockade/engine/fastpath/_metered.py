@@ -33,8 +33,8 @@ from ...hostcalls.abi import INTERPOSED, MODULE, GuestMemory
 from ...hostcalls.handlers import TRAMPOLINE_CALLS, arguments, serve, stopping, trampoline_wat
 from ...hostcalls.meter import Meter
 from ..traps import Ending, classify
-from ._capi import EXTERN_FUNC, EXTERN_MEMORY, ByteVec, C, Extern, Instance, ValRaw, take_error
-from ._module import raise_load
+from ._capi import EXTERN_FUNC, EXTERN_MEMORY, C, Extern, Instance, ValRaw, take_error
+from ._module import raise_load, wat2wasm
 from ._poll import CALLBACK_TYPE, define_func
 from ._run import RunSlot, _strings
 
@@ -95,13 +95,7 @@ class MeteredLinking:
 
 
 def _compile(engine: int, wat: str) -> int:
-    text = wat.encode()
-    vec = ByteVec()
-    raise_load(C.wat2wasm(text, len(text), ctypes.byref(vec)), "trampoline")
-    try:
-        wasm = ctypes.string_at(vec.data, vec.size)
-    finally:
-        C.wasm_byte_vec_delete(ctypes.byref(vec))
+    wasm = wat2wasm(wat, "trampoline")
     out = c_void_p()
     raise_load(C.module_new(engine, wasm, len(wasm), ctypes.byref(out)), "trampoline")
     return int(out.value or 0)

@@ -20,7 +20,7 @@ from ._run import FastResult
 if TYPE_CHECKING:
     from ._engine import FastEngine
 
-__all__ = ["FastModule", "Env", "prepare", "raise_load"]
+__all__ = ["FastModule", "Env", "prepare", "raise_load", "wat2wasm"]
 
 _UNKNOWN_IMPORT = re.compile(r"unknown import: `([^`]+)`")
 
@@ -113,6 +113,21 @@ def prepare(linker: int, make: Callable[[Any], int | None], name: str) -> tuple[
         C.module_delete(module)
         raise
     return module, int(pre.value or 0)
+
+
+def wat2wasm(text: str | bytes, name: str = "<wat>") -> bytes:
+    """The binary of WebAssembly text, by the C API's `wasmtime_wat2wasm` (what
+    wasmtime-py's `wat2wasm` calls). Raises ModuleError naming the line and column."""
+    data = text.encode() if isinstance(text, str) else bytes(text)
+    vec = ByteVec()
+    error = C.wat2wasm(data, len(data), ctypes.byref(vec))
+    if error:
+        message, _ = take_error(error)
+        raise ModuleError(f"{name}: invalid WAT: {describe_load_message(message)}")
+    try:
+        return ctypes.string_at(vec.data, vec.size)
+    finally:
+        C.wasm_byte_vec_delete(ctypes.byref(vec))
 
 
 def raise_load(error: int | None, name: str) -> None:
