@@ -5,12 +5,15 @@ function's breaker and the function's and tenant's concurrency, CPU and rate (GC
 with Redis's clock, and takes the slots. Concurrency slots are leases: members of a
 sorted set scored by their expiry (the function's timeout plus a grace), so a replica
 that dies holding slots gives them back once they expire. Releases (slots to give
-back, CPU to charge) are not waited for: they ride in the same pipeline as the next
-admission (before it, so a slot given back counts for it); those no admission took
-within `RELEASE_DELAY` are sent by a timer on the event loop (at once, off a loop).
-On an event loop the round trips run on one thread of the state's own, in order.
-A slot may stay taken that much after its response (never less: the limit holds); a
-request costs one round trip.
+back, CPU to charge) are not waited for: the next admission of the same tenant carries
+them as extra arguments of its own script, which gives them back before deciding (a
+slot given back counts for it), so a request is one script in one round trip. The
+releases no admission took within `RELEASE_DELAY` are sent by a timer on the event
+loop, one script per tenant (at once, off a loop). Only a release of the admission's
+own tenant rides with it: its keys share the tenant's hash tag, so one script still
+touches one Redis Cluster slot. On an event loop the round trips run on one thread of
+the state's own, in order. A slot may stay taken that much after its response (never
+less: the limit holds).
 
 What is cached here, and why it stays exact: a refusal for rate or CPU until the
 moment the script said a retry can succeed (other replicas can only push that moment
@@ -190,8 +193,9 @@ class RedisGate(Gate):
         """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
         charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
         if self._concurrent or charge:
-            self.state.queue_release(self._keys[:4],
-                                     [lease_id, repr(max(0.0, cpu_seconds)), self._cpu])
+            keys = self._keys
+            self.state.queue_release(keys[0], keys[2], keys[3], lease_id,
+                                     repr(cpu_seconds) if charge else "0", self._cpu)
 
 
 class RedisState(StateBackend):
@@ -235,7 +239,9 @@ class RedisState(StateBackend):
         self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
         self._breakers: RedisBreakers | None = None
         self._closed = False
-        self._releases: list[tuple[list[str], list[str]]] = []  # (keys, args) to send
+        # Releases to send, per tenant (by its quota key): the keys and arguments of
+        # one RELEASE script (tenant quota, tenant leases, function leases...).
+        self._releases: dict[str, tuple[list[str], list[str]]] = {}
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._admissions: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
@@ -308,11 +314,16 @@ class RedisState(StateBackend):
 
     # -- releases, carried by admissions ------------------------------------------
 
-    def queue_release(self, keys: list[str], args: list[str]) -> None:
-        """Send this release with the next admission, or within `RELEASE_DELAY` (at once
-        when called off an event loop)."""
+    def queue_release(self, tenant_quota: str, tenant_leases: str, function_leases: str,
+                      lease_id: str, cpu_seconds: str, cpu_limit: str) -> None:
+        """Send this release with the next admission of its tenant, or within
+        `RELEASE_DELAY` (at once when called off an event loop)."""
         with self._release_lock:
-            self._releases.append((keys, args))
+            batch = self._releases.get(tenant_quota)
+            if batch is None:
+                batch = self._releases[tenant_quota] = ([tenant_quota, tenant_leases], [])
+            batch[0].append(function_leases)
+            batch[1].extend((lease_id, cpu_seconds, cpu_limit))
         if self._timer is not None:
             return
         try:
@@ -324,30 +335,30 @@ class RedisState(StateBackend):
 
     def _flush_later(self) -> None:
         self._timer = None
-        if not self._closed:
+        if not self._closed and self._releases:
             self._executor.submit(self.flush)
 
-    def _take_releases(self) -> list[tuple[list[str], list[str]]]:
+    def _carry(self, keys: list[str], args: list[str]) -> tuple[list[str], list[str]]:
+        """The admission `keys`, `args` with the queued releases of its tenant added
+        (taken off the queue)."""
+        if not self._releases:
+            return keys, args
         with self._release_lock:
-            batch, self._releases = self._releases, []
-        return batch
+            batch = self._releases.pop(keys[0], None)
+        if batch is None:
+            return keys, args
+        return keys + batch[0][2:], args + batch[1]
 
     def admit(self, keys: list[str], args: list[str]) -> Any:
-        """The admission script, after the queued releases in one pipeline (one round
-        trip). Raises _Unavailable like `run`."""
-        batch = self._take_releases()
-        if not batch:
-            return self.run(self.admit_script, keys, args)
-        replies = self._pipeline(batch, [(keys, args)])
-        reply = replies[-1]
-        if isinstance(reply, Exception):
-            self._script_failed(reply)
-        return reply
+        """The admission script, carrying its tenant's queued releases (one script, one
+        round trip). Raises _Unavailable like `run`."""
+        keys, args = self._carry(keys, args)
+        return self.run(self.admit_script, keys, args)
 
     async def admit_async(self, keys: list[str], args: list[str]) -> Any:
         """`admit`, batched: every admission queued in this turn of the event loop goes
-        in one pipeline (after the queued releases), sent once the turn's ready work
-        has run. Raises _Unavailable like `run`."""
+        in one pipeline, sent once the turn's ready work has run. Raises _Unavailable
+        like `run`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._admissions.append((keys, args, future))
@@ -359,9 +370,9 @@ class RedisState(StateBackend):
         # On the loop: the round trip runs on the state's thread, so a slow store never
         # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
-        calls = [(keys, args) for keys, args, _ in waiting]
+        calls = [(self.admit_script, *self._carry(keys, args)) for keys, args, _ in waiting]
         try:
-            sent = self._executor.submit(self._pipeline, self._take_releases(), calls)
+            sent = self._executor.submit(self._pipeline, calls)
         except RuntimeError:  # closed: nothing more goes to the store
             for *_, future in waiting:
                 future.set_exception(_Unavailable(f"shared state {self.where} is closed"))
@@ -379,8 +390,7 @@ class RedisState(StateBackend):
                 if not future.done():
                     future.set_exception(_Unavailable(str(exc)))
             return
-        replies = done.result()
-        for (*_, future), reply in zip(waiting, replies[-len(waiting):], strict=True):
+        for (*_, future), reply in zip(waiting, done.result(), strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
@@ -391,20 +401,17 @@ class RedisState(StateBackend):
             else:
                 future.set_result(reply)
 
-    def _pipeline(self, releases: list[tuple[list[str], list[str]]],
-                  admissions: Sequence[tuple[list[str], list[str]]] = ()) -> Any:
-        """`releases`, then `admissions`, pipelined (one round trip); the replies (errors
+    def _pipeline(self, calls: Sequence[tuple[Any, list[str], list[str]]]) -> list[Any]:
+        """`calls` (script, keys, args) pipelined in one round trip; the replies (errors
         as values). Raises _Unavailable when Redis is down."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise _Unavailable(f"shared state {self.where} is unreachable")
-        calls = [(self.release_script, keys, args) for keys, args in releases]
-        calls += [(self.admit_script, keys, args) for keys, args in admissions]
         try:
             for attempt in range(2):
                 pipe = self.client.pipeline(transaction=False)
                 for script, keys, args in calls:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
-                replies = pipe.execute(raise_on_error=False)
+                replies: list[Any] = pipe.execute(raise_on_error=False)
                 if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
                                       for r in replies):
                     break
@@ -420,11 +427,14 @@ class RedisState(StateBackend):
         return replies
 
     def flush(self) -> None:
-        """Send the releases no admission carried (a lost one just expires)."""
-        batch = self._take_releases()
-        if batch:
+        """Send the releases no admission carried, one script per tenant (a lost one
+        just expires)."""
+        with self._release_lock:
+            batches, self._releases = self._releases, {}
+        if batches:
             try:
-                self._pipeline(batch)
+                self._pipeline([(self.release_script, keys, args)
+                                for keys, args in batches.values()])
             except _Unavailable:
                 pass  # the leases expire by themselves
 
