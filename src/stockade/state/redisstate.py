@@ -51,6 +51,7 @@ from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
 from .keys import PREFIX, TenantKeys
 from .local import LocalGate, LocalState
 from .quota import Quota
+from .resp import Releases, bulk, bulks, evalsha
 from .scripts import ADMIT, PROBE_CLEAN, RELEASE, UNLIMITED, VIOLATION
 from .settings import StateSettings, redis_password
 
@@ -107,20 +108,21 @@ class RedisGate(Gate):
         fq, tq = spec.function_quota, spec.tenant_quota
         self._concurrent = fq.concurrency is not None or tq.concurrency is not None
         self._cpu = _number(tq.cpu_per_minute)
-        self._args = [
-            "", _number(spec.lease_seconds),
+        # The admission's KEYS[1..5] and ARGV[2..11], encoded once (see `resp`).
+        self._keys = bulks(self.keys[:5])
+        self._args = bulks([
+            _number(spec.lease_seconds),
             _number(fq.concurrency), _number(fq.rate), _number(fq.bucket),
             _number(tq.concurrency), _number(tq.rate), _number(tq.bucket), self._cpu,
-            "1" if spec.breaker else "0", _number(state.probe_timeout), "0",
-        ]
-        self._keys = list(self.keys[:5])
-        self._lock = threading.Lock()
+            "1" if spec.breaker else "0", _number(state.probe_timeout)])
+        self._function_leases = bulk(self.keys.function_leases)
+        self._cpu_limit = bulk(self._cpu)
         self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
         self._pending_denials = 0
 
-    def _prepare(self) -> list[str]:
-        """The admission script's arguments (a new lease id first), or the refusal
-        cached for this moment raised."""
+    def _prepare(self) -> tuple[str, int]:
+        """A new lease id and the refusals to report, or the refusal cached for this
+        moment raised."""
         refused = self._refused
         if refused is not None:
             if time.monotonic() < refused[0]:
@@ -128,31 +130,38 @@ class RedisGate(Gate):
                     self._pending_denials += 1
                 raise refused[1]
             self._refused = None
-        args = self._args.copy()
-        args[0] = self.state.lease_id()
-        args[11] = str(self._pending_denials)
-        self._pending_denials = 0
-        return args
+        pending, self._pending_denials = self._pending_denials, 0
+        return self.state.lease_id(), pending
+
+    def command(self, lease_id: str, pending: int, releases: Releases | None) -> bytes:
+        """The admission script's call, carrying `releases` (of this tenant)."""
+        if releases is None:
+            return evalsha(self.state.admit_script.sha, 17, 5, self._keys, bulk(lease_id),
+                           self._args, bulk(str(pending)))
+        count = releases.count
+        return evalsha(self.state.admit_script.sha, 17 + 4 * count, 5 + count, self._keys,
+                       *releases.keys, bulk(lease_id), self._args, bulk(str(pending)),
+                       *releases.args)
 
     def admit(self) -> Lease:
-        args = self._prepare()
+        lease_id, pending = self._prepare()
         try:
-            reply = self.state.admit(self._keys, args)
+            reply = self.state.admit(self, lease_id, pending)
         except _Unavailable as exc:
-            self._pending_denials += int(args[11])
+            self._pending_denials += pending
             return self.state.unavailable(self, str(exc))
-        return self._decide(reply, args[0])
+        return self._decide(reply, lease_id)
 
     async def admit_async(self) -> Lease:
         """`admit`, sent in one pipeline with the admissions of other requests that
         reached this point in the same turn of the event loop."""
-        args = self._prepare()
+        lease_id, pending = self._prepare()
         try:
-            reply = await self.state.admit_async(self._keys, args)
+            reply = await self.state.admit_async(self, lease_id, pending)
         except _Unavailable as exc:
-            self._pending_denials += int(args[11])
+            self._pending_denials += pending
             return self.state.unavailable(self, str(exc))
-        return self._decide(reply, args[0])
+        return self._decide(reply, lease_id)
 
     def _decide(self, reply: Sequence[str], lease_id: str) -> Lease:
         kind = reply[0]
@@ -193,9 +202,7 @@ class RedisGate(Gate):
         """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
         charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
         if self._concurrent or charge:
-            keys = self._keys
-            self.state.queue_release(keys[0], keys[2], keys[3], lease_id,
-                                     repr(cpu_seconds) if charge else "0", self._cpu)
+            self.state.queue_release(self, lease_id, repr(cpu_seconds) if charge else "0")
 
 
 class RedisState(StateBackend):
@@ -239,12 +246,10 @@ class RedisState(StateBackend):
         self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
         self._breakers: RedisBreakers | None = None
         self._closed = False
-        # Releases to send, per tenant (by its quota key): the keys and arguments of
-        # one RELEASE script (tenant quota, tenant leases, function leases...).
-        self._releases: dict[str, tuple[list[str], list[str]]] = {}
+        self._releases: dict[str, Releases] = {}  # to send, by tenant quota key
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._admissions: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
+        self._admissions: list[tuple[RedisGate, str, int, asyncio.Future[Any]]] = []
         # Round trips for the event loop: one thread keeps them in order (releases
         # before the admissions after them); it never runs guest code.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "stockade-state")
@@ -314,16 +319,15 @@ class RedisState(StateBackend):
 
     # -- releases, carried by admissions ------------------------------------------
 
-    def queue_release(self, tenant_quota: str, tenant_leases: str, function_leases: str,
-                      lease_id: str, cpu_seconds: str, cpu_limit: str) -> None:
-        """Send this release with the next admission of its tenant, or within
-        `RELEASE_DELAY` (at once when called off an event loop)."""
+    def queue_release(self, gate: RedisGate, lease_id: str, cpu_seconds: str) -> None:
+        """Send this release of `gate`'s lease with the next admission of its tenant,
+        or within `RELEASE_DELAY` (at once when called off an event loop)."""
+        tenant = gate.keys.tenant_quota
         with self._release_lock:
-            batch = self._releases.get(tenant_quota)
+            batch = self._releases.get(tenant)
             if batch is None:
-                batch = self._releases[tenant_quota] = ([tenant_quota, tenant_leases], [])
-            batch[0].append(function_leases)
-            batch[1].extend((lease_id, cpu_seconds, cpu_limit))
+                batch = self._releases[tenant] = Releases(tenant, gate.keys.tenant_leases)
+            batch.add(gate._function_leases, lease_id, cpu_seconds, gate._cpu_limit)
         if self._timer is not None:
             return
         try:
@@ -338,30 +342,30 @@ class RedisState(StateBackend):
         if not self._closed and self._releases:
             self._executor.submit(self.flush)
 
-    def _carry(self, keys: list[str], args: list[str]) -> tuple[list[str], list[str]]:
-        """The admission `keys`, `args` with the queued releases of its tenant added
-        (taken off the queue)."""
-        if not self._releases:
-            return keys, args
-        with self._release_lock:
-            batch = self._releases.pop(keys[0], None)
-        if batch is None:
-            return keys, args
-        return keys + batch[0][2:], args + batch[1]
+    def _command(self, gate: RedisGate, lease_id: str, pending: int) -> bytes:
+        """`gate`'s admission, carrying the queued releases of its tenant (taken off
+        the queue)."""
+        releases = None
+        if self._releases:
+            with self._release_lock:
+                releases = self._releases.pop(gate.keys.tenant_quota, None)
+        return gate.command(lease_id, pending, releases)
 
-    def admit(self, keys: list[str], args: list[str]) -> Any:
+    def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
         """The admission script, carrying its tenant's queued releases (one script, one
         round trip). Raises _Unavailable like `run`."""
-        keys, args = self._carry(keys, args)
-        return self.run(self.admit_script, keys, args)
+        reply = self._pipeline([self._command(gate, lease_id, pending)])[0]
+        if isinstance(reply, Exception):
+            self._script_failed(reply)
+        return reply
 
-    async def admit_async(self, keys: list[str], args: list[str]) -> Any:
+    async def admit_async(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
         """`admit`, batched: every admission queued in this turn of the event loop goes
         in one pipeline, sent once the turn's ready work has run. Raises _Unavailable
         like `run`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._admissions.append((keys, args, future))
+        self._admissions.append((gate, lease_id, pending, future))
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
         return await future
@@ -370,7 +374,8 @@ class RedisState(StateBackend):
         # On the loop: the round trip runs on the state's thread, so a slow store never
         # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
-        calls = [(self.admit_script, *self._carry(keys, args)) for keys, args, _ in waiting]
+        calls = [self._command(gate, lease_id, pending)
+                 for gate, lease_id, pending, _ in waiting]
         try:
             sent = self._executor.submit(self._pipeline, calls)
         except RuntimeError:  # closed: nothing more goes to the store
@@ -380,7 +385,7 @@ class RedisState(StateBackend):
         asyncio.wrap_future(sent).add_done_callback(
             lambda done: self._answer(waiting, done))
 
-    def _answer(self, waiting: list[tuple[list[str], list[str], asyncio.Future[Any]]],
+    def _answer(self, waiting: list[tuple[RedisGate, str, int, asyncio.Future[Any]]],
                 done: asyncio.Future[Any]) -> None:
         exc = done.exception()
         if exc is not None:
@@ -401,22 +406,33 @@ class RedisState(StateBackend):
             else:
                 future.set_result(reply)
 
-    def _pipeline(self, calls: Sequence[tuple[Any, list[str], list[str]]]) -> list[Any]:
-        """`calls` (script, keys, args) pipelined in one round trip; the replies (errors
-        as values). Raises _Unavailable when Redis is down."""
+    def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
+        """`calls` (encoded script calls, see `resp`) sent in one round trip; the
+        replies (errors as values). Raises _Unavailable when Redis is down."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise _Unavailable(f"shared state {self.where} is unreachable")
+        pool = self.client.connection_pool
         try:
-            for attempt in range(2):
-                pipe = self.client.pipeline(transaction=False)
-                for script, keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                replies: list[Any] = pipe.execute(raise_on_error=False)
-                if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
-                                      for r in replies):
-                    break
-                for script in (self.release_script, self.admit_script):  # Redis restarted
-                    self.client.script_load(script.script)
+            connection: Any = pool.get_connection()
+            try:
+                for attempt in range(2):
+                    connection.send_packed_command([b"".join(calls)])
+                    replies: list[Any] = []
+                    for _ in calls:
+                        try:
+                            replies.append(connection.read_response())
+                        except redis.ResponseError as error:  # this call's, the rest follow
+                            replies.append(error)
+                    if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
+                                          for r in replies):
+                        break
+                    for script in (self.release_script, self.admit_script):  # restarted
+                        self.client.script_load(script.script)
+            except BaseException:
+                connection.disconnect()  # replies may be left unread on it
+                raise
+            finally:
+                pool.release(connection)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise _Unavailable(f"shared state {self.where} is unreachable") from None
@@ -433,8 +449,8 @@ class RedisState(StateBackend):
             batches, self._releases = self._releases, {}
         if batches:
             try:
-                self._pipeline([(self.release_script, keys, args)
-                                for keys, args in batches.values()])
+                self._pipeline([batch.release(self.release_script.sha)
+                                for batch in batches.values()])
             except _Unavailable:
                 pass  # the leases expire by themselves
 
