@@ -2,7 +2,7 @@
 each replica's own (local) state and with the state in Redis, in one run.
 
     .venv/bin/python benchmarks/bench_cluster.py [--replicas 3] [--duration 10]
-        [--rounds 2] [--connections 32] [--json out.json]
+        [--rounds 2] [--connections 32] [--workers 1] [--single] [--json out.json]
 
 `deploy/simulate/cluster.py` brings up two clusters side by side (replicas with one
 worker each, in their own network namespaces, and HAProxy): one with local state, one
@@ -10,9 +10,11 @@ with its state in Redis. wrk warms each up for 2 s, then measures `--duration` s
 through each HAProxy in turn, `--rounds` times (alternating, so both see the same
 machine; the idle cluster costs next to nothing). The function's tenant has a rate and a concurrency
 quota high enough never to refuse, so every request takes the quota path (with Redis:
-its round trip) without being refused. Reports requests/s, p50, p99, errors per row and
-the throughput ratio redis/local (the goal: shared state costs under 15 %). Needs
-`make guests`, wrk, haproxy and redis-server.
+its round trip) without being refused. Reports requests/s, p50, p99, errors per row,
+the throughput ratio redis/local per round and over all rounds, and the median p99 of
+each (the goal: shared state costs under 15 %). `--single` measures one replica
+directly, without HAProxy (the cost of the state on one server; `--workers` sets its
+worker processes). Needs `make guests`, wrk, haproxy and redis-server.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -60,13 +63,13 @@ def load_cluster() -> Any:
     return module
 
 
-def start(script: Any, work: Path, state: str, replicas: int) -> Any:
+def start(script: Any, work: Path, state: str, replicas: int, workers: int) -> Any:
     """A cluster with `state` serving MANIFEST, up."""
     run_dir = work / state
     run_dir.mkdir()
     manifest = run_dir / "manifest.toml"
     manifest.write_text(MANIFEST.format(functions=FUNCTIONS))
-    cluster = script.Cluster(run_dir, replicas, state, str(manifest),
+    cluster = script.Cluster(run_dir, replicas, state, str(manifest), workers=workers,
                              redis_password="bench" if state == "redis" else "")
     try:
         cluster.up()
@@ -82,8 +85,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes per replica")
+    parser.add_argument("--single", action="store_true",
+                        help="one replica, measured directly (no load balancer)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
+    if args.single:
+        args.replicas = 1
     if not (FUNCTIONS / "hello.wasm").exists():
         raise SystemExit("bench_cluster: run `make guests` first")
     script = load_cluster()
@@ -91,14 +100,18 @@ def main() -> int:
     clusters: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="stockade-bench-cluster-") as work:
         try:
+            urls = {}
             for state in ("local", "redis"):
-                clusters[state] = start(script, Path(work), state, args.replicas)
-                wrk(f"{clusters[state].url}/hello", 2.0, args.connections)  # warm-up
+                cluster = clusters[state] = start(script, Path(work), state, args.replicas,
+                                                  args.workers)
+                urls[state] = f"{cluster.nodes[0].url if args.single else cluster.url}/hello"
+                wrk(urls[state], 2.0, args.connections)  # warm-up
             for number in range(1, args.rounds + 1):
                 for state, cluster in clusters.items():
-                    row = wrk(f"{cluster.url}/hello", args.duration, args.connections)
+                    row = wrk(urls[state], args.duration, args.connections)
                     row.update(state=state, round=number, replicas=args.replicas,
-                               mode=cluster.mode)
+                               workers=args.workers, mode=cluster.mode,
+                               balancer=not args.single)
                     rows.append(row)
         finally:
             for cluster in clusters.values():
@@ -110,12 +123,20 @@ def main() -> int:
               f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {errors:>7}")
     ratios = [redis["requests_per_s"] / local["requests_per_s"]
               for local, redis in zip(rows[0::2], rows[1::2], strict=True)]
+    total = {state: sum(row["requests"] for row in rows if row["state"] == state)
+             for state in clusters}
+    overall = total["redis"] / total["local"]
+    p99 = {state: statistics.median(row["p99_ms"] for row in rows if row["state"] == state)
+           for state in clusters}
     print("redis/local throughput per round: "
           + ", ".join(f"{r:.3f}" for r in ratios)
-          + f" (shared state costs {1 - max(ratios):.1%} to {1 - min(ratios):.1%}; "
+          + f"; over all rounds {overall:.3f} (shared state costs {1 - overall:.1%}; "
           "goal < 15 %)")
+    print(f"median p99: local {p99['local']:.2f} ms, redis {p99['redis']:.2f} ms")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "redis_over_local": ratios}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "redis_over_local": ratios,
+                                         "overall": overall, "median_p99_ms": p99},
+                                        indent=2))
     return 1 if any(row["non_2xx"] + row["socket_errors"] for row in rows) else 0
 
 

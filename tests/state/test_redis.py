@@ -313,3 +313,43 @@ def test_admissions_of_one_loop_turn_share_a_pipeline_and_the_limit(
     results = asyncio.run(scenario())
     refusals = [r for r in results if isinstance(r, QuotaExceeded)]
     assert len(results) - len(refusals) == 5 and len(refusals) == 35
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    stats: dict[str, dict[str, int]] = server.client().info("commandstats")  # type: ignore[assignment]
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_request_is_one_script_and_releases_ride_only_with_their_own_tenant(
+        redis_server: RedisServer, replicas: list[RedisState]) -> None:
+    import asyncio
+
+    state = replicas[0]
+    hostile = "{acme}\n" + "x" * 500  # would share acme's slot if its name leaked into a key
+    gates = {tenant: state.gate(spec(tenant, concurrency=1, cpu_per_minute=0.6))
+             for tenant in ("acme", hostile)}
+    other = replicas[1].gate(spec("acme", concurrency=1, cpu_per_minute=0.6))
+
+    async def scenario() -> int:
+        state.gate(spec("warm-up")).admit()  # the script is loaded once per store
+        before = evalsha_calls(redis_server)
+        for _ in range(5):  # no await: the timer cannot send a release in between
+            for gate in gates.values():
+                gate.admit().release(0.01)  # each admission carries its tenant's release
+        calls = evalsha_calls(redis_server) - before
+        gates["acme"].admit().release(0.2)  # 0.26 s charged to acme so far
+        with pytest.raises(QuotaExceeded):
+            other.admit()  # acme's release is still queued: its slot is taken
+        await asyncio.sleep(0.05)  # the timer sent it, alone
+        other.admit().release(0.4)  # 0.66 s: over acme's 0.6 s, charged once
+        await asyncio.sleep(0.05)
+        with pytest.raises(QuotaExceeded) as error:
+            gates["acme"].admit()
+        assert error.value.limit == "cpu"
+        gates[hostile].admit().release()  # the hostile tenant's budget is its own
+        return calls
+
+    calls = asyncio.run(scenario())
+    assert calls == 10  # one EVALSHA per request: no release of its own
+    slots = {key_slot(key.encode()) for key in redis_server.client().keys("stockade:{acme}*")}
+    assert len(slots) == 1

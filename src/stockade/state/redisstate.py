@@ -5,12 +5,15 @@ function's breaker and the function's and tenant's concurrency, CPU and rate (GC
 with Redis's clock, and takes the slots. Concurrency slots are leases: members of a
 sorted set scored by their expiry (the function's timeout plus a grace), so a replica
 that dies holding slots gives them back once they expire. Releases (slots to give
-back, CPU to charge) are not waited for: they ride in the same pipeline as the next
-admission (before it, so a slot given back counts for it); those no admission took
-within `RELEASE_DELAY` are sent by a timer on the event loop (at once, off a loop).
-On an event loop the round trips run on one thread of the state's own, in order.
-A slot may stay taken that much after its response (never less: the limit holds); a
-request costs one round trip.
+back, CPU to charge) are not waited for: the next admission of the same tenant carries
+them as extra arguments of its own script, which gives them back before deciding (a
+slot given back counts for it), so a request is one script in one round trip. The
+releases no admission took within `RELEASE_DELAY` are sent by a timer on the event
+loop, one script per tenant (at once, off a loop). Only a release of the admission's
+own tenant rides with it: its keys share the tenant's hash tag, so one script still
+touches one Redis Cluster slot. On an event loop the round trips run on one thread of
+the state's own, in order. A slot may stay taken that much after its response (never
+less: the limit holds).
 
 What is cached here, and why it stays exact: a refusal for rate or CPU until the
 moment the script said a retry can succeed (other replicas can only push that moment
@@ -48,6 +51,7 @@ from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
 from .keys import PREFIX, TenantKeys
 from .local import LocalGate, LocalState
 from .quota import Quota
+from .resp import Releases, bulk, bulks, evalsha
 from .scripts import ADMIT, PROBE_CLEAN, RELEASE, UNLIMITED, VIOLATION
 from .settings import StateSettings, redis_password
 
@@ -104,20 +108,21 @@ class RedisGate(Gate):
         fq, tq = spec.function_quota, spec.tenant_quota
         self._concurrent = fq.concurrency is not None or tq.concurrency is not None
         self._cpu = _number(tq.cpu_per_minute)
-        self._args = [
-            "", _number(spec.lease_seconds),
+        # The admission's KEYS[1..5] and ARGV[2..11], encoded once (see `resp`).
+        self._keys = bulks(self.keys[:5])
+        self._args = bulks([
+            _number(spec.lease_seconds),
             _number(fq.concurrency), _number(fq.rate), _number(fq.bucket),
             _number(tq.concurrency), _number(tq.rate), _number(tq.bucket), self._cpu,
-            "1" if spec.breaker else "0", _number(state.probe_timeout), "0",
-        ]
-        self._keys = list(self.keys[:5])
-        self._lock = threading.Lock()
+            "1" if spec.breaker else "0", _number(state.probe_timeout)])
+        self._function_leases = bulk(self.keys.function_leases)
+        self._cpu_limit = bulk(self._cpu)
         self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
         self._pending_denials = 0
 
-    def _prepare(self) -> list[str]:
-        """The admission script's arguments (a new lease id first), or the refusal
-        cached for this moment raised."""
+    def _prepare(self) -> tuple[str, int]:
+        """A new lease id and the refusals to report, or the refusal cached for this
+        moment raised."""
         refused = self._refused
         if refused is not None:
             if time.monotonic() < refused[0]:
@@ -125,31 +130,38 @@ class RedisGate(Gate):
                     self._pending_denials += 1
                 raise refused[1]
             self._refused = None
-        args = self._args.copy()
-        args[0] = self.state.lease_id()
-        args[11] = str(self._pending_denials)
-        self._pending_denials = 0
-        return args
+        pending, self._pending_denials = self._pending_denials, 0
+        return self.state.lease_id(), pending
+
+    def command(self, lease_id: str, pending: int, releases: Releases | None) -> bytes:
+        """The admission script's call, carrying `releases` (of this tenant)."""
+        if releases is None:
+            return evalsha(self.state.admit_script.sha, 17, 5, self._keys, bulk(lease_id),
+                           self._args, bulk(str(pending)))
+        count = releases.count
+        return evalsha(self.state.admit_script.sha, 17 + 4 * count, 5 + count, self._keys,
+                       *releases.keys, bulk(lease_id), self._args, bulk(str(pending)),
+                       *releases.args)
 
     def admit(self) -> Lease:
-        args = self._prepare()
+        lease_id, pending = self._prepare()
         try:
-            reply = self.state.admit(self._keys, args)
+            reply = self.state.admit(self, lease_id, pending)
         except _Unavailable as exc:
-            self._pending_denials += int(args[11])
+            self._pending_denials += pending
             return self.state.unavailable(self, str(exc))
-        return self._decide(reply, args[0])
+        return self._decide(reply, lease_id)
 
     async def admit_async(self) -> Lease:
         """`admit`, sent in one pipeline with the admissions of other requests that
         reached this point in the same turn of the event loop."""
-        args = self._prepare()
+        lease_id, pending = self._prepare()
         try:
-            reply = await self.state.admit_async(self._keys, args)
+            reply = await self.state.admit_async(self, lease_id, pending)
         except _Unavailable as exc:
-            self._pending_denials += int(args[11])
+            self._pending_denials += pending
             return self.state.unavailable(self, str(exc))
-        return self._decide(reply, args[0])
+        return self._decide(reply, lease_id)
 
     def _decide(self, reply: Sequence[str], lease_id: str) -> Lease:
         kind = reply[0]
@@ -190,8 +202,7 @@ class RedisGate(Gate):
         """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
         charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
         if self._concurrent or charge:
-            self.state.queue_release(self._keys[:4],
-                                     [lease_id, repr(max(0.0, cpu_seconds)), self._cpu])
+            self.state.queue_release(self, lease_id, repr(cpu_seconds) if charge else "0")
 
 
 class RedisState(StateBackend):
@@ -235,10 +246,10 @@ class RedisState(StateBackend):
         self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
         self._breakers: RedisBreakers | None = None
         self._closed = False
-        self._releases: list[tuple[list[str], list[str]]] = []  # (keys, args) to send
+        self._releases: dict[str, Releases] = {}  # to send, by tenant quota key
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._admissions: list[tuple[list[str], list[str], asyncio.Future[Any]]] = []
+        self._admissions: list[tuple[RedisGate, str, int, asyncio.Future[Any]]] = []
         # Round trips for the event loop: one thread keeps them in order (releases
         # before the admissions after them); it never runs guest code.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "stockade-state")
@@ -308,11 +319,15 @@ class RedisState(StateBackend):
 
     # -- releases, carried by admissions ------------------------------------------
 
-    def queue_release(self, keys: list[str], args: list[str]) -> None:
-        """Send this release with the next admission, or within `RELEASE_DELAY` (at once
-        when called off an event loop)."""
+    def queue_release(self, gate: RedisGate, lease_id: str, cpu_seconds: str) -> None:
+        """Send this release of `gate`'s lease with the next admission of its tenant,
+        or within `RELEASE_DELAY` (at once when called off an event loop)."""
+        tenant = gate.keys.tenant_quota
         with self._release_lock:
-            self._releases.append((keys, args))
+            batch = self._releases.get(tenant)
+            if batch is None:
+                batch = self._releases[tenant] = Releases(tenant, gate.keys.tenant_leases)
+            batch.add(gate._function_leases, lease_id, cpu_seconds, gate._cpu_limit)
         if self._timer is not None:
             return
         try:
@@ -324,33 +339,33 @@ class RedisState(StateBackend):
 
     def _flush_later(self) -> None:
         self._timer = None
-        if not self._closed:
+        if not self._closed and self._releases:
             self._executor.submit(self.flush)
 
-    def _take_releases(self) -> list[tuple[list[str], list[str]]]:
-        with self._release_lock:
-            batch, self._releases = self._releases, []
-        return batch
+    def _command(self, gate: RedisGate, lease_id: str, pending: int) -> bytes:
+        """`gate`'s admission, carrying the queued releases of its tenant (taken off
+        the queue)."""
+        releases = None
+        if self._releases:
+            with self._release_lock:
+                releases = self._releases.pop(gate.keys.tenant_quota, None)
+        return gate.command(lease_id, pending, releases)
 
-    def admit(self, keys: list[str], args: list[str]) -> Any:
-        """The admission script, after the queued releases in one pipeline (one round
-        trip). Raises _Unavailable like `run`."""
-        batch = self._take_releases()
-        if not batch:
-            return self.run(self.admit_script, keys, args)
-        replies = self._pipeline(batch, [(keys, args)])
-        reply = replies[-1]
+    def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
+        """The admission script, carrying its tenant's queued releases (one script, one
+        round trip). Raises _Unavailable like `run`."""
+        reply = self._pipeline([self._command(gate, lease_id, pending)])[0]
         if isinstance(reply, Exception):
             self._script_failed(reply)
         return reply
 
-    async def admit_async(self, keys: list[str], args: list[str]) -> Any:
+    async def admit_async(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
         """`admit`, batched: every admission queued in this turn of the event loop goes
-        in one pipeline (after the queued releases), sent once the turn's ready work
-        has run. Raises _Unavailable like `run`."""
+        in one pipeline, sent once the turn's ready work has run. Raises _Unavailable
+        like `run`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._admissions.append((keys, args, future))
+        self._admissions.append((gate, lease_id, pending, future))
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
         return await future
@@ -359,9 +374,10 @@ class RedisState(StateBackend):
         # On the loop: the round trip runs on the state's thread, so a slow store never
         # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
-        calls = [(keys, args) for keys, args, _ in waiting]
+        calls = [self._command(gate, lease_id, pending)
+                 for gate, lease_id, pending, _ in waiting]
         try:
-            sent = self._executor.submit(self._pipeline, self._take_releases(), calls)
+            sent = self._executor.submit(self._pipeline, calls)
         except RuntimeError:  # closed: nothing more goes to the store
             for *_, future in waiting:
                 future.set_exception(_Unavailable(f"shared state {self.where} is closed"))
@@ -369,7 +385,7 @@ class RedisState(StateBackend):
         asyncio.wrap_future(sent).add_done_callback(
             lambda done: self._answer(waiting, done))
 
-    def _answer(self, waiting: list[tuple[list[str], list[str], asyncio.Future[Any]]],
+    def _answer(self, waiting: list[tuple[RedisGate, str, int, asyncio.Future[Any]]],
                 done: asyncio.Future[Any]) -> None:
         exc = done.exception()
         if exc is not None:
@@ -379,8 +395,7 @@ class RedisState(StateBackend):
                 if not future.done():
                     future.set_exception(_Unavailable(str(exc)))
             return
-        replies = done.result()
-        for (*_, future), reply in zip(waiting, replies[-len(waiting):], strict=True):
+        for (*_, future), reply in zip(waiting, done.result(), strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
@@ -391,25 +406,33 @@ class RedisState(StateBackend):
             else:
                 future.set_result(reply)
 
-    def _pipeline(self, releases: list[tuple[list[str], list[str]]],
-                  admissions: Sequence[tuple[list[str], list[str]]] = ()) -> Any:
-        """`releases`, then `admissions`, pipelined (one round trip); the replies (errors
-        as values). Raises _Unavailable when Redis is down."""
+    def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
+        """`calls` (encoded script calls, see `resp`) sent in one round trip; the
+        replies (errors as values). Raises _Unavailable when Redis is down."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise _Unavailable(f"shared state {self.where} is unreachable")
-        calls = [(self.release_script, keys, args) for keys, args in releases]
-        calls += [(self.admit_script, keys, args) for keys, args in admissions]
+        pool = self.client.connection_pool
         try:
-            for attempt in range(2):
-                pipe = self.client.pipeline(transaction=False)
-                for script, keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                replies = pipe.execute(raise_on_error=False)
-                if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
-                                      for r in replies):
-                    break
-                for script in (self.release_script, self.admit_script):  # Redis restarted
-                    self.client.script_load(script.script)
+            connection: Any = pool.get_connection()
+            try:
+                for attempt in range(2):
+                    connection.send_packed_command([b"".join(calls)])
+                    replies: list[Any] = []
+                    for _ in calls:
+                        try:
+                            replies.append(connection.read_response())
+                        except redis.ResponseError as error:  # this call's, the rest follow
+                            replies.append(error)
+                    if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
+                                          for r in replies):
+                        break
+                    for script in (self.release_script, self.admit_script):  # restarted
+                        self.client.script_load(script.script)
+            except BaseException:
+                connection.disconnect()  # replies may be left unread on it
+                raise
+            finally:
+                pool.release(connection)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise _Unavailable(f"shared state {self.where} is unreachable") from None
@@ -420,11 +443,14 @@ class RedisState(StateBackend):
         return replies
 
     def flush(self) -> None:
-        """Send the releases no admission carried (a lost one just expires)."""
-        batch = self._take_releases()
-        if batch:
+        """Send the releases no admission carried, one script per tenant (a lost one
+        just expires)."""
+        with self._release_lock:
+            batches, self._releases = self._releases, {}
+        if batches:
             try:
-                self._pipeline(batch)
+                self._pipeline([batch.release(self.release_script.sha)
+                                for batch in batches.values()])
             except _Unavailable:
                 pass  # the leases expire by themselves
 

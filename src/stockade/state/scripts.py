@@ -10,13 +10,42 @@ __all__ = ["ADMIT", "RELEASE", "VIOLATION", "PROBE_CLEAN", "UNLIMITED"]
 
 UNLIMITED = -1  # a quota field that limits nothing
 
-# KEYS: tenant quota, function quota, tenant leases, function leases, breaker
+# Gives back the leases of one tenant and charges their CPU: KEYS[tq] the tenant's
+# quota, KEYS[tl] its leases, KEYS[first..] each release's function leases; from
+# ARGV[arg], three per release: lease id, guest CPU seconds, tenant CPU seconds per minute.
+_RELEASES = """
+local function release(tq, tl, first, arg, now)
+  for i = first, #KEYS do
+    local a = arg + (i - first) * 3
+    local id, used, cpu = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    redis.call('ZREM', KEYS[tl], id)
+    redis.call('ZREM', KEYS[i], id)
+    if used > 0 and cpu >= 0 then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+      end
+      local c = redis.call('HMGET', KEYS[tq], 'cpu', 'cpu_at')
+      local level = tonumber(c[1]) or cpu
+      level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * cpu / 60)
+      redis.call('HSET', KEYS[tq], 'cpu', tostring(level - used), 'cpu_at', tostring(now))
+      redis.call('HINCRBYFLOAT', KEYS[tq], 'charged', used)
+      redis.call('EXPIRE', KEYS[tq], 3600)
+    end
+  end
+end
+"""
+
+# KEYS: tenant quota, function quota, tenant leases, function leases, breaker, then the
+#       function leases of each release of this tenant queued since the last call
 # ARGV: lease id, lease seconds, function concurrency, rate, burst, tenant concurrency,
 #       rate, burst, CPU seconds per minute, check breaker (0/1), probe timeout,
-#       refusals counted locally since the last call
-ADMIT = """
+#       refusals counted locally since the last call, then three per release (see
+#       _RELEASES), given back first so that their slots and CPU count for this request
+ADMIT = _RELEASES + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+release(1, 3, 6, 13, now)
 local probe = false
 if ARGV[10] == '1' then
   local pending = tonumber(ARGV[12])
@@ -101,23 +130,10 @@ end
 return {'ok', probe and '1' or '0', tostring(denied), tostring(now)}
 """
 
-# KEYS: tenant quota, function quota, tenant leases, function leases
-# ARGV: lease id, guest CPU seconds, tenant CPU seconds per minute
-RELEASE = """
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-local used = tonumber(ARGV[2])
-local cpu = tonumber(ARGV[3])
-if used > 0 and cpu >= 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local c = redis.call('HMGET', KEYS[1], 'cpu', 'cpu_at')
-  local level = tonumber(c[1]) or cpu
-  level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * cpu / 60)
-  redis.call('HSET', KEYS[1], 'cpu', tostring(level - used), 'cpu_at', tostring(now))
-  redis.call('HINCRBYFLOAT', KEYS[1], 'charged', used)
-  redis.call('EXPIRE', KEYS[1], 3600)
-end
+# KEYS: tenant quota, tenant leases, then each release's function leases
+# ARGV: three per release (see _RELEASES)
+RELEASE = _RELEASES + """
+release(1, 2, 3, 1, nil)
 return 1
 """
 
