@@ -55,6 +55,12 @@ def harden_before_engine(plan: WorkerPlan) -> Confinement:
     # system's library directories are still reachable: nothing imports them eagerly.
     import wasmtime  # noqa: F401
 
+    from ..engine.fastpath._capi import FastPathUnavailable
+
+    try:  # the C API's wat2wasm, which `.wat` modules go through (engine.loader.wat_binary)
+        from ..engine import fastpath  # noqa: F401
+    except FastPathUnavailable:
+        pass
     grants = grants_of(plan)
     return confine_current_process(grants, before_landlock=lambda: apply_rlimits(
         plan.rlimits, is_root=os.geteuid() == 0))
