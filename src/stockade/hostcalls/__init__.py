@@ -6,8 +6,9 @@ C-API fast path, using `poll` alone, must not pay for.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from .abi import INTERPOSED, MODULE, PREVIEW1_FUNCTIONS
@@ -21,9 +22,4 @@ _EXPORTS = {"INTERPOSED": "abi", "MODULE": "abi", "PREVIEW1_FUNCTIONS": "abi",
             "LINKER_NAME": "interpose", "build_linker": "interpose", "metered": "interpose",
             "Meter": "meter"}
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -12,8 +12,7 @@ The worker machinery is imported on first use, so choosing `none` costs nothing.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .base import SandboxLike
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
 
 # Eager, and cheap: a name equal to its submodule's would otherwise be shadowed by the
 # submodule once something imports `stockade.isolate.protections`.
+from ..lazyexports import lazy_exports
 from .protections import Protection, format_protections, protections  # noqa: E402
 
 __all__ = [
@@ -49,15 +49,4 @@ _LAZY = {
     "ISOLATION_MODES": "factory", "default_isolation": "factory", "make_sandbox": "factory",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
