@@ -377,3 +377,21 @@ def test_a_run_with_a_real_guest_counts_its_limit(tmp_path: Path) -> None:
         for _ in range(3):
             assert sandbox.run(spin, invocation).outcome is Outcome.FUEL_EXHAUSTED
         assert not telemetry.admit(spin.name, "00" * 32, invocation).allowed
+
+
+def _open_breaker(path: str) -> str:
+    from stockade.telemetry.breaker import Breaker
+
+    Breaker(path).close()
+    return "ok"
+
+
+def test_processes_opening_a_new_database_together_all_start(tmp_path: Path) -> None:
+    # The gateway's workers open one new breaker database at the same moment: switching it
+    # to WAL answered "database is locked" to one of them, which then failed to start.
+    import multiprocessing
+
+    for round_ in range(20):
+        path = str(tmp_path / f"breakers-{round_}.db")
+        with multiprocessing.get_context("fork").Pool(16) as pool:
+            assert pool.map(_open_breaker, [path] * 16) == ["ok"] * 16

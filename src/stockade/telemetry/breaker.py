@@ -253,7 +253,7 @@ class Breaker:
         self._db.execute("PRAGMA busy_timeout = 5000")
         if self._db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
             # WAL lets readers (every `check`) proceed while another process writes.
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(self._db)
             with self._tx():
                 if self._db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
                     for statement in _SCHEMA:
@@ -471,3 +471,20 @@ class Breaker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _switch_to_wal(db: sqlite3.Connection, patience: float = 5.0) -> None:
+    """Put the database in WAL mode. SQLite answers "database is locked" at once, without
+    its busy handler, when another process opens the same new database at that moment
+    (the gateway's workers start together): retry for `patience` seconds."""
+    import sqlite3
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
