@@ -38,7 +38,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
@@ -266,10 +267,19 @@ class RedisState(StateBackend):
     def run(self, script: Any, keys: list[str], args: list[str]) -> Any:
         """Run `script`; raises _Unavailable when Redis is down (then not tried again for
         `RETRY_INTERVAL` s) or the script failed."""
+        with self._round_trip():
+            reply = script(keys=keys, args=args)
+        return reply
+
+    @contextmanager
+    def _round_trip(self) -> Iterator[None]:
+        """One exchange with Redis: refused at once while it is marked down; a lost
+        connection marks it down and raises _Unavailable; a failed script raises through
+        `_script_failed`; a success after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise _Unavailable(f"shared state {self.where} is unreachable")
         try:
-            reply = script(keys=keys, args=args)
+            yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise _Unavailable(f"shared state {self.where} is unreachable") from None
@@ -277,7 +287,6 @@ class RedisState(StateBackend):
             self._script_failed(exc)
         if self._retry_at:
             self._came_back()
-        return reply
 
     def _script_failed(self, exc: BaseException) -> NoReturn:
         """A Lua error, a key of the wrong type: this decision fails, the store is up."""
@@ -409,10 +418,8 @@ class RedisState(StateBackend):
     def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
         """`calls` (encoded script calls, see `resp`) sent in one round trip; the
         replies (errors as values). Raises _Unavailable when Redis is down."""
-        if self._retry_at and time.monotonic() < self._retry_at:
-            raise _Unavailable(f"shared state {self.where} is unreachable")
         pool = self.client.connection_pool
-        try:
+        with self._round_trip():
             connection: Any = pool.get_connection()
             try:
                 for attempt in range(2):
@@ -433,13 +440,6 @@ class RedisState(StateBackend):
                 raise
             finally:
                 pool.release(connection)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._went_down(exc)
-            raise _Unavailable(f"shared state {self.where} is unreachable") from None
-        except redis.RedisError as exc:
-            self._script_failed(exc)
-        if self._retry_at:
-            self._came_back()
         return replies
 
     def flush(self) -> None:
