@@ -158,5 +158,16 @@ def test_gateway_pins_images_in_its_lock_checks_signatures_and_re_resolves_on_si
                  ["images"][f"oci://{repo}:moving"]["digest"] == second)
         wait_for(lambda: gateway.client.get("/moving").text != hello.text)
         assert gateway.client.get("/unsigned").status_code == 403
+        echoed = gateway.client.get("/moving").text
+
+        # The tag moves to an image nobody signed: a reload keeps serving the signed one.
+        third = image_of(env, "status", f"{repo}:moving")
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for_log(f"oci://{repo}:moving now names {third}, which this "
+                             f"function's trust refuses; still serving {second}")
+        moving = gateway.client.get("/moving")
+        assert moving.status_code == 200 and moving.text == echoed
+        lock = json.loads((tmp_path / "stockade.lock").read_text())
+        assert lock["images"][f"oci://{repo}:moving"]["digest"] == second
     finally:
         gateway.stop()

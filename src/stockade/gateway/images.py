@@ -7,7 +7,9 @@ Later starts, and the gateway's worker processes, run exactly those digests, fro
 store, without asking the registry what a tag means now. A reload by SIGHUP (or
 `--reload`) re-resolves every tag and rewrites the lock (`refresh`). Under a `[trust]`
 that requires signatures, each image's signatures are checked against the cosign keys
-of its function's trust (`oci.trusted.vouch`).
+of its function's trust (`oci.trusted.vouch`); a reload that finds a tag moved to an
+image its function's trust refuses keeps the locked image that trust admits (a warning
+says so), so a pushed unsigned image does not take a serving function down.
 
 The lock decides which bytes run, so it is trusted only as far as the manifest is: a
 lock that is a symlink, not a regular file, owned by another uid than this process's or
@@ -51,9 +53,11 @@ class Images:
     def __init__(self, manifest: Path, refresh: bool = False) -> None:
         self.manifest = manifest
         self.refresh = refresh
-        self._pinned: dict[str, str] = {} if refresh else self._read()
+        self._locked = self._read()
+        self._pinned: dict[str, str] = {} if refresh else dict(self._locked)
         self._used: dict[str, dict[str, str]] = {}
         self._resolved: dict[str, Any] = {}
+        self._vouched: dict[tuple[str, Trust], Trust] = {}
 
     def _owners(self) -> set[int]:
         """The uids whose lock files are believed: this process's and the manifest's."""
@@ -89,9 +93,10 @@ class Images:
                 return {}
         return {}
 
-    def module(self, text: str) -> tuple[Path, str]:
+    def module(self, text: str, trust: Trust | None = None) -> tuple[Path, str]:
         """(module file, pinned `REF@sha256:…`) of `oci://REF`: the locked digest when
-        there is one, else what the tag means now. Raises the OCI errors."""
+        there is one, else what the tag means now (on a refresh, unless `trust` refuses
+        that image and admits the locked one). Raises the OCI errors."""
         from ..oci import parse_reference, resolve
 
         ref = parse_reference(text)
@@ -100,6 +105,16 @@ class Images:
             resolved = resolve(f"oci://{ref.with_digest(locked)}")
         else:
             resolved = resolve(text, refresh=self.refresh)
+            previous = self._locked.get(text)
+            if (trust is not None and trust.require_signature and ref.digest is None
+                    and previous not in (None, resolved.pulled.digest)
+                    and self._refusal(resolved, trust) is not None):
+                kept = resolve(f"oci://{ref.with_digest(str(previous))}")
+                if self._refusal(kept, trust) is None:
+                    logger.warning("%s now names %s, which this function's trust refuses; "
+                                   "still serving %s from the lock", text,
+                                   resolved.pulled.digest, previous)
+                    resolved = kept
         pinned = str(resolved.pinned)
         self._resolved[pinned] = resolved
         self._used[text] = {"digest": resolved.pulled.digest,
@@ -109,15 +124,30 @@ class Images:
     def vouch(self, pinned: str, trust: Trust) -> Trust:
         """`trust` with the image's module vouched for when a trusted cosign key signed it
         (a line in the log says why not otherwise)."""
+        resolved = self._resolved.get(pinned)
+        return trust if resolved is None else self._vouch(resolved, trust)
+
+    def _vouch(self, resolved: Any, trust: Trust) -> Trust:
+        """`vouch` of one resolved image, its registry round trips made once per load."""
         from ..oci.trusted import vouch
 
-        resolved = self._resolved.get(pinned)
-        if resolved is None:
-            return trust
-        vouched, note = vouch(resolved, trust)
-        if note is not None:
-            (logger.info if vouched is not trust else logger.warning)("%s", note)
-        return vouched
+        key = (str(resolved.pinned), trust)
+        if key not in self._vouched:
+            vouched, note = vouch(resolved, trust)
+            if note is not None:
+                (logger.info if vouched is not trust else logger.warning)("%s", note)
+            self._vouched[key] = vouched
+        return self._vouched[key]
+
+    def _refusal(self, resolved: Any, trust: Trust) -> str | None:
+        """Why `trust` would refuse this image's module, or None (the gate's own check)."""
+        from ..trust.enforce import refusal
+
+        try:
+            data = Path(resolved.path).read_bytes()
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return refusal(data, self._vouch(resolved, trust))
 
     def save(self) -> Path | None:
         """Write the lock when it changed (the digests used by this load); returns where,

@@ -167,7 +167,7 @@ def parse_manifest(data: Mapping[str, Any], path: Path,
     images = Images(path, refresh_images)
     for index, table in enumerate(raw_functions):
         spec = _function(_table(table, source, f"function[{index}]"), index, source, base,
-                         server, tenants, cordons, images)
+                         server, tenants, cordons, images, trusts)
         trust = with_vouched(images, spec.image, trusts[spec.tenant])
         functions.append(replace(spec, policy=replace(spec.policy, trust=trust)))
     _check_unique(functions, source)
@@ -176,20 +176,21 @@ def parse_manifest(data: Mapping[str, Any], path: Path,
 
 
 def _module_file(module: str, base: Path, source: str, where: str,
-                 images: Images) -> tuple[Path, str | None]:
+                 images: Images, trust: Trust) -> tuple[Path, str | None]:
     """(module file, pinned image or None): a path relative to the manifest, or
     `oci://REF` resolved to its verified blob in the local store (images.py)."""
     if not module.startswith("oci://"):
         return base / module, None
     try:
-        return images.module(module)
+        return images.module(module, trust)
     except StockadeError as exc:
         raise named(exc, f"{source}: {where}.module") from None
 
 
 def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
               server: ServerSettings, tenants: Mapping[str, Quota],
-              cordons: Mapping[str, str], images: Images) -> FunctionSpec:
+              cordons: Mapping[str, str], images: Images,
+              trusts: Mapping[str, Trust]) -> FunctionSpec:
     name = table.get("name")
     where = f"function[{index}]"
     if not isinstance(name, str) or not _NAME.match(name):
@@ -222,7 +223,7 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         raise PolicyError(f"{source}: {where}.max_body: {format_size(max_body)} is more "
                           f"than a worker holds for one client ({format_size(room)}: "
                           "server.body_buffer and body_buffer_per_client)")
-    module_file, image = _module_file(module, base, source, where, images)
+    module_file, image = _module_file(module, base, source, where, images, trusts[tenant])
     return FunctionSpec(
         name=name, route=route,
         methods=_methods(table.get("methods", []), source, where),
