@@ -16,7 +16,10 @@ The host's policy, when there is one (`STOCKADE_RUNTIME_POLICY`, else
 widens the host's limits), and its `[trust]` applies: with `require_signature`, a module
 without an embedded signature by a trusted key is denied (exit 126, audit record). A
 bundle carries no image digest, so image signatures cannot count here: a host policy
-with `require_image_signature` is refused as a configuration error.
+with `require_image_signature` is refused as a configuration error. Its
+`capabilities.dirs` bound the bundle's bind mounts: a mount whose source is not inside
+one of them, or that asks for `rw` inside a read-only one, is refused (exit 125), so
+whoever creates a container cannot hand the guest more of the host than the host allows.
 """
 
 from __future__ import annotations
@@ -80,7 +83,11 @@ def read_bundle(path: Path) -> Bundle:
     """Read and check the bundle at `path`. Raises UnsupportedBundle (one line, naming what
     is wrong or the platform the bundle is for), PolicyError for a bad annotation."""
     try:
-        raw = (path / "config.json").read_bytes()[:_MAX_CONFIG + 1]
+        with open(path / "config.json", "rb") as handle:
+            raw = handle.read(_MAX_CONFIG + 1)
+        if len(raw) > _MAX_CONFIG:
+            raise UnsupportedBundle(f"{path}/config.json: larger than "
+                                    f"{_MAX_CONFIG // 1024**2} MiB")
         config = json.loads(raw)
     except OSError as exc:
         raise UnsupportedBundle(f"{path}/config.json: {exc.strerror}") from None
@@ -104,7 +111,8 @@ def read_bundle(path: Path) -> Bundle:
             f"{args[0]} is {_platform_of(head)}: stockade-runtime runs only wasi/wasm images "
             "(use runc or crun for this one)")
     annotations = config.get("annotations") or {}
-    policy = host_policy() or profile(str(annotations.get("io.stockade.profile", "default")))
+    host = host_policy()
+    policy = host or profile(str(annotations.get("io.stockade.profile", "default")))
     policy = _limits(policy, config, annotations)
     env = []
     for item in process.get("env") or []:
@@ -120,9 +128,29 @@ def read_bundle(path: Path) -> Bundle:
         is_bind = mount.get("type") == "bind" or "bind" in options or "rbind" in options
         source = Path(str(mount.get("source") or ""))
         if is_bind and source.is_dir():
-            grants.append(DirGrant(source, str(mount.get("destination")), "rw" in options))
+            # As mount(8): the last of ro/rw wins; read-only unless one says rw.
+            modes = [o for o in options if o in ("ro", "rw")]
+            grant = DirGrant(source.resolve(), str(mount.get("destination")),
+                             bool(modes) and modes[-1] == "rw")
+            if host is not None:
+                _within_host(grant, host.capabilities.dirs)
+            grants.append(grant)
     policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
     return Bundle(path, module, tuple(args[1:]), policy, config)
+
+
+def _within_host(grant: DirGrant, allowed: tuple[DirGrant, ...]) -> None:
+    """Refuse a bind mount the host policy's `capabilities.dirs` do not cover."""
+    covering = [d for d in allowed
+                if grant.host == d.host.resolve() or d.host.resolve() in grant.host.parents]
+    mode = "rw" if grant.writable else "ro"
+    if not covering:
+        where = ", ".join(str(d.host) for d in allowed) or "none"
+        raise PolicyError(f"bind mount {grant.host} -> {grant.guest} ({mode}): outside the "
+                          f"host policy's capabilities.dirs ({where})")
+    if grant.writable and not any(d.writable for d in covering):
+        raise PolicyError(f"bind mount {grant.host} -> {grant.guest} (rw): the host policy "
+                          "grants it read-only")
 
 
 def host_policy() -> Policy | None:
