@@ -42,7 +42,7 @@ from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
 from .modules import ModuleFile, open_module
-from .plan import cgroup_limits_for, plan_for
+from .plan import WorkerPlan, cgroup_limits_for, plan_for
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
 
@@ -68,7 +68,7 @@ class IsolatedSandbox:
         self.observers = tuple(observers)
         self.config = config or IsolationConfig()
         self._plan = plan_for(self.policy, self.config)
-        self._plans: dict[Backend, Any] = {self._plan.backend: self._plan}
+        self._plans: dict[Backend, WorkerPlan] = {self._plan.backend: self._plan}
         self._cgroup_limits = (cgroup_limits_for(self.policy, self.config)
                                if self.config.cgroup else None)
         self._lock = threading.Lock()
