@@ -233,7 +233,7 @@ def test_the_choice() -> None:
     default = profile("default")
     assert capi_refusal(default, hello) is None
     assert use_capi(default, hello, "none")
-    assert not use_capi(default, hello, "process")  # the isolated worker runs wasmtime-py
+    assert use_capi(default, hello, "process")  # the isolated worker wraps it too
     granted = default.with_capabilities(dirs=(DirGrant.parse("/tmp:/tmp:ro"),))
     assert capi_refusal(granted, hello) is None  # metered on the C API
     assert capi_refusal(default.with_capabilities(scratch="/s"), hello) is None
@@ -247,11 +247,11 @@ def test_the_choice() -> None:
 
 def test_forced_capi_names_why_it_cannot(tmp_path: Path) -> None:
     env = {**os.environ, "STOCKADE_BACKEND": "capi"}
-    proc = subprocess.run([*STOCKADE, "run", "--isolate", "process",
+    proc = subprocess.run([*STOCKADE, "run", "--isolate", "process", "--max-memory", "5GiB",
                            str(guest("hello.wasm"))], capture_output=True, timeout=120,
                           check=False, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 125
-    assert b"isolated worker" in proc.stderr and b"Traceback" not in proc.stderr
+    assert b"C-API pool" in proc.stderr and b"Traceback" not in proc.stderr
     bad = {**os.environ, "STOCKADE_BACKEND": "nope"}
     proc = subprocess.run([*STOCKADE, "run", str(guest("hello.wasm"))], capture_output=True,
                           timeout=120, check=False, env=bad, stdin=subprocess.DEVNULL)

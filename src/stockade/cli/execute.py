@@ -71,8 +71,8 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
                  telemetry_profile: str | None, use_breaker: bool = False) -> Result:
     """Run the module (in-process or isolated) and record telemetry and audit records;
     with `use_breaker`, ask its circuit breaker (keyed by the module's digest) first.
-    In-process runs that need no metered host call go to the C-API backend, which never
-    imports wasmtime-py (`stockade.sandbox.backend`)."""
+    Runs the C-API backend serves (in this process or in an isolated worker) never
+    import wasmtime-py here (`stockade.sandbox.backend`)."""
     from ..isolate.factory import default_isolation
     from ..sandbox.backend import use_capi
     from ..telemetry import open_telemetry
@@ -101,7 +101,7 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
 
             return refusal_result(decision, module.name, sha256)
         observers = (telemetry.observer,)
-        if capi:
+        if capi and mode == "none":
             from ..sandbox.capi import CapiSandbox
 
             sandbox: SandboxLike | CapiSandbox = CapiSandbox(policy, observers=observers,

@@ -7,7 +7,8 @@
 4. rlimits other than the address space;
 5. Landlock (per thread, no TSYNC before ABI 8: before the engine starts its threads);
 6. the sandbox's engine is created and the address space wasmtime reserves for one
-   linear memory is measured on it, which sizes RLIMIT_AS;
+   linear memory is measured on it (a C-API pooling engine has reserved its memories
+   already), which sizes RLIMIT_AS;
 7. the allow-list seccomp filter, last, once nothing the set-up needs is refused.
 
 Steps 1-5 are `confine.confine_current_process`, the part any process can use. Each
@@ -21,6 +22,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..policy.units import format_size
+from .backend import preload
 from .confine import Confinement, Grants, apply_seccomp, confine_current_process
 from .protections import Protection
 from .rlimits import apply_address_space, apply_rlimits, vm_size
@@ -51,16 +53,10 @@ def grants_of(plan: WorkerPlan) -> Grants:
 
 def harden_before_engine(plan: WorkerPlan) -> Confinement:
     """Steps 1-5. Call before any thread exists."""
-    # wasmtime-py and the system libraries its library maps (libgcc_s) load while the
-    # system's library directories are still reachable: nothing imports them eagerly.
-    import wasmtime  # noqa: F401
-
-    from ..engine.fastpath._capi import FastPathUnavailable
-
-    try:  # the C API's wat2wasm, which `.wat` modules go through (engine.loader.wat_binary)
-        from ..engine import fastpath  # noqa: F401
-    except FastPathUnavailable:
-        pass
+    # The plan's backend (wasmtime-py or the C API, and the system libraries their
+    # shared library maps, libgcc_s) loads while the installation and the system's
+    # library directories are still reachable: nothing imports them eagerly.
+    preload(plan.backend)
     grants = grants_of(plan)
     return confine_current_process(grants, before_landlock=lambda: apply_rlimits(
         plan.rlimits, is_root=os.geteuid() == 0))
@@ -80,12 +76,19 @@ def memory_reservation(engine: wasmtime.Engine) -> int:
     return max(reserved, 0)
 
 
-def harden_after_engine(plan: WorkerPlan, engine: wasmtime.Engine) -> list[Protection]:
-    """Steps 6-7: RLIMIT_AS sized for `engine`, then the seccomp filter."""
+def harden_after_engine(plan: WorkerPlan, engine: wasmtime.Engine | None) -> list[Protection]:
+    """Steps 6-7: RLIMIT_AS sized for `engine`, then the seccomp filter. `engine` None
+    stands for a pooling engine made already (the C API's): its linear memories are
+    reserved, so what is mapped now counts them."""
     report = []
     limits = plan.policy.limits
     if plan.address_space is not None:
         report.append(apply_address_space(plan.address_space, "configured"))
+    elif engine is None:
+        total = vm_size() + 2 * limits.max_output + plan.address_space_headroom
+        how = (f"the C-API pool's memory reserved, + "
+               f"{format_size(plan.address_space_headroom)} headroom")
+        report.append(apply_address_space(total, how))
     else:
         per_memory = memory_reservation(engine)
         memories = limits.max_memories

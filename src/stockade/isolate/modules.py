@@ -16,15 +16,17 @@ import stat
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModuleError, ModuleNotFound
 
 if TYPE_CHECKING:
-    from ..engine import LoadedModule
-    from ..sandbox import Sandbox
+    from .backend import WorkerBackend
 
-__all__ = ["ModuleFile", "open_module", "ModuleMemo"]
+__all__ = ["ModuleFile", "open_module", "ModuleMemo", "FALLBACK"]
+
+# `ModuleMemo.load`'s answer for a module the worker's backend leaves to wasmtime-py.
+FALLBACK = object()
 
 FileKey = tuple[int, int, int, int]
 
@@ -77,24 +79,28 @@ class ModuleMemo:
 
     def __init__(self, capacity: int = 32) -> None:
         self.capacity = capacity
-        self._loaded: OrderedDict[FileKey, LoadedModule] = OrderedDict()
+        self._loaded: OrderedDict[FileKey, Any] = OrderedDict()
 
-    def load(self, sandbox: Sandbox, module: ModuleFile | bytes) -> LoadedModule | None:
-        """The module compiled (or from the AoT cache), or None when the parent left the
-        bytes out and this worker does not hold them. Raises ModuleError."""
+    def load(self, backend: WorkerBackend, module: ModuleFile | bytes) -> Any:
+        """The module compiled (or from the AoT cache); None when the parent left the
+        bytes out and this worker does not hold them; `FALLBACK` when `backend` leaves
+        the module to wasmtime-py's (see `isolate.backend`). Raises ModuleError."""
         if isinstance(module, bytes):
-            return sandbox.load(module)
+            loaded = backend.load(module, "<bytes>")
+            return FALLBACK if loaded is None else loaded
         if module.data is None:
-            if module.size > sandbox.policy.limits.max_module_size:
-                from ..engine import CompileGuard
+            if module.size > backend.policy.limits.max_module_size:
+                from ..engine.guard import CompileGuard
 
-                CompileGuard(sandbox.policy.limits.max_module_size, 0, 0).check_size(
+                CompileGuard(backend.policy.limits.max_module_size, 0, 0).check_size(
                     module.size, module.path)
             loaded = self._loaded.get(module.key)
             if loaded is not None:
                 self._loaded.move_to_end(module.key)
             return loaded
-        loaded = sandbox.load(module.data, name=module.name)
+        loaded = backend.load(module.data, module.name)
+        if loaded is None:
+            return FALLBACK
         self._loaded[module.key] = loaded
         while len(self._loaded) > self.capacity:
             self._loaded.popitem(last=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..paths import cache_dir
 from ..policy import Policy, Trust
+from ..sandbox.backend import Backend, worker_backend
 from .cgroup import CgroupLimits
 from .config import IsolationConfig
 from .devices import throttles_for
@@ -27,7 +28,8 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """Sent to a new worker: its policy and the protections to apply, in `harden` order.
+    """Sent to a new worker: its policy, the protections to apply in `harden` order,
+    and the backend it runs (`backend`).
 
     `address_space` is an explicit RLIMIT_AS in bytes; None lets the worker size it from
     the address space wasmtime reserves per linear memory, measured on its own engine,
@@ -49,6 +51,9 @@ class WorkerPlan:
     cache: Path | None = None
     temp_dir: Path | None = None
     probe: str | None = None
+    # The sandbox the worker wraps (`isolate.backend`): "wasmtime" imports wasmtime-py
+    # and the fast path (a pool worker's executors use both), "capi" the C API only.
+    backend: Backend = "wasmtime"
     # This host's AoT key, read by the parent (the hardened worker cannot reach the
     # config directory) and installed by the worker before it loads a module.
     aot_key: bytes | None = dataclasses.field(default=None, repr=False)
@@ -88,6 +93,7 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
                      for grant in policy.capabilities.dirs),
         readable=interpreter_paths(),
         cache=Path(os.path.realpath(cache_dir())),
+        backend=worker_backend(policy),
     )
 
 

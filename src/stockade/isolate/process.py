@@ -8,14 +8,21 @@ reused while it lives. The parent holds the deadline, on its own clock: loading 
 take `load_timeout`, then the guest gets the policy's timeout plus `grace` (never past
 `load_timeout` + timeout + `grace` from the request, whatever the worker sends), after
 which the worker is killed (outcome `timeout`). Module files are read here and sent as
-bytes: the worker cannot open the caller's files. A worker that dies (cgroup OOM kill, crash,
-SIGKILL) yields outcome `error` with the cause; either way a fresh worker replaces it
-and the caller goes on.
+bytes: the worker cannot open the caller's files. A worker that dies (cgroup OOM kill,
+crash, SIGKILL) yields outcome `error` with the cause; either way a fresh worker
+replaces it and the caller goes on.
+
+The worker runs the C-API backend (`CapiSandbox`) unless `sandbox.backend` refuses the
+policy or the module (then wasmtime-py's `Sandbox`); a module the C-API worker leaves to
+wasmtime-py (it answers `fallback` before the guest starts: not a module, refused by the
+compile guard or validation, denied imports) is sent to a wasmtime-py worker, whose
+loading gets its own `load_timeout`, and which serves until a run needs the other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -29,18 +36,20 @@ from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
 from ..result import Outcome, Result, Usage
 from ..rmtree import remove_tree
+from ..sandbox.backend import Backend, use_capi
 from ..sandbox.provenance import denied_result, gate
 from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
 from .modules import ModuleFile, open_module
-from .plan import cgroup_limits_for, plan_for
+from .plan import WorkerPlan, cgroup_limits_for, plan_for
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
 
 __all__ = ["IsolatedSandbox"]
 
 _RETIRE = object()
+_FALLBACK = object()
 
 
 class IsolatedSandbox:
@@ -59,27 +68,35 @@ class IsolatedSandbox:
         self.observers = tuple(observers)
         self.config = config or IsolationConfig()
         self._plan = plan_for(self.policy, self.config)
+        self._plans: dict[Backend, WorkerPlan] = {self._plan.backend: self._plan}
         self._cgroup_limits = (cgroup_limits_for(self.policy, self.config)
                                if self.config.cgroup else None)
         self._lock = threading.Lock()
         self._worker: WorkerProcess | None = None
+        self._worker_backend: Backend = self._plan.backend
         self._closed = False
         limits = self.policy.limits
         self._reply_limit = 2 * limits.max_output + 16 * 1024**2
 
     # -- workers ------------------------------------------------------------------------
 
-    def _spawn(self) -> WorkerProcess:
-        self._worker = WorkerProcess(self._plan, self._cgroup_limits, self.config.python)
+    def _spawn(self, backend: Backend | None = None) -> WorkerProcess:
+        backend = backend or self._plan.backend
+        plan = self._plans.get(backend)
+        if plan is None:
+            plan = self._plans[backend] = dataclasses.replace(self._plan, backend=backend)
+        self._worker = WorkerProcess(plan, self._cgroup_limits, self.config.python)
+        self._worker_backend = backend
         return self._worker
 
-    def _ready_worker(self) -> WorkerProcess:
+    def _ready_worker(self, backend: Backend | None = None) -> WorkerProcess:
         if self._closed:
             raise WorkerError("this isolated sandbox is closed")
+        backend = backend or self._plan.backend
         worker = self._worker
-        if worker is None or not worker.alive:
+        if worker is None or not worker.alive or self._worker_backend != backend:
             self._discard()
-            worker = self._spawn()
+            worker = self._spawn(backend)
         try:
             worker.wait_ready(self.config.start_timeout)
         except WorkerError:
@@ -88,15 +105,31 @@ class IsolatedSandbox:
         return worker
 
     def _discard(self, respawn: bool = False) -> None:
-        """Drop the current worker; with `respawn`, start its replacement right away so
-        its start-up overlaps whatever the caller does next."""
+        """Drop the current worker; with `respawn`, start its replacement (same backend)
+        right away so its start-up overlaps whatever the caller does next."""
+        backend = self._worker_backend
         if self._worker is not None:
             self._worker.close()
             self._worker = None
         if respawn and not self._closed:
             # Best effort: a failure to start surfaces on the next request instead.
             with contextlib.suppress(WorkerError):
-                self._spawn()
+                self._spawn(backend)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this sandbox's runs get (`capi` or `wasmtime`), unless a module
+        falls back to wasmtime-py (see the module docstring)."""
+        return self._plan.backend
+
+    @property
+    def worker_backend(self) -> str | None:
+        """The backend the current worker said it runs in its `ready`, if one is ready."""
+        worker = self._worker
+        if worker is None or not worker.alive:
+            return None
+        backend = worker.ready.get("backend")
+        return backend if isinstance(backend, str) else None
 
     @property
     def worker_pid(self) -> int | None:
@@ -146,15 +179,22 @@ class IsolatedSandbox:
         # Checked here, as the caller sees the filesystem: the worker's uid may not even
         # reach the place where a missing directory would be.
         checked_preopens(self.policy)
+        backend = self._plan.backend
+        if backend == "capi" and not isinstance(module, bytes) \
+                and not use_capi(self.policy, Path(module)):
+            backend = "wasmtime"  # a .cwasm: native code mapped by wasmtime-py only
         with self._lock:
-            for _ in range(2):
-                worker = self._ready_worker()
+            for _ in range(3):
+                worker = self._ready_worker(backend)
                 try:
                     request = self._request(worker, module, invocation, env)
                 except EOFError:
                     self._discard()
                     continue
                 outcome = self._collect(worker, module, invocation, request)
+                if outcome is _FALLBACK:
+                    backend = "wasmtime"  # the next worker gives the canonical answer
+                    continue
                 if not isinstance(outcome, Result):  # retired: its CPU budget is spent
                     self._discard(respawn=True)
                     continue
@@ -252,6 +292,8 @@ class IsolatedSandbox:
                 raise error
             elif kind == "retire":
                 return _RETIRE
+            elif kind == "fallback" and info is None and self._worker_backend == "capi":
+                return _FALLBACK
             else:
                 message = payload.get("message") if isinstance(payload, dict) else payload
                 raise WorkerError(f"the worker failed: {message}")

@@ -1,10 +1,14 @@
 """The worker process: `python -m stockade.isolate.worker READ_FD WRITE_FD PARENT_PID TIE`.
 
 It reads a `WorkerPlan`, hardens itself (`harden`), answers `ready` with the report of
-its protections, then serves requests until its parent closes the pipe:
+its protections and the backend it runs, then serves requests until its parent closes
+the pipe:
 
 - `("run", module, invocation, env, cwd)` -> `started` (as the guest starts), then `result`,
-  `error` (a Stockade error: bad module, bad policy) or `failed` (anything else);
+  `error` (a Stockade error: bad module, bad policy) or `failed` (anything else), or,
+  before `started`, `fallback`: this worker's backend (the plan's: the C API or
+  wasmtime-py, `isolate.backend`) leaves the module to wasmtime-py's, the parent sends
+  the run to a wasmtime-py worker;
   `module` is bytes or a `ModuleFile` read by the parent (the worker cannot open the
   caller's files); `resend` asks for a module file's bytes again when the worker no
   longer holds the one the parent left out;
@@ -35,9 +39,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StockadeError
+from .backend import open_backend
 from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
-from .modules import ModuleFile, ModuleMemo
+from .modules import FALLBACK, ModuleFile, ModuleMemo
 from .protocol import error_to_wire, read_frame, read_raw_frame, result_to_wire, write_frame
 from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
 
@@ -46,7 +51,7 @@ if TYPE_CHECKING:
     from ..observe import RunInfo
     from ..policy import Policy
     from ..result import Result
-    from ..sandbox import Sandbox
+    from .backend import WorkerBackend
     from .confine import Confinement
     from .plan import WorkerPlan
 
@@ -54,6 +59,9 @@ __all__ = ["main", "worker_main", "Relay"]
 
 _PR_SET_PDEATHSIG = 1
 _RECLAIM_BYTES = 256 * 1024**2
+# The modules imported when the worker answered `ready`: whatever a run imports later
+# must be reachable after confinement (test probes compare against it).
+READY_MODULES: frozenset[str] = frozenset()
 
 
 class Relay:
@@ -99,7 +107,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _run(sandbox: Sandbox, modules: ModuleMemo, arguments: list[Any]) -> tuple[str, Any]:
+def _run(backend: WorkerBackend, modules: ModuleMemo,
+         arguments: list[Any]) -> tuple[str, Any]:
     """Serve one run request: `arguments` is [module, invocation, env, cwd], emptied
     of the module as soon as it is loaded."""
     invocation: Invocation
@@ -119,10 +128,12 @@ def _run(sandbox: Sandbox, modules: ModuleMemo, arguments: list[Any]) -> tuple[s
         else:
             os.environ[name] = value
     try:
-        loaded = modules.load(sandbox, arguments.pop(0))
+        loaded = modules.load(backend, arguments.pop(0))
         if loaded is None:
             return "resend", None
-        return "result", result_to_wire(sandbox.run(loaded, invocation))
+        if loaded is FALLBACK:
+            return "fallback", None
+        return "result", result_to_wire(backend.run(loaded, invocation))
     except StockadeError as exc:
         return "error", error_to_wire(exc)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
@@ -151,10 +162,10 @@ def serve(read_fd: int, write_fd: int) -> None:
 
     # Everything the worker runs is imported (and libwasmtime mapped) while this process is
     # still the caller: once it has its own uid, a checkout or interpreter under a private
-    # directory (/root, a 0700 temporary directory) is out of its reach.
+    # directory (/root, a 0700 temporary directory) is out of its reach. `harden` imports
+    # the plan's backend (`isolate.backend.preload`).
     from ..engine.config import wasmtime_version
     from ..engine.seal import install_key
-    from ..sandbox import Sandbox
 
     wasmtime_version()  # stats the library file: part of every cache key
     confinement = harden_before_engine(plan)
@@ -163,14 +174,21 @@ def serve(read_fd: int, write_fd: int) -> None:
     if plan.aot_key is not None:  # the parent read it: this worker cannot reach the file
         install_key(plan.aot_key)
 
+    cache = None
     if plan.cache is not None:  # the AoT cache, where this worker reaches it
-        os.environ["STOCKADE_CACHE_DIR"] = str(confinement.where(plan.cache))
+        cache = confinement.where(plan.cache)
+        os.environ["STOCKADE_CACHE_DIR"] = str(cache)
     policy, shown = _relocated(plan, confinement)
-    sandbox = Sandbox(policy, observers=(Relay(write_fd, plan.rlimits.run_cpu, shown),))
-    report += harden_after_engine(plan, sandbox.engine.wasmtime)
+    backend = open_backend(plan.backend, policy,
+                           (Relay(write_fd, plan.rlimits.run_cpu, shown),), cache)
+    # The engine (and a C-API pool's memory) exists before RLIMIT_AS and seccomp.
+    report += harden_after_engine(plan, backend.wasmtime_engine())
     modules = ModuleMemo()
     baseline = vm_size()
+    global READY_MODULES
+    READY_MODULES = frozenset(sys.modules)
     write_frame(write_fd, ("ready", {"pid": os.getpid(), "cpu_used": cpu_used(),
+                                     "backend": backend.name,
                                      "protections": [tuple(p) for p in report]}))
     while True:
         try:
@@ -191,7 +209,7 @@ def serve(read_fd: int, write_fd: int) -> None:
                 step_cpu_limit(cpu.load_cpu)
             arguments = list(request[1:])
             del request  # the module's bytes live only as long as loading needs them
-            reply = _run(sandbox, modules, arguments)
+            reply = _run(backend, modules, arguments)
             # A trap's traceback keeps its Store, with a whole linear-memory reservation,
             # alive until the cycle collector runs; RLIMIT_AS has room for one at a time.
             if vm_size() > baseline + _RECLAIM_BYTES:

@@ -102,23 +102,35 @@ class CapiSandbox:
             loaded = self._load_bytes(verdict.data, verdict.name, None)
         if loaded is None:
             return self._fallback().run(path, invocation)
-        fast, sha256 = loaded
-        info = RunInfo(module=path.name, sha256=sha256, invocation=invocation,
+        return self.run_loaded(loaded[0], loaded[1], path.name, invocation)
+
+    def load_bytes(self, data: bytes, name: str) -> tuple[FastModule, str] | None:
+        """Module bytes (binary or `.wat`) compiled for this sandbox, or from the AoT
+        cache, and their sha256; None when wasmtime-py's `Sandbox` must load them (it
+        gives the canonical result or error: see the module docstring). For a caller
+        that holds the bytes already (an isolated worker); `run_loaded` runs them."""
+        return self._load_bytes(data, name, None)
+
+    def run_loaded(self, fast: FastModule, sha256: str, name: str, invocation: Invocation,
+                   coldstart: bool = True) -> Result:
+        """Run a module `load_bytes` (or `run`) loaded, named `name` in the result;
+        `coldstart` False for a module this sandbox ran before (a caller keeping it)."""
+        info = RunInfo(module=name, sha256=sha256, invocation=invocation,
                        policy=self.policy, started=time.time(), pid=os.getpid(),
-                       coldstart=True)
+                       coldstart=coldstart)
         env = encode_env(guest_env(self.policy, invocation))
         if self._metered:
-            result = self._run_metered(fast, path.name, sha256, invocation, env, info)
+            result = self._run_metered(fast, name, sha256, invocation, env, info)
         else:
             limits = self.policy.limits
             plan = self.engine.plan(fast, invocation.args, fuel=limits.fuel,
                                     timeout_s=limits.timeout, max_memory=limits.max_memory,
                                     max_output=limits.max_output,
-                                    max_hostcalls=limits.max_hostcalls, program=path.name)
+                                    max_hostcalls=limits.max_hostcalls, program=name)
             notify_started(self.observers, info)
             result = self.engine.run_plan(plan, env, invocation.stdin).to_result(
-                path.name, sha256, limits.as_dict())
-        result.coldstart = True  # one engine per sandbox: every module starts cold
+                name, sha256, limits.as_dict())
+        result.coldstart = coldstart  # `run`: one engine per sandbox, every module cold
         notify_finished(self.observers, info, result)
         return result
 
