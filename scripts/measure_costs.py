@@ -186,6 +186,25 @@ class _Profile:
         return int(result.usage.cpu_ms * 1e6) if CLOCK == "cpu" else _hot_ns(result.stdout)
 
 
+class _CapiProfile(_Profile):
+    """The C-API sandbox (`stockade run`'s backend) under a built-in profile."""
+
+    def __init__(self, name: str) -> None:
+        from stockade.invocation import Invocation
+        from stockade.policy import Policy
+        from stockade.sandbox.capi import CapiSandbox
+
+        self.invocation = Invocation
+        policy = Policy.from_profile(name)
+        policy = policy.with_limits(max_memory=max(policy.limits.max_memory, 256 * 1024**2))
+        if policy.limits.fuel is not None:
+            policy = policy.with_limits(fuel=10**13)
+        capi = CapiSandbox(policy)
+        self.sandbox = capi  # type: ignore[assignment]
+        self.loaded = GUEST
+        self.describe = EngineConfig.for_limits(policy.limits).describe()
+
+
 class _Native:
     """The native binary of the same source."""
 
@@ -239,6 +258,9 @@ def _runners(scratch: Path, flags: list[str]
         sandbox = _Profile(profile)
         runners[f"profile {profile}"] = sandbox.run
         notes[f"profile {profile}"] = f"Sandbox: {sandbox.describe}"
+    capi = _CapiProfile("default")
+    runners["capi default"] = capi.run
+    notes["capi default"] = f"CapiSandbox (stockade run): {capi.describe}"
     for index, option in enumerate(flags):
         wasm, binary = _build(option, scratch / f"flags{index}")
         native = f"native {option}"
