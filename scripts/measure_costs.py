@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
@@ -199,9 +200,8 @@ class _CapiProfile(_Profile):
         policy = policy.with_limits(max_memory=max(policy.limits.max_memory, 256 * 1024**2))
         if policy.limits.fuel is not None:
             policy = policy.with_limits(fuel=10**13)
-        capi = CapiSandbox(policy)
-        self.sandbox = capi  # type: ignore[assignment]
-        self.loaded = GUEST
+        self.sandbox: Any = CapiSandbox(policy)  # `run(path, invocation)` as Sandbox's
+        self.loaded: Any = GUEST
         self.describe = EngineConfig.for_limits(policy.limits).describe()
 
 
