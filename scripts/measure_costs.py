@@ -2,20 +2,26 @@
 
 Runs the `stockade bench` compute kernels (FNV-1a, SHA-256, sieve, quicksort; the
 `compute` guest's hot loop, start-up excluded) under engine variants that each switch
-one thing (fuel, epochs, both, Cranelift's optimisation level, signal-based traps,
-explicit bounds checks), then under each Stockade profile through `Sandbox`, and the
-native build of the same source. Rounds interleave the variants, so a noisy neighbour
-hits them alike; the figure per kernel is the fastest hot loop over the rounds (noise
-on a shared machine only ever adds time; the medians go to `--json`).
+one thing from wasmtime's defaults (fuel, epochs, Cranelift's optimisation level and NaN
+canonicalisation, signal-based traps, the memory's reservation and guard, the wasm
+stack), under the fast path's pooling allocator (`FastEngine`, its slot shape), under
+each Stockade profile through `Sandbox`, and with the guest and its native twin both
+built with other clang flags (`--flags`); against the native build of the same source.
+Rounds interleave the variants, so a noisy neighbour hits them alike; the figure per
+kernel is the median over the rounds (`--stat best` takes the fastest instead: noise on a
+shared machine only ever adds time); both go to `--json`.
 
     .venv/bin/python scripts/measure_costs.py [--rounds 7] [--variant medium]
-        [--clock hot|cpu] [--json F]
+        [--clock hot|cpu] [--stat median|best] [--flags "-O3" ...] [--only NAME ...]
+        [--json F]
 
 `--clock hot` takes the guest's own hot-loop time (wall clock, start-up excluded);
 `--clock cpu` the CPU time of the whole run (start-up included: use `--variant large`),
 which a busy machine disturbs less: time spent waiting for a core is not counted.
 
-Prints one table: ratio to native per kernel, and the geometric mean.
+Prints one table: ratio to native per kernel, and the geometric mean. A `clang FLAGS`
+row runs the guest built with FLAGS under epochs only (what the default profile pays)
+and is divided by the native binary built with the same FLAGS.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
@@ -40,6 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from stockade.bench.plan import COMPUTE_SIZES  # noqa: E402
 from stockade.bench.workloads import KERNELS  # noqa: E402
+from stockade.engine import EngineConfig  # noqa: E402
 
 GUEST = ROOT / "build/guests/bench/compute.wasm"
 NATIVE = ROOT / "build/native/bench/compute"
@@ -62,8 +70,18 @@ _VARIANTS: dict[str, tuple[str, Callable[[wasmtime.Config], None]]] = {
                            lambda c: setattr(c, "cranelift_opt_level", "speed_and_size")),
     "no-signals": ("no metering, signals_based_traps off (explicit checks)",
                    lambda c: setattr(c, "signals_based_traps", False)),
+    "opt=none": ("no metering, cranelift opt_level none",
+                 lambda c: setattr(c, "cranelift_opt_level", "none")),
+    "nan-canon": ("no metering, cranelift NaN canonicalisation",
+                  lambda c: setattr(c, "cranelift_nan_canonicalization", True)),
     "bounds-checked": ("no metering, no guard pages (explicit bounds checks)", lambda c: _set(
         c, memory_reservation=1 << 27, memory_guard_size=0)),
+    "reserve=128MiB": ("no metering, 128 MiB reservation + default guard (checked loads)",
+                       lambda c: _set(c, memory_reservation=1 << 27)),
+    "guard=0": ("no metering, 4 GiB reservation, no guard region",
+                lambda c: _set(c, memory_guard_size=0)),
+    "dynamic": ("no metering, memory may move (no reservation, no guard)", lambda c: _set(
+        c, memory_reservation=0, memory_guard_size=0, memory_may_move=True)),
     "stack=512KiB": ("no metering, 512 KiB wasm stack (strict's)",
                      lambda c: setattr(c, "max_wasm_stack", 512 * 1024)),
     "epochs+threads": ("epochs and the threads proposal (what Stockade's engines set)",
@@ -84,11 +102,12 @@ def _hot_ns(stdout: bytes) -> int:
 class _Raw:
     """One wasmtime-py engine variant: a fresh store and instance per run."""
 
-    def __init__(self, setter: Callable[[wasmtime.Config], None], scratch: Path) -> None:
+    def __init__(self, setter: Callable[[wasmtime.Config], None], scratch: Path,
+                 guest: Path = GUEST) -> None:
         config = wasmtime.Config()
         setter(config)
         self.engine = wasmtime.Engine(config)
-        self.module = wasmtime.Module.from_file(self.engine, str(GUEST))
+        self.module = wasmtime.Module.from_file(self.engine, str(guest))
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
         self.pre = linker.instantiate_pre(self.module)
@@ -119,6 +138,29 @@ class _Raw:
         return cpu if CLOCK == "cpu" else _hot_ns(self.out.read_bytes())
 
 
+class _Pool:
+    """The fast path (`FastEngine`, the pooling allocator) with `config`: the slot shape
+    the gateway and `stockade bench`'s fast host run in."""
+
+    def __init__(self, config: EngineConfig, scratch: Path) -> None:
+        from stockade.engine.fastpath import FastEngine
+
+        self.engine = FastEngine(config, max_instances=4, max_memory=256 * 1024**2)
+        self.module = self.engine.compile(GUEST.read_bytes(), "compute")
+        self.fuel = (1 << 62) if config.fuel else None
+        self.timeout = 600.0 if config.epochs else None
+        self.describe = config.describe()
+
+    def run(self, kernel: str, size: int) -> int:
+        cpu0 = time.thread_time_ns()  # the run happens on this thread (GIL released)
+        result = self.module.run((kernel, str(size)), fuel=self.fuel,
+                                 timeout_s=self.timeout)
+        cpu = time.thread_time_ns() - cpu0
+        if result.exit_code != 0:
+            raise RuntimeError(f"{result.outcome.value}: {result.message}")
+        return cpu if CLOCK == "cpu" else _hot_ns(result.stdout)
+
+
 class _Profile:
     """Stockade's `Sandbox` under a built-in profile."""
 
@@ -145,12 +187,92 @@ class _Profile:
         return int(result.usage.cpu_ms * 1e6) if CLOCK == "cpu" else _hot_ns(result.stdout)
 
 
-def _native(kernel: str, size: int) -> int:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run([str(NATIVE), kernel, str(size)], capture_output=True, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return int(cpu * 1e9) if CLOCK == "cpu" else _hot_ns(done.stdout)
+class _CapiProfile(_Profile):
+    """The C-API sandbox (`stockade run`'s backend) under a built-in profile."""
+
+    def __init__(self, name: str) -> None:
+        from stockade.invocation import Invocation
+        from stockade.policy import Policy
+        from stockade.sandbox.capi import CapiSandbox
+
+        self.invocation = Invocation
+        policy = Policy.from_profile(name)
+        policy = policy.with_limits(max_memory=max(policy.limits.max_memory, 256 * 1024**2))
+        if policy.limits.fuel is not None:
+            policy = policy.with_limits(fuel=10**13)
+        self.sandbox: Any = CapiSandbox(policy)  # `run(path, invocation)` as Sandbox's
+        self.loaded: Any = GUEST
+        self.describe = EngineConfig.for_limits(policy.limits).describe()
+
+
+class _Native:
+    """The native binary of the same source."""
+
+    def __init__(self, binary: Path) -> None:
+        self.binary = binary
+
+    def run(self, kernel: str, size: int) -> int:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run([str(self.binary), kernel, str(size)], capture_output=True,
+                              check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return int(cpu * 1e9) if CLOCK == "cpu" else _hot_ns(done.stdout)
+
+
+# WebAssembly target features: the native twin keeps its own target's baseline instead.
+_WASM_ONLY = ("-msimd128", "-mbulk-memory", "-mnontrapping-fptoint", "-msign-ext")
+
+
+def _build(flags: str, out: Path) -> tuple[Path, Path]:
+    """The compute guest and its native twin, both built with clang `flags` (as
+    scripts/build_guests.py builds them, the flags replacing the source's `// build:`;
+    WebAssembly feature flags go to the guest only)."""
+    source = ROOT / "guests/bench/compute.c"
+    out.mkdir(parents=True)
+    wasm, native = out / "compute.wasm", out / "compute"
+    native_flags = [flag for flag in flags.split() if flag not in _WASM_ONLY]
+    for cmd in (["clang", "--target=wasm32-wasi", *flags.split(), "-Wl,--strip-all", "-o",
+                 str(wasm), str(source)],
+                ["clang", *native_flags, "-s", "-static", "-o", str(native), str(source),
+                 "-lm"]):
+        subprocess.run(cmd, check=True)
+    return wasm, native
+
+
+def _runners(scratch: Path, flags: list[str]
+             ) -> tuple[dict[str, Callable[[str, int], int]], dict[str, str], dict[str, str]]:
+    """Every variant's runner, its note and the native row it is divided by."""
+    runners: dict[str, Callable[[str, int], int]] = {"native": _Native(NATIVE).run}
+    notes = {"native": "clang -O2, same source"}
+    baseline = {"native": "native"}
+    for name, (note, setter) in _VARIANTS.items():
+        runners[name] = _Raw(setter, scratch).run
+        notes[name] = note
+    for name, config in (("pool", EngineConfig(fuel=False, epochs=False)),
+                         ("pool epochs", EngineConfig(fuel=False, epochs=True))):
+        pool = _Pool(config, scratch)
+        runners[name] = pool.run
+        notes[name] = f"FastEngine (pooling allocator): {pool.describe}"
+    for profile in ("strict", "default", "permissive"):
+        sandbox = _Profile(profile)
+        runners[f"profile {profile}"] = sandbox.run
+        notes[f"profile {profile}"] = f"Sandbox: {sandbox.describe}"
+    capi = _CapiProfile("default")
+    runners["capi default"] = capi.run
+    notes["capi default"] = f"CapiSandbox (stockade run): {capi.describe}"
+    for index, option in enumerate(flags):
+        wasm, binary = _build(option, scratch / f"flags{index}")
+        native = f"native {option}"
+        runners[native] = _Native(binary).run
+        notes[native] = f"clang {option}, same source"
+        runners[f"clang {option}"] = _Raw(lambda c: setattr(c, "epoch_interruption", True),
+                                          scratch, wasm).run
+        notes[f"clang {option}"] = f"guest built with {option}, epochs only"
+        baseline[native] = baseline[f"clang {option}"] = native
+    for name in runners:
+        baseline.setdefault(name, "native")
+    return runners, notes, baseline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,21 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--variant", choices=tuple(_SIZES), default="medium")
     parser.add_argument("--clock", choices=("hot", "cpu"), default="hot")
+    parser.add_argument("--stat", choices=("median", "best"), default="median")
+    parser.add_argument("--flags", action="append", default=[],
+                        help="also build guest and native with these clang flags")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only these rows (and the natives they are divided by)")
     parser.add_argument("--json", type=Path)
     options = parser.parse_args(argv)
     global CLOCK
     CLOCK = options.clock
     sizes = {k: COMPUTE_SIZES[k][_SIZES[options.variant]] for k in KERNELS}
     with tempfile.TemporaryDirectory(prefix="stockade-costs-") as scratch:
-        runners: dict[str, Callable[[str, int], int]] = {"native": _native}
-        notes = {"native": "clang -O2, same source"}
-        for name, (note, setter) in _VARIANTS.items():
-            runners[name] = _Raw(setter, Path(scratch)).run
-            notes[name] = note
-        for profile in ("strict", "default", "permissive"):
-            sandbox = _Profile(profile)
-            runners[f"profile {profile}"] = sandbox.run
-            notes[f"profile {profile}"] = f"Sandbox: {sandbox.describe}"
+        runners, notes, baseline = _runners(Path(scratch), options.flags)
+        if options.only:
+            keep = set(options.only) | {baseline[n] for n in options.only if n in baseline}
+            runners = {n: r for n, r in runners.items() if n in keep}
         samples: dict[str, dict[str, list[int]]] = {n: {k: [] for k in KERNELS} for n in runners}
         for kernel in KERNELS:  # one warm-up each
             for run in runners.values():
@@ -184,23 +306,25 @@ def main(argv: list[str] | None = None) -> int:
                     samples[name][kernel].append(run(kernel, sizes[kernel]))
     medians = {n: {k: statistics.median(v) for k, v in per.items()} for n, per in samples.items()}
     best = {n: {k: min(v) for k, v in per.items()} for n, per in samples.items()}
-    native = best["native"]
+    figure = medians if options.stat == "median" else best
     what = "hot loop" if CLOCK == "hot" else "run's CPU time"
-    print(f"compute kernels ({options.variant}), fastest {what} of {options.rounds} rounds, "
+    stat = "median" if options.stat == "median" else "fastest"
+    print(f"compute kernels ({options.variant}), {stat} {what} of {options.rounds} rounds, "
           "ratio to native")
     print(f"{'variant':22}" + "".join(f"{k:>9}" for k in KERNELS) + f"{'geomean':>9}  what")
     table = {}
-    for name, per in best.items():
+    for name, per in figure.items():
+        native = figure[baseline[name]]
         ratios = [per[k] / native[k] for k in KERNELS]
         geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
         table[name] = {"ratios": dict(zip(KERNELS, ratios, strict=True)), "geomean": geomean,
-                       "best_ns": per, "median_ns": medians[name],
-                       "note": notes[name]}
+                       "best_ns": best[name], "median_ns": medians[name],
+                       "baseline": baseline[name], "note": notes[name]}
         print(f"{name:22}" + "".join(f"{r:9.2f}" for r in ratios) + f"{geomean:9.2f}  "
               f"{notes[name]}")
     if options.json:
         options.json.write_text(json.dumps({"variant": options.variant, "rounds": options.rounds,
-                                            "clock": CLOCK,
+                                            "clock": CLOCK, "stat": options.stat,
                                             "sizes": sizes, "rows": table}, indent=2))
     return 0
 

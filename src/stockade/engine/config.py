@@ -15,9 +15,19 @@ if TYPE_CHECKING:
 
     from ..policy import Limits
 
-__all__ = ["EngineConfig", "STRATEGIES", "wasmtime_version"]
+__all__ = ["EngineConfig", "MEMORY_GUARD", "MEMORY_RESERVATION", "STRATEGIES",
+           "wasmtime_version"]
 
 STRATEGIES = ("cranelift", "pulley")
+
+# The shape of every linear memory: 4 GiB of address space (all a 32-bit index reaches)
+# plus a guard region, so compiled loads and stores need no explicit bounds check (one
+# costs 1.2-1.3x on SHA-256 and quicksort, scripts/measure_costs.py) and a memory never
+# moves. wasmtime's own defaults on 64-bit hosts, pinned so that code generation does not
+# follow a default that changes, and so a smaller slot cannot be asked for. Address space,
+# not memory: each instance or pool slot reserves ~4.03 GiB of it.
+MEMORY_RESERVATION = 4 * 1024**3
+MEMORY_GUARD = 32 * 1024**2
 
 
 @functools.cache
@@ -66,6 +76,8 @@ class EngineConfig:
             ("consume_fuel", self.fuel),
             ("epoch_interruption", self.epochs),
             ("max_wasm_stack", self.max_stack),
+            ("memory_reservation", MEMORY_RESERVATION),
+            ("memory_guard_size", MEMORY_GUARD),
             # Threads modules must parse so the import check can name what they need
             # (wasi-threads is not provided: such modules are denied before running).
             # Pulley has no threads: wasmtime aborts the process building such an engine.
