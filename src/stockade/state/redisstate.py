@@ -15,10 +15,14 @@ touches one Redis Cluster slot. On an event loop the round trips run on one thre
 the state's own, in order. A slot may stay taken that much after its response (never
 less: the limit holds).
 
-What is cached here, and why it stays exact: a refusal for rate or CPU until the
-moment the script said a retry can succeed (other replicas can only push that moment
-later) and an open breaker, each for at most `REFUSAL_CACHE` seconds (a breaker reset
-by hand is seen within that). Nothing that admits is cached.
+What is decided here, and why the limits hold: a refusal for rate or CPU is cached until
+the moment the script said a retry can succeed (other replicas can only push that
+moment later), and an open breaker, each for at most `REFUSAL_CACHE` seconds (a breaker
+reset by hand is seen within that). On an event loop, a gate that takes two or more
+admissions per `credit.HOLD` window asks Redis for a few at once while its tenant is
+far from its limits, and spends them here for `credit.HOLD` seconds (see `credit`:
+Redis counted them all when it granted them; what is not spent goes back). A gate
+whose function and tenant have no quota and no breaker asks Redis nothing.
 
 When Redis does not answer within the timeout (or answers with an error: a Lua error,
 a key of the wrong type), the request gets `on_unavailable`: `fail_closed` raises
@@ -48,12 +52,13 @@ from redis.retry import Retry
 
 from ..telemetry.breaker import BreakerEntry, Decision, Transition, iso_time
 from .base import Gate, GateSpec, Lease, OnTransition, StateBackend
+from .credit import HOLD, MAX_GRANT, Credit, Demand
 from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
 from .keys import PREFIX, TenantKeys
 from .local import LocalGate, LocalState
 from .quota import Quota
 from .resp import Releases, bulk, bulks, evalsha
-from .scripts import ADMIT, PROBE_CLEAN, RELEASE, UNLIMITED, VIOLATION
+from .scripts import ADMIT, PROBE_CLEAN, REFUND, RELEASE, UNLIMITED, VIOLATION
 from .settings import StateSettings, redis_password
 
 if TYPE_CHECKING:
@@ -66,6 +71,9 @@ REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered l
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
 RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
 _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
+
+
+_Waiting = tuple["RedisGate", str, int, int, "asyncio.Future[Any]"]
 
 
 class _Unavailable(Exception):
@@ -82,19 +90,36 @@ def _number(value: float | int | None) -> str:
 
 
 class _RedisLease:
-    """Slots held in Redis under `lease_id`; released at most once."""
+    """Slots held in Redis under `lease_id` (of `credit`, when it came from a grant);
+    released at most once."""
 
-    __slots__ = ("_gate", "_id", "degraded")
+    __slots__ = ("_gate", "_id", "_credit", "degraded")
 
-    def __init__(self, gate: RedisGate, lease_id: str) -> None:
+    def __init__(self, gate: RedisGate, lease_id: str, credit: Credit | None = None) -> None:
         self._gate: RedisGate | None = gate
         self._id = lease_id
+        self._credit = credit
         self.degraded = False
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         gate, self._gate = self._gate, None
         if gate is not None:
-            gate.release(self._id, cpu_seconds)
+            credit = self._credit
+            if credit is None or not credit.give_back(self._id, cpu_seconds):
+                gate.release(self._id, cpu_seconds)
+
+
+class _FreeLease:
+    """The admission of a gate with nothing to count: no quota, no breaker."""
+
+    __slots__ = ()
+    degraded = False
+
+    def release(self, cpu_seconds: float = 0.0) -> None:
+        """Nothing was taken."""
+
+
+_FREE = _FreeLease()
 
 
 class RedisGate(Gate):
@@ -118,8 +143,15 @@ class RedisGate(Gate):
             "1" if spec.breaker else "0", _number(state.probe_timeout)])
         self._function_leases = bulk(self.keys.function_leases)
         self._cpu_limit = bulk(self._cpu)
+        self._refund = (bulks(self.keys[:2]), bulks([_number(fq.rate), _number(tq.rate)]))
         self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
         self._pending_denials = 0
+        # Nothing to count or check: no round trip at all.
+        self.free = fq.unlimited and tq.unlimited and not spec.breaker
+        self._demand = Demand()
+        self._credit: Credit | None = None
+        self._granting: asyncio.Future[None] | None = None  # a grant on its way
+        self._waiting = 0  # requests waiting on it
 
     def _prepare(self) -> tuple[str, int]:
         """A new lease id and the refusals to report, or the refusal cached for this
@@ -134,42 +166,126 @@ class RedisGate(Gate):
         pending, self._pending_denials = self._pending_denials, 0
         return self.state.lease_id(), pending
 
-    def command(self, lease_id: str, pending: int, releases: Releases | None) -> bytes:
-        """The admission script's call, carrying `releases` (of this tenant)."""
+    def command(self, lease_id: str, pending: int, want: int,
+                releases: Releases | None) -> bytes:
+        """The admission script's call for `want` admissions, carrying `releases` (of
+        this tenant)."""
         if releases is None:
-            return evalsha(self.state.admit_script.sha, 17, 5, self._keys, bulk(lease_id),
-                           self._args, bulk(str(pending)))
+            return evalsha(self.state.admit_script.sha, 18, 5, self._keys, bulk(lease_id),
+                           self._args, bulk(str(pending)), bulk(str(want)))
         count = releases.count
-        return evalsha(self.state.admit_script.sha, 17 + 4 * count, 5 + count, self._keys,
+        return evalsha(self.state.admit_script.sha, 18 + 4 * count, 5 + count, self._keys,
                        *releases.keys, bulk(lease_id), self._args, bulk(str(pending)),
-                       *releases.args)
+                       bulk(str(want)), *releases.args)
+
+    def refund(self, tokens: int) -> bytes:
+        """The `REFUND` script's call giving back `tokens` unspent admissions."""
+        keys, rates = self._refund
+        return evalsha(self.state.refund_script.sha, 5, 2, keys, bulk(str(tokens)), rates)
 
     def admit(self) -> Lease:
+        if self.free:
+            return _FREE
         lease_id, pending = self._prepare()
         try:
             reply = self.state.admit(self, lease_id, pending)
         except _Unavailable as exc:
             self._pending_denials += pending
             return self.state.unavailable(self, str(exc))
-        return self._decide(reply, lease_id)
+        return self._decide(reply, lease_id, False)
 
     async def admit_async(self) -> Lease:
-        """`admit`, sent in one pipeline with the admissions of other requests that
-        reached this point in the same turn of the event loop."""
+        """`admit`, from this gate's credit when it has one (no round trip), else sent
+        in one pipeline with the admissions of other requests that reached this point
+        in the same turn of the event loop, asking for a credit when the gate is busy
+        (see `credit`)."""
+        if self.free:
+            return _FREE
+        now = time.monotonic()
+        self._demand.add(now)
+        lease = self._take(now)
+        if lease is not None:
+            return lease
+        want = 0  # decided when the pipeline is sent (`wanted`)
+        granting = self._granting
+        if granting is not None:  # a grant is on its way: wait for it, once
+            self._waiting += 1
+            await asyncio.shield(granting)
+            lease = self._take(time.monotonic())
+            if lease is not None:
+                return lease
+            want = 1
         lease_id, pending = self._prepare()
+        if not want:
+            self._granting = granting = asyncio.get_running_loop().create_future()
+            self._waiting = 0
         try:
-            reply = await self.state.admit_async(self, lease_id, pending)
+            reply = await self.state.admit_async(self, lease_id, pending, want)
         except _Unavailable as exc:
             self._pending_denials += pending
             return self.state.unavailable(self, str(exc))
-        return self._decide(reply, lease_id)
+        finally:
+            if not want and granting is not None:
+                self._granting = None
+                granting.set_result(None)
+        return self._decide(reply, lease_id, True)
 
-    def _decide(self, reply: Sequence[str], lease_id: str) -> Lease:
+    def wanted(self) -> int:
+        """Admissions to ask for now: what the gate's demand says, and at least one for
+        each request waiting on this grant."""
+        return max(self._demand.want(), min(MAX_GRANT, 1 + self._waiting))
+
+    def _take(self, now: float) -> Lease | None:
+        """An admission from this gate's credit, or None (none, spent, or over)."""
+        credit = self._credit
+        if credit is None:
+            return None
+        lease_id = credit.take(now)
+        if lease_id is None:
+            if now >= credit.until or credit.tokens <= 0:
+                # Over: its free slots go back with the next admission, before it.
+                self.settle(credit)
+            return None
+        return _RedisLease(self, lease_id, credit)
+
+    def settle(self, credit: Credit) -> None:
+        """End `credit`: its unspent admissions and free slots go back to Redis (with
+        the next flush), its runs' CPU is charged."""
+        if self._credit is credit:
+            self._credit = None
+        tokens, free, cpu = credit.settle()
+        state = self.state
+        state.holding.discard(self)
+        if tokens:
+            state.queue_refund(self, tokens)
+        charge = repr(cpu) if cpu > 0 and self._cpu != str(UNLIMITED) else "0"
+        for lease_id in free:
+            state.queue_release(self, lease_id, charge)
+            charge = "0"
+        if charge != "0":
+            state.queue_release(self, "", charge)  # slots not counted: the charge alone
+
+    def _credit_from(self, granted: int, lease_id: str) -> Credit | None:
+        """The credit of a grant of `granted` admissions (the first is this request's,
+        under `lease_id`), made this gate's own; None for a grant of one."""
+        if granted <= 1:
+            return None
+        old = self._credit
+        if old is not None:
+            self.settle(old)
+        ids = [f"{lease_id}.{i}" for i in range(1, granted)] if self._concurrent else None
+        credit = self._credit = Credit(granted - 1, ids, time.monotonic() + HOLD)
+        self.state.holding.add(self)
+        asyncio.get_running_loop().call_later(HOLD, self.settle, credit)
+        return credit
+
+    def _decide(self, reply: Sequence[str], lease_id: str, on_loop: bool) -> Lease:
         kind = reply[0]
         if kind == "ok":
             if reply[1] == "1":
                 self.state.probe_taken(self.ident, int(reply[2]), float(reply[3]))
-            return _RedisLease(self, lease_id)
+            credit = self._credit_from(int(reply[4]), lease_id) if on_loop else None
+            return _RedisLease(self, lease_id, credit)
         spec = self.spec
         if kind == "breaker":
             until, now = float(reply[2]), float(reply[4])
@@ -233,6 +349,7 @@ class RedisState(StateBackend):
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
             decode_responses=True, client_name=f"stockade-{os.getpid()}", **options)
         self.admit_script = self.client.register_script(ADMIT)
+        self.refund_script = self.client.register_script(REFUND)
         self.release_script = self.client.register_script(RELEASE)
         self.violation_script = self.client.register_script(VIOLATION)
         self.probe_script = self.client.register_script(PROBE_CLEAN)
@@ -248,9 +365,11 @@ class RedisState(StateBackend):
         self._breakers: RedisBreakers | None = None
         self._closed = False
         self._releases: dict[str, Releases] = {}  # to send, by tenant quota key
+        self._refunds: list[bytes] = []  # unspent admissions of credits, to send
+        self.holding: set[RedisGate] = set()  # gates with a live credit
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._admissions: list[tuple[RedisGate, str, int, asyncio.Future[Any]]] = []
+        self._admissions: list[_Waiting] = []
         # Round trips for the event loop: one thread keeps them in order (releases
         # before the admissions after them); it never runs guest code.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "stockade-state")
@@ -337,6 +456,16 @@ class RedisState(StateBackend):
             if batch is None:
                 batch = self._releases[tenant] = Releases(tenant, gate.keys.tenant_leases)
             batch.add(gate._function_leases, lease_id, cpu_seconds, gate._cpu_limit)
+        self._flush_soon()
+
+    def queue_refund(self, gate: RedisGate, tokens: int) -> None:
+        """Give `tokens` unspent admissions of `gate`'s credit back with the next flush."""
+        with self._release_lock:
+            self._refunds.append(gate.refund(tokens))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush within `RELEASE_DELAY` on an event loop, at once off one."""
         if self._timer is not None:
             return
         try:
@@ -348,33 +477,35 @@ class RedisState(StateBackend):
 
     def _flush_later(self) -> None:
         self._timer = None
-        if not self._closed and self._releases:
+        if not self._closed and (self._releases or self._refunds):
             self._executor.submit(self.flush)
 
-    def _command(self, gate: RedisGate, lease_id: str, pending: int) -> bytes:
+    def _command(self, gate: RedisGate, lease_id: str, pending: int, want: int) -> bytes:
         """`gate`'s admission, carrying the queued releases of its tenant (taken off
         the queue)."""
         releases = None
         if self._releases:
             with self._release_lock:
                 releases = self._releases.pop(gate.keys.tenant_quota, None)
-        return gate.command(lease_id, pending, releases)
+        return gate.command(lease_id, pending, want, releases)
 
     def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
-        """The admission script, carrying its tenant's queued releases (one script, one
-        round trip). Raises _Unavailable like `run`."""
-        reply = self._pipeline([self._command(gate, lease_id, pending)])[0]
+        """The admission script for one request, carrying its tenant's queued releases
+        (one script, one round trip). Raises _Unavailable like `run`."""
+        reply = self._pipeline([self._command(gate, lease_id, pending, 1)])[0]
         if isinstance(reply, Exception):
             self._script_failed(reply)
         return reply
 
-    async def admit_async(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
-        """`admit`, batched: every admission queued in this turn of the event loop goes
-        in one pipeline, sent once the turn's ready work has run. Raises _Unavailable
-        like `run`."""
+    async def admit_async(self, gate: RedisGate, lease_id: str, pending: int,
+                          want: int) -> Any:
+        """`admit` for up to `want` admissions (0: as many as the gate `wanted` when the
+        pipeline is sent), batched: every admission queued in this
+        turn of the event loop goes in one pipeline, sent once the turn's ready work
+        has run. Raises _Unavailable like `run`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._admissions.append((gate, lease_id, pending, future))
+        self._admissions.append((gate, lease_id, pending, want, future))
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
         return await future
@@ -383,8 +514,8 @@ class RedisState(StateBackend):
         # On the loop: the round trip runs on the state's thread, so a slow store never
         # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
-        calls = [self._command(gate, lease_id, pending)
-                 for gate, lease_id, pending, _ in waiting]
+        calls = [self._command(gate, lease_id, pending, want or gate.wanted())
+                 for gate, lease_id, pending, want, _ in waiting]
         try:
             sent = self._executor.submit(self._pipeline, calls)
         except RuntimeError:  # closed: nothing more goes to the store
@@ -394,8 +525,7 @@ class RedisState(StateBackend):
         asyncio.wrap_future(sent).add_done_callback(
             lambda done: self._answer(waiting, done))
 
-    def _answer(self, waiting: list[tuple[RedisGate, str, int, asyncio.Future[Any]]],
-                done: asyncio.Future[Any]) -> None:
+    def _answer(self, waiting: list[_Waiting], done: asyncio.Future[Any]) -> None:
         exc = done.exception()
         if exc is not None:
             if not isinstance(exc, _Unavailable):
@@ -433,7 +563,8 @@ class RedisState(StateBackend):
                     if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
                                           for r in replies):
                         break
-                    for script in (self.release_script, self.admit_script):  # restarted
+                    for script in (self.release_script, self.admit_script,
+                                   self.refund_script):  # restarted
                         self.client.script_load(script.script)
             except BaseException:
                 connection.disconnect()  # replies may be left unread on it
@@ -447,12 +578,13 @@ class RedisState(StateBackend):
         just expires)."""
         with self._release_lock:
             batches, self._releases = self._releases, {}
-        if batches:
+            refunds, self._refunds = self._refunds, []
+        if batches or refunds:
             try:
                 self._pipeline([batch.release(self.release_script.sha)
-                                for batch in batches.values()])
+                                for batch in batches.values()] + refunds)
             except _Unavailable:
-                pass  # the leases expire by themselves
+                pass  # the leases expire by themselves, unspent admissions are lost
 
     # -- breakers: what admissions saw, for `RedisBreakers.check` -------------------------
 
@@ -509,6 +641,9 @@ class RedisState(StateBackend):
             return
         self._closed = True
         self._executor.shutdown(wait=True)  # what was submitted is sent first
+        for gate in list(self.holding):
+            if gate._credit is not None:
+                gate.settle(gate._credit)
         self.flush()
         self.client.close()
         self.fallback.close()
