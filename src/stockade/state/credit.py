@@ -12,26 +12,36 @@ single request), so no replica can spend what the others see as free. Redis gran
 more than the one request only while the tenant is far from its limits (at most half
 of what is left of the rate's burst and of the concurrency, and CPU budget above half,
 its breaker closed), so a tenant at its limit is decided request by request as before.
-A credit lives `HOLD` seconds: what it did not give is then returned (rate tokens
-refunded, slots released), so the quota is neither exceeded nor wasted; an admission
-spent late is at most `HOLD` late, the accuracy the rate keeps; a breaker opened
-elsewhere is seen within `HOLD` plus one round trip.
+A credit lives `HOLD` seconds (`BREAKER_HOLD` for a gate that checks a breaker): what
+it did not give is then returned (rate tokens refunded, slots released), so the quota
+is neither exceeded nor wasted. An admission is spent at most that long after Redis
+counted it (the rate's accuracy); a breaker opened elsewhere is seen within
+`BREAKER_HOLD` plus one round trip; a slot of a credit starts a run at most `HOLD`
+after Redis leased it, well within the lease's grace.
 """
 
 from __future__ import annotations
 
-__all__ = ["Credit", "Demand", "HOLD", "MAX_GRANT"]
+__all__ = ["Credit", "Demand", "HOLD", "BREAKER_HOLD", "MAX_GRANT", "hold_for"]
 
-HOLD = 0.02  # seconds a credit may be spent here before its remainder goes back
+HOLD = 0.05  # seconds a credit may be spent here before its remainder goes back
+BREAKER_HOLD = 0.02  # the same for a gate that checks a circuit breaker
 MAX_GRANT = 64  # admissions one round trip may take for one gate
 
 
+def hold_for(breaker: bool) -> float:
+    """How long a gate's credits live: shorter when it checks a breaker, so that one
+    opened through another replica refuses here well within 100 ms."""
+    return BREAKER_HOLD if breaker else HOLD
+
+
 class Demand:
-    """Admissions of one gate per `HOLD` window, for the size of its next grant."""
+    """Admissions of one gate per `hold` window, for the size of its next grant."""
 
-    __slots__ = ("_start", "_count", "_last")
+    __slots__ = ("_hold", "_start", "_count", "_last")
 
-    def __init__(self) -> None:
+    def __init__(self, hold: float = HOLD) -> None:
+        self._hold = hold
         self._start = 0.0
         self._count = 0
         self._last = 0
@@ -39,17 +49,17 @@ class Demand:
     def add(self, now: float) -> None:
         """Count one admission asked for at `now` (monotonic seconds)."""
         elapsed = now - self._start
-        if elapsed >= HOLD:
+        if elapsed >= self._hold:
             # A gap longer than a window: the last window saw nothing.
-            self._last = self._count if elapsed < 2 * HOLD else 0
+            self._last = self._count if elapsed < 2 * self._hold else 0
             self._start, self._count = now, 0
         self._count += 1
 
     def want(self) -> int:
         """Admissions to ask for: one, unless the gate takes two or more a window (then
-        half again what it took, for growth, at most MAX_GRANT)."""
+        twice what it took, so that a credit lasts its window, at most MAX_GRANT)."""
         seen = max(self._last, self._count)
-        return 1 if seen < 2 else min(MAX_GRANT, seen + seen // 2)
+        return 1 if seen < 2 else min(MAX_GRANT, 2 * seen)
 
 
 class Credit:

@@ -8,8 +8,9 @@ that dies holding slots gives them back once they expire. Releases (slots to giv
 back, CPU to charge) are not waited for: the next admission of the same tenant carries
 them as extra arguments of its own script, which gives them back before deciding (a
 slot given back counts for it), so a request is one script in one round trip. The
-releases no admission took within `RELEASE_DELAY` are sent by a timer on the event
-loop, one script per tenant (at once, off a loop). Only a release of the admission's
+releases no admission took within `RELEASE_DELAY` (`credit.HOLD` while this replica
+spends credits) are sent by a timer on the event loop, one script per tenant (at
+once, off a loop). Only a release of the admission's
 own tenant rides with it: its keys share the tenant's hash tag, so one script still
 touches one Redis Cluster slot. On an event loop the round trips run on one thread of
 the state's own, in order. A slot may stay taken that much after its response (never
@@ -52,7 +53,7 @@ from redis.retry import Retry
 
 from ..telemetry.breaker import BreakerEntry, Decision, Transition, iso_time
 from .base import Gate, GateSpec, Lease, OnTransition, StateBackend
-from .credit import HOLD, MAX_GRANT, Credit, Demand
+from .credit import HOLD, MAX_GRANT, Credit, Demand, hold_for
 from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
 from .keys import PREFIX, TenantKeys
 from .local import LocalGate, LocalState
@@ -148,10 +149,12 @@ class RedisGate(Gate):
         self._pending_denials = 0
         # Nothing to count or check: no round trip at all.
         self.free = fq.unlimited and tq.unlimited and not spec.breaker
-        self._demand = Demand()
+        self._hold = hold_for(spec.breaker is not None)
+        self._demand = Demand(self._hold)
         self._credit: Credit | None = None
         self._granting: asyncio.Future[None] | None = None  # a grant on its way
         self._waiting = 0  # requests waiting on it
+        self._refund_due = 0  # unspent admissions of a settled credit, not yet sent
 
     def _prepare(self) -> tuple[str, int]:
         """A new lease id and the refusals to report, or the refusal cached for this
@@ -169,14 +172,15 @@ class RedisGate(Gate):
     def command(self, lease_id: str, pending: int, want: int,
                 releases: Releases | None) -> bytes:
         """The admission script's call for `want` admissions, carrying `releases` (of
-        this tenant)."""
+        this tenant) and the refund of this gate's last credit."""
+        refund, self._refund_due = self._refund_due, 0
+        tail = b"%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)))
         if releases is None:
-            return evalsha(self.state.admit_script.sha, 18, 5, self._keys, bulk(lease_id),
-                           self._args, bulk(str(pending)), bulk(str(want)))
+            return evalsha(self.state.admit_script.sha, 19, 5, self._keys, bulk(lease_id),
+                           self._args, tail)
         count = releases.count
-        return evalsha(self.state.admit_script.sha, 18 + 4 * count, 5 + count, self._keys,
-                       *releases.keys, bulk(lease_id), self._args, bulk(str(pending)),
-                       bulk(str(want)), *releases.args)
+        return evalsha(self.state.admit_script.sha, 19 + 4 * count, 5 + count, self._keys,
+                       *releases.keys, bulk(lease_id), self._args, tail, *releases.args)
 
     def refund(self, tokens: int) -> bytes:
         """The `REFUND` script's call giving back `tokens` unspent admissions."""
@@ -243,20 +247,25 @@ class RedisGate(Gate):
         lease_id = credit.take(now)
         if lease_id is None:
             if now >= credit.until or credit.tokens <= 0:
-                # Over: its free slots go back with the next admission, before it.
-                self.settle(credit)
+                # Over: what it did not use goes back with the next admission, before it.
+                self.settle(credit, renewed=True)
             return None
         return _RedisLease(self, lease_id, credit)
 
-    def settle(self, credit: Credit) -> None:
-        """End `credit`: its unspent admissions and free slots go back to Redis (with
-        the next flush), its runs' CPU is charged."""
+    def settle(self, credit: Credit, renewed: bool = False) -> None:
+        """End `credit`: its free slots go back to Redis and its runs' CPU is charged
+        (with this tenant's next admission, or the next flush); its unspent admissions
+        ride with this gate's next admission when it is `renewed` (one is on its way),
+        else they are refunded with the next flush."""
         if self._credit is credit:
             self._credit = None
         tokens, free, cpu = credit.settle()
         state = self.state
-        state.holding.discard(self)
-        if tokens:
+        if self._credit is None:
+            state.holding.discard(self)
+        self._refund_due += tokens
+        if not renewed and self._refund_due:
+            tokens, self._refund_due = self._refund_due, 0
             state.queue_refund(self, tokens)
         charge = repr(cpu) if cpu > 0 and self._cpu != str(UNLIMITED) else "0"
         for lease_id in free:
@@ -274,9 +283,11 @@ class RedisGate(Gate):
         if old is not None:
             self.settle(old)
         ids = [f"{lease_id}.{i}" for i in range(1, granted)] if self._concurrent else None
-        credit = self._credit = Credit(granted - 1, ids, time.monotonic() + HOLD)
+        credit = self._credit = Credit(granted - 1, ids, time.monotonic() + self._hold)
         self.state.holding.add(self)
-        asyncio.get_running_loop().call_later(HOLD, self.settle, credit)
+        # Spent for HOLD; settled by the next admission (one script for both) or, if
+        # none comes within another HOLD, by this timer.
+        asyncio.get_running_loop().call_later(2 * self._hold, self.settle, credit)
         return credit
 
     def _decide(self, reply: Sequence[str], lease_id: str, on_loop: bool) -> Lease:
@@ -465,7 +476,8 @@ class RedisState(StateBackend):
         self._flush_soon()
 
     def _flush_soon(self) -> None:
-        """Flush within `RELEASE_DELAY` on an event loop, at once off one."""
+        """Flush within `RELEASE_DELAY` on an event loop (within `credit.HOLD` while a
+        gate spends a credit: its renewal, due by then, carries them), at once off one."""
         if self._timer is not None:
             return
         try:
@@ -473,7 +485,8 @@ class RedisState(StateBackend):
         except RuntimeError:
             self.flush()
             return
-        self._timer = loop.call_later(RELEASE_DELAY, self._flush_later)
+        self._timer = loop.call_later(HOLD if self.holding else RELEASE_DELAY,
+                                      self._flush_later)
 
     def _flush_later(self) -> None:
         self._timer = None

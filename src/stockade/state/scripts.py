@@ -10,6 +10,23 @@ __all__ = ["ADMIT", "REFUND", "RELEASE", "VIOLATION", "PROBE_CLEAN", "UNLIMITED"
 
 UNLIMITED = -1  # a quota field that limits nothing
 
+# Gives back `n` admissions of a grant that were not spent: KEYS[1] the tenant's quota,
+# KEYS[2] the function's. Each rate's `tat` moves back as many intervals, never before
+# now (the burst never grows beyond itself).
+_REFUND = """
+local function refund(n, frate, trate, now)
+  if n <= 0 then return end
+  for i, rate in ipairs({trate, frate}) do
+    if rate > 0 then
+      local tat = tonumber(redis.call('HGET', KEYS[i], 'tat'))
+      if tat and tat > now then
+        redis.call('HSET', KEYS[i], 'tat', tostring(math.max(now, tat - n / rate)))
+      end
+    end
+  end
+end
+"""
+
 # Gives back the leases of one tenant and charges their CPU: KEYS[tq] the tenant's
 # quota, KEYS[tl] its leases, KEYS[first..] each release's function leases; from
 # ARGV[arg], three per release: lease id, guest CPU seconds, tenant CPU seconds per minute.
@@ -41,16 +58,18 @@ end
 # ARGV: lease id, lease seconds, function concurrency, rate, burst, tenant concurrency,
 #       rate, burst, CPU seconds per minute, check breaker (0/1), probe timeout,
 #       refusals counted locally since the last call, admissions wanted (see `credit`),
-#       then three per release (see _RELEASES), given back first so that their slots
-#       and CPU count for this request
+#       unspent admissions of this gate's last grant (refunded first, see REFUND), then
+#       three per release (see _RELEASES), given back first so that their slots and CPU
+#       count for this request
 # Grants n admissions (1 <= n <= wanted): more than one only from the upper half of what
 # is left of each rate's burst and each concurrency limit, with the CPU budget above
 # half and the breaker closed. The leases of a grant are the lease id, then the lease
 # id followed by `.1`, `.2`, ...
-ADMIT = _RELEASES + """
+ADMIT = _REFUND + _RELEASES + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-release(1, 3, 6, 14, now)
+release(1, 3, 6, 15, now)
+refund(tonumber(ARGV[14]), tonumber(ARGV[4]), tonumber(ARGV[7]), now)
 local n = math.max(1, math.floor(tonumber(ARGV[13])))
 local probe = false
 if ARGV[10] == '1' then
@@ -148,21 +167,12 @@ end
 return {'ok', probe and '1' or '0', tostring(denied), tostring(now), tostring(n)}
 """
 
-# Gives back the admissions of a grant that were not spent: KEYS tenant quota, function
-# quota; ARGV admissions, function rate, tenant rate. Each rate's `tat` moves back as
-# many intervals, never before now (the burst never grows beyond itself).
-REFUND = """
+# KEYS: tenant quota, function quota
+# ARGV: admissions, function rate, tenant rate
+REFUND = _REFUND + """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local n = tonumber(ARGV[1])
-for i, rate in ipairs({tonumber(ARGV[3]), tonumber(ARGV[2])}) do
-  if rate > 0 then
-    local tat = tonumber(redis.call('HGET', KEYS[i], 'tat'))
-    if tat and tat > now then
-      redis.call('HSET', KEYS[i], 'tat', tostring(math.max(now, tat - n / rate)))
-    end
-  end
-end
+refund(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+       tonumber(t[1]) + tonumber(t[2]) / 1000000)
 return 1
 """
 
