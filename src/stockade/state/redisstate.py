@@ -74,6 +74,7 @@ RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
 _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
 
 
+_MAX_WAITS = 3  # grants a request waits for before it asks Redis alone
 _Waiting = tuple["RedisGate", str, int, int, "asyncio.Future[Any]"]
 
 
@@ -154,6 +155,8 @@ class RedisGate(Gate):
         self._credit: Credit | None = None
         self._granting: asyncio.Future[None] | None = None  # a grant on its way
         self._waiting = 0  # requests waiting on it
+        self._asked = 0  # admissions it asked for
+        self._short = False  # whether the last grant gave fewer (the tenant nears a limit)
         self._refund_due = 0  # unspent admissions of a settled credit, not yet sent
 
     def _prepare(self) -> tuple[str, int]:
@@ -205,20 +208,22 @@ class RedisGate(Gate):
         (see `credit`)."""
         if self.free:
             return _FREE
-        now = time.monotonic()
-        self._demand.add(now)
-        lease = self._take(now)
-        if lease is not None:
-            return lease
-        want = 0  # decided when the pipeline is sent (`wanted`)
-        granting = self._granting
-        if granting is not None:  # a grant is on its way: wait for it, once
-            self._waiting += 1
-            await asyncio.shield(granting)
+        self._demand.add(time.monotonic())
+        waits = 0
+        while True:
             lease = self._take(time.monotonic())
             if lease is not None:
                 return lease
-            want = 1
+            granting = self._granting
+            if granting is None:
+                want = 0  # this request asks for the grant: sized when sent (`wanted`)
+                break
+            if (waits and self._short) or waits == _MAX_WAITS:
+                want = 1  # the limits cut the last grant short: each asks alone
+                break
+            self._waiting += 1  # a grant is on its way: wait for it
+            await asyncio.shield(granting)
+            waits += 1
         lease_id, pending = self._prepare()
         if not want:
             self._granting = granting = asyncio.get_running_loop().create_future()
@@ -236,8 +241,9 @@ class RedisGate(Gate):
 
     def wanted(self) -> int:
         """Admissions to ask for now: what the gate's demand says, and at least one for
-        each request waiting on this grant."""
-        return max(self._demand.want(), min(MAX_GRANT, 1 + self._waiting))
+        each request waiting on this grant (remembered, see `_decide`)."""
+        self._asked = max(self._demand.want(), min(MAX_GRANT, 1 + self._waiting))
+        return self._asked
 
     def _take(self, now: float) -> Lease | None:
         """An admission from this gate's credit, or None (none, spent, or over)."""
@@ -295,7 +301,12 @@ class RedisGate(Gate):
         if kind == "ok":
             if reply[1] == "1":
                 self.state.probe_taken(self.ident, int(reply[2]), float(reply[3]))
-            credit = self._credit_from(int(reply[4]), lease_id) if on_loop else None
+            credit = None
+            if on_loop:
+                granted = int(reply[4])
+                if self._asked:
+                    self._short, self._asked = granted < self._asked, 0
+                credit = self._credit_from(granted, lease_id)
             return _RedisLease(self, lease_id, credit)
         spec = self.spec
         if kind == "breaker":
@@ -306,6 +317,10 @@ class RedisGate(Gate):
             self.state.saw_open(self.ident, until if reply[1] == "open" else None, now)
             self._cache(error, min(retry, REFUSAL_CACHE))
             raise error
+        if on_loop:  # a grant that came with this refusal still has some: not refused
+            lease = self._take(time.monotonic())
+            if lease is not None:
+                return lease
         scope = reply[1]
         label = f"{scope} {spec.function if scope == 'function' else spec.tenant}"
         quota = spec.function_quota if scope == "function" else spec.tenant_quota
