@@ -83,11 +83,11 @@ def start(script: Any, work: Path, state: str, replicas: int, workers: int) -> A
     return cluster
 
 
-def cpu_seconds(sessions: set[int]) -> float:
-    """CPU time (user + system) of every live process in `sessions` (the cluster's
-    components each start a session of their own)."""
+def cpu_seconds(sessions: set[int]) -> dict[int, float]:
+    """CPU time (user + system) of the live processes of each of `sessions` (the
+    cluster's components each start a session of their own), by session."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = dict.fromkeys(sessions, 0.0)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -96,9 +96,10 @@ def cpu_seconds(sessions: set[int]) -> float:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        if int(fields[3]) in sessions:  # field 6 of stat(5), the session id
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        session = int(fields[3])  # field 6 of stat(5)
+        if session in total:
+            total[session] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 def scripts_run(cluster: Any) -> int:
@@ -115,10 +116,13 @@ def scripts_run(cluster: Any) -> int:
 
 def measure(cluster: Any, url: str, duration: float, connections: int) -> dict[str, Any]:
     """One wrk round against `url`, with the cluster's CPU time and Redis scripts."""
-    sessions = set(cluster.pids.values())
-    cpu, scripts = cpu_seconds(sessions), scripts_run(cluster)
+    names = {pid: name for name, pid in cluster.pids.items()}
+    cpu, scripts = cpu_seconds(set(names)), scripts_run(cluster)
     row = wrk(url, duration, connections)
-    row["cpu_us_per_request"] = (cpu_seconds(sessions) - cpu) / row["requests"] * 1e6
+    after = cpu_seconds(set(names))
+    used = {names[pid]: (after[pid] - cpu[pid]) / row["requests"] * 1e6 for pid in names}
+    row["cpu_us_per_request"] = sum(used.values())
+    row["cpu_us_per_request_by_process"] = used
     row["scripts_per_request"] = (scripts_run(cluster) - scripts) / row["requests"]
     return row
 

@@ -48,11 +48,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..telemetry.breaker import BreakerEntry, Decision, Transition, iso_time
 from .base import Gate, GateSpec, Lease, OnTransition, StateBackend
+from .breakers import breaker_entries, reset_breakers
+from .client import connect
 from .credit import HOLD, MAX_GRANT, Credit, Demand, hold_for
 from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
 from .keys import PREFIX, TenantKeys
@@ -60,7 +60,7 @@ from .local import LocalGate, LocalState
 from .quota import Quota
 from .resp import Releases, bulk, bulks, evalsha
 from .scripts import ADMIT, PROBE_CLEAN, REFUND, RELEASE, UNLIMITED, VIOLATION
-from .settings import StateSettings, redis_password
+from .settings import StateSettings
 
 if TYPE_CHECKING:
     from ..telemetry.breaker import BreakerConfig
@@ -80,11 +80,6 @@ _Waiting = tuple["RedisGate", str, int, int, "asyncio.Future[Any]"]
 
 class _Unavailable(Exception):
     """Redis did not answer usefully; the message says why."""
-
-
-def _float(fields: Mapping[str, str], name: str) -> float | None:
-    value = fields.get(name) or ""
-    return float(value) if value else None
 
 
 def _number(value: float | int | None) -> str:
@@ -364,16 +359,7 @@ class RedisState(StateBackend):
         self.prefix = prefix
         self.probe_timeout = 300.0
         self._on_fallback = on_fallback
-        options: dict[str, Any] = {}
-        if settings.backend.startswith("rediss://") and env.get("STOCKADE_REDIS_CA_FILE"):
-            options["ssl_ca_certs"] = env["STOCKADE_REDIS_CA_FILE"]
-        # No retries inside the client: one timeout is all a request may wait.
-        self.client = redis.Redis.from_url(
-            settings.backend, password=redis_password(env),
-            username=env.get("STOCKADE_REDIS_USERNAME") or None,
-            socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-            decode_responses=True, client_name=f"stockade-{os.getpid()}", **options)
+        self.client = connect(settings, env)
         self.admit_script = self.client.register_script(ADMIT)
         self.refund_script = self.client.register_script(REFUND)
         self.release_script = self.client.register_script(RELEASE)
@@ -747,28 +733,10 @@ class RedisBreakers:
         return self.record(key, tenant, True, now)
 
     def entries(self, now: float | None = None) -> list[BreakerEntry]:
-        client = self.state.client
-        found: list[BreakerEntry] = []
-        for name in client.scan_iter(match=f"{self.state.prefix}:{{*}}:b:*", count=500):
-            fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
-            if not fields:
-                continue
-            split = name.index("}:b:")  # a tenant's token never holds a brace
-            violations: int = client.zcard(  # type: ignore[assignment]
-                f"{name[:split]}}}:v:{name[split + 4:]}")
-            found.append(BreakerEntry(
-                fields.get("key", ""), fields.get("tenant") or None,
-                fields.get("state", "closed"), int(violations), _float(fields, "opened_at"),
-                _float(fields, "until"), int(fields.get("trips", 0)),
-                _float(fields, "updated") or 0.0, int(fields.get("denied", 0))))
-        return sorted(found, key=lambda entry: entry.updated, reverse=True)
+        return breaker_entries(self.state.client, self.state.prefix)
 
     def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
-        removed = [entry for entry in self.entries()
-                   if (not key or entry.key == key) and (tenant is None or entry.tenant == tenant)]
-        for entry in removed:
-            self.state.client.delete(*self._keys(entry.key, entry.tenant))
-        return removed
+        return reset_breakers(self.state.client, key, tenant, self.state.prefix)
 
     def close(self) -> None:
         """Nothing to flush: every count went to Redis when it happened."""
