@@ -97,10 +97,12 @@ class _RedisLease:
         self._id = lease_id
         self._credit = credit
         self.degraded = False
+        gate._inflight += 1
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         gate, self._gate = self._gate, None
         if gate is not None:
+            gate._inflight -= 1
             credit = self._credit
             if credit is None or not credit.give_back(self._id, cpu_seconds):
                 gate.release(self._id, cpu_seconds)
@@ -151,6 +153,7 @@ class RedisGate(Gate):
         self._granting: asyncio.Future[None] | None = None  # a grant on its way
         self._waiting = 0  # requests waiting on it
         self._asked = 0  # admissions it asked for
+        self._inflight = 0  # its admissions not released yet, here
         self._short = False  # whether the last grant gave fewer (the tenant nears a limit)
         self._refund_due = 0  # unspent admissions of a settled credit, not yet sent
 
@@ -172,12 +175,16 @@ class RedisGate(Gate):
         """The admission script's call for `want` admissions, carrying `releases` (of
         this tenant) and the refund of this gate's last credit."""
         refund, self._refund_due = self._refund_due, 0
-        tail = b"%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)))
+        # Slots: about as many as run here at once (they are reused within a credit),
+        # not one per admission: each is a sorted-set member to add and remove.
+        slots = min(want, 2 * self._inflight + 2)
+        tail = b"%s%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)),
+                              bulk(str(slots)))
         if releases is None:
-            return evalsha(self.state.admit_script.sha, 19, 5, self._keys, bulk(lease_id),
+            return evalsha(self.state.admit_script.sha, 20, 5, self._keys, bulk(lease_id),
                            self._args, tail)
         count = releases.count
-        return evalsha(self.state.admit_script.sha, 19 + 4 * count, 5 + count, self._keys,
+        return evalsha(self.state.admit_script.sha, 20 + 4 * count, 5 + count, self._keys,
                        *releases.keys, bulk(lease_id), self._args, tail, *releases.args)
 
     def refund(self, tokens: int) -> bytes:
@@ -275,15 +282,16 @@ class RedisGate(Gate):
         if charge != "0":
             state.queue_release(self, "", charge)  # slots not counted: the charge alone
 
-    def _credit_from(self, granted: int, lease_id: str) -> Credit | None:
-        """The credit of a grant of `granted` admissions (the first is this request's,
-        under `lease_id`), made this gate's own; None for a grant of one."""
+    def _credit_from(self, granted: int, slots: int, lease_id: str) -> Credit | None:
+        """The credit of a grant of `granted` admissions and `slots` slots (the first of
+        each is this request's, under `lease_id`), made this gate's own; None for a
+        grant of one."""
         if granted <= 1:
             return None
         old = self._credit
         if old is not None:
             self.settle(old)
-        ids = [f"{lease_id}.{i}" for i in range(1, granted)] if self._concurrent else None
+        ids = [f"{lease_id}.{i}" for i in range(1, slots)] if self._concurrent else None
         credit = self._credit = Credit(granted - 1, ids, time.monotonic() + self._hold)
         self.state.holding.add(self)
         # Spent for HOLD; settled by the next admission (one script for both) or, if
@@ -301,7 +309,7 @@ class RedisGate(Gate):
                 granted = int(reply[4])
                 if self._asked:
                     self._short, self._asked = granted < self._asked, 0
-                credit = self._credit_from(granted, lease_id)
+                credit = self._credit_from(granted, int(reply[5]), lease_id)
             return _RedisLease(self, lease_id, credit)
         spec = self.spec
         if kind == "breaker":

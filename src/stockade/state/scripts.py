@@ -58,19 +58,21 @@ end
 # ARGV: lease id, lease seconds, function concurrency, rate, burst, tenant concurrency,
 #       rate, burst, CPU seconds per minute, check breaker (0/1), probe timeout,
 #       refusals counted locally since the last call, admissions wanted (see `credit`),
-#       unspent admissions of this gate's last grant (refunded first, see REFUND), then
-#       three per release (see _RELEASES), given back first so that their slots and CPU
-#       count for this request
-# Grants n admissions (1 <= n <= wanted): more than one only from the upper half of what
-# is left of each rate's burst and each concurrency limit, with the CPU budget above
-# half and the breaker closed. The leases of a grant are the lease id, then the lease
-# id followed by `.1`, `.2`, ...
+#       unspent admissions of this gate's last grant (refunded first, see REFUND), slots
+#       wanted, then three per release (see _RELEASES), given back first so that their
+#       slots and CPU count for this request
+# Grants n admissions (1 <= n <= wanted) and m concurrency slots (1 <= m <= n, slots
+# wanted): more than one only from the upper half of what is left of each rate's burst
+# (n) and each concurrency limit (m), with the CPU budget above half and the breaker
+# closed. The slots are leases: the lease id, then the lease id followed by `.1`, ...
+# Returns {'ok', probe taken (0/1), refusals while half open, now, n, m}.
 ADMIT = _REFUND + _RELEASES + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-release(1, 3, 6, 15, now)
+release(1, 3, 6, 16, now)
 refund(tonumber(ARGV[14]), tonumber(ARGV[4]), tonumber(ARGV[7]), now)
 local n = math.max(1, math.floor(tonumber(ARGV[13])))
+local m = math.max(1, math.floor(tonumber(ARGV[15])))
 local probe = false
 if ARGV[10] == '1' then
   local pending = tonumber(ARGV[12])
@@ -100,7 +102,7 @@ local function busy(key, limit)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local count = redis.call('ZCARD', key)
   if count >= limit then return true end
-  n = math.min(n, math.max(1, math.floor((limit - count) / 2)))
+  m = math.min(m, math.max(1, math.floor((limit - count) / 2)))
   return false
 end
 local fconc, tconc = tonumber(ARGV[3]), tonumber(ARGV[6])
@@ -143,11 +145,12 @@ if ttat then
   redis.call('HSET', KEYS[1], 'tat', tostring(ttat + n / tonumber(ARGV[7])))
   redis.call('EXPIRE', KEYS[1], 3600)
 end
+m = math.min(m, n)
 local expiry = now + tonumber(ARGV[2])
 local keep = math.ceil(tonumber(ARGV[2])) + 60
 if fconc >= 0 or tconc >= 0 then
   local members = {expiry, ARGV[1]}
-  for i = 1, n - 1 do
+  for i = 1, m - 1 do
     members[2 * i + 1] = expiry
     members[2 * i + 2] = ARGV[1] .. '.' .. i
   end
@@ -164,7 +167,8 @@ if probe then
   redis.call('HSET', KEYS[5], 'state', 'half_open', 'probe_at', tostring(now),
              'updated', tostring(now), 'denied', 0)
 end
-return {'ok', probe and '1' or '0', tostring(denied), tostring(now), tostring(n)}
+return {'ok', probe and '1' or '0', tostring(denied), tostring(now), tostring(n),
+        tostring(m)}
 """
 
 # KEYS: tenant quota, function quota
