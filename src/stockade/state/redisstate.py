@@ -98,6 +98,8 @@ class _RedisLease:
         self._credit = credit
         self.degraded = False
         gate._inflight += 1
+        if gate._inflight > gate._peak:
+            gate._peak = gate._inflight
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         gate, self._gate = self._gate, None
@@ -154,6 +156,7 @@ class RedisGate(Gate):
         self._waiting = 0  # requests waiting on it
         self._asked = 0  # admissions it asked for
         self._inflight = 0  # its admissions not released yet, here
+        self._peak = 0  # the most at once since its last grant
         self._short = False  # whether the last grant gave fewer (the tenant nears a limit)
         self._refund_due = 0  # unspent admissions of a settled credit, not yet sent
 
@@ -177,7 +180,8 @@ class RedisGate(Gate):
         refund, self._refund_due = self._refund_due, 0
         # Slots: about as many as run here at once (they are reused within a credit),
         # not one per admission: each is a sorted-set member to add and remove.
-        slots = min(want, 2 * self._inflight + 2)
+        slots = min(want, 2 * max(self._peak, self._inflight) + 2)
+        self._peak = self._inflight
         tail = b"%s%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)),
                               bulk(str(slots)))
         if releases is None:
@@ -254,9 +258,9 @@ class RedisGate(Gate):
             return None
         lease_id = credit.take(now)
         if lease_id is None:
-            if now >= credit.until or credit.tokens <= 0:
-                # Over: what it did not use goes back with the next admission, before it.
-                self.settle(credit, renewed=True)
+            # Over, spent or out of free slots: what it did not use goes back with the
+            # admission about to be sent, before it.
+            self.settle(credit, renewed=True)
             return None
         return _RedisLease(self, lease_id, credit)
 
