@@ -16,7 +16,12 @@ from redis.retry import Retry
 
 from .settings import StateSettings, redis_password
 
-__all__ = ["connect"]
+__all__ = ["connect", "RoundTripFailed"]
+
+
+class RoundTripFailed(Exception):
+    """Redis did not answer usefully (unreachable, timed out, a script failed); the
+    message says why. Callers decide what that means (`on_unavailable`)."""
 
 
 def connect(settings: StateSettings, env: Mapping[str, str] | None = None,

@@ -16,10 +16,8 @@ touches one Redis Cluster slot. On an event loop the round trips run on one thre
 the state's own, in order. A slot may stay taken that much after its response (never
 less: the limit holds).
 
-What is decided here, and why the limits hold: a refusal for rate or CPU is cached until
-the moment the script said a retry can succeed (other replicas can only push that
-moment later), and an open breaker, each for at most `REFUSAL_CACHE` seconds (a breaker
-reset by hand is seen within that). On an event loop, a gate that takes two or more
+What is decided here, and why the limits hold: refusals are cached briefly
+(`redisgate`). On an event loop, a gate that takes two or more
 admissions per `credit.HOLD` window asks Redis for a few at once while its tenant is
 far from its limits, and spends them here for `credit.HOLD` seconds (see `credit`:
 Redis counted them all when it granted them; what is not spent goes back). A gate
@@ -50,16 +48,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import redis
 
 from ..telemetry.breaker import BreakerEntry, Decision, Transition, iso_time
-from .base import Gate, GateSpec, Lease, OnTransition, StateBackend
+from .base import GateSpec, Lease, OnTransition, StateBackend
 from .breakers import breaker_entries, reset_breakers
-from .client import connect
-from .credit import HOLD, MAX_GRANT, Credit, Demand, hold_for
-from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
+from .client import RoundTripFailed, connect
+from .credit import HOLD
+from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
-from .local import LocalGate, LocalState
+from .local import LocalState
 from .quota import Quota
-from .resp import Releases, bulk, bulks, evalsha
-from .scripts import ADMIT, PROBE_CLEAN, REFUND, RELEASE, UNLIMITED, VIOLATION
+from .redisgate import REFUSAL_CACHE, RedisGate
+from .resp import Releases
+from .scripts import ADMIT, PROBE_CLEAN, REFUND, RELEASE, VIOLATION
 from .settings import StateSettings
 
 if TYPE_CHECKING:
@@ -68,291 +67,12 @@ if TYPE_CHECKING:
 __all__ = ["RedisState", "RedisGate", "RedisBreakers", "REFUSAL_CACHE", "RETRY_INTERVAL"]
 
 logger = logging.getLogger("stockade.state")
-REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered locally
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
 RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
 _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
 
 
-_MAX_WAITS = 3  # grants a request waits for before it asks Redis alone
 _Waiting = tuple["RedisGate", str, int, int, "asyncio.Future[Any]"]
-
-
-class _Unavailable(Exception):
-    """Redis did not answer usefully; the message says why."""
-
-
-def _number(value: float | int | None) -> str:
-    return str(UNLIMITED) if value is None else repr(float(value))
-
-
-class _RedisLease:
-    """Slots held in Redis under `lease_id` (of `credit`, when it came from a grant);
-    released at most once."""
-
-    __slots__ = ("_gate", "_id", "_credit", "degraded")
-
-    def __init__(self, gate: RedisGate, lease_id: str, credit: Credit | None = None) -> None:
-        self._gate: RedisGate | None = gate
-        self._id = lease_id
-        self._credit = credit
-        self.degraded = False
-        gate._inflight += 1
-        if gate._inflight > gate._peak:
-            gate._peak = gate._inflight
-
-    def release(self, cpu_seconds: float = 0.0) -> None:
-        gate, self._gate = self._gate, None
-        if gate is not None:
-            gate._inflight -= 1
-            credit = self._credit
-            if credit is None or not credit.give_back(self._id, cpu_seconds):
-                gate.release(self._id, cpu_seconds)
-
-
-class _FreeLease:
-    """The admission of a gate with nothing to count: no quota, no breaker."""
-
-    __slots__ = ()
-    degraded = False
-
-    def release(self, cpu_seconds: float = 0.0) -> None:
-        """Nothing was taken."""
-
-
-_FREE = _FreeLease()
-
-
-class RedisGate(Gate):
-    """One function's admission through Redis, with `fallback` for `fail_open`."""
-
-    def __init__(self, spec: GateSpec, state: RedisState, fallback: LocalGate) -> None:
-        super().__init__(spec)
-        self.state = state
-        self.fallback = fallback
-        self.keys = TenantKeys.of(spec.tenant, spec.function, spec.breaker or "-", state.prefix)
-        self.ident = (spec.breaker or "", spec.tenant)
-        fq, tq = spec.function_quota, spec.tenant_quota
-        self._concurrent = fq.concurrency is not None or tq.concurrency is not None
-        self._cpu = _number(tq.cpu_per_minute)
-        # The admission's KEYS[1..5] and ARGV[2..11], encoded once (see `resp`).
-        self._keys = bulks(self.keys[:5])
-        self._args = bulks([
-            _number(spec.lease_seconds),
-            _number(fq.concurrency), _number(fq.rate), _number(fq.bucket),
-            _number(tq.concurrency), _number(tq.rate), _number(tq.bucket), self._cpu,
-            "1" if spec.breaker else "0", _number(state.probe_timeout)])
-        self._function_leases = bulk(self.keys.function_leases)
-        self._cpu_limit = bulk(self._cpu)
-        self._refund = (bulks(self.keys[:2]), bulks([_number(fq.rate), _number(tq.rate)]))
-        self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
-        self._pending_denials = 0
-        # Nothing to count or check: no round trip at all.
-        self.free = fq.unlimited and tq.unlimited and not spec.breaker
-        self._hold = hold_for(spec.breaker is not None)
-        self._demand = Demand(self._hold)
-        self._credit: Credit | None = None
-        self._granting: asyncio.Future[None] | None = None  # a grant on its way
-        self._waiting = 0  # requests waiting on it
-        self._asked = 0  # admissions it asked for
-        self._inflight = 0  # its admissions not released yet, here
-        self._peak = 0  # the most at once since its last grant
-        self._short = False  # whether the last grant gave fewer (the tenant nears a limit)
-        self._refund_due = 0  # unspent admissions of a settled credit, not yet sent
-
-    def _prepare(self) -> tuple[str, int]:
-        """A new lease id and the refusals to report, or the refusal cached for this
-        moment raised."""
-        refused = self._refused
-        if refused is not None:
-            if time.monotonic() < refused[0]:
-                if isinstance(refused[1], BreakerOpen):
-                    self._pending_denials += 1
-                raise refused[1]
-            self._refused = None
-        pending, self._pending_denials = self._pending_denials, 0
-        return self.state.lease_id(), pending
-
-    def command(self, lease_id: str, pending: int, want: int,
-                releases: Releases | None) -> bytes:
-        """The admission script's call for `want` admissions, carrying `releases` (of
-        this tenant) and the refund of this gate's last credit."""
-        refund, self._refund_due = self._refund_due, 0
-        # Slots: about as many as run here at once (they are reused within a credit),
-        # not one per admission: each is a sorted-set member to add and remove.
-        slots = min(want, 2 * max(self._peak, self._inflight) + 2)
-        self._peak = self._inflight
-        tail = b"%s%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)),
-                              bulk(str(slots)))
-        if releases is None:
-            return evalsha(self.state.admit_script.sha, 20, 5, self._keys, bulk(lease_id),
-                           self._args, tail)
-        count = releases.count
-        return evalsha(self.state.admit_script.sha, 20 + 4 * count, 5 + count, self._keys,
-                       *releases.keys, bulk(lease_id), self._args, tail, *releases.args)
-
-    def refund(self, tokens: int) -> bytes:
-        """The `REFUND` script's call giving back `tokens` unspent admissions."""
-        keys, rates = self._refund
-        return evalsha(self.state.refund_script.sha, 5, 2, keys, bulk(str(tokens)), rates)
-
-    def admit(self) -> Lease:
-        if self.free:
-            return _FREE
-        lease_id, pending = self._prepare()
-        try:
-            reply = self.state.admit(self, lease_id, pending)
-        except _Unavailable as exc:
-            self._pending_denials += pending
-            return self.state.unavailable(self, str(exc))
-        return self._decide(reply, lease_id, False)
-
-    async def admit_async(self) -> Lease:
-        """`admit`, from this gate's credit when it has one (no round trip), else sent
-        in one pipeline with the admissions of other requests that reached this point
-        in the same turn of the event loop, asking for a credit when the gate is busy
-        (see `credit`)."""
-        if self.free:
-            return _FREE
-        self._demand.add(time.monotonic())
-        waits = 0
-        while True:
-            lease = self._take(time.monotonic())
-            if lease is not None:
-                return lease
-            granting = self._granting
-            if granting is None:
-                want = 0  # this request asks for the grant: sized when sent (`wanted`)
-                break
-            if (waits and self._short) or waits == _MAX_WAITS:
-                want = 1  # the limits cut the last grant short: each asks alone
-                break
-            self._waiting += 1  # a grant is on its way: wait for it
-            await asyncio.shield(granting)
-            waits += 1
-        lease_id, pending = self._prepare()
-        if not want:
-            self._granting = granting = asyncio.get_running_loop().create_future()
-            self._waiting = 0
-        try:
-            reply = await self.state.admit_async(self, lease_id, pending, want)
-        except _Unavailable as exc:
-            self._pending_denials += pending
-            return self.state.unavailable(self, str(exc))
-        finally:
-            if not want and granting is not None:
-                self._granting = None
-                granting.set_result(None)
-        return self._decide(reply, lease_id, True)
-
-    def wanted(self) -> int:
-        """Admissions to ask for now: what the gate's demand says, and at least one for
-        each request waiting on this grant (remembered, see `_decide`)."""
-        self._asked = max(self._demand.want(), min(MAX_GRANT, 1 + self._waiting))
-        return self._asked
-
-    def _take(self, now: float) -> Lease | None:
-        """An admission from this gate's credit, or None (none, spent, or over)."""
-        credit = self._credit
-        if credit is None:
-            return None
-        lease_id = credit.take(now)
-        if lease_id is None:
-            # Over, spent or out of free slots: what it did not use goes back with the
-            # admission about to be sent, before it.
-            self.settle(credit, renewed=True)
-            return None
-        return _RedisLease(self, lease_id, credit)
-
-    def settle(self, credit: Credit, renewed: bool = False) -> None:
-        """End `credit`: its free slots go back to Redis and its runs' CPU is charged
-        (with this tenant's next admission, or the next flush); its unspent admissions
-        ride with this gate's next admission when it is `renewed` (one is on its way),
-        else they are refunded with the next flush."""
-        if self._credit is credit:
-            self._credit = None
-        tokens, free, cpu = credit.settle()
-        state = self.state
-        if self._credit is None:
-            state.holding.discard(self)
-        self._refund_due += tokens
-        if not renewed and self._refund_due:
-            tokens, self._refund_due = self._refund_due, 0
-            state.queue_refund(self, tokens)
-        charge = repr(cpu) if cpu > 0 and self._cpu != str(UNLIMITED) else "0"
-        for lease_id in free:
-            state.queue_release(self, lease_id, charge)
-            charge = "0"
-        if charge != "0":
-            state.queue_release(self, "", charge)  # slots not counted: the charge alone
-
-    def _credit_from(self, granted: int, slots: int, lease_id: str) -> Credit | None:
-        """The credit of a grant of `granted` admissions and `slots` slots (the first of
-        each is this request's, under `lease_id`), made this gate's own; None for a
-        grant of one."""
-        if granted <= 1:
-            return None
-        old = self._credit
-        if old is not None:
-            self.settle(old)
-        ids = [f"{lease_id}.{i}" for i in range(1, slots)] if self._concurrent else None
-        credit = self._credit = Credit(granted - 1, ids, time.monotonic() + self._hold)
-        self.state.holding.add(self)
-        # Spent for HOLD; settled by the next admission (one script for both) or, if
-        # none comes within another HOLD, by this timer.
-        asyncio.get_running_loop().call_later(2 * self._hold, self.settle, credit)
-        return credit
-
-    def _decide(self, reply: Sequence[str], lease_id: str, on_loop: bool) -> Lease:
-        kind = reply[0]
-        if kind == "ok":
-            if reply[1] == "1":
-                self.state.probe_taken(self.ident, int(reply[2]), float(reply[3]))
-            credit = None
-            if on_loop:
-                granted = int(reply[4])
-                if self._asked:
-                    self._short, self._asked = granted < self._asked, 0
-                credit = self._credit_from(granted, int(reply[5]), lease_id)
-            return _RedisLease(self, lease_id, credit)
-        spec = self.spec
-        if kind == "breaker":
-            until, now = float(reply[2]), float(reply[4])
-            retry = max(1.0, until - now) if reply[1] == "open" else 1.0
-            error: Exception = BreakerOpen(self.state.breaker_message(
-                spec.function, reply[1], until, int(float(reply[3]))), retry)
-            self.state.saw_open(self.ident, until if reply[1] == "open" else None, now)
-            self._cache(error, min(retry, REFUSAL_CACHE))
-            raise error
-        if on_loop:  # a grant that came with this refusal still has some: not refused
-            lease = self._take(time.monotonic())
-            if lease is not None:
-                return lease
-        scope = reply[1]
-        label = f"{scope} {spec.function if scope == 'function' else spec.tenant}"
-        quota = spec.function_quota if scope == "function" else spec.tenant_quota
-        wait = float(reply[2])
-        if kind == "concurrency":
-            raise QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at most",
-                                1.0, "concurrency")
-        if kind == "cpu":
-            error = QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
-                                  "minute spent", wait, "cpu")
-        else:
-            error = QuotaExceeded(f"{label}: more than {quota.rate:g} requests per second",
-                                  wait, "rate")
-        self._cache(error, wait)
-        raise error
-
-    def _cache(self, error: Exception, seconds: float) -> None:
-        # Only refusals no other replica can lift sooner (see the module docstring).
-        self._refused = (time.monotonic() + min(seconds, REFUSAL_CACHE), error)
-
-    def release(self, lease_id: str, cpu_seconds: float) -> None:
-        """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
-        charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
-        if self._concurrent or charge:
-            self.state.queue_release(self, lease_id, repr(cpu_seconds) if charge else "0")
 
 
 class RedisState(StateBackend):
@@ -408,7 +128,7 @@ class RedisState(StateBackend):
         return f"{self._id_prefix}{next(self._ids)}"
 
     def run(self, script: Any, keys: list[str], args: list[str]) -> Any:
-        """Run `script`; raises _Unavailable when Redis is down (then not tried again for
+        """Run `script`; raises RoundTripFailed when Redis is down (then not tried again for
         `RETRY_INTERVAL` s) or the script failed."""
         with self._round_trip():
             reply = script(keys=keys, args=args)
@@ -417,15 +137,15 @@ class RedisState(StateBackend):
     @contextmanager
     def _round_trip(self) -> Iterator[None]:
         """One exchange with Redis: refused at once while it is marked down; a lost
-        connection marks it down and raises _Unavailable; a failed script raises through
+        connection marks it down and raises RoundTripFailed; a failed script raises through
         `_script_failed`; a success after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
-            raise _Unavailable(f"shared state {self.where} is unreachable")
+            raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
-            raise _Unavailable(f"shared state {self.where} is unreachable") from None
+            raise RoundTripFailed(f"shared state {self.where} is unreachable") from None
         except redis.RedisError as exc:
             self._script_failed(exc)
         if self._retry_at:
@@ -437,7 +157,7 @@ class RedisState(StateBackend):
         if now - self._logged_error >= _LOG_INTERVAL:
             self._logged_error = now
             logger.error("shared state %s: a script failed: %s", self.where, exc)
-        raise _Unavailable(f"shared state {self.where} failed to decide") from None
+        raise RoundTripFailed(f"shared state {self.where} failed to decide") from None
 
     def _went_down(self, exc: BaseException) -> None:
         with self._lock:
@@ -517,7 +237,7 @@ class RedisState(StateBackend):
 
     def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
         """The admission script for one request, carrying its tenant's queued releases
-        (one script, one round trip). Raises _Unavailable like `run`."""
+        (one script, one round trip). Raises RoundTripFailed like `run`."""
         reply = self._pipeline([self._command(gate, lease_id, pending, 1)])[0]
         if isinstance(reply, Exception):
             self._script_failed(reply)
@@ -528,7 +248,7 @@ class RedisState(StateBackend):
         """`admit` for up to `want` admissions (0: as many as the gate `wanted` when the
         pipeline is sent), batched: every admission queued in this
         turn of the event loop goes in one pipeline, sent once the turn's ready work
-        has run. Raises _Unavailable like `run`."""
+        has run. Raises RoundTripFailed like `run`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._admissions.append((gate, lease_id, pending, want, future))
@@ -546,7 +266,7 @@ class RedisState(StateBackend):
             sent = self._executor.submit(self._pipeline, calls)
         except RuntimeError:  # closed: nothing more goes to the store
             for *_, future in waiting:
-                future.set_exception(_Unavailable(f"shared state {self.where} is closed"))
+                future.set_exception(RoundTripFailed(f"shared state {self.where} is closed"))
             return
         asyncio.wrap_future(sent).add_done_callback(
             lambda done: self._answer(waiting, done))
@@ -554,11 +274,11 @@ class RedisState(StateBackend):
     def _answer(self, waiting: list[_Waiting], done: asyncio.Future[Any]) -> None:
         exc = done.exception()
         if exc is not None:
-            if not isinstance(exc, _Unavailable):
+            if not isinstance(exc, RoundTripFailed):
                 logger.error("shared state %s: admissions failed: %r", self.where, exc)
             for *_, future in waiting:
                 if not future.done():
-                    future.set_exception(_Unavailable(str(exc)))
+                    future.set_exception(RoundTripFailed(str(exc)))
             return
         for (*_, future), reply in zip(waiting, done.result(), strict=True):
             if future.done():
@@ -566,14 +286,14 @@ class RedisState(StateBackend):
             if isinstance(reply, Exception):
                 try:
                     self._script_failed(reply)
-                except _Unavailable as failed:
+                except RoundTripFailed as failed:
                     future.set_exception(failed)
             else:
                 future.set_result(reply)
 
     def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
         """`calls` (encoded script calls, see `resp`) sent in one round trip; the
-        replies (errors as values). Raises _Unavailable when Redis is down."""
+        replies (errors as values). Raises RoundTripFailed when Redis is down."""
         pool = self.client.connection_pool
         with self._round_trip():
             connection: Any = pool.get_connection()
@@ -609,7 +329,7 @@ class RedisState(StateBackend):
             try:
                 self._pipeline([batch.release(self.release_script.sha)
                                 for batch in batches.values()] + refunds)
-            except _Unavailable:
+            except RoundTripFailed:
                 pass  # the leases expire by themselves, unspent admissions are lost
 
     # -- breakers: what admissions saw, for `RedisBreakers.check` -------------------------
@@ -722,7 +442,7 @@ class RedisBreakers:
                     f"{state.lease_id()}:{next(self._ids)}", key, tenant or ""])
             else:
                 reply = state.run(state.probe_script, self._keys(key, tenant), [])
-        except _Unavailable:
+        except RoundTripFailed:
             return None  # logged by `run`; the count is lost, the store decides nothing
         transition = None
         if reply[0] == "open":
