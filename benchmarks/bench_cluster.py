@@ -12,7 +12,10 @@ machine; the idle cluster costs next to nothing). The function's tenant has a ra
 quota high enough never to refuse, so every request takes the quota path (with Redis:
 its round trip) without being refused. Reports requests/s, p50, p99, errors per row,
 the throughput ratio redis/local per round and over all rounds, and the median p99 of
-each (the goal: shared state costs under 15 %). `--single` measures one replica
+each (the goal: shared state costs under 15 %). On a shared machine throughput follows
+whatever else runs; the CPU time the cluster's own processes (replicas, HAProxy, Redis)
+spent per request is steadier, so it is reported too (`cpu us/req`, from /proc), with
+the Redis scripts run per request. `--single` measures one replica
 directly, without HAProxy (the cost of the state on one server; `--workers` sets its
 worker processes). Needs `make guests`, wrk, haproxy and redis-server.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -79,6 +83,50 @@ def start(script: Any, work: Path, state: str, replicas: int, workers: int) -> A
     return cluster
 
 
+def cpu_seconds(sessions: set[int]) -> dict[int, float]:
+    """CPU time (user + system) of the live processes of each of `sessions` (the
+    cluster's components each start a session of their own), by session."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = dict.fromkeys(sessions, 0.0)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        session = int(fields[3])  # field 6 of stat(5)
+        if session in total:
+            total[session] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def scripts_run(cluster: Any) -> int:
+    """EVALSHA calls Redis served so far (0 for a cluster without Redis)."""
+    if not cluster.redis_port:
+        return 0
+    import redis
+
+    with redis.Redis(host=cluster.bridge_address, port=cluster.redis_port,
+                     password=cluster.redis_password or None) as client:
+        stats: Any = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def measure(cluster: Any, url: str, duration: float, connections: int) -> dict[str, Any]:
+    """One wrk round against `url`, with the cluster's CPU time and Redis scripts."""
+    names = {pid: name for name, pid in cluster.pids.items()}
+    cpu, scripts = cpu_seconds(set(names)), scripts_run(cluster)
+    row = wrk(url, duration, connections)
+    after = cpu_seconds(set(names))
+    used = {names[pid]: (after[pid] - cpu[pid]) / row["requests"] * 1e6 for pid in names}
+    row["cpu_us_per_request"] = sum(used.values())
+    row["cpu_us_per_request_by_process"] = used
+    row["scripts_per_request"] = (scripts_run(cluster) - scripts) / row["requests"]
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=3)
@@ -108,7 +156,7 @@ def main() -> int:
                 wrk(urls[state], 2.0, args.connections)  # warm-up
             for number in range(1, args.rounds + 1):
                 for state, cluster in clusters.items():
-                    row = wrk(urls[state], args.duration, args.connections)
+                    row = measure(cluster, urls[state], args.duration, args.connections)
                     row.update(state=state, round=number, replicas=args.replicas,
                                workers=args.workers, mode=cluster.mode,
                                balancer=not args.single)
@@ -116,11 +164,13 @@ def main() -> int:
         finally:
             for cluster in clusters.values():
                 cluster.down()
-    print(f"{'round':>5} {'state':<6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'round':>5} {'state':<6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'cpu us/req':>10} {'scripts/req':>11}")
     for row in rows:
         errors = row["non_2xx"] + row["socket_errors"]
         print(f"{row['round']:>5} {row['state']:<6} {row['requests_per_s']:>9.0f} "
-              f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {errors:>7}")
+              f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {errors:>7} "
+              f"{row['cpu_us_per_request']:>10.0f} {row['scripts_per_request']:>11.3f}")
     ratios = [redis["requests_per_s"] / local["requests_per_s"]
               for local, redis in zip(rows[0::2], rows[1::2], strict=True)]
     total = {state: sum(row["requests"] for row in rows if row["state"] == state)
@@ -133,9 +183,14 @@ def main() -> int:
           + f"; over all rounds {overall:.3f} (shared state costs {1 - overall:.1%}; "
           "goal < 15 %)")
     print(f"median p99: local {p99['local']:.2f} ms, redis {p99['redis']:.2f} ms")
+    cpu = {state: statistics.median(row["cpu_us_per_request"] for row in rows
+                                    if row["state"] == state) for state in clusters}
+    print(f"median cluster CPU per request: local {cpu['local']:.0f} us, redis "
+          f"{cpu['redis']:.0f} us (local/redis {cpu['local'] / cpu['redis']:.3f})")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "redis_over_local": ratios,
-                                         "overall": overall, "median_p99_ms": p99},
+                                         "overall": overall, "median_p99_ms": p99,
+                                         "median_cpu_us_per_request": cpu},
                                         indent=2))
     return 1 if any(row["non_2xx"] + row["socket_errors"] for row in rows) else 0
 

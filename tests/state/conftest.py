@@ -23,10 +23,12 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """`redis-server` started by the test: `url`, `stop()`, `start()` again (same port)."""
+    """`redis-server` started by the test: `url`, `stop()`, `start()` again (same port);
+    with `password`, clients must authenticate (`requirepass`)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str = "") -> None:
         self.directory = directory
+        self.password = password
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -37,14 +39,17 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is missing: the set-up installs it (Debian redis-server)")
-        self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             try:
-                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                with redis.Redis(port=self.port, socket_timeout=0.5,
+                                 password=self.password or None) as client:
                     if client.ping():
                         return
             except redis.ConnectionError:
@@ -53,7 +58,8 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A plain client, for looking at (and spoiling) keys."""
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2.0)
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2.0,
+                           password=self.password or None)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it. Safe twice."""

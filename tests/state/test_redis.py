@@ -4,11 +4,13 @@ store, a dead store)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
@@ -22,6 +24,7 @@ from stockade.state import (
     StateSettings,
     StateUnavailable,
 )
+from stockade.state.credit import HOLD
 from stockade.state.keys import TenantKeys, token
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
 from stockade.telemetry.breaker import BreakerConfig, Transition
@@ -331,7 +334,7 @@ def test_a_request_is_one_script_and_releases_ride_only_with_their_own_tenant(
     other = replicas[1].gate(spec("acme", concurrency=1, cpu_per_minute=0.6))
 
     async def scenario() -> int:
-        state.gate(spec("warm-up")).admit()  # the script is loaded once per store
+        state.gate(spec("warm-up", rate=1000)).admit()  # the script loads once per store
         before = evalsha_calls(redis_server)
         for _ in range(5):  # no await: the timer cannot send a release in between
             for gate in gates.values():
@@ -353,3 +356,156 @@ def test_a_request_is_one_script_and_releases_ride_only_with_their_own_tenant(
     assert calls == 10  # one EVALSHA per request: no release of its own
     slots = {key_slot(key.encode()) for key in redis_server.client().keys("stockade:{acme}*")}
     assert len(slots) == 1
+
+
+# -- credits: admissions granted ahead and spent by one replica (see state/credit.py) --
+
+
+async def burst(gates: list[Any], count: int) -> list[Any]:
+    """`count` admissions arriving at once, spread over `gates` (replicas)."""
+    return await asyncio.gather(*(gates[i % len(gates)].admit_async() for i in range(count)),
+                                return_exceptions=True)
+
+
+def admitted(results: list[Any]) -> list[Any]:
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, QuotaExceeded):
+            raise result
+    return [r for r in results if not isinstance(r, BaseException)]
+
+
+def test_bursts_at_many_replicas_never_get_more_than_the_rate(
+        redis_server: RedisServer) -> None:
+    """A tenant at (and far above) its rate, bursting through five busy replicas at once:
+    credits never let it past burst + rate x elapsed (GCRA's own bound)."""
+    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                         env={}) for _ in range(5)]
+    gates = [state.gate(spec(rate=200, burst=200, concurrency=1000)) for state in states]
+
+    async def scenario() -> tuple[int, float, int]:
+        start = time.monotonic()
+        taken = 0
+        while time.monotonic() - start < 1.5:  # ~20x the rate, in bursts of 40
+            leases = admitted(await burst(gates, 40))
+            taken += len(leases)
+            for lease in leases:
+                lease.release()
+            await asyncio.sleep(0.002)
+        elapsed = time.monotonic() - start
+        await asyncio.sleep(3 * HOLD + 0.1)  # credits settle, releases flush
+        held = redis_server.client().zcard(gates[0].keys.tenant_leases)
+        return taken, elapsed, int(held)  # type: ignore[arg-type]
+
+    try:
+        taken, elapsed, held = asyncio.run(scenario())
+    finally:
+        for state in states:
+            state.close()
+    assert taken <= 200 + 200 * elapsed + 1, (taken, elapsed)
+    assert taken >= 200 + 200 * (elapsed - 0.5), (taken, elapsed)  # nothing hoarded
+    assert held == 0  # every slot of every credit went back
+
+
+def test_a_busy_replica_spends_credits_and_returns_what_it_did_not_spend(
+        redis_server: RedisServer, replicas: list[RedisState]) -> None:
+    """Far below its limits, a busy gate asks Redis for a few admissions at a time
+    (fewer scripts than requests); what it does not spend (rate and slots) goes back."""
+    gates = [state.gate(spec(rate=1000, burst=1000, concurrency=200)) for state in replicas]
+
+    async def scenario() -> tuple[int, int, float]:
+        for lease in admitted(await burst(gates, 3)):  # scripts loaded
+            lease.release()
+        before = evalsha_calls(redis_server)
+        taken = 0
+        for _ in range(5):  # 12 requests a millisecond-ish window per replica
+            leases = admitted(await burst(gates, 36))
+            taken += len(leases)
+            for lease in leases:
+                lease.release(0.001)
+        calls = evalsha_calls(redis_server) - before
+        await asyncio.sleep(3 * HOLD + 0.1)
+        client = redis_server.client()
+        tat = float(client.hget(gates[0].keys.tenant_quota, "tat") or 0)  # type: ignore[arg-type]
+        seconds, micros = client.time()  # type: ignore[misc]
+        now = seconds + micros / 1e6
+        return taken, calls, tat - now
+
+    taken, calls, ahead = asyncio.run(scenario())
+    assert taken == 180  # far below the limits: nothing refused
+    assert calls < taken / 3, (calls, taken)
+    # Every granted admission not spent was refunded: the rate's debt is what was used
+    # (183 requests at 1000/s: tat at most 0.183 s ahead of now, not more).
+    assert ahead <= 0.183 + 1e-6, ahead
+    assert redis_server.client().zcard(gates[0].keys.tenant_leases) == 0
+
+
+def test_credits_never_hold_more_slots_than_the_concurrency_limit(
+        redis_server: RedisServer, replicas: list[RedisState]) -> None:
+    """Concurrency 20 over three busy replicas: one burst of 90 at once gets 20, the
+    slots in Redis never exceed 20, and after release every slot is free again."""
+    gates = [state.gate(spec(concurrency=20)) for state in replicas]
+
+    async def scenario() -> tuple[int, int, int, int]:
+        for lease in admitted(await burst(gates, 9)):  # the gates are busy: credits
+            lease.release()
+        await asyncio.sleep(0)
+        leases = admitted(await burst(gates, 90))
+        client = redis_server.client()
+        held = int(client.zcard(gates[0].keys.tenant_leases))  # type: ignore[arg-type]
+        for lease in leases:
+            lease.release()
+        await asyncio.sleep(3 * HOLD + 0.1)
+        after = int(client.zcard(gates[0].keys.tenant_leases))  # type: ignore[arg-type]
+        again = len(admitted(await burst(gates[2:], 30)))
+        return len(leases), held, after, again
+
+    taken, held, after, again = asyncio.run(scenario())
+    assert taken <= 20 and held <= 20, (taken, held)
+    assert taken >= 10  # half the slots at least went to requests, not to credits
+    assert after == 0
+    assert again == 20  # one replica can have all of them: nothing hoarded elsewhere
+
+
+def test_a_breaker_opened_elsewhere_ends_a_busy_replicas_credit(
+        replicas: list[RedisState]) -> None:
+    """A replica spending credits for a function whose breaker opens through another
+    replica refuses every request that comes 100 ms after it opened."""
+    config = BreakerConfig(threshold=1, window=60, cooldown=30)
+    store = replicas[0].breakers(config, None)
+    replicas[1].breakers(config, None)
+    gate = replicas[1].gate(spec(breaker="function:f", rate=10000, burst=10000))
+
+    async def scenario() -> list[tuple[float, bool]]:
+        for turn in range(20):
+            assert len(admitted(await burst([gate], 20))) == 20
+            if turn >= 2 and gate._credit is not None:
+                break  # busy: it spends a credit now, of tens of admissions
+        else:
+            pytest.fail("the busy gate never got a credit")
+        store.record("function:f", "acme", True)  # opened through replica 0
+        opened = time.monotonic()
+        seen: list[tuple[float, bool]] = []
+        while time.monotonic() - opened < 0.3:
+            sent = time.monotonic() - opened
+            try:
+                (await gate.admit_async()).release()
+                seen.append((sent, True))
+            except BreakerOpen:
+                seen.append((sent, False))
+            await asyncio.sleep(0.002)  # paced: a credit would last
+        return seen
+
+    seen = asyncio.run(scenario())
+    late = [allowed for sent, allowed in seen if sent >= 0.1]
+    assert late and not any(late), seen
+
+
+def test_a_gate_without_quota_or_breaker_asks_redis_nothing(
+        redis_server: RedisServer, replicas: list[RedisState]) -> None:
+    replicas[0].gate(spec("warm", rate=5)).admit()
+    before = evalsha_calls(redis_server)
+    gate = replicas[0].gate(spec("free"))
+    gate.admit().release()
+    results = asyncio.run(burst([gate], 10))
+    assert len(admitted(results)) == 10
+    assert evalsha_calls(redis_server) == before

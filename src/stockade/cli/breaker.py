@@ -1,15 +1,27 @@
 """`stockade breaker list|reset`: the circuit breakers of functions and modules that kept
-violating limits."""
+violating limits: this host's (the local database), or those every replica shares when
+the manifest given with `--config` keeps its state in Redis."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import UsageError
 
+if TYPE_CHECKING:
+    from ..telemetry.breaker import BreakerEntry
+
 __all__ = ["breaker"]
+
+_CONFIG_HELP = ("The gateway's manifest: with [state] backend = \"redis://…\" the breakers "
+                "all its replicas share (credentials from STOCKADE_REDIS_PASSWORD, as for "
+                "`stockade serve`); without one, this host's.")
 
 
 @click.group("breaker")
@@ -17,19 +29,59 @@ def breaker() -> None:
     """Circuit breakers: a gateway function (per tenant), or a module run with
     `stockade run --breaker`, that hits resource limits 3 times within 60 s is refused
     until a cooldown passes; then one probe run decides. Traps count only with
-    STOCKADE_BREAKER_TRAPS=on (or `breaker_traps = true` in a manifest's [server])."""
+    STOCKADE_BREAKER_TRAPS=on (or `breaker_traps = true` in a manifest's [server]).
+
+    With `--config MANIFEST` naming a Redis `[state] backend`, the breakers listed and
+    reset are the ones every replica shares there (exit 69 when it cannot be reached)."""
+
+
+def _config_option(function: Any) -> Any:
+    return click.option("-c", "--config", "--manifest", "config", default=None,
+                        type=click.Path(path_type=Path, dir_okay=False),
+                        help=_CONFIG_HELP)(function)
+
+
+@contextmanager
+def _shared(config: Path | None) -> Iterator[Any]:
+    """The shared breakers of `config`'s `[state]` (a `SharedBreakers`), or None for
+    this host's. Raises PolicyError for an unreadable manifest or `[state]`."""
+    if config is None:
+        yield None
+        return
+    from ..policy.loader import read_toml
+    from ..state.settings import parse_state
+
+    data = read_toml(config, "manifest")
+    table = data.get("state", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{config}: state: expected a table")
+    settings = parse_state(table, str(config))
+    if not settings.shared:
+        yield None
+        return
+    from ..state.breakers import SharedBreakers
+
+    with SharedBreakers(settings) as shared:
+        yield shared
 
 
 @breaker.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def list_(as_json: bool) -> None:
+@_config_option
+def list_(as_json: bool, config: Path | None) -> None:
     """List breakers: key (function:NAME or module sha256), tenant, state, recent
     violations, runs refused in the current open period, until when open."""
-    from ..telemetry import Breaker
     from ..telemetry.breaker import iso_time
 
-    with Breaker() as breakers:
-        entries = breakers.entries()
+    with _shared(config) as shared:
+        entries: list[BreakerEntry]
+        if shared is not None:
+            entries = shared.entries()
+        else:
+            from ..telemetry import Breaker
+
+            with Breaker() as breakers:
+                entries = breakers.entries()
     if as_json:
         for entry in entries:
             click.echo(json.dumps(entry._asdict()))
@@ -55,9 +107,10 @@ def _printable(text: str) -> str:
 @click.argument("key", required=False, default="")
 @click.option("--tenant", help="Only this tenant's breaker.")
 @click.option("--all", "everything", is_flag=True, help="Reset every breaker.")
-def reset(key: str, tenant: str | None, everything: bool) -> None:
+@_config_option
+def reset(key: str, tenant: str | None, everything: bool, config: Path | None) -> None:
     """Close and forget a breaker: KEY is `function:NAME` (exact), or a module's sha256
-    (a hex prefix is enough)."""
+    (a hex prefix is enough; modules' breakers are this host's only)."""
     if not key and not everything:
         raise UsageError("name a breaker to reset (function:NAME or a module digest prefix), "
                          "or pass --all")
@@ -68,10 +121,17 @@ def reset(key: str, tenant: str | None, everything: bool) -> None:
         key = key.lower()
     from ..telemetry import open_telemetry
 
-    with open_telemetry(monitor=False) as telemetry:
-        removed = telemetry.breaker.reset(key, tenant)
-        for entry in removed:
-            telemetry.audit.append("breaker_reset", f"circuit breaker reset by hand "
-                                   f"(was {entry.state})", breaker=entry.key,
-                                   tenant=entry.tenant, denied=entry.denied or None)
-    click.echo(f"reset {len(removed)} circuit breaker{'s' if len(removed) != 1 else ''}")
+    with _shared(config) as shared:
+        with open_telemetry(monitor=False) as telemetry:
+            if shared is not None:
+                removed = shared.reset(key, tenant)
+                where = f" in {shared.settings.backend}"
+            else:
+                removed = telemetry.breaker.reset(key, tenant)
+                where = ""
+            for entry in removed:
+                telemetry.audit.append("breaker_reset", f"circuit breaker reset by hand "
+                                       f"(was {entry.state}){where}", breaker=entry.key,
+                                       tenant=entry.tenant, denied=entry.denied or None)
+    click.echo(f"reset {len(removed)} circuit breaker{'s' if len(removed) != 1 else ''}"
+               f"{where}")

@@ -2,7 +2,10 @@
 
     open_state(settings, directory, index) -> StateBackend     (base.py)
     ├── LocalState   this server only: mapped cells + SQLite   (local.py, quota.py)
-    └── RedisState   every replica sharing one Redis            (redisstate.py, keys.py, scripts.py)
+    └── RedisState   every replica sharing one Redis            (redisstate.py, redisgate.py,
+                     admissions granted ahead and spent here     keys.py, scripts.py, resp.py,
+                     for milliseconds                            credit.py, client.py)
+    SharedBreakers   the breakers in Redis, for `stockade breaker list|reset` (breakers.py)
 
 Importing this package never imports redis-py: only `RedisState` does, when a manifest
 names a `redis://` backend.

@@ -6,7 +6,8 @@ problems at its boundary (`gateway/limits.py`)::
         ├── QuotaExceeded       a concurrency, rate or CPU quota is spent (429)
         ├── BreakerOpen         the function's circuit breaker is open (503)
         └── StateUnavailable    the shared store cannot be reached and the policy
-                                is `fail_closed` (503)
+                                is `fail_closed` (503); a command that must reach it
+                                (`stockade breaker list|reset`) exits 69
 """
 
 from __future__ import annotations
@@ -42,3 +43,5 @@ class BreakerOpen(StateError):
 
 class StateUnavailable(StateError):
     """The shared store did not answer within its timeout (or answered with an error)."""
+
+    exit_code = 69  # EX_UNAVAILABLE, as for an unreachable OCI registry

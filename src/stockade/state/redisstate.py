@@ -8,17 +8,20 @@ that dies holding slots gives them back once they expire. Releases (slots to giv
 back, CPU to charge) are not waited for: the next admission of the same tenant carries
 them as extra arguments of its own script, which gives them back before deciding (a
 slot given back counts for it), so a request is one script in one round trip. The
-releases no admission took within `RELEASE_DELAY` are sent by a timer on the event
-loop, one script per tenant (at once, off a loop). Only a release of the admission's
+releases no admission took within `RELEASE_DELAY` (`credit.HOLD` while this replica
+spends credits) are sent by a timer on the event loop, one script per tenant (at
+once, off a loop). Only a release of the admission's
 own tenant rides with it: its keys share the tenant's hash tag, so one script still
 touches one Redis Cluster slot. On an event loop the round trips run on one thread of
 the state's own, in order. A slot may stay taken that much after its response (never
 less: the limit holds).
 
-What is cached here, and why it stays exact: a refusal for rate or CPU until the
-moment the script said a retry can succeed (other replicas can only push that moment
-later) and an open breaker, each for at most `REFUSAL_CACHE` seconds (a breaker reset
-by hand is seen within that). Nothing that admits is cached.
+What is decided here, and why the limits hold: refusals are cached briefly
+(`redisgate`). On an event loop, a gate that takes two or more
+admissions per `credit.HOLD` window asks Redis for a few at once while its tenant is
+far from its limits, and spends them here for `credit.HOLD` seconds (see `credit`:
+Redis counted them all when it granted them; what is not spent goes back). A gate
+whose function and tenant have no quota and no breaker asks Redis nothing.
 
 When Redis does not answer within the timeout (or answers with an error: a Lua error,
 a key of the wrong type), the request gets `on_unavailable`: `fail_closed` raises
@@ -43,18 +46,20 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..telemetry.breaker import BreakerEntry, Decision, Transition, iso_time
-from .base import Gate, GateSpec, Lease, OnTransition, StateBackend
-from .errors import BreakerOpen, QuotaExceeded, StateUnavailable
+from .base import GateSpec, Lease, OnTransition, StateBackend
+from .breakers import breaker_entries, reset_breakers
+from .client import RoundTripFailed, connect
+from .credit import HOLD
+from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
-from .local import LocalGate, LocalState
+from .local import LocalState
 from .quota import Quota
-from .resp import Releases, bulk, bulks, evalsha
-from .scripts import ADMIT, PROBE_CLEAN, RELEASE, UNLIMITED, VIOLATION
-from .settings import StateSettings, redis_password
+from .redisgate import REFUSAL_CACHE, RedisGate
+from .resp import Releases
+from .scripts import ADMIT, PROBE_CLEAN, REFUND, RELEASE, VIOLATION
+from .settings import StateSettings
 
 if TYPE_CHECKING:
     from ..telemetry.breaker import BreakerConfig
@@ -62,148 +67,12 @@ if TYPE_CHECKING:
 __all__ = ["RedisState", "RedisGate", "RedisBreakers", "REFUSAL_CACHE", "RETRY_INTERVAL"]
 
 logger = logging.getLogger("stockade.state")
-REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered locally
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
 RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
 _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
 
 
-class _Unavailable(Exception):
-    """Redis did not answer usefully; the message says why."""
-
-
-def _float(fields: Mapping[str, str], name: str) -> float | None:
-    value = fields.get(name) or ""
-    return float(value) if value else None
-
-
-def _number(value: float | int | None) -> str:
-    return str(UNLIMITED) if value is None else repr(float(value))
-
-
-class _RedisLease:
-    """Slots held in Redis under `lease_id`; released at most once."""
-
-    __slots__ = ("_gate", "_id", "degraded")
-
-    def __init__(self, gate: RedisGate, lease_id: str) -> None:
-        self._gate: RedisGate | None = gate
-        self._id = lease_id
-        self.degraded = False
-
-    def release(self, cpu_seconds: float = 0.0) -> None:
-        gate, self._gate = self._gate, None
-        if gate is not None:
-            gate.release(self._id, cpu_seconds)
-
-
-class RedisGate(Gate):
-    """One function's admission through Redis, with `fallback` for `fail_open`."""
-
-    def __init__(self, spec: GateSpec, state: RedisState, fallback: LocalGate) -> None:
-        super().__init__(spec)
-        self.state = state
-        self.fallback = fallback
-        self.keys = TenantKeys.of(spec.tenant, spec.function, spec.breaker or "-", state.prefix)
-        self.ident = (spec.breaker or "", spec.tenant)
-        fq, tq = spec.function_quota, spec.tenant_quota
-        self._concurrent = fq.concurrency is not None or tq.concurrency is not None
-        self._cpu = _number(tq.cpu_per_minute)
-        # The admission's KEYS[1..5] and ARGV[2..11], encoded once (see `resp`).
-        self._keys = bulks(self.keys[:5])
-        self._args = bulks([
-            _number(spec.lease_seconds),
-            _number(fq.concurrency), _number(fq.rate), _number(fq.bucket),
-            _number(tq.concurrency), _number(tq.rate), _number(tq.bucket), self._cpu,
-            "1" if spec.breaker else "0", _number(state.probe_timeout)])
-        self._function_leases = bulk(self.keys.function_leases)
-        self._cpu_limit = bulk(self._cpu)
-        self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
-        self._pending_denials = 0
-
-    def _prepare(self) -> tuple[str, int]:
-        """A new lease id and the refusals to report, or the refusal cached for this
-        moment raised."""
-        refused = self._refused
-        if refused is not None:
-            if time.monotonic() < refused[0]:
-                if isinstance(refused[1], BreakerOpen):
-                    self._pending_denials += 1
-                raise refused[1]
-            self._refused = None
-        pending, self._pending_denials = self._pending_denials, 0
-        return self.state.lease_id(), pending
-
-    def command(self, lease_id: str, pending: int, releases: Releases | None) -> bytes:
-        """The admission script's call, carrying `releases` (of this tenant)."""
-        if releases is None:
-            return evalsha(self.state.admit_script.sha, 17, 5, self._keys, bulk(lease_id),
-                           self._args, bulk(str(pending)))
-        count = releases.count
-        return evalsha(self.state.admit_script.sha, 17 + 4 * count, 5 + count, self._keys,
-                       *releases.keys, bulk(lease_id), self._args, bulk(str(pending)),
-                       *releases.args)
-
-    def admit(self) -> Lease:
-        lease_id, pending = self._prepare()
-        try:
-            reply = self.state.admit(self, lease_id, pending)
-        except _Unavailable as exc:
-            self._pending_denials += pending
-            return self.state.unavailable(self, str(exc))
-        return self._decide(reply, lease_id)
-
-    async def admit_async(self) -> Lease:
-        """`admit`, sent in one pipeline with the admissions of other requests that
-        reached this point in the same turn of the event loop."""
-        lease_id, pending = self._prepare()
-        try:
-            reply = await self.state.admit_async(self, lease_id, pending)
-        except _Unavailable as exc:
-            self._pending_denials += pending
-            return self.state.unavailable(self, str(exc))
-        return self._decide(reply, lease_id)
-
-    def _decide(self, reply: Sequence[str], lease_id: str) -> Lease:
-        kind = reply[0]
-        if kind == "ok":
-            if reply[1] == "1":
-                self.state.probe_taken(self.ident, int(reply[2]), float(reply[3]))
-            return _RedisLease(self, lease_id)
-        spec = self.spec
-        if kind == "breaker":
-            until, now = float(reply[2]), float(reply[4])
-            retry = max(1.0, until - now) if reply[1] == "open" else 1.0
-            error: Exception = BreakerOpen(self.state.breaker_message(
-                spec.function, reply[1], until, int(float(reply[3]))), retry)
-            self.state.saw_open(self.ident, until if reply[1] == "open" else None, now)
-            self._cache(error, min(retry, REFUSAL_CACHE))
-            raise error
-        scope = reply[1]
-        label = f"{scope} {spec.function if scope == 'function' else spec.tenant}"
-        quota = spec.function_quota if scope == "function" else spec.tenant_quota
-        wait = float(reply[2])
-        if kind == "concurrency":
-            raise QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at most",
-                                1.0, "concurrency")
-        if kind == "cpu":
-            error = QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
-                                  "minute spent", wait, "cpu")
-        else:
-            error = QuotaExceeded(f"{label}: more than {quota.rate:g} requests per second",
-                                  wait, "rate")
-        self._cache(error, wait)
-        raise error
-
-    def _cache(self, error: Exception, seconds: float) -> None:
-        # Only refusals no other replica can lift sooner (see the module docstring).
-        self._refused = (time.monotonic() + min(seconds, REFUSAL_CACHE), error)
-
-    def release(self, lease_id: str, cpu_seconds: float) -> None:
-        """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
-        charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
-        if self._concurrent or charge:
-            self.state.queue_release(self, lease_id, repr(cpu_seconds) if charge else "0")
+_Waiting = tuple["RedisGate", str, int, int, "asyncio.Future[Any]"]
 
 
 class RedisState(StateBackend):
@@ -222,17 +91,9 @@ class RedisState(StateBackend):
         self.prefix = prefix
         self.probe_timeout = 300.0
         self._on_fallback = on_fallback
-        options: dict[str, Any] = {}
-        if settings.backend.startswith("rediss://") and env.get("STOCKADE_REDIS_CA_FILE"):
-            options["ssl_ca_certs"] = env["STOCKADE_REDIS_CA_FILE"]
-        # No retries inside the client: one timeout is all a request may wait.
-        self.client = redis.Redis.from_url(
-            settings.backend, password=redis_password(env),
-            username=env.get("STOCKADE_REDIS_USERNAME") or None,
-            socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-            decode_responses=True, client_name=f"stockade-{os.getpid()}", **options)
+        self.client = connect(settings, env)
         self.admit_script = self.client.register_script(ADMIT)
+        self.refund_script = self.client.register_script(REFUND)
         self.release_script = self.client.register_script(RELEASE)
         self.violation_script = self.client.register_script(VIOLATION)
         self.probe_script = self.client.register_script(PROBE_CLEAN)
@@ -248,9 +109,11 @@ class RedisState(StateBackend):
         self._breakers: RedisBreakers | None = None
         self._closed = False
         self._releases: dict[str, Releases] = {}  # to send, by tenant quota key
+        self._refunds: list[bytes] = []  # unspent admissions of credits, to send
+        self.holding: set[RedisGate] = set()  # gates with a live credit
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._admissions: list[tuple[RedisGate, str, int, asyncio.Future[Any]]] = []
+        self._admissions: list[_Waiting] = []
         # Round trips for the event loop: one thread keeps them in order (releases
         # before the admissions after them); it never runs guest code.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "stockade-state")
@@ -265,7 +128,7 @@ class RedisState(StateBackend):
         return f"{self._id_prefix}{next(self._ids)}"
 
     def run(self, script: Any, keys: list[str], args: list[str]) -> Any:
-        """Run `script`; raises _Unavailable when Redis is down (then not tried again for
+        """Run `script`; raises RoundTripFailed when Redis is down (then not tried again for
         `RETRY_INTERVAL` s) or the script failed."""
         with self._round_trip():
             reply = script(keys=keys, args=args)
@@ -274,15 +137,15 @@ class RedisState(StateBackend):
     @contextmanager
     def _round_trip(self) -> Iterator[None]:
         """One exchange with Redis: refused at once while it is marked down; a lost
-        connection marks it down and raises _Unavailable; a failed script raises through
+        connection marks it down and raises RoundTripFailed; a failed script raises through
         `_script_failed`; a success after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
-            raise _Unavailable(f"shared state {self.where} is unreachable")
+            raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
-            raise _Unavailable(f"shared state {self.where} is unreachable") from None
+            raise RoundTripFailed(f"shared state {self.where} is unreachable") from None
         except redis.RedisError as exc:
             self._script_failed(exc)
         if self._retry_at:
@@ -294,7 +157,7 @@ class RedisState(StateBackend):
         if now - self._logged_error >= _LOG_INTERVAL:
             self._logged_error = now
             logger.error("shared state %s: a script failed: %s", self.where, exc)
-        raise _Unavailable(f"shared state {self.where} failed to decide") from None
+        raise RoundTripFailed(f"shared state {self.where} failed to decide") from None
 
     def _went_down(self, exc: BaseException) -> None:
         with self._lock:
@@ -337,6 +200,17 @@ class RedisState(StateBackend):
             if batch is None:
                 batch = self._releases[tenant] = Releases(tenant, gate.keys.tenant_leases)
             batch.add(gate._function_leases, lease_id, cpu_seconds, gate._cpu_limit)
+        self._flush_soon()
+
+    def queue_refund(self, gate: RedisGate, tokens: int) -> None:
+        """Give `tokens` unspent admissions of `gate`'s credit back with the next flush."""
+        with self._release_lock:
+            self._refunds.append(gate.refund(tokens))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush within `RELEASE_DELAY` on an event loop (within `credit.HOLD` while a
+        gate spends a credit: its renewal, due by then, carries them), at once off one."""
         if self._timer is not None:
             return
         try:
@@ -344,37 +218,40 @@ class RedisState(StateBackend):
         except RuntimeError:
             self.flush()
             return
-        self._timer = loop.call_later(RELEASE_DELAY, self._flush_later)
+        self._timer = loop.call_later(HOLD if self.holding else RELEASE_DELAY,
+                                      self._flush_later)
 
     def _flush_later(self) -> None:
         self._timer = None
-        if not self._closed and self._releases:
+        if not self._closed and (self._releases or self._refunds):
             self._executor.submit(self.flush)
 
-    def _command(self, gate: RedisGate, lease_id: str, pending: int) -> bytes:
+    def _command(self, gate: RedisGate, lease_id: str, pending: int, want: int) -> bytes:
         """`gate`'s admission, carrying the queued releases of its tenant (taken off
         the queue)."""
         releases = None
         if self._releases:
             with self._release_lock:
                 releases = self._releases.pop(gate.keys.tenant_quota, None)
-        return gate.command(lease_id, pending, releases)
+        return gate.command(lease_id, pending, want, releases)
 
     def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
-        """The admission script, carrying its tenant's queued releases (one script, one
-        round trip). Raises _Unavailable like `run`."""
-        reply = self._pipeline([self._command(gate, lease_id, pending)])[0]
+        """The admission script for one request, carrying its tenant's queued releases
+        (one script, one round trip). Raises RoundTripFailed like `run`."""
+        reply = self._pipeline([self._command(gate, lease_id, pending, 1)])[0]
         if isinstance(reply, Exception):
             self._script_failed(reply)
         return reply
 
-    async def admit_async(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
-        """`admit`, batched: every admission queued in this turn of the event loop goes
-        in one pipeline, sent once the turn's ready work has run. Raises _Unavailable
-        like `run`."""
+    async def admit_async(self, gate: RedisGate, lease_id: str, pending: int,
+                          want: int) -> Any:
+        """`admit` for up to `want` admissions (0: as many as the gate `wanted` when the
+        pipeline is sent), batched: every admission queued in this
+        turn of the event loop goes in one pipeline, sent once the turn's ready work
+        has run. Raises RoundTripFailed like `run`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._admissions.append((gate, lease_id, pending, future))
+        self._admissions.append((gate, lease_id, pending, want, future))
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
         return await future
@@ -383,26 +260,25 @@ class RedisState(StateBackend):
         # On the loop: the round trip runs on the state's thread, so a slow store never
         # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
-        calls = [self._command(gate, lease_id, pending)
-                 for gate, lease_id, pending, _ in waiting]
+        calls = [self._command(gate, lease_id, pending, want or gate.wanted())
+                 for gate, lease_id, pending, want, _ in waiting]
         try:
             sent = self._executor.submit(self._pipeline, calls)
         except RuntimeError:  # closed: nothing more goes to the store
             for *_, future in waiting:
-                future.set_exception(_Unavailable(f"shared state {self.where} is closed"))
+                future.set_exception(RoundTripFailed(f"shared state {self.where} is closed"))
             return
         asyncio.wrap_future(sent).add_done_callback(
             lambda done: self._answer(waiting, done))
 
-    def _answer(self, waiting: list[tuple[RedisGate, str, int, asyncio.Future[Any]]],
-                done: asyncio.Future[Any]) -> None:
+    def _answer(self, waiting: list[_Waiting], done: asyncio.Future[Any]) -> None:
         exc = done.exception()
         if exc is not None:
-            if not isinstance(exc, _Unavailable):
+            if not isinstance(exc, RoundTripFailed):
                 logger.error("shared state %s: admissions failed: %r", self.where, exc)
             for *_, future in waiting:
                 if not future.done():
-                    future.set_exception(_Unavailable(str(exc)))
+                    future.set_exception(RoundTripFailed(str(exc)))
             return
         for (*_, future), reply in zip(waiting, done.result(), strict=True):
             if future.done():
@@ -410,14 +286,14 @@ class RedisState(StateBackend):
             if isinstance(reply, Exception):
                 try:
                     self._script_failed(reply)
-                except _Unavailable as failed:
+                except RoundTripFailed as failed:
                     future.set_exception(failed)
             else:
                 future.set_result(reply)
 
     def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
         """`calls` (encoded script calls, see `resp`) sent in one round trip; the
-        replies (errors as values). Raises _Unavailable when Redis is down."""
+        replies (errors as values). Raises RoundTripFailed when Redis is down."""
         pool = self.client.connection_pool
         with self._round_trip():
             connection: Any = pool.get_connection()
@@ -433,7 +309,8 @@ class RedisState(StateBackend):
                     if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
                                           for r in replies):
                         break
-                    for script in (self.release_script, self.admit_script):  # restarted
+                    for script in (self.release_script, self.admit_script,
+                                   self.refund_script):  # restarted
                         self.client.script_load(script.script)
             except BaseException:
                 connection.disconnect()  # replies may be left unread on it
@@ -447,12 +324,13 @@ class RedisState(StateBackend):
         just expires)."""
         with self._release_lock:
             batches, self._releases = self._releases, {}
-        if batches:
+            refunds, self._refunds = self._refunds, []
+        if batches or refunds:
             try:
                 self._pipeline([batch.release(self.release_script.sha)
-                                for batch in batches.values()])
-            except _Unavailable:
-                pass  # the leases expire by themselves
+                                for batch in batches.values()] + refunds)
+            except RoundTripFailed:
+                pass  # the leases expire by themselves, unspent admissions are lost
 
     # -- breakers: what admissions saw, for `RedisBreakers.check` -------------------------
 
@@ -509,6 +387,9 @@ class RedisState(StateBackend):
             return
         self._closed = True
         self._executor.shutdown(wait=True)  # what was submitted is sent first
+        for gate in list(self.holding):
+            if gate._credit is not None:
+                gate.settle(gate._credit)
         self.flush()
         self.client.close()
         self.fallback.close()
@@ -561,7 +442,7 @@ class RedisBreakers:
                     f"{state.lease_id()}:{next(self._ids)}", key, tenant or ""])
             else:
                 reply = state.run(state.probe_script, self._keys(key, tenant), [])
-        except _Unavailable:
+        except RoundTripFailed:
             return None  # logged by `run`; the count is lost, the store decides nothing
         transition = None
         if reply[0] == "open":
@@ -584,28 +465,10 @@ class RedisBreakers:
         return self.record(key, tenant, True, now)
 
     def entries(self, now: float | None = None) -> list[BreakerEntry]:
-        client = self.state.client
-        found: list[BreakerEntry] = []
-        for name in client.scan_iter(match=f"{self.state.prefix}:{{*}}:b:*", count=500):
-            fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
-            if not fields:
-                continue
-            split = name.index("}:b:")  # a tenant's token never holds a brace
-            violations: int = client.zcard(  # type: ignore[assignment]
-                f"{name[:split]}}}:v:{name[split + 4:]}")
-            found.append(BreakerEntry(
-                fields.get("key", ""), fields.get("tenant") or None,
-                fields.get("state", "closed"), int(violations), _float(fields, "opened_at"),
-                _float(fields, "until"), int(fields.get("trips", 0)),
-                _float(fields, "updated") or 0.0, int(fields.get("denied", 0))))
-        return sorted(found, key=lambda entry: entry.updated, reverse=True)
+        return breaker_entries(self.state.client, self.state.prefix)
 
     def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
-        removed = [entry for entry in self.entries()
-                   if (not key or entry.key == key) and (tenant is None or entry.tenant == tenant)]
-        for entry in removed:
-            self.state.client.delete(*self._keys(entry.key, entry.tenant))
-        return removed
+        return reset_breakers(self.state.client, key, tenant, self.state.prefix)
 
     def close(self) -> None:
         """Nothing to flush: every count went to Redis when it happened."""

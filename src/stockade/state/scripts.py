@@ -6,9 +6,26 @@ Numbers come back as strings: Redis truncates Lua numbers to integers.
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "RELEASE", "VIOLATION", "PROBE_CLEAN", "UNLIMITED"]
+__all__ = ["ADMIT", "REFUND", "RELEASE", "VIOLATION", "PROBE_CLEAN", "UNLIMITED"]
 
 UNLIMITED = -1  # a quota field that limits nothing
+
+# Gives back `n` admissions of a grant that were not spent: KEYS[1] the tenant's quota,
+# KEYS[2] the function's. Each rate's `tat` moves back as many intervals, never before
+# now (the burst never grows beyond itself).
+_REFUND = """
+local function refund(n, frate, trate, now)
+  if n <= 0 then return end
+  for i, rate in ipairs({trate, frate}) do
+    if rate > 0 then
+      local tat = tonumber(redis.call('HGET', KEYS[i], 'tat'))
+      if tat and tat > now then
+        redis.call('HSET', KEYS[i], 'tat', tostring(math.max(now, tat - n / rate)))
+      end
+    end
+  end
+end
+"""
 
 # Gives back the leases of one tenant and charges their CPU: KEYS[tq] the tenant's
 # quota, KEYS[tl] its leases, KEYS[first..] each release's function leases; from
@@ -40,12 +57,22 @@ end
 #       function leases of each release of this tenant queued since the last call
 # ARGV: lease id, lease seconds, function concurrency, rate, burst, tenant concurrency,
 #       rate, burst, CPU seconds per minute, check breaker (0/1), probe timeout,
-#       refusals counted locally since the last call, then three per release (see
-#       _RELEASES), given back first so that their slots and CPU count for this request
-ADMIT = _RELEASES + """
+#       refusals counted locally since the last call, admissions wanted (see `credit`),
+#       unspent admissions of this gate's last grant (refunded first, see REFUND), slots
+#       wanted, then three per release (see _RELEASES), given back first so that their
+#       slots and CPU count for this request
+# Grants n admissions (1 <= n <= wanted) and m concurrency slots (1 <= m <= n, slots
+# wanted): more than one only from the upper half of what is left of each rate's burst
+# (n) and each concurrency limit (m), with the CPU budget above half and the breaker
+# closed. The slots are leases: the lease id, then the lease id followed by `.1`, ...
+# Returns {'ok', probe taken (0/1), refusals while half open, now, n, m}.
+ADMIT = _REFUND + _RELEASES + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-release(1, 3, 6, 13, now)
+release(1, 3, 6, 16, now)
+refund(tonumber(ARGV[14]), tonumber(ARGV[4]), tonumber(ARGV[7]), now)
+local n = math.max(1, math.floor(tonumber(ARGV[13])))
+local m = math.max(1, math.floor(tonumber(ARGV[15])))
 local probe = false
 if ARGV[10] == '1' then
   local pending = tonumber(ARGV[12])
@@ -68,11 +95,15 @@ if ARGV[10] == '1' then
     end
     probe = true
   end
+  if b[1] and b[1] ~= 'closed' then n = 1 end
 end
 local function busy(key, limit)
   if limit < 0 then return false end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  return redis.call('ZCARD', key) >= limit
+  local count = redis.call('ZCARD', key)
+  if count >= limit then return true end
+  m = math.min(m, math.max(1, math.floor((limit - count) / 2)))
+  return false
 end
 local fconc, tconc = tonumber(ARGV[3]), tonumber(ARGV[6])
 if busy(KEYS[4], fconc) then return {'concurrency', 'function', '1'} end
@@ -85,41 +116,50 @@ if cpu >= 0 then
     local per = cpu / 60
     level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * per)
     if level < 0 then return {'cpu', 'tenant', tostring(-level / per)} end
+    if level < cpu / 2 then n = 1 end
   end
 end
 -- GCRA: the theoretical arrival time `tat` moves one interval per admitted request;
--- a request is early (refused) when it comes before tat - burst intervals.
+-- a request is early (refused) when it comes before tat - burst intervals. `left` is
+-- what is left of the burst now (at most `burst`).
 local function gcra(key, rate, burst)
   if rate < 0 then return nil, 0 end
   local interval = 1 / rate
   local tat = tonumber(redis.call('HGET', key, 'tat')) or now
   if tat < now then tat = now end
-  local new = tat + interval
-  local allowed = new - burst * interval
+  local allowed = tat + interval - burst * interval
   if now < allowed then return nil, allowed - now end
-  return new, 0
+  local left = burst - (tat - now) / interval
+  n = math.min(n, math.max(1, math.floor(left - burst / 2)))
+  return tat, 0
 end
-local fnew, fwait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))
+local ftat, fwait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))
 if fwait > 0 then return {'rate', 'function', tostring(fwait)} end
-local tnew, twait = gcra(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[8]))
+local ttat, twait = gcra(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[8]))
 if twait > 0 then return {'rate', 'tenant', tostring(twait)} end
-if fnew then
-  redis.call('HSET', KEYS[2], 'tat', tostring(fnew))
+if ftat then
+  redis.call('HSET', KEYS[2], 'tat', tostring(ftat + n / tonumber(ARGV[4])))
   redis.call('EXPIRE', KEYS[2], 3600)
 end
-if tnew then
-  redis.call('HSET', KEYS[1], 'tat', tostring(tnew))
+if ttat then
+  redis.call('HSET', KEYS[1], 'tat', tostring(ttat + n / tonumber(ARGV[7])))
   redis.call('EXPIRE', KEYS[1], 3600)
 end
+m = math.min(m, n)
 local expiry = now + tonumber(ARGV[2])
 local keep = math.ceil(tonumber(ARGV[2])) + 60
-if fconc >= 0 then
-  redis.call('ZADD', KEYS[4], expiry, ARGV[1])
-  redis.call('EXPIRE', KEYS[4], keep)
-end
-if tconc >= 0 then
-  redis.call('ZADD', KEYS[3], expiry, ARGV[1])
-  redis.call('EXPIRE', KEYS[3], keep)
+if fconc >= 0 or tconc >= 0 then
+  local members = {expiry, ARGV[1]}
+  for i = 1, m - 1 do
+    members[2 * i + 1] = expiry
+    members[2 * i + 2] = ARGV[1] .. '.' .. i
+  end
+  for _, spec in ipairs({{KEYS[4], fconc}, {KEYS[3], tconc}}) do
+    if spec[2] >= 0 then
+      redis.call('ZADD', spec[1], unpack(members))
+      redis.call('EXPIRE', spec[1], keep)
+    end
+  end
 end
 local denied = 0
 if probe then
@@ -127,7 +167,17 @@ if probe then
   redis.call('HSET', KEYS[5], 'state', 'half_open', 'probe_at', tostring(now),
              'updated', tostring(now), 'denied', 0)
 end
-return {'ok', probe and '1' or '0', tostring(denied), tostring(now)}
+return {'ok', probe and '1' or '0', tostring(denied), tostring(now), tostring(n),
+        tostring(m)}
+"""
+
+# KEYS: tenant quota, function quota
+# ARGV: admissions, function rate, tenant rate
+REFUND = _REFUND + """
+local t = redis.call('TIME')
+refund(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+       tonumber(t[1]) + tonumber(t[2]) / 1000000)
+return 1
 """
 
 # KEYS: tenant quota, tenant leases, then each release's function leases

@@ -1,0 +1,101 @@
+"""The circuit breakers kept in Redis, as stored records: listed and reset by
+`RedisBreakers` inside a gateway, and by `stockade breaker list|reset` through
+`SharedBreakers` when the manifest's `[state] backend` is a Redis URL.
+
+A breaker is the hash `stockade:{TENANT}:b:KEY` with its recent violations beside it
+in `stockade:{TENANT}:v:KEY` (`keys.py`); resetting one deletes both, so the next
+admission on any replica finds it closed (replicas that cached it open see that
+within `REFUSAL_CACHE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import redis
+
+from ..telemetry.breaker import BreakerEntry
+from .client import connect
+from .errors import StateUnavailable
+from .keys import PREFIX, TenantKeys
+from .settings import StateSettings
+
+__all__ = ["SharedBreakers", "breaker_entries", "reset_breakers"]
+
+
+def _float(fields: Mapping[str, str], name: str) -> float | None:
+    value = fields.get(name) or ""
+    return float(value) if value else None
+
+
+def breaker_entries(client: redis.Redis, prefix: str = PREFIX) -> list[BreakerEntry]:
+    """Every breaker stored under `prefix`, most recently changed first."""
+    found: list[BreakerEntry] = []
+    for name in client.scan_iter(match=f"{prefix}:{{*}}:b:*", count=500):
+        fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
+        if not fields:
+            continue
+        split = name.index("}:b:")  # a tenant's token never holds a brace
+        violations: int = client.zcard(  # type: ignore[assignment]
+            f"{name[:split]}}}:v:{name[split + 4:]}")
+        found.append(BreakerEntry(
+            fields.get("key", ""), fields.get("tenant") or None,
+            fields.get("state", "closed"), int(violations), _float(fields, "opened_at"),
+            _float(fields, "until"), int(fields.get("trips", 0)),
+            _float(fields, "updated") or 0.0, int(fields.get("denied", 0))))
+    return sorted(found, key=lambda entry: entry.updated, reverse=True)
+
+
+def reset_breakers(client: redis.Redis, key: str = "", tenant: str | None = None,
+                   prefix: str = PREFIX) -> list[BreakerEntry]:
+    """Delete the breakers named `key` exactly (all when empty), only `tenant`'s when
+    given, with their violations. Returns the entries removed."""
+    removed = [entry for entry in breaker_entries(client, prefix)
+               if (not key or entry.key == key) and (tenant is None or entry.tenant == tenant)]
+    for entry in removed:
+        keys = TenantKeys.of(entry.tenant or "", "-", entry.key, prefix)
+        client.delete(keys.breaker, keys.violations)
+    return removed
+
+
+class SharedBreakers:
+    """The breakers in the Redis `settings` name, for people: every failure to reach or
+    use it is a StateUnavailable naming the store. `close()` twice is safe."""
+
+    def __init__(self, settings: StateSettings, env: Mapping[str, str] | None = None,
+                 prefix: str = PREFIX) -> None:
+        self.settings = settings
+        self.prefix = prefix
+        self.client = connect(settings, env, "stockade-cli")
+
+    def _unavailable(self, exc: BaseException) -> StateUnavailable:
+        reason = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, redis.ResponseError):
+            return StateUnavailable(f"shared state {self.settings.backend} refused: {reason}")
+        return StateUnavailable(f"shared state {self.settings.backend} is unreachable "
+                                f"({reason}): the breakers of [state] backend live there")
+
+    def entries(self) -> list[BreakerEntry]:
+        """Every shared breaker, most recently changed first. Raises StateUnavailable."""
+        try:
+            return breaker_entries(self.client, self.prefix)
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
+        """Close and forget shared breakers (see `reset_breakers`). Raises
+        StateUnavailable."""
+        try:
+            return reset_breakers(self.client, key, tenant, self.prefix)
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def close(self) -> None:
+        """Drop the connection. Safe twice."""
+        self.client.close()
+
+    def __enter__(self) -> SharedBreakers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,305 @@
+"""`RedisGate`: one function's admission through Redis (see `redisstate`), from a
+credit of admissions granted ahead when it has one (`credit`), else by the admission
+script in the next pipeline of its `RedisState`; and the leases it hands out.
+
+A refusal for rate or CPU is cached until the moment the script said a retry can
+succeed (other replicas can only push that moment later), and an open breaker, each
+for at most `REFUSAL_CACHE` seconds (a breaker reset by hand is seen within that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .base import Gate, GateSpec, Lease
+from .client import RoundTripFailed
+from .credit import MAX_GRANT, Credit, Demand, hold_for
+from .errors import BreakerOpen, QuotaExceeded
+from .keys import TenantKeys
+from .local import LocalGate
+from .resp import Releases, bulk, bulks, evalsha
+from .scripts import UNLIMITED
+
+if TYPE_CHECKING:
+    from .redisstate import RedisState
+
+__all__ = ["RedisGate", "REFUSAL_CACHE"]
+
+REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered locally
+_MAX_WAITS = 3  # grants a request waits for before it asks Redis alone
+
+
+def _number(value: float | int | None) -> str:
+    return str(UNLIMITED) if value is None else repr(float(value))
+
+
+class _RedisLease:
+    """Slots held in Redis under `lease_id` (of `credit`, when it came from a grant);
+    released at most once."""
+
+    __slots__ = ("_gate", "_id", "_credit", "degraded")
+
+    def __init__(self, gate: RedisGate, lease_id: str, credit: Credit | None = None) -> None:
+        self._gate: RedisGate | None = gate
+        self._id = lease_id
+        self._credit = credit
+        self.degraded = False
+        gate._inflight += 1
+        if gate._inflight > gate._peak:
+            gate._peak = gate._inflight
+
+    def release(self, cpu_seconds: float = 0.0) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate._inflight -= 1
+            credit = self._credit
+            if credit is None or not credit.give_back(self._id, cpu_seconds):
+                gate.release(self._id, cpu_seconds)
+
+
+class _FreeLease:
+    """The admission of a gate with nothing to count: no quota, no breaker."""
+
+    __slots__ = ()
+    degraded = False
+
+    def release(self, cpu_seconds: float = 0.0) -> None:
+        """Nothing was taken."""
+
+
+_FREE = _FreeLease()
+
+
+class RedisGate(Gate):
+    """One function's admission through Redis, with `fallback` for `fail_open`."""
+
+    def __init__(self, spec: GateSpec, state: RedisState, fallback: LocalGate) -> None:
+        super().__init__(spec)
+        self.state = state
+        self.fallback = fallback
+        self.keys = TenantKeys.of(spec.tenant, spec.function, spec.breaker or "-", state.prefix)
+        self.ident = (spec.breaker or "", spec.tenant)
+        fq, tq = spec.function_quota, spec.tenant_quota
+        self._concurrent = fq.concurrency is not None or tq.concurrency is not None
+        self._cpu = _number(tq.cpu_per_minute)
+        # The admission's KEYS[1..5] and ARGV[2..11], encoded once (see `resp`).
+        self._keys = bulks(self.keys[:5])
+        self._args = bulks([
+            _number(spec.lease_seconds),
+            _number(fq.concurrency), _number(fq.rate), _number(fq.bucket),
+            _number(tq.concurrency), _number(tq.rate), _number(tq.bucket), self._cpu,
+            "1" if spec.breaker else "0", _number(state.probe_timeout)])
+        self._function_leases = bulk(self.keys.function_leases)
+        self._cpu_limit = bulk(self._cpu)
+        self._refund = (bulks(self.keys[:2]), bulks([_number(fq.rate), _number(tq.rate)]))
+        self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
+        self._pending_denials = 0
+        # Nothing to count or check: no round trip at all.
+        self.free = fq.unlimited and tq.unlimited and not spec.breaker
+        self._hold = hold_for(spec.breaker is not None)
+        self._demand = Demand(self._hold)
+        self._credit: Credit | None = None
+        self._granting: asyncio.Future[None] | None = None  # a grant on its way
+        self._waiting = 0  # requests waiting on it
+        self._asked = 0  # admissions it asked for
+        self._inflight = 0  # its admissions not released yet, here
+        self._peak = 0  # the most at once since its last grant
+        self._short = False  # whether the last grant gave fewer (the tenant nears a limit)
+        self._refund_due = 0  # unspent admissions of a settled credit, not yet sent
+
+    def _prepare(self) -> tuple[str, int]:
+        """A new lease id and the refusals to report, or the refusal cached for this
+        moment raised."""
+        refused = self._refused
+        if refused is not None:
+            if time.monotonic() < refused[0]:
+                if isinstance(refused[1], BreakerOpen):
+                    self._pending_denials += 1
+                raise refused[1]
+            self._refused = None
+        pending, self._pending_denials = self._pending_denials, 0
+        return self.state.lease_id(), pending
+
+    def command(self, lease_id: str, pending: int, want: int,
+                releases: Releases | None) -> bytes:
+        """The admission script's call for `want` admissions, carrying `releases` (of
+        this tenant) and the refund of this gate's last credit."""
+        refund, self._refund_due = self._refund_due, 0
+        # Slots: about as many as run here at once (they are reused within a credit),
+        # not one per admission: each is a sorted-set member to add and remove.
+        slots = min(want, 2 * max(self._peak, self._inflight) + 2)
+        self._peak = self._inflight
+        tail = b"%s%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)),
+                              bulk(str(slots)))
+        if releases is None:
+            return evalsha(self.state.admit_script.sha, 20, 5, self._keys, bulk(lease_id),
+                           self._args, tail)
+        count = releases.count
+        return evalsha(self.state.admit_script.sha, 20 + 4 * count, 5 + count, self._keys,
+                       *releases.keys, bulk(lease_id), self._args, tail, *releases.args)
+
+    def refund(self, tokens: int) -> bytes:
+        """The `REFUND` script's call giving back `tokens` unspent admissions."""
+        keys, rates = self._refund
+        return evalsha(self.state.refund_script.sha, 5, 2, keys, bulk(str(tokens)), rates)
+
+    def admit(self) -> Lease:
+        if self.free:
+            return _FREE
+        lease_id, pending = self._prepare()
+        try:
+            reply = self.state.admit(self, lease_id, pending)
+        except RoundTripFailed as exc:
+            self._pending_denials += pending
+            return self.state.unavailable(self, str(exc))
+        return self._decide(reply, lease_id, False)
+
+    async def admit_async(self) -> Lease:
+        """`admit`, from this gate's credit when it has one (no round trip), else sent
+        in one pipeline with the admissions of other requests that reached this point
+        in the same turn of the event loop, asking for a credit when the gate is busy
+        (see `credit`)."""
+        if self.free:
+            return _FREE
+        self._demand.add(time.monotonic())
+        waits = 0
+        while True:
+            lease = self._take(time.monotonic())
+            if lease is not None:
+                return lease
+            granting = self._granting
+            if granting is None:
+                want = 0  # this request asks for the grant: sized when sent (`wanted`)
+                break
+            if (waits and self._short) or waits == _MAX_WAITS:
+                want = 1  # the limits cut the last grant short: each asks alone
+                break
+            self._waiting += 1  # a grant is on its way: wait for it
+            await asyncio.shield(granting)
+            waits += 1
+        lease_id, pending = self._prepare()
+        if not want:
+            self._granting = granting = asyncio.get_running_loop().create_future()
+            self._waiting = 0
+        try:
+            reply = await self.state.admit_async(self, lease_id, pending, want)
+        except RoundTripFailed as exc:
+            self._pending_denials += pending
+            return self.state.unavailable(self, str(exc))
+        finally:
+            if not want and granting is not None:
+                self._granting = None
+                granting.set_result(None)
+        return self._decide(reply, lease_id, True)
+
+    def wanted(self) -> int:
+        """Admissions to ask for now: what the gate's demand says, and at least one for
+        each request waiting on this grant (remembered, see `_decide`)."""
+        self._asked = max(self._demand.want(), min(MAX_GRANT, 1 + self._waiting))
+        return self._asked
+
+    def _take(self, now: float) -> Lease | None:
+        """An admission from this gate's credit, or None (none, spent, or over)."""
+        credit = self._credit
+        if credit is None:
+            return None
+        lease_id = credit.take(now)
+        if lease_id is None:
+            # Over, spent or out of free slots: what it did not use goes back with the
+            # admission about to be sent, before it.
+            self.settle(credit, renewed=True)
+            return None
+        return _RedisLease(self, lease_id, credit)
+
+    def settle(self, credit: Credit, renewed: bool = False) -> None:
+        """End `credit`: its free slots go back to Redis and its runs' CPU is charged
+        (with this tenant's next admission, or the next flush); its unspent admissions
+        ride with this gate's next admission when it is `renewed` (one is on its way),
+        else they are refunded with the next flush."""
+        if self._credit is credit:
+            self._credit = None
+        tokens, free, cpu = credit.settle()
+        state = self.state
+        if self._credit is None:
+            state.holding.discard(self)
+        self._refund_due += tokens
+        if not renewed and self._refund_due:
+            tokens, self._refund_due = self._refund_due, 0
+            state.queue_refund(self, tokens)
+        charge = repr(cpu) if cpu > 0 and self._cpu != str(UNLIMITED) else "0"
+        for lease_id in free:
+            state.queue_release(self, lease_id, charge)
+            charge = "0"
+        if charge != "0":
+            state.queue_release(self, "", charge)  # slots not counted: the charge alone
+
+    def _credit_from(self, granted: int, slots: int, lease_id: str) -> Credit | None:
+        """The credit of a grant of `granted` admissions and `slots` slots (the first of
+        each is this request's, under `lease_id`), made this gate's own; None for a
+        grant of one."""
+        if granted <= 1:
+            return None
+        old = self._credit
+        if old is not None:
+            self.settle(old)
+        ids = [f"{lease_id}.{i}" for i in range(1, slots)] if self._concurrent else None
+        credit = self._credit = Credit(granted - 1, ids, time.monotonic() + self._hold)
+        self.state.holding.add(self)
+        # Spent for HOLD; settled by the next admission (one script for both) or, if
+        # none comes within another HOLD, by this timer.
+        asyncio.get_running_loop().call_later(2 * self._hold, self.settle, credit)
+        return credit
+
+    def _decide(self, reply: Sequence[str], lease_id: str, on_loop: bool) -> Lease:
+        kind = reply[0]
+        if kind == "ok":
+            if reply[1] == "1":
+                self.state.probe_taken(self.ident, int(reply[2]), float(reply[3]))
+            credit = None
+            if on_loop:
+                granted = int(reply[4])
+                if self._asked:
+                    self._short, self._asked = granted < self._asked, 0
+                credit = self._credit_from(granted, int(reply[5]), lease_id)
+            return _RedisLease(self, lease_id, credit)
+        spec = self.spec
+        if kind == "breaker":
+            until, now = float(reply[2]), float(reply[4])
+            retry = max(1.0, until - now) if reply[1] == "open" else 1.0
+            error: Exception = BreakerOpen(self.state.breaker_message(
+                spec.function, reply[1], until, int(float(reply[3]))), retry)
+            self.state.saw_open(self.ident, until if reply[1] == "open" else None, now)
+            self._cache(error, min(retry, REFUSAL_CACHE))
+            raise error
+        if on_loop:  # a grant that came with this refusal still has some: not refused
+            lease = self._take(time.monotonic())
+            if lease is not None:
+                return lease
+        scope = reply[1]
+        label = f"{scope} {spec.function if scope == 'function' else spec.tenant}"
+        quota = spec.function_quota if scope == "function" else spec.tenant_quota
+        wait = float(reply[2])
+        if kind == "concurrency":
+            raise QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at most",
+                                1.0, "concurrency")
+        if kind == "cpu":
+            error = QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
+                                  "minute spent", wait, "cpu")
+        else:
+            error = QuotaExceeded(f"{label}: more than {quota.rate:g} requests per second",
+                                  wait, "rate")
+        self._cache(error, wait)
+        raise error
+
+    def _cache(self, error: Exception, seconds: float) -> None:
+        # Only refusals no other replica can lift sooner (see the module docstring).
+        self._refused = (time.monotonic() + min(seconds, REFUSAL_CACHE), error)
+
+    def release(self, lease_id: str, cpu_seconds: float) -> None:
+        """Give back `lease_id`'s slots and charge CPU (nothing to send: no round trip)."""
+        charge = cpu_seconds > 0 and self._cpu != str(UNLIMITED)
+        if self._concurrent or charge:
+            self.state.queue_release(self, lease_id, repr(cpu_seconds) if charge else "0")

@@ -1,0 +1,135 @@
+"""`stockade breaker list|reset --config MANIFEST` on the breakers replicas share in a
+real redis-server: listed and reset there, not in this host's database; an unreachable
+or refusing store is one line and exit 69, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from stockade.state import GateSpec, LocalState, Quota, StateSettings
+from stockade.state.errors import BreakerOpen
+from stockade.state.redisstate import RedisState
+from stockade.telemetry.breaker import BreakerConfig
+from tests.conftest import stockade
+
+from .conftest import RedisServer
+
+HOSTILE = "evil\x1b[2J\x07"  # a tenant name that would clear a terminal
+
+
+def manifest(tmp_path: Path, url: str, timeout: str = "500ms") -> Path:
+    path = tmp_path / "stockade.toml"
+    path.write_text(f'[state]\nbackend = "{url}"\ntimeout = "{timeout}"\n')
+    return path
+
+
+def open_breaker(url: str, tenant: str, function: str = "f",
+                 env: dict[str, str] | None = None) -> RedisState:
+    """Trip `function:FUNCTION` of `tenant` in Redis the way a replica does."""
+    state = RedisState(StateSettings(url), LocalState(), env=env or {})
+    store = state.breakers(BreakerConfig(threshold=1, window=60, cooldown=300), None)
+    transition = store.record(f"function:{function}", tenant, True)
+    assert transition is not None and transition.new == "open"
+    return state
+
+
+def test_list_and_reset_act_on_the_shared_breakers(redis_server: RedisServer,
+                                                   tmp_path: Path) -> None:
+    path = manifest(tmp_path, redis_server.url)
+    replica = open_breaker(redis_server.url, "acme")
+    open_breaker(redis_server.url, HOSTILE, "g").close()
+    try:
+        listed = stockade("breaker", "list", "--config", str(path))
+        assert listed.returncode == 0, listed.stderr
+        text = listed.stdout.decode()
+        assert "function:f" in text and "acme" in text and "open" in text
+        assert "\x1b" not in text and "\x07" not in text  # escaped, not obeyed
+        rows = [json.loads(line) for line in stockade(
+            "breaker", "list", "--json", "--manifest", str(path)).stdout.splitlines()]
+        assert {(r["key"], r["tenant"], r["state"]) for r in rows} == {
+            ("function:f", "acme", "open"), ("function:g", HOSTILE, "open")}
+        # This host's own database knows none of them.
+        assert stockade("breaker", "list").stdout == b"no circuit breakers recorded\n"
+
+        gate = replica.gate(GateSpec("f", "acme", Quota(), Quota(), 30.0, "function:f"))
+        with pytest.raises(BreakerOpen):
+            gate.admit()
+        reset = stockade("breaker", "reset", "function:f", "--tenant", "acme", "-c", str(path))
+        assert reset.returncode == 0, reset.stderr
+        assert reset.stdout.decode() == f"reset 1 circuit breaker in {redis_server.url}\n"
+        time.sleep(0.15)  # the refusal this replica cached runs out
+        gate.admit().release()  # closed for every replica
+        rows = [json.loads(line) for line in stockade(
+            "breaker", "list", "--json", "-c", str(path)).stdout.splitlines()]
+        assert [(r["key"], r["tenant"]) for r in rows] == [("function:g", HOSTILE)]
+        last = json.loads((tmp_path / "state" / "audit.jsonl").read_text().splitlines()[-1])
+        assert last["kind"] == "breaker_reset" and redis_server.url in last["message"]
+        assert stockade("audit", "verify").returncode == 0
+        everything = stockade("breaker", "reset", "--all", "-c", str(path))
+        assert everything.stdout.decode().startswith("reset 1 circuit breaker in ")
+        assert redis_server.client().keys("stockade:*:b:*") == []
+    finally:
+        replica.close()
+
+
+def test_an_unreachable_store_is_one_line_and_exit_69(redis_server: RedisServer,
+                                                      tmp_path: Path) -> None:
+    path = manifest(tmp_path, redis_server.url)
+    redis_server.stop()
+    for args in (("list",), ("list", "--json"), ("reset", "--all")):
+        start = time.monotonic()
+        done = stockade("breaker", *args, "--config", str(path))
+        assert done.returncode == 69, done
+        assert done.stdout == b""
+        (line,) = done.stderr.decode().splitlines()
+        assert line.startswith(f"stockade: shared state {redis_server.url} is unreachable")
+        assert "Traceback" not in line
+        assert time.monotonic() - start < 30  # a timeout, not a hang
+
+
+def test_a_silent_store_times_out(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        path = manifest(tmp_path, f"redis://127.0.0.1:{silent.getsockname()[1]}/0", "300ms")
+        done = stockade("breaker", "list", "--config", str(path))
+    assert done.returncode == 69, done
+    assert "is unreachable" in done.stderr.decode()
+
+
+def test_credentials_come_from_the_environment_only(tmp_path: Path) -> None:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", password="s3cret-for-test")
+    try:
+        path = manifest(tmp_path, server.url)
+        open_breaker(server.url, "acme", env={"STOCKADE_REDIS_PASSWORD": "s3cret-for-test"}
+                     ).close()
+        refused = stockade("breaker", "list", "--config", str(path))
+        assert refused.returncode == 69, refused
+        assert "s3cret" not in refused.stderr.decode()
+        os.environ["STOCKADE_REDIS_PASSWORD"] = "s3cret-for-test"  # isolated_env restores
+        listed = stockade("breaker", "list", "--json", "--config", str(path))
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["tenant"] == "acme"
+    finally:
+        server.stop()
+
+
+def test_a_local_or_broken_manifest(tmp_path: Path) -> None:
+    local = tmp_path / "local.toml"
+    local.write_text('[state]\nbackend = "local"\n')
+    assert stockade("breaker", "list", "-c", str(local)).stdout == (
+        b"no circuit breakers recorded\n")
+    spoiled = tmp_path / "spoiled.toml"
+    spoiled.write_text('[state]\nbackend = "redis://user:pw@127.0.0.1:1/0"\n')
+    done = stockade("breaker", "list", "-c", str(spoiled))
+    assert done.returncode == 125 and b"credentials do not belong" in done.stderr
+    missing = stockade("breaker", "reset", "--all", "-c", str(tmp_path / "none.toml"))
+    assert missing.returncode == 125 and b"manifest not found" in missing.stderr
