@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
 from ..engine.fastpath import COUNTED_CALLS, EnvBlock, FastEngine, FastModule, encode_env
-from ..engine.loader import file_ident, sniff_kind, wat_binary
+from ..engine.loader import ModuleFile, sniff_kind, wat_binary
 from ..errors import StockadeError
 from ..hostcalls.routing import meter_reason, owned_imports
 from ..invocation import Invocation
@@ -151,23 +151,17 @@ class CapiSandbox:
 
     def _load(self, path: Path) -> tuple[FastModule, str] | None:
         """The module compiled for this engine and its sha256, from the AoT cache or a
-        compile sealed into it; None when wasmtime-py's sandbox should load it instead."""
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        if not os.path.isfile(path) or info.st_size > self.policy.limits.max_module_size:
-            return None
-        ident = file_ident(path, info)
-        fingerprint = self._config.fingerprint()
-        sha256 = self._cache.recall(ident)
-        cached = None if sha256 is None else self._from_cache(fingerprint, sha256)
-        if sha256 is not None and cached is not None:
-            return cached, sha256
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return None
+        compile sealed into it; None when wasmtime-py's sandbox should load it instead.
+        The file is opened once (`ModuleFile`): raises ModuleNotFound or ModuleError for
+        what is no module file or past the size limit, as `Sandbox` does."""
+        with ModuleFile(path, self.policy.limits.max_module_size) as file:
+            ident = file.ident()
+            fingerprint = self._config.fingerprint()
+            sha256 = self._cache.recall(ident)
+            cached = None if sha256 is None else self._from_cache(fingerprint, sha256)
+            if sha256 is not None and cached is not None:
+                return cached, sha256
+            data = file.read()
         return self._load_bytes(data, path.name, ident)
 
     def _load_bytes(self, data: bytes, name: str,
