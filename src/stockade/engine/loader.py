@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
     from .guard import CompileGuard
 
-__all__ = ["LoadedModule", "ModuleLoader", "ModuleFile", "MAX_MODULE_BYTES", "sniff_kind",
+__all__ = ["LoadedModule", "ModuleLoader", "ModuleFile", "read_module", "MAX_MODULE_BYTES",
+           "sniff_kind",
            "refuse_precompiled", "digest", "file_ident", "wat_binary"]
 
 # A module larger than this is refused before it is read (an "enormous on disk" module).
@@ -112,6 +113,13 @@ class ModuleFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_module(path: Path, limit: int = MAX_MODULE_BYTES) -> bytes:
+    """A module file's bytes through `ModuleFile` (a regular file, at most `limit`
+    bytes). Raises ModuleNotFound or ModuleError."""
+    with ModuleFile(path, limit) as file:
+        return file.read()
 
 
 @dataclass(frozen=True)
