@@ -588,3 +588,12 @@ def test_the_host_call_budget_counts_alike_on_the_capi_sandbox(name: str, calls:
             assert sum(standard.usage.hostcalls.values()) == calls
         if fast.usage.hostcalls:  # a metered run reports its counts: the sandbox's
             assert fast.usage.hostcalls == standard.usage.hostcalls
+
+
+def test_a_directory_listing_is_the_same_on_both_backends(fast: Fast, tmp_path: Path) -> None:
+    def setup(where: Path) -> None:
+        for index in range(500):
+            (where / f"f{index}").touch()
+
+    result = same(both(fast, tmp_path, readable(), "readdir_list.wasm", "/data", setup=setup))
+    assert result.stdout.endswith(b"count 502\n")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..result import GuestStopped, Outcome
-from . import poll
+from . import poll, readdir
 from .abi import (
     FDFLAGS_SYNC_MASK,
     INTERPOSED,
@@ -551,6 +551,29 @@ def _poll_descriptors(m: Meter, c: Host, mem: GuestMemory, args: tuple[int, int,
     return errno
 
 
+def _fd_readdir(m: Meter, c: Host, mem: GuestMemory, fd: int, buf: int, size: int,
+                cookie: int, used: int) -> int:
+    """A directory Stockade holds is listed by `readdir.listing` (work and memory bounded
+    by the guest's buffer); anything else is wasmtime's to answer (EBADF, ENOTDIR)."""
+    entry = m.fds.get(fd)
+    if entry is None or not entry.is_dir or entry.host is None:
+        return c.forward("fd_readdir", fd, buf, size, cookie, used)
+    if not (mem.holds(buf, size) and mem.holds(used, 4)):
+        return Errno.FAULT
+    try:
+        data = readdir.listing(entry.host, cookie, size)
+    except OSError as exc:
+        return _ERRNOS.get(exc.errno or 0, Errno.INVAL)
+    mem.write(buf, data)
+    mem.put_u32(used, len(data))
+    return Errno.SUCCESS
+
+
+# Host errors a listing may meet, as WASI errnos (anything else: EINVAL).
+_ERRNOS = {errno_codes.EACCES: Errno.ACCES, errno_codes.ENOENT: 44, errno_codes.ENOTDIR: 54,
+           errno_codes.EIO: 29}
+
+
 def _forwarding(name: str) -> Handler:
     def handler(m: Meter, c: Host, mem: GuestMemory, *args: int) -> int:
         return c.forward(name, *args)
@@ -598,6 +621,7 @@ HANDLERS.update(
     fd_fdstat_set_flags=_set_flags,
     fd_allocate=_fd_allocate,
     poll_oneoff=_poll_oneoff,
+    fd_readdir=_fd_readdir,
 )
 HANDLERS.update({name: _paths_bounded(HANDLERS[name], lengths)
                  for name, lengths in _PATH_LENGTHS.items()})
