@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import ModuleError, ModuleNotFound, UsageError
+from ..errors import ModuleError, UsageError
 from ..inspect import Import, MalformedModule, read_imports
 
 __all__ = ["Needs", "ModuleFacts", "needs_from_module", "CHOICES", "LANGUAGE_SUPPORT"]
@@ -134,19 +134,11 @@ def module_facts(name: str, imports: list[Import]) -> ModuleFacts:
 def needs_from_module(path: Path, needs: Needs) -> Needs:
     """`needs` with what `path`'s imports imply: sockets mean a complex network (WASI
     preview 1 has no way to open one). Raises ModuleNotFound or ModuleError."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModuleNotFound(f"{path}: no such module file") from None
-    except OSError as exc:
-        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-    if not data.startswith(b"\0asm"):
-        import wasmtime
+    from ..engine.loader import read_module, wat_binary
 
-        try:
-            data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
-        except wasmtime.WasmtimeError:
-            raise ModuleError(f"{path}: not a WebAssembly module (.wasm or .wat)") from None
+    data = read_module(path)
+    if not data.startswith(b"\0asm"):
+        data = wat_binary(data, str(path))
     try:
         facts = module_facts(path.name, read_imports(data))
     except MalformedModule as exc:

@@ -17,34 +17,20 @@ __all__ = ["inspect", "read_module"]
 def read_module(module: str) -> tuple[bytes, str]:
     """The binary bytes of MODULE (`.wasm`, or `.wat` translated) and its display name.
     Raises ModuleNotFound, ModuleError or UsageError; reads at most MAX_MODULE_BYTES."""
-    from ..engine.loader import MAX_MODULE_BYTES, sniff_kind
-    from ..errors import ModuleError, ModuleNotFound, UsageError
+    from ..engine.loader import read_module as read_file
+    from ..engine.loader import sniff_kind, wat_binary
+    from ..errors import ModuleError, UsageError
 
     if module.startswith("oci://"):
         raise UsageError(f"{module}: OCI references are not supported by this command yet; "
                          "pull the image and inspect its module file")
     path = Path(module)
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ModuleError(f"{module}: not a regular file")
-        if size > MAX_MODULE_BYTES:
-            raise ModuleError(f"{module}: larger than {MAX_MODULE_BYTES} bytes")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModuleNotFound(f"{module}: no such module file") from None
-    except OSError as exc:
-        raise ModuleError(f"{module}: cannot read: {exc.strerror}") from None
+    data = read_file(path)
     kind = sniff_kind(data[:64], path.name)
     if kind == "cwasm":
         raise ModuleError(f"{module}: a precompiled .cwasm is native code; inspect the .wasm")
     if kind == "wat":
-        import wasmtime
-
-        try:
-            data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
-        except wasmtime.WasmtimeError as exc:
-            raise ModuleError(f"{module}: invalid WAT: {str(exc).splitlines()[0]}") from None
+        data = wat_binary(data, module)
     return data, path.name
 
 

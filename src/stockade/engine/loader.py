@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FastPathUnavailable, ModuleError, ModuleNotFound, PrecompiledRefused
+from ..policy.units import format_size
 from ..progress import progress
 from .cache import AotCache
 from .seal import KeyUnavailable, SealError, host_key, unseal
@@ -25,8 +27,9 @@ if TYPE_CHECKING:
 
     from .guard import CompileGuard
 
-__all__ = ["LoadedModule", "ModuleLoader", "MAX_MODULE_BYTES", "sniff_kind", "refuse_precompiled",
-           "digest", "file_ident", "wat_binary"]
+__all__ = ["LoadedModule", "ModuleLoader", "ModuleFile", "read_module", "MAX_MODULE_BYTES",
+           "sniff_kind",
+           "refuse_precompiled", "digest", "file_ident", "wat_binary"]
 
 # A module larger than this is refused before it is read (an "enormous on disk" module).
 MAX_MODULE_BYTES = 512 * 1024**2
@@ -42,6 +45,81 @@ def _default_guard() -> CompileGuard:
     from .guard import CompileGuard
 
     return CompileGuard(MAX_MODULE_BYTES, MAX_MODULE_BYTES, 2**32)
+
+
+class ModuleFile:
+    """A module file opened once, for every backend: what is decided about it (a regular
+    file, its size, its identity for the stat index) comes from `fstat` of the opened
+    descriptor, and `read` reads that same descriptor, at most `limit` + 1 bytes, so a
+    file that grows after the check, a FIFO, a device or a huge sparse file never costs
+    more than the limit. Raises ModuleNotFound or ModuleError (one line each); a context
+    manager closing the descriptor."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        try:
+            # Non-blocking: opening a FIFO for reading would wait for a writer.
+            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except FileNotFoundError:
+            raise ModuleNotFound(f"{path}: no such module file") from None
+        except OSError as exc:
+            raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            self.info = os.fstat(self._fd)
+            if not stat.S_ISREG(self.info.st_mode):
+                raise ModuleError(f"{path}: not a regular file; give a .wasm, .wat or .cwasm "
+                                  "file")
+            if self.info.st_size > limit:
+                raise ModuleError(  # the words of `CompileGuard.check_size`
+                    f"{path}: {format_size(self.info.st_size)} is larger than this policy's "
+                    f"module size limit of {format_size(limit)}")
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def ident(self) -> str:
+        """`file_ident` of the opened file."""
+        return file_ident(self.path, self.info)
+
+    def read(self) -> bytes:
+        """The file's bytes from the opened descriptor; ModuleError past the limit (a file
+        that grew since it was opened) or on a read error."""
+        chunks: list[bytes] = []
+        left = self.limit + 1
+        try:
+            while left > 0:
+                chunk = os.read(self._fd, min(left, 1 << 24))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        except OSError as exc:
+            raise ModuleError(f"{self.path}: cannot read: {exc.strerror}") from None
+        if left <= 0:
+            raise ModuleError(f"{self.path}: holds more than the module size limit of "
+                              f"{format_size(self.limit)} (more than its size said, or it "
+                              "grew while it was read)")
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Close the descriptor. Safe twice."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> ModuleFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_module(path: Path, limit: int = MAX_MODULE_BYTES) -> bytes:
+    """A module file's bytes through `ModuleFile` (a regular file, at most `limit`
+    bytes). Raises ModuleNotFound or ModuleError."""
+    with ModuleFile(path, limit) as file:
+        return file.read()
 
 
 @dataclass(frozen=True)
@@ -106,22 +184,13 @@ class ModuleLoader:
                   allow_precompiled: bool = False) -> LoadedModule:
         """Load a module file. Raises ModuleNotFound, ModuleError (also when `guard`
         refuses it) or PrecompiledRefused."""
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            raise ModuleNotFound(f"{path}: no such module file") from None
-        except OSError as exc:
-            raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-        if not path.is_file():
-            raise ModuleError(f"{path}: not a regular file")
-        (guard or _default_guard()).check_size(info.st_size, str(path))
-        hit = self._from_stat_index(path, info)
-        if hit is not None:
-            return hit
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+        sizes = guard or _default_guard()
+        with ModuleFile(path, sizes.max_module_size) as file:
+            info = file.info
+            hit = self._from_stat_index(path, info)
+            if hit is not None:
+                return hit
+            data = file.read()
         loaded = self.load_bytes(data, path.name, guard, allow_precompiled=allow_precompiled)
         if not loaded.precompiled:
             self._remember_stat(path, info, loaded.sha256)
@@ -228,21 +297,13 @@ def digest(path: Path, cache: AotCache | None) -> str:
     """The sha256 a load of `path` reports, without compiling: from `cache`'s stat index
     when the file is unchanged, else by hashing it (`.wat` as its binary). Raises
     ModuleNotFound or ModuleError."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ModuleNotFound(f"{path}: no such module file") from None
-    except OSError as exc:
-        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-    if cache is not None:
-        remembered = cache.recall(file_ident(path, info))
-        if remembered is not None:
-            return remembered
-    _default_guard().check_size(info.st_size, str(path))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+    with ModuleFile(path, MAX_MODULE_BYTES) as file:
+        info = file.info
+        if cache is not None:
+            remembered = cache.recall(file_ident(path, info))
+            if remembered is not None:
+                return remembered
+        data = file.read()
     if sniff_kind(data[:64], path.name) == "wat":
         data = wat_binary(data, path.name)
     sha = hashlib.sha256(data).hexdigest()

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from ..engine import EngineConfig, LoadedModule, get_engine
 from ..engine.fastpath import (
-    COUNTS_HOSTCALLS,
+    COUNTED_CALLS,
     EnvBlock,
     FastEngine,
     FastModule,
@@ -41,7 +41,8 @@ from ..engine.fastpath import (
     encode_env,
 )
 from ..errors import ModuleError, UsageError
-from ..hostcalls import MODULE, Meter
+from ..hostcalls import Meter
+from ..hostcalls.routing import meter_reason, owned_imports
 from ..invocation import Invocation
 from ..observe import RunObserver, notify_finished, notify_started
 from ..result import Outcome, Result
@@ -64,20 +65,11 @@ INLINE_BACKOFF = 5.0  # seconds without inline attempts after one outgrew its bu
 
 
 def needs_meter(spec: FunctionSpec, loaded: LoadedModule) -> str | None:
-    """Why the function's runs need a `Meter` (`FastEngine.run_metered`), or None: the
-    one place this is decided. Per-call caps matter only for calls the module imports
-    (path calls fail anyway without directories); a host-call budget only when the
-    native library does not count host calls."""
-    caps, limits = spec.policy.capabilities, spec.policy.limits
-    if caps.dirs or caps.scratch is not None:
-        return "it is granted directories"
-    capped = {name for name, _ in limits.hostcall_caps}
-    for item in loaded.module.imports:
-        if item.module == MODULE and item.name in capped and not item.name.startswith("path_"):
-            return f"it imports {item.name}, which its policy caps per call"
-    if limits.max_hostcalls is not None and not COUNTS_HOSTCALLS:
-        return "it has a host-call budget and the native library does not count host calls"
-    return None
+    """Why the function's runs need a `Meter` (`FastEngine.run_metered`), or None
+    (`hostcalls.routing.meter_reason`, the one place this is decided)."""
+    owned = owned_imports((item.module or "", item.name or "")
+                          for item in loaded.module.imports)
+    return meter_reason(spec.policy, owned, COUNTED_CALLS)
 
 
 class _FastBase(Prepared):

@@ -9,7 +9,9 @@ An open circuit breaker answers 503 with `Retry-After` without running the guest
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -118,20 +120,36 @@ class Invoker:
                         check: bool) -> Result:
         timeout = route.spec.policy.limits.timeout
         backstop = None if timeout is None else timeout + BACKSTOP_GRACE
-        started = False
+        lock = threading.Lock()
+        started = abandoned = False
+        finished = threading.Event()
 
         def call() -> Result:
             nonlocal started
-            started = True
-            return self._call(route, invocation, check)
+            with lock:  # a run the backstop gave up on before it started never starts
+                if abandoned:
+                    raise GatewayTimeout(f"no response within {backstop:g} s")
+                started = True
+            try:
+                return self._call(route, invocation, check)
+            finally:
+                finished.set()
 
         try:
             return await self.dispatcher.run(call, backstop)
         except GatewayTimeout:
+            with lock:
+                abandoned = True
+                ran = started
             # The guest still runs out its own deadline: charge the whole timeout.
             request.state["cpu_seconds"] = timeout or 0.0
-            if not started:
+            if not ran:
                 self._run_failed(route, invocation)
+            else:
+                # The 504 waits until the run has stopped (its deadline, or its pool
+                # worker killed): the request's concurrency slot is not given to another
+                # run while this one still runs.
+                await asyncio.get_running_loop().run_in_executor(None, finished.wait)
             raise
         except BaseException:
             # Refused or cancelled while queued: a breaker probe granted at admission never

@@ -151,23 +151,6 @@ class GuestMemory:
             raise ValueError(f"{count} iovecs (at most {MAX_IOVECS})")
         return struct.iter_unpack("<II", self.read(offset, 8 * count))
 
-    def gather(self, offset: int, count: int, limit: int) -> tuple[bytes, bool]:
-        """At most `limit` bytes of what an iovec array points at, in order, and whether
-        it asked for more. Stops walking at the limit; never joins more than it keeps."""
-        parts: list[bytes] = []
-        left = limit
-        for buf, length in self.iovecs(offset, count):
-            if not length:
-                continue
-            if not left:
-                return b"".join(parts), True
-            take = min(length, left)
-            parts.append(self.read(buf, take))
-            left -= take
-            if take < length:
-                return b"".join(parts), True
-        return b"".join(parts), False
-
     def first_buffer(self, offset: int, count: int) -> tuple[int, int, int] | None:
         """(index, buffer, length) of the first non-empty iovec, or None: the only one
         wasmtime's WASI reads or writes for a file."""

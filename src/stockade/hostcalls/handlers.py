@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..result import GuestStopped, Outcome
-from . import poll
+from . import poll, readdir
 from .abi import (
     FDFLAGS_SYNC_MASK,
     INTERPOSED,
@@ -116,16 +116,37 @@ def stopping(meter: Meter, name: str, exc: BaseException) -> str:
     return f"stockade: {name}: {exc}"
 
 
+def _stdio_buffer(mem: GuestMemory, iovs: int, n: int) -> tuple[int, int] | None:
+    """(buffer, length) of the one iovec a standard-stream read or write uses: the first
+    non-empty one, as wasmtime's WASI and the fast path's native streams use it (so a
+    writev costs the same calls of the budget on every backend); None when all are
+    empty. Raises ValueError past MAX_IOVECS (EINVAL), IndexError when any iovec lies
+    outside memory (EFAULT)."""
+    first = None
+    for buf, length in mem.iovecs(iovs, n):
+        if not mem.holds(buf, length):
+            raise IndexError("iovec outside guest memory")
+        if first is None and length:
+            first = buf, length
+    return first
+
+
 def _fd_write(m: Meter, c: Host, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
     if fd in (1, 2) and m.stdio_owned[fd]:
-        # Walk the iovecs only as far as the room under the cap: a short write is legal
-        # WASI, and a write into a full cap stops the guest.
+        # At most the room under the cap: a short write is legal WASI, and a write into
+        # a full cap stops the guest.
         try:
-            data, more = mem.gather(iovs, n, min(m.output_room(), MAX_IO_BYTES))
+            first = _stdio_buffer(mem, iovs, n)
         except ValueError:
             return Errno.INVAL
-        if more and not data:
-            m.stop_output(fd)
+        if not mem.holds(ret, 4):
+            return Errno.FAULT  # before anything is written
+        data = b""
+        if first is not None:
+            buf, length = first
+            data = mem.read(buf, min(length, m.output_room(), MAX_IO_BYTES))
+            if not data:
+                m.stop_output(fd)
         m.capture(fd, data)
         mem.put_u32(ret, len(data))
         return Errno.SUCCESS
@@ -199,24 +220,18 @@ def _iovec_call(name: str, iovs_at: int, ret_at: int) -> Handler:
 
 def _fd_read(m: Meter, c: Host, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
     if fd == 0 and m.stdio_owned[0]:
-        total, left = 0, MAX_IO_BYTES
         try:
-            for buf, length in mem.iovecs(iovs, n):
-                if not length:
-                    continue
-                chunk = m.read_stdin(min(length, left))
-                try:
-                    mem.write(buf, chunk)
-                except IndexError:
-                    m.unread_stdin(len(chunk))
-                    raise
-                total += len(chunk)
-                left -= len(chunk)
-                if len(chunk) < length or not left:
-                    break
+            first = _stdio_buffer(mem, iovs, n)
         except ValueError:
             return Errno.INVAL
-        mem.put_u32(ret, total)
+        if not mem.holds(ret, 4):
+            return Errno.FAULT  # before any input is consumed
+        chunk = b""
+        if first is not None:
+            buf, length = first
+            chunk = m.read_stdin(min(length, MAX_IO_BYTES))
+            mem.write(buf, chunk)  # checked in memory above
+        mem.put_u32(ret, len(chunk))
         return Errno.SUCCESS
     return _forward_io(m, c, mem, "fd_read", (fd, iovs, n, ret), iovs, n, ret)[0]
 
@@ -536,6 +551,29 @@ def _poll_descriptors(m: Meter, c: Host, mem: GuestMemory, args: tuple[int, int,
     return errno
 
 
+def _fd_readdir(m: Meter, c: Host, mem: GuestMemory, fd: int, buf: int, size: int,
+                cookie: int, used: int) -> int:
+    """A directory Stockade holds is listed by `readdir.listing` (work and memory bounded
+    by the guest's buffer); anything else is wasmtime's to answer (EBADF, ENOTDIR)."""
+    entry = m.fds.get(fd)
+    if entry is None or not entry.is_dir or entry.host is None:
+        return c.forward("fd_readdir", fd, buf, size, cookie, used)
+    if not (mem.holds(buf, size) and mem.holds(used, 4)):
+        return Errno.FAULT
+    try:
+        data = readdir.listing(entry.host, cookie, size)
+    except OSError as exc:
+        return _ERRNOS.get(exc.errno or 0, Errno.INVAL)
+    mem.write(buf, data)
+    mem.put_u32(used, len(data))
+    return Errno.SUCCESS
+
+
+# Host errors a listing may meet, as WASI errnos (anything else: EINVAL).
+_ERRNOS = {errno_codes.EACCES: Errno.ACCES, errno_codes.ENOENT: 44, errno_codes.ENOTDIR: 54,
+           errno_codes.EIO: 29}
+
+
 def _forwarding(name: str) -> Handler:
     def handler(m: Meter, c: Host, mem: GuestMemory, *args: int) -> int:
         return c.forward(name, *args)
@@ -583,6 +621,7 @@ HANDLERS.update(
     fd_fdstat_set_flags=_set_flags,
     fd_allocate=_fd_allocate,
     poll_oneoff=_poll_oneoff,
+    fd_readdir=_fd_readdir,
 )
 HANDLERS.update({name: _paths_bounded(HANDLERS[name], lengths)
                  for name, lengths in _PATH_LENGTHS.items()})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import weakref
 from typing import Any
 
 import wasmtime
@@ -28,7 +29,10 @@ __all__ = ["build_linker", "metered", "LINKER_NAME"]
 
 LINKER_NAME = "stockade-metered"
 _local = threading.local()
-_trampolines: dict[int, wasmtime.Module] = {}
+# Keyed by the engine itself, never its `id`: an address is reused once an engine is
+# freed, and a module compiled for the dead engine cannot run in the new one.
+_trampolines: weakref.WeakKeyDictionary[wasmtime.Engine, wasmtime.Module] = \
+    weakref.WeakKeyDictionary()
 _trampolines_lock = threading.Lock()
 
 
@@ -52,9 +56,9 @@ class metered:  # noqa: N801 - used as a context manager like a function
 
 def _trampoline_module(engine: wasmtime.Engine) -> wasmtime.Module:
     with _trampolines_lock:
-        module = _trampolines.get(id(engine))
+        module = _trampolines.get(engine)
         if module is None:
-            module = _trampolines[id(engine)] = wasmtime.Module(engine, trampoline_wat())
+            module = _trampolines[engine] = wasmtime.Module(engine, trampoline_wat())
         return module
 
 

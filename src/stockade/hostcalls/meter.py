@@ -138,10 +138,6 @@ class Meter:
         self.stdin_pos += len(chunk)
         return chunk
 
-    def unread_stdin(self, size: int) -> None:
-        """Give back the last `size` bytes read (a read that could not be delivered)."""
-        self.stdin_pos -= size
-
     # -- disk ---------------------------------------------------------------------
 
     def reserve_bytes(self, size: int) -> None:

@@ -124,14 +124,13 @@ _inspected: dict[Path, Any] = {}
 def _inspection(path: Path) -> Any:
     """The module's inspection, or None when it cannot be read (cached per path)."""
     if path not in _inspected:
+        from ..engine.loader import read_module, wat_binary
         from .report import inspect_module
 
         try:
-            data = path.read_bytes()
+            data = read_module(path)
             if not data.startswith(b"\0asm"):
-                import wasmtime
-
-                data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
+                data = wat_binary(data, str(path))
             _inspected[path] = inspect_module(data, path.name)
         except Exception as exc:  # noqa: BLE001 - unreadable, malformed, bad WAT: reported
             _inspected[path] = exc

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModuleError, ModuleNotFound, UsageError
+from ..errors import ModuleError, UsageError
 from .media import (
     COMPAT_ANNOTATION,
     GZIP_LAYERS,
@@ -54,24 +54,14 @@ def module_bytes(path: Path) -> bytes:
     """A `.wasm` module's bytes, or a `.wat` file compiled to binary. Raises ModuleNotFound,
     or ModuleError for anything else (a `.cwasm` is native code and never goes in an image;
     a component is not a module Stockade runs)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModuleNotFound(f"{path}: no such module file") from None
-    except OSError as exc:
-        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
+    from ..engine.loader import read_module, wat_binary
+
+    data = read_module(path)
     if data.startswith(b"\x7fELF"):
         raise ModuleError(f"{path}: a precompiled .cwasm is native code for this host, not "
                           "a portable module; build the image from the .wasm")
     if not data.startswith(b"\0asm"):
-        import wasmtime
-
-        try:
-            data = bytes(wasmtime.wat2wasm(data.decode("utf-8", "replace")))
-        except wasmtime.WasmtimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
-            raise ModuleError(f"{path}: neither a WebAssembly module nor valid WAT "
-                              f"({first})") from None
+        data = wat_binary(data, str(path))
     if data[4:8] != _CORE_VERSION:
         raise ModuleError(f"{path}: a WebAssembly component, not a core module; Stockade "
                           "runs core modules (wasip1)")

@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING
 
 from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
-from ..engine.fastpath import COUNTS_HOSTCALLS, EnvBlock, FastEngine, FastModule, encode_env
-from ..engine.loader import file_ident, sniff_kind, wat_binary
+from ..engine.fastpath import COUNTED_CALLS, EnvBlock, FastEngine, FastModule, encode_env
+from ..engine.loader import ModuleFile, sniff_kind, wat_binary
 from ..errors import StockadeError
+from ..hostcalls.routing import meter_reason, owned_imports
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..paths import cache_dir
@@ -51,13 +52,11 @@ __all__ = ["CapiSandbox", "needs_meter"]
 _WASM_MAGIC = b"\0asm"
 
 
-def needs_meter(policy: Policy) -> bool:
-    """Whether runs under `policy` need host calls metered in Python (`run_metered`)
-    rather than the native run's: granted or scratch directories, per-call caps, or a
-    host-call budget the native library is not there to count."""
-    caps, limits = policy.capabilities, policy.limits
-    return bool(caps.dirs or caps.scratch is not None or limits.hostcall_caps
-                or (limits.max_hostcalls is not None and not COUNTS_HOSTCALLS))
+def needs_meter(policy: Policy, module: FastModule) -> bool:
+    """Whether runs of `module` under `policy` need host calls metered in Python
+    (`run_metered`) rather than the native run's (`hostcalls.routing.meter_reason`)."""
+    owned = owned_imports(module.imports())
+    return meter_reason(policy, owned, COUNTED_CALLS) is not None
 
 
 class CapiSandbox:
@@ -72,10 +71,9 @@ class CapiSandbox:
         limits = policy.limits
         self._config = EngineConfig.for_limits(limits)
         self._cache = cache if cache is not None else AotCache(cache_dir())
-        # Host calls served in Python under a `Meter` (`FastEngine.run_metered`): what the
-        # native run does not hold (directories and their quotas, per-call caps, a budget
-        # without the native library).
-        self._metered = needs_meter(policy)
+        # Per module (sha256): whether its host calls are served in Python under a
+        # `Meter` (`FastEngine.run_metered`), for what the native run does not hold.
+        self._metered: dict[str, bool] = {}
         self._engine: FastEngine | None = None
         self._standard: Sandbox | None = None
 
@@ -119,7 +117,10 @@ class CapiSandbox:
                        policy=self.policy, started=time.time(), pid=os.getpid(),
                        coldstart=coldstart)
         env = encode_env(guest_env(self.policy, invocation))
-        if self._metered:
+        metered = self._metered.get(sha256)
+        if metered is None:
+            metered = self._metered[sha256] = needs_meter(self.policy, fast)
+        if metered:
             result = self._run_metered(fast, name, sha256, invocation, env, info)
         else:
             limits = self.policy.limits
@@ -162,23 +163,17 @@ class CapiSandbox:
 
     def _load(self, path: Path) -> tuple[FastModule, str] | None:
         """The module compiled for this engine and its sha256, from the AoT cache or a
-        compile sealed into it; None when wasmtime-py's sandbox should load it instead."""
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        if not os.path.isfile(path) or info.st_size > self.policy.limits.max_module_size:
-            return None
-        ident = file_ident(path, info)
-        fingerprint = self._config.fingerprint()
-        sha256 = self._cache.recall(ident)
-        cached = None if sha256 is None else self._from_cache(fingerprint, sha256)
-        if sha256 is not None and cached is not None:
-            return cached, sha256
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return None
+        compile sealed into it; None when wasmtime-py's sandbox should load it instead.
+        The file is opened once (`ModuleFile`): raises ModuleNotFound or ModuleError for
+        what is no module file or past the size limit, as `Sandbox` does."""
+        with ModuleFile(path, self.policy.limits.max_module_size) as file:
+            ident = file.ident()
+            fingerprint = self._config.fingerprint()
+            sha256 = self._cache.recall(ident)
+            cached = None if sha256 is None else self._from_cache(fingerprint, sha256)
+            if sha256 is not None and cached is not None:
+                return cached, sha256
+            data = file.read()
         return self._load_bytes(data, path.name, ident)
 
     def _load_bytes(self, data: bytes, name: str,

@@ -35,8 +35,13 @@ from ._native import STDIO
 from ._run import FastResult, RunPlan
 
 __all__ = ["FastEngine", "FastModule", "FastResult", "FastPathUnavailable", "RunPlan",
-           "EnvBlock", "NO_ENV", "encode_env", "COUNTS_HOSTCALLS", "wat2wasm"]
+           "EnvBlock", "NO_ENV", "encode_env", "COUNTS_HOSTCALLS", "COUNTED_CALLS",
+           "wat2wasm"]
 
 # Whether fast-path runs count host calls (`max_hostcalls`): the native library serves
 # the counted calls; without it a run with a budget is refused.
 COUNTS_HOSTCALLS = STDIO is not None
+# The owned calls an unmetered run serves and counts itself, as `hostcalls.handlers`
+# counts them (`hostcalls.routing` sends a module importing others to a metered run).
+COUNTED_CALLS: frozenset[str] = frozenset() if STDIO is None else frozenset(STDIO) | {
+    "poll_oneoff"}

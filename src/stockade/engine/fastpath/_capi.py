@@ -187,6 +187,10 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("wasm_exporttype_type", _P, (_P,)),
     ("wasm_externtype_kind", c_uint8, (_P,)),
     ("wasm_exporttype_vec_delete", None, (POINTER(ExportTypeVec),)),
+    ("wasmtime_module_imports", None, (_P, POINTER(ExportTypeVec))),  # same vector layout
+    ("wasm_importtype_module", POINTER(ByteVec), (_P,)),
+    ("wasm_importtype_name", POINTER(ByteVec), (_P,)),
+    ("wasm_importtype_vec_delete", None, (POINTER(ExportTypeVec),)),
     ("wasmtime_linker_new", _P, (_P,)),
     ("wasmtime_linker_define_wasi", _P, (_P,)),
     ("wasmtime_linker_delete", None, (_P,)),

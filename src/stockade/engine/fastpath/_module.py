@@ -60,6 +60,19 @@ class FastModule:
                                max_memory=max_memory, max_output=max_output,
                                capture_stderr=capture_stderr, max_hostcalls=max_hostcalls)
 
+    def imports(self) -> list[tuple[str, str]]:
+        """The module's (module, name) imports, in order."""
+        if self._module is None:
+            raise UsageError(f"{self.name}: module is closed")
+        found = ExportTypeVec()
+        C.module_imports(self._module, ctypes.byref(found))
+        try:
+            return [(_text(C.wasm_importtype_module(found.data[index])),
+                     _text(C.wasm_importtype_name(found.data[index])))
+                    for index in range(found.size)]
+        finally:
+            C.wasm_importtype_vec_delete(ctypes.byref(found))
+
     def serialize(self) -> bytes:
         """The compiled module (`.cwasm` bytes) for `FastEngine.deserialize` or the AoT cache."""
         if self._module is None:
@@ -128,6 +141,11 @@ def wat2wasm(text: str | bytes, name: str = "<wat>") -> bytes:
         return ctypes.string_at(vec.data, vec.size)
     finally:
         C.wasm_byte_vec_delete(ctypes.byref(vec))
+
+
+def _text(name: Any) -> str:
+    """A `wasm_name_t` (pointer) as text."""
+    return ctypes.string_at(name.contents.data, name.contents.size).decode("utf-8", "replace")
 
 
 def raise_load(error: int | None, name: str) -> None:

@@ -1,0 +1,129 @@
+"""The 504 backstop does not free a tenant's concurrency slot while its pooled run goes
+on: a run that started late (waiting for a pool worker behind another tenant's runs)
+outlives the backstop, and until its pool worker has stopped no other run of the tenant
+may start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from .conftest import Start, module
+
+MANIFEST = f"""
+[server]
+workers = 1
+threads = 4
+pool_workers = 2
+telemetry = "off"
+[tenant.one]
+concurrency = 1
+
+[[function]]
+name = "hog"
+route = "/hog"
+module = "{module("spin")}"
+isolate = "process"
+[function.limits]
+timeout = "500ms"
+fuel = "unlimited"
+[[function]]
+name = "stuck"
+route = "/stuck"
+module = "{module("spin")}"
+tenant = "one"
+isolate = "process"
+[function.limits]
+timeout = "1s"
+fuel = "unlimited"
+[[function]]
+name = "echo"
+route = "/echo"
+module = "{module("echo")}"
+tenant = "one"
+isolate = "process"
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _pool_workers(root: int) -> list[int]:
+    return [pid for pid in _descendants(root)
+            if b"poolworker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return -1
+    return int(fields[11]) + int(fields[12])
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_504_keeps_the_slot_until_the_pool_worker_stopped(start_gateway: Start) -> None:
+    gateway = start_gateway(MANIFEST)
+    assert gateway.client.get("/echo").status_code == 200  # the pool is up
+    workers = _pool_workers(gateway.process.pid)
+    assert len(workers) == 2, workers
+    url = gateway.url
+    statuses: dict[str, int] = {}
+
+    def get(name: str) -> None:
+        with httpx.Client(base_url=url, timeout=30.0) as client:
+            statuses[name] = client.get(f"/{name}").status_code
+
+    # Both pool workers are busy for half a second: the tenant's run starts late, and
+    # its pool worker's deadline falls after the gateway's backstop.
+    hogs = [threading.Thread(target=get, args=("hog",)) for _ in range(2)]
+    for hog in hogs:
+        hog.start()
+    time.sleep(0.1)
+    stuck = threading.Thread(target=get, args=("stuck",))
+    stuck.start()
+    for hog in hogs:
+        hog.join()
+    # Find the pool worker running it and freeze it: a guest that ignores its deadline,
+    # stopped only when the pool kills its worker.
+    before = {pid: _cpu_ticks(pid) for pid in workers}
+    runner = None
+    deadline = time.monotonic() + 10
+    while runner is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        busy = [pid for pid in workers if _cpu_ticks(pid) > before[pid] + 5]
+        runner = busy[0] if busy else None
+    assert runner is not None, "no pool worker ran the guest"
+    os.kill(runner, signal.SIGSTOP)
+    admitted_while_running = []
+    # Until the frozen worker is gone (the pool kills it at its deadline + grace).
+    deadline = time.monotonic() + 30
+    while _running(runner) and time.monotonic() < deadline:
+        response = gateway.client.get("/echo")
+        if response.status_code == 200 and _running(runner):
+            admitted_while_running.append(time.monotonic())
+        time.sleep(0.05)
+    stuck.join()
+    if _running(runner):
+        os.kill(runner, signal.SIGCONT)
+    assert statuses["stuck"] == 504, statuses
+    # Concurrency 1: no second run of the tenant while its first still held a worker.
+    assert not admitted_while_running
+    assert gateway.client.get("/echo").status_code == 200
