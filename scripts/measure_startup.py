@@ -42,9 +42,10 @@ def commands() -> dict[str, list[str]]:
 
 
 def environment(base: Path) -> dict[str, str]:
-    """This process's environment with Stockade's directories under `base`."""
+    """This process's environment with Stockade's directories under `base`, and bytecode
+    caching on (the warm-up writes the `.pyc` files both commands then read)."""
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("STOCKADE_", "OTEL_"))}
+           if not key.startswith(("STOCKADE_", "OTEL_")) and key != "PYTHONDONTWRITEBYTECODE"}
     for name in ("CACHE", "STATE", "CONFIG"):
         path = base / name.lower()
         path.mkdir(mode=0o700, exist_ok=True)

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> Any:
     fast = _fast_run(words)
     try:
         if fast is not None:
-            from .deferred import defer_inspect
+            from .deferred import defer_modules
 
-            defer_inspect()
+            defer_modules()
             from .execute import run_command
 
             try:

@@ -5,16 +5,23 @@ Stockade therefore loads one only when it carries a trailer that this host's key
 authenticates::
 
     payload (wasmtime's serialized module: an ELF file)
-    MAGIC        16 bytes  b"\\0stockade-seal1\\0"
+    MAGIC        16 bytes  b"\\0stockade-seal2\\0"
     fingerprint  16 bytes  the engine fingerprint it was compiled for (ASCII hex)
-    MAC          32 bytes  HMAC-SHA256(key, "stockade-aot-v1\\0" purpose "\\0" fingerprint
-                           "\\0" payload)
+    MAC          32 bytes  BLAKE2b-256 keyed with the key, personalised "stockade-aot-v2",
+                           over "stockade-aot-v2\\0" purpose "\\0" fingerprint "\\0" payload
 
 `purpose` binds where an artifact may be used: `cwasm` (a file written by `stockade
 compile`) or `cache:<sha256>` (the AoT cache entry of the module with that digest), so a
 cache entry cannot stand for another module and a compiled file cannot be planted in the
 cache. wasmtime ignores bytes after the ELF sections, so a sealed file still maps directly
 with `deserialize_file`; the MAC is checked before wasmtime sees a byte.
+
+Keyed BLAKE2b is a MAC as strong as HMAC-SHA256 and is built into CPython, so checking
+one does not load OpenSSL (`stockade.digests`), a twentieth of a `stockade run`.
+Artifacts sealed by earlier versions (magic `seal1`: HMAC-SHA256 over
+`"stockade-aot-v1\\0" purpose "\\0" fingerprint "\\0" payload`) still verify under the
+same key (`is_legacy` tells them apart); new seals are always `seal2`, and the
+AoT cache reseals a verified `seal1` entry so the next run checks it without OpenSSL.
 
 The key is 32 random bytes in `config_dir()/aot.key` (outside the cache), kept by
 `stockade.keys` (created 0600 with an atomic link on first use; refused when its directory
@@ -26,25 +33,28 @@ be compiled again).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..digests import compare_digest, keyed_blake2b
 from ..keys import KEY_BYTES, KeyFileError, aot_key_path, read_key
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = ["SealError", "KeyUnavailable", "TRAILER_SIZE", "KEY_BYTES", "key_path", "host_key",
-           "install_key", "seal", "unseal", "strip", "tag"]
+           "install_key", "seal", "unseal", "is_legacy", "strip", "tag", "tag_matches"]
 
-MAGIC = b"\0stockade-seal1\0"
+MAGIC = b"\0stockade-seal2\0"
+LEGACY_MAGIC = b"\0stockade-seal1\0"  # HMAC-SHA256: verified, never written
 _FINGERPRINT = 16
 _MAC = 32
 TRAILER_SIZE = len(MAGIC) + _FINGERPRINT + _MAC
-_DOMAIN = b"stockade-aot-v1\0"
+_DOMAIN = b"stockade-aot-v2\0"
+_LEGACY_DOMAIN = b"stockade-aot-v1\0"
+_PERSON = b"stockade-aot-v2"
+_TAG_PERSON = b"stockade-tag-v2"
 
 _keys: dict[Path, bytes] = {}
 _keys_lock = threading.Lock()
@@ -101,17 +111,18 @@ def install_key(key: bytes, path: Path | None = None) -> None:
 
 
 def seal(payload: bytes | memoryview, fingerprint: str, purpose: str, key: bytes) -> bytes:
-    """The trailer to append to `payload` (see the module docstring)."""
+    """The current (`seal2`) trailer to append to `payload` (see the module docstring)."""
     tag_bytes = fingerprint.encode("ascii")[:_FINGERPRINT].ljust(_FINGERPRINT, b"\0")
     return MAGIC + tag_bytes + _mac(key, purpose, tag_bytes, payload)
 
 
 def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
-    """The payload length of a sealed artifact whose MAC verifies for this engine
-    `fingerprint` and `purpose`. Raises SealError naming what is wrong."""
+    """The payload length of a sealed artifact (current or `seal1`) whose MAC verifies
+    for this engine `fingerprint` and `purpose`. Raises SealError naming what is wrong."""
     view = memoryview(data)
     try:
-        if len(view) < TRAILER_SIZE or view[-TRAILER_SIZE:][:len(MAGIC)] != MAGIC:
+        magic = bytes(view[-TRAILER_SIZE:][:len(MAGIC)]) if len(view) >= TRAILER_SIZE else b""
+        if magic not in (MAGIC, LEGACY_MAGIC):
             raise SealError("it carries no Stockade MAC (not made by `stockade compile` or "
                             "the cache of this host)")
         end = len(view) - TRAILER_SIZE
@@ -122,7 +133,8 @@ def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
             raise SealError(f"it was compiled for another engine configuration ({shown}, "
                             f"this run needs {fingerprint})")
         mac = bytes(view[len(view) - _MAC:])
-        if not hmac.compare_digest(mac, _mac(key, purpose, wanted, view[:end])):
+        compute = _mac if magic == MAGIC else _legacy_mac
+        if not compare_digest(mac, compute(key, purpose, wanted, view[:end])):
             raise SealError("its MAC does not verify (changed after it was compiled, or "
                             "made under another key)")
         return end
@@ -130,22 +142,59 @@ def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
         view.release()
 
 
+def is_legacy(data: Buffer) -> bool:
+    """Whether `data` carries an earlier version's (`seal1`) trailer: `unseal` verifies
+    it; sealing the payload again gives it the current one."""
+    view = memoryview(data)
+    try:
+        return len(view) >= TRAILER_SIZE and \
+            bytes(view[-TRAILER_SIZE:][:len(LEGACY_MAGIC)]) == LEGACY_MAGIC
+    finally:
+        view.release()
+
+
 def strip(data: bytes) -> bytes:
     """`data` without its trailer, if it has one. A module wasmtime mapped from a sealed
     file serializes as that whole file, trailer included: strip before sealing again."""
-    if len(data) >= TRAILER_SIZE and data[-TRAILER_SIZE:].startswith(MAGIC):
+    if len(data) >= TRAILER_SIZE and data[-TRAILER_SIZE:].startswith((MAGIC, LEGACY_MAGIC)):
         return data[:-TRAILER_SIZE]
     return data
 
 
 def tag(key: bytes, *parts: str) -> str:
-    """A hex HMAC-SHA256 over `parts` (for small records such as the stat index)."""
+    """A hex MAC (keyed BLAKE2b-256) over `parts`, for small records such as the stat
+    index."""
+    message = "\0".join(("stockade-tag-v2", *parts)).encode()
+    return keyed_blake2b(key, message, _TAG_PERSON).hexdigest()
+
+
+def tag_matches(key: bytes, found: str, *parts: str) -> bool:
+    """Whether `found` is the tag of `parts`: the current one, or an earlier version's
+    (HMAC-SHA256, checked only when the current one does not match)."""
+    seen = found.encode("ascii", "replace")
+    if compare_digest(tag(key, *parts).encode(), seen):
+        return True
+    import hashlib
+    import hmac
+
     message = "\0".join(("stockade-tag-v1", *parts)).encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return compare_digest(hmac.new(key, message, hashlib.sha256).hexdigest().encode(), seen)
 
 
 def _mac(key: bytes, purpose: str, fingerprint: bytes, payload: bytes | memoryview) -> bytes:
-    digest = hmac.new(key, _DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
+    digest = keyed_blake2b(key, _DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
+                           _PERSON)
+    digest.update(payload)
+    return digest.digest()
+
+
+def _legacy_mac(key: bytes, purpose: str, fingerprint: bytes,
+                payload: bytes | memoryview) -> bytes:
+    # Artifacts sealed before `seal2`; OpenSSL is loaded only for them.
+    import hashlib
+    import hmac
+
+    digest = hmac.new(key, _LEGACY_DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
                       hashlib.sha256)
     digest.update(payload)
     return digest.digest()
