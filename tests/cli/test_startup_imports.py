@@ -100,3 +100,15 @@ def test_an_imported_module_is_left_alone() -> None:
                    "defer_modules()\n"
                    "print(sys.modules['inspect'] is inspect, "
                    "sys.modules['hashlib'] is hashlib)") == "True True"
+
+
+def test_collection_paused_for_start_up_is_restored_when_a_run_ends_early() -> None:
+    # The fast lane pauses garbage collection for start-up; a caller that goes on in the
+    # same process (here: after a usage error) gets it back as it was.
+    out = _python("import gc\n"
+                  "from stockade.cli import main\n"
+                  "try:\n"
+                  "    main(['run', '--profile', 'bogus', 'x.wasm'])\n"
+                  "except SystemExit as done:\n"
+                  "    print(done.code, gc.isenabled(), gc.get_freeze_count())\n")
+    assert out == "125 True 0"
