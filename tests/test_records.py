@@ -11,18 +11,28 @@ from typing import Any
 
 import pytest
 
+from stockade.engine.fastpath import FastResult
+from stockade.engine.traps import Ending
 from stockade.invocation import Invocation
+from stockade.observe import RunInfo
 from stockade.policy import Capabilities, DirGrant, Limits, Policy, Trust
 from stockade.result import Outcome, Result, Usage
+from stockade.sandbox.provenance import Gate
 
 # class -> (frozen, slots) as declared before, and values for its required fields
 RECORDS: dict[type, tuple[bool, bool]] = {
     Invocation: (True, False), Limits: (True, False), DirGrant: (True, False),
     Capabilities: (True, False), Trust: (True, False), Policy: (True, False),
-    Usage: (False, True), Result: (False, True),
+    Usage: (False, True), Result: (False, True), RunInfo: (False, True),
+    FastResult: (False, True), Ending: (True, True), Gate: (True, False),
 }
-REQUIRED: dict[str, Any] = {"host": Path("/data"), "guest": "/d", "module": "m.wasm",
-                            "sha256": "ab" * 32, "outcome": Outcome.TRAP, "exit_code": 134}
+REQUIRED: dict[str, Any] = {
+    "host": Path("/data"), "guest": "/d", "module": "m.wasm", "sha256": "ab" * 32,
+    "outcome": Outcome.TRAP, "exit_code": 134, "message": "trap", "data": b"\0asm",
+    "name": "m.wasm", "invocation": Invocation(invocation_id="1" * 32), "policy": Policy(),
+    "started": 1.0, "pid": 1, "guest_exit_code": None, "stdout": b"", "stderr": b"",
+    "stdout_truncated": False, "stderr_truncated": False, "fuel_consumed": None,
+    "wall_s": 0.5, "cpu_s": 0.25, "memory_bytes": 65536}
 # A value of each field's type unlike its default, to tell fields apart.
 OTHER: dict[str, Any] = {
     "args": ("x",), "stdin": b"in", "env": (("K", "V"),), "name": "n", "tenant": "t",
@@ -39,6 +49,9 @@ OTHER: dict[str, Any] = {
     "stdout_truncated": True, "stderr_truncated": True, "usage": Usage(wall_ms=3.0),
     "coldstart": True, "cleanup_error": "c", "module": "other.wasm", "sha256": "ef" * 32,
     "outcome": Outcome.EXITED, "exit_code": 0, "host": Path("/b"), "guest": "/e",
+    "data": None, "refusal": "unsigned", "invocation": Invocation(args=("y",)),
+    "policy": Policy(profile="strict"), "writable_dirs": (Path("/w"),),
+    "events": [("warning", {"k": 1})],
 }
 
 
@@ -87,7 +100,7 @@ def test_a_record_behaves_as_its_dataclass(cls: type) -> None:
     if frozen:
         assert hash(ours) == hash(theirs)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            ours.profile = "x"
+            setattr(ours, names[0], OTHER[names[0]])
     else:
         with pytest.raises(TypeError, match="unhashable"):
             hash(ours)
