@@ -43,6 +43,8 @@ def test_a_cached_hello_run_imports_no_heavy_module() -> None:
     assert (code, out) == (0, "Hello from a Stockade sandbox!\n")
     assert "stockade.engine.cache" in names  # the probe sees the run's own modules
     assert _heavy(names) == set()
+    # Breakers are off by default: neither they nor SQLite are loaded.
+    assert {"stockade.telemetry.breaker", "sqlite3"} & names == set()
 
 
 def test_the_probe_sees_a_heavy_module_when_one_is_imported() -> None:
