@@ -112,3 +112,26 @@ def test_mutable_defaults_are_not_shared() -> None:
     first.hostcalls["fd_write"] = 1
     assert second.hostcalls == {}
     assert build(Result).limits is not build(Result).limits
+
+
+def test_frozen_records_subclass_as_frozen_dataclasses_do() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Labelled(Invocation):  # what the gateway's HttpInvocation is
+        label: str = "x"
+
+    made = Labelled(args=("a",), label="y")
+    assert (made.args, made.label) == (("a",), "y")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.label = "z"  # type: ignore[misc]
+
+    class Plain(Policy):  # not a dataclass: only the fields are frozen
+        pass
+
+    plain = Plain()
+    plain.note = "free"  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.profile = "strict"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Policy().note = "x"  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del Policy().profile  # type: ignore[misc]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from .envblock import variable_problem
 from .errors import UsageError
-from .records import FrozenRecord
+from .records import FrozenRecord, record
 
 __all__ = ["Invocation", "new_invocation_id"]
 
@@ -33,7 +33,7 @@ def _reseed_after_fork() -> None:
 os.register_at_fork(after_in_child=_reseed_after_fork)
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False)
+@record(frozen=True, init=False, repr=False, eq=False)
 class Invocation(FrozenRecord):
     """Arguments, standard input and extra environment for one run of a module.
 

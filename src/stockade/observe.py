@@ -7,11 +7,11 @@ wasmtime Store (it is not thread-safe) and must not raise: errors are logged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .records import Record
+from .records import Record, record
 
 if TYPE_CHECKING:
     from .invocation import Invocation
@@ -27,7 +27,7 @@ def _log_failure(observer: object, stage: str) -> None:
     logging.getLogger("stockade.observe").exception("observer %r failed at run %s", observer, stage)
 
 
-@dataclass(init=False, repr=False, eq=False, slots=True)
+@record(init=False, repr=False, eq=False, slots=True)
 class RunInfo(Record):
     """What is known about a run as it starts. `started` is `time.time()`, `pid` the process
     that runs the guest (a worker when isolated), `writable_dirs` the host directories the

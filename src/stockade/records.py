@@ -12,18 +12,62 @@ an `__init__` written in the class body and the rest from the bases here:
 - `Record`: field-wise `__eq__` (same class only) and the dataclass `__repr__`;
   unhashable, like a mutable dataclass.
 - `FrozenRecord`: also hashable by its fields, for records declared `frozen=True`
-  (the two small functions that makes dataclasses write keep subclasses, frozen
-  dataclasses themselves, and type checkers seeing a frozen dataclass; its `__init__`
-  sets fields with `object.__setattr__`).
+  (its `__init__` sets fields with `object.__setattr__`).
+
+`record` stands in for `dataclasses.dataclass` on these classes. Type checkers see
+`dataclass` itself (so a record declared `frozen=True` is a frozen dataclass to them);
+at run time a frozen record gets `__setattr__`/`__delattr__` as closures instead of the
+two functions `dataclass(frozen=True)` would compile, with the same behaviour (a field,
+or any attribute of the record class itself, raises `FrozenInstanceError`), and its
+`__dataclass_params__` say frozen, so frozen dataclasses may subclass it.
 
 A test holds each record to what `@dataclass` would have made of the same fields.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["Record", "FrozenRecord"]
+__all__ = ["Record", "FrozenRecord", "record"]
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+else:
+
+    def record(*, frozen: bool = False, init: bool = False, repr: bool = False,
+               eq: bool = False, slots: bool = False) -> Callable[[type[_T]], type[_T]]:
+        """`dataclasses.dataclass` for a `Record` (see the module docstring)."""
+
+        def wrap(cls: type[_T]) -> type[_T]:
+            made = dataclasses.dataclass(init=init, repr=repr, eq=eq, slots=slots)(cls)
+            if frozen:
+                _freeze(made)
+            return made
+
+        return wrap
+
+
+def _freeze(cls: type) -> None:
+    fields = frozenset(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if type(self) is cls or name in fields:
+            raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+        super(cls, self).__setattr__(name, value)  # type: ignore[arg-type]
+
+    def __delattr__(self: Any, name: str) -> None:
+        if type(self) is cls or name in fields:
+            raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+        super(cls, self).__delattr__(name)  # type: ignore[arg-type]
+
+    for function in (__setattr__, __delattr__):
+        function.__qualname__ = f"{cls.__qualname__}.{function.__name__}"
+        setattr(cls, function.__name__, function)
+    cls.__dataclass_params__.frozen = True  # type: ignore[attr-defined]
 
 
 class Record:

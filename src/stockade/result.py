@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any
 
-from .records import Record
+from .records import Record, record
 
 __all__ = ["Outcome", "Usage", "Result", "GuestStopped"]
 
@@ -54,7 +54,7 @@ _EXIT_CODES = {
 }
 
 
-@dataclass(init=False, repr=False, eq=False, slots=True)
+@record(init=False, repr=False, eq=False, slots=True)
 class Usage(Record):
     """Resources one invocation used. Times in milliseconds, sizes in bytes;
     `fuel_consumed` is None when the run was not metered (no instruction budget)."""
@@ -80,7 +80,7 @@ class Usage(Record):
         self.hostcalls = {} if hostcalls is None else hostcalls
 
 
-@dataclass(init=False, repr=False, eq=False, slots=True)
+@record(init=False, repr=False, eq=False, slots=True)
 class Result(Record):
     """The outcome of `Sandbox.run`: what the guest printed, how it ended, what it used.
 

@@ -10,10 +10,9 @@ imports wasmtime at module load: the trap codes are `wasmtime_trap_code_t` (wasm
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from ..policy.units import format_size
-from ..records import FrozenRecord
+from ..records import FrozenRecord, record
 from ..result import GuestStopped, Outcome
 
 __all__ = ["Ending", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT", "TRAP_OUT_OF_FUEL",
@@ -23,7 +22,7 @@ __all__ = ["Ending", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT", "TRAP
 PAGE = 65536
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False, slots=True)
+@record(frozen=True, init=False, repr=False, eq=False, slots=True)
 class Ending(FrozenRecord):
     """How a guest's run ended: outcome, message, and the guest's exit code if it exited."""
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..records import FrozenRecord
+from ..records import FrozenRecord, record
 
 __all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode"]
 
 SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False)
+@record(frozen=True, init=False, repr=False, eq=False)
 class Limits(FrozenRecord):
     """Resource limits of one invocation. `None` means unlimited.
 
@@ -94,7 +94,7 @@ class Limits(FrozenRecord):
         return int(str(self.sync).split(":", 1)[1])
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False)
+@record(frozen=True, init=False, repr=False, eq=False)
 class DirGrant(FrozenRecord):
     """A host directory preopened for the guest at `guest`, read-only unless `writable`."""
 
@@ -133,7 +133,7 @@ class DirGrant(FrozenRecord):
         return f"{self.host}:{self.guest}:{'rw' if self.writable else 'ro'}"
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False)
+@record(frozen=True, init=False, repr=False, eq=False)
 class Capabilities(FrozenRecord):
     """What the guest may touch: preopened directories and environment variables.
 
@@ -162,7 +162,7 @@ class Capabilities(FrozenRecord):
         put(self, "allow_precompiled", allow_precompiled)
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False)
+@record(frozen=True, init=False, repr=False, eq=False)
 class Trust(FrozenRecord):
     """Which modules may run at all: with `require_signature`, only modules an embedded
     signature by one of `keys` (public key files or directories of them) covers whole,
@@ -186,7 +186,7 @@ class Trust(FrozenRecord):
         put(self, "vouched", vouched)
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False)
+@record(frozen=True, init=False, repr=False, eq=False)
 class Policy(FrozenRecord):
     """Limits, capabilities and trust; the profile name it started from is kept for reports."""
 

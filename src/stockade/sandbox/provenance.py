@@ -11,20 +11,19 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModuleError, ModuleNotFound
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
-from ..records import FrozenRecord
+from ..records import FrozenRecord, record
 from ..result import Outcome, Result
 
 __all__ = ["Gate", "gate", "denied_result"]
 
 
-@dataclass(frozen=True, init=False, repr=False, eq=False)
+@record(frozen=True, init=False, repr=False, eq=False)
 class Gate(FrozenRecord):
     """What the trust gate decided: the verified bytes to load, or why not."""
 

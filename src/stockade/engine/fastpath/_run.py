@@ -14,12 +14,12 @@ import ctypes
 import fcntl
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ...envblock import EnvBlock
 from ...policy.units import format_size
-from ...records import Record
+from ...records import Record, record
 from ...result import Outcome, Result, Usage
 from ..traps import EXITED_OK, Ending, ending_of_error, ending_of_trap, memory_verdict
 from ._capi import (
@@ -81,7 +81,7 @@ class RunPlan(NamedTuple):
     owned_stdio: bool = False
 
 
-@dataclass(init=False, repr=False, eq=False, slots=True)
+@record(init=False, repr=False, eq=False, slots=True)
 class FastResult(Record):
     """What one fast-path run produced. Times in seconds, sizes in bytes.
 
