@@ -6,7 +6,9 @@ OTLP-JSON file, are what is measured). A warm-up run of each writes the `.pyc` f
 the AoT cache entry first. Then:
 
 - wall clock: `--rounds` interleaved runs of each (a noisy neighbour hits both alike);
-  the figure is the median of the per-round ratios, with both medians;
+  the figure is the median of the per-round ratios, with both medians; the same for
+  CPU time (user + system, of the child: waiting for a core is not counted, so a busy
+  machine disturbs it less);
 - instructions (`--callgrind`): the total Ir of one run of each under
   `valgrind --tool=callgrind --collect-systime=no`, each after its own warm-up under
   valgrind too (valgrind shows the engine other CPU features, so the cache entry the
@@ -21,10 +23,10 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,11 +55,15 @@ def environment(base: Path) -> dict[str, str]:
     return env
 
 
-def wall(command: list[str], env: dict[str, str]) -> float:
-    """Seconds of one run (its output discarded; a failure stops the measurement)."""
+def wall(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run (its output discarded; a failure stops the
+    measurement)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def instructions(command: list[str], env: dict[str, str]) -> int:
@@ -89,18 +95,22 @@ def main() -> None:
         for command in named.values():
             wall(command, env)  # .pyc files, the key, the AoT cache entry
         times: dict[str, list[float]] = {name: [] for name in named}
+        cpu: dict[str, list[float]] = {name: [] for name in named}
         for _ in range(options.rounds):
             for name, command in named.items():
-                times[name].append(wall(command, env))
-        ratios = [run / base for run, base in zip(times["stockade run"],
-                                                   times["import wasmtime"], strict=True)]
-        figures["wall_ms"] = {name: round(statistics.median(values) * 1e3, 1)
-                              for name, values in times.items()}
-        figures["wall_ratio_median"] = round(statistics.median(ratios), 3)
-        print(f"wall, median of {options.rounds} interleaved rounds: "
-              f"import wasmtime {figures['wall_ms']['import wasmtime']} ms, "  # type: ignore[index]
-              f"stockade run {figures['wall_ms']['stockade run']} ms, "  # type: ignore[index]
-              f"ratio {figures['wall_ratio_median']}")
+                elapsed, used = wall(command, env)
+                times[name].append(elapsed)
+                cpu[name].append(used)
+        for label, values in (("wall", times), ("cpu", cpu)):
+            ratios = [run / base for run, base in zip(values["stockade run"],
+                                                       values["import wasmtime"], strict=True)]
+            medians = {name: round(statistics.median(v) * 1e3, 1) for name, v in values.items()}
+            figures[f"{label}_ms"] = medians
+            figures[f"{label}_ratio_median"] = round(statistics.median(ratios), 3)
+            print(f"{label}, median of {options.rounds} interleaved rounds: "
+                  f"import wasmtime {medians['import wasmtime']} ms, "
+                  f"stockade run {medians['stockade run']} ms, "
+                  f"ratio {figures[f'{label}_ratio_median']}")
         if options.callgrind:
             if shutil.which("valgrind") is None:
                 raise SystemExit("valgrind is not installed")
@@ -116,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
