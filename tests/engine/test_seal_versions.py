@@ -1,7 +1,8 @@
-"""Artifacts sealed by the previous seal (`seal1`, HMAC-SHA256) after the switch to keyed
-BLAKE2b (`seal2`): genuine ones still load under the same key (and cache entries and index
-records are sealed again in today's form); forged ones are refused and audited as before.
-The old format is spelled out here, independently of the code under test."""
+"""The two MACs of sealed artifacts: keyed BLAKE2b (`seal2`) up to `LARGE` bytes, HMAC-SHA256
+(`seal1`, the only form before) above. Genuine `seal1` artifacts of small modules (made by
+earlier versions) still load under the same key, and cache entries and index records are
+sealed again in today's form; forged ones are refused and audited as before. The `seal1`
+format is spelled out here, independently of the code under test."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import pytest
 
 from stockade.engine.cache import AotCache
 from stockade.engine.loader import file_ident
-from stockade.engine.seal import TRAILER_SIZE, SealError, host_key, is_legacy, seal, unseal
+from stockade.engine.seal import (
+    LARGE,
+    TRAILER_SIZE,
+    SealError,
+    host_key,
+    resealable,
+    seal,
+    unseal,
+)
 
 from ..conftest import guest, stockade
 from .elf import patch_functions
@@ -52,12 +61,18 @@ def _hello_payload(root: Path) -> tuple[Path, bytes]:
 
 def test_seal2_is_keyed_and_bound_to_its_purpose() -> None:
     key = host_key()
-    data = b"payload" + seal(b"payload", fingerprint(), "cwasm", key)
-    assert not is_legacy(data)
-    assert unseal(data, fingerprint(), "cwasm", key) == len(b"payload")
-    for purpose, other_key in (("cache:x", key), ("cwasm", bytes(32))):
-        with pytest.raises(SealError, match="MAC does not verify"):
-            unseal(data, fingerprint(), purpose, other_key)
+    for payload, magic in ((b"payload", b"\0stockade-seal2\0"),
+                           (bytes(LARGE + 1), LEGACY_MAGIC)):
+        data = payload + seal(payload, fingerprint(), "cwasm", key)
+        assert data[-TRAILER_SIZE:].startswith(magic)
+        assert not resealable(data)
+        assert unseal(data, fingerprint(), "cwasm", key) == len(payload)
+        for purpose, other_key in (("cache:x", key), ("cwasm", bytes(32))):
+            with pytest.raises(SealError, match="MAC does not verify"):
+                unseal(data, fingerprint(), purpose, other_key)
+    large = bytes(LARGE + 1)
+    # The HMAC-SHA256 form is the same as earlier versions wrote:
+    assert large + seal(large, fingerprint(), "cwasm", key) == legacy_seal(large, "cwasm", key)
 
 
 def test_a_genuine_seal1_cache_entry_is_used_and_sealed_again(cache: Path,  # noqa: F811
@@ -65,10 +80,10 @@ def test_a_genuine_seal1_cache_entry_is_used_and_sealed_again(cache: Path,  # no
     target, payload = _hello_payload(cache)
     sha = target.name.removesuffix(".cwasm")
     plant(cache, legacy_seal(payload, f"cache:{sha}", host_key())).chmod(0o600)
-    assert is_legacy(target.read_bytes())
+    assert resealable(target.read_bytes())
     run_hello()
     assert refusals(tmp_path) == []  # an upgrade is not an attack
-    assert not is_legacy(target.read_bytes())  # resealed as seal2...
+    assert not resealable(target.read_bytes())  # resealed as seal2...
     assert_sealed_and_private(target)  # ...private, and verifying
     assert target.read_bytes()[:-TRAILER_SIZE] == payload
 

@@ -30,7 +30,7 @@ from .seal import (
     KeyUnavailable,
     SealError,
     host_key,
-    is_legacy,
+    resealable,
     seal,
     tag,
     tag_matches,
@@ -159,8 +159,9 @@ class AotCache:
             self._refuse(path, problem)
             return None
         if legacy is not None:
-            # Verified under an earlier version's seal: sealed again as today's, so the
-            # next run checks it without OpenSSL (the open descriptor keeps this copy).
+            # Verified, under the MAC `seal` does not pick for its size (an earlier
+            # version's): sealed again, so the next run checks it the cheaper way (and a
+            # small module without OpenSSL). The open descriptor keeps this copy.
             self.store(fingerprint, sha256, legacy)
         return fd
 
@@ -263,15 +264,15 @@ def _owner_problem(info: os.stat_result) -> str | None:
 
 def _seal_problem(fd: int, size: int, fingerprint: str, purpose: str,
                   key: bytes) -> tuple[str | None, bytes | None]:
-    """(why the entry is refused, or None; its payload when it verified under an earlier
-    version's seal, or None)."""
+    """(why the entry is refused, or None; its payload when it verified but should be
+    sealed again (`resealable`), or None)."""
     if size < TRAILER_SIZE:
         return "it carries no Stockade MAC", None
     # Mapped, not read: the pages stay in the page cache for wasmtime's own mapping.
     mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     try:
         end = unseal(mapped, fingerprint, purpose, key)
-        return None, (mapped[:end] if is_legacy(mapped) else None)
+        return None, (mapped[:end] if resealable(mapped) else None)
     except SealError as exc:
         return exc.reason, None
     finally:

@@ -5,10 +5,13 @@ Stockade therefore loads one only when it carries a trailer that this host's key
 authenticates::
 
     payload (wasmtime's serialized module: an ELF file)
-    MAGIC        16 bytes  b"\\0stockade-seal2\\0"
+    MAGIC        16 bytes  b"\\0stockade-seal2\\0" or b"\\0stockade-seal1\\0"
     fingerprint  16 bytes  the engine fingerprint it was compiled for (ASCII hex)
-    MAC          32 bytes  BLAKE2b-256 keyed with the key, personalised "stockade-aot-v2",
-                           over "stockade-aot-v2\\0" purpose "\\0" fingerprint "\\0" payload
+    MAC          32 bytes  seal2: BLAKE2b-256 keyed with the key, personalised
+                           "stockade-aot-v2", over "stockade-aot-v2\\0" purpose "\\0"
+                           fingerprint "\\0" payload
+                           seal1: HMAC-SHA256(key, "stockade-aot-v1\\0" purpose "\\0"
+                           fingerprint "\\0" payload)
 
 `purpose` binds where an artifact may be used: `cwasm` (a file written by `stockade
 compile`) or `cache:<sha256>` (the AoT cache entry of the module with that digest), so a
@@ -16,12 +19,13 @@ cache entry cannot stand for another module and a compiled file cannot be plante
 cache. wasmtime ignores bytes after the ELF sections, so a sealed file still maps directly
 with `deserialize_file`; the MAC is checked before wasmtime sees a byte.
 
-Keyed BLAKE2b is a MAC as strong as HMAC-SHA256 and is built into CPython, so checking
-one does not load OpenSSL (`stockade.digests`), a twentieth of a `stockade run`.
-Artifacts sealed by earlier versions (magic `seal1`: HMAC-SHA256 over
-`"stockade-aot-v1\\0" purpose "\\0" fingerprint "\\0" payload`) still verify under the
-same key (`is_legacy` tells them apart); new seals are always `seal2`, and the
-AoT cache reseals a verified `seal1` entry so the next run checks it without OpenSSL.
+Both MACs are 256-bit, keyed with the same key, and equally trusted; `seal` picks by
+size. Keyed BLAKE2b (`seal2`) is built into CPython, so checking it does not load
+OpenSSL (`stockade.digests`): a twentieth of a `stockade run` of a small module.
+Above `LARGE` bytes HMAC-SHA256 (`seal1`, the only form of earlier versions) is cheaper:
+OpenSSL's SHA-256 (SHA-NI) hashes a large module faster than CPython's BLAKE2b by more
+than it costs to load. `unseal` verifies either; the AoT cache seals an entry again when
+its form is not the one `seal` picks for its size (`resealable`), once.
 
 The key is 32 random bytes in `config_dir()/aot.key` (outside the cache), kept by
 `stockade.keys` (created 0600 with an atomic link on first use; refused when its directory
@@ -44,15 +48,17 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = ["SealError", "KeyUnavailable", "TRAILER_SIZE", "KEY_BYTES", "key_path", "host_key",
-           "install_key", "seal", "unseal", "is_legacy", "strip", "tag", "tag_matches"]
+           "install_key", "seal", "unseal", "resealable", "strip", "tag", "tag_matches",
+           "LARGE"]
 
 MAGIC = b"\0stockade-seal2\0"
-LEGACY_MAGIC = b"\0stockade-seal1\0"  # HMAC-SHA256: verified, never written
+SHA256_MAGIC = b"\0stockade-seal1\0"  # HMAC-SHA256, for payloads above LARGE
+LARGE = 4 * 1024**2
 _FINGERPRINT = 16
 _MAC = 32
 TRAILER_SIZE = len(MAGIC) + _FINGERPRINT + _MAC
 _DOMAIN = b"stockade-aot-v2\0"
-_LEGACY_DOMAIN = b"stockade-aot-v1\0"
+_SHA256_DOMAIN = b"stockade-aot-v1\0"
 _PERSON = b"stockade-aot-v2"
 _TAG_PERSON = b"stockade-tag-v2"
 
@@ -111,18 +117,21 @@ def install_key(key: bytes, path: Path | None = None) -> None:
 
 
 def seal(payload: bytes | memoryview, fingerprint: str, purpose: str, key: bytes) -> bytes:
-    """The current (`seal2`) trailer to append to `payload` (see the module docstring)."""
+    """The trailer to append to `payload`: `seal2` up to `LARGE` bytes, else `seal1`
+    (see the module docstring)."""
     tag_bytes = fingerprint.encode("ascii")[:_FINGERPRINT].ljust(_FINGERPRINT, b"\0")
-    return MAGIC + tag_bytes + _mac(key, purpose, tag_bytes, payload)
+    magic = _magic(len(payload))
+    compute = _mac if magic == MAGIC else _sha256_mac
+    return magic + tag_bytes + compute(key, purpose, tag_bytes, payload)
 
 
 def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
-    """The payload length of a sealed artifact (current or `seal1`) whose MAC verifies
+    """The payload length of a sealed artifact (`seal2` or `seal1`) whose MAC verifies
     for this engine `fingerprint` and `purpose`. Raises SealError naming what is wrong."""
     view = memoryview(data)
     try:
         magic = bytes(view[-TRAILER_SIZE:][:len(MAGIC)]) if len(view) >= TRAILER_SIZE else b""
-        if magic not in (MAGIC, LEGACY_MAGIC):
+        if magic not in (MAGIC, SHA256_MAGIC):
             raise SealError("it carries no Stockade MAC (not made by `stockade compile` or "
                             "the cache of this host)")
         end = len(view) - TRAILER_SIZE
@@ -133,7 +142,7 @@ def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
             raise SealError(f"it was compiled for another engine configuration ({shown}, "
                             f"this run needs {fingerprint})")
         mac = bytes(view[len(view) - _MAC:])
-        compute = _mac if magic == MAGIC else _legacy_mac
+        compute = _mac if magic == MAGIC else _sha256_mac
         if not compare_digest(mac, compute(key, purpose, wanted, view[:end])):
             raise SealError("its MAC does not verify (changed after it was compiled, or "
                             "made under another key)")
@@ -142,13 +151,15 @@ def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
         view.release()
 
 
-def is_legacy(data: Buffer) -> bool:
-    """Whether `data` carries an earlier version's (`seal1`) trailer: `unseal` verifies
-    it; sealing the payload again gives it the current one."""
+def resealable(data: Buffer) -> bool:
+    """Whether sealed `data` carries the other MAC than `seal` picks for its payload's
+    size (an entry of an earlier version): still valid, cheaper to check once resealed."""
     view = memoryview(data)
     try:
-        return len(view) >= TRAILER_SIZE and \
-            bytes(view[-TRAILER_SIZE:][:len(LEGACY_MAGIC)]) == LEGACY_MAGIC
+        if len(view) < TRAILER_SIZE:
+            return False
+        magic = bytes(view[-TRAILER_SIZE:][:len(MAGIC)])
+        return magic != _magic(len(view) - TRAILER_SIZE) and magic in (MAGIC, SHA256_MAGIC)
     finally:
         view.release()
 
@@ -156,7 +167,7 @@ def is_legacy(data: Buffer) -> bool:
 def strip(data: bytes) -> bytes:
     """`data` without its trailer, if it has one. A module wasmtime mapped from a sealed
     file serializes as that whole file, trailer included: strip before sealing again."""
-    if len(data) >= TRAILER_SIZE and data[-TRAILER_SIZE:].startswith((MAGIC, LEGACY_MAGIC)):
+    if len(data) >= TRAILER_SIZE and data[-TRAILER_SIZE:].startswith((MAGIC, SHA256_MAGIC)):
         return data[:-TRAILER_SIZE]
     return data
 
@@ -188,13 +199,17 @@ def _mac(key: bytes, purpose: str, fingerprint: bytes, payload: bytes | memoryvi
     return digest.digest()
 
 
-def _legacy_mac(key: bytes, purpose: str, fingerprint: bytes,
+def _magic(size: int) -> bytes:
+    return MAGIC if size <= LARGE else SHA256_MAGIC
+
+
+def _sha256_mac(key: bytes, purpose: str, fingerprint: bytes,
                 payload: bytes | memoryview) -> bytes:
-    # Artifacts sealed before `seal2`; OpenSSL is loaded only for them.
+    # Large artifacts (and those of earlier versions): OpenSSL is loaded only for them.
     import hashlib
     import hmac
 
-    digest = hmac.new(key, _LEGACY_DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
+    digest = hmac.new(key, _SHA256_DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
                       hashlib.sha256)
     digest.update(payload)
     return digest.digest()
