@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from .envblock import variable_problem
 from .errors import UsageError
+from .records import FrozenRecord, record
 
 __all__ = ["Invocation", "new_invocation_id"]
 
@@ -32,8 +33,8 @@ def _reseed_after_fork() -> None:
 os.register_at_fork(after_in_child=_reseed_after_fork)
 
 
-@dataclass(frozen=True)
-class Invocation:
+@record(frozen=True, init=False, repr=False, eq=False)
+class Invocation(FrozenRecord):
     """Arguments, standard input and extra environment for one run of a module.
 
     `args` excludes the program name (the module's file name is used as argv[0]).
@@ -56,20 +57,33 @@ class Invocation:
     traceparent: str | None = None
     breaker: str | None = None
 
-    def __post_init__(self) -> None:
+    def __init__(self, args: tuple[str, ...] = (), stdin: bytes = b"",
+                 env: tuple[tuple[str, str], ...] = (),
+                 name: str | None = None, tenant: str | None = None,
+                 invocation_id: str | None = None, traceparent: str | None = None,
+                 breaker: str | None = None) -> None:
         # The gateway builds thousands a second: the common, valid shapes cost two checks.
-        if type(self.args) is not tuple or not all(type(a) is str for a in self.args):
-            object.__setattr__(self, "args", _args(self.args))
-        if type(self.stdin) is not bytes:
-            object.__setattr__(self, "stdin", _stdin(self.stdin))
-        if type(self.env) is not tuple or not all(
-                type(p) is tuple and len(p) == 2 for p in self.env):
-            object.__setattr__(self, "env", _env(self.env))
-        for name in ("name", "tenant", "traceparent", "breaker"):
-            value = getattr(self, name)
+        if type(args) is not tuple or not all(type(a) is str for a in args):
+            args = _args(args)
+        if type(stdin) is not bytes:
+            stdin = _stdin(stdin)
+        if type(env) is not tuple or not all(type(p) is tuple and len(p) == 2 for p in env):
+            env = _env(env)
+        for label, value in (("name", name), ("tenant", tenant),
+                             ("traceparent", traceparent), ("breaker", breaker)):
             if value is not None and not isinstance(value, str):
-                raise UsageError(f"Invocation {name}: expected a str or None, not "
+                raise UsageError(f"Invocation {label}: expected a str or None, not "
                                  f"{type(value).__name__}")
+        put = object.__setattr__
+        put(self, "args", args)
+        put(self, "stdin", stdin)
+        put(self, "env", env)
+        put(self, "name", name)
+        put(self, "tenant", tenant)
+        put(self, "invocation_id", new_invocation_id() if invocation_id is None
+            else invocation_id)
+        put(self, "traceparent", traceparent)
+        put(self, "breaker", breaker)
 
 
 def _args(value: Any) -> tuple[str, ...]:

@@ -7,9 +7,11 @@ wasmtime Store (it is not thread-safe) and must not raise: errors are logged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from .records import Record, record
 
 if TYPE_CHECKING:
     from .invocation import Invocation
@@ -25,8 +27,8 @@ def _log_failure(observer: object, stage: str) -> None:
     logging.getLogger("stockade.observe").exception("observer %r failed at run %s", observer, stage)
 
 
-@dataclass(slots=True)
-class RunInfo:
+@record(init=False, repr=False, eq=False, slots=True)
+class RunInfo(Record):
     """What is known about a run as it starts. `started` is `time.time()`, `pid` the process
     that runs the guest (a worker when isolated), `writable_dirs` the host directories the
     guest may write to. `events` collects (name, attributes) pairs observers add, e.g. warnings."""
@@ -40,6 +42,20 @@ class RunInfo:
     writable_dirs: tuple[Path, ...] = ()
     coldstart: bool = False
     events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+    def __init__(self, module: str, sha256: str, invocation: Invocation, policy: Policy,
+                 started: float, pid: int, writable_dirs: tuple[Path, ...] = (),
+                 coldstart: bool = False,
+                 events: list[tuple[str, dict[str, object]]] | None = None) -> None:
+        self.module = module
+        self.sha256 = sha256
+        self.invocation = invocation
+        self.policy = policy
+        self.started = started
+        self.pid = pid
+        self.writable_dirs = writable_dirs
+        self.coldstart = coldstart
+        self.events = [] if events is None else events
 
 
 class RunObserver(Protocol):

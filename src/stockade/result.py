@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any
+
+from .records import Record, record
 
 __all__ = ["Outcome", "Usage", "Result", "GuestStopped"]
 
@@ -52,8 +54,8 @@ _EXIT_CODES = {
 }
 
 
-@dataclass(slots=True)
-class Usage:
+@record(init=False, repr=False, eq=False, slots=True)
+class Usage(Record):
     """Resources one invocation used. Times in milliseconds, sizes in bytes;
     `fuel_consumed` is None when the run was not metered (no instruction budget)."""
 
@@ -65,9 +67,21 @@ class Usage:
     bytes_written: int = 0
     hostcalls: dict[str, int] = field(default_factory=dict)
 
+    def __init__(self, wall_ms: float = 0.0, cpu_ms: float = 0.0,
+                 fuel_consumed: int | None = None, peak_memory_bytes: int = 0,
+                 files_created: int = 0, bytes_written: int = 0,
+                 hostcalls: dict[str, int] | None = None) -> None:
+        self.wall_ms = wall_ms
+        self.cpu_ms = cpu_ms
+        self.fuel_consumed = fuel_consumed
+        self.peak_memory_bytes = peak_memory_bytes
+        self.files_created = files_created
+        self.bytes_written = bytes_written
+        self.hostcalls = {} if hostcalls is None else hostcalls
 
-@dataclass(slots=True)
-class Result:
+
+@record(init=False, repr=False, eq=False, slots=True)
+class Result(Record):
     """The outcome of `Sandbox.run`: what the guest printed, how it ended, what it used.
 
     `exit_code` is what a process running the guest should exit with: the guest's own
@@ -91,6 +105,28 @@ class Result:
     coldstart: bool = False
     scratch: str | None = None
     cleanup_error: str | None = None
+
+    def __init__(self, module: str, sha256: str, outcome: Outcome, exit_code: int,
+                 guest_exit_code: int | None = None, message: str = "", stdout: bytes = b"",
+                 stderr: bytes = b"", stdout_truncated: bool = False,
+                 stderr_truncated: bool = False, usage: Usage | None = None,
+                 limits: dict[str, Any] | None = None, coldstart: bool = False,
+                 scratch: str | None = None, cleanup_error: str | None = None) -> None:
+        self.module = module
+        self.sha256 = sha256
+        self.outcome = outcome
+        self.exit_code = exit_code
+        self.guest_exit_code = guest_exit_code
+        self.message = message
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdout_truncated = stdout_truncated
+        self.stderr_truncated = stderr_truncated
+        self.usage = Usage() if usage is None else usage
+        self.limits = {} if limits is None else limits
+        self.coldstart = coldstart
+        self.scratch = scratch
+        self.cleanup_error = cleanup_error
 
     @property
     def ok(self) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["remove_tree"]
@@ -26,21 +25,25 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SHOWN_LEVELS = 4  # path components named in a report; the depth says the rest
 
 
-@dataclass
 class _Level:
     """A directory being emptied: its name in its parent, its identity, names to skip."""
 
-    name: str
-    ident: tuple[int, int]
-    skip: set[str] = field(default_factory=set)
+    __slots__ = ("name", "ident", "skip")
+
+    def __init__(self, name: str, ident: tuple[int, int], skip: set[str] | None = None) -> None:
+        self.name = name
+        self.ident = ident
+        self.skip: set[str] = set() if skip is None else skip
 
 
-@dataclass
 class _Failures:
     """What could not be removed: how many entries, and the first one's reason."""
 
-    count: int = 0
-    first: str = ""
+    __slots__ = ("count", "first")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = ""
 
     def add(self, stack: list[_Level], name: str, reason: str) -> None:
         self.count += 1

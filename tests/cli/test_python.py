@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,22 +109,29 @@ def test_a_first_compile_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     # A fresh cache: CPython compiles (seconds), and stderr is a terminal.
     env = {**os.environ, "STOCKADE_CACHE_DIR": str(tmp_path / "cache"), "TERM": "xterm"}
     leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while it runs: a full terminal buffer would block it
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     try:
         done = subprocess.run([*STOCKADE, "python", "-c", "print(6*7)"], env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=follower, timeout=600, check=False)
         os.close(follower)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
+        reader.join(timeout=30)
     finally:
         os.close(leader)
+    shown = b"".join(chunks)
     assert (done.returncode, done.stdout) == (0, b"42\n")
     assert b"compiling python.wasm" in shown
     assert b"done in" in shown

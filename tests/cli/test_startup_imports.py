@@ -15,9 +15,11 @@ from tests.conftest import guest
 
 # Top-level names of modules that cost a measurable share of a cached run and that the
 # run does not need: wasmtime-py's generated bindings, click, `inspect` and what it pulls
-# in (deferred by `stockade.cli.deferred`), the event loop, TLS, sockets, the OTLP SDK.
+# in, OpenSSL (`_hashlib`, `hmac`; `hashlib` and `inspect` are deferred by
+# `stockade.cli.deferred`), the event loop, TLS, sockets, the OTLP SDK.
 HEAVY = frozenset({"wasmtime", "click", "inspect", "ast", "dis", "tokenize", "asyncio",
-                   "ssl", "socket", "selectors", "opentelemetry", "google"})
+                   "_hashlib", "hashlib", "hmac", "ssl", "socket", "selectors",
+                   "opentelemetry", "google"})
 
 
 def _imported(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, set[str]]:
@@ -41,6 +43,8 @@ def test_a_cached_hello_run_imports_no_heavy_module() -> None:
     assert (code, out) == (0, "Hello from a Stockade sandbox!\n")
     assert "stockade.engine.cache" in names  # the probe sees the run's own modules
     assert _heavy(names) == set()
+    # Breakers are off by default: neither they nor SQLite are loaded.
+    assert {"stockade.telemetry.breaker", "sqlite3"} & names == set()
 
 
 def test_the_probe_sees_a_heavy_module_when_one_is_imported() -> None:
@@ -61,8 +65,8 @@ def _python(code: str) -> str:
 def test_deferred_inspect_becomes_the_real_module_on_first_use() -> None:
     out = _python(
         "import sys\n"
-        "from stockade.cli.deferred import defer_inspect\n"
-        "defer_inspect()\n"
+        "from stockade.cli.deferred import defer_modules\n"
+        "defer_modules()\n"
         "import dataclasses\n"
         "print('ast' in sys.modules)\n"
         "@dataclasses.dataclass\n"
@@ -77,8 +81,36 @@ def test_deferred_inspect_becomes_the_real_module_on_first_use() -> None:
                                 "True"]
 
 
-def test_an_imported_inspect_is_left_alone() -> None:
-    assert _python("import inspect, sys\n"
-                   "from stockade.cli.deferred import defer_inspect\n"
-                   "defer_inspect()\n"
-                   "print(sys.modules['inspect'] is inspect)") == "True"
+def test_deferred_hashlib_becomes_the_real_module_on_first_use() -> None:
+    out = _python(
+        "import sys\n"
+        "from stockade.cli.deferred import defer_modules\n"
+        "defer_modules()\n"
+        "import hashlib\n"
+        "print('_hashlib' in sys.modules)\n"
+        "print(hashlib.sha256(b'abc').hexdigest()[:8])\n"
+        "import hmac\n"
+        "print(hmac.new(b'k', b'abc', 'sha256').hexdigest()[:8])\n"
+        "from hashlib import blake2b\n"
+        "print(sys.modules['hashlib'].blake2b is blake2b, '_hashlib' in sys.modules)\n")
+    assert out.splitlines() == ["False", "ba7816bf", "342e519c", "True True"]
+
+
+def test_an_imported_module_is_left_alone() -> None:
+    assert _python("import inspect, hashlib, sys\n"
+                   "from stockade.cli.deferred import defer_modules\n"
+                   "defer_modules()\n"
+                   "print(sys.modules['inspect'] is inspect, "
+                   "sys.modules['hashlib'] is hashlib)") == "True True"
+
+
+def test_collection_paused_for_start_up_is_restored_when_a_run_ends_early() -> None:
+    # The fast lane pauses garbage collection for start-up; a caller that goes on in the
+    # same process (here: after a usage error) gets it back as it was.
+    out = _python("import gc\n"
+                  "from stockade.cli import main\n"
+                  "try:\n"
+                  "    main(['run', '--profile', 'bogus', 'x.wasm'])\n"
+                  "except SystemExit as done:\n"
+                  "    print(done.code, gc.isenabled(), gc.get_freeze_count())\n")
+    assert out == "125 True 0"

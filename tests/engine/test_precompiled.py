@@ -148,7 +148,7 @@ def test_a_cwasm_for_another_engine_configuration_says_so(sealed: Path) -> None:
 
 def test_compile_writes_a_private_sealed_file(sealed: Path) -> None:
     assert sealed.stat().st_mode & 0o777 == 0o600
-    assert sealed.read_bytes()[-TRAILER_SIZE:].startswith(b"\0stockade-seal1\0")
+    assert sealed.read_bytes()[-TRAILER_SIZE:].startswith(b"\0stockade-seal2\0")
     assert not [p for p in sealed.parent.iterdir() if p.name.endswith(".part")]
 
 

@@ -31,12 +31,15 @@ def main(argv: list[str] | None = None) -> Any:
     from ..errors import StockadeError
 
     words = sys.argv[1:] if argv is None else list(argv)
-    fast = _fast_run(words)
+    fast = None
+    if words[:1] == ["run"]:
+        from . import deferred
+
+        deferred.pause_collection()
+        fast = _fast_run(words)
     try:
         if fast is not None:
-            from .deferred import defer_inspect
-
-            defer_inspect()
+            deferred.defer_modules()
             from .execute import run_command
 
             try:
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         sys.stderr.write("stockade: interrupted\n")
         sys.exit(130)
+    finally:
+        if words[:1] == ["run"]:
+            deferred.end_pause()
 
 
 def _exit_now(done: SystemExit) -> None:
@@ -75,8 +81,6 @@ def _exit_now(done: SystemExit) -> None:
 
 def _fast_run(words: list[str]) -> dict[str, Any] | None:
     """The `run` parameters when `words` is a plainly valid `run` command line."""
-    if words[:1] != ["run"]:
-        return None
     from .runspec import parse_run
 
     return parse_run(words[1:])

@@ -17,6 +17,7 @@ from ..invocation import Invocation
 from ..policy import Policy
 from ..progress import on_terminal
 from ..result import Outcome, Result
+from .deferred import resume_collection
 from .options import build_invocation, build_policy, guest_args, with_trust
 from .source import open_source
 
@@ -110,6 +111,7 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
             from ..isolate import make_sandbox
 
             sandbox = make_sandbox(policy, mode, observers=observers)
+        resume_collection()  # paused for start-up by the fast lane (`cli.deferred`)
         with sandbox:
             try:
                 return sandbox.run(module, invocation)

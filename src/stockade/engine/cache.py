@@ -16,8 +16,6 @@ skipped: modules are then compiled in memory each time.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import mmap
 import os
 import stat
@@ -25,8 +23,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..digests import sha256 as _sha256
 from ..errors import UsageError
-from .seal import TRAILER_SIZE, KeyUnavailable, SealError, host_key, seal, tag, unseal
+from .seal import (
+    TRAILER_SIZE,
+    KeyUnavailable,
+    SealError,
+    host_key,
+    resealable,
+    seal,
+    tag,
+    tag_matches,
+    unseal,
+)
 
 __all__ = ["AotCache"]
 
@@ -104,11 +113,13 @@ class AotCache:
         finally:
             os.close(fd)
         sha, _, mac = text.strip().partition(" ")
-        if problem is None and not _tag_matches(tag(key, _INDEX, ident, sha), mac):
+        if problem is None and not tag_matches(key, mac, _INDEX, ident, sha):
             problem = "its tag does not verify (forged, or written under another key)"
         if problem is not None:
             self._refuse(path, problem)
             return None
+        if mac != tag(key, _INDEX, ident, sha):  # an earlier version's tag: write today's
+            self.remember(ident, sha)
         return sha
 
     def remember(self, ident: str, sha256: str) -> None:
@@ -136,8 +147,10 @@ class AotCache:
             return None
         try:
             info = os.fstat(fd)
-            problem = _file_problem(info) or _seal_problem(fd, info.st_size, fingerprint,
-                                                           _purpose(sha256), key)
+            problem, legacy = _file_problem(info), None
+            if problem is None:
+                problem, legacy = _seal_problem(fd, info.st_size, fingerprint,
+                                                _purpose(sha256), key)
         except BaseException:
             os.close(fd)
             raise
@@ -145,6 +158,11 @@ class AotCache:
             os.close(fd)
             self._refuse(path, problem)
             return None
+        if legacy is not None:
+            # Verified, under the MAC `seal` does not pick for its size (an earlier
+            # version's): sealed again, so the next run checks it the cheaper way (and a
+            # small module without OpenSSL). The open descriptor keeps this copy.
+            self.store(fingerprint, sha256, legacy)
         return fd
 
     def _key(self) -> bytes | None:
@@ -220,7 +238,7 @@ class AotCache:
                reason=problem)
 
     def _index_path(self, ident: str) -> Path:
-        return self.root / _INDEX / hashlib.sha256(ident.encode()).hexdigest()[:32]
+        return self.root / _INDEX / _sha256(ident.encode()).hexdigest()[:32]
 
 
 def _purpose(sha256: str) -> str:
@@ -244,25 +262,24 @@ def _owner_problem(info: os.stat_result) -> str | None:
     return None
 
 
-def _seal_problem(fd: int, size: int, fingerprint: str, purpose: str, key: bytes) -> str | None:
+def _seal_problem(fd: int, size: int, fingerprint: str, purpose: str,
+                  key: bytes) -> tuple[str | None, bytes | None]:
+    """(why the entry is refused, or None; its payload when it verified but should be
+    sealed again (`resealable`), or None)."""
     if size < TRAILER_SIZE:
-        return "it carries no Stockade MAC"
+        return "it carries no Stockade MAC", None
     # Mapped, not read: the pages stay in the page cache for wasmtime's own mapping.
     mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     try:
-        unseal(mapped, fingerprint, purpose, key)
+        end = unseal(mapped, fingerprint, purpose, key)
+        return None, (mapped[:end] if resealable(mapped) else None)
     except SealError as exc:
-        return exc.reason
+        return exc.reason, None
     finally:
         try:
             mapped.close()
         except BufferError:  # a view still held by a traceback: the GC unmaps it
             pass
-    return None
-
-
-def _tag_matches(expected: str, found: str) -> bool:
-    return hmac.compare_digest(expected.encode(), found.encode("ascii", "replace"))
 
 
 def _write_atomic(target: Path, chunks: tuple[bytes, ...]) -> bool:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..digests import sha256
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class EngineConfig:
         """A short digest of this configuration's settings and the wasmtime version (the
         AoT cache key)."""
         text = f"wasmtime={wasmtime_version()};{self.settings()!r}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
         """Human form, e.g. 'cranelift, fuel, epochs, stack 1024KiB'."""

@@ -5,16 +5,27 @@ Stockade therefore loads one only when it carries a trailer that this host's key
 authenticates::
 
     payload (wasmtime's serialized module: an ELF file)
-    MAGIC        16 bytes  b"\\0stockade-seal1\\0"
+    MAGIC        16 bytes  b"\\0stockade-seal2\\0" or b"\\0stockade-seal1\\0"
     fingerprint  16 bytes  the engine fingerprint it was compiled for (ASCII hex)
-    MAC          32 bytes  HMAC-SHA256(key, "stockade-aot-v1\\0" purpose "\\0" fingerprint
-                           "\\0" payload)
+    MAC          32 bytes  seal2: BLAKE2b-256 keyed with the key, personalised
+                           "stockade-aot-v2", over "stockade-aot-v2\\0" purpose "\\0"
+                           fingerprint "\\0" payload
+                           seal1: HMAC-SHA256(key, "stockade-aot-v1\\0" purpose "\\0"
+                           fingerprint "\\0" payload)
 
 `purpose` binds where an artifact may be used: `cwasm` (a file written by `stockade
 compile`) or `cache:<sha256>` (the AoT cache entry of the module with that digest), so a
 cache entry cannot stand for another module and a compiled file cannot be planted in the
 cache. wasmtime ignores bytes after the ELF sections, so a sealed file still maps directly
 with `deserialize_file`; the MAC is checked before wasmtime sees a byte.
+
+Both MACs are 256-bit, keyed with the same key, and equally trusted; `seal` picks by
+size. Keyed BLAKE2b (`seal2`) is built into CPython, so checking it does not load
+OpenSSL (`stockade.digests`): a twentieth of a `stockade run` of a small module.
+Above `LARGE` bytes HMAC-SHA256 (`seal1`, the only form of earlier versions) is cheaper:
+OpenSSL's SHA-256 (SHA-NI) hashes a large module faster than CPython's BLAKE2b by more
+than it costs to load. `unseal` verifies either; the AoT cache seals an entry again when
+its form is not the one `seal` picks for its size (`resealable`), once.
 
 The key is 32 random bytes in `config_dir()/aot.key` (outside the cache), kept by
 `stockade.keys` (created 0600 with an atomic link on first use; refused when its directory
@@ -26,25 +37,30 @@ be compiled again).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..digests import compare_digest, keyed_blake2b
 from ..keys import KEY_BYTES, KeyFileError, aot_key_path, read_key
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = ["SealError", "KeyUnavailable", "TRAILER_SIZE", "KEY_BYTES", "key_path", "host_key",
-           "install_key", "seal", "unseal", "strip", "tag"]
+           "install_key", "seal", "unseal", "resealable", "strip", "tag", "tag_matches",
+           "LARGE"]
 
-MAGIC = b"\0stockade-seal1\0"
+MAGIC = b"\0stockade-seal2\0"
+SHA256_MAGIC = b"\0stockade-seal1\0"  # HMAC-SHA256, for payloads above LARGE
+LARGE = 4 * 1024**2
 _FINGERPRINT = 16
 _MAC = 32
 TRAILER_SIZE = len(MAGIC) + _FINGERPRINT + _MAC
-_DOMAIN = b"stockade-aot-v1\0"
+_DOMAIN = b"stockade-aot-v2\0"
+_SHA256_DOMAIN = b"stockade-aot-v1\0"
+_PERSON = b"stockade-aot-v2"
+_TAG_PERSON = b"stockade-tag-v2"
 
 _keys: dict[Path, bytes] = {}
 _keys_lock = threading.Lock()
@@ -101,17 +117,21 @@ def install_key(key: bytes, path: Path | None = None) -> None:
 
 
 def seal(payload: bytes | memoryview, fingerprint: str, purpose: str, key: bytes) -> bytes:
-    """The trailer to append to `payload` (see the module docstring)."""
+    """The trailer to append to `payload`: `seal2` up to `LARGE` bytes, else `seal1`
+    (see the module docstring)."""
     tag_bytes = fingerprint.encode("ascii")[:_FINGERPRINT].ljust(_FINGERPRINT, b"\0")
-    return MAGIC + tag_bytes + _mac(key, purpose, tag_bytes, payload)
+    magic = _magic(len(payload))
+    compute = _mac if magic == MAGIC else _sha256_mac
+    return magic + tag_bytes + compute(key, purpose, tag_bytes, payload)
 
 
 def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
-    """The payload length of a sealed artifact whose MAC verifies for this engine
-    `fingerprint` and `purpose`. Raises SealError naming what is wrong."""
+    """The payload length of a sealed artifact (`seal2` or `seal1`) whose MAC verifies
+    for this engine `fingerprint` and `purpose`. Raises SealError naming what is wrong."""
     view = memoryview(data)
     try:
-        if len(view) < TRAILER_SIZE or view[-TRAILER_SIZE:][:len(MAGIC)] != MAGIC:
+        magic = bytes(view[-TRAILER_SIZE:][:len(MAGIC)]) if len(view) >= TRAILER_SIZE else b""
+        if magic not in (MAGIC, SHA256_MAGIC):
             raise SealError("it carries no Stockade MAC (not made by `stockade compile` or "
                             "the cache of this host)")
         end = len(view) - TRAILER_SIZE
@@ -122,7 +142,8 @@ def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
             raise SealError(f"it was compiled for another engine configuration ({shown}, "
                             f"this run needs {fingerprint})")
         mac = bytes(view[len(view) - _MAC:])
-        if not hmac.compare_digest(mac, _mac(key, purpose, wanted, view[:end])):
+        compute = _mac if magic == MAGIC else _sha256_mac
+        if not compare_digest(mac, compute(key, purpose, wanted, view[:end])):
             raise SealError("its MAC does not verify (changed after it was compiled, or "
                             "made under another key)")
         return end
@@ -130,22 +151,65 @@ def unseal(data: Buffer, fingerprint: str, purpose: str, key: bytes) -> int:
         view.release()
 
 
+def resealable(data: Buffer) -> bool:
+    """Whether sealed `data` carries the other MAC than `seal` picks for its payload's
+    size (an entry of an earlier version): still valid, cheaper to check once resealed."""
+    view = memoryview(data)
+    try:
+        if len(view) < TRAILER_SIZE:
+            return False
+        magic = bytes(view[-TRAILER_SIZE:][:len(MAGIC)])
+        return magic != _magic(len(view) - TRAILER_SIZE) and magic in (MAGIC, SHA256_MAGIC)
+    finally:
+        view.release()
+
+
 def strip(data: bytes) -> bytes:
     """`data` without its trailer, if it has one. A module wasmtime mapped from a sealed
     file serializes as that whole file, trailer included: strip before sealing again."""
-    if len(data) >= TRAILER_SIZE and data[-TRAILER_SIZE:].startswith(MAGIC):
+    if len(data) >= TRAILER_SIZE and data[-TRAILER_SIZE:].startswith((MAGIC, SHA256_MAGIC)):
         return data[:-TRAILER_SIZE]
     return data
 
 
 def tag(key: bytes, *parts: str) -> str:
-    """A hex HMAC-SHA256 over `parts` (for small records such as the stat index)."""
+    """A hex MAC (keyed BLAKE2b-256) over `parts`, for small records such as the stat
+    index."""
+    message = "\0".join(("stockade-tag-v2", *parts)).encode()
+    return keyed_blake2b(key, message, _TAG_PERSON).hexdigest()
+
+
+def tag_matches(key: bytes, found: str, *parts: str) -> bool:
+    """Whether `found` is the tag of `parts`: the current one, or an earlier version's
+    (HMAC-SHA256, checked only when the current one does not match)."""
+    seen = found.encode("ascii", "replace")
+    if compare_digest(tag(key, *parts).encode(), seen):
+        return True
+    import hashlib
+    import hmac
+
     message = "\0".join(("stockade-tag-v1", *parts)).encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return compare_digest(hmac.new(key, message, hashlib.sha256).hexdigest().encode(), seen)
 
 
 def _mac(key: bytes, purpose: str, fingerprint: bytes, payload: bytes | memoryview) -> bytes:
-    digest = hmac.new(key, _DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
+    digest = keyed_blake2b(key, _DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
+                           _PERSON)
+    digest.update(payload)
+    return digest.digest()
+
+
+def _magic(size: int) -> bytes:
+    return MAGIC if size <= LARGE else SHA256_MAGIC
+
+
+def _sha256_mac(key: bytes, purpose: str, fingerprint: bytes,
+                payload: bytes | memoryview) -> bytes:
+    # Large artifacts (and those of earlier versions): OpenSSL is loaded only for them.
+    import hashlib
+    import hmac
+
+    digest = hmac.new(key, _SHA256_DOMAIN + purpose.encode() + b"\0" + fingerprint + b"\0",
                       hashlib.sha256)
     digest.update(payload)
     return digest.digest()

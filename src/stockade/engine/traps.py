@@ -10,9 +10,9 @@ imports wasmtime at module load: the trap codes are `wasmtime_trap_code_t` (wasm
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from ..policy.units import format_size
+from ..records import FrozenRecord, record
 from ..result import GuestStopped, Outcome
 
 __all__ = ["Ending", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT", "TRAP_OUT_OF_FUEL",
@@ -22,13 +22,19 @@ __all__ = ["Ending", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT", "TRAP
 PAGE = 65536
 
 
-@dataclass(frozen=True, slots=True)
-class Ending:
+@record(frozen=True, init=False, repr=False, eq=False, slots=True)
+class Ending(FrozenRecord):
     """How a guest's run ended: outcome, message, and the guest's exit code if it exited."""
 
     outcome: Outcome
     message: str
     guest_exit_code: int | None = None
+
+    def __init__(self, outcome: Outcome, message: str,
+                 guest_exit_code: int | None = None) -> None:
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "guest_exit_code", guest_exit_code)
 
 
 EXITED_OK = Ending(Outcome.EXITED, "exited with code 0", 0)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from ..records import FrozenRecord, record
 
 __all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode"]
 
 SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
 
 
-@dataclass(frozen=True)
-class Limits:
+@record(frozen=True, init=False, repr=False, eq=False)
+class Limits(FrozenRecord):
     """Resource limits of one invocation. `None` means unlimited.
 
     Sizes are bytes, `timeout` is seconds. `fuel` is an instruction budget: metering
@@ -49,18 +51,26 @@ class Limits:
     hostcall_caps: tuple[tuple[str, int], ...] = ()
     sync: SyncMode = "ignore"
 
-    def __post_init__(self) -> None:
+    def __init__(self, fuel: int | None = None, timeout: float | None = 60.0,
+                 max_memory: int = 128 * 1024**2, max_table_elements: int = 100_000,
+                 max_tables: int = 16, max_instances: int = 16, max_memories: int = 1,
+                 max_stack: int = 1024 * 1024, max_output: int = 16 * 1024**2,
+                 disk_quota: int = 64 * 1024**2, max_files: int = 1_000,
+                 max_open_files: int = 256, max_module_size: int = 128 * 1024**2,
+                 max_function_size: int = 512 * 1024, max_locals: int = 2_000,
+                 max_hostcalls: int | None = 10_000_000,
+                 hostcall_caps: tuple[tuple[str, int], ...] = (),
+                 sync: SyncMode = "ignore") -> None:
         from ..errors import PolicyError
-        from .values import parse_limit
+        from .values import LIMIT_PARSERS
 
-        for item in fields(self):
-            value = getattr(self, item.name)
+        given = locals()
+        for name in self.__dataclass_fields__:
             try:
-                parsed = parse_limit(item.name, value)
+                value = LIMIT_PARSERS[name](given[name])
             except (ValueError, TypeError) as exc:
-                raise PolicyError(f"{item.name}: {exc}") from None
-            if parsed is not value:
-                object.__setattr__(self, item.name, parsed)
+                raise PolicyError(f"{name}: {exc}") from None
+            object.__setattr__(self, name, value)
 
     def as_dict(self) -> dict[str, Any]:
         """The contract's `limits` object: sizes in bytes, times in milliseconds."""
@@ -84,13 +94,18 @@ class Limits:
         return int(str(self.sync).split(":", 1)[1])
 
 
-@dataclass(frozen=True)
-class DirGrant:
+@record(frozen=True, init=False, repr=False, eq=False)
+class DirGrant(FrozenRecord):
     """A host directory preopened for the guest at `guest`, read-only unless `writable`."""
 
     host: Path
     guest: str
     writable: bool = False
+
+    def __init__(self, host: Path, guest: str, writable: bool = False) -> None:
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "guest", guest)
+        object.__setattr__(self, "writable", writable)
 
     @classmethod
     def parse(cls, spec: str) -> DirGrant:
@@ -118,8 +133,8 @@ class DirGrant:
         return f"{self.host}:{self.guest}:{'rw' if self.writable else 'ro'}"
 
 
-@dataclass(frozen=True)
-class Capabilities:
+@record(frozen=True, init=False, repr=False, eq=False)
+class Capabilities(FrozenRecord):
     """What the guest may touch: preopened directories and environment variables.
 
     `env` is set as given; `env_allow` names host variables passed through (nothing else is).
@@ -135,9 +150,20 @@ class Capabilities:
     keep_scratch: bool = False
     allow_precompiled: bool = False
 
+    def __init__(self, dirs: tuple[DirGrant, ...] = (), env: tuple[tuple[str, str], ...] = (),
+                 env_allow: tuple[str, ...] = (), scratch: str | None = None,
+                 keep_scratch: bool = False, allow_precompiled: bool = False) -> None:
+        put = object.__setattr__
+        put(self, "dirs", dirs)
+        put(self, "env", env)
+        put(self, "env_allow", env_allow)
+        put(self, "scratch", scratch)
+        put(self, "keep_scratch", keep_scratch)
+        put(self, "allow_precompiled", allow_precompiled)
 
-@dataclass(frozen=True)
-class Trust:
+
+@record(frozen=True, init=False, repr=False, eq=False)
+class Trust(FrozenRecord):
     """Which modules may run at all: with `require_signature`, only modules an embedded
     signature by one of `keys` (public key files or directories of them) covers whole,
     or, for `oci://` modules, whose image a cosign key among `keys` signed (`vouched`:
@@ -151,15 +177,31 @@ class Trust:
     require_image_signature: bool = False
     vouched: tuple[str, ...] = ()
 
+    def __init__(self, require_signature: bool = False, keys: tuple[Path, ...] = (),
+                 require_image_signature: bool = False, vouched: tuple[str, ...] = ()) -> None:
+        put = object.__setattr__
+        put(self, "require_signature", require_signature)
+        put(self, "keys", keys)
+        put(self, "require_image_signature", require_image_signature)
+        put(self, "vouched", vouched)
 
-@dataclass(frozen=True)
-class Policy:
+
+@record(frozen=True, init=False, repr=False, eq=False)
+class Policy(FrozenRecord):
     """Limits, capabilities and trust; the profile name it started from is kept for reports."""
 
     limits: Limits = field(default_factory=Limits)
     capabilities: Capabilities = field(default_factory=Capabilities)
     profile: str = "default"
     trust: Trust = field(default_factory=Trust)
+
+    def __init__(self, limits: Limits | None = None, capabilities: Capabilities | None = None,
+                 profile: str = "default", trust: Trust | None = None) -> None:
+        put = object.__setattr__
+        put(self, "limits", Limits() if limits is None else limits)
+        put(self, "capabilities", Capabilities() if capabilities is None else capabilities)
+        put(self, "profile", profile)
+        put(self, "trust", Trust() if trust is None else trust)
 
     def with_limits(self, **changes: Any) -> Policy:
         """A copy with some limits changed, e.g. `policy.with_limits(timeout="2s")`.

@@ -11,26 +11,33 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModuleError, ModuleNotFound
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
+from ..records import FrozenRecord, record
 from ..result import Outcome, Result
 
 __all__ = ["Gate", "gate", "denied_result"]
 
 
-@dataclass(frozen=True)
-class Gate:
+@record(frozen=True, init=False, repr=False, eq=False)
+class Gate(FrozenRecord):
     """What the trust gate decided: the verified bytes to load, or why not."""
 
     data: bytes | None
     name: str
     sha256: str
     refusal: str | None = None
+
+    def __init__(self, data: bytes | None, name: str, sha256: str,
+                 refusal: str | None = None) -> None:
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "sha256", sha256)
+        object.__setattr__(self, "refusal", refusal)
 
 
 def _read(module: str | Path, max_size: int) -> tuple[bytes, str]:

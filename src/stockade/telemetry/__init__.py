@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "AuditLog": "audit", "AuditReport": "audit", "verify": "audit",
     "Breaker": "breaker", "BreakerConfig": "breaker", "BreakerEntry": "breaker",
-    "Decision": "breaker", "Transition": "breaker", "refusal_result": "breaker",
+    "Decision": "decision", "Transition": "breaker", "refusal_result": "breaker",
     "Environment": "environment", "detect_environment": "environment",
     "FileSink": "filesink",
     "INSTRUMENTS": "instruments",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from ..errors import UsageError
 from ..paths import state_dir
 from ..result import Outcome, Result
+from .decision import Decision, iso_time
 
 if TYPE_CHECKING:
     import sqlite3
@@ -75,13 +76,6 @@ DENIAL_FLUSH = 1.0  # seconds between writes of a process's refusal count
 def default_path() -> Path:
     """Where breakers are kept: `breaker.db` in the state directory."""
     return state_dir() / "breaker.db"
-
-
-def iso_time(timestamp: float) -> str:
-    """Local ISO-8601 time with offset, to the second."""
-    from datetime import datetime
-
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
 class BreakerConfig(NamedTuple):
@@ -133,22 +127,6 @@ class BreakerConfig(NamedTuple):
 
 _FLAGS = {"1": True, "true": True, "on": True, "yes": True,
           "0": False, "false": False, "off": False, "no": False}
-
-
-class Decision(NamedTuple):
-    """Whether a run may go ahead. `until` (epoch seconds) is set while open; `probe` is
-    True for the one run let through half-open."""
-
-    allowed: bool
-    state: str
-    message: str = ""
-    until: float | None = None
-    probe: bool = False
-
-    @property
-    def until_iso(self) -> str | None:
-        """`until` as local ISO-8601 time."""
-        return None if self.until is None else iso_time(self.until)
 
 
 class Transition(NamedTuple):

@@ -177,10 +177,12 @@ class Telemetry:
         like a run (span, metrics) and counted by the breaker, whose next transition
         reports the count in one audit record; `refusal_result(decision, ...)` renders
         it. With breakers turned off every run is admitted (state `disabled`)."""
-        from .breaker import Decision, default_path, refusal_result
+        from .decision import Decision  # not the breakers themselves while they are off
 
         if not self._use_breaker:
             return Decision(True, "disabled")
+        from .breaker import default_path, refusal_result
+
         if self._breaker is None and self._breaker_store is None \
                 and not default_path().exists():
             return Decision(True, "closed")  # nothing ever violated: nothing to open

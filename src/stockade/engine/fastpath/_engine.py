@@ -117,6 +117,10 @@ class FastEngine:
         for setter, value in (("total_core_instances", 2 * self.max_instances),
                               ("total_memories", self.max_instances),
                               ("total_tables", self.max_instances),
+                              # Fiber stacks serve async calls, which no run makes; the
+                              # default 1,000 cost a guard-page mprotect each at start-up
+                              # (~1,000 system calls and mappings, several ms per engine).
+                              ("total_stacks", self.max_instances),
                               ("max_memory_size", self.max_memory),
                               ("table_elements", table_elements),
                               ("linear_memory_keep_resident", keep_resident),

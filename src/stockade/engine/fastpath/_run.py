@@ -14,11 +14,12 @@ import ctypes
 import fcntl
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ...envblock import EnvBlock
 from ...policy.units import format_size
+from ...records import Record, record
 from ...result import Outcome, Result, Usage
 from ..traps import EXITED_OK, Ending, ending_of_error, ending_of_trap, memory_verdict
 from ._capi import (
@@ -80,8 +81,8 @@ class RunPlan(NamedTuple):
     owned_stdio: bool = False
 
 
-@dataclass(slots=True)
-class FastResult:
+@record(init=False, repr=False, eq=False, slots=True)
+class FastResult(Record):
     """What one fast-path run produced. Times in seconds, sizes in bytes.
 
     `guest_exit_code` is set when the guest exited (WASI `proc_exit` or returning from
@@ -105,6 +106,26 @@ class FastResult:
     files_created: int = 0
     bytes_written: int = 0
     hostcalls: dict[str, int] = field(default_factory=dict)
+
+    def __init__(self, outcome: Outcome, guest_exit_code: int | None, stdout: bytes,
+                 stderr: bytes, stdout_truncated: bool, stderr_truncated: bool, message: str,
+                 fuel_consumed: int | None, wall_s: float, cpu_s: float, memory_bytes: int,
+                 files_created: int = 0, bytes_written: int = 0,
+                 hostcalls: dict[str, int] | None = None) -> None:
+        self.outcome = outcome
+        self.guest_exit_code = guest_exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdout_truncated = stdout_truncated
+        self.stderr_truncated = stderr_truncated
+        self.message = message
+        self.fuel_consumed = fuel_consumed
+        self.wall_s = wall_s
+        self.cpu_s = cpu_s
+        self.memory_bytes = memory_bytes
+        self.files_created = files_created
+        self.bytes_written = bytes_written
+        self.hostcalls = {} if hostcalls is None else hostcalls
 
     @property
     def exit_code(self) -> int:

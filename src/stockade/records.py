@@ -1,0 +1,100 @@
+"""Plain-data classes whose definition costs no code generation at import.
+
+`@dataclass` writes each class's `__init__`, `__repr__`, `__eq__`, `__hash__` and, when
+frozen, `__setattr__` as source text and compiles it when the module is imported: about
+3-4M instructions per class, and `stockade run` defines eight such records (a tenth of
+`import wasmtime`'s whole budget). The public records on that path (`Policy`, `Limits`,
+`Invocation`, `Result`, ...) are therefore dataclasses declared with
+`@dataclass(init=False, repr=False, eq=False)`, which only records their fields, so
+`dataclasses.fields`, `replace`, `asdict` and `is_dataclass` work on them as before, with
+an `__init__` written in the class body and the rest from the bases here:
+
+- `Record`: field-wise `__eq__` (same class only) and the dataclass `__repr__`;
+  unhashable, like a mutable dataclass.
+- `FrozenRecord`: also hashable by its fields, for records declared `frozen=True`
+  (its `__init__` sets fields with `object.__setattr__`).
+
+`record` stands in for `dataclasses.dataclass` on these classes. Type checkers see
+`dataclass` itself (so a record declared `frozen=True` is a frozen dataclass to them);
+at run time a frozen record gets `__setattr__`/`__delattr__` as closures instead of the
+two functions `dataclass(frozen=True)` would compile, with the same behaviour (a field,
+or any attribute of the record class itself, raises `FrozenInstanceError`), and its
+`__dataclass_params__` say frozen, so frozen dataclasses may subclass it.
+
+A test holds each record to what `@dataclass` would have made of the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+__all__ = ["Record", "FrozenRecord", "record"]
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+else:
+
+    def record(*, frozen: bool = False, init: bool = False, repr: bool = False,
+               eq: bool = False, slots: bool = False) -> Callable[[type[_T]], type[_T]]:
+        """`dataclasses.dataclass` for a `Record` (see the module docstring)."""
+
+        def wrap(cls: type[_T]) -> type[_T]:
+            made = dataclasses.dataclass(init=init, repr=repr, eq=eq, slots=slots)(cls)
+            if frozen:
+                _freeze(made)
+            return made
+
+        return wrap
+
+
+def _freeze(cls: type) -> None:
+    fields = frozenset(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if type(self) is cls or name in fields:
+            raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+        super(cls, self).__setattr__(name, value)  # type: ignore[arg-type]
+
+    def __delattr__(self: Any, name: str) -> None:
+        if type(self) is cls or name in fields:
+            raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+        super(cls, self).__delattr__(name)  # type: ignore[arg-type]
+
+    for function in (__setattr__, __delattr__):
+        function.__qualname__ = f"{cls.__qualname__}.{function.__name__}"
+        setattr(cls, function.__name__, function)
+    cls.__dataclass_params__.frozen = True  # type: ignore[attr-defined]
+
+
+class Record:
+    """Equality and repr over the dataclass fields of a subclass (see the module doc)."""
+
+    __slots__ = ()
+    __dataclass_fields__: dict[str, Any]
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, name) for name in self.__dataclass_fields__])
+
+    # Defining __eq__ without __hash__ makes instances unhashable, as with @dataclass.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self._values() == other._values()
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}"
+                          for name, item in self.__dataclass_fields__.items() if item.repr)
+        return f"{self.__class__.__qualname__}({shown})"
+
+
+class FrozenRecord(Record):
+    """A `Record` of a frozen dataclass: hashable by its fields."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(self._values())

@@ -1,0 +1,34 @@
+"""A circuit breaker's answer before a run (`Decision`), apart from the breakers.
+
+A leaf: `Telemetry.admit` answers every run with a `Decision`, and with breakers off
+(the `stockade run` default) it must not import the SQLite breakers to do so.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["Decision", "iso_time"]
+
+
+def iso_time(timestamp: float) -> str:
+    """Local ISO-8601 time with offset, to the second."""
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+class Decision(NamedTuple):
+    """Whether a run may go ahead. `until` (epoch seconds) is set while open; `probe` is
+    True for the one run let through half-open."""
+
+    allowed: bool
+    state: str
+    message: str = ""
+    until: float | None = None
+    probe: bool = False
+
+    @property
+    def until_iso(self) -> str | None:
+        """`until` as local ISO-8601 time."""
+        return None if self.until is None else iso_time(self.until)

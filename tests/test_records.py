@@ -1,0 +1,137 @@
+"""The public records built without `@dataclass` code generation (`stockade.records`)
+behave as the dataclasses they were: the same fields, signature, defaults, repr, equality,
+hash, frozenness and slots as `@dataclass` makes of the same field list."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade.engine.fastpath import FastResult
+from stockade.engine.traps import Ending
+from stockade.invocation import Invocation
+from stockade.observe import RunInfo
+from stockade.policy import Capabilities, DirGrant, Limits, Policy, Trust
+from stockade.result import Outcome, Result, Usage
+from stockade.sandbox.provenance import Gate
+
+# class -> (frozen, slots) as declared before, and values for its required fields
+RECORDS: dict[type, tuple[bool, bool]] = {
+    Invocation: (True, False), Limits: (True, False), DirGrant: (True, False),
+    Capabilities: (True, False), Trust: (True, False), Policy: (True, False),
+    Usage: (False, True), Result: (False, True), RunInfo: (False, True),
+    FastResult: (False, True), Ending: (True, True), Gate: (True, False),
+}
+REQUIRED: dict[str, Any] = {
+    "host": Path("/data"), "guest": "/d", "module": "m.wasm", "sha256": "ab" * 32,
+    "outcome": Outcome.TRAP, "exit_code": 134, "message": "trap", "data": b"\0asm",
+    "name": "m.wasm", "invocation": Invocation(invocation_id="1" * 32), "policy": Policy(),
+    "started": 1.0, "pid": 1, "guest_exit_code": None, "stdout": b"", "stderr": b"",
+    "stdout_truncated": False, "stderr_truncated": False, "fuel_consumed": None,
+    "wall_s": 0.5, "cpu_s": 0.25, "memory_bytes": 65536}
+# A value of each field's type unlike its default, to tell fields apart.
+OTHER: dict[str, Any] = {
+    "args": ("x",), "stdin": b"in", "env": (("K", "V"),), "name": "n", "tenant": "t",
+    "invocation_id": "0" * 32, "traceparent": "tp", "breaker": "b", "fuel": 5,
+    "timeout": 2.0, "hostcall_caps": (("random_get", 3),), "sync": "allow",
+    "writable": True, "dirs": (DirGrant(Path("/a"), "/a"),), "env_allow": ("HOME",),
+    "scratch": "/s", "keep_scratch": True, "allow_precompiled": True,
+    "require_signature": True, "keys": (Path("k.pub"),), "require_image_signature": True,
+    "vouched": ("cd" * 32,), "limits": Limits(fuel=7), "capabilities": Capabilities(
+        env_allow=("A",)), "profile": "strict", "trust": Trust(require_signature=True),
+    "wall_ms": 1.5, "cpu_ms": 1.0, "fuel_consumed": 9, "peak_memory_bytes": 65536,
+    "files_created": 1, "bytes_written": 2, "hostcalls": {"fd_write": 1},
+    "guest_exit_code": 3, "message": "m", "stdout": b"o", "stderr": b"e",
+    "stdout_truncated": True, "stderr_truncated": True, "usage": Usage(wall_ms=3.0),
+    "coldstart": True, "cleanup_error": "c", "module": "other.wasm", "sha256": "ef" * 32,
+    "outcome": Outcome.EXITED, "exit_code": 0, "host": Path("/b"), "guest": "/e",
+    "data": None, "refusal": "unsigned", "invocation": Invocation(args=("y",)),
+    "policy": Policy(profile="strict"), "writable_dirs": (Path("/w"),),
+    "events": [("warning", {"k": 1})],
+}
+
+
+def reference(cls: type) -> type:
+    """What `@dataclass` makes of `cls`'s fields with its declared flags."""
+    frozen, slots = RECORDS[cls]
+    spec = []
+    for item in dataclasses.fields(cls):
+        made = dataclasses.field(default=item.default, default_factory=item.default_factory)
+        spec.append((item.name, item.type, made))
+    return dataclasses.make_dataclass(cls.__name__, spec, frozen=frozen, slots=slots)
+
+
+def build(cls: type, **changes: Any) -> Any:
+    required = {item.name: REQUIRED[item.name] for item in dataclasses.fields(cls)
+                if item.default is dataclasses.MISSING
+                and item.default_factory is dataclasses.MISSING}
+    return cls(**{**required, **changes})
+
+
+@pytest.mark.parametrize("cls", list(RECORDS), ids=lambda c: c.__name__)
+def test_a_record_behaves_as_its_dataclass(cls: type) -> None:
+    ref = reference(cls)
+    ours, theirs = build(cls), build(ref)
+    if cls is Invocation:  # a fresh id each: compare the rest
+        ours = dataclasses.replace(ours, invocation_id=theirs.invocation_id)
+    names = [item.name for item in dataclasses.fields(cls)]
+    assert list(inspect.signature(cls).parameters) == names
+    assert cls.__match_args__ == ref.__match_args__  # type: ignore[attr-defined]
+    assert repr(ours) == repr(theirs)
+    assert dataclasses.asdict(ours) == dataclasses.asdict(theirs)
+    assert ours == dataclasses.replace(ours) and ours != theirs  # another class
+    theirs_signature = inspect.signature(ref).parameters
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if repr(theirs_signature[name].default) != "<factory>":
+            assert parameter.default == theirs_signature[name].default, name
+    for name in names:  # each field counts in equality (and the hash)
+        other = OTHER[name] if name in OTHER else getattr(ours, name) * 2 + 65536
+        changed = dataclasses.replace(ours, **{name: other})
+        assert getattr(changed, name) == other
+        assert changed != ours, name
+        if RECORDS[cls][0]:
+            assert hash(changed) != hash(ours), name
+    frozen, slots = RECORDS[cls]
+    assert cls.__dataclass_params__.frozen is frozen  # type: ignore[attr-defined]
+    if frozen:
+        assert hash(ours) == hash(theirs)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(ours, names[0], OTHER[names[0]])
+    else:
+        with pytest.raises(TypeError, match="unhashable"):
+            hash(ours)
+    assert hasattr(ours, "__dict__") is not slots
+
+
+def test_mutable_defaults_are_not_shared() -> None:
+    first, second = Usage(), Usage()
+    first.hostcalls["fd_write"] = 1
+    assert second.hostcalls == {}
+    assert build(Result).limits is not build(Result).limits
+
+
+def test_frozen_records_subclass_as_frozen_dataclasses_do() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Labelled(Invocation):  # what the gateway's HttpInvocation is
+        label: str = "x"
+
+    made = Labelled(args=("a",), label="y")
+    assert (made.args, made.label) == (("a",), "y")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.label = "z"  # type: ignore[misc]
+
+    class Plain(Policy):  # not a dataclass: only the fields are frozen
+        pass
+
+    plain = Plain()
+    plain.note = "free"  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.profile = "strict"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Policy().note = "x"  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del Policy().profile  # type: ignore[misc]
