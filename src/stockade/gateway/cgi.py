@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 
+from ..envblock import EnvBlock
 from ..policy import format_size
 from .headers import DEFAULT_RULES, HeaderRules
 from .messages import Headers, Request, Response
 from .problem import BadGateway, BadRequest
 
-__all__ = ["CgiEnvironment", "EnvBlock", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
+__all__ = ["CgiEnvironment", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
            "SERVER_SOFTWARE"]
 
 SERVER_SOFTWARE = "Stockade"
@@ -44,11 +45,6 @@ _SOFTWARE = SERVER_SOFTWARE.encode()
 _SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
 _HEADER_KEYS_MAX = 4096
 _PROTOCOLS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"}
-
-EnvBlock = tuple[bytes, bytes, int]
-"""Names, values (each entry UTF-8 ending in NUL) and their count: what the fast path
-takes (`stockade.engine.fastpath.EnvBlock`)."""
-
 
 class CgiEnvironment:
     """The CGI variables of requests routed at prefix `route`, as bytes, after `base`
@@ -74,8 +70,9 @@ class CgiEnvironment:
         self._base_count = len(kept)
 
     def block(self, request: Request) -> EnvBlock:
-        """The variables for `request` (base ones last). Raises BadRequest when the
-        request has a NUL byte where a variable's value comes from."""
+        """The variables for `request` (base ones last), as the one environment block
+        the engines take. Raises BadRequest when the request has a NUL byte where a
+        variable's value comes from."""
         path = request.path
         if "\0" in path:
             raise BadRequest("the request path contains a NUL byte")
@@ -120,7 +117,7 @@ class CgiEnvironment:
         joined = b"\0".join(values) + self._base_values
         if joined.count(b"\0") != count:
             raise BadRequest("a request header contains a NUL byte")
-        return names, joined, count
+        return EnvBlock(names, joined, count)
 
     def _server(self, host_header: bytes | None,
                 server: tuple[str, int | None] | None) -> tuple[bytes, bytes, bytes]:

@@ -98,9 +98,9 @@ class _FastBase(Prepared):
     def _env(self, invocation: Invocation) -> EnvBlock:
         """The guest's environment: a request's CGI block as the gateway built it (host
         variables included), or the host variables under an invocation's own."""
-        block = getattr(invocation, "env_block", None)
+        block: EnvBlock | None = getattr(invocation, "env_block", None)
         if block is not None:
-            return EnvBlock(*block)
+            return block
         return encode_env({**dict(self._base_env), **dict(invocation.env)})
 
 

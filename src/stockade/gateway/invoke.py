@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..envblock import EnvBlock
 from ..invocation import Invocation
 from ..policy import format_size
 from ..result import Outcome, Result
 from ..telemetry.record import ParentContext
-from .cgi import EnvBlock, cgi_environ, parse_output
+from .cgi import cgi_environ, parse_output
 from .manifest import HEADER_ALLOWANCE
 from .messages import Request, Response
 from .problem import BadGateway, Forbidden, GatewayTimeout, HttpProblem, Unavailable
