@@ -221,6 +221,9 @@ def _report(results: dict[str, Any]) -> None:
         print(f"telemetry {mode}: hello {ratio['requests_per_s'][mode]:.0f} req/s; "
               f"hello / raw ASGI = {value:.3f} (median of paired rounds: {rounds}); "
               f"errors {ratio['errors'][mode]}")
+        cpu = ratio["cpu_us_per_request"]
+        print(f"  server CPU per request: raw {cpu['raw']:.1f} µs, gateway {cpu[mode]:.1f} µs; "
+              f"raw / gateway = {ratio['cpu_ratio'][mode]:.3f} (median of rounds)")
     rows = [(key, value) for key, value in results.items() if key.startswith("raw_asgi_")]
     for mode in results["telemetry"]:
         steps = results.get(f"telemetry_{mode}", {})

@@ -6,7 +6,10 @@ server the gateway runs on (uvicorn with uvloop and httptools, the same worker c
 side by side and measures them in short interleaved rounds (the order rotating every
 round), each round's gateway figure divided by the raw figure of the same round: load
 from elsewhere on a shared machine falls on both sides alike, and the median of the
-paired ratios is the figure. With `pin`, the client (wrk) runs on the last CPU and every
+paired ratios is the figure. Beside it, the servers' own CPU time per request (their
+process trees, from /proc) gives a second ratio, raw CPU per request over the gateway's,
+which load from elsewhere barely moves: on a saturated server, throughput is the inverse
+of CPU per request. With `pin`, the client (wrk) runs on the last CPU and every
 server on the others, so the client never competes with the server it measures.
 
 Used by `stockade bench` (the goal row) and by `benchmarks/bench_gateway.py` (which adds
@@ -37,8 +40,8 @@ from typing import IO, Any
 from .stats import BenchError
 
 __all__ = ["raw_app", "wrk", "WrkResult", "Pinning", "raw_server", "start_gateway",
-           "stop", "gateway_manifest", "paired_ratios", "measure_ratios", "GOAL_RATIO",
-           "DEFAULT_MODES", "missing"]
+           "stop", "gateway_manifest", "paired_ratios", "tree_cpu_seconds", "measure_ratios",
+           "GOAL_RATIO", "DEFAULT_MODES", "missing"]
 
 GOAL_RATIO = 0.40  # gateway hello / raw ASGI hello, default telemetry
 DEFAULT_MODES = ("off", "default")  # telemetry off, and the server's own choice
@@ -107,10 +110,11 @@ class WrkResult:
 
 def wrk(url: str, duration: float, pinning: Pinning = Pinning(),
         connections: int = _CONNECTIONS) -> WrkResult:
-    """Run `wrk -t2 -c<connections> --latency` on `url` for `duration` seconds. Raises
-    BenchError when wrk is missing or fails."""
+    """Run `wrk -t2 -c<connections> --latency` on `url` for `duration` seconds (whole
+    seconds, at least one: wrk takes no fractions). Raises BenchError when wrk is missing
+    or fails."""
     command = pinning.wrap(["wrk", f"-t{_WRK_THREADS}", f"-c{connections}",
-                            f"-d{duration:g}s", "--latency", url], server=False)
+                            f"-d{max(1, round(duration))}s", "--latency", url], server=False)
     try:
         done = subprocess.run(command, capture_output=True, text=True,
                               timeout=duration + 30)
@@ -241,6 +245,7 @@ def start_gateway(manifest: Path, env: dict[str, str],
         seen.append(line)
     if url is None:
         stop(process)
+        stream.close()
         raise BenchError("the gateway did not start: " + "".join(seen[-5:]).strip())
     # Keep reading its stderr so a full pipe never blocks the gateway.
     threading.Thread(target=_drain, args=(stream,), daemon=True).start()
@@ -250,17 +255,19 @@ def start_gateway(manifest: Path, env: dict[str, str],
 
 
 def _drain(stream: IO[bytes]) -> None:
-    for _ in stream:
-        pass
+    with stream:  # closed at the gateway's exit (EOF)
+        for _ in stream:
+            pass
 
 
 @contextlib.contextmanager
 def _gateways(functions: Path, modes: Sequence[str], workers: int, isolate: str | None,
-              pinning: Pinning) -> Iterator[dict[str, str]]:
-    """One started gateway per telemetry mode: mode -> URL of its hello function."""
+              pinning: Pinning) -> Iterator[dict[str, tuple[str, int]]]:
+    """One started gateway per telemetry mode: mode -> URL of its hello function and
+    the gateway's pid."""
     with tempfile.TemporaryDirectory(prefix="stockade-gateway-bench-") as tmp:
         processes: list[subprocess.Popen[bytes]] = []
-        urls: dict[str, str] = {}
+        urls: dict[str, tuple[str, int]] = {}
         try:
             for mode in modes:
                 manifest = Path(tmp) / f"{mode}.toml"
@@ -268,36 +275,87 @@ def _gateways(functions: Path, modes: Sequence[str], workers: int, isolate: str 
                 env = {**os.environ, "STOCKADE_STATE_DIR": str(Path(tmp) / f"state-{mode}")}
                 process, url, _ = start_gateway(manifest, env, pinning)
                 processes.append(process)
-                urls[mode] = f"{url}/hello"
+                urls[mode] = (f"{url}/hello", process.pid)
             yield urls
         finally:
             for process in processes:
                 stop(process)
 
 
-def paired_ratios(raw_url: str, urls: dict[str, str], rounds: int, seconds: float,
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process `root` and its live descendants (/proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name may hold spaces and parentheses: fields follow the last ')'.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    total, todo = 0.0, [root]
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+def _measured(url: str, pid: int, seconds: float, pinning: Pinning) -> dict[str, Any]:
+    """One wrk run on a server, with the server's CPU seconds per request."""
+    before = tree_cpu_seconds(pid)
+    found = wrk(url, seconds, pinning)
+    cpu = tree_cpu_seconds(pid) - before
+    return {**found.to_dict(),
+            "cpu_us_per_request": cpu / found.requests * 1e6 if found.requests else None}
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
+def paired_ratios(servers: dict[str, tuple[str, int]], rounds: int, seconds: float,
                   pinning: Pinning = Pinning()) -> dict[str, Any]:
-    """Interleaved rounds of wrk on the raw server and each of `urls` (the order rotating
-    every round); per mode, the paired ratios to the same round's raw figure, their
-    median and the rounds themselves."""
-    targets = [("raw", raw_url), *urls.items()]
-    rows: list[dict[str, WrkResult]] = []
+    """Interleaved rounds of wrk on every server of `servers` (name -> URL and pid; the
+    first one, "raw", is the ceiling), the order rotating every round. Per gateway mode:
+    the paired throughput ratios to the same round's raw figure and their median
+    (`ratio`), and the CPU-cost ratios (raw CPU per request / the gateway's, `cpu_ratio`)."""
+    targets = list(servers.items())
+    modes = [name for name, _ in targets[1:]]
+    rows: list[dict[str, dict[str, Any]]] = []
     for number in range(rounds):
         shift = number % len(targets)
-        row = {name: wrk(url, seconds, pinning) for name, url in
-               targets[shift:] + targets[:shift]}
-        rows.append(row)
-    out: dict[str, Any] = {"rounds": [{k: v.to_dict() for k, v in row.items()} for row in rows]}
-    ratios: dict[str, list[float]] = {
-        mode: [row[mode].requests_per_s / row["raw"].requests_per_s for row in rows
-               if row["raw"].requests_per_s > 0] for mode in urls}
+        rows.append({name: _measured(url, pid, seconds, pinning)
+                     for name, (url, pid) in targets[shift:] + targets[:shift]})
+    out: dict[str, Any] = {"rounds": rows}
+    ratios = {mode: [row[mode]["requests_per_s"] / row["raw"]["requests_per_s"]
+                     for row in rows if row["raw"]["requests_per_s"] > 0] for mode in modes}
     out["ratios"] = ratios
-    out["ratio"] = {mode: statistics.median(values) if values else None
-                    for mode, values in ratios.items()}
-    out["errors"] = {name: sum(row[name].errors for row in rows) for name, _ in targets}
-    out["raw_requests_per_s"] = statistics.median(row["raw"].requests_per_s for row in rows)
-    out["requests_per_s"] = {mode: statistics.median(row[mode].requests_per_s for row in rows)
-                             for mode in urls}
+    out["ratio"] = {mode: _median(values) for mode, values in ratios.items()}
+    cpu_ratios = {mode: [row["raw"]["cpu_us_per_request"] / row[mode]["cpu_us_per_request"]
+                         for row in rows if row["raw"]["cpu_us_per_request"]
+                         and row[mode]["cpu_us_per_request"]] for mode in modes}
+    out["cpu_ratios"] = cpu_ratios
+    out["cpu_ratio"] = {mode: _median(values) for mode, values in cpu_ratios.items()}
+    out["cpu_us_per_request"] = {name: _median([row[name]["cpu_us_per_request"]
+                                                for row in rows]) for name, _ in targets}
+    out["errors"] = {name: sum(row[name]["errors"] for row in rows) for name, _ in targets}
+    out["raw_requests_per_s"] = _median([row["raw"]["requests_per_s"] for row in rows])
+    out["requests_per_s"] = {mode: _median([row[mode]["requests_per_s"] for row in rows])
+                             for mode in modes}
     return out
 
 
@@ -325,9 +383,10 @@ def measure_ratios(functions: Path, modes: Sequence[str] = DEFAULT_MODES, *,
     try:
         with _gateways(functions, modes, workers, isolate, pinning) as urls:
             # Warm every server up (connections, caches, the fast path's pool) unrecorded.
-            for url in (raw_url, *urls.values()):
+            for url in (raw_url, *(url for url, _ in urls.values())):
                 wrk(url, 1.0, pinning)
-            results = paired_ratios(raw_url, urls, rounds, seconds, pinning)
+            results = paired_ratios({"raw": (raw_url, raw.pid), **urls}, rounds, seconds,
+                                    pinning)
     finally:
         stop(raw)
     results.update({"workers": workers, "isolate": isolate or "profile", "rounds_n": rounds,
