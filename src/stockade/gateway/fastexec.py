@@ -108,6 +108,7 @@ class FastFunction(_FastBase):
     """A function run through a `FastEngine` by a plan, limits taken from its policy."""
 
     kind = "fast"
+    inlines = True
 
     def __init__(self, spec: FunctionSpec, module: FastModule, sha256: str,
                  observers: Sequence[RunObserver]) -> None:
