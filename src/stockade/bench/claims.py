@@ -123,13 +123,17 @@ def _at_least(value: float | None, floor: float) -> str:
 
 def gateway_row(results: BenchResults) -> ClaimRow:
     """The gateway goal: hello through `stockade serve` (default telemetry) over a raw
-    ASGI hello on the same server, measured in this run (`gatewayload`)."""
+    ASGI hello on the same server, measured in this run (`gatewayload`). Two figures:
+    the throughput ratio and the servers' CPU per request (raw / gateway). The verdict
+    takes the lower: on a loaded machine the raw server's throughput is bounded by
+    scheduling rather than by its CPU, which flatters the throughput ratio."""
     from .gatewayload import GOAL_RATIO
 
     found = results.gateway
     ratios = found.get("ratio") or {}
+    cpu_ratios = found.get("cpu_ratio") or {}
     default, off = ratios.get("default"), ratios.get("off")
-    cpu = (found.get("cpu_ratio") or {}).get("default")
+    cpu, cpu_off = cpu_ratios.get("default"), cpu_ratios.get("off")
     if default is None:
         measured = f"not measured: {found.get('skipped', 'not in this run')}"
         value = "n/a"
@@ -137,12 +141,15 @@ def gateway_row(results: BenchResults) -> ClaimRow:
         measured = (f"req/s ratio, median of {found.get('rounds_n')} interleaved rounds of "
                     f"{found.get('seconds')} s (wrk -c{found.get('connections')}, "
                     f"{found.get('workers')} workers, {found.get('pinning')}, functions "
-                    f"isolate={found.get('isolate')})")
-        value = f"{default:.2f}" + ("" if off is None else f" (telemetry off: {off:.2f})") \
-            + ("" if cpu is None else f"; CPU per request, raw / gateway: {cpu:.2f}")
+                    f"isolate={found.get('isolate')}); then the servers' CPU per request, "
+                    "raw / gateway; the verdict takes the lower")
+        value = f"{default:.2f}" + ("" if off is None else f" (telemetry off: {off:.2f})")
+        if cpu is not None:
+            value += f"; CPU: {cpu:.2f}" + ("" if cpu_off is None else f" (off: {cpu_off:.2f})")
+    lower = None if default is None else min(default, cpu if cpu is not None else default)
     return ClaimRow("goal", f"gateway hello / raw ASGI hello on the same server >= "
                     f"{GOAL_RATIO:.2f} (default telemetry)", measured, value,
-                    _at_least(default, GOAL_RATIO))
+                    _at_least(lower, GOAL_RATIO))
 
 
 def goal_rows(results: BenchResults) -> list[ClaimRow]:
