@@ -208,6 +208,10 @@ def _with_spin(url: str, duration: float, pinning: Pinning) -> dict[str, Any]:
     return results
 
 
+def _f(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _report(results: dict[str, Any]) -> None:
     ratio = results["ratio"]
     load = " ".join(f"{x:.2f}" for x in results["load_average"])
@@ -222,8 +226,9 @@ def _report(results: dict[str, Any]) -> None:
               f"hello / raw ASGI = {value:.3f} (median of paired rounds: {rounds}); "
               f"errors {ratio['errors'][mode]}")
         cpu = ratio["cpu_us_per_request"]
-        print(f"  server CPU per request: raw {cpu['raw']:.1f} µs, gateway {cpu[mode]:.1f} µs; "
-              f"raw / gateway = {ratio['cpu_ratio'][mode]:.3f} (median of rounds)")
+        print(f"  server CPU per request: raw {_f(cpu['raw'], 1)} µs, gateway "
+              f"{_f(cpu[mode], 1)} µs; raw / gateway = {_f(ratio['cpu_ratio'][mode], 3)} "
+              "(median of rounds)")
     rows = [(key, value) for key, value in results.items() if key.startswith("raw_asgi_")]
     for mode in results["telemetry"]:
         steps = results.get(f"telemetry_{mode}", {})

@@ -66,14 +66,21 @@ def test_ratios_are_paired_per_round_for_both_modes(measured: dict[str, object])
 
 
 def test_cpu_per_request_is_measured_for_every_server(measured: dict[str, object]) -> None:
+    import statistics
+
     cpu = measured["cpu_us_per_request"]
-    assert isinstance(cpu, dict)
-    # Both sides really ran on this machine: some CPU for every request (and the
-    # gateway, which also runs a guest per request, more than nothing).
-    assert all(value is not None and value > 0 for value in cpu.values())
+    assert isinstance(cpu, dict) and set(cpu) == {"raw", "off", "default"}
+    # Every server's CPU was read from /proc: some CPU for its requests (a round where a
+    # starved server stayed below the clock tick is left out, not counted as zero).
+    assert all(value is None or value > 0 for value in cpu.values())
     for mode in ("off", "default"):
-        assert measured["cpu_ratio"][mode] == pytest.approx(  # type: ignore[index]
-            sorted(measured["cpu_ratios"][mode])[1])  # type: ignore[index]
+        ratios = [row["raw"]["cpu_us_per_request"] / row[mode]["cpu_us_per_request"]
+                  for row in measured["rounds"]  # type: ignore[attr-defined]
+                  if row["raw"]["cpu_us_per_request"] and row[mode]["cpu_us_per_request"]]
+        assert measured["cpu_ratios"][mode] == pytest.approx(ratios)  # type: ignore[index]
+        if ratios:
+            assert measured["cpu_ratio"][mode] == pytest.approx(  # type: ignore[index]
+                statistics.median(ratios))
 
 
 def test_tree_cpu_counts_children(tmp_path: Path) -> None:
@@ -103,8 +110,10 @@ def test_a_measured_run_reports_the_goal_row(measured: dict[str, object]) -> Non
     default = measured["ratio"]["default"]  # type: ignore[index]
     cpu = measured["cpu_ratio"]["default"]  # type: ignore[index]
     assert row.value.startswith(f"{default:.2f}")
-    assert "telemetry off" in row.value and f"CPU: {cpu:.2f}" in row.value
-    assert row.verdict == ("met" if min(default, cpu) >= GOAL_RATIO else "missed")
+    assert "telemetry off" in row.value
+    assert cpu is None or f"CPU: {cpu:.2f}" in row.value
+    lower = default if cpu is None else min(default, cpu)
+    assert row.verdict == ("met" if lower >= GOAL_RATIO else "missed")
     assert row in goal_rows(results)
 
 

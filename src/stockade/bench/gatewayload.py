@@ -29,13 +29,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .stats import BenchError
 
@@ -224,40 +223,32 @@ def gateway_manifest(functions: Path, workers: int, mode: str, isolate: str | No
         isolate=f'isolate = "{isolate}"' if isolate else "")
 
 
-def start_gateway(manifest: Path, env: dict[str, str],
-                  pinning: Pinning = Pinning()) -> tuple[subprocess.Popen[bytes], str, float]:
-    """`stockade serve -q -c manifest`; returns the process, its URL and the first
-    request's latency (ms). Raises BenchError when it does not start."""
+def start_gateway(manifest: Path, env: dict[str, str], pinning: Pinning = Pinning(),
+                  timeout: float = 120.0) -> tuple[subprocess.Popen[bytes], str, float]:
+    """`stockade serve -q -c manifest`, its stderr in `manifest` with suffix `.log`;
+    returns the process, its URL and the first request's latency (ms). Raises
+    BenchError when it does not start within `timeout` seconds."""
     command = pinning.wrap([PYTHON, "-m", "stockade", "serve", "-q", "-c", str(manifest)],
                            server=True)
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
-    stream = process.stderr
-    if stream is None:  # never: piped just above (narrows the type)
-        raise BenchError("the gateway's stderr is not a pipe")
-    seen: list[str] = []
+    log = manifest.with_suffix(".log")
+    # A file, not a pipe: nothing has to keep reading it while the gateway runs.
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, stderr=stderr, env=env)
+    deadline = time.monotonic() + timeout
     url = None
-    for raw in stream:
-        line = raw.decode(errors="replace")
-        match = re.search(r"listening on (http://\S+)", line)
+    while url is None:
+        match = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
         if match:
             url = match.group(1)
-            break
-        seen.append(line)
-    if url is None:
-        stop(process)
-        stream.close()
-        raise BenchError("the gateway did not start: " + "".join(seen[-5:]).strip())
-    # Keep reading its stderr so a full pipe never blocks the gateway.
-    threading.Thread(target=_drain, args=(stream,), daemon=True).start()
+        elif process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            lines = log.read_text(errors="replace").strip().splitlines()
+            raise BenchError("the gateway did not start: " + " / ".join(lines[-5:]))
+        else:
+            time.sleep(0.05)
     start = time.perf_counter()
     urllib.request.urlopen(f"{url}/hello", timeout=30).read()
     return process, url, (time.perf_counter() - start) * 1000
-
-
-def _drain(stream: IO[bytes]) -> None:
-    with stream:  # closed at the gateway's exit (EOF)
-        for _ in stream:
-            pass
 
 
 @contextlib.contextmanager
@@ -318,8 +309,10 @@ def _measured(url: str, pid: int, seconds: float, pinning: Pinning) -> dict[str,
     before = tree_cpu_seconds(pid)
     found = wrk(url, seconds, pinning)
     cpu = tree_cpu_seconds(pid) - before
+    # None when the CPU time is below the clock tick (a starved server) or nothing ran.
     return {**found.to_dict(),
-            "cpu_us_per_request": cpu / found.requests * 1e6 if found.requests else None}
+            "cpu_us_per_request": cpu / found.requests * 1e6 if found.requests and cpu > 0
+            else None}
 
 
 def _median(values: Sequence[float | None]) -> float | None:
