@@ -1,7 +1,7 @@
 """Load benchmark of `stockade serve` with wrk on loopback (bounded in time).
 
     .venv/bin/python benchmarks/bench_gateway.py [--rounds 10] [--seconds 2]
-        [--isolate none|process] [--no-pin] [--ratio-only] [--json out.json]
+        [--isolate none|process] [--pin] [--ratio-only] [--json out.json]
 
 1. The ratio to the ceiling (`stockade.bench.gatewayload`, the same code `stockade bench`
    runs for its goal row): a raw ASGI "hello" under the same server (uvicorn, uvloop,
@@ -10,7 +10,8 @@
    `wrk -t2 -c32` in `--rounds` interleaved rounds of `--seconds` each (the order
    rotating every round); per mode, the median of the paired ratios (gateway / raw of
    the same round), so load from elsewhere on a shared machine falls on both sides
-   alike. Unless `--no-pin`, wrk runs on the last CPU and the servers on the others.
+   alike; beside it, the servers' CPU per request (raw / gateway). With `--pin`, wrk
+   runs on the last CPU and the servers on the others.
 2. Unless `--ratio-only`, per telemetry mode in a freshly started gateway: the first
    request (modules already in the AoT cache), hello and the gateway's own /healthz for
    `--duration` seconds; and unless `--no-spin`, in the last mode, hello again while
@@ -110,8 +111,8 @@ def main() -> None:
     parser.add_argument("--isolate", choices=["process", "none", "profile"], default="none",
                         help="the functions' isolation (default none: in the gateway "
                              "worker; profile: their profile's, strict = a pool process)")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the client and the servers to separate CPUs")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the client to the last CPU and the servers to the others")
     parser.add_argument("--ratio-only", action="store_true", help="only step 1")
     parser.add_argument("--no-spin", action="store_true",
                         help="skip the noisy-neighbour step (hello beside a spinning tenant)")
@@ -130,9 +131,9 @@ def main() -> None:
     try:
         results["ratio"] = measure_ratios(FUNCTIONS, modes, rounds=args.rounds,
                                           seconds=args.seconds, workers=args.workers,
-                                          isolate=isolate, pin=not args.no_pin)
+                                          isolate=isolate, pin=args.pin)
         if not args.ratio_only:
-            pinning = Pinning() if args.no_pin else Pinning.split()
+            pinning = Pinning.split() if args.pin else Pinning()
             if args.servers:
                 process, url = raw_server(args.workers, pinning, "granian")
                 try:
