@@ -14,7 +14,7 @@ from stockade.gateway.manifest import load_manifest
 from stockade.invocation import Invocation
 from stockade.result import Outcome
 
-from .conftest import module
+from .conftest import Start, module
 
 
 @pytest.fixture
@@ -71,3 +71,26 @@ def test_limits_above_the_standard_slots_get_an_engine_of_their_own(tmp_path: Pa
         assert result.outcome is Outcome.EXITED, result.message
     finally:
         executors.close()
+
+
+def test_runs_sent_to_a_guest_thread_are_counted(start_gateway: Start) -> None:
+    # spin with n=30,000,000 computes for about 30 ms: more than the inline budget
+    # (INLINE_FUEL instructions, INLINE_TIMEOUT), well within its own limits. The first
+    # run is abandoned, the next skips the attempt while the function backs off: both
+    # go to a guest thread.
+    gateway = start_gateway(f'''
+[server]
+workers = 1
+telemetry = "off"
+[[function]]
+name = "spin"
+route = "/spin"
+module = "{module("spin")}"
+profile = "default"
+''')
+    for _ in range(2):
+        response = gateway.client.get("/spin?n=30000000")
+        assert response.status_code == 200, response.text
+    metrics = gateway.client.get("/metrics").text
+    assert 'stockade_gateway_offloaded_total{function="spin",tenant="default"} 2' in metrics
+    assert 'outcome="exited",executor="fast"} 2' in metrics

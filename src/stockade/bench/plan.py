@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .stats import BenchError
 from .workloads import KERNELS, Workload
 
-__all__ = ["Plan", "PLANS", "COSTS", "get_plan"]
+__all__ = ["Plan", "GatewayPlan", "PLANS", "COSTS", "NO_GATEWAY", "get_plan"]
 
 COSTS = ("fast", "spawn", "slow", "compile")
 _VARIANTS = ("small", "medium", "large")
@@ -29,6 +29,20 @@ COMPUTE_SIZES: dict[str, tuple[int, int, int]] = {
     "sieve": (300_000, 3_000_000, 20_000_000),
     "qsort": (20_000, 200_000, 1_000_000),
 }
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    """The gateway's ratio to its server's ceiling (`gatewayload.measure_ratios`):
+    `rounds` interleaved rounds of `seconds` of wrk per server."""
+
+    rounds: int = 8
+    seconds: float = 2.0
+
+
+# Why a plan without a gateway section skips it (the report says so).
+NO_GATEWAY = ("the quick plan skips the gateway ratio (about a minute of wrk load); "
+              "`stockade bench --only gateway` runs it alone")
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,7 @@ class Plan:
     echo_sizes: tuple[int, ...] = (1 << 10, 1 << 20, 16 << 20)
     micro: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     groups: tuple[str, ...] = ("startup", "compute", "io", "micro", "real")
+    gateway: GatewayPlan | None = None
 
     def samples(self, group: str, cost: str) -> int:
         """Recorded samples for a group and cost class (0: not run)."""
@@ -88,7 +103,8 @@ class Plan:
                 "variants": list(self.variants),
                 "interpreter_variants": list(self.interpreter_variants),
                 "echo_sizes": list(self.echo_sizes),
-                "micro": {k: list(v) for k, v in self.micro.items()}}
+                "micro": {k: list(v) for k, v in self.micro.items()},
+                "gateway": None if self.gateway is None else dict(self.gateway.__dict__)}
 
 
 PLANS: dict[str, Plan] = {
@@ -106,6 +122,7 @@ PLANS: dict[str, Plan] = {
         echo_sizes=(1 << 10, 64 << 10, 1 << 20, 16 << 20),
         micro={"cpu": ("100000000",), "clock": ("1000000",), "syscall": ("1000000",),
                "memcpy": ("16", "32")},
+        gateway=GatewayPlan(),
     ),
     "quick": Plan(
         name="quick", rounds=2,

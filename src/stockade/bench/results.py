@@ -118,6 +118,9 @@ class BenchResults:
     measurements: list[Measurement] = field(default_factory=list)
     artifacts: dict[str, int] = field(default_factory=dict)
     skipped_workloads: dict[str, str] = field(default_factory=dict)
+    # The gateway's ratio to its server's ceiling (`gatewayload.measure_ratios`), or
+    # {"skipped": reason}; empty in results saved before it was measured.
+    gateway: dict[str, Any] = field(default_factory=dict)
 
     def get(self, backend: str, workload: str) -> Measurement | None:
         """The measurement of a backend on a workload, or None."""
@@ -157,7 +160,7 @@ class BenchResults:
         """Plain data for results.json."""
         return {"meta": self.meta, "backends": [b.to_dict() for b in self.backends],
                 "workloads": self.workloads, "artifacts": self.artifacts,
-                "skipped_workloads": self.skipped_workloads,
+                "skipped_workloads": self.skipped_workloads, "gateway": self.gateway,
                 "measurements": [m.to_dict() for m in self.measurements]}
 
     @classmethod
@@ -166,6 +169,7 @@ class BenchResults:
         return cls(meta=data["meta"], backends=[BackendInfo(**b) for b in data["backends"]],
                    workloads=data["workloads"], artifacts=data["artifacts"],
                    skipped_workloads=data.get("skipped_workloads", {}),
+                   gateway=data.get("gateway", {}),
                    measurements=[Measurement.from_dict(m) for m in data["measurements"]])
 
     def save(self, path: Path) -> None:

@@ -1,4 +1,6 @@
-"""`run_bench`: start one agent per backend, run every workload round-robin, collect.
+"""`run_bench`: start one agent per backend, run every workload round-robin, collect;
+then the gateway's ratio to its server's ceiling (`gatewayload`), when the plan has it
+or `only` names `gateway` (the pseudo-backend of that section).
 
 For each workload the participating backends first run their warm-up iterations, then
 `plan.rounds` rounds in which each runs one batch; the order of backends rotates every
@@ -23,12 +25,14 @@ from .backends import Backend, Context, catalogue, precheck
 from .hosts.base import Layout
 from .hosts.node import node_executable, write_node_script
 from .machine import load_average, machine_info
-from .plan import Plan
+from .plan import NO_GATEWAY, GatewayPlan, Plan
 from .results import BackendInfo, BenchResults, Measurement
 from .stats import BenchError
 from .workloads import Workload, write_payload
 
-__all__ = ["Progress", "Options", "run_bench", "participants"]
+__all__ = ["Progress", "Options", "run_bench", "participants", "GATEWAY"]
+
+GATEWAY = "gateway"  # `--only gateway`: the gateway ratio section
 
 
 class Progress(Protocol):
@@ -92,10 +96,12 @@ def _select(backends: list[Backend], only: tuple[str, ...]) -> list[Backend]:
     if not only:
         return backends
     known = {b.name for b in backends}
-    unknown = [name for name in only if name not in known]
+    unknown = [name for name in only if name not in known and name != GATEWAY]
     if unknown:
         raise BenchError(f"unknown backend(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(sorted(known))}")
+                         f"{', '.join(sorted(known | {GATEWAY}))}")
+    if set(only) == {GATEWAY}:
+        return []  # the gateway section alone
     keep = set(only) | {"native"}
     return [b for b in backends if b.name in keep]
 
@@ -143,11 +149,14 @@ def run_bench(options: Options, progress: Progress | None = None) -> BenchResult
             if info.skipped is not None:
                 sink.note(f"skipped {backend.name}: {info.skipped}")
         live = [b for b in backends if b.name in agents]
-        measurements = _measure(plan, workloads, live, agents, workdir, sink)
-        artifacts = collect_artifacts(layout, ctx.cache_dir, workdir, agents)
+        measurements = _measure(plan, workloads, live, agents, workdir, sink) \
+            if backends else []
+        artifacts = collect_artifacts(layout, ctx.cache_dir, workdir, agents) \
+            if backends else {}
     finally:
         for agent in agents.values():
             agent.close()
+    gateway = _gateway(plan, options.only, layout, sink)
 
     meta = {
         "started": started.isoformat(timespec="seconds"),
@@ -159,7 +168,33 @@ def run_bench(options: Options, progress: Progress | None = None) -> BenchResult
     }
     return BenchResults(meta=meta, backends=infos, workloads=[w.to_dict() for w in workloads],
                         measurements=measurements, artifacts=artifacts,
-                        skipped_workloads=skipped_workloads)
+                        skipped_workloads=skipped_workloads, gateway=gateway)
+
+
+def _gateway(plan: Plan, only: tuple[str, ...], layout: Layout,
+             sink: Progress) -> dict[str, object]:
+    """The gateway section: measured when the plan has it (and `only` does not leave it
+    out) or `only` names it; otherwise {"skipped": why}. A failure is kept as the
+    reason, the rest of the run stands."""
+    from .gatewayload import measure_ratios, missing
+
+    if only and GATEWAY not in only:
+        return {"skipped": f"not among --only {', '.join(only)}"}
+    settings = plan.gateway or (GatewayPlan() if GATEWAY in only else None)
+    if settings is None:
+        return {"skipped": NO_GATEWAY}
+    functions = layout.wasm_dir.parent / "functions"
+    reason = missing(functions)
+    if reason is not None:
+        sink.note(f"skipped the gateway ratio: {reason}")
+        return {"skipped": reason}
+    sink.note(f"gateway ratio: {settings.rounds} interleaved rounds of "
+              f"{settings.seconds:g} s per server")
+    try:
+        return measure_ratios(functions, rounds=settings.rounds, seconds=settings.seconds)
+    except BenchError as exc:
+        sink.note(f"gateway ratio failed: {exc}")
+        return {"skipped": f"failed: {exc}"}
 
 
 def _measure(plan: Plan, workloads: list[Workload], backends: list[Backend],

@@ -42,7 +42,8 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Fewer sizes and samples (under 2 minutes).")
 @click.option("--only", "only", multiple=True, metavar="BACKEND[,BACKEND]",
-              help="Run only these backends (native is kept as the baseline).")
+              help="Run only these backends (native is kept as the baseline); "
+                   "`gateway`: the gateway's ratio to its server's ceiling.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Output directory (default: bench-results/<date>).")
 @click.option("--build", "build", type=click.Path(file_okay=False, path_type=Path),

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 
+from ..envblock import EnvBlock
 from ..policy import format_size
 from .headers import DEFAULT_RULES, HeaderRules
 from .messages import Headers, Request, Response
 from .problem import BadGateway, BadRequest
 
-__all__ = ["CgiEnvironment", "EnvBlock", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
+__all__ = ["CgiEnvironment", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
            "SERVER_SOFTWARE"]
 
 SERVER_SOFTWARE = "Stockade"
@@ -44,11 +45,9 @@ _SOFTWARE = SERVER_SOFTWARE.encode()
 _SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
 _HEADER_KEYS_MAX = 4096
 _PROTOCOLS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"}
-
-EnvBlock = tuple[bytes, bytes, int]
-"""Names, values (each entry UTF-8 ending in NUL) and their count: what the fast path
-takes (`stockade.engine.fastpath.EnvBlock`)."""
-
+_SCHEMES = {"http": b"http", "https": b"https"}
+_METHODS = {name: name.encode() for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                             "OPTIONS")}
 
 class CgiEnvironment:
     """The CGI variables of requests routed at prefix `route`, as bytes, after `base`
@@ -65,6 +64,7 @@ class CgiEnvironment:
                             tuple[bytes, bytes, bytes]] = {}
         prefix = "" if route == "/" else route
         self._prefix, self._prefix_bytes = prefix, prefix.encode()
+        self._ascii_prefix, self._prefix_length = prefix.isascii(), len(prefix)
         self._matched = (prefix + "/...").encode()
         kept = [(name, value) for name, value in base
                 if name.encode() not in _FIXED and name != "CONTENT_TYPE"
@@ -74,13 +74,18 @@ class CgiEnvironment:
         self._base_count = len(kept)
 
     def block(self, request: Request) -> EnvBlock:
-        """The variables for `request` (base ones last). Raises BadRequest when the
-        request has a NUL byte where a variable's value comes from."""
+        """The variables for `request` (base ones last), as the one environment block
+        the engines take. Raises BadRequest when the request has a NUL byte where a
+        variable's value comes from."""
         path = request.path
         if "\0" in path:
             raise BadRequest("the request path contains a NUL byte")
         prefix = self._prefix
-        path_info = path[len(prefix):].encode()
+        path_bytes = path.encode()
+        # The route matched, so `path` starts with the prefix: an ASCII prefix is as many
+        # bytes as characters, and the bytes after it are PATH_INFO.
+        path_info = path_bytes[self._prefix_length:] if self._ascii_prefix \
+            else path[len(prefix):].encode()
         raw = request.raw_path
         raw_info = (raw[len(prefix):] if raw.isascii() else _text(raw[len(prefix):])) \
             if raw and raw.startswith(self._prefix_bytes) else path_info
@@ -104,14 +109,15 @@ class CgiEnvironment:
         server = self._server(host_header, request.server)
         query = request.query.encode()
         body = request.body
+        scheme = _SCHEMES.get(request.scheme) or request.scheme.encode()
         values = [
             b"CGI/1.1", _SOFTWARE, _PROTOCOLS.get(request.http_version)
             or b"HTTP/" + request.http_version.encode(), server[1], server[2],
-            request.method.encode(), self._prefix_bytes, path_info, path_info, query,
-            b"%d" % len(body) if body else b"0",
+            _METHODS.get(request.method) or request.method.encode(), self._prefix_bytes,
+            path_info, path_info, query, b"%d" % len(body) if body else b"0",
             request.client[0].encode() if request.client else b"", self._matched, raw_info,
-            b"%s://%s%s?%s" % (request.scheme.encode(), server[0], path.encode(), query)
-            if query else b"%s://%s%s" % (request.scheme.encode(), server[0], path.encode()),
+            b"%s://%s%s?%s" % (scheme, server[0], path_bytes, query)
+            if query else b"%s://%s%s" % (scheme, server[0], path_bytes),
             *extra.values(), b"",
         ]
         count = len(_FIXED) + len(extra) + self._base_count
@@ -120,7 +126,7 @@ class CgiEnvironment:
         joined = b"\0".join(values) + self._base_values
         if joined.count(b"\0") != count:
             raise BadRequest("a request header contains a NUL byte")
-        return names, joined, count
+        return EnvBlock(names, joined, count)
 
     def _server(self, host_header: bytes | None,
                 server: tuple[str, int | None] | None) -> tuple[bytes, bytes, bytes]:

@@ -90,9 +90,9 @@ class _FastBase(Prepared):
     def _env(self, invocation: Invocation) -> EnvBlock:
         """The guest's environment: a request's CGI block as the gateway built it (host
         variables included), or the host variables under an invocation's own."""
-        block = getattr(invocation, "env_block", None)
+        block: EnvBlock | None = getattr(invocation, "env_block", None)
         if block is not None:
-            return EnvBlock(*block)
+            return block
         return encode_env({**dict(self._base_env), **dict(invocation.env)})
 
 
@@ -100,6 +100,7 @@ class FastFunction(_FastBase):
     """A function run through a `FastEngine` by a plan, limits taken from its policy."""
 
     kind = "fast"
+    inlines = True
 
     def __init__(self, spec: FunctionSpec, module: FastModule, sha256: str,
                  observers: Sequence[RunObserver]) -> None:

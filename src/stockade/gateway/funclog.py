@@ -74,9 +74,13 @@ class FunctionLogLayer:
 
     async def __call__(self, request: Request) -> Response:
         response = await self.app(request)
-        route: Route | None = request.state.get("route")
+        state = request.state
+        route: Route | None = state.get("route")
         if route is not None:
-            self.record(route, request, response.status)
+            # Most requests leave nothing to log: a success without stderr.
+            result: Result | None = state.get("result")
+            if response.status >= 400 or (result is not None and result.stderr):
+                self.record(route, request, response.status)
         return response
 
     def record(self, route: Route, request: Request, status: int) -> None:

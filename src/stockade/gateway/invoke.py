@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..invocation import Invocation
+from ..envblock import EnvBlock
+from ..invocation import Invocation, new_invocation_id
 from ..policy import format_size
 from ..result import Outcome, Result
 from ..telemetry.record import ParentContext
-from .cgi import EnvBlock, cgi_environ, parse_output
+from .cgi import cgi_environ, parse_output
 from .manifest import HEADER_ALLOWANCE
 from .messages import Request, Response
 from .problem import BadGateway, Forbidden, GatewayTimeout, HttpProblem, Unavailable
@@ -28,6 +29,7 @@ from .problem import BadGateway, Forbidden, GatewayTimeout, HttpProblem, Unavail
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
     from .dispatch import Dispatcher
+    from .manifest import FunctionSpec
     from .metrics import Metrics
     from .registry import Route
     from .tracing import TraceContext
@@ -59,6 +61,20 @@ class HttpInvocation(Invocation):
         """No checks: the gateway builds it from checked parts (the manifest's `args`,
         the body's bytes, CGI variables as pairs of text), one per request."""
 
+    @classmethod
+    def of_request(cls, stdin: bytes, spec: FunctionSpec, env: tuple[tuple[str, str], ...],
+                   env_block: EnvBlock | None, parent: ParentContext | None) -> HttpInvocation:
+        """The invocation of `spec` for one request, built in one step: a frozen
+        dataclass's `__init__` sets each of its eleven fields through
+        `object.__setattr__`, a cost paid on every request."""
+        invocation = object.__new__(cls)
+        invocation.__dict__.update(
+            args=spec.args, stdin=stdin, env=env, name=spec.name, tenant=spec.tenant,
+            invocation_id=new_invocation_id(), traceparent=None,
+            breaker=breaker_key(spec.name), parent=parent, trigger="http",
+            env_block=env_block)
+        return invocation
+
 
 def breaker_key(function: str) -> str:
     """The circuit breaker of a function: keyed by its name (with the tenant beside it),
@@ -87,11 +103,9 @@ class Invoker:
         await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
         cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
-        invocation = HttpInvocation(
-            stdin=request.body, name=spec.name, tenant=spec.tenant, args=spec.args,
-            env=() if cgi else cgi_environ(request, spec.route, spec.headers),
-            env_block=cgi.block(request) if cgi else None,
-            parent=trace.as_parent() if trace else None, breaker=breaker_key(spec.name))
+        invocation = HttpInvocation.of_request(
+            request.body, spec, () if cgi else cgi_environ(request, spec.route, spec.headers),
+            cgi.block(request) if cgi else None, trace.as_parent() if trace else None)
         request.state["invocation_id"] = invocation.invocation_id  # for the logs
         result: Result | None = None
         abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
@@ -105,6 +119,8 @@ class Invoker:
                 raise
             if result is not None:
                 abandoned = 0.0  # the finished run's own usage counts it, once
+            elif route.prepared.inlines:
+                self.metrics.inc("stockade_gateway_offloaded_total", route.labels)
         if result is None:
             result = await self._dispatch(request, route, invocation, check=not self.inline)
         request.state["result"] = result  # its stderr and outcome, for the logs

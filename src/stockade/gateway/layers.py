@@ -147,7 +147,8 @@ class BodyLayer:
             await request.read_body(route.spec.max_body, self.timeout, self.min_rate, charge)
             return await self.app(request)
         finally:
-            budget.give(client, held)
+            if held:  # most requests have no body: nothing was charged
+                budget.give(client, held)
 
 
 class LimitsLayer:

@@ -35,6 +35,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "stockade_gateway_quota_cpu_seconds_total": (
         "counter", "Guest CPU time charged to quotas (abandoned inline attempts included)"),
     "stockade_gateway_inflight": ("gauge", "Invocations running or queued"),
+    "stockade_gateway_offloaded_total": (
+        "counter", "Runs not finished inline that went to a guest thread (an attempt that "
+        "outgrew the inline budget, or one skipped while it backs off)"),
     "stockade_gateway_state_fallbacks_total": (
         "counter", "Requests admitted by this replica's own limits (shared state unavailable)"),
     "stockade_gateway_state_unavailable_total": (

@@ -34,6 +34,7 @@ class Prepared(ABC):
 
     kind = "none"
     cgi: CgiEnvironment | None = None
+    inlines = False  # whether `try_inline` may finish a run (FastFunction)
 
     def __init__(self, spec: FunctionSpec, sha256: str, observers: Sequence[RunObserver]):
         self.spec = spec

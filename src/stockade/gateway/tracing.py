@@ -91,21 +91,22 @@ class TracingLayer:
     def __init__(self, app: Handler, recorder: SpanRecorder | None = None) -> None:
         self.app = app
         self.recorder = recorder
+        self._sample = recorder.samples if recorder is not None else None
 
     async def __call__(self, request: Request) -> Response:
         recorder = self.recorder
-        context = TraceContext.from_headers(request.header(b"traceparent"),
-                                            recorder.samples if recorder else None)
+        context = TraceContext.from_headers(request.header(b"traceparent"), self._sample)
         request.state["trace"] = context
+        if recorder is None or context.sampled is False:
+            return await self.app(request)  # no span: no clock read, no record
         start = time.time_ns()
         response = await self.app(request)
-        if self.recorder is not None and context.sampled is not False:
-            route = request.state.get("route")
-            span = ServerSpan(context, request.method, route.spec.route if route else "",
-                              request.path, response.status, start, time.time_ns(),
-                              route.spec.name if route else None)
-            try:
-                self.recorder.record_server_span(span)
-            except Exception:  # noqa: BLE001 - telemetry never breaks a request
-                logger.warning("could not record the server span", exc_info=True)
+        route = request.state.get("route")
+        span = ServerSpan(context, request.method, route.spec.route if route else "",
+                          request.path, response.status, start, time.time_ns(),
+                          route.spec.name if route else None)
+        try:
+            recorder.record_server_span(span)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a request
+            logger.warning("could not record the server span", exc_info=True)
         return response
