@@ -586,8 +586,23 @@ def test_the_host_call_budget_counts_alike_on_the_capi_sandbox(name: str, calls:
         assert fast.outcome is outcome, fast.message
         if outcome is Outcome.EXITED:
             assert sum(standard.usage.hostcalls.values()) == calls
-        if fast.usage.hostcalls:  # a metered run reports its counts: the sandbox's
+            # Metered or not, the C API reports the sandbox's counts by call.
             assert fast.usage.hostcalls == standard.usage.hostcalls
+
+
+@pytest.mark.parametrize("name, args", [("hello.wasm", ()), ("sleeper.wasm", ("1",))])
+def test_an_unmetered_capi_run_reports_its_calls_by_name(name: str, args: tuple[str, ...]) -> None:
+    # The native library served these calls without naming them: `usage.hostcalls` was
+    # {} for every plain `stockade run` while the sandbox listed fd_write, poll_oneoff….
+    from stockade.sandbox.capi import CapiSandbox
+
+    policy = Policy.from_profile("default")
+    results = {}
+    for backend in (Sandbox, CapiSandbox):
+        with backend(policy) as sandbox:
+            results[backend] = sandbox.run(guest(name), Invocation(args=args, stdin=b"x\n"))
+    assert results[CapiSandbox].ok, results[CapiSandbox].message
+    assert results[CapiSandbox].usage.hostcalls == results[Sandbox].usage.hostcalls != {}
 
 
 def test_a_directory_listing_is_the_same_on_both_backends(fast: Fast, tmp_path: Path) -> None:

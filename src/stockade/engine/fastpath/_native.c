@@ -72,8 +72,13 @@ static uint64_t now_ns(clockid_t clock) {
 
 #define MAX_STRINGS 1024 /* argv and environment entries; more take the Python path */
 
-int stockade_fast_init(void **functions, size_t count, size_t union_offset) {
-    if (count != F_COUNT) return -1;
+typedef struct run_state run_state;
+size_t stockade_run_state_size(void);
+
+/* -1 unless the caller was built for this library: its function table and its run_state. */
+int stockade_fast_init(void **functions, size_t count, size_t union_offset,
+                       size_t state_size) {
+    if (count != F_COUNT || state_size != stockade_run_state_size()) return -1;
     memcpy(fn, functions, sizeof fn);
     extern_of = union_offset;
     return 0;
@@ -189,7 +194,7 @@ done:
  * preopens exist on the fast path, so descriptors 0-2 are the only ones: stdin is the
  * request's bytes, stdout and stderr the slot's memfds, written here with pwrite. */
 
-typedef struct {
+struct run_state {
     int32_t out_fd, err_fd, capture_err, stop;
     int64_t cap;                 /* stdout + stderr bytes (-1: unlimited) */
     int64_t out_size, err_size;  /* bytes written this run */
@@ -197,7 +202,13 @@ typedef struct {
     const uint8_t *stdin_data;
     uint64_t stdin_len, stdin_pos;
     int32_t closed[3];           /* fd_close'd standard descriptors */
-} run_state;
+    uint64_t calls[5];           /* served calls by CALL_* (usage.hostcalls) */
+};
+
+size_t stockade_run_state_size(void) { return sizeof(run_state); }
+
+/* Indexes of `calls`; `_native.py` CALL_NAMES names them (poll_oneoff is `_poll.py`'s). */
+enum { CALL_FD_WRITE = 0, CALL_FD_READ = 1, CALL_FD_CLOSE = 2, CALL_RANDOM_GET = 3 };
 
 enum { STOP_NONE = 0, STOP_STDOUT = 1, STOP_STDERR = 2, STOP_HOSTCALLS = 3 };
 enum { E_SUCCESS = 0, E_BADF = 8, E_FAULT = 21, E_INVAL = 28 };
@@ -213,7 +224,7 @@ static void *stop(run_state *st, int reason, const char *message) {
 
 /* The run's state and the guest's memory, after counting the call; NULL with *trap set
  * when the budget is spent. */
-static run_state *enter(void *caller, uint8_t **base, size_t *size, void **trap) {
+static run_state *enter(void *caller, int call, uint8_t **base, size_t *size, void **trap) {
     void *cx = CALL(F_CALLER_CONTEXT, void *(*)(void *))(caller);
     run_state *st = CALL(F_CONTEXT_GET_DATA, void *(*)(void *))(cx);
     *trap = NULL;
@@ -221,6 +232,7 @@ static run_state *enter(void *caller, uint8_t **base, size_t *size, void **trap)
         *trap = stop(st, STOP_HOSTCALLS, "host-call budget exhausted");
         return NULL;
     }
+    st->calls[call]++;
     _Alignas(16) uint8_t item[64];
     *base = NULL;
     *size = 0;
@@ -257,7 +269,7 @@ static void put_u32(uint8_t *base, uint32_t at, uint32_t value) { memcpy(base + 
 void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
     uint8_t *base; size_t size; void *trap;
-    run_state *st = enter(caller, &base, &size, &trap);
+    run_state *st = enter(caller, CALL_FD_WRITE, &base, &size, &trap);
     if (!st) return trap;
     uint32_t fd = (uint32_t)args[0].i64, iovs = (uint32_t)args[1].i64,
              n = (uint32_t)args[2].i64, ret = (uint32_t)args[3].i64;
@@ -305,7 +317,7 @@ void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
 void *stockade_fd_read(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
     uint8_t *base; size_t size; void *trap;
-    run_state *st = enter(caller, &base, &size, &trap);
+    run_state *st = enter(caller, CALL_FD_READ, &base, &size, &trap);
     if (!st) return trap;
     uint32_t fd = (uint32_t)args[0].i64, iovs = (uint32_t)args[1].i64,
              n = (uint32_t)args[2].i64, ret = (uint32_t)args[3].i64;
@@ -336,7 +348,7 @@ void *stockade_fd_read(void *env, void *caller, val_raw *args, size_t nargs) {
 void *stockade_fd_close(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
     uint8_t *base; size_t size; void *trap;
-    run_state *st = enter(caller, &base, &size, &trap);
+    run_state *st = enter(caller, CALL_FD_CLOSE, &base, &size, &trap);
     if (!st) return trap;
     uint32_t fd = (uint32_t)args[0].i64;
     int err = fd < 3 && !st->closed[fd] ? E_SUCCESS : E_BADF;
@@ -348,7 +360,7 @@ void *stockade_fd_close(void *env, void *caller, val_raw *args, size_t nargs) {
 void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
     uint8_t *base; size_t size; void *trap;
-    run_state *st = enter(caller, &base, &size, &trap);
+    run_state *st = enter(caller, CALL_RANDOM_GET, &base, &size, &trap);
     if (!st) return trap;
     uint32_t buf = (uint32_t)args[0].i64, len = (uint32_t)args[1].i64;
     if (!base || !in_memory(size, buf, len)) { args[0].i64 = E_FAULT; return NULL; }

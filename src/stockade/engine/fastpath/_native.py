@@ -16,7 +16,8 @@ from typing import Any
 
 from ._capi import DLL, Extern
 
-__all__ = ["NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunState", "MAX_STRINGS", "RUN_OK",
+__all__ = ["CALL_NAMES", "CALL_POLL", "NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunState",
+           "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
            "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
 
@@ -79,7 +80,14 @@ class RunState(ctypes.Structure):
         ("hostcalls", c_uint64), ("max_hostcalls", c_uint64),
         ("stdin_data", c_char_p), ("stdin_len", c_uint64), ("stdin_pos", c_uint64),
         ("closed", c_int32 * 3),
+        ("calls", c_uint64 * 5),
     ]
+
+
+# The owned calls `RunState.calls` counts, by index (`_native.c` CALL_*; poll_oneoff is
+# counted by `_poll.py`).
+CALL_NAMES = ("fd_write", "fd_read", "fd_close", "random_get", "poll_oneoff")
+CALL_POLL = 4
 
 
 STOP_STDOUT, STOP_STDERR, STOP_HOSTCALLS = 1, 2, 3
@@ -95,8 +103,8 @@ def _load() -> Any:
     addresses = (c_void_p * len(_FUNCTIONS))(
         *(ctypes.cast(DLL[name], c_void_p).value for name in _FUNCTIONS))
     init = library.stockade_fast_init
-    init.argtypes, init.restype = [POINTER(c_void_p), c_size_t, c_size_t], c_int32
-    if init(addresses, len(_FUNCTIONS), Extern.of.offset) != 0:
+    init.argtypes, init.restype = [POINTER(c_void_p), c_size_t, c_size_t, c_size_t], c_int32
+    if init(addresses, len(_FUNCTIONS), Extern.of.offset, ctypes.sizeof(RunState)) != 0:
         return None
     return library
 

@@ -25,7 +25,7 @@ from ...hostcalls import poll
 from ...hostcalls.abi import INTERPOSED, MODULE, GuestMemory
 from ...result import GuestStopped
 from ._capi import EXTERN_MEMORY, C, Extern, ValRaw, ValTypeVec, take_error
-from ._native import STDIO, STOP_HOSTCALLS
+from ._native import CALL_POLL, STDIO, STOP_HOSTCALLS
 from ._run import RunSlot
 
 __all__ = ["define_owned_calls", "define_func", "CALLBACK_TYPE"]
@@ -103,6 +103,7 @@ def _poll(caller: int, args: Any) -> int:
     if state.hostcalls > state.max_hostcalls:
         state.stop = STOP_HOSTCALLS
         raise _Stop(b"host-call budget exhausted")
+    state.calls[CALL_POLL] += 1
     handle = ctypes.byref(memory.of.memory)
     mem = GuestMemory(C.memory_data(context, handle) or 0, C.memory_data_size(context, handle))
 

@@ -33,6 +33,7 @@ from ._capi import (
     take_trap,
 )
 from ._native import (
+    CALL_NAMES,
     MAX_STRINGS,
     NATIVE_RUN,
     RUN_BAD_STRINGS,
@@ -297,9 +298,11 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         outcome, message = Outcome.OUTPUT_LIMIT, \
             f"output cap of {format_size(plan.max_output or 0)} reached"
     fuel = plan.fuel
+    calls = slot.state.calls
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
         fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
+        hostcalls={name: calls[i] for i, name in enumerate(CALL_NAMES) if calls[i]},
     )
 
 
@@ -315,6 +318,7 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
     state.max_hostcalls = _UNLIMITED if plan.max_hostcalls is None else plan.max_hostcalls
     state.stdin_data, state.stdin_len = stdin, len(stdin)
     state.closed[0] = state.closed[1] = state.closed[2] = 0
+    ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))
 
 
 # error, trap, called, memory, fuel left, wall and CPU seconds, stdout and stderr sizes
