@@ -161,6 +161,15 @@ class _Pool:
         return cpu if CLOCK == "cpu" else _hot_ns(result.stdout)
 
 
+def _roomy(policy: Any) -> Any:
+    """`policy` metered as its profile is, with room for the large kernels (a budget and a
+    memory limit cost nothing per instruction; the engine configuration does)."""
+    policy = policy.with_limits(max_memory=max(policy.limits.max_memory, 256 * 1024**2))
+    if policy.limits.fuel is not None:
+        policy = policy.with_limits(fuel=10**13)
+    return policy
+
+
 class _Profile:
     """Stockade's `Sandbox` under a built-in profile."""
 
@@ -170,12 +179,7 @@ class _Profile:
         from stockade.sandbox import Sandbox
 
         self.invocation = Invocation
-        # Metered as the profile is, with room for the large kernels (a budget and a memory
-        # limit cost nothing per instruction; the engine configuration does).
-        policy = Policy.from_profile(name)
-        policy = policy.with_limits(max_memory=max(policy.limits.max_memory, 256 * 1024**2))
-        if policy.limits.fuel is not None:
-            policy = policy.with_limits(fuel=10**13)
+        policy = _roomy(Policy.from_profile(name))
         self.sandbox = Sandbox(policy)
         self.loaded = self.sandbox.load(GUEST)
         self.describe = self.sandbox.engine_config.describe()
@@ -196,10 +200,7 @@ class _CapiProfile(_Profile):
         from stockade.sandbox.capi import CapiSandbox
 
         self.invocation = Invocation
-        policy = Policy.from_profile(name)
-        policy = policy.with_limits(max_memory=max(policy.limits.max_memory, 256 * 1024**2))
-        if policy.limits.fuel is not None:
-            policy = policy.with_limits(fuel=10**13)
+        policy = _roomy(Policy.from_profile(name))
         self.sandbox: Any = CapiSandbox(policy)  # `run(path, invocation)` as Sandbox's
         self.loaded: Any = GUEST
         self.describe = EngineConfig.for_limits(policy.limits).describe()
