@@ -74,3 +74,37 @@ def test_a_module_that_falls_back_does_not_respawn_workers_on_every_run() -> Non
             assert sandbox.run(module).ok
             pids.add(sandbox.worker_pid)
         assert len(pids) == 1, f"{len(pids)} workers for 3 runs of one module"
+
+
+_DECLARED = {
+    # A table declared past strict's 10,000 elements, one grown past it, memory declared
+    # past 16 MiB, and memory grown past it (memory.grow answers -1; 256 pages at most).
+    "table_declared": '(module (table 50000 funcref) (memory (export "memory") 1) '
+                      '(func (export "_start")))',
+    "table_grown": '(module (table 1 funcref) (memory (export "memory") 1) '
+                   '(func (export "_start") (if (i32.ne (table.grow 0 (ref.null func) '
+                   '(i32.const 50000)) (i32.const -1)) (then unreachable))))',
+    "memory_declared": '(module (memory (export "memory") 300) (func (export "_start")))',
+    "memory_grown": '(module (memory (export "memory") 255) (func (export "_start") '
+                    '(drop (memory.grow (i32.const 2))) '
+                    '(if (i32.gt_u (memory.size) (i32.const 256)) (then unreachable))))',
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DECLARED))
+def test_declared_and_grown_tables_and_memories_meet_strict_on_every_backend(
+        tmp_path: Path, name: str) -> None:
+    from stockade import Sandbox
+    from stockade.sandbox.capi import CapiSandbox
+
+    module = tmp_path / f"{name}.wat"
+    module.write_text(_DECLARED[name])
+    policy = Policy.from_profile("strict")
+    seen = {}
+    for kind in (CapiSandbox, Sandbox, IsolatedSandbox):
+        with kind(policy) as sandbox:
+            result = sandbox.run(module)
+        assert result.usage.peak_memory_bytes <= policy.limits.max_memory
+        seen[kind.__name__] = (result.outcome.value, result.exit_code)
+    assert len(set(seen.values())) == 1, seen  # the same answer everywhere
+    assert next(iter(seen.values()))[0] in ("exited", "trap", "memory_limit"), seen
