@@ -36,9 +36,6 @@ def _runs(module: Path) -> tuple[dict[str, int], dict[str, int]]:
     return native.usage.hostcalls, canonical.usage.hostcalls
 
 
-@pytest.mark.xfail(strict=True, reason="_native.c enter(): calls[] is counted after the "
-                   "budget check, so the refused call is missing from usage.hostcalls "
-                   "(100 where the sandbox reports 101)")
 @pytest.mark.parametrize("name", ["flood.wasm", "entropy.wat"])
 def test_native_counts_at_the_budget_match_the_sandbox(tmp_path: Path, name: str) -> None:
     if name.endswith(".wat"):

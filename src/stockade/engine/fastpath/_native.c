@@ -228,11 +228,11 @@ static run_state *enter(void *caller, int call, uint8_t **base, size_t *size, vo
     void *cx = CALL(F_CALLER_CONTEXT, void *(*)(void *))(caller);
     run_state *st = CALL(F_CONTEXT_GET_DATA, void *(*)(void *))(cx);
     *trap = NULL;
+    st->calls[call]++; /* the refused call too, as the sandbox's meter counts it */
     if (++st->hostcalls > st->max_hostcalls) {
         *trap = stop(st, STOP_HOSTCALLS, "host-call budget exhausted");
         return NULL;
     }
-    st->calls[call]++;
     _Alignas(16) uint8_t item[64];
     *base = NULL;
     *size = 0;

@@ -99,11 +99,11 @@ def _poll(caller: int, args: Any) -> int:
             or memory.kind != EXTERN_MEMORY:
         return _EINVAL
     state = slot.state
+    state.calls[CALL_POLL] += 1
     state.hostcalls += 1
     if state.hostcalls > state.max_hostcalls:
         state.stop = STOP_HOSTCALLS
         raise _Stop(b"host-call budget exhausted")
-    state.calls[CALL_POLL] += 1
     handle = ctypes.byref(memory.of.memory)
     mem = GuestMemory(C.memory_data(context, handle) or 0, C.memory_data_size(context, handle))
 
