@@ -17,9 +17,6 @@ from ..oci.fixtures import stockade_env
 from .test_containerd import RUNTIME, _wait_gone
 
 
-@pytest.mark.xfail(strict=True, reason="bundle.read_bundle: root.path is joined to the "
-                   "bundle unchecked (an absolute or ../ path leaves it) and granted as / "
-                   "even under a host policy whose capabilities.dirs allow none of it")
 @pytest.mark.parametrize("root", ["/", "../../../../../../../../.."])
 def test_a_rootfs_outside_the_bundle_is_not_granted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str) -> None:
@@ -48,8 +45,6 @@ def test_a_rootfs_outside_the_bundle_is_not_granted(
     assert all(any(host == d or d in host.parents for d in inside) for host in hosts), hosts
 
 
-@pytest.mark.xfail(strict=True, reason="bundle.read_bundle: root.path '/' grants the host's "
-                   "root to the guest under a host policy that allows one directory")
 def test_a_guest_of_a_rootfs_at_slash_cannot_list_the_hosts_etc(tmp_path: Path) -> None:
     allowed = tmp_path / "allowed"
     allowed.mkdir()

@@ -19,7 +19,9 @@ bundle carries no image digest, so image signatures cannot count here: a host po
 with `require_image_signature` is refused as a configuration error. Its
 `capabilities.dirs` bound the bundle's bind mounts: a mount whose source is not inside
 one of them, or that asks for `rw` inside a read-only one, is refused (exit 125), so
-whoever creates a container cannot hand the guest more of the host than the host allows.
+whoever creates a container cannot hand the guest more of the host than the host allows;
+so is a rootfs outside the bundle directory that they do not cover. The check is made
+again when the container starts, just before the guest's directories are opened.
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ def read_bundle(path: Path) -> Bundle:
     if isinstance(cwd, str) and cwd and not any(k == "PWD" for k, _ in env):
         env.append(("PWD", cwd))
     grants = [DirGrant(rootfs.resolve(), "/", writable=False)]
+    if host is not None and path.resolve() not in grants[0].host.parents:
+        # Whoever creates the container names the rootfs too: outside the bundle, only
+        # where the host policy's dirs reach (Podman keeps it in its storage: list that).
+        _within_host(grants[0], host.capabilities.dirs, "rootfs")
     for mount in config.get("mounts") or []:
         options = [str(o) for o in mount.get("options") or []]
         is_bind = mount.get("type") == "bind" or "bind" in options or "rbind" in options
@@ -139,17 +145,18 @@ def read_bundle(path: Path) -> Bundle:
     return Bundle(path, module, tuple(args[1:]), policy, config)
 
 
-def _within_host(grant: DirGrant, allowed: tuple[DirGrant, ...]) -> None:
-    """Refuse a bind mount the host policy's `capabilities.dirs` do not cover."""
+def _within_host(grant: DirGrant, allowed: tuple[DirGrant, ...], what: str = "bind mount",
+                 ) -> None:
+    """Refuse a bind mount (or rootfs) the host policy's `capabilities.dirs` do not cover."""
     covering = [d for d in allowed
                 if grant.host == d.host.resolve() or d.host.resolve() in grant.host.parents]
     mode = "rw" if grant.writable else "ro"
     if not covering:
         where = ", ".join(str(d.host) for d in allowed) or "none"
-        raise PolicyError(f"bind mount {grant.host} -> {grant.guest} ({mode}): outside the "
+        raise PolicyError(f"{what} {grant.host} -> {grant.guest} ({mode}): outside the "
                           f"host policy's capabilities.dirs ({where})")
     if grant.writable and not any(d.writable for d in covering):
-        raise PolicyError(f"bind mount {grant.host} -> {grant.guest} (rw): the host policy "
+        raise PolicyError(f"{what} {grant.host} -> {grant.guest} (rw): the host policy "
                           "grants it read-only")
 
 

@@ -23,11 +23,14 @@ def main(argv: list[str]) -> int:
         from ..invocation import Invocation
         from .bundle import read_bundle
 
-        bundle = read_bundle(bundle_path)
+        read_bundle(bundle_path)  # refused at `create` already, where it can be
         # Blocks until `start` opens the other end: nothing of the guest runs before.
         fd = os.open(state_dir / "exec.fifo", os.O_WRONLY)
         os.write(fd, b"0")
         os.close(fd)
+        # Checked again now: a directory swapped for a symlink since `create` is judged
+        # by where it leads when the guest's directories are opened, not where it led.
+        bundle = read_bundle(bundle_path)
         name = bundle.config.get("annotations", {}).get("io.kubernetes.cri.container-name")
         invocation = Invocation(args=bundle.args, name=name or state_dir.name)
         result = run_observed(bundle.module, bundle.policy, invocation, None, None)
