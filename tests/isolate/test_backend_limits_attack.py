@@ -61,10 +61,6 @@ def test_limits_hold_for_a_module_the_c_api_sends_to_wasmtime_py(
         assert result.usage.peak_memory_bytes <= policy.limits.max_memory
 
 
-@pytest.mark.xfail(strict=True, reason="IsolatedSandbox.run: a module the C-API worker "
-                   "leaves to wasmtime-py is sent to a fresh C-API worker again on every "
-                   "run (compiled there, refused, a wasmtime-py worker spawned): two worker "
-                   "starts and a compile per request (~200x a C-API run here)")
 def test_a_module_that_falls_back_does_not_respawn_workers_on_every_run() -> None:
     module = (_TWO_TABLES % "").encode()
     with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:

@@ -26,10 +26,12 @@ import dataclasses
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..digests import sha256
 from ..errors import PrecompiledRefused, UsageError, WorkerError
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
@@ -50,6 +52,20 @@ __all__ = ["IsolatedSandbox"]
 
 _RETIRE = object()
 _FALLBACK = object()
+_MAX_LEFT_TO_WASMTIME = 256
+
+
+def _module_key(module: str | Path | bytes) -> object | None:
+    """What identifies a module between runs: the digest of bytes, the identity and
+    version of a file (a wrong match only sends a module to wasmtime-py, which gives
+    the canonical answer), None when the file cannot be read here."""
+    if isinstance(module, bytes):
+        return sha256(module).digest()
+    try:
+        info = os.stat(module)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 class IsolatedSandbox:
@@ -74,6 +90,9 @@ class IsolatedSandbox:
         self._lock = threading.Lock()
         self._worker: WorkerProcess | None = None
         self._worker_backend: Backend = self._plan.backend
+        # Modules the C-API loader left to wasmtime-py: sent straight there next time, so a
+        # module that falls back does not cost a compile and two worker starts per run.
+        self._left_to_wasmtime: OrderedDict[object, None] = OrderedDict()
         self._closed = False
         limits = self.policy.limits
         self._reply_limit = 2 * limits.max_output + 16 * 1024**2
@@ -183,6 +202,9 @@ class IsolatedSandbox:
         if backend == "capi" and not isinstance(module, bytes) \
                 and not use_capi(self.policy, Path(module)):
             backend = "wasmtime"  # a .cwasm: native code mapped by wasmtime-py only
+        key = _module_key(module) if backend == "capi" else None
+        if key is not None and key in self._left_to_wasmtime:
+            backend = "wasmtime"
         with self._lock:
             for _ in range(3):
                 worker = self._ready_worker(backend)
@@ -194,6 +216,10 @@ class IsolatedSandbox:
                 outcome = self._collect(worker, module, invocation, request)
                 if outcome is _FALLBACK:
                     backend = "wasmtime"  # the next worker gives the canonical answer
+                    if key is not None:
+                        self._left_to_wasmtime[key] = None
+                        while len(self._left_to_wasmtime) > _MAX_LEFT_TO_WASMTIME:
+                            self._left_to_wasmtime.popitem(last=False)
                     continue
                 if not isinstance(outcome, Result):  # retired: its CPU budget is spent
                     self._discard(respawn=True)
