@@ -164,8 +164,16 @@ class Invoker:
             else:
                 # The 504 waits until the run has stopped (its deadline, or its pool
                 # worker killed): the request's concurrency slot is not given to another
-                # run while this one still runs.
-                await asyncio.get_running_loop().run_in_executor(None, finished.wait)
+                # run while this one still runs. Polled on the loop, not waited on an
+                # executor thread (reloads share those), and bounded: a run still going a
+                # whole backstop later is logged and its slot let go.
+                give_up = time.monotonic() + (backstop or 0.0)
+                while not finished.is_set() and time.monotonic() < give_up:
+                    await asyncio.sleep(0.02)
+                if not finished.is_set():
+                    logger.error("%s: a run still going %.1f s after its 504; its "
+                                 "concurrency slot is released", route.spec.name,
+                                 2 * (backstop or 0.0))
             raise
         except BaseException:
             # Refused or cancelled while queued: a breaker probe granted at admission never
