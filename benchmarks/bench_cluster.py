@@ -118,7 +118,7 @@ def measure(cluster: Any, url: str, duration: float, connections: int) -> dict[s
     """One wrk round against `url`, with the cluster's CPU time and Redis scripts."""
     names = {pid: name for name, pid in cluster.pids.items()}
     cpu, scripts = cpu_seconds(set(names)), scripts_run(cluster)
-    row = wrk(url, duration, connections)
+    row = wrk(url, duration, connections=connections).to_dict()
     after = cpu_seconds(set(names))
     used = {names[pid]: (after[pid] - cpu[pid]) / row["requests"] * 1e6 for pid in names}
     row["cpu_us_per_request"] = sum(used.values())
@@ -153,7 +153,7 @@ def main() -> int:
                 cluster = clusters[state] = start(script, Path(work), state, args.replicas,
                                                   args.workers)
                 urls[state] = f"{cluster.nodes[0].url if args.single else cluster.url}/hello"
-                wrk(urls[state], 2.0, args.connections)  # warm-up
+                wrk(urls[state], 2.0, connections=args.connections)  # warm-up
             for number in range(1, args.rounds + 1):
                 for state, cluster in clusters.items():
                     row = measure(cluster, urls[state], args.duration, args.connections)
@@ -167,7 +167,7 @@ def main() -> int:
     print(f"{'round':>5} {'state':<6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
           f"{'cpu us/req':>10} {'scripts/req':>11}")
     for row in rows:
-        errors = row["non_2xx"] + row["socket_errors"]
+        errors = row["errors"]
         print(f"{row['round']:>5} {row['state']:<6} {row['requests_per_s']:>9.0f} "
               f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {errors:>7} "
               f"{row['cpu_us_per_request']:>10.0f} {row['scripts_per_request']:>11.3f}")
@@ -192,7 +192,7 @@ def main() -> int:
                                          "overall": overall, "median_p99_ms": p99,
                                          "median_cpu_us_per_request": cpu},
                                         indent=2))
-    return 1 if any(row["non_2xx"] + row["socket_errors"] for row in rows) else 0
+    return 1 if any(row["errors"] for row in rows) else 0
 
 
 if __name__ == "__main__":
