@@ -23,9 +23,9 @@ _ENTROPY = """(module
       (br_if $l (local.get $n)))))"""
 
 
-def _runs(module: Path) -> tuple[dict[str, int], dict[str, int]]:
+def _runs(module: Path, budget: int = 100) -> tuple[dict[str, int], dict[str, int]]:
     policy = Policy.from_profile("default").with_limits(
-        max_hostcalls=100, hostcall_caps=(), max_output=1024**3)
+        max_hostcalls=budget, hostcall_caps=(), max_output=1024**3)
     with CapiSandbox(policy) as fast, Sandbox(policy) as standard:
         native = fast.run(module, Invocation())
         canonical = standard.run(module, Invocation())
@@ -45,3 +45,19 @@ def test_native_counts_at_the_budget_match_the_sandbox(tmp_path: Path, name: str
         module = guest(name)
     native, canonical = _runs(module)
     assert native == canonical
+
+
+@pytest.mark.parametrize("budget", [0, 1])
+@pytest.mark.parametrize("name", ["flood.wasm", "entropy.wat"])
+def test_native_counts_at_the_smallest_budgets_match_the_sandbox(
+        tmp_path: Path, name: str, budget: int) -> None:
+    """The very first call refused (a budget of 0) or the second (1): the counter the
+    refused call lands in is the sandbox's too, and it is counted once."""
+    if name.endswith(".wat"):
+        module = tmp_path / name
+        module.write_text(_ENTROPY)
+    else:
+        module = guest(name)
+    native, canonical = _runs(module, budget)
+    assert native == canonical
+    assert sum(native.values()) == budget + 1, native
