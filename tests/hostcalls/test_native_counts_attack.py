@@ -61,3 +61,21 @@ def test_native_counts_at_the_smallest_budgets_match_the_sandbox(
     native, canonical = _runs(module, budget)
     assert native == canonical
     assert sum(native.values()) == budget + 1, native
+
+
+def test_the_native_library_refuses_a_caller_built_for_another_layout() -> None:
+    """`stockade_fast_init` takes the caller's function table and run_state only when
+    their sizes are its own; anything else is refused before the table is copied."""
+    import ctypes
+
+    from stockade.engine.fastpath import _native
+
+    if _native._LIBRARY is None:
+        pytest.skip("the fast path's native library is not built here")
+    init = _native._LIBRARY.stockade_fast_init
+    table = (ctypes.c_void_p * (len(_native._FUNCTIONS) + 1))()
+    size = ctypes.sizeof(_native.RunState)
+    assert init(table, len(_native._FUNCTIONS), 0, size + 8) == -1
+    assert init(table, len(_native._FUNCTIONS) + 1, 0, size) == -1
+    assert init(table, len(_native._FUNCTIONS), 0, size - 8) == -1
+    assert _native._LIBRARY.stockade_run_state_size() == size
