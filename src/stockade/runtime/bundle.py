@@ -97,11 +97,12 @@ def read_bundle(path: Path) -> Bundle:
         raise UnsupportedBundle(f"{path}/config.json: not JSON ({exc})") from None
     if not isinstance(config, dict):
         raise UnsupportedBundle(f"{path}/config.json: not a JSON object")
-    process = config.get("process") or {}
-    args = [str(a) for a in process.get("args") or []]
+    where = f"{path}/config.json"
+    process = _table(config, "process", where)
+    args = [str(a) for a in _list(process, "args", f"{where}: process")]
     if not args:
         raise UnsupportedBundle(f"{path}/config.json: process.args is empty")
-    rootfs = path / str((config.get("root") or {}).get("path") or "rootfs")
+    rootfs = path / str(_table(config, "root", where).get("path") or "rootfs")
     module = _module_path(rootfs, args[0])
     try:
         with open(module, "rb") as handle:
@@ -129,8 +130,10 @@ def read_bundle(path: Path) -> Bundle:
         # Whoever creates the container names the rootfs too: outside the bundle, only
         # where the host policy's dirs reach (Podman keeps it in its storage: list that).
         _within_host(grants[0], host.capabilities.dirs, "rootfs")
-    for mount in config.get("mounts") or []:
-        options = [str(o) for o in mount.get("options") or []]
+    for index, mount in enumerate(_list(config, "mounts", where)):
+        if not isinstance(mount, dict):
+            raise UnsupportedBundle(f"{where}: mounts[{index}] is not an object")
+        options = [str(o) for o in _list(mount, "options", f"{where}: mounts[{index}]")]
         is_bind = mount.get("type") == "bind" or "bind" in options or "rbind" in options
         source = Path(str(mount.get("source") or ""))
         if is_bind and source.is_dir():
@@ -178,19 +181,36 @@ def host_policy() -> Policy | None:
     return policy
 
 
+def _table(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """`parent[key]` when it is a JSON object ({} when absent); UnsupportedBundle else."""
+    value = parent.get(key) or {}
+    if not isinstance(value, dict):
+        raise UnsupportedBundle(f"{where}: {key} is not an object")
+    return value
+
+
+def _list(parent: dict[str, Any], key: str, where: str) -> list[Any]:
+    """`parent[key]` when it is a JSON array ([] when absent); UnsupportedBundle else."""
+    value = parent.get(key) or []
+    if not isinstance(value, list):
+        raise UnsupportedBundle(f"{where}: {key} is not an array")
+    return value
+
+
 def _limits(policy: Policy, config: dict[str, Any], annotations: dict[str, Any]) -> Policy:
-    resources = ((config.get("linux") or {}).get("resources") or {})
-    memory = (resources.get("memory") or {}).get("limit")
+    where = "config.json"
+    resources = _table(_table(config, "linux", where), "resources", f"{where}: linux")
+    memory = _table(resources, "memory", f"{where}: linux.resources").get("limit")
     if isinstance(memory, int) and memory > 0:
         policy = _narrow(policy, "max_memory", memory, "linux.resources.memory.limit")
-    cpu = resources.get("cpu") or {}
+    cpu = _table(resources, "cpu", f"{where}: linux.resources")
     quota, period = cpu.get("quota"), cpu.get("period") or 100_000
     if isinstance(quota, int) and quota > 0 and isinstance(period, int) and period > 0:
         share = min(1.0, quota / period)
         if policy.limits.fuel is not None:
             policy = policy.with_limits(fuel=max(1, int(policy.limits.fuel * share)))
-    for rlimit in (config.get("process") or {}).get("rlimits") or []:
-        soft = rlimit.get("soft")
+    for rlimit in _list(_table(config, "process", where), "rlimits", f"{where}: process"):
+        soft = rlimit.get("soft") if isinstance(rlimit, dict) else None
         if not isinstance(soft, int) or soft < 0:
             continue
         if rlimit.get("type") == "RLIMIT_NOFILE":
