@@ -28,15 +28,15 @@ __all__ = ["ModuleFile", "open_module", "ModuleMemo", "FALLBACK"]
 # `ModuleMemo.load`'s answer for a module the worker's backend leaves to wasmtime-py.
 FALLBACK = object()
 
-FileKey = tuple[int, int, int, int]
+FileKey = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True)
 class ModuleFile:
     """A module file as the parent saw it: `name` (the file name, as results report
-    it), `path` (as the caller gave it, for errors), `key` (st_dev, st_ino, st_size,
-    st_mtime_ns), `size`, and `data`: its bytes, or None when the worker already holds
-    it or the file is over the size limit. With `attached`, the bytes follow the request
+    it), `path` (as the caller gave it, for errors), `key` (`file_key`), `size`, and
+    `data`: its bytes, or None when the worker already holds it or the file is over the
+    size limit. With `attached`, the bytes follow the request
     as a raw frame of `size` bytes (sent from the file, never copied into the parent)."""
 
     name: str
@@ -67,7 +67,7 @@ def open_module(path: Path, max_size: int, held: bool) -> tuple[ModuleFile, int 
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise ModuleError(f"{path}: not a regular file")
-    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    key = file_key(info)
     if held or info.st_size > max_size:
         os.close(fd)
         return ModuleFile(path.name, str(path), key, info.st_size, None), None
@@ -105,3 +105,9 @@ class ModuleMemo:
         while len(self._loaded) > self.capacity:
             self._loaded.popitem(last=False)
         return loaded
+
+
+def file_key(info: os.stat_result) -> FileKey:
+    """What names one version of a module file between runs: its identity, size and
+    times. The change time too: a rewrite that restores size and mtime still moves it."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

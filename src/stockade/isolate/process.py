@@ -43,7 +43,7 @@ from ..sandbox.provenance import denied_result, gate
 from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
-from .modules import ModuleFile, open_module
+from .modules import ModuleFile, file_key, open_module
 from .plan import WorkerPlan, cgroup_limits_for, plan_for
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
@@ -65,7 +65,7 @@ def _module_key(module: str | Path | bytes) -> object | None:
         info = os.stat(module)
     except OSError:
         return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    return file_key(info)
 
 
 class IsolatedSandbox:
@@ -260,7 +260,7 @@ class IsolatedSandbox:
             info = path.stat()
         except OSError:
             return False
-        return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) in worker.sent
+        return file_key(info) in worker.sent
 
     def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
                  invocation: Invocation, request: tuple[Any, ...]) -> Result | object:
