@@ -5,9 +5,7 @@ policy's `capabilities.dirs` cover, by another spelling or after `create`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +14,7 @@ import pytest
 from stockade.errors import PolicyError
 
 from ..conftest import guest
-from ..oci.fixtures import stockade_env
-from .test_containerd import RUNTIME, _wait_gone
-from .test_mount_swap_attack import _wait_blocked_on_fifo
+from .direct import create, host_policy_env, runtime, wait_blocked_on_fifo, wait_gone
 
 
 @pytest.fixture()
@@ -26,10 +22,8 @@ def allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory the host policy grants read-only (the policy set for this process)."""
     allowed = tmp_path / "allowed"
     (allowed / "sub").mkdir(parents=True)
-    policy = tmp_path / "runtime.toml"
-    policy.write_text(f'[[capabilities.dirs]]\nhost = "{allowed}"\nguest = "/data"\n'
-                      'mode = "ro"\n')
-    monkeypatch.setenv("STOCKADE_RUNTIME_POLICY", str(policy))
+    env = host_policy_env(tmp_path, allowed)
+    monkeypatch.setenv("STOCKADE_RUNTIME_POLICY", env["STOCKADE_RUNTIME_POLICY"])
     return allowed
 
 
@@ -109,31 +103,21 @@ def test_a_file_mount_source_grants_nothing(tmp_path: Path, allowed: Path) -> No
          "resources-string"])
 def test_a_malformed_config_is_one_line(tmp_path: Path, allowed: Path,
                                         config: dict[str, Any]) -> None:
-    env = stockade_env(tmp_path / "cache", tmp_path / "state")
-    env["STOCKADE_RUNTIME_POLICY"] = os.environ["STOCKADE_RUNTIME_POLICY"]
-    done = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "create", "--bundle",
-                           str(make_bundle(tmp_path, config)), "c1"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = create(tmp_path, host_policy_env(tmp_path, allowed), make_bundle(tmp_path, config))
     # As a config.json that is not JSON: one line, the unsupported-bundle code.
-    assert done.returncode == 78 and "Traceback" not in done.stderr, done.stderr
+    stderr = done.errors.read_text()
+    assert done.returncode == 78 and "Traceback" not in stderr, stderr
 
 
 @pytest.mark.parametrize("change", ["mount-added", "rootfs-swapped"])
 def test_a_bundle_changed_after_create_is_checked_at_start(
         tmp_path: Path, allowed: Path, change: str) -> None:
-    env = stockade_env(tmp_path / "cache", tmp_path / "state")
-    env["STOCKADE_RUNTIME_POLICY"] = os.environ["STOCKADE_RUNTIME_POLICY"]
+    env = host_policy_env(tmp_path, allowed)
     bundle = make_bundle(tmp_path, {"process": {"args": ["/readdir_list.wasm", "/mnt"]}},
                          "readdir_list.wasm")
-    base = [RUNTIME, "--root", str(tmp_path / "root")]
-    output, errors = tmp_path / "out", tmp_path / "err"
-    with open(output, "wb") as stdout, open(errors, "wb") as stderr:
-        created = subprocess.run([*base, "create", "--bundle", str(bundle), "--pid-file",
-                                  str(tmp_path / "pid"), "c1"], env=env, stdout=stdout,
-                                 stderr=stderr, timeout=60, check=False)
-    assert created.returncode == 0, errors.read_text()
-    pid = int((tmp_path / "pid").read_text())
-    _wait_blocked_on_fifo(pid)
+    created = create(tmp_path, env, bundle)
+    assert created.pid is not None, created.errors.read_text()
+    wait_blocked_on_fifo(created.pid)
     config = json.loads((bundle / "config.json").read_text())
     if change == "mount-added":
         config["mounts"] = [{"destination": "/mnt", "type": "bind", "source": "/etc",
@@ -148,9 +132,8 @@ def test_a_bundle_changed_after_create_is_checked_at_start(
         (bundle / "rootfs").symlink_to(outside)
         config["process"]["args"] = ["/readdir_list.wasm", "/"]
     (bundle / "config.json").write_text(json.dumps(config))
-    subprocess.run([*base, "start", "c1"], env=env, capture_output=True, text=True,
-                   timeout=60, check=False)
-    _wait_gone(pid)
-    listed = output.read_text() + errors.read_text()
+    runtime(tmp_path, env, "start", "c1")
+    wait_gone(created.pid)
+    listed = created.output.read_text() + created.errors.read_text()
     assert "passwd" not in listed and "secret-outside-allowed" not in listed, listed
     assert "outside the host policy" in listed, listed

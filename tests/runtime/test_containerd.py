@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from ..conftest import guest
-from ..oci.fixtures import BIN, Registry, cli, stockade_env
+from ..oci.fixtures import Registry, cli, stockade_env
 from .conftest import Containerd
+from .direct import RUNTIME, wait_gone
 
-RUNTIME = str(BIN / "stockade-runtime")
 _ids = itertools.count()
 
 
@@ -107,25 +107,9 @@ def test_lifecycle_and_non_wasm_bundle(tmp_path: Path) -> None:
     assert json.loads(run("state", "c1").stdout)["status"] == "created"
     assert output.read_bytes() == b""  # nothing runs before start
     assert run("start", "c1").returncode == 0
-    _wait_gone(pid)
+    wait_gone(pid)
     assert b"arg 1: x" in output.read_bytes()
     assert json.loads(run("state", "c1").stdout)["status"] == "stopped"
     assert run("delete", "c1").returncode == 0
     assert run("state", "c1").returncode != 0
 
-
-def _wait_gone(pid: int) -> None:
-    import os
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return
-        if stat[stat.rfind(")") + 2] == "Z":
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    pytest.fail("the container process did not finish")

@@ -5,14 +5,13 @@ host allows (a symlink inside an allowed directory does not lead out of it)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from ..conftest import guest
 from ..oci.fixtures import stockade_env
-from .test_containerd import RUNTIME
+from .direct import create, host_policy_env
 
 
 def bundle_with(tmp_path: Path, mounts: list[dict[str, object]]) -> Path:
@@ -31,18 +30,7 @@ def host(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     allowed = tmp_path / "allowed"
     (allowed / "sub").mkdir(parents=True)
     (allowed / "escape").symlink_to("/etc")
-    policy = tmp_path / "runtime.toml"
-    policy.write_text(f'[[capabilities.dirs]]\nhost = "{allowed}"\nguest = "/data"\n'
-                      'mode = "ro"\n')
-    env = stockade_env(tmp_path / "cache", tmp_path / "state")
-    env["STOCKADE_RUNTIME_POLICY"] = str(policy)
-    return allowed, env
-
-
-def create(tmp_path: Path, env: dict[str, str], bundle: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "create", "--bundle",
-                           str(bundle), "c1"], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return allowed, host_policy_env(tmp_path, allowed)
 
 
 def bind(source: Path | str, *options: str) -> dict[str, object]:
@@ -62,8 +50,9 @@ def test_a_mount_the_host_policy_does_not_cover_is_refused(
     allowed, env = host
     path = tmp_path / source if source.startswith("allowed") else Path(source)
     done = create(tmp_path, env, bundle_with(tmp_path, [bind(path, *options)]))
-    assert done.returncode == 125, done.stderr
-    assert said in done.stderr and "Traceback" not in done.stderr
+    stderr = done.errors.read_text()
+    assert done.returncode == 125, stderr
+    assert said in stderr and "Traceback" not in stderr
     assert not (tmp_path / "root" / "c1").exists()
 
 
@@ -86,5 +75,5 @@ def test_an_oversized_config_is_refused_without_reading_it_all(tmp_path: Path) -
     with open(bundle / "config.json", "r+b") as handle:
         handle.truncate(8 * 1024**3)  # sparse: 8 GiB the runtime must not read
     done = create(tmp_path, stockade_env(tmp_path / "cache", tmp_path / "state"), bundle)
-    assert done.returncode == 78, done.stderr
-    assert "larger than 4 MiB" in done.stderr
+    assert done.returncode == 78, done.errors.read_text()
+    assert "larger than 4 MiB" in done.errors.read_text()

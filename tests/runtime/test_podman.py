@@ -18,7 +18,7 @@ import pytest
 
 from ..conftest import guest
 from ..oci.fixtures import Registry, cli, require, stockade_env
-from .test_containerd import RUNTIME
+from .direct import RUNTIME
 
 
 class Podman:

@@ -5,7 +5,6 @@ granted to the guest (read-only, as `/`) wherever `root.path` points: a bundle w
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ import pytest
 from stockade.errors import StockadeError
 
 from ..conftest import guest
-from ..oci.fixtures import stockade_env
-from .test_containerd import RUNTIME, _wait_gone
+from .direct import create, host_policy_env, runtime, wait_gone
 
 
 @pytest.mark.parametrize("root", ["/", "../../../../../../../../.."])
@@ -24,10 +22,8 @@ def test_a_rootfs_outside_the_bundle_is_not_granted(
 
     allowed = tmp_path / "allowed"
     allowed.mkdir()
-    policy = tmp_path / "runtime.toml"
-    policy.write_text(f'[[capabilities.dirs]]\nhost = "{allowed}"\nguest = "/data"\n'
-                      'mode = "ro"\n')
-    monkeypatch.setenv("STOCKADE_RUNTIME_POLICY", str(policy))
+    env = host_policy_env(tmp_path, allowed)
+    monkeypatch.setenv("STOCKADE_RUNTIME_POLICY", env["STOCKADE_RUNTIME_POLICY"])
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     module = tmp_path / "planted" / "ls.wasm"  # any module file on the host will do
@@ -48,11 +44,7 @@ def test_a_rootfs_outside_the_bundle_is_not_granted(
 def test_a_guest_of_a_rootfs_at_slash_cannot_list_the_hosts_etc(tmp_path: Path) -> None:
     allowed = tmp_path / "allowed"
     allowed.mkdir()
-    policy = tmp_path / "runtime.toml"
-    policy.write_text(f'[[capabilities.dirs]]\nhost = "{allowed}"\nguest = "/data"\n'
-                      'mode = "ro"\n')
-    env = stockade_env(tmp_path / "cache", tmp_path / "state")
-    env["STOCKADE_RUNTIME_POLICY"] = str(policy)
+    env = host_policy_env(tmp_path, allowed)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     module = tmp_path / "planted" / "ls.wasm"
@@ -61,16 +53,10 @@ def test_a_guest_of_a_rootfs_at_slash_cannot_list_the_hosts_etc(tmp_path: Path) 
     (bundle / "config.json").write_text(json.dumps({
         "ociVersion": "1.0.2", "root": {"path": "/"},
         "process": {"args": [str(module), "/etc"], "cwd": "/"}}))
-    base = [RUNTIME, "--root", str(tmp_path / "root")]
-    output, errors = tmp_path / "out", tmp_path / "err"
-    with open(output, "wb") as stdout, open(errors, "wb") as stderr:
-        created = subprocess.run([*base, "create", "--bundle", str(bundle), "--pid-file",
-                                  str(tmp_path / "pid"), "c1"], env=env, stdout=stdout,
-                                 stderr=stderr, timeout=60, check=False)
-    if created.returncode != 0:
+    created = create(tmp_path, env, bundle)
+    if created.pid is None:
         return  # refused at create
-    pid = int((tmp_path / "pid").read_text())
-    subprocess.run([*base, "start", "c1"], env=env, capture_output=True, timeout=60,
-                   check=False)
-    _wait_gone(pid)
-    assert "passwd" not in output.read_text().splitlines(), output.read_text()[:200]
+    runtime(tmp_path, env, "start", "c1")
+    wait_gone(created.pid)
+    listed = created.output.read_text()
+    assert "passwd" not in listed.splitlines(), listed[:200]

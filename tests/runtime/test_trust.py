@@ -14,7 +14,7 @@ import pytest
 from ..conftest import guest
 from ..oci.fixtures import Registry, cli, stockade_env
 from .conftest import Containerd
-from .test_containerd import RUNTIME
+from .direct import RUNTIME
 
 _ids = itertools.count()
 
