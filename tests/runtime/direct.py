@@ -16,11 +16,13 @@ from ..oci.fixtures import BIN, stockade_env
 RUNTIME = str(BIN / "stockade-runtime")
 
 
-def host_policy_env(tmp_path: Path, allowed: Path) -> dict[str, str]:
-    """The runtime's environment under a host policy granting `allowed` read-only."""
+def host_policy_env(tmp_path: Path, allowed: Path, profile: str = "default",
+                    ) -> dict[str, str]:
+    """The runtime's environment under a host policy granting `allowed` read-only
+    (`strict` runs the guest in an isolated worker)."""
     policy = tmp_path / "runtime.toml"
-    policy.write_text(f'[[capabilities.dirs]]\nhost = "{allowed}"\nguest = "/data"\n'
-                      'mode = "ro"\n')
+    policy.write_text(f'profile = "{profile}"\n[[capabilities.dirs]]\nhost = "{allowed}"\n'
+                      'guest = "/data"\nmode = "ro"\n')
     env = stockade_env(tmp_path / "cache", tmp_path / "state")
     env["STOCKADE_RUNTIME_POLICY"] = str(policy)
     return env

@@ -33,7 +33,7 @@ from ..keys import KeyFileError, aot_key_path, config_dir, read_key
 from ..policy.units import format_size
 from ..rmtree import remove_tree
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
-from .plan import WorkerPlan
+from .plan import WorkerPlan, inherited
 from .protections import Protection
 from .protocol import read_reply, write_file_frame, write_frame
 
@@ -151,6 +151,7 @@ class WorkerProcess:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-", dir=_temp_base()))
         self._keep_temp = plan.policy.capabilities.keep_scratch
         plan = dataclasses.replace(plan, temp_dir=self.temp_dir, aot_key=_aot_key())
+        plan, held = inherited(plan)  # directories granted from descriptors we hold
         if plan.cache is not None:
             with contextlib.suppress(OSError):
                 plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ class WorkerProcess:
                 [python, "-P", "-m", program, str(to_worker_r),
                  str(from_worker_w), str(os.getpid()), str(int(_on_main_thread()))],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                pass_fds=(to_worker_r, from_worker_w), start_new_session=True,
+                pass_fds=(to_worker_r, from_worker_w, *held), start_new_session=True,
                 env={**worker_environment(plan), **(env or {})},
             )
         except OSError as exc:

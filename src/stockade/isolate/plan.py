@@ -66,6 +66,25 @@ class WorkerPlan:
         return (*self.grants, *extra)
 
 
+def inherited(plan: WorkerPlan) -> tuple[WorkerPlan, tuple[int, ...]]:
+    """The plan as its worker must see it, and the descriptors the worker inherits: a
+    directory granted from a descriptor this process holds (`DirGrant.held`) becomes
+    `/proc/self/fd/N` there, N inherited at the same number, so the worker opens the very
+    directory that was judged (its uid and Landlock keep it out of our /proc)."""
+    fds, dirs = [], []
+    for grant in plan.policy.capabilities.dirs:
+        fd = grant.held_fd()
+        if fd is not None:
+            fds.append(fd)
+            grant = replace(grant, host=Path(f"/proc/self/fd/{fd}"))
+        dirs.append(grant)
+    if not fds:
+        return plan, ()
+    policy = plan.policy.with_capabilities(dirs=tuple(dirs))
+    grants = tuple((grant.real_host(), grant.writable) for grant in dirs)
+    return replace(plan, policy=policy, grants=grants), tuple(fds)
+
+
 def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
     """The plan of a worker running `policy` under `config`."""
     rlimits = RlimitPlan(
@@ -89,8 +108,7 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
         mount_namespace=config.mount_namespace,
         landlock=config.landlock,
         uid_base=config.uid_base if config.drop_capabilities else None,
-        grants=tuple((Path(os.path.realpath(grant.host)), grant.writable)
-                     for grant in policy.capabilities.dirs),
+        grants=tuple((grant.real_host(), grant.writable) for grant in policy.capabilities.dirs),
         readable=interpreter_paths(),
         cache=Path(os.path.realpath(cache_dir())),
         backend=worker_backend(policy),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import asdict, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +13,8 @@ from ..records import FrozenRecord, record
 __all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode"]
 
 SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
+
+_HELD = re.compile(r"^/proc/(?:[0-9]+|self)/fd/([0-9]+)$")  # `DirGrant.held`
 
 
 @record(frozen=True, init=False, repr=False, eq=False)
@@ -128,6 +132,28 @@ class DirGrant(FrozenRecord):
         host = Path(parts[0])
         guest = parts[1] if len(parts) == 2 and parts[1] else parts[0]
         return cls(host=host, guest=guest, writable=writable)
+
+    @classmethod
+    def held(cls, fd: int, guest: str, writable: bool = False) -> DirGrant:
+        """A grant of the directory this process holds open as `fd` (`/proc/PID/fd/N`):
+        opened from that descriptor, whatever its path leads to since. The descriptor
+        must stay open until the run is over; it is the caller's to close."""
+        return cls(Path(f"/proc/{os.getpid()}/fd/{fd}"), guest, writable)
+
+    def held_fd(self) -> int | None:
+        """The descriptor number when this grant is one this process holds (`held`)."""
+        found = _HELD.match(str(self.host))
+        if found is None or not str(self.host).startswith(f"/proc/{os.getpid()}/"):
+            return None
+        return int(found.group(1))
+
+    def real_host(self) -> Path:
+        """The host directory with every symlink resolved; a held descriptor (`held`)
+        is kept as it is, so the directory is opened from the descriptor a decision
+        was made on, never from the path it had then."""
+        if _HELD.match(str(self.host)):
+            return self.host
+        return self.host.resolve()
 
     def __str__(self) -> str:
         return f"{self.host}:{self.guest}:{'rw' if self.writable else 'ro'}"

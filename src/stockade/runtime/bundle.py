@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import PolicyError
 from ..oci.errors import UnsupportedBundle
 from ..policy import DirGrant, Policy, apply_limit, load_policy, profile
+from .dirs import HeldDirs, beneath, path_of
 
 __all__ = ["Bundle", "read_bundle", "host_policy", "HOST_POLICY"]
 
@@ -46,13 +47,25 @@ _MAX_CONFIG = 4 * 1024**2
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle ready to run: the module file, guest arguments and the narrowed policy."""
+    """A bundle ready to run: the module file, guest arguments and the narrowed policy,
+    whose directories are granted from descriptors it holds (`close()` or `with`)."""
 
     path: Path
     module: Path
     args: tuple[str, ...]
     policy: Policy
     config: dict[str, Any]
+    held: HeldDirs
+
+    def close(self) -> None:
+        """Close the descriptors the policy's directories are granted from. Safe twice."""
+        self.held.close()
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _platform_of(head: bytes) -> str:
@@ -125,42 +138,75 @@ def read_bundle(path: Path) -> Bundle:
     cwd = process.get("cwd")
     if isinstance(cwd, str) and cwd and not any(k == "PWD" for k, _ in env):
         env.append(("PWD", cwd))
-    grants = [DirGrant(rootfs.resolve(), "/", writable=False)]
-    if host is not None and path.resolve() not in grants[0].host.parents:
+    held = HeldDirs()
+    try:
+        grants = _grants(path, rootfs, config, host, held)
+    except BaseException:
+        held.close()
+        raise
+    policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
+    return Bundle(path, module, tuple(args[1:]), policy, config, held)
+
+
+def _grants(path: Path, rootfs: Path, config: dict[str, Any], host: Policy | None,
+            held: HeldDirs) -> list[DirGrant]:
+    """The rootfs and the bind mounts as grants of descriptors `held` opens, each judged
+    on its descriptor against the host policy (`dirs.beneath`)."""
+    where = f"{path}/config.json"
+    try:
+        bundle_fd, rootfs_fd = held.open(path), held.open(rootfs)
+    except OSError as exc:
+        raise UnsupportedBundle(f"{rootfs}: {exc.strerror}") from None
+    allowed = _allowed(host, held) if host is not None else []
+    if host is not None and not beneath(rootfs_fd, bundle_fd):
         # Whoever creates the container names the rootfs too: outside the bundle, only
         # where the host policy's dirs reach (Podman keeps it in its storage: list that).
-        _within_host(grants[0], host.capabilities.dirs, "rootfs")
+        _within_host(rootfs_fd, "/", False, allowed, "rootfs")
+    grants = [DirGrant.held(rootfs_fd, "/")]
     for index, mount in enumerate(_list(config, "mounts", where)):
         if not isinstance(mount, dict):
             raise UnsupportedBundle(f"{where}: mounts[{index}] is not an object")
         options = [str(o) for o in _list(mount, "options", f"{where}: mounts[{index}]")]
-        is_bind = mount.get("type") == "bind" or "bind" in options or "rbind" in options
-        source = Path(str(mount.get("source") or ""))
-        if is_bind and source.is_dir():
-            # As mount(8): the last of ro/rw wins; read-only unless one says rw.
-            modes = [o for o in options if o in ("ro", "rw")]
-            grant = DirGrant(source.resolve(), str(mount.get("destination")),
-                             bool(modes) and modes[-1] == "rw")
-            if host is not None:
-                _within_host(grant, host.capabilities.dirs)
-            grants.append(grant)
-    policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
-    return Bundle(path, module, tuple(args[1:]), policy, config)
+        if not (mount.get("type") == "bind" or "bind" in options or "rbind" in options):
+            continue
+        try:
+            fd = held.open(Path(str(mount.get("source") or "")))
+        except OSError:  # not a directory (a file, a device) or gone: nothing granted
+            continue
+        # As mount(8): the last of ro/rw wins; read-only unless one says rw.
+        modes = [o for o in options if o in ("ro", "rw")]
+        writable = bool(modes) and modes[-1] == "rw"
+        guest = str(mount.get("destination"))
+        if host is not None:
+            _within_host(fd, guest, writable, allowed, "bind mount")
+        grants.append(DirGrant.held(fd, guest, writable))
+    return grants
 
 
-def _within_host(grant: DirGrant, allowed: tuple[DirGrant, ...], what: str = "bind mount",
-                 ) -> None:
-    """Refuse a bind mount (or rootfs) the host policy's `capabilities.dirs` do not cover."""
-    covering = [d for d in allowed
-                if grant.host == d.host.resolve() or d.host.resolve() in grant.host.parents]
-    mode = "rw" if grant.writable else "ro"
+def _allowed(host: Policy, held: HeldDirs) -> list[tuple[DirGrant, int]]:
+    """The host policy's dirs that exist, each with a descriptor `held` opens."""
+    allowed = []
+    for grant in host.capabilities.dirs:
+        try:
+            allowed.append((grant, held.open(grant.host)))
+        except OSError:
+            continue  # a dir the host does not have covers nothing
+    return allowed
+
+
+def _within_host(fd: int, guest: str, writable: bool, allowed: list[tuple[DirGrant, int]],
+                 what: str) -> None:
+    """Refuse a bind mount (or rootfs), held as `fd`, that the host policy's
+    `capabilities.dirs` (`allowed`, held) do not cover, or cover only read-only when
+    it asks for rw."""
+    covering = [grant for grant, root_fd in allowed if beneath(fd, root_fd)]
+    shown = f"{what} {path_of(fd)} -> {guest}"
     if not covering:
-        where = ", ".join(str(d.host) for d in allowed) or "none"
-        raise PolicyError(f"{what} {grant.host} -> {grant.guest} ({mode}): outside the "
-                          f"host policy's capabilities.dirs ({where})")
-    if grant.writable and not any(d.writable for d in covering):
-        raise PolicyError(f"{what} {grant.host} -> {grant.guest} (rw): the host policy "
-                          "grants it read-only")
+        dirs = ", ".join(str(grant.host) for grant, _ in allowed) or "none"
+        raise PolicyError(f"{shown} ({'rw' if writable else 'ro'}): outside the host "
+                          f"policy's capabilities.dirs ({dirs})")
+    if writable and not any(grant.writable for grant in covering):
+        raise PolicyError(f"{shown} (rw): the host policy grants it read-only")
 
 
 def host_policy() -> Policy | None:

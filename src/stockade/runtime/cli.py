@@ -89,6 +89,7 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
     directory = container_dir(ctx.root, container_id)
     bundle = bundle.resolve()
     spec = read_bundle(bundle)
+    spec.close()  # judged here; the container process reads and holds it itself
     ctx.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         directory.mkdir(mode=0o700)

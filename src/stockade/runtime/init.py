@@ -23,20 +23,24 @@ def main(argv: list[str]) -> int:
         from ..invocation import Invocation
         from .bundle import read_bundle
 
-        read_bundle(bundle_path)  # refused at `create` already, where it can be
+        read_bundle(bundle_path).close()  # refused at `create` already, where it can be
         # Blocks until `start` opens the other end: nothing of the guest runs before.
         fd = os.open(state_dir / "exec.fifo", os.O_WRONLY)
         os.write(fd, b"0")
         os.close(fd)
-        # Checked again now: a directory swapped for a symlink since `create` is judged
-        # by where it leads when the guest's directories are opened, not where it led.
-        bundle = read_bundle(bundle_path)
-        name = bundle.config.get("annotations", {}).get("io.kubernetes.cri.container-name")
-        invocation = Invocation(args=bundle.args, name=name or state_dir.name)
-        result = run_observed(bundle.module, bundle.policy, invocation, None, None)
+        # Read and checked again now, and the guest's directories are opened from the
+        # descriptors this check was made on: a directory swapped for a symlink since
+        # `create`, or while the guest starts, changes nothing the guest sees.
+        with read_bundle(bundle_path) as bundle:
+            name = bundle.config.get("annotations", {}).get("io.kubernetes.cri.container-name")
+            invocation = Invocation(args=bundle.args, name=name or state_dir.name)
+            result = run_observed(bundle.module, bundle.policy, invocation, None, None)
     except StockadeError as exc:
         sys.stderr.write(f"stockade-runtime: {exc.message}\n")
         return exc.exit_code
+    except OSError as exc:  # the bundle changed under the run: one line, not a traceback
+        sys.stderr.write(f"stockade-runtime: {exc}\n")
+        return 125
     for fd, data in ((1, result.stdout), (2, result.stderr)):
         view = memoryview(data)
         try:

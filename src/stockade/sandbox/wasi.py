@@ -29,10 +29,11 @@ def guest_env(policy: Policy, invocation: Invocation) -> list[tuple[str, str]]:
 
 
 def checked_preopens(policy: Policy) -> list[tuple[Path, bool]]:
-    """(host dir, writable) per grant, resolved; PolicyError for a missing directory."""
+    """(host dir, writable) per grant, resolved (`DirGrant.real_host`); PolicyError for a
+    missing directory."""
     preopens = []
     for grant in policy.capabilities.dirs:
-        host = grant.host.resolve()
+        host = grant.real_host()
         if not host.is_dir():
             raise PolicyError(f"--dir {grant}: {grant.host} is not a directory")
         preopens.append((host, grant.writable))

@@ -1,0 +1,78 @@
+"""`HeldDirs`: a bundle's directories opened once, judged and granted as descriptors.
+
+The rootfs and every bind-mount source are opened once (`O_PATH|O_DIRECTORY`); whether
+one lies inside the bundle or inside a directory of the host policy is decided on that
+descriptor (`beneath`), and the guest's directory is opened from the same descriptor
+(`DirGrant.held`: `/proc/PID/fd/N`), never from the path again. A source swapped for a
+symlink after it was opened changes nothing the guest sees; swapped before, the
+descriptor holds where the symlink led, and that is what is judged.
+
+The last component is followed, as mount(8) follows a symlinked bind source: the
+decision is on the directory reached, so following is safe, and a link inside an
+allowed directory that stays inside it keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..hostcalls.descriptors import open_beneath
+
+__all__ = ["HeldDirs", "beneath", "path_of"]
+
+_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def path_of(fd: int) -> str:
+    """The path the kernel gives the directory held as `fd` now (for messages, and the
+    start of `beneath`'s check; never what a decision rests on alone)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def beneath(fd: int, root_fd: int) -> bool:
+    """Whether the directory held as `fd` is, or lies beneath, the one held as
+    `root_fd`: its current path, taken relative to `root_fd`'s, is resolved by the kernel
+    beneath `root_fd` (`openat2` `RESOLVE_BENEATH`: no `..`, absolute symlink or magic
+    link leaves it) and must reach the same inode as `fd`."""
+    path, root = path_of(fd), path_of(root_fd).rstrip("/")
+    if path == root or (not root and path == "/"):
+        relative = "."
+    elif path.startswith(root + "/"):
+        relative = path[len(root) + 1:]
+    else:
+        return False
+    try:
+        probe = open_beneath(root_fd, os.fsencode(relative))
+    except OSError:  # it left root_fd, or moved meanwhile: not shown to be inside
+        return False
+    try:
+        found, held = os.fstat(probe), os.fstat(fd)
+    finally:
+        os.close(probe)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
+
+
+class HeldDirs:
+    """Directories held open for one bundle; `close()` (or `with`) closes them all."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def open(self, path: Path) -> int:
+        """An `O_PATH` descriptor of the directory `path` leads to now, held until
+        `close()`. Raises OSError (ENOENT, ENOTDIR, ELOOP...)."""
+        fd = os.open(path, _FLAGS)
+        self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        """Close every held descriptor. Safe twice."""
+        while self.fds:
+            os.close(self.fds.pop())
+
+    def __enter__(self) -> HeldDirs:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,114 @@
+"""Attack: a bind mount's source swapped between a directory and a symlink to a forbidden
+host directory in a tight loop, while containers are created and started again and
+again. Whatever the moment of the swap, the guest must never list the forbidden
+directory: the host policy's decision is made on a descriptor, and the guest's directory
+is opened from that same descriptor, not from the path again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..conftest import guest
+from .direct import create, host_policy_env, runtime, wait_gone
+
+# Swaps `sub` between the directory and a symlink to `outside`, forever: every step is
+# one rename, so `sub` is a directory (~2/3 of the time, so that checks pass), a symlink
+# (~1/3) or, for an instant, missing.
+_SWAPPER = """
+import os, sys, time
+allowed, outside = sys.argv[1], sys.argv[2]
+sub, old, link = (os.path.join(allowed, n) for n in ("sub", "old", "link"))
+os.symlink(outside, link)
+while True:
+    time.sleep(0.002)
+    os.rename(sub, old)
+    os.rename(link, sub)
+    time.sleep(0.001)
+    os.rename(sub, link)
+    os.rename(old, sub)
+"""
+
+@pytest.fixture()
+def swapped(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(allowed, outside): `allowed/sub` swapped with a symlink to `outside` meanwhile."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "sub").mkdir(parents=True)
+    (allowed / "sub" / "harmless").write_text("x")
+    outside.mkdir()
+    (outside / "secret-outside-allowed").write_text("s")
+    swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(allowed), str(outside)])
+    try:
+        yield allowed, outside
+    finally:
+        swapper.kill()
+        swapper.wait(10)
+
+
+def _bundle(tmp_path: Path, allowed: Path) -> Path:
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "rootfs" / "ls.wasm").write_bytes(guest("readdir_list.wasm").read_bytes())
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/ls.wasm", "/mnt"], "cwd": "/"},
+        "mounts": [{"destination": "/mnt", "type": "bind", "source": str(allowed / "sub"),
+                    "options": ["rbind", "ro"]}]}))
+    return bundle
+
+
+@pytest.mark.parametrize(("profile", "rounds"), [("default", 12), ("strict", 8)],
+                         ids=["in-process", "isolated-worker"])
+def test_a_mount_source_swapped_in_a_loop_never_shows_the_forbidden_dir(
+        tmp_path: Path, swapped: tuple[Path, Path], profile: str, rounds: int) -> None:
+    allowed, _ = swapped
+    env = host_policy_env(tmp_path, allowed, profile)
+    bundle = _bundle(tmp_path, allowed)
+    listed, ran = [], 0
+    for number in range(rounds):
+        name = f"race{number}"
+        created = create(tmp_path, env, bundle, name)
+        if created.pid is None:  # refused at create: the swap was seen there
+            continue
+        runtime(tmp_path, env, "start", name)
+        wait_gone(created.pid)
+        runtime(tmp_path, env, "delete", "--force", name)
+        out = created.output.read_text() + created.errors.read_text()
+        listed.append(out)
+        ran += "harmless" in out
+    leaked = [out for out in listed if "secret-outside-allowed" in out]
+    assert not leaked, leaked[0]
+    # The attack raced for real: some rounds ran the guest on the allowed directory.
+    assert ran, "\n---\n".join(listed)
+
+
+def test_a_bundle_read_in_process_under_the_swap_never_grants_the_forbidden_dir(
+        tmp_path: Path, swapped: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race, many more rounds, in this process: the bundle read and checked,
+    then the guest's directories opened and listed by the sandbox."""
+    from stockade.errors import StockadeError
+    from stockade.invocation import Invocation
+    from stockade.runtime.bundle import read_bundle
+    from stockade.sandbox import Sandbox
+
+    allowed, _ = swapped
+    env = host_policy_env(tmp_path, allowed)
+    monkeypatch.setenv("STOCKADE_RUNTIME_POLICY", env["STOCKADE_RUNTIME_POLICY"])
+    bundle = _bundle(tmp_path, allowed)
+    ran = 0
+    for _ in range(60):
+        try:
+            spec = read_bundle(bundle)
+        except StockadeError:
+            continue  # refused: the swap was seen by the check
+        with spec, Sandbox(spec.policy) as sandbox:
+            result = sandbox.run(spec.module, Invocation(args=spec.args))
+        out = (result.stdout + result.stderr).decode(errors="replace")
+        assert "secret-outside-allowed" not in out, out
+        ran += "harmless" in out
+    assert ran
