@@ -4,9 +4,13 @@ itself, the ConfigMap's files on disk, and a real Redis with the Secret's passwo
 
 from __future__ import annotations
 
+import atexit
+import base64
+import functools
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,13 +29,39 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = (KUBERNETES, KUBERNETES / "wasm")
 
 
-def render(directory: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize DIRECTORY`, parsed."""
+def kustomize(directory: Path) -> subprocess.CompletedProcess[str]:
+    """`kubectl kustomize DIRECTORY` as it ran."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (it renders kustomizations offline)")
-    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
+    return subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
                           text=True, timeout=60)
+
+
+def deploy_copy(into: Path) -> Path:
+    """A copy of deploy/kubernetes under `into`, without any secrets made in the tree
+    (`secrets/*.env`): what a fresh clone has."""
+    copy = into / "kubernetes"
+    shutil.copytree(KUBERNETES, copy, ignore=shutil.ignore_patterns("*.env"))
+    return copy
+
+
+@functools.cache
+def _prepared() -> Path:
+    """A copy of deploy/kubernetes with its secrets made by its own script, as an
+    operator does before the first `kubectl apply -k` (removed at exit)."""
+    base = Path(tempfile.mkdtemp(prefix="stockade-deploy-"))
+    atexit.register(shutil.rmtree, base, True)
+    copy = deploy_copy(base)
+    subprocess.run(["sh", str(copy / "make-secrets.sh")], check=True, capture_output=True,
+                   timeout=60)
+    return copy
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize DIRECTORY` (a directory under deploy/kubernetes, rendered from
+    a copy whose secrets `make-secrets.sh` made), parsed."""
+    done = kustomize(_prepared() / directory.relative_to(KUBERNETES))
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -102,7 +132,10 @@ def secret_env(base: list[dict[str, Any]], box: dict[str, Any]) -> dict[str, str
         ref = var.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             secret = one(base, "Secret", ref["name"])
-            values[var["name"]] = secret["stringData"][ref["key"]]
+            if ref["key"] in secret.get("stringData", {}):
+                values[var["name"]] = secret["stringData"][ref["key"]]
+            else:  # generated Secrets hold base64 `data`
+                values[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
     return values
 
 
