@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = ["SealError", "KeyUnavailable", "TRAILER_SIZE", "KEY_BYTES", "key_path", "host_key",
-           "install_key", "seal", "unseal", "resealable", "strip", "tag", "tag_matches",
-           "LARGE"]
+           "install_key", "scoped_key", "scope_name", "seal", "unseal", "resealable", "strip",
+           "tag", "tag_matches", "LARGE"]
 
 MAGIC = b"\0stockade-seal2\0"
 SHA256_MAGIC = b"\0stockade-seal1\0"  # HMAC-SHA256, for payloads above LARGE
@@ -61,6 +61,7 @@ _DOMAIN = b"stockade-aot-v2\0"
 _SHA256_DOMAIN = b"stockade-aot-v1\0"
 _PERSON = b"stockade-aot-v2"
 _TAG_PERSON = b"stockade-tag-v2"
+_SCOPE_PERSON = b"stockade-scope"
 
 _keys: dict[Path, bytes] = {}
 _keys_lock = threading.Lock()
@@ -114,6 +115,22 @@ def install_key(key: bytes, path: Path | None = None) -> None:
                              insecure=True)
     with _keys_lock:
         _keys[path or key_path()] = bytes(key)
+
+
+def scoped_key(key: bytes, scope: str) -> bytes:
+    """The key of one scope of workers (`"isolated"`, `"cordon:NAME"`), derived from this
+    host's: what a worker seals with is all it holds, so code that took it over can
+    forge entries only its own scope's workers accept, never this host's (the parent's,
+    `stockade run`'s) nor another cordon's. One-way: the host key cannot be recovered."""
+    return keyed_blake2b(key, scope.encode("utf-8", "surrogateescape"),
+                         _SCOPE_PERSON).digest()
+
+
+def scope_name(scope: str) -> str:
+    """A directory name for `scope` (its cache beside this host's): a digest, so any
+    cordon name is a safe single path component."""
+    return keyed_blake2b(b"", scope.encode("utf-8", "surrogateescape"),
+                         _SCOPE_PERSON).hexdigest()[:32]
 
 
 def seal(payload: bytes | memoryview, fingerprint: str, purpose: str, key: bytes) -> bytes:

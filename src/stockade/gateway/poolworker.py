@@ -37,7 +37,7 @@ from ..isolate.protections import Protection
 from ..isolate.protocol import error_to_wire, read_frame, result_to_wire, write_frame
 from ..isolate.rlimits import RlimitPlan, vm_size
 from ..isolate.worker import worker_main
-from ..paths import cache_dir, config_dir
+from ..paths import cache_dir
 from ..result import Outcome
 from .manifest import FunctionSpec
 
@@ -173,8 +173,10 @@ def worker_plan(specs: tuple[FunctionSpec, ...], nofile_overhead: int = 64,
                       address_space_headroom=0, seccomp=True, network_namespace=False,
                       drop_capabilities=True, mount_namespace=False, landlock=True,
                       uid_base=None, grants=tuple(sorted(grants)),
-                      readable=(*interpreter_paths(), *sorted(modules), config_dir()),
-                      cache=Path(os.path.realpath(cache_dir())))
+                      # Not the config directory: this host's AoT and audit keys.
+                      readable=(*interpreter_paths(), *sorted(modules)),
+                      cache=Path(os.path.realpath(cache_dir())),
+                      cache_scope=f"cordon:{specs[0].cordon}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from ..engine.seal import scope_name, scoped_key
 from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
 from ..policy.units import format_size
@@ -73,14 +74,19 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     return env
 
 
-def _aot_key() -> bytes | None:
-    """This host's AoT key for the worker (which cannot reach the config directory once
-    hardened), or None when it cannot be used: the worker's loader then reports why."""
+def _scoped(plan: WorkerPlan) -> WorkerPlan:
+    """The plan with its scope's AoT key (derived from this host's, which the worker
+    cannot reach once hardened, and must not hold: see `seal.scoped_key`) and its scope's
+    cache directory, `<cache>/scopes/<scope_name>`. Without a usable host key the worker
+    gets none: its loader then reports why."""
     try:
-        return read_key(aot_key_path())
+        key = read_key(aot_key_path())
     except KeyFileError as exc:
         logger.warning("the AoT key cannot be handed to the worker: %s", exc.reason)
-        return None
+        key = None
+    cache = plan.cache and plan.cache / "scopes" / scope_name(plan.cache_scope)
+    return dataclasses.replace(
+        plan, cache=cache, aot_key=key and scoped_key(key, plan.cache_scope))
 
 
 def _temp_base() -> str:
@@ -150,7 +156,7 @@ class WorkerProcess:
         # place besides the grants and the cache that it may write.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-", dir=_temp_base()))
         self._keep_temp = plan.policy.capabilities.keep_scratch
-        plan = dataclasses.replace(plan, temp_dir=self.temp_dir, aot_key=_aot_key())
+        plan = _scoped(dataclasses.replace(plan, temp_dir=self.temp_dir))
         plan, held = inherited(plan)  # directories granted from descriptors we hold
         if plan.cache is not None:
             with contextlib.suppress(OSError):

@@ -54,9 +54,13 @@ class WorkerPlan:
     # The sandbox the worker wraps (`isolate.backend`): "wasmtime" imports wasmtime-py
     # and the fast path (a pool worker's executors use both), "capi" the C API only.
     backend: Backend = "wasmtime"
-    # This host's AoT key, read by the parent (the hardened worker cannot reach the
-    # config directory) and installed by the worker before it loads a module.
+    # The AoT key of the worker's `cache_scope` (`seal.scoped_key`), derived by the
+    # parent from this host's (which the worker never holds nor reaches) and installed
+    # by the worker before it loads a module; `cache` is then that scope's directory.
     aot_key: bytes | None = dataclasses.field(default=None, repr=False)
+    # Workers that may trust each other's compiled code: a gateway cordon's pool, or
+    # every isolated worker of `stockade run` and embedded sandboxes.
+    cache_scope: str = "isolated"
 
     @property
     def all_grants(self) -> tuple[tuple[Path, bool], ...]:
