@@ -24,16 +24,18 @@ from .direct import RUNTIME
 class Podman:
     """`run(*args)`: `podman run` in a private mount namespace, as Podman runs here."""
 
-    def __init__(self, base: Path, env: dict[str, str]) -> None:
+    def __init__(self, base: Path, env: dict[str, str], policy: Path | None = None) -> None:
         self.base, self.env = base, env
         # conmon gives the runtime a clean environment: a wrapper names Stockade's
-        # directories, as an operator's would (or its defaults apply).
-        wrapper = base / "stockade-runtime"
+        # directories (and the host policy, when given), as an operator's would.
+        suffix = "" if policy is None else "-policy"
+        wrapper = base / f"stockade-runtime{suffix}"
+        named = "" if policy is None else f" STOCKADE_RUNTIME_POLICY={policy}"
         wrapper.write_text(f"#!/bin/sh\nexport STOCKADE_STATE_DIR={env['STOCKADE_STATE_DIR']} "
-                           f"STOCKADE_CACHE_DIR={env['STOCKADE_CACHE_DIR']}\n"
+                           f"STOCKADE_CACHE_DIR={env['STOCKADE_CACHE_DIR']}{named}\n"
                            f'exec {RUNTIME} "$@"\n')
         wrapper.chmod(0o755)
-        self.conf = base / "containers.conf"
+        self.conf = base / f"containers{suffix}.conf"
         self.conf.write_text(
             '[engine]\nruntime_supports_nocgroup = ["stockade-runtime"]\n'
             'runtime_supports_json = ["stockade-runtime"]\n'
@@ -88,3 +90,23 @@ def test_podman_exit_code_and_cpu_limit(podman: tuple[Podman, dict[str, str], Pa
     assert runner.run(refs["exitcode"]).returncode == 42
     spun = runner.run("--annotation", "io.stockade.timeout=1s", refs["spin"])
     assert spun.returncode == 124, spun.stderr
+
+
+def test_podman_under_a_host_policy_needs_no_storage_listed(
+        podman: tuple[Podman, dict[str, str], Path], tmp_path: Path) -> None:
+    """Podman's rootfs lies in its storage, outside the bundle: under a host policy it
+    runs without that storage in `capabilities.dirs` (it is the engine's own), while a
+    bind mount the policy does not cover is still refused."""
+    runner, refs, _ = podman
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    policy = tmp_path / "runtime.toml"
+    policy.write_text(f'[[capabilities.dirs]]\nhost = "{allowed}"\nguest = "/data"\n'
+                      'mode = "ro"\n')
+    guarded = Podman(runner.base, runner.env, policy)
+    done = guarded.run(refs["hello"])
+    assert done.returncode == 0, done.stderr
+    assert "Hello from a Stockade sandbox!" in done.stdout
+    refused = guarded.run("-v", "/etc:/mnt:ro", refs["hello"])
+    assert refused.returncode != 0
+    assert "outside the host policy" in refused.stderr, refused.stderr

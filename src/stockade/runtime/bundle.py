@@ -20,8 +20,10 @@ with `require_image_signature` is refused as a configuration error. Its
 `capabilities.dirs` bound the bundle's bind mounts: a mount whose source is not inside
 one of them, or that asks for `rw` inside a read-only one, is refused (exit 125), so
 whoever creates a container cannot hand the guest more of the host than the host allows;
-so is a rootfs outside the bundle directory that they do not cover. The check is made
-again when the container starts, just before the guest's directories are opened.
+so is a rootfs outside the bundle directory that they do not cover, unless it is the
+container engine's own (Podman's: `dirs.in_engine_storage`). The check is made again
+when the container starts. Each directory is opened once, judged on its descriptor and
+granted from it (`dirs`): a path swapped after the check changes nothing the guest sees.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 from ..errors import PolicyError
 from ..oci.errors import UnsupportedBundle
 from ..policy import DirGrant, Policy, apply_limit, load_policy, profile
-from .dirs import HeldDirs, beneath, path_of
+from .dirs import HeldDirs, beneath, in_engine_storage, path_of
 
 __all__ = ["Bundle", "read_bundle", "host_policy", "HOST_POLICY"]
 
@@ -158,9 +160,10 @@ def _grants(path: Path, rootfs: Path, config: dict[str, Any], host: Policy | Non
     except OSError as exc:
         raise UnsupportedBundle(f"{rootfs}: {exc.strerror}") from None
     allowed = _allowed(host, held) if host is not None else []
-    if host is not None and not beneath(rootfs_fd, bundle_fd):
-        # Whoever creates the container names the rootfs too: outside the bundle, only
-        # where the host policy's dirs reach (Podman keeps it in its storage: list that).
+    if host is not None and not beneath(rootfs_fd, bundle_fd) \
+            and not in_engine_storage(bundle_fd, rootfs_fd, held):
+        # Whoever creates the container names the rootfs too: outside the bundle and
+        # the engine's own storage (Podman's), only where the host policy's dirs reach.
         _within_host(rootfs_fd, "/", False, allowed, "rootfs")
     grants = [DirGrant.held(rootfs_fd, "/")]
     for index, mount in enumerate(_list(config, "mounts", where)):
@@ -177,7 +180,9 @@ def _grants(path: Path, rootfs: Path, config: dict[str, Any], host: Policy | Non
         modes = [o for o in options if o in ("ro", "rw")]
         writable = bool(modes) and modes[-1] == "rw"
         guest = str(mount.get("destination"))
-        if host is not None:
+        # A read-only mount of the bundle's own files (Podman's `userdata/shm`) shows
+        # no more of the host than the bundle itself; anything else is the policy's.
+        if host is not None and (writable or not beneath(fd, bundle_fd)):
             _within_host(fd, guest, writable, allowed, "bind mount")
         grants.append(DirGrant.held(fd, guest, writable))
     return grants

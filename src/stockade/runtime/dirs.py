@@ -15,11 +15,12 @@ allowed directory that stays inside it keeps working.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..hostcalls.descriptors import open_beneath
 
-__all__ = ["HeldDirs", "beneath", "path_of"]
+__all__ = ["HeldDirs", "beneath", "path_of", "in_engine_storage"]
 
 _FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -76,3 +77,31 @@ class HeldDirs:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+# containers/storage (Podman, Buildah, CRI-O): the bundle is
+# `<storage>/<driver>-containers/<container id>/userdata`, the rootfs lies in
+# `<storage>/<driver>/` (vfs: `vfs/dir/<layer>`, overlay: `overlay/<layer>/merged`).
+_STORAGE_BUNDLE = re.compile(
+    r"^(?P<storage>/.*)/(?P<driver>[a-z0-9]+)-containers/[0-9a-f]{64}/userdata$")
+
+
+def in_engine_storage(bundle_fd: int, rootfs_fd: int, held: HeldDirs) -> bool:
+    """Whether the rootfs is the container engine's own, in the storage the bundle is
+    in: the bundle (held) lies at `<storage>/<driver>-containers/<id>/userdata`, the
+    storage directory belongs to this process's effective uid and nobody else may write
+    it (so nobody else laid it out), and the rootfs (held) lies beneath
+    `<storage>/<driver>`. Every step is judged on descriptors (`beneath`)."""
+    found = _STORAGE_BUNDLE.match(path_of(bundle_fd))
+    if found is None:
+        return False
+    try:
+        storage_fd = held.open(Path(found["storage"]))
+        driver_fd = open_beneath(storage_fd, os.fsencode(found["driver"]))
+    except OSError:
+        return False
+    held.fds.append(driver_fd)
+    info = os.fstat(storage_fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        return False
+    return beneath(bundle_fd, storage_fd) and beneath(rootfs_fd, driver_fd)
