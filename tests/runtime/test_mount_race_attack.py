@@ -17,14 +17,14 @@ import pytest
 from ..conftest import guest
 from .direct import create, host_policy_env, runtime, wait_gone
 
-# Swaps `sub` between the directory and a symlink to `outside`, forever: every step is
-# one rename, so `sub` is a directory (~2/3 of the time, so that checks pass), a symlink
+# Swaps PARENT/NAME between the directory and a symlink to TARGET, forever: every step
+# is one rename, so it is a directory (~2/3 of the time, so that checks pass), a symlink
 # (~1/3) or, for an instant, missing.
 _SWAPPER = """
 import os, sys, time
-allowed, outside = sys.argv[1], sys.argv[2]
-sub, old, link = (os.path.join(allowed, n) for n in ("sub", "old", "link"))
-os.symlink(outside, link)
+parent, name, target = sys.argv[1:4]
+sub, old, link = (os.path.join(parent, n) for n in (name, ".old", ".link"))
+os.symlink(target, link)
 while True:
     time.sleep(0.002)
     os.rename(sub, old)
@@ -34,6 +34,12 @@ while True:
     os.rename(old, sub)
 """
 
+
+def swap(parent: Path, name: str, target: Path) -> subprocess.Popen[bytes]:
+    """Start swapping `parent/name` with a symlink to `target` (kill it when done)."""
+    return subprocess.Popen([sys.executable, "-c", _SWAPPER, str(parent), name, str(target)])
+
+
 @pytest.fixture()
 def swapped(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(allowed, outside): `allowed/sub` swapped with a symlink to `outside` meanwhile."""
@@ -42,7 +48,7 @@ def swapped(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     (allowed / "sub" / "harmless").write_text("x")
     outside.mkdir()
     (outside / "secret-outside-allowed").write_text("s")
-    swapper = subprocess.Popen([sys.executable, "-c", _SWAPPER, str(allowed), str(outside)])
+    swapper = swap(allowed, "sub", outside)
     try:
         yield allowed, outside
     finally:
@@ -112,3 +118,40 @@ def test_a_bundle_read_in_process_under_the_swap_never_grants_the_forbidden_dir(
         assert "secret-outside-allowed" not in out, out
         ran += "harmless" in out
     assert ran
+
+
+def test_a_rootfs_swapped_in_a_loop_never_shows_or_runs_what_lies_outside(
+        tmp_path: Path) -> None:
+    """The rootfs (inside the bundle, so needing no listing) swapped with a symlink to a
+    directory outside the bundle and the policy, which holds a module of its own and a
+    secret: the guest lists and runs only the rootfs that was judged."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "secret-outside-allowed").write_text("s")
+    (outside / "ls.wasm").write_bytes(guest("hello.wasm").read_bytes())
+    env = host_policy_env(tmp_path, allowed)
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "rootfs" / "ls.wasm").write_bytes(guest("readdir_list.wasm").read_bytes())
+    (bundle / "rootfs" / "harmless").write_text("x")
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/ls.wasm", "/"], "cwd": "/"}}))
+    swapper = swap(bundle, "rootfs", outside)
+    try:
+        outputs = []
+        for number in range(12):
+            created = create(tmp_path, env, bundle, f"root{number}")
+            if created.pid is None:
+                continue
+            runtime(tmp_path, env, "start", f"root{number}")
+            wait_gone(created.pid)
+            runtime(tmp_path, env, "delete", "--force", f"root{number}")
+            outputs.append(created.output.read_text() + created.errors.read_text())
+    finally:
+        swapper.kill()
+        swapper.wait(10)
+    for out in outputs:
+        assert "secret-outside-allowed" not in out and "Hello from" not in out, out
+    assert any("harmless" in out for out in outputs), "\n---\n".join(outputs)

@@ -28,12 +28,16 @@ granted from it (`dirs`): a path swapped after the check changes nothing the gue
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError
+from ..hostcalls.descriptors import open_beneath
 from ..oci.errors import UnsupportedBundle
 from ..policy import DirGrant, Policy, apply_limit, load_policy, profile
 from .dirs import HeldDirs, beneath, in_engine_storage, path_of
@@ -79,13 +83,33 @@ def _platform_of(head: bytes) -> str:
     return "not WebAssembly"
 
 
-def _module_path(rootfs: Path, arg0: str) -> Path:
-    name = arg0.split("#", 1)[0]
-    candidate = (rootfs / name.lstrip("/")).resolve()
-    root = rootfs.resolve()
-    if root not in candidate.parents:
-        raise UnsupportedBundle(f"process.args[0] {arg0!r} leaves the rootfs")
-    return candidate
+def _module(rootfs: DirGrant, arg0: str) -> Path:
+    """The module `process.args[0]` names, looked up beneath the held rootfs (no `..`,
+    absolute symlink or magic link leaves it), as a path through that descriptor: the
+    run reads the file found now inside the rootfs judged, whatever its path becomes.
+    Raises UnsupportedBundle when it leaves the rootfs, is missing or is no module."""
+    name = arg0.split("#", 1)[0].lstrip("/")
+    rootfs_fd = rootfs.held_fd()
+    if rootfs_fd is None:  # `_grants` holds it; a plain path would be judged by name
+        raise UnsupportedBundle(f"{rootfs.host}: the rootfs is not held open")
+    try:
+        fd = open_beneath(rootfs_fd, os.fsencode(name), directory=False)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise UnsupportedBundle(f"process.args[0] {arg0!r} leaves the rootfs") from None
+        raise UnsupportedBundle(f"{arg0}: {exc.strerror} in the bundle's rootfs") from None
+    try:
+        head = b""
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            with open(f"/proc/self/fd/{fd}", "rb") as handle:
+                head = handle.read(64)
+    finally:
+        os.close(fd)
+    if not head.startswith(b"\0asm"):
+        raise UnsupportedBundle(
+            f"{arg0} is {_platform_of(head)}: stockade-runtime runs only wasi/wasm images "
+            "(use runc or crun for this one)")
+    return rootfs.host / name
 
 
 def _narrow(policy: Policy, key: str, value: Any, label: str) -> Policy:
@@ -118,16 +142,6 @@ def read_bundle(path: Path) -> Bundle:
     if not args:
         raise UnsupportedBundle(f"{path}/config.json: process.args is empty")
     rootfs = path / str(_table(config, "root", where).get("path") or "rootfs")
-    module = _module_path(rootfs, args[0])
-    try:
-        with open(module, "rb") as handle:
-            head = handle.read(64)
-    except OSError as exc:
-        raise UnsupportedBundle(f"{args[0]}: {exc.strerror} in the bundle's rootfs") from None
-    if not head.startswith(b"\0asm"):
-        raise UnsupportedBundle(
-            f"{args[0]} is {_platform_of(head)}: stockade-runtime runs only wasi/wasm images "
-            "(use runc or crun for this one)")
     annotations = config.get("annotations") or {}
     host = host_policy()
     policy = host or profile(str(annotations.get("io.stockade.profile", "default")))
@@ -143,6 +157,7 @@ def read_bundle(path: Path) -> Bundle:
     held = HeldDirs()
     try:
         grants = _grants(path, rootfs, config, host, held)
+        module = _module(grants[0], args[0])
     except BaseException:
         held.close()
         raise
