@@ -25,7 +25,7 @@ from stockade.isolate.handle import WorkerProcess
 from stockade.isolate.plan import WorkerPlan, plan_for
 from stockade.policy import profile
 
-from ..conftest import guest
+from ..conftest import guest, stockade
 
 FINGERPRINT, SHA256 = "0123456789abcdef", "ab" * 32
 
@@ -98,3 +98,59 @@ def test_a_pool_worker_cannot_forge_for_another_cordon_or_read_the_key(
     assert not _parent_accepts(), "the gateway would run a pool worker's forged code"
     # Its own cordon's workers do share its entries (that is what the cache is for).
     assert _probe(alpha, ACCEPTS)["accepted"]
+
+
+# A worker holds no key that verifies `stockade compile` output: the parent vouches for
+# the exact bytes of a `.cwasm` this host sealed, and for nothing else.
+
+LOADS = '''
+from pathlib import Path
+from stockade.engine import EngineConfig, get_engine
+from stockade.errors import StockadeError
+from stockade.policy import profile
+engine = get_engine(EngineConfig.for_limits(profile("default").limits))
+result = {}
+for path in PATHS:
+    try:
+        engine.load(Path(path), allow_precompiled=True)
+        result[path] = "loaded"
+    except StockadeError as exc:
+        result[path] = exc.message
+'''
+
+
+def _compiled(tmp_path: Path, profile_name: str) -> tuple[Path, Path]:
+    """(a `.cwasm` this host sealed, the same with one byte of its code changed)."""
+    sealed = tmp_path / "hello.cwasm"
+    done = stockade("compile", str(guest("hello.wasm")), "-o", str(sealed), "--profile",
+                    profile_name)
+    assert done.returncode == 0, done.stderr
+    patched = tmp_path / "patched.cwasm"
+    data = bytearray(sealed.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    patched.write_bytes(bytes(data))
+    return sealed, patched
+
+
+def test_a_sealed_cwasm_still_runs_in_an_isolated_worker(tmp_path: Path) -> None:
+    sealed, patched = _compiled(tmp_path, "strict")  # strict runs in an isolated worker
+    done = stockade("run", "--allow-precompiled", "--profile", "strict", str(sealed))
+    assert done.returncode == 0 and b"Hello" in done.stdout, done.stderr
+    done = stockade("run", "--allow-precompiled", "--profile", "strict", str(patched))
+    assert done.returncode == 126 and b"MAC does not verify" in done.stderr, done.stderr
+
+
+def test_a_pool_worker_loads_only_the_cwasm_its_parent_vouched_for(tmp_path: Path) -> None:
+    sealed, patched = _compiled(tmp_path, "default")
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(
+        '[tenant.a]\ncordon = "alpha"\n'
+        '[[function]]\nname = "fa"\nroute = "/a"\nmodule = "hello.cwasm"\ntenant = "a"\n'
+        'allow_precompiled = true\n'
+        '[[function]]\nname = "fp"\nroute = "/p"\nmodule = "patched.cwasm"\ntenant = "a"\n'
+        'allow_precompiled = true\n')
+    plan = worker_plan(tuple(load_manifest(manifest).functions))
+    paths = [str(sealed), str(patched)]
+    found = _probe(plan, f"PATHS = {paths!r}\n{LOADS}")
+    assert found[str(sealed)] == "loaded", found
+    assert "MAC does not verify" in found[str(patched)], found

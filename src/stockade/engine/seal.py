@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = ["SealError", "KeyUnavailable", "TRAILER_SIZE", "KEY_BYTES", "key_path", "host_key",
-           "install_key", "scoped_key", "scope_name", "seal", "unseal", "resealable", "strip",
-           "tag", "tag_matches", "LARGE"]
+           "install_key", "scoped_key", "scope_name", "vouch", "vouched", "vouch_for", "seal",
+           "unseal", "resealable", "strip", "tag", "tag_matches", "LARGE"]
 
 MAGIC = b"\0stockade-seal2\0"
 SHA256_MAGIC = b"\0stockade-seal1\0"  # HMAC-SHA256, for payloads above LARGE
@@ -131,6 +131,48 @@ def scope_name(scope: str) -> str:
     cordon name is a safe single path component."""
     return keyed_blake2b(b"", scope.encode("utf-8", "surrogateescape"),
                          _SCOPE_PERSON).hexdigest()[:32]
+
+
+_vouched: set[str] = set()
+
+
+def vouch_for(data: bytes, key: bytes) -> str | None:
+    """The sha256 (hex) of a `.cwasm` whose MAC verifies under `key` (this host's), for
+    whatever engine configuration its trailer names; None when it does not. A parent
+    hands these digests to its workers (`vouch`), which hold only a scope's key."""
+    if len(data) < TRAILER_SIZE:
+        return None
+    start = len(data) - TRAILER_SIZE + len(MAGIC)
+    fingerprint = data[start:start + _FINGERPRINT].rstrip(b"\0").decode("ascii", "replace")
+    try:
+        unseal(data, fingerprint, "cwasm", key)
+    except SealError:
+        return None
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def vouch(digests: frozenset[str]) -> None:
+    """Accept, in this process, the `.cwasm` files with these sha256 digests as sealed:
+    the parent checked them under this host's key (`vouch_for`)."""
+    _vouched.update(digests)
+
+
+def vouched(data: bytes, fingerprint: str) -> int | None:
+    """The payload length of `data` when its exact bytes were vouched for and its trailer
+    names `fingerprint`; None otherwise (then `unseal` decides, and says why)."""
+    if not _vouched or len(data) < TRAILER_SIZE:
+        return None
+    import hashlib
+
+    start = len(data) - TRAILER_SIZE + len(MAGIC)
+    wanted = fingerprint.encode("ascii")[:_FINGERPRINT].ljust(_FINGERPRINT, b"\0")
+    if data[start:start + _FINGERPRINT] != wanted:
+        return None
+    if hashlib.sha256(data).hexdigest() not in _vouched:
+        return None
+    return len(data) - TRAILER_SIZE
 
 
 def seal(payload: bytes | memoryview, fingerprint: str, purpose: str, key: bytes) -> bytes:

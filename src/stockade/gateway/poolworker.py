@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import StockadeError
 from ..invocation import Invocation
 from ..isolate.harden import harden_after_engine, harden_before_engine, memory_reservation
-from ..isolate.plan import WorkerPlan, interpreter_paths
+from ..isolate.plan import WorkerPlan, interpreter_paths, vouched_files
 from ..isolate.protections import Protection
 from ..isolate.protocol import error_to_wire, read_frame, result_to_wire, write_frame
 from ..isolate.rlimits import RlimitPlan, vm_size
@@ -86,11 +86,12 @@ def serve(read_fd: int, write_fd: int) -> None:
     os.environ[WORKER_VARIABLE] = f"cordon={plan.cordon} pid={os.getpid()}"
     report = [_explained(p) for p in harden_before_engine(confinement).report]
     from ..engine import EngineConfig, get_engine
-    from ..engine.seal import install_key
+    from ..engine.seal import install_key, vouch
     from .executor import Executors
 
     if confinement.aot_key is not None:  # read by the parent, as for `isolate`'s workers
         install_key(confinement.aot_key)
+    vouch(confinement.vouched)  # .cwasm files the parent checked under this host's key
 
     executors = Executors(plan.executor, 1)
     prepared = {spec.name: executors.prepare(spec) for spec in plan.specs}
@@ -176,7 +177,10 @@ def worker_plan(specs: tuple[FunctionSpec, ...], nofile_overhead: int = 64,
                       # Not the config directory: this host's AoT and audit keys.
                       readable=(*interpreter_paths(), *sorted(modules)),
                       cache=Path(os.path.realpath(cache_dir())),
-                      cache_scope=f"cordon:{specs[0].cordon}")
+                      cache_scope=f"cordon:{specs[0].cordon}",
+                      vouched=vouched_files((spec.module, spec.policy.limits.max_module_size)
+                                            for spec in specs
+                                            if spec.policy.capabilities.allow_precompiled))
 
 
 def main(argv: list[str] | None = None) -> int:

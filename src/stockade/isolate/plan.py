@@ -10,6 +10,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class WorkerPlan:
     # Workers that may trust each other's compiled code: a gateway cordon's pool, or
     # every isolated worker of `stockade run` and embedded sandboxes.
     cache_scope: str = "isolated"
+    # sha256 digests of `.cwasm` files the parent verified under this host's key (the
+    # worker, holding only its scope's key, could not): `seal.vouch_for`.
+    vouched: frozenset[str] = frozenset()
 
     @property
     def all_grants(self) -> tuple[tuple[Path, bool], ...]:
@@ -68,6 +72,28 @@ class WorkerPlan:
         temporary directory and the AoT cache."""
         extra = [(path, True) for path in (self.temp_dir, self.cache) if path is not None]
         return (*self.grants, *extra)
+
+
+def vouched_files(files: Iterable[tuple[Path, int]]) -> frozenset[str]:
+    """The digests of those files `(path, size limit)` that are `.cwasm` files this host
+    sealed (read here, up to the limit; unreadable, oversized or unsealed ones are left
+    to the worker, which refuses them with the reason)."""
+    from ..engine.seal import SealError, host_key, vouch_for
+
+    found = set()
+    for path, limit in files:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(4)
+                if data != b"\x7fELF":  # not native code: nothing to vouch for
+                    continue
+                data += handle.read(limit - 3)
+            digest = None if len(data) > limit else vouch_for(data, host_key())
+        except (OSError, SealError):
+            continue
+        if digest is not None:
+            found.add(digest)
+    return frozenset(found)
 
 
 def inherited(plan: WorkerPlan) -> tuple[WorkerPlan, tuple[int, ...]]:

@@ -44,7 +44,7 @@ from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
 from .modules import ModuleFile, file_key, open_module
-from .plan import WorkerPlan, cgroup_limits_for, plan_for
+from .plan import WorkerPlan, cgroup_limits_for, plan_for, vouched_files
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
 
@@ -107,6 +107,20 @@ class IsolatedSandbox:
         self._worker = WorkerProcess(plan, self._cgroup_limits, self.config.python)
         self._worker_backend = backend
         return self._worker
+
+    def _vouch(self, path: Path) -> None:
+        """Vouch for `path` when it is a `.cwasm` this host sealed: the worker holds only
+        its scope's key (`seal.scoped_key`), so this process checks it under the host's
+        and the worker accepts exactly those bytes. A worker started without that
+        digest is replaced."""
+        found = vouched_files([(path, self.policy.limits.max_module_size)])
+        if found <= self._plan.vouched:
+            return
+        vouched = self._plan.vouched | found
+        self._plan = dataclasses.replace(self._plan, vouched=vouched)
+        self._plans = {backend: dataclasses.replace(plan, vouched=vouched)
+                       for backend, plan in self._plans.items()}
+        self._discard()
 
     def _ready_worker(self, backend: Backend | None = None) -> WorkerProcess:
         if self._closed:
@@ -198,6 +212,8 @@ class IsolatedSandbox:
         # Checked here, as the caller sees the filesystem: the worker's uid may not even
         # reach the place where a missing directory would be.
         checked_preopens(self.policy)
+        if self.policy.capabilities.allow_precompiled and not isinstance(module, bytes):
+            self._vouch(Path(module))
         backend = self._plan.backend
         if backend == "capi" and not isinstance(module, bytes) \
                 and not use_capi(self.policy, Path(module)):

@@ -165,7 +165,7 @@ def serve(read_fd: int, write_fd: int) -> None:
     # directory (/root, a 0700 temporary directory) is out of its reach. `harden` imports
     # the plan's backend (`isolate.backend.preload`).
     from ..engine.config import wasmtime_version
-    from ..engine.seal import install_key
+    from ..engine.seal import install_key, vouch
 
     wasmtime_version()  # stats the library file: part of every cache key
     confinement = harden_before_engine(plan)
@@ -173,6 +173,7 @@ def serve(read_fd: int, write_fd: int) -> None:
 
     if plan.aot_key is not None:  # the parent read it: this worker cannot reach the file
         install_key(plan.aot_key)
+    vouch(plan.vouched)  # .cwasm files the parent checked under this host's key
 
     cache = None
     if plan.cache is not None:  # the AoT cache, where this worker reaches it
