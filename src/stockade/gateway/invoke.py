@@ -34,12 +34,24 @@ if TYPE_CHECKING:
     from .registry import Route
     from .tracing import TraceContext
 
-__all__ = ["Invoker", "HttpInvocation", "response_for", "breaker_key"]
+__all__ = ["Invoker", "HttpInvocation", "response_for", "breaker_key", "longest_hold"]
 
 logger = logging.getLogger("stockade.gateway")
 # Added to a function's own timeout before the gateway gives up waiting (504): the
 # guest's deadline normally ends the run first, this covers time spent queued.
 BACKSTOP_GRACE = 1.0
+
+
+def longest_hold(timeout: float) -> float:
+    """The longest a request admitted for a function with `timeout` keeps its slots: its
+    run may start up to a backstop (`timeout + BACKSTOP_GRACE`) late, queued for a guest
+    thread or a pool worker, and a 504's answer waits up to another backstop for the run
+    to stop. A shared store's lease must last this long (plus a grace): a lease of the
+    timeout alone expires under a run that started late, and every replica admits the
+    tenant's next run beside it."""
+    return 2 * (timeout + BACKSTOP_GRACE)
+
+
 # A closed breaker is asked again after this long (seconds), or after any violation
 # here: a breaker opened by another process is seen within this time.
 BREAKER_RECHECK = 0.5

@@ -3,8 +3,9 @@
 One admission is one round trip: a Lua script (`scripts.ADMIT`, by EVALSHA) checks the
 function's breaker and the function's and tenant's concurrency, CPU and rate (GCRA)
 with Redis's clock, and takes the slots. Concurrency slots are leases: members of a
-sorted set scored by their expiry (the function's timeout plus a grace), so a replica
-that dies holding slots gives them back once they expire. Releases (slots to give
+sorted set scored by their expiry (`GateSpec.lease_seconds`: as long as the gateway may
+hold the request, a run that starts late included, plus a grace), so a replica that dies
+holding slots gives them back once they expire. Releases (slots to give
 back, CPU to charge) are not waited for: the next admission of the same tenant carries
 them as extra arguments of its own script, which gives them back before deciding (a
 slot given back counts for it), so a request is one script in one round trip. The
