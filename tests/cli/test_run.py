@@ -164,3 +164,21 @@ def test_version_and_help() -> None:
                  "--dir", "--disk-quota", "--max-files", "--env", "--env-allow", "--stdin",
                  "--json"):
         assert flag in text
+
+
+def test_a_run_without_a_timeout_says_so_once() -> None:
+    # `--timeout none` under the default profile (no fuel): nothing would stop a guest
+    # that spins, and nothing said so. One warning line before the run, and in --json.
+    proc = stockade("run", "--timeout", "none", str(guest("hello.wasm")))
+    assert proc.returncode == 0
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stockade: warning: no timeout: nothing "
+                                                   "bounds"), lines
+    proc = stockade("run", "--json", "--profile", "strict", "--timeout", "none",
+                    str(guest("hello.wasm")))
+    result = json.loads(proc.stdout)
+    assert result["limits"]["timeout_ms"] is None
+    assert len(result["warnings"]) == 1 and "fuel bounds" in result["warnings"][0]
+    assert proc.stderr.decode().count("stockade: warning: ") == 1
+    bounded = stockade("run", "--json", str(guest("hello.wasm")))
+    assert "warnings" not in json.loads(bounded.stdout) and bounded.stderr == b""

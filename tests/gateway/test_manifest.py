@@ -97,3 +97,15 @@ def test_the_example_manifest_loads() -> None:
     manifest = load_manifest(ROOT / "examples" / "stockade.toml")
     assert [f.name for f in manifest.functions] == ["hello"]
     assert manifest.functions[0].module.exists()
+
+
+@pytest.mark.parametrize("asked", ['"none"', '"unlimited"', '"inf"', '"100000h"'])
+def test_a_function_cannot_ask_for_an_unbounded_timeout(tmp_path: Path, asked: str) -> None:
+    # A function (a tenant's) asking for no timeout, under a profile without fuel, still
+    # gets the server's request_timeout: nothing a manifest function says runs unbounded.
+    manifest = load(tmp_path, BASE + f'profile = "default"\n[function.limits]\n'
+                                      f'timeout = {asked}\nfuel = "unlimited"\n')
+    spec = manifest.functions[0]  # type: ignore[attr-defined]
+    assert spec.policy.limits.timeout == 30.0 and spec.policy.limits.fuel is None
+    with pytest.raises(PolicyError, match="server.request_timeout"):
+        load(tmp_path, '[server]\nrequest_timeout = "none"\n' + BASE)

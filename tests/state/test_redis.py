@@ -160,6 +160,36 @@ def test_half_open_lets_exactly_one_probe_through_across_replicas(
     gates[1].admit(), gates[2].admit()
 
 
+def test_a_probe_that_never_ran_is_freed_for_one_other_probe_across_replicas(
+        replicas: list[RedisState]) -> None:
+    """Attack: the probe granted at admission is refused (queue full) or cancelled
+    before it runs, every time the breaker half-opens. It is freed, not failed: the
+    next admission on any replica probes, and still only one probe is out at a time."""
+    config = BreakerConfig(threshold=1, window=60, cooldown=0.2)
+    stores = [state.breakers(config, None) for state in replicas]
+    stores[0].record("function:f", "acme", True)
+    time.sleep(0.3)
+    gates = [state.gate(spec(breaker="function:f")) for state in replicas]
+    lease = gates[0].admit()
+    assert lease.probe
+    with pytest.raises(BreakerOpen):
+        gates[1].admit()
+    stores[0].probe_unused("function:f", "acme")  # replica 0's probe never ran
+    lease.release()
+    time.sleep(0.11)  # replica 1's cached refusal runs out
+    second = gates[1].admit()
+    assert second.probe, "the unused probe was not freed"
+    with pytest.raises(BreakerOpen):
+        gates[2].admit()
+    stores[0].probe_unused("function:f", "acme")  # freeing again frees nothing
+    time.sleep(0.11)
+    with pytest.raises(BreakerOpen):
+        gates[2].admit()
+    assert [e.state for e in stores[0].entries()] == ["half_open"]
+    closed = stores[1].record("function:f", "acme", False)
+    assert closed is not None and closed.new == "closed"
+
+
 HOSTILE = ["a}", "{a}", "}{", "a\nb", "x" * 10240, "acme:q:t", "", "acme}:l:t", "{acme}",
            "acme\r\n*1\r\n$8\r\nFLUSHALL\r\n", "ünï"]
 

@@ -395,3 +395,38 @@ def test_processes_opening_a_new_database_together_all_start(tmp_path: Path) -> 
         path = str(tmp_path / f"breakers-{round_}.db")
         with multiprocessing.get_context("fork").Pool(16) as pool:
             assert pool.map(_open_breaker, [path] * 16) == ["ok"] * 16
+
+
+def test_a_probe_that_never_ran_is_freed_not_failed(breaker: Breaker) -> None:
+    """Attack: a client fills the queue whenever the breaker half-opens, so each probe is
+    refused before it runs. Counted as failures, they held the breaker open for ever;
+    freed, the next request probes (and only one at a time)."""
+    for offset in range(3):
+        breaker.record(DIGEST, None, violated=True, now=T0 + offset)
+    first = breaker.check(DIGEST, now=T0 + 40)
+    assert first.allowed and first.probe
+    breaker.probe_unused(DIGEST, None)  # refused by the queue before it started
+    second = breaker.check(DIGEST, now=T0 + 41)
+    assert second.allowed and second.probe, second.message
+    # Freed, never doubled: while the new probe is out, everyone else is refused.
+    third = breaker.check(DIGEST, now=T0 + 42)
+    assert not third.allowed and third.state == "half_open"
+    breaker.probe_unused(DIGEST, None)  # freeing twice frees one probe, no more
+    breaker.probe_unused(DIGEST, None)
+    assert breaker.check(DIGEST, now=T0 + 43).probe
+    assert not breaker.check(DIGEST, now=T0 + 44).allowed
+    assert [e.trips for e in breaker.entries(now=T0 + 45)] == [1]
+
+
+def test_freeing_a_stale_probe_leaves_the_probe_another_process_holds(
+        tmp_path: Path) -> None:
+    config = BreakerConfig(threshold=1, window=60, cooldown=10, probe_timeout=20)
+    path = tmp_path / "breaker.db"
+    with Breaker(path, config) as one, Breaker(path, config) as two:
+        one.record(DIGEST, None, violated=True, now=T0)
+        assert one.check(DIGEST, now=T0 + 11).probe
+        # One's probe is given up after probe_timeout: another process takes a new one.
+        assert two.check(DIGEST, now=T0 + 40).probe
+        one.probe_unused(DIGEST, None)  # too late: not one's probe any more
+        assert not one.check(DIGEST, now=T0 + 41).allowed
+        assert not two.check(DIGEST, now=T0 + 41).allowed

@@ -25,7 +25,18 @@ if TYPE_CHECKING:
     from ..isolate.base import SandboxLike
     from ..sandbox.capi import CapiSandbox
 
-__all__ = ["run_command", "run_observed", "render"]
+__all__ = ["run_command", "run_observed", "render", "unbounded_warning"]
+
+
+def unbounded_warning(policy: Policy) -> str | None:
+    """The warning for a policy whose runs nothing stops in time (no timeout: `--timeout
+    none`, or `timeout = "none"` in a policy file), or None."""
+    if policy.limits.timeout is not None:
+        return None
+    if policy.limits.fuel is not None:
+        return ("no timeout: fuel bounds the instructions this run executes, not how long "
+                "it runs (a guest that blocks in a host call runs on)")
+    return "no timeout: nothing bounds how long this run runs (a guest that spins runs on)"
 
 
 def run_command(module: str, args: tuple[str, ...], profile: str | None,
@@ -48,6 +59,10 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
         path, args, policy, pinned = open_source(module, guest_args(args), policy)
+        warning = unbounded_warning(policy)
+        if warning is not None:  # before the run: it may never end
+            sys.stderr.write(f"stockade: warning: {warning}\n")
+            sys.stderr.flush()
         invocation = build_invocation(args, stdin)
         if pinned is not None:  # an image run is named by its reference and digest
             from dataclasses import replace
@@ -64,7 +79,7 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
                      "message": exc.message}
             sys.stdout.write(json.dumps(error) + "\n")
         raise
-    render(result, as_json)
+    render(result, as_json, warning)
     sys.exit(result.exit_code)
 
 
@@ -120,10 +135,14 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
                 raise
 
 
-def render(result: Result, as_json: bool) -> None:
-    """Print the result: JSON, or guest output plus a summary line when a limit hit."""
+def render(result: Result, as_json: bool, warning: str | None = None) -> None:
+    """Print the result: JSON (with `warnings` when there is one), or guest output plus
+    a summary line when a limit hit."""
     if as_json:
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        data = result.to_dict()
+        if warning is not None:
+            data["warnings"] = [warning]
+        sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
         return
     sys.stdout.buffer.write(result.stdout)

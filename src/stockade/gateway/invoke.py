@@ -34,12 +34,24 @@ if TYPE_CHECKING:
     from .registry import Route
     from .tracing import TraceContext
 
-__all__ = ["Invoker", "HttpInvocation", "response_for", "breaker_key"]
+__all__ = ["Invoker", "HttpInvocation", "response_for", "breaker_key", "longest_hold"]
 
 logger = logging.getLogger("stockade.gateway")
 # Added to a function's own timeout before the gateway gives up waiting (504): the
 # guest's deadline normally ends the run first, this covers time spent queued.
 BACKSTOP_GRACE = 1.0
+
+
+def longest_hold(timeout: float) -> float:
+    """The longest a request admitted for a function with `timeout` keeps its slots: its
+    run may start up to a backstop (`timeout + BACKSTOP_GRACE`) late, queued for a guest
+    thread or a pool worker, and a 504's answer waits up to another backstop for the run
+    to stop. A shared store's lease must last this long (plus a grace): a lease of the
+    timeout alone expires under a run that started late, and every replica admits the
+    tenant's next run beside it."""
+    return 2 * (timeout + BACKSTOP_GRACE)
+
+
 # A closed breaker is asked again after this long (seconds), or after any violation
 # here: a breaker opened by another process is seen within this time.
 BREAKER_RECHECK = 0.5
@@ -109,20 +121,22 @@ class Invoker:
         request.state["invocation_id"] = invocation.invocation_id  # for the logs
         result: Result | None = None
         abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
+        probe = False  # this request holds its breaker's half-open probe
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.
-            self._admit(route, invocation)
+            probe = self._admit(route, invocation)
             try:
                 result, abandoned = route.prepared.try_inline(invocation)
             except BaseException:
-                self._run_failed(route, invocation)
+                if probe or "probe" in request.state:
+                    self._run_failed(route, invocation)
                 raise
             if result is not None:
                 abandoned = 0.0  # the finished run's own usage counts it, once
             elif route.prepared.inlines:
                 self.metrics.inc("stockade_gateway_offloaded_total", route.labels)
         if result is None:
-            result = await self._dispatch(request, route, invocation, check=not self.inline)
+            result = await self._dispatch(request, route, invocation, not self.inline, probe)
         request.state["result"] = result  # its stderr and outcome, for the logs
         cpu = abandoned + result.usage.cpu_ms / 1000
         request.state["cpu_seconds"] = cpu
@@ -133,7 +147,11 @@ class Invoker:
         return response_for(route, result)
 
     async def _dispatch(self, request: Request, route: Route, invocation: Invocation,
-                        check: bool) -> Result:
+                        check: bool, probe: bool) -> Result:
+        """Run on a guest thread, within the backstop. `probe`: this request was granted
+        its breaker's probe already (inline admission; a shared store's marks it in
+        `request.state`); one that never starts is freed, not failed."""
+        probe = probe or "probe" in request.state
         timeout = route.spec.policy.limits.timeout
         backstop = None if timeout is None else timeout + BACKSTOP_GRACE
         lock = threading.Lock()
@@ -147,7 +165,7 @@ class Invoker:
                     raise GatewayTimeout(f"no response within {backstop:g} s")
                 started = True
             try:
-                return self._call(route, invocation, check)
+                return self._call(route, invocation, check, probe)
             finally:
                 finished.set()
 
@@ -160,7 +178,7 @@ class Invoker:
             # The guest still runs out its own deadline: charge the whole timeout.
             request.state["cpu_seconds"] = timeout or 0.0
             if not ran:
-                self._run_failed(route, invocation)
+                self._run_unused(route, invocation, probe)
             else:
                 # The 504 waits until the run has stopped (its deadline, or its pool
                 # worker killed): the request's concurrency slot is not given to another
@@ -176,20 +194,26 @@ class Invoker:
                                  2 * (backstop or 0.0))
             raise
         except BaseException:
-            # Refused or cancelled while queued: a breaker probe granted at admission never
-            # ran, and would keep the function refused everywhere until `probe_timeout`.
-            if not started:
-                self._run_failed(route, invocation)
+            # Refused or cancelled while queued: a probe granted at admission never ran.
+            # It proves nothing: freed for the next request, not failed (a client filling
+            # the queue whenever the breaker half-opens would otherwise hold it open).
+            with lock:  # a queued call that did not start yet never will
+                abandoned = True
+                ran = started
+            if not ran:
+                self._run_unused(route, invocation, probe)
             raise
 
-    def _call(self, route: Route, invocation: Invocation, check: bool) -> Result:
+    def _call(self, route: Route, invocation: Invocation, check: bool,
+              probe: bool) -> Result:
         """On a guest thread: ask the breaker (unless asked already), then run."""
         if check:
-            self._admit(route, invocation)
+            probe = self._admit(route, invocation)
         try:
             return route.prepared.run(invocation)
         except BaseException:
-            self._run_failed(route, invocation)
+            if probe:  # only this request's own probe fails with it
+                self._run_failed(route, invocation)
             raise
 
     def _run_failed(self, route: Route, invocation: Invocation) -> None:
@@ -197,16 +221,23 @@ class Invoker:
         if self.telemetry is not None:
             self.telemetry.run_failed(route.prepared.sha256, invocation)
 
-    def _admit(self, route: Route, invocation: Invocation) -> None:
-        """Raise Unavailable (503) while the function's circuit breaker is open. A closed
-        breaker is trusted for `BREAKER_RECHECK` seconds (one database read fewer per
-        request), unless a run here violated a limit since."""
+    def _run_unused(self, route: Route, invocation: Invocation, probe: bool) -> None:
+        """A run that never started: the breaker's probe, if this request holds it, is
+        freed for another request (never another request's probe: that one runs)."""
+        if self.telemetry is not None and probe:
+            self.telemetry.run_unused(route.prepared.sha256, invocation)
+
+    def _admit(self, route: Route, invocation: Invocation) -> bool:
+        """Raise Unavailable (503) while the function's circuit breaker is open; True when
+        this run is its half-open probe. A closed breaker is trusted for
+        `BREAKER_RECHECK` seconds (one database read fewer per request), unless a run
+        here violated a limit since."""
         if self.telemetry is None:
-            return
+            return False
         key = (route.spec.name, route.spec.tenant)
         now = time.monotonic()
         if self._closed_until.get(key, 0.0) > now:
-            return
+            return False
         decision = self.telemetry.admit(route.spec.module.name, route.prepared.sha256,
                                         invocation, route.spec.policy)
         if decision.allowed and decision.state in ("closed", "disabled"):
@@ -215,6 +246,7 @@ class Invoker:
             retry = max(1.0, (decision.until or 0.0) - time.time())
             raise Unavailable(f"function {route.spec.name}: {decision.message}", retry,
                               reason="breaker")
+        return decision.probe
 
     def _count(self, route: Route, result: Result) -> None:
         key = (route.labels, result.outcome, route.prepared.kind)

@@ -165,6 +165,8 @@ class LimitsLayer:
         lease = await admit(route.gate)
         if lease.degraded:  # decided by this replica alone: shared state unavailable
             self.metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
+        if lease.probe:  # the breaker's probe: freed by the Invoker if it never runs
+            request.state["probe"] = True
         self.metrics.add("stockade_gateway_inflight", route.labels, 1)
         try:
             return await self.app(request)

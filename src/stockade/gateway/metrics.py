@@ -43,6 +43,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "stockade_gateway_state_unavailable_total": (
         "counter", "Requests the shared state could not decide, by on_unavailable policy"),
     "stockade_gateway_reloads_total": ("counter", "Manifest reloads, by result"),
+    "stockade_gateway_connections_refused_total": (
+        "counter", "Connections refused when accepted: their address held "
+        "max_connections_per_ip"),
 }
 
 

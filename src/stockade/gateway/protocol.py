@@ -8,7 +8,9 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - the head (request line and headers) must be complete within `header_timeout` seconds
   of the connection being made or of its first byte; otherwise 408 and close (a
   connection that sent nothing is closed silently);
-- the head may be at most `max_header_size` bytes; otherwise 431 and close.
+- the head may be at most `max_header_size` bytes; otherwise 431 and close;
+- one peer address holds at most `max_connections_per_ip` connections on the worker
+  (`connlimit.py`); one more is answered 503 and closed when it is accepted.
 
 Bodies are the application's: `BodyLayer` reads them with a deadline and a minimum rate.
 """
@@ -19,6 +21,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .connlimit import REFUSAL, PeerConnections
 
 __all__ = ["guarded_protocol", "GuardedProtocol"]
 
@@ -31,6 +35,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     header_timeout = 10.0
     max_header_size = 64 * 1024
+    per_ip: PeerConnections | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -38,13 +43,25 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal = 0
+        self._peer: str | None = None  # counted in `per_ip` until the connection ends
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        per_ip = self.per_ip
+        if per_ip is not None:
+            peer = self.client[0] if self.client else ""
+            if not per_ip.open(peer):
+                transport.write(REFUSAL)
+                transport.close()
+                return
+            self._peer = peer
         self._begin_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._peer is not None and self.per_ip is not None:
+            self.per_ip.close(self._peer)
+            self._peer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -99,8 +116,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(header_timeout: float, max_header_size: int) -> type[GuardedProtocol]:
-    """A `GuardedProtocol` class with these limits (seconds, bytes), for uvicorn's
-    `http` setting."""
+def guarded_protocol(header_timeout: float, max_header_size: int,
+                     per_ip: PeerConnections | None = None) -> type[GuardedProtocol]:
+    """A `GuardedProtocol` class with these limits (seconds, bytes, connections per peer
+    address), for uvicorn's `http` setting."""
     return type("GuardedProtocol", (GuardedProtocol,), {
-        "header_timeout": header_timeout, "max_header_size": max_header_size})
+        "header_timeout": header_timeout, "max_header_size": max_header_size,
+        "per_ip": per_ip})

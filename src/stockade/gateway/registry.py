@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import ModuleError, ModuleNotFound
 from ..state import Gate, GateSpec, LocalState, Quota, StateBackend
 from .executor import Executors, named_error
+from .invoke import longest_hold
 from .manifest import FunctionSpec, Manifest
 from .pool import start_pools
 from .prepared import Prepared
@@ -92,11 +93,13 @@ class Registry:
             function_key, tenant_key = f"function:{spec.name}", f"tenant:{spec.tenant}"
             quotas[function_key] = spec.quota
             quotas[tenant_key] = manifest.tenants.get(spec.tenant, Quota())
-            # A slot outlives no request: the guest's deadline, the 504 backstop after it.
+            # A slot outlives no request, and no request its slot: the lease lasts as long
+            # as the gateway may hold the request (a run that starts late included).
             timeout = spec.policy.limits.timeout or 60.0
             gate = self.state.gate(GateSpec(
                 spec.name, spec.tenant, quotas[function_key], quotas[tenant_key],
-                timeout + self.lease_grace, f"function:{spec.name}" if self.breakers else None))
+                longest_hold(timeout) + self.lease_grace,
+                f"function:{spec.name}" if self.breakers else None))
             routes.append(Route(spec, prepared, gate,
                                 (("function", spec.name), ("tenant", spec.tenant))))
         built = Routes(routes)

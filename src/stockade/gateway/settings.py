@@ -47,7 +47,9 @@ class ServerSettings:
     function or tenant slot is taken); a worker holds at most `body_buffer` bytes of
     request bodies at once, `body_buffer_per_client` of them for one client address
     (503 past either, `bodybudget.py`); an idle keep-alive connection is closed after
-    `keep_alive_timeout`. `withhold_headers` are the request headers no function is
+    `keep_alive_timeout`; one peer address holds at most `max_connections_per_ip`
+    connections on each worker process (503 and closed past it, `connlimit.py`).
+    `withhold_headers` are the request headers no function is
     sent unless it lists them in `pass_headers` (`headers.py`).
 
     Logs (`funclog.py`, `accesslog.py`): `access_log` is `common` (Apache's Common Log
@@ -81,6 +83,7 @@ class ServerSettings:
     body_timeout: float = 10.0
     body_min_rate: int = 1024
     keep_alive_timeout: float = 5.0
+    max_connections_per_ip: int = 256
     withhold_headers: tuple[str, ...] = tuple(sorted(WITHHELD))
     pool_workers: int = 2
     access_log: str = "common"
@@ -175,6 +178,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "inline": _flag, "breakers": _flag, "breaker_traps": _flag, "audit": _flag,
     "header_timeout": _seconds, "max_header_size": _bytes,
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
+    "max_connections_per_ip": _int(1, 1_000_000),
     "withhold_headers": header_names, "pool_workers": _int(1, 32),
     "access_log": _choice(*ACCESS_LOGS), "stderr_limit": _size_or_zero, "log_rate": _rate,
 }

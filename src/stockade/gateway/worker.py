@@ -31,6 +31,7 @@ import uvicorn
 from ..display import PrintableFormatter
 from .app import GatewayApp
 from .confine import confine_server_process
+from .connlimit import PeerConnections
 from .protocol import guarded_protocol
 from .service import GatewayService
 
@@ -147,11 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     for protection in confine_server_process():
         logger.debug("%s: %s (%s)", protection.name,
                      "active" if protection.active else "unavailable", protection.detail)
+    metrics = service.metrics
+    per_ip = PeerConnections(settings.max_connections_per_ip, lambda: metrics.inc(
+        "stockade_gateway_connections_refused_total", ()))
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
         # httptools, with the head timeout and size limit uvicorn lacks (protocol.py).
         GatewayApp(service), loop="uvloop", ws="none", lifespan="on", proxy_headers=False,
-        http=guarded_protocol(settings.header_timeout, settings.max_header_size),
+        http=guarded_protocol(settings.header_timeout, settings.max_header_size, per_ip),
         access_log=False, log_config=None, log_level="warning", server_header=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),

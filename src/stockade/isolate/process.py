@@ -16,7 +16,8 @@ The worker runs the C-API backend (`CapiSandbox`) unless `sandbox.backend` refus
 policy or the module (then wasmtime-py's `Sandbox`); a module the C-API worker leaves to
 wasmtime-py (it answers `fallback` before the guest starts: not a module, refused by the
 compile guard or validation, denied imports) is sent to a wasmtime-py worker, whose
-loading gets its own `load_timeout`, and which serves until a run needs the other.
+loading gets what is left of the run's one `load_timeout` (a module the C API compiles
+slowly, then refuses, is not given two), and which serves until a run needs the other.
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ class IsolatedSandbox:
         key = _module_key(module) if backend == "capi" else None
         if key is not None and key in self._left_to_wasmtime:
             backend = "wasmtime"
+        loaded = 0.0  # seconds a worker that left the module to wasmtime-py spent loading
         with self._lock:
             for _ in range(3):
                 worker = self._ready_worker(backend)
@@ -229,9 +231,14 @@ class IsolatedSandbox:
                 except EOFError:
                     self._discard()
                     continue
-                outcome = self._collect(worker, module, invocation, request)
+                begun = time.monotonic()
+                outcome = self._collect(worker, module, invocation, request, loaded)
                 if outcome is _FALLBACK:
-                    backend = "wasmtime"  # the next worker gives the canonical answer
+                    # The next worker gives the canonical answer, within what is left of
+                    # the one load timeout: a module the C API compiles slowly and then
+                    # refuses must not be given a second whole one.
+                    loaded += time.monotonic() - begun
+                    backend = "wasmtime"
                     if key is not None:
                         self._left_to_wasmtime[key] = None
                         while len(self._left_to_wasmtime) > _MAX_LEFT_TO_WASMTIME:
@@ -279,13 +286,17 @@ class IsolatedSandbox:
         return file_key(info) in worker.sent
 
     def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
-                 invocation: Invocation, request: tuple[Any, ...]) -> Result | object:
+                 invocation: Invocation, request: tuple[Any, ...],
+                 loaded: float = 0.0) -> Result | object:
         # The deadline is this process's alone, armed from its own clock: loading may
-        # take `load_timeout`, the guest its timeout + grace, and nothing the worker
-        # sends moves either (a worker that took over its guest could otherwise hold
-        # the caller forever with `started` frames).
+        # take `load_timeout` (less the `loaded` seconds an earlier worker spent on this
+        # run), the guest its timeout + grace, and nothing the worker sends moves either
+        # (a worker that took over its guest could otherwise hold the caller forever
+        # with `started` frames).
         begun = time.monotonic()
         load = self.config.load_seconds(self.policy)
+        if load is not None:
+            load = max(0.0, load - loaded)
         limit = self.config.deadline(self.policy)
         deadline = None if load is None else begun + load
         final = None if load is None or limit is None else begun + load + limit

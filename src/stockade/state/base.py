@@ -33,9 +33,12 @@ OnTransition = Callable[["Transition"], None]
 
 class Lease(Protocol):
     """A request's admission; `release` it once the response is ready. `degraded` is
-    True when it was decided by this replica alone (`fail_open` with the store down)."""
+    True when it was decided by this replica alone (`fail_open` with the store down);
+    `probe` when it is its breaker's half-open probe (freed by the breakers' store's
+    `probe_unused` when the run never starts)."""
 
     degraded: bool
+    probe: bool
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         """Give back the concurrency slots and charge `cpu_seconds` of guest CPU."""

@@ -18,9 +18,11 @@ __all__ = ["LocalState", "LocalGate"]
 
 
 class _LocalLease:
-    """Slots taken from two limiters, given back once."""
+    """Slots taken from two limiters, given back once. Never a breaker's probe: the
+    local breakers are asked later, by telemetry."""
 
     __slots__ = ("_gate", "degraded")
+    probe = False
 
     def __init__(self, gate: LocalGate, degraded: bool) -> None:
         self._gate: LocalGate | None = gate

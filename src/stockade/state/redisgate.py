@@ -38,15 +38,17 @@ def _number(value: float | int | None) -> str:
 
 class _RedisLease:
     """Slots held in Redis under `lease_id` (of `credit`, when it came from a grant);
-    released at most once."""
+    released at most once. `probe`: this admission is its breaker's half-open probe."""
 
-    __slots__ = ("_gate", "_id", "_credit", "degraded")
+    __slots__ = ("_gate", "_id", "_credit", "degraded", "probe")
 
-    def __init__(self, gate: RedisGate, lease_id: str, credit: Credit | None = None) -> None:
+    def __init__(self, gate: RedisGate, lease_id: str, credit: Credit | None = None,
+                 probe: bool = False) -> None:
         self._gate: RedisGate | None = gate
         self._id = lease_id
         self._credit = credit
         self.degraded = False
+        self.probe = probe
         gate._inflight += 1
         if gate._inflight > gate._peak:
             gate._peak = gate._inflight
@@ -65,6 +67,7 @@ class _FreeLease:
 
     __slots__ = ()
     degraded = False
+    probe = False
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         """Nothing was taken."""
@@ -256,15 +259,16 @@ class RedisGate(Gate):
     def _decide(self, reply: Sequence[str], lease_id: str, on_loop: bool) -> Lease:
         kind = reply[0]
         if kind == "ok":
-            if reply[1] == "1":
-                self.state.probe_taken(self.ident, int(reply[2]), float(reply[3]))
+            probe = reply[1] == "1"
+            if probe:
+                self.state.probe_taken(self.ident, int(reply[2]), reply[3])
             credit = None
             if on_loop:
                 granted = int(reply[4])
                 if self._asked:
                     self._short, self._asked = granted < self._asked, 0
                 credit = self._credit_from(granted, int(reply[5]), lease_id)
-            return _RedisLease(self, lease_id, credit)
+            return _RedisLease(self, lease_id, credit, probe)
         spec = self.spec
         if kind == "breaker":
             until, now = float(reply[2]), float(reply[4])

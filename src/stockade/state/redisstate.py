@@ -3,8 +3,9 @@
 One admission is one round trip: a Lua script (`scripts.ADMIT`, by EVALSHA) checks the
 function's breaker and the function's and tenant's concurrency, CPU and rate (GCRA)
 with Redis's clock, and takes the slots. Concurrency slots are leases: members of a
-sorted set scored by their expiry (the function's timeout plus a grace), so a replica
-that dies holding slots gives them back once they expire. Releases (slots to give
+sorted set scored by their expiry (`GateSpec.lease_seconds`: as long as the gateway may
+hold the request, a run that starts late included, plus a grace), so a replica that dies
+holding slots gives them back once they expire. Releases (slots to give
 back, CPU to charge) are not waited for: the next admission of the same tenant carries
 them as extra arguments of its own script, which gives them back before deciding (a
 slot given back counts for it), so a request is one script in one round trip. The
@@ -58,7 +59,7 @@ from .local import LocalState
 from .quota import Quota
 from .redisgate import REFUSAL_CACHE, RedisGate
 from .resp import Releases
-from .scripts import ADMIT, PROBE_CLEAN, REFUND, RELEASE, VIOLATION
+from .scripts import ADMIT, PROBE_CLEAN, PROBE_UNUSED, REFUND, RELEASE, VIOLATION
 from .settings import StateSettings
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class RedisState(StateBackend):
         self.release_script = self.client.register_script(RELEASE)
         self.violation_script = self.client.register_script(VIOLATION)
         self.probe_script = self.client.register_script(PROBE_CLEAN)
+        self.unused_script = self.client.register_script(PROBE_UNUSED)
         self._ids = itertools.count()
         self._id_prefix = f"{os.urandom(6).hex()}:"
         self._lock = threading.Lock()
@@ -104,7 +106,8 @@ class RedisState(StateBackend):
         self._down_since: float | None = None
         self._decided_alone = 0
         self._logged_error = 0.0
-        self._probes: set[tuple[str, str]] = set()
+        # Probes this process was let through, with the `probe_at` Redis stored for each.
+        self._probes: dict[tuple[str, str], str] = {}
         self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
         self._breakers: RedisBreakers | None = None
         self._closed = False
@@ -334,10 +337,12 @@ class RedisState(StateBackend):
 
     # -- breakers: what admissions saw, for `RedisBreakers.check` -------------------------
 
-    def probe_taken(self, ident: tuple[str, str], denied: int, now: float) -> None:
-        """An admission let the half-open probe through (this process runs it)."""
+    def probe_taken(self, ident: tuple[str, str], denied: int, at: str) -> None:
+        """An admission let the half-open probe through (this process runs it); `at` is
+        Redis's time of it, as the script stored it."""
+        now = float(at)
         with self._lock:
-            self._probes.add(ident)
+            self._probes[ident] = at
             self._open.pop(ident, None)
         breakers = self._breakers
         if breakers is not None:
@@ -430,8 +435,7 @@ class RedisBreakers:
         ident = (key, tenant or "")
         state = self.state
         with state._lock:
-            probe = ident in state._probes
-            state._probes.discard(ident)
+            probe = state._probes.pop(ident, None) is not None
         if not violated and not probe:
             return None
         try:
@@ -463,6 +467,20 @@ class RedisBreakers:
         if (key, tenant or "") not in self.state._probes:
             return None
         return self.record(key, tenant, True, now)
+
+    def probe_unused(self, key: str, tenant: str | None) -> None:
+        """This process's probe under `key` never ran: freed in Redis (`PROBE_UNUSED`)
+        for the next admission on any replica; a lost round trip leaves it to
+        `probe_timeout`."""
+        state = self.state
+        with state._lock:
+            at = state._probes.pop((key, tenant or ""), None)
+        if at is None:
+            return
+        try:
+            state.run(state.unused_script, self._keys(key, tenant)[:1], [at])
+        except RoundTripFailed:
+            pass  # logged by `run`
 
     def entries(self, now: float | None = None) -> list[BreakerEntry]:
         return breaker_entries(self.state.client, self.state.prefix)

@@ -6,7 +6,8 @@ Numbers come back as strings: Redis truncates Lua numbers to integers.
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "REFUND", "RELEASE", "VIOLATION", "PROBE_CLEAN", "UNLIMITED"]
+__all__ = ["ADMIT", "REFUND", "RELEASE", "VIOLATION", "PROBE_CLEAN", "PROBE_UNUSED",
+           "UNLIMITED"]
 
 UNLIMITED = -1  # a quota field that limits nothing
 
@@ -228,4 +229,15 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'state', 'closed', 'until', '', 'probe_at', '', 'count', 0,
            'denied', 0, 'updated', tostring(now))
 return {'closed', tostring(denied), tostring(now)}
+"""
+
+# A probe granted but never run (refused before it started, cancelled): freed, so the
+# next admission may probe; only when the probe is still the one granted at ARGV[1]
+# (its `probe_at`), never one granted to another request since.
+# KEYS: breaker
+PROBE_UNUSED = """
+local b = redis.call('HMGET', KEYS[1], 'state', 'probe_at')
+if b[1] ~= 'half_open' or b[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'probe_at', '')
+return 1
 """

@@ -2,6 +2,7 @@
 
     closed --N counted violations within the window--> open --cooldown over--> half_open
     half_open --probe ran clean--> closed;  half_open --probe violated or failed--> open
+    half_open --probe granted but never ran (refused, cancelled)--> half_open, probe free
 
 A key names what misbehaved: the gateway uses `function:<name>` (per tenant), so
 changing a module's bytes does not escape its function's breaker; a module digest
@@ -19,6 +20,13 @@ concurrency quotas are for. Refusals are counted in memory and added to the data
 at most once a second; the count is reported with the transition that ends the open
 period (one audit record per transition, not one per refusal). Every transition is
 passed to `on_transition` (the audit log).
+
+A probe granted at admission that never ran (the queue refused it, its client went
+away) proves nothing: `probe_unused` frees it, so the next request may probe, instead
+of counting it as a failure (a client who fills the queue whenever the breaker
+half-opens would otherwise hold it open). It frees only the probe this process was
+granted (matched by when it was granted), never a later one, so no more than one
+probe is ever in flight.
 """
 
 from __future__ import annotations
@@ -177,6 +185,9 @@ class BreakerStore(Protocol):
                      now: float | None = None) -> Transition | None:
         """A run ended without a Result: this process's probe, if it was one, failed."""
 
+    def probe_unused(self, key: str, tenant: str | None) -> None:
+        """This process's probe under `key` never ran: free it for another request."""
+
     def entries(self, now: float | None = None) -> list[BreakerEntry]:
         """Every stored breaker, most recently changed first."""
 
@@ -218,9 +229,9 @@ class Breaker:
         self.config = config or BreakerConfig.from_env()
         self._on_transition = on_transition
         self._lock = threading.Lock()
-        # Probes this process was let through: only their end can close a breaker, so
-        # other clean runs never touch the database.
-        self._probes: set[tuple[str, str]] = set()
+        # Probes this process was let through, with when each was granted (its token):
+        # only their end can close a breaker, so other clean runs never touch the database.
+        self._probes: dict[tuple[str, str], float] = {}
         # Refusals not yet added to the database, and when each key last was.
         self._denied: dict[tuple[str, str], int] = {}
         self._flushed: dict[tuple[str, str], float] = {}
@@ -291,7 +302,7 @@ class Breaker:
                     transition = Transition(key, tenant, "open", "half_open", now, count,
                                             None, "cooldown over: one probe run let through",
                                             denied)
-                self._probes.add(ident)
+                self._probes[ident] = now
         self._notify(transition)
         return Decision(True, "half_open", "probe run after cooldown", probe=True)
 
@@ -333,9 +344,8 @@ class Breaker:
         transition: Transition | None
         with self._lock:
             if not violated:
-                if ident not in self._probes:
+                if self._probes.pop(ident, None) is None:
                     return None
-                self._probes.discard(ident)
                 with self._tx():
                     row = self._row(*ident)
                     if row is None or row[0] != "half_open":
@@ -348,7 +358,7 @@ class Breaker:
                 transition = Transition(key, tenant, "half_open", "closed", now, 0, None,
                                         "probe run ended without a violation", denied)
             else:
-                self._probes.discard(ident)
+                self._probes.pop(ident, None)
                 transition = self._violation(key, tenant, ident, now)
         self._notify(transition)
         return transition
@@ -361,6 +371,21 @@ class Breaker:
         if (key, tenant or "") not in self._probes:
             return None
         return self.record(key, tenant, True, now)
+
+    def probe_unused(self, key: str, tenant: str | None) -> None:
+        """This process's probe under `key` was granted but never ran (refused before it
+        started, or cancelled): the breaker stays half-open with its probe free, so the
+        next request may probe. A probe granted to another request since (after
+        `probe_timeout`) is left alone. Nothing when this process holds no probe."""
+        ident = (key, tenant or "")
+        with self._lock:
+            granted = self._probes.pop(ident, None)
+            if granted is None:
+                return
+            with self._tx():
+                self._db.execute(
+                    "UPDATE breakers SET probe_at=NULL WHERE key=? AND tenant=? AND "
+                    "state='half_open' AND probe_at=?", (*ident, granted))
 
     def _violation(self, key: str, tenant: str | None, ident: tuple[str, str],
                    now: float) -> Transition | None:
@@ -426,7 +451,7 @@ class Breaker:
                 self._db.execute(f"DELETE FROM violations WHERE {where}", params)
             for row in rows:
                 ident = (row[0], row[1])
-                self._probes.discard(ident)
+                self._probes.pop(ident, None)
                 self._denied.pop(ident, None)
         return [BreakerEntry(r[0], r[1] or None, r[2], 0, r[3], r[4], r[5], r[6], r[7])
                 for r in rows]

@@ -278,6 +278,18 @@ class Telemetry:
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
             logger().warning("could not tell the circuit breaker a probe failed", exc_info=True)
 
+    def run_unused(self, sha256: str, invocation: Invocation) -> None:
+        """A run holding its breaker's half-open probe was refused or cancelled before it
+        started: the probe is freed for another request, not counted as failed. Never
+        raises."""
+        if not self._use_breaker or self._breaker is None:
+            return
+        try:
+            self._breaker.probe_unused(breaker_key(sha256, invocation), invocation.tenant)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger().warning("could not free the circuit breaker's unused probe",
+                             exc_info=True)
+
     def samples(self, trace_id: int) -> bool:
         """Whether a trace that starts here with `trace_id` is sampled: the profile's
         trace-id ratio, the same rule the sinks apply (OTel's `TraceIdRatioBased`)."""
