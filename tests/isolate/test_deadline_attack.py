@@ -1,0 +1,114 @@
+"""Attack: guests that only a deadline stops, on every path that keeps one.
+
+A bare `(loop br 0)`, a recursion loop, a loop growing memory and a guest that filled
+stdout past a pipe's size, each spinning without a host call, under a short timeout:
+in this process (epochs), in an isolated worker with epochs, and in an isolated worker
+whose engine has no epoch checks (the worker's watchdog ends the process at the
+deadline, `IsolationConfig.process_deadline`). Every path must stop the guest within
+the timeout plus generous slack, with the same verdict, exit code, message and output,
+and leave no worker or zombie behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stockade import Outcome, Policy
+from stockade.isolate import IsolatedSandbox, IsolationConfig
+from stockade.result import Result
+from stockade.sandbox.capi import CapiSandbox
+from tests.conftest import guest
+
+HOSTILE = ("spin_loop.wasm", "recurse_loop.wasm", "grow_loop.wasm", "output_spin.wasm")
+TIMEOUT = 0.5
+# Containment bound: far below the parent's kill (timeout + grace, 30 s here), so only
+# the path under test can have stopped the guest in time.
+SLACK = 10.0
+GRACE = 30.0
+PATHS = ("in-process", "worker-epochs")
+
+
+def _policy() -> Policy:
+    return Policy.from_profile("default").with_limits(timeout=TIMEOUT, max_memory="8MiB")
+
+
+def _gone(pid: int) -> bool:
+    """True when `pid` neither runs nor lingers as a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state not in ("R", "S", "D", "Z", "T", "t")
+
+
+def _deadline_option(path: str) -> dict[str, bool]:
+    return {"process_deadline": True} if path.endswith("process-deadline") else {}
+
+
+def _run(path: str, module: Path) -> tuple[Result, float, list[int]]:
+    """Run `module` on `path`: the result, the seconds it took, the worker pids seen."""
+    if path == "in-process":
+        with CapiSandbox(_policy()) as sandbox:
+            sandbox.run(guest("hello.wasm"))  # the engine exists before the clock starts
+            begun = time.monotonic()
+            result = sandbox.run(module)
+            return result, time.monotonic() - begun, []
+    config = IsolationConfig(grace=GRACE, **_deadline_option(path))
+    with IsolatedSandbox(_policy(), config=config) as sandbox:
+        assert sandbox.run(guest("hello.wasm")).ok
+        pids = [sandbox.worker_pid]
+        begun = time.monotonic()
+        result = sandbox.run(module)
+        elapsed = time.monotonic() - begun
+        pids.append(sandbox.worker_pid)
+        # The worker that ran the guest was stopped and reaped; the next run is served.
+        assert sandbox.run(guest("hello.wasm")).ok
+        pids.append(sandbox.worker_pid)
+    return result, elapsed, [pid for pid in pids if pid is not None]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_guest_spinning_without_host_calls_stops_at_its_timeout(path: str,
+                                                                  name: str) -> None:
+    result, elapsed, pids = _run(path, guest(name))
+    assert result.outcome is Outcome.TIMEOUT, result.message
+    assert result.exit_code == 124
+    assert result.message == "wall-clock timeout"
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
+    assert result.usage.fuel_consumed is None
+    if name == "output_spin.wasm":
+        # What the guest wrote before the deadline is kept, as with epochs.
+        assert result.stdout == b"x" * (1 << 20) and not result.stdout_truncated
+        assert result.usage.hostcalls.get("fd_write") == 16
+    else:
+        assert result.stdout == b""
+    for pid in pids:
+        assert _gone(pid), f"worker {pid} left behind"
+
+
+@pytest.mark.parametrize("isolate", ["none", "process"])
+def test_the_cli_json_and_exit_code_of_a_timeout_are_those_of_epochs(isolate: str) -> None:
+    """`stockade run --json` of a spinning guest: exit 124 and the same JSON shape and
+    facts in this process (epochs) and in an isolated worker (its own deadline)."""
+    command = [sys.executable, "-m", "stockade", "run", "--isolate", isolate, "--json",
+               "--timeout", "500ms", "--max-memory", "8MiB", str(guest("output_spin.wasm"))]
+    begun = time.monotonic()
+    done = subprocess.run(command, capture_output=True, timeout=60)
+    assert time.monotonic() - begun < TIMEOUT + SLACK + 10  # interpreter start included
+    assert done.returncode == 124, done.stderr
+    data = json.loads(done.stdout)
+    assert data["outcome"] == "timeout" and data["exit_code"] == 124
+    assert data["message"] == "wall-clock timeout"
+    assert data["stdout"] == "x" * (1 << 20) and data["stdout_truncated"] is False
+    assert set(data["usage"]) == {"wall_ms", "cpu_ms", "fuel_consumed", "peak_memory_bytes",
+                                  "files_created", "bytes_written", "hostcalls"}
+    assert data["usage"]["fuel_consumed"] is None
+    assert data["limits"]["timeout_ms"] == 500
