@@ -11,16 +11,22 @@ and leave no worker or zombie behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from stockade import Outcome, Policy
+from stockade import Invocation, Outcome, Policy
+from stockade.engine.cache import AotCache
+from stockade.engine.config import EngineConfig
 from stockade.isolate import IsolatedSandbox, IsolationConfig
+from stockade.paths import cache_dir
+from stockade.policy import DirGrant
 from stockade.result import Result
 from stockade.sandbox.capi import CapiSandbox
 from tests.conftest import guest
@@ -31,7 +37,7 @@ TIMEOUT = 0.5
 # the path under test can have stopped the guest in time.
 SLACK = 10.0
 GRACE = 30.0
-PATHS = ("in-process", "worker-epochs")
+PATHS = ("in-process", "worker-epochs", "worker-process-deadline")
 
 
 def _policy() -> Policy:
@@ -48,10 +54,6 @@ def _gone(pid: int) -> bool:
     return state not in ("R", "S", "D", "Z", "T", "t")
 
 
-def _deadline_option(path: str) -> dict[str, bool]:
-    return {"process_deadline": True} if path.endswith("process-deadline") else {}
-
-
 def _run(path: str, module: Path) -> tuple[Result, float, list[int]]:
     """Run `module` on `path`: the result, the seconds it took, the worker pids seen."""
     if path == "in-process":
@@ -60,7 +62,7 @@ def _run(path: str, module: Path) -> tuple[Result, float, list[int]]:
             begun = time.monotonic()
             result = sandbox.run(module)
             return result, time.monotonic() - begun, []
-    config = IsolationConfig(grace=GRACE, **_deadline_option(path))
+    config = IsolationConfig(grace=GRACE, process_deadline=path.endswith("process-deadline"))
     with IsolatedSandbox(_policy(), config=config) as sandbox:
         assert sandbox.run(guest("hello.wasm")).ok
         pids = [sandbox.worker_pid]
@@ -112,3 +114,69 @@ def test_the_cli_json_and_exit_code_of_a_timeout_are_those_of_epochs(isolate: st
                                   "files_created", "bytes_written", "hostcalls"}
     assert data["usage"]["fuel_consumed"] is None
     assert data["limits"]["timeout_ms"] == 500
+
+
+def _entry(module: Path, config: EngineConfig) -> Path:
+    sha = hashlib.sha256(module.read_bytes()).hexdigest()
+    return AotCache(cache_dir()).path(config.fingerprint(), sha)
+
+
+@pytest.mark.parametrize("process_deadline", [True, False])
+def test_the_worker_compiles_without_epochs_only_when_its_process_keeps_the_deadline(
+        process_deadline: bool) -> None:
+    # A module no other test compiles, so its cache entries are this test's.
+    nonce = time.time_ns()
+    module = Path(tempfile.mkdtemp()) / f"spin_{nonce}.wat"
+    module.write_text(f'(module (memory (export "memory") 1) (data (i32.const 0) "{nonce}")'
+                      ' (func (export "_start") (loop $l (br $l))))')
+    limits = _policy().limits
+    without = EngineConfig.for_limits(limits, process_deadline=True)
+    assert not without.epochs and without.fingerprint() != EngineConfig.for_limits(
+        limits).fingerprint()  # the AoT cache keeps the two apart
+    config = IsolationConfig(grace=GRACE, process_deadline=process_deadline)
+    with IsolatedSandbox(_policy(), config=config) as sandbox:
+        result = sandbox.run(module)
+    assert result.outcome is Outcome.TIMEOUT and result.message == "wall-clock timeout"
+    wasm = module.with_suffix(".wasm")
+    import wasmtime  # the entry's key is the binary's digest
+
+    wasm.write_bytes(wasmtime.wat2wasm(module.read_text()))
+    assert _entry(wasm, without).exists() is process_deadline
+    assert _entry(wasm, EngineConfig.for_limits(limits)).exists() is not process_deadline
+
+
+def test_a_fuel_budget_keeps_epochs_in_the_worker() -> None:
+    policy = Policy.from_profile("strict").with_limits(timeout=TIMEOUT)
+    sandbox = IsolatedSandbox(policy, config=IsolationConfig(grace=GRACE))
+    with sandbox:
+        result = sandbox.run(guest("spin_loop.wasm"))
+        assert result.outcome is Outcome.TIMEOUT
+        assert result.usage.fuel_consumed is not None
+        assert not sandbox._plan.process_deadline  # fuel_consumed needs the store
+
+
+@pytest.mark.parametrize("process_deadline", [True, False])
+def test_a_metered_run_keeps_its_output_and_counts(tmp_path: Path,
+                                                    process_deadline: bool) -> None:
+    # A granted directory puts the run under the meter (host calls in Python).
+    policy = _policy().with_capabilities(dirs=(DirGrant(tmp_path, "/data", writable=True),))
+    config = IsolationConfig(grace=GRACE, process_deadline=process_deadline)
+    with IsolatedSandbox(policy, config=config) as sandbox:
+        begun = time.monotonic()
+        result = sandbox.run(guest("output_spin.wasm"))
+        assert time.monotonic() - begun < TIMEOUT + SLACK
+        pid = sandbox.worker_pid
+        assert sandbox.run(guest("hello.wasm")).ok
+    assert result.outcome is Outcome.TIMEOUT and result.message == "wall-clock timeout"
+    assert result.stdout == b"x" * (1 << 20)
+    assert result.usage.hostcalls.get("fd_write") == 16
+    assert pid is None or _gone(pid)
+
+
+@pytest.mark.parametrize("process_deadline", [True, False])
+def test_a_sleeping_guest_reports_its_own_timeout(process_deadline: bool) -> None:
+    config = IsolationConfig(grace=GRACE, process_deadline=process_deadline)
+    with IsolatedSandbox(_policy(), config=config) as sandbox:
+        result = sandbox.run(guest("sleeper.wasm"), Invocation(args=("10",)))
+    assert result.outcome is Outcome.TIMEOUT
+    assert result.message == "wall-clock timeout (guest was sleeping)"

@@ -54,6 +54,9 @@ class WorkerPlan:
     # The sandbox the worker wraps (`isolate.backend`): "wasmtime" imports wasmtime-py
     # and the fast path (a pool worker's executors use both), "capi" the C API only.
     backend: Backend = "wasmtime"
+    # The worker's C-API engine has no epochs; it ends itself at a run's deadline
+    # (`isolate.overrun`). Only for the C API and a policy without a fuel budget.
+    process_deadline: bool = False
     # This host's AoT key, read by the parent (the hardened worker cannot reach the
     # config directory) and installed by the worker before it loads a module.
     aot_key: bytes | None = dataclasses.field(default=None, repr=False)
@@ -68,6 +71,7 @@ class WorkerPlan:
 
 def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
     """The plan of a worker running `policy` under `config`."""
+    backend = worker_backend(policy)
     rlimits = RlimitPlan(
         nofile=config.nofile(policy),
         fsize=config.fsize(policy),
@@ -93,7 +97,9 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
                      for grant in policy.capabilities.dirs),
         readable=interpreter_paths(),
         cache=Path(os.path.realpath(cache_dir())),
-        backend=worker_backend(policy),
+        backend=backend,
+        process_deadline=config.process_deadline and backend == "capi"
+        and policy.limits.fuel is None,
     )
 
 

@@ -103,7 +103,9 @@ class IsolatedSandbox:
         backend = backend or self._plan.backend
         plan = self._plans.get(backend)
         if plan is None:
-            plan = self._plans[backend] = dataclasses.replace(self._plan, backend=backend)
+            plan = self._plans[backend] = dataclasses.replace(
+                self._plan, backend=backend,
+                process_deadline=self._plan.process_deadline and backend == "capi")
         self._worker = WorkerProcess(plan, self._cgroup_limits, self.config.python)
         self._worker_backend = backend
         return self._worker
@@ -308,6 +310,12 @@ class IsolatedSandbox:
                     continue  # the next receive reports the death
             elif kind == "result":
                 return self._finish(info, result_from_wire(payload), worker.pid, invocation)
+            elif kind == "overran":  # its deadline's result; the worker is ending itself
+                result = result_from_wire(payload)
+                worker.kill()  # reaped here, whatever it was still doing
+                self._discard(respawn=True)
+                result.cleanup_error = self._remove_scratch(info, worker)
+                return self._finish(info, result, worker.pid, invocation)
             elif kind == "error":
                 error = error_from_wire(payload)
                 if isinstance(error, PrecompiledRefused):  # `denied`, as in process
