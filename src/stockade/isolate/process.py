@@ -7,7 +7,11 @@ One worker process serves the runs of one `IsolatedSandbox`, one at a time, and 
 reused while it lives. The parent holds the deadline, on its own clock: loading may
 take `load_timeout`, then the guest gets the policy's timeout plus `grace` (never past
 `load_timeout` + timeout + `grace` from the request, whatever the worker sends), after
-which the worker is killed (outcome `timeout`). Module files are read here and sent as
+which the worker is killed (outcome `timeout`). A C-API worker under a policy without a
+fuel budget has no epoch checks in its compiled code (`IsolationConfig.process_deadline`):
+at the guest's timeout it sends the result an epoch interrupt would have made
+(`overran`) and ends itself (`isolate.overrun`); it is reaped and replaced, as a killed
+one is. Module files are read here and sent as
 bytes: the worker cannot open the caller's files. A worker that dies (cgroup OOM kill,
 crash, SIGKILL) yields outcome `error` with the cause; either way a fresh worker
 replaces it and the caller goes on.
