@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -180,3 +181,78 @@ def test_a_sleeping_guest_reports_its_own_timeout(process_deadline: bool) -> Non
         result = sandbox.run(guest("sleeper.wasm"), Invocation(args=("10",)))
     assert result.outcome is Outcome.TIMEOUT
     assert result.message == "wall-clock timeout (guest was sleeping)"
+
+
+@pytest.mark.parametrize("process_deadline", [True, False])
+@pytest.mark.parametrize("name", HOSTILE[:3])
+def test_the_cpu_limit_stops_a_spinning_guest_before_its_timeout(name: str,
+                                                                  process_deadline: bool
+                                                                  ) -> None:
+    # Without a cgroup, `cpu_quota` only sizes RLIMIT_CPU: 0.03 core of a 30 s timeout is a
+    # 1 CPU-second run (the kernel's limit, whole seconds), far below the 30 s deadline.
+    policy = _policy().with_limits(timeout=30.0)
+    config = IsolationConfig(grace=GRACE, cgroup=False, cpu_quota=0.03,
+                             process_deadline=process_deadline)
+    with IsolatedSandbox(policy, config=config) as sandbox:
+        begun = time.monotonic()
+        result = sandbox.run(guest(name))
+        elapsed = time.monotonic() - begun
+        pid = sandbox.worker_pid
+        assert sandbox.run(guest("hello.wasm")).ok
+    assert result.outcome is Outcome.ERROR
+    assert "CPU time limit (RLIMIT_CPU, SIGXCPU)" in result.message
+    assert elapsed < 30.0  # the CPU limit, not the deadline (at most 3 CPU seconds here)
+    assert pid is None or _gone(pid)
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and its live children (utime + stime, clock ticks)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for task in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{task}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid`."""
+    found = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            direct = [int(child) for child in path.read_text().split()]
+        except FileNotFoundError:
+            continue
+        for child in direct:
+            found += [child, *_children(child)]
+    return found
+
+
+@pytest.mark.parametrize("isolate", ["none", "process"])
+def test_a_full_stdout_pipe_does_not_keep_a_spinning_guest_running(isolate: str) -> None:
+    """The guest wrote 1 MiB and spins; `stockade run`'s own stdout is a pipe nobody reads
+    yet, so writing the result blocks. The guest must be stopped by then: no CPU is
+    spent while the command waits on its pipe, and no worker is left running."""
+    command = [sys.executable, "-m", "stockade", "run", "--isolate", isolate, "--timeout",
+               "500ms", "--max-memory", "8MiB", str(guest("output_spin.wasm"))]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        # Blocked on the full pipe once its CPU time stops moving after the run.
+        before = -1.0
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = _tree_cpu(proc.pid)
+            if now == before and proc.poll() is None:
+                break
+            before = now
+        assert proc.poll() is None, "the 1 MiB output should not fit in the pipe"
+        time.sleep(1.0)
+        assert _tree_cpu(proc.pid) - before < 0.2, "something still spins"
+        assert all(_gone(child) for child in _children(proc.pid))
+        output = proc.stdout.read() if proc.stdout else b""
+        assert proc.wait(timeout=60) == 124
+    assert output == b"x" * (1 << 20)

@@ -89,10 +89,16 @@ class Overrun:
                         continue  # disarmed (or armed anew) meanwhile
                     wall = time.monotonic() - self._begun
                     cpu = time.clock_gettime(self._cpu_clock) - self._cpu0
-                result = self.report(wall, cpu)
+                try:
+                    result = self.report(wall, cpu)
+                    if result is not None:
+                        write_frame(self.write_fd, ("overran", result_to_wire(result)))
+                except BaseException as exc:  # noqa: BLE001 - the guest must stop anyway
+                    # The parent reports the death (`error`) with this line as its cause.
+                    os.write(2, f"deadline passed; no result: {exc!r}\n".encode())
+                    os._exit(3)
                 if result is None:  # between runs' steps: look again a tick later
                     with self._cond:
                         self._due = time.monotonic() + TICK_SECONDS
                     continue
-                write_frame(self.write_fd, ("overran", result_to_wire(result)))
                 os._exit(0)  # the guest's thread cannot be stopped any other way
