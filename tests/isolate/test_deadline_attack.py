@@ -6,7 +6,9 @@ in this process (epochs), in an isolated worker with epochs, and in an isolated 
 whose engine has no epoch checks (the worker's watchdog ends the process at the
 deadline, `IsolationConfig.process_deadline`). Every path must stop the guest within
 the timeout plus generous slack, with the same verdict, exit code, message and output,
-and leave no worker or zombie behind.
+and leave no worker or zombie behind; under an RLIMIT_CPU below the timeout the kernel
+ends the worker alike with or without epochs; and `stockade run` blocked on a full
+stdout pipe must not leave the guest spinning meanwhile.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from .backend import open_backend
 from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
 from .modules import FALLBACK, ModuleFile, ModuleMemo
+from .overrun import Overrun  # imported before confinement, like everything a run uses
 from .protocol import error_to_wire, read_frame, read_raw_frame, result_to_wire, write_frame
 from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
 
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
     from ..result import Result
     from .backend import WorkerBackend
     from .confine import Confinement
-    from .overrun import Overrun
     from .plan import WorkerPlan
 
 __all__ = ["main", "worker_main", "Relay"]
@@ -190,8 +190,6 @@ def serve(read_fd: int, write_fd: int) -> None:
     policy, shown = _relocated(plan, confinement)
     overrun = None
     if plan.process_deadline:  # no epochs in this engine: the deadline is this process's
-        from .overrun import Overrun
-
         overrun = Overrun(write_fd, lambda wall, cpu: None)
     relay = Relay(write_fd, plan.rlimits.run_cpu, shown, overrun, policy.limits.timeout)
     backend = open_backend(plan.backend, policy, (relay,), cache,
