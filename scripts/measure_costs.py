@@ -206,6 +206,26 @@ class _CapiProfile(_Profile):
         self.describe = EngineConfig.for_limits(policy.limits).describe()
 
 
+class _Isolated(_Profile):
+    """`IsolatedSandbox` (`stockade run --isolate process`) under a built-in profile: a
+    C-API worker whose deadline is its process's (`process_deadline`, no epochs) or, with
+    `epochs`, its engine's."""
+
+    def __init__(self, name: str, epochs: bool) -> None:
+        from stockade.invocation import Invocation
+        from stockade.isolate import IsolatedSandbox, IsolationConfig
+        from stockade.policy import Policy
+
+        self.invocation = Invocation
+        policy = _roomy(Policy.from_profile(name))
+        config = IsolationConfig(process_deadline=not epochs)
+        self.sandbox = IsolatedSandbox(policy, config=config)
+        self.loaded = GUEST
+        engine = EngineConfig.for_limits(policy.limits, process_deadline=not epochs
+                                         and policy.limits.fuel is None)
+        self.describe = f"{self.sandbox.backend} worker: {engine.describe()}"
+
+
 class _Native:
     """The native binary of the same source."""
 
@@ -262,6 +282,10 @@ def _runners(scratch: Path, flags: list[str]
     capi = _CapiProfile("default")
     runners["capi default"] = capi.run
     notes["capi default"] = f"CapiSandbox (stockade run): {capi.describe}"
+    for name, epochs in (("isolated default", False), ("isolated default epochs", True)):
+        isolated = _Isolated("default", epochs)
+        runners[name] = isolated.run
+        notes[name] = f"IsolatedSandbox (--isolate process), {isolated.describe}"
     for index, option in enumerate(flags):
         wasm, binary = _build(option, scratch / f"flags{index}")
         native = f"native {option}"

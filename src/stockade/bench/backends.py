@@ -93,6 +93,11 @@ def catalogue(ctx: Context) -> list[Backend]:
         Backend("stockade", "Stockade in-process (AoT cache, warm)", "stockade",
                 "in-process", ALL_GROUPS, "fast", options={"cache_dir": cache},
                 note="Sandbox(default profile), module loaded once, fresh instance per call"),
+        Backend("stockade-isolated", "Stockade isolated worker (C API, warm)", "stockade",
+                "process", frozenset({"startup", "compute"}), "fast",
+                options={"cache_dir": cache, "isolate": "process"},
+                note="IsolatedSandbox(default profile): a hardened C-API worker whose "
+                     "process keeps the deadline (no epochs)"),
         Backend("stockade-fast", "Stockade fast path (C API, pooling, warm)", "stockade-fast",
                 "in-process", ALL_GROUPS, "fast",
                 note="engine.fastpath: the gateway's per-request path, default-profile limits"),
@@ -130,7 +135,8 @@ def catalogue(ctx: Context) -> list[Backend]:
     ]
 
 
-BACKEND_NAMES = ("native", "crun", "vm", "vm-warm", "stockade", "stockade-fast", "stockade-run",
+BACKEND_NAMES = ("native", "crun", "vm", "vm-warm", "stockade", "stockade-isolated",
+                 "stockade-fast", "stockade-run",
                  "stockade-wasm", "wasmtime", "pulley", "node", "node-run", "extism",
                  "extism-reused", "python-import")
 

@@ -163,6 +163,7 @@ def goal_rows(results: BenchResults) -> list[ClaimRow]:
                       _p50(results, "python-import", "startup/hello"))
     python_ms = _p50(results, "stockade", "real/python")
     geo = compute_geomean(results, "stockade")
+    isolated_geo = compute_geomean(results, "stockade-isolated")
     pulley_geo = compute_geomean(results, "pulley")
     io16 = io_ratios(results, "stockade").get(SIXTEEN_MIB)
     return [
@@ -179,6 +180,9 @@ def goal_rows(results: BenchResults) -> list[ClaimRow]:
         ClaimRow("goal", "compute geometric mean <= 1.2x native (default profile)",
                  "Stockade hot loop / native, all kernels and sizes", _x(geo),
                  _verdict(geo, 1.2)),
+        ClaimRow("goal", "compute geometric mean <= 1.2x native (default profile, isolated "
+                 "worker)", "isolated worker hot loop / native (its process keeps the "
+                 "deadline: no epochs)", _x(isolated_geo), _verdict(isolated_geo, 1.2)),
         gateway_row(results),
         ClaimRow("goal", "interpreted vs AoT ratio reported",
                  "Pulley / native and Stockade / native, compute geomean",

@@ -50,18 +50,23 @@ class EngineConfig:
 
     `fuel` instruments code with an instruction budget, `epochs` with deadline checks;
     `max_stack` is the wasm stack in bytes; `strategy` is `cranelift` or `pulley`
-    (wasmtime's portable interpreter).
+    (wasmtime's portable interpreter). `process_deadline`: the process running the
+    engine ends itself at a run's deadline (an isolated worker: `isolate.overrun`), so a
+    timeout is allowed without epochs; it changes no generated code.
     """
 
     fuel: bool = True
     epochs: bool = True
     max_stack: int = 1024 * 1024
     strategy: str = "cranelift"
+    process_deadline: bool = False
 
     @classmethod
-    def for_limits(cls, limits: Limits) -> EngineConfig:
-        """The configuration a policy's limits need: fuel only when a budget is set."""
-        return cls(fuel=limits.fuel is not None, epochs=True, max_stack=limits.max_stack)
+    def for_limits(cls, limits: Limits, *, process_deadline: bool = False) -> EngineConfig:
+        """The configuration a policy's limits need: fuel only when a budget is set;
+        epochs unless the process keeps the deadline (`process_deadline`)."""
+        return cls(fuel=limits.fuel is not None, epochs=not process_deadline,
+                   max_stack=limits.max_stack, process_deadline=process_deadline)
 
     def settings(self) -> tuple[tuple[str, bool | int | str], ...]:
         """The wasmtime settings of this configuration, as (name, value) pairs: the one
@@ -96,7 +101,8 @@ class EngineConfig:
     def describe(self) -> str:
         """Human form, e.g. 'cranelift, fuel, epochs, stack 1024KiB'."""
         parts = [self.strategy]
-        parts += [name for name, on in (("fuel", self.fuel), ("epochs", self.epochs)) if on]
+        parts += [name for name, on in (("fuel", self.fuel), ("epochs", self.epochs),
+                                        ("deadline by process", self.process_deadline)) if on]
         parts.append(f"stack {self.max_stack // 1024}KiB")
         return ", ".join(parts)
 

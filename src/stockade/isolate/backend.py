@@ -66,6 +66,10 @@ class WorkerBackend(Protocol):
         """wasmtime-py's engine, whose per-memory reservation sizes RLIMIT_AS; None for
         a pooling engine, whose memories are mapped already (made by this call)."""
 
+    def overdue(self, wall_s: float, cpu_s: float) -> Result | None:
+        """The run in progress as its deadline would have ended it now (None: none in
+        progress); called by `Overrun` on its own thread, the process ends next."""
+
 
 def preload(backend: Backend) -> None:
     """Import everything `backend` runs (see the module docstring). A fast path this
@@ -96,11 +100,15 @@ class _Capi:
     name: Backend = "capi"
 
     def __init__(self, policy: Policy, observers: Sequence[RunObserver],
-                 cache: AotCache) -> None:
+                 cache: AotCache, process_deadline: bool) -> None:
+        from ..engine.config import EngineConfig
         from ..sandbox.capi import CapiSandbox
 
         self.policy = policy
-        self.sandbox = CapiSandbox(policy, observers=observers, cache=cache)
+        config = EngineConfig.for_limits(policy.limits, process_deadline=process_deadline)
+        self.sandbox = CapiSandbox(policy, observers=observers, cache=cache,
+                                   engine_config=config)
+        self._running: tuple[_Loaded, bool] | None = None  # and whether it is cold
 
     def load(self, data: bytes, name: str) -> Any | None:
         loaded = self.sandbox.load_bytes(data, name)
@@ -109,12 +117,26 @@ class _Capi:
     def run(self, loaded: Any, invocation: Invocation) -> Result:
         # Warm, as wasmtime-py's sandbox says, when this worker ran the module before.
         coldstart, loaded.ran = not loaded.ran, True
-        return self.sandbox.run_loaded(loaded.fast, loaded.sha256, loaded.name, invocation,
-                                       coldstart=coldstart)
+        self._running = loaded, coldstart
+        try:
+            return self.sandbox.run_loaded(loaded.fast, loaded.sha256, loaded.name,
+                                           invocation, coldstart=coldstart)
+        finally:
+            self._running = None
 
     def wasmtime_engine(self) -> wasmtime.Engine | None:
         _ = self.sandbox.engine  # the pool (every slot's reservation) is mapped now
         return None
+
+    def overdue(self, wall_s: float, cpu_s: float) -> Result | None:
+        running = self._running
+        fast = self.sandbox.engine.overdue(wall_s, cpu_s) if running is not None else None
+        if fast is None or running is None:
+            return None
+        loaded, coldstart = running
+        result = fast.to_result(loaded.name, loaded.sha256, self.policy.limits.as_dict())
+        result.coldstart = coldstart
+        return result
 
 
 class _Wasmtime:
@@ -137,14 +159,19 @@ class _Wasmtime:
     def wasmtime_engine(self) -> wasmtime.Engine | None:
         return self.sandbox.engine.wasmtime
 
+    def overdue(self, wall_s: float, cpu_s: float) -> Result | None:
+        return None  # its engine keeps epochs: the guest stops itself
+
 
 def open_backend(backend: Backend, policy: Policy, observers: Sequence[RunObserver],
-                 cache: Path | None) -> WorkerBackend:
+                 cache: Path | None, *, process_deadline: bool = False) -> WorkerBackend:
     """The worker's sandbox for `policy`; `cache` is the AoT cache directory where this
-    worker reaches it (None: the default)."""
+    worker reaches it (None: the default). With `process_deadline` the C API's engine
+    has no epochs: the worker ends itself at a run's deadline (`isolate.overrun`)."""
     if backend == "capi":
         from ..engine.cache import AotCache
         from ..paths import cache_dir
 
-        return _Capi(policy, observers, AotCache(cache if cache is not None else cache_dir()))
+        return _Capi(policy, observers, AotCache(cache if cache is not None else cache_dir()),
+                     process_deadline)
     return _Wasmtime(policy, observers)

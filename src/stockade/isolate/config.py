@@ -40,6 +40,10 @@ class IsolationConfig:
       per linear memory (see `worker`). `address_space_headroom` covers compilation.
     - `fsize_headroom`: added to the larger of disk quota and output cap for RLIMIT_FSIZE
       (the worker writes the AoT cache).
+    - `process_deadline`: a C-API worker running a policy without a fuel budget builds
+      its engine without epoch interruption and ends itself at a run's deadline
+      (`isolate.overrun`): compute runs without a deadline check in every loop. `False`
+      keeps epochs (the guest stops itself, the worker goes on).
     - `cpu_budget_runs`: a reused worker's lifetime RLIMIT_CPU hard limit, in runs.
     - `max_runs`: replace a worker after this many runs (`None`: never).
     - `uid_base`: a worker started by root runs as uid and gid `uid_base + its pid`
@@ -66,6 +70,7 @@ class IsolationConfig:
     address_space_headroom: int = 1024 * MiB
     fsize_headroom: int = 256 * MiB
     nofile_overhead: int = 64
+    process_deadline: bool = True
     cpu_budget_runs: int = 16
     max_runs: int | None = None
     seccomp: bool = True

@@ -55,6 +55,9 @@ class WorkerPlan:
     # The sandbox the worker wraps (`isolate.backend`): "wasmtime" imports wasmtime-py
     # and the fast path (a pool worker's executors use both), "capi" the C API only.
     backend: Backend = "wasmtime"
+    # The worker's C-API engine has no epochs; it ends itself at a run's deadline
+    # (`isolate.overrun`). Only for the C API and a policy without a fuel budget.
+    process_deadline: bool = False
     # The AoT key of the worker's `cache_scope` (`seal.scoped_key`), derived by the
     # parent from this host's (which the worker never holds nor reaches) and installed
     # by the worker before it loads a module; `cache` is then that scope's directory.
@@ -117,6 +120,7 @@ def inherited(plan: WorkerPlan) -> tuple[WorkerPlan, tuple[int, ...]]:
 
 def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
     """The plan of a worker running `policy` under `config`."""
+    backend = worker_backend(policy)
     rlimits = RlimitPlan(
         nofile=config.nofile(policy),
         fsize=config.fsize(policy),
@@ -141,7 +145,9 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
         grants=tuple((grant.real_host(), grant.writable) for grant in policy.capabilities.dirs),
         readable=interpreter_paths(),
         cache=Path(os.path.realpath(cache_dir())),
-        backend=worker_backend(policy),
+        backend=backend,
+        process_deadline=config.process_deadline and backend == "capi"
+        and policy.limits.fuel is None,
     )
 
 

@@ -7,7 +7,11 @@ One worker process serves the runs of one `IsolatedSandbox`, one at a time, and 
 reused while it lives. The parent holds the deadline, on its own clock: loading may
 take `load_timeout`, then the guest gets the policy's timeout plus `grace` (never past
 `load_timeout` + timeout + `grace` from the request, whatever the worker sends), after
-which the worker is killed (outcome `timeout`). Module files are read here and sent as
+which the worker is killed (outcome `timeout`). A C-API worker under a policy without a
+fuel budget has no epoch checks in its compiled code (`IsolationConfig.process_deadline`):
+at the guest's timeout it sends the result an epoch interrupt would have made
+(`overran`) and ends itself (`isolate.overrun`); it is reaped and replaced, as a killed
+one is. Module files are read here and sent as
 bytes: the worker cannot open the caller's files. A worker that dies (cgroup OOM kill,
 crash, SIGKILL) yields outcome `error` with the cause; either way a fresh worker
 replaces it and the caller goes on.
@@ -104,7 +108,9 @@ class IsolatedSandbox:
         backend = backend or self._plan.backend
         plan = self._plans.get(backend)
         if plan is None:
-            plan = self._plans[backend] = dataclasses.replace(self._plan, backend=backend)
+            plan = self._plans[backend] = dataclasses.replace(
+                self._plan, backend=backend,
+                process_deadline=self._plan.process_deadline and backend == "capi")
         self._worker = WorkerProcess(plan, self._cgroup_limits, self.config.python)
         self._worker_backend = backend
         return self._worker
@@ -335,6 +341,12 @@ class IsolatedSandbox:
                     continue  # the next receive reports the death
             elif kind == "result":
                 return self._finish(info, result_from_wire(payload), worker.pid, invocation)
+            elif kind == "overran":  # its deadline's result; the worker is ending itself
+                result = result_from_wire(payload)
+                worker.kill()  # reaped here, whatever it was still doing
+                self._discard(respawn=True)
+                result.cleanup_error = self._remove_scratch(info, worker)
+                return self._finish(info, result, worker.pid, invocation)
             elif kind == "error":
                 error = error_from_wire(payload)
                 if isinstance(error, PrecompiledRefused):  # `denied`, as in process

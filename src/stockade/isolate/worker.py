@@ -15,7 +15,9 @@ the pipe:
 - `("check", name, arg)` -> `checked` (see `checks`);
 - `("probe",)` -> `probed`: runs the plan's `probe` source, a test-only hook standing
   for code that took the worker over (a plan from `plan_for` has none);
-- a run the remaining CPU budget cannot cover -> `retire` (the parent starts a new worker).
+- a run the remaining CPU budget cannot cover -> `retire` (the parent starts a new worker);
+- with `plan.process_deadline` (an engine without epochs), a guest past its timeout ->
+  `overran` with its result, and the worker ends itself (`overrun`).
 
 RLIMIT_CPU is stepped like the parent's deadlines: a load allowance when a request
 arrives, one run's worth when the guest starts (`Relay.run_started`).
@@ -43,6 +45,7 @@ from .backend import open_backend
 from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
 from .modules import FALLBACK, ModuleFile, ModuleMemo
+from .overrun import Overrun  # imported before confinement, like everything a run uses
 from .protocol import error_to_wire, read_frame, read_raw_frame, result_to_wire, write_frame
 from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
 
@@ -66,12 +69,16 @@ READY_MODULES: frozenset[str] = frozenset()
 
 class Relay:
     """Observer of the worker's sandbox: tells the parent when the guest starts, so the
-    parent's deadline counts from there (compiling is bounded separately)."""
+    parent's deadline counts from there (compiling is bounded separately), and arms the
+    worker's own deadline (`overrun`, when its engine has no epochs) for `timeout`."""
 
-    def __init__(self, fd: int, run_cpu: int | None, shown: dict[str, str]) -> None:
+    def __init__(self, fd: int, run_cpu: int | None, shown: dict[str, str],
+                 overrun: Overrun | None = None, timeout: float | None = None) -> None:
         self.fd = fd
         self.run_cpu = run_cpu
         self.shown = shown
+        self.overrun = overrun
+        self.timeout = timeout
 
     def run_started(self, info: RunInfo) -> None:
         if self.run_cpu is not None:
@@ -81,6 +88,8 @@ class Relay:
             "started": info.started,
             "writable_dirs": [self.shown.get(str(p), str(p)) for p in info.writable_dirs],
         }))
+        if self.overrun is not None and self.timeout is not None:
+            self.overrun.arm(self.timeout)
 
     def run_finished(self, info: RunInfo, result: Result) -> None:
         """The result itself is the reply; nothing to send here."""
@@ -180,8 +189,14 @@ def serve(read_fd: int, write_fd: int) -> None:
         cache = confinement.where(plan.cache)
         os.environ["STOCKADE_CACHE_DIR"] = str(cache)
     policy, shown = _relocated(plan, confinement)
-    backend = open_backend(plan.backend, policy,
-                           (Relay(write_fd, plan.rlimits.run_cpu, shown),), cache)
+    overrun = None
+    if plan.process_deadline:  # no epochs in this engine: the deadline is this process's
+        overrun = Overrun(write_fd, lambda wall, cpu: None)
+    relay = Relay(write_fd, plan.rlimits.run_cpu, shown, overrun, policy.limits.timeout)
+    backend = open_backend(plan.backend, policy, (relay,), cache,
+                           process_deadline=plan.process_deadline)
+    if overrun is not None:
+        overrun.report = backend.overdue
     # The engine (and a C-API pool's memory) exists before RLIMIT_AS and seccomp.
     report += harden_after_engine(plan, backend.wasmtime_engine())
     modules = ModuleMemo()
@@ -211,6 +226,9 @@ def serve(read_fd: int, write_fd: int) -> None:
             arguments = list(request[1:])
             del request  # the module's bytes live only as long as loading needs them
             reply = _run(backend, modules, arguments)
+            if overrun is not None:
+                with overrun.lock:  # the run's one reply: this or the deadline's
+                    overrun.disarm()
             # A trap's traceback keeps its Store, with a whole linear-memory reservation,
             # alive until the cycle collector runs; RLIMIT_AS has room for one at a time.
             if vm_size() > baseline + _RECLAIM_BYTES:

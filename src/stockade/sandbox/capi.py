@@ -62,14 +62,16 @@ def needs_meter(policy: Policy, module: FastModule) -> bool:
 class CapiSandbox:
     """Runs `.wasm` modules under one policy on wasmtime's C API, each run in a fresh
     instance. Raises what `Sandbox.run` raises (ModuleNotFound, ModuleError); everything
-    the guest does is in the `Result`. Closing is safe twice."""
+    the guest does is in the `Result`. `engine_config` replaces the policy's
+    (`EngineConfig.for_limits`). Closing is safe twice."""
 
     def __init__(self, policy: Policy, *, observers: Sequence[RunObserver] = (),
-                 cache: AotCache | None = None) -> None:
+                 cache: AotCache | None = None,
+                 engine_config: EngineConfig | None = None) -> None:
         self.policy = policy
         self.observers = tuple(observers)
         limits = policy.limits
-        self._config = EngineConfig.for_limits(limits)
+        self._config = engine_config or EngineConfig.for_limits(limits)
         self._cache = cache if cache is not None else AotCache(cache_dir())
         # Per module (sha256): whether its host calls are served in Python under a
         # `Meter` (`FastEngine.run_metered`), for what the native run does not hold.

@@ -20,20 +20,23 @@ STOCKADE_MAX_OUTPUT = 64 * 1024**2
 class StockadeHost(Host):
     """`Sandbox(policy).run(loaded_module, Invocation(...))` under the default profile
     (output cap raised to 64 MiB for the 16 MiB echo). Modules are loaded once, from the
-    AoT cache in `options["cache_dir"]`."""
+    AoT cache in `options["cache_dir"]`. With `options["isolate"] == "process"`, an
+    `IsolatedSandbox` (its worker keeps the module; the path is sent per run)."""
 
     def __init__(self, layout: Layout, options: dict[str, Any]) -> None:
         super().__init__(layout, options)
         os.environ["STOCKADE_CACHE_DIR"] = str(options["cache_dir"])
         try:
             from ...invocation import Invocation
+            from ...isolate.factory import make_sandbox
             from ...policy import Policy
-            from ...sandbox import Sandbox
         except ImportError as exc:
             raise HostUnavailable(f"stockade.sandbox cannot be imported: {exc}") from exc
         policy = Policy.from_profile(str(options.get("profile", "default")))
         self.invocation = Invocation
-        self.sandbox = Sandbox(policy.with_limits(max_output=STOCKADE_MAX_OUTPUT))
+        self.isolated = options.get("isolate") == "process"
+        self.sandbox: Any = make_sandbox(policy.with_limits(max_output=STOCKADE_MAX_OUTPUT),
+                                         "process" if self.isolated else "none")
         self.loaded: dict[str, Any] = {}
         self.payloads: dict[str, bytes] = {}
 
@@ -41,7 +44,9 @@ class StockadeHost(Host):
         """Run in a fresh instance; loading and reading the payload happen before the clock."""
         loaded = self.loaded.get(request.guest)
         if loaded is None:
-            loaded = self.loaded[request.guest] = self.sandbox.load(self.layout.wasm(request.guest))
+            path = self.layout.wasm(request.guest)
+            loaded = self.loaded[request.guest] = path if self.isolated \
+                else self.sandbox.load(path)
         stdin = b""
         if request.stdin:
             stdin = self.payloads.setdefault(request.stdin, request.payload())

@@ -24,7 +24,7 @@ from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import FastModule, prepare, raise_load
 from ._poll import define_owned_calls
-from ._run import FastResult, RunPlan, RunSlot, execute
+from ._run import FastResult, RunPlan, RunSlot, execute, overdue
 
 if TYPE_CHECKING:
     from ...hostcalls.meter import Meter
@@ -313,6 +313,28 @@ class FastEngine:
         result.hostcalls = dict(meter.counts)
         return result
 
+    def overdue(self, wall_s: float, cpu_s: float) -> FastResult | None:
+        """The result of the one run in progress as if its deadline stopped it now
+        (`wall_s` and `cpu_s` it has used), or None when no run, or several, are in
+        progress. For a process that stops a guest by ending itself
+        (`EngineConfig.process_deadline`): called from another thread, it leaves the
+        run's store alone; end the process after it."""
+        with self._lock:
+            running = [slot for slot in self._running if slot.plan is not None]
+        if len(running) != 1:
+            return None
+        slot = running[0]
+        plan = slot.plan
+        if plan is None:  # it ended meanwhile
+            return None
+        result = overdue(plan, slot, wall_s, cpu_s)
+        if slot.metered is not None:
+            meter = slot.metered.meter
+            result.files_created, result.bytes_written = meter.files_created, \
+                meter.bytes_written
+            result.hostcalls = dict(meter.counts)
+        return result
+
     def _fuel(self, fuel: int | None) -> int | None:
         if not self.config.fuel:
             if fuel is not None:
@@ -325,7 +347,7 @@ class FastEngine:
         return fuel
 
     def _check_timeout(self, timeout_s: float) -> None:
-        if not self.config.epochs:
+        if not (self.config.epochs or self.config.process_deadline):
             raise UsageError("a timeout needs an engine with epoch interruption")
         if not timeout_s > 0:
             raise UsageError(f"timeout_s={timeout_s} must be positive")
@@ -351,7 +373,7 @@ class FastEngine:
     def _release(self, module: FastModule, slot: RunSlot) -> None:
         with self._lock:
             self._running.discard(slot)
-            slot.cap = None
+            slot.cap = slot.plan = None
             self._active -= 1
             module._active -= 1
             if slot.sealed or self._closed:

@@ -21,7 +21,14 @@ from ...envblock import EnvBlock
 from ...policy.units import format_size
 from ...records import Record, record
 from ...result import Outcome, Result, Usage
-from ..traps import EXITED_OK, Ending, ending_of_error, ending_of_trap, memory_verdict
+from ..traps import (
+    EXITED_OK,
+    TRAP_INTERRUPT,
+    Ending,
+    ending_of_error,
+    ending_of_trap,
+    memory_verdict,
+)
 from ._capi import (
     EXTERN_FUNC,
     EXTERN_MEMORY,
@@ -52,7 +59,7 @@ if TYPE_CHECKING:
     from ._metered import MeteredRun
     from ._module import FastModule
 
-__all__ = ["FastResult", "RunSlot", "RunPlan", "execute"]
+__all__ = ["FastResult", "RunSlot", "RunPlan", "conclude", "execute", "overdue"]
 
 _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
@@ -169,7 +176,7 @@ class RunSlot:
 
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
-                 "native_in", "native_out", "state", "key", "metered")
+                 "native_in", "native_out", "state", "key", "metered", "plan")
 
     def __init__(self) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -197,6 +204,7 @@ class RunSlot:
                                err_fd=self.err)
         self.native_out = RunOut()
         self.metered: MeteredRun | None = None
+        self.plan: RunPlan | None = None  # the running guest's (for `overdue`)
         RunSlot.live[self.key] = self
 
     @property
@@ -262,6 +270,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     (`output_limit`).
     """
     slot.stopped = False
+    slot.plan = plan
     _start_state(slot, plan, stdin)
     metered = slot.metered  # its host calls are Python: the ctypes run costs nothing more
     if metered is None and NATIVE_RUN is not None and plan.argc <= MAX_STRINGS \
@@ -282,6 +291,15 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         ending = metered.ending(ending)
     if slot.stopped:
         ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
+    return conclude(plan, slot, ending, memory_bytes, fuel_left, wall, cpu, n_out, n_err)
+
+
+def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fuel_left: int,
+             wall: float, cpu: float, n_out: int, n_err: int) -> FastResult:
+    """The result of a run that ended as `ending` (the trap's or exit's, then the
+    meter's): the verdicts after those (the memory limit, the host-call budget, the
+    output cap). Also for a run its process stops at the deadline (`overdue`)."""
+    metered = slot.metered
     ending = memory_verdict(ending, memory_bytes, plan.max_memory)
     outcome, message, code = ending.outcome, ending.message, ending.guest_exit_code
     out, err, out_cut, err_cut = slot.collect(n_out, n_err) if metered is None \
@@ -304,6 +322,20 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
         hostcalls={name: calls[i] for i, name in enumerate(CALL_NAMES) if calls[i]},
     )
+
+
+def overdue(plan: RunPlan, slot: RunSlot, wall: float, cpu: float) -> FastResult:
+    """The result of the run in `slot`, still running, stopped now by its deadline: what
+    `execute` returns when an epoch interrupt ends it, from another thread of a process
+    that ends itself next (`EngineConfig.process_deadline`). The guest's store is not
+    touched (it is not thread-safe): its memory size is reported as 0, unknown."""
+    ending = ending_of_trap(TRAP_INTERRUPT, "")
+    sizes = (0, 0)  # a meter keeps its output itself
+    if slot.metered is not None:
+        ending = slot.metered.ending(ending)
+    else:
+        sizes = slot.sizes()
+    return conclude(plan, slot, ending, 0, 0, wall, cpu, *sizes)
 
 
 _UNLIMITED = (1 << 64) - 1
