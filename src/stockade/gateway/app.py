@@ -2,9 +2,10 @@
 
 It adapts ASGI to the gateway's handler stack (`layers.py`): the scope becomes a
 `Request` whose body is read on demand, the `Response` is sent with its length, and
-with no body where HTTP has none (HEAD, 204, 304; no `Content-Length` on 204 and 304).
-The lifespan protocol starts the `GatewayService` (loading and preparing functions off
-the event loop) and closes it after the server has drained.
+with no body where HTTP has none (HEAD, 204, 304; no `Content-Length` on 204 and 304),
+in one socket write under the worker's own protocol (`protocol.write_response`). The
+lifespan protocol starts the `GatewayService` (loading and preparing functions off the
+event loop) and closes it after the server has drained.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from ..errors import StockadeError
 from .messages import Request, Response
 from .problem import render_error
+from .protocol import write_response
 from .service import GatewayService
 
 __all__ = ["GatewayApp", "Scope", "Receive", "Send"]
@@ -81,6 +83,8 @@ async def _send(send: Send, response: Response, head: bool) -> None:
     if status in _NO_LENGTH:
         headers, body = response.headers, b""
     else:
-        headers = [*response.headers, (b"content-length", str(len(body)).encode())]
+        headers = [*response.headers, (b"content-length", b"%d" % len(body))]
+    if write_response(send, status, headers, b"" if head else body):
+        return  # one socket write (uvicorn's httptools protocol)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})

@@ -13,25 +13,46 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   (`connlimit.py`); one more is answered 503 and closed when it is accepted.
 
 Bodies are the application's: `BodyLayer` reads them with a deadline and a minimum rate.
+
+These deadlines and uvicorn's keep-alive timeout are times kept on each connection and
+checked by one sweep per server every eighth of the shorter timeout (0.05-0.5 s), so a
+deadline is acted on that much late at most: arming and cancelling a timer handle per
+request cost more than the sweep.
+
+`write_response` sends a whole response in one socket write (uvicorn's ASGI `send` writes
+the head and the body apart: two system calls, each waking the client), with the checks
+and bookkeeping uvicorn's `send` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from .connlimit import REFUSAL, PeerConnections
 
-__all__ = ["guarded_protocol", "GuardedProtocol"]
+__all__ = ["guarded_protocol", "GuardedProtocol", "write_response"]
 
+# Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
+_SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 class GuardedProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a head timeout and a head size limit (class attributes,
-    set by `guarded_protocol`)."""
+    set by `guarded_protocol`). Its deadlines, and uvicorn's keep-alive timeout, are
+    times on the connection checked by one `_Sweep` per server, not a timer handle armed
+    and cancelled per request."""
 
     header_timeout = 10.0
     max_header_size = 64 * 1024
@@ -41,7 +62,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = False
         self._head_bytes = 0
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline = math.inf  # loop time the head must be complete by
+        self._idle_deadline = math.inf  # loop time an idle keep-alive connection closes
         self._refusal = 0
         self._peer: str | None = None  # counted in `per_ip` until the connection ends
 
@@ -55,10 +77,11 @@ class GuardedProtocol(HttpToolsProtocol):
                 transport.close()
                 return
             self._peer = peer
+        _Sweep.watch(self)
         self._begin_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._head_deadline = self._idle_deadline = math.inf
         if self._peer is not None and self.per_ip is not None:
             self.per_ip.close(self._peer)
             self._peer = None
@@ -80,22 +103,42 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_head_timer()
+        self._head_deadline = math.inf
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timeout as a deadline for the sweep."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_deadline = math.inf
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request waits: start it
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this on every chunk received and when the connection is lost.
+        self._idle_deadline = math.inf
 
     def _begin_head(self) -> None:
         self._in_head = True
         self._head_bytes = 0
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        self._head_deadline = self.loop.time() + self.header_timeout
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _expire(self, now: float) -> None:
+        """Called by the sweep: act on a deadline that has passed."""
+        if now >= self._head_deadline:
+            self._head_deadline = math.inf
+            self._head_timed_out()
+        elif now >= self._idle_deadline:
+            self._idle_deadline = math.inf
+            if not self.transport.is_closing():
+                self.transport.close()
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         if not self._in_head or self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -110,10 +153,47 @@ class GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int) -> None:
         """Answer `status` with an empty body and close the connection."""
         self._in_head = False
-        self._cancel_head_timer()
+        self._head_deadline = math.inf
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                              % (status, _REASONS[status]))
         self.transport.close()
+
+
+class _Sweep:
+    """Checks every connection of one server for a passed deadline, every `interval`
+    seconds while it has connections: a deadline is acted on at most `interval` late.
+    One per server (kept on uvicorn's `ServerState`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any],
+                 interval: float) -> None:
+        self.loop = loop
+        self.connections = connections
+        self.interval = interval
+        self.armed = False
+
+    @classmethod
+    def watch(cls, protocol: GuardedProtocol) -> None:
+        """Make sure the sweep of `protocol`'s server runs (armed on its first connection)."""
+        state = protocol.server_state
+        sweep: _Sweep | None = getattr(state, "_stockade_sweep", None)
+        if sweep is None or sweep.loop is not protocol.loop:
+            shortest = min(protocol.header_timeout, protocol.timeout_keep_alive)
+            sweep = cls(protocol.loop, protocol.connections,
+                        min(_SWEEP_MAX, max(_SWEEP_MIN, shortest / 8)))
+            state._stockade_sweep = sweep  # type: ignore[attr-defined]
+        if not sweep.armed:
+            sweep.armed = True
+            sweep.loop.call_later(sweep.interval, sweep.run)
+
+    def run(self) -> None:
+        """One pass; re-armed while any connection is open."""
+        now = self.loop.time()
+        for connection in tuple(self.connections):
+            if isinstance(connection, GuardedProtocol):
+                connection._expire(now)
+        self.armed = bool(self.connections)
+        if self.armed:
+            self.loop.call_later(self.interval, self.run)
 
 
 def guarded_protocol(header_timeout: float, max_header_size: int,
@@ -123,3 +203,42 @@ def guarded_protocol(header_timeout: float, max_header_size: int,
     return type("GuardedProtocol", (GuardedProtocol,), {
         "header_timeout": header_timeout, "max_header_size": max_header_size,
         "per_ip": per_ip})
+
+
+def write_response(send: Callable[..., Any], status: int, headers: list[tuple[bytes, bytes]],
+                   body: bytes) -> bool:
+    """Write a whole response (its `content-length` among `headers`, none for 204 and
+    304; `body` empty for HEAD) in one socket write, when `send` is uvicorn's httptools
+    `send` for a response not yet started on a connection that takes writes. Returns
+    False, having written nothing, otherwise: the caller then uses `send`. Raises
+    RuntimeError for a header name or value HTTP forbids, as uvicorn's `send` does."""
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle or cycle.response_started \
+            or cycle.disconnected or cycle.flow.write_paused or cycle.access_log:
+        return False
+    content = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:  # uvicorn's own (date, server)
+        content += (name, b": ", value, b"\r\n")
+    closing = False
+    for name, value in headers:
+        if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+            raise RuntimeError("Invalid HTTP header name or value.")
+        name = name.lower()
+        if name == b"connection" and b"close" in [token.lower().strip()
+                                                  for token in value.split(b",")]:
+            closing = True
+        content += (name, b": ", value, b"\r\n")
+    keep_alive = cycle.keep_alive and not closing
+    if closing:
+        cycle.keep_alive = False
+    elif not keep_alive:
+        content.append(b"connection: close\r\n")
+    content += (b"\r\n", body)
+    cycle.response_started = cycle.response_complete = True
+    cycle.waiting_for_100_continue = False
+    cycle.transport.write(b"".join(content))
+    cycle.message_event.set()
+    if not keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True

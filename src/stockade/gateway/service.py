@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..replica import replica_id
 from ..state import StateBackend, open_state
-from .accesslog import AccessLogLayer
+from .accesslog import AccessLogLayer, access_logger
 from .dispatch import Dispatcher
 from .executor import Executors
 from .funclog import FunctionLogLayer
@@ -102,7 +102,8 @@ class GatewayService:
         if self.telemetry is not None and self.telemetry.settings.enabled:
             handler = TracingLayer(handler, self.telemetry)
         handler = MetricsLayer(handler, self.metrics)
-        if self.settings.access_log != "off":
+        # `serve -q` quiets the access log for the worker's life: no layer to pass through.
+        if self.settings.access_log != "off" and access_logger().isEnabledFor(logging.INFO):
             handler = AccessLogLayer(handler, self.settings.access_log)
         return handler
 

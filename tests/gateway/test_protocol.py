@@ -1,0 +1,173 @@
+"""The worker's HTTP protocol attacked over real connections: clients that hold a
+connection idle, send a later request's head slowly, or many at once; and the one-write
+responses read back strictly (pipelined, closing, HEAD)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h11
+import httpx
+import pytest
+
+from .conftest import Gateway, gateway_env, module
+
+MANIFEST = f"""
+[server]
+workers = 1
+threads = 2
+telemetry = "off"
+header_timeout = "2s"
+keep_alive_timeout = "1s"
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+"""
+REQUEST = b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("protocol")
+    manifest = root / "stockade.toml"
+    manifest.write_text(MANIFEST)
+    server = Gateway(manifest, gateway_env(shared_cache, root / "state"), ())
+    yield server
+    server.stop()
+
+
+def connect(gateway: Gateway) -> socket.socket:
+    url = httpx.URL(gateway.url)
+    assert url.host and url.port
+    # The socket timeout is the test's bound: a guard that never fires fails it.
+    return socket.create_connection((url.host, url.port), timeout=20)
+
+
+def read_responses(sock: socket.socket, count: int,
+                   method: str = "GET") -> tuple[list[tuple[int, dict[bytes, bytes], bytes]],
+                                                 h11.Connection]:
+    """`count` responses parsed strictly by h11 (every byte belongs to one of them)."""
+    conn = h11.Connection(h11.CLIENT)
+    out: list[tuple[int, dict[bytes, bytes], bytes]] = []
+    for number in range(count):
+        if number:
+            conn.start_next_cycle()
+        conn.send(h11.Request(method=method, target="/hello",
+                              headers=[("Host", "gateway.test")]))
+        conn.send(h11.EndOfMessage())
+        status, headers, body = 0, {}, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status, headers = event.status_code, dict(event.headers)
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                out.append((status, headers, body))
+                break
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+    return out, conn
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_an_idle_keep_alive_connection_is_closed(gateway: Gateway) -> None:
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST)
+        [(status, _, body)], _ = read_responses(sock, 1)
+        assert (status, body) == (200, b"Hello, world!\n")
+        begun = time.monotonic()
+        assert closed_by_server(sock) == b""
+        # keep_alive_timeout is 1 s: containment, with room for a loaded machine.
+        assert time.monotonic() - begun < 10
+
+
+def test_a_later_head_sent_slowly_gets_408(gateway: Gateway) -> None:
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST)
+        read_responses(sock, 1)
+        # The next head trickles in faster than the keep-alive timeout, never complete.
+        begun = time.monotonic()
+        sock.sendall(b"GET /hello HTTP/1.1\r\n")
+        for _ in range(40):
+            time.sleep(0.4)
+            try:
+                sock.sendall(b"X-A: 1\r\n")
+            except OSError:
+                break  # closed after the answer
+        answer = closed_by_server(sock)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert time.monotonic() - begun < 10  # header_timeout is 2 s
+
+
+def test_every_slow_head_of_many_gets_408(gateway: Gateway) -> None:
+    answers: list[bytes] = []
+
+    def trickle() -> None:
+        with connect(gateway) as sock:
+            sock.sendall(b"GET /hello HTTP/1.1\r\n")
+            for _ in range(40):
+                time.sleep(0.3)
+                try:
+                    sock.sendall(b"X-B: 2\r\n")
+                except OSError:
+                    break
+            answers.append(closed_by_server(sock))
+
+    begun = time.monotonic()
+    threads = [threading.Thread(target=trickle) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == 6
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers
+    assert time.monotonic() - begun < 12
+    assert gateway.client.get("/hello").status_code == 200
+
+
+def test_pipelined_requests_get_their_own_responses_in_order(gateway: Gateway) -> None:
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST * 3)
+        responses, conn = read_responses(sock, 3)
+        assert [(status, body) for status, _, body in responses] == \
+            [(200, b"Hello, world!\n")] * 3
+        for _, headers, _ in responses:
+            assert headers[b"content-length"] == b"14"
+            assert b"date" in headers
+
+
+def test_head_and_closing_requests_are_answered_whole(gateway: Gateway) -> None:
+    with connect(gateway) as sock:
+        sock.sendall(b"HEAD /hello HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        [(status, headers, body)], _ = read_responses(sock, 1, method="HEAD")
+        assert (status, headers[b"content-length"], body) == (200, b"14", b"")
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n")
+        answer = closed_by_server(sock)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+        assert answer.endswith(b"\r\n\r\nHello, world!\n")
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /nowhere HTTP/1.0\r\n\r\n")
+        answer = closed_by_server(sock)
+        assert answer.startswith(b"HTTP/1.1 404 ")
+        assert b"\r\nconnection: close\r\n" in answer.lower()
