@@ -8,6 +8,7 @@ releases the GIL); each uses its own store.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -24,7 +25,7 @@ from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import FastModule, prepare, raise_load
 from ._poll import define_owned_calls
-from ._run import FastResult, RunPlan, RunSlot, execute
+from ._run import FastResult, RunPlan, RunSlot, execute, native_plan
 
 if TYPE_CHECKING:
     from ...hostcalls.meter import Meter
@@ -82,10 +83,11 @@ class FastEngine:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a run finished
         # The engine's epoch (the sandbox's ticker); while runs are registered it also
-        # seals output past its cap every tick.
+        # seals output past its cap every tick, unless the owned standard streams stop
+        # output at the cap as they write it.
         engine = self._engine
         self._ticker = EpochTicker(lambda: C.engine_increment_epoch(engine), tick_interval,
-                                   watch=self._seal_over)
+                                   watch=None if self.owns_stdio else self._seal_over)
         self._running: set[RunSlot] = set()
         self._free: list[RunSlot] = []
         self._modules: set[FastModule] = set()
@@ -232,9 +234,12 @@ class FastEngine:
                              "the fast path's native library (scripts/build_native.py)")
         if timeout_s is not None:
             self._check_timeout(timeout_s)
-        return RunPlan(module, b"".join(arg + b"\0" for arg in argv), len(argv), budget,
-                       timeout_s, memory, max_output, capture_stderr, max_hostcalls,
-                       self.owns_stdio)
+        block = b"".join(arg + b"\0" for arg in argv)
+        native = native_plan(module._pre, block, len(argv), budget, memory, max_output,
+                             capture_stderr, max_hostcalls, self.owns_stdio)
+        return RunPlan(module, block, len(argv), budget, timeout_s, memory, max_output,
+                       capture_stderr, max_hostcalls, self.owns_stdio, native,
+                       ctypes.addressof(native))
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
         """Run a checked plan with `env` (`encode_env`) and `stdin` (bytes): `run` without
@@ -344,7 +349,7 @@ class FastEngine:
                 raise UsageError(f"{module.name}: module belongs to another FastEngine")
             self._active += 1
             module._active += 1
-            slot = self._free.pop() if self._free else RunSlot()
+            slot = self._free.pop() if self._free else RunSlot(self._engine)
             self._running.add(slot)
             return slot
 

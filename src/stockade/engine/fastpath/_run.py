@@ -1,11 +1,15 @@
 """One fast-path run: a fresh store and instance, `_start`, captured output, an outcome.
 
-Output goes to a pair of memfds the guest's WASI stdout/stderr open by path
-(`/proc/<pid>/fd/N`): writes happen synchronously on the guest's thread, with no Python
-callback (wasmtime's custom-stdout streams go through a tokio task and can abort the
-interpreter at exit). The cap holds while the guest runs because the engine's ticker
-seals a memfd (`F_SEAL_GROW | F_SEAL_WRITE`) once the pair outgrows it: further writes
-fail in the guest with EPERM.
+Output goes to a pair of memfds. With the native library the owned standard streams
+(`_native.c`) write them at the offsets they count, stop output at the cap as it is
+written, and WASI's own stdio is left empty (no file opened per run; the files are not
+truncated between runs, so only the bytes this run wrote are read). Without it the
+guest's WASI stdout/stderr open them by path (`/proc/<pid>/fd/N`, truncating): writes
+happen synchronously on the guest's thread, with no Python callback (wasmtime's
+custom-stdout streams go through a tokio task and can abort the interpreter at exit),
+and the cap holds while the guest runs because the engine's ticker seals a memfd
+(`F_SEAL_GROW | F_SEAL_WRITE`) once the pair outgrows it: further writes fail in the
+guest with EPERM.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ._native import (
     STOP_STDOUT,
     RunIn,
     RunOut,
+    RunPlanC,
     RunState,
 )
 
@@ -52,13 +57,12 @@ if TYPE_CHECKING:
     from ._metered import MeteredRun
     from ._module import FastModule
 
-__all__ = ["FastResult", "RunSlot", "RunPlan", "execute"]
+__all__ = ["FastResult", "RunSlot", "RunPlan", "execute", "native_plan"]
 
 _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
 _RELEASE_BYTES = 1 << 20
-
-
+_UNLIMITED = (1 << 64) - 1  # a host-call budget of none
 
 
 
@@ -68,7 +72,9 @@ class RunPlan(NamedTuple):
     meter fuel), `timeout_s` the wall-clock limit in seconds (None: none),
     `max_hostcalls` the budget of host calls Stockade serves (the standard streams,
     `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
-    serves them. (A named tuple: cheaper to define than a dataclass at start-up.)"""
+    serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
+    `native_at` its address. (A named tuple: cheaper to define than a dataclass at
+    start-up.)"""
 
     module: FastModule
     argv: bytes
@@ -80,6 +86,18 @@ class RunPlan(NamedTuple):
     capture_stderr: bool
     max_hostcalls: int | None = None
     owned_stdio: bool = False
+    native: Any = None
+    native_at: int = 0
+
+
+def native_plan(pre: int, argv: bytes, argc: int, fuel: int | None, max_memory: int,
+                max_output: int | None, capture_stderr: bool, max_hostcalls: int | None,
+                owned_stdio: bool) -> RunPlanC:
+    """A plan's fixed part as the native run takes it (kept by the `RunPlan`, which
+    keeps `argv` alive with it)."""
+    return RunPlanC(pre, max_memory, fuel or 0, fuel is not None, capture_stderr, argv, argc,
+                    len(argv), -1 if max_output is None else max_output,
+                    _UNLIMITED if max_hostcalls is None else max_hostcalls, owned_stdio, 0)
 
 
 @record(init=False, repr=False, eq=False, slots=True)
@@ -169,9 +187,9 @@ class RunSlot:
 
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
-                 "native_in", "native_out", "state", "key", "metered")
+                 "native_in", "native_out", "native_args", "env", "state", "key", "metered")
 
-    def __init__(self) -> None:
+    def __init__(self, engine: int = 0) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         self.out = os.memfd_create("stockade-stdout", flags)
         self.err = os.memfd_create("stockade-stderr", flags)
@@ -192,10 +210,13 @@ class RunSlot:
         # What the owned standard streams share with C; the store's data points at it.
         self.state = RunState(out_fd=self.out, err_fd=self.err)
         self.key = ctypes.addressof(self.state)
-        self.native_in = RunIn(data=self.key, out_path=self.out_path, err_path=self.err_path,
-                               cap=ctypes.pointer(self.cap_cell), out_fd=self.out,
-                               err_fd=self.err)
+        self.native_in = RunIn(engine=engine, state=self.key, out_path=self.out_path,
+                               err_path=self.err_path, cap=ctypes.pointer(self.cap_cell),
+                               out_fd=self.out, err_fd=self.err)
         self.native_out = RunOut()
+        # The native run's arguments, made once: a `byref` per call costs more than the call.
+        self.native_args = (ctypes.byref(self.native_in), ctypes.byref(self.native_out))
+        self.env: EnvBlock | None = None  # the block native_in holds
         self.metered: MeteredRun | None = None
         RunSlot.live[self.key] = self
 
@@ -262,12 +283,12 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     (`output_limit`).
     """
     slot.stopped = False
-    _start_state(slot, plan, stdin)
     metered = slot.metered  # its host calls are Python: the ctypes run costs nothing more
-    if metered is None and NATIVE_RUN is not None and plan.argc <= MAX_STRINGS \
-            and env.entries <= MAX_STRINGS:
-        ran = _run_native(engine, plan, slot, env, stdin, deadline_ticks)
+    if metered is None and NATIVE_RUN is not None and plan.native is not None \
+            and plan.argc <= MAX_STRINGS and env.entries <= MAX_STRINGS:
+        ran = _run_native(plan, slot, env, stdin, deadline_ticks)  # resets the state itself
     else:
+        _start_state(slot, plan, stdin)
         ran = _run_python(engine, plan, slot, env, stdin, deadline_ticks)
     error, trap, called, memory_bytes, fuel_left, wall, cpu, n_out, n_err = ran
     if trap:
@@ -298,15 +319,14 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         outcome, message = Outcome.OUTPUT_LIMIT, \
             f"output cap of {format_size(plan.max_output or 0)} reached"
     fuel = plan.fuel
-    calls = slot.state.calls
+    calls = slot.state.calls[:]
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
         fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
-        hostcalls={name: calls[i] for i, name in enumerate(CALL_NAMES) if calls[i]},
+        hostcalls={name: count for name, count in zip(CALL_NAMES, calls, strict=True) if count},
     )
 
 
-_UNLIMITED = (1 << 64) - 1
 
 
 def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
@@ -325,22 +345,20 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
 _Ran = tuple[int | None, int | None, bool, int, int, float, float, int, int]
 
 
-def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
-                stdin: bytes, deadline_ticks: int) -> _Ran:
-    """The run as one C call (`_native.c`); the same steps as `_run_python`."""
+def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
+                deadline_ticks: int) -> _Ran:
+    """The run as one C call (`_native.c`); the same steps as `_start_state` and
+    `_run_python`."""
     args, out = slot.native_in, slot.native_out
-    args.engine, args.pre, args.max_memory = engine, plan.module._pre, plan.max_memory
-    args.deadline, args.has_fuel, args.fuel = deadline_ticks, plan.fuel is not None, \
-        plan.fuel or 0
-    args.capture_stderr = slot.capture_err = plan.capture_stderr
-    args.argv, args.argc, args.argv_len = plan.argv, plan.argc, len(plan.argv)
-    args.names, args.values, args.envc = env.names, env.values, env.entries
-    args.names_len, args.values_len = len(env.names), len(env.values)
-    # Served from the slot's state when the engine owns the standard streams.
-    args.stdin_data, args.stdin_len = (None, 0) if plan.owned_stdio else (stdin, len(stdin))
-    args.max_output = -1 if plan.max_output is None else plan.max_output
+    args.plan, args.deadline = plan.native_at, deadline_ticks
+    if slot.env is not env:  # an EnvBlock is immutable: the same one needs no copying
+        args.names, args.values, args.envc = env.names, env.values, env.entries
+        args.names_len, args.values_len = len(env.names), len(env.values)
+        slot.env = env
+    args.stdin_data, args.stdin_len = stdin, len(stdin)
+    slot.capture_err = plan.capture_stderr
     slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
-    NATIVE_RUN(ctypes.byref(args), ctypes.byref(out))
+    NATIVE_RUN(*slot.native_args)
     args.stdin_data = None  # do not keep the request body alive in the slot
     status = out.status
     if status != RUN_OK:
