@@ -17,6 +17,7 @@ from stockade import Invocation, Policy, Result, Sandbox
 from stockade.engine.config import EngineConfig
 from stockade.engine.fastpath import FastEngine, FastModule, FastResult, _run
 from stockade.envblock import NO_ENV
+from stockade.errors import UsageError
 from stockade.result import Outcome
 
 from ..conftest import guest
@@ -151,3 +152,23 @@ def test_a_plan_whose_argv_disagrees_with_its_count_is_never_read_past(
         with pytest.raises(ValueError):
             engine.run_plan(bad, NO_ENV)
     assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")
+
+
+def test_runs_with_other_limits_never_share_a_checked_plan(engine: FastEngine) -> None:
+    """`FastEngine.run` keeps the plans it checked: every limit is part of the key, so a
+    run never gets another run's cap, budget, memory or argv."""
+    hello = compiled(engine, "hello.wasm")
+    grow = compiled(engine, "write_then_end.wasm")
+    for _ in range(2):
+        assert hello.run(["x"], max_output=3).outcome is Outcome.OUTPUT_LIMIT
+        assert hello.run(["x"]).outcome is Outcome.EXITED
+        assert hello.run(["x"], max_hostcalls=1).outcome is Outcome.HOSTCALL_LIMIT
+        assert hello.run(iter(["y"])).stdout.startswith(b"Hello")
+        assert b"arg 1: y" in hello.run(iter(["y"])).stdout
+        assert grow.run(stdin=b"g", max_memory=MiB).message.startswith("memory limit of 1MiB")
+        assert grow.run(stdin=b"g").message.startswith("memory limit of 4MiB")
+        assert hello.run(["x"], fuel=1000).outcome is Outcome.FUEL_EXHAUSTED
+        assert hello.run(["x"], fuel=10**9).outcome is Outcome.EXITED
+        with pytest.raises(UsageError):
+            hello.run([["not", "hashable"]])  # type: ignore[list-item]
+    assert len(hello._plans) <= 16

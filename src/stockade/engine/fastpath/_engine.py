@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["FastEngine", "encode_env"]
 
 _MAX_FUEL = (1 << 64) - 1
+_PLANS_KEPT = 16  # checked plans each module keeps for `run`
 
 
 class FastEngine:
@@ -201,9 +202,23 @@ class FastEngine:
         """
         if not isinstance(stdin, bytes | bytearray | memoryview):
             raise UsageError(f"stdin must be bytes, not {type(stdin).__name__}")
-        plan = self.plan(module, args, fuel=fuel, timeout_s=timeout_s, max_memory=max_memory,
-                         max_output=max_output, capture_stderr=capture_stderr,
-                         max_hostcalls=max_hostcalls)
+        args = tuple(args)
+        # The same arguments make the same plan: check them once (a plan is immutable).
+        key: tuple[Any, ...] | None = (args, fuel, timeout_s, max_memory, max_output,
+                                       capture_stderr, max_hostcalls)
+        plans = module._plans
+        try:
+            plan = plans.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable argument: `plan` says what is wrong with it
+            plan = key = None
+        if plan is None:
+            plan = self.plan(module, args, fuel=fuel, timeout_s=timeout_s,
+                             max_memory=max_memory, max_output=max_output,
+                             capture_stderr=capture_stderr, max_hostcalls=max_hostcalls)
+            if key is not None:
+                if len(plans) >= _PLANS_KEPT:
+                    plans.clear()
+                plans[key] = plan
         return self.run_plan(plan, encode_env(env), bytes(stdin))
 
     def plan(

@@ -249,9 +249,10 @@ class RunSlot:
         files' sizes (`sizes`); stdout keeps its bytes first. The next run's open
         truncates the files."""
         keep_out, keep_err = n_out, n_err
-        if self.cap is not None:
-            keep_out = min(n_out, self.cap)
-            keep_err = min(n_err, self.cap - keep_out)
+        cap = self.cap_cell.value  # -1: none
+        if cap >= 0:
+            keep_out = min(n_out, cap)
+            keep_err = min(n_err, cap - keep_out)
         out = os.pread(self.out, keep_out, 0) if keep_out else b""
         err = os.pread(self.err, keep_err, 0) if keep_err else b""
         if not self.sealed and max(n_out, n_err) > _RELEASE_BYTES:
