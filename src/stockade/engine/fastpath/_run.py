@@ -19,11 +19,11 @@ import fcntl
 import os
 import time
 from dataclasses import field
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...envblock import EnvBlock
 from ...policy.units import format_size
-from ...records import Record, record
+from ...records import FieldTuple, Record, record
 from ...result import Outcome, Result, Usage
 from ..traps import EXITED_OK, Ending, ending_of_error, ending_of_trap, memory_verdict
 from ._capi import (
@@ -66,7 +66,7 @@ _UNLIMITED = (1 << 64) - 1  # a host-call budget of none
 
 
 
-class RunPlan(NamedTuple):
+class RunPlan(FieldTuple):
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
     `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
     meter fuel), `timeout_s` the wall-clock limit in seconds (None: none),
@@ -74,7 +74,7 @@ class RunPlan(NamedTuple):
     `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
     serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
     `native_at` its address. (A named tuple: cheaper to define than a dataclass at
-    start-up.)"""
+    start-up, and a `FieldTuple`: cheaper than a `NamedTuple`.)"""
 
     module: FastModule
     argv: bytes
