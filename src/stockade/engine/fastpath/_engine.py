@@ -198,7 +198,9 @@ class FastEngine:
         the native library). `capture_stderr=False` discards stderr, saving a file open
         per call. Waits while `max_instances` runs are in flight. Raises
         UsageError for bad arguments. `plan` and `run_plan` do the same in two steps,
-        checking the arguments once for many runs.
+        checking the arguments once for many runs; this method keeps the plans it
+        checked on the module (the last 16 sets of arguments and limits), so repeated
+        runs alike check theirs once too.
         """
         if not isinstance(stdin, bytes | bytearray | memoryview):
             raise UsageError(f"stdin must be bytes, not {type(stdin).__name__}")
