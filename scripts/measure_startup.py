@@ -14,7 +14,12 @@ the AoT cache entry first. Then:
   valgrind too (valgrind shows the engine other CPU features, so the cache entry the
   native warm-up wrote may be compiled again once).
 
+With `--against SRC` a third command, `stockade run` from another source tree (its
+`src/` directory first on PYTHONPATH, its native library built), runs in the same rounds:
+before and after a change, measured side by side.
+
     .venv/bin/python scripts/measure_startup.py [--rounds 15] [--callgrind] [--json F]
+        [--against /tmp/base/src]
 """
 
 from __future__ import annotations
@@ -37,10 +42,24 @@ STOCKADE = ROOT / ".venv" / "bin" / "stockade"
 HELLO = ROOT / "build" / "guests" / "hello.wasm"
 
 
-def commands() -> dict[str, list[str]]:
-    """The two commands compared, by name."""
-    return {"import wasmtime": [str(PYTHON), "-c", "import wasmtime"],
-            "stockade run": [str(STOCKADE), "run", str(HELLO)]}
+AGAINST = "stockade run (against)"
+
+
+def commands(against: Path | None = None) -> dict[str, list[str]]:
+    """The commands compared, by name (`against`: a source tree's `src/` to run too)."""
+    named = {"import wasmtime": [str(PYTHON), "-c", "import wasmtime"],
+             "stockade run": [str(STOCKADE), "run", str(HELLO)]}
+    if against is not None:
+        named[AGAINST] = [str(STOCKADE), "run", str(HELLO)]
+    return named
+
+
+def environments(base: dict[str, str], against: Path | None) -> dict[str, dict[str, str]]:
+    """Each command's environment: `base`, with `against` first on the path of its run."""
+    envs = {"import wasmtime": base, "stockade run": base}
+    if against is not None:
+        envs[AGAINST] = {**base, "PYTHONPATH": str(against.resolve())}
+    return envs
 
 
 def environment(base: Path) -> dict[str, str]:
@@ -87,40 +106,49 @@ def main() -> None:
     parser.add_argument("--callgrind", action="store_true",
                         help="also count instructions under valgrind's callgrind")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--against", type=Path,
+                        help="also run `stockade run` from this source tree's src/")
     options = parser.parse_args()
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="stockade-startup-") as tmp:
-        env = environment(Path(tmp))
-        named = commands()
-        for command in named.values():
-            wall(command, env)  # .pyc files, the key, the AoT cache entry
+        envs = environments(environment(Path(tmp)), options.against)
+        named = commands(options.against)
+        for name, command in named.items():
+            wall(command, envs[name])  # .pyc files, the key, the AoT cache entry
         times: dict[str, list[float]] = {name: [] for name in named}
         cpu: dict[str, list[float]] = {name: [] for name in named}
         for _ in range(options.rounds):
             for name, command in named.items():
-                elapsed, used = wall(command, env)
+                elapsed, used = wall(command, envs[name])
                 times[name].append(elapsed)
                 cpu[name].append(used)
+        runs = [name for name in named if name != "import wasmtime"]
         for label, values in (("wall", times), ("cpu", cpu)):
-            ratios = [run / base for run, base in zip(values["stockade run"],
-                                                       values["import wasmtime"], strict=True)]
             medians = {name: round(statistics.median(v) * 1e3, 1) for name, v in values.items()}
             figures[f"{label}_ms"] = medians
-            figures[f"{label}_ratio_median"] = round(statistics.median(ratios), 3)
-            print(f"{label}, median of {options.rounds} interleaved rounds: "
-                  f"import wasmtime {medians['import wasmtime']} ms, "
-                  f"stockade run {medians['stockade run']} ms, "
-                  f"ratio {figures[f'{label}_ratio_median']}")
+            for name in runs:
+                ratios = [run / base for run, base in zip(values[name],
+                                                           values["import wasmtime"],
+                                                           strict=True)]
+                suffix = name.removeprefix("stockade run").replace(" ", "_")
+                figures[f"{label}_ratio_median{suffix}"] = round(statistics.median(ratios), 3)
+                print(f"{label}, median of {options.rounds} interleaved rounds: "
+                      f"import wasmtime {medians['import wasmtime']} ms, "
+                      f"{name} {medians[name]} ms, "
+                      f"ratio {figures[f'{label}_ratio_median{suffix}']}")
         if options.callgrind:
             if shutil.which("valgrind") is None:
                 raise SystemExit("valgrind is not installed")
-            counts = {name: instructions(command, env) for name, command in named.items()}
+            counts = {name: instructions(command, envs[name])
+                      for name, command in named.items()}
             figures["instructions"] = counts
-            figures["instruction_ratio"] = round(counts["stockade run"]
-                                                 / counts["import wasmtime"], 3)
-            print(f"instructions (callgrind Ir): import wasmtime {counts['import wasmtime']:,}, "
-                  f"stockade run {counts['stockade run']:,}, "
-                  f"ratio {figures['instruction_ratio']}")
+            for name in runs:
+                suffix = name.removeprefix("stockade run").replace(" ", "_")
+                figures[f"instruction_ratio{suffix}"] = round(
+                    counts[name] / counts["import wasmtime"], 3)
+                print(f"instructions (callgrind Ir): import wasmtime "
+                      f"{counts['import wasmtime']:,}, {name} {counts[name]:,}, "
+                      f"ratio {figures[f'instruction_ratio{suffix}']}")
     if options.json:
         options.json.write_text(json.dumps(figures, indent=2) + "\n")
 

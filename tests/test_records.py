@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stockade.engine.fastpath import FastResult
+from stockade.cli.runspec import Option
+from stockade.engine.config import EngineConfig
+from stockade.engine.fastpath import FastResult, RunPlan
+from stockade.engine.loader import LoadedModule
 from stockade.engine.traps import Ending
 from stockade.invocation import Invocation
 from stockade.observe import RunInfo
 from stockade.policy import Capabilities, DirGrant, Limits, Policy, Trust
+from stockade.records import FieldTuple
 from stockade.result import Outcome, Result, Usage
 from stockade.sandbox.provenance import Gate
 
@@ -25,6 +31,7 @@ RECORDS: dict[type, tuple[bool, bool]] = {
     Capabilities: (True, False), Trust: (True, False), Policy: (True, False),
     Usage: (False, True), Result: (False, True), RunInfo: (False, True),
     FastResult: (False, True), Ending: (True, True), Gate: (True, False),
+    EngineConfig: (True, False), LoadedModule: (True, False),
 }
 REQUIRED: dict[str, Any] = {
     "host": Path("/data"), "guest": "/d", "module": "m.wasm", "sha256": "ab" * 32,
@@ -32,7 +39,8 @@ REQUIRED: dict[str, Any] = {
     "name": "m.wasm", "invocation": Invocation(invocation_id="1" * 32), "policy": Policy(),
     "started": 1.0, "pid": 1, "guest_exit_code": None, "stdout": b"", "stderr": b"",
     "stdout_truncated": False, "stderr_truncated": False, "fuel_consumed": None,
-    "wall_s": 0.5, "cpu_s": 0.25, "memory_bytes": 65536}
+    "wall_s": 0.5, "cpu_s": 0.25, "memory_bytes": 65536, "from_cache": False,
+    "compile_ms": 12.5}
 # A value of each field's type unlike its default, to tell fields apart.
 OTHER: dict[str, Any] = {
     "args": ("x",), "stdin": b"in", "env": (("K", "V"),), "name": "n", "tenant": "t",
@@ -51,7 +59,7 @@ OTHER: dict[str, Any] = {
     "outcome": Outcome.EXITED, "exit_code": 0, "host": Path("/b"), "guest": "/e",
     "data": None, "refusal": "unsigned", "invocation": Invocation(args=("y",)),
     "policy": Policy(profile="strict"), "writable_dirs": (Path("/w"),),
-    "events": [("warning", {"k": 1})],
+    "events": [("warning", {"k": 1})], "strategy": "pulley",
 }
 
 
@@ -135,3 +143,63 @@ def test_frozen_records_subclass_as_frozen_dataclasses_do() -> None:
         Policy().note = "x"  # type: ignore[attr-defined]
     with pytest.raises(dataclasses.FrozenInstanceError):
         del Policy().profile  # type: ignore[misc]
+
+
+# Named tuples made by `stockade.records.FieldTuple` instead of `typing.NamedTuple`.
+FIELD_TUPLES = [RunPlan, Option]
+
+
+def typing_reference(cls: type) -> type:
+    """What `typing.NamedTuple` makes of `cls`'s class body."""
+    body: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                            "__doc__": cls.__doc__,
+                            "__annotations__": dict(cls.__annotations__),
+                            **cls._field_defaults}  # type: ignore[attr-defined]
+    return types.new_class(cls.__name__, (typing.NamedTuple,),
+                           exec_body=lambda namespace: namespace.update(body))
+
+
+@pytest.mark.parametrize("cls", FIELD_TUPLES, ids=lambda c: c.__name__)
+def test_a_field_tuple_is_the_named_tuple_typing_makes(cls: Any) -> None:
+    ref: Any = typing_reference(cls)
+    assert cls.__mro__[1:] == ref.__mro__[1:] == (tuple, object)
+    for name in ("_fields", "_field_defaults", "__match_args__", "__doc__", "__module__",
+                 "__qualname__", "__slots__"):
+        assert getattr(cls, name) == getattr(ref, name), name
+    assert list(cls.__annotations__) == list(ref.__annotations__)
+    values = [f"v{index}" for index in range(len(cls._fields))]
+    ours, theirs = cls(*values), ref(*values)
+    assert ours == theirs == tuple(values) and hash(ours) == hash(theirs)
+    assert repr(ours).split("(", 1)[1] == repr(theirs).split("(", 1)[1]
+    assert ours._asdict() == theirs._asdict()
+    assert ours._replace(**{cls._fields[0]: 1}) == theirs._replace(**{ref._fields[0]: 1})
+    assert inspect.signature(cls).parameters.keys() == inspect.signature(ref).parameters.keys()
+    required = len(cls._fields) - len(cls._field_defaults)
+    assert cls(*values[:required]) == ref(*values[:required])
+    with pytest.raises(AttributeError):
+        ours.extra = 1
+
+
+def test_option_type_hints_are_typings() -> None:
+    assert typing.get_type_hints(Option) == typing.get_type_hints(typing_reference(Option))
+
+
+def test_a_field_tuple_refuses_what_named_tuple_refuses() -> None:
+    body = "    a: int = 1\n    b: str\n"
+    for base in ("FieldTuple", "typing.NamedTuple"):
+        with pytest.raises(TypeError, match="Non-default namedtuple field b"):
+            exec(f"class Bad({base}):\n{body}", {"FieldTuple": FieldTuple, "typing": typing})
+        with pytest.raises(AttributeError, match="Cannot overwrite NamedTuple attribute"):
+            exec(f"class Bad({base}):\n    a: int\n    def _replace(self): pass\n",
+                 {"FieldTuple": FieldTuple, "typing": typing})
+
+    class Kept(FieldTuple):
+        """Doc."""
+
+        a: int
+        b: int = 2
+
+        def total(self) -> int:
+            return self.a + self.b
+
+    assert Kept(1).total() == 3 and Kept.__doc__ == "Doc." and Kept(1, 5)._fields == ("a", "b")

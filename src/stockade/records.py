@@ -21,21 +21,29 @@ two functions `dataclass(frozen=True)` would compile, with the same behaviour (a
 or any attribute of the record class itself, raises `FrozenInstanceError`), and its
 `__dataclass_params__` say frozen, so frozen dataclasses may subclass it.
 
-A test holds each record to what `@dataclass` would have made of the same fields.
+`FieldTuple` stands in for `typing.NamedTuple` the same way: `class P(FieldTuple)` with
+annotated fields (defaults last), a docstring and methods makes the same
+`collections.namedtuple` class `NamedTuple` would, without `typing` checking each
+annotation (it compiles every annotation's text into a `ForwardRef`: ~45k instructions
+a field). `__annotations__` keep the source's text; `typing.get_type_hints` reads both.
+
+A test holds each record to what `@dataclass` (or `NamedTuple`) would have made of the
+same fields.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["Record", "FrozenRecord", "record"]
+__all__ = ["Record", "FrozenRecord", "record", "FieldTuple"]
 
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from dataclasses import dataclass as record
+    from typing import NamedTuple as FieldTuple
 else:
 
     def record(*, frozen: bool = False, init: bool = False, repr: bool = False,
@@ -43,7 +51,7 @@ else:
         """`dataclasses.dataclass` for a `Record` (see the module docstring)."""
 
         def wrap(cls: type[_T]) -> type[_T]:
-            made = dataclasses.dataclass(init=init, repr=repr, eq=eq, slots=slots)(cls)
+            made = _dataclasses().dataclass(init=init, repr=repr, eq=eq, slots=slots)(cls)
             if frozen:
                 _freeze(made)
             return made
@@ -51,8 +59,18 @@ else:
         return wrap
 
 
+def _dataclasses() -> Any:
+    """`dataclasses`, imported when first needed: it imports `inspect` (with `ast`, `dis`
+    and `tokenize`), which `stockade run` defers (`cli.deferred`) only after parsing its
+    command line with `cli.runspec`, whose `Option` is a `FieldTuple` from here."""
+    import dataclasses
+
+    return dataclasses
+
+
 def _freeze(cls: type) -> None:
     fields = frozenset(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    dataclasses = _dataclasses()
 
     def __setattr__(self: Any, name: str, value: Any) -> None:
         if type(self) is cls or name in fields:
@@ -98,3 +116,42 @@ class FrozenRecord(Record):
 
     def __hash__(self) -> int:
         return hash(self._values())
+
+
+# What typing.NamedTuple refuses in a class body, and what it does not copy onto the class.
+_PROHIBITED = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__", "_fields",
+                         "_field_defaults", "_make", "_replace", "_asdict", "_source"})
+_SPECIAL = frozenset({"__module__", "__name__", "__annotations__"})
+_NAMEDTUPLE: Any = collections.namedtuple  # called with names only known at run time
+
+
+def _field_tuple(name: str, namespace: dict[str, Any]) -> type:
+    """The `collections.namedtuple` class `typing.NamedTuple` makes of a class body."""
+    annotations = namespace.get("__annotations__", {})
+    fields = tuple(annotations)
+    defaults = [namespace[field] for field in fields if field in namespace]
+    if any(field not in namespace for field in fields[len(fields) - len(defaults):]):
+        missing = next(field for field in fields[len(fields) - len(defaults):]
+                       if field not in namespace)
+        raise TypeError(f"Non-default namedtuple field {missing} cannot follow default "
+                        f"field{'s' if len(defaults) > 1 else ''}")
+    made: type = _NAMEDTUPLE(name, fields, defaults=defaults, module=namespace["__module__"])
+    made.__annotations__ = dict(annotations)
+    for key, value in namespace.items():
+        if key in _PROHIBITED:
+            raise AttributeError("Cannot overwrite NamedTuple attribute " + key)
+        if key not in _SPECIAL and key not in fields:
+            setattr(made, key, value)
+    return made
+
+
+if not TYPE_CHECKING:
+
+    class _FieldTupleMeta(type):
+        def __new__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> Any:
+            if bases:
+                return _field_tuple(name, namespace)
+            return super().__new__(cls, name, bases, namespace)
+
+    class FieldTuple(metaclass=_FieldTupleMeta):
+        """Base of a named tuple made without `typing` (see the module docstring)."""

@@ -63,9 +63,11 @@ def test_native_counts_at_the_smallest_budgets_match_the_sandbox(
     assert sum(native.values()) == budget + 1, native
 
 
-def test_the_native_library_refuses_a_caller_built_for_another_layout() -> None:
-    """`stockade_fast_init` takes the caller's function table and run_state only when
-    their sizes are its own; anything else is refused before the table is copied."""
+@pytest.mark.parametrize("which", range(4), ids=["run_state", "run_plan", "run_in", "run_out"])
+def test_the_native_library_refuses_a_caller_built_for_another_layout(which: int) -> None:
+    """`stockade_fast_init` takes the caller's function table only when the sizes of every
+    structure it shares (run_state, run_plan, run_in, run_out) are its own; anything else
+    is refused before the table is copied."""
     import ctypes
 
     from stockade.engine.fastpath import _native
@@ -74,8 +76,12 @@ def test_the_native_library_refuses_a_caller_built_for_another_layout() -> None:
         pytest.skip("the fast path's native library is not built here")
     init = _native._LIBRARY.stockade_fast_init
     table = (ctypes.c_void_p * (len(_native._FUNCTIONS) + 1))()
-    size = ctypes.sizeof(_native.RunState)
-    assert init(table, len(_native._FUNCTIONS), 0, size + 8) == -1
-    assert init(table, len(_native._FUNCTIONS) + 1, 0, size) == -1
-    assert init(table, len(_native._FUNCTIONS), 0, size - 8) == -1
-    assert _native._LIBRARY.stockade_run_state_size() == size
+    sizes = list(_native.STRUCT_SIZES)
+    count = len(_native._FUNCTIONS)
+    for delta in (8, -8, 4):
+        other = [*sizes]
+        other[which] += delta
+        assert init(table, count, 0, *other) == -1
+    assert init(table, count + 1, 0, *sizes) == -1
+    assert init(table, count - 1, 0, *sizes) == -1
+    assert _native._LIBRARY.stockade_run_state_size() == sizes[0]

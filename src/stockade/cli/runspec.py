@@ -11,12 +11,14 @@ with its own messages. A test holds both parsers to the same answers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+from ..records import FieldTuple
 
 __all__ = ["Option", "RUN_OPTIONS", "parse_run", "defaults"]
 
 
-class Option(NamedTuple):
+class Option(FieldTuple):
     """One option: `flags` (the first is its name on the command line), the parameter
     `dest`, `kind` (`value`, `flag` or `multiple`), allowed `choices`, `path` when the
     value is a path (`dir_okay=False`: not a directory), and its help."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..digests import sha256
 from ..errors import UsageError
+from ..records import FrozenRecord, record
 
 if TYPE_CHECKING:
     import wasmtime
@@ -44,15 +44,17 @@ def wasmtime_version() -> str:
     return f"{info.st_size}-{info.st_mtime_ns}"
 
 
-@dataclass(frozen=True)
-class EngineConfig:
+@record(frozen=True, init=False, repr=False, eq=False)
+class EngineConfig(FrozenRecord):
     """Settings that make compiled code differ; one wasmtime Engine exists per distinct value.
 
     `fuel` instruments code with an instruction budget, `epochs` with deadline checks;
     `max_stack` is the wasm stack in bytes; `strategy` is `cranelift` or `pulley`
     (wasmtime's portable interpreter). `process_deadline`: the process running the
     engine ends itself at a run's deadline (an isolated worker: `isolate.overrun`), so a
-    timeout is allowed without epochs; it changes no generated code.
+    timeout is allowed without epochs; it changes no generated code. A frozen record
+    (`stockade.records`): a dataclass without code generation at import, on the
+    `stockade run` path.
     """
 
     fuel: bool = True
@@ -60,6 +62,14 @@ class EngineConfig:
     max_stack: int = 1024 * 1024
     strategy: str = "cranelift"
     process_deadline: bool = False
+
+    def __init__(self, fuel: bool = True, epochs: bool = True, max_stack: int = 1024 * 1024,
+                 strategy: str = "cranelift", process_deadline: bool = False) -> None:
+        object.__setattr__(self, "fuel", fuel)
+        object.__setattr__(self, "epochs", epochs)
+        object.__setattr__(self, "max_stack", max_stack)
+        object.__setattr__(self, "strategy", strategy)
+        object.__setattr__(self, "process_deadline", process_deadline)
 
     @classmethod
     def for_limits(cls, limits: Limits, *, process_deadline: bool = False) -> EngineConfig:

@@ -12,13 +12,13 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FastPathUnavailable, ModuleError, ModuleNotFound, PrecompiledRefused
 from ..policy.units import format_size
 from ..progress import progress
+from ..records import FrozenRecord, record
 from .cache import AotCache
 from .seal import KeyUnavailable, SealError, host_key, unseal, vouched
 
@@ -122,14 +122,14 @@ def read_module(path: Path, limit: int = MAX_MODULE_BYTES) -> bytes:
         return file.read()
 
 
-@dataclass(frozen=True)
-class LoadedModule:
+@record(frozen=True, init=False, repr=False, eq=False)
+class LoadedModule(FrozenRecord):
     """A compiled module ready to instantiate.
 
     `sha256` is the digest of the module's bytes (of the `.cwasm` file itself for
     precompiled input); `from_cache` tells whether the AoT cache spared a compile;
     `precompiled` marks native code the caller supplied (a `.cwasm`), which only callers
-    that allow precompiled input may run.
+    that allow precompiled input may run. A frozen record (`stockade.records`).
     """
 
     module: wasmtime.Module
@@ -138,6 +138,15 @@ class LoadedModule:
     from_cache: bool
     compile_ms: float
     precompiled: bool = False
+
+    def __init__(self, module: wasmtime.Module, sha256: str, name: str, from_cache: bool,
+                 compile_ms: float, precompiled: bool = False) -> None:
+        object.__setattr__(self, "module", module)
+        object.__setattr__(self, "sha256", sha256)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "from_cache", from_cache)
+        object.__setattr__(self, "compile_ms", compile_ms)
+        object.__setattr__(self, "precompiled", precompiled)
 
 
 def refuse_precompiled(name: str, sha256: str = "") -> PrecompiledRefused:

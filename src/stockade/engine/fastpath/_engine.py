@@ -8,6 +8,7 @@ releases the GIL); each uses its own store.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -24,7 +25,7 @@ from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import FastModule, prepare, raise_load
 from ._poll import define_owned_calls
-from ._run import FastResult, RunPlan, RunSlot, execute, overdue
+from ._run import FastResult, RunPlan, RunSlot, execute, native_plan, overdue
 
 if TYPE_CHECKING:
     from ...hostcalls.meter import Meter
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["FastEngine", "encode_env"]
 
 _MAX_FUEL = (1 << 64) - 1
+_PLANS_KEPT = 16  # checked plans each module keeps for `run`
 
 
 class FastEngine:
@@ -82,10 +84,11 @@ class FastEngine:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a run finished
         # The engine's epoch (the sandbox's ticker); while runs are registered it also
-        # seals output past its cap every tick.
+        # seals output past its cap every tick, unless the owned standard streams stop
+        # output at the cap as they write it.
         engine = self._engine
         self._ticker = EpochTicker(lambda: C.engine_increment_epoch(engine), tick_interval,
-                                   watch=self._seal_over)
+                                   watch=None if self.owns_stdio else self._seal_over)
         self._running: set[RunSlot] = set()
         self._free: list[RunSlot] = []
         self._modules: set[FastModule] = set()
@@ -195,13 +198,29 @@ class FastEngine:
         the native library). `capture_stderr=False` discards stderr, saving a file open
         per call. Waits while `max_instances` runs are in flight. Raises
         UsageError for bad arguments. `plan` and `run_plan` do the same in two steps,
-        checking the arguments once for many runs.
+        checking the arguments once for many runs; this method keeps the plans it
+        checked on the module (the last 16 sets of arguments and limits), so repeated
+        runs alike check theirs once too.
         """
         if not isinstance(stdin, bytes | bytearray | memoryview):
             raise UsageError(f"stdin must be bytes, not {type(stdin).__name__}")
-        plan = self.plan(module, args, fuel=fuel, timeout_s=timeout_s, max_memory=max_memory,
-                         max_output=max_output, capture_stderr=capture_stderr,
-                         max_hostcalls=max_hostcalls)
+        args = tuple(args)
+        # The same arguments make the same plan: check them once (a plan is immutable).
+        key: tuple[Any, ...] | None = (args, fuel, timeout_s, max_memory, max_output,
+                                       capture_stderr, max_hostcalls)
+        plans = module._plans
+        try:
+            plan = plans.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable argument: `plan` says what is wrong with it
+            plan = key = None
+        if plan is None:
+            plan = self.plan(module, args, fuel=fuel, timeout_s=timeout_s,
+                             max_memory=max_memory, max_output=max_output,
+                             capture_stderr=capture_stderr, max_hostcalls=max_hostcalls)
+            if key is not None:
+                if len(plans) >= _PLANS_KEPT:
+                    plans.clear()
+                plans[key] = plan
         return self.run_plan(plan, encode_env(env), bytes(stdin))
 
     def plan(
@@ -232,9 +251,12 @@ class FastEngine:
                              "the fast path's native library (scripts/build_native.py)")
         if timeout_s is not None:
             self._check_timeout(timeout_s)
-        return RunPlan(module, b"".join(arg + b"\0" for arg in argv), len(argv), budget,
-                       timeout_s, memory, max_output, capture_stderr, max_hostcalls,
-                       self.owns_stdio)
+        block = b"".join(arg + b"\0" for arg in argv)
+        native = native_plan(module._pre, block, len(argv), budget, memory, max_output,
+                             capture_stderr, max_hostcalls, self.owns_stdio)
+        return RunPlan(module, block, len(argv), budget, timeout_s, memory, max_output,
+                       capture_stderr, max_hostcalls, self.owns_stdio, native,
+                       ctypes.addressof(native))
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
         """Run a checked plan with `env` (`encode_env`) and `stdin` (bytes): `run` without
@@ -366,7 +388,7 @@ class FastEngine:
                 raise UsageError(f"{module.name}: module belongs to another FastEngine")
             self._active += 1
             module._active += 1
-            slot = self._free.pop() if self._free else RunSlot()
+            slot = self._free.pop() if self._free else RunSlot(self._engine)
             self._running.add(slot)
             return slot
 

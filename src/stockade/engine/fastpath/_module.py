@@ -15,7 +15,7 @@ from ...envblock import Env
 from ...errors import DeniedImport, ModuleError, UsageError
 from ..traps import describe_load_message
 from ._capi import EXTERN_FUNC, ByteVec, C, ExportTypeVec, take_error
-from ._run import FastResult
+from ._run import FastResult, RunPlan
 
 if TYPE_CHECKING:
     from ._engine import FastEngine
@@ -41,6 +41,8 @@ class FastModule:
         # Pre-linked with the engine's metered linker, on a first metered run.
         self._metered_pre: int | None = None
         self._active = 0
+        # `FastEngine.run`'s checked plans by their arguments (a few; cleared when full).
+        self._plans: dict[tuple[Any, ...], RunPlan] = {}
 
     def run(
         self,
@@ -89,6 +91,7 @@ class FastModule:
             if self._module is None:
                 return
             module, self._module = self._module, None
+            self._plans.clear()
             while self._active:
                 self.engine._wait()
             self.engine._modules.discard(self)

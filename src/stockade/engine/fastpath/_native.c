@@ -1,8 +1,12 @@
 /* One fast-path run in a single C call: the same wasmtime C API calls as `_run.py`'s
- * `execute`, minus a ctypes transition per call (about 15 of them per run); and the
- * fast path's own standard streams (`fd_write`, `fd_read`, `fd_close`) and `random_get`,
- * host functions
- * that count toward the run's host-call budget and stop output at its cap as they write.
+ * `execute`, minus a ctypes transition per call (about 15 of them per run), with the
+ * slot's shared state reset here too (`start_state`); and the fast path's own standard
+ * streams (`fd_write`, `fd_read`, `fd_close`) and `random_get`, host functions that
+ * count toward the run's host-call budget and stop output at its cap as they write.
+ * With them, WASI's own stdio is left empty: no file is opened per run.
+ *
+ * Every structure shared with Python is checked by size at `stockade_fast_init`; a
+ * caller built for another layout is refused and runs the Python version.
  *
  * Built by `scripts/build_native.py` into `libstockade_fastrun.so` beside this file; without it
  * the fast path runs the Python version. It links against nothing: the wasmtime
@@ -39,21 +43,48 @@ static size_t extern_of; /* offset of the union in wasmtime_extern_t */
 enum { RUN_OK = 0, RUN_FUEL = 1, RUN_WASI_FILES = 2, RUN_WASI = 3, RUN_NO_START = 4,
        RUN_TOO_MANY = 5, RUN_BAD_STRINGS = 6 };
 
+/* What a plan fixes for all its runs (`_run.py`'s `RunPlan.native`), built once. */
 typedef struct {
-    void *engine, *pre, *data;
+    void *pre;
     int64_t max_memory;
     uint64_t fuel;
     int32_t has_fuel, capture_stderr;
+    const char *argv; /* NUL-terminated entries, back to back */
+    size_t argc, argv_len; /* entries; bytes, terminators included */
+    int64_t max_output;      /* -1: unlimited */
+    uint64_t max_hostcalls;  /* UINT64_MAX: unlimited */
+    int32_t owned_stdio;     /* the linker serves fd_write/fd_read/fd_close from here */
+    int32_t reserved;
+} run_plan;
+
+/* What the owned standard streams of one run share with Python (`_native.py`'s
+ * `RunState`); a run's store data points at its slot's. */
+typedef struct run_state run_state;
+struct run_state {
+    int32_t out_fd, err_fd, capture_err, stop;
+    int64_t cap;                 /* stdout + stderr bytes (-1: unlimited) */
+    int64_t out_size, err_size;  /* bytes written this run */
+    uint64_t hostcalls, max_hostcalls;
+    const uint8_t *stdin_data;
+    uint64_t stdin_len, stdin_pos;
+    int32_t closed[3];           /* fd_close'd standard descriptors */
+    uint64_t calls[5];           /* served calls by CALL_* (usage.hostcalls) */
+};
+
+
+/* What one run is given besides its plan. */
+typedef struct {
+    void *engine;
+    run_state *state;      /* the store's data: the slot's run_state */
+    const run_plan *plan;
     uint64_t deadline;
-    const char *argv, *names, *values; /* NUL-terminated entries, back to back */
-    size_t argc, envc;
-    size_t argv_len, names_len, values_len; /* bytes, terminators included */
+    const char *names, *values; /* NUL-terminated entries, back to back */
+    size_t envc, names_len, values_len;
     const uint8_t *stdin_data;
     size_t stdin_len;
-    const char *out_path, *err_path;
-    int64_t max_output;   /* -1: unlimited */
-    int64_t *cap;         /* the slot's cap cell, set once the files are open */
-    int32_t out_fd, err_fd; /* the files behind out_path and err_path */
+    const char *out_path, *err_path; /* the files behind out_fd and err_fd */
+    int64_t *cap;          /* the slot's cap cell, set once the output is ready */
+    int32_t out_fd, err_fd;
 } run_in;
 
 typedef struct {
@@ -72,13 +103,17 @@ static uint64_t now_ns(clockid_t clock) {
 
 #define MAX_STRINGS 1024 /* argv and environment entries; more take the Python path */
 
-typedef struct run_state run_state;
 size_t stockade_run_state_size(void);
 
-/* -1 unless the caller was built for this library: its function table and its run_state. */
+/* -1 unless the caller was built for this library: its function table and the sizes of
+ * every structure it shares (run_state, run_plan, run_in, run_out). */
 int stockade_fast_init(void **functions, size_t count, size_t union_offset,
-                       size_t state_size) {
-    if (count != F_COUNT || state_size != stockade_run_state_size()) return -1;
+                       size_t state_size, size_t plan_size, size_t in_size,
+                       size_t out_size) {
+    if (count != F_COUNT || state_size != stockade_run_state_size()
+        || plan_size != sizeof(run_plan) || in_size != sizeof(run_in)
+        || out_size != sizeof(run_out))
+        return -1;
     memcpy(fn, functions, sizeof fn);
     extern_of = union_offset;
     return 0;
@@ -97,47 +132,76 @@ static bool split(const char *blob, size_t len, size_t count, const char **out) 
     return blob == end;
 }
 
-static int fast_run(const run_in *in, run_out *out);
+static int fast_run(const run_in *in, const run_plan *plan, run_out *out);
 
-/* The run, timed, and the sizes of what the guest wrote (the files are closed by then). */
+/* Ready the slot's shared state for a run of `plan` (what the owned calls read): a fresh
+ * budget, cap, counts and descriptors, and this run's stdin (kept only while it runs). */
+static void start_state(run_state *st, const run_plan *plan, const run_in *in) {
+    memset(st->calls, 0, sizeof st->calls);
+    memset(st->closed, 0, sizeof st->closed);
+    st->stop = 0;
+    st->hostcalls = 0;
+    st->out_size = st->err_size = 0;
+    st->capture_err = plan->capture_stderr;
+    st->cap = plan->max_output;
+    st->max_hostcalls = plan->max_hostcalls;
+    st->stdin_data = in->stdin_data;
+    st->stdin_len = in->stdin_len;
+    st->stdin_pos = 0;
+}
+
+/* The run, timed, and the sizes of what the guest wrote. With owned standard streams
+ * the guest writes only through them, so their counts are the sizes; else the files'
+ * (closed with the store by then). */
 int stockade_fast_run(const run_in *in, run_out *out) {
     uint64_t wall0 = now_ns(CLOCK_MONOTONIC), cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+    const run_plan *plan = in->plan;
+    run_state *st = in->state;
     memset(out, 0, sizeof *out);
-    fast_run(in, out);
+    start_state(st, plan, in);
+    fast_run(in, plan, out);
     out->cpu_ns = now_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     out->wall_ns = now_ns(CLOCK_MONOTONIC) - wall0;
-    out->out_size = lseek(in->out_fd, 0, SEEK_END);
-    out->err_size = in->capture_stderr ? lseek(in->err_fd, 0, SEEK_END) : 0;
+    st->stdin_data = NULL; /* the request's body is the caller's again */
+    st->stdin_len = 0;
+    if (plan->owned_stdio) {
+        out->out_size = st->out_size;
+        out->err_size = plan->capture_stderr ? st->err_size : 0;
+    } else {
+        out->out_size = lseek(in->out_fd, 0, SEEK_END);
+        out->err_size = plan->capture_stderr ? lseek(in->err_fd, 0, SEEK_END) : 0;
+    }
     return 0;
 }
 
-static int fast_run(const run_in *in, run_out *out) {
+static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
     _Alignas(16) uint8_t instance[64];
     _Alignas(16) uint8_t item[64];
     const char *argv[MAX_STRINGS], *names[MAX_STRINGS], *values[MAX_STRINGS];
-    if (in->argc > MAX_STRINGS || in->envc > MAX_STRINGS) {
+    if (plan->argc > MAX_STRINGS || in->envc > MAX_STRINGS) {
         out->status = RUN_TOO_MANY;
         return 0;
     }
-    if (!split(in->argv, in->argv_len, in->argc, argv)
+    if (!split(plan->argv, plan->argv_len, plan->argc, argv)
         || !split(in->names, in->names_len, in->envc, names)
         || !split(in->values, in->values_len, in->envc, values)) {
         out->status = RUN_BAD_STRINGS;
         return 0;
     }
-    void *store = CALL(F_STORE_NEW, void *(*)(void *, void *, void *))(in->engine, in->data, NULL);
+    void *store = CALL(F_STORE_NEW, void *(*)(void *, void *, void *))(in->engine, in->state,
+                                                                       NULL);
     void *cx = CALL(F_STORE_CONTEXT, void *(*)(void *))(store);
     CALL(F_STORE_LIMITER, void (*)(void *, int64_t, int64_t, int64_t, int64_t, int64_t))(
-        store, in->max_memory, -1, -1, -1, -1);
-    if (in->has_fuel) {
-        out->error = CALL(F_SET_FUEL, void *(*)(void *, uint64_t))(cx, in->fuel);
+        store, plan->max_memory, -1, -1, -1, -1);
+    if (plan->has_fuel) {
+        out->error = CALL(F_SET_FUEL, void *(*)(void *, uint64_t))(cx, plan->fuel);
         if (out->error) { out->status = RUN_FUEL; goto done; }
     }
     CALL(F_SET_EPOCH_DEADLINE, void (*)(void *, uint64_t))(cx, in->deadline);
 
     void *wasi = CALL(F_WASI_NEW, void *(*)(void))();
     /* Both refuse text that is not UTF-8. */
-    if (!CALL(F_WASI_ARGV, bool (*)(void *, size_t, const char **))(wasi, in->argc, argv)
+    if (!CALL(F_WASI_ARGV, bool (*)(void *, size_t, const char **))(wasi, plan->argc, argv)
         || (in->envc && !CALL(F_WASI_ENV, bool (*)(void *, size_t, const char **,
                                                    const char **))(
                 wasi, in->envc, names, values))) {
@@ -145,25 +209,32 @@ static int fast_run(const run_in *in, run_out *out) {
         out->status = RUN_BAD_STRINGS;
         goto done;
     }
-    if (in->stdin_len) {
-        byte_vec vec;
-        CALL(F_BYTE_VEC_NEW, void (*)(byte_vec *, size_t, const uint8_t *))(
-            &vec, in->stdin_len, in->stdin_data);
-        CALL(F_WASI_STDIN_BYTES, void (*)(void *, byte_vec *))(wasi, &vec);
-    }
-    if (!CALL(F_WASI_STDOUT_FILE, bool (*)(void *, const char *))(wasi, in->out_path)
-        || (in->capture_stderr
-            && !CALL(F_WASI_STDERR_FILE, bool (*)(void *, const char *))(wasi, in->err_path))) {
-        CALL(F_WASI_DELETE, void (*)(void *))(wasi);
-        out->status = RUN_WASI_FILES;
-        goto done;
+    /* Owned standard streams never reach WASI's descriptors 0-2 for reading or writing:
+     * its own stdio stays empty and no file is opened for it (two opens and closes a
+     * run). Its other answers on 0-2 (fdstat, filestat, seek) are those of a stream
+     * either way. */
+    if (!plan->owned_stdio) {
+        if (in->stdin_len) {
+            byte_vec vec;
+            CALL(F_BYTE_VEC_NEW, void (*)(byte_vec *, size_t, const uint8_t *))(
+                &vec, in->stdin_len, in->stdin_data);
+            CALL(F_WASI_STDIN_BYTES, void (*)(void *, byte_vec *))(wasi, &vec);
+        }
+        if (!CALL(F_WASI_STDOUT_FILE, bool (*)(void *, const char *))(wasi, in->out_path)
+            || (plan->capture_stderr
+                && !CALL(F_WASI_STDERR_FILE, bool (*)(void *, const char *))(wasi,
+                                                                            in->err_path))) {
+            CALL(F_WASI_DELETE, void (*)(void *))(wasi);
+            out->status = RUN_WASI_FILES;
+            goto done;
+        }
     }
     out->error = CALL(F_SET_WASI, void *(*)(void *, void *))(cx, wasi);
     if (out->error) { out->status = RUN_WASI; goto done; }
-    *in->cap = in->max_output; /* only now: the files were just truncated for this run */
+    *in->cap = plan->max_output; /* only now: the files were just truncated for this run */
 
     out->error = CALL(F_PRE_INSTANTIATE, void *(*)(void *, void *, void *, void **))(
-        in->pre, cx, instance, &out->trap);
+        plan->pre, cx, instance, &out->trap);
     if (!out->error && !out->trap) {
         if (!CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
                 cx, instance, "_start", 6, item) || item[0] != 0 /* WASMTIME_EXTERN_FUNC */) {
@@ -179,7 +250,7 @@ static int fast_run(const run_in *in, run_out *out) {
             out->memory_bytes = CALL(F_MEMORY_DATA_SIZE, size_t (*)(void *, void *))(
                 cx, item + extern_of);
     }
-    if (in->has_fuel) {
+    if (plan->has_fuel) {
         void *error = CALL(F_GET_FUEL, void *(*)(void *, uint64_t *))(cx, &out->fuel_left);
         if (error && !out->error) { out->error = error; out->status = RUN_FUEL; }
         else if (error) CALL(F_ERROR_DELETE, void (*)(void *))(error);
@@ -193,17 +264,6 @@ done:
  * A run's store data points at its slot's `run_state` (`_run.py`'s `RunState`). No
  * preopens exist on the fast path, so descriptors 0-2 are the only ones: stdin is the
  * request's bytes, stdout and stderr the slot's memfds, written here with pwrite. */
-
-struct run_state {
-    int32_t out_fd, err_fd, capture_err, stop;
-    int64_t cap;                 /* stdout + stderr bytes (-1: unlimited) */
-    int64_t out_size, err_size;  /* bytes written this run */
-    uint64_t hostcalls, max_hostcalls;
-    const uint8_t *stdin_data;
-    uint64_t stdin_len, stdin_pos;
-    int32_t closed[3];           /* fd_close'd standard descriptors */
-    uint64_t calls[5];           /* served calls by CALL_* (usage.hostcalls) */
-};
 
 size_t stockade_run_state_size(void) { return sizeof(run_state); }
 

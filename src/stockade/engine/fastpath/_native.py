@@ -16,8 +16,8 @@ from typing import Any
 
 from ._capi import DLL, Extern
 
-__all__ = ["CALL_NAMES", "CALL_POLL", "NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunState",
-           "MAX_STRINGS", "RUN_OK",
+__all__ = ["CALL_NAMES", "CALL_POLL", "NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunPlanC",
+           "RunState", "STRUCT_SIZES", "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
            "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
 
@@ -40,20 +40,31 @@ _FUNCTIONS = (
 )
 
 
-class RunIn(ctypes.Structure):
-    """`run_in` of `_native.c`: what one run is given (strings NUL-terminated)."""
+class RunPlanC(ctypes.Structure):
+    """`run_plan` of `_native.c`: what a `RunPlan` fixes for all its runs (built once
+    by `FastEngine.plan`; `max_hostcalls` 2**64-1 and `max_output` -1 mean unlimited)."""
 
     _fields_ = [
-        ("engine", c_void_p), ("pre", c_void_p), ("data", c_void_p),
-        ("max_memory", c_int64), ("fuel", c_uint64), ("has_fuel", c_int32),
-        ("capture_stderr", c_int32), ("deadline", c_uint64),
-        ("argv", c_char_p), ("names", c_char_p), ("values", c_char_p),
-        ("argc", c_size_t), ("envc", c_size_t),
-        ("argv_len", c_size_t), ("names_len", c_size_t), ("values_len", c_size_t),
+        ("pre", c_void_p), ("max_memory", c_int64), ("fuel", c_uint64),
+        ("has_fuel", c_int32), ("capture_stderr", c_int32),
+        ("argv", c_char_p), ("argc", c_size_t), ("argv_len", c_size_t),
+        ("max_output", c_int64), ("max_hostcalls", c_uint64),
+        ("owned_stdio", c_int32), ("reserved", c_int32),
+    ]
+
+
+class RunIn(ctypes.Structure):
+    """`run_in` of `_native.c`: what one run is given besides its plan (strings
+    NUL-terminated); `state` is the slot's `RunState`, reset by the native run."""
+
+    _fields_ = [
+        ("engine", c_void_p), ("state", c_void_p), ("plan", c_void_p),
+        ("deadline", c_uint64),
+        ("names", c_char_p), ("values", c_char_p),
+        ("envc", c_size_t), ("names_len", c_size_t), ("values_len", c_size_t),
         ("stdin_data", c_char_p), ("stdin_len", c_size_t),
         ("out_path", c_char_p), ("err_path", c_char_p),
-        ("max_output", c_int64), ("cap", POINTER(c_int64)),
-        ("out_fd", c_int32), ("err_fd", c_int32),
+        ("cap", POINTER(c_int64)), ("out_fd", c_int32), ("err_fd", c_int32),
     ]
 
 
@@ -93,6 +104,10 @@ CALL_POLL = 4
 STOP_STDOUT, STOP_STDERR, STOP_HOSTCALLS = 1, 2, 3
 
 
+# What `stockade_fast_init` checks against its own: run_state, run_plan, run_in, run_out.
+STRUCT_SIZES = tuple(ctypes.sizeof(struct) for struct in (RunState, RunPlanC, RunIn, RunOut))
+
+
 def _load() -> Any:
     if os.environ.get("STOCKADE_FASTPATH_NATIVE", "1") == "0" or not LIBRARY.exists():
         return None
@@ -103,8 +118,9 @@ def _load() -> Any:
     addresses = (c_void_p * len(_FUNCTIONS))(
         *(ctypes.cast(DLL[name], c_void_p).value for name in _FUNCTIONS))
     init = library.stockade_fast_init
-    init.argtypes, init.restype = [POINTER(c_void_p), c_size_t, c_size_t, c_size_t], c_int32
-    if init(addresses, len(_FUNCTIONS), Extern.of.offset, ctypes.sizeof(RunState)) != 0:
+    init.argtypes = [POINTER(c_void_p), c_size_t, c_size_t, *[c_size_t] * 4]
+    init.restype = c_int32
+    if init(addresses, len(_FUNCTIONS), Extern.of.offset, *STRUCT_SIZES) != 0:
         return None
     return library
 

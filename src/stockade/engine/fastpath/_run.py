@@ -1,11 +1,15 @@
 """One fast-path run: a fresh store and instance, `_start`, captured output, an outcome.
 
-Output goes to a pair of memfds the guest's WASI stdout/stderr open by path
-(`/proc/<pid>/fd/N`): writes happen synchronously on the guest's thread, with no Python
-callback (wasmtime's custom-stdout streams go through a tokio task and can abort the
-interpreter at exit). The cap holds while the guest runs because the engine's ticker
-seals a memfd (`F_SEAL_GROW | F_SEAL_WRITE`) once the pair outgrows it: further writes
-fail in the guest with EPERM.
+Output goes to a pair of memfds. With the native library the owned standard streams
+(`_native.c`) write them at the offsets they count, stop output at the cap as it is
+written, and WASI's own stdio is left empty (no file opened per run; the files are not
+truncated between runs, so only the bytes this run wrote are read). Without it the
+guest's WASI stdout/stderr open them by path (`/proc/<pid>/fd/N`, truncating): writes
+happen synchronously on the guest's thread, with no Python callback (wasmtime's
+custom-stdout streams go through a tokio task and can abort the interpreter at exit),
+and the cap holds while the guest runs because the engine's ticker seals a memfd
+(`F_SEAL_GROW | F_SEAL_WRITE`) once the pair outgrows it: further writes fail in the
+guest with EPERM.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import fcntl
 import os
 import time
 from dataclasses import field
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...envblock import EnvBlock
 from ...policy.units import format_size
-from ...records import Record, record
+from ...records import FieldTuple, Record, record
 from ...result import Outcome, Result, Usage
 from ..traps import (
     EXITED_OK,
@@ -52,6 +56,7 @@ from ._native import (
     STOP_STDOUT,
     RunIn,
     RunOut,
+    RunPlanC,
     RunState,
 )
 
@@ -59,23 +64,24 @@ if TYPE_CHECKING:
     from ._metered import MeteredRun
     from ._module import FastModule
 
-__all__ = ["FastResult", "RunSlot", "RunPlan", "conclude", "execute", "overdue"]
+__all__ = ["FastResult", "RunSlot", "RunPlan", "conclude", "execute", "native_plan", "overdue"]
 
 _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
 _RELEASE_BYTES = 1 << 20
+_UNLIMITED = (1 << 64) - 1  # a host-call budget of none
 
 
 
-
-
-class RunPlan(NamedTuple):
+class RunPlan(FieldTuple):
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
     `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
     meter fuel), `timeout_s` the wall-clock limit in seconds (None: none),
     `max_hostcalls` the budget of host calls Stockade serves (the standard streams,
     `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
-    serves them. (A named tuple: cheaper to define than a dataclass at start-up.)"""
+    serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
+    `native_at` its address. (A named tuple: cheaper to define than a dataclass at
+    start-up, and a `FieldTuple`: cheaper than a `NamedTuple`.)"""
 
     module: FastModule
     argv: bytes
@@ -87,6 +93,18 @@ class RunPlan(NamedTuple):
     capture_stderr: bool
     max_hostcalls: int | None = None
     owned_stdio: bool = False
+    native: Any = None
+    native_at: int = 0
+
+
+def native_plan(pre: int, argv: bytes, argc: int, fuel: int | None, max_memory: int,
+                max_output: int | None, capture_stderr: bool, max_hostcalls: int | None,
+                owned_stdio: bool) -> RunPlanC:
+    """A plan's fixed part as the native run takes it (kept by the `RunPlan`, which
+    keeps `argv` alive with it)."""
+    return RunPlanC(pre, max_memory, fuel or 0, fuel is not None, capture_stderr, argv, argc,
+                    len(argv), -1 if max_output is None else max_output,
+                    _UNLIMITED if max_hostcalls is None else max_hostcalls, owned_stdio, 0)
 
 
 @record(init=False, repr=False, eq=False, slots=True)
@@ -176,9 +194,10 @@ class RunSlot:
 
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
-                 "native_in", "native_out", "state", "key", "metered", "plan")
+                 "native_in", "native_out", "native_args", "env", "state", "key", "metered",
+                 "plan")
 
-    def __init__(self) -> None:
+    def __init__(self, engine: int = 0) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         self.out = os.memfd_create("stockade-stdout", flags)
         self.err = os.memfd_create("stockade-stderr", flags)
@@ -199,10 +218,13 @@ class RunSlot:
         # What the owned standard streams share with C; the store's data points at it.
         self.state = RunState(out_fd=self.out, err_fd=self.err)
         self.key = ctypes.addressof(self.state)
-        self.native_in = RunIn(data=self.key, out_path=self.out_path, err_path=self.err_path,
-                               cap=ctypes.pointer(self.cap_cell), out_fd=self.out,
-                               err_fd=self.err)
+        self.native_in = RunIn(engine=engine, state=self.key, out_path=self.out_path,
+                               err_path=self.err_path, cap=ctypes.pointer(self.cap_cell),
+                               out_fd=self.out, err_fd=self.err)
         self.native_out = RunOut()
+        # The native run's arguments, made once: a `byref` per call costs more than the call.
+        self.native_args = (ctypes.byref(self.native_in), ctypes.byref(self.native_out))
+        self.env: EnvBlock | None = None  # the block native_in holds
         self.metered: MeteredRun | None = None
         self.plan: RunPlan | None = None  # the running guest's (for `overdue`)
         RunSlot.live[self.key] = self
@@ -236,9 +258,10 @@ class RunSlot:
         files' sizes (`sizes`); stdout keeps its bytes first. The next run's open
         truncates the files."""
         keep_out, keep_err = n_out, n_err
-        if self.cap is not None:
-            keep_out = min(n_out, self.cap)
-            keep_err = min(n_err, self.cap - keep_out)
+        cap = self.cap_cell.value  # -1: none
+        if cap >= 0:
+            keep_out = min(n_out, cap)
+            keep_err = min(n_err, cap - keep_out)
         out = os.pread(self.out, keep_out, 0) if keep_out else b""
         err = os.pread(self.err, keep_err, 0) if keep_err else b""
         if not self.sealed and max(n_out, n_err) > _RELEASE_BYTES:
@@ -271,12 +294,12 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     """
     slot.stopped = False
     slot.plan = plan
-    _start_state(slot, plan, stdin)
     metered = slot.metered  # its host calls are Python: the ctypes run costs nothing more
-    if metered is None and NATIVE_RUN is not None and plan.argc <= MAX_STRINGS \
-            and env.entries <= MAX_STRINGS:
-        ran = _run_native(engine, plan, slot, env, stdin, deadline_ticks)
+    if metered is None and NATIVE_RUN is not None and plan.native is not None \
+            and plan.argc <= MAX_STRINGS and env.entries <= MAX_STRINGS:
+        ran = _run_native(plan, slot, env, stdin, deadline_ticks)  # resets the state itself
     else:
+        _start_state(slot, plan, stdin)
         ran = _run_python(engine, plan, slot, env, stdin, deadline_ticks)
     error, trap, called, memory_bytes, fuel_left, wall, cpu, n_out, n_err = ran
     if trap:
@@ -291,6 +314,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         ending = metered.ending(ending)
     if slot.stopped:
         ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
+    slot.state.stdin_data = None  # do not keep the request body alive in the slot
     return conclude(plan, slot, ending, memory_bytes, fuel_left, wall, cpu, n_out, n_err)
 
 
@@ -305,7 +329,6 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     out, err, out_cut, err_cut = slot.collect(n_out, n_err) if metered is None \
         else metered.output()
     stop = slot.state.stop
-    slot.state.stdin_data = None  # do not keep the request body alive in the slot
     if stop == STOP_HOSTCALLS:
         outcome, message, code = Outcome.HOSTCALL_LIMIT, \
             f"host-call budget of {plan.max_hostcalls} calls exhausted", None
@@ -316,11 +339,11 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
         outcome, message = Outcome.OUTPUT_LIMIT, \
             f"output cap of {format_size(plan.max_output or 0)} reached"
     fuel = plan.fuel
-    calls = slot.state.calls
+    calls = slot.state.calls[:]
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
         fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
-        hostcalls={name: calls[i] for i, name in enumerate(CALL_NAMES) if calls[i]},
+        hostcalls={name: count for name, count in zip(CALL_NAMES, calls, strict=True) if count},
     )
 
 
@@ -328,17 +351,18 @@ def overdue(plan: RunPlan, slot: RunSlot, wall: float, cpu: float) -> FastResult
     """The result of the run in `slot`, still running, stopped now by its deadline: what
     `execute` returns when an epoch interrupt ends it, from another thread of a process
     that ends itself next (`EngineConfig.process_deadline`). The guest's store is not
-    touched (it is not thread-safe): its memory size is reported as 0, unknown."""
+    touched (it is not thread-safe): its memory size is reported as 0, unknown; nor is
+    the state the running guest reads (its stdin)."""
     ending = ending_of_trap(TRAP_INTERRUPT, "")
     sizes = (0, 0)  # a meter keeps its output itself
     if slot.metered is not None:
         ending = slot.metered.ending(ending)
+    elif plan.owned_stdio:  # the files keep earlier runs' bytes: this run's counts only
+        state = slot.state
+        sizes = (state.out_size, state.err_size if plan.capture_stderr else 0)
     else:
         sizes = slot.sizes()
     return conclude(plan, slot, ending, 0, 0, wall, cpu, *sizes)
-
-
-_UNLIMITED = (1 << 64) - 1
 
 
 def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
@@ -357,22 +381,20 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
 _Ran = tuple[int | None, int | None, bool, int, int, float, float, int, int]
 
 
-def _run_native(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
-                stdin: bytes, deadline_ticks: int) -> _Ran:
-    """The run as one C call (`_native.c`); the same steps as `_run_python`."""
+def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
+                deadline_ticks: int) -> _Ran:
+    """The run as one C call (`_native.c`); the same steps as `_start_state` and
+    `_run_python`."""
     args, out = slot.native_in, slot.native_out
-    args.engine, args.pre, args.max_memory = engine, plan.module._pre, plan.max_memory
-    args.deadline, args.has_fuel, args.fuel = deadline_ticks, plan.fuel is not None, \
-        plan.fuel or 0
-    args.capture_stderr = slot.capture_err = plan.capture_stderr
-    args.argv, args.argc, args.argv_len = plan.argv, plan.argc, len(plan.argv)
-    args.names, args.values, args.envc = env.names, env.values, env.entries
-    args.names_len, args.values_len = len(env.names), len(env.values)
-    # Served from the slot's state when the engine owns the standard streams.
-    args.stdin_data, args.stdin_len = (None, 0) if plan.owned_stdio else (stdin, len(stdin))
-    args.max_output = -1 if plan.max_output is None else plan.max_output
+    args.plan, args.deadline = plan.native_at, deadline_ticks
+    if slot.env is not env:  # an EnvBlock is immutable: the same one needs no copying
+        args.names, args.values, args.envc = env.names, env.values, env.entries
+        args.names_len, args.values_len = len(env.names), len(env.values)
+        slot.env = env
+    args.stdin_data, args.stdin_len = stdin, len(stdin)
+    slot.capture_err = plan.capture_stderr
     slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
-    NATIVE_RUN(ctypes.byref(args), ctypes.byref(out))
+    NATIVE_RUN(*slot.native_args)
     args.stdin_data = None  # do not keep the request body alive in the slot
     status = out.status
     if status != RUN_OK:

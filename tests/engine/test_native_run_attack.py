@@ -1,0 +1,174 @@
+"""Attacks on what the native run (`_native.c`) does in C: it resets a slot's shared
+state for each run, builds the guest's standard streams without files, and takes a
+plan's fixed part by address. Hostile guests must get the same verdicts, answers and
+counts as on the ctypes run and the wasmtime-py sandbox, under the same limits, and a
+reused slot must carry nothing from one run into the next."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stockade import Invocation, Policy, Result, Sandbox
+from stockade.engine.config import EngineConfig
+from stockade.engine.fastpath import FastEngine, FastModule, FastResult, _run
+from stockade.envblock import NO_ENV
+from stockade.errors import UsageError
+from stockade.result import Outcome
+
+from ..conftest import guest
+
+MiB = 1024**2
+MEMORY = 4 * MiB
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[FastEngine]:
+    """One slot: every run reuses the state, files and structures of the one before."""
+    with FastEngine(EngineConfig(), max_instances=1, max_memory=MEMORY) as fast:
+        if _run.NATIVE_RUN is None:
+            pytest.skip("the fast path's native library is not built here")
+        yield fast
+
+
+def compiled(engine: FastEngine, name: str) -> FastModule:
+    return engine.compile(guest(name).read_bytes(), name)
+
+
+def ctypes_run(module: FastModule, **kwargs: Any) -> FastResult:
+    """The same run through ctypes, one C call at a time (files behind the streams)."""
+    native, _run.NATIVE_RUN = _run.NATIVE_RUN, None
+    try:
+        return module.run(**kwargs)
+    finally:
+        _run.NATIVE_RUN = native
+
+
+def sandbox_run(monkeypatch: pytest.MonkeyPatch, name: str, stdin: bytes,
+                **limits: Any) -> Result:
+    monkeypatch.setenv("STOCKADE_BACKEND", "wasmtime")
+    policy = Policy.from_profile("default")
+    policy = dataclasses.replace(policy, limits=dataclasses.replace(
+        policy.limits, max_memory=MEMORY, **limits))
+    with Sandbox(policy) as sandbox:
+        return sandbox.run(guest(name), Invocation(stdin=stdin))
+
+
+def seen(result: FastResult | Result) -> tuple[Any, ...]:
+    """What a guest's run shows outside: verdict, exit codes, output, host-call counts."""
+    counts = result.hostcalls if isinstance(result, FastResult) else result.usage.hostcalls
+    return (result.outcome, result.exit_code, result.guest_exit_code, result.stdout,
+            result.stderr, result.stdout_truncated, result.stderr_truncated, counts)
+
+
+# stdin's first byte picks the ending (guests/write_then_end.wat); each row's limits
+# are in `Limits` terms, and `max_hostcalls` 2 stops the guest at its fd_read.
+ENDINGS = [
+    ("trap mid-run", b"t", {}, Outcome.TRAP),
+    ("huge exit code", b"x", {}, Outcome.TRAP),
+    ("largest exit code", b"e", {}, Outcome.EXITED),
+    ("memory growth refused", b"g", {}, Outcome.MEMORY_LIMIT),
+    ("short write at the output cap", b"", {"max_output": 10}, Outcome.EXITED),
+    ("write into a full output cap", b"", {"max_output": 7}, Outcome.OUTPUT_LIMIT),
+    ("host-call budget", b"t", {"max_hostcalls": 2}, Outcome.HOSTCALL_LIMIT),
+]
+
+
+@pytest.mark.parametrize(("stdin", "limits", "outcome"), [row[1:] for row in ENDINGS],
+                         ids=[row[0] for row in ENDINGS])
+def test_a_hostile_ending_gets_the_same_verdict_on_every_backend(
+        engine: FastEngine, monkeypatch: pytest.MonkeyPatch, stdin: bytes,
+        limits: dict[str, int], outcome: Outcome) -> None:
+    module = compiled(engine, "write_then_end.wasm")
+    native = module.run(stdin=stdin, timeout_s=10.0, **limits)
+    assert native.outcome is outcome, native.message
+    assert seen(native) == seen(ctypes_run(module, stdin=stdin, timeout_s=10.0, **limits))
+    assert seen(native) == seen(sandbox_run(monkeypatch, "write_then_end.wasm", stdin,
+                                            **limits))
+    if "max_output" in limits:
+        assert len(native.stdout) + len(native.stderr) == limits["max_output"]
+    if outcome is Outcome.HOSTCALL_LIMIT:
+        assert sum(native.hostcalls.values()) == 3  # the refused call counted once
+
+
+def test_streams_without_files_answer_as_streams_with_files(
+        engine: FastEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fdstat, filestat, seek, tell, sync, flags, size and pwrite on descriptors 0-2 get
+    the answers they get where files back the streams; a closed stdout stays closed."""
+    module = compiled(engine, "stdio_probe.wasm")
+    native = module.run(timeout_s=10.0)
+    assert (native.outcome, native.exit_code) == (Outcome.EXITED, 0), native.message
+    assert len(native.stdout) == 184
+    assert seen(native) == seen(ctypes_run(module, timeout_s=10.0))
+    # The sandbox serves fd_sync and fd_datasync itself (its sync policy: probes 6 and 7)
+    # and counts every owned call; what says what the descriptors are is the same.
+    sandbox = sandbox_run(monkeypatch, "stdio_probe.wasm", b"")
+    assert (sandbox.outcome, sandbox.exit_code) == (Outcome.EXITED, 0)
+    assert _probes(native.stdout, 6, 7) == _probes(sandbox.stdout, 6, 7)
+
+
+def _probes(report: bytes, *skipped: int) -> bytes:
+    """stdio_probe's report without the errnos of the probes `skipped`."""
+    return b"".join(report[4 * k:4 * k + 4] for k in range(12) if k not in skipped) \
+        + report[48:]
+
+
+def test_a_reused_slot_carries_nothing_into_the_next_run(engine: FastEngine) -> None:
+    hello = compiled(engine, "hello.wasm")
+    fresh = hello.run(["x"], timeout_s=10.0)
+    assert fresh.outcome is Outcome.EXITED and fresh.stdout.startswith(b"Hello")
+    secret = b"S" * (3 * MiB) + b"\n"
+    # Output files are not truncated between runs: only this run's bytes may be read.
+    assert hello.run(["x"], stdin=secret, timeout_s=10.0).stdout.endswith(secret)
+    assert seen(hello.run(["x"], timeout_s=10.0)) == seen(fresh)
+    assert compiled(engine, "exitcode.wasm").run(timeout_s=10.0).stdout == b""
+    # A spent budget, a reached cap, a closed stdout and a half-read stdin end with
+    # their runs.
+    assert hello.run(["x"], max_hostcalls=1).outcome is Outcome.HOSTCALL_LIMIT
+    assert hello.run(["x"], max_output=3).outcome is Outcome.OUTPUT_LIMIT
+    assert compiled(engine, "stdio_probe.wasm").run().exit_code == 0
+    ender = compiled(engine, "write_then_end.wasm")
+    assert ender.run(stdin=b"-leftover").outcome is Outcome.EXITED
+    assert seen(hello.run(["x"], timeout_s=10.0)) == seen(fresh)
+    assert ender.run().stdout == b"before\n"
+    assert engine.run(hello, ["x"], max_hostcalls=sum(fresh.hostcalls.values())).outcome \
+        is Outcome.EXITED
+
+
+def test_a_plan_whose_argv_disagrees_with_its_count_is_never_read_past(
+        engine: FastEngine) -> None:
+    hello = compiled(engine, "hello.wasm")
+    plan = engine.plan(hello, ["a", "b"], timeout_s=10.0)
+    for block, count in ((b"hello.wasm\0a\0b", 3), (b"hello.wasm\0a\0b\0", 4),
+                         (b"hello.wasm\0a\0b\0", 2), (b"\xff\0", 1)):
+        native = _run.native_plan(hello._pre, block, count, plan.fuel, plan.max_memory,
+                                  None, True, None, plan.owned_stdio)
+        bad = plan._replace(argv=block, argc=count, native=native,
+                            native_at=ctypes.addressof(native))
+        with pytest.raises(ValueError):
+            engine.run_plan(bad, NO_ENV)
+    assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")
+
+
+def test_runs_with_other_limits_never_share_a_checked_plan(engine: FastEngine) -> None:
+    """`FastEngine.run` keeps the plans it checked: every limit is part of the key, so a
+    run never gets another run's cap, budget, memory or argv."""
+    hello = compiled(engine, "hello.wasm")
+    grow = compiled(engine, "write_then_end.wasm")
+    for _ in range(2):
+        assert hello.run(["x"], max_output=3).outcome is Outcome.OUTPUT_LIMIT
+        assert hello.run(["x"]).outcome is Outcome.EXITED
+        assert hello.run(["x"], max_hostcalls=1).outcome is Outcome.HOSTCALL_LIMIT
+        assert hello.run(iter(["y"])).stdout.startswith(b"Hello")
+        assert b"arg 1: y" in hello.run(iter(["y"])).stdout
+        assert grow.run(stdin=b"g", max_memory=MiB).message.startswith("memory limit of 1MiB")
+        assert grow.run(stdin=b"g").message.startswith("memory limit of 4MiB")
+        assert hello.run(["x"], fuel=1000).outcome is Outcome.FUEL_EXHAUSTED
+        assert hello.run(["x"], fuel=10**9).outcome is Outcome.EXITED
+        with pytest.raises(UsageError):
+            hello.run([["not", "hashable"]])  # type: ignore[list-item]
+    assert len(hello._plans) <= 16
