@@ -77,13 +77,15 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
 def _scoped(plan: WorkerPlan) -> WorkerPlan:
     """The plan with its scope's AoT key (derived from this host's, which the worker
     cannot reach once hardened, and must not hold: see `seal.scoped_key`) and its scope's
-    cache directory, `<cache>/scopes/<scope_name>`. Without a usable host key the worker
-    gets none: its loader then reports why."""
+    cache directory, `<cache>/scopes/<scope_name>`; without a scope, this host's key and
+    cache. Without a usable host key the worker gets none: its loader says why."""
     try:
         key = read_key(aot_key_path())
     except KeyFileError as exc:
         logger.warning("the AoT key cannot be handed to the worker: %s", exc.reason)
         key = None
+    if not plan.cache_scope:  # this host's own cache (see WorkerPlan.cache_scope)
+        return dataclasses.replace(plan, aot_key=key)
     cache = plan.cache and plan.cache / "scopes" / scope_name(plan.cache_scope)
     return dataclasses.replace(
         plan, cache=cache, aot_key=key and scoped_key(key, plan.cache_scope))

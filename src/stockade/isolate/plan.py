@@ -59,12 +59,14 @@ class WorkerPlan:
     # (`isolate.overrun`). Only for the C API and a policy without a fuel budget.
     process_deadline: bool = False
     # The AoT key of the worker's `cache_scope` (`seal.scoped_key`), derived by the
-    # parent from this host's (which the worker never holds nor reaches) and installed
-    # by the worker before it loads a module; `cache` is then that scope's directory.
+    # parent from this host's (which such a worker never holds nor reaches), or this
+    # host's own without a scope; installed by the worker before it loads a module.
+    # `cache` is then that scope's directory.
     aot_key: bytes | None = dataclasses.field(default=None, repr=False)
-    # Workers that may trust each other's compiled code: a gateway cordon's pool, or
-    # every isolated worker of `stockade run` and embedded sandboxes.
-    cache_scope: str = "isolated"
+    # Workers that may trust each other's compiled code (`cordon:NAME`: a gateway
+    # cordon's pool); "" for this host's own key and cache (`stockade run --isolate
+    # process`, embedded isolated sandboxes: see the hazard in SECURITY.md).
+    cache_scope: str = ""
     # sha256 digests of `.cwasm` files the parent verified under this host's key (the
     # worker, holding only its scope's key, could not): `seal.vouch_for`.
     vouched: frozenset[str] = frozenset()
