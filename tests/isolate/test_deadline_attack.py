@@ -27,7 +27,6 @@ import pytest
 from stockade import Invocation, Outcome, Policy
 from stockade.engine.cache import AotCache
 from stockade.engine.config import EngineConfig
-from stockade.engine.seal import scope_name
 from stockade.isolate import IsolatedSandbox, IsolationConfig
 from stockade.paths import cache_dir
 from stockade.policy import DirGrant
@@ -122,9 +121,7 @@ def test_the_cli_json_and_exit_code_of_a_timeout_are_those_of_epochs(isolate: st
 
 def _entry(module: Path, config: EngineConfig) -> Path:
     sha = hashlib.sha256(module.read_bytes()).hexdigest()
-    # Isolated workers keep their compiled code in their scope's cache (`isolate.handle`).
-    scope = Path(cache_dir()) / "scopes" / scope_name("isolated")
-    return AotCache(scope).path(config.fingerprint(), sha)
+    return AotCache(cache_dir()).path(config.fingerprint(), sha)
 
 
 @pytest.mark.parametrize("process_deadline", [True, False])
