@@ -88,6 +88,10 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_head and self._idle_deadline != math.inf:
+            # Bytes after a response start the next head's clock, whatever they are: a
+            # blank line starts no request (no `on_message_begin`) yet ends keep-alive.
+            self._begin_head()
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)

@@ -123,8 +123,25 @@ def _narrow(policy: Policy, key: str, value: Any, label: str) -> Policy:
 def read_bundle(path: Path) -> Bundle:
     """Read and check the bundle at `path`. Raises UnsupportedBundle (one line, naming what
     is wrong or the platform the bundle is for), PolicyError for a bad annotation."""
+    # The bundle is opened once: config.json, the rootfs it names and the check that a
+    # directory lies inside the bundle all go through that descriptor, so a bundle path
+    # swapped (for a symlink to an ancestor) after config.json is read changes nothing.
+    held = HeldDirs()
     try:
-        with open(path / "config.json", "rb") as handle:
+        try:
+            bundle_fd = held.open(path)
+        except OSError as exc:
+            raise UnsupportedBundle(f"{path}: {exc.strerror}") from None
+        return _read(path, bundle_fd, held)
+    except BaseException:
+        held.close()
+        raise
+
+
+def _read(path: Path, bundle_fd: int, held: HeldDirs) -> Bundle:
+    through = Path(f"/proc/self/fd/{bundle_fd}")  # the held bundle, whatever `path` is now
+    try:
+        with open(through / "config.json", "rb") as handle:
             raw = handle.read(_MAX_CONFIG + 1)
         if len(raw) > _MAX_CONFIG:
             raise UnsupportedBundle(f"{path}/config.json: larger than "
@@ -141,7 +158,7 @@ def read_bundle(path: Path) -> Bundle:
     args = [str(a) for a in _list(process, "args", f"{where}: process")]
     if not args:
         raise UnsupportedBundle(f"{path}/config.json: process.args is empty")
-    rootfs = path / str(_table(config, "root", where).get("path") or "rootfs")
+    root = str(_table(config, "root", where).get("path") or "rootfs")
     annotations = config.get("annotations") or {}
     host = host_policy()
     policy = host or profile(str(annotations.get("io.stockade.profile", "default")))
@@ -154,26 +171,22 @@ def read_bundle(path: Path) -> Bundle:
     cwd = process.get("cwd")
     if isinstance(cwd, str) and cwd and not any(k == "PWD" for k, _ in env):
         env.append(("PWD", cwd))
-    held = HeldDirs()
-    try:
-        grants = _grants(path, rootfs, config, host, held)
-        module = _module(grants[0], args[0])
-    except BaseException:
-        held.close()
-        raise
+    grants = _grants(path, root, config, host, held, bundle_fd)
+    module = _module(grants[0], args[0])
     policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
     return Bundle(path, module, tuple(args[1:]), policy, config, held)
 
 
-def _grants(path: Path, rootfs: Path, config: dict[str, Any], host: Policy | None,
-            held: HeldDirs) -> list[DirGrant]:
-    """The rootfs and the bind mounts as grants of descriptors `held` opens, each judged
-    on its descriptor against the host policy (`dirs.beneath`)."""
+def _grants(path: Path, root: str, config: dict[str, Any], host: Policy | None,
+            held: HeldDirs, bundle_fd: int) -> list[DirGrant]:
+    """The rootfs (`root`, relative to the bundle held as `bundle_fd`, or absolute) and
+    the bind mounts as grants of descriptors `held` opens, each judged on its descriptor
+    against the host policy (`dirs.beneath`)."""
     where = f"{path}/config.json"
     try:
-        bundle_fd, rootfs_fd = held.open(path), held.open(rootfs)
+        rootfs_fd = held.open(Path(f"/proc/self/fd/{bundle_fd}") / root)
     except OSError as exc:
-        raise UnsupportedBundle(f"{rootfs}: {exc.strerror}") from None
+        raise UnsupportedBundle(f"{path / root}: {exc.strerror}") from None
     allowed = _allowed(host, held) if host is not None else []
     if host is not None and not beneath(rootfs_fd, bundle_fd) \
             and not in_engine_storage(bundle_fd, rootfs_fd, held):
