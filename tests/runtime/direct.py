@@ -3,6 +3,7 @@ directory, `create` with the container's stdio in files, and waits on its proces
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import guest
 from ..oci.fixtures import BIN, stockade_env
 
 RUNTIME = str(BIN / "stockade-runtime")
@@ -37,6 +39,19 @@ class Created:
     pid: int | None
     output: Path
     errors: Path
+
+
+def listing_bundle(tmp_path: Path, source: Path) -> Path:
+    """A bundle whose guest lists `/mnt`, a read-only bind mount of `source`."""
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "rootfs" / "ls.wasm").write_bytes(guest("readdir_list.wasm").read_bytes())
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/ls.wasm", "/mnt"], "cwd": "/"},
+        "mounts": [{"destination": "/mnt", "type": "bind", "source": str(source),
+                    "options": ["rbind", "ro"]}]}))
+    return bundle
 
 
 def create(tmp_path: Path, env: dict[str, str], bundle: Path, name: str = "c1") -> Created:

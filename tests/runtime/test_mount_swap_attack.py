@@ -4,12 +4,17 @@ once, at `create`; the run opens the grant's path again when the guest starts.""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from ..conftest import guest
-from .direct import create, host_policy_env, runtime, wait_blocked_on_fifo, wait_gone
+from .direct import (
+    create,
+    host_policy_env,
+    listing_bundle,
+    runtime,
+    wait_blocked_on_fifo,
+    wait_gone,
+)
 
 
 def test_a_mount_swapped_for_a_symlink_after_create_stays_inside(tmp_path: Path) -> None:
@@ -19,14 +24,7 @@ def test_a_mount_swapped_for_a_symlink_after_create_stays_inside(tmp_path: Path)
     outside.mkdir()
     (outside / "secret-outside-allowed").write_text("s")
     env = host_policy_env(tmp_path, allowed)
-    bundle = tmp_path / "bundle"
-    (bundle / "rootfs").mkdir(parents=True)
-    (bundle / "rootfs" / "ls.wasm").write_bytes(guest("readdir_list.wasm").read_bytes())
-    (bundle / "config.json").write_text(json.dumps({
-        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
-        "process": {"args": ["/ls.wasm", "/mnt"], "cwd": "/"},
-        "mounts": [{"destination": "/mnt", "type": "bind", "source": str(allowed / "sub"),
-                    "options": ["rbind", "ro"]}]}))
+    bundle = listing_bundle(tmp_path, allowed / "sub")
     created = create(tmp_path, env, bundle)
     assert created.pid is not None, created.errors.read_text()
     wait_blocked_on_fifo(created.pid)  # the bundle was read and checked: now only `start`

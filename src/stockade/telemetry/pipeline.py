@@ -271,24 +271,24 @@ class Telemetry:
         """A run admitted by `admit` raised instead of returning a Result: when it was the
         breaker's half-open probe, the probe failed (the breaker opens again). Never
         raises."""
-        if not self._use_breaker or self._breaker is None:
-            return
-        try:
-            self._breaker.probe_failed(breaker_key(sha256, invocation), invocation.tenant)
-        except Exception:  # noqa: BLE001 - telemetry never breaks a run
-            logger().warning("could not tell the circuit breaker a probe failed", exc_info=True)
+        self._tell_breaker("probe_failed", sha256, invocation,
+                           "could not tell the circuit breaker a probe failed")
 
     def run_unused(self, sha256: str, invocation: Invocation) -> None:
         """A run holding its breaker's half-open probe was refused or cancelled before it
         started: the probe is freed for another request, not counted as failed. Never
         raises."""
+        self._tell_breaker("probe_unused", sha256, invocation,
+                           "could not free the circuit breaker's unused probe")
+
+    def _tell_breaker(self, what: str, sha256: str, invocation: Invocation,
+                      failure: str) -> None:
         if not self._use_breaker or self._breaker is None:
             return
         try:
-            self._breaker.probe_unused(breaker_key(sha256, invocation), invocation.tenant)
+            getattr(self._breaker, what)(breaker_key(sha256, invocation), invocation.tenant)
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
-            logger().warning("could not free the circuit breaker's unused probe",
-                             exc_info=True)
+            logger().warning(failure, exc_info=True)
 
     def samples(self, trace_id: int) -> bool:
         """Whether a trace that starts here with `trace_id` is sampled: the profile's

@@ -23,6 +23,7 @@ from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
 from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
+from ._native import RunState
 from ._module import FastModule, prepare, raise_load
 from ._poll import define_owned_calls
 from ._run import FastResult, RunPlan, RunSlot, execute, native_plan, overdue
@@ -396,6 +397,8 @@ class FastEngine:
         with self._lock:
             self._running.discard(slot)
             slot.cap = slot.plan = None
+            if self.config.process_deadline:  # `overdue` may read it before a run resets it
+                _forget_run(slot.state)
             self._active -= 1
             module._active -= 1
             if slot.sealed or self._closed:
@@ -462,3 +465,10 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _forget_run(state: RunState) -> None:
+    """Clear what a finished run left in `state` (its stop reason, output sizes and call
+    counts): the next run resets them only inside its C call, after `slot.plan` is set."""
+    state.stop = state.out_size = state.err_size = 0
+    ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))
