@@ -271,17 +271,17 @@ class Telemetry:
         """A run admitted by `admit` raised instead of returning a Result: when it was the
         breaker's half-open probe, the probe failed (the breaker opens again). Never
         raises."""
-        self._tell_breaker("probe_failed", sha256, invocation,
+        self._settle_probe("probe_failed", sha256, invocation,
                            "could not tell the circuit breaker a probe failed")
 
     def run_unused(self, sha256: str, invocation: Invocation) -> None:
         """A run holding its breaker's half-open probe was refused or cancelled before it
         started: the probe is freed for another request, not counted as failed. Never
         raises."""
-        self._tell_breaker("probe_unused", sha256, invocation,
+        self._settle_probe("probe_unused", sha256, invocation,
                            "could not free the circuit breaker's unused probe")
 
-    def _tell_breaker(self, what: str, sha256: str, invocation: Invocation,
+    def _settle_probe(self, what: str, sha256: str, invocation: Invocation,
                       failure: str) -> None:
         if not self._use_breaker or self._breaker is None:
             return

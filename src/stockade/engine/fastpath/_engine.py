@@ -23,8 +23,8 @@ from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
 from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ._capi import C, FastPathUnavailable, take_error
-from ._native import RunState
 from ._module import FastModule, prepare, raise_load
+from ._native import RunState
 from ._poll import define_owned_calls
 from ._run import FastResult, RunPlan, RunSlot, execute, native_plan, overdue
 
