@@ -31,6 +31,8 @@ from .seal import (
     SealError,
     host_key,
     resealable,
+    scope_name,
+    scoped_key,
     seal,
     tag,
     tag_matches,
@@ -75,7 +77,44 @@ class AotCache:
             if fd is not None:
                 os.close(fd)
 
-    def store(self, fingerprint: str, sha256: str, data: bytes) -> Path | None:
+    def scope(self, scope: str) -> AotCache:
+        """The cache of one scope of workers (`"isolated"`, `"cordon:NAME"`):
+        `<root>/scopes/<scope_name>`, sealed with the scope's key (`seal.scoped_key`) derived
+        from this cache's. What such a worker seals is accepted only there."""
+        source = self._key_source
+        return AotCache(self.root / "scopes" / scope_name(scope),
+                        key=lambda: scoped_key(source(), scope))
+
+    def reseal(self, into: AotCache, fingerprint: str, sha256: str) -> bool:
+        """Copy this cache's entry for a module into `into` (a scope's cache), sealed with
+        its key, when `into` has no file there yet (one `lstat`: what is there, valid or
+        not, is `into`'s loader's to judge). The entry is verified under this cache's key
+        first: a tampered one is refused (deleted, audited) and not copied. True when an
+        entry was written."""
+        try:
+            os.lstat(into.path(fingerprint, sha256))
+            return False
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        fd = self._verified(fingerprint, sha256)
+        if fd is None:
+            return False
+        try:
+            # A private copy, verified again: the bytes written are exactly those whose
+            # MAC was checked, whatever happens to the file meanwhile.
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+                data = mapped[:]
+            end = unseal(data, fingerprint, _purpose(sha256), self._key() or b"")
+            with memoryview(data) as view, view[:end] as payload:
+                return into.store(fingerprint, sha256, payload) is not None
+        except (OSError, ValueError, SealError):
+            return False
+        finally:
+            os.close(fd)
+
+    def store(self, fingerprint: str, sha256: str, data: bytes | memoryview) -> Path | None:
         """Seal and save compiled bytes; the path, or None when the cache is unusable."""
         key = self._key()
         target = self.path(fingerprint, sha256)
@@ -282,7 +321,7 @@ def _seal_problem(fd: int, size: int, fingerprint: str, purpose: str,
             pass
 
 
-def _write_atomic(target: Path, chunks: tuple[bytes, ...]) -> bool:
+def _write_atomic(target: Path, chunks: tuple[bytes | memoryview, ...]) -> bool:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
     try:
         fd = os.open(tmp, _OPEN_NEW, 0o600)
