@@ -252,3 +252,24 @@ def test_a_pool_worker_loads_only_the_cwasm_its_parent_vouched_for(tmp_path: Pat
     found = _probe(plan, f"PATHS = {paths!r}\n{LOADS}")
     assert found[str(sealed)] == "loaded", found
     assert "MAC does not verify" in found[str(patched)], found
+
+
+def test_a_link_planted_in_the_scope_does_not_redirect_the_reseal(tmp_path: Path) -> None:
+    # A worker writes its scope: it links the scope's engine directory to this host's, so
+    # that the parent's copy (sealed with the scope's key) would replace the host's entry.
+    module = tmp_path / "hello.wasm"
+    module.write_bytes(guest("hello.wasm").read_bytes())
+    policy = profile("default")
+    plan = plan_for(policy, IsolationConfig())
+    fingerprint, sha = _warm_host(module, plan)
+    host_entry = _host().path(fingerprint, sha)
+    before = host_entry.read_bytes()
+    scope = _host().scope(ISOLATED_SCOPE)
+    scope.root.mkdir(mode=0o700, parents=True)
+    (scope.root / fingerprint).symlink_to(host_entry.parent)
+    assert Resealer(_host(), ISOLATED_SCOPE, policy.limits).prepare(module, plan.process_deadline)
+    assert host_entry.read_bytes() == before, "the reseal wrote through the planted link"
+    copied = scope.path(fingerprint, sha)
+    assert not copied.parent.is_symlink() and copied.is_file()
+    with _host().open(fingerprint, sha) as entry, scope.open(fingerprint, sha) as scoped:
+        assert entry is not None and scoped is not None

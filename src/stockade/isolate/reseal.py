@@ -38,7 +38,7 @@ class Resealer:
 
     def __init__(self, host: AotCache, scope: str, limits: Limits) -> None:
         self.host = host
-        self.scope = host.scope(scope)
+        self.scope = scope
         self._limits = limits
         self._fingerprints: dict[bool, str] = {}
         self._done: OrderedDict[tuple[object, str], None] = OrderedDict()
@@ -66,7 +66,9 @@ class Resealer:
     def _copy(self, memo: tuple[object, str], fingerprint: str, sha: str) -> bool:
         if memo in self._done:
             return False
-        copied = self.host.reseal(self.scope, fingerprint, sha)
+        # A fresh view of the scope each time: its workers write it, so a directory found
+        # trusted once is checked again (a link planted since is set aside).
+        copied = self.host.reseal(self.host.scope(self.scope), fingerprint, sha)
         self._done[memo] = None
         while len(self._done) > _MEMO:
             self._done.popitem(last=False)
