@@ -28,6 +28,7 @@ from stockade import Invocation, Outcome, Policy
 from stockade.engine.cache import AotCache
 from stockade.engine.config import EngineConfig
 from stockade.isolate import IsolatedSandbox, IsolationConfig
+from stockade.isolate.plan import ISOLATED_SCOPE
 from stockade.paths import cache_dir
 from stockade.policy import DirGrant
 from stockade.result import Result
@@ -121,7 +122,8 @@ def test_the_cli_json_and_exit_code_of_a_timeout_are_those_of_epochs(isolate: st
 
 def _entry(module: Path, config: EngineConfig) -> Path:
     sha = hashlib.sha256(module.read_bytes()).hexdigest()
-    return AotCache(cache_dir()).path(config.fingerprint(), sha)
+    # Isolated workers keep their compiled code in their scope's cache (`isolate.handle`).
+    return AotCache(Path(cache_dir())).scope(ISOLATED_SCOPE).path(config.fingerprint(), sha)
 
 
 @pytest.mark.parametrize("process_deadline", [True, False])

@@ -31,6 +31,8 @@ from .seal import (
     SealError,
     host_key,
     resealable,
+    scope_name,
+    scoped_key,
     seal,
     tag,
     tag_matches,
@@ -40,6 +42,7 @@ from .seal import (
 __all__ = ["AotCache"]
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _INDEX = "stat"
 _INDEX_MAX = 256  # bytes: "<64 hex> <64 hex>\n"
@@ -75,7 +78,40 @@ class AotCache:
             if fd is not None:
                 os.close(fd)
 
-    def store(self, fingerprint: str, sha256: str, data: bytes) -> Path | None:
+    def scope(self, scope: str) -> AotCache:
+        """The cache of one scope of workers (`"isolated"`, `"cordon:NAME"`):
+        `<root>/scopes/<scope_name>`, sealed with the scope's key (`seal.scoped_key`) derived
+        from this cache's. What such a worker seals is accepted only there."""
+        source = self._key_source
+        return AotCache(self.root / "scopes" / scope_name(scope),
+                        key=lambda: scoped_key(source(), scope))
+
+    def reseal(self, into: AotCache, fingerprint: str, sha256: str) -> bool:
+        """Copy this cache's entry for a module into `into` (a scope's cache), sealed with
+        its key, when `into` has no file there yet (one `lstat`: what is there, valid or
+        not, is `into`'s loader's to judge; nothing is followed, as its workers write
+        it). The entry is verified under this cache's key
+        first: a tampered one is refused (deleted, audited) and not copied. True when an
+        entry was written."""
+        if _present(into.path(fingerprint, sha256)):
+            return False
+        fd = self._verified(fingerprint, sha256)
+        if fd is None:
+            return False
+        try:
+            # A private copy, verified again: the bytes written are exactly those whose
+            # MAC was checked, whatever happens to the file meanwhile.
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+                data = mapped[:]
+            end = unseal(data, fingerprint, _purpose(sha256), self._key() or b"")
+            with memoryview(data) as view, view[:end] as payload:
+                return into.store(fingerprint, sha256, payload) is not None
+        except (OSError, ValueError, SealError):
+            return False
+        finally:
+            os.close(fd)
+
+    def store(self, fingerprint: str, sha256: str, data: bytes | memoryview) -> Path | None:
         """Seal and save compiled bytes; the path, or None when the cache is unusable."""
         key = self._key()
         target = self.path(fingerprint, sha256)
@@ -282,20 +318,48 @@ def _seal_problem(fd: int, size: int, fingerprint: str, purpose: str,
             pass
 
 
-def _write_atomic(target: Path, chunks: tuple[bytes, ...]) -> bool:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+def _present(path: Path) -> bool:
+    """Whether something (anything but a link in its directory's place) is at `path`."""
     try:
-        fd = os.open(tmp, _OPEN_NEW, 0o600)
+        directory = os.open(path.parent, _OPEN_DIR)
+    except OSError:  # missing, or a link or a file planted as the directory
+        return False
+    try:
+        os.stat(path.name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(directory)
+    return True
+
+
+def _write_atomic(target: Path, chunks: tuple[bytes | memoryview, ...]) -> bool:
+    # Relative to the directory opened without following a link, and checked on that
+    # descriptor: a scope's directory is written by its workers too, and one swapped for
+    # a link after `_directory` checked it must not take this process's writes elsewhere.
+    try:
+        directory = os.open(target.parent, _OPEN_DIR)
+    except OSError:
+        return False
+    tmp = f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part"
+    try:
+        if _directory_problem(os.fstat(directory)) is not None:
+            return False
+        fd = os.open(tmp, _OPEN_NEW, 0o600, dir_fd=directory)
         with os.fdopen(fd, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
-        os.replace(tmp, target)
+        os.replace(tmp, target.name, src_dir_fd=directory, dst_dir_fd=directory)
     except OSError:
         try:
-            tmp.unlink()
+            os.unlink(tmp, dir_fd=directory)
         except OSError:
             pass
         return False
+    finally:
+        os.close(directory)
     return True
 
 

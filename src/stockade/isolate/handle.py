@@ -28,7 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ..engine.seal import scope_name, scoped_key
+from ..engine.cache import AotCache
+from ..engine.seal import scoped_key
 from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
 from ..policy.units import format_size
@@ -86,7 +87,7 @@ def _scoped(plan: WorkerPlan) -> WorkerPlan:
         key = None
     if not plan.cache_scope:  # this host's own cache (see WorkerPlan.cache_scope)
         return dataclasses.replace(plan, aot_key=key)
-    cache = plan.cache and plan.cache / "scopes" / scope_name(plan.cache_scope)
+    cache = plan.cache and AotCache(plan.cache).scope(plan.cache_scope).root
     return dataclasses.replace(
         plan, cache=cache, aot_key=key and scoped_key(key, plan.cache_scope))
 

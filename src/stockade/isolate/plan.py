@@ -22,9 +22,15 @@ from .config import IsolationConfig
 from .devices import throttles_for
 from .rlimits import RlimitPlan
 
-__all__ = ["WorkerPlan", "plan_for", "cgroup_limits_for", "interpreter_paths"]
+__all__ = ["WorkerPlan", "ISOLATED_SCOPE", "plan_for", "cgroup_limits_for", "interpreter_paths"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+# The AoT scope of isolated workers outside the gateway (see `WorkerPlan.cache_scope`):
+# their parent reseals this host's entries into it (`IsolatedSandbox`), so a scoped worker
+# does not compile what this host already has.
+ISOLATED_SCOPE = "isolated"
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,9 @@ class WorkerPlan:
     # host's own without a scope; installed by the worker before it loads a module.
     # `cache` is then that scope's directory.
     aot_key: bytes | None = dataclasses.field(default=None, repr=False)
-    # Workers that may trust each other's compiled code (`cordon:NAME`: a gateway
-    # cordon's pool); "" for this host's own key and cache (`stockade run --isolate
-    # process`, embedded isolated sandboxes: see the hazard in SECURITY.md).
+    # Workers that may trust each other's compiled code: `cordon:NAME` (a gateway
+    # cordon's pool), `ISOLATED_SCOPE` (`plan_for`: `stockade run --isolate process`,
+    # `IsolatedSandbox`, process pools); "" for this host's own key and cache (tests).
     cache_scope: str = ""
     # sha256 digests of `.cwasm` files the parent verified under this host's key (the
     # worker, holding only its scope's key, could not): `seal.vouch_for`.
@@ -147,6 +153,7 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
         grants=tuple((grant.real_host(), grant.writable) for grant in policy.capabilities.dirs),
         readable=interpreter_paths(),
         cache=Path(os.path.realpath(cache_dir())),
+        cache_scope=ISOLATED_SCOPE,
         backend=backend,
         process_deadline=config.process_deadline and backend == "capi"
         and policy.limits.fuel is None,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..digests import sha256
+from ..engine.cache import AotCache
 from ..errors import PrecompiledRefused, UsageError, WorkerError
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
@@ -52,6 +53,7 @@ from .modules import ModuleFile, file_key, open_module
 from .plan import WorkerPlan, cgroup_limits_for, plan_for, vouched_files
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
+from .reseal import Resealer
 
 __all__ = ["IsolatedSandbox"]
 
@@ -99,6 +101,11 @@ class IsolatedSandbox:
         # module that falls back does not cost a compile and two worker starts per run.
         self._left_to_wasmtime: OrderedDict[object, None] = OrderedDict()
         self._closed = False
+        # This host's compiled code, copied into the workers' AoT scope before a module
+        # is sent: a scoped worker must not compile what this host already has.
+        self._resealer = (Resealer(AotCache(self._plan.cache), self._plan.cache_scope,
+                                   self.policy.limits)
+                          if self._plan.cache is not None and self._plan.cache_scope else None)
         limits = self.policy.limits
         self._reply_limit = 2 * limits.max_output + 16 * 1024**2
 
@@ -275,6 +282,10 @@ class IsolatedSandbox:
             worker.sent.add(source.key)
         request = ("run", source, invocation, env, os.getcwd())
         try:
+            if self._resealer is not None and (fd is not None or isinstance(source, bytes)):
+                # Before the load timeout is armed (`_collect`): the copy is this side's.
+                deadline = self._plans[self._worker_backend].process_deadline
+                self._resealer.prepare(module, deadline)
             worker.send(request)
             if fd is not None:
                 worker.send_file(fd, source.size if isinstance(source, ModuleFile) else 0)
