@@ -306,11 +306,11 @@ class ModuleLoader:
             self._cache.remember(file_ident(path, info), sha)
 
 
-def digest(path: Path, cache: AotCache | None) -> str:
+def digest(path: Path, cache: AotCache | None, limit: int = MAX_MODULE_BYTES) -> str:
     """The sha256 a load of `path` reports, without compiling: from `cache`'s stat index
-    when the file is unchanged, else by hashing it (`.wat` as its binary). Raises
-    ModuleNotFound or ModuleError."""
-    with ModuleFile(path, MAX_MODULE_BYTES) as file:
+    when the file is unchanged, else by hashing it (`.wat` as its binary), read up to
+    `limit` bytes. Raises ModuleNotFound or ModuleError."""
+    with ModuleFile(path, limit) as file:
         info = file.info
         if cache is not None:
             remembered = cache.recall(file_ident(path, info))

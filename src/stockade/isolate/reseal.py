@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
-from ..engine.loader import ModuleFile, file_ident, sniff_kind, wat_binary
+from ..engine.loader import digest
 from ..errors import StockadeError
 from ..policy import Limits
 from .modules import file_key
@@ -82,23 +82,10 @@ class Resealer:
         return found
 
     def _digest(self, path: Path) -> str | None:
-        """The module's sha256, from the host's stat index when this version of the file
-        was loaded here before; else read once (within the policy's size limit) and
-        remembered. None for native code or a file the worker will refuse anyway."""
+        """The module's sha256 (`loader.digest`: from the host's stat index, else read once
+        within the policy's size limit and remembered); None for a file the worker will
+        refuse anyway. A `.cwasm` gets its own digest, which names no cache entry."""
         try:
-            with ModuleFile(path, self._limits.max_module_size) as file:
-                ident = file_ident(path, file.info)
-                sha = self.host.recall(ident)
-                if sha is not None:
-                    return sha
-                data = file.read()
-            kind = sniff_kind(data[:64], path.name)
-            if kind == "cwasm":
-                return None
-            if kind == "wat":
-                data = wat_binary(data, path.name)
+            return digest(path, self.host, self._limits.max_module_size)
         except StockadeError:
             return None
-        sha = hashlib.sha256(data).hexdigest()
-        self.host.remember(ident, sha)
-        return sha
