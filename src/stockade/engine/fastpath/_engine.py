@@ -332,9 +332,7 @@ class FastEngine:
                 self._release(module, slot)
         finally:
             meter.close()
-        result.files_created, result.bytes_written = meter.files_created, meter.bytes_written
-        result.hostcalls = dict(meter.counts)
-        return result
+        return _charged(result, meter)
 
     def overdue(self, wall_s: float, cpu_s: float) -> FastResult | None:
         """The result of the one run in progress as if its deadline stopped it now
@@ -350,13 +348,9 @@ class FastEngine:
         plan = slot.plan
         if plan is None:  # it ended meanwhile
             return None
+        metered = slot.metered
         result = overdue(plan, slot, wall_s, cpu_s)
-        if slot.metered is not None:
-            meter = slot.metered.meter
-            result.files_created, result.bytes_written = meter.files_created, \
-                meter.bytes_written
-            result.hostcalls = dict(meter.counts)
-        return result
+        return result if metered is None else _charged(result, metered.meter)
 
     def _fuel(self, fuel: int | None) -> int | None:
         if not self.config.fuel:
@@ -465,6 +459,13 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _charged(result: FastResult, meter: Meter) -> FastResult:
+    """`result` with what `meter` counted: files, bytes and host calls."""
+    result.files_created, result.bytes_written = meter.files_created, meter.bytes_written
+    result.hostcalls = dict(meter.counts)
+    return result
 
 
 def _forget_run(state: RunState) -> None:
