@@ -121,14 +121,16 @@ class Invoker:
         request.state["invocation_id"] = invocation.invocation_id  # for the logs
         result: Result | None = None
         abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
-        probe = False  # this request holds its breaker's half-open probe
+        # This request holds its breaker's half-open probe: granted with a shared store's
+        # lease (marked by `LimitsLayer`), or by the breaker asked here.
+        probe = "probe" in request.state
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.
-            probe = self._admit(route, invocation)
+            probe = self._admit(route, invocation) or probe
             try:
                 result, abandoned = route.prepared.try_inline(invocation)
             except BaseException:
-                if probe or "probe" in request.state:
+                if probe:
                     self._run_failed(route, invocation)
                 raise
             if result is not None:
@@ -149,9 +151,8 @@ class Invoker:
     async def _dispatch(self, request: Request, route: Route, invocation: Invocation,
                         check: bool, probe: bool) -> Result:
         """Run on a guest thread, within the backstop. `probe`: this request was granted
-        its breaker's probe already (inline admission; a shared store's marks it in
-        `request.state`); one that never starts is freed, not failed."""
-        probe = probe or "probe" in request.state
+        its breaker's probe already (inline admission, or a shared store's lease); one
+        that never starts is freed, not failed."""
         timeout = route.spec.policy.limits.timeout
         backstop = None if timeout is None else timeout + BACKSTOP_GRACE
         lock = threading.Lock()
