@@ -23,13 +23,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..display import printable
-from .messages import Handler, Request, Response
+from .messages import Request, Response
 
 if TYPE_CHECKING:
     from ..result import Result
     from .registry import Route
 
-__all__ = ["AccessLogLayer", "access_logger", "common_line", "json_line"]
+__all__ = ["AccessLog", "access_logger", "common_line", "json_line"]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
            "Dec")
@@ -107,21 +107,19 @@ def json_line(request: Request, response: Response, when: float, duration: float
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
-class AccessLogLayer:
+class AccessLog:
     """Logs every request once answered, in `style` (``common`` or ``json``)."""
 
-    def __init__(self, app: Handler, style: str) -> None:
-        self.app = app
+    def __init__(self, style: str) -> None:
         self.json = style == "json"
         self.log = access_logger()
 
-    async def __call__(self, request: Request) -> Response:
-        start = time.perf_counter()
-        response = await self.app(request)
+    def write(self, request: Request, response: Response, start: float) -> None:
+        """The line of `request`, answered with `response`, received at `start`
+        (`time.perf_counter()`)."""
         if not self.log.isEnabledFor(logging.INFO):  # `serve -q`: no line to format
-            return response
+            return
         now = time.time()
         line = json_line(request, response, now, time.perf_counter() - start) if self.json \
             else common_line(request, response, now)
         self.log.info(line)
-        return response

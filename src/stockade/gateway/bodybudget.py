@@ -1,6 +1,6 @@
 """`BodyBudget`: how many bytes of request bodies a gateway worker holds at once.
 
-Bodies are read whole before a function's slots are taken (`BodyLayer`), and each byte
+Bodies are read whole before a function's slots are taken (`Pipeline`), and each byte
 received extends the deadline of its body (a minimum rate): a client that sends a body
 all but its last byte, then waits, holds `max_body` bytes for `body_timeout` plus
 `max_body / body_min_rate` seconds (about 17 minutes with the defaults). A few thousand

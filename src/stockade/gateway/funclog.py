@@ -1,4 +1,4 @@
-"""What functions say and why they fail, in the server log: `FunctionLogLayer`.
+"""What functions say and why they fail, in the server log: `FunctionLog`.
 
 After each routed request it logs, as lines of ``stockade.function``:
 
@@ -21,14 +21,14 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .messages import Handler, Request, Response
+from .messages import Request, Response
 
 if TYPE_CHECKING:
     from ..result import Result
     from .registry import Route
     from .settings import ServerSettings
 
-__all__ = ["FunctionLogLayer", "LineBudget", "MAX_STDERR_LINES", "BURST_SECONDS"]
+__all__ = ["FunctionLog", "LineBudget", "MAX_STDERR_LINES", "BURST_SECONDS"]
 
 logger = logging.getLogger("stockade.function")
 MAX_STDERR_LINES = 100  # lines of one request's stderr, whatever their length
@@ -64,16 +64,15 @@ class LineBudget:
         return self.dropped.pop(key, 0)
 
 
-class FunctionLogLayer:
+class FunctionLog:
     """Logs each routed request's function stderr and failure (see the module)."""
 
-    def __init__(self, app: Handler, settings: ServerSettings) -> None:
-        self.app = app
+    def __init__(self, settings: ServerSettings) -> None:
         self.limit = settings.stderr_limit
         self.budget = LineBudget(settings.log_rate, settings.log_rate * BURST_SECONDS)
 
-    async def __call__(self, request: Request) -> Response:
-        response = await self.app(request)
+    def after(self, request: Request, response: Response) -> None:
+        """What `request` left behind, once answered with `response`."""
         state = request.state
         route: Route | None = state.get("route")
         if route is not None:
@@ -81,7 +80,6 @@ class FunctionLogLayer:
             result: Result | None = state.get("result")
             if response.status >= 400 or (result is not None and result.stderr):
                 self.record(route, request, response.status)
-        return response
 
     def record(self, route: Route, request: Request, status: int) -> None:
         """Log what `request` to `route` left behind: stderr, then its failure."""

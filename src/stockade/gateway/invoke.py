@@ -122,7 +122,7 @@ class Invoker:
         result: Result | None = None
         abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
         # This request holds its breaker's half-open probe: granted with a shared store's
-        # lease (marked by `LimitsLayer`), or by the breaker asked here.
+        # lease (marked by the `Pipeline`), or by the breaker asked here.
         probe = "probe" in request.state
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.

@@ -12,7 +12,8 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - one peer address holds at most `max_connections_per_ip` connections on the worker
   (`connlimit.py`); one more is answered 503 and closed when it is accepted.
 
-Bodies are the application's: `BodyLayer` reads them with a deadline and a minimum rate.
+Bodies are the application's: the `Pipeline` (layers.py) reads them with a deadline and
+a minimum rate.
 
 These deadlines and uvicorn's keep-alive timeout are times kept on each connection and
 checked by one sweep per server every eighth of the shorter timeout (0.05-0.5 s), so a

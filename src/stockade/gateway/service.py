@@ -18,18 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 from ..replica import replica_id
 from ..state import StateBackend, open_state
-from .accesslog import AccessLogLayer, access_logger
+from .accesslog import AccessLog, access_logger
 from .dispatch import Dispatcher
 from .executor import Executors
-from .funclog import FunctionLogLayer
 from .invoke import Invoker
-from .layers import BodyLayer, ErrorLayer, LimitsLayer, MetricsLayer, RoutingLayer
+from .layers import Pipeline
 from .manifest import Manifest, load_manifest
 from .messages import Handler, Request, Response
 from .metrics import CONTENT_TYPE, Metrics, MetricsStore, render
 from .registry import Registry
 from .settings import ServerSettings
-from .tracing import TracingLayer
+from .tracing import Tracer
 
 if TYPE_CHECKING:
     from ..observe import RunObserver
@@ -96,16 +95,14 @@ class GatewayService:
     def _stack(self, registry: Registry, dispatcher: Dispatcher) -> Handler:
         invoker = Invoker(dispatcher, self.metrics, self.telemetry, self.settings.inline)
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
-        limited = BodyLayer(LimitsLayer(invoker, self.metrics), self.settings)
-        routed = RoutingLayer(limited, registry, system)
-        handler: Handler = FunctionLogLayer(ErrorLayer(routed, self.metrics), self.settings)
+        tracer = None
         if self.telemetry is not None and self.telemetry.settings.enabled:
-            handler = TracingLayer(handler, self.telemetry)
-        handler = MetricsLayer(handler, self.metrics)
-        # `serve -q` quiets the access log for the worker's life: no layer to pass through.
+            tracer = Tracer(self.telemetry)
+        # `serve -q` quiets the access log for the worker's life: no line to format.
+        access = None
         if self.settings.access_log != "off" and access_logger().isEnabledFor(logging.INFO):
-            handler = AccessLogLayer(handler, self.settings.access_log)
-        return handler
+            access = AccessLog(self.settings.access_log)
+        return Pipeline(invoker, registry, system, self.metrics, self.settings, tracer, access)
 
     async def started(self) -> None:
         """Begin background work (metrics snapshots) once the event loop runs."""

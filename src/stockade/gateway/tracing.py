@@ -1,9 +1,9 @@
 """W3C Trace Context for the gateway: `traceparent` in, a server span per request.
 
 `TraceContext.from_headers` parses the request's `traceparent` (a malformed one is
-ignored, as the W3C spec says, and a new trace starts). `TracingLayer` keeps the
-context in `request.state["trace"]` for the invocation span and hands the finished
-server span to a `SpanRecorder` (the telemetry pipeline), never raising into a request.
+ignored, as the W3C spec says, and a new trace starts). `Tracer` keeps the context in
+`request.state["trace"]` for the invocation span and hands the finished server span to a
+`SpanRecorder` (the telemetry pipeline), never raising into a request.
 
 Sampling is decided once, at the head: a caller's flag is followed, a trace that
 starts here is sampled by the recorder's ratio. The invocation span inherits the
@@ -21,9 +21,9 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from ..telemetry.record import ParentContext
-from .messages import Handler, Request, Response
+from .messages import Request, Response
 
-__all__ = ["TraceContext", "TracingLayer", "SpanRecorder", "ServerSpan"]
+__all__ = ["TraceContext", "Tracer", "SpanRecorder", "ServerSpan"]
 
 logger = logging.getLogger("stockade.gateway")
 _SPAN_MASK = (1 << 64) - 1
@@ -85,28 +85,29 @@ class SpanRecorder(Protocol):
     def record_server_span(self, span: ServerSpan) -> None: ...
 
 
-class TracingLayer:
-    """Extracts the trace context and records the server span when `recorder` is set."""
+class Tracer:
+    """Extracts the trace context of each request and records its server span in
+    `recorder` (the gateway's `Pipeline` calls `begin` first and `end` last)."""
 
-    def __init__(self, app: Handler, recorder: SpanRecorder | None = None) -> None:
-        self.app = app
+    def __init__(self, recorder: SpanRecorder) -> None:
         self.recorder = recorder
-        self._sample = recorder.samples if recorder is not None else None
+        self._sample = recorder.samples
 
-    async def __call__(self, request: Request) -> Response:
-        recorder = self.recorder
+    def begin(self, request: Request) -> int:
+        """Keep the request's trace context in `request.state["trace"]`; the span's start
+        (ns since the epoch), or 0 when the trace is not sampled (no span: no clock read,
+        no record)."""
         context = TraceContext.from_headers(request.header(b"traceparent"), self._sample)
         request.state["trace"] = context
-        if recorder is None or context.sampled is False:
-            return await self.app(request)  # no span: no clock read, no record
-        start = time.time_ns()
-        response = await self.app(request)
+        return 0 if context.sampled is False else time.time_ns()
+
+    def end(self, request: Request, response: Response, start: int) -> None:
+        """Record the server span of `request` begun at `start` (never raises)."""
         route = request.state.get("route")
-        span = ServerSpan(context, request.method, route.spec.route if route else "",
-                          request.path, response.status, start, time.time_ns(),
-                          route.spec.name if route else None)
+        span = ServerSpan(request.state["trace"], request.method,
+                          route.spec.route if route else "", request.path, response.status,
+                          start, time.time_ns(), route.spec.name if route else None)
         try:
-            recorder.record_server_span(span)
+            self.recorder.record_server_span(span)
         except Exception:  # noqa: BLE001 - telemetry never breaks a request
             logger.warning("could not record the server span", exc_info=True)
-        return response
