@@ -9,6 +9,7 @@ life (the ASGI lifespan calls them); `close` waits for in-flight guests.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import Mapping
@@ -106,6 +107,7 @@ class GatewayService:
 
     async def started(self) -> None:
         """Begin background work (metrics snapshots) once the event loop runs."""
+        _settle()
         if self.store is not None:
             self.store.write(self.metrics)
             self._flusher = asyncio.get_running_loop().create_task(
@@ -130,6 +132,7 @@ class GatewayService:
                     registry.manifest is not None and manifest.state != registry.manifest.state):
                 logger.warning("[server] and [state] changes take effect at the next restart")
             registry.swap(manifest, routes)
+            _settle()
             self.metrics.inc("stockade_gateway_reloads_total", (("result", "ok"),))
             return True
 
@@ -180,6 +183,17 @@ class GatewayService:
             self.state.close()
         if self.store is not None:
             self.store.write(self.metrics)
+
+
+def _settle() -> None:
+    """Move what the worker holds for its life (modules, routes, engines, tens of
+    thousands of objects) out of the cyclic collector's reach: a full collection
+    walked them all, tens of milliseconds on the event loop every few ten thousand
+    requests (about 3 µs a request). Unfrozen and collected first, so the previous
+    routes of a reload are freed, not frozen."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _open_telemetry(settings: ServerSettings, state: StateBackend) -> Telemetry | None:
