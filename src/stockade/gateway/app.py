@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import StockadeError
-from .messages import Request, Response
+from .messages import Headers, Request, Response
 from .problem import render_error
 from .protocol import write_response
 from .service import GatewayService
@@ -37,12 +37,11 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        # The request, in this coroutine: one frame fewer on every request.
         request = Request(
             method=scope["method"], path=scope["path"],
             query=scope["query_string"].decode("latin-1"), headers=scope["headers"],
@@ -55,7 +54,11 @@ class GatewayApp:
             response = render_error(StockadeError("the gateway is not started"), request.path)
         else:
             response = await handler(request)
-        await _send(send, response, request.method == "HEAD")
+        status, headers, body = _framed(response, request.method == "HEAD")
+        if write_response(send, status, headers, body):
+            return  # one socket write (uvicorn's httptools protocol)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -78,13 +81,10 @@ class GatewayApp:
 _NO_LENGTH = (204, 304)  # RFC 9110 8.6: no Content-Length on 204; 304's would describe GET's
 
 
-async def _send(send: Send, response: Response, head: bool) -> None:
+def _framed(response: Response, head: bool) -> tuple[int, Headers, bytes]:
+    """(status, headers with the length, body to send) of `response`."""
     body, status = response.body, response.status
     if status in _NO_LENGTH:
-        headers, body = response.headers, b""
-    else:
-        headers = [*response.headers, (b"content-length", b"%d" % len(body))]
-    if write_response(send, status, headers, b"" if head else body):
-        return  # one socket write (uvicorn's httptools protocol)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+        return status, response.headers, b""
+    headers = [*response.headers, (b"content-length", b"%d" % len(body))]
+    return status, headers, b"" if head else body

@@ -112,7 +112,8 @@ class Invoker:
     async def __call__(self, request: Request) -> Response:
         route: Route = request.state["route"]
         spec = route.spec
-        await request.read_body(spec.max_body)
+        if not request.body_read:  # read already by the Pipeline, with its deadline
+            await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
         cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
         invocation = HttpInvocation.of_request(

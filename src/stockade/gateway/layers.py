@@ -95,7 +95,8 @@ class Pipeline:
         return response
 
     async def _routed(self, request: Request) -> Response:
-        """Routing, body, limits, then the invoker (raises what any of them refuses)."""
+        """Routing, body, limits, then the invoker (raises what any of them refuses):
+        one coroutine, not one each."""
         state = request.state
         handler = self.system.get(request.path)
         if handler is not None:
@@ -120,27 +121,24 @@ class Pipeline:
         try:
             await request.read_body(route.spec.max_body, self.body_timeout,
                                     self.body_min_rate, charge)
-            return await self._limited(request, route)
+            # Limits: the function's and the tenant's slots through the route's gate (429
+            # when either is spent, 503 for an open breaker or unavailable shared state),
+            # given back after the response, charging the guest's CPU time.
+            lease = await admit(route.gate)
+            metrics = self.metrics
+            if lease.degraded:  # decided by this replica alone: shared state unavailable
+                metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
+            if lease.probe:  # the breaker's probe: freed by the Invoker if it never runs
+                state["probe"] = True
+            metrics.add("stockade_gateway_inflight", route.labels, 1)
+            try:
+                return await self.invoker(request)
+            finally:
+                lease.release(float(state.get("cpu_seconds", 0.0)))
+                metrics.add("stockade_gateway_inflight", route.labels, -1)
         finally:
             if held:  # most requests have no body: nothing was charged
                 budget.give(client, held)
-
-    async def _limited(self, request: Request, route: Route) -> Response:
-        """Take the function's and the tenant's slots through the route's gate (429 when
-        either is spent, 503 for an open breaker or unavailable shared state) and give
-        them back after the response, charging the guest's CPU time."""
-        lease = await admit(route.gate)
-        metrics = self.metrics
-        if lease.degraded:  # decided by this replica alone: shared state unavailable
-            metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
-        if lease.probe:  # the breaker's probe: freed by the Invoker if it never runs
-            request.state["probe"] = True
-        metrics.add("stockade_gateway_inflight", route.labels, 1)
-        try:
-            return await self.invoker(request)
-        finally:
-            lease.release(float(request.state.get("cpu_seconds", 0.0)))
-            metrics.add("stockade_gateway_inflight", route.labels, -1)
 
     def _refused(self, request: Request, exc: StockadeError) -> Response:
         """problem+json for `exc`; refusals (408, 413, 429, 503) counted by reason."""
