@@ -118,3 +118,11 @@ def test_a_worker_that_keeps_epochs_keeps_no_spare() -> None:
         result = sandbox.run(guest("spin_loop.wasm"))
         assert result.outcome is Outcome.TIMEOUT
         assert sandbox.spare_pid is None
+
+
+def test_a_sandbox_told_to_keep_no_spare_keeps_none() -> None:
+    config = IsolationConfig(grace=GRACE, spare_worker=False)
+    with IsolatedSandbox(_policy(), config=config) as sandbox:
+        for _ in range(3):
+            assert sandbox.run(guest("hello.wasm")).ok
+        assert sandbox.spare_pid is None

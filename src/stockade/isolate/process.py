@@ -15,9 +15,8 @@ one is. So that the run after a timeout does not wait for a worker to start and 
 such a sandbox keeps one spare worker, started from its second run on (a one-shot
 sandbox pays for none), which takes over when the current one is lost; never more than
 one. Module files are read here and sent as bytes: the worker cannot open the caller's
-files. A worker that dies (cgroup OOM kill,
-crash, SIGKILL) yields outcome `error` with the cause; either way a fresh worker
-replaces it and the caller goes on.
+files. A worker that dies (cgroup OOM kill, crash, SIGKILL) yields outcome `error` with
+the cause; either way a fresh worker (or the spare) replaces it and the caller goes on.
 
 The worker runs the C-API backend (`CapiSandbox`) unless `sandbox.backend` refuses the
 policy or the module (then wasmtime-py's `Sandbox`); a module the C-API worker leaves to
@@ -162,7 +161,7 @@ class IsolatedSandbox:
         """Start the spare when none is kept and the plan's workers end themselves at a
         run's deadline; a sandbox's first run starts none (see `__init__`)."""
         if self._spare is not None or self._closed or self._served < 2 \
-                or not self._plan.process_deadline:
+                or not (self._plan.process_deadline and self.config.spare_worker):
             return
         # Best effort: without one, the run after a timeout waits for a start-up.
         with contextlib.suppress(WorkerError):
