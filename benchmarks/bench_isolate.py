@@ -7,7 +7,11 @@ The hello module under the strict profile, warm from the AoT cache:
   protections on), and the same worker with every protection off (what the pipe and
   pickling alone cost);
 - per worker: starting a hardened worker until it is ready, and a one-shot isolated run
-  (start, run, close: what `stockade run --isolate process` pays).
+  (start, run, close: what `stockade run --isolate process` pays);
+- after a timeout (default profile, a worker that keeps the deadline by ending itself):
+  the hello run right after a spinning guest's timeout, with the sandbox's spare worker
+  and without it (`IsolationConfig.spare_worker=False`: the run waits for a start-up);
+  and with epochs (`process_deadline=False`: the worker survives the timeout).
 
 Compare the medians of one run.
 """
@@ -31,7 +35,8 @@ class BenchmarkFixture(Protocol):
     """The part of pytest-benchmark's (untyped) fixture used here."""
 
     def pedantic(self, target: Callable[..., Any], args: tuple[Any, ...] = (),
-                 rounds: int = 1, iterations: int = 1, warmup_rounds: int = 0) -> Any: ...
+                 setup: Callable[[], Any] | None = None, rounds: int = 1,
+                 iterations: int = 1, warmup_rounds: int = 0) -> Any: ...
 
 
 BARE = IsolationConfig(seccomp=False, network_namespace=False, cgroup=False,
@@ -114,3 +119,35 @@ def test_start_bare_worker(benchmark: BenchmarkFixture, policy: Policy) -> None:
 @pytest.mark.benchmark(group="worker start")
 def test_one_shot_isolated_run(benchmark: BenchmarkFixture, policy: Policy) -> None:
     benchmark.pedantic(_one_shot, args=(policy,), rounds=15, iterations=1)
+
+
+SPIN = ROOT / "build" / "guests" / "spin_loop.wasm"
+
+
+def _after_timeout(benchmark: BenchmarkFixture, spare: bool, epochs: bool = False) -> None:
+    policy = Policy.from_profile("default").with_limits(timeout=0.2)
+    config = IsolationConfig(spare_worker=spare, process_deadline=not epochs)
+    with IsolatedSandbox(policy, config=config) as sandbox:
+        for _ in range(2):  # from the second run on, a sandbox keeps its spare
+            assert sandbox.run(HELLO).ok
+
+        def spin() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            assert sandbox.run(SPIN).outcome.value == "timeout"
+            return (HELLO, Invocation()), {}
+
+        benchmark.pedantic(sandbox.run, setup=spin, rounds=15, iterations=1)
+
+
+@pytest.mark.benchmark(group="hello after a timeout")
+def test_hello_after_timeout_spare(benchmark: BenchmarkFixture) -> None:
+    _after_timeout(benchmark, True)
+
+
+@pytest.mark.benchmark(group="hello after a timeout")
+def test_hello_after_timeout_no_spare(benchmark: BenchmarkFixture) -> None:
+    _after_timeout(benchmark, False)
+
+
+@pytest.mark.benchmark(group="hello after a timeout")
+def test_hello_after_timeout_epochs(benchmark: BenchmarkFixture) -> None:
+    _after_timeout(benchmark, False, epochs=True)

@@ -260,3 +260,14 @@ def test_a_full_stdout_pipe_does_not_keep_a_spinning_guest_running(isolate: str)
         output = proc.stdout.read() if proc.stdout else b""
         assert proc.wait(timeout=60) == 124
     assert output == b"x" * (1 << 20)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_guest_stopped_at_its_deadline_reports_the_memory_it_grew(path: str) -> None:
+    """The guest grows its memory to 65 pages, then spins: every path reports that peak,
+    the worker that ends itself included (it reads its own mappings, not the store)."""
+    result, _, pids = _run(path, guest("grow_then_spin.wasm"))
+    assert result.outcome is Outcome.TIMEOUT and result.message == "wall-clock timeout"
+    assert result.usage.peak_memory_bytes == 65 * 64 * 1024
+    for pid in pids:
+        assert _gone(pid), f"worker {pid} left behind"

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .guestmem import linear_memory_bytes
+
 if TYPE_CHECKING:
     import wasmtime
 
@@ -136,6 +138,11 @@ class _Capi:
         loaded, coldstart = running
         result = fast.to_result(loaded.name, loaded.sha256, self.policy.limits.as_dict())
         result.coldstart = coldstart
+        # The engine leaves the store alone (0: unknown); the mappings say how large the
+        # guest's memory grew (`guestmem`: this worker's engine has one pool slot).
+        memory = linear_memory_bytes()
+        if memory is not None:
+            result.usage.peak_memory_bytes = memory
         return result
 
 

@@ -44,6 +44,9 @@ class IsolationConfig:
       its engine without epoch interruption and ends itself at a run's deadline
       (`isolate.overrun`): compute runs without a deadline check in every loop. `False`
       keeps epochs (the guest stops itself, the worker goes on).
+    - `spare_worker`: with `process_deadline`, a sandbox keeps one more worker started
+      from its second run on, which takes over when a timeout ends the current one (the
+      next run does not wait for a start-up). `False` saves that process.
     - `cpu_budget_runs`: a reused worker's lifetime RLIMIT_CPU hard limit, in runs.
     - `max_runs`: replace a worker after this many runs (`None`: never).
     - `uid_base`: a worker started by root runs as uid and gid `uid_base + its pid`
@@ -71,6 +74,7 @@ class IsolationConfig:
     fsize_headroom: int = 256 * MiB
     nofile_overhead: int = 64
     process_deadline: bool = True
+    spare_worker: bool = True
     cpu_budget_runs: int = 16
     max_runs: int | None = None
     seccomp: bool = True

@@ -191,6 +191,7 @@ class WorkerProcess:
         self._finalizer = weakref.finalize(self, _reap, self.proc, self.cgroup, self._fds,
                                           self._stderr, self.temp_dir, self._keep_temp)
         self.sent: set[tuple[int, ...]] = set()  # modules the worker holds (see process)
+        self.vouched: set[str] = set(plan.vouched)  # `.cwasm` digests it accepts (process)
         self._join_failures = self.cgroup.add(self.pid)
         self._oom_before = self.cgroup.oom_kills()
         self.out_of_memory = False  # set by `death_cause`: the worker ran out of memory

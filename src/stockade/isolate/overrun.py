@@ -10,9 +10,11 @@ as an epoch interrupt would have made it (`FastEngine.overdue`: the verdict, the
 so far, host calls, times; the guest's store is not touched), sends it as `overran` and
 ends the process with `os._exit`: nothing the guest runs can hold it back (wasm code
 runs without the GIL; host calls written in Python hold it for a bounded time). The
-parent reaps the worker and starts another. A run that ends first disarms it under the
-same lock, so exactly one reply leaves the worker. The parent's own kill at timeout +
-grace stays the backstop and needs nothing from this process.
+memory the guest grew to is read from this process's mappings (`guestmem`), not from
+the store. The parent reaps the worker and its spare takes over (`process`). A run that
+ends first disarms it under the same lock, so exactly one reply leaves the worker. The
+parent's own kill at timeout + grace stays the backstop and needs nothing from this
+process.
 """
 
 from __future__ import annotations

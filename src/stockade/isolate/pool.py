@@ -6,10 +6,11 @@
 Each sandbox serves one run at a time on its own thread (wasmtime releases the GIL, so
 the N runs proceed in parallel). Sandboxes are in-process or hardened workers as
 `make_sandbox(policy, isolate)` decides (the strict profile: workers); compiled modules
-are shared through the engine and the AoT cache, and a worker is kept between runs. A
-caller waits for a free sandbox; past `max_waiting` waiting callers, `run` raises
-PoolBusy at once instead of queueing without bound. A run that breaks a limit ends in
-its `Result` and the sandbox goes back to the pool for the next caller.
+are shared through the engine and the AoT cache, and a worker is kept between runs (an
+isolated sandbox whose worker ends itself at a timeout also keeps a spare, see
+`process`). A caller waits for a free sandbox; past `max_waiting` waiting callers, `run`
+raises PoolBusy at once instead of queueing without bound. A run that breaks a limit
+ends in its `Result` and the sandbox goes back to the pool for the next caller.
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ which the worker is killed (outcome `timeout`). A C-API worker under a policy wi
 fuel budget has no epoch checks in its compiled code (`IsolationConfig.process_deadline`):
 at the guest's timeout it sends the result an epoch interrupt would have made
 (`overran`) and ends itself (`isolate.overrun`); it is reaped and replaced, as a killed
-one is. Module files are read here and sent as
-bytes: the worker cannot open the caller's files. A worker that dies (cgroup OOM kill,
-crash, SIGKILL) yields outcome `error` with the cause; either way a fresh worker
-replaces it and the caller goes on.
+one is. So that the run after a timeout does not wait for a worker to start and harden,
+such a sandbox keeps one spare worker, started from its second run on (a one-shot
+sandbox pays for none), which takes over when the current one is lost; never more than
+one. Module files are read here and sent as bytes: the worker cannot open the caller's
+files. A worker that dies (cgroup OOM kill, crash, SIGKILL) yields outcome `error` with
+the cause; either way a fresh worker (or the spare) replaces it and the caller goes on.
 
 The worker runs the C-API backend (`CapiSandbox`) unless `sandbox.backend` refuses the
 policy or the module (then wasmtime-py's `Sandbox`); a module the C-API worker leaves to
@@ -22,6 +24,11 @@ wasmtime-py (it answers `fallback` before the guest starts: not a module, refuse
 compile guard or validation, denied imports) is sent to a wasmtime-py worker, whose
 loading gets what is left of the run's one `load_timeout` (a module the C API compiles
 slowly, then refuses, is not given two), and which serves until a run needs the other.
+
+A `.cwasm` this host sealed is checked here under the host's key (the worker holds only
+its scope's) and its digest handed to the running worker before the run (`vouch`: no
+restart); new workers start with the `_MAX_VOUCHED` most recently run, and a worker told
+of more is replaced by one started with those.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ __all__ = ["IsolatedSandbox"]
 _RETIRE = object()
 _FALLBACK = object()
 _MAX_LEFT_TO_WASMTIME = 256
+# The `.cwasm` digests a sandbox vouches for (most recently run first kept) and a worker
+# may hold: a worker told of one more starts afresh with the most recent ones.
+_MAX_VOUCHED = 64
 
 
 def _module_key(module: str | Path | bytes) -> object | None:
@@ -97,6 +107,13 @@ class IsolatedSandbox:
         self._lock = threading.Lock()
         self._worker: WorkerProcess | None = None
         self._worker_backend: Backend = self._plan.backend
+        # A started worker for the plan's backend, kept when that worker ends itself at a
+        # run's deadline (`process_deadline`): the run after a timeout must not wait for a
+        # start-up. Kept from a sandbox's second run on (a one-shot sandbox pays for none).
+        self._spare: WorkerProcess | None = None
+        self._served = 0  # runs answered
+        # `.cwasm` digests this host vouched for, oldest first (at most _MAX_VOUCHED).
+        self._vouched: OrderedDict[str, None] = OrderedDict()
         # Modules the C-API loader left to wasmtime-py: sent straight there next time, so a
         # module that falls back does not cost a compile and two worker starts per run.
         self._left_to_wasmtime: OrderedDict[object, None] = OrderedDict()
@@ -111,39 +128,90 @@ class IsolatedSandbox:
 
     # -- workers ------------------------------------------------------------------------
 
-    def _spawn(self, backend: Backend | None = None) -> WorkerProcess:
-        backend = backend or self._plan.backend
+    def _start(self, backend: Backend) -> WorkerProcess:
+        """A new worker for `backend` (its `ready` not awaited)."""
         plan = self._plans.get(backend)
         if plan is None:
             plan = self._plans[backend] = dataclasses.replace(
                 self._plan, backend=backend,
                 process_deadline=self._plan.process_deadline and backend == "capi")
-        self._worker = WorkerProcess(plan, self._cgroup_limits, self.config.python)
+        return WorkerProcess(plan, self._cgroup_limits, self.config.python)
+
+    def _spawn(self, backend: Backend | None = None, fresh: bool = False) -> WorkerProcess:
+        """Make the spare (unless `fresh`) or a new worker the current one."""
+        backend = backend or self._plan.backend
+        spare = None if fresh else self._take_spare(backend)
+        self._worker = spare or self._start(backend)
         self._worker_backend = backend
         return self._worker
 
-    def _vouch(self, path: Path) -> None:
-        """Vouch for `path` when it is a `.cwasm` this host sealed: the worker holds only
-        its scope's key (`seal.scoped_key`), so this process checks it under the host's
-        and the worker accepts exactly those bytes. A worker started without that
-        digest is replaced."""
-        found = vouched_files([(path, self.policy.limits.max_module_size)])
-        if found <= self._plan.vouched:
-            return
-        vouched = self._plan.vouched | found
-        self._plan = dataclasses.replace(self._plan, vouched=vouched)
-        self._plans = {backend: dataclasses.replace(plan, vouched=vouched)
-                       for backend, plan in self._plans.items()}
-        self._discard()
+    def _take_spare(self, backend: Backend) -> WorkerProcess | None:
+        """The spare, when it is alive and runs `backend`; else None (a dead one is
+        reaped)."""
+        spare = self._spare
+        if spare is None or backend != self._plan.backend:
+            return None
+        self._spare = None
+        if spare.alive:
+            return spare
+        spare.close()
+        return None
 
-    def _ready_worker(self, backend: Backend | None = None) -> WorkerProcess:
+    def _refill(self) -> None:
+        """Start the spare when none is kept and the plan's workers end themselves at a
+        run's deadline; a sandbox's first run starts none (see `__init__`)."""
+        if self._spare is not None or self._closed or self._served < 2 \
+                or not (self._plan.process_deadline and self.config.spare_worker):
+            return
+        # Best effort: without one, the run after a timeout waits for a start-up.
+        with contextlib.suppress(WorkerError):
+            self._spare = self._start(self._plan.backend)
+
+    def _vouch(self, path: Path) -> frozenset[str]:
+        """The digest of `path` when it is a `.cwasm` this host sealed (empty otherwise):
+        the worker holds only its scope's key (`seal.scoped_key`), so this process
+        checks it under the host's and the worker accepts exactly those bytes
+        (`_hand_over`). Reads the file; no lock needed."""
+        return vouched_files([(path, self.policy.limits.max_module_size)])
+
+    def _remember(self, found: frozenset[str]) -> None:
+        """Put `found` first among the digests new workers start with, keeping the
+        `_MAX_VOUCHED` most recently run (under the lock)."""
+        for digest in found:
+            self._vouched[digest] = None
+            self._vouched.move_to_end(digest)
+        while len(self._vouched) > _MAX_VOUCHED:
+            self._vouched.popitem(last=False)
+        vouched = frozenset(self._vouched)
+        if vouched != self._plan.vouched:
+            self._plan = dataclasses.replace(self._plan, vouched=vouched)
+            self._plans = {backend: dataclasses.replace(plan, vouched=vouched)
+                           for backend, plan in self._plans.items()}
+
+    @staticmethod
+    def _hand_over(worker: WorkerProcess, found: frozenset[str]) -> bool:
+        """Tell a running worker the digests in `found` it does not hold yet (no restart:
+        the pipe is this process's alone, as the plan it started with). False when that
+        would take it past `_MAX_VOUCHED`: then a worker started afresh must take the
+        run. Raises EOFError when the worker is gone."""
+        missing = found - worker.vouched
+        if not missing:
+            return True
+        if len(worker.vouched) + len(missing) > _MAX_VOUCHED:
+            return False
+        worker.send(("vouch", frozenset(missing)))
+        worker.vouched |= missing
+        return True
+
+    def _ready_worker(self, backend: Backend | None = None,
+                      fresh: bool = False) -> WorkerProcess:
         if self._closed:
             raise WorkerError("this isolated sandbox is closed")
         backend = backend or self._plan.backend
         worker = self._worker
-        if worker is None or not worker.alive or self._worker_backend != backend:
+        if fresh or worker is None or not worker.alive or self._worker_backend != backend:
             self._discard()
-            worker = self._spawn(backend)
+            worker = self._spawn(backend, fresh)
         try:
             worker.wait_ready(self.config.start_timeout)
         except WorkerError:
@@ -152,8 +220,9 @@ class IsolatedSandbox:
         return worker
 
     def _discard(self, respawn: bool = False) -> None:
-        """Drop the current worker; with `respawn`, start its replacement (same backend)
-        right away so its start-up overlaps whatever the caller does next."""
+        """Drop the current worker; with `respawn`, its replacement (same backend) is the
+        spare, or one started right away so its start-up overlaps whatever the caller
+        does next."""
         backend = self._worker_backend
         if self._worker is not None:
             self._worker.close()
@@ -182,6 +251,17 @@ class IsolatedSandbox:
     def worker_pid(self) -> int | None:
         """The process id of the current worker, if one is running."""
         return self._worker.pid if self._worker is not None and self._worker.alive else None
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The process id of the spare worker, if one is kept and running."""
+        return self._spare.pid if self._spare is not None and self._spare.alive else None
+
+    @property
+    def vouched(self) -> frozenset[str]:
+        """The sha256 digests of the `.cwasm` files new workers start vouched for (the
+        most recently run, at most `_MAX_VOUCHED`)."""
+        return self._plan.vouched
 
     def protections(self) -> list[Protection]:
         """The protections of the worker (started if needed): active or why not."""
@@ -226,8 +306,9 @@ class IsolatedSandbox:
         # Checked here, as the caller sees the filesystem: the worker's uid may not even
         # reach the place where a missing directory would be.
         checked_preopens(self.policy)
+        found: frozenset[str] = frozenset()
         if self.policy.capabilities.allow_precompiled and not isinstance(module, bytes):
-            self._vouch(Path(module))
+            found = self._vouch(Path(module))
         backend = self._plan.backend
         if backend == "capi" and not isinstance(module, bytes) \
                 and not use_capi(self.policy, Path(module)):
@@ -237,9 +318,13 @@ class IsolatedSandbox:
             backend = "wasmtime"
         loaded = 0.0  # seconds a worker that left the module to wasmtime-py spent loading
         with self._lock:
+            if found:
+                self._remember(found)
             for _ in range(3):
                 worker = self._ready_worker(backend)
                 try:
+                    if found and not self._hand_over(worker, found):
+                        worker = self._ready_worker(backend, fresh=True)
                     request = self._request(worker, module, invocation, env)
                 except EOFError:
                     self._discard()
@@ -263,6 +348,8 @@ class IsolatedSandbox:
                 worker.runs += 1
                 if self.config.max_runs is not None and worker.runs >= self.config.max_runs:
                     self._discard(respawn=True)
+                self._served += 1
+                self._refill()
                 return outcome
         raise WorkerError("the worker could not take the run (CPU budget or start-up)")
 
@@ -459,6 +546,9 @@ class IsolatedSandbox:
         with self._lock:
             self._closed = True
             self._discard()
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                spare.close()
 
     def __enter__(self) -> IsolatedSandbox:
         return self

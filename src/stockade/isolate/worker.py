@@ -12,6 +12,8 @@ the pipe:
   `module` is bytes or a `ModuleFile` read by the parent (the worker cannot open the
   caller's files); `resend` asks for a module file's bytes again when the worker no
   longer holds the one the parent left out;
+- `("vouch", digests)` -> no reply: the sha256 digests of more `.cwasm` files the parent
+  checked under this host's key (`seal.vouch_for`), as the plan's `vouched`;
 - `("check", name, arg)` -> `checked` (see `checks`);
 - `("probe",)` -> `probed`: runs the plan's `probe` source, a test-only hook standing
   for code that took the worker over (a plan from `plan_for` has none);
@@ -234,6 +236,10 @@ def serve(read_fd: int, write_fd: int) -> None:
             if vm_size() > baseline + _RECLAIM_BYTES:
                 gc.collect()
             write_frame(write_fd, reply)
+        elif kind == "vouch":  # more `.cwasm` files the parent checked; no reply
+            digests = request[1]
+            if isinstance(digests, frozenset) and all(isinstance(d, str) for d in digests):
+                vouch(digests)
         elif kind == "check":
             write_frame(write_fd, ("checked", run_check(request[1], request[2])))
         elif kind == "probe":

@@ -1,0 +1,128 @@
+"""The spare worker: a worker whose process keeps the deadline ends itself at a run's
+timeout, so a sandbox that serves more than one run keeps one pre-started worker and the
+run after a timeout does not wait for a start-up. Never more than one spare, nothing left
+behind after close, even while the spare is still starting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stockade import Outcome, Policy
+from stockade.isolate import IsolatedSandbox, IsolationConfig
+from stockade.isolate.handle import _temp_base
+from tests.conftest import guest
+
+TIMEOUT = 0.5
+GRACE = 30.0  # the parent's kill stays far away: only the worker's own deadline acts
+
+
+def _policy() -> Policy:
+    return Policy.from_profile("default").with_limits(timeout=TIMEOUT, max_memory="8MiB")
+
+
+def _config(process_deadline: bool = True) -> IsolationConfig:
+    return IsolationConfig(grace=GRACE, process_deadline=process_deadline)
+
+
+def _gone(pid: int) -> bool:
+    """True when `pid` neither runs nor lingers as a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state not in ("R", "S", "D", "Z", "T", "t")
+
+
+def _children() -> set[int]:
+    """This process's direct children, zombies included."""
+    found: set[int] = set()
+    for path in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        try:
+            found.update(int(pid) for pid in path.read_text().split())
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _temps() -> set[Path]:
+    """The workers' temporary directories that exist now."""
+    return set(Path(_temp_base()).glob("stockade-worker-*"))
+
+
+def _fds() -> set[str]:
+    return {entry.name for entry in Path("/proc/self/fd").iterdir()}
+
+
+def test_the_run_after_a_timeout_is_served_by_the_spare() -> None:
+    with IsolatedSandbox(_policy(), config=_config()) as sandbox:
+        assert sandbox.run(guest("hello.wasm")).ok
+        assert sandbox.spare_pid is None  # one run so far: a one-shot pays for no spare
+        assert sandbox.run(guest("hello.wasm")).ok
+        spare = sandbox.spare_pid
+        assert spare is not None and spare != sandbox.worker_pid
+        spinner = sandbox.worker_pid
+        assert spinner is not None
+        result = sandbox.run(guest("spin_loop.wasm"))
+        assert result.outcome is Outcome.TIMEOUT and result.message == "wall-clock timeout"
+        # The spare took over as the worker; a new spare is on its way; the old is reaped.
+        assert sandbox.worker_pid == spare
+        assert sandbox.spare_pid not in (None, spare, spinner)
+        assert _gone(spinner)
+        assert sandbox.run(guest("hello.wasm")).ok
+        assert sandbox.worker_pid == spare
+
+
+def test_never_more_than_one_spare_nor_a_worker_left_behind() -> None:
+    before = _children()
+    seen: set[int] = set()
+    with IsolatedSandbox(_policy(), config=_config()) as sandbox:
+        for name in ("hello.wasm", "hello.wasm", "spin_loop.wasm", "spin_loop.wasm",
+                     "hello.wasm", "grow_loop.wasm", "hello.wasm"):
+            sandbox.run(guest(name))
+            live = {pid for pid in _children() - before if not _gone(pid)}
+            assert len(live) <= 2, f"more than the worker and one spare: {live}"
+            seen |= live
+            assert sandbox.worker_pid in live
+    assert len(seen) >= 4  # three timeouts replaced their workers
+    assert all(_gone(pid) for pid in seen)
+    assert not (_children() - before), "a worker was left unreaped"
+
+
+def test_closing_while_the_spare_starts_leaves_nothing() -> None:
+    fds = _fds()
+    before = _children()
+    temps = _temps()
+    sandbox = IsolatedSandbox(_policy(), config=_config())
+    assert sandbox.run(guest("hello.wasm")).ok
+    assert sandbox.run(guest("hello.wasm")).ok
+    spare = sandbox.spare_pid
+    assert spare is not None
+    assert not _gone(spare)  # closed right away: the spare has not had time to harden
+    worker = sandbox.worker_pid
+    sandbox.close()
+    sandbox.close()  # twice is safe
+    assert sandbox.spare_pid is None and sandbox.worker_pid is None
+    assert worker is not None and _gone(worker) and _gone(spare)
+    assert not (_children() - before)
+    assert _fds() <= fds, "a pipe or file of a worker was left open"
+    assert _temps() <= temps, "a worker's temporary directory was left behind"
+
+
+def test_a_worker_that_keeps_epochs_keeps_no_spare() -> None:
+    with IsolatedSandbox(_policy(), config=_config(process_deadline=False)) as sandbox:
+        for _ in range(3):
+            assert sandbox.run(guest("hello.wasm")).ok
+        assert sandbox.spare_pid is None
+        result = sandbox.run(guest("spin_loop.wasm"))
+        assert result.outcome is Outcome.TIMEOUT
+        assert sandbox.spare_pid is None
+
+
+def test_a_sandbox_told_to_keep_no_spare_keeps_none() -> None:
+    config = IsolationConfig(grace=GRACE, spare_worker=False)
+    with IsolatedSandbox(_policy(), config=config) as sandbox:
+        for _ in range(3):
+            assert sandbox.run(guest("hello.wasm")).ok
+        assert sandbox.spare_pid is None
