@@ -4,7 +4,8 @@ Runs the `stockade bench` compute kernels (FNV-1a, SHA-256, sieve, quicksort; th
 `compute` guest's hot loop, start-up excluded) under engine variants that each switch
 one thing from wasmtime's defaults (fuel, epochs, Cranelift's optimisation level and NaN
 canonicalisation, signal-based traps, the memory's reservation and guard, the wasm
-stack), under the fast path's pooling allocator (`FastEngine`, its slot shape), under
+stack), with the guest rewritten for a tripwire deadline (`engine.tripwire`), under
+the fast path's pooling allocator (`FastEngine`, its slot shape), under
 each Stockade profile through `Sandbox`, and with the guest and its native twin both
 built with other clang flags (`--flags`); against the native build of the same source.
 Rounds interleave the variants, so a noisy neighbour hits them alike; the figure per
@@ -270,6 +271,12 @@ def _runners(scratch: Path, flags: list[str]
     for name, (note, setter) in _VARIANTS.items():
         runners[name] = _Raw(setter, scratch).run
         notes[name] = note
+    from stockade.engine import tripwire
+
+    wired = scratch / "compute-tripwire.wasm"
+    wired.write_bytes(tripwire.instrument(GUEST.read_bytes()))
+    runners["tripwire"] = _Raw(lambda c: None, scratch, wired).run
+    notes["tripwire"] = "no fuel, no epochs, a tripwire load at each loop and call"
     for name, config in (("pool", EngineConfig(fuel=False, epochs=False)),
                          ("pool epochs", EngineConfig(fuel=False, epochs=True))):
         pool = _Pool(config, scratch)

@@ -21,7 +21,7 @@ __all__ = [
     "DataSegment", "sections", "read_imports", "read_exports", "read_limits_section",
     "read_table_section", "read_data", "read_element_counts", "read_count", "read_start",
     "read_producers", "read_name_section", "read_bodies", "code_shape", "data_size",
-    "skip_const_expr",
+    "skip_const_expr", "encode_leb",
     "SECTION_NAMES", "PAGE",
 ]
 
@@ -32,6 +32,19 @@ CUSTOM, TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, C
 SECTION_NAMES = ("custom", "type", "import", "function", "table", "memory", "global",
                  "export", "start", "element", "code", "data", "datacount", "tag")
 _KINDS = ("func", "table", "memory", "global", "tag")
+
+
+def encode_leb(value: int) -> bytes:
+    """`value` as a minimal unsigned LEB128 (how every length and index is written)."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 class MalformedModule(ValueError):

@@ -59,7 +59,7 @@ def test_a_hundred_snippets_in_order(python_wasm: Path, isolate: str) -> None:
         if index == 37:  # the violating snippet: stopped, and the next one still runs
             assert result.outcome is Outcome.MEMORY_LIMIT  # type: ignore[attr-defined]
         else:
-            assert result.stdout == f"{index * 2}\n".encode()  # type: ignore[attr-defined]
+            assert result.stdout == f"{index * 2}\n".encode(), (index, result)  # type: ignore[attr-defined]
     ordered = sorted(latencies)
     service = sorted(r.usage.wall_ms for r in results)  # type: ignore[attr-defined]
     print(f"\n{isolate}: 100 snippets, 4 sandboxes: {100 / elapsed:.1f}/s; awaited "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade.binary import CUSTOM
+from stockade.binary import CUSTOM, encode_leb
 from stockade.trust import load_public_keys, load_secret_key, sign_module, verify_module
 from stockade.trust.keys import SecretKey, key_id_of
 from stockade.trust.signing import MAX_CHECKS
@@ -20,7 +20,6 @@ from stockade.trust.wasmsig import (
     SignatureEntry,
     SignedHashes,
     encode_section,
-    leb,
     split,
 )
 from tests.conftest import guest, stockade
@@ -155,7 +154,8 @@ def test_hostile_signature_sections_are_bounded() -> None:
     data = b"\0asm\x01\0\0\0" + SignatureData(sets).section() + body
     verification = verify_module(data, [secret.public] * 4)
     assert not verification.ok and verification.checks == MAX_CHECKS
-    too_many = leb(1) + leb(1) + leb(1) + leb(65)
-    bad = b"\0asm\x01\0\0\0" + encode_section(CUSTOM, leb(9) + b"signature" + too_many) + body
+    too_many = encode_leb(1) + encode_leb(1) + encode_leb(1) + encode_leb(65)
+    bad = (b"\0asm\x01\0\0\0"
+           + encode_section(CUSTOM, encode_leb(9) + b"signature" + too_many) + body)
     verification = verify_module(bad, [secret.public])
     assert not verification.ok and "at most 64" in str(verification.error)

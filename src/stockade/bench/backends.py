@@ -92,7 +92,8 @@ def catalogue(ctx: Context) -> list[Backend]:
                 note=f"one VM, requests over its serial console; {_accel_note()}"),
         Backend("stockade", "Stockade in-process (AoT cache, warm)", "stockade",
                 "in-process", ALL_GROUPS, "fast", options={"cache_dir": cache},
-                note="Sandbox(default profile), module loaded once, fresh instance per call"),
+                note="Sandbox(default profile: deadline by tripwire), module loaded once, "
+                     "fresh instance per call"),
         Backend("stockade-isolated", "Stockade isolated worker (C API, warm)", "stockade",
                 "process", frozenset({"startup", "compute"}), "fast",
                 options={"cache_dir": cache, "isolate": "process"},

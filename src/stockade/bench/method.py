@@ -38,7 +38,8 @@ TEXT = """\
   `/sys/fs/cgroup/unified` in that private mount namespace only, and runs
   `crun --cgroup-manager=disabled`: containers get pid, network, ipc, uts and mount
   namespaces but no cgroup limits.
-- **Limits.** Stockade runs the `default` profile (epoch deadline, no fuel, 128 MiB memory) with
+- **Limits.** Stockade runs the `default` profile (no fuel, 128 MiB memory; the deadline a
+  tripwire in `Sandbox`, epochs on the C API, the process in an isolated worker) with
   the output cap raised to 64 MiB for the 16 MiB echo. Bare wasmtime and Pulley run with no
   fuel, no epochs and no limits.
 - **Extism** passes no argv or stdin to WASI command modules, so it runs hello only (its

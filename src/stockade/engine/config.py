@@ -52,7 +52,9 @@ class EngineConfig(FrozenRecord):
     `max_stack` is the wasm stack in bytes; `strategy` is `cranelift` or `pulley`
     (wasmtime's portable interpreter). `process_deadline`: the process running the
     engine ends itself at a run's deadline (an isolated worker: `isolate.overrun`), so a
-    timeout is allowed without epochs; it changes no generated code. A frozen record
+    timeout is allowed without epochs; it changes no generated code. `tripwire`: modules
+    are rewritten to read a page at every loop and call (`engine.tripwire`), and a run's
+    deadline revokes that page, instead of epochs. A frozen record
     (`stockade.records`): a dataclass without code generation at import, on the
     `stockade run` path.
     """
@@ -62,21 +64,33 @@ class EngineConfig(FrozenRecord):
     max_stack: int = 1024 * 1024
     strategy: str = "cranelift"
     process_deadline: bool = False
+    tripwire: bool = False
 
     def __init__(self, fuel: bool = True, epochs: bool = True, max_stack: int = 1024 * 1024,
-                 strategy: str = "cranelift", process_deadline: bool = False) -> None:
+                 strategy: str = "cranelift", process_deadline: bool = False,
+                 tripwire: bool = False) -> None:
         object.__setattr__(self, "fuel", fuel)
         object.__setattr__(self, "epochs", epochs)
         object.__setattr__(self, "max_stack", max_stack)
         object.__setattr__(self, "strategy", strategy)
         object.__setattr__(self, "process_deadline", process_deadline)
+        object.__setattr__(self, "tripwire", tripwire)
 
     @classmethod
-    def for_limits(cls, limits: Limits, *, process_deadline: bool = False) -> EngineConfig:
+    def for_limits(cls, limits: Limits, *, process_deadline: bool = False,
+                   tripwire: bool = False) -> EngineConfig:
         """The configuration a policy's limits need: fuel only when a budget is set;
-        epochs unless the process keeps the deadline (`process_deadline`)."""
-        return cls(fuel=limits.fuel is not None, epochs=not process_deadline,
-                   max_stack=limits.max_stack, process_deadline=process_deadline)
+        epochs unless the process keeps the deadline (`process_deadline`) or a tripwire
+        does (`tripwire`)."""
+        return cls(fuel=limits.fuel is not None, epochs=not (process_deadline or tripwire),
+                   max_stack=limits.max_stack, process_deadline=process_deadline,
+                   tripwire=tripwire)
+
+    def with_epochs(self) -> EngineConfig:
+        """This configuration keeping its deadline by epochs instead of a tripwire: the
+        engine for modules a tripwire engine cannot rewrite (see `Engine.load`)."""
+        return EngineConfig(self.fuel, True, self.max_stack, self.strategy,
+                            self.process_deadline)
 
     def settings(self) -> tuple[tuple[str, bool | int | str], ...]:
         """The wasmtime settings of this configuration, as (name, value) pairs: the one
@@ -106,13 +120,18 @@ class EngineConfig(FrozenRecord):
         """A short digest of this configuration's settings and the wasmtime version (the
         AoT cache key)."""
         text = f"wasmtime={wasmtime_version()};{self.settings()!r}"
+        if self.tripwire:  # same wasmtime settings, other code: the rewritten module's
+            from .tripwire import VERSION
+
+            text += f";tripwire={VERSION}"
         return sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
         """Human form, e.g. 'cranelift, fuel, epochs, stack 1024KiB'."""
         parts = [self.strategy]
         parts += [name for name, on in (("fuel", self.fuel), ("epochs", self.epochs),
-                                        ("deadline by process", self.process_deadline)) if on]
+                                        ("deadline by process", self.process_deadline),
+                                        ("tripwire", self.tripwire)) if on]
         parts.append(f"stack {self.max_stack // 1024}KiB")
         return ", ".join(parts)
 

@@ -36,7 +36,8 @@ class Engine:
         self.fingerprint = config.fingerprint()
         self.cache = cache if cache is not None else AotCache(cache_dir())
         self.ticker = EpochTicker(self.wasmtime.increment_epoch)
-        self._loader = ModuleLoader(self.wasmtime, self.fingerprint, self.cache)
+        self._loader = ModuleLoader(self.wasmtime, self.fingerprint, self.cache,
+                                    tripwire=config.tripwire)
         self._lock = threading.Lock()
         self._by_path: dict[tuple[str, int, int], LoadedModule] = {}
         self._linkers: dict[str, wasmtime.Linker] = {}
@@ -49,10 +50,14 @@ class Engine:
         """Load a `.wasm`, `.wat` or `.cwasm` file (or bytes). A `.cwasm` is native code:
         it loads only with `allow_precompiled` and a MAC this host's key verifies. Raises
         ModuleNotFound, ModuleError (also when `guard` refuses it) or PrecompiledRefused.
-        Repeated loads of an unchanged file are served from memory."""
+        Repeated loads of an unchanged file are served from memory.
+
+        A tripwire engine loads what it cannot rewrite (a `.cwasm`, an instruction the
+        rewriting does not know) through its epochs twin: run a module on the engine
+        `for_module` names."""
         if isinstance(source, bytes):
-            return self._loader.load_bytes(source, name or "<bytes>", guard,
-                                           allow_precompiled=allow_precompiled)
+            return self._compiled(lambda loader: loader.load_bytes(
+                source, name or "<bytes>", guard, allow_precompiled=allow_precompiled))
         path = Path(source)
         try:
             info = path.stat()
@@ -66,11 +71,29 @@ class Engine:
             if known.precompiled and not allow_precompiled:
                 raise refuse_precompiled(path.name, known.sha256)
             return known
-        loaded = self._loader.load_path(path, guard, allow_precompiled=allow_precompiled)
+        loaded = self._compiled(lambda loader: loader.load_path(
+            path, guard, allow_precompiled=allow_precompiled))
         if key is not None:
             with self._lock:
                 self._by_path[key] = loaded
         return loaded
+
+    def for_module(self, loaded: LoadedModule) -> Engine:
+        """The engine `loaded` was compiled by: this one, or a tripwire engine's epochs
+        twin (see `load`)."""
+        if self.config.tripwire and not loaded.tripwire:
+            return get_engine(self.config.with_epochs())
+        return self
+
+    def _compiled(self, load: Callable[[ModuleLoader], LoadedModule]) -> LoadedModule:
+        if not self.config.tripwire:
+            return load(self._loader)
+        from .tripwire import Unsupported
+
+        try:
+            return load(self._loader)
+        except Unsupported:
+            return load(get_engine(self.config.with_epochs())._loader)
 
     def digest(self, source: str | Path) -> str:
         """The sha256 a load of this file reports, cheaply (see ModuleLoader.digest)."""

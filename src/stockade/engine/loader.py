@@ -129,7 +129,8 @@ class LoadedModule(FrozenRecord):
     `sha256` is the digest of the module's bytes (of the `.cwasm` file itself for
     precompiled input); `from_cache` tells whether the AoT cache spared a compile;
     `precompiled` marks native code the caller supplied (a `.cwasm`), which only callers
-    that allow precompiled input may run. A frozen record (`stockade.records`).
+    that allow precompiled input may run; `tripwire` marks code rewritten with a tripwire
+    (`engine.tripwire`), whose runs must arm it. A frozen record (`stockade.records`).
     """
 
     module: wasmtime.Module
@@ -138,15 +139,18 @@ class LoadedModule(FrozenRecord):
     from_cache: bool
     compile_ms: float
     precompiled: bool = False
+    tripwire: bool = False
 
     def __init__(self, module: wasmtime.Module, sha256: str, name: str, from_cache: bool,
-                 compile_ms: float, precompiled: bool = False) -> None:
+                 compile_ms: float, precompiled: bool = False, tripwire: bool = False
+                 ) -> None:
         object.__setattr__(self, "module", module)
         object.__setattr__(self, "sha256", sha256)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "from_cache", from_cache)
         object.__setattr__(self, "compile_ms", compile_ms)
         object.__setattr__(self, "precompiled", precompiled)
+        object.__setattr__(self, "tripwire", tripwire)
 
 
 def refuse_precompiled(name: str, sha256: str = "") -> PrecompiledRefused:
@@ -183,11 +187,14 @@ class ModuleLoader:
     """
 
     def __init__(self, engine: wasmtime.Engine, fingerprint: str, cache: AotCache | None,
-                 key: Callable[[], bytes] = host_key) -> None:
+                 key: Callable[[], bytes] = host_key, *, tripwire: bool = False) -> None:
         self._engine = engine
         self._fingerprint = fingerprint
         self._cache = cache
         self._key = key
+        # Modules are rewritten with a tripwire before compiling; input that cannot be
+        # (a .cwasm, code the rewriting does not know) raises tripwire.Unsupported.
+        self._tripwire = tripwire
 
     def load_path(self, path: Path, guard: CompileGuard | None = None, *,
                   allow_precompiled: bool = False) -> LoadedModule:
@@ -220,6 +227,10 @@ class ModuleLoader:
         if kind == "cwasm":
             if not allow_precompiled:
                 raise refuse_precompiled(name, hashlib.sha256(data).hexdigest())
+            if self._tripwire:
+                from .tripwire import Unsupported
+
+                raise Unsupported("precompiled code cannot be rewritten")
             return self._deserialize(data, name)
         if kind == "wat":
             data = wat_binary(data, name)
@@ -233,13 +244,15 @@ class ModuleLoader:
         try:
             with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
                           "configuration)"):
+                if self._tripwire:
+                    data = _rewritten(self._engine, data)
                 module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
         compile_ms = (time.perf_counter() - start) * 1000
         if self._cache is not None:
             self._cache.store(self._fingerprint, sha, bytes(module.serialize()))
-        return LoadedModule(module, sha, name, False, compile_ms)
+        return LoadedModule(module, sha, name, False, compile_ms, tripwire=self._tripwire)
 
     def _from_cache(self, sha: str, name: str) -> LoadedModule | None:
         """The module from a verified cache entry, or None (see `AotCache.open`)."""
@@ -257,7 +270,7 @@ class ModuleLoader:
         if module is None:
             self._cache.evict(self._fingerprint, sha)
             return None
-        return LoadedModule(module, sha, name, True, 0.0)
+        return LoadedModule(module, sha, name, True, 0.0, tripwire=self._tripwire)
 
     def _deserialize(self, data: bytes, name: str) -> LoadedModule:
         import wasmtime
@@ -304,6 +317,18 @@ class ModuleLoader:
     def _remember_stat(self, path: Path, info: os.stat_result, sha: str) -> None:
         if self._cache is not None:
             self._cache.remember(file_ident(path, info), sha)
+
+
+def _rewritten(engine: wasmtime.Engine, data: bytes) -> bytes:
+    """`data` with its tripwire, once the module as given is known valid: the rewriting
+    adds a memory, which must not make valid a module whose code names one it lacks.
+    Raises WasmtimeError (invalid) or tripwire.Unsupported."""
+    import wasmtime
+
+    from .tripwire import instrument
+
+    wasmtime.Module.validate(engine, data)
+    return instrument(data)
 
 
 def digest(path: Path, cache: AotCache | None, limit: int = MAX_MODULE_BYTES) -> str:

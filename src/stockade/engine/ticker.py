@@ -30,12 +30,16 @@ class EpochTicker:
     not tick periodically: it sleeps until the earliest registered deadline, then brings
     the epoch up to date in one burst of `increment` calls, so a guest running for a
     minute costs a handful of wake-ups, not thousands (each of which would contend for
-    the GIL with host calls). It only calls `increment`, never touches a Store.
+    the GIL with host calls). It only calls `increment` (and a run's `on_due`), never
+    touches a Store.
 
     Use `with ticker.deadline(seconds) as ticks:` around a run and pass `ticks` to
     `store.set_epoch_deadline` (`NO_DEADLINE` for None: `seconds=None` registers no
-    deadline). `watch`, if given, is also called every `interval` while any run is
-    registered (the fast path checks output caps with it), outside the ticker's lock.
+    deadline). `deadline(seconds, on_due)` also calls `on_due()` from the thread when the
+    deadline falls due, if the run is still registered (a tripwire run's deadline:
+    `engine.tripwire`); it must be quick and must not call back into the ticker.
+    `watch`, if given, is also called every `interval` while any run is registered (the
+    fast path checks output caps with it), outside the ticker's lock.
     """
 
     def __init__(self, increment: Callable[[], None], interval: float = TICK_SECONDS,
@@ -46,18 +50,22 @@ class EpochTicker:
         self._cond = threading.Condition()
         self._epoch = 0
         self._origin = time.monotonic()
-        self._deadlines: list[int] = []  # heap of epoch numbers runs are waiting for
+        # Heap of (epoch number, sequence, on_due) runs are waiting for.
+        self._deadlines: list[tuple[int, int, Callable[[], None] | None]] = []
+        self._sequence = 0
         self._active = 0
         self._closed = False
         self._thread: threading.Thread | None = None
         self._wake_at = math.inf  # when the thread next wakes by itself (monotonic)
 
-    def deadline(self, seconds: float | None) -> _Registration:
+    def deadline(self, seconds: float | None,
+                 on_due: Callable[[], None] | None = None) -> _Registration:
         """Context manager registering a run's deadline `seconds` from now; enters as the
         epoch deadline in ticks after the current epoch (None: no deadline)."""
-        return _Registration(self, seconds)
+        return _Registration(self, seconds, on_due)
 
-    def _register(self, seconds: float | None) -> tuple[int | None, int | None]:
+    def _register(self, seconds: float | None, on_due: Callable[[], None] | None
+                  ) -> tuple[_Entry | None, int | None]:
         with self._cond:
             if self._closed:
                 raise RuntimeError("epoch ticker is closed")
@@ -80,22 +88,24 @@ class EpochTicker:
             # run's own clock never shows it stopped early.
             target = max(math.ceil((now + seconds - self._origin) / self.interval) + 1,
                          self._epoch + 1)
-            heapq.heappush(self._deadlines, target)
+            self._sequence += 1
+            entry = (target, self._sequence, on_due)
+            heapq.heappush(self._deadlines, entry)
             # Wake the thread only when it would sleep past this deadline (or should
             # start watching): a wake-up per run costs a thread switch.
             due = min(self._origin + target * self.interval,
                       now + self.interval if self._watch is not None else math.inf)
             if due < self._wake_at:
                 self._cond.notify()
-            return target, target - self._epoch
+            return entry, target - self._epoch
 
-    def _unregister(self, target: int | None) -> None:
+    def _unregister(self, entry: _Entry | None) -> None:
         with self._cond:
             self._active -= 1
             # A deadline the loop already passed was popped by it: checked under the same
-            # lock hold, since the loop may pop it any moment before.
-            if target is not None and target in self._deadlines:
-                self._deadlines.remove(target)
+            # lock hold, since the loop may pop it (and call its on_due) any moment before.
+            if entry is not None and entry in self._deadlines:
+                self._deadlines.remove(entry)
                 heapq.heapify(self._deadlines)
 
     def _loop(self) -> None:
@@ -119,7 +129,7 @@ class EpochTicker:
                     watched = time.monotonic()
                     continue
                 now = time.monotonic()
-                wait = self._origin + self._deadlines[0] * self.interval - now \
+                wait = self._origin + self._deadlines[0][0] * self.interval - now \
                     if self._deadlines else math.inf
                 if wait > 0:
                     wait = min(wait, self.interval) if watching else wait
@@ -131,9 +141,11 @@ class EpochTicker:
                 for _ in range(min(now_epoch - self._epoch, _MAX_CATCH_UP)):
                     self._increment()
                 self._epoch = max(self._epoch, now_epoch)
-                # Deadlines now past stay registered until their runs end; skip them.
-                while self._deadlines and self._deadlines[0] <= self._epoch:
-                    heapq.heappop(self._deadlines)
+                # Deadlines now past are done with: their runs' epochs are reached.
+                while self._deadlines and self._deadlines[0][0] <= self._epoch:
+                    _, _, on_due = heapq.heappop(self._deadlines)
+                    if on_due is not None:
+                        on_due()
 
     def close(self) -> None:
         """Stop the thread. Safe to call twice."""
@@ -145,15 +157,20 @@ class EpochTicker:
             thread.join(timeout=1.0)
 
 
+_Entry = tuple[int, int, "Callable[[], None] | None"]
+
+
 class _Registration:
-    def __init__(self, ticker: EpochTicker, seconds: float | None) -> None:
+    def __init__(self, ticker: EpochTicker, seconds: float | None,
+                 on_due: Callable[[], None] | None) -> None:
         self._ticker = ticker
         self._seconds = seconds
-        self._target: int | None = None
+        self._on_due = on_due
+        self._entry: _Entry | None = None
 
     def __enter__(self) -> int | None:
-        self._target, ticks = self._ticker._register(self._seconds)
+        self._entry, ticks = self._ticker._register(self._seconds, self._on_due)
         return ticks
 
     def __exit__(self, *exc: object) -> None:
-        self._ticker._unregister(self._target)
+        self._ticker._unregister(self._entry)

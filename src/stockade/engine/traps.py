@@ -15,9 +15,9 @@ from ..policy.units import format_size
 from ..records import FrozenRecord, record
 from ..result import GuestStopped, Outcome
 
-__all__ = ["Ending", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT", "TRAP_OUT_OF_FUEL",
-           "root_cause", "ending_of_trap", "ending_of_error", "memory_verdict", "classify",
-           "describe_load_error", "describe_load_message"]
+__all__ = ["Ending", "TIMED_OUT", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT",
+           "TRAP_OUT_OF_FUEL", "root_cause", "ending_of_trap", "ending_of_error",
+           "memory_verdict", "classify", "describe_load_error", "describe_load_message"]
 
 PAGE = 65536
 
@@ -44,10 +44,10 @@ TRAP_STACK_OVERFLOW = 0
 TRAP_INTERRUPT = 10
 TRAP_OUT_OF_FUEL = 11
 _FUEL = Ending(Outcome.FUEL_EXHAUSTED, "instruction budget (fuel) exhausted")
-_TIMEOUT = Ending(Outcome.TIMEOUT, "wall-clock timeout")
+TIMED_OUT = Ending(Outcome.TIMEOUT, "wall-clock timeout")
 _TRAP_ENDINGS = {
     TRAP_OUT_OF_FUEL: _FUEL,
-    TRAP_INTERRUPT: _TIMEOUT,
+    TRAP_INTERRUPT: TIMED_OUT,
     TRAP_STACK_OVERFLOW: Ending(Outcome.TRAP, "wasm stack exhausted"),
 }
 
@@ -91,7 +91,7 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     if "all fuel consumed" in text:
         return _FUEL
     if "interrupt" in text:
-        return _TIMEOUT
+        return TIMED_OUT
     return Ending(Outcome.TRAP, root_cause(message))
 
 

@@ -11,6 +11,9 @@ one 5 ms tick early). `cancel()` also moves the run's host-call deadline to now,
 guest in host calls stops at its next one; a sleep already in progress is not cut
 short (the timeout bounds it).
 
+A run whose deadline is a tripwire (`engine.tripwire`) is armed with it instead
+(`arm_tripwire`): `cancel()` fires the run's tripwire, which stops only that run.
+
 A run picks up the token of its thread: `with cancellable(token): sandbox.run(...)`.
 """
 
@@ -46,6 +49,7 @@ class CancelToken:
         self._lock = threading.Lock()
         self._cancelled = False
         self._engine: wasmtime.Engine | None = None
+        self._trip: Any = None
         self._meter: Any = None
         self.reason: str | None = None
         self._callback: Any = None  # kept alive while the store may call it
@@ -60,11 +64,13 @@ class CancelToken:
         after the run."""
         with self._lock:
             self._cancelled = True
-            engine, meter = self._engine, self._meter
+            engine, meter, trip = self._engine, self._meter, self._trip
         if meter is not None:
             meter.deadline = time.monotonic()
         if engine is not None:
             engine.increment_epoch()
+        if trip is not None:
+            trip.fire()
 
     def arm(self, store: wasmtime.Store, engine: wasmtime.Engine, meter: Any,
             deadline: float | None) -> None:
@@ -99,10 +105,20 @@ class CancelToken:
             meter.deadline = time.monotonic()
             store.set_epoch_deadline(0)
 
+    def arm_tripwire(self, trip: Any, meter: Any) -> None:
+        """Let `cancel()` fire the run's tripwire (`engine.tripwire.Tripwire`), armed or
+        not yet. Call on the run's thread, before it starts the guest."""
+        with self._lock:
+            self._trip, self._meter = trip, meter
+            cancelled = self._cancelled
+        if cancelled:
+            meter.deadline = time.monotonic()
+            trip.fire()
+
     def disarm(self) -> None:
         """Forget the run (its store is gone): a later `cancel()` touches nothing."""
         with self._lock:
-            self._engine = self._meter = None
+            self._engine = self._meter = self._trip = None
 
     def ending(self, outcome: Outcome) -> tuple[Outcome, str] | None:
         """What to report instead of `outcome` when the token stopped the run: `error`

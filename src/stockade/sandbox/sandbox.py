@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,17 @@ import wasmtime
 from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, get_engine
 from ..engine.loader import refuse_precompiled
 from ..engine.ticker import NO_DEADLINE
-from ..engine.traps import EXITED_OK, Ending, classify, describe_load_error, memory_verdict
+from ..engine.traps import (
+    EXITED_OK,
+    TIMED_OUT,
+    Ending,
+    classify,
+    describe_load_error,
+    memory_verdict,
+)
+from ..engine.tripwire import EXPORT as TRIPWIRE_EXPORT
+from ..engine.tripwire import START as TRIPWIRE_START
+from ..engine.tripwire import Tripwire
 from ..errors import ModuleError, PrecompiledRefused, UntrustedModule
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
@@ -54,7 +65,9 @@ class Sandbox:
         self.observers = tuple(observers)
         # An explicit engine configuration is for measurements (e.g. no epochs): the
         # policy's limits then hold only as far as that configuration instruments code.
-        self.engine_config = engine_config or EngineConfig.for_limits(self.policy.limits)
+        # The deadline is a tripwire (engine.tripwire): epochs cost compute 1.3x native.
+        self.engine_config = engine_config or EngineConfig.for_limits(self.policy.limits,
+                                                                      tripwire=True)
         self._engine: Engine | None = None
         self._limits_dict = self.policy.limits.as_dict()
         limits = self.policy.limits
@@ -113,7 +126,8 @@ class Sandbox:
                     loaded = self.load(module)
         except PrecompiledRefused as exc:
             return self._refused(module, invocation, exc)
-        coldstart = not self.engine.is_warm(loaded, LINKER_NAME)
+        engine = self.engine.for_module(loaded)
+        coldstart = not engine.is_warm(loaded, LINKER_NAME)
         info = RunInfo(
             module=loaded.name, sha256=loaded.sha256, invocation=invocation, policy=self.policy,
             started=time.time(), pid=os.getpid(), coldstart=coldstart,
@@ -129,9 +143,9 @@ class Sandbox:
             notify_finished(self.observers, info, result)
             return result
         preopens, grants = checked_preopens(self.policy), self.policy.capabilities.dirs
-        self.engine.linker(LINKER_NAME, build_linker)
+        engine.linker(LINKER_NAME, build_linker)
         try:
-            pre = self.engine.instance_pre(loaded, LINKER_NAME)
+            pre = engine.instance_pre(loaded, LINKER_NAME)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{loaded.name}: cannot link: {describe_load_error(exc)}") from None
         with Scratch(self.policy.capabilities) as scratch:
@@ -141,8 +155,8 @@ class Sandbox:
             notify_started(self.observers, info)
             # The timeout is the guest's: it starts now, not before a first compile (which
             # the compile guard bounds) could eat it.
-            result = self._execute(loaded, pre, invocation, preopens, grants, time.monotonic(),
-                                   coldstart)
+            result = self._execute(engine, loaded, pre, invocation, preopens, grants,
+                                   time.monotonic(), coldstart)
         result.scratch, result.cleanup_error = scratch.kept, scratch.failure
         notify_finished(self.observers, info, result)
         return result
@@ -171,17 +185,17 @@ class Sandbox:
 
         return await run_in_thread(self, lambda: self.run(module, invocation))
 
-    def _execute(self, loaded: LoadedModule, pre: wasmtime.InstancePre, invocation: Invocation,
-                 preopens: list[tuple[Path, bool]], grants: tuple[DirGrant, ...],
-                 started: float, coldstart: bool) -> Result:
+    def _execute(self, engine: Engine, loaded: LoadedModule, pre: wasmtime.InstancePre,
+                 invocation: Invocation, preopens: list[tuple[Path, bool]],
+                 grants: tuple[DirGrant, ...], started: float, coldstart: bool) -> Result:
         limits = self.policy.limits
-        engine = self.engine
         store = wasmtime.Store(engine.wasmtime)
-        # One extra instance for the forwarding trampoline of stockade.hostcalls.
+        # One extra instance for the forwarding trampoline of stockade.hostcalls, one
+        # extra memory for a tripwire's page.
         store.set_limits(memory_size=limits.max_memory,
                          table_elements=limits.max_table_elements,
                          instances=limits.max_instances + 1, tables=limits.max_tables,
-                         memories=limits.max_memories)
+                         memories=limits.max_memories + loaded.tripwire)
         if limits.fuel is not None and self.engine_config.fuel:
             store.set_fuel(limits.fuel)
         store.set_wasi(wasi_config(invocation, self.policy, loaded.name, preopens, grants))
@@ -191,14 +205,20 @@ class Sandbox:
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         token = current_token()
-        with engine.ticker.deadline(remaining) as ticks, metered(meter, engine.wasmtime):
-            if self.engine_config.epochs:
+        trip = Tripwire() if loaded.tripwire else None
+        with engine.ticker.deadline(remaining, trip.fire if trip else None) as ticks, \
+                metered(meter, engine.wasmtime):
+            if engine.config.epochs:
                 store.set_epoch_deadline(NO_DEADLINE if ticks is None else ticks)
                 if token is not None:  # asyncio cancellation stops this store (cancel.py)
                     token.arm(store, engine.wasmtime, meter, deadline)
+            elif trip is not None and token is not None:
+                token.arm_tripwire(trip, meter)
             try:
                 instance = pre.instantiate(store)
                 exports = instance.exports(store)
+                if trip is not None:
+                    _arm(trip, exports, store, loaded.name)
                 start = exports.get("_start")
                 if not isinstance(start, wasmtime.Func):
                     raise ModuleError(f"{loaded.name}: no _start export (not a WASI command)")
@@ -213,6 +233,11 @@ class Sandbox:
                 # only the garbage collector would break: cut it now.
                 exc.__traceback__ = None
                 exc.__context__ = None
+            finally:
+                if trip is not None:  # before the store (and the page) can go
+                    trip.disarm()
+        if trip is not None and trip.fired and ending.outcome is Outcome.TRAP:
+            ending = TIMED_OUT  # the guest's next load of the revoked page: its deadline
         meter.failure = None  # its traceback holds the store, like the exception above
         if token is not None:
             token.disarm()
@@ -269,6 +294,19 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _arm(trip: Tripwire, exports: Mapping[str, object], store: wasmtime.Store,
+         name: str) -> None:
+    """Arms `trip` with this instance's page, then runs the module's start function (the
+    rewriting moved it out of instantiation, see `engine.tripwire`)."""
+    page = exports.get(TRIPWIRE_EXPORT)
+    if not isinstance(page, wasmtime.Memory):  # compiled with a tripwire, so never
+        raise ModuleError(f"{name}: its tripwire is missing; refusing to run it")
+    trip.arm(ctypes.cast(page.data_ptr(store), ctypes.c_void_p).value or 0)
+    start = exports.get(TRIPWIRE_START)
+    if isinstance(start, wasmtime.Func):
+        start(store)
 
 
 def _fuel_left(store: wasmtime.Store) -> int:

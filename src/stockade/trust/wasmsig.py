@@ -23,12 +23,12 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..binary import CUSTOM, MAGIC, Cursor, MalformedModule, Section, sections
+from ..binary import CUSTOM, MAGIC, Cursor, MalformedModule, Section, encode_leb, sections
 
 __all__ = [
     "SIGNATURE_SECTION", "DELIMITER_SECTION", "SignatureEntry", "SignedHashes",
     "SignatureData", "SignatureFormatError", "split", "section_hashes", "message",
-    "content_hash", "encode_section", "leb", "assemble",
+    "content_hash", "encode_section", "assemble",
 ]
 
 SIGNATURE_SECTION = "signature"
@@ -44,21 +44,8 @@ class SignatureFormatError(ValueError):
     """A `signature` section that is not in the format (the message says where)."""
 
 
-def leb(value: int) -> bytes:
-    """`value` as a minimal unsigned LEB128 (how wasmsign2 writes every length)."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _slice(data: bytes) -> bytes:
-    return leb(len(data)) + data
+    return encode_leb(len(data)) + data
 
 
 @dataclass(frozen=True)
@@ -83,10 +70,10 @@ class SignedHashes:
 
     def serialize(self) -> bytes:
         """The set as wasmsign2 writes it (without its outer length)."""
-        out = bytearray(leb(len(self.hashes)))
+        out = bytearray(encode_leb(len(self.hashes)))
         for digest in self.hashes:
             out += digest
-        out += leb(len(self.signatures))
+        out += encode_leb(len(self.signatures))
         for entry in self.signatures:
             out += _slice(entry.serialize())
         return bytes(out)
@@ -100,8 +87,8 @@ class SignatureData:
 
     def serialize(self) -> bytes:
         """The payload bytes."""
-        out = bytearray(leb(VERSION) + leb(CONTENT_TYPE) + leb(HASH_SHA256))
-        out += leb(len(self.sets))
+        out = bytearray(encode_leb(VERSION) + encode_leb(CONTENT_TYPE) + encode_leb(HASH_SHA256))
+        out += encode_leb(len(self.sets))
         for signed in self.sets:
             out += _slice(signed.serialize())
         return bytes(out)
@@ -172,7 +159,7 @@ def _signed_hashes(cursor: Cursor) -> SignedHashes:
 
 def encode_section(section_id: int, payload: bytes) -> bytes:
     """A section with a minimal LEB128 size, as wasmsign2 re-serialises every section."""
-    return bytes([section_id]) + leb(len(payload)) + payload
+    return bytes([section_id]) + encode_leb(len(payload)) + payload
 
 
 def _canonical(data: bytes, section: Section) -> bytes:
