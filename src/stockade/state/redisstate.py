@@ -11,7 +11,10 @@ them as extra arguments of its own script, which gives them back before deciding
 slot given back counts for it), so a request is one script in one round trip. The
 releases no admission took within `RELEASE_DELAY` (`credit.HOLD` while this replica
 spends credits) are sent by a timer on the event loop, one script per tenant (at
-once, off a loop). Only a release of the admission's
+once, off a loop); while every tenant they belong to spends a credit, they wait for
+its renewal instead (due within a hold; a flush of its own was about every other
+hand-off to the state thread, measured at 1,000 requests/s on a gate with a breaker:
+1 hand-off in 11 requests before, 1 in 21 after). Only a release of the admission's
 own tenant rides with it: its keys share the tenant's hash tag, so one script still
 touches one Redis Cluster slot. On an event loop the round trips run on one thread of
 the state's own, in order. A slot may stay taken that much after its response (never
@@ -214,7 +217,8 @@ class RedisState(StateBackend):
 
     def _flush_soon(self) -> None:
         """Flush within `RELEASE_DELAY` on an event loop (within `credit.HOLD` while a
-        gate spends a credit: its renewal, due by then, carries them), at once off one."""
+        gate spends a credit: its renewal, due by then, carries them; see
+        `_flush_later`), at once off one."""
         if self._timer is not None:
             return
         try:
@@ -227,8 +231,20 @@ class RedisState(StateBackend):
 
     def _flush_later(self) -> None:
         self._timer = None
-        if not self._closed and (self._releases or self._refunds):
-            self._executor.submit(self.flush)
+        if self._closed or not (self._releases or self._refunds):
+            return
+        if not self._refunds and self.holding:
+            # Releases of tenants spending a credit ride with its renewal, due within a
+            # hold (one round trip fewer on the state thread); while one waits its
+            # slot stays taken here, never shorter. Traffic gone, the credit settles
+            # within two holds and the next turn sends them.
+            renewing = {gate.keys.tenant_quota for gate in self.holding}
+            with self._release_lock:
+                carried = all(tenant in renewing for tenant in self._releases)
+            if carried:
+                self._timer = asyncio.get_running_loop().call_later(HOLD, self._flush_later)
+                return
+        self._executor.submit(self.flush)
 
     def _command(self, gate: RedisGate, lease_id: str, pending: int, want: int) -> bytes:
         """`gate`'s admission, carrying the queued releases of its tenant (taken off
