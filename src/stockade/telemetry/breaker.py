@@ -205,7 +205,6 @@ class BreakerStore(Protocol):
         """`holder`'s run ended without a Result: when it held this process's probe, the
         probe failed."""
 
-
     def entries(self, now: float | None = None) -> list[BreakerEntry]:
         """Every stored breaker, most recently changed first."""
 
