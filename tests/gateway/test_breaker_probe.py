@@ -97,3 +97,74 @@ def test_a_probe_refused_before_it_ran_is_freed_for_the_next_request(
         assert client.get("/fail", params={"kind": "none"}).status_code == 200
     finally:
         gateway.stop()
+
+
+def _probe_manifest(state: str) -> str:
+    return f"""
+[server]
+workers = 1
+threads = 4
+{state}
+
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{module("fail")}"
+max_response = "64KiB"
+
+[function.limits]
+timeout = "{PROBE_TIMEOUT:g}s"
+"""
+
+
+PROBE_TIMEOUT = 8.0  # the function's timeout: how long the failing probe stays out
+SHORT_COOLDOWN = 3.0
+
+
+def test_only_the_probe_closes_a_half_open_breaker(
+        tmp_path: Path, shared_cache: Path, state: str) -> None:
+    """Attack: a run admitted while the breaker was closed ends cleanly while the
+    half-open probe (a run that fails again) is still out. Taken as the probe's verdict,
+    it closed the breaker of a function that still fails, and every request ran it
+    again. Only the probe's own end may close (or re-open) a half-open breaker."""
+    path = tmp_path / "stockade.toml"
+    path.write_text(_probe_manifest(state))
+    env = {**gateway_env(shared_cache, tmp_path / "state"),
+           "STOCKADE_BREAKER_COOLDOWN": f"{SHORT_COOLDOWN:g}s"}
+    gateway = Gateway(path, env, ())
+    try:
+        client = gateway.client
+        # The attacker's ordinary run: admitted now, clean, ending after the probe starts.
+        ordinary: list[int] = []
+        started = time.monotonic()
+        runner = threading.Thread(target=lambda: ordinary.append(httpx.get(
+            f"{gateway.url}/fail", params={"kind": "sleep", "s": f"{SHORT_COOLDOWN + 3:g}"},
+            timeout=60.0).status_code))
+        runner.start()
+        time.sleep(0.5)
+        for _ in range(3):  # three limit violations (the output cap): the breaker opens
+            assert client.get("/fail", params={"kind": "flood"}).status_code == 502
+        time.sleep(0.1)  # admissions Redis granted ahead (`state.credit`) run out
+        assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
+        time.sleep(SHORT_COOLDOWN + 0.5)
+        # The probe: it fails again, at its timeout, long after the ordinary run ends.
+        probe: list[int] = []
+        prober = threading.Thread(target=lambda: probe.append(httpx.get(
+            f"{gateway.url}/fail", params={"kind": "sleep", "s": "600"},
+            timeout=60.0).status_code))
+        prober.start()
+        runner.join()
+        assert ordinary == [200]
+        assert time.monotonic() - started < SHORT_COOLDOWN + 0.5 + 3 + PROBE_TIMEOUT, \
+            "too slow to test: the probe ended before the ordinary run"
+        assert prober.is_alive()
+        time.sleep(0.6)  # the Invoker's trust in a closed breaker (0.5 s) runs out
+        # The probe is still out: the breaker is half-open and refuses everyone else.
+        assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
+        prober.join()
+        assert probe == [504]
+        time.sleep(0.1)
+        # The probe failed: open again for a cooldown.
+        assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
+    finally:
+        gateway.stop()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import selectors
 import socket
 import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from stockade.errors import PolicyError
+from stockade.gateway.connlimit import PeerConnections, peer_key
 from stockade.gateway.settings import parse_server
 
 from .conftest import Start, module
@@ -22,6 +25,7 @@ from .conftest import Start, module
 CAP = 8
 OPENED = 40
 HOSTILE = "127.0.0.2"  # all of 127/8 is this host's loopback: a second client address
+T = TypeVar("T")
 
 
 def _manifest() -> str:
@@ -108,3 +112,161 @@ def test_the_cap_is_a_positive_count_named_in_its_error() -> None:
     for bad in (0, -1, "many", True, 2_000_000):
         with pytest.raises(PolicyError, match=r"m\.toml: server\.max_connections_per_ip"):
             parse_server({"max_connections_per_ip": bad}, "m.toml")
+
+
+# -- IPv6: one host's /64 is one address; an IPv4 client on a dual-stack socket is its
+#    IPv4 address --------------------------------------------------------------------
+
+NET = "2001:db8:1:2::"  # documentation prefix: routed to `lo` inside the namespace only
+OTHER_NET = "2001:db8:1:3::"
+_CLONE_NEWNET = 0x40000000
+_IP_FREEBIND = 15  # binds an address no interface holds (the namespace routes it to lo)
+
+
+class NetNamespace:
+    """A network namespace of its own (so this host's network is never changed) where
+    `lo` is up and every address of `NET` and `OTHER_NET` is local; `call(fn)` runs `fn`
+    on a thread inside it: sockets made there, and processes started there, live in it."""
+
+    def __init__(self) -> None:
+        import shutil
+        import subprocess
+
+        if shutil.which("unshare") is None or shutil.which("ip") is None:
+            pytest.skip("needs unshare(1) and ip(8) to make a network namespace")
+        script = (f"ip link set lo up && ip -6 route add local {NET}/64 dev lo && "
+                  f"ip -6 route add local {OTHER_NET}/64 dev lo && echo ready && exec sleep 3600")
+        self.holder = subprocess.Popen(["unshare", "--net", "sh", "-c", script],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline() != b"ready\n":
+            self.holder.kill()
+            _, err = self.holder.communicate()
+            assert self.holder.stderr is not None
+            self.holder.stdout.close()
+            self.holder.stderr.close()
+            pytest.skip(f"cannot make a network namespace here: {err.decode().strip()}")
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._thread = ThreadPoolExecutor(1, initializer=self._enter)
+
+    def _enter(self) -> None:
+        import ctypes
+        import os
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/proc/{self.holder.pid}/ns/net", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the namespace's thread."""
+        return self._thread.submit(fn).result()
+
+    def close(self) -> None:
+        self._thread.shutdown()
+        self.holder.kill()
+        self.holder.communicate()
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNamespace]:
+    """A network namespace with IPv6 networks on its loopback (skips without one)."""
+    space = NetNamespace()
+    try:
+        yield space
+    finally:
+        space.close()
+
+
+def _dual_stack_manifest() -> str:
+    # `reuse_port` sockets keep the system's dual-stack default (bindv6only=0): IPv4
+    # clients arrive as ::ffff:a.b.c.d.
+    return _manifest().replace("workers = 1", 'workers = 1\nhost = "::"\nreuse_port = true')
+
+
+def _connect(port: int, source: str, family: int = socket.AF_INET6,
+             target: str = "::1") -> socket.socket:
+    sock = socket.socket(family)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+    sock.bind((source, 0))
+    sock.connect((target, port))
+    return sock
+
+
+def _get(port: int, source: str, family: int = socket.AF_INET6,
+         target: str = "::1") -> bytes:
+    with _connect(port, source, family, target) as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        sock.settimeout(30.0)
+        return sock.recv(4096)
+
+
+def test_one_ipv6_host_cannot_pass_the_cap_with_more_addresses_of_its_64(
+        start_gateway: Start, netns: NetNamespace) -> None:
+    gateway = netns.call(lambda: start_gateway(_dual_stack_manifest()))
+    port = urlsplit(gateway.url).port or 80
+    # One connection from each of OPENED addresses of one /64: one host's addresses.
+    held = netns.call(lambda: [_connect(port, f"{NET}{index + 1:x}")
+                               for index in range(OPENED)])
+    try:
+        refused = _refused(held, OPENED - CAP, 10.0)
+        assert len(refused) == OPENED - CAP, f"{len(refused)} of {OPENED} refused"
+        gateway.wait_for_log(rf"{NET}/64 holds {CAP} connections \(max_connections_per_ip\)")
+        # Another /64, and the IPv6 loopback, are other hosts: served meanwhile.
+        assert netns.call(lambda: _get(port, f"{OTHER_NET}1")).startswith(b"HTTP/1.1 200 ")
+        assert netns.call(lambda: _get(port, "::1")).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_an_ipv4_client_on_a_dual_stack_socket_is_counted_as_its_ipv4_address(
+        start_gateway: Start, netns: NetNamespace) -> None:
+    gateway = netns.call(lambda: start_gateway(_dual_stack_manifest()))
+    port = urlsplit(gateway.url).port or 80
+    held = netns.call(lambda: [_connect(port, HOSTILE, socket.AF_INET, "127.0.0.1")
+                               for _ in range(OPENED)])
+    try:
+        refused = _refused(held, OPENED - CAP, 10.0)
+        assert len(refused) == OPENED - CAP, f"{len(refused)} of {OPENED} refused"
+        # Counted (and named) as 127.0.0.2, the address its IPv4-only twin would show.
+        gateway.wait_for_log(rf"\]: {HOSTILE} holds {CAP} connections")
+        assert "::ffff:" not in gateway.log()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_an_address_is_counted_by_its_host() -> None:
+    assert peer_key("203.0.113.7") == "203.0.113.7"
+    assert peer_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert peer_key("2001:db8:1:2:aaaa::1") == peer_key("2001:db8:1:2::ffff") \
+        == "2001:db8:1:2::/64"
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+    assert peer_key("fe80::1%eth0") == "fe80::/64"
+    assert peer_key("2001:db8:1:2::1", 128) == "2001:db8:1:2::1/128"
+    assert peer_key("2001:db8:1:2::1", 48) == "2001:db8:1::/48"
+    assert peer_key("") == ""
+    # One allowance for an IPv4 client, however it is written; one for a /64.
+    peers = PeerConnections(2)
+    assert peers.open("203.0.113.7") and peers.open("::ffff:203.0.113.7")
+    assert not peers.open("203.0.113.7")
+    assert peers.open("2001:db8::1") and peers.open("2001:db8::2")
+    assert not peers.open("2001:db8::3")
+    assert peers.held("2001:db8::99") == 2
+    peers.close("2001:db8::2")
+    assert peers.open("2001:db8::4")
+
+
+def test_the_ipv6_prefix_is_a_setting_named_in_its_error() -> None:
+    assert parse_server({}, "m.toml").max_connections_ipv6_prefix == 64
+    assert parse_server({"max_connections_ipv6_prefix": 56},
+                        "m.toml").max_connections_ipv6_prefix == 56
+    for bad in (0, 16, 129, "64", True):
+        with pytest.raises(PolicyError, match=r"m\.toml: server\.max_connections_ipv6_prefix"):
+            parse_server({"max_connections_ipv6_prefix": bad}, "m.toml")

@@ -190,6 +190,33 @@ def test_a_probe_that_never_ran_is_freed_for_one_other_probe_across_replicas(
     assert closed is not None and closed.new == "closed"
 
 
+def test_only_the_probes_own_run_moves_a_half_open_breaker_across_replicas(
+        replicas: list[RedisState]) -> None:
+    """Attack: a run admitted while the breaker was closed ends while the half-open probe
+    is out, on the probe's replica or another. Its clean end closed the breaker of a
+    function that still fails; its violation re-opened it and threw the probe away. Only
+    the probe's own run (the one its replica bound to it) moves a half-open breaker."""
+    config = BreakerConfig(threshold=1, window=60, cooldown=0.2)
+    stores = [state.breakers(config, None) for state in replicas]
+    stores[0].record("function:f", "acme", True, holder="before")
+    time.sleep(0.3)
+    gate = replicas[0].gate(spec(breaker="function:f"))
+    lease = gate.admit()
+    assert lease.probe
+    stores[0].probe_held("function:f", "acme", "probe")
+    for store in stores[:2]:  # ordinary runs on the probe's replica and on another
+        assert store.record("function:f", "acme", False, holder="ordinary") is None
+        assert store.record("function:f", "acme", True, holder="ordinary") is None
+        assert store.probe_failed("function:f", "acme", holder="ordinary") is None
+    assert [e.state for e in stores[0].entries()] == ["half_open"]
+    time.sleep(0.11)
+    with pytest.raises(BreakerOpen):  # the probe is still out
+        replicas[1].gate(spec(breaker="function:f")).admit()
+    closed = stores[0].record("function:f", "acme", False, holder="probe")
+    assert closed is not None and (closed.old, closed.new) == ("half_open", "closed")
+    lease.release()
+
+
 HOSTILE = ["a}", "{a}", "}{", "a\nb", "x" * 10240, "acme:q:t", "", "acme}:l:t", "{acme}",
            "acme\r\n*1\r\n$8\r\nFLUSHALL\r\n", "ünï"]
 

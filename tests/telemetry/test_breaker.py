@@ -15,7 +15,8 @@ import pytest
 
 from stockade import Invocation, Policy, Sandbox
 from stockade.errors import ModuleNotFound, UsageError
-from stockade.result import Outcome
+from stockade.observe import RunInfo
+from stockade.result import Outcome, Result
 from stockade.telemetry import Breaker, BreakerConfig, Transition, open_telemetry, refusal_result
 
 from .runs import DIGEST, make_run
@@ -217,8 +218,9 @@ def test_a_probe_that_raises_is_a_failed_probe(tmp_path: Path) -> None:
 def test_a_probe_ending_in_an_internal_error_is_a_failed_probe(tmp_path: Path) -> None:
     with open_telemetry(breaker_config=BreakerConfig(cooldown=0.2)) as telemetry:
         _open_then_cool(telemetry)
-        assert telemetry.admit("m.wasm", DIGEST).probe
-        finish(telemetry, Outcome.ERROR)
+        probe = Invocation()
+        assert telemetry.admit("m.wasm", DIGEST, probe).probe
+        telemetry.observer.run_finished(*_run_of(probe, Outcome.ERROR))
         assert telemetry.admit("m.wasm", DIGEST).state == "open"
 
 
@@ -430,3 +432,38 @@ def test_freeing_a_stale_probe_leaves_the_probe_another_process_holds(
         one.probe_unused(DIGEST, None)  # too late: not one's probe any more
         assert not one.check(DIGEST, now=T0 + 41).allowed
         assert not two.check(DIGEST, now=T0 + 41).allowed
+
+
+def _run_of(invocation: Invocation, outcome: Outcome) -> tuple[RunInfo, Result]:
+    """A run of `invocation` that ended with `outcome`."""
+    info, result = make_run(outcome)
+    return RunInfo(info.module, info.sha256, invocation, info.policy, info.started,
+                   info.pid), result
+
+
+def test_only_the_probes_own_run_moves_a_half_open_breaker(tmp_path: Path) -> None:
+    """Attack: a run admitted while the breaker was closed (or trusted closed) ends while
+    the half-open probe is out. Its clean end closed the breaker of a function whose probe
+    then failed; its violation re-opened it and threw the probe away (half-open, refusing
+    everyone, until `probe_timeout`). Only the probe's own end may move the breaker."""
+    with open_telemetry(breaker_config=BreakerConfig(cooldown=0.2)) as telemetry:
+        ordinary, late = Invocation(), Invocation()
+        _open_then_cool(telemetry)
+        probe = Invocation()
+        assert telemetry.admit("m.wasm", DIGEST, probe).probe
+        telemetry.observer.run_finished(*_run_of(ordinary, Outcome.EXITED))
+        decision = telemetry.admit("m.wasm", DIGEST)
+        assert not decision.allowed and decision.state == "half_open", decision
+        telemetry.observer.run_finished(*_run_of(late, Outcome.TIMEOUT))
+        telemetry.observer.run_finished(*_run_of(late, Outcome.ERROR))
+        decision = telemetry.admit("m.wasm", DIGEST)
+        assert not decision.allowed and decision.state == "half_open", decision
+        # The probe's own end decides: it failed, so the breaker opens again.
+        telemetry.observer.run_finished(*_run_of(probe, Outcome.TIMEOUT))
+        decision = telemetry.admit("m.wasm", DIGEST)
+        assert not decision.allowed and decision.state == "open", decision
+        time.sleep(0.3)
+        second = Invocation()
+        assert telemetry.admit("m.wasm", DIGEST, second).probe
+        telemetry.observer.run_finished(*_run_of(second, Outcome.EXITED))
+        assert telemetry.admit("m.wasm", DIGEST).state == "closed"

@@ -12,57 +12,96 @@ the `stockade_gateway_connections_refused_total` metric); the log says so once p
 address per `LOG_INTERVAL` seconds, with the count since, so a flood cannot flood the
 log.
 
+What counts as one address (`peer_key`): an IPv4 address; an IPv4-mapped IPv6 address
+(`::ffff:a.b.c.d`, how a dual-stack socket shows an IPv4 client) is that IPv4 address;
+any other IPv6 address is its `/ipv6_prefix` network (`[server]
+max_connections_ipv6_prefix`, default 64). One host is given a whole /64 by its network
+(SLAAC, privacy addresses): counted per full address, it could open its 2^64 addresses'
+worth of connections.
+
 Checked once per connection, not per request. Used on the event loop thread only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from functools import lru_cache
 
-__all__ = ["PeerConnections", "REFUSAL", "LOG_INTERVAL"]
+__all__ = ["PeerConnections", "REFUSAL", "LOG_INTERVAL", "IPV6_PREFIX", "peer_key"]
 
 logger = logging.getLogger("stockade.gateway")
 LOG_INTERVAL = 10.0  # seconds between log lines about one address
 # What a refused connection is sent before it is closed.
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\n"
            b"connection: close\r\n\r\n")
+IPV6_PREFIX = 64  # the IPv6 network one host is given: counted as one address
+
+
+@lru_cache(maxsize=4096)  # on every accept; a hit costs a dict lookup, a miss 4-10 µs
+def peer_key(address: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
+    """The address `address` is counted as: an IPv4 address as it is (also when written
+    IPv4-mapped, `::ffff:1.2.3.4`), an IPv6 address as its `/ipv6_prefix` network
+    (`2001:db8::/64`). Anything else (a Unix socket's empty name) as it is."""
+    if ":" not in address:
+        return address  # IPv4 as the kernel wrote it, or no address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    mapped = ip.ipv4_mapped
+    if mapped is not None:
+        return str(mapped)
+    # By its integer: a link-local address's scope id (`%eth0`) does not split it.
+    host_bits = 128 - ipv6_prefix
+    return f"{ipaddress.IPv6Address(int(ip) >> host_bits << host_bits)}/{ipv6_prefix}"
 
 
 class PeerConnections:
-    """At most `limit` open connections per peer address; `on_refused()` is called for
-    each connection refused."""
+    """At most `limit` open connections per peer address (as `peer_key` counts them,
+    IPv6 by its `/ipv6_prefix` network); `on_refused()` is called for each connection
+    refused."""
 
-    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None) -> None:
+    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None,
+                 ipv6_prefix: int = IPV6_PREFIX) -> None:
         if limit < 1:
             raise ValueError(f"max_connections_per_ip: expected at least 1, not {limit}")
+        if not 1 <= ipv6_prefix <= 128:
+            raise ValueError(f"max_connections_ipv6_prefix: expected 1 to 128, not "
+                             f"{ipv6_prefix}")
         self.limit = limit
+        self.ipv6_prefix = ipv6_prefix
         self._on_refused = on_refused
         self._open: dict[str, int] = {}  # address -> open connections; no entry at 0
         self._logged: dict[str, tuple[float, int]] = {}  # address -> (last line, since)
 
     def open(self, address: str) -> bool:
         """A connection from `address` was accepted: True when it may stay (it is then
-        counted until `close`), False when the address holds `limit` already."""
-        held = self._open.get(address, 0)
+        counted until `close`), False when its address (`peer_key`) holds `limit`
+        already."""
+        key = peer_key(address, self.ipv6_prefix)
+        held = self._open.get(key, 0)
         if held < self.limit:
-            self._open[address] = held + 1
+            self._open[key] = held + 1
             return True
-        self._refused(address)
+        self._refused(key)
         return False
 
     def close(self, address: str) -> None:
-        """A connection `open` let stay has ended."""
-        held = self._open.get(address, 0) - 1
+        """A connection from `address` that `open` let stay has ended."""
+        key = peer_key(address, self.ipv6_prefix)
+        held = self._open.get(key, 0) - 1
         if held > 0:
-            self._open[address] = held
+            self._open[key] = held
         else:
-            self._open.pop(address, None)
+            self._open.pop(key, None)
 
     def held(self, address: str) -> int:
-        """The connections `address` holds open now."""
-        return self._open.get(address, 0)
+        """The connections counted now for `address` (with every other address of its
+        IPv6 network, or its IPv4-mapped twin)."""
+        return self._open.get(peer_key(address, self.ipv6_prefix), 0)
 
     def _refused(self, address: str) -> None:
         if self._on_refused is not None:

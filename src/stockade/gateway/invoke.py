@@ -125,6 +125,8 @@ class Invoker:
         # This request holds its breaker's half-open probe: granted with a shared store's
         # lease (marked by the `Pipeline`), or by the breaker asked here.
         probe = "probe" in request.state
+        if probe and self.telemetry is not None:  # only this run's end may settle it
+            self.telemetry.probe_held(route.prepared.sha256, invocation)
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.
             probe = self._admit(route, invocation) or probe

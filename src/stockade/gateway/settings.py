@@ -48,7 +48,9 @@ class ServerSettings:
     request bodies at once, `body_buffer_per_client` of them for one client address
     (503 past either, `bodybudget.py`); an idle keep-alive connection is closed after
     `keep_alive_timeout`; one peer address holds at most `max_connections_per_ip`
-    connections on each worker process (503 and closed past it, `connlimit.py`).
+    connections on each worker process (503 and closed past it, `connlimit.py`): an
+    IPv4-mapped IPv6 address counts as its IPv4 address, an IPv6 address as its
+    `/max_connections_ipv6_prefix` network (one host's /64 is one address).
     `withhold_headers` are the request headers no function is
     sent unless it lists them in `pass_headers` (`headers.py`).
 
@@ -84,6 +86,7 @@ class ServerSettings:
     body_min_rate: int = 1024
     keep_alive_timeout: float = 5.0
     max_connections_per_ip: int = 256
+    max_connections_ipv6_prefix: int = 64
     withhold_headers: tuple[str, ...] = tuple(sorted(WITHHELD))
     pool_workers: int = 2
     access_log: str = "common"
@@ -179,6 +182,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "header_timeout": _seconds, "max_header_size": _bytes,
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
     "max_connections_per_ip": _int(1, 1_000_000),
+    "max_connections_ipv6_prefix": _int(32, 128),
     "withhold_headers": header_names, "pool_workers": _int(1, 32),
     "access_log": _choice(*ACCESS_LOGS), "stderr_limit": _size_or_zero, "log_rate": _rate,
 }

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                      "active" if protection.active else "unavailable", protection.detail)
     metrics = service.metrics
     per_ip = PeerConnections(settings.max_connections_per_ip, lambda: metrics.inc(
-        "stockade_gateway_connections_refused_total", ()))
+        "stockade_gateway_connections_refused_total", ()),
+        settings.max_connections_ipv6_prefix)
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
         # httptools, with the head timeout and size limit uvicorn lacks (protocol.py).

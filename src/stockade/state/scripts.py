@@ -189,7 +189,8 @@ return 1
 """
 
 # KEYS: breaker, violations
-# ARGV: threshold, window, cooldown, a unique member, breaker key, tenant
+# ARGV: threshold, window, cooldown, a unique member, breaker key, tenant, the
+#       `probe_at` of the probe this run holds ("" when it holds none)
 VIOLATION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -208,6 +209,11 @@ redis.call('EXPIRE', KEYS[1], 86400)
 if state == 'open' or (state == 'closed' and count < tonumber(ARGV[1])) then
   return {'none', tostring(count)}
 end
+-- Half-open: only the run holding the probe (ARGV[7], its probe_at) re-opens it.
+if state == 'half_open' and (ARGV[7] == '' or
+                             redis.call('HGET', KEYS[1], 'probe_at') ~= ARGV[7]) then
+  return {'none', tostring(count)}
+end
 local denied = 0
 if state == 'half_open' then
   denied = tonumber(redis.call('HGET', KEYS[1], 'denied')) or 0
@@ -219,9 +225,12 @@ redis.call('HINCRBY', KEYS[1], 'trips', 1)
 return {'open', state, tostring(count), tostring(till), tostring(denied), tostring(now)}
 """
 
+# The probe granted at ARGV[1] (its `probe_at`) ran clean: closed, when that probe is
+# still the one out (not given up after `probe_timeout` and granted to another).
 # KEYS: breaker, violations
 PROBE_CLEAN = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'half_open' then return {'none'} end
+local b = redis.call('HMGET', KEYS[1], 'state', 'probe_at')
+if b[1] ~= 'half_open' or b[2] ~= ARGV[1] then return {'none'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local denied = tonumber(redis.call('HGET', KEYS[1], 'denied')) or 0

@@ -3,6 +3,7 @@
     closed --N counted violations within the window--> open --cooldown over--> half_open
     half_open --probe ran clean--> closed;  half_open --probe violated or failed--> open
     half_open --probe granted but never ran (refused, cancelled)--> half_open, probe free
+    half_open --any other run ended, clean or not--> half_open (a violation is counted)
 
 A key names what misbehaved: the gateway uses `function:<name>` (per tenant), so
 changing a module's bytes does not escape its function's breaker; a module digest
@@ -20,6 +21,14 @@ concurrency quotas are for. Refusals are counted in memory and added to the data
 at most once a second; the count is reported with the transition that ends the open
 period (one audit record per transition, not one per refusal). Every transition is
 passed to `on_transition` (the audit log).
+
+While half-open, only the probe's own run moves the breaker. Runs admitted while it
+was closed (a breaker does not stop them, and a gateway trusts a closed breaker for a
+moment) still end while the probe is out: a clean one proves nothing about the run
+that failed, and one ending in a violation must not throw the probe away. A probe is
+held by a run, named by its `holder` (the invocation id); `record` closes or re-opens a
+half-open breaker only for that holder's run, and only while the stored probe is still
+the one granted to it (its `probe_at`).
 
 A probe granted at admission that never ran (the queue refused it, its client went
 away) proves nothing: `probe_unused` frees it, so the next request may probe, instead
@@ -174,19 +183,27 @@ class BreakerStore(Protocol):
     config: BreakerConfig
 
     def check(self, key: str, tenant: str | None = None,
-              now: float | None = None) -> Decision:
-        """May a run under `key` go ahead now, for this tenant? A refusal is counted."""
+              now: float | None = None, holder: str | None = None) -> Decision:
+        """May a run under `key` go ahead now, for this tenant? A refusal is counted; a
+        probe granted is held by `holder`'s run."""
 
     def record(self, key: str, tenant: str | None, violated: bool,
-               now: float | None = None) -> Transition | None:
-        """Report how a run under `key` ended; returns the transition it caused."""
+               now: float | None = None, holder: str | None = None) -> Transition | None:
+        """Report how `holder`'s run under `key` ended; returns the transition it caused
+        (a half-open breaker moves only for its probe's holder)."""
 
-    def probe_failed(self, key: str, tenant: str | None,
-                     now: float | None = None) -> Transition | None:
-        """A run ended without a Result: this process's probe, if it was one, failed."""
+    def probe_held(self, key: str, tenant: str | None, holder: str | None) -> None:
+        """The probe this process was granted under `key` (by an admission that named no
+        run) is held by `holder`'s run."""
 
-    def probe_unused(self, key: str, tenant: str | None) -> None:
-        """This process's probe under `key` never ran: free it for another request."""
+    def probe_unused(self, key: str, tenant: str | None, holder: str | None = None) -> None:
+        """The probe `holder`'s run held under `key` never ran: free it for another
+        request."""
+
+    def probe_failed(self, key: str, tenant: str | None, now: float | None = None,
+                     holder: str | None = None) -> Transition | None:
+        """`holder`'s run ended without a Result: when it held this process's probe, the
+        probe failed."""
 
     def entries(self, now: float | None = None) -> list[BreakerEntry]:
         """Every stored breaker, most recently changed first."""
@@ -229,9 +246,10 @@ class Breaker:
         self.config = config or BreakerConfig.from_env()
         self._on_transition = on_transition
         self._lock = threading.Lock()
-        # Probes this process was let through, with when each was granted (its token):
-        # only their end can close a breaker, so other clean runs never touch the database.
-        self._probes: dict[tuple[str, str], float] = {}
+        # Probes this process was let through: when each was granted (its token, the
+        # stored `probe_at`) and the run holding it. Only that run's end can close a
+        # breaker, so other clean runs never touch the database.
+        self._probes: dict[tuple[str, str], tuple[float, str | None]] = {}
         # Refusals not yet added to the database, and when each key last was.
         self._denied: dict[tuple[str, str], int] = {}
         self._flushed: dict[tuple[str, str], float] = {}
@@ -267,9 +285,11 @@ class Breaker:
             (key, tenant)).fetchone()
         return None if row is None else (row[0], row[1], row[2], row[3])
 
-    def check(self, key: str, tenant: str | None = None, now: float | None = None) -> Decision:
+    def check(self, key: str, tenant: str | None = None, now: float | None = None,
+              holder: str | None = None) -> Decision:
         """May a run under `key` (a function, or a module digest) go ahead now, for this
-        tenant? A refusal is counted (see `Transition.denied`)."""
+        tenant? A refusal is counted (see `Transition.denied`). A probe granted is held
+        by `holder`'s run (its invocation id; None for a caller that names no runs)."""
         now = time.time() if now is None else now
         ident = (key, tenant or "")
         transition = None
@@ -302,7 +322,7 @@ class Breaker:
                     transition = Transition(key, tenant, "open", "half_open", now, count,
                                             None, "cooldown over: one probe run let through",
                                             denied)
-                self._probes[ident] = now
+                self._probes[ident] = (now, holder)
         self._notify(transition)
         return Decision(True, "half_open", "probe run after cooldown", probe=True)
 
@@ -334,21 +354,28 @@ class Breaker:
                 f"(`stockade breaker reset {reset}` closes it)")
 
     def record(self, key: str, tenant: str | None, violated: bool,
-               now: float | None = None) -> Transition | None:
-        """Report how a run under `key` ended (`violated`: it counts, see
-        `BreakerConfig.counts`); returns the transition it caused, if any."""
+               now: float | None = None, holder: str | None = None) -> Transition | None:
+        """Report how `holder`'s run under `key` ended (`violated`: it counts, see
+        `BreakerConfig.counts`); returns the transition it caused, if any. A half-open
+        breaker is closed or re-opened only by the run holding its probe; another run's
+        violation is counted, nothing more."""
         if not violated and not self._probes:
             return None  # only a probe run of this process can close a breaker
         now = time.time() if now is None else now
         ident = (key, tenant or "")
         transition: Transition | None
         with self._lock:
+            granted = self._probes.get(ident)
+            probe_at = None
+            if granted is not None and granted[1] == holder:
+                del self._probes[ident]
+                probe_at = granted[0]
             if not violated:
-                if self._probes.pop(ident, None) is None:
+                if probe_at is None:
                     return None
                 with self._tx():
                     row = self._row(*ident)
-                    if row is None or row[0] != "half_open":
+                    if row is None or row[0] != "half_open" or row[2] != probe_at:
                         return None
                     denied = self._take_denied(ident)
                     self._db.execute("DELETE FROM violations WHERE key=? AND tenant=?", ident)
@@ -358,37 +385,49 @@ class Breaker:
                 transition = Transition(key, tenant, "half_open", "closed", now, 0, None,
                                         "probe run ended without a violation", denied)
             else:
-                self._probes.pop(ident, None)
-                transition = self._violation(key, tenant, ident, now)
+                transition = self._violation(key, tenant, ident, now, probe_at)
         self._notify(transition)
         return transition
 
-    def probe_failed(self, key: str, tenant: str | None,
-                     now: float | None = None) -> Transition | None:
-        """A run under `key` ended without a Result (it raised) or with an internal error:
-        when it was this process's probe, the probe failed and the breaker opens again
-        (instead of staying half-open until `probe_timeout`). Otherwise nothing."""
-        if (key, tenant or "") not in self._probes:
+    def probe_failed(self, key: str, tenant: str | None, now: float | None = None,
+                     holder: str | None = None) -> Transition | None:
+        """`holder`'s run under `key` ended without a Result (it raised) or with an
+        internal error: when it held this process's probe, the probe failed and the
+        breaker opens again (instead of staying half-open until `probe_timeout`).
+        Otherwise nothing."""
+        granted = self._probes.get((key, tenant or ""))
+        if granted is None or granted[1] != holder:
             return None
-        return self.record(key, tenant, True, now)
+        return self.record(key, tenant, True, now, holder)
 
-    def probe_unused(self, key: str, tenant: str | None) -> None:
-        """This process's probe under `key` was granted but never ran (refused before it
-        started, or cancelled): the breaker stays half-open with its probe free, so the
-        next request may probe. A probe granted to another request since (after
-        `probe_timeout`) is left alone. Nothing when this process holds no probe."""
+    def probe_held(self, key: str, tenant: str | None, holder: str | None) -> None:
+        """The probe this process holds under `key` is held by `holder`'s run."""
         ident = (key, tenant or "")
         with self._lock:
-            granted = self._probes.pop(ident, None)
-            if granted is None:
+            granted = self._probes.get(ident)
+            if granted is not None:
+                self._probes[ident] = (granted[0], holder)
+
+    def probe_unused(self, key: str, tenant: str | None, holder: str | None = None) -> None:
+        """The probe `holder`'s run held under `key` was granted but never ran (refused
+        before it started, or cancelled): the breaker stays half-open with its probe
+        free, so the next request may probe. A probe granted to another request since
+        (after `probe_timeout`) is left alone. Nothing when `holder` holds no probe."""
+        ident = (key, tenant or "")
+        with self._lock:
+            granted = self._probes.get(ident)
+            if granted is None or granted[1] != holder:
                 return
+            del self._probes[ident]
             with self._tx():
                 self._db.execute(
                     "UPDATE breakers SET probe_at=NULL WHERE key=? AND tenant=? AND "
-                    "state='half_open' AND probe_at=?", (*ident, granted))
+                    "state='half_open' AND probe_at=?", (*ident, granted[0]))
 
     def _violation(self, key: str, tenant: str | None, ident: tuple[str, str],
-                   now: float) -> Transition | None:
+                   now: float, probe_at: float | None) -> Transition | None:
+        """Count a violation; open the breaker when closed and at the threshold, or when
+        half-open and this is the run holding its probe (granted at `probe_at`)."""
         cfg = self.config
         with self._tx():
             self._db.execute("DELETE FROM violations WHERE key=? AND tenant=? AND at<?",
@@ -403,6 +442,9 @@ class Breaker:
                                  "VALUES (?, ?, 'closed', ?)", (*ident, now))
             if state == "open" or (state == "closed" and count < cfg.threshold):
                 return None
+            if state == "half_open" and (probe_at is None or row is None
+                                         or row[2] != probe_at):
+                return None  # not the probe's run: it proves nothing either way
             denied = self._take_denied(ident) if state == "half_open" else 0
             until = now + cfg.cooldown
             self._db.execute(

@@ -188,7 +188,8 @@ class Telemetry:
             return Decision(True, "closed")  # nothing ever violated: nothing to open
         invocation = invocation or Invocation()
         try:
-            decision = self.breaker.check(breaker_key(sha256, invocation), invocation.tenant)
+            decision = self.breaker.check(breaker_key(sha256, invocation), invocation.tenant,
+                                          holder=invocation.invocation_id)
         except Exception:  # noqa: BLE001 - a broken breaker database must not stop runs
             logger().warning("circuit breaker unavailable; run allowed", exc_info=True)
             return Decision(True, "unknown")
@@ -246,19 +247,23 @@ class Telemetry:
 
     def _tell_breaker(self, info: RunInfo, result: Result) -> None:
         """Count the run for its breaker (a clean run only once a breaker exists). An
-        internal error proves nothing: as a probe it failed, otherwise it is not counted."""
+        internal error proves nothing: as a probe it failed, otherwise it is not counted.
+        The run is named by its invocation id: only the probe's own run moves a half-open
+        breaker."""
         if not self._use_breaker:
             return
-        key, tenant = breaker_key(info.sha256, info.invocation), info.invocation.tenant
+        invocation = info.invocation
+        key, tenant = breaker_key(info.sha256, invocation), invocation.tenant
+        holder = invocation.invocation_id
         config = self._breaker.config if self._breaker is not None else self._config()
         if config.counts(result.outcome):
-            self.breaker.record(key, tenant, True)
+            self.breaker.record(key, tenant, True, holder=holder)
         elif self._breaker is None:
             return
         elif result.outcome is Outcome.ERROR:
-            self._breaker.probe_failed(key, tenant)
+            self._breaker.probe_failed(key, tenant, holder=holder)
         else:
-            self._breaker.record(key, tenant, False)
+            self._breaker.record(key, tenant, False, holder=holder)
 
     def _config(self) -> BreakerConfig:
         if self._breaker_config is None:
@@ -274,6 +279,13 @@ class Telemetry:
         self._settle_probe("probe_failed", sha256, invocation,
                            "could not tell the circuit breaker a probe failed")
 
+    def probe_held(self, sha256: str, invocation: Invocation) -> None:
+        """The run of `invocation` holds the breaker probe a shared store's admission
+        granted this process (before the invocation existed): only its end closes or
+        re-opens the breaker. Never raises."""
+        self._settle_probe("probe_held", sha256, invocation,
+                           "could not tell the circuit breaker which run holds its probe")
+
     def run_unused(self, sha256: str, invocation: Invocation) -> None:
         """A run holding its breaker's half-open probe was refused or cancelled before it
         started: the probe is freed for another request, not counted as failed. Never
@@ -286,7 +298,8 @@ class Telemetry:
         if not self._use_breaker or self._breaker is None:
             return
         try:
-            getattr(self._breaker, what)(breaker_key(sha256, invocation), invocation.tenant)
+            getattr(self._breaker, what)(breaker_key(sha256, invocation), invocation.tenant,
+                                         holder=invocation.invocation_id)
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
             logger().warning(failure, exc_info=True)
 
