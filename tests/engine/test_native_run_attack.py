@@ -145,10 +145,7 @@ def test_a_plan_whose_argv_disagrees_with_its_count_is_never_read_past(
     plan = engine.plan(hello, ["a", "b"], timeout_s=10.0)
     for block, count in ((b"hello.wasm\0a\0b", 3), (b"hello.wasm\0a\0b\0", 4),
                          (b"hello.wasm\0a\0b\0", 2), (b"\xff\0", 1)):
-        native = _run.native_plan(hello._pre, block, count, plan.fuel, plan.max_memory,
-                                  None, True, None, plan.owned_stdio)
-        bad = plan._replace(argv=block, argc=count, native=native,
-                            native_at=ctypes.addressof(native))
+        bad = plan._replace(argv=block, argc=count)
         with pytest.raises(ValueError):
             engine.run_plan(bad, NO_ENV)
     assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")
@@ -172,3 +169,47 @@ def test_runs_with_other_limits_never_share_a_checked_plan(engine: FastEngine) -
         with pytest.raises(UsageError):
             hello.run([["not", "hashable"]])  # type: ignore[list-item]
     assert len(hello._plans) <= 16
+
+
+def _block_agrees(plan: Any) -> None:
+    """Every field the native run reads from a plan's block is the plan's own."""
+    native = plan.native
+    assert plan.native_at == ctypes.addressof(native)
+    assert native.pre == plan.module._pre
+    argv_at = ctypes.c_void_p.from_buffer(native, type(native).argv.offset).value
+    assert ctypes.string_at(argv_at, native.argv_len) == plan.argv
+    assert (native.argc, native.argv_len) == (plan.argc, len(plan.argv))
+    assert (native.fuel, bool(native.has_fuel)) == (plan.fuel or 0, plan.fuel is not None)
+    assert native.max_memory == plan.max_memory
+    assert native.max_output == (-1 if plan.max_output is None else plan.max_output)
+    assert native.max_hostcalls == ((1 << 64) - 1 if plan.max_hostcalls is None
+                                    else plan.max_hostcalls)
+    assert bool(native.capture_stderr) == plan.capture_stderr
+    assert bool(native.owned_stdio) == plan.owned_stdio
+
+
+def test_a_replaced_plan_runs_with_its_own_fields_never_the_old_block(
+        engine: FastEngine) -> None:
+    """`RunPlan` is a named tuple: `_replace` must not keep the native block of the plan
+    it copies (the C run would take the old cap, budget, memory, argv or module)."""
+    hello = compiled(engine, "hello.wasm")
+    probe = compiled(engine, "stdio_probe.wasm")
+    plan = engine.plan(hello, ["x"], timeout_s=10.0, max_output=1 << 16)
+    _block_agrees(plan)
+    capped = plan._replace(max_output=3)
+    _block_agrees(capped)
+    assert engine.run_plan(capped, NO_ENV).outcome is Outcome.OUTPUT_LIMIT
+    budget = plan._replace(max_hostcalls=1)
+    _block_agrees(budget)
+    assert engine.run_plan(budget, NO_ENV).outcome is Outcome.HOSTCALL_LIMIT
+    other = plan._replace(module=probe)
+    _block_agrees(other)
+    assert not engine.run_plan(other, NO_ENV).stdout.startswith(b"Hello")
+    argv = b"hello.wasm\0y\0"
+    moved = plan._replace(argv=argv, argc=2)
+    _block_agrees(moved)
+    assert b"arg 1: y" in engine.run_plan(moved, NO_ENV).stdout
+    for changes in ({"native": plan.native}, {"native_at": plan.native_at}):
+        with pytest.raises(TypeError):
+            plan._replace(**changes)
+    assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")
