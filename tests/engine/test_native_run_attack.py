@@ -24,6 +24,8 @@ from ..conftest import guest
 
 MiB = 1024**2
 MEMORY = 4 * MiB
+# Every sync policy: none of them may turn an answer about a descriptor into another.
+SYNC_MODES = ("ignore", "allow", "limit:1")
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +106,46 @@ def test_streams_without_files_answer_as_streams_with_files(
     assert (native.outcome, native.exit_code) == (Outcome.EXITED, 0), native.message
     assert len(native.stdout) == 184
     assert seen(native) == seen(ctypes_run(module, timeout_s=10.0))
-    # The sandbox serves fd_sync and fd_datasync itself (its sync policy: probes 6 and 7)
-    # and counts every owned call; what says what the descriptors are is the same.
-    sandbox = sandbox_run(monkeypatch, "stdio_probe.wasm", b"")
-    assert (sandbox.outcome, sandbox.exit_code) == (Outcome.EXITED, 0)
-    assert _probes(native.stdout, 6, 7) == _probes(sandbox.stdout, 6, 7)
+    # The sandbox counts every owned call, the native run only those it serves; every
+    # answer (fd_sync and fd_datasync too, under each sync policy) is the same.
+    for sync in SYNC_MODES:
+        sandbox = sandbox_run(monkeypatch, "stdio_probe.wasm", b"", sync=sync)
+        assert (sandbox.outcome, sandbox.exit_code) == (Outcome.EXITED, 0)
+        assert native.stdout == sandbox.stdout, sync
 
 
-def _probes(report: bytes, *skipped: int) -> bytes:
-    """stdio_probe's report without the errnos of the probes `skipped`."""
-    return b"".join(report[4 * k:4 * k + 4] for k in range(12) if k not in skipped) \
-        + report[48:]
+def metered_run(engine: FastEngine, module: FastModule, **limits: Any) -> FastResult:
+    """The same run on the C API under a `Meter`: the sandbox's handlers, in Python."""
+    from stockade.hostcalls import Meter
+
+    policy = Policy.from_profile("default")
+    meter = Meter(dataclasses.replace(policy.limits, max_memory=MEMORY, **limits), None, [])
+    return engine.run_metered(module, meter)
+
+
+@pytest.mark.parametrize("budget", [None, 5], ids=["no budget", "stopped at a sync"])
+def test_sync_on_descriptors_that_are_no_files_answers_and_counts_alike_everywhere(
+        engine: FastEngine, monkeypatch: pytest.MonkeyPatch, budget: int | None) -> None:
+    """fd_sync and fd_datasync on the standard streams, a closed one and one never
+    opened: EBADF on every path (no stream is a file, whatever the sync policy), each
+    call counted and charged to the budget alike (guests/sync_probe.wat)."""
+    module = compiled(engine, "sync_probe.wasm")
+    limits = {} if budget is None else {"max_hostcalls": budget}
+    native = module.run(timeout_s=10.0, **limits)
+    if budget is None:
+        assert (native.outcome, native.exit_code) == (Outcome.EXITED, 0), native.message
+        errnos = [int.from_bytes(native.stdout[4 * k:4 * k + 4], "little") for k in range(7)]
+        assert errnos == [8, 8, 8, 8, 0, 8, 8]  # EBADF, but for the fd_close of stdin
+        assert native.hostcalls == {"fd_sync": 4, "fd_datasync": 2, "fd_close": 1,
+                                    "fd_write": 1}
+    else:
+        assert native.outcome is Outcome.HOSTCALL_LIMIT, native.message
+        assert sum(native.hostcalls.values()) == budget + 1  # the refused call counted
+    assert seen(native) == seen(ctypes_run(module, timeout_s=10.0, **limits))
+    for sync in SYNC_MODES:
+        assert seen(native) == seen(sandbox_run(monkeypatch, "sync_probe.wasm", b"",
+                                                sync=sync, **limits)), sync
+        assert seen(native) == seen(metered_run(engine, module, sync=sync, **limits)), sync
 
 
 def test_a_reused_slot_carries_nothing_into_the_next_run(engine: FastEngine) -> None:

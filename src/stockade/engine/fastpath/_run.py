@@ -77,9 +77,9 @@ class RunPlan(FieldTuple):
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
     `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
     meter fuel), `timeout_s` the wall-clock limit in seconds (None: none),
-    `max_hostcalls` the budget of host calls Stockade serves (the standard streams,
-    `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
-    serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
+    `max_hostcalls` the budget of host calls Stockade serves (the standard streams and
+    their syncs, `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether
+    the engine serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
     `native_at` its address: `_replace` builds them again from the copy's fields. (A
     named tuple: cheaper to define than a dataclass at start-up, and a `FieldTuple`:
     cheaper than a `NamedTuple`.)"""
