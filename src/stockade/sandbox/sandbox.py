@@ -128,13 +128,14 @@ class Sandbox:
                                   None, Usage(), coldstart)
             notify_finished(self.observers, info, result)
             return result
-        preopens, grants = checked_preopens(self.policy), self.policy.capabilities.dirs
         self.engine.linker(LINKER_NAME, build_linker)
         try:
             pre = self.engine.instance_pre(loaded, LINKER_NAME)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{loaded.name}: cannot link: {describe_load_error(exc)}") from None
-        with Scratch(self.policy.capabilities) as scratch:
+        # The granted directories are held from their check to the run's end.
+        with checked_preopens(self.policy) as held, Scratch(self.policy.capabilities) as scratch:
+            preopens, grants = list(held), self.policy.capabilities.dirs
             if scratch.grant is not None:
                 preopens, grants = [*preopens, (scratch.grant.host, True)], (*grants, scratch.grant)
                 info.writable_dirs += (scratch.grant.host,)
