@@ -188,7 +188,7 @@ class MeteredFunction(_FastBase):
                 preopens.append((scratch.grant.host, True))
                 grants = (*grants, scratch.grant)
             if info is not None:
-                info.writable_dirs = tuple(grant.host for grant in grants if grant.writable)
+                info.writable_dirs = tuple(grant.shown for grant in grants if grant.writable)
                 notify_started(self.observers, info)
             deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
             meter = Meter(limits, deadline, preopens, invocation.stdin)

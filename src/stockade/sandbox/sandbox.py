@@ -117,7 +117,7 @@ class Sandbox:
         info = RunInfo(
             module=loaded.name, sha256=loaded.sha256, invocation=invocation, policy=self.policy,
             started=time.time(), pid=os.getpid(), coldstart=coldstart,
-            writable_dirs=tuple(g.host for g in self.policy.capabilities.dirs if g.writable),
+            writable_dirs=tuple(g.shown for g in self.policy.capabilities.dirs if g.writable),
         )
         if loaded.sha256 not in self._denied:
             self._denied[loaded.sha256] = denied_import(loaded.module)

@@ -70,9 +70,9 @@ def checked_preopens(policy: Policy) -> Preopens:
             try:
                 fd = os.open(grant.host, _DIR_FLAGS)
             except (FileNotFoundError, NotADirectoryError):
-                raise PolicyError(f"--dir {grant}: {grant.host} is not a directory") from None
+                raise PolicyError(f"--dir {grant}: {grant.shown} is not a directory") from None
             except OSError as exc:
-                raise PolicyError(f"--dir {grant}: cannot open {grant.host}: "
+                raise PolicyError(f"--dir {grant}: cannot open {grant.shown}: "
                                   f"{exc.strerror}") from None
             preopens.hold(fd, grant.writable)
     except BaseException:
@@ -99,5 +99,5 @@ def wasi_config(
         try:
             config.preopen_dir(str(host), grant.guest, writable)
         except wasmtime.WasmtimeError:  # the directory went away: one line, not a traceback
-            raise PolicyError(f"--dir {grant}: cannot preopen {grant.host}") from None
+            raise PolicyError(f"--dir {grant}: cannot preopen {grant.shown}") from None
     return config
