@@ -59,7 +59,7 @@ OTHER: dict[str, Any] = {
     "outcome": Outcome.EXITED, "exit_code": 0, "host": Path("/b"), "guest": "/e",
     "data": None, "refusal": "unsigned", "invocation": Invocation(args=("y",)),
     "policy": Policy(profile="strict"), "writable_dirs": (Path("/w"),),
-    "events": [("warning", {"k": 1})], "strategy": "pulley",
+    "events": [("warning", {"k": 1})], "strategy": "pulley", "source": Path("/granted"),
 }
 
 

@@ -24,6 +24,8 @@ from ..conftest import guest
 
 MiB = 1024**2
 MEMORY = 4 * MiB
+# Every sync policy: none of them may turn an answer about a descriptor into another.
+SYNC_MODES = ("ignore", "allow", "limit:1")
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +106,46 @@ def test_streams_without_files_answer_as_streams_with_files(
     assert (native.outcome, native.exit_code) == (Outcome.EXITED, 0), native.message
     assert len(native.stdout) == 184
     assert seen(native) == seen(ctypes_run(module, timeout_s=10.0))
-    # The sandbox serves fd_sync and fd_datasync itself (its sync policy: probes 6 and 7)
-    # and counts every owned call; what says what the descriptors are is the same.
-    sandbox = sandbox_run(monkeypatch, "stdio_probe.wasm", b"")
-    assert (sandbox.outcome, sandbox.exit_code) == (Outcome.EXITED, 0)
-    assert _probes(native.stdout, 6, 7) == _probes(sandbox.stdout, 6, 7)
+    # The sandbox counts every owned call, the native run only those it serves; every
+    # answer (fd_sync and fd_datasync too, under each sync policy) is the same.
+    for sync in SYNC_MODES:
+        sandbox = sandbox_run(monkeypatch, "stdio_probe.wasm", b"", sync=sync)
+        assert (sandbox.outcome, sandbox.exit_code) == (Outcome.EXITED, 0)
+        assert native.stdout == sandbox.stdout, sync
 
 
-def _probes(report: bytes, *skipped: int) -> bytes:
-    """stdio_probe's report without the errnos of the probes `skipped`."""
-    return b"".join(report[4 * k:4 * k + 4] for k in range(12) if k not in skipped) \
-        + report[48:]
+def metered_run(engine: FastEngine, module: FastModule, **limits: Any) -> FastResult:
+    """The same run on the C API under a `Meter`: the sandbox's handlers, in Python."""
+    from stockade.hostcalls import Meter
+
+    policy = Policy.from_profile("default")
+    meter = Meter(dataclasses.replace(policy.limits, max_memory=MEMORY, **limits), None, [])
+    return engine.run_metered(module, meter)
+
+
+@pytest.mark.parametrize("budget", [None, 5], ids=["no budget", "stopped at a sync"])
+def test_sync_on_descriptors_that_are_no_files_answers_and_counts_alike_everywhere(
+        engine: FastEngine, monkeypatch: pytest.MonkeyPatch, budget: int | None) -> None:
+    """fd_sync and fd_datasync on the standard streams, a closed one and one never
+    opened: EBADF on every path (no stream is a file, whatever the sync policy), each
+    call counted and charged to the budget alike (guests/sync_probe.wat)."""
+    module = compiled(engine, "sync_probe.wasm")
+    limits = {} if budget is None else {"max_hostcalls": budget}
+    native = module.run(timeout_s=10.0, **limits)
+    if budget is None:
+        assert (native.outcome, native.exit_code) == (Outcome.EXITED, 0), native.message
+        errnos = [int.from_bytes(native.stdout[4 * k:4 * k + 4], "little") for k in range(7)]
+        assert errnos == [8, 8, 8, 8, 0, 8, 8]  # EBADF, but for the fd_close of stdin
+        assert native.hostcalls == {"fd_sync": 4, "fd_datasync": 2, "fd_close": 1,
+                                    "fd_write": 1}
+    else:
+        assert native.outcome is Outcome.HOSTCALL_LIMIT, native.message
+        assert sum(native.hostcalls.values()) == budget + 1  # the refused call counted
+    assert seen(native) == seen(ctypes_run(module, timeout_s=10.0, **limits))
+    for sync in SYNC_MODES:
+        assert seen(native) == seen(sandbox_run(monkeypatch, "sync_probe.wasm", b"",
+                                                sync=sync, **limits)), sync
+        assert seen(native) == seen(metered_run(engine, module, sync=sync, **limits)), sync
 
 
 def test_a_reused_slot_carries_nothing_into_the_next_run(engine: FastEngine) -> None:
@@ -145,10 +176,7 @@ def test_a_plan_whose_argv_disagrees_with_its_count_is_never_read_past(
     plan = engine.plan(hello, ["a", "b"], timeout_s=10.0)
     for block, count in ((b"hello.wasm\0a\0b", 3), (b"hello.wasm\0a\0b\0", 4),
                          (b"hello.wasm\0a\0b\0", 2), (b"\xff\0", 1)):
-        native = _run.native_plan(hello._pre, block, count, plan.fuel, plan.max_memory,
-                                  None, True, None, plan.owned_stdio)
-        bad = plan._replace(argv=block, argc=count, native=native,
-                            native_at=ctypes.addressof(native))
+        bad = plan._replace(argv=block, argc=count)
         with pytest.raises(ValueError):
             engine.run_plan(bad, NO_ENV)
     assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")
@@ -172,3 +200,47 @@ def test_runs_with_other_limits_never_share_a_checked_plan(engine: FastEngine) -
         with pytest.raises(UsageError):
             hello.run([["not", "hashable"]])  # type: ignore[list-item]
     assert len(hello._plans) <= 16
+
+
+def _block_agrees(plan: Any) -> None:
+    """Every field the native run reads from a plan's block is the plan's own."""
+    native = plan.native
+    assert plan.native_at == ctypes.addressof(native)
+    assert native.pre == plan.module._pre
+    argv_at = ctypes.c_void_p.from_buffer(native, type(native).argv.offset).value
+    assert ctypes.string_at(argv_at, native.argv_len) == plan.argv
+    assert (native.argc, native.argv_len) == (plan.argc, len(plan.argv))
+    assert (native.fuel, bool(native.has_fuel)) == (plan.fuel or 0, plan.fuel is not None)
+    assert native.max_memory == plan.max_memory
+    assert native.max_output == (-1 if plan.max_output is None else plan.max_output)
+    assert native.max_hostcalls == ((1 << 64) - 1 if plan.max_hostcalls is None
+                                    else plan.max_hostcalls)
+    assert bool(native.capture_stderr) == plan.capture_stderr
+    assert bool(native.owned_stdio) == plan.owned_stdio
+
+
+def test_a_replaced_plan_runs_with_its_own_fields_never_the_old_block(
+        engine: FastEngine) -> None:
+    """`RunPlan` is a named tuple: `_replace` must not keep the native block of the plan
+    it copies (the C run would take the old cap, budget, memory, argv or module)."""
+    hello = compiled(engine, "hello.wasm")
+    probe = compiled(engine, "stdio_probe.wasm")
+    plan = engine.plan(hello, ["x"], timeout_s=10.0, max_output=1 << 16)
+    _block_agrees(plan)
+    capped = plan._replace(max_output=3)
+    _block_agrees(capped)
+    assert engine.run_plan(capped, NO_ENV).outcome is Outcome.OUTPUT_LIMIT
+    budget = plan._replace(max_hostcalls=1)
+    _block_agrees(budget)
+    assert engine.run_plan(budget, NO_ENV).outcome is Outcome.HOSTCALL_LIMIT
+    other = plan._replace(module=probe)
+    _block_agrees(other)
+    assert not engine.run_plan(other, NO_ENV).stdout.startswith(b"Hello")
+    argv = b"hello.wasm\0y\0"
+    moved = plan._replace(argv=argv, argc=2)
+    _block_agrees(moved)
+    assert b"arg 1: y" in engine.run_plan(moved, NO_ENV).stdout
+    for changes in ({"native": plan.native}, {"native_at": plan.native_at}):
+        with pytest.raises(TypeError):
+            plan._replace(**changes)
+    assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")

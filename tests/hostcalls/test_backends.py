@@ -63,11 +63,12 @@ class Fast:
         limits = policy.limits
         module = self.module(engine, path)
         deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
-        meter = Meter(limits, deadline, checked_preopens(policy), invocation.stdin)
-        result = engine.run_metered(module, meter, invocation.args,
-                                    guest_env(policy, invocation),
-                                    dirs=[grant.guest for grant in policy.capabilities.dirs],
-                                    program=path.name)
+        with checked_preopens(policy) as preopens:
+            meter = Meter(limits, deadline, preopens, invocation.stdin)
+            result = engine.run_metered(module, meter, invocation.args,
+                                        guest_env(policy, invocation),
+                                        dirs=[grant.guest for grant in policy.capabilities.dirs],
+                                        program=path.name)
         return result.to_result(path.name, "", policy.limits.as_dict())
 
     def close(self) -> None:
@@ -522,9 +523,9 @@ def test_guest_paths_must_match_the_preopens(fast: Fast, tmp_path: Path) -> None
     policy = writable()(tmp_path)
     engine = fast.engine(policy)
     module = fast.module(engine, guest("hello.wasm"))
-    meter = Meter(policy.limits, None, checked_preopens(policy))
-    with pytest.raises(UsageError, match="one per directory"):
-        engine.run_metered(module, meter, dirs=[])
+    with checked_preopens(policy) as preopens, pytest.raises(UsageError,
+                                                             match="one per directory"):
+        engine.run_metered(module, Meter(policy.limits, None, preopens), dirs=[])
 
 
 

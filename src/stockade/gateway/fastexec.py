@@ -180,15 +180,15 @@ class MeteredFunction(_FastBase):
         """Run once in a fresh instance under a fresh meter (a guest thread)."""
         policy = self.spec.policy
         limits, grants = policy.limits, policy.capabilities.dirs
-        # Resolved per run, as the sandbox does: a directory removed since is refused.
-        preopens = checked_preopens(policy)
         info = self._info(invocation) if self.observers else None
-        with Scratch(policy.capabilities) as scratch:
+        # Checked per run, as the sandbox does (a directory removed since is refused), and
+        # held from the check to the run's end.
+        with checked_preopens(policy) as preopens, Scratch(policy.capabilities) as scratch:
             if scratch.grant is not None:
                 preopens.append((scratch.grant.host, True))
                 grants = (*grants, scratch.grant)
             if info is not None:
-                info.writable_dirs = tuple(host for host, writable in preopens if writable)
+                info.writable_dirs = tuple(grant.shown for grant in grants if grant.writable)
                 notify_started(self.observers, info)
             deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
             meter = Meter(limits, deadline, preopens, invocation.stdin)

@@ -507,6 +507,11 @@ def _fd_renumber(m: Meter, c: Host, mem: GuestMemory, fd: int, to: int) -> int:
 
 def _sync(name: str) -> Handler:
     def handler(m: Meter, c: Host, mem: GuestMemory, fd: int) -> int:
+        # Only a file the guest opened can be synced: wasmtime refuses a stream (the
+        # standard ones, owned or closed) and a descriptor it does not hold with EBADF,
+        # and so does every backend, whatever the sync policy (no disk is reached).
+        if fd not in m.fds:
+            return Errno.BADF
         if m.allow_sync():
             return c.forward(name, fd)
         return Errno.SUCCESS  # policy `ignore`: the data stays in the page cache

@@ -1,11 +1,11 @@
 """Which runs need their host calls metered in Python: the one place it is decided.
 
 The C-API fast path runs a module unmetered when it can: its native library serves and
-counts a few owned calls itself (the standard streams, `random_get`, `poll_oneoff`), as
-`handlers` counts them, one call of the budget per call. Everything else the policy asks
-for (directories and their quotas, per-call caps, a host-call budget over calls the
-unmetered run does not serve) needs a `Meter`, so that every backend counts the same
-calls of `handlers.HANDLERS` and stops the guest at the same one.
+counts a few owned calls itself (the standard streams and their syncs, `random_get`,
+`poll_oneoff`), as `handlers` counts them, one call of the budget per call. Everything
+else the policy asks for (directories and their quotas, per-call caps, a host-call
+budget over calls the unmetered run does not serve) needs a `Meter`, so that every
+backend counts the same calls of `handlers.HANDLERS` and stops the guest at the same one.
 """
 
 from __future__ import annotations

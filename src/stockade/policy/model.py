@@ -100,16 +100,21 @@ class Limits(FrozenRecord):
 
 @record(frozen=True, init=False, repr=False, eq=False)
 class DirGrant(FrozenRecord):
-    """A host directory preopened for the guest at `guest`, read-only unless `writable`."""
+    """A host directory preopened for the guest at `guest`, read-only unless `writable`.
+    `source` is the path it was granted as when `host` names a held descriptor (`held`):
+    what reports show (`shown`), never what is opened."""
 
     host: Path
     guest: str
     writable: bool = False
+    source: Path | None = None
 
-    def __init__(self, host: Path, guest: str, writable: bool = False) -> None:
+    def __init__(self, host: Path, guest: str, writable: bool = False,
+                 source: Path | None = None) -> None:
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "guest", guest)
         object.__setattr__(self, "writable", writable)
+        object.__setattr__(self, "source", source)
 
     @classmethod
     def parse(cls, spec: str) -> DirGrant:
@@ -134,11 +139,19 @@ class DirGrant(FrozenRecord):
         return cls(host=host, guest=guest, writable=writable)
 
     @classmethod
-    def held(cls, fd: int, guest: str, writable: bool = False) -> DirGrant:
+    def held(cls, fd: int, guest: str, writable: bool = False,
+             source: Path | None = None) -> DirGrant:
         """A grant of the directory this process holds open as `fd` (`/proc/PID/fd/N`):
-        opened from that descriptor, whatever its path leads to since. The descriptor
-        must stay open until the run is over; it is the caller's to close."""
-        return cls(Path(f"/proc/{os.getpid()}/fd/{fd}"), guest, writable)
+        opened from that descriptor, whatever its path leads to since; `source` is the
+        path it was granted as, for reports. The descriptor must stay open until the run
+        is over; it is the caller's to close."""
+        return cls(Path(f"/proc/{os.getpid()}/fd/{fd}"), guest, writable, source)
+
+    @property
+    def shown(self) -> Path:
+        """The host directory as reports, telemetry and messages show it: the path it
+        was granted as (`source`), else `host`."""
+        return self.host if self.source is None else self.source
 
     def held_fd(self) -> int | None:
         """The descriptor number when this grant is one this process holds (`held`)."""
@@ -156,7 +169,7 @@ class DirGrant(FrozenRecord):
         return self.host.resolve()
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.guest}:{'rw' if self.writable else 'ro'}"
+        return f"{self.shown}:{self.guest}:{'rw' if self.writable else 'ro'}"
 
 
 @record(frozen=True, init=False, repr=False, eq=False)

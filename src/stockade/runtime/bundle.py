@@ -193,15 +193,17 @@ def _grants(path: Path, root: str, config: dict[str, Any], host: Policy | None,
         # Whoever creates the container names the rootfs too: outside the bundle and
         # the engine's own storage (Podman's), only where the host policy's dirs reach.
         _within_host(rootfs_fd, "/", False, allowed, "rootfs")
-    grants = [DirGrant.held(rootfs_fd, "/")]
+    # Granted from the descriptors; shown as the bundle names them.
+    grants = [DirGrant.held(rootfs_fd, "/", source=path / root)]
     for index, mount in enumerate(_list(config, "mounts", where)):
         if not isinstance(mount, dict):
             raise UnsupportedBundle(f"{where}: mounts[{index}] is not an object")
         options = [str(o) for o in _list(mount, "options", f"{where}: mounts[{index}]")]
         if not (mount.get("type") == "bind" or "bind" in options or "rbind" in options):
             continue
+        source = Path(str(mount.get("source") or ""))
         try:
-            fd = held.open(Path(str(mount.get("source") or "")))
+            fd = held.open(source)
         except OSError:  # not a directory (a file, a device) or gone: nothing granted
             continue
         # As mount(8): the last of ro/rw wins; read-only unless one says rw.
@@ -212,7 +214,7 @@ def _grants(path: Path, root: str, config: dict[str, Any], host: Policy | None,
         # no more of the host than the bundle itself; anything else is the policy's.
         if host is not None and (writable or not beneath(fd, bundle_fd)):
             _within_host(fd, guest, writable, allowed, "bind mount")
-        grants.append(DirGrant.held(fd, guest, writable))
+        grants.append(DirGrant.held(fd, guest, writable, source=source))
     return grants
 
 

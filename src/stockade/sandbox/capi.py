@@ -145,10 +145,10 @@ class CapiSandbox:
 
         policy = self.policy
         limits = policy.limits
-        preopens = checked_preopens(policy)
         guests = [grant.guest for grant in policy.capabilities.dirs]
-        info.writable_dirs = tuple(g.host for g in policy.capabilities.dirs if g.writable)
-        with Scratch(policy.capabilities) as scratch:
+        info.writable_dirs = tuple(g.shown for g in policy.capabilities.dirs if g.writable)
+        # The granted directories are held from their check to the run's end.
+        with checked_preopens(policy) as preopens, Scratch(policy.capabilities) as scratch:
             if scratch.grant is not None:
                 preopens.append((scratch.grant.host, True))
                 guests.append(scratch.grant.guest)

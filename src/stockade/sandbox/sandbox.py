@@ -131,7 +131,7 @@ class Sandbox:
         info = RunInfo(
             module=loaded.name, sha256=loaded.sha256, invocation=invocation, policy=self.policy,
             started=time.time(), pid=os.getpid(), coldstart=coldstart,
-            writable_dirs=tuple(g.host for g in self.policy.capabilities.dirs if g.writable),
+            writable_dirs=tuple(g.shown for g in self.policy.capabilities.dirs if g.writable),
         )
         if loaded.sha256 not in self._denied:
             self._denied[loaded.sha256] = denied_import(loaded.module)
@@ -142,13 +142,14 @@ class Sandbox:
                                   None, Usage(), coldstart)
             notify_finished(self.observers, info, result)
             return result
-        preopens, grants = checked_preopens(self.policy), self.policy.capabilities.dirs
         engine.linker(LINKER_NAME, build_linker)
         try:
             pre = engine.instance_pre(loaded, LINKER_NAME)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{loaded.name}: cannot link: {describe_load_error(exc)}") from None
-        with Scratch(self.policy.capabilities) as scratch:
+        # The granted directories are held from their check to the run's end.
+        with checked_preopens(self.policy) as held, Scratch(self.policy.capabilities) as scratch:
+            preopens, grants = list(held), self.policy.capabilities.dirs
             if scratch.grant is not None:
                 preopens, grants = [*preopens, (scratch.grant.host, True)], (*grants, scratch.grant)
                 info.writable_dirs += (scratch.grant.host,)

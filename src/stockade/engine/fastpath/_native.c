@@ -1,8 +1,8 @@
 /* One fast-path run in a single C call: the same wasmtime C API calls as `_run.py`'s
  * `execute`, minus a ctypes transition per call (about 15 of them per run), with the
  * slot's shared state reset here too (`start_state`); and the fast path's own standard
- * streams (`fd_write`, `fd_read`, `fd_close`) and `random_get`, host functions that
- * count toward the run's host-call budget and stop output at its cap as they write.
+ * streams (`fd_write`, `fd_read`, `fd_close`, `fd_sync`, `fd_datasync`) and `random_get`,
+ * host functions that count toward the run's host-call budget and stop output at its cap as they write.
  * With them, WASI's own stdio is left empty: no file is opened per run.
  *
  * Every structure shared with Python is checked by size at `stockade_fast_init`; a
@@ -68,7 +68,7 @@ struct run_state {
     const uint8_t *stdin_data;
     uint64_t stdin_len, stdin_pos;
     int32_t closed[3];           /* fd_close'd standard descriptors */
-    uint64_t calls[5];           /* served calls by CALL_* (usage.hostcalls) */
+    uint64_t calls[7];           /* served calls by CALL_* (usage.hostcalls) */
 };
 
 
@@ -268,7 +268,8 @@ done:
 size_t stockade_run_state_size(void) { return sizeof(run_state); }
 
 /* Indexes of `calls`; `_native.py` CALL_NAMES names them (poll_oneoff is `_poll.py`'s). */
-enum { CALL_FD_WRITE = 0, CALL_FD_READ = 1, CALL_FD_CLOSE = 2, CALL_RANDOM_GET = 3 };
+enum { CALL_FD_WRITE = 0, CALL_FD_READ = 1, CALL_FD_CLOSE = 2, CALL_RANDOM_GET = 3,
+       CALL_FD_SYNC = 5, CALL_FD_DATASYNC = 6 };
 
 enum { STOP_NONE = 0, STOP_STDOUT = 1, STOP_STDERR = 2, STOP_HOSTCALLS = 3 };
 enum { E_SUCCESS = 0, E_BADF = 8, E_FAULT = 21, E_INVAL = 28 };
@@ -431,4 +432,24 @@ void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) 
     }
     args[0].i64 = E_SUCCESS;
     return NULL;
+}
+
+/* fd_sync and fd_datasync: no descriptor here is a file (0-2 are streams, nothing else is
+ * open), so EBADF, as wasmtime answers for a stream; counted like every owned call. */
+static void *no_file_sync(void *caller, int call, val_raw *args) {
+    uint8_t *base; size_t size; void *trap;
+    run_state *st = enter(caller, call, &base, &size, &trap);
+    if (!st) return trap;
+    args[0].i64 = E_BADF;
+    return NULL;
+}
+
+void *stockade_fd_sync(void *env, void *caller, val_raw *args, size_t nargs) {
+    (void)env; (void)nargs;
+    return no_file_sync(caller, CALL_FD_SYNC, args);
+}
+
+void *stockade_fd_datasync(void *env, void *caller, val_raw *args, size_t nargs) {
+    (void)env; (void)nargs;
+    return no_file_sync(caller, CALL_FD_DATASYNC, args);
 }

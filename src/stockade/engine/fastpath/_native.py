@@ -91,13 +91,14 @@ class RunState(ctypes.Structure):
         ("hostcalls", c_uint64), ("max_hostcalls", c_uint64),
         ("stdin_data", c_char_p), ("stdin_len", c_uint64), ("stdin_pos", c_uint64),
         ("closed", c_int32 * 3),
-        ("calls", c_uint64 * 5),
+        ("calls", c_uint64 * 7),
     ]
 
 
 # The owned calls `RunState.calls` counts, by index (`_native.c` CALL_*; poll_oneoff is
 # counted by `_poll.py`).
-CALL_NAMES = ("fd_write", "fd_read", "fd_close", "random_get", "poll_oneoff")
+CALL_NAMES = ("fd_write", "fd_read", "fd_close", "random_get", "poll_oneoff", "fd_sync",
+              "fd_datasync")
 CALL_POLL = 4
 
 
@@ -134,4 +135,5 @@ if _LIBRARY is not None:
     NATIVE_RUN = _LIBRARY.stockade_fast_run
     NATIVE_RUN.argtypes, NATIVE_RUN.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
     STDIO = {name: ctypes.cast(getattr(_LIBRARY, f"stockade_{name}"), c_void_p).value or 0
-             for name in ("fd_write", "fd_read", "fd_close", "random_get")}
+             for name in ("fd_write", "fd_read", "fd_close", "random_get", "fd_sync",
+                          "fd_datasync")}

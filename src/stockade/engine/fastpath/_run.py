@@ -77,11 +77,12 @@ class RunPlan(FieldTuple):
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
     `argv` is `argc` NUL-terminated entries, `fuel` the budget (None: the engine does not
     meter fuel), `timeout_s` the wall-clock limit in seconds (None: none),
-    `max_hostcalls` the budget of host calls Stockade serves (the standard streams,
-    `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether the engine
-    serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
-    `native_at` its address. (A named tuple: cheaper to define than a dataclass at
-    start-up, and a `FieldTuple`: cheaper than a `NamedTuple`.)"""
+    `max_hostcalls` the budget of host calls Stockade serves (the standard streams and
+    their syncs, `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether
+    the engine serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
+    `native_at` its address: `_replace` builds them again from the copy's fields. (A
+    named tuple: cheaper to define than a dataclass at start-up, and a `FieldTuple`:
+    cheaper than a `NamedTuple`.)"""
 
     module: FastModule
     argv: bytes
@@ -105,6 +106,27 @@ def native_plan(pre: int, argv: bytes, argc: int, fuel: int | None, max_memory: 
     return RunPlanC(pre, max_memory, fuel or 0, fuel is not None, capture_stderr, argv, argc,
                     len(argv), -1 if max_output is None else max_output,
                     _UNLIMITED if max_hostcalls is None else max_hostcalls, owned_stdio, 0)
+
+
+_copy_plan = RunPlan._replace
+
+
+def _replace_plan(self: RunPlan, /, **changes: Any) -> RunPlan:
+    """`RunPlan._replace`: a copy whose native block is built again from the copy's own
+    fields, so the C run never takes another plan's module, argv, cap or budget. A block
+    given in `changes` is refused (TypeError): it could disagree with the fields."""
+    if "native" in changes or "native_at" in changes:
+        raise TypeError("a RunPlan's native block is made from its fields: replace those")
+    plan = _copy_plan(self, **changes)
+    if not isinstance(self.native, RunPlanC):  # a plan without a block stays without one
+        return plan
+    native = native_plan(plan.module._pre, plan.argv, plan.argc, plan.fuel, plan.max_memory,
+                         plan.max_output, plan.capture_stderr, plan.max_hostcalls,
+                         plan.owned_stdio)
+    return _copy_plan(plan, native=native, native_at=ctypes.addressof(native))
+
+
+RunPlan._replace = _replace_plan  # type: ignore[method-assign,assignment]
 
 
 @record(init=False, repr=False, eq=False, slots=True)
