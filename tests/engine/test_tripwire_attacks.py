@@ -192,3 +192,15 @@ def test_held_shared_memory_wait_is_refused() -> None:
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""",
                bound=30.0)
     assert run["outcome"] == "trap" and "shared memory" in str(run["message"]), run
+
+
+def test_held_code_the_rewriting_does_not_know_runs_on_epochs() -> None:
+    """wide-arithmetic (0xfc 19..22) is valid here but unknown to the decoder: the module
+    goes to the epochs twin, which stops its loop."""
+    run = _run("""(module (memory (export "memory") 1)
+      (func (export "_start") (local i64)
+        (loop $l
+          (i64.add128 (local.get 0) (local.get 0) (local.get 0) (local.get 0))
+          drop local.set 0 (br $l))))""", bound=30.0)
+    assert run["tripwire"] is False, run
+    _stopped(run)
