@@ -101,6 +101,9 @@ class EngineConfig(FrozenRecord):
         if self.strategy not in STRATEGIES:
             raise UsageError(f"unknown code generator {self.strategy!r} "
                              f"(choose one of: {', '.join(STRATEGIES)})")
+        if self.tripwire and self.strategy == "pulley":  # its probe is an atomic load
+            raise UsageError("a tripwire deadline needs the cranelift code generator "
+                             "(pulley has no atomics)")
         table: list[tuple[str, bool | int | str]] = [
             ("consume_fuel", self.fuel),
             ("epoch_interruption", self.epochs),

@@ -3,17 +3,18 @@
 Epoch interruption compiles a compare and a call into every loop header; the call's slow
 path makes everything live across the loop sit in the registers a call preserves, which
 is what makes the default profile's compute 1.3x native (sieve 2.2x). A tripwire
-deadline instead adds one extra memory of one page to the module and, at every function
-entry and every loop header, a load from it whose value is dropped. At the deadline the
-host revokes access to that page (`mprotect`); the guest's next loop iteration or call
-faults, and wasmtime turns the fault at a load into an ordinary out-of-bounds trap,
-unwinding the guest as any trap does. Nothing is live across a load, so the loop keeps
-its registers.
+deadline instead adds one extra memory of one page to the module and a load from it,
+value dropped, at every function entry and loop header and after every call and bulk
+instruction. At the deadline the host revokes access to that page (`mprotect`); the
+guest's next probe faults, and wasmtime turns the fault at a load into an ordinary
+out-of-bounds trap, unwinding the guest as any trap does. Nothing is live across a load,
+so the loop keeps its registers.
 
-Every backward jump in WebAssembly is a `loop`, and every unbounded recursion passes a
-function entry, so a guest can run only a bounded stretch of straight-line code (and a
-single bulk instruction, which epochs do not interrupt either) past the deadline. Host
-calls are not interrupted by either mechanism; the owned ones keep their own deadline.
+Every backward jump in WebAssembly is a `loop`, every unbounded recursion passes a
+function entry, and every frame a deep recursion left behind resumes after a call: past
+the deadline a guest runs at most one stretch of straight-line code and one bulk
+instruction (which epochs do not interrupt either). Host calls are not interrupted by
+either mechanism; the owned ones keep their own deadline.
 
 `instrument(wasm)` rewrites a module and names the page's export; it raises `Unsupported`
 for a module whose code it cannot decode (an opcode from a proposal it does not know), and
@@ -57,7 +58,7 @@ EXPORT = "__stockade_tripwire"  # the page's export: the host looks its address 
 # The module's start function, exported instead of run by instantiation: it runs once
 # the tripwire is armed, so a start function that loops is stopped like any code.
 START = "__stockade_start"
-VERSION = 2  # of the rewriting (part of the AoT cache key)
+VERSION = 3  # of the rewriting (part of the AoT cache key)
 
 # Sections that come after memory, and after export, in the binary's order (type 1,
 # import 2, function 3, table 4, memory 5, tag 13, global 6, export 7, start 8, element 9,
@@ -258,10 +259,10 @@ def _memarg(cursor: Cursor) -> None:
     cursor.leb(64)
 
 
-def _skip_fc(cursor: Cursor) -> None:
+def _skip_fc(cursor: Cursor) -> int:
     sub = cursor.leb()
     if sub <= 7:  # saturating truncations
-        return
+        return sub
     if sub in (8, 10, 12, 14):  # memory.init, memory.copy, table.init, table.copy
         cursor.leb()
         cursor.leb()
@@ -269,9 +270,10 @@ def _skip_fc(cursor: Cursor) -> None:
         cursor.leb()
     else:
         raise Unsupported(f"unknown instruction 0xfc {sub}")
+    return sub
 
 
-def _skip_fd(cursor: Cursor) -> None:
+def _skip_fd(cursor: Cursor) -> int:
     sub = cursor.leb()
     if sub <= 11 or sub in (92, 93):  # v128 loads and stores
         _memarg(cursor)
@@ -284,9 +286,10 @@ def _skip_fd(cursor: Cursor) -> None:
         cursor.skip(1)
     elif sub > 0x113:  # past relaxed SIMD
         raise Unsupported(f"unknown instruction 0xfd {sub}")
+    return sub
 
 
-def _skip_fe(cursor: Cursor) -> None:
+def _skip_fe(cursor: Cursor) -> int:
     sub = cursor.leb()
     if sub == 3:  # atomic.fence
         cursor.skip(1)
@@ -294,9 +297,10 @@ def _skip_fe(cursor: Cursor) -> None:
         _memarg(cursor)
     else:
         raise Unsupported(f"unknown instruction 0xfe {sub}")
+    return sub
 
 
-def _skip_fb(cursor: Cursor) -> None:
+def _skip_fb(cursor: Cursor) -> int:
     sub = cursor.leb()
     if sub in (0, 1, 6, 7, 11, 12, 13, 14, 16):  # one type index
         cursor.leb()
@@ -304,7 +308,7 @@ def _skip_fb(cursor: Cursor) -> None:
         cursor.leb()
         cursor.leb()
     elif sub in (15, 26, 27, 28, 29, 30):  # array.len, conversions, i31
-        return
+        pass
     elif 20 <= sub <= 23:  # ref.test, ref.cast (null)
         _heap_type(cursor)
     elif sub in (24, 25):  # br_on_cast(_fail): flags, label, two heap types
@@ -314,6 +318,7 @@ def _skip_fb(cursor: Cursor) -> None:
         _heap_type(cursor)
     else:
         raise Unsupported(f"unknown instruction 0xfb {sub}")
+    return sub
 
 
 # Opcodes with nothing after them, and those with one LEB128 immediate (at most 64 bits).
@@ -323,10 +328,18 @@ _ONE_LEB = frozenset([0x07, 0x08, 0x09, 0x0C, 0x0D, 0x10, 0x12, 0x14, 0x15, 0x18
                       0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x3F, 0x40, 0x41, 0x42,
                       0xD2, 0xD5, 0xD6])
 _PREFIXED = {0xFC: _skip_fc, 0xFD: _skip_fd, 0xFE: _skip_fe, 0xFB: _skip_fb}
+# After these the probe comes again. Calls: a guest that recursed deep before its deadline
+# runs every frame's rest as the calls return, passing no entry. Bulk instructions: one
+# does as much work as a loop (memory.init, copy, fill; table.init, copy, grow, fill; the
+# GC's array.new*, array.fill, copy, init_*), and a body may hold thousands in a row.
+_CALLS = frozenset([0x10, 0x11, 0x14])
+_BULK = frozenset([(0xFC, sub) for sub in (8, 10, 11, 12, 14, 15, 17)]
+                  + [(0xFB, sub) for sub in (6, 7, 8, 9, 10, 16, 17, 18, 19)])
 
 
 def _function(cursor: Cursor, probe: bytes) -> bytearray:
-    """One function body with `probe` at its entry and after each loop's block type."""
+    """One function body with `probe` at its entry, after each loop's block type, and after
+    each call and bulk instruction."""
     wasm, start, end = cursor.data, cursor.pos, cursor.end
     for _ in range(cursor.count("local declaration")):  # count and type of each
         cursor.leb()
@@ -334,7 +347,7 @@ def _function(cursor: Cursor, probe: bytes) -> bytearray:
     out = bytearray(wasm[start:cursor.pos])
     out += probe
     copied = cursor.pos
-    bare, one_leb, prefixed = _BARE, _ONE_LEB, _PREFIXED
+    bare, one_leb, prefixed, calls, bulk = _BARE, _ONE_LEB, _PREFIXED, _CALLS, _BULK
     while cursor.pos < end:
         opcode = wasm[cursor.pos]
         cursor.pos += 1
@@ -342,39 +355,51 @@ def _function(cursor: Cursor, probe: bytes) -> bytearray:
             continue
         if opcode in one_leb:
             cursor.leb(64)
+            again = opcode in calls
         elif opcode == 0x03:  # loop: the probe goes after its block type
             _block_type(cursor)
-            out += wasm[copied:cursor.pos]
-            out += probe
-            copied = cursor.pos
+            again = True
         elif opcode in (0x02, 0x04, 0x06):  # block, if, try
             _block_type(cursor)
+            continue
         elif 0x28 <= opcode <= 0x3E:
             _memarg(cursor)
+            continue
         elif opcode == 0x0E:  # br_table
             for _ in range(cursor.count("br_table label") + 1):
                 cursor.leb()
+            continue
         elif opcode in (0x11, 0x13):  # call_indirect, return_call_indirect
             cursor.leb()
             cursor.leb()
+            again = opcode in calls
         elif opcode == 0x1C:  # select with types
             for _ in range(cursor.count("select type")):
                 _value_type(cursor)
+            continue
         elif opcode == 0x43:
             cursor.skip(4)
+            continue
         elif opcode == 0x44:
             cursor.skip(8)
+            continue
         elif opcode == 0xD0:  # ref.null
             _heap_type(cursor)
+            continue
         elif opcode == 0x1F:  # try_table: block type, catch clauses
             _block_type(cursor)
             for _ in range(cursor.count("catch clause")):
                 if cursor.byte() in (0x00, 0x01):  # catch, catch_ref: a tag index
                     cursor.leb()
                 cursor.leb()
+            continue
         elif opcode in prefixed:
-            prefixed[opcode](cursor)
+            again = (opcode, prefixed[opcode](cursor)) in bulk
         else:
             raise Unsupported(f"unknown instruction 0x{opcode:02x}")
+        if again:  # the probe is stack-neutral: valid after any instruction
+            out += wasm[copied:cursor.pos]
+            out += probe
+            copied = cursor.pos
     out += wasm[copied:end]
     return out

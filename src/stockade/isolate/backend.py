@@ -152,10 +152,15 @@ class _Wasmtime:
     name: Backend = "wasmtime"
 
     def __init__(self, policy: Policy, observers: Sequence[RunObserver]) -> None:
+        from ..engine.config import EngineConfig
         from ..sandbox import Sandbox
 
         self.policy = policy
-        self.sandbox = Sandbox(policy, observers=observers)
+        # Epochs, not a tripwire: one engine, made before confinement, serves every module
+        # (a tripwire engine makes an epochs twin for what it cannot rewrite), and
+        # RLIMIT_AS is sized for the policy's memories, without a tripwire page's.
+        self.sandbox = Sandbox(policy, observers=observers,
+                               engine_config=EngineConfig.for_limits(policy.limits))
 
     def load(self, data: bytes, name: str) -> Any | None:
         return self.sandbox.load(data, name=name)

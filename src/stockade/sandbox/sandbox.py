@@ -47,8 +47,8 @@ class Sandbox:
     A `.cwasm` is native code: it runs only with `allow_precompiled=True` (or the policy's
     `capabilities.allow_precompiled`) and a MAC this host's key verifies; otherwise `run`
     reports `denied` (exit 126) and `load` raises PrecompiledRefused.
-    Limits hold against hostile guests: fuel, an epoch deadline that also cuts sleeps in
-    host calls, store limits for memory/tables/instances, a bounded wasm stack, and the
+    Limits hold against hostile guests: fuel, a deadline (a tripwire, epochs under a fuel
+    budget) that also cuts sleeps in host calls, store limits for memory/tables/instances, a bounded wasm stack, and the
     output, disk, file, descriptor and host-call quotas of `stockade.hostcalls`.
 
     Raises ModuleNotFound or ModuleError when the module cannot be loaded; everything
@@ -66,11 +66,13 @@ class Sandbox:
         # An explicit engine configuration is for measurements (e.g. no epochs): the
         # policy's limits then hold only as far as that configuration instruments code.
         # The deadline is a tripwire (engine.tripwire): epochs cost compute 1.3x native.
-        self.engine_config = engine_config or EngineConfig.for_limits(self.policy.limits,
-                                                                      tripwire=True)
+        # Not under a fuel budget: the probes would be charged to the guest, and a budget
+        # is asked for to count the guest's own instructions alike on every backend.
+        limits = self.policy.limits
+        self.engine_config = engine_config or EngineConfig.for_limits(
+            limits, tripwire=limits.fuel is None)
         self._engine: Engine | None = None
         self._limits_dict = self.policy.limits.as_dict()
-        limits = self.policy.limits
         self._guard = CompileGuard.for_limits(limits)
         self._denied: dict[str, tuple[str, str] | None] = {}
         self._signed: set[str] = set()  # digests whose signatures this sandbox verified
