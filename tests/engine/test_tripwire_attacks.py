@@ -105,9 +105,10 @@ UNWIND = """
                               "unwind"])
 def test_bulk_instructions_do_not_outrun_the_tripwire(source: str) -> None:
     """Ran for seconds past a 0.5 s timeout, reported `exited`, when probes were only at
-    entries and loop headers."""
+    entries and loop headers. (30,000 table.fills rewritten are past the compile guard's
+    body size: that one compiles as given, with epochs, and is stopped all the same.)"""
     run = _run(source)
-    assert run["tripwire"] is True, run
+    assert run["tripwire"] is (source is not TABLE_FILL), run
     _stopped(run)
 
 

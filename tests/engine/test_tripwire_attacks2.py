@@ -1,22 +1,22 @@
-"""Second review of the tripwire deadline (`stockade.engine.tripwire`, probes after calls and
-bulk instructions, 2448ee7): hostile guests under
+"""Attacks on the tripwire deadline (`stockade.engine.tripwire`) past its probes after calls
+and bulk instructions: hostile guests under
 `Sandbox(Policy.from_profile("default").with_limits(timeout=0.5))`, each in a child process
 bounded in time, so a guest the tripwire misses fails the test instead of hanging it.
 
-HOLE tests assert what should hold and fail on 839cf5a:
-
 * Exception unwinding resumes a frame at a `try_table` catch label (a block's end), not
-  after its call: no probe. A recursion entered before the deadline whose every frame
+  after its call. With no probe there (now: after every `end` of a body that catches), a
+  recursion entered before the deadline whose every frame
   catches, runs a body of straight-line code and rethrows runs depth x body past the
   deadline and is reported `exited` (7000 frames x 45000 i64.div_u: 1.4 s against 0.5 s;
   the same guest with returns is stopped at 0.51 s). Epochs do not stop it either.
 * `struct.new_default` of a 10,000-field struct: Cranelift inlines every field's
   initialisation, so a 130 KB module (100 such instructions) compiles for ~16 s (10 of
   them 0.5 s: superlinear), on both engines; the compile guard's body-size limit does not
-  see it.
+  see it. Not fixed: expected to fail (`xfail`, strict).
 * The rewriting grows code up to 5x (a 2-byte `call` gets an 8-byte probe): a module
   whose body is valid as given can be invalid rewritten (over wasmparser's 7,654,321-byte
-  body limit) and is then refused instead of falling back to the epochs twin.
+  body limit) and was refused instead of falling back to the epochs twin (now: a rewritten
+  module wasmtime or the compile guard refuses compiles as given, with epochs).
 
 The other attacks held and stay as regression tests.
 """
@@ -83,7 +83,7 @@ def _stopped(run: dict[str, object]) -> None:
     assert float(str(run["seconds"])) < TIMEOUT + GRACE, run
 
 
-# -- HOLE: exception unwinding resumes frames past no probe -----------------------------
+# -- exception unwinding resumes frames past no probe ---- -----------------------------
 
 def _unwind(depth: int, work: str, *, throw: bool) -> str:
     """Recurse `depth` deep (each call past a probe, before the deadline); then every frame,
@@ -117,8 +117,8 @@ THROW_UNWIND = _unwind(7000, DIVS, throw=True)
 RETURN_UNWIND = _unwind(7000, DIVS, throw=False)
 
 
-def test_hole_exception_unwinding_passes_no_probe() -> None:
-    """HOLE: 7000 frames each catch, divide 45000 times, rethrow: exited 0 after 1.4 s
+def test_exception_unwinding_meets_a_probe() -> None:
+    """Was: 7000 frames each catch, divide 45000 times, rethrow: exited 0 after 1.4 s
     against a 0.5 s timeout (the probe after a call never runs: the frame resumes at its
     catch label). Fix: probe after the `end` of every block a `try_table` catch clause
     targets (or after every `end` of a block inside a function that has a try_table)."""
@@ -153,7 +153,7 @@ def test_held_local_throw_catch_in_straight_line_is_cheap() -> None:
     assert run["outcome"] == "exited" and float(str(run["seconds"])) < TIMEOUT, run
 
 
-# -- HOLE: a compile-time bomb the compile guard does not see ----------------------------
+# -- a compile-time bomb the compile guard does not see ---- ----------------------------
 
 def _struct_bomb(fields: int, count: int) -> str:
     return (f'(module (memory (export "memory") 1) '
@@ -161,8 +161,10 @@ def _struct_bomb(fields: int, count: int) -> str:
             f'(func (export "_start") {" ".join(["(drop (struct.new_default $s))"] * count)}))')
 
 
-def test_hole_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None:
-    """HOLE (both engines, not the tripwire's): 100 `struct.new_default` of a 10,000-field
+@pytest.mark.xfail(strict=True, reason="the compile guard does not count struct fields "
+                   "times allocation sites (both engines)")
+def test_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None:
+    """Not fixed (both engines, not the tripwire's): 100 `struct.new_default` of a 10,000-field
     struct, a 130 KB module, compiles for ~16 s (epochs engine: 11 s); 1000 of them for
     far longer. Fix: the compile guard counts struct fields x allocation sites (or caps
     struct width) as it counts body bytes."""
@@ -172,7 +174,7 @@ def test_hole_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None
     assert run["compile"] is None or float(str(run["compile"])) < 5.0, run
 
 
-# -- HOLE: the rewriting's growth makes a valid module invalid ---------------------------
+# -- the rewriting's growth makes a valid module invalid ---- ---------------------------
 
 def _calls_body(count: int) -> bytes:
     """A module whose one function (type () -> ()) calls itself `count` times in a row."""
@@ -190,8 +192,8 @@ def _calls_body(count: int) -> bytes:
             + b"\x0a" + encode_leb(len(code)) + code)
 
 
-def test_hole_rewritten_code_can_outgrow_what_wasmtime_accepts() -> None:
-    """HOLE (availability): 1.6 MB of `call 0` is valid; the rewritten body is 8 MB, over
+def test_rewritten_code_past_what_wasmtime_accepts_runs_on_epochs() -> None:
+    """Availability: 1.6 MB of `call 0` is valid; the rewritten body is 8 MB, over
     wasmparser's function size limit, and the loader reports `invalid WebAssembly`
     instead of sending the module to the epochs twin. (Also: the guard's body-size limit is
     checked on the original, so what Cranelift compiles is up to 5x what it allowed.)"""
@@ -201,7 +203,7 @@ def test_hole_rewritten_code_can_outgrow_what_wasmtime_accepts() -> None:
     rewritten = tripwire.instrument(module)
     assert len(rewritten) > 4 * len(module)
     # The permissive profile allows 4 MiB bodies: this 1.6 MB one must load (rewritten, or
-    # on the epochs twin). On 839cf5a: ModuleError "function body size count exceeds
+    # on the epochs twin). It was refused: ModuleError "function body size count exceeds
     # limit of 7654321".
     loaded = Sandbox(Policy.from_profile("permissive")).load(module)
     assert loaded.module is not None
@@ -292,13 +294,13 @@ def test_held_huge_table_grow_is_refused_by_the_limit() -> None:
 # -- held: the verdict -------------------------------------------------------------------
 
 def test_held_a_trap_after_the_tripwire_fired_is_a_timeout_and_an_exit_is_an_exit() -> None:
-    """A guest past its deadline that reaches `unreachable` before its next probe is
-    reported `timeout` (the deadline passed first); one that returns before its next probe
-    is reported `exited` (it finished; epochs report the same), here ~0.6 s past its
-    deadline through the exception hole above."""
+    """A guest past its deadline that unwinds by exceptions meets a probe after each
+    catching frame's `end`: stopped as a timeout whether its last frame would end in
+    `unreachable` or return (it returned `exited`, ~0.6 s past its deadline, when catch
+    labels were not probed)."""
     divs = " ".join(["(local.set $x (i64.div_u (local.get $x) (i64.load (i32.const 8))))"]
                     * 45000)
-    for ending, outcome in (("(unreachable)", "timeout"), ("", "exited")):
+    for ending, outcome in (("(unreachable)", "timeout"), ("", "timeout")):
         # Frames unwind by exceptions (no probe), then the last frame ends as given.
         source = _unwind(5000, divs, throw=True).replace(
             "(block $top (try_table (catch_all $top) (call $f (i32.const 5000))))",

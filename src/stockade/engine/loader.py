@@ -245,7 +245,7 @@ class ModuleLoader:
             with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
                           "configuration)"):
                 if self._tripwire:
-                    data = _rewritten(self._engine, data)
+                    data = _rewritten(self._engine, data, guard if explicit else None, name)
                 module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
@@ -319,16 +319,26 @@ class ModuleLoader:
             self._cache.remember(file_ident(path, info), sha)
 
 
-def _rewritten(engine: wasmtime.Engine, data: bytes) -> bytes:
+def _rewritten(engine: wasmtime.Engine, data: bytes, guard: CompileGuard | None,
+               name: str) -> bytes:
     """`data` with its tripwire, once the module as given is known valid: the rewriting
     adds a memory, which must not make valid a module whose code names one it lacks.
-    Raises WasmtimeError (invalid) or tripwire.Unsupported."""
+    Raises WasmtimeError (invalid as given) or tripwire.Unsupported, also when the
+    rewritten code is past what wasmtime or `guard` accept (a body of calls grows up to
+    5x): the module then compiles as given, with epochs."""
     import wasmtime
 
-    from .tripwire import instrument
+    from .tripwire import Unsupported, instrument
 
     wasmtime.Module.validate(engine, data)
-    return instrument(data)
+    rewritten = instrument(data)
+    try:
+        wasmtime.Module.validate(engine, rewritten)
+        if guard is not None:
+            guard.check_code(rewritten, name)
+    except (wasmtime.WasmtimeError, ModuleError) as exc:
+        raise Unsupported(f"the rewritten module is refused: {exc}") from None
+    return rewritten
 
 
 def digest(path: Path, cache: AotCache | None, limit: int = MAX_MODULE_BYTES) -> str:

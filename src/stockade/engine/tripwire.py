@@ -58,7 +58,7 @@ EXPORT = "__stockade_tripwire"  # the page's export: the host looks its address 
 # The module's start function, exported instead of run by instantiation: it runs once
 # the tripwire is armed, so a start function that loops is stopped like any code.
 START = "__stockade_start"
-VERSION = 3  # of the rewriting (part of the AoT cache key)
+VERSION = 4  # of the rewriting (part of the AoT cache key)
 
 # Sections that come after memory, and after export, in the binary's order (type 1,
 # import 2, function 3, table 4, memory 5, tag 13, global 6, export 7, start 8, element 9,
@@ -339,7 +339,20 @@ _BULK = frozenset([(0xFC, sub) for sub in (8, 10, 11, 12, 14, 15, 17)]
 
 def _function(cursor: Cursor, probe: bytes) -> bytearray:
     """One function body with `probe` at its entry, after each loop's block type, and after
-    each call and bulk instruction."""
+    each call and bulk instruction; in a body that catches exceptions, also after each
+    `end` but the body's own: a frame an exception unwinds to resumes at its catch
+    label's block end, not after its call."""
+    start = cursor.pos
+    body, catches = _probed(cursor, probe, after_ends=False)
+    if catches:
+        cursor.pos = start
+        body, _ = _probed(cursor, probe, after_ends=True)
+    return body
+
+
+def _probed(cursor: Cursor, probe: bytes, after_ends: bool) -> tuple[bytearray, bool]:
+    """The body with its probes, and whether it holds a `try_table`."""
+    catches = False
     wasm, start, end = cursor.data, cursor.pos, cursor.end
     for _ in range(cursor.count("local declaration")):  # count and type of each
         cursor.leb()
@@ -352,8 +365,10 @@ def _function(cursor: Cursor, probe: bytes) -> bytearray:
         opcode = wasm[cursor.pos]
         cursor.pos += 1
         if opcode in bare:
-            continue
-        if opcode in one_leb:
+            if not (after_ends and opcode == 0x0B and cursor.pos < end):
+                continue
+            again = True
+        elif opcode in one_leb:
             cursor.leb(64)
             again = opcode in calls
         elif opcode == 0x03:  # loop: the probe goes after its block type
@@ -387,6 +402,7 @@ def _function(cursor: Cursor, probe: bytes) -> bytearray:
             _heap_type(cursor)
             continue
         elif opcode == 0x1F:  # try_table: block type, catch clauses
+            catches = True
             _block_type(cursor)
             for _ in range(cursor.count("catch clause")):
                 if cursor.byte() in (0x00, 0x01):  # catch, catch_ref: a tag index
@@ -402,4 +418,4 @@ def _function(cursor: Cursor, probe: bytes) -> bytearray:
             out += probe
             copied = cursor.pos
     out += wasm[copied:end]
-    return out
+    return out, catches

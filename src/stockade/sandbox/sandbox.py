@@ -48,8 +48,9 @@ class Sandbox:
     `capabilities.allow_precompiled`) and a MAC this host's key verifies; otherwise `run`
     reports `denied` (exit 126) and `load` raises PrecompiledRefused.
     Limits hold against hostile guests: fuel, a deadline (a tripwire, epochs under a fuel
-    budget) that also cuts sleeps in host calls, store limits for memory/tables/instances, a bounded wasm stack, and the
-    output, disk, file, descriptor and host-call quotas of `stockade.hostcalls`.
+    budget) that also cuts sleeps in host calls, store limits for memory/tables/instances,
+    a bounded wasm stack, and the output, disk, file, descriptor and host-call quotas of
+    `stockade.hostcalls`.
 
     Raises ModuleNotFound or ModuleError when the module cannot be loaded; everything
     the guest does is reported in the `Result`. Closing is safe twice.
