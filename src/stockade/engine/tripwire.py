@@ -17,9 +17,9 @@ instruction (which epochs do not interrupt either). Host calls are not interrupt
 either mechanism; the owned ones keep their own deadline.
 
 `instrument(wasm)` rewrites a module and names the page's export; it raises `Unsupported`
-for a module whose code it cannot decode (an opcode from a proposal it does not know), and
-the caller then keeps epochs for that module. A module that fails to decode here is never
-run uninstrumented on an engine without epochs.
+for a module it cannot serve (an opcode from a proposal it does not know, a reserved export
+name), and the caller then keeps epochs for that module: a module is never run unrewritten
+on an engine without epochs.
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ _ONE_PAGE = b"\x01\x01\x01"  # memory limits with a maximum: 1 page, at most 1
 
 
 class Unsupported(ValueError):
-    """The module's code uses an instruction the tripwire decoder does not know."""
+    """The rewriting cannot serve this module (an instruction it does not know, a reserved
+    export name, precompiled code, rewritten code past wasmtime's or the guard's limits):
+    it compiles as given, with epochs."""
 
 
 _PROT_NONE, _PROT_READ_WRITE = 0, 3
