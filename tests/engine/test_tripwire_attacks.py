@@ -16,55 +16,12 @@ rewriting does not know) held and stay as regression tests.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import wasmtime
 
 from stockade.engine import tripwire
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 0.5
-GRACE = 1.5  # a stopped guest ends within this of its timeout (epochs: ~0.3 s)
-
-_CHILD = """
-import json, sys, time, wasmtime
-from stockade import Policy, Sandbox
-from stockade.engine import EngineConfig
-policy = Policy.from_profile("default").with_limits(timeout={timeout})
-config = EngineConfig.for_limits(policy.limits) if {epochs} else None
-source = sys.stdin.read()
-module = bytes.fromhex(source) if not source.lstrip().startswith("(") else \\
-    bytes(wasmtime.wat2wasm(source))
-with Sandbox(policy, engine_config=config) as sandbox:
-    loaded = sandbox.load(module)  # compiled before the clock starts
-    begun = time.monotonic()
-    result = sandbox.run(loaded)
-    print(json.dumps(dict(outcome=result.outcome.value, message=result.message,
-                          seconds=time.monotonic() - begun, tripwire=loaded.tripwire)))
-"""
-
-
-def _run(source: str | bytes, *, epochs: bool = False, bound: float = 90.0) -> dict[str, object]:
-    text = source.hex() if isinstance(source, bytes) else source
-    script = _CHILD.format(timeout=TIMEOUT, epochs=epochs)
-    try:
-        done = subprocess.run([sys.executable, "-c", script], input=text, capture_output=True,
-                              text=True, timeout=bound, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return dict(outcome="hung", seconds=bound, message="child killed", tripwire=None)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
-    return result
-
-
-def _stopped(run: dict[str, object]) -> None:
-    assert run["outcome"] == "timeout", run
-    assert float(str(run["seconds"])) < TIMEOUT + GRACE, run
-
+from .hostile import assert_stopped, run_hostile
 
 # -- bulk instructions in straight line, and after returns ----- ------------------------
 
@@ -107,14 +64,14 @@ def test_bulk_instructions_do_not_outrun_the_tripwire(source: str) -> None:
     """Ran for seconds past a 0.5 s timeout, reported `exited`, when probes were only at
     entries and loop headers. (30,000 table.fills rewritten are past the compile guard's
     body size: that one compiles as given, with epochs, and is stopped all the same.)"""
-    run = _run(source)
+    run = run_hostile(source)
     assert run["tripwire"] is (source is not TABLE_FILL), run
-    _stopped(run)
+    assert_stopped(run)
 
 
 def test_the_epochs_engine_stops_the_same_straight_line_fills() -> None:
     """The reference the tripwire regressed from: epochs stop these at the deadline."""
-    _stopped(_run(MEMORY_FILL, epochs=True))
+    assert_stopped(run_hostile(MEMORY_FILL, epochs=True))
 
 
 # -- held: attacks the tripwire stopped --------------------------------------------------
@@ -170,9 +127,9 @@ def _padded_loop() -> bytes:
                          ids=["return_call", "return_call_indirect", "try_table",
                               "simd-immediates", "padded-leb"])
 def test_held_guests_are_stopped(source: str | bytes) -> None:
-    run = _run(source, bound=30.0)
+    run = run_hostile(source, bound=30.0)
     assert run["tripwire"] is True, run
-    _stopped(run)
+    assert_stopped(run)
 
 
 def test_held_padded_encodings_get_every_probe() -> None:
@@ -185,7 +142,7 @@ def test_held_padded_encodings_get_every_probe() -> None:
 def test_held_shared_memory_wait_is_refused() -> None:
     """memory.atomic.wait32 with no timeout would block in the host past any deadline:
     the engine has no shared memory, so the module does not instantiate."""
-    run = _run("""(module (memory (export "memory") 1 1 shared)
+    run = run_hostile("""(module (memory (export "memory") 1 1 shared)
       (func (export "_start")
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""",
                bound=30.0)
@@ -195,10 +152,10 @@ def test_held_shared_memory_wait_is_refused() -> None:
 def test_held_code_the_rewriting_does_not_know_runs_on_epochs() -> None:
     """wide-arithmetic (0xfc 19..22) is valid here but unknown to the decoder: the module
     goes to the epochs twin, which stops its loop."""
-    run = _run("""(module (memory (export "memory") 1)
+    run = run_hostile("""(module (memory (export "memory") 1)
       (func (export "_start") (local i64)
         (loop $l
           (i64.add128 (local.get 0) (local.get 0) (local.get 0) (local.get 0))
           drop local.set 0 (br $l))))""", bound=30.0)
     assert run["tripwire"] is False, run
-    _stopped(run)
+    assert_stopped(run)

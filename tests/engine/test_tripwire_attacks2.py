@@ -38,49 +38,9 @@ from stockade import Policy, Sandbox
 from stockade.binary import CODE, sections
 from stockade.engine import tripwire
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 0.5
-GRACE = 1.5  # a stopped guest ends within this of its timeout
+from .hostile import GRACE, ROOT, TIMEOUT, assert_stopped, run_hostile
+
 PROBE = b"\x41\x00\xfe\x12\x40\x01\x00\x1a"  # memory 1: the tripwire's, for one-memory guests
-
-_CHILD = """
-import json, sys, time, wasmtime
-from stockade import Policy, Sandbox
-from stockade.engine import EngineConfig
-policy = Policy.from_profile("default").with_limits(timeout={timeout})
-config = EngineConfig.for_limits(policy.limits) if {epochs} else None
-source = sys.stdin.read()
-module = bytes.fromhex(source) if not source.lstrip().startswith("(") else \\
-    bytes(wasmtime.wat2wasm(source))
-with Sandbox(policy, engine_config=config) as sandbox:
-    begun = time.monotonic()
-    loaded = sandbox.load(module)  # compiled before the clock starts
-    compiled = time.monotonic() - begun
-    begun = time.monotonic()
-    result = sandbox.run(loaded)
-    print(json.dumps(dict(outcome=result.outcome.value, message=result.message,
-                          seconds=time.monotonic() - begun, compile=compiled,
-                          tripwire=loaded.tripwire)))
-"""
-
-
-def _run(source: str | bytes, *, epochs: bool = False, bound: float = 90.0) -> dict[str, object]:
-    text = source.hex() if isinstance(source, bytes) else source
-    script = _CHILD.format(timeout=TIMEOUT, epochs=epochs)
-    try:
-        done = subprocess.run([sys.executable, "-c", script], input=text, capture_output=True,
-                              text=True, timeout=bound, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return dict(outcome="hung", seconds=bound, compile=None, message="child killed",
-                    tripwire=None)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
-    return result
-
-
-def _stopped(run: dict[str, object]) -> None:
-    assert run["outcome"] == "timeout", run
-    assert float(str(run["seconds"])) < TIMEOUT + GRACE, run
 
 
 # -- exception unwinding resumes frames past no probe ---- -----------------------------
@@ -122,33 +82,33 @@ def test_exception_unwinding_meets_a_probe() -> None:
     against a 0.5 s timeout (the probe after a call never runs: the frame resumes at its
     catch label). Fix: probe after the `end` of every block a `try_table` catch clause
     targets (or after every `end` of a block inside a function that has a try_table)."""
-    run = _run(THROW_UNWIND)
+    run = run_hostile(THROW_UNWIND)
     assert run["tripwire"] is True, run
-    _stopped(run)
+    assert_stopped(run)
 
 
 def test_held_the_same_unwinding_by_returns_is_stopped() -> None:
     """The control: returns resume after the call, where the probe is (epochs run this one
     to the end: 2.4 s, exited)."""
-    run = _run(RETURN_UNWIND)
+    run = run_hostile(RETURN_UNWIND)
     assert run["tripwire"] is True, run
-    _stopped(run)
+    assert_stopped(run)
 
 
 def test_held_bulk_work_in_catch_handlers_is_stopped() -> None:
     """Each frame of the throwing unwind fills 64 MiB in its handler: the probe after the
     bulk instruction stops it."""
     fills = " ".join(["(memory.fill (i32.const 0) (i32.const 7) (i32.const 67108864))"] * 4)
-    run = _run(_unwind(1000, fills, throw=True))
+    run = run_hostile(_unwind(1000, fills, throw=True))
     assert run["tripwire"] is True, run
-    _stopped(run)
+    assert_stopped(run)
 
 
 def test_held_local_throw_catch_in_straight_line_is_cheap() -> None:
     """20,000 throw/catch pairs in one frame, no loop, no call: each throw is a libcall,
     but the whole body runs in ~10 ms."""
     pair = "(block $h (try_table (catch_all $h) (throw $e)))"
-    run = _run(f'(module (memory (export "memory") 1) (tag $e) (func (export "_start") '
+    run = run_hostile(f'(module (memory (export "memory") 1) (tag $e) (func (export "_start") '
                f'{" ".join([pair] * 20000)}))', bound=60.0)
     assert run["outcome"] == "exited" and float(str(run["seconds"])) < TIMEOUT, run
 
@@ -168,7 +128,7 @@ def test_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None:
     struct, a 130 KB module, compiles for ~16 s (epochs engine: 11 s); 1000 of them for
     far longer. Fix: the compile guard counts struct fields x allocation sites (or caps
     struct width) as it counts body bytes."""
-    run = _run(_struct_bomb(10_000, 100), bound=60.0)
+    run = run_hostile(_struct_bomb(10_000, 100), bound=60.0)
     if run["outcome"] == "hung":
         pytest.fail(f"compile ran past 60 s: {run}")
     assert run["compile"] is None or float(str(run["compile"])) < 5.0, run
@@ -257,14 +217,14 @@ def test_held_probes_change_no_semantics_and_only_the_code_section() -> None:
     assert others(rewritten) == others(module)
     code = next(s for s in sections(rewritten) if s.id == CODE)
     assert rewritten[code.offset:code.end].count(PROBE) >= 10
-    run = _run(PLACEMENT, bound=30.0)
+    run = run_hostile(PLACEMENT, bound=30.0)
     assert run["outcome"] == "exited", run
 
 
 def test_held_atomic_wait_on_unshared_memory_traps_at_once() -> None:
     """memory.atomic.wait32 with no timeout on an unshared memory traps at once: it does
     not block in the host."""
-    run = _run("""(module (memory (export "memory") 1)
+    run = run_hostile("""(module (memory (export "memory") 1)
       (func (export "_start")
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))""",
                bound=30.0)
@@ -275,7 +235,7 @@ def test_held_memory_grow_in_straight_line_is_bounded_by_the_limit() -> None:
     """memory.grow is neither a call nor in the bulk list: 20,000 one-page grows in straight
     line (the policy's limit refuses most) end well within the timeout."""
     grows = " ".join(["(drop (memory.grow (i32.const 1)))"] * 20000)
-    run = _run(f'(module (memory (export "memory") 1) (func (export "_start") {grows}))',
+    run = run_hostile(f'(module (memory (export "memory") 1) (func (export "_start") {grows}))',
                bound=60.0)
     assert run["outcome"] in ("exited", "memory_limit"), run
     assert float(str(run["seconds"])) < TIMEOUT, run
@@ -284,7 +244,7 @@ def test_held_memory_grow_in_straight_line_is_bounded_by_the_limit() -> None:
 def test_held_huge_table_grow_is_refused_by_the_limit() -> None:
     """table.grow by 2^31 with a non-null init (would fill 2^31 slots) is refused by the
     store's table limit before any work; the probe after it comes anyway."""
-    run = _run("""(module (memory (export "memory") 1) (table 1 funcref) (func $f)
+    run = run_hostile("""(module (memory (export "memory") 1) (table 1 funcref) (func $f)
       (elem declare func $f)
       (func (export "_start")
         (drop (table.grow (ref.func $f) (i32.const 0x7fffffff)))))""", bound=30.0)
@@ -305,7 +265,7 @@ def test_held_a_trap_after_the_tripwire_fired_is_a_timeout_and_an_exit_is_an_exi
         source = _unwind(5000, divs, throw=True).replace(
             "(block $top (try_table (catch_all $top) (call $f (i32.const 5000))))",
             f"(block $top (try_table (catch_all $top) (call $f (i32.const 5000)))) {ending}")
-        run = _run(source)
+        run = run_hostile(source)
         assert run["outcome"] == outcome, run
 
 
@@ -399,7 +359,7 @@ def test_held_host_calls_after_the_deadline_are_refused() -> None:
         (if (local.get $n) (then (call $f (i32.sub (local.get $n) (i32.const 1)))))
         {writes})
       (func (export "_start") (call $f (i32.const 200))))"""
-    run = _run(source, bound=60.0)
+    run = run_hostile(source, bound=60.0)
     assert run["outcome"] in ("timeout", "output_limit"), run
     assert float(str(run["seconds"])) < TIMEOUT + GRACE, run
     assert time.monotonic() - start < 60
