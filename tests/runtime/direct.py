@@ -41,8 +41,9 @@ class Created:
     errors: Path
 
 
-def listing_bundle(tmp_path: Path, source: Path) -> Path:
-    """A bundle whose guest lists `/mnt`, a read-only bind mount of `source`."""
+def listing_bundle(tmp_path: Path, source: Path, writable: bool = False) -> Path:
+    """A bundle whose guest lists `/mnt`, a bind mount of `source` (read-only unless
+    `writable`)."""
     bundle = tmp_path / "bundle"
     (bundle / "rootfs").mkdir(parents=True)
     (bundle / "rootfs" / "ls.wasm").write_bytes(guest("readdir_list.wasm").read_bytes())
@@ -50,7 +51,7 @@ def listing_bundle(tmp_path: Path, source: Path) -> Path:
         "ociVersion": "1.0.2", "root": {"path": "rootfs"},
         "process": {"args": ["/ls.wasm", "/mnt"], "cwd": "/"},
         "mounts": [{"destination": "/mnt", "type": "bind", "source": str(source),
-                    "options": ["rbind", "ro"]}]}))
+                    "options": ["rbind", "rw" if writable else "ro"]}]}))
     return bundle
 
 

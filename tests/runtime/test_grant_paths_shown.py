@@ -5,7 +5,6 @@ read changes nothing the guest sees."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from stockade.result import Result
 from stockade.runtime.bundle import read_bundle
 from stockade.sandbox.capi import CapiSandbox
 
-from ..conftest import guest
+from .direct import listing_bundle
 
 
 class _Seen:
@@ -47,14 +46,7 @@ def test_grants_show_their_host_paths_while_the_run_uses_the_descriptors(
     (data / "checked").write_text("granted")
     outside.mkdir()
     (outside / "secret").write_text("never granted")
-    bundle = tmp_path / "bundle"
-    (bundle / "rootfs").mkdir(parents=True)
-    (bundle / "rootfs" / "ls.wasm").write_bytes(guest("readdir_list.wasm").read_bytes())
-    (bundle / "config.json").write_text(json.dumps({
-        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
-        "process": {"args": ["/ls.wasm", "/mnt"], "cwd": "/"},
-        "mounts": [{"destination": "/mnt", "type": "bind", "source": str(data),
-                    "options": ["rbind", "rw"]}]}))
+    bundle = listing_bundle(tmp_path, data, writable=True)
     seen = _Seen()
     with read_bundle(bundle) as spec:
         shown = [str(grant) for grant in spec.policy.capabilities.dirs]
