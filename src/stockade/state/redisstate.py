@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
-from ..telemetry.breaker import BreakerEntry, Decision, Transition, iso_time
+from ..telemetry.breaker import BreakerEntry, Decision, ProbeGrants, Transition, iso_time
 from .base import GateSpec, Lease, OnTransition, StateBackend
 from .breakers import breaker_entries, reset_breakers
 from .client import RoundTripFailed, connect
@@ -111,7 +111,7 @@ class RedisState(StateBackend):
         self._logged_error = 0.0
         # Probes this process was let through: the `probe_at` Redis stored for each, and
         # the run holding it (None until the gateway names it, `RedisBreakers.probe_held`).
-        self._probes: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._probes: ProbeGrants[str] = ProbeGrants()
         self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
         self._breakers: RedisBreakers | None = None
         self._closed = False
@@ -359,7 +359,7 @@ class RedisState(StateBackend):
         Redis's time of it, as the script stored it."""
         now = float(at)
         with self._lock:
-            self._probes[ident] = (at, None)
+            self._probes.grant(ident, at)
             self._open.pop(ident, None)
         breakers = self._breakers
         if breakers is not None:
@@ -454,11 +454,8 @@ class RedisBreakers:
         ident = (key, tenant or "")
         state = self.state
         with state._lock:
-            granted = state._probes.get(ident)
-            probe_at = ""  # this run's probe, as Redis stored it; "" for any other run
-            if granted is not None and granted[1] == holder:
-                del state._probes[ident]
-                probe_at = granted[0]
+            # This run's probe, as Redis stored it; "" for any other run.
+            probe_at = state._probes.take(ident, holder) or ""
         if not violated and not probe_at:
             return None
         try:
@@ -487,8 +484,7 @@ class RedisBreakers:
 
     def probe_failed(self, key: str, tenant: str | None, now: float | None = None,
                      holder: str | None = None) -> Transition | None:
-        granted = self.state._probes.get((key, tenant or ""))
-        if granted is None or granted[1] != holder:
+        if self.state._probes.held_by((key, tenant or ""), holder) is None:
             return None
         return self.record(key, tenant, True, now, holder)
 
@@ -498,9 +494,7 @@ class RedisBreakers:
         state = self.state
         ident = (key, tenant or "")
         with state._lock:
-            granted = state._probes.get(ident)
-            if granted is not None:
-                state._probes[ident] = (granted[0], holder)
+            state._probes.bind(ident, holder)
 
     def probe_unused(self, key: str, tenant: str | None, holder: str | None = None) -> None:
         """The probe `holder`'s run held under `key` never ran: freed in Redis
@@ -509,12 +503,11 @@ class RedisBreakers:
         state = self.state
         ident = (key, tenant or "")
         with state._lock:
-            granted = state._probes.get(ident)
-            if granted is None or granted[1] != holder:
-                return
-            del state._probes[ident]
+            probe_at = state._probes.take(ident, holder)
+        if probe_at is None:
+            return
         try:
-            state.run(state.unused_script, self._keys(key, tenant)[:1], [granted[0]])
+            state.run(state.unused_script, self._keys(key, tenant)[:1], [probe_at])
         except RoundTripFailed:
             pass  # logged by `run`
 

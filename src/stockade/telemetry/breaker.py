@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 from ..errors import UsageError
 from ..paths import state_dir
@@ -63,6 +63,7 @@ __all__ = [
     "BreakerConfig",
     "BreakerEntry",
     "Decision",
+    "ProbeGrants",
     "Transition",
     "refusal_result",
     "iso_time",
@@ -176,6 +177,48 @@ class BreakerEntry(NamedTuple):
     denied: int = 0
 
 
+_At = TypeVar("_At")
+
+
+class ProbeGrants(Generic[_At]):
+    """The half-open probes this process was let through, by (key, tenant): the token the
+    store stored for each (its `probe_at`) and the run holding it (`holder`; None until
+    the gateway names it). Only that run's end may move a half-open breaker. The caller
+    holds its store's lock around every call."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], tuple[_At, str | None]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def grant(self, ident: tuple[str, str], at: _At, holder: str | None = None) -> None:
+        """A probe granted now, stored as `at`."""
+        self._held[ident] = (at, holder)
+
+    def bind(self, ident: tuple[str, str], holder: str | None) -> None:
+        """The probe under `ident`, if any, is held by `holder`'s run."""
+        granted = self._held.get(ident)
+        if granted is not None:
+            self._held[ident] = (granted[0], holder)
+
+    def held_by(self, ident: tuple[str, str], holder: str | None) -> _At | None:
+        """The probe's token when `holder`'s run holds the one under `ident`, else None."""
+        granted = self._held.get(ident)
+        return granted[0] if granted is not None and granted[1] == holder else None
+
+    def take(self, ident: tuple[str, str], holder: str | None) -> _At | None:
+        """`held_by`, and the probe is forgotten when it was `holder`'s."""
+        at = self.held_by(ident, holder)
+        if at is not None:
+            del self._held[ident]
+        return at
+
+    def forget(self, ident: tuple[str, str]) -> None:
+        """No probe under `ident` any more (its breaker was reset)."""
+        self._held.pop(ident, None)
+
+
 class BreakerStore(Protocol):
     """What telemetry asks of circuit breakers: `Breaker` (SQLite, one host) or a shared
     store (`stockade.state`, Redis). Same states, same counting, same transitions."""
@@ -249,7 +292,7 @@ class Breaker:
         # Probes this process was let through: when each was granted (its token, the
         # stored `probe_at`) and the run holding it. Only that run's end can close a
         # breaker, so other clean runs never touch the database.
-        self._probes: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._probes: ProbeGrants[float] = ProbeGrants()
         # Refusals not yet added to the database, and when each key last was.
         self._denied: dict[tuple[str, str], int] = {}
         self._flushed: dict[tuple[str, str], float] = {}
@@ -322,7 +365,7 @@ class Breaker:
                     transition = Transition(key, tenant, "open", "half_open", now, count,
                                             None, "cooldown over: one probe run let through",
                                             denied)
-                self._probes[ident] = (now, holder)
+                self._probes.grant(ident, now, holder)
         self._notify(transition)
         return Decision(True, "half_open", "probe run after cooldown", probe=True)
 
@@ -365,11 +408,7 @@ class Breaker:
         ident = (key, tenant or "")
         transition: Transition | None
         with self._lock:
-            granted = self._probes.get(ident)
-            probe_at = None
-            if granted is not None and granted[1] == holder:
-                del self._probes[ident]
-                probe_at = granted[0]
+            probe_at = self._probes.take(ident, holder)
             if not violated:
                 if probe_at is None:
                     return None
@@ -395,8 +434,7 @@ class Breaker:
         internal error: when it held this process's probe, the probe failed and the
         breaker opens again (instead of staying half-open until `probe_timeout`).
         Otherwise nothing."""
-        granted = self._probes.get((key, tenant or ""))
-        if granted is None or granted[1] != holder:
+        if self._probes.held_by((key, tenant or ""), holder) is None:
             return None
         return self.record(key, tenant, True, now, holder)
 
@@ -404,9 +442,7 @@ class Breaker:
         """The probe this process holds under `key` is held by `holder`'s run."""
         ident = (key, tenant or "")
         with self._lock:
-            granted = self._probes.get(ident)
-            if granted is not None:
-                self._probes[ident] = (granted[0], holder)
+            self._probes.bind(ident, holder)
 
     def probe_unused(self, key: str, tenant: str | None, holder: str | None = None) -> None:
         """The probe `holder`'s run held under `key` was granted but never ran (refused
@@ -415,14 +451,13 @@ class Breaker:
         (after `probe_timeout`) is left alone. Nothing when `holder` holds no probe."""
         ident = (key, tenant or "")
         with self._lock:
-            granted = self._probes.get(ident)
-            if granted is None or granted[1] != holder:
+            probe_at = self._probes.take(ident, holder)
+            if probe_at is None:
                 return
-            del self._probes[ident]
             with self._tx():
                 self._db.execute(
                     "UPDATE breakers SET probe_at=NULL WHERE key=? AND tenant=? AND "
-                    "state='half_open' AND probe_at=?", (*ident, granted[0]))
+                    "state='half_open' AND probe_at=?", (*ident, probe_at))
 
     def _violation(self, key: str, tenant: str | None, ident: tuple[str, str],
                    now: float, probe_at: float | None) -> Transition | None:
@@ -493,7 +528,7 @@ class Breaker:
                 self._db.execute(f"DELETE FROM violations WHERE {where}", params)
             for row in rows:
                 ident = (row[0], row[1])
-                self._probes.pop(ident, None)
+                self._probes.forget(ident)
                 self._denied.pop(ident, None)
         return [BreakerEntry(r[0], r[1] or None, r[2], 0, r[3], r[4], r[5], r[6], r[7])
                 for r in rows]
