@@ -30,3 +30,13 @@ def require(sandbox: IsolatedSandbox, name: str) -> None:
     item = protection(sandbox, name)
     if not item.active:
         pytest.skip(f"{name} unavailable on this machine: {item.detail}")
+
+
+def gone(pid: int) -> bool:
+    """True when `pid` neither runs nor lingers as a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state not in ("R", "S", "D", "Z", "T", "t")

@@ -34,6 +34,7 @@ from stockade.policy import DirGrant
 from stockade.result import Result
 from stockade.sandbox.capi import CapiSandbox
 from tests.conftest import guest
+from tests.isolate.conftest import gone
 
 HOSTILE = ("spin_loop.wasm", "recurse_loop.wasm", "grow_loop.wasm", "output_spin.wasm")
 TIMEOUT = 0.5
@@ -46,16 +47,6 @@ PATHS = ("in-process", "worker-epochs", "worker-process-deadline")
 
 def _policy() -> Policy:
     return Policy.from_profile("default").with_limits(timeout=TIMEOUT, max_memory="8MiB")
-
-
-def _gone(pid: int) -> bool:
-    """True when `pid` neither runs nor lingers as a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state not in ("R", "S", "D", "Z", "T", "t")
 
 
 def _run(path: str, module: Path) -> tuple[Result, float, list[int]]:
@@ -97,7 +88,7 @@ def test_a_guest_spinning_without_host_calls_stops_at_its_timeout(path: str,
     else:
         assert result.stdout == b""
     for pid in pids:
-        assert _gone(pid), f"worker {pid} left behind"
+        assert gone(pid), f"worker {pid} left behind"
 
 
 @pytest.mark.parametrize("isolate", ["none", "process"])
@@ -175,7 +166,7 @@ def test_a_metered_run_keeps_its_output_and_counts(tmp_path: Path,
     assert result.outcome is Outcome.TIMEOUT and result.message == "wall-clock timeout"
     assert result.stdout == b"x" * (1 << 20)
     assert result.usage.hostcalls.get("fd_write") == 16
-    assert pid is None or _gone(pid)
+    assert pid is None or gone(pid)
 
 
 @pytest.mark.parametrize("process_deadline", [True, False])
@@ -206,7 +197,7 @@ def test_the_cpu_limit_stops_a_spinning_guest_before_its_timeout(name: str,
     assert result.outcome is Outcome.ERROR
     assert "CPU time limit (RLIMIT_CPU, SIGXCPU)" in result.message
     assert elapsed < 30.0  # the CPU limit, not the deadline (at most 3 CPU seconds here)
-    assert pid is None or _gone(pid)
+    assert pid is None or gone(pid)
 
 
 def _tree_cpu(pid: int) -> float:
@@ -256,7 +247,7 @@ def test_a_full_stdout_pipe_does_not_keep_a_spinning_guest_running(isolate: str)
         assert proc.poll() is None, "the 1 MiB output should not fit in the pipe"
         time.sleep(1.0)
         assert _tree_cpu(proc.pid) - before < 0.2, "something still spins"
-        assert all(_gone(child) for child in _children(proc.pid))
+        assert all(gone(child) for child in _children(proc.pid))
         output = proc.stdout.read() if proc.stdout else b""
         assert proc.wait(timeout=60) == 124
     assert output == b"x" * (1 << 20)
@@ -270,4 +261,4 @@ def test_a_guest_stopped_at_its_deadline_reports_the_memory_it_grew(path: str) -
     assert result.outcome is Outcome.TIMEOUT and result.message == "wall-clock timeout"
     assert result.usage.peak_memory_bytes == 65 * 64 * 1024
     for pid in pids:
-        assert _gone(pid), f"worker {pid} left behind"
+        assert gone(pid), f"worker {pid} left behind"

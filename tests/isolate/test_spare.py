@@ -12,6 +12,7 @@ from stockade import Outcome, Policy
 from stockade.isolate import IsolatedSandbox, IsolationConfig
 from stockade.isolate.handle import _temp_base
 from tests.conftest import guest
+from tests.isolate.conftest import gone
 
 TIMEOUT = 0.5
 GRACE = 30.0  # the parent's kill stays far away: only the worker's own deadline acts
@@ -23,16 +24,6 @@ def _policy() -> Policy:
 
 def _config(process_deadline: bool = True) -> IsolationConfig:
     return IsolationConfig(grace=GRACE, process_deadline=process_deadline)
-
-
-def _gone(pid: int) -> bool:
-    """True when `pid` neither runs nor lingers as a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state not in ("R", "S", "D", "Z", "T", "t")
 
 
 def _children() -> set[int]:
@@ -69,7 +60,7 @@ def test_the_run_after_a_timeout_is_served_by_the_spare() -> None:
         # The spare took over as the worker; a new spare is on its way; the old is reaped.
         assert sandbox.worker_pid == spare
         assert sandbox.spare_pid not in (None, spare, spinner)
-        assert _gone(spinner)
+        assert gone(spinner)
         assert sandbox.run(guest("hello.wasm")).ok
         assert sandbox.worker_pid == spare
 
@@ -81,12 +72,12 @@ def test_never_more_than_one_spare_nor_a_worker_left_behind() -> None:
         for name in ("hello.wasm", "hello.wasm", "spin_loop.wasm", "spin_loop.wasm",
                      "hello.wasm", "grow_loop.wasm", "hello.wasm"):
             sandbox.run(guest(name))
-            live = {pid for pid in _children() - before if not _gone(pid)}
+            live = {pid for pid in _children() - before if not gone(pid)}
             assert len(live) <= 2, f"more than the worker and one spare: {live}"
             seen |= live
             assert sandbox.worker_pid in live
     assert len(seen) >= 4  # three timeouts replaced their workers
-    assert all(_gone(pid) for pid in seen)
+    assert all(gone(pid) for pid in seen)
     assert not (_children() - before), "a worker was left unreaped"
 
 
@@ -99,12 +90,12 @@ def test_closing_while_the_spare_starts_leaves_nothing() -> None:
     assert sandbox.run(guest("hello.wasm")).ok
     spare = sandbox.spare_pid
     assert spare is not None
-    assert not _gone(spare)  # closed right away: the spare has not had time to harden
+    assert not gone(spare)  # closed right away: the spare has not had time to harden
     worker = sandbox.worker_pid
     sandbox.close()
     sandbox.close()  # twice is safe
     assert sandbox.spare_pid is None and sandbox.worker_pid is None
-    assert worker is not None and _gone(worker) and _gone(spare)
+    assert worker is not None and gone(worker) and gone(spare)
     assert not (_children() - before)
     assert _fds() <= fds, "a pipe or file of a worker was left open"
     assert _temps() <= temps, "a worker's temporary directory was left behind"
