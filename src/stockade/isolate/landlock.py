@@ -10,6 +10,12 @@ the file modes say. Landlock also stops ptrace-like access (`/proc/<pid>/mem`,
 
 Landlock restricts the calling thread and the threads it starts afterwards: apply it
 before any other thread exists.
+
+A rule is tied to an inode, and procfs builds its inodes on demand and lets the kernel
+drop them with their dentries under memory pressure: the `/proc/<pid>` found again
+afterwards is a new inode no rule names, and reading `/proc/self/statm` is refused
+(seen with `echo 2 > /proc/sys/vm/drop_caches`). The descriptor of each procfs rule is
+therefore kept open for the life of the process (`_PINNED`), which keeps its inode.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ _NET_BIND_TCP, _NET_CONNECT_TCP = 1, 2
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1, 2
 
 _READ = _READ_FILE | _READ_DIR
+# Descriptors of procfs rules, held open so that their inodes (and rules) stay alive.
+_PINNED: list[int] = []
 # Rights on files (a rule on a file may carry these only).
 _FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | _TRUNCATE | _IOCTL_DEV
 # Writing beneath a directory: everything but devices, sockets, FIFOs and execution.
@@ -97,6 +105,13 @@ def _handled(abi: int) -> tuple[int, int, int]:
     return fs, net, scoped
 
 
+def _device(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
 def restrict(rules: Iterable[PathRule]) -> tuple[int, list[str]]:
     """Restrict this thread (and threads it starts later) to `rules`, with no network.
 
@@ -112,12 +127,14 @@ def restrict(rules: Iterable[PathRule]) -> tuple[int, list[str]]:
     if ruleset < 0:
         raise LandlockUnavailable(f"cannot create a ruleset: {os.strerror(ctypes.get_errno())}")
     applied = []
+    procfs = _device("/proc")
     try:
         for rule in rules:
             try:
                 fd = os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue
+            pinned = os.fstat(fd).st_dev == procfs
             try:
                 access = (_READ | _WRITE if rule.writable else _READ) & fs
                 if not stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -128,7 +145,10 @@ def restrict(rules: Iterable[PathRule]) -> tuple[int, list[str]]:
                     raise LandlockUnavailable(f"cannot add a rule for {rule.path}: "
                                               f"{os.strerror(ctypes.get_errno())}")
             finally:
-                os.close(fd)
+                if pinned:
+                    _PINNED.append(fd)
+                else:
+                    os.close(fd)
             applied.append(f"{rule.path} ({'rw' if rule.writable else 'ro'})")
         if libc.syscall(_SYS_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
             raise LandlockUnavailable(
