@@ -93,6 +93,9 @@ def test_sandbox_default_profile_keeps_its_deadline_by_tripwire() -> None:
     loaded = sandbox.load(guest("hello.wasm"))
     assert loaded.tripwire
     assert tripwire.EXPORT in {export.name for export in loaded.module.exports}
+    # What the caller sees of the module is the module as given.
+    as_given = wasmtime.Module(wasmtime.Engine(), guest("hello.wasm").read_bytes())
+    assert [e.name for e in loaded.exports] == [e.name for e in as_given.exports]
 
 
 def test_guests_only_a_deadline_stops_are_stopped() -> None:

@@ -130,7 +130,9 @@ class LoadedModule(FrozenRecord):
     precompiled input); `from_cache` tells whether the AoT cache spared a compile;
     `precompiled` marks native code the caller supplied (a `.cwasm`), which only callers
     that allow precompiled input may run; `tripwire` marks code rewritten with a tripwire
-    (`engine.tripwire`), whose runs must arm it. A frozen record (`stockade.records`).
+    (`engine.tripwire`), whose runs must arm it. `exports` are the module's as given:
+    `module.exports` also shows what the rewriting added. A frozen record
+    (`stockade.records`).
     """
 
     module: wasmtime.Module
@@ -151,6 +153,16 @@ class LoadedModule(FrozenRecord):
         object.__setattr__(self, "compile_ms", compile_ms)
         object.__setattr__(self, "precompiled", precompiled)
         object.__setattr__(self, "tripwire", tripwire)
+
+    @property
+    def exports(self) -> list[wasmtime.ExportType]:
+        """The exports of the module as given, without the tripwire's page and start."""
+        exports = self.module.exports
+        if not self.tripwire:
+            return exports
+        from .tripwire import EXPORT, START
+
+        return [export for export in exports if export.name not in (EXPORT, START)]
 
 
 def refuse_precompiled(name: str, sha256: str = "") -> PrecompiledRefused:
