@@ -7,6 +7,9 @@ worker's parent) can size its load deadline without importing the engine.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
+
 __all__ = ["compile_cost", "compile_memory", "compile_budget", "memory_budget",
            "load_deadline", "COMPILE_FLOOR", "COMPILE_CEILING", "COMPILE_HEAVY",
            "COMPILE_MEMORY"]
@@ -16,6 +19,16 @@ PER_BYTE = 1.5e-6  # CPU seconds per byte of function body
 PER_BYTE_LOCAL = 1.0e-8  # CPU seconds per byte of body per declared local
 MEMORY_PER_FUNCTION = 6 * 1024  # bytes of host memory per function (measured ~6 KB)
 MEMORY_PER_BYTE = 16  # bytes of host memory per byte of body (the code it emits)
+# GC work (`allocwork`), in units of one numeric field initialised, per function: CPU
+# seconds PER_GC_UNIT x units + PER_GC_UNIT_SQUARED x units^2 (100 struct.new_default of
+# a 10,000-field v128 struct, 1M units in one function: 8-16 s measured, 11 s predicted;
+# 10,000 reference struct.get, 250k units: 2.2 s, 2.2 s); memory MEMORY_PER_GC_UNIT x
+# units of the COMPILE_THREADS largest functions (what is compiled at once; 307 MB
+# measured for 250k units).
+PER_GC_UNIT = 8e-6
+PER_GC_UNIT_SQUARED = 3.2e-12
+MEMORY_PER_GC_UNIT = 1536
+COMPILE_THREADS = 2
 # Budget of predicted CPU seconds however short the timeout: CPython for WASI (10.3 s
 # predicted) compiles cold under any timeout (`stockade python --timeout 1s`); a 1 s
 # timeout buys no more than this (it bought 15 s before the per-function term).
@@ -27,15 +40,19 @@ COMPILE_MEMORY = 256 * 1024**2  # host memory any compile may use, besides the g
 _LOAD_SLACK = 10.0  # load deadline beyond the budget: reading, hashing, a noisy machine
 
 
-def compile_cost(shape: list[tuple[int, int]]) -> float:
-    """Predicted CPU seconds Cranelift spends compiling functions of this `code_shape`."""
-    return sum(PER_FUNCTION + body * (PER_BYTE + PER_BYTE_LOCAL * locals_count)
-               for body, locals_count in shape)
+def compile_cost(shape: list[tuple[int, int]], gc: Sequence[int] = ()) -> float:
+    """Predicted CPU seconds Cranelift spends compiling functions of this `code_shape`
+    doing this `gc_work`."""
+    return (sum(PER_FUNCTION + body * (PER_BYTE + PER_BYTE_LOCAL * locals_count)
+                for body, locals_count in shape)
+            + sum(units * (PER_GC_UNIT + PER_GC_UNIT_SQUARED * units) for units in gc))
 
 
-def compile_memory(shape: list[tuple[int, int]]) -> int:
-    """Predicted bytes of host memory compiling functions of this `code_shape` takes."""
-    return sum(MEMORY_PER_FUNCTION + body * MEMORY_PER_BYTE for body, _ in shape)
+def compile_memory(shape: list[tuple[int, int]], gc: Sequence[int] = ()) -> int:
+    """Predicted bytes of host memory compiling functions of this `code_shape` doing this
+    `gc_work` takes."""
+    return (sum(MEMORY_PER_FUNCTION + body * MEMORY_PER_BYTE for body, _ in shape)
+            + MEMORY_PER_GC_UNIT * sum(heapq.nlargest(COMPILE_THREADS, gc)))
 
 
 def compile_budget(timeout: float | None) -> float:

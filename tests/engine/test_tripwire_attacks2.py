@@ -11,8 +11,8 @@ bounded in time, so a guest the tripwire misses fails the test instead of hangin
   the same guest with returns is stopped at 0.51 s). Epochs do not stop it either.
 * `struct.new_default` of a 10,000-field struct: Cranelift inlines every field's
   initialisation, so a 130 KB module (100 such instructions) compiles for ~16 s (10 of
-  them 0.5 s: superlinear), on both engines; the compile guard's body-size limit does not
-  see it. Not fixed: expected to fail (`xfail`, strict).
+  them 0.5 s: superlinear), on both engines; the compile guard's body-size limit did not
+  see it (now: it counts GC work, `allocwork`).
 * The rewriting grows code up to 5x (a 2-byte `call` gets an 8-byte probe): a module
   whose body is valid as given can be invalid rewritten (over wasmparser's 7,654,321-byte
   body limit) and was refused instead of falling back to the epochs twin (now: a rewritten
@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from stockade import Policy, Sandbox
+from stockade import ModuleError, Policy, Sandbox
 from stockade.binary import CODE, sections
-from stockade.engine import tripwire
+from stockade.engine import EngineConfig, tripwire
 
 from .hostile import GRACE, ROOT, TIMEOUT, assert_stopped, run_hostile
 
@@ -113,7 +113,7 @@ def test_held_local_throw_catch_in_straight_line_is_cheap() -> None:
     assert run["outcome"] == "exited" and float(str(run["seconds"])) < TIMEOUT, run
 
 
-# -- a compile-time bomb the compile guard does not see ---- ----------------------------
+# -- a compile-time bomb the compile guard did not see ---- ----------------------------
 
 def _struct_bomb(fields: int, count: int) -> str:
     return (f'(module (memory (export "memory") 1) '
@@ -121,17 +121,17 @@ def _struct_bomb(fields: int, count: int) -> str:
             f'(func (export "_start") {" ".join(["(drop (struct.new_default $s))"] * count)}))')
 
 
-@pytest.mark.xfail(strict=True, reason="the compile guard does not count struct fields "
-                   "times allocation sites (both engines)")
 def test_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None:
-    """Not fixed (both engines, not the tripwire's): 100 `struct.new_default` of a 10,000-field
-    struct, a 130 KB module, compiles for ~16 s (epochs engine: 11 s); 1000 of them for
-    far longer. Fix: the compile guard counts struct fields x allocation sites (or caps
-    struct width) as it counts body bytes."""
-    run = run_hostile(_struct_bomb(10_000, 100), bound=60.0)
-    if run["outcome"] == "hung":
-        pytest.fail(f"compile ran past 60 s: {run}")
-    assert run["compile"] is None or float(str(run["compile"])) < 5.0, run
+    """Was (both engines, not the tripwire's): 100 `struct.new_default` of a 10,000-field
+    struct, a 130 KB module, compiled for ~16 s (epochs engine: 11 s). The compile guard
+    now counts the fields each allocation initialises (`allocwork`); see
+    tests/engine/test_guard_gc.py."""
+    policy = Policy.from_profile("default").with_limits(timeout=TIMEOUT)
+    module = bytes(wasmtime.wat2wasm(_struct_bomb(10_000, 100)))
+    for config in (None, EngineConfig.for_limits(policy.limits)):  # tripwire, epochs
+        with Sandbox(policy, engine_config=config) as sandbox, \
+                pytest.raises(ModuleError, match="compil"):
+            sandbox.load(module)
 
 
 # -- the rewriting's growth makes a valid module invalid ---- ---------------------------
@@ -312,7 +312,7 @@ def test_held_concurrent_runs_and_a_cancellation_leave_other_pages_alone() -> No
     and a run afterwards is unharmed."""
     script = """
 import json, threading, time
-from stockade import Policy, Sandbox
+from stockade import ModuleError, Policy, Sandbox
 from stockade.sandbox.cancel import CancelToken, cancellable
 spin = b'(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
 quick = b'(module (memory (export "memory") 1) (func (export "_start")))'

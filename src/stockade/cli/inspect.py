@@ -113,8 +113,11 @@ def render(report: Inspection) -> str:
     largest = ", ".join(f"#{i} {_size(b)} ({n} locals)" for i, b, n in report.largest_bodies())
     out.append(f"functions: {report.imported_functions} imported, {report.defined_functions} "
                f"defined; largest bodies: {largest or 'none'}")
+    gc_units = sum(report.gc_work)
     out.append(f"compile cost: about {report.compile_cost:.2f} s of CPU (budget "
-               f"{compile_budget(60.0):.0f} s under the default profile)")
+               f"{compile_budget(60.0):.0f} s under the default profile)"
+               + (f"; GC work {gc_units:,} units (fields initialised, reference barriers)"
+                  if gc_units else ""))
     customs = [f"{p(n)} ({_size(b)})" for n, b in report.custom_sections()]
     out.append(f"custom sections: {_list(customs) or 'none'}")
     for field_name, values in report.producers.items():

@@ -26,7 +26,9 @@ of locals all live to the end; see tests/engine/test_guard.py): CPU seconds =
 over functions; memory = `MEMORY_PER_FUNCTION` x functions + `MEMORY_PER_BYTE` x body
 bytes. Measured: CPython 3.12 for WASI 9.1 s (predicted 10.3), QuickJS 1.5 s (1.6), three
 511 KiB bodies of 1,999 locals 32 s (34), one 4 MiB body of 200 locals 14.6 s (14.7),
-60,000 empty functions 2.7 s and 396 MB RSS (4.2 s, 352 MiB + the interpreter).
+60,000 empty functions 2.7 s and 396 MB RSS (4.2 s, 352 MiB + the interpreter). Work
+the body bytes do not show, the GC proposal's (a 3-byte `struct.new_default` of a
+10,000-field struct), is counted by `allocwork.gc_work` and priced in `compilecost`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..allocwork import gc_work
 from ..binary import code_shape, data_size
 from ..compilecost import (
     COMPILE_CEILING,
@@ -105,7 +108,8 @@ class CompileGuard:
                     f"{name}: function {index} declares {locals_count} locals, over this "
                     f"policy's limit of {self.max_locals} (compile cost)"
                 )
-        cost = compile_cost(shape)
+        gc = gc_work(data)
+        cost = compile_cost(shape, gc)
         if self.compile_budget is not None and cost > self.compile_budget:
             raise ModuleError(
                 f"{name}: compiling it would cost about {cost:.0f} s of CPU, over this "
@@ -113,7 +117,7 @@ class CompileGuard:
                 f"at least {COMPILE_FLOOR:g} s; {len(shape)} functions); raise the timeout "
                 "(--timeout, or `timeout` in the policy) to allow it"
             )
-        memory = compile_memory(shape)
+        memory = compile_memory(shape, gc)
         if self.memory_budget is not None and memory > self.memory_budget:
             raise ModuleError(
                 f"{name}: compiling its {len(shape)} functions would take about "

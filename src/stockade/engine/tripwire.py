@@ -51,6 +51,7 @@ from ..binary import (
 from ..binary import (
     START as START_SECTION,
 )
+from ..wasmcode import NO_IMMEDIATE, ONE_LEB, step, value_type
 
 __all__ = ["EXPORT", "START", "VERSION", "Tripwire", "Unsupported", "instrument"]
 
@@ -238,103 +239,13 @@ def _code(wasm: bytes, start: int, end: int, probe: bytes) -> bytearray:
     return out
 
 
-def _heap_type(cursor: Cursor) -> None:
-    cursor.leb(33)  # an abstract heap type (one byte) or a type index
-
-
-def _value_type(cursor: Cursor) -> None:
-    if cursor.byte() in (0x63, 0x64):  # (ref null ht), (ref ht)
-        _heap_type(cursor)
-
-
-def _block_type(cursor: Cursor) -> None:
-    if cursor.pos < cursor.end and cursor.data[cursor.pos] in (0x63, 0x64):
-        cursor.pos += 1
-        _heap_type(cursor)
-    else:
-        cursor.leb(33)  # 0x40, a one-byte value type, or a type index (s33)
-
-
-def _memarg(cursor: Cursor) -> None:
-    if cursor.leb() & 0x40:  # multi-memory: a memory index follows the alignment
-        cursor.leb()
-    cursor.leb(64)
-
-
-def _skip_fc(cursor: Cursor) -> int:
-    sub = cursor.leb()
-    if sub <= 7:  # saturating truncations
-        return sub
-    if sub in (8, 10, 12, 14):  # memory.init, memory.copy, table.init, table.copy
-        cursor.leb()
-        cursor.leb()
-    elif sub in (9, 11, 13, 15, 16, 17):  # data.drop, memory.fill, elem.drop, table.*
-        cursor.leb()
-    else:
-        raise Unsupported(f"unknown instruction 0xfc {sub}")
-    return sub
-
-
-def _skip_fd(cursor: Cursor) -> int:
-    sub = cursor.leb()
-    if sub <= 11 or sub in (92, 93):  # v128 loads and stores
-        _memarg(cursor)
-    elif sub in (12, 13):  # v128.const, i8x16.shuffle
-        cursor.skip(16)
-    elif 21 <= sub <= 34:  # extract_lane, replace_lane
-        cursor.skip(1)
-    elif 84 <= sub <= 91:  # load_lane, store_lane
-        _memarg(cursor)
-        cursor.skip(1)
-    elif sub > 0x113:  # past relaxed SIMD
-        raise Unsupported(f"unknown instruction 0xfd {sub}")
-    return sub
-
-
-def _skip_fe(cursor: Cursor) -> int:
-    sub = cursor.leb()
-    if sub == 3:  # atomic.fence
-        cursor.skip(1)
-    elif sub <= 2 or 0x10 <= sub <= 0x4E:
-        _memarg(cursor)
-    else:
-        raise Unsupported(f"unknown instruction 0xfe {sub}")
-    return sub
-
-
-def _skip_fb(cursor: Cursor) -> int:
-    sub = cursor.leb()
-    if sub in (0, 1, 6, 7, 11, 12, 13, 14, 16):  # one type index
-        cursor.leb()
-    elif sub in (2, 3, 4, 5, 8, 9, 10, 17, 18, 19):  # type index and a second index
-        cursor.leb()
-        cursor.leb()
-    elif sub in (15, 26, 27, 28, 29, 30):  # array.len, conversions, i31
-        pass
-    elif 20 <= sub <= 23:  # ref.test, ref.cast (null)
-        _heap_type(cursor)
-    elif sub in (24, 25):  # br_on_cast(_fail): flags, label, two heap types
-        cursor.skip(1)
-        cursor.leb()
-        _heap_type(cursor)
-        _heap_type(cursor)
-    else:
-        raise Unsupported(f"unknown instruction 0xfb {sub}")
-    return sub
-
-
-# Opcodes with nothing after them, and those with one LEB128 immediate (at most 64 bits).
-_BARE = frozenset([0x00, 0x01, 0x05, 0x0A, 0x0B, 0x0F, 0x19, 0x1A, 0x1B, 0xD1, 0xD3, 0xD4,
-                   *range(0x45, 0xC5)])
-_ONE_LEB = frozenset([0x07, 0x08, 0x09, 0x0C, 0x0D, 0x10, 0x12, 0x14, 0x15, 0x18,
-                      0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x3F, 0x40, 0x41, 0x42,
-                      0xD2, 0xD5, 0xD6])
-_PREFIXED = {0xFC: _skip_fc, 0xFD: _skip_fd, 0xFE: _skip_fe, 0xFB: _skip_fb}
 # After these the probe comes again. Calls: a guest that recursed deep before its deadline
 # runs every frame's rest as the calls return, passing no entry. Bulk instructions: one
 # does as much work as a loop (memory.init, copy, fill; table.init, copy, grow, fill; the
 # GC's array.new*, array.fill, copy, init_*), and a body may hold thousands in a row.
 _CALLS = frozenset([0x10, 0x11, 0x14])
+_PLAIN = NO_IMMEDIATE - {0x0B}
+_LEB_NO_CALL = ONE_LEB - _CALLS
 _BULK = frozenset([(0xFC, sub) for sub in (8, 10, 11, 12, 14, 15, 17)]
                   + [(0xFB, sub) for sub in (6, 7, 8, 9, 10, 16, 17, 18, 19)])
 
@@ -358,66 +269,33 @@ def _probed(cursor: Cursor, probe: bytes, after_ends: bool) -> tuple[bytearray, 
     wasm, start, end = cursor.data, cursor.pos, cursor.end
     for _ in range(cursor.count("local declaration")):  # count and type of each
         cursor.leb()
-        _value_type(cursor)
+        value_type(cursor)
     out = bytearray(wasm[start:cursor.pos])
     out += probe
     copied = cursor.pos
-    bare, one_leb, prefixed, calls, bulk = _BARE, _ONE_LEB, _PREFIXED, _CALLS, _BULK
+    calls, bulk, plain, leb = _CALLS, _BULK, _PLAIN, _LEB_NO_CALL
     while cursor.pos < end:
         opcode = wasm[cursor.pos]
-        cursor.pos += 1
-        if opcode in bare:
-            if not (after_ends and opcode == 0x0B and cursor.pos < end):
-                continue
-            again = True
-        elif opcode in one_leb:
+        if opcode in plain:  # most instructions, stepped past here: no probe after them
+            cursor.pos += 1
+            continue
+        if opcode in leb:
+            cursor.pos += 1
             cursor.leb(64)
-            again = opcode in calls
-        elif opcode == 0x03:  # loop: the probe goes after its block type
-            _block_type(cursor)
-            again = True
-        elif opcode in (0x02, 0x04, 0x06):  # block, if, try
-            _block_type(cursor)
             continue
-        elif 0x28 <= opcode <= 0x3E:
-            _memarg(cursor)
-            continue
-        elif opcode == 0x0E:  # br_table
-            for _ in range(cursor.count("br_table label") + 1):
-                cursor.leb()
-            continue
-        elif opcode in (0x11, 0x13):  # call_indirect, return_call_indirect
-            cursor.leb()
-            cursor.leb()
-            again = opcode in calls
-        elif opcode == 0x1C:  # select with types
-            for _ in range(cursor.count("select type")):
-                _value_type(cursor)
-            continue
-        elif opcode == 0x43:
-            cursor.skip(4)
-            continue
-        elif opcode == 0x44:
-            cursor.skip(8)
-            continue
-        elif opcode == 0xD0:  # ref.null
-            _heap_type(cursor)
-            continue
-        elif opcode == 0x1F:  # try_table: block type, catch clauses
+        opcode, sub = step(cursor)
+        if opcode == 0x0B:  # end
+            if not (after_ends and cursor.pos < end):
+                continue
+        elif opcode == 0x1F:  # try_table
             catches = True
-            _block_type(cursor)
-            for _ in range(cursor.count("catch clause")):
-                if cursor.byte() in (0x00, 0x01):  # catch, catch_ref: a tag index
-                    cursor.leb()
-                cursor.leb()
             continue
-        elif opcode in prefixed:
-            again = (opcode, prefixed[opcode](cursor)) in bulk
-        else:
-            raise Unsupported(f"unknown instruction 0x{opcode:02x}")
-        if again:  # the probe is stack-neutral: valid after any instruction
-            out += wasm[copied:cursor.pos]
-            out += probe
-            copied = cursor.pos
+        elif not (opcode == 0x03 or opcode in calls or (opcode, sub) in bulk):
+            continue
+        # The probe is stack-neutral: valid after any instruction (after a loop's block
+        # type, it runs at every iteration).
+        out += wasm[copied:cursor.pos]
+        out += probe
+        copied = cursor.pos
     out += wasm[copied:end]
     return out, catches
