@@ -19,7 +19,7 @@ PER_BYTE = 1.5e-6  # CPU seconds per byte of function body
 PER_BYTE_LOCAL = 1.0e-8  # CPU seconds per byte of body per declared local
 MEMORY_PER_FUNCTION = 6 * 1024  # bytes of host memory per function (measured ~6 KB)
 MEMORY_PER_BYTE = 16  # bytes of host memory per byte of body (the code it emits)
-# GC work (`allocwork`), in units of one numeric field initialised, per function: CPU
+# GC work (`codework`), in units of one numeric field initialised, per function: CPU
 # seconds PER_GC_UNIT x units + PER_GC_UNIT_SQUARED x units^2 (100 struct.new_default of
 # a 10,000-field v128 struct, 1M units in one function: 8-16 s measured, 11 s predicted;
 # 10,000 reference struct.get, 250k units: 2.2 s, 2.2 s); memory MEMORY_PER_GC_UNIT x
@@ -29,6 +29,10 @@ PER_GC_UNIT = 8e-6
 PER_GC_UNIT_SQUARED = 3.2e-12
 MEMORY_PER_GC_UNIT = 1536
 COMPILE_THREADS = 2
+# Heavy sites (`codework`), per function: CPU seconds PER_SITE_SQUARED x sites^2 (30,000
+# `if`s with results: 15 s measured, 15 s predicted; 10,000 `table.copy`s: 25 s, 25 s;
+# CPython for WASI: 0.003 s predicted in all).
+PER_SITE_SQUARED = 1.7e-8
 # Budget of predicted CPU seconds however short the timeout: CPython for WASI (10.3 s
 # predicted) compiles cold under any timeout (`stockade python --timeout 1s`); a 1 s
 # timeout buys no more than this (it bought 15 s before the per-function term).
@@ -40,19 +44,23 @@ COMPILE_MEMORY = 256 * 1024**2  # host memory any compile may use, besides the g
 _LOAD_SLACK = 10.0  # load deadline beyond the budget: reading, hashing, a noisy machine
 
 
-def compile_cost(shape: list[tuple[int, int]], gc: Sequence[int] = ()) -> float:
+def compile_cost(shape: list[tuple[int, int]], work: Sequence[tuple[int, float]] = ()
+                 ) -> float:
     """Predicted CPU seconds Cranelift spends compiling functions of this `code_shape`
-    doing this `gc_work`."""
+    doing this `code_work`."""
     return (sum(PER_FUNCTION + body * (PER_BYTE + PER_BYTE_LOCAL * locals_count)
                 for body, locals_count in shape)
-            + sum(units * (PER_GC_UNIT + PER_GC_UNIT_SQUARED * units) for units in gc))
+            + sum(units * (PER_GC_UNIT + PER_GC_UNIT_SQUARED * units)
+                  + PER_SITE_SQUARED * sites * sites for units, sites in work))
 
 
-def compile_memory(shape: list[tuple[int, int]], gc: Sequence[int] = ()) -> int:
+def compile_memory(shape: list[tuple[int, int]], work: Sequence[tuple[int, float]] = ()
+                   ) -> int:
     """Predicted bytes of host memory compiling functions of this `code_shape` doing this
-    `gc_work` takes."""
+    `code_work` takes."""
+    largest = heapq.nlargest(COMPILE_THREADS, (units for units, _ in work))
     return (sum(MEMORY_PER_FUNCTION + body * MEMORY_PER_BYTE for body, _ in shape)
-            + MEMORY_PER_GC_UNIT * sum(heapq.nlargest(COMPILE_THREADS, gc)))
+            + MEMORY_PER_GC_UNIT * sum(largest))
 
 
 def compile_budget(timeout: float | None) -> float:

@@ -2,7 +2,7 @@
 
 `step` moves a `Cursor` past one instruction and its immediates and says which it was;
 the tripwire's rewriting (`engine.tripwire`) and the compile guard's count of GC work
-(`allocwork`) both walk code with it. An opcode this decoder does not know raises
+(`codework`) both walk code with it. An opcode this decoder does not know raises
 MalformedModule: a reader cannot know where the next instruction starts.
 """
 

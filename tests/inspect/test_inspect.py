@@ -70,7 +70,9 @@ def test_cpython_capabilities_and_time(python_wasm: Path) -> None:
     start = time.process_time()
     report = inspect_module(data, "python.wasm")
     elapsed = time.process_time() - start
-    assert elapsed < 1.0, f"inspecting CPython took {elapsed:.2f} s of CPU"
+    # Bounded, not timed: decoding its large bodies for the compile guard's heavy sites
+    # (`codework`) takes about a second of Python; reading the rest a fraction of that.
+    assert elapsed < 5.0, f"inspecting CPython took {elapsed:.2f} s of CPU"
     groups = report.capabilities.groups
     assert "wasi_snapshot_preview1.path_open" in groups["filesystem"]
     assert "wasi_snapshot_preview1.random_get" in groups["random"]

@@ -27,8 +27,9 @@ over functions; memory = `MEMORY_PER_FUNCTION` x functions + `MEMORY_PER_BYTE` x
 bytes. Measured: CPython 3.12 for WASI 9.1 s (predicted 10.3), QuickJS 1.5 s (1.6), three
 511 KiB bodies of 1,999 locals 32 s (34), one 4 MiB body of 200 locals 14.6 s (14.7),
 60,000 empty functions 2.7 s and 396 MB RSS (4.2 s, 352 MiB + the interpreter). Work
-the body bytes do not show, the GC proposal's (a 3-byte `struct.new_default` of a
-10,000-field struct), is counted by `allocwork.gc_work` and priced in `compilecost`.
+the body bytes do not show (a 3-byte `struct.new_default` of a 10,000-field struct;
+thousands of `table.copy`s or result blocks in one body, superlinear) is counted by
+`codework.code_work` and priced in `compilecost`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..allocwork import gc_work
 from ..binary import code_shape, data_size
+from ..codework import code_work
 from ..compilecost import (
     COMPILE_CEILING,
     COMPILE_FLOOR,
@@ -108,8 +109,8 @@ class CompileGuard:
                     f"{name}: function {index} declares {locals_count} locals, over this "
                     f"policy's limit of {self.max_locals} (compile cost)"
                 )
-        gc = gc_work(data)
-        cost = compile_cost(shape, gc)
+        work = code_work(data)
+        cost = compile_cost(shape, work)
         if self.compile_budget is not None and cost > self.compile_budget:
             raise ModuleError(
                 f"{name}: compiling it would cost about {cost:.0f} s of CPU, over this "
@@ -117,7 +118,7 @@ class CompileGuard:
                 f"at least {COMPILE_FLOOR:g} s; {len(shape)} functions); raise the timeout "
                 "(--timeout, or `timeout` in the policy) to allow it"
             )
-        memory = compile_memory(shape, gc)
+        memory = compile_memory(shape, work)
         if self.memory_budget is not None and memory > self.memory_budget:
             raise ModuleError(
                 f"{name}: compiling its {len(shape)} functions would take about "

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import binary as wasm
-from ..allocwork import gc_work
 from ..binary import Export, Import, Limits, MalformedModule
+from ..codework import code_work
 from ..engine.guard import compile_budget, compile_cost
 from ..trust.signing import read_signatures
 from .capabilities import Capabilities, group_imports
@@ -52,7 +52,7 @@ class Inspection:
     imported_functions: int = 0
     defined_functions: int = 0
     bodies: list[tuple[int, int]] = field(default_factory=list)  # (size, locals)
-    gc_work: list[int] = field(default_factory=list)  # units per function (allocwork)
+    work: list[tuple[int, float]] = field(default_factory=list)  # per function (codework)
     producers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     module_name: str | None = None
     named_functions: int = 0
@@ -64,7 +64,7 @@ class Inspection:
     @property
     def compile_cost(self) -> float:
         """Predicted CPU seconds to compile (the compile guard's model)."""
-        return compile_cost(self.bodies, self.gc_work)
+        return compile_cost(self.bodies, self.work)
 
     @property
     def data_bytes(self) -> int:
@@ -104,7 +104,7 @@ class Inspection:
                                       for i, b, n in self.largest_bodies()]},
             "compile": {"predicted_cpu_s": round(self.compile_cost, 3),
                         "default_budget_s": compile_budget(60.0),
-                        "gc_units": sum(self.gc_work)},
+                        "gc_units": sum(units for units, _ in self.work)},
             "custom_sections": [{"name": n, "size_bytes": b} for n, b in self.custom_sections()],
             "producers": {k: [{"name": n, "version": v} for n, v in values]
                           for k, values in self.producers.items()},
@@ -144,7 +144,7 @@ def inspect_module(data: bytes, name: str) -> Inspection:
     if report.defined_functions != len(report.bodies):
         raise MalformedModule(f"{report.defined_functions} functions declared but "
                               f"{len(report.bodies)} bodies in the code section")
-    report.gc_work = gc_work(data)
+    report.work = code_work(data)
     report.capabilities = group_imports(report.imports)
     _signatures(data, report)
     report.findings = assess(report)

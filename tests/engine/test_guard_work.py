@@ -1,11 +1,14 @@
-"""The compile guard counts GC work: code whose few bytes compile to much.
+"""The compile guard counts code work: code whose few bytes compile to much.
 
 `struct.new_default` (3 bytes) initialises every field of a struct type of up to
 10,000 fields, and every read or write of a reference field compiles to an inline
 barrier: measured here, 100 `struct.new_default` of a 10,000-field struct (a 20 KB
 module) compiled for 8-16 s, and 10,000 reference `struct.get`s (70 KB) for 2.2 s and
-300 MB. The guard charged both by their body bytes only and let them compile under any
-timeout. Each attack below was allowed before `allocwork`.
+300 MB. Blocks with results, `call_indirect` and table instructions cost with the square
+of their number in one body: 10,000 `table.copy`s (110 KB) compiled for 25 s, 30,000
+`if`s with results (330 KB) for 15 s. The guard charged all of them by their body bytes
+only and let them compile under any timeout. Each attack below was allowed before
+`codework`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import pytest
 import wasmtime
 
 from stockade import ModuleError, Policy, Sandbox
-from stockade.allocwork import REF_ACCESS, REF_INIT, gc_work
 from stockade.binary import code_shape, encode_leb
-from stockade.compilecost import COMPILE_HEAVY, compile_cost, compile_memory
+from stockade.codework import EXACT_ABOVE, REF_ACCESS, REF_INIT, SITE_WEIGHTS, code_work
+from stockade.compilecost import COMPILE_FLOOR, COMPILE_HEAVY, compile_cost, compile_memory
 from stockade.engine import CompileGuard
 from stockade.inspect.report import inspect_module
 from tests.conftest import guest
@@ -40,6 +43,20 @@ def ref_access_bomb(sites: int) -> bytes:
                 + ') (func (export "_start")))')
 
 
+def heavy_sites_bomb(instruction: str, sites: int) -> bytes:
+    return wasm('(module (memory 1) (table 1000 funcref) (type $v (func)) (func $g) '
+                '(elem $e func $g) (func (export "_start") '
+                + " ".join([instruction] * sites) + "))")
+
+
+TABLE_COPY = "(table.copy (i32.const 0) (i32.const 1) (i32.const 100))"
+RESULT_IF = "(drop (if (result i32) (i32.const 1) (then (i32.const 0)) (else (i32.const 1))))"
+
+
+def gc_units(data: bytes) -> list[int]:
+    return [units for units, _ in code_work(data)]
+
+
 def short_policy() -> Policy:
     return Policy.from_profile("default").with_limits(timeout=0.5)
 
@@ -48,6 +65,10 @@ def short_policy() -> Policy:
     pytest.param(lambda: wide_struct_bomb(10_000, 100), id="struct.new_default v128"),
     pytest.param(lambda: wide_struct_bomb(10_000, 30, "anyref"), id="struct.new_default ref"),
     pytest.param(lambda: ref_access_bomb(100_000), id="struct.get ref"),
+    pytest.param(lambda: heavy_sites_bomb(TABLE_COPY, 30_000), id="table.copy"),
+    pytest.param(lambda: heavy_sites_bomb(RESULT_IF, 40_000), id="if with results"),
+    pytest.param(lambda: heavy_sites_bomb("(call_indirect (type $v) (i32.const 0))", 40_000),
+                 id="call_indirect"),
 ])
 def test_gc_compile_bombs_are_refused_before_compiling(module: object, tmp_path: Path
                                                        ) -> None:
@@ -70,48 +91,71 @@ def test_gc_work_counts_fields_and_barriers() -> None:
                 '  (ref.null any)))) '
                 '(func (param (ref $a)) (array.set $a (local.get 0) (i32.const 0) '
                 '  (ref.null any))))')
-    assert gc_work(data) == [REF_INIT + 2, REF_ACCESS, 3 * REF_INIT, REF_ACCESS]
+    assert gc_units(data) == [REF_INIT + 2, REF_ACCESS, 3 * REF_INIT, REF_ACCESS]
 
 
 def test_rec_groups_and_subtypes_are_read() -> None:
     data = wasm('(module (rec (type $a (sub (struct (field (ref null $b))))) '
                 '(type $b (sub final $a (struct (field (ref null $b)) (field f64))))) '
                 '(func (drop (struct.new_default $b))))')
-    assert gc_work(data) == [REF_INIT + 1]
+    assert gc_units(data) == [REF_INIT + 1]
 
 
-def test_modules_without_gc_types_cost_what_they_did(python_wasm: Path) -> None:
+def test_heavy_sites_are_weighed_per_function() -> None:
+    """A body with more possible sites than EXACT_ABOVE is decoded; a smaller one is
+    charged the count of the bytes that may begin one (never less than it holds)."""
+    sites = ('(drop (block (result i32) (i32.const 0))) (block (nop)) '
+             '(call_indirect (type $v) (i32.const 0)) '
+             '(table.copy (i32.const 0) (i32.const 0) (i32.const 0)) ')
+    exact = 1 + 1 + SITE_WEIGHTS[(0xFC, 14)]
+    big = EXACT_ABOVE // 2
+    data = wasm('(module (table 1 funcref) (type $v (func)) '
+                f'(func {sites * big}) (func {sites}) (func (loop (nop))))')
+    decoded, small, empty = (count for _, count in code_work(data))
+    assert decoded == pytest.approx(big * exact)
+    assert exact <= small <= EXACT_ABOVE
+    assert empty == 0
+
+
+def test_real_modules_cost_about_what_they_did(python_wasm: Path) -> None:
+    """CPython for WASI: its heavy sites add a tenth of a second to its ~10 s prediction, so it
+    still compiles under the compile floor; no GC work."""
     for data in (python_wasm.read_bytes(), guest("hello.wasm").read_bytes()):
-        assert gc_work(data) == []
+        work = code_work(data)
+        assert not any(units for units, _ in work)
         shape = code_shape(data)
-        assert compile_cost(shape, gc_work(data)) == compile_cost(shape)
-        assert compile_memory(shape, gc_work(data)) == compile_memory(shape)
+        assert compile_cost(shape, work) - compile_cost(shape) < 0.5
+        assert compile_memory(shape, work) == compile_memory(shape)
+    assert compile_cost(code_shape(python_wasm.read_bytes()),
+                        code_work(python_wasm.read_bytes())) < COMPILE_FLOOR
 
 
-def _hidden_behind_unknown(sites: int) -> bytes:
-    """A wide-struct bomb whose body starts with an opcode no reader here knows (0xE0):
-    a reader that gave up there would count nothing after it."""
-    plain = wide_struct_bomb(10_000, sites)
-    marker = b"\xfb\x01\x00\x1a" * sites  # struct.new_default 0; drop
+def _hidden_behind_unknown(plain: bytes, marker: bytes) -> bytes:
+    """`plain`, whose one body holds `marker` and its `end` after no locals, with an
+    opcode no reader here knows (0xe0) first in that body: a reader that gave up there
+    would count nothing after it."""
     start = plain.index(marker)
-    # The body: its size, no locals (0x00), then the instructions.
-    size_at = start - 1 - len(encode_leb(len(marker) + 2))
-    assert plain[size_at:start - 1] == encode_leb(len(marker) + 2)
+    size = encode_leb(len(marker) + 2)  # no locals (0x00), the code, end (0x0b)
+    size_at = start - 1 - len(size)
+    assert plain[size_at:start - 1] == size
     body = b"\x00\xe0" + marker + b"\x0b"
     return plain[:size_at] + encode_leb(len(body)) + body + plain[start + len(marker) + 1:]
 
 
 def test_code_the_reader_cannot_decode_is_charged_as_the_worst() -> None:
-    data = _hidden_behind_unknown(100)
-    body_units = gc_work(data)
-    assert len(body_units) == 1
-    assert body_units[0] >= gc_work(wide_struct_bomb(10_000, 100))[0]
+    bomb = wide_struct_bomb(10_000, 100)
+    hidden = _hidden_behind_unknown(bomb, b"\xfb\x01\x00\x1a" * 100)  # new_default; drop
+    assert gc_units(hidden)[0] >= gc_units(bomb)[0]
+    copies = wasm("(module (table 1 funcref) (func " + TABLE_COPY * 3000 + "))")
+    one = b"\x41\x00\x41\x01\x41\xe4\x00\xfc\x0e\x00\x00"  # table.copy 0 0, operands
+    hidden = _hidden_behind_unknown(copies, one * 3000)
+    assert code_work(hidden)[0][1] >= code_work(copies)[0][1] > 0
 
 
 def test_the_guard_and_inspect_predict_the_same_cost() -> None:
     data = wide_struct_bomb(10_000, 300)
     report = inspect_module(data, "bomb.wasm")
-    assert report.compile_cost == compile_cost(code_shape(data), gc_work(data))
+    assert report.compile_cost == compile_cost(code_shape(data), code_work(data))
     assert report.compile_cost > COMPILE_HEAVY
     assert report.as_dict()["compile"]["gc_units"] == 300 * 10_000
     assert any("compil" in finding.message for finding in report.findings)
