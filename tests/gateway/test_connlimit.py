@@ -183,8 +183,8 @@ def netns() -> Iterator[NetNamespace]:
 
 
 def _dual_stack_manifest() -> str:
-    # `reuse_port` sockets keep the system's dual-stack default (bindv6only=0): IPv4
-    # clients arrive as ::ffff:a.b.c.d.
+    # An IPv6 host is bound dual-stack (`listener.py`): IPv4 clients arrive as
+    # ::ffff:a.b.c.d.
     return _manifest().replace("workers = 1", 'workers = 1\nhost = "::"\nreuse_port = true')
 
 

@@ -32,10 +32,11 @@ from ..display import PrintableFormatter
 from .app import GatewayApp
 from .confine import confine_server_process
 from .connlimit import PeerConnections
+from .listener import bind_listener
 from .protocol import guarded_protocol
 from .service import GatewayService
 
-__all__ = ["main", "WorkerServer", "reuse_port_socket"]
+__all__ = ["main", "WorkerServer"]
 
 logger = logging.getLogger("stockade.gateway")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -106,17 +107,6 @@ class WorkerServer(uvicorn.Server):
                 self.should_exit = True
 
 
-def reuse_port_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening socket of its own on a port other workers also listen on."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    return sock
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one worker until it is told to stop; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="stockade.gateway.worker")
@@ -143,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
     else:
-        sock = reuse_port_socket(settings.host, settings.port, 2048)
+        sock = bind_listener(settings.host, settings.port, reuse_port=True)
     # Bound: from here on the worker needs no privilege (before any thread starts).
     for protection in confine_server_process():
         logger.debug("%s: %s (%s)", protection.name,
