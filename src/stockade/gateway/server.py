@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
+from .conntable import ConnectionTable
 from .listener import bind_listener
 from .manifest import Manifest, load_manifest
 from .reload import FileWatcher, watched_files
@@ -54,6 +55,7 @@ class Supervisor:
         self.port = 0
         self._socket: socket.socket | None = None
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._table: ConnectionTable | None = None
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="stockade-gateway-"))
         self._stopping = False
         self._restarts: list[float] = []
@@ -90,6 +92,9 @@ class Supervisor:
         self.port = self._socket.getsockname()[1]
         self.overrides["port"] = self.port
         self.settings = self.settings.override(port=self.port)
+        # Before any worker: one count of connections per address for the server.
+        self._table = ConnectionTable.create(self.settings.workers,
+                                             self.settings.max_connection_addresses)
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pending = {index: self._spawn(index) for index in range(self.settings.workers)}
         deadline = time.monotonic() + READY_TIMEOUT
@@ -108,6 +113,9 @@ class Supervisor:
                    "--metrics-dir", str(self._metrics_dir), "--ready-fd", str(write),
                    "--log-level", logging.getLevelName(logger.getEffectiveLevel())]
         fds = [write]
+        if self._table is not None:
+            command += ["--table-fd", str(self._table.fd)]
+            fds.append(self._table.fd)
         if self._socket is not None and not self.settings.reuse_port:
             command += ["--fd", str(self._socket.fileno())]
             fds.append(self._socket.fileno())
@@ -170,6 +178,8 @@ class Supervisor:
                 self.failed = True
                 self.stop()
                 return
+            if self._table is not None:
+                self._table.clear(index)  # its connections died with it
             logger.error("worker %d exited with %s; restarting it", index, code)
             time.sleep(_RESTART_BACKOFF)
             os.close(self._spawn(index))
@@ -194,6 +204,9 @@ class Supervisor:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        if self._table is not None:
+            self._table.close()
+            self._table = None
         failure = remove_tree(self._metrics_dir)
         if failure is not None:
             logger.warning("could not remove the metrics directory: %s", failure)

@@ -32,6 +32,7 @@ from ..display import PrintableFormatter
 from .app import GatewayApp
 from .confine import confine_server_process
 from .connlimit import PeerConnections
+from .conntable import ConnectionTable
 from .listener import bind_listener
 from .protocol import guarded_protocol
 from .service import GatewayService
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--metrics-dir", type=Path)
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--table-fd", type=int, required=True, help="connection table")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     # The supervisor blocks these signals to wait for them; children inherit the mask.
@@ -138,10 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     for protection in confine_server_process():
         logger.debug("%s: %s (%s)", protection.name,
                      "active" if protection.active else "unavailable", protection.detail)
+    os.set_inheritable(args.table_fd, False)  # never into a pool process
+    try:
+        column = ConnectionTable(args.table_fd).column(args.index)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 3
     metrics = service.metrics
-    per_ip = PeerConnections(settings.max_connections_per_ip, lambda: metrics.inc(
-        "stockade_gateway_connections_refused_total", ()),
-        settings.max_connections_ipv6_prefix)
+    per_ip = PeerConnections(
+        settings.max_connections_per_ip, column,
+        lambda: metrics.inc("stockade_gateway_connections_refused_total", ()),
+        settings.max_connections_ipv6_prefix,
+        lambda: metrics.inc("stockade_gateway_connection_table_full_total", ()))
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
         # httptools, with the head timeout and size limit uvicorn lacks (protocol.py).
