@@ -18,6 +18,7 @@ import pytest
 
 from stockade.errors import PolicyError
 from stockade.gateway.connlimit import PeerConnections, peer_key
+from stockade.gateway.conntable import ConnectionTable
 from stockade.gateway.settings import parse_server
 
 from .conftest import Start, module
@@ -183,8 +184,8 @@ def netns() -> Iterator[NetNamespace]:
 
 
 def _dual_stack_manifest() -> str:
-    # `reuse_port` sockets keep the system's dual-stack default (bindv6only=0): IPv4
-    # clients arrive as ::ffff:a.b.c.d.
+    # An IPv6 host is bound dual-stack (`listener.py`): IPv4 clients arrive as
+    # ::ffff:a.b.c.d.
     return _manifest().replace("workers = 1", 'workers = 1\nhost = "::"\nreuse_port = true')
 
 
@@ -253,14 +254,19 @@ def test_an_address_is_counted_by_its_host() -> None:
     assert peer_key("2001:db8:1:2::1", 48) == "2001:db8:1::/48"
     assert peer_key("") == ""
     # One allowance for an IPv4 client, however it is written; one for a /64.
-    peers = PeerConnections(2)
-    assert peers.open("203.0.113.7") and peers.open("::ffff:203.0.113.7")
-    assert not peers.open("203.0.113.7")
-    assert peers.open("2001:db8::1") and peers.open("2001:db8::2")
-    assert not peers.open("2001:db8::3")
+    table = ConnectionTable.create(1, 64)
+    peers = PeerConnections(2, table.column(0))
+    assert peers.open("203.0.113.7") is not None
+    assert peers.open("::ffff:203.0.113.7") is not None
+    assert peers.open("203.0.113.7") is None
+    assert peers.open("2001:db8::1") is not None
+    second = peers.open("2001:db8::2")
+    assert second is not None
+    assert peers.open("2001:db8::3") is None
     assert peers.held("2001:db8::99") == 2
-    peers.close("2001:db8::2")
-    assert peers.open("2001:db8::4")
+    peers.close(second)
+    assert peers.open("2001:db8::4") is not None
+    table.close()
 
 
 def test_the_ipv6_prefix_is_a_setting_named_in_its_error() -> None:

@@ -6,7 +6,8 @@ connection costs the client a socket and nothing more, and the head timeout
 (`protocol.py`) only ends one that is slow to send its head, not one that sends a
 request now and then on a kept-alive connection. `[server] max_connections_per_ip`
 bounds the connections one peer address (the socket's, never a forwarding header)
-holds on each worker process; one past it is answered 503 and closed at once, when
+holds on the whole server, counted in the table every worker shares (`conntable.py`);
+one past it is answered 503 and closed at once, when
 it is accepted, before anything is read from it. Each refusal is counted (`on_refused`,
 the `stockade_gateway_connections_refused_total` metric); the log says so once per
 address per `LOG_INTERVAL` seconds, with the count since, so a flood cannot flood the
@@ -19,6 +20,10 @@ max_connections_ipv6_prefix`, default 64). One host is given a whole /64 by its 
 (SLAAC, privacy addresses): counted per full address, it could open its 2^64 addresses'
 worth of connections.
 
+The table tracks a fixed number of addresses (`[server] max_connection_addresses`):
+when it is full a connection from an address it does not hold is refused the same way
+(`on_full`, logged once per `LOG_INTERVAL`); addresses it holds are never refused for it.
+
 Checked once per connection, not per request. Used on the event loop thread only.
 """
 
@@ -30,6 +35,8 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
+from .conntable import AT_LIMIT, FULL, Column
+
 __all__ = ["PeerConnections", "REFUSAL", "LOG_INTERVAL", "IPV6_PREFIX", "peer_key"]
 
 logger = logging.getLogger("stockade.gateway")
@@ -40,32 +47,45 @@ REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-afte
 IPV6_PREFIX = 64  # the IPv6 network one host is given: counted as one address
 
 
+_UNKNOWN = b"\xff" * 16  # no address (a multicast prefix: never a peer's)
+
+
 @lru_cache(maxsize=4096)  # on every accept; a hit costs a dict lookup, a miss 4-10 µs
+def _peer(address: str, ipv6_prefix: int) -> tuple[str, bytes]:
+    if ":" not in address:
+        try:
+            return address, ipaddress.IPv6Address(f"::ffff:{address}").packed
+        except ValueError:
+            return address, _UNKNOWN
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address, _UNKNOWN
+    mapped = ip.ipv4_mapped
+    if mapped is not None:
+        return str(mapped), ip.packed
+    # By its integer: a link-local address's scope id (`%eth0`) does not split it.
+    host_bits = 128 - ipv6_prefix
+    network = ipaddress.IPv6Address(int(ip) >> host_bits << host_bits)
+    return f"{network}/{ipv6_prefix}", network.packed
+
+
 def peer_key(address: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
     """The address `address` is counted as: an IPv4 address as it is (also when written
     IPv4-mapped, `::ffff:1.2.3.4`), an IPv6 address as its `/ipv6_prefix` network
     (`2001:db8::/64`). Anything else (a Unix socket's empty name) as it is."""
-    if ":" not in address:
-        return address  # IPv4 as the kernel wrote it, or no address
-    try:
-        ip = ipaddress.IPv6Address(address)
-    except ValueError:
-        return address
-    mapped = ip.ipv4_mapped
-    if mapped is not None:
-        return str(mapped)
-    # By its integer: a link-local address's scope id (`%eth0`) does not split it.
-    host_bits = 128 - ipv6_prefix
-    return f"{ipaddress.IPv6Address(int(ip) >> host_bits << host_bits)}/{ipv6_prefix}"
+    return _peer(address, ipv6_prefix)[0]
 
 
 class PeerConnections:
-    """At most `limit` open connections per peer address (as `peer_key` counts them,
-    IPv6 by its `/ipv6_prefix` network); `on_refused()` is called for each connection
-    refused."""
+    """At most `limit` open connections per peer address server-wide (as `peer_key`
+    counts them), counted in `column` of the shared table; `on_refused()` is called for
+    each connection refused for the cap, `on_full()` for each refused for a full table."""
 
-    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None,
-                 ipv6_prefix: int = IPV6_PREFIX) -> None:
+    def __init__(self, limit: int, column: Column,
+                 on_refused: Callable[[], None] | None = None,
+                 ipv6_prefix: int = IPV6_PREFIX,
+                 on_full: Callable[[], None] | None = None) -> None:
         if limit < 1:
             raise ValueError(f"max_connections_per_ip: expected at least 1, not {limit}")
         if not 1 <= ipv6_prefix <= 128:
@@ -73,50 +93,55 @@ class PeerConnections:
                              f"{ipv6_prefix}")
         self.limit = limit
         self.ipv6_prefix = ipv6_prefix
+        self.column = column
         self._on_refused = on_refused
-        self._open: dict[str, int] = {}  # address -> open connections; no entry at 0
+        self._on_full = on_full
         self._logged: dict[str, tuple[float, int]] = {}  # address -> (last line, since)
 
-    def open(self, address: str) -> bool:
-        """A connection from `address` was accepted: True when it may stay (it is then
-        counted until `close`), False when its address (`peer_key`) holds `limit`
-        already."""
-        key = peer_key(address, self.ipv6_prefix)
-        held = self._open.get(key, 0)
-        if held < self.limit:
-            self._open[key] = held + 1
-            return True
-        self._refused(key)
-        return False
+    def open(self, address: str) -> int | None:
+        """A connection from `address` was accepted: the cell it is counted in until
+        `close`, or None when it must be refused (its address holds `limit` already, or
+        the table is full and does not hold it)."""
+        name, key = _peer(address, self.ipv6_prefix)
+        cell = self.column.acquire(key, self.limit)
+        if cell >= 0:
+            return cell
+        if cell == AT_LIMIT:
+            if self._on_refused is not None:
+                self._on_refused()
+            self._log(name, "%s holds %d connections (max_connections_per_ip): a "
+                      "connection was refused with 503%s", name or "a local client",
+                      self.limit)
+        elif cell == FULL:
+            if self._on_full is not None:
+                self._on_full()
+            self._log("", "the connection table holds all the addresses it can (%d, "
+                      "max_connection_addresses): a connection from a new address was "
+                      "refused with 503%s", self.column.table.cells)
+        return None
 
-    def close(self, address: str) -> None:
-        """A connection from `address` that `open` let stay has ended."""
-        key = peer_key(address, self.ipv6_prefix)
-        held = self._open.get(key, 0) - 1
-        if held > 0:
-            self._open[key] = held
-        else:
-            self._open.pop(key, None)
+    def close(self, cell: int) -> None:
+        """A connection `open` counted at `cell` has ended."""
+        self.column.release(cell)
 
     def held(self, address: str) -> int:
-        """The connections counted now for `address` (with every other address of its
-        IPv6 network, or its IPv4-mapped twin)."""
-        return self._open.get(peer_key(address, self.ipv6_prefix), 0)
+        """The connections counted now, server-wide, for `address` (with every other
+        address of its IPv6 network, or its IPv4-mapped twin)."""
+        return self.column.table.held(_peer(address, self.ipv6_prefix)[1])
 
-    def _refused(self, address: str) -> None:
-        if self._on_refused is not None:
-            self._on_refused()
+    def _log(self, subject: str, message: str, *args: object) -> None:
+        """`message` (its last `%s`: how many more since) at most once per
+        `LOG_INTERVAL` for `subject`."""
         now = time.monotonic()
-        last, since = self._logged.get(address, (-LOG_INTERVAL, 0))
+        key = subject if subject else "\0full"
+        last, since = self._logged.get(key, (-LOG_INTERVAL, 0))
         if now - last < LOG_INTERVAL:
-            self._logged[address] = (last, since + 1)
+            self._logged[key] = (last, since + 1)
             return
         if len(self._logged) >= 4096:  # bounded: forget addresses not refused lately
             self._logged = {a: e for a, e in self._logged.items() if now - e[0] < LOG_INTERVAL}
             if len(self._logged) >= 4096:
                 self._logged.clear()
-        self._logged[address] = (now, 0)
+        self._logged[key] = (now, 0)
         more = f" ({since} more refused since the last line)" if since else ""
-        logger.warning("%s holds %d connections (max_connections_per_ip): a connection "
-                       "was refused with 503%s", address or "a local client", self.limit,
-                       more)
+        logger.warning(message, *args, more)

@@ -46,6 +46,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "stockade_gateway_connections_refused_total": (
         "counter", "Connections refused when accepted: their address held "
         "max_connections_per_ip"),
+    "stockade_gateway_connection_table_full_total": (
+        "counter", "Connections refused when accepted: a new address, and the connection "
+        "table full (max_connection_addresses)"),
 }
 
 

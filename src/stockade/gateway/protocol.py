@@ -9,7 +9,7 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   of the connection being made or of its first byte; otherwise 408 and close (a
   connection that sent nothing is closed silently);
 - the head may be at most `max_header_size` bytes; otherwise 431 and close;
-- one peer address holds at most `max_connections_per_ip` connections on the worker
+- one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`); one more is answered 503 and closed when it is accepted.
 
 Bodies are the application's: the `Pipeline` (layers.py) reads them with a deadline and
@@ -66,26 +66,27 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_deadline = math.inf  # loop time the head must be complete by
         self._idle_deadline = math.inf  # loop time an idle keep-alive connection closes
         self._refusal = 0
-        self._peer: str | None = None  # counted in `per_ip` until the connection ends
+        self._cell: int | None = None  # counted in `per_ip` until the connection ends
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         per_ip = self.per_ip
         if per_ip is not None:
             peer = self.client[0] if self.client else ""
-            if not per_ip.open(peer):
+            cell = per_ip.open(peer)
+            if cell is None:
                 transport.write(REFUSAL)
                 transport.close()
                 return
-            self._peer = peer
+            self._cell = cell
         _Sweep.watch(self)
         self._begin_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_deadline = self._idle_deadline = math.inf
-        if self._peer is not None and self.per_ip is not None:
-            self.per_ip.close(self._peer)
-            self._peer = None
+        if self._cell is not None and self.per_ip is not None:
+            self.per_ip.close(self._cell)  # once: forgotten here
+            self._cell = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

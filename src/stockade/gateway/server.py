@@ -11,7 +11,6 @@ unexpectedly is restarted.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -24,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModuleError, ModuleNotFound, StockadeError, UsageError, WorkerError
+from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
+from .conntable import ConnectionTable
+from .listener import bind_listener
 from .manifest import Manifest, load_manifest
 from .reload import FileWatcher, watched_files
 from .settings import ServerSettings
@@ -36,7 +37,6 @@ __all__ = ["Supervisor", "serve"]
 logger = logging.getLogger("stockade.gateway")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 READY_TIMEOUT = 120.0  # seconds a worker may take to load its functions
-BACKLOG = 2048
 _RESTART_BACKOFF = 1.0
 MAX_RESTARTS = 5
 
@@ -55,6 +55,7 @@ class Supervisor:
         self.port = 0
         self._socket: socket.socket | None = None
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._table: ConnectionTable | None = None
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="stockade-gateway-"))
         self._stopping = False
         self._restarts: list[float] = []
@@ -85,10 +86,15 @@ class Supervisor:
         if self._watch:
             self._watcher = FileWatcher(watched_files(self.path, manifest))
         self.settings = manifest.server.override(**self.overrides)
-        self._socket = listen(self.settings.host, self.settings.port, self.settings.reuse_port)
+        # With reuse_port this socket only holds the port; each worker listens on its own.
+        self._socket = bind_listener(self.settings.host, self.settings.port,
+                                     self.settings.reuse_port, listen=not self.settings.reuse_port)
         self.port = self._socket.getsockname()[1]
         self.overrides["port"] = self.port
         self.settings = self.settings.override(port=self.port)
+        # Before any worker: one count of connections per address for the server.
+        self._table = ConnectionTable.create(self.settings.workers,
+                                             self.settings.max_connection_addresses)
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pending = {index: self._spawn(index) for index in range(self.settings.workers)}
         deadline = time.monotonic() + READY_TIMEOUT
@@ -107,6 +113,9 @@ class Supervisor:
                    "--metrics-dir", str(self._metrics_dir), "--ready-fd", str(write),
                    "--log-level", logging.getLevelName(logger.getEffectiveLevel())]
         fds = [write]
+        if self._table is not None:
+            command += ["--table-fd", str(self._table.fd)]
+            fds.append(self._table.fd)
         if self._socket is not None and not self.settings.reuse_port:
             command += ["--fd", str(self._socket.fileno())]
             fds.append(self._socket.fileno())
@@ -169,6 +178,8 @@ class Supervisor:
                 self.failed = True
                 self.stop()
                 return
+            if self._table is not None:
+                self._table.clear(index)  # its connections died with it
             logger.error("worker %d exited with %s; restarting it", index, code)
             time.sleep(_RESTART_BACKOFF)
             os.close(self._spawn(index))
@@ -193,43 +204,12 @@ class Supervisor:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        if self._table is not None:
+            self._table.close()
+            self._table = None
         failure = remove_tree(self._metrics_dir)
         if failure is not None:
             logger.warning("could not remove the metrics directory: %s", failure)
-
-
-def listen(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """The gateway's listening socket on `host`:`port` (with `reuse_port`, a socket that
-    holds the port, picking it when 0, while each worker listens on its own). Raises
-    UsageError, one line naming the address, when it cannot be bound."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        if not reuse_port:
-            return socket.create_server((host, port), family=family, backlog=BACKLOG)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    except (OSError, OverflowError, UnicodeError) as exc:
-        code = getattr(exc, "errno", None) or 0
-        if isinstance(exc, socket.gaierror) or code < 0:  # create_server re-raises it
-            reason = "not an address of this host; give an IP address with --host"
-        elif code:
-            reason = os.strerror(code).lower() + _BIND_HINTS.get(code, "")
-        else:
-            reason = str(exc)
-        raise UsageError(f"cannot listen on {where}: {reason}") from None
-
-
-_BIND_HINTS = {errno.EADDRINUSE: "; stop what uses it or choose another --port",
-               errno.EADDRNOTAVAIL: "; it is not an address of this host",
-               errno.EACCES: "; ports below 1024 need privileges"}
 
 
 def _wait_ready(fd: int, deadline: float) -> bool:

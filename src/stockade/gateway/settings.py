@@ -48,7 +48,8 @@ class ServerSettings:
     request bodies at once, `body_buffer_per_client` of them for one client address
     (503 past either, `bodybudget.py`); an idle keep-alive connection is closed after
     `keep_alive_timeout`; one peer address holds at most `max_connections_per_ip`
-    connections on each worker process (503 and closed past it, `connlimit.py`): an
+    connections on the whole server (503 and closed past it, `connlimit.py`), which
+    tracks `max_connection_addresses` addresses at once (past it, new ones get 503): an
     IPv4-mapped IPv6 address counts as its IPv4 address, an IPv6 address as its
     `/max_connections_ipv6_prefix` network (one host's /64 is one address).
     `withhold_headers` are the request headers no function is
@@ -87,6 +88,7 @@ class ServerSettings:
     keep_alive_timeout: float = 5.0
     max_connections_per_ip: int = 256
     max_connections_ipv6_prefix: int = 64
+    max_connection_addresses: int = 65536
     withhold_headers: tuple[str, ...] = tuple(sorted(WITHHELD))
     pool_workers: int = 2
     access_log: str = "common"
@@ -183,6 +185,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
     "max_connections_per_ip": _int(1, 1_000_000),
     "max_connections_ipv6_prefix": _int(32, 128),
+    "max_connection_addresses": _int(64, 1_048_576),
     "withhold_headers": header_names, "pool_workers": _int(1, 32),
     "access_log": _choice(*ACCESS_LOGS), "stderr_limit": _size_or_zero, "log_rate": _rate,
 }

@@ -32,10 +32,12 @@ from ..display import PrintableFormatter
 from .app import GatewayApp
 from .confine import confine_server_process
 from .connlimit import PeerConnections
+from .conntable import ConnectionTable
+from .listener import bind_listener
 from .protocol import guarded_protocol
 from .service import GatewayService
 
-__all__ = ["main", "WorkerServer", "reuse_port_socket"]
+__all__ = ["main", "WorkerServer"]
 
 logger = logging.getLogger("stockade.gateway")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -106,17 +108,6 @@ class WorkerServer(uvicorn.Server):
                 self.should_exit = True
 
 
-def reuse_port_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening socket of its own on a port other workers also listen on."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    return sock
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one worker until it is told to stop; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="stockade.gateway.worker")
@@ -127,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--metrics-dir", type=Path)
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--table-fd", type=int, required=True, help="connection table")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     # The supervisor blocks these signals to wait for them; children inherit the mask.
@@ -143,15 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
     else:
-        sock = reuse_port_socket(settings.host, settings.port, 2048)
+        sock = bind_listener(settings.host, settings.port, reuse_port=True)
     # Bound: from here on the worker needs no privilege (before any thread starts).
     for protection in confine_server_process():
         logger.debug("%s: %s (%s)", protection.name,
                      "active" if protection.active else "unavailable", protection.detail)
+    os.set_inheritable(args.table_fd, False)  # never into a pool process
+    try:
+        column = ConnectionTable(args.table_fd).column(args.index)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 3
     metrics = service.metrics
-    per_ip = PeerConnections(settings.max_connections_per_ip, lambda: metrics.inc(
-        "stockade_gateway_connections_refused_total", ()),
-        settings.max_connections_ipv6_prefix)
+    per_ip = PeerConnections(
+        settings.max_connections_per_ip, column,
+        lambda: metrics.inc("stockade_gateway_connections_refused_total", ()),
+        settings.max_connections_ipv6_prefix,
+        lambda: metrics.inc("stockade_gateway_connection_table_full_total", ()))
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
         # httptools, with the head timeout and size limit uvicorn lacks (protocol.py).
