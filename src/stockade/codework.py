@@ -10,33 +10,48 @@ instructions compile to far more than their bytes, measured on a 2-core x86-64 m
   element read or written `REF_ACCESS` (an inline barrier: 110-220 µs, ~26 KB each).
   100 `struct.new_default` of a 10,000-field struct (a 20 KB module) compiled for 8-16 s.
 - Heavy sites, whose cost grows with the square of their number in one function: blocks
-  and `if`s with results (30,000 in one body: 8-15 s), `call_indirect` (30,000: 10 s) and
-  the table instructions, weighted by what they cost beside a `call_indirect`
-  (`SITE_WEIGHTS`: 10,000 `table.copy`s, 110 KB, compiled for 25 s; 30,000 `table.fill`s
-  for 82 s).
+  and `if`s with results (30,000 in one body: 8-15 s), branches carrying values to
+  their target (`BRANCH_WEIGHT`; 30,000 `br_if`s into one result block: 25 s),
+  `call_indirect` (30,000: 10 s) and the table instructions, weighted by what they cost
+  beside a `call_indirect` (`SITE_WEIGHTS`: 10,000 `table.copy`s, 110 KB, compiled for
+  25 s; 30,000 `table.fill`s for 82 s).
+- Barriers beyond struct fields: reads and writes of reference globals and of tables of
+  references other than funcref (`REF_ACCESS`; 25,000 anyref `global.get`/`set` pairs:
+  12.9 s and 1.4 GiB), arrays of references made (`REF_NEW`) or filled, copied and
+  initialised (`REF_BULK`; 10,000 `array.fill`s: 18.6 s and 3.9 GiB).
+- Allocation in constant expressions (global and table initialisers), compiled with the
+  module: 100 globals of a 10,000-field struct each (20 KB) took 10 s to load.
 
 `code_work` gives each function's (GC units, heavy sites); `compilecost` turns them into
 predicted CPU and memory. Decoding every instruction of CPython for WASI takes over a
-second of Python, so a body is decoded only in a module with GC types or when the bytes
-that may begin a heavy site are more than `EXACT_ABOVE`; otherwise that count (an upper
-bound) stands for its heavy sites. A function this reader cannot decode to its end (an
-instruction it does not know) is charged as if the rest of its body were the costliest
-code, so hiding a bomb behind an unknown instruction saves nothing.
+second of Python, so a body is decoded only in a module that could touch GC references
+(GC types, reference globals or tables) or when the bytes that may begin a heavy site
+are more than `EXACT_ABOVE`; otherwise that count (an upper bound) stands for its heavy
+sites. Element segments' expressions are not read (not measured). A function this
+reader cannot decode to its end (an instruction it does not know) is charged as if the
+rest of its body were the costliest code, so hiding a bomb behind an unknown instruction
+saves nothing.
 """
 
 from __future__ import annotations
 
-from .binary import CODE, TYPE, Cursor, MalformedModule, sections
-from .wasmcode import NO_IMMEDIATE, ONE_LEB, step, value_type
+from .binary import CODE, GLOBAL, IMPORT, TABLE, TYPE, Cursor, MalformedModule, sections
+from .wasmcode import NO_IMMEDIATE, ONE_LEB, heap_type, step, value_type
 
 __all__ = ["code_work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS", "EXACT_ABOVE"]
 
 REF_INIT = 6  # GC units for a reference field or element initialised
-REF_ACCESS = 25  # GC units for a reference field or element read or written
+REF_ACCESS = 25  # GC units for a reference field, element, global or table slot accessed
+REF_NEW = 35  # GC units for an array of references made (array.new, new_default, ...)
+REF_BULK = 160  # GC units for array.fill, copy, init_data, init_elem on references
+BRANCH_WEIGHT = 1.3  # heavy sites per branch carrying values to its target
 # Heavy sites per instruction: call_indirect and return_call_indirect, table.grow,
 # table.init, table.fill, table.copy (0xFC sub-opcodes 15, 12, 17, 14).
 SITE_WEIGHTS = {(0x11, -1): 1.0, (0x13, -1): 1.0, (0xFC, 15): 1.0, (0xFC, 12): 1.9,
                 (0xFC, 17): 2.2, (0xFC, 14): 3.8}
+# No instruction is more than this many heavy sites per byte (table.copy: 3.8 in 4 bytes;
+# a br_table target is 1.3 in at least one byte): a bound for any body of known size.
+_SITES_PER_BYTE = BRANCH_WEIGHT
 
 _REFS = frozenset([0x63, 0x64, *range(0x69, 0x75)])  # (ref ...) and the shorthands
 _PACKED = (0x77, 0x78)  # i16, i8
@@ -44,35 +59,136 @@ _NEW = (0x00, 0x01)  # struct.new, struct.new_default
 _FIELD = (0x02, 0x03, 0x04, 0x05)  # struct.get, get_s, get_u, set
 _ELEMENT = (0x0B, 0x0C, 0x0D, 0x0E)  # array.get, get_s, get_u, set
 _NEW_FIXED = 0x08
+_ARRAY_NEW = (0x06, 0x07, 0x09, 0x0A)  # array.new, new_default, new_data, new_elem
+_ARRAY_BULK = (0x10, 0x11, 0x12, 0x13)  # array.fill, copy, init_data, init_elem
+_VALUE_TYPES = frozenset([0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x63, 0x64, *range(0x69, 0x75)])
 _WITH_RESULTS = (0x02, 0x03, 0x04)  # block, loop, if: heavy when their type is not empty
 _EMPTY = 0x40
-_PLAIN = NO_IMMEDIATE - {0x0B}
+_PLAIN = NO_IMMEDIATE - {0x0B, 0x05}
 EXACT_ABOVE = 64  # heavy sites (an upper bound) past which a body is decoded
 # Bytes that may begin a heavy site, each with the most it may weigh.
 _SITE_BYTES = ((b"\x02", 1.0), (b"\x03", 1.0), (b"\x04", 1.0), (b"\x11", 1.0),
-               (b"\x13", 1.0), (b"\xfc", max(SITE_WEIGHTS.values())))
+               (b"\x13", 1.0), (b"\xfc", max(SITE_WEIGHTS.values())),
+               (b"\x0c", BRANCH_WEIGHT), (b"\x0d", BRANCH_WEIGHT))
 # A block, loop or if of empty type is no heavy site: each such pair found is one fewer.
 _EMPTY_BLOCKS = (b"\x02\x40", b"\x03\x40", b"\x04\x40")
-_LEB = ONE_LEB
+# Read here, not skipped: branches (their targets) and global and table accesses.
+_LEB = ONE_LEB - {0x0C, 0x0D, 0x23, 0x24, 0x25, 0x26}
 
 Types = list[tuple[bool, ...] | None]
 
 
+class _Module:
+    """What decoding a body needs to know of the module: per type index, whether each
+    field (a struct's) or the element (an array's) holds a reference (None: a function
+    type); per global and per table, whether it holds GC references."""
+
+    __slots__ = ("types", "fields", "globals", "tables")
+
+    def __init__(self) -> None:
+        self.types: Types = []
+        self.fields: list[int] = []
+        self.globals: list[bool] = []
+        self.tables: list[bool] = []
+
+    @property
+    def references(self) -> bool:
+        """Whether any code could touch GC references (every body is then decoded)."""
+        return (any(kind is not None for kind in self.types) or any(self.globals)
+                or any(self.tables))
+
+
 def code_work(data: bytes) -> list[tuple[int, float]]:
-    """(GC units, heavy sites) of each defined function, in code-section order (lenient:
-    a malformed module yields what could be read; validity is wasmtime's verdict)."""
-    types: Types = []
+    """(GC units, heavy sites) of each defined function, in code-section order, then one
+    entry for the global initialisers when they allocate (lenient: a malformed module
+    yields what could be read; validity is wasmtime's verdict)."""
+    module = _Module()
     work: list[tuple[int, float]] = []
+    initialisers = 0
     try:
         for section in sections(data, strict=False):
+            cursor = Cursor(data, section.start, section.end)
             if section.id == TYPE:
-                types = _types(Cursor(data, section.start, section.end))
+                module.types = _types(cursor)
+                module.fields = [sum(REF_INIT if ref else 1 for ref in kind)
+                                 if kind is not None else 0 for kind in module.types]
+            elif section.id == IMPORT:
+                _imports(cursor, module)
+            elif section.id == TABLE:
+                for _ in range(cursor.count("table", 3)):
+                    if cursor.data[cursor.pos:cursor.pos + 2] == b"\x40\x00":
+                        cursor.pos += 2
+                        module.tables.append(_table_type(cursor))
+                        initialisers += _constant(cursor, module)
+                    else:
+                        module.tables.append(_table_type(cursor))
+            elif section.id == GLOBAL:
+                for _ in range(cursor.count("global", 3)):
+                    module.globals.append(value_type(cursor) in _GC_REFS)
+                    cursor.byte()  # mutability
+                    initialisers += _constant(cursor, module)
             elif section.id == CODE:
-                _functions(Cursor(data, section.start, section.end), types, work)
+                _functions(cursor, module, work)
                 break
     except MalformedModule:
         pass
+    if initialisers:
+        work.append((initialisers, 0.0))
     return work
+
+
+# Reference types that need barriers: all but funcref (0x70) and (ref null? func).
+_GC_REFS = frozenset([0x63, 0x64, *range(0x69, 0x70), *range(0x71, 0x75)])
+
+
+def _table_type(cursor: Cursor) -> bool:
+    reference = cursor.byte()
+    gc = reference != 0x70
+    if reference in (0x63, 0x64):
+        gc = heap_type(cursor) != 0x70  # (ref null? func) is funcref
+    flags = cursor.byte()
+    cursor.leb(64 if flags & 4 else 32)
+    if flags & 1:
+        cursor.leb(64 if flags & 4 else 32)
+    return gc
+
+
+def _imports(cursor: Cursor, module: _Module) -> None:
+    for _ in range(cursor.count("import", 4)):
+        cursor.skip(cursor.leb())  # module name
+        cursor.skip(cursor.leb())  # field name
+        kind = cursor.byte()
+        if kind == 0:
+            cursor.leb()
+        elif kind == 1:
+            module.tables.append(_table_type(cursor))
+        elif kind == 2:
+            flags = cursor.byte()
+            cursor.leb(64 if flags & 4 else 32)
+            if flags & 1:
+                cursor.leb(64 if flags & 4 else 32)
+            if flags & 8:
+                cursor.leb()
+        elif kind == 3:
+            module.globals.append(value_type(cursor) in _GC_REFS)
+            cursor.byte()
+        elif kind == 4:
+            cursor.byte()
+            cursor.leb()
+        else:
+            raise MalformedModule(f"offset {cursor.pos - 1}: unknown import kind {kind}")
+
+
+def _constant(cursor: Cursor, module: _Module) -> int:
+    """GC units of a constant expression (evaluated at instantiation), past its end."""
+    units = 0
+    while True:
+        at = cursor.pos
+        opcode, sub = step(cursor)
+        if opcode == 0x0B:
+            return units
+        if opcode == 0xFB:
+            units += _gc_units(Cursor(cursor.data, at + 1, cursor.pos), sub, module)
 
 
 def _types(cursor: Cursor) -> Types:
@@ -118,52 +234,51 @@ def _field(cursor: Cursor) -> bool:
     return is_ref
 
 
-def _functions(cursor: Cursor, types: Types, work: list[tuple[int, float]]) -> None:
-    fields = [sum(REF_INIT if ref else 1 for ref in kind) if kind is not None else 0
-              for kind in types]
-    gc = any(kind is not None for kind in types)
+def _functions(cursor: Cursor, module: _Module, work: list[tuple[int, float]]) -> None:
+    decode_all = module.references
     # A byte of undecodable code is charged as a share of the costliest instruction.
-    worst_units = max(REF_ACCESS, *fields) // 3 + 1
-    worst_sites = max(SITE_WEIGHTS.values()) / 2
+    worst_units = max([REF_BULK, *module.fields]) // 3 + 1
     data = cursor.data
     for _ in range(cursor.count("function body", 2)):
         size = cursor.leb()
-        end = min(cursor.pos + size, cursor.end)
+        start, end = cursor.pos, min(cursor.pos + size, cursor.end)
         # Every byte that could begin a heavy site, counted as one: an upper bound that
         # costs no decoding, exact enough below EXACT_ABOVE (its square is milliseconds).
-        bound = sum(data.count(byte, cursor.pos, end) * weight
-                    for byte, weight in _SITE_BYTES)
-        bound -= sum(data.count(empty, cursor.pos, end) for empty in _EMPTY_BLOCKS)
-        if gc or bound > EXACT_ABOVE:
-            work.append(_decoded(Cursor(data, cursor.pos, end), types, fields,
-                                 worst_units, worst_sites))
+        # A br_table's targets are not bytes of their own: with one, the size bounds.
+        most = (end - start) * _SITES_PER_BYTE
+        if data.find(b"\x0e", start, end) < 0:
+            bound = sum(data.count(byte, start, end) * weight for byte, weight in _SITE_BYTES)
+            bound -= sum(data.count(empty, start, end) for empty in _EMPTY_BLOCKS)
+            most = min(most, bound)
+        if decode_all or most > EXACT_ABOVE:
+            work.append(_decoded(Cursor(data, start, end), module, worst_units))
         else:
-            work.append((0, bound))
+            work.append((0, most))
         if cursor.pos + size > cursor.end:
             return
         cursor.pos = end
 
 
-def _decoded(body: Cursor, types: Types, fields: list[int], worst_units: int,
-             worst_sites: float) -> tuple[int, float]:
+def _decoded(body: Cursor, module: _Module, worst_units: int) -> tuple[int, float]:
     found = [0, 0.0]
     try:
         for _ in range(body.count("local declaration")):
             body.leb()
             value_type(body)
-        _body(body, types, fields, found)
+        _body(body, module, found)
     except MalformedModule:
         left = body.end - body.pos
         found[0] += left * worst_units
-        found[1] += left * worst_sites
+        found[1] += left * _SITES_PER_BYTE
     return int(found[0]), found[1]
 
 
-def _body(body: Cursor, types: Types, fields: list[int], found: list[float]) -> None:
+def _body(body: Cursor, module: _Module, found: list[float]) -> None:
     """Add this body's GC units and heavy sites to `found` as it goes (what was counted
     stays counted when an unknown instruction ends the walk)."""
     data, end = body.data, body.end
     plain, leb, weights = _PLAIN, _LEB, SITE_WEIGHTS
+    carries = [True]  # per open block: whether a branch to it carries values
     while body.pos < end:
         at = body.pos
         opcode = data[at]
@@ -174,29 +289,64 @@ def _body(body: Cursor, types: Types, fields: list[int], found: list[float]) -> 
             body.pos += 1
             body.leb(64)
             continue
-        if opcode in _WITH_RESULTS and at + 1 < end and data[at + 1] != _EMPTY:
-            found[1] += 1
+        if opcode == 0x0B:  # end
+            body.pos += 1
+            if len(carries) > 1:
+                carries.pop()
+            continue
+        if opcode == 0x05:  # else
+            body.pos += 1
+            continue
+        if opcode in (0x02, 0x03, 0x04, 0x06, 0x1F):  # block, loop, if, try, try_table
+            kind = data[at + 1] if at + 1 < end else 0x40
+            valued = kind != 0x40 and (opcode != 0x03 or kind not in _VALUE_TYPES)
+            carries.append(valued)  # a loop's branches carry its parameters only
+            if valued and opcode != 0x03:
+                found[1] += 1
         opcode, sub = step(body)
         weight = weights.get((opcode, sub))
         if weight is not None:
             found[1] += weight
-        elif opcode == 0xFB and types:
-            found[0] += _gc_units(Cursor(data, at + 1, body.pos), sub, types, fields)
+        elif opcode in (0x0C, 0x0D):  # br, br_if
+            found[1] += _branch(Cursor(data, at + 1, body.pos).leb(), carries)
+        elif opcode == 0x0E:  # br_table
+            targets = Cursor(data, at + 1, body.pos)
+            for _ in range(targets.count("br_table label") + 1):
+                found[1] += _branch(targets.leb(), carries)
+        elif opcode in (0x23, 0x24):  # global.get, global.set
+            index = Cursor(data, at + 1, body.pos).leb()
+            if index < len(module.globals) and module.globals[index]:
+                found[0] += REF_ACCESS
+        elif opcode in (0x25, 0x26):  # table.get, table.set
+            index = Cursor(data, at + 1, body.pos).leb()
+            if index < len(module.tables) and module.tables[index]:
+                found[0] += REF_ACCESS
+        elif opcode == 0xFB and module.types:
+            found[0] += _gc_units(Cursor(data, at + 1, body.pos), sub, module)
 
 
-def _gc_units(immediates: Cursor, sub: int, types: Types, fields: list[int]) -> int:
+def _branch(label: int, carries: list[bool]) -> float:
+    return BRANCH_WEIGHT if label < len(carries) and carries[-1 - label] else 0.0
+
+
+def _gc_units(immediates: Cursor, sub: int, module: _Module) -> int:
     immediates.leb()  # the sub-opcode
-    if not (sub in _NEW or sub in _FIELD or sub in _ELEMENT or sub == _NEW_FIXED):
+    if not (sub in _NEW or sub in _FIELD or sub in _ELEMENT or sub == _NEW_FIXED
+            or sub in _ARRAY_NEW or sub in _ARRAY_BULK):
         return 0
     index = immediates.leb()
-    kind = types[index] if index < len(types) else None
+    kind = module.types[index] if index < len(module.types) else None
     if kind is None:
         return 0  # not a struct or array: wasmtime refuses the module
     if sub in _NEW:
-        return fields[index]
+        return module.fields[index]
     if sub == _NEW_FIXED:
         return immediates.leb() * (REF_INIT if kind[0] else 1)
     if sub in _FIELD:
         field = immediates.leb()
         return REF_ACCESS if field < len(kind) and kind[field] else 0
+    if sub in _ARRAY_NEW:
+        return REF_NEW if kind[0] else 0
+    if sub in _ARRAY_BULK:
+        return REF_BULK if kind[0] else 0
     return REF_ACCESS if kind[0] else 0

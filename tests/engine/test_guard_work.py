@@ -175,3 +175,94 @@ def test_small_gc_programs_still_run() -> None:
               '    (then unreachable))))')
     result = Sandbox(Policy.from_profile("default")).run(wasm(module))
     assert result.outcome.value == "exited" and result.exit_code == 0, result
+
+
+# -- found by review: work the first model did not count ---------------------------------
+
+def _valued_branches(count: int) -> bytes:
+    return wasm('(module (func (export "_start") (param i32) (result i32) '
+                '(block (result i32) '
+                + "(drop (br_if 0 (i32.const 0) (local.get 0))) " * count
+                + "(i32.const 1))))")
+
+
+def _ref_global_traffic(count: int) -> bytes:
+    return wasm('(module (global $g (mut anyref) (ref.null any)) (func (export "_start") '
+                + "(global.set $g (global.get $g)) " * count + "))")
+
+
+def _ref_array(instruction: str, count: int) -> bytes:
+    return wasm('(module (type $a (array (mut anyref))) '
+                '(func (export "_start") (local $x (ref null $a)) '
+                + f"{instruction} " * count + "))")
+
+
+ARRAY_FILL = "(array.fill $a (local.get $x) (i32.const 0) (ref.null any) (i32.const 5))"
+ARRAY_COPY = ("(array.copy $a $a (local.get $x) (i32.const 0) (local.get $x) (i32.const 1) "
+              "(i32.const 2))")
+
+
+@pytest.mark.parametrize("module", [
+    # 30,000 branches carrying a value into one block (210 KB): 25 s, predicted 0.3 s.
+    pytest.param(lambda: _valued_branches(30_000), id="valued br_if"),
+    # 25,000 reads and writes of an anyref global (100 KB): 12.9 s and 1.4 GiB.
+    pytest.param(lambda: _ref_global_traffic(25_000), id="anyref global"),
+    # 10,000 array.fills of anyref arrays (110 KB): 18.6 s and 3.9 GiB.
+    pytest.param(lambda: _ref_array(ARRAY_FILL, 10_000), id="array.fill ref"),
+    # 7,000 array.copys in one body: 12.7 s.
+    pytest.param(lambda: _ref_array(ARRAY_COPY, 7_000), id="array.copy ref"),
+    # 100 globals initialised with a 10,000-field struct each (20 KB): ~10 s to load.
+    pytest.param(lambda: wasm('(module (type $s (struct '
+                              + "(field v128) " * 10_000 + ")) "
+                              + "(global (ref $s) (struct.new_default $s)) " * 100
+                              + ' (func (export "_start")))'), id="global initialisers"),
+])
+def test_reviewed_bombs_are_refused(module: object) -> None:
+    data = module()  # type: ignore[operator]
+    wasmtime.Module.validate(wasmtime.Engine(Sandbox(short_policy()).engine_config
+                                             .to_wasmtime()), data)
+    with pytest.raises(ModuleError, match="compil"):
+        CompileGuard.for_limits(short_policy().limits).check_code(data, "bomb.wasm")
+
+
+def test_branches_without_values_and_to_loops_are_not_heavy() -> None:
+    plain = wasm('(module (func (param i32) (block '
+                 + "(br_if 0 (local.get 0)) " * 500 + ") (loop "
+                 + "(br_if 0 (local.get 0)) " * 500 + ")))")
+    assert code_work(plain) == [(0, 0.0)]
+    assert code_work(_valued_branches(500))[0][1] >= 500
+
+
+def test_reference_tables_are_priced() -> None:
+    """15,000 table.set/get pairs on an anyref table (120 KB) compiled for 7.6 s; funcref
+    tables need no barrier and cost nothing extra."""
+    pairs = ("(table.set $t (i32.const 0) (table.get $t (i32.const 1))) " * 15_000)
+    anyref = wasm(f'(module (table $t 10 anyref) (func {pairs}))')
+    funcref = wasm(f'(module (table $t 10 funcref) (func {pairs}))')
+    assert compile_cost(code_shape(anyref), code_work(anyref)) > 5.0
+    assert code_work(funcref)[0][0] == 0
+
+
+def test_an_empty_code_section_is_read() -> None:
+    """Valid, no types, no bodies: the guard crashed on it (TypeError) and every run of
+    it died with a traceback."""
+    data = b"\0asm\x01\0\0\0\x0a\x01\x00"
+    wasmtime.Module.validate(wasmtime.Engine(), data)
+    assert code_work(data) == []
+    CompileGuard.for_limits(short_policy().limits).check_code(data, "empty.wasm")
+
+
+def test_a_module_over_budget_by_its_shape_is_refused_before_decoding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shape alone is a lower bound of the cost: decoding a large module's code (seconds
+    of Python) waits until the shape is within the budget."""
+    import stockade.engine.guard as guard_module
+
+    def decode(data: bytes) -> list[tuple[int, float]]:
+        raise AssertionError("decoded a module its shape already refuses")
+
+    monkeypatch.setattr(guard_module, "code_work", decode)
+    body = "(drop (i32.add (local.get 0) (local.get 0))) " * 2000
+    big = wasm("(module " + f"(func (param i32) {body})" * 1000 + ")")
+    with pytest.raises(ModuleError, match="compil"):
+        CompileGuard.for_limits(short_policy().limits).check_code(big, "big.wasm")

@@ -78,6 +78,12 @@ class CompileGuard:
                    limits.max_memory, compile_budget(limits.timeout),
                    memory_budget(limits.max_memory))
 
+    def _over_budget(self, shape: list[tuple[int, int]]) -> bool:
+        return ((self.compile_budget is not None
+                 and compile_cost(shape) > self.compile_budget)
+                or (self.memory_budget is not None
+                    and compile_memory(shape) > self.memory_budget))
+
     def check_size(self, size: int, name: str) -> None:
         """Refuse a module file larger than `max_module_size` before reading it."""
         if size > self.max_module_size:
@@ -109,7 +115,9 @@ class CompileGuard:
                     f"{name}: function {index} declares {locals_count} locals, over this "
                     f"policy's limit of {self.max_locals} (compile cost)"
                 )
-        work = code_work(data)
+        # The shape alone is a lower bound: a module over budget by it is refused before
+        # its code is decoded (seconds of Python on a large one).
+        work = [] if self._over_budget(shape) else code_work(data)
         cost = compile_cost(shape, work)
         if self.compile_budget is not None and cost > self.compile_budget:
             raise ModuleError(
