@@ -12,7 +12,7 @@ bounded in time, so a guest the tripwire misses fails the test instead of hangin
 * `struct.new_default` of a 10,000-field struct: Cranelift inlines every field's
   initialisation, so a 130 KB module (100 such instructions) compiles for ~16 s (10 of
   them 0.5 s: superlinear), on both engines; the compile guard's body-size limit did not
-  see it (now: it counts GC work, `allocwork`).
+  see it (now: it counts GC work, `codework`).
 * The rewriting grows code up to 5x (a 2-byte `call` gets an 8-byte probe): a module
   whose body is valid as given can be invalid rewritten (over wasmparser's 7,654,321-byte
   body limit) and was refused instead of falling back to the epochs twin (now: a rewritten
@@ -124,8 +124,8 @@ def _struct_bomb(fields: int, count: int) -> str:
 def test_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None:
     """Was (both engines, not the tripwire's): 100 `struct.new_default` of a 10,000-field
     struct, a 130 KB module, compiled for ~16 s (epochs engine: 11 s). The compile guard
-    now counts the fields each allocation initialises (`allocwork`); see
-    tests/engine/test_guard_gc.py."""
+    now counts the fields each allocation initialises (`codework`); see
+    tests/engine/test_guard_work.py."""
     policy = Policy.from_profile("default").with_limits(timeout=TIMEOUT)
     module = bytes(wasmtime.wat2wasm(_struct_bomb(10_000, 100)))
     for config in (None, EngineConfig.for_limits(policy.limits)):  # tripwire, epochs
