@@ -19,15 +19,16 @@ instructions compile to far more than their bytes, measured on a 2-core x86-64 m
   references other than funcref (`REF_ACCESS`; 25,000 anyref `global.get`/`set` pairs:
   12.9 s and 1.4 GiB), arrays of references made (`REF_NEW`) or filled, copied and
   initialised (`REF_BULK`; 10,000 `array.fill`s: 18.6 s and 3.9 GiB).
-- Allocation in constant expressions (global and table initialisers), compiled with the
-  module: 100 globals of a 10,000-field struct each (20 KB) took 10 s to load.
+- Allocation in constant expressions (global and table initialisers, element segments),
+  compiled with the module: 100 globals of a 10,000-field struct each (20 KB) took 10 s
+  to load.
 
 `code_work` gives each function's (GC units, heavy sites); `compilecost` turns them into
 predicted CPU and memory. Decoding every instruction of CPython for WASI takes over a
 second of Python, so a body is decoded only in a module that could touch GC references
 (GC types, reference globals or tables) or when the bytes that may begin a heavy site
 are more than `EXACT_ABOVE`; otherwise that count (an upper bound) stands for its heavy
-sites. Element segments' expressions are not read (not measured). A function this
+sites. A function this
 reader cannot decode to its end (an instruction it does not know) is charged as if the
 rest of its body were the costliest code, so hiding a bomb behind an unknown instruction
 saves nothing.
@@ -35,7 +36,17 @@ saves nothing.
 
 from __future__ import annotations
 
-from .binary import CODE, GLOBAL, IMPORT, TABLE, TYPE, Cursor, MalformedModule, sections
+from .binary import (
+    CODE,
+    ELEMENT,
+    GLOBAL,
+    IMPORT,
+    TABLE,
+    TYPE,
+    Cursor,
+    MalformedModule,
+    sections,
+)
 from .wasmcode import NO_IMMEDIATE, ONE_LEB, heap_type, step, value_type
 
 __all__ = ["code_work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS", "EXACT_ABOVE"]
@@ -127,6 +138,8 @@ def code_work(data: bytes) -> list[tuple[int, float]]:
                     module.globals.append(value_type(cursor) in _GC_REFS)
                     cursor.byte()  # mutability
                     initialisers += _constant(cursor, module)
+            elif section.id == ELEMENT:
+                initialisers += _elements(cursor, module)
             elif section.id == CODE:
                 _functions(cursor, module, work)
                 break
@@ -189,6 +202,30 @@ def _constant(cursor: Cursor, module: _Module) -> int:
             return units
         if opcode == 0xFB:
             units += _gc_units(Cursor(cursor.data, at + 1, cursor.pos), sub, module)
+
+
+def _elements(cursor: Cursor, module: _Module) -> int:
+    """GC units of the element segments' offsets and expressions."""
+    units = 0
+    for _ in range(cursor.count("element segment", 2)):
+        flags = cursor.leb()
+        if flags > 7:
+            raise MalformedModule(f"offset {cursor.pos - 1}: unknown element flags {flags}")
+        if flags & 2 and not flags & 1:
+            cursor.leb()  # table index
+        if not flags & 1:
+            units += _constant(cursor, module)  # the offset
+        if flags & 3:
+            if flags & 4:
+                value_type(cursor)  # a reference type
+            else:
+                cursor.byte()  # the element kind
+        for _ in range(cursor.count("element", 1)):
+            if flags & 4:
+                units += _constant(cursor, module)
+            else:
+                cursor.leb()
+    return units
 
 
 def _types(cursor: Cursor) -> Types:

@@ -266,3 +266,17 @@ def test_a_module_over_budget_by_its_shape_is_refused_before_decoding(
     big = wasm("(module " + f"(func (param i32) {body})" * 1000 + ")")
     with pytest.raises(ModuleError, match="compil"):
         CompileGuard.for_limits(short_policy().limits).check_code(big, "big.wasm")
+
+
+def test_allocation_in_element_segments_is_priced() -> None:
+    """The same allocation as the global initialisers', in element expressions (20 KB):
+    13 s and 1 GB to compile."""
+    items = " ".join(["(item (struct.new_default $s))"] * 100)
+    data = wasm('(module (type $s (struct ' + "(field v128) " * 10_000 + ")) "
+                f"(table 100 (ref null $s)) (elem (table 0) (i32.const 0) (ref null $s) {items}) "
+                '(func (export "_start")))')
+    wasmtime.Module.validate(wasmtime.Engine(Sandbox(short_policy()).engine_config
+                                             .to_wasmtime()), data)
+    assert code_work(data)[-1][0] == 100 * 10_000
+    with pytest.raises(ModuleError, match="compil"):
+        CompileGuard.for_limits(short_policy().limits).check_code(data, "bomb.wasm")
