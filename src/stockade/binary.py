@@ -339,6 +339,16 @@ def skip_const_expr(cursor: Cursor) -> None:
             cursor.leb(33)
         elif opcode == 0xFD and cursor.leb() == 12:  # v128.const
             cursor.skip(16)
+        elif opcode == 0xFB:  # the GC proposal's constant instructions
+            sub = cursor.leb()
+            if sub in (0, 1, 6, 7):  # struct.new(_default), array.new(_default): a type
+                cursor.leb()
+            elif sub == 8:  # array.new_fixed: a type and a length
+                cursor.leb()
+                cursor.leb()
+            elif sub not in (26, 27, 28):  # any/extern conversions, ref.i31
+                raise MalformedModule(
+                    f"offset {cursor.pos - 1}: 0xfb {sub} in a constant expression")
         elif opcode not in _NO_IMMEDIATE:
             raise MalformedModule(
                 f"offset {cursor.pos - 1}: opcode {opcode:#04x} in a constant expression")
@@ -378,7 +388,10 @@ def read_element_counts(data: bytes, section: Section) -> list[int]:
         if not flags & 1:
             skip_const_expr(cursor)  # the offset
         if flags & 3:
-            cursor.byte()  # element kind or reference type
+            if flags & 4:
+                _value_type(cursor)  # a reference type: (ref null $t) has a heap type
+            else:
+                cursor.byte()  # the element kind
         entries = cursor.count("element", 1)
         for _ in range(entries):
             if flags & 4:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from stockade import Invocation, Outcome, Policy, Sandbox
 from stockade.binary import MalformedModule
@@ -183,3 +184,14 @@ def test_memory_and_data_findings() -> None:
     assert any(r == "medium" and "data segments of 20MiB" in m for r, m in messages)
     risks = [f.risk for f in report.findings]
     assert risks == sorted(risks, key=("high", "medium", "low").index)
+
+
+def test_gc_constant_expressions_and_typed_elements_are_read() -> None:
+    """A global initialised with `struct.new_default` and an element segment of a typed
+    reference (`(ref null $s)`, a heap type after 0x63): were read as 0 entries."""
+    data = bytes(wasmtime.wat2wasm(
+        '(module (type $s (struct (field i32))) (global (ref $s) (struct.new_default $s)) '
+        '(table 2 (ref null $s)) (elem (table 0) (i32.const 0) (ref null $s) '
+        '(item (struct.new_default $s)) (item (ref.null $s))) (func (export "_start")))'))
+    report = inspect_module(data, "gc.wasm")
+    assert report.element_segments == [2]
