@@ -15,6 +15,7 @@ import pytest
 
 from stockade.attacks import AttackRunner, RunnerOptions, Verdict, find_attacks
 from stockade.attacks.probes import disk_counters, disk_for
+from stockade.attacks.verdict import MAX_FLUSHES
 from stockade.policy import Policy
 from tests.conftest import GUESTS
 
@@ -68,7 +69,9 @@ def test_baseline_fsync_storm_escapes_with_far_more_flushes() -> None:
     run = runner(baseline=True, watchdog=2.0).run(storm)
     assert run.mode == "baseline"
     assert run.verdict is Verdict.ESCAPED
-    assert run.impact.device_flushes > FEW_HUNDRED
+    # Past the bound a contained run is held to (how far past depends on the disk and
+    # what else flushes it: 254 in 2 s beside a test suite writing, 300+ alone).
+    assert run.impact.device_flushes > MAX_FLUSHES
     assert any(reason.startswith("device flushes") for reason in run.reasons)
 
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
-from .conntable import AT_LIMIT, FULL, Column
+from .conntable import AT_LIMIT, BUSY, FULL, Column
 
 __all__ = ["PeerConnections", "REFUSAL", "LOG_INTERVAL", "IPV6_PREFIX", "peer_key"]
 
@@ -115,9 +115,14 @@ class PeerConnections:
         elif cell == FULL:
             if self._on_full is not None:
                 self._on_full()
-            self._log("", "the connection table holds all the addresses it can (%d, "
+            self._log("", "the connection table holds all the addresses it can (about %d, "
                       "max_connection_addresses): a connection from a new address was "
-                      "refused with 503%s", self.column.table.cells)
+                      "refused with 503%s", self.column.table.cells // 2)
+        elif cell == BUSY:
+            if self._on_full is not None:
+                self._on_full()
+            self._log("\0busy", "the connection table's lock is held by another process: a "
+                      "connection from a new address was refused with 503%s")
         return None
 
     def close(self, cell: int) -> None:

@@ -6,7 +6,10 @@ header (cells, columns, the hash key), `cells` 16-byte address keys, then one co
 `cells` 32-bit counters per worker. A worker writes only its own column; an address's
 count is the sum over the columns. Its cell is found by a keyed hash (BLAKE2b with a key
 drawn per server, so a client cannot pick addresses that collide) and at most `PROBE`
-cells of linear probing. A key is written only under a lock (a POSIX lock on the memfd)
+cells of linear probing. A key is written only under a lock (a POSIX lock on the memfd,
+never waited on for more than about a millisecond: a process that holds it, such as one
+of the same user that opened a worker's descriptor, must not stall the event loops; a
+new address is then refused, `BUSY`)
 and only into a cell every column counts 0 for; a worker's own count rises from 0 only
 under that lock, so a free cell stays free while the lock is held. Counting up from 1 or
 down needs no lock. Two workers admitting one address at once can each see the other's
@@ -23,14 +26,25 @@ import hashlib
 import mmap
 import os
 import struct
+import time
 from functools import lru_cache
 
-__all__ = ["ConnectionTable", "PROBE", "CELLS", "AT_LIMIT", "FULL"]
+__all__ = ["ConnectionTable", "PROBE", "CELLS", "AT_LIMIT", "FULL", "BUSY", "cells_for"]
 
 PROBE = 8  # cells an address may be found in
 CELLS = 65536
 AT_LIMIT = -1  # `acquire`: the address holds the limit already
 FULL = -2  # `acquire`: a new address, and no free cell for it
+BUSY = -3  # `acquire`: a new address, and the lock held elsewhere past LOCK_TRIES
+LOCK_TRIES = 20  # attempts to take the lock, LOCK_PAUSE seconds apart
+LOCK_PAUSE = 50e-6
+
+
+def cells_for(addresses: int) -> int:
+    """Cells for a table meant to hold `addresses`: twice as many. An address finds a
+    cell among PROBE, and at two thirds full a new one began to find none (with 64 cells,
+    the first refusal came at the 41st address)."""
+    return 2 * addresses
 _MAGIC = b"STKCONN1"
 _HEADER = struct.Struct("<8sII16s")
 _HEADER_SIZE = 64
@@ -127,9 +141,20 @@ class ConnectionTable:
         """Every column's counters, column after column."""
         return self._counts
 
-    def lock(self, on: bool) -> None:
-        """Take (blocking) or give back the table's lock."""
-        fcntl.lockf(self.fd, fcntl.LOCK_EX if on else fcntl.LOCK_UN)
+    def lock(self, on: bool) -> bool:
+        """Take the table's lock (False when it stayed held elsewhere for LOCK_TRIES
+        attempts), or give it back."""
+        if not on:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+            return True
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:  # EAGAIN or EACCES: held by another process
+                if attempt + 1 < LOCK_TRIES:
+                    time.sleep(LOCK_PAUSE)
+        return False
 
     def close(self) -> None:
         """Unmap and close the descriptor. Safe twice."""
@@ -160,7 +185,8 @@ class Column:
         if cell is not None:
             return self._add(cell, limit)
         table = self.table
-        table.lock(True)
+        if not table.lock(True):
+            return BUSY
         try:
             cell = table.claim(key)
             if cell == FULL:

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
-from .conntable import ConnectionTable
+from .conntable import ConnectionTable, cells_for
 from .listener import bind_listener
 from .manifest import Manifest, load_manifest
 from .reload import FileWatcher, watched_files
@@ -93,8 +93,8 @@ class Supervisor:
         self.overrides["port"] = self.port
         self.settings = self.settings.override(port=self.port)
         # Before any worker: one count of connections per address for the server.
-        self._table = ConnectionTable.create(self.settings.workers,
-                                             self.settings.max_connection_addresses)
+        self._table = ConnectionTable.create(
+            self.settings.workers, cells_for(self.settings.max_connection_addresses))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pending = {index: self._spawn(index) for index in range(self.settings.workers)}
         deadline = time.monotonic() + READY_TIMEOUT
