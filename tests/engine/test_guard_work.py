@@ -13,6 +13,7 @@ only and let them compile under any timeout. Each attack below was allowed befor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,23 @@ def test_allocation_in_element_segments_is_priced() -> None:
     assert code_work(data)[-1][0] == 100 * 10_000
     with pytest.raises(ModuleError, match="compil"):
         CompileGuard.for_limits(short_policy().limits).check_code(data, "bomb.wasm")
+
+
+def test_a_tripwire_load_decodes_the_code_once(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """The guard checks the module as given and rewritten; the probes do no code work, so
+    the second check reuses the first's (decoding CPython takes over a second)."""
+    import stockade.engine.guard as guard_module
+
+    calls: list[int] = []
+
+    def counted(data: bytes) -> list[tuple[int, float]]:
+        calls.append(len(data))
+        return code_work(data)
+
+    monkeypatch.setattr(guard_module, "code_work", counted)
+    path = tmp_path / "fresh.wasm"  # never in the AoT cache: a custom section of its own
+    nonce = os.urandom(8)
+    path.write_bytes(heavy_sites_bomb(TABLE_COPY, 300) + b"\x00\x0a\x01x" + nonce)
+    loaded = Sandbox(Policy.from_profile("default")).load(path)
+    assert loaded.tripwire and len(calls) == 1

@@ -92,9 +92,12 @@ class CompileGuard:
                 f"of {format_size(self.max_module_size)}"
             )
 
-    def check_code(self, data: bytes, name: str) -> None:
+    def check_code(self, data: bytes, name: str,
+                   work: list[tuple[int, float]] | None = None) -> list[tuple[int, float]]:
         """Refuse function bodies or local counts that would make compilation explode, and
-        data segments that could never fit in the memory limit."""
+        data segments that could never fit in the memory limit. Returns the module's
+        `code_work`; `work` is that of a module with the same code but for additions that
+        do no such work (the tripwire's probes), spared decoding it again."""
         if self.max_data_size is not None:
             segments = data_size(data)
             if segments > self.max_data_size:
@@ -117,7 +120,8 @@ class CompileGuard:
                 )
         # The shape alone is a lower bound: a module over budget by it is refused before
         # its code is decoded (seconds of Python on a large one).
-        work = [] if self._over_budget(shape) else code_work(data)
+        if work is None:
+            work = [] if self._over_budget(shape) else code_work(data)
         cost = compile_cost(shape, work)
         if self.compile_budget is not None and cost > self.compile_budget:
             raise ModuleError(
@@ -134,3 +138,4 @@ class CompileGuard:
                 f"budget of {format_size(self.memory_budget)} ({format_size(COMPILE_MEMORY)} "
                 "plus the memory limit); raise the memory limit (--max-memory) to allow it"
             )
+        return work

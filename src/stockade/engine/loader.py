@@ -250,14 +250,14 @@ class ModuleLoader:
         cached = self._from_cache(sha, name)
         if cached is not None:
             return cached
-        if explicit:
-            guard.check_code(data, name)
+        work = guard.check_code(data, name) if explicit else None
         start = time.perf_counter()
         try:
             with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
                           "configuration)"):
                 if self._tripwire:
-                    data = _rewritten(self._engine, data, guard if explicit else None, name)
+                    data = _rewritten(self._engine, data, guard if explicit else None, name,
+                                      work)
                 module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
@@ -332,12 +332,13 @@ class ModuleLoader:
 
 
 def _rewritten(engine: wasmtime.Engine, data: bytes, guard: CompileGuard | None,
-               name: str) -> bytes:
+               name: str, work: list[tuple[int, float]] | None = None) -> bytes:
     """`data` with its tripwire, once the module as given is known valid: the rewriting
     adds a memory, which must not make valid a module whose code names one it lacks.
     Raises WasmtimeError (invalid as given) or tripwire.Unsupported, also when the
     rewritten code is past what wasmtime or `guard` accept (a body of calls grows up to
-    5x): the module then compiles as given, with epochs."""
+    5x): the module then compiles as given, with epochs. `work`: the code work of `data`,
+    which the probes leave as it is."""
     import wasmtime
 
     from .tripwire import Unsupported, instrument
@@ -347,7 +348,7 @@ def _rewritten(engine: wasmtime.Engine, data: bytes, guard: CompileGuard | None,
     try:
         wasmtime.Module.validate(engine, rewritten)
         if guard is not None:
-            guard.check_code(rewritten, name)
+            guard.check_code(rewritten, name, work)
     except (wasmtime.WasmtimeError, ModuleError) as exc:
         raise Unsupported(f"the rewritten module is refused: {exc}") from None
     return rewritten
