@@ -13,13 +13,14 @@ headers allow: validity is wasmtime's verdict); everything else is strict.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
     "MAGIC", "MalformedModule", "Cursor", "Section", "Import", "Export", "Limits",
     "DataSegment", "sections", "read_imports", "read_exports", "read_limits_section",
-    "read_table_section", "read_data", "read_element_counts", "read_count", "read_start",
+    "read_table_section", "read_data", "read_element_counts", "element_segments",
+    "read_count", "read_start",
     "read_producers", "read_name_section", "read_bodies", "code_shape", "data_size",
     "skip_const_expr", "encode_leb",
     "SECTION_NAMES", "PAGE",
@@ -377,7 +378,12 @@ def read_data(data: bytes, section: Section) -> list[DataSegment]:
 
 def read_element_counts(data: bytes, section: Section) -> list[int]:
     """How many entries each element segment holds."""
-    cursor = Cursor(data, section.start, section.end)
+    return element_segments(Cursor(data, section.start, section.end), skip_const_expr)
+
+
+def element_segments(cursor: Cursor, expression: Callable[[Cursor], object]) -> list[int]:
+    """Walk the element section at `cursor`: `expression(cursor)` moves past each constant
+    expression (offsets and entries); returns each segment's entry count."""
     counts = []
     for _ in range(cursor.count("element segment", 2)):
         flags = cursor.leb()
@@ -386,7 +392,7 @@ def read_element_counts(data: bytes, section: Section) -> list[int]:
         if flags & 2 and not flags & 1:
             cursor.leb()  # table index
         if not flags & 1:
-            skip_const_expr(cursor)  # the offset
+            expression(cursor)  # the offset
         if flags & 3:
             if flags & 4:
                 _value_type(cursor)  # a reference type: (ref null $t) has a heap type
@@ -395,7 +401,7 @@ def read_element_counts(data: bytes, section: Section) -> list[int]:
         entries = cursor.count("element", 1)
         for _ in range(entries):
             if flags & 4:
-                skip_const_expr(cursor)
+                expression(cursor)
             else:
                 cursor.leb()
         counts.append(entries)

@@ -45,6 +45,7 @@ from .binary import (
     TYPE,
     Cursor,
     MalformedModule,
+    element_segments,
     sections,
 )
 from .wasmcode import NO_IMMEDIATE, ONE_LEB, heap_type, step, value_type
@@ -206,26 +207,13 @@ def _constant(cursor: Cursor, module: _Module) -> int:
 
 def _elements(cursor: Cursor, module: _Module) -> int:
     """GC units of the element segments' offsets and expressions."""
-    units = 0
-    for _ in range(cursor.count("element segment", 2)):
-        flags = cursor.leb()
-        if flags > 7:
-            raise MalformedModule(f"offset {cursor.pos - 1}: unknown element flags {flags}")
-        if flags & 2 and not flags & 1:
-            cursor.leb()  # table index
-        if not flags & 1:
-            units += _constant(cursor, module)  # the offset
-        if flags & 3:
-            if flags & 4:
-                value_type(cursor)  # a reference type
-            else:
-                cursor.byte()  # the element kind
-        for _ in range(cursor.count("element", 1)):
-            if flags & 4:
-                units += _constant(cursor, module)
-            else:
-                cursor.leb()
-    return units
+    units = [0]
+
+    def expression(at: Cursor) -> None:
+        units[0] += _constant(at, module)
+
+    element_segments(cursor, expression)
+    return units[0]
 
 
 def _types(cursor: Cursor) -> Types:
