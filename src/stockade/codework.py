@@ -19,6 +19,12 @@ instructions compile to far more than their bytes, measured on a 2-core x86-64 m
   references other than funcref (`REF_ACCESS`; 25,000 anyref `global.get`/`set` pairs:
   12.9 s and 1.4 GiB), arrays of references made (`REF_NEW`) or filled, copied and
   initialised (`REF_BULK`; 10,000 `array.fill`s: 18.6 s and 3.9 GiB).
+- Found by a second review: `br_on_null`, `br_on_non_null`, `br_on_cast` and `try_table`
+  catch clauses are branches (30,000-55,000 into a result block: 25-35 s); `ref.test` and
+  `ref.cast` a heavy site each (60,000: 58 s, 1.6 GiB); heavy sites also cost memory with
+  their square (25,000 `try_table`s with results: 2.5 GiB; 60,000 aborted the process).
+  Not counted yet: the arity of calls, throws and branches (2,000 calls passing 1,000
+  values: 38 s, 2 GiB) and reference locals live across calls (3.4 GiB).
 - Allocation in constant expressions (global and table initialisers, element segments),
   compiled with the module: 100 globals of a 10,000-field struct each (20 KB) took 10 s
   to load.
@@ -48,7 +54,7 @@ from .binary import (
     element_segments,
     sections,
 )
-from .wasmcode import NO_IMMEDIATE, ONE_LEB, heap_type, step, value_type
+from .wasmcode import NO_IMMEDIATE, ONE_LEB, block_type, heap_type, step, value_type
 
 __all__ = ["code_work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS", "EXACT_ABOVE"]
 
@@ -81,11 +87,12 @@ EXACT_ABOVE = 64  # heavy sites (an upper bound) past which a body is decoded
 # Bytes that may begin a heavy site, each with the most it may weigh.
 _SITE_BYTES = ((b"\x02", 1.0), (b"\x03", 1.0), (b"\x04", 1.0), (b"\x11", 1.0),
                (b"\x13", 1.0), (b"\xfc", max(SITE_WEIGHTS.values())),
-               (b"\x0c", BRANCH_WEIGHT), (b"\x0d", BRANCH_WEIGHT))
+               (b"\x0c", BRANCH_WEIGHT), (b"\x0d", BRANCH_WEIGHT), (b"\x1f", BRANCH_WEIGHT),
+               (b"\xd5", BRANCH_WEIGHT), (b"\xd6", BRANCH_WEIGHT), (b"\xfb", BRANCH_WEIGHT))
 # A block, loop or if of empty type is no heavy site: each such pair found is one fewer.
 _EMPTY_BLOCKS = (b"\x02\x40", b"\x03\x40", b"\x04\x40")
 # Read here, not skipped: branches (their targets) and global and table accesses.
-_LEB = ONE_LEB - {0x0C, 0x0D, 0x23, 0x24, 0x25, 0x26}
+_LEB = ONE_LEB - {0x0C, 0x0D, 0x23, 0x24, 0x25, 0x26, 0xD5, 0xD6}
 
 Types = list[tuple[bool, ...] | None]
 
@@ -332,8 +339,15 @@ def _body(body: Cursor, module: _Module, found: list[float]) -> None:
         weight = weights.get((opcode, sub))
         if weight is not None:
             found[1] += weight
-        elif opcode in (0x0C, 0x0D):  # br, br_if
+        elif opcode in (0x0C, 0x0D, 0xD5, 0xD6):  # br, br_if, br_on_null, br_on_non_null
             found[1] += _branch(Cursor(data, at + 1, body.pos).leb(), carries)
+        elif opcode == 0x1F:  # try_table: each catch clause is a branch to its label
+            clauses = Cursor(data, at + 1, body.pos)
+            block_type(clauses)
+            for _ in range(clauses.count("catch clause")):
+                if clauses.byte() in (0x00, 0x01):  # catch, catch_ref: a tag index
+                    clauses.leb()
+                found[1] += _branch(clauses.leb() + 1, carries)  # from outside the try
         elif opcode == 0x0E:  # br_table
             targets = Cursor(data, at + 1, body.pos)
             for _ in range(targets.count("br_table label") + 1):
@@ -346,8 +360,13 @@ def _body(body: Cursor, module: _Module, found: list[float]) -> None:
             index = Cursor(data, at + 1, body.pos).leb()
             if index < len(module.tables) and module.tables[index]:
                 found[0] += REF_ACCESS
-        elif opcode == 0xFB and module.types:
-            found[0] += _gc_units(Cursor(data, at + 1, body.pos), sub, module)
+        elif opcode == 0xFB:
+            if sub in (24, 25):  # br_on_cast, br_on_cast_fail: flags, then the label
+                found[1] += _branch(Cursor(data, at + 3, body.pos).leb(), carries)
+            elif 20 <= sub <= 23:  # ref.test, ref.cast: a subtype check each
+                found[1] += 1.0
+            elif module.types:
+                found[0] += _gc_units(Cursor(data, at + 1, body.pos), sub, module)
 
 
 def _branch(label: int, carries: list[bool]) -> float:
@@ -361,8 +380,8 @@ def _gc_units(immediates: Cursor, sub: int, module: _Module) -> int:
         return 0
     index = immediates.leb()
     kind = module.types[index] if index < len(module.types) else None
-    if kind is None:
-        return 0  # not a struct or array: wasmtime refuses the module
+    if not kind:
+        return 0  # a function type or an empty struct where wasmtime wants more: invalid
     if sub in _NEW:
         return module.fields[index]
     if sub == _NEW_FIXED:

@@ -33,6 +33,9 @@ COMPILE_THREADS = 2
 # `if`s with results: 15 s measured, 15 s predicted; 10,000 `table.copy`s: 25 s, 25 s;
 # CPython for WASI: 0.003 s predicted in all).
 PER_SITE_SQUARED = 1.7e-8
+# and memory MEMORY_PER_SITE_SQUARED x sites^2 of the COMPILE_THREADS largest (25,000
+# `try_table`s with results in one body: 2.5 GiB measured, 2.3 GiB predicted).
+MEMORY_PER_SITE_SQUARED = 4
 # Budget of predicted CPU seconds however short the timeout: CPython for WASI (10.3 s
 # predicted) compiles cold under any timeout (`stockade python --timeout 1s`); a 1 s
 # timeout buys no more than this (it bought 15 s before the per-function term).
@@ -59,8 +62,10 @@ def compile_memory(shape: list[tuple[int, int]], work: Sequence[tuple[int, float
     """Predicted bytes of host memory compiling functions of this `code_shape` doing this
     `code_work` takes."""
     largest = heapq.nlargest(COMPILE_THREADS, (units for units, _ in work))
+    busiest = heapq.nlargest(COMPILE_THREADS, (sites for _, sites in work))
     return (sum(MEMORY_PER_FUNCTION + body * MEMORY_PER_BYTE for body, _ in shape)
-            + MEMORY_PER_GC_UNIT * sum(largest))
+            + MEMORY_PER_GC_UNIT * sum(largest)
+            + int(MEMORY_PER_SITE_SQUARED * sum(sites * sites for sites in busiest)))
 
 
 def compile_budget(timeout: float | None) -> float:
