@@ -54,7 +54,7 @@ from .binary import (
     element_segments,
     sections,
 )
-from .wasmcode import NO_IMMEDIATE, ONE_LEB, block_type, heap_type, step, value_type
+from .wasmcode import NO_IMMEDIATE, ONE_LEB, block_type, heap_type, step, value_type, walk
 
 __all__ = ["code_work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS", "EXACT_ABOVE"]
 
@@ -80,8 +80,6 @@ _NEW_FIXED = 0x08
 _ARRAY_NEW = (0x06, 0x07, 0x09, 0x0A)  # array.new, new_default, new_data, new_elem
 _ARRAY_BULK = (0x10, 0x11, 0x12, 0x13)  # array.fill, copy, init_data, init_elem
 _VALUE_TYPES = frozenset([0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x63, 0x64, *range(0x69, 0x75)])
-_WITH_RESULTS = (0x02, 0x03, 0x04)  # block, loop, if: heavy when their type is not empty
-_EMPTY = 0x40
 _PLAIN = NO_IMMEDIATE - {0x0B, 0x05}
 EXACT_ABOVE = 64  # heavy sites (an upper bound) past which a body is decoded
 # Bytes that may begin a heavy site, each with the most it may weigh.
@@ -309,25 +307,14 @@ def _body(body: Cursor, module: _Module, found: list[float]) -> None:
     """Add this body's GC units and heavy sites to `found` as it goes (what was counted
     stays counted when an unknown instruction ends the walk)."""
     data, end = body.data, body.end
-    plain, leb, weights = _PLAIN, _LEB, SITE_WEIGHTS
+    weights = SITE_WEIGHTS
     carries = [True]  # per open block: whether a branch to it carries values
-    while body.pos < end:
-        at = body.pos
-        opcode = data[at]
-        if opcode in plain:
-            body.pos += 1
-            continue
-        if opcode in leb:
-            body.pos += 1
-            body.leb(64)
-            continue
+    for at, opcode, sub in walk(body, _PLAIN, _LEB):
         if opcode == 0x0B:  # end
-            body.pos += 1
             if len(carries) > 1:
                 carries.pop()
             continue
         if opcode == 0x05:  # else
-            body.pos += 1
             continue
         if opcode in (0x02, 0x03, 0x04, 0x06, 0x1F):  # block, loop, if, try, try_table
             kind = data[at + 1] if at + 1 < end else 0x40
@@ -335,7 +322,6 @@ def _body(body: Cursor, module: _Module, found: list[float]) -> None:
             carries.append(valued)  # a loop's branches carry its parameters only
             if valued and opcode != 0x03:
                 found[1] += 1
-        opcode, sub = step(body)
         weight = weights.get((opcode, sub))
         if weight is not None:
             found[1] += weight

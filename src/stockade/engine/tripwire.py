@@ -51,7 +51,7 @@ from ..binary import (
 from ..binary import (
     START as START_SECTION,
 )
-from ..wasmcode import NO_IMMEDIATE, ONE_LEB, step, value_type
+from ..wasmcode import NO_IMMEDIATE, ONE_LEB, value_type, walk
 
 __all__ = ["EXPORT", "START", "VERSION", "Tripwire", "Unsupported", "instrument"]
 
@@ -273,17 +273,9 @@ def _probed(cursor: Cursor, probe: bytes, after_ends: bool) -> tuple[bytearray, 
     out = bytearray(wasm[start:cursor.pos])
     out += probe
     copied = cursor.pos
-    calls, bulk, plain, leb = _CALLS, _BULK, _PLAIN, _LEB_NO_CALL
-    while cursor.pos < end:
-        opcode = wasm[cursor.pos]
-        if opcode in plain:  # most instructions, stepped past here: no probe after them
-            cursor.pos += 1
-            continue
-        if opcode in leb:
-            cursor.pos += 1
-            cursor.leb(64)
-            continue
-        opcode, sub = step(cursor)
+    calls, bulk = _CALLS, _BULK
+    # Most instructions are stepped past by `walk`: no probe goes after them.
+    for _, opcode, sub in walk(cursor, _PLAIN, _LEB_NO_CALL):
         if opcode == 0x0B:  # end
             if not (after_ends and cursor.pos < end):
                 continue
