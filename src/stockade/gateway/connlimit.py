@@ -115,7 +115,7 @@ class PeerConnections:
         elif cell == FULL:
             if self._on_full is not None:
                 self._on_full()
-            self._log("", "the connection table holds all the addresses it can (about %d, "
+            self._log("\0full", "the connection table holds all the addresses it can (about %d, "
                       "max_connection_addresses): a connection from a new address was "
                       "refused with 503%s", self.column.table.cells // 2)
         elif cell == BUSY:
@@ -138,15 +138,14 @@ class PeerConnections:
         """`message` (its last `%s`: how many more since) at most once per
         `LOG_INTERVAL` for `subject`."""
         now = time.monotonic()
-        key = subject if subject else "\0full"
-        last, since = self._logged.get(key, (-LOG_INTERVAL, 0))
+        last, since = self._logged.get(subject, (-LOG_INTERVAL, 0))
         if now - last < LOG_INTERVAL:
-            self._logged[key] = (last, since + 1)
+            self._logged[subject] = (last, since + 1)
             return
         if len(self._logged) >= 4096:  # bounded: forget addresses not refused lately
             self._logged = {a: e for a, e in self._logged.items() if now - e[0] < LOG_INTERVAL}
             if len(self._logged) >= 4096:
                 self._logged.clear()
-        self._logged[key] = (now, 0)
+        self._logged[subject] = (now, 0)
         more = f" ({since} more refused since the last line)" if since else ""
         logger.warning(message, *args, more)

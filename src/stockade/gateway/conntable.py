@@ -39,12 +39,6 @@ BUSY = -3  # `acquire`: a new address, and the lock held elsewhere past LOCK_TRI
 LOCK_TRIES = 20  # attempts to take the lock, LOCK_PAUSE seconds apart
 LOCK_PAUSE = 50e-6
 
-
-def cells_for(addresses: int) -> int:
-    """Cells for a table meant to hold `addresses`: twice as many. An address finds a
-    cell among PROBE, and at two thirds full a new one began to find none (with 64 cells,
-    the first refusal came at the 41st address)."""
-    return 2 * addresses
 _MAGIC = b"STKCONN1"
 _HEADER = struct.Struct("<8sII16s")
 _HEADER_SIZE = 64
@@ -55,9 +49,16 @@ def _size(cells: int, columns: int) -> int:
     return _HEADER_SIZE + cells * _KEY + columns * cells * 4
 
 
+def cells_for(addresses: int) -> int:
+    """Cells for a table meant to hold `addresses`: twice as many. An address finds a
+    cell among PROBE, and at two thirds full a new one began to find none (with 64 cells,
+    the first refusal came at the 41st address)."""
+    return 2 * addresses
+
+
 class ConnectionTable:
-    """A mapped table (see the module docstring). `create` in the supervisor, `attach`
-    in a worker to the descriptor it inherited; `column` is the worker's writer."""
+    """A mapped table (see the module docstring). `create` in the supervisor; in a worker,
+    the table of the descriptor it inherited; `column` is the worker's writer."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

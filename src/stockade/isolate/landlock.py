@@ -134,10 +134,11 @@ def restrict(rules: Iterable[PathRule]) -> tuple[int, list[str]]:
                 fd = os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue
-            pinned = os.fstat(fd).st_dev == procfs
+            status = os.fstat(fd)
+            pinned = status.st_dev == procfs
             try:
                 access = (_READ | _WRITE if rule.writable else _READ) & fs
-                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                if not stat.S_ISDIR(status.st_mode):
                     access &= _FILE_RIGHTS
                 beneath = _PathBeneath(access, fd)
                 if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH,
