@@ -149,7 +149,7 @@ class _Pool:
         self.engine = FastEngine(config, max_instances=4, max_memory=256 * 1024**2)
         self.module = self.engine.compile(GUEST.read_bytes(), "compute")
         self.fuel = (1 << 62) if config.fuel else None
-        self.timeout = 600.0 if config.epochs else None
+        self.timeout = 600.0 if config.epochs or config.tripwire else None
         self.describe = config.describe()
 
     def run(self, kernel: str, size: int) -> int:
@@ -278,7 +278,9 @@ def _runners(scratch: Path, flags: list[str]
     runners["tripwire"] = _Raw(lambda c: None, scratch, wired).run
     notes["tripwire"] = "no fuel, no epochs, a tripwire load at each loop and call"
     for name, config in (("pool", EngineConfig(fuel=False, epochs=False)),
-                         ("pool epochs", EngineConfig(fuel=False, epochs=True))):
+                         ("pool epochs", EngineConfig(fuel=False, epochs=True)),
+                         ("pool tripwire", EngineConfig(fuel=False, epochs=False,
+                                                        tripwire=True))):
         pool = _Pool(config, scratch)
         runners[name] = pool.run
         notes[name] = f"FastEngine (pooling allocator): {pool.describe}"

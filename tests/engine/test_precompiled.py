@@ -28,7 +28,7 @@ _PLAIN_WASMTIME = """
 import sys, wasmtime
 from stockade.engine import EngineConfig
 from stockade.policy import Policy
-config = EngineConfig.for_limits(Policy.from_profile("default").limits)
+config = EngineConfig.for_limits(Policy.from_profile("default").limits, tripwire=False)
 engine = wasmtime.Engine(config.to_wasmtime())
 module = wasmtime.Module.deserialize(engine, open(sys.argv[1], "rb").read())
 linker = wasmtime.Linker(engine)

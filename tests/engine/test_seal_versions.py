@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stockade.engine.cache import AotCache
+from stockade.engine.config import EngineConfig
 from stockade.engine.loader import file_ident
 from stockade.engine.seal import (
     LARGE,
@@ -23,6 +24,7 @@ from stockade.engine.seal import (
     seal,
     unseal,
 )
+from stockade.policy import profile
 
 from ..conftest import guest, stockade
 from .elf import patch_functions
@@ -40,9 +42,10 @@ from .test_cache_trust import (
 LEGACY_MAGIC = b"\0stockade-seal1\0"
 
 
-def legacy_seal(payload: bytes, purpose: str, key: bytes) -> bytes:
-    """`payload` with the trailer Stockade wrote before `seal2`."""
-    tag = fingerprint().encode()[:16].ljust(16, b"\0")
+def legacy_seal(payload: bytes, purpose: str, key: bytes, engine: str | None = None) -> bytes:
+    """`payload` with the trailer Stockade wrote before `seal2`, for the `engine`
+    fingerprint (default: the default profile's)."""
+    tag = (engine or fingerprint()).encode()[:16].ljust(16, b"\0")
     mac = hmac.new(key, b"stockade-aot-v1\0" + purpose.encode() + b"\0" + tag + b"\0"
                    + payload, hashlib.sha256).digest()
     return payload + LEGACY_MAGIC + tag + mac
@@ -109,7 +112,9 @@ def test_a_seal1_cwasm_still_runs_and_a_changed_one_does_not(cache: Path,  # noq
     assert stockade("compile", str(guest("hello.wasm")), "-o", str(sealed)).returncode == 0
     payload = sealed.read_bytes()[:-TRAILER_SIZE]
     old = tmp_path / "old.cwasm"
-    old.write_bytes(legacy_seal(payload, "cwasm", host_key()))
+    # `stockade compile` makes native code for the epochs configuration (no tripwire).
+    epochs = EngineConfig.for_limits(profile("default").limits, tripwire=False).fingerprint()
+    old.write_bytes(legacy_seal(payload, "cwasm", host_key(), epochs))
     done = stockade("run", "--allow-precompiled", str(old))
     assert (done.returncode, done.stdout.decode().strip()) == (0, HELLO)
     changed = tmp_path / "changed.cwasm"

@@ -69,11 +69,12 @@ UNWIND = """
 @pytest.mark.parametrize("source", [MEMORY_FILL, MEMORY_COPY, TABLE_FILL, ARRAY_FILL, UNWIND],
                          ids=["memory.fill", "memory.copy", "table.fill", "array.fill",
                               "unwind"])
-def test_bulk_instructions_do_not_outrun_the_tripwire(source: str) -> None:
+@pytest.mark.parametrize("backend", ["sandbox", "capi"])
+def test_bulk_instructions_do_not_outrun_the_tripwire(source: str, backend: str) -> None:
     """Ran for seconds past a 0.5 s timeout, reported `exited`, when probes were only at
-    entries and loop headers."""
-    run = run_hostile(source)
-    assert run["tripwire"] is True, run
+    entries and loop headers. The C API's runs arm the same page in C."""
+    run = run_hostile(source, backend=backend)
+    assert run["tripwire"] is True and run["backend"] == backend, run
     assert_stopped(run)
 
 
@@ -134,9 +135,10 @@ def _padded_loop() -> bytes:
                                     SIMD_THEN_LOOP, _padded_loop()],
                          ids=["return_call", "return_call_indirect", "try_table",
                               "simd-immediates", "padded-leb"])
-def test_held_guests_are_stopped(source: str | bytes) -> None:
-    run = run_hostile(source, bound=30.0)
-    assert run["tripwire"] is True, run
+@pytest.mark.parametrize("backend", ["sandbox", "capi"])
+def test_held_guests_are_stopped(source: str | bytes, backend: str) -> None:
+    run = run_hostile(source, backend=backend, bound=30.0)
+    assert run["tripwire"] is True and run["backend"] == backend, run
     assert_stopped(run)
 
 
@@ -157,13 +159,15 @@ def test_held_shared_memory_wait_is_refused() -> None:
     assert run["outcome"] == "trap" and "shared memory" in str(run["message"]), run
 
 
-def test_held_code_the_rewriting_does_not_know_runs_on_epochs() -> None:
+@pytest.mark.parametrize("backend", ["sandbox", "capi"])
+def test_held_code_the_rewriting_does_not_know_runs_on_epochs(backend: str) -> None:
     """wide-arithmetic (0xfc 19..22) is valid here but unknown to the decoder: the module
-    goes to the epochs twin, which stops its loop."""
+    goes to the epochs twin, which stops its loop (from the C API's sandbox too: it hands
+    the module to `Sandbox`)."""
     run = run_hostile("""(module (memory (export "memory") 1)
       (func (export "_start") (local i64)
         (loop $l
           (i64.add128 (local.get 0) (local.get 0) (local.get 0) (local.get 0))
-          drop local.set 0 (br $l))))""", bound=30.0)
-    assert run["tripwire"] is False, run
+          drop local.set 0 (br $l))))""", backend=backend, bound=30.0)
+    assert run["tripwire"] is False and run["backend"] == "sandbox", run
     assert_stopped(run)

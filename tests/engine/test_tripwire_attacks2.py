@@ -37,6 +37,7 @@ import wasmtime
 from stockade import ModuleError, Policy, Sandbox
 from stockade.binary import CODE, sections
 from stockade.engine import EngineConfig, tripwire
+from stockade.engine.trip import Tripwire
 
 from .hostile import GRACE, ROOT, TIMEOUT, assert_stopped, run_hostile
 
@@ -128,7 +129,7 @@ def test_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None:
     tests/engine/test_guard_work.py."""
     policy = Policy.from_profile("default").with_limits(timeout=TIMEOUT)
     module = bytes(wasmtime.wat2wasm(_struct_bomb(10_000, 100)))
-    for config in (None, EngineConfig.for_limits(policy.limits)):  # tripwire, epochs
+    for config in (None, EngineConfig.for_limits(policy.limits, tripwire=False)):
         with Sandbox(policy, engine_config=config) as sandbox, \
                 pytest.raises(ModuleError, match="compil"):
             sandbox.load(module)
@@ -286,7 +287,7 @@ def test_held_tripwire_lifecycle_orders_fire_arm_and_disarm() -> None:
     try:
         address = ctypes.addressof(view) + mmap.PAGESIZE
         # Fired before armed (a deadline during instantiation, a cancellation first).
-        trip = tripwire.Tripwire()
+        trip = Tripwire()
         trip.fire()
         assert _protection(address) == "rw-"
         trip.arm(address)
@@ -297,10 +298,19 @@ def test_held_tripwire_lifecycle_orders_fire_arm_and_disarm() -> None:
         trip.fire()  # after disarm: the page (maybe another run's by now) is not touched
         assert _protection(address) == "rw-" and trip.fired
         # Armed, never fired: disarm leaves the page as it was.
-        other = tripwire.Tripwire()
+        other = Tripwire()
         other.arm(address)
         other.disarm()
         assert _protection(address) == "rw-" and not other.fired
+        # A slot's tripwire is reused: reset forgets the fire and the page.
+        trip.reset()
+        assert not trip.fired
+        trip.arm(address)
+        assert _protection(address) == "rw-"
+        trip.fire()
+        assert _protection(address) == "---"
+        trip.disarm()
+        assert _protection(address) == "rw-"
     finally:
         del view
         page.close()

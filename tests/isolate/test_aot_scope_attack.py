@@ -22,13 +22,13 @@ import pytest
 import wasmtime
 
 from stockade import Outcome
-from stockade.engine import EngineConfig
 from stockade.engine.cache import AotCache
 from stockade.engine.engine import Engine
 from stockade.engine.seal import strip
 from stockade.gateway.manifest import load_manifest
 from stockade.gateway.poolworker import worker_plan
 from stockade.isolate import IsolatedSandbox
+from stockade.isolate.backend import worker_engine_config
 from stockade.isolate.config import IsolationConfig
 from stockade.isolate.handle import WorkerProcess
 from stockade.isolate.plan import ISOLATED_SCOPE, WorkerPlan, plan_for
@@ -117,7 +117,7 @@ def _host() -> AotCache:
 def _warm_host(module: Path, plan: WorkerPlan) -> tuple[str, str]:
     """Compile `module` in this process into this host's cache, for the engine the
     workers of `plan` use: (fingerprint, sha256) of its entry."""
-    config = EngineConfig.for_limits(plan.policy.limits, process_deadline=plan.process_deadline)
+    config = worker_engine_config(plan.policy.limits, plan.backend, plan.process_deadline)
     engine = Engine(config, _host())
     try:
         loaded = engine.load(module)
@@ -134,7 +134,7 @@ def test_an_isolated_worker_loads_this_hosts_entry_without_compiling(tmp_path: P
     module.write_bytes(guest("hello.wasm").read_bytes())
     policy, config = profile("default"), IsolationConfig()
     plan = plan_for(policy, config)
-    engine_config = EngineConfig.for_limits(policy.limits, process_deadline=plan.process_deadline)
+    engine_config = worker_engine_config(policy.limits, plan.backend, plan.process_deadline)
     fingerprint, sha = engine_config.fingerprint(), hashlib.sha256(module.read_bytes()).hexdigest()
     # This host's entry for hello.wasm holds, sealed under this host's key, the code of a
     # module that prints nothing: a worker that compiled hello.wasm would print "Hello".
@@ -164,7 +164,7 @@ def test_a_tampered_host_entry_is_not_resealed_into_the_scope(tmp_path: Path) ->
     data[len(data) // 2] ^= 0xFF  # the code changed on disk, the file still ours and 0600
     entry.write_bytes(bytes(data))
     resealer = Resealer(_host(), ISOLATED_SCOPE, policy.limits)
-    assert not resealer.prepare(module, plan.process_deadline)
+    assert not resealer.prepare(module, plan.backend, plan.process_deadline)
     assert not _host().scope(ISOLATED_SCOPE).path(fingerprint, sha).exists()
     assert not entry.exists(), "the tampered entry was not refused"
     # The worker compiles it for itself, in its scope, and runs it.
@@ -267,7 +267,8 @@ def test_a_link_planted_in_the_scope_does_not_redirect_the_reseal(tmp_path: Path
     scope = _host().scope(ISOLATED_SCOPE)
     scope.root.mkdir(mode=0o700, parents=True)
     (scope.root / fingerprint).symlink_to(host_entry.parent)
-    assert Resealer(_host(), ISOLATED_SCOPE, policy.limits).prepare(module, plan.process_deadline)
+    assert Resealer(_host(), ISOLATED_SCOPE, policy.limits).prepare(
+        module, plan.backend, plan.process_deadline)
     assert host_entry.read_bytes() == before, "the reseal wrote through the planted link"
     copied = scope.path(fingerprint, sha)
     assert not copied.parent.is_symlink() and copied.is_file()

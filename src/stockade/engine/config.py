@@ -78,10 +78,15 @@ class EngineConfig(FrozenRecord):
 
     @classmethod
     def for_limits(cls, limits: Limits, *, process_deadline: bool = False,
-                   tripwire: bool = False) -> EngineConfig:
+                   tripwire: bool | None = None) -> EngineConfig:
         """The configuration a policy's limits need: fuel only when a budget is set;
         epochs unless the process keeps the deadline (`process_deadline`) or a tripwire
-        does (`tripwire`)."""
+        does (`tripwire`). By default (None) the deadline is a tripwire wherever one
+        can serve: no fuel budget (probes would be charged to the guest's, whose count
+        must match on every backend), no `process_deadline`, and the native library that
+        arms it (`tripwire.available`)."""
+        if tripwire is None:
+            tripwire = limits.fuel is None and not process_deadline and _tripwire_available()
         return cls(fuel=limits.fuel is not None, epochs=not (process_deadline or tripwire),
                    max_stack=limits.max_stack, process_deadline=process_deadline,
                    tripwire=tripwire)
@@ -124,7 +129,7 @@ class EngineConfig(FrozenRecord):
         AoT cache key)."""
         text = f"wasmtime={wasmtime_version()};{self.settings()!r}"
         if self.tripwire:  # same wasmtime settings, other code: the rewritten module's
-            from .tripwire import VERSION
+            from .trip import VERSION
 
             text += f";tripwire={VERSION}"
         return sha256(text.encode()).hexdigest()[:16]
@@ -146,3 +151,9 @@ class EngineConfig(FrozenRecord):
         for name, value in self.settings():
             setattr(config, name, value)
         return config
+
+
+def _tripwire_available() -> bool:
+    from .trip import available  # loads the native library: only when asked
+
+    return available()

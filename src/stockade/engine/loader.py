@@ -160,7 +160,7 @@ class LoadedModule(FrozenRecord):
         exports = self.module.exports
         if not self.tripwire:
             return exports
-        from .tripwire import EXPORT, START
+        from .trip import EXPORT, START
 
         return [export for export in exports if export.name not in (EXPORT, START)]
 
@@ -256,8 +256,12 @@ class ModuleLoader:
             with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
                           "configuration)"):
                 if self._tripwire:
-                    data = _rewritten(self._engine, data, guard if explicit else None, name,
-                                      work)
+                    from .tripwire import rewrite
+
+                    engine = self._engine
+                    data = rewrite(data, lambda code: wasmtime.Module.validate(engine, code),
+                                   wasmtime.WasmtimeError, guard if explicit else None, name,
+                                   work)
                 module = wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
@@ -329,29 +333,6 @@ class ModuleLoader:
     def _remember_stat(self, path: Path, info: os.stat_result, sha: str) -> None:
         if self._cache is not None:
             self._cache.remember(file_ident(path, info), sha)
-
-
-def _rewritten(engine: wasmtime.Engine, data: bytes, guard: CompileGuard | None,
-               name: str, work: list[tuple[int, float]] | None = None) -> bytes:
-    """`data` with its tripwire, once the module as given is known valid: the rewriting
-    adds a memory, which must not make valid a module whose code names one it lacks.
-    Raises WasmtimeError (invalid as given) or tripwire.Unsupported, also when the
-    rewritten code is past what wasmtime or `guard` accept (a body of calls grows up to
-    5x): the module then compiles as given, with epochs. `work`: the code work of `data`,
-    which the probes leave as it is."""
-    import wasmtime
-
-    from .tripwire import Unsupported, instrument
-
-    wasmtime.Module.validate(engine, data)
-    rewritten = instrument(data)
-    try:
-        wasmtime.Module.validate(engine, rewritten)
-        if guard is not None:
-            guard.check_code(rewritten, name, work)
-    except (wasmtime.WasmtimeError, ModuleError) as exc:
-        raise Unsupported(f"the rewritten module is refused: {exc}") from None
-    return rewritten
 
 
 def digest(path: Path, cache: AotCache | None, limit: int = MAX_MODULE_BYTES) -> str:

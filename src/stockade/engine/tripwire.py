@@ -24,10 +24,8 @@ on an engine without epochs.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
-import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..binary import (
     CODE,
@@ -51,15 +49,15 @@ from ..binary import (
 from ..binary import (
     START as START_SECTION,
 )
+from ..errors import ModuleError
 from ..wasmcode import NO_IMMEDIATE, ONE_LEB, value_type, walk
+from .trip import EXPORT, START, VERSION
 
-__all__ = ["EXPORT", "START", "VERSION", "Tripwire", "Unsupported", "instrument"]
+if TYPE_CHECKING:
+    from .guard import CompileGuard
 
-EXPORT = "__stockade_tripwire"  # the page's export: the host looks its address up by it
-# The module's start function, exported instead of run by instantiation: it runs once
-# the tripwire is armed, so a start function that loops is stopped like any code.
-START = "__stockade_start"
-VERSION = 4  # of the rewriting (part of the AoT cache key)
+__all__ = ["EXPORT", "START", "VERSION", "Unsupported", "instrument", "rewrite"]
+
 
 # Sections that come after memory, and after export, in the binary's order (type 1,
 # import 2, function 3, table 4, memory 5, tag 13, global 6, export 7, start 8, element 9,
@@ -75,74 +73,25 @@ class Unsupported(ValueError):
     it compiles as given, with epochs."""
 
 
-_PROT_NONE, _PROT_READ_WRITE = 0, 3
-_mprotect = None
-
-
-def _protect(address: int, protection: int) -> None:
-    global _mprotect
-    if _mprotect is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        libc.mprotect.restype = ctypes.c_int
-        _mprotect = libc.mprotect
-    if _mprotect(address, mmap.PAGESIZE, protection) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"mprotect of the tripwire page: {os.strerror(errno)}")
-
-
-class Tripwire:
-    """One run's tripwire. `fire()` (from the ticker's thread at the deadline, or from a
-    cancellation) revokes the page as soon as the run has `arm`ed it with the page's
-    address; `disarm()` (on the run's thread, before its store is dropped) gives the page
-    back. One lock orders the three, so a page is never revoked after it was given back
-    (the memory may then belong to another run). `fired` tells the run's verdict that a
-    trap after it was the deadline's."""
-
-    __slots__ = ("_lock", "_address", "_revoked", "fired")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._address = 0
-        self._revoked = False
-        self.fired = False
-
-    def fire(self) -> None:
-        """Trip the guest: its next loop iteration or call traps."""
-        with self._lock:
-            self.fired = True
-            if self._address and not self._revoked:
-                self._revoke()
-
-    def arm(self, address: int) -> None:
-        """The run's page is at `address` (its instance exists): a deadline already past
-        trips it now, before the guest's first instruction."""
-        with self._lock:
-            self._address = address
-            if self.fired and not self._revoked:
-                self._revoke()
-
-    def disarm(self) -> None:
-        """The run is over: restore the page if it was revoked, and forget it."""
-        with self._lock:
-            if self._revoked:
-                _protect(self._address, _PROT_READ_WRITE)
-                self._revoked = False
-            self._address = 0
-
-    def _revoke(self) -> None:
-        try:
-            _protect(self._address, _PROT_NONE)
-        except OSError:
-            # A guest this host can no longer stop: end the process rather than let it
-            # run past every limit (mprotect of a page this process mapped cannot fail
-            # short of the kernel refusing memory for the split mapping).
-            import logging
-
-            logging.getLogger(__name__).critical("cannot stop a guest at its deadline: "
-                                                 "the tripwire page cannot be revoked")
-            os.abort()
-        self._revoked = True
+def rewrite(data: bytes, validate: Callable[[bytes], object], invalid: type[Exception],
+            guard: CompileGuard | None, name: str,
+            work: list[tuple[int, float]] | None = None) -> bytes:
+    """`data` with its tripwire, once the module as given is known valid (`validate`
+    raises `invalid` for a module that is not, which propagates): the rewriting adds a
+    memory, which must not make valid a module whose code names one it lacks. Raises
+    Unsupported also when the rewritten code is past what the engine or `guard` accept
+    (a body of calls grows up to 5x): the module then compiles as given, with epochs.
+    `work`: the code work of `data` (`CompileGuard.check_code`), which probes leave as
+    it is."""
+    validate(data)
+    rewritten = instrument(data)
+    try:
+        validate(rewritten)
+        if guard is not None:
+            guard.check_code(rewritten, name, work)
+    except (invalid, ModuleError) as exc:
+        raise Unsupported(f"the rewritten module is refused: {exc}") from None
+    return rewritten
 
 
 def instrument(wasm: bytes) -> bytes:

@@ -213,10 +213,15 @@ class _Pool(NamedTuple):
     tables: int
 
     @classmethod
-    def for_spec(cls, spec: FunctionSpec) -> _Pool:
-        """The standard slots, or a function's own when its limits are larger."""
+    def for_spec(cls, spec: FunctionSpec, loaded: LoadedModule) -> _Pool:
+        """The standard slots, or a function's own when its limits are larger; the
+        configuration `loaded` was compiled for (a tripwire's, or its epochs twin's for a
+        module the rewriting cannot serve)."""
         limits = spec.policy.limits
-        return cls(EngineConfig.for_limits(limits), max(POOL_MEMORY, limits.max_memory),
+        config = EngineConfig.for_limits(limits)
+        if config.tripwire and not loaded.tripwire:
+            config = config.with_epochs()
+        return cls(config, max(POOL_MEMORY, limits.max_memory),
                    max(_TABLE_ELEMENTS, limits.max_table_elements))
 
 
@@ -236,7 +241,7 @@ class FastExecutor:
         """Map the module's cached `.cwasm` into the fast engine (compiled modules are
         kept for the life of the worker, so a reload of an unchanged module is free).
         Raises ModuleError for limits no fast engine can be built for."""
-        pool = _Pool.for_spec(spec)
+        pool = _Pool.for_spec(spec, loaded)
         with self._lock:
             engine = self._engines.get(pool)
             if engine is None:

@@ -66,13 +66,16 @@ class PoolPlan:
 
 def _address_space(plan: PoolPlan, sandboxed: list[FunctionSpec], engine: Any) -> int:
     """RLIMIT_AS: what is mapped now (engines, pools, compiled code), plus one run of
-    the largest sandboxed function (a fresh reservation per linear memory), plus the
-    output buffers and the heap headroom."""
+    the largest sandboxed function (a fresh reservation per linear memory, and one for a
+    tripwire's page), plus the output buffers and the heap headroom."""
+    from ..engine import EngineConfig
+
     total = vm_size() + plan.heap_headroom
     if sandboxed:
         per_memory = memory_reservation(engine)
-        total += max(s.policy.limits.max_memories * (per_memory + s.policy.limits.max_memory)
-                     for s in sandboxed)
+        total += max((s.policy.limits.max_memories
+                      + EngineConfig.for_limits(s.policy.limits).tripwire)
+                     * (per_memory + s.policy.limits.max_memory) for s in sandboxed)
     return total + 2 * max(s.policy.limits.max_output for s in plan.specs)
 
 

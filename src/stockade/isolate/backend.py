@@ -29,14 +29,15 @@ if TYPE_CHECKING:
     import wasmtime
 
     from ..engine.cache import AotCache
+    from ..engine.config import EngineConfig
     from ..engine.fastpath import FastModule
     from ..invocation import Invocation
     from ..observe import RunObserver
-    from ..policy import Policy
+    from ..policy import Limits, Policy
     from ..result import Result
     from ..sandbox.backend import Backend
 
-__all__ = ["WorkerBackend", "open_backend", "preload"]
+__all__ = ["WorkerBackend", "open_backend", "preload", "worker_engine_config"]
 
 # What each backend runs, imported before confinement. The C API's: its sandbox, the
 # fast path and its native library, and what a run imports lazily (the compile guard,
@@ -44,11 +45,26 @@ __all__ = ["WorkerBackend", "open_backend", "preload"]
 _MODULES: dict[str, tuple[str, ...]] = {
     "capi": ("stockade.sandbox.capi", "stockade.engine.fastpath",
              "stockade.engine.fastpath._metered", "stockade.engine.guard",
-             "stockade.hostcalls.meter", "tempfile"),
+             "stockade.engine.tripwire", "stockade.hostcalls.meter", "tempfile"),
     # wasmtime-py, the system libraries its library maps (libgcc_s), and the fast path's
     # wat2wasm, which `.wat` modules go through (engine.loader.wat_binary).
     "wasmtime": ("wasmtime", "stockade.sandbox.sandbox", "stockade.engine.fastpath"),
 }
+
+
+def worker_engine_config(limits: Limits, backend: Backend,
+                         process_deadline: bool) -> EngineConfig:
+    """The engine configuration of a worker running `backend` under `limits` (its AoT
+    cache entries' too, which the parent reseals for it): the C API's keeps the deadline
+    by process (`process_deadline`) or else as in-process runs do (a tripwire where one
+    serves); wasmtime-py's keeps epochs: its one engine, made before confinement, serves
+    every module (a tripwire engine makes an epochs twin for what it cannot rewrite),
+    and RLIMIT_AS is sized for the policy's memories, without a tripwire page's."""
+    from ..engine.config import EngineConfig
+
+    if backend == "wasmtime":
+        return EngineConfig.for_limits(limits, tripwire=False)
+    return EngineConfig.for_limits(limits, process_deadline=process_deadline)
 
 
 class WorkerBackend(Protocol):
@@ -103,11 +119,10 @@ class _Capi:
 
     def __init__(self, policy: Policy, observers: Sequence[RunObserver],
                  cache: AotCache, process_deadline: bool) -> None:
-        from ..engine.config import EngineConfig
         from ..sandbox.capi import CapiSandbox
 
         self.policy = policy
-        config = EngineConfig.for_limits(policy.limits, process_deadline=process_deadline)
+        config = worker_engine_config(policy.limits, self.name, process_deadline)
         self.sandbox = CapiSandbox(policy, observers=observers, cache=cache,
                                    engine_config=config)
         self._running: tuple[_Loaded, bool] | None = None  # and whether it is cold
@@ -132,17 +147,13 @@ class _Capi:
 
     def overdue(self, wall_s: float, cpu_s: float) -> Result | None:
         running = self._running
-        fast = self.sandbox.engine.overdue(wall_s, cpu_s) if running is not None else None
+        fast = self.sandbox.engine.overdue(wall_s, cpu_s, linear_memory_bytes) \
+            if running is not None else None
         if fast is None or running is None:
             return None
         loaded, coldstart = running
         result = fast.to_result(loaded.name, loaded.sha256, self.policy.limits.as_dict())
         result.coldstart = coldstart
-        # The engine leaves the store alone (0: unknown); the mappings say how large the
-        # guest's memory grew (`guestmem`: this worker's engine has one pool slot).
-        memory = linear_memory_bytes()
-        if memory is not None:
-            result.usage.peak_memory_bytes = memory
         return result
 
 
@@ -152,15 +163,11 @@ class _Wasmtime:
     name: Backend = "wasmtime"
 
     def __init__(self, policy: Policy, observers: Sequence[RunObserver]) -> None:
-        from ..engine.config import EngineConfig
         from ..sandbox import Sandbox
 
         self.policy = policy
-        # Epochs, not a tripwire: one engine, made before confinement, serves every module
-        # (a tripwire engine makes an epochs twin for what it cannot rewrite), and
-        # RLIMIT_AS is sized for the policy's memories, without a tripwire page's.
-        self.sandbox = Sandbox(policy, observers=observers,
-                               engine_config=EngineConfig.for_limits(policy.limits))
+        self.sandbox = Sandbox(policy, observers=observers, engine_config=worker_engine_config(
+            policy.limits, self.name, process_deadline=False))
 
     def load(self, data: bytes, name: str) -> Any | None:
         return self.sandbox.load(data, name=name)

@@ -372,7 +372,7 @@ class IsolatedSandbox:
             if self._resealer is not None and (fd is not None or isinstance(source, bytes)):
                 # Before the load timeout is armed (`_collect`): the copy is this side's.
                 deadline = self._plans[self._worker_backend].process_deadline
-                self._resealer.prepare(module, deadline)
+                self._resealer.prepare(module, self._worker_backend, deadline)
             worker.send(request)
             if fd is not None:
                 worker.send_file(fd, source.size if isinstance(source, ModuleFile) else 0)

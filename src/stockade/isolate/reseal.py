@@ -19,13 +19,17 @@ import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine.cache import AotCache
-from ..engine.config import EngineConfig
 from ..engine.loader import digest
 from ..errors import StockadeError
 from ..policy import Limits
+from .backend import worker_engine_config
 from .modules import file_key
+
+if TYPE_CHECKING:
+    from ..sandbox.backend import Backend
 
 __all__ = ["Resealer"]
 
@@ -40,14 +44,16 @@ class Resealer:
         self.host = host
         self.scope = scope
         self._limits = limits
-        self._fingerprints: dict[bool, str] = {}
+        self._fingerprints: dict[tuple[Backend, bool], str] = {}
         self._done: OrderedDict[tuple[object, str], None] = OrderedDict()
 
-    def prepare(self, module: str | Path | bytes, process_deadline: bool) -> bool:
+    def prepare(self, module: str | Path | bytes, backend: Backend,
+                process_deadline: bool) -> bool:
         """Make sure the scope holds the host's entry for `module`, as compiled by a
-        worker whose engine keeps the deadline by process (`process_deadline`) or not.
-        True when an entry was copied; never raises (a worker without it compiles)."""
-        fingerprint = self._fingerprint(process_deadline)
+        worker running `backend` whose engine keeps the deadline by process
+        (`process_deadline`) or not. True when an entry was copied; never raises (a
+        worker without it compiles)."""
+        fingerprint = self._fingerprint(backend, process_deadline)
         if isinstance(module, bytes):
             if not module.startswith(b"\0asm"):
                 return False  # native code has no cache entry; WAT is rare as bytes
@@ -74,11 +80,11 @@ class Resealer:
             self._done.popitem(last=False)
         return copied
 
-    def _fingerprint(self, process_deadline: bool) -> str:
-        found = self._fingerprints.get(process_deadline)
+    def _fingerprint(self, backend: Backend, process_deadline: bool) -> str:
+        found = self._fingerprints.get((backend, process_deadline))
         if found is None:
-            config = EngineConfig.for_limits(self._limits, process_deadline=process_deadline)
-            found = self._fingerprints[process_deadline] = config.fingerprint()
+            config = worker_engine_config(self._limits, backend, process_deadline)
+            found = self._fingerprints[(backend, process_deadline)] = config.fingerprint()
         return found
 
     def _digest(self, path: Path) -> str | None:

@@ -220,13 +220,14 @@ class CapiSandbox:
         None when the guard, wasmtime or the linker refuses it (wasmtime-py's sandbox then
         reports why, in its words)."""
         from ..engine.guard import CompileGuard  # reads code shapes: only to compile
+        from ..engine.tripwire import Unsupported
 
         try:
-            CompileGuard.for_limits(self.policy.limits).check_code(data, name)
+            guard = CompileGuard.for_limits(self.policy.limits)
             with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
                           "configuration)"):
-                module = self.engine.compile(data, name)
-        except StockadeError:
+                module = self.engine.compile(data, name, guard)
+        except (StockadeError, Unsupported):  # Unsupported: it needs epochs (Sandbox)
             return None
         self._cache.store(fingerprint, sha256, module.serialize())
         return module

@@ -15,15 +15,14 @@ from ..engine.loader import refuse_precompiled
 from ..engine.ticker import NO_DEADLINE
 from ..engine.traps import (
     EXITED_OK,
-    TIMED_OUT,
     Ending,
     classify,
     describe_load_error,
     memory_verdict,
 )
-from ..engine.tripwire import EXPORT as TRIPWIRE_EXPORT
-from ..engine.tripwire import START as TRIPWIRE_START
-from ..engine.tripwire import Tripwire
+from ..engine.trip import EXPORT as TRIPWIRE_EXPORT
+from ..engine.trip import START as TRIPWIRE_START
+from ..engine.trip import Tripwire, tripped
 from ..errors import ModuleError, PrecompiledRefused, UntrustedModule
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
@@ -66,12 +65,10 @@ class Sandbox:
         self.observers = tuple(observers)
         # An explicit engine configuration is for measurements (e.g. no epochs): the
         # policy's limits then hold only as far as that configuration instruments code.
-        # The deadline is a tripwire (engine.tripwire): epochs cost compute 1.3x native.
-        # Not under a fuel budget: the probes would be charged to the guest, and a budget
-        # is asked for to count the guest's own instructions alike on every backend.
+        # The deadline is a tripwire where one can serve (EngineConfig.for_limits):
+        # epochs cost compute 1.3x native.
         limits = self.policy.limits
-        self.engine_config = engine_config or EngineConfig.for_limits(
-            limits, tripwire=limits.fuel is None)
+        self.engine_config = engine_config or EngineConfig.for_limits(limits)
         self._engine: Engine | None = None
         self._limits_dict = self.policy.limits.as_dict()
         self._guard = CompileGuard.for_limits(limits)
@@ -240,8 +237,7 @@ class Sandbox:
             finally:
                 if trip is not None:  # before the store (and the page) can go
                     trip.disarm()
-        if trip is not None and trip.fired and ending.outcome is Outcome.TRAP:
-            ending = TIMED_OUT  # the guest's next load of the revoked page: its deadline
+        ending = tripped(ending, trip)
         meter.failure = None  # its traceback holds the store, like the exception above
         if token is not None:
             token.disarm()

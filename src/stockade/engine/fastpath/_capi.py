@@ -169,6 +169,7 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("wasmtime_pooling_allocation_config_delete", None, (_P,)),
     ("wasmtime_pooling_allocation_config_total_core_instances_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_total_memories_set", None, (_P, c_uint32)),
+    ("wasmtime_pooling_allocation_config_max_memories_per_module_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_total_tables_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_total_stacks_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_max_memory_size_set", None, (_P, c_size_t)),
@@ -179,6 +180,7 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("wasmtime_engine_increment_epoch", None, (_P,)),
     # modules, linker, pre-instantiation
     ("wasmtime_module_new", _P, (_P, c_char_p, c_size_t, _PP)),
+    ("wasmtime_module_validate", _P, (_P, c_char_p, c_size_t)),
     ("wasmtime_module_deserialize", _P, (_P, c_char_p, c_size_t, _PP)),
     ("wasmtime_module_deserialize_file", _P, (_P, c_char_p, _PP)),
     ("wasmtime_module_serialize", _P, (_P, POINTER(ByteVec))),

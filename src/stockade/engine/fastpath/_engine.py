@@ -22,6 +22,7 @@ from ...envblock import Env, EnvBlock, encode_args, encode_env
 from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
 from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
+from ..traps import describe_load_message
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import FastModule, prepare, raise_load
 from ._native import RunState
@@ -30,6 +31,7 @@ from ._run import FastResult, RunPlan, RunSlot, execute, native_plan, overdue
 
 if TYPE_CHECKING:
     from ...hostcalls.meter import Meter
+    from ..guard import CompileGuard
     from ._metered import MeteredLinking
 
 __all__ = ["FastEngine", "encode_env"]
@@ -117,9 +119,14 @@ class FastEngine:
             if error:
                 raise FastPathUnavailable(f"{name}={value}: {take_error(error)[0]}")
         pool = C.pooling_allocation_config_new()
+        # A tripwire's page is a second memory in every instance.
+        memories = 2 if self.config.tripwire else 1
         # Twice the runs: a metered run adds its forwarding trampoline (no memory, no table).
+        # A module using GC types takes its GC heap from the memories too (a one-slot pool
+        # refused every such module: "maximum concurrent limit of 1 for memory").
         for setter, value in (("total_core_instances", 2 * self.max_instances),
-                              ("total_memories", self.max_instances),
+                              ("total_memories", (memories + 1) * self.max_instances),
+                              ("max_memories_per_module", memories),
                               ("total_tables", self.max_instances),
                               # Fiber stacks serve async calls, which no run makes; the
                               # default 1,000 cost a guard-page mprotect each at start-up
@@ -135,12 +142,31 @@ class FastEngine:
 
     # -- loading ---------------------------------------------------------------------
 
-    def compile(self, wasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
-        """Compile WebAssembly binary bytes. Raises ModuleError, DeniedImport."""
+    def compile(self, wasm: bytes | bytearray, name: str = "<bytes>",
+                guard: CompileGuard | None = None) -> FastModule:
+        """Compile WebAssembly binary bytes, first checked by `guard` when given; on a
+        tripwire engine, the bytes rewritten with their tripwire (`engine.tripwire`).
+        Raises ModuleError, DeniedImport, or tripwire.Unsupported for a module the
+        rewriting cannot serve (it needs an engine with epochs)."""
         wasm = bytes(wasm)
         if not wasm.startswith(b"\0asm"):
             raise ModuleError(f"{name}: not a WebAssembly binary (no \\0asm header)")
-        return self._load(lambda out: C.module_new(self._engine, wasm, len(wasm), out), name)
+        work = None if guard is None else guard.check_code(wasm, name)
+        if self.config.tripwire:
+            from ..tripwire import rewrite
+
+            wasm = rewrite(wasm, lambda code: self.validate(code, name), ModuleError, guard,
+                           name, work)
+        code = wasm
+        return self._load(lambda out: C.module_new(self._engine, code, len(code), out), name)
+
+    def validate(self, wasm: bytes, name: str = "<bytes>") -> None:
+        """Check that `wasm` is a module this engine accepts, without compiling it.
+        Raises ModuleError saying why not."""
+        error = C.module_validate(self._engine, wasm, len(wasm))
+        if error:
+            message, _ = take_error(error)
+            raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(message)}")
 
     def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
         """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
@@ -253,10 +279,11 @@ class FastEngine:
         if timeout_s is not None:
             self._check_timeout(timeout_s)
         block = b"".join(arg + b"\0" for arg in argv)
+        tripwire = self.config.tripwire
         native = native_plan(module._pre, block, len(argv), budget, memory, max_output,
-                             capture_stderr, max_hostcalls, self.owns_stdio)
+                             capture_stderr, max_hostcalls, self.owns_stdio, tripwire)
         return RunPlan(module, block, len(argv), budget, timeout_s, memory, max_output,
-                       capture_stderr, max_hostcalls, self.owns_stdio, native,
+                       capture_stderr, max_hostcalls, self.owns_stdio, tripwire, native,
                        ctypes.addressof(native))
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
@@ -265,7 +292,7 @@ class FastEngine:
         slot = self._admit(plan.module)
         timeout_s = plan.timeout_s
         try:
-            with self._ticker.deadline(timeout_s) as ticks:
+            with self._ticker_deadline(slot, timeout_s) as ticks:
                 slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
                 return execute(self._engine, plan, slot, env, stdin,
                                NO_DEADLINE if ticks is None else ticks)
@@ -322,7 +349,7 @@ class FastEngine:
                 if linking is None:
                     raise UsageError(f"{module.name}: engine or module is closed")
                 slot.metered = MeteredRun(meter, dirs, linking.pre(module), linking)
-                with self._ticker.deadline(plan.timeout_s) as ticks:
+                with self._ticker_deadline(slot, plan.timeout_s) as ticks:
                     slot.deadline = None if plan.timeout_s is None \
                         else time.monotonic() + plan.timeout_s
                     result = execute(self._engine, plan, slot, block, b"",
@@ -334,12 +361,25 @@ class FastEngine:
             meter.close()
         return _charged(result, meter)
 
-    def overdue(self, wall_s: float, cpu_s: float) -> FastResult | None:
+    def _ticker_deadline(self, slot: RunSlot, timeout_s: float | None) -> Any:
+        """The ticker's registration of a run's deadline: on a tripwire engine it fires the
+        slot's tripwire, reset first (a fire of this deadline must not be lost to a reset
+        after it)."""
+        trip = slot.trip if self.config.tripwire else None
+        if trip is None:
+            return self._ticker.deadline(timeout_s)
+        trip.reset()
+        return self._ticker.deadline(timeout_s, trip.fire)
+
+    def overdue(self, wall_s: float, cpu_s: float,
+                memory_size: Callable[[int], int | None] | None = None) -> FastResult | None:
         """The result of the one run in progress as if its deadline stopped it now
         (`wall_s` and `cpu_s` it has used), or None when no run, or several, are in
         progress. For a process that stops a guest by ending itself
         (`EngineConfig.process_deadline`): called from another thread, it leaves the
-        run's store alone; end the process after it."""
+        run's store alone; end the process after it. `memory_size` gives the size of the
+        guest's memory at an address (`isolate.guestmem`, from the process's mappings);
+        without it the size is 0, unknown."""
         with self._lock:
             running = [slot for slot in self._running if slot.plan is not None]
         if len(running) != 1:
@@ -349,7 +389,7 @@ class FastEngine:
         if plan is None:  # it ended meanwhile
             return None
         metered = slot.metered
-        result = overdue(plan, slot, wall_s, cpu_s)
+        result = overdue(plan, slot, wall_s, cpu_s, memory_size)
         return result if metered is None else _charged(result, metered.meter)
 
     def _fuel(self, fuel: int | None) -> int | None:
@@ -364,8 +404,9 @@ class FastEngine:
         return fuel
 
     def _check_timeout(self, timeout_s: float) -> None:
-        if not (self.config.epochs or self.config.process_deadline):
-            raise UsageError("a timeout needs an engine with epoch interruption")
+        config = self.config
+        if not (config.epochs or config.process_deadline or config.tripwire):
+            raise UsageError("a timeout needs an engine with epoch interruption or a tripwire")
         if not timeout_s > 0:
             raise UsageError(f"timeout_s={timeout_s} must be positive")
 
@@ -469,7 +510,9 @@ def _charged(result: FastResult, meter: Meter) -> FastResult:
 
 
 def _forget_run(state: RunState) -> None:
-    """Clear what a finished run left in `state` (its stop reason, output sizes and call
-    counts): the next run resets them only inside its C call, after `slot.plan` is set."""
+    """Clear what a finished run left in `state` (its stop reason, output sizes, memory
+    and call counts): the next run resets them only inside its C call, after `slot.plan`
+    is set."""
     state.stop = state.out_size = state.err_size = 0
+    state.memory_base = None
     ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))

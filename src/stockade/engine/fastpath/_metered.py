@@ -126,12 +126,13 @@ class MeteredRun:
 
     # -- the run's store ---------------------------------------------------------------
 
-    def limit(self, store: int, max_memory: int) -> None:
+    def limit(self, store: int, max_memory: int, tripwire: bool) -> None:
         """The store's limits from the meter's: memory, tables, instances (one more for
-        the trampoline), as the sandbox sets them."""
+        the trampoline), memories (one more for a `tripwire`'s page), as the sandbox sets
+        them."""
         limits = self.meter.limits
         C.store_limiter(store, max_memory, limits.max_table_elements, limits.max_instances + 1,
-                        limits.max_tables, limits.max_memories)
+                        limits.max_tables, limits.max_memories + tripwire)
 
     def wasi_config(self, argv: list[bytes], names: list[bytes], values: list[bytes]) -> int:
         """The WASI context: argv, environment and the preopens (read-only unless

@@ -16,10 +16,15 @@
  * the wasmtime 50 C API.
  */
 #define _GNU_SOURCE
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,7 +46,7 @@ static size_t extern_of; /* offset of the union in wasmtime_extern_t */
 
 /* Outcome of the steps before the guest runs (status): the error, if any, is in `error`. */
 enum { RUN_OK = 0, RUN_FUEL = 1, RUN_WASI_FILES = 2, RUN_WASI = 3, RUN_NO_START = 4,
-       RUN_TOO_MANY = 5, RUN_BAD_STRINGS = 6 };
+       RUN_TOO_MANY = 5, RUN_BAD_STRINGS = 6, RUN_NO_TRIPWIRE = 7 };
 
 /* What a plan fixes for all its runs (`_run.py`'s `RunPlan.native`), built once. */
 typedef struct {
@@ -54,7 +59,7 @@ typedef struct {
     int64_t max_output;      /* -1: unlimited */
     uint64_t max_hostcalls;  /* UINT64_MAX: unlimited */
     int32_t owned_stdio;     /* the linker serves fd_write/fd_read/fd_close from here */
-    int32_t reserved;
+    int32_t tripwire;        /* the module is rewritten with a tripwire (engine.tripwire) */
 } run_plan;
 
 /* What the owned standard streams of one run share with Python (`_native.py`'s
@@ -69,8 +74,80 @@ struct run_state {
     uint64_t stdin_len, stdin_pos;
     int32_t closed[3];           /* fd_close'd standard descriptors */
     uint64_t calls[7];           /* served calls by CALL_* (usage.hostcalls) */
+    uint8_t *memory_base;        /* the guest's `memory` once instantiated, else NULL */
 };
 
+/* -- the tripwire ---------------------------------------------------------------------
+ * One run's deadline page (`engine/tripwire.py`): `fire` (any thread, at the deadline)
+ * revokes it once the run has `arm`ed it; `disarm` (the run's thread, before its store
+ * and the page go) gives it back. One lock orders the three, so a page is never revoked
+ * after it was given back: the pool may by then have handed its slot to another run,
+ * whose memory the host writes. The sandbox's runs (wasmtime-py) use the same functions
+ * through ctypes. */
+typedef struct {
+    atomic_int lock;
+    int32_t fired, revoked, reserved;
+    uint8_t *page;
+} trip_state;
+
+static void trip_lock(trip_state *t) {
+    while (atomic_exchange_explicit(&t->lock, 1, memory_order_acquire))
+        sched_yield(); /* held for one mprotect at most */
+}
+
+static void trip_unlock(trip_state *t) {
+    atomic_store_explicit(&t->lock, 0, memory_order_release);
+}
+
+/* mprotect of a page this process mapped fails only when the kernel refuses memory to
+ * split the mapping: a guest that cannot be stopped, or a page the pool would fault on,
+ * ends the process instead of running past every limit. */
+static void trip_protect(uint8_t *page, int protection) {
+    if (mprotect(page, (size_t)sysconf(_SC_PAGESIZE), protection) != 0) {
+        fputs("stockade: cannot change the tripwire page's protection; aborting\n", stderr);
+        abort();
+    }
+}
+
+size_t stockade_trip_size(void) { return sizeof(trip_state); }
+
+/* A new run's state: not fired, nothing armed (before its deadline is registered). */
+void stockade_trip_reset(trip_state *t) {
+    trip_lock(t);
+    t->fired = t->revoked = 0;
+    t->page = NULL;
+    trip_unlock(t);
+}
+
+void stockade_trip_fire(trip_state *t) {
+    trip_lock(t);
+    t->fired = 1;
+    if (t->page && !t->revoked) {
+        trip_protect(t->page, PROT_NONE);
+        t->revoked = 1;
+    }
+    trip_unlock(t);
+}
+
+/* The run's page exists: a deadline already past revokes it now, before the guest's
+ * first instruction. */
+void stockade_trip_arm(trip_state *t, uint8_t *page) {
+    trip_lock(t);
+    t->page = page;
+    if (t->fired && !t->revoked) {
+        trip_protect(page, PROT_NONE);
+        t->revoked = 1;
+    }
+    trip_unlock(t);
+}
+
+void stockade_trip_disarm(trip_state *t) {
+    trip_lock(t);
+    if (t->revoked) trip_protect(t->page, PROT_READ | PROT_WRITE);
+    t->revoked = 0;
+    t->page = NULL;
+    trip_unlock(t);
+}
 
 /* What one run is given besides its plan. */
 typedef struct {
@@ -85,6 +162,7 @@ typedef struct {
     const char *out_path, *err_path; /* the files behind out_fd and err_fd */
     int64_t *cap;          /* the slot's cap cell, set once the output is ready */
     int32_t out_fd, err_fd;
+    trip_state *trip;      /* the slot's tripwire (reset before the deadline was set) */
 } run_in;
 
 typedef struct {
@@ -102,17 +180,23 @@ static uint64_t now_ns(clockid_t clock) {
 }
 
 #define MAX_STRINGS 1024 /* argv and environment entries; more take the Python path */
+/* The tripwire's exports (engine/tripwire.py EXPORT and START). */
+#define TRIP_EXPORT "__stockade_tripwire"
+#define TRIP_START "__stockade_start"
+
+void stockade_trip_arm(trip_state *t, uint8_t *page);
+void stockade_trip_disarm(trip_state *t);
 
 size_t stockade_run_state_size(void);
 
 /* -1 unless the caller was built for this library: its function table and the sizes of
- * every structure it shares (run_state, run_plan, run_in, run_out). */
+ * every structure it shares (run_state, run_plan, run_in, run_out, trip_state). */
 int stockade_fast_init(void **functions, size_t count, size_t union_offset,
                        size_t state_size, size_t plan_size, size_t in_size,
-                       size_t out_size) {
+                       size_t out_size, size_t trip_size) {
     if (count != F_COUNT || state_size != stockade_run_state_size()
         || plan_size != sizeof(run_plan) || in_size != sizeof(run_in)
-        || out_size != sizeof(run_out))
+        || out_size != sizeof(run_out) || trip_size != sizeof(trip_state))
         return -1;
     memcpy(fn, functions, sizeof fn);
     extern_of = union_offset;
@@ -148,6 +232,7 @@ static void start_state(run_state *st, const run_plan *plan, const run_in *in) {
     st->stdin_data = in->stdin_data;
     st->stdin_len = in->stdin_len;
     st->stdin_pos = 0;
+    st->memory_base = NULL;
 }
 
 /* The run, timed, and the sizes of what the guest wrote. With owned standard streams
@@ -188,6 +273,7 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
         out->status = RUN_BAD_STRINGS;
         return 0;
     }
+    bool armed = false;
     void *store = CALL(F_STORE_NEW, void *(*)(void *, void *, void *))(in->engine, in->state,
                                                                        NULL);
     void *cx = CALL(F_STORE_CONTEXT, void *(*)(void *))(store);
@@ -235,6 +321,34 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
 
     out->error = CALL(F_PRE_INSTANTIATE, void *(*)(void *, void *, void *, void **))(
         plan->pre, cx, instance, &out->trap);
+    if (!out->error && !out->trap
+        && CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
+            cx, instance, "memory", 6, item) && item[0] == 3 /* WASMTIME_EXTERN_MEMORY */)
+        /* Where it lies, for a process that stops the guest from another thread and reads
+         * its size from the mappings (`isolate.guestmem`). */
+        in->state->memory_base = CALL(F_MEMORY_DATA, uint8_t *(*)(void *, void *))(
+            cx, item + extern_of);
+    if (!out->error && !out->trap && plan->tripwire) {
+        /* Armed before any guest code: the rewriting moved the start function out of
+         * instantiation, into an export run here. */
+        if (!CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
+                cx, instance, TRIP_EXPORT, sizeof TRIP_EXPORT - 1, item)
+            || item[0] != 3 /* WASMTIME_EXTERN_MEMORY */) {
+            out->status = RUN_NO_TRIPWIRE;
+            goto done;
+        }
+        stockade_trip_arm(in->trip, CALL(F_MEMORY_DATA, uint8_t *(*)(void *, void *))(
+            cx, item + extern_of));
+        armed = true;
+        if (CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
+                cx, instance, TRIP_START, sizeof TRIP_START - 1, item) && item[0] == 0) {
+            out->error = CALL(F_FUNC_CALL,
+                              void *(*)(void *, void *, void *, size_t, void *, size_t,
+                                        void **))(cx, item + extern_of, NULL, 0, NULL, 0,
+                                                  &out->trap);
+            out->called = 1;
+        }
+    }
     if (!out->error && !out->trap) {
         if (!CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
                 cx, instance, "_start", 6, item) || item[0] != 0 /* WASMTIME_EXTERN_FUNC */) {
@@ -245,17 +359,19 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
                           void *(*)(void *, void *, void *, size_t, void *, size_t, void **))(
             cx, item + extern_of, NULL, 0, NULL, 0, &out->trap);
         out->called = 1;
-        if (CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
-                cx, instance, "memory", 6, item) && item[0] == 3 /* WASMTIME_EXTERN_MEMORY */)
-            out->memory_bytes = CALL(F_MEMORY_DATA_SIZE, size_t (*)(void *, void *))(
-                cx, item + extern_of);
     }
+    if (out->called  /* an instance exists (its start function ran, or _start) */
+        && CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
+            cx, instance, "memory", 6, item) && item[0] == 3 /* WASMTIME_EXTERN_MEMORY */)
+        out->memory_bytes = CALL(F_MEMORY_DATA_SIZE, size_t (*)(void *, void *))(
+            cx, item + extern_of);
     if (plan->has_fuel) {
         void *error = CALL(F_GET_FUEL, void *(*)(void *, uint64_t *))(cx, &out->fuel_left);
         if (error && !out->error) { out->error = error; out->status = RUN_FUEL; }
         else if (error) CALL(F_ERROR_DELETE, void (*)(void *))(error);
     }
 done:
+    if (armed) stockade_trip_disarm(in->trip); /* before the store frees the page */
     CALL(F_STORE_DELETE, void (*)(void *))(store);
     return 0;
 }

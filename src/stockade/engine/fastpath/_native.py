@@ -19,12 +19,14 @@ from ._capi import DLL, Extern
 __all__ = ["CALL_NAMES", "CALL_POLL", "NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunPlanC",
            "RunState", "STRUCT_SIZES", "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
-           "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "LIBRARY"]
+           "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "RUN_NO_TRIPWIRE", "LIBRARY",
+           "TripState", "TRIP"]
 
 LIBRARY = Path(__file__).with_name("libstockade_fastrun.so")
 MAX_STRINGS = 1024  # argv and environment entries the C side takes (MAX_STRINGS there)
 RUN_OK, RUN_FUEL, RUN_WASI_FILES, RUN_WASI, RUN_NO_START = 0, 1, 2, 3, 4
 RUN_BAD_STRINGS = 6  # an argv or environment block that is malformed or not UTF-8
+RUN_NO_TRIPWIRE = 7  # a plan with a tripwire, a module without its page
 
 # In the order of the C side's function table (its `enum`).
 _FUNCTIONS = (
@@ -49,7 +51,7 @@ class RunPlanC(ctypes.Structure):
         ("has_fuel", c_int32), ("capture_stderr", c_int32),
         ("argv", c_char_p), ("argc", c_size_t), ("argv_len", c_size_t),
         ("max_output", c_int64), ("max_hostcalls", c_uint64),
-        ("owned_stdio", c_int32), ("reserved", c_int32),
+        ("owned_stdio", c_int32), ("tripwire", c_int32),
     ]
 
 
@@ -65,6 +67,7 @@ class RunIn(ctypes.Structure):
         ("stdin_data", c_char_p), ("stdin_len", c_size_t),
         ("out_path", c_char_p), ("err_path", c_char_p),
         ("cap", POINTER(c_int64)), ("out_fd", c_int32), ("err_fd", c_int32),
+        ("trip", c_void_p),
     ]
 
 
@@ -83,7 +86,8 @@ class RunOut(ctypes.Structure):
 class RunState(ctypes.Structure):
     """`run_state` of `_native.c`: what the owned standard streams of one run share with
     Python (the store's data points at it). `stop` says why a host call stopped the
-    guest: 1 stdout or 2 stderr past the output cap, 3 the host-call budget."""
+    guest: 1 stdout or 2 stderr past the output cap, 3 the host-call budget.
+    `memory_base` is the address of the guest's `memory` once instantiated (else None)."""
 
     _fields_ = [
         ("out_fd", c_int32), ("err_fd", c_int32), ("capture_err", c_int32), ("stop", c_int32),
@@ -92,6 +96,7 @@ class RunState(ctypes.Structure):
         ("stdin_data", c_char_p), ("stdin_len", c_uint64), ("stdin_pos", c_uint64),
         ("closed", c_int32 * 3),
         ("calls", c_uint64 * 7),
+        ("memory_base", c_void_p),
     ]
 
 
@@ -105,8 +110,17 @@ CALL_POLL = 4
 STOP_STDOUT, STOP_STDERR, STOP_HOSTCALLS = 1, 2, 3
 
 
-# What `stockade_fast_init` checks against its own: run_state, run_plan, run_in, run_out.
-STRUCT_SIZES = tuple(ctypes.sizeof(struct) for struct in (RunState, RunPlanC, RunIn, RunOut))
+class TripState(ctypes.Structure):
+    """`trip_state` of `_native.c`: one run's tripwire (`engine.tripwire.Tripwire`)."""
+
+    _fields_ = [("lock", c_int32), ("fired", c_int32), ("revoked", c_int32),
+                ("reserved", c_int32), ("page", c_void_p)]
+
+
+# What `stockade_fast_init` checks against its own: run_state, run_plan, run_in, run_out,
+# trip_state.
+STRUCT_SIZES = tuple(ctypes.sizeof(struct)
+                     for struct in (RunState, RunPlanC, RunIn, RunOut, TripState))
 
 
 def _load() -> Any:
@@ -119,11 +133,21 @@ def _load() -> Any:
     addresses = (c_void_p * len(_FUNCTIONS))(
         *(ctypes.cast(DLL[name], c_void_p).value for name in _FUNCTIONS))
     init = library.stockade_fast_init
-    init.argtypes = [POINTER(c_void_p), c_size_t, c_size_t, *[c_size_t] * 4]
+    init.argtypes = [POINTER(c_void_p), c_size_t, c_size_t, *[c_size_t] * len(STRUCT_SIZES)]
     init.restype = c_int32
     if init(addresses, len(_FUNCTIONS), Extern.of.offset, *STRUCT_SIZES) != 0:
         return None
     return library
+
+
+def _trip_functions(library: Any) -> dict[str, Any]:
+    functions = {}
+    for name in ("reset", "fire", "arm", "disarm"):
+        function = getattr(library, f"stockade_trip_{name}")
+        function.argtypes = [c_void_p, c_void_p] if name == "arm" else [c_void_p]
+        function.restype = None
+        functions[name] = function
+    return functions
 
 
 _LIBRARY: Any = _load()
@@ -131,9 +155,13 @@ NATIVE_RUN: Any = None
 # Host functions (name -> address) of the owned standard streams, or None without the
 # library: the fast path then counts no host calls and caps output with the ticker.
 STDIO: dict[str, int] | None = None
+# The tripwire's functions by name (reset, fire, arm, disarm; each takes a `TripState`'s
+# address, arm also the page's), or None without the library.
+TRIP: dict[str, Any] | None = None
 if _LIBRARY is not None:
     NATIVE_RUN = _LIBRARY.stockade_fast_run
     NATIVE_RUN.argtypes, NATIVE_RUN.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
     STDIO = {name: ctypes.cast(getattr(_LIBRARY, f"stockade_{name}"), c_void_p).value or 0
              for name in ("fd_write", "fd_read", "fd_close", "random_get", "fd_sync",
                           "fd_datasync")}
+    TRIP = _trip_functions(_LIBRARY)

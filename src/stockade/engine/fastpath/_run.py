@@ -18,10 +18,12 @@ import ctypes
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...envblock import EnvBlock
+from ...errors import ModuleError
 from ...policy.units import format_size
 from ...records import FieldTuple, Record, record
 from ...result import Outcome, Result, Usage
@@ -33,6 +35,10 @@ from ..traps import (
     ending_of_trap,
     memory_verdict,
 )
+from ..trip import EXPORT as TRIPWIRE_EXPORT_NAME
+from ..trip import START as TRIPWIRE_START_NAME
+from ..trip import Tripwire, tripped
+from ..trip import available as tripwire_available
 from ._capi import (
     EXTERN_FUNC,
     EXTERN_MEMORY,
@@ -49,6 +55,7 @@ from ._native import (
     NATIVE_RUN,
     RUN_BAD_STRINGS,
     RUN_NO_START,
+    RUN_NO_TRIPWIRE,
     RUN_OK,
     RUN_WASI_FILES,
     STOP_HOSTCALLS,
@@ -70,6 +77,7 @@ _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
 _RELEASE_BYTES = 1 << 20
 _UNLIMITED = (1 << 64) - 1  # a host-call budget of none
+TRIPWIRE_EXPORT, TRIPWIRE_START = TRIPWIRE_EXPORT_NAME.encode(), TRIPWIRE_START_NAME.encode()
 
 
 
@@ -79,7 +87,8 @@ class RunPlan(FieldTuple):
     meter fuel), `timeout_s` the wall-clock limit in seconds (None: none),
     `max_hostcalls` the budget of host calls Stockade serves (the standard streams and
     their syncs, `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether
-    the engine serves them; `native` the same as the native run's `run_plan` (`native_plan`), and
+    the engine serves them, `tripwire` whether the module's deadline is its tripwire (a
+    tripwire engine's); `native` the same as the native run's `run_plan` (`native_plan`), and
     `native_at` its address: `_replace` builds them again from the copy's fields. (A
     named tuple: cheaper to define than a dataclass at start-up, and a `FieldTuple`:
     cheaper than a `NamedTuple`.)"""
@@ -94,18 +103,20 @@ class RunPlan(FieldTuple):
     capture_stderr: bool
     max_hostcalls: int | None = None
     owned_stdio: bool = False
+    tripwire: bool = False
     native: Any = None
     native_at: int = 0
 
 
 def native_plan(pre: int, argv: bytes, argc: int, fuel: int | None, max_memory: int,
                 max_output: int | None, capture_stderr: bool, max_hostcalls: int | None,
-                owned_stdio: bool) -> RunPlanC:
+                owned_stdio: bool, tripwire: bool) -> RunPlanC:
     """A plan's fixed part as the native run takes it (kept by the `RunPlan`, which
     keeps `argv` alive with it)."""
     return RunPlanC(pre, max_memory, fuel or 0, fuel is not None, capture_stderr, argv, argc,
                     len(argv), -1 if max_output is None else max_output,
-                    _UNLIMITED if max_hostcalls is None else max_hostcalls, owned_stdio, 0)
+                    _UNLIMITED if max_hostcalls is None else max_hostcalls, owned_stdio,
+                    tripwire)
 
 
 _copy_plan = RunPlan._replace
@@ -122,7 +133,7 @@ def _replace_plan(self: RunPlan, /, **changes: Any) -> RunPlan:
         return plan
     native = native_plan(plan.module._pre, plan.argv, plan.argc, plan.fuel, plan.max_memory,
                          plan.max_output, plan.capture_stderr, plan.max_hostcalls,
-                         plan.owned_stdio)
+                         plan.owned_stdio, plan.tripwire)
     return _copy_plan(plan, native=native, native_at=ctypes.addressof(native))
 
 
@@ -209,7 +220,8 @@ class RunSlot:
     (None: unlimited, or not running); `sealed` is set by `seal_if_over` (the engine's
     ticker thread) and means the slot must be replaced. `deadline` (monotonic seconds)
     and `stopped` serve the owned `poll_oneoff`, which finds the slot through `live`
-    by the store's data word.
+    by the store's data word. `trip` is the slot's tripwire (None without the native
+    library, whose engines keep epochs).
     """
 
     live: ClassVar[dict[int, RunSlot]] = {}
@@ -217,7 +229,7 @@ class RunSlot:
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
                  "native_in", "native_out", "native_args", "env", "state", "key", "metered",
-                 "plan")
+                 "plan", "trip")
 
     def __init__(self, engine: int = 0) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -240,9 +252,11 @@ class RunSlot:
         # What the owned standard streams share with C; the store's data points at it.
         self.state = RunState(out_fd=self.out, err_fd=self.err)
         self.key = ctypes.addressof(self.state)
+        self.trip = Tripwire() if tripwire_available() else None
         self.native_in = RunIn(engine=engine, state=self.key, out_path=self.out_path,
                                err_path=self.err_path, cap=ctypes.pointer(self.cap_cell),
-                               out_fd=self.out, err_fd=self.err)
+                               out_fd=self.out, err_fd=self.err,
+                               trip=None if self.trip is None else self.trip.address)
         self.native_out = RunOut()
         # The native run's arguments, made once: a `byref` per call costs more than the call.
         self.native_args = (ctypes.byref(self.native_in), ctypes.byref(self.native_out))
@@ -334,6 +348,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         ending = EXITED_OK
     if metered is not None:
         ending = metered.ending(ending)
+    ending = tripped(ending, slot.trip if plan.tripwire else None)
     if slot.stopped:
         ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
     slot.state.stdin_data = None  # do not keep the request body alive in the slot
@@ -369,12 +384,14 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     )
 
 
-def overdue(plan: RunPlan, slot: RunSlot, wall: float, cpu: float) -> FastResult:
+def overdue(plan: RunPlan, slot: RunSlot, wall: float, cpu: float,
+            memory_size: Callable[[int], int | None] | None = None) -> FastResult:
     """The result of the run in `slot`, still running, stopped now by its deadline: what
     `execute` returns when an epoch interrupt ends it, from another thread of a process
     that ends itself next (`EngineConfig.process_deadline`). The guest's store is not
-    touched (it is not thread-safe): its memory size is reported as 0, unknown; nor is
-    the state the running guest reads (its stdin)."""
+    touched (it is not thread-safe): its memory size is what `memory_size` says of the
+    memory at its address (the process's mappings), else 0, unknown; nor is the state
+    the running guest reads (its stdin)."""
     ending = ending_of_trap(TRAP_INTERRUPT, "")
     sizes = (0, 0)  # a meter keeps its output itself
     if slot.metered is not None:
@@ -384,7 +401,9 @@ def overdue(plan: RunPlan, slot: RunSlot, wall: float, cpu: float) -> FastResult
         sizes = (state.out_size, state.err_size if plan.capture_stderr else 0)
     else:
         sizes = slot.sizes()
-    return conclude(plan, slot, ending, 0, 0, wall, cpu, *sizes)
+    base = slot.state.memory_base
+    memory = memory_size(base) if base and memory_size is not None else None
+    return conclude(plan, slot, ending, memory or 0, 0, wall, cpu, *sizes)
 
 
 def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
@@ -397,6 +416,7 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
     state.stdin_data, state.stdin_len = stdin, len(stdin)
     state.closed[0] = state.closed[1] = state.closed[2] = 0
     ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))
+    state.memory_base = None
 
 
 # error, trap, called, memory, fuel left, wall and CPU seconds, stdout and stderr sizes
@@ -426,6 +446,8 @@ def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
             raise RuntimeError("module lost its _start export")  # checked at load
         if status == RUN_BAD_STRINGS:
             raise ValueError("malformed argv or environment block (or text not UTF-8)")
+        if status == RUN_NO_TRIPWIRE:
+            raise _no_tripwire(plan)
         message, _ = take_error(out.error) if out.error else ("unknown error", None)
         raise RuntimeError(f"wasmtime: {message}")
     return (out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left,
@@ -448,12 +470,13 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     error: int | None = None
     memory_bytes = fuel_left = 0
     called = False
+    armed: Tripwire | None = None
     try:
         cx = C.store_context(store)
         if metered is None:
             C.store_limiter(store, plan.max_memory, -1, -1, -1, -1)
         else:
-            metered.limit(store, plan.max_memory)
+            metered.limit(store, plan.max_memory, plan.tripwire)
         if fuel is not None:
             _check(C.context_set_fuel(cx, fuel))
         C.context_set_epoch_deadline(cx, deadline_ticks)
@@ -464,23 +487,47 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
                                                                               values)))
         slot.cap = plan.max_output  # only now: the files were just truncated for this run
         error = C.instance_pre_instantiate(pre, cx, instance, byref(trap))
+        if not error and not trap.value and _export(cx, instance, b"memory", item) \
+                and item.kind == EXTERN_MEMORY:  # for `overdue` (see `RunState`)
+            slot.state.memory_base = C.memory_data(cx, byref(item.of.memory))
+        if not error and not trap.value and plan.tripwire:
+            # Armed before any guest code: the rewriting moved the start function out of
+            # instantiation, into an export run here (engine.tripwire).
+            if not _export(cx, instance, TRIPWIRE_EXPORT, item) \
+                    or item.kind != EXTERN_MEMORY or slot.trip is None:
+                raise _no_tripwire(plan)
+            armed = slot.trip
+            armed.arm(C.memory_data(cx, byref(item.of.memory)))
+            if _export(cx, instance, TRIPWIRE_START, item) and item.kind == EXTERN_FUNC:
+                error = C.func_call(cx, byref(item.of.func), None, 0, None, 0, byref(trap))
+                called = True
         if not error and not trap.value:
             if not C.instance_export_get(cx, instance, b"_start", 6, byref(item)) \
                     or item.kind != EXTERN_FUNC:
                 raise RuntimeError("module lost its _start export")  # checked at load
             error = C.func_call(cx, byref(item.of.func), None, 0, None, 0, byref(trap))
             called = True
-            if C.instance_export_get(cx, instance, b"memory", 6, byref(item)) \
-                    and item.kind == EXTERN_MEMORY:
-                memory_bytes = C.memory_data_size(cx, byref(item.of.memory))
+        if called and _export(cx, instance, b"memory", item) and item.kind == EXTERN_MEMORY:
+            memory_bytes = C.memory_data_size(cx, byref(item.of.memory))
         if fuel is not None:
             _check(C.context_get_fuel(cx, byref(slot.fuel_left)))
             fuel_left = slot.fuel_left.value
     finally:
+        if armed is not None:  # before the store frees the page
+            armed.disarm()
         C.store_delete(store)
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     sizes = slot.sizes() if metered is None else (0, 0)  # the meter keeps its output
     return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *sizes)
+
+
+def _export(cx: int, instance: Any, name: bytes, item: Extern) -> bool:
+    """Whether the instance exports `name`, into `item`."""
+    return bool(C.instance_export_get(cx, instance, name, len(name), ctypes.byref(item)))
+
+
+def _no_tripwire(plan: RunPlan) -> ModuleError:
+    return ModuleError(f"{plan.module.name}: its tripwire is missing; refusing to run it")
 
 
 def _entries(block: bytes) -> list[bytes]:
