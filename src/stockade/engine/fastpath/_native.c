@@ -111,14 +111,6 @@ static void trip_protect(uint8_t *page, int protection) {
 
 size_t stockade_trip_size(void) { return sizeof(trip_state); }
 
-/* A new run's state: not fired, nothing armed (before its deadline is registered). */
-void stockade_trip_reset(trip_state *t) {
-    trip_lock(t);
-    t->fired = t->revoked = 0;
-    t->page = NULL;
-    trip_unlock(t);
-}
-
 void stockade_trip_fire(trip_state *t) {
     trip_lock(t);
     t->fired = 1;

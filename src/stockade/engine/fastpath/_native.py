@@ -142,7 +142,7 @@ def _load() -> Any:
 
 def _trip_functions(library: Any) -> dict[str, Any]:
     functions = {}
-    for name in ("reset", "fire", "arm", "disarm"):
+    for name in ("fire", "arm", "disarm"):
         function = getattr(library, f"stockade_trip_{name}")
         function.argtypes = [c_void_p, c_void_p] if name == "arm" else [c_void_p]
         function.restype = None
@@ -155,7 +155,7 @@ NATIVE_RUN: Any = None
 # Host functions (name -> address) of the owned standard streams, or None without the
 # library: the fast path then counts no host calls and caps output with the ticker.
 STDIO: dict[str, int] | None = None
-# The tripwire's functions by name (reset, fire, arm, disarm; each takes a `TripState`'s
+# The tripwire's functions by name (fire, arm, disarm; each takes a `TripState`'s
 # address, arm also the page's), or None without the library.
 TRIP: dict[str, Any] | None = None
 if _LIBRARY is not None:
