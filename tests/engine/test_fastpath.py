@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -329,6 +330,43 @@ def test_more_threads_than_pool_slots_wait_their_turn(hello: FastModule) -> None
         for thread in threads:
             thread.join()
         assert [r.outcome for r in results] == [Outcome.EXITED] * 3
+
+
+def test_waiting_callers_are_admitted_in_arrival_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """First come, first served: woken waiters used to race for a freed slot, and the
+    caller that had just freed it could take it again at once (one of six threads
+    sharing three slots waited 15 s behind runs of 10 ms)."""
+    with FastEngine(max_instances=1) as small:
+        spin = small.compile(wat("(loop $l (br $l))"), "spin.wasm")
+        quick = small.compile(wat(""), "quick.wasm")
+        admitted: list[str] = []
+        admit = small._admit
+
+        def recorded(module: FastModule) -> Any:
+            slot = admit(module)  # the slot is held until this run ends: no one passes
+            admitted.append(threading.current_thread().name)
+            return slot
+
+        monkeypatch.setattr(small, "_admit", recorded)
+        holder = threading.Thread(target=spin.run, kwargs={"timeout_s": 0.5}, name="holder")
+        holder.start()
+        _until(lambda: admitted == ["holder"])
+        waiters = []
+        for index in range(5):
+            waiter = threading.Thread(target=quick.run, name=f"waiter{index}")
+            waiter.start()
+            waiters.append(waiter)
+            _until(lambda queued=index + 1: len(small._queue) == queued)  # behind the others
+        for thread in (holder, *waiters):
+            thread.join(30)
+        assert admitted == ["holder", *(f"waiter{index}" for index in range(5))]
+
+
+def _until(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
 
 
 def test_close_twice_and_use_after_close() -> None:

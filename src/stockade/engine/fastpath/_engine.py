@@ -8,6 +8,7 @@ releases the GIL); each uses its own store.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import sys
@@ -97,6 +98,7 @@ class FastEngine:
         self._modules: set[FastModule] = set()
         self._active = 0
         self._waiters = 0
+        self._queue: collections.deque[object] = collections.deque()  # callers waiting
         self._closed = False
         self._forked = False
         _ENGINES.add(self)
@@ -413,8 +415,8 @@ class FastEngine:
     def _admit(self, module: FastModule) -> RunSlot:
         # The bare lock (the one `_cond` wraps): a Condition's `with` is Python code.
         with self._lock:
-            while self._active >= self.max_instances and not self._closed:
-                self._wait()
+            if self._active >= self.max_instances or self._queue:
+                self._queue_for_slot()
             if self._forked:
                 raise UsageError("this FastEngine was created before fork(): create one in "
                                  "each worker process")
@@ -441,6 +443,22 @@ class FastEngine:
             else:
                 self._free.append(slot)
             if self._waiters:
+                self._cond.notify_all()
+
+    def _queue_for_slot(self) -> None:
+        """Wait (the lock held) until a slot is free and every caller queued before this
+        one has taken theirs: first come, first served. Woken callers used to race for a
+        freed slot, which the caller that had just freed it could take again at once: one
+        of six threads sharing three slots waited 15 s behind runs of 10 ms."""
+        turn = object()
+        self._queue.append(turn)
+        try:
+            while (self._active >= self.max_instances or self._queue[0] is not turn) \
+                    and not self._closed:
+                self._wait()
+        finally:
+            self._queue.remove(turn)
+            if self._queue:  # the next in line may go now, if a slot is left
                 self._cond.notify_all()
 
     def _wait(self) -> None:
