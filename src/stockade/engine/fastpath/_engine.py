@@ -172,7 +172,12 @@ class FastEngine:
 
     def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
         """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
-        wasmtime version). Only for trusted files (the AoT cache). Raises ModuleError."""
+        wasmtime version). Only for trusted files (the AoT cache, whose entries for a
+        tripwire engine are keyed by its own fingerprint). On a tripwire engine the code
+        must be the rewriting's: the run only checks that the page is exported, and code
+        compiled without the rewriting (by an engine without any deadline, whose settings
+        are the same) that exports a memory of that name would run without a deadline.
+        Raises ModuleError."""
         cwasm = bytes(cwasm)
         return self._load(
             lambda out: C.module_deserialize(self._engine, cwasm, len(cwasm), out), name
