@@ -39,9 +39,9 @@ TEXT = """\
   `crun --cgroup-manager=disabled`: containers get pid, network, ipc, uts and mount
   namespaces but no cgroup limits.
 - **Limits.** Stockade runs the `default` profile (no fuel, 128 MiB memory; the deadline a
-  tripwire in `Sandbox`, epochs on the C API, the process in an isolated worker) with
-  the output cap raised to 64 MiB for the 16 MiB echo. Bare wasmtime and Pulley run with no
-  fuel, no epochs and no limits.
+  tripwire in-process, in `Sandbox` and on the C API alike, the process in an isolated
+  worker) with the output cap raised to 64 MiB for the 16 MiB echo. Bare wasmtime and
+  Pulley run with no fuel, no epochs and no limits.
 - **Extism** passes no argv or stdin to WASI command modules, so it runs hello only (its
   WASI stdout is enabled with `EXTISM_ENABLE_WASI_OUTPUT=1`). The syscall loop calls
   `getpid` natively; WASI has no getpid, so the Wasm build calls `fd_fdstat_get` (the
