@@ -369,6 +369,19 @@ def _until(condition: Any, seconds: float = 10.0) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.parametrize("tripwire", [False, True], ids=["epochs", "tripwire"])
+def test_a_one_slot_pool_runs_a_module_using_gc_types(tripwire: bool) -> None:
+    """A GC heap is a memory from the pool too: a one-slot pool (`CapiSandbox`'s) refused
+    every module using GC types ("maximum concurrent limit of 1 for memory")."""
+    config = EngineConfig(fuel=False, epochs=not tripwire, tripwire=tripwire)
+    gc = bytes(wasmtime.wat2wasm("""(module (type $a (array (mut i64)))
+      (memory (export "memory") 1)
+      (func (export "_start") (drop (array.new_default $a (i32.const 1000)))))"""))
+    with FastEngine(config, max_instances=1) as small:
+        result = small.compile(gc, "gc.wasm").run(timeout_s=10.0)
+    assert result.outcome is Outcome.EXITED, result.message
+
+
 def test_close_twice_and_use_after_close() -> None:
     fast = FastEngine(max_instances=2)
     module = fast.compile(TRAP, "trap.wasm")
