@@ -84,7 +84,7 @@ class EngineConfig(FrozenRecord):
         does (`tripwire`). By default (None) the deadline is a tripwire wherever one
         can serve: no fuel budget (probes would be charged to the guest's, whose count
         must match on every backend), no `process_deadline`, and the native library that
-        arms it (`tripwire.available`)."""
+        arms it (`trip.available`)."""
         if tripwire is None:
             tripwire = limits.fuel is None and not process_deadline and _tripwire_available()
         return cls(fuel=limits.fuel is not None, epochs=not (process_deadline or tripwire),

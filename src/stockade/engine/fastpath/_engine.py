@@ -159,8 +159,7 @@ class FastEngine:
 
             wasm = rewrite(wasm, lambda code: self.validate(code, name), ModuleError, guard,
                            name, work)
-        code = wasm
-        return self._load(lambda out: C.module_new(self._engine, code, len(code), out), name)
+        return self._load(lambda out: C.module_new(self._engine, wasm, len(wasm), out), name)
 
     def validate(self, wasm: bytes, name: str = "<bytes>") -> None:
         """Check that `wasm` is a module this engine accepts, without compiling it.

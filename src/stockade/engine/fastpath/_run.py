@@ -35,9 +35,7 @@ from ..traps import (
     ending_of_trap,
     memory_verdict,
 )
-from ..trip import EXPORT as TRIPWIRE_EXPORT_NAME
-from ..trip import START as TRIPWIRE_START_NAME
-from ..trip import Tripwire, tripped
+from ..trip import EXPORT, START, Tripwire, tripped
 from ..trip import available as tripwire_available
 from ._capi import (
     EXTERN_FUNC,
@@ -77,7 +75,7 @@ _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
 _RELEASE_BYTES = 1 << 20
 _UNLIMITED = (1 << 64) - 1  # a host-call budget of none
-TRIPWIRE_EXPORT, TRIPWIRE_START = TRIPWIRE_EXPORT_NAME.encode(), TRIPWIRE_START_NAME.encode()
+_TRIP_PAGE, _TRIP_START = EXPORT.encode(), START.encode()  # the tripwire's exports
 
 
 
@@ -493,17 +491,16 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
         if not error and not trap.value and plan.tripwire:
             # Armed before any guest code: the rewriting moved the start function out of
             # instantiation, into an export run here (engine.tripwire).
-            if not _export(cx, instance, TRIPWIRE_EXPORT, item) \
+            if not _export(cx, instance, _TRIP_PAGE, item) \
                     or item.kind != EXTERN_MEMORY or slot.trip is None:
                 raise _no_tripwire(plan)
             armed = slot.trip
             armed.arm(C.memory_data(cx, byref(item.of.memory)))
-            if _export(cx, instance, TRIPWIRE_START, item) and item.kind == EXTERN_FUNC:
+            if _export(cx, instance, _TRIP_START, item) and item.kind == EXTERN_FUNC:
                 error = C.func_call(cx, byref(item.of.func), None, 0, None, 0, byref(trap))
                 called = True
         if not error and not trap.value:
-            if not C.instance_export_get(cx, instance, b"_start", 6, byref(item)) \
-                    or item.kind != EXTERN_FUNC:
+            if not _export(cx, instance, b"_start", item) or item.kind != EXTERN_FUNC:
                 raise RuntimeError("module lost its _start export")  # checked at load
             error = C.func_call(cx, byref(item.of.func), None, 0, None, 0, byref(trap))
             called = True
