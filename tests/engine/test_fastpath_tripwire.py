@@ -128,3 +128,22 @@ def test_the_fast_path_and_the_sandbox_agree(engine: FastEngine) -> None:
     fast = engine.compile(binary(START_SPIN)).run(timeout_s=TIMEOUT)
     assert (fast.outcome, fast.message, fast.exit_code) == \
         (standard.outcome, standard.message, standard.exit_code)
+
+
+# One random_get over the whole memory: 1 GiB took about 3.7 s, all of it past a 0.2 s
+# deadline, before the owned call filled in chunks and looked at the tripwire between them.
+RANDOM_ALL = b"""(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (memory (export "memory") 16384)
+  (func (export "_start") (drop (call $random (i32.const 0) (i32.const 1073741824)))))"""
+
+
+def test_one_random_get_over_all_memory_stops_at_the_deadline() -> None:
+    config = EngineConfig.for_limits(Policy.from_profile("default").limits)
+    with FastEngine(config, max_instances=1, max_memory=1024**3) as large:
+        module = large.compile(binary(RANDOM_ALL), "random.wasm")
+        begun = time.monotonic()
+        result = module.run(timeout_s=0.2)
+        elapsed = time.monotonic() - begun
+    assert result.outcome is Outcome.TIMEOUT, result.message
+    assert elapsed < 0.2 + 1.0, elapsed

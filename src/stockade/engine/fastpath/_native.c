@@ -65,6 +65,7 @@ typedef struct {
 /* What the owned standard streams of one run share with Python (`_native.py`'s
  * `RunState`); a run's store data points at its slot's. */
 typedef struct run_state run_state;
+typedef struct trip_state trip_state;
 struct run_state {
     int32_t out_fd, err_fd, capture_err, stop;
     int64_t cap;                 /* stdout + stderr bytes (-1: unlimited) */
@@ -75,6 +76,7 @@ struct run_state {
     int32_t closed[3];           /* fd_close'd standard descriptors */
     uint64_t calls[7];           /* served calls by CALL_* (usage.hostcalls) */
     uint8_t *memory_base;        /* the guest's `memory` once instantiated, else NULL */
+    trip_state *trip;            /* the slot's tripwire (NULL without one) */
 };
 
 /* -- the tripwire ---------------------------------------------------------------------
@@ -84,11 +86,11 @@ struct run_state {
  * after it was given back: the pool may by then have handed its slot to another run,
  * whose memory the host writes. The sandbox's runs (wasmtime-py) use the same functions
  * through ctypes. */
-typedef struct {
+struct trip_state {
     atomic_int lock;
-    int32_t fired, revoked, reserved;
+    int32_t fired, revoked, reserved; /* fired: also read without the lock (atomically) */
     uint8_t *page;
-} trip_state;
+};
 
 static void trip_lock(trip_state *t) {
     while (atomic_exchange_explicit(&t->lock, 1, memory_order_acquire))
@@ -113,7 +115,7 @@ size_t stockade_trip_size(void) { return sizeof(trip_state); }
 
 void stockade_trip_fire(trip_state *t) {
     trip_lock(t);
-    t->fired = 1;
+    __atomic_store_n(&t->fired, 1, __ATOMIC_RELAXED);
     if (t->page && !t->revoked) {
         trip_protect(t->page, PROT_NONE);
         t->revoked = 1;
@@ -383,6 +385,7 @@ enum { STOP_NONE = 0, STOP_STDOUT = 1, STOP_STDERR = 2, STOP_HOSTCALLS = 3 };
 enum { E_SUCCESS = 0, E_BADF = 8, E_FAULT = 21, E_INVAL = 28 };
 #define MAX_IOVECS 1024              /* IOV_MAX: EINVAL beyond (hostcalls.abi) */
 #define MAX_IO_BYTES (4u << 20)      /* bytes one call copies (hostcalls.abi) */
+#define RANDOM_CHUNK (1u << 20)      /* bytes random_get fills between deadline checks */
 
 typedef struct { uint64_t i64; uint64_t high; } val_raw; /* wasmtime_val_raw_t: 16 bytes */
 
@@ -533,8 +536,14 @@ void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) 
     if (!st) return trap;
     uint32_t buf = (uint32_t)args[0].i64, len = (uint32_t)args[1].i64;
     if (!base || !in_memory(size, buf, len)) { args[0].i64 = E_FAULT; return NULL; }
+    /* One call can fill all of memory (1 GiB: seconds): in chunks, and past the run's
+     * deadline (its tripwire fired) the guest traps, as at its next probe. */
     for (uint32_t done = 0; done < len;) {
-        ssize_t got = getrandom(base + buf + done, len - done, 0);
+        if (done && st->trip && __atomic_load_n(&st->trip->fired, __ATOMIC_RELAXED))
+            return CALL(F_TRAP_NEW, void *(*)(const char *, size_t))(
+                "random_get past the deadline", 28);
+        uint32_t chunk = len - done < RANDOM_CHUNK ? len - done : RANDOM_CHUNK;
+        ssize_t got = getrandom(base + buf + done, chunk, 0);
         if (got <= 0) { args[0].i64 = 29 /* EIO */; return NULL; }
         done += (uint32_t)got;
     }

@@ -87,7 +87,8 @@ class RunState(ctypes.Structure):
     """`run_state` of `_native.c`: what the owned standard streams of one run share with
     Python (the store's data points at it). `stop` says why a host call stopped the
     guest: 1 stdout or 2 stderr past the output cap, 3 the host-call budget.
-    `memory_base` is the address of the guest's `memory` once instantiated (else None)."""
+    `memory_base` is the address of the guest's `memory` once instantiated (else None),
+    `trip` the address of the slot's `TripState` (the owned calls look at its deadline)."""
 
     _fields_ = [
         ("out_fd", c_int32), ("err_fd", c_int32), ("capture_err", c_int32), ("stop", c_int32),
@@ -97,6 +98,7 @@ class RunState(ctypes.Structure):
         ("closed", c_int32 * 3),
         ("calls", c_uint64 * 7),
         ("memory_base", c_void_p),
+        ("trip", c_void_p),
     ]
 
 

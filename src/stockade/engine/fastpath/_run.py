@@ -248,9 +248,10 @@ class RunSlot:
         self.trap = ctypes.c_void_p()
         self.fuel_left = ctypes.c_uint64()
         # What the owned standard streams share with C; the store's data points at it.
-        self.state = RunState(out_fd=self.out, err_fd=self.err)
-        self.key = ctypes.addressof(self.state)
         self.trip = Tripwire() if tripwire_available() else None
+        self.state = RunState(out_fd=self.out, err_fd=self.err,
+                              trip=None if self.trip is None else self.trip.address)
+        self.key = ctypes.addressof(self.state)
         self.native_in = RunIn(engine=engine, state=self.key, out_path=self.out_path,
                                err_path=self.err_path, cap=ctypes.pointer(self.cap_cell),
                                out_fd=self.out, err_fd=self.err,
