@@ -1,17 +1,17 @@
 """`CapiSandbox`: the in-process sandbox on wasmtime's C API, without wasmtime-py.
 
-Same interface and results as `Sandbox` for what it serves (`backend.capi_refusal` says
-what that is): `CapiSandbox(policy).run(path, invocation) -> Result`. A run gets a
-one-slot `FastEngine` (pooling allocator, memory slot = the policy's memory limit), so
-limits hold as the standard sandbox holds them: fuel, the epoch deadline (sleeps in
-`poll_oneoff` end at it too), the memory limit, the output cap while the guest writes,
-the host-call budget. A policy with granted or scratch directories, per-call caps, or a
-budget the native library cannot count runs under a `Meter` (`FastEngine.run_metered`):
-the sandbox's own host calls, quotas and errnos. Under `require_signature` the trust
-gate's verified bytes are what is compiled. `.wat` text is compiled to its binary by
-the C API. Modules load through the same AoT cache and its stat index: native code is
-mapped only from a cache entry `AotCache.open` verified (owner, mode, this host's MAC),
-and a fresh compile is sealed into it, never from anywhere else.
+Same interface and results as `Sandbox` for what it serves (`backend.capi_refusal` says what
+that is): `CapiSandbox(policy).run(path, invocation) -> Result`. A run gets a one-slot
+`FastEngine` (pooling allocator, memory slot = the policy's memory limit), so limits hold as
+the standard sandbox holds them: fuel, the deadline (a tripwire, or epochs under a fuel
+budget; sleeps in `poll_oneoff` end at it too), the memory limit, the output cap while the
+guest writes, the host-call budget. A policy with granted or scratch directories, per-call
+caps, or a budget the native library cannot count runs under a `Meter`
+(`FastEngine.run_metered`): the sandbox's own host calls, quotas and errnos. Under
+`require_signature` the trust gate's verified bytes are what is compiled. `.wat` text is
+compiled to its binary by the C API. Modules load through the same AoT cache and its stat
+index: native code is mapped only from a cache entry `AotCache.open` verified (owner, mode,
+this host's MAC), and a fresh compile is sealed into it, never from anywhere else.
 
 What this loader does not handle itself goes to wasmtime-py's `Sandbox`, which gives the
 canonical result or error: a `.cwasm` file, a module that is not WebAssembly, invalid

@@ -44,12 +44,14 @@ _PLANS_KEPT = 16  # checked plans each module keeps for `run`
 class FastEngine:
     """A wasmtime engine with the pooling allocator, for one fresh instance per call.
 
-    `config` sets fuel metering, epoch interruption (required for timeouts), the wasm
-    stack and code generator, exactly as the standard engine does, so `.cwasm` files
-    are interchangeable with it. `max_instances` bounds concurrent runs (the pool's
-    slots); `max_memory` is the largest linear memory any run may get (bytes);
-    `keep_resident` bytes of each freed memory are zeroed in place rather than returned
-    to the kernel (faster for small guests). Raises FastPathUnavailable off Linux.
+    `config` sets fuel metering, the deadline (epoch interruption, or a tripwire: modules
+    compiled here are rewritten, `engine.trip`; one of them, or a `process_deadline`, is
+    required for timeouts), the wasm stack and code generator, exactly as the standard
+    engine does, so `.cwasm` files are interchangeable with it. `max_instances` bounds
+    concurrent runs (the pool's slots); `max_memory` is the largest linear memory any run
+    may get (bytes); `keep_resident` bytes of each freed memory are zeroed in place rather
+    than returned to the kernel (faster for small guests). Raises FastPathUnavailable off
+    Linux.
     """
 
     def __init__(
@@ -221,9 +223,9 @@ class FastEngine:
 
         `args` exclude argv[0] (the module's name); `stdin` is the whole input. Limits:
         `fuel` instructions (None: unlimited; requires a fuel engine), `timeout_s`
-        seconds of wall time (epoch interruption; a guest sleeping in `poll_oneoff` is
-        stopped at the deadline too), `max_memory` bytes of linear memory (default and
-        ceiling: the engine's),
+        seconds of wall time (the engine's tripwire or epochs; a guest sleeping in
+        `poll_oneoff` is stopped at the deadline too), `max_memory` bytes of linear
+        memory (default and ceiling: the engine's),
         `max_output` bytes of stdout + stderr together (None: unlimited; enforced while
         the guest runs: a write gets at most the room left, a write into a full cap stops
         the guest), `max_hostcalls` calls of `fd_write`, `fd_read`, `fd_close`,
