@@ -23,19 +23,23 @@ instructions compile to far more than their bytes, measured on a 2-core x86-64 m
   catch clauses are branches (30,000-55,000 into a result block: 25-35 s); `ref.test` and
   `ref.cast` a heavy site each (60,000: 58 s, 1.6 GiB); heavy sites also cost memory with
   their square (25,000 `try_table`s with results: 2.5 GiB; 60,000 aborted the process).
-  Not counted yet: the arity of calls, throws and branches (2,000 calls passing 1,000
-  values: 38 s, 2 GiB) and reference locals live across calls (3.4 GiB).
+- Values moved: a call, throw, branch or typed block moves as many values as its type
+  says, in two or three bytes (a function may have a thousand results, and the next
+  call take them all as its parameters); compiling costs with the values moved in one
+  body and their square. 400 call pairs moving 1,000 values each (a 4 KB body)
+  compiled for 5.8 s and 460 MB, 800 for 18.6 s and 800 MB; 20,000 pairs of 16 values
+  (80 KB) for 3.3 s and 350 MB. Reported but not reproduced here: reference locals live
+  across calls (1,000 externref or anyref locals live across 2,000 calls compiled in
+  0.07 s and 42 MB).
 - Allocation in constant expressions (global and table initialisers, element segments),
   compiled with the module: 100 globals of a 10,000-field struct each (20 KB) took 10 s
   to load.
 
-`code_work` gives each function's (GC units, heavy sites); `compilecost` turns them into
-predicted CPU and memory. Decoding every instruction of CPython for WASI takes over a
-second of Python, so a body is decoded only in a module that could touch GC references
-(GC types, reference globals or tables) or when the bytes that may begin a heavy site
-are more than `EXACT_ABOVE`; otherwise that count (an upper bound) stands for its heavy
-sites. A function this
-reader cannot decode to its end (an instruction it does not know) is charged as if the
+`code_work` gives each function's `Work` (GC units, heavy sites, values moved);
+`compilecost` turns them into predicted CPU and memory. Every body is decoded (about
+two seconds of Python for CPython for WASI, paid only when a module is not in the AoT
+cache): no count of bytes bounds the values a body moves. A function this reader
+cannot decode to its end (an instruction it does not know) is charged as if the
 rest of its body were the costliest code, so hiding a bomb behind an unknown instruction
 saves nothing.
 """
@@ -45,9 +49,11 @@ from __future__ import annotations
 from .binary import (
     CODE,
     ELEMENT,
+    FUNCTION,
     GLOBAL,
     IMPORT,
     TABLE,
+    TAG,
     TYPE,
     Cursor,
     MalformedModule,
@@ -56,7 +62,7 @@ from .binary import (
 )
 from .wasmcode import NO_IMMEDIATE, ONE_LEB, block_type, heap_type, step, value_type, walk
 
-__all__ = ["code_work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS", "EXACT_ABOVE"]
+__all__ = ["code_work", "Work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS"]
 
 REF_INIT = 6  # GC units for a reference field or element initialised
 REF_ACCESS = 25  # GC units for a reference field, element, global or table slot accessed
@@ -81,18 +87,15 @@ _ARRAY_NEW = (0x06, 0x07, 0x09, 0x0A)  # array.new, new_default, new_data, new_e
 _ARRAY_BULK = (0x10, 0x11, 0x12, 0x13)  # array.fill, copy, init_data, init_elem
 _VALUE_TYPES = frozenset([0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x63, 0x64, *range(0x69, 0x75)])
 _PLAIN = NO_IMMEDIATE - {0x0B, 0x05}
-EXACT_ABOVE = 64  # heavy sites (an upper bound) past which a body is decoded
-# Bytes that may begin a heavy site, each with the most it may weigh.
-_SITE_BYTES = ((b"\x02", 1.0), (b"\x03", 1.0), (b"\x04", 1.0), (b"\x11", 1.0),
-               (b"\x13", 1.0), (b"\xfc", max(SITE_WEIGHTS.values())),
-               (b"\x0c", BRANCH_WEIGHT), (b"\x0d", BRANCH_WEIGHT), (b"\x1f", BRANCH_WEIGHT),
-               (b"\xd5", BRANCH_WEIGHT), (b"\xd6", BRANCH_WEIGHT), (b"\xfb", BRANCH_WEIGHT))
-# A block, loop or if of empty type is no heavy site: each such pair found is one fewer.
-_EMPTY_BLOCKS = (b"\x02\x40", b"\x03\x40", b"\x04\x40")
-# Read here, not skipped: branches (their targets) and global and table accesses.
-_LEB = ONE_LEB - {0x0C, 0x0D, 0x23, 0x24, 0x25, 0x26, 0xD5, 0xD6}
+# Read here, not skipped: branches (their targets), calls and throws (their types), and
+# global and table accesses.
+_LEB = ONE_LEB - {0x08, 0x0C, 0x0D, 0x10, 0x12, 0x14, 0x15, 0x23, 0x24, 0x25, 0x26, 0xD5,
+                  0xD6}
 
 Types = list[tuple[bool, ...] | None]
+# What a function's code does that its bytes do not show: GC units, heavy sites, values
+# moved.
+Work = tuple[int, float, int]
 
 
 class _Module:
@@ -100,35 +103,48 @@ class _Module:
     field (a struct's) or the element (an array's) holds a reference (None: a function
     type); per global and per table, whether it holds GC references."""
 
-    __slots__ = ("types", "fields", "globals", "tables")
+    __slots__ = ("types", "fields", "globals", "tables", "signatures", "functions", "tags")
 
     def __init__(self) -> None:
         self.types: Types = []
         self.fields: list[int] = []
         self.globals: list[bool] = []
         self.tables: list[bool] = []
+        self.signatures: list[tuple[int, int]] = []  # per type: (params, results); (0, 0)
+        self.functions: list[int] = []  # per function index: its type index
+        self.tags: list[int] = []  # per tag index: its type index
 
     @property
-    def references(self) -> bool:
-        """Whether any code could touch GC references (every body is then decoded)."""
-        return (any(kind is not None for kind in self.types) or any(self.globals)
-                or any(self.tables))
+    def widest(self) -> int:
+        """The most values one instruction could move (a type's parameters and results)."""
+        return max([params + results for params, results in self.signatures], default=0)
+
+    def signature(self, index: int) -> tuple[int, int]:
+        """(parameters, results) of type `index`; (0, 0) for one that is none (invalid)."""
+        return self.signatures[index] if index < len(self.signatures) else (0, 0)
 
 
-def code_work(data: bytes) -> list[tuple[int, float]]:
-    """(GC units, heavy sites) of each defined function, in code-section order, then one
-    entry for the global initialisers when they allocate (lenient: a malformed module
-    yields what could be read; validity is wasmtime's verdict)."""
+def code_work(data: bytes) -> list[Work]:
+    """The `Work` (GC units, heavy sites, values moved) of each defined function, in
+    code-section order, then one entry for the global initialisers when they allocate
+    (lenient: a malformed module yields what could be read; validity is wasmtime's
+    verdict)."""
     module = _Module()
-    work: list[tuple[int, float]] = []
+    work: list[Work] = []
     initialisers = 0
     try:
         for section in sections(data, strict=False):
             cursor = Cursor(data, section.start, section.end)
             if section.id == TYPE:
-                module.types = _types(cursor)
+                _types(cursor, module)
                 module.fields = [sum(REF_INIT if ref else 1 for ref in kind)
                                  if kind is not None else 0 for kind in module.types]
+            elif section.id == FUNCTION:
+                module.functions += [cursor.leb() for _ in range(cursor.count("function"))]
+            elif section.id == TAG:
+                for _ in range(cursor.count("tag", 2)):
+                    cursor.byte()  # attribute: an exception
+                    module.tags.append(cursor.leb())
             elif section.id == IMPORT:
                 _imports(cursor, module)
             elif section.id == TABLE:
@@ -152,7 +168,7 @@ def code_work(data: bytes) -> list[tuple[int, float]]:
     except MalformedModule:
         pass
     if initialisers:
-        work.append((initialisers, 0.0))
+        work.append((initialisers, 0.0, 0))
     return work
 
 
@@ -178,7 +194,7 @@ def _imports(cursor: Cursor, module: _Module) -> None:
         cursor.skip(cursor.leb())  # field name
         kind = cursor.byte()
         if kind == 0:
-            cursor.leb()
+            module.functions.append(cursor.leb())
         elif kind == 1:
             module.tables.append(_table_type(cursor))
         elif kind == 2:
@@ -193,7 +209,7 @@ def _imports(cursor: Cursor, module: _Module) -> None:
             cursor.byte()
         elif kind == 4:
             cursor.byte()
-            cursor.leb()
+            module.tags.append(cursor.leb())
         else:
             raise MalformedModule(f"offset {cursor.pos - 1}: unknown import kind {kind}")
 
@@ -221,36 +237,45 @@ def _elements(cursor: Cursor, module: _Module) -> int:
     return units[0]
 
 
-def _types(cursor: Cursor) -> Types:
+def _types(cursor: Cursor, module: _Module) -> None:
     """For each type index: whether each field (a struct's) or the element (an array's)
-    holds a reference; None for a function type."""
-    found: Types = []
+    holds a reference, None for a function type (`types`); its (parameters, results)
+    (`signatures`)."""
     for _ in range(cursor.count("type")):
         if cursor.data[cursor.pos:cursor.pos + 1] == b"\x4e":  # rec group
             cursor.pos += 1
             for _ in range(cursor.count("subtype")):
-                found.append(_subtype(cursor))
+                _subtype(cursor, module)
         else:
-            found.append(_subtype(cursor))
-    return found
+            _subtype(cursor, module)
 
 
-def _subtype(cursor: Cursor) -> tuple[bool, ...] | None:
+def _subtype(cursor: Cursor, module: _Module) -> None:
     form = cursor.byte()
     if form in (0x4F, 0x50):  # sub final, sub: supertypes, then the composite type
         for _ in range(cursor.count("supertype")):
             cursor.leb()
         form = cursor.byte()
     if form == 0x60:  # func
-        for _ in range(2):
-            for _ in range(cursor.count("value type")):
-                value_type(cursor)
-        return None
+        params = _value_types(cursor)
+        module.types.append(None)
+        module.signatures.append((params, _value_types(cursor)))
+        return
     if form == 0x5F:  # struct
-        return tuple(_field(cursor) for _ in range(cursor.count("field", 2)))
-    if form == 0x5E:  # array
-        return (_field(cursor),)
-    raise MalformedModule(f"offset {cursor.pos - 1}: unknown composite type {form:#04x}")
+        module.types.append(tuple(_field(cursor) for _ in range(cursor.count("field", 2))))
+    elif form == 0x5E:  # array
+        module.types.append((_field(cursor),))
+    else:
+        raise MalformedModule(f"offset {cursor.pos - 1}: unknown composite type {form:#04x}")
+    module.signatures.append((0, 0))
+
+
+def _value_types(cursor: Cursor) -> int:
+    """Past a vector of value types: how many."""
+    count = cursor.count("value type")
+    for _ in range(count):
+        value_type(cursor)
+    return count
 
 
 def _field(cursor: Cursor) -> bool:
@@ -264,51 +289,48 @@ def _field(cursor: Cursor) -> bool:
     return is_ref
 
 
-def _functions(cursor: Cursor, module: _Module, work: list[tuple[int, float]]) -> None:
-    decode_all = module.references
-    # A byte of undecodable code is charged as a share of the costliest instruction.
-    worst_units = max([REF_BULK, *module.fields]) // 3 + 1
+def _functions(cursor: Cursor, module: _Module, work: list[Work]) -> None:
+    # A byte of undecodable code is charged as a share of the costliest instruction (a
+    # call moving the widest type's values is two bytes).
+    worst = (max([REF_BULK, *module.fields]) // 3 + 1, module.widest // 2 + 1)
     data = cursor.data
-    for _ in range(cursor.count("function body", 2)):
+    bodies = cursor.count("function body", 2)
+    # Defined functions follow the imported ones in the index space.
+    first = len(module.functions) - bodies
+    for index in range(first, first + bodies):
         size = cursor.leb()
         start, end = cursor.pos, min(cursor.pos + size, cursor.end)
-        # Every byte that could begin a heavy site, counted as one: an upper bound that
-        # costs no decoding, exact enough below EXACT_ABOVE (its square is milliseconds).
-        # A br_table's targets are not bytes of their own: with one, the size bounds.
-        most = (end - start) * _SITES_PER_BYTE
-        if data.find(b"\x0e", start, end) < 0:
-            bound = sum(data.count(byte, start, end) * weight for byte, weight in _SITE_BYTES)
-            bound -= sum(data.count(empty, start, end) for empty in _EMPTY_BLOCKS)
-            most = min(most, bound)
-        if decode_all or most > EXACT_ABOVE:
-            work.append(_decoded(Cursor(data, start, end), module, worst_units))
-        else:
-            work.append((0, most))
+        results = module.signature(module.functions[index])[1] if index >= 0 else 1
+        work.append(_decoded(Cursor(data, start, end), module, results, worst))
         if cursor.pos + size > cursor.end:
             return
         cursor.pos = end
 
 
-def _decoded(body: Cursor, module: _Module, worst_units: int) -> tuple[int, float]:
-    found = [0, 0.0]
+def _decoded(body: Cursor, module: _Module, results: int, worst: tuple[int, int]) -> Work:
+    found = [0, 0.0, 0]
     try:
         for _ in range(body.count("local declaration")):
             body.leb()
             value_type(body)
-        _body(body, module, found)
+        _body(body, module, results, found)
     except MalformedModule:
         left = body.end - body.pos
-        found[0] += left * worst_units
+        found[0] += left * worst[0]
         found[1] += left * _SITES_PER_BYTE
-    return int(found[0]), found[1]
+        found[2] += left * worst[1]
+    return int(found[0]), found[1], int(found[2])
 
 
-def _body(body: Cursor, module: _Module, found: list[float]) -> None:
-    """Add this body's GC units and heavy sites to `found` as it goes (what was counted
-    stays counted when an unknown instruction ends the walk)."""
+def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> None:
+    """Add this body's GC units, heavy sites and values moved to `found` as it goes (what
+    was counted stays counted when an unknown instruction ends the walk)."""
     data, end = body.data, body.end
     weights = SITE_WEIGHTS
-    carries = [True]  # per open block: whether a branch to it carries values
+    signature, functions, tags = module.signature, module.functions, module.tags
+    # Per open block: the values a branch to it carries; to the function's end, its
+    # results (at least one: such a branch is a heavy site, as it always was).
+    carries = [max(1, results)]
     for at, opcode, sub in walk(body, _PLAIN, _LEB):
         if opcode == 0x0B:  # end
             if len(carries) > 1:
@@ -318,45 +340,82 @@ def _body(body: Cursor, module: _Module, found: list[float]) -> None:
             continue
         if opcode in (0x02, 0x03, 0x04, 0x06, 0x1F):  # block, loop, if, try, try_table
             kind = data[at + 1] if at + 1 < end else 0x40
-            valued = kind != 0x40 and (opcode != 0x03 or kind not in _VALUE_TYPES)
-            carries.append(valued)  # a loop's branches carry its parameters only
-            if valued and opcode != 0x03:
+            if kind == 0x40:
+                params = results = 0
+            elif kind in _VALUE_TYPES:
+                params, results = 0, 1
+            else:  # a type index (s33)
+                params, results = signature(Cursor(data, at + 1, end).leb(33))
+            # A loop's branches carry its parameters, the others' their results.
+            carries.append(params if opcode == 0x03 else results)
+            if kind != 0x40 and opcode != 0x03:
                 found[1] += 1
+            found[2] += params + results
         weight = weights.get((opcode, sub))
         if weight is not None:
             found[1] += weight
+            if opcode in (0x11, 0x13):  # call_indirect, return_call_indirect
+                found[2] += sum(signature(Cursor(data, at + 1, end).leb()))
         elif opcode in (0x0C, 0x0D, 0xD5, 0xD6):  # br, br_if, br_on_null, br_on_non_null
-            found[1] += _branch(Cursor(data, at + 1, body.pos).leb(), carries)
+            _branch(_index(data, at + 1), carries, found)
         elif opcode == 0x1F:  # try_table: each catch clause is a branch to its label
             clauses = Cursor(data, at + 1, body.pos)
             block_type(clauses)
             for _ in range(clauses.count("catch clause")):
                 if clauses.byte() in (0x00, 0x01):  # catch, catch_ref: a tag index
                     clauses.leb()
-                found[1] += _branch(clauses.leb() + 1, carries)  # from outside the try
+                _branch(clauses.leb() + 1, carries, found)  # from outside the try
         elif opcode == 0x0E:  # br_table
             targets = Cursor(data, at + 1, body.pos)
             for _ in range(targets.count("br_table label") + 1):
-                found[1] += _branch(targets.leb(), carries)
+                _branch(targets.leb(), carries, found)
+        elif opcode in (0x10, 0x12):  # call, return_call
+            index = _index(data, at + 1)
+            if index < len(functions):
+                found[2] += sum(signature(functions[index]))
+        elif opcode in (0x14, 0x15):  # call_ref, return_call_ref
+            found[2] += sum(signature(_index(data, at + 1)))
+        elif opcode == 0x08:  # throw
+            index = _index(data, at + 1)
+            if index < len(tags):
+                found[2] += signature(tags[index])[0]
         elif opcode in (0x23, 0x24):  # global.get, global.set
-            index = Cursor(data, at + 1, body.pos).leb()
+            index = _index(data, at + 1)
             if index < len(module.globals) and module.globals[index]:
                 found[0] += REF_ACCESS
         elif opcode in (0x25, 0x26):  # table.get, table.set
-            index = Cursor(data, at + 1, body.pos).leb()
+            index = _index(data, at + 1)
             if index < len(module.tables) and module.tables[index]:
                 found[0] += REF_ACCESS
         elif opcode == 0xFB:
             if sub in (24, 25):  # br_on_cast, br_on_cast_fail: flags, then the label
-                found[1] += _branch(Cursor(data, at + 3, body.pos).leb(), carries)
+                _branch(Cursor(data, at + 3, body.pos).leb(), carries, found)
             elif 20 <= sub <= 23:  # ref.test, ref.cast: a subtype check each
                 found[1] += 1.0
             elif module.types:
                 found[0] += _gc_units(Cursor(data, at + 1, body.pos), sub, module)
 
 
-def _branch(label: int, carries: list[bool]) -> float:
-    return BRANCH_WEIGHT if label < len(carries) and carries[-1 - label] else 0.0
+def _index(data: bytes, pos: int) -> int:
+    """The LEB128 index at `pos`, of an instruction `walk` already stepped past (so it
+    ends within the body): without a Cursor, as most instructions read here carry one."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value
+        pos += 1
+        shift += 7
+
+
+def _branch(label: int, carries: list[int], found: list[float]) -> None:
+    """A branch to `label`: a heavy site when it carries values, which it moves."""
+    if label < len(carries):
+        values = carries[-1 - label]
+        if values:
+            found[1] += BRANCH_WEIGHT
+            found[2] += values
 
 
 def _gc_units(immediates: Cursor, sub: int, module: _Module) -> int:

@@ -36,6 +36,16 @@ PER_SITE_SQUARED = 1.7e-8
 # and memory MEMORY_PER_SITE_SQUARED x sites^2 of the COMPILE_THREADS largest (25,000
 # `try_table`s with results in one body: 2.5 GiB measured, 2.3 GiB predicted).
 MEMORY_PER_SITE_SQUARED = 4
+# Values moved by calls, throws, branches and typed blocks (`codework`), per function: CPU
+# seconds PER_VALUE x values + PER_VALUE_SQUARED x values^2 (400 call pairs moving 1,000
+# values each, 800k values: 5.8-7.3 s measured, 6.2 predicted; 1.6M: 18.6 s, 20 s;
+# 20,000 pairs of 16, 640k: 3.3 s, 4.4 s; 40,000 pairs of 4: 1.0 s, 1.6 s; CPython for
+# WASI, 255k values over 11,000 functions: 0.8 s predicted), memory MEMORY_PER_VALUE x
+# values of the COMPILE_THREADS largest (800k: 420 MB above the interpreter; 1.6M:
+# 760 MB).
+PER_VALUE = 3e-6
+PER_VALUE_SQUARED = 6e-12
+MEMORY_PER_VALUE = 512
 # Budget of predicted CPU seconds however short the timeout: CPython for WASI (10.3 s
 # predicted) compiles cold under any timeout (`stockade python --timeout 1s`); a 1 s
 # timeout buys no more than this (it bought 15 s before the per-function term).
@@ -47,25 +57,29 @@ COMPILE_MEMORY = 256 * 1024**2  # host memory any compile may use, besides the g
 _LOAD_SLACK = 10.0  # load deadline beyond the budget: reading, hashing, a noisy machine
 
 
-def compile_cost(shape: list[tuple[int, int]], work: Sequence[tuple[int, float]] = ()
+def compile_cost(shape: list[tuple[int, int]], work: Sequence[tuple[int, float, int]] = ()
                  ) -> float:
     """Predicted CPU seconds Cranelift spends compiling functions of this `code_shape`
-    doing this `code_work`."""
+    doing this `code_work` ((GC units, heavy sites, values moved) per function)."""
     return (sum(PER_FUNCTION + body * (PER_BYTE + PER_BYTE_LOCAL * locals_count)
                 for body, locals_count in shape)
             + sum(units * (PER_GC_UNIT + PER_GC_UNIT_SQUARED * units)
-                  + PER_SITE_SQUARED * sites * sites for units, sites in work))
+                  + PER_SITE_SQUARED * sites * sites
+                  + values * (PER_VALUE + PER_VALUE_SQUARED * values)
+                  for units, sites, values in work))
 
 
-def compile_memory(shape: list[tuple[int, int]], work: Sequence[tuple[int, float]] = ()
+def compile_memory(shape: list[tuple[int, int]], work: Sequence[tuple[int, float, int]] = ()
                    ) -> int:
     """Predicted bytes of host memory compiling functions of this `code_shape` doing this
     `code_work` takes."""
-    largest = heapq.nlargest(COMPILE_THREADS, (units for units, _ in work))
-    busiest = heapq.nlargest(COMPILE_THREADS, (sites for _, sites in work))
+    largest = heapq.nlargest(COMPILE_THREADS, (units for units, _, _ in work))
+    busiest = heapq.nlargest(COMPILE_THREADS, (sites for _, sites, _ in work))
+    widest = heapq.nlargest(COMPILE_THREADS, (values for _, _, values in work))
     return (sum(MEMORY_PER_FUNCTION + body * MEMORY_PER_BYTE for body, _ in shape)
             + MEMORY_PER_GC_UNIT * sum(largest)
-            + int(MEMORY_PER_SITE_SQUARED * sum(sites * sites for sites in busiest)))
+            + int(MEMORY_PER_SITE_SQUARED * sum(sites * sites for sites in busiest))
+            + MEMORY_PER_VALUE * sum(widest))
 
 
 def compile_budget(timeout: float | None) -> float:

@@ -113,7 +113,7 @@ def render(report: Inspection) -> str:
     largest = ", ".join(f"#{i} {_size(b)} ({n} locals)" for i, b, n in report.largest_bodies())
     out.append(f"functions: {report.imported_functions} imported, {report.defined_functions} "
                f"defined; largest bodies: {largest or 'none'}")
-    gc_units = sum(units for units, _ in report.work)
+    gc_units = sum(units for units, _, _ in report.work)
     out.append(f"compile cost: about {report.compile_cost:.2f} s of CPU (budget "
                f"{compile_budget(60.0):.0f} s under the default profile)"
                + (f"; GC work {gc_units:,} units (fields initialised, reference barriers)"

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..binary import code_shape, data_size
-from ..codework import code_work
+from ..codework import Work, code_work
 from ..compilecost import (
     COMPILE_CEILING,
     COMPILE_FLOOR,
@@ -93,7 +93,7 @@ class CompileGuard:
             )
 
     def check_code(self, data: bytes, name: str,
-                   work: list[tuple[int, float]] | None = None) -> list[tuple[int, float]]:
+                   work: list[Work] | None = None) -> list[Work]:
         """Refuse function bodies or local counts that would make compilation explode, and
         data segments that could never fit in the memory limit. Returns the module's
         `code_work`; `work` is that of a module with the same code but for additions that

@@ -54,6 +54,7 @@ from ..wasmcode import NO_IMMEDIATE, ONE_LEB, value_type, walk
 from .trip import EXPORT, START, VERSION
 
 if TYPE_CHECKING:
+    from ..codework import Work
     from .guard import CompileGuard
 
 __all__ = ["EXPORT", "START", "VERSION", "Unsupported", "instrument", "rewrite"]
@@ -75,7 +76,7 @@ class Unsupported(ValueError):
 
 def rewrite(data: bytes, validate: Callable[[bytes], object], invalid: type[Exception],
             guard: CompileGuard | None, name: str,
-            work: list[tuple[int, float]] | None = None) -> bytes:
+            work: list[Work] | None = None) -> bytes:
     """`data` with its tripwire, once the module as given is known valid (`validate`
     raises `invalid` for a module that is not, which propagates): the rewriting adds a
     memory, which must not make valid a module whose code names one it lacks. Raises

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import binary as wasm
 from ..binary import Export, Import, Limits, MalformedModule
-from ..codework import code_work
+from ..codework import Work, code_work
 from ..engine.guard import compile_budget, compile_cost
 from ..trust.signing import read_signatures
 from .capabilities import Capabilities, group_imports
@@ -52,7 +52,7 @@ class Inspection:
     imported_functions: int = 0
     defined_functions: int = 0
     bodies: list[tuple[int, int]] = field(default_factory=list)  # (size, locals)
-    work: list[tuple[int, float]] = field(default_factory=list)  # per function (codework)
+    work: list[Work] = field(default_factory=list)  # per function (codework)
     producers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     module_name: str | None = None
     named_functions: int = 0
@@ -104,7 +104,7 @@ class Inspection:
                                       for i, b, n in self.largest_bodies()]},
             "compile": {"predicted_cpu_s": round(self.compile_cost, 3),
                         "default_budget_s": compile_budget(60.0),
-                        "gc_units": sum(units for units, _ in self.work)},
+                        "gc_units": sum(units for units, _, _ in self.work)},
             "custom_sections": [{"name": n, "size_bytes": b} for n, b in self.custom_sections()],
             "producers": {k: [{"name": n, "version": v} for n, v in values]
                           for k, values in self.producers.items()},
