@@ -381,9 +381,11 @@ def read_element_counts(data: bytes, section: Section) -> list[int]:
     return element_segments(Cursor(data, section.start, section.end), skip_const_expr)
 
 
-def element_segments(cursor: Cursor, expression: Callable[[Cursor], object]) -> list[int]:
+def element_segments(cursor: Cursor, expression: Callable[[Cursor], object],
+                     function: Callable[[int], object] | None = None) -> list[int]:
     """Walk the element section at `cursor`: `expression(cursor)` moves past each constant
-    expression (offsets and entries); returns each segment's entry count."""
+    expression (offsets and entries), `function(index)` is told each entry given as a
+    function index; returns each segment's entry count."""
     counts = []
     for _ in range(cursor.count("element segment", 2)):
         flags = cursor.leb()
@@ -402,8 +404,10 @@ def element_segments(cursor: Cursor, expression: Callable[[Cursor], object]) -> 
         for _ in range(entries):
             if flags & 4:
                 expression(cursor)
-            else:
+            elif function is None:
                 cursor.leb()
+            else:
+                function(cursor.leb())
         counts.append(entries)
     return counts
 

@@ -34,6 +34,13 @@ instructions compile to far more than their bytes, measured on a 2-core x86-64 m
 - Allocation in constant expressions (global and table initialisers, element segments),
   compiled with the module: 100 globals of a 10,000-field struct each (20 KB) took 10 s
   to load.
+- Found by a third review: a call or throw inside `try_table`s is an edge to each of
+  their tag-specific catch clauses up to the first catch-all (`HANDLER_WEIGHT` heavy
+  sites each: 100 clauses around 2,000 calls, 5 KB, compiled for 57 s); wasmtime
+  compiles a trampoline for each function the host may call and each imported function
+  type, costing with its parameters and results (`TRAMPOLINE_*`: 1,000 escaping
+  functions of 1,000 parameters and results, 16 KB, 35 s). Not counted: values kept on
+  the operand stack across blocks (2,000 values across 20,000 `if`s, 214 KB: 23 s).
 
 `code_work` gives each function's `Work` (GC units, heavy sites, values moved);
 `compilecost` turns them into predicted CPU and memory. Every body is decoded (about
@@ -49,6 +56,7 @@ from __future__ import annotations
 from .binary import (
     CODE,
     ELEMENT,
+    EXPORT,
     FUNCTION,
     GLOBAL,
     IMPORT,
@@ -62,7 +70,8 @@ from .binary import (
 )
 from .wasmcode import NO_IMMEDIATE, ONE_LEB, block_type, heap_type, step, value_type, walk
 
-__all__ = ["code_work", "Work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS"]
+__all__ = ["code_work", "Work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS", "HANDLER_WEIGHT",
+           "TRAMPOLINE_BASE", "TRAMPOLINE_PARAM", "TRAMPOLINE_RESULT"]
 
 REF_INIT = 6  # GC units for a reference field or element initialised
 REF_ACCESS = 25  # GC units for a reference field, element, global or table slot accessed
@@ -73,8 +82,26 @@ BRANCH_WEIGHT = 1.3  # heavy sites per branch carrying values to its target
 # table.init, table.fill, table.copy (0xFC sub-opcodes 15, 12, 17, 14).
 SITE_WEIGHTS = {(0x11, -1): 1.0, (0x13, -1): 1.0, (0xFC, 15): 1.0, (0xFC, 12): 1.9,
                 (0xFC, 17): 2.2, (0xFC, 14): 3.8}
+# Heavy sites per handler edge: a call or throw inside `try_table`s is an edge to each of
+# their tag-specific catch clauses up to the first catch-all (100 clauses around 2,000
+# calls, a 5 KB body: 57 s; 1.4e-9 s per edge squared, fitted at 50-200k edges).
+HANDLER_WEIGHT = 0.29
+# Values charged per trampoline, and per parameter and result of its type: wasmtime
+# compiles one from the host's calling convention for each function that escapes
+# (exported, in an element segment, a `ref.func` constant) and one to it per imported
+# function type. 1,000 escaping functions of 1,000 parameters and 1,000 results (16 KB)
+# compiled for 35 s; 300 imported types of the same shape, 11 s; 20,000 exported
+# functions of no parameters, 2.4 s (0.5 s not exported); ~20 µs per parameter, ~6 per
+# result, ~100 µs per escaping function.
+TRAMPOLINE_BASE = 17
+TRAMPOLINE_PARAM = 8
+TRAMPOLINE_RESULT = 3
+# wasmtime's validator refuses more types, functions, imports, globals or tags than this:
+# the scan stops there (the guard's own CPU, on a module wasmtime refuses anyway).
+_MOST_ITEMS = 1_000_000
 # No instruction is more than this many heavy sites per byte (table.copy: 3.8 in 4 bytes;
-# a br_table target is 1.3 in at least one byte): a bound for any body of known size.
+# a br_table target is 1.3 in at least one byte), but for calls and throws reaching catch
+# clauses (charged by the clauses in scope): a bound for any body of known size.
 _SITES_PER_BYTE = BRANCH_WEIGHT
 
 _REFS = frozenset([0x63, 0x64, *range(0x69, 0x75)])  # (ref ...) and the shorthands
@@ -86,7 +113,7 @@ _NEW_FIXED = 0x08
 _ARRAY_NEW = (0x06, 0x07, 0x09, 0x0A)  # array.new, new_default, new_data, new_elem
 _ARRAY_BULK = (0x10, 0x11, 0x12, 0x13)  # array.fill, copy, init_data, init_elem
 _VALUE_TYPES = frozenset([0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x63, 0x64, *range(0x69, 0x75)])
-_PLAIN = NO_IMMEDIATE - {0x0B, 0x05}
+_PLAIN = NO_IMMEDIATE - {0x0B, 0x05, 0x0A}  # end, else and throw_ref read here
 # Read here, not skipped: branches (their targets), calls and throws (their types), and
 # global and table accesses.
 _LEB = ONE_LEB - {0x08, 0x0C, 0x0D, 0x10, 0x12, 0x14, 0x15, 0x23, 0x24, 0x25, 0x26, 0xD5,
@@ -103,7 +130,8 @@ class _Module:
     field (a struct's) or the element (an array's) holds a reference (None: a function
     type); per global and per table, whether it holds GC references."""
 
-    __slots__ = ("types", "fields", "globals", "tables", "signatures", "functions", "tags")
+    __slots__ = ("types", "fields", "globals", "tables", "signatures", "functions", "tags",
+                 "imported", "escaping")
 
     def __init__(self) -> None:
         self.types: Types = []
@@ -113,6 +141,8 @@ class _Module:
         self.signatures: list[tuple[int, int]] = []  # per type: (params, results); (0, 0)
         self.functions: list[int] = []  # per function index: its type index
         self.tags: list[int] = []  # per tag index: its type index
+        self.imported = 0  # functions imported (the first indices)
+        self.escaping: set[int] = set()  # functions the host may call: exported, referenced
 
     @property
     def widest(self) -> int:
@@ -123,12 +153,25 @@ class _Module:
         """(parameters, results) of type `index`; (0, 0) for one that is none (invalid)."""
         return self.signatures[index] if index < len(self.signatures) else (0, 0)
 
+    def trampolines(self) -> list[Work]:
+        """The `Work` of each trampoline wasmtime compiles beside the functions (values
+        only): one per imported function type, one per defined function that escapes."""
+        kinds = sorted(set(self.functions[:self.imported])) + [
+            self.functions[index] for index in sorted(self.escaping)
+            if self.imported <= index < len(self.functions)]
+        work: list[Work] = []
+        for kind in kinds:
+            params, results = self.signature(kind)
+            work.append((0, 0.0, TRAMPOLINE_BASE + TRAMPOLINE_PARAM * params
+                         + TRAMPOLINE_RESULT * results))
+        return work
+
 
 def code_work(data: bytes) -> list[Work]:
     """The `Work` (GC units, heavy sites, values moved) of each defined function, in
     code-section order, then one entry for the global initialisers when they allocate
     (lenient: a malformed module yields what could be read; validity is wasmtime's
-    verdict)."""
+    verdict), then one per trampoline moving values (`_Module.trampolines`)."""
     module = _Module()
     work: list[Work] = []
     initialisers = 0
@@ -140,9 +183,9 @@ def code_work(data: bytes) -> list[Work]:
                 module.fields = [sum(REF_INIT if ref else 1 for ref in kind)
                                  if kind is not None else 0 for kind in module.types]
             elif section.id == FUNCTION:
-                module.functions += [cursor.leb() for _ in range(cursor.count("function"))]
+                module.functions += [cursor.leb() for _ in range(_count(cursor, "function"))]
             elif section.id == TAG:
-                for _ in range(cursor.count("tag", 2)):
+                for _ in range(_count(cursor, "tag", 2)):
                     cursor.byte()  # attribute: an exception
                     module.tags.append(cursor.leb())
             elif section.id == IMPORT:
@@ -156,10 +199,16 @@ def code_work(data: bytes) -> list[Work]:
                     else:
                         module.tables.append(_table_type(cursor))
             elif section.id == GLOBAL:
-                for _ in range(cursor.count("global", 3)):
+                for _ in range(_count(cursor, "global", 3)):
                     module.globals.append(value_type(cursor) in _GC_REFS)
                     cursor.byte()  # mutability
                     initialisers += _constant(cursor, module)
+            elif section.id == EXPORT:
+                for _ in range(_count(cursor, "export", 3)):
+                    cursor.skip(cursor.leb())  # name
+                    kind, index = cursor.byte(), cursor.leb()
+                    if kind == 0:
+                        module.escaping.add(index)
             elif section.id == ELEMENT:
                 initialisers += _elements(cursor, module)
             elif section.id == CODE:
@@ -169,7 +218,16 @@ def code_work(data: bytes) -> list[Work]:
         pass
     if initialisers:
         work.append((initialisers, 0.0, 0))
-    return work
+    return work + module.trampolines()
+
+
+def _count(cursor: Cursor, what: str, least: int = 1) -> int:
+    """A vector length within wasmtime's limits (MalformedModule past them: the scan
+    stops)."""
+    count = cursor.count(what, least)
+    if count > _MOST_ITEMS:
+        raise MalformedModule(f"more than {_MOST_ITEMS:,} {what}s")
+    return count
 
 
 # Reference types that need barriers: all but funcref (0x70) and (ref null? func).
@@ -189,12 +247,13 @@ def _table_type(cursor: Cursor) -> bool:
 
 
 def _imports(cursor: Cursor, module: _Module) -> None:
-    for _ in range(cursor.count("import", 4)):
+    for _ in range(_count(cursor, "import", 4)):
         cursor.skip(cursor.leb())  # module name
         cursor.skip(cursor.leb())  # field name
         kind = cursor.byte()
         if kind == 0:
             module.functions.append(cursor.leb())
+            module.imported += 1
         elif kind == 1:
             module.tables.append(_table_type(cursor))
         elif kind == 2:
@@ -222,18 +281,20 @@ def _constant(cursor: Cursor, module: _Module) -> int:
         opcode, sub = step(cursor)
         if opcode == 0x0B:
             return units
-        if opcode == 0xFB:
+        if opcode == 0xD2:  # ref.func: the function escapes
+            module.escaping.add(_index(cursor.data, at + 1))
+        elif opcode == 0xFB:
             units += _gc_units(Cursor(cursor.data, at + 1, cursor.pos), sub, module)
 
 
 def _elements(cursor: Cursor, module: _Module) -> int:
-    """GC units of the element segments' offsets and expressions."""
+    """GC units of the element segments' offsets and expressions; their functions escape."""
     units = [0]
 
     def expression(at: Cursor) -> None:
         units[0] += _constant(at, module)
 
-    element_segments(cursor, expression)
+    element_segments(cursor, expression, module.escaping.add)
     return units[0]
 
 
@@ -241,10 +302,10 @@ def _types(cursor: Cursor, module: _Module) -> None:
     """For each type index: whether each field (a struct's) or the element (an array's)
     holds a reference, None for a function type (`types`); its (parameters, results)
     (`signatures`)."""
-    for _ in range(cursor.count("type")):
+    for _ in range(_count(cursor, "type")):
         if cursor.data[cursor.pos:cursor.pos + 1] == b"\x4e":  # rec group
             cursor.pos += 1
-            for _ in range(cursor.count("subtype")):
+            for _ in range(_count(cursor, "subtype")):
                 _subtype(cursor, module)
         else:
             _subtype(cursor, module)
@@ -308,7 +369,7 @@ def _functions(cursor: Cursor, module: _Module, work: list[Work]) -> None:
 
 
 def _decoded(body: Cursor, module: _Module, results: int, worst: tuple[int, int]) -> Work:
-    found = [0, 0.0, 0]
+    found = [0, 0.0, 0, 0]  # and the catch clauses a call would reach where the walk is
     try:
         for _ in range(body.count("local declaration")):
             body.leb()
@@ -317,7 +378,8 @@ def _decoded(body: Cursor, module: _Module, results: int, worst: tuple[int, int]
     except MalformedModule:
         left = body.end - body.pos
         found[0] += left * worst[0]
-        found[1] += left * _SITES_PER_BYTE
+        # A call is two bytes: each may reach the clauses in scope.
+        found[1] += left * max(_SITES_PER_BYTE, HANDLER_WEIGHT * found[3] / 2)
         found[2] += left * worst[1]
     return int(found[0]), found[1], int(found[2])
 
@@ -331,10 +393,14 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
     # Per open block: the values a branch to it carries; to the function's end, its
     # results (at least one: such a branch is a heavy site, as it always was).
     carries = [max(1, results)]
+    # Per open block: the tag-specific catch clauses a call or throw in it may reach.
+    handlers = [0]
     for at, opcode, sub in walk(body, _PLAIN, _LEB):
         if opcode == 0x0B:  # end
             if len(carries) > 1:
                 carries.pop()
+                handlers.pop()
+                found[3] = handlers[-1]
             continue
         if opcode == 0x05:  # else
             continue
@@ -348,6 +414,7 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
                 params, results = signature(Cursor(data, at + 1, end).leb(33))
             # A loop's branches carry its parameters, the others' their results.
             carries.append(params if opcode == 0x03 else results)
+            handlers.append(handlers[-1])
             if kind != 0x40 and opcode != 0x03:
                 found[1] += 1
             found[2] += params + results
@@ -356,15 +423,21 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
             found[1] += weight
             if opcode in (0x11, 0x13):  # call_indirect, return_call_indirect
                 found[2] += sum(signature(Cursor(data, at + 1, end).leb()))
+                found[1] += HANDLER_WEIGHT * handlers[-1]
         elif opcode in (0x0C, 0x0D, 0xD5, 0xD6):  # br, br_if, br_on_null, br_on_non_null
             _branch(_index(data, at + 1), carries, found)
         elif opcode == 0x1F:  # try_table: each catch clause is a branch to its label
             clauses = Cursor(data, at + 1, body.pos)
             block_type(clauses)
+            tagged, catch_all = 0, False
             for _ in range(clauses.count("catch clause")):
                 if clauses.byte() in (0x00, 0x01):  # catch, catch_ref: a tag index
                     clauses.leb()
+                    tagged += not catch_all
+                else:  # catch_all, catch_all_ref: no clause outside it is reached
+                    catch_all = True
                 _branch(clauses.leb() + 1, carries, found)  # from outside the try
+            handlers[-1] = found[3] = tagged if catch_all else tagged + handlers[-2]
         elif opcode == 0x0E:  # br_table
             targets = Cursor(data, at + 1, body.pos)
             for _ in range(targets.count("br_table label") + 1):
@@ -373,12 +446,17 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
             index = _index(data, at + 1)
             if index < len(functions):
                 found[2] += sum(signature(functions[index]))
+            found[1] += HANDLER_WEIGHT * handlers[-1]
         elif opcode in (0x14, 0x15):  # call_ref, return_call_ref
             found[2] += sum(signature(_index(data, at + 1)))
+            found[1] += HANDLER_WEIGHT * handlers[-1]
         elif opcode == 0x08:  # throw
             index = _index(data, at + 1)
             if index < len(tags):
                 found[2] += signature(tags[index])[0]
+            found[1] += HANDLER_WEIGHT * handlers[-1]
+        elif opcode == 0x0A:  # throw_ref
+            found[1] += HANDLER_WEIGHT * handlers[-1]
         elif opcode in (0x23, 0x24):  # global.get, global.set
             index = _index(data, at + 1)
             if index < len(module.globals) and module.globals[index]:
@@ -389,7 +467,10 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
                 found[0] += REF_ACCESS
         elif opcode == 0xFB:
             if sub in (24, 25):  # br_on_cast, br_on_cast_fail: flags, then the label
-                _branch(Cursor(data, at + 3, body.pos).leb(), carries, found)
+                immediates = Cursor(data, at + 1, body.pos)
+                immediates.leb()  # the sub-opcode (its LEB128 may be padded)
+                immediates.byte()
+                _branch(immediates.leb(), carries, found)
             elif 20 <= sub <= 23:  # ref.test, ref.cast: a subtype check each
                 found[1] += 1.0
             elif module.types:

@@ -250,19 +250,26 @@ class ModuleLoader:
         cached = self._from_cache(sha, name)
         if cached is not None:
             return cached
-        work = guard.check_code(data, name) if explicit else None
-        start = time.perf_counter()
+        engine = self._engine
         try:
+            work = None
+            if explicit or self._tripwire:
+                # Valid first: the guard's scan and the rewriting read only what wasmtime
+                # accepts (a module of 8M types cost the scan 20 s before wasmtime's
+                # refusal).
+                wasmtime.Module.validate(engine, data)
+            if explicit:
+                work = guard.check_code(data, name)
+            start = time.perf_counter()
             with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
                           "configuration)"):
                 if self._tripwire:
                     from .tripwire import rewrite
 
-                    engine = self._engine
                     data = rewrite(data, lambda code: wasmtime.Module.validate(engine, code),
                                    wasmtime.WasmtimeError, guard if explicit else None, name,
                                    work)
-                module = wasmtime.Module(self._engine, data)
+                module = wasmtime.Module(engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
         compile_ms = (time.perf_counter() - start) * 1000

@@ -77,14 +77,13 @@ class Unsupported(ValueError):
 def rewrite(data: bytes, validate: Callable[[bytes], object], invalid: type[Exception],
             guard: CompileGuard | None, name: str,
             work: list[Work] | None = None) -> bytes:
-    """`data` with its tripwire, once the module as given is known valid (`validate`
-    raises `invalid` for a module that is not, which propagates): the rewriting adds a
-    memory, which must not make valid a module whose code names one it lacks. Raises
+    """`data`, which the caller has validated, with its tripwire (`validate` raises
+    `invalid` for a module that is not valid): the rewriting adds a memory, which must
+    not make valid a module whose code names one it lacks. Raises
     Unsupported also when the rewritten code is past what the engine or `guard` accept
     (a body of calls grows up to 5x): the module then compiles as given, with epochs.
     `work`: the code work of `data` (`CompileGuard.check_code`), which probes leave as
     it is."""
-    validate(data)
     rewritten = instrument(data)
     try:
         validate(rewritten)

@@ -155,6 +155,8 @@ class FastEngine:
         wasm = bytes(wasm)
         if not wasm.startswith(b"\0asm"):
             raise ModuleError(f"{name}: not a WebAssembly binary (no \\0asm header)")
+        if guard is not None or self.config.tripwire:
+            self.validate(wasm, name)  # before the guard's scan and the rewriting read it
         work = None if guard is None else guard.check_code(wasm, name)
         if self.config.tripwire:
             from ..tripwire import rewrite
