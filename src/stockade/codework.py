@@ -39,8 +39,9 @@ instructions compile to far more than their bytes, measured on a 2-core x86-64 m
   sites each: 100 clauses around 2,000 calls, 5 KB, compiled for 57 s); wasmtime
   compiles a trampoline for each function the host may call and each imported function
   type, costing with its parameters and results (`TRAMPOLINE_*`: 1,000 escaping
-  functions of 1,000 parameters and results, 16 KB, 35 s). Not counted: values kept on
-  the operand stack across blocks (2,000 values across 20,000 `if`s, 214 KB: 23 s).
+  functions of 1,000 parameters and results, 16 KB, 35 s); values left on the operand
+  stack under a block live across it (`LIVE_VALUE`: 2,000 loads under 20,000 `if`s, 214
+  KB and no locals, compiled for 23 s), so the walk follows the stack's height.
 
 `code_work` gives each function's `Work` (GC units, heavy sites, values moved);
 `compilecost` turns them into predicted CPU and memory. Every body is decoded (about
@@ -71,7 +72,7 @@ from .binary import (
 from .wasmcode import NO_IMMEDIATE, ONE_LEB, block_type, heap_type, step, value_type, walk
 
 __all__ = ["code_work", "Work", "REF_INIT", "REF_ACCESS", "SITE_WEIGHTS", "HANDLER_WEIGHT",
-           "TRAMPOLINE_BASE", "TRAMPOLINE_PARAM", "TRAMPOLINE_RESULT"]
+           "TRAMPOLINE_BASE", "TRAMPOLINE_PARAM", "TRAMPOLINE_RESULT", "LIVE_VALUE"]
 
 REF_INIT = 6  # GC units for a reference field or element initialised
 REF_ACCESS = 25  # GC units for a reference field, element, global or table slot accessed
@@ -96,6 +97,10 @@ HANDLER_WEIGHT = 0.29
 TRAMPOLINE_BASE = 17
 TRAMPOLINE_PARAM = 8
 TRAMPOLINE_RESULT = 3
+# Values charged per value on the operand stack under a block, `if` or loop: they live
+# across all its code (2,000 values under 20,000 `if`s, 214 KB, compiled for 23 s; 6,000
+# for 58 s: ~0.5 µs per value and block; declared locals do not cost so).
+LIVE_VALUE = 1 / 6
 # wasmtime's validator refuses more types, functions, imports, globals or tags than this:
 # the scan stops there (the guard's own CPU, on a module wasmtime refuses anyway).
 _MOST_ITEMS = 1_000_000
@@ -113,11 +118,46 @@ _NEW_FIXED = 0x08
 _ARRAY_NEW = (0x06, 0x07, 0x09, 0x0A)  # array.new, new_default, new_data, new_elem
 _ARRAY_BULK = (0x10, 0x11, 0x12, 0x13)  # array.fill, copy, init_data, init_elem
 _VALUE_TYPES = frozenset([0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x63, 0x64, *range(0x69, 0x75)])
-_PLAIN = NO_IMMEDIATE - {0x0B, 0x05, 0x0A}  # end, else and throw_ref read here
+# Read here: end, else, and what leaves the rest of a block unreachable (throw_ref,
+# unreachable, return).
+_PLAIN = NO_IMMEDIATE - {0x0B, 0x05, 0x0A, 0x00, 0x0F}
 # Read here, not skipped: branches (their targets), calls and throws (their types), and
 # global and table accesses.
 _LEB = ONE_LEB - {0x08, 0x0C, 0x0D, 0x10, 0x12, 0x14, 0x15, 0x23, 0x24, 0x25, 0x26, 0xD5,
                   0xD6}
+
+
+
+def _stack_effects() -> list[int]:
+    """What each instruction `walk` steps past does to the operand stack's height."""
+    effects = [0] * 256  # unary operators, conversions, nop, local.tee, memory.grow
+    for first, last in ((0x46, 0x4F), (0x51, 0x66), (0x6A, 0x78), (0x7C, 0x8A), (0x92, 0x98),
+                        (0xA0, 0xA6)):  # comparisons, binary operators
+        for opcode in range(first, last + 1):
+            effects[opcode] = -1
+    effects[0x1A] = effects[0x21] = effects[0xD3] = -1  # drop, local.set, ref.eq
+    effects[0x1B] = -2  # select
+    for opcode in (0x20, 0x3F, 0x41, 0x42, 0xD2):  # local.get, memory.size, consts, ref.func
+        effects[opcode] = 1
+    return effects
+
+
+_EFFECTS = _stack_effects()
+# The same for instructions read here (calls, blocks and branches apart); unknown: 0.
+_READ_EFFECTS = {0x0D: -1, 0x1C: -2, 0x23: 1, 0x24: -1, 0x26: -2, 0x43: 1, 0x44: 1, 0xD0: 1,
+                 0xD6: -1, **{opcode: -2 for opcode in range(0x36, 0x3F)}}  # stores
+_PREFIXED_EFFECTS = {
+    0xFC: {8: -3, 10: -3, 11: -3, 12: -3, 14: -3, 15: -1, 16: 1, 17: -3},
+    0xFD: {11: -2, 12: 1, 13: -1, 14: -1, 23: -1, 26: -1, 28: -1, 30: -1, 32: -1, 34: -1,
+           82: -2, **{sub: -1 for sub in (*range(35, 77), *range(78, 82), *range(84, 88))},
+           **{sub: -2 for sub in range(88, 92)}},
+    0xFE: {0: -1, 1: -2, 2: -2, **{sub: -2 for sub in (*range(0x17, 0x1E), *range(0x48, 0x4F))},
+           **{sub: -1 for sub in range(0x1E, 0x48)}},
+    0xFB: {1: 1, 5: -2, 6: -1, 9: -1, 10: -1, 11: -1, 12: -1, 13: -1, 14: -3, 16: -4, 17: -5,
+           18: -4, 19: -4},
+}
+# After these the rest of the block is unreachable: its stack is what the block began with.
+_ENDINGS = frozenset([0x00, 0x08, 0x0A, 0x0C, 0x0E, 0x0F, 0x12, 0x13, 0x15])
 
 Types = list[tuple[bool, ...] | None]
 # What a function's code does that its bytes do not show: GC units, heavy sites, values
@@ -395,14 +435,20 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
     carries = [max(1, results)]
     # Per open block: the tag-specific catch clauses a call or throw in it may reach.
     handlers = [0]
-    for at, opcode, sub in walk(body, _PLAIN, _LEB):
+    # The operand stack's height (`walk` adds what it steps past); per open block, the
+    # height under it and its parameters and results.
+    height, under, shapes = [0], [0], [(0, results)]
+    effects, prefixed = _READ_EFFECTS, _PREFIXED_EFFECTS
+    for at, opcode, sub in walk(body, _PLAIN, _LEB, _EFFECTS, height):
         if opcode == 0x0B:  # end
             if len(carries) > 1:
                 carries.pop()
                 handlers.pop()
                 found[3] = handlers[-1]
+                height[0] = under.pop() + shapes.pop()[1]
             continue
         if opcode == 0x05:  # else
+            height[0] = under[-1] + shapes[-1][0]
             continue
         if opcode in (0x02, 0x03, 0x04, 0x06, 0x1F):  # block, loop, if, try, try_table
             kind = data[at + 1] if at + 1 < end else 0x40
@@ -418,11 +464,35 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
             if kind != 0x40 and opcode != 0x03:
                 found[1] += 1
             found[2] += params + results
+            # What lies under the block lives across it.
+            below = max(under[-1], height[0] - params - (opcode == 0x04))
+            found[2] += below * LIVE_VALUE
+            under.append(below)
+            shapes.append((params, results))
+            height[0] = below + params
+        elif opcode in _ENDINGS:
+            height[0] = under[-1]
+        elif sub < 0:
+            height[0] = max(under[-1], height[0] + effects.get(opcode, 0))
+        else:
+            change = prefixed[opcode].get(sub, 0) if opcode in prefixed else 0
+            if opcode == 0xFB and sub in (0, 8):  # struct.new, array.new_fixed
+                immediates = Cursor(data, at + 1, body.pos)
+                immediates.leb()
+                kind_index = immediates.leb()
+                taken = immediates.leb() if sub == 8 else (
+                    len(module.types[kind_index] or ()) if kind_index < len(module.types)
+                    else 0)
+                change = 1 - taken
+            height[0] = max(under[-1], height[0] + change)
         weight = weights.get((opcode, sub))
         if weight is not None:
             found[1] += weight
             if opcode in (0x11, 0x13):  # call_indirect, return_call_indirect
-                found[2] += sum(signature(Cursor(data, at + 1, end).leb()))
+                taken, given = signature(Cursor(data, at + 1, end).leb())
+                found[2] += taken + given
+                if opcode == 0x11:
+                    height[0] = max(under[-1], height[0] - taken - 1 + given)
                 found[1] += HANDLER_WEIGHT * handlers[-1]
         elif opcode in (0x0C, 0x0D, 0xD5, 0xD6):  # br, br_if, br_on_null, br_on_non_null
             _branch(_index(data, at + 1), carries, found)
@@ -445,10 +515,16 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
         elif opcode in (0x10, 0x12):  # call, return_call
             index = _index(data, at + 1)
             if index < len(functions):
-                found[2] += sum(signature(functions[index]))
+                taken, given = signature(functions[index])
+                found[2] += taken + given
+                if opcode == 0x10:
+                    height[0] = max(under[-1], height[0] - taken + given)
             found[1] += HANDLER_WEIGHT * handlers[-1]
         elif opcode in (0x14, 0x15):  # call_ref, return_call_ref
-            found[2] += sum(signature(_index(data, at + 1)))
+            taken, given = signature(_index(data, at + 1))
+            found[2] += taken + given
+            if opcode == 0x14:
+                height[0] = max(under[-1], height[0] - taken - 1 + given)
             found[1] += HANDLER_WEIGHT * handlers[-1]
         elif opcode == 0x08:  # throw
             index = _index(data, at + 1)
