@@ -137,6 +137,8 @@ def _stack_effects() -> list[int]:
             effects[opcode] = -1
     effects[0x1A] = effects[0x21] = effects[0xD3] = -1  # drop, local.set, ref.eq
     effects[0x1B] = -2  # select
+    for opcode in range(0x36, 0x3F):  # stores (loads: 0)
+        effects[opcode] = -2
     for opcode in (0x20, 0x3F, 0x41, 0x42, 0xD2):  # local.get, memory.size, consts, ref.func
         effects[opcode] = 1
     return effects
@@ -145,7 +147,7 @@ def _stack_effects() -> list[int]:
 _EFFECTS = _stack_effects()
 # The same for instructions read here (calls, blocks and branches apart); unknown: 0.
 _READ_EFFECTS = {0x0D: -1, 0x1C: -2, 0x23: 1, 0x24: -1, 0x26: -2, 0x43: 1, 0x44: 1, 0xD0: 1,
-                 0xD6: -1, **{opcode: -2 for opcode in range(0x36, 0x3F)}}  # stores
+                 0xD6: -1}
 _PREFIXED_EFFECTS = {
     0xFC: {8: -3, 10: -3, 11: -3, 12: -3, 14: -3, 15: -1, 16: 1, 17: -3},
     0xFD: {11: -2, 12: 1, 13: -1, 14: -1, 23: -1, 26: -1, 28: -1, 30: -1, 32: -1, 34: -1,

@@ -169,8 +169,8 @@ def walk(cursor: Cursor, bare: frozenset[int], one_leb: frozenset[int],
     NO_IMMEDIATE) or `one_leb` (of ONE_LEB): most of a body, stepped past here without a
     call each (a call per instruction cost the rewriting of CPython 40 %). With
     `effects` (per opcode, what it does to the operand stack's height), `height[0]` is
-    kept as the height before each yielded instruction, moved by those stepped past; the
-    caller may set it before going on."""
+    kept as the height before each yielded instruction, moved by those stepped past
+    (memory loads and stores too); the caller may set it before going on."""
     data, end = cursor.data, cursor.end
     if effects is None or height is None:
         while cursor.pos < end:
@@ -180,8 +180,11 @@ def walk(cursor: Cursor, bare: frozenset[int], one_leb: frozenset[int],
                 cursor.pos = at + 1
                 continue
             if opcode in one_leb:
-                cursor.pos = at + 1
-                cursor.leb(64)
+                if at + 1 < end and data[at + 1] < 0x80:  # most immediates: one byte
+                    cursor.pos = at + 2
+                else:
+                    cursor.pos = at + 1
+                    cursor.leb(64)
                 continue
             opcode, sub = step(cursor)
             yield at, opcode, sub
@@ -195,8 +198,23 @@ def walk(cursor: Cursor, bare: frozenset[int], one_leb: frozenset[int],
             level += effects[opcode]
             continue
         if opcode in one_leb:
-            cursor.pos = at + 1
-            cursor.leb(64)
+            if at + 1 < end and data[at + 1] < 0x80:
+                cursor.pos = at + 2
+            else:
+                cursor.pos = at + 1
+                cursor.leb(64)
+            level += effects[opcode]
+            continue
+        if 0x28 <= opcode <= 0x3E:  # loads and stores: alignment and offset
+            if at + 1 < end and data[at + 1] < 0x40:  # one byte, memory 0
+                cursor.pos = at + 2
+                if at + 2 < end and data[at + 2] < 0x80:
+                    cursor.pos = at + 3
+                else:
+                    cursor.leb(64)
+            else:
+                cursor.pos = at + 1
+                _memarg(cursor)
             level += effects[opcode]
             continue
         opcode, sub = step(cursor)
