@@ -1,7 +1,8 @@
 """`ConnectionTable`: the server-wide count of open connections per client address.
 
 The supervisor creates it before it starts workers: a sealed memfd (it cannot shrink or
-grow, so no worker can make another fault on it) that every worker maps. Layout: a
+grow, so no worker can make another fault on it) that every worker maps, read by each from
+a socket only once it is confined and not dumpable (`worker.received_table`). Layout: a
 header (cells, columns, the hash key), `cells` 16-byte address keys, then one column of
 `cells` 32-bit counters per worker. A worker writes only its own column; an address's
 count is the sum over the columns. Its cell is found by a keyed hash (BLAKE2b with a key

@@ -118,14 +118,25 @@ class Supervisor:
                    "--metrics-dir", str(self._metrics_dir), "--ready-fd", str(write),
                    "--log-level", logging.getLevelName(logger.getEffectiveLevel())]
         fds = [write]
+        channel = None
         if self._table is not None:
-            command += ["--table-fd", str(self._table.fd)]
-            fds.append(self._table.fd)
+            # Sent on a socket, never inherited: from its exec until it confines itself
+            # the worker is dumpable again, and any process of its user could open a
+            # memfd it held then through /proc/<pid>/fd (never a socket).
+            ours, channel = socket.socketpair()
+            with ours:
+                socket.send_fds(ours, [b"T"], [self._table.fd])
+            command += ["--table-socket", str(channel.fileno())]
+            fds.append(channel.fileno())
         if self._socket is not None and not self.settings.reuse_port:
             command += ["--fd", str(self._socket.fileno())]
             fds.append(self._socket.fileno())
-        self._workers[index] = subprocess.Popen(command, pass_fds=fds, env=env)
-        os.close(write)
+        try:
+            self._workers[index] = subprocess.Popen(command, pass_fds=fds, env=env)
+        finally:
+            os.close(write)
+            if channel is not None:
+                channel.close()
         return read
 
     def run(self) -> int:

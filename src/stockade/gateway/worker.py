@@ -2,7 +2,8 @@
 
 Started by the supervisor (`server.py`) as ``python -m stockade.gateway.worker``, it
 serves an inherited listening socket (or its own SO_REUSEPORT one), confines itself
-once it holds it (`confine.py`: the one call site), reports readiness
+once it holds it (`confine.py`: the one call site), then receives the connection table
+(`conntable.py`) on a socket from the supervisor, reports readiness
 on a pipe once its functions are loaded and it accepts connections, drains on
 SIGTERM/SIGINT (first `drain_grace` seconds of serving on with /readyz at 503, so a load
 balancer stops sending before the listener closes), reloads the manifest on SIGHUP,
@@ -37,7 +38,7 @@ from .listener import bind_listener
 from .protocol import guarded_protocol
 from .service import GatewayService
 
-__all__ = ["main", "WorkerServer"]
+__all__ = ["main", "WorkerServer", "received_table"]
 
 logger = logging.getLogger("stockade.gateway")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -108,6 +109,23 @@ class WorkerServer(uvicorn.Server):
                 self.should_exit = True
 
 
+def received_table(fd: int) -> int:
+    """The connection table's descriptor, read from the supervisor's socket `fd` (then
+    closed) once the worker is confined, so no other process could open it while the
+    worker was dumpable. Never inheritable: never into a pool process. Raises
+    ValueError when none came."""
+    with socket.socket(fileno=fd) as channel:
+        try:
+            _, fds, _, _ = socket.recv_fds(channel, 1, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError as exc:
+            raise ValueError(f"connection table: {exc.strerror}") from None
+    if len(fds) != 1:
+        for extra in fds:
+            os.close(extra)
+        raise ValueError("connection table: the supervisor sent none")
+    return fds[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one worker until it is told to stop; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="stockade.gateway.worker")
@@ -118,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--metrics-dir", type=Path)
     parser.add_argument("--ready-fd", type=int)
-    parser.add_argument("--table-fd", type=int, required=True, help="connection table")
+    parser.add_argument("--table-socket", type=int, required=True,
+                        help="socket the connection table's descriptor arrives on")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     # The supervisor blocks these signals to wait for them; children inherit the mask.
@@ -140,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     for protection in confine_server_process():
         logger.debug("%s: %s (%s)", protection.name,
                      "active" if protection.active else "unavailable", protection.detail)
-    os.set_inheritable(args.table_fd, False)  # never into a pool process
     try:
-        column = ConnectionTable(args.table_fd).column(args.index)
+        column = ConnectionTable(received_table(args.table_socket)).column(args.index)
     except ValueError as exc:
         logger.error("%s", exc)
         return 3
