@@ -127,9 +127,9 @@ _LEB = ONE_LEB - {0x08, 0x0C, 0x0D, 0x10, 0x12, 0x14, 0x15, 0x23, 0x24, 0x25, 0x
                   0xD6}
 
 
-
 def _stack_effects() -> list[int]:
-    """What each instruction `walk` steps past does to the operand stack's height."""
+    """What each instruction but calls, blocks, branches and prefixed ones does to the
+    operand stack's height (unknown: 0)."""
     effects = [0] * 256  # unary operators, conversions, nop, local.tee, memory.grow
     for first, last in ((0x46, 0x4F), (0x51, 0x66), (0x6A, 0x78), (0x7C, 0x8A), (0x92, 0x98),
                         (0xA0, 0xA6)):  # comparisons, binary operators
@@ -139,15 +139,16 @@ def _stack_effects() -> list[int]:
     effects[0x1B] = -2  # select
     for opcode in range(0x36, 0x3F):  # stores (loads: 0)
         effects[opcode] = -2
-    for opcode in (0x20, 0x3F, 0x41, 0x42, 0xD2):  # local.get, memory.size, consts, ref.func
+    # local.get, memory.size, constants, ref.func, global.get, ref.null
+    for opcode in (0x20, 0x3F, 0x41, 0x42, 0x43, 0x44, 0xD2, 0x23, 0xD0):
         effects[opcode] = 1
+    # br_if, br_on_non_null, global.set; typed select, table.set
+    effects[0x0D] = effects[0xD6] = effects[0x24] = -1
+    effects[0x1C] = effects[0x26] = -2
     return effects
 
 
 _EFFECTS = _stack_effects()
-# The same for instructions read here (calls, blocks and branches apart); unknown: 0.
-_READ_EFFECTS = {0x0D: -1, 0x1C: -2, 0x23: 1, 0x24: -1, 0x26: -2, 0x43: 1, 0x44: 1, 0xD0: 1,
-                 0xD6: -1}
 _PREFIXED_EFFECTS = {
     0xFC: {8: -3, 10: -3, 11: -3, 12: -3, 14: -3, 15: -1, 16: 1, 17: -3},
     0xFD: {11: -2, 12: 1, 13: -1, 14: -1, 23: -1, 26: -1, 28: -1, 30: -1, 32: -1, 34: -1,
@@ -440,7 +441,7 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
     # The operand stack's height (`walk` adds what it steps past); per open block, the
     # height under it and its parameters and results.
     height, under, shapes = [0], [0], [(0, results)]
-    effects, prefixed = _READ_EFFECTS, _PREFIXED_EFFECTS
+    effects, prefixed = _EFFECTS, _PREFIXED_EFFECTS
     for at, opcode, sub in walk(body, _PLAIN, _LEB, _EFFECTS, height):
         if opcode == 0x0B:  # end
             if len(carries) > 1:
@@ -475,7 +476,7 @@ def _body(body: Cursor, module: _Module, results: int, found: list[float]) -> No
         elif opcode in _ENDINGS:
             height[0] = under[-1]
         elif sub < 0:
-            height[0] = max(under[-1], height[0] + effects.get(opcode, 0))
+            height[0] = max(under[-1], height[0] + effects[opcode])
         else:
             change = prefixed[opcode].get(sub, 0) if opcode in prefixed else 0
             if opcode == 0xFB and sub in (0, 8):  # struct.new, array.new_fixed

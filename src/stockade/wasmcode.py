@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from .binary import Cursor, MalformedModule
 
 __all__ = ["step", "walk", "value_type", "block_type", "heap_type", "NONE", "NO_IMMEDIATE",
-           "ONE_LEB"]
+           "ONE_LEB", "NO_EFFECTS"]
 
 NONE = -1  # the `sub` of an instruction without a prefix
 
@@ -116,6 +116,7 @@ _ONE_LEB = frozenset([0x07, 0x08, 0x09, 0x0C, 0x0D, 0x10, 0x12, 0x14, 0x15, 0x18
 _PREFIXED = {0xFC: _skip_fc, 0xFD: _skip_fd, 0xFE: _skip_fe, 0xFB: _skip_fb}
 # What `walk` may step past itself: one byte; one byte and a LEB128.
 NO_IMMEDIATE, ONE_LEB = _BARE, _ONE_LEB
+NO_EFFECTS = (0,) * 256  # `walk`'s stack effects when the height is of no interest
 
 
 def step(cursor: Cursor) -> tuple[int, int]:
@@ -162,33 +163,19 @@ def step(cursor: Cursor) -> tuple[int, int]:
 
 
 def walk(cursor: Cursor, bare: frozenset[int], one_leb: frozenset[int],
-         effects: Sequence[int] | None = None, height: list[int] | None = None
+         effects: Sequence[int] = NO_EFFECTS, height: list[int] | None = None
          ) -> Iterator[tuple[int, int, int]]:
     """(offset, opcode, sub-opcode or NONE) of each instruction to the cursor's end, the
     cursor past it when yielded, but for those whose opcode is in `bare` (a subset of
-    NO_IMMEDIATE) or `one_leb` (of ONE_LEB): most of a body, stepped past here without a
-    call each (a call per instruction cost the rewriting of CPython 40 %). With
-    `effects` (per opcode, what it does to the operand stack's height), `height[0]` is
-    kept as the height before each yielded instruction, moved by those stepped past
-    (memory loads and stores too); the caller may set it before going on."""
+    NO_IMMEDIATE) or `one_leb` (of ONE_LEB) and memory loads and stores (whose
+    immediates no reader wants): most of a body, stepped past here without a call each
+    (a call per instruction cost the rewriting of CPython 40 %). With `effects` (per
+    opcode, what it does to the operand stack's height), `height[0]` is kept as the
+    height before each yielded instruction, moved by those stepped past; the caller may
+    set it before going on."""
     data, end = cursor.data, cursor.end
-    if effects is None or height is None:
-        while cursor.pos < end:
-            at = cursor.pos
-            opcode = data[at]
-            if opcode in bare:
-                cursor.pos = at + 1
-                continue
-            if opcode in one_leb:
-                if at + 1 < end and data[at + 1] < 0x80:  # most immediates: one byte
-                    cursor.pos = at + 2
-                else:
-                    cursor.pos = at + 1
-                    cursor.leb(64)
-                continue
-            opcode, sub = step(cursor)
-            yield at, opcode, sub
-        return
+    if height is None:
+        height = [0]
     level = height[0]
     while cursor.pos < end:
         at = cursor.pos
@@ -198,7 +185,7 @@ def walk(cursor: Cursor, bare: frozenset[int], one_leb: frozenset[int],
             level += effects[opcode]
             continue
         if opcode in one_leb:
-            if at + 1 < end and data[at + 1] < 0x80:
+            if at + 1 < end and data[at + 1] < 0x80:  # most immediates: one byte
                 cursor.pos = at + 2
             else:
                 cursor.pos = at + 1

@@ -14,13 +14,16 @@ further.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import resource
 
 from ..isolate.identity import drop_privileges, identity_for
 from ..isolate.protections import Protection
 
-__all__ = ["confine_server_process", "not_dumpable"]
+__all__ = ["confine_server_process", "not_dumpable", "log_protections"]
+
+logger = logging.getLogger("stockade.gateway")
 
 _PR_SET_DUMPABLE = 4
 
@@ -48,3 +51,10 @@ def confine_server_process() -> list[Protection]:
     """Confine the calling gateway worker process (see the module docstring); returns
     what was applied, each protection active or unavailable with the reason."""
     return [*drop_privileges(identity_for(None)), _no_core(), not_dumpable()]
+
+
+def log_protections(protections: list[Protection]) -> None:
+    """One debug line per protection: applied, or unavailable and why."""
+    for protection in protections:
+        logger.debug("%s: %s (%s)", protection.name,
+                     "active" if protection.active else "unavailable", protection.detail)

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
-from .confine import not_dumpable
+from .confine import log_protections, not_dumpable
 from .conntable import ConnectionTable, cells_for
 from .listener import bind_listener
 from .manifest import Manifest, load_manifest
@@ -95,9 +95,7 @@ class Supervisor:
         self.settings = self.settings.override(port=self.port)
         # Before any worker: one count of connections per address for the server, in a
         # process no other of its user may open it through (/proc/<pid>/fd).
-        dumpable = not_dumpable()
-        logger.debug("%s: %s (%s)", dumpable.name,
-                     "active" if dumpable.active else "unavailable", dumpable.detail)
+        log_protections([not_dumpable()])
         self._table = ConnectionTable.create(
             self.settings.workers, cells_for(self.settings.max_connection_addresses))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)

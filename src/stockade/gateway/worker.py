@@ -31,7 +31,7 @@ import uvicorn
 
 from ..display import PrintableFormatter
 from .app import GatewayApp
-from .confine import confine_server_process
+from .confine import confine_server_process, log_protections
 from .connlimit import PeerConnections
 from .conntable import ConnectionTable
 from .listener import bind_listener
@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sock = bind_listener(settings.host, settings.port, reuse_port=True)
     # Bound: from here on the worker needs no privilege (before any thread starts).
-    for protection in confine_server_process():
-        logger.debug("%s: %s (%s)", protection.name,
-                     "active" if protection.active else "unavailable", protection.detail)
+    log_protections(confine_server_process())
     try:
         column = ConnectionTable(received_table(args.table_socket)).column(args.index)
     except ValueError as exc:
