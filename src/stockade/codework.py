@@ -37,11 +37,12 @@ instructions compile to far more than their bytes, measured on a 2-core x86-64 m
 - Found by a third review: a call or throw inside `try_table`s is an edge to each of
   their tag-specific catch clauses up to the first catch-all (`HANDLER_WEIGHT` heavy
   sites each: 100 clauses around 2,000 calls, 5 KB, compiled for 57 s); wasmtime
-  compiles a trampoline for each function the host may call and each imported function
-  type, costing with its parameters and results (`TRAMPOLINE_*`: 1,000 escaping
-  functions of 1,000 parameters and results, 16 KB, 35 s); values left on the operand
-  stack under a block live across it (`LIVE_VALUE`: 2,000 loads under 20,000 `if`s, 214
-  KB and no locals, compiled for 23 s), so the walk follows the stack's height.
+  compiles a trampoline for each function the host may call and each function type,
+  costing with its parameters and results (`TRAMPOLINE_*`: 1,000 escaping functions of
+  1,000 parameters and results, 16 KB, 35 s; 1,000 such types and no code, 2 MB, 38 s);
+  values left on the operand stack under a block live across it (`LIVE_VALUE`: 2,000
+  loads under 20,000 `if`s, 214 KB and no locals, compiled for 23 s), so the walk
+  follows the stack's height.
 
 `code_work` gives each function's `Work` (GC units, heavy sites, values moved);
 `compilecost` turns them into predicted CPU and memory. Every body is decoded (about
@@ -89,8 +90,9 @@ SITE_WEIGHTS = {(0x11, -1): 1.0, (0x13, -1): 1.0, (0xFC, 15): 1.0, (0xFC, 12): 1
 HANDLER_WEIGHT = 0.29
 # Values charged per trampoline, and per parameter and result of its type: wasmtime
 # compiles one from the host's calling convention for each function that escapes
-# (exported, in an element segment, a `ref.func` constant) and one to it per imported
-# function type. 1,000 escaping functions of 1,000 parameters and 1,000 results (16 KB)
+# (exported, in an element segment, a `ref.func` constant) and one to it per function
+# type, whether any function has it or not (1,000 types of 1,000 parameters and results,
+# no function, 2 MB: 38 s). 1,000 escaping functions of 1,000 parameters and 1,000 results (16 KB)
 # compiled for 35 s; 300 imported types of the same shape, 11 s; 20,000 exported
 # functions of no parameters, 2.4 s (0.5 s not exported); ~20 µs per parameter, ~6 per
 # result, ~100 µs per escaping function.
@@ -198,8 +200,9 @@ class _Module:
 
     def trampolines(self) -> list[Work]:
         """The `Work` of each trampoline wasmtime compiles beside the functions (values
-        only): one per imported function type, one per defined function that escapes."""
-        kinds = sorted(set(self.functions[:self.imported])) + [
+        only): one per function type, used or not, one per defined function that
+        escapes."""
+        kinds = [index for index, kind in enumerate(self.types) if kind is None] + [
             self.functions[index] for index in sorted(self.escaping)
             if self.imported <= index < len(self.functions)]
         work: list[Work] = []
