@@ -1,12 +1,15 @@
 """Where Stockade keeps its files: the AoT cache, the state directory and the config
-directory (this host's keys, kept apart from the cache they authenticate)."""
+directory (this host's keys, kept apart from the cache they authenticate); and where
+its own package was imported from, for the Python processes it starts."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "config_dir", "state_dir"]
+__all__ = ["cache_dir", "config_dir", "state_dir", "PACKAGE_ROOT", "import_path"]
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the directory holding `stockade`
 
 
 def cache_dir() -> Path:
@@ -34,3 +37,9 @@ def config_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "stockade"
+
+
+def import_path() -> str:
+    """`PYTHONPATH` for a Python process Stockade starts (with `-P`, never from its
+    working directory): this package's root first, so it imports the same Stockade."""
+    return os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))

@@ -36,8 +36,7 @@ class Engine:
         self.fingerprint = config.fingerprint()
         self.cache = cache if cache is not None else AotCache(cache_dir())
         self.ticker = EpochTicker(self.wasmtime.increment_epoch)
-        self._loader = ModuleLoader(self.wasmtime, self.fingerprint, self.cache,
-                                    tripwire=config.tripwire)
+        self._loader = ModuleLoader(self.wasmtime, config, self.cache)
         self._lock = threading.Lock()
         self._by_path: dict[tuple[str, int, int], LoadedModule] = {}
         self._linkers: dict[str, wasmtime.Linker] = {}

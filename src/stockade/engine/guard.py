@@ -16,9 +16,10 @@ below `COMPILE_FLOOR` (so CPython compiles under any timeout), `COMPILE_CEILING`
 a timeout. The memory budget is `COMPILE_MEMORY` plus the guest's memory limit. A module
 found in the AoT cache is not compiled, so it is not charged (the loader checks the
 cache first): CPython for WASI, ~10 s predicted, compiles under any timeout, and once
-cached loads for nothing. A compile cannot be interrupted inside wasmtime, so this
-prediction is the load deadline of an in-process run; an isolated worker's load
-deadline follows it too (`compilecost.load_deadline`).
+cached loads for nothing. The prediction is a model, refusing before any compile; the
+bound is the compile's child process (`engine.compiler`): `RLIMIT_CPU` of the CPU
+budget, `RLIMIT_AS` of twice the memory budget, killed past
+`compilecost.load_deadline` (an isolated worker, its own child, has that deadline too).
 
 The model, fitted on a 2-core x86-64 machine (Cranelift, wasmtime 50, worst-case bodies
 of locals all live to the end; see tests/engine/test_guard.py): CPU seconds =

@@ -25,6 +25,7 @@ from .seal import KeyUnavailable, SealError, host_key, unseal, vouched
 if TYPE_CHECKING:
     import wasmtime
 
+    from .config import EngineConfig
     from .guard import CompileGuard
 
 __all__ = ["LoadedModule", "ModuleLoader", "ModuleFile", "read_module", "MAX_MODULE_BYTES",
@@ -198,15 +199,16 @@ class ModuleLoader:
     MAC this host's key verifies (`key` returns it; tests pass another).
     """
 
-    def __init__(self, engine: wasmtime.Engine, fingerprint: str, cache: AotCache | None,
-                 key: Callable[[], bytes] = host_key, *, tripwire: bool = False) -> None:
+    def __init__(self, engine: wasmtime.Engine, config: EngineConfig, cache: AotCache | None,
+                 key: Callable[[], bytes] = host_key) -> None:
         self._engine = engine
-        self._fingerprint = fingerprint
+        self._settings = config.settings()  # what a compiler child configures its engine by
+        self._fingerprint = config.fingerprint()
         self._cache = cache
         self._key = key
         # Modules are rewritten with a tripwire before compiling; input that cannot be
         # (a .cwasm, code the rewriting does not know) raises tripwire.Unsupported.
-        self._tripwire = tripwire
+        self._tripwire = config.tripwire
 
     def load_path(self, path: Path, guard: CompileGuard | None = None, *,
                   allow_precompiled: bool = False) -> LoadedModule:
@@ -250,6 +252,8 @@ class ModuleLoader:
         cached = self._from_cache(sha, name)
         if cached is not None:
             return cached
+        from .compiler import compile_in_child, compiles_in_child
+
         engine = self._engine
         try:
             work = None
@@ -269,12 +273,19 @@ class ModuleLoader:
                     data = rewrite(data, lambda code: wasmtime.Module.validate(engine, code),
                                    wasmtime.WasmtimeError, guard if explicit else None, name,
                                    work)
-                module = wasmtime.Module(engine, data)
+                code = None
+                if compiles_in_child():
+                    code = compile_in_child(self._settings, data, name, guard.compile_budget,
+                                            guard.memory_budget)
+                    module = wasmtime.Module.deserialize(engine, code)
+                else:
+                    module = wasmtime.Module(engine, data)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
         compile_ms = (time.perf_counter() - start) * 1000
         if self._cache is not None:
-            self._cache.store(self._fingerprint, sha, bytes(module.serialize()))
+            self._cache.store(self._fingerprint, sha,
+                              code if code is not None else bytes(module.serialize()))
         return LoadedModule(module, sha, name, False, compile_ms, tripwire=self._tripwire)
 
     def _from_cache(self, sha: str, name: str) -> LoadedModule | None:

@@ -32,6 +32,7 @@ from ..engine.cache import AotCache
 from ..engine.seal import scoped_key
 from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
+from ..paths import import_path
 from ..policy.units import format_size
 from ..rmtree import remove_tree
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
@@ -44,7 +45,6 @@ __all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV", "WORKER_PROGR
 WORKER_PROGRAM = "stockade.isolate.worker"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     plus what Stockade sets (the cache, the temporary directory, the import path)."""
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     # Stockade must import from where this process imported it, never from the cwd (-P).
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = import_path()
     # Fewer malloc arenas: each reserves 64 MiB of address space, which RLIMIT_AS counts.
     env["MALLOC_ARENA_MAX"] = os.environ.get("MALLOC_ARENA_MAX", "2")
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker

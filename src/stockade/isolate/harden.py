@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ..engine.compiler import compile_in_this_process
 from ..policy.units import format_size
 from .backend import preload
 from .confine import Confinement, Grants, apply_seccomp, confine_current_process
@@ -53,6 +54,9 @@ def grants_of(plan: WorkerPlan) -> Grants:
 
 def harden_before_engine(plan: WorkerPlan) -> Confinement:
     """Steps 1-5. Call before any thread exists."""
+    # This process is the compile's bound (its own RLIMIT_CPU and RLIMIT_AS), and
+    # seccomp will forbid it a compiler child.
+    compile_in_this_process()
     # The plan's backend (wasmtime-py or the C API, and the system libraries their
     # shared library maps, libgcc_s) loads while the installation and the system's
     # library directories are still reachable: nothing imports them eagerly.

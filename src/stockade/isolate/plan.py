@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..paths import cache_dir
+from ..paths import PACKAGE_ROOT, cache_dir
 from ..policy import Policy, Trust
 from ..sandbox.backend import Backend, worker_backend
 from .cgroup import CgroupLimits
@@ -24,7 +24,6 @@ from .rlimits import RlimitPlan
 
 __all__ = ["WorkerPlan", "ISOLATED_SCOPE", "plan_for", "cgroup_limits_for", "interpreter_paths"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 # The AoT scope of isolated workers outside the gateway (see `WorkerPlan.cache_scope`):
@@ -164,7 +163,7 @@ def interpreter_paths() -> tuple[Path, ...]:
     """What the worker's interpreter reads after Landlock: its standard library,
     extension modules and installed packages (`sys.path`, this package's root), all
     code, no data. Existing directories only."""
-    roots = {Path(os.path.realpath(entry)) for entry in (*sys.path, _PACKAGE_ROOT) if entry}
+    roots = {Path(os.path.realpath(entry)) for entry in (*sys.path, PACKAGE_ROOT) if entry}
     kept = [root for root in roots if root.is_dir()]
     return tuple(sorted(root for root in kept
                         if not any(root != other and root.is_relative_to(other)

@@ -148,8 +148,9 @@ class FastEngine:
 
     def compile(self, wasm: bytes | bytearray, name: str = "<bytes>",
                 guard: CompileGuard | None = None) -> FastModule:
-        """Compile WebAssembly binary bytes, first checked by `guard` when given; on a
-        tripwire engine, the bytes rewritten with their tripwire (`engine.tripwire`).
+        """Compile WebAssembly binary bytes, first checked by `guard` when given, in a
+        child under the guard's budgets (`engine.compiler`); on a tripwire engine, the
+        bytes rewritten with their tripwire (`engine.tripwire`).
         Raises ModuleError, DeniedImport, or tripwire.Unsupported for a module the
         rewriting cannot serve (it needs an engine with epochs)."""
         wasm = bytes(wasm)
@@ -163,6 +164,13 @@ class FastEngine:
 
             wasm = rewrite(wasm, lambda code: self.validate(code, name), ModuleError, guard,
                            name, work)
+        from ..compiler import compile_in_child, compiles_in_child
+
+        if compiles_in_child():
+            cpu, memory = (None, None) if guard is None else (guard.compile_budget,
+                                                              guard.memory_budget)
+            return self.deserialize(compile_in_child(self.config.settings(), wasm, name, cpu,
+                                                     memory), name)
         return self._load(lambda out: C.module_new(self._engine, wasm, len(wasm), out), name)
 
     def validate(self, wasm: bytes, name: str = "<bytes>") -> None:
