@@ -9,6 +9,9 @@ expensive): the child is what refuses it.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,43 @@ def test_cpython_compiles_under_the_strict_budgets(python_wasm: Path) -> None:
     code = compile_in_child(config.settings(), python_wasm.read_bytes(), "python.wasm",
                             guard.compile_budget, guard.memory_budget)
     assert len(code) > 1_000_000
+
+
+def test_the_child_dies_with_the_process_that_wanted_the_code(tmp_path: Path) -> None:
+    """A host killed mid-compile leaves no compile burning CPU behind (the child follows
+    its parent: PR_SET_PDEATHSIG)."""
+    module = tmp_path / "catch.wasm"
+    module.write_bytes(catch_clauses(100, 2000))  # ~57 s of compile
+    host = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from stockade.engine import EngineConfig; "
+        "from stockade.engine.compiler import compile_in_child; "
+        f"compile_in_child(EngineConfig().settings(), open({str(module)!r}, 'rb').read(), "
+        "'catch.wasm', None, None)")])
+    try:
+        child = _first_child(host.pid, deadline=time.monotonic() + 20)
+        time.sleep(0.5)  # past its start: compiling
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _first_child(pid: int, deadline: float) -> int:
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.02)
+    raise AssertionError("the host started no compiler child")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

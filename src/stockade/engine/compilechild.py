@@ -4,7 +4,8 @@ Stockade (only the standard library and wasmtime: ~60 ms to start, on every AoT 
 miss).
 
 Exit status: 0, compiled; `INVALID`, wasmtime refused the module (its reason on stderr);
-`OUT_OF_MEMORY`, Python itself was refused memory. Cranelift refused memory aborts
+`OUT_OF_MEMORY`, Python itself was refused memory; `PARENT_GONE`, no one waits for the
+code (the child dies with its parent). Cranelift refused memory aborts
 (SIGABRT, "memory allocation of N bytes failed"); past its CPU it gets SIGXCPU.
 """
 
@@ -14,10 +15,13 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
 
 INVALID = 3
 OUT_OF_MEMORY = 4
+PARENT_GONE = 5
+_PR_SET_PDEATHSIG = 1
 
 
 def limit(cpu: float | None, space: int | None) -> None:
@@ -33,11 +37,22 @@ def limit(cpu: float | None, space: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (mapped + space, mapped + space))
 
 
+def follow_parent(parent: int) -> bool:
+    """Die with the parent (SIGKILL when it ends): no compile outlives the process that
+    wanted it. False when it is gone already."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return os.getppid() == parent
+
+
 def main() -> int:
     import wasmtime
 
     try:
         spec = json.loads(sys.stdin.buffer.readline())
+        if not follow_parent(spec["parent"]):
+            return PARENT_GONE
         wasm = sys.stdin.buffer.read()
     except MemoryError:
         return OUT_OF_MEMORY

@@ -67,6 +67,7 @@ def compile_in_child(settings: Settings, wasm: bytes, name: str, cpu_budget: flo
     predicted memory (`address_space`); None: unbounded. Raises ModuleError when wasmtime
     refuses the module or the compile meets a limit, StockadeError when no child starts."""
     spec = {"settings": [list(pair) for pair in settings], "cpu": cpu_budget,
+            "parent": os.getpid(),
             "address_space": None if memory_budget is None else address_space(memory_budget)}
     # Each malloc arena reserves 64 MiB of address space, which RLIMIT_AS counts.
     env = {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
