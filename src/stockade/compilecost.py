@@ -11,8 +11,8 @@ import heapq
 from collections.abc import Sequence
 
 __all__ = ["compile_cost", "compile_memory", "compile_budget", "memory_budget",
-           "load_deadline", "COMPILE_FLOOR", "COMPILE_CEILING", "COMPILE_HEAVY",
-           "COMPILE_MEMORY"]
+           "load_deadline", "compile_deadline", "COMPILE_FLOOR", "COMPILE_CEILING",
+           "COMPILE_HEAVY", "COMPILE_MEMORY"]
 
 PER_FUNCTION = 70e-6  # CPU seconds per function, whatever its body (measured 45-80 µs)
 PER_BYTE = 1.5e-6  # CPU seconds per byte of function body
@@ -96,6 +96,13 @@ def memory_budget(max_memory: int) -> int:
 
 
 def load_deadline(timeout: float | None) -> float:
-    """Seconds a load (compile included) may take in an isolated worker: the compile
-    budget (predicted CPU, on a 2-core machine) plus slack for reading and noise."""
-    return compile_budget(timeout) * 2 + _LOAD_SLACK
+    """Seconds a load (compile included) may take in an isolated worker of a policy with
+    this timeout (`compile_deadline` of its compile budget)."""
+    return compile_deadline(compile_budget(timeout))
+
+
+def compile_deadline(budget: float) -> float:
+    """Seconds of wall-clock time checking and compiling a module may take under a
+    compile budget of `budget` CPU seconds (each phase gets it), plus slack for reading
+    and a noisy machine."""
+    return budget * 2 + _LOAD_SLACK

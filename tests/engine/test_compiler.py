@@ -18,9 +18,18 @@ import pytest
 import wasmtime
 
 from stockade import ModuleError, Policy, Sandbox
+from stockade.binary import encode_leb
 from stockade.engine import CompileGuard, EngineConfig
 from stockade.engine.compiler import address_space, compile_in_child, compiles_in_child
 from stockade.engine.fastpath import FastEngine
+from tests.conftest import stockade
+
+MiB = 1024**2
+
+
+def budgets(cpu: float | None, memory: int | None) -> CompileGuard:
+    """A guard of these budgets and no other bound (a policy's floor does not apply)."""
+    return CompileGuard(2**30, 2**30, 2**32, None, cpu, memory)
 
 
 def live_parameters(params: int, blocks: int) -> bytes:
@@ -52,8 +61,9 @@ def test_memory_refused_to_cranelift_is_a_refusal_not_an_abort() -> None:
     """Before: this module took the process compiling it down (SIGABRT), a host that
     loaded it in process with it."""
     data = live_parameters(1000, 40_000)
-    with pytest.raises(ModuleError, match="needed more than .* of memory"):
-        compile_in_child(EngineConfig().settings(), data, "live.wasm", 60.0, 128 * 1024**2)
+    with pytest.raises(ModuleError, match="needed more than 256MiB of memory"):
+        compile_in_child(EngineConfig().settings(), data, "live.wasm",
+                         budgets(60.0, 128 * MiB), False)
 
 
 def test_a_sandbox_survives_a_module_cranelift_cannot_compile(tmp_path: Path) -> None:
@@ -69,17 +79,77 @@ def test_a_sandbox_survives_a_module_cranelift_cannot_compile(tmp_path: Path) ->
 
 
 def test_cpu_past_the_budget_is_refused() -> None:
-    """A compile of ~14 s under a 1 s budget ends after about a second of CPU."""
+    """A compile of ~12 s (priced at 0.2 s) under a 1 s budget ends after a second."""
     with pytest.raises(ModuleError, match="more than the policy's compile budget of 1 s"):
-        compile_in_child(EngineConfig().settings(), catch_clauses(100, 1000), "catch.wasm",
-                         1.0, None)
+        compile_in_child(EngineConfig().settings(), live_parameters(1000, 20_000),
+                         "live.wasm", budgets(1.0, 4096 * MiB), False)
+
+
+def branch_table(arity: int, targets: int) -> bytes:
+    """A `br_table` of `targets` targets to a label of `arity` values: wasmtime's
+    validator checks each target's types (1 MB of targets of 1,000 values: 7 s)."""
+    def vector(items: list[bytes]) -> bytes:
+        return encode_leb(len(items)) + b"".join(items)
+
+    def section(number: int, content: bytes) -> bytes:
+        return bytes([number]) + encode_leb(len(content)) + content
+
+    kind = b"\x60" + vector([]) + vector([b"\x7f"] * arity)
+    body = (b"\x00" + b"\x41\x00" * (arity + 1) + b"\x0e" + encode_leb(targets)
+            + b"\x00" * (targets + 1) + b"\x0b")
+    return (b"\0asm\x01\0\0\0" + section(1, vector([kind])) + section(3, vector([b"\x00"]))
+            + section(10, vector([encode_leb(len(body)) + body])))
+
+
+def test_validation_is_bounded_too() -> None:
+    """Validating ran in the caller before any budget applied: 1,000-value labels under
+    250,000 targets cost it seconds of CPU per run. Now the child validates."""
+    with pytest.raises(ModuleError, match="more than the policy's compile budget of 1 s"):
+        compile_in_child(EngineConfig().settings(), branch_table(1000, 400_000), "br.wasm",
+                         budgets(1.0, 4096 * MiB), False)
+
+
+def test_a_refusal_is_remembered() -> None:
+    """The same bytes under the same budgets are refused again without a child (the
+    fast path's refusal falls back to the standard sandbox, which asked again)."""
+    data = live_parameters(1000, 20_000)
+    guard = budgets(1.0, 4096 * MiB)
+    with pytest.raises(ModuleError):
+        compile_in_child(EngineConfig().settings(), data, "live.wasm", guard, False)
+    started = time.monotonic()
+    with pytest.raises(ModuleError, match="compile budget of 1 s"):
+        compile_in_child(EngineConfig().settings(), data, "live.wasm", guard, False)
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_refused_compile_dumps_no_core(tmp_path: Path) -> None:
+    """A child killed by SIGABRT or SIGXCPU dumped a core holding its caller's
+    environment into the caller's directory; it dumps none, and works in /."""
+    script = ("import resource, os; resource.setrlimit(resource.RLIMIT_CORE, (-1, -1)); "
+              "from stockade.engine import EngineConfig; "
+              "from stockade.engine.compiler import compile_in_child; "
+              "from stockade.engine.guard import CompileGuard; "
+              f"data = open({str(tmp_path / 'live.wasm')!r}, 'rb').read()\n"
+              "try:\n"
+              "    compile_in_child(EngineConfig().settings(), data, 'live.wasm', "
+              "CompileGuard(2**30, 2**30, 2**32, None, 60.0, 64 * 2**20), False)\n"
+              "except Exception as exc: print(exc)")
+    (tmp_path / "live.wasm").write_bytes(live_parameters(1000, 40_000))
+    root_core = Path("/core")  # the child works in / (core_pattern "core": its directory)
+    before = root_core.stat().st_mtime_ns if root_core.exists() else None
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "HOST_SECRET": "marker-4711"},
+                          timeout=120, check=False)
+    assert "needed more than 128MiB of memory" in done.stdout, done.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["live.wasm"]
+    assert (root_core.stat().st_mtime_ns if root_core.exists() else None) == before
 
 
 def test_invalid_code_is_explained() -> None:
     """Without a guard nothing validates first: the child reports wasmtime's reason."""
     broken = bytes(wasmtime.wat2wasm("(module (func))"))[:-2] + b"\x00\x00"
     with pytest.raises(ModuleError, match="^bad.wasm: invalid WebAssembly: "):
-        compile_in_child(EngineConfig().settings(), broken, "bad.wasm", None, None)
+        compile_in_child(EngineConfig().settings(), broken, "bad.wasm", None, False)
     with FastEngine(EngineConfig(), max_instances=1) as engine, \
             pytest.raises(ModuleError, match="invalid WebAssembly"):
         engine.compile(broken, "bad.wasm")
@@ -91,7 +161,8 @@ def test_compiled_code_serves_both_engines() -> None:
     data = bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 7) '
                                    '(func (export "_start")))'))
     config = EngineConfig(fuel=False)
-    code = compile_in_child(config.settings(), data, "seven.wasm", 10.0, 64 * 1024**2)
+    code = compile_in_child(config.settings(), data, "seven.wasm", budgets(10.0, 64 * MiB),
+                            False)
     engine = wasmtime.Engine(config.to_wasmtime())
     module = wasmtime.Module.deserialize(engine, code)
     store = wasmtime.Store(engine)
@@ -116,7 +187,7 @@ def test_cpython_compiles_under_the_strict_budgets(python_wasm: Path) -> None:
     guard = CompileGuard.for_limits(Policy.from_profile("strict").limits)
     config = EngineConfig.for_limits(Policy.from_profile("strict").limits)
     code = compile_in_child(config.settings(), python_wasm.read_bytes(), "python.wasm",
-                            guard.compile_budget, guard.memory_budget)
+                            guard, config.tripwire)
     assert len(code) > 1_000_000
 
 
@@ -129,7 +200,7 @@ def test_the_child_dies_with_the_process_that_wanted_the_code(tmp_path: Path) ->
         "import sys; from stockade.engine import EngineConfig; "
         "from stockade.engine.compiler import compile_in_child; "
         f"compile_in_child(EngineConfig().settings(), open({str(module)!r}, 'rb').read(), "
-        "'catch.wasm', None, None)")])
+        "'catch.wasm', None, False)")])
     try:
         child = _first_child(host.pid, deadline=time.monotonic() + 20)
         time.sleep(0.5)  # past its start: compiling
@@ -158,3 +229,29 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("command", [["run", "--isolate", "none"], ["compile"]])
+def test_the_cli_refuses_it_in_one_line(command: list[str], tmp_path: Path) -> None:
+    """`stockade compile` compiled without any bound (41 s and 2.8 GB for this module,
+    then sealed it); both commands now refuse it under the profile's compile limits (an
+    isolated worker compiles in place, under its cgroup's memory limit)."""
+    path = tmp_path / "live.wasm"
+    path.write_bytes(live_parameters(1000, 40_000))
+    proc = stockade(*command, "--profile", "strict", str(path))
+    assert proc.returncode == 126
+    assert proc.stderr.decode().strip().splitlines() == [
+        "stockade: live.wasm: compiling it needed more than 544MiB of memory (the policy's "
+        "compile budget); refused"]
+    assert not (tmp_path / "live.cwasm").exists()
+
+
+def test_text_past_the_limit_is_refused_before_it_is_converted(tmp_path: Path) -> None:
+    """WebAssembly text is converted in this process, at ~55 bytes of memory per byte (a
+    64 MB .wat took 3.4 GB; a 24 MB one aborted a host under a 1.5 GB address space)."""
+    path = tmp_path / "nested.wat"
+    depth = 1_400_000  # 9.8 MB
+    path.write_text("(module (func " + "(block " * depth + ")" * depth + "))")
+    with pytest.raises(ModuleError, match="of WebAssembly text is past the 8MiB Stockade "
+                                          "converts"):
+        Sandbox(Policy.from_profile("default")).load(path)

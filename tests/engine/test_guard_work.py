@@ -313,9 +313,13 @@ def test_allocation_in_element_segments_is_priced() -> None:
 def test_a_tripwire_load_decodes_the_code_once(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     """The guard checks the module as given and rewritten; the probes do no code work, so
-    the second check reuses the first's (decoding CPython takes over a second)."""
+    the second check reuses the first's (decoding CPython takes over a second). Counted
+    in this process: compiling in place, as a worker does (the child runs the same
+    `checked_code`)."""
+    import stockade.engine.compiler as compiler_module
     import stockade.engine.guard as guard_module
 
+    monkeypatch.setattr(compiler_module, "_in_child", False)
     calls: list[int] = []
 
     def counted(data: bytes) -> list[Work]:

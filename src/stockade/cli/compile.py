@@ -28,13 +28,14 @@ def compile_(source: Path, output: Path | None, profile: str) -> None:
     user on this host can run it, with `stockade run --allow-precompiled` and the same
     --profile. Deleting the key (`~/.config/stockade/aot.key`) revokes every .cwasm.
     """
-    from ..engine import Engine, EngineConfig
+    from ..engine import CompileGuard, Engine, EngineConfig
     from ..engine.seal import KeyUnavailable, host_key, seal, strip
     from ..policy import profile as get_profile
 
     # Native code keeps its deadline by epochs: a tripwire is the rewriting of a module
     # this host compiles itself, which a .cwasm skips (`Engine.load`).
-    config = EngineConfig.for_limits(get_profile(profile).limits, tripwire=False)
+    limits = get_profile(profile).limits
+    config = EngineConfig.for_limits(limits, tripwire=False)
     output = output or source.with_suffix(".cwasm")
     try:
         key = host_key()
@@ -42,7 +43,9 @@ def compile_(source: Path, output: Path | None, profile: str) -> None:
         raise UsageError(f"cannot seal {output}: this host's key cannot be used: "
                          f"{exc.reason}") from None
     with Engine(config) as engine:
-        loaded = engine.load(source)
+        # The profile's compile limits: a module the profile would refuse to run is not
+        # compiled for it either (nor without any bound).
+        loaded = engine.load(source, guard=CompileGuard.for_limits(limits))
         data = strip(bytes(loaded.module.serialize()))
         trailer = seal(data, engine.fingerprint, "cwasm", key)
     _write(output, data + trailer)

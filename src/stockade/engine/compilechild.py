@@ -1,12 +1,7 @@
-"""The compiler child (`engine.compiler`): a JSON line (wasmtime settings, limits), then
-the module, on stdin; the serialized code on stdout. Run by path, it imports nothing of
-Stockade (only the standard library and wasmtime: ~60 ms to start, on every AoT cache
-miss).
-
-Exit status: 0, compiled; `INVALID`, wasmtime refused the module (its reason on stderr);
-`OUT_OF_MEMORY`, Python itself was refused memory; `PARENT_GONE`, no one waits for the
-code (the child dies with its parent). Cranelift refused memory aborts
-(SIGABRT, "memory allocation of N bytes failed"); past its CPU it gets SIGXCPU.
+"""The compiler child (`engine.compiler`): a JSON line (wasmtime settings, the guard's
+budgets, the tripwire), then the module, on stdin; the serialized code on stdout. Exit
+statuses are `compiler`'s; Cranelift refused memory aborts (SIGABRT, "memory allocation
+of N bytes failed"), and past its CPU the child gets SIGXCPU.
 """
 
 from __future__ import annotations
@@ -18,38 +13,42 @@ import resource
 import signal
 import sys
 
-INVALID = 3
-OUT_OF_MEMORY = 4
-PARENT_GONE = 5
-_PR_SET_PDEATHSIG = 1
-
-
-def limit(cpu: float | None, space: int | None) -> None:
-    """From now on, `cpu` more seconds of CPU (SIGXCPU, then SIGKILL a second later) and
-    `space` more bytes of address space than this process maps now; None: unbounded."""
-    if cpu is not None:
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        soft = math.ceil(used.ru_utime + used.ru_stime + cpu)
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
-    if space is not None:
-        with open("/proc/self/statm") as statm:
-            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        resource.setrlimit(resource.RLIMIT_AS, (mapped + space, mapped + space))
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
 
 
 def follow_parent(parent: int) -> bool:
-    """Die with the parent (SIGKILL when it ends): no compile outlives the process that
-    wanted it. False when it is gone already."""
+    """Die with the parent (SIGKILL when it ends), and dump no core (a core holds the
+    caller's environment): False when the parent is gone already."""
     import ctypes
 
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(_PR_SET_DUMPABLE, 0)
     return os.getppid() == parent
 
 
+def limit_cpu(seconds: float, hard: int | None = None) -> int:
+    """At most `seconds` more of CPU (SIGXCPU), not past `hard` (total seconds, SIGKILL;
+    None: twice `seconds` more, for a second phase); returns the hard limit."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    if hard is None:
+        hard = math.ceil(used + 2 * seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (min(math.ceil(used + seconds), hard - 1), hard))
+    return hard
+
+
+def limit_space(space: int) -> None:
+    """At most `space` more bytes of address space than this process maps now."""
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + space, mapped + space))
+
+
 def main() -> int:
-    import wasmtime
+    from .compiler import OUT_OF_MEMORY, PARENT_GONE, REFUSED, UNSUPPORTED
 
     try:
         spec = json.loads(sys.stdin.buffer.readline())
@@ -58,19 +57,49 @@ def main() -> int:
         wasm = sys.stdin.buffer.read()
     except MemoryError:
         return OUT_OF_MEMORY
+    import wasmtime
+
+    from ..errors import ModuleError
+    from .compiler import checked_code
+    from .guard import CompileGuard
+    from .traps import invalid_module
+    from .tripwire import Unsupported
+
+    name = spec["name"]
     config = wasmtime.Config()
     for setting, value in spec["settings"]:
         setattr(config, setting, value)
     engine = wasmtime.Engine(config)
-    limit(spec["cpu"], spec["address_space"])
+    guard = None if spec["guard"] is None else CompileGuard(**spec["guard"])
+    cpu = None if guard is None else guard.compile_budget
+    # The checks and the compile each get the CPU budget; the memory bound is one.
+    hard = None if cpu is None else limit_cpu(cpu)
+    if spec["address_space"] is not None:
+        limit_space(spec["address_space"])
+
+    def validate(code: bytes) -> None:
+        try:
+            wasmtime.Module.validate(engine, code)
+        except wasmtime.WasmtimeError as exc:
+            raise invalid_module(name, exc) from None
+
     try:
-        code = wasmtime.Module(engine, wasm).serialize()
-    except wasmtime.WasmtimeError as exc:
+        code = checked_code(wasm, name, guard, spec["tripwire"], validate)
+        if cpu is not None:
+            limit_cpu(cpu, hard)
+        compiled = wasmtime.Module(engine, code).serialize()
+    except ModuleError as exc:
         print(exc, file=sys.stderr)
-        return INVALID
+        return REFUSED
+    except Unsupported as exc:
+        print(exc, file=sys.stderr)
+        return UNSUPPORTED
+    except wasmtime.WasmtimeError as exc:
+        print(invalid_module(name, exc), file=sys.stderr)
+        return REFUSED
     except MemoryError:
         return OUT_OF_MEMORY
-    sys.stdout.buffer.write(code)
+    sys.stdout.buffer.write(compiled)
     return 0
 
 

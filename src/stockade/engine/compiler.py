@@ -1,43 +1,61 @@
-"""Compiling in a child process: Cranelift's CPU and memory bounded, not predicted.
+"""Compiling in a child process: what a module costs to check and compile is bounded,
+not predicted.
 
 The compile guard (`engine.guard`) refuses what its model (`codework`, `compilecost`)
 prices over budget, but a model is not a bound: each review found code that compiled
 for tens of seconds it priced at a fraction of one, and 1,000 parameters live across
 40,000 minimal `if`s (210 KB) made Cranelift ask for 3.3 GB, which it cannot survive
-being refused: the process aborts. In the host's own process that was the host. So the
-code is compiled by a child (`engine.compilechild`) under `RLIMIT_CPU`
-(the guard's compile budget) and `RLIMIT_AS` (its memory budget, `address_space`),
-which writes the serialized code back; the caller deserializes it (wasmtime checks that
-it was made for the same engine settings). A child over its CPU or memory is refused
-with the limit it met (`ModuleError`); one that outlives `load_deadline` is killed.
+being refused: the process aborts. In the host's own process that was the host. What
+reads the module before it compiles costs too: wasmtime's validator checks each
+`br_table` target against its label's types (1 MB of targets of 1,000 values: 7 s).
+
+So everything done to a module's bytes after they are hashed (`checked_code`: validate,
+the guard's scan, the tripwire's rewriting; then the compile) runs in a child
+(`engine.compilechild`) under `RLIMIT_CPU` (the guard's CPU budget for the checks, and
+again for the compile) and `RLIMIT_AS` (`address_space`, from its memory budget). The
+child writes the serialized code back and the caller deserializes it (wasmtime checks
+that it was made for the same engine settings). What meets a limit is refused with it
+(`ModuleError`), and remembered: the same bytes under the same budgets are refused again
+without a child. One that outlives `compile_deadline` is killed; the child dies with its
+caller.
 
 A process that is itself a bounded, disposable worker (an isolated worker, a gateway
 pool worker: `RLIMIT_CPU` and `RLIMIT_AS` of their own, and seccomp that forbids new
-processes) compiles in place (`compile_in_this_process`). Starting the child costs
-~60-100 ms, paid only on an AoT cache miss.
+processes) checks and compiles in place (`compile_in_this_process`). Starting the child
+costs ~0.1 s, on an AoT cache miss only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from ..compilecost import load_deadline
+from ..compilecost import compile_deadline
 from ..errors import ModuleError, StockadeError
+from ..paths import import_path
 from ..policy.units import format_size
-from . import compilechild
-from .compilechild import INVALID, OUT_OF_MEMORY
+
+if TYPE_CHECKING:
+    from .guard import CompileGuard
 
 __all__ = ["compiles_in_child", "compile_in_this_process", "compile_in_child",
-           "address_space"]
+           "checked_code", "address_space", "REFUSED", "UNSUPPORTED", "OUT_OF_MEMORY",
+           "PARENT_GONE"]
 
 Settings = Sequence[tuple[str, bool | int | str]]
 
-_CHILD = compilechild.__file__  # run by path (-P): it imports nothing of Stockade
+# The child's exit status: a refusal whose one line is on stderr (`ModuleError`: invalid,
+# over the guard's budget; `tripwire.Unsupported`), Python refused memory, no caller.
+REFUSED, UNSUPPORTED, OUT_OF_MEMORY, PARENT_GONE = 3, 4, 5, 6
+_REMEMBERED = 256  # refusals kept (bytes' digest, settings, guard, tripwire)
+_refused: dict[tuple[str, str, str, bool], ModuleError] = {}
 _in_child = True
 
 
@@ -60,22 +78,47 @@ def address_space(memory_budget: int) -> int:
     return 2 * memory_budget
 
 
-def compile_in_child(settings: Settings, wasm: bytes, name: str, cpu_budget: float | None,
-                     memory_budget: int | None) -> bytes:
-    """The serialized code of `wasm`, compiled by a child with these engine settings
-    (`EngineConfig.settings`), `cpu_budget` seconds of CPU and `memory_budget` bytes of
-    predicted memory (`address_space`); None: unbounded. Raises ModuleError when wasmtime
-    refuses the module or the compile meets a limit, StockadeError when no child starts."""
-    spec = {"settings": [list(pair) for pair in settings], "cpu": cpu_budget,
-            "parent": os.getpid(),
-            "address_space": None if memory_budget is None else address_space(memory_budget)}
-    # Each malloc arena reserves 64 MiB of address space, which RLIMIT_AS counts.
-    env = {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
-    deadline = load_deadline(cpu_budget) if cpu_budget is not None else None
+def checked_code(wasm: bytes, name: str, guard: CompileGuard | None, tripwire: bool,
+                 validate: Callable[[bytes], object]) -> bytes:
+    """The bytes to compile for module `wasm`: validated (`validate` raises ModuleError)
+    when a guard or the rewriting will read it, checked by `guard`, rewritten with its
+    tripwire (`engine.tripwire`). Raises ModuleError or tripwire.Unsupported."""
+    work = None
+    if guard is not None or tripwire:
+        # Valid first: the guard's scan and the rewriting read only what wasmtime accepts
+        # (a module of 8M types cost the scan 20 s before wasmtime's refusal).
+        validate(wasm)
+    if guard is not None:
+        work = guard.check_code(wasm, name)
+    if tripwire:
+        from .tripwire import rewrite
+
+        wasm = rewrite(wasm, validate, ModuleError, guard, name, work)
+    return wasm
+
+
+def compile_in_child(settings: Settings, wasm: bytes, name: str, guard: CompileGuard | None,
+                     tripwire: bool) -> bytes:
+    """The serialized code of `wasm` (`checked_code`, then compiled) made by a child with
+    these engine settings (`EngineConfig.settings`) within `guard`'s budgets (None:
+    unbounded). Raises ModuleError when the module is refused or meets a limit,
+    tripwire.Unsupported, StockadeError when no child starts."""
+    budgets = json.dumps(None if guard is None else dataclasses.asdict(guard))
+    key = (hashlib.sha256(wasm).hexdigest(), repr(settings), budgets, tripwire)
+    if key in _refused:
+        raise _refused[key]
+    spec = {"settings": [list(pair) for pair in settings], "name": name,
+            "guard": None if guard is None else dataclasses.asdict(guard),
+            "tripwire": tripwire, "parent": os.getpid(),
+            "address_space": None if guard is None or guard.memory_budget is None
+            else address_space(guard.memory_budget)}
+    cpu = None if guard is None else guard.compile_budget
+    deadline = None if cpu is None else compile_deadline(cpu)
     try:
-        done = subprocess.run([sys.executable, "-P", _CHILD],
+        done = subprocess.run([sys.executable, "-P", "-m", "stockade.engine.compilechild"],
                               input=json.dumps(spec).encode() + b"\n" + wasm,
-                              capture_output=True, env=env, timeout=deadline, check=False)
+                              capture_output=True, env=_environment(), cwd="/",
+                              timeout=deadline, check=False)
     except subprocess.TimeoutExpired:
         raise ModuleError(f"{name}: compiling took longer than {deadline:.0f} s; "
                           "refused") from None
@@ -84,27 +127,42 @@ def compile_in_child(settings: Settings, wasm: bytes, name: str, cpu_budget: flo
                             f"{exc.strerror}") from None
     if done.returncode == 0:
         return done.stdout
-    raise _refusal(done.returncode, done.stderr.decode(errors="replace"), name, cpu_budget,
-                   memory_budget)
+    stderr = done.stderr.decode(errors="replace").strip()
+    if done.returncode == UNSUPPORTED:
+        from .tripwire import Unsupported
+
+        raise Unsupported(stderr)
+    refusal = _refusal(done.returncode, stderr, name, guard)
+    if len(_refused) >= _REMEMBERED:
+        _refused.pop(next(iter(_refused)))
+    _refused[key] = refusal
+    raise refusal
 
 
-def _refusal(status: int, stderr: str, name: str, cpu_budget: float | None,
-             memory_budget: int | None) -> ModuleError:
+def _environment() -> dict[str, str]:
+    """The child's: this process's, importing Stockade from where this process did."""
+    # Each malloc arena reserves 64 MiB of address space, which RLIMIT_AS counts.
+    return {**os.environ, "PYTHONPATH": import_path(),
+            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+
+
+def _refusal(status: int, stderr: str, name: str, guard: CompileGuard | None) -> ModuleError:
     """Why the child compiled nothing, in one line."""
-    if status == INVALID:
-        from .traps import describe_load_message
-
-        return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(stderr)}")
-    if status in (-signal.SIGXCPU, -signal.SIGKILL) and cpu_budget is not None:
+    if status == REFUSED:
+        return ModuleError(stderr.splitlines()[-1] if stderr else f"{name}: refused")
+    if status == -signal.SIGXCPU and guard is not None and guard.compile_budget is not None:
         return ModuleError(f"{name}: compiling it took more than the policy's compile "
-                           f"budget of {cpu_budget:.0f} s of CPU; refused")
+                           f"budget of {guard.compile_budget:.0f} s of CPU; refused")
     # Rust aborts on an allocation refused ("memory allocation of N bytes failed").
     if status == OUT_OF_MEMORY or (status == -signal.SIGABRT and "memory allocation" in stderr):
-        if memory_budget is None:
+        if guard is None or guard.memory_budget is None:
             return ModuleError(f"{name}: compiling it ran out of memory; refused")
         return ModuleError(f"{name}: compiling it needed more than "
-                           f"{format_size(address_space(memory_budget))} of memory (the "
-                           "policy's compile budget); refused")
-    last = stderr.strip().splitlines()[-1:] or ["no message"]
+                           f"{format_size(address_space(guard.memory_budget))} of memory "
+                           "(the policy's compile budget); refused")
+    if status == -signal.SIGKILL:
+        return ModuleError(f"{name}: the compiler was killed (SIGKILL: out of memory on "
+                           "this machine or in its cgroup?); refused")
+    last = stderr.splitlines()[-1:] or ["no message"]
     how = f"signal {-status}" if status < 0 else f"status {status}"
     return ModuleError(f"{name}: the compiler failed ({how}): {last[0][:200]}")

@@ -34,6 +34,9 @@ __all__ = ["LoadedModule", "ModuleLoader", "ModuleFile", "read_module", "MAX_MOD
 
 # A module larger than this is refused before it is read (an "enormous on disk" module).
 MAX_MODULE_BYTES = 512 * 1024**2
+# Text is converted in the caller's process, with ~55 bytes of memory per byte of it (a
+# 64 MB .wat took 3.4 GB; refused memory aborts the process): text is for people.
+MAX_WAT_BYTES = 8 * 1024**2
 WASM_MAGIC = b"\0asm"
 ELF_MAGIC = b"\x7fELF"
 # Without a policy: only the absolute size cap; code shape is the policy's business.
@@ -235,7 +238,7 @@ class ModuleLoader:
         guard.check_size(len(data), name)
         import wasmtime
 
-        from .traps import describe_load_error
+        from .traps import describe_load_error, invalid_module
 
         kind = sniff_kind(data[:64], name)
         if kind == "cwasm":
@@ -252,36 +255,33 @@ class ModuleLoader:
         cached = self._from_cache(sha, name)
         if cached is not None:
             return cached
-        from .compiler import compile_in_child, compiles_in_child
+        from .compiler import checked_code, compile_in_child, compiles_in_child
 
         engine = self._engine
-        try:
-            work = None
-            if explicit or self._tripwire:
-                # Valid first: the guard's scan and the rewriting read only what wasmtime
-                # accepts (a module of 8M types cost the scan 20 s before wasmtime's
-                # refusal).
-                wasmtime.Module.validate(engine, data)
-            if explicit:
-                work = guard.check_code(data, name)
-            start = time.perf_counter()
-            with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
-                          "configuration)"):
-                if self._tripwire:
-                    from .tripwire import rewrite
-
-                    data = rewrite(data, lambda code: wasmtime.Module.validate(engine, code),
-                                   wasmtime.WasmtimeError, guard if explicit else None, name,
-                                   work)
-                code = None
-                if compiles_in_child():
-                    code = compile_in_child(self._settings, data, name, guard.compile_budget,
-                                            guard.memory_budget)
+        checked = guard if explicit else None
+        start = time.perf_counter()
+        code = None
+        with progress(f"compiling {name} ({len(data) / 1e6:.1f} MB, once per engine "
+                      "configuration)"):
+            if compiles_in_child():
+                code = compile_in_child(self._settings, data, name, checked, self._tripwire)
+                try:
                     module = wasmtime.Module.deserialize(engine, code)
-                else:
+                except wasmtime.WasmtimeError as exc:  # another wasmtime in the child?
+                    raise ModuleError(f"{name}: the compiler's code does not load: "
+                                      f"{describe_load_error(exc)}") from None
+            else:
+                def validate(code: bytes) -> None:
+                    try:
+                        wasmtime.Module.validate(engine, code)
+                    except wasmtime.WasmtimeError as exc:
+                        raise invalid_module(name, exc) from None
+
+                data = checked_code(data, name, checked, self._tripwire, validate)
+                try:
                     module = wasmtime.Module(engine, data)
-        except wasmtime.WasmtimeError as exc:
-            raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_error(exc)}") from None
+                except wasmtime.WasmtimeError as exc:
+                    raise invalid_module(name, exc) from None
         compile_ms = (time.perf_counter() - start) * 1000
         if self._cache is not None:
             self._cache.store(self._fingerprint, sha,
@@ -375,7 +375,12 @@ def digest(path: Path, cache: AotCache | None, limit: int = MAX_MODULE_BYTES) ->
 def wat_binary(data: bytes, name: str) -> bytes:
     """The binary of WebAssembly text `data` (UTF-8; bad bytes replaced). Through the
     C API when the fast path loads (no wasmtime-py import), else wasmtime-py's
-    `wat2wasm`: the same function of the same library. Raises ModuleError."""
+    `wat2wasm`: the same function of the same library. Raises ModuleError, also for text
+    past `MAX_WAT_BYTES`."""
+    if len(data) > MAX_WAT_BYTES:
+        raise ModuleError(f"{name}: {format_size(len(data))} of WebAssembly text is past the "
+                          f"{format_size(MAX_WAT_BYTES)} Stockade converts; convert it to a "
+                          "binary module first (`wasm-tools parse`)")
     text = data.decode("utf-8", "replace")
     try:
         from .fastpath import wat2wasm

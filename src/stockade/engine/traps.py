@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from ..errors import ModuleError
 from ..policy.units import format_size
 from ..records import FrozenRecord, record
 from ..result import GuestStopped, Outcome
@@ -135,6 +136,12 @@ _CAUSE_NUMBER = re.compile(r"^\d+: ")
 def describe_load_error(error: BaseException) -> str:
     """`describe_load_message` of a wasmtime-py error."""
     return describe_load_message(str(error))
+
+
+def invalid_module(name: str, error: BaseException | str) -> ModuleError:
+    """The refusal of module `name`, which wasmtime did not accept (`error`: its error or
+    message)."""
+    return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(str(error))}")
 
 
 def describe_load_message(text: str) -> str:

@@ -23,7 +23,7 @@ from ...envblock import Env, EnvBlock, encode_args, encode_env
 from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
 from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
-from ..traps import describe_load_message
+from ..traps import invalid_module
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import FastModule, prepare, raise_load
 from ._native import RunState
@@ -156,21 +156,13 @@ class FastEngine:
         wasm = bytes(wasm)
         if not wasm.startswith(b"\0asm"):
             raise ModuleError(f"{name}: not a WebAssembly binary (no \\0asm header)")
-        if guard is not None or self.config.tripwire:
-            self.validate(wasm, name)  # before the guard's scan and the rewriting read it
-        work = None if guard is None else guard.check_code(wasm, name)
-        if self.config.tripwire:
-            from ..tripwire import rewrite
-
-            wasm = rewrite(wasm, lambda code: self.validate(code, name), ModuleError, guard,
-                           name, work)
-        from ..compiler import compile_in_child, compiles_in_child
+        from ..compiler import checked_code, compile_in_child, compiles_in_child
 
         if compiles_in_child():
-            cpu, memory = (None, None) if guard is None else (guard.compile_budget,
-                                                              guard.memory_budget)
-            return self.deserialize(compile_in_child(self.config.settings(), wasm, name, cpu,
-                                                     memory), name)
+            return self.deserialize(compile_in_child(self.config.settings(), wasm, name,
+                                                     guard, self.config.tripwire), name)
+        wasm = checked_code(wasm, name, guard, self.config.tripwire,
+                            lambda code: self.validate(code, name))
         return self._load(lambda out: C.module_new(self._engine, wasm, len(wasm), out), name)
 
     def validate(self, wasm: bytes, name: str = "<bytes>") -> None:
@@ -179,7 +171,7 @@ class FastEngine:
         error = C.module_validate(self._engine, wasm, len(wasm))
         if error:
             message, _ = take_error(error)
-            raise ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(message)}")
+            raise invalid_module(name, message)
 
     def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
         """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
