@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..binary import code_shape, data_size
+from ..binary import MalformedModule, code_shape, data_size, sections
 from ..codework import Work, code_work
 from ..compilecost import (
     COMPILE_CEILING,
@@ -107,6 +107,11 @@ class CompileGuard:
                     f"this policy's memory limit of {format_size(self.max_data_size)}: it "
                     "could never be instantiated"
                 )
+        try:  # lenient readers stop at MAX_SECTIONS: past it, code would go unpriced
+            for _ in sections(data):
+                pass
+        except MalformedModule as exc:
+            raise ModuleError(f"{name}: {exc}; refused") from None
         shape = code_shape(data)
         for index, (body, locals_count) in enumerate(shape):
             if body > self.max_function_size:
