@@ -92,10 +92,10 @@ HANDLER_WEIGHT = 0.29
 # compiles one from the host's calling convention for each function that escapes
 # (exported, in an element segment, a `ref.func` constant) and one to it per function
 # type, whether any function has it or not (1,000 types of 1,000 parameters and results,
-# no function, 2 MB: 38 s). 1,000 escaping functions of 1,000 parameters and 1,000 results (16 KB)
-# compiled for 35 s; 300 imported types of the same shape, 11 s; 20,000 exported
-# functions of no parameters, 2.4 s (0.5 s not exported); ~20 µs per parameter, ~6 per
-# result, ~100 µs per escaping function.
+# no function, 2 MB: 38 s). 1,000 escaping functions of 1,000 parameters and 1,000
+# results (16 KB) compiled for 35 s; 300 imported types of the same shape, 11 s; 20,000
+# exported functions of no parameters, 2.4 s (0.5 s not exported); ~20 µs per
+# parameter, ~6 per result, ~100 µs per escaping function.
 TRAMPOLINE_BASE = 17
 TRAMPOLINE_PARAM = 8
 TRAMPOLINE_RESULT = 3

@@ -60,12 +60,10 @@ def main() -> int:
     import wasmtime
 
     from ..errors import ModuleError
-    from .compiler import checked_code
+    from .compiler import compile_checked
     from .guard import CompileGuard
-    from .traps import invalid_module
     from .tripwire import Unsupported
 
-    name = spec["name"]
     config = wasmtime.Config()
     for setting, value in spec["settings"]:
         setattr(config, setting, value)
@@ -76,27 +74,16 @@ def main() -> int:
     hard = None if cpu is None else limit_cpu(cpu)
     if spec["address_space"] is not None:
         limit_space(spec["address_space"])
-
-    def validate(code: bytes) -> None:
-        try:
-            wasmtime.Module.validate(engine, code)
-        except wasmtime.WasmtimeError as exc:
-            raise invalid_module(name, exc) from None
-
     try:
-        code = checked_code(wasm, name, guard, spec["tripwire"], validate)
-        if cpu is not None:
-            limit_cpu(cpu, hard)
-        compiled = wasmtime.Module(engine, code).serialize()
+        compiled = compile_checked(
+            engine, wasm, spec["name"], guard, spec["tripwire"],
+            before_compile=lambda: cpu is not None and limit_cpu(cpu, hard)).serialize()
     except ModuleError as exc:
         print(exc, file=sys.stderr)
         return REFUSED
     except Unsupported as exc:
         print(exc, file=sys.stderr)
         return UNSUPPORTED
-    except wasmtime.WasmtimeError as exc:
-        print(invalid_module(name, exc), file=sys.stderr)
-        return REFUSED
     except MemoryError:
         return OUT_OF_MEMORY
     sys.stdout.buffer.write(compiled)

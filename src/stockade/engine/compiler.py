@@ -43,11 +43,13 @@ from ..paths import import_path
 from ..policy.units import format_size
 
 if TYPE_CHECKING:
+    import wasmtime
+
     from .guard import CompileGuard
 
 __all__ = ["compiles_in_child", "compile_in_this_process", "compile_in_child",
-           "checked_code", "address_space", "REFUSED", "UNSUPPORTED", "OUT_OF_MEMORY",
-           "PARENT_GONE"]
+           "checked_code", "compile_checked", "address_space", "REFUSED", "UNSUPPORTED",
+           "OUT_OF_MEMORY", "PARENT_GONE"]
 
 Settings = Sequence[tuple[str, bool | int | str]]
 
@@ -97,18 +99,40 @@ def checked_code(wasm: bytes, name: str, guard: CompileGuard | None, tripwire: b
     return wasm
 
 
+def compile_checked(engine: wasmtime.Engine, wasm: bytes, name: str,
+                    guard: CompileGuard | None, tripwire: bool,
+                    before_compile: Callable[[], object] = lambda: None) -> wasmtime.Module:
+    """`checked_code` of `wasm`, compiled by wasmtime-py's `engine` (`before_compile`
+    runs between the two). Raises ModuleError or tripwire.Unsupported."""
+    import wasmtime
+
+    from .traps import invalid_module
+
+    def validate(code: bytes) -> None:
+        try:
+            wasmtime.Module.validate(engine, code)
+        except wasmtime.WasmtimeError as exc:
+            raise invalid_module(name, exc) from None
+
+    code = checked_code(wasm, name, guard, tripwire, validate)
+    before_compile()
+    try:
+        return wasmtime.Module(engine, code)
+    except wasmtime.WasmtimeError as exc:
+        raise invalid_module(name, exc) from None
+
+
 def compile_in_child(settings: Settings, wasm: bytes, name: str, guard: CompileGuard | None,
                      tripwire: bool) -> bytes:
     """The serialized code of `wasm` (`checked_code`, then compiled) made by a child with
     these engine settings (`EngineConfig.settings`) within `guard`'s budgets (None:
     unbounded). Raises ModuleError when the module is refused or meets a limit,
     tripwire.Unsupported, StockadeError when no child starts."""
-    budgets = json.dumps(None if guard is None else dataclasses.asdict(guard))
-    key = (hashlib.sha256(wasm).hexdigest(), repr(settings), budgets, tripwire)
+    bounds = None if guard is None else dataclasses.asdict(guard)
+    key = (hashlib.sha256(wasm).hexdigest(), repr(settings), json.dumps(bounds), tripwire)
     if key in _refused:
         raise _refused[key]
-    spec = {"settings": [list(pair) for pair in settings], "name": name,
-            "guard": None if guard is None else dataclasses.asdict(guard),
+    spec = {"settings": [list(pair) for pair in settings], "name": name, "guard": bounds,
             "tripwire": tripwire, "parent": os.getpid(),
             "address_space": None if guard is None or guard.memory_budget is None
             else address_space(guard.memory_budget)}

@@ -238,7 +238,7 @@ class ModuleLoader:
         guard.check_size(len(data), name)
         import wasmtime
 
-        from .traps import describe_load_error, invalid_module
+        from .traps import describe_load_error
 
         kind = sniff_kind(data[:64], name)
         if kind == "cwasm":
@@ -255,7 +255,7 @@ class ModuleLoader:
         cached = self._from_cache(sha, name)
         if cached is not None:
             return cached
-        from .compiler import checked_code, compile_in_child, compiles_in_child
+        from .compiler import compile_checked, compile_in_child, compiles_in_child
 
         engine = self._engine
         checked = guard if explicit else None
@@ -271,17 +271,7 @@ class ModuleLoader:
                     raise ModuleError(f"{name}: the compiler's code does not load: "
                                       f"{describe_load_error(exc)}") from None
             else:
-                def validate(code: bytes) -> None:
-                    try:
-                        wasmtime.Module.validate(engine, code)
-                    except wasmtime.WasmtimeError as exc:
-                        raise invalid_module(name, exc) from None
-
-                data = checked_code(data, name, checked, self._tripwire, validate)
-                try:
-                    module = wasmtime.Module(engine, data)
-                except wasmtime.WasmtimeError as exc:
-                    raise invalid_module(name, exc) from None
+                module = compile_checked(engine, data, name, checked, self._tripwire)
         compile_ms = (time.perf_counter() - start) * 1000
         if self._cache is not None:
             self._cache.store(self._fingerprint, sha,
