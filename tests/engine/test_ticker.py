@@ -83,13 +83,13 @@ def test_a_run_ending_as_the_loop_passes_its_deadline() -> None:
     preempted between finding its deadline and unregistering it) must not fail."""
     counter = Counter()
     ticker = EpochTicker(counter.increment, interval=0.005)
-    unregister = ticker._unregister
+    unregister = ticker.unregister
 
-    def preempted(target: int | None) -> None:
+    def preempted(target: list[object] | None) -> None:
         time.sleep(0.1)  # the loop passes the deadline meanwhile
         unregister(target)
 
-    ticker._unregister = preempted  # type: ignore[method-assign]
+    ticker.unregister = preempted  # type: ignore[method-assign]
     with ticker.deadline(0.01) as ticks:
         assert ticks is not None
     assert counter.value >= ticks
@@ -126,3 +126,32 @@ def _wait_for(condition: Callable[[], bool], patience: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within 10 s"
         time.sleep(0.01)
+
+
+def test_a_run_that_ended_is_never_told_its_deadline() -> None:
+    """An unregistered run's entry stays in the heap until it falls due (no removal per
+    run): its `on_due` (a tripwire's fire, reset since for the slot's next run) must not
+    be called."""
+    counter = Counter()
+    fired: list[str] = []
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    with ticker.deadline(0.01, lambda: fired.append("ended")) as ticks:
+        assert ticks is not None
+    with ticker.deadline(0.05, lambda: fired.append("running")) as later:
+        assert later is not None
+        _wait_for(lambda: fired == ["running"])
+    assert fired == ["running"]
+    ticker.close()
+
+
+def test_ended_runs_do_not_grow_the_heap() -> None:
+    """Runs with long deadlines that end at once (the gateway's, thousands a second)
+    leave entries behind: compacted, the heap stays within twice the live runs plus a
+    bound, whatever the number of runs."""
+    ticker = EpochTicker(Counter().increment, interval=0.005)
+    with ticker.deadline(30.0):
+        for _ in range(10_000):
+            entry, _ = ticker.register(30.0)
+            ticker.unregister(entry)
+        assert len(ticker._deadlines) <= 2 * 1 + 130
+    ticker.close()

@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["EpochTicker", "TICK_SECONDS", "NO_DEADLINE"]
 
@@ -35,7 +36,8 @@ class EpochTicker:
 
     Use `with ticker.deadline(seconds) as ticks:` around a run and pass `ticks` to
     `store.set_epoch_deadline` (`NO_DEADLINE` for None: `seconds=None` registers no
-    deadline). `deadline(seconds, on_due)` also calls `on_due()` from the thread when the
+    deadline), or `register` and `unregister` around it (a hot path: no context
+    manager object). `deadline(seconds, on_due)` also calls `on_due()` from the thread when the
     deadline falls due, if the run is still registered (a tripwire run's deadline:
     `engine.tripwire`); it must be quick and must not call back into the ticker.
     `watch`, if given, is also called every `interval` while any run is registered (the
@@ -47,11 +49,17 @@ class EpochTicker:
         self._increment = increment
         self.interval = interval
         self._watch = watch
-        self._cond = threading.Condition()
+        # Registering takes the bare lock (a Condition's `with` is Python code).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._epoch = 0
         self._origin = time.monotonic()
-        # Heap of (epoch number, sequence, on_due) runs are waiting for.
-        self._deadlines: list[tuple[int, int, Callable[[], None] | None]] = []
+        # Heap of [epoch number, sequence, on_due, registered] runs are waiting for. A run
+        # that ends leaves its entry behind, unregistered (a removal costs a heapify per
+        # run): the loop drops it when it falls due, or a compaction when more than half
+        # of the heap is such entries.
+        self._deadlines: list[_Entry] = []
+        self._left = 0  # unregistered entries still in the heap
         self._sequence = 0
         self._active = 0
         self._closed = False
@@ -64,9 +72,13 @@ class EpochTicker:
         epoch deadline in ticks after the current epoch (None: no deadline)."""
         return _Registration(self, seconds, on_due)
 
-    def _register(self, seconds: float | None, on_due: Callable[[], None] | None
-                  ) -> tuple[_Entry | None, int | None]:
-        with self._cond:
+    def register(self, seconds: float | None, on_due: Callable[[], None] | None = None
+                 ) -> tuple[_Entry | None, int | None]:
+        """Register a run's deadline `seconds` from now: (its entry, for `unregister`, and
+        the epoch deadline in ticks after the current epoch), (None, None) for no
+        deadline. `on_due` is called from the thread when the deadline falls due, unless
+        unregistered before."""
+        with self._lock:
             if self._closed:
                 raise RuntimeError("epoch ticker is closed")
             now = time.monotonic()
@@ -89,7 +101,7 @@ class EpochTicker:
             target = max(math.ceil((now + seconds - self._origin) / self.interval) + 1,
                          self._epoch + 1)
             self._sequence += 1
-            entry = (target, self._sequence, on_due)
+            entry: _Entry = [target, self._sequence, on_due, True]
             heapq.heappush(self._deadlines, entry)
             # Wake the thread only when it would sleep past this deadline (or should
             # start watching): a wake-up per run costs a thread switch.
@@ -99,14 +111,20 @@ class EpochTicker:
                 self._cond.notify()
             return entry, target - self._epoch
 
-    def _unregister(self, entry: _Entry | None) -> None:
-        with self._cond:
+    def unregister(self, entry: _Entry | None) -> None:
+        """The run of `entry` (from `register`) ended: its `on_due` is never called."""
+        with self._lock:
             self._active -= 1
-            # A deadline the loop already passed was popped by it: checked under the same
-            # lock hold, since the loop may pop it (and call its on_due) any moment before.
-            if entry is not None and entry in self._deadlines:
-                self._deadlines.remove(entry)
+            # Marked under the lock the loop pops and calls `on_due` under: a deadline the
+            # loop passed already was popped by it, and is marked to no effect.
+            if entry is None or not entry[3]:
+                return
+            entry[2], entry[3] = None, False
+            self._left += 1
+            if self._left > 64 and 2 * self._left > len(self._deadlines):
+                self._deadlines = [kept for kept in self._deadlines if kept[3]]
                 heapq.heapify(self._deadlines)
+                self._left = 0
 
     def _loop(self) -> None:
         watched = 0.0
@@ -143,9 +161,13 @@ class EpochTicker:
                 self._epoch = max(self._epoch, now_epoch)
                 # Deadlines now past are done with: their runs' epochs are reached.
                 while self._deadlines and self._deadlines[0][0] <= self._epoch:
-                    _, _, on_due = heapq.heappop(self._deadlines)
-                    if on_due is not None:
-                        on_due()
+                    entry = heapq.heappop(self._deadlines)
+                    if not entry[3]:
+                        self._left -= 1
+                        continue
+                    entry[3] = False  # passed: `unregister` leaves it alone
+                    if entry[2] is not None:
+                        entry[2]()
 
     def close(self) -> None:
         """Stop the thread. Safe to call twice."""
@@ -157,7 +179,8 @@ class EpochTicker:
             thread.join(timeout=1.0)
 
 
-_Entry = tuple[int, int, "Callable[[], None] | None"]
+# [epoch number, sequence, on_due, registered]: compared by the first two.
+_Entry = list[Any]
 
 
 class _Registration:
@@ -169,8 +192,8 @@ class _Registration:
         self._entry: _Entry | None = None
 
     def __enter__(self) -> int | None:
-        self._entry, ticks = self._ticker._register(self._seconds, self._on_due)
+        self._entry, ticks = self._ticker.register(self._seconds, self._on_due)
         return ticks
 
     def __exit__(self, *exc: object) -> None:
-        self._ticker._unregister(self._entry)
+        self._ticker.unregister(self._entry)

@@ -302,10 +302,13 @@ class FastEngine:
         slot = self._admit(plan.module)
         timeout_s = plan.timeout_s
         try:
-            with self._ticker_deadline(slot, timeout_s) as ticks:
+            entry, ticks = self._register_deadline(slot, timeout_s)
+            try:
                 slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
                 return execute(self._engine, plan, slot, env, stdin,
                                NO_DEADLINE if ticks is None else ticks)
+            finally:
+                self._ticker.unregister(entry)
         finally:
             self._release(plan.module, slot)
 
@@ -359,11 +362,14 @@ class FastEngine:
                 if linking is None:
                     raise UsageError(f"{module.name}: engine or module is closed")
                 slot.metered = MeteredRun(meter, dirs, linking.pre(module), linking)
-                with self._ticker_deadline(slot, plan.timeout_s) as ticks:
+                entry, ticks = self._register_deadline(slot, plan.timeout_s)
+                try:
                     slot.deadline = None if plan.timeout_s is None \
                         else time.monotonic() + plan.timeout_s
                     result = execute(self._engine, plan, slot, block, b"",
                                      NO_DEADLINE if ticks is None else ticks)
+                finally:
+                    self._ticker.unregister(entry)
             finally:
                 slot.metered = None
                 self._release(module, slot)
@@ -371,15 +377,16 @@ class FastEngine:
             meter.close()
         return _charged(result, meter)
 
-    def _ticker_deadline(self, slot: RunSlot, timeout_s: float | None) -> Any:
-        """The ticker's registration of a run's deadline: on a tripwire engine it fires the
-        slot's tripwire, reset first (a fire of this deadline must not be lost to a reset
-        after it)."""
+    def _register_deadline(self, slot: RunSlot, timeout_s: float | None
+                           ) -> tuple[Any, int | None]:
+        """Register a run's deadline with the ticker (`EpochTicker.register`): on a
+        tripwire engine it fires the slot's tripwire, reset first (a fire of this deadline
+        must not be lost to a reset after it)."""
         trip = slot.trip if self.config.tripwire else None
         if trip is None:
-            return self._ticker.deadline(timeout_s)
+            return self._ticker.register(timeout_s)
         trip.reset()
-        return self._ticker.deadline(timeout_s, trip.fire)
+        return self._ticker.register(timeout_s, trip.fire)
 
     def overdue(self, wall_s: float, cpu_s: float,
                 memory_size: Callable[[int], int | None] | None = None) -> FastResult | None:
