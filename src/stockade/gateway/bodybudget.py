@@ -7,7 +7,10 @@ all but its last byte, then waits, holds `max_body` bytes for `body_timeout` plu
 such connections, nearly free for the client, would take the worker's memory and every
 tenant's requests with it. The budget bounds the bytes held, in total and per client
 address (the peer's: the gateway never believes forwarding headers); a body that would
-go past either is refused with 503 and `Retry-After`, and its connection is closed.
+go past either is refused with 503 and `Retry-After`, and its connection is closed. A
+client address is counted as the connection cap counts it (`connlimit.peer_key`): an IPv6
+address as its /64 network, whose host could otherwise multiply its share by its
+addresses.
 
 Bytes are charged as they arrive and given back when the request's response is ready.
 Used on the event loop thread only.
@@ -15,6 +18,7 @@ Used on the event loop thread only.
 
 from __future__ import annotations
 
+from .connlimit import IPV6_PREFIX, peer_key
 from .problem import Unavailable
 
 __all__ = ["BodyBudget", "RETRY_AFTER"]
@@ -24,17 +28,19 @@ RETRY_AFTER = 5.0  # seconds: held bodies end within their deadline
 
 class BodyBudget:
     """At most `total` bytes of bodies held, at most `per_client` of them for one client
-    address."""
+    address (an IPv6 address counted as its `/ipv6_prefix` network)."""
 
-    def __init__(self, total: int, per_client: int) -> None:
+    def __init__(self, total: int, per_client: int, ipv6_prefix: int = IPV6_PREFIX) -> None:
         self.total = total
         self.per_client = per_client
+        self.ipv6_prefix = ipv6_prefix
         self.held = 0
         self._clients: dict[str, int] = {}  # address -> bytes; entries at 0 are removed
 
     def take(self, client: str, size: int) -> None:
-        """Charge `size` bytes to `client`. Raises Unavailable (503) when that would go
-        past either bound (nothing is charged then)."""
+        """Charge `size` bytes to the peer address `client`. Raises Unavailable (503) when
+        that would go past either bound (nothing is charged then)."""
+        client = peer_key(client, self.ipv6_prefix)
         mine = self._clients.get(client, 0)
         if mine + size > self.per_client:
             raise _refusal("this client is sending too many request bodies at once")
@@ -45,6 +51,7 @@ class BodyBudget:
 
     def give(self, client: str, size: int) -> None:
         """Give back `size` bytes charged to `client`."""
+        client = peer_key(client, self.ipv6_prefix)
         left = self._clients.get(client, 0) - size
         if left > 0:
             self._clients[client] = left

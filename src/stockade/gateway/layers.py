@@ -70,7 +70,8 @@ class Pipeline:
         self.funclog = FunctionLog(settings)
         self.body_timeout = settings.body_timeout
         self.body_min_rate = settings.body_min_rate
-        self.budget = BodyBudget(settings.body_buffer, settings.body_buffer_per_client)
+        self.budget = BodyBudget(settings.body_buffer, settings.body_buffer_per_client,
+                                 settings.max_connections_ipv6_prefix)
         # (labels, status) -> the counter's labels: one tuple per series, not per request.
         self._series: dict[tuple[Labels, int], tuple[Labels, Labels]] = {}
 
