@@ -155,3 +155,40 @@ def test_ended_runs_do_not_grow_the_heap() -> None:
             ticker.unregister(entry)
         assert len(ticker._deadlines) <= 2 * 1 + 130
     ticker.close()
+
+
+def test_a_run_set_up_across_a_catch_up_is_still_stopped() -> None:
+    """A run's epoch deadline is counted from the epoch when its store is set up, after it
+    registered: a catch-up in between (another run's deadline falling due) puts it that
+    many ticks past the run's entry. Once the entry has passed, the epoch must go on
+    advancing while the run goes on, or nothing stops the run until some other deadline
+    falls due (here 30 s later; a guest without fuel on an epochs engine ran on with
+    nothing registered)."""
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    start = time.monotonic()
+    with ticker.deadline(30.0):  # another run, going on
+        early, _ = ticker.register(0.05)
+        victim, ticks = ticker.register(0.2)
+        assert ticks is not None
+        time.sleep(0.1)  # the victim's set-up, across the early deadline's catch-up
+        ticker.unregister(early)
+        deadline = counter.value + ticks  # what `set_epoch_deadline(ticks)` makes of it
+        assert counter.value > 0  # the early deadline's catch-up came in the set-up
+        _wait_for(lambda: counter.value >= deadline, patience=5.0)
+        ticker.unregister(victim)
+    assert time.monotonic() - start < 5.0
+    ticker.close()
+
+
+def test_an_ended_run_left_in_the_heap_moves_no_epoch() -> None:
+    """An ended run's entry reaching the head is dropped without a catch-up: the epoch moves
+    for deadlines of runs that go on, as before entries were left behind."""
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    with ticker.deadline(30.0):
+        entry, _ = ticker.register(0.02)
+        ticker.unregister(entry)
+        time.sleep(0.1)
+        assert counter.value == 0
+    ticker.close()

@@ -54,12 +54,18 @@ class EpochTicker:
         self._cond = threading.Condition(self._lock)
         self._epoch = 0
         self._origin = time.monotonic()
-        # Heap of [epoch number, sequence, on_due, registered] runs are waiting for. A run
-        # that ends leaves its entry behind, unregistered (a removal costs a heapify per
-        # run): the loop drops it when it falls due, or a compaction when more than half
-        # of the heap is such entries.
+        # Heap of [epoch number, sequence, on_due, state] runs are waiting for. A run that
+        # ends leaves its entry behind, `_LEFT` (a removal costs a heapify per run): the
+        # loop drops it when it reaches the head, without moving the epoch, or a
+        # compaction does when more than half of the heap is such entries.
         self._deadlines: list[_Entry] = []
-        self._left = 0  # unregistered entries still in the heap
+        self._left = 0  # `_LEFT` entries still in the heap
+        # Runs whose deadline passed and that have not ended (`_PASSED`): while there are
+        # any, the epoch advances every tick. A run's epoch deadline is counted from the
+        # epoch when its store is set up, after registering: a catch-up in between puts it
+        # that many ticks later than the entry's, and a run that did not stop at its
+        # entry must still be stopped.
+        self._passed = 0
         self._sequence = 0
         self._active = 0
         self._closed = False
@@ -81,15 +87,16 @@ class EpochTicker:
         with self._lock:
             if self._closed:
                 raise RuntimeError("epoch ticker is closed")
+            if self._thread is None and (seconds is not None or self._watch is not None):
+                thread = threading.Thread(target=self._loop, name="stockade-epoch",
+                                          daemon=True)
+                thread.start()  # raises when it cannot: nothing is registered then
+                self._thread = thread
             now = time.monotonic()
             if self._active == 0:
                 # Idle time is not counted: the epoch resumes where it stood.
                 self._origin = now - self._epoch * self.interval
             self._active += 1
-            if self._thread is None and (seconds is not None or self._watch is not None):
-                self._thread = threading.Thread(target=self._loop, name="stockade-epoch",
-                                                 daemon=True)
-                self._thread.start()
             if seconds is None:
                 if self._watch is not None and self._wake_at > now + self.interval:
                     self._cond.notify()  # idle: start watching
@@ -101,7 +108,7 @@ class EpochTicker:
             target = max(math.ceil((now + seconds - self._origin) / self.interval) + 1,
                          self._epoch + 1)
             self._sequence += 1
-            entry: _Entry = [target, self._sequence, on_due, True]
+            entry: _Entry = [target, self._sequence, on_due, _WAITING]
             heapq.heappush(self._deadlines, entry)
             # Wake the thread only when it would sleep past this deadline (or should
             # start watching): a wake-up per run costs a thread switch.
@@ -115,14 +122,18 @@ class EpochTicker:
         """The run of `entry` (from `register`) ended: its `on_due` is never called."""
         with self._lock:
             self._active -= 1
-            # Marked under the lock the loop pops and calls `on_due` under: a deadline the
-            # loop passed already was popped by it, and is marked to no effect.
-            if entry is None or not entry[3]:
+            # Marked under the lock the loop pops and calls `on_due` under.
+            if entry is None:
                 return
-            entry[2], entry[3] = None, False
+            state, entry[2], entry[3] = entry[3], None, _ENDED
+            if state == _PASSED:  # popped by the loop already
+                self._passed -= 1
+            if state != _WAITING:
+                return
+            entry[3] = _LEFT
             self._left += 1
             if self._left > 64 and 2 * self._left > len(self._deadlines):
-                self._deadlines = [kept for kept in self._deadlines if kept[3]]
+                self._deadlines = [kept for kept in self._deadlines if kept[3] == _WAITING]
                 heapq.heapify(self._deadlines)
                 self._left = 0
 
@@ -146,9 +157,15 @@ class EpochTicker:
                         self._cond.acquire()
                     watched = time.monotonic()
                     continue
+                deadlines = self._deadlines
+                while deadlines and deadlines[0][3] == _LEFT:  # ended: no catch-up for it
+                    heapq.heappop(deadlines)
+                    self._left -= 1
                 now = time.monotonic()
-                wait = self._origin + self._deadlines[0][0] * self.interval - now \
-                    if self._deadlines else math.inf
+                wait = self._origin + deadlines[0][0] * self.interval - now \
+                    if deadlines else math.inf
+                if self._passed:  # the next tick, for runs not stopped at their entry
+                    wait = min(wait, self._origin + (self._epoch + 1) * self.interval - now)
                 if wait > 0:
                     wait = min(wait, self.interval) if watching else wait
                     self._wake_at = now + wait
@@ -160,12 +177,13 @@ class EpochTicker:
                     self._increment()
                 self._epoch = max(self._epoch, now_epoch)
                 # Deadlines now past are done with: their runs' epochs are reached.
-                while self._deadlines and self._deadlines[0][0] <= self._epoch:
-                    entry = heapq.heappop(self._deadlines)
-                    if not entry[3]:
+                while deadlines and deadlines[0][0] <= self._epoch:
+                    entry = heapq.heappop(deadlines)
+                    if entry[3] == _LEFT:
                         self._left -= 1
                         continue
-                    entry[3] = False  # passed: `unregister` leaves it alone
+                    entry[3] = _PASSED
+                    self._passed += 1
                     if entry[2] is not None:
                         entry[2]()
 
@@ -179,8 +197,11 @@ class EpochTicker:
             thread.join(timeout=1.0)
 
 
-# [epoch number, sequence, on_due, registered]: compared by the first two.
+# [epoch number, sequence, on_due, state]: compared by the first two.
 _Entry = list[Any]
+# An entry's state: its run waits for it; passed (popped, `on_due` called) while the run
+# goes on; left behind in the heap by a run that ended first; ended (out of the heap).
+_WAITING, _PASSED, _LEFT, _ENDED = range(4)
 
 
 class _Registration:
