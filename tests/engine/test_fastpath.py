@@ -469,8 +469,9 @@ def test_bad_arguments_are_usage_errors(engine: FastEngine, hello: FastModule) -
         hello.run(max_memory=engine.max_memory + 1)
     with pytest.raises(UsageError):
         hello.run(max_output=-1)
-    with pytest.raises(UsageError):
-        hello.run(timeout_s=0)
+    for timeout in (0, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match="positive number of seconds"):
+            hello.run(timeout_s=timeout)
     with FastEngine(EngineConfig(fuel=False), max_instances=1) as unmetered:
         module = unmetered.compile(guest("hello.wasm").read_bytes(), "hello.wasm")
         assert module.run().fuel_consumed is None  # not metered: null in --json

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
+
+import pytest
 
 from stockade.engine import EpochTicker
 
@@ -191,4 +194,48 @@ def test_an_ended_run_left_in_the_heap_moves_no_epoch() -> None:
         ticker.unregister(entry)
         time.sleep(0.1)
         assert counter.value == 0
+    ticker.close()
+
+
+def test_a_run_set_up_across_a_catch_up_is_not_late_by_the_epochs_lag() -> None:
+    """While only far deadlines are registered the thread sleeps and the epoch lags the
+    clock. A run registering then, whose set-up crosses another deadline's catch-up, had
+    its store's deadline counted from the caught-up epoch: late by the whole lag (0.5 s
+    timeouts ran 2.5 s). The epoch is brought up to the clock when a run registers."""
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    with ticker.deadline(60.0), ticker.deadline(0.9):
+        time.sleep(0.89)  # the epoch stands still: nothing falls due before 0.9 s
+        start = time.monotonic()
+        victim, ticks = ticker.register(0.1)
+        assert ticks is not None
+        time.sleep(0.05)  # the set-up, across the 0.9 s deadline's catch-up
+        deadline = counter.value + ticks  # what `set_epoch_deadline(ticks)` makes of it
+        _wait_for(lambda: counter.value >= deadline, patience=5.0)
+        stopped = time.monotonic() - start
+        ticker.unregister(victim)
+    # 0.1 s, the grace tick and a loaded machine's delays: well under the 0.9 s lag.
+    assert stopped < 0.6, stopped
+    ticker.close()
+
+
+def test_a_deadline_is_a_finite_number_and_a_refused_one_registers_nothing() -> None:
+    ticker = EpochTicker(Counter().increment, interval=0.005)
+    for bad in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite"):
+            ticker.register(bad)
+    assert ticker._active == 0
+    ticker.close()
+
+
+def test_a_failing_deadline_action_does_not_stop_the_others() -> None:
+    counter = Counter()
+    fired: list[str] = []
+
+    def broken() -> None:
+        raise OSError("mprotect refused")
+
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    with ticker.deadline(0.01, broken), ticker.deadline(0.05, lambda: fired.append("next")):
+        _wait_for(lambda: fired == ["next"])
     ticker.close()

@@ -84,6 +84,8 @@ class EpochTicker:
         the epoch deadline in ticks after the current epoch), (None, None) for no
         deadline. `on_due` is called from the thread when the deadline falls due, unless
         unregistered before."""
+        if seconds is not None and not math.isfinite(seconds):
+            raise ValueError(f"a deadline is a finite number of seconds, not {seconds}")
         with self._lock:
             if self._closed:
                 raise RuntimeError("epoch ticker is closed")
@@ -96,6 +98,12 @@ class EpochTicker:
             if self._active == 0:
                 # Idle time is not counted: the epoch resumes where it stood.
                 self._origin = now - self._epoch * self.interval
+            else:
+                # The epoch is brought up to the clock first: the run's store counts its
+                # deadline from the engine's epoch when it is set up, and a catch-up
+                # between now and then (another deadline falling due) would otherwise put
+                # it later by all the time since the epoch last moved.
+                self._catch_up(now)
             self._active += 1
             if seconds is None:
                 if self._watch is not None and self._wake_at > now + self.interval:
@@ -172,10 +180,7 @@ class EpochTicker:
                     self._cond.wait(None if wait == math.inf else wait)
                     self._wake_at = -math.inf  # awake: it plans again before sleeping
                     continue
-                now_epoch = int((time.monotonic() - self._origin) / self.interval)
-                for _ in range(min(now_epoch - self._epoch, _MAX_CATCH_UP)):
-                    self._increment()
-                self._epoch = max(self._epoch, now_epoch)
+                self._catch_up(time.monotonic())
                 # Deadlines now past are done with: their runs' epochs are reached.
                 while deadlines and deadlines[0][0] <= self._epoch:
                     entry = heapq.heappop(deadlines)
@@ -185,7 +190,21 @@ class EpochTicker:
                     entry[3] = _PASSED
                     self._passed += 1
                     if entry[2] is not None:
-                        entry[2]()
+                        try:
+                            entry[2]()
+                        except Exception:  # noqa: BLE001 - the other deadlines must go on
+                            import logging
+
+                            logging.getLogger(__name__).exception(
+                                "epoch ticker: a deadline's action failed")
+
+    def _catch_up(self, now: float) -> None:
+        """Advance the epoch to the tick `now` is in (the lock held), at most
+        `_MAX_CATCH_UP` increments at a time: the epoch counts what the engine was given."""
+        due = min(int((now - self._origin) / self.interval) - self._epoch, _MAX_CATCH_UP)
+        for _ in range(due):
+            self._increment()
+        self._epoch += max(due, 0)
 
     def close(self) -> None:
         """Stop the thread. Safe to call twice."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -424,8 +425,8 @@ class FastEngine:
         config = self.config
         if not (config.epochs or config.process_deadline or config.tripwire):
             raise UsageError("a timeout needs an engine with epoch interruption or a tripwire")
-        if not timeout_s > 0:
-            raise UsageError(f"timeout_s={timeout_s} must be positive")
+        if not 0 < timeout_s < math.inf:
+            raise UsageError(f"timeout_s={timeout_s} must be a positive number of seconds")
 
     def _admit(self, module: FastModule) -> RunSlot:
         # The bare lock (the one `_cond` wraps): a Condition's `with` is Python code.
