@@ -133,8 +133,9 @@ class EpochTicker:
             # Marked under the lock the loop pops and calls `on_due` under.
             if entry is None:
                 return
-            state, entry[2], entry[3] = entry[3], None, _ENDED
+            state, entry[2] = entry[3], None
             if state == _PASSED:  # popped by the loop already
+                entry[3] = _ENDED
                 self._passed -= 1
             if state != _WAITING:
                 return
@@ -155,12 +156,7 @@ class EpochTicker:
                     try:
                         self._watch()  # type: ignore[misc]  # not None while watching
                     except Exception:  # noqa: BLE001 - the deadlines must go on
-                        # This thread is all that stops a guest without fuel: a failing
-                        # watcher must not end it.
-                        import logging  # only here: `stockade run` starts without it
-
-                        logging.getLogger(__name__).exception(
-                            "epoch ticker: the watcher failed")
+                        _log_failure("the watcher")
                     finally:
                         self._cond.acquire()
                     watched = time.monotonic()
@@ -193,10 +189,7 @@ class EpochTicker:
                         try:
                             entry[2]()
                         except Exception:  # noqa: BLE001 - the other deadlines must go on
-                            import logging
-
-                            logging.getLogger(__name__).exception(
-                                "epoch ticker: a deadline's action failed")
+                            _log_failure("a deadline's action")
 
     def _catch_up(self, now: float) -> None:
         """Advance the epoch to the tick `now` is in (the lock held), at most
@@ -214,6 +207,14 @@ class EpochTicker:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)
+
+
+def _log_failure(what: str) -> None:
+    """Log the exception `what` raised in the ticker's thread, which goes on: it is all
+    that stops a guest without fuel."""
+    import logging  # only here: `stockade run` starts without it
+
+    logging.getLogger(__name__).exception("epoch ticker: %s failed", what)
 
 
 # [epoch number, sequence, on_due, state]: compared by the first two.
