@@ -239,3 +239,24 @@ def test_a_failing_deadline_action_does_not_stop_the_others() -> None:
     with ticker.deadline(0.01, broken), ticker.deadline(0.05, lambda: fired.append("next")):
         _wait_for(lambda: fired == ["next"])
     ticker.close()
+
+
+def test_closing_keeps_the_deadlines_of_runs_in_flight() -> None:
+    """An engine closed while a run goes on: the run is still stopped at its deadline
+    (its epoch reached, its `on_due` called), no new run registers, and the thread ends
+    with the last run."""
+    counter = Counter()
+    fired = threading.Event()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    entry, ticks = ticker.register(0.1, fired.set)
+    assert ticks is not None
+    ticker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ticker.register(1.0)
+    assert fired.wait(5.0)
+    assert counter.value >= ticks
+    thread = ticker._thread
+    assert thread is not None and thread.is_alive()
+    ticker.unregister(entry)
+    thread.join(5.0)
+    assert not thread.is_alive()

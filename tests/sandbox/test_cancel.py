@@ -13,6 +13,7 @@ import time
 import pytest
 
 from stockade import AsyncSandbox, Invocation, Outcome, Policy, Sandbox, SandboxPool
+from stockade.engine import EngineConfig, get_engine
 from stockade.observe import RunInfo
 from stockade.result import Result
 from tests.conftest import guest
@@ -147,3 +148,74 @@ def test_a_cancellation_while_the_run_is_armed_still_stops_it(
             SPIN_POLICY.limits, tripwire=False)).run(guest("spin.wasm"))
     assert time.monotonic() - began < STOP_BOUND
     assert result.outcome is Outcome.ERROR and "cancelled" in result.message
+
+
+EPOCHS = EngineConfig.for_limits(Policy().with_limits(timeout="1s", fuel=None).limits,
+                                 tripwire=False)
+
+
+def test_moves_of_the_epoch_for_other_runs_do_not_stop_a_run_early() -> None:
+    """Anyone may move an engine's epoch (a cancellation moves it a tick to wake its
+    run): a run on an epochs engine stops at its deadline by the clock, not after a
+    count of ticks. Here the epoch moves far more than the run's whole timeout."""
+    policy = Policy().with_limits(timeout="1s", fuel=None)
+    sandbox = Sandbox(policy, engine_config=EPOCHS)
+    engine = get_engine(EPOCHS)
+    done = threading.Event()
+
+    def move_the_epoch() -> None:
+        while not done.is_set():
+            for _ in range(50):
+                engine.wasmtime.increment_epoch()
+            time.sleep(0.01)
+
+    mover = threading.Thread(target=move_the_epoch)
+    mover.start()
+    try:
+        result = sandbox.run(guest("spin.wasm"))
+    finally:
+        done.set()
+        mover.join()
+    assert result.outcome is Outcome.TIMEOUT and result.message == "wall-clock timeout"
+    assert 1000 <= result.usage.wall_ms < 1000 * STOP_BOUND
+
+
+def test_cancellations_on_an_epochs_engine_do_not_stop_the_other_runs() -> None:
+    """Each cancellation of a run on an epochs engine moves the shared epoch: a plain
+    run beside it (no token: its deadline an epoch count before this was decided by
+    the clock), on the same engine, still runs to its own deadline."""
+    policy = Policy().with_limits(timeout="2s", fuel=None)
+    results: list[Result] = []
+    bounded = threading.Thread(target=lambda: results.append(
+        Sandbox(policy, engine_config=EPOCHS).run(guest("spin.wasm"))))
+
+    async def cancel_runs() -> None:
+        victim = AsyncSandbox(sandbox=Sandbox(SPIN_POLICY, engine_config=EPOCHS))
+        async with victim:
+            while bounded.is_alive():  # each run armed, then cancelled: one epoch tick
+                spinning = asyncio.create_task(victim.run(guest("spin.wasm")))
+                await asyncio.sleep(0.02)
+                spinning.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await spinning
+
+    bounded.start()
+    asyncio.run(cancel_runs())
+    bounded.join()
+    assert results[0].outcome is Outcome.TIMEOUT
+    assert results[0].usage.wall_ms >= 2000  # not cut short by the cancellations
+
+
+def test_a_run_outlives_the_close_of_its_engine_and_still_times_out() -> None:
+    """Closing an engine (a server shutting down) while a guest spins on it: the guest
+    is still stopped at its deadline, not left without one."""
+    policy = Policy().with_limits(timeout="1s", fuel=None)
+    results: list[Result] = []
+    running = threading.Thread(target=lambda: results.append(
+        Sandbox(policy, engine_config=EPOCHS).run(guest("spin.wasm"))))
+    running.start()
+    time.sleep(0.3)
+    get_engine(EPOCHS).close()  # the next get_engine makes a new one
+    running.join(STOP_BOUND)
+    assert not running.is_alive()
+    assert results[0].outcome is Outcome.TIMEOUT

@@ -26,8 +26,8 @@ class Engine:
 
     Modules loaded through it are compiled once (then served from the on-disk AoT
     cache and an in-memory table); `instance_pre` returns a pre-linked module so each
-    run only creates a store and instantiates. `close()` stops the epoch ticker; it
-    is safe to call twice.
+    run only creates a store and instantiates. `close()` closes the epoch ticker (runs
+    in flight keep their deadlines); it is safe to call twice.
     """
 
     def __init__(self, config: EngineConfig, cache: AotCache | None = None) -> None:
@@ -120,7 +120,7 @@ class Engine:
         return (linker_name, loaded.sha256) in self._pres
 
     def close(self) -> None:
-        """Stop the epoch ticker and drop cached modules. Safe to call twice."""
+        """Close the epoch ticker and drop cached modules. Safe to call twice."""
         if self._closed:
             return
         self._closed = True

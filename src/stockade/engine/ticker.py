@@ -130,6 +130,8 @@ class EpochTicker:
         """The run of `entry` (from `register`) ended: its `on_due` is never called."""
         with self._lock:
             self._active -= 1
+            if self._closed and not self._active:
+                self._cond.notify()  # the last run: the thread may end
             # Marked under the lock the loop pops and calls `on_due` under.
             if entry is None:
                 return
@@ -149,7 +151,7 @@ class EpochTicker:
     def _loop(self) -> None:
         watched = 0.0
         with self._cond:
-            while not self._closed:
+            while not self._closed or self._active:  # closed: runs in flight keep theirs
                 watching = self._watch is not None and self._active > 0
                 if watching and time.monotonic() - watched >= self.interval:
                     self._cond.release()
@@ -200,11 +202,13 @@ class EpochTicker:
         self._epoch += max(due, 0)
 
     def close(self) -> None:
-        """Stop the thread. Safe to call twice."""
+        """Refuse new runs, and stop the thread once the runs in flight have ended (they
+        keep their deadlines: an engine closed under a run must not free its guest).
+        Waits for the thread only when no run is left. Safe to call twice."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            thread = self._thread
+            thread = None if self._active else self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)
 

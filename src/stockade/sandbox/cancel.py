@@ -1,15 +1,18 @@
-"""`CancelToken`: stop one in-process run from another thread (asyncio cancellation).
+"""Stopping an in-process run: `CancelToken` (asyncio cancellation, from another
+thread) and `EpochDeadline` (the deadline of a run on an epochs engine, by the clock).
 
-A wasmtime Store is not thread-safe, but its engine's epoch is. A run with a token
-(`arm`) sets its store's epoch deadline one tick ahead and installs a deadline callback:
-every move of the engine's epoch reaches the callback, which traps the guest when the
-token is cancelled (`cancel()` advances the epoch by one) or the run's real deadline
-has passed (the engine's ticker advances the epoch then, as for every run), and
-otherwise waits for the next move. So one cancellation never stops an unrelated run (a
-plain `run()` on the same engine, whose deadline is a fixed epoch, can see it at most
-one 5 ms tick early). `cancel()` also moves the run's host-call deadline to now, so a
-guest in host calls stops at its next one; a sleep already in progress is not cut
-short (the timeout bounds it).
+A wasmtime Store is not thread-safe, but its engine's epoch is, and anyone may move it:
+the engine's ticker at deadlines, and `cancel()` to wake a cancelled run. So a run on an
+epochs engine never trusts an epoch count for its deadline: `EpochDeadline.install`
+sets the store's epoch deadline and a callback that every arrival there reaches, which
+reads the clock. Past the run's deadline it traps the guest (`timeout`); a cancelled
+token traps it (`cancelled`); otherwise the epoch moved early, for another run's sake,
+and the callback sets the deadline again from the time left. So no number of other
+runs' cancellations stops a run early. A run with a token watches every move of the
+epoch (`cancel()` advances it by one tick); one without watches the tick its deadline
+falls in. `cancel()` also moves the run's host-call deadline to now, so a guest in host
+calls stops at its next one; a sleep already in progress is not cut short (the timeout
+bounds it).
 
 A run whose deadline is a tripwire (`engine.tripwire`) is armed with it instead
 (`arm_tripwire`): `cancel()` fires the run's tripwire, which stops only that run.
@@ -20,6 +23,7 @@ A run picks up the token of its thread: `with cancellable(token): sandbox.run(..
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -29,9 +33,11 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from ..engine.ticker import NO_DEADLINE
+from ..engine.traps import TIMED_OUT, Ending
 from ..result import Outcome
 
-__all__ = ["CancelToken", "cancellable", "current_token"]
+__all__ = ["CancelToken", "EpochDeadline", "cancellable", "current_token"]
 
 _CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_context_t),
@@ -42,8 +48,7 @@ _local = threading.local()
 
 
 class CancelToken:
-    """A request to stop a run in progress, made from any thread. `reason` is set when
-    the token stopped the guest (`cancelled` or `timeout`)."""
+    """A request to stop a run in progress, made from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -51,8 +56,6 @@ class CancelToken:
         self._engine: wasmtime.Engine | None = None
         self._trip: Any = None
         self._meter: Any = None
-        self.reason: str | None = None
-        self._callback: Any = None  # kept alive while the store may call it
 
     @property
     def cancelled(self) -> bool:
@@ -72,38 +75,12 @@ class CancelToken:
         if trip is not None:
             trip.fire()
 
-    def arm(self, store: wasmtime.Store, engine: wasmtime.Engine, meter: Any,
-            deadline: float | None) -> None:
-        """Install the deadline callback on `store` and set its epoch deadline one tick
-        ahead; `deadline` is the run's (`time.monotonic()`, None for none), which the
-        engine's ticker must have registered. Call on the run's thread."""
-
-        def on_deadline(_context: Any, _env: Any, delta: Any, kind: Any) -> int:
-            if self._cancelled:
-                return self._stop("cancelled")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return self._stop("timeout")
-            # The epoch moved for another reason (another run's deadline or
-            # cancellation): watch the next move.
-            delta[0] = 1
-            kind[0] = _CONTINUE
-            return 0
-
-        self._callback = _CALLBACK(on_deadline)
-        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, None,
-                                                   _FINALIZER())
-        # Every move of the epoch (one tick from `cancel()`, the ticker's burst at this
-        # run's deadline) now reaches the callback, which decides. Set before `cancel()`
-        # can see the engine: a tick it made before this line would be counted into the
-        # deadline and never reach the callback.
-        store.set_epoch_deadline(1)
+    def attach(self, engine: wasmtime.Engine, meter: Any) -> bool:
+        """Let `cancel()` wake the run on `engine` (an `EpochDeadline` watching every move
+        of its epoch); whether the token was cancelled already."""
         with self._lock:
             self._engine, self._meter = engine, meter
-            cancelled = self._cancelled
-        if cancelled:  # cancelled before the run began: stop at the first check
-            meter.deadline = time.monotonic()
-            store.set_epoch_deadline(0)
+            return self._cancelled
 
     def arm_tripwire(self, trip: Any, meter: Any) -> None:
         """Let `cancel()` fire the run's tripwire (`engine.tripwire.Tripwire`), armed or
@@ -120,15 +97,77 @@ class CancelToken:
         with self._lock:
             self._engine = self._meter = self._trip = None
 
-    def ending(self, outcome: Outcome) -> tuple[Outcome, str] | None:
+    def ending(self, outcome: Outcome) -> Ending | None:
         """What to report instead of `outcome` when the token stopped the run: `error`
-        for a cancellation (the caller's choice, not a violation the guest committed:
-        breakers do not count it), `timeout` for the real deadline; None otherwise."""
-        if self.reason == "cancelled" or (self._cancelled and outcome is Outcome.TIMEOUT):
-            return Outcome.ERROR, "cancelled by the caller before the guest finished"
-        if self.reason == "timeout":
-            return Outcome.TIMEOUT, "wall-clock timeout"
+        (the caller's choice, not a violation the guest committed: breakers do not count
+        it); None otherwise."""
+        if self._cancelled and outcome is Outcome.TIMEOUT:
+            return _CANCELLED
         return None
+
+
+_CANCELLED = Ending(Outcome.ERROR, "cancelled by the caller before the guest finished")
+
+
+class EpochDeadline:
+    """The deadline of one run on an epochs engine, decided by the clock (module
+    docstring). `deadline` is the run's (`time.monotonic()`, None for none), registered
+    with the engine's ticker, which gave `ticks`; `interval` is the ticker's tick."""
+
+    def __init__(self, deadline: float | None, ticks: int | None, interval: float,
+                 token: CancelToken | None) -> None:
+        self._deadline = deadline
+        self._ticks = ticks
+        self._interval = interval
+        self._token = token
+        self.reason: str | None = None
+        self._callback: Any = None  # kept alive while the store may call it
+
+    def install(self, store: wasmtime.Store, engine: wasmtime.Engine, meter: Any) -> None:
+        """Set `store`'s epoch deadline and its callback. Call on the run's thread,
+        before the guest starts."""
+        token, deadline = self._token, self._deadline
+        if token is None and self._ticks is None:
+            store.set_epoch_deadline(NO_DEADLINE)
+            return
+
+        def on_deadline(_context: Any, _env: Any, delta: Any, kind: Any) -> int:
+            if token is not None and token.cancelled:
+                return self._stop("cancelled")
+            if deadline is None:
+                ticks = 1
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self._stop("timeout")
+                # Early: another run moved the epoch. A token's run watches every move.
+                ticks = 1 if token is not None else math.ceil(remaining / self._interval)
+            delta[0] = max(ticks, 1)
+            kind[0] = _CONTINUE
+            return 0
+
+        self._callback = _CALLBACK(on_deadline)
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, None,
+                                                   _FINALIZER())
+        if token is None:
+            store.set_epoch_deadline(self._ticks or 1)
+            return
+        # Every move of the epoch now reaches the callback. Set before `cancel()` can see
+        # the engine: a tick it made before this line would be counted into the deadline
+        # and never reach the callback.
+        store.set_epoch_deadline(1)
+        if token.attach(engine, meter):  # cancelled before the run began
+            meter.deadline = time.monotonic()
+            store.set_epoch_deadline(0)
+
+    def ending(self, outcome: Outcome) -> Ending | None:
+        """What to report instead of `outcome` when the callback stopped the run:
+        `error` for a cancellation, `timeout` for the deadline; None otherwise."""
+        if self.reason == "cancelled":
+            return _CANCELLED
+        if self.reason == "timeout":
+            return TIMED_OUT
+        return self._token.ending(outcome) if self._token is not None else None
 
     def _stop(self, reason: str) -> int:
         self.reason = reason

@@ -12,7 +12,6 @@ import wasmtime
 
 from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, get_engine
 from ..engine.loader import refuse_precompiled
-from ..engine.ticker import NO_DEADLINE
 from ..engine.traps import (
     EXITED_OK,
     Ending,
@@ -29,7 +28,7 @@ from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
 from ..result import Outcome, Result, Usage
-from .cancel import current_token
+from .cancel import EpochDeadline, current_token
 from .imports import denied_import
 from .provenance import Gate, denied_result, gate
 from .scratch import Scratch
@@ -207,12 +206,12 @@ class Sandbox:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         token = current_token()
         trip = Tripwire() if loaded.tripwire else None
+        epoch: EpochDeadline | None = None
         with engine.ticker.deadline(remaining, trip.fire if trip else None) as ticks, \
                 metered(meter, engine.wasmtime):
-            if engine.config.epochs:
-                store.set_epoch_deadline(NO_DEADLINE if ticks is None else ticks)
-                if token is not None:  # asyncio cancellation stops this store (cancel.py)
-                    token.arm(store, engine.wasmtime, meter, deadline)
+            if engine.config.epochs:  # decided by the clock, whoever moves the epoch
+                epoch = EpochDeadline(deadline, ticks, engine.ticker.interval, token)
+                epoch.install(store, engine.wasmtime, meter)
             elif trip is not None and token is not None:
                 token.arm_tripwire(trip, meter)
             try:
@@ -241,9 +240,10 @@ class Sandbox:
         meter.failure = None  # its traceback holds the store, like the exception above
         if token is not None:
             token.disarm()
-            stopped = token.ending(ending.outcome)
-            if stopped is not None:
-                ending = Ending(*stopped)
+        watcher = epoch if epoch is not None else token
+        stopped = watcher.ending(ending.outcome) if watcher is not None else None
+        if stopped is not None:
+            ending = stopped
         usage = Usage(
             wall_ms=(time.perf_counter() - wall0) * 1000,
             cpu_ms=(time.thread_time() - cpu0) * 1000,
