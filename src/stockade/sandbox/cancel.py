@@ -14,6 +14,11 @@ falls in. `cancel()` also moves the run's host-call deadline to now, so a guest 
 calls stops at its next one; a sleep already in progress is not cut short (the timeout
 bounds it).
 
+The callback is C (`fastpath/_native.c`): a ctypes callback entered with a Python
+exception pending (Ctrl-C's) returns garbage, which wasmtime frees as an error. Without
+the native library a token's run keeps a Python callback, and a plain run a count of
+epochs, which others' cancellations can shorten.
+
 A run whose deadline is a tripwire (`engine.tripwire`) is armed with it instead
 (`arm_tripwire`): `cancel()` fires the run's tripwire, which stops only that run.
 
@@ -23,7 +28,6 @@ A run picks up the token of its thread: `with cancellable(token): sandbox.run(..
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +60,7 @@ class CancelToken:
         self._engine: wasmtime.Engine | None = None
         self._trip: Any = None
         self._meter: Any = None
+        self._watch: Any = None
 
     @property
     def cancelled(self) -> bool:
@@ -68,6 +73,8 @@ class CancelToken:
         with self._lock:
             self._cancelled = True
             engine, meter, trip = self._engine, self._meter, self._trip
+            if self._watch is not None:  # read by the native callback, before the move
+                self._watch.cancelled = 1
         if meter is not None:
             meter.deadline = time.monotonic()
         if engine is not None:
@@ -75,11 +82,14 @@ class CancelToken:
         if trip is not None:
             trip.fire()
 
-    def attach(self, engine: wasmtime.Engine, meter: Any) -> bool:
+    def attach(self, engine: wasmtime.Engine, meter: Any, watch: Any) -> bool:
         """Let `cancel()` wake the run on `engine` (an `EpochDeadline` watching every move
-        of its epoch); whether the token was cancelled already."""
+        of its epoch; `watch` its native env, None for its Python callback); whether the
+        token was cancelled already."""
         with self._lock:
-            self._engine, self._meter = engine, meter
+            self._engine, self._meter, self._watch = engine, meter, watch
+            if self._cancelled and watch is not None:
+                watch.cancelled = 1
             return self._cancelled
 
     def arm_tripwire(self, trip: Any, meter: Any) -> None:
@@ -95,7 +105,7 @@ class CancelToken:
     def disarm(self) -> None:
         """Forget the run (its store is gone): a later `cancel()` touches nothing."""
         with self._lock:
-            self._engine = self._meter = self._trip = None
+            self._engine = self._meter = self._trip = self._watch = None
 
     def ending(self, outcome: Outcome) -> Ending | None:
         """What to report instead of `outcome` when the token stopped the run: `error`
@@ -120,34 +130,35 @@ class EpochDeadline:
         self._ticks = ticks
         self._interval = interval
         self._token = token
-        self.reason: str | None = None
-        self._callback: Any = None  # kept alive while the store may call it
+        self._reason: str | None = None  # the Python callback's
+        # Kept alive while the store may call the callback or read its env.
+        self._watch: Any = None
+        self._callback: Any = None
 
     def install(self, store: wasmtime.Store, engine: wasmtime.Engine, meter: Any) -> None:
         """Set `store`'s epoch deadline and its callback. Call on the run's thread,
         before the guest starts."""
-        token, deadline = self._token, self._deadline
+        token = self._token
         if token is None and self._ticks is None:
             store.set_epoch_deadline(NO_DEADLINE)
             return
-
-        def on_deadline(_context: Any, _env: Any, delta: Any, kind: Any) -> int:
-            if token is not None and token.cancelled:
-                return self._stop("cancelled")
-            if deadline is None:
-                ticks = 1
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return self._stop("timeout")
-                # Early: another run moved the epoch. A token's run watches every move.
-                ticks = 1 if token is not None else math.ceil(remaining / self._interval)
-            delta[0] = max(ticks, 1)
-            kind[0] = _CONTINUE
-            return 0
-
-        self._callback = _CALLBACK(on_deadline)
-        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, None,
+        native = _native()
+        if native is not None:
+            deadline = self._deadline
+            watch = self._watch = native.EpochWatch(
+                deadline_ns=-1 if deadline is None else int(deadline * 1e9),
+                tick_ns=int(self._interval * 1e9), every_move=token is not None)
+            self._callback = _CALLBACK(native.EPOCH_DEADLINE)
+            env: int | None = ctypes.addressof(watch)
+        elif token is None:
+            # Without the native library only a token's run gets a Python callback (one
+            # entered with an exception pending corrupts the heap): a plain run keeps a
+            # count of epochs, which others' moves of the epoch can shorten.
+            store.set_epoch_deadline(self._ticks or 1)
+            return
+        else:
+            self._callback, env = _CALLBACK(self._on_deadline), None
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, env,
                                                    _FINALIZER())
         if token is None:
             store.set_epoch_deadline(self._ticks or 1)
@@ -156,24 +167,53 @@ class EpochDeadline:
         # the engine: a tick it made before this line would be counted into the deadline
         # and never reach the callback.
         store.set_epoch_deadline(1)
-        if token.attach(engine, meter):  # cancelled before the run began
+        if token.attach(engine, meter, self._watch):  # cancelled before the run began
             meter.deadline = time.monotonic()
             store.set_epoch_deadline(0)
+
+    @property
+    def reason(self) -> str | None:
+        """`timeout` or `cancelled` when the callback stopped the guest, else None."""
+        if self._watch is not None:
+            return _REASONS.get(self._watch.reason)
+        return self._reason
 
     def ending(self, outcome: Outcome) -> Ending | None:
         """What to report instead of `outcome` when the callback stopped the run:
         `error` for a cancellation, `timeout` for the deadline; None otherwise."""
-        if self.reason == "cancelled":
+        reason = self.reason
+        if reason == "cancelled":
             return _CANCELLED
-        if self.reason == "timeout":
+        if reason == "timeout":
             return TIMED_OUT
         return self._token.ending(outcome) if self._token is not None else None
 
+    def _on_deadline(self, _context: Any, _env: Any, delta: Any, kind: Any) -> int:
+        """The Python version of the native callback, for a token's run only."""
+        if self._token is not None and self._token.cancelled:
+            return self._stop("cancelled")
+        if self._deadline is not None and self._deadline <= time.monotonic():
+            return self._stop("timeout")
+        delta[0] = 1
+        kind[0] = _CONTINUE
+        return 0
+
     def _stop(self, reason: str) -> int:
-        self.reason = reason
+        self._reason = reason
         error = ffi.wasmtime_error_new(f"stockade: run {reason}".encode())
         address: int = ctypes.cast(error, ctypes.c_void_p).value or 0
         return address
+
+
+def _native() -> Any:
+    """The native library's module when it is built and loads (its `EPOCH_DEADLINE`),
+    else None."""
+    from ..engine.fastpath import _native as native
+
+    return native if native.EPOCH_DEADLINE is not None else None
+
+
+_REASONS = {1: "timeout", 2: "cancelled"}  # `_native.c`'s WATCH_TIMEOUT, WATCH_CANCELLED
 
 
 @contextmanager

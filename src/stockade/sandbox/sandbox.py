@@ -236,10 +236,10 @@ class Sandbox:
             finally:
                 if trip is not None:  # before the store (and the page) can go
                     trip.disarm()
+                if token is not None:
+                    token.disarm()
         ending = tripped(ending, trip)
         meter.failure = None  # its traceback holds the store, like the exception above
-        if token is not None:
-            token.disarm()
         watcher = epoch if epoch is not None else token
         stopped = watcher.ending(ending.outcome) if watcher is not None else None
         if stopped is not None:

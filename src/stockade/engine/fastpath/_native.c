@@ -36,7 +36,8 @@ enum {
     F_SET_EPOCH_DEADLINE, F_SET_WASI, F_WASI_NEW, F_WASI_DELETE, F_WASI_ARGV, F_WASI_ENV,
     F_WASI_STDIN_BYTES, F_WASI_STDOUT_FILE, F_WASI_STDERR_FILE, F_BYTE_VEC_NEW,
     F_PRE_INSTANTIATE, F_EXPORT_GET, F_FUNC_CALL, F_MEMORY_DATA_SIZE, F_ERROR_DELETE,
-    F_CALLER_CONTEXT, F_CONTEXT_GET_DATA, F_CALLER_EXPORT_GET, F_MEMORY_DATA, F_TRAP_NEW, F_COUNT
+    F_CALLER_CONTEXT, F_CONTEXT_GET_DATA, F_CALLER_EXPORT_GET, F_MEMORY_DATA, F_TRAP_NEW,
+    F_ERROR_NEW, F_COUNT
 };
 
 static void *fn[F_COUNT];
@@ -183,14 +184,55 @@ void stockade_trip_disarm(trip_state *t);
 
 size_t stockade_run_state_size(void);
 
+/* The deadline of a sandbox run on an epochs engine, decided by the clock when the
+ * store's epoch deadline is reached (`sandbox/cancel.py`'s EpochDeadline): anyone may
+ * move the shared epoch (a cancellation wakes its run so), so an epoch count alone would
+ * stop a run early. In C, not a ctypes callback: a Python exception pending when one is
+ * entered (Ctrl-C) makes ctypes return garbage, which wasmtime frees as an error. */
+typedef struct {
+    int64_t deadline_ns;  /* CLOCK_MONOTONIC; -1: none */
+    int64_t tick_ns;      /* the ticker's interval */
+    int32_t cancelled;    /* set from another thread (CancelToken.cancel) */
+    int32_t every_move;   /* a cancellable run: look at every move of the epoch */
+    int32_t reason;       /* set here when it stops the guest: 1 timeout, 2 cancelled */
+    int32_t reserved;
+} epoch_watch;
+
+enum { WATCH_TIMEOUT = 1, WATCH_CANCELLED = 2 };
+
+void *stockade_epoch_deadline(void *context, void *env, uint64_t *delta, uint8_t *kind) {
+    (void)context;
+    epoch_watch *w = env;
+    uint64_t ticks = 1;
+    if (__atomic_load_n(&w->cancelled, __ATOMIC_ACQUIRE)) {
+        w->reason = WATCH_CANCELLED;
+        return CALL(F_ERROR_NEW, void *(*)(const char *))("stockade: run cancelled");
+    }
+    if (w->deadline_ns >= 0) {
+        int64_t remaining = w->deadline_ns - (int64_t)now_ns(CLOCK_MONOTONIC);
+        if (remaining <= 0) {
+            w->reason = WATCH_TIMEOUT;
+            return CALL(F_ERROR_NEW, void *(*)(const char *))("stockade: run timeout");
+        }
+        /* Early: the epoch moved for another run. Again at the tick the deadline is in. */
+        if (!w->every_move && w->tick_ns > 0)
+            ticks = (uint64_t)((remaining + w->tick_ns - 1) / w->tick_ns);
+    }
+    *delta = ticks ? ticks : 1;
+    *kind = 0; /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
+    return NULL;
+}
+
 /* -1 unless the caller was built for this library: its function table and the sizes of
- * every structure it shares (run_state, run_plan, run_in, run_out, trip_state). */
+ * every structure it shares (run_state, run_plan, run_in, run_out, trip_state,
+ * epoch_watch). */
 int stockade_fast_init(void **functions, size_t count, size_t union_offset,
                        size_t state_size, size_t plan_size, size_t in_size,
-                       size_t out_size, size_t trip_size) {
+                       size_t out_size, size_t trip_size, size_t watch_size) {
     if (count != F_COUNT || state_size != stockade_run_state_size()
         || plan_size != sizeof(run_plan) || in_size != sizeof(run_in)
-        || out_size != sizeof(run_out) || trip_size != sizeof(trip_state))
+        || out_size != sizeof(run_out) || trip_size != sizeof(trip_state)
+        || watch_size != sizeof(epoch_watch))
         return -1;
     memcpy(fn, functions, sizeof fn);
     extern_of = union_offset;

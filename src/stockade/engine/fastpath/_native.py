@@ -16,7 +16,8 @@ from typing import Any
 
 from ._capi import DLL, Extern
 
-__all__ = ["CALL_NAMES", "CALL_POLL", "NATIVE_RUN", "STDIO", "RunIn", "RunOut", "RunPlanC",
+__all__ = ["CALL_NAMES", "CALL_POLL", "EPOCH_DEADLINE", "EpochWatch", "NATIVE_RUN", "STDIO",
+           "RunIn", "RunOut", "RunPlanC", "WATCH_CANCELLED", "WATCH_TIMEOUT",
            "RunState", "STRUCT_SIZES", "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
            "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "RUN_NO_TRIPWIRE", "LIBRARY",
@@ -39,6 +40,7 @@ _FUNCTIONS = (
     "wasmtime_instance_export_get", "wasmtime_func_call", "wasmtime_memory_data_size",
     "wasmtime_error_delete", "wasmtime_caller_context", "wasmtime_context_get_data",
     "wasmtime_caller_export_get", "wasmtime_memory_data", "wasmtime_trap_new",
+    "wasmtime_error_new",
 )
 
 
@@ -119,10 +121,22 @@ class TripState(ctypes.Structure):
                 ("reserved", c_int32), ("page", c_void_p)]
 
 
+class EpochWatch(ctypes.Structure):
+    """`epoch_watch` of `_native.c`: the env of `EPOCH_DEADLINE`, a sandbox run's epoch
+    deadline decided by the clock (`sandbox/cancel.py`). `deadline_ns` is monotonic (-1:
+    none); `reason` is set when it stopped the guest (`WATCH_TIMEOUT`,
+    `WATCH_CANCELLED`)."""
+
+    _fields_ = [("deadline_ns", c_int64), ("tick_ns", c_int64), ("cancelled", c_int32),
+                ("every_move", c_int32), ("reason", c_int32), ("reserved", c_int32)]
+
+
+WATCH_TIMEOUT, WATCH_CANCELLED = 1, 2
+
 # What `stockade_fast_init` checks against its own: run_state, run_plan, run_in, run_out,
-# trip_state.
+# trip_state, epoch_watch.
 STRUCT_SIZES = tuple(ctypes.sizeof(struct)
-                     for struct in (RunState, RunPlanC, RunIn, RunOut, TripState))
+                     for struct in (RunState, RunPlanC, RunIn, RunOut, TripState, EpochWatch))
 
 
 def _load() -> Any:
@@ -160,6 +174,9 @@ STDIO: dict[str, int] | None = None
 # The tripwire's functions by name (fire, arm, disarm; each takes a `TripState`'s
 # address, arm also the page's), or None without the library.
 TRIP: dict[str, Any] | None = None
+# The address of the epoch-deadline callback deciding by the clock (env: an
+# `EpochWatch`), or None without the library.
+EPOCH_DEADLINE: int | None = None
 if _LIBRARY is not None:
     NATIVE_RUN = _LIBRARY.stockade_fast_run
     NATIVE_RUN.argtypes, NATIVE_RUN.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
@@ -167,3 +184,4 @@ if _LIBRARY is not None:
              for name in ("fd_write", "fd_read", "fd_close", "random_get", "fd_sync",
                           "fd_datasync")}
     TRIP = _trip_functions(_LIBRARY)
+    EPOCH_DEADLINE = ctypes.cast(_LIBRARY.stockade_epoch_deadline, c_void_p).value
