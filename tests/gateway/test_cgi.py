@@ -31,6 +31,15 @@ def test_environment_from_a_request() -> None:
     assert not any(key.startswith("HTTP_BAD") for key in env)
 
 
+def test_the_full_url_is_the_target_as_sent() -> None:
+    """An encoded `?` in the path is part of the path: built from the decoded path,
+    X_FULL_URL showed it as a query the request did not have."""
+    env = dict(cgi_environ(request("/fn/a?admin=1#x", query="", raw_path=b"/fn/a%3Fadmin=1%23x"),
+                           "/fn"))
+    assert env["X_FULL_URL"] == "http://example.test:8080/fn/a%3Fadmin=1%23x"
+    assert env["QUERY_STRING"] == "" and env["PATH_INFO"] == "/a?admin=1#x"
+
+
 def test_root_route_and_nul_bytes() -> None:
     env = dict(cgi_environ(request("/x"), "/"))
     assert env["SCRIPT_NAME"] == "" and env["PATH_INFO"] == "/x"

@@ -108,6 +108,8 @@ class CgiEnvironment:
             extra[key] = value
         server = self._server(host_header, request.server)
         query = request.query.encode()
+        # The URL as sent: from the decoded path, `/a%3Fb=1` would read as a query.
+        target = _text(raw) if raw else path_bytes
         body = request.body
         scheme = _SCHEMES.get(request.scheme) or request.scheme.encode()
         values = [
@@ -116,8 +118,8 @@ class CgiEnvironment:
             _METHODS.get(request.method) or request.method.encode(), self._prefix_bytes,
             path_info, path_info, query, b"%d" % len(body) if body else b"0",
             request.client[0].encode() if request.client else b"", self._matched, raw_info,
-            b"%s://%s%s?%s" % (scheme, server[0], path_bytes, query)
-            if query else b"%s://%s%s" % (scheme, server[0], path_bytes),
+            b"%s://%s%s?%s" % (scheme, server[0], target, query)
+            if query else b"%s://%s%s" % (scheme, server[0], target),
             *extra.values(), b"",
         ]
         count = len(_FIXED) + len(extra) + self._base_count

@@ -9,7 +9,8 @@ answered or raised::
     tracing         W3C trace context in, a server span out (tracing.py)
     function log    function stderr and failure reasons (funclog.py)
     errors          any exception -> problem+json (status from its class)
-    routing         /healthz, /readyz, /metrics; else the route (404, 405)
+    routing         /healthz, /readyz, /metrics; else the route (404, 405; 400 for
+                    a dot segment or an encoded slash: registry.ambiguous_path)
     body            the whole body: deadline 408, size 413, budget 503 (bodybudget.py)
     limits          quotas (429), shared state (503) (limits.py)
     Invoker         CGI in, guest run, CGI out (invoke.py)
@@ -33,7 +34,8 @@ from .bodybudget import BodyBudget
 from .funclog import FunctionLog
 from .limits import admit
 from .messages import Handler, Request, Response
-from .problem import HttpProblem, MethodNotAllowed, NotFound, render_error
+from .problem import BadRequest, HttpProblem, MethodNotAllowed, NotFound, render_error
+from .registry import ambiguous_path
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -103,6 +105,9 @@ class Pipeline:
         if handler is not None:
             state["labels"] = GATEWAY
             return await handler(request)
+        ambiguous = ambiguous_path(request.path, request.raw_path)
+        if ambiguous is not None:
+            raise BadRequest(ambiguous)
         route = self.registry.routes.match(request.path)
         if route is None:
             raise NotFound("no function is routed at this path")

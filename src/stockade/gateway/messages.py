@@ -49,9 +49,12 @@ class Request:
                         charge: Callable[[int], None] | None = None) -> bytes:
         """Read the whole body into `body`. Raises PayloadTooLarge as soon as the
         declared or received length exceeds `limit` bytes, RequestTimeout when the body
-        is not complete within `timeout` seconds plus one second per `min_rate` bytes
-        received (None: no deadline). `charge` is told each chunk's size before the
-        chunk is kept (what it raises ends the read)."""
+        stops coming: `timeout` seconds pass without `timeout * min_rate` bytes since
+        the last such run of bytes (None: no deadline). Time is earned by the bytes that
+        keep coming, not the bytes come: a client sending all but the last byte and then
+        nothing held its buffered body for `size / min_rate` seconds (17 minutes for
+        1 MiB). `charge` is told each chunk's size before the chunk is kept (what it
+        raises ends the read)."""
         if self.body_read:
             return self.body
         declared = self.header(b"content-length")
@@ -62,7 +65,9 @@ class Request:
             raise PayloadTooLarge(f"the body is {int(declared)} bytes; this function accepts "
                                   f"at most {limit}", max_body=limit)
         chunks, size = [], 0
-        start = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        window = 0  # bytes since the deadline last moved
+        need = (timeout or 0.0) * min_rate
         try:
             async with asyncio.timeout(timeout) as deadline:
                 while True:
@@ -79,12 +84,13 @@ class Request:
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
-                    if timeout is not None:  # each byte received buys 1/min_rate s
-                        deadline.reschedule(start + timeout + size / min_rate)
+                    window += len(chunk)
+                    if timeout is not None and window >= need:  # progress: a new window
+                        window = 0
+                        deadline.reschedule(loop.time() + timeout)
         except TimeoutError:
-            raise RequestTimeout(f"the body did not arrive in time ({size} bytes received; "
-                                 f"at least {min_rate} bytes per second after the first "
-                                 f"{timeout:g} s)") from None
+            raise RequestTimeout(f"the body stopped coming ({size} bytes received; at "
+                                 f"least {need:.0f} bytes every {timeout:g} s)") from None
         self.body, self.body_read = b"".join(chunks), True
         return self.body
 

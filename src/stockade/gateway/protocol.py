@@ -8,9 +8,13 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - the head (request line and headers) must be complete within `header_timeout` seconds
   of the connection being made or of its first byte; otherwise 408 and close (a
   connection that sent nothing is closed silently);
-- the head may be at most `max_header_size` bytes; otherwise 431 and close;
+- the head may be at most `max_header_size` bytes and `MAX_HEADER_FIELDS` header lines,
+  counted as httptools parses them (a head arriving whole in one read is never seen
+  incomplete); otherwise 431 and close. A second `Host` header is 400 (RFC 9112 3.2);
 - one peer address holds at most `max_connections_per_ip` connections on the server
-  (`connlimit.py`); one more is answered 503 and closed when it is accepted.
+  (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
+  reserve for modules, files and logs); one more is answered 503 and closed when it is
+  accepted, so many addresses together cannot take the worker's last descriptor.
 
 Bodies are the application's: the `Pipeline` (layers.py) reads them with a deadline and
 a minimum rate.
@@ -47,6 +51,13 @@ __all__ = ["guarded_protocol", "GuardedProtocol", "write_response"]
 # Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# Header lines a head may have (Apache's LimitRequestFields is 100): each one costs a
+# tuple and a CGI variable on every request.
+MAX_HEADER_FIELDS = 256
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a head that is refused."""
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -57,6 +68,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     header_timeout = 10.0
     max_header_size = 64 * 1024
+    max_connections = 10_000
     per_ip: PeerConnections | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -67,9 +79,17 @@ class GuardedProtocol(HttpToolsProtocol):
         self._idle_deadline = math.inf  # loop time an idle keep-alive connection closes
         self._refusal = 0
         self._cell: int | None = None  # counted in `per_ip` until the connection ends
+        self._head_size = 0  # bytes of the head's fields parsed so far
+        self._head_fields = 0
+        self._hosts = 0
+        self._refused_head = 0  # the status a parser callback refused the head with
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(REFUSAL)
+            transport.close()
+            return
         per_ip = self.per_ip
         if per_ip is not None:
             peer = self.client[0] if self.client else ""
@@ -107,6 +127,34 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self._in_head:
             self._begin_head()
 
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_fields += 1
+        self._count_head(len(name) + len(value) + 4)
+        if len(name) == 4 and name.lower() == b"host":
+            self._hosts += 1
+            if self._hosts > 1:
+                self._refused_head = 400
+                raise _HeadRefused("more than one Host header")
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.max_header_size or self._head_fields > MAX_HEADER_FIELDS:
+            self._refused_head = 431
+            raise _HeadRefused("the request head is too large")
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error, also what a callback's `_HeadRefused`
+        ends in: 431 for a head too large."""
+        if self._refused_head == 431:
+            self._refuse(431)
+            return
+        super().send_400_response(msg)
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_deadline = math.inf
@@ -131,7 +179,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _begin_head(self) -> None:
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._head_size = self._head_fields = self._hosts = 0
+        self._refused_head = 0
         self._head_deadline = self.loop.time() + self.header_timeout
 
     def _expire(self, now: float) -> None:
@@ -203,12 +252,32 @@ class _Sweep:
 
 
 def guarded_protocol(header_timeout: float, max_header_size: int,
-                     per_ip: PeerConnections | None = None) -> type[GuardedProtocol]:
+                     per_ip: PeerConnections | None = None,
+                     max_connections: int | None = None) -> type[GuardedProtocol]:
     """A `GuardedProtocol` class with these limits (seconds, bytes, connections per peer
-    address), for uvicorn's `http` setting."""
+    address, connections of this worker: None for its descriptor limit less a reserve),
+    for uvicorn's `http` setting."""
     return type("GuardedProtocol", (GuardedProtocol,), {
         "header_timeout": header_timeout, "max_header_size": max_header_size,
-        "per_ip": per_ip})
+        "per_ip": per_ip,
+        "max_connections": max_connections if max_connections is not None
+        else descriptor_budget()})
+
+
+# Descriptors a worker keeps beside its connections: modules, guests' files and output,
+# logs, telemetry, the listening socket.
+DESCRIPTOR_RESERVE = 512
+
+
+def descriptor_budget() -> int:
+    """Connections this process may hold: its open-file limit less `DESCRIPTOR_RESERVE`
+    (at least 64)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(64, soft - DESCRIPTOR_RESERVE)
 
 
 def write_response(send: Callable[..., Any], status: int, headers: list[tuple[bytes, bytes]],

@@ -26,7 +26,7 @@ from .prepared import Prepared
 if TYPE_CHECKING:
     from .pool import WorkerPool
 
-__all__ = ["Route", "Routes", "Registry"]
+__all__ = ["Route", "Routes", "Registry", "ambiguous_path"]
 
 logger = logging.getLogger("stockade.gateway")
 
@@ -60,6 +60,20 @@ class Routes:
             if candidate == "/":
                 return None
             candidate = candidate[:candidate.rfind("/")] or "/"
+
+
+def ambiguous_path(path: str, raw: bytes) -> str | None:
+    """Why the request path `path` (percent-decoded; `raw` as sent) may name another
+    function to a proxy in front than to this router, or None. A dot segment
+    (`/admin/../echo`) routes here by its first segment where a proxy that normalises
+    sees `/echo`; an encoded slash (`/admin%2Fx`) is one segment to such a proxy and
+    two here. Either can pass a proxy's rule for one function and reach another, so
+    both are refused (as Apache does encoded slashes by default)."""
+    if "/." in path and any(part in (".", "..") for part in path.split("/")):
+        return "the request path has a dot segment (/./ or /../): send it normalised"
+    if b"%" in raw and b"%2f" in raw.lower():
+        return "the request path has an encoded slash (%2F)"
+    return None
 
 
 class Registry:

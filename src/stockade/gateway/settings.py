@@ -42,18 +42,19 @@ class ServerSettings:
     audit log) are independent of `telemetry`: export `off` keeps them.
 
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
-    must arrive within `header_timeout`, a body within `body_timeout` plus one second
-    per `body_min_rate` bytes received (408 otherwise; bodies are read before a
-    function or tenant slot is taken); a worker holds at most `body_buffer` bytes of
-    request bodies at once, `body_buffer_per_client` of them for one client address
-    (503 past either, `bodybudget.py`); an idle keep-alive connection is closed after
+    must arrive within `header_timeout`, and a body's bytes must keep coming:
+    `body_timeout` may not go by without `body_timeout * body_min_rate` of them (408
+    otherwise; bodies are read before a function or tenant slot is taken); a worker
+    holds at most `body_buffer` bytes of request bodies at once,
+    `body_buffer_per_client` of them for one client address (503 past either,
+    `bodybudget.py`); an idle keep-alive connection is closed after
     `keep_alive_timeout`; one peer address holds at most `max_connections_per_ip`
     connections on the whole server (503 and closed past it, `connlimit.py`), which
     tracks `max_connection_addresses` addresses at once (past it, new ones get 503): an
     IPv4-mapped IPv6 address counts as its IPv4 address, an IPv6 address as its
     `/max_connections_ipv6_prefix` network (one host's /64 is one address).
-    `withhold_headers` are the request headers no function is
-    sent unless it lists them in `pass_headers` (`headers.py`).
+    `withhold_headers` are the request headers no function is sent unless it lists them
+    in `pass_headers` (`headers.py`).
 
     Logs (`funclog.py`, `accesslog.py`): `access_log` is `common` (Apache's Common Log
     Format), `json` (one object a line) or `off`; each request's function stderr is
