@@ -100,3 +100,18 @@ def test_one_configuration_table_feeds_both_engines(config: EngineConfig) -> Non
         assert module.run(["x"]).stdout.startswith(b"Hello")
         assert engine.deserialize(module.serialize(), "again.cwasm").run().outcome \
             is Outcome.EXITED
+
+
+def test_a_host_error_is_classified_without_importing_wasmtime_py() -> None:
+    """A confined C-API worker cannot import wasmtime-py: classifying a host call's own
+    exception imported it, and the worker reported "No module named 'platform'" instead
+    of the error (found by review, a guest's poll timeout of 2**64-1 ns)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom stockade.engine.traps import classify\n"
+            "ending = classify(OverflowError('timestamp out of range'))\n"
+            "assert 'wasmtime' not in sys.modules\nprint(ending.outcome.value, ending.message)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "error OverflowError: timestamp out of range"

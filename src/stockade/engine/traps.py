@@ -10,6 +10,7 @@ imports wasmtime at module load: the trap codes are `wasmtime_trap_code_t` (wasm
 from __future__ import annotations
 
 import re
+import sys
 
 from ..errors import ModuleError
 from ..policy.units import format_size
@@ -115,7 +116,11 @@ def classify(error: BaseException, *, started: bool = True, max_memory: int = 0)
     `ending_of_error`; anything else is `error`."""
     if isinstance(error, GuestStopped):  # before the import: the C-API backend's only case
         return Ending(error.outcome, error.message)
-    import wasmtime
+    # Without wasmtime-py loaded, `error` is none of its exceptions: not imported for it
+    # (a confined C-API worker cannot import it, and its failure then hid the error).
+    wasmtime = sys.modules.get("wasmtime")
+    if wasmtime is None:
+        return Ending(Outcome.ERROR, f"{type(error).__name__}: {error}")
 
     if isinstance(error, wasmtime.ExitTrap):
         return Ending(Outcome.EXITED, f"exited with code {error.code}", error.code)
