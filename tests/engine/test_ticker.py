@@ -260,3 +260,19 @@ def test_closing_keeps_the_deadlines_of_runs_in_flight() -> None:
     ticker.unregister(entry)
     thread.join(5.0)
     assert not thread.is_alive()
+
+
+def test_a_deadline_centuries_away_does_not_end_the_thread() -> None:
+    """A wait past what the platform's lock timeout holds raised OverflowError in the
+    thread, which ended it and every deadline of its engine (found by review: a run
+    with `timeout=1e10` s)."""
+    counter = Counter()
+    ticker = EpochTicker(counter.increment, interval=0.005)
+    far, _ = ticker.register(2e10)
+    time.sleep(0.05)
+    with ticker.deadline(0.05) as ticks:
+        assert ticks is not None
+        time.sleep(0.3)
+        assert counter.value >= ticks
+    ticker.unregister(far)
+    ticker.close()

@@ -300,8 +300,15 @@ def test_a_huge_head_in_one_write_is_431_and_a_body_after_it_is_not_head(
 
 def test_a_head_of_too_many_fields_is_431_and_two_hosts_are_400(gateway: Gateway) -> None:
     """Thousands of tiny header lines fit any byte limit, yet each costs a tuple and a
-    CGI variable per request; a second Host is a request for two sites (RFC 9112 3.2)."""
+    CGI variable per request; a second Host is a request for two sites, and an HTTP/1.1
+    request without one is refused too (RFC 9112 3.2)."""
     host, port = address(gateway)
+    padded = b"\r\n" * 20_000 + b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert raw_exchange(host, port, [padded], 0.0).startswith(b"HTTP/1.1 431 ")
+    nameless = b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n"
+    assert raw_exchange(host, port, [nameless], 0.0).startswith(b"HTTP/1.1 400 ")
+    old = b"GET /hello HTTP/1.0\r\n\r\n"
+    assert raw_exchange(host, port, [old], 0.0).startswith(b"HTTP/1.1 200 ")
     many = b"GET /hello HTTP/1.1\r\nHost: x\r\n" + b"x:a\r\n" * 2_000 + b"\r\n"
     assert raw_exchange(host, port, [many], 0.0).startswith(b"HTTP/1.1 431 ")
     hosts = b"GET /hello HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n"
@@ -350,7 +357,8 @@ def test_a_worker_holds_connections_within_its_descriptors(
 
 
 @pytest.mark.parametrize("target", ["/hello/../echo", "/hello/%2e%2e/echo", "/hello/./x",
-                                    "/echo/..%2fhello", "/hello%2Fx", "/hello/.."])
+                                    "/echo/..%2fhello", "/hello%2Fx", "/hello/..",
+                                    "/hello/..;/echo", "/hello/.;x/echo", "/hello/%5c..%5cecho"])
 def test_a_path_a_proxy_would_route_elsewhere_is_400(gateway: Gateway, target: str) -> None:
     """Dot segments and encoded slashes route here by the segments as sent, where a
     proxy in front that normalises sees another path: its rule for one function would
@@ -385,3 +393,19 @@ def test_a_body_that_stops_short_of_its_end_gets_408_within_the_body_timeout(
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
     # body_timeout is 3 s (before: 3 s + 60,000 / 1,024 s); room for a loaded machine.
     assert time.monotonic() - begun < 20
+
+
+def test_a_body_sent_steadily_above_the_minimum_rate_is_read(gateway: Gateway) -> None:
+    """256 bytes every 0.2 s (1.25 KiB/s, body_min_rate 1 KiB/s) for 5 s: each byte
+    buys 1/body_min_rate s. A window reset when it filled lost the bytes past it, and
+    such a client got 408 (found by review)."""
+    host, port = address(gateway)
+    body = b"x" * 256 * 25
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % len(body))
+        for start in range(0, len(body), 256):
+            sock.sendall(body[start:start + 256])
+            time.sleep(0.2)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]

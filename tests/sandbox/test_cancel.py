@@ -249,19 +249,23 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "without-native"])
 @pytest.mark.parametrize("token", [False, True], ids=["plain", "cancellable"])
 def test_ctrl_c_during_a_run_on_an_epochs_engine_is_an_interrupt_not_a_crash(
-        token: bool) -> None:
+        token: bool, native: str) -> None:
     """Ctrl-C while a guest spins on an epochs engine: the epoch deadline's callback is
     entered with Python's exception pending. A ctypes callback then returned garbage,
     which wasmtime freed as an error: the process aborted (double free). The callback
-    is C, and the interrupt reaches Python once the run has ended."""
+    is C, none without the native library, and the interrupt reaches Python once the run
+    has ended."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", CTRL_C.format(token=token)], cwd=root,
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "STOCKADE_FASTPATH_NATIVE": native})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "interrupted"

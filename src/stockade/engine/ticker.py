@@ -22,6 +22,10 @@ TICK_SECONDS = 0.005
 NO_DEADLINE = 1 << 62
 # Bound on increments in one catch-up (a process suspended for hours).
 _MAX_CATCH_UP = 1_000_000
+# The longest the thread sleeps at once (it plans again on waking): a wait past what the
+# platform's lock timeout holds (about 9e9 s) raised OverflowError and ended the thread,
+# and with it every deadline of its engine.
+_LONGEST_SLEEP = 3600.0
 
 
 class EpochTicker:
@@ -175,7 +179,7 @@ class EpochTicker:
                 if wait > 0:
                     wait = min(wait, self.interval) if watching else wait
                     self._wake_at = now + wait
-                    self._cond.wait(None if wait == math.inf else wait)
+                    self._cond.wait(None if wait == math.inf else min(wait, _LONGEST_SLEEP))
                     self._wake_at = -math.inf  # awake: it plans again before sleeping
                     continue
                 self._catch_up(time.monotonic())

@@ -49,9 +49,9 @@ class Request:
                         charge: Callable[[int], None] | None = None) -> bytes:
         """Read the whole body into `body`. Raises PayloadTooLarge as soon as the
         declared or received length exceeds `limit` bytes, RequestTimeout when the body
-        stops coming: `timeout` seconds pass without `timeout * min_rate` bytes since
-        the last such run of bytes (None: no deadline). Time is earned by the bytes that
-        keep coming, not the bytes come: a client sending all but the last byte and then
+        stops coming: it starts with `timeout` seconds, each byte adds `1 / min_rate`
+        seconds, and the deadline is never more than `timeout` ahead (None: no
+        deadline). Without that cap a client sending all but the last byte and then
         nothing held its buffered body for `size / min_rate` seconds (17 minutes for
         1 MiB). `charge` is told each chunk's size before the chunk is kept (what it
         raises ends the read)."""
@@ -66,8 +66,6 @@ class Request:
                                   f"at most {limit}", max_body=limit)
         chunks, size = [], 0
         loop = asyncio.get_running_loop()
-        window = 0  # bytes since the deadline last moved
-        need = (timeout or 0.0) * min_rate
         try:
             async with asyncio.timeout(timeout) as deadline:
                 while True:
@@ -84,13 +82,14 @@ class Request:
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
-                    window += len(chunk)
-                    if timeout is not None and window >= need:  # progress: a new window
-                        window = 0
-                        deadline.reschedule(loop.time() + timeout)
+                    if timeout is not None:  # bytes buy time, at most `timeout` ahead
+                        deadline.reschedule(min(
+                            (deadline.when() or 0.0) + len(chunk) / min_rate,
+                            loop.time() + timeout))
         except TimeoutError:
             raise RequestTimeout(f"the body stopped coming ({size} bytes received; at "
-                                 f"least {need:.0f} bytes every {timeout:g} s)") from None
+                                 f"least {min_rate} bytes per second, none missing for "
+                                 f"over {timeout:g} s)") from None
         self.body, self.body_read = b"".join(chunks), True
         return self.body
 

@@ -9,8 +9,9 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   of the connection being made or of its first byte; otherwise 408 and close (a
   connection that sent nothing is closed silently);
 - the head may be at most `max_header_size` bytes and `MAX_HEADER_FIELDS` header lines,
-  counted as httptools parses them (a head arriving whole in one read is never seen
-  incomplete); otherwise 431 and close. A second `Host` header is 400 (RFC 9112 3.2);
+  counted as httptools parses them and fed to it no further than the limit (a head
+  arriving whole in one read was never seen incomplete); otherwise 431 and close. An
+  HTTP/1.1 head without `Host`, or with two, is 400 (RFC 9112 3.2);
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -115,7 +116,21 @@ class GuardedProtocol(HttpToolsProtocol):
             # blank line starts no request (no `on_message_begin`) yet ends keep-alive.
             self._begin_head()
         if self._in_head:
-            self._head_bytes += len(data)
+            room = self.max_header_size + 1 - self._head_bytes
+            if len(data) > room:
+                # More than the head may still be: the head's part first, so bytes no
+                # callback reports (blank lines, padding) count too.
+                self._head_bytes += room
+                super().data_received(data[:room])
+                if self._in_head:
+                    if not self.transport.is_closing():
+                        self._refuse(431)
+                    return
+                data = data[room:]  # a body, or the next request
+                if self.transport.is_closing():
+                    return
+            else:
+                self._head_bytes += len(data)
         super().data_received(data)
         # Still inside a head after this chunk: the chunk was all head bytes.
         if self._in_head and self._head_bytes > self.max_header_size \
@@ -156,6 +171,11 @@ class GuardedProtocol(HttpToolsProtocol):
         super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
+        if not self._hosts and self.parser.get_http_version() == "1.1":
+            self._refused_head = 400  # RFC 9112 3.2: an HTTP/1.1 request names its host
+            raise _HeadRefused("no Host header")
+        # Trailers, if any, are counted apart.
+        self._head_size = self._head_fields = self._hosts = 0
         self._in_head = False
         self._head_deadline = math.inf
         super().on_headers_complete()

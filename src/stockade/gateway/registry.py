@@ -65,11 +65,13 @@ class Routes:
 def ambiguous_path(path: str, raw: bytes) -> str | None:
     """Why the request path `path` (percent-decoded; `raw` as sent) may name another
     function to a proxy in front than to this router, or None. A dot segment
-    (`/admin/../echo`) routes here by its first segment where a proxy that normalises
-    sees `/echo`; an encoded slash (`/admin%2Fx`) is one segment to such a proxy and
-    two here. Either can pass a proxy's rule for one function and reach another, so
-    both are refused (as Apache does encoded slashes by default)."""
-    if "/." in path and any(part in (".", "..") for part in path.split("/")):
+    (`/admin/../echo`, also `..;x` and with backslashes, as some proxies read them)
+    routes here by its first segment where a proxy that normalises sees `/echo`; an
+    encoded slash (`/admin%2Fx`) is one segment to such a proxy and two here. Either can
+    pass a proxy's rule for one function and reach another, so both are refused (as
+    Apache does encoded slashes by default)."""
+    if ("/." in path or "\\" in path) and any(  # `..;x` and `\` count: proxies differ
+            part.split(";", 1)[0] in (".", "..") for part in path.replace("\\", "/").split("/")):
         return "the request path has a dot segment (/./ or /../): send it normalised"
     if b"%" in raw and b"%2f" in raw.lower():
         return "the request path has an encoded slash (%2F)"

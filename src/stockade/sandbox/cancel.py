@@ -16,8 +16,8 @@ bounds it).
 
 The callback is C (`fastpath/_native.c`): a ctypes callback entered with a Python
 exception pending (Ctrl-C's) returns garbage, which wasmtime frees as an error. Without
-the native library a token's run keeps a Python callback, and a plain run a count of
-epochs, which others' cancellations can shorten.
+the native library there is none: a run's deadline is a count of epochs, which others'
+moves can shorten, and a cancellation stops its guest at the next host call only.
 
 A run whose deadline is a tripwire (`engine.tripwire`) is armed with it instead
 (`arm_tripwire`): `cancel()` fires the run's tripwire, which stops only that run.
@@ -43,7 +43,6 @@ from ..result import Outcome
 
 __all__ = ["CancelToken", "EpochDeadline", "cancellable", "current_token"]
 
-_CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_context_t),
                              ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
                              ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t))
@@ -82,10 +81,11 @@ class CancelToken:
         if trip is not None:
             trip.fire()
 
-    def attach(self, engine: wasmtime.Engine, meter: Any, watch: Any) -> bool:
-        """Let `cancel()` wake the run on `engine` (an `EpochDeadline` watching every move
-        of its epoch; `watch` its native env, None for its Python callback); whether the
-        token was cancelled already."""
+    def attach(self, engine: wasmtime.Engine | None, meter: Any, watch: Any) -> bool:
+        """Let `cancel()` stop the run: mark `watch` (the native env of an
+        `EpochDeadline` watching every move of `engine`'s epoch) and move the epoch, and
+        move `meter`'s deadline (None, None without the native library: host calls
+        only). Whether the token was cancelled already."""
         with self._lock:
             self._engine, self._meter, self._watch = engine, meter, watch
             if self._cancelled and watch is not None:
@@ -130,7 +130,6 @@ class EpochDeadline:
         self._ticks = ticks
         self._interval = interval
         self._token = token
-        self._reason: str | None = None  # the Python callback's
         # Kept alive while the store may call the callback or read its env.
         self._watch: Any = None
         self._callback: Any = None
@@ -143,23 +142,21 @@ class EpochDeadline:
             store.set_epoch_deadline(NO_DEADLINE)
             return
         native = _native()
-        if native is not None:
-            deadline = self._deadline
-            watch = self._watch = native.EpochWatch(
-                deadline_ns=-1 if deadline is None else int(deadline * 1e9),
-                tick_ns=int(self._interval * 1e9), every_move=token is not None)
-            self._callback = _CALLBACK(native.EPOCH_DEADLINE)
-            env: int | None = ctypes.addressof(watch)
-        elif token is None:
-            # Without the native library only a token's run gets a Python callback (one
-            # entered with an exception pending corrupts the heap): a plain run keeps a
-            # count of epochs, which others' moves of the epoch can shorten.
-            store.set_epoch_deadline(self._ticks or 1)
+        if native is None:
+            # No callback in Python (one entered with an exception pending corrupts the
+            # heap): a count of epochs, which others' moves can shorten, and a
+            # cancellation that stops the guest at its next host call only.
+            store.set_epoch_deadline(NO_DEADLINE if self._ticks is None else self._ticks)
+            if token is not None and token.attach(None, meter, None):
+                meter.deadline = time.monotonic()
             return
-        else:
-            self._callback, env = _CALLBACK(self._on_deadline), None
-        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, env,
-                                                   _FINALIZER())
+        deadline = self._deadline
+        watch = self._watch = native.EpochWatch(
+            deadline_ns=-1 if deadline is None else min(int(deadline * 1e9), _FOREVER_NS),
+            tick_ns=int(self._interval * 1e9), every_move=token is not None)
+        self._callback = _CALLBACK(native.EPOCH_DEADLINE)
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback,
+                                                   ctypes.addressof(watch), _FINALIZER())
         if token is None:
             store.set_epoch_deadline(self._ticks or 1)
             return
@@ -174,9 +171,7 @@ class EpochDeadline:
     @property
     def reason(self) -> str | None:
         """`timeout` or `cancelled` when the callback stopped the guest, else None."""
-        if self._watch is not None:
-            return _REASONS.get(self._watch.reason)
-        return self._reason
+        return None if self._watch is None else _REASONS.get(self._watch.reason)
 
     def ending(self, outcome: Outcome) -> Ending | None:
         """What to report instead of `outcome` when the callback stopped the run:
@@ -188,22 +183,6 @@ class EpochDeadline:
             return TIMED_OUT
         return self._token.ending(outcome) if self._token is not None else None
 
-    def _on_deadline(self, _context: Any, _env: Any, delta: Any, kind: Any) -> int:
-        """The Python version of the native callback, for a token's run only."""
-        if self._token is not None and self._token.cancelled:
-            return self._stop("cancelled")
-        if self._deadline is not None and self._deadline <= time.monotonic():
-            return self._stop("timeout")
-        delta[0] = 1
-        kind[0] = _CONTINUE
-        return 0
-
-    def _stop(self, reason: str) -> int:
-        self._reason = reason
-        error = ffi.wasmtime_error_new(f"stockade: run {reason}".encode())
-        address: int = ctypes.cast(error, ctypes.c_void_p).value or 0
-        return address
-
 
 def _native() -> Any:
     """The native library's module when it is built and loads (its `EPOCH_DEADLINE`),
@@ -213,6 +192,7 @@ def _native() -> Any:
     return native if native.EPOCH_DEADLINE is not None else None
 
 
+_FOREVER_NS = (1 << 63) - 1  # the C side's int64 deadline: a later one never comes
 _REASONS = {1: "timeout", 2: "cancelled"}  # `_native.c`'s WATCH_TIMEOUT, WATCH_CANCELLED
 
 
