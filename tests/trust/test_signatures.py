@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade.binary import CUSTOM, encode_leb
+from stockade.binary import CUSTOM, encode_leb, sections
 from stockade.trust import load_public_keys, load_secret_key, sign_module, verify_module
 from stockade.trust.keys import SecretKey, key_id_of
 from stockade.trust.signing import MAX_CHECKS
@@ -159,3 +159,19 @@ def test_hostile_signature_sections_are_bounded() -> None:
            + encode_section(CUSTOM, encode_leb(9) + b"signature" + too_many) + body)
     verification = verify_module(bad, [secret.public])
     assert not verification.ok and "at most 64" in str(verification.error)
+
+
+def test_a_prefix_ending_at_a_delimiter_is_not_the_whole_module(tmp_path: Path) -> None:
+    # the running hash taken at a delimiter is signed too: a module cut right after the
+    # delimiter (its later sections gone) hashes to it, yet is not what was signed
+    data = (VECTORS / "delimited_signed_a.wasm").read_bytes()
+    signer = SecretKey(bytes(range(32)))
+    assert verify_module(data, [signer.public]).ok
+    delimiter = next(s for s in sections(data) if s.name == "signature_delimiter")
+    truncated = data[:delimiter.end]
+    verification = verify_module(truncated, [signer.public])
+    assert verification.signed and not verification.ok
+    (tmp_path / "k.pub").write_bytes(signer.public.pem())
+    (tmp_path / "cut.wasm").write_bytes(truncated)
+    done = stockade("verify", "--key", str(tmp_path / "k.pub"), str(tmp_path / "cut.wasm"))
+    assert done.returncode == 126 and b"no valid signature" in done.stderr

@@ -9,13 +9,16 @@ layers without unpacking anything to disk.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import tarfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from ..errors import ModuleError
 from .errors import BlobTooLarge, PlatformMismatch
@@ -31,7 +34,7 @@ from .media import (
 )
 
 __all__ = ["WasmImage", "parse_json", "select_platform", "validate_wasm_config",
-           "describe", "extract_module", "manifest_kind"]
+           "describe", "extract_module", "manifest_kind", "open_layer", "field", "strings"]
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,37 @@ class WasmImage:
 
 
 def parse_json(data: bytes, what: str) -> dict[str, Any]:
-    """A JSON object, or ModuleError naming `what`."""
+    """A JSON object, or ModuleError naming `what` (also for nesting too deep for the
+    parser, which would otherwise be a RecursionError)."""
     try:
         value = json.loads(data)
     except ValueError as exc:
         raise ModuleError(f"{what}: not JSON ({exc})") from None
+    except RecursionError:
+        raise ModuleError(f"{what}: JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ModuleError(f"{what}: not a JSON object")
     return value
+
+
+_JSON_NAMES: dict[type, str] = {dict: "object", list: "array", str: "string"}
+
+
+def field(document: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    """`document[key]` when it is a `kind` (None when absent or null). Raises ModuleError
+    naming the field: hostile JSON gets the module's error, not an AttributeError."""
+    value = document.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ModuleError(f"{what}: {key!r} is not a JSON {_JSON_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+def strings(document: dict[str, Any], key: str, what: str) -> tuple[str, ...]:
+    """`document[key]` as a list of strings (empty when absent). Raises ModuleError."""
+    values = field(document, key, list, what) or []
+    if not all(isinstance(v, str) for v in values):
+        raise ModuleError(f"{what}: {key!r} is not a list of strings")
+    return tuple(values)
 
 
 def manifest_kind(manifest: dict[str, Any], media_type: str | None) -> str:
@@ -74,10 +100,12 @@ def select_platform(index: dict[str, Any], ref: str) -> dict[str, Any]:
     """The wasi/wasm manifest descriptor of an index. Raises PlatformMismatch listing what
     the index offers."""
     offered = []
-    for entry in index.get("manifests") or []:
+    for entry in field(index, "manifests", list, f"{ref}: index") or []:
         if not isinstance(entry, dict):
             continue
         platform = entry.get("platform") or {}
+        if not isinstance(platform, dict):
+            raise ModuleError(f"{ref}: index entry's 'platform' is not a JSON object")
         if is_wasm_platform(platform.get("os"), platform.get("architecture")):
             return entry
         offered.append(platform_name(platform.get("os"), platform.get("architecture"),
@@ -117,8 +145,9 @@ def validate_wasm_config(config: dict[str, Any], layers: list[dict[str, Any]]) -
 def describe(manifest: dict[str, Any], config: dict[str, Any], ref: str) -> WasmImage:
     """The `WasmImage` of a manifest and its parsed config. Raises PlatformMismatch for a
     non-Wasm image, ModuleError for a malformed one."""
-    layers = [layer for layer in manifest.get("layers") or [] if isinstance(layer, dict)]
-    config_type = (manifest.get("config") or {}).get("mediaType")
+    layers = [layer for layer in field(manifest, "layers", list, f"{ref}: manifest") or []
+              if isinstance(layer, dict)]
+    config_type = (field(manifest, "config", dict, f"{ref}: manifest") or {}).get("mediaType")
     if config_type == WASM_CONFIG:
         validate_wasm_config(config, layers)
         return WasmImage("artifact", platform_name(config["os"], "wasm"), layers[0], None)
@@ -132,23 +161,24 @@ def describe(manifest: dict[str, Any], config: dict[str, Any], ref: str) -> Wasm
         if layer.get("mediaType") not in (*TAR_LAYERS, *GZIP_LAYERS):
             raise ModuleError(f"{ref}: layer media type {layer.get('mediaType')!r} is not a "
                               "tar or tar+gzip layer")
-    process = config.get("config") or {}
-    entrypoint = tuple(str(a) for a in process.get("Entrypoint") or ())
-    cmd = tuple(str(a) for a in process.get("Cmd") or ())
+    what = f"{ref}: image config"
+    process = field(config, "config", dict, what) or {}
+    entrypoint = strings(process, "Entrypoint", what)
+    cmd = strings(process, "Cmd", what)
     argv = entrypoint + cmd
     if not argv:
         raise ModuleError(f"{ref}: image config has no Entrypoint or Cmd naming its module")
     return WasmImage(
         "image", platform_name(os_name, arch), layers[-1], argv[0].split("#", 1)[0],
-        entrypoint, cmd, tuple(str(e) for e in process.get("Env") or ()),
-        process.get("WorkingDir") or None,
+        entrypoint, cmd, strings(process, "Env", what),
+        field(process, "WorkingDir", str, what) or None,
     )
 
 
 class _Bounded(io.RawIOBase):
     """A reader that refuses to yield more than `limit` bytes (a gzip bomb stops here)."""
 
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
         self._inner, self._left = inner, limit
 
     def readable(self) -> bool:
@@ -163,18 +193,31 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def extract_module(layers: list[tuple[dict[str, Any], bytes]], path: str, limit: int) -> bytes:
-    """The bytes of file `path` from the topmost layer holding it (tar or tar+gzip, at most
-    `limit` unpacked bytes per layer). Raises ModuleError when no layer has it as a regular
-    file, BlobTooLarge over the limit."""
+@contextlib.contextmanager
+def open_layer(descriptor: dict[str, Any], path: Path) -> Iterator[io.BufferedIOBase]:
+    """The unpacked bytes of a layer file: gunzipped when its media type or its magic says
+    gzip. Read from the file as needed, so no layer is held in memory whole."""
+    with open(path, "rb") as handle:
+        packed = descriptor.get("mediaType") in GZIP_LAYERS or handle.read(2) == b"\x1f\x8b"
+        handle.seek(0)
+        if not packed:
+            yield handle
+            return
+        with gzip.GzipFile(fileobj=handle, mode="rb") as unpacked:
+            yield unpacked
+
+
+def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
+                   limit: int) -> bytes:
+    """The bytes of file `path` from the topmost layer holding it (tar or tar+gzip files,
+    at most `limit` unpacked bytes per layer). Raises ModuleError when no layer has it as a
+    regular file, BlobTooLarge over the limit."""
     wanted = path.lstrip("/").removeprefix("./")
     for descriptor, blob in reversed(layers):
-        raw: IO[bytes] = io.BytesIO(blob)
-        if descriptor.get("mediaType") in GZIP_LAYERS or blob[:2] == b"\x1f\x8b":
-            raw = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
-        stream = io.BufferedReader(_Bounded(raw, limit))
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with open_layer(descriptor, blob) as raw, \
+                    tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit)),
+                                 mode="r|") as tar:
                 for member in tar:
                     if member.name.lstrip("/").removeprefix("./") != wanted:
                         continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import RegistryUnavailable
+from .errors import BlobTooLarge, RegistryUnavailable
 from .reference import parse_reference
 from .registry import RegistryClient, insecure_hosts
 from .resolve import resolve
@@ -31,7 +31,7 @@ def inspect_image(text: str, insecure: tuple[str, ...] = ()) -> dict[str, Any]:
     try:
         with RegistryClient(ref, insecure_hosts(insecure), timeout=5.0) as client:
             tags = client.tags(ref.repository)
-    except RegistryUnavailable:
+    except (RegistryUnavailable, BlobTooLarge):  # a hostile tags list: use the local ones
         base = f"{ref.registry}/{ref.repository}:"
         tags = [str(entry.get("annotations", {}).get(REF_ANNOTATION, ""))[len(base):]
                 for entry in store.entries()

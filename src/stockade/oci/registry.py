@@ -3,18 +3,24 @@ insecure), with Bearer token and Basic auth. `httpx` is imported only here, lazi
 
 Every transport error becomes a `RegistryUnavailable` naming the host; a 404 for a
 manifest is `ImageNotFound`; refused credentials are `RegistryAuthError`. A manifest,
-referrers index or small blob must arrive whole within `DOCUMENT_DEADLINE` seconds: the
+referrers index, tags list, token or small blob must arrive whole within
+`DOCUMENT_DEADLINE` seconds, and a layer within that plus its size at `MIN_BLOB_RATE`: the
 read timeout alone lets a registry trickle one byte per timeout for ever.
+
+Credentials go only where the registry itself asks for them: a 401 from a host the
+registry redirected us to is refused (a CDN has no business asking for them), and a token
+realm on plain HTTP never gets them from a client speaking HTTPS to the registry.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from .auth import Credentials, find_credentials, parse_challenge
 from .errors import (
@@ -32,10 +38,13 @@ if TYPE_CHECKING:
 
     from .store import Store
 
-__all__ = ["RegistryClient", "insecure_hosts", "MAX_MANIFEST_BYTES", "DOCUMENT_DEADLINE"]
+__all__ = ["RegistryClient", "insecure_hosts", "realm_may_get_credentials",
+           "MAX_MANIFEST_BYTES", "MAX_TOKEN_BYTES", "DOCUMENT_DEADLINE", "MIN_BLOB_RATE"]
 
 MAX_MANIFEST_BYTES = 4 * 1024**2
+MAX_TOKEN_BYTES = 64 * 1024  # a token answer is a few KiB of JSON
 DOCUMENT_DEADLINE = 60.0  # seconds for one manifest or small blob, headers to last byte
+MIN_BLOB_RATE = 256 * 1024  # bytes/s a layer must average (over DOCUMENT_DEADLINE's grace)
 _ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 
 
@@ -44,6 +53,13 @@ def insecure_hosts(extra: tuple[str, ...] = ()) -> frozenset[str]:
     `host:port`) plus `extra` (the `--insecure` flags)."""
     listed = os.environ.get("STOCKADE_INSECURE_REGISTRIES", "")
     return frozenset(h.strip() for h in (*listed.split(","), *extra) if h.strip())
+
+
+def realm_may_get_credentials(registry_scheme: str, realm: str) -> bool:
+    """Whether a token realm may receive the registry's credentials: HTTPS always, plain
+    HTTP only when the registry itself is spoken to over plain HTTP (named insecure)."""
+    scheme = urlsplit(realm).scheme.lower()
+    return scheme == "https" or (scheme == "http" and registry_scheme == "http")
 
 
 class RegistryClient:
@@ -122,14 +138,15 @@ class RegistryClient:
 
     def tags(self, repo: str) -> list[str]:
         """The repository's tags (empty when it has none or the listing is refused)."""
-        response = self._send("GET", repo, f"/v2/{repo}/tags/list?n=1000", ("pull",))
-        if response.status_code != 200:
-            return []
-        try:
-            tags = response.json().get("tags") or []
-        except ValueError:
-            return []
-        return [t for t in tags if isinstance(t, str)]
+        what = f"tags of {self.host}/{repo}"
+        until = time.monotonic() + self.deadline
+        with self._stream("GET", repo, f"/v2/{repo}/tags/list?n=1000", ("pull",)) as response:
+            if response.status_code != 200:
+                return []
+            body = b"".join(self._document(response, MAX_MANIFEST_BYTES, what, until))
+        document = _json_object(body)
+        tags = document.get("tags") if document is not None else None
+        return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
     # -- blobs ----------------------------------------------------------------------
 
@@ -137,19 +154,24 @@ class RegistryClient:
                    what: str) -> str:
         """Stream a blob into `store`, verified against the descriptor's digest and size.
         Raises BlobTooLarge (before downloading when the descriptor says so), IntegrityError,
-        ImageNotFound, RegistryUnavailable."""
+        ImageNotFound, RegistryUnavailable (also when it arrives slower than
+        `MIN_BLOB_RATE` on average, after a grace of the document deadline)."""
         digest, size = str(descriptor.get("digest")), descriptor.get("size")
-        if isinstance(size, int) and size > limit:
+        if isinstance(size, bool) or not isinstance(size, int):
+            size = None  # an absent or non-integer size is not trusted for anything
+        if size is not None and size > limit:
             raise BlobTooLarge(f"{what} {digest}: {size} bytes, over the limit of {limit}")
         if store.has(digest):
             store.verified_path(digest)
             return digest
+        allowed = self.deadline + max(0, size if size is not None else limit) / MIN_BLOB_RATE
+        until = time.monotonic() + allowed
         with self._stream("GET", repo, f"/v2/{repo}/blobs/{digest}", ("pull",)) as response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{what} {digest}: blob not found in {self.host}/{repo}")
             self._check(response, f"{what} {digest}")
-            return store.put_stream(response.iter_bytes(), digest,
-                                    size if isinstance(size, int) else None, limit, what)
+            chunks = self._timed(response.iter_bytes(), f"{what} {digest}", until, allowed)
+            return store.put_stream(chunks, digest, size, limit, what)
 
     def has_blob(self, repo: str, digest: str) -> bool:
         """Whether the registry already holds `digest` in `repo`."""
@@ -177,10 +199,17 @@ class RegistryClient:
                   until: float) -> Iterator[bytes]:
         """The body of a small document: at most `limit` bytes, all of it before the
         monotonic time `until`. Raises BlobTooLarge, RegistryUnavailable."""
-        for chunk in _bounded(response.iter_bytes(), limit, what):
+        return self._timed(_bounded(response.iter_bytes(), limit, what), what, until,
+                           self.deadline)
+
+    def _timed(self, chunks: Iterator[bytes], what: str, until: float,
+               allowed: float) -> Iterator[bytes]:
+        """`chunks`, refused once the monotonic time passes `until` (`allowed` seconds
+        after the request began). Raises RegistryUnavailable."""
+        for chunk in chunks:
             if time.monotonic() > until:
                 raise RegistryUnavailable(f"{what}: registry {self.host} did not send it "
-                                          f"within {self.deadline:g} s; refused")
+                                          f"within {allowed:g} s; refused")
             yield chunk
 
     def _url(self, path: str) -> str:
@@ -189,8 +218,13 @@ class RegistryClient:
 
     def _send(self, method: str, repo: str, path: str, actions: tuple[str, ...],
               **kwargs: Any) -> httpx.Response:
+        """A request whose answer (only its status and headers are used) is read through,
+        bounded like a document, so the connection can be reused."""
+        until = time.monotonic() + self.deadline
         with self._stream(method, repo, path, actions, **kwargs) as response:
-            response.read()
+            for _ in self._document(response, MAX_MANIFEST_BYTES,
+                                    f"answer to {method} {self.host}", until):
+                pass
             return response
 
     def _stream(self, method: str, repo: str, path: str, actions: tuple[str, ...],
@@ -216,12 +250,23 @@ class RegistryClient:
                 return response
             challenge = response.headers.get("www-authenticate", "")
             response.close()
+            self._refuse_foreign_challenge(response.url)
             self._authenticate(challenge, scope)
         raise RegistryAuthError(f"{self.host}: authentication failed")  # pragma: no cover
 
-    def _authenticate(self, challenge: str, scope: str) -> None:
+    def _refuse_foreign_challenge(self, url: httpx.URL) -> None:
+        """A 401 from anywhere but the registry (a redirect target) is answered with
+        nothing: its realm would get the registry's credentials. Raises RegistryAuthError."""
         import httpx
 
+        own = httpx.URL(self._url("/v2/"))
+        if (url.scheme, url.netloc) != (own.scheme, own.netloc):
+            other = url.netloc.decode("ascii", "replace")
+            raise RegistryAuthError(f"{self.host}: {other} (where the registry redirected "
+                                    "us) asks for authentication; registry credentials go "
+                                    f"only to {self.host}; refused")
+
+    def _authenticate(self, challenge: str, scope: str) -> None:
         scheme, params = parse_challenge(challenge)
         creds = self._credentials
         if scheme == "basic":
@@ -233,23 +278,37 @@ class RegistryClient:
             return
         if scheme != "bearer" or "realm" not in params:
             raise RegistryAuthError(f"{self.host}: unsupported authentication {challenge!r}")
+        realm = params["realm"]
+        if creds is not None and not realm_may_get_credentials(self.scheme, realm):
+            raise RegistryAuthError(f"{self.host}: token realm {realm[:200]!r} is not HTTPS; "
+                                    "registry credentials are not sent there; refused")
         query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
-        try:
-            response = self._http.get(params["realm"], params=query,
-                                      auth=httpx.BasicAuth(*creds) if creds else None)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        if response.status_code != 200:
-            raise RegistryAuthError(f"{self.host}: token service refused us (HTTP "
-                                    f"{response.status_code})")
-        try:
-            body = response.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+        document = _json_object(self._token_answer(realm, query, creds))
+        token = (document.get("token") or document.get("access_token")) if document else None
         if not isinstance(token, str) or not token:
             raise RegistryAuthError(f"{self.host}: token service answered without a token")
         self._tokens[scope] = f"Bearer {token}"
+
+    def _token_answer(self, realm: str, query: dict[str, str],
+                      creds: Credentials | None) -> bytes:
+        """The token service's answer: at most `MAX_TOKEN_BYTES`, within the document
+        deadline. Raises RegistryAuthError, RegistryUnavailable."""
+        import httpx
+
+        what = f"{self.host}: token service"
+        until = time.monotonic() + self.deadline
+        try:
+            auth = httpx.BasicAuth(*creds) if creds else None
+            with self._http.stream("GET", realm, params=query, auth=auth) as response:
+                if response.status_code != 200:
+                    raise RegistryAuthError(f"{what} refused us (HTTP "
+                                            f"{response.status_code})")
+                return b"".join(self._document(response, MAX_TOKEN_BYTES, what, until))
+        except BlobTooLarge:
+            raise RegistryAuthError(f"{what} answered more than {MAX_TOKEN_BYTES} bytes; "
+                                    "refused") from None
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: Exception) -> RegistryUnavailable:
         hint = ""
@@ -291,6 +350,15 @@ class _Exchange:
             self._response.close()
         if isinstance(exc, httpx.HTTPError):
             raise self._client._unreachable(exc) from None
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """`body` as a JSON object, or None (not JSON, not an object, nested too deep)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _bounded(chunks: Iterator[bytes], limit: int, what: str) -> Iterator[bytes]:

@@ -6,30 +6,46 @@ before downloading layers, streams each blob into the store through its digest a
 checks a Docker+Wasm image's `diff_ids`, and extracts the module as a blob of its own, so
 the AoT cache sees the same bytes whichever layout brought them. Only then is the
 reference tagged in the store: a failed pull leaves no tag and no unverified file.
+
+A pull is bounded whatever the manifest lists: at most `MAX_LAYERS` layers, a `diff_ids`
+entry for each checked before any layer is fetched, at most `MAX_PULL_BYTES` of layers in
+all (a layer listed twice counts twice: it is unpacked twice), and layers are read from
+the store's files one at a time, never all held in memory.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError
 from .errors import BlobTooLarge, ImageNotFound, IntegrityError
-from .image import WasmImage, describe, extract_module, manifest_kind, parse_json, select_platform
-from .media import GZIP_LAYERS, OCI_MANIFEST, sha256_digest
+from .image import (
+    WasmImage,
+    describe,
+    extract_module,
+    field,
+    manifest_kind,
+    open_layer,
+    parse_json,
+    select_platform,
+)
+from .media import OCI_MANIFEST, sha256_digest
 from .reference import Reference
 from .registry import RegistryClient
 from .store import Store
 
 __all__ = ["PulledImage", "pull", "push", "load_local", "MAX_LAYER_BYTES", "MAX_CONFIG_BYTES",
-           "MODULE_ANNOTATION", "LAYOUT_ANNOTATION", "fetch_manifest"]
+           "MAX_LAYERS", "MAX_PULL_BYTES", "MODULE_ANNOTATION", "LAYOUT_ANNOTATION",
+           "fetch_manifest"]
 
 # The engine's own cap on a module (512 MiB), without importing the engine.
 MAX_LAYER_BYTES = 512 * 1024**2
 MAX_CONFIG_BYTES = 4 * 1024**2
+MAX_LAYERS = 128  # Docker's own limit on a build is 127 layers
+MAX_PULL_BYTES = 2 * 1024**3  # every layer of one pull, as listed
 MODULE_ANNOTATION = "io.stockade.module.digest"
 LAYOUT_ANNOTATION = "io.stockade.layout"
 
@@ -70,37 +86,95 @@ def fetch_manifest(client: RegistryClient, ref: Reference, selector: str,
     return body, media_type
 
 
-def _check_diff_ids(config: dict[str, Any], layers: list[tuple[dict[str, Any], bytes]],
-                    limit: int, ref: str) -> None:
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
-    if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+def _layer_descriptors(manifest: dict[str, Any], ref: str) -> list[dict[str, Any]]:
+    """The manifest's layer descriptors, each an object with a string digest, at most
+    `MAX_LAYERS` of them. Raises ModuleError."""
+    layers = field(manifest, "layers", list, f"{ref}: manifest") or []
+    if len(layers) > MAX_LAYERS:
+        raise ModuleError(f"{ref}: manifest lists {len(layers)} layers (at most "
+                          f"{MAX_LAYERS}); refused")
+    for number, layer in enumerate(layers):
+        if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
+            raise ModuleError(f"{ref}: manifest layer {number} is not a descriptor")
+    return layers
+
+
+def _diff_ids(config: dict[str, Any], count: int, ref: str) -> list[str]:
+    """A Docker+Wasm config's rootfs.diff_ids, one string per layer (checked before any
+    layer is fetched). Raises ModuleError."""
+    rootfs = field(config, "rootfs", dict, f"{ref}: image config") or {}
+    diff_ids = rootfs.get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != count or \
+            not all(isinstance(d, str) for d in diff_ids):
         raise ModuleError(f"{ref}: rootfs.diff_ids does not list one digest per layer")
-    for expected, (descriptor, blob) in zip(diff_ids, layers, strict=True):
-        if descriptor.get("mediaType") in GZIP_LAYERS or blob[:2] == b"\x1f\x8b":
-            hasher, total = hashlib.sha256(), 0
-            try:
-                with gzip.GzipFile(fileobj=io.BytesIO(blob)) as unpacked:
-                    while chunk := unpacked.read(1 << 20):
-                        total += len(chunk)
-                        if total > limit:
-                            raise BlobTooLarge(f"{ref}: a layer unpacks to more than {limit} "
-                                               "bytes")
-                        hasher.update(chunk)
-            except (OSError, EOFError) as exc:
-                raise ModuleError(f"{ref}: layer {descriptor.get('digest')} is not valid "
-                                  f"gzip ({exc})") from None
-            actual = "sha256:" + hasher.hexdigest()
-        else:
-            actual = sha256_digest(blob)
+    return diff_ids
+
+
+def _check_total(layers: list[dict[str, Any]], limit: int, ref: str) -> None:
+    """Refuse, before fetching, layers whose listed sizes add up to more than `limit`."""
+    total = sum(s for layer in layers
+                if isinstance(s := layer.get("size"), int) and not isinstance(s, bool) and s > 0)
+    if total > limit:
+        raise BlobTooLarge(f"{ref}: layers of {total} bytes, over the limit of {limit} bytes "
+                           "in all; refused")
+
+
+def _fetch_layers(client: RegistryClient, ref: Reference, store: Store,
+                  layers: list[dict[str, Any]], max_layer: int,
+                  max_total: int) -> list[tuple[dict[str, Any], Path]]:
+    """Fetch each layer into the store (a digest listed again is not fetched again),
+    within `max_total` bytes in all. Returns (descriptor, blob file) pairs."""
+    fetched: dict[str, Path] = {}
+    used = 0
+    for descriptor in layers:
+        digest = descriptor["digest"]
+        if digest not in fetched:
+            left = max_total - used
+            if left <= 0:
+                raise BlobTooLarge(f"{ref}: layers over the limit of {max_total} bytes in "
+                                   "all; refused")
+            stored = client.fetch_blob(ref.repository, descriptor, store,
+                                       min(max_layer, left), "layer")
+            fetched[digest] = store.blob_path(stored)
+        used += fetched[digest].stat().st_size
+        if used > max_total:
+            raise BlobTooLarge(f"{ref}: layers over the limit of {max_total} bytes in all; "
+                               "refused")
+    return [(descriptor, fetched[descriptor["digest"]]) for descriptor in layers]
+
+
+def _unpacked_digest(descriptor: dict[str, Any], path: Path, limit: int, ref: str) -> str:
+    """SHA-256 of a layer file as unpacked (gunzipped), at most `limit` bytes, streamed."""
+    hasher, total = hashlib.sha256(), 0
+    try:
+        with open_layer(descriptor, path) as unpacked:
+            while chunk := unpacked.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    raise BlobTooLarge(f"{ref}: a layer unpacks to more than {limit} bytes")
+                hasher.update(chunk)
+    except (OSError, EOFError) as exc:
+        raise ModuleError(f"{ref}: layer {descriptor.get('digest')} is not valid "
+                          f"gzip ({exc})") from None
+    return "sha256:" + hasher.hexdigest()
+
+
+def _check_diff_ids(diff_ids: list[str], layers: list[tuple[dict[str, Any], Path]],
+                    limit: int, ref: str) -> None:
+    for expected, (descriptor, path) in zip(diff_ids, layers, strict=True):
+        actual = _unpacked_digest(descriptor, path, limit, ref)
         if actual != expected:
             raise IntegrityError(f"{ref}: layer {descriptor.get('digest')} unpacks to "
                                  f"{actual}, rootfs.diff_ids says {expected}; refused")
 
 
 def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
-         max_layer: int = MAX_LAYER_BYTES) -> PulledImage:
-    """Pull `ref` into `store` and tag it there under `str(ref)`. Raises ImageNotFound,
-    PlatformMismatch, IntegrityError, BlobTooLarge, RegistryUnavailable, ModuleError."""
+         max_layer: int = MAX_LAYER_BYTES, max_total: int | None = None) -> PulledImage:
+    """Pull `ref` into `store` and tag it there under `str(ref)`; `max_total` bounds the
+    layers in all (default `MAX_PULL_BYTES`, or `max_layer` when larger). Raises
+    ImageNotFound, PlatformMismatch, IntegrityError, BlobTooLarge, RegistryUnavailable,
+    ModuleError."""
+    total = max(MAX_PULL_BYTES, max_layer) if max_total is None else max_total
     with RegistryClient(ref, insecure) as client:
         body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
         document = parse_json(body, f"{ref}: manifest")
@@ -112,21 +186,22 @@ def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
             document = parse_json(body, f"{ref}: manifest")
             if manifest_kind(document, media_type) != "manifest":
                 raise ModuleError(f"{ref}: the index's wasi/wasm entry is not a manifest")
+        descriptors = _layer_descriptors(document, str(ref))
+        _check_total(descriptors, total, str(ref))
         config_descriptor = document.get("config")
         if not isinstance(config_descriptor, dict):
             raise ModuleError(f"{ref}: manifest has no config descriptor")
         config_digest = client.fetch_blob(ref.repository, config_descriptor, store,
                                           MAX_CONFIG_BYTES, "config")
-        config = parse_json(store.get(config_digest), f"{ref}: config")
+        config = parse_json(store.get(config_digest, MAX_CONFIG_BYTES), f"{ref}: config")
         image = describe(document, config, str(ref))
-        layers = []
-        for descriptor in document.get("layers") or []:
-            digest = client.fetch_blob(ref.repository, descriptor, store, max_layer, "layer")
-            layers.append((descriptor, store.get(digest)))
+        diff_ids = [] if image.layout == "artifact" else \
+            _diff_ids(config, len(descriptors), str(ref))
+        layers = _fetch_layers(client, ref, store, descriptors, max_layer, total)
     if image.layout == "artifact":
         module_digest = str(image.module_layer["digest"])
     else:
-        _check_diff_ids(config, layers, max_layer, str(ref))
+        _check_diff_ids(diff_ids, layers, max_layer, str(ref))
         module_digest = store.put(extract_module(layers, image.module_path or "", max_layer))
     manifest_digest = store.put(body)
     descriptor = {"mediaType": document.get("mediaType") or media_type or OCI_MANIFEST,
@@ -151,7 +226,7 @@ def load_local(ref: Reference, store: Store) -> PulledImage:
                             "`stockade oci pull` it first")
     manifest = parse_json(store.get(str(descriptor["digest"]), MAX_CONFIG_BYTES),
                           f"{ref}: manifest")
-    config_digest = str((manifest.get("config") or {}).get("digest"))
+    config_digest = str((field(manifest, "config", dict, f"{ref}: manifest") or {}).get("digest"))
     config = parse_json(store.get(config_digest, MAX_CONFIG_BYTES), f"{ref}: config")
     image = describe(manifest, config, str(ref))
     if MODULE_ANNOTATION not in (descriptor.get("annotations") or {}):

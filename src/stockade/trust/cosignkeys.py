@@ -147,7 +147,7 @@ def decrypt_secret(data: bytes, password: bytes, source: str) -> CosignSecret:
         kdf, cipher = document["kdf"], document["cipher"]
         names = (kdf["name"], cipher["name"])
         params = kdf["params"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise KeyFileError(f"{source}: the cosign key's JSON is malformed") from None
     if names != ("scrypt", "nacl/secretbox"):
         raise KeyFileError(f"{source}: unsupported key encryption {names[0]}/{names[1]}")

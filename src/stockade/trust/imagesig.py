@@ -52,6 +52,12 @@ def decode_signature(text: object) -> bytes | None:
         return None
 
 
+def _shown(value: object, limit: int) -> str:
+    """A field for a message: a string cut short, else only its JSON type (str() of a
+    deeply nested list could itself exhaust the recursion limit)."""
+    return value[:limit] if isinstance(value, str) else type(value).__name__
+
+
 def check_payload(data: bytes, signature_b64: object, digest: str,
                   keys: Sequence[ImageKey]) -> tuple[ImageKey | None, str]:
     """(the trusted key whose signature over `data` is valid and whose payload names
@@ -64,12 +70,12 @@ def check_payload(data: bytes, signature_b64: object, digest: str,
         critical = document["critical"]
         named = critical["image"]["docker-manifest-digest"]
         kind = critical["type"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # too deep is not one either
         return None, "payload is not a cosign simple-signing document"
     if kind != SIGNATURE_TYPE:
-        return None, f"payload type {str(kind)[:80]!r}"
+        return None, f"payload type {_shown(kind, 80)!r}"
     if named != digest:
-        return None, f"payload signs {str(named)[:80]}, not {digest}"
+        return None, f"payload signs {_shown(named, 80)}, not {digest}"
     for key in keys:
         if key.verify(signature, data):
             return key, ""
@@ -106,10 +112,10 @@ def check_bundle(data: bytes, digest: str,
         algorithm = message["messageDigest"]["algorithm"]
         signed = base64.b64decode(message["messageDigest"]["digest"], validate=True)
         signature = decode_signature(message["signature"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         return None, "not a key-based Sigstore bundle"
     if media_type != BUNDLE_TYPE or algorithm != "SHA2_256":
-        return None, f"bundle {str(media_type)[:80]} over {str(algorithm)[:20]}"
+        return None, f"bundle {_shown(media_type, 80)} over {_shown(algorithm, 20)}"
     if signed != _hex_digest(digest):
         return None, f"bundle signs sha256:{signed.hex()[:64]}, not {digest}"
     if signature is None:

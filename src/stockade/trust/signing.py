@@ -1,9 +1,13 @@
 """Sign a module (adding to the signatures it has) and verify it against trusted keys.
 
-Verification is wasmsign2's whole-module check: a trusted key verifies when one of its
-signatures covers a hash set holding the SHA-256 of every byte after the signature
-section, exactly as those bytes are (the bytes that will run). Work is bounded whatever
-the module claims: at most `MAX_CHECKS` Ed25519 verifications per call.
+Verification is a whole-module check: a trusted key verifies when one of its signatures
+covers a hash set whose *last* hash is the SHA-256 of every byte after the signature
+section, exactly as those bytes are (the bytes that will run). The earlier hashes of a
+set are running hashes taken at `signature_delimiter` sections: a module cut right after a
+delimiter hashes to one of them, so accepting any hash of the set (as wasmsign2 does)
+would pass a module missing its later sections. No partial verification is offered.
+Work is bounded whatever the module claims: at most `MAX_CHECKS` Ed25519 verifications
+per call.
 """
 
 from __future__ import annotations
@@ -117,6 +121,11 @@ def read_signatures(data: bytes) -> tuple[SignatureData | None, str | None]:
         return None, str(exc)
 
 
+def _covers_all(signed: SignedHashes, digest: bytes) -> bool:
+    """Whether the set's final hash (the one taken over every section) is `digest`."""
+    return bool(signed.hashes) and signed.hashes[-1] == digest
+
+
 def verify_module(data: bytes, keys: Sequence[PublicKey]) -> Verification:
     """Which of `keys` signed the whole module. Never raises for bad input."""
     wanted = tuple(dict.fromkeys(k.key_id for k in keys))
@@ -132,7 +141,7 @@ def verify_module(data: bytes, keys: Sequence[PublicKey]) -> Verification:
     checks = 0
     for key in keys:
         key_id = key.key_id
-        candidates = [(s, e) for s in signature.sets if digest in s.hashes
+        candidates = [(s, e) for s in signature.sets if _covers_all(s, digest)
                       for e in s.signatures if e.key_id is None or e.key_id == key_id]
         for signed, entry in candidates:
             if checks >= MAX_CHECKS:
