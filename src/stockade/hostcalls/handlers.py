@@ -454,11 +454,13 @@ def _reserve_write(m: Meter, c: Host, mem: GuestMemory, name: str, args: tuple[i
                    requested: int) -> tuple[int, int, int] | None:
     """Charge a file write of `requested` bytes before it happens (a pwrite's hole past
     the end of the file too); return (fd, own descriptor, size before) for
-    `_settle_write`. Nothing is charged in a read-only preopen: wasmtime refuses the
-    write itself."""
+    `_settle_write`. Nothing is charged in a read-only preopen, on a directory or on a
+    descriptor Stockade does not know (not open, a closed or moved standard stream):
+    wasmtime refuses the write itself (EBADF), and the guest must see that errno, not a
+    quota it never reached. (Every file wasmtime opens for the guest is known.)"""
     fd = args[0]
     entry = m.fds.get(fd)
-    if entry is not None and not entry.writable:
+    if entry is None or entry.is_dir or not entry.writable:
         return None
     own = _charged_file(m, fd)
     if own is None:
@@ -559,14 +561,16 @@ def _poll_descriptors(m: Meter, c: Host, mem: GuestMemory, args: tuple[int, int,
 def _fd_readdir(m: Meter, c: Host, mem: GuestMemory, fd: int, buf: int, size: int,
                 cookie: int, used: int) -> int:
     """A directory Stockade holds is listed by `readdir.listing` (work and memory bounded
-    by the guest's buffer); anything else is wasmtime's to answer (EBADF, ENOTDIR)."""
+    by the guest's buffer, the deadline checked as it goes); anything else is wasmtime's
+    to answer (EBADF, ENOTDIR)."""
     entry = m.fds.get(fd)
     if entry is None or not entry.is_dir or entry.host is None:
         return c.forward("fd_readdir", fd, buf, size, cookie, used)
     if not (mem.holds(buf, size) and mem.holds(used, 4)):
         return Errno.FAULT
     try:
-        data = readdir.listing(entry.host, cookie, size)
+        data = readdir.listing(entry.host, cookie, size,
+                               lambda: m.check_deadline("guest was listing a directory"))
     except OSError as exc:
         return _ERRNOS.get(exc.errno or 0, Errno.INVAL)
     mem.write(buf, data)
@@ -602,7 +606,8 @@ def _paths_bounded(handler: Handler, lengths: tuple[int, ...]) -> Handler:
 _PATH_LENGTHS: dict[str, tuple[int, ...]] = {
     "path_open": (3,), "path_create_directory": (2,), "path_symlink": (1, 4),
     "path_link": (3, 6), "path_rename": (2, 5), "path_unlink_file": (2,),
-    "path_remove_directory": (2,),
+    "path_remove_directory": (2,), "path_filestat_get": (3,), "path_filestat_set_times": (3,),
+    "path_readlink": (2,),
 }
 
 HANDLERS: dict[str, Handler] = {name: _forwarding(name) for name in INTERPOSED}

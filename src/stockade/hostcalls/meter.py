@@ -89,8 +89,13 @@ class Meter:
             raise GuestStopped(
                 Outcome.HOSTCALL_LIMIT, f"host-call budget of {budget} calls exhausted at {name}"
             )
+        self.check_deadline("in a host call")
+
+    def check_deadline(self, doing: str) -> None:
+        """Stop the guest with `timeout` once the deadline has passed (`doing` says what
+        it was doing): for host calls whose own work may outlast the run."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise GuestStopped(Outcome.TIMEOUT, "wall-clock timeout (in a host call)")
+            raise GuestStopped(Outcome.TIMEOUT, f"wall-clock timeout ({doing})")
 
     def remaining_time(self) -> float | None:
         """Seconds until the deadline (None when there is none)."""

@@ -14,7 +14,10 @@ with its clocks made relative and bounded; the fast path's unmetered runs
 Pure: no `Meter`, no wasmtime, so the engine layer may import it.
 
 Bounds: at most `MAX_SUBSCRIPTIONS` per call (EINVAL beyond, before any is read), so
-parsing takes at most a few milliseconds and `MAX_SUBSCRIPTIONS * 48` bytes.
+parsing takes at most a few milliseconds and `MAX_SUBSCRIPTIONS * 48` bytes. A clock
+waits at most `MAX_WAIT_NS` (a guest's 2^64-1 ns fits neither `time.sleep` nor, once
+rounded, the u64 handed to wasmtime), slept in chunks of `_SLEEP_CHUNK_S`: a huge sleep
+sleeps, until the deadline if there is one.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from collections.abc import Callable
 from ..result import GuestStopped, Outcome
 from .abi import GuestMemory
 
-__all__ = ["MAX_SUBSCRIPTIONS", "SUBSCRIPTION_SIZE", "EVENT_SIZE", "TAG_CLOCK", "Poll",
-           "check_count", "parse", "wait", "relative_clock", "pack_events", "put_events", "serve"]
+__all__ = ["MAX_SUBSCRIPTIONS", "MAX_WAIT_NS", "SUBSCRIPTION_SIZE", "EVENT_SIZE", "TAG_CLOCK",
+           "Poll", "check_count", "parse", "wait", "relative_clock", "pack_events", "put_events",
+           "serve"]
 
 # More subscriptions than any program polls at once (poll(2) callers pass one per fd,
 # and the sandbox caps descriptors far lower); beyond it the call fails with EINVAL.
@@ -39,6 +43,11 @@ CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 FLAG_ABSTIME = 1
 _EFAULT, _EINVAL = 21, 28
 _U32 = 0xFFFFFFFF
+# The longest wait a clock asks for (~146 years): far below what a signed 64-bit count
+# of nanoseconds holds, so it converts to a float of seconds and back without overflow.
+MAX_WAIT_NS = 1 << 62
+# The longest single `time.sleep` (the platform bounds it): longer waits are looped.
+_SLEEP_CHUNK_S = 86_400.0
 
 _HEAD = struct.Struct("<QB")  # userdata, tag
 _CLOCK = struct.Struct("<I4xQQH")  # clock id, timeout, precision, flags (at offset 16)
@@ -94,7 +103,7 @@ def parse(raw: bytes, count: int, clock_base_ns: int) -> Poll | int:
                 monotonic = time.monotonic_ns() - clock_base_ns if monotonic is None \
                     else monotonic
                 timeout -= monotonic
-        found.clocks.append((index, userdata, max(timeout, 0) / 1e9))
+        found.clocks.append((index, userdata, min(max(timeout, 0), MAX_WAIT_NS) / 1e9))
     return found
 
 
@@ -104,17 +113,23 @@ def wait(clocks: list[tuple[int, int, float]], remaining: float | None) -> list[
     sleep to the deadline and raise GuestStopped (`timeout`)."""
     shortest = min(seconds for _, _, seconds in clocks)
     if remaining is not None and remaining < shortest:
-        time.sleep(max(remaining, 0.0))
+        _sleep(remaining)
         raise GuestStopped(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
-    if shortest > 0:
-        time.sleep(shortest)
+    _sleep(shortest)
     return [userdata for _, userdata, seconds in clocks if seconds <= shortest]
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep `seconds` (none when not positive), in chunks `time.sleep` accepts."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        time.sleep(min(left, _SLEEP_CHUNK_S))
 
 
 def relative_clock(userdata: int, seconds: float) -> bytes:
     """A subscription waiting `seconds` on the monotonic clock, relative (no ABSTIME)."""
     return _SUBSCRIPTION.pack(userdata, TAG_CLOCK, CLOCK_MONOTONIC,
-                              max(int(seconds * 1e9), 0), 0, 0)
+                              min(max(int(seconds * 1e9), 0), MAX_WAIT_NS), 0, 0)
 
 
 def pack_events(events: list[tuple[int, int, int]]) -> bytes:

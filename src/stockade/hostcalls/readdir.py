@@ -8,6 +8,11 @@ kernel gives each entry (`d_off`, what `telldir` returns), so a call seeks strai
 it and reads at most one entry per 24 bytes of the guest's buffer (plus one, cut short
 at its end): host work and memory are bounded by the buffer, whatever the directory
 holds. Cookies are opaque in WASI; 0 is the start.
+
+A buffer of megabytes still holds a hundred thousand entries, each stat-ed and hashed
+here (about a second): the caller's `checkpoint` runs every `CHECK_EVERY` entries, so
+the run's deadline (or a cancel) stops the guest inside one call too. What one call
+returns is not capped: a short answer would tell the guest the directory ended.
 """
 
 from __future__ import annotations
@@ -15,16 +20,19 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from collections.abc import Callable
 
 from .descriptors import metadata_hash
 
-__all__ = ["listing", "DIRENT_SIZE"]
+__all__ = ["listing", "DIRENT_SIZE", "CHECK_EVERY"]
 
 DIRENT_SIZE = 24  # WASI dirent: d_next u64, d_ino u64, d_namlen u32, d_type u8, padding
 _DIRENT = struct.Struct("<QQIB3x")
 # DT_* -> WASI filetype (unknown 0, block 1, char 2, directory 3, regular 4, symlink 7;
 # sockets as socket_stream 6; FIFOs unknown, as wasmtime reports them).
 _FILETYPES = {6: 1, 2: 2, 4: 3, 8: 4, 10: 7, 12: 6}
+# Entries listed between two checkpoints (a few milliseconds of stat and hash).
+CHECK_EVERY = 1024
 
 
 class _Dirent(ctypes.Structure):
@@ -46,10 +54,12 @@ _libc.closedir.restype = ctypes.c_int
 _libc.closedir.argtypes = [ctypes.c_void_p]
 
 
-def listing(directory: int, cookie: int, size: int) -> bytes:
+def listing(directory: int, cookie: int, size: int,
+            checkpoint: Callable[[], None] | None = None) -> bytes:
     """WASI dirents of `directory` (Stockade's own descriptor, O_PATH is enough) from
     position `cookie`, at most `size` bytes (the last entry cut at the end, as WASI
-    fills a buffer). Raises OSError."""
+    fills a buffer). `checkpoint` is called every `CHECK_EVERY` entries; what it raises
+    ends the listing. Raises OSError."""
     fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory)
     stream = _libc.fdopendir(fd)
     if not stream:
@@ -60,7 +70,11 @@ def listing(directory: int, cookie: int, size: int) -> bytes:
         if cookie:
             _libc.seekdir(stream, ctypes.c_long(cookie & ((1 << 63) - 1)).value)
         out = bytearray()
+        listed = 0
         while len(out) < size:  # one entry per DIRENT_SIZE bytes at most, plus one
+            listed += 1
+            if checkpoint is not None and listed % CHECK_EVERY == 0:
+                checkpoint()
             ctypes.set_errno(0)
             found = _libc.readdir(stream)
             if not found:

@@ -63,9 +63,11 @@ def checked_preopens(policy: Policy) -> Preopens:
     `DirGrant.real_host` resolves them; a held grant through its descriptor): the check
     is that open, and the run preopens from its descriptor, so a directory removed or
     replaced after it changes nothing the guest sees. Raises PolicyError (one line) for
-    what is no directory or cannot be opened."""
+    what is no directory or cannot be opened, and for a read-only grant inside a
+    writable one (`_refuse_writable_read_only`)."""
     preopens = Preopens()
     try:
+        fds = []
         for grant in policy.capabilities.dirs:
             try:
                 fd = os.open(grant.host, _DIR_FLAGS)
@@ -75,10 +77,63 @@ def checked_preopens(policy: Policy) -> Preopens:
                 raise PolicyError(f"--dir {grant}: cannot open {grant.shown}: "
                                   f"{exc.strerror}") from None
             preopens.hold(fd, grant.writable)
+            fds.append(fd)
+        _refuse_writable_read_only(list(zip(policy.capabilities.dirs, fds, strict=True)))
     except BaseException:
         preopens.close()
         raise
     return preopens
+
+
+# Directories climbed from a grant towards `/` at most (deeper trees are not checked).
+_MAX_DEPTH = 4096
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _lineage(fd: int) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the directory held as `fd` and of each of its ancestors, found
+    by opening `..` from the descriptor (the kernel's parent, whatever path, symlink or
+    bind mount named it). The climb stops where `..` cannot be opened: a directory the
+    host cannot search is one the guest cannot cross either."""
+    found = {_identity(fd)}
+    here = os.dup(fd)
+    try:
+        for _ in range(_MAX_DEPTH):
+            try:
+                parent = os.open("..", _DIR_FLAGS, dir_fd=here)
+            except OSError:
+                break
+            os.close(here)
+            here = parent
+            identity = _identity(here)
+            if identity in found:
+                break  # `/` is its own parent
+            found.add(identity)
+    finally:
+        os.close(here)
+    return found
+
+
+def _refuse_writable_read_only(held: list[tuple[DirGrant, int]]) -> None:
+    """Raise PolicyError for a read-only grant that is a writable grant's directory or
+    lies beneath it: the guest could write it through the writable one. (A writable
+    grant beneath a read-only one is what it says: that part is writable.)"""
+    writable = {_identity(fd): grant for grant, fd in held if grant.writable}
+    if not writable:
+        return
+    for grant, fd in held:
+        if grant.writable:
+            continue
+        for identity in _lineage(fd):
+            if identity in writable:
+                where = "the directory of" if identity == _identity(fd) else "inside"
+                raise PolicyError(f"--dir {grant}: {grant.shown} is {where} the writable "
+                                  f"grant --dir {writable[identity]}, so it would be writable "
+                                  "(grant it :rw, or grant directories that do not nest)")
 
 
 def wasi_config(
