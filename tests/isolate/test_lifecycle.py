@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,56 @@ def test_a_killed_runs_scratch_directory_is_removed() -> None:
     assert result.outcome is Outcome.ERROR
     scratch = [path for path in seen[0].writable_dirs if path.name.startswith("stockade-scratch")]
     assert scratch and not scratch[0].exists()
+
+
+SLEEPER = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\\01\\00\\00\\00")
+  (data (i32.const 24) "\\00\\b0\\8e\\f0\\1b\\00\\00\\00")
+  (func (export "_start")
+    (drop (call $poll (i32.const 0) (i32.const 1024) (i32.const 1) (i32.const 2048)))))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as listing:
+            found += [int(child) for child in listing.read().split()]
+    return found
+
+
+def test_a_worker_dies_with_a_killed_caller_after_dropping_its_uid(tmp_path: Path) -> None:
+    """`stockade run --isolate process` killed while its guest sleeps (no timeout): the
+    worker, tied to it by a parent-death signal, must die too. Switching to its own uid
+    cleared that signal (prctl(2)), and the worker slept on under init (found by review:
+    a guest's 2**64 ns poll under `--timeout none`)."""
+    import subprocess
+    import sys
+    import time
+
+    module = tmp_path / "sleeper.wat"
+    module.write_text(SLEEPER)
+    cli = subprocess.Popen([sys.executable, "-m", "stockade", "run", "--isolate", "process",
+                            "--timeout", "none", "--stdin", "none", str(module)],
+                           stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while worker is None and time.monotonic() < deadline and cli.poll() is None:
+            workers = _children(cli.pid)
+            worker = workers[0] if workers else None
+            time.sleep(0.1)
+        assert worker is not None, "the worker did not start"
+        time.sleep(2.0)  # confined and sleeping in the guest by now
+        cli.kill()
+        cli.wait()
+        gone_by = time.monotonic() + 10
+        while time.monotonic() < gone_by and os.path.exists(f"/proc/{worker}"):
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{worker}"), "the worker outlived its caller"
+    finally:
+        cli.kill()
+        if worker is not None and os.path.exists(f"/proc/{worker}"):
+            os.kill(worker, signal.SIGKILL)

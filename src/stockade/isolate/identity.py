@@ -30,6 +30,7 @@ __all__ = ["WorkerIdentity", "identity_for", "idmap_namespace", "drop_privileges
            "capability_masks"]
 
 CLONE_NEWUSER = 0x10000000
+_PR_SET_PDEATHSIG, _PR_GET_PDEATHSIG = 1, 2
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT = 47
@@ -148,6 +149,13 @@ def _clear_capabilities(libc: ctypes.CDLL) -> str | None:
     return None
 
 
+def _parent_death_signal(libc: ctypes.CDLL) -> int:
+    """The signal this process gets when its parent dies (PR_GET_PDEATHSIG; 0: none)."""
+    signal = ctypes.c_int(0)
+    libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(signal), 0, 0, 0)
+    return signal.value
+
+
 def drop_privileges(identity: WorkerIdentity) -> list[Protection]:
     """Become `identity.uid` with no groups and no capabilities, and set `no_new_privs`.
 
@@ -158,6 +166,8 @@ def drop_privileges(identity: WorkerIdentity) -> list[Protection]:
     report = []
     failure = None
     if identity.switches:
+        death = _parent_death_signal(libc)
+        parent = os.getppid()
         try:
             os.setgroups([])
             os.setresgid(identity.gid, identity.gid, identity.gid)
@@ -167,6 +177,13 @@ def drop_privileges(identity: WorkerIdentity) -> list[Protection]:
             failure = failure or _clear_capabilities(libc)
         except OSError as exc:
             failure = failure or f"cannot switch to uid {identity.uid}: {exc.strerror}"
+        finally:
+            # A change of uid or gid clears the parent-death signal (prctl(2)): a worker
+            # tied to its parent outlived it, running on with no one to stop it.
+            if death:
+                libc.prctl(_PR_SET_PDEATHSIG, death, 0, 0, 0)
+                if os.getppid() != parent:  # the parent died before it was set again
+                    os._exit(1)
     else:
         failure = _clear_bounding(libc) or _clear_capabilities(libc)
     ids = os.getresuid()
