@@ -6,6 +6,7 @@ own errors (never a traceback)."""
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade.errors import StockadeError
+from stockade.errors import ModuleError, StockadeError
 from stockade.oci.errors import BlobTooLarge, RegistryAuthError, RegistryUnavailable
 from stockade.oci.reference import parse_reference
 from stockade.oci.registry import RegistryClient
@@ -31,6 +32,7 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 TAR = "application/vnd.oci.image.layer.v1.tar"
+TGZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 WASM = bytes.fromhex("0061736d01000000")
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
@@ -367,3 +369,224 @@ def test_deeply_nested_signatures_are_refused_not_raised() -> None:
     digest = "sha256:" + "0" * 64
     assert check_payload(deep, "AAAA", digest, [])[0] is None
     assert check_bundle(deep, digest, [])[0] is None
+
+
+# -- review 2: realms, bombs, sizes, deadlines -------------------------------------------------
+
+
+@pytest.mark.parametrize("realm", ["http://a:notaport/t", "http://[::1", "http://a:99999/t", "",
+                                   "ftp://a/t", "/token"])
+@pytest.mark.parametrize("with_credentials", [False, True])
+def test_an_unparsable_token_realm_is_an_auth_error(
+        realm: str, with_credentials: bool, serve: Callable[[], Server],
+        credentials: Callable[[str], None], tmp_path: Path) -> None:
+    registry = serve()
+    if with_credentials:
+        credentials(registry.host)
+    registry.routes["*"] = _challenge(realm)
+    with pytest.raises(RegistryAuthError, match="is not a URL") as caught:
+        pull_from(registry, "app", tmp_path)
+    assert "\n" not in caught.value.message
+
+
+def test_an_unparsable_token_realm_is_one_line_from_the_cli(serve: Callable[[], Server],
+                                                            tmp_path: Path) -> None:
+    from .fixtures import cli, stockade_env
+
+    registry = serve()
+    registry.routes["*"] = _challenge("http://a:notaport/t")
+    env = stockade_env(tmp_path / "cache", tmp_path / "state")
+    env.update(HOME=str(tmp_path), STOCKADE_INSECURE_REGISTRIES=registry.host)
+    for args in (["oci", "pull"], ["oci", "inspect"]):
+        done = cli(env, *args, f"{registry.host}/app:1")
+        assert done.returncode == 77, done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.count("\n") == 1 and "is not a URL" in done.stderr
+
+
+def _bomb(unpacked: int) -> bytes:
+    """A tar+gzip layer of one file of `unpacked` zero bytes (a few hundred KiB packed)."""
+    return gzip.compress(tar_layer("pad", bytes(unpacked)), compresslevel=6, mtime=0)
+
+
+def _bomb_image(server: Server, bomb: bytes, listed: int) -> None:
+    """The module in the bottom layer under `listed` listings of one bomb: extraction
+    walks every bomb listing before it finds the module."""
+    module = tar_layer("app.wasm", WASM)
+    image(server, "bomb", [module])
+    server.routes[f"/v2/bomb/blobs/{sha(bomb)}"] = (200, {}, bomb)
+    unpacked = sha(gzip.decompress(bomb))
+    settings = {"architecture": "wasm", "os": "wasip1", "config": {"Entrypoint": ["/app.wasm"]},
+                "rootfs": {"type": "layers", "diff_ids": [sha(module)] + [unpacked] * listed}}
+    raw = json.dumps(settings).encode()
+    server.routes[f"/v2/bomb/blobs/{sha(raw)}"] = (200, {}, raw)
+    layers = [{"mediaType": TAR, "digest": sha(module), "size": len(module)}] + [
+        {"mediaType": TGZ, "digest": sha(bomb), "size": len(bomb)}] * listed
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST,
+                           "config": {"mediaType": CONFIG, "digest": sha(raw), "size": len(raw)},
+                           "layers": layers}).encode()
+    server.routes["/v2/bomb/manifests/1"] = document(manifest)
+
+
+def test_a_layer_listed_many_times_is_unpacked_once(serve: Callable[[], Server], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import stockade.oci.image as image_module
+    import stockade.oci.transfer as transfer_module
+
+    registry = serve()
+    bomb = _bomb(64 * 1024**2)
+    _bomb_image(registry, bomb, 40)
+    opened: list[str] = []
+    real = image_module.open_layer
+
+    def counting(descriptor: dict[str, object], path: Path) -> object:
+        opened.append(str(descriptor["digest"]))
+        return real(descriptor, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(image_module, "open_layer", counting)
+    monkeypatch.setattr(transfer_module, "open_layer", counting)
+    pull_from(registry, "bomb", tmp_path, max_total=200 * 1024**2)
+    assert opened.count(sha(bomb)) <= 2  # once for diff_ids, once looking for the module
+
+
+def test_unpacked_bytes_count_against_the_pull(serve: Callable[[], Server],
+                                               tmp_path: Path) -> None:
+    # 64 MiB unpacked, listed 40 times: 5 GiB unpacked twice before the fix
+    registry = serve()
+    _bomb_image(registry, _bomb(64 * 1024**2), 40)
+    begun = time.monotonic()
+    with pytest.raises(BlobTooLarge, match="unpack"):
+        pull_from(registry, "bomb", tmp_path, max_total=100 * 1024**2)
+    assert time.monotonic() - begun < 30
+
+
+def _drop(key: str, value: object = None) -> Callable[[dict[str, object]], None]:
+    def change(descriptor: dict[str, object]) -> None:
+        if value is None:
+            descriptor.pop(key)
+        else:
+            descriptor[key] = value
+    return change
+
+
+@pytest.mark.parametrize("where", ["layer", "config"])
+@pytest.mark.parametrize("size", [None, True, -1, 1.5, "10", 10**40 * 1.0])
+def test_a_descriptor_without_an_integer_size_is_refused_before_fetching(
+        where: str, size: object, serve: Callable[[], Server], tmp_path: Path) -> None:
+    registry = serve()
+    layer = tar_layer("app.wasm", WASM)
+    image(registry, "sizes", [layer])
+    manifest = json.loads(registry.routes["/v2/sizes/manifests/1"][2])  # type: ignore[index]
+    descriptor = manifest["layers"][0] if where == "layer" else manifest["config"]
+    _drop("size", size)(descriptor)
+    registry.routes["/v2/sizes/manifests/1"] = document(json.dumps(manifest).encode())
+    with pytest.raises(ModuleError, match="size") as caught:
+        pull_from(registry, "sizes", tmp_path)
+    assert "\n" not in caught.value.message
+    assert registry.gets("/blobs/") == 0
+
+
+def _slow(blob: bytes, seconds: float) -> Handler:
+    """A route sending `blob` in five pieces over `seconds`."""
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(blob)))
+        request.end_headers()
+        step = -(-len(blob) // 5)
+        try:
+            for start in range(0, len(blob), step):
+                request.wfile.write(blob[start:start + step])
+                request.wfile.flush()
+                time.sleep(seconds / 5)
+        except OSError:
+            return
+    return answer
+
+
+def test_a_pull_of_many_trickled_layers_has_one_deadline(
+        serve: Callable[[], Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stockade.oci.transfer as transfer_module
+
+    # each layer well within its own deadline, the pull not within its own
+    monkeypatch.setattr(transfer_module, "PULL_GRACE", 1.0)
+    monkeypatch.setattr(transfer_module, "BLOB_GRACE", 0.1)
+    registry = serve()
+    layers = [tar_layer(f"pad{n}", b"") for n in range(5)] + [tar_layer("app.wasm", WASM)]
+    image(registry, "slow", layers)
+    for blob in layers:
+        registry.routes[f"/v2/slow/blobs/{sha(blob)}"] = _slow(blob, 1.0)
+    begun = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="the pull"):
+        pull_from(registry, "slow", tmp_path)
+    assert time.monotonic() - begun < 4
+
+
+# -- inspect's text output ---------------------------------------------------------------------
+
+
+def _inspect_text(server: Server, repo: str, tmp_path: Path) -> str:
+    from .fixtures import cli, stockade_env
+
+    env = stockade_env(tmp_path / "cache", tmp_path / "state")
+    env.update(HOME=str(tmp_path), STOCKADE_INSECURE_REGISTRIES=server.host)
+    done = cli(env, "oci", "inspect", f"{server.host}/{repo}:1")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
+def test_inspect_shows_a_config_descriptor_without_a_media_type(
+        serve: Callable[[], Server], tmp_path: Path) -> None:
+    registry = serve()
+    image(registry, "bare", [tar_layer("app.wasm", WASM)])
+    manifest = json.loads(registry.routes["/v2/bare/manifests/1"][2])  # type: ignore[index]
+    del manifest["config"]["mediaType"]
+    registry.routes["/v2/bare/manifests/1"] = document(json.dumps(manifest).encode())
+    assert "config      ? sha256:" in _inspect_text(registry, "bare", tmp_path)
+
+
+def test_inspect_escapes_what_the_registry_chose(serve: Callable[[], Server],
+                                                 tmp_path: Path) -> None:
+    registry = serve()
+    image(registry, "esc", [tar_layer("app.wasm", WASM)],
+          config={"config": {"Entrypoint": ["/app.wasm", "\x1b[31mRED\x1b]0;T\x07"]}})
+    manifest = json.loads(registry.routes["/v2/esc/manifests/1"][2])  # type: ignore[index]
+    manifest["config"]["mediaType"] = "\x1b]0;PWNED\x07\x1b[2J\u202e"
+    registry.routes["/v2/esc/manifests/1"] = document(json.dumps(manifest).encode())
+    shown = _inspect_text(registry, "esc", tmp_path)
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "\\x1b]0;PWNED" in shown and "\\x1b[31mRED" in shown
+
+
+def test_inspect_text_of_a_stored_report_missing_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import stockade.oci.inspect as inspect_module
+    from stockade.cli.oci import oci
+
+    report = {"ref": "r/app:1", "digest": sha(b"m"), "layout": "image", "platform": "wasi/wasm",
+              "config": {"digest": sha(b"c")}, "layers": [{"digest": sha(b"l")}, "junk"],
+              "module_digest": sha(b"w"), "entrypoint": ["/app.wasm"], "cmd": [],
+              "signatures": []}
+    monkeypatch.setattr(inspect_module, "inspect_image", lambda ref, insecure: report)
+    result = CliRunner().invoke(oci, ["inspect", "r/app:1"])
+    assert result.exit_code == 0, result.output
+    assert f"layer 0     ? {sha(b'l')} ? B" in result.output
+
+
+def test_messages_quote_hostile_values_short() -> None:
+    from stockade.oci.image import manifest_kind, validate_wasm_config
+    from stockade.oci.media import SHOWN_CHARS
+
+    deep = json.loads("[" * 900 + "]" * 900)
+    with pytest.raises(ModuleError) as caught:
+        manifest_kind({"mediaType": "\x1b[2J" + "x" * 100_000}, None)
+    assert "\x1b" not in caught.value.message
+    assert len(caught.value.message) < SHOWN_CHARS + 100
+    config = {"created": deep, "architecture": "wasm", "os": "wasip1", "layerDigests": []}
+    with pytest.raises(ModuleError) as caught:
+        validate_wasm_config(config, [])
+    assert "list" in caught.value.message and len(caught.value.message) < SHOWN_CHARS + 100
+    with pytest.raises(StockadeError) as caught:
+        validate_wasm_config({**config, "created": "2024-01-01T00:00:00Z", "os": deep}, [])
+    assert len(caught.value.message) < SHOWN_CHARS + 100

@@ -118,18 +118,43 @@ def inspect(ref: str, insecure: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         _echo_json(report)
         return
-    rows = [("reference", report["ref"]), ("digest", report["digest"]),
-            ("layout", report["layout"]), ("platform", report["platform"]),
-            ("config", f"{report['config']['mediaType']} {report['config']['digest']}")]
-    rows += [(f"layer {n}", f"{layer['mediaType']} {layer['digest']} {layer['size']} B")
-             for n, layer in enumerate(report["layers"])]
-    rows.append(("module", report["module_digest"]))
-    if report["entrypoint"] or report["cmd"]:
-        rows.append(("process", " ".join([*report["entrypoint"], *report["cmd"]])))
-    rows.append(("signatures", ", ".join(report["signatures"]) or "none found"))
+    rows = _inspect_rows(report)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name:<{width}}  {value}")
+
+
+def _shown(value: Any) -> str:
+    """A value from the manifest, config or registry for a terminal: `?` when absent,
+    control characters escaped (a media type or Entrypoint could set the window title or
+    clear the screen)."""
+    from ..display import printable
+
+    return "?" if value is None else printable(str(value))
+
+
+def _described(descriptor: Any, *keys: str) -> str:
+    """The `keys` of a descriptor, `?` for each one missing (a stored image or a config
+    descriptor need not have them all)."""
+    found = descriptor if isinstance(descriptor, dict) else {}
+    return " ".join(_shown(found.get(key)) for key in keys)
+
+
+def _inspect_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) lines of `oci inspect`'s text output, every value printable."""
+    rows = [("reference", _shown(report.get("ref"))), ("digest", _shown(report.get("digest"))),
+            ("layout", _shown(report.get("layout"))),
+            ("platform", _shown(report.get("platform"))),
+            ("config", _described(report.get("config"), "mediaType", "digest"))]
+    rows += [(f"layer {n}", _described(layer, "mediaType", "digest", "size") + " B")
+             for n, layer in enumerate(report.get("layers") or [])]
+    rows.append(("module", _shown(report.get("module_digest"))))
+    process = [*(report.get("entrypoint") or []), *(report.get("cmd") or [])]
+    if process:
+        rows.append(("process", " ".join(_shown(arg) for arg in process)))
+    signatures = [_shown(tag) for tag in report.get("signatures") or []]
+    rows.append(("signatures", ", ".join(signatures) or "none found"))
+    return rows
 
 
 @oci.command(name="ls")
@@ -151,7 +176,7 @@ def ls(as_json: bool) -> None:
         _echo_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['ref']}  {str(row['digest'])[:19]}  {row['layout']}")
+        click.echo(f"{_shown(row['ref'])}  {_shown(row['digest'])[:19]}  {_shown(row['layout'])}")
 
 
 def cosign_password(confirm: bool = False) -> bytes:

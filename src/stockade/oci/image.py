@@ -31,10 +31,12 @@ from .media import (
     WASM_LAYER,
     is_wasm_platform,
     platform_name,
+    shown,
 )
 
-__all__ = ["WasmImage", "parse_json", "select_platform", "validate_wasm_config",
-           "describe", "extract_module", "manifest_kind", "open_layer", "field", "strings"]
+__all__ = ["WasmImage", "UnpackBudget", "parse_json", "select_platform",
+           "validate_wasm_config", "describe", "extract_module", "manifest_kind", "open_layer",
+           "field", "strings"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def manifest_kind(manifest: dict[str, Any], media_type: str | None) -> str:
         return "index"
     if kind in MANIFEST_TYPES or (kind is None and "config" in manifest):
         return "manifest"
-    raise ModuleError(f"unsupported manifest media type {kind!r}")
+    raise ModuleError(f"unsupported manifest media type {shown(kind)}")
 
 
 def select_platform(index: dict[str, Any], ref: str) -> dict[str, Any]:
@@ -110,8 +112,9 @@ def select_platform(index: dict[str, Any], ref: str) -> dict[str, Any]:
             return entry
         offered.append(platform_name(platform.get("os"), platform.get("architecture"),
                                      platform.get("variant")))
+    more = f" and {len(offered) - 8} more" if len(offered) > 8 else ""  # a 4 MiB index
     raise PlatformMismatch(f"{ref}: no wasi/wasm image in the index (it has "
-                           f"{', '.join(offered) or 'nothing'})")
+                           f"{', '.join(offered[:8]) or 'nothing'}{more})")
 
 
 def validate_wasm_config(config: dict[str, Any], layers: list[dict[str, Any]]) -> None:
@@ -120,11 +123,13 @@ def validate_wasm_config(config: dict[str, Any], layers: list[dict[str, Any]]) -
     for key in ("created", "architecture", "os", "layerDigests"):
         if key not in config:
             raise ModuleError(f"Wasm artifact config: {key!r} is required")
-    try:
-        datetime.fromisoformat(str(config["created"]).replace("Z", "+00:00"))
+    try:  # a string only: str(20240101) would parse as a basic-format date
+        if not isinstance(config["created"], str):
+            raise ValueError("not a string")
+        datetime.fromisoformat(config["created"].replace("Z", "+00:00"))
     except ValueError:
-        raise ModuleError(f"Wasm artifact config: created {config['created']!r} is not "
-                          "RFC 3339") from None
+        raise ModuleError(f"Wasm artifact config: created {shown(config['created'])} is "
+                          "not RFC 3339") from None
     if config.get("author") is not None and not isinstance(config["author"], str):
         raise ModuleError("Wasm artifact config: author must be a string or null")
     if not is_wasm_platform(config["os"], config["architecture"]):
@@ -136,7 +141,7 @@ def validate_wasm_config(config: dict[str, Any], layers: list[dict[str, Any]]) -
     if len(layers) != 1:
         raise ModuleError(f"Wasm artifact has {len(layers)} layers; exactly one is allowed")
     if layers[0].get("mediaType") != WASM_LAYER:
-        raise ModuleError(f"Wasm artifact layer is {layers[0].get('mediaType')!r}, "
+        raise ModuleError(f"Wasm artifact layer is {shown(layers[0].get('mediaType'))}, "
                           f"not {WASM_LAYER}")
     if config["layerDigests"] != [layers[0].get("digest")]:
         raise ModuleError("Wasm artifact config: layerDigests does not name its layer")
@@ -159,8 +164,8 @@ def describe(manifest: dict[str, Any], config: dict[str, Any], ref: str) -> Wasm
         raise ModuleError(f"{ref}: image has no layers")
     for layer in layers:
         if layer.get("mediaType") not in (*TAR_LAYERS, *GZIP_LAYERS):
-            raise ModuleError(f"{ref}: layer media type {layer.get('mediaType')!r} is not a "
-                              "tar or tar+gzip layer")
+            raise ModuleError(f"{ref}: layer media type {shown(layer.get('mediaType'))} is "
+                              "not a tar or tar+gzip layer")
     what = f"{ref}: image config"
     process = field(config, "config", dict, what) or {}
     entrypoint = strings(process, "Entrypoint", what)
@@ -175,11 +180,29 @@ def describe(manifest: dict[str, Any], config: dict[str, Any], ref: str) -> Wasm
     )
 
 
-class _Bounded(io.RawIOBase):
-    """A reader that refuses to yield more than `limit` bytes (a gzip bomb stops here)."""
+class UnpackBudget:
+    """The unpacked bytes one pull may read in all, over every layer and every pass
+    (`diff_ids`, then the search for the module): a small gzip bomb listed many times
+    must not buy minutes of CPU."""
 
-    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
-        self._inner, self._left = inner, limit
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def charge(self, count: int) -> None:
+        """Count `count` more unpacked bytes. Raises BlobTooLarge past the limit."""
+        self.used += count
+        if self.used > self.limit:
+            raise BlobTooLarge(f"layers unpack to more than {self.limit} bytes in all; "
+                               "refused")
+
+
+class _Bounded(io.RawIOBase):
+    """A reader that refuses to yield more than `limit` bytes (a gzip bomb stops here),
+    each byte also charged to `budget`."""
+
+    def __init__(self, inner: io.BufferedIOBase, limit: int,
+                 budget: UnpackBudget | None = None) -> None:
+        self._inner, self._left, self._budget = inner, limit, budget
 
     def readable(self) -> bool:
         return True
@@ -188,6 +211,8 @@ class _Bounded(io.RawIOBase):
         data = self._inner.read(min(len(buffer), self._left + 1))
         if len(data) > self._left:
             raise BlobTooLarge("a layer unpacks to more than the module size limit")
+        if self._budget is not None:
+            self._budget.charge(len(data))
         self._left -= len(data)
         buffer[:len(data)] = data
         return len(data)
@@ -208,15 +233,20 @@ def open_layer(descriptor: dict[str, Any], path: Path) -> Iterator[io.BufferedIO
 
 
 def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
-                   limit: int) -> bytes:
+                   limit: int, budget: UnpackBudget | None = None) -> bytes:
     """The bytes of file `path` from the topmost layer holding it (tar or tar+gzip files,
-    at most `limit` unpacked bytes per layer). Raises ModuleError when no layer has it as a
-    regular file, BlobTooLarge over the limit."""
+    at most `limit` unpacked bytes per layer, all of them charged to `budget`). A layer
+    listed again is not searched again: it did not hold the file the first time. Raises
+    ModuleError when no layer has it as a regular file, BlobTooLarge over a limit."""
     wanted = path.lstrip("/").removeprefix("./")
+    searched: set[object] = set()
     for descriptor, blob in reversed(layers):
+        if descriptor.get("digest") in searched:
+            continue
+        searched.add(descriptor.get("digest"))
         try:
             with open_layer(descriptor, blob) as raw, \
-                    tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit)),
+                    tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit, budget)),
                                  mode="r|") as tar:
                 for member in tar:
                     if member.name.lstrip("/").removeprefix("./") != wanted:

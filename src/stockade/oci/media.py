@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from typing import Any
+
+from ..display import printable
 
 __all__ = [
     "OCI_MANIFEST", "OCI_INDEX", "DOCKER_MANIFEST", "DOCKER_LIST", "MANIFEST_TYPES",
     "INDEX_TYPES", "OCI_CONFIG", "DOCKER_CONFIG", "WASM_CONFIG", "WASM_LAYER",
     "TAR_LAYERS", "GZIP_LAYERS", "COMPAT_ANNOTATION", "WASI_OSES",
-    "canonical_json", "sha256_digest", "is_wasm_platform", "platform_name",
+    "canonical_json", "sha256_digest", "is_wasm_platform", "platform_name", "shown",
+    "SHOWN_CHARS",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -50,7 +54,34 @@ def is_wasm_platform(os_name: object, architecture: object) -> bool:
     return architecture == "wasm" and os_name in WASI_OSES
 
 
+# A registry-chosen value in a message: a few levels, a few items, a short string.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 3, 3
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+SHOWN_CHARS = 120  # hard cap on what `shown` returns
+
+
+def shown(value: object) -> str:
+    """A value a registry chose, for a one-line message: quoted when a string, else its
+    JSON type's Python name and an outline (`list [[...]]`); at most `SHOWN_CHARS`
+    characters, control characters escaped. A 4 MiB string or a list nested 900 deep
+    would otherwise be quoted whole."""
+    text = _SHORT.repr(value)
+    if not isinstance(value, str):
+        text = f"{type(value).__name__} {text}"
+    if len(text) > SHOWN_CHARS:
+        text = text[:SHOWN_CHARS - 3] + "..."
+    return printable(text)
+
+
+def _part(value: object) -> str:
+    if not value:
+        return "?"
+    return printable(value) if isinstance(value, str) and len(value) <= 64 else shown(value)
+
+
 def platform_name(os_name: object, architecture: object, variant: object = None) -> str:
-    """`os/arch[/variant]` for messages (`?` for a missing part)."""
-    name = f"{os_name or '?'}/{architecture or '?'}"
-    return f"{name}/{variant}" if variant else name
+    """`os/arch[/variant]` for messages (`?` for a missing part; a part that is not a
+    short string shown as `shown` does)."""
+    name = f"{_part(os_name)}/{_part(architecture)}"
+    return f"{name}/{_part(variant)}" if variant else name

@@ -9,7 +9,8 @@ read timeout alone lets a registry trickle one byte per timeout for ever.
 
 Credentials go only where the registry itself asks for them: a 401 from a host the
 registry redirected us to is refused (a CDN has no business asking for them), and a token
-realm on plain HTTP never gets them from a client speaking HTTPS to the registry.
+realm on plain HTTP never gets them from a client speaking HTTPS to the registry. A realm
+that is not an absolute http(s) URL is a `RegistryAuthError`, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -30,7 +32,7 @@ from .errors import (
     RegistryAuthError,
     RegistryUnavailable,
 )
-from .media import INDEX_TYPES, MANIFEST_TYPES, sha256_digest
+from .media import INDEX_TYPES, MANIFEST_TYPES, sha256_digest, shown
 from .reference import Reference
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
     from .store import Store
 
-__all__ = ["RegistryClient", "insecure_hosts", "realm_may_get_credentials",
+__all__ = ["RegistryClient", "Deadline", "insecure_hosts", "realm_may_get_credentials",
            "MAX_MANIFEST_BYTES", "MAX_TOKEN_BYTES", "DOCUMENT_DEADLINE", "MIN_BLOB_RATE"]
 
 MAX_MANIFEST_BYTES = 4 * 1024**2
@@ -58,8 +60,40 @@ def insecure_hosts(extra: tuple[str, ...] = ()) -> frozenset[str]:
 def realm_may_get_credentials(registry_scheme: str, realm: str) -> bool:
     """Whether a token realm may receive the registry's credentials: HTTPS always, plain
     HTTP only when the registry itself is spoken to over plain HTTP (named insecure)."""
-    scheme = urlsplit(realm).scheme.lower()
+    try:
+        scheme = urlsplit(realm).scheme.lower()
+    except ValueError:  # an unparsable realm gets nothing
+        return False
     return scheme == "https" or (scheme == "http" and registry_scheme == "http")
+
+
+def _is_url(realm: str) -> bool:
+    """Whether `realm` is an absolute http(s) URL with a host both urllib and httpx parse
+    (each raises its own error, not an httpx.HTTPError, on a bad port or bracket)."""
+    import httpx
+
+    try:
+        parts = urlsplit(realm)
+        _ = parts.port  # parsed lazily: "a:notaport" and "a:99999" raise only here
+        url = httpx.URL(realm)
+    except (ValueError, httpx.InvalidURL):
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and \
+        bool(url.host)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A monotonic time `until`, set `seconds` before it: a bound on several requests
+    together (a whole pull), beside each request's own."""
+
+    until: float
+    seconds: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        """The deadline `seconds` from now."""
+        return cls(time.monotonic() + seconds, seconds)
 
 
 class RegistryClient:
@@ -151,11 +185,12 @@ class RegistryClient:
     # -- blobs ----------------------------------------------------------------------
 
     def fetch_blob(self, repo: str, descriptor: dict[str, Any], store: Store, limit: int,
-                   what: str) -> str:
+                   what: str, overall: Deadline | None = None) -> str:
         """Stream a blob into `store`, verified against the descriptor's digest and size.
         Raises BlobTooLarge (before downloading when the descriptor says so), IntegrityError,
         ImageNotFound, RegistryUnavailable (also when it arrives slower than
-        `MIN_BLOB_RATE` on average, after a grace of the document deadline)."""
+        `MIN_BLOB_RATE` on average, after a grace of the document deadline, or after
+        `overall`, the deadline of the pull it is part of)."""
         digest, size = str(descriptor.get("digest")), descriptor.get("size")
         if isinstance(size, bool) or not isinstance(size, int):
             size = None  # an absent or non-integer size is not trusted for anything
@@ -165,12 +200,18 @@ class RegistryClient:
             store.verified_path(digest)
             return digest
         allowed = self.deadline + max(0, size if size is not None else limit) / MIN_BLOB_RATE
-        until = time.monotonic() + allowed
+        until, late = time.monotonic() + allowed, None
+        if overall is not None and overall.until < until:
+            until, allowed = overall.until, overall.seconds
+            late = f"the pull did not finish within {overall.seconds:g} s; refused"
+            if time.monotonic() > until:
+                raise RegistryUnavailable(f"{what} {digest}: {late}")
         with self._stream("GET", repo, f"/v2/{repo}/blobs/{digest}", ("pull",)) as response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{what} {digest}: blob not found in {self.host}/{repo}")
             self._check(response, f"{what} {digest}")
-            chunks = self._timed(response.iter_bytes(), f"{what} {digest}", until, allowed)
+            chunks = self._timed(response.iter_bytes(), f"{what} {digest}", until, allowed,
+                                 late)
             return store.put_stream(chunks, digest, size, limit, what)
 
     def has_blob(self, repo: str, digest: str) -> bool:
@@ -203,13 +244,13 @@ class RegistryClient:
                            self.deadline)
 
     def _timed(self, chunks: Iterator[bytes], what: str, until: float,
-               allowed: float) -> Iterator[bytes]:
+               allowed: float, late: str | None = None) -> Iterator[bytes]:
         """`chunks`, refused once the monotonic time passes `until` (`allowed` seconds
-        after the request began). Raises RegistryUnavailable."""
+        after the request began; `late` says so instead). Raises RegistryUnavailable."""
         for chunk in chunks:
             if time.monotonic() > until:
-                raise RegistryUnavailable(f"{what}: registry {self.host} did not send it "
-                                          f"within {allowed:g} s; refused")
+                raise RegistryUnavailable(f"{what}: " + (late or (
+                    f"registry {self.host} did not send it within {allowed:g} s; refused")))
             yield chunk
 
     def _url(self, path: str) -> str:
@@ -244,7 +285,7 @@ class RegistryClient:
                                                content=kwargs.get("content"))
             try:
                 response = self._http.send(request, stream=True)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._unreachable(exc) from None
             if response.status_code != 401 or attempt == 1:
                 return response
@@ -277,10 +318,14 @@ class RegistryClient:
             self._tokens[scope] = f"Basic {pair}"
             return
         if scheme != "bearer" or "realm" not in params:
-            raise RegistryAuthError(f"{self.host}: unsupported authentication {challenge!r}")
+            raise RegistryAuthError(f"{self.host}: unsupported authentication "
+                                    f"{shown(challenge)}")
         realm = params["realm"]
+        if not _is_url(realm):
+            raise RegistryAuthError(f"{self.host}: token realm {shown(realm)} is not a URL; "
+                                    "refused")
         if creds is not None and not realm_may_get_credentials(self.scheme, realm):
-            raise RegistryAuthError(f"{self.host}: token realm {realm[:200]!r} is not HTTPS; "
+            raise RegistryAuthError(f"{self.host}: token realm {shown(realm)} is not HTTPS; "
                                     "registry credentials are not sent there; refused")
         query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
         document = _json_object(self._token_answer(realm, query, creds))
@@ -307,7 +352,7 @@ class RegistryClient:
         except BlobTooLarge:
             raise RegistryAuthError(f"{what} answered more than {MAX_TOKEN_BYTES} bytes; "
                                     "refused") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: Exception) -> RegistryUnavailable:

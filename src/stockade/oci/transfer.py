@@ -7,15 +7,20 @@ checks a Docker+Wasm image's `diff_ids`, and extracts the module as a blob of it
 the AoT cache sees the same bytes whichever layout brought them. Only then is the
 reference tagged in the store: a failed pull leaves no tag and no unverified file.
 
-A pull is bounded whatever the manifest lists: at most `MAX_LAYERS` layers, a `diff_ids`
-entry for each checked before any layer is fetched, at most `MAX_PULL_BYTES` of layers in
-all (a layer listed twice counts twice: it is unpacked twice), and layers are read from
-the store's files one at a time, never all held in memory.
+A pull is bounded whatever the manifest lists: at most `MAX_LAYERS` layers, each config
+and layer descriptor with the integer `size` OCI requires, a `diff_ids` entry for each
+layer checked before any is fetched, at most `MAX_PULL_BYTES` of layers in all (a layer
+listed twice counts twice) and as many unpacked bytes in all (each distinct layer is
+unpacked once for `diff_ids`, once at most in the search for the module), the config and
+layers within one deadline (`PULL_GRACE`, `BLOB_GRACE` per distinct blob, and their
+listed sizes at `MIN_BLOB_RATE`), and layers are read from the store's files one at a
+time, never all held in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from typing import Any
 from ..errors import ModuleError
 from .errors import BlobTooLarge, ImageNotFound, IntegrityError
 from .image import (
+    UnpackBudget,
     WasmImage,
     describe,
     extract_module,
@@ -34,18 +40,23 @@ from .image import (
 )
 from .media import OCI_MANIFEST, sha256_digest
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import DOCUMENT_DEADLINE, MIN_BLOB_RATE, Deadline, RegistryClient
 from .store import Store
 
 __all__ = ["PulledImage", "pull", "push", "load_local", "MAX_LAYER_BYTES", "MAX_CONFIG_BYTES",
            "MAX_LAYERS", "MAX_PULL_BYTES", "MODULE_ANNOTATION", "LAYOUT_ANNOTATION",
-           "fetch_manifest"]
+           "PULL_GRACE", "BLOB_GRACE", "fetch_manifest"]
 
 # The engine's own cap on a module (512 MiB), without importing the engine.
 MAX_LAYER_BYTES = 512 * 1024**2
 MAX_CONFIG_BYTES = 4 * 1024**2
 MAX_LAYERS = 128  # Docker's own limit on a build is 127 layers
-MAX_PULL_BYTES = 2 * 1024**3  # every layer of one pull, as listed
+MAX_PULL_BYTES = 2 * 1024**3  # every layer of one pull, as listed; and as unpacked
+# The config and layers of one pull arrive within PULL_GRACE, plus BLOB_GRACE per distinct
+# blob (its round trips), plus their listed sizes at MIN_BLOB_RATE: each blob's own
+# deadline alone let 128 trickled layers take 128 times as long.
+PULL_GRACE = DOCUMENT_DEADLINE
+BLOB_GRACE = 2.0
 MODULE_ANNOTATION = "io.stockade.module.digest"
 LAYOUT_ANNOTATION = "io.stockade.layout"
 
@@ -86,9 +97,16 @@ def fetch_manifest(client: RegistryClient, ref: Reference, selector: str,
     return body, media_type
 
 
+def _has_size(descriptor: dict[str, Any]) -> bool:
+    """Whether a descriptor has the non-negative integer `size` OCI requires (not a bool,
+    a float or a string): without it a blob's deadline and limits fall back to the maximum."""
+    size = descriptor.get("size")
+    return isinstance(size, int) and not isinstance(size, bool) and size >= 0
+
+
 def _layer_descriptors(manifest: dict[str, Any], ref: str) -> list[dict[str, Any]]:
-    """The manifest's layer descriptors, each an object with a string digest, at most
-    `MAX_LAYERS` of them. Raises ModuleError."""
+    """The manifest's layer descriptors, each an object with a string digest and an
+    integer size, at most `MAX_LAYERS` of them. Raises ModuleError."""
     layers = field(manifest, "layers", list, f"{ref}: manifest") or []
     if len(layers) > MAX_LAYERS:
         raise ModuleError(f"{ref}: manifest lists {len(layers)} layers (at most "
@@ -96,7 +114,29 @@ def _layer_descriptors(manifest: dict[str, Any], ref: str) -> list[dict[str, Any
     for number, layer in enumerate(layers):
         if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
             raise ModuleError(f"{ref}: manifest layer {number} is not a descriptor")
+        if not _has_size(layer):
+            raise ModuleError(f"{ref}: manifest layer {number} has no size (a non-negative "
+                              "integer); refused")
     return layers
+
+
+def _config_descriptor(manifest: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The manifest's config descriptor, with an integer size. Raises ModuleError."""
+    config = manifest.get("config")
+    if not isinstance(config, dict):
+        raise ModuleError(f"{ref}: manifest has no config descriptor")
+    if not _has_size(config):
+        raise ModuleError(f"{ref}: manifest config descriptor has no size (a non-negative "
+                          "integer); refused")
+    return config
+
+
+def _pull_deadline(blobs: Iterable[dict[str, Any]]) -> Deadline:
+    """One deadline for fetching `blobs` (sized descriptors; a digest listed again is
+    fetched once, so it is counted once)."""
+    sizes = {str(blob["digest"]): int(blob["size"]) for blob in blobs}
+    return Deadline.after(PULL_GRACE + BLOB_GRACE * len(sizes) +
+                          sum(sizes.values()) / MIN_BLOB_RATE)
 
 
 def _diff_ids(config: dict[str, Any], count: int, ref: str) -> list[str]:
@@ -120,10 +160,11 @@ def _check_total(layers: list[dict[str, Any]], limit: int, ref: str) -> None:
 
 
 def _fetch_layers(client: RegistryClient, ref: Reference, store: Store,
-                  layers: list[dict[str, Any]], max_layer: int,
-                  max_total: int) -> list[tuple[dict[str, Any], Path]]:
+                  layers: list[dict[str, Any]], max_layer: int, max_total: int,
+                  overall: Deadline) -> list[tuple[dict[str, Any], Path]]:
     """Fetch each layer into the store (a digest listed again is not fetched again),
-    within `max_total` bytes in all. Returns (descriptor, blob file) pairs."""
+    within `max_total` bytes in all and before `overall`. Returns (descriptor, blob file)
+    pairs."""
     fetched: dict[str, Path] = {}
     used = 0
     for descriptor in layers:
@@ -134,7 +175,7 @@ def _fetch_layers(client: RegistryClient, ref: Reference, store: Store,
                 raise BlobTooLarge(f"{ref}: layers over the limit of {max_total} bytes in "
                                    "all; refused")
             stored = client.fetch_blob(ref.repository, descriptor, store,
-                                       min(max_layer, left), "layer")
+                                       min(max_layer, left), "layer", overall)
             fetched[digest] = store.blob_path(stored)
         used += fetched[digest].stat().st_size
         if used > max_total:
@@ -143,8 +184,10 @@ def _fetch_layers(client: RegistryClient, ref: Reference, store: Store,
     return [(descriptor, fetched[descriptor["digest"]]) for descriptor in layers]
 
 
-def _unpacked_digest(descriptor: dict[str, Any], path: Path, limit: int, ref: str) -> str:
-    """SHA-256 of a layer file as unpacked (gunzipped), at most `limit` bytes, streamed."""
+def _unpacked_digest(descriptor: dict[str, Any], path: Path, limit: int, ref: str,
+                     budget: UnpackBudget) -> str:
+    """SHA-256 of a layer file as unpacked (gunzipped), at most `limit` bytes, streamed,
+    every byte charged to `budget`."""
     hasher, total = hashlib.sha256(), 0
     try:
         with open_layer(descriptor, path) as unpacked:
@@ -152,6 +195,7 @@ def _unpacked_digest(descriptor: dict[str, Any], path: Path, limit: int, ref: st
                 total += len(chunk)
                 if total > limit:
                     raise BlobTooLarge(f"{ref}: a layer unpacks to more than {limit} bytes")
+                budget.charge(len(chunk))
                 hasher.update(chunk)
     except (OSError, EOFError) as exc:
         raise ModuleError(f"{ref}: layer {descriptor.get('digest')} is not valid "
@@ -160,9 +204,15 @@ def _unpacked_digest(descriptor: dict[str, Any], path: Path, limit: int, ref: st
 
 
 def _check_diff_ids(diff_ids: list[str], layers: list[tuple[dict[str, Any], Path]],
-                    limit: int, ref: str) -> None:
+                    limit: int, ref: str, budget: UnpackBudget) -> None:
+    """Each layer's unpacked digest against its `diff_ids` entry; a layer listed again is
+    not unpacked again (its blob is the same verified file)."""
+    unpacked: dict[str, str] = {}
     for expected, (descriptor, path) in zip(diff_ids, layers, strict=True):
-        actual = _unpacked_digest(descriptor, path, limit, ref)
+        digest = str(descriptor["digest"])
+        if digest not in unpacked:
+            unpacked[digest] = _unpacked_digest(descriptor, path, limit, ref, budget)
+        actual = unpacked[digest]
         if actual != expected:
             raise IntegrityError(f"{ref}: layer {descriptor.get('digest')} unpacks to "
                                  f"{actual}, rootfs.diff_ids says {expected}; refused")
@@ -171,7 +221,8 @@ def _check_diff_ids(diff_ids: list[str], layers: list[tuple[dict[str, Any], Path
 def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
          max_layer: int = MAX_LAYER_BYTES, max_total: int | None = None) -> PulledImage:
     """Pull `ref` into `store` and tag it there under `str(ref)`; `max_total` bounds the
-    layers in all (default `MAX_PULL_BYTES`, or `max_layer` when larger). Raises
+    layers in all, as fetched and as unpacked (default `MAX_PULL_BYTES`, or `max_layer`
+    when larger). Raises
     ImageNotFound, PlatformMismatch, IntegrityError, BlobTooLarge, RegistryUnavailable,
     ModuleError."""
     total = max(MAX_PULL_BYTES, max_layer) if max_total is None else max_total
@@ -188,21 +239,22 @@ def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
                 raise ModuleError(f"{ref}: the index's wasi/wasm entry is not a manifest")
         descriptors = _layer_descriptors(document, str(ref))
         _check_total(descriptors, total, str(ref))
-        config_descriptor = document.get("config")
-        if not isinstance(config_descriptor, dict):
-            raise ModuleError(f"{ref}: manifest has no config descriptor")
+        config_descriptor = _config_descriptor(document, str(ref))
+        overall = _pull_deadline([config_descriptor, *descriptors])
         config_digest = client.fetch_blob(ref.repository, config_descriptor, store,
-                                          MAX_CONFIG_BYTES, "config")
+                                          MAX_CONFIG_BYTES, "config", overall)
         config = parse_json(store.get(config_digest, MAX_CONFIG_BYTES), f"{ref}: config")
         image = describe(document, config, str(ref))
         diff_ids = [] if image.layout == "artifact" else \
             _diff_ids(config, len(descriptors), str(ref))
-        layers = _fetch_layers(client, ref, store, descriptors, max_layer, total)
+        layers = _fetch_layers(client, ref, store, descriptors, max_layer, total, overall)
     if image.layout == "artifact":
         module_digest = str(image.module_layer["digest"])
     else:
-        _check_diff_ids(diff_ids, layers, max_layer, str(ref))
-        module_digest = store.put(extract_module(layers, image.module_path or "", max_layer))
+        budget = UnpackBudget(total)
+        _check_diff_ids(diff_ids, layers, max_layer, str(ref), budget)
+        module_digest = store.put(extract_module(layers, image.module_path or "", max_layer,
+                                                 budget))
     manifest_digest = store.put(body)
     descriptor = {"mediaType": document.get("mediaType") or media_type or OCI_MANIFEST,
                   "digest": manifest_digest, "size": len(body),
