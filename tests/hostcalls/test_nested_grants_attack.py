@@ -135,3 +135,46 @@ def test_the_command_line_refuses_it_in_one_line(root: Path, isolate: str | None
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "inside the writable grant" in lines[0], lines
     assert (root / "ro" / "secret").read_text() == "original"
+
+
+def test_a_read_only_grant_too_deep_to_climb_is_refused(root: Path) -> None:
+    """A read-only grant 4,200 directories below a writable one (held by a descriptor,
+    as a symlink chain would name it): the climb stopped at 4,096 levels and the grant
+    was let through, writable through the other (found by review). A climb that does
+    not reach `/` now refuses it."""
+    here = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for _ in range(4200):
+            os.mkdir("d", dir_fd=here)
+            deeper = os.open("d", os.O_PATH | os.O_DIRECTORY, dir_fd=here)
+            os.close(here)
+            here = deeper
+        with pytest.raises(PolicyError, match="cannot tell whether"):
+            _run("capi", root.parent / "nested.wat", DirGrant(root, "/rw", writable=True),
+                 DirGrant.held(here, "/ro", source=root / "d"))
+    finally:
+        os.close(here)
+        _remove_chain(root, "d")
+
+
+def _remove_chain(parent: Path, name: str) -> None:
+    """Remove a chain of nested directories too deep for a recursive removal (pytest's
+    own clean-up of it overflowed the stack): each child is lifted to `parent`, then
+    the emptied directory removed."""
+    top = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            lifted = "b" if name == "a" else "a"
+            here = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=top)
+            try:
+                os.rename("d", lifted, src_dir_fd=here, dst_dir_fd=top)
+            except FileNotFoundError:
+                lifted = ""
+            finally:
+                os.close(here)
+            os.rmdir(name, dir_fd=top)
+            if not lifted:
+                return
+            name = lifted
+    finally:
+        os.close(top)

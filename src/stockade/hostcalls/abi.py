@@ -57,12 +57,6 @@ INTERPOSED: dict[str, tuple[str, ...]] = {
     "path_rename": (I32, I32, I32, I32, I32, I32),
     "path_unlink_file": (I32, I32, I32),
     "path_remove_directory": (I32, I32, I32),
-    # Answered by wasmtime alone, but each walks a guest path (or changes a file) in the
-    # host: counted, so a flood of them meets the host-call budget.
-    "path_filestat_get": (I32, I32, I32, I32, I32),
-    "path_filestat_set_times": (I32, I32, I32, I32, I64, I64, I32),
-    "path_readlink": (I32, I32, I32, I32, I32, I32),
-    "fd_filestat_set_times": (I32, I64, I64, I32),
     "poll_oneoff": (I32, I32, I32, I32),
     "random_get": (I32, I32),
     # No sockets are handed over, so these fail with EBADF; counted so a flood of them

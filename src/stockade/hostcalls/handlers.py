@@ -21,7 +21,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..result import GuestStopped, Outcome
 from . import poll, readdir
@@ -160,14 +160,15 @@ def _fd_pwrite(m: Meter, c: Host, mem: GuestMemory, fd: int, iovs: int, n: int, 
 
 def _file_write(m: Meter, c: Host, mem: GuestMemory, name: str, args: tuple[int, ...],
                 iovs: int, n: int) -> int:
-    reserved: list[tuple[int, int, int] | None] = [None]
+    reserved: list[tuple[int, int, int] | None | Literal[False]] = [False]  # not charged
 
     def reserve(size: int) -> None:
         reserved[0] = _reserve_write(m, c, mem, name, args, size)
 
     errno, written = _forward_io(m, c, mem, name, args, iovs, n, args[-1], reserve)
-    if errno == Errno.SUCCESS:
-        _settle_write(m, c, mem, reserved[0], written)
+    charged = reserved[0]
+    if errno == Errno.SUCCESS and charged is not False:
+        _settle_write(m, c, mem, charged, written)
     return errno
 
 
@@ -451,17 +452,18 @@ _fd_allocate = _resize("fd_allocate")
 
 
 def _reserve_write(m: Meter, c: Host, mem: GuestMemory, name: str, args: tuple[int, ...],
-                   requested: int) -> tuple[int, int, int] | None:
+                   requested: int) -> tuple[int, int, int] | None | Literal[False]:
     """Charge a file write of `requested` bytes before it happens (a pwrite's hole past
     the end of the file too); return (fd, own descriptor, size before) for
-    `_settle_write`. Nothing is charged in a read-only preopen, on a directory or on a
-    descriptor Stockade does not know (not open, a closed or moved standard stream):
-    wasmtime refuses the write itself (EBADF), and the guest must see that errno, not a
-    quota it never reached. (Every file wasmtime opens for the guest is known.)"""
+    `_settle_write`, None when charged without a file of Stockade's own, False when
+    nothing is charged: in a read-only preopen, on a directory or on a descriptor
+    Stockade does not know (not open, a closed or moved standard stream). wasmtime then
+    refuses the write (EBADF) or sends it to a standard stream, and the guest must see
+    that, not a quota it never used. (Every file wasmtime opens for the guest is known.)"""
     fd = args[0]
     entry = m.fds.get(fd)
     if entry is None or entry.is_dir or not entry.writable:
-        return None
+        return False
     own = _charged_file(m, fd)
     if own is None:
         m.reserve_bytes(requested)
@@ -606,8 +608,7 @@ def _paths_bounded(handler: Handler, lengths: tuple[int, ...]) -> Handler:
 _PATH_LENGTHS: dict[str, tuple[int, ...]] = {
     "path_open": (3,), "path_create_directory": (2,), "path_symlink": (1, 4),
     "path_link": (3, 6), "path_rename": (2, 5), "path_unlink_file": (2,),
-    "path_remove_directory": (2,), "path_filestat_get": (3,), "path_filestat_set_times": (3,),
-    "path_readlink": (2,),
+    "path_remove_directory": (2,),
 }
 
 HANDLERS: dict[str, Handler] = {name: _forwarding(name) for name in INTERPOSED}

@@ -94,11 +94,13 @@ def _identity(fd: int) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _lineage(fd: int) -> set[tuple[int, int]]:
+def _lineage(fd: int) -> set[tuple[int, int]] | None:
     """(st_dev, st_ino) of the directory held as `fd` and of each of its ancestors, found
-    by opening `..` from the descriptor (the kernel's parent, whatever path, symlink or
-    bind mount named it). The climb stops where `..` cannot be opened: a directory the
-    host cannot search is one the guest cannot cross either."""
+    by opening `..` from the descriptor (the kernel's parent, whatever path or symlink
+    named it), or None when the climb did not reach `/` (a `..` that cannot be opened,
+    more than `_MAX_DEPTH` levels): then it cannot be told what the directory lies in.
+    A bind mount's `..` is the parent of where it is mounted, not of its source: a
+    read-only bind mount of a writable grant's subdirectory is not recognised."""
     found = {_identity(fd)}
     here = os.dup(fd)
     try:
@@ -106,16 +108,16 @@ def _lineage(fd: int) -> set[tuple[int, int]]:
             try:
                 parent = os.open("..", _DIR_FLAGS, dir_fd=here)
             except OSError:
-                break
+                return None
             os.close(here)
             here = parent
             identity = _identity(here)
             if identity in found:
-                break  # `/` is its own parent
+                return found  # `/` is its own parent
             found.add(identity)
+        return None
     finally:
         os.close(here)
-    return found
 
 
 def _refuse_writable_read_only(held: list[tuple[DirGrant, int]]) -> None:
@@ -128,7 +130,12 @@ def _refuse_writable_read_only(held: list[tuple[DirGrant, int]]) -> None:
     for grant, fd in held:
         if grant.writable:
             continue
-        for identity in _lineage(fd):
+        lineage = _lineage(fd)
+        if lineage is None:
+            raise PolicyError(f"--dir {grant}: cannot tell whether {grant.shown} lies inside "
+                              "a writable grant (its parent directories cannot all be "
+                              "opened); grant it :rw, or a directory nearer /")
+        for identity in lineage:
             if identity in writable:
                 where = "the directory of" if identity == _identity(fd) else "inside"
                 raise PolicyError(f"--dir {grant}: {grant.shown} is {where} the writable "
