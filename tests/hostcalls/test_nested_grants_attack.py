@@ -140,8 +140,8 @@ def test_the_command_line_refuses_it_in_one_line(root: Path, isolate: str | None
 def test_a_read_only_grant_too_deep_to_climb_is_refused(root: Path) -> None:
     """A read-only grant 4,200 directories below a writable one (held by a descriptor,
     as a symlink chain would name it): the climb stopped at 4,096 levels and the grant
-    was let through, writable through the other (found by review). A climb that does
-    not reach `/` now refuses it."""
+    was let through, writable through the other (found by review). A climb past its
+    4,096 levels now refuses it."""
     here = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
         for _ in range(4200):

@@ -97,8 +97,9 @@ def _identity(fd: int) -> tuple[int, int]:
 def _lineage(fd: int) -> set[tuple[int, int]] | None:
     """(st_dev, st_ino) of the directory held as `fd` and of each of its ancestors, found
     by opening `..` from the descriptor (the kernel's parent, whatever path or symlink
-    named it), or None when the climb did not reach `/` (a `..` that cannot be opened,
-    more than `_MAX_DEPTH` levels): then it cannot be told what the directory lies in.
+    named it), or None past `_MAX_DEPTH` levels: then it cannot be told what the
+    directory lies in. The climb ends early at a `..` that cannot be opened: what this
+    process cannot search (a confined worker's view), the guest cannot cross either.
     A bind mount's `..` is the parent of where it is mounted, not of its source: a
     read-only bind mount of a writable grant's subdirectory is not recognised."""
     found = {_identity(fd)}
@@ -108,7 +109,7 @@ def _lineage(fd: int) -> set[tuple[int, int]] | None:
             try:
                 parent = os.open("..", _DIR_FLAGS, dir_fd=here)
             except OSError:
-                return None
+                return found
             os.close(here)
             here = parent
             identity = _identity(here)
@@ -133,8 +134,8 @@ def _refuse_writable_read_only(held: list[tuple[DirGrant, int]]) -> None:
         lineage = _lineage(fd)
         if lineage is None:
             raise PolicyError(f"--dir {grant}: cannot tell whether {grant.shown} lies inside "
-                              "a writable grant (its parent directories cannot all be "
-                              "opened); grant it :rw, or a directory nearer /")
+                              f"a writable grant (over {_MAX_DEPTH} directories deep); "
+                              "grant it :rw, or a directory nearer /")
         for identity in lineage:
             if identity in writable:
                 where = "the directory of" if identity == _identity(fd) else "inside"
