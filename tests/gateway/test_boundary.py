@@ -409,3 +409,18 @@ def test_a_body_sent_steadily_above_the_minimum_rate_is_read(gateway: Gateway) -
             time.sleep(0.2)
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
+def test_pipelined_requests_past_the_head_limit_in_one_read_are_all_answered(
+        gateway: Gateway) -> None:
+    """A read holding many small pipelined requests is more bytes than one head may be,
+    but each head is within its limit: feeding the first head no further than the limit
+    began the next one inside the slice, and the connection got 431 instead of its
+    answers (found by review)."""
+    host, port = address(gateway)
+    one = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    count = 16 * 1024 // len(one) + 100
+    answer = raw_exchange(host, port, [one * (count - 1) + last], 0.0)
+    assert answer.count(b"HTTP/1.1 200 ") == count, answer[:300]
+    assert b" 431 " not in answer

@@ -84,6 +84,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_fields = 0
         self._hosts = 0
         self._refused_head = 0  # the status a parser callback refused the head with
+        self._heads = 0  # heads begun on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -115,22 +116,22 @@ class GuardedProtocol(HttpToolsProtocol):
             # Bytes after a response start the next head's clock, whatever they are: a
             # blank line starts no request (no `on_message_begin`) yet ends keep-alive.
             self._begin_head()
+        # A head is fed no further than its limit, so bytes no callback reports (blank
+        # lines, padding) count too; what follows a head that completed (a body, the
+        # next pipelined request) is fed on, a new head with a limit of its own.
+        while self._in_head and len(data) > (room := self.max_header_size + 1
+                                             - self._head_bytes):
+            heads = self._heads
+            self._head_bytes += room
+            super().data_received(data[:room])
+            data = data[room:]
+            if self.transport.is_closing():
+                return
+            if self._in_head and self._heads == heads:  # the same head, past its limit
+                self._refuse(431)
+                return
         if self._in_head:
-            room = self.max_header_size + 1 - self._head_bytes
-            if len(data) > room:
-                # More than the head may still be: the head's part first, so bytes no
-                # callback reports (blank lines, padding) count too.
-                self._head_bytes += room
-                super().data_received(data[:room])
-                if self._in_head:
-                    if not self.transport.is_closing():
-                        self._refuse(431)
-                    return
-                data = data[room:]  # a body, or the next request
-                if self.transport.is_closing():
-                    return
-            else:
-                self._head_bytes += len(data)
+            self._head_bytes += len(data)
         super().data_received(data)
         # Still inside a head after this chunk: the chunk was all head bytes.
         if self._in_head and self._head_bytes > self.max_header_size \
@@ -198,6 +199,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._idle_deadline = math.inf
 
     def _begin_head(self) -> None:
+        self._heads += 1
         self._in_head = True
         self._head_bytes = self._head_size = self._head_fields = self._hosts = 0
         self._refused_head = 0
