@@ -85,12 +85,15 @@ class CancelToken:
         """Let `cancel()` stop the run: mark `watch` (the native env of an
         `EpochDeadline` watching every move of `engine`'s epoch) and move the epoch, and
         move `meter`'s deadline (None, None without the native library: host calls
-        only). Whether the token was cancelled already."""
+        only). A token cancelled already does so now; returns whether it was."""
         with self._lock:
             self._engine, self._meter, self._watch = engine, meter, watch
-            if self._cancelled and watch is not None:
+            cancelled = self._cancelled
+            if cancelled and watch is not None:
                 watch.cancelled = 1
-            return self._cancelled
+        if cancelled:
+            meter.deadline = time.monotonic()
+        return cancelled
 
     def arm_tripwire(self, trip: Any, meter: Any) -> None:
         """Let `cancel()` fire the run's tripwire (`engine.tripwire.Tripwire`), armed or
@@ -147,8 +150,8 @@ class EpochDeadline:
             # heap): a count of epochs, which others' moves can shorten, and a
             # cancellation that stops the guest at its next host call only.
             store.set_epoch_deadline(NO_DEADLINE if self._ticks is None else self._ticks)
-            if token is not None and token.attach(None, meter, None):
-                meter.deadline = time.monotonic()
+            if token is not None:
+                token.attach(None, meter, None)
             return
         deadline = self._deadline
         watch = self._watch = native.EpochWatch(
@@ -165,22 +168,18 @@ class EpochDeadline:
         # and never reach the callback.
         store.set_epoch_deadline(1)
         if token.attach(engine, meter, self._watch):  # cancelled before the run began
-            meter.deadline = time.monotonic()
             store.set_epoch_deadline(0)
-
-    @property
-    def reason(self) -> str | None:
-        """`timeout` or `cancelled` when the callback stopped the guest, else None."""
-        return None if self._watch is None else _REASONS.get(self._watch.reason)
 
     def ending(self, outcome: Outcome) -> Ending | None:
         """What to report instead of `outcome` when the callback stopped the run:
         `error` for a cancellation, `timeout` for the deadline; None otherwise."""
-        reason = self.reason
-        if reason == "cancelled":
-            return _CANCELLED
-        if reason == "timeout":
-            return TIMED_OUT
+        if self._watch is not None:
+            from ..engine.fastpath._native import WATCH_CANCELLED, WATCH_TIMEOUT
+
+            if self._watch.reason == WATCH_CANCELLED:
+                return _CANCELLED
+            if self._watch.reason == WATCH_TIMEOUT:
+                return TIMED_OUT
         return self._token.ending(outcome) if self._token is not None else None
 
 
@@ -193,7 +192,6 @@ def _native() -> Any:
 
 
 _FOREVER_NS = (1 << 63) - 1  # the C side's int64 deadline: a later one never comes
-_REASONS = {1: "timeout", 2: "cancelled"}  # `_native.c`'s WATCH_TIMEOUT, WATCH_CANCELLED
 
 
 @contextmanager
