@@ -14,7 +14,7 @@ __all__ = [
     "INDEX_TYPES", "OCI_CONFIG", "DOCKER_CONFIG", "WASM_CONFIG", "WASM_LAYER",
     "TAR_LAYERS", "GZIP_LAYERS", "COMPAT_ANNOTATION", "WASI_OSES",
     "canonical_json", "sha256_digest", "is_wasm_platform", "platform_name", "shown",
-    "SHOWN_CHARS",
+    "SHOWN_CHARS", "descriptor_size",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -59,6 +59,12 @@ _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 3, 3
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 SHOWN_CHARS = 120  # hard cap on what `shown` returns
+
+
+def descriptor_size(descriptor: dict[str, Any]) -> int | None:
+    """A descriptor's `size` when it is an integer (a JSON `true` is not), else None."""
+    size = descriptor.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def shown(value: object) -> str:

@@ -32,7 +32,7 @@ from .errors import (
     RegistryAuthError,
     RegistryUnavailable,
 )
-from .media import INDEX_TYPES, MANIFEST_TYPES, sha256_digest, shown
+from .media import INDEX_TYPES, MANIFEST_TYPES, descriptor_size, sha256_digest, shown
 from .reference import Reference
 
 if TYPE_CHECKING:
@@ -191,9 +191,8 @@ class RegistryClient:
         ImageNotFound, RegistryUnavailable (also when it arrives slower than
         `MIN_BLOB_RATE` on average, after a grace of the document deadline, or after
         `overall`, the deadline of the pull it is part of)."""
-        digest, size = str(descriptor.get("digest")), descriptor.get("size")
-        if isinstance(size, bool) or not isinstance(size, int):
-            size = None  # an absent or non-integer size is not trusted for anything
+        # An absent or non-integer size is not trusted for anything.
+        digest, size = str(descriptor.get("digest")), descriptor_size(descriptor)
         if size is not None and size > limit:
             raise BlobTooLarge(f"{what} {digest}: {size} bytes, over the limit of {limit}")
         if store.has(digest):

@@ -38,7 +38,7 @@ from .image import (
     parse_json,
     select_platform,
 )
-from .media import OCI_MANIFEST, sha256_digest
+from .media import OCI_MANIFEST, descriptor_size, sha256_digest
 from .reference import Reference
 from .registry import DOCUMENT_DEADLINE, MIN_BLOB_RATE, Deadline, RegistryClient
 from .store import Store
@@ -100,8 +100,8 @@ def fetch_manifest(client: RegistryClient, ref: Reference, selector: str,
 def _has_size(descriptor: dict[str, Any]) -> bool:
     """Whether a descriptor has the non-negative integer `size` OCI requires (not a bool,
     a float or a string): without it a blob's deadline and limits fall back to the maximum."""
-    size = descriptor.get("size")
-    return isinstance(size, int) and not isinstance(size, bool) and size >= 0
+    size = descriptor_size(descriptor)
+    return size is not None and size >= 0
 
 
 def _layer_descriptors(manifest: dict[str, Any], ref: str) -> list[dict[str, Any]]:
@@ -152,8 +152,7 @@ def _diff_ids(config: dict[str, Any], count: int, ref: str) -> list[str]:
 
 def _check_total(layers: list[dict[str, Any]], limit: int, ref: str) -> None:
     """Refuse, before fetching, layers whose listed sizes add up to more than `limit`."""
-    total = sum(s for layer in layers
-                if isinstance(s := layer.get("size"), int) and not isinstance(s, bool) and s > 0)
+    total = sum(size for layer in layers if (size := descriptor_size(layer) or 0) > 0)
     if total > limit:
         raise BlobTooLarge(f"{ref}: layers of {total} bytes, over the limit of {limit} bytes "
                            "in all; refused")
