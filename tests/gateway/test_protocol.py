@@ -4,6 +4,7 @@ responses read back strictly (pipelined, closing, HEAD)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 import h11
 import httpx
 import pytest
+
+from stockade.gateway.protocol import WriteBatch
 
 from .conftest import Gateway, gateway_env, module
 
@@ -171,3 +174,55 @@ def test_head_and_closing_requests_are_answered_whole(gateway: Gateway) -> None:
         answer = closed_by_server(sock)
         assert answer.startswith(b"HTTP/1.1 404 ")
         assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
+def test_responses_finished_in_one_turn_are_written_at_its_end_in_order() -> None:
+    """The batch on a real loop and real sockets: nothing is written before the turn
+    ends, then each connection gets its bytes in the order they were finished; a flush
+    before a direct write (a refusal, a closing response) keeps that order."""
+
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        pairs = [socket.socketpair() for _ in range(2)]
+        transports = []
+        for ours, _ in pairs:
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
+            transports.append(transport)
+        batch = WriteBatch(loop)
+        batch.add(transports[0], b"first ")
+        batch.add(transports[1], b"other ")
+        batch.add(transports[0], b"second ")
+        for _, theirs in pairs:
+            theirs.setblocking(False)
+            with pytest.raises(BlockingIOError):  # not written within the turn
+                theirs.recv(100)
+        await asyncio.sleep(0)  # the turn ends
+        assert not batch.pending
+        batch.add(transports[0], b"third ")
+        batch.flush()  # what a refusal does before its own write
+        transports[0].write(b"refusal")
+        await asyncio.sleep(0.05)
+        received = []
+        for transport, (_, theirs) in zip(transports, pairs, strict=True):
+            received.append(theirs.recv(100))
+            transport.close()
+            theirs.close()
+        await asyncio.sleep(0)
+        return received
+
+    assert asyncio.run(scenario()) == [b"first second third refusal", b"other "]
+
+
+def test_many_connections_answered_in_the_same_turns_each_get_their_own(
+        gateway: Gateway) -> None:
+    socks = [connect(gateway) for _ in range(24)]
+    try:
+        for number, sock in enumerate(socks):
+            sock.sendall(REQUEST * (1 + number % 3))
+        for number, sock in enumerate(socks):
+            responses, _ = read_responses(sock, 1 + number % 3)
+            assert [(status, body) for status, _, body in responses] == \
+                [(200, b"Hello, world!\n")] * (1 + number % 3)
+    finally:
+        for sock in socks:
+            sock.close()

@@ -27,7 +27,13 @@ request cost more than the sweep.
 
 `write_response` sends a whole response in one socket write (uvicorn's ASGI `send` writes
 the head and the body apart: two system calls, each waking the client), with the checks
-and bookkeeping uvicorn's `send` does.
+and bookkeeping uvicorn's `send` does. The responses finished in one turn of the event
+loop are written together at its end (`WriteBatch`): on loopback each write wakes the
+client and the wake-up costs the writer more than the rest of the write, so a server
+answering many connections at once wakes each client once per turn, not once per
+response. A response waits for no more than the requests that were ready beside it.
+Whatever else writes to or closes a connection (a refusal, a closing response, the
+graceful shutdown) sends the batch first, so a connection's bytes keep their order.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from .connlimit import REFUSAL, PeerConnections
 
-__all__ = ["guarded_protocol", "GuardedProtocol", "write_response"]
+__all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch"]
 
 # Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
@@ -85,6 +91,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._hosts = 0
         self._refused_head = 0  # the status a parser callback refused the head with
         self._heads = 0  # heads begun on this connection
+        self._writes = WriteBatch.of(self.server_state, self.loop)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -169,6 +176,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused_head == 431:
             self._refuse(431)
             return
+        self._writes.flush()
         super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
@@ -180,6 +188,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_deadline = math.inf
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.writes = self._writes  # type: ignore[attr-defined]  # for write_response
+
+    def shutdown(self) -> None:
+        self._writes.flush()  # a finished response is sent before the connection closes
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         """uvicorn's, with the keep-alive timeout as a deadline for the sweep."""
@@ -213,6 +227,7 @@ class GuardedProtocol(HttpToolsProtocol):
         elif now >= self._idle_deadline:
             self._idle_deadline = math.inf
             if not self.transport.is_closing():
+                self._writes.flush()
                 self.transport.close()
 
     def _head_timed_out(self) -> None:
@@ -225,15 +240,49 @@ class GuardedProtocol(HttpToolsProtocol):
         elif self._head_bytes:
             self._refuse(408)
         else:
+            self._writes.flush()
             self.transport.close()
 
     def _refuse(self, status: int) -> None:
         """Answer `status` with an empty body and close the connection."""
         self._in_head = False
         self._head_deadline = math.inf
+        self._writes.flush()
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                              % (status, _REASONS[status]))
         self.transport.close()
+
+
+class WriteBatch:
+    """The whole responses finished during one turn of `loop`, written at its end in the
+    order they were finished (see the module docstring). One per server, as the sweep."""
+
+    __slots__ = ("loop", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[asyncio.BaseTransport, bytes]] = []
+
+    @classmethod
+    def of(cls, state: Any, loop: asyncio.AbstractEventLoop) -> WriteBatch:
+        """The batch of the server `state` belongs to (uvicorn's `ServerState`)."""
+        batch: WriteBatch | None = getattr(state, "_stockade_writes", None)
+        if batch is None or batch.loop is not loop:
+            batch = state._stockade_writes = cls(loop)
+        return batch
+
+    def add(self, transport: asyncio.BaseTransport, data: bytes) -> None:
+        """Write `data` to `transport` at the end of this turn of the loop."""
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append((transport, data))
+
+    def flush(self) -> None:
+        """Write what is pending now (to connections still open). Safe to call any time."""
+        pending, self.pending = self.pending, []
+        for transport, data in pending:
+            if not transport.is_closing():
+                transport.write(data)  # type: ignore[attr-defined]
 
 
 class _Sweep:
@@ -305,13 +354,19 @@ def descriptor_budget() -> int:
 def write_response(send: Callable[..., Any], status: int, headers: list[tuple[bytes, bytes]],
                    body: bytes) -> bool:
     """Write a whole response (its `content-length` among `headers`, none for 204 and
-    304; `body` empty for HEAD) in one socket write, when `send` is uvicorn's httptools
-    `send` for a response not yet started on a connection that takes writes. Returns
-    False, having written nothing, otherwise: the caller then uses `send`. Raises
-    RuntimeError for a header name or value HTTP forbids, as uvicorn's `send` does."""
+    304; `body` empty for HEAD) in one socket write, at the end of this turn of the loop
+    (`WriteBatch`), when `send` is uvicorn's httptools `send` for a response not yet
+    started on a connection that takes writes. Returns False, having written nothing
+    (and the batch sent), otherwise: the caller then uses `send`. Raises RuntimeError
+    for a header name or value HTTP forbids, as uvicorn's `send` does."""
     cycle = getattr(send, "__self__", None)
-    if type(cycle) is not RequestResponseCycle or cycle.response_started \
-            or cycle.disconnected or cycle.flow.write_paused or cycle.access_log:
+    if type(cycle) is not RequestResponseCycle:
+        return False
+    writes: WriteBatch | None = getattr(cycle, "writes", None)
+    if writes is None or cycle.response_started or cycle.disconnected \
+            or cycle.flow.write_paused or cycle.access_log:
+        if writes is not None:
+            writes.flush()  # what `send` writes comes after what was finished before
         return False
     content = [STATUS_LINE[status]]
     for name, value in cycle.default_headers:  # uvicorn's own (date, server)
@@ -333,9 +388,12 @@ def write_response(send: Callable[..., Any], status: int, headers: list[tuple[by
     content += (b"\r\n", body)
     cycle.response_started = cycle.response_complete = True
     cycle.waiting_for_100_continue = False
-    cycle.transport.write(b"".join(content))
-    cycle.message_event.set()
-    if not keep_alive:
+    if keep_alive:
+        writes.add(cycle.transport, b"".join(content))
+    else:
+        writes.flush()
+        cycle.transport.write(b"".join(content))
         cycle.transport.close()
+    cycle.message_event.set()
     cycle.on_response()
     return True
