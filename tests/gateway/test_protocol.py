@@ -226,3 +226,39 @@ def test_many_connections_answered_in_the_same_turns_each_get_their_own(
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_the_app_answers_the_same_under_another_asgi_server(tmp_path: Path) -> None:
+    """`GatewayApp` stays an ASGI application: under uvicorn's h11 protocol (not the
+    worker's, so through the scope and two ASGI messages) a function answers as in the
+    worker, and a HEAD request gets the length without the body."""
+    import uvicorn
+
+    from stockade.gateway.app import GatewayApp
+    from stockade.gateway.service import GatewayService
+
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(MANIFEST)
+    port = socket.create_server(("127.0.0.1", 0))
+    host, number = port.getsockname()
+    server = uvicorn.Server(uvicorn.Config(
+        GatewayApp(GatewayService(manifest)), http="h11", lifespan="on", log_config=None,
+        log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [port]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        with httpx.Client(base_url=f"http://{host}:{number}", timeout=20) as client:
+            answer = client.get("/hello")
+            assert (answer.status_code, answer.text) == (200, "Hello, world!\n")
+            head = client.head("/hello")
+            assert (head.status_code, head.headers["content-length"], head.content) == \
+                (200, "14", b"")
+            assert client.get("/nowhere").status_code == 404
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        port.close()

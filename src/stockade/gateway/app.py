@@ -1,11 +1,13 @@
 """`GatewayApp`: the ASGI 3 application of one worker.
 
 It adapts ASGI to the gateway's handler stack (`layers.py`): the scope becomes a
-`Request` whose body is read on demand, the `Response` is sent with its length, and
-with no body where HTTP has none (HEAD, 204, 304; no `Content-Length` on 204 and 304),
-in one socket write under the worker's own protocol (`protocol.write_response`). The
-lifespan protocol starts the `GatewayService` (loading and preparing functions off the
-event loop) and closes it after the server has drained.
+`Request` whose body is read on demand, and `answer` sends the `Response` with its
+length, with no body where HTTP has none (HEAD, 204, 304; no `Content-Length` on 204
+and 304). The worker's own protocol (`protocol.py`) builds the `Request` from the parsed
+head and calls `answer` itself, which writes the response in one socket write
+(`protocol.write_response`); any other ASGI server goes through the scope. The lifespan
+protocol starts the `GatewayService` (loading and preparing functions off the event
+loop) and closes it after the server has drained.
 """
 
 from __future__ import annotations
@@ -41,14 +43,17 @@ class GatewayApp:
             if kind == "lifespan":
                 await self._lifespan(receive, send)
             return
-        # The request, in this coroutine: one frame fewer on every request.
-        request = Request(
+        await self.answer(Request(
             method=scope["method"], path=scope["path"],
             query=scope["query_string"].decode("latin-1"), headers=scope["headers"],
             client=scope.get("client"), server=scope.get("server"),
             scheme=scope.get("scheme", "http"), http_version=scope.get("http_version", "1.1"),
             raw_path=scope.get("raw_path") or b"", receive=receive,
-        )
+        ), send)
+
+    async def answer(self, request: Request, send: Send) -> None:
+        """Answer `request` through `send`: in one socket write when `send` is the worker
+        protocol's (`write_response`), else as ASGI messages."""
         handler = self.service.handler
         if handler is None:
             response = render_error(StockadeError("the gateway is not started"), request.path)
@@ -56,7 +61,7 @@ class GatewayApp:
             response = await handler(request)
         status, headers, body = _framed(response, request.method == "HEAD")
         if write_response(send, status, headers, body):
-            return  # one socket write (uvicorn's httptools protocol)
+            return  # one socket write (the worker's protocol)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -1,4 +1,5 @@
-"""`guarded_protocol`: uvicorn's httptools protocol with the limits it lacks on request heads.
+"""`guarded_protocol`: uvicorn's httptools protocol with the limits it lacks on request heads,
+handing each request to the gateway's handler directly.
 
 uvicorn times out idle keep-alive connections but has no timeout for reading a request's
 head and no limit on its size: a client sending one header byte every few seconds keeps
@@ -20,6 +21,12 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 Bodies are the application's: the `Pipeline` (layers.py) reads them with a deadline and
 a minimum rate.
 
+A request goes to the app's `answer` as a `Request` built from the parsed head, not
+through an ASGI scope: uvicorn's cycle (`Exchange`, a `RequestResponseCycle`) still
+carries its body, flow control, disconnection and fallback `send`, but the scope
+dictionary, its copy of the app state and the conversion back into a `Request` are
+not made on every request. The app stays an ASGI application for any other server.
+
 These deadlines and uvicorn's keep-alive timeout are times kept on each connection and
 checked by one sweep per server every eighth of the shorter timeout (0.05-0.5 s), so a
 deadline is acted on that much late at most: arming and cancelling a timer handle per
@@ -40,9 +47,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -52,8 +61,10 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from .connlimit import REFUSAL, PeerConnections
+from .messages import Request
 
-__all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch"]
+__all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch", "Exchange",
+           "Answer"]
 
 # Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
@@ -67,12 +78,51 @@ class _HeadRefused(Exception):
     """Raised from a parser callback to stop parsing a head that is refused."""
 
 
+# What answers a request: writes its response through `send` (`write_response`).
+Answer = Callable[[Request, Callable[..., Awaitable[None]]], Awaitable[None]]
+
+
+def _answered() -> None:
+    """An exchange's `on_response` once its answer has run (uvicorn's empty lambda)."""
+
+
+class Exchange(RequestResponseCycle):
+    """uvicorn's cycle of one request (its body, flow control, disconnection, `send`),
+    answered from `request` instead of an ASGI scope; the scope holds only the method
+    `send` reads. `writes` is its server's `WriteBatch`."""
+
+    request: Request
+    writes: WriteBatch
+
+    async def run(self, answer: Answer) -> None:
+        """`answer` the request, with uvicorn's `run_asgi` guard: a failure before the
+        response began is answered 500, one after it closes the connection."""
+        try:
+            await answer(self.request, self.send)
+        except BaseException as exc:
+            self.logger.error("Exception in the gateway's handler\n", exc_info=exc)
+            if not self.response_started:
+                await self.send_500_response()
+            else:
+                self.transport.close()
+        else:
+            if not self.response_started and not self.disconnected:
+                self.logger.error("the gateway's handler returned without a response")
+                await self.send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                self.logger.error("the gateway's handler returned before its response ended")
+                self.transport.close()
+        finally:
+            self.on_response = _answered
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a head timeout and a head size limit (class attributes,
-    set by `guarded_protocol`). Its deadlines, and uvicorn's keep-alive timeout, are
-    times on the connection checked by one `_Sweep` per server, not a timer handle armed
-    and cancelled per request."""
+    set by `guarded_protocol`), handing requests to `answer`. Its deadlines, and
+    uvicorn's keep-alive timeout, are times on the connection checked by one `_Sweep`
+    per server, not a timer handle armed and cancelled per request."""
 
+    answer: Answer
     header_timeout = 10.0
     max_header_size = 64 * 1024
     max_connections = 10_000
@@ -146,23 +196,30 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse(431)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's makes an ASGI scope here; the request is made once its head is whole.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         if not self._in_head:
             self._begin_head()
 
     def on_url(self, url: bytes) -> None:
         self._count_head(len(url))
-        super().on_url(url)
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_fields += 1
         self._count_head(len(name) + len(value) + 4)
-        if len(name) == 4 and name.lower() == b"host":
+        name = name.lower()
+        if name == b"host":
             self._hosts += 1
             if self._hosts > 1:
                 self._refused_head = 400
                 raise _HeadRefused("more than one Host header")
-        super().on_header(name, value)
+        value = value.rstrip(b" \t")  # as uvicorn: trailing whitespace is no part of it
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def _count_head(self, size: int) -> None:
         self._head_size += size
@@ -180,16 +237,48 @@ class GuardedProtocol(HttpToolsProtocol):
         super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
-        if not self._hosts and self.parser.get_http_version() == "1.1":
+        parser = self.parser
+        version = parser.get_http_version()
+        if not self._hosts and version == "1.1":
             self._refused_head = 400  # RFC 9112 3.2: an HTTP/1.1 request names its host
             raise _HeadRefused("no Host header")
         # Trailers, if any, are counted apart.
         self._head_size = self._head_fields = self._hosts = 0
         self._in_head = False
         self._head_deadline = math.inf
-        super().on_headers_complete()
-        if self.cycle is not None:
-            self.cycle.writes = self._writes  # type: ignore[attr-defined]  # for write_response
+        # What uvicorn's does (less the WebSocket upgrade: the worker serves none), into a
+        # `Request` instead of a scope.
+        method = parser.get_method().decode("ascii")
+        url = httptools.parse_url(self.url)
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        cycle = Exchange(
+            scope={"method": method},  # type: ignore[typeddict-item]  # what `send` reads
+            transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=False,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(), expect_100_continue=self.expect_100_continue,
+            keep_alive=version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete)
+        cycle.writes = self._writes
+        cycle.request = Request(
+            method, self.root_path + path, (url.query or b"").decode("latin-1"), self.headers,
+            client=self.client, server=self.server, scheme=self.scheme or "http",
+            http_version=version, raw_path=self.root_path.encode("ascii") + raw_path,
+            receive=cycle.receive)  # type: ignore[arg-type]  # ASGI's typed dicts
+        previous, self.cycle = self.cycle, cycle
+        if previous is None or previous.response_complete:
+            self._start(cycle)
+        else:  # pipelined: started when the previous response is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))
+
+    def _start(self, cycle: Exchange) -> None:
+        task = self.loop.create_task(cycle.run(self.answer))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def shutdown(self) -> None:
         self._writes.flush()  # a finished response is sent before the connection closes
@@ -203,8 +292,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._idle_deadline = math.inf
         self.flow.resume_reading()
         if self.pipeline:  # a pipelined request waits: start it
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            cycle, _ = self.pipeline.pop()
+            self._start(cycle)  # type: ignore[arg-type]  # only ever an Exchange
         else:
             self._idle_deadline = self.loop.time() + self.timeout_keep_alive
 
@@ -322,13 +411,14 @@ class _Sweep:
             self.loop.call_later(self.interval, self.run)
 
 
-def guarded_protocol(header_timeout: float, max_header_size: int,
+def guarded_protocol(answer: Answer, header_timeout: float, max_header_size: int,
                      per_ip: PeerConnections | None = None,
                      max_connections: int | None = None) -> type[GuardedProtocol]:
-    """A `GuardedProtocol` class with these limits (seconds, bytes, connections per peer
-    address, connections of this worker: None for its descriptor limit less a reserve),
-    for uvicorn's `http` setting."""
+    """A `GuardedProtocol` class handing requests to `answer` (`GatewayApp.answer`) with
+    these limits (seconds, bytes, connections per peer address, connections of this
+    worker: None for its descriptor limit less a reserve), for uvicorn's `http` setting."""
     return type("GuardedProtocol", (GuardedProtocol,), {
+        "answer": staticmethod(answer),
         "header_timeout": header_timeout, "max_header_size": max_header_size,
         "per_ip": per_ip,
         "max_connections": max_connections if max_connections is not None
@@ -355,18 +445,16 @@ def write_response(send: Callable[..., Any], status: int, headers: list[tuple[by
                    body: bytes) -> bool:
     """Write a whole response (its `content-length` among `headers`, none for 204 and
     304; `body` empty for HEAD) in one socket write, at the end of this turn of the loop
-    (`WriteBatch`), when `send` is uvicorn's httptools `send` for a response not yet
-    started on a connection that takes writes. Returns False, having written nothing
+    (`WriteBatch`), when `send` is an `Exchange`'s, for a response not yet started on
+    a connection that takes writes. Returns False, having written nothing
     (and the batch sent), otherwise: the caller then uses `send`. Raises RuntimeError
     for a header name or value HTTP forbids, as uvicorn's `send` does."""
     cycle = getattr(send, "__self__", None)
-    if type(cycle) is not RequestResponseCycle:
+    if type(cycle) is not Exchange:
         return False
-    writes: WriteBatch | None = getattr(cycle, "writes", None)
-    if writes is None or cycle.response_started or cycle.disconnected \
-            or cycle.flow.write_paused or cycle.access_log:
-        if writes is not None:
-            writes.flush()  # what `send` writes comes after what was finished before
+    writes = cycle.writes
+    if cycle.response_started or cycle.disconnected or cycle.flow.write_paused:
+        writes.flush()  # what `send` writes comes after what was finished before
         return False
     content = [STATUS_LINE[status]]
     for name, value in cycle.default_headers:  # uvicorn's own (date, server)

@@ -168,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         lambda: metrics.inc("stockade_gateway_connections_refused_total", ()),
         settings.max_connections_ipv6_prefix,
         lambda: metrics.inc("stockade_gateway_connection_table_full_total", ()))
+    app = GatewayApp(service)
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.
-        # httptools, with the head timeout and size limit uvicorn lacks (protocol.py).
-        GatewayApp(service), loop="uvloop", ws="none", lifespan="on", proxy_headers=False,
-        http=guarded_protocol(settings.header_timeout, settings.max_header_size, per_ip),
+        # httptools, with the head timeout and size limit uvicorn lacks, handing requests
+        # to the app's `answer` without an ASGI scope (protocol.py).
+        app, loop="uvloop", ws="none", lifespan="on", proxy_headers=False,
+        http=guarded_protocol(app.answer, settings.header_timeout, settings.max_header_size,
+                              per_ip),
         access_log=False, log_config=None, log_level="warning", server_header=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),
