@@ -2,9 +2,10 @@
 
     stockade.toml ──load_manifest──► Manifest (functions, tenants, [server])
     Supervisor (server.py)  N worker processes sharing one port, drain, reload
-    └── worker: uvicorn ──► GatewayApp (app.py) ──► layers: metrics, tracing, errors,
-        routing, limits ──► Invoker: CGI environment in, guest run on a thread
-        (fast path or sandbox), CGI output out
+    └── worker: uvicorn + the guarded protocol (protocol.py) ──► GatewayApp.answer
+        (app.py) ──► layers: metrics, tracing, errors, routing, limits ──► Invoker: CGI
+        environment in, guest run inline or on a thread (fast path or sandbox), CGI
+        output out
 
 Only `load_manifest` and the data classes are imported eagerly; the service, app and
 supervisor load wasmtime and are imported from their modules.
