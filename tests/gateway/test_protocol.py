@@ -262,3 +262,17 @@ def test_the_app_answers_the_same_under_another_asgi_server(tmp_path: Path) -> N
         server.should_exit = True
         thread.join(30)
         port.close()
+
+
+def test_a_response_finished_before_the_client_half_closes_is_delivered(
+        gateway: Gateway) -> None:
+    """Pipelined requests, then the client's half-close (what `nc -N` does): the response
+    finished in the turn the end of input arrives in is written before the connection
+    closes, as it was before responses were batched."""
+    for _ in range(5):
+        with connect(gateway) as sock:
+            sock.sendall(REQUEST * 3)
+            sock.shutdown(socket.SHUT_WR)
+            answer = closed_by_server(sock)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert answer.endswith(b"\r\n\r\nHello, world!\n")

@@ -40,7 +40,8 @@ client and the wake-up costs the writer more than the rest of the write, so a se
 answering many connections at once wakes each client once per turn, not once per
 response. A response waits for no more than the requests that were ready beside it.
 Whatever else writes to or closes a connection (a refusal, a closing response, the
-graceful shutdown) sends the batch first, so a connection's bytes keep their order.
+client's half-close, the graceful shutdown) sends the batch first, so a connection's
+bytes keep their order and none is lost.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Exchange(RequestResponseCycle):
             if not self.response_started:
                 await self.send_500_response()
             else:
+                self.writes.flush()
                 self.transport.close()
         else:
             if not self.response_started and not self.disconnected:
@@ -111,6 +113,7 @@ class Exchange(RequestResponseCycle):
                 await self.send_500_response()
             elif not self.response_complete and not self.disconnected:
                 self.logger.error("the gateway's handler returned before its response ended")
+                self.writes.flush()
                 self.transport.close()
         finally:
             self.on_response = _answered
@@ -283,6 +286,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self._writes.flush()  # a finished response is sent before the connection closes
         super().shutdown()
+
+    def eof_received(self) -> None:
+        # The transport closes on the client's half-close: what it was answered goes first.
+        self._writes.flush()
 
     def on_response_complete(self) -> None:
         """uvicorn's, with the keep-alive timeout as a deadline for the sweep."""
