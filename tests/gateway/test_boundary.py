@@ -204,6 +204,26 @@ def test_an_underscore_header_alone_never_becomes_a_variable(gateway: Gateway) -
     assert "HTTP_X_FORWARDED_FOR" not in env and "6.6.6.6" not in "".join(env.values())
 
 
+def test_trailers_of_a_chunked_body_never_reach_the_function(gateway: Gateway) -> None:
+    """Fields after a chunked body arrive once the head was checked (one Host, the size
+    limits): none becomes a variable, so none can pose as a header the function trusts."""
+    url = httpx.URL(gateway.url)
+    assert url.host and url.port
+    with socket.create_connection((url.host, url.port), timeout=20) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n"
+                     b"X-Trail: sneaked\r\nHost: evil.example\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer
+    env = dict(line.split("=", 1) for line in body.decode().partition("\n\n")[0].splitlines())
+    assert "HTTP_X_TRAIL" not in env and "sneaked" not in body.decode()
+    assert env["HTTP_HOST"] == "t" and env["SERVER_NAME"] == "t"
+    assert body.endswith(b"\n\nhello")
+
+
 def slow_body(host: str, port: int, path: str, results: list[bytes],
               started: threading.Event) -> None:
     """POST 100 declared bytes, one every 3 s; record what the gateway answers."""

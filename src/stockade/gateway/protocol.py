@@ -213,6 +213,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_fields += 1
         self._count_head(len(name) + len(value) + 4)
+        if not self._in_head:
+            # A trailer, after a chunked body: counted, never kept. It arrives once the
+            # head was checked, so it would pose as a header of the request (and the list
+            # is the request's, read by the handler while the body comes).
+            return
         name = name.lower()
         if name == b"host":
             self._hosts += 1
