@@ -276,3 +276,23 @@ def test_a_response_finished_before_the_client_half_closes_is_delivered(
             answer = closed_by_server(sock)
             assert answer.startswith(b"HTTP/1.1 200 "), answer
             assert answer.endswith(b"\r\n\r\nHello, world!\n")
+
+
+@pytest.mark.parametrize("bad", [
+    b"GARBAGE\r\n\r\n",  # a parser error: 400
+    b"GET /hello HTTP/1.1\r\n\r\n",  # no Host: 400
+    b"GET /hello HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 70_000 + b"\r\n\r\n",  # 431
+])
+def test_requests_pipelined_ahead_of_a_refused_head_are_answered_first(
+        gateway: Gateway, bad: bytes) -> None:
+    """The refusal of a later head is not written ahead of the answers still owed: they
+    go out in order, the last closing the connection (before: only the refusal came,
+    and the answers were lost to the close)."""
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST * 2 + bad)
+        answer = closed_by_server(sock)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
+    assert b" 400 " not in answer and b" 431 " not in answer
+    first, _, second = answer.partition(b"Hello, world!\n")
+    assert b"connection: close" not in first.lower()
+    assert b"connection: close" in second.lower() and second.endswith(b"Hello, world!\n")

@@ -82,7 +82,6 @@ class _FastBase(Prepared):
         self._module = module
         self._engine = module.engine
         self._limits = spec.policy.limits.as_dict()
-        self._name = spec.module.name
         # Host variables are read once: a worker's environment does not change.
         self._base_env = tuple(guest_env(spec.policy, Invocation()))
         self.cgi = CgiEnvironment(spec.route, self._base_env, spec.headers)
@@ -116,12 +115,12 @@ class FastFunction(_FastBase):
         self._plan = plan(module, spec.args, fuel=limits.fuel, timeout_s=limits.timeout,
                           max_memory=limits.max_memory, max_output=limits.max_output,
                           capture_stderr=spec.capture_stderr, max_hostcalls=limits.max_hostcalls,
-                          program=self._name)
+                          program=self.module_name)
         self._inline_plan = plan(module, spec.args, fuel=inline_fuel,
                                  timeout_s=inline_timeout,
                                  max_memory=limits.max_memory, max_output=limits.max_output,
                                  capture_stderr=spec.capture_stderr,
-                                 max_hostcalls=limits.max_hostcalls, program=self._name)
+                                 max_hostcalls=limits.max_hostcalls, program=self.module_name)
         self._inline_after = 0.0
         self._inline_strikes = 0
 
@@ -160,7 +159,7 @@ class FastFunction(_FastBase):
                 self._inline_after = time.monotonic() + INLINE_BACKOFF
             return None, fast.cpu_s
         self._inline_strikes = 0
-        result = fast.to_result(self._name, self.sha256, self._limits)
+        result = fast.to_result(self.module_name, self.sha256, self._limits)
         result.coldstart = not self.warm
         self.warm = True
         if info is not None:
@@ -195,8 +194,8 @@ class MeteredFunction(_FastBase):
             fast = self._engine.run_metered(self._module, meter, self.spec.args,
                                             self._env(invocation),
                                             dirs=[grant.guest for grant in grants],
-                                            program=self._name)
-        result = fast.to_result(self._name, self.sha256, self._limits)
+                                            program=self.module_name)
+        result = fast.to_result(self.module_name, self.sha256, self._limits)
         result.scratch, result.cleanup_error = scratch.kept, scratch.failure
         result.coldstart = not self.warm
         self.warm = True

@@ -42,6 +42,7 @@ class Prepared(ABC):
         self.observers = tuple(observers)
         self.warm = False
         self._pid = os.getpid()  # a system call: worker processes are exec'd, never forked
+        self.module_name = spec.module.name  # a path's `name` is computed on every read
 
     @abstractmethod
     def run(self, invocation: Invocation) -> Result:
@@ -54,9 +55,8 @@ class Prepared(ABC):
         return None, 0.0
 
     def _info(self, invocation: Invocation) -> RunInfo:
-        return RunInfo(module=self.spec.module.name, sha256=self.sha256, invocation=invocation,
-                       policy=self.spec.policy, started=time.time(), pid=self._pid,
-                       coldstart=not self.warm)
+        return RunInfo(self.module_name, self.sha256, invocation, self.spec.policy,
+                       time.time(), self._pid, coldstart=not self.warm)
 
 
 class DeniedFunction(Prepared):
@@ -73,7 +73,7 @@ class DeniedFunction(Prepared):
         """A `denied` result, recorded like a run."""
         info = self._info(invocation)
         notify_started(self.observers, info)
-        result = Result(module=self.spec.module.name, sha256=self.sha256,
+        result = Result(module=self.module_name, sha256=self.sha256,
                         outcome=Outcome.DENIED, exit_code=Outcome.DENIED.exit_code,
                         message=self.message, limits=self.spec.policy.limits.as_dict())
         notify_finished(self.observers, info, result)

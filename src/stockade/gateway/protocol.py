@@ -144,6 +144,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._hosts = 0
         self._refused_head = 0  # the status a parser callback refused the head with
         self._heads = 0  # heads begun on this connection
+        self._ignoring = False  # input after a refused pipelined head
         self._writes = WriteBatch.of(self.server_state, self.loop)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -172,6 +173,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._ignoring:  # a refused head's connection closes after its last answer
+            return
         if not self._in_head and self._idle_deadline != math.inf:
             # Bytes after a response start the next head's clock, whatever they are: a
             # blank line starts no request (no `on_message_begin`) yet ends keep-alive.
@@ -240,6 +243,8 @@ class GuardedProtocol(HttpToolsProtocol):
         ends in: 431 for a head too large."""
         if self._refused_head == 431:
             self._refuse(431)
+            return
+        if self._close_after_answers():
             return
         self._writes.flush()
         super().send_400_response(msg)
@@ -331,6 +336,20 @@ class GuardedProtocol(HttpToolsProtocol):
                 self._writes.flush()
                 self.transport.close()
 
+    def _close_after_answers(self) -> bool:
+        """A head refused behind requests still being answered (pipelined): they are
+        answered, in order, the last with `connection: close`, and the rest of the input
+        is ignored, instead of a refusal written ahead of their answers (which the
+        closing connection then lost). True when so."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return False
+        cycle.keep_alive = False
+        self._in_head = False
+        self._head_deadline = math.inf
+        self._ignoring = True
+        return True
+
     def _head_timed_out(self) -> None:
         if not self._in_head or self.transport.is_closing():
             return
@@ -346,6 +365,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int) -> None:
         """Answer `status` with an empty body and close the connection."""
+        if self._close_after_answers():
+            return
         self._in_head = False
         self._head_deadline = math.inf
         self._writes.flush()

@@ -93,7 +93,8 @@ class FileSink:
         parent = getattr(info.invocation, "parent", None)
         if parent is None or self._keep(parent.trace_id, parent.sampled):
             return False
-        self._metrics.add_usage(bounded_name(run_name(info)), result.outcome.value,
+        # `_value_`, not `value`: an enum's `value` is a Python-level descriptor.
+        self._metrics.add_usage(bounded_name(run_name(info)), result.outcome._value_,
                                 result.usage, was_cold(info, result))
         if self._due():
             self.flush()

@@ -206,9 +206,10 @@ class Telemetry:
         records for a violation, and the breaker's count. Never raises."""
         try:
             warnings = self.monitor.final_check(info, result) if self.monitor else []
+            outcome = result.outcome
             if not warnings and refused is None and self._unsampled is not None \
-                    and event_kind(result.outcome) is None and not result.cleanup_error \
-                    and self._unsampled(info, result):
+                    and (outcome is Outcome.EXITED or event_kind(outcome) is None) \
+                    and not result.cleanup_error and self._unsampled(info, result):
                 self._tell_breaker(info, result)
                 return
             trace_id = span_id = 0
