@@ -296,3 +296,99 @@ def test_requests_pipelined_ahead_of_a_refused_head_are_answered_first(
     first, _, second = answer.partition(b"Hello, world!\n")
     assert b"connection: close" not in first.lower()
     assert b"connection: close" in second.lower() and second.endswith(b"Hello, world!\n")
+
+
+CHUNKED = b"POST /hello HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+
+
+def test_an_endless_trailer_line_is_refused_at_the_head_limit(gateway: Gateway) -> None:
+    """httptools keeps a field line whole until it ends: a trailer that never ends grew
+    without bound (85 MiB in 9 s from one connection) until the body's deadline. It is
+    fed no further than the head's limit, then refused."""
+    with connect(gateway) as sock:
+        sock.sendall(CHUNKED + b"0\r\nX-T: ")
+        answer = b""
+        try:
+            for _ in range(64):  # 4 MiB at most; refused after 64 KiB
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+@pytest.mark.parametrize("tail", [
+    b"0\r\n" + b"".join(b"X-T%d: v\r\n" % n for n in range(300)) + b"\r\n",  # fields: 431
+    b"ZZ\r\n",  # a chunk size that is not one: 400
+])
+def test_a_refusal_inside_a_requests_own_body_is_answered_at_once(
+        gateway: Gateway, tail: bytes) -> None:
+    """The refused part belongs to the request being read, not to a later pipelined one:
+    the refusal comes now (not the body's deadline later, nor the function's answer)."""
+    with connect(gateway) as sock:
+        sock.sendall(CHUNKED + tail)
+        answer = closed_by_server(sock)
+    assert answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1
+
+
+def test_pipelined_requests_then_a_half_close_are_all_answered(gateway: Gateway) -> None:
+    """Whole requests sent before the client's half-close are answered, in order, the last
+    closing the connection."""
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST * 3)
+        sock.shutdown(socket.SHUT_WR)
+        answer = closed_by_server(sock)
+    assert answer.count(b"HTTP/1.1 200 ") == 3, answer[:400]
+    assert answer.endswith(b"Hello, world!\n")
+    assert answer.lower().count(b"connection: close") == 1
+
+
+def test_late_trailers_of_an_answered_request_do_not_count_toward_the_next_head(
+        gateway: Gateway) -> None:
+    """A request answered before its chunked body ended (a 404): the rest of its body and
+    its trailers (a Host among them) arrive after the answer, then the next request. They
+    are not that request's headers (its one Host was taken for a second: 400)."""
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 404 ")
+        body_length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        rest = head.partition(b"\r\n\r\n")[2]
+        while len(rest) < body_length:
+            rest += sock.recv(65536)
+        sock.sendall(b"0\r\nHost: evil.example\r\n\r\n" + REQUEST)
+        [(status, _, body)], _ = read_responses(sock, 1)
+        assert (status, body) == (200, b"Hello, world!\n")
+
+
+@pytest.mark.parametrize("bad_body", [
+    b"0\r\nX-T: " + b"t" * 70_000 + b"\r\n\r\n",  # trailers past the limit: 431
+    b"zz\r\n",  # a chunk size that is not one: 400
+])
+def test_a_pipelined_request_refused_inside_its_body_does_not_cost_the_earlier_answer(
+        gateway: Gateway, bad_body: bytes) -> None:
+    """A request queued behind another, refused inside its own body: the earlier one is
+    answered, the last on the connection, which then closes (before: only the refusal,
+    written ahead of that answer, which the close lost)."""
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST + b"POST /hello HTTP/1.1\r\nHost: t\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n" + bad_body)
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    assert b"connection: close" in answer.lower() and answer.endswith(b"Hello, world!\n")
+
+
+def test_a_body_larger_than_the_head_limit_in_the_heads_read_is_no_head(
+        gateway: Gateway) -> None:
+    """A head and a body past the head's limit in one read: the head completes inside
+    the first slice fed, and what follows is body, not the same head past its limit."""
+    body = b"x" * 100_000
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % len(body) + body)
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]

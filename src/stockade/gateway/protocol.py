@@ -12,7 +12,11 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - the head may be at most `max_header_size` bytes and `MAX_HEADER_FIELDS` header lines,
   counted as httptools parses them and fed to it no further than the limit (a head
   arriving whole in one read was never seen incomplete); otherwise 431 and close. An
-  HTTP/1.1 head without `Host`, or with two, is 400 (RFC 9112 3.2);
+  HTTP/1.1 head without `Host`, or with two, is 400 (RFC 9112 3.2). The trailers after a
+  chunked body have the same limits (httptools keeps a field line whole until it ends)
+  and are never kept: they come after the head's checks;
+- a head refused behind pipelined requests still owed an answer, and the client's
+  half-close, let those answers go out first, in order, the last closing the connection;
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -143,7 +147,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_fields = 0
         self._hosts = 0
         self._refused_head = 0  # the status a parser callback refused the head with
-        self._heads = 0  # heads begun on this connection
+        self._phases = 0  # heads and trailers begun or ended on this connection
+        self._trailing = False  # after a chunk's size line, before its data or its end
+        self._trailer_bytes = 0
+        self._answering: Exchange | None = None  # the request answered last or now
         self._ignoring = False  # input after a refused pipelined head
         self._writes = WriteBatch.of(self.server_state, self.loop)
 
@@ -179,33 +186,65 @@ class GuardedProtocol(HttpToolsProtocol):
             # Bytes after a response start the next head's clock, whatever they are: a
             # blank line starts no request (no `on_message_begin`) yet ends keep-alive.
             self._begin_head()
-        # A head is fed no further than its limit, so bytes no callback reports (blank
-        # lines, padding) count too; what follows a head that completed (a body, the
-        # next pipelined request) is fed on, a new head with a limit of its own.
-        while self._in_head and len(data) > (room := self.max_header_size + 1
-                                             - self._head_bytes):
-            heads = self._heads
-            self._head_bytes += room
+        # A head, and the trailers after a chunked body's last chunk, are fed no further
+        # than their limit: bytes no callback reports (blank lines, padding, a field line
+        # httptools keeps whole until it ends) count too. What follows one that completed
+        # (a body, the next pipelined request) is fed on, under a limit of its own.
+        while (counted := self._counted()) is not None \
+                and len(data) > (room := self.max_header_size + 1 - counted):
+            phases = self._phases
+            self._count(room)
             super().data_received(data[:room])
             data = data[room:]
             if self.transport.is_closing():
                 return
-            if self._in_head and self._heads == heads:  # the same head, past its limit
-                self._refuse(431)
+            if self._phases == phases and self._counted() is not None:
+                self._refuse(431)  # the same head or trailers, past the limit
                 return
-        if self._in_head:
-            self._head_bytes += len(data)
+        if self._counted() is not None:
+            self._count(len(data))
         super().data_received(data)
-        # Still inside a head after this chunk: the chunk was all head bytes.
-        if self._in_head and self._head_bytes > self.max_header_size \
+        # Still inside the same part after this chunk: the chunk was all its bytes.
+        counted = self._counted()
+        if counted is not None and counted > self.max_header_size \
                 and not self.transport.is_closing():
             self._refuse(431)
+
+    def _counted(self) -> int | None:
+        """Bytes fed so far of the head or the trailers being parsed; None: neither."""
+        if self._in_head:
+            return self._head_bytes
+        return self._trailer_bytes if self._trailing else None
+
+    def _count(self, size: int) -> None:
+        if self._in_head:
+            self._head_bytes += size
+        else:
+            self._trailer_bytes += size
+
+    def on_chunk_header(self) -> None:
+        # What follows a chunk's size line is its data, or (the last chunk's) trailers.
+        self._trailing, self._trailer_bytes = True, 0
+        self._phases += 1
+
+    def on_body(self, body: bytes) -> None:
+        if self._trailing:
+            self._trailing = False
+            self._phases += 1
+        super().on_body(body)
+
+    def on_chunk_complete(self) -> None:
+        if self._trailing:
+            self._trailing = False
+            self._phases += 1
 
     def on_message_begin(self) -> None:
         # uvicorn's makes an ASGI scope here; the request is made once its head is whole.
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        # What an answered request's late trailers counted is not this head's.
+        self._head_size = self._head_fields = self._hosts = 0
         if not self._in_head:
             self._begin_head()
 
@@ -216,7 +255,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_fields += 1
         self._count_head(len(name) + len(value) + 4)
-        if not self._in_head:
+        if self._trailing or not self._in_head:
             # A trailer, after a chunked body: counted, never kept. It arrives once the
             # head was checked, so it would pose as a header of the request (and the list
             # is the request's, read by the handler while the body comes).
@@ -289,6 +328,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, self.app))
 
     def _start(self, cycle: Exchange) -> None:
+        self._answering = cycle
         task = self.loop.create_task(cycle.run(self.answer))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
@@ -297,9 +337,17 @@ class GuardedProtocol(HttpToolsProtocol):
         self._writes.flush()  # a finished response is sent before the connection closes
         super().shutdown()
 
-    def eof_received(self) -> None:
-        # The transport closes on the client's half-close: what it was answered goes first.
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
+        """The client's half-close. Requests that came whole and are still being answered
+        (pipelined) are answered, the last closing the connection; otherwise it closes
+        now, after what was answered."""
         self._writes.flush()
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or cycle.more_body:
+            return None
+        cycle.keep_alive = False
+        self._ignoring = True
+        return True  # the transport stays open for the answers
 
     def on_response_complete(self) -> None:
         """uvicorn's, with the keep-alive timeout as a deadline for the sweep."""
@@ -319,7 +367,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._idle_deadline = math.inf
 
     def _begin_head(self) -> None:
-        self._heads += 1
+        self._phases += 1
         self._in_head = True
         self._head_bytes = self._head_size = self._head_fields = self._hosts = 0
         self._refused_head = 0
@@ -341,9 +389,17 @@ class GuardedProtocol(HttpToolsProtocol):
         answered, in order, the last with `connection: close`, and the rest of the input
         is ignored, instead of a refusal written ahead of their answers (which the
         closing connection then lost). True when so."""
-        cycle = self.cycle
+        cycle: RequestResponseCycle | None = self.cycle
+        if cycle is not None and cycle.more_body:
+            # The refused part is this request's own (its body or trailers): refused now
+            # if it is being answered; if it waits behind others, it is dropped and the
+            # one before it is the last answered.
+            if not self.pipeline or self.pipeline[0][0] is not cycle:
+                return False
+            self.pipeline.popleft()
+            cycle = self.pipeline[0][0] if self.pipeline else self._answering
         if cycle is None or cycle.response_complete:
-            return False
+            return False  # nothing owed
         cycle.keep_alive = False
         self._in_head = False
         self._head_deadline = math.inf
