@@ -151,7 +151,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._trailing = False  # after a chunk's size line, before its data or its end
         self._trailer_bytes = 0
         self._answering: Exchange | None = None  # the request answered last or now
-        self._ignoring = False  # input after a refused pipelined head
+        self._ignoring = False  # input after a refused pipelined head or a half-close
         self._writes = WriteBatch.of(self.server_state, self.loop)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -180,7 +180,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._ignoring:  # a refused head's connection closes after its last answer
+        if self._ignoring:  # the connection closes after its last answer
             return
         if not self._in_head and self._idle_deadline != math.inf:
             # Bytes after a response start the next head's clock, whatever they are: a
