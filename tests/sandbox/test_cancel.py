@@ -231,6 +231,10 @@ def test_a_run_outlives_the_close_of_its_engine_and_still_times_out() -> None:
 
 CTRL_C = """
 import os, signal, threading, time
+# Ctrl-C as a terminal delivers it, whatever this process inherited (a child inherits an
+# ignored or blocked SIGINT from its parent).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 from stockade import Policy, Sandbox
 from stockade.engine import EngineConfig
 from stockade.sandbox.cancel import CancelToken, cancellable
