@@ -392,3 +392,16 @@ def test_a_body_larger_than_the_head_limit_in_the_heads_read_is_no_head(
                      b"Connection: close\r\n\r\n" % len(body) + body)
         answer = closed_by_server(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def test_a_half_close_inside_a_queued_requests_body_still_answers_the_one_before(
+        gateway: Gateway) -> None:
+    """The client half-closes while a request queued behind another has an unfinished
+    body: that body can never end, so the request is dropped, and the one before it is
+    answered, the last on the connection."""
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST + CHUNKED)
+        sock.shutdown(socket.SHUT_WR)
+        answer = closed_by_server(sock)  # the answer may have gone before the half-close
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    assert answer.endswith(b"Hello, world!\n")

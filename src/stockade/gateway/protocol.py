@@ -141,7 +141,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_deadline = math.inf  # loop time the head must be complete by
         self._idle_deadline = math.inf  # loop time an idle keep-alive connection closes
-        self._refusal = 0
         self._cell: int | None = None  # counted in `per_ip` until the connection ends
         self._head_size = 0  # bytes of the head's fields parsed so far
         self._head_fields = 0
@@ -228,12 +227,13 @@ class GuardedProtocol(HttpToolsProtocol):
         self._phases += 1
 
     def on_body(self, body: bytes) -> None:
-        if self._trailing:
-            self._trailing = False
-            self._phases += 1
+        self._end_trailers()  # it was a chunk's data
         super().on_body(body)
 
     def on_chunk_complete(self) -> None:
+        self._end_trailers()
+
+    def _end_trailers(self) -> None:
         if self._trailing:
             self._trailing = False
             self._phases += 1
@@ -339,15 +339,11 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
         """The client's half-close. Requests that came whole and are still being answered
-        (pipelined) are answered, the last closing the connection; otherwise it closes
-        now, after what was answered."""
+        (pipelined) are answered, the last closing the connection (one queued with its
+        body unfinished is dropped); otherwise it closes now, after what was answered."""
         self._writes.flush()
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or cycle.more_body:
-            return None
-        cycle.keep_alive = False
-        self._ignoring = True
-        return True  # the transport stays open for the answers
+        # As for a refused head: no more input comes. True: open for the answers.
+        return True if self._close_after_answers() else None
 
     def on_response_complete(self) -> None:
         """uvicorn's, with the keep-alive timeout as a deadline for the sweep."""
@@ -385,10 +381,10 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.transport.close()
 
     def _close_after_answers(self) -> bool:
-        """A head refused behind requests still being answered (pipelined): they are
-        answered, in order, the last with `connection: close`, and the rest of the input
-        is ignored, instead of a refusal written ahead of their answers (which the
-        closing connection then lost). True when so."""
+        """No more input is taken (a refused head, or the client's half-close) while
+        requests are still being answered (pipelined): they are answered, in order, the
+        last with `connection: close`, and the rest of the input is ignored, instead of a
+        refusal or a close ahead of their answers (which lost them). True when so."""
         cycle: RequestResponseCycle | None = self.cycle
         if cycle is not None and cycle.more_body:
             # The refused part is this request's own (its body or trailers): refused now

@@ -48,6 +48,8 @@ _QUOTAS = {Outcome.OUTPUT_LIMIT, Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome
 
 def event_kind(outcome: Outcome) -> str | None:
     """The audit kind of an outcome: `denial`, `quota_hit`, `violation`, or None."""
+    if outcome is Outcome.EXITED:  # most runs: no set or property looked at
+        return None
     if outcome is Outcome.DENIED:
         return "denial"
     if outcome in _QUOTAS:
@@ -206,10 +208,9 @@ class Telemetry:
         records for a violation, and the breaker's count. Never raises."""
         try:
             warnings = self.monitor.final_check(info, result) if self.monitor else []
-            outcome = result.outcome
             if not warnings and refused is None and self._unsampled is not None \
-                    and (outcome is Outcome.EXITED or event_kind(outcome) is None) \
-                    and not result.cleanup_error and self._unsampled(info, result):
+                    and event_kind(result.outcome) is None and not result.cleanup_error \
+                    and self._unsampled(info, result):
                 self._tell_breaker(info, result)
                 return
             trace_id = span_id = 0
