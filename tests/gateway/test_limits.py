@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stockade.state import Quota, QuotaExceeded
+from stockade.state import GateSpec, LocalState, Quota, QuotaExceeded
 from stockade.state.quota import Limiter, QuotaStore
 
 from .conftest import Start, module
@@ -56,6 +56,23 @@ def test_update_keeps_in_flight_counts() -> None:
     limiter.admit()
     assert refused(limiter).limit == "concurrency"
     assert Limiter("x", Quota()).unlimited
+
+
+def test_unlimited_gate_counts_nothing_until_a_reload_sets_a_quota() -> None:
+    state = LocalState()
+    spec = GateSpec("f", "t", Quota(), Quota())
+    gate = state.gate(spec)
+    free = gate.admit_now()
+    assert free is not None and not free.degraded and not free.probe
+    free.release(1.0)
+    state.update({"tenant:t": Quota(concurrency=1)})
+    lease = gate.admit_now()
+    assert lease is not None
+    with pytest.raises(QuotaExceeded):
+        gate.admit_now()
+    lease.release(0.0)
+    gate.admit_now()  # the slot came back
+    assert LocalState(degraded=True).gate(spec).admit().degraded
 
 
 MANIFEST = f"""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from ..errors import StockadeError
 from .bodybudget import BodyBudget
 from .funclog import FunctionLog
-from .limits import admit
+from .limits import admit, admit_now
 from .messages import Handler, Request, Response
 from .problem import BadRequest, HttpProblem, MethodNotAllowed, NotFound, render_error
 from .registry import ambiguous_path
@@ -125,12 +125,13 @@ class Pipeline:
             held += size
 
         try:
-            await request.read_body(route.spec.max_body, self.body_timeout,
-                                    self.body_min_rate, charge)
+            if not request.body_read:  # the worker's protocol saw a head without a body
+                await request.read_body(route.spec.max_body, self.body_timeout,
+                                        self.body_min_rate, charge)
             # Limits: the function's and the tenant's slots through the route's gate (429
             # when either is spent, 503 for an open breaker or unavailable shared state),
             # given back after the response, charging the guest's CPU time.
-            lease = await admit(route.gate)
+            lease = admit_now(route.gate) or await admit(route.gate)
             metrics = self.metrics
             if lease.degraded:  # decided by this replica alone: shared state unavailable
                 metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)

@@ -9,9 +9,20 @@ translated into HTTP problems (the state layer knows nothing of HTTP)::
 from __future__ import annotations
 
 from ..state import BreakerOpen, Gate, Lease, QuotaExceeded, StateUnavailable
-from .problem import TooManyRequests, Unavailable
+from .problem import HttpProblem, TooManyRequests, Unavailable
 
-__all__ = ["admit"]
+__all__ = ["admit", "admit_now"]
+
+_REFUSALS = (QuotaExceeded, BreakerOpen, StateUnavailable)
+
+
+def admit_now(gate: Gate) -> Lease | None:
+    """Take the routed function's slots through `gate` without awaiting (a local gate, a
+    free one): the lease, or None when `admit` must be awaited. Raises as `admit`."""
+    try:
+        return gate.admit_now()
+    except _REFUSALS as exc:
+        raise _problem(exc) from None
 
 
 async def admit(gate: Gate) -> Lease:
@@ -19,9 +30,12 @@ async def admit(gate: Gate) -> Lease:
     Unavailable (see the module docstring)."""
     try:
         return await gate.admit_async()
-    except QuotaExceeded as exc:
-        raise TooManyRequests(exc.message, exc.retry_after, limit=exc.limit) from None
-    except BreakerOpen as exc:
-        raise Unavailable(exc.message, exc.retry_after, reason="breaker") from None
-    except StateUnavailable as exc:
-        raise Unavailable(exc.message, exc.retry_after, reason="state") from None
+    except _REFUSALS as exc:
+        raise _problem(exc) from None
+
+
+def _problem(exc: QuotaExceeded | BreakerOpen | StateUnavailable) -> HttpProblem:
+    if isinstance(exc, QuotaExceeded):
+        return TooManyRequests(exc.message, exc.retry_after, limit=exc.limit)
+    reason = "breaker" if isinstance(exc, BreakerOpen) else "state"
+    return Unavailable(exc.message, exc.retry_after, reason=reason)

@@ -57,8 +57,8 @@ class Request:
         raises ends the read)."""
         if self.body_read:
             return self.body
-        declared = self.header(b"content-length")
-        if declared is None and self.header(b"transfer-encoding") is None:
+        declared = header(self.headers, b"content-length")
+        if declared is None and header(self.headers, b"transfer-encoding") is None:
             self.body_read = True  # HTTP/1.1: neither header means no body
             return self.body
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -92,10 +92,6 @@ class Request:
                                  f"over {timeout:g} s)") from None
         self.body, self.body_read = b"".join(chunks), True
         return self.body
-
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of header `name` (lower-case bytes), or None."""
-        return header(self.headers, name)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -145,6 +145,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_size = 0  # bytes of the head's fields parsed so far
         self._head_fields = 0
         self._hosts = 0
+        self._framed = False  # the head has Content-Length or Transfer-Encoding
         self._refused_head = 0  # the status a parser callback refused the head with
         self._phases = 0  # heads and trailers begun or ended on this connection
         self._trailing = False  # after a chunk's size line, before its data or its end
@@ -243,6 +244,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        self._framed = False
         # What an answered request's late trailers counted is not this head's.
         self._head_size = self._head_fields = self._hosts = 0
         if not self._in_head:
@@ -266,6 +268,8 @@ class GuardedProtocol(HttpToolsProtocol):
             if self._hosts > 1:
                 self._refused_head = 400
                 raise _HeadRefused("more than one Host header")
+        elif name == b"content-length" or name == b"transfer-encoding":
+            self._framed = True  # a body may follow (`Request.read_body` reads it)
         value = value.rstrip(b" \t")  # as uvicorn: trailing whitespace is no part of it
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
@@ -319,7 +323,8 @@ class GuardedProtocol(HttpToolsProtocol):
             method, self.root_path + path, (url.query or b"").decode("latin-1"), self.headers,
             client=self.client, server=self.server, scheme=self.scheme or "http",
             http_version=version, raw_path=self.root_path.encode("ascii") + raw_path,
-            receive=cycle.receive)  # type: ignore[arg-type]  # ASGI's typed dicts
+            receive=cycle.receive,  # type: ignore[arg-type]  # ASGI's typed dicts
+            body_read=not self._framed)  # neither length nor chunks: no body (RFC 9112 6.3)
         previous, self.cycle = self.cycle, cycle
         if previous is None or previous.response_complete:
             self._start(cycle)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from ..telemetry.record import ParentContext
-from .messages import Request, Response
+from .messages import Request, Response, header
 
 __all__ = ["TraceContext", "Tracer", "SpanRecorder", "ServerSpan"]
 
@@ -97,7 +97,8 @@ class Tracer:
         """Keep the request's trace context in `request.state["trace"]`; the span's start
         (ns since the epoch), or 0 when the trace is not sampled (no span: no clock read,
         no record)."""
-        context = TraceContext.from_headers(request.header(b"traceparent"), self._sample)
+        context = TraceContext.from_headers(header(request.headers, b"traceparent"),
+                                             self._sample)
         request.state["trace"] = context
         return 0 if context.sampled is False else time.time_ns()
 

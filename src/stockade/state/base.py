@@ -26,7 +26,7 @@ from .quota import Quota
 if TYPE_CHECKING:
     from ..telemetry.breaker import BreakerConfig, BreakerStore, Transition
 
-__all__ = ["Lease", "Gate", "GateSpec", "StateBackend", "OnTransition"]
+__all__ = ["Lease", "FreeLease", "FREE_LEASE", "Gate", "GateSpec", "StateBackend", "OnTransition"]
 
 OnTransition = Callable[["Transition"], None]
 
@@ -42,6 +42,22 @@ class Lease(Protocol):
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         """Give back the concurrency slots and charge `cpu_seconds` of guest CPU."""
+
+
+class FreeLease:
+    """The admission of a gate with nothing to count: no quota, no breaker."""
+
+    __slots__ = ("degraded",)
+    probe = False
+
+    def __init__(self, degraded: bool = False) -> None:
+        self.degraded = degraded
+
+    def release(self, cpu_seconds: float = 0.0) -> None:
+        """Nothing was taken."""
+
+
+FREE_LEASE = FreeLease()
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,11 @@ class Gate(ABC):
 
     async def admit_async(self) -> Lease:
         """`admit` on an event loop (a shared store batches the loop's admissions)."""
+        return self.admit()
+
+    def admit_now(self) -> Lease | None:
+        """`admit_async` without awaiting when it would not wait (as `admit` raises);
+        None when it must be awaited. Saves a request two coroutines."""
         return self.admit()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .base import Gate, GateSpec, StateBackend
+from .base import FreeLease, Gate, GateSpec, Lease, StateBackend
 from .errors import StateError
 from .quota import Limiter, Quota, QuotaStore
 
@@ -45,8 +45,12 @@ class LocalGate(Gate):
         self.function = function
         self.tenant = tenant
         self.degraded = degraded
+        self._free = FreeLease(degraded)
 
-    def admit(self) -> _LocalLease:
+    def admit(self) -> Lease:
+        function, tenant = self.function, self.tenant
+        if function.unlimited and tenant.unlimited:  # nothing to count (read per request:
+            return self._free  # a reload may set a quota)
         self.function.admit()
         try:
             self.tenant.admit()

@@ -171,6 +171,8 @@ class Limiter:
         """Apply a new quota (manifest reload), keeping in-flight counts and balances
         (a balance above a smaller new capacity is cut to it)."""
         self.quota = quota
+        # True when this quota limits nothing (an attribute: read twice per request).
+        self.unlimited = quota.unlimited
         self._burst = quota.bucket
         self._cpu_capacity = quota.cpu_per_minute or 0.0
         with self._cell as cell:
@@ -180,11 +182,6 @@ class Limiter:
                 rate, rate_stamp, cpu, cpu_stamp = self._burst, now, self._cpu_capacity, now
             cell.set_head(min(rate, self._burst), rate_stamp, min(cpu, self._cpu_capacity),
                           cpu_stamp, charged)
-
-    @property
-    def unlimited(self) -> bool:
-        """True when this quota limits nothing."""
-        return self.quota.unlimited
 
     @property
     def active(self) -> int:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .base import Gate, GateSpec, Lease
+from .base import FREE_LEASE, Gate, GateSpec, Lease
 from .client import RoundTripFailed
 from .credit import MAX_GRANT, Credit, Demand, hold_for
 from .errors import BreakerOpen, QuotaExceeded
@@ -62,18 +62,6 @@ class _RedisLease:
                 gate.release(self._id, cpu_seconds)
 
 
-class _FreeLease:
-    """The admission of a gate with nothing to count: no quota, no breaker."""
-
-    __slots__ = ()
-    degraded = False
-    probe = False
-
-    def release(self, cpu_seconds: float = 0.0) -> None:
-        """Nothing was taken."""
-
-
-_FREE = _FreeLease()
 
 
 class RedisGate(Gate):
@@ -151,7 +139,7 @@ class RedisGate(Gate):
 
     def admit(self) -> Lease:
         if self.free:
-            return _FREE
+            return FREE_LEASE
         lease_id, pending = self._prepare()
         try:
             reply = self.state.admit(self, lease_id, pending)
@@ -160,13 +148,16 @@ class RedisGate(Gate):
             return self.state.unavailable(self, str(exc))
         return self._decide(reply, lease_id, False)
 
+    def admit_now(self) -> Lease | None:
+        return FREE_LEASE if self.free else None
+
     async def admit_async(self) -> Lease:
         """`admit`, from this gate's credit when it has one (no round trip), else sent
         in one pipeline with the admissions of other requests that reached this point
         in the same turn of the event loop, asking for a credit when the gate is busy
         (see `credit`)."""
         if self.free:
-            return _FREE
+            return FREE_LEASE
         self._demand.add(time.monotonic())
         waits = 0
         while True:

@@ -449,6 +449,10 @@ class RedisBreakers:
         keys = TenantKeys.of(tenant or "", "-", key, self.state.prefix)
         return [keys.breaker, keys.violations]
 
+    @property
+    def holds_probe(self) -> bool:
+        return bool(self.state._probes)
+
     def record(self, key: str, tenant: str | None, violated: bool,
                now: float | None = None, holder: str | None = None) -> Transition | None:
         ident = (key, tenant or "")

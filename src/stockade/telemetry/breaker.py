@@ -225,6 +225,11 @@ class BreakerStore(Protocol):
 
     config: BreakerConfig
 
+    @property
+    def holds_probe(self) -> bool:
+        """Whether this process holds a half-open breaker's probe: until it does, a
+        clean run moves no breaker (`record` of one is a no-op), and is not told."""
+
     def check(self, key: str, tenant: str | None = None,
               now: float | None = None, holder: str | None = None) -> Decision:
         """May a run under `key` go ahead now, for this tenant? A refusal is counted; a
@@ -395,6 +400,10 @@ class Breaker:
         return (f"{_label(key)} is refused until {iso_time(until)}: its circuit breaker "
                 f"opened after {count} violations within {self.config.window:g} s "
                 f"(`stockade breaker reset {reset}` closes it)")
+
+    @property
+    def holds_probe(self) -> bool:
+        return bool(self._probes)
 
     def record(self, key: str, tenant: str | None, violated: bool,
                now: float | None = None, holder: str | None = None) -> Transition | None:

@@ -254,18 +254,21 @@ class Telemetry:
         breaker."""
         if not self._use_breaker:
             return
+        outcome, breaker = result.outcome, self._breaker
+        if outcome is Outcome.EXITED and (breaker is None or not breaker.holds_probe):
+            return  # never counts; only a probe run of this process may close a breaker
         invocation = info.invocation
         key, tenant = breaker_key(info.sha256, invocation), invocation.tenant
         holder = invocation.invocation_id
-        config = self._breaker.config if self._breaker is not None else self._config()
-        if config.counts(result.outcome):
+        config = breaker.config if breaker is not None else self._config()
+        if config.counts(outcome):
             self.breaker.record(key, tenant, True, holder=holder)
-        elif self._breaker is None:
+        elif breaker is None:
             return
-        elif result.outcome is Outcome.ERROR:
-            self._breaker.probe_failed(key, tenant, holder=holder)
+        elif outcome is Outcome.ERROR:
+            breaker.probe_failed(key, tenant, holder=holder)
         else:
-            self._breaker.record(key, tenant, False, holder=holder)
+            breaker.record(key, tenant, False, holder=holder)
 
     def _config(self) -> BreakerConfig:
         if self._breaker_config is None:
