@@ -146,7 +146,7 @@ class Invoker:
         cpu = abandoned + result.usage.cpu_ms / 1000
         request.state["cpu_seconds"] = cpu
         self.metrics.inc("stockade_gateway_quota_cpu_seconds_total", route.labels, cpu)
-        if result.outcome.is_violation:
+        if result.outcome is not Outcome.EXITED and result.outcome.is_violation:
             self._closed_until.pop((route.spec.name, route.spec.tenant), None)
         self._count(route, result)
         return response_for(route, result)

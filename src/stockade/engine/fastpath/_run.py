@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import operator
 import os
 import time
 from collections.abc import Callable
@@ -360,7 +361,8 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     meter's): the verdicts after those (the memory limit, the host-call budget, the
     output cap). Also for a run its process stops at the deadline (`overdue`)."""
     metered = slot.metered
-    ending = memory_verdict(ending, memory_bytes, plan.max_memory)
+    if ending is not EXITED_OK:  # a clean exit did not fail on an allocation
+        ending = memory_verdict(ending, memory_bytes, plan.max_memory)
     outcome, message, code = ending.outcome, ending.message, ending.guest_exit_code
     out, err, out_cut, err_cut = slot.collect(n_out, n_err) if metered is None \
         else metered.output()
@@ -379,7 +381,7 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
         fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
-        hostcalls={name: count for name, count in zip(CALL_NAMES, calls, strict=True) if count},
+        hostcalls=dict(filter(_CALLED, zip(CALL_NAMES, calls, strict=True))),
     )
 
 
@@ -416,6 +418,9 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
     state.closed[0] = state.closed[1] = state.closed[2] = 0
     ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))
     state.memory_base = None
+
+
+_CALLED = operator.itemgetter(1)  # a (name, count) pair of a call made
 
 
 # error, trap, called, memory, fuel left, wall and CPU seconds, stdout and stderr sizes
