@@ -75,6 +75,50 @@ def test_unlimited_gate_counts_nothing_until_a_reload_sets_a_quota() -> None:
     assert LocalState(degraded=True).gate(spec).admit().degraded
 
 
+@pytest.mark.parametrize("quotas", [
+    # (function, tenant) before, between and after two reloads, with requests in flight
+    ((Quota(concurrency=5), Quota()), (Quota(), Quota()), (Quota(concurrency=1), Quota())),
+    ((Quota(concurrency=5), Quota()), (Quota(concurrency=5), Quota(concurrency=1)),
+     (Quota(concurrency=5), Quota(concurrency=1))),
+    ((Quota(), Quota()), (Quota(concurrency=1), Quota()), (Quota(concurrency=1), Quota())),
+])
+def test_a_reload_under_load_leaves_the_counts_right(
+        quotas: tuple[tuple[Quota, Quota], ...]) -> None:
+    """Slots are given back as they were taken: a quota lifted while requests ran did not
+    give theirs back (429 for the worker's life once set again), and one set while they
+    ran freed slots they never took (two runs under concurrency 1)."""
+    state = LocalState()
+    gate = state.gate(GateSpec("f", "t", *quotas[0]))
+
+    def reload(function: Quota, tenant: Quota) -> None:
+        state.update({"function:f": function, "tenant:t": tenant})
+
+    early = [gate.admit() for _ in range(3)]
+    reload(*quotas[1])
+    for lease in early:
+        lease.release(0.0)
+    reload(*quotas[2])
+    first = gate.admit()  # nothing is in flight: one slot is free
+    with pytest.raises(QuotaExceeded):
+        gate.admit()  # and only one
+    first.release(0.0)
+    gate.admit().release(0.0)
+
+
+def test_a_quota_set_under_load_counts_only_new_requests() -> None:
+    state = LocalState()
+    gate = state.gate(GateSpec("f", "t", Quota(concurrency=5), Quota()))
+    early = [gate.admit() for _ in range(2)]
+    state.update({"tenant:t": Quota(concurrency=1)})
+    running = gate.admit()
+    for lease in early:  # they took no tenant slot: they give none back
+        lease.release(0.0)
+    with pytest.raises(QuotaExceeded):
+        gate.admit()
+    running.release(0.0)
+    gate.admit().release(0.0)
+
+
 MANIFEST = f"""
 [server]
 telemetry = "off"

@@ -21,18 +21,20 @@ class _LocalLease:
     """Slots taken from two limiters, given back once. Never a breaker's probe: the
     local breakers are asked later, by telemetry."""
 
-    __slots__ = ("_gate", "degraded")
+    __slots__ = ("_gate", "degraded", "_function_taken", "_tenant_taken")
     probe = False
 
-    def __init__(self, gate: LocalGate, degraded: bool) -> None:
+    def __init__(self, gate: LocalGate, degraded: bool, function_taken: bool,
+                 tenant_taken: bool) -> None:
         self._gate: LocalGate | None = gate
         self.degraded = degraded
+        self._function_taken, self._tenant_taken = function_taken, tenant_taken
 
     def release(self, cpu_seconds: float = 0.0) -> None:
         gate, self._gate = self._gate, None
         if gate is not None:
-            gate.tenant.release(cpu_seconds)
-            gate.function.release(cpu_seconds)
+            gate.tenant.release(cpu_seconds, self._tenant_taken)
+            gate.function.release(cpu_seconds, self._function_taken)
 
 
 class LocalGate(Gate):
@@ -51,13 +53,13 @@ class LocalGate(Gate):
         function, tenant = self.function, self.tenant
         if function.unlimited and tenant.unlimited:  # nothing to count (read per request:
             return self._free  # a reload may set a quota)
-        self.function.admit()
+        function_taken = function.admit()
         try:
-            self.tenant.admit()
+            tenant_taken = tenant.admit()
         except StateError:
-            self.function.release()
+            function.release(taken=function_taken)
             raise
-        return _LocalLease(self, self.degraded)
+        return _LocalLease(self, self.degraded, function_taken, tenant_taken)
 
 
 class LocalState(StateBackend):

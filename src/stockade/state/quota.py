@@ -195,12 +195,13 @@ class Limiter:
         with self._cell as cell:
             return cell.head()[5]
 
-    def admit(self) -> None:
-        """Take a slot. Raises QuotaExceeded (with the seconds to wait) when the concurrency
+    def admit(self) -> bool:
+        """Take a slot: True when one was counted (an unlimited quota counts none), for
+        `release`. Raises QuotaExceeded (with the seconds to wait) when the concurrency
         limit is reached, the rate bucket is empty or the CPU budget is spent."""
         quota = self.quota
         if self.unlimited:
-            return  # nothing to count: no lock, no shared write on the hot path
+            return False  # nothing to count: no lock, no shared write on the hot path
         with self._cell as cell:
             limit = quota.concurrency
             if limit is not None and cell.active() >= limit:
@@ -224,10 +225,14 @@ class Limiter:
                 rate -= 1.0
             cell.set_head(rate, now, cpu, now, charged)
             cell.add_active(1)
+        return True
 
-    def release(self, cpu_seconds: float = 0.0) -> None:
-        """Return the slot taken by `admit` and charge `cpu_seconds` of guest CPU."""
-        if self.unlimited:
+    def release(self, cpu_seconds: float = 0.0, taken: bool = True) -> None:
+        """Return the slot `admit` took (`taken`: what it returned) and charge
+        `cpu_seconds` of guest CPU. Decided by the admission, not by the quota now: a
+        reload between the two must neither drop a counted slot nor free an uncounted
+        one (either left the count off by one for the worker's life)."""
+        if not taken:
             return
         with self._cell as cell:
             cell.add_active(-1)
