@@ -405,3 +405,27 @@ def test_a_half_close_inside_a_queued_requests_body_still_answers_the_one_before
         answer = closed_by_server(sock)  # the answer may have gone before the half-close
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
     assert answer.endswith(b"Hello, world!\n")
+
+
+CLIENT_NOISE = ("Invalid HTTP request", "Unsupported upgrade", "WebSocket library")
+
+
+def test_clients_cannot_fill_the_log_with_malformed_or_upgrade_requests(
+        gateway: Gateway) -> None:
+    """uvicorn logs a warning per malformed request and two per upgrade request: one line
+    per interval now, whatever the clients send."""
+    before = len(gateway.lines)
+    for number in range(30):
+        with connect(gateway) as sock:
+            if number % 3:
+                sock.sendall(b"GARBAGE\r\n\r\n")
+                assert closed_by_server(sock).startswith(b"HTTP/1.1 400 ")
+            else:
+                sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                             b"Upgrade: websocket\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    with connect(gateway) as sock:  # the gateway still answers, and has logged meanwhile
+        sock.sendall(REQUEST)
+        assert read_responses(sock, 1)[0][0][0] == 200
+    noise = [line for line in gateway.lines[before:] if any(n in line for n in CLIENT_NOISE)]
+    assert len(noise) <= 1, noise

@@ -17,6 +17,9 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   and are never kept: they come after the head's checks;
 - a head refused behind pipelined requests still owed an answer, and the client's
   half-close, let those answers go out first, in order, the last closing the connection;
+- the warnings uvicorn logs for what a client sends (a malformed request, an upgrade
+  request) are written at most once per `CLIENT_WARNING_INTERVAL` per worker, with a count
+  of those left out (`ClientWarnings`): a client cannot fill the log at request rate;
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -51,7 +54,9 @@ bytes keep their order and none is lost.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -69,7 +74,7 @@ from .connlimit import REFUSAL, PeerConnections
 from .messages import Request
 
 __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch", "Exchange",
-           "Answer"]
+           "Answer", "ClientWarnings", "CLIENT_WARNING_INTERVAL"]
 
 # Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
@@ -77,6 +82,39 @@ _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 # Header lines a head may have (Apache's LimitRequestFields is 100): each one costs a
 # tuple and a CGI variable on every request.
 MAX_HEADER_FIELDS = 256
+
+
+# uvicorn warns once per malformed request and twice per upgrade request (advising a
+# WebSocket library the gateway does not use): a client could fill the log at request rate.
+CLIENT_WARNING_INTERVAL = 10.0  # seconds: at most one such line per worker per interval
+
+
+class ClientWarnings:
+    """uvicorn's protocol logger with the warnings clients cause at will (its protocol
+    logs nothing else at that level) written at most once per `interval` seconds, the
+    next one saying how many were left out. Errors (the app's failures) pass as they are."""
+
+    def __init__(self, logger: logging.Logger, interval: float = CLIENT_WARNING_INTERVAL
+                 ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._next = -math.inf
+        self._skipped = 0
+
+    def warning(self, message: str, *args: object, **kwargs: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._skipped += 1
+            return
+        self._next = now + self._interval
+        if self._skipped:
+            message = (f"{message} ({self._skipped} more client warnings in the last "
+                       f"{self._interval:g} s not logged)")
+            self._skipped = 0
+        self._logger.warning(message, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
 
 
 class _HeadRefused(Exception):
@@ -130,6 +168,7 @@ class GuardedProtocol(HttpToolsProtocol):
     per server, not a timer handle armed and cancelled per request."""
 
     answer: Answer
+    client_warnings = ClientWarnings(logging.getLogger("uvicorn.error"))
     header_timeout = 10.0
     max_header_size = 64 * 1024
     max_connections = 10_000
@@ -137,6 +176,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger = self.client_warnings  # type: ignore[assignment]  # the same calls
         self._in_head = False
         self._head_bytes = 0
         self._head_deadline = math.inf  # loop time the head must be complete by
@@ -509,6 +549,7 @@ def guarded_protocol(answer: Answer, header_timeout: float, max_header_size: int
     worker: None for its descriptor limit less a reserve), for uvicorn's `http` setting."""
     return type("GuardedProtocol", (GuardedProtocol,), {
         "answer": staticmethod(answer),
+        "client_warnings": ClientWarnings(logging.getLogger("uvicorn.error")),
         "header_timeout": header_timeout, "max_header_size": max_header_size,
         "per_ip": per_ip,
         "max_connections": max_connections if max_connections is not None
