@@ -125,6 +125,36 @@ class _HeadRefused(Exception):
 Answer = Callable[[Request, Callable[..., Awaitable[None]]], Awaitable[None]]
 
 
+class _Signal:
+    """What uvicorn's cycle asks of its `message_event` (`set`, `clear`, one `wait`er),
+    made without `asyncio.Event`'s Python constructor: one is made per request, and all
+    but those with a body that comes later are only ever set."""
+
+    _set = False
+    _waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> bool:
+        if not self._set:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return True
+
+
 def _answered() -> None:
     """An exchange's `on_response` once its answer has run (uvicorn's empty lambda)."""
 
@@ -230,18 +260,19 @@ class GuardedProtocol(HttpToolsProtocol):
         # than their limit: bytes no callback reports (blank lines, padding, a field line
         # httptools keeps whole until it ends) count too. What follows one that completed
         # (a body, the next pipelined request) is fed on, under a limit of its own.
-        while (counted := self._counted()) is not None \
-                and len(data) > (room := self.max_header_size + 1 - counted):
+        counted = self._counted()
+        while counted is not None and len(data) > (room := self.max_header_size + 1 - counted):
             phases = self._phases
             self._count(room)
             super().data_received(data[:room])
             data = data[room:]
             if self.transport.is_closing():
                 return
-            if self._phases == phases and self._counted() is not None:
+            counted = self._counted()
+            if self._phases == phases and counted is not None:
                 self._refuse(431)  # the same head or trailers, past the limit
                 return
-        if self._counted() is not None:
+        if counted is not None:
             self._count(len(data))
         super().data_received(data)
         # Still inside the same part after this chunk: the chunk was all its bytes.
@@ -355,7 +386,8 @@ class GuardedProtocol(HttpToolsProtocol):
             transport=self.transport, flow=self.flow, logger=self.logger,
             access_logger=self.access_logger, access_log=False,
             default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(), expect_100_continue=self.expect_100_continue,
+            message_event=_Signal(),  # type: ignore[arg-type]  # what the cycle uses
+            expect_100_continue=self.expect_100_continue,
             keep_alive=version != "1.0" and parser.should_keep_alive(),
             on_response=self.on_response_complete)
         cycle.writes = self._writes

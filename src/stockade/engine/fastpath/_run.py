@@ -348,7 +348,8 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         ending = EXITED_OK
     if metered is not None:
         ending = metered.ending(ending)
-    ending = tripped(ending, slot.trip if plan.tripwire else None)
+    if ending is not EXITED_OK:  # only a trap is the tripwire's
+        ending = tripped(ending, slot.trip if plan.tripwire else None)
     if slot.stopped:
         ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
     slot.state.stdin_data = None  # do not keep the request body alive in the slot
