@@ -429,3 +429,17 @@ def test_clients_cannot_fill_the_log_with_malformed_or_upgrade_requests(
         assert read_responses(sock, 1)[0][0][0] == 200
     noise = [line for line in gateway.lines[before:] if any(n in line for n in CLIENT_NOISE)]
     assert len(noise) <= 1, noise
+
+
+def test_requests_pipelined_after_an_upgrade_request_are_answered(gateway: Gateway) -> None:
+    """The worker serves HTTP only: an upgrade request is answered over HTTP and the
+    connection goes on (uvicorn dropped what followed it in the same read: no answer until
+    the idle timeout)."""
+    upgrade = (b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade\r\n"
+               b"Upgrade: websocket\r\n\r\n")
+    with connect(gateway) as sock:
+        sock.sendall(upgrade + REQUEST + upgrade + upgrade + REQUEST)
+        responses, _ = read_responses(sock, 5)
+        assert [status for status, _, _ in responses] == [200] * 5
+        sock.sendall(REQUEST)  # and in a later read
+        assert read_responses(sock, 1)[0][0][0] == 200

@@ -17,9 +17,11 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   and are never kept: they come after the head's checks;
 - a head refused behind pipelined requests still owed an answer, and the client's
   half-close, let those answers go out first, in order, the last closing the connection;
-- the warnings uvicorn logs for what a client sends (a malformed request, an upgrade
-  request) are written at most once per `CLIENT_WARNING_INTERVAL` per worker, with a count
-  of those left out (`ClientWarnings`): a client cannot fill the log at request rate;
+- the warnings uvicorn logs for what a client sends (a malformed request) are written at
+  most once per `CLIENT_WARNING_INTERVAL` per worker, with a count of those left out
+  (`ClientWarnings`): a client cannot fill the log at request rate;
+- a request asking to upgrade is answered over HTTP and the requests pipelined after it
+  are parsed on (uvicorn dropped them, and the client waited for the idle timeout);
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -84,8 +86,7 @@ _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 MAX_HEADER_FIELDS = 256
 
 
-# uvicorn warns once per malformed request and twice per upgrade request (advising a
-# WebSocket library the gateway does not use): a client could fill the log at request rate.
+# uvicorn warns once per malformed request: a client could fill the log at request rate.
 CLIENT_WARNING_INTERVAL = 10.0  # seconds: at most one such line per worker per interval
 
 
@@ -264,7 +265,7 @@ class GuardedProtocol(HttpToolsProtocol):
         while counted is not None and len(data) > (room := self.max_header_size + 1 - counted):
             phases = self._phases
             self._count(room)
-            super().data_received(data[:room])
+            self._feed(data[:room])
             data = data[room:]
             if self.transport.is_closing():
                 return
@@ -274,12 +275,34 @@ class GuardedProtocol(HttpToolsProtocol):
                 return
         if counted is not None:
             self._count(len(data))
-        super().data_received(data)
+        self._feed(data)
         # Still inside the same part after this chunk: the chunk was all its bytes.
         counted = self._counted()
         if counted is not None and counted > self.max_header_size \
                 and not self.transport.is_closing():
             self._refuse(431)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's `data_received`, except for a request asking to upgrade: no protocol
+        is switched to (the worker serves HTTP only, RFC 9110 7.8), the request is answered
+        over HTTP and what followed it is parsed on. uvicorn dropped the rest of the read
+        (pipelined requests were never answered) and warned twice per such request."""
+        self._unset_keepalive_if_required()
+        while data:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserError:
+                message = "Invalid HTTP request received."
+                self.logger.warning(message)
+                self.send_400_response(message)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                # The parser stopped at the end of the upgrade request; it parses on.
+                parsed = upgrade.args[0] if upgrade.args else 0
+                if parsed <= 0 or self.transport.is_closing():
+                    return
+                data = data[parsed:]
 
     def _counted(self) -> int | None:
         """Bytes fed so far of the head or the trailers being parsed; None: neither."""
