@@ -443,3 +443,34 @@ def test_requests_pipelined_after_an_upgrade_request_are_answered(gateway: Gatew
         assert [status for status, _, _ in responses] == [200] * 5
         sock.sendall(REQUEST)  # and in a later read
         assert read_responses(sock, 1)[0][0][0] == 200
+
+
+UPGRADE_WITH_BODY = (b"POST /hello HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\n")
+
+
+@pytest.mark.parametrize(("head", "body"), [
+    (UPGRADE_WITH_BODY + b"Content-Length: %d\r\n\r\n" % len(REQUEST), REQUEST),
+    (UPGRADE_WITH_BODY + b"Transfer-Encoding: chunked\r\n\r\n",
+     b"%x\r\n%s\r\n0\r\n\r\n" % (len(REQUEST), REQUEST)),
+    (b"CONNECT /hello HTTP/1.1\r\nHost: gateway.test\r\n\r\n", REQUEST),
+], ids=["length", "chunked", "connect"])
+@pytest.mark.parametrize("later", [False, True], ids=["one-read", "later-read"])
+def test_an_upgrade_request_with_a_body_is_refused_not_smuggled(
+        gateway: Gateway, head: bytes, body: bytes, later: bool) -> None:
+    """httptools ends an upgrade request at its head: its body was parsed as the next
+    request (a GET hidden in a POST's body was answered on its own, past any proxy that
+    frames by length). Such a request, and CONNECT, is refused whole."""
+    with connect(gateway) as sock:
+        if later:
+            sock.sendall(head)
+            time.sleep(0.3)
+            try:
+                sock.sendall(body)
+            except OSError:
+                pass  # closed already: nothing of the body was read
+        else:
+            sock.sendall(head + body)
+        answered = closed_by_server(sock)
+    assert answered.startswith(b"HTTP/1.1 400 "), answered[:200]
+    assert answered.count(b"HTTP/1.1 ") == 1, answered

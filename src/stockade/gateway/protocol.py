@@ -286,11 +286,13 @@ class GuardedProtocol(HttpToolsProtocol):
         """uvicorn's `data_received`, except for a request asking to upgrade: no protocol
         is switched to (the worker serves HTTP only, RFC 9110 7.8), the request is answered
         over HTTP and what followed it is parsed on. uvicorn dropped the rest of the read
-        (pipelined requests were never answered) and warned twice per such request."""
+        (pipelined requests were never answered) and warned twice per such request. One
+        with a body, and CONNECT, are refused at their head (`on_headers_complete`)."""
         self._unset_keepalive_if_required()
-        while data:
+        view, start = memoryview(data), 0  # offsets, not copies: many upgrades in one read
+        while start < len(view):
             try:
-                self.parser.feed_data(data)
+                self.parser.feed_data(view[start:])
                 return
             except httptools.HttpParserError:
                 message = "Invalid HTTP request received."
@@ -302,7 +304,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 parsed = upgrade.args[0] if upgrade.args else 0
                 if parsed <= 0 or self.transport.is_closing():
                     return
-                data = data[parsed:]
+                start += parsed
 
     def _counted(self) -> int | None:
         """Bytes fed so far of the head or the trailers being parsed; None: neither."""
@@ -392,6 +394,13 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self._hosts and version == "1.1":
             self._refused_head = 400  # RFC 9112 3.2: an HTTP/1.1 request names its host
             raise _HeadRefused("no Host header")
+        if parser.should_upgrade() and (self._framed or parser.get_method() == b"CONNECT"):
+            # httptools ends an upgrade request at its head, whatever it declares: its body
+            # would be parsed as the next request (smuggled past a proxy framing it by its
+            # length); a CONNECT answered 2xx would open a tunnel the client then talks raw
+            # bytes into. Neither is served.
+            self._refused_head = 400
+            raise _HeadRefused("an upgrade request with a body, or CONNECT")
         # Trailers, if any, are counted apart.
         self._head_size = self._head_fields = self._hosts = 0
         self._in_head = False
