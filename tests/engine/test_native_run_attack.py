@@ -244,3 +244,79 @@ def test_a_replaced_plan_runs_with_its_own_fields_never_the_old_block(
         with pytest.raises(TypeError):
             plan._replace(**changes)
     assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")
+
+
+def records(*writes: tuple[int, int]) -> bytes:
+    """stdin for guests/write_sizes.wat: one fd_write of `size` bytes to `fd` each."""
+    return b"".join(bytes([fd]) + size.to_bytes(4, "little") for fd, size in writes)
+
+
+def pattern(size: int) -> bytes:
+    """The bytes write_sizes.wat writes to a stream, `size` of them in all."""
+    return bytes(k % 251 for k in range(size))
+
+
+# Writes around the bytes a stream keeps in memory before its file takes it all
+# (`RunState`, INLINE_OUTPUT = 8 KiB), each under these output caps.
+WRITES = [
+    ("up to the last byte kept, then past it", [(1, 8191), (1, 1), (1, 1)]),
+    ("one write across the edge", [(1, 8000), (1, 500)]),
+    ("a first write larger than what is kept", [(1, 65536), (1, 7)]),
+    ("each stream on its own side", [(1, 100), (2, 9000), (1, 8000), (2, 3), (1, 200)]),
+    ("empty writes at the edge", [(1, 8192), (1, 0), (2, 0), (1, 1)]),
+    ("many small writes", [(1, 700)] * 30 + [(2, 700)] * 13),
+]
+CAPS = [None, 8192, 8193, 20_000]
+
+
+@pytest.mark.parametrize("cap", CAPS, ids=lambda cap: f"cap {cap}")
+@pytest.mark.parametrize("writes", [row[1] for row in WRITES], ids=[row[0] for row in WRITES])
+def test_output_kept_in_memory_then_in_files_reads_back_whole(
+        engine: FastEngine, monkeypatch: pytest.MonkeyPatch, writes: list[tuple[int, int]],
+        cap: int | None) -> None:
+    module = compiled(engine, "write_sizes.wasm")
+    stdin = records(*writes)
+    native = module.run(stdin=stdin, timeout_s=10.0, max_output=cap)
+    sizes = [sum(size for fd, size in writes if fd == stream) for stream in (1, 2)]
+    if cap is None or sum(sizes) <= cap:
+        assert native.outcome is Outcome.EXITED, native.message
+        assert (native.stdout, native.stderr) == (pattern(sizes[0]), pattern(sizes[1]))
+    else:
+        assert len(native.stdout) + len(native.stderr) == cap
+        assert native.stdout == pattern(len(native.stdout))
+        assert native.stderr == pattern(len(native.stderr))
+    assert seen(native) == seen(ctypes_run(module, stdin=stdin, timeout_s=10.0,
+                                           max_output=cap))
+    # The profile's cap is far above these outputs.
+    limits = {} if cap is None else {"max_output": cap}
+    assert seen(native) == seen(sandbox_run(monkeypatch, "write_sizes.wasm", stdin, **limits))
+
+
+def test_a_stream_kept_in_memory_never_shows_what_an_earlier_run_left_in_its_file(
+        engine: FastEngine) -> None:
+    module = compiled(engine, "write_sizes.wasm")
+    # 896 KiB: less than a slot gives back after a run, so its file keeps them.
+    assert len(module.run(stdin=records(*[(1, 65536)] * 14)).stdout) == 14 * 65536
+    for writes in ([(1, 10)], [(1, 8193)], [(2, 5), (1, 3)], [(1, 9000), (2, 9000)]):
+        result = module.run(stdin=records(*writes), timeout_s=10.0)
+        sizes = [sum(size for fd, size in writes if fd == stream) for stream in (1, 2)]
+        assert (result.stdout, result.stderr) == (pattern(sizes[0]), pattern(sizes[1]))
+
+
+def test_the_ticker_never_seals_the_files_of_streams_that_keep_the_cap_themselves(
+        engine: FastEngine) -> None:
+    """The owned streams stop at the cap as they write; their files may hold an
+    earlier run's bytes, past a later run's cap: sealing them would cut that run's
+    output short."""
+    module = compiled(engine, "write_sizes.wasm")
+    module.run(stdin=records(*[(1, 65536)] * 14))
+    slot = engine._free[-1]
+    assert sum(slot.sizes()) > 1024
+    slot.plan = engine.plan(module, (), max_output=1024)
+    assert slot.plan.owned_stdio
+    slot.cap = 1024
+    try:
+        slot.seal_if_over()
+        assert not slot.sealed
+    finally:
+        slot.cap = slot.plan = None

@@ -1,14 +1,14 @@
 """Attack: guests that only a deadline stops, on every path that keeps one.
 
-A bare `(loop br 0)`, a recursion loop, a loop growing memory and a guest that filled
-stdout past a pipe's size, each spinning without a host call, under a short timeout:
-in this process (epochs), in an isolated worker with epochs, and in an isolated worker
-whose engine has no epoch checks (the worker's watchdog ends the process at the
-deadline, `IsolationConfig.process_deadline`). Every path must stop the guest within
-the timeout plus generous slack, with the same verdict, exit code, message and output,
-and leave no worker or zombie behind; under an RLIMIT_CPU below the timeout the kernel
-ends the worker alike with or without epochs; and `stockade run` blocked on a full
-stdout pipe must not leave the guest spinning meanwhile.
+A bare `(loop br 0)`, a recursion loop, a loop growing memory, a guest that filled
+stdout past a pipe's size and one that wrote a few bytes, each spinning without a host
+call, under a short timeout: in this process (epochs), in an isolated worker with
+epochs, and in an isolated worker whose engine has no epoch checks (the worker's
+watchdog ends the process at the deadline, `IsolationConfig.process_deadline`). Every
+path must stop the guest within the timeout plus generous slack, with the same verdict,
+exit code, message and output, and leave no worker or zombie behind; under an RLIMIT_CPU
+below the timeout the kernel ends the worker alike with or without epochs; and `stockade
+run` blocked on a full stdout pipe must not leave the guest spinning meanwhile.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from stockade.sandbox.capi import CapiSandbox
 from tests.conftest import guest
 from tests.isolate.conftest import gone
 
-HOSTILE = ("spin_loop.wasm", "recurse_loop.wasm", "grow_loop.wasm", "output_spin.wasm")
+HOSTILE = ("spin_loop.wasm", "recurse_loop.wasm", "grow_loop.wasm", "output_spin.wasm",
+           "chatter_spin.wasm")
 TIMEOUT = 0.5
 # Containment bound: far below the parent's kill (timeout + grace, 30 s here), so only
 # the path under test can have stopped the guest in time.
@@ -85,6 +86,10 @@ def test_a_guest_spinning_without_host_calls_stops_at_its_timeout(path: str,
         # What the guest wrote before the deadline is kept, as with epochs.
         assert result.stdout == b"x" * (1 << 20) and not result.stdout_truncated
         assert result.usage.hostcalls.get("fd_write") == 16
+    elif name == "chatter_spin.wasm":
+        # Output still kept in memory, not yet in files, is read alike.
+        assert (result.stdout, result.stderr) == (b"partial\n", b"err\n")
+        assert not result.stdout_truncated and not result.stderr_truncated
     else:
         assert result.stdout == b""
     for pid in pids:

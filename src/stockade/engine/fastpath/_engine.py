@@ -547,6 +547,6 @@ def _forget_run(state: RunState) -> None:
     """Clear what a finished run left in `state` (its stop reason, output sizes, memory
     and call counts): the next run resets them only inside its C call, after `slot.plan`
     is set."""
-    state.stop = state.out_size = state.err_size = 0
+    state.stop = state.out_size = state.err_size = state.out_spilled = state.err_spilled = 0
     state.memory_base = None
     ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))

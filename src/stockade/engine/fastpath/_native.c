@@ -67,6 +67,7 @@ typedef struct {
  * `RunState`); a run's store data points at its slot's. */
 typedef struct run_state run_state;
 typedef struct trip_state trip_state;
+#define INLINE_OUTPUT 8192
 struct run_state {
     int32_t out_fd, err_fd, capture_err, stop;
     int64_t cap;                 /* stdout + stderr bytes (-1: unlimited) */
@@ -78,6 +79,11 @@ struct run_state {
     uint64_t calls[7];           /* served calls by CALL_* (usage.hostcalls) */
     uint8_t *memory_base;        /* the guest's `memory` once instantiated, else NULL */
     trip_state *trip;            /* the slot's tripwire (NULL without one) */
+    /* A stream's first INLINE_OUTPUT bytes stay here, no system call per write or read;
+     * once it outgrows them they are moved to its file, which then holds it all
+     * (`spilled`, set after the move: a reader on another thread sees either whole). */
+    int32_t out_spilled, err_spilled;
+    uint8_t out_inline[INLINE_OUTPUT], err_inline[INLINE_OUTPUT];
 };
 
 /* -- the tripwire ---------------------------------------------------------------------
@@ -262,6 +268,7 @@ static void start_state(run_state *st, const run_plan *plan, const run_in *in) {
     st->stop = 0;
     st->hostcalls = 0;
     st->out_size = st->err_size = 0;
+    st->out_spilled = st->err_spilled = 0;
     st->capture_err = plan->capture_stderr;
     st->cap = plan->max_output;
     st->max_hostcalls = plan->max_hostcalls;
@@ -415,7 +422,7 @@ done:
 /* -- the owned standard streams ------------------------------------------------------
  * A run's store data points at its slot's `run_state` (`_run.py`'s `RunState`). No
  * preopens exist on the fast path, so descriptors 0-2 are the only ones: stdin is the
- * request's bytes, stdout and stderr the slot's memfds, written here with pwrite. */
+ * request's bytes, stdout and stderr the slot's inline bytes, then its memfds. */
 
 size_t stockade_run_state_size(void) { return sizeof(run_state); }
 
@@ -480,6 +487,39 @@ static int check_iovecs(const uint8_t *base, size_t size, uint32_t iovs, uint32_
 
 static void put_u32(uint8_t *base, uint32_t at, uint32_t value) { memcpy(base + at, &value, 4); }
 
+/* Write `len` bytes of `data` to `file` at offset `at`: the bytes written. */
+static uint64_t write_at(int file, const uint8_t *data, uint64_t len, int64_t at) {
+    uint64_t put = 0;
+    while (put < len) {
+        ssize_t wrote = pwrite(file, data + put, len - put, at + (int64_t)put);
+        if (wrote <= 0) break;
+        put += (uint64_t)wrote;
+    }
+    return put;
+}
+
+/* Append `take` bytes to stream `fd` (1 or 2) at `*written`, which it advances: into the
+ * stream's inline bytes while they fit, else its file (moving the inline bytes there
+ * first). The bytes appended: fewer when the file refuses some. */
+static uint32_t put_output(run_state *st, uint32_t fd, const uint8_t *data, uint32_t take,
+                           int64_t *written) {
+    int32_t *spilled = fd == 1 ? &st->out_spilled : &st->err_spilled;
+    uint8_t *kept = fd == 1 ? st->out_inline : st->err_inline;
+    int file = fd == 1 ? st->out_fd : st->err_fd;
+    if (!__atomic_load_n(spilled, __ATOMIC_RELAXED)) {
+        if ((uint64_t)*written + take <= INLINE_OUTPUT) {
+            memcpy(kept + *written, data, take);
+            __atomic_store_n(written, *written + take, __ATOMIC_RELEASE);
+            return take;
+        }
+        if (write_at(file, kept, (uint64_t)*written, 0) != (uint64_t)*written) return 0;
+        __atomic_store_n(spilled, 1, __ATOMIC_RELEASE);
+    }
+    uint64_t put = write_at(file, data, take, *written);
+    __atomic_store_n(written, *written + (int64_t)put, __ATOMIC_RELEASE);
+    return (uint32_t)put;
+}
+
 void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
     uint8_t *base; size_t size; void *trap;
@@ -505,20 +545,13 @@ void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
         if (left >= 0 && (uint64_t)left < room) room = (uint64_t)left;
     }
     int64_t *written = fd == 1 ? &st->out_size : &st->err_size;
-    int file = fd == 1 ? st->out_fd : st->err_fd;
     uint32_t done = 0;
     for (uint32_t i = 0; i < n && room; i++) {
         uint32_t buf, len;
         memcpy(&buf, base + iovs + 8 * i, 4);
         memcpy(&len, base + iovs + 8 * i + 4, 4);
         uint32_t take = len < room ? len : (uint32_t)room;
-        uint32_t put = 0;
-        while (put < take) {
-            ssize_t wrote = pwrite(file, base + buf + put, take - put, *written);
-            if (wrote <= 0) break;
-            put += (uint32_t)wrote;
-            *written += wrote;
-        }
+        uint32_t put = put_output(st, fd, base + buf, take, written);
         done += put;
         room -= put;
         if (len) break; /* the first non-empty buffer only, as wasmtime's WASI writes */

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from ctypes import POINTER, c_char_p, c_int32, c_int64, c_size_t, c_uint64, c_void_p
+from ctypes import POINTER, c_char_p, c_int32, c_int64, c_size_t, c_uint8, c_uint64, c_void_p
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = ["CALL_NAMES", "CALL_POLL", "EPOCH_DEADLINE", "EpochWatch", "NATIVE_RU
 
 LIBRARY = Path(__file__).with_name("libstockade_fastrun.so")
 MAX_STRINGS = 1024  # argv and environment entries the C side takes (MAX_STRINGS there)
+INLINE_OUTPUT = 8192  # a stream's bytes kept in its `RunState` (INLINE_OUTPUT there)
 RUN_OK, RUN_FUEL, RUN_WASI_FILES, RUN_WASI, RUN_NO_START = 0, 1, 2, 3, 4
 RUN_BAD_STRINGS = 6  # an argv or environment block that is malformed or not UTF-8
 RUN_NO_TRIPWIRE = 7  # a plan with a tripwire, a module without its page
@@ -90,7 +91,9 @@ class RunState(ctypes.Structure):
     Python (the store's data points at it). `stop` says why a host call stopped the
     guest: 1 stdout or 2 stderr past the output cap, 3 the host-call budget.
     `memory_base` is the address of the guest's `memory` once instantiated (else None),
-    `trip` the address of the slot's `TripState` (the owned calls look at its deadline)."""
+    `trip` the address of the slot's `TripState` (the owned calls look at its deadline).
+    A stream's first `INLINE_OUTPUT` bytes are kept in `out_inline` / `err_inline`; once
+    it outgrows them, all of it is in its file (`out_spilled` / `err_spilled`)."""
 
     _fields_ = [
         ("out_fd", c_int32), ("err_fd", c_int32), ("capture_err", c_int32), ("stop", c_int32),
@@ -101,6 +104,8 @@ class RunState(ctypes.Structure):
         ("calls", c_uint64 * 7),
         ("memory_base", c_void_p),
         ("trip", c_void_p),
+        ("out_spilled", c_int32), ("err_spilled", c_int32),
+        ("out_inline", c_uint8 * INLINE_OUTPUT), ("err_inline", c_uint8 * INLINE_OUTPUT),
     ]
 
 

@@ -1,9 +1,10 @@
 """One fast-path run: a fresh store and instance, `_start`, captured output, an outcome.
 
 Output goes to a pair of memfds. With the native library the owned standard streams
-(`_native.c`) write them at the offsets they count, stop output at the cap as it is
-written, and WASI's own stdio is left empty (no file opened per run; the files are not
-truncated between runs, so only the bytes this run wrote are read). Without it the
+(`_native.c`) keep a stream's first 8 KiB in the slot's state (no system call per write
+or read), then write the files at the offsets they count; they stop output at the cap
+as it is written, and WASI's own stdio is left empty (no file opened per run; the files
+are not truncated between runs, so only the bytes this run wrote are read). Without it the
 guest's WASI stdout/stderr open them by path (`/proc/<pid>/fd/N`, truncating): writes
 happen synchronously on the guest's thread, with no Python callback (wasmtime's
 custom-stdout streams go through a tokio task and can abort the interpreter at exit),
@@ -228,7 +229,7 @@ class RunSlot:
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
                  "native_in", "native_out", "native_args", "env", "state", "key", "metered",
-                 "plan", "trip")
+                 "plan", "trip", "out_kept", "err_kept")
 
     def __init__(self, engine: int = 0) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -252,6 +253,8 @@ class RunSlot:
         self.trip = Tripwire() if tripwire_available() else None
         self.state = RunState(out_fd=self.out, err_fd=self.err,
                               trip=None if self.trip is None else self.trip.address)
+        self.out_kept = memoryview(self.state.out_inline).cast("B")  # read with no copy
+        self.err_kept = memoryview(self.state.err_inline).cast("B")
         self.key = ctypes.addressof(self.state)
         self.native_in = RunIn(engine=engine, state=self.key, out_path=self.out_path,
                                err_path=self.err_path, cap=ctypes.pointer(self.cap_cell),
@@ -276,8 +279,11 @@ class RunSlot:
         self.cap_cell.value = -1 if value is None else value
 
     def seal_if_over(self) -> None:
-        """Stop further writes once stdout + stderr exceed the cap (ticker thread)."""
-        if self.cap is None or self.sealed:
+        """Stop further writes once stdout + stderr exceed the cap (ticker thread). Not
+        for the owned standard streams: they stop at the cap as they write, and their
+        files may hold an earlier run's bytes."""
+        plan = self.plan
+        if self.cap is None or self.sealed or plan is None or plan.owned_stdio:
             return
         if sum(self.sizes()) > self.cap:
             fcntl.fcntl(self.out, fcntl.F_ADD_SEALS, _SEALS)
@@ -289,17 +295,20 @@ class RunSlot:
         return (os.lseek(self.out, 0, os.SEEK_END),
                 os.lseek(self.err, 0, os.SEEK_END) if self.capture_err else 0)
 
-    def collect(self, n_out: int, n_err: int) -> tuple[bytes, bytes, bool, bool]:
+    def collect(self, n_out: int, n_err: int, owned: bool) -> tuple[bytes, bytes, bool, bool]:
         """(stdout, stderr, stdout_truncated, stderr_truncated) within the cap, given the
-        files' sizes (`sizes`); stdout keeps its bytes first. The next run's open
-        truncates the files."""
+        streams' sizes; stdout keeps its bytes first. `owned`: the run's standard streams
+        were the native ones, which keep a stream's first bytes in the slot's state (see
+        `RunState`); else the files hold all (`sizes`), and the next run's open truncates
+        them."""
         keep_out, keep_err = n_out, n_err
         cap = self.cap_cell.value  # -1: none
         if cap >= 0:
             keep_out = min(n_out, cap)
             keep_err = min(n_err, cap - keep_out)
-        out = os.pread(self.out, keep_out, 0) if keep_out else b""
-        err = os.pread(self.err, keep_err, 0) if keep_err else b""
+        state = self.state
+        out = _head(self.out, self.out_kept, keep_out, owned and not state.out_spilled)
+        err = _head(self.err, self.err_kept, keep_err, owned and not state.err_spilled)
         if not self.sealed and max(n_out, n_err) > _RELEASE_BYTES:
             os.ftruncate(self.out, 0)
             os.ftruncate(self.err, 0)
@@ -313,6 +322,13 @@ class RunSlot:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _head(file: int, kept: memoryview, size: int, inline: bool) -> bytes:
+    """A stream's first `size` bytes: from those its state keeps (`inline`), else its file."""
+    if not size:
+        return b""
+    return kept[:size].tobytes() if inline else os.pread(file, size, 0)
 
 
 def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
@@ -365,8 +381,8 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     if ending is not EXITED_OK:  # a clean exit did not fail on an allocation
         ending = memory_verdict(ending, memory_bytes, plan.max_memory)
     outcome, message, code = ending.outcome, ending.message, ending.guest_exit_code
-    out, err, out_cut, err_cut = slot.collect(n_out, n_err) if metered is None \
-        else metered.output()
+    out, err, out_cut, err_cut = slot.collect(n_out, n_err, plan.owned_stdio) \
+        if metered is None else metered.output()
     stop = slot.state.stop
     if stop == STOP_HOSTCALLS:
         outcome, message, code = Outcome.HOSTCALL_LIMIT, \
@@ -412,6 +428,7 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
     """Reset the slot's shared state for a run: budget, cap, sizes, stdin, descriptors."""
     state = slot.state
     state.stop = state.hostcalls = state.out_size = state.err_size = state.stdin_pos = 0
+    state.out_spilled = state.err_spilled = 0
     state.capture_err = plan.capture_stderr
     state.cap = -1 if plan.max_output is None else plan.max_output
     state.max_hostcalls = _UNLIMITED if plan.max_hostcalls is None else plan.max_hostcalls
@@ -521,7 +538,13 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             armed.disarm()
         C.store_delete(store)
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    sizes = slot.sizes() if metered is None else (0, 0)  # the meter keeps its output
+    if metered is not None:
+        sizes = (0, 0)  # the meter keeps its output
+    elif plan.owned_stdio:  # kept inline at first, not all in the files
+        state = slot.state
+        sizes = (state.out_size, state.err_size if plan.capture_stderr else 0)
+    else:
+        sizes = slot.sizes()
     return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *sizes)
 
 
