@@ -337,6 +337,20 @@ def test_a_head_of_too_many_fields_is_431_and_two_hosts_are_400(gateway: Gateway
     assert raw_exchange(host, port, [fine], 0.0).startswith(b"HTTP/1.1 200 ")
 
 
+@pytest.mark.parametrize(("line", "status"), [
+    (b"GET /hello", 505), (b"GET /hello HTTP/0.9", 505), (b"GET /hello HTTP/2.0", 505),
+    (b"PRI * HTTP/2.0", 400),  # HTTP/2's preface: the parser refuses it
+])
+def test_a_request_in_another_http_version_is_refused(gateway: Gateway, line: bytes,
+                                                      status: int) -> None:
+    """HTTP/0.9's request line (no version) has no headers and no framing; HTTP/2 is
+    not spoken over HTTP/1.1's connection. Neither reaches a function."""
+    host, port = address(gateway)
+    answer = raw_exchange(host, port, [line + b"\r\nHost: x\r\n\r\n"], 0.0)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:80]
+    assert b"connection: close" in answer.lower()
+
+
 def test_a_worker_holds_connections_within_its_descriptors(
         tmp_path: Path, shared_cache: Path) -> None:
     """Connections from many addresses, each within the per-address cap, together could

@@ -276,3 +276,35 @@ def test_the_ipv6_prefix_is_a_setting_named_in_its_error() -> None:
     for bad in (0, 16, 129, "64", True):
         with pytest.raises(PolicyError, match=r"m\.toml: server\.max_connections_ipv6_prefix"):
             parse_server({"max_connections_ipv6_prefix": bad}, "m.toml")
+
+
+def test_refusals_from_many_addresses_write_a_bounded_number_of_lines(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each address refused gets at most one line per interval, and all of them together
+    `LOG_LINES`: clients holding the cap from many addresses (a /48 holds 65,536 /64s)
+    write no more than a few; the next line says how many refusals it left out."""
+    from stockade.gateway import connlimit
+
+    table = ConnectionTable.create(1, 4096)
+    peers = PeerConnections(1, table.column(0))
+    try:
+        with caplog.at_level("WARNING", logger="stockade.gateway"):
+            for host in range(200):
+                address = f"198.51.{host // 256}.{host % 256}"
+                assert peers.open(address) is not None
+                assert peers.open(address) is None
+                assert peers.open(address) is None
+        lines = [r.getMessage() for r in caplog.records if "max_connections_per_ip" in r.message]
+        assert len(lines) == connlimit.LOG_LINES
+        # A new interval: its first line counts the lines left out of the last one.
+        peers._window = (peers._window[0] - connlimit.LOG_INTERVAL, *peers._window[1:])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="stockade.gateway"):
+            assert peers.open("203.0.113.1") is not None
+            assert peers.open("203.0.113.1") is None
+        assert [r.getMessage() for r in caplog.records] == [
+            "203.0.113.1 holds 1 connections (max_connections_per_ip): a connection was "
+            f"refused with 503 ({2 * (200 - connlimit.LOG_LINES)} refusals of other "
+            "addresses not logged)"]
+    finally:
+        table.close()

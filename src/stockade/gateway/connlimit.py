@@ -41,6 +41,7 @@ __all__ = ["PeerConnections", "REFUSAL", "LOG_INTERVAL", "IPV6_PREFIX", "peer_ke
 
 logger = logging.getLogger("stockade.gateway")
 LOG_INTERVAL = 10.0  # seconds between log lines about one address
+LOG_LINES = 10  # lines about refusals per LOG_INTERVAL, all addresses together
 # What a refused connection is sent before it is closed.
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\n"
            b"connection: close\r\n\r\n")
@@ -97,6 +98,7 @@ class PeerConnections:
         self._on_refused = on_refused
         self._on_full = on_full
         self._logged: dict[str, tuple[float, int]] = {}  # address -> (last line, since)
+        self._window = (-LOG_INTERVAL, 0, 0)  # (start, lines written, refusals not logged)
 
     def open(self, address: str) -> int | None:
         """A connection from `address` was accepted: the cell it is counted in until
@@ -136,16 +138,26 @@ class PeerConnections:
 
     def _log(self, subject: str, message: str, *args: object) -> None:
         """`message` (its last `%s`: how many more since) at most once per
-        `LOG_INTERVAL` for `subject`."""
+        `LOG_INTERVAL` for `subject`, and `LOG_LINES` times for all subjects together:
+        clients refused from many addresses write no more than from a few."""
         now = time.monotonic()
         last, since = self._logged.get(subject, (-LOG_INTERVAL, 0))
         if now - last < LOG_INTERVAL:
             self._logged[subject] = (last, since + 1)
             return
+        start, lines, left_out = self._window
+        if now - start >= LOG_INTERVAL:
+            start, lines = now, 0
+        if lines >= LOG_LINES:
+            self._window = (start, lines, left_out + 1)
+            return
+        self._window = (start, lines + 1, 0)
         if len(self._logged) >= 4096:  # bounded: forget addresses not refused lately
             self._logged = {a: e for a, e in self._logged.items() if now - e[0] < LOG_INTERVAL}
             if len(self._logged) >= 4096:
                 self._logged.clear()
         self._logged[subject] = (now, 0)
         more = f" ({since} more refused since the last line)" if since else ""
+        if left_out:
+            more += f" ({left_out} refusals of other addresses not logged)"
         logger.warning(message, *args, more)

@@ -80,7 +80,9 @@ __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch"
 
 # Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            505: b"HTTP Version Not Supported"}
+_VERSIONS = ("1.1", "1.0")  # those served (RFC 9110 15.6.6: 505 for the others)
 # Header lines a head may have (Apache's LimitRequestFields is 100): each one costs a
 # tuple and a CGI variable on every request.
 MAX_HEADER_FIELDS = 256
@@ -379,9 +381,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error, also what a callback's `_HeadRefused`
-        ends in: 431 for a head too large."""
-        if self._refused_head == 431:
-            self._refuse(431)
+        ends in: 431 for a head too large, 505 for a version not served."""
+        if self._refused_head in (431, 505):
+            self._refuse(self._refused_head)
             return
         if self._close_after_answers():
             return
@@ -391,6 +393,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         version = parser.get_http_version()
+        if version not in _VERSIONS:
+            # HTTP/0.9's request line has neither headers nor framing (nothing a proxy in
+            # front would frame alike), and HTTP/2 is not spoken over this connection.
+            self._refused_head = 505
+            raise _HeadRefused(f"HTTP/{version}")
         if not self._hosts and version == "1.1":
             self._refused_head = 400  # RFC 9112 3.2: an HTTP/1.1 request names its host
             raise _HeadRefused("no Host header")
