@@ -268,7 +268,8 @@ def test_slow_bodies_hold_no_slots_and_get_408(gateway: Gateway) -> None:
     assert len(results) == 4
     for answer in results:
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-        assert b"connection: close" in answer.lower() and b"request-timeout" in answer
+        assert answer.lower().count(b"connection: close") == 1  # its own, once
+        assert b"request-timeout" in answer
     # body_timeout is 3 s: containment, with room for a loaded machine.
     assert time.monotonic() - begun < 25
 

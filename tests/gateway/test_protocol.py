@@ -474,3 +474,16 @@ def test_an_upgrade_request_with_a_body_is_refused_not_smuggled(
         answered = closed_by_server(sock)
     assert answered.startswith(b"HTTP/1.1 400 "), answered[:200]
     assert answered.count(b"HTTP/1.1 ") == 1, answered
+
+
+def test_header_lines_refuse_what_http_forbids_and_lower_case_names() -> None:
+    """The one check every response's headers pass, written once per function response
+    block (`cgi.parse_output`) or per response (`write_response`)."""
+    from stockade.gateway.response import header_lines
+
+    assert header_lines([(b"Content-Type", b"text/plain"), (b"x-a", b"b c")]) \
+        == b"content-type: text/plain\r\nx-a: b c\r\n"
+    for bad in ([(b"x a", b"v")], [(b"x:a", b"v")], [(b"x", b"v\r\nset-cookie: s=1")],
+                [(b"x", b"v\nx")], [(b"x", b"\x00")]):
+        with pytest.raises(RuntimeError, match="Invalid HTTP header"):
+            header_lines(bad)

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import StockadeError
-from .messages import Headers, Request, Response
+from .messages import Request
 from .problem import render_error
 from .protocol import write_response
+from .response import framing
 from .service import GatewayService
 
 __all__ = ["GatewayApp", "Scope", "Receive", "Send"]
@@ -59,10 +60,14 @@ class GatewayApp:
             response = render_error(StockadeError("the gateway is not started"), request.path)
         else:
             response = await handler(request)
-        status, headers, body = _framed(response, request.method == "HEAD")
-        if write_response(send, status, headers, body):
+        head = request.method == "HEAD"
+        if write_response(send, response, head):
             return  # one socket write (the worker's protocol)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        length, body = framing(response, head)
+        headers = response.headers if length is None \
+            else [*response.headers, (b"content-length", length)]
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -81,15 +86,3 @@ class GatewayApp:
                 await loop.run_in_executor(None, self.service.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-_NO_LENGTH = (204, 304)  # RFC 9110 8.6: no Content-Length on 204; 304's would describe GET's
-
-
-def _framed(response: Response, head: bool) -> tuple[int, Headers, bytes]:
-    """(status, headers with the length, body to send) of `response`."""
-    body, status = response.body, response.status
-    if status in _NO_LENGTH:
-        return status, response.headers, b""
-    headers = [*response.headers, (b"content-length", b"%d" % len(body))]
-    return status, headers, b"" if head else body

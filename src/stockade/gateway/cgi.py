@@ -24,6 +24,7 @@ from ..policy import format_size
 from .headers import DEFAULT_RULES, HeaderRules
 from .messages import Headers, Request, Response
 from .problem import BadGateway, BadRequest
+from .response import header_lines
 
 __all__ = ["CgiEnvironment", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
            "SERVER_SOFTWARE"]
@@ -189,18 +190,20 @@ def parse_output(stdout: bytes, max_body: int, max_header: int,
     parsed: _Parsed | None = cache.get(block)  # type: ignore[assignment]
     if parsed is None:
         status, raw = _parse_headers(block)
-        parsed = status, tuple(rules.response(list(raw)))
+        kept = rules.response(list(raw))
+        parsed = status, tuple(kept), header_lines(kept)
         if len(cache) >= _PARSED_MAX:
             cache.clear()
         cache[block] = parsed
-    status, headers = parsed
+    status, headers, lines = parsed
     body = stdout[end + gap:]
     if len(body) > max_body:
         raise BadGateway(f"the function's response body is larger than {format_size(max_body)}")
-    return Response(status, list(headers), b"" if status in _NO_BODY else body)
+    return Response(status, list(headers), b"" if status in _NO_BODY else body, lines)
 
 
-_Parsed = tuple[int, tuple[tuple[bytes, bytes], ...]]
+# (status, headers, the same as checked header lines)
+_Parsed = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]
 _PARSED_MAX = 1024  # header blocks remembered per function
 
 

@@ -141,7 +141,15 @@ class Invoker:
             elif route.prepared.inlines:
                 self.metrics.inc("stockade_gateway_offloaded_total", route.labels)
         if result is None:
-            result = await self._dispatch(request, route, invocation, not self.inline, probe)
+            # In flight while it waits for a guest thread and runs there: an inline run
+            # starts and ends within this call, where no one could see the gauge move.
+            metrics = self.metrics
+            metrics.add("stockade_gateway_inflight", route.labels, 1)
+            try:
+                result = await self._dispatch(request, route, invocation, not self.inline,
+                                              probe)
+            finally:
+                metrics.add("stockade_gateway_inflight", route.labels, -1)
         request.state["result"] = result  # its stderr and outcome, for the logs
         cpu = abandoned + result.usage.cpu_ms / 1000
         request.state["cpu_seconds"] = cpu

@@ -132,17 +132,14 @@ class Pipeline:
             # when either is spent, 503 for an open breaker or unavailable shared state),
             # given back after the response, charging the guest's CPU time.
             lease = admit_now(route.gate) or await admit(route.gate)
-            metrics = self.metrics
             if lease.degraded:  # decided by this replica alone: shared state unavailable
-                metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
+                self.metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
             if lease.probe:  # the breaker's probe: freed by the Invoker if it never runs
                 state["probe"] = True
-            metrics.add("stockade_gateway_inflight", route.labels, 1)
             try:
                 return await self.invoker(request)
             finally:
                 lease.release(float(state.get("cpu_seconds", 0.0)))
-                metrics.add("stockade_gateway_inflight", route.labels, -1)
         finally:
             if held:  # most requests have no body: nothing was charged
                 budget.give(client, held)

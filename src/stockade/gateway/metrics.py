@@ -34,7 +34,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "stockade_gateway_guest_cpu_seconds_total": ("counter", "Guest CPU time, by tenant"),
     "stockade_gateway_quota_cpu_seconds_total": (
         "counter", "Guest CPU time charged to quotas (abandoned inline attempts included)"),
-    "stockade_gateway_inflight": ("gauge", "Invocations running or queued"),
+    "stockade_gateway_inflight": (
+        "gauge", "Invocations queued for or running on a guest thread (a run finished "
+        "inline is over before anyone could see it)"),
     "stockade_gateway_offloaded_total": (
         "counter", "Runs not finished inline that went to a guest thread (an attempt that "
         "outgrew the inline budget, or one skipped while it backs off)"),

@@ -65,8 +65,6 @@ from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import (
-    HEADER_RE,
-    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
@@ -74,6 +72,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from .connlimit import REFUSAL, PeerConnections
 from .messages import Request
+from .response import Response, framing, header_lines
 
 __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch", "Exchange",
            "Answer", "ClientWarnings", "CLIENT_WARNING_INTERVAL"]
@@ -643,14 +642,13 @@ def descriptor_budget() -> int:
     return max(64, soft - DESCRIPTOR_RESERVE)
 
 
-def write_response(send: Callable[..., Any], status: int, headers: list[tuple[bytes, bytes]],
-                   body: bytes) -> bool:
-    """Write a whole response (its `content-length` among `headers`, none for 204 and
-    304; `body` empty for HEAD) in one socket write, at the end of this turn of the loop
-    (`WriteBatch`), when `send` is an `Exchange`'s, for a response not yet started on
-    a connection that takes writes. Returns False, having written nothing
-    (and the batch sent), otherwise: the caller then uses `send`. Raises RuntimeError
-    for a header name or value HTTP forbids, as uvicorn's `send` does."""
+def write_response(send: Callable[..., Any], response: Response, head: bool) -> bool:
+    """Write `response` whole (its `content-length` added, none for 204 and 304; no body
+    for HEAD: `response.framing`) in one socket write, at the end of this turn of the
+    loop (`WriteBatch`), when `send` is an `Exchange`'s, for a response not yet started
+    on a connection that takes writes. Returns False, having written nothing (and the
+    batch sent), otherwise: the caller then uses `send`. Raises RuntimeError for a
+    header name or value HTTP forbids, as uvicorn's `send` does."""
     cycle = getattr(send, "__self__", None)
     if type(cycle) is not Exchange:
         return False
@@ -658,18 +656,17 @@ def write_response(send: Callable[..., Any], status: int, headers: list[tuple[by
     if cycle.response_started or cycle.disconnected or cycle.flow.write_paused:
         writes.flush()  # what `send` writes comes after what was finished before
         return False
-    content = [STATUS_LINE[status]]
+    length, body = framing(response, head)
+    lines = response.lines
+    if lines is None:
+        lines = header_lines(response.headers)
+    content = [STATUS_LINE[response.status]]
     for name, value in cycle.default_headers:  # uvicorn's own (date, server)
         content += (name, b": ", value, b"\r\n")
-    closing = False
-    for name, value in headers:
-        if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
-            raise RuntimeError("Invalid HTTP header name or value.")
-        name = name.lower()
-        if name == b"connection" and b"close" in [token.lower().strip()
-                                                  for token in value.split(b",")]:
-            closing = True
-        content += (name, b": ", value, b"\r\n")
+    content.append(lines)
+    if length is not None:
+        content += (b"content-length: ", length, b"\r\n")
+    closing = _closing(response)  # its own `connection: close` is among its lines
     keep_alive = cycle.keep_alive and not closing
     if closing:
         cycle.keep_alive = False
@@ -687,3 +684,15 @@ def write_response(send: Callable[..., Any], status: int, headers: list[tuple[by
     cycle.message_event.set()
     cycle.on_response()
     return True
+
+
+def _closing(response: Response) -> bool:
+    """Whether `response` asks to close the connection (`connection: close`). A
+    function's own never does (the header never passes: `headers.py`)."""
+    if response.lines is not None:
+        return False
+    for name, value in response.headers:
+        if name.lower() == b"connection" and b"close" in [
+                token.lower().strip() for token in value.split(b",")]:
+            return True
+    return False
