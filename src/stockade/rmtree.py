@@ -19,6 +19,8 @@ import os
 import stat
 from pathlib import Path
 
+from .fileid import file_identity
+
 __all__ = ["remove_tree"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -53,11 +55,6 @@ class _Failures:
             if len(names) > _SHOWN_LEVELS:
                 shown = f".../{shown} (depth {len(names)})"
             self.first = f"{shown}: {reason}"
-
-
-def _ident(fd: int) -> tuple[int, int]:
-    info = os.fstat(fd)
-    return info.st_dev, info.st_ino
 
 
 def _unescape(field: bytes) -> str:
@@ -146,7 +143,7 @@ def _remove_at(parent: int, name: str, mounts: set[tuple[int, int]]) -> _Failure
             failures.add([], name, _reason(exc))
         return failures
     device = os.fstat(top).st_dev
-    stack = [_Level(name, _ident(top))]
+    stack = [_Level(name, file_identity(top))]
     current = top
     try:
         while stack:
@@ -157,7 +154,7 @@ def _remove_at(parent: int, name: str, mounts: set[tuple[int, int]]) -> _Failure
                 if entered is None:
                     level.skip.add(child)
                     continue
-                stack.append(_Level(child, _ident(entered)))
+                stack.append(_Level(child, file_identity(entered)))
                 os.close(current)
                 current = entered
                 continue
@@ -165,7 +162,7 @@ def _remove_at(parent: int, name: str, mounts: set[tuple[int, int]]) -> _Failure
             if not stack:
                 break
             up = os.open("..", _DIR_FLAGS, dir_fd=current)
-            if _ident(up) != stack[-1].ident:
+            if file_identity(up) != stack[-1].ident:
                 # Something moved this tree while it was being removed: stop here
                 # rather than delete anything outside it.
                 os.close(up)

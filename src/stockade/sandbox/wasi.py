@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
+from ..fileid import file_identity
 from ..invocation import Invocation
 from ..policy import DirGrant, Policy
 
@@ -89,11 +90,6 @@ def checked_preopens(policy: Policy) -> Preopens:
 _MAX_DEPTH = 4096
 
 
-def _identity(fd: int) -> tuple[int, int]:
-    info = os.fstat(fd)
-    return info.st_dev, info.st_ino
-
-
 def _lineage(fd: int) -> set[tuple[int, int]] | None:
     """(st_dev, st_ino) of the directory held as `fd` and of each of its ancestors, found
     by opening `..` from the descriptor (the kernel's parent, whatever path or symlink
@@ -102,7 +98,7 @@ def _lineage(fd: int) -> set[tuple[int, int]] | None:
     process cannot search (a confined worker's view), the guest cannot cross either.
     A bind mount's `..` is the parent of where it is mounted, not of its source: a
     read-only bind mount of a writable grant's subdirectory is not recognised."""
-    found = {_identity(fd)}
+    found = {file_identity(fd)}
     here = os.dup(fd)
     try:
         for _ in range(_MAX_DEPTH):
@@ -112,7 +108,7 @@ def _lineage(fd: int) -> set[tuple[int, int]] | None:
                 return found
             os.close(here)
             here = parent
-            identity = _identity(here)
+            identity = file_identity(here)
             if identity in found:
                 return found  # `/` is its own parent
             found.add(identity)
@@ -125,7 +121,7 @@ def _refuse_writable_read_only(held: list[tuple[DirGrant, int]]) -> None:
     """Raise PolicyError for a read-only grant that is a writable grant's directory or
     lies beneath it: the guest could write it through the writable one. (A writable
     grant beneath a read-only one is what it says: that part is writable.)"""
-    writable = {_identity(fd): grant for grant, fd in held if grant.writable}
+    writable = {file_identity(fd): grant for grant, fd in held if grant.writable}
     if not writable:
         return
     for grant, fd in held:
@@ -138,7 +134,7 @@ def _refuse_writable_read_only(held: list[tuple[DirGrant, int]]) -> None:
                               "grant it :rw, or a directory nearer /")
         for identity in lineage:
             if identity in writable:
-                where = "the directory of" if identity == _identity(fd) else "inside"
+                where = "the directory of" if identity == file_identity(fd) else "inside"
                 raise PolicyError(f"--dir {grant}: {grant.shown} is {where} the writable "
                                   f"grant --dir {writable[identity]}, so it would be writable "
                                   "(grant it :rw, or grant directories that do not nest)")
