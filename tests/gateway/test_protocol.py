@@ -487,3 +487,70 @@ def test_header_lines_refuse_what_http_forbids_and_lower_case_names() -> None:
                 [(b"x", b"v\nx")], [(b"x", b"\x00")]):
         with pytest.raises(RuntimeError, match="Invalid HTTP header"):
             header_lines(bad)
+
+
+def test_an_answered_request_leaves_nothing_to_the_cyclic_collector() -> None:
+    """A request and its exchange hold each other while the body may be read; once the
+    answer is written the pair is freed at once by reference counting. Left as a cycle,
+    ten objects a request waited for the cyclic collector, which then ran every ~65
+    requests at ~7 µs a request (found by counting the garbage)."""
+    import gc
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from stockade.gateway.protocol import guarded_protocol, write_response
+    from stockade.gateway.response import Response
+
+    class Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            self.written.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return {"peername": ("127.0.0.1", 40000),
+                    "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    async def answer(request: object, send: object) -> None:
+        assert write_response(send, Response(200, [(b"x-a", b"b")], b"ok"), False)
+
+    async def scenario() -> tuple[list[bytes], list[str]]:
+        config = uvicorn.Config(lambda *_: None, loop="asyncio", log_config=None)
+        config.load()
+        protocol = guarded_protocol(answer, 10.0, 65536, max_connections=64)(
+            config=config, server_state=ServerState(), app_state={})
+        transport = Transport()
+        protocol.connection_made(transport)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                protocol.data_received(REQUEST)
+                for _ in range(4):
+                    await asyncio.sleep(0)
+            gc.collect()
+            garbage = [type(item).__name__ for item in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            protocol.connection_lost(None)
+        return transport.written, garbage
+
+    written, garbage = asyncio.run(scenario())
+    assert len(written) == 20 and all(w.startswith(b"HTTP/1.1 200 ") for w in written)
+    assert "Exchange" not in garbage and "Request" not in garbage, garbage

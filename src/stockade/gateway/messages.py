@@ -93,6 +93,13 @@ class Request:
         self.body, self.body_read = b"".join(chunks), True
         return self.body
 
+    def answered(self) -> None:
+        """Its response is written: it no longer receives. Its `receive` is its server's
+        exchange, which holds it: without this the pair, and all the request carries,
+        are a cycle left to the cyclic collector (ten objects a request, collected
+        every ~65 requests at 6-7 µs a request), not freed at once."""
+        self.receive = _no_body
+
 
 Handler = Callable[[Request], Awaitable[Response]]
 

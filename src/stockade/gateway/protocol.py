@@ -191,6 +191,7 @@ class Exchange(RequestResponseCycle):
                 self.transport.close()
         finally:
             self.on_response = _answered
+            self.request.answered()
 
 
 class GuardedProtocol(HttpToolsProtocol):
