@@ -18,12 +18,20 @@ from stockade.engine.config import EngineConfig
 from stockade.engine.fastpath import FastResult, RunPlan
 from stockade.engine.loader import LoadedModule
 from stockade.engine.traps import Ending
+from stockade.envblock import EnvBlock
 from stockade.invocation import Invocation
+from stockade.isolate.protections import Protection
 from stockade.observe import RunInfo
 from stockade.policy import Capabilities, DirGrant, Limits, Policy, Trust
 from stockade.records import FieldTuple
 from stockade.result import Outcome, Result, Usage
 from stockade.sandbox.provenance import Gate
+from stockade.telemetry.decision import Decision
+from stockade.telemetry.environment import Environment
+from stockade.telemetry.instruments import AttributeSet, Instrument
+from stockade.telemetry.profiles import ExportProfile
+from stockade.telemetry.record import LogEvent, ParentContext, SpanData, SpanEvent
+from stockade.telemetry.settings import ExportSettings
 
 # class -> (frozen, slots) as declared before, and values for its required fields
 RECORDS: dict[type, tuple[bool, bool]] = {
@@ -146,7 +154,9 @@ def test_frozen_records_subclass_as_frozen_dataclasses_do() -> None:
 
 
 # Named tuples made by `stockade.records.FieldTuple` instead of `typing.NamedTuple`.
-FIELD_TUPLES = [RunPlan, Option]
+FIELD_TUPLES = [RunPlan, Option, EnvBlock, Protection, Decision, Environment, Instrument,
+                AttributeSet, ExportProfile, ParentContext, SpanData, SpanEvent, LogEvent,
+                ExportSettings]
 
 
 def typing_reference(cls: type) -> type:

@@ -1,22 +1,22 @@
 """A guest's argv and environment as the engines take them, and the one check of a variable.
 
-A leaf (it imports only `errors`): `Invocation`, both engines and the gateway's CGI
-block all use it, so what a variable may hold is decided once.
+A leaf (it imports only `errors` and `records`): `Invocation`, both engines and the
+gateway's CGI block all use it, so what a variable may hold is decided once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 from .errors import UsageError
+from .records import FieldTuple
 
 __all__ = ["EnvBlock", "NO_ENV", "Env", "encode_env", "encode_args", "variable_problem"]
 
 Env = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-class EnvBlock(NamedTuple):
+class EnvBlock(FieldTuple):
     """A guest's environment as the C API takes it: `names` and `values` hold `entries`
     entries each, every one UTF-8 ending in a NUL byte (none inside, no `=` in a name).
     Made by `encode_env`, or by a caller that builds the bytes itself (the gateway's CGI

@@ -7,7 +7,9 @@ worker on this machine rather than a guess.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from ..records import FieldTuple
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Protection", "protections", "format_protections"]
 
 
-class Protection(NamedTuple):
+class Protection(FieldTuple):
     """One protection of a worker: `name`, whether it is `active`, and a `detail` that
     gives the figures when active or the reason when not."""
 

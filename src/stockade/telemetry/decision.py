@@ -6,7 +6,7 @@ A leaf: `Telemetry.admit` answers every run with a `Decision`, and with breakers
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from ..records import FieldTuple
 
 __all__ = ["Decision", "iso_time"]
 
@@ -18,7 +18,7 @@ def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
 
 
-class Decision(NamedTuple):
+class Decision(FieldTuple):
     """Whether a run may go ahead. `until` (epoch seconds) is set while open; `probe` is
     True for the one run let through half-open."""
 

@@ -13,7 +13,8 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+
+from ..records import FieldTuple
 
 __all__ = ["Environment", "detect_environment", "cached_environment"]
 
@@ -62,7 +63,7 @@ _ISOLATION = {
 }
 
 
-class Environment(NamedTuple):
+class Environment(FieldTuple):
     """What was detected. `virtualization` is the innermost layer (`bare-metal`, `vm`,
     `container`, `wasm`); `hypervisor` is set when a VM lies underneath, even below a
     container; `evidence` lists what was seen, for `stockade doctor`."""

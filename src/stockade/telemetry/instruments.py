@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any, NamedTuple
+from typing import Any
+
+from ..records import FieldTuple
 
 __all__ = [
     "Attributes",
@@ -29,7 +31,7 @@ Attributes = dict[str, str | int | float | bool]
 MAX_NAMES = 64
 
 
-class Instrument(NamedTuple):
+class Instrument(FieldTuple):
     """A metric: OTel name, kind (`histogram` or `counter`), unit, description, and the
     histogram bucket boundaries."""
 
@@ -64,7 +66,7 @@ INSTRUMENTS: dict[str, Instrument] = {
 }
 
 
-class AttributeSet(NamedTuple):
+class AttributeSet(FieldTuple):
     """Metric attributes with their sorted key, built once per distinct set."""
 
     attrs: Attributes

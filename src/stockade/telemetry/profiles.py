@@ -6,9 +6,10 @@ standard `OTEL_*` variables override it (see `settings.py`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import UsageError
+from ..records import FieldTuple
 
 if TYPE_CHECKING:
     from .environment import Environment
@@ -29,7 +30,7 @@ Compression = Literal["gzip", "none"]
 GiB = 1024**3
 
 
-class ExportProfile(NamedTuple):
+class ExportProfile(FieldTuple):
     """How telemetry leaves the process.
 
     `batch_size` is the span/log batch (BatchSpanProcessor `max_export_batch_size`),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
+from ..records import FieldTuple
 from ..result import Outcome
 from .instruments import Attributes, Measurement, attribute_set, bounded_name
 
@@ -48,7 +49,7 @@ LIMIT_HIT: dict[Outcome, str] = {
 }
 
 
-class ParentContext(NamedTuple):
+class ParentContext(FieldTuple):
     """The caller's span: trace id, span id, and whether the caller samples the trace."""
 
     trace_id: int
@@ -74,7 +75,7 @@ def parse_traceparent(value: str | bytes | None) -> ParentContext | None:
     return ParentContext(trace_id, span_id, bool(flags & 1))
 
 
-class SpanData(NamedTuple):
+class SpanData(FieldTuple):
     """A span other than an invocation's (the gateway's HTTP server span): ids given by
     its producer, `sampled` the caller's decision (None: decide by trace id)."""
 
@@ -89,7 +90,7 @@ class SpanData(NamedTuple):
     error: str | None
 
 
-class SpanEvent(NamedTuple):
+class SpanEvent(FieldTuple):
     """A span event: name, time (ns since the epoch), attributes."""
 
     name: str
@@ -97,7 +98,7 @@ class SpanEvent(NamedTuple):
     attributes: Attributes
 
 
-class LogEvent(NamedTuple):
+class LogEvent(FieldTuple):
     """A log record about a security event, tied to an invocation's span when known."""
 
     name: str

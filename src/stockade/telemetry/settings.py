@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple, get_args
+from typing import get_args
 from urllib.parse import unquote
 
 from ..errors import UsageError
 from ..paths import state_dir
+from ..records import FieldTuple
 from .profiles import Compression, ExportProfile, Protocol, choose_profile
 
 __all__ = ["ExportSettings", "resolve_settings", "SIGNALS", "EXPORT_TIMEOUT"]
@@ -33,7 +34,7 @@ _FIXED_SAMPLERS = {
 }
 
 
-class ExportSettings(NamedTuple):
+class ExportSettings(FieldTuple):
     """Everything the exporters need, after overrides. `endpoints` maps each signal to its
     URL (empty: the local file sink); `sources` says where each setting came from;
     `timeout` is how long, in seconds, one export may take, retries included, and so the
