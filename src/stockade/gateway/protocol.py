@@ -286,27 +286,26 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's `data_received`, except for a request asking to upgrade: no protocol
-        is switched to (the worker serves HTTP only, RFC 9110 7.8), the request is answered
-        over HTTP and what followed it is parsed on. uvicorn dropped the rest of the read
-        (pipelined requests were never answered) and warned twice per such request. One
-        with a body, and CONNECT, are refused at their head (`on_headers_complete`)."""
+        is switched to (the worker serves HTTP only, RFC 9110 7.8). The request is answered
+        over HTTP with `connection: close` and what followed it is ignored: a proxy in front
+        that tunnels once it sees `Upgrade` would pass those bytes on unchecked, and they
+        would be served as requests. (uvicorn dropped them too, but kept the connection
+        open, so a client waited for the idle timeout; and warned twice per such request.)
+        One with a body, and CONNECT, are refused at their head (`on_headers_complete`)."""
         self._unset_keepalive_if_required()
-        view, start = memoryview(data), 0  # offsets, not copies: many upgrades in one read
-        while start < len(view):
-            try:
-                self.parser.feed_data(view[start:])
-                return
-            except httptools.HttpParserError:
-                message = "Invalid HTTP request received."
-                self.logger.warning(message)
-                self.send_400_response(message)
-                return
-            except httptools.HttpParserUpgrade as upgrade:
-                # The parser stopped at the end of the upgrade request; it parses on.
-                parsed = upgrade.args[0] if upgrade.args else 0
-                if parsed <= 0 or self.transport.is_closing():
-                    return
-                start += parsed
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+        except httptools.HttpParserUpgrade:
+            self._ignoring = True  # the connection closes after the request's answer
+
+    def _should_upgrade(self) -> bool:
+        """Never: no request switches protocols here (uvicorn's `on_body` and
+        `on_message_complete` would otherwise skip one asking for a WebSocket)."""
+        return False
 
     def _counted(self) -> int | None:
         """Bytes fed so far of the head or the trailers being parsed; None: neither."""
@@ -427,7 +426,9 @@ class GuardedProtocol(HttpToolsProtocol):
             default_headers=self.server_state.default_headers,
             message_event=_Signal(),  # type: ignore[arg-type]  # what the cycle uses
             expect_100_continue=self.expect_100_continue,
-            keep_alive=version != "1.0" and parser.should_keep_alive(),
+            # An upgrade request closes the connection after its answer (see `_feed`).
+            keep_alive=version != "1.0" and parser.should_keep_alive()
+            and not parser.should_upgrade(),
             on_response=self.on_response_complete)
         cycle.writes = self._writes
         cycle.request = Request(
