@@ -24,7 +24,7 @@ from ..policy import format_size
 from .headers import DEFAULT_RULES, HeaderRules
 from .messages import Headers, Request, Response
 from .problem import BadGateway, BadRequest
-from .response import header_lines
+from .response import FORBIDDEN_IN_VALUE, NO_BODY_STATUSES, header_lines
 
 __all__ = ["CgiEnvironment", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
            "SERVER_SOFTWARE"]
@@ -33,8 +33,6 @@ SERVER_SOFTWARE = "Stockade"
 MAX_HEADER_LINES = 100
 _ENV_NAME = re.compile(rb"^[A-Z0-9_]+$")
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_NO_BODY = (204, 304)
 # The variables every request gets, in this order (then CONTENT_TYPE and HTTP_*).
 _FIXED = (b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"SERVER_NAME",
           b"SERVER_PORT", b"REQUEST_METHOD", b"SCRIPT_NAME", b"PATH_INFO", b"PATH_TRANSLATED",
@@ -199,7 +197,7 @@ def parse_output(stdout: bytes, max_body: int, max_header: int,
     body = stdout[end + gap:]
     if len(body) > max_body:
         raise BadGateway(f"the function's response body is larger than {format_size(max_body)}")
-    return Response(status, list(headers), b"" if status in _NO_BODY else body, lines)
+    return Response(status, list(headers), b"" if status in NO_BODY_STATUSES else body, lines)
 
 
 # (status, headers, the same as checked header lines)
@@ -218,7 +216,7 @@ def _parse_headers(block: bytes) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
     for line in lines:
         name, sep, value = line.rstrip(b"\r").partition(b":")
         value = value.strip()
-        if not sep or not _TOKEN.match(name) or _CONTROL.search(value):
+        if not sep or not _TOKEN.match(name) or FORBIDDEN_IN_VALUE.search(value):
             raise BadGateway("the function wrote a malformed CGI header line")
         key = name.lower()
         if key == b"status":

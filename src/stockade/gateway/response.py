@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Response", "Headers", "framing", "header_lines"]
+__all__ = ["Response", "Headers", "framing", "header_lines", "FORBIDDEN_IN_VALUE",
+           "NO_BODY_STATUSES"]
 
 Headers = list[tuple[bytes, bytes]]
 # What HTTP forbids in a header name (beyond a token's characters) and value (RFC 9110 5).
 _BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]')
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_NO_LENGTH = (204, 304)  # RFC 9110 8.6: no Content-Length on 204; 304's would describe GET's
+FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110 8.6: no body and no Content-Length on 204; 304's would describe GET's.
+NO_BODY_STATUSES = (204, 304)
 
 
 @dataclass(slots=True)
@@ -35,7 +37,7 @@ def header_lines(headers: Headers) -> bytes:
     RuntimeError for a name or value HTTP forbids, as uvicorn's `send` does."""
     lines: list[bytes] = []
     for name, value in headers:
-        if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+        if _BAD_NAME.search(name) or FORBIDDEN_IN_VALUE.search(value):
             raise RuntimeError("Invalid HTTP header name or value.")
         lines += (name.lower(), b": ", value, b"\r\n")
     return b"".join(lines)
@@ -44,7 +46,7 @@ def header_lines(headers: Headers) -> bytes:
 def framing(response: Response, head: bool) -> tuple[bytes | None, bytes]:
     """(the `content-length` value, None for a status without one; the body to send,
     empty for HEAD and for 204 and 304)."""
-    if response.status in _NO_LENGTH:
+    if response.status in NO_BODY_STATUSES:
         return None, b""
     body = response.body
     return b"%d" % len(body), b"" if head else body

@@ -295,6 +295,15 @@ class RunSlot:
         return (os.lseek(self.out, 0, os.SEEK_END),
                 os.lseek(self.err, 0, os.SEEK_END) if self.capture_err else 0)
 
+    def written(self, plan: RunPlan) -> tuple[int, int]:
+        """Bytes this run of `plan` wrote to stdout and stderr: what the owned streams
+        counted (their first bytes are kept in the state, and their files keep earlier
+        runs' bytes), else the files' sizes."""
+        if plan.owned_stdio:
+            state = self.state
+            return state.out_size, state.err_size if plan.capture_stderr else 0
+        return self.sizes()
+
     def collect(self, n_out: int, n_err: int, owned: bool) -> tuple[bytes, bytes, bool, bool]:
         """(stdout, stderr, stdout_truncated, stderr_truncated) within the cap, given the
         streams' sizes; stdout keeps its bytes first. `owned`: the run's standard streams
@@ -414,11 +423,8 @@ def overdue(plan: RunPlan, slot: RunSlot, wall: float, cpu: float,
     sizes = (0, 0)  # a meter keeps its output itself
     if slot.metered is not None:
         ending = slot.metered.ending(ending)
-    elif plan.owned_stdio:  # the files keep earlier runs' bytes: this run's counts only
-        state = slot.state
-        sizes = (state.out_size, state.err_size if plan.capture_stderr else 0)
     else:
-        sizes = slot.sizes()
+        sizes = slot.written(plan)
     base = slot.state.memory_base
     memory = memory_size(base) if base and memory_size is not None else None
     return conclude(plan, slot, ending, memory or 0, 0, wall, cpu, *sizes)
@@ -538,13 +544,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             armed.disarm()
         C.store_delete(store)
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    if metered is not None:
-        sizes = (0, 0)  # the meter keeps its output
-    elif plan.owned_stdio:  # kept inline at first, not all in the files
-        state = slot.state
-        sizes = (state.out_size, state.err_size if plan.capture_stderr else 0)
-    else:
-        sizes = slot.sizes()
+    sizes = (0, 0) if metered is not None else slot.written(plan)  # a meter keeps its own
     return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *sizes)
 
 
