@@ -273,3 +273,35 @@ def test_ctrl_c_during_a_run_on_an_epochs_engine_is_an_interrupt_not_a_crash(
                           env={**os.environ, "STOCKADE_FASTPATH_NATIVE": native})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "interrupted"
+
+
+@pytest.mark.parametrize(("timeout", "engine"), [
+    (None, "default"), ("300s", "default"), (None, "epochs"), ("300s", "epochs")])
+def test_a_cancellation_wakes_a_guest_sleeping_in_a_host_call(
+        timeout: str | None, engine: str) -> None:
+    """A guest asleep in `poll_oneoff` (`sleeper.wasm 300`) is in no code a tripwire or
+    an epoch reaches: the cancellation wakes the sleep itself, with or without a
+    deadline that would have ended it."""
+    policy = Policy().with_limits(timeout=timeout, fuel=None)
+    config = EngineConfig.for_limits(policy.limits, tripwire=False if engine == "epochs" else None)
+    recorder = Recorder()
+
+    async def main() -> float:
+        sandbox = AsyncSandbox(sandbox=Sandbox(policy, engine_config=config,
+                                               observers=[recorder]))
+        async with sandbox:
+            task = asyncio.create_task(
+                sandbox.run(guest("sleeper.wasm"), Invocation(args=("300",))))
+            await asyncio.sleep(1.0)
+            assert not task.done()
+            began = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return time.monotonic() - began
+
+    waited = asyncio.run(main())
+    assert waited < STOP_BOUND
+    cancelled = recorder.results[0]
+    assert cancelled.outcome is Outcome.ERROR and "cancelled" in cancelled.message
+    assert cancelled.stdout.startswith(b"sleeping") and b"woke up" not in cancelled.stdout

@@ -535,7 +535,7 @@ def _poll_oneoff(m: Meter, c: Host, mem: GuestMemory, subs: int, out: int, n: in
         return _poll_descriptors(m, c, mem, args, parsed, raw)
 
     return poll.serve(mem, (subs, out, n, nevents), m.clock_base, m.remaining_time(),
-                      descriptors)
+                      descriptors, m.wake)
 
 
 def _poll_descriptors(m: Meter, c: Host, mem: GuestMemory, args: tuple[int, int, int, int],

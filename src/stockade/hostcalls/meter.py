@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class Meter:
     ) -> None:
         self.limits = limits
         self.deadline = deadline
+        self.wake = threading.Event()  # set by `stop_now`: a sleeping host call returns
         # The guest's monotonic clock counts from its WASI context's creation, just
         # before the meter (the owned poll_oneoff converts absolute times with it).
         self.clock_base = time.monotonic_ns()
@@ -96,6 +98,13 @@ class Meter:
         it was doing): for host calls whose own work may outlast the run."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise GuestStopped(Outcome.TIMEOUT, f"wall-clock timeout ({doing})")
+
+    def stop_now(self) -> None:
+        """Move the deadline to now and wake a host call asleep in the guest's wait:
+        the guest stops at its next host call or in the one it sleeps in (a
+        cancellation). Safe from any thread."""
+        self.deadline = time.monotonic()
+        self.wake.set()
 
     def remaining_time(self) -> float | None:
         """Seconds until the deadline (None when there is none)."""

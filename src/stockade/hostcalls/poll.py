@@ -17,12 +17,14 @@ Bounds: at most `MAX_SUBSCRIPTIONS` per call (EINVAL beyond, before any is read)
 parsing takes at most a few milliseconds and `MAX_SUBSCRIPTIONS * 48` bytes. A clock
 waits at most `MAX_WAIT_NS` (a guest's 2^64-1 ns fits neither `time.sleep` nor, once
 rounded, the u64 handed to wasmtime), slept in chunks of `_SLEEP_CHUNK_S`: a huge sleep
-sleeps, until the deadline if there is one.
+sleeps, until the deadline if there is one, or until its run's `wake` is set (a
+cancellation: `Meter.stop_now`), which stops the guest as the deadline does.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable
 
@@ -107,23 +109,34 @@ def parse(raw: bytes, count: int, clock_base_ns: int) -> Poll | int:
     return found
 
 
-def wait(clocks: list[tuple[int, int, float]], remaining: float | None) -> list[int]:
+def wait(clocks: list[tuple[int, int, float]], remaining: float | None,
+         wake: threading.Event | None = None) -> list[int]:
     """Sleep until the earliest clock is due; the userdata of every clock due then.
     With `remaining` seconds to the deadline (None: no deadline) shorter than that,
-    sleep to the deadline and raise GuestStopped (`timeout`)."""
+    sleep to the deadline and raise GuestStopped (`timeout`); so too when `wake` is set
+    before or while it sleeps."""
     shortest = min(seconds for _, _, seconds in clocks)
     if remaining is not None and remaining < shortest:
-        _sleep(remaining)
-        raise GuestStopped(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
-    _sleep(shortest)
+        _sleep(remaining, wake)
+        raise GuestStopped(Outcome.TIMEOUT, _STOPPED)
+    if _sleep(shortest, wake):
+        raise GuestStopped(Outcome.TIMEOUT, _STOPPED)
     return [userdata for _, userdata, seconds in clocks if seconds <= shortest]
 
 
-def _sleep(seconds: float) -> None:
-    """Sleep `seconds` (none when not positive), in chunks `time.sleep` accepts."""
+_STOPPED = "wall-clock timeout (guest was sleeping)"
+
+
+def _sleep(seconds: float, wake: threading.Event | None) -> bool:
+    """Sleep `seconds` (none when not positive), in chunks the platform accepts, or
+    until `wake` is set: whether it was."""
     until = time.monotonic() + seconds
     while (left := until - time.monotonic()) > 0:
-        time.sleep(min(left, _SLEEP_CHUNK_S))
+        if wake is None:
+            time.sleep(min(left, _SLEEP_CHUNK_S))
+        elif wake.wait(min(left, _SLEEP_CHUNK_S)):
+            return True
+    return wake is not None and wake.is_set()
 
 
 def relative_clock(userdata: int, seconds: float) -> bytes:
@@ -150,12 +163,14 @@ Descriptors = Callable[[Poll, bytes, tuple[int, int, int, int]], int]
 
 
 def serve(mem: GuestMemory, args: tuple[int, int, int, int], clock_base_ns: int,
-          remaining: float | None, descriptors: Descriptors) -> int:
+          remaining: float | None, descriptors: Descriptors,
+          wake: threading.Event | None = None) -> int:
     """One `poll_oneoff(subscriptions, events, count, nevents)` on the guest's `mem`:
     EINVAL past the subscription bound and EFAULT for arrays outside memory (both before
     anything is read or slept); a call naming descriptors goes to `descriptors`; clocks
     alone sleep until the earliest is due, or to the deadline `remaining` seconds away
-    (None: none), where GuestStopped (`timeout`) is raised. Returns the errno."""
+    (None: none) or until `wake` is set, where GuestStopped (`timeout`) is raised.
+    Returns the errno."""
     subs, out, count, nevents = (arg & _U32 for arg in args)
     errno = check_count(count)
     if errno is not None:
@@ -170,6 +185,6 @@ def serve(mem: GuestMemory, args: tuple[int, int, int, int], clock_base_ns: int,
     if parsed.fds:
         return descriptors(parsed, raw, (subs, out, count, nevents))
     events = parsed.failed or [(userdata, 0, TAG_CLOCK)
-                               for userdata in wait(parsed.clocks, remaining)]
+                               for userdata in wait(parsed.clocks, remaining, wake)]
     put_events(mem, out, nevents, events)
     return 0

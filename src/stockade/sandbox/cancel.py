@@ -10,9 +10,9 @@ token traps it (`cancelled`); otherwise the epoch moved early, for another run's
 and the callback sets the deadline again from the time left. So no number of other
 runs' cancellations stops a run early. A run with a token watches every move of the
 epoch (`cancel()` advances it by one tick); one without watches the tick its deadline
-falls in. `cancel()` also moves the run's host-call deadline to now, so a guest in host
-calls stops at its next one; a sleep already in progress is not cut short (the timeout
-bounds it).
+falls in. `cancel()` also moves the run's host-call deadline to now and wakes a sleep in
+progress (`Meter.stop_now`), so a guest in host calls stops in the one it sleeps in or at
+its next one, with a deadline or without.
 
 The callback is C (`fastpath/_native.c`): a ctypes callback entered with a Python
 exception pending (Ctrl-C's) returns garbage, which wasmtime frees as an error. Without
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -75,7 +74,7 @@ class CancelToken:
             if self._watch is not None:  # read by the native callback, before the move
                 self._watch.cancelled = 1
         if meter is not None:
-            meter.deadline = time.monotonic()
+            meter.stop_now()
         if engine is not None:
             engine.increment_epoch()
         if trip is not None:
@@ -92,7 +91,7 @@ class CancelToken:
             if cancelled and watch is not None:
                 watch.cancelled = 1
         if cancelled:
-            meter.deadline = time.monotonic()
+            meter.stop_now()
         return cancelled
 
     def arm_tripwire(self, trip: Any, meter: Any) -> None:
@@ -102,7 +101,7 @@ class CancelToken:
             self._trip, self._meter = trip, meter
             cancelled = self._cancelled
         if cancelled:
-            meter.deadline = time.monotonic()
+            meter.stop_now()
             trip.fire()
 
     def disarm(self) -> None:
