@@ -147,3 +147,31 @@ def test_one_random_get_over_all_memory_stops_at_the_deadline() -> None:
         elapsed = time.monotonic() - begun
     assert result.outcome is Outcome.TIMEOUT, result.message
     assert elapsed < 0.2 + 1.0, elapsed
+
+
+@pytest.mark.parametrize("workload", [["spin.wasm"], ["sleeper.wasm", "300"]],
+                         ids=["spinning", "sleeping"])
+def test_a_cancellation_stops_a_fast_path_run_and_only_that_run(workload: list[str]) -> None:
+    """A `CancelToken` of the run's thread (`stockade.cancel`, what Ctrl-C uses in
+    `stockade run`) fires the slot's tripwire and wakes its `poll_oneoff`; the slot's next
+    run, without a token, sleeps its whole time and exits."""
+    from stockade.cancel import CancelToken, cancellable
+    from tests.conftest import guest
+
+    with FastEngine(EngineConfig.for_limits(Policy.from_profile("default").limits),
+                    max_instances=1) as engine:  # one slot: the next run reuses it
+        module = engine.compile(guest(workload[0]).read_bytes(), workload[0])
+        token = CancelToken()
+        threading.Timer(0.5, token.cancel).start()
+        begun = time.monotonic()
+        with cancellable(token):
+            stopped = module.run(workload[1:], timeout_s=300.0)
+        assert time.monotonic() - begun < BOUND
+        assert stopped.outcome is Outcome.TIMEOUT, stopped.message  # the caller reports it
+        token.cancel()  # after the run: touches nothing
+        began = time.monotonic()
+        sleeper = engine.compile(guest("sleeper.wasm").read_bytes(), "sleeper.wasm")
+        slept = sleeper.run(["1"], timeout_s=30.0)
+        assert slept.outcome is Outcome.EXITED, slept.message
+        assert slept.stdout.endswith(b"woke up\n")
+        assert time.monotonic() - began >= 0.95

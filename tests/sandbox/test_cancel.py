@@ -276,14 +276,16 @@ def test_ctrl_c_during_a_run_on_an_epochs_engine_is_an_interrupt_not_a_crash(
 
 
 @pytest.mark.parametrize(("timeout", "engine"), [
-    (None, "default"), ("300s", "default"), (None, "epochs"), ("300s", "epochs")])
+    (None, "default"), ("300s", "default"), (None, "epochs"), ("300s", "epochs"),
+    (None, "bare")])
 def test_a_cancellation_wakes_a_guest_sleeping_in_a_host_call(
         timeout: str | None, engine: str) -> None:
     """A guest asleep in `poll_oneoff` (`sleeper.wasm 300`) is in no code a tripwire or
     an epoch reaches: the cancellation wakes the sleep itself, with or without a
-    deadline that would have ended it."""
+    deadline that would have ended it, also on an engine with neither ("bare")."""
     policy = Policy().with_limits(timeout=timeout, fuel=None)
-    config = EngineConfig.for_limits(policy.limits, tripwire=False if engine == "epochs" else None)
+    config = EngineConfig(fuel=False, epochs=False) if engine == "bare" else \
+        EngineConfig.for_limits(policy.limits, tripwire=False if engine == "epochs" else None)
     recorder = Recorder()
 
     async def main() -> float:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cancel import interrupt_cancels
 from ..display import printable
 from ..engine.cache import AotCache
 from ..errors import StockadeError
@@ -127,7 +128,8 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
 
             sandbox = make_sandbox(policy, mode, observers=observers)
         resume_collection()  # paused for start-up by the fast lane (`cli.deferred`)
-        with sandbox:
+        # Ctrl-C stops an in-process guest now, not when it stops by itself.
+        with sandbox, interrupt_cancels():
             try:
                 return sandbox.run(module, invocation)
             except BaseException:

@@ -103,7 +103,8 @@ class Meter:
         """Move the deadline to now and wake a host call asleep in the guest's wait:
         the guest stops at its next host call or in the one it sleeps in (a
         cancellation). Safe from any thread."""
-        self.deadline = time.monotonic()
+        now = time.monotonic()
+        self.deadline = now if self.deadline is None else min(self.deadline, now)
         self.wake.set()
 
     def remaining_time(self) -> float | None:

@@ -31,8 +31,9 @@ __all__ = ["AsyncSandbox", "run_in_thread", "CANCEL_GRACE"]
 T = TypeVar("T")
 
 
-# How long a cancelled await waits for its guest to stop before propagating anyway
-# (a guest inside a long host-call sleep stops only when the sleep returns).
+# How long a cancelled await waits for its guest to stop before propagating anyway (a
+# guest in code no deadline reaches: an engine with neither epochs nor a tripwire, or
+# a first compile).
 CANCEL_GRACE = 2.0
 
 

@@ -1,5 +1,6 @@
-"""Stopping an in-process run: `CancelToken` (asyncio cancellation, from another
-thread) and `EpochDeadline` (the deadline of a run on an epochs engine, by the clock).
+"""Stopping an in-process run of `Sandbox`: `EpochDeadline` (the deadline of a run on an
+epochs engine, by the clock) and how a `CancelToken` (`stockade.cancel`, re-exported
+here) reaches it.
 
 A wasmtime Store is not thread-safe, but its engine's epoch is, and anyone may move it:
 the engine's ticker at deadlines, and `cancel()` to wake a cancelled run. So a run on an
@@ -28,14 +29,12 @@ A run picks up the token of its thread: `with cancellable(token): sandbox.run(..
 from __future__ import annotations
 
 import ctypes
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from ..cancel import CANCELLED, CancelToken, cancellable, current_token
 from ..engine.ticker import NO_DEADLINE
 from ..engine.traps import TIMED_OUT, Ending
 from ..result import Outcome
@@ -46,80 +45,6 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_contex
                              ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
                              ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t))
 _FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_local = threading.local()
-
-
-class CancelToken:
-    """A request to stop a run in progress, made from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._engine: wasmtime.Engine | None = None
-        self._trip: Any = None
-        self._meter: Any = None
-        self._watch: Any = None
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether `cancel()` was called."""
-        return self._cancelled
-
-    def cancel(self) -> None:
-        """Stop the run promptly (see the module docstring). Safe twice, and before or
-        after the run."""
-        with self._lock:
-            self._cancelled = True
-            engine, meter, trip = self._engine, self._meter, self._trip
-            if self._watch is not None:  # read by the native callback, before the move
-                self._watch.cancelled = 1
-        if meter is not None:
-            meter.stop_now()
-        if engine is not None:
-            engine.increment_epoch()
-        if trip is not None:
-            trip.fire()
-
-    def attach(self, engine: wasmtime.Engine | None, meter: Any, watch: Any) -> bool:
-        """Let `cancel()` stop the run: mark `watch` (the native env of an
-        `EpochDeadline` watching every move of `engine`'s epoch) and move the epoch, and
-        move `meter`'s deadline (None, None without the native library: host calls
-        only). A token cancelled already does so now; returns whether it was."""
-        with self._lock:
-            self._engine, self._meter, self._watch = engine, meter, watch
-            cancelled = self._cancelled
-            if cancelled and watch is not None:
-                watch.cancelled = 1
-        if cancelled:
-            meter.stop_now()
-        return cancelled
-
-    def arm_tripwire(self, trip: Any, meter: Any) -> None:
-        """Let `cancel()` fire the run's tripwire (`engine.tripwire.Tripwire`), armed or
-        not yet. Call on the run's thread, before it starts the guest."""
-        with self._lock:
-            self._trip, self._meter = trip, meter
-            cancelled = self._cancelled
-        if cancelled:
-            meter.stop_now()
-            trip.fire()
-
-    def disarm(self) -> None:
-        """Forget the run (its store is gone): a later `cancel()` touches nothing."""
-        with self._lock:
-            self._engine = self._meter = self._trip = self._watch = None
-
-    def ending(self, outcome: Outcome) -> Ending | None:
-        """What to report instead of `outcome` when the token stopped the run: `error`
-        (the caller's choice, not a violation the guest committed: breakers do not count
-        it); None otherwise."""
-        if self._cancelled and outcome is Outcome.TIMEOUT:
-            return _CANCELLED
-        return None
-
-
-_CANCELLED = Ending(Outcome.ERROR, "cancelled by the caller before the guest finished")
-
 
 class EpochDeadline:
     """The deadline of one run on an epochs engine, decided by the clock (module
@@ -176,7 +101,7 @@ class EpochDeadline:
             from ..engine.fastpath._native import WATCH_CANCELLED, WATCH_TIMEOUT
 
             if self._watch.reason == WATCH_CANCELLED:
-                return _CANCELLED
+                return CANCELLED
             if self._watch.reason == WATCH_TIMEOUT:
                 return TIMED_OUT
         return self._token.ending(outcome) if self._token is not None else None
@@ -191,20 +116,3 @@ def _native() -> Any:
 
 
 _FOREVER_NS = (1 << 63) - 1  # the C side's int64 deadline: a later one never comes
-
-
-@contextmanager
-def cancellable(token: CancelToken) -> Iterator[CancelToken]:
-    """Runs made on this thread inside the block can be stopped by `token.cancel()`."""
-    previous = getattr(_local, "token", None)
-    _local.token = token
-    try:
-        yield token
-    finally:
-        _local.token = previous
-
-
-def current_token() -> CancelToken | None:
-    """The token of runs on this thread (None outside `cancellable`)."""
-    token: CancelToken | None = getattr(_local, "token", None)
-    return token

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...cancel import CancelToken, current_token
 from ...envblock import Env, EnvBlock, encode_args, encode_env
 from ...errors import ModuleError, ModuleNotFound, UsageError
 from ..config import EngineConfig
@@ -304,12 +305,17 @@ class FastEngine:
         timeout_s = plan.timeout_s
         try:
             entry, ticks = self._register_deadline(slot, timeout_s)
+            token = None
             try:
                 slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                token = self._cancellable(slot, slot)
                 return execute(self._engine, plan, slot, env, stdin,
                                NO_DEADLINE if ticks is None else ticks)
             finally:
                 self._ticker.unregister(entry)
+                if token is not None:
+                    token.disarm()  # no cancellation reaches the slot after this
+                    slot.wake.clear()
         finally:
             self._release(plan.module, slot)
 
@@ -364,13 +370,17 @@ class FastEngine:
                     raise UsageError(f"{module.name}: engine or module is closed")
                 slot.metered = MeteredRun(meter, dirs, linking.pre(module), linking)
                 entry, ticks = self._register_deadline(slot, plan.timeout_s)
+                token = None
                 try:
                     slot.deadline = None if plan.timeout_s is None \
                         else time.monotonic() + plan.timeout_s
+                    token = self._cancellable(slot, meter)
                     result = execute(self._engine, plan, slot, block, b"",
                                      NO_DEADLINE if ticks is None else ticks)
                 finally:
                     self._ticker.unregister(entry)
+                    if token is not None:
+                        token.disarm()
             finally:
                 slot.metered = None
                 self._release(module, slot)
@@ -388,6 +398,20 @@ class FastEngine:
             return self._ticker.register(timeout_s)
         trip.reset()
         return self._ticker.register(timeout_s, trip.fire)
+
+    def _cancellable(self, slot: RunSlot, sleeper: RunSlot | Meter) -> CancelToken | None:
+        """Hand the run in `slot` to the token of this thread (`stockade.cancel`), if
+        any: its cancellation fires the slot's tripwire (on an epochs engine, nothing
+        reaches the guest's code) and stops `sleeper`'s host calls, whichever sleeps in
+        them. Returns the token, to disarm when the run ends."""
+        token = current_token()
+        if token is not None:
+            trip = slot.trip if self.config.tripwire else None
+            if trip is not None:
+                token.arm_tripwire(trip, sleeper)
+            else:
+                token.attach(None, sleeper, None)
+        return token
 
     def overdue(self, wall_s: float, cpu_s: float,
                 memory_size: Callable[[int], int | None] | None = None) -> FastResult | None:

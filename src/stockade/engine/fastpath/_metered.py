@@ -160,6 +160,8 @@ class MeteredRun:
         if failure is None:
             return ending
         self.meter.failure = None  # its traceback holds host-call frames
+        if isinstance(failure, KeyboardInterrupt):  # Ctrl-C in a host call: the caller's
+            raise failure
         return classify(failure)
 
     def output(self) -> tuple[bytes, bytes, bool, bool]:

@@ -80,9 +80,17 @@ def _poll_oneoff(_env: Any, caller: Any, args: Any, _count: int) -> int:
         return 0
     except _Stop as stop:
         return int(C.trap_new(stop.message, len(stop.message)))
+    except KeyboardInterrupt:  # raised again once the run is back in Python
+        slot = RunSlot.live.get(C.context_get_data(C.caller_context(caller)) or 0)
+        if slot is not None:
+            slot.interrupted = True
+        return int(C.trap_new(_INTERRUPTED, len(_INTERRUPTED)))
     except BaseException:  # never unwind into wasmtime
         message = b"stockade: poll_oneoff failed in the host"
         return int(C.trap_new(message, len(message)))
+
+
+_INTERRUPTED = b"stockade: interrupted"
 
 
 class _Stop(Exception):
@@ -118,7 +126,7 @@ def _poll(caller: int, args: Any) -> int:
     remaining = None if slot.deadline is None else slot.deadline - time.monotonic()
     try:
         return poll.serve(mem, (args[0].i32, args[1].i32, args[2].i32, args[3].i32),
-                          slot.clock_base, remaining, descriptors)
+                          slot.clock_base, remaining, descriptors, slot.wake)
     except GuestStopped as stop:
         slot.stopped = True
         raise _Stop(stop.message.encode()) from None

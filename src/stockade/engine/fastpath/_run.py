@@ -19,6 +19,7 @@ import ctypes
 import fcntl
 import operator
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import field
@@ -229,7 +230,7 @@ class RunSlot:
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
                  "native_in", "native_out", "native_args", "env", "state", "key", "metered",
-                 "plan", "trip", "out_kept", "err_kept")
+                 "plan", "trip", "out_kept", "err_kept", "wake", "interrupted")
 
     def __init__(self, engine: int = 0) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -244,6 +245,8 @@ class RunSlot:
         self.sealed = False
         self.deadline: float | None = None
         self.stopped = False
+        self.wake = threading.Event()  # set by `stop_now`: the owned poll_oneoff returns
+        self.interrupted = False  # Ctrl-C reached a host call: raised once the run ends
         self.clock_base = 0
         self.instance = Instance()
         self.item = Extern()
@@ -267,6 +270,13 @@ class RunSlot:
         self.metered: MeteredRun | None = None
         self.plan: RunPlan | None = None  # the running guest's (for `overdue`)
         RunSlot.live[self.key] = self
+
+    def stop_now(self) -> None:
+        """Move the running guest's deadline to now and wake its sleep in `poll_oneoff`
+        (a cancellation, `stockade.cancel`). Safe from any thread."""
+        now = time.monotonic()
+        self.deadline = now if self.deadline is None else min(self.deadline, now)
+        self.wake.set()
 
     @property
     def cap(self) -> int | None:
@@ -378,6 +388,9 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     if slot.stopped:
         ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
     slot.state.stdin_data = None  # do not keep the request body alive in the slot
+    if slot.interrupted:  # Ctrl-C in a host call, which stopped the guest for it
+        slot.interrupted = False
+        raise KeyboardInterrupt
     return conclude(plan, slot, ending, memory_bytes, fuel_left, wall, cpu, n_out, n_err)
 
 

@@ -1,0 +1,158 @@
+"""`CancelToken`: a request, from any thread, to stop the run in progress on another.
+
+A run picks up the token of its thread (`with cancellable(token): sandbox.run(...)`) and
+hands it what stops it: its tripwire (`arm_tripwire`), its engine's epoch and deadline
+callback (`attach`, `sandbox.cancel.EpochDeadline`), and whatever its host calls sleep
+on (`stop_now()`: a `Meter`, or a fast-path `RunSlot`). `interrupt_cancels` makes Ctrl-C
+such a request for the runs of the main thread: a guest in a C call keeps the main thread
+from Python's signal handler until it stops by itself, a minute under the default
+timeout. Pure Python: no wasmtime-py, so every backend may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .engine.traps import Ending
+from .result import Outcome
+
+if TYPE_CHECKING:
+    import wasmtime
+
+__all__ = ["CancelToken", "cancellable", "current_token", "interrupt_cancels", "CANCELLED"]
+
+_local = threading.local()
+
+
+class CancelToken:
+    """A request to stop a run in progress, made from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._engine: wasmtime.Engine | None = None
+        self._trip: Any = None
+        self._meter: Any = None
+        self._watch: Any = None
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether `cancel()` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Stop the run promptly (see the module docstring). Safe twice, and before or
+        after the run."""
+        # All under the lock: once `disarm` returns, nothing touches the run's slot, which
+        # the engine may hand to another run (each step is quick and never calls back).
+        with self._lock:
+            self._cancelled = True
+            if self._watch is not None:  # read by the native callback, before the move
+                self._watch.cancelled = 1
+            if self._meter is not None:
+                self._meter.stop_now()
+            if self._engine is not None:
+                self._engine.increment_epoch()
+            if self._trip is not None:
+                self._trip.fire()
+
+    def attach(self, engine: wasmtime.Engine | None, meter: Any, watch: Any) -> bool:
+        """Let `cancel()` stop the run: mark `watch` (the native env of an
+        `EpochDeadline` watching every move of `engine`'s epoch) and move the epoch, and
+        move `meter`'s deadline (None, None without the native library: host calls
+        only). A token cancelled already does so now; returns whether it was."""
+        with self._lock:
+            self._engine, self._meter, self._watch = engine, meter, watch
+            cancelled = self._cancelled
+            if cancelled and watch is not None:
+                watch.cancelled = 1
+        if cancelled:
+            meter.stop_now()
+        return cancelled
+
+    def arm_tripwire(self, trip: Any, meter: Any) -> None:
+        """Let `cancel()` fire the run's tripwire (`engine.tripwire.Tripwire`), armed or
+        not yet. Call on the run's thread, before it starts the guest."""
+        with self._lock:
+            self._trip, self._meter = trip, meter
+            cancelled = self._cancelled
+        if cancelled:
+            meter.stop_now()
+            trip.fire()
+
+    def disarm(self) -> None:
+        """Forget the run (its store is gone): a later `cancel()` touches nothing, and one
+        in progress has finished when this returns."""
+        with self._lock:
+            self._engine = self._meter = self._trip = self._watch = None
+
+    def ending(self, outcome: Outcome) -> Ending | None:
+        """What to report instead of `outcome` when the token stopped the run: `error`
+        (the caller's choice, not a violation the guest committed: breakers do not count
+        it); None otherwise."""
+        if self._cancelled and outcome is Outcome.TIMEOUT:
+            return CANCELLED
+        return None
+
+
+CANCELLED = Ending(Outcome.ERROR, "cancelled by the caller before the guest finished")
+
+
+@contextmanager
+def cancellable(token: CancelToken) -> Iterator[CancelToken]:
+    """Runs made on this thread inside the block can be stopped by `token.cancel()`."""
+    previous = getattr(_local, "token", None)
+    _local.token = token
+    try:
+        yield token
+    finally:
+        _local.token = previous
+
+
+def current_token() -> CancelToken | None:
+    """The token of runs on this thread (None outside `cancellable`)."""
+    token: CancelToken | None = getattr(_local, "token", None)
+    return token
+
+
+@contextmanager
+def interrupt_cancels() -> Iterator[CancelToken | None]:
+    """On the main thread, with Python's own SIGINT handler: Ctrl-C in the block cancels
+    the runs made in it (the guest stops now), and the interrupt is raised as usual once
+    the run is back in Python. Yields the token (None when nothing was set up: another
+    thread, or SIGINT ignored or handled by the program)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield None
+        return
+    token = CancelToken()
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    os.set_blocking(read_end, True)
+    try:
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except ValueError:  # a wakeup descriptor must be non-blocking, main thread only
+        os.close(read_end)
+        os.close(write_end)
+        yield None
+        return
+
+    def watch() -> None:  # Python's C-level handler writes each signal's number here
+        while received := os.read(read_end, 64):
+            if signal.SIGINT in received:
+                token.cancel()
+
+    watcher = threading.Thread(target=watch, name="stockade-interrupt", daemon=True)
+    watcher.start()
+    try:
+        with cancellable(token):
+            yield token
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write_end)  # the watcher reads the end of the pipe and returns
+        watcher.join(timeout=1.0)
+        os.close(read_end)

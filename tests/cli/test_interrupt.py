@@ -1,0 +1,49 @@
+"""Ctrl-C during `stockade run`: the guest stops now and the command says it was
+interrupted (exit 130), whatever the guest is doing. A guest in a C call keeps the main
+thread from Python's signal handler: a spinning guest ran on to its timeout (a minute by
+default), and one asleep in `poll_oneoff` was reported as a host failure (a trap, 134)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import STOCKADE, guest
+
+# Far below the runs' own bounds (the default 60 s timeout, a 300 s sleep).
+STOP_BOUND = 15.0
+
+
+def _restore_sigint() -> None:
+    # Ctrl-C as a terminal delivers it, whatever the test runner's children inherit.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+@pytest.mark.parametrize("flags", [[], ["--isolate", "none"], ["--dir", "{tmp}:/data:rw"]],
+                         ids=["default", "in-process", "metered"])
+@pytest.mark.parametrize("workload", [["spin.wasm"], ["sleeper.wasm", "300"]],
+                         ids=["spinning", "sleeping"])
+def test_ctrl_c_stops_the_guest_now(flags: list[str], workload: list[str],
+                                    tmp_path: Path) -> None:
+    command = [*STOCKADE, "run", *[flag.format(tmp=tmp_path) for flag in flags],
+               str(guest(workload[0])), *workload[1:]]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=_restore_sigint)
+    try:
+        time.sleep(2.0)  # started, and in the guest
+        assert proc.poll() is None, proc.communicate()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=STOP_BOUND + 30)
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.wait()
+    assert waited < STOP_BOUND
+    assert proc.returncode == 130, stderr
+    assert stderr.decode().strip().splitlines()[-1] == "stockade: interrupted"
