@@ -11,10 +11,11 @@ timeout. Pure Python: no wasmtime-py, so every backend may use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -133,26 +134,33 @@ def interrupt_cancels() -> Iterator[CancelToken | None]:
     token = CancelToken()
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     os.set_blocking(read_end, True)
+    previous: int | None = None  # the descriptor set before, once ours is set
+    watcher = threading.Thread(target=_watch, args=(read_end, token, lambda: previous),
+                               name="stockade-interrupt", daemon=True)
     try:
+        # A wakeup descriptor must be non-blocking, and set on the main thread only.
         previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    except ValueError:  # a wakeup descriptor must be non-blocking, main thread only
-        os.close(read_end)
-        os.close(write_end)
-        yield None
-        return
-
-    def watch() -> None:  # Python's C-level handler writes each signal's number here
-        while received := os.read(read_end, 64):
-            if signal.SIGINT in received:
-                token.cancel()
-
-    watcher = threading.Thread(target=watch, name="stockade-interrupt", daemon=True)
-    watcher.start()
-    try:
+        watcher.start()
         with cancellable(token):
             yield token
     finally:
-        signal.set_wakeup_fd(previous)
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
         os.close(write_end)  # the watcher reads the end of the pipe and returns
-        watcher.join(timeout=1.0)
-        os.close(read_end)
+        if watcher.is_alive():
+            watcher.join(timeout=1.0)
+        if not watcher.is_alive():  # else left open: its number must not be reused
+            os.close(read_end)
+
+
+def _watch(read_end: int, token: CancelToken, previous: Callable[[], int | None]) -> None:
+    """Read the signals Python's C-level handler writes to `read_end`: cancel `token` on
+    SIGINT, and pass every byte on to the wakeup descriptor set before (an event loop's,
+    whose handlers would otherwise miss their signals)."""
+    while received := os.read(read_end, 64):
+        if signal.SIGINT in received:
+            token.cancel()
+        forward = previous()
+        if forward is not None and forward != -1:
+            with contextlib.suppress(OSError):  # full or closed: as the handler would
+                os.write(forward, received)

@@ -47,3 +47,33 @@ def test_ctrl_c_stops_the_guest_now(flags: list[str], workload: list[str],
     assert waited < STOP_BOUND
     assert proc.returncode == 130, stderr
     assert stderr.decode().strip().splitlines()[-1] == "stockade: interrupted"
+
+
+def test_other_signals_still_reach_an_event_loop_during_a_run() -> None:
+    """`interrupt_cancels` takes the wakeup descriptor an event loop set for its signal
+    handlers: every signal read there is passed on, so none is lost to the loop."""
+    import asyncio
+    import os
+
+    from stockade.cancel import interrupt_cancels
+
+    got: list[str] = []
+    loop = asyncio.new_event_loop()  # not asyncio.run: SIGINT keeps Python's handler
+    loop.add_signal_handler(signal.SIGHUP, lambda: got.append("HUP"))
+
+    async def main() -> None:
+        with interrupt_cancels() as token:
+            assert token is not None
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.3)  # as a run would: the loop does not turn meanwhile
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        loop.close()
+    assert got == ["HUP"]

@@ -167,7 +167,9 @@ def test_a_cancellation_stops_a_fast_path_run_and_only_that_run(workload: list[s
         with cancellable(token):
             stopped = module.run(workload[1:], timeout_s=300.0)
         assert time.monotonic() - begun < BOUND
-        assert stopped.outcome is Outcome.TIMEOUT, stopped.message  # the caller reports it
+        # The caller's choice, not a violation: `error`, as `Sandbox` reports it.
+        assert stopped.outcome is Outcome.ERROR and "cancelled" in stopped.message, \
+            stopped.message
         token.cancel()  # after the run: touches nothing
         began = time.monotonic()
         sleeper = engine.compile(guest("sleeper.wasm").read_bytes(), "sleeper.wasm")

@@ -162,3 +162,13 @@ def test_a_run_never_watched_is_still_checked_at_its_end() -> None:
     monitor.close()
     assert [a["stockade.warning.kind"] for a in new] == ["memory"]
     assert set(warnings(info)) == {"memory"}
+
+
+def test_close_after_an_interrupted_sampler_start() -> None:
+    """Ctrl-C can land inside `Thread.start()` (which waits for the thread to begin): the
+    monitor then holds a thread that cannot be joined, and `close` (in the command's
+    clean-up) raised RuntimeError over the interrupt."""
+    monitor = SecurityMonitor(interval=0.02)
+    monitor._thread = threading.Thread(target=lambda: None)  # as a start left it: not begun
+    monitor.close()
+    monitor.close()

@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> Any:
     fast = None
     if words[:1] == ["run"]:
         from . import deferred
-
-        deferred.pause_collection()
-        fast = _fast_run(words)
     try:
+        if words[:1] == ["run"]:  # in the `try`: Ctrl-C during its imports is an interrupt
+            deferred.pause_collection()
+            fast = _fast_run(words)
         if fast is not None:
             deferred.defer_modules()
             from .execute import run_command

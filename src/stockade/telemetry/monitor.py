@@ -13,6 +13,7 @@ checks run once more on the exact figures of its `Result`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -276,7 +277,8 @@ class SecurityMonitor:
         self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join(timeout=2.0)
+            with contextlib.suppress(RuntimeError):  # a start Ctrl-C interrupted: not joinable
+                thread.join(timeout=2.0)
         statm, self._statm = self._statm, None
         if statm is not None:
             os.close(statm)

@@ -309,15 +309,15 @@ class FastEngine:
             try:
                 slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
                 token = self._cancellable(slot, slot)
-                return execute(self._engine, plan, slot, env, stdin,
-                               NO_DEADLINE if ticks is None else ticks)
+                result = execute(self._engine, plan, slot, env, stdin,
+                                 NO_DEADLINE if ticks is None else ticks)
             finally:
                 self._ticker.unregister(entry)
                 if token is not None:
                     token.disarm()  # no cancellation reaches the slot after this
-                    slot.wake.clear()
         finally:
             self._release(plan.module, slot)
+        return result if token is None else _as_cancelled(result, token)
 
     def run_metered(
         self,
@@ -386,7 +386,7 @@ class FastEngine:
                 self._release(module, slot)
         finally:
             meter.close()
-        return _charged(result, meter)
+        return _charged(result if token is None else _as_cancelled(result, token), meter)
 
     def _register_deadline(self, slot: RunSlot, timeout_s: float | None
                            ) -> tuple[Any, int | None]:
@@ -404,6 +404,8 @@ class FastEngine:
         any: its cancellation fires the slot's tripwire (on an epochs engine, nothing
         reaches the guest's code) and stops `sleeper`'s host calls, whichever sleeps in
         them. Returns the token, to disarm when the run ends."""
+        if slot.wake.is_set():  # a stop_now that came as an earlier run ended
+            slot.wake.clear()
         token = current_token()
         if token is not None:
             trip = slot.trip if self.config.tripwire else None
@@ -558,6 +560,15 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _as_cancelled(result: FastResult, token: CancelToken) -> FastResult:
+    """`result` as the token reports a run it stopped (`error`, not a violation)."""
+    ending = token.ending(result.outcome)
+    if ending is not None:
+        result.outcome, result.message = ending.outcome, ending.message
+        result.guest_exit_code = None
+    return result
 
 
 def _charged(result: FastResult, meter: Meter) -> FastResult:

@@ -363,7 +363,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     a failure near the memory limit (`memory_limit`), output beyond the cap
     (`output_limit`).
     """
-    slot.stopped = False
+    slot.stopped = slot.interrupted = False
     slot.plan = plan
     metered = slot.metered  # its host calls are Python: the ctypes run costs nothing more
     if metered is None and NATIVE_RUN is not None and plan.native is not None \
