@@ -124,33 +124,52 @@ def current_token() -> CancelToken | None:
 @contextmanager
 def interrupt_cancels() -> Iterator[CancelToken | None]:
     """On the main thread, with Python's own SIGINT handler: Ctrl-C in the block cancels
-    the runs made in it (the guest stops now), and the interrupt is raised as usual once
-    the run is back in Python. Yields the token (None when nothing was set up: another
-    thread, or SIGINT ignored or handled by the program)."""
+    the runs made in it (the guest stops now), and KeyboardInterrupt is raised when the
+    block ends. Inside the block Python's handler only notes the interrupt: raised inside
+    a host call's ctypes callback, a KeyboardInterrupt (a second Ctrl-C while the first
+    was handled) escaped it and crashed the process. Yields the token (None when nothing
+    was set up: another thread, or SIGINT ignored or handled by the program). For runs
+    that take the token (in-process); a run that does not would not stop."""
     if threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield None
         return
     token = CancelToken()
+    noted: list[bool] = []
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     os.set_blocking(read_end, True)
     previous: int | None = None  # the descriptor set before, once ours is set
     watcher = threading.Thread(target=_watch, args=(read_end, token, lambda: previous),
                                name="stockade-interrupt", daemon=True)
+    started = False
     try:
-        # A wakeup descriptor must be non-blocking, and set on the main thread only.
-        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-        watcher.start()
+        # Set up with SIGINT held back: a KeyboardInterrupt between these calls would
+        # leave a wakeup descriptor or a thread that the clean-up cannot tell about.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            watcher.start()
+            started = True
+            signal.signal(signal.SIGINT, lambda *_: noted.append(True))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         with cancellable(token):
             yield token
     finally:
-        if previous is not None:
-            signal.set_wakeup_fd(previous)
-        os.close(write_end)  # the watcher reads the end of the pipe and returns
-        if watcher.is_alive():
-            watcher.join(timeout=1.0)
-        if not watcher.is_alive():  # else left open: its number must not be reused
-            os.close(read_end)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # as for the set-up
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+            os.close(write_end)  # the watcher reads the end of the pipe and returns
+            if started:
+                watcher.join(timeout=1.0)
+            if not watcher.is_alive():  # else left open: its number must not be reused
+                os.close(read_end)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if noted:
+        raise KeyboardInterrupt
 
 
 def _watch(read_end: int, token: CancelToken, previous: Callable[[], int | None]) -> None:

@@ -177,3 +177,19 @@ def test_a_cancellation_stops_a_fast_path_run_and_only_that_run(workload: list[s
         assert slept.outcome is Outcome.EXITED, slept.message
         assert slept.stdout.endswith(b"woke up\n")
         assert time.monotonic() - began >= 0.95
+
+
+def test_a_run_a_cancellation_did_not_stop_still_times_out() -> None:
+    """On an engine with epochs (a fuel budget) a cancellation wakes a sleep but does not
+    reach a spinning guest: a run that lasted to its own deadline is a timeout, not a
+    cancellation."""
+    from stockade.cancel import CancelToken, cancellable
+    from tests.conftest import guest
+
+    with FastEngine(EngineConfig(fuel=True, epochs=True), max_instances=1) as engine:
+        spin = engine.compile(guest("spin.wasm").read_bytes(), "spin.wasm")
+        token = CancelToken()
+        threading.Timer(0.2, token.cancel).start()
+        with cancellable(token):
+            result = spin.run(timeout_s=1.0, fuel=10**12)
+    assert result.outcome is Outcome.TIMEOUT, result.message

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> Any:
         sys.stderr.write(f"stockade: {printable(exc.message)}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping already: Ctrl-C again waits
         sys.stderr.write("stockade: interrupted\n")
         sys.exit(130)
     finally:

@@ -5,6 +5,7 @@ here: the fast lane must not import it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -128,8 +129,9 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
 
             sandbox = make_sandbox(policy, mode, observers=observers)
         resume_collection()  # paused for start-up by the fast lane (`cli.deferred`)
-        # Ctrl-C stops an in-process guest now, not when it stops by itself.
-        with sandbox, interrupt_cancels():
+        # Ctrl-C stops an in-process guest now, not when it stops by itself (an isolated
+        # one: its worker is killed when the interrupt reaches the wait for it).
+        with sandbox, interrupt_cancels() if mode == "none" else contextlib.nullcontext():
             try:
                 return sandbox.run(module, invocation)
             except BaseException:

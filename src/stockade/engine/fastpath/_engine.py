@@ -307,7 +307,8 @@ class FastEngine:
             entry, ticks = self._register_deadline(slot, timeout_s)
             token = None
             try:
-                slot.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                deadline = slot.deadline = None if timeout_s is None \
+                    else time.monotonic() + timeout_s
                 token = self._cancellable(slot, slot)
                 result = execute(self._engine, plan, slot, env, stdin,
                                  NO_DEADLINE if ticks is None else ticks)
@@ -317,7 +318,7 @@ class FastEngine:
                     token.disarm()  # no cancellation reaches the slot after this
         finally:
             self._release(plan.module, slot)
-        return result if token is None else _as_cancelled(result, token)
+        return result if token is None else _as_cancelled(result, token, deadline)
 
     def run_metered(
         self,
@@ -372,7 +373,7 @@ class FastEngine:
                 entry, ticks = self._register_deadline(slot, plan.timeout_s)
                 token = None
                 try:
-                    slot.deadline = None if plan.timeout_s is None \
+                    deadline = slot.deadline = None if plan.timeout_s is None \
                         else time.monotonic() + plan.timeout_s
                     token = self._cancellable(slot, meter)
                     result = execute(self._engine, plan, slot, block, b"",
@@ -386,7 +387,8 @@ class FastEngine:
                 self._release(module, slot)
         finally:
             meter.close()
-        return _charged(result if token is None else _as_cancelled(result, token), meter)
+        return _charged(result if token is None else _as_cancelled(result, token, deadline),
+                        meter)
 
     def _register_deadline(self, slot: RunSlot, timeout_s: float | None
                            ) -> tuple[Any, int | None]:
@@ -562,8 +564,13 @@ def _disown_after_fork() -> None:
 os.register_at_fork(after_in_child=_disown_after_fork)
 
 
-def _as_cancelled(result: FastResult, token: CancelToken) -> FastResult:
-    """`result` as the token reports a run it stopped (`error`, not a violation)."""
+def _as_cancelled(result: FastResult, token: CancelToken,
+                  deadline: float | None) -> FastResult:
+    """`result` as the token reports a run it stopped (`error`, not a violation). A run
+    that lasted to its own `deadline` (monotonic) timed out, cancelled or not: on an
+    engine with epochs a cancellation wakes a sleep but does not reach a spinning guest."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return result
     ending = token.ending(result.outcome)
     if ending is not None:
         result.outcome, result.message = ending.outcome, ending.message
