@@ -141,20 +141,31 @@ def interrupt_cancels() -> Iterator[CancelToken | None]:
     previous: int | None = None  # the descriptor set before, once ours is set
     watcher = threading.Thread(target=_watch, args=(read_end, token, lambda: previous),
                                name="stockade-interrupt", daemon=True)
-    started = False
+    handed = False  # the watcher's thread exists: it closes `read_end` as it ends
     try:
-        # Set up with SIGINT held back: a KeyboardInterrupt between these calls would
-        # leave a wakeup descriptor or a thread that the clean-up cannot tell about.
+        # Set up with SIGINT held back (on this thread; another may still take it, and the
+        # clean-up below copes with an interrupt at any step).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-            watcher.start()
-            started = True
+            try:
+                watcher.start()
+            except RuntimeError:  # no thread
+                raise
+            except BaseException:  # an interrupt while waiting for the started thread
+                handed = True
+                raise
+            handed = True
             signal.signal(signal.SIGINT, lambda *_: noted.append(True))
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         with cancellable(token):
-            yield token
+            try:
+                yield token
+            except BaseException as exc:  # an interrupt noted meanwhile stands over it
+                if noted and not isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+                    raise KeyboardInterrupt from exc
+                raise
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # as for the set-up
         try:
@@ -162,9 +173,10 @@ def interrupt_cancels() -> Iterator[CancelToken | None]:
             if previous is not None:
                 signal.set_wakeup_fd(previous)
             os.close(write_end)  # the watcher reads the end of the pipe and returns
-            if started:
-                watcher.join(timeout=1.0)
-            if not watcher.is_alive():  # else left open: its number must not be reused
+            if handed:
+                with contextlib.suppress(RuntimeError):  # its start was interrupted
+                    watcher.join(timeout=1.0)
+            else:
                 os.close(read_end)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -175,11 +187,15 @@ def interrupt_cancels() -> Iterator[CancelToken | None]:
 def _watch(read_end: int, token: CancelToken, previous: Callable[[], int | None]) -> None:
     """Read the signals Python's C-level handler writes to `read_end`: cancel `token` on
     SIGINT, and pass every byte on to the wakeup descriptor set before (an event loop's,
-    whose handlers would otherwise miss their signals)."""
-    while received := os.read(read_end, 64):
-        if signal.SIGINT in received:
-            token.cancel()
-        forward = previous()
-        if forward is not None and forward != -1:
-            with contextlib.suppress(OSError):  # full or closed: as the handler would
-                os.write(forward, received)
+    whose handlers would otherwise miss their signals). Closes `read_end` at the end of
+    the pipe: its number is not reused while this thread could still read it."""
+    try:
+        while received := os.read(read_end, 64):
+            if signal.SIGINT in received:
+                token.cancel()
+            forward = previous()
+            if forward is not None and forward != -1:
+                with contextlib.suppress(OSError):  # full or closed: as the handler would
+                    os.write(forward, received)
+    finally:
+        os.close(read_end)

@@ -83,3 +83,27 @@ def test_other_signals_still_reach_an_event_loop_during_a_run() -> None:
         loop.remove_signal_handler(signal.SIGHUP)
         loop.close()
     assert got == ["HUP"]
+
+
+def test_an_interrupt_noted_in_the_block_is_never_lost() -> None:
+    """Ctrl-C noted during a run that then raises (its own error, or one the cancellation
+    caused) is still the interrupt; nothing of the set-up outlives the block."""
+    import os
+
+    from stockade.cancel import interrupt_cancels
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        descriptors = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(KeyboardInterrupt) as raised, interrupt_cancels() as token:
+            assert token is not None
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # noted, not raised: the run goes on to its end
+            assert token.cancelled
+            raise ValueError("the run failed as it was stopped")
+        assert isinstance(raised.value.__cause__, ValueError)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        time.sleep(0.1)  # the watcher closes its end of the pipe as it ends
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+    finally:
+        signal.signal(signal.SIGINT, previous)
