@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -38,20 +40,26 @@ class Recorder:
         self.finished.set()
 
 
+async def cancelled_after_a_second(run: Coroutine[Any, Any, Result]) -> float:
+    """Start `run` as a task, cancel it a second later (still running), and return the
+    seconds from the cancellation until the task ended with CancelledError."""
+    task = asyncio.create_task(run)
+    await asyncio.sleep(1.0)
+    assert not task.done()
+    began = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return time.monotonic() - began
+
+
 def test_cancelling_the_task_stops_an_in_process_guest() -> None:
     recorder = Recorder()
 
     async def main() -> tuple[float, Result]:
         sandbox = AsyncSandbox(sandbox=Sandbox(SPIN_POLICY, observers=[recorder]))
         async with sandbox:
-            task = asyncio.create_task(sandbox.run(guest("spin.wasm")))
-            await asyncio.sleep(1.0)
-            assert not task.done()
-            began = time.monotonic()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            waited = time.monotonic() - began
+            waited = await cancelled_after_a_second(sandbox.run(guest("spin.wasm")))
             # The guest's run has ended (its result was reported) by the time the
             # cancellation reached us: the thread is free for the next run.
             assert recorder.finished.is_set()
@@ -292,15 +300,8 @@ def test_a_cancellation_wakes_a_guest_sleeping_in_a_host_call(
         sandbox = AsyncSandbox(sandbox=Sandbox(policy, engine_config=config,
                                                observers=[recorder]))
         async with sandbox:
-            task = asyncio.create_task(
+            return await cancelled_after_a_second(
                 sandbox.run(guest("sleeper.wasm"), Invocation(args=("300",))))
-            await asyncio.sleep(1.0)
-            assert not task.done()
-            began = time.monotonic()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return time.monotonic() - began
 
     waited = asyncio.run(main())
     assert waited < STOP_BOUND

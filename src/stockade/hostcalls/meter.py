@@ -12,6 +12,7 @@ from ..policy import Limits
 from ..policy.units import format_size
 from ..result import GuestStopped, Outcome
 from .descriptors import Descriptors, FdEntry
+from .poll import Stoppable
 
 __all__ = ["Meter"]
 
@@ -28,7 +29,7 @@ def _host_room() -> int:
     return soft - len(os.listdir("/proc/self/fd")) - _TRANSIENT_FDS
 
 
-class Meter:
+class Meter(Stoppable):
     """The budgets of one run, charged by the interposed WASI calls.
 
     Every method that finds a limit exceeded raises `GuestStopped` with the outcome;
@@ -98,14 +99,6 @@ class Meter:
         it was doing): for host calls whose own work may outlast the run."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise GuestStopped(Outcome.TIMEOUT, f"wall-clock timeout ({doing})")
-
-    def stop_now(self) -> None:
-        """Move the deadline to now and wake a host call asleep in the guest's wait:
-        the guest stops at its next host call or in the one it sleeps in (a
-        cancellation). Safe from any thread."""
-        now = time.monotonic()
-        self.deadline = now if self.deadline is None else min(self.deadline, now)
-        self.wake.set()
 
     def remaining_time(self) -> float | None:
         """Seconds until the deadline (None when there is none)."""

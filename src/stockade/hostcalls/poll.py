@@ -32,8 +32,8 @@ from ..result import GuestStopped, Outcome
 from .abi import GuestMemory
 
 __all__ = ["MAX_SUBSCRIPTIONS", "MAX_WAIT_NS", "SUBSCRIPTION_SIZE", "EVENT_SIZE", "TAG_CLOCK",
-           "Poll", "check_count", "parse", "wait", "relative_clock", "pack_events", "put_events",
-           "serve"]
+           "Poll", "Stoppable", "check_count", "parse", "wait", "relative_clock", "pack_events",
+           "put_events", "serve"]
 
 # More subscriptions than any program polls at once (poll(2) callers pass one per fd,
 # and the sandbox caps descriptors far lower); beyond it the call fails with EINVAL.
@@ -107,6 +107,23 @@ def parse(raw: bytes, count: int, clock_base_ns: int) -> Poll | int:
                 timeout -= monotonic
         found.clocks.append((index, userdata, min(max(timeout, 0), MAX_WAIT_NS) / 1e9))
     return found
+
+
+class Stoppable:
+    """What a run's owned host calls sleep against: its `deadline` (monotonic seconds,
+    None: none) and its `wake` event (`serve`). A `Meter`, or a fast-path `RunSlot`."""
+
+    __slots__ = ("deadline", "wake")
+    deadline: float | None
+    wake: threading.Event
+
+    def stop_now(self) -> None:
+        """Move the deadline to now and wake a host call asleep in the guest's wait: the
+        guest stops in the call it sleeps in or at its next one (a cancellation,
+        `stockade.cancel`). Safe from any thread."""
+        now = time.monotonic()
+        self.deadline = now if self.deadline is None else min(self.deadline, now)
+        self.wake.set()
 
 
 def wait(clocks: list[tuple[int, int, float]], remaining: float | None,

@@ -34,6 +34,7 @@ from ._run import FastResult, RunPlan, RunSlot, execute, native_plan, overdue
 
 if TYPE_CHECKING:
     from ...hostcalls.meter import Meter
+    from ...hostcalls.poll import Stoppable
     from ..guard import CompileGuard
     from ._metered import MeteredLinking
 
@@ -401,7 +402,7 @@ class FastEngine:
         trip.reset()
         return self._ticker.register(timeout_s, trip.fire)
 
-    def _cancellable(self, slot: RunSlot, sleeper: RunSlot | Meter) -> CancelToken | None:
+    def _cancellable(self, slot: RunSlot, sleeper: Stoppable) -> CancelToken | None:
         """Hand the run in `slot` to the token of this thread (`stockade.cancel`), if
         any: its cancellation fires the slot's tripwire (on an epochs engine, nothing
         reaches the guest's code) and stops `sleeper`'s host calls, whichever sleeps in

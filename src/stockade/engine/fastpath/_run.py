@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...envblock import EnvBlock
 from ...errors import ModuleError
+from ...hostcalls.poll import Stoppable
 from ...policy.units import format_size
 from ...records import FieldTuple, Record, record
 from ...result import Outcome, Result, Usage
@@ -213,7 +214,7 @@ class FastResult(Record):
         )
 
 
-class RunSlot:
+class RunSlot(Stoppable):
     """What one run needs and the next may reuse: two memfds receiving stdout and
     stderr, and the ctypes out-parameters of the C calls. Reused until sealed.
 
@@ -228,9 +229,9 @@ class RunSlot:
     live: ClassVar[dict[int, RunSlot]] = {}
 
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
-                 "deadline", "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
+                 "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
                  "native_in", "native_out", "native_args", "env", "state", "key", "metered",
-                 "plan", "trip", "out_kept", "err_kept", "wake", "interrupted")
+                 "plan", "trip", "out_kept", "err_kept", "interrupted")
 
     def __init__(self, engine: int = 0) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -270,13 +271,6 @@ class RunSlot:
         self.metered: MeteredRun | None = None
         self.plan: RunPlan | None = None  # the running guest's (for `overdue`)
         RunSlot.live[self.key] = self
-
-    def stop_now(self) -> None:
-        """Move the running guest's deadline to now and wake its sleep in `poll_oneoff`
-        (a cancellation, `stockade.cancel`). Safe from any thread."""
-        now = time.monotonic()
-        self.deadline = now if self.deadline is None else min(self.deadline, now)
-        self.wake.set()
 
     @property
     def cap(self) -> int | None:
