@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "src" / "stockade" / "engine" / "fastpath" / "_native.c"
 # Not `_native.so`: Python would take that for an extension module named `_native`.
 TARGET = SOURCE.with_name("libstockade_fastrun.so")
-FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared"]
+FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-pthread"]
 
 
 def main() -> int:

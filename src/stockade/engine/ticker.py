@@ -1,7 +1,8 @@
 """`EpochTicker`: one thread per engine that advances its epoch when deadlines fall due.
 
 The one place that turns a timeout into an epoch deadline, for both engines (the
-wasmtime-py sandbox and the C-API fast path): the same interval, the same formula.
+wasmtime-py sandbox and the C-API fast path): the same interval, the same formula. A
+tripwire's deadline is exact, kept by the native library (`engine.trip.Tripwire.due`).
 """
 
 from __future__ import annotations
@@ -35,17 +36,15 @@ class EpochTicker:
     not tick periodically: it sleeps until the earliest registered deadline, then brings
     the epoch up to date in one burst of `increment` calls, so a guest running for a
     minute costs a handful of wake-ups, not thousands (each of which would contend for
-    the GIL with host calls). It only calls `increment` (and a run's `on_due`), never
-    touches a Store.
+    the GIL with host calls). It only calls `increment`, never touches a Store.
 
     Use `with ticker.deadline(seconds) as ticks:` around a run and pass `ticks` to
     `store.set_epoch_deadline` (`NO_DEADLINE` for None: `seconds=None` registers no
     deadline), or `register` and `unregister` around it (a hot path: no context
-    manager object). `deadline(seconds, on_due)` also calls `on_due()` from the thread when the
-    deadline falls due, if the run is still registered (a tripwire run's deadline:
-    `engine.tripwire`); it must be quick and must not call back into the ticker.
-    `watch`, if given, is also called every `interval` while any run is registered (the
-    fast path checks output caps with it), outside the ticker's lock.
+    manager object). A tripwire's deadline is not kept here but by the native library's
+    own thread (`engine.trip.Tripwire.due`). `watch`, if given, is also called every
+    `interval` while any run is registered (the fast path checks output caps with it),
+    outside the ticker's lock.
     """
 
     def __init__(self, increment: Callable[[], None], interval: float = TICK_SECONDS,
@@ -58,7 +57,7 @@ class EpochTicker:
         self._cond = threading.Condition(self._lock)
         self._epoch = 0
         self._origin = time.monotonic()
-        # Heap of [epoch number, sequence, on_due, state] runs are waiting for. A run that
+        # Heap of [epoch number, sequence, state] runs are waiting for. A run that
         # ends leaves its entry behind, `_LEFT` (a removal costs a heapify per run): the
         # loop drops it when it reaches the head, without moving the epoch, or a
         # compaction does when more than half of the heap is such entries.
@@ -76,18 +75,15 @@ class EpochTicker:
         self._thread: threading.Thread | None = None
         self._wake_at = math.inf  # when the thread next wakes by itself (monotonic)
 
-    def deadline(self, seconds: float | None,
-                 on_due: Callable[[], None] | None = None) -> _Registration:
+    def deadline(self, seconds: float | None) -> _Registration:
         """Context manager registering a run's deadline `seconds` from now; enters as the
         epoch deadline in ticks after the current epoch (None: no deadline)."""
-        return _Registration(self, seconds, on_due)
+        return _Registration(self, seconds)
 
-    def register(self, seconds: float | None, on_due: Callable[[], None] | None = None
-                 ) -> tuple[_Entry | None, int | None]:
+    def register(self, seconds: float | None) -> tuple[_Entry | None, int | None]:
         """Register a run's deadline `seconds` from now: (its entry, for `unregister`, and
         the epoch deadline in ticks after the current epoch), (None, None) for no
-        deadline. `on_due` is called from the thread when the deadline falls due, unless
-        unregistered before."""
+        deadline."""
         if seconds is not None and not math.isfinite(seconds):
             raise ValueError(f"a deadline is a finite number of seconds, not {seconds}")
         with self._lock:
@@ -120,7 +116,7 @@ class EpochTicker:
             target = max(math.ceil((now + seconds - self._origin) / self.interval) + 1,
                          self._epoch + 1)
             self._sequence += 1
-            entry: _Entry = [target, self._sequence, on_due, _WAITING]
+            entry: _Entry = [target, self._sequence, _WAITING]
             heapq.heappush(self._deadlines, entry)
             # Wake the thread only when it would sleep past this deadline (or should
             # start watching): a wake-up per run costs a thread switch.
@@ -131,24 +127,24 @@ class EpochTicker:
             return entry, target - self._epoch
 
     def unregister(self, entry: _Entry | None) -> None:
-        """The run of `entry` (from `register`) ended: its `on_due` is never called."""
+        """The run of `entry` (from `register`) ended."""
         with self._lock:
             self._active -= 1
             if self._closed and not self._active:
                 self._cond.notify()  # the last run: the thread may end
-            # Marked under the lock the loop pops and calls `on_due` under.
+            # Marked under the lock the loop pops entries under.
             if entry is None:
                 return
-            state, entry[2] = entry[3], None
+            state = entry[2]
             if state == _PASSED:  # popped by the loop already
-                entry[3] = _ENDED
+                entry[2] = _ENDED
                 self._passed -= 1
             if state != _WAITING:
                 return
-            entry[3] = _LEFT
+            entry[2] = _LEFT
             self._left += 1
             if self._left > 64 and 2 * self._left > len(self._deadlines):
-                self._deadlines = [kept for kept in self._deadlines if kept[3] == _WAITING]
+                self._deadlines = [kept for kept in self._deadlines if kept[2] == _WAITING]
                 heapq.heapify(self._deadlines)
                 self._left = 0
 
@@ -168,7 +164,7 @@ class EpochTicker:
                     watched = time.monotonic()
                     continue
                 deadlines = self._deadlines
-                while deadlines and deadlines[0][3] == _LEFT:  # ended: no catch-up for it
+                while deadlines and deadlines[0][2] == _LEFT:  # ended: no catch-up for it
                     heapq.heappop(deadlines)
                     self._left -= 1
                 now = time.monotonic()
@@ -186,16 +182,11 @@ class EpochTicker:
                 # Deadlines now past are done with: their runs' epochs are reached.
                 while deadlines and deadlines[0][0] <= self._epoch:
                     entry = heapq.heappop(deadlines)
-                    if entry[3] == _LEFT:
+                    if entry[2] == _LEFT:
                         self._left -= 1
                         continue
-                    entry[3] = _PASSED
+                    entry[2] = _PASSED
                     self._passed += 1
-                    if entry[2] is not None:
-                        try:
-                            entry[2]()
-                        except Exception:  # noqa: BLE001 - the other deadlines must go on
-                            _log_failure("a deadline's action")
 
     def _catch_up(self, now: float) -> None:
         """Advance the epoch to the tick `now` is in (the lock held), at most
@@ -225,23 +216,21 @@ def _log_failure(what: str) -> None:
     logging.getLogger(__name__).exception("epoch ticker: %s failed", what)
 
 
-# [epoch number, sequence, on_due, state]: compared by the first two.
+# [epoch number, sequence, state]: compared by the first two.
 _Entry = list[Any]
-# An entry's state: its run waits for it; passed (popped, `on_due` called) while the run
-# goes on; left behind in the heap by a run that ended first; ended (out of the heap).
+# An entry's state: its run waits for it; passed (popped) while the run goes on; left
+# behind in the heap by a run that ended first; ended (out of the heap).
 _WAITING, _PASSED, _LEFT, _ENDED = range(4)
 
 
 class _Registration:
-    def __init__(self, ticker: EpochTicker, seconds: float | None,
-                 on_due: Callable[[], None] | None) -> None:
+    def __init__(self, ticker: EpochTicker, seconds: float | None) -> None:
         self._ticker = ticker
         self._seconds = seconds
-        self._on_due = on_due
         self._entry: _Entry | None = None
 
     def __enter__(self) -> int | None:
-        self._entry, ticks = self._ticker.register(self._seconds, self._on_due)
+        self._entry, ticks = self._ticker.register(self._seconds)
         return ticks
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 from ..result import Outcome
 from .traps import TIMED_OUT, Ending
 
-__all__ = ["EXPORT", "START", "VERSION", "Tripwire", "available", "tripped"]
+__all__ = ["EXPORT", "START", "VERSION", "DEADLINE_GRACE", "Tripwire", "available", "due_ns",
+           "tripped"]
 
 EXPORT = "__stockade_tripwire"  # the page's export: the host looks its address up by it
 # The module's start function, exported instead of run by instantiation: it runs once
@@ -22,6 +23,10 @@ EXPORT = "__stockade_tripwire"  # the page's export: the host looks its address 
 START = "__stockade_start"
 # Of the rewriting (part of the AoT cache key): here, so a key is made without loading it.
 VERSION = 4
+# Seconds a run's tripwire fires after its deadline: the set-up between the deadline's
+# start and the guest's first instruction (store, WASI, instance), as the epoch ticker's
+# tick of grace (`engine.ticker.TICK_SECONDS`).
+DEADLINE_GRACE = 0.005
 
 
 def available() -> bool:
@@ -40,15 +45,17 @@ def _functions() -> dict[str, Any] | None:
 
 
 class Tripwire:
-    """One run's tripwire, a `TripState` the native library orders. `fire()` (the ticker's
-    thread at the deadline, or a cancellation) revokes the page as soon as the run has
+    """One run's tripwire, a `TripState` the native library orders. `fire()` (the
+    library's deadline thread, or a cancellation) revokes the page as soon as the run has
     `arm`ed it with the page's address; `disarm()` (the run's thread, before its store is
     dropped) gives the page back; a page is never revoked after it was given back (the
-    memory may then belong to another run). `reset()` readies it for a new run, before
-    that run's deadline is registered. `fired` tells the run's verdict that a trap after
-    it was the deadline's. Raises RuntimeError without the native library (`available`)."""
+    memory may then belong to another run). `due(deadline)` has the library's thread fire
+    it then, `undue()` calls that off (before `disarm`). `reset()` readies it for a new
+    run, before that run's deadline is set. `fired` tells the run's verdict that a trap
+    after it was the deadline's. Raises RuntimeError without the native library
+    (`available`)."""
 
-    __slots__ = ("state", "address", "_fire", "_arm", "_disarm")
+    __slots__ = ("state", "address", "_fire", "_arm", "_disarm", "_due", "_undue")
 
     def __init__(self) -> None:
         functions = _functions()
@@ -61,6 +68,7 @@ class Tripwire:
         self.address = ctypes.addressof(self.state)  # what the native run is given
         self._fire, self._arm = functions["fire"], functions["arm"]
         self._disarm = functions["disarm"]
+        self._due, self._undue = functions["due"], functions["undue"]
 
     @property
     def fired(self) -> bool:
@@ -80,12 +88,31 @@ class Tripwire:
         """The run is over: restore the page if it was revoked, and forget it."""
         self._disarm(self.address)
 
+    def due(self, deadline: float) -> None:
+        """Fire at `deadline` (`time.monotonic()` seconds) plus `DEADLINE_GRACE`, unless
+        `undue` comes first. Raises RuntimeError when the library's deadline thread
+        cannot be started."""
+        if self._due(self.address, due_ns(deadline)) != 0:
+            raise RuntimeError("cannot start the thread that keeps tripwire deadlines")
+
+    def undue(self) -> None:
+        """The run is over: its deadline no longer fires it (once this returns)."""
+        self._undue(self.address)
+
     def reset(self) -> None:
         """Ready for a new run: not fired (nothing is armed once a run disarmed). Only
         while no other party holds it: its last run disarmed it, and that run's deadline
-        is unregistered (the ticker calls `on_due` under the lock unregistering takes),
-        so a plain store suffices: a call into the library costs a tenth of a hello."""
+        was called off (the library fires under the lock `undue` takes), so a plain
+        store suffices: a call into the library costs a tenth of a hello."""
         self.state.fired = 0
+
+
+def due_ns(deadline: float) -> int:
+    """When a run with `deadline` (`time.monotonic()` seconds, CLOCK_MONOTONIC) is
+    tripped, in nanoseconds: `DEADLINE_GRACE` later, as an epochs engine's deadline
+    rounds up to the ticker's tick plus one, so a guest's own clock, which starts after
+    the set-up, never shows it stopped early."""
+    return int((deadline + DEADLINE_GRACE) * 1e9)
 
 
 def tripped(ending: Ending, trip: Tripwire | None) -> Ending:

@@ -207,7 +207,8 @@ class Sandbox:
         token = current_token()
         trip = Tripwire() if loaded.tripwire else None
         epoch: EpochDeadline | None = None
-        with engine.ticker.deadline(remaining, trip.fire if trip else None) as ticks, \
+        # A tripwire's deadline is the native library's (`Tripwire.due`), not the ticker's.
+        with engine.ticker.deadline(None if trip else remaining) as ticks, \
                 metered(meter, engine.wasmtime):
             if engine.config.epochs:  # decided by the clock, whoever moves the epoch
                 epoch = EpochDeadline(deadline, ticks, engine.ticker.interval, token)
@@ -217,6 +218,8 @@ class Sandbox:
             elif token is not None:  # no deadline in generated code: host calls only
                 token.attach(None, meter, None)
             try:
+                if trip is not None and deadline is not None:
+                    trip.due(deadline)
                 instance = pre.instantiate(store)
                 exports = instance.exports(store)
                 if trip is not None:
@@ -236,7 +239,8 @@ class Sandbox:
                 exc.__traceback__ = None
                 exc.__context__ = None
             finally:
-                if trip is not None:  # before the store (and the page) can go
+                if trip is not None:  # no deadline fires it, then its page is given back
+                    trip.undue()  # before the store (and the page) can go
                     trip.disarm()
                 if token is not None:
                     token.disarm()

@@ -42,6 +42,7 @@ __all__ = ["FastEngine", "encode_env"]
 
 _MAX_FUEL = (1 << 64) - 1
 _PLANS_KEPT = 16  # checked plans each module keeps for `run`
+_UNTICKED = object()  # a run whose deadline the ticker does not keep (a tripwire's)
 
 
 class FastEngine:
@@ -314,7 +315,7 @@ class FastEngine:
                 result = execute(self._engine, plan, slot, env, stdin,
                                  NO_DEADLINE if ticks is None else ticks)
             finally:
-                self._ticker.unregister(entry)
+                self._unregister_deadline(entry)
                 if token is not None:
                     token.disarm()  # no cancellation reaches the slot after this
         finally:
@@ -380,7 +381,7 @@ class FastEngine:
                     result = execute(self._engine, plan, slot, block, b"",
                                      NO_DEADLINE if ticks is None else ticks)
                 finally:
-                    self._ticker.unregister(entry)
+                    self._unregister_deadline(entry)
                     if token is not None:
                         token.disarm()
             finally:
@@ -393,14 +394,20 @@ class FastEngine:
 
     def _register_deadline(self, slot: RunSlot, timeout_s: float | None
                            ) -> tuple[Any, int | None]:
-        """Register a run's deadline with the ticker (`EpochTicker.register`): on a
-        tripwire engine it fires the slot's tripwire, reset first (a fire of this deadline
-        must not be lost to a reset after it)."""
+        """Register a run's deadline with the ticker (`EpochTicker.register`): (its
+        entry, the epoch deadline in ticks). On a tripwire engine the run itself has the
+        native library's thread trip it at `slot.deadline` (`Tripwire.due`); its
+        tripwire is only reset here, before a cancellation may fire it."""
         trip = slot.trip if self.config.tripwire else None
         if trip is None:
             return self._ticker.register(timeout_s)
         trip.reset()
-        return self._ticker.register(timeout_s, trip.fire)
+        return _UNTICKED, None
+
+    def _unregister_deadline(self, entry: Any) -> None:
+        """The run of `entry` (from `_register_deadline`) ended."""
+        if entry is not _UNTICKED:
+            self._ticker.unregister(entry)
 
     def _cancellable(self, slot: RunSlot, sleeper: Stoppable) -> CancelToken | None:
         """Hand the run in `slot` to the token of this thread (`stockade.cancel`), if

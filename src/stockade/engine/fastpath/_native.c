@@ -16,7 +16,9 @@
  * the wasmtime 50 C API.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,7 +49,7 @@ static size_t extern_of; /* offset of the union in wasmtime_extern_t */
 
 /* Outcome of the steps before the guest runs (status): the error, if any, is in `error`. */
 enum { RUN_OK = 0, RUN_FUEL = 1, RUN_WASI_FILES = 2, RUN_WASI = 3, RUN_NO_START = 4,
-       RUN_TOO_MANY = 5, RUN_BAD_STRINGS = 6, RUN_NO_TRIPWIRE = 7 };
+       RUN_TOO_MANY = 5, RUN_BAD_STRINGS = 6, RUN_NO_TRIPWIRE = 7, RUN_NO_DEADLINE = 8 };
 
 /* What a plan fixes for all its runs (`_run.py`'s `RunPlan.native`), built once. */
 typedef struct {
@@ -97,6 +99,11 @@ struct trip_state {
     atomic_int lock;
     int32_t fired, revoked, reserved; /* fired: also read without the lock (atomically) */
     uint8_t *page;
+    /* Its run's deadline, while it is on the deadline thread's list (`listed`): all
+     * four belong to `due_lock`. */
+    int64_t deadline_ns;
+    trip_state *due_next, *due_prev;
+    int32_t listed, reserved2;
 };
 
 static void trip_lock(trip_state *t) {
@@ -150,12 +157,136 @@ void stockade_trip_disarm(trip_state *t) {
     trip_unlock(t);
 }
 
+static uint64_t now_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* -- tripwire deadlines -----------------------------------------------------------------
+ * One thread per process fires the tripwire of each run past its deadline. A run lists
+ * its tripwire (`stockade_trip_due`) before its guest can run and takes it off
+ * (`stockade_trip_undue`) before disarming it. The thread sleeps until the earliest
+ * deadline listed and fires under the list's lock, so a tripwire taken off the list is
+ * never fired by it afterwards. In C, not Python's epoch ticker: a deadline costs a run
+ * no Python, no lock the interpreter sees, no heap entry left behind; the list is as long
+ * as the runs in flight. Epochs engines keep the ticker (`engine/ticker.py`). */
+static pthread_mutex_t due_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t due_cond;
+static bool due_cond_ready, due_running; /* the thread exists in this process */
+static trip_state *due_first;            /* listed tripwires, unordered */
+static int64_t due_wake = INT64_MAX;     /* when the thread wakes by itself next */
+
+static void due_remove(trip_state *t) {
+    if (t->due_prev) t->due_prev->due_next = t->due_next;
+    else due_first = t->due_next;
+    if (t->due_next) t->due_next->due_prev = t->due_prev;
+    t->due_next = t->due_prev = NULL;
+    t->listed = 0;
+}
+
+static void *due_loop(void *unused) {
+    (void)unused;
+    pthread_mutex_lock(&due_lock);
+    for (;;) {
+        int64_t now = (int64_t)now_ns(CLOCK_MONOTONIC), next = INT64_MAX;
+        for (trip_state *t = due_first, *following; t; t = following) {
+            following = t->due_next;
+            if (t->deadline_ns <= now) {
+                due_remove(t);
+                stockade_trip_fire(t);
+            } else if (t->deadline_ns < next) {
+                next = t->deadline_ns;
+            }
+        }
+        due_wake = next;
+        if (next == INT64_MAX) {
+            pthread_cond_wait(&due_cond, &due_lock);
+        } else {
+            struct timespec at = {.tv_sec = next / 1000000000, .tv_nsec = next % 1000000000};
+            pthread_cond_timedwait(&due_cond, &due_lock, &at);
+        }
+    }
+    return NULL;
+}
+
+/* The thread, started once per process (the lock held); false when it cannot be. Signals
+ * are blocked in it: they go to the interpreter's threads, as before it existed. */
+static bool due_start(void) {
+    if (!due_cond_ready) {
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&due_cond, &attr);
+        pthread_condattr_destroy(&attr);
+        due_cond_ready = true;
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t thread;
+    int failed = pthread_create(&thread, &attr, due_loop, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return !failed;
+}
+
+/* A child of fork has none of its parent's threads: neither the deadline thread nor the
+ * runs listed. It starts its own at its first deadline. */
+static void due_before_fork(void) { pthread_mutex_lock(&due_lock); }
+static void due_after_fork_parent(void) { pthread_mutex_unlock(&due_lock); }
+static void due_after_fork_child(void) {
+    due_running = due_cond_ready = false;
+    due_first = NULL;
+    due_wake = INT64_MAX;
+    pthread_mutex_unlock(&due_lock);
+}
+
+/* Fire `t` at `deadline_ns` (CLOCK_MONOTONIC) unless taken off before. 0, or -1 when the
+ * thread cannot be started (nothing is listed then). */
+int stockade_trip_due(trip_state *t, int64_t deadline_ns) {
+    pthread_mutex_lock(&due_lock);
+    if (!due_running) {
+        if (!due_start()) {
+            pthread_mutex_unlock(&due_lock);
+            return -1;
+        }
+        due_running = true;
+        due_wake = -1; /* planning its first sleep: no signal needed */
+    }
+    if (t->listed) due_remove(t);
+    t->deadline_ns = deadline_ns;
+    t->due_prev = NULL;
+    t->due_next = due_first;
+    if (due_first) due_first->due_prev = t;
+    due_first = t;
+    t->listed = 1;
+    if (deadline_ns < due_wake) { /* it would sleep past this one */
+        due_wake = deadline_ns;
+        pthread_cond_signal(&due_cond);
+    }
+    pthread_mutex_unlock(&due_lock);
+    return 0;
+}
+
+/* `t`'s deadline no longer applies: once this returns, the thread does not fire it. */
+void stockade_trip_undue(trip_state *t) {
+    pthread_mutex_lock(&due_lock);
+    if (t->listed) due_remove(t);
+    pthread_mutex_unlock(&due_lock);
+}
+
 /* What one run is given besides its plan. */
 typedef struct {
     void *engine;
     run_state *state;      /* the store's data: the slot's run_state */
     const run_plan *plan;
-    uint64_t deadline;
+    uint64_t deadline;     /* the epoch deadline, in ticks */
+    int64_t deadline_ns;   /* CLOCK_MONOTONIC: a tripwire plan's is fired then (-1: none) */
     const char *names, *values; /* NUL-terminated entries, back to back */
     size_t envc, names_len, values_len;
     const uint8_t *stdin_data;
@@ -173,12 +304,6 @@ typedef struct {
     uint64_t wall_ns, cpu_ns; /* of this call, on this thread */
     int64_t out_size, err_size; /* bytes the guest wrote (-1: not read) */
 } run_out;
-
-static uint64_t now_ns(clockid_t clock) {
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 #define MAX_STRINGS 1024 /* argv and environment entries; more take the Python path */
 /* The tripwire's exports (engine/tripwire.py EXPORT and START). */
@@ -242,6 +367,12 @@ int stockade_fast_init(void **functions, size_t count, size_t union_offset,
         return -1;
     memcpy(fn, functions, sizeof fn);
     extern_of = union_offset;
+    static bool fork_handled;
+    if (!fork_handled) {
+        if (pthread_atfork(due_before_fork, due_after_fork_parent, due_after_fork_child))
+            return -1;
+        fork_handled = true;
+    }
     return 0;
 }
 
@@ -316,7 +447,16 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
         out->status = RUN_BAD_STRINGS;
         return 0;
     }
-    bool armed = false;
+    bool armed = false, listed = false;
+    if (plan->tripwire && in->trip && in->deadline_ns >= 0) {
+        /* Listed before the store exists: a deadline already past when the page is armed
+         * revokes it before the guest's first instruction. */
+        if (stockade_trip_due(in->trip, in->deadline_ns) != 0) {
+            out->status = RUN_NO_DEADLINE;
+            return 0;
+        }
+        listed = true;
+    }
     void *store = CALL(F_STORE_NEW, void *(*)(void *, void *, void *))(in->engine, in->state,
                                                                        NULL);
     void *cx = CALL(F_STORE_CONTEXT, void *(*)(void *))(store);
@@ -414,6 +554,7 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
         else if (error) CALL(F_ERROR_DELETE, void (*)(void *))(error);
     }
 done:
+    if (listed) stockade_trip_undue(in->trip); /* no deadline fires it after this */
     if (armed) stockade_trip_disarm(in->trip); /* before the store frees the page */
     CALL(F_STORE_DELETE, void (*)(void *))(store);
     return 0;

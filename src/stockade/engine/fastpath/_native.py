@@ -20,7 +20,8 @@ __all__ = ["CALL_NAMES", "CALL_POLL", "EPOCH_DEADLINE", "EpochWatch", "NATIVE_RU
            "RunIn", "RunOut", "RunPlanC", "WATCH_CANCELLED", "WATCH_TIMEOUT",
            "RunState", "STRUCT_SIZES", "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
-           "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "RUN_NO_TRIPWIRE", "LIBRARY",
+           "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "RUN_NO_TRIPWIRE", "RUN_NO_DEADLINE",
+           "LIBRARY",
            "TripState", "TRIP"]
 
 LIBRARY = Path(__file__).with_name("libstockade_fastrun.so")
@@ -29,6 +30,7 @@ INLINE_OUTPUT = 8192  # a stream's bytes kept in its `RunState` (INLINE_OUTPUT t
 RUN_OK, RUN_FUEL, RUN_WASI_FILES, RUN_WASI, RUN_NO_START = 0, 1, 2, 3, 4
 RUN_BAD_STRINGS = 6  # an argv or environment block that is malformed or not UTF-8
 RUN_NO_TRIPWIRE = 7  # a plan with a tripwire, a module without its page
+RUN_NO_DEADLINE = 8  # the tripwire deadlines' thread could not be started
 
 # In the order of the C side's function table (its `enum`).
 _FUNCTIONS = (
@@ -64,7 +66,7 @@ class RunIn(ctypes.Structure):
 
     _fields_ = [
         ("engine", c_void_p), ("state", c_void_p), ("plan", c_void_p),
-        ("deadline", c_uint64),
+        ("deadline", c_uint64), ("deadline_ns", c_int64),
         ("names", c_char_p), ("values", c_char_p),
         ("envc", c_size_t), ("names_len", c_size_t), ("values_len", c_size_t),
         ("stdin_data", c_char_p), ("stdin_len", c_size_t),
@@ -123,7 +125,9 @@ class TripState(ctypes.Structure):
     """`trip_state` of `_native.c`: one run's tripwire (`engine.tripwire.Tripwire`)."""
 
     _fields_ = [("lock", c_int32), ("fired", c_int32), ("revoked", c_int32),
-                ("reserved", c_int32), ("page", c_void_p)]
+                ("reserved", c_int32), ("page", c_void_p), ("deadline_ns", c_int64),
+                ("due_next", c_void_p), ("due_prev", c_void_p), ("listed", c_int32),
+                ("reserved2", c_int32)]
 
 
 class EpochWatch(ctypes.Structure):
@@ -163,11 +167,13 @@ def _load() -> Any:
 
 def _trip_functions(library: Any) -> dict[str, Any]:
     functions = {}
-    for name in ("fire", "arm", "disarm"):
+    for name in ("fire", "arm", "disarm", "undue"):
         function = getattr(library, f"stockade_trip_{name}")
         function.argtypes = [c_void_p, c_void_p] if name == "arm" else [c_void_p]
         function.restype = None
         functions[name] = function
+    due = functions["due"] = library.stockade_trip_due
+    due.argtypes, due.restype = [c_void_p, c_int64], c_int32
     return functions
 
 
@@ -176,8 +182,9 @@ NATIVE_RUN: Any = None
 # Host functions (name -> address) of the owned standard streams, or None without the
 # library: the fast path then counts no host calls and caps output with the ticker.
 STDIO: dict[str, int] | None = None
-# The tripwire's functions by name (fire, arm, disarm; each takes a `TripState`'s
-# address, arm also the page's), or None without the library.
+# The tripwire's functions by name (fire, arm, disarm, due, undue; each takes a
+# `TripState`'s address, arm also the page's, due a monotonic deadline in ns), or None
+# without the library.
 TRIP: dict[str, Any] | None = None
 # The address of the epoch-deadline callback deciding by the clock (env: an
 # `EpochWatch`), or None without the library.

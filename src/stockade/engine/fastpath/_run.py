@@ -39,7 +39,7 @@ from ..traps import (
     ending_of_trap,
     memory_verdict,
 )
-from ..trip import EXPORT, START, Tripwire, tripped
+from ..trip import EXPORT, START, Tripwire, due_ns, tripped
 from ..trip import available as tripwire_available
 from ._capi import (
     EXTERN_FUNC,
@@ -56,6 +56,7 @@ from ._native import (
     MAX_STRINGS,
     NATIVE_RUN,
     RUN_BAD_STRINGS,
+    RUN_NO_DEADLINE,
     RUN_NO_START,
     RUN_NO_TRIPWIRE,
     RUN_OK,
@@ -463,7 +464,9 @@ def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
     """The run as one C call (`_native.c`); the same steps as `_start_state` and
     `_run_python`."""
     args, out = slot.native_in, slot.native_out
+    deadline = slot.deadline  # a tripwire's is kept by the library's thread
     args.plan, args.deadline = plan.native_at, deadline_ticks
+    args.deadline_ns = -1 if deadline is None else due_ns(deadline)
     if slot.env is not env:  # an EnvBlock is immutable: the same one needs no copying
         args.names, args.values, args.envc = env.names, env.values, env.entries
         args.names_len, args.values_len = len(env.names), len(env.values)
@@ -483,6 +486,8 @@ def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
             raise ValueError("malformed argv or environment block (or text not UTF-8)")
         if status == RUN_NO_TRIPWIRE:
             raise _no_tripwire(plan)
+        if status == RUN_NO_DEADLINE:
+            raise RuntimeError("cannot start the thread that keeps tripwire deadlines")
         message, _ = take_error(out.error) if out.error else ("unknown error", None)
         raise RuntimeError(f"wasmtime: {message}")
     return (out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left,
@@ -501,6 +506,11 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     byref = ctypes.byref
     instance, item, trap = byref(slot.instance), slot.item, slot.trap
     trap.value = None
+    listed, deadline = slot.trip if plan.tripwire else None, slot.deadline
+    if listed is not None and deadline is not None:  # as the native run: before the store
+        listed.due(deadline)
+    else:
+        listed = None
     store = C.store_new(engine, slot.key, None)
     error: int | None = None
     memory_bytes = fuel_left = 0
@@ -547,6 +557,8 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             _check(C.context_get_fuel(cx, byref(slot.fuel_left)))
             fuel_left = slot.fuel_left.value
     finally:
+        if listed is not None:  # no deadline fires it after this
+            listed.undue()
         if armed is not None:  # before the store frees the page
             armed.disarm()
         C.store_delete(store)

@@ -1,0 +1,137 @@
+"""The native library's tripwire deadlines (`Tripwire.due` / `undue`, `_native.c`): one
+thread per process fires each listed tripwire at its deadline, never one taken off the
+list, never before its time; a forked child keeps deadlines with a thread of its own.
+End to end, a spinning guest is stopped by it on every path that runs tripwire modules."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import pytest
+import wasmtime
+
+from stockade import Policy, Sandbox
+from stockade.engine.config import EngineConfig
+from stockade.engine.fastpath import FastEngine
+from stockade.engine.trip import DEADLINE_GRACE, Tripwire, available
+from stockade.result import Outcome
+
+from .test_fastpath import run_mode  # noqa: F401 - every test on the native and the ctypes run
+
+pytestmark = pytest.mark.skipif(not available(), reason="the native library is not built")
+
+SPIN = b'(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
+QUICK = b'(module (memory (export "memory") 1) (func (export "_start")))'
+# About 0.1-0.5 s of counting: longer than QUICK's deadline, far within BUSY's own.
+BUSY = b"""(module (memory (export "memory") 1)
+  (func (export "_start") (local $i i32)
+    (loop $l (br_if $l (i32.ne (local.tee $i (i32.add (local.get $i) (i32.const 1)))
+                               (i32.const 300000000))))))"""
+
+
+def binary(text: bytes) -> bytes:
+    return bytes(wasmtime.wat2wasm(text.decode()))
+
+
+def _wait_for(condition: Callable[[], bool], patience: float = 10.0) -> bool:
+    deadline = time.monotonic() + patience
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def test_a_listed_tripwire_fires_at_its_deadline_and_not_before() -> None:
+    trip = Tripwire()
+    start = time.monotonic()
+    trip.due(start + 0.15)
+    time.sleep(0.05)
+    assert not trip.fired  # well before its deadline
+    assert _wait_for(lambda: trip.fired)
+    assert time.monotonic() - start >= 0.15 + DEADLINE_GRACE
+    trip.undue()
+
+
+def test_a_tripwire_taken_off_is_never_fired() -> None:
+    """A run that ended before its deadline: its slot's tripwire, reset for the next run,
+    must not be fired by the old deadline (the next run would trap at once)."""
+    ended, running = Tripwire(), Tripwire()
+    now = time.monotonic()
+    ended.due(now + 0.02)
+    ended.undue()
+    running.due(now + 0.08)
+    assert _wait_for(lambda: running.fired)
+    time.sleep(0.05)
+    assert not ended.fired
+    running.undue()
+
+
+def test_many_deadlines_fire_each_at_its_own_time() -> None:
+    trips = [Tripwire() for _ in range(40)]
+    now = time.monotonic()
+    # Listed out of order: the thread sleeps until the earliest, whatever was listed last.
+    for index in reversed(range(len(trips))):
+        trips[index].due(now + 0.02 + 0.005 * index)
+    assert _wait_for(lambda: trips[0].fired)
+    assert not trips[-1].fired or time.monotonic() >= now + 0.02 + 0.005 * 39
+    assert _wait_for(lambda: all(trip.fired for trip in trips))
+    for trip in trips:
+        trip.undue()
+
+
+def test_listing_again_moves_the_deadline() -> None:
+    trip = Tripwire()
+    trip.due(time.monotonic() + 0.02)
+    trip.due(time.monotonic() + 30.0)  # the same tripwire, listed once, later
+    time.sleep(0.1)
+    assert not trip.fired
+    trip.due(time.monotonic())
+    assert _wait_for(lambda: trip.fired)
+    trip.undue()
+
+
+def test_a_forked_child_keeps_its_own_deadlines() -> None:
+    """fork() copies no thread: the child starts its own at its first deadline, and a
+    deadline its parent listed (another thread's run) is not the child's."""
+    parent_run = Tripwire()
+    parent_run.due(time.monotonic() + 0.3)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its own deadline fires
+        code = 1
+        try:
+            child_run = Tripwire()
+            child_run.due(time.monotonic() + 0.02)
+            if _wait_for(lambda: child_run.fired, 5.0):
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _wait_for(lambda: parent_run.fired)  # the parent's thread goes on
+    parent_run.undue()
+
+
+def test_a_run_that_ended_early_leaves_no_deadline_to_its_slot() -> None:
+    """A run ends long before its deadline; the same slot's next run computes past that
+    deadline and must exit: the first run's deadline was taken off (`undue`), not left
+    to fire into the next run's page."""
+    config = EngineConfig.for_limits(Policy.from_profile("default").limits)
+    with FastEngine(config, max_instances=1) as engine:
+        quick = engine.compile(binary(QUICK))
+        busy = engine.compile(binary(BUSY))
+        assert quick.run(timeout_s=0.05).outcome is Outcome.EXITED
+        started = time.monotonic()
+        result = busy.run(timeout_s=30.0)
+        assert result.outcome is Outcome.EXITED, result.message
+        assert time.monotonic() - started > 0.05 + DEADLINE_GRACE, "busy too short to tell"
+
+
+def test_the_sandbox_keeps_its_tripwire_deadline_with_the_library() -> None:
+    policy = Policy.from_profile("default").with_limits(timeout=0.2)
+    begun = time.monotonic()
+    result = Sandbox(policy).run(binary(SPIN))
+    assert result.outcome is Outcome.TIMEOUT, result.message
+    assert 0.2 <= time.monotonic() - begun < 5.0
