@@ -395,14 +395,17 @@ class FastEngine:
     def _register_deadline(self, slot: RunSlot, timeout_s: float | None
                            ) -> tuple[Any, int | None]:
         """Register a run's deadline with the ticker (`EpochTicker.register`): (its
-        entry, the epoch deadline in ticks). On a tripwire engine the run itself has the
-        native library's thread trip it at `slot.deadline` (`Tripwire.due`); its
-        tripwire is only reset here, before a cancellation may fire it."""
+        entry, the epoch deadline in ticks). With the native library the run itself has
+        the library's thread stop it at `slot.deadline` instead: it trips a tripwire
+        (`Tripwire.due`; only reset here, before a cancellation may fire it) or moves
+        the epoch for the run's watch (`stockade_watch_start`)."""
         trip = slot.trip if self.config.tripwire else None
-        if trip is None:
-            return self._ticker.register(timeout_s)
-        trip.reset()
-        return _UNTICKED, None
+        if trip is not None:
+            trip.reset()
+            return _UNTICKED, None
+        if slot.watch is not None:
+            return _UNTICKED, None
+        return self._ticker.register(timeout_s)
 
     def _unregister_deadline(self, entry: Any) -> None:
         """The run of `entry` (from `_register_deadline`) ended."""
@@ -478,7 +481,7 @@ class FastEngine:
                 raise UsageError(f"{module.name}: module belongs to another FastEngine")
             self._active += 1
             module._active += 1
-            slot = self._free.pop() if self._free else RunSlot(self._engine)
+            slot = self._free.pop() if self._free else RunSlot(self._engine, self.config.epochs)
             self._running.add(slot)
             return slot
 

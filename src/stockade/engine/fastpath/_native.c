@@ -39,7 +39,7 @@ enum {
     F_WASI_STDIN_BYTES, F_WASI_STDOUT_FILE, F_WASI_STDERR_FILE, F_BYTE_VEC_NEW,
     F_PRE_INSTANTIATE, F_EXPORT_GET, F_FUNC_CALL, F_MEMORY_DATA_SIZE, F_ERROR_DELETE,
     F_CALLER_CONTEXT, F_CONTEXT_GET_DATA, F_CALLER_EXPORT_GET, F_MEMORY_DATA, F_TRAP_NEW,
-    F_ERROR_NEW, F_COUNT
+    F_ERROR_NEW, F_INCREMENT_EPOCH, F_EPOCH_CALLBACK, F_COUNT
 };
 
 static void *fn[F_COUNT];
@@ -50,6 +50,18 @@ static size_t extern_of; /* offset of the union in wasmtime_extern_t */
 /* Outcome of the steps before the guest runs (status): the error, if any, is in `error`. */
 enum { RUN_OK = 0, RUN_FUEL = 1, RUN_WASI_FILES = 2, RUN_WASI = 3, RUN_NO_START = 4,
        RUN_TOO_MANY = 5, RUN_BAD_STRINGS = 6, RUN_NO_TRIPWIRE = 7, RUN_NO_DEADLINE = 8 };
+
+/* A run's deadline on the deadline thread's list (see "deadlines" below): at
+ * `deadline_ns` it fires a tripwire or moves an engine's epoch (`kind`, `target`). All
+ * fields belong to `due_lock`. */
+typedef struct due_entry due_entry;
+struct due_entry {
+    int64_t deadline_ns; /* CLOCK_MONOTONIC */
+    due_entry *next, *prev;
+    void *target;        /* the trip_state, or the engine */
+    int32_t kind, listed;
+};
+enum { DUE_TRIP = 1, DUE_EPOCH = 2 };
 
 /* What a plan fixes for all its runs (`_run.py`'s `RunPlan.native`), built once. */
 typedef struct {
@@ -99,11 +111,7 @@ struct trip_state {
     atomic_int lock;
     int32_t fired, revoked, reserved; /* fired: also read without the lock (atomically) */
     uint8_t *page;
-    /* Its run's deadline, while it is on the deadline thread's list (`listed`): all
-     * four belong to `due_lock`. */
-    int64_t deadline_ns;
-    trip_state *due_next, *due_prev;
-    int32_t listed, reserved2;
+    due_entry due; /* its run's deadline */
 };
 
 static void trip_lock(trip_state *t) {
@@ -163,26 +171,26 @@ static uint64_t now_ns(clockid_t clock) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* -- tripwire deadlines -----------------------------------------------------------------
- * One thread per process fires the tripwire of each run past its deadline. A run lists
- * its tripwire (`stockade_trip_due`) before its guest can run and takes it off
- * (`stockade_trip_undue`) before disarming it. The thread sleeps until the earliest
- * deadline listed and fires under the list's lock, so a tripwire taken off the list is
- * never fired by it afterwards. In C, not Python's epoch ticker: a deadline costs a run
- * no Python, no lock the interpreter sees, no heap entry left behind; the list is as long
- * as the runs in flight. Epochs engines keep the ticker (`engine/ticker.py`). */
+/* -- deadlines ---------------------------------------------------------------------------
+ * One thread per process stops the runs past their deadline: it fires a run's tripwire,
+ * or moves its engine's epoch, which the run's epoch callback (`stockade_epoch_deadline`)
+ * then judges by the clock. A run lists its deadline before its guest can run and takes
+ * it off before its store goes; the thread sleeps until the earliest deadline listed and
+ * acts under the list's lock, so a deadline taken off is never acted on afterwards. In
+ * C, not in Python's epoch ticker: a run's deadline costs it no Python and no lock the
+ * interpreter sees. The list is as long as the runs in flight. */
 static pthread_mutex_t due_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t due_cond;
 static bool due_cond_ready, due_running; /* the thread exists in this process */
-static trip_state *due_first;            /* listed tripwires, unordered */
+static due_entry *due_first;             /* listed deadlines, unordered */
 static int64_t due_wake = INT64_MAX;     /* when the thread wakes by itself next */
 
-static void due_remove(trip_state *t) {
-    if (t->due_prev) t->due_prev->due_next = t->due_next;
-    else due_first = t->due_next;
-    if (t->due_next) t->due_next->due_prev = t->due_prev;
-    t->due_next = t->due_prev = NULL;
-    t->listed = 0;
+static void due_remove(due_entry *e) {
+    if (e->prev) e->prev->next = e->next;
+    else due_first = e->next;
+    if (e->next) e->next->prev = e->prev;
+    e->next = e->prev = NULL;
+    e->listed = 0;
 }
 
 static void *due_loop(void *unused) {
@@ -190,13 +198,14 @@ static void *due_loop(void *unused) {
     pthread_mutex_lock(&due_lock);
     for (;;) {
         int64_t now = (int64_t)now_ns(CLOCK_MONOTONIC), next = INT64_MAX;
-        for (trip_state *t = due_first, *following; t; t = following) {
-            following = t->due_next;
-            if (t->deadline_ns <= now) {
-                due_remove(t);
-                stockade_trip_fire(t);
-            } else if (t->deadline_ns < next) {
-                next = t->deadline_ns;
+        for (due_entry *e = due_first, *following; e; e = following) {
+            following = e->next;
+            if (e->deadline_ns <= now) {
+                due_remove(e);
+                if (e->kind == DUE_TRIP) stockade_trip_fire(e->target);
+                else CALL(F_INCREMENT_EPOCH, void (*)(void *))(e->target);
+            } else if (e->deadline_ns < next) {
+                next = e->deadline_ns;
             }
         }
         due_wake = next;
@@ -246,9 +255,9 @@ static void due_after_fork_child(void) {
     pthread_mutex_unlock(&due_lock);
 }
 
-/* Fire `t` at `deadline_ns` (CLOCK_MONOTONIC) unless taken off before. 0, or -1 when the
- * thread cannot be started (nothing is listed then). */
-int stockade_trip_due(trip_state *t, int64_t deadline_ns) {
+/* List `e` to act on `target` at `deadline_ns` (listed again if it was). 0, or -1 when
+ * the thread cannot be started (nothing is listed then). */
+static int due_list(due_entry *e, int32_t kind, void *target, int64_t deadline_ns) {
     pthread_mutex_lock(&due_lock);
     if (!due_running) {
         if (!due_start()) {
@@ -258,13 +267,15 @@ int stockade_trip_due(trip_state *t, int64_t deadline_ns) {
         due_running = true;
         due_wake = -1; /* planning its first sleep: no signal needed */
     }
-    if (t->listed) due_remove(t);
-    t->deadline_ns = deadline_ns;
-    t->due_prev = NULL;
-    t->due_next = due_first;
-    if (due_first) due_first->due_prev = t;
-    due_first = t;
-    t->listed = 1;
+    if (e->listed) due_remove(e);
+    e->deadline_ns = deadline_ns;
+    e->kind = kind;
+    e->target = target;
+    e->prev = NULL;
+    e->next = due_first;
+    if (due_first) due_first->prev = e;
+    due_first = e;
+    e->listed = 1;
     if (deadline_ns < due_wake) { /* it would sleep past this one */
         due_wake = deadline_ns;
         pthread_cond_signal(&due_cond);
@@ -273,12 +284,19 @@ int stockade_trip_due(trip_state *t, int64_t deadline_ns) {
     return 0;
 }
 
-/* `t`'s deadline no longer applies: once this returns, the thread does not fire it. */
-void stockade_trip_undue(trip_state *t) {
+/* Once this returns, the thread does not act on `e`. */
+static void due_unlist(due_entry *e) {
     pthread_mutex_lock(&due_lock);
-    if (t->listed) due_remove(t);
+    if (e->listed) due_remove(e);
     pthread_mutex_unlock(&due_lock);
 }
+
+/* Fire `t` at `deadline_ns` (CLOCK_MONOTONIC) unless taken off before (`undue`). */
+int stockade_trip_due(trip_state *t, int64_t deadline_ns) {
+    return due_list(&t->due, DUE_TRIP, t, deadline_ns);
+}
+
+void stockade_trip_undue(trip_state *t) { due_unlist(&t->due); }
 
 /* What one run is given besides its plan. */
 typedef struct {
@@ -286,7 +304,7 @@ typedef struct {
     run_state *state;      /* the store's data: the slot's run_state */
     const run_plan *plan;
     uint64_t deadline;     /* the epoch deadline, in ticks */
-    int64_t deadline_ns;   /* CLOCK_MONOTONIC: a tripwire plan's is fired then (-1: none) */
+    int64_t deadline_ns;   /* CLOCK_MONOTONIC: the run is stopped then (-1: none) */
     const char *names, *values; /* NUL-terminated entries, back to back */
     size_t envc, names_len, values_len;
     const uint8_t *stdin_data;
@@ -295,6 +313,7 @@ typedef struct {
     int64_t *cap;          /* the slot's cap cell, set once the output is ready */
     int32_t out_fd, err_fd;
     trip_state *trip;      /* the slot's tripwire (reset before the deadline was set) */
+    struct epoch_watch *watch; /* the slot's: an epochs plan's deadline */
 } run_in;
 
 typedef struct {
@@ -320,13 +339,14 @@ size_t stockade_run_state_size(void);
  * move the shared epoch (a cancellation wakes its run so), so an epoch count alone would
  * stop a run early. In C, not a ctypes callback: a Python exception pending when one is
  * entered (Ctrl-C) makes ctypes return garbage, which wasmtime frees as an error. */
-typedef struct {
+typedef struct epoch_watch {
     int64_t deadline_ns;  /* CLOCK_MONOTONIC; -1: none */
     int64_t tick_ns;      /* the ticker's interval */
     int32_t cancelled;    /* set from another thread (CancelToken.cancel) */
     int32_t every_move;   /* a cancellable run: look at every move of the epoch */
     int32_t reason;       /* set here when it stops the guest: 1 timeout, 2 cancelled */
     int32_t reserved;
+    due_entry due;        /* a fast-path run's deadline (`stockade_watch_start`) */
 } epoch_watch;
 
 enum { WATCH_TIMEOUT = 1, WATCH_CANCELLED = 2 };
@@ -353,6 +373,27 @@ void *stockade_epoch_deadline(void *context, void *env, uint64_t *delta, uint8_t
     *kind = 0; /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
     return NULL;
 }
+
+/* A fast-path run's deadline on an epochs engine: `w` readied for the run, the store's
+ * epoch callback set to judge every move of the epoch by the clock, its epoch deadline at
+ * the next move, and the deadline listed to move `engine`'s epoch then (other runs'
+ * deadlines move it too: the callback lets this run go on until its own). Before the
+ * guest runs; `stockade_watch_stop` before the store goes. 0, or -1 when the deadline
+ * thread cannot be started. */
+int stockade_watch_start(void *store, void *cx, epoch_watch *w, void *engine,
+                         int64_t deadline_ns) {
+    w->deadline_ns = deadline_ns;
+    w->tick_ns = 0;
+    w->cancelled = w->reason = 0;
+    w->every_move = 1;
+    CALL(F_EPOCH_CALLBACK, void (*)(void *, void *(*)(void *, void *, uint64_t *, uint8_t *),
+                                    void *, void (*)(void *)))(store, stockade_epoch_deadline,
+                                                               w, NULL);
+    CALL(F_SET_EPOCH_DEADLINE, void (*)(void *, uint64_t))(cx, 1);
+    return due_list(&w->due, DUE_EPOCH, engine, deadline_ns);
+}
+
+void stockade_watch_stop(epoch_watch *w) { due_unlist(&w->due); }
 
 /* -1 unless the caller was built for this library: its function table and the sizes of
  * every structure it shares (run_state, run_plan, run_in, run_out, trip_state,
@@ -447,7 +488,7 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
         out->status = RUN_BAD_STRINGS;
         return 0;
     }
-    bool armed = false, listed = false;
+    bool armed = false, listed = false, watched = false;
     if (plan->tripwire && in->trip && in->deadline_ns >= 0) {
         /* Listed before the store exists: a deadline already past when the page is armed
          * revokes it before the guest's first instruction. */
@@ -466,7 +507,15 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
         out->error = CALL(F_SET_FUEL, void *(*)(void *, uint64_t))(cx, plan->fuel);
         if (out->error) { out->status = RUN_FUEL; goto done; }
     }
-    CALL(F_SET_EPOCH_DEADLINE, void (*)(void *, uint64_t))(cx, in->deadline);
+    if (!plan->tripwire && in->watch && in->deadline_ns >= 0) {
+        if (stockade_watch_start(store, cx, in->watch, in->engine, in->deadline_ns) != 0) {
+            out->status = RUN_NO_DEADLINE;
+            goto done;
+        }
+        watched = true;
+    } else {
+        CALL(F_SET_EPOCH_DEADLINE, void (*)(void *, uint64_t))(cx, in->deadline);
+    }
 
     void *wasi = CALL(F_WASI_NEW, void *(*)(void))();
     /* Both refuse text that is not UTF-8. */
@@ -555,6 +604,7 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
     }
 done:
     if (listed) stockade_trip_undue(in->trip); /* no deadline fires it after this */
+    if (watched) stockade_watch_stop(in->watch); /* nor moves the epoch for it */
     if (armed) stockade_trip_disarm(in->trip); /* before the store frees the page */
     CALL(F_STORE_DELETE, void (*)(void *))(store);
     return 0;

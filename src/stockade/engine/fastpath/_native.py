@@ -17,7 +17,7 @@ from typing import Any
 from ._capi import DLL, Extern
 
 __all__ = ["CALL_NAMES", "CALL_POLL", "EPOCH_DEADLINE", "EpochWatch", "NATIVE_RUN", "STDIO",
-           "RunIn", "RunOut", "RunPlanC", "WATCH_CANCELLED", "WATCH_TIMEOUT",
+           "RunIn", "RunOut", "RunPlanC", "WATCH", "WATCH_CANCELLED", "WATCH_TIMEOUT",
            "RunState", "STRUCT_SIZES", "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
            "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "RUN_NO_TRIPWIRE", "RUN_NO_DEADLINE",
@@ -43,7 +43,8 @@ _FUNCTIONS = (
     "wasmtime_instance_export_get", "wasmtime_func_call", "wasmtime_memory_data_size",
     "wasmtime_error_delete", "wasmtime_caller_context", "wasmtime_context_get_data",
     "wasmtime_caller_export_get", "wasmtime_memory_data", "wasmtime_trap_new",
-    "wasmtime_error_new",
+    "wasmtime_error_new", "wasmtime_engine_increment_epoch",
+    "wasmtime_store_epoch_deadline_callback",
 )
 
 
@@ -72,7 +73,7 @@ class RunIn(ctypes.Structure):
         ("stdin_data", c_char_p), ("stdin_len", c_size_t),
         ("out_path", c_char_p), ("err_path", c_char_p),
         ("cap", POINTER(c_int64)), ("out_fd", c_int32), ("err_fd", c_int32),
-        ("trip", c_void_p),
+        ("trip", c_void_p), ("watch", c_void_p),
     ]
 
 
@@ -121,13 +122,19 @@ CALL_POLL = 4
 STOP_STDOUT, STOP_STDERR, STOP_HOSTCALLS = 1, 2, 3
 
 
+class DueEntry(ctypes.Structure):
+    """`due_entry` of `_native.c`, inside the structures below: a run's deadline on the
+    library's deadline thread's list, that thread's own."""
+
+    _fields_ = [("deadline_ns", c_int64), ("next", c_void_p), ("prev", c_void_p),
+                ("target", c_void_p), ("kind", c_int32), ("listed", c_int32)]
+
+
 class TripState(ctypes.Structure):
     """`trip_state` of `_native.c`: one run's tripwire (`engine.tripwire.Tripwire`)."""
 
     _fields_ = [("lock", c_int32), ("fired", c_int32), ("revoked", c_int32),
-                ("reserved", c_int32), ("page", c_void_p), ("deadline_ns", c_int64),
-                ("due_next", c_void_p), ("due_prev", c_void_p), ("listed", c_int32),
-                ("reserved2", c_int32)]
+                ("reserved", c_int32), ("page", c_void_p), ("due", DueEntry)]
 
 
 class EpochWatch(ctypes.Structure):
@@ -137,7 +144,8 @@ class EpochWatch(ctypes.Structure):
     `WATCH_CANCELLED`)."""
 
     _fields_ = [("deadline_ns", c_int64), ("tick_ns", c_int64), ("cancelled", c_int32),
-                ("every_move", c_int32), ("reason", c_int32), ("reserved", c_int32)]
+                ("every_move", c_int32), ("reason", c_int32), ("reserved", c_int32),
+                ("due", DueEntry)]
 
 
 WATCH_TIMEOUT, WATCH_CANCELLED = 1, 2
@@ -177,6 +185,14 @@ def _trip_functions(library: Any) -> dict[str, Any]:
     return functions
 
 
+def _watch_functions(library: Any) -> dict[str, Any]:
+    start, stop = library.stockade_watch_start, library.stockade_watch_stop
+    start.argtypes = [c_void_p, c_void_p, c_void_p, c_void_p, c_int64]
+    start.restype = c_int32
+    stop.argtypes, stop.restype = [c_void_p], None
+    return {"start": start, "stop": stop}
+
+
 _LIBRARY: Any = _load()
 NATIVE_RUN: Any = None
 # Host functions (name -> address) of the owned standard streams, or None without the
@@ -186,6 +202,10 @@ STDIO: dict[str, int] | None = None
 # `TripState`'s address, arm also the page's, due a monotonic deadline in ns), or None
 # without the library.
 TRIP: dict[str, Any] | None = None
+# A fast-path run's deadline on an epochs engine, for the ctypes run (the native run keeps
+# it itself): start (store, context, `EpochWatch`, engine, monotonic ns; 0 or -1) and
+# stop (`EpochWatch`), or None without the library.
+WATCH: dict[str, Any] | None = None
 # The address of the epoch-deadline callback deciding by the clock (env: an
 # `EpochWatch`), or None without the library.
 EPOCH_DEADLINE: int | None = None
@@ -196,4 +216,5 @@ if _LIBRARY is not None:
              for name in ("fd_write", "fd_read", "fd_close", "random_get", "fd_sync",
                           "fd_datasync")}
     TRIP = _trip_functions(_LIBRARY)
+    WATCH = _watch_functions(_LIBRARY)
     EPOCH_DEADLINE = ctypes.cast(_LIBRARY.stockade_epoch_deadline, c_void_p).value

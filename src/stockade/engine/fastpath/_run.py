@@ -33,6 +33,7 @@ from ...records import FieldTuple, Record, record
 from ...result import Outcome, Result, Usage
 from ..traps import (
     EXITED_OK,
+    TIMED_OUT,
     TRAP_INTERRUPT,
     Ending,
     ending_of_error,
@@ -64,6 +65,9 @@ from ._native import (
     STOP_HOSTCALLS,
     STOP_STDERR,
     STOP_STDOUT,
+    WATCH,
+    WATCH_TIMEOUT,
+    EpochWatch,
     RunIn,
     RunOut,
     RunPlanC,
@@ -224,7 +228,8 @@ class RunSlot(Stoppable):
     ticker thread) and means the slot must be replaced. `deadline` (monotonic seconds)
     and `stopped` serve the owned `poll_oneoff`, which finds the slot through `live`
     by the store's data word. `trip` is the slot's tripwire (None without the native
-    library, whose engines keep epochs).
+    library, whose engines keep epochs); `watch` an epochs engine's deadline, which the
+    native library keeps (None without it, or without epochs).
     """
 
     live: ClassVar[dict[int, RunSlot]] = {}
@@ -232,9 +237,9 @@ class RunSlot(Stoppable):
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
                  "native_in", "native_out", "native_args", "env", "state", "key", "metered",
-                 "plan", "trip", "out_kept", "err_kept", "interrupted")
+                 "plan", "trip", "watch", "out_kept", "err_kept", "interrupted")
 
-    def __init__(self, engine: int = 0) -> None:
+    def __init__(self, engine: int = 0, epochs: bool = False) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         self.out = os.memfd_create("stockade-stdout", flags)
         self.err = os.memfd_create("stockade-stderr", flags)
@@ -256,6 +261,9 @@ class RunSlot(Stoppable):
         self.fuel_left = ctypes.c_uint64()
         # What the owned standard streams share with C; the store's data points at it.
         self.trip = Tripwire() if tripwire_available() else None
+        # An epochs engine's run deadline, kept by the native library (`WATCH`): None
+        # without it, or on an engine without epochs.
+        self.watch = EpochWatch(deadline_ns=-1) if epochs and WATCH is not None else None
         self.state = RunState(out_fd=self.out, err_fd=self.err,
                               trip=None if self.trip is None else self.trip.address)
         self.out_kept = memoryview(self.state.out_inline).cast("B")  # read with no copy
@@ -264,7 +272,9 @@ class RunSlot(Stoppable):
         self.native_in = RunIn(engine=engine, state=self.key, out_path=self.out_path,
                                err_path=self.err_path, cap=ctypes.pointer(self.cap_cell),
                                out_fd=self.out, err_fd=self.err,
-                               trip=None if self.trip is None else self.trip.address)
+                               trip=None if self.trip is None else self.trip.address,
+                               watch=None if self.watch is None
+                               else ctypes.addressof(self.watch))
         self.native_out = RunOut()
         # The native run's arguments, made once: a `byref` per call costs more than the call.
         self.native_args = (ctypes.byref(self.native_in), ctypes.byref(self.native_out))
@@ -380,6 +390,10 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         ending = metered.ending(ending)
     if ending is not EXITED_OK:  # only a trap is the tripwire's
         ending = tripped(ending, slot.trip if plan.tripwire else None)
+        watch = slot.watch  # set for this run when it had a deadline (`stockade_watch_start`)
+        if watch is not None and not plan.tripwire and slot.deadline is not None \
+                and watch.reason == WATCH_TIMEOUT:
+            ending = TIMED_OUT
     if slot.stopped:
         ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
     slot.state.stdin_data = None  # do not keep the request body alive in the slot
@@ -516,6 +530,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     memory_bytes = fuel_left = 0
     called = False
     armed: Tripwire | None = None
+    watched: EpochWatch | None = None
     try:
         cx = C.store_context(store)
         if metered is None:
@@ -524,7 +539,14 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             metered.limit(store, plan.max_memory, plan.tripwire)
         if fuel is not None:
             _check(C.context_set_fuel(cx, fuel))
-        C.context_set_epoch_deadline(cx, deadline_ticks)
+        watch = slot.watch if not plan.tripwire and deadline is not None else None
+        if watch is not None and WATCH is not None:  # as the native run does
+            if WATCH["start"](store, cx, ctypes.addressof(watch), engine,
+                              due_ns(deadline)) != 0:  # type: ignore[arg-type]
+                raise RuntimeError("cannot start the thread that keeps run deadlines")
+            watched = watch
+        else:
+            C.context_set_epoch_deadline(cx, deadline_ticks)
         slot.capture_err = plan.capture_stderr
         _check(C.context_set_wasi(cx, _wasi_config(slot, argv, (names, values),
                                                     b"" if plan.owned_stdio else stdin)
@@ -559,6 +581,8 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     finally:
         if listed is not None:  # no deadline fires it after this
             listed.undue()
+        if watched is not None and WATCH is not None:  # nor moves the epoch for it
+            WATCH["stop"](ctypes.addressof(watched))
         if armed is not None:  # before the store frees the page
             armed.disarm()
         C.store_delete(store)

@@ -1,11 +1,13 @@
-"""The native library's tripwire deadlines (`Tripwire.due` / `undue`, `_native.c`): one
-thread per process fires each listed tripwire at its deadline, never one taken off the
-list, never before its time; a forked child keeps deadlines with a thread of its own.
-End to end, a spinning guest is stopped by it on every path that runs tripwire modules."""
+"""The native library's run deadlines (`_native.c`): one thread per process fires each
+listed tripwire at its deadline (`Tripwire.due` / `undue`), never one taken off the list,
+never before its time; on an epochs engine it moves the epoch at a run's deadline, and
+every other run on that engine, judged by its own clock, goes on. A forked child keeps
+deadlines with a thread of its own."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -135,3 +137,31 @@ def test_the_sandbox_keeps_its_tripwire_deadline_with_the_library() -> None:
     result = Sandbox(policy).run(binary(SPIN))
     assert result.outcome is Outcome.TIMEOUT, result.message
     assert 0.2 <= time.monotonic() - begun < 5.0
+
+
+def test_one_runs_deadline_on_an_epochs_engine_stops_no_other() -> None:
+    """The epoch is the engine's: the deadline thread moves it at each run's deadline.
+    A run computing past other runs' deadlines on the same engine is asked at every
+    move, and goes on until its own (or its end)."""
+    with FastEngine(EngineConfig(fuel=True, epochs=True), max_instances=4) as engine:
+        spin, busy = engine.compile(binary(SPIN)), engine.compile(binary(BUSY))
+        stopped: list[Outcome] = []
+
+        def spinner(timeout: float) -> None:
+            stopped.append(spin.run(timeout_s=timeout, fuel=10**15).outcome)
+
+        threads = [threading.Thread(target=spinner, args=(0.02 * (n + 1),)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        started = time.monotonic()
+        result = busy.run(timeout_s=30.0, fuel=10**15)
+        for thread in threads:
+            thread.join(10.0)
+        assert result.outcome is Outcome.EXITED, result.message
+        assert time.monotonic() - started > 0.06 + DEADLINE_GRACE, "busy too short to tell"
+        assert stopped == [Outcome.TIMEOUT] * 3
+        # Its own deadline still holds.
+        begun = time.monotonic()
+        late = spin.run(timeout_s=0.1, fuel=10**15)
+        assert late.outcome is Outcome.TIMEOUT and late.message == "wall-clock timeout"
+        assert 0.1 <= time.monotonic() - begun < 5.0
