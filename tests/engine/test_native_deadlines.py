@@ -165,3 +165,17 @@ def test_one_runs_deadline_on_an_epochs_engine_stops_no_other() -> None:
         late = spin.run(timeout_s=0.1, fuel=10**15)
         assert late.outcome is Outcome.TIMEOUT and late.message == "wall-clock timeout"
         assert 0.1 <= time.monotonic() - begun < 5.0
+
+
+def test_a_closed_slot_leaves_nothing_on_the_list() -> None:
+    """The list holds pointers into a slot's memory: closing a slot takes its deadlines
+    off first, whatever a run left there."""
+    from stockade.engine.fastpath._native import WATCH
+    from stockade.engine.fastpath._run import RunSlot
+
+    slot = RunSlot(epochs=True)
+    assert slot.trip is not None and slot.watch is not None and WATCH is not None
+    slot.trip.due(time.monotonic() + 30.0)
+    assert slot.trip.state.due.listed
+    slot.close()
+    assert not slot.trip.state.due.listed and not slot.watch.due.listed

@@ -339,8 +339,14 @@ class RunSlot(Stoppable):
         return out, err, n_out > keep_out, n_err > keep_err
 
     def close(self) -> None:
-        """Close both memfds (their memory is freed with the last descriptor)."""
+        """Close both memfds (their memory is freed with the last descriptor). Its
+        deadlines are taken off the native library's list first: nothing there may
+        outlive the slot's memory (a run's own `finally` has done so already)."""
         RunSlot.live.pop(self.key, None)
+        if self.trip is not None:
+            self.trip.undue()
+        if self.watch is not None and WATCH is not None:
+            WATCH["stop"](ctypes.addressof(self.watch))
         for fd in (self.out, self.err):
             try:
                 os.close(fd)
@@ -520,18 +526,19 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     byref = ctypes.byref
     instance, item, trap = byref(slot.instance), slot.item, slot.trap
     trap.value = None
-    listed, deadline = slot.trip if plan.tripwire else None, slot.deadline
-    if listed is not None and deadline is not None:  # as the native run: before the store
-        listed.due(deadline)
-    else:
-        listed = None
+    deadline = slot.deadline
+    # Set before listing: whatever raises after, the `finally` takes them off the list.
+    listed = slot.trip if plan.tripwire and deadline is not None else None
+    watched = slot.watch if not plan.tripwire and deadline is not None \
+        and WATCH is not None else None
     store = C.store_new(engine, slot.key, None)
     error: int | None = None
     memory_bytes = fuel_left = 0
     called = False
     armed: Tripwire | None = None
-    watched: EpochWatch | None = None
     try:
+        if listed is not None:
+            listed.due(deadline)  # type: ignore[arg-type]  # not None when listed
         cx = C.store_context(store)
         if metered is None:
             C.store_limiter(store, plan.max_memory, -1, -1, -1, -1)
@@ -539,12 +546,10 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             metered.limit(store, plan.max_memory, plan.tripwire)
         if fuel is not None:
             _check(C.context_set_fuel(cx, fuel))
-        watch = slot.watch if not plan.tripwire and deadline is not None else None
-        if watch is not None and WATCH is not None:  # as the native run does
-            if WATCH["start"](store, cx, ctypes.addressof(watch), engine,
+        if watched is not None and WATCH is not None:  # as the native run does
+            if WATCH["start"](store, cx, ctypes.addressof(watched), engine,
                               due_ns(deadline)) != 0:  # type: ignore[arg-type]
                 raise RuntimeError("cannot start the thread that keeps run deadlines")
-            watched = watch
         else:
             C.context_set_epoch_deadline(cx, deadline_ticks)
         slot.capture_err = plan.capture_stderr
