@@ -179,3 +179,22 @@ def test_a_closed_slot_leaves_nothing_on_the_list() -> None:
     assert slot.trip.state.due.listed
     slot.close()
     assert not slot.trip.state.due.listed and not slot.watch.due.listed
+
+
+def test_a_deadline_centuries_away_is_no_deadline_not_a_past_one() -> None:
+    """Nanoseconds past int64 wrapped in ctypes: 1e10 s became a deadline already past
+    (the ctypes run timed out at once) or none at all (the native run)."""
+    from stockade.engine.trip import due_ns
+
+    assert due_ns(1e300) == (1 << 63) - 1 and due_ns(-5.0) == 0
+    with FastEngine(EngineConfig.for_limits(Policy.from_profile("default").limits),
+                    max_instances=1) as engine:
+        assert engine.compile(binary(QUICK)).run(timeout_s=1e10).outcome is Outcome.EXITED
+
+
+def test_a_tripwire_dropped_while_listed_takes_itself_off() -> None:
+    trip = Tripwire()
+    trip.due(time.monotonic() + 0.05)
+    del trip  # an interrupt skipped its run's `finally`: nothing may point at it now
+    time.sleep(0.15)  # the deadline thread walked the list: no crash
+    assert Tripwire().state.due.listed == 0

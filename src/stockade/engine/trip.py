@@ -99,6 +99,12 @@ class Tripwire:
         """The run is over: its deadline no longer fires it (once this returns)."""
         self._undue(self.address)
 
+    def __del__(self) -> None:
+        # Last resort (an interrupt in a run's `finally`): the deadline list never keeps
+        # a pointer to freed memory.
+        if self.state.due.listed:
+            self._undue(self.address)
+
     def reset(self) -> None:
         """Ready for a new run: not fired (nothing is armed once a run disarmed). Only
         while no other party holds it: its last run disarmed it, and that run's deadline
@@ -112,7 +118,13 @@ def due_ns(deadline: float) -> int:
     tripped, in nanoseconds: `DEADLINE_GRACE` later, as an epochs engine's deadline
     rounds up to the ticker's tick plus one, so a guest's own clock, which starts after
     the set-up, never shows it stopped early."""
-    return int((deadline + DEADLINE_GRACE) * 1e9)
+    # Clamped to the C side's int64: ctypes would wrap a deadline centuries away to one
+    # already past (or, negative, to none).
+    ns = (deadline + DEADLINE_GRACE) * 1e9
+    return _FOREVER_NS if ns >= _FOREVER_NS else max(0, int(ns))
+
+
+_FOREVER_NS = (1 << 63) - 1  # a later deadline never comes
 
 
 def tripped(ending: Ending, trip: Tripwire | None) -> Ending:

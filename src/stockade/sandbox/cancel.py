@@ -3,7 +3,8 @@ epochs engine, by the clock) and how a `CancelToken` (`stockade.cancel`, re-expo
 here) reaches it.
 
 A wasmtime Store is not thread-safe, but its engine's epoch is, and anyone may move it:
-the engine's ticker at deadlines, and `cancel()` to wake a cancelled run. So a run on an
+the native library's deadline thread at any run's deadline (the engine's ticker without
+that library), and `cancel()` to wake a cancelled run. So a run on an
 epochs engine never trusts an epoch count for its deadline: `EpochDeadline.install`
 sets the store's epoch deadline and a callback that every arrival there reaches, which
 reads the clock. Past the run's deadline it traps the guest (`timeout`); a cancelled
@@ -37,9 +38,10 @@ from wasmtime import _ffi as ffi
 from ..cancel import CANCELLED, CancelToken, cancellable, current_token
 from ..engine.ticker import NO_DEADLINE
 from ..engine.traps import TIMED_OUT, Ending
+from ..engine.trip import due_ns
 from ..result import Outcome
 
-__all__ = ["CancelToken", "EpochDeadline", "cancellable", "current_token"]
+__all__ = ["CancelToken", "EpochDeadline", "cancellable", "current_token", "native_deadlines"]
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_context_t),
                              ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
@@ -60,15 +62,28 @@ class EpochDeadline:
         # Kept alive while the store may call the callback or read its env.
         self._watch: Any = None
         self._callback: Any = None
+        self._listed = False  # on the native library's deadline list
 
     def install(self, store: wasmtime.Store, engine: wasmtime.Engine, meter: Any) -> None:
         """Set `store`'s epoch deadline and its callback. Call on the run's thread,
         before the guest starts."""
         token = self._token
+        native = _native()
+        if native is not None and native.WATCH is not None and self._deadline is not None:
+            # The library's thread moves the epoch at the deadline, the callback judges
+            # every move by the clock (`stockade_watch_start`); `close` takes it off.
+            watch = self._watch = native.EpochWatch()
+            self._listed = True  # before: taking off one never listed does nothing
+            if native.WATCH["start"](store.ptr(), ffi.wasmtime_store_context(store.ptr()),
+                                     ctypes.addressof(watch), engine.ptr(),
+                                     due_ns(self._deadline)) != 0:
+                raise RuntimeError("cannot start the thread that keeps run deadlines")
+            if token is not None and token.attach(engine, meter, watch):
+                store.set_epoch_deadline(0)  # cancelled before the run began
+            return
         if token is None and self._ticks is None:
             store.set_epoch_deadline(NO_DEADLINE)
             return
-        native = _native()
         if native is None:
             # No callback in Python (one entered with an exception pending corrupts the
             # heap): a count of epochs, which others' moves can shorten, and a
@@ -94,6 +109,17 @@ class EpochDeadline:
         if token.attach(engine, meter, self._watch):  # cancelled before the run began
             store.set_epoch_deadline(0)
 
+    def close(self) -> None:
+        """The run is over: its deadline no longer moves the epoch. Before its store goes."""
+        if self._listed:
+            self._listed = False
+            _native().WATCH["stop"](ctypes.addressof(self._watch))
+
+    def __del__(self) -> None:
+        # Last resort (an interrupt in the run's `finally`): the list never keeps a
+        # pointer to freed memory.
+        self.close()
+
     def ending(self, outcome: Outcome) -> Ending | None:
         """What to report instead of `outcome` when the callback stopped the run:
         `error` for a cancellation, `timeout` for the deadline; None otherwise."""
@@ -105,6 +131,13 @@ class EpochDeadline:
             if self._watch.reason == WATCH_TIMEOUT:
                 return TIMED_OUT
         return self._token.ending(outcome) if self._token is not None else None
+
+
+def native_deadlines() -> bool:
+    """Whether epochs runs' deadlines are the native library's (`EpochDeadline.install`),
+    so they register with no ticker."""
+    native = _native()
+    return native is not None and native.WATCH is not None
 
 
 def _native() -> Any:

@@ -28,7 +28,7 @@ from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
 from ..result import Outcome, Result, Usage
-from .cancel import EpochDeadline, current_token
+from .cancel import EpochDeadline, current_token, native_deadlines
 from .imports import denied_import
 from .provenance import Gate, denied_result, gate
 from .scratch import Scratch
@@ -207,17 +207,21 @@ class Sandbox:
         token = current_token()
         trip = Tripwire() if loaded.tripwire else None
         epoch: EpochDeadline | None = None
-        # A tripwire's deadline is the native library's (`Tripwire.due`), not the ticker's.
-        with engine.ticker.deadline(None if trip else remaining) as ticks, \
+        # The native library keeps a tripwire's deadline (`Tripwire.due`) and an epochs
+        # run's (`EpochDeadline`); the ticker only when it is not built.
+        ticked = trip is None and not (engine.config.epochs and native_deadlines())
+        with engine.ticker.deadline(remaining if ticked else None) as ticks, \
                 metered(meter, engine.wasmtime):
-            if engine.config.epochs:  # decided by the clock, whoever moves the epoch
-                epoch = EpochDeadline(deadline, ticks, engine.ticker.interval, token)
-                epoch.install(store, engine.wasmtime, meter)
-            elif trip is not None and token is not None:
-                token.arm_tripwire(trip, meter)
-            elif token is not None:  # no deadline in generated code: host calls only
-                token.attach(None, meter, None)
             try:
+                # Inside the `try`: whatever raises after a deadline is listed, the
+                # `finally` takes it off before its memory goes.
+                if engine.config.epochs:  # decided by the clock, whoever moves the epoch
+                    epoch = EpochDeadline(deadline, ticks, engine.ticker.interval, token)
+                    epoch.install(store, engine.wasmtime, meter)
+                elif trip is not None and token is not None:
+                    token.arm_tripwire(trip, meter)
+                elif token is not None:  # no deadline in generated code: host calls only
+                    token.attach(None, meter, None)
                 if trip is not None and deadline is not None:
                     trip.due(deadline)
                 instance = pre.instantiate(store)
@@ -239,6 +243,8 @@ class Sandbox:
                 exc.__traceback__ = None
                 exc.__context__ = None
             finally:
+                if epoch is not None:  # its deadline moves the epoch no more
+                    epoch.close()
                 if trip is not None:  # no deadline fires it, then its page is given back
                     trip.undue()  # before the store (and the page) can go
                     trip.disarm()
