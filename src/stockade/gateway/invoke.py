@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..telemetry import Telemetry
     from .dispatch import Dispatcher
     from .manifest import FunctionSpec
-    from .metrics import Metrics
+    from .metrics import Cell, Labels, Metrics
     from .registry import Route
     from .tracing import TraceContext
 
@@ -40,6 +40,7 @@ logger = logging.getLogger("stockade.gateway")
 # Added to a function's own timeout before the gateway gives up waiting (504): the
 # guest's deadline normally ends the run first, this covers time spent queued.
 BACKSTOP_GRACE = 1.0
+SERIES_CACHE = 4096  # series kept per Invoker (labels come from the manifest: bounded)
 
 
 def longest_hold(timeout: float) -> float:
@@ -104,10 +105,9 @@ class Invoker:
         self.telemetry = telemetry
         self.inline = inline
         self._closed_until: dict[tuple[str, str | None], float] = {}  # (function, tenant)
-        # (labels, outcome, executor) -> the invocation counter's labels: one tuple per
-        # series, not per request (bounded: labels come from the manifest).
-        self._series: dict[tuple[tuple[tuple[str, str], ...], Outcome, str],
-                           tuple[tuple[str, str], ...]] = {}
+        # (labels, outcome, executor) -> the cells of the quota CPU, invocation and guest
+        # CPU counters, looked up in `metrics` once per series, not once per request.
+        self._series: dict[tuple[Labels, Outcome, str], tuple[Cell, Cell, Cell]] = {}
 
     async def __call__(self, request: Request) -> Response:
         route: Route = request.state["route"]
@@ -151,12 +151,22 @@ class Invoker:
             finally:
                 metrics.add("stockade_gateway_inflight", route.labels, -1)
         request.state["result"] = result  # its stderr and outcome, for the logs
-        cpu = abandoned + result.usage.cpu_ms / 1000
+        guest_cpu = result.usage.cpu_ms / 1000
+        cpu = abandoned + guest_cpu
         request.state["cpu_seconds"] = cpu
-        self.metrics.inc("stockade_gateway_quota_cpu_seconds_total", route.labels, cpu)
         if result.outcome is not Outcome.EXITED and result.outcome.is_violation:
             self._closed_until.pop((route.spec.name, route.spec.tenant), None)
-        self._count(route, result)
+        # Counted as Metrics.inc would, through cells kept per series (see _new_series).
+        key = (route.labels, result.outcome, route.prepared.kind)
+        cells = self._series.get(key)
+        if cells is None:
+            cells = self._new_series(key)
+        quota, invocations, guest = cells
+        quota.value += cpu
+        invocations.value += 1
+        guest.value += guest_cpu
+        if result.coldstart:  # a prepared function's first run only: not worth a cell
+            self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
         return response_for(route, result)
 
     async def _dispatch(self, request: Request, route: Route, invocation: Invocation,
@@ -260,19 +270,21 @@ class Invoker:
                               reason="breaker")
         return decision.probe
 
-    def _count(self, route: Route, result: Result) -> None:
-        key = (route.labels, result.outcome, route.prepared.kind)
-        labels = self._series.get(key)
-        if labels is None:
-            if len(self._series) >= 4096:
-                self._series.clear()
-            labels = self._series[key] = (*route.labels, ("outcome", result.outcome.value),
-                                          ("executor", route.prepared.kind))
-        self.metrics.inc("stockade_gateway_invocations_total", labels)
-        self.metrics.inc("stockade_gateway_guest_cpu_seconds_total", route.labels,
-                         result.usage.cpu_ms / 1000)
-        if result.coldstart:
-            self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
+    def _new_series(self, key: tuple[Labels, Outcome, str]) -> tuple[Cell, Cell, Cell]:
+        """The cells of a (labels, outcome, executor) not counted since the cache was last
+        emptied, made in the order `Metrics.inc` made their series before (quota CPU
+        first). Emptying forgets only the cache: `Metrics` keeps every series, and hands
+        the same cells out again."""
+        if len(self._series) >= SERIES_CACHE:
+            self._series.clear()
+        labels, outcome, executor = key
+        metrics = self.metrics
+        cells = self._series[key] = (
+            metrics.counter("stockade_gateway_quota_cpu_seconds_total", labels),
+            metrics.counter("stockade_gateway_invocations_total",
+                            (*labels, ("outcome", outcome.value), ("executor", executor))),
+            metrics.counter("stockade_gateway_guest_cpu_seconds_total", labels))
+        return cells
 
 
 def response_for(route: Route, result: Result) -> Response:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Metrics", "MetricsStore", "render", "FAMILIES", "BUCKETS", "CONTENT_TYPE"]
+__all__ = ["Cell", "Metrics", "MetricsStore", "render", "FAMILIES", "BUCKETS", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -54,18 +54,49 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 
 
-class Metrics:
-    """One worker's counters, gauges and histograms, keyed by (name, labels)."""
+class Cell:
+    """One counter series' value. A caller that keeps it (see `Metrics.counter`) adds to
+    `value` directly: no (name, labels) key built and hashed per update."""
+
+    __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.counters: dict[tuple[str, Labels], float] = {}
+        self.value = 0.0
+
+
+class Metrics:
+    """One worker's counters, gauges and histograms, keyed by (name, labels).
+
+    A series is never dropped once made: the `Cell` or histogram list a caller keeps
+    (`counter`, `histogram`) stays the one reported, whatever the caller's cache does."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, Labels], Cell] = {}
         self.gauges: dict[tuple[str, Labels], float] = {}
         self.histograms: dict[tuple[str, Labels], list[float]] = {}
 
+    def counter(self, name: str, labels: Labels) -> Cell:
+        """The cell of a counter series, made (and reported, at 0) on first use: for
+        a caller that counts into it on every request."""
+        key = (name, labels)
+        cell = self.counters.get(key)
+        if cell is None:
+            cell = self.counters[key] = Cell()
+        return cell
+
+    def histogram(self, name: str, labels: Labels) -> list[float]:
+        """The data of a histogram series, made on first use: a count per bucket of
+        `BUCKETS` then +Inf's, the sum, the count (see `observe`, whose updates a caller
+        that keeps it repeats)."""
+        key = (name, labels)
+        data = self.histograms.get(key)
+        if data is None:
+            data = self.histograms[key] = [0.0] * (len(BUCKETS) + 3)
+        return data
+
     def inc(self, name: str, labels: Labels, value: float = 1.0) -> None:
         """Add `value` to a counter."""
-        key = (name, labels)
-        self.counters[key] = self.counters.get(key, 0.0) + value
+        self.counter(name, labels).value += value
 
     def add(self, name: str, labels: Labels, delta: float) -> None:
         """Move a gauge by `delta`."""
@@ -74,10 +105,7 @@ class Metrics:
 
     def observe(self, name: str, labels: Labels, value: float) -> None:
         """Record `value` (seconds) in a histogram."""
-        key = (name, labels)
-        data = self.histograms.get(key)
-        if data is None:
-            data = self.histograms[key] = [0.0] * (len(BUCKETS) + 3)
+        data = self.histogram(name, labels)
         data[bisect.bisect_left(BUCKETS, value)] += 1  # the +Inf slot sits after the last
         data[-2] += value
         data[-1] += 1
@@ -86,7 +114,7 @@ class Metrics:
         """A JSON-ready copy of every series."""
         return {
             "pid": os.getpid(),
-            "counters": [[n, list(map(list, labels)), v] for (n, labels), v
+            "counters": [[n, list(map(list, labels)), c.value] for (n, labels), c
                          in self.counters.items()],
             "gauges": [[n, list(map(list, labels)), v] for (n, labels), v
                        in self.gauges.items()],
