@@ -104,7 +104,11 @@ def test_a_rootfs_swapped_in_a_loop_never_shows_or_runs_what_lies_outside(
     swapper = swap(bundle, "rootfs", outside)
     try:
         outputs = []
-        for number in range(12):
+        # At least 12 rounds; on a busy machine the swapper can win all of them, so up
+        # to 40 until one also ran the bundle as granted (the race is not always lost).
+        for number in range(40):
+            if number >= 12 and any("harmless" in out for out in outputs):
+                break
             created = create(tmp_path, env, bundle, f"root{number}")
             if created.pid is None:
                 continue
