@@ -198,3 +198,26 @@ def test_a_tripwire_dropped_while_listed_takes_itself_off() -> None:
     del trip  # an interrupt skipped its run's `finally`: nothing may point at it now
     time.sleep(0.15)  # the deadline thread walked the list: no crash
     assert Tripwire().state.due.listed == 0
+
+
+def test_a_child_touching_an_entry_its_parent_listed_keeps_its_own_deadlines() -> None:
+    """An entry listed at fork is not on the child's list: taking it off there must not
+    drop the child's own deadlines (it unlinked them through its parent-list links)."""
+    parent_a, parent_b = Tripwire(), Tripwire()
+    parent_a.due(time.monotonic() + 60.0)
+    parent_b.due(time.monotonic() + 60.0)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child_run = Tripwire()
+            child_run.due(time.monotonic() + 0.05)
+            parent_b.undue()
+            if _wait_for(lambda: child_run.fired, 5.0) and not parent_a.state.due.listed:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    parent_a.undue()
+    parent_b.undue()
+    assert os.waitstatus_to_exitcode(status) == 0

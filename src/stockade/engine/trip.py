@@ -14,8 +14,8 @@ from typing import Any
 from ..result import Outcome
 from .traps import TIMED_OUT, Ending
 
-__all__ = ["EXPORT", "START", "VERSION", "DEADLINE_GRACE", "Tripwire", "available", "due_ns",
-           "tripped"]
+__all__ = ["EXPORT", "START", "VERSION", "DEADLINE_GRACE", "NO_DEADLINE_THREAD", "Tripwire",
+           "available", "due_ns", "tripped"]
 
 EXPORT = "__stockade_tripwire"  # the page's export: the host looks its address up by it
 # The module's start function, exported instead of run by instantiation: it runs once
@@ -27,6 +27,8 @@ VERSION = 4
 # start and the guest's first instruction (store, WASI, instance), as the epoch ticker's
 # tick of grace (`engine.ticker.TICK_SECONDS`).
 DEADLINE_GRACE = 0.005
+# What a run raises (RuntimeError) when the native library's deadline thread cannot start.
+NO_DEADLINE_THREAD = "cannot start the thread that keeps run deadlines"
 
 
 def available() -> bool:
@@ -93,7 +95,7 @@ class Tripwire:
         `undue` comes first. Raises RuntimeError when the library's deadline thread
         cannot be started."""
         if self._due(self.address, due_ns(deadline)) != 0:
-            raise RuntimeError("cannot start the thread that keeps tripwire deadlines")
+            raise RuntimeError(NO_DEADLINE_THREAD)
 
     def undue(self) -> None:
         """The run is over: its deadline no longer fires it (once this returns)."""

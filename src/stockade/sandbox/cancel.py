@@ -38,7 +38,7 @@ from wasmtime import _ffi as ffi
 from ..cancel import CANCELLED, CancelToken, cancellable, current_token
 from ..engine.ticker import NO_DEADLINE
 from ..engine.traps import TIMED_OUT, Ending
-from ..engine.trip import due_ns
+from ..engine.trip import NO_DEADLINE_THREAD, due_ns
 from ..result import Outcome
 
 __all__ = ["CancelToken", "EpochDeadline", "cancellable", "current_token", "native_deadlines"]
@@ -50,14 +50,14 @@ _FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 class EpochDeadline:
     """The deadline of one run on an epochs engine, decided by the clock (module
-    docstring). `deadline` is the run's (`time.monotonic()`, None for none), registered
-    with the engine's ticker, which gave `ticks`; `interval` is the ticker's tick."""
+    docstring). `deadline` is the run's (`time.monotonic()`, None for none), listed with
+    the native library's deadline thread, or registered with the engine's ticker without
+    that library, which gave `ticks`."""
 
-    def __init__(self, deadline: float | None, ticks: int | None, interval: float,
+    def __init__(self, deadline: float | None, ticks: int | None,
                  token: CancelToken | None) -> None:
         self._deadline = deadline
         self._ticks = ticks
-        self._interval = interval
         self._token = token
         # Kept alive while the store may call the callback or read its env.
         self._watch: Any = None
@@ -77,14 +77,14 @@ class EpochDeadline:
             if native.WATCH["start"](store.ptr(), ffi.wasmtime_store_context(store.ptr()),
                                      ctypes.addressof(watch), engine.ptr(),
                                      due_ns(self._deadline)) != 0:
-                raise RuntimeError("cannot start the thread that keeps run deadlines")
+                raise RuntimeError(NO_DEADLINE_THREAD)
             if token is not None and token.attach(engine, meter, watch):
                 store.set_epoch_deadline(0)  # cancelled before the run began
             return
         if token is None and self._ticks is None:
             store.set_epoch_deadline(NO_DEADLINE)
             return
-        if native is None:
+        if native is None or token is None:
             # No callback in Python (one entered with an exception pending corrupts the
             # heap): a count of epochs, which others' moves can shorten, and a
             # cancellation that stops the guest at its next host call only.
@@ -92,16 +92,12 @@ class EpochDeadline:
             if token is not None:
                 token.attach(None, meter, None)
             return
-        deadline = self._deadline
-        watch = self._watch = native.EpochWatch(
-            deadline_ns=-1 if deadline is None else min(int(deadline * 1e9), _FOREVER_NS),
-            tick_ns=int(self._interval * 1e9), every_move=token is not None)
+        # With the library, a cancellable run without a deadline: its callback looks at
+        # every move of the epoch (a run with one was listed above).
+        watch = self._watch = native.EpochWatch(deadline_ns=-1, every_move=True)
         self._callback = _CALLBACK(native.EPOCH_DEADLINE)
         ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback,
                                                    ctypes.addressof(watch), _FINALIZER())
-        if token is None:
-            store.set_epoch_deadline(self._ticks or 1)
-            return
         # Every move of the epoch now reaches the callback. Set before `cancel()` can see
         # the engine: a tick it made before this line would be counted into the deadline
         # and never reach the callback.
@@ -148,4 +144,3 @@ def _native() -> Any:
     return native if native.EPOCH_DEADLINE is not None else None
 
 
-_FOREVER_NS = (1 << 63) - 1  # the C side's int64 deadline: a later one never comes

@@ -216,7 +216,7 @@ class Sandbox:
                 # Inside the `try`: whatever raises after a deadline is listed, the
                 # `finally` takes it off before its memory goes.
                 if engine.config.epochs:  # decided by the clock, whoever moves the epoch
-                    epoch = EpochDeadline(deadline, ticks, engine.ticker.interval, token)
+                    epoch = EpochDeadline(deadline, ticks, token)
                     epoch.install(store, engine.wasmtime, meter)
                 elif trip is not None and token is not None:
                     token.arm_tripwire(trip, meter)

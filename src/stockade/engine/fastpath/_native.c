@@ -249,6 +249,11 @@ static bool due_start(void) {
 static void due_before_fork(void) { pthread_mutex_lock(&due_lock); }
 static void due_after_fork_parent(void) { pthread_mutex_unlock(&due_lock); }
 static void due_after_fork_child(void) {
+    for (due_entry *e = due_first, *following; e; e = following) {
+        following = e->next; /* listed by the parent's runs: not on the child's list */
+        e->next = e->prev = NULL;
+        e->listed = 0;
+    }
     due_running = due_cond_ready = false;
     due_first = NULL;
     due_wake = INT64_MAX;

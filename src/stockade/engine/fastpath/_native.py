@@ -30,7 +30,7 @@ INLINE_OUTPUT = 8192  # a stream's bytes kept in its `RunState` (INLINE_OUTPUT t
 RUN_OK, RUN_FUEL, RUN_WASI_FILES, RUN_WASI, RUN_NO_START = 0, 1, 2, 3, 4
 RUN_BAD_STRINGS = 6  # an argv or environment block that is malformed or not UTF-8
 RUN_NO_TRIPWIRE = 7  # a plan with a tripwire, a module without its page
-RUN_NO_DEADLINE = 8  # the tripwire deadlines' thread could not be started
+RUN_NO_DEADLINE = 8  # the deadline thread could not be started
 
 # In the order of the C side's function table (its `enum`).
 _FUNCTIONS = (

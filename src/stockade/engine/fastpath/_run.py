@@ -40,7 +40,7 @@ from ..traps import (
     ending_of_trap,
     memory_verdict,
 )
-from ..trip import EXPORT, START, Tripwire, due_ns, tripped
+from ..trip import EXPORT, NO_DEADLINE_THREAD, START, Tripwire, due_ns, tripped
 from ..trip import available as tripwire_available
 from ._capi import (
     EXTERN_FUNC,
@@ -507,7 +507,7 @@ def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
         if status == RUN_NO_TRIPWIRE:
             raise _no_tripwire(plan)
         if status == RUN_NO_DEADLINE:
-            raise RuntimeError("cannot start the thread that keeps tripwire deadlines")
+            raise RuntimeError(NO_DEADLINE_THREAD)
         message, _ = take_error(out.error) if out.error else ("unknown error", None)
         raise RuntimeError(f"wasmtime: {message}")
     return (out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left,
@@ -549,7 +549,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
         if watched is not None and WATCH is not None:  # as the native run does
             if WATCH["start"](store, cx, ctypes.addressof(watched), engine,
                               due_ns(deadline)) != 0:  # type: ignore[arg-type]
-                raise RuntimeError("cannot start the thread that keeps run deadlines")
+                raise RuntimeError(NO_DEADLINE_THREAD)
         else:
             C.context_set_epoch_deadline(cx, deadline_ticks)
         slot.capture_err = plan.capture_stderr
