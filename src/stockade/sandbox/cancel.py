@@ -9,12 +9,11 @@ epochs engine never trusts an epoch count for its deadline: `EpochDeadline.insta
 sets the store's epoch deadline and a callback that every arrival there reaches, which
 reads the clock. Past the run's deadline it traps the guest (`timeout`); a cancelled
 token traps it (`cancelled`); otherwise the epoch moved early, for another run's sake,
-and the callback sets the deadline again from the time left. So no number of other
-runs' cancellations stops a run early. A run with a token watches every move of the
-epoch (`cancel()` advances it by one tick); one without watches the tick its deadline
-falls in. `cancel()` also moves the run's host-call deadline to now and wakes a sleep in
-progress (`Meter.stop_now`), so a guest in host calls stops in the one it sleeps in or at
-its next one, with a deadline or without.
+and the callback lets the guest go on to the next move. So no number of other runs'
+cancellations stops a run early. The callback looks at every move of the epoch
+(`cancel()` advances it by one tick). `cancel()` also moves the run's host-call
+deadline to now and wakes a sleep in progress (`Meter.stop_now`), so a guest in host
+calls stops in the one it sleeps in or at its next one, with a deadline or without.
 
 The callback is C (`fastpath/_native.c`): a ctypes callback entered with a Python
 exception pending (Ctrl-C's) returns garbage, which wasmtime frees as an error. Without
@@ -94,7 +93,7 @@ class EpochDeadline:
             return
         # With the library, a cancellable run without a deadline: its callback looks at
         # every move of the epoch (a run with one was listed above).
-        watch = self._watch = native.EpochWatch(deadline_ns=-1, every_move=True)
+        watch = self._watch = native.EpochWatch(deadline_ns=-1)
         self._callback = _CALLBACK(native.EPOCH_DEADLINE)
         ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback,
                                                    ctypes.addressof(watch), _FINALIZER())

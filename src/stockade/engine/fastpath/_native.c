@@ -346,11 +346,8 @@ size_t stockade_run_state_size(void);
  * entered (Ctrl-C) makes ctypes return garbage, which wasmtime frees as an error. */
 typedef struct epoch_watch {
     int64_t deadline_ns;  /* CLOCK_MONOTONIC; -1: none */
-    int64_t tick_ns;      /* the ticker's interval */
     int32_t cancelled;    /* set from another thread (CancelToken.cancel) */
-    int32_t every_move;   /* a cancellable run: look at every move of the epoch */
     int32_t reason;       /* set here when it stops the guest: 1 timeout, 2 cancelled */
-    int32_t reserved;
     due_entry due;        /* a fast-path run's deadline (`stockade_watch_start`) */
 } epoch_watch;
 
@@ -359,22 +356,16 @@ enum { WATCH_TIMEOUT = 1, WATCH_CANCELLED = 2 };
 void *stockade_epoch_deadline(void *context, void *env, uint64_t *delta, uint8_t *kind) {
     (void)context;
     epoch_watch *w = env;
-    uint64_t ticks = 1;
     if (__atomic_load_n(&w->cancelled, __ATOMIC_ACQUIRE)) {
         w->reason = WATCH_CANCELLED;
         return CALL(F_ERROR_NEW, void *(*)(const char *))("stockade: run cancelled");
     }
-    if (w->deadline_ns >= 0) {
-        int64_t remaining = w->deadline_ns - (int64_t)now_ns(CLOCK_MONOTONIC);
-        if (remaining <= 0) {
-            w->reason = WATCH_TIMEOUT;
-            return CALL(F_ERROR_NEW, void *(*)(const char *))("stockade: run timeout");
-        }
-        /* Early: the epoch moved for another run. Again at the tick the deadline is in. */
-        if (!w->every_move && w->tick_ns > 0)
-            ticks = (uint64_t)((remaining + w->tick_ns - 1) / w->tick_ns);
+    if (w->deadline_ns >= 0 && w->deadline_ns <= (int64_t)now_ns(CLOCK_MONOTONIC)) {
+        w->reason = WATCH_TIMEOUT;
+        return CALL(F_ERROR_NEW, void *(*)(const char *))("stockade: run timeout");
     }
-    *delta = ticks ? ticks : 1;
+    /* Early: the epoch moved for another run or a cancellation. Again at its next move. */
+    *delta = 1;
     *kind = 0; /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
     return NULL;
 }
@@ -388,9 +379,7 @@ void *stockade_epoch_deadline(void *context, void *env, uint64_t *delta, uint8_t
 int stockade_watch_start(void *store, void *cx, epoch_watch *w, void *engine,
                          int64_t deadline_ns) {
     w->deadline_ns = deadline_ns;
-    w->tick_ns = 0;
     w->cancelled = w->reason = 0;
-    w->every_move = 1;
     CALL(F_EPOCH_CALLBACK, void (*)(void *, void *(*)(void *, void *, uint64_t *, uint8_t *),
                                     void *, void (*)(void *)))(store, stockade_epoch_deadline,
                                                                w, NULL);

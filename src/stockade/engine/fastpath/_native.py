@@ -143,8 +143,7 @@ class EpochWatch(ctypes.Structure):
     none); `reason` is set when it stopped the guest (`WATCH_TIMEOUT`,
     `WATCH_CANCELLED`)."""
 
-    _fields_ = [("deadline_ns", c_int64), ("tick_ns", c_int64), ("cancelled", c_int32),
-                ("every_move", c_int32), ("reason", c_int32), ("reserved", c_int32),
+    _fields_ = [("deadline_ns", c_int64), ("cancelled", c_int32), ("reason", c_int32),
                 ("due", DueEntry)]
 
 
