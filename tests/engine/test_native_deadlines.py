@@ -6,6 +6,7 @@ deadlines with a thread of its own."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -221,3 +222,38 @@ def test_a_child_touching_an_entry_its_parent_listed_keeps_its_own_deadlines() -
     parent_a.undue()
     parent_b.undue()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _protection(address: int) -> str:
+    """The `rwxp` flags /proc/self/maps shows for the page at `address`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, flags = line.split()[:2]
+            low, high = (int(part, 16) for part in span.split("-"))
+            if low <= address < high:
+                return flags
+    raise AssertionError(f"{address:#x} is not mapped")
+
+
+def test_a_slot_whose_last_run_never_disarmed_still_trips_its_next_run() -> None:
+    """An interrupt inside a run's `finally` skipped `disarm`: the tripwire still says
+    its (old) page is revoked. The next run arms a new page; its deadline must revoke
+    that page, or the guest runs past every deadline."""
+    import mmap
+
+    old, new = (mmap.mmap(-1, mmap.PAGESIZE) for _ in range(2))
+    old_page = ctypes.addressof(ctypes.c_char.from_buffer(old))
+    new_page = ctypes.addressof(ctypes.c_char.from_buffer(new))
+    trip = Tripwire()
+    trip.arm(old_page)
+    trip.fire()
+    assert _protection(old_page).startswith("---")
+    # The old run's `disarm` never comes.
+    trip.reset()
+    trip.arm(new_page)
+    trip.fire()
+    try:
+        assert _protection(new_page).startswith("---"), "the new run's page was not revoked"
+    finally:
+        trip.disarm()
+    assert _protection(new_page).startswith("rw")

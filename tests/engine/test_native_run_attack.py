@@ -246,6 +246,20 @@ def test_a_replaced_plan_runs_with_its_own_fields_never_the_old_block(
     assert engine.run_plan(plan, NO_ENV).stdout.startswith(b"Hello")
 
 
+def test_a_replaced_plan_keeps_its_engines_deadline_and_streams() -> None:
+    """A plan's `tripwire` and `owned_stdio` are its engine's: a copy flipping them would
+    run a tripwire engine's guest with an epoch deadline no epoch ever reaches (no
+    deadline at all), or the streams through host calls the engine does not serve."""
+    config = EngineConfig(fuel=False, epochs=False, tripwire=True)
+    with FastEngine(config, max_instances=1, max_memory=MEMORY) as fast:
+        spin = compiled(fast, "spin.wasm")
+        plan = fast.plan(spin, timeout_s=0.2)
+        for changes in ({"tripwire": False}, {"owned_stdio": not plan.owned_stdio}):
+            with pytest.raises(UsageError, match="another engine"):
+                fast.run_plan(plan._replace(**changes), NO_ENV)
+        assert fast.run_plan(plan, NO_ENV).outcome is Outcome.TIMEOUT
+
+
 def records(*writes: tuple[int, int]) -> bytes:
     """stdin for guests/write_sizes.wat: one fd_write of `size` bytes to `fd` each."""
     return b"".join(bytes([fd]) + size.to_bytes(4, "little") for fd, size in writes)

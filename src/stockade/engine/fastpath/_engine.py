@@ -302,7 +302,12 @@ class FastEngine:
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
         """Run a checked plan with `env` (`encode_env`) and `stdin` (bytes): `run` without
-        checking its arguments again. Waits while `max_instances` runs are in flight."""
+        checking its arguments again. Waits while `max_instances` runs are in flight.
+        Raises UsageError for a plan whose deadline or streams are not this engine's
+        (a copy with `tripwire` off would run a tripwire engine's guest with no deadline)."""
+        if plan.tripwire != self.config.tripwire or plan.owned_stdio != self.owns_stdio:
+            raise UsageError(f"{plan.module.name}: the plan's deadline or streams are another "
+                             "engine's (make plans with this engine's `plan`)")
         slot = self._admit(plan.module)
         timeout_s = plan.timeout_s
         try:

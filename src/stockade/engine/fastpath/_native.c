@@ -146,10 +146,12 @@ void stockade_trip_fire(trip_state *t) {
 }
 
 /* The run's page exists: a deadline already past revokes it now, before the guest's
- * first instruction. */
+ * first instruction. The new page is not revoked, whatever the last run left: one whose
+ * `disarm` an interrupt skipped left `revoked` set, and `fire` would then skip this one. */
 void stockade_trip_arm(trip_state *t, uint8_t *page) {
     trip_lock(t);
     t->page = page;
+    t->revoked = 0;
     if (t->fired && !t->revoked) {
         trip_protect(page, PROT_NONE);
         t->revoked = 1;
