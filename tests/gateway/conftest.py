@@ -96,6 +96,24 @@ class Gateway:
         return self.process.returncode
 
 
+def client_at(url: str, address: str) -> httpx.Client:
+    """A client of the gateway at `url` connecting from `address` (any of 127/8 is this
+    host's loopback): another client, as the gateway's per-address counting sees it."""
+    return httpx.Client(base_url=url, timeout=30.0,
+                        transport=httpx.HTTPTransport(local_address=address))
+
+
+def violate(url: str, path: str = "/fail", params: dict[str, str] | None = None,
+            clients: int = 3, status: int = 502) -> None:
+    """One request that hits a limit (by default the `fail` function's output cap) from
+    each of `clients` addresses: a function's breaker counts a client once per window,
+    so it takes the default threshold's three clients to open it."""
+    for index in range(clients):
+        with client_at(url, f"127.0.0.{11 + index}") as client:
+            response = client.get(path, params={"kind": "flood"} if params is None else params)
+            assert response.status_code == status, response.text
+
+
 def gateway_env(cache: Path, state: Path) -> dict[str, str]:
     """The host environment without STOCKADE_*, OTEL_*, XDG_*; cache and state given,
     and the session's host key (it seals the shared cache)."""

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from ..state.conftest import RedisServer
-from .conftest import Gateway, gateway_env, module
+from .conftest import Gateway, gateway_env, module, violate
 
 COOLDOWN = 6.0
 HOLD = 3.0  # how long the attacker's request holds the only guest thread
@@ -72,8 +72,7 @@ def test_a_probe_refused_before_it_ran_is_freed_for_the_next_request(
     gateway = Gateway(path, env, ())
     try:
         client = gateway.client
-        for _ in range(3):  # three limit violations (the output cap): the breaker opens
-            assert client.get("/fail", params={"kind": "flood"}).status_code == 502
+        violate(gateway.url)  # three clients' limit violations: the breaker opens
         time.sleep(0.1)  # admissions Redis granted ahead (`state.credit`) run out
         assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
         time.sleep(COOLDOWN + 0.5)  # half-open: the next request is the probe
@@ -142,8 +141,7 @@ def test_only_the_probe_closes_a_half_open_breaker(
             timeout=60.0).status_code))
         runner.start()
         time.sleep(0.5)
-        for _ in range(3):  # three limit violations (the output cap): the breaker opens
-            assert client.get("/fail", params={"kind": "flood"}).status_code == 502
+        violate(gateway.url)  # three clients' limit violations: the breaker opens
         time.sleep(0.1)  # admissions Redis granted ahead (`state.credit`) run out
         assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
         time.sleep(SHORT_COOLDOWN + 0.5)

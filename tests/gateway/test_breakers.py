@@ -18,7 +18,7 @@ import pytest
 from stockade.telemetry import verify
 
 from ..conftest import stockade
-from .conftest import Gateway, gateway_env, module
+from .conftest import Gateway, client_at, gateway_env, module, violate
 
 Serve = Callable[..., Gateway]
 
@@ -84,8 +84,7 @@ def test_traps_do_not_open_it_limit_violations_open_only_that_function(
     for _ in range(5):  # a client that can make a function trap
         assert client.get("/fail", params={"kind": "trap"}).status_code == 502
     assert client.get("/fail", params={"kind": "none"}).status_code == 200
-    for _ in range(3):  # three limit violations (the output cap) within the window
-        assert client.get("/fail", params={"kind": "flood"}).status_code == 502
+    violate(gateway.url)  # three clients' limit violations (the output cap)
     assert is_breaker(client.get("/fail", params={"kind": "none"}))
     # Only that function: another function built from the same module still answers.
     assert client.get("/twin", params={"kind": "none"}).status_code == 200
@@ -95,12 +94,33 @@ def test_traps_do_not_open_it_limit_violations_open_only_that_function(
         "function:fail", "default", "open")
 
 
+def test_one_client_hitting_limits_is_refused_alone_and_opens_no_breaker(
+        serve: Serve, tmp_path: Path) -> None:
+    """Attack: one client sends inputs that make a function hit a limit. Counted per
+    function, three such requests took it offline for every client for the cooldown,
+    again at every cooldown's end. Now that client alone is refused (429), without a run,
+    and the function's breaker stays closed for everyone else."""
+    gateway = serve(manifest(module("fail")))
+    with client_at(gateway.url, "127.0.0.66") as attacker:
+        for _ in range(3):
+            assert attacker.get("/fail", params={"kind": "flood"}).status_code == 502
+        for _ in range(20):
+            refused = attacker.get("/fail", params={"kind": "flood"})
+            assert refused.status_code == 429, refused.text
+        assert refused.json()["limit"] == "client_breaker"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert attacker.get("/twin", params={"kind": "none"}).status_code == 200
+    assert gateway.client.get("/fail", params={"kind": "none"}).status_code == 200
+    metrics = gateway.client.get("/metrics").text
+    assert 'reason="client_breaker"} 20' in metrics, metrics
+    assert not [r for r in audit(tmp_path / "state") if r["kind"] == "breaker_transition"]
+
+
 def test_appending_bytes_to_the_module_does_not_escape(serve: Serve, tmp_path: Path) -> None:
     wasm = tmp_path / "fail.wasm"
     shutil.copyfile(module("fail"), wasm)
     gateway = serve(manifest(str(wasm)))
-    for _ in range(3):
-        assert gateway.client.get("/fail", params={"kind": "flood"}).status_code == 502
+    violate(gateway.url)
     assert is_breaker(gateway.client.get("/fail"))
     gateway.stop()
     # A custom section appended: a valid module with a new digest.
@@ -115,8 +135,7 @@ def test_three_thousand_refusals_add_nothing_to_the_audit_log_and_are_counted(
     state = tmp_path / "state"
     gateway = serve(manifest(module("fail")))
     client = gateway.client
-    for _ in range(3):
-        assert client.get("/fail", params={"kind": "flood"}).status_code == 502
+    violate(gateway.url)
     size = (state / "audit.jsonl").stat().st_size
     refused = sum(is_breaker(client.get("/fail")) for _ in range(3000))
     assert refused == 3000
@@ -132,8 +151,7 @@ def test_three_thousand_refusals_add_nothing_to_the_audit_log_and_are_counted(
 def test_telemetry_off_keeps_breakers_and_audit(serve: Serve, tmp_path: Path) -> None:
     state = tmp_path / "state"
     gateway = serve(manifest(module("fail"), 'telemetry = "off"'))
-    for _ in range(3):
-        assert gateway.client.get("/fail", params={"kind": "flood"}).status_code == 502
+    violate(gateway.url)
     assert is_breaker(gateway.client.get("/fail"))
     gateway.stop()
     assert [r["kind"] for r in audit(state)] == ["quota_hit"] * 3 + ["breaker_transition"]
@@ -143,8 +161,7 @@ def test_telemetry_off_keeps_breakers_and_audit(serve: Serve, tmp_path: Path) ->
 
 def test_breakers_can_be_turned_off_on_their_own(serve: Serve, tmp_path: Path) -> None:
     gateway = serve(manifest(module("fail"), "breakers = false"))
-    for _ in range(4):
-        assert gateway.client.get("/fail", params={"kind": "flood"}).status_code == 502
+    violate(gateway.url, clients=4)
     assert gateway.client.get("/fail").status_code == 200
 
 

@@ -110,6 +110,21 @@ def test_cpu_per_minute_is_charged_once_for_every_replica(replicas: list[RedisSt
     assert error.value.limit == "cpu" and 5 < error.value.retry_after <= 10
 
 
+def test_one_clients_violations_count_once_on_every_replica(
+        replicas: list[RedisState]) -> None:
+    """The same client through several replicas is one client: its violations count
+    once within the window, and two more clients open the breaker."""
+    config = BreakerConfig(threshold=3, window=60, cooldown=30)
+    stores = [state.breakers(config, None) for state in replicas]
+    for _ in range(4):
+        for store in stores:
+            assert store.record("function:f", "acme", True, source="10.0.0.1") is None
+    assert stores[1].record("function:f", "acme", True, source="10.0.0.2") is None
+    transition = stores[2].record("function:f", "acme", True, source="10.0.0.3")
+    assert transition is not None and (transition.old, transition.new) == ("closed", "open")
+    assert transition.violations == 3
+
+
 def test_a_breaker_opened_through_one_replica_refuses_on_another_at_once(
         replicas: list[RedisState]) -> None:
     config = BreakerConfig(threshold=3, window=60, cooldown=30)

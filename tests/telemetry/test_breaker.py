@@ -42,6 +42,46 @@ def test_three_violations_open_it_and_the_fourth_run_is_refused(breaker: Breaker
     assert result.outcome is Outcome.DENIED and result.exit_code == 126
 
 
+def test_one_sources_violations_count_once_within_the_window(breaker: Breaker) -> None:
+    """A gateway names each run's client: one client's inputs that hit a limit, however
+    many, must not open the function's breaker for every client."""
+    for offset in range(10):
+        breaker.record("function:f", "t", violated=True, now=T0 + offset, source="10.0.0.1")
+    breaker.record("function:f", "t", violated=True, now=T0 + 10, source="10.0.0.2")
+    assert breaker.check("function:f", "t", now=T0 + 11).allowed
+    breaker.record("function:f", "t", violated=True, now=T0 + 12, source="10.0.0.3")
+    assert not breaker.check("function:f", "t", now=T0 + 13).allowed
+    # A run that names no client (`stockade run`, the sandbox) counts every time.
+    for offset in range(3):
+        breaker.record(DIGEST, None, violated=True, now=T0 + offset)
+    assert not breaker.check(DIGEST, now=T0 + 3).allowed
+
+
+def test_a_version_2_database_keeps_its_breakers(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "breaker.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE breakers (key TEXT NOT NULL, tenant TEXT NOT NULL, state TEXT NOT NULL,
+          opened_at REAL, until REAL, probe_at REAL, count INTEGER NOT NULL DEFAULT 0,
+          trips INTEGER NOT NULL DEFAULT 0, denied INTEGER NOT NULL DEFAULT 0,
+          updated REAL NOT NULL, PRIMARY KEY (key, tenant));
+        CREATE TABLE violations (key TEXT NOT NULL, tenant TEXT NOT NULL, at REAL);
+        CREATE INDEX violations_key ON violations (key, tenant, at);
+        PRAGMA user_version = 2;""")
+    until = time.time() + 600
+    db.execute("INSERT INTO breakers VALUES ('function:f', 't', 'open', ?, ?, NULL, 3, 1, 0, ?)",
+               (until - 630, until, until - 630))
+    db.execute("INSERT INTO violations VALUES ('function:g', 't', ?)", (time.time(),))
+    db.commit()
+    db.close()
+    with Breaker(path, BreakerConfig(threshold=2, window=60, cooldown=30)) as breaker:
+        assert not breaker.check("function:f", "t").allowed  # still open
+        breaker.record("function:g", "t", violated=True, source="10.0.0.1")
+        assert not breaker.check("function:g", "t").allowed  # the old row still counts
+
+
 def test_violations_outside_the_window_do_not_count(breaker: Breaker) -> None:
     for offset in (0, 40, 80, 120):
         breaker.record(DIGEST, None, violated=True, now=T0 + offset)

@@ -28,6 +28,7 @@ from .problem import BadGateway, Forbidden, GatewayTimeout, HttpProblem, Unavail
 
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
+    from .clientbreaker import ClientBreakers
     from .dispatch import Dispatcher
     from .manifest import FunctionSpec
     from .metrics import Cell, Labels, Metrics
@@ -64,11 +65,13 @@ class HttpInvocation(Invocation):
     telemetry records the invocation span as its child (the ids themselves: formatting
     and parsing a `traceparent` per request costs more); `trigger` is the OTel
     `faas.trigger` of its span; `env_block` the CGI variables as bytes, for an executor
-    that takes them so (`Prepared.cgi`), instead of `env`."""
+    that takes them so (`Prepared.cgi`), instead of `env`; `source` the client, as its
+    function's breaker counts it (`ClientBreakers.source`)."""
 
     parent: ParentContext | None = None
     trigger: str = "http"
     env_block: EnvBlock | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         """No checks: the gateway builds it from checked parts (the manifest's `args`,
@@ -76,7 +79,8 @@ class HttpInvocation(Invocation):
 
     @classmethod
     def of_request(cls, stdin: bytes, spec: FunctionSpec, env: tuple[tuple[str, str], ...],
-                   env_block: EnvBlock | None, parent: ParentContext | None) -> HttpInvocation:
+                   env_block: EnvBlock | None, parent: ParentContext | None,
+                   source: str | None = None) -> HttpInvocation:
         """The invocation of `spec` for one request, built in one step: a frozen
         dataclass's `__init__` sets each of its eleven fields through
         `object.__setattr__`, a cost paid on every request."""
@@ -85,7 +89,7 @@ class HttpInvocation(Invocation):
             args=spec.args, stdin=stdin, env=env, name=spec.name, tenant=spec.tenant,
             invocation_id=new_invocation_id(), traceparent=None,
             breaker=breaker_key(spec.name), parent=parent, trigger="http",
-            env_block=env_block)
+            env_block=env_block, source=source)
         return invocation
 
 
@@ -99,11 +103,13 @@ class Invoker:
     """Runs the function `request.state["route"]` names; see the module docstring."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics,
-                 telemetry: Telemetry | None = None, inline: bool = True) -> None:
+                 telemetry: Telemetry | None = None, inline: bool = True,
+                 clients: ClientBreakers | None = None) -> None:
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.telemetry = telemetry
         self.inline = inline
+        self.clients = clients  # per-client breakers: None when breakers are off
         self._closed_until: dict[tuple[str, str | None], float] = {}  # (function, tenant)
         # (labels, outcome, executor) -> the cells of the quota CPU, invocation and guest
         # CPU counters, looked up in `metrics` once per series, not once per request.
@@ -115,10 +121,16 @@ class Invoker:
         if not request.body_read:  # read already by the Pipeline, with its deadline
             await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
+        clients = self.clients
+        source = None
+        if clients is not None:
+            source = clients.source(request.client[0] if request.client else None)
+            clients.check(spec.name, spec.tenant, source)  # 429 while it is refused
         cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
         invocation = HttpInvocation.of_request(
             request.body, spec, () if cgi else cgi_environ(request, spec.route, spec.headers),
-            cgi.block(request) if cgi else None, trace.as_parent() if trace else None)
+            cgi.block(request) if cgi else None, trace.as_parent() if trace else None,
+            source)
         request.state["invocation_id"] = invocation.invocation_id  # for the logs
         result: Result | None = None
         abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
@@ -156,6 +168,8 @@ class Invoker:
         request.state["cpu_seconds"] = cpu
         if result.outcome is not Outcome.EXITED and result.outcome.is_violation:
             self._closed_until.pop((route.spec.name, route.spec.tenant), None)
+            if clients is not None and clients.config.counts(result.outcome):
+                clients.violated(spec.name, spec.tenant, source)
         # Counted as Metrics.inc would, through cells kept per series (see _new_series).
         key = (route.labels, result.outcome, route.prepared.kind)
         cells = self._series.get(key)

@@ -132,7 +132,8 @@ class _RetryLater(HttpProblem):
 
 
 class TooManyRequests(_RetryLater):
-    """A concurrency, rate or CPU quota of the function or its tenant is used up."""
+    """A concurrency, rate or CPU quota of the function or its tenant is used up, or
+    this client's requests keep making the function hit a limit (`clientbreaker.py`)."""
 
     http_status, slug, title = 429, "too-many-requests", "Too many requests"
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..replica import replica_id
 from ..state import StateBackend, open_state
 from .accesslog import AccessLog, access_logger
+from .clientbreaker import ClientBreakers
 from .dispatch import Dispatcher
 from .executor import Executors
 from .invoke import Invoker
@@ -94,7 +95,11 @@ class GatewayService:
         self.handler = self._stack(registry, dispatcher)
 
     def _stack(self, registry: Registry, dispatcher: Dispatcher) -> Handler:
-        invoker = Invoker(dispatcher, self.metrics, self.telemetry, self.settings.inline)
+        breakers = self.telemetry.breaker_config if self.telemetry is not None else None
+        clients = None if breakers is None or not self.settings.breaker_clients \
+            else ClientBreakers(breakers, self.settings.max_connections_ipv6_prefix)
+        invoker = Invoker(dispatcher, self.metrics, self.telemetry, self.settings.inline,
+                          clients)
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
         tracer = None
         if self.telemetry is not None and self.telemetry.settings.enabled:

@@ -39,7 +39,11 @@ class ServerSettings:
     warm confined processes in each cordon's worker pool, per gateway worker (see
     `pool.py`). `breakers` (circuit breakers per function and tenant), `breaker_traps`
     (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no) and `audit` (the
-    audit log) are independent of `telemetry`: export `off` keeps them.
+    audit log) are independent of `telemetry`: export `off` keeps them. With
+    `breaker_clients` a client address's violations count once toward a function's
+    breaker and a client whose runs keep hitting limits is refused alone
+    (`clientbreaker.py`); off, behind a proxy that hides clients' addresses, every
+    violation counts.
 
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
     must arrive within `header_timeout`, and a body's bytes must keep coming: it has
@@ -80,6 +84,7 @@ class ServerSettings:
     reuse_port: bool = False
     inline: bool = True
     breakers: bool = True
+    breaker_clients: bool = True
     breaker_traps: bool | None = None
     audit: bool = True
     header_timeout: float = 10.0
@@ -181,7 +186,8 @@ _SERVER_PARSERS: dict[str, Any] = {
     "request_timeout": parse_duration, "drain_timeout": parse_duration,
     "drain_grace": _grace,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
-    "inline": _flag, "breakers": _flag, "breaker_traps": _flag, "audit": _flag,
+    "inline": _flag, "breakers": _flag, "breaker_clients": _flag, "breaker_traps": _flag,
+    "audit": _flag,
     "header_timeout": _seconds, "max_header_size": _bytes,
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
     "max_connections_per_ip": _int(1, 1_000_000),

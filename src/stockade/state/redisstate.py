@@ -454,7 +454,8 @@ class RedisBreakers:
         return bool(self.state._probes)
 
     def record(self, key: str, tenant: str | None, violated: bool,
-               now: float | None = None, holder: str | None = None) -> Transition | None:
+               now: float | None = None, holder: str | None = None,
+               source: str | None = None) -> Transition | None:
         ident = (key, tenant or "")
         state = self.state
         with state._lock:
@@ -467,7 +468,9 @@ class RedisBreakers:
                 cfg = self.config
                 reply = state.run(state.violation_script, self._keys(key, tenant), [
                     str(cfg.threshold), repr(cfg.window), repr(cfg.cooldown),
-                    f"{state.lease_id()}:{next(self._ids)}", key, tenant or "", probe_at])
+                    # A client's violation replaces its last one: it counts once.
+                    f"client {source}" if source is not None
+                    else f"{state.lease_id()}:{next(self._ids)}", key, tenant or "", probe_at])
             else:
                 reply = state.run(state.probe_script, self._keys(key, tenant), [probe_at])
         except RoundTripFailed:

@@ -189,7 +189,8 @@ return 1
 """
 
 # KEYS: breaker, violations
-# ARGV: threshold, window, cooldown, a unique member, breaker key, tenant, the
+# ARGV: threshold, window, cooldown, the violation's member (unique, or its client's:
+#       a client's next violation replaces it), breaker key, tenant, the
 #       `probe_at` of the probe this run holds ("" when it holds none)
 VIOLATION = """
 local t = redis.call('TIME')

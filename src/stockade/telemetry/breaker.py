@@ -10,7 +10,10 @@ changing a module's bytes does not escape its function's breaker; a module diges
 is the key when nothing else is named. What counts is a resource-limit violation
 (timeout, fuel, memory, output, disk, files, descriptors, host calls); traps count
 only with `count_traps` (a client that can make a function trap must not be able to
-take it offline), and refusals never count.
+take it offline), and refusals never count. For the same reason a gateway's runs name
+their client (`source`): one client's violations count once per window, so `threshold`
+clients must hit limits to open a function's breaker; the gateway refuses a client
+whose own runs keep hitting them (`gateway.clientbreaker`).
 
 `check` is what runs before a run: one indexed SELECT in the common case, no
 wasmtime. `record` runs after it. Every decision that changes state, and every count,
@@ -70,7 +73,7 @@ __all__ = [
     "default_path",
 ]
 
-_VERSION = 2
+_VERSION = 3
 _SCHEMA = (
     # Version 1 keyed breakers by module digest; its state is dropped, not migrated.
     "DROP TABLE IF EXISTS breakers",
@@ -79,10 +82,12 @@ _SCHEMA = (
     " state TEXT NOT NULL, opened_at REAL, until REAL, probe_at REAL,"
     " count INTEGER NOT NULL DEFAULT 0, trips INTEGER NOT NULL DEFAULT 0,"
     " denied INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL, PRIMARY KEY (key, tenant))",
-    "CREATE TABLE violations (key TEXT NOT NULL, tenant TEXT NOT NULL, at REAL)",
+    "CREATE TABLE violations (key TEXT NOT NULL, tenant TEXT NOT NULL, at REAL, source TEXT)",
     "CREATE INDEX violations_key ON violations (key, tenant, at)",
     f"PRAGMA user_version = {_VERSION}",
 )
+# Version 2 counted every violation; version 3 a client's once (`source`): kept.
+_FROM_2 = ("ALTER TABLE violations ADD COLUMN source TEXT", f"PRAGMA user_version = {_VERSION}")
 # Resource limits: what a breaker counts by default.
 LIMIT_OUTCOMES = frozenset({
     Outcome.TIMEOUT, Outcome.FUEL_EXHAUSTED, Outcome.MEMORY_LIMIT, Outcome.OUTPUT_LIMIT,
@@ -236,9 +241,11 @@ class BreakerStore(Protocol):
         probe granted is held by `holder`'s run."""
 
     def record(self, key: str, tenant: str | None, violated: bool,
-               now: float | None = None, holder: str | None = None) -> Transition | None:
+               now: float | None = None, holder: str | None = None,
+               source: str | None = None) -> Transition | None:
         """Report how `holder`'s run under `key` ended; returns the transition it caused
-        (a half-open breaker moves only for its probe's holder)."""
+        (a half-open breaker moves only for its probe's holder). The violations of one
+        `source` (a gateway's client) count as one within the window."""
 
     def probe_held(self, key: str, tenant: str | None, holder: str | None) -> None:
         """The probe this process was granted under `key` (by an admission that named no
@@ -310,8 +317,9 @@ class Breaker:
             # WAL lets readers (every `check`) proceed while another process writes.
             _switch_to_wal(self._db)
             with self._tx():
-                if self._db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
-                    for statement in _SCHEMA:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version != _VERSION:
+                    for statement in _FROM_2 if version == 2 else _SCHEMA:
                         self._db.execute(statement)
         self._db.execute("PRAGMA synchronous = NORMAL")
 
@@ -406,11 +414,13 @@ class Breaker:
         return bool(self._probes)
 
     def record(self, key: str, tenant: str | None, violated: bool,
-               now: float | None = None, holder: str | None = None) -> Transition | None:
+               now: float | None = None, holder: str | None = None,
+               source: str | None = None) -> Transition | None:
         """Report how `holder`'s run under `key` ended (`violated`: it counts, see
         `BreakerConfig.counts`); returns the transition it caused, if any. A half-open
         breaker is closed or re-opened only by the run holding its probe; another run's
-        violation is counted, nothing more."""
+        violation is counted, nothing more. Violations of one `source` (a gateway's
+        client) count once per window: one client's inputs open no breaker alone."""
         if not violated and not self._probes:
             return None  # only a probe run of this process can close a breaker
         now = time.time() if now is None else now
@@ -433,7 +443,7 @@ class Breaker:
                 transition = Transition(key, tenant, "half_open", "closed", now, 0, None,
                                         "probe run ended without a violation", denied)
             else:
-                transition = self._violation(key, tenant, ident, now, probe_at)
+                transition = self._violation(key, tenant, ident, now, probe_at, source)
         self._notify(transition)
         return transition
 
@@ -469,14 +479,20 @@ class Breaker:
                     "state='half_open' AND probe_at=?", (*ident, probe_at))
 
     def _violation(self, key: str, tenant: str | None, ident: tuple[str, str],
-                   now: float, probe_at: float | None) -> Transition | None:
-        """Count a violation; open the breaker when closed and at the threshold, or when
-        half-open and this is the run holding its probe (granted at `probe_at`)."""
+                   now: float, probe_at: float | None,
+                   source: str | None) -> Transition | None:
+        """Count a violation (a `source`'s replaces its last one); open the breaker when
+        closed and at the threshold, or when half-open and this is the run holding its
+        probe (granted at `probe_at`)."""
         cfg = self.config
         with self._tx():
             self._db.execute("DELETE FROM violations WHERE key=? AND tenant=? AND at<?",
                              (*ident, now - cfg.window))
-            self._db.execute("INSERT INTO violations VALUES (?, ?, ?)", (*ident, now))
+            if source is not None:
+                self._db.execute("DELETE FROM violations WHERE key=? AND tenant=? AND "
+                                 "source=?", (*ident, source))
+            self._db.execute("INSERT INTO violations VALUES (?, ?, ?, ?)",
+                             (*ident, now, source))
             count = self._db.execute(
                 "SELECT COUNT(*) FROM violations WHERE key=? AND tenant=?", ident).fetchone()[0]
             row = self._row(*ident)

@@ -261,13 +261,19 @@ class Telemetry:
         holder = invocation.invocation_id
         config = breaker.config if breaker is not None else self._config()
         if config.counts(outcome):
-            self.breaker.record(key, tenant, True, holder=holder)
+            self.breaker.record(key, tenant, True, holder=holder,
+                                source=getattr(invocation, "source", None))
         elif breaker is None:
             return
         elif outcome is Outcome.ERROR:
             breaker.probe_failed(key, tenant, holder=holder)
         else:
             breaker.record(key, tenant, False, holder=holder)
+
+    @property
+    def breaker_config(self) -> BreakerConfig | None:
+        """How breakers count and refuse, or None when breakers are off."""
+        return self._config() if self._use_breaker else None
 
     def _config(self) -> BreakerConfig:
         if self._breaker_config is None:

@@ -1,0 +1,80 @@
+"""`ClientBreakers`: a function's circuit breaker, per client, in one worker.
+
+A function's breaker (`telemetry.breaker`) counts a client's violations once per window,
+so one client sending inputs that hit a limit (a body that makes the function loop until
+its timeout) cannot take the function offline for everyone. That client is refused
+here instead: once its runs of one function hit a limit `threshold` times within
+`window` seconds, its requests to that function are answered 429 with `Retry-After`
+for `cooldown` seconds, without a run. A client is its address as the connection cap
+counts it (`connlimit.peer_key`: an IPv6 client by its network). Kept per worker, in
+memory: a client spreading its connections over workers and replicas gets a threshold
+in each, still never the function's breaker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from ..telemetry.breaker import BreakerConfig
+from .connlimit import IPV6_PREFIX, peer_key
+from .problem import TooManyRequests
+
+__all__ = ["ClientBreakers", "CLIENTS_KEPT"]
+
+CLIENTS_KEPT = 4096  # (function, client) pairs remembered; the oldest is forgotten first
+
+_Key = tuple[str, str | None, str]  # function, tenant, client
+
+
+class ClientBreakers:
+    """Per-(function, client) breakers with `config`'s threshold, window and cooldown."""
+
+    def __init__(self, config: BreakerConfig, ipv6_prefix: int = IPV6_PREFIX,
+                 kept: int = CLIENTS_KEPT) -> None:
+        self.config = config
+        self.ipv6_prefix = ipv6_prefix
+        self._kept = kept
+        self._violations: dict[_Key, deque[float]] = {}
+        self._open: dict[_Key, float] = {}  # refused until (time.monotonic())
+
+    def source(self, address: str | None) -> str | None:
+        """The client an address counts as (None: no address, a Unix socket's peer)."""
+        return peer_key(address, self.ipv6_prefix) if address else None
+
+    def check(self, function: str, tenant: str | None, client: str | None) -> None:
+        """Raise TooManyRequests while `client`'s breaker for `function` is open."""
+        if not self._open or client is None:
+            return
+        key = (function, tenant, client)
+        until = self._open.get(key)
+        if until is None:
+            return
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._open[key]
+            return
+        raise TooManyRequests(
+            f"function {function}: refused for {left:.0f} s: your requests made it hit a "
+            f"limit {self.config.threshold} times within {self.config.window:g} s",
+            left, limit="client_breaker")
+
+    def violated(self, function: str, tenant: str | None, client: str | None) -> None:
+        """`client`'s run of `function` hit a limit: counted, and its breaker opened at the
+        threshold."""
+        if client is None:
+            return
+        config, now = self.config, time.monotonic()
+        key = (function, tenant, client)
+        times = self._violations.pop(key, None)  # re-inserted: the dict keeps LRU order
+        if times is None:
+            if len(self._violations) >= self._kept:
+                del self._violations[next(iter(self._violations))]
+            times = deque(maxlen=config.threshold)
+        times.append(now)
+        self._violations[key] = times
+        if len(times) >= config.threshold and now - times[0] <= config.window:
+            if len(self._open) >= self._kept:
+                del self._open[next(iter(self._open))]
+            self._open[key] = now + config.cooldown
+            times.clear()

@@ -1,0 +1,65 @@
+"""`ClientBreakers`: a client whose runs keep hitting a limit is refused alone, for the
+cooldown; other clients, and its other functions, are not; memory stays bounded."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from stockade.gateway.clientbreaker import ClientBreakers
+from stockade.gateway.problem import TooManyRequests
+from stockade.telemetry import BreakerConfig
+
+CONFIG = BreakerConfig(threshold=3, window=60, cooldown=30)
+
+
+def test_a_client_at_the_threshold_is_refused_alone() -> None:
+    clients = ClientBreakers(CONFIG)
+    for _ in range(2):
+        clients.violated("f", "t", "10.0.0.1")
+    clients.check("f", "t", "10.0.0.1")  # two: still served
+    clients.violated("f", "t", "10.0.0.1")
+    with pytest.raises(TooManyRequests) as refused:
+        clients.check("f", "t", "10.0.0.1")
+    assert refused.value.http_status == 429
+    assert refused.value.extra["limit"] == "client_breaker"
+    assert refused.value.extra["retry_after"] == 30
+    clients.check("f", "t", "10.0.0.2")  # another client
+    clients.check("g", "t", "10.0.0.1")  # another function
+    clients.check("f", "u", "10.0.0.1")  # another tenant's function of that name
+    clients.check("f", "t", None)  # no address: never refused here
+
+
+def test_violations_further_apart_than_the_window_do_not_add_up() -> None:
+    clients = ClientBreakers(BreakerConfig(threshold=2, window=0.05, cooldown=30))
+    clients.violated("f", "t", "10.0.0.1")
+    time.sleep(0.1)
+    clients.violated("f", "t", "10.0.0.1")
+    clients.check("f", "t", "10.0.0.1")
+
+
+def test_the_refusal_ends_after_the_cooldown() -> None:
+    clients = ClientBreakers(BreakerConfig(threshold=1, window=60, cooldown=0.05))
+    clients.violated("f", "t", "10.0.0.1")
+    with pytest.raises(TooManyRequests):
+        clients.check("f", "t", "10.0.0.1")
+    time.sleep(0.1)
+    clients.check("f", "t", "10.0.0.1")
+
+
+def test_an_ipv6_client_is_its_network() -> None:
+    clients = ClientBreakers(CONFIG, ipv6_prefix=64)
+    one, other = clients.source("2001:db8::1"), clients.source("2001:db8::ffff:2")
+    assert one == other
+    assert clients.source("::ffff:10.0.0.1") == clients.source("10.0.0.1") == "10.0.0.1"
+    assert clients.source(None) is None and clients.source("") is None
+
+
+def test_a_flood_of_addresses_keeps_memory_bounded() -> None:
+    clients = ClientBreakers(BreakerConfig(threshold=1, window=60, cooldown=30), kept=16)
+    for index in range(10_000):
+        clients.violated("f", "t", f"10.{index >> 16}.{(index >> 8) & 255}.{index & 255}")
+    assert len(clients._violations) <= 16 and len(clients._open) <= 16
+    with pytest.raises(TooManyRequests):  # the latest are still refused
+        clients.check("f", "t", "10.0.39.15")
