@@ -116,6 +116,37 @@ def test_one_client_hitting_limits_is_refused_alone_and_opens_no_breaker(
     assert not [r for r in audit(tmp_path / "state") if r["kind"] == "breaker_transition"]
 
 
+def test_a_refused_client_takes_no_slot_from_its_tenant(serve: Serve) -> None:
+    """A client refused by its own breaker is refused before the tenant's quotas: its
+    refusals spend none of the rate its tenant shares with other clients (nor a shared
+    store's breaker probe, granted with the same admission)."""
+    gateway = serve(f"""
+[server]
+workers = 1
+
+[tenant.metered]
+rate = 0.001
+burst = 5
+
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{module("fail")}"
+tenant = "metered"
+max_response = "64KiB"
+""")
+    with client_at(gateway.url, "127.0.0.66") as attacker:
+        for _ in range(3):
+            assert attacker.get("/fail", params={"kind": "flood"}).status_code == 502
+        for _ in range(10):
+            refused = attacker.get("/fail", params={"kind": "flood"})
+            assert refused.json()["limit"] == "client_breaker", refused.text
+    # Two of the burst's five are left for everyone else.
+    for _ in range(2):
+        assert gateway.client.get("/fail", params={"kind": "none"}).status_code == 200
+    assert gateway.client.get("/fail", params={"kind": "none"}).json()["limit"] == "rate"
+
+
 def test_appending_bytes_to_the_module_does_not_escape(serve: Serve, tmp_path: Path) -> None:
     wasm = tmp_path / "fail.wasm"
     shutil.copyfile(module("fail"), wasm)

@@ -5,10 +5,10 @@ so one client sending inputs that hit a limit (a body that makes the function lo
 its timeout) cannot take the function offline for everyone. That client is refused
 here instead: once its runs of one function hit a limit `threshold` times within
 `window` seconds, its requests to that function are answered 429 with `Retry-After`
-for `cooldown` seconds, without a run. A client is its address as the connection cap
-counts it (`connlimit.peer_key`: an IPv6 client by its network). Kept per worker, in
-memory: a client spreading its connections over workers and replicas gets a threshold
-in each, still never the function's breaker.
+for `cooldown` seconds, before any quota slot or breaker probe is taken (`layers.py`).
+A client is its address as the connection cap counts it (`connlimit.peer_key`: an IPv6
+client by its network). Kept per worker, in memory: a client spreading its connections
+over workers and replicas gets a threshold in each, still never the function's breaker.
 """
 
 from __future__ import annotations

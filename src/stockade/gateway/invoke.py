@@ -109,7 +109,7 @@ class Invoker:
         self.metrics = metrics
         self.telemetry = telemetry
         self.inline = inline
-        self.clients = clients  # per-client breakers: None when breakers are off
+        self.clients = clients  # the Pipeline's, told of violations; None: off
         self._closed_until: dict[tuple[str, str | None], float] = {}  # (function, tenant)
         # (labels, outcome, executor) -> the cells of the quota CPU, invocation and guest
         # CPU counters, looked up in `metrics` once per series, not once per request.
@@ -121,11 +121,7 @@ class Invoker:
         if not request.body_read:  # read already by the Pipeline, with its deadline
             await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
-        clients = self.clients
-        source = None
-        if clients is not None:
-            source = clients.source(request.client[0] if request.client else None)
-            clients.check(spec.name, spec.tenant, source)  # 429 while it is refused
+        source: str | None = request.state.get("source")  # the Pipeline's `ClientBreakers`
         cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
         invocation = HttpInvocation.of_request(
             request.body, spec, () if cgi else cgi_environ(request, spec.route, spec.headers),
@@ -168,6 +164,7 @@ class Invoker:
         request.state["cpu_seconds"] = cpu
         if result.outcome is not Outcome.EXITED and result.outcome.is_violation:
             self._closed_until.pop((route.spec.name, route.spec.tenant), None)
+            clients = self.clients
             if clients is not None and clients.config.counts(result.outcome):
                 clients.violated(spec.name, spec.tenant, source)
         # Counted as Metrics.inc would, through cells kept per series (see _new_series).

@@ -12,6 +12,7 @@ answered or raised::
     routing         /healthz, /readyz, /metrics; else the route (404, 405; 400 for
                     a dot segment or an encoded slash: registry.ambiguous_path)
     body            the whole body: deadline 408, size 413, budget 503 (bodybudget.py)
+    client breaker  a client whose runs keep hitting limits (429, clientbreaker.py)
     limits          quotas (429), shared state (503) (limits.py)
     Invoker         CGI in, guest run, CGI out (invoke.py)
 
@@ -41,6 +42,7 @@ from .registry import ambiguous_path
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
+    from .clientbreaker import ClientBreakers
     from .metrics import Cell, Labels, Metrics
     from .registry import Registry, Route
     from .settings import ServerSettings
@@ -65,8 +67,10 @@ class Pipeline:
     def __init__(self, invoker: Handler, registry: Registry,
                  system: Mapping[str, SystemHandler], metrics: Metrics,
                  settings: ServerSettings, tracer: Tracer | None = None,
-                 access: AccessLog | None = None) -> None:
+                 access: AccessLog | None = None,
+                 clients: ClientBreakers | None = None) -> None:
         self.invoker = invoker
+        self.clients = clients
         self.registry = registry
         self.system = system
         self.metrics = metrics
@@ -132,6 +136,11 @@ class Pipeline:
             if not request.body_read:  # the worker's protocol saw a head without a body
                 await request.read_body(route.spec.max_body, self.body_timeout,
                                         self.body_min_rate, charge)
+            clients = self.clients
+            if clients is not None:
+                # Before any slot or breaker probe is taken: a refused client holds none.
+                source = state["source"] = clients.source(client)
+                clients.check(route.spec.name, route.spec.tenant, source)
             # Limits: the function's and the tenant's slots through the route's gate (429
             # when either is spent, 503 for an open breaker or unavailable shared state),
             # given back after the response, charging the guest's CPU time.

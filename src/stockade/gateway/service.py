@@ -108,7 +108,8 @@ class GatewayService:
         access = None
         if self.settings.access_log != "off" and access_logger().isEnabledFor(logging.INFO):
             access = AccessLog(self.settings.access_log)
-        return Pipeline(invoker, registry, system, self.metrics, self.settings, tracer, access)
+        return Pipeline(invoker, registry, system, self.metrics, self.settings, tracer, access,
+                        clients)
 
     async def started(self) -> None:
         """Begin background work (metrics snapshots) once the event loop runs."""
