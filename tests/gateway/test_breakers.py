@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +28,15 @@ Serve = Callable[..., Gateway]
 
 @pytest.fixture
 def serve(tmp_path: Path, shared_cache: Path) -> Iterator[Serve]:
-    """Start gateways on one state directory. A breaker's cooldown is an hour, so that
-    nothing here depends on how fast this machine answers."""
+    """Start gateways on one state directory. A breaker's cooldown is an hour unless a
+    test needs it to end, so that nothing depends on how fast this machine answers."""
     started: list[Gateway] = []
 
-    def start(manifest: str) -> Gateway:
+    def start(manifest: str, cooldown: str = "1h") -> Gateway:
         path = tmp_path / "stockade.toml"
         path.write_text(manifest)
         env = {**gateway_env(shared_cache, tmp_path / "state"),
-               "STOCKADE_BREAKER_COOLDOWN": "1h"}
+               "STOCKADE_BREAKER_COOLDOWN": cooldown}
         gateway = Gateway(path, env, ())
         started.append(gateway)
         return gateway
@@ -145,6 +148,144 @@ max_response = "64KiB"
     for _ in range(2):
         assert gateway.client.get("/fail", params={"kind": "none"}).status_code == 200
     assert gateway.client.get("/fail", params={"kind": "none"}).json()["limit"] == "rate"
+
+
+def test_a_client_that_opened_the_breaker_cannot_hold_it_open_with_probes(
+        serve: Serve, tmp_path: Path) -> None:
+    """Attack: three addresses open the breaker; then one of them sends its failing input
+    the moment the breaker half-opens, so the probe violates and the function is offline
+    for everyone for another cooldown, and again after it. That client's violation is
+    already counted: its probe proves nothing and is freed, and the next request probes."""
+    gateway = serve(manifest(module("fail")), cooldown="1s")
+    violate(gateway.url)
+    assert is_breaker(gateway.client.get("/fail", params={"kind": "none"}))
+    deadline = time.monotonic() + 30
+    with client_at(gateway.url, "127.0.0.11") as attacker:
+        while True:  # the cooldown ends; the attacker takes the probe
+            response = attacker.get("/fail", params={"kind": "flood"})
+            if not is_breaker(response):
+                break
+            assert time.monotonic() < deadline, "the breaker never half-opened"
+            time.sleep(0.1)
+        assert response.status_code == 502, response.text
+    served = gateway.client.get("/fail", params={"kind": "none"})
+    assert served.status_code == 200, served.text
+    kinds = [(r["old"], r["new"]) for r in audit(tmp_path / "state")
+             if r["kind"] == "breaker_transition"]
+    assert kinds == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_timeouts_answered_by_the_backstop_count_for_the_client(serve: Serve) -> None:
+    """Attack: a client whose runs start late (it holds the only guest thread with a slow
+    clean request first) is answered 504 by the gateway's backstop before its run's own
+    timeout ends it. Those timeouts count for its breaker as answered ones do."""
+    gateway = serve(f"""
+[server]
+workers = 1
+threads = 1
+inline = false
+
+[[function]]
+name = "hold"
+route = "/hold"
+module = "{module("fail")}"
+isolate = "none"
+[function.limits]
+timeout = "5s"
+
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{module("fail")}"
+isolate = "none"
+[function.limits]
+timeout = "1s"
+""")
+    with client_at(gateway.url, "127.0.0.66") as attacker:
+        for _ in range(3):
+            holding = threading.Thread(  # the only guest thread, for 2 s
+                target=attacker.get, args=("/hold",),
+                kwargs={"params": {"kind": "sleep", "s": "2"}})
+            holding.start()
+            time.sleep(0.2)
+            late = attacker.get("/fail", params={"kind": "sleep", "s": "100"})
+            holding.join()
+            assert late.status_code == 504, late.text
+            assert "no response within" in late.text, late.text  # the backstop's answer
+        refused = attacker.get("/fail", params={"kind": "sleep", "s": "100"})
+        assert refused.status_code == 429 and refused.json()["limit"] == "client_breaker"
+    assert gateway.client.get("/fail", params={"kind": "none"}).status_code == 200
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """A real HAProxy that adds `X-Forwarded-For`, in front of a gateway's URL; returns
+    its own URL. Its connections to the gateway come from 127.0.0.1."""
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(binary).exists():
+        pytest.skip("haproxy is not installed (Debian: haproxy)")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def front(url: str) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(f"""\
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+frontend front
+    bind 127.0.0.1:{port}
+    option forwardfor
+    default_backend gateway
+backend gateway
+    server g {url.removeprefix("http://")}
+""")
+        process = subprocess.Popen([binary, "-db", "-f", str(config)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return f"http://127.0.0.1:{port}"
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, \
+                    "haproxy did not start"
+                time.sleep(0.05)
+
+    yield front
+    for process in started:
+        process.terminate()
+        process.wait(10)
+
+
+def test_behind_a_trusted_proxy_clients_are_counted_apart(
+        serve: Serve, haproxy: Callable[[str], str]) -> None:
+    """Attack, behind a load balancer: every request came from the balancer's address, so
+    one client's violations refused every client (429) on that worker. With the balancer
+    in `trusted_proxies`, the client is the address the balancer appended to
+    `X-Forwarded-For`: the attacker alone is refused, and three clients, not one, open
+    the function's breaker."""
+    gateway = serve(manifest(module("fail"), 'trusted_proxies = ["127.0.0.1"]'))
+    proxy = haproxy(gateway.url)
+    with client_at(proxy, "127.0.0.66") as attacker:
+        for _ in range(3):
+            # A forged entry is the client's own word, left of the balancer's.
+            sent = attacker.get("/fail", params={"kind": "flood"},
+                                headers={"x-forwarded-for": f"203.0.113.{_}"})
+            assert sent.status_code == 502, sent.text
+        refused = attacker.get("/fail", params={"kind": "flood"},
+                               headers={"x-forwarded-for": "203.0.113.99"})
+        assert refused.json()["limit"] == "client_breaker", refused.text
+    with client_at(proxy, "127.0.0.20") as other:
+        assert other.get("/fail", params={"kind": "none"}).status_code == 200
+    violate(proxy, clients=2)  # with the attacker, three clients through the balancer
+    with client_at(proxy, "127.0.0.20") as other:
+        assert is_breaker(other.get("/fail", params={"kind": "none"}))
 
 
 def test_appending_bytes_to_the_module_does_not_escape(serve: Serve, tmp_path: Path) -> None:

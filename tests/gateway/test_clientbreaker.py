@@ -25,6 +25,7 @@ def test_a_client_at_the_threshold_is_refused_alone() -> None:
     assert refused.value.http_status == 429
     assert refused.value.extra["limit"] == "client_breaker"
     assert refused.value.extra["retry_after"] == 30
+    assert "refused for 30 s" in str(refused.value)
     clients.check("f", "t", "10.0.0.2")  # another client
     clients.check("g", "t", "10.0.0.1")  # another function
     clients.check("f", "u", "10.0.0.1")  # another tenant's function of that name
@@ -42,16 +43,21 @@ def test_violations_further_apart_than_the_window_do_not_add_up() -> None:
 def test_the_refusal_ends_after_the_cooldown() -> None:
     clients = ClientBreakers(BreakerConfig(threshold=1, window=60, cooldown=0.05))
     clients.violated("f", "t", "10.0.0.1")
-    with pytest.raises(TooManyRequests):
+    with pytest.raises(TooManyRequests) as refused:
         clients.check("f", "t", "10.0.0.1")
+    assert "refused for 1 s" in str(refused.value)  # never "0 s"
     time.sleep(0.1)
     clients.check("f", "t", "10.0.0.1")
 
 
-def test_an_ipv6_client_is_its_network() -> None:
-    clients = ClientBreakers(CONFIG, ipv6_prefix=64)
-    one, other = clients.source("2001:db8::1"), clients.source("2001:db8::ffff:2")
-    assert one == other
+def test_an_ipv6_client_is_its_48_network() -> None:
+    """Attack: a holder of one /48 has 65,536 /64s; counted by /64 it alone would be the
+    three clients that open a function's breaker for everyone."""
+    clients = ClientBreakers(CONFIG)
+    sources = {clients.source(f"2001:db8:0:{net:x}::{host:x}")
+               for net in range(0, 65536, 4099) for host in (1, 0xFFFF)}
+    assert sources == {"2001:db8::/48"}
+    assert clients.source("2001:db8:1::1") != clients.source("2001:db8::1")
     assert clients.source("::ffff:10.0.0.1") == clients.source("10.0.0.1") == "10.0.0.1"
     assert clients.source(None) is None and clients.source("") is None
 

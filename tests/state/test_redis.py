@@ -232,6 +232,45 @@ def test_only_the_probes_own_run_moves_a_half_open_breaker_across_replicas(
     lease.release()
 
 
+def test_a_probe_from_a_client_already_counted_proves_nothing_on_any_replica(
+        replicas: list[RedisState]) -> None:
+    """Attack: three addresses open the breaker, then one of them takes every half-open
+    probe, through any replica, and violates again. Its probe is freed and the breaker
+    stays half-open; a client not yet counted still re-opens it."""
+    config = BreakerConfig(threshold=3, window=60, cooldown=0.2)
+    stores = [state.breakers(config, None) for state in replicas]
+    for store, source in zip(stores, ("10.0.0.1", "10.0.0.2", "10.0.0.3"), strict=True):
+        store.record("function:f", "acme", True, source=source)
+    time.sleep(0.3)
+    for turn in range(3):
+        gate = replicas[turn].gate(spec(breaker="function:f"))
+        lease = gate.admit()
+        assert lease.probe, f"turn {turn}: the known client's probe was not freed"
+        stores[turn].probe_held("function:f", "acme", f"probe{turn}")
+        assert stores[turn].record("function:f", "acme", True, holder=f"probe{turn}",
+                                   source="10.0.0.1") is None
+        lease.release()
+        time.sleep(0.11)  # refusals cached on the other replicas run out
+    assert [e.state for e in stores[0].entries()] == ["half_open"]
+    lease = replicas[1].gate(spec(breaker="function:f")).admit()
+    assert lease.probe
+    stores[1].probe_held("function:f", "acme", "new")
+    change = stores[1].record("function:f", "acme", True, holder="new", source="10.0.0.4")
+    assert change is not None and (change.old, change.new) == ("half_open", "open")
+    lease.release()
+
+
+def test_a_listed_breaker_counts_only_violations_within_the_window(
+        replicas: list[RedisState]) -> None:
+    config = BreakerConfig(threshold=3, window=0.3, cooldown=30)
+    store = replicas[0].breakers(config, None)
+    store.record("function:f", "acme", True, source="10.0.0.1")
+    store.record("function:f", "acme", True, source="10.0.0.2")
+    assert [e.violations for e in store.entries()] == [2]
+    time.sleep(0.4)
+    assert [e.violations for e in store.entries()] == [0]
+
+
 HOSTILE = ["a}", "{a}", "}{", "a\nb", "x" * 10240, "acme:q:t", "", "acme}:l:t", "{acme}",
            "acme\r\n*1\r\n$8\r\nFLUSHALL\r\n", "ünï"]
 

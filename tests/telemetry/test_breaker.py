@@ -82,6 +82,29 @@ def test_a_version_2_database_keeps_its_breakers(tmp_path: Path) -> None:
         assert not breaker.check("function:g", "t").allowed  # the old row still counts
 
 
+def test_a_newer_versions_database_is_used_not_wiped(tmp_path: Path) -> None:
+    """A rolling upgrade runs two versions on one breaker.db: the older must not drop the
+    newer one's tables (every breaker closed at once) nor fail on a column it does not
+    know."""
+    import sqlite3
+
+    path = tmp_path / "breaker.db"
+    with Breaker(path, BreakerConfig(threshold=1, window=60, cooldown=600)) as breaker:
+        breaker.record("function:f", "t", violated=True, source="10.0.0.1")
+    db = sqlite3.connect(path)
+    db.executescript("ALTER TABLE violations ADD COLUMN weight REAL;"
+                     "ALTER TABLE breakers ADD COLUMN note TEXT; PRAGMA user_version = 99;")
+    db.close()
+    with Breaker(path, BreakerConfig(threshold=2, window=60, cooldown=600)) as breaker:
+        assert not breaker.check("function:f", "t").allowed  # still open
+        breaker.record("function:g", "t", violated=True, source="10.0.0.1")
+        breaker.record("function:g", "t", violated=True, source="10.0.0.2")
+        assert not breaker.check("function:g", "t").allowed
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 99
+    db.close()
+
+
 def test_violations_outside_the_window_do_not_count(breaker: Breaker) -> None:
     for offset in (0, 40, 80, 120):
         breaker.record(DIGEST, None, violated=True, now=T0 + offset)
@@ -120,6 +143,38 @@ def test_a_violating_probe_opens_it_again(breaker: Breaker) -> None:
     change = breaker.record(DIGEST, None, violated=True, now=T0 + 41)
     assert change is not None and change.new == "open" and change.until == T0 + 71
     assert not breaker.check(DIGEST, now=T0 + 50).allowed
+
+
+def test_a_probe_from_a_client_already_counted_proves_nothing(breaker: Breaker) -> None:
+    """Attack: three addresses open the breaker, then one of them takes every half-open
+    probe and violates again, re-opening it each cooldown for everyone. A client whose
+    violation is already counted within the window tells nothing new: its probe is freed
+    and the breaker stays half-open for the next request; a new client's violation, or
+    a clean probe from anyone, still decides."""
+    for offset, source in enumerate(("10.0.0.1", "10.0.0.2", "10.0.0.3")):
+        breaker.record("function:f", "t", violated=True, now=T0 + offset, source=source)
+    assert breaker.check("function:f", "t", now=T0 + 40, holder="a").probe
+    assert breaker.record("function:f", "t", violated=True, now=T0 + 41, holder="a",
+                          source="10.0.0.1") is None
+    [entry] = breaker.entries(now=T0 + 42)
+    assert entry.state == "half_open" and entry.violations == 3
+    probe = breaker.check("function:f", "t", now=T0 + 42, holder="b")
+    assert probe.allowed and probe.probe, "the known client's probe was not freed"
+    # A client not yet counted is evidence: its violating probe re-opens the breaker.
+    change = breaker.record("function:f", "t", violated=True, now=T0 + 43, holder="b",
+                            source="10.0.0.4")
+    assert change is not None and (change.old, change.new) == ("half_open", "open")
+    assert change.until == T0 + 73
+    # Once that client's violation has left the window, its probe counts again.
+    assert breaker.check("function:f", "t", now=T0 + 110, holder="c").probe
+    change = breaker.record("function:f", "t", violated=True, now=T0 + 111, holder="c",
+                            source="10.0.0.1")
+    assert change is not None and change.new == "open"
+    # And a clean probe closes it, whoever sent it.
+    assert breaker.check("function:f", "t", now=T0 + 150, holder="d").probe
+    change = breaker.record("function:f", "t", violated=False, now=T0 + 151, holder="d",
+                            source="10.0.0.4")
+    assert change is not None and change.new == "closed"
 
 
 def test_state_survives_reopening_the_database(tmp_path: Path) -> None:

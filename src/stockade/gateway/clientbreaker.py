@@ -6,23 +6,30 @@ its timeout) cannot take the function offline for everyone. That client is refus
 here instead: once its runs of one function hit a limit `threshold` times within
 `window` seconds, its requests to that function are answered 429 with `Retry-After`
 for `cooldown` seconds, before any quota slot or breaker probe is taken (`layers.py`).
-A client is its address as the connection cap counts it (`connlimit.peer_key`: an IPv6
-client by its network). Kept per worker, in memory: a client spreading its connections
-over workers and replicas gets a threshold in each, still never the function's breaker.
+A client is its address (`connlimit.peer_key`), an IPv6 client by its /48 network
+whatever the connection cap counts: one holder of a /48 has 65,536 /64s, so counted by
+/64 it alone would be `threshold` clients to the function's breaker. Fixed, not a
+setting: replicas sharing a breaker must count clients alike. Kept per worker, in
+memory: a client spreading its connections over workers and replicas gets a threshold
+in each, still never the function's breaker.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import deque
 
 from ..telemetry.breaker import BreakerConfig
-from .connlimit import IPV6_PREFIX, peer_key
+from .connlimit import peer_key
 from .problem import TooManyRequests
 
-__all__ = ["ClientBreakers", "CLIENTS_KEPT"]
+__all__ = ["ClientBreakers", "CLIENTS_KEPT", "SOURCE_IPV6_PREFIX"]
 
+logger = logging.getLogger("stockade.gateway")
 CLIENTS_KEPT = 4096  # (function, client) pairs remembered; the oldest is forgotten first
+SOURCE_IPV6_PREFIX = 48  # an IPv6 client is its site's network
 
 _Key = tuple[str, str | None, str]  # function, tenant, client
 
@@ -30,17 +37,15 @@ _Key = tuple[str, str | None, str]  # function, tenant, client
 class ClientBreakers:
     """Per-(function, client) breakers with `config`'s threshold, window and cooldown."""
 
-    def __init__(self, config: BreakerConfig, ipv6_prefix: int = IPV6_PREFIX,
-                 kept: int = CLIENTS_KEPT) -> None:
+    def __init__(self, config: BreakerConfig, kept: int = CLIENTS_KEPT) -> None:
         self.config = config
-        self.ipv6_prefix = ipv6_prefix
         self._kept = kept
         self._violations: dict[_Key, deque[float]] = {}
         self._open: dict[_Key, float] = {}  # refused until (time.monotonic())
 
     def source(self, address: str | None) -> str | None:
         """The client an address counts as (None: no address, a Unix socket's peer)."""
-        return peer_key(address, self.ipv6_prefix) if address else None
+        return peer_key(address, SOURCE_IPV6_PREFIX) if address else None
 
     def check(self, function: str, tenant: str | None, client: str | None) -> None:
         """Raise TooManyRequests while `client`'s breaker for `function` is open."""
@@ -55,7 +60,7 @@ class ClientBreakers:
             del self._open[key]
             return
         raise TooManyRequests(
-            f"function {function}: refused for {left:.0f} s: your requests made it hit a "
+            f"function {function}: refused for {math.ceil(left)} s: your requests made it hit a "
             f"limit {self.config.threshold} times within {self.config.window:g} s",
             left, limit="client_breaker")
 
@@ -78,3 +83,9 @@ class ClientBreakers:
                 del self._open[next(iter(self._open))]
             self._open[key] = now + config.cooldown
             times.clear()
+            # One line per refusal period (a run each third violation at most): the
+            # address to look for, and the cause when it is a proxy's.
+            logger.warning("function %s: client %s refused for %g s: its runs hit a limit "
+                           "%d times within %g s (a proxy? see [server] trusted_proxies)",
+                           function, client, config.cooldown, config.threshold,
+                           config.window)

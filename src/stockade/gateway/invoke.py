@@ -163,10 +163,7 @@ class Invoker:
         cpu = abandoned + guest_cpu
         request.state["cpu_seconds"] = cpu
         if result.outcome is not Outcome.EXITED and result.outcome.is_violation:
-            self._closed_until.pop((route.spec.name, route.spec.tenant), None)
-            clients = self.clients
-            if clients is not None and clients.config.counts(result.outcome):
-                clients.violated(spec.name, spec.tenant, source)
+            self._violated(route, result.outcome, source)
         # Counted as Metrics.inc would, through cells kept per series (see _new_series).
         key = (route.labels, result.outcome, route.prepared.kind)
         cells = self._series.get(key)
@@ -180,6 +177,14 @@ class Invoker:
             self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
         return response_for(route, result)
 
+    def _violated(self, route: Route, outcome: Outcome, source: str | None) -> None:
+        """A run here hit a limit: the breaker is asked again, and the client's counts."""
+        spec = route.spec
+        self._closed_until.pop((spec.name, spec.tenant), None)
+        clients = self.clients
+        if clients is not None and clients.config.counts(outcome):
+            clients.violated(spec.name, spec.tenant, source)
+
     async def _dispatch(self, request: Request, route: Route, invocation: Invocation,
                         check: bool, probe: bool) -> Result:
         """Run on a guest thread, within the backstop. `probe`: this request was granted
@@ -190,15 +195,18 @@ class Invoker:
         lock = threading.Lock()
         started = abandoned = False
         finished = threading.Event()
+        ended: Outcome | None = None  # how a run the backstop gave up on ended
 
         def call() -> Result:
-            nonlocal started
+            nonlocal started, ended
             with lock:  # a run the backstop gave up on before it started never starts
                 if abandoned:
                     raise GatewayTimeout(f"no response within {backstop:g} s")
                 started = True
             try:
-                return self._call(route, invocation, check, probe)
+                result = self._call(route, invocation, check, probe)
+                ended = result.outcome
+                return result
             finally:
                 finished.set()
 
@@ -225,6 +233,11 @@ class Invoker:
                     logger.error("%s: a run still going %.1f s after its 504; its "
                                  "concurrency slot is released", route.spec.name,
                                  2 * (backstop or 0.0))
+                    ended = Outcome.TIMEOUT  # it outlived its own deadline
+                if ended is not None and ended is not Outcome.EXITED and ended.is_violation:
+                    # Counted for its client as an answered one is: a client whose runs
+                    # wait out the backstop is not spared its own breaker.
+                    self._violated(route, ended, request.state.get("source"))
             raise
         except BaseException:
             # Refused or cancelled while queued: a probe granted at admission never ran.

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StockadeError
 from .bodybudget import BodyBudget
+from .forwarded import TrustedProxies
 from .funclog import FunctionLog
 from .limits import admit, admit_now
 from .messages import Handler, Request, Response
@@ -79,6 +80,8 @@ class Pipeline:
         self.funclog = FunctionLog(settings)
         self.body_timeout = settings.body_timeout
         self.body_min_rate = settings.body_min_rate
+        self.proxies = TrustedProxies(settings.trusted_proxies) \
+            if settings.trusted_proxies else None
         self.budget = BodyBudget(settings.body_buffer, settings.body_buffer_per_client,
                                  settings.max_connections_ipv6_prefix)
         # (labels, status) -> the request counter's cell and the duration histogram's
@@ -139,7 +142,9 @@ class Pipeline:
             clients = self.clients
             if clients is not None:
                 # Before any slot or breaker probe is taken: a refused client holds none.
-                source = state["source"] = clients.source(client)
+                proxies = self.proxies
+                source = state["source"] = clients.source(
+                    client if proxies is None else proxies.client(client, request.headers))
                 clients.check(route.spec.name, route.spec.tenant, source)
             # Limits: the function's and the tenant's slots through the route's gate (429
             # when either is spent, 503 for an open breaker or unavailable shared state),

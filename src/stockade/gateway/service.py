@@ -97,7 +97,7 @@ class GatewayService:
     def _stack(self, registry: Registry, dispatcher: Dispatcher) -> Handler:
         breakers = self.telemetry.breaker_config if self.telemetry is not None else None
         clients = None if breakers is None or not self.settings.breaker_clients \
-            else ClientBreakers(breakers, self.settings.max_connections_ipv6_prefix)
+            else ClientBreakers(breakers)
         invoker = Invoker(dispatcher, self.metrics, self.telemetry, self.settings.inline,
                           clients)
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}

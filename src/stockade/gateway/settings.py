@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import PolicyError
 from ..policy import parse_duration, parse_size
 from ..state.quota import Quota
+from .forwarded import parse_networks
 from .headers import WITHHELD
 
 __all__ = ["Quota", "ServerSettings", "parse_server", "parse_quota", "size_or_none",
@@ -43,7 +44,8 @@ class ServerSettings:
     `breaker_clients` a client address's violations count once toward a function's
     breaker and a client whose runs keep hitting limits is refused alone
     (`clientbreaker.py`); off, behind a proxy that hides clients' addresses, every
-    violation counts.
+    violation counts. Behind a proxy that sends `X-Forwarded-For`, `trusted_proxies` (its
+    addresses or networks) makes its clients the clients counted (`forwarded.py`).
 
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
     must arrive within `header_timeout`, and a body's bytes must keep coming: it has
@@ -85,6 +87,7 @@ class ServerSettings:
     inline: bool = True
     breakers: bool = True
     breaker_clients: bool = True
+    trusted_proxies: tuple[str, ...] = ()
     breaker_traps: bool | None = None
     audit: bool = True
     header_timeout: float = 10.0
@@ -187,7 +190,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "drain_grace": _grace,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
     "inline": _flag, "breakers": _flag, "breaker_clients": _flag, "breaker_traps": _flag,
-    "audit": _flag,
+    "audit": _flag, "trusted_proxies": parse_networks,
     "header_timeout": _seconds, "max_header_size": _bytes,
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
     "max_connections_per_ip": _int(1, 1_000_000),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import redis
 
-from ..telemetry.breaker import BreakerEntry
+from ..telemetry.breaker import BreakerConfig, BreakerEntry
 from .client import connect
 from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
@@ -28,16 +28,21 @@ def _float(fields: Mapping[str, str], name: str) -> float | None:
     return float(value) if value else None
 
 
-def breaker_entries(client: redis.Redis, prefix: str = PREFIX) -> list[BreakerEntry]:
-    """Every breaker stored under `prefix`, most recently changed first."""
+def breaker_entries(client: redis.Redis, window: float,
+                    prefix: str = PREFIX) -> list[BreakerEntry]:
+    """Every breaker stored under `prefix`, most recently changed first; its violations
+    are those within the last `window` seconds (older ones are dropped only by the next
+    violation)."""
     found: list[BreakerEntry] = []
+    seconds, micros = client.time()  # type: ignore[misc]
+    since = seconds + micros / 1e6 - window  # violations are scored by Redis's clock
     for name in client.scan_iter(match=f"{prefix}:{{*}}:b:*", count=500):
         fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
         if not fields:
             continue
         split = name.index("}:b:")  # a tenant's token never holds a brace
-        violations: int = client.zcard(  # type: ignore[assignment]
-            f"{name[:split]}}}:v:{name[split + 4:]}")
+        violations: int = client.zcount(  # type: ignore[assignment]
+            f"{name[:split]}}}:v:{name[split + 4:]}", since, "+inf")
         found.append(BreakerEntry(
             fields.get("key", ""), fields.get("tenant") or None,
             fields.get("state", "closed"), int(violations), _float(fields, "opened_at"),
@@ -46,11 +51,11 @@ def breaker_entries(client: redis.Redis, prefix: str = PREFIX) -> list[BreakerEn
     return sorted(found, key=lambda entry: entry.updated, reverse=True)
 
 
-def reset_breakers(client: redis.Redis, key: str = "", tenant: str | None = None,
-                   prefix: str = PREFIX) -> list[BreakerEntry]:
+def reset_breakers(client: redis.Redis, window: float, key: str = "",
+                   tenant: str | None = None, prefix: str = PREFIX) -> list[BreakerEntry]:
     """Delete the breakers named `key` exactly (all when empty), only `tenant`'s when
     given, with their violations. Returns the entries removed."""
-    removed = [entry for entry in breaker_entries(client, prefix)
+    removed = [entry for entry in breaker_entries(client, window, prefix)
                if (not key or entry.key == key) and (tenant is None or entry.tenant == tenant)]
     for entry in removed:
         keys = TenantKeys.of(entry.tenant or "", "-", entry.key, prefix)
@@ -66,6 +71,7 @@ class SharedBreakers:
                  prefix: str = PREFIX) -> None:
         self.settings = settings
         self.prefix = prefix
+        self.window = BreakerConfig.from_env(env).window  # as the gateways count
         self.client = connect(settings, env, "stockade-cli")
 
     def _unavailable(self, exc: BaseException) -> StateUnavailable:
@@ -78,7 +84,7 @@ class SharedBreakers:
     def entries(self) -> list[BreakerEntry]:
         """Every shared breaker, most recently changed first. Raises StateUnavailable."""
         try:
-            return breaker_entries(self.client, self.prefix)
+            return breaker_entries(self.client, self.window, self.prefix)
         except (redis.RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
 
@@ -86,7 +92,7 @@ class SharedBreakers:
         """Close and forget shared breakers (see `reset_breakers`). Raises
         StateUnavailable."""
         try:
-            return reset_breakers(self.client, key, tenant, self.prefix)
+            return reset_breakers(self.client, self.window, key, tenant, self.prefix)
         except (redis.RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
 

@@ -519,10 +519,11 @@ class RedisBreakers:
             pass  # logged by `run`
 
     def entries(self, now: float | None = None) -> list[BreakerEntry]:
-        return breaker_entries(self.state.client, self.state.prefix)
+        return breaker_entries(self.state.client, self.config.window, self.state.prefix)
 
     def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
-        return reset_breakers(self.state.client, key, tenant, self.state.prefix)
+        return reset_breakers(self.state.client, self.config.window, key, tenant,
+                              self.state.prefix)
 
     def close(self) -> None:
         """Nothing to flush: every count went to Redis when it happened."""

@@ -191,12 +191,14 @@ return 1
 # KEYS: breaker, violations
 # ARGV: threshold, window, cooldown, the violation's member (unique, or its client's:
 #       a client's next violation replaces it), breaker key, tenant, the
-#       `probe_at` of the probe this run holds ("" when it holds none)
+#       `probe_at` of the probe this run holds ("" when it holds none). The probe's
+#       violation re-opens a half-open breaker unless its member is already counted.
 VIOLATION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+local known = redis.call('ZSCORE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[2], now, ARGV[4])
 redis.call('EXPIRE', KEYS[2], math.ceil(window) + 60)
 local count = redis.call('ZCARD', KEYS[2])
@@ -213,6 +215,11 @@ end
 -- Half-open: only the run holding the probe (ARGV[7], its probe_at) re-opens it.
 if state == 'half_open' and (ARGV[7] == '' or
                              redis.call('HGET', KEYS[1], 'probe_at') ~= ARGV[7]) then
+  return {'none', tostring(count)}
+end
+-- A probe from a client already counted in the window proves nothing: freed.
+if state == 'half_open' and known then
+  redis.call('HSET', KEYS[1], 'probe_at', '')
   return {'none', tostring(count)}
 end
 local denied = 0

@@ -2,6 +2,7 @@
 
     closed --N counted violations within the window--> open --cooldown over--> half_open
     half_open --probe ran clean--> closed;  half_open --probe violated or failed--> open
+    half_open --probe violated, its client already counted--> half_open, probe free
     half_open --probe granted but never ran (refused, cancelled)--> half_open, probe free
     half_open --any other run ended, clean or not--> half_open (a violation is counted)
 
@@ -13,7 +14,10 @@ only with `count_traps` (a client that can make a function trap must not be able
 take it offline), and refusals never count. For the same reason a gateway's runs name
 their client (`source`): one client's violations count once per window, so `threshold`
 clients must hit limits to open a function's breaker; the gateway refuses a client
-whose own runs keep hitting them (`gateway.clientbreaker`).
+whose own runs keep hitting them (`gateway.clientbreaker`). A half-open probe that
+violates re-opens the breaker only when its client is not one already counted within
+the window: otherwise one of the clients that opened it could keep it open for everyone
+by taking each probe; its probe is freed for the next request instead.
 
 `check` is what runs before a run: one indexed SELECT in the common case, no
 wasmtime. `record` runs after it. Every decision that changes state, and every count,
@@ -318,7 +322,9 @@ class Breaker:
             _switch_to_wal(self._db)
             with self._tx():
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                if version != _VERSION:
+                # A newer version's schema is left alone (every statement here names
+                # its columns): a rolling upgrade must not wipe the newer one's state.
+                if version < _VERSION:
                     for statement in _FROM_2 if version == 2 else _SCHEMA:
                         self._db.execute(statement)
         self._db.execute("PRAGMA synchronous = NORMAL")
@@ -483,15 +489,18 @@ class Breaker:
                    source: str | None) -> Transition | None:
         """Count a violation (a `source`'s replaces its last one); open the breaker when
         closed and at the threshold, or when half-open and this is the run holding its
-        probe (granted at `probe_at`)."""
+        probe (granted at `probe_at`) for a source not already counted in the window
+        (one that is frees the probe instead)."""
         cfg = self.config
         with self._tx():
             self._db.execute("DELETE FROM violations WHERE key=? AND tenant=? AND at<?",
                              (*ident, now - cfg.window))
-            if source is not None:
-                self._db.execute("DELETE FROM violations WHERE key=? AND tenant=? AND "
-                                 "source=?", (*ident, source))
-            self._db.execute("INSERT INTO violations VALUES (?, ?, ?, ?)",
+            # A source already counted within the window tells nothing new.
+            known = source is not None and self._db.execute(
+                "DELETE FROM violations WHERE key=? AND tenant=? AND source=?",
+                (*ident, source)).rowcount > 0
+            self._db.execute("INSERT INTO violations (key, tenant, at, source) "
+                             "VALUES (?, ?, ?, ?)",
                              (*ident, now, source))
             count = self._db.execute(
                 "SELECT COUNT(*) FROM violations WHERE key=? AND tenant=?", ident).fetchone()[0]
@@ -505,6 +514,12 @@ class Breaker:
             if state == "half_open" and (probe_at is None or row is None
                                          or row[2] != probe_at):
                 return None  # not the probe's run: it proves nothing either way
+            if state == "half_open" and known:
+                # The probe's client is one already counted: its input, not the
+                # function, may be what fails. Free the probe for another request.
+                self._db.execute("UPDATE breakers SET probe_at=NULL WHERE key=? AND "
+                                 "tenant=?", ident)
+                return None
             denied = self._take_denied(ident) if state == "half_open" else 0
             until = now + cfg.cooldown
             self._db.execute(

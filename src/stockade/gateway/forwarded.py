@@ -1,0 +1,96 @@
+"""`TrustedProxies`: the client behind a proxy, as a function's breaker counts it.
+
+Behind a load balancer every request comes from the balancer's address: one client's
+violations would count once for everyone (the function's breaker never opens) and its
+refusal (`clientbreaker.py`) would refuse everyone on that worker. `[server]
+trusted_proxies` names the networks whose `X-Forwarded-For` is believed. The list is
+read from the right, where each proxy appended the address it saw: the first address
+that is not a trusted proxy's is the client. Anything left of it was written by the
+client and is never believed; a request whose peer is not a trusted proxy keeps its
+peer's address whatever its headers say; an entry that is not an address (`unknown`,
+an obfuscated name) ends the walk at the last trusted hop.
+
+Only the breakers use it: connection caps and body budgets count sockets, which are
+the proxy's. At most `MAX_HOPS` entries are read, however long the header.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .messages import Headers
+
+__all__ = ["TrustedProxies", "MAX_HOPS", "parse_networks"]
+
+MAX_HOPS = 16  # entries read from the right of X-Forwarded-For
+MAX_NETWORKS = 256
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(value: object) -> tuple[str, ...]:
+    """A list of addresses or networks (`10.0.0.0/8`, `2001:db8::1`), normalized.
+    Raises ValueError for anything else."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of addresses or networks, not {value!r}")
+    if len(value) > MAX_NETWORKS:
+        raise ValueError(f"at most {MAX_NETWORKS} networks, not {len(value)}")
+    networks = []
+    for text in value:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an address or network: {text!r}") from None
+    return tuple(network.compressed for network in networks)
+
+
+@lru_cache(maxsize=1024)
+def _address(text: str) -> _Address | None:
+    """An address as a peer or a forwarding entry writes it (`1.2.3.4`, `1.2.3.4:80`,
+    `[2001:db8::1]:80`, `::ffff:1.2.3.4`), IPv4-mapped ones as IPv4; None otherwise."""
+    if text.startswith("["):
+        text = text[1:text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class TrustedProxies:
+    """The networks of `[server] trusted_proxies`; `client` finds who is behind them."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks: tuple[_Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def trusted(self, address: _Address) -> bool:
+        return any(address in network for network in self.networks)
+
+    def client(self, peer: str, headers: Headers) -> str:
+        """The client's address: `peer`'s, unless `peer` is a trusted proxy and its
+        `X-Forwarded-For` names one beyond (see the module docstring)."""
+        address = _address(peer)
+        if address is None or not self.trusted(address):
+            return peer
+        values = [value for name, value in headers if name == b"x-forwarded-for"]
+        if not values:
+            return peer
+        hops = b",".join(values).rsplit(b",", MAX_HOPS)[-MAX_HOPS:]
+        for hop in reversed(hops):
+            address = _address(hop.strip().decode("latin-1"))
+            if address is None:
+                break  # not an address: the last trusted hop is all we know
+            if not self.trusted(address):
+                return str(address)
+            peer = str(address)
+        return peer
