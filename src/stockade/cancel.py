@@ -20,12 +20,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .engine.traps import Ending
-from .result import Outcome
+from .result import Outcome, Result
 
 if TYPE_CHECKING:
     import wasmtime
 
-__all__ = ["CancelToken", "cancellable", "current_token", "interrupt_cancels", "CANCELLED"]
+__all__ = ["CancelToken", "cancellable", "current_token", "interrupt_cancels", "CANCELLED",
+           "Interrupted"]
 
 _local = threading.local()
 
@@ -102,6 +103,15 @@ class CancelToken:
 
 
 CANCELLED = Ending(Outcome.ERROR, "cancelled by the caller before the guest finished")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run that still ended with `result` (what the guest wrote so far):
+    a KeyboardInterrupt, so every caller that stops on one still does."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__()
+        self.result = result
 
 
 @contextmanager

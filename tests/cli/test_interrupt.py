@@ -107,3 +107,32 @@ def test_an_interrupt_noted_in_the_block_is_never_lost() -> None:
         assert len(os.listdir("/proc/self/fd")) == descriptors
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("flags", [[], ["--dir", "{tmp}:/data:rw"], ["--json"]],
+                         ids=["default", "metered", "json"])
+def test_what_the_guest_wrote_before_ctrl_c_is_shown(flags: list[str], tmp_path: Path) -> None:
+    """A guest that wrote a line and then spins: Ctrl-C stops it, and the line is not
+    lost with it (as it is not when its timeout stops it)."""
+    command = [*STOCKADE, "run", "--isolate", "none",
+               *[flag.format(tmp=tmp_path) for flag in flags], str(guest("chatter_spin.wasm"))]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=_restore_sigint)
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=STOP_BOUND + 30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.decode().strip().splitlines()[-1] == "stockade: interrupted"
+    if "--json" in flags:
+        import json
+
+        shown = json.loads(stdout)
+        assert shown["stdout"].startswith("partial") and shown["outcome"] == "error", shown
+    else:
+        assert stdout.startswith(b"partial"), (stdout, stderr)
+        assert b"err" in stderr

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cancel import interrupt_cancels
+from ..cancel import Interrupted, interrupt_cancels
 from ..display import printable
 from ..engine.cache import AotCache
 from ..errors import StockadeError
@@ -70,8 +70,12 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
             from dataclasses import replace
 
             invocation = replace(invocation, name=pinned)
-        result = run_observed(path, policy, invocation, isolate, telemetry_profile,
-                              use_breaker)
+        try:
+            result = run_observed(path, policy, invocation, isolate, telemetry_profile,
+                                  use_breaker)
+        except Interrupted as stopped:
+            render(stopped.result, as_json)  # what the guest wrote until Ctrl-C
+            raise
         if pinned is not None:
             result = replace(result, module=pinned)
     except StockadeError as exc:
@@ -131,12 +135,19 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
         resume_collection()  # paused for start-up by the fast lane (`cli.deferred`)
         # Ctrl-C stops an in-process guest now, not when it stops by itself (an isolated
         # one: its worker is killed when the interrupt reaches the wait for it).
-        with sandbox, interrupt_cancels() if mode == "none" else contextlib.nullcontext():
-            try:
-                return sandbox.run(module, invocation)
-            except BaseException:
-                telemetry.run_failed(sha256, invocation)  # a probe that raised failed
-                raise
+        result: Result | None = None
+        try:
+            with sandbox, interrupt_cancels() if mode == "none" else contextlib.nullcontext():
+                try:
+                    result = sandbox.run(module, invocation)
+                except BaseException:
+                    telemetry.run_failed(sha256, invocation)  # a probe that raised failed
+                    raise
+        except KeyboardInterrupt:
+            if result is not None:  # the cancelled run ended: what it wrote is shown
+                raise Interrupted(result) from None
+            raise
+        return result
 
 
 def render(result: Result, as_json: bool, warning: str | None = None) -> None:
