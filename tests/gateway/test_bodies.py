@@ -4,9 +4,11 @@ address, and the ones past the bound get 503 at once."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from stockade.errors import PolicyError, StockadeError
 from stockade.gateway import load_manifest
 from stockade.gateway.bodybudget import BodyBudget
+from stockade.gateway.messages import Request
 
 from .conftest import Start, module
 from .test_confine import gateway_workers, status
@@ -98,6 +101,42 @@ max_body = "4MiB"
     assert answer.startswith(b"HTTP/1.1 200 "), answer
 
 
+def test_four_addresses_holding_the_whole_budget_do_not_lock_others_out(
+        start_gateway: Start) -> None:
+    """Attack: four addresses each hold their whole allowance (a body sent but for its
+    last byte): the worker's budget is full, and every other client's body was refused
+    until they let go. A newcomer within its fair share is served; one of the holders'
+    bodies is cut off (503, closed) to make room."""
+    gateway = start_gateway(f"""
+[server]
+workers = 1
+telemetry = "off"
+body_buffer = "4MiB"
+body_buffer_per_client = "1MiB"
+[[function]]
+name = "echo"
+route = "/echo"
+module = "{module("echo")}"
+isolate = "none"
+max_body = "1MiB"
+""")
+    port = urlsplit(gateway.url).port
+    assert port is not None
+    holders = [hold_body(port, f"127.0.0.{2 + index}") for index in range(4)]
+    try:
+        assert all(isinstance(sock, socket.socket) for sock in holders), holders
+        time.sleep(1.0)  # every held byte is read (and charged)
+        response = gateway.client.post("/echo", content=b"y" * 100_000)
+        assert response.status_code == 200, response.text
+        answers = [answered(sock) for sock in holders]  # type: ignore[arg-type]
+        cut = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+        assert len(cut) == 1 and b"more than its share" in cut[0], answers
+    finally:
+        for sock in holders:
+            if isinstance(sock, socket.socket):
+                sock.close()
+
+
 def test_a_max_body_no_client_may_send_is_refused_at_load(tmp_path: Path) -> None:
     path = tmp_path / "stockade.toml"
     path.write_text('[server]\nbody_buffer_per_client = "1MiB"\n[[function]]\nname = "f"\n'
@@ -111,16 +150,101 @@ def test_a_body_budget_share_is_a_hosts_not_an_addresss() -> None:
     does: a host given a whole /64 shares one allowance among its addresses (it took a
     worker's whole body budget with four of them)."""
     budget = BodyBudget(100, 10)
-    budget.take("2001:db8:1:2::1", 8)
+    first = budget.hold("2001:db8:1:2::1")
+    first.charge(8, None)
     with pytest.raises(StockadeError, match="this client"):
-        budget.take("2001:db8:1:2::2", 8)
-    budget.take("2001:db8:1:3::1", 8)  # another host
-    budget.take("::ffff:203.0.113.7", 8)
+        budget.hold("2001:db8:1:2::2").charge(8, None)
+    budget.hold("2001:db8:1:3::1").charge(8, None)  # another host
+    budget.hold("::ffff:203.0.113.7").charge(8, None)
     with pytest.raises(StockadeError, match="this client"):
-        budget.take("203.0.113.7", 8)  # the same IPv4 client, however it is written
-    budget.give("2001:db8:1:2::1", 8)
-    budget.take("2001:db8:1:2::2", 8)
+        budget.hold("203.0.113.7").charge(8, None)  # the same IPv4 client, however written
+    first.release()
+    first.release()  # twice gives back nothing more
+    budget.hold("2001:db8:1:2::2").charge(8, None)
     assert budget.held == 24
     wide = BodyBudget(100, 10, ipv6_prefix=128)  # `max_connections_ipv6_prefix = 128`
-    wide.take("2001:db8:1:2::1", 8)
-    wide.take("2001:db8:1:2::2", 8)
+    wide.hold("2001:db8:1:2::1").charge(8, None)
+    wide.hold("2001:db8:1:2::2").charge(8, None)
+
+
+def test_a_full_budget_cuts_off_the_largest_holder_above_its_share() -> None:
+    """Attack: `total / per_client` addresses (4 by default) each hold their whole
+    allowance with bodies sent slowly, and every other client's body was refused until
+    they let go. A client within its fair share now takes room from the largest holder
+    above its share: that holder's largest body still being read is cut off with 503."""
+
+    async def scenario() -> None:
+        budget = BodyBudget(100, 40)
+        reads = []
+        for address, size in (("10.0.0.1", 40), ("10.0.0.2", 35), ("10.0.0.3", 25)):
+            request = Request("POST", "/f", "", [(b"content-length", b"1000")],
+                              client=(address, 1), receive=_chunks(size))
+            reads.append(asyncio.create_task(request.read_body(
+                1000, 10.0, 1, budget.hold(address))))
+        await asyncio.sleep(0.05)
+        assert budget.held == 100
+        # Past its share (100 / 4 = 25): refused, nothing cut off.
+        with pytest.raises(StockadeError, match="too many request bodies"):
+            budget.hold("10.0.0.4").charge(26, None)
+        assert not any(read.done() for read in reads)
+        newcomer = budget.hold("10.0.0.4")
+        newcomer.charge(20, None)  # within it: 10.0.0.1's body is cut off
+        with pytest.raises(StockadeError, match="more than its share") as cut:
+            await reads[0]
+        assert cut.value.http_status == 503  # type: ignore[attr-defined]
+        assert budget.held == 80 and not reads[1].done() and not reads[2].done()
+        # 10.0.0.2 (35) is above the share of 25: the next newcomer cuts it off.
+        budget.hold("10.0.0.5").charge(25, None)
+        with pytest.raises(StockadeError, match="more than its share"):
+            await reads[1]
+        # What is left is at or below the share, or read whole: nothing more is cut off.
+        for read in reads[2:]:
+            read.cancel()
+        newcomer.read()
+        with pytest.raises(StockadeError, match="too many request bodies"):
+            budget.hold("10.0.0.6").charge(60, None)
+
+    asyncio.run(scenario())
+
+
+def test_bodies_read_whole_are_never_cut_off() -> None:
+    budget = BodyBudget(100, 60)
+    whole = budget.hold("10.0.0.1")
+    whole.charge(60, None)
+    whole.read()
+    budget.hold("10.0.0.2").charge(40, None)
+    with pytest.raises(StockadeError, match="too many request bodies"):
+        budget.hold("10.0.0.3").charge(10, None)
+    assert whole.held == 60 and whole.refusal() is None
+
+
+def test_nothing_is_cut_off_for_a_body_that_still_would_not_fit() -> None:
+    """Cutting off bodies that do not make enough room would lose them for nothing."""
+
+    async def scenario() -> None:
+        budget = BodyBudget(100, 60)
+        whole = budget.hold("10.0.0.1")
+        whole.charge(50, None)
+        whole.read()
+        reading = budget.hold("10.0.0.1")
+        reading.charge(10, asyncio.timeout(None))  # never entered: never rescheduled
+        budget.hold("10.0.0.2").charge(40, None)
+        with pytest.raises(StockadeError, match="too many request bodies"):
+            budget.hold("10.0.0.3").charge(20, None)  # cutting 10 would leave 10 short
+        assert not reading.cut and budget.held == 100
+
+    asyncio.run(scenario())
+
+
+def _chunks(size: int) -> Any:
+    """A receive that delivers `size` bytes, then waits for more that never come."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"x" * size, "more_body": True}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+    return receive

@@ -1,16 +1,22 @@
 """`BodyBudget`: how many bytes of request bodies a gateway worker holds at once.
 
 Bodies are read whole before a function's slots are taken (`Pipeline`), and each byte
-received extends the deadline of its body (a minimum rate): a client that sends a body
-all but its last byte, then waits, holds `max_body` bytes for `body_timeout` plus
-`max_body / body_min_rate` seconds (about 17 minutes with the defaults). A few thousand
-such connections, nearly free for the client, would take the worker's memory and every
-tenant's requests with it. The budget bounds the bytes held, in total and per client
-address (the peer's: the gateway never believes forwarding headers); a body that would
-go past either is refused with 503 and `Retry-After`, and its connection is closed. A
-client address is counted as the connection cap counts it (`connlimit.peer_key`): an IPv6
-address as its /64 network, whose host could otherwise multiply its share by its
-addresses.
+received extends the deadline of its body (a minimum rate): a client that sends a 1 MiB
+body at `body_min_rate` holds on to it for 17 minutes. A few thousand such connections,
+nearly free for the client, would take the worker's memory and every tenant's requests
+with it. The budget bounds the bytes held, in total and per client address (the peer's:
+the gateway never believes forwarding headers); a body that would go past either is
+refused with 503 and `Retry-After`, and its connection is closed. A client address is
+counted as the connection cap counts it (`connlimit.peer_key`): an IPv6 address as its
+/64 network, whose host could otherwise multiply its share by its addresses.
+
+A bound alone lets `total / per_client` addresses (four, by default) hold the whole
+budget, and then every other client's body is refused until they let go. So when the
+budget is full, a client within its fair share (the budget divided among the clients
+holding bodies, itself included) takes room from the client holding the most, while that
+one holds more than its share: the largest of its bodies still being read is cut off
+(503, closed; the client may send it again, and gets its share). Bodies read whole and
+waiting for their run are never cut off: their run ends within its timeout.
 
 Bytes are charged as they arrive and given back when the request's response is ready.
 Used on the event loop thread only.
@@ -18,12 +24,52 @@ Used on the event loop thread only.
 
 from __future__ import annotations
 
-from .connlimit import IPV6_PREFIX, peer_key
-from .problem import Unavailable
+import asyncio
+import contextlib
+import heapq
 
-__all__ = ["BodyBudget", "RETRY_AFTER"]
+from .connlimit import IPV6_PREFIX, peer_key
+from .problem import HttpProblem, Unavailable
+
+__all__ = ["BodyBudget", "BodyHold", "RETRY_AFTER"]
 
 RETRY_AFTER = 5.0  # seconds: held bodies end within their deadline
+
+
+class BodyHold:
+    """One request's body in the budget: its client, the bytes charged to it, and, while
+    it is being read, the read's deadline (what cutting it off moves to now)."""
+
+    __slots__ = ("budget", "client", "held", "deadline", "cut")
+
+    def __init__(self, budget: BodyBudget, client: str) -> None:
+        self.budget = budget
+        self.client = client
+        self.held = 0
+        self.deadline: asyncio.Timeout | None = None
+        self.cut = False
+
+    def charge(self, size: int, deadline: asyncio.Timeout | None) -> None:
+        """`size` more bytes arrived, read under `deadline`. Raises Unavailable (503)
+        when the budget has no room for them."""
+        self.deadline = deadline
+        self.budget._take(self, size)
+
+    def read(self) -> None:
+        """The whole body arrived: it is no longer cut off to make room."""
+        self.deadline = None
+
+    def refusal(self) -> HttpProblem | None:
+        """Why the read ended early, when the budget cut it off (else None)."""
+        if not self.cut:
+            return None
+        return _refusal("this client holds more than its share of the request bodies the "
+                        "server is receiving; send it again")
+
+    def release(self) -> None:
+        """The response is ready: give back every byte still charged."""
+        if self.held:
+            self.budget._give(self)
 
 
 class BodyBudget:
@@ -36,28 +82,96 @@ class BodyBudget:
         self.ipv6_prefix = ipv6_prefix
         self.held = 0
         self._clients: dict[str, int] = {}  # address -> bytes; entries at 0 are removed
+        self._holds: dict[str, set[BodyHold]] = {}  # address -> its bodies with bytes
+        # (-bytes, address) each time a client's bytes grew; entries whose count is no
+        # longer the client's are stale, skipped when the largest holder is looked for.
+        self._largest: list[tuple[int, str]] = []
 
-    def take(self, client: str, size: int) -> None:
-        """Charge `size` bytes to the peer address `client`. Raises Unavailable (503) when
-        that would go past either bound (nothing is charged then)."""
-        client = peer_key(client, self.ipv6_prefix)
+    def hold(self, address: str) -> BodyHold:
+        """A body about to be read from the peer `address`, nothing charged yet."""
+        return BodyHold(self, peer_key(address, self.ipv6_prefix))
+
+    def _take(self, hold: BodyHold, size: int) -> None:
+        client = hold.client
         mine = self._clients.get(client, 0)
         if mine + size > self.per_client:
             raise _refusal("this client is sending too many request bodies at once")
         if self.held + size > self.total:
-            raise _refusal("the server is receiving too many request bodies at once")
+            self._make_room(client, mine + size, self.held + size - self.total)
         self._clients[client] = mine + size
         self.held += size
+        hold.held += size
+        holds = self._holds.get(client)
+        if holds is None:
+            holds = self._holds[client] = set()
+        holds.add(hold)
+        self._push(client, mine + size)
 
-    def give(self, client: str, size: int) -> None:
-        """Give back `size` bytes charged to `client`."""
-        client = peer_key(client, self.ipv6_prefix)
+    def _give(self, hold: BodyHold) -> None:
+        client, size = hold.client, hold.held
+        hold.held = 0
         left = self._clients.get(client, 0) - size
+        holds = self._holds.get(client)
+        if holds is not None:
+            holds.discard(hold)
         if left > 0:
             self._clients[client] = left
+            self._push(client, left)
         else:
             self._clients.pop(client, None)
+            self._holds.pop(client, None)
         self.held = max(0, self.held - size)
+
+    def _make_room(self, client: str, wanted: int, over: int) -> None:
+        """Free `over` bytes for `client`, who would then hold `wanted`, by cutting off
+        bodies of the clients above their fair share, largest holder first. Raises
+        Unavailable, cutting nothing off, when `client` is past its own share or not
+        enough can be cut off."""
+        share = self.total // (len(self._clients) + (client not in self._clients))
+        if wanted > share:
+            raise _refusal("the server is receiving too many request bodies at once")
+        largest, cuts, looked = self._largest, [], []
+        while over > 0:
+            victim = self._top()
+            if victim is None or victim == client or self._clients[victim] <= share:
+                break
+            looked.append(heapq.heappop(largest))
+            left = self._clients[victim]
+            # Its largest bodies first; not those read whole (they wait for their run).
+            for body in sorted((h for h in self._holds[victim] if h.deadline is not None),
+                               key=lambda h: h.held, reverse=True):
+                if over <= 0 or left <= share:
+                    break
+                cuts.append(body)
+                over -= body.held
+                left -= body.held
+        for entry in looked:
+            heapq.heappush(largest, entry)
+        if over > 0:
+            raise _refusal("the server is receiving too many request bodies at once")
+        for body in cuts:
+            body.cut = True
+            with contextlib.suppress(RuntimeError):  # its read is ending already
+                body.deadline.reschedule(-1.0)  # type: ignore[union-attr]  # due: it ends
+            body.deadline = None
+            self._give(body)
+
+    def _push(self, client: str, held: int) -> None:
+        largest = self._largest
+        heapq.heappush(largest, (-held, client))
+        if len(largest) > 64 + 4 * len(self._clients):  # mostly stale: rebuilt
+            largest[:] = [(-size, name) for name, size in self._clients.items()]
+            heapq.heapify(largest)
+
+    def _top(self) -> str | None:
+        """The client holding the most bytes now (None: nobody holds any)."""
+        largest = self._largest
+        while largest:
+            size, client = largest[0]
+            if self._clients.get(client) == -size:
+                return client
+            heapq.heappop(largest)
+        return None
 
 
 def _refusal(detail: str) -> Unavailable:

@@ -128,17 +128,12 @@ class Pipeline:
         state["route"] = route
         # The body, within its deadline and the worker's budget, before any slot is taken.
         client = request.client[0] if request.client else ""
-        budget, held = self.budget, 0
-
-        def charge(size: int) -> None:
-            nonlocal held
-            budget.take(client, size)
-            held += size
-
+        hold = None
         try:
             if not request.body_read:  # the worker's protocol saw a head without a body
+                hold = self.budget.hold(client)
                 await request.read_body(route.spec.max_body, self.body_timeout,
-                                        self.body_min_rate, charge)
+                                        self.body_min_rate, hold)
             clients = self.clients
             if clients is not None:
                 # Before any slot or breaker probe is taken: a refused client holds none.
@@ -159,8 +154,8 @@ class Pipeline:
             finally:
                 lease.release(float(state.get("cpu_seconds", 0.0)))
         finally:
-            if held:  # most requests have no body: nothing was charged
-                budget.give(client, held)
+            if hold is not None:  # most requests have no body: nothing was charged
+                hold.release()
 
     def _refused(self, request: Request, exc: StockadeError) -> Response:
         """problem+json for `exc`; refusals (408, 413, 429, 503) counted by reason."""

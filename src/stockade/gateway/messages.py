@@ -10,14 +10,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from .problem import BadRequest, PayloadTooLarge, RequestTimeout
+from .problem import BadRequest, HttpProblem, PayloadTooLarge, RequestTimeout
 from .response import Headers, Response
 
-__all__ = ["Request", "Response", "Handler", "Headers", "Receive", "header"]
+__all__ = ["Request", "Response", "Handler", "Headers", "Receive", "BodyCharge", "header"]
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class BodyCharge(Protocol):
+    """What a body's bytes are charged to while it is read (`bodybudget.BodyHold`)."""
+
+    def charge(self, size: int, deadline: asyncio.Timeout | None) -> None:
+        """`size` more bytes arrived under the read's `deadline` (which it may move to
+        now, to end the read); raises to refuse them."""
+
+    def read(self) -> None:
+        """The whole body arrived."""
+
+    def refusal(self) -> HttpProblem | None:
+        """Why the read's deadline was moved to now, if it was."""
 
 
 async def _no_body() -> dict[str, Any]:
@@ -45,16 +59,15 @@ class Request:
     body_read: bool = False
 
     async def read_body(self, limit: int, timeout: float | None = None,
-                        min_rate: int = 1,
-                        charge: Callable[[int], None] | None = None) -> bytes:
+                        min_rate: int = 1, hold: BodyCharge | None = None) -> bytes:
         """Read the whole body into `body`. Raises PayloadTooLarge as soon as the
         declared or received length exceeds `limit` bytes, RequestTimeout when the body
         stops coming: it starts with `timeout` seconds, each byte adds `1 / min_rate`
         seconds, and the deadline is never more than `timeout` ahead (None: no
         deadline). Without that cap a client sending all but the last byte and then
         nothing held its buffered body for `size / min_rate` seconds (17 minutes for
-        1 MiB). `charge` is told each chunk's size before the chunk is kept (what it
-        raises ends the read)."""
+        1 MiB). `hold` is charged each chunk before the chunk is kept (what it raises
+        ends the read), and may end the read early (`BodyCharge`)."""
         if self.body_read:
             return self.body
         declared = header(self.headers, b"content-length")
@@ -77,8 +90,8 @@ class Request:
                                               max_body=limit)
                     if message["type"] == "http.disconnect":
                         raise BadRequest("the client disconnected while sending the body")
-                    if charge is not None and chunk:
-                        charge(len(chunk))
+                    if hold is not None and chunk:
+                        hold.charge(len(chunk), deadline)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
@@ -87,9 +100,14 @@ class Request:
                             (deadline.when() or 0.0) + len(chunk) / min_rate,
                             loop.time() + timeout))
         except TimeoutError:
+            cut = hold.refusal() if hold is not None else None
+            if cut is not None:
+                raise cut from None
             raise RequestTimeout(f"the body stopped coming ({size} bytes received; at "
                                  f"least {min_rate} bytes per second, none missing for "
                                  f"over {timeout:g} s)") from None
+        if hold is not None:
+            hold.read()
         self.body, self.body_read = b"".join(chunks), True
         return self.body
 
