@@ -58,6 +58,20 @@ def test_an_ipv6_client_is_its_48_network() -> None:
                for net in range(0, 65536, 4099) for host in (1, 0xFFFF)}
     assert sources == {"2001:db8::/48"}
     assert clients.source("2001:db8:1::1") != clients.source("2001:db8::1")
+    # IPv4 clients through a NAT64 translator are each their IPv4 address.
+    assert clients.source("64:ff9b::c000:201") == "192.0.2.1"
+    assert clients.source("64:ff9b::c000:202") == "192.0.2.2"
+
+
+def test_only_the_clients_host_network_is_refused() -> None:
+    """A client is refused by its /64 (its host's network), not its /48: its neighbours
+    in the /48 are served; the /48 still counts once toward the function's breaker."""
+    clients = ClientBreakers(CONFIG)
+    for _ in range(3):
+        clients.violated("f", "t", "2001:db8:0:1::1")
+    with pytest.raises(TooManyRequests):
+        clients.check("f", "t", "2001:db8:0:1::ffff")  # the same /64
+    clients.check("f", "t", "2001:db8:0:2::1")  # a neighbour's
     assert clients.source("::ffff:10.0.0.1") == clients.source("10.0.0.1") == "10.0.0.1"
     assert clients.source(None) is None and clients.source("") is None
 

@@ -246,6 +246,11 @@ def test_an_ipv4_client_on_a_dual_stack_socket_is_counted_as_its_ipv4_address(
 def test_an_address_is_counted_by_its_host() -> None:
     assert peer_key("203.0.113.7") == "203.0.113.7"
     assert peer_key("::ffff:203.0.113.7") == "203.0.113.7"
+    # Through a NAT64 translator each IPv4 client keeps its own allowance (as one /64
+    # every IPv4 client shared one).
+    assert peer_key("64:ff9b::203.0.113.7") == "203.0.113.7"
+    assert peer_key("64:ff9b::203.0.113.8") == "203.0.113.8"
+    assert peer_key("64:ff9b:1::1") == "64:ff9b:1::/64"  # not the well-known prefix
     assert peer_key("2001:db8:1:2:aaaa::1") == peer_key("2001:db8:1:2::ffff") \
         == "2001:db8:1:2::/64"
     assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
@@ -258,6 +263,7 @@ def test_an_address_is_counted_by_its_host() -> None:
     peers = PeerConnections(2, table.column(0))
     assert peers.open("203.0.113.7") is not None
     assert peers.open("::ffff:203.0.113.7") is not None
+    assert peers.open("64:ff9b::203.0.113.7") is None
     assert peers.open("203.0.113.7") is None
     assert peers.open("2001:db8::1") is not None
     second = peers.open("2001:db8::2")

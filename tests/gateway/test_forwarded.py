@@ -52,8 +52,13 @@ def test_a_long_header_is_read_only_from_its_end() -> None:
 
 
 def test_trusted_proxies_in_the_manifest() -> None:
-    settings = parse_server({"trusted_proxies": ["10.0.0.1", "2001:db8::/32"]}, "m.toml")
-    assert settings.trusted_proxies == ("10.0.0.1/32", "2001:db8::/32")
-    for bad in ("10.0.0.0/8", ["nope"], ["10.0.0.0/33"], [1], ["10.0.0.0/8"] * 257):
+    settings = parse_server({"trusted_proxies": [
+        "10.0.0.1", "2001:db8::/32", "::ffff:192.168.0.0/112"]}, "m.toml")
+    assert settings.trusted_proxies == ("10.0.0.1/32", "2001:db8::/32", "192.168.0.0/16")
+    # An IPv4-mapped entry matches the peers it names (they are compared as IPv4).
+    proxies = TrustedProxies(settings.trusted_proxies)
+    assert proxies.client("::ffff:192.168.3.4", xff("198.51.100.7")) == "198.51.100.7"
+    for bad in ("10.0.0.0/8", ["nope"], ["10.0.0.0/33"], [1], ["10.0.0.0/8"] * 257,
+                ["10.0.0.1/8"], ["0.0.0.0/0"], ["::/0"], ["::ffff:0.0.0.0/96"]):
         with pytest.raises(PolicyError, match="server.trusted_proxies"):
             parse_server({"trusted_proxies": bad}, "m.toml")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from ..state.conftest import RedisServer
-from .conftest import Gateway, gateway_env, module, violate
+from .conftest import Gateway, client_at, gateway_env, module, violate
 
 BREAKER_ENV = {"STOCKADE_BREAKER_THRESHOLD": "3", "STOCKADE_BREAKER_COOLDOWN": "30s"}
 
@@ -305,6 +305,44 @@ def test_a_stopped_store_gives_each_policy_within_a_timeout_then_recovers(
     finally:
         closed.stop()
         opened.stop()
+
+
+def test_a_client_that_opened_a_shared_breaker_cannot_take_its_probes(
+        tmp_path: Path, shared_cache: Path, redis_server: RedisServer) -> None:
+    """Attack, on replicas sharing Redis: three addresses open a function's breaker
+    through one replica; when it half-opens, one of them asks for the probe through
+    every replica with its failing input. It is refused (the probe granted with its
+    lease is freed at once), and another client's clean request closes the breaker."""
+    path = tmp_path / "stockade.toml"
+    path.write_text(manifest(redis_server.url) + f"""
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{module("fail")}"
+isolate = "none"
+max_response = "64KiB"
+""")
+    env = {**gateway_env(shared_cache, tmp_path / "state"), **BREAKER_ENV,
+           "STOCKADE_BREAKER_COOLDOWN": "1s"}
+    gateways = start_all(path, env, 2)
+    try:
+        violate(gateways[0].url)
+        deadline = time.monotonic() + 30
+        refusals = 0
+        while refusals < 6:
+            for gateway in gateways:
+                with client_at(gateway.url, "127.0.0.12") as attacker:
+                    response = attacker.get("/fail", params={"kind": "flood"})
+                assert response.status_code == 503, response.text
+                refusals += "half-open" in response.json()["detail"]
+            assert time.monotonic() < deadline, "the breaker never half-opened"
+            time.sleep(0.05)
+        served = gateways[1].client.get("/fail", params={"kind": "none"})
+        assert served.status_code == 200, served.text
+        assert gateways[0].client.get("/fail", params={"kind": "none"}).status_code == 200
+    finally:
+        for gateway in gateways:
+            gateway.stop()
 
 
 def test_sigterm_turns_readiness_off_first_and_serves_through_the_grace(

@@ -24,6 +24,7 @@ from stockade.state import (
     StateSettings,
     StateUnavailable,
 )
+from stockade.state.breakers import SharedBreakers
 from stockade.state.credit import HOLD
 from stockade.state.keys import TenantKeys, token
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
@@ -242,6 +243,10 @@ def test_a_probe_from_a_client_already_counted_proves_nothing_on_any_replica(
     for store, source in zip(stores, ("10.0.0.1", "10.0.0.2", "10.0.0.3"), strict=True):
         store.record("function:f", "acme", True, source=source)
     time.sleep(0.3)
+    # What the gateway asks before it lets a probe run (it refuses counted clients).
+    assert all(store.counted("function:f", "acme", "10.0.0.1") for store in stores)
+    assert not stores[0].counted("function:f", "acme", "10.0.0.4")
+    assert not stores[0].counted("function:f", "other", "10.0.0.1")
     for turn in range(3):
         gate = replicas[turn].gate(spec(breaker="function:f"))
         lease = gate.admit()
@@ -269,6 +274,9 @@ def test_a_listed_breaker_counts_only_violations_within_the_window(
     assert [e.violations for e in store.entries()] == [2]
     time.sleep(0.4)
     assert [e.violations for e in store.entries()] == [0]
+    # Listed without the gateways' setting (`stockade breaker list`): their window.
+    assert [e.violations for e in SharedBreakers(
+        StateSettings(replicas[0].settings.backend), env={}).entries()] == [0]
 
 
 HOSTILE = ["a}", "{a}", "}{", "a\nb", "x" * 10240, "acme:q:t", "", "acme}:l:t", "{acme}",

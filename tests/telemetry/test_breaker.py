@@ -153,6 +153,11 @@ def test_a_probe_from_a_client_already_counted_proves_nothing(breaker: Breaker) 
     a clean probe from anyone, still decides."""
     for offset, source in enumerate(("10.0.0.1", "10.0.0.2", "10.0.0.3")):
         breaker.record("function:f", "t", violated=True, now=T0 + offset, source=source)
+    # What the gateway asks before it lets a probe run (it refuses counted clients).
+    assert breaker.counted("function:f", "t", "10.0.0.1", now=T0 + 40)
+    assert not breaker.counted("function:f", "t", "10.0.0.4", now=T0 + 40)
+    assert not breaker.counted("function:f", "u", "10.0.0.1", now=T0 + 40)
+    assert not breaker.counted("function:f", "t", "10.0.0.1", now=T0 + 61)
     assert breaker.check("function:f", "t", now=T0 + 40, holder="a").probe
     assert breaker.record("function:f", "t", violated=True, now=T0 + 41, holder="a",
                           source="10.0.0.1") is None

@@ -74,6 +74,9 @@ def serve(config: Path, host: str | None, port: int | None, workers: int | None,
         if manifest is not None:
             for line in route_lines(url, manifest):
                 click.echo(f"stockade serve: {line}", err=True)
+        if settings.trusted_proxies:  # whose X-Forwarded-For is believed: say so
+            click.echo(f"stockade serve: clients behind {', '.join(settings.trusted_proxies)} "
+                       f"are told apart by X-Forwarded-For", err=True)
         click.echo(f"stockade serve: listening on {url} ({settings.workers} worker"
                    f"{'s' if settings.workers != 1 else ''}, {settings.threads} guest threads "
                    f"each{'; reloading on changes' if watch else ''}); Ctrl+C to stop",

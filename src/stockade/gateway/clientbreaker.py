@@ -6,12 +6,14 @@ its timeout) cannot take the function offline for everyone. That client is refus
 here instead: once its runs of one function hit a limit `threshold` times within
 `window` seconds, its requests to that function are answered 429 with `Retry-After`
 for `cooldown` seconds, before any quota slot or breaker probe is taken (`layers.py`).
-A client is its address (`connlimit.peer_key`), an IPv6 client by its /48 network
-whatever the connection cap counts: one holder of a /48 has 65,536 /64s, so counted by
-/64 it alone would be `threshold` clients to the function's breaker. Fixed, not a
-setting: replicas sharing a breaker must count clients alike. Kept per worker, in
-memory: a client spreading its connections over workers and replicas gets a threshold
-in each, still never the function's breaker.
+To the function's breaker a client is its address (`source`, `connlimit.peer_key`), an
+IPv6 client its /48 network whatever the connection cap counts: one holder of a /48 has
+65,536 /64s, so counted by /64 it alone would be `threshold` clients. Fixed, not a
+setting: replicas sharing a breaker must count clients alike. Refused here is only the
+/64 (a host's network), so a client's neighbours in its /48 are not refused with it; a
+holder of the /48 moving to another /64 is refused there after `threshold` more runs and
+still opens no breaker. Kept per worker, in memory: a client spreading its connections
+over workers and replicas gets a threshold in each, still never the function's breaker.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from ..telemetry.breaker import BreakerConfig
 from .connlimit import peer_key
 from .problem import TooManyRequests
 
-__all__ = ["ClientBreakers", "CLIENTS_KEPT", "SOURCE_IPV6_PREFIX"]
+__all__ = ["ClientBreakers", "CLIENTS_KEPT", "SOURCE_IPV6_PREFIX", "REFUSED_IPV6_PREFIX"]
 
 logger = logging.getLogger("stockade.gateway")
 CLIENTS_KEPT = 4096  # (function, client) pairs remembered; the oldest is forgotten first
-SOURCE_IPV6_PREFIX = 48  # an IPv6 client is its site's network
+SOURCE_IPV6_PREFIX = 48  # an IPv6 client, to a function's breaker: its site's network
+REFUSED_IPV6_PREFIX = 64  # and refused as: its host's network
 
 _Key = tuple[str, str | None, str]  # function, tenant, client
 
@@ -47,11 +50,12 @@ class ClientBreakers:
         """The client an address counts as (None: no address, a Unix socket's peer)."""
         return peer_key(address, SOURCE_IPV6_PREFIX) if address else None
 
-    def check(self, function: str, tenant: str | None, client: str | None) -> None:
-        """Raise TooManyRequests while `client`'s breaker for `function` is open."""
-        if not self._open or client is None:
+    def check(self, function: str, tenant: str | None, address: str | None) -> None:
+        """Raise TooManyRequests while the breaker of the client at `address` for
+        `function` is open."""
+        if not self._open or not address:
             return
-        key = (function, tenant, client)
+        key = (function, tenant, peer_key(address, REFUSED_IPV6_PREFIX))
         until = self._open.get(key)
         if until is None:
             return
@@ -64,12 +68,13 @@ class ClientBreakers:
             f"limit {self.config.threshold} times within {self.config.window:g} s",
             left, limit="client_breaker")
 
-    def violated(self, function: str, tenant: str | None, client: str | None) -> None:
-        """`client`'s run of `function` hit a limit: counted, and its breaker opened at the
-        threshold."""
-        if client is None:
+    def violated(self, function: str, tenant: str | None, address: str | None) -> None:
+        """The run of `function` of the client at `address` hit a limit: counted, and its
+        breaker opened at the threshold."""
+        if not address:
             return
         config, now = self.config, time.monotonic()
+        client = peer_key(address, REFUSED_IPV6_PREFIX)
         key = (function, tenant, client)
         times = self._violations.pop(key, None)  # re-inserted: the dict keeps LRU order
         if times is None:

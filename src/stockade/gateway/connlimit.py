@@ -14,7 +14,8 @@ address per `LOG_INTERVAL` seconds, with the count since, so a flood cannot floo
 log.
 
 What counts as one address (`peer_key`): an IPv4 address; an IPv4-mapped IPv6 address
-(`::ffff:a.b.c.d`, how a dual-stack socket shows an IPv4 client) is that IPv4 address;
+(`::ffff:a.b.c.d`, how a dual-stack socket shows an IPv4 client) or one of the NAT64
+prefix (`64:ff9b::a.b.c.d`, an IPv4 client through a translator) is that IPv4 address;
 any other IPv6 address is its `/ipv6_prefix` network (`[server]
 max_connections_ipv6_prefix`, default 64). One host is given a whole /64 by its network
 (SLAAC, privacy addresses): counted per full address, it could open its 2^64 addresses'
@@ -49,6 +50,9 @@ IPV6_PREFIX = 64  # the IPv6 network one host is given: counted as one address
 
 
 _UNKNOWN = b"\xff" * 16  # no address (a multicast prefix: never a peer's)
+# The well-known NAT64 prefix: such a peer is the IPv4 client in its last 32 bits (each
+# one counted apart, as it would be without the translator in between).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 @lru_cache(maxsize=4096)  # on every accept; a hit costs a dict lookup, a miss 4-10 µs
@@ -63,6 +67,9 @@ def _peer(address: str, ipv6_prefix: int) -> tuple[str, bytes]:
     except ValueError:
         return address, _UNKNOWN
     mapped = ip.ipv4_mapped
+    if mapped is None and ip in _NAT64:  # an IPv4 client, translated (RFC 6052)
+        mapped = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        return str(mapped), ipaddress.IPv6Address(f"::ffff:{mapped}").packed
     if mapped is not None:
         return str(mapped), ip.packed
     # By its integer: a link-local address's scope id (`%eth0`) does not split it.

@@ -34,18 +34,27 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_networks(value: object) -> tuple[str, ...]:
-    """A list of addresses or networks (`10.0.0.0/8`, `2001:db8::1`), normalized.
-    Raises ValueError for anything else."""
+    """A list of addresses or networks (`10.0.0.0/8`, `2001:db8::1`), normalized; an
+    IPv4-mapped one (`::ffff:10.0.0.0/104`) as IPv4, as peers are compared. Raises
+    ValueError for anything else, for host bits set (`10.0.0.1/8`: a typo widened
+    silently would believe more than meant), and for a /0 (every client's word)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"expected a list of addresses or networks, not {value!r}")
     if len(value) > MAX_NETWORKS:
         raise ValueError(f"at most {MAX_NETWORKS} networks, not {len(value)}")
-    networks = []
+    networks: list[_Network] = []
     for text in value:
         try:
-            networks.append(ipaddress.ip_network(text.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"not an address or network: {text!r}") from None
+            network = ipaddress.ip_network(text.strip())
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 \
+                and network.network_address.ipv4_mapped is not None:
+            network = ipaddress.IPv4Network(
+                f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+        if network.prefixlen == 0:
+            raise ValueError(f"{text!r} would believe every client's X-Forwarded-For")
+        networks.append(network)
     return tuple(network.compressed for network in networks)
 
 

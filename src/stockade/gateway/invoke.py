@@ -135,6 +135,7 @@ class Invoker:
         probe = "probe" in request.state
         if probe and self.telemetry is not None:  # only this run's end may settle it
             self.telemetry.probe_held(route.prepared.sha256, invocation)
+            self._refuse_counted_client(route, invocation)
         if self.inline:
             # Short guests run right here (see fastexec.py); the breaker is asked first.
             probe = self._admit(route, invocation) or probe
@@ -163,7 +164,7 @@ class Invoker:
         cpu = abandoned + guest_cpu
         request.state["cpu_seconds"] = cpu
         if result.outcome is not Outcome.EXITED and result.outcome.is_violation:
-            self._violated(route, result.outcome, source)
+            self._violated(route, result.outcome, request.state.get("client"))
         # Counted as Metrics.inc would, through cells kept per series (see _new_series).
         key = (route.labels, result.outcome, route.prepared.kind)
         cells = self._series.get(key)
@@ -177,13 +178,14 @@ class Invoker:
             self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
         return response_for(route, result)
 
-    def _violated(self, route: Route, outcome: Outcome, source: str | None) -> None:
-        """A run here hit a limit: the breaker is asked again, and the client's counts."""
+    def _violated(self, route: Route, outcome: Outcome, client: str | None) -> None:
+        """A run here hit a limit: the breaker is asked again, and the client's address
+        (the Pipeline's) counts toward its own breaker."""
         spec = route.spec
         self._closed_until.pop((spec.name, spec.tenant), None)
         clients = self.clients
         if clients is not None and clients.config.counts(outcome):
-            clients.violated(spec.name, spec.tenant, source)
+            clients.violated(spec.name, spec.tenant, client)
 
     async def _dispatch(self, request: Request, route: Route, invocation: Invocation,
                         check: bool, probe: bool) -> Result:
@@ -237,7 +239,7 @@ class Invoker:
                 if ended is not None and ended is not Outcome.EXITED and ended.is_violation:
                     # Counted for its client as an answered one is: a client whose runs
                     # wait out the backstop is not spared its own breaker.
-                    self._violated(route, ended, request.state.get("source"))
+                    self._violated(route, ended, request.state.get("client"))
             raise
         except BaseException:
             # Refused or cancelled while queued: a probe granted at admission never ran.
@@ -292,7 +294,24 @@ class Invoker:
             retry = max(1.0, (decision.until or 0.0) - time.time())
             raise Unavailable(f"function {route.spec.name}: {decision.message}", retry,
                               reason="breaker")
+        if decision.probe:
+            self._refuse_counted_client(route, invocation)
         return decision.probe
+
+    def _refuse_counted_client(self, route: Route, invocation: Invocation) -> None:
+        """This run was granted its breaker's half-open probe: when its client is one the
+        breaker already counted (one of those that opened it), free the probe and raise
+        Unavailable. Its input may be what fails; one such client took every probe and
+        kept the function offline for everyone."""
+        telemetry = self.telemetry
+        if telemetry is None or not telemetry.counted(route.prepared.sha256, invocation):
+            return
+        telemetry.run_unused(route.prepared.sha256, invocation)
+        config = telemetry.breaker_config
+        raise Unavailable(f"function {route.spec.name}: its circuit breaker is half-open "
+                          f"and lets one run through to see whether it recovered, not one "
+                          f"of a client whose requests made it hit a limit",
+                          config.cooldown if config is not None else 1.0, reason="breaker")
 
     def _new_series(self, key: tuple[Labels, Outcome, str]) -> tuple[Cell, Cell, Cell]:
         """The cells of a (labels, outcome, executor) not counted since the cache was last

@@ -138,9 +138,11 @@ class Pipeline:
             if clients is not None:
                 # Before any slot or breaker probe is taken: a refused client holds none.
                 proxies = self.proxies
-                source = state["source"] = clients.source(
-                    client if proxies is None else proxies.client(client, request.headers))
-                clients.check(route.spec.name, route.spec.tenant, source)
+                if proxies is not None:
+                    client = proxies.client(client, request.headers)
+                state["client"] = client
+                state["source"] = clients.source(client)
+                clients.check(route.spec.name, route.spec.tenant, client)
             # Limits: the function's and the tenant's slots through the route's gate (429
             # when either is spent, 503 for an open breaker or unavailable shared state),
             # given back after the response, charging the guest's CPU time.

@@ -31,16 +31,17 @@ def _float(fields: Mapping[str, str], name: str) -> float | None:
 def breaker_entries(client: redis.Redis, window: float,
                     prefix: str = PREFIX) -> list[BreakerEntry]:
     """Every breaker stored under `prefix`, most recently changed first; its violations
-    are those within the last `window` seconds (older ones are dropped only by the next
-    violation)."""
+    are those within the window its gateways count in (stored with it; `window` seconds
+    for one stored before), not older ones, dropped only by the next violation."""
     found: list[BreakerEntry] = []
     seconds, micros = client.time()  # type: ignore[misc]
-    since = seconds + micros / 1e6 - window  # violations are scored by Redis's clock
+    now = seconds + micros / 1e6  # violations are scored by Redis's clock
     for name in client.scan_iter(match=f"{prefix}:{{*}}:b:*", count=500):
         fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
         if not fields:
             continue
         split = name.index("}:b:")  # a tenant's token never holds a brace
+        since = now - (_float(fields, "window") or window)
         violations: int = client.zcount(  # type: ignore[assignment]
             f"{name[:split]}}}:v:{name[split + 4:]}", since, "+inf")
         found.append(BreakerEntry(

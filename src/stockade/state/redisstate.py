@@ -62,7 +62,7 @@ from .local import LocalState
 from .quota import Quota
 from .redisgate import REFUSAL_CACHE, RedisGate
 from .resp import Releases
-from .scripts import ADMIT, PROBE_CLEAN, PROBE_UNUSED, REFUND, RELEASE, VIOLATION
+from .scripts import ADMIT, COUNTED, PROBE_CLEAN, PROBE_UNUSED, REFUND, RELEASE, VIOLATION
 from .settings import StateSettings
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class RedisState(StateBackend):
         self.violation_script = self.client.register_script(VIOLATION)
         self.probe_script = self.client.register_script(PROBE_CLEAN)
         self.unused_script = self.client.register_script(PROBE_UNUSED)
+        self.counted_script = self.client.register_script(COUNTED)
         self._ids = itertools.count()
         self._id_prefix = f"{os.urandom(6).hex()}:"
         self._lock = threading.Lock()
@@ -469,7 +470,7 @@ class RedisBreakers:
                 reply = state.run(state.violation_script, self._keys(key, tenant), [
                     str(cfg.threshold), repr(cfg.window), repr(cfg.cooldown),
                     # A client's violation replaces its last one: it counts once.
-                    f"client {source}" if source is not None
+                    _member(source) if source is not None
                     else f"{state.lease_id()}:{next(self._ids)}", key, tenant or "", probe_at])
             else:
                 reply = state.run(state.probe_script, self._keys(key, tenant), [probe_at])
@@ -488,6 +489,16 @@ class RedisBreakers:
                                     int(reply[1]))
         self.notify(transition)
         return transition
+
+    def counted(self, key: str, tenant: str | None, source: str) -> bool:
+        """Whether `source`'s violation is counted within the window (False when the
+        store cannot be asked: the probe then runs, and its violation decides)."""
+        state = self.state
+        try:
+            return bool(state.run(state.counted_script, self._keys(key, tenant)[1:],
+                                  [_member(source), repr(self.config.window)]))
+        except RoundTripFailed:
+            return False  # logged by `run`
 
     def probe_failed(self, key: str, tenant: str | None, now: float | None = None,
                      holder: str | None = None) -> Transition | None:
@@ -527,3 +538,8 @@ class RedisBreakers:
 
     def close(self) -> None:
         """Nothing to flush: every count went to Redis when it happened."""
+
+
+def _member(source: str) -> str:
+    """A client's member in a breaker's violations (its next one replaces it)."""
+    return f"client {source}"

@@ -7,7 +7,7 @@ Numbers come back as strings: Redis truncates Lua numbers to integers.
 from __future__ import annotations
 
 __all__ = ["ADMIT", "REFUND", "RELEASE", "VIOLATION", "PROBE_CLEAN", "PROBE_UNUSED",
-           "UNLIMITED"]
+           "COUNTED", "UNLIMITED"]
 
 UNLIMITED = -1  # a quota field that limits nothing
 
@@ -208,6 +208,8 @@ if not state then
   redis.call('HSET', KEYS[1], 'state', 'closed', 'key', ARGV[5], 'tenant', ARGV[6],
              'trips', 0, 'denied', 0, 'updated', tostring(now))
 end
+-- The window it is counted in, for `stockade breaker list` (which has no manifest).
+redis.call('HSET', KEYS[1], 'window', ARGV[2])
 redis.call('EXPIRE', KEYS[1], 86400)
 if state == 'open' or (state == 'closed' and count < tonumber(ARGV[1])) then
   return {'none', tostring(count)}
@@ -257,4 +259,15 @@ local b = redis.call('HMGET', KEYS[1], 'state', 'probe_at')
 if b[1] ~= 'half_open' or b[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'probe_at', '')
 return 1
+"""
+
+# Whether the violation member ARGV[1] is counted within the last ARGV[2] seconds, by
+# Redis's clock (the one that scored it). KEYS: violations
+COUNTED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if now - tonumber(score) <= tonumber(ARGV[2]) then return 1 end
+return 0
 """

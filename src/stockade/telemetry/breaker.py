@@ -17,7 +17,9 @@ clients must hit limits to open a function's breaker; the gateway refuses a clie
 whose own runs keep hitting them (`gateway.clientbreaker`). A half-open probe that
 violates re-opens the breaker only when its client is not one already counted within
 the window: otherwise one of the clients that opened it could keep it open for everyone
-by taking each probe; its probe is freed for the next request instead.
+by taking each probe; such a client is refused while the breaker is half-open
+(`counted`, asked by the gateway when it is granted a probe), and a probe it ran all the
+same is freed for the next request.
 
 `check` is what runs before a run: one indexed SELECT in the common case, no
 wasmtime. `record` runs after it. Every decision that changes state, and every count,
@@ -251,6 +253,10 @@ class BreakerStore(Protocol):
         (a half-open breaker moves only for its probe's holder). The violations of one
         `source` (a gateway's client) count as one within the window."""
 
+    def counted(self, key: str, tenant: str | None, source: str) -> bool:
+        """Whether a violation of `source` (a gateway's client) under `key` is counted
+        within the window: such a client's probe would prove nothing."""
+
     def probe_held(self, key: str, tenant: str | None, holder: str | None) -> None:
         """The probe this process was granted under `key` (by an admission that named no
         run) is held by `holder`'s run."""
@@ -462,6 +468,15 @@ class Breaker:
         if self._probes.held_by((key, tenant or ""), holder) is None:
             return None
         return self.record(key, tenant, True, now, holder)
+
+    def counted(self, key: str, tenant: str | None, source: str,
+                now: float | None = None) -> bool:
+        """Whether `source`'s violation under `key` is counted within the window."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._db.execute(
+                "SELECT 1 FROM violations WHERE key=? AND tenant=? AND source=? AND at>=?",
+                (key, tenant or "", source, now - self.config.window)).fetchone() is not None
 
     def probe_held(self, key: str, tenant: str | None, holder: str | None) -> None:
         """The probe this process holds under `key` is held by `holder`'s run."""

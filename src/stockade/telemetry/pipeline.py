@@ -289,6 +289,21 @@ class Telemetry:
         self._settle_probe("probe_failed", sha256, invocation,
                            "could not tell the circuit breaker a probe failed")
 
+    def counted(self, sha256: str, invocation: Invocation) -> bool:
+        """Whether the client of `invocation` (its `source`) has a violation counted by
+        its breaker within the window: its half-open probe would prove nothing. False
+        for a run that names no client, or when the breaker cannot be asked."""
+        source = getattr(invocation, "source", None)
+        if source is None or not self._use_breaker or self._breaker is None:
+            return False
+        try:
+            return bool(self._breaker.counted(breaker_key(sha256, invocation),
+                                              invocation.tenant, source))
+        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+            logger().warning("could not ask the circuit breaker about a client",
+                             exc_info=True)
+            return False
+
     def probe_held(self, sha256: str, invocation: Invocation) -> None:
         """The run of `invocation` holds the breaker probe a shared store's admission
         granted this process (before the invocation existed): only its end closes or
