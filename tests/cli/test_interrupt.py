@@ -64,6 +64,8 @@ def test_other_signals_still_reach_an_event_loop_during_a_run() -> None:
     from stockade.cancel import interrupt_cancels
 
     got: list[str] = []
+    # Python's own handler, also when this runs where SIGINT is ignored (a background job).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     loop = asyncio.new_event_loop()  # not asyncio.run: SIGINT keeps Python's handler
     loop.add_signal_handler(signal.SIGHUP, lambda: got.append("HUP"))
 
@@ -82,6 +84,7 @@ def test_other_signals_still_reach_an_event_loop_during_a_run() -> None:
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         loop.close()
+        signal.signal(signal.SIGINT, previous)
     assert got == ["HUP"]
 
 

@@ -20,6 +20,7 @@ def xff(*values: str) -> list[tuple[bytes, bytes]]:
 def test_a_trusted_proxys_client_is_the_address_it_appended() -> None:
     assert PROXIES.client("10.1.2.3", xff("198.51.100.7")) == "198.51.100.7"
     assert PROXIES.client("::ffff:10.1.2.3", xff("198.51.100.7")) == "198.51.100.7"
+    assert PROXIES.client("64:ff9b::10.1.2.3", xff("198.51.100.7")) == "198.51.100.7"
     assert PROXIES.client("2001:db8:aa::5", xff("2001:db8:bb::9")) == "2001:db8:bb::9"
     # Through two trusted proxies: the address the outer one saw.
     assert PROXIES.client("10.0.0.1", xff("198.51.100.7, 10.9.9.9")) == "198.51.100.7"

@@ -337,6 +337,10 @@ max_response = "64KiB"
                 refusals += "half-open" in response.json()["detail"]
             assert time.monotonic() < deadline, "the breaker never half-opened"
             time.sleep(0.05)
+        # A request refused after its lease granted the probe (its CGI variables cannot
+        # be built) frees it: it held it for `probe_timeout`, 503 for everyone.
+        with client_at(gateways[1].url, "127.0.0.40") as other:
+            assert other.get("/fail/%00", params={"kind": "none"}).status_code == 400
         served = gateways[1].client.get("/fail", params={"kind": "none"})
         assert served.status_code == 200, served.text
         assert gateways[0].client.get("/fail", params={"kind": "none"}).status_code == 200

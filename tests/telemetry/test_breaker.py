@@ -157,7 +157,10 @@ def test_a_probe_from_a_client_already_counted_proves_nothing(breaker: Breaker) 
     assert breaker.counted("function:f", "t", "10.0.0.1", now=T0 + 40)
     assert not breaker.counted("function:f", "t", "10.0.0.4", now=T0 + 40)
     assert not breaker.counted("function:f", "u", "10.0.0.1", now=T0 + 40)
-    assert not breaker.counted("function:f", "t", "10.0.0.1", now=T0 + 61)
+    # Remembered a cooldown past the window: the clients that opened the breaker are all
+    # still counted when it half-opens, not only the latest.
+    assert breaker.counted("function:f", "t", "10.0.0.1", now=T0 + 89)
+    assert not breaker.counted("function:f", "t", "10.0.0.1", now=T0 + 91)
     assert breaker.check("function:f", "t", now=T0 + 40, holder="a").probe
     assert breaker.record("function:f", "t", violated=True, now=T0 + 41, holder="a",
                           source="10.0.0.1") is None
@@ -170,14 +173,14 @@ def test_a_probe_from_a_client_already_counted_proves_nothing(breaker: Breaker) 
                             source="10.0.0.4")
     assert change is not None and (change.old, change.new) == ("half_open", "open")
     assert change.until == T0 + 73
-    # Once that client's violation has left the window, its probe counts again.
-    assert breaker.check("function:f", "t", now=T0 + 110, holder="c").probe
-    change = breaker.record("function:f", "t", violated=True, now=T0 + 111, holder="c",
+    # Once that client's violation is forgotten, its probe counts again.
+    assert breaker.check("function:f", "t", now=T0 + 140, holder="c").probe
+    change = breaker.record("function:f", "t", violated=True, now=T0 + 141, holder="c",
                             source="10.0.0.1")
     assert change is not None and change.new == "open"
     # And a clean probe closes it, whoever sent it.
-    assert breaker.check("function:f", "t", now=T0 + 150, holder="d").probe
-    change = breaker.record("function:f", "t", violated=False, now=T0 + 151, holder="d",
+    assert breaker.check("function:f", "t", now=T0 + 180, holder="d").probe
+    change = breaker.record("function:f", "t", violated=False, now=T0 + 181, holder="d",
                             source="10.0.0.4")
     assert change is not None and change.new == "closed"
 

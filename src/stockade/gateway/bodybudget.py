@@ -14,9 +14,13 @@ A bound alone lets `total / per_client` addresses (four, by default) hold the wh
 budget, and then every other client's body is refused until they let go. So when the
 budget is full, a client within its fair share (the budget divided among the clients
 holding bodies, itself included) takes room from the client holding the most, while that
-one holds more than its share: the largest of its bodies still being read is cut off
-(503, closed; the client may send it again, and gets its share). Bodies read whole and
-waiting for their run are never cut off: their run ends within its timeout.
+one holds more than its share: its bodies still being read that came slowly (below
+`SLOW` times `body_min_rate` on average) or stalled (nothing for `STALLED` seconds), the
+smallest one that makes the room or else the largest first, are cut off (503, closed;
+the client may send it again, and gets its share). Nothing is cut off unless enough
+room is made. A fast upload, which frees its room soon by itself, and bodies read whole
+and waiting for their run (which ends within its timeout) are never cut off: cutting
+them let a few tiny requests from new addresses kill honest uploads.
 
 Bytes are charged as they arrive and given back when the request's response is ready.
 Used on the event loop thread only.
@@ -27,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import time
+from collections.abc import Callable
 
 from .connlimit import IPV6_PREFIX, peer_key
 from .problem import HttpProblem, Unavailable
@@ -34,13 +40,16 @@ from .problem import HttpProblem, Unavailable
 __all__ = ["BodyBudget", "BodyHold", "RETRY_AFTER"]
 
 RETRY_AFTER = 5.0  # seconds: held bodies end within their deadline
+STALLED = 1.0  # seconds without a byte: a body that may be cut off to make room
+SLOW = 16  # times `body_min_rate`: a body arriving slower on average may be cut off
 
 
 class BodyHold:
-    """One request's body in the budget: its client, the bytes charged to it, and, while
-    it is being read, the read's deadline (what cutting it off moves to now)."""
+    """One request's body in the budget: its client, the bytes charged to it, when it
+    began and last grew, and, while it is being read, the read's deadline (what cutting
+    it off moves to now)."""
 
-    __slots__ = ("budget", "client", "held", "deadline", "cut")
+    __slots__ = ("budget", "client", "held", "deadline", "cut", "began", "grew")
 
     def __init__(self, budget: BodyBudget, client: str) -> None:
         self.budget = budget
@@ -48,23 +57,32 @@ class BodyHold:
         self.held = 0
         self.deadline: asyncio.Timeout | None = None
         self.cut = False
+        self.began = self.grew = budget.clock()
 
     def charge(self, size: int, deadline: asyncio.Timeout | None) -> None:
         """`size` more bytes arrived, read under `deadline`. Raises Unavailable (503)
-        when the budget has no room for them."""
+        when the budget has no room for them, or when it cut this body off already
+        (its last chunk was on its way: the cut must hold, its bytes were given back)."""
+        if self.cut:
+            raise self._cut_off()
         self.deadline = deadline
         self.budget._take(self, size)
+        self.grew = self.budget.clock()
 
     def read(self) -> None:
-        """The whole body arrived: it is no longer cut off to make room."""
+        """The whole body arrived: it is no longer cut off to make room. Raises
+        Unavailable when it was cut off before its read could end."""
+        if self.cut:
+            raise self._cut_off()
         self.deadline = None
 
     def refusal(self) -> HttpProblem | None:
         """Why the read ended early, when the budget cut it off (else None)."""
-        if not self.cut:
-            return None
+        return self._cut_off() if self.cut else None
+
+    def _cut_off(self) -> HttpProblem:
         return _refusal("this client holds more than its share of the request bodies the "
-                        "server is receiving; send it again")
+                        "server is receiving, and this one came slowly; send it again")
 
     def release(self) -> None:
         """The response is ready: give back every byte still charged."""
@@ -74,16 +92,22 @@ class BodyHold:
 
 class BodyBudget:
     """At most `total` bytes of bodies held, at most `per_client` of them for one client
-    address (an IPv6 address counted as its `/ipv6_prefix` network)."""
+    address (an IPv6 address counted as its `/ipv6_prefix` network); bodies arriving
+    slower than `slow_rate` bytes a second on average, or stalled, may be cut off to make
+    room. `clock` is `time.monotonic` (a test's own)."""
 
-    def __init__(self, total: int, per_client: int, ipv6_prefix: int = IPV6_PREFIX) -> None:
+    def __init__(self, total: int, per_client: int, ipv6_prefix: int = IPV6_PREFIX,
+                 slow_rate: int = SLOW * 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.total = total
         self.per_client = per_client
         self.ipv6_prefix = ipv6_prefix
+        self.slow_rate = slow_rate
+        self.clock = clock
         self.held = 0
         self._clients: dict[str, int] = {}  # address -> bytes; entries at 0 are removed
         self._holds: dict[str, set[BodyHold]] = {}  # address -> its bodies with bytes
-        # (-bytes, address) each time a client's bytes grew; entries whose count is no
+        # (-bytes, address) each time a client's bytes changed; entries whose count is no
         # longer the client's are stale, skipped when the largest holder is looked for.
         self._largest: list[tuple[int, str]] = []
 
@@ -122,24 +146,36 @@ class BodyBudget:
             self._holds.pop(client, None)
         self.held = max(0, self.held - size)
 
+    def _cuttable(self, hold: BodyHold, now: float) -> bool:
+        """Still being read, and stalled or slow: what a client holding memory sends.
+        A fast upload ends soon by itself and is never cut off."""
+        return hold.deadline is not None and (
+            now - hold.grew > STALLED or hold.held < self.slow_rate * (now - hold.began))
+
     def _make_room(self, client: str, wanted: int, over: int) -> None:
         """Free `over` bytes for `client`, who would then hold `wanted`, by cutting off
-        bodies of the clients above their fair share, largest holder first. Raises
+        slow bodies of the clients above their fair share, largest holder first. Raises
         Unavailable, cutting nothing off, when `client` is past its own share or not
         enough can be cut off."""
         share = self.total // (len(self._clients) + (client not in self._clients))
         if wanted > share:
             raise _refusal("the server is receiving too many request bodies at once")
-        largest, cuts, looked = self._largest, [], []
+        now = self.clock()
+        largest, cuts, looked, seen = self._largest, [], [], set()
         while over > 0:
             victim = self._top()
             if victim is None or victim == client or self._clients[victim] <= share:
                 break
             looked.append(heapq.heappop(largest))
+            if victim in seen:  # an entry of the same count pushed twice
+                continue
+            seen.add(victim)
             left = self._clients[victim]
-            # Its largest bodies first; not those read whole (they wait for their run).
-            for body in sorted((h for h in self._holds[victim] if h.deadline is not None),
-                               key=lambda h: h.held, reverse=True):
+            bodies = sorted((h for h in self._holds[victim] if self._cuttable(h, now)),
+                            key=lambda h: h.held)
+            # The smallest body that makes the room, else the largest ones first.
+            enough = next((h for h in bodies if h.held >= over), None)
+            for body in [enough] if enough is not None else reversed(bodies):
                 if over <= 0 or left <= share:
                     break
                 cuts.append(body)

@@ -38,7 +38,7 @@ from functools import lru_cache
 
 from .conntable import AT_LIMIT, BUSY, FULL, Column
 
-__all__ = ["PeerConnections", "REFUSAL", "LOG_INTERVAL", "IPV6_PREFIX", "peer_key"]
+__all__ = ["PeerConnections", "REFUSAL", "LOG_INTERVAL", "IPV6_PREFIX", "peer_key", "ipv4_of"]
 
 logger = logging.getLogger("stockade.gateway")
 LOG_INTERVAL = 10.0  # seconds between log lines about one address
@@ -66,16 +66,22 @@ def _peer(address: str, ipv6_prefix: int) -> tuple[str, bytes]:
         ip = ipaddress.IPv6Address(address)
     except ValueError:
         return address, _UNKNOWN
-    mapped = ip.ipv4_mapped
-    if mapped is None and ip in _NAT64:  # an IPv4 client, translated (RFC 6052)
-        mapped = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    mapped = ipv4_of(ip)
+    if mapped is not None:  # one cell for an IPv4 client however it is written
         return str(mapped), ipaddress.IPv6Address(f"::ffff:{mapped}").packed
-    if mapped is not None:
-        return str(mapped), ip.packed
     # By its integer: a link-local address's scope id (`%eth0`) does not split it.
     host_bits = 128 - ipv6_prefix
     network = ipaddress.IPv6Address(int(ip) >> host_bits << host_bits)
     return f"{network}/{ipv6_prefix}", network.packed
+
+
+def ipv4_of(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 client an IPv6 peer address stands for: IPv4-mapped (a dual-stack
+    socket's) or of the NAT64 prefix (a translator's); None for any other."""
+    mapped = ip.ipv4_mapped
+    if mapped is None and ip in _NAT64:
+        mapped = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return mapped
 
 
 def peer_key(address: str, ipv6_prefix: int = IPV6_PREFIX) -> str:

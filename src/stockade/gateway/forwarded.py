@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from .connlimit import ipv4_of
+
 if TYPE_CHECKING:
     from .messages import Headers
 
@@ -61,7 +63,8 @@ def parse_networks(value: object) -> tuple[str, ...]:
 @lru_cache(maxsize=1024)
 def _address(text: str) -> _Address | None:
     """An address as a peer or a forwarding entry writes it (`1.2.3.4`, `1.2.3.4:80`,
-    `[2001:db8::1]:80`, `::ffff:1.2.3.4`), IPv4-mapped ones as IPv4; None otherwise."""
+    `[2001:db8::1]:80`, `::ffff:1.2.3.4`), IPv4-mapped and NAT64 ones as IPv4; None
+    otherwise."""
     if text.startswith("["):
         text = text[1:text.find("]")] if "]" in text else ""
     elif text.count(":") == 1:
@@ -70,8 +73,8 @@ def _address(text: str) -> _Address | None:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        return ipv4_of(address) or address  # as the per-client counts see it
     return address
 
 

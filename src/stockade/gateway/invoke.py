@@ -80,14 +80,15 @@ class HttpInvocation(Invocation):
     @classmethod
     def of_request(cls, stdin: bytes, spec: FunctionSpec, env: tuple[tuple[str, str], ...],
                    env_block: EnvBlock | None, parent: ParentContext | None,
-                   source: str | None = None) -> HttpInvocation:
+                   source: str | None = None,
+                   invocation_id: str | None = None) -> HttpInvocation:
         """The invocation of `spec` for one request, built in one step: a frozen
         dataclass's `__init__` sets each of its eleven fields through
         `object.__setattr__`, a cost paid on every request."""
         invocation = object.__new__(cls)
         invocation.__dict__.update(
             args=spec.args, stdin=stdin, env=env, name=spec.name, tenant=spec.tenant,
-            invocation_id=new_invocation_id(), traceparent=None,
+            invocation_id=invocation_id or new_invocation_id(), traceparent=None,
             breaker=breaker_key(spec.name), parent=parent, trigger="http",
             env_block=env_block, source=source)
         return invocation
@@ -122,23 +123,36 @@ class Invoker:
             await request.read_body(spec.max_body)
         trace: TraceContext | None = request.state.get("trace")
         source: str | None = request.state.get("source")  # the Pipeline's `ClientBreakers`
-        cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
-        invocation = HttpInvocation.of_request(
-            request.body, spec, () if cgi else cgi_environ(request, spec.route, spec.headers),
-            cgi.block(request) if cgi else None, trace.as_parent() if trace else None,
-            source)
-        request.state["invocation_id"] = invocation.invocation_id  # for the logs
+        invocation_id = new_invocation_id()
+        # This request holds its breaker's half-open probe when a shared store granted it
+        # with the lease (marked by the `Pipeline`): bound to its run before anything here
+        # can raise, and freed when the request fails before its run (a request whose CGI
+        # variables are refused held it for `probe_timeout`, 503 for everyone).
+        probe = "probe" in request.state
+        holder = None
+        if probe and self.telemetry is not None:
+            holder = HttpInvocation.of_request(b"", spec, (), None, None, source, invocation_id)
+            self.telemetry.probe_held(route.prepared.sha256, holder)
+        try:
+            cgi = route.prepared.cgi  # set when the executor takes the variables as bytes
+            invocation = HttpInvocation.of_request(
+                request.body, spec,
+                () if cgi else cgi_environ(request, spec.route, spec.headers),
+                cgi.block(request) if cgi else None, trace.as_parent() if trace else None,
+                source, invocation_id)
+            request.state["invocation_id"] = invocation_id  # for the logs
+            if holder is not None:
+                self._refuse_counted_client(route, invocation)
+            # Short guests run right here (see fastexec.py); the breaker is asked first.
+            if self.inline:
+                probe = self._admit(route, invocation) or probe
+        except BaseException:
+            if holder is not None:
+                self._run_unused(route, holder, True)
+            raise
         result: Result | None = None
         abandoned = 0.0  # CPU of an inline attempt that outgrew its budget
-        # This request holds its breaker's half-open probe: granted with a shared store's
-        # lease (marked by the `Pipeline`), or by the breaker asked here.
-        probe = "probe" in request.state
-        if probe and self.telemetry is not None:  # only this run's end may settle it
-            self.telemetry.probe_held(route.prepared.sha256, invocation)
-            self._refuse_counted_client(route, invocation)
         if self.inline:
-            # Short guests run right here (see fastexec.py); the breaker is asked first.
-            probe = self._admit(route, invocation) or probe
             try:
                 result, abandoned = route.prepared.try_inline(invocation)
             except BaseException:

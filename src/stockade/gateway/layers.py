@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import StockadeError
-from .bodybudget import BodyBudget
+from .bodybudget import SLOW, BodyBudget
 from .forwarded import TrustedProxies
 from .funclog import FunctionLog
 from .limits import admit, admit_now
@@ -83,7 +83,8 @@ class Pipeline:
         self.proxies = TrustedProxies(settings.trusted_proxies) \
             if settings.trusted_proxies else None
         self.budget = BodyBudget(settings.body_buffer, settings.body_buffer_per_client,
-                                 settings.max_connections_ipv6_prefix)
+                                 settings.max_connections_ipv6_prefix,
+                                 SLOW * settings.body_min_rate)
         # (labels, status) -> the request counter's cell and the duration histogram's
         # data, looked up in `metrics` once per series, not once per request.
         self._series: dict[tuple[Labels, int], tuple[Cell, list[float]]] = {}

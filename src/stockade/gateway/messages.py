@@ -28,7 +28,7 @@ class BodyCharge(Protocol):
         now, to end the read); raises to refuse them."""
 
     def read(self) -> None:
-        """The whole body arrived."""
+        """The whole body arrived (raises to refuse it all the same)."""
 
     def refusal(self) -> HttpProblem | None:
         """Why the read's deadline was moved to now, if it was."""

@@ -491,12 +491,13 @@ class RedisBreakers:
         return transition
 
     def counted(self, key: str, tenant: str | None, source: str) -> bool:
-        """Whether `source`'s violation is counted within the window (False when the
-        store cannot be asked: the probe then runs, and its violation decides)."""
+        """Whether `source`'s violation is remembered (`BreakerConfig.remembered`;
+        False when the store cannot be asked: the probe then runs, and its violation
+        decides)."""
         state = self.state
         try:
             return bool(state.run(state.counted_script, self._keys(key, tenant)[1:],
-                                  [_member(source), repr(self.config.window)]))
+                                  [_member(source), repr(self.config.remembered)]))
         except RoundTripFailed:
             return False  # logged by `run`
 

@@ -197,11 +197,13 @@ VIOLATION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+-- Kept a cooldown past the window: a client is remembered that long (see COUNTED).
+local kept = window + tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - kept)
 local known = redis.call('ZSCORE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[2], now, ARGV[4])
-redis.call('EXPIRE', KEYS[2], math.ceil(window) + 60)
-local count = redis.call('ZCARD', KEYS[2])
+redis.call('EXPIRE', KEYS[2], math.ceil(kept) + 60)
+local count = redis.call('ZCOUNT', KEYS[2], now - window, '+inf')
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   state = 'closed'

@@ -118,6 +118,13 @@ class BreakerConfig(NamedTuple):
     probe_timeout: float = 300.0
     count_traps: bool = False
 
+    @property
+    def remembered(self) -> float:
+        """How long a client's violation keeps it counted (refused while the breaker is
+        half-open): the window and a cooldown, so that the clients that opened a breaker
+        are all still counted when it half-opens, not only the latest."""
+        return self.window + self.cooldown
+
     def counts(self, outcome: Outcome) -> bool:
         """Whether a run that ended with `outcome` counts toward opening a breaker."""
         return outcome in LIMIT_OUTCOMES or (self.count_traps and outcome is Outcome.TRAP)
@@ -471,12 +478,14 @@ class Breaker:
 
     def counted(self, key: str, tenant: str | None, source: str,
                 now: float | None = None) -> bool:
-        """Whether `source`'s violation under `key` is counted within the window."""
+        """Whether `source`'s violation under `key` is remembered (`BreakerConfig.
+        remembered`)."""
         now = time.time() if now is None else now
         with self._lock:
             return self._db.execute(
                 "SELECT 1 FROM violations WHERE key=? AND tenant=? AND source=? AND at>=?",
-                (key, tenant or "", source, now - self.config.window)).fetchone() is not None
+                (key, tenant or "", source, now - self.config.remembered)
+            ).fetchone() is not None
 
     def probe_held(self, key: str, tenant: str | None, holder: str | None) -> None:
         """The probe this process holds under `key` is held by `holder`'s run."""
@@ -508,9 +517,10 @@ class Breaker:
         (one that is frees the probe instead)."""
         cfg = self.config
         with self._tx():
+            # Kept a cooldown past the window: a client is remembered that long.
             self._db.execute("DELETE FROM violations WHERE key=? AND tenant=? AND at<?",
-                             (*ident, now - cfg.window))
-            # A source already counted within the window tells nothing new.
+                             (*ident, now - cfg.remembered))
+            # A source already remembered tells nothing new.
             known = source is not None and self._db.execute(
                 "DELETE FROM violations WHERE key=? AND tenant=? AND source=?",
                 (*ident, source)).rowcount > 0
@@ -518,7 +528,8 @@ class Breaker:
                              "VALUES (?, ?, ?, ?)",
                              (*ident, now, source))
             count = self._db.execute(
-                "SELECT COUNT(*) FROM violations WHERE key=? AND tenant=?", ident).fetchone()[0]
+                "SELECT COUNT(*) FROM violations WHERE key=? AND tenant=? AND at>=?",
+                (*ident, now - cfg.window)).fetchone()[0]
             row = self._row(*ident)
             state = "closed" if row is None else row[0]
             if row is None:
