@@ -125,7 +125,7 @@ max_body = "1MiB"
     holders = [hold_body(port, f"127.0.0.{2 + index}") for index in range(4)]
     try:
         assert all(isinstance(sock, socket.socket) for sock in holders), holders
-        time.sleep(2.5)  # every held byte is read (and charged), and they stall
+        time.sleep(6.0)  # every held byte is read (and charged), and they stall (5 s)
         response = gateway.client.post("/echo", content=b"y" * 100_000)
         assert response.status_code == 200, response.text
         answers = [answered(sock) for sock in holders]  # type: ignore[arg-type]
@@ -197,7 +197,7 @@ def test_a_full_budget_cuts_off_the_largest_holder_above_its_share() -> None:
         # Still arriving fast (all of it within the same instant): never cut off.
         with pytest.raises(StockadeError, match="too many request bodies"):
             budget.hold("10.0.0.4").charge(20, None)
-        clock.now += 5  # nothing more came: stalled
+        clock.now += 6  # nothing more came: stalled
         # Past its share (100 / 4 = 25): refused, nothing cut off.
         with pytest.raises(StockadeError, match="too many request bodies"):
             budget.hold("10.0.0.4").charge(26, None)
@@ -229,7 +229,7 @@ def test_a_few_bytes_from_new_addresses_do_not_cut_off_a_fast_upload() -> None:
 
     async def scenario() -> None:
         clock = Clock()
-        budget = BodyBudget(100, 60, slow_rate=10, clock=clock)
+        budget = BodyBudget(100, 60, slow_rate=5, clock=clock)
         fast = budget.hold("10.0.0.1")
         fast.charge(30, asyncio.timeout(None))
         clock.now += 0.5
@@ -242,10 +242,30 @@ def test_a_few_bytes_from_new_addresses_do_not_cut_off_a_fast_upload() -> None:
         with pytest.raises(StockadeError, match="too many request bodies"):
             budget.hold("10.0.0.3").charge(10, None)
         assert not fast.cut
-        clock.now += 5  # 10.0.0.2's bodies stalled; the upload still comes, fast enough
+        clock.now += 6  # 10.0.0.2's bodies stalled; the upload still comes, fast enough
         fast.charge(0, asyncio.timeout(None))
         budget.hold("10.0.0.3").charge(10, None)
         assert (fast.cut, slow[0].cut, slow[1].cut) == (False, False, True)
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_then_a_trickle_is_slow() -> None:
+    """Attack (the third review): each body a burst, then a byte every 0.9 s: fast on
+    average for a minute and never stalled, so never cut off, and four addresses held
+    the budget again. A body is judged by its last seconds."""
+
+    async def scenario() -> None:
+        clock = Clock()
+        budget = BodyBudget(100, 60, slow_rate=5, clock=clock)
+        trickle = budget.hold("10.0.0.1")
+        trickle.charge(50, asyncio.timeout(None))
+        for _ in range(8):
+            clock.now += 0.9
+            trickle.charge(1, asyncio.timeout(None))
+        budget.hold("10.0.0.2").charge(40, None)
+        budget.hold("10.0.0.3").charge(10, None)  # 58 in 7.2 s, but 2-3 bytes of late
+        assert trickle.cut
 
     asyncio.run(scenario())
 
@@ -270,7 +290,7 @@ def test_a_holder_counted_twice_is_cut_off_once() -> None:
             whole = budget.hold(address)
             whole.charge(size, None)
             whole.read()
-        clock.now += 5
+        clock.now += 6
         # 10.0.0.3 may give 5 (down to the share of 25): not the 20 wanted.
         with pytest.raises(StockadeError, match="too many request bodies"):
             budget.hold("10.0.0.4").charge(20, None)
@@ -299,7 +319,7 @@ def test_a_body_cut_off_with_its_last_chunk_on_the_way_stays_cut_off() -> None:
         other = budget.hold("10.0.0.2")
         other.charge(40, None)
         other.read()
-        clock.now += 5
+        clock.now += 6
         chunks.put_nowait({"type": "http.request", "body": b"v" * 10, "more_body": False})
         budget.hold("10.0.0.3").charge(20, None)  # in the same turn of the loop
         with pytest.raises(StockadeError, match="more than its share"):
@@ -334,7 +354,7 @@ def test_nothing_is_cut_off_for_a_body_that_still_would_not_fit() -> None:
         reading = budget.hold("10.0.0.1")
         reading.charge(10, asyncio.timeout(None))  # never entered: never rescheduled
         budget.hold("10.0.0.2").charge(40, None)
-        clock.now += 5
+        clock.now += 6
         with pytest.raises(StockadeError, match="too many request bodies"):
             budget.hold("10.0.0.3").charge(20, None)  # cutting 10 would leave 10 short
         assert not reading.cut and budget.held == 100

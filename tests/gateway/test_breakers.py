@@ -355,3 +355,62 @@ def test_an_audit_key_others_can_read_stops_the_server_with_one_line(
         check=False)
     assert proc.returncode == 125 and b"0644" in proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+def pool_manifest(server: str = "") -> str:
+    """`fail` and `hog` in one cordon of a single pool worker."""
+    return f"""
+[server]
+workers = 1
+pool_workers = 1
+{server}
+
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{module("fail")}"
+isolate = "process"
+max_response = "64KiB"
+[function.limits]
+timeout = "2s"
+
+[[function]]
+name = "hog"
+route = "/hog"
+module = "{module("fail")}"
+isolate = "process"
+[function.limits]
+timeout = "10s"
+"""
+
+
+def probe_while_the_pool_is_busy(url: str, client: Any) -> None:
+    """Open `fail`'s breaker, wait until it half-opens, and have an honest request probe
+    while an attacker holds the cordon's only pool worker: refused 503 before it ran.
+    Then the honest client's next request must probe again and close the breaker."""
+    assert client.get("/fail", params={"kind": "none"}).status_code == 200  # pool up
+    violate(url)
+    assert is_breaker(client.get("/fail", params={"kind": "none"}))
+    time.sleep(2.5)  # the cooldown (2 s) ends: the next request probes
+    def hold_the_pool() -> None:
+        with client_at(url, "127.0.0.50") as attacker:
+            attacker.get("/hog", params={"kind": "sleep", "s": "4"})
+
+    hog = threading.Thread(target=hold_the_pool)
+    hog.start()
+    time.sleep(0.5)
+    refused = client.get("/fail", params={"kind": "none"})
+    hog.join()
+    assert refused.status_code == 503 and "pool workers" in refused.text, refused.text
+    served = client.get("/fail", params={"kind": "none"})
+    assert served.status_code == 200, served.text
+
+
+@pytest.mark.parametrize("inline", ["true", "false"])
+def test_a_probe_refused_by_a_busy_pool_is_freed_not_failed(serve: Serve,
+                                                            inline: str) -> None:
+    """Attack: hold a cordon's pool workers when the breaker half-opens. The probe's run
+    was refused before it started (503), counted as a failed probe, and the breaker
+    re-opened for another cooldown, each time."""
+    gateway = serve(pool_manifest(f"inline = {inline}"), cooldown="2s")
+    probe_while_the_pool_is_busy(gateway.url, gateway.client)

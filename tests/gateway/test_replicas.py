@@ -19,6 +19,7 @@ import pytest
 
 from ..state.conftest import RedisServer
 from .conftest import Gateway, client_at, gateway_env, module, violate
+from .test_breakers import pool_manifest, probe_while_the_pool_is_busy
 
 BREAKER_ENV = {"STOCKADE_BREAKER_THRESHOLD": "3", "STOCKADE_BREAKER_COOLDOWN": "30s"}
 
@@ -347,6 +348,27 @@ max_response = "64KiB"
     finally:
         for gateway in gateways:
             gateway.stop()
+
+
+@pytest.mark.parametrize("inline", ["true", "false"])
+def test_a_shared_probe_refused_by_a_busy_pool_is_freed(
+        tmp_path: Path, shared_cache: Path, redis_server: RedisServer, inline: str) -> None:
+    """Attack: hold a cordon's pool workers when a shared breaker half-opens. Without
+    inline runs, the probe granted with the lease was forgotten when the guest thread
+    asked the breaker again, so the refused run never freed it: 503 for everyone on
+    every replica for `probe_timeout`; with them, it was counted as a failed probe."""
+    path = tmp_path / "stockade.toml"
+    path.write_text(pool_manifest(f'inline = {inline}\ntelemetry = "off"') + f"""
+[state]
+backend = "{redis_server.url}"
+""")
+    env = {**gateway_env(shared_cache, tmp_path / "state"), **BREAKER_ENV,
+           "STOCKADE_BREAKER_COOLDOWN": "2s"}
+    gateway = Gateway(path, env, ())
+    try:
+        probe_while_the_pool_is_busy(gateway.url, gateway.client)
+    finally:
+        gateway.stop()
 
 
 def test_sigterm_turns_readiness_off_first_and_serves_through_the_grace(

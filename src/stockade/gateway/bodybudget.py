@@ -14,8 +14,9 @@ A bound alone lets `total / per_client` addresses (four, by default) hold the wh
 budget, and then every other client's body is refused until they let go. So when the
 budget is full, a client within its fair share (the budget divided among the clients
 holding bodies, itself included) takes room from the client holding the most, while that
-one holds more than its share: its bodies still being read that came slowly (below
-`SLOW` times `body_min_rate` on average) or stalled (nothing for `STALLED` seconds), the
+one holds more than its share: its bodies still being read that come slowly (below
+`SLOW` times `body_min_rate` over the last `RECENT` to twice that seconds: a burst then
+a trickle is slow) or stalled (nothing for `STALLED` seconds), the
 smallest one that makes the room or else the largest first, are cut off (503, closed;
 the client may send it again, and gets its share). Nothing is cut off unless enough
 room is made. A fast upload, which frees its room soon by itself, and bodies read whole
@@ -40,8 +41,9 @@ from .problem import HttpProblem, Unavailable
 __all__ = ["BodyBudget", "BodyHold", "RETRY_AFTER"]
 
 RETRY_AFTER = 5.0  # seconds: held bodies end within their deadline
-STALLED = 1.0  # seconds without a byte: a body that may be cut off to make room
-SLOW = 16  # times `body_min_rate`: a body arriving slower on average may be cut off
+STALLED = 5.0  # seconds without a byte: a body that may be cut off to make room
+SLOW = 64  # times `body_min_rate`: a body arriving slower of late may be cut off
+RECENT = 2.0  # seconds: "of late" is the last two to four
 
 
 class BodyHold:
@@ -49,7 +51,7 @@ class BodyHold:
     began and last grew, and, while it is being read, the read's deadline (what cutting
     it off moves to now)."""
 
-    __slots__ = ("budget", "client", "held", "deadline", "cut", "began", "grew")
+    __slots__ = ("budget", "client", "held", "deadline", "cut", "grew", "marks")
 
     def __init__(self, budget: BodyBudget, client: str) -> None:
         self.budget = budget
@@ -57,7 +59,10 @@ class BodyHold:
         self.held = 0
         self.deadline: asyncio.Timeout | None = None
         self.cut = False
-        self.began = self.grew = budget.clock()
+        self.grew = now = budget.clock()
+        # (when, bytes then): the older is where its recent rate is measured from; the
+        # newer moves on at most every RECENT seconds.
+        self.marks = [(now, 0), (now, 0)]
 
     def charge(self, size: int, deadline: asyncio.Timeout | None) -> None:
         """`size` more bytes arrived, read under `deadline`. Raises Unavailable (503)
@@ -67,7 +72,10 @@ class BodyHold:
             raise self._cut_off()
         self.deadline = deadline
         self.budget._take(self, size)
-        self.grew = self.budget.clock()
+        self.grew = now = self.budget.clock()
+        marks = self.marks
+        if now - marks[1][0] >= RECENT:
+            marks[0], marks[1] = marks[1], (now, self.held)
 
     def read(self) -> None:
         """The whole body arrived: it is no longer cut off to make room. Raises
@@ -147,10 +155,14 @@ class BodyBudget:
         self.held = max(0, self.held - size)
 
     def _cuttable(self, hold: BodyHold, now: float) -> bool:
-        """Still being read, and stalled or slow: what a client holding memory sends.
-        A fast upload ends soon by itself and is never cut off."""
-        return hold.deadline is not None and (
-            now - hold.grew > STALLED or hold.held < self.slow_rate * (now - hold.began))
+        """Still being read, and stalled or slow of late (a burst, then a trickle, was
+        fast on average): what a client holding memory sends. A fast upload ends soon
+        by itself and is never cut off."""
+        if hold.deadline is None:
+            return False
+        since, then = hold.marks[0]
+        return now - hold.grew > STALLED or (
+            now - since >= RECENT and hold.held - then < self.slow_rate * (now - since))
 
     def _make_room(self, client: str, wanted: int, over: int) -> None:
         """Free `over` bytes for `client`, who would then hold `wanted`, by cutting off

@@ -155,9 +155,8 @@ class Invoker:
         if self.inline:
             try:
                 result, abandoned = route.prepared.try_inline(invocation)
-            except BaseException:
-                if probe:
-                    self._run_failed(route, invocation)
+            except BaseException as exc:
+                self._run_raised(route, invocation, probe, exc)
                 raise
             if result is not None:
                 abandoned = 0.0  # the finished run's own usage counts it, once
@@ -268,15 +267,31 @@ class Invoker:
 
     def _call(self, route: Route, invocation: Invocation, check: bool,
               probe: bool) -> Result:
-        """On a guest thread: ask the breaker (unless asked already), then run."""
+        """On a guest thread: ask the breaker (unless asked already), then run. A probe
+        granted with the lease stays this run's whatever the breaker answers here."""
         if check:
-            probe = self._admit(route, invocation)
+            try:
+                probe = self._admit(route, invocation) or probe
+            except BaseException:
+                self._run_unused(route, invocation, probe)  # it never started
+                raise
         try:
             return route.prepared.run(invocation)
-        except BaseException:
-            if probe:  # only this request's own probe fails with it
-                self._run_failed(route, invocation)
+        except BaseException as exc:
+            self._run_raised(route, invocation, probe, exc)
             raise
+
+    def _run_raised(self, route: Route, invocation: Invocation, probe: bool,
+                    exc: BaseException) -> None:
+        """A run raised: a probe it held failed, unless the run was refused before it
+        started (`Unavailable`: its cordon's pool busy or draining), which proves nothing
+        and frees it (an attacker holding the pool at half-open re-opened the breaker)."""
+        if not probe:  # only this request's own probe is settled with it
+            return
+        if isinstance(exc, Unavailable):
+            self._run_unused(route, invocation, probe)
+        else:
+            self._run_failed(route, invocation)
 
     def _run_failed(self, route: Route, invocation: Invocation) -> None:
         """A run raised instead of returning a Result: a breaker probe that raised failed."""
