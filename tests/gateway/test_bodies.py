@@ -48,22 +48,29 @@ def answered(sock: socket.socket) -> bytes:
         return b""
 
 
-def test_held_bodies_are_bounded_per_client_and_in_total(start_gateway: Start) -> None:
+def echo_gateway(start_gateway: Start, total: str, per_client: str) -> tuple[Any, int]:
+    """A one-worker gateway echoing bodies of up to `per_client`, with a body budget of
+    `total` and `per_client`; and its port."""
     gateway = start_gateway(f"""
 [server]
 workers = 1
 telemetry = "off"
-body_buffer = "8MiB"
-body_buffer_per_client = "4MiB"
+body_buffer = "{total}"
+body_buffer_per_client = "{per_client}"
 [[function]]
 name = "echo"
 route = "/echo"
 module = "{module("echo")}"
 isolate = "none"
-max_body = "4MiB"
+max_body = "{per_client}"
 """)
     port = urlsplit(gateway.url).port
     assert port is not None
+    return gateway, port
+
+
+def test_held_bodies_are_bounded_per_client_and_in_total(start_gateway: Start) -> None:
+    gateway, port = echo_gateway(start_gateway, "8MiB", "4MiB")
     (worker,) = gateway_workers(gateway)
     before = int(status(worker)["VmHWM"].split()[0]) * 1024
     attempts = [hold_body(port, "127.0.0.2") for _ in range(HOLDERS)]
@@ -107,21 +114,7 @@ def test_four_addresses_holding_the_whole_budget_do_not_lock_others_out(
     last byte): the worker's budget is full, and every other client's body was refused
     until they let go. A newcomer within its fair share is served; one of the holders'
     bodies is cut off (503, closed) to make room."""
-    gateway = start_gateway(f"""
-[server]
-workers = 1
-telemetry = "off"
-body_buffer = "4MiB"
-body_buffer_per_client = "1MiB"
-[[function]]
-name = "echo"
-route = "/echo"
-module = "{module("echo")}"
-isolate = "none"
-max_body = "1MiB"
-""")
-    port = urlsplit(gateway.url).port
-    assert port is not None
+    gateway, port = echo_gateway(start_gateway, "4MiB", "1MiB")
     holders = [hold_body(port, f"127.0.0.{2 + index}") for index in range(4)]
     try:
         assert all(isinstance(sock, socket.socket) for sock in holders), holders

@@ -48,8 +48,8 @@ RECENT = 2.0  # seconds: "of late" is the last two to four
 
 class BodyHold:
     """One request's body in the budget: its client, the bytes charged to it, when it
-    began and last grew, and, while it is being read, the read's deadline (what cutting
-    it off moves to now)."""
+    last grew and how fast of late, and, while it is being read, the read's deadline
+    (what cutting it off moves to now)."""
 
     __slots__ = ("budget", "client", "held", "deadline", "cut", "grew", "marks")
 
@@ -101,7 +101,7 @@ class BodyHold:
 class BodyBudget:
     """At most `total` bytes of bodies held, at most `per_client` of them for one client
     address (an IPv6 address counted as its `/ipv6_prefix` network); bodies arriving
-    slower than `slow_rate` bytes a second on average, or stalled, may be cut off to make
+    slower than `slow_rate` bytes a second of late, or stalled, may be cut off to make
     room. `clock` is `time.monotonic` (a test's own)."""
 
     def __init__(self, total: int, per_client: int, ipv6_prefix: int = IPV6_PREFIX,

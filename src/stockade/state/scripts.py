@@ -192,7 +192,7 @@ return 1
 # ARGV: threshold, window, cooldown, the violation's member (unique, or its client's:
 #       a client's next violation replaces it), breaker key, tenant, the
 #       `probe_at` of the probe this run holds ("" when it holds none). The probe's
-#       violation re-opens a half-open breaker unless its member is already counted.
+#       violation re-opens a half-open breaker unless its member is still remembered.
 VIOLATION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -221,7 +221,7 @@ if state == 'half_open' and (ARGV[7] == '' or
                              redis.call('HGET', KEYS[1], 'probe_at') ~= ARGV[7]) then
   return {'none', tostring(count)}
 end
--- A probe from a client already counted in the window proves nothing: freed.
+-- A probe from a client still remembered (known) proves nothing: freed.
 if state == 'half_open' and known then
   redis.call('HSET', KEYS[1], 'probe_at', '')
   return {'none', tostring(count)}

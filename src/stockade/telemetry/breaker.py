@@ -15,11 +15,11 @@ take it offline), and refusals never count. For the same reason a gateway's runs
 their client (`source`): one client's violations count once per window, so `threshold`
 clients must hit limits to open a function's breaker; the gateway refuses a client
 whose own runs keep hitting them (`gateway.clientbreaker`). A half-open probe that
-violates re-opens the breaker only when its client is not one already counted within
-the window: otherwise one of the clients that opened it could keep it open for everyone
-by taking each probe; such a client is refused while the breaker is half-open
-(`counted`, asked by the gateway when it is granted a probe), and a probe it ran all the
-same is freed for the next request.
+violates re-opens the breaker only when its client is not one still remembered (the
+window and a cooldown, `BreakerConfig.remembered`): otherwise one of the clients that
+opened it could keep it open for everyone by taking each probe; such a client is
+refused while the breaker is half-open (`counted`, asked by the gateway when it is
+granted a probe), and a probe it ran all the same is freed for the next request.
 
 `check` is what runs before a run: one indexed SELECT in the common case, no
 wasmtime. `record` runs after it. Every decision that changes state, and every count,
@@ -513,7 +513,7 @@ class Breaker:
                    source: str | None) -> Transition | None:
         """Count a violation (a `source`'s replaces its last one); open the breaker when
         closed and at the threshold, or when half-open and this is the run holding its
-        probe (granted at `probe_at`) for a source not already counted in the window
+        probe (granted at `probe_at`) for a source not still remembered
         (one that is frees the probe instead)."""
         cfg = self.config
         with self._tx():
