@@ -28,7 +28,15 @@ if TYPE_CHECKING:
 __all__ = ["CancelToken", "cancellable", "current_token", "interrupt_cancels", "CANCELLED",
            "Interrupted"]
 
-_local = threading.local()
+
+class _Local(threading.local):
+    """The token of runs on this thread. A class default, not `getattr(..., None)`:
+    a missing attribute raises and catches AttributeError inside, on every run."""
+
+    token: CancelToken | None = None
+
+
+_local = _Local()
 
 
 class CancelToken:
@@ -117,7 +125,7 @@ class Interrupted(KeyboardInterrupt):
 @contextmanager
 def cancellable(token: CancelToken) -> Iterator[CancelToken]:
     """Runs made on this thread inside the block can be stopped by `token.cancel()`."""
-    previous = getattr(_local, "token", None)
+    previous = _local.token
     _local.token = token
     try:
         yield token
@@ -127,8 +135,7 @@ def cancellable(token: CancelToken) -> Iterator[CancelToken]:
 
 def current_token() -> CancelToken | None:
     """The token of runs on this thread (None outside `cancellable`)."""
-    token: CancelToken | None = getattr(_local, "token", None)
-    return token
+    return _local.token
 
 
 @contextmanager
