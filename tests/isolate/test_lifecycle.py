@@ -105,6 +105,24 @@ def test_a_missing_interpreter_is_a_worker_error() -> None:
             sandbox.run(guest("hello.wasm"))
 
 
+@pytest.mark.parametrize(("sig", "outcome", "words"), [
+    # The kernel's signal at the worker's CPU-time limit: a limit the run hit, as the
+    # deadline it backs up (a breaker and the audit log count it).
+    (signal.SIGXCPU, Outcome.TIMEOUT, "CPU time limit (RLIMIT_CPU, SIGXCPU)"),
+    # Any other death is the host's failure, not a verdict on the guest.
+    (signal.SIGABRT, Outcome.ERROR, "the worker crashed (SIGABRT)"),
+])
+def test_how_a_worker_died_is_the_runs_outcome(sig: signal.Signals, outcome: Outcome,
+                                               words: str) -> None:
+    with IsolatedSandbox(Policy.from_profile("strict"),
+                         observers=[SignalOnStart(sig)]) as sandbox:
+        result = sandbox.run(guest("sleeper.wasm"), Invocation(args=("10",)))
+        assert result.outcome is outcome and result.exit_code == outcome.exit_code
+        assert words in result.message
+        sandbox.observers = ()
+        assert sandbox.run(guest("hello.wasm")).ok  # a fresh worker serves the next run
+
+
 def test_a_killed_runs_scratch_directory_is_removed() -> None:
     killer = SignalOnStart(signal.SIGKILL)
     seen: list[RunInfo] = []

@@ -216,7 +216,7 @@ class WorkerPool:
         except (EOFError, WorkerError) as exc:
             if isinstance(exc, EOFError):
                 cause = worker.death_cause()
-                outcome = Outcome.MEMORY_LIMIT if worker.out_of_memory else Outcome.ERROR
+                outcome = worker.ended_as
             else:
                 cause = str(exc)
                 outcome = Outcome.MEMORY_LIMIT if worker.oom_killed() else Outcome.ERROR

@@ -34,6 +34,7 @@ from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
 from ..paths import import_path
 from ..policy.units import format_size
+from ..result import Outcome
 from ..rmtree import remove_tree
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan, inherited
@@ -194,7 +195,11 @@ class WorkerProcess:
         self.vouched: set[str] = set(plan.vouched)  # `.cwasm` digests it accepts (process)
         self._join_failures = self.cgroup.add(self.pid)
         self._oom_before = self.cgroup.oom_kills()
-        self.out_of_memory = False  # set by `death_cause`: the worker ran out of memory
+        # Set by `death_cause`: how a run the worker died in ended. Out of memory
+        # (its cgroup's OOM killer, its address space) is `memory_limit`; its CPU-time
+        # limit (SIGXCPU) is `timeout`, as the deadline it backs up; any other death is
+        # the host's `error`. The first two are the guest's doing, and breakers count them.
+        self.ended_as = Outcome.ERROR
         self.protections: list[Protection] | None = None
         self.ready: dict[str, Any] = {}  # the worker's `ready` payload
         self.runs = 0
@@ -266,17 +271,17 @@ class WorkerProcess:
 
     def death_cause(self) -> str:
         """Why the worker ended, in words: OOM kill, signal, CPU limit, exit code, and
-        the last line it wrote to stderr. Waits for the worker to exit; sets
-        `out_of_memory` when its cgroup's OOM killer or its address space ended it."""
+        the last line it wrote to stderr. Waits for the worker to exit; sets `ended_as`."""
         code = self.proc.wait()
-        self.out_of_memory = self.oom_killed()
-        if self.out_of_memory:
+        if self.oom_killed():
+            self.ended_as = Outcome.MEMORY_LIMIT
             limit = format_size(self.memory_limit) if self.memory_limit else "?"
             return (f"the worker was killed by the kernel OOM killer (SIGKILL): its cgroup "
                     f"memory limit of {limit} was reached")
         if code < 0:
             name = signal.Signals(-code).name
             if -code == signal.SIGXCPU:
+                self.ended_as = Outcome.TIMEOUT
                 return f"the worker exceeded its CPU time limit (RLIMIT_CPU, {name})"
             if -code == signal.SIGKILL:
                 return f"the worker was killed ({name})"
@@ -285,7 +290,8 @@ class WorkerProcess:
             cause = f"the worker exited unexpectedly with code {code}"
         tail = self._stderr_tail()
         # RLIMIT_AS: an allocation failed (Rust aborts, Python raises MemoryError).
-        self.out_of_memory = any(sign in tail for sign in _OUT_OF_MEMORY)
+        if any(sign in tail for sign in _OUT_OF_MEMORY):
+            self.ended_as = Outcome.MEMORY_LIMIT
         return f"{cause}: {tail}" if tail else cause
 
     def _stderr_tail(self) -> str:

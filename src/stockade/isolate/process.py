@@ -417,7 +417,7 @@ class IsolatedSandbox:
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
                 cause = worker.death_cause()
-                result = self._died(module, info, begun, cause, worker.out_of_memory)
+                result = self._synthetic(module, info, begun, worker.ended_as, cause)
                 self._discard(respawn=True)
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
@@ -524,12 +524,6 @@ class IsolatedSandbox:
                        f"{self.config.load_seconds(self.policy) or 0:g} s; "
                        "the worker was killed (SIGKILL)")
         return self._synthetic(module, info, begun, Outcome.TIMEOUT, message)
-
-    def _died(self, module: str | Path | bytes, info: RunInfo | None, begun: float,
-              cause: str, out_of_memory: bool) -> Result:
-        # Out of memory is the guest's (or its module's) doing: `memory_limit`, 137.
-        outcome = Outcome.MEMORY_LIMIT if out_of_memory else Outcome.ERROR
-        return self._synthetic(module, info, begun, outcome, cause)
 
     def interrupt(self) -> None:
         """Stop the run in progress now: its worker is killed (SIGKILL), the run reports
