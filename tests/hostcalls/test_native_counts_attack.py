@@ -63,11 +63,11 @@ def test_native_counts_at_the_smallest_budgets_match_the_sandbox(
     assert sum(native.values()) == budget + 1, native
 
 
-@pytest.mark.parametrize("which", range(4), ids=["run_state", "run_plan", "run_in", "run_out"])
-def test_the_native_library_refuses_a_caller_built_for_another_layout(which: int) -> None:
-    """`stockade_fast_init` takes the caller's function table only when the sizes of every
-    structure it shares (run_state, run_plan, run_in, run_out) are its own; anything else
-    is refused before the table is copied."""
+def test_the_native_library_refuses_a_caller_built_for_another_layout() -> None:
+    """`stockade_fast_init` takes the caller's function table only when every field of
+    every structure it shares sits where its own does, and each has its size: one
+    field moved (into padding, or swapped with another of the same size, which sizes
+    alone let through) is refused before the table is copied."""
     import ctypes
 
     from stockade.engine.fastpath import _native
@@ -76,12 +76,31 @@ def test_the_native_library_refuses_a_caller_built_for_another_layout(which: int
         pytest.skip("the fast path's native library is not built here")
     init = _native._LIBRARY.stockade_fast_init
     table = (ctypes.c_void_p * (len(_native._FUNCTIONS) + 1))()
-    sizes = list(_native.STRUCT_SIZES)
     count = len(_native._FUNCTIONS)
-    for delta in (8, -8, 4):
-        other = [*sizes]
-        other[which] += delta
-        assert init(table, count, 0, *other) == -1
-    assert init(table, count + 1, 0, *sizes) == -1
-    assert init(table, count - 1, 0, *sizes) == -1
-    assert _native._LIBRARY.stockade_run_state_size() == sizes[0]
+    layout = list(_native.LAYOUT)
+
+    def accepted(entries: list[int], functions: int = count) -> bool:
+        return init(table, functions, 0, (ctypes.c_size_t * len(entries))(*entries),
+                    len(entries)) == 0
+
+    # RunOut's `called` and `status`, two int32 side by side, swapped: the same size.
+    fields = [name for name, *_ in _native.RunOut._fields_]
+    start = sum(len(struct._fields_) + 1  # RunOut's entries follow these three's
+                for struct in (_native.RunState, _native.RunPlanC, _native.RunIn))
+    called = start + fields.index("called")
+    assert fields[fields.index("called") + 1] == "status"
+    assert layout[called] == _native.RunOut.called.offset
+    swapped = [*layout]
+    swapped[called], swapped[called + 1] = layout[called + 1], layout[called]
+    assert not accepted(swapped)
+    for index in range(len(layout)):  # any one entry off by a field's width
+        for delta in (4, -4, 8):
+            moved = [*layout]
+            moved[index] += delta
+            assert not accepted(moved), index
+    assert not accepted(layout[:-1])  # a structure left out
+    assert not accepted([*layout, 8])
+    assert not accepted(layout, count + 1) and not accepted(layout, count - 1)
+    # Its own layout is taken: the library was loaded with it (a call here would copy
+    # this test's empty table over the loaded one).
+    assert _native.LAYOUT == tuple(layout)

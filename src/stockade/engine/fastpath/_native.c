@@ -5,8 +5,9 @@
  * host functions that count toward the run's host-call budget and stop output at its cap as they write.
  * With them, WASI's own stdio is left empty: no file is opened per run.
  *
- * Every structure shared with Python is checked by size at `stockade_fast_init`; a
- * caller built for another layout is refused and runs the Python version.
+ * Every structure shared with Python is checked field by field (offsets and sizes) at
+ * `stockade_fast_init`; a caller built for another layout is refused and runs the
+ * Python version.
  *
  * Built by `scripts/build_native.py` into `libstockade_fastrun.so` beside this file; without it
  * the fast path runs the Python version. It links against nothing: the wasmtime
@@ -339,8 +340,6 @@ typedef struct {
 void stockade_trip_arm(trip_state *t, uint8_t *page);
 void stockade_trip_disarm(trip_state *t);
 
-size_t stockade_run_state_size(void);
-
 /* The deadline of a sandbox run on an epochs engine, decided by the clock when the
  * store's epoch deadline is reached (`sandbox/cancel.py`'s EpochDeadline): anyone may
  * move the shared epoch (a cancellation wakes its run so), so an epoch count alone would
@@ -391,16 +390,46 @@ int stockade_watch_start(void *store, void *cx, epoch_watch *w, void *engine,
 
 void stockade_watch_stop(epoch_watch *w) { due_unlist(&w->due); }
 
-/* -1 unless the caller was built for this library: its function table and the sizes of
- * every structure it shares (run_state, run_plan, run_in, run_out, trip_state,
- * epoch_watch). */
+/* Each structure shared with Python: its fields' offsets, then its size, in the order
+ * of `_native.py`'s `LAYOUT`. Sizes alone let two fields swapped, or one moved into
+ * padding, through. */
+#define AT(type, field) offsetof(type, field)
+static const size_t layout[] = {
+    AT(run_state, out_fd), AT(run_state, err_fd), AT(run_state, capture_err),
+    AT(run_state, stop), AT(run_state, cap), AT(run_state, out_size), AT(run_state, err_size),
+    AT(run_state, hostcalls), AT(run_state, max_hostcalls), AT(run_state, stdin_data),
+    AT(run_state, stdin_len), AT(run_state, stdin_pos), AT(run_state, closed),
+    AT(run_state, calls), AT(run_state, memory_base), AT(run_state, trip),
+    AT(run_state, out_spilled), AT(run_state, err_spilled), AT(run_state, out_inline),
+    AT(run_state, err_inline), sizeof(run_state),
+    AT(run_plan, pre), AT(run_plan, max_memory), AT(run_plan, fuel), AT(run_plan, has_fuel),
+    AT(run_plan, capture_stderr), AT(run_plan, argv), AT(run_plan, argc),
+    AT(run_plan, argv_len), AT(run_plan, max_output), AT(run_plan, max_hostcalls),
+    AT(run_plan, owned_stdio), AT(run_plan, tripwire), sizeof(run_plan),
+    AT(run_in, engine), AT(run_in, state), AT(run_in, plan), AT(run_in, deadline),
+    AT(run_in, deadline_ns), AT(run_in, names), AT(run_in, values), AT(run_in, envc),
+    AT(run_in, names_len), AT(run_in, values_len), AT(run_in, stdin_data),
+    AT(run_in, stdin_len), AT(run_in, out_path), AT(run_in, err_path), AT(run_in, cap),
+    AT(run_in, out_fd), AT(run_in, err_fd), AT(run_in, trip), AT(run_in, watch),
+    sizeof(run_in),
+    AT(run_out, error), AT(run_out, trap), AT(run_out, memory_bytes), AT(run_out, fuel_left),
+    AT(run_out, called), AT(run_out, status), AT(run_out, wall_ns), AT(run_out, cpu_ns),
+    AT(run_out, out_size), AT(run_out, err_size), sizeof(run_out),
+    AT(due_entry, deadline_ns), AT(due_entry, next), AT(due_entry, prev),
+    AT(due_entry, target), AT(due_entry, kind), AT(due_entry, listed), sizeof(due_entry),
+    AT(trip_state, lock), AT(trip_state, fired), AT(trip_state, revoked),
+    AT(trip_state, reserved), AT(trip_state, page), AT(trip_state, due), sizeof(trip_state),
+    AT(epoch_watch, deadline_ns), AT(epoch_watch, cancelled), AT(epoch_watch, reason),
+    AT(epoch_watch, due), sizeof(epoch_watch),
+};
+#undef AT
+
+/* -1 unless the caller was built for this library: its function table and the layout
+ * of every structure it shares (`layout`, `count` entries). */
 int stockade_fast_init(void **functions, size_t count, size_t union_offset,
-                       size_t state_size, size_t plan_size, size_t in_size,
-                       size_t out_size, size_t trip_size, size_t watch_size) {
-    if (count != F_COUNT || state_size != stockade_run_state_size()
-        || plan_size != sizeof(run_plan) || in_size != sizeof(run_in)
-        || out_size != sizeof(run_out) || trip_size != sizeof(trip_state)
-        || watch_size != sizeof(epoch_watch))
+                       const size_t *caller_layout, size_t layout_count) {
+    if (count != F_COUNT || layout_count != sizeof layout / sizeof layout[0]
+        || memcmp(caller_layout, layout, sizeof layout) != 0)
         return -1;
     memcpy(fn, functions, sizeof fn);
     extern_of = union_offset;
@@ -610,8 +639,6 @@ done:
  * A run's store data points at its slot's `run_state` (`_run.py`'s `RunState`). No
  * preopens exist on the fast path, so descriptors 0-2 are the only ones: stdin is the
  * request's bytes, stdout and stderr the slot's inline bytes, then its memfds. */
-
-size_t stockade_run_state_size(void) { return sizeof(run_state); }
 
 /* Indexes of `calls`; `_native.py` CALL_NAMES names them (poll_oneoff is `_poll.py`'s). */
 enum { CALL_FD_WRITE = 0, CALL_FD_READ = 1, CALL_FD_CLOSE = 2, CALL_RANDOM_GET = 3,

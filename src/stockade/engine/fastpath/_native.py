@@ -18,7 +18,7 @@ from ._capi import DLL, Extern
 
 __all__ = ["CALL_NAMES", "CALL_POLL", "EPOCH_DEADLINE", "EpochWatch", "NATIVE_RUN", "STDIO",
            "RunIn", "RunOut", "RunPlanC", "WATCH", "WATCH_CANCELLED", "WATCH_TIMEOUT",
-           "RunState", "STRUCT_SIZES", "MAX_STRINGS", "RUN_OK",
+           "RunState", "LAYOUT", "MAX_STRINGS", "RUN_OK",
            "RUN_FUEL", "RUN_WASI_FILES", "STOP_STDOUT", "STOP_STDERR", "STOP_HOSTCALLS",
            "RUN_WASI", "RUN_NO_START", "RUN_BAD_STRINGS", "RUN_NO_TRIPWIRE", "RUN_NO_DEADLINE",
            "LIBRARY",
@@ -149,10 +149,12 @@ class EpochWatch(ctypes.Structure):
 
 WATCH_TIMEOUT, WATCH_CANCELLED = 1, 2
 
-# What `stockade_fast_init` checks against its own: run_state, run_plan, run_in, run_out,
-# trip_state, epoch_watch.
-STRUCT_SIZES = tuple(ctypes.sizeof(struct)
-                     for struct in (RunState, RunPlanC, RunIn, RunOut, TripState, EpochWatch))
+# What `stockade_fast_init` checks against its own `layout`: each shared structure's
+# field offsets, then its size.
+LAYOUT = tuple(offset for struct in (RunState, RunPlanC, RunIn, RunOut, DueEntry, TripState,
+                                     EpochWatch)
+               for offset in (*(getattr(struct, name).offset for name, *_ in struct._fields_),
+                              ctypes.sizeof(struct)))
 
 
 def _load() -> Any:
@@ -165,9 +167,10 @@ def _load() -> Any:
     addresses = (c_void_p * len(_FUNCTIONS))(
         *(ctypes.cast(DLL[name], c_void_p).value for name in _FUNCTIONS))
     init = library.stockade_fast_init
-    init.argtypes = [POINTER(c_void_p), c_size_t, c_size_t, *[c_size_t] * len(STRUCT_SIZES)]
+    init.argtypes = [POINTER(c_void_p), c_size_t, c_size_t, POINTER(c_size_t), c_size_t]
     init.restype = c_int32
-    if init(addresses, len(_FUNCTIONS), Extern.of.offset, *STRUCT_SIZES) != 0:
+    if init(addresses, len(_FUNCTIONS), Extern.of.offset, (c_size_t * len(LAYOUT))(*LAYOUT),
+            len(LAYOUT)) != 0:
         return None
     return library
 
