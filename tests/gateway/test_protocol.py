@@ -15,9 +15,9 @@ import h11
 import httpx
 import pytest
 
-from stockade.gateway.protocol import WriteBatch
+from stockade.gateway.protocol import MAX_PIPELINED, WriteBatch
 
-from .conftest import Gateway, gateway_env, module
+from .conftest import Gateway, Start, gateway_env, module
 
 MANIFEST = f"""
 [server]
@@ -296,6 +296,84 @@ def test_requests_pipelined_ahead_of_a_refused_head_are_answered_first(
     first, _, second = answer.partition(b"Hello, world!\n")
     assert b"connection: close" not in first.lower()
     assert b"connection: close" in second.lower() and second.endswith(b"Hello, world!\n")
+
+
+def test_a_client_that_pipelines_without_reading_gets_a_bounded_queue(
+        gateway: Gateway) -> None:
+    """Thousands of tiny pipelined heads in one write, none of the answers read: one
+    read held ~7,000 queued requests and each answer let another read in (a worker grew
+    1.3 GB in 15 s). Now the requests parsed ahead of their answers stop at
+    `MAX_PIPELINED`: those are answered, in order, the last closing the connection, and
+    the rest is ignored (no refusal is written into the answers)."""
+    flood = REQUEST * 5000
+    with connect(gateway) as sock:
+        sender = threading.Thread(target=lambda: _send_quietly(sock, flood), daemon=True)
+        sender.start()
+        time.sleep(1.0)  # the worker parses what arrived while nothing is read
+        answer = closed_by_server(sock)
+        sender.join(20)
+    answered = answer.count(b"HTTP/1.1 200 ")
+    # The one being answered, then the queue behind it.
+    assert answered == MAX_PIPELINED + 1, answered
+    assert answer.endswith(b"Hello, world!\n") and b" 400 " not in answer
+    assert answer.lower().count(b"connection: close") == 1
+    with connect(gateway) as sock:  # the worker serves on
+        sock.sendall(REQUEST)
+        [(status, _, _)], _ = read_responses(sock, 1)
+        assert status == 200
+
+
+SLOW_READER = f"""
+[server]
+workers = 1
+telemetry = "off"
+access_log = "off"
+body_timeout = "1s"
+body_min_rate = "1KiB"
+
+[[function]]
+name = "big"
+route = "/big"
+module = "{module("big")}"
+"""
+BIG = 4_000_000
+
+
+def test_a_client_that_stops_reading_its_answer_is_cut_off(start_gateway: Start) -> None:
+    """A client asking for a large answer and never reading it held the whole answer in
+    the worker's memory for as long as it liked (8 MiB each, 256 connections an
+    address): a close at the idle deadline waits for the bytes to be sent. Now the
+    unsent bytes get `body_timeout`, and must leave at `body_min_rate`: past that the
+    connection is aborted. A client that reads gets its answer whole."""
+    gateway = start_gateway(SLOW_READER)
+    request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % BIG
+    url = httpx.URL(gateway.url)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.settimeout(20)
+    with stalled:
+        stalled.connect((url.host, url.port))
+        stalled.sendall(request)
+        gateway.wait_for_log(r"took its answers slower than 1024 bytes/s: connection "
+                             r"aborted, \d+ bytes unsent")
+        received = closed_by_server(stalled)  # what the kernel held, then the reset
+    assert len(received) < BIG
+    with connect(gateway) as reader:  # reading as it comes: the whole answer
+        reader.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < BIG:
+            chunk = reader.recv(1 << 20)
+            assert chunk, "the answer was cut off"
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 ")
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send `data`; the server closing the connection halfway is expected."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
 
 
 CHUNKED = b"POST /hello HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"

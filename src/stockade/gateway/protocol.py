@@ -85,6 +85,11 @@ _VERSIONS = ("1.1", "1.0")  # those served (RFC 9110 15.6.6: 505 for the others)
 # Header lines a head may have (Apache's LimitRequestFields is 100): each one costs a
 # tuple and a CGI variable on every request.
 MAX_HEADER_FIELDS = 256
+# Requests parsed ahead of their answers on one connection (pipelined). One read of tiny
+# pipelined heads held ~7,000 queued requests, and each answer let one more read in: a
+# client that never read its answers grew a worker by 1.3 GB in 15 s. Past this many the
+# connection closes after answering them; no client that reads its answers comes near.
+MAX_PIPELINED = 100
 
 
 # uvicorn warns once per malformed request: a client could fill the log at request rate.
@@ -204,6 +209,8 @@ class GuardedProtocol(HttpToolsProtocol):
     client_warnings = ClientWarnings(logging.getLogger("uvicorn.error"))
     header_timeout = 10.0
     max_header_size = 64 * 1024
+    send_timeout = 10.0  # seconds the unsent part of the answers may wait (see `_sending`)
+    send_min_rate = 1024  # bytes a second a client reading its answers takes at least
     max_connections = 10_000
     per_ip: PeerConnections | None = None
 
@@ -224,6 +231,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._trailing = False  # after a chunk's size line, before its data or its end
         self._trailer_bytes = 0
         self._answering: Exchange | None = None  # the request answered last or now
+        self._send_deadline = math.inf  # loop time the unsent answers must be gone by
+        self._unsent = 0  # bytes the transport held at the last sweep
         self._ignoring = False  # input after a refused pipelined head or a half-close
         self._writes = WriteBatch.of(self.server_state, self.loop)
 
@@ -250,6 +259,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._cell is not None and self.per_ip is not None:
             self.per_ip.close(self._cell)  # once: forgotten here
             self._cell = None
+        # Requests queued behind the one answered will never start: freed now, not when a
+        # full collection finds the queue and this protocol holding each other.
+        self.pipeline.clear()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -437,10 +449,16 @@ class GuardedProtocol(HttpToolsProtocol):
             http_version=version, raw_path=self.root_path.encode("ascii") + raw_path,
             receive=cycle.receive,  # type: ignore[arg-type]  # ASGI's typed dicts
             body_read=not self._framed)  # neither length nor chunks: no body (RFC 9112 6.3)
-        previous, self.cycle = self.cycle, cycle
+        previous = self.cycle
         if previous is None or previous.response_complete:
+            self.cycle = cycle
             self._start(cycle)
+        elif len(self.pipeline) >= MAX_PIPELINED:
+            # Refused before it is kept: those queued are answered, the last closing the
+            # connection, and the rest of the input is ignored (`send_400_response`).
+            raise _HeadRefused(f"more than {MAX_PIPELINED} pipelined requests")
         else:  # pipelined: started when the previous response is complete
+            self.cycle = cycle
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.app))
 
@@ -488,6 +506,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _expire(self, now: float) -> None:
         """Called by the sweep: act on a deadline that has passed."""
+        if not self._sending(now):
+            return
         if now >= self._head_deadline:
             self._head_deadline = math.inf
             self._head_timed_out()
@@ -496,6 +516,37 @@ class GuardedProtocol(HttpToolsProtocol):
             if not self.transport.is_closing():
                 self._writes.flush()
                 self.transport.close()
+
+    def _sending(self, now: float) -> bool:
+        """The answers' bytes must keep leaving as a body's must keep coming: those the
+        transport holds unsent have `send_timeout`, each byte the client takes adds
+        `1 / send_min_rate` s, never past `send_timeout` ahead; new bytes handed over
+        (only once it had taken the last ones: the protocol pauses answering above the
+        transport's high-water mark) start it again. A client that stops reading held
+        every answer it asked for in the worker's memory (a close waits to send them):
+        8 MiB each, 256 connections an address. Past the deadline the connection is
+        aborted, its unsent bytes dropped. False then."""
+        transport = self.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        previous, self._unsent = self._unsent, unsent
+        if not unsent:
+            self._send_deadline = math.inf
+            return True
+        if unsent > previous:
+            self._send_deadline = now + self.send_timeout
+        elif unsent < previous:
+            self._send_deadline = min(self._send_deadline
+                                      + (previous - unsent) / self.send_min_rate,
+                                      now + self.send_timeout)
+        if now < self._send_deadline:
+            return True
+        self._send_deadline = math.inf
+        self._head_deadline = self._idle_deadline = math.inf
+        self.client_warnings.warning(
+            "%s took its answers slower than %d bytes/s: connection aborted, %d bytes unsent",
+            self.client[0] if self.client else "a client", self.send_min_rate, unsent)
+        transport.abort()
+        return False
 
     def _close_after_answers(self) -> bool:
         """No more input is taken (a refused head, or the client's half-close) while
@@ -615,14 +666,17 @@ class _Sweep:
 
 def guarded_protocol(answer: Answer, header_timeout: float, max_header_size: int,
                      per_ip: PeerConnections | None = None,
-                     max_connections: int | None = None) -> type[GuardedProtocol]:
+                     max_connections: int | None = None, send_timeout: float = 10.0,
+                     send_min_rate: int = 1024) -> type[GuardedProtocol]:
     """A `GuardedProtocol` class handing requests to `answer` (`GatewayApp.answer`) with
     these limits (seconds, bytes, connections per peer address, connections of this
-    worker: None for its descriptor limit less a reserve), for uvicorn's `http` setting."""
+    worker: None for its descriptor limit less a reserve; how long unsent answers may
+    wait and how fast a client must take them), for uvicorn's `http` setting."""
     return type("GuardedProtocol", (GuardedProtocol,), {
         "answer": staticmethod(answer),
         "client_warnings": ClientWarnings(logging.getLogger("uvicorn.error")),
         "header_timeout": header_timeout, "max_header_size": max_header_size,
+        "send_timeout": send_timeout, "send_min_rate": send_min_rate,
         "per_ip": per_ip,
         "max_connections": max_connections if max_connections is not None
         else descriptor_budget()})

@@ -50,7 +50,8 @@ class ServerSettings:
     Slow clients: a request head (line and headers, at most `max_header_size` bytes)
     must arrive within `header_timeout`, and a body's bytes must keep coming: it has
     `body_timeout`, each byte adds `1 / body_min_rate` s, never past `body_timeout` ahead (408
-    otherwise; bodies are read before a function or tenant slot is taken); a worker
+    otherwise; bodies are read before a function or tenant slot is taken), and the
+    answers' bytes must keep leaving at the same pace (the connection aborted); a worker
     holds at most `body_buffer` bytes of request bodies at once,
     `body_buffer_per_client` of them for one client address (503 past either,
     `bodybudget.py`); an idle keep-alive connection is closed after

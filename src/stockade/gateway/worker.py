@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         # to the app's `answer` without an ASGI scope (protocol.py).
         app, loop="uvloop", ws="none", lifespan="on", proxy_headers=False,
         http=guarded_protocol(app.answer, settings.header_timeout, settings.max_header_size,
-                              per_ip),
+                              per_ip, send_timeout=settings.body_timeout,
+                              send_min_rate=settings.body_min_rate),
         access_log=False, log_config=None, log_level="warning", server_header=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),
