@@ -149,6 +149,35 @@ def test_one_random_get_over_all_memory_stops_at_the_deadline() -> None:
     assert elapsed < 0.2 + 1.0, elapsed
 
 
+# One random_get over 256 MiB, then "done" written: the deadline passes inside the call.
+# On an epochs engine (fuel, or no tripwire) the owned call looked only at the tripwire,
+# which such a run does not have: it filled the whole buffer (seconds for 1 GiB), and the
+# guest, meeting no epoch check before its next host call and its return, printed "done"
+# and exited 0 past its timeout.
+RANDOM_THEN_WRITE = b"""(module
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4096)
+  (data (i32.const 0) "\\10\\00\\00\\00\\05\\00\\00\\00")
+  (data (i32.const 16) "done\\n")
+  (func (export "_start")
+    (drop (call $random (i32.const 64) (i32.const 268435392)))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32)))))"""
+
+
+@pytest.mark.parametrize("config", [
+    EngineConfig(fuel=True, epochs=True), EngineConfig(fuel=False, epochs=True),
+    EngineConfig(fuel=False, epochs=False, tripwire=True)], ids=["fuel", "epochs", "tripwire"])
+def test_a_long_random_get_stops_at_the_deadline_on_every_engine(
+        config: EngineConfig) -> None:
+    with FastEngine(config, max_instances=1, max_memory=256 * 1024**2) as engine:
+        module = engine.compile(binary(RANDOM_THEN_WRITE), "random.wasm")
+        result = module.run(timeout_s=0.02, fuel=10**12 if config.fuel else None)
+    assert result.outcome is Outcome.TIMEOUT, (result.outcome, result.message)
+    assert result.stdout == b""
+
+
 @pytest.mark.parametrize("workload", [["spin.wasm"], ["sleeper.wasm", "300"]],
                          ids=["spinning", "sleeping"])
 def test_a_cancellation_stops_a_fast_path_run_and_only_that_run(workload: list[str]) -> None:

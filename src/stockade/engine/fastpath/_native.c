@@ -82,6 +82,7 @@ typedef struct {
  * `RunState`); a run's store data points at its slot's. */
 typedef struct run_state run_state;
 typedef struct trip_state trip_state;
+struct epoch_watch;
 #define INLINE_OUTPUT 8192
 struct run_state {
     int32_t out_fd, err_fd, capture_err, stop;
@@ -94,6 +95,7 @@ struct run_state {
     uint64_t calls[7];           /* served calls by CALL_* (usage.hostcalls) */
     uint8_t *memory_base;        /* the guest's `memory` once instantiated, else NULL */
     trip_state *trip;            /* the slot's tripwire (NULL without one) */
+    struct epoch_watch *watch;   /* an epochs run's deadline (NULL: none, or a tripwire) */
     /* A stream's first INLINE_OUTPUT bytes stay here, no system call per write or read;
      * once it outgrows them they are moved to its file, which then holds it all
      * (`spilled`, set after the move: a reader on another thread sees either whole). */
@@ -399,7 +401,7 @@ static const size_t layout[] = {
     AT(run_state, stop), AT(run_state, cap), AT(run_state, out_size), AT(run_state, err_size),
     AT(run_state, hostcalls), AT(run_state, max_hostcalls), AT(run_state, stdin_data),
     AT(run_state, stdin_len), AT(run_state, stdin_pos), AT(run_state, closed),
-    AT(run_state, calls), AT(run_state, memory_base), AT(run_state, trip),
+    AT(run_state, calls), AT(run_state, memory_base), AT(run_state, trip), AT(run_state, watch),
     AT(run_state, out_spilled), AT(run_state, err_spilled), AT(run_state, out_inline),
     AT(run_state, err_inline), sizeof(run_state),
     AT(run_plan, pre), AT(run_plan, max_memory), AT(run_plan, fuel), AT(run_plan, has_fuel),
@@ -473,6 +475,7 @@ static void start_state(run_state *st, const run_plan *plan, const run_in *in) {
     st->stdin_len = in->stdin_len;
     st->stdin_pos = 0;
     st->memory_base = NULL;
+    st->watch = !plan->tripwire && in->deadline_ns >= 0 ? in->watch : NULL;
 }
 
 /* The run, timed, and the sizes of what the guest wrote. With owned standard streams
@@ -818,6 +821,25 @@ void *stockade_fd_close(void *env, void *caller, val_raw *args, size_t nargs) {
     return NULL;
 }
 
+/* Whether the run must stop now, asked between the chunks of a long host call: its
+ * tripwire fired, or on an epochs engine (no tripwire) its watch's deadline passed or it
+ * was cancelled, the watch's reason set as its epoch callback would (the callback runs
+ * only once the guest is back in its code: a 1 GiB call ran 4 s past a 300 ms timeout). */
+static bool stopped(run_state *st) {
+    if (st->trip && __atomic_load_n(&st->trip->fired, __ATOMIC_RELAXED)) return true;
+    epoch_watch *w = st->watch;
+    if (!w) return false;
+    if (__atomic_load_n(&w->cancelled, __ATOMIC_ACQUIRE)) {
+        w->reason = WATCH_CANCELLED;
+        return true;
+    }
+    if (w->deadline_ns >= 0 && w->deadline_ns <= (int64_t)now_ns(CLOCK_MONOTONIC)) {
+        w->reason = WATCH_TIMEOUT;
+        return true;
+    }
+    return false;
+}
+
 void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
     uint8_t *base; size_t size; void *trap;
@@ -826,9 +848,9 @@ void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) 
     uint32_t buf = (uint32_t)args[0].i64, len = (uint32_t)args[1].i64;
     if (!base || !in_memory(size, buf, len)) { args[0].i64 = E_FAULT; return NULL; }
     /* One call can fill all of memory (1 GiB: seconds): in chunks, and past the run's
-     * deadline (its tripwire fired) the guest traps, as at its next probe. */
+     * deadline the guest traps, as at its next probe or epoch check. */
     for (uint32_t done = 0; done < len;) {
-        if (done && st->trip && __atomic_load_n(&st->trip->fired, __ATOMIC_RELAXED))
+        if (done && stopped(st))
             return CALL(F_TRAP_NEW, void *(*)(const char *, size_t))(
                 "random_get past the deadline", 28);
         uint32_t chunk = len - done < RANDOM_CHUNK ? len - done : RANDOM_CHUNK;

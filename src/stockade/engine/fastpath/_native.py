@@ -94,7 +94,8 @@ class RunState(ctypes.Structure):
     Python (the store's data points at it). `stop` says why a host call stopped the
     guest: 1 stdout or 2 stderr past the output cap, 3 the host-call budget.
     `memory_base` is the address of the guest's `memory` once instantiated (else None),
-    `trip` the address of the slot's `TripState` (the owned calls look at its deadline).
+    `trip` the address of the slot's `TripState`, `watch` an epochs run's `EpochWatch` (set
+    by the native run; the owned calls look at their deadlines).
     A stream's first `INLINE_OUTPUT` bytes are kept in `out_inline` / `err_inline`; once
     it outgrows them, all of it is in its file (`out_spilled` / `err_spilled`)."""
 
@@ -107,6 +108,7 @@ class RunState(ctypes.Structure):
         ("calls", c_uint64 * 7),
         ("memory_base", c_void_p),
         ("trip", c_void_p),
+        ("watch", c_void_p),
         ("out_spilled", c_int32), ("err_spilled", c_int32),
         ("out_inline", c_uint8 * INLINE_OUTPUT), ("err_inline", c_uint8 * INLINE_OUTPUT),
     ]
