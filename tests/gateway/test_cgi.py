@@ -150,6 +150,8 @@ def test_response_headers_pass_an_allow_list() -> None:
     (b"a=b; Path=/fn; Path=/", None),
     (b"a=b; path=/fn/x; Domain=example.test", None),
     (b"a=b; Path=relative", None),
+    (b"a=b; Path=/fn/../admin", None),  # under the route only as text
+    (b"a=b; Path=/fn/./x", None),
     (b"a=b; Path=/fn", b"a=b; Path=/fn"),
     (b"a=b; HttpOnly; PATH=/fn/sub", b"a=b; HttpOnly; PATH=/fn/sub"),
     (b"a=b; Secure", b"a=b; Secure; Path=/fn"),

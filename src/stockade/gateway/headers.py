@@ -118,6 +118,8 @@ class HeaderRules:
         route = self.route.encode()
         if not path.startswith(b"/"):
             return False  # the browser would use a default path, maybe outside the route
+        if any(segment in (b".", b"..") for segment in path.split(b"/")):
+            return False  # `/fn/../x` starts with the route; no request path has one
         return route == b"/" or path == route or path.startswith(route + b"/")
 
 
