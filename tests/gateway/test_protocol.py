@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h11
 import httpx
@@ -353,11 +354,17 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off(start_gateway: Start)
     stalled.settimeout(20)
     with stalled:
         stalled.connect((url.host, url.port))
-        stalled.sendall(request)
+        # The second answer waits for the first to be taken when the abort comes, the
+        # third (the last request parsed) waits behind it.
+        stalled.sendall(request * 3)
         gateway.wait_for_log(r"took its answers slower than 1024 bytes/s: connection "
                              r"aborted, \d+ bytes unsent")
         received = closed_by_server(stalled)  # what the kernel held, then the reset
     assert len(received) < BIG
+    time.sleep(0.5)
+    # The waiting answer is dropped quietly (it wrote into the closed transport, and a
+    # traceback was logged for each such connection).
+    assert "Exception in the gateway's handler" not in gateway.log(), gateway.log()
     with connect(gateway) as reader:  # reading as it comes: the whole answer
         reader.sendall(request)
         received = b""
@@ -366,6 +373,48 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off(start_gateway: Start)
             assert chunk, "the answer was cut off"
             received += chunk
     assert received.startswith(b"HTTP/1.1 200 ")
+
+
+PACED = f"""
+[server]
+workers = 1
+telemetry = "off"
+access_log = "off"
+body_timeout = "1s"
+body_min_rate = "128KiB"
+keep_alive_timeout = "1s"
+max_response = "8MiB"
+
+[[function]]
+name = "big"
+route = "/big"
+module = "{module("big")}"
+"""
+PACED_SIZE = 7_000_000
+PACED_RATE = 768 * 1024  # bytes a second the client reads: 6x the minimum
+
+
+def test_a_client_reading_at_a_steady_pace_gets_its_answer_whole(
+        start_gateway: Start) -> None:
+    """The pace of a client taking its answer counts what the kernel holds too: the
+    kernel takes more from the worker only once a third of its own buffer (up to 4 MiB)
+    has gone, so the worker's own count stood still for seconds while the client read
+    steadily, and a client reading at 100 KiB/s was cut off under a 1 KiB/s minimum."""
+    gateway = start_gateway(PACED)
+    with connect(gateway) as reader:
+        reader.sendall(b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % PACED_SIZE)
+        received = bytearray()
+        begun = time.monotonic()
+        while len(received.partition(b"\r\n\r\n")[2]) < PACED_SIZE:
+            chunk = reader.recv(32 * 1024)
+            assert chunk, f"cut off after {len(received)} bytes"
+            received += chunk
+            # Steady: never ahead of the pace.
+            ahead = len(received) / PACED_RATE - (time.monotonic() - begun)
+            if ahead > 0:
+                time.sleep(ahead)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert "took its answers slower" not in gateway.log()
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
@@ -572,6 +621,52 @@ def test_header_lines_refuse_what_http_forbids_and_lower_case_names() -> None:
             header_lines(bad)
 
 
+class RecordingTransport(asyncio.Transport):
+    """A connection's transport for a protocol driven by hand: it keeps what is written
+    and whether reading is paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 40000),
+                "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        pass
+
+
+def connected(answer: Any) -> tuple[Any, RecordingTransport]:
+    """A worker protocol answering with `answer`, connected to a `RecordingTransport`
+    (inside a running event loop)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from stockade.gateway.protocol import guarded_protocol
+
+    config = uvicorn.Config(lambda *_: None, loop="asyncio", log_config=None)
+    config.load()
+    protocol = guarded_protocol(answer, 10.0, 65536, max_connections=64)(
+        config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
 def test_an_answered_request_leaves_nothing_to_the_cyclic_collector() -> None:
     """A request and its exchange hold each other while the body may be read; once the
     answer is written the pair is freed at once by reference counting. Left as a cycle,
@@ -579,46 +674,14 @@ def test_an_answered_request_leaves_nothing_to_the_cyclic_collector() -> None:
     requests at ~7 µs a request (found by counting the garbage)."""
     import gc
 
-    import uvicorn
-    from uvicorn.server import ServerState
-
-    from stockade.gateway.protocol import guarded_protocol, write_response
+    from stockade.gateway.protocol import write_response
     from stockade.gateway.response import Response
-
-    class Transport(asyncio.Transport):
-        def __init__(self) -> None:
-            super().__init__()
-            self.written: list[bytes] = []
-
-        def write(self, data: bytes | bytearray | memoryview) -> None:
-            self.written.append(bytes(data))
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_extra_info(self, name: str, default: object = None) -> object:
-            return {"peername": ("127.0.0.1", 40000),
-                    "sockname": ("127.0.0.1", 8080)}.get(name, default)
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
 
     async def answer(request: object, send: object) -> None:
         assert write_response(send, Response(200, [(b"x-a", b"b")], b"ok"), False)
 
     async def scenario() -> tuple[list[bytes], list[str]]:
-        config = uvicorn.Config(lambda *_: None, loop="asyncio", log_config=None)
-        config.load()
-        protocol = guarded_protocol(answer, 10.0, 65536, max_connections=64)(
-            config=config, server_state=ServerState(), app_state={})
-        transport = Transport()
-        protocol.connection_made(transport)
+        protocol, transport = connected(answer)
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
@@ -637,3 +700,48 @@ def test_an_answered_request_leaves_nothing_to_the_cyclic_collector() -> None:
     written, garbage = asyncio.run(scenario())
     assert len(written) == 20 and all(w.startswith(b"HTTP/1.1 200 ") for w in written)
     assert "Exchange" not in garbage and "Request" not in garbage, garbage
+
+
+def test_no_input_is_read_while_pipelined_requests_wait() -> None:
+    """Input is read on only once no parsed request waits for its turn: uvicorn read on
+    after every answer, and each read went into the body of the last request queued,
+    before any of its own limits (29 MB of a 1 MiB `max_body` from one connection). A
+    body already whole is handed over without reading on either."""
+
+    from stockade.gateway.protocol import write_response
+    from stockade.gateway.response import Response
+
+    release = asyncio.Event
+    gates: list[asyncio.Event] = []
+    bodies: list[bytes] = []
+
+    async def answer(request: object, send: object) -> None:
+        gate = release()
+        gates.append(gate)
+        await gate.wait()  # answered when the test says so
+        message = await request.receive()  # type: ignore[attr-defined]
+        bodies.append(message["body"])
+        assert write_response(send, Response(200, [], b"ok"), False)
+
+    post = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n"
+
+    async def scenario() -> list[bool]:
+        protocol, transport = connected(answer)
+        # Two whole requests with bodies, then a third whose body is still coming.
+        protocol.data_received(post + b"0123456789" + post + b"abcdefghij" + post + b"ABC")
+        reading = []
+        for _ in range(3):
+            for _ in range(4):
+                await asyncio.sleep(0)
+            reading.append(transport.reading)
+            gates[-1].set()  # the request being answered reads its body and answers
+            for _ in range(4):
+                await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        return reading
+
+    reading = asyncio.run(scenario())
+    # Paused while the second and third wait; read on once the third is answered (its
+    # body is still coming).
+    assert reading == [False, False, True], reading
+    assert bodies[:2] == [b"0123456789", b"abcdefghij"]

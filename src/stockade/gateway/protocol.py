@@ -56,8 +56,11 @@ bytes keep their order and none is lost.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import math
+import sys
+import termios
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -174,6 +177,16 @@ class Exchange(RequestResponseCycle):
     request: Request
     writes: WriteBatch
 
+    async def receive(self) -> Any:
+        """uvicorn's, without reading on for a body already whole: that input is the
+        requests after it (a queued request's body grew by a read at each one)."""
+        if self.more_body or self.waiting_for_100_continue:
+            return await super().receive()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body, self.body = bytes(self.body), bytearray()
+        return {"type": "http.request", "body": body, "more_body": False}
+
     async def run(self, answer: Answer) -> None:
         """`answer` the request, with uvicorn's `run_asgi` guard: a failure before the
         response began is answered 500, one after it closes the connection."""
@@ -262,6 +275,13 @@ class GuardedProtocol(HttpToolsProtocol):
         # Requests queued behind the one answered will never start: freed now, not when a
         # full collection finds the queue and this protocol holding each other.
         self.pipeline.clear()
+        answering = self._answering
+        if answering is not None and answering is not self.cycle \
+                and not answering.response_complete:
+            # uvicorn tells only the last request parsed: the one answered, waiting to
+            # write, then wrote into the closed transport (a traceback per connection).
+            answering.disconnected = True
+            answering.message_event.set()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -447,7 +467,7 @@ class GuardedProtocol(HttpToolsProtocol):
             method, self.root_path + path, (url.query or b"").decode("latin-1"), self.headers,
             client=self.client, server=self.server, scheme=self.scheme or "http",
             http_version=version, raw_path=self.root_path.encode("ascii") + raw_path,
-            receive=cycle.receive,  # type: ignore[arg-type]  # ASGI's typed dicts
+            receive=cycle.receive,
             body_read=not self._framed)  # neither length nor chunks: no body (RFC 9112 6.3)
         previous = self.cycle
         if previous is None or previous.response_complete:
@@ -486,12 +506,17 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self._idle_deadline = math.inf
-        self.flow.resume_reading()
         if self.pipeline:  # a pipelined request waits: start it
             cycle, _ = self.pipeline.pop()
             self._start(cycle)  # type: ignore[arg-type]  # only ever an Exchange
         else:
             self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+        # Input is read on only once no parsed request waits: what comes is the last
+        # one's body, or the next request. (uvicorn read on after every answer, and a
+        # queued request's body grew by a read each time, before its own limits: 29 MB
+        # of a 1 MiB `max_body`.)
+        if not self.pipeline:
+            self.flow.resume_reading()
 
     def _unset_keepalive_if_required(self) -> None:
         # uvicorn calls this on every chunk received and when the connection is lost.
@@ -527,11 +552,15 @@ class GuardedProtocol(HttpToolsProtocol):
         8 MiB each, 256 connections an address. Past the deadline the connection is
         aborted, its unsent bytes dropped. False then."""
         transport = self.transport
-        unsent = transport.get_write_buffer_size() if transport is not None else 0
-        previous, self._unsent = self._unsent, unsent
-        if not unsent:
-            self._send_deadline = math.inf
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        if not held:  # what the kernel still holds is no memory of this worker's
+            self._send_deadline, self._unsent = math.inf, 0
             return True
+        # The pace counts the kernel's queue too: it takes more from the transport only
+        # once a third of its own (up to 4 MiB) has gone, so the transport's count stood
+        # still for 13 s under a client reading 100 KiB/s, which was then cut off.
+        unsent = held + _kernel_unsent(transport)
+        previous, self._unsent = self._unsent, unsent
         if unsent > previous:
             self._send_deadline = now + self.send_timeout
         elif unsent < previous:
@@ -593,6 +622,17 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                              % (status, _REASONS[status]))
         self.transport.close()
+
+
+def _kernel_unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes the kernel holds not yet taken by the peer on `transport`'s socket
+    (SIOCOUTQ), 0 when it cannot tell."""
+    sock = transport.get_extra_info("socket")
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return int.from_bytes(queued, sys.byteorder, signed=True)
 
 
 class WriteBatch:
