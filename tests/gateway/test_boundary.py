@@ -14,6 +14,8 @@ import h11
 import httpx
 import pytest
 
+from stockade.gateway.protocol import MAX_PIPELINED
+
 from .conftest import Gateway, gateway_env, module
 
 MANIFEST = f"""
@@ -451,11 +453,14 @@ def test_pipelined_requests_past_the_head_limit_in_one_read_are_all_answered(
     """A read holding many small pipelined requests is more bytes than one head may be,
     but each head is within its limit: feeding the first head no further than the limit
     began the next one inside the slice, and the connection got 431 instead of its
-    answers (found by review)."""
+    answers (found by review). As many as may wait for their answers (`MAX_PIPELINED`
+    behind the one answered), padded past the limit together."""
     host, port = address(gateway)
-    one = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
-    last = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    count = 16 * 1024 // len(one) + 100
+    pad = b"X-Pad: " + b"p" * 200 + b"\r\n"
+    one = b"GET /hello HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n"
+    last = b"GET /hello HTTP/1.1\r\nHost: x\r\n" + pad + b"Connection: close\r\n\r\n"
+    count = MAX_PIPELINED + 1
+    assert len(one) * count > 16 * 1024  # the gateway's max_header_size
     answer = raw_exchange(host, port, [one * (count - 1) + last], 0.0)
     assert answer.count(b"HTTP/1.1 200 ") == count, answer[:300]
     assert b" 431 " not in answer
