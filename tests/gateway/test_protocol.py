@@ -417,6 +417,45 @@ def test_a_client_reading_at_a_steady_pace_gets_its_answer_whole(
     assert "took its answers slower" not in gateway.log()
 
 
+SLOW_ANSWERS = f"""
+[server]
+workers = 1
+telemetry = "off"
+breakers = false
+header_timeout = "1s"
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+
+[[function]]
+name = "spin"
+route = "/spin"
+module = "{module("spin")}"
+[function.limits]
+timeout = "700ms"
+fuel = "unlimited"
+"""
+
+
+def test_a_head_begun_behind_slow_pipelined_answers_is_not_timed_out(
+        start_gateway: Start) -> None:
+    """No input is read while pipelined requests wait, so a head whose first bytes came
+    with them cannot end meanwhile: its time starts again when reading does. It had
+    run from its first byte, and the request was lost behind answers that took longer
+    than `header_timeout` (found by review)."""
+    gateway = start_gateway(SLOW_ANSWERS)
+    spin = b"GET /spin HTTP/1.1\r\nHost: t\r\n\r\n"
+    with connect(gateway) as sock:
+        sock.sendall(spin * 3 + b"GET /hello HTTP/1.1\r\nHo")  # three 0.7 s answers
+        time.sleep(0.3)
+        sock.sendall(b"st: t\r\nConnection: close\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.count(b"HTTP/1.1 504 ") == 3, answer[:300]
+    assert answer.endswith(b"Hello, world!\n"), answer[-300:]
+
+
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     """Send `data`; the server closing the connection halfway is expected."""
     try:

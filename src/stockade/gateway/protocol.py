@@ -90,8 +90,9 @@ _VERSIONS = ("1.1", "1.0")  # those served (RFC 9110 15.6.6: 505 for the others)
 MAX_HEADER_FIELDS = 256
 # Requests parsed ahead of their answers on one connection (pipelined). One read of tiny
 # pipelined heads held ~7,000 queued requests, and each answer let one more read in: a
-# client that never read its answers grew a worker by 1.3 GB in 15 s. Past this many the
-# connection closes after answering them; no client that reads its answers comes near.
+# client that never read its answers grew a worker by 1.3 GB in 15 s. Past this many in
+# what it has sent before its answers, the connection closes after answering them: a
+# client sending more at once is cut off even if it reads (none of the usual ones does).
 MAX_PIPELINED = 100
 
 
@@ -514,9 +515,13 @@ class GuardedProtocol(HttpToolsProtocol):
         # Input is read on only once no parsed request waits: what comes is the last
         # one's body, or the next request. (uvicorn read on after every answer, and a
         # queued request's body grew by a read each time, before its own limits: 29 MB
-        # of a 1 MiB `max_body`.)
+        # of a 1 MiB `max_body`.) A head begun meanwhile was not read on either: its
+        # time starts again now (`_expire` leaves it alone while requests wait), or the
+        # client lost it behind answers that took longer than `header_timeout`.
         if not self.pipeline:
             self.flow.resume_reading()
+            if self._in_head and self._head_deadline != math.inf:
+                self._head_deadline = self.loop.time() + self.header_timeout
 
     def _unset_keepalive_if_required(self) -> None:
         # uvicorn calls this on every chunk received and when the connection is lost.
@@ -533,7 +538,7 @@ class GuardedProtocol(HttpToolsProtocol):
         """Called by the sweep: act on a deadline that has passed."""
         if not self._sending(now):
             return
-        if now >= self._head_deadline:
+        if now >= self._head_deadline and not self.pipeline:
             self._head_deadline = math.inf
             self._head_timed_out()
         elif now >= self._idle_deadline:
@@ -549,8 +554,8 @@ class GuardedProtocol(HttpToolsProtocol):
         (only once it had taken the last ones: the protocol pauses answering above the
         transport's high-water mark) start it again. A client that stops reading held
         every answer it asked for in the worker's memory (a close waits to send them):
-        8 MiB each, 256 connections an address. Past the deadline the connection is
-        aborted, its unsent bytes dropped. False then."""
+        about twice `max_response` each, 256 connections an address. Past the deadline
+        the connection is aborted, its unsent bytes dropped. False then."""
         transport = self.transport
         held = transport.get_write_buffer_size() if transport is not None else 0
         if not held:  # what the kernel still holds is no memory of this worker's
