@@ -22,6 +22,9 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   (`ClientWarnings`): a client cannot fill the log at request rate;
 - a request asking to upgrade is answered over HTTP and the requests pipelined after it
   are parsed on (uvicorn dropped them, and the client waited for the idle timeout);
+- at most `MAX_PIPELINED` requests wait behind the one answered, and no input is read
+  while any waits (a queued request's body would grow past its limits); the answers'
+  bytes must keep leaving at `send_min_rate`, or the connection is aborted (`_sending`);
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -246,7 +249,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._trailer_bytes = 0
         self._answering: Exchange | None = None  # the request answered last or now
         self._send_deadline = math.inf  # loop time the unsent answers must be gone by
-        self._unsent = 0  # bytes the transport held at the last sweep
+        self._unsent = 0  # bytes unsent at the last sweep (the transport's and the kernel's)
         self._ignoring = False  # input after a refused pipelined head or a half-close
         self._writes = WriteBatch.of(self.server_state, self.loop)
 
