@@ -356,17 +356,26 @@ typedef struct epoch_watch {
 
 enum { WATCH_TIMEOUT = 1, WATCH_CANCELLED = 2 };
 
-void *stockade_epoch_deadline(void *context, void *env, uint64_t *delta, uint8_t *kind) {
-    (void)context;
-    epoch_watch *w = env;
+/* Whether the run of `w` must stop now: cancelled, or its deadline passed (the reason
+ * set). Asked by its epoch callback and between the chunks of a long owned call. */
+static bool watch_ended(epoch_watch *w) {
     if (__atomic_load_n(&w->cancelled, __ATOMIC_ACQUIRE)) {
         w->reason = WATCH_CANCELLED;
-        return CALL(F_ERROR_NEW, void *(*)(const char *))("stockade: run cancelled");
+        return true;
     }
     if (w->deadline_ns >= 0 && w->deadline_ns <= (int64_t)now_ns(CLOCK_MONOTONIC)) {
         w->reason = WATCH_TIMEOUT;
-        return CALL(F_ERROR_NEW, void *(*)(const char *))("stockade: run timeout");
+        return true;
     }
+    return false;
+}
+
+void *stockade_epoch_deadline(void *context, void *env, uint64_t *delta, uint8_t *kind) {
+    (void)context;
+    epoch_watch *w = env;
+    if (watch_ended(w))
+        return CALL(F_ERROR_NEW, void *(*)(const char *))(
+            w->reason == WATCH_CANCELLED ? "stockade: run cancelled" : "stockade: run timeout");
     /* Early: the epoch moved for another run or a cancellation. Again at its next move. */
     *delta = 1;
     *kind = 0; /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
@@ -822,22 +831,12 @@ void *stockade_fd_close(void *env, void *caller, val_raw *args, size_t nargs) {
 }
 
 /* Whether the run must stop now, asked between the chunks of a long host call: its
- * tripwire fired, or on an epochs engine (no tripwire) its watch's deadline passed or it
- * was cancelled, the watch's reason set as its epoch callback would (the callback runs
- * only once the guest is back in its code: a 1 GiB call ran 4 s past a 300 ms timeout). */
+ * tripwire fired, or on an epochs engine (no tripwire) its watch ended, as its epoch
+ * callback would find (the callback runs only once the guest is back in its code: a
+ * 1 GiB call ran 4 s past a 300 ms timeout). */
 static bool stopped(run_state *st) {
     if (st->trip && __atomic_load_n(&st->trip->fired, __ATOMIC_RELAXED)) return true;
-    epoch_watch *w = st->watch;
-    if (!w) return false;
-    if (__atomic_load_n(&w->cancelled, __ATOMIC_ACQUIRE)) {
-        w->reason = WATCH_CANCELLED;
-        return true;
-    }
-    if (w->deadline_ns >= 0 && w->deadline_ns <= (int64_t)now_ns(CLOCK_MONOTONIC)) {
-        w->reason = WATCH_TIMEOUT;
-        return true;
-    }
-    return false;
+    return st->watch && watch_ended(st->watch);
 }
 
 void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) {

@@ -470,10 +470,6 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
     state.closed[0] = state.closed[1] = state.closed[2] = 0
     ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))
     state.memory_base = None
-    # As the native run's: the owned calls stop at an epochs run's deadline by its watch.
-    watch = slot.watch
-    state.watch = ctypes.addressof(watch) if watch is not None and not plan.tripwire \
-        and slot.deadline is not None and WATCH is not None else None
 
 
 _CALLED = operator.itemgetter(1)  # a (name, count) pair of a call made
@@ -535,6 +531,8 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     listed = slot.trip if plan.tripwire and deadline is not None else None
     watched = slot.watch if not plan.tripwire and deadline is not None \
         and WATCH is not None else None
+    # As the native run's: the owned calls stop at an epochs run's deadline by its watch.
+    slot.state.watch = None if watched is None else ctypes.addressof(watched)
     store = C.store_new(engine, slot.key, None)
     error: int | None = None
     memory_bytes = fuel_left = 0
