@@ -471,7 +471,8 @@ class RedisBreakers:
                     str(cfg.threshold), repr(cfg.window), repr(cfg.cooldown),
                     # A client's violation replaces its last one: it counts once.
                     _member(source) if source is not None
-                    else f"{state.lease_id()}:{next(self._ids)}", key, tenant or "", probe_at])
+                    else f"{state.lease_id()}:{next(self._ids)}", key, tenant or "", probe_at,
+                    repr(cfg.remembered)])
             else:
                 reply = state.run(state.probe_script, self._keys(key, tenant), [probe_at])
         except RoundTripFailed:

@@ -191,14 +191,14 @@ return 1
 # KEYS: breaker, violations
 # ARGV: threshold, window, cooldown, the violation's member (unique, or its client's:
 #       a client's next violation replaces it), breaker key, tenant, the
-#       `probe_at` of the probe this run holds ("" when it holds none). The probe's
-#       violation re-opens a half-open breaker unless its member is still remembered.
+#       `probe_at` of the probe this run holds ("" when it holds none), how long a
+#       violation is remembered (`BreakerConfig.remembered`). The probe's violation
+#       re-opens a half-open breaker unless its member is still remembered.
 VIOLATION = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local window = tonumber(ARGV[2])
--- Kept a cooldown past the window: a client is remembered that long (see COUNTED).
-local kept = window + tonumber(ARGV[3])
+local kept = tonumber(ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - kept)
 local known = redis.call('ZSCORE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[2], now, ARGV[4])
