@@ -5,6 +5,7 @@ responses read back strictly (pipelined, closing, HEAD)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -415,6 +416,85 @@ def test_a_client_reading_at_a_steady_pace_gets_its_answer_whole(
                 time.sleep(ahead)
     assert received.startswith(b"HTTP/1.1 200 ")
     assert "took its answers slower" not in gateway.log()
+
+
+TRICKLE = f"""
+[server]
+workers = 1
+telemetry = "off"
+access_log = "off"
+body_timeout = "60s"
+body_min_rate = "1KiB"
+response_buffer = "8MiB"
+
+[[function]]
+name = "big"
+route = "/big"
+module = "{module("big")}"
+"""
+TRICKLE_SIZE = 6_000_000
+TRICKLERS = 8
+
+
+def test_clients_taking_their_answers_slowly_together_get_the_response_budget(
+        start_gateway: Start) -> None:
+    """Connections each taking a large answer a little faster than `body_min_rate` pass
+    the send rule, and kept its bytes in the worker for hours: 64 of them held 1.2 GB
+    (found by review). Past `response_buffer` bytes held unsent by all connections,
+    those taking theirs slowly are aborted until the rest fits; a client reading fast
+    meanwhile gets its answer whole."""
+    gateway = start_gateway(TRICKLE)
+    request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % TRICKLE_SIZE
+    socks = []
+    url = httpx.URL(gateway.url)
+    for _ in range(TRICKLERS):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before its window
+        sock.connect((url.host, url.port))
+        sock.sendall(request)
+        socks.append(sock)
+    taken = [0] * TRICKLERS
+    try:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and sum(map(_reset, socks)) < TRICKLERS // 2:
+            for number, sock in enumerate(socks):  # 512 bytes each a tenth of a second
+                with contextlib.suppress(OSError):
+                    sock.settimeout(0.01)
+                    taken[number] += len(sock.recv(512))
+            time.sleep(0.1)
+        with connect(gateway) as reader:  # reading as it comes: the whole answer
+            reader.sendall(request)
+            received = closed_by_size(reader, TRICKLE_SIZE)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        cut = sum(map(_reset, socks))
+    finally:
+        for sock in socks:
+            sock.close()
+    # Each holds what the kernel has not taken of 6 MB: the budget keeps few of them,
+    # and never cuts them all.
+    assert TRICKLERS // 2 <= cut < TRICKLERS, (cut, taken)
+    assert all(t < TRICKLE_SIZE for t in taken)
+    gateway.wait_for_log(r"took its answers slowly while the worker held more than "
+                         r"8388608 bytes of answers unsent: connection aborted")
+
+
+def _reset(sock: socket.socket) -> bool:
+    """Whether the server aborted the connection (what it sent before may still wait to
+    be read)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE
+
+
+TCP_CLOSE = 7  # tcp_info's state of a connection reset
+
+
+def closed_by_size(sock: socket.socket, size: int) -> bytes:
+    """A response read until its body has `size` bytes."""
+    received = b""
+    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < size:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"the answer was cut off after {len(received)} bytes"
+        received += chunk
+    return received
 
 
 SLOW_ANSWERS = f"""

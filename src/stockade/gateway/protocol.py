@@ -24,7 +24,9 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   are parsed on (uvicorn dropped them, and the client waited for the idle timeout);
 - at most `MAX_PIPELINED` requests wait behind the one answered, and no input is read
   while any waits (a queued request's body would grow past its limits); the answers'
-  bytes must keep leaving at `send_min_rate`, or the connection is aborted (`_sending`);
+  bytes must keep leaving at `send_min_rate`, or the connection is aborted (`_sending`),
+  and past `response_buffer` bytes held unsent by all connections together, those taking
+  theirs slowly are aborted, the largest holder's first (`sendbudget.py`);
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -59,9 +61,12 @@ bytes keep their order and none is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import math
+import socket
+import struct
 import sys
 import termios
 import time
@@ -76,9 +81,11 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from .connlimit import REFUSAL, PeerConnections
+from .bodybudget import SLOW
+from .connlimit import IPV6_PREFIX, REFUSAL, PeerConnections, peer_key
 from .messages import Request
 from .response import Response, framing, header_lines
+from .sendbudget import LARGE, Holding, Pace, SendBudget
 
 __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch", "Exchange",
            "Answer", "ClientWarnings", "CLIENT_WARNING_INTERVAL"]
@@ -97,6 +104,9 @@ MAX_HEADER_FIELDS = 256
 # what it has sent before its answers, the connection closes after answering them: a
 # client sending more at once is cut off even if it reads (none of the usual ones does).
 MAX_PIPELINED = 100
+
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, for 0 s: close() resets, unsent dropped
 
 
 # uvicorn warns once per malformed request: a client could fill the log at request rate.
@@ -180,6 +190,15 @@ class Exchange(RequestResponseCycle):
 
     request: Request
     writes: WriteBatch
+    sweep: _Sweep
+
+    async def send(self, message: Any) -> None:
+        """uvicorn's (the answer's bytes written apart, once the transport drained: see
+        `write_response`), with a large body told to the send budget."""
+        await super().send(message)
+        if message["type"] == "http.response.body" \
+                and len(body := message.get("body", b"")) >= LARGE:
+            self.sweep.answer_added(len(body))
 
     async def receive(self) -> Any:
         """uvicorn's, without reading on for a body already whole: that input is the
@@ -228,6 +247,8 @@ class GuardedProtocol(HttpToolsProtocol):
     max_header_size = 64 * 1024
     send_timeout = 10.0  # seconds the unsent part of the answers may wait (see `_sending`)
     send_min_rate = 1024  # bytes a second a client reading its answers takes at least
+    response_buffer = 64 * 1024**2  # bytes all connections may hold unsent (sendbudget.py)
+    ipv6_prefix = IPV6_PREFIX  # an IPv6 client's network, counted as one client
     max_connections = 10_000
     per_ip: PeerConnections | None = None
 
@@ -250,6 +271,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._answering: Exchange | None = None  # the request answered last or now
         self._send_deadline = math.inf  # loop time the unsent answers must be gone by
         self._unsent = 0  # bytes unsent at the last sweep (the transport's and the kernel's)
+        self._pace: Pace | None = None  # how fast those went of late, while there are any
+        self._sweep: _Sweep | None = None
         self._ignoring = False  # input after a refused pipelined head or a half-close
         self._writes = WriteBatch.of(self.server_state, self.loop)
 
@@ -268,7 +291,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 transport.close()
                 return
             self._cell = cell
-        _Sweep.watch(self)
+        self._sweep = _Sweep.watch(self)
         self._begin_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -467,6 +490,7 @@ class GuardedProtocol(HttpToolsProtocol):
             and not parser.should_upgrade(),
             on_response=self.on_response_complete)
         cycle.writes = self._writes
+        cycle.sweep = self._sweep  # type: ignore[assignment]  # set: the connection is kept
         cycle.request = Request(
             method, self.root_path + path, (url.query or b"").decode("latin-1"), self.headers,
             client=self.client, server=self.server, scheme=self.scheme or "http",
@@ -537,10 +561,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self._refused_head = 0
         self._head_deadline = self.loop.time() + self.header_timeout
 
-    def _expire(self, now: float) -> None:
-        """Called by the sweep: act on a deadline that has passed."""
-        if not self._sending(now):
-            return
+    def _expire(self, now: float) -> Holding[GuardedProtocol] | None:
+        """Called by the sweep: act on a deadline that has passed. What the connection
+        holds unsent afterwards, for the send budget (None: nothing)."""
+        held = self._sending(now)
+        if held < 0:
+            return None
         if now >= self._head_deadline and not self.pipeline:
             self._head_deadline = math.inf
             self._head_timed_out()
@@ -549,8 +575,14 @@ class GuardedProtocol(HttpToolsProtocol):
             if not self.transport.is_closing():
                 self._writes.flush()
                 self.transport.close()
+        if not held:
+            return None
+        pace = self._pace
+        slow = pace is not None and pace.slow(now, self._unsent, SLOW * self.send_min_rate)
+        return Holding(self, peer_key(self.client[0] if self.client else "", self.ipv6_prefix),
+                       held, slow)
 
-    def _sending(self, now: float) -> bool:
+    def _sending(self, now: float) -> int:
         """The answers' bytes must keep leaving as a body's must keep coming: those the
         transport holds unsent have `send_timeout`, each byte the client takes adds
         `1 / send_min_rate` s, never past `send_timeout` ahead; new bytes handed over
@@ -558,17 +590,22 @@ class GuardedProtocol(HttpToolsProtocol):
         transport's high-water mark) start it again. A client that stops reading held
         every answer it asked for in the worker's memory (a close waits to send them):
         about twice `max_response` each, 256 connections an address. Past the deadline
-        the connection is aborted, its unsent bytes dropped. False then."""
+        the connection is aborted, its unsent bytes dropped. Returns the bytes the
+        transport holds, -1 when it was aborted."""
         transport = self.transport
         held = transport.get_write_buffer_size() if transport is not None else 0
         if not held:  # what the kernel still holds is no memory of this worker's
-            self._send_deadline, self._unsent = math.inf, 0
-            return True
+            self._send_deadline, self._unsent, self._pace = math.inf, 0, None
+            return 0
         # The pace counts the kernel's queue too: it takes more from the transport only
         # once a third of its own (up to 4 MiB) has gone, so the transport's count stood
         # still for 13 s under a client reading 100 KiB/s, which was then cut off.
         unsent = held + _kernel_unsent(transport)
         previous, self._unsent = self._unsent, unsent
+        if self._pace is None:
+            self._pace = Pace(now, unsent)
+        else:
+            self._pace.update(now, unsent, unsent > previous)
         if unsent > previous:
             self._send_deadline = now + self.send_timeout
         elif unsent < previous:
@@ -576,14 +613,22 @@ class GuardedProtocol(HttpToolsProtocol):
                                       + (previous - unsent) / self.send_min_rate,
                                       now + self.send_timeout)
         if now < self._send_deadline:
-            return True
-        self._send_deadline = math.inf
-        self._head_deadline = self._idle_deadline = math.inf
+            return held
+        self._abort("%s took its answers slower than %d bytes/s: connection aborted, "
+                    "%d bytes unsent", self.send_min_rate, unsent)
+        return -1
+
+    def _abort(self, message: str, *args: object) -> None:
+        """Reset the connection, its unsent bytes dropped (the kernel's too: a socket
+        closed with bytes still queued goes on sending them to the client, at its pace),
+        and say why (`message` with the client's address and `args`)."""
+        self._send_deadline = self._head_deadline = self._idle_deadline = math.inf
         self.client_warnings.warning(
-            "%s took its answers slower than %d bytes/s: connection aborted, %d bytes unsent",
-            self.client[0] if self.client else "a client", self.send_min_rate, unsent)
-        transport.abort()
-        return False
+            message, self.client[0] if self.client else "a client", *args)
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(AttributeError, OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.transport.abort()
 
     def _close_after_answers(self) -> bool:
         """No more input is taken (a refused head, or the client's half-close) while
@@ -677,54 +722,85 @@ class WriteBatch:
 
 class _Sweep:
     """Checks every connection of one server for a passed deadline, every `interval`
-    seconds while it has connections: a deadline is acted on at most `interval` late.
-    One per server (kept on uvicorn's `ServerState`)."""
+    seconds while it has connections: a deadline is acted on at most `interval` late;
+    then holds their unsent answers to the send `budget`. One per server (kept on
+    uvicorn's `ServerState`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any],
-                 interval: float) -> None:
+                 interval: float, budget: SendBudget) -> None:
         self.loop = loop
         self.connections = connections
         self.interval = interval
+        self.budget = budget
         self.armed = False
+        self.due = False  # a pass is called soon: a large answer may have passed the budget
 
     @classmethod
-    def watch(cls, protocol: GuardedProtocol) -> None:
-        """Make sure the sweep of `protocol`'s server runs (armed on its first connection)."""
+    def watch(cls, protocol: GuardedProtocol) -> _Sweep:
+        """The sweep of `protocol`'s server, made sure to run (armed on its first
+        connection)."""
         state = protocol.server_state
         sweep: _Sweep | None = getattr(state, "_stockade_sweep", None)
         if sweep is None or sweep.loop is not protocol.loop:
             shortest = min(protocol.header_timeout, protocol.timeout_keep_alive)
             sweep = cls(protocol.loop, protocol.connections,
-                        min(_SWEEP_MAX, max(_SWEEP_MIN, shortest / 8)))
+                        min(_SWEEP_MAX, max(_SWEEP_MIN, shortest / 8)),
+                        SendBudget(protocol.response_buffer))
             state._stockade_sweep = sweep  # type: ignore[attr-defined]
         if not sweep.armed:
             sweep.armed = True
             sweep.loop.call_later(sweep.interval, sweep.run)
+        return sweep
 
     def run(self) -> None:
         """One pass; re-armed while any connection is open."""
-        now = self.loop.time()
-        for connection in tuple(self.connections):
-            if isinstance(connection, GuardedProtocol):
-                connection._expire(now)
+        self._pass()
         self.armed = bool(self.connections)
         if self.armed:
             self.loop.call_later(self.interval, self.run)
+
+    def answer_added(self, size: int) -> None:
+        """A large answer of `size` bytes was handed to a connection: a pass comes soon
+        (after this turn's writes) when it may have taken the total past the budget."""
+        if self.budget.added_answer(size) and not self.due:
+            self.due = True
+            self.loop.call_soon(self._due_pass)
+
+    def _due_pass(self) -> None:
+        self.due = False
+        self._pass()
+
+    def _pass(self) -> None:
+        now = self.loop.time()
+        holdings = []
+        for connection in tuple(self.connections):
+            if isinstance(connection, GuardedProtocol):
+                holding = connection._expire(now)
+                if holding is not None:
+                    holdings.append(holding)
+        for connection in self.budget.cuts(holdings):
+            connection._abort("%s took its answers slowly while the worker held more than "
+                              "%d bytes of answers unsent: connection aborted, %d bytes "
+                              "unsent", self.budget.total, connection._unsent)
 
 
 def guarded_protocol(answer: Answer, header_timeout: float, max_header_size: int,
                      per_ip: PeerConnections | None = None,
                      max_connections: int | None = None, send_timeout: float = 10.0,
-                     send_min_rate: int = 1024) -> type[GuardedProtocol]:
+                     send_min_rate: int = 1024, response_buffer: int = 64 * 1024**2,
+                     ipv6_prefix: int = IPV6_PREFIX) -> type[GuardedProtocol]:
     """A `GuardedProtocol` class handing requests to `answer` (`GatewayApp.answer`) with
     these limits (seconds, bytes, connections per peer address, connections of this
     worker: None for its descriptor limit less a reserve; how long unsent answers may
-    wait and how fast a client must take them), for uvicorn's `http` setting."""
+    wait, how fast a client must take them, and how many bytes of them all connections
+    may hold, an IPv6 client counted as its `/ipv6_prefix` network), for uvicorn's
+    `http` setting."""
     return type("GuardedProtocol", (GuardedProtocol,), {
         "answer": staticmethod(answer),
         "client_warnings": ClientWarnings(logging.getLogger("uvicorn.error")),
         "header_timeout": header_timeout, "max_header_size": max_header_size,
         "send_timeout": send_timeout, "send_min_rate": send_min_rate,
+        "response_buffer": response_buffer, "ipv6_prefix": ipv6_prefix,
         "per_ip": per_ip,
         "max_connections": max_connections if max_connections is not None
         else descriptor_budget()})
@@ -785,6 +861,8 @@ def write_response(send: Callable[..., Any], response: Response, head: bool) -> 
         writes.flush()
         cycle.transport.write(b"".join(content))
         cycle.transport.close()
+    if len(body) >= LARGE:
+        cycle.sweep.answer_added(len(body))
     cycle.message_event.set()
     cycle.on_response()
     return True

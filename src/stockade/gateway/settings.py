@@ -54,12 +54,13 @@ class ServerSettings:
     answers' bytes must keep leaving at the same pace (the connection aborted); a worker
     holds at most `body_buffer` bytes of request bodies at once,
     `body_buffer_per_client` of them for one client address (503 past either,
-    `bodybudget.py`); an idle keep-alive connection is closed after
-    `keep_alive_timeout`; one peer address holds at most `max_connections_per_ip`
-    connections on the whole server (503 and closed past it, `connlimit.py`), which
-    tracks `max_connection_addresses` addresses at once (past it, new ones get 503): an
-    IPv4-mapped IPv6 address counts as its IPv4 address, an IPv6 address as its
-    `/max_connections_ipv6_prefix` network (one host's /64 is one address).
+    `bodybudget.py`), and about `response_buffer` bytes of answers unsent (past it,
+    connections taking theirs slowly are aborted, `sendbudget.py`); an idle keep-alive
+    connection is closed after `keep_alive_timeout`; one peer address holds at most
+    `max_connections_per_ip` connections on the whole server (503 and closed past it,
+    `connlimit.py`), which tracks `max_connection_addresses` addresses at once (past it,
+    new ones get 503): an IPv4-mapped IPv6 address counts as its IPv4 address, an IPv6
+    address as its `/max_connections_ipv6_prefix` network (one host's /64 is one address).
     `withhold_headers` are the request headers no function is sent unless it lists them
     in `pass_headers` (`headers.py`).
 
@@ -78,6 +79,7 @@ class ServerSettings:
     max_body: int = 1 * MiB
     body_buffer: int = 64 * MiB
     body_buffer_per_client: int = 16 * MiB
+    response_buffer: int = 64 * MiB
     max_response: int = 8 * MiB
     request_timeout: float = 30.0
     drain_timeout: float = 30.0
@@ -186,7 +188,7 @@ def _flag(value: Any) -> bool:
 _SERVER_PARSERS: dict[str, Any] = {
     "host": _text, "port": _int(0, 65535), "workers": _int(1, 64), "threads": _int(1, 256),
     "max_queue": _int(0, 100_000), "max_body": parse_size, "max_response": parse_size,
-    "body_buffer": _bytes, "body_buffer_per_client": _bytes,
+    "body_buffer": _bytes, "body_buffer_per_client": _bytes, "response_buffer": _bytes,
     "request_timeout": parse_duration, "drain_timeout": parse_duration,
     "drain_grace": _grace,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,

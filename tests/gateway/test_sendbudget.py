@@ -1,0 +1,63 @@
+"""The send budget's choice of connections to cut off, and the pace it judges them by."""
+
+from __future__ import annotations
+
+from stockade.gateway.bodybudget import RECENT
+from stockade.gateway.sendbudget import Holding, Pace, SendBudget
+
+MiB = 1024**2
+
+
+def test_nothing_is_cut_within_the_budget() -> None:
+    budget = SendBudget(8 * MiB)
+    assert budget.cuts([Holding("a", "1.1.1.1", 4 * MiB, True),
+                        Holding("b", "2.2.2.2", 4 * MiB, True)]) == []
+    assert budget.held == 8 * MiB
+
+
+def test_the_largest_holders_slow_connections_go_first_until_the_rest_fits() -> None:
+    budget = SendBudget(8 * MiB)
+    holdings = [Holding(f"attacker{n}", "6.6.6.6", 3 * MiB, True) for n in range(6)]
+    holdings.append(Holding("honest", "1.1.1.1", 2 * MiB, True))
+    cuts = budget.cuts(holdings)
+    # 20 MiB held: 12 MiB over. The honest client is within its share (4 MiB).
+    assert cuts == [f"attacker{n}" for n in range(4)]
+    assert budget.held == 8 * MiB
+
+
+def test_fast_connections_and_clients_within_their_share_are_never_cut() -> None:
+    budget = SendBudget(8 * MiB)
+    holdings = [Holding("fast", "6.6.6.6", 12 * MiB, False),
+                Holding("slow-within-share", "1.1.1.1", 3 * MiB, True)]
+    assert budget.cuts(holdings) == []  # over the budget, but nothing to cut
+    assert budget.held == 15 * MiB
+
+
+def test_many_addresses_each_holding_a_little_are_cut_past_the_budget() -> None:
+    budget = SendBudget(8 * MiB)
+    holdings = [Holding(n, f"10.0.0.{n}", MiB, True) for n in range(32)]
+    cuts = budget.cuts(holdings)
+    assert len(cuts) == 24 and budget.held == 8 * MiB
+
+
+def test_a_large_answer_past_the_budget_brings_a_pass_forward() -> None:
+    budget = SendBudget(8 * MiB)
+    budget.cuts([Holding("a", "1.1.1.1", 6 * MiB, False)])
+    assert not budget.added_answer(MiB)
+    assert budget.added_answer(2 * MiB)
+    budget.cuts([])
+    assert budget.added == 0 and not budget.added_answer(MiB)
+
+
+def test_the_pace_is_judged_over_the_last_two_to_four_seconds() -> None:
+    rate = 64 * 1024
+    pace = Pace(0.0, 4 * MiB)
+    assert not pace.slow(1.0, 4 * MiB, rate)  # too early to tell
+    assert pace.slow(RECENT, 4 * MiB, rate)  # nothing taken
+    fast = Pace(0.0, 4 * MiB)
+    fast.update(RECENT, 3 * MiB, grew=False)  # 1 MiB in 2 s
+    assert not fast.slow(RECENT, 3 * MiB, rate)
+    fast.update(2 * RECENT, 3 * MiB - 1024, grew=False)  # then a trickle
+    assert fast.slow(2 * RECENT + 0.5, 3 * MiB - 2048, rate)
+    fast.update(3 * RECENT, 8 * MiB, grew=True)  # a new answer: judged afresh
+    assert not fast.slow(3 * RECENT + 1, 8 * MiB, rate)
