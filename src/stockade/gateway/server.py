@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
+from ..tempdirs import LockedTempDir
 from .confine import log_protections, not_dumpable
 from .conntable import ConnectionTable, cells_for
 from .listener import bind_listener
@@ -57,7 +57,9 @@ class Supervisor:
         self._socket: socket.socket | None = None
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
         self._table: ConnectionTable | None = None
-        self._metrics_dir = Path(tempfile.mkdtemp(prefix="stockade-gateway-"))
+        # Locked while this process lives: one killed outright leaves it to the next.
+        self._metrics = LockedTempDir("stockade-gateway-")
+        self._metrics_dir = self._metrics.path
         self._stopping = False
         self._restarts: list[float] = []
         self.failed = False
@@ -224,6 +226,7 @@ class Supervisor:
         failure = remove_tree(self._metrics_dir)
         if failure is not None:
             logger.warning("could not remove the metrics directory: %s", failure)
+        self._metrics.close()
 
 
 def _wait_ready(fd: int, deadline: float) -> bool:

@@ -36,6 +36,8 @@ from ..paths import import_path
 from ..policy.units import format_size
 from ..result import Outcome
 from ..rmtree import remove_tree
+from ..sandbox.scratch import SCRATCH_PREFIX
+from ..tempdirs import LockedTempDir
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan, inherited
 from .protections import Protection
@@ -115,7 +117,7 @@ def _on_main_thread() -> bool:
 def _remove_temp(path: Path, keep_scratch: bool) -> None:
     """Remove a worker's temporary directory; with `keep_scratch`, only when it holds
     no kept scratch directory."""
-    if keep_scratch and any(path.glob("stockade-scratch-*")):
+    if keep_scratch and any(path.glob(f"{SCRATCH_PREFIX}*")):
         return
     # Guest-made trees live here: removed iteratively, and a failure is logged, not hidden.
     failure = remove_tree(path)
@@ -124,7 +126,7 @@ def _remove_temp(path: Path, keep_scratch: bool) -> None:
 
 
 def _reap(proc: subprocess.Popen[bytes], cgroup: WorkerCgroup, fds: list[int],
-          stderr: IO[bytes] | None, temp_dir: Path, keep_scratch: bool) -> None:
+          stderr: IO[bytes] | None, temp_dir: LockedTempDir, keep_scratch: bool) -> None:
     """Kill and wait for the worker, close the pipes and the stderr file, remove the
     cgroup and the worker's temporary directory (idempotent)."""
     if proc.poll() is None:
@@ -139,7 +141,8 @@ def _reap(proc: subprocess.Popen[bytes], cgroup: WorkerCgroup, fds: list[int],
     fds.clear()
     if stderr is not None:
         stderr.close()
-    _remove_temp(temp_dir, keep_scratch)
+    _remove_temp(temp_dir.path, keep_scratch)
+    temp_dir.close()
 
 
 class WorkerProcess:
@@ -158,7 +161,9 @@ class WorkerProcess:
         self.memory_limit = limits.memory if limits is not None else None
         # The worker's own temporary directory (scratch directories go there): the only
         # place besides the grants and the cache that it may write.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="stockade-worker-", dir=_temp_base()))
+        # Locked while this process lives: one killed outright leaves it to the next.
+        self._temp = LockedTempDir("stockade-worker-", _temp_base(), kept=SCRATCH_PREFIX)
+        self.temp_dir = self._temp.path
         self._keep_temp = plan.policy.capabilities.keep_scratch
         plan = _scoped(dataclasses.replace(plan, temp_dir=self.temp_dir))
         plan, held = inherited(plan)  # directories granted from descriptors we hold
@@ -183,6 +188,7 @@ class WorkerProcess:
             if self._stderr is not None:
                 self._stderr.close()
             _remove_temp(self.temp_dir, False)
+            self._temp.close()
             raise WorkerError(f"cannot start a worker with {python}: {exc.strerror}") from None
         finally:
             os.close(to_worker_r)
@@ -190,7 +196,7 @@ class WorkerProcess:
         self.pid = self.proc.pid
         self._fds = [self._to_worker, self._from_worker]
         self._finalizer = weakref.finalize(self, _reap, self.proc, self.cgroup, self._fds,
-                                          self._stderr, self.temp_dir, self._keep_temp)
+                                          self._stderr, self._temp, self._keep_temp)
         self.sent: set[tuple[int, ...]] = set()  # modules the worker holds (see process)
         self.vouched: set[str] = set(plan.vouched)  # `.cwasm` digests it accepts (process)
         self._join_failures = self.cgroup.add(self.pid)
