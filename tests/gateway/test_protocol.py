@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -441,8 +442,8 @@ def test_clients_taking_their_answers_slowly_together_get_the_response_budget(
     """Connections each taking a large answer a little faster than `body_min_rate` pass
     the send rule, and kept its bytes in the worker for hours: 64 of them held 1.2 GB
     (found by review). Past `response_buffer` bytes held unsent by all connections,
-    those taking theirs slowly are aborted until the rest fits; a client reading fast
-    meanwhile gets its answer whole."""
+    those that would hold theirs past `send_timeout` at their pace are reset until the
+    rest fits; a client reading fast meanwhile gets its answer whole."""
     gateway = start_gateway(TRICKLE)
     request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % TRICKLE_SIZE
     socks = []
@@ -474,8 +475,27 @@ def test_clients_taking_their_answers_slowly_together_get_the_response_budget(
     # and never cuts them all.
     assert TRICKLERS // 2 <= cut < TRICKLERS, (cut, taken)
     assert all(t < TRICKLE_SIZE for t in taken)
-    gateway.wait_for_log(r"took its answers slowly while the worker held more than "
-                         r"8388608 bytes of answers unsent: connection aborted")
+    gateway.wait_for_log(r"took its answers too slowly while the worker held more than "
+                         r"8388608 bytes of answers unsent: connection reset")
+
+
+def test_a_connection_holds_one_unsent_answer_not_one_more_made(
+        start_gateway: Start) -> None:
+    """A request is not begun while its connection's last answer waits above the
+    transport's high-water mark: a client pipelining large requests without reading
+    had the next answer made too, a second copy waiting beside the first that no
+    budget saw."""
+    gateway = start_gateway(TRICKLE)
+    request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % TRICKLE_SIZE
+    url = httpx.URL(gateway.url)
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((url.host, url.port))
+        stalled.sendall(request * 3)
+        time.sleep(1.5)
+        runs = re.findall(r'stockade_gateway_invocations_total\{[^}]*function="big"[^}]*\} '
+                          r'(\d+)', gateway.client.get("/metrics").text)
+    assert [int(n) for n in runs] == [1], runs
 
 
 def _reset(sock: socket.socket) -> bool:

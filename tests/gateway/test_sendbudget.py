@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stockade.gateway.bodybudget import RECENT
-from stockade.gateway.sendbudget import Holding, Pace, SendBudget
+from stockade.gateway.sendbudget import FIRST_LOOK, Holding, Pace, SendBudget
 
 MiB = 1024**2
 
@@ -40,24 +40,35 @@ def test_many_addresses_each_holding_a_little_are_cut_past_the_budget() -> None:
     assert len(cuts) == 24 and budget.held == 8 * MiB
 
 
-def test_a_large_answer_past_the_budget_brings_a_pass_forward() -> None:
+def test_a_large_answer_taking_the_total_past_the_budget_brings_a_pass_forward() -> None:
     budget = SendBudget(8 * MiB)
     budget.cuts([Holding("a", "1.1.1.1", 6 * MiB, False)])
     assert not budget.added_answer(MiB)
     assert budget.added_answer(2 * MiB)
     budget.cuts([])
     assert budget.added == 0 and not budget.added_answer(MiB)
+    # A pass that left the total past the budget: the sweep's passes go on, and an
+    # answer does not bring one forward (each was a pass over every connection).
+    budget.cuts([Holding("fast", "1.1.1.1", 12 * MiB, False)])
+    assert not budget.added_answer(MiB) and not budget.added_answer(4 * MiB)
 
 
-def test_the_pace_is_judged_over_the_last_two_to_four_seconds() -> None:
-    rate = 64 * 1024
+def test_bytes_that_would_outlast_the_horizon_are_lasting_whatever_the_pace() -> None:
+    horizon = 10.0
+    pace = Pace(0.0, 8 * MiB)
+    assert not pace.lasting(FIRST_LOOK / 2, 8 * MiB, horizon)  # too early to tell
+    assert pace.lasting(FIRST_LOOK, 8 * MiB, horizon)  # nothing taken
+    # 80 KB/s is 64 times 1 KiB/s, and would hold 8 MiB for 100 s: lasting.
+    assert pace.lasting(RECENT, 8 * MiB - 160_000, horizon)
+    # 1 MiB/s takes 7 MiB within the horizon: not.
+    assert not pace.lasting(RECENT, 7 * MiB - 2 * MiB, horizon)
+
+
+def test_a_burst_then_a_trickle_is_judged_by_the_trickle() -> None:
+    horizon = 10.0
     pace = Pace(0.0, 4 * MiB)
-    assert not pace.slow(1.0, 4 * MiB, rate)  # too early to tell
-    assert pace.slow(RECENT, 4 * MiB, rate)  # nothing taken
-    fast = Pace(0.0, 4 * MiB)
-    fast.update(RECENT, 3 * MiB, grew=False)  # 1 MiB in 2 s
-    assert not fast.slow(RECENT, 3 * MiB, rate)
-    fast.update(2 * RECENT, 3 * MiB - 1024, grew=False)  # then a trickle
-    assert fast.slow(2 * RECENT + 0.5, 3 * MiB - 2048, rate)
-    fast.update(3 * RECENT, 8 * MiB, grew=True)  # a new answer: judged afresh
-    assert not fast.slow(3 * RECENT + 1, 8 * MiB, rate)
+    pace.update(RECENT, 3 * MiB, grew=False)  # 1 MiB in 2 s
+    pace.update(2 * RECENT, 3 * MiB - 1024, grew=False)  # then a trickle
+    assert pace.lasting(2 * RECENT + 0.5, 3 * MiB - 2048, horizon)
+    pace.update(3 * RECENT, 8 * MiB, grew=True)  # a new answer: judged afresh
+    assert not pace.lasting(3 * RECENT + FIRST_LOOK / 2, 8 * MiB, horizon)

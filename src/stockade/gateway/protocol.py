@@ -25,8 +25,10 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - at most `MAX_PIPELINED` requests wait behind the one answered, and no input is read
   while any waits (a queued request's body would grow past its limits); the answers'
   bytes must keep leaving at `send_min_rate`, or the connection is aborted (`_sending`),
-  and past `response_buffer` bytes held unsent by all connections together, those taking
-  theirs slowly are aborted, the largest holder's first (`sendbudget.py`);
+  and past `response_buffer` bytes held unsent by all connections together, those that
+  would hold theirs past `send_timeout` at their pace are reset, the largest holder's
+  first (`sendbudget.py`); a request is not begun while its connection's last answer
+  waits above the transport's high-water mark (one unsent answer a connection);
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -81,11 +83,10 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from .bodybudget import SLOW
 from .connlimit import IPV6_PREFIX, REFUSAL, PeerConnections, peer_key
 from .messages import Request
 from .response import Response, framing, header_lines
-from .sendbudget import LARGE, Holding, Pace, SendBudget
+from .sendbudget import FIRST_LOOK, LARGE, Holding, Pace, SendBudget
 
 __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch", "Exchange",
            "Answer", "ClientWarnings", "CLIENT_WARNING_INTERVAL"]
@@ -212,8 +213,14 @@ class Exchange(RequestResponseCycle):
 
     async def run(self, answer: Answer) -> None:
         """`answer` the request, with uvicorn's `run_asgi` guard: a failure before the
-        response began is answered 500, one after it closes the connection."""
+        response began is answered 500, one after it closes the connection. Not begun
+        while the connection's last answer is still above the transport's high-water
+        mark: a connection holds one unsent answer, not one more made and waiting."""
         try:
+            if self.flow.write_paused:
+                await self.flow.drain()
+                if self.disconnected:
+                    return
             await answer(self.request, self.send)
         except BaseException as exc:
             self.logger.error("Exception in the gateway's handler\n", exc_info=exc)
@@ -578,9 +585,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if not held:
             return None
         pace = self._pace
-        slow = pace is not None and pace.slow(now, self._unsent, SLOW * self.send_min_rate)
+        lasting = pace is not None and pace.lasting(now, self._unsent, self.send_timeout)
         return Holding(self, peer_key(self.client[0] if self.client else "", self.ipv6_prefix),
-                       held, slow)
+                       held, lasting)
 
     def _sending(self, now: float) -> int:
         """The answers' bytes must keep leaving as a body's must keep coming: those the
@@ -760,11 +767,11 @@ class _Sweep:
             self.loop.call_later(self.interval, self.run)
 
     def answer_added(self, size: int) -> None:
-        """A large answer of `size` bytes was handed to a connection: a pass comes soon
-        (after this turn's writes) when it may have taken the total past the budget."""
+        """A large answer of `size` bytes was handed to a connection: a pass comes once
+        its pace can be judged when it may have taken the total past the budget."""
         if self.budget.added_answer(size) and not self.due:
             self.due = True
-            self.loop.call_soon(self._due_pass)
+            self.loop.call_later(FIRST_LOOK, self._due_pass)
 
     def _due_pass(self) -> None:
         self.due = False
@@ -779,8 +786,8 @@ class _Sweep:
                 if holding is not None:
                     holdings.append(holding)
         for connection in self.budget.cuts(holdings):
-            connection._abort("%s took its answers slowly while the worker held more than "
-                              "%d bytes of answers unsent: connection aborted, %d bytes "
+            connection._abort("%s took its answers too slowly while the worker held more "
+                              "than %d bytes of answers unsent: connection reset, %d bytes "
                               "unsent", self.budget.total, connection._unsent)
 
 

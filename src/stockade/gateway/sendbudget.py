@@ -5,16 +5,19 @@ transport holds what the kernel has not taken. The send rule (`protocol._sending
 how long, not how much: a client taking them at `body_min_rate` holds an 8 MiB answer for
 over two hours, and 64 such connections held 1.2 GB. The budget bounds the bytes all
 connections hold together, as `body_buffer` bounds request bodies: past `total`, the
-connections taking their answers slowly of late (below `SLOW` times `body_min_rate`
-over their last `RECENT` to twice that seconds, as for bodies) are aborted, those of the
-client holding the most first, until the rest fits. A client within its fair share (the
-budget divided among the clients holding answers, itself included) is never cut off,
-nor is a connection reading fast: it frees its room soon by itself. A client is counted
-as the connection cap counts it (`connlimit.peer_key`).
+connections that would not be done within `horizon` seconds at the pace they took their
+bytes of late (over their last `RECENT` to twice that seconds, or since the answer was
+handed over, once `FIRST_LOOK` has passed) are reset, those of the client holding the
+most first, until the rest fits. A fixed minimum pace let 150 connections each reading
+80 KB/s hold 2.5 GB: what matters is how long the bytes stay. A client within its fair
+share (the budget divided among the clients holding answers, itself included) is never
+cut off, nor is a connection about to be done: it frees its room soon by itself. A
+client is counted as the connection cap counts it (`connlimit.peer_key`).
 
 The worker's sweep (`protocol._Sweep`) passes over every connection's holding a few
 times a second; a large answer handed over between sweeps that takes the total past the
-budget brings the next pass forward (`added`). Used on the event loop thread only.
+budget brings a pass forward to `FIRST_LOOK` after it (`added_answer`), once: while the
+total stays past the budget, the sweep's passes go on. Used on the event loop thread only.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from .bodybudget import RECENT
 __all__ = ["SendBudget", "Pace", "Holding", "LARGE"]
 
 LARGE = 256 * 1024  # bytes: an answer this large brings the budget's pass forward if due
+FIRST_LOOK = 0.25  # seconds after an answer is handed over before its pace is judged
 
 Connection = TypeVar("Connection")
 
 
 class Pace:
     """How fast a connection's unsent bytes have gone of late: two marks (when, unsent
-    then), the older where the rate is measured from, the newer moving on at most every
+    then), the older where the pace is measured from, the newer moving on at most every
     `RECENT` seconds; an answer handed over starts both again."""
 
     __slots__ = ("marks",)
@@ -48,21 +52,23 @@ class Pace:
         elif now - marks[1][0] >= RECENT:
             marks[0], marks[1] = marks[1], (now, unsent)
 
-    def slow(self, now: float, unsent: int, rate: float) -> bool:
-        """Fewer than `rate` bytes a second taken since the older mark, at least `RECENT`
-        seconds ago (a burst, then a trickle, is slow)."""
+    def lasting(self, now: float, unsent: int, horizon: float) -> bool:
+        """Whether the `unsent` bytes would still be there in `horizon` seconds at the
+        pace taken since the older mark (a burst, then a trickle, is judged by the
+        trickle); not judged (False) within `FIRST_LOOK` of it."""
         since, then = self.marks[0]
-        return now - since >= RECENT and then - unsent < rate * (now - since)
+        elapsed = now - since
+        return elapsed >= FIRST_LOOK and (then - unsent) * horizon < unsent * elapsed
 
 
 class Holding(NamedTuple, Generic[Connection]):
     """One connection's unsent answers at a pass: its client (`peer_key`), the bytes the
-    worker holds for it, and whether it takes them slowly of late."""
+    worker holds for it, and whether they would last past the horizon (`Pace.lasting`)."""
 
     connection: Connection
     client: str
     held: int
-    slow: bool
+    lasting: bool
 
 
 class SendBudget:
@@ -74,15 +80,17 @@ class SendBudget:
         self.added = 0  # bytes of large answers handed over since
 
     def added_answer(self, size: int) -> bool:
-        """A large answer of `size` bytes was handed over: True when the total may now
-        be past the budget, and a pass is due before the next sweep."""
+        """A large answer of `size` bytes was handed over: True when it may have taken
+        the total past the budget, and a pass is due before the next sweep (not while
+        the last pass left it past already: the sweep's passes go on)."""
         self.added += size
-        return self.held + self.added > self.total
+        return self.held <= self.total < self.held + self.added
 
     def cuts(self, holdings: Sequence[Holding[Connection]]) -> list[Connection]:
-        """The connections to abort so that the rest fits the budget: slow ones of the
+        """The connections to abort so that the rest fits the budget: lasting ones of the
         clients above their fair share, the largest holder's first, the connection
-        holding the most first, no client cut below its share. Records the total left."""
+        holding the most first; none of a client once it is within its share. Records
+        the total left."""
         total = sum(holding.held for holding in holdings)
         self.added = 0
         self.held = total
@@ -94,7 +102,7 @@ class SendBudget:
         share = self.total // len(clients)
         over = total - self.total
         cuts, freed = [], 0
-        for holding in sorted((h for h in holdings if h.slow),
+        for holding in sorted((h for h in holdings if h.lasting),
                               key=lambda h: (-clients[h.client], -h.held)):
             if over <= 0:
                 break
