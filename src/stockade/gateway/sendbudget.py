@@ -5,14 +5,16 @@ transport holds what the kernel has not taken. The send rule (`protocol._sending
 how long, not how much: a client taking them at `body_min_rate` holds an 8 MiB answer for
 over two hours, and 64 such connections held 1.2 GB. The budget bounds the bytes all
 connections hold together, as `body_buffer` bounds request bodies: past `total`, the
-connections that would not be done within `horizon` seconds at the pace they took their
-bytes of late (over their last `RECENT` to twice that seconds, or since the answer was
-handed over, once `FIRST_LOOK` has passed) are reset, those of the client holding the
-most first, until the rest fits. A fixed minimum pace let 150 connections each reading
-80 KB/s hold 2.5 GB: what matters is how long the bytes stay. A client within its fair
-share (the budget divided among the clients holding answers, itself included) is never
-cut off, nor is a connection about to be done: it frees its room soon by itself. A
-client is counted as the connection cap counts it (`connlimit.peer_key`).
+connections of the clients above their fair share (the budget divided among the clients
+holding answers, itself included) are reset until the rest fits, one at a time from the
+client holding the most: first those of its connections that would not be done within
+`horizon` seconds at the pace they took their bytes of late (over their last `RECENT`
+to twice that seconds, or since the answer was handed over, once `FIRST_LOOK` has
+passed), then the others. A client within its share is never cut off. A fixed minimum pace
+let 150 connections each reading 80 KB/s hold 2.5 GB, and sparing every connection
+about to be done let 120 reading 900 KB/s hold 960 MB: as long as clients read, the
+worker makes their answers faster than they take them. A client is counted as the
+connection cap counts it (`connlimit.peer_key`).
 
 The worker's sweep (`protocol._Sweep`) passes over every connection's holding a few
 times a second; a large answer handed over between sweeps that takes the total past the
@@ -22,6 +24,7 @@ total stays past the budget, the sweep's passes go on. Used on the event loop th
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import Generic, NamedTuple, TypeVar
 
@@ -87,10 +90,10 @@ class SendBudget:
         return self.held <= self.total < self.held + self.added
 
     def cuts(self, holdings: Sequence[Holding[Connection]]) -> list[Connection]:
-        """The connections to abort so that the rest fits the budget: lasting ones of the
-        clients above their fair share, the largest holder's first, the connection
-        holding the most first; none of a client once it is within its share. Records
-        the total left."""
+        """The connections to abort so that the rest fits the budget: each time one of
+        the client holding the most, while it is above its fair share (clients within
+        their share hold no more than the budget together), its lasting ones first,
+        then those about to be done, the largest first. Records the total left."""
         total = sum(holding.held for holding in holdings)
         self.added = 0
         self.held = total
@@ -101,16 +104,21 @@ class SendBudget:
             clients[holding.client] = clients.get(holding.client, 0) + holding.held
         share = self.total // len(clients)
         over = total - self.total
+        # Each client's connections, the next to cut last: lasting, then the largest.
+        queues: dict[str, list[Holding[Connection]]] = {}
+        for holding in sorted(holdings, key=lambda h: (h.lasting, h.held)):
+            queues.setdefault(holding.client, []).append(holding)
+        largest = [(-held, client) for client, held in clients.items() if held > share]
+        heapq.heapify(largest)
         cuts, freed = [], 0
-        for holding in sorted((h for h in holdings if h.lasting),
-                              key=lambda h: (-clients[h.client], -h.held)):
-            if over <= 0:
-                break
-            if clients[holding.client] <= share:
-                continue
+        while over > 0 and largest:
+            _, client = heapq.heappop(largest)
+            holding = queues[client].pop()
             cuts.append(holding.connection)
-            clients[holding.client] -= holding.held
+            clients[client] -= holding.held
             over -= holding.held
             freed += holding.held
+            if clients[client] > share and queues[client]:
+                heapq.heappush(largest, (-clients[client], client))
         self.held = total - freed
         return cuts
