@@ -485,6 +485,47 @@ def test_clients_taking_their_answers_slowly_together_get_the_response_budget(
                          r"8388608 bytes of answers unsent: connection reset")
 
 
+SQUATTED = TRICKLE.replace('response_buffer = "8MiB"', 'response_buffer = "12MiB"')
+
+
+def test_slow_connections_within_their_share_cannot_get_downloads_reset(
+        start_gateway: Start) -> None:
+    """Three connections from three addresses asking for large answers and taking none,
+    each within its share of the budget (the kernel holds ~2.8 MB of each), got every
+    honest 8 MB download reset as it began, and stayed (found by review): the bytes
+    that would last go first, whoever holds them."""
+    gateway = start_gateway(SQUATTED)
+    url = httpx.URL(gateway.url)
+    squatters = []
+    for number in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((f"127.0.0.{50 + number}", 0))
+        sock.connect((url.host, url.port))
+        sock.sendall(b"GET /big?bytes=5700000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        squatters.append(sock)
+    try:
+        time.sleep(1.0)  # their answers are made and judged
+        for _ in range(2):  # at 4 MB/s: two seconds each, longer than a pass or two
+            with socket.socket() as reader:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
+                reader.settimeout(20)
+                reader.bind(("127.0.0.2", 0))
+                reader.connect((url.host, url.port))
+                reader.sendall(b"GET /big?bytes=8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+                received = bytearray()
+                begun = time.monotonic()
+                while len(received) < 8_000_000:
+                    chunk = reader.recv(64 * 1024)  # a reset raises ConnectionResetError
+                    assert chunk, f"cut off after {len(received)} bytes"
+                    received += chunk
+                    time.sleep(max(0.0, len(received) / 4e6 - (time.monotonic() - begun)))
+            assert received.startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in squatters:
+            sock.close()
+
+
 def test_a_connection_holds_one_unsent_answer_not_one_more_made(
         start_gateway: Start) -> None:
     """A request is not begun while its connection's last answer waits above the

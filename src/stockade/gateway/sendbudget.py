@@ -5,15 +5,18 @@ transport holds what the kernel has not taken. The send rule (`protocol._sending
 how long, not how much: a client taking them at `body_min_rate` holds an 8 MiB answer for
 over two hours, and 64 such connections held 1.2 GB. The budget bounds the bytes all
 connections hold together, as `body_buffer` bounds request bodies: past `total`, the
-connections of the clients above their fair share (the budget divided among the clients
-holding answers, itself included) are reset until the rest fits, one at a time from the
-client holding the most: first those of its connections that would not be done within
+connections are reset until the rest fits: first those that would not be done within
 `horizon` seconds at the pace they took their bytes of late (over their last `RECENT`
 to twice that seconds, or since the answer was handed over, once `FIRST_LOOK` has
-passed), then the others. A client within its share is never cut off. A fixed minimum pace
-let 150 connections each reading 80 KB/s hold 2.5 GB, and sparing every connection
-about to be done let 120 reading 900 KB/s hold 960 MB: as long as clients read, the
-worker makes their answers faster than they take them. A client is counted as the
+passed), the client holding the most first; then the others of the clients above their
+fair share (the budget divided among the clients holding answers, itself included), one
+at a time from the client holding the most. Lasting bytes are what holds memory:
+connections about to be done free their room by themselves, and a client within its
+share loses none of them. A fixed minimum pace let 150 connections each reading 80 KB/s
+hold 2.5 GB, sparing every connection about to be done let 120 reading 900 KB/s hold
+960 MB (as long as clients read, the worker makes their answers faster than they take
+them), and sparing lasting connections within their share let three taking 7 MB answers
+at 1 KB/s get every honest download reset. A client is counted as the
 connection cap counts it (`connlimit.peer_key`).
 
 The worker's sweep (`protocol._Sweep`) passes over every connection's holding a few
@@ -90,10 +93,11 @@ class SendBudget:
         return self.held <= self.total < self.held + self.added
 
     def cuts(self, holdings: Sequence[Holding[Connection]]) -> list[Connection]:
-        """The connections to abort so that the rest fits the budget: each time one of
-        the client holding the most, while it is above its fair share (clients within
-        their share hold no more than the budget together), its lasting ones first,
-        then those about to be done, the largest first. Records the total left."""
+        """The connections to abort so that the rest fits the budget: lasting ones first,
+        the client holding the most first, its largest first; then, while still past
+        the budget, those about to be done, each time one of the client holding the most
+        while it is above its fair share (clients within their share hold no more than
+        the budget together). Records the total left."""
         total = sum(holding.held for holding in holdings)
         self.added = 0
         self.held = total
@@ -104,13 +108,24 @@ class SendBudget:
             clients[holding.client] = clients.get(holding.client, 0) + holding.held
         share = self.total // len(clients)
         over = total - self.total
-        # Each client's connections, the next to cut last: lasting, then the largest.
-        queues: dict[str, list[Holding[Connection]]] = {}
-        for holding in sorted(holdings, key=lambda h: (h.lasting, h.held)):
-            queues.setdefault(holding.client, []).append(holding)
-        largest = [(-held, client) for client, held in clients.items() if held > share]
-        heapq.heapify(largest)
         cuts, freed = [], 0
+        # Lasting bytes are what holds memory: three connections taking 7 MB answers at
+        # 1 KB/s, each just within its share, got every honest download reset at once
+        # while they stayed (found by review).
+        for holding in sorted((h for h in holdings if h.lasting),
+                              key=lambda h: (-clients[h.client], -h.held)):
+            if over <= 0:
+                break
+            cuts.append(holding.connection)
+            clients[holding.client] -= holding.held
+            over -= holding.held
+            freed += holding.held
+        # Each client's connections about to be done, the largest last.
+        queues: dict[str, list[Holding[Connection]]] = {}
+        for holding in sorted((h for h in holdings if not h.lasting), key=lambda h: h.held):
+            queues.setdefault(holding.client, []).append(holding)
+        largest = [(-clients[client], client) for client in queues if clients[client] > share]
+        heapq.heapify(largest)
         while over > 0 and largest:
             _, client = heapq.heappop(largest)
             holding = queues[client].pop()
