@@ -545,6 +545,47 @@ def test_a_connection_holds_one_unsent_answer_not_one_more_made(
     assert [int(n) for n in runs] == [1], runs
 
 
+LONG_DOWNLOAD = f"""
+[server]
+workers = 1
+telemetry = "off"
+access_log = "off"
+keep_alive_timeout = "1s"
+
+[[function]]
+name = "big"
+route = "/big"
+module = "{module("big")}"
+"""
+
+
+def test_a_download_longer_than_the_keep_alive_time_keeps_its_connection(
+        start_gateway: Start) -> None:
+    """The keep-alive time ran from when an answer was handed over, not from when it was
+    taken: a client whose download took longer than `keep_alive_timeout` lost its
+    connection right after the last byte (found by review). A client still taking its
+    answer is not idle."""
+    gateway = start_gateway(LONG_DOWNLOAD)
+    size, rate = 2_000_000, 600_000  # bytes, bytes a second: over three seconds
+    url = httpx.URL(gateway.url)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(20)
+        sock.connect((url.host, url.port))
+        sock.sendall(b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+        received = bytearray()
+        begun = time.monotonic()
+        while b"\r\n\r\n" not in received \
+                or len(received.partition(b"\r\n\r\n")[2]) < size:
+            chunk = sock.recv(32 * 1024)
+            assert chunk, f"closed after {len(received)} bytes"
+            received += chunk
+            time.sleep(max(0.0, len(received) / rate - (time.monotonic() - begun)))
+        assert time.monotonic() - begun > 2.0
+        sock.sendall(b"GET /big?bytes=10 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert closed_by_size(sock, 10).startswith(b"HTTP/1.1 200 ")
+
+
 def _reset(sock: socket.socket) -> bool:
     """Whether the server aborted the connection (what it sent before may still wait to
     be read)."""

@@ -279,6 +279,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._send_deadline = math.inf  # loop time the unsent answers must be gone by
         self._unsent = 0  # bytes unsent at the last sweep (the transport's and the kernel's)
         self._pace: Pace | None = None  # how fast those went of late, while there are any
+        self._idle_unsent = math.inf  # bytes unsent when the keep-alive time was last up
         self._sweep: _Sweep | None = None
         self._ignoring = False  # input after a refused pipelined head or a half-close
         self._writes = WriteBatch.of(self.server_state, self.loop)
@@ -546,6 +547,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._start(cycle)  # type: ignore[arg-type]  # only ever an Exchange
         else:
             self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+            self._idle_unsent = math.inf
         # Input is read on only once no parsed request waits: what comes is the last
         # one's body, or the next request. (uvicorn read on after every answer, and a
         # queued request's body grew by a read each time, before its own limits: 29 MB
@@ -578,16 +580,29 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_deadline = math.inf
             self._head_timed_out()
         elif now >= self._idle_deadline:
-            self._idle_deadline = math.inf
-            if not self.transport.is_closing():
-                self._writes.flush()
-                self.transport.close()
+            if self._taking_its_answer(held):
+                self._idle_deadline = now + self.timeout_keep_alive
+            else:
+                self._idle_deadline = math.inf
+                if not self.transport.is_closing():
+                    self._writes.flush()
+                    self.transport.close()
         if not held:
             return None
         pace = self._pace
         lasting = pace is not None and pace.lasting(now, self._unsent, self.send_timeout)
         return Holding(self, peer_key(self.client[0] if self.client else "", self.ipv6_prefix),
                        held, lasting)
+
+    def _taking_its_answer(self, held: int) -> bool:
+        """Whether the client is still taking its last answer, at `send_min_rate` at least
+        since the last look (the first look: at all), when its keep-alive time is up.
+        That time ran from when the answer was handed over, so a download longer than
+        `keep_alive_timeout` lost its connection after its last byte (uvicorn's too).
+        A client that stopped reading is closed on as before."""
+        unsent = self._unsent if held else _kernel_unsent(self.transport)
+        previous, self._idle_unsent = self._idle_unsent, unsent
+        return unsent > 0 and previous - unsent >= self.send_min_rate * self.timeout_keep_alive
 
     def _sending(self, now: float) -> int:
         """The answers' bytes must keep leaving as a body's must keep coming: those the
