@@ -46,9 +46,10 @@ def test_lasting_connections_go_before_those_about_to_be_done() -> None:
 def test_slow_connections_within_their_share_cannot_get_a_download_reset() -> None:
     """Three connections taking 7 MB answers at 1 KB/s, each just within its share (the
     kernel holds ~2.8 MB of each), got every honest 8 MiB download reset as it began,
-    and stayed (found by review): lasting bytes go first, whoever holds them."""
+    and stayed (found by review): slow ones go first, within their share or not."""
     budget = SendBudget(16 * MiB)
-    holdings = [Holding(f"attacker{n}", f"6.6.6.{n}", 4_200_000, True) for n in range(3)]
+    holdings = [Holding(f"attacker{n}", f"6.6.6.{n}", 4_200_000, True, True)
+                for n in range(3)]
     holdings.append(Holding("download", "1.1.1.1", 7_600_000, False))
     cuts = budget.cuts(holdings)
     assert cuts == ["attacker0"] or cuts == ["attacker1"] or cuts == ["attacker2"]
@@ -60,10 +61,20 @@ def test_fast_readers_above_their_share_are_cut_when_lasting_ones_do_not_suffice
     hold 960 MB (found by review)."""
     budget = SendBudget(16 * MiB)
     holdings = [Holding(f"attacker{n}", "6.6.6.6", 8 * MiB, False) for n in range(60)]
-    holdings.append(Holding("slow", "1.1.1.1", 5 * MiB, True))
+    holdings.append(Holding("download", "1.1.1.1", 5 * MiB, True))
     cuts = budget.cuts(holdings)
-    assert cuts[0] == "slow" and len(cuts) == 59
+    assert "download" not in cuts and len(cuts) == 59
     assert budget.held <= 16 * MiB
+
+
+def test_a_download_within_its_share_outlasting_the_horizon_is_spared() -> None:
+    """Cutting every lasting connection first let one address reading three 8 MiB
+    answers at 1.8 MB/s get an honest 100 KB/s download reset (found by review)."""
+    budget = SendBudget(16 * MiB)
+    holdings = [Holding(f"attacker{n}", "6.6.6.6", 8 * MiB, False) for n in range(3)]
+    holdings.append(Holding("download", "1.1.1.1", 8 * MiB, True, False))
+    cuts = budget.cuts(holdings)
+    assert "download" not in cuts and len(cuts) == 2
 
 
 def test_many_addresses_each_holding_a_little_are_cut_past_the_budget() -> None:
@@ -105,3 +116,12 @@ def test_a_burst_then_a_trickle_is_judged_by_the_trickle() -> None:
     assert pace.lasting(2 * RECENT + 0.5, 3 * MiB - 2048, horizon)
     pace.update(3 * RECENT, 8 * MiB, grew=True)  # a new answer: judged afresh
     assert not pace.lasting(3 * RECENT + FIRST_LOOK / 2, 8 * MiB, horizon)
+
+
+def test_slow_is_below_a_rate_whatever_the_bytes() -> None:
+    rate = 64 * 1024
+    pace = Pace(0.0, 8 * MiB)
+    assert not pace.slow(FIRST_LOOK / 2, 8 * MiB, rate)  # too early to tell
+    assert pace.slow(RECENT, 8 * MiB - 1024, rate)  # 512 B/s
+    assert not pace.slow(RECENT, 8 * MiB - 200_000, rate)  # 100 KB/s: lasting, not slow
+    assert pace.lasting(RECENT, 8 * MiB - 200_000, 10.0)

@@ -83,6 +83,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from .bodybudget import SLOW
 from .connlimit import IPV6_PREFIX, REFUSAL, PeerConnections, peer_key
 from .messages import Request
 from .response import Response, framing, header_lines
@@ -589,10 +590,14 @@ class GuardedProtocol(HttpToolsProtocol):
                     self.transport.close()
         if not held:
             return None
-        pace = self._pace
-        lasting = pace is not None and pace.lasting(now, self._unsent, self.send_timeout)
+        pace, unsent = self._pace, self._unsent
+        if pace is None:
+            lasting = slow = False
+        else:
+            lasting = pace.lasting(now, unsent, self.send_timeout)
+            slow = pace.slow(now, unsent, SLOW * self.send_min_rate)
         return Holding(self, peer_key(self.client[0] if self.client else "", self.ipv6_prefix),
-                       held, lasting)
+                       held, lasting, slow)
 
     def _taking_its_answer(self, held: int) -> bool:
         """Whether the client is still taking its last answer, at `send_min_rate` at least

@@ -5,18 +5,20 @@ transport holds what the kernel has not taken. The send rule (`protocol._sending
 how long, not how much: a client taking them at `body_min_rate` holds an 8 MiB answer for
 over two hours, and 64 such connections held 1.2 GB. The budget bounds the bytes all
 connections hold together, as `body_buffer` bounds request bodies: past `total`, the
-connections are reset until the rest fits: first those that would not be done within
-`horizon` seconds at the pace they took their bytes of late (over their last `RECENT`
-to twice that seconds, or since the answer was handed over, once `FIRST_LOOK` has
-passed), the client holding the most first; then the others of the clients above their
-fair share (the budget divided among the clients holding answers, itself included), one
-at a time from the client holding the most. Lasting bytes are what holds memory:
-connections about to be done free their room by themselves, and a client within its
-share loses none of them. A fixed minimum pace let 150 connections each reading 80 KB/s
-hold 2.5 GB, sparing every connection about to be done let 120 reading 900 KB/s hold
-960 MB (as long as clients read, the worker makes their answers faster than they take
-them), and sparing lasting connections within their share let three taking 7 MB answers
-at 1 KB/s get every honest download reset. A client is counted as the
+connections are reset until the rest fits. First those of the clients within their
+fair share (the budget divided among the clients holding answers, itself included) that
+take their bytes slower than `SLOW` times `body_min_rate`; then, of the clients above
+their share, those that would not be done within `horizon` seconds at their pace, the
+client holding the most first; then the others of the clients above their share, one
+at a time from the client holding the most. Paces are measured over the last `RECENT`
+to twice that seconds, or since the answer was handed over once `FIRST_LOOK` has passed.
+Each step is an attack a review found: a fixed minimum pace alone let 150 connections
+each reading 80 KB/s hold 2.5 GB; sparing every connection about to be done let 120
+reading 900 KB/s hold 960 MB (as long as clients read, the worker makes their answers
+faster than they take them); sparing clients within their share let three connections
+taking 7 MB answers at 1 KB/s get every honest download reset; and cutting every lasting
+connection first let one address reading three answers fast get an honest 100 KB/s
+download reset. A client is counted as the
 connection cap counts it (`connlimit.peer_key`).
 
 The worker's sweep (`protocol._Sweep`) passes over every connection's holding a few
@@ -66,15 +68,24 @@ class Pace:
         elapsed = now - since
         return elapsed >= FIRST_LOOK and (then - unsent) * horizon < unsent * elapsed
 
+    def slow(self, now: float, unsent: int, rate: float) -> bool:
+        """Whether fewer than `rate` bytes a second were taken since the older mark; not
+        judged (False) within `FIRST_LOOK` of it."""
+        since, then = self.marks[0]
+        elapsed = now - since
+        return elapsed >= FIRST_LOOK and then - unsent < rate * elapsed
+
 
 class Holding(NamedTuple, Generic[Connection]):
     """One connection's unsent answers at a pass: its client (`peer_key`), the bytes the
-    worker holds for it, and whether they would last past the horizon (`Pace.lasting`)."""
+    worker holds for it, whether they would last past the horizon (`Pace.lasting`) and
+    whether the client takes them slower than `SLOW` times `body_min_rate` (`Pace.slow`)."""
 
     connection: Connection
     client: str
     held: int
     lasting: bool
+    slow: bool = False
 
 
 class SendBudget:
@@ -93,11 +104,12 @@ class SendBudget:
         return self.held <= self.total < self.held + self.added
 
     def cuts(self, holdings: Sequence[Holding[Connection]]) -> list[Connection]:
-        """The connections to abort so that the rest fits the budget: lasting ones first,
-        the client holding the most first, its largest first; then, while still past
-        the budget, those about to be done, each time one of the client holding the most
-        while it is above its fair share (clients within their share hold no more than
-        the budget together). Records the total left."""
+        """The connections to abort so that the rest fits the budget, in this order: slow
+        ones of the clients within their fair share (clients within their share hold
+        no more than the budget together); lasting ones of the clients above it, the
+        client holding the most first, its largest first; then the others of the clients
+        above it, each time one of the client holding the most. No client above its
+        share is cut below it. Records the total left."""
         total = sum(holding.held for holding in holdings)
         self.added = 0
         self.held = total
@@ -108,31 +120,44 @@ class SendBudget:
             clients[holding.client] = clients.get(holding.client, 0) + holding.held
         share = self.total // len(clients)
         over = total - self.total
-        cuts, freed = [], 0
-        # Lasting bytes are what holds memory: three connections taking 7 MB answers at
-        # 1 KB/s, each just within its share, got every honest download reset at once
-        # while they stayed (found by review).
-        for holding in sorted((h for h in holdings if h.lasting),
-                              key=lambda h: (-clients[h.client], -h.held)):
-            if over <= 0:
-                break
+        cuts: list[Connection] = []
+        freed = 0
+
+        def cut(holding: Holding[Connection]) -> None:
+            nonlocal over, freed
             cuts.append(holding.connection)
             clients[holding.client] -= holding.held
             over -= holding.held
             freed += holding.held
-        # Each client's connections about to be done, the largest last.
+
+        # Slow connections within their share first: three taking 7 MB answers at 1 KB/s,
+        # each just within its share (the kernel held part of each), got every honest
+        # download reset as it began, and stayed (found by review). A fast one within its
+        # share is spared: cutting every lasting one first let one address reading three
+        # answers at 1.8 MB/s each get an honest 100 KB/s download reset.
+        within = {client for client, held in clients.items() if held <= share}
+        for holding in sorted((h for h in holdings if h.slow and h.client in within),
+                              key=lambda h: -h.held):
+            if over <= 0:
+                break
+            cut(holding)
+        # Lasting ones above it, the client holding the most first.
+        for holding in sorted((h for h in holdings if h.lasting and h.client not in within),
+                              key=lambda h: (-clients[h.client], -h.held)):
+            if over <= 0:
+                break
+            if clients[holding.client] > share:
+                cut(holding)
+        # Each client's others, the largest last.
         queues: dict[str, list[Holding[Connection]]] = {}
-        for holding in sorted((h for h in holdings if not h.lasting), key=lambda h: h.held):
+        for holding in sorted((h for h in holdings if not h.lasting and h.client not in within),
+                              key=lambda h: h.held):
             queues.setdefault(holding.client, []).append(holding)
         largest = [(-clients[client], client) for client in queues if clients[client] > share]
         heapq.heapify(largest)
         while over > 0 and largest:
             _, client = heapq.heappop(largest)
-            holding = queues[client].pop()
-            cuts.append(holding.connection)
-            clients[client] -= holding.held
-            over -= holding.held
-            freed += holding.held
+            cut(queues[client].pop())
             if clients[client] > share and queues[client]:
                 heapq.heappush(largest, (-clients[client], client))
         self.held = total - freed
