@@ -108,8 +108,8 @@ class SendBudget:
         ones of the clients within their fair share (clients within their share hold
         no more than the budget together); lasting ones of the clients above it, the
         client holding the most first, its largest first; then the others of the clients
-        above it, each time one of the client holding the most. No client above its
-        share is cut below it. Records the total left."""
+        above it, each time one of the client holding the most; none of a client above
+        its share once it is within it. Records the total left."""
         total = sum(holding.held for holding in holdings)
         self.added = 0
         self.held = total
