@@ -25,10 +25,10 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - at most `MAX_PIPELINED` requests wait behind the one answered, and no input is read
   while any waits (a queued request's body would grow past its limits); the answers'
   bytes must keep leaving at `send_min_rate`, or the connection is aborted (`_sending`),
-  and past `response_buffer` bytes held unsent by all connections together, those that
-  would hold theirs past `send_timeout` at their pace are reset, the largest holder's
-  first (`sendbudget.py`); a request is not begun while its connection's last answer
-  waits above the transport's high-water mark (one unsent answer a connection);
+  and past `response_buffer` bytes held unsent by all connections together, connections
+  are reset until the rest fits, slow and lasting ones first (`sendbudget.py` gives the
+  order); a request is not begun while its connection's last answer waits above the
+  transport's high-water mark (one unsent answer a connection);
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is

@@ -55,7 +55,7 @@ class ServerSettings:
     holds at most `body_buffer` bytes of request bodies at once,
     `body_buffer_per_client` of them for one client address (503 past either,
     `bodybudget.py`), and about `response_buffer` bytes of answers unsent (past it,
-    connections taking theirs slowly are aborted, `sendbudget.py`); an idle keep-alive
+    connections are reset in the order `sendbudget.py` gives); an idle keep-alive
     connection is closed after `keep_alive_timeout`; one peer address holds at most
     `max_connections_per_ip` connections on the whole server (503 and closed past it,
     `connlimit.py`), which tracks `max_connection_addresses` addresses at once (past it,
