@@ -84,6 +84,35 @@ def read_responses(sock: socket.socket, count: int,
     return out, conn
 
 
+def narrow_socket(gateway: Gateway, rcvbuf: int, source: str = "") -> socket.socket:
+    """A connection to `gateway` with a receive buffer of `rcvbuf` bytes, set before its
+    window is offered, from the address `source` when given."""
+    url = httpx.URL(gateway.url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(20)
+    if source:
+        sock.bind((source, 0))
+    sock.connect((url.host, url.port))
+    return sock
+
+
+def read_answer(sock: socket.socket, size: int, rate: float | None = None,
+                chunk: int = 1 << 20) -> bytes:
+    """A response read until its body has `size` bytes, `chunk` bytes a read and never
+    ahead of `rate` bytes a second (None: as it comes). Fails when the connection
+    closes first (a reset raises ConnectionResetError)."""
+    received = bytearray()
+    begun = time.monotonic()
+    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < size:
+        data = sock.recv(chunk)
+        assert data, f"the answer was cut off after {len(received)} bytes"
+        received += data
+        if rate is not None:
+            time.sleep(max(0.0, len(received) / rate - (time.monotonic() - begun)))
+    return bytes(received)
+
+
 def closed_by_server(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection."""
     data = b""
@@ -350,12 +379,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off(start_gateway: Start)
     connection is aborted. A client that reads gets its answer whole."""
     gateway = start_gateway(SLOW_READER)
     request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % BIG
-    url = httpx.URL(gateway.url)
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.settimeout(20)
-    with stalled:
-        stalled.connect((url.host, url.port))
+    with narrow_socket(gateway, 4096) as stalled:
         # The second answer waits for the first to be taken when the abort comes, the
         # third (the last request parsed) waits behind it.
         stalled.sendall(request * 3)
@@ -369,11 +393,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off(start_gateway: Start)
     assert "Exception in the gateway's handler" not in gateway.log(), gateway.log()
     with connect(gateway) as reader:  # reading as it comes: the whole answer
         reader.sendall(request)
-        received = b""
-        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < BIG:
-            chunk = reader.recv(1 << 20)
-            assert chunk, "the answer was cut off"
-            received += chunk
+        received = read_answer(reader, BIG)
     assert received.startswith(b"HTTP/1.1 200 ")
 
 
@@ -405,16 +425,7 @@ def test_a_client_reading_at_a_steady_pace_gets_its_answer_whole(
     gateway = start_gateway(PACED)
     with connect(gateway) as reader:
         reader.sendall(b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % PACED_SIZE)
-        received = bytearray()
-        begun = time.monotonic()
-        while len(received.partition(b"\r\n\r\n")[2]) < PACED_SIZE:
-            chunk = reader.recv(32 * 1024)
-            assert chunk, f"cut off after {len(received)} bytes"
-            received += chunk
-            # Steady: never ahead of the pace.
-            ahead = len(received) / PACED_RATE - (time.monotonic() - begun)
-            if ahead > 0:
-                time.sleep(ahead)
+        received = read_answer(reader, PACED_SIZE, PACED_RATE, 32 * 1024)  # steady
     assert received.startswith(b"HTTP/1.1 200 ")
     assert "took its answers slower" not in gateway.log()
 
@@ -450,11 +461,8 @@ def test_clients_taking_their_answers_slowly_together_get_the_response_budget(
     gateway = start_gateway(TRICKLE)
     request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % TRICKLE_SIZE
     socks = []
-    url = httpx.URL(gateway.url)
     for _ in range(TRICKLERS):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before its window
-        sock.connect((url.host, url.port))
+        sock = narrow_socket(gateway, 4096)
         sock.sendall(request)
         socks.append(sock)
     taken = [0] * TRICKLERS
@@ -471,7 +479,7 @@ def test_clients_taking_their_answers_slowly_together_get_the_response_budget(
             time.sleep(0.1)
         with connect(gateway) as reader:  # reading as it comes: the whole answer
             reader.sendall(request)
-            received = closed_by_size(reader, TRICKLE_SIZE)
+            received = read_answer(reader, TRICKLE_SIZE)
         assert received.startswith(b"HTTP/1.1 200 ")
         cut = sum(map(_reset, socks))
     finally:
@@ -495,31 +503,17 @@ def test_slow_connections_within_their_share_cannot_get_downloads_reset(
     honest 8 MB download reset as it began, and stayed (found by review): the bytes
     that would last go first, whoever holds them."""
     gateway = start_gateway(SQUATTED)
-    url = httpx.URL(gateway.url)
     squatters = []
     for number in range(3):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind((f"127.0.0.{50 + number}", 0))
-        sock.connect((url.host, url.port))
+        sock = narrow_socket(gateway, 4096, f"127.0.0.{50 + number}")
         sock.sendall(b"GET /big?bytes=5700000 HTTP/1.1\r\nHost: t\r\n\r\n")
         squatters.append(sock)
     try:
         time.sleep(1.0)  # their answers are made and judged
         for _ in range(2):  # at 4 MB/s: two seconds each, longer than a pass or two
-            with socket.socket() as reader:
-                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
-                reader.settimeout(20)
-                reader.bind(("127.0.0.2", 0))
-                reader.connect((url.host, url.port))
+            with narrow_socket(gateway, 128 * 1024, "127.0.0.2") as reader:
                 reader.sendall(b"GET /big?bytes=8000000 HTTP/1.1\r\nHost: t\r\n\r\n")
-                received = bytearray()
-                begun = time.monotonic()
-                while len(received) < 8_000_000:
-                    chunk = reader.recv(64 * 1024)  # a reset raises ConnectionResetError
-                    assert chunk, f"cut off after {len(received)} bytes"
-                    received += chunk
-                    time.sleep(max(0.0, len(received) / 4e6 - (time.monotonic() - begun)))
+                received = read_answer(reader, 8_000_000, 4e6, 64 * 1024)
             assert received.startswith(b"HTTP/1.1 200 ")
     finally:
         for sock in squatters:
@@ -534,10 +528,7 @@ def test_a_connection_holds_one_unsent_answer_not_one_more_made(
     budget saw."""
     gateway = start_gateway(TRICKLE)
     request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % TRICKLE_SIZE
-    url = httpx.URL(gateway.url)
-    with socket.socket() as stalled:
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.connect((url.host, url.port))
+    with narrow_socket(gateway, 4096) as stalled:
         stalled.sendall(request * 3)
         time.sleep(1.5)
         runs = re.findall(r'stockade_gateway_invocations_total\{[^}]*function="big"[^}]*\} '
@@ -567,23 +558,13 @@ def test_a_download_longer_than_the_keep_alive_time_keeps_its_connection(
     answer is not idle."""
     gateway = start_gateway(LONG_DOWNLOAD)
     size, rate = 2_000_000, 600_000  # bytes, bytes a second: over three seconds
-    url = httpx.URL(gateway.url)
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        sock.settimeout(20)
-        sock.connect((url.host, url.port))
+    with narrow_socket(gateway, 64 * 1024) as sock:
         sock.sendall(b"GET /big?bytes=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
-        received = bytearray()
         begun = time.monotonic()
-        while b"\r\n\r\n" not in received \
-                or len(received.partition(b"\r\n\r\n")[2]) < size:
-            chunk = sock.recv(32 * 1024)
-            assert chunk, f"closed after {len(received)} bytes"
-            received += chunk
-            time.sleep(max(0.0, len(received) / rate - (time.monotonic() - begun)))
+        read_answer(sock, size, rate, 32 * 1024)
         assert time.monotonic() - begun > 2.0
         sock.sendall(b"GET /big?bytes=10 HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert closed_by_size(sock, 10).startswith(b"HTTP/1.1 200 ")
+        assert read_answer(sock, 10).startswith(b"HTTP/1.1 200 ")
 
 
 def _reset(sock: socket.socket) -> bool:
@@ -593,16 +574,6 @@ def _reset(sock: socket.socket) -> bool:
 
 
 TCP_CLOSE = 7  # tcp_info's state of a connection reset
-
-
-def closed_by_size(sock: socket.socket, size: int) -> bytes:
-    """A response read until its body has `size` bytes."""
-    received = b""
-    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < size:
-        chunk = sock.recv(1 << 20)
-        assert chunk, f"the answer was cut off after {len(received)} bytes"
-        received += chunk
-    return received
 
 
 SLOW_ANSWERS = f"""
