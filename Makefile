@@ -65,7 +65,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 unit: setup real-guests vm
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 test: setup real-guests vm lint unit
 

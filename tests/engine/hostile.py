@@ -1,5 +1,6 @@
 """Runs one hostile guest under `Sandbox(Policy.from_profile("default"))` (or the C
-API's `CapiSandbox`) with a short timeout, in a child process bounded in time, so a guest
+API's `CapiSandbox`) with a short timeout and the GC and exception proposals allowed
+(`wasm_gc`: the widest attack surface), in a child process bounded in time, so a guest
 the deadline misses fails a test instead of hanging it (the tripwire attack tests)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json, sys, time, wasmtime
 from stockade import Invocation, Policy, Sandbox
 from stockade.engine import EngineConfig
 from stockade.sandbox.capi import CapiSandbox
-policy = Policy.from_profile("default").with_limits(timeout={timeout})
+policy = Policy.from_profile("default").with_limits(timeout={timeout}, wasm_gc=True)
 config = EngineConfig.for_limits(policy.limits, tripwire=False) if {epochs} else None
 source = sys.stdin.read()
 module = bytes.fromhex(source) if not source.lstrip().startswith("(") else \\

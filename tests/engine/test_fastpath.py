@@ -373,7 +373,7 @@ def _until(condition: Any, seconds: float = 10.0) -> None:
 def test_a_one_slot_pool_runs_a_module_using_gc_types(tripwire: bool) -> None:
     """A GC heap is a memory from the pool too: a one-slot pool (`CapiSandbox`'s) refused
     every module using GC types ("maximum concurrent limit of 1 for memory")."""
-    config = EngineConfig(fuel=False, epochs=not tripwire, tripwire=tripwire)
+    config = EngineConfig(fuel=False, epochs=not tripwire, tripwire=tripwire, gc=True)
     gc = bytes(wasmtime.wat2wasm("""(module (type $a (array (mut i64)))
       (memory (export "memory") 1)
       (func (export "_start") (drop (array.new_default $a (i32.const 1000)))))"""))

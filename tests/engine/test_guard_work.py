@@ -75,7 +75,8 @@ def gc_units(data: bytes) -> list[int]:
 
 
 def short_policy() -> Policy:
-    return Policy.from_profile("default").with_limits(timeout=0.5)
+    """A short timeout, with the GC and exception proposals these bombs use."""
+    return Policy.from_profile("default").with_limits(timeout=0.5, wasm_gc=True)
 
 
 def refused_on_load(data: bytes, tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ def test_small_gc_programs_still_run() -> None:
               '    (i32.const 1))) '
               '  (if (i32.ne (struct.get $p $x (local.get $a)) (i32.const 42)) '
               '    (then unreachable))))')
-    result = Sandbox(Policy.from_profile("default")).run(wasm(module))
+    result = Sandbox(Policy.from_profile("default").with_limits(wasm_gc=True)).run(wasm(module))
     assert result.outcome.value == "exited" and result.exit_code == 0, result
 
 

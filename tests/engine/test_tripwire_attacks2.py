@@ -127,7 +127,7 @@ def test_struct_new_default_of_a_wide_struct_compiles_for_seconds() -> None:
     struct, a 130 KB module, compiled for ~16 s (epochs engine: 11 s). The compile guard
     now counts the fields each allocation initialises (`codework`); see
     tests/engine/test_guard_work.py."""
-    policy = Policy.from_profile("default").with_limits(timeout=TIMEOUT)
+    policy = Policy.from_profile("default").with_limits(timeout=TIMEOUT, wasm_gc=True)
     module = bytes(wasmtime.wat2wasm(_struct_bomb(10_000, 100)))
     for config in (None, EngineConfig.for_limits(policy.limits, tripwire=False)):
         with Sandbox(policy, engine_config=config) as sandbox, \

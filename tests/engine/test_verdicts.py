@@ -115,3 +115,18 @@ def test_a_host_error_is_classified_without_importing_wasmtime_py() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "error OverflowError: timestamp out of range"
+
+
+def test_a_host_error_wrapped_in_backtraces_is_told_by_its_causes() -> None:
+    """A WASI call that fails through the metered path's trampoline comes wrapped in the
+    guest's backtrace twice: the message was the second wrapper's first line ("error
+    while executing at wasm backtrace:"), not why the call failed."""
+    message = ("error while executing at wasm backtrace:\n    0:     0x88 - <unknown>!<wasm "
+               "function 1>\n\nCaused by:\n    error while executing at wasm backtrace:\n    "
+               "0:    0x6fc - <unknown>!<wasm function 46>\n\nCaused by:\n    0: failed to "
+               "call `get-random-bytes`\n    1: requested len 190000000 exceeds limit "
+               "67108864\n\n")
+    assert traps.root_cause(message) == ("failed to call `get-random-bytes`: requested len "
+                                         "190000000 exceeds limit 67108864")
+    assert traps.root_cause("error while executing\n\nCaused by:\n    wasm trap: integer "
+                            "divide by zero\n") == "integer divide by zero"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from stockade import Invocation, Outcome, Policy, Sandbox
+from stockade import Invocation, ModuleError, Outcome, Policy, Sandbox
 from stockade.binary import MalformedModule
 from stockade.binary import encode_leb as leb
 from stockade.inspect.least import least_privilege_policy
@@ -21,6 +21,7 @@ from tests.conftest import GUESTS, REAL, guest, stockade
 
 ALL_GUESTS = sorted(GUESTS.rglob("*.wasm"))
 _sandbox = Sandbox(Policy.from_profile("permissive"))
+_gc_sandbox = Sandbox(Policy.from_profile("permissive").with_limits(wasm_gc=True))
 REAL_MODULES = [REAL / "python.wasm", REAL / "quickjs.wasm"]
 
 
@@ -46,11 +47,15 @@ def test_imports_and_refusals_agree_with_wasmtime(path: Path) -> None:
     if report.compile_cost > 15:  # a compile bomb: its shape is test_guard's business
         assert "compile" in " ".join(f.message for f in report.findings)
         return
-    module = _sandbox.load(path).module  # through the session's AoT cache
+    if report.gc_heap:  # refused by default, saying how to allow it
+        with pytest.raises(ModuleError, match="--wasm-gc"):
+            _sandbox.load(path)
+    sandbox = _gc_sandbox if report.gc_heap else _sandbox
+    module = sandbox.load(path).module  # through the session's AoT cache
     assert [i.qualified for i in report.imports] == [f"{i.module}.{i.name}"
                                                      for i in module.imports]
     assert sorted(e.name for e in report.exports) == sorted(
-        e.name for e in _sandbox.load(path).exports)
+        e.name for e in sandbox.load(path).exports)
     refused = denied_import(module)
     assert bool(report.capabilities.denied) == (refused is not None)
     if refused is not None:
@@ -195,3 +200,36 @@ def test_gc_constant_expressions_and_typed_elements_are_read() -> None:
         '(item (struct.new_default $s)) (item (ref.null $s))) (func (export "_start")))'))
     report = inspect_module(data, "gc.wasm")
     assert report.element_segments == [2]
+
+
+@pytest.mark.parametrize(("text", "declares"), [
+    ('(module (type (func (param i32 (ref null func)) (result i64))))', False),
+    ('(module (type $s (struct (field i32))))', True),
+    ('(module (type $a (array i8)))', True),
+    ('(module (rec (type (func))))', True),
+    ('(module (tag (param i32)))', True),
+    ('(module (import "m" "t" (tag (param i32))))', True),
+    ('(module (func (export "_start")))', False),
+])
+def test_gc_types_and_tags_are_named(text: str, declares: bool) -> None:
+    report = inspect_module(bytes(wasmtime.wat2wasm(text)), "m.wasm")
+    assert report.gc_heap is declares
+    assert any("wasm_gc" in f.message for f in report.findings) is declares
+
+
+def test_the_least_privilege_policy_of_a_gc_module_lets_it_run(tmp_path: Path) -> None:
+    path = guest("gc_heap_arrays.wasm")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(least_privilege_policy(inspect_module(path.read_bytes(), path.name)))
+    assert load_policy(policy).limits.wasm_gc
+    ran = stockade("run", "--policy", str(policy), str(path))
+    assert ran.returncode == 137, ran.stderr.decode()  # it ran, to its memory limit
+
+
+def test_a_type_section_past_what_wasmtime_accepts_is_refused_unread() -> None:
+    count = 1_000_001
+    body = leb(count) + b"\x60\x00\x00" * count
+    data = b"\0asm\x01\0\0\0\x01" + leb(len(body)) + body
+    # Refused by its count, before a type is read (42M types took 40 s of Python).
+    with pytest.raises(MalformedModule, match="1,000,000"):
+        inspect_module(data, "types.wasm")

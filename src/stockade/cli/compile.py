@@ -21,12 +21,14 @@ __all__ = ["compile_"]
 @click.option("--profile", type=click.Choice(["strict", "default", "permissive"]),
               default="default", show_default=True,
               help="The engine configuration follows the profile (fuel, stack size).")
-def compile_(source: Path, output: Path | None, profile: str) -> None:
+@click.option("--wasm-gc", is_flag=True,
+              help="For runs with --wasm-gc: the Wasm GC and exception-handling proposals.")
+def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> None:
     """Compile SOURCE (.wasm or .wat) for this machine and wasmtime version.
 
     The .cwasm is sealed with this host's key (HMAC-SHA256, see SECURITY.md): only this
     user on this host can run it, with `stockade run --allow-precompiled` and the same
-    --profile. Deleting the key (`~/.config/stockade/aot.key`) revokes every .cwasm.
+    --profile (and --wasm-gc). Deleting the key (`~/.config/stockade/aot.key`) revokes every .cwasm.
     """
     from ..engine import CompileGuard, Engine, EngineConfig
     from ..engine.seal import KeyUnavailable, host_key, seal, strip
@@ -34,7 +36,8 @@ def compile_(source: Path, output: Path | None, profile: str) -> None:
 
     # Native code keeps its deadline by epochs: a tripwire is the rewriting of a module
     # this host compiles itself, which a .cwasm skips (`Engine.load`).
-    limits = get_profile(profile).limits
+    chosen = get_profile(profile)
+    limits = (chosen.with_limits(wasm_gc=True) if wasm_gc else chosen).limits
     config = EngineConfig.for_limits(limits, tripwire=False)
     output = output or source.with_suffix(".cwasm")
     try:

@@ -43,7 +43,8 @@ def unbounded_warning(policy: Policy) -> str | None:
 
 def run_command(module: str, args: tuple[str, ...], profile: str | None,
                 policy_file: Path | None, fuel: str | None, timeout: str | None,
-                max_memory: str | None, max_output: str | None, dirs: tuple[str, ...],
+                max_memory: str | None, max_output: str | None, wasm_gc: bool,
+                dirs: tuple[str, ...],
                 scratch: str | None, keep_scratch: bool, disk_quota: str | None,
                 max_files: str | None, env: tuple[str, ...], env_allow: tuple[str, ...],
                 stdin: str | None, isolate: str | None, telemetry_profile: str | None,
@@ -53,7 +54,8 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
     with the result's exit code. Raises StockadeError (after printing the JSON error
     object under `as_json`)."""
     limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
-              "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files}
+              "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files,
+              "wasm_gc": True if wasm_gc else None}  # the flag turns it on, never off
     try:
         policy = build_policy(profile, policy_file, limits, dirs, env, env_allow,
                               allow_precompiled=allow_precompiled)

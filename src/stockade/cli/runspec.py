@@ -43,6 +43,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--timeout",), "timeout", "Wall-clock limit, e.g. 500ms, 2s, 1m."),
     Option(("--max-memory",), "max_memory", "Linear memory limit, e.g. 16MiB."),
     Option(("--max-output",), "max_output", "Cap on captured stdout+stderr, e.g. 1MiB."),
+    Option(("--wasm-gc",), "wasm_gc", "Allow the Wasm GC and exception-handling proposals "
+           "(off: such modules are refused). Their GC heap and the linear memory get half "
+           "of --max-memory each.", kind="flag"),
     Option(("--dir",), "dirs", "Preopen a directory; read-only unless :rw. Repeatable. "
            "wasmtime's HOST::GUEST is accepted too.", kind="multiple",
            metavar="HOST[:GUEST][:ro|:rw]"),

@@ -54,7 +54,9 @@ class EngineConfig(FrozenRecord):
     engine ends itself at a run's deadline (an isolated worker: `isolate.overrun`), so a
     timeout is allowed without epochs; it changes no generated code. `tripwire`: modules
     are rewritten to read a page at every loop and call (`engine.tripwire`), and a run's
-    deadline revokes that page, instead of epochs. A frozen record
+    deadline revokes that page, instead of epochs. `gc`: the Wasm GC and exception-handling
+    proposals, whose objects live in a GC heap that wasmtime caps as a memory of its own
+    (`Limits.memory_cap`); off, modules using them are refused at load. A frozen record
     (`stockade.records`): a dataclass without code generation at import, on the
     `stockade run` path.
     """
@@ -65,16 +67,18 @@ class EngineConfig(FrozenRecord):
     strategy: str = "cranelift"
     process_deadline: bool = False
     tripwire: bool = False
+    gc: bool = False
 
     def __init__(self, fuel: bool = True, epochs: bool = True, max_stack: int = 1024 * 1024,
                  strategy: str = "cranelift", process_deadline: bool = False,
-                 tripwire: bool = False) -> None:
+                 tripwire: bool = False, gc: bool = False) -> None:
         object.__setattr__(self, "fuel", fuel)
         object.__setattr__(self, "epochs", epochs)
         object.__setattr__(self, "max_stack", max_stack)
         object.__setattr__(self, "strategy", strategy)
         object.__setattr__(self, "process_deadline", process_deadline)
         object.__setattr__(self, "tripwire", tripwire)
+        object.__setattr__(self, "gc", gc)
 
     @classmethod
     def for_limits(cls, limits: Limits, *, process_deadline: bool = False,
@@ -84,18 +88,19 @@ class EngineConfig(FrozenRecord):
         does (`tripwire`). By default (None) the deadline is a tripwire wherever one
         can serve: no fuel budget (probes would be charged to the guest's, whose count
         must match on every backend), no `process_deadline`, and the native library that
-        arms it (`trip.available`)."""
+        arms it (`trip.available`). The GC heap only where the policy allows it
+        (`Limits.wasm_gc`)."""
         if tripwire is None:
             tripwire = limits.fuel is None and not process_deadline and _tripwire_available()
         return cls(fuel=limits.fuel is not None, epochs=not (process_deadline or tripwire),
                    max_stack=limits.max_stack, process_deadline=process_deadline,
-                   tripwire=tripwire)
+                   tripwire=tripwire, gc=limits.wasm_gc)
 
     def with_epochs(self) -> EngineConfig:
         """This configuration keeping its deadline by epochs instead of a tripwire: the
         engine for modules a tripwire engine cannot rewrite (see `Engine.load`)."""
         return EngineConfig(self.fuel, True, self.max_stack, self.strategy,
-                            self.process_deadline)
+                            self.process_deadline, gc=self.gc)
 
     def settings(self) -> tuple[tuple[str, bool | int | str], ...]:
         """The wasmtime settings of this configuration, as (name, value) pairs: the one
@@ -119,6 +124,10 @@ class EngineConfig(FrozenRecord):
             # (wasi-threads is not provided: such modules are denied before running).
             # Pulley has no threads: wasmtime aborts the process building such an engine.
             ("wasm_threads", self.strategy != "pulley"),
+            # Both allocate in a GC heap, which wasmtime bounds apart from linear memory:
+            # only for a policy that splits its memory limit between them (`memory_cap`).
+            ("wasm_gc", self.gc),
+            ("wasm_exceptions", self.gc),
         ]
         if self.strategy == "pulley":
             table.append(("target", "pulley64"))
@@ -139,7 +148,8 @@ class EngineConfig(FrozenRecord):
         parts = [self.strategy]
         parts += [name for name, on in (("fuel", self.fuel), ("epochs", self.epochs),
                                         ("deadline by process", self.process_deadline),
-                                        ("tripwire", self.tripwire)) if on]
+                                        ("tripwire", self.tripwire),
+                                        ("gc", self.gc)) if on]
         parts.append(f"stack {self.max_stack // 1024}KiB")
         return ", ".join(parts)
 

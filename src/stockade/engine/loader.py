@@ -315,14 +315,14 @@ class ModuleLoader:
         except SealError as exc:
             raise PrecompiledRefused(
                 f"{name}: refused: {exc.reason}; compile the .wasm again with `stockade "
-                "compile` (same --profile) on this host", sha) from None
+                "compile` (same --profile and --wasm-gc) on this host", sha) from None
         try:
             module = wasmtime.Module.deserialize(self._engine, data[:end])
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(
                 f"{name}: this .cwasm was compiled by another engine configuration or wasmtime "
                 f"version ({describe_load_error(exc)}); recompile it with `stockade compile` "
-                "using the same profile"
+                "using the same profile (and --wasm-gc, when it was given)"
             ) from None
         return LoadedModule(module, sha, name, True, 0.0, precompiled=True)
 

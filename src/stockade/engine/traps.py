@@ -55,13 +55,21 @@ _TRAP_ENDINGS = {
 
 
 def root_cause(text: str) -> str:
-    """The informative line of a wasmtime message: its root cause (after `Caused by:`,
-    without the cause's number), not the context lines or the backtrace."""
+    """The informative line of a wasmtime message: its causes (after the last `Caused
+    by:`, without their numbers, joined by `: `), not the context lines or the backtrace.
+    The last: an error a host call raised comes wrapped in the guest's backtrace once
+    per frame that called through a trampoline."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if "Caused by:" in lines[:-1]:
-        cause = lines[lines.index("Caused by:") + 1]
-        head, _, rest = cause.partition(": ")
-        return (rest if head.isdigit() and rest else cause).removeprefix("wasm trap: ")
+        last = len(lines) - 1 - lines[::-1].index("Caused by:")
+        causes = []
+        for cause in lines[last + 1:]:
+            head, _, rest = cause.partition(": ")
+            if not (head.isdigit() and rest):
+                causes.append(cause)
+                break  # one unnumbered cause is the whole of it
+            causes.append(rest)
+        return ": ".join(causes).removeprefix("wasm trap: ")
     for line in lines:
         if line.startswith("wasm trap:"):
             return line.removeprefix("wasm trap: ")
@@ -71,7 +79,16 @@ def root_cause(text: str) -> str:
 def ending_of_trap(code: int | None, message: str) -> Ending:
     """A trap, by its code (fuel, epoch interrupt, stack) or else its message: `trap`."""
     known = _TRAP_ENDINGS.get(code) if code is not None else None
-    return known if known is not None else Ending(Outcome.TRAP, root_cause(message))
+    if known is not None:
+        return known
+    cause = root_cause(message)
+    if any(words in cause.lower() for words in _GC_HEAP_FULL):
+        return Ending(Outcome.MEMORY_LIMIT, f"GC heap limit reached: {cause}")
+    return Ending(Outcome.TRAP, cause)
+
+
+# wasmtime's words for a GC allocation its heap's cap refused.
+_GC_HEAP_FULL = ("gc heap out of memory", "allocation size too large")
 
 
 def ending_of_error(message: str, exit_status: int | None, *, started: bool,
@@ -85,6 +102,9 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     if exit_status is not None:
         return Ending(Outcome.EXITED, f"exited with code {exit_status}", exit_status)
     text = message.lower()
+    if any(words in text for words in _GC_HEAP_FULL):  # capped as a memory of its own
+        return Ending(Outcome.MEMORY_LIMIT, f"GC heap limit of {format_size(max_memory)} "
+                      "reached")
     if not started:
         if "memory" in text and ("limit" in text or "minimum" in text):
             return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
@@ -145,8 +165,20 @@ def describe_load_error(error: BaseException) -> str:
 
 def invalid_module(name: str, error: BaseException | str) -> ModuleError:
     """The refusal of module `name`, which wasmtime did not accept (`error`: its error or
-    message)."""
-    return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(str(error))}")
+    message), with what to do when it uses the GC or exception-handling proposals."""
+    text = str(error)
+    hint = GC_HINT if _GC_REFUSAL.search(text) else ""
+    return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(text)}{hint}")
+
+
+# wasmtime's words for a module using a proposal that `EngineConfig.gc` turns on.
+_GC_REFUSAL = re.compile(r"without the gc feature|gc support is not enabled|exceptions "
+                         r"proposal not enabled|without the exception handling feature|"
+                         r"exceptions support is not enabled",
+                         re.IGNORECASE)
+GC_HINT = ("; it uses Wasm GC or exception handling, off by default: allow them with "
+           "--wasm-gc (policy: wasm_gc = true), which gives its GC heap and its linear "
+           "memory half of --max-memory each")
 
 
 def describe_load_message(text: str) -> str:

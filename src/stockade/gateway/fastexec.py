@@ -112,13 +112,14 @@ class FastFunction(_FastBase):
         inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
             else min(limits.timeout, INLINE_TIMEOUT)
         plan = self._engine.plan
+        memory = limits.memory_cap(self._engine.config.gc)
         self._plan = plan(module, spec.args, fuel=limits.fuel, timeout_s=limits.timeout,
-                          max_memory=limits.max_memory, max_output=limits.max_output,
+                          max_memory=memory, max_output=limits.max_output,
                           capture_stderr=spec.capture_stderr, max_hostcalls=limits.max_hostcalls,
                           program=self.module_name)
         self._inline_plan = plan(module, spec.args, fuel=inline_fuel,
                                  timeout_s=inline_timeout,
-                                 max_memory=limits.max_memory, max_output=limits.max_output,
+                                 max_memory=memory, max_output=limits.max_output,
                                  capture_stderr=spec.capture_stderr,
                                  max_hostcalls=limits.max_hostcalls, program=self.module_name)
         self._inline_after = 0.0

@@ -73,7 +73,7 @@ def _address_space(plan: PoolPlan, sandboxed: list[FunctionSpec], engine: Any) -
     total = vm_size() + plan.heap_headroom
     if sandboxed:
         per_memory = memory_reservation(engine)
-        total += max((s.policy.limits.max_memories
+        total += max((s.policy.limits.max_memories + s.policy.limits.wasm_gc
                       + EngineConfig.for_limits(s.policy.limits).tripwire)
                      * (per_memory + s.policy.limits.max_memory) for s in sandboxed)
     return total + 2 * max(s.policy.limits.max_output for s in plan.specs)

@@ -48,6 +48,10 @@ def assess(report: Inspection) -> list[Finding]:
         what = f"{family} sockets" if uses_sockets and family == "WASIX" else family
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         add("high", f"imports {what} ({shown}): denied, the module will not run")
+    if report.gc_heap:
+        add("high", "declares Wasm GC types or exception tags: refused unless the policy "
+                    "allows them (wasm_gc = true, --wasm-gc), which gives its GC heap and "
+                    "its linear memory half of max_memory each")
     if report.signature_error:
         add("high", f"signature section unreadable: {report.signature_error}")
     data = report.data_bytes

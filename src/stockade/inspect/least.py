@@ -39,6 +39,9 @@ def least_privilege_policy(report: Inspection) -> str:
         memory = max(strict.max_memory, min(declared))
     limits.append(f'max_memory = "{format_size(memory)}"  # initial memory '
                   f"{format_size(initial)}")
+    if report.gc_heap:
+        limits.append("wasm_gc = true  # GC types or exception tags: half of max_memory "
+                      "each for its GC heap and its linear memory")
     cost = report.compile_cost
     timeout = max(strict.timeout or 30.0, math.ceil(cost))
     limits.append(f'timeout = "{timeout:.0f}s"  # compile cost about {cost:.1f} s of CPU')

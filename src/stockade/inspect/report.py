@@ -49,6 +49,7 @@ class Inspection:
     data_segments: list[wasm.DataSegment] = field(default_factory=list)
     element_segments: list[int] = field(default_factory=list)
     start: int | None = None
+    gc_heap: bool = False  # GC types or exception tags: objects in a GC heap
     imported_functions: int = 0
     defined_functions: int = 0
     bodies: list[tuple[int, int]] = field(default_factory=list)  # (size, locals)
@@ -98,6 +99,7 @@ class Inspection:
             "elements": {"segments": len(self.element_segments),
                          "entries": sum(self.element_segments)},
             "start": self.start,
+            "gc_heap": self.gc_heap,
             "functions": {"imported": self.imported_functions,
                           "defined": self.defined_functions,
                           "largest": [{"index": i, "body_bytes": b, "locals": n}
@@ -156,10 +158,15 @@ def _read(data: bytes, section: wasm.Section, report: Inspection) -> None:
     if kind == wasm.IMPORT:
         report.imports = wasm.read_imports(data, section)
         report.imported_functions = sum(1 for i in report.imports if i.kind == "func")
+        report.gc_heap |= any(i.kind == "tag" for i in report.imports)
         for item in report.imports:
             if item.limits is not None:
                 target = report.memories if item.kind == "memory" else report.tables
                 target.append((item.limits, True))
+    elif kind == wasm.TYPE:
+        report.gc_heap |= wasm.declares_gc_types(data, section)
+    elif kind == wasm.TAG:
+        report.gc_heap = True
     elif kind == wasm.FUNCTION:
         report.defined_functions = wasm.read_count(data, section)
     elif kind == wasm.TABLE:

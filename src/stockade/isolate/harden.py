@@ -95,7 +95,7 @@ def harden_after_engine(plan: WorkerPlan, engine: wasmtime.Engine | None) -> lis
         report.append(apply_address_space(total, how))
     else:
         per_memory = memory_reservation(engine)
-        memories = limits.max_memories
+        memories = limits.max_memories + limits.wasm_gc  # a GC heap is reserved as one
         total = (vm_size() + memories * (per_memory + limits.max_memory)
                  + 2 * limits.max_output + plan.address_space_headroom)
         how = (f"{format_size(per_memory)} reserved per linear memory x {memories}, "

@@ -30,6 +30,8 @@ class Limits(FrozenRecord):
     cost of compiling comes before any fuel or deadline applies).
     `max_hostcalls` caps all owned WASI calls of a run, `hostcall_caps` single kinds
     (e.g. `(("random_get", 1000),)`); `sync` is `ignore`, `allow` or `limit:N`.
+    `wasm_gc` allows the Wasm GC and exception-handling proposals; their objects live in a
+    GC heap, which shares `max_memory` with linear memory (`memory_cap`).
 
     Values are checked when built and human units accepted: `Limits(timeout="2s",
     max_memory="32MiB", fuel=1e9)`. A wrong type, a negative value or a memory limit below
@@ -54,6 +56,7 @@ class Limits(FrozenRecord):
     max_hostcalls: int | None = 10_000_000
     hostcall_caps: tuple[tuple[str, int], ...] = ()
     sync: SyncMode = "ignore"
+    wasm_gc: bool = False
 
     def __init__(self, fuel: int | None = None, timeout: float | None = 60.0,
                  max_memory: int = 128 * 1024**2, max_table_elements: int = 100_000,
@@ -64,7 +67,7 @@ class Limits(FrozenRecord):
                  max_function_size: int = 512 * 1024, max_locals: int = 2_000,
                  max_hostcalls: int | None = 10_000_000,
                  hostcall_caps: tuple[tuple[str, int], ...] = (),
-                 sync: SyncMode = "ignore") -> None:
+                 sync: SyncMode = "ignore", wasm_gc: bool = False) -> None:
         from ..errors import PolicyError
         from .values import LIMIT_PARSERS
 
@@ -87,6 +90,15 @@ class Limits(FrozenRecord):
             data[f"{key}_bytes"] = data.pop(key)
         data["disk_quota_bytes"] = data.pop("disk_quota")
         return data
+
+    def memory_cap(self, gc_engine: bool) -> int:
+        """The size wasmtime caps each memory at: `max_memory`, or half of it when the
+        policy or the engine running it (`gc_engine`: `EngineConfig.gc`, which an API
+        caller may choose apart from the policy) allows a GC heap. wasmtime caps a GC
+        heap as a memory of its own, not within linear memory's limit: capping each at
+        half keeps the two together within `max_memory` (a guest under a 256 MiB limit
+        held 237 MiB of linear memory and 120 MiB of GC arrays)."""
+        return self.max_memory // 2 if self.wasm_gc or gc_engine else self.max_memory
 
     def sync_limit(self) -> int | None:
         """How many real `fd_sync`/`fd_datasync` calls are allowed (None: unlimited, 0: none

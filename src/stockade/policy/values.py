@@ -112,6 +112,12 @@ def _hostcall_caps(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(caps)
 
 
+def _switch(value: Any) -> bool:
+    if not isinstance(value, bool):  # TOML's true/false; 1 or "yes" is likely a mistake
+        raise ValueError(f"expected true or false, not {value!r}")
+    return value
+
+
 LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "fuel": _optional(_count),
     "timeout": _optional(_duration),
@@ -131,6 +137,7 @@ LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_hostcalls": _optional(_count),
     "hostcall_caps": _hostcall_caps,
     "sync": _sync,
+    "wasm_gc": _switch,
 }
 
 

@@ -85,7 +85,7 @@ class CapiSandbox:
         if self._engine is None:
             limits = self.policy.limits
             self._engine = FastEngine(self._config, max_instances=1,
-                                      max_memory=limits.max_memory,
+                                      max_memory=limits.memory_cap(self._config.gc),
                                       table_elements=limits.max_table_elements)
         return self._engine
 
@@ -127,7 +127,8 @@ class CapiSandbox:
         else:
             limits = self.policy.limits
             plan = self.engine.plan(fast, invocation.args, fuel=limits.fuel,
-                                    timeout_s=limits.timeout, max_memory=limits.max_memory,
+                                    timeout_s=limits.timeout,
+                                    max_memory=limits.memory_cap(self._config.gc),
                                     max_output=limits.max_output,
                                     max_hostcalls=limits.max_hostcalls, program=name)
             notify_started(self.observers, info)

@@ -192,7 +192,8 @@ class Sandbox:
         store = wasmtime.Store(engine.wasmtime)
         # One extra instance for the forwarding trampoline of stockade.hostcalls, one
         # extra memory for a tripwire's page.
-        store.set_limits(memory_size=limits.max_memory,
+        cap = limits.memory_cap(self.engine_config.gc)
+        store.set_limits(memory_size=cap,
                          table_elements=limits.max_table_elements,
                          instances=limits.max_instances + 1, tables=limits.max_tables,
                          memories=limits.max_memories + loaded.tripwire)
@@ -237,7 +238,7 @@ class Sandbox:
                 raise
             except (wasmtime.WasmtimeError, wasmtime.Trap, Exception) as exc:  # noqa: B014
                 ending = classify(meter.failure or exc, started=instance is not None,
-                                  max_memory=limits.max_memory)
+                                  max_memory=cap)
                 # The traceback's frames hold this Store (a ~4 GiB reservation) in a cycle
                 # only the garbage collector would break: cut it now.
                 exc.__traceback__ = None
@@ -266,7 +267,7 @@ class Sandbox:
             bytes_written=meter.bytes_written,
             hostcalls=dict(meter.counts),
         )
-        ending = memory_verdict(ending, usage.peak_memory_bytes, limits.max_memory)
+        ending = memory_verdict(ending, usage.peak_memory_bytes, cap)
         return self._result(loaded, ending, meter, usage, coldstart)
 
     def _refused(self, module: str | Path | bytes | LoadedModule, invocation: Invocation,

@@ -164,6 +164,8 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("wasmtime_config_memory_reservation_set", None, (_P, c_uint64)),
     ("wasmtime_config_memory_guard_size_set", None, (_P, c_uint64)),
     ("wasmtime_config_wasm_threads_set", None, (_P, c_bool)),
+    ("wasmtime_config_wasm_gc_set", None, (_P, c_bool)),
+    ("wasmtime_config_wasm_exceptions_set", None, (_P, c_bool)),
     ("wasmtime_config_target_set", _P, (_P, c_char_p)),
     ("wasmtime_pooling_allocation_config_new", _P, ()),
     ("wasmtime_pooling_allocation_config_delete", None, (_P,)),

@@ -365,7 +365,7 @@ class FastEngine:
                                  "that meters fuel (EngineConfig.for_limits)")
             plan = self.plan(module, args, program=program,
                              fuel=limits.fuel if self.config.fuel else None,
-                             max_memory=limits.max_memory,
+                             max_memory=limits.memory_cap(self.config.gc),
                              timeout_s=None if remaining is None else max(remaining, 1e-6))
             block = env if isinstance(env, EnvBlock) else encode_env(env)
             with self._lock:
