@@ -55,7 +55,7 @@ OTHER: dict[str, Any] = {
     "invocation_id": "0" * 32, "traceparent": "tp", "breaker": "b", "fuel": 5,
     "timeout": 2.0, "hostcall_caps": (("random_get", 3),), "sync": "allow",
     "writable": True, "dirs": (DirGrant(Path("/a"), "/a"),), "env_allow": ("HOME",),
-    "scratch": "/s", "keep_scratch": True, "allow_precompiled": True,
+    "scratch": "/s", "keep_scratch": True, "allow_precompiled": True, "wasm_gc": True, "gc": True,
     "require_signature": True, "keys": (Path("k.pub"),), "require_image_signature": True,
     "vouched": ("cd" * 32,), "limits": Limits(fuel=7), "capabilities": Capabilities(
         env_allow=("A",)), "profile": "strict", "trust": Trust(require_signature=True),

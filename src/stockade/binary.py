@@ -32,7 +32,8 @@ PAGE = 65536
 # (5.6M) cost the signature check 16 s and 1.1 GB, `stockade inspect` 47 s and 2.2 GB.
 # wasmtime has no such bound; a module has a dozen standard sections.
 MAX_SECTIONS = 10_000
-MAX_TYPES = 1_000_000  # wasmparser's limit: a larger type section is invalid anyway
+MAX_TYPES = 1_000_000  # wasmparser's limits: a larger type section is invalid anyway,
+MAX_VALUES = 1_000  # and so are more parameters (or results) in one function type
 CUSTOM, TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, CODE, DATA, \
     DATA_COUNT, TAG = range(14)
 SECTION_NAMES = ("custom", "type", "import", "function", "table", "memory", "global",
@@ -332,7 +333,11 @@ def declares_gc_types(data: bytes, section: Section) -> bool:
         if cursor.byte() != 0x60:
             return True
         for _ in range(2):  # parameters, then results
-            for _ in range(cursor.count("value type")):
+            count = cursor.count("value type")
+            if count > MAX_VALUES:
+                raise MalformedModule(f"a function type of {count} values: more than the "
+                                      f"{MAX_VALUES:,} wasmtime accepts")
+            for _ in range(count):
                 _value_type(cursor)
     return False
 

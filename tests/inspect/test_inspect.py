@@ -233,3 +233,11 @@ def test_a_type_section_past_what_wasmtime_accepts_is_refused_unread() -> None:
     # Refused by its count, before a type is read (42M types took 40 s of Python).
     with pytest.raises(MalformedModule, match="1,000,000"):
         inspect_module(data, "types.wasm")
+
+
+def test_a_function_type_past_what_wasmtime_accepts_is_refused_unread() -> None:
+    count = 1_001
+    entry = b"\x60" + leb(count) + b"\x7f" * count + b"\x00"
+    body = leb(1) + entry
+    with pytest.raises(MalformedModule, match="1,000"):
+        inspect_module(b"\0asm\x01\0\0\0\x01" + leb(len(body)) + body, "params.wasm")

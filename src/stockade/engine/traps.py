@@ -102,7 +102,8 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     if exit_status is not None:
         return Ending(Outcome.EXITED, f"exited with code {exit_status}", exit_status)
     text = message.lower()
-    if any(words in text for words in _GC_HEAP_FULL):  # capped as a memory of its own
+    # On the cause only: the backtrace shows function and module names the guest chose.
+    if any(words in root_cause(message).lower() for words in _GC_HEAP_FULL):
         return Ending(Outcome.MEMORY_LIMIT, f"GC heap limit of {format_size(max_memory)} "
                       "reached")
     if not started:

@@ -230,8 +230,9 @@ class FastEngine:
         `args` exclude argv[0] (the module's name); `stdin` is the whole input. Limits:
         `fuel` instructions (None: unlimited; requires a fuel engine), `timeout_s`
         seconds of wall time (the engine's tripwire or epochs; a guest sleeping in
-        `poll_oneoff` is stopped at the deadline too), `max_memory` bytes of linear
-        memory (default and ceiling: the engine's),
+        `poll_oneoff` is stopped at the deadline too), `max_memory` bytes of each
+        memory (default and ceiling: the engine's; a `gc` engine's GC heap is capped at
+        it too, apart: a policy's `Limits.memory_cap` is half its limit, so both fit),
         `max_output` bytes of stdout + stderr together (None: unlimited; enforced while
         the guest runs: a write gets at most the room left, a write into a full cap stops
         the guest), `max_hostcalls` calls of `fd_write`, `fd_read`, `fd_close`,
