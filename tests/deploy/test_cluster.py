@@ -76,7 +76,7 @@ route = "/slow"
 module = "{module("fail")}"
 tenant = "narrow"
 isolate = "none"
-limits = {{ timeout = "20s" }}
+limits = {{ timeout = "8s" }}  # its leases last 2 x (8 + 1) s: the SIGKILL test waits them out
 
 [[function]]
 name = "spin"
@@ -290,7 +290,7 @@ def test_sigkill_returns_the_dead_nodes_leases(redis_cluster: Any) -> None:
 
     def hold() -> None:
         try:
-            httpx.get(f"{victim.url}/slow?kind=sleep&s=15", timeout=30)
+            httpx.get(f"{victim.url}/slow?kind=sleep&s=6", timeout=30)
         except httpx.HTTPError as exc:  # the node dies under it: that is the point
             cut.append(type(exc).__name__)
 
