@@ -168,7 +168,7 @@ def invalid_module(name: str, error: BaseException | str) -> ModuleError:
     """The refusal of module `name`, which wasmtime did not accept (`error`: its error or
     message), with what to do when it uses the GC or exception-handling proposals."""
     text = str(error)
-    hint = GC_HINT if _GC_REFUSAL.search(text) else ""
+    hint = _GC_HINT if _GC_REFUSAL.search(text) else ""
     return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(text)}{hint}")
 
 
@@ -177,7 +177,7 @@ _GC_REFUSAL = re.compile(r"without the gc feature|gc support is not enabled|exce
                          r"proposal not enabled|without the exception handling feature|"
                          r"exceptions support is not enabled",
                          re.IGNORECASE)
-GC_HINT = ("; it uses Wasm GC or exception handling, off by default: allow them with "
+_GC_HINT = ("; it uses Wasm GC or exception handling, off by default: allow them with "
            "--wasm-gc (policy: wasm_gc = true), which gives its GC heap and its linear "
            "memory half of --max-memory each")
 
