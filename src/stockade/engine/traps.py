@@ -47,6 +47,8 @@ TRAP_INTERRUPT = 10
 TRAP_OUT_OF_FUEL = 11
 _FUEL = Ending(Outcome.FUEL_EXHAUSTED, "instruction budget (fuel) exhausted")
 TIMED_OUT = Ending(Outcome.TIMEOUT, "wall-clock timeout")
+# wasmtime's words for a GC allocation its heap's cap refused.
+_GC_HEAP_FULL = ("gc heap out of memory", "allocation size too large")
 _TRAP_ENDINGS = {
     TRAP_OUT_OF_FUEL: _FUEL,
     TRAP_INTERRUPT: TIMED_OUT,
@@ -82,13 +84,18 @@ def ending_of_trap(code: int | None, message: str) -> Ending:
     if known is not None:
         return known
     cause = root_cause(message)
-    if any(words in cause.lower() for words in _GC_HEAP_FULL):
-        return Ending(Outcome.MEMORY_LIMIT, f"GC heap limit reached: {cause}")
-    return Ending(Outcome.TRAP, cause)
+    return _gc_heap_full(cause) or Ending(Outcome.TRAP, cause)
 
 
-# wasmtime's words for a GC allocation its heap's cap refused.
-_GC_HEAP_FULL = ("gc heap out of memory", "allocation size too large")
+def _gc_heap_full(cause: str, limit: int | None = None) -> Ending | None:
+    """`memory_limit` when wasmtime's cause (`root_cause`, never the whole message: its
+    backtrace shows names the guest chose) says the GC heap's cap refused an allocation;
+    `limit` is that cap in bytes, when known."""
+    if not any(words in cause.lower() for words in _GC_HEAP_FULL):
+        return None
+    reached = "GC heap limit reached" if limit is None \
+        else f"GC heap limit of {format_size(limit)} reached"
+    return Ending(Outcome.MEMORY_LIMIT, f"{reached}: {cause}")
 
 
 def ending_of_error(message: str, exit_status: int | None, *, started: bool,
@@ -101,11 +108,10 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     """
     if exit_status is not None:
         return Ending(Outcome.EXITED, f"exited with code {exit_status}", exit_status)
+    gc_heap = _gc_heap_full(root_cause(message), max_memory)
+    if gc_heap is not None:
+        return gc_heap
     text = message.lower()
-    # On the cause only: the backtrace shows function and module names the guest chose.
-    if any(words in root_cause(message).lower() for words in _GC_HEAP_FULL):
-        return Ending(Outcome.MEMORY_LIMIT, f"GC heap limit of {format_size(max_memory)} "
-                      "reached")
     if not started:
         if "memory" in text and ("limit" in text or "minimum" in text):
             return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
@@ -178,8 +184,8 @@ _GC_REFUSAL = re.compile(r"without the gc feature|gc support is not enabled|exce
                          r"exceptions support is not enabled",
                          re.IGNORECASE)
 _GC_HINT = ("; it uses Wasm GC or exception handling, off by default: allow them with "
-           "--wasm-gc (policy: wasm_gc = true), which gives its GC heap and its linear "
-           "memory half of --max-memory each")
+            "--wasm-gc (policy: wasm_gc = true), which gives its GC heap and its linear "
+            "memory half of --max-memory each")
 
 
 def describe_load_message(text: str) -> str:
