@@ -31,7 +31,12 @@ from typing import Any
 
 from ..errors import StockadeError
 from ..invocation import Invocation
-from ..isolate.harden import harden_after_engine, harden_before_engine, memory_reservation
+from ..isolate.harden import (
+    harden_after_engine,
+    harden_before_engine,
+    memory_reservation,
+    run_reservation,
+)
 from ..isolate.plan import WorkerPlan, interpreter_paths, vouched_files
 from ..isolate.protections import Protection
 from ..isolate.protocol import error_to_wire, read_frame, result_to_wire, write_frame
@@ -73,9 +78,9 @@ def _address_space(plan: PoolPlan, sandboxed: list[FunctionSpec], engine: Any) -
     total = vm_size() + plan.heap_headroom
     if sandboxed:
         per_memory = memory_reservation(engine)
-        total += max((s.policy.limits.max_memories + s.policy.limits.wasm_gc
-                      + EngineConfig.for_limits(s.policy.limits).tripwire)
-                     * (per_memory + s.policy.limits.max_memory) for s in sandboxed)
+        total += max(run_reservation(s.policy.limits, per_memory,
+                                     EngineConfig.for_limits(s.policy.limits).tripwire)
+                     for s in sandboxed)
     return total + 2 * max(s.policy.limits.max_output for s in plan.specs)
 
 

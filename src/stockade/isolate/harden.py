@@ -31,9 +31,10 @@ from .rlimits import apply_address_space, apply_rlimits, vm_size
 if TYPE_CHECKING:
     import wasmtime
 
+    from ..policy import Limits
     from .plan import WorkerPlan
 
-__all__ = ["harden_before_engine", "harden_after_engine", "memory_reservation",
+__all__ = ["harden_before_engine", "harden_after_engine", "memory_reservation", "run_reservation",
            "grants_of"]
 
 
@@ -80,6 +81,16 @@ def memory_reservation(engine: wasmtime.Engine) -> int:
     return max(reserved, 0)
 
 
+def run_reservation(limits: Limits, per_memory: int, tripwire: bool = False) -> int:
+    """Address space one run of a guest under `limits` maps: a reservation of
+    `per_memory` bytes (`memory_reservation`) plus its size for each linear memory, for
+    the GC heap a `wasm_gc` policy allows (wasmtime reserves it as one more memory), and
+    for a tripwire's page, which only the gateway's pool counts (an isolated worker keeps
+    its deadline by process)."""
+    memories = limits.max_memories + limits.wasm_gc + tripwire
+    return memories * (per_memory + limits.max_memory)
+
+
 def harden_after_engine(plan: WorkerPlan, engine: wasmtime.Engine | None) -> list[Protection]:
     """Steps 6-7: RLIMIT_AS sized for `engine`, then the seccomp filter. `engine` None
     stands for a pooling engine made already (the C API's): its linear memories are
@@ -95,8 +106,8 @@ def harden_after_engine(plan: WorkerPlan, engine: wasmtime.Engine | None) -> lis
         report.append(apply_address_space(total, how))
     else:
         per_memory = memory_reservation(engine)
-        memories = limits.max_memories + limits.wasm_gc  # a GC heap is reserved as one
-        total = (vm_size() + memories * (per_memory + limits.max_memory)
+        memories = limits.max_memories + limits.wasm_gc
+        total = (vm_size() + run_reservation(limits, per_memory)
                  + 2 * limits.max_output + plan.address_space_headroom)
         how = (f"{format_size(per_memory)} reserved per linear memory x {memories}, "
                f"+ {format_size(plan.address_space_headroom)} headroom")
