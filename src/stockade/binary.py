@@ -20,7 +20,7 @@ __all__ = [
     "MAGIC", "MalformedModule", "Cursor", "Section", "Import", "Export", "Limits",
     "DataSegment", "sections", "read_imports", "read_exports", "read_limits_section",
     "read_table_section", "read_data", "read_element_counts", "element_segments",
-    "read_count", "read_start", "declares_gc_types",
+    "read_count", "read_start",
     "read_producers", "read_name_section", "read_bodies", "code_shape", "data_size",
     "skip_const_expr", "encode_leb",
     "SECTION_NAMES", "PAGE", "MAX_SECTIONS",
@@ -32,8 +32,6 @@ PAGE = 65536
 # (5.6M) cost the signature check 16 s and 1.1 GB, `stockade inspect` 47 s and 2.2 GB.
 # wasmtime has no such bound; a module has a dozen standard sections.
 MAX_SECTIONS = 10_000
-MAX_TYPES = 1_000_000  # wasmparser's limits: a larger type section is invalid anyway,
-MAX_VALUES = 1_000  # and so are more parameters (or results) in one function type
 CUSTOM, TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, CODE, DATA, \
     DATA_COUNT, TAG = range(14)
 SECTION_NAMES = ("custom", "type", "import", "function", "table", "memory", "global",
@@ -320,26 +318,6 @@ def read_table_section(data: bytes, section: Section) -> list[Limits]:
             limits = _table_type(cursor)
         tables.append(limits)
     return tables
-
-
-def declares_gc_types(data: bytes, section: Section) -> bool:
-    """Whether the type section declares more than function types (structs, arrays,
-    subtypes, recursion groups: the GC proposal's)."""
-    cursor = Cursor(data, section.start, section.end)
-    count = cursor.count("type", 3)
-    if count > MAX_TYPES:
-        raise MalformedModule(f"{count} types: more than the {MAX_TYPES:,} wasmtime accepts")
-    for _ in range(count):
-        if cursor.byte() != 0x60:
-            return True
-        for _ in range(2):  # parameters, then results
-            count = cursor.count("value type")
-            if count > MAX_VALUES:
-                raise MalformedModule(f"a function type of {count} values: more than the "
-                                      f"{MAX_VALUES:,} wasmtime accepts")
-            for _ in range(count):
-                _value_type(cursor)
-    return False
 
 
 def read_count(data: bytes, section: Section) -> int:

@@ -210,11 +210,30 @@ def test_gc_constant_expressions_and_typed_elements_are_read() -> None:
     ('(module (tag (param i32)))', True),
     ('(module (import "m" "t" (tag (param i32))))', True),
     ('(module (func (export "_start")))', False),
+    # Without a GC type or a tag: what the type and tag sections alone did not show.
+    ('(module (func (param anyref)))', True),
+    ('(module (func (local i31ref)))', True),
+    ('(module (func (drop (ref.i31 (i32.const 1)))))', True),
+    ('(module (func (local exnref)))', True),
+    ('(module (table 1 nullref))', True),
+    ('(module (global (mut eqref) (ref.null eq)))', True),
+    ('(module (func (block $h (try_table (catch_all $h) (nop)))))', True),
+    ('(module (func (drop (any.convert_extern (ref.null extern)))))', True),
+    # Typed function references need no GC heap.
+    ('(module (type $t (func)) (func $f (type $t)) (elem declare func $f) '
+     '(func (call_ref $t (ref.func $f))))', False),
 ])
-def test_gc_types_and_tags_are_named(text: str, declares: bool) -> None:
-    report = inspect_module(bytes(wasmtime.wat2wasm(text)), "m.wasm")
+def test_gc_use_is_named_as_the_loader_decides_it(text: str, declares: bool,
+                                                   tmp_path: Path) -> None:
+    path = tmp_path / "m.wasm"
+    path.write_bytes(bytes(wasmtime.wat2wasm(text)))
+    report = inspect_module(path.read_bytes(), path.name)
     assert report.gc_heap is declares
     assert any("wasm_gc" in f.message for f in report.findings) is declares
+    if declares:
+        with pytest.raises(ModuleError, match="--wasm-gc"):
+            _sandbox.load(path)
+    (_gc_sandbox if declares else _sandbox).load(path)
 
 
 def test_the_least_privilege_policy_of_a_gc_module_lets_it_run(tmp_path: Path) -> None:
@@ -226,18 +245,34 @@ def test_the_least_privilege_policy_of_a_gc_module_lets_it_run(tmp_path: Path) -
     assert ran.returncode == 137, ran.stderr.decode()  # it ran, to its memory limit
 
 
-def test_a_type_section_past_what_wasmtime_accepts_is_refused_unread() -> None:
-    count = 1_000_001
-    body = leb(count) + b"\x60\x00\x00" * count
-    data = b"\0asm\x01\0\0\0\x01" + leb(len(body)) + body
-    # Refused by its count, before a type is read (42M types took 40 s of Python).
-    with pytest.raises(MalformedModule, match="1,000,000"):
-        inspect_module(data, "types.wasm")
+def _types_module(*entries: bytes) -> bytes:
+    body = leb(len(entries)) + b"".join(entries)
+    return b"\0asm\x01\0\0\0\x01" + leb(len(body)) + body
 
 
-def test_a_function_type_past_what_wasmtime_accepts_is_refused_unread() -> None:
-    count = 1_001
-    entry = b"\x60" + leb(count) + b"\x7f" * count + b"\x00"
-    body = leb(1) + entry
-    with pytest.raises(MalformedModule, match="1,000"):
-        inspect_module(b"\0asm\x01\0\0\0\x01" + leb(len(body)) + body, "params.wasm")
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"\0asm\x01\0\0\0\x01" + leb(3 * 1_000_001 + 3) + leb(1_000_001)
+     + b"\x60\x00\x00" * 1_000_001, "types count exceeds limit of 1000000"),
+    (_types_module(b"\x60" + leb(1_001) + b"\x7f" * 1_001 + b"\x00"),
+     "function params size is out of bounds"),
+    (bytes(wasmtime.wat2wasm('(module (func (result i32) (i64.const 1)))')), "type mismatch"),
+], ids=["types", "params", "body"])
+def test_a_module_wasmtime_refuses_is_refused_before_its_code_is_priced(
+        data: bytes, reason: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pricing a function type of 67M values took seconds; validating it, milliseconds.
+    def priced(_: bytes) -> list[object]:
+        raise AssertionError("the code of a module wasmtime refuses was priced")
+
+    monkeypatch.setattr("stockade.inspect.report.code_work", priced)
+    with pytest.raises(MalformedModule, match=f"wasmtime refuses it: {reason}"):
+        inspect_module(data, "bad.wasm")
+
+
+def test_inspect_refuses_what_run_refuses_with_the_same_exit_code(tmp_path: Path) -> None:
+    path = tmp_path / "mismatch.wasm"
+    path.write_bytes(bytes(wasmtime.wat2wasm(
+        '(module (func (export "_start") (result i32) (i64.const 1)))')))
+    inspected, ran = stockade("inspect", str(path)), stockade("run", str(path))
+    assert inspected.returncode == ran.returncode == 126
+    message = inspected.stderr.decode()
+    assert "type mismatch" in message and message.count("\n") == 1

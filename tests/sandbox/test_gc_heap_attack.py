@@ -41,6 +41,36 @@ def test_modules_using_the_gc_heap_are_refused_at_load_by_default(name: str) -> 
     assert ran.stdout == b""
 
 
+# Refused for want of the proposals, though the module declares no GC type or tag, or
+# in words the loader once matched (a recursion group): the loader asks wasmtime's
+# validator with the proposals on (`engine.validity`), not its message.
+@pytest.mark.parametrize("text", [
+    '(module (rec (type (func))) (func (export "_start")))',
+    '(module (func (export "_start") (drop (ref.i31 (i32.const 1)))))',
+    '(module (func (export "_start") (block $h (try_table (catch_all $h) (nop)))))',
+], ids=["rec-group", "i31", "tagless-try-table"])
+@pytest.mark.parametrize("backend", ["wasmtime", "capi"])
+def test_every_refusal_for_want_of_the_proposals_names_the_flag(
+        text: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKADE_BACKEND", backend)
+    path = tmp_path / "m.wat"
+    path.write_text(text)
+    refused = stockade("run", str(path))
+    err = refused.stderr.decode()
+    assert refused.returncode == INVALID_EXIT and err.count("\n") == 1, err
+    assert "--wasm-gc" in err, err
+    assert stockade("run", "--wasm-gc", str(path)).returncode == 0
+
+
+def test_a_module_invalid_with_the_proposals_too_is_not_told_about_them(
+        tmp_path: Path) -> None:
+    path = tmp_path / "m.wat"
+    path.write_text('(module (func (export "_start") (drop (ref.i31 (i64.const 1)))))')
+    refused = stockade("run", str(path))
+    err = refused.stderr.decode()
+    assert refused.returncode == INVALID_EXIT and "--wasm-gc" not in err, err
+
+
 @pytest.mark.parametrize("name", GUESTS)
 @pytest.mark.parametrize(("backend", "isolate", "metered"), [
     ("capi", "none", False), ("capi", "none", True), ("wasmtime", "none", False),

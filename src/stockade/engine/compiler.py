@@ -112,7 +112,7 @@ def compile_checked(engine: wasmtime.Engine, wasm: bytes, name: str,
         try:
             wasmtime.Module.validate(engine, code)
         except wasmtime.WasmtimeError as exc:
-            raise invalid_module(name, exc) from None
+            raise invalid_module(name, exc, code) from None
 
     code = checked_code(wasm, name, guard, tripwire, validate)
     before_compile()

@@ -170,19 +170,16 @@ def describe_load_error(error: BaseException) -> str:
     return describe_load_message(str(error))
 
 
-def invalid_module(name: str, error: BaseException | str) -> ModuleError:
+def invalid_module(name: str, error: BaseException | str, wasm: bytes | None = None) -> ModuleError:
     """The refusal of module `name`, which wasmtime did not accept (`error`: its error or
-    message), with what to do when it uses the GC or exception-handling proposals."""
-    text = str(error)
-    hint = _GC_HINT if _GC_REFUSAL.search(text) else ""
-    return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(text)}{hint}")
+    message); when its validation refused `wasm` for want of the GC or exception-handling
+    proposals (`validity.needs_gc`), what to do."""
+    from .validity import needs_gc
+
+    hint = _GC_HINT if wasm is not None and needs_gc(wasm) else ""
+    return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(str(error))}{hint}")
 
 
-# wasmtime's words for a module using a proposal that `EngineConfig.gc` turns on.
-_GC_REFUSAL = re.compile(r"without the gc feature|gc support is not enabled|exceptions "
-                         r"proposal not enabled|without the exception handling feature|"
-                         r"exceptions support is not enabled",
-                         re.IGNORECASE)
 _GC_HINT = ("; it uses Wasm GC or exception handling, off by default: allow them with "
             "--wasm-gc (policy: wasm_gc = true), which gives its GC heap and its linear "
             "memory half of --max-memory each")

@@ -49,7 +49,7 @@ def assess(report: Inspection) -> list[Finding]:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         add("high", f"imports {what} ({shown}): denied, the module will not run")
     if report.gc_heap:
-        add("high", "declares Wasm GC types or exception tags: refused unless the policy "
+        add("high", "uses Wasm GC or exception handling: refused unless the policy "
                     "allows them (wasm_gc = true, --wasm-gc), which gives its GC heap and "
                     "its linear memory half of max_memory each")
     if report.signature_error:

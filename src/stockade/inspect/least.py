@@ -40,7 +40,7 @@ def least_privilege_policy(report: Inspection) -> str:
     limits.append(f'max_memory = "{format_size(memory)}"  # initial memory '
                   f"{format_size(initial)}")
     if report.gc_heap:
-        limits.append("wasm_gc = true  # GC types or exception tags: half of max_memory "
+        limits.append("wasm_gc = true  # Wasm GC or exception handling: half of max_memory "
                       "each for its GC heap and its linear memory")
     cost = report.compile_cost
     timeout = max(strict.timeout or 30.0, math.ceil(cost))

@@ -3,7 +3,9 @@
 One pass over the section headers, then each section of interest decoded by the bounded
 reader in `stockade.binary`. Cost is linear in the file (the 26 MB CPython for WASI reads
 in well under a second) and no count the module claims is trusted before it is checked
-against the bytes that remain.
+against the bytes that remain. Then wasmtime's validator (`engine.validity`) says whether the
+module loads, and whether only with Wasm GC: a module it refuses is reported as
+malformed, as `stockade run` refuses it, before its code is priced.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .. import binary as wasm
 from ..binary import Export, Import, Limits, MalformedModule
 from ..codework import Work, code_work
 from ..engine.guard import compile_budget, compile_cost
+from ..engine.validity import engine_verdict
 from ..trust.signing import read_signatures
 from .capabilities import Capabilities, group_imports
 
@@ -49,7 +52,7 @@ class Inspection:
     data_segments: list[wasm.DataSegment] = field(default_factory=list)
     element_segments: list[int] = field(default_factory=list)
     start: int | None = None
-    gc_heap: bool = False  # GC types or exception tags: objects in a GC heap
+    gc_heap: bool = False  # Wasm GC or exception handling: objects in a GC heap
     imported_functions: int = 0
     defined_functions: int = 0
     bodies: list[tuple[int, int]] = field(default_factory=list)  # (size, locals)
@@ -146,6 +149,12 @@ def inspect_module(data: bytes, name: str) -> Inspection:
     if report.defined_functions != len(report.bodies):
         raise MalformedModule(f"{report.defined_functions} functions declared but "
                               f"{len(report.bodies)} bodies in the code section")
+    # Before the code is priced: a module wasmtime refuses is never compiled, and
+    # pricing one (a function type of 67M values) took seconds.
+    verdict = engine_verdict(data)
+    if verdict.error is not None:
+        raise MalformedModule(f"wasmtime refuses it: {verdict.error}")
+    report.gc_heap = verdict.needs_gc
     report.work = code_work(data)
     report.capabilities = group_imports(report.imports)
     _signatures(data, report)
@@ -158,15 +167,10 @@ def _read(data: bytes, section: wasm.Section, report: Inspection) -> None:
     if kind == wasm.IMPORT:
         report.imports = wasm.read_imports(data, section)
         report.imported_functions = sum(1 for i in report.imports if i.kind == "func")
-        report.gc_heap |= any(i.kind == "tag" for i in report.imports)
         for item in report.imports:
             if item.limits is not None:
                 target = report.memories if item.kind == "memory" else report.tables
                 target.append((item.limits, True))
-    elif kind == wasm.TYPE:
-        report.gc_heap |= wasm.declares_gc_types(data, section)
-    elif kind == wasm.TAG:
-        report.gc_heap = True
     elif kind == wasm.FUNCTION:
         report.defined_functions = wasm.read_count(data, section)
     elif kind == wasm.TABLE:

@@ -175,7 +175,7 @@ class FastEngine:
         error = C.module_validate(self._engine, wasm, len(wasm))
         if error:
             message, _ = take_error(error)
-            raise invalid_module(name, message)
+            raise invalid_module(name, message, wasm)
 
     def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
         """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
