@@ -107,12 +107,13 @@ def compile_checked(engine: wasmtime.Engine, wasm: bytes, name: str,
     import wasmtime
 
     from .traps import invalid_module
+    from .validity import needs_gc
 
     def validate(code: bytes) -> None:
         try:
             wasmtime.Module.validate(engine, code)
         except wasmtime.WasmtimeError as exc:
-            raise invalid_module(name, exc, code) from None
+            raise invalid_module(name, exc, needs_gc(code)) from None
 
     code = checked_code(wasm, name, guard, tripwire, validate)
     before_compile()

@@ -170,13 +170,11 @@ def describe_load_error(error: BaseException) -> str:
     return describe_load_message(str(error))
 
 
-def invalid_module(name: str, error: BaseException | str, wasm: bytes | None = None) -> ModuleError:
+def invalid_module(name: str, error: BaseException | str, needs_gc: bool = False) -> ModuleError:
     """The refusal of module `name`, which wasmtime did not accept (`error`: its error or
-    message); when its validation refused `wasm` for want of the GC or exception-handling
-    proposals (`validity.needs_gc`), what to do."""
-    from .validity import needs_gc
-
-    hint = _GC_HINT if wasm is not None and needs_gc(wasm) else ""
+    message); `needs_gc`: an engine with the GC and exception-handling proposals accepts
+    it (`validity`), so the refusal says how to allow them."""
+    hint = _GC_HINT if needs_gc else ""
     return ModuleError(f"{name}: invalid WebAssembly: {describe_load_message(str(error))}{hint}")
 
 

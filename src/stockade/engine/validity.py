@@ -7,8 +7,9 @@ when the default engine refuses it and the same engine with both proposals accep
 type and tag sections alone missed modules using `anyref`, `i31ref`, `exnref`, a bottom
 type or a tagless `try_table`; matching wasmtime's messages missed a recursion group
 ("rec group usage requires `gc` proposal"). Validating decodes every body but compiles
-and runs nothing; wasmtime bounds every count itself. Uses wasmtime-py, imported here
-only: the C-API path asks only when it has refused a module.
+and runs nothing; wasmtime bounds every count itself. Through wasmtime-py; the fast path
+asks the same of the C API (`fastpath._engine.validates`), since a confined worker on it
+cannot import wasmtime-py once it runs.
 """
 
 from __future__ import annotations

@@ -120,12 +120,7 @@ class FastEngine:
         return int(config)
 
     def _configure(self, config: int, keep_resident: int, table_elements: int) -> None:
-        # The table EngineConfig.to_wasmtime reads too, so .cwasm files serve both paths.
-        for name, value in self.config.settings():
-            setter = getattr(C, f"config_{name}_set")
-            error = setter(config, value.encode() if isinstance(value, str) else value)
-            if error:
-                raise FastPathUnavailable(f"{name}={value}: {take_error(error)[0]}")
+        _apply_settings(config, self.config)
         pool = C.pooling_allocation_config_new()
         # A tripwire's page is a second memory in every instance.
         memories = 2 if self.config.tripwire else 1
@@ -175,7 +170,7 @@ class FastEngine:
         error = C.module_validate(self._engine, wasm, len(wasm))
         if error:
             message, _ = take_error(error)
-            raise invalid_module(name, message, wasm)
+            raise invalid_module(name, message, validates(EngineConfig(gc=True), wasm))
 
     def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
         """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
@@ -609,3 +604,34 @@ def _forget_run(state: RunState) -> None:
     state.stop = state.out_size = state.err_size = state.out_spilled = state.err_spilled = 0
     state.memory_base = None
     ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))
+
+
+def _apply_settings(config: int, engine: EngineConfig) -> None:
+    """Set `engine`'s settings on a `wasm_config_t*`: the table `EngineConfig.to_wasmtime`
+    reads too, so .cwasm files serve both paths."""
+    for name, value in engine.settings():
+        setter = getattr(C, f"config_{name}_set")
+        error = setter(config, value.encode() if isinstance(value, str) else value)
+        if error:
+            raise FastPathUnavailable(f"{name}={value}: {take_error(error)[0]}")
+
+
+def validates(engine: EngineConfig, wasm: bytes) -> bool:
+    """Whether wasmtime's validator accepts `wasm` under `engine`'s settings (a plain
+    engine, made for the question: no pool, nothing compiled). Through the C API, as the
+    fast path's runs: a confined worker cannot import wasmtime-py once it runs."""
+    config = C.wasm_config_new()
+    try:
+        _apply_settings(config, engine)
+    except BaseException:
+        C.wasm_config_delete(config)
+        raise
+    handle = C.wasm_engine_new_with_config(config)
+    try:
+        error = C.module_validate(handle, wasm, len(wasm))
+        if error:
+            take_error(error)
+            return False
+        return True
+    finally:
+        C.wasm_engine_delete(handle)
