@@ -181,25 +181,3 @@ def test_a_full_gc_heap_is_the_memory_limit(what: str, extra: tuple[str, ...],
     ran = stockade("run", "--wasm-gc", "--max-memory", f"{LIMIT}MiB", *extra, str(source))
     err = ran.stderr.decode()
     assert ran.returncode == MEMORY_EXIT and "memory_limit" in err, (ran.returncode, err)
-
-
-def test_a_module_catching_without_a_tag_is_told_about_the_flag(tmp_path: Path) -> None:
-    source = tmp_path / "catch.wat"
-    source.write_text('(module (memory (export "memory") 1) '
-                      '(func (export "_start") (block $h (try_table (catch_all $h)))))')
-    ran = stockade("run", str(source))
-    assert ran.returncode == INVALID_EXIT and "--wasm-gc" in ran.stderr.decode()
-    assert stockade("run", "--wasm-gc", str(source)).returncode == 0
-
-
-def test_a_guest_naming_a_function_after_the_gc_heap_is_not_a_memory_limit(
-        tmp_path: Path) -> None:
-    """The error's backtrace shows names the guest chose: only its cause is read (found
-    by review: any guest could report itself `memory_limit`, which breakers count)."""
-    source = tmp_path / "forge.wat"
-    source.write_text('(module (import "wasi_snapshot_preview1" "proc_exit" '
-                      '(func $exit (param i32))) (memory (export "memory") 1) '
-                      '(func $f (@name "gc heap out of memory") (call $exit (i32.const 200))) '
-                      '(func (export "_start") (call $f)))')
-    ran = stockade("run", str(source))
-    assert ran.returncode == 134 and "trap" in ran.stderr.decode(), ran.stderr.decode()

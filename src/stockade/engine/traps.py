@@ -105,23 +105,27 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     A WASI exit status is a normal exit. Before the guest started, a memory its module
     declares beyond `max_memory` (bytes) is `memory_limit`; any other refusal (tables,
     instances) is a `trap`. After, fuel and interrupt messages keep their outcomes.
+    Judged on wasmtime's causes only (`root_cause`): the message's backtrace shows names
+    the guest chose, and a function named `interrupt` made any failed host call a
+    `timeout`, which breakers count.
     """
     if exit_status is not None:
         return Ending(Outcome.EXITED, f"exited with code {exit_status}", exit_status)
-    gc_heap = _gc_heap_full(root_cause(message), max_memory)
+    cause = root_cause(message)
+    gc_heap = _gc_heap_full(cause, max_memory)
     if gc_heap is not None:
         return gc_heap
-    text = message.lower()
+    text = cause.lower()
     if not started:
         if "memory" in text and ("limit" in text or "minimum" in text):
             return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
                           f"of {format_size(max_memory)}")
-        return Ending(Outcome.TRAP, f"instantiation refused: {describe_load_message(message)}")
+        return Ending(Outcome.TRAP, f"instantiation refused: {cause}")
     if "all fuel consumed" in text:
         return _FUEL
     if "interrupt" in text:
         return TIMED_OUT
-    return Ending(Outcome.TRAP, root_cause(message))
+    return Ending(Outcome.TRAP, cause)
 
 
 def memory_verdict(ending: Ending, peak: int, limit: int) -> Ending:
