@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+from collections.abc import Callable
+
 import pytest
 
 from stockade.gateway import BadGateway, BadRequest
-from stockade.gateway.cgi import cgi_environ, parse_output
+from stockade.gateway.cgi import CgiEnvironment, cgi_environ, parse_output
 from stockade.gateway.headers import HeaderRules
 from stockade.gateway.messages import Request
 
@@ -162,3 +166,50 @@ def test_cookies_stay_on_the_function_path(cookie: bytes, kept: bytes | None) ->
     assert owner.headers == ([] if kept is None else [(b"set-cookie", kept)])
     # Without `cookies = "own"` no cookie is ever set.
     assert parse_output(output, 100, 1000, HeaderRules.build("/fn")).headers == []
+
+
+def _retained(make: Callable[[int], object], count: int) -> int:
+    """Bytes still allocated after `count` calls of `make` whose results are dropped:
+    what the caches the calls fill keep."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(count):
+            make(index)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+LONG = 60_000  # bytes: most of a 64 KiB request head
+
+
+@pytest.mark.parametrize("where", ["name", "host"])
+def test_long_header_names_and_hosts_from_clients_are_not_remembered(where: str) -> None:
+    # 4,096 unique 60 KB names or Hosts held 1 GB per function per worker (review).
+    environment = CgiEnvironment("/fn")
+
+    def send(index: int) -> object:
+        unique = b"%08d" % index + b"a" * LONG
+        headers = [(b"host", unique)] if where == "host" else [(b"host", b"h"),
+                                                               (b"x-" + unique, b"1")]
+        return environment.block(request(headers=headers))
+
+    assert _retained(send, 200) < 2 * LONG  # it kept 200 x 2 x 60 KB
+    names, values, _ = environment.block(request(headers=[(b"host", b"h"), (b"x-a", b"1")]))
+    assert b"HTTP_X_A\0" in names  # short names are still passed (and remembered)
+
+
+def test_long_header_blocks_from_functions_are_not_remembered() -> None:
+    # A function writing a unique 60 KB header each time pinned 240 MB (review).
+    rules = HeaderRules.build("/fn")
+
+    def answer(index: int) -> object:
+        block = b"X-Pad: " + b"%08d" % index + b"p" * LONG
+        return parse_output(block + b"\n\nbody", 1024, 64 * 1024, rules)
+
+    assert _retained(answer, 200) < 2 * LONG
+    assert parse_output(b"X-Pad: " + b"p" * LONG + b"\n\nok", 1024, 64 * 1024, rules).body \
+        == b"ok"

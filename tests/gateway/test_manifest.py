@@ -78,6 +78,9 @@ timeout = "1m"
     ("[server]\nworkers = 0\n" + BASE, "server.workers: expected an integer from 1 to 64"),
     ("[server]\nspeed = 1\n" + BASE, "unknown key server.speed"),
     ("[tenant.t]\nrate = -1\n" + BASE, "tenant.t.rate: expected a positive number"),
+    # `$` matched before a final newline: a name is whole or refused.
+    (BASE.replace('name = "hello"', 'name = "hello\\n"'), "name"),
+    ('[tenant."t\\n"]\n' + BASE, "tenant"),
     ("[server]\n", "function: add at least one [[function]]"),
     ("[[function]\n", "invalid TOML"),
 ])

@@ -31,8 +31,8 @@ __all__ = ["CgiEnvironment", "cgi_environ", "parse_output", "MAX_HEADER_LINES",
 
 SERVER_SOFTWARE = "Stockade"
 MAX_HEADER_LINES = 100
-_ENV_NAME = re.compile(rb"^[A-Z0-9_]+$")
-_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_ENV_NAME = re.compile(rb"^[A-Z0-9_]+\Z")
+_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # The variables every request gets, in this order (then CONTENT_TYPE and HTTP_*).
 _FIXED = (b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"SERVER_NAME",
           b"SERVER_PORT", b"REQUEST_METHOD", b"SCRIPT_NAME", b"PATH_INFO", b"PATH_TRANSLATED",
@@ -42,7 +42,12 @@ _FIXED_NAMES = b"".join(name + b"\0" for name in _FIXED)
 _SOFTWARE = SERVER_SOFTWARE.encode()
 # The two headers CGI treats apart (b"": never an HTTP_* variable).
 _SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
+# The caches below are keyed by what clients and functions send: bounded in entries and,
+# by caching only short keys, in bytes. A header name or Host value can be most of a
+# 64 KiB request head, and a function's header block 64 KiB: 4,096 names of 60 KB held
+# 1 GB per function per worker (found by review).
 _HEADER_KEYS_MAX = 4096
+_CACHED_KEY_MAX = 256  # bytes of a header name or Host value remembered
 _PROTOCOLS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2": b"HTTP/2"}
 _SCHEMES = {"http": b"http", "https": b"https"}
 _METHODS = {name: name.encode() for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
@@ -140,9 +145,11 @@ class CgiEnvironment:
             host = _text(host_header) if host_header else server_host.encode()
             name = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
             port = b"" if server_port is None else str(server_port).encode()
-            if len(self._servers) >= _HEADER_KEYS_MAX:  # bounded: Host comes from clients
-                self._servers.clear()
-            known = self._servers[key] = (host, name, port)
+            known = (host, name, port)
+            if host_header is None or len(host_header) <= _CACHED_KEY_MAX:
+                if len(self._servers) >= _HEADER_KEYS_MAX:  # Host comes from clients
+                    self._servers.clear()
+                self._servers[key] = known
         return known
 
     def pairs(self, request: Request) -> tuple[tuple[str, str], ...]:
@@ -157,9 +164,10 @@ class CgiEnvironment:
             if self._rules.passes_request(name) else b""
         if key and not _ENV_NAME.match(key):
             key = b""
-        if len(self._keys) >= _HEADER_KEYS_MAX:  # bounded: names come from clients
-            self._keys = dict(_SPECIAL_HEADERS)
-        self._keys[name] = key
+        if len(name) <= _CACHED_KEY_MAX:
+            if len(self._keys) >= _HEADER_KEYS_MAX:  # names come from clients
+                self._keys = dict(_SPECIAL_HEADERS)
+            self._keys[name] = key
         return key
 
 
@@ -190,9 +198,10 @@ def parse_output(stdout: bytes, max_body: int, max_header: int,
         status, raw = _parse_headers(block)
         kept = rules.response(list(raw))
         parsed = status, tuple(kept), header_lines(kept)
-        if len(cache) >= _PARSED_MAX:
-            cache.clear()
-        cache[block] = parsed
+        if len(block) <= _CACHED_BLOCK_MAX:  # the output of a guest: bounded in bytes too
+            if len(cache) >= _PARSED_MAX:
+                cache.clear()
+            cache[block] = parsed
     status, headers, lines = parsed
     body = stdout[end + gap:]
     if len(body) > max_body:
@@ -202,7 +211,8 @@ def parse_output(stdout: bytes, max_body: int, max_header: int,
 
 # (status, headers, the same as checked header lines)
 _Parsed = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]
-_PARSED_MAX = 1024  # header blocks remembered per function
+_PARSED_MAX = 256  # header blocks remembered per function (a function writes a few)
+_CACHED_BLOCK_MAX = 4096  # bytes of a header block remembered (held three times over)
 
 
 def _parse_headers(block: bytes) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:

@@ -58,7 +58,7 @@ __all__ = ["FunctionSpec", "Manifest", "Quota", "ServerSettings", "load_manifest
 RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
 HEADER_ALLOWANCE = 64 * 1024  # bytes of CGI headers allowed on top of `max_response`
 DEFAULT_TENANT = "default"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _FUNCTION_KEYS = {"name", "route", "methods", "module", "profile", "limits", "env", "env_allow",
                   "dirs", "tenant", "max_concurrency", "rate", "burst", "max_body",

@@ -14,7 +14,7 @@ __all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode"]
 
 SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
 
-_HELD = re.compile(r"^/proc/(?:[0-9]+|self)/fd/([0-9]+)$")  # `DirGrant.held`
+_HELD = re.compile(r"^/proc/(?:[0-9]+|self)/fd/([0-9]+)\Z")  # `DirGrant.held`
 
 
 @record(frozen=True, init=False, repr=False, eq=False)

@@ -19,7 +19,7 @@ from ..errors import UsageError
 
 __all__ = ["ContainerState", "container_dir", "proc_start_time", "status_of"]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
 
 
 def container_dir(root: Path, container_id: str) -> Path:
