@@ -23,11 +23,21 @@ pool_workers = 2
 telemetry = "off"
 [tenant.one]
 concurrency = 1
+[tenant.two]
 
 [[function]]
 name = "hog"
 route = "/hog"
 module = "{module("spin")}"
+isolate = "process"
+[function.limits]
+timeout = "500ms"
+fuel = "unlimited"
+[[function]]
+name = "hog2"
+route = "/hog2"
+module = "{module("spin")}"
+tenant = "two"
 isolate = "process"
 [function.limits]
 timeout = "500ms"
@@ -91,9 +101,10 @@ def test_a_504_keeps_the_slot_until_the_pool_worker_stopped(start_gateway: Start
         with httpx.Client(base_url=url, timeout=30.0) as client:
             statuses[name] = client.get(f"/{name}").status_code
 
-    # Both pool workers are busy for half a second: the tenant's run starts late, and
-    # its pool worker's deadline falls after the gateway's backstop.
-    hogs = [threading.Thread(target=get, args=("hog",)) for _ in range(2)]
+    # Both pool workers are busy for half a second (two other tenants: one tenant holds
+    # at most one of them): the tenant's run starts late, and its pool worker's deadline
+    # falls after the gateway's backstop.
+    hogs = [threading.Thread(target=get, args=(name,)) for name in ("hog", "hog2")]
     for hog in hogs:
         hog.start()
     time.sleep(0.1)

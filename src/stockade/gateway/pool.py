@@ -12,6 +12,12 @@ process that dies (crash, OOM kill, address-space limit), outlives its deadline,
 ends a run above the pool's memory limit is killed and replaced in the background; the
 run that caused it gets `memory_limit`, `timeout` or `error`. Each process has its own
 cgroup (memory, one core, tasks) when this machine has one.
+
+A pool serving several tenants' functions leaves one process to the others: a tenant
+holds at most `size - 1` at once (`tenant_share`). A tenant whose runs sleep just under
+their timeout, within its own concurrency quota, held every process, and every other
+tenant's run waited out its timeout for a 503 (found by review). Tenants that must not
+share at all belong in cordons of their own.
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ class WorkerPool:
                         if cgroups else None)
         self._reply_limit = 2 * max(s.policy.limits.max_output for s in self.specs) \
             + _REPLY_OVERHEAD
+        tenants = {spec.tenant for spec in self.specs}
+        self.tenant_share = size if len(tenants) < 2 else max(1, size - 1)
+        self._held: dict[str | None, int] = {}  # tenant -> processes its runs hold
         self._idle: list[WorkerProcess] = []
         self._all: set[WorkerProcess] = set()
         self._starting = 0
@@ -133,26 +142,46 @@ class WorkerPool:
                     "; ".join(f"{p.name} {'on' if p.active else 'off'}"
                               for p in self.protections))
 
-    def _take(self, deadline: float) -> WorkerProcess:
+    def _take(self, deadline: float, tenant: str | None) -> WorkerProcess:
+        """An idle process for a run of `tenant`'s, counted as held by it (`_let_go`)."""
         with self._cond:
-            while not self._idle:
-                if self._closed:
-                    raise Unavailable("the server is shutting down", 1.0, reason="draining")
-                if not self._all and not self._starting:
-                    self._replace_later()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Unavailable(f"cordon {self.cordon}: all {self.size} pool workers "
-                                      "are busy", 1.0, reason="pool")
-                self._cond.wait(remaining)
-            worker = self._idle.pop()
-            if worker.alive:
-                return worker
-            # It died while idle (killed, or its guest's last run took it down).
-            self._all.discard(worker)
-            worker.close()
-            self._replace_later()
-        return self._take(deadline)
+            while True:
+                while not self._idle or self._held.get(tenant, 0) >= self.tenant_share:
+                    if self._closed:
+                        raise Unavailable("the server is shutting down", 1.0,
+                                          reason="draining")
+                    if not self._all and not self._starting:
+                        self._replace_later()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise Unavailable(self._busy(tenant), 1.0, reason="pool")
+                    self._cond.wait(remaining)
+                worker = self._idle.pop()
+                if worker.alive:
+                    self._held[tenant] = self._held.get(tenant, 0) + 1
+                    return worker
+                # It died while idle (killed, or its guest's last run took it down).
+                self._all.discard(worker)
+                worker.close()
+                self._replace_later()
+
+    def _busy(self, tenant: str | None) -> str:
+        """Why a run of `tenant`'s found no process (with the condition held)."""
+        if self._held.get(tenant, 0) >= self.tenant_share and self.tenant_share < self.size:
+            return (f"cordon {self.cordon}: tenant {tenant}'s runs hold {self.tenant_share} "
+                    f"of its {self.size} pool workers, as many as one tenant may while "
+                    "others share them")
+        return f"cordon {self.cordon}: all {self.size} pool workers are busy"
+
+    def _let_go(self, tenant: str | None) -> None:
+        """A run of `tenant`'s no longer holds its process (given back or retired)."""
+        with self._cond:
+            held = self._held.get(tenant, 0) - 1
+            if held > 0:
+                self._held[tenant] = held
+            else:
+                self._held.pop(tenant, None)
+            self._cond.notify_all()
 
     def _give_back(self, worker: WorkerProcess) -> None:
         with self._cond:
@@ -202,7 +231,16 @@ class WorkerPool:
         within the function's timeout, or the Stockade error the worker reported."""
         timeout = spec.policy.limits.timeout
         wait = timeout if timeout is not None else START_TIMEOUT
-        worker = self._take(time.monotonic() + wait)
+        worker = self._take(time.monotonic() + wait, spec.tenant)
+        try:
+            return self._run_on(worker, spec, invocation)
+        finally:
+            self._let_go(spec.tenant)
+
+    def _run_on(self, worker: WorkerProcess, spec: FunctionSpec,
+                invocation: Invocation) -> Result:
+        """`run` on the process taken for it, which is given back or retired."""
+        timeout = spec.policy.limits.timeout
         begun = time.monotonic()
         deadline = None if timeout is None else begun + timeout + GRACE
         try:
