@@ -406,8 +406,19 @@ def test_a_path_a_proxy_would_route_elsewhere_is_400(gateway: Gateway, target: s
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
 
 
+@pytest.mark.parametrize("target", ["/%68ello", "/hell%6F/x", "/%65cho"])
+def test_a_percent_encoded_route_is_400(gateway: Gateway, target: str) -> None:
+    """Routed decoded here, where a proxy matching the path as sent sees another path:
+    its rule for /hello would not stop /%68ello (found by review)."""
+    host, port = address(gateway)
+    answer = raw_exchange(host, port, [b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close"
+                                       b"\r\n\r\n" % target.encode()], 0.0)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"encodes its function's route" in answer
+
+
 @pytest.mark.parametrize("target", ["/hello/a.b", "/hello/.well-known/x", "/hello/..x",
-                                    "/hello/%252f"])
+                                    "/hello/%252f", "/hello/%41"])
 def test_dots_inside_a_segment_are_not_dot_segments(gateway: Gateway, target: str) -> None:
     host, port = address(gateway)
     answer = raw_exchange(host, port, [b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close"

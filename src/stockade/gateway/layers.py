@@ -10,7 +10,8 @@ answered or raised::
     function log    function stderr and failure reasons (funclog.py)
     errors          any exception -> problem+json (status from its class)
     routing         /healthz, /readyz, /metrics; else the route (404, 405; 400 for
-                    a dot segment or an encoded slash: registry.ambiguous_path)
+                    a dot segment, an encoded slash or an encoded route:
+                    registry.ambiguous_path, registry.encoded_route)
     body            the whole body: deadline 408, size 413, budget 503 (bodybudget.py)
     client breaker  a client whose runs keep hitting limits (429, clientbreaker.py)
     limits          quotas (429), shared state (503) (limits.py)
@@ -39,7 +40,7 @@ from .limits import admit, admit_now
 from .messages import Handler, Request, Response
 from .metrics import BUCKETS
 from .problem import BadRequest, HttpProblem, MethodNotAllowed, NotFound, render_error
-from .registry import ambiguous_path
+from .registry import ambiguous_path, encoded_route
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -123,6 +124,9 @@ class Pipeline:
         route = self.registry.routes.match(request.path)
         if route is None:
             raise NotFound("no function is routed at this path")
+        encoded = encoded_route(route.spec.route, request.raw_path)
+        if encoded is not None:
+            raise BadRequest(encoded)
         if not route.spec.allows(request.method):
             raise MethodNotAllowed(f"function {route.spec.name} does not accept "
                                    f"{request.method}", route.spec.methods)

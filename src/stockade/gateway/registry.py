@@ -78,6 +78,16 @@ def ambiguous_path(path: str, raw: bytes) -> str | None:
     return None
 
 
+def encoded_route(route: str, raw: bytes) -> str | None:
+    """Why a request routed to the function at prefix `route` may reach it past a proxy's
+    rule for that prefix, or None: the prefix percent-encoded as sent (`/%65cho` for
+    `/echo`), which routes here decoded while a proxy matching the path as sent sees
+    another path (found by review). A route beyond ASCII is sent encoded: not judged."""
+    if not raw or not route.isascii() or raw.startswith(route.encode()):
+        return None
+    return "the request path percent-encodes its function's route: send the route as is"
+
+
 class Registry:
     """The current manifest and routes of one worker; quotas live in `state`."""
 
