@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from stockade.gateway.protocol import MAX_PIPELINED
+from stockade.gateway.registry import encoded_route
 
 from .conftest import Gateway, gateway_env, module
 
@@ -415,6 +416,19 @@ def test_a_percent_encoded_route_is_400(gateway: Gateway, target: str) -> None:
                                        b"\r\n\r\n" % target.encode()], 0.0)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
     assert b"encodes its function's route" in answer
+
+
+@pytest.mark.parametrize(("route", "raw", "refused"), [
+    ("/café", b"/caf%C3%A9/x", False), ("/café", b"/caf%c3%a9", False),
+    ("/café", b"/%63af%C3%A9", True), ("/café", b"/%63%61%66%c3%a9/x", True),
+    ("/a b", b"/a%20b", False), ("/100%", b"/100%25", False), ("/100%", b"/10%30%25", True),
+    ("/Hello", b"/Hello", False), ("/Hello", b"/%48ello", True), ("/", b"/%41", False),
+    ("/a:b@c", b"/a:b@c", False), ("/a:b@c", b"/a%3Ab@c", True),
+])
+def test_a_route_is_sent_in_its_canonical_form(route: str, raw: bytes, refused: bool) -> None:
+    """Beyond ASCII or with characters a path must encode, the route as a client sends
+    it (found by review: `/%63af%C3%A9` reached `/café`, and `/a b` was unreachable)."""
+    assert (encoded_route(route, raw) is not None) is refused
 
 
 @pytest.mark.parametrize("target", ["/hello/a.b", "/hello/.well-known/x", "/hello/..x",

@@ -13,10 +13,12 @@ ends a run above the pool's memory limit is killed and replaced in the backgroun
 run that caused it gets `memory_limit`, `timeout` or `error`. Each process has its own
 cgroup (memory, one core, tasks) when this machine has one.
 
-A pool serving several tenants' functions leaves one process to the others: a tenant
-holds at most `size - 1` at once (`tenant_share`). A tenant whose runs sleep just under
-their timeout, within its own concurrency quota, held every process, and every other
-tenant's run waited out its timeout for a 503 (found by review). Tenants that must not
+A pool serving several tenants' functions gives each its first process before any
+tenant a second (`_may_take`): a tenant already holding one takes another only while as
+many stay idle as there are other tenants of the pool holding none. A tenant whose runs
+sleep just under their timeout, within its own concurrency quota, held every process,
+and every other tenant's run waited out its timeout for a 503 (found by review). With
+more tenants than processes, some still wait (start-up warns); tenants that must not
 share at all belong in cordons of their own.
 """
 
@@ -82,8 +84,11 @@ class WorkerPool:
                         if cgroups else None)
         self._reply_limit = 2 * max(s.policy.limits.max_output for s in self.specs) \
             + _REPLY_OVERHEAD
-        tenants = {spec.tenant for spec in self.specs}
-        self.tenant_share = size if len(tenants) < 2 else max(1, size - 1)
+        self.tenants = frozenset(spec.tenant for spec in self.specs)
+        if len(self.tenants) > size:
+            logger.warning("cordon %s: %d tenants share %d pool workers: while each holds "
+                           "one, another's runs wait; give tenants their own cordon or "
+                           "raise pool_workers", cordon, len(self.tenants), size)
         self._held: dict[str | None, int] = {}  # tenant -> processes its runs hold
         self._idle: list[WorkerProcess] = []
         self._all: set[WorkerProcess] = set()
@@ -146,7 +151,7 @@ class WorkerPool:
         """An idle process for a run of `tenant`'s, counted as held by it (`_let_go`)."""
         with self._cond:
             while True:
-                while not self._idle or self._held.get(tenant, 0) >= self.tenant_share:
+                while not self._may_take(tenant):
                     if self._closed:
                         raise Unavailable("the server is shutting down", 1.0,
                                           reason="draining")
@@ -165,12 +170,24 @@ class WorkerPool:
                 worker.close()
                 self._replace_later()
 
+    def _may_take(self, tenant: str | None) -> bool:
+        """Whether a run of `tenant`'s may take an idle process now (with the condition
+        held): its first always, another only leaving one idle for each other tenant
+        holding none."""
+        idle = len(self._idle)
+        if not idle or not self._held.get(tenant, 0):
+            return idle > 0
+        waiting_for_first = sum(1 for other in self.tenants
+                                if other != tenant and not self._held.get(other, 0))
+        return idle - 1 >= waiting_for_first
+
     def _busy(self, tenant: str | None) -> str:
         """Why a run of `tenant`'s found no process (with the condition held)."""
-        if self._held.get(tenant, 0) >= self.tenant_share and self.tenant_share < self.size:
-            return (f"cordon {self.cordon}: tenant {tenant}'s runs hold {self.tenant_share} "
-                    f"of its {self.size} pool workers, as many as one tenant may while "
-                    "others share them")
+        held = self._held.get(tenant, 0)
+        if self._idle and held:
+            return (f"cordon {self.cordon}: tenant {tenant}'s runs hold {held} of its "
+                    f"{self.size} pool workers; the idle ones are kept for tenants "
+                    "holding none")
         return f"cordon {self.cordon}: all {self.size} pool workers are busy"
 
     def _let_go(self, tenant: str | None) -> None:

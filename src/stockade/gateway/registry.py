@@ -10,10 +10,12 @@ over) in memory every worker of the server shares, or Redis shared by every repl
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from ..errors import ModuleError, ModuleNotFound
 from ..state import Gate, GateSpec, LocalState, Quota, StateBackend
@@ -80,12 +82,24 @@ def ambiguous_path(path: str, raw: bytes) -> str | None:
 
 def encoded_route(route: str, raw: bytes) -> str | None:
     """Why a request routed to the function at prefix `route` may reach it past a proxy's
-    rule for that prefix, or None: the prefix percent-encoded as sent (`/%65cho` for
-    `/echo`), which routes here decoded while a proxy matching the path as sent sees
-    another path (found by review). A route beyond ASCII is sent encoded: not judged."""
-    if not raw or not route.isascii() or raw.startswith(route.encode()):
+    rule for that prefix, or None: the prefix not sent as its canonical form, the route
+    with only what must be percent-encoded encoded (`/%65cho` for `/echo`, `/%63af%C3%A9`
+    for `/café`), which routes here decoded while a proxy matching the path as sent sees
+    another path (found by review). Hex digits' case is free."""
+    if not raw or raw.startswith(route.encode()):
+        return None
+    canonical = _canonical(route)
+    if raw[:len(canonical)].lower() == canonical:
         return None
     return "the request path percent-encodes its function's route: send the route as is"
+
+
+@functools.lru_cache(maxsize=1024)  # routes come from the manifest
+def _canonical(route: str) -> bytes:
+    """`route` as a client sends it, lower-case: UTF-8, and percent-encoded only where a
+    path must be (RFC 3986: unreserved characters, sub-delimiters, `:`, `@`, `/` as they
+    are)."""
+    return quote(route, safe="/!$&'()*+,;=:@~").lower().encode()
 
 
 class Registry:
