@@ -628,3 +628,21 @@ def test_a_gate_without_quota_or_breaker_asks_redis_nothing(
     results = asyncio.run(burst([gate], 10))
     assert len(admitted(results)) == 10
     assert evalsha_calls(redis_server) == before
+
+
+def test_a_rate_limit_stores_its_times_exactly(redis_server: RedisServer) -> None:
+    """Lua's `tostring` keeps 14 digits: 100 µs of a time since the epoch. A tenant's
+    theoretical arrival time then did not move by an interval under 50 µs (every
+    request at 20,000/s and up admitted) and moved by a rounded one below (found by
+    review). One admission at 3/s moves it by a third of a second, to the microsecond."""
+    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                       env={})
+    try:
+        state.gate(spec(tenant="exact", rate=3, burst=1)).admit().release()
+    finally:
+        state.close()
+    keys = TenantKeys.of("exact", "f", "")
+    stored = redis_server.client().hget(keys.tenant_quota, "tat")
+    assert stored is not None
+    decimals = stored.split(".")[1] if "." in stored else ""
+    assert len(decimals) >= 6, stored  # the 14 digits of `tostring` leave 4

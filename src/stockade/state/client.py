@@ -2,11 +2,19 @@
 
 Settings from the manifest's `[state]` (URL, timeout), credentials from the environment
 (`settings.py`). No retries inside the client: one timeout is all a caller may wait.
+
+redis-py's `socket_timeout` bounds each read, not a reply, and it takes the lengths a
+reply announces on trust: a Redis (or a path to it) sending one byte every 0.3 s held
+every admission of a worker for as long as it liked, `fail_closed` never applying, and a
+reply announcing 4 GB grew the worker past 2.5 GB (found by review). So each
+connection's socket (`_Bounded`) gives the replies to one request `timeout` seconds and
+`MAX_REPLY` bytes in all, counted from the request sent.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +24,9 @@ from redis.retry import Retry
 
 from .settings import StateSettings, redis_password
 
-__all__ = ["connect", "RoundTripFailed"]
+__all__ = ["connect", "RoundTripFailed", "MAX_REPLY"]
+
+MAX_REPLY = 16 * 1024**2  # bytes of replies to one request (an admission's are ~100 each)
 
 
 class RoundTripFailed(Exception):
@@ -32,9 +42,91 @@ def connect(settings: StateSettings, env: Mapping[str, str] | None = None,
     options: dict[str, Any] = {}
     if settings.backend.startswith("rediss://") and env.get("STOCKADE_REDIS_CA_FILE"):
         options["ssl_ca_certs"] = env["STOCKADE_REDIS_CA_FILE"]
+    scheme = settings.backend.split("://", 1)[0]
+    options["connection_class"] = _BOUNDED.get(scheme, _BoundedConnection)
     return redis.Redis.from_url(
         settings.backend, password=redis_password(env),
         username=env.get("STOCKADE_REDIS_USERNAME") or None,
         socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
         retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
         decode_responses=True, client_name=f"{name}-{os.getpid()}", **options)
+
+
+class _Bounded:
+    """A connection's socket whose replies to one request (from its `sendall` on) get
+    `timeout` seconds and `MAX_REPLY` bytes in all; everything else is the socket's."""
+
+    __slots__ = ("_sock", "_timeout", "_requested", "_deadline", "_left")
+
+    def __init__(self, sock: Any, timeout: float | None) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self._requested: float | None = timeout  # what the caller last set
+        self._deadline = float("inf")
+        self._left = MAX_REPLY
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def settimeout(self, value: float | None) -> None:
+        self._requested = value
+        self._sock.settimeout(value)
+
+    def sendall(self, data: bytes, *flags: int) -> None:
+        if self._timeout is not None:
+            self._deadline = time.monotonic() + self._timeout
+        self._left = MAX_REPLY
+        self._sock.sendall(data, *flags)
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        self._before()
+        data: bytes = self._sock.recv(size, *flags)
+        self._count(len(data))
+        return data
+
+    def recv_into(self, buffer: Any, size: int = 0, *flags: int) -> int:
+        self._before()
+        count: int = self._sock.recv_into(buffer, size, *flags)
+        self._count(count)
+        return count
+
+    def _before(self) -> None:
+        """Wait no longer than what is left of the reply's time (a caller's poll, a
+        timeout of 0, stays one)."""
+        if self._requested == 0 or self._deadline == float("inf"):
+            return
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no whole reply within {self._timeout:g} s")
+        self._sock.settimeout(left if self._requested is None else min(left, self._requested))
+
+    def _count(self, count: int) -> None:
+        self._left -= count
+        if self._left < 0:
+            raise redis.ConnectionError(f"a reply of over {MAX_REPLY // 1024**2} MiB")
+
+
+class _BoundsReplies:
+    """Mixed into redis-py's connection classes: their socket is a `_Bounded` one."""
+
+    socket_timeout: float | None
+
+    def _connect(self) -> Any:
+        return _Bounded(super()._connect(), self.socket_timeout)  # type: ignore[misc]
+
+
+class _BoundedConnection(_BoundsReplies, redis.Connection):
+    pass
+
+
+class _BoundedSSLConnection(_BoundsReplies, redis.SSLConnection):
+    pass
+
+
+class _BoundedUnixConnection(_BoundsReplies, redis.UnixDomainSocketConnection):
+    pass
+
+
+_BOUNDED: dict[str, type[redis.Connection] | type[redis.UnixDomainSocketConnection]] = {
+    "redis": _BoundedConnection, "rediss": _BoundedSSLConnection,
+    "unix": _BoundedUnixConnection}

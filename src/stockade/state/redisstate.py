@@ -260,8 +260,8 @@ class RedisState(StateBackend):
         """The admission script for one request, carrying its tenant's queued releases
         (one script, one round trip). Raises RoundTripFailed like `run`."""
         reply = self._pipeline([self._command(gate, lease_id, pending, 1)])[0]
-        if isinstance(reply, Exception):
-            self._script_failed(reply)
+        if isinstance(reply, Exception) or not _well_formed(reply):
+            self._script_failed(_malformed(reply))
         return reply
 
     async def admit_async(self, gate: RedisGate, lease_id: str, pending: int,
@@ -304,9 +304,9 @@ class RedisState(StateBackend):
         for (*_, future), reply in zip(waiting, done.result(), strict=True):
             if future.done():
                 continue
-            if isinstance(reply, Exception):
+            if isinstance(reply, Exception) or not _well_formed(reply):
                 try:
-                    self._script_failed(reply)
+                    self._script_failed(_malformed(reply))
                 except RoundTripFailed as failed:
                     future.set_exception(failed)
             else:
@@ -545,3 +545,23 @@ class RedisBreakers:
 def _member(source: str) -> str:
     """A client's member in a breaker's violations (its next one replaces it)."""
     return f"client {source}"
+
+
+# Fields of each answer of the admission script (`scripts.ADMIT`): what the gate reads.
+_ADMISSION_FIELDS = {"ok": 6, "breaker": 5, "concurrency": 3, "cpu": 3, "rate": 3}
+
+
+def _well_formed(reply: Any) -> bool:
+    """Whether `reply` has the shape of an admission script's answer: a store answering
+    otherwise (`*-1`, an integer, fields missing) raised IndexError into every request,
+    a 500 whatever `on_unavailable` said (found by review)."""
+    return (isinstance(reply, list) and bool(reply) and isinstance(reply[0], str)
+            and len(reply) >= _ADMISSION_FIELDS.get(reply[0], len(reply) + 1)
+            and all(isinstance(field, str) for field in reply))
+
+
+def _malformed(reply: Any) -> BaseException:
+    """The error a reply stands for: its own, or one naming its shape."""
+    if isinstance(reply, BaseException):
+        return reply
+    return redis.ResponseError(f"an admission answered {str(reply)[:80]!r}")

@@ -1,0 +1,133 @@
+"""A store that answers slowly, hugely or wrongly gets the configured `on_unavailable`.
+
+redis-py bounds each read, not a reply, and takes the lengths a reply announces on trust:
+a reply sent one byte at a time held every admission of a worker for as long as the
+store liked, and one announcing 4 GB grew the worker past 2.5 GB; a reply of the wrong
+shape raised IndexError into every request, a 500 (found by review). The store here is
+a socket speaking just enough of Redis's protocol to be connected to.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from stockade.state import GateSpec, LocalState, Quota, StateSettings, StateUnavailable
+from stockade.state.client import MAX_REPLY
+from stockade.state.redisstate import RedisState
+
+TIMEOUT = 0.3
+Answer = Callable[[socket.socket], None]
+
+
+def _trickle(conn: socket.socket) -> None:
+    conn.sendall(b"$100000\r\n")
+    for _ in range(200):  # one byte every 0.1 s: each read within the timeout
+        conn.sendall(b"a")
+        time.sleep(0.1)
+
+
+def _flood(head: bytes, chunk: bytes) -> Answer:
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(head)
+        for _ in range(8 * MAX_REPLY // len(chunk)):  # eight times the bound, then stop
+            conn.sendall(chunk)
+    return answer
+
+
+def _once(reply: bytes) -> Answer:
+    return lambda conn: conn.sendall(reply)
+
+
+def _command(stream: socket.SocketIO) -> list[bytes] | None:
+    line = stream.readline()
+    if not line.startswith(b"*"):
+        return None
+    args = []
+    for _ in range(int(line[1:])):
+        size = int(stream.readline()[1:])
+        args.append(stream.read(size + 2)[:-2])
+    return args
+
+
+@pytest.fixture
+def hostile_store() -> Iterator[Callable[[Answer], str]]:
+    """A store answering every script call with `answer`; its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    answers: list[Answer] = []
+
+    def serve(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            try:
+                while (command := _command(stream)) is not None:  # type: ignore[arg-type]
+                    name = command[0].upper()
+                    if name in (b"EVALSHA", b"EVAL"):
+                        answers[0](conn)
+                    elif name == b"SCRIPT":
+                        conn.sendall(b"$40\r\n" + b"0" * 40 + b"\r\n")
+                    else:
+                        conn.sendall(b"+OK\r\n")
+            except OSError:
+                return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+
+    def start(answer: Answer) -> str:
+        answers.append(answer)
+        return f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+    yield start
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+@pytest.mark.parametrize("answer", [
+    _trickle,
+    _flood(b"$4000000000\r\n", b"a" * 65536),
+    _flood(b"*2000000000\r\n", b":1\r\n" * 16384),
+    _flood(b"+", b"a" * 65536),
+    _once(b"*1\r\n$2\r\nok\r\n"),
+    _once(b"*-1\r\n"),
+    _once(b":1\r\n"),
+    _once(b"*3\r\n$4\r\nrate\r\n:1\r\n$1\r\n1\r\n"),
+], ids=["trickle", "huge-bulk", "huge-array", "endless-line", "short", "nil", "integer",
+        "not-text"])
+def test_a_hostile_store_is_unavailable_within_its_timeout(
+        hostile_store: Callable[[Answer], str], answer: Answer) -> None:
+    url = hostile_store(answer)
+    state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
+    try:
+        gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))
+        tracemalloc.start()
+        began = time.monotonic()
+        try:
+            with pytest.raises(StateUnavailable):
+                gate.admit()
+            took = time.monotonic() - began
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert took < TIMEOUT + 1.0  # not one read's timeout per byte
+        # The flood is eight bounds long; a line is copied as it grows (three bounds).
+        assert peak < 4 * MAX_REPLY, peak
+    finally:
+        state.close()
