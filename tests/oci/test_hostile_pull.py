@@ -6,6 +6,7 @@ own errors (never a traceback)."""
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
@@ -47,11 +48,13 @@ def sha(data: bytes) -> str:
 @dataclass
 class Server:
     """A registry answering from `routes` (path without query, or "*"); `seen` logs
-    (method, path, Authorization header) of every request."""
+    (method, path, Authorization header) of every request, `encodings` the
+    Accept-Encoding header of each."""
 
     host: str
     routes: dict[str, Route]
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
+    encodings: list[str | None] = field(default_factory=list)
 
     def gets(self, part: str) -> int:
         return sum(1 for method, path, _ in self.seen if method == "GET" and part in path)
@@ -63,6 +66,7 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+            server.encodings.append(self.headers.get("Accept-Encoding"))
             route = server.routes.get(self.path.split("?")[0]) or server.routes.get("*")
             if route is None:
                 route = (404, {}, b"")
@@ -590,3 +594,294 @@ def test_messages_quote_hostile_values_short() -> None:
     with pytest.raises(StockadeError) as caught:
         validate_wasm_config({**config, "created": "2024-01-01T00:00:00Z", "os": deep}, [])
     assert len(caught.value.message) < SHOWN_CHARS + 100
+
+
+# -- review 3: encodings, slow headers, pax headers ---------------------------------------------
+
+
+@functools.cache
+def _stacked_bomb() -> bytes:
+    """64 MiB of zeros gzipped three times: a few hundred bytes on the wire (the review's
+    298 bytes decoded to 4 GiB)."""
+    return gzip.compress(gzip.compress(gzip.compress(bytes(64 * 1024**2), 9), 9), 9)
+
+
+def _encoded(kind: str = "application/json", status: int = 200,
+             headers: dict[str, str] | None = None) -> Route:
+    return (status, {"Content-Type": kind, "Content-Encoding": "gzip, gzip, gzip",
+                     **(headers or {})}, _stacked_bomb())
+
+
+def _encoding_attack(where: str, registry: Server, tmp_path: Path) -> None:
+    """Serve the bomb at `where` and make the client read it."""
+    ref = parse_reference(f"{registry.host}/app:1")
+    layer = tar_layer("app.wasm", WASM)
+    image(registry, "app", [layer])
+    manifest = json.loads(registry.routes["/v2/app/manifests/1"][2])  # type: ignore[index]
+    if where == "manifest":
+        registry.routes["/v2/app/manifests/1"] = _encoded(MANIFEST)
+    elif where == "config":
+        registry.routes[f"/v2/app/blobs/{manifest['config']['digest']}"] = _encoded()
+    elif where == "layer":
+        registry.routes[f"/v2/app/blobs/{sha(layer)}"] = _encoded()
+    elif where == "redirect":
+        registry.routes["/v2/app/manifests/1"] = _encoded(
+            status=302, headers={"Location": f"http://{registry.host}/elsewhere"})
+    elif where == "token":
+        registry.routes["/v2/app/manifests/1"] = _challenge(f"http://{registry.host}/token")
+        registry.routes["/token"] = _encoded()
+    if where in ("manifest", "config", "layer", "redirect", "token"):
+        pull_from(registry, "app", tmp_path)
+        return
+    with RegistryClient(ref, frozenset({registry.host}), timeout=5.0) as client:
+        if where == "tags":
+            registry.routes["/v2/app/tags/list"] = _encoded()
+            client.tags("app")
+        elif where == "referrers":
+            registry.routes[f"/v2/app/referrers/{sha(layer)}"] = _encoded(INDEX)
+            client.referrers("app", sha(layer))
+        elif where == "signature blob":
+            registry.routes[f"/v2/app/blobs/{sha(b'payload')}"] = _encoded()
+            client.get_blob("app", sha(b"payload"), 64 * 1024, "payload")
+        else:
+            raise AssertionError(where)
+
+
+@pytest.mark.parametrize("where", ["manifest", "config", "layer", "redirect", "token", "tags",
+                                   "referrers", "signature blob"])
+def test_a_stacked_content_encoding_is_refused_not_decoded(
+        where: str, serve: Callable[[], Server], tmp_path: Path) -> None:
+    # decoded, the caps saw only the output: 298 bytes became 4 GB and a MemoryError
+    registry = serve()
+    with pytest.raises(RegistryUnavailable) as caught:
+        _encoding_attack(where, registry, tmp_path)
+    assert type(caught.value) is RegistryUnavailable and caught.value.exit_code == 69
+    assert "Content-Encoding 'gzip, gzip, gzip'" in caught.value.message
+    assert "\n" not in caught.value.message
+    assert registry.encodings and set(registry.encodings) == {"identity"}
+
+
+def test_an_identity_content_encoding_is_accepted(serve: Callable[[], Server],
+                                                  tmp_path: Path) -> None:
+    registry = serve()
+    image(registry, "app", [tar_layer("app.wasm", WASM)])
+    status, headers, body = registry.routes["/v2/app/manifests/1"]  # type: ignore[misc]
+    registry.routes["/v2/app/manifests/1"] = (status, {**headers, "Content-Encoding": "identity"},
+                                              body)
+    pull_from(registry, "app", tmp_path)
+
+
+def test_a_stacked_content_encoding_is_one_line_from_the_cli(serve: Callable[[], Server],
+                                                             tmp_path: Path) -> None:
+    from .fixtures import cli, stockade_env
+
+    registry = serve()
+    registry.routes["/v2/app/manifests/1"] = _encoded(MANIFEST)
+    env = stockade_env(tmp_path / "cache", tmp_path / "state")
+    env.update(HOME=str(tmp_path), STOCKADE_INSECURE_REGISTRIES=registry.host)
+    done = cli(env, "oci", "pull", f"{registry.host}/app:1")
+    assert done.returncode == 69, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert "Content-Encoding" in done.stderr
+
+
+def _slow_headers(seconds: float = 15.0) -> Handler:
+    """The status line, then one header byte every 0.25 s (each well inside the read
+    timeout) for `seconds`: the review's registry sent one every 20 s, for ever."""
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        request.close_connection = True
+        try:
+            request.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            request.wfile.flush()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                request.wfile.write(b"X")
+                request.wfile.flush()
+                time.sleep(0.25)
+        except OSError:
+            return
+    return answer
+
+
+@pytest.mark.parametrize("where", ["manifest", "redirect", "token", "tags", "referrers",
+                                   "small blob", "layer"])
+def test_slow_response_headers_are_refused_at_the_deadline(
+        where: str, serve: Callable[[], Server], tmp_path: Path) -> None:
+    # the deadline started with the body: headers one byte per read timeout hung for ever
+    registry = serve()
+    ref = parse_reference(f"{registry.host}/app:1")
+    slow = _slow_headers()
+    digest = sha(b"x" * 100)
+    begun = time.monotonic()
+    with RegistryClient(ref, frozenset({registry.host}), timeout=1.0, deadline=2.0) as client:
+        with pytest.raises(RegistryUnavailable, match="within 2") as caught:
+            if where == "manifest":
+                registry.routes["/v2/app/manifests/1"] = slow
+                client.get_manifest("app", "1", str(ref))
+            elif where == "redirect":
+                registry.routes["/v2/app/manifests/1"] = (
+                    307, {"Location": f"http://{registry.host}/cdn/m"}, b"")
+                registry.routes["/cdn/m"] = slow
+                client.get_manifest("app", "1", str(ref))
+            elif where == "token":
+                registry.routes["*"] = _challenge(f"http://{registry.host}/token")
+                registry.routes["/token"] = slow
+                client.get_manifest("app", "1", str(ref))
+            elif where == "tags":
+                registry.routes["/v2/app/tags/list"] = slow
+                client.tags("app")
+            elif where == "referrers":
+                registry.routes[f"/v2/app/referrers/{digest}"] = slow
+                client.referrers("app", digest)
+            elif where == "small blob":
+                registry.routes[f"/v2/app/blobs/{digest}"] = slow
+                client.get_blob("app", digest, 1024, "payload")
+            else:
+                registry.routes[f"/v2/app/blobs/{digest}"] = slow
+                client.fetch_blob("app", {"digest": digest, "size": 100}, Store(tmp_path),
+                                  1 << 30, "layer")
+    assert time.monotonic() - begun < 8
+    assert type(caught.value) is RegistryUnavailable and caught.value.exit_code == 69
+    assert "\n" not in caught.value.message
+
+
+def test_a_pull_from_a_registry_sending_slow_headers_ends_at_the_deadline(
+        serve: Callable[[], Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stockade.oci.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "DOCUMENT_DEADLINE", 2.0)
+    registry = serve()
+    registry.routes["/v2/app/manifests/1"] = _slow_headers()
+    begun = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="did not send it within 2 s") as caught:
+        pull_from(registry, "app", tmp_path)
+    assert time.monotonic() - begun < 8
+    assert "\n" not in caught.value.message
+
+
+def test_slow_headers_of_a_layer_count_against_the_pull(
+        serve: Callable[[], Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stockade.oci.transfer as transfer_module
+
+    monkeypatch.setattr(transfer_module, "PULL_GRACE", 1.0)
+    monkeypatch.setattr(transfer_module, "BLOB_GRACE", 0.1)
+    registry = serve()
+    layer = tar_layer("app.wasm", WASM)
+    image(registry, "app", [layer])
+    registry.routes[f"/v2/app/blobs/{sha(layer)}"] = _slow_headers()
+    begun = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="the pull did not finish"):
+        pull_from(registry, "app", tmp_path)
+    assert time.monotonic() - begun < 8
+
+
+def test_a_signature_check_has_one_deadline(serve: Callable[[], Server],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import stockade.oci.signatures as signatures_module
+    from stockade.oci.signatures import signature_tag, verify_image
+    from stockade.trust.imagesig import PAYLOAD_TYPE
+
+    # 20 payloads of a second each, every one within its own deadline: 64 signature blobs
+    # and 256 referrers of 60 s each took hours
+    monkeypatch.setattr(signatures_module, "VERIFY_DEADLINE", 2.0)
+    registry = serve()
+    digest = sha(b"the image")
+    layers = []
+    for number in range(20):
+        payload = f"payload {number}".encode()
+        registry.routes[f"/v2/app/blobs/{sha(payload)}"] = _slow(payload, 1.0)
+        layers.append({"mediaType": PAYLOAD_TYPE, "digest": sha(payload), "size": len(payload)})
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST, "layers": layers}).encode()
+    registry.routes[f"/v2/app/manifests/{signature_tag(digest)}"] = document(manifest)
+    begun = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="signature check .* within 2 s") as caught:
+        verify_image(parse_reference(f"{registry.host}/app:1"), [],
+                     frozenset({registry.host}), digest=digest)
+    assert time.monotonic() - begun < 8
+    assert "\n" not in caught.value.message
+
+
+def _pax_layer(sizes: list[int], kind: bytes = tarfile.XHDTYPE) -> bytes:
+    """A tar+gzip layer: members each after an extended header (pax, or a GNU long name)
+    of as many digits as `sizes` says, then the module (as the review's craft.py)."""
+    out = io.BytesIO()
+    for number, size in enumerate(sizes):
+        header = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
+        header.type, header.size = kind, size
+        out.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        out.write(b"1" * size + b"\0" * (-size % 512))
+        member = tarfile.TarInfo(f"pad{number}")
+        out.write(member.tobuf(format=tarfile.USTAR_FORMAT))
+    out.write(tar_layer("app.wasm", WASM))
+    return gzip.compress(out.getvalue(), 9)
+
+
+def _gzip_image(server: Server, repo: str, layer: bytes,
+                config: dict[str, object] | None = None) -> None:
+    """A Docker+Wasm image under `repo:1` of one tar+gzip layer."""
+    image(server, repo, [gzip.decompress(layer)], config=config)
+    manifest = json.loads(server.routes[f"/v2/{repo}/manifests/1"][2])  # type: ignore[index]
+    manifest["layers"] = [{"mediaType": TGZ, "digest": sha(layer), "size": len(layer)}]
+    server.routes[f"/v2/{repo}/blobs/{sha(layer)}"] = (200, {}, layer)
+    server.routes[f"/v2/{repo}/manifests/1"] = document(json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME,
+                                  tarfile.GNUTYPE_LONGLINK])
+def test_an_oversized_extended_tar_header_is_refused(kind: bytes, serve: Callable[[], Server],
+                                                     tmp_path: Path) -> None:
+    # CVE-2024-6232: tarfile's pax parser backtracks quadratically over digits (a 1 MiB
+    # header, 14 KB gzipped, took minutes to hours; this one about 8 s)
+    registry = serve()
+    _gzip_image(registry, "pax", _pax_layer([80 * 1024], kind))
+    begun = time.monotonic()
+    with pytest.raises(ModuleError, match="extended header of 81920 bytes") as caught:
+        pull_from(registry, "pax", tmp_path)
+    assert type(caught.value) is ModuleError and caught.value.exit_code == 126
+    assert "\n" not in caught.value.message
+    assert time.monotonic() - begun < 5
+
+
+def test_many_extended_tar_headers_are_bounded_in_all(serve: Callable[[], Server],
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import stockade.oci.image as image_module
+
+    # each under the limit per header, together over what a pull may spend on them
+    monkeypatch.setattr(image_module, "EXTENDED_HEADER_WORK", (16 * 1024) ** 2)
+    registry = serve()
+    _gzip_image(registry, "pax", _pax_layer([12 * 1024] * 20))
+    with pytest.raises(ModuleError, match="extended tar headers .* in all") as caught:
+        pull_from(registry, "pax", tmp_path)
+    assert "\n" not in caught.value.message
+
+
+def test_ordinary_extended_tar_headers_still_work(serve: Callable[[], Server],
+                                                  tmp_path: Path) -> None:
+    registry = serve()
+    long_name = "deep/" * 60 + "app.wasm"
+    for number, fmt in enumerate((tarfile.PAX_FORMAT, tarfile.GNU_FORMAT)):
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+            info = tarfile.TarInfo(long_name)
+            info.size, info.mtime = len(WASM), 1.5  # a fractional mtime: a pax record
+            if fmt == tarfile.PAX_FORMAT:
+                info.pax_headers = {"comment": "x" * 4000}
+            tar.addfile(info, io.BytesIO(WASM))
+        _gzip_image(registry, f"long{number}", gzip.compress(out.getvalue()),
+                    config={"config": {"Entrypoint": [f"/{long_name}"]}})
+        pull_from(registry, f"long{number}", tmp_path / str(number))
+
+
+def test_an_oversized_pax_header_is_one_line_from_the_cli(serve: Callable[[], Server],
+                                                          tmp_path: Path) -> None:
+    from .fixtures import cli, stockade_env
+
+    registry = serve()
+    _gzip_image(registry, "pax", _pax_layer([80 * 1024]))
+    env = stockade_env(tmp_path / "cache", tmp_path / "state")
+    env.update(HOME=str(tmp_path), STOCKADE_INSECURE_REGISTRIES=registry.host)
+    done = cli(env, "oci", "pull", f"{registry.host}/pax:1", timeout=60)
+    assert done.returncode == 126, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert "pax extended header of 81920 bytes" in done.stderr

@@ -5,6 +5,13 @@ validates the CNCF Wasm artifact's config by the rules rust-oci-wasm applies (re
 fields, one `application/wasm` layer, `layerDigests` naming it), and finds the module
 of a Docker+Wasm image (`Entrypoint`, else `Cmd`, `#export` suffix dropped) inside its
 layers without unpacking anything to disk.
+
+tarfile reads a layer, but never an oversized extended header (pax, GNU long name or
+link): CPython 3.11.7's pax parser backtracks quadratically over digits (CVE-2024-6232; a
+1 MiB header, 14 KB gzipped, took hours of CPU). Each header is checked as tarfile parses
+its 512-byte block, before it reads what the block announces: at most
+`MAX_EXTENDED_HEADER` bytes each, and their sizes squared (the parser's worst case) at
+most `EXTENDED_HEADER_WORK` in all, so many headers just under the limit cost no more.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ..errors import ModuleError
 from .errors import BlobTooLarge, PlatformMismatch
@@ -36,7 +43,14 @@ from .media import (
 
 __all__ = ["WasmImage", "UnpackBudget", "parse_json", "select_platform",
            "validate_wasm_config", "describe", "extract_module", "manifest_kind", "open_layer",
-           "field", "strings"]
+           "field", "strings", "MAX_EXTENDED_HEADER", "EXTENDED_HEADER_WORK"]
+
+MAX_EXTENDED_HEADER = 64 * 1024  # legitimate ones hold a path, times, an xattr or two
+# ~5 s of CPU for the worst 64 KiB header; 10,000 headers of 200 bytes use a tenth of it
+EXTENDED_HEADER_WORK = MAX_EXTENDED_HEADER ** 2
+_EXTENDED = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global",
+             tarfile.SOLARIS_XHDTYPE: "Solaris pax", tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+             tarfile.GNUTYPE_LONGLINK: "GNU long-link"}
 
 
 @dataclass(frozen=True)
@@ -186,7 +200,7 @@ class UnpackBudget:
     must not buy minutes of CPU."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
+        self.limit, self.used, self.header_work = limit, 0, 0
 
     def charge(self, count: int) -> None:
         """Count `count` more unpacked bytes. Raises BlobTooLarge past the limit."""
@@ -194,6 +208,34 @@ class UnpackBudget:
         if self.used > self.limit:
             raise BlobTooLarge(f"layers unpack to more than {self.limit} bytes in all; "
                                "refused")
+
+    def charge_header(self, kind: str, size: int, where: str) -> None:
+        """Count an extended tar header of `size` bytes before tarfile reads it. Raises
+        ModuleError (a malformed image) over `MAX_EXTENDED_HEADER` or, in all,
+        `EXTENDED_HEADER_WORK`."""
+        if not 0 <= size <= MAX_EXTENDED_HEADER:  # base-256 sizes can be negative
+            raise ModuleError(f"{where}: a {kind} extended header of {size} bytes (at most "
+                              f"{MAX_EXTENDED_HEADER}); refused")
+        self.header_work += size * size
+        if self.header_work > EXTENDED_HEADER_WORK:
+            raise ModuleError(f"{where}: extended tar headers (pax, GNU long names) too many "
+                              "or too large in all; refused")
+
+
+def _guarded(budget: UnpackBudget, where: str) -> type[tarfile.TarInfo]:
+    """A TarInfo class for `tarfile.open(tarinfo=...)`: tarfile parses every header block
+    with `frombuf`, so each extended header is charged to `budget` before it is read."""
+
+    class Guarded(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+            info = super().frombuf(buf, encoding, errors)
+            kind = _EXTENDED.get(info.type)
+            if kind is not None:
+                budget.charge_header(kind, info.size, where)
+            return info
+
+    return Guarded
 
 
 class _Bounded(io.RawIOBase):
@@ -235,19 +277,23 @@ def open_layer(descriptor: dict[str, Any], path: Path) -> Iterator[io.BufferedIO
 def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
                    limit: int, budget: UnpackBudget | None = None) -> bytes:
     """The bytes of file `path` from the topmost layer holding it (tar or tar+gzip files,
-    at most `limit` unpacked bytes per layer, all of them charged to `budget`). A layer
-    listed again is not searched again: it did not hold the file the first time. Raises
-    ModuleError when no layer has it as a regular file, BlobTooLarge over a limit."""
+    at most `limit` unpacked bytes per layer, all of them and their extended headers
+    charged to `budget`). A layer listed again is not searched again: it did not hold the
+    file the first time. Raises ModuleError when no layer has it as a regular file or an
+    extended header is too large, BlobTooLarge over a limit."""
     wanted = path.lstrip("/").removeprefix("./")
     searched: set[object] = set()
+    if budget is None:
+        budget = UnpackBudget(limit * len(layers))
     for descriptor, blob in reversed(layers):
         if descriptor.get("digest") in searched:
             continue
         searched.add(descriptor.get("digest"))
+        guarded = _guarded(budget, f"layer {descriptor.get('digest')}")
         try:
             with open_layer(descriptor, blob) as raw, \
                     tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit, budget)),
-                                 mode="r|") as tar:
+                                 mode="r|", tarinfo=guarded) as tar:
                 for member in tar:
                     if member.name.lstrip("/").removeprefix("./") != wanted:
                         continue

@@ -1,11 +1,18 @@
 """`RegistryClient`: the distribution API v2 over HTTPS (plain HTTP only for hosts named
-insecure), with Bearer token and Basic auth. `httpx` is imported only here, lazily.
+insecure), with Bearer token and Basic auth. `httpx` is imported only here (and in `wire`,
+which this imports), lazily.
 
 Every transport error becomes a `RegistryUnavailable` naming the host; a 404 for a
 manifest is `ImageNotFound`; refused credentials are `RegistryAuthError`. A manifest,
 referrers index, tags list, token or small blob must arrive whole within
-`DOCUMENT_DEADLINE` seconds, and a layer within that plus its size at `MIN_BLOB_RATE`: the
-read timeout alone lets a registry trickle one byte per timeout for ever.
+`DOCUMENT_DEADLINE` seconds, and a layer within that plus its size at `MIN_BLOB_RATE`,
+counted from the request, headers and redirects included (`wire` keeps the sockets to it):
+the read timeout alone lets a registry trickle one byte per timeout for ever.
+
+Answers are read as sent: the client asks for `Accept-Encoding: identity` and refuses any
+answer with another `Content-Encoding` (a 298-byte answer encoded `gzip, gzip, gzip`
+decoded to 4 GB, past every size cap, which only saw decoded bytes). Redirects are
+followed here, their bodies never read, and `_body` is the one reader of every body.
 
 Credentials go only where the registry itself asks for them: a 401 from a host the
 registry redirected us to is refused (a CDN has no business asking for them), and a token
@@ -16,7 +23,9 @@ that is not an absolute http(s) URL is a `RegistryAuthError`, never a traceback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -39,14 +48,16 @@ if TYPE_CHECKING:
     import httpx
 
     from .store import Store
+    from .wire import ExchangeClock
 
 __all__ = ["RegistryClient", "Deadline", "insecure_hosts", "realm_may_get_credentials",
            "MAX_MANIFEST_BYTES", "MAX_TOKEN_BYTES", "DOCUMENT_DEADLINE", "MIN_BLOB_RATE"]
 
 MAX_MANIFEST_BYTES = 4 * 1024**2
 MAX_TOKEN_BYTES = 64 * 1024  # a token answer is a few KiB of JSON
-DOCUMENT_DEADLINE = 60.0  # seconds for one manifest or small blob, headers to last byte
+DOCUMENT_DEADLINE = 60.0  # seconds for one manifest or small blob, request to last byte
 MIN_BLOB_RATE = 256 * 1024  # bytes/s a layer must average (over DOCUMENT_DEADLINE's grace)
+MAX_REDIRECTS = 10
 _ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 
 
@@ -96,20 +107,48 @@ class Deadline:
         return cls(time.monotonic() + seconds, seconds)
 
 
+@dataclass(frozen=True)
+class _Window:
+    """A deadline an exchange runs under; `late` is its refusal when it bounds several
+    exchanges (a pull, a signature check), else the registry did not send in time."""
+
+    deadline: Deadline
+    late: str | None = None
+
+    def refusal(self, what: str, host: str) -> RegistryUnavailable:
+        return RegistryUnavailable(f"{what}: " + (self.late or (
+            f"registry {host} did not send it within {self.deadline.seconds:g} s; refused")))
+
+
+class _Late(Exception):
+    """A body chunk came after the exchange's deadline (`_during` names the refusal)."""
+
+
+class _Encoded(Exception):
+    """An answer with a Content-Encoding other than identity (`_during` names it)."""
+
+
 class RegistryClient:
     """A client for one registry host; `with` closes its connections."""
 
     def __init__(self, ref: Reference, insecure: frozenset[str] = frozenset(),
-                 timeout: float = 30.0, deadline: float = DOCUMENT_DEADLINE) -> None:
+                 timeout: float = 30.0, deadline: float | None = None) -> None:
         import httpx
 
-        self.deadline = deadline
+        from .wire import ExchangeClock, transport
+
+        self.deadline = DOCUMENT_DEADLINE if deadline is None else deadline
         self.host = ref.api_host
         self.scheme = "http" if ref.registry in insecure or self.host in insecure else "https"
         self._credentials: Credentials | None = find_credentials(ref.registry, ref.repository)
         self._tokens: dict[str, str] = {}
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0),
-                                  follow_redirects=True, trust_env=False)
+        self._clock: ExchangeClock = ExchangeClock()
+        self._windows: list[_Window] = []  # the deadlines running, outermost first
+        # Redirects are followed by `_follow`: httpx would read (and decode) their bodies.
+        self._http = httpx.Client(transport=transport(self._clock),
+                                  timeout=httpx.Timeout(timeout, connect=10.0),
+                                  headers={"Accept-Encoding": "identity"},
+                                  follow_redirects=False, trust_env=False)
 
     def close(self) -> None:
         """Close the connections (twice is harmless)."""
@@ -121,18 +160,28 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def within(self, deadline: Deadline, late: str) -> Iterator[None]:
+        """Every exchange inside the `with` also ends by `deadline`, refused then with
+        `late` ("the signature check did not finish within 120 s; refused")."""
+        self._windows.append(_Window(deadline, late))
+        try:
+            yield
+        finally:
+            self._windows.pop()
+
     # -- manifests ------------------------------------------------------------------
 
     def get_manifest(self, repo: str, selector: str, what: str) -> tuple[bytes, str, str | None]:
         """(body, media type, Docker-Content-Digest) of a manifest or index. Raises
         ImageNotFound, BlobTooLarge over 4 MiB, RegistryUnavailable."""
-        until = time.monotonic() + self.deadline
-        with self._stream("GET", repo, f"/v2/{repo}/manifests/{selector}", ("pull",),
-                          headers={"Accept": _ACCEPT}) as response:
+        with self._exchange(what, self.deadline, "GET", repo,
+                            f"/v2/{repo}/manifests/{selector}", ("pull",),
+                            headers={"Accept": _ACCEPT}) as response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{what}: not found in registry {self.host}")
             self._check(response, what)
-            body = b"".join(self._document(response, MAX_MANIFEST_BYTES, what, until))
+            body = b"".join(self._body(response, MAX_MANIFEST_BYTES, what))
             media_type = response.headers.get("content-type", "").split(";")[0].strip()
             return body, media_type, response.headers.get("docker-content-digest")
 
@@ -147,24 +196,23 @@ class RegistryClient:
     def referrers(self, repo: str, digest: str) -> bytes | None:
         """The referrers index of `digest` (the OCI 1.1 API), or None when the registry
         has no referrers API (then the `sha256-HEX` tag is the fallback)."""
-        until = time.monotonic() + self.deadline
-        with self._stream("GET", repo, f"/v2/{repo}/referrers/{digest}", ("pull",),
-                          headers={"Accept": INDEX_TYPES[0]}) as response:
+        what = f"referrers of {digest}"
+        with self._exchange(what, self.deadline, "GET", repo, f"/v2/{repo}/referrers/{digest}",
+                            ("pull",), headers={"Accept": INDEX_TYPES[0]}) as response:
             kind = response.headers.get("content-type", "").split(";")[0].strip()
             if response.status_code != 200 or kind != INDEX_TYPES[0]:
                 return None
-            return b"".join(self._document(response, MAX_MANIFEST_BYTES,
-                                           f"referrers of {digest}", until))
+            return b"".join(self._body(response, MAX_MANIFEST_BYTES, what))
 
     def get_blob(self, repo: str, digest: str, limit: int, what: str) -> bytes:
         """A small blob in memory, at most `limit` bytes and verified against `digest`.
         Raises ImageNotFound, BlobTooLarge, IntegrityError, RegistryUnavailable."""
-        until = time.monotonic() + self.deadline
-        with self._stream("GET", repo, f"/v2/{repo}/blobs/{digest}", ("pull",)) as response:
+        with self._exchange(f"{what} {digest}", self.deadline, "GET", repo,
+                            f"/v2/{repo}/blobs/{digest}", ("pull",)) as response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{what} {digest}: blob not found in {self.host}/{repo}")
             self._check(response, f"{what} {digest}")
-            data = b"".join(self._document(response, limit, what, until))
+            data = b"".join(self._body(response, limit, what))
         if sha256_digest(data) != digest:
             raise IntegrityError(f"{what} {digest}: content has digest "
                                  f"{sha256_digest(data)}; refused")
@@ -173,11 +221,11 @@ class RegistryClient:
     def tags(self, repo: str) -> list[str]:
         """The repository's tags (empty when it has none or the listing is refused)."""
         what = f"tags of {self.host}/{repo}"
-        until = time.monotonic() + self.deadline
-        with self._stream("GET", repo, f"/v2/{repo}/tags/list?n=1000", ("pull",)) as response:
+        with self._exchange(what, self.deadline, "GET", repo, f"/v2/{repo}/tags/list?n=1000",
+                            ("pull",)) as response:
             if response.status_code != 200:
                 return []
-            body = b"".join(self._document(response, MAX_MANIFEST_BYTES, what, until))
+            body = b"".join(self._body(response, MAX_MANIFEST_BYTES, what))
         document = _json_object(body)
         tags = document.get("tags") if document is not None else None
         return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
@@ -199,19 +247,17 @@ class RegistryClient:
             store.verified_path(digest)
             return digest
         allowed = self.deadline + max(0, size if size is not None else limit) / MIN_BLOB_RATE
-        until, late = time.monotonic() + allowed, None
-        if overall is not None and overall.until < until:
-            until, allowed = overall.until, overall.seconds
-            late = f"the pull did not finish within {overall.seconds:g} s; refused"
-            if time.monotonic() > until:
-                raise RegistryUnavailable(f"{what} {digest}: {late}")
-        with self._stream("GET", repo, f"/v2/{repo}/blobs/{digest}", ("pull",)) as response:
+        pull = None if overall is None else _Window(
+            overall, f"the pull did not finish within {overall.seconds:g} s; refused")
+        name = f"{what} {digest}"
+        with self._exchange(name, allowed, "GET", repo, f"/v2/{repo}/blobs/{digest}",
+                            ("pull",), overall=pull) as response:
             if response.status_code == 404:
                 raise ImageNotFound(f"{what} {digest}: blob not found in {self.host}/{repo}")
-            self._check(response, f"{what} {digest}")
-            chunks = self._timed(response.iter_bytes(), f"{what} {digest}", until, allowed,
-                                 late)
-            return store.put_stream(chunks, digest, size, limit, what)
+            self._check(response, name)
+            # the store bounds it by `limit`, with its own message
+            return store.put_stream(self._body(response, None, name), digest, size, limit,
+                                    what)
 
     def has_blob(self, repo: str, digest: str) -> bool:
         """Whether the registry already holds `digest` in `repo`."""
@@ -235,22 +281,65 @@ class RegistryClient:
 
     # -- transport ------------------------------------------------------------------
 
-    def _document(self, response: httpx.Response, limit: int, what: str,
-                  until: float) -> Iterator[bytes]:
-        """The body of a small document: at most `limit` bytes, all of it before the
-        monotonic time `until`. Raises BlobTooLarge, RegistryUnavailable."""
-        return self._timed(_bounded(response.iter_bytes(), limit, what), what, until,
-                           self.deadline)
-
-    def _timed(self, chunks: Iterator[bytes], what: str, until: float,
-               allowed: float, late: str | None = None) -> Iterator[bytes]:
-        """`chunks`, refused once the monotonic time passes `until` (`allowed` seconds
-        after the request began; `late` says so instead). Raises RegistryUnavailable."""
-        for chunk in chunks:
-            if time.monotonic() > until:
-                raise RegistryUnavailable(f"{what}: " + (late or (
-                    f"registry {self.host} did not send it within {allowed:g} s; refused")))
+    def _body(self, response: httpx.Response, limit: int | None,
+              what: str) -> Iterator[bytes]:
+        """The one reader of response bodies: the bytes as sent (`_follow` refused any
+        Content-Encoding, and nothing here decodes), at most `limit`, each chunk refused
+        once the exchange's deadline has passed (`_during` says so). Raises BlobTooLarge."""
+        total = 0
+        for chunk in response.iter_raw():
+            if time.monotonic() > self._clock.until:
+                raise _Late
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise BlobTooLarge(f"{what}: larger than {limit} bytes; refused")
             yield chunk
+
+    @contextlib.contextmanager
+    def _during(self, what: str, seconds: float,
+                overall: _Window | None = None) -> Iterator[None]:
+        """Run the `with` body (one exchange, or a token's inside one) within `seconds`,
+        and within every deadline already running and `overall`: the sockets are kept to
+        the earliest. Its httpx errors, a late body or an encoded answer become
+        RegistryUnavailable naming `what` (the deadline's refusal once it has passed)."""
+        import httpx
+
+        running = [*self._windows, _Window(Deadline.after(seconds)),
+                   *([overall] if overall is not None else [])]
+        first = min(running, key=lambda window: window.deadline.until)
+        saved, self._windows = self._windows, running
+        self._clock.until = first.deadline.until
+        try:
+            if time.monotonic() > first.deadline.until:
+                raise _Late
+            yield
+        except _Late:
+            raise first.refusal(what, self.host) from None
+        except _Encoded as exc:
+            raise RegistryUnavailable(f"{what}: registry {self.host} sent it with "
+                                      f"Content-Encoding {exc}; only identity is accepted "
+                                      "(Stockade does not decode answers); refused") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
+            if time.monotonic() >= first.deadline.until:
+                raise first.refusal(what, self.host) from None
+            raise self._unreachable(exc) from None
+        finally:
+            self._windows = saved
+            self._clock.until = min((window.deadline.until for window in saved),
+                                    default=math.inf)
+
+    @contextlib.contextmanager
+    def _exchange(self, what: str, seconds: float, method: str, repo: str, path: str,
+                  actions: tuple[str, ...], overall: _Window | None = None,
+                  **kwargs: Any) -> Iterator[httpx.Response]:
+        """One request (with its redirects and authentication) and its response, closed on
+        leaving, all within `seconds` (and `overall`); see `_during`."""
+        with self._during(what, seconds, overall):
+            response = self._open(method, repo, path, actions, kwargs)
+            try:
+                yield response
+            finally:
+                response.close()
 
     def _url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else \
@@ -259,22 +348,32 @@ class RegistryClient:
     def _send(self, method: str, repo: str, path: str, actions: tuple[str, ...],
               **kwargs: Any) -> httpx.Response:
         """A request whose answer (only its status and headers are used) is read through,
-        bounded like a document, so the connection can be reused."""
-        until = time.monotonic() + self.deadline
-        with self._stream(method, repo, path, actions, **kwargs) as response:
-            for _ in self._document(response, MAX_MANIFEST_BYTES,
-                                    f"answer to {method} {self.host}", until):
+        bounded like a document, so the connection can be reused. What it uploads goes at
+        `MIN_BLOB_RATE` at least."""
+        what = f"answer to {method} {self.host}"
+        allowed = self.deadline + len(kwargs.get("content") or b"") / MIN_BLOB_RATE
+        with self._exchange(what, allowed, method, repo, path, actions, **kwargs) as response:
+            for _ in self._body(response, MAX_MANIFEST_BYTES, what):
                 pass
             return response
 
-    def _stream(self, method: str, repo: str, path: str, actions: tuple[str, ...],
-                **kwargs: Any) -> _Exchange:
-        return _Exchange(self, method, repo, path, actions, kwargs)
+    def _follow(self, request: httpx.Request) -> httpx.Response:
+        """The answer to `request`, redirects followed without reading their bodies. Raises
+        `_Encoded` for an answer (redirects too) with a Content-Encoding but identity."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._http.send(request, stream=True)
+            encoding = response.headers.get("content-encoding", "")
+            if any(part.strip().lower() not in ("", "identity") for part in encoding.split(",")):
+                response.close()
+                raise _Encoded(shown(encoding))
+            if response.next_request is None:
+                return response
+            request = response.next_request
+            response.close()
+        raise RegistryUnavailable(f"{self.host}: more than {MAX_REDIRECTS} redirects; refused")
 
     def _open(self, method: str, repo: str, path: str, actions: tuple[str, ...],
               kwargs: dict[str, Any]) -> httpx.Response:
-        import httpx
-
         scope = f"repository:{repo}:{','.join(actions)}"
         for attempt in range(2):
             headers = dict(kwargs.get("headers") or {})
@@ -282,10 +381,7 @@ class RegistryClient:
                 headers["Authorization"] = self._tokens[scope]
             request = self._http.build_request(method, self._url(path), headers=headers,
                                                content=kwargs.get("content"))
-            try:
-                response = self._http.send(request, stream=True)
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                raise self._unreachable(exc) from None
+            response = self._follow(request)
             if response.status_code != 401 or attempt == 1:
                 return response
             challenge = response.headers.get("www-authenticate", "")
@@ -336,23 +432,26 @@ class RegistryClient:
     def _token_answer(self, realm: str, query: dict[str, str],
                       creds: Credentials | None) -> bytes:
         """The token service's answer: at most `MAX_TOKEN_BYTES`, within the document
-        deadline. Raises RegistryAuthError, RegistryUnavailable."""
-        import httpx
-
+        deadline (and the exchange's). Raises RegistryAuthError, RegistryUnavailable."""
         what = f"{self.host}: token service"
-        until = time.monotonic() + self.deadline
+        headers = {}
+        if creds:  # as httpx.BasicAuth; a redirect elsewhere drops it, as httpx does
+            pair = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {pair}"
         try:
-            auth = httpx.BasicAuth(*creds) if creds else None
-            with self._http.stream("GET", realm, params=query, auth=auth) as response:
-                if response.status_code != 200:
-                    raise RegistryAuthError(f"{what} refused us (HTTP "
-                                            f"{response.status_code})")
-                return b"".join(self._document(response, MAX_TOKEN_BYTES, what, until))
+            with self._during(what, self.deadline):
+                response = self._follow(self._http.build_request("GET", realm, params=query,
+                                                                 headers=headers))
+                try:
+                    if response.status_code != 200:
+                        raise RegistryAuthError(f"{what} refused us (HTTP "
+                                                f"{response.status_code})")
+                    return b"".join(self._body(response, MAX_TOKEN_BYTES, what))
+                finally:
+                    response.close()
         except BlobTooLarge:
             raise RegistryAuthError(f"{what} answered more than {MAX_TOKEN_BYTES} bytes; "
                                     "refused") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
-            raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: Exception) -> RegistryUnavailable:
         hint = ""
@@ -373,29 +472,6 @@ class RegistryClient:
         raise RegistryUnavailable(f"{what}: registry {self.host} answered HTTP {status}")
 
 
-class _Exchange:
-    """One request whose response is closed on leaving the `with`."""
-
-    def __init__(self, client: RegistryClient, method: str, repo: str, path: str,
-                 actions: tuple[str, ...], kwargs: dict[str, Any]) -> None:
-        self._args = (method, repo, path, actions, kwargs)
-        self._client = client
-        self._response: httpx.Response | None = None
-
-    def __enter__(self) -> httpx.Response:
-        self._response = self._client._open(*self._args)
-        return self._response
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:
-        import httpx
-
-        if self._response is not None:
-            self._response.close()
-        if isinstance(exc, httpx.HTTPError):
-            raise self._client._unreachable(exc) from None
-
-
 def _json_object(body: bytes) -> dict[str, Any] | None:
     """`body` as a JSON object, or None (not JSON, not an object, nested too deep)."""
     try:
@@ -404,11 +480,3 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
         return None
     return value if isinstance(value, dict) else None
 
-
-def _bounded(chunks: Iterator[bytes], limit: int, what: str) -> Iterator[bytes]:
-    total = 0
-    for chunk in chunks:
-        total += len(chunk)
-        if total > limit:
-            raise BlobTooLarge(f"{what}: larger than {limit} bytes; refused")
-        yield chunk

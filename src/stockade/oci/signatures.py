@@ -12,7 +12,8 @@
 exactly that digest. Everything read is bounded: at most `MAX_SIGNATURES` layers and
 `MAX_REFERRERS` referrers looked at, payloads of `MAX_PAYLOAD` and bundles of `MAX_BUNDLE`
 bytes (declared sizes over them are refused without downloading), each blob checked
-against its digest.
+against its digest, and the whole check done within `VERIFY_DEADLINE` (each document's
+own deadline alone let 64 payloads and 256 referrers take hours).
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ from .errors import BlobTooLarge, ImageNotFound, IntegrityError
 from .image import parse_json
 from .media import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, sha256_digest
 from .reference import Reference
-from .registry import RegistryClient
+from .registry import Deadline, RegistryClient
 from .transfer import fetch_manifest
 
 __all__ = ["SignedImage", "ImageVerification", "sign_image", "verify_image", "signature_tag",
-           "referrers_tag", "MAX_SIGNATURES", "MAX_REFERRERS", "MAX_PAYLOAD", "MAX_BUNDLE"]
+           "referrers_tag", "MAX_SIGNATURES", "MAX_REFERRERS", "MAX_PAYLOAD", "MAX_BUNDLE",
+           "VERIFY_DEADLINE"]
 
 MAX_SIGNATURES = 64
 MAX_REFERRERS = 256
 MAX_PAYLOAD = 64 * 1024
 MAX_BUNDLE = 1024 * 1024
+VERIFY_DEADLINE = 120.0  # seconds for all of `verify_image`: two documents' deadlines
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY = b"{}"
 _ZERO_TIME = "0001-01-01T00:00:00Z"  # fixed: the same signatures, the same config
@@ -223,8 +226,11 @@ def verify_image(ref: Reference, keys: Sequence[ImageKey],
                  ) -> ImageVerification:
     """Check the signatures of image `digest` (default: what `ref` resolves to now) in
     `ref`'s repository against `keys`. Raises RegistryUnavailable, ImageNotFound for the
-    image itself; anything wrong with a signature is a refusal in the result."""
-    with RegistryClient(ref, insecure) as client:
+    image itself; anything wrong with a signature is a refusal in the result, but the
+    check not done within `VERIFY_DEADLINE` is RegistryUnavailable."""
+    late = f"the signature check did not finish within {VERIFY_DEADLINE:g} s; refused"
+    with RegistryClient(ref, insecure) as client, \
+            client.within(Deadline.after(VERIFY_DEADLINE), late):
         if digest is None:
             body, _ = fetch_manifest(client, ref, ref.selector, ref.digest)
             digest = sha256_digest(body)
