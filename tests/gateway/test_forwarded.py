@@ -4,6 +4,9 @@ and very long headers."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 import pytest
 
 from stockade.errors import PolicyError
@@ -63,3 +66,21 @@ def test_trusted_proxies_in_the_manifest() -> None:
                 ["10.0.0.1/8"], ["0.0.0.0/0"], ["::/0"], ["::ffff:0.0.0.0/96"]):
         with pytest.raises(PolicyError, match="server.trusted_proxies"):
             parse_server({"trusted_proxies": bad}, "m.toml")
+
+
+def test_long_forwarding_entries_are_not_remembered() -> None:
+    # A trusted proxy passing on what a client wrote as the last hop: 60 KB entries,
+    # each kept as a key of the address cache (1,024 of them: 60 MB per worker).
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(200):
+            hop = f"{index:08d}" + "1" * 60_000
+            assert PROXIES.client("10.1.2.3", xff(hop)) == "10.1.2.3"
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 120_000, kept  # it kept 200 x 60 KB
+    assert PROXIES.client("10.1.2.3", xff("[2001:db8::1]:65535")) == "2001:db8::1"

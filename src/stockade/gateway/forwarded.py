@@ -60,11 +60,20 @@ def parse_networks(value: object) -> tuple[str, ...]:
     return tuple(network.compressed for network in networks)
 
 
-@lru_cache(maxsize=1024)
+# Longer than any address with a port: `[` IPv6 with an IPv4 tail and a 16-byte zone `]:65535`.
+_LONGEST_ADDRESS = 80
+
+
 def _address(text: str) -> _Address | None:
     """An address as a peer or a forwarding entry writes it (`1.2.3.4`, `1.2.3.4:80`,
     `[2001:db8::1]:80`, `::ffff:1.2.3.4`), IPv4-mapped and NAT64 ones as IPv4; None
-    otherwise."""
+    otherwise. Longer text is no address, and is not remembered: a forwarding entry a
+    client wrote could be most of a 64 KiB head (found by review)."""
+    return None if len(text) > _LONGEST_ADDRESS else _parsed_address(text)
+
+
+@lru_cache(maxsize=1024)
+def _parsed_address(text: str) -> _Address | None:
     if text.startswith("["):
         text = text[1:text.find("]")] if "]" in text else ""
     elif text.count(":") == 1:
