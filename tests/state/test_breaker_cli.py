@@ -13,6 +13,7 @@ import pytest
 
 from stockade.state import GateSpec, LocalState, Quota, StateSettings
 from stockade.state.errors import BreakerOpen
+from stockade.state.keys import TenantKeys
 from stockade.state.redisstate import RedisState
 from stockade.telemetry.breaker import BreakerConfig
 from tests.conftest import stockade
@@ -133,3 +134,22 @@ def test_a_local_or_broken_manifest(tmp_path: Path) -> None:
     assert done.returncode == 125 and b"credentials do not belong" in done.stderr
     missing = stockade("breaker", "reset", "--all", "-c", str(tmp_path / "none.toml"))
     assert missing.returncode == 125 and b"manifest not found" in missing.stderr
+
+
+def test_a_breaker_with_a_bad_field_is_listed_and_reset(redis_server: RedisServer,
+                                                        tmp_path: Path) -> None:
+    # One non-numeric field (a stray write) made `list` and `reset` fail for every
+    # breaker, so the broken one could not be reset from here (found by review).
+    path = manifest(tmp_path, redis_server.url)
+    keys = TenantKeys.of("alpha", "-", "function:ahello")
+    redis_server.client().hset(keys.breaker, mapping={
+        "key": "function:ahello", "tenant": "alpha", "state": "open", "trips": "x",
+        "updated": "1", "until": "soon"})
+    listed = stockade("breaker", "list", "--json", "--config", str(path))
+    assert listed.returncode == 0, listed.stderr.decode()
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["key"] == "function:ahello" and row["trips"] == 0
+    reset = stockade("breaker", "reset", "function:ahello", "--tenant", "alpha",
+                     "-c", str(path))
+    assert reset.returncode == 0, reset.stderr.decode()
+    assert not redis_server.client().exists(keys.breaker)

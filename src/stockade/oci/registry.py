@@ -374,12 +374,18 @@ class RegistryClient:
 
     def _open(self, method: str, repo: str, path: str, actions: tuple[str, ...],
               kwargs: dict[str, Any]) -> httpx.Response:
+        import httpx
+
         scope = f"repository:{repo}:{','.join(actions)}"
+        url = self._url(path)
+        # An upload's Location may name another host: credentials go to the registry only
+        # (`oci push` sent them, Basic ones too, to whatever host the session named).
+        own = self._own(httpx.URL(url))
         for attempt in range(2):
             headers = dict(kwargs.get("headers") or {})
-            if scope in self._tokens:
+            if scope in self._tokens and own:
                 headers["Authorization"] = self._tokens[scope]
-            request = self._http.build_request(method, self._url(path), headers=headers,
+            request = self._http.build_request(method, url, headers=headers,
                                                content=kwargs.get("content"))
             response = self._follow(request)
             if response.status_code != 401 or attempt == 1:
@@ -393,14 +399,18 @@ class RegistryClient:
     def _refuse_foreign_challenge(self, url: httpx.URL) -> None:
         """A 401 from anywhere but the registry (a redirect target) is answered with
         nothing: its realm would get the registry's credentials. Raises RegistryAuthError."""
-        import httpx
-
-        own = httpx.URL(self._url("/v2/"))
-        if (url.scheme, url.netloc) != (own.scheme, own.netloc):
+        if not self._own(url):
             other = url.netloc.decode("ascii", "replace")
             raise RegistryAuthError(f"{self.host}: {other} (where the registry redirected "
                                     "us) asks for authentication; registry credentials go "
                                     f"only to {self.host}; refused")
+
+    def _own(self, url: httpx.URL) -> bool:
+        """Whether `url` is the registry's own (scheme, host and port)."""
+        import httpx
+
+        own = httpx.URL(self._url("/v2/"))
+        return (url.scheme, url.netloc) == (own.scheme, own.netloc)
 
     def _authenticate(self, challenge: str, scope: str) -> None:
         scheme, params = parse_challenge(challenge)
@@ -427,6 +437,9 @@ class RegistryClient:
         token = (document.get("token") or document.get("access_token")) if document else None
         if not isinstance(token, str) or not token:
             raise RegistryAuthError(f"{self.host}: token service answered without a token")
+        if not (token.isascii() and token.isprintable()):  # it goes in a header as it is
+            raise RegistryAuthError(f"{self.host}: token service answered an unusable token "
+                                    "(not printable ASCII); refused")
         self._tokens[scope] = f"Bearer {token}"
 
     def _token_answer(self, realm: str, query: dict[str, str],

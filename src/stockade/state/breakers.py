@@ -10,6 +10,7 @@ within `REFUSAL_CACHE`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import redis
@@ -24,8 +25,17 @@ __all__ = ["SharedBreakers", "breaker_entries", "reset_breakers"]
 
 
 def _float(fields: Mapping[str, str], name: str) -> float | None:
-    value = fields.get(name) or ""
-    return float(value) if value else None
+    """A stored number, None when missing or not one: one bad field (a stray write) made
+    `breaker list` and `reset` fail for every breaker, that one included (review)."""
+    try:
+        return float(fields.get(name) or "")
+    except ValueError:
+        return None
+
+
+def _int(fields: Mapping[str, str], name: str) -> int:
+    number = _float(fields, name)
+    return int(number) if number is not None and math.isfinite(number) else 0
 
 
 def breaker_entries(client: redis.Redis, window: float,
@@ -47,8 +57,8 @@ def breaker_entries(client: redis.Redis, window: float,
         found.append(BreakerEntry(
             fields.get("key", ""), fields.get("tenant") or None,
             fields.get("state", "closed"), int(violations), _float(fields, "opened_at"),
-            _float(fields, "until"), int(fields.get("trips", 0)),
-            _float(fields, "updated") or 0.0, int(fields.get("denied", 0))))
+            _float(fields, "until"), _int(fields, "trips"),
+            _float(fields, "updated") or 0.0, _int(fields, "denied")))
     return sorted(found, key=lambda entry: entry.updated, reverse=True)
 
 
@@ -86,7 +96,7 @@ class SharedBreakers:
         """Every shared breaker, most recently changed first. Raises StateUnavailable."""
         try:
             return breaker_entries(self.client, self.window, self.prefix)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, ValueError, TypeError) as exc:  # a bad reply too
             raise self._unavailable(exc) from None
 
     def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
@@ -94,7 +104,7 @@ class SharedBreakers:
         StateUnavailable."""
         try:
             return reset_breakers(self.client, self.window, key, tenant, self.prefix)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, ValueError, TypeError) as exc:  # a bad reply too
             raise self._unavailable(exc) from None
 
     def close(self) -> None:
