@@ -936,6 +936,47 @@ def test_a_sparse_member_is_refused_before_its_map_is_read(
     assert "\n" not in caught.value.message
 
 
+def _sized_layer(size_field: str | None = None, base256: int | None = None,
+                 module_size: str | None = None) -> bytes:
+    """A tar+gzip layer: a data-less member whose size says `size_field` (a pax record)
+    or `base256` (GNU's binary size field), then the module, its own size `module_size`
+    when given (a pax record)."""
+    def pax(size: str) -> bytes:
+        header = tarfile.TarInfo()
+        header.pax_headers = {"size": size}
+        return header.tobuf(format=tarfile.PAX_FORMAT)[:-512]  # the pax header alone
+
+    junk = bytearray(tarfile.TarInfo("junk").tobuf(format=tarfile.GNU_FORMAT))
+    if base256 is not None:
+        junk[124:136] = b"\x80" + base256.to_bytes(11, "big")
+        junk[148:156] = b"        "
+        junk[148:156] = b"%06o\0 " % sum(junk)
+    body = (pax(size_field) if size_field else b"") + bytes(junk) if size_field or base256 \
+        else b""
+    module = tar_layer("app.wasm", WASM)
+    if module_size is not None:
+        module = pax(module_size) + module
+    return gzip.compress(body + module, 9)
+
+
+@pytest.mark.parametrize(("layer", "error"), [
+    (_sized_layer(size_field=str(10**18)), BlobTooLarge),
+    (_sized_layer(base256=2**80), BlobTooLarge),
+    (_sized_layer(module_size="-5"), ModuleError),
+], ids=["pax-size", "base-256-size", "negative-module-size"])
+def test_a_member_size_no_layer_holds_is_refused_at_once(
+        layer: bytes, error: type[StockadeError], serve: Callable[[], Server],
+        tmp_path: Path) -> None:
+    # tarfile seeks past a member a read per 10 KiB of its size, none charged once the
+    # data has run out: a 63-byte layer spun for ever; a negative size made the module
+    # empty, pulled as a success (found by review)
+    registry = serve()
+    _gzip_image(registry, "sized", layer)
+    with pytest.raises(error) as caught:
+        pull_from(registry, "sized", tmp_path)
+    assert type(caught.value) is error and "\n" not in caught.value.message
+
+
 def test_many_extended_tar_headers_are_bounded_in_all(serve: Callable[[], Server],
                                                       tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,13 +13,16 @@ ends a run above the pool's memory limit is killed and replaced in the backgroun
 run that caused it gets `memory_limit`, `timeout` or `error`. Each process has its own
 cgroup (memory, one core, tasks) when this machine has one.
 
-A pool serving several tenants' functions gives each its first process before any
-tenant a second (`_may_take`): a tenant already holding one takes another only while as
-many stay idle as there are other tenants of the pool holding none. A tenant whose runs
-sleep just under their timeout, within its own concurrency quota, held every process,
-and every other tenant's run waited out its timeout for a 503 (found by review). With
-more tenants than processes, some still wait (start-up warns); tenants that must not
-share at all belong in cordons of their own.
+A pool serving several tenants' functions keeps one of its processes from any single
+tenant (`tenant_share`, all but one), and a tenant waiting for its first process comes
+before one waiting for another (`_may_take`). A tenant whose runs sleep just under their
+timeout, within its own concurrency quota, held every process, and every other
+tenant's run waited out its timeout for a 503 (found by review); keeping processes idle
+for every tenant holding none, whether it asked or not, served a busy tenant one at a
+time beside idle processes (the next review). Runs are not preempted: tenants that
+together hold the pool (two with two processes; one with one) make the others wait for
+a run to end, and start-up warns of such a cordon; tenants that must not share at all
+belong in cordons of their own.
 """
 
 from __future__ import annotations
@@ -84,12 +87,14 @@ class WorkerPool:
                         if cgroups else None)
         self._reply_limit = 2 * max(s.policy.limits.max_output for s in self.specs) \
             + _REPLY_OVERHEAD
-        self.tenants = frozenset(spec.tenant for spec in self.specs)
-        if len(self.tenants) > size:
-            logger.warning("cordon %s: %d tenants share %d pool workers: while each holds "
-                           "one, another's runs wait; give tenants their own cordon or "
-                           "raise pool_workers", cordon, len(self.tenants), size)
+        tenants = {spec.tenant for spec in self.specs}
+        self.tenant_share = size if len(tenants) < 2 else max(1, size - 1)
+        if len(tenants) > 1 and (size < 2 or len(tenants) > size):
+            logger.warning("cordon %s: %d tenants share %d pool workers: while some hold "
+                           "them all, the others' runs wait; give tenants their own cordon "
+                           "or raise pool_workers", cordon, len(tenants), size)
         self._held: dict[str | None, int] = {}  # tenant -> processes its runs hold
+        self._waiting: dict[str | None, int] = {}  # tenant -> its runs waiting for one
         self._idle: list[WorkerProcess] = []
         self._all: set[WorkerProcess] = set()
         self._starting = 0
@@ -151,16 +156,20 @@ class WorkerPool:
         """An idle process for a run of `tenant`'s, counted as held by it (`_let_go`)."""
         with self._cond:
             while True:
-                while not self._may_take(tenant):
-                    if self._closed:
-                        raise Unavailable("the server is shutting down", 1.0,
-                                          reason="draining")
-                    if not self._all and not self._starting:
-                        self._replace_later()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise Unavailable(self._busy(tenant), 1.0, reason="pool")
-                    self._cond.wait(remaining)
+                self._waiting[tenant] = self._waiting.get(tenant, 0) + 1
+                try:
+                    while not self._may_take(tenant):
+                        if self._closed:
+                            raise Unavailable("the server is shutting down", 1.0,
+                                              reason="draining")
+                        if not self._all and not self._starting:
+                            self._replace_later()
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise Unavailable(self._busy(tenant), 1.0, reason="pool")
+                        self._cond.wait(remaining)
+                finally:
+                    self._count_down(self._waiting, tenant)
                 worker = self._idle.pop()
                 if worker.alive:
                     self._held[tenant] = self._held.get(tenant, 0) + 1
@@ -172,32 +181,42 @@ class WorkerPool:
 
     def _may_take(self, tenant: str | None) -> bool:
         """Whether a run of `tenant`'s may take an idle process now (with the condition
-        held): its first always, another only leaving one idle for each other tenant
-        holding none."""
+        held): its first always; another within `tenant_share`, leaving one idle for
+        each other tenant waiting for its first."""
         idle = len(self._idle)
-        if not idle or not self._held.get(tenant, 0):
+        held = self._held.get(tenant, 0)
+        if not idle or not held:
             return idle > 0
-        waiting_for_first = sum(1 for other in self.tenants
-                                if other != tenant and not self._held.get(other, 0))
-        return idle - 1 >= waiting_for_first
+        if held >= self.tenant_share:
+            return False
+        first = sum(1 for other, runs in self._waiting.items()
+                    if runs and other != tenant and not self._held.get(other, 0))
+        return idle - 1 >= first
 
     def _busy(self, tenant: str | None) -> str:
         """Why a run of `tenant`'s found no process (with the condition held)."""
         held = self._held.get(tenant, 0)
-        if self._idle and held:
+        if held >= self.tenant_share and self.tenant_share < self.size:
             return (f"cordon {self.cordon}: tenant {tenant}'s runs hold {held} of its "
-                    f"{self.size} pool workers; the idle ones are kept for tenants "
-                    "holding none")
+                    f"{self.size} pool workers, as many as one tenant may while others "
+                    "share them")
+        if self._idle and held:
+            return (f"cordon {self.cordon}: the idle pool workers went to tenants waiting "
+                    "for their first")
         return f"cordon {self.cordon}: all {self.size} pool workers are busy"
+
+    @staticmethod
+    def _count_down(counts: dict[str | None, int], tenant: str | None) -> None:
+        left = counts.get(tenant, 0) - 1
+        if left > 0:
+            counts[tenant] = left
+        else:
+            counts.pop(tenant, None)
 
     def _let_go(self, tenant: str | None) -> None:
         """A run of `tenant`'s no longer holds its process (given back or retired)."""
         with self._cond:
-            held = self._held.get(tenant, 0) - 1
-            if held > 0:
-                self._held[tenant] = held
-            else:
-                self._held.pop(tenant, None)
+            self._count_down(self._held, tenant)
             self._cond.notify_all()
 
     def _give_back(self, worker: WorkerProcess) -> None:

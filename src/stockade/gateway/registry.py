@@ -77,21 +77,25 @@ def ambiguous_path(path: str, raw: bytes) -> str | None:
         return "the request path has a dot segment (/./ or /../): send it normalised"
     if b"%" in raw and b"%2f" in raw.lower():
         return "the request path has an encoded slash (%2F)"
+    if "//" in path:  # `/p//q` routes to `/p` here, to `/p/q` past a proxy merging slashes
+        return "the request path has an empty segment (//): send it normalised"
     return None
 
 
 def encoded_route(route: str, raw: bytes) -> str | None:
     """Why a request routed to the function at prefix `route` may reach it past a proxy's
-    rule for that prefix, or None: the prefix not sent as its canonical form, the route
-    with only what must be percent-encoded encoded (`/%65cho` for `/echo`, `/%63af%C3%A9`
-    for `/café`), which routes here decoded while a proxy matching the path as sent sees
-    another path (found by review). Hex digits' case is free."""
-    if not raw or raw.startswith(route.encode()):
+    rule for that prefix, or None: the prefix not sent in its one canonical form, the
+    route with only what must be percent-encoded encoded (`/%65cho` for `/echo`,
+    `/%63af%C3%A9` for `/café`, `/a|b` for `/a%7Cb`), which routes here decoded while a
+    proxy matching the path as sent sees another path (found by review). Hex digits'
+    case is free."""
+    if not raw:
         return None
     canonical = _canonical(route)
     if raw[:len(canonical)].lower() == canonical:
         return None
-    return "the request path percent-encodes its function's route: send the route as is"
+    return ("the request path does not send its function's route as is (percent-encoded "
+            "only where a path must be)")
 
 
 @functools.lru_cache(maxsize=1024)  # routes come from the manifest

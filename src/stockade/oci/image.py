@@ -303,13 +303,22 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
                     tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit, budget)),
                                  mode="r|", tarinfo=guarded) as tar:
                 for member in tar:
-                    if member.name.lstrip("/").removeprefix("./") != wanted:
+                    found = member.name.lstrip("/").removeprefix("./") == wanted
+                    # Any member's size, before tarfile seeks past it: a read per 10 KiB
+                    # of it, none charged once the data has run out (2**80 bytes in a
+                    # 63-byte layer spun for ever; -5 made the module empty; review).
+                    if member.size < 0:
+                        raise ModuleError(f"layer {descriptor.get('digest')}: a member of "
+                                          f"{member.size} bytes; refused")
+                    if member.size > limit:
+                        raise BlobTooLarge(
+                            f"{path}: {member.size} bytes, over the module limit of {limit}"
+                            if found else f"layer {descriptor.get('digest')}: a member of "
+                            f"{member.size} bytes, more than a layer may unpack to; refused")
+                    if not found:
                         continue
                     if not member.isfile():
                         raise ModuleError(f"{path}: not a regular file in the image")
-                    if member.size > limit:
-                        raise BlobTooLarge(f"{path}: {member.size} bytes, over the module "
-                                           f"limit of {limit}")
                     handle = tar.extractfile(member)
                     if handle is None:
                         raise ModuleError(f"{path}: not readable in the image")
