@@ -72,12 +72,45 @@ def test_a_c_api_worker_never_imports_wasmtime_py_nor_anything_late(grant: Path)
         kind, payload = _serve(worker, guest("attacks/disk_write.wasm").read_bytes(),
                                ("1024",))
         assert kind == "result" and payload["outcome"] == "disk_quota", payload
+        for refused in _REFUSED:  # left to wasmtime-py, or refused here
+            kind, payload = _serve(worker, refused)
+            assert kind in ("error", "fallback"), (kind, payload)
         worker.send(("probe",))
         kind, found = worker.receive(time.monotonic() + 30, 1 << 20)
     finally:
         worker.close()
     assert kind == "probed" and "error" not in found, found
     assert found == {"wasmtime": [], "late": []}
+
+
+# A module only Wasm GC allows (its refusal asks whether the GC engine accepts it) and
+# one no engine accepts.
+_REFUSED = (b'(module (rec (type (func))) (func (export "_start")))',
+            b'(module (func (export "_start") (result i32) (i64.const 1)))')
+
+
+def test_a_wasmtime_py_worker_compiles_and_refuses_with_nothing_late(tmp_path: Path) -> None:
+    # Its compiles (nothing cached here) and refusals import nothing once confined: an
+    # import left to the first refusal failed in every checkout under /tmp, which the
+    # worker's confinement hides (125, not 126).
+    policy = Policy.from_profile("strict")
+    config = IsolationConfig()
+    plan = dataclasses.replace(plan_for(policy, config), probe=_PROBE, backend="wasmtime")
+    worker = WorkerProcess(plan, cgroup_limits_for(policy, config), sys.executable)
+    try:
+        worker.wait_ready(config.start_timeout)
+        assert worker.ready["backend"] == "wasmtime"
+        kind, payload = _serve(worker, b'(module (func (export "_start")) (memory 1))')
+        assert kind == "result" and payload["outcome"] == "exited", payload
+        for refused in _REFUSED:
+            kind, payload = _serve(worker, refused)
+            assert kind == "error", (kind, payload)
+        worker.send(("probe",))
+        kind, found = worker.receive(time.monotonic() + 30, 1 << 20)
+    finally:
+        worker.close()
+    assert kind == "probed" and "error" not in found, found
+    assert found["late"] == [], found
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,11 @@ from ..errors import ModuleError, StockadeError
 from ..paths import import_path
 from ..policy.units import format_size
 
+# Imported with this module, not when a module is refused: an isolated worker compiles
+# after its confinement hides the installation (a fresh checkout under /tmp: every
+# isolated compile failed, 125).
+from .validity import needs_gc
+
 if TYPE_CHECKING:
     import wasmtime
 
@@ -107,7 +112,6 @@ def compile_checked(engine: wasmtime.Engine, wasm: bytes, name: str,
     import wasmtime
 
     from .traps import invalid_module
-    from .validity import needs_gc
 
     def validate(code: bytes) -> None:
         try:
