@@ -229,6 +229,22 @@ def test_credentials_are_not_sent_to_the_host_an_upload_session_names(
     assert any(auth and auth.startswith("Basic ") for _, _, auth in registry.seen)
 
 
+@pytest.mark.parametrize("location", ["session1", "/v2/app/blobs/uploads/session1",
+                                      "./session1"])
+def test_an_upload_location_is_relative_to_its_request(
+        serve: Callable[[], Server], location: str) -> None:
+    # `session1` was glued to the host (`127.0.0.1:5000` + `0/x` named port 50000)
+    registry = serve()
+    data = b"blob bytes"
+    registry.routes["/v2/app/blobs/uploads/"] = (202, {"Location": location}, b"")
+    registry.routes["/v2/app/blobs/uploads/session1"] = (201, {}, b"")
+    with RegistryClient(parse_reference(f"{registry.host}/app:1"),
+                        frozenset({registry.host})) as client:
+        client.upload_blob("app", sha(data), data)
+    assert ("PUT", f"/v2/app/blobs/uploads/session1?digest={sha(data).replace(':', '%3A')}",
+            None) in registry.seen
+
+
 def test_a_token_that_cannot_go_in_a_header_is_refused(
         serve: Callable[[], Server], tmp_path: Path) -> None:
     registry, tokens = serve(), serve()

@@ -109,8 +109,9 @@ def hostile_store() -> Iterator[Callable[[Answer], str]]:
     _once(b"*-1\r\n"),
     _once(b":1\r\n"),
     _once(b"*3\r\n$4\r\nrate\r\n:1\r\n$1\r\n1\r\n"),
+    _once(b"*1\r\n" * 100_000 + b":1\r\n"),
 ], ids=["trickle", "huge-bulk", "huge-array", "endless-line", "short", "nil", "integer",
-        "not-text"])
+        "not-text", "deep"])
 def test_a_hostile_store_is_unavailable_within_its_timeout(
         hostile_store: Callable[[Answer], str], answer: Answer) -> None:
     url = hostile_store(answer)

@@ -273,6 +273,9 @@ class RegistryClient:
         location = response.headers.get("location")
         if not location:
             raise RegistryUnavailable(f"{self.host}: upload session without a Location")
+        # Relative to the request, as RFC 9110 reads a Location (`uploads/x` was glued to
+        # the host: `localhost:5000` and `0/x` made port 50000).
+        location = str(response.url.join(location))
         separator = "&" if "?" in location else "?"
         url = f"{location}{separator}{urlencode({'digest': digest})}"
         response = self._send("PUT", repo, url, ("pull", "push"), content=data,

@@ -154,7 +154,7 @@ class RedisState(StateBackend):
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise RoundTripFailed(f"shared state {self.where} is unreachable") from None
-        except redis.RedisError as exc:
+        except (redis.RedisError, RecursionError) as exc:  # a reply nested past the stack
             self._script_failed(exc)
         if self._retry_at:
             self._came_back()
