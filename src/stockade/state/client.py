@@ -79,26 +79,35 @@ class _Bounded:
         self._sock.sendall(data, *flags)
 
     def recv(self, size: int, *flags: int) -> bytes:
-        self._before()
-        data: bytes = self._sock.recv(size, *flags)
+        cut = self._before()
+        try:
+            data: bytes = self._sock.recv(size, *flags)
+        finally:
+            if cut:
+                self._sock.settimeout(self._requested)
         self._count(len(data))
         return data
 
     def recv_into(self, buffer: Any, size: int = 0, *flags: int) -> int:
-        self._before()
-        count: int = self._sock.recv_into(buffer, size, *flags)
+        cut = self._before()
+        try:
+            count: int = self._sock.recv_into(buffer, size, *flags)
+        finally:
+            if cut:
+                self._sock.settimeout(self._requested)
         self._count(count)
         return count
 
-    def _before(self) -> None:
+    def _before(self) -> bool:
         """Wait no longer than what is left of the reply's time (a caller's poll, a
-        timeout of 0, stays one)."""
+        timeout of 0, stays one); whether the socket's timeout was cut for this read."""
         if self._requested == 0 or self._deadline == float("inf"):
-            return
+            return False
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"no whole reply within {self._timeout:g} s")
         self._sock.settimeout(left if self._requested is None else min(left, self._requested))
+        return True
 
     def _count(self, count: int) -> None:
         self._left -= count
