@@ -151,7 +151,9 @@ def test_a_fuel_budget_keeps_epochs_in_the_worker() -> None:
     sandbox = IsolatedSandbox(policy, config=IsolationConfig(grace=GRACE))
     with sandbox:
         result = sandbox.run(guest("spin_loop.wasm"))
-        assert result.outcome is Outcome.TIMEOUT
+        # Either limit may end the spin first: strict's fuel lasts about as long as the
+        # timeout, and a fast moment spends it first (seen in a fresh-clone run).
+        assert result.outcome in (Outcome.TIMEOUT, Outcome.FUEL_EXHAUSTED)
         assert result.usage.fuel_consumed is not None
         assert not sandbox._plan.process_deadline  # fuel_consumed needs the store
 
