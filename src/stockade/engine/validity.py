@@ -7,14 +7,18 @@ when the default engine refuses it and the same engine with both proposals accep
 type and tag sections alone missed modules using `anyref`, `i31ref`, `exnref`, a bottom
 type or a tagless `try_table`; matching wasmtime's messages missed a recursion group
 ("rec group usage requires `gc` proposal"). Validating decodes every body but compiles
-and runs nothing; wasmtime bounds every count itself. Through wasmtime-py; the fast path
-asks the same of the C API (`fastpath._engine.validates`), since a confined worker on it
-cannot import wasmtime-py once it runs.
+and runs nothing; wasmtime bounds every count itself. One implementation, through the
+C API (`fastpath._engine.refusal`), for every caller: a confined worker cannot import
+wasmtime-py once it runs, and this module is imported with the compiler.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from .config import EngineConfig
+from .fastpath._engine import needs_gc, refusal
+from .traps import describe_load_message
 
 __all__ = ["EngineVerdict", "engine_verdict", "needs_gc"]
 
@@ -30,29 +34,8 @@ class EngineVerdict(NamedTuple):
 def engine_verdict(data: bytes) -> EngineVerdict:
     """What wasmtime's validator says of `data` under the default engine's features,
     then, when those refuse it, with Wasm GC and exception handling allowed."""
-    import wasmtime
-
-    from .config import EngineConfig
-    from .traps import describe_load_message
-
-    try:
-        wasmtime.Module.validate(wasmtime.Engine(EngineConfig().to_wasmtime()), data)
+    refused = refusal(EngineConfig(), data)
+    if refused is None:
         return EngineVerdict(False, None)
-    except wasmtime.WasmtimeError as exc:
-        refusal = describe_load_message(str(exc))
-    return EngineVerdict(True, None) if needs_gc(data) else EngineVerdict(False, refusal)
-
-
-def needs_gc(wasm: bytes) -> bool:
-    """Whether an engine with Wasm GC and exception handling accepts `wasm` (asked of a
-    module an engine refused: it refused for want of them)."""
-    import wasmtime
-
-    from .config import EngineConfig
-
-    try:
-        wasmtime.Module.validate(wasmtime.Engine(EngineConfig(gc=True).to_wasmtime()), wasm)
-    except wasmtime.WasmtimeError:
-        return False
-    return True
-
+    return EngineVerdict(True, None) if needs_gc(data) else \
+        EngineVerdict(False, describe_load_message(refused))

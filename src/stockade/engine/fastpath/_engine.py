@@ -170,7 +170,7 @@ class FastEngine:
         error = C.module_validate(self._engine, wasm, len(wasm))
         if error:
             message, _ = take_error(error)
-            raise invalid_module(name, message, validates(EngineConfig(gc=True), wasm))
+            raise invalid_module(name, message, needs_gc(wasm))
 
     def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
         """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
@@ -616,10 +616,11 @@ def _apply_settings(config: int, engine: EngineConfig) -> None:
             raise FastPathUnavailable(f"{name}={value}: {take_error(error)[0]}")
 
 
-def validates(engine: EngineConfig, wasm: bytes) -> bool:
-    """Whether wasmtime's validator accepts `wasm` under `engine`'s settings (a plain
-    engine, made for the question: no pool, nothing compiled). Through the C API, as the
-    fast path's runs: a confined worker cannot import wasmtime-py once it runs."""
+def refusal(engine: EngineConfig, wasm: bytes) -> str | None:
+    """wasmtime's validator's refusal of `wasm` under `engine`'s settings, or None when
+    it accepts the module (a plain engine, made for the question: no pool, nothing
+    compiled). The one validation outside a loading engine (`engine.validity`): through
+    the C API, since a confined worker cannot import wasmtime-py once it runs."""
     config = C.wasm_config_new()
     try:
         _apply_settings(config, engine)
@@ -629,9 +630,12 @@ def validates(engine: EngineConfig, wasm: bytes) -> bool:
     handle = C.wasm_engine_new_with_config(config)
     try:
         error = C.module_validate(handle, wasm, len(wasm))
-        if error:
-            take_error(error)
-            return False
-        return True
+        return take_error(error)[0] if error else None
     finally:
         C.wasm_engine_delete(handle)
+
+
+def needs_gc(wasm: bytes) -> bool:
+    """Whether an engine with Wasm GC and exception handling accepts `wasm` (asked of a
+    module an engine refused: it refused for want of them)."""
+    return refusal(EngineConfig(gc=True), wasm) is None
