@@ -132,3 +132,30 @@ def test_a_hostile_store_is_unavailable_within_its_timeout(
         assert peak < 4 * MAX_REPLY, peak
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("answer", [
+    _once(b"*1\r\n$4\r\nopen\r\n"),
+    _once(b"*6\r\n$4\r\nopen\r\n$6\r\nclosed\r\n$3\r\nten\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\n1\r\n"),
+    _once(b"*2\r\n$6\r\nclosed\r\n:1\r\n"),
+    _once(b"*-1\r\n"),
+    _once(b":1\r\n"),
+    _once(b"*1\r\n" * 100_000 + b":1\r\n"),
+], ids=["short-open", "not-a-number", "short-closed", "nil", "integer", "deep"])
+def test_a_hostile_store_cannot_break_a_breaker_record(
+        hostile_store: Callable[[Answer], str], answer: Answer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A breaker's count read from a reply of the wrong shape is lost, as a lost round
+    trip's is, and said once: it raised IndexError or ValueError into the run's end."""
+    from stockade.telemetry.breaker import BreakerConfig
+
+    url = hostile_store(answer)
+    state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
+    try:
+        breakers = state.breakers(BreakerConfig(threshold=1), None)
+        for _ in range(2):
+            assert breakers.record("function:f", "acme", True, source="198.51.100.7") is None
+        assert breakers.counted("function:f", "acme", "198.51.100.7") in (True, False)
+        assert sum("breaker" in record.getMessage() for record in caplog.records) <= 2
+    finally:
+        state.close()

@@ -475,21 +475,30 @@ class RedisBreakers:
                     repr(cfg.remembered)])
             else:
                 reply = state.run(state.probe_script, self._keys(key, tenant), [probe_at])
+            transition = self._transition(key, tenant, reply)
         except RoundTripFailed:
             return None  # logged by `run`; the count is lost, the store decides nothing
-        transition = None
-        if reply[0] == "open":
-            old, count, until, at = reply[1], int(reply[2]), float(reply[3]), float(reply[5])
-            reason = ("probe run violated a limit or failed" if old == "half_open"
-                      else f"{count} violations within {self.config.window:g} s")
-            transition = Transition(key, tenant, old, "open", at, count, until, reason,
-                                    int(reply[4]))
-        elif reply[0] == "closed":
-            transition = Transition(key, tenant, "half_open", "closed", float(reply[2]), 0,
-                                    None, "probe run ended without a violation",
-                                    int(reply[1]))
         self.notify(transition)
         return transition
+
+    def _transition(self, key: str, tenant: str | None, reply: Any) -> Transition | None:
+        """The transition a breaker script answered (`scripts.VIOLATION`, `PROBE_CLEAN`).
+        Raises RoundTripFailed for a reply of another shape: a store answering so raised
+        IndexError or ValueError into the run's end (found by review)."""
+        try:
+            if reply[0] == "open":
+                old, count, until, at = reply[1], int(reply[2]), float(reply[3]), \
+                    float(reply[5])
+                reason = ("probe run violated a limit or failed" if old == "half_open"
+                          else f"{count} violations within {self.config.window:g} s")
+                return Transition(key, tenant, old, "open", at, count, until, reason,
+                                  int(reply[4]))
+            if reply[0] == "closed":
+                return Transition(key, tenant, "half_open", "closed", float(reply[2]), 0,
+                                  None, "probe run ended without a violation", int(reply[1]))
+            return None
+        except (IndexError, KeyError, TypeError, ValueError):
+            self.state._script_failed(_malformed(reply))
 
     def counted(self, key: str, tenant: str | None, source: str) -> bool:
         """Whether `source`'s violation is remembered (`BreakerConfig.remembered`;
@@ -564,4 +573,4 @@ def _malformed(reply: Any) -> BaseException:
     """The error a reply stands for: its own, or one naming its shape."""
     if isinstance(reply, BaseException):
         return reply
-    return redis.ResponseError(f"an admission answered {str(reply)[:80]!r}")
+    return redis.ResponseError(f"a script answered {str(reply)[:80]!r}")
