@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from stockade.rmtree import remove_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "build" / "guests"
@@ -16,17 +20,71 @@ REAL = ROOT / "build" / "real"
 STOCKADE = [sys.executable, "-m", "stockade"]
 
 
+class _MachineShare:
+    """Under pytest-xdist, a test marked `alone` runs with no other test process's test
+    beside it: it measures the whole machine (device flushes and writes, kernel threads'
+    CPU, a process's share of the CPUs). Every other test shares a lock file it takes
+    whole; a turnstile taken first keeps a stream of shared holders from starving it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._main = os.open(directory / "machine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._turn = os.open(directory / "machine.turn", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def take(self, alone: bool) -> None:
+        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._main, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
+
+    def give(self) -> None:
+        fcntl.flock(self._main, fcntl.LOCK_UN)
+
+
+_share: _MachineShare | None = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Each test's whole protocol (its fixtures' set-up and teardown too) under the
+    machine's shared or exclusive lock (`_MachineShare`)."""
+    global _share
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    if _share is None:  # the workers' temp dirs share their parent
+        factory: pytest.TempPathFactory = item.config._tmp_path_factory  # type: ignore[attr-defined]
+        _share = _MachineShare(factory.getbasetemp().parent)
+    _share.take(item.get_closest_marker("alone") is not None)
+    try:
+        yield
+    finally:
+        _share.give()
+
+
+def _run_wide(factory: pytest.TempPathFactory, name: str) -> Path:
+    """A private directory every test process of this run shares: `make test` runs the
+    tests in two processes (pytest-xdist), whose temp dirs share a parent."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return factory.mktemp(name)
+    path = factory.getbasetemp().parent / name
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One AoT cache for the session, so large modules compile once."""
-    return tmp_path_factory.mktemp("cache")
+    """One AoT cache for the run, so large modules compile once (the cache is safe for
+    processes writing at once, as a gateway's workers do)."""
+    return _run_wide(tmp_path_factory, "cache")
 
 
 @pytest.fixture(scope="session")
 def shared_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One config directory (the host key that seals the shared cache) for the session,
-    also in the environment between tests, where module-scoped servers start."""
-    path = tmp_path_factory.mktemp("config")
+    """One config directory (the host key that seals the shared cache) for the run,
+    also in the environment between tests, where module-scoped servers start (the key
+    is made once, whole, by whichever process comes first: `stockade.keys`)."""
+    path = _run_wide(tmp_path_factory, "config")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STOCKADE_CONFIG_DIR", str(path / "stockade"))
         yield path
@@ -80,3 +138,18 @@ def stockade(*args: str, stdin: bytes | None = None, timeout: float = 120) -> (
     return subprocess.run(
         [*STOCKADE, *args], input=stdin, capture_output=True, timeout=timeout, check=False
     )
+
+
+@pytest.fixture
+def tmpdir_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A TMPDIR of this test's own, where its runs make their scratch directories and
+    its isolated workers their temporary directories: nothing another test run on this
+    machine makes lands in it (`make test` runs two test processes at once). Searchable
+    by others (a worker under its own uid must reach it, else the worker falls back to
+    the shared /tmp)."""
+    tmp = Path(tempfile.mkdtemp(prefix="stockade-test-", dir="/tmp"))
+    tmp.chmod(0o755)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # this process has cached it
+    yield tmp
+    remove_tree(tmp)

@@ -84,6 +84,7 @@ def test_the_wheel_carries_the_guests_not_the_checkout(
     assert os.access(root.parent / "native" / "bench" / "noop", os.X_OK)
 
 
+@pytest.mark.alone  # attack verdicts read the machine's counters
 def test_attack_runs_from_the_wheel_including_a_generated_guest(
         installed: tuple[Path, Path, dict[str, str]]) -> None:
     done = _run(installed, "attack", "--json", "--only", "cpu_loop,huge_data,compile_bomb")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from stockade.attacks.probes import (
     cpu_times,
     disk_counters,
@@ -13,6 +15,9 @@ from stockade.attacks.probes import (
     kernel_threads_delta,
     process_sample,
 )
+
+# Attack verdicts read the machine's device flushes, writes and kernel threads.
+pytestmark = pytest.mark.alone
 
 
 def test_machine_cpu_times_only_grow() -> None:

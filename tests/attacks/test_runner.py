@@ -19,6 +19,9 @@ from stockade.attacks.verdict import MAX_FLUSHES
 from stockade.policy import Policy
 from tests.conftest import GUESTS
 
+# Attack verdicts read the machine's device flushes, writes and kernel threads.
+pytestmark = pytest.mark.alone
+
 MiB = 1024**2
 FEW_HUNDRED = 300
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .conftest import Start, module
 
@@ -89,6 +90,7 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.alone  # counts processes by their CPU share
 def test_a_504_keeps_the_slot_until_the_pool_worker_stopped(start_gateway: Start) -> None:
     gateway = start_gateway(MANIFEST)
     assert gateway.client.get("/echo").status_code == 200  # the pool is up

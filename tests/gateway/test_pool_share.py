@@ -14,6 +14,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from .conftest import Start, module
 from .test_pool_backstop import _cpu_ticks, _pool_workers
@@ -91,6 +92,7 @@ def test_a_tenant_alone_in_its_cordon_may_use_every_process(start_gateway: Start
     assert statuses == [504, 504], statuses  # both ran to their timeout, side by side
 
 
+@pytest.mark.alone  # counts processes by their CPU share
 def test_a_busy_tenant_uses_all_but_one_process_beside_quiet_ones(
         start_gateway: Start) -> None:
     # Keeping a process idle for every quiet tenant served a busy one a run at a time

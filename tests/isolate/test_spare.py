@@ -81,10 +81,11 @@ def test_never_more_than_one_spare_nor_a_worker_left_behind() -> None:
     assert not (_children() - before), "a worker was left unreaped"
 
 
-def test_closing_while_the_spare_starts_leaves_nothing() -> None:
+def test_closing_while_the_spare_starts_leaves_nothing(tmpdir_env: Path) -> None:
     fds = _fds()
     before = _children()
     temps = _temps()
+    assert _temp_base() == str(tmpdir_env.resolve())  # no other test process writes here
     sandbox = IsolatedSandbox(_policy(), config=_config())
     assert sandbox.run(guest("hello.wasm")).ok
     assert sandbox.run(guest("hello.wasm")).ok

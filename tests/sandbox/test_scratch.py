@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,20 +20,6 @@ from stockade.telemetry import open_telemetry
 from tests.conftest import guest, stockade
 
 DEEP_TREE = "attacks/deep_tree.wasm"
-
-
-@pytest.fixture
-def tmpdir_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A TMPDIR of this test's own, where its runs make their scratch directories and
-    its isolated workers their temporary directories: nothing another test run on this
-    machine makes lands in it. Searchable by others (a worker under its own uid must
-    reach it, else the worker falls back to the shared /tmp)."""
-    tmp = Path(tempfile.mkdtemp(prefix="stockade-test-", dir="/tmp"))
-    tmp.chmod(0o755)
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # this process has cached it
-    yield tmp
-    remove_tree(tmp)
 
 
 @pytest.mark.parametrize("profile", ["default", "strict"])  # strict: the isolated worker
