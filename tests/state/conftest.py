@@ -43,18 +43,23 @@ class RedisServer:
                 "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                  stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and process.poll() is None:
             try:
                 with redis.Redis(port=self.port, socket_timeout=0.5,
                                  password=self.password or None) as client:
-                    if client.ping():
+                    # This one, not a server another test process started on the port
+                    # since (two run at once: `make test`).
+                    if int(client.info("server")["process_id"]) == process.pid:
                         return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        pytest.fail("redis-server did not answer within 10 s")
+            except redis.RedisError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        pytest.fail(f"redis-server did not answer on port {self.port} within 10 s "
+                    "(or another process holds the port)")
 
     def client(self) -> redis.Redis:
         """A plain client, for looking at (and spoiling) keys."""

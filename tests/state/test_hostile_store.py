@@ -40,6 +40,12 @@ def _flood(head: bytes, chunk: bytes) -> Answer:
     return answer
 
 
+def _array(*fields: bytes) -> bytes:
+    """A RESP array of bulk strings, as scripts answer."""
+    return b"*%d\r\n" % len(fields) + b"".join(b"$%d\r\n%s\r\n" % (len(field), field)
+                                               for field in fields)
+
+
 def _once(reply: bytes) -> Answer:
     return lambda conn: conn.sendall(reply)
 
@@ -56,14 +62,16 @@ def _command(stream: socket.SocketIO) -> list[bytes] | None:
 
 
 @pytest.fixture
-def hostile_store() -> Iterator[Callable[[Answer], str]]:
-    """A store answering every script call with `answer`; its URL."""
+def hostile_store() -> Iterator[Callable[..., str]]:
+    """A store answering every script call with `answer` (and the commands named in
+    `commands` with theirs); its URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     listener.settimeout(0.2)
     stop = threading.Event()
     answers: list[Answer] = []
+    others: dict[bytes, Answer] = {}
 
     def serve(conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as stream:
@@ -72,6 +80,8 @@ def hostile_store() -> Iterator[Callable[[Answer], str]]:
                     name = command[0].upper()
                     if name in (b"EVALSHA", b"EVAL"):
                         answers[0](conn)
+                    elif name in others:
+                        others[name](conn)
                     elif name == b"SCRIPT":
                         conn.sendall(b"$40\r\n" + b"0" * 40 + b"\r\n")
                     else:
@@ -90,8 +100,9 @@ def hostile_store() -> Iterator[Callable[[Answer], str]]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
 
-    def start(answer: Answer) -> str:
+    def start(answer: Answer, commands: dict[bytes, Answer] | None = None) -> str:
         answers.append(answer)
+        others.update(commands or {})
         return f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
 
     yield start
@@ -110,10 +121,19 @@ def hostile_store() -> Iterator[Callable[[Answer], str]]:
     _once(b":1\r\n"),
     _once(b"*3\r\n$4\r\nrate\r\n:1\r\n$1\r\n1\r\n"),
     _once(b"*1\r\n" * 100_000 + b":1\r\n"),
+    _once(_array(b"rate", b"function", b"inf")),
+    _once(_array(b"cpu", b"tenant", b"nan")),
+    _once(_array(b"rate", b"tenant", b"1e300")),
+    _once(_array(b"breaker", b"open", b"1e20", b"0", b"1")),
+    _once(_array(b"breaker", b"closing", b"1", b"0", b"1")),
+    _once(_array(b"ok", b"1", b"x", b"1", b"1", b"1")),
+    _once(_array(b"ok", b"0", b"0", b"1", b"1.5", b"1")),
+    _once(_array(b"rate", b"function", b"1")),
 ], ids=["trickle", "huge-bulk", "huge-array", "endless-line", "short", "nil", "integer",
-        "not-text", "deep"])
+        "not-text", "deep", "inf-wait", "nan-wait", "huge-wait", "far-until", "odd-state",
+        "odd-denied", "odd-grant", "no-such-quota"])
 def test_a_hostile_store_is_unavailable_within_its_timeout(
-        hostile_store: Callable[[Answer], str], answer: Answer) -> None:
+        hostile_store: Callable[..., str], answer: Answer) -> None:
     url = hostile_store(answer)
     state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
     try:
@@ -141,9 +161,14 @@ def test_a_hostile_store_is_unavailable_within_its_timeout(
     _once(b"*-1\r\n"),
     _once(b":1\r\n"),
     _once(b"*1\r\n" * 100_000 + b":1\r\n"),
-], ids=["short-open", "not-a-number", "short-closed", "nil", "integer", "deep"])
+    _once(_array(b"open", b"closed", b"1", b"inf", b"0", b"1")),
+    _once(_array(b"open", b"closed", b"1", b"1", b"0", b"nan")),
+    _once(_array(b"open", b"closed", b"1", b"1e20", b"0", b"1")),
+    _once(_array(b"closed", b"0", b"-inf")),
+], ids=["short-open", "not-a-number", "short-closed", "nil", "integer", "deep", "inf-until",
+        "nan-at", "far-until", "closed-at-minus-inf"])
 def test_a_hostile_store_cannot_break_a_breaker_record(
-        hostile_store: Callable[[Answer], str], answer: Answer,
+        hostile_store: Callable[..., str], answer: Answer,
         caplog: pytest.LogCaptureFixture) -> None:
     """A breaker's count read from a reply of the wrong shape is lost, as a lost round
     trip's is, and said once: it raised IndexError or ValueError into the run's end."""
@@ -159,3 +184,28 @@ def test_a_hostile_store_cannot_break_a_breaker_record(
         assert sum("breaker" in record.getMessage() for record in caplog.records) <= 2
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("commands", [
+    {b"TIME": _once(_array(b"1"))},
+    {b"TIME": _once(_array(b"1", b"0")), b"SCAN": _once(b"*2\r\n$1\r\n0\r\n*1\r\n:7\r\n")},
+    {b"TIME": _once(_array(b"1", b"0")), b"SCAN": _once(b"*1\r\n" * 60_000 + b":1\r\n")},
+    {b"TIME": _once(_array(b"1", b"0")),
+     b"SCAN": _once(b"*2\r\n$1\r\n0\r\n" + _array(b"stockade:{t}:b:k")),
+     b"HGETALL": _once(b"*4\r\n$5\r\nstate\r\n*1\r\n:1\r\n$3\r\nkey\r\n:9\r\n")},
+], ids=["short-time", "key-not-text", "deep-scan", "fields-not-text"])
+def test_a_hostile_store_cannot_break_breaker_list(
+        hostile_store: Callable[..., str], commands: dict[bytes, Answer]) -> None:
+    """`stockade breaker list` reads a store it may not trust: a reply of the wrong
+    shape is one StateUnavailable (exit 69), or a listing; it was an IndexError,
+    AttributeError or RecursionError traceback (found by review)."""
+    from stockade.state.breakers import SharedBreakers
+
+    url = hostile_store(_once(b"+OK\r\n"), commands)
+    with SharedBreakers(StateSettings(url, "fail_closed", TIMEOUT), env={}) as breakers:
+        try:
+            entries = breakers.entries()
+        except StateUnavailable:
+            return
+    assert all(isinstance(entry.state, str) and isinstance(entry.key, str)
+               for entry in entries)

@@ -102,6 +102,12 @@ class EngineConfig(FrozenRecord):
         return EngineConfig(self.fuel, True, self.max_stack, self.strategy,
                             self.process_deadline, gc=self.gc)
 
+    def with_gc(self) -> EngineConfig:
+        """This configuration with Wasm GC and exception handling: the engine asked
+        whether a module it refused needs them (`fastpath._engine.needs_gc`)."""
+        return EngineConfig(self.fuel, self.epochs, self.max_stack, self.strategy,
+                            self.process_deadline, self.tripwire, gc=True)
+
     def settings(self) -> tuple[tuple[str, bool | int | str], ...]:
         """The wasmtime settings of this configuration, as (name, value) pairs: the one
         table both engines are configured from. Each name is wasmtime-py's `Config`

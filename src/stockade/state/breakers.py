@@ -10,7 +10,6 @@ within `REFUSAL_CACHE`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import redis
@@ -19,23 +18,34 @@ from ..telemetry.breaker import BreakerConfig, BreakerEntry
 from .client import connect
 from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
+from .resp import number
 from .settings import StateSettings
 
 __all__ = ["SharedBreakers", "breaker_entries", "reset_breakers"]
 
+# What a reply of the wrong shape raises where it is read (a TIME of one element, a key
+# that is no text, a reply nested past the stack).
+_BAD_REPLY = (ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError)
+
 
 def _float(fields: Mapping[str, str], name: str) -> float | None:
-    """A stored number, None when missing or not one: one bad field (a stray write) made
-    `breaker list` and `reset` fail for every breaker, that one included (review)."""
+    """A stored number, None when missing or not one (`resp.number`: `inf` and `1e20`
+    are none either): one bad field (a stray write) made `breaker list` and `reset` fail
+    for every breaker, that one included (review)."""
     try:
-        return float(fields.get(name) or "")
-    except ValueError:
+        return number(fields.get(name) or "")
+    except (ValueError, TypeError):
         return None
 
 
 def _int(fields: Mapping[str, str], name: str) -> int:
-    number = _float(fields, name)
-    return int(number) if number is not None and math.isfinite(number) else 0
+    value = _float(fields, name)
+    return 0 if value is None else int(value)
+
+
+def _text(fields: Mapping[str, str], name: str, default: str) -> str:
+    value = fields.get(name)
+    return value if isinstance(value, str) and value else default
 
 
 def breaker_entries(client: redis.Redis, window: float,
@@ -55,8 +65,8 @@ def breaker_entries(client: redis.Redis, window: float,
         violations: int = client.zcount(  # type: ignore[assignment]
             f"{name[:split]}}}:v:{name[split + 4:]}", since, "+inf")
         found.append(BreakerEntry(
-            fields.get("key", ""), fields.get("tenant") or None,
-            fields.get("state", "closed"), int(violations), _float(fields, "opened_at"),
+            _text(fields, "key", ""), _text(fields, "tenant", "") or None,
+            _text(fields, "state", "closed"), int(violations), _float(fields, "opened_at"),
             _float(fields, "until"), _int(fields, "trips"),
             _float(fields, "updated") or 0.0, _int(fields, "denied")))
     return sorted(found, key=lambda entry: entry.updated, reverse=True)
@@ -96,7 +106,7 @@ class SharedBreakers:
         """Every shared breaker, most recently changed first. Raises StateUnavailable."""
         try:
             return breaker_entries(self.client, self.window, self.prefix)
-        except (redis.RedisError, OSError, ValueError, TypeError) as exc:  # a bad reply too
+        except (redis.RedisError, OSError, *_BAD_REPLY) as exc:
             raise self._unavailable(exc) from None
 
     def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
@@ -104,7 +114,7 @@ class SharedBreakers:
         StateUnavailable."""
         try:
             return reset_breakers(self.client, self.window, key, tenant, self.prefix)
-        except (redis.RedisError, OSError, ValueError, TypeError) as exc:  # a bad reply too
+        except (redis.RedisError, OSError, *_BAD_REPLY) as exc:
             raise self._unavailable(exc) from None
 
     def close(self) -> None:

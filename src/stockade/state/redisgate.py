@@ -277,6 +277,12 @@ class RedisGate(Gate):
         label = f"{scope} {spec.function if scope == 'function' else spec.tenant}"
         quota = spec.function_quota if scope == "function" else spec.tenant_quota
         wait = float(reply[2])
+        limit = {"concurrency": quota.concurrency, "cpu": quota.cpu_per_minute,
+                 "rate": quota.rate}[kind]
+        if limit is None:  # an answer that is not this gate's: no such quota here
+            return self.state.unavailable(self, f"shared state {self.state.where} answered "
+                                                f"a {kind} refusal for {label}, which has "
+                                                f"no {kind} quota")
         if kind == "concurrency":
             raise QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at most",
                                 1.0, "concurrency")

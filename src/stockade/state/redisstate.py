@@ -61,7 +61,7 @@ from .keys import PREFIX, TenantKeys
 from .local import LocalState
 from .quota import Quota
 from .redisgate import REFUSAL_CACHE, RedisGate
-from .resp import Releases
+from .resp import Releases, number
 from .scripts import ADMIT, COUNTED, PROBE_CLEAN, PROBE_UNUSED, REFUND, RELEASE, VIOLATION
 from .settings import StateSettings
 
@@ -487,15 +487,17 @@ class RedisBreakers:
         IndexError or ValueError into the run's end (found by review)."""
         try:
             if reply[0] == "open":
-                old, count, until, at = reply[1], int(reply[2]), float(reply[3]), \
-                    float(reply[5])
+                # What it was before: a stray write may have stored anything.
+                old = reply[1] if reply[1] in ("closed", "half_open") else "closed"
+                count, until, at = int(number(reply[2])), number(reply[3]), number(reply[5])
                 reason = ("probe run violated a limit or failed" if old == "half_open"
                           else f"{count} violations within {self.config.window:g} s")
                 return Transition(key, tenant, old, "open", at, count, until, reason,
-                                  int(reply[4]))
+                                  int(number(reply[4])))
             if reply[0] == "closed":
-                return Transition(key, tenant, "half_open", "closed", float(reply[2]), 0,
-                                  None, "probe run ended without a violation", int(reply[1]))
+                return Transition(key, tenant, "half_open", "closed", number(reply[2]), 0,
+                                  None, "probe run ended without a violation",
+                                  int(number(reply[1])))
             return None
         except (IndexError, KeyError, TypeError, ValueError):
             self.state._script_failed(_malformed(reply))
@@ -560,13 +562,33 @@ def _member(source: str) -> str:
 _ADMISSION_FIELDS = {"ok": 6, "breaker": 5, "concurrency": 3, "cpu": 3, "rate": 3}
 
 
+# Which fields of each answer are numbers (`resp.number`), and what the others may be.
+_NUMBERS = {"ok": (2, 4, 5), "breaker": (2, 3, 4), "concurrency": (2,), "cpu": (2,),
+            "rate": (2,)}
+_WORDS = {"ok": ("0", "1"), "breaker": ("open", "half_open"),
+          "concurrency": ("function", "tenant"), "cpu": ("function", "tenant"),
+          "rate": ("function", "tenant")}
+
+
 def _well_formed(reply: Any) -> bool:
-    """Whether `reply` has the shape of an admission script's answer: a store answering
-    otherwise (`*-1`, an integer, fields missing) raised IndexError into every request,
-    a 500 whatever `on_unavailable` said (found by review)."""
-    return (isinstance(reply, list) and bool(reply) and isinstance(reply[0], str)
+    """Whether `reply` is an admission script's answer: its shape, its second field one
+    of its words, its numbers finite and in range. A store answering otherwise (`*-1`,
+    an integer, fields missing) raised IndexError into every request, a 500 whatever
+    `on_unavailable` said; a time of `inf`, OverflowError (found by review)."""
+    if not (isinstance(reply, list) and reply and isinstance(reply[0], str)
             and len(reply) >= _ADMISSION_FIELDS.get(reply[0], len(reply) + 1)
-            and all(isinstance(field, str) for field in reply))
+            and all(isinstance(field, str) for field in reply)
+            and reply[1] in _WORDS[reply[0]]):
+        return False
+    whole = reply[0] == "ok"  # counts: read with int()
+    try:
+        for index in _NUMBERS[reply[0]]:
+            number(reply[index])
+            if whole and not reply[index].isdigit():
+                return False
+    except ValueError:
+        return False
+    return True
 
 
 def _malformed(reply: Any) -> BaseException:

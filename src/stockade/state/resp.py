@@ -11,7 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["bulk", "bulks", "evalsha", "Releases"]
+__all__ = ["bulk", "bulks", "evalsha", "Releases", "number", "LATEST"]
+
+# Beyond any time (seconds since the epoch, year 2242), wait or count the store keeps.
+LATEST = 2.0**33
+
+
+def number(text: object, at_most: float = LATEST) -> float:
+    """A number a script answered or a breaker stored: finite, 0 to `at_most`. Raises
+    ValueError (TypeError for what is not text): `inf` or `1e20` as a breaker's time
+    raised OverflowError where it was shown, a Retry-After of `nan` where it was sent."""
+    value = float(text)  # type: ignore[arg-type]
+    if not 0 <= value <= at_most:  # NaN fails too
+        raise ValueError(f"{str(text)[:40]!r} is out of range")
+    return value
 
 
 def bulk(value: str) -> bytes:

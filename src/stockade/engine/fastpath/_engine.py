@@ -170,7 +170,7 @@ class FastEngine:
         error = C.module_validate(self._engine, wasm, len(wasm))
         if error:
             message, _ = take_error(error)
-            raise invalid_module(name, message, needs_gc(wasm))
+            raise invalid_module(name, message, needs_gc(wasm, self.config))
 
     def deserialize(self, cwasm: bytes | bytearray, name: str = "<bytes>") -> FastModule:
         """Load a `.cwasm` made by a compatible engine (same fuel/epoch settings and
@@ -621,6 +621,7 @@ def refusal(engine: EngineConfig, wasm: bytes) -> str | None:
     it accepts the module (a plain engine, made for the question: no pool, nothing
     compiled). The one validation outside a loading engine (`engine.validity`): through
     the C API, since a confined worker cannot import wasmtime-py once it runs."""
+    wasm = bytes(wasm)  # ctypes takes bytes only
     config = C.wasm_config_new()
     try:
         _apply_settings(config, engine)
@@ -635,7 +636,9 @@ def refusal(engine: EngineConfig, wasm: bytes) -> str | None:
         C.wasm_engine_delete(handle)
 
 
-def needs_gc(wasm: bytes) -> bool:
-    """Whether an engine with Wasm GC and exception handling accepts `wasm` (asked of a
-    module an engine refused: it refused for want of them)."""
-    return refusal(EngineConfig(gc=True), wasm) is None
+def needs_gc(wasm: bytes, engine: EngineConfig | None = None) -> bool:
+    """Whether `engine` (the default one when None) with Wasm GC and exception handling
+    accepts `wasm` (asked of a module that engine refused: it refused for want of them).
+    Asked of that engine's own strategy and features: the default's answer for a pulley
+    engine's refusal named GC where the module needed another proposal."""
+    return refusal((engine or EngineConfig()).with_gc(), wasm) is None
