@@ -57,7 +57,10 @@ def start_registry(base: Path) -> Iterator[Registry]:
     deadline = time.monotonic() + 20
     while True:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+            # Answered, by this registry: not one that took the port (another test
+            # process's) while this one failed to bind it.
+            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200 \
+                    and process.poll() is None:
                 break
         except httpx.HTTPError:
             pass

@@ -27,6 +27,7 @@ def test_in_process_twice(python_wasm: Path) -> None:
         assert result.stdout.startswith(b"3.12")
 
 
+@pytest.mark.alone  # how soon the deadline stops it, within 10 %: no other test's load
 def test_infinite_loop_is_stopped(python_wasm: Path) -> None:
     policy = Policy().with_limits(timeout=1.0, fuel=None)
     result = Sandbox(policy).run(python_wasm, Invocation(args=("-c", "while True: pass")))

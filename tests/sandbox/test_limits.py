@@ -37,6 +37,7 @@ def test_guest_exit_code_is_passed_through() -> None:
     assert (result.outcome, result.exit_code, result.guest_exit_code) == (Outcome.EXITED, 7, 7)
 
 
+@pytest.mark.alone  # how soon the deadline stops it, within 10 %: no other test's load
 def test_timeout_stops_spinning_guest() -> None:
     policy = Policy.from_profile("default").with_limits(timeout=0.5, fuel=None)
     result = Sandbox(policy).run(guest("spin.wasm"))
@@ -44,6 +45,7 @@ def test_timeout_stops_spinning_guest() -> None:
     assert result.usage.wall_ms <= 500 * 1.1
 
 
+@pytest.mark.alone  # how soon the deadline stops it, within 10 %: no other test's load
 def test_timeout_holds_while_guest_sleeps_in_host_call() -> None:
     policy = Policy.from_profile("default").with_limits(timeout=1.0)
     result = Sandbox(policy).run(guest("sleeper.wasm"), Invocation(args=("8",)))
