@@ -158,3 +158,26 @@ def test_a_breaker_with_a_bad_field_is_listed_and_reset(redis_server: RedisServe
                      "-c", str(path))
     assert reset.returncode == 0, reset.stderr.decode()
     assert not redis_server.client().exists(keys.breaker)
+
+
+def test_a_stray_write_breaks_neither_list_nor_another_tenants_reset(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """A field that is not UTF-8 made `list` and `reset` fail for every breaker; a stray
+    `tenant` field made `reset --tenant` delete the breaker that tenant's name pointed
+    at, another tenant's, and keep its own (found by review). Breakers are chosen and
+    deleted by their key names."""
+    import redis as redis_py
+
+    path = manifest(tmp_path, redis_server.url)
+    open_breaker(redis_server.url, "alpha").close()
+    open_breaker(redis_server.url, "beta").close()
+    alpha = TenantKeys.of("alpha", "-", "function:f").breaker
+    beta = TenantKeys.of("beta", "-", "function:f").breaker
+    raw = redis_py.Redis(port=redis_server.port, password=redis_server.password or None)
+    raw.hset(alpha, mapping={"tenant": "beta", "state": b"\xff\xfeopen"})
+    listed = stockade("breaker", "list", "--json", "--config", str(path))
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert len(listed.stdout.splitlines()) == 2
+    reset = stockade("breaker", "reset", "function:f", "--tenant", "alpha", "-c", str(path))
+    assert reset.returncode == 0, reset.stderr.decode()
+    assert not raw.exists(alpha) and raw.exists(beta)

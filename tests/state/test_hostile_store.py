@@ -9,6 +9,7 @@ a socket speaking just enough of Redis's protocol to be connected to.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -209,3 +210,58 @@ def test_a_hostile_store_cannot_break_breaker_list(
             return
     assert all(isinstance(entry.state, str) and isinstance(entry.key, str)
                for entry in entries)
+
+
+@pytest.mark.parametrize("answer", [
+    _once(_array(b"ok", b"1", b"0", b"x", b"1", b"1")),
+    _once(_array(b"ok", b"0", b"0", b"1", b"0" * 5000 + b"1", b"1")),
+    _once(_array(b"ok", b"0", b"0", b"1", "١".encode(), b"1")),
+    _once(_array(b"ok", b"0", b"\xff\xfe", b"1", b"1", b"1")),
+    _once(b":x\r\n"),
+    _once(b"*x\r\n"),
+], ids=["probe-at-text", "count-past-int", "count-not-ascii", "not-utf8", "integer-not-one",
+        "array-length-not-one"])
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_an_answer_that_cannot_be_read_is_a_failed_decision(
+        hostile_store: Callable[..., str], answer: Answer, path: str) -> None:
+    """Every answer, on the gateway's own (async) path too: a probe time that is not a
+    number, a count past what int() reads or RESP redis-py cannot parse raised ValueError
+    into the request, a 500 whatever `on_unavailable` said (found by review)."""
+    url = hostile_store(answer)
+    state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
+    try:
+        gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))
+        with pytest.raises(StateUnavailable):
+            if path == "sync":
+                gate.admit()
+            else:
+                asyncio.run(gate.admit_async())
+    finally:
+        state.close()
+
+
+def test_a_grant_is_never_more_than_a_gate_asks_for(
+        hostile_store: Callable[..., str]) -> None:
+    """An answer granting 8M admissions had the event loop make 8M lease ids (674 MiB,
+    2.5 s; 2^33 would have killed the worker; found by review)."""
+    from stockade.state.credit import MAX_GRANT
+
+    url = hostile_store(_once(_array(b"ok", b"0", b"0", b"1", b"8000000", b"8000000")))
+    state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
+    try:
+        gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))
+
+        async def admitted() -> int:
+            await gate.admit_async()
+            credit = gate._credit
+            return 0 if credit is None else credit.tokens + len(credit.free or ())
+
+        tracemalloc.start()
+        try:
+            held = asyncio.run(admitted())
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert held <= 2 * MAX_GRANT and peak < 16 * 1024**2, (held, peak)
+    finally:
+        state.close()

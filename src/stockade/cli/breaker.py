@@ -94,7 +94,7 @@ def list_(as_json: bool, config: Path | None) -> None:
         until = iso_time(e.until) if e.until is not None and e.state == "open" else "-"
         key = e.key if ":" in e.key else e.key[:16]
         shown = _printable(key)
-        click.echo(f"{shown:<24}  {_printable(e.tenant or '-'):<12}  {e.state:<9}  "
+        click.echo(f"{shown:<24}  {_printable(e.tenant or '-'):<12}  {_printable(e.state):<9}  "
                    f"{e.violations:>10}  {e.denied:>7}  {e.trips:>5}  {until}")
 
 

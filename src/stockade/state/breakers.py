@@ -17,7 +17,7 @@ import redis
 from ..telemetry.breaker import BreakerConfig, BreakerEntry
 from .client import connect
 from .errors import StateUnavailable
-from .keys import PREFIX, TenantKeys
+from .keys import PREFIX, token
 from .resp import number
 from .settings import StateSettings
 
@@ -53,7 +53,13 @@ def breaker_entries(client: redis.Redis, window: float,
     """Every breaker stored under `prefix`, most recently changed first; its violations
     are those within the window its gateways count in (stored with it; `window` seconds
     for one stored before), not older ones, dropped only by the next violation."""
-    found: list[BreakerEntry] = []
+    return [entry for _, entry in _stored(client, window, prefix)]
+
+
+def _stored(client: redis.Redis, window: float,
+            prefix: str) -> list[tuple[str, BreakerEntry]]:
+    """(key name, entry) of every breaker under `prefix`, most recently changed first."""
+    found: list[tuple[str, BreakerEntry]] = []
     seconds, micros = client.time()  # type: ignore[misc]
     now = seconds + micros / 1e6  # violations are scored by Redis's clock
     for name in client.scan_iter(match=f"{prefix}:{{*}}:b:*", count=500):
@@ -64,23 +70,28 @@ def breaker_entries(client: redis.Redis, window: float,
         since = now - (_float(fields, "window") or window)
         violations: int = client.zcount(  # type: ignore[assignment]
             f"{name[:split]}}}:v:{name[split + 4:]}", since, "+inf")
-        found.append(BreakerEntry(
+        found.append((name, BreakerEntry(
             _text(fields, "key", ""), _text(fields, "tenant", "") or None,
             _text(fields, "state", "closed"), int(violations), _float(fields, "opened_at"),
             _float(fields, "until"), _int(fields, "trips"),
-            _float(fields, "updated") or 0.0, _int(fields, "denied")))
-    return sorted(found, key=lambda entry: entry.updated, reverse=True)
+            _float(fields, "updated") or 0.0, _int(fields, "denied"))))
+    return sorted(found, key=lambda stored: stored[1].updated, reverse=True)
 
 
 def reset_breakers(client: redis.Redis, window: float, key: str = "",
                    tenant: str | None = None, prefix: str = PREFIX) -> list[BreakerEntry]:
     """Delete the breakers named `key` exactly (all when empty), only `tenant`'s when
-    given, with their violations. Returns the entries removed."""
-    removed = [entry for entry in breaker_entries(client, window, prefix)
-               if (not key or entry.key == key) and (tenant is None or entry.tenant == tenant)]
-    for entry in removed:
-        keys = TenantKeys.of(entry.tenant or "", "-", entry.key, prefix)
-        client.delete(keys.breaker, keys.violations)
+    given, with their violations. Returns the entries removed. Chosen and deleted by
+    their key names, not by the fields stored in them: a stray write to `tenant` made a
+    reset delete another tenant's breaker, and miss its own (found by review)."""
+    removed = []
+    for name, entry in _stored(client, window, prefix):
+        tag, _, breaker = name.partition("}:b:")
+        if (key and breaker != token(key)) or \
+                (tenant is not None and tag != f"{prefix}:{{{token(tenant)}"):
+            continue
+        client.delete(name, f"{tag}}}:v:{breaker}")
+        removed.append(entry)
     return removed
 
 

@@ -49,7 +49,10 @@ def connect(settings: StateSettings, env: Mapping[str, str] | None = None,
         username=env.get("STOCKADE_REDIS_USERNAME") or None,
         socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
         retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-        decode_responses=True, client_name=f"{name}-{os.getpid()}", **options)
+        # Text that is not UTF-8 (a stray write) is read with U+FFFD, not raised: one
+        # such field made `breaker list` fail for every breaker (found by review).
+        decode_responses=True, encoding_errors="replace",
+        client_name=f"{name}-{os.getpid()}", **options)
 
 
 class _Bounded:

@@ -255,10 +255,12 @@ class RedisGate(Gate):
                 self.state.probe_taken(self.ident, int(reply[2]), reply[3])
             credit = None
             if on_loop:
-                granted = int(reply[4])
+                # No more than a gate ever asks for: a store answering 2^33 had the loop
+                # make as many lease ids (found by review).
+                granted = min(int(reply[4]), MAX_GRANT)
                 if self._asked:
                     self._short, self._asked = granted < self._asked, 0
-                credit = self._credit_from(granted, int(reply[5]), lease_id)
+                credit = self._credit_from(granted, min(int(reply[5]), granted), lease_id)
             return _RedisLease(self, lease_id, credit, probe)
         spec = self.spec
         if kind == "breaker":

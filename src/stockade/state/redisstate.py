@@ -154,7 +154,9 @@ class RedisState(StateBackend):
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise RoundTripFailed(f"shared state {self.where} is unreachable") from None
-        except (redis.RedisError, RecursionError) as exc:  # a reply nested past the stack
+        # A reply nested past the stack; RESP redis-py cannot read (`:x`, bytes that are
+        # not UTF-8: ValueError, UnicodeError).
+        except (redis.RedisError, RecursionError, ValueError) as exc:
             self._script_failed(exc)
         if self._retry_at:
             self._came_back()
@@ -563,8 +565,10 @@ _ADMISSION_FIELDS = {"ok": 6, "breaker": 5, "concurrency": 3, "cpu": 3, "rate": 
 
 
 # Which fields of each answer are numbers (`resp.number`), and what the others may be.
-_NUMBERS = {"ok": (2, 4, 5), "breaker": (2, 3, 4), "concurrency": (2,), "cpu": (2,),
+_NUMBERS = {"ok": (2, 3, 4, 5), "breaker": (2, 3, 4), "concurrency": (2,), "cpu": (2,),
             "rate": (2,)}
+_COUNTS = (2, 4, 5)  # an `ok` answer's counts: read with int()
+_COUNT_DIGITS = 12  # int() of 5,000 digits raised ValueError past `_well_formed`
 _WORDS = {"ok": ("0", "1"), "breaker": ("open", "half_open"),
           "concurrency": ("function", "tenant"), "cpu": ("function", "tenant"),
           "rate": ("function", "tenant")}
@@ -580,15 +584,14 @@ def _well_formed(reply: Any) -> bool:
             and all(isinstance(field, str) for field in reply)
             and reply[1] in _WORDS[reply[0]]):
         return False
-    whole = reply[0] == "ok"  # counts: read with int()
     try:
         for index in _NUMBERS[reply[0]]:
             number(reply[index])
-            if whole and not reply[index].isdigit():
-                return False
     except ValueError:
         return False
-    return True
+    return reply[0] != "ok" or all(
+        reply[index].isascii() and reply[index].isdigit()
+        and len(reply[index]) <= _COUNT_DIGITS for index in _COUNTS)
 
 
 def _malformed(reply: Any) -> BaseException:
