@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from stockade.rmtree import remove_tree
 
 from ..conftest import guest
 from ..oci.fixtures import Registry, cli, require, stockade_env
@@ -24,8 +28,9 @@ from .direct import RUNTIME
 class Podman:
     """`run(*args)`: `podman run` in a private mount namespace, as Podman runs here."""
 
-    def __init__(self, base: Path, env: dict[str, str], policy: Path | None = None) -> None:
-        self.base, self.env = base, env
+    def __init__(self, base: Path, env: dict[str, str], run: Path,
+                 policy: Path | None = None) -> None:
+        self.base, self.env, self.run_root = base, env, run
         # conmon gives the runtime a clean environment: a wrapper names Stockade's
         # directories (and the host policy, when given), as an operator's would.
         suffix = "" if policy is None else "-policy"
@@ -43,7 +48,7 @@ class Podman:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         podman = [require("podman"), "--root", str(self.base / "root"), "--runroot",
-                  str(self.base / "run"), "--storage-driver", "vfs",
+                  str(self.run_root), "--storage-driver", "vfs",
                   "--runtime", "stockade-runtime", "run", "--rm", "--cgroups", "disabled",
                   "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                   "--platform", "wasi/wasm", "--tls-verify=false", *args]
@@ -56,11 +61,14 @@ class Podman:
 
 @pytest.fixture(scope="module")
 def podman(registry: Registry, tmp_path_factory: pytest.TempPathFactory,
-           ) -> tuple[Podman, dict[str, str], Path]:
+           ) -> Iterator[tuple[Podman, dict[str, str], Path]]:
     """(Podman, image refs by guest name, the runtime's state dir)."""
     if os.geteuid() != 0:
         pytest.skip("Podman runs here only as root (unshare -m, umount); this run is not")
     base = tmp_path_factory.mktemp("podman")
+    # Podman refuses a runroot longer than 50 characters: a test process's temp dir
+    # (`.../pytest-NN/popen-gw1/podman0/run`) can be longer.
+    run = Path(tempfile.mkdtemp(prefix="podman-run-", dir="/tmp"))
     env = stockade_env(base / "cache", base / "state", registry)
     refs = {}
     for name, args in (("hello", ("from-cmd",)), ("exitcode", ("42",)), ("spin", ())):
@@ -70,7 +78,8 @@ def podman(registry: Registry, tmp_path_factory: pytest.TempPathFactory,
         assert built.returncode == 0, built.stderr
         assert cli(env, "oci", "push", ref).returncode == 0
         refs[name] = ref
-    return Podman(base, env), refs, base / "state"
+    yield Podman(base, env, run), refs, base / "state"
+    remove_tree(run)
 
 
 def test_podman_runs_a_wasm_image_through_stockade(
@@ -103,7 +112,7 @@ def test_podman_under_a_host_policy_needs_no_storage_listed(
     policy = tmp_path / "runtime.toml"
     policy.write_text(f'[[capabilities.dirs]]\nhost = "{allowed}"\nguest = "/data"\n'
                       'mode = "ro"\n')
-    guarded = Podman(runner.base, runner.env, policy)
+    guarded = Podman(runner.base, runner.env, runner.run_root, policy)
     done = guarded.run(refs["hello"])
     assert done.returncode == 0, done.stderr
     assert "Hello from a Stockade sandbox!" in done.stdout

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
+from ..paths import import_path
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
 from ..tempdirs import LockedTempDir
@@ -111,8 +112,10 @@ class Supervisor:
     def _spawn(self, index: int) -> int:
         read, write = os.pipe()
         # Every worker of this server reports one replica (`service.instance.id`).
-        env = {**os.environ, REPLICA_ENV: replica_id()}
-        command = [sys.executable, "-m", "stockade.gateway.worker",
+        env = {**os.environ, REPLICA_ENV: replica_id(), "PYTHONPATH": import_path()}
+        # Never importing from the working directory (-P): whoever can write there
+        # would run code in every worker.
+        command = [sys.executable, "-P", "-m", "stockade.gateway.worker",
                    "--manifest", str(self.path), "--overrides", json.dumps(self.overrides),
                    "--index", str(index), "--workers", str(self.settings.workers),
                    "--metrics-dir", str(self._metrics_dir), "--ready-fd", str(write),

@@ -132,16 +132,28 @@ def read_bundle(path: Path) -> Bundle:
             bundle_fd = held.open(path)
         except OSError as exc:
             raise UnsupportedBundle(f"{path}: {exc.strerror}") from None
-        return _read(path, bundle_fd, held)
+        try:
+            return _read(path, bundle_fd, held)
+        except (RecursionError, UnicodeError, ValueError, TypeError, AttributeError,
+                OverflowError) as exc:
+            # What a hostile config.json's values raise past the checks (JSON nested
+            # 200,000 deep, a lone surrogate or NUL in a path, annotations that are a
+            # list, a CPU quota of 10^400): one line, not a traceback (found by review).
+            raise UnsupportedBundle(f"{path}/config.json: unusable "
+                                    f"({type(exc).__name__}: {str(exc)[:200]})") from None
     except BaseException:
         held.close()
         raise
 
 
 def _read(path: Path, bundle_fd: int, held: HeldDirs) -> Bundle:
-    through = Path(f"/proc/self/fd/{bundle_fd}")  # the held bundle, whatever `path` is now
     try:
-        with open(through / "config.json", "rb") as handle:
+        # Not a FIFO nor a device, which held `create` for ever (found by review).
+        config_fd = os.open("config.json", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+                            | os.O_CLOEXEC, dir_fd=bundle_fd)
+        with os.fdopen(config_fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(config_fd).st_mode):
+                raise UnsupportedBundle(f"{path}/config.json: not a regular file")
             raw = handle.read(_MAX_CONFIG + 1)
         if len(raw) > _MAX_CONFIG:
             raise UnsupportedBundle(f"{path}/config.json: larger than "

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import click
 
 from ..errors import StockadeError, UsageError
+from ..paths import import_path
 from .state import ContainerState, container_dir, proc_start_time, status_of
 
 __all__ = ["main", "runtime"]
@@ -100,9 +102,12 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
         stdio: dict[str, Any] = {}
         if console_socket is not None:
             stdio = _console(console_socket)
+        # Never importing from the working directory (-P), where a shim runs this: a
+        # bundle's `stockade/__init__.py` ran as root (found by review).
         child = subprocess.Popen(
-            [sys.executable, "-m", "stockade.runtime.init", str(directory), str(bundle)],
-            start_new_session=True, close_fds=True, **stdio)
+            [sys.executable, "-P", "-m", "stockade.runtime.init", str(directory.absolute()),
+             str(bundle)], start_new_session=True, close_fds=True, cwd="/",
+            env={**os.environ, "PYTHONPATH": import_path()}, **stdio)
         for handle in set(stdio.values()):
             os.close(handle)
         started = proc_start_time(child.pid) or 0
@@ -111,11 +116,24 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        annotations).save(directory)
         if pid_file is not None:
-            tmp = pid_file.with_name(f".{pid_file.name}.tmp")
-            tmp.write_text(str(child.pid))
-            os.replace(tmp, pid_file)
+            _write_pid(pid_file, child.pid)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _write_pid(path: Path, pid: int) -> None:
+    """`pid` into `path`, whole: through a new file of a name no one can guess (a
+    symlink planted at the fixed `.NAME.tmp` had root write the pid through it, found
+    by review), renamed into place."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(str(pid))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 
@@ -188,7 +206,8 @@ def kill(ctx: _Context, container_id: str, signal_name: str, all_: bool) -> None
     """Send SIGNAL (name or number; default SIGTERM) to container ID."""
     directory = container_dir(ctx.root, container_id)
     saved = ContainerState.load(directory)
-    number = int(signal_name) if signal_name.isdigit() else \
+    number = int(signal_name) if signal_name.isascii() and signal_name.isdigit() \
+        and len(signal_name) <= 3 else \
         _SIGNALS.get(signal_name.upper().removeprefix("SIG"))
     if number is None:
         raise UsageError(f"unknown signal {signal_name!r}")

@@ -1,0 +1,117 @@
+"""Attacks on `stockade-runtime`'s own inputs: its working directory, `config.json` as a
+file and as values, `--pid-file`, a signal's name. Each is refused in one line (or
+does nothing), never a traceback, a hang or code run as root (found by review)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ..conftest import guest
+from .direct import RUNTIME, create, host_policy_env, runtime, wait_gone
+
+
+def _bundle(tmp_path: Path, config: dict[str, object] | None = None) -> Path:
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "rootfs" / "hello.wasm").write_bytes(guest("hello.wasm").read_bytes())
+    (bundle / "config.json").write_text(json.dumps(config or {
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/hello.wasm"], "cwd": "/"}}))
+    return bundle
+
+
+def test_a_bundles_python_files_are_not_imported(tmp_path: Path) -> None:
+    """A shim runs the runtime in the bundle directory: the container process was
+    `python -m stockade.runtime.init`, which imports from there first."""
+    env = host_policy_env(tmp_path, tmp_path)
+    bundle = _bundle(tmp_path)
+    planted = bundle / "stockade"
+    planted.mkdir()
+    marker = tmp_path / "planted-code-ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    pid_file = tmp_path / "pid"
+    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+        done = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "create",
+                               "--bundle", str(bundle), "--pid-file", str(pid_file), "c1"],
+                              env=env, cwd=bundle, stdout=out, stderr=err, timeout=60,
+                              check=False)
+    assert done.returncode == 0, (tmp_path / "err").read_text()
+    runtime(tmp_path, env, "start", "c1")
+    wait_gone(int(pid_file.read_text()))
+    assert not marker.exists()
+    assert b"Hello" in (tmp_path / "out").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "symlink"])
+def test_a_config_that_is_no_regular_file_is_refused_at_once(tmp_path: Path,
+                                                              kind: str) -> None:
+    env = host_policy_env(tmp_path, tmp_path)
+    bundle = _bundle(tmp_path)
+    config = bundle / "config.json"
+    config.unlink()
+    if kind == "fifo":
+        os.mkfifo(config)
+    elif kind == "device":
+        config.symlink_to("/dev/zero")
+    else:
+        (bundle / "real.json").write_text("{}")
+        config.symlink_to("real.json")
+    created = create(tmp_path, env, bundle)  # a FIFO held it for ever
+    assert created.returncode == 78 and created.pid is None
+    assert "config.json" in created.errors.read_text()
+    assert "Traceback" not in created.errors.read_text()
+
+
+@pytest.mark.parametrize("config", [
+    "[" * 200_000 + "]" * 200_000,
+    json.dumps({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "annotations": [1],
+                "process": {"args": ["/hello.wasm"], "cwd": "/"}}),
+    '{"ociVersion": "1.0.2", "root": {"path": "root\\ud800"}, '
+    '"process": {"args": ["/hello.wasm"], "cwd": "/"}}',
+    json.dumps({"ociVersion": "1.0.2", "root": {"path": "root\0fs"},
+                "process": {"args": ["/hello.wasm"], "cwd": "/"}}),
+    '{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, '
+    '"process": {"args": ["/hello\\udfff.wasm"], "cwd": "/"}}',
+], ids=["nested", "annotations-list", "surrogate-root", "nul-root", "surrogate-module"])
+def test_hostile_config_values_are_one_line(tmp_path: Path, config: str) -> None:
+    env = host_policy_env(tmp_path, tmp_path)
+    bundle = _bundle(tmp_path)
+    (bundle / "config.json").write_text(config, errors="surrogatepass")
+    created = create(tmp_path, env, bundle)
+    errors = created.errors.read_text(errors="replace")
+    assert created.returncode == 78 and created.pid is None, errors
+    assert "Traceback" not in errors and len(errors.strip().splitlines()) == 1, errors
+    assert not (tmp_path / "root" / "c1").exists()
+
+
+def test_the_pid_file_is_written_through_no_planted_link(tmp_path: Path) -> None:
+    env = host_policy_env(tmp_path, tmp_path)
+    bundle = _bundle(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / ".pid.tmp").symlink_to(victim)  # the old, fixed temporary name
+    created = create(tmp_path, env, bundle)
+    assert created.returncode == 0 and created.pid is not None
+    assert victim.read_text() == "precious"
+    assert [p.name for p in tmp_path.glob(".pid.*")] == [".pid.tmp"]  # none left behind
+    runtime(tmp_path, env, "delete", "--force", "c1")
+    wait_gone(created.pid)
+
+
+@pytest.mark.parametrize("name", ["²", "99999999999999999999", "٣"])
+def test_a_signal_that_is_no_number_is_refused(tmp_path: Path, name: str) -> None:
+    env = host_policy_env(tmp_path, tmp_path)
+    created = create(tmp_path, env, _bundle(tmp_path))
+    assert created.pid is not None
+    try:
+        done = runtime(tmp_path, env, "kill", "c1", name)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    finally:
+        runtime(tmp_path, env, "delete", "--force", "c1")
+        wait_gone(created.pid)
