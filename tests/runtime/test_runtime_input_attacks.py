@@ -115,3 +115,19 @@ def test_a_signal_that_is_no_number_is_refused(tmp_path: Path, name: str) -> Non
     finally:
         runtime(tmp_path, env, "delete", "--force", "c1")
         wait_gone(created.pid)
+
+
+def test_a_logged_error_is_one_line_whatever_the_bundle_names(tmp_path: Path) -> None:
+    """`--log-format text` wrote the message raw inside `msg="..."`: a module name with a
+    quote and a new line forged a second log line (found by review)."""
+    env = host_policy_env(tmp_path, tmp_path)
+    bundle = _bundle(tmp_path, {
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ['/x"\ntime="0" level=info msg="forged'], "cwd": "/"}})
+    log = tmp_path / "runtime.log"
+    done = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "--log", str(log),
+                           "--log-format", "text", "create", "--bundle", str(bundle), "c1"],
+                          env=env, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 78, done.stderr
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and "level=info" not in lines[0].split("msg=", 1)[0], lines

@@ -50,7 +50,8 @@ class _Context:
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         line = json.dumps({"level": "error", "msg": message, "time": stamp}) \
-            if self.log_format == "json" else f'time="{stamp}" level=error msg="{message}"'
+            if self.log_format == "json" else \
+            f'time="{stamp}" level=error msg={json.dumps(message)}'  # quoted, as logrus does
         with contextlib.suppress(OSError), open(self.log, "a") as handle:
             handle.write(line + "\n")
 
