@@ -7,6 +7,8 @@ without bound, never waited on."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,23 @@ def test_a_module_swapped_for_a_fifo_is_not_waited_on(tmp_path: Path) -> None:
     os.mkfifo(path)
     with pytest.raises(ModuleError, match="not a regular file"):
         ModuleFile(path, 16 * KiB)
+
+
+def test_the_command_line_reads_no_more_than_the_policys_size_limit(tmp_path: Path) -> None:
+    """`stockade run` (and the OCI runtime, through it) hashed a module under a fixed
+    512 MiB bound before the policy's limit refused it: a 400 MiB module under `strict`
+    (64 MiB) took the process past 800 MB (found by review)."""
+    big = tmp_path / "big.wasm"
+    with big.open("wb") as out:
+        out.write(b"\0asm\x01\0\0\0")
+        out.truncate(300 * 1024 * KiB)  # sparse: costs the disk nothing
+    probe = ("import resource, subprocess, sys\n"
+             "done = subprocess.run([sys.executable, '-m', 'stockade', 'run', '--profile',"
+             f" 'strict', {str(big)!r}], capture_output=True, text=True)\n"
+             "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+             "print(done.stderr)\n")
+    measured = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              timeout=120)
+    code, peak_kib = measured.stdout.split("\n", 1)[0].split()
+    assert code == "126" and "module size limit of 64MiB" in measured.stdout, measured.stdout
+    assert int(peak_kib) < 200 * KiB, peak_kib

@@ -108,7 +108,9 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
         from ..paths import cache_dir
 
         cache = AotCache(cache_dir())
-        sha256 = digest(module, cache)
+        # Read no further than the policy loads: a 400 MiB module under `strict` (64 MiB)
+        # was read and hashed whole before the load refused it (found by review).
+        sha256 = digest(module, cache, policy.limits.max_module_size)
     else:
         from ..engine import CompileGuard, EngineConfig, get_engine
 
