@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,10 +98,12 @@ def test_the_pid_file_is_written_through_no_planted_link(tmp_path: Path) -> None
     (tmp_path / ".pid.tmp").symlink_to(victim)  # the old, fixed temporary name
     created = create(tmp_path, env, bundle)
     assert created.returncode == 0 and created.pid is not None
-    assert victim.read_text() == "precious"
-    assert [p.name for p in tmp_path.glob(".pid.*")] == [".pid.tmp"]  # none left behind
-    runtime(tmp_path, env, "delete", "--force", "c1")
-    wait_gone(created.pid)
+    try:
+        assert victim.read_text() == "precious"
+        assert [p.name for p in tmp_path.glob(".pid.*")] == [".pid.tmp"]  # none left
+    finally:
+        runtime(tmp_path, env, "delete", "--force", "c1")
+        wait_gone(created.pid)
 
 
 @pytest.mark.parametrize("name", ["²", "99999999999999999999", "٣"])
@@ -131,3 +134,21 @@ def test_a_logged_error_is_one_line_whatever_the_bundle_names(tmp_path: Path) ->
     assert done.returncode == 78, done.stderr
     lines = log.read_text().splitlines()
     assert len(lines) == 1 and "level=info" not in lines[0].split("msg=", 1)[0], lines
+
+
+def test_a_signal_during_create_waits_for_the_state_to_be_whole(tmp_path: Path) -> None:
+    """SIGTERM between the container's directory and its state left a directory no
+    command could use (`create` said it exists, `state` that it does not, `delete
+    --force` did nothing) and a process waiting on its FIFO for ever (found by review).
+    Such a signal now acts once the block that writes the state has ended."""
+    marker = tmp_path / "block-ended"
+    probe = ("import os, signal\n"
+             "from stockade.runtime.cli import _signals_deferred\n"
+             "with _signals_deferred():\n"
+             "    os.kill(os.getpid(), signal.SIGTERM)\n"
+             f"    open({str(marker)!r}, 'w').close()\n"
+             "print('survived')\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert marker.exists(), done.stderr  # the block ran to its end
+    assert done.returncode == -15 and "survived" not in done.stdout  # then the signal

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,32 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
     spec = read_bundle(bundle)
     spec.close()  # judged here; the container process reads and holds it itself
     ctx.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _signals_deferred():
+        _create(directory, container_id, bundle, spec.config, pid_file, console_socket)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP wait until the block ends, then act as they would have:
+    one between the container's directory and its `state.json` left a directory no
+    command could use and a process waiting on its FIFO for ever (found by review). A
+    handler, not a blocked mask: the container process inherits the mask, never a
+    handler (exec resets it)."""
+    caught: list[int] = []
+    names = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = {number: signal.signal(number, lambda got, _: caught.append(got))
+              for number in names}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, Any],
+            pid_file: Path | None, console_socket: Path | None) -> None:
     try:
         directory.mkdir(mode=0o700)
     except FileExistsError:
@@ -112,7 +139,7 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
         for handle in set(stdio.values()):
             os.close(handle)
         started = proc_start_time(child.pid) or 0
-        annotations = spec.config.get("annotations") or {}
+        annotations = config.get("annotations") or {}
         ContainerState(container_id, str(bundle), child.pid, started,
                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        annotations).save(directory)
