@@ -3,6 +3,7 @@ each with its state in a temp dir."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -30,7 +31,11 @@ class Containerd:
     telemetry: Path
 
     def ctr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([require("ctr"), "--address", str(self.socket), *args],
+        # A namespace of this test process's own: the runc shim keeps its runtime's state
+        # under /run/containerd/runc/<namespace>, shared by every containerd and every
+        # test run on the machine, where equal container names collided.
+        return subprocess.run([require("ctr"), "--address", str(self.socket), "--namespace",
+                               f"stockade-test-{os.getpid()}", *args],
                               capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -68,3 +73,5 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]
         process.terminate()
         process.wait(20)
         log.close()
+        with contextlib.suppress(OSError):  # the shim's state of our namespace, if empty
+            os.rmdir(f"/run/containerd/runc/stockade-test-{os.getpid()}")
