@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import redis
 
@@ -560,18 +560,22 @@ def _member(source: str) -> str:
     return f"client {source}"
 
 
-# Fields of each answer of the admission script (`scripts.ADMIT`): what the gate reads.
-_ADMISSION_FIELDS = {"ok": 6, "breaker": 5, "concurrency": 3, "cpu": 3, "rate": 3}
+class _Answer(NamedTuple):
+    """One kind of admission answer (`scripts.ADMIT`): the words its second field may be
+    and which of its fields are numbers (`resp.number`); it has as many fields as its
+    last number says."""
+
+    words: tuple[str, ...]
+    numbers: tuple[int, ...]
 
 
-# Which fields of each answer are numbers (`resp.number`), and what the others may be.
-_NUMBERS = {"ok": (2, 3, 4, 5), "breaker": (2, 3, 4), "concurrency": (2,), "cpu": (2,),
-            "rate": (2,)}
+_ANSWERS = {"ok": _Answer(("0", "1"), (2, 3, 4, 5)),
+            "breaker": _Answer(("open", "half_open"), (2, 3, 4)),
+            "concurrency": _Answer(("function", "tenant"), (2,)),
+            "cpu": _Answer(("function", "tenant"), (2,)),
+            "rate": _Answer(("function", "tenant"), (2,))}
 _COUNTS = (2, 4, 5)  # an `ok` answer's counts: read with int()
 _COUNT_DIGITS = 12  # int() of 5,000 digits raised ValueError past `_well_formed`
-_WORDS = {"ok": ("0", "1"), "breaker": ("open", "half_open"),
-          "concurrency": ("function", "tenant"), "cpu": ("function", "tenant"),
-          "rate": ("function", "tenant")}
 
 
 def _well_formed(reply: Any) -> bool:
@@ -579,13 +583,14 @@ def _well_formed(reply: Any) -> bool:
     of its words, its numbers finite and in range. A store answering otherwise (`*-1`,
     an integer, fields missing) raised IndexError into every request, a 500 whatever
     `on_unavailable` said; a time of `inf`, OverflowError (found by review)."""
-    if not (isinstance(reply, list) and reply and isinstance(reply[0], str)
-            and len(reply) >= _ADMISSION_FIELDS.get(reply[0], len(reply) + 1)
-            and all(isinstance(field, str) for field in reply)
-            and reply[1] in _WORDS[reply[0]]):
+    answer = _ANSWERS.get(reply[0]) if isinstance(reply, list) and reply \
+        and isinstance(reply[0], str) else None
+    if answer is None or len(reply) <= answer.numbers[-1] \
+            or not all(isinstance(field, str) for field in reply) \
+            or reply[1] not in answer.words:
         return False
     try:
-        for index in _NUMBERS[reply[0]]:
+        for index in answer.numbers:
             number(reply[index])
     except ValueError:
         return False
