@@ -621,7 +621,8 @@ def refusal(engine: EngineConfig, wasm: bytes) -> str | None:
     it accepts the module (a plain engine, made for the question: no pool, nothing
     compiled). The one validation outside a loading engine (`engine.validity`): through
     the C API, since a confined worker cannot import wasmtime-py once it runs."""
-    wasm = memoryview(wasm).tobytes()  # ctypes takes bytes only (bytes(8) is 8 zeros)
+    if not isinstance(wasm, bytes):  # ctypes takes bytes only (bytes(8) is 8 zeros)
+        wasm = memoryview(wasm).tobytes()
     config = C.wasm_config_new()
     try:
         _apply_settings(config, engine)
