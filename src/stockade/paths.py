@@ -5,6 +5,7 @@ its own package was imported from, for the Python processes it starts."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["cache_dir", "config_dir", "state_dir", "PACKAGE_ROOT", "import_path"]
@@ -37,6 +38,13 @@ def config_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "stockade"
+
+
+def module_command(module: str, *args: str, python: str = sys.executable) -> list[str]:
+    """The command line of Stockade's `module` in a fresh interpreter: never importing
+    from its working directory (`-P`, where whoever can write could run code in it), so
+    its environment carries `import_path()`."""
+    return [python, "-P", "-m", module, *args]
 
 
 def import_path() -> str:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from ..compilecost import compile_deadline
 from ..errors import ModuleError, StockadeError
-from ..paths import import_path
+from ..paths import import_path, module_command
 from ..policy.units import format_size
 
 # Imported with this module, not when a module is refused: an isolated worker compiles
@@ -144,7 +144,7 @@ def compile_in_child(settings: Settings, wasm: bytes, name: str, guard: CompileG
     cpu = None if guard is None else guard.compile_budget
     deadline = None if cpu is None else compile_deadline(cpu)
     try:
-        done = subprocess.run([sys.executable, "-P", "-m", "stockade.engine.compilechild"],
+        done = subprocess.run(module_command("stockade.engine.compilechild"),
                               input=json.dumps(spec).encode() + b"\n" + wasm,
                               capture_output=True, env=_environment(), cwd="/",
                               timeout=deadline, check=False)

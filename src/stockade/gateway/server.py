@@ -17,13 +17,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
-from ..paths import import_path
+from ..paths import import_path, module_command
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
 from ..tempdirs import LockedTempDir
@@ -115,7 +114,7 @@ class Supervisor:
         env = {**os.environ, REPLICA_ENV: replica_id(), "PYTHONPATH": import_path()}
         # Never importing from the working directory (-P): whoever can write there
         # would run code in every worker.
-        command = [sys.executable, "-P", "-m", "stockade.gateway.worker",
+        command = [*module_command("stockade.gateway.worker"),
                    "--manifest", str(self.path), "--overrides", json.dumps(self.overrides),
                    "--index", str(index), "--workers", str(self.settings.workers),
                    "--metrics-dir", str(self._metrics_dir), "--ready-fd", str(write),

@@ -32,7 +32,7 @@ from ..engine.cache import AotCache
 from ..engine.seal import scoped_key
 from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
-from ..paths import import_path
+from ..paths import import_path, module_command
 from ..policy.units import format_size
 from ..result import Outcome
 from ..rmtree import remove_tree
@@ -177,8 +177,8 @@ class WorkerProcess:
         self._stderr = None if log else tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
-                [python, "-P", "-m", program, str(to_worker_r),
-                 str(from_worker_w), str(os.getpid()), str(int(_on_main_thread()))],
+                module_command(program, str(to_worker_r), str(from_worker_w),
+                               str(os.getpid()), str(int(_on_main_thread())), python=python),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
                 pass_fds=(to_worker_r, from_worker_w, *held), start_new_session=True,
                 env={**worker_environment(plan), **(env or {})},

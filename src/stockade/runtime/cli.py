@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from ..errors import StockadeError, UsageError
-from ..paths import import_path
+from ..paths import import_path, module_command
 from .state import ContainerState, container_dir, proc_start_time, status_of
 
 __all__ = ["main", "runtime"]
@@ -133,8 +133,8 @@ def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, 
         # Never importing from the working directory (-P), where a shim runs this: a
         # bundle's `stockade/__init__.py` ran as root (found by review).
         child = subprocess.Popen(
-            [sys.executable, "-P", "-m", "stockade.runtime.init", str(directory.absolute()),
-             str(bundle)], start_new_session=True, close_fds=True, cwd="/",
+            module_command("stockade.runtime.init", str(directory.absolute()), str(bundle)),
+            start_new_session=True, close_fds=True, cwd="/",
             env={**os.environ, "PYTHONPATH": import_path()}, **stdio)
         for handle in set(stdio.values()):
             os.close(handle)
