@@ -40,11 +40,12 @@ def config_dir() -> Path:
     return Path(base) / "stockade"
 
 
-def module_command(module: str, *args: str, python: str = sys.executable) -> list[str]:
-    """The command line of Stockade's `module` in a fresh interpreter: never importing
-    from its working directory (`-P`, where whoever can write could run code in it), so
-    its environment carries `import_path()`."""
-    return [python, "-P", "-m", module, *args]
+def module_command(module: str, *args: str, python: str | None = None) -> list[str]:
+    """The command line of Stockade's `module` in a fresh interpreter (`python`, else
+    `sys.executable` as it is now): never importing from its working directory (`-P`,
+    where whoever can write could run code in it), so its environment carries
+    `import_path()`."""
+    return [python or sys.executable, "-P", "-m", module, *args]
 
 
 def import_path() -> str:
