@@ -23,7 +23,8 @@ whoever creates a container cannot hand the guest more of the host than the host
 so is a rootfs outside the bundle directory that they do not cover, unless it is the
 container engine's own (Podman's: `dirs.in_engine_storage`). The check is made again
 when the container starts. Each directory is opened once, judged on its descriptor and
-granted from it (`dirs`): a path swapped after the check changes nothing the guest sees.
+granted from it (`dirs`), and the module is run from the descriptor it was checked on: a
+path swapped after the check changes nothing the guest sees or what runs.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ _MAX_CONFIG = 4 * 1024**2
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle ready to run: the module file, guest arguments and the narrowed policy,
-    whose directories are granted from descriptors it holds (`close()` or `with`)."""
+    """A bundle ready to run: the module file, guest arguments and the narrowed policy;
+    the module and the policy's directories are opened from descriptors it holds
+    (`close()` or `with`)."""
 
     path: Path
     module: Path
@@ -83,11 +85,12 @@ def _platform_of(head: bytes) -> str:
     return "not WebAssembly"
 
 
-def _module(rootfs: DirGrant, arg0: str) -> Path:
-    """The module `process.args[0]` names, looked up beneath the held rootfs (no `..`,
-    absolute symlink or magic link leaves it), as a path through that descriptor: the
-    run reads the file found now inside the rootfs judged, whatever its path becomes.
-    Raises UnsupportedBundle when it leaves the rootfs, is missing or is no module."""
+def _module(rootfs: DirGrant, arg0: str, held: HeldDirs) -> Path:
+    """The module `process.args[0]` names, opened beneath the held rootfs (no `..`,
+    absolute symlink or magic link leaves it) and held (`HeldDirs.hold_file`): the run
+    reads the file found now, whatever its name leads to since (a name swapped for a
+    symlink to a host module ran that module, found by review). Raises
+    UnsupportedBundle when it leaves the rootfs, is missing or is no module."""
     name = arg0.split("#", 1)[0].lstrip("/")
     rootfs_fd = rootfs.held_fd()
     if rootfs_fd is None:  # `_grants` holds it; a plain path would be judged by name
@@ -103,13 +106,15 @@ def _module(rootfs: DirGrant, arg0: str) -> Path:
         if stat.S_ISREG(os.fstat(fd).st_mode):
             with open(f"/proc/self/fd/{fd}", "rb") as handle:
                 head = handle.read(64)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
     if not head.startswith(b"\0asm"):
+        os.close(fd)
         raise UnsupportedBundle(
             f"{arg0} is {_platform_of(head)}: stockade-runtime runs only wasi/wasm images "
             "(use runc or crun for this one)")
-    return rootfs.host / name
+    return held.hold_file(fd, name.rsplit("/", 1)[-1])
 
 
 def _narrow(policy: Policy, key: str, value: Any, label: str) -> Policy:
@@ -184,7 +189,7 @@ def _read(path: Path, bundle_fd: int, held: HeldDirs) -> Bundle:
     if isinstance(cwd, str) and cwd and not any(k == "PWD" for k, _ in env):
         env.append(("PWD", cwd))
     grants = _grants(path, root, config, host, held, bundle_fd)
-    module = _module(grants[0], args[0])
+    module = _module(grants[0], args[0], held)
     policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
     return Bundle(path, module, tuple(args[1:]), policy, config, held)
 

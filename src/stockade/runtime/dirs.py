@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from ..hostcalls.descriptors import open_beneath
@@ -55,10 +56,12 @@ def beneath(fd: int, root_fd: int) -> bool:
 
 
 class HeldDirs:
-    """Directories held open for one bundle; `close()` (or `with`) closes them all."""
+    """Directories (and the module file) held open for one bundle; `close()` (or `with`)
+    closes them all."""
 
     def __init__(self) -> None:
         self.fds: list[int] = []
+        self._links: Path | None = None
 
     def open(self, path: Path) -> int:
         """An `O_PATH` descriptor of the directory `path` leads to now, held until
@@ -67,10 +70,29 @@ class HeldDirs:
         self.fds.append(fd)
         return fd
 
+    def hold_file(self, fd: int, name: str) -> Path:
+        """Hold the file open as `fd` until `close()`, as a path named `name` that opens
+        that very file whatever its old path leads to since: a link, in a directory of
+        this process's own, to the magic link `/proc/PID/fd/N`. (The link keeps the name
+        results and records show; the descriptor alone would show as its number.)"""
+        self.fds.append(fd)
+        if self._links is None:
+            self._links = Path(tempfile.mkdtemp(prefix="stockade-module-"))
+        if name in ("", ".", "..") or "/" in name or len(os.fsencode(name)) > 255:
+            name = "module.wasm"
+        link = self._links / name
+        link.symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
+        return link
+
     def close(self) -> None:
         """Close every held descriptor. Safe twice."""
         while self.fds:
             os.close(self.fds.pop())
+        if self._links is not None:
+            for link in self._links.iterdir():
+                link.unlink()
+            self._links.rmdir()
+            self._links = None
 
     def __enter__(self) -> HeldDirs:
         return self
