@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from ..conftest import guest
-from .direct import host_policy_env
+from .direct import create, host_policy_env, runtime, wait_gone
 
 
 def _bundle(tmp_path: Path, name: str) -> Path:
@@ -66,3 +68,35 @@ def test_the_held_module_is_let_go_with_the_bundle(tmp_path: Path,
     spec.close()
     assert set(os.listdir("/proc/self/fd")) <= before
     assert not spec.module.exists() and not spec.module.parent.exists()
+
+
+def test_a_killed_container_leaves_no_link_behind(tmp_path: Path) -> None:
+    """The module's link was made in the temporary directory: a container killed while
+    it ran left it there for good, pointing at `/proc/<its pid>/fd/N`, whatever process
+    later had that pid (found by review). It lies in the container's directory now."""
+    env = host_policy_env(tmp_path, tmp_path)
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "rootfs" / "sleeper.wasm").write_bytes(guest("sleeper.wasm").read_bytes())
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/sleeper.wasm", "30"], "cwd": "/"}}))
+    created = create(tmp_path, env, bundle)
+    assert created.pid is not None, created.errors.read_text()
+    try:
+        assert runtime(tmp_path, env, "start", "c1").returncode == 0
+        deadline = time.monotonic() + 30
+        # Until the started run holds its module (its link made, wherever it is).
+        while not [*(tmp_path / "tmp").glob("stockade-module-*/*"),
+                   *(tmp_path / "root" / "c1").glob("stockade-module-*/*")]:
+            assert time.monotonic() < deadline, created.errors.read_text()
+            time.sleep(0.02)
+        os.kill(created.pid, signal.SIGKILL)
+        wait_gone(created.pid)
+        assert list((tmp_path / "tmp").iterdir()) == []
+    finally:
+        runtime(tmp_path, env, "delete", "--force", "c1")
+        wait_gone(created.pid)
+    assert not (tmp_path / "root" / "c1").exists()

@@ -93,17 +93,22 @@ def test_a_module_swapped_for_a_fifo_is_not_waited_on(tmp_path: Path) -> None:
         ModuleFile(path, 16 * KiB)
 
 
-def test_the_command_line_reads_no_more_than_the_policys_size_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, backend", [("big.wasm", "auto"), ("big.cwasm", "auto"),
+                                           ("big.wasm", "wasmtime")])
+def test_the_command_line_reads_no_more_than_the_policys_size_limit(
+        tmp_path: Path, name: str, backend: str) -> None:
     """`stockade run` (and the OCI runtime, through it) hashed a module under a fixed
     512 MiB bound before the policy's limit refused it: a 400 MiB module under `strict`
-    (64 MiB) took the process past 800 MB (found by review)."""
-    big = tmp_path / "big.wasm"
+    (64 MiB) took the process past 800 MB (found by review). Also on wasmtime-py's path,
+    which a name ending in `.cwasm` picks (found by the review of the fix)."""
+    big = tmp_path / name
     with big.open("wb") as out:
         out.write(b"\0asm\x01\0\0\0")
         out.truncate(300 * 1024 * KiB)  # sparse: costs the disk nothing
-    probe = ("import resource, subprocess, sys\n"
+    probe = ("import os, resource, subprocess, sys\n"
              "done = subprocess.run([sys.executable, '-m', 'stockade', 'run', '--profile',"
-             f" 'strict', {str(big)!r}], capture_output=True, text=True)\n"
+             f" 'strict', '--allow-precompiled', {str(big)!r}], capture_output=True,"
+             f" text=True, env={{**os.environ, 'STOCKADE_BACKEND': {backend!r}}})\n"
              "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
              "print(done.stderr)\n")
     measured = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

@@ -108,14 +108,15 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
         from ..paths import cache_dir
 
         cache = AotCache(cache_dir())
-        # Read no further than the policy loads: a 400 MiB module under `strict` (64 MiB)
-        # was read and hashed whole before the load refused it (found by review).
+        # Read no further than the policy loads (either path): a 400 MiB module under
+        # `strict` (64 MiB) was read and hashed whole before the load refused it (found
+        # by review).
         sha256 = digest(module, cache, policy.limits.max_module_size)
     else:
         from ..engine import CompileGuard, EngineConfig, get_engine
 
         engine = get_engine(EngineConfig.for_limits(policy.limits))
-        sha256 = engine.digest(module)
+        sha256 = engine.digest(module, policy.limits.max_module_size)
         if on_terminal():
             # Compile here, where progress can be shown, also for a worker (it shares the
             # AoT cache); a cached module costs a map of its file.

@@ -13,7 +13,7 @@ from ..paths import cache_dir
 from .cache import AotCache
 from .config import EngineConfig
 from .guard import CompileGuard
-from .loader import LoadedModule, ModuleLoader, refuse_precompiled
+from .loader import MAX_MODULE_BYTES, LoadedModule, ModuleLoader, refuse_precompiled
 from .ticker import EpochTicker
 
 __all__ = ["Engine", "get_engine", "close_engines"]
@@ -94,9 +94,10 @@ class Engine:
         except Unsupported:
             return load(get_engine(self.config.with_epochs())._loader)
 
-    def digest(self, source: str | Path) -> str:
-        """The sha256 a load of this file reports, cheaply (see ModuleLoader.digest)."""
-        return self._loader.digest(Path(source))
+    def digest(self, source: str | Path, limit: int = MAX_MODULE_BYTES) -> str:
+        """The sha256 a load of this file reports, cheaply, reading no more than `limit`
+        bytes (see ModuleLoader.digest)."""
+        return self._loader.digest(Path(source), limit)
 
     def linker(self, name: str, build: LinkerFactory) -> wasmtime.Linker:
         """The linker registered under `name`, built once by `build(engine)`."""

@@ -326,9 +326,9 @@ class ModuleLoader:
             ) from None
         return LoadedModule(module, sha, name, True, 0.0, precompiled=True)
 
-    def digest(self, path: Path) -> str:
+    def digest(self, path: Path, limit: int = MAX_MODULE_BYTES) -> str:
         """The sha256 `load_path` would report for `path` (see `digest`)."""
-        return digest(path, self._cache)
+        return digest(path, self._cache, limit)
 
     # -- stat index: skip reading and hashing large modules on every cold start --------
 

@@ -125,13 +125,15 @@ def _narrow(policy: Policy, key: str, value: Any, label: str) -> Policy:
     return narrowed
 
 
-def read_bundle(path: Path) -> Bundle:
+def read_bundle(path: Path, links_in: Path | None = None) -> Bundle:
     """Read and check the bundle at `path`. Raises UnsupportedBundle (one line, naming what
-    is wrong or the platform the bundle is for), PolicyError for a bad annotation."""
+    is wrong or the platform the bundle is for), PolicyError for a bad annotation. The
+    module is held through a link made in `links_in` (a directory of this process's own,
+    removed with it; default: a temporary directory removed by `close()`)."""
     # The bundle is opened once: config.json, the rootfs it names and the check that a
     # directory lies inside the bundle all go through that descriptor, so a bundle path
     # swapped (for a symlink to an ancestor) after config.json is read changes nothing.
-    held = HeldDirs()
+    held = HeldDirs(links_in)
     try:
         try:
             bundle_fd = held.open(path)

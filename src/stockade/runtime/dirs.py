@@ -59,8 +59,9 @@ class HeldDirs:
     """Directories (and the module file) held open for one bundle; `close()` (or `with`)
     closes them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, links_in: Path | None = None) -> None:
         self.fds: list[int] = []
+        self._links_in = links_in
         self._links: Path | None = None
 
     def open(self, path: Path) -> int:
@@ -73,11 +74,12 @@ class HeldDirs:
     def hold_file(self, fd: int, name: str) -> Path:
         """Hold the file open as `fd` until `close()`, as a path named `name` that opens
         that very file whatever its old path leads to since: a link, in a directory of
-        this process's own, to the magic link `/proc/PID/fd/N`. (The link keeps the name
-        results and records show; the descriptor alone would show as its number.)"""
+        this process's own (in `links_in`, else the temporary directory), to the magic
+        link `/proc/PID/fd/N`. (The link keeps the name results and records show; the
+        descriptor alone would show as its number.)"""
         self.fds.append(fd)
         if self._links is None:
-            self._links = Path(tempfile.mkdtemp(prefix="stockade-module-"))
+            self._links = Path(tempfile.mkdtemp(prefix="stockade-module-", dir=self._links_in))
         if name in ("", ".", "..") or "/" in name or len(os.fsencode(name)) > 255:
             name = "module.wasm"
         link = self._links / name

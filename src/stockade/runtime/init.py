@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         from ..invocation import Invocation
         from .bundle import read_bundle
 
-        read_bundle(bundle_path).close()  # refused at `create` already, where it can be
+        read_bundle(bundle_path, state_dir).close()  # refused at `create` already, where it can be
         # Blocks until `start` opens the other end: nothing of the guest runs before.
         fd = os.open(state_dir / "exec.fifo", os.O_WRONLY)
         os.write(fd, b"0")
@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
         # Read and checked again now, and the guest's directories are opened from the
         # descriptors this check was made on: a directory swapped for a symlink since
         # `create`, or while the guest starts, changes nothing the guest sees.
-        with read_bundle(bundle_path) as bundle:
+        # The module's link lies in the container's directory: `delete` removes it, also
+        # after this process was killed (in the temporary directory it stayed).
+        with read_bundle(bundle_path, state_dir) as bundle:
             name = bundle.config.get("annotations", {}).get("io.kubernetes.cri.container-name")
             invocation = Invocation(args=bundle.args, name=name or state_dir.name)
             result = run_observed(bundle.module, bundle.policy, invocation, None, None)
