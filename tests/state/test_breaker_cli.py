@@ -181,3 +181,28 @@ def test_a_stray_write_breaks_neither_list_nor_another_tenants_reset(
     reset = stockade("breaker", "reset", "function:f", "--tenant", "alpha", "-c", str(path))
     assert reset.returncode == 0, reset.stderr.decode()
     assert not raw.exists(alpha) and raw.exists(beta)
+
+
+def test_a_breaker_is_shown_and_audited_as_its_key_names_it(
+        redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`list` and the audit record of a reset took the breaker's key and tenant from
+    fields a stray write can change: alpha's breaker was listed as beta's, and its reset
+    audited as the reset of another breaker (found by review)."""
+    import redis as redis_py
+
+    path = manifest(tmp_path, redis_server.url)
+    open_breaker(redis_server.url, "alpha").close()
+    alpha = TenantKeys.of("alpha", "-", "function:f").breaker
+    raw = redis_py.Redis(port=redis_server.port, password=redis_server.password or None)
+    raw.hset(alpha, mapping={"tenant": "beta", "key": "function:pay"})
+    listed = stockade("breaker", "list", "--json", "--config", str(path))
+    assert listed.returncode == 0, listed.stderr.decode()
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["key"], row["tenant"]) == ("function:f", "alpha")
+    monkeypatch.setenv("STOCKADE_STATE_DIR", str(tmp_path / "state"))
+    reset = stockade("breaker", "reset", "function:f", "--tenant", "alpha", "-c", str(path))
+    assert reset.returncode == 0, reset.stderr.decode()
+    audit = [json.loads(line) for line in
+             (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    [record] = [r for r in audit if r.get("kind") == "breaker_reset"]
+    assert (record["breaker"], record["tenant"]) == ("function:f", "alpha"), record

@@ -194,19 +194,30 @@ def test_a_hostile_store_cannot_break_a_breaker_record(
     {b"TIME": _once(_array(b"1", b"0")),
      b"SCAN": _once(b"*2\r\n$1\r\n0\r\n" + _array(b"stockade:{t}:b:k")),
      b"HGETALL": _once(b"*4\r\n$5\r\nstate\r\n*1\r\n:1\r\n$3\r\nkey\r\n:9\r\n")},
-], ids=["short-time", "key-not-text", "deep-scan", "fields-not-text"])
+    {b"TIME": _once(_array(b"9" * 400, b"0"))},
+    {b"TIME": _once(_array(b"1", b"9" * 400))},
+    {b"TIME": _once(_array(b"1", b"0")), b"SCAN": _once(b"*2\r\n$1\r\n7\r\n*0\r\n")},
+], ids=["short-time", "key-not-text", "deep-scan", "fields-not-text", "huge-seconds",
+        "huge-micros", "endless-cursor"])
 def test_a_hostile_store_cannot_break_breaker_list(
-        hostile_store: Callable[..., str], commands: dict[bytes, Answer]) -> None:
+        hostile_store: Callable[..., str], commands: dict[bytes, Answer],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """`stockade breaker list` reads a store it may not trust: a reply of the wrong
     shape is one StateUnavailable (exit 69), or a listing; it was an IndexError,
     AttributeError or RecursionError traceback (found by review)."""
+    from stockade.state import breakers as module
     from stockade.state.breakers import SharedBreakers
 
     url = hostile_store(_once(b"+OK\r\n"), commands)
+    # A cursor that never came back to 0 was asked for ever (found by review): bounded
+    # by pages and time, here made small.
+    monkeypatch.setattr(module, "LISTING_SECONDS", 2.0)
     with SharedBreakers(StateSettings(url, "fail_closed", TIMEOUT), env={}) as breakers:
+        started = time.monotonic()
         try:
             entries = breakers.entries()
         except StateUnavailable:
+            assert time.monotonic() - started < 30
             return
     assert all(isinstance(entry.state, str) and isinstance(entry.key, str)
                for entry in entries)

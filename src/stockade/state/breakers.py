@@ -10,7 +10,8 @@ within `REFUSAL_CACHE`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 
 import redis
 
@@ -26,6 +27,15 @@ __all__ = ["SharedBreakers", "breaker_entries", "reset_breakers"]
 # What a reply of the wrong shape raises where it is read (a TIME of one element, a key
 # that is no text, a reply nested past the stack).
 _BAD_REPLY = (ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError)
+# A listing ends within these, whatever the store answers: a SCAN cursor that never came
+# back to 0 kept `breaker list` asking for ever (found by review).
+LISTING_SECONDS = 60.0
+MAX_SCANS = 20_000  # pages of up to 500 names
+MAX_BREAKERS = 100_000
+
+
+class ListingUnbounded(Exception):
+    """The store's breakers did not end within the listing's bounds."""
 
 
 def _float(fields: Mapping[str, str], name: str) -> float | None:
@@ -58,24 +68,53 @@ def breaker_entries(client: redis.Redis, window: float,
 
 def _stored(client: redis.Redis, window: float,
             prefix: str) -> list[tuple[str, BreakerEntry]]:
-    """(key name, entry) of every breaker under `prefix`, most recently changed first."""
+    """(key name, entry) of every breaker under `prefix`, most recently changed first.
+    Its key and tenant are those its name holds: a stored field is shown only when its
+    name is that field's (a stray write listed one tenant's breaker as another's, and the
+    audit log recorded the reset of a breaker that was not reset; found by review).
+    Raises ListingUnbounded past `LISTING_SECONDS` or `MAX_BREAKERS`."""
     found: list[tuple[str, BreakerEntry]] = []
+    deadline = time.monotonic() + LISTING_SECONDS
     seconds, micros = client.time()  # type: ignore[misc]
-    now = seconds + micros / 1e6  # violations are scored by Redis's clock
-    for name in client.scan_iter(match=f"{prefix}:{{*}}:b:*", count=500):
+    # Violations are scored by Redis's clock: two numbers, not 400 digits.
+    now = number(str(seconds)) + number(str(micros)) / 1e6
+    for name in _names(client, prefix, deadline):
         fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
         if not fields:
             continue
-        split = name.index("}:b:")  # a tenant's token never holds a brace
+        tag, _, breaker = name.partition("}:b:")  # a tenant's token never holds a brace
         since = now - (_float(fields, "window") or window)
         violations: int = client.zcount(  # type: ignore[assignment]
-            f"{name[:split]}}}:v:{name[split + 4:]}", since, "+inf")
+            f"{tag}}}:v:{breaker}", since, "+inf")
         found.append((name, BreakerEntry(
-            _text(fields, "key", ""), _text(fields, "tenant", "") or None,
-            _text(fields, "state", "closed"), int(violations), _float(fields, "opened_at"),
-            _float(fields, "until"), _int(fields, "trips"),
+            _named(fields, "key", breaker), _named(fields, "tenant", tag[len(prefix) + 2:])
+            or None, _text(fields, "state", "closed"), int(violations),
+            _float(fields, "opened_at"), _float(fields, "until"), _int(fields, "trips"),
             _float(fields, "updated") or 0.0, _int(fields, "denied"))))
+        if len(found) > MAX_BREAKERS:
+            raise ListingUnbounded(f"more than {MAX_BREAKERS} breakers")
     return sorted(found, key=lambda stored: stored[1].updated, reverse=True)
+
+
+def _names(client: redis.Redis, prefix: str, deadline: float) -> Iterator[str]:
+    """The names of the breakers under `prefix`, by SCAN, until `deadline` (monotonic)
+    and `MAX_SCANS` pages at most. Raises ListingUnbounded past either."""
+    cursor, scans = 0, 0
+    while True:
+        cursor, names = client.scan(cursor, match=f"{prefix}:{{*}}:b:*",  # type: ignore[misc]
+                                    count=500)
+        yield from names
+        if not cursor:
+            return
+        scans += 1
+        if scans >= MAX_SCANS or time.monotonic() > deadline:
+            raise ListingUnbounded(f"no end after {scans} SCAN pages")
+
+
+def _named(fields: Mapping[str, str], name: str, part: str) -> str:
+    """The stored field `name` when the key name's `part` is its token, else `part`."""
+    value = _text(fields, name, "")
+    return value if value and token(value) == part else part
 
 
 def reset_breakers(client: redis.Redis, window: float, key: str = "",
@@ -110,6 +149,9 @@ class SharedBreakers:
         reason = str(exc).strip() or type(exc).__name__
         if isinstance(exc, redis.ResponseError):
             return StateUnavailable(f"shared state {self.settings.backend} refused: {reason}")
+        if isinstance(exc, ListingUnbounded):
+            return StateUnavailable(f"shared state {self.settings.backend}: its breakers did "
+                                    f"not end ({reason}); refused")
         return StateUnavailable(f"shared state {self.settings.backend} is unreachable "
                                 f"({reason}): the breakers of [state] backend live there")
 
@@ -117,7 +159,7 @@ class SharedBreakers:
         """Every shared breaker, most recently changed first. Raises StateUnavailable."""
         try:
             return breaker_entries(self.client, self.window, self.prefix)
-        except (redis.RedisError, OSError, *_BAD_REPLY) as exc:
+        except (redis.RedisError, OSError, ListingUnbounded, *_BAD_REPLY) as exc:
             raise self._unavailable(exc) from None
 
     def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
@@ -125,7 +167,7 @@ class SharedBreakers:
         StateUnavailable."""
         try:
             return reset_breakers(self.client, self.window, key, tenant, self.prefix)
-        except (redis.RedisError, OSError, *_BAD_REPLY) as exc:
+        except (redis.RedisError, OSError, ListingUnbounded, *_BAD_REPLY) as exc:
             raise self._unavailable(exc) from None
 
     def close(self) -> None:
