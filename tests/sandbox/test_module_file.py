@@ -56,9 +56,13 @@ def test_a_file_grown_after_the_check_is_read_only_to_the_limit(tmp_path: Path) 
             file.read()
 
 
+@pytest.mark.parametrize("trusted", [False, True], ids=["any", "signed-only"])
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
 @pytest.mark.parametrize("backend", ["sandbox", "capi"])
-def test_no_regular_file_no_module(tmp_path: Path, kind: str, backend: str) -> None:
+def test_no_regular_file_no_module(tmp_path: Path, kind: str, backend: str,
+                                   trusted: bool) -> None:
+    """Under `require_signature` the trust gate read the file itself, blocking: a FIFO
+    held the run for ever (found by review)."""
     path = tmp_path / "module.wasm"
     if kind == "fifo":
         os.mkfifo(path)  # no writer: a blocking open or read would wait forever
@@ -67,6 +71,14 @@ def test_no_regular_file_no_module(tmp_path: Path, kind: str, backend: str) -> N
     else:
         path.mkdir()
     policy = Policy.from_profile("default")
+    if trusted:
+        from stockade.policy.model import Trust
+        from stockade.trust import SecretKey
+
+        key = tmp_path / "signer.pub"
+        key.write_bytes(SecretKey(bytes([1]) * 32).public.pem())
+        policy = Policy(policy.limits, policy.capabilities, policy.profile,
+                        Trust(True, (key,)))
     with (Sandbox(policy) if backend == "sandbox" else CapiSandbox(policy)) as sandbox:
         with pytest.raises(ModuleError, match="not a regular file"):
             sandbox.run(path)
@@ -116,3 +128,27 @@ def test_the_command_line_reads_no_more_than_the_policys_size_limit(
     code, peak_kib = measured.stdout.split("\n", 1)[0].split()
     assert code == "126" and "module size limit of 64MiB" in measured.stdout, measured.stdout
     assert int(peak_kib) < 200 * KiB, peak_kib
+
+
+def test_a_module_the_trust_gate_refuses_is_never_compiled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal `stockade run` compiled the module first, to show progress, before
+    the sandbox's trust gate refused it: unsigned bytes reached the compiler and the AoT
+    cache (found by review)."""
+    from stockade.cli import execute
+    from stockade.invocation import Invocation
+    from stockade.policy.model import Trust
+    from stockade.trust import SecretKey
+
+    monkeypatch.setenv("STOCKADE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STOCKADE_BACKEND", "wasmtime")
+    monkeypatch.setattr(execute, "on_terminal", lambda: True)
+    key = tmp_path / "signer.pub"
+    key.write_bytes(SecretKey(bytes([1]) * 32).public.pem())
+    base = Policy.from_profile("default")
+    policy = Policy(base.limits, base.capabilities, base.profile, Trust(True, (key,)))
+    module = tmp_path / "unsigned.wasm"
+    module.write_bytes(guest("hello.wasm").read_bytes())
+    result = execute.run_observed(module, policy, Invocation(), "none", "off")
+    assert result.outcome.value == "denied"
+    assert not list((tmp_path / "cache").rglob("*.cwasm"))

@@ -4,6 +4,7 @@ bounded parsing of hostile signature sections."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -175,3 +176,52 @@ def test_a_prefix_ending_at_a_delimiter_is_not_the_whole_module(tmp_path: Path) 
     (tmp_path / "cut.wasm").write_bytes(truncated)
     done = stockade("verify", "--key", str(tmp_path / "k.pub"), str(tmp_path / "cut.wasm"))
     assert done.returncode == 126 and b"no valid signature" in done.stderr
+
+
+def test_a_key_rewritten_in_place_in_a_key_directory_is_no_longer_trusted(
+        tmp_path: Path) -> None:
+    """Keys were cached by each trusted path's stamp: a directory's, which rewriting a
+    key file inside it leaves as it was. A revoked signer stayed trusted by a process
+    that had read the keys once, a gateway reloaded included (found by review)."""
+    from stockade.policy.model import Trust
+    from stockade.trust.enforce import refusal
+
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    revoked, other = SecretKey(bytes([7]) * 32), SecretKey(bytes([8]) * 32)
+    (keys / "signer.pub").write_bytes(revoked.public.pem())
+    data = sign_module(guest("hello.wasm").read_bytes(), revoked).module
+    trust = Trust(True, (keys,))
+    assert refusal(data, trust) is None
+    before = os.stat(keys / "signer.pub")
+    with open(keys / "signer.pub", "r+b") as handle:  # in place: same inode, same size
+        handle.write(other.public.pem())
+    os.utime(keys / "signer.pub", ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.utime(keys, ns=(os.stat(keys).st_atime_ns, os.stat(keys).st_mtime_ns))
+    assert refusal(data, trust) is not None
+
+
+@pytest.mark.parametrize("where", ["file", "directory"])
+def test_a_key_path_that_is_a_fifo_is_refused_at_once(tmp_path: Path, where: str) -> None:
+    """A FIFO as a key file held the run (or a gateway's load) for ever."""
+    from stockade.trust import KeyFileError
+    from stockade.trust.keys import read_key_file
+
+    fifo = tmp_path / "key.pub"
+    os.mkfifo(fifo)
+    if where == "file":
+        with pytest.raises(KeyFileError, match="not a regular file"):
+            read_key_file(fifo)
+    done = stockade("verify", "--key", str(fifo), str(guest("hello.wasm")), timeout=30)
+    assert done.returncode != 0 and b"Traceback" not in done.stderr, done.stderr
+
+
+def test_verify_vouches_for_no_text(tmp_path: Path) -> None:
+    """`verify` converted `.wat` to binary first and vouched for the result, a module
+    `run` refuses under [trust] (found by review)."""
+    key = tmp_path / "signer.pub"
+    key.write_bytes(SecretKey(bytes([3]) * 32).public.pem())
+    text = tmp_path / "app.wat"
+    text.write_text('(module (func (export "_start")))')
+    done = stockade("verify", "--key", str(key), str(text))
+    assert done.returncode == 126 and b"WebAssembly text" in done.stderr, done.stderr

@@ -137,8 +137,9 @@ def test_refusals_are_audited(tmp_path: Path, trusted: Path) -> None:
 
 
 def _manifest(tmp_path: Path, trusted: Path, modules: dict[str, bytes],
-              tenant_key: Path | None = None) -> str:
-    lines = [f'[trust]\nrequire_signature = true\nkeys = ["{trusted}"]\n']
+              tenant_key: Path | None = None, executor: str = "auto") -> str:
+    lines = [f'[server]\nexecutor = "{executor}"\n',
+             f'[trust]\nrequire_signature = true\nkeys = ["{trusted}"]\n']
     if tenant_key is not None:
         lines.append(f'[tenant.acme]\ntrust = {{ keys = ["{tenant_key}"] }}\n')
     for name, data in modules.items():
@@ -150,14 +151,18 @@ def _manifest(tmp_path: Path, trusted: Path, modules: dict[str, bytes],
     return "\n".join(lines)
 
 
+@pytest.mark.parametrize("executor", ["auto", "sandbox"])
 def test_gateway_answers_403_for_tampered_modules(start_gateway: Start, tmp_path: Path,
-                                                  trusted: Path) -> None:
+                                                  trusted: Path, executor: str) -> None:
+    """Also through the sandbox executor, whose sandbox refused every signed module as
+    not verified by itself (found by review)."""
     hello = Path(module("hello"))
     good = _signed(hello)
     functions = {"good": good, "flipped": _flip_code_byte(good),
                  "unsigned": hello.read_bytes(), "stranger": _signed(hello, STRANGER)}
-    gateway = start_gateway(_manifest(tmp_path, trusted, functions))
-    assert gateway.client.get("/good").status_code == 200
+    gateway = start_gateway(_manifest(tmp_path, trusted, functions, executor=executor))
+    good_response = gateway.client.get("/good")
+    assert good_response.status_code == 200, good_response.text
     for name in ("flipped", "unsigned", "stranger"):
         response = gateway.client.get(f"/{name}")
         assert response.status_code == 403, (name, response.text)

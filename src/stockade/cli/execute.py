@@ -117,9 +117,10 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
 
         engine = get_engine(EngineConfig.for_limits(policy.limits))
         sha256 = engine.digest(module, policy.limits.max_module_size)
-        if on_terminal():
+        if on_terminal() and not policy.trust.require_signature:
             # Compile here, where progress can be shown, also for a worker (it shares the
-            # AoT cache); a cached module costs a map of its file.
+            # AoT cache); a cached module costs a map of its file. Never before the trust
+            # gate: unsigned bytes reached the compiler and the cache (found by review).
             engine.load(module, guard=CompileGuard.for_limits(policy.limits))
     with open_telemetry(telemetry_profile, breaker=use_breaker) as telemetry:
         decision = telemetry.admit(module.name, sha256, invocation, policy)

@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 __all__ = ["inspect", "read_module"]
 
 
-def read_module(module: str) -> tuple[bytes, str]:
-    """The binary bytes of MODULE (`.wasm`, or `.wat` translated) and its display name.
-    Raises ModuleNotFound, ModuleError or UsageError; reads at most MAX_MODULE_BYTES."""
+def read_module(module: str, text: bool = True) -> tuple[bytes, str]:
+    """The binary bytes of MODULE (`.wasm`, or `.wat` translated unless not `text`) and
+    its display name. Raises ModuleNotFound, ModuleError or UsageError; reads at most
+    MAX_MODULE_BYTES."""
     from ..engine.loader import read_module as read_file
     from ..engine.loader import sniff_kind, wat_binary
     from ..errors import ModuleError, UsageError
@@ -30,6 +31,9 @@ def read_module(module: str) -> tuple[bytes, str]:
     if kind == "cwasm":
         raise ModuleError(f"{module}: a precompiled .cwasm is native code; inspect the .wasm")
     if kind == "wat":
+        if not text:
+            raise ModuleError(f"{module}: WebAssembly text carries no signature a run would "
+                              "accept (runs refuse it under [trust]); give the signed .wasm")
         data = wat_binary(data, module)
     return data, path.name
 

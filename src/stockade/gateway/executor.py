@@ -45,10 +45,14 @@ class SandboxFunction(Prepared):
     kind = "sandbox"
 
     def __init__(self, spec: FunctionSpec, loaded: LoadedModule,
-                 observers: Sequence[RunObserver]) -> None:
+                 observers: Sequence[RunObserver], verified: bytes | None = None) -> None:
         super().__init__(spec, loaded.sha256, observers)
         self._sandbox = Sandbox(spec.policy, observers=observers)
-        self._loaded = loaded
+        # Under [trust] the sandbox runs only what it verified itself: given the gate's
+        # bytes, not the module loaded from them, which it refused, every signed function
+        # with it (found by review).
+        self._loaded = loaded if verified is None \
+            else self._sandbox.load(verified, spec.module.name)
 
     def run(self, invocation: Invocation) -> Result:
         """Run through the sandbox (its observers record the run)."""
@@ -80,9 +84,11 @@ class SandboxExecutor:
     def __init__(self, observers: Sequence[RunObserver] = ()) -> None:
         self.observers = tuple(observers)
 
-    def prepare(self, spec: FunctionSpec, loaded: LoadedModule) -> Prepared:
-        """A `SandboxFunction` for an already loaded module."""
-        return SandboxFunction(spec, loaded, self.observers)
+    def prepare(self, spec: FunctionSpec, loaded: LoadedModule,
+                verified: bytes | None = None) -> Prepared:
+        """A `SandboxFunction` for an already loaded module (from `verified`, the trust
+        gate's bytes, when [trust] requires signatures)."""
+        return SandboxFunction(spec, loaded, self.observers, verified)
 
 
 class Executors:
@@ -118,7 +124,8 @@ class Executors:
                                   self.observers)
         fast = self._fast_executor()
         if fast is None:
-            return self.sandbox.prepare(spec, loaded)
+            return self.sandbox.prepare(spec, loaded,
+                                        None if checked is None else checked.data)
         return fast.prepare(spec, loaded)
 
     def _fast_executor(self) -> FastExecutor | None:

@@ -19,7 +19,7 @@ from .manifest import Manifest
 __all__ = ["FileWatcher", "watched_files", "POLL_SECONDS"]
 
 POLL_SECONDS = 0.5
-Stamp = tuple[int, int, int] | None  # (size, mtime_ns, inode); None: missing
+Stamp = tuple[int, int, int, int] | None  # (size, mtime_ns, inode, ctime_ns); None: missing
 
 
 def watched_files(source: Path, manifest: Manifest | None) -> list[Path]:
@@ -35,7 +35,7 @@ def _stamp(path: Path) -> Stamp:
         info = os.stat(path)
     except OSError:
         return None
-    return info.st_size, info.st_mtime_ns, info.st_ino
+    return info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns
 
 
 class FileWatcher:

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import ModuleError, ModuleNotFound
+from ..engine.loader import ModuleFile
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
@@ -41,17 +41,12 @@ class Gate(FrozenRecord):
 
 
 def _read(module: str | Path, max_size: int) -> tuple[bytes, str]:
+    # Opened as every backend opens a module (`ModuleFile`: never blocking on a FIFO, a
+    # regular file only, read to the limit): a FIFO held the gate for ever (found by
+    # review).
     path = Path(module)
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(max_size + 1)
-    except FileNotFoundError:
-        raise ModuleNotFound(f"{path}: no such module file") from None
-    except OSError as exc:
-        raise ModuleError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(data) > max_size:
-        raise ModuleError(f"{path}: larger than this policy's module size limit")
-    return data, path.name
+    with ModuleFile(path, max_size) as file:
+        return file.read(), path.name
 
 
 def gate(module: str | Path | bytes, policy: Policy, name: str | None = None) -> Gate | None:

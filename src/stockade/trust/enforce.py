@@ -23,15 +23,34 @@ from .signing import Verification, verify_module
 __all__ = ["refusal", "trusted_keys", "image_keys", "check"]
 
 _lock = threading.Lock()
-_cache: dict[tuple[tuple[str, int, int], ...], tuple[list[PublicKey], list[ImageKey]]] = {}
+_Stamp = tuple[str, int, int, int, int, int]
+_cache: dict[tuple[_Stamp, ...], tuple[list[PublicKey], list[ImageKey]]] = {}
 
 
-def _stamp(path: Path) -> tuple[str, int, int]:
+def _stamp(path: Path) -> _Stamp:
+    """What changes when the file's contents may have: also its inode (a file replaced
+    by rename) and ctime (written in place, its mtime set back)."""
     try:
         info = os.stat(path)
     except OSError:
-        return (str(path), -1, -1)
-    return (str(path), info.st_mtime_ns, info.st_size)
+        return (str(path), -1, -1, -1, -1, -1)
+    return (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+            info.st_ctime_ns)
+
+
+def _stamps(paths: tuple[Path, ...]) -> tuple[_Stamp, ...]:
+    """The stamps of every key file `paths` name, a directory's files included: keys
+    were cached by a directory's own stamp, which a key rewritten in place inside it
+    leaves as it was, so a revoked signer stayed trusted (found by review)."""
+    stamps = []
+    for path in paths:
+        stamps.append(_stamp(path))
+        if os.path.isdir(path):
+            try:
+                stamps.extend(_stamp(item) for item in key_files(Path(path)))
+            except OSError:  # unreadable: `_load` says so, in its words
+                stamps.append((str(path), -2, -2, -2, -2, -2))
+    return tuple(stamps)
 
 
 def _load(paths: tuple[Path, ...]) -> tuple[list[PublicKey], list[ImageKey]]:
@@ -53,7 +72,7 @@ def _load(paths: tuple[Path, ...]) -> tuple[list[PublicKey], list[ImageKey]]:
 
 
 def _keys(paths: tuple[Path, ...]) -> tuple[list[PublicKey], list[ImageKey]]:
-    stamp = tuple(_stamp(p) for p in paths)
+    stamp = _stamps(paths)
     with _lock:
         cached = _cache.get(stamp)
     if cached is not None:

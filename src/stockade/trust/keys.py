@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,11 @@ def key_files(path: Path) -> list[Path]:
 
 def _read(path: Path) -> bytes:
     try:
-        with path.open("rb") as handle:
+        # Not blocking: a FIFO as a key file held the run, or a gateway's load, for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KeyFileError(f"{path}: not a regular file: not a key file")
             data = handle.read(MAX_KEY_FILE + 1)
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
