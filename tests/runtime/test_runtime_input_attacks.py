@@ -152,3 +152,43 @@ def test_a_signal_during_create_waits_for_the_state_to_be_whole(tmp_path: Path) 
                           timeout=60, check=False)
     assert marker.exists(), done.stderr  # the block ran to its end
     assert done.returncode == -15 and "survived" not in done.stdout  # then the signal
+
+
+def test_what_a_killed_create_left_is_deleted_by_force(tmp_path: Path) -> None:
+    """SIGKILL (which no handler defers) during `create` left the container's directory
+    without its state: `state` said it did not exist, `delete --force` did nothing and
+    `create` said it existed (found by review)."""
+    env = host_policy_env(tmp_path, tmp_path)
+    wedged = tmp_path / "root" / "c1"
+    wedged.mkdir(parents=True)
+    os.mkfifo(wedged / "exec.fifo")
+    assert runtime(tmp_path, env, "delete", "--force", "c1").returncode == 0
+    assert not wedged.exists()
+    created = create(tmp_path, env, _bundle(tmp_path))
+    assert created.returncode == 0 and created.pid is not None, created.errors.read_text()
+    runtime(tmp_path, env, "delete", "--force", "c1")
+    wait_gone(created.pid)
+
+
+def test_a_container_process_whose_create_died_ends(tmp_path: Path) -> None:
+    """Killed after starting the container process and before writing its state,
+    `create` left that process waiting for `start` for ever, known to no command. It
+    waits for `create`'s word first, and ends when `create` ends without it."""
+    env = host_policy_env(tmp_path, tmp_path)
+    state = tmp_path / "root" / "c1"
+    state.mkdir(parents=True)
+    os.mkfifo(state / "exec.fifo")
+    created_r, created_w = os.pipe()
+    from stockade.paths import module_command
+
+    process = subprocess.Popen(
+        module_command("stockade.runtime.init", str(state), str(_bundle(tmp_path)),
+                       str(created_r)),
+        pass_fds=(created_r,), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(created_r)
+    os.close(created_w)  # `create` killed before its word
+    try:
+        assert process.wait(timeout=60) == 125
+    finally:
+        process.kill()
+        process.wait()

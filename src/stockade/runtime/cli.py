@@ -125,6 +125,10 @@ def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, 
         directory.mkdir(mode=0o700)
     except FileExistsError:
         raise UsageError(f"container {container_id!r} already exists") from None
+    # The container process waits for "created" on this pipe before it waits for
+    # `start`: killed before its state was whole (SIGKILL cannot be deferred), `create`
+    # left a process waiting on its FIFO for ever, which no command could find.
+    created_r, created_w = os.pipe()
     try:
         os.mkfifo(directory / "exec.fifo", 0o600)
         stdio: dict[str, Any] = {}
@@ -133,8 +137,9 @@ def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, 
         # Never importing from the working directory (-P), where a shim runs this: a
         # bundle's `stockade/__init__.py` ran as root (found by review).
         child = subprocess.Popen(
-            module_command("stockade.runtime.init", str(directory.absolute()), str(bundle)),
-            start_new_session=True, close_fds=True, cwd="/",
+            module_command("stockade.runtime.init", str(directory.absolute()), str(bundle),
+                           str(created_r)),
+            start_new_session=True, close_fds=True, pass_fds=(created_r,), cwd="/",
             env={**os.environ, "PYTHONPATH": import_path()}, **stdio)
         for handle in set(stdio.values()):
             os.close(handle)
@@ -145,9 +150,13 @@ def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, 
                        annotations).save(directory)
         if pid_file is not None:
             _write_pid(pid_file, child.pid)
+        os.write(created_w, b"1")
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
+    finally:
+        os.close(created_r)
+        os.close(created_w)  # before "1": the container process ends
 
 
 def _write_pid(path: Path, pid: int) -> None:
@@ -254,6 +263,9 @@ def delete(ctx: _Context, container_id: str, force: bool) -> None:
     directory = container_dir(ctx.root, container_id)
     if not (directory / "state.json").exists():
         if force:
+            # What a `create` killed before its state was whole left (its container
+            # process ends by itself): the id could be neither used nor deleted.
+            shutil.rmtree(directory, ignore_errors=True)
             return
         raise UsageError(f"container {container_id!r} does not exist")
     saved = ContainerState.load(directory)

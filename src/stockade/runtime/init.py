@@ -1,7 +1,9 @@
 """The container's process: prepare the run, wait for `start`, run the module, exit with
 its code (the shim reaps this process and reports that code as the container's).
 
-Run as `python -m stockade.runtime.init STATE_DIR BUNDLE`, with the container's stdio.
+Run as `python -m stockade.runtime.init STATE_DIR BUNDLE CREATED_FD`, with the
+container's stdio; `create` writes one byte to CREATED_FD once the container's state is
+whole, and closes it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def main(argv: list[str]) -> int:
         from .bundle import read_bundle
 
         read_bundle(bundle_path, state_dir).close()  # refused at `create` already, where it can be
+        if not _created(int(argv[2])):
+            return 125  # `create` ended (killed) before the container's state was whole
         # Blocks until `start` opens the other end: nothing of the guest runs before.
         fd = os.open(state_dir / "exec.fifo", os.O_WRONLY)
         os.write(fd, b"0")
@@ -54,6 +58,15 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"stockade-runtime: {result.outcome.value}: {result.message} "
                          f"[exit {result.exit_code}]\n")
     return result.exit_code
+
+
+def _created(fd: int) -> bool:
+    """Whether `create` said the container's state is whole (one byte), not closed the
+    pipe first."""
+    try:
+        return os.read(fd, 1) == b"1"
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":
