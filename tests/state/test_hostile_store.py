@@ -276,3 +276,30 @@ def test_a_grant_is_never_more_than_a_gate_asks_for(
         assert held <= 2 * MAX_GRANT and peak < 16 * 1024**2, (held, peak)
     finally:
         state.close()
+
+
+def test_a_store_answering_noscript_is_not_sent_the_scripts_each_time(
+        hostile_store: Callable[..., str]) -> None:
+    """A store answering every script call with NOSCRIPT had each admission load the
+    three scripts again, each load within a timeout of its own (1.4 s an admission with
+    a 0.5 s timeout, found by review): they are loaded again at most once a second."""
+    from stockade.state.redisstate import RETRY_INTERVAL
+
+    loads = []
+
+    def script(conn: socket.socket) -> None:
+        loads.append(time.monotonic())
+        conn.sendall(b"$40\r\n" + b"0" * 40 + b"\r\n")
+
+    url = hostile_store(_once(b"-NOSCRIPT No matching script.\r\n"), {b"SCRIPT": script})
+    state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
+    try:
+        gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))
+        began = time.monotonic()
+        for _ in range(10):
+            with pytest.raises(StateUnavailable):
+                gate.admit()
+        spent = time.monotonic() - began
+    finally:
+        state.close()
+    assert len(loads) <= 3 * (1 + int(spent / RETRY_INTERVAL)), (len(loads), spent)

@@ -107,6 +107,7 @@ class RedisState(StateBackend):
         self._id_prefix = f"{os.urandom(6).hex()}:"
         self._lock = threading.Lock()
         self._retry_at = 0.0
+        self._reload_after = 0.0  # scripts are not loaded again before (`_pipeline`)
         self._down_since: float | None = None
         self._decided_alone = 0
         self._logged_error = 0.0
@@ -329,11 +330,17 @@ class RedisState(StateBackend):
                             replies.append(connection.read_response())
                         except redis.ResponseError as error:  # this call's, the rest follow
                             replies.append(error)
-                    if attempt or not any(isinstance(r, redis.exceptions.NoScriptError)
-                                          for r in replies):
+                    unknown = any(isinstance(r, redis.exceptions.NoScriptError)
+                                  for r in replies)
+                    if attempt or not unknown or time.monotonic() < self._reload_after:
+                        if attempt and unknown:
+                            # Loading them did not help: not again for RETRY_INTERVAL (a
+                            # store answering NOSCRIPT every time had each admission wait
+                            # for three loads, found by review).
+                            self._reload_after = time.monotonic() + RETRY_INTERVAL
                         break
                     for script in (self.release_script, self.admit_script,
-                                   self.refund_script):  # restarted
+                                   self.refund_script):  # restarted, or flushed
                         self.client.script_load(script.script)
             except BaseException:
                 connection.disconnect()  # replies may be left unread on it
