@@ -78,7 +78,12 @@ def test_a_config_that_is_no_regular_file_is_refused_at_once(tmp_path: Path,
                 "process": {"args": ["/hello.wasm"], "cwd": "/"}}),
     '{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, '
     '"process": {"args": ["/hello\\udfff.wasm"], "cwd": "/"}}',
-], ids=["nested", "annotations-list", "surrogate-root", "nul-root", "surrogate-module"])
+    json.dumps({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "process": {"args": ["/hello.wasm"], "cwd": "/", "env": ["A=b\0c"]}}),
+    '{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, '
+    '"process": {"args": ["/hello.wasm"], "cwd": "/", "env": ["A=\\ud800"]}}',
+], ids=["nested", "annotations-list", "surrogate-root", "nul-root", "surrogate-module",
+        "nul-env", "surrogate-env"])
 def test_hostile_config_values_are_one_line(tmp_path: Path, config: str) -> None:
     env = host_policy_env(tmp_path, tmp_path)
     bundle = _bundle(tmp_path)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..envblock import variable_problem
 from ..errors import PolicyError
 from ..hostcalls.descriptors import open_beneath
 from ..oci.errors import UnsupportedBundle
@@ -186,6 +187,11 @@ def _read(path: Path, bundle_fd: int, held: HeldDirs) -> Bundle:
     for item in process.get("env") or []:
         key, sep, value = str(item).partition("=")
         if sep and key:
+            # Refused here, at `create`, not when the guest starts (found by review).
+            problem = variable_problem(key, value)
+            if problem:
+                raise UnsupportedBundle(f"{where}: process.env {key[:40]!r}: {problem}")
+            (key + value).encode()  # a lone surrogate: UnicodeError, one line too
             env.append((key, value))
     cwd = process.get("cwd")
     if isinstance(cwd, str) and cwd and not any(k == "PWD" for k, _ in env):
