@@ -197,3 +197,36 @@ def test_a_container_process_whose_create_died_ends(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_no_descriptor_left_is_no_verdict_on_a_mount(tmp_path: Path) -> None:
+    """Out of descriptors, a mount inside the allowed directory was refused as outside
+    the host policy's dirs: the refusal named the wrong cause (found by review)."""
+    import errno
+    import resource
+
+    from stockade.runtime.dirs import beneath
+
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    inner_fd = os.open(inner, os.O_PATH | os.O_DIRECTORY)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    filler: list[int] = []
+    try:
+        assert beneath(inner_fd, root_fd)
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+        with pytest.raises(OSError) as raised:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        assert raised.value.errno == errno.EMFILE
+        with pytest.raises(OSError) as refused:
+            beneath(inner_fd, root_fd)
+        assert refused.value.errno == errno.EMFILE
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        os.close(inner_fd)
+        os.close(root_fd)

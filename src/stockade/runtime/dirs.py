@@ -14,6 +14,7 @@ allowed directory that stays inside it keeps working.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -46,7 +47,9 @@ def beneath(fd: int, root_fd: int) -> bool:
         return False
     try:
         probe = open_beneath(root_fd, os.fsencode(relative))
-    except OSError:  # it left root_fd, or moved meanwhile: not shown to be inside
+    except OSError as exc:  # it left root_fd, or moved meanwhile: not shown to be inside
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise  # no answer, not "outside" (a refusal naming the wrong cause)
         return False
     try:
         found, held = os.fstat(probe), os.fstat(fd)
