@@ -230,3 +230,24 @@ def test_no_descriptor_left_is_no_verdict_on_a_mount(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         os.close(inner_fd)
         os.close(root_fd)
+
+
+def test_a_create_in_progress_is_neither_deleted_nor_created_twice(tmp_path: Path) -> None:
+    """`delete --force` of a directory without state removed one a `create` was still
+    making; a second `create` of the id then ran, and the first wrote its state into the
+    second's directory: two container processes, one of them known to no command
+    (found by review). A create holds the id's lock until its word is written."""
+    from stockade.runtime.state import id_lock
+
+    env = host_policy_env(tmp_path, tmp_path)
+    being_made = tmp_path / "root" / "c1"
+    being_made.mkdir(parents=True)
+    os.mkfifo(being_made / "exec.fifo")
+    with id_lock(tmp_path / "root", "c1"):  # as a `create` between mkdir and its state
+        deleted = runtime(tmp_path, env, "delete", "--force", "c1")
+        assert deleted.returncode != 0 and "being created" in deleted.stderr, deleted.stderr
+        assert being_made.exists()
+        again = create(tmp_path, env, _bundle(tmp_path))
+        assert again.returncode != 0 and again.pid is None
+    assert runtime(tmp_path, env, "delete", "--force", "c1").returncode == 0
+    assert not being_made.exists() and not list((tmp_path / "root").iterdir())

@@ -27,7 +27,7 @@ import click
 
 from ..errors import StockadeError, UsageError
 from ..paths import import_path, module_command
-from .state import ContainerState, container_dir, proc_start_time, status_of
+from .state import ContainerState, container_dir, id_lock, proc_start_time, status_of
 
 __all__ = ["main", "runtime"]
 
@@ -95,7 +95,7 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
     spec = read_bundle(bundle)
     spec.close()  # judged here; the container process reads and holds it itself
     ctx.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _signals_deferred():
+    with id_lock(ctx.root, container_id), _signals_deferred():
         _create(directory, container_id, bundle, spec.config, pid_file, console_socket)
 
 
@@ -261,6 +261,15 @@ def kill(ctx: _Context, container_id: str, signal_name: str, all_: bool) -> None
 def delete(ctx: _Context, container_id: str, force: bool) -> None:
     """Delete container ID (stopped, or any state with --force)."""
     directory = container_dir(ctx.root, container_id)
+    if not directory.exists():
+        if force:
+            return
+        raise UsageError(f"container {container_id!r} does not exist")
+    with id_lock(ctx.root, container_id):
+        _delete(directory, container_id, force)
+
+
+def _delete(directory: Path, container_id: str, force: bool) -> None:
     if not (directory / "state.json").exists():
         if force:
             # What a `create` killed before its state was whole left (its container

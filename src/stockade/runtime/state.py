@@ -3,21 +3,25 @@
 `<root>/<id>/state.json` (written atomically) holds the bundle, the init process's pid and
 its start time (so a recycled pid is never taken for the container); `exec.fifo` exists
 from `create` until `start` opens it, which is what releases the waiting process.
+`<root>/.<id>.lock` is held while `create` makes the container and while `delete`
+removes it (`id_lock`; no id starts with a dot).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["ContainerState", "container_dir", "proc_start_time", "status_of"]
+__all__ = ["ContainerState", "container_dir", "id_lock", "proc_start_time", "status_of"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
 
@@ -27,6 +31,34 @@ def container_dir(root: Path, container_id: str) -> Path:
     if not _ID.match(container_id):
         raise UsageError(f"container id {container_id!r}: letters, digits, '.', '_', '+', '-'")
     return root / container_id
+
+
+@contextlib.contextmanager
+def id_lock(root: Path, container_id: str) -> Iterator[None]:
+    """Container ID's lock, held for the block (released by the kernel when the holder
+    is killed). Raises UsageError at once when another command holds it: a `delete
+    --force` during a `create` removed the directory being made, and a second `create`
+    of the id then ran two containers under one state (found by review)."""
+    path = root / f".{container_id}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"container {container_id!r} is being created or deleted by "
+                             "another command; try again") from None
+        try:  # the file its last holder unlinked is no lock: take the one in place
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
 
 
 def proc_start_time(pid: int) -> int | None:
