@@ -303,3 +303,58 @@ def test_a_store_answering_noscript_is_not_sent_the_scripts_each_time(
     finally:
         state.close()
     assert len(loads) <= 3 * (1 + int(spent / RETRY_INTERVAL)), (len(loads), spent)
+
+
+def _scan_of(count: int) -> Answer:
+    names = [b"stockade:{acme}:b:function:f%d" % n for n in range(count)]
+    return _once(b"*2\r\n$1\r\n0\r\n" + _array(*names))
+
+
+def test_a_listing_of_slow_breakers_ends_within_its_bound(
+        hostile_store: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing's bound was checked between SCAN pages only: one page of names, each
+    answered just within the timeout, kept `breaker list` going for minutes (found by
+    review)."""
+    from stockade.state import breakers as module
+    from stockade.state.breakers import SharedBreakers
+
+    def slow_hash(conn: socket.socket) -> None:
+        time.sleep(0.2)
+        conn.sendall(_array(b"state", b"open"))
+
+    url = hostile_store(_once(b"+OK\r\n"), {
+        b"TIME": _once(_array(b"1", b"0")), b"SCAN": _scan_of(40),
+        b"HGETALL": slow_hash, b"ZCOUNT": _once(b":0\r\n")})
+    monkeypatch.setattr(module, "LISTING_SECONDS", 1.0)
+    with SharedBreakers(StateSettings(url, "fail_closed", TIMEOUT), env={}) as breakers:
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="did not end"):
+            breakers.entries()
+        assert time.monotonic() - started < 1.0 + 3 * TIMEOUT  # not 40 x 0.2 s
+
+
+def test_a_reset_cut_short_still_tells_what_it_removed(
+        hostile_store: Callable[..., str]) -> None:
+    """A reset that lost the store after deleting some breakers discarded their list:
+    `breaker reset` audited none of them (found by review)."""
+    from stockade.state.breakers import SharedBreakers
+    from stockade.telemetry.breaker import BreakerEntry
+
+    deletes = []
+
+    def delete(conn: socket.socket) -> None:
+        deletes.append(1)
+        if len(deletes) > 1:
+            conn.shutdown(socket.SHUT_RDWR)  # the store is lost at the second
+            raise OSError("gone")
+        conn.sendall(b":2\r\n")
+
+    url = hostile_store(_once(b"+OK\r\n"), {
+        b"TIME": _once(_array(b"1", b"0")), b"SCAN": _scan_of(3),
+        b"HGETALL": _once(_array(b"state", b"open")), b"ZCOUNT": _once(b":0\r\n"),
+        b"DEL": delete})
+    removed: list[BreakerEntry] = []
+    with SharedBreakers(StateSettings(url, "fail_closed", TIMEOUT), env={}) as breakers:
+        with pytest.raises(StateUnavailable):
+            breakers.reset("", None, removed)
+    assert [entry.key for entry in removed] == ["function:f0"]

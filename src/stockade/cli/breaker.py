@@ -121,17 +121,19 @@ def reset(key: str, tenant: str | None, everything: bool, config: Path | None) -
         key = key.lower()
     from ..telemetry import open_telemetry
 
+    removed: list[BreakerEntry] = []
     with _shared(config) as shared:
         with open_telemetry(monitor=False) as telemetry:
-            if shared is not None:
-                removed = shared.reset(key, tenant)
-                where = f" in {shared.settings.backend}"
-            else:
-                removed = telemetry.breaker.reset(key, tenant)
-                where = ""
-            for entry in removed:
-                telemetry.audit.append("breaker_reset", f"circuit breaker reset by hand "
-                                       f"(was {entry.state}){where}", breaker=entry.key,
-                                       tenant=entry.tenant, denied=entry.denied or None)
+            where = "" if shared is None else f" in {shared.settings.backend}"
+            try:
+                if shared is not None:
+                    shared.reset(key, tenant, removed)
+                else:
+                    removed = telemetry.breaker.reset(key, tenant)
+            finally:  # also those a reset cut short removed
+                for entry in removed:
+                    telemetry.audit.append("breaker_reset", f"circuit breaker reset by hand "
+                                           f"(was {entry.state}){where}", breaker=entry.key,
+                                           tenant=entry.tenant, denied=entry.denied or None)
     click.echo(f"reset {len(removed)} circuit breaker{'s' if len(removed) != 1 else ''}"
                f"{where}")

@@ -78,7 +78,14 @@ def _stored(client: redis.Redis, window: float,
     seconds, micros = client.time()  # type: ignore[misc]
     # Violations are scored by Redis's clock: two numbers, not 400 digits.
     now = number(str(seconds)) + number(str(micros)) / 1e6
-    for name in _names(client, prefix, deadline):
+    for count, name in enumerate(_names(client, prefix, deadline), 1):
+        # Every name costs two calls, each within the store's timeout: the bounds count
+        # names and time them, not pages alone (a page of slow names ran for minutes,
+        # found by review).
+        if count > MAX_BREAKERS or time.monotonic() > deadline:
+            raise ListingUnbounded(f"more than {count - 1} breakers in {LISTING_SECONDS:g} s"
+                                   if count <= MAX_BREAKERS else
+                                   f"more than {MAX_BREAKERS} breakers")
         fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
         if not fields:
             continue
@@ -91,8 +98,6 @@ def _stored(client: redis.Redis, window: float,
             or None, _text(fields, "state", "closed"), int(violations),
             _float(fields, "opened_at"), _float(fields, "until"), _int(fields, "trips"),
             _float(fields, "updated") or 0.0, _int(fields, "denied"))))
-        if len(found) > MAX_BREAKERS:
-            raise ListingUnbounded(f"more than {MAX_BREAKERS} breakers")
     return sorted(found, key=lambda stored: stored[1].updated, reverse=True)
 
 
@@ -118,12 +123,15 @@ def _named(fields: Mapping[str, str], name: str, part: str) -> str:
 
 
 def reset_breakers(client: redis.Redis, window: float, key: str = "",
-                   tenant: str | None = None, prefix: str = PREFIX) -> list[BreakerEntry]:
+                   tenant: str | None = None, prefix: str = PREFIX,
+                   removed: list[BreakerEntry] | None = None) -> list[BreakerEntry]:
     """Delete the breakers named `key` exactly (all when empty), only `tenant`'s when
-    given, with their violations. Returns the entries removed. Chosen and deleted by
-    their key names, not by the fields stored in them: a stray write to `tenant` made a
-    reset delete another tenant's breaker, and miss its own (found by review)."""
-    removed = []
+    given, with their violations. Returns the entries removed, appended to `removed` as
+    each goes (so a reset cut short still tells which went: they were not audited, found
+    by review). Chosen and deleted by their key names, not by the fields stored in them:
+    a stray write to `tenant` made a reset delete another tenant's breaker, and miss its
+    own (found by review)."""
+    removed = [] if removed is None else removed
     for name, entry in _stored(client, window, prefix):
         tag, _, breaker = name.partition("}:b:")
         if (key and breaker != token(key)) or \
@@ -162,11 +170,13 @@ class SharedBreakers:
         except (redis.RedisError, OSError, ListingUnbounded, *_BAD_REPLY) as exc:
             raise self._unavailable(exc) from None
 
-    def reset(self, key: str = "", tenant: str | None = None) -> list[BreakerEntry]:
-        """Close and forget shared breakers (see `reset_breakers`). Raises
-        StateUnavailable."""
+    def reset(self, key: str = "", tenant: str | None = None,
+              removed: list[BreakerEntry] | None = None) -> list[BreakerEntry]:
+        """Close and forget shared breakers (see `reset_breakers`; those removed are
+        appended to `removed` as they go). Raises StateUnavailable."""
         try:
-            return reset_breakers(self.client, self.window, key, tenant, self.prefix)
+            return reset_breakers(self.client, self.window, key, tenant, self.prefix,
+                                  removed)
         except (redis.RedisError, OSError, ListingUnbounded, *_BAD_REPLY) as exc:
             raise self._unavailable(exc) from None
 
