@@ -1036,3 +1036,33 @@ def test_an_oversized_pax_header_is_one_line_from_the_cli(serve: Callable[[], Se
     assert done.returncode == 126, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert "pax extended header of 81920 bytes" in done.stderr
+
+
+def test_a_resolver_that_does_not_answer_is_refused_at_the_deadline(
+        serve: Callable[[], Server], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Name resolution takes no timeout: a resolver that did not answer held a pull for
+    as long as its own retries took, past the exchange's deadline. Here the resolver is
+    made to hang (its stand-in sleeps); the registry itself answers."""
+    import socket
+
+    registry = serve()
+    real = socket.getaddrinfo
+    released = threading.Event()
+
+    def silent_resolver(host: object, *args: object, **kwargs: object) -> object:
+        if host == "registry.slow.test":
+            released.wait(30)
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent_resolver)
+    port = registry.host.rsplit(":", 1)[1]
+    ref = parse_reference(f"registry.slow.test:{port}/app:1")
+    begun = time.monotonic()
+    try:
+        with RegistryClient(ref, frozenset({ref.registry}), timeout=1.0,
+                            deadline=2.0) as client:
+            with pytest.raises(RegistryUnavailable):
+                client.tags("app")
+        assert time.monotonic() - begun < 10
+    finally:
+        released.set()

@@ -5,14 +5,19 @@ httpx's timeouts bound each socket operation, not the exchange: a registry sendi
 header byte every 20 s, inside the 30 s read timeout, held a pull for ever. httpcore takes
 a network backend, which is where the deadline is kept here: each operation's timeout is
 cut to the time left, so a socket blocked at the deadline times out then. httpx does not
-pass a backend through, so `transport` gives its transport a pool made with one. Imported
-by `registry` only, lazily, as httpx is.
+pass a backend through, so `transport` gives its transport a pool made with one. Name
+resolution takes no timeout at all: it is asked in a thread of its own and waited for no
+longer than the connect's time (a resolver that did not answer held a pull for as long
+as its retries took). Imported by `registry` only, lazily, as httpx is.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -70,9 +75,18 @@ class _Backend(httpcore.NetworkBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        timeout = self._clock.cut(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._inner.connect_tcp(host, port, timeout, local_address,
-                                               socket_options), self._clock)
+        failed: httpcore.ConnectError | None = None
+        for address in _addresses(host, port, self._clock.cut(timeout,
+                                                              httpcore.ConnectTimeout)):
+            try:  # each address in turn, as socket.create_connection tries them
+                stream = self._inner.connect_tcp(
+                    address, port, self._clock.cut(timeout, httpcore.ConnectTimeout),
+                    local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                failed = exc
+                continue
+            return _Stream(stream, self._clock)
+        raise failed or httpcore.ConnectError(f"{host}: no address")
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None,
@@ -83,6 +97,34 @@ class _Backend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+
+def _addresses(host: str, port: int, timeout: float | None) -> list[str]:
+    """The addresses of `host` (itself when it is one), asked of the resolver in a
+    daemon thread and waited for at most `timeout` seconds. Raises httpcore's
+    ConnectTimeout past it, ConnectError when the name does not resolve."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [host]
+    answer: list[Any] = []
+    answered = threading.Event()
+
+    def ask() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            answer.append(exc)
+        answered.set()
+
+    threading.Thread(target=ask, name="stockade-resolve", daemon=True).start()
+    if not answered.wait(timeout):
+        raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout:g} s")
+    if isinstance(answer[0], OSError):
+        raise httpcore.ConnectError(str(answer[0]))
+    return list(dict.fromkeys(str(info[4][0]) for info in answer[0]))
 
 
 def transport(clock: ExchangeClock) -> httpx.HTTPTransport:
