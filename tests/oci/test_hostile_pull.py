@@ -1066,3 +1066,35 @@ def test_a_resolver_that_does_not_answer_is_refused_at_the_deadline(
         assert time.monotonic() - begun < 10
     finally:
         released.set()
+
+
+def test_signing_ends_within_its_deadline(serve: Callable[[], Server],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signing is a dozen exchanges, each within its own deadline: a registry answering
+    each just in time held `oci sign` for minutes. It ends within `SIGN_DEADLINE`."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stockade.oci import signatures
+    from stockade.oci.errors import RegistryUnavailable as Unavailable
+    from stockade.trust.cosignkeys import CosignSecret
+
+    registry = serve()
+    image(registry, "app", [b"layer"])
+
+    def slow(request: BaseHTTPRequestHandler) -> None:
+        time.sleep(0.4)
+        status, headers = {"POST": (202, {"Location": "/v2/app/blobs/uploads/s"}),
+                           "PUT": (201, {})}.get(request.command, (404, {}))
+        request.send_response(status)
+        for name, value in {"Content-Length": "0", **headers}.items():
+            request.send_header(name, value)
+        request.end_headers()
+
+    registry.routes["*"] = slow
+    monkeypatch.setattr(signatures, "SIGN_DEADLINE", 1.5)
+    begun = time.monotonic()
+    with pytest.raises(Unavailable, match="did not finish within 1.5 s"):
+        signatures.sign_image(parse_reference(f"{registry.host}/app:1"),
+                              CosignSecret(ec.generate_private_key(ec.SECP256R1())),
+                              frozenset({registry.host}))
+    assert time.monotonic() - begun < 5

@@ -51,6 +51,7 @@ MAX_REFERRERS = 256
 MAX_PAYLOAD = 64 * 1024
 MAX_BUNDLE = 1024 * 1024
 VERIFY_DEADLINE = 120.0  # seconds for all of `verify_image`: two documents' deadlines
+SIGN_DEADLINE = 120.0  # seconds for all of `sign_image`: a dozen exchanges, each bounded
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY = b"{}"
 _ZERO_TIME = "0001-01-01T00:00:00Z"  # fixed: the same signatures, the same config
@@ -107,8 +108,12 @@ def sign_image(ref: Reference, secret: CosignSecret, insecure: frozenset[str] = 
                with_bundle: bool = True) -> SignedImage:
     """Sign the manifest `ref` resolves to in its registry (cosign layout and, with
     `with_bundle`, a Sigstore bundle referrer). Raises the registry errors, ImageNotFound
-    when the image is not pushed, ModuleError for a malformed existing signature tag."""
-    with RegistryClient(ref, insecure) as client:
+    when the image is not pushed, ModuleError for a malformed existing signature tag;
+    RegistryUnavailable too when it is not done within `SIGN_DEADLINE` (each exchange
+    just within its own deadline held a signing for minutes)."""
+    late = f"signing did not finish within {SIGN_DEADLINE:g} s; refused"
+    with RegistryClient(ref, insecure) as client, \
+            client.within(Deadline.after(SIGN_DEADLINE), late):
         repo = ref.repository
         body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
         digest = sha256_digest(body)
