@@ -175,5 +175,9 @@ def write_files(root: Path, files: Mapping[str, str | bytes]) -> None:
         if total > _MAX_FILES_BYTES:
             raise UsageError(f"files: more than {_MAX_FILES_BYTES // 1024**2} MiB in all")
         path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        except (OSError, ValueError) as exc:  # ".", "a" beside "a/b", a NUL: one line
+            raise UsageError(f"files: {name!r} cannot be written: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None

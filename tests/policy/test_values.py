@@ -65,3 +65,42 @@ def test_bad_invocation_inputs(bad: dict[str, Any]) -> None:
 ])
 def test_wasmtime_dir_form(spec: str, grant: DirGrant) -> None:
     assert DirGrant.parse(spec) == grant
+
+
+@pytest.mark.parametrize("stack", ["0", "3MiB", 2 * 1024**2 + 1])
+def test_a_stack_wasmtime_would_abort_on_is_a_policy_error(tmp_path: Path,
+                                                           stack: object) -> None:
+    """wasmtime panics (SIGABRT: the whole process, nothing to catch) building an engine
+    whose guest stack is 0 or above 2 MiB: a policy file or an API caller took the host
+    down (found by review)."""
+    from stockade.engine import EngineConfig
+    from tests.conftest import guest, stockade
+
+    with pytest.raises(PolicyError, match="max_stack"):
+        Limits(max_stack=stack)
+    policy = tmp_path / "stack.toml"
+    policy.write_text(f'[limits]\nmax_stack = "{stack}"\n')
+    done = stockade("run", "--policy", str(policy), str(guest("hello.wasm")))
+    assert done.returncode == 125 and b"max_stack" in done.stderr, done.stderr
+    with pytest.raises(UsageError, match="guest stack"):
+        EngineConfig(max_stack=3 * 1024**2).settings()
+
+
+@pytest.mark.parametrize("bad", [
+    {"args": ("a\0b",)}, {"env": (("A=B", "c"),)}, {"env": {"A": "b\0c"}},
+    {"env": (("", "x"),)}])
+def test_what_no_backend_can_pass_is_refused_when_built(bad: dict[str, Any]) -> None:
+    """A NUL in an argument or a variable, or a name with `=`: the in-process backend cut
+    the text at the NUL and gave `A=B`'s value to `A`, silently, where a worker refused
+    them (found by review)."""
+    with pytest.raises(UsageError, match="Invocation"):
+        Invocation(**bad)
+
+
+@pytest.mark.parametrize("files", [{".": "x"}, {"a": "x", "a/b": "y"}, {"a\0b": "x"}])
+def test_files_that_cannot_be_written_are_one_usage_error(tmp_path: Path,
+                                                          files: dict[str, str]) -> None:
+    from stockade.cpython import write_files
+
+    with pytest.raises(UsageError, match="files"):
+        write_files(tmp_path, files)

@@ -7,6 +7,7 @@ no fuel: only the cancellation can stop it within the tests' bounds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Coroutine
@@ -322,3 +323,64 @@ def test_a_cancellation_wakes_a_guest_sleeping_in_a_host_call(
     cancelled = recorder.results[0]
     assert cancelled.outcome is Outcome.ERROR and "cancelled" in cancelled.message
     assert cancelled.stdout.startswith(b"sleeping") and b"woke up" not in cancelled.stdout
+
+
+@pytest.mark.parametrize("isolate", ["process", "none"])
+def test_cancelling_a_queued_run_stops_it_and_no_other(tmp_path: Any, isolate: str) -> None:
+    """A run queued behind another on an `AsyncSandbox` and cancelled: cancelling called
+    `interrupt()`, which killed the worker of the run in progress (another caller's),
+    and the cancelled run still ran once that ended (found by review). Each run now
+    stops on its own token only."""
+    from stockade import DirGrant
+
+    out = tmp_path / "out"
+    out.mkdir()
+    policy = Policy().with_limits(timeout="20s", fuel=None).with_capabilities(
+        dirs=(DirGrant(out, "/out", writable=True),))
+
+    async def main() -> Result:
+        async with AsyncSandbox(policy, isolate=isolate) as sandbox:
+            running = asyncio.create_task(
+                sandbox.run(guest("sleeper.wasm"), Invocation(args=("2",))))
+            await asyncio.sleep(0.8)
+            queued = asyncio.create_task(sandbox.run(
+                guest("attacks/disk_write.wasm"), Invocation(args=("1", "/out"))))
+            await asyncio.sleep(0.2)
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            return await running
+
+    first = asyncio.run(main())
+    assert first.outcome is Outcome.EXITED and b"woke up" in first.stdout, first.message
+    assert not list(out.iterdir())  # the cancelled run never ran
+
+
+def test_a_late_cancellation_does_not_reach_the_next_tenant() -> None:
+    """A pool's cancellation sent the sandbox's `interrupt()` through the loop's default
+    executor: landing after its run had ended (that executor busy with the program's
+    own work), it killed the worker of the next tenant's run (found by review)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main() -> Result:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        async with SandboxPool(Policy().with_limits(timeout="20s"), size=1,
+                               isolate="process") as pool:
+            await pool.warm()
+            first = asyncio.create_task(
+                pool.run(guest("sleeper.wasm"), Invocation(args=("1",))))
+            await asyncio.sleep(0.5)
+            second = asyncio.create_task(
+                pool.run(guest("sleeper.wasm"), Invocation(args=("2",))))
+            await asyncio.sleep(0.1)
+            busy = loop.run_in_executor(None, time.sleep, 1.5)  # the program's own work
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            result = await second
+            await busy
+            return result
+
+    result = asyncio.run(main())
+    assert result.outcome is Outcome.EXITED and b"woke up" in result.stdout, result.message

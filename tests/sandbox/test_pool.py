@@ -12,6 +12,7 @@ import pytest
 
 from stockade import AsyncSandbox, Invocation, Outcome, Policy, PoolBusy, SandboxPool, UsageError
 from stockade.cpython import python_policy
+from stockade.result import Result
 from tests.conftest import guest
 
 pytestmark = pytest.mark.cpython
@@ -126,3 +127,25 @@ def test_run_async_of_a_sandbox() -> None:
 def test_bad_pool_arguments(bad: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         SandboxPool(Policy(), isolate="none", **bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("isolate", ["none", "process"])
+def test_closing_with_callers_waiting_refuses_them_all(isolate: str) -> None:
+    """`aclose()` while callers waited for a sandbox: the first got RuntimeError ("cannot
+    schedule new futures after shutdown") and never gave the sandbox back, so the others
+    waited for ever (found by review). Each is told the pool is closed."""
+    async def main() -> tuple[Result, list[BaseException | None]]:
+        pool = SandboxPool(Policy().with_limits(timeout="10s"), size=1, isolate=isolate)
+        running = asyncio.create_task(pool.run(guest("sleeper.wasm"), Invocation(args=("1",))))
+        await asyncio.sleep(0.3)
+        waiting = [asyncio.create_task(pool.run(guest("hello.wasm"))) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        await pool.aclose()
+        done, pending = await asyncio.wait(waiting, timeout=10)
+        assert not pending
+        return await running, [task.exception() for task in waiting]
+
+    ran, refusals = asyncio.run(main())
+    assert ran.outcome is Outcome.EXITED
+    assert all(isinstance(error, UsageError) and "closed" in str(error)
+               for error in refusals), refusals

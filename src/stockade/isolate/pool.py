@@ -103,10 +103,16 @@ class SandboxPool:
             sandbox = await idle.get()
         finally:
             self._waiting -= 1
+        if self._closed:
+            # Closed while this caller waited: the sandbox goes on to the next waiter,
+            # who is refused too (the first got RuntimeError from the executor shut down
+            # and kept the sandbox, and the rest waited for ever: found by review).
+            idle.put_nowait(sandbox)
+            raise UsageError("this SandboxPool is closed")
         # The sandbox goes back when its thread is done, even after a cancellation (the
         # callback of the loop's future runs on the loop).
         result: Result = await run_in_thread(
-            sandbox, lambda: work(sandbox), self._executor,
+            lambda: work(sandbox), self._executor,
             on_done=lambda: idle.put_nowait(sandbox))
         return result
 

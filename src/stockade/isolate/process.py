@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cancel import CANCELLED, current_token
 from ..digests import sha256
 from ..engine.cache import AotCache
 from ..errors import PrecompiledRefused, UsageError, WorkerError
@@ -317,10 +318,14 @@ class IsolatedSandbox:
         if key is not None and key in self._left_to_wasmtime:
             backend = "wasmtime"
         loaded = 0.0  # seconds a worker that left the module to wasmtime-py spent loading
+        token = current_token()
         with self._lock:
             if found:
                 self._remember(found)
             for _ in range(3):
+                if token is not None and token.cancelled:  # while it waited for the lock
+                    return self._synthetic(module, None, time.monotonic(), CANCELLED.outcome,
+                                           CANCELLED.message)
                 worker = self._ready_worker(backend)
                 try:
                     if found and not self._hand_over(worker, found):
@@ -330,7 +335,21 @@ class IsolatedSandbox:
                     self._discard()
                     continue
                 begun = time.monotonic()
-                outcome = self._collect(worker, module, invocation, request, loaded)
+                stop = _StopWorker(worker)
+                # This run's token stops this run's worker, never the sandbox's current
+                # one: `interrupt()` from a cancelled task killed whichever run was in
+                # progress, another caller's (found by review).
+                if token is not None:
+                    token.attach(None, stop, None)
+                try:
+                    outcome = self._collect(worker, module, invocation, request, loaded)
+                finally:
+                    if token is not None:
+                        token.disarm()
+                if stop.fired and isinstance(outcome, Result):
+                    outcome.outcome, outcome.exit_code = CANCELLED.outcome, \
+                        CANCELLED.outcome.exit_code
+                    outcome.message = CANCELLED.message
                 if outcome is _FALLBACK:
                     # The next worker gives the canonical answer, within what is left of
                     # the one load timeout: a module the C API compiles slowly and then
@@ -526,9 +545,10 @@ class IsolatedSandbox:
         return self._synthetic(module, info, begun, Outcome.TIMEOUT, message)
 
     def interrupt(self) -> None:
-        """Stop the run in progress now: its worker is killed (SIGKILL), the run reports
-        outcome `error`, and a fresh worker serves the next run. Callable from any
-        thread (`AsyncSandbox` and `SandboxPool` call it when a task is cancelled)."""
+        """Stop the run in progress now, whichever it is: its worker is killed (SIGKILL),
+        the run reports outcome `error`, and a fresh worker serves the next run. Callable
+        from any thread. To stop one run, cancel its `CancelToken` (`cancellable`), as
+        `AsyncSandbox` and `SandboxPool` do: this stops another's run if that one ended."""
         worker = self._worker
         if worker is not None and worker.alive:
             worker.kill()
@@ -549,3 +569,18 @@ class IsolatedSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StopWorker:
+    """What a run's `CancelToken` calls to stop it (`stop_now`): SIGKILL to that run's
+    worker only, without waiting (the token's holder may be an event loop); the run's
+    own thread sees the worker end and reaps it."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.fired = False
+
+    def stop_now(self) -> None:
+        self.fired = True
+        with contextlib.suppress(ProcessLookupError):
+            self.worker.proc.kill()  # Popen: never a pid it has reaped

@@ -59,6 +59,19 @@ def _size(value: Any) -> int:
     return parse_size(value)
 
 
+# wasmtime aborts the process (a panic, SIGABRT: nothing Python can catch) building an
+# engine whose guest stack is 0 or above its 2 MiB async stack (found by review).
+MAX_STACK = 2 * 1024**2
+
+
+def _stack(value: Any) -> int:
+    size = _size(value)
+    if not 0 < size <= MAX_STACK:
+        raise ValueError(f"must be more than 0 and at most {format_size(MAX_STACK)} "
+                         f"(wasmtime's bound on a guest's stack), not {format_size(size)}")
+    return size
+
+
 def _memory(value: Any) -> int:
     size = _size(value)
     if size < MIN_MEMORY:
@@ -126,7 +139,7 @@ LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_tables": _count,
     "max_instances": _count,
     "max_memories": _count,
-    "max_stack": _size,
+    "max_stack": _stack,
     "max_output": _size,
     "disk_quota": _size,
     "max_files": _count,

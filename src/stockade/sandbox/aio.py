@@ -6,7 +6,8 @@ second, async copy of the sandbox's logic. Cancelling the awaiting task (or an
 `asyncio.wait_for` timeout) stops the guest: an in-process run through its
 `CancelToken` (the engine's epoch and the store's deadline callback, see
 `stockade.sandbox.cancel`; the run is reported with outcome `error`, "cancelled by the
-caller"), an isolated one by `interrupt()` (its worker is killed). The cancelled await
+caller"), an isolated one through the same token, which kills that run's worker (never
+the sandbox's current one: another caller's run could be in progress). The cancelled await
 returns once the guest has stopped (at most `CANCEL_GRACE` seconds later), so a pool's
 sandbox is free again when the caller sees the cancellation.
 """
@@ -37,13 +38,13 @@ T = TypeVar("T")
 CANCEL_GRACE = 2.0
 
 
-async def run_in_thread(sandbox: Any, call: Callable[[], T],
+async def run_in_thread(call: Callable[[], T],
                         executor: Executor | None = None,
                         on_done: Callable[[], None] | None = None) -> T:
     """Await `call()` on a thread of `executor` (default: the loop's).
 
-    On cancellation the run is stopped (its `CancelToken`, and `sandbox.interrupt()`
-    when the sandbox has one) and the cancellation propagates once the thread is done or
+    On cancellation the run is stopped (its `CancelToken`: a run still waiting for the
+    sandbox never starts) and the cancellation propagates once the thread is done or
     after `CANCEL_GRACE` seconds. `on_done` runs on the loop once the thread has
     finished, however the await ended (a pool returns the sandbox then, not before).
     """
@@ -61,9 +62,6 @@ async def run_in_thread(sandbox: Any, call: Callable[[], T],
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         token.cancel()
-        interrupt = getattr(sandbox, "interrupt", None)
-        if callable(interrupt):
-            await loop.run_in_executor(None, interrupt)
         await asyncio.wait([future], timeout=CANCEL_GRACE)
         raise
 
@@ -90,7 +88,7 @@ class AsyncSandbox:
     async def run(self, module: str | Path | bytes, invocation: Invocation | None = None
                   ) -> Result:
         """Run the module once; see `Sandbox.run`."""
-        return await run_in_thread(self.sandbox, lambda: self.sandbox.run(module, invocation),
+        return await run_in_thread(lambda: self.sandbox.run(module, invocation),
                                    self._executor)
 
     async def run_python(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
@@ -100,7 +98,6 @@ class AsyncSandbox:
         from .python import run_python
 
         return await run_in_thread(
-            self.sandbox,
             lambda: run_python(self.sandbox, code, files=files, args=args, stdin=stdin, env=env),
             self._executor)
 

@@ -183,7 +183,7 @@ class Sandbox:
         Cancelling the caller stops the guest (see `stockade.sandbox.aio`)."""
         from .aio import run_in_thread
 
-        return await run_in_thread(self, lambda: self.run(module, invocation))
+        return await run_in_thread(lambda: self.run(module, invocation))
 
     def _execute(self, engine: Engine, loaded: LoadedModule, pre: wasmtime.InstancePre,
                  invocation: Invocation, preopens: list[tuple[Path, bool]],
