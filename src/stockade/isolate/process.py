@@ -346,9 +346,8 @@ class IsolatedSandbox:
                 finally:
                     if token is not None:
                         token.disarm()
-                if stop.fired and isinstance(outcome, Result):
-                    outcome.outcome, outcome.exit_code = CANCELLED.outcome, \
-                        CANCELLED.outcome.exit_code
+                if stop.fired and isinstance(outcome, Result) \
+                        and outcome.outcome is Outcome.ERROR:  # the kill, not the guest
                     outcome.message = CANCELLED.message
                 if outcome is _FALLBACK:
                     # The next worker gives the canonical answer, within what is left of

@@ -156,7 +156,7 @@ def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, 
         raise
     finally:
         os.close(created_r)
-        os.close(created_w)  # before "1": the container process ends
+        os.close(created_w)  # closed without "1" (an error above): the process ends
 
 
 def _write_pid(path: Path, pid: int) -> None:
