@@ -69,7 +69,7 @@ class Invocation(FrozenRecord):
             args = _args(args)
         if type(stdin) is not bytes:
             stdin = _stdin(stdin)
-        if env:
+        if type(env) is not tuple or env:
             env = _env(env)
         for label, value in (("name", name), ("tenant", tenant),
                              ("traceparent", traceparent), ("breaker", breaker)):

@@ -1098,3 +1098,31 @@ def test_signing_ends_within_its_deadline(serve: Callable[[], Server],
                               CosignSecret(ec.generate_private_key(ec.SECP256R1())),
                               frozenset({registry.host}))
     assert time.monotonic() - begun < 5
+
+
+def test_lookups_a_resolver_never_answers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each lookup a resolver never answers holds a thread: 200 connects held 200 (found
+    by review). At most `MAX_LOOKUPS` wait at once; past them a connect fails at once."""
+    import socket
+
+    import httpcore
+
+    from stockade.oci import wire
+
+    released = threading.Event()
+
+    def silent_resolver(*_: object, **__: object) -> object:
+        released.wait(30)
+        raise socket.gaierror("released")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent_resolver)
+    try:
+        for _ in range(wire.MAX_LOOKUPS):
+            with pytest.raises(httpcore.ConnectTimeout):
+                wire._addresses("silent.test", 80, 0.01)
+        began = time.monotonic()
+        with pytest.raises(httpcore.ConnectError, match="pending"):
+            wire._addresses("silent.test", 80, 5.0)
+        assert time.monotonic() - began < 1.0
+    finally:
+        released.set()

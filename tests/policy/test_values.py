@@ -104,3 +104,12 @@ def test_files_that_cannot_be_written_are_one_usage_error(tmp_path: Path,
 
     with pytest.raises(UsageError, match="files"):
         write_files(tmp_path, files)
+
+
+@pytest.mark.parametrize("env", [None, "", 0, False])
+def test_an_environment_of_no_shape_is_refused(env: object) -> None:
+    """`if env:` let `None`, `""` and `0` through, to fail deep in a run (found by
+    review); empty mappings and sequences are no variables."""
+    with pytest.raises(UsageError, match="Invocation env"):
+        Invocation(env=env)  # type: ignore[arg-type]
+    assert Invocation(env={}).env == () and Invocation(env=[]).env == ()

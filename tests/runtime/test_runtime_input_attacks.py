@@ -251,3 +251,14 @@ def test_a_create_in_progress_is_neither_deleted_nor_created_twice(tmp_path: Pat
         assert again.returncode != 0 and again.pid is None
     assert runtime(tmp_path, env, "delete", "--force", "c1").returncode == 0
     assert not being_made.exists() and not list((tmp_path / "root").iterdir())
+
+
+def test_a_lock_a_killed_create_left_is_removed_by_delete(tmp_path: Path) -> None:
+    """A create ended by a signal (or SIGKILL) left `<root>/.<id>.lock`, which a `delete
+    --force` of the id (no directory) left for good (found by review)."""
+    env = host_policy_env(tmp_path, tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ".c1.lock").touch()
+    assert runtime(tmp_path, env, "delete", "--force", "c1").returncode == 0
+    assert list(root.iterdir()) == []

@@ -384,3 +384,45 @@ def test_a_late_cancellation_does_not_reach_the_next_tenant() -> None:
 
     result = asyncio.run(main())
     assert result.outcome is Outcome.EXITED and b"woke up" in result.stdout, result.message
+
+
+def test_a_cancellation_as_a_run_ends_leaves_no_killed_worker_to_the_next() -> None:
+    """A token cancelled after its run's result was read, before it was let go, killed
+    the worker, which stayed the sandbox's current one: the next caller's run died in
+    it (found by the review of the fix). Here the cancellation comes from an observer,
+    as the run ends."""
+    from stockade.isolate.process import IsolatedSandbox
+    from stockade.sandbox.cancel import CancelToken, cancellable
+
+    tokens: list[CancelToken] = []
+
+    class CancelAtTheEnd:
+        def run_started(self, info: RunInfo) -> None:
+            pass
+
+        def run_finished(self, info: RunInfo, result: Result) -> None:
+            if tokens:
+                tokens[-1].cancel()
+
+    with IsolatedSandbox(Policy().with_limits(timeout="20s"),
+                         observers=[CancelAtTheEnd()]) as sandbox:
+        for _ in range(3):
+            tokens.append(CancelToken())
+            with cancellable(tokens[-1]):
+                sandbox.run(guest("hello.wasm"))
+            tokens.clear()
+            after = sandbox.run(guest("hello.wasm"))
+            assert after.outcome is Outcome.EXITED, after.message
+
+
+def test_a_second_aclose_returns_once_the_pool_is_closed() -> None:
+    async def main() -> None:
+        pool = SandboxPool(Policy().with_limits(timeout="20s"), size=1, isolate="none")
+        running = asyncio.create_task(pool.run(guest("sleeper.wasm"), Invocation(args=("1",))))
+        await asyncio.sleep(0.3)
+        first = asyncio.create_task(pool.aclose())
+        await asyncio.sleep(0)
+        await pool.aclose()
+        assert first.done() and running.done()
+
+    asyncio.run(main())

@@ -358,3 +358,29 @@ def test_a_reset_cut_short_still_tells_what_it_removed(
         with pytest.raises(StateUnavailable):
             breakers.reset("", None, removed)
     assert [entry.key for entry in removed] == ["function:f0"]
+
+
+def test_a_reset_of_slow_breakers_ends_within_its_bound(
+        hostile_store: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the listing was bounded: deletes answered just within the timeout each kept
+    `breaker reset` going (found by review). Those deleted are still told."""
+    from stockade.state import breakers as module
+    from stockade.state.breakers import SharedBreakers
+    from stockade.telemetry.breaker import BreakerEntry
+
+    def slow_delete(conn: socket.socket) -> None:
+        time.sleep(0.2)
+        conn.sendall(b":2\r\n")
+
+    url = hostile_store(_once(b"+OK\r\n"), {
+        b"TIME": _once(_array(b"1", b"0")), b"SCAN": _scan_of(40),
+        b"HGETALL": _once(_array(b"state", b"open")), b"ZCOUNT": _once(b":0\r\n"),
+        b"DEL": slow_delete})
+    monkeypatch.setattr(module, "LISTING_SECONDS", 1.0)
+    removed: list[BreakerEntry] = []
+    with SharedBreakers(StateSettings(url, "fail_closed", TIMEOUT), env={}) as breakers:
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="did not end"):
+            breakers.reset("", None, removed)
+        assert time.monotonic() - started < 1.0 + 3 * TIMEOUT
+    assert 0 < len(removed) < 40

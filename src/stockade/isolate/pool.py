@@ -66,6 +66,7 @@ class SandboxPool:
         self._idle: asyncio.Queue[SandboxLike] | None = None
         self._waiting = 0
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
 
     def _queue(self) -> asyncio.Queue[SandboxLike]:
         if self._idle is None:
@@ -132,11 +133,12 @@ class SandboxPool:
             sandbox, code, files=files, args=args, stdin=stdin, env=env))
 
     async def aclose(self) -> None:
-        """Wait for runs in progress, then close every sandbox. Safe twice."""
-        if self._closed:
-            return
+        """Wait for runs in progress, then close every sandbox. Safe twice: a second call
+        returns when the first has closed the pool, not before."""
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+        await asyncio.shield(self._closing)
 
     def _shutdown(self) -> None:
         self._executor.shutdown(wait=True)

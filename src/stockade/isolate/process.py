@@ -327,6 +327,9 @@ class IsolatedSandbox:
                     return self._synthetic(module, None, time.monotonic(), CANCELLED.outcome,
                                            CANCELLED.message)
                 worker = self._ready_worker(backend)
+                if token is not None and token.cancelled:  # while the worker started
+                    return self._synthetic(module, None, time.monotonic(), CANCELLED.outcome,
+                                           CANCELLED.message)
                 try:
                     if found and not self._hand_over(worker, found):
                         worker = self._ready_worker(backend, fresh=True)
@@ -346,9 +349,13 @@ class IsolatedSandbox:
                 finally:
                     if token is not None:
                         token.disarm()
-                if stop.fired and isinstance(outcome, Result) \
-                        and outcome.outcome is Outcome.ERROR:  # the kill, not the guest
-                    outcome.message = CANCELLED.message
+                if stop.fired:
+                    # Killed, maybe after its result was read: never the next run's worker
+                    # (a late cancellation killed the next caller's run, found by review).
+                    if self._worker is worker:
+                        self._discard(respawn=True)
+                    if isinstance(outcome, Result) and outcome.outcome is Outcome.ERROR:
+                        outcome.message = CANCELLED.message  # the kill, not the guest
                 if outcome is _FALLBACK:
                     # The next worker gives the canonical answer, within what is left of
                     # the one load timeout: a module the C API compiles slowly and then

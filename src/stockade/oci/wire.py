@@ -99,6 +99,10 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+MAX_LOOKUPS = 16
+_LOOKUPS = threading.BoundedSemaphore(MAX_LOOKUPS)
+
+
 def _addresses(host: str, port: int, timeout: float | None) -> list[str]:
     """The addresses of `host` (itself when it is one), asked of the resolver in a
     daemon thread and waited for at most `timeout` seconds. Raises httpcore's
@@ -111,15 +115,24 @@ def _addresses(host: str, port: int, timeout: float | None) -> list[str]:
         return [host]
     answer: list[Any] = []
     answered = threading.Event()
+    # Each lookup a resolver never answers holds its thread: at most this many at once.
+    if not _LOOKUPS.acquire(blocking=False):
+        raise httpcore.ConnectError(f"{host}: {MAX_LOOKUPS} name lookups are pending already")
 
     def ask() -> None:
         try:
             answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except OSError as exc:
             answer.append(exc)
+        finally:
+            _LOOKUPS.release()
         answered.set()
 
-    threading.Thread(target=ask, name="stockade-resolve", daemon=True).start()
+    try:
+        threading.Thread(target=ask, name="stockade-resolve", daemon=True).start()
+    except RuntimeError:  # no thread
+        _LOOKUPS.release()
+        raise
     if not answered.wait(timeout):
         raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout:g} s")
     if isinstance(answer[0], OSError):

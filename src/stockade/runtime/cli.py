@@ -27,7 +27,7 @@ import click
 
 from ..errors import StockadeError, UsageError
 from ..paths import import_path, module_command
-from .state import ContainerState, container_dir, id_lock, proc_start_time, status_of
+from .state import ContainerState, container_dir, id_lock, lock_path, proc_start_time, status_of
 
 __all__ = ["main", "runtime"]
 
@@ -95,7 +95,8 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
     spec = read_bundle(bundle)
     spec.close()  # judged here; the container process reads and holds it itself
     ctx.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with id_lock(ctx.root, container_id), _signals_deferred():
+    # The lock inside: a signal deferred to the block's end acts once it is let go.
+    with _signals_deferred(), id_lock(ctx.root, container_id):
         _create(directory, container_id, bundle, spec.config, pid_file, console_socket)
 
 
@@ -263,6 +264,9 @@ def delete(ctx: _Context, container_id: str, force: bool) -> None:
     directory = container_dir(ctx.root, container_id)
     if not directory.exists():
         if force:
+            if lock_path(ctx.root, container_id).exists():  # a killed create's lock
+                with id_lock(ctx.root, container_id):
+                    pass
             return
         raise UsageError(f"container {container_id!r} does not exist")
     with id_lock(ctx.root, container_id):

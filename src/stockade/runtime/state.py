@@ -21,7 +21,8 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["ContainerState", "container_dir", "id_lock", "proc_start_time", "status_of"]
+__all__ = ["ContainerState", "container_dir", "id_lock", "lock_path", "proc_start_time",
+           "status_of"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
 
@@ -33,13 +34,18 @@ def container_dir(root: Path, container_id: str) -> Path:
     return root / container_id
 
 
+def lock_path(root: Path, container_id: str) -> Path:
+    """The file `id_lock` locks (`<root>/.<id>.lock`)."""
+    return root / f".{container_id}.lock"
+
+
 @contextlib.contextmanager
 def id_lock(root: Path, container_id: str) -> Iterator[None]:
     """Container ID's lock, held for the block (released by the kernel when the holder
     is killed). Raises UsageError at once when another command holds it: a `delete
     --force` during a `create` removed the directory being made, and a second `create`
     of the id then ran two containers under one state (found by review)."""
-    path = root / f".{container_id}.lock"
+    path = lock_path(root, container_id)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:

@@ -66,15 +66,15 @@ def breaker_entries(client: redis.Redis, window: float,
     return [entry for _, entry in _stored(client, window, prefix)]
 
 
-def _stored(client: redis.Redis, window: float,
-            prefix: str) -> list[tuple[str, BreakerEntry]]:
+def _stored(client: redis.Redis, window: float, prefix: str,
+            deadline: float | None = None) -> list[tuple[str, BreakerEntry]]:
     """(key name, entry) of every breaker under `prefix`, most recently changed first.
     Its key and tenant are those its name holds: a stored field is shown only when its
     name is that field's (a stray write listed one tenant's breaker as another's, and the
     audit log recorded the reset of a breaker that was not reset; found by review).
     Raises ListingUnbounded past `LISTING_SECONDS` or `MAX_BREAKERS`."""
     found: list[tuple[str, BreakerEntry]] = []
-    deadline = time.monotonic() + LISTING_SECONDS
+    deadline = time.monotonic() + LISTING_SECONDS if deadline is None else deadline
     seconds, micros = client.time()  # type: ignore[misc]
     # Violations are scored by Redis's clock: two numbers, not 400 digits.
     now = number(str(seconds)) + number(str(micros)) / 1e6
@@ -132,11 +132,15 @@ def reset_breakers(client: redis.Redis, window: float, key: str = "",
     a stray write to `tenant` made a reset delete another tenant's breaker, and miss its
     own (found by review)."""
     removed = [] if removed is None else removed
-    for name, entry in _stored(client, window, prefix):
+    deadline = time.monotonic() + LISTING_SECONDS  # the deletes' too (found by review)
+    for name, entry in _stored(client, window, prefix, deadline):
         tag, _, breaker = name.partition("}:b:")
         if (key and breaker != token(key)) or \
                 (tenant is not None and tag != f"{prefix}:{{{token(tenant)}"):
             continue
+        if time.monotonic() > deadline:
+            raise ListingUnbounded(f"{len(removed)} breakers reset in "
+                                   f"{LISTING_SECONDS:g} s, the rest not")
         client.delete(name, f"{tag}}}:v:{breaker}")
         removed.append(entry)
     return removed
