@@ -1126,3 +1126,16 @@ def test_lookups_a_resolver_never_answers_are_bounded(monkeypatch: pytest.Monkey
         assert time.monotonic() - began < 1.0
     finally:
         released.set()
+
+
+@pytest.mark.parametrize("host", ["a" * 300, "xn--"])
+def test_a_name_idna_cannot_encode_is_a_connect_error(host: str) -> None:
+    """getaddrinfo raises UnicodeError for such a name: it ended neither the lookup's
+    wait nor its slot's hold."""
+    import httpcore
+
+    from stockade.oci import wire
+
+    for _ in range(wire.MAX_LOOKUPS + 1):  # no slot is kept
+        with pytest.raises(httpcore.ConnectError):
+            wire._addresses(host, 80, 5.0)

@@ -122,11 +122,11 @@ def _addresses(host: str, port: int, timeout: float | None) -> list[str]:
     def ask() -> None:
         try:
             answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
             answer.append(exc)
         finally:
             _LOOKUPS.release()
-        answered.set()
+            answered.set()
 
     try:
         threading.Thread(target=ask, name="stockade-resolve", daemon=True).start()
@@ -135,8 +135,8 @@ def _addresses(host: str, port: int, timeout: float | None) -> list[str]:
         raise
     if not answered.wait(timeout):
         raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout:g} s")
-    if isinstance(answer[0], OSError):
-        raise httpcore.ConnectError(str(answer[0]))
+    if not answer or isinstance(answer[0], Exception):
+        raise httpcore.ConnectError(f"{host}: {answer[0] if answer else 'no answer'}")
     return list(dict.fromkeys(str(info[4][0]) for info in answer[0]))
 
 
