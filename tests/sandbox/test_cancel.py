@@ -426,3 +426,66 @@ def test_a_second_aclose_returns_once_the_pool_is_closed() -> None:
         assert first.done() and running.done()
 
     asyncio.run(main())
+
+
+def test_a_cancellation_as_a_run_fails_leaves_no_killed_worker_to_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, for a run whose worker answers with an error (a module it refuses): the
+    discard was skipped by the exception, and a caller queued on the sandbox got the
+    killed worker (found by the review of the fix)."""
+    import stockade.isolate.process as process
+    from stockade.sandbox.cancel import CancelToken, cancellable, current_token
+
+    monkeypatch.setenv("STOCKADE_BACKEND", "wasmtime")
+    answered = process.error_from_wire
+    queued = threading.Event()
+
+    def cancelled_as_it_answers(data: Any) -> Any:
+        token = current_token()
+        queued.wait(5)  # the other caller waits on the sandbox meanwhile
+        time.sleep(0.05)
+        if token is not None:
+            token.cancel()
+        return answered(data)
+
+    monkeypatch.setattr(process, "error_from_wire", cancelled_as_it_answers)
+    others: list[Result] = []
+    with process.IsolatedSandbox(Policy().with_limits(timeout="20s")) as sandbox:
+        sandbox.run(guest("hello.wasm"))
+
+        def cancelled_caller() -> None:
+            with cancellable(CancelToken()), contextlib.suppress(Exception):
+                sandbox.run(b"\0asm\x01\0\0\0\xff\xff\xff")
+
+        for _ in range(3):
+            queued.clear()
+            first = threading.Thread(target=cancelled_caller)
+            first.start()
+            time.sleep(0.2)
+            second = threading.Thread(target=lambda: others.append(
+                sandbox.run(guest("hello.wasm"))))
+            second.start()
+            queued.set()
+            first.join()
+            second.join()
+    assert [r.outcome for r in others] == [Outcome.EXITED] * 3, [r.message for r in others]
+
+
+def test_aclose_from_two_loops_at_once() -> None:
+    """The second `aclose()` awaited a future of the first call's loop: from another loop
+    it raised RuntimeError (found by review)."""
+    pool = SandboxPool(Policy().with_limits(timeout="20s"), size=1, isolate="none")
+    shutdown = pool._shutdown
+
+    def slow_shutdown() -> None:  # still closing when the second caller comes
+        time.sleep(0.5)
+        shutdown()
+
+    pool._shutdown = slow_shutdown  # type: ignore[method-assign]
+    first = threading.Thread(target=lambda: asyncio.run(pool.aclose()))
+    first.start()
+    time.sleep(0.1)
+    try:
+        asyncio.run(asyncio.wait_for(pool.aclose(), 10))
+    finally:
+        first.join()

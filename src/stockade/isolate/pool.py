@@ -16,6 +16,8 @@ ends in its `Result` and the sandbox goes back to the pool for the next caller.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,7 +68,7 @@ class SandboxPool:
         self._idle: asyncio.Queue[SandboxLike] | None = None
         self._waiting = 0
         self._closed = False
-        self._closing: asyncio.Future[None] | None = None
+        self._closing: concurrent.futures.Future[None] | None = None
 
     def _queue(self) -> asyncio.Queue[SandboxLike]:
         if self._idle is None:
@@ -137,8 +139,19 @@ class SandboxPool:
         returns when the first has closed the pool, not before."""
         self._closed = True
         if self._closing is None:
-            self._closing = asyncio.get_running_loop().run_in_executor(None, self._shutdown)
-        await asyncio.shield(self._closing)
+            # A thread's future, not the loop's: a second call may come from another loop.
+            self._closing = concurrent.futures.Future()
+            threading.Thread(target=self._shut_down_into, args=(self._closing,),
+                             name="stockade-pool-close", daemon=True).start()
+        await asyncio.shield(asyncio.wrap_future(self._closing))
+
+    def _shut_down_into(self, done: concurrent.futures.Future[None]) -> None:
+        try:
+            self._shutdown()
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
 
     def _shutdown(self) -> None:
         self._executor.shutdown(wait=True)

@@ -349,13 +349,14 @@ class IsolatedSandbox:
                 finally:
                     if token is not None:
                         token.disarm()
-                if stop.fired:
-                    # Killed, maybe after its result was read: never the next run's worker
-                    # (a late cancellation killed the next caller's run, found by review).
-                    if self._worker is worker:
+                    # Killed, maybe after its answer was read (a result or an error):
+                    # never the next run's worker (a late cancellation killed the next
+                    # caller's run, found by review).
+                    if stop.fired and self._worker is worker:
                         self._discard(respawn=True)
-                    if isinstance(outcome, Result) and outcome.outcome is Outcome.ERROR:
-                        outcome.message = CANCELLED.message  # the kill, not the guest
+                if stop.fired and isinstance(outcome, Result) \
+                        and outcome.outcome is Outcome.ERROR:
+                    outcome.message = CANCELLED.message  # the kill, not the guest
                 if outcome is _FALLBACK:
                     # The next worker gives the canonical answer, within what is left of
                     # the one load timeout: a module the C API compiles slowly and then
