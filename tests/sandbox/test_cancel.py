@@ -489,3 +489,28 @@ def test_aclose_from_two_loops_at_once() -> None:
         asyncio.run(asyncio.wait_for(pool.aclose(), 10))
     finally:
         first.join()
+
+
+def test_observers_are_told_an_isolated_run_was_cancelled() -> None:
+    """The caller's result said "cancelled by the caller", while observers (telemetry,
+    the audit log) were told "the worker was killed (SIGKILL)": the message was changed
+    after they had written theirs down (found by review)."""
+    from stockade.isolate.process import IsolatedSandbox
+
+    told: list[str] = []
+
+    class WritesDown(Recorder):
+        def run_finished(self, info: RunInfo, result: Result) -> None:
+            told.append(result.message)  # as telemetry serialises it, then and there
+            super().run_finished(info, result)
+
+    recorder = WritesDown()
+
+    async def main() -> None:
+        sandbox = AsyncSandbox(sandbox=IsolatedSandbox(SPIN_POLICY, observers=[recorder]))
+        async with sandbox:
+            await cancelled_after_a_second(sandbox.run(guest("spin.wasm")))
+
+    asyncio.run(main())
+    assert recorder.finished.wait(STOP_BOUND)
+    assert len(told) == 1 and "cancelled" in told[0], told

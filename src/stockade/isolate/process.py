@@ -345,7 +345,7 @@ class IsolatedSandbox:
                 if token is not None:
                     token.attach(None, stop, None)
                 try:
-                    outcome = self._collect(worker, module, invocation, request, loaded)
+                    outcome = self._collect(worker, module, invocation, request, loaded, stop)
                 finally:
                     if token is not None:
                         token.disarm()
@@ -354,9 +354,6 @@ class IsolatedSandbox:
                     # caller's run, found by review).
                     if stop.fired and self._worker is worker:
                         self._discard(respawn=True)
-                if stop.fired and isinstance(outcome, Result) \
-                        and outcome.outcome is Outcome.ERROR:
-                    outcome.message = CANCELLED.message  # the kill, not the guest
                 if outcome is _FALLBACK:
                     # The next worker gives the canonical answer, within what is left of
                     # the one load timeout: a module the C API compiles slowly and then
@@ -417,7 +414,7 @@ class IsolatedSandbox:
 
     def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
                  invocation: Invocation, request: tuple[Any, ...],
-                 loaded: float = 0.0) -> Result | object:
+                 loaded: float = 0.0, stop: _StopWorker | None = None) -> Result | object:
         # The deadline is this process's alone, armed from its own clock: loading may
         # take `load_timeout` (less the `loaded` seconds an earlier worker spent on this
         # run), the guest its timeout + grace, and nothing the worker sends moves either
@@ -443,6 +440,8 @@ class IsolatedSandbox:
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
                 cause = worker.death_cause()
+                if stop is not None and stop.fired and worker.ended_as is Outcome.ERROR:
+                    cause = CANCELLED.message  # its token's kill: said so to observers too
                 result = self._synthetic(module, info, begun, worker.ended_as, cause)
                 self._discard(respawn=True)
                 result.cleanup_error = self._remove_scratch(info, worker)
