@@ -117,11 +117,12 @@ class EngineConfig(FrozenRecord):
         if self.strategy not in STRATEGIES:
             raise UsageError(f"unknown code generator {self.strategy!r} "
                              f"(choose one of: {', '.join(STRATEGIES)})")
-        from ..policy.values import MAX_STACK
+        from ..policy.values import LIMIT_PARSERS
 
-        if not 0 < self.max_stack <= MAX_STACK:  # wasmtime would abort the process
-            raise UsageError(f"a guest stack of {self.max_stack} bytes: more than 0 and at "
-                             f"most {MAX_STACK} bytes, wasmtime's bound")
+        try:  # the policy's own bound: past it, wasmtime would abort the process
+            LIMIT_PARSERS["max_stack"](self.max_stack)
+        except ValueError as exc:
+            raise UsageError(f"a guest stack of {self.max_stack} bytes: {exc}") from None
         if self.tripwire and self.strategy == "pulley":  # its probe is an atomic load
             raise UsageError("a tripwire deadline needs the cranelift code generator "
                              "(pulley has no atomics)")

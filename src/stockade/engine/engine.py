@@ -9,6 +9,7 @@ from pathlib import Path
 
 import wasmtime
 
+from ..fileid import FileKey, path_key
 from ..paths import cache_dir
 from .cache import AotCache
 from .config import EngineConfig
@@ -21,19 +22,14 @@ __all__ = ["Engine", "get_engine", "close_engines"]
 LinkerFactory = Callable[[wasmtime.Engine], wasmtime.Linker]
 
 
-# (path, device, inode, size, mtime, ctime): a file replaced (a new inode) or written in
-# place (a new ctime, which its owner cannot set back) is another file, whatever its size
-# and mtime say (found by review: `cp -p` of a same-size module kept the old code).
-_FileKey = tuple[str, int, int, int, int, int]
+# The path and the version of the file there (`fileid.file_key`): the size and mtime
+# alone kept serving old code after a same-size `cp -p` (found by review).
+_LoadKey = tuple[str, FileKey]
 
 
-def _file_key(path: Path) -> _FileKey | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
-            info.st_ctime_ns)
+def _load_key(path: Path) -> _LoadKey | None:
+    version = path_key(path)
+    return None if version is None else (str(path), version)
 
 
 class Engine:
@@ -53,7 +49,7 @@ class Engine:
         self.ticker = EpochTicker(self.wasmtime.increment_epoch)
         self._loader = ModuleLoader(self.wasmtime, config, self.cache)
         self._lock = threading.Lock()
-        self._by_path: dict[_FileKey, LoadedModule] = {}
+        self._by_path: dict[_LoadKey, LoadedModule] = {}
         self._linkers: dict[str, wasmtime.Linker] = {}
         self._pres: dict[tuple[str, str], wasmtime.InstancePre] = {}
         self._closed = False
@@ -73,17 +69,17 @@ class Engine:
             return self._compiled(lambda loader: loader.load_bytes(
                 source, name or "<bytes>", guard, allow_precompiled=allow_precompiled))
         path = Path(source)
-        key = _file_key(path)
+        key = _load_key(path)
         if key is not None and key in self._by_path:
             if guard is not None:
-                guard.check_size(key[3], str(path))
+                guard.check_size(key[1][2], str(path))
             known = self._by_path[key]
             if known.precompiled and not allow_precompiled:
                 raise refuse_precompiled(path.name, known.sha256)
             return known
         loaded = self._compiled(lambda loader: loader.load_path(
             path, guard, allow_precompiled=allow_precompiled))
-        if key is not None and _file_key(path) == key:  # not changed while it loaded
+        if key is not None and _load_key(path) == key:  # not changed while it loaded
             with self._lock:
                 self._by_path[key] = loaded
         return loaded

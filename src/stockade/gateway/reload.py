@@ -9,17 +9,17 @@ previous functions serving, and the next change tries again.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..fileid import FileKey, path_key
 from .manifest import Manifest
 
 __all__ = ["FileWatcher", "watched_files", "POLL_SECONDS"]
 
 POLL_SECONDS = 0.5
-Stamp = tuple[int, int, int, int] | None  # (size, mtime_ns, inode, ctime_ns); None: missing
+Stamp = FileKey | None  # `fileid.path_key`; None: missing
 
 
 def watched_files(source: Path, manifest: Manifest | None) -> list[Path]:
@@ -28,14 +28,6 @@ def watched_files(source: Path, manifest: Manifest | None) -> list[Path]:
     if manifest is not None:
         files += [spec.module for spec in manifest.functions]
     return list(dict.fromkeys(files))
-
-
-def _stamp(path: Path) -> Stamp:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns
 
 
 class FileWatcher:
@@ -50,7 +42,7 @@ class FileWatcher:
 
     def watch(self, files: Iterable[Path]) -> None:
         """Watch `files` from now on, as they are now."""
-        self._stamps = {path: _stamp(path) for path in files}
+        self._stamps = {path: path_key(path) for path in files}
         self._pending = None
 
     def changed(self, now: float | None = None) -> list[Path]:
@@ -60,7 +52,7 @@ class FileWatcher:
         if now < self._next:
             return []
         self._next = now + self.interval
-        current = {path: _stamp(path) for path in self._stamps}
+        current = {path: path_key(path) for path in self._stamps}
         if current == self._stamps:
             self._pending = None
             return []

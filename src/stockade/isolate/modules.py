@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModuleError, ModuleNotFound
+from ..fileid import FileKey, file_key
 
 if TYPE_CHECKING:
     from .backend import WorkerBackend
@@ -28,7 +29,6 @@ __all__ = ["ModuleFile", "open_module", "ModuleMemo", "FALLBACK"]
 # `ModuleMemo.load`'s answer for a module the worker's backend leaves to wasmtime-py.
 FALLBACK = object()
 
-FileKey = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,3 @@ class ModuleMemo:
             self._loaded.popitem(last=False)
         return loaded
 
-
-def file_key(info: os.stat_result) -> FileKey:
-    """What names one version of a module file between runs: its identity, size and
-    times. The change time too: a rewrite that restores size and mtime still moves it."""
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

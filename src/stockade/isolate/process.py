@@ -47,6 +47,7 @@ from ..cancel import CANCELLED, current_token
 from ..digests import sha256
 from ..engine.cache import AotCache
 from ..errors import PrecompiledRefused, UsageError, WorkerError
+from ..fileid import path_key
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
@@ -57,7 +58,7 @@ from ..sandbox.provenance import denied_result, gate
 from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
 from .handle import WorkerProcess
-from .modules import ModuleFile, file_key, open_module
+from .modules import ModuleFile, open_module
 from .plan import WorkerPlan, cgroup_limits_for, plan_for, vouched_files
 from .protections import Protection
 from .protocol import error_from_wire, result_from_wire
@@ -79,11 +80,7 @@ def _module_key(module: str | Path | bytes) -> object | None:
     the canonical answer), None when the file cannot be read here."""
     if isinstance(module, bytes):
         return sha256(module).digest()
-    try:
-        info = os.stat(module)
-    except OSError:
-        return None
-    return file_key(info)
+    return path_key(module)
 
 
 class IsolatedSandbox:
@@ -323,11 +320,8 @@ class IsolatedSandbox:
             if found:
                 self._remember(found)
             for _ in range(3):
-                if token is not None and token.cancelled:  # while it waited for the lock
-                    return self._synthetic(module, None, time.monotonic(), CANCELLED.outcome,
-                                           CANCELLED.message)
-                worker = self._ready_worker(backend)
-                if token is not None and token.cancelled:  # while the worker started
+                worker = self._ready_worker(backend)  # kept for the next run if cancelled
+                if token is not None and token.cancelled:  # waiting for the lock or the worker
                     return self._synthetic(module, None, time.monotonic(), CANCELLED.outcome,
                                            CANCELLED.message)
                 try:
@@ -406,11 +400,8 @@ class IsolatedSandbox:
 
     @staticmethod
     def _held(worker: WorkerProcess, path: Path) -> bool:
-        try:
-            info = path.stat()
-        except OSError:
-            return False
-        return file_key(info) in worker.sent
+        key = path_key(path)
+        return key is not None and key in worker.sent
 
     def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
                  invocation: Invocation, request: tuple[Any, ...],

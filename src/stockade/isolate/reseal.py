@@ -16,7 +16,6 @@ Kept off the hot path: a module file already seen by this sandbox costs one `sta
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,9 +23,9 @@ from typing import TYPE_CHECKING
 from ..engine.cache import AotCache
 from ..engine.loader import digest
 from ..errors import StockadeError
+from ..fileid import path_key
 from ..policy import Limits
 from .backend import worker_engine_config
-from .modules import file_key
 
 if TYPE_CHECKING:
     from ..sandbox.backend import Backend
@@ -59,11 +58,10 @@ class Resealer:
                 return False  # native code has no cache entry; WAT is rare as bytes
             sha = hashlib.sha256(module).hexdigest()
             return self._copy((sha, fingerprint), fingerprint, sha)
-        try:
-            info = os.stat(module)
-        except OSError:
+        version = path_key(module)
+        if version is None:
             return False  # the worker's request reports it
-        memo = (file_key(info), fingerprint)
+        memo = (version, fingerprint)
         if memo in self._done:
             return False
         digest = self._digest(Path(module))

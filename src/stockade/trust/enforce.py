@@ -15,6 +15,7 @@ import os
 import threading
 from pathlib import Path
 
+from ..fileid import FileKey, path_key
 from ..policy.model import Trust
 from .cosignkeys import ImageKey, parse_image_key
 from .keys import KeyFileError, PublicKey, key_files, parse_public_keys, read_key_file
@@ -23,19 +24,12 @@ from .signing import Verification, verify_module
 __all__ = ["refusal", "trusted_keys", "image_keys", "check"]
 
 _lock = threading.Lock()
-_Stamp = tuple[str, int, int, int, int, int]
+_Stamp = tuple[str, FileKey | None]  # None: missing, or a directory's files unread
 _cache: dict[tuple[_Stamp, ...], tuple[list[PublicKey], list[ImageKey]]] = {}
 
 
 def _stamp(path: Path) -> _Stamp:
-    """What changes when the file's contents may have: also its inode (a file replaced
-    by rename) and ctime (written in place, its mtime set back)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return (str(path), -1, -1, -1, -1, -1)
-    return (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
-            info.st_ctime_ns)
+    return str(path), path_key(path)
 
 
 def _stamps(paths: tuple[Path, ...]) -> tuple[_Stamp, ...]:
@@ -49,7 +43,7 @@ def _stamps(paths: tuple[Path, ...]) -> tuple[_Stamp, ...]:
             try:
                 stamps.extend(_stamp(item) for item in key_files(Path(path)))
             except OSError:  # unreadable: `_load` says so, in its words
-                stamps.append((str(path), -2, -2, -2, -2, -2))
+                stamps.append((str(path), None))  # after its own stamp: files unread
     return tuple(stamps)
 
 
