@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Coroutine
@@ -514,3 +515,43 @@ def test_observers_are_told_an_isolated_run_was_cancelled() -> None:
     asyncio.run(main())
     assert recorder.finished.wait(STOP_BOUND)
     assert len(told) == 1 and "cancelled" in told[0], told
+
+
+@pytest.mark.parametrize("isolate", ["process", "none"])
+def test_close_on_the_loop_stops_the_runs_without_waiting_for_them(isolate: str) -> None:
+    """`AsyncSandbox.close()` called on the event loop while a guest sleeps for 30 s:
+    an isolated sandbox's close waited for the run (its lock), holding the loop until
+    the guest ended; an in-process guest kept running on the sandbox's thread. Both
+    runs, the one in progress and the one waiting, are now stopped at once, and the
+    sandbox takes no more."""
+    from stockade.errors import UsageError
+
+    policy = Policy().with_limits(timeout="60s", fuel=None)
+
+    async def main() -> tuple[float, Result, Result, int | None]:
+        sandbox = AsyncSandbox(policy, isolate=isolate)
+        running = asyncio.create_task(
+            sandbox.run(guest("sleeper.wasm"), Invocation(args=("30",))))
+        waiting = asyncio.create_task(sandbox.run(guest("hello.wasm")))
+        await asyncio.sleep(1.5)
+        assert not running.done()
+        worker = getattr(sandbox.sandbox, "worker_pid", None)
+        began = time.monotonic()
+        sandbox.close()
+        held = time.monotonic() - began
+        first = await asyncio.wait_for(running, STOP_BOUND)
+        second = await asyncio.wait_for(waiting, STOP_BOUND)
+        with pytest.raises(UsageError, match="closed"):
+            await sandbox.run(guest("hello.wasm"))
+        sandbox.close()  # safe twice
+        await sandbox.aclose()  # returns once the sandbox is closed
+        return held, first, second, worker
+
+    held, first, second, worker = asyncio.run(main())
+    assert held < 1.0, f"close() held the event loop for {held:.1f} s"
+    assert first.outcome is Outcome.ERROR and "cancelled" in first.message, first.message
+    assert second.outcome is Outcome.ERROR and "cancelled" in second.message, second.message
+    assert not second.stdout  # the waiting run never ran
+    if worker is not None:
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)

@@ -20,6 +20,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..errors import UsageError
 from .cancel import CancelToken, cancellable
 
 if TYPE_CHECKING:
@@ -40,16 +41,18 @@ CANCEL_GRACE = 2.0
 
 async def run_in_thread(call: Callable[[], T],
                         executor: Executor | None = None,
-                        on_done: Callable[[], None] | None = None) -> T:
+                        on_done: Callable[[], None] | None = None,
+                        token: CancelToken | None = None) -> T:
     """Await `call()` on a thread of `executor` (default: the loop's).
 
-    On cancellation the run is stopped (its `CancelToken`: a run still waiting for the
-    sandbox never starts) and the cancellation propagates once the thread is done or
-    after `CANCEL_GRACE` seconds. `on_done` runs on the loop once the thread has
-    finished, however the await ended (a pool returns the sandbox then, not before).
+    On cancellation the run is stopped (its `CancelToken`, `token` when given: a run
+    still waiting for the sandbox never starts) and the cancellation propagates once the
+    thread is done or after `CANCEL_GRACE` seconds. `on_done` runs on the loop once the
+    thread has finished, however the await ended (a pool returns the sandbox then, not
+    before).
     """
     loop = asyncio.get_running_loop()
-    token = CancelToken()
+    token = token or CancelToken()
 
     def cancellable_call() -> T:
         with cancellable(token):
@@ -72,7 +75,8 @@ class AsyncSandbox:
     Wraps `sandbox` (a `Sandbox` or `IsolatedSandbox`), or makes one for `policy` with
     `make_sandbox(policy, isolate)`. Runs go one at a time through a single thread, like
     the sandbox's own runs; use `SandboxPool` for several at once. Cancelling an awaiting
-    task stops the guest (see the module docstring).
+    task stops the guest (see the module docstring); `close()` stops them all, `aclose()`
+    (or `async with`) lets them finish.
     """
 
     def __init__(self, policy: Policy | None = None, *, isolate: str | None = None,
@@ -84,12 +88,21 @@ class AsyncSandbox:
             sandbox = make_sandbox(policy or PolicyClass.from_profile("default"), isolate)
         self.sandbox = sandbox
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="stockade-async")
+        self._closed = False
+        self._tokens: set[CancelToken] = set()  # of the runs not yet done, for `close`
+
+    async def _call(self, call: Callable[[], Result]) -> Result:
+        if self._closed:
+            raise UsageError("this AsyncSandbox is closed")
+        token = CancelToken()
+        self._tokens.add(token)
+        return await run_in_thread(call, self._executor,
+                                   lambda: self._tokens.discard(token), token)
 
     async def run(self, module: str | Path | bytes, invocation: Invocation | None = None
                   ) -> Result:
         """Run the module once; see `Sandbox.run`."""
-        return await run_in_thread(lambda: self.sandbox.run(module, invocation),
-                                   self._executor)
+        return await self._call(lambda: self.sandbox.run(module, invocation))
 
     async def run_python(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
                          args: Sequence[str] = (), stdin: bytes | str = b"",
@@ -97,17 +110,27 @@ class AsyncSandbox:
         """Run Python source in CPython for WASI; see `Sandbox.run_python`."""
         from .python import run_python
 
-        return await run_in_thread(
-            lambda: run_python(self.sandbox, code, files=files, args=args, stdin=stdin, env=env),
-            self._executor)
+        return await self._call(
+            lambda: run_python(self.sandbox, code, files=files, args=args, stdin=stdin, env=env))
 
     def close(self) -> None:
-        """Close the sandbox and the thread. Safe twice."""
-        self.sandbox.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Close now, without waiting (also on the event loop): the run in progress and
+        those waiting are stopped, each caller getting its Result (outcome `error`,
+        cancelled), and the sandbox is closed on its thread once they have ended. Later
+        runs raise UsageError. Safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for token in list(self._tokens):
+            token.cancel()
+        # On the runs' thread, after them: an isolated sandbox's close waits for its run.
+        self._executor.submit(self.sandbox.close)
+        self._executor.shutdown(wait=False)
 
     async def aclose(self) -> None:
-        """Close, waiting for a run still on the thread to end."""
+        """Close, waiting for the runs taken already to end. Safe twice, and after
+        `close` (then it returns once the sandbox is closed)."""
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
