@@ -130,3 +130,20 @@ def test_a_host_error_wrapped_in_backtraces_is_told_by_its_causes() -> None:
                                          "190000000 exceeds limit 67108864")
     assert traps.root_cause("error while executing\n\nCaused by:\n    wasm trap: integer "
                             "divide by zero\n") == "integer divide by zero"
+
+
+def test_a_refusal_at_instantiation_names_its_real_cause() -> None:
+    """Two memories where one is allowed were called "declared memory exceeds the memory
+    limit" (wasmtime's "memory count too high" holds both words), and a host that could
+    not map the guest's memory (an address-space limit) blamed the guest with a trap."""
+    from stockade.engine.traps import ending_of_error
+
+    count = ending_of_error("resource limit exceeded: memory count too high at 2", None,
+                            started=False, max_memory=128 * 1024**2)
+    assert count.outcome is Outcome.TRAP and "memory count too high" in count.message
+    size = ending_of_error("memory minimum size of 2 pages exceeds memory limits", None,
+                           started=False, max_memory=65536)
+    assert size.outcome is Outcome.MEMORY_LIMIT
+    host = ending_of_error("failed to allocate memory: Cannot allocate memory (os error 12)",
+                           None, started=False, max_memory=128 * 1024**2)
+    assert host.outcome is Outcome.ERROR and "ulimit -v" in host.message

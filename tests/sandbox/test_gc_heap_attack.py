@@ -99,7 +99,9 @@ def test_a_gateway_function_gets_the_same_split(tmp_path: Path) -> None:
     manifest = tmp_path / "stockade.toml"
     manifest.write_text(f'[[function]]\nname = "gc"\nroute = "/gc"\n'
                         f'module = "{guest("gc_heap_exceptions.wasm")}"\n'
-                        f'[function.limits]\nmax_memory = "{LIMIT}MiB"\nwasm_gc = true\n')
+                        f'[function.limits]\nmax_memory = "{LIMIT}MiB"\nwasm_gc = true\n'
+                        # the guest keeps its exceptions in a table of 100,000
+                        f'max_table_elements = 100000\n')
     executors = Executors("fast", threads=1)
     try:
         prepared = executors.prepare(load_manifest(manifest).functions[0])

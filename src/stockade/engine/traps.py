@@ -103,8 +103,9 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     """An error (not a trap) from instantiating (`started=False`) or calling `_start`.
 
     A WASI exit status is a normal exit. Before the guest started, a memory its module
-    declares beyond `max_memory` (bytes) is `memory_limit`; any other refusal (tables,
-    instances) is a `trap`. After, fuel and interrupt messages keep their outcomes.
+    declares beyond `max_memory` (bytes) is `memory_limit`; a mapping the host could not
+    make (ENOMEM) an `error`; any other refusal (tables, instances, too many memories) is
+    a `trap`. After, fuel and interrupt messages keep their outcomes.
     Judged on wasmtime's causes only (`root_cause`): the message's backtrace shows names
     the guest chose, and a function named `interrupt` made any failed host call a
     `timeout`, which breakers count.
@@ -117,7 +118,11 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
         return gc_heap
     text = cause.lower()
     if not started:
-        if "memory" in text and ("limit" in text or "minimum" in text):
+        if "os error 12" in text:  # ENOMEM: the host's mapping failed, not the guest
+            return Ending(Outcome.ERROR, f"the host could not map the guest's memory ({cause});"
+                          " is this process's address space limited (ulimit -v)?")
+        if "memory" in text and ("limit" in text or "minimum" in text) \
+                and "count too high" not in text:  # too many memories: not their size
             return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
                           f"of {format_size(max_memory)}")
         return Ending(Outcome.TRAP, f"instantiation refused: {cause}")

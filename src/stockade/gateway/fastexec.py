@@ -113,15 +113,17 @@ class FastFunction(_FastBase):
             else min(limits.timeout, INLINE_TIMEOUT)
         plan = self._engine.plan
         memory = limits.memory_cap(self._engine.config.gc)
+        # The pool's slots are shared and may be larger than this function's limits.
         self._plan = plan(module, spec.args, fuel=limits.fuel, timeout_s=limits.timeout,
                           max_memory=memory, max_output=limits.max_output,
                           capture_stderr=spec.capture_stderr, max_hostcalls=limits.max_hostcalls,
-                          program=self.module_name)
+                          program=self.module_name, store_limits=limits.store_limits)
         self._inline_plan = plan(module, spec.args, fuel=inline_fuel,
                                  timeout_s=inline_timeout,
                                  max_memory=memory, max_output=limits.max_output,
                                  capture_stderr=spec.capture_stderr,
-                                 max_hostcalls=limits.max_hostcalls, program=self.module_name)
+                                 max_hostcalls=limits.max_hostcalls, program=self.module_name,
+                                 store_limits=limits.store_limits)
         self._inline_after = 0.0
         self._inline_strikes = 0
 

@@ -10,6 +10,8 @@ __all__ = [
     "MODULE",
     "PREVIEW1_FUNCTIONS",
     "INTERPOSED",
+    "PATH_CHECKED",
+    "SHADOWED",
     "Errno",
     "OFLAG_CREAT",
     "FDFLAGS_SYNC_MASK",
@@ -66,6 +68,17 @@ INTERPOSED: dict[str, tuple[str, ...]] = {
     "sock_send": (I32, I32, I32, I32, I32),
     "sock_shutdown": (I32, I32),
 }
+
+# Path calls left to wasmtime (not counted, not capped: counting them would meter every
+# module importing them under a host-call budget), shadowed only to refuse a path past
+# PATH_MAX before wasmtime copies it: it held two to three copies of a guest's path.
+PATH_CHECKED: dict[str, tuple[str, ...]] = {
+    "path_filestat_get": (I32, I32, I32, I32, I32),
+    "path_readlink": (I32, I32, I32, I32, I32, I32),
+    "path_filestat_set_times": (I32, I32, I32, I32, I64, I64, I32),
+}
+# Every call a metered linker shadows.
+SHADOWED: dict[str, tuple[str, ...]] = {**INTERPOSED, **PATH_CHECKED}
 
 
 class Errno:

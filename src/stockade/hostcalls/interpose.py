@@ -21,7 +21,7 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from .abi import INTERPOSED, MODULE, GuestMemory
+from .abi import MODULE, SHADOWED, GuestMemory
 from .handlers import TRAMPOLINE_CALLS, arguments, serve, stopping, trampoline_wat
 from .meter import Meter
 
@@ -194,7 +194,7 @@ def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     linker.allow_shadowing = True
     types = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
     module = MODULE.encode()
-    for name, params in INTERPOSED.items():
+    for name, params in SHADOWED.items():
         functype = wasmtime.FuncType([types[p] for p in params], [types["i32"]])
         raw_name = name.encode()
         error = ffi.wasmtime_linker_define_func_unchecked(
@@ -209,4 +209,4 @@ def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
 # One per call, made once (at import, under the import lock: two engines building their
 # linkers at once must not replace one another's) and alive as long as the process.
-_CALLBACKS: dict[str, Any] = {name: _entry(name, params) for name, params in INTERPOSED.items()}
+_CALLBACKS: dict[str, Any] = {name: _entry(name, params) for name, params in SHADOWED.items()}

@@ -100,6 +100,12 @@ class Limits(FrozenRecord):
         held 237 MiB of linear memory and 120 MiB of GC arrays)."""
         return self.max_memory // 2 if self.wasm_gc or gc_engine else self.max_memory
 
+    @property
+    def store_limits(self) -> tuple[int, int, int, int]:
+        """What a store is limited to besides memory: table elements, instances, tables
+        and memories (the engines' `StoreLimits`)."""
+        return self.max_table_elements, self.max_instances, self.max_tables, self.max_memories
+
     def sync_limit(self) -> int | None:
         """How many real `fd_sync`/`fd_datasync` calls are allowed (None: unlimited, 0: none
         reach the disk)."""

@@ -130,7 +130,8 @@ class CapiSandbox:
                                     timeout_s=limits.timeout,
                                     max_memory=limits.memory_cap(self._config.gc),
                                     max_output=limits.max_output,
-                                    max_hostcalls=limits.max_hostcalls, program=name)
+                                    max_hostcalls=limits.max_hostcalls, program=name,
+                                    store_limits=limits.store_limits)
             notify_started(self.observers, info)
             result = self.engine.run_plan(plan, env, invocation.stdin).to_result(
                 name, sha256, limits.as_dict())

@@ -9,9 +9,11 @@ releases the GIL); each uses its own store.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import math
 import os
+import resource
 import sys
 import threading
 import time
@@ -23,14 +25,24 @@ from typing import TYPE_CHECKING, Any
 from ...cancel import CancelToken, current_token
 from ...envblock import Env, EnvBlock, encode_args, encode_env
 from ...errors import ModuleError, ModuleNotFound, UsageError
-from ..config import EngineConfig
+from ...policy.units import format_size
+from ..config import MEMORY_GUARD, MEMORY_RESERVATION, EngineConfig
 from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ..traps import invalid_module
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import FastModule, prepare, raise_load
 from ._native import RunState
 from ._poll import define_owned_calls
-from ._run import FastResult, RunPlan, RunSlot, execute, native_plan, overdue
+from ._run import (
+    NO_STORE_LIMITS,
+    FastResult,
+    RunPlan,
+    RunSlot,
+    StoreLimits,
+    execute,
+    native_plan,
+    overdue,
+)
 
 if TYPE_CHECKING:
     from ...hostcalls.meter import Meter
@@ -83,6 +95,7 @@ class FastEngine:
         self.config = config or EngineConfig()
         self.max_instances = max_instances
         self.max_memory = max_memory
+        _check_address_space(self._pool_memories())
         self._engine = C.wasm_engine_new_with_config(self._wasm_config(keep_resident,
                                                                        table_elements))
         self._linker = C.linker_new(self._engine)
@@ -119,17 +132,21 @@ class FastEngine:
             raise
         return int(config)
 
+    def _memories_per_module(self) -> int:
+        return 2 if self.config.tripwire else 1  # a tripwire's page is a second memory
+
+    def _pool_memories(self) -> int:
+        # A module using GC types takes its GC heap from the memories too (a one-slot pool
+        # refused every such module: "maximum concurrent limit of 1 for memory").
+        return (self._memories_per_module() + 1) * self.max_instances
+
     def _configure(self, config: int, keep_resident: int, table_elements: int) -> None:
         _apply_settings(config, self.config)
         pool = C.pooling_allocation_config_new()
-        # A tripwire's page is a second memory in every instance.
-        memories = 2 if self.config.tripwire else 1
         # Twice the runs: a metered run adds its forwarding trampoline (no memory, no table).
-        # A module using GC types takes its GC heap from the memories too (a one-slot pool
-        # refused every such module: "maximum concurrent limit of 1 for memory").
         for setter, value in (("total_core_instances", 2 * self.max_instances),
-                              ("total_memories", (memories + 1) * self.max_instances),
-                              ("max_memories_per_module", memories),
+                              ("total_memories", self._pool_memories()),
+                              ("max_memories_per_module", self._memories_per_module()),
                               ("total_tables", self.max_instances),
                               # Fiber stacks serve async calls, which no run makes; the
                               # default 1,000 cost a guard-page mprotect each at start-up
@@ -272,9 +289,12 @@ class FastEngine:
         capture_stderr: bool = True,
         max_hostcalls: int | None = None,
         program: str | None = None,
+        store_limits: StoreLimits = NO_STORE_LIMITS,
     ) -> RunPlan:
         """Check a run's arguments and limits once (see `run`) for `run_plan`; `program`
-        is argv[0] (default: the module's name). Raises UsageError."""
+        is argv[0] (default: the module's name); `store_limits` the guest's table
+        elements, instances, tables and memories (a policy's `Limits.store_limits`; -1:
+        only the pool's slot bounds it). Raises UsageError."""
         argv = encode_args(module.name if program is None else program, args)
         budget = self._fuel(fuel)
         memory = self.max_memory if max_memory is None else max_memory
@@ -288,13 +308,21 @@ class FastEngine:
                              "the fast path's native library (scripts/build_native.py)")
         if timeout_s is not None:
             self._check_timeout(timeout_s)
+        if len(store_limits) != 4 or any(type(limit) is not int or not -1 <= limit < 2**63
+                                         for limit in store_limits):
+            raise UsageError(f"store_limits={store_limits!r} must be four whole numbers "
+                             "of at least -1 (none)")
         block = b"".join(arg + b"\0" for arg in argv)
         tripwire = self.config.tripwire
+        elements, instances, tables, memories = store_limits
+        if tripwire and memories >= 0:
+            memories += 1  # the tripwire's page is a memory of the instance's own
+        limits = (elements, instances, tables, memories)
         native = native_plan(module._pre, block, len(argv), budget, memory, max_output,
-                             capture_stderr, max_hostcalls, self.owns_stdio, tripwire)
+                             capture_stderr, max_hostcalls, self.owns_stdio, tripwire, limits)
         return RunPlan(module, block, len(argv), budget, timeout_s, memory, max_output,
-                       capture_stderr, max_hostcalls, self.owns_stdio, tripwire, native,
-                       ctypes.addressof(native))
+                       capture_stderr, max_hostcalls, self.owns_stdio, tripwire, limits,
+                       native, ctypes.addressof(native))
 
     def run_plan(self, plan: RunPlan, env: EnvBlock, stdin: bytes = b"") -> FastResult:
         """Run a checked plan with `env` (`encode_env`) and `stdin` (bytes): `run` without
@@ -605,6 +633,26 @@ def _forget_run(state: RunState) -> None:
     state.memory_base = None
     ctypes.memset(state.calls, 0, ctypes.sizeof(state.calls))
 
+
+def _check_address_space(memories: int) -> None:
+    """Raise UsageError when the pool's `memories` slots cannot be mapped within this
+    process's address-space limit (`ulimit -v`): wasmtime aborts the process on a pool
+    it cannot map, with a Rust backtrace and nothing to catch."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return
+    need = memories * (MEMORY_RESERVATION + 2 * MEMORY_GUARD)  # a guard on either side
+    used = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                used = int(line.split()[1]) * 1024
+    if used + need > soft:
+        raise UsageError(
+            f"the fast path's memory pool reserves {format_size(need)} of address space "
+            f"({memories} memories of {format_size(MEMORY_RESERVATION)}, reserved, not "
+            f"used), more than this process's limit leaves ({format_size(max(0, soft - used))}"
+            f" of `ulimit -v` {format_size(soft)}): raise or lift that limit")
 
 def _apply_settings(config: int, engine: EngineConfig) -> None:
     """Set `engine`'s settings on a `wasm_config_t*`: the table `EngineConfig.to_wasmtime`

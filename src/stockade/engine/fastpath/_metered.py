@@ -29,7 +29,7 @@ from ctypes import c_void_p
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
-from ...hostcalls.abi import INTERPOSED, MODULE, GuestMemory
+from ...hostcalls.abi import MODULE, SHADOWED, GuestMemory
 from ...hostcalls.handlers import TRAMPOLINE_CALLS, arguments, serve, stopping, trampoline_wat
 from ...hostcalls.meter import Meter
 from ..traps import Ending, classify
@@ -58,7 +58,7 @@ class MeteredLinking:
             self.linker = int(C.linker_new(engine))
             raise_load(C.linker_define_wasi(self.linker), "WASI")
             C.linker_allow_shadowing(self.linker, True)
-            for name, params in INTERPOSED.items():
+            for name, params in SHADOWED.items():
                 define_func(self.linker, name.encode(), params,
                             ctypes.cast(_CALLBACKS[name], c_void_p))
             self.wasi = int(C.linker_new(engine))
@@ -130,9 +130,8 @@ class MeteredRun:
         """The store's limits from the meter's: memory, tables, instances (one more for
         the trampoline), memories (one more for a `tripwire`'s page), as the sandbox sets
         them."""
-        limits = self.meter.limits
-        C.store_limiter(store, max_memory, limits.max_table_elements, limits.max_instances + 1,
-                        limits.max_tables, limits.max_memories + tripwire)
+        elements, instances, tables, memories = self.meter.limits.store_limits
+        C.store_limiter(store, max_memory, elements, instances + 1, tables, memories + tripwire)
 
     def wasi_config(self, argv: list[bytes], names: list[bytes], values: list[bytes]) -> int:
         """The WASI context: argv, environment and the preopens (read-only unless
@@ -286,4 +285,4 @@ def _trap(message: str) -> int:
 
 # One per call, made once (at import, under the import lock) and alive as long as the
 # process: every metered linker holds their addresses.
-_CALLBACKS: dict[str, Any] = {name: _entry(name, params) for name, params in INTERPOSED.items()}
+_CALLBACKS: dict[str, Any] = {name: _entry(name, params) for name, params in SHADOWED.items()}

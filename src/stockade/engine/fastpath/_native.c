@@ -76,6 +76,8 @@ typedef struct {
     uint64_t max_hostcalls;  /* UINT64_MAX: unlimited */
     int32_t owned_stdio;     /* the linker serves fd_write/fd_read/fd_close from here */
     int32_t tripwire;        /* the module is rewritten with a tripwire (engine.tripwire) */
+    /* The store's limits besides memory (-1: none): the pool's slots may be larger. */
+    int64_t max_table_elements, max_instances, max_tables, max_memories;
 } run_plan;
 
 /* What the owned standard streams of one run share with Python (`_native.py`'s
@@ -416,7 +418,9 @@ static const size_t layout[] = {
     AT(run_plan, pre), AT(run_plan, max_memory), AT(run_plan, fuel), AT(run_plan, has_fuel),
     AT(run_plan, capture_stderr), AT(run_plan, argv), AT(run_plan, argc),
     AT(run_plan, argv_len), AT(run_plan, max_output), AT(run_plan, max_hostcalls),
-    AT(run_plan, owned_stdio), AT(run_plan, tripwire), sizeof(run_plan),
+    AT(run_plan, owned_stdio), AT(run_plan, tripwire), AT(run_plan, max_table_elements),
+    AT(run_plan, max_instances), AT(run_plan, max_tables), AT(run_plan, max_memories),
+    sizeof(run_plan),
     AT(run_in, engine), AT(run_in, state), AT(run_in, plan), AT(run_in, deadline),
     AT(run_in, deadline_ns), AT(run_in, names), AT(run_in, values), AT(run_in, envc),
     AT(run_in, names_len), AT(run_in, values_len), AT(run_in, stdin_data),
@@ -539,7 +543,8 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
                                                                        NULL);
     void *cx = CALL(F_STORE_CONTEXT, void *(*)(void *))(store);
     CALL(F_STORE_LIMITER, void (*)(void *, int64_t, int64_t, int64_t, int64_t, int64_t))(
-        store, plan->max_memory, -1, -1, -1, -1);
+        store, plan->max_memory, plan->max_table_elements, plan->max_instances,
+        plan->max_tables, plan->max_memories);
     if (plan->has_fuel) {
         out->error = CALL(F_SET_FUEL, void *(*)(void *, uint64_t))(cx, plan->fuel);
         if (out->error) { out->status = RUN_FUEL; goto done; }

@@ -50,7 +50,8 @@ _FUNCTIONS = (
 
 class RunPlanC(ctypes.Structure):
     """`run_plan` of `_native.c`: what a `RunPlan` fixes for all its runs (built once
-    by `FastEngine.plan`; `max_hostcalls` 2**64-1 and `max_output` -1 mean unlimited)."""
+    by `FastEngine.plan`; `max_hostcalls` 2**64-1 and `max_output` -1 mean unlimited, as
+    -1 does for the store's limits after `max_memory`)."""
 
     _fields_ = [
         ("pre", c_void_p), ("max_memory", c_int64), ("fuel", c_uint64),
@@ -58,6 +59,8 @@ class RunPlanC(ctypes.Structure):
         ("argv", c_char_p), ("argc", c_size_t), ("argv_len", c_size_t),
         ("max_output", c_int64), ("max_hostcalls", c_uint64),
         ("owned_stdio", c_int32), ("tripwire", c_int32),
+        ("max_table_elements", c_int64), ("max_instances", c_int64), ("max_tables", c_int64),
+        ("max_memories", c_int64),
     ]
 
 

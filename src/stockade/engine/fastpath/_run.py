@@ -78,14 +78,17 @@ if TYPE_CHECKING:
     from ._metered import MeteredRun
     from ._module import FastModule
 
-__all__ = ["FastResult", "RunSlot", "RunPlan", "conclude", "execute", "native_plan", "overdue"]
+__all__ = ["FastResult", "RunSlot", "RunPlan", "StoreLimits", "NO_STORE_LIMITS", "conclude",
+           "execute", "native_plan", "overdue"]
 
 _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # Outputs larger than this are truncated after reading, so an idle slot holds no memory.
 _RELEASE_BYTES = 1 << 20
 _UNLIMITED = (1 << 64) - 1  # a host-call budget of none
 _TRIP_PAGE, _TRIP_START = EXPORT.encode(), START.encode()  # the tripwire's exports
-
+# A store's limits besides memory: table elements, instances, tables, memories (-1: none).
+StoreLimits = tuple[int, int, int, int]
+NO_STORE_LIMITS: StoreLimits = (-1, -1, -1, -1)
 
 
 class RunPlan(FieldTuple):
@@ -95,7 +98,8 @@ class RunPlan(FieldTuple):
     `max_hostcalls` the budget of host calls Stockade serves (the standard streams and
     their syncs, `random_get` and `poll_oneoff`; None: unlimited), `owned_stdio` whether
     the engine serves them, `tripwire` whether the module's deadline is its tripwire (a
-    tripwire engine's); `native` the same as the native run's `run_plan` (`native_plan`), and
+    tripwire engine's), `store_limits` the store's other limits (`StoreLimits`, a
+    tripwire's page counted); `native` the same as the native run's `run_plan` (`native_plan`), and
     `native_at` its address: `_replace` builds them again from the copy's fields. (A
     named tuple: cheaper to define than a dataclass at start-up, and a `FieldTuple`:
     cheaper than a `NamedTuple`.)"""
@@ -111,19 +115,21 @@ class RunPlan(FieldTuple):
     max_hostcalls: int | None = None
     owned_stdio: bool = False
     tripwire: bool = False
+    store_limits: StoreLimits = NO_STORE_LIMITS
     native: Any = None
     native_at: int = 0
 
 
 def native_plan(pre: int, argv: bytes, argc: int, fuel: int | None, max_memory: int,
                 max_output: int | None, capture_stderr: bool, max_hostcalls: int | None,
-                owned_stdio: bool, tripwire: bool) -> RunPlanC:
+                owned_stdio: bool, tripwire: bool,
+                store_limits: StoreLimits = NO_STORE_LIMITS) -> RunPlanC:
     """A plan's fixed part as the native run takes it (kept by the `RunPlan`, which
     keeps `argv` alive with it)."""
     return RunPlanC(pre, max_memory, fuel or 0, fuel is not None, capture_stderr, argv, argc,
                     len(argv), -1 if max_output is None else max_output,
                     _UNLIMITED if max_hostcalls is None else max_hostcalls, owned_stdio,
-                    tripwire)
+                    tripwire, *store_limits)
 
 
 _copy_plan = RunPlan._replace
@@ -140,7 +146,7 @@ def _replace_plan(self: RunPlan, /, **changes: Any) -> RunPlan:
         return plan
     native = native_plan(plan.module._pre, plan.argv, plan.argc, plan.fuel, plan.max_memory,
                          plan.max_output, plan.capture_stderr, plan.max_hostcalls,
-                         plan.owned_stdio, plan.tripwire)
+                         plan.owned_stdio, plan.tripwire, plan.store_limits)
     return _copy_plan(plan, native=native, native_at=ctypes.addressof(native))
 
 
@@ -543,7 +549,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             listed.due(deadline)  # type: ignore[arg-type]  # not None when listed
         cx = C.store_context(store)
         if metered is None:
-            C.store_limiter(store, plan.max_memory, -1, -1, -1, -1)
+            C.store_limiter(store, plan.max_memory, *plan.store_limits)
         else:
             metered.limit(store, plan.max_memory, plan.tripwire)
         if fuel is not None:
