@@ -112,3 +112,17 @@ def test_a_function_cannot_ask_for_an_unbounded_timeout(tmp_path: Path, asked: s
     assert spec.policy.limits.timeout == 30.0 and spec.policy.limits.fuel is None
     with pytest.raises(PolicyError, match="server.request_timeout"):
         load(tmp_path, '[server]\nrequest_timeout = "none"\n' + BASE)
+
+
+def test_a_response_larger_than_the_answers_budget_is_refused(tmp_path: Path) -> None:
+    """`max_response` had no ceiling: a function allowed 1 GiB grew a worker to 934 MB
+    for one 300 MB answer (a guest writes the same block in a loop), and the send budget
+    then reset such answers anyway (found by review). Like `max_body` against the bodies'
+    budget, it may not exceed what a worker holds of unsent answers."""
+    with pytest.raises(PolicyError, match="response_buffer"):
+        load(tmp_path, BASE + 'max_response = "1GiB"\n')
+    with pytest.raises(PolicyError, match="response_buffer"):
+        load(tmp_path, '[server]\nmax_response = "100MiB"\n' + BASE)
+    spec = load(tmp_path, '[server]\nresponse_buffer = "256MiB"\n' + BASE
+                + 'max_response = "100MiB"\n').functions[0]  # type: ignore[attr-defined]
+    assert spec.max_response == 100 * 1024**2

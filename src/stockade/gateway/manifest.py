@@ -205,6 +205,10 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         raise PolicyError(f"{source}: {where}.tenant: {tenant!r} has no [tenant.{tenant}] table")
     max_response = size_or_none(table.get("max_response"), source, f"{where}.max_response") \
         or server.max_response
+    if max_response > server.response_buffer:  # one answer would reset the others
+        raise PolicyError(f"{source}: {where}.max_response: {format_size(max_response)} is "
+                          f"more than a worker holds of unsent answers "
+                          f"({format_size(server.response_buffer)}: server.response_buffer)")
     policy = _policy(table, source, where, base)
     # The server's request timeout caps every function's. The output cap is the response
     # limit plus room for CGI headers (a flood stops there), or less if set explicitly.
