@@ -948,7 +948,7 @@ def test_no_input_is_read_while_pipelined_requests_wait() -> None:
 def test_a_body_in_tiny_chunks_is_refused_after_a_bound(gateway: Gateway) -> None:
     """Each chunk costs three Python callbacks on the event loop and `max_body` counts only
     data: 1 MiB as 1-byte chunks cost 0.9 s of the worker's CPU and stalled every tenant
-    (found by review). Past 4,096 chunks plus one per 64 bytes of data, 400 and close."""
+    (found by review). Past 4,096 chunks plus one per 8 bytes of data, 400 and close."""
     with connect(gateway) as sock:
         sock.sendall(CHUNKED)
         try:
@@ -958,9 +958,9 @@ def test_a_body_in_tiny_chunks_is_refused_after_a_bound(gateway: Gateway) -> Non
             pass
         answer = closed_by_server(sock)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
-    # Chunks of 64 bytes and more are data enough: a long upload in them is served.
+    # A line per chunk is data enough: 20,000 chunks of 20 bytes are served (a ratio of
+    # one chunk per 64 bytes refused them, found by the fix's review).
     with connect(gateway) as sock:
-        sock.sendall(CHUNKED + b"40\r\n" + b"y" * 64 + b"\r\n" * 1 + (b"40\r\n" + b"y" * 64
-                     + b"\r\n") * 9_999 + b"0\r\n\r\n")
+        sock.sendall(CHUNKED + (b"14\r\n" + b"y" * 20 + b"\r\n") * 20_000 + b"0\r\n\r\n")
         responses, _ = read_responses(sock, 1)
     assert responses[0][0] == 200

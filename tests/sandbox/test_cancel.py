@@ -243,9 +243,18 @@ def test_a_run_outlives_the_close_of_its_engine_and_still_times_out() -> None:
     is still stopped at its deadline, not left without one."""
     policy = Policy().with_limits(timeout="1s", fuel=None)
     results: list[Result] = []
+    started = threading.Event()
+
+    class Started(Recorder):
+        def run_started(self, info: RunInfo) -> None:
+            started.set()
+
     running = threading.Thread(target=lambda: results.append(
-        Sandbox(policy, engine_config=EPOCHS).run(guest("spin.wasm"))))
+        Sandbox(policy, engine_config=EPOCHS, observers=[Started()]).run(guest("spin.wasm"))))
     running.start()
+    # Once the guest runs: a cold compile outlasted a fixed pause, and the run then
+    # began on the closed engine.
+    assert started.wait(STOP_BOUND)
     time.sleep(0.3)
     get_engine(EPOCHS).close()  # the next get_engine makes a new one
     running.join(STOP_BOUND)
@@ -555,3 +564,26 @@ def test_close_on_the_loop_stops_the_runs_without_waiting_for_them(isolate: str)
     if worker is not None:
         with pytest.raises(ProcessLookupError):
             os.kill(worker, 0)
+
+
+def test_close_during_aclose_stops_the_runs_aclose_waits_for() -> None:
+    """Graceful, then forced: `aclose()` given a second, then `close()`. `close()` did
+    nothing once `aclose()` had begun, and the guest ran out its whole timeout (found by
+    review)."""
+    policy = Policy().with_limits(timeout="60s", fuel=None)
+
+    async def main() -> tuple[float, Result]:
+        sandbox = AsyncSandbox(policy, isolate="none")
+        running = asyncio.create_task(
+            sandbox.run(guest("sleeper.wasm"), Invocation(args=("30",))))
+        await asyncio.sleep(1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sandbox.aclose()), 0.5)
+        began = time.monotonic()
+        sandbox.close()
+        result = await asyncio.wait_for(running, STOP_BOUND)
+        return time.monotonic() - began, result
+
+    waited, result = asyncio.run(main())
+    assert waited < STOP_BOUND
+    assert result.outcome is Outcome.ERROR and "cancelled" in result.message, result.message

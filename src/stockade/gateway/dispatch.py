@@ -4,21 +4,29 @@ wasmtime releases the GIL while wasm runs, so guests on different threads run in
 parallel and a long guest holds only its own thread. At most `threads` run at once;
 up to `max_queue` more wait (503 beyond that). The wait is bounded by a backstop
 timeout (504): the guest's own deadline normally ends it first.
+
+Runs wait in one queue per tenant, served in turn, and while several tenants have runs
+one of them holds at most all threads but one (the worker pool's `tenant_share` rule):
+a single queue let a tenant keeping many runs queued (within its quotas, or with none)
+delay every other tenant's run behind its whole backlog (found by review). Runs are not
+preempted: a thread a tenant holds is free for another once its run ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .problem import GatewayTimeout, Unavailable
 
 __all__ = ["Dispatcher"]
 
 T = TypeVar("T")
+_Job = tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
 
 
 class Dispatcher:
@@ -28,8 +36,11 @@ class Dispatcher:
         self.threads = threads
         self.max_queue = max_queue
         self.pending = 0
-        self._lock = threading.Lock()  # `pending` drops on guest threads
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "stockade-guest")
+        self._cond = threading.Condition()  # `pending` drops on guest threads
+        self._queues: dict[str | None, collections.deque[_Job]] = {}  # tenant -> its runs
+        self._running: dict[str | None, int] = {}  # tenant -> threads its runs hold
+        self._turn: collections.deque[str | None] = collections.deque()  # tenants queued
+        self._workers: list[threading.Thread] = []
         self._closed = False
 
     @property
@@ -37,18 +48,30 @@ class Dispatcher:
         """Runs waiting for a thread."""
         return max(0, self.pending - self.threads)
 
-    async def run(self, fn: Callable[[], T], timeout: float | None) -> T:
-        """`fn()` on a guest thread. Raises Unavailable when the queue is full or the pool
-        is closed, GatewayTimeout when no result came within `timeout` seconds (a queued
-        run is then cancelled; a running one finishes on its own deadline)."""
+    async def run(self, fn: Callable[[], T], timeout: float | None,
+                  tenant: str | None = None) -> T:
+        """`fn()` on a guest thread, in `tenant`'s turn. Raises Unavailable when the
+        queue is full or the pool is closed, GatewayTimeout when no result came within
+        `timeout` seconds (a queued run is then cancelled; a running one finishes on its
+        own deadline)."""
         if self._closed:
             raise Unavailable("the server is shutting down", 1.0, reason="draining")
         if self.pending >= self.threads + self.max_queue:
             raise Unavailable(f"all {self.threads} guest threads are busy and "
                               f"{self.max_queue} requests are queued", 1.0, reason="queue")
-        with self._lock:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._cond:
             self.pending += 1
-        future = self._pool.submit(fn)
+            queue = self._queues.get(tenant)
+            if queue is None:
+                queue = self._queues[tenant] = collections.deque()
+                self._turn.append(tenant)
+            while queue and queue[0][1].cancelled():  # left by runs given up while queued
+                queue.popleft()
+            queue.append((fn, future))
+            if len(self._workers) < self.threads:
+                self._start_worker()
+            self._cond.notify()
         future.add_done_callback(self._done)
         wrapped = asyncio.wrap_future(future)
         if timeout is None:
@@ -58,13 +81,74 @@ class Dispatcher:
         except TimeoutError:
             raise GatewayTimeout(f"no response within {timeout:g} s") from None
 
-    def _done(self, future: concurrent.futures.Future[T]) -> None:
+    def _start_worker(self) -> None:
+        worker = threading.Thread(target=self._serve, daemon=True,
+                                  name=f"stockade-guest_{len(self._workers)}")
+        self._workers.append(worker)
+        worker.start()
+
+    def _done(self, future: concurrent.futures.Future[Any]) -> None:
         # On the guest thread, or on the loop when a queued run is cancelled.
-        with self._lock:
+        with self._cond:
             self.pending -= 1
 
-    def close(self, wait: bool = True) -> None:
-        """Refuse new runs and, with `wait`, let running ones finish. Safe twice."""
-        self._closed = True
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+    def _next(self) -> tuple[str | None, _Job] | None:
+        """The next run to start (the condition held): the first tenant in turn with a
+        run queued and a thread left to it, which then goes to the end of the turn."""
+        busy = len(self._turn) + sum(1 for tenant, held in self._running.items()
+                                     if held and tenant not in self._queues)
+        share = self.threads if busy < 2 else max(1, self.threads - 1)
+        for _ in range(len(self._turn)):
+            tenant = self._turn[0]
+            self._turn.rotate(-1)
+            if self._running.get(tenant, 0) >= share:
+                continue
+            queue = self._queues[tenant]
+            job = queue.popleft()
+            if not queue:
+                del self._queues[tenant]
+                self._turn.remove(tenant)
+            return tenant, job
+        return None
 
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                picked = self._next()
+                while picked is None:
+                    if self._closed and not self._queues:
+                        return
+                    self._cond.wait()
+                    picked = self._next()
+                tenant, (fn, future) = picked
+                self._running[tenant] = self._running.get(tenant, 0) + 1
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+                        future.set_exception(exc)
+            finally:
+                with self._cond:
+                    held = self._running[tenant] - 1
+                    if held:
+                        self._running[tenant] = held
+                    else:
+                        del self._running[tenant]
+                    self._cond.notify_all()  # a thread left to another tenant
+
+    def close(self, wait: bool = True) -> None:
+        """Refuse new runs and, with `wait`, let running and queued ones finish (without,
+        queued ones are cancelled). Safe twice."""
+        with self._cond:
+            self._closed = True
+            if not wait:
+                for queue in self._queues.values():
+                    for _, future in queue:
+                        future.cancel()
+            self._cond.notify_all()
+            workers = list(self._workers)
+        if wait:
+            for worker in workers:
+                if worker is not threading.current_thread():
+                    worker.join()

@@ -226,7 +226,7 @@ class Invoker:
                 finished.set()
 
         try:
-            return await self.dispatcher.run(call, backstop)
+            return await self.dispatcher.run(call, backstop, route.spec.tenant)
         except GatewayTimeout:
             with lock:
                 abandoned = True

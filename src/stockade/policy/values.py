@@ -42,6 +42,16 @@ def _count(value: Any) -> int:
     return number
 
 
+
+def _instances(value: Any) -> int:
+    """A count >= 1: the module itself is an instance (0 refused every run on one
+    backend and none on another, which count a forwarding trampoline's apart)."""
+    number = _count(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1 (the module's own instance), not {number}")
+    return number
+
+
 def _integral(number: float) -> int:
     if not math.isfinite(number) or not number.is_integer():
         raise ValueError
@@ -137,7 +147,7 @@ LIMIT_PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_memory": _memory,
     "max_table_elements": _count,
     "max_tables": _count,
-    "max_instances": _count,
+    "max_instances": _instances,
     "max_memories": _count,
     "max_stack": _stack,
     "max_output": _size,

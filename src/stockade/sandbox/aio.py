@@ -15,6 +15,7 @@ sandbox is free again when the caller sees the cancellation.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -41,26 +42,34 @@ CANCEL_GRACE = 2.0
 
 async def run_in_thread(call: Callable[[], T],
                         executor: Executor | None = None,
-                        on_done: Callable[[], None] | None = None,
-                        token: CancelToken | None = None) -> T:
+                        on_done: Callable[[], None] | None = None) -> T:
     """Await `call()` on a thread of `executor` (default: the loop's).
 
-    On cancellation the run is stopped (its `CancelToken`, `token` when given: a run
-    still waiting for the sandbox never starts) and the cancellation propagates once the
-    thread is done or after `CANCEL_GRACE` seconds. `on_done` runs on the loop once the
-    thread has finished, however the await ended (a pool returns the sandbox then, not
-    before).
+    On cancellation the run is stopped (its `CancelToken`: a run still waiting for the
+    sandbox never starts) and the cancellation propagates once the thread is done or
+    after `CANCEL_GRACE` seconds. `on_done` runs on the loop once the thread has
+    finished, however the await ended (a pool returns the sandbox then, not before).
     """
-    loop = asyncio.get_running_loop()
-    token = token or CancelToken()
+    token = CancelToken()
+    return await _awaited(_started(call, executor, on_done, token), token)
+
+
+def _started(call: Callable[[], T], executor: Executor | None,
+             on_done: Callable[[], None] | None, token: CancelToken) -> asyncio.Future[T]:
+    """`call()` submitted to `executor` under `token` (see `run_in_thread`)."""
 
     def cancellable_call() -> T:
         with cancellable(token):
             return call()
 
-    future = loop.run_in_executor(executor, cancellable_call)
+    future = asyncio.get_running_loop().run_in_executor(executor, cancellable_call)
     if on_done is not None:
         future.add_done_callback(lambda _: on_done())
+    return future
+
+
+async def _awaited(future: asyncio.Future[T], token: CancelToken) -> T:
+    """The result of a run `_started` (see `run_in_thread`)."""
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -88,16 +97,25 @@ class AsyncSandbox:
             sandbox = make_sandbox(policy or PolicyClass.from_profile("default"), isolate)
         self.sandbox = sandbox
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="stockade-async")
-        self._closed = False
+        # Runs are taken, and closing begins, under the lock: `close` may come from any
+        # thread, and a run taken as it closed escaped its cancellation (found by review).
+        self._lock = threading.Lock()
+        self._closed = False  # no more runs are taken
+        self._shut = False  # the sandbox's close is on its way
         self._tokens: set[CancelToken] = set()  # of the runs not yet done, for `close`
 
     async def _call(self, call: Callable[[], Result]) -> Result:
-        if self._closed:
-            raise UsageError("this AsyncSandbox is closed")
         token = CancelToken()
-        self._tokens.add(token)
-        return await run_in_thread(call, self._executor,
-                                   lambda: self._tokens.discard(token), token)
+        with self._lock:
+            if self._closed:
+                raise UsageError("this AsyncSandbox is closed")
+            self._tokens.add(token)
+            future = _started(call, self._executor, lambda: self._forget(token), token)
+        return await _awaited(future, token)
+
+    def _forget(self, token: CancelToken) -> None:
+        with self._lock:
+            self._tokens.discard(token)
 
     async def run(self, module: str | Path | bytes, invocation: Invocation | None = None
                   ) -> Result:
@@ -117,20 +135,25 @@ class AsyncSandbox:
         """Close now, without waiting (also on the event loop): the run in progress and
         those waiting are stopped, each caller getting its Result (outcome `error`,
         cancelled), and the sandbox is closed on its thread once they have ended. Later
-        runs raise UsageError. Safe twice."""
-        if self._closed:
-            return
-        self._closed = True
-        for token in list(self._tokens):
+        runs raise UsageError. Safe twice, and during `aclose` (which then stops waiting
+        for the runs)."""
+        with self._lock:
+            self._closed = True
+            tokens = list(self._tokens)
+            if not self._shut:
+                self._shut = True
+                # On the runs' thread, after them: an isolated sandbox's close waits for
+                # its run.
+                self._executor.submit(self.sandbox.close)
+                self._executor.shutdown(wait=False)
+        for token in tokens:
             token.cancel()
-        # On the runs' thread, after them: an isolated sandbox's close waits for its run.
-        self._executor.submit(self.sandbox.close)
-        self._executor.shutdown(wait=False)
 
     async def aclose(self) -> None:
         """Close, waiting for the runs taken already to end. Safe twice, and after
         `close` (then it returns once the sandbox is closed)."""
-        self._closed = True
+        with self._lock:
+            self._closed = self._shut = True
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:

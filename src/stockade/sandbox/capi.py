@@ -32,7 +32,7 @@ from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
 from ..engine.fastpath import COUNTED_CALLS, EnvBlock, FastEngine, FastModule, encode_env
 from ..engine.loader import ModuleFile, sniff_kind, wat_binary
-from ..errors import StockadeError
+from ..errors import StockadeError, UsageError
 from ..hostcalls.routing import meter_reason, owned_imports
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
@@ -206,11 +206,15 @@ class CapiSandbox:
 
     def _from_cache(self, fingerprint: str, sha256: str) -> FastModule | None:
         """The module mapped from a verified cache entry, or None (see `AotCache.open`)."""
+        try:
+            engine = self.engine
+        except UsageError:  # no pool fits (`ulimit -v`): not the entry's fault, kept
+            return None
         with self._cache.open(fingerprint, sha256) as entry:
             if entry is None:
                 return None
             try:
-                return self.engine.deserialize_file(entry)
+                return engine.deserialize_file(entry)
             except StockadeError:
                 pass
         self._cache.evict(fingerprint, sha256)
