@@ -5,11 +5,14 @@ parallel and a long guest holds only its own thread. At most `threads` run at on
 up to `max_queue` more wait (503 beyond that). The wait is bounded by a backstop
 timeout (504): the guest's own deadline normally ends it first.
 
-Runs wait in one queue per tenant, served in turn, and while several tenants have runs
-one of them holds at most all threads but one (the worker pool's `tenant_share` rule):
-a single queue let a tenant keeping many runs queued (within its quotas, or with none)
-delay every other tenant's run behind its whole backlog (found by review). Runs are not
-preempted: a thread a tenant holds is free for another once its run ends.
+Runs wait in one queue per tenant, served in turn (a tenant holding no thread first),
+and where several tenants' functions may run (`share_among`) one tenant holds at most
+all threads but one, whether the others have runs yet or not: the worker pool's
+`tenant_share` rule. A single queue let a tenant keeping many runs queued (within its
+quotas, or with none) delay every other tenant's run behind its whole backlog, and a
+share counted only among tenants with runs let one take every thread while the others
+were idle, whose next runs then waited out its runs (found by review). Runs are not
+preempted.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import functools
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from .problem import GatewayTimeout, Unavailable
 
 __all__ = ["Dispatcher"]
+
+logger = logging.getLogger("stockade.gateway")
 
 T = TypeVar("T")
 _Job = tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
@@ -40,8 +48,20 @@ class Dispatcher:
         self._queues: dict[str | None, collections.deque[_Job]] = {}  # tenant -> its runs
         self._running: dict[str | None, int] = {}  # tenant -> threads its runs hold
         self._turn: collections.deque[str | None] = collections.deque()  # tenants queued
+        self._share = threads  # threads one tenant may hold (`share_among`)
         self._workers: list[threading.Thread] = []
         self._closed = False
+
+    def share_among(self, tenants: Collection[str | None]) -> None:
+        """The tenants whose functions may run here (the manifest's): with two or more,
+        one holds at most all threads but one."""
+        count = len(set(tenants))
+        with self._cond:
+            self._share = self.threads if count < 2 else max(1, self.threads - 1)
+            self._cond.notify_all()
+        if count > 1 and self.threads < 2:
+            logger.warning("%d tenants share 1 guest thread: while one's run holds it, the "
+                           "others' wait; raise [server] threads", count)
 
     @property
     def queued(self) -> int:
@@ -54,25 +74,25 @@ class Dispatcher:
         queue is full or the pool is closed, GatewayTimeout when no result came within
         `timeout` seconds (a queued run is then cancelled; a running one finishes on its
         own deadline)."""
-        if self._closed:
-            raise Unavailable("the server is shutting down", 1.0, reason="draining")
-        if self.pending >= self.threads + self.max_queue:
-            raise Unavailable(f"all {self.threads} guest threads are busy and "
-                              f"{self.max_queue} requests are queued", 1.0, reason="queue")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._cond:
+        job = (fn, future)
+        with self._cond:  # against a `close` on another thread (the service's)
+            if self._closed:
+                raise Unavailable("the server is shutting down", 1.0, reason="draining")
+            if self.pending >= self.threads + self.max_queue:
+                raise Unavailable(f"all {self.threads} guest threads are busy and "
+                                  f"{self.max_queue} requests are queued", 1.0,
+                                  reason="queue")
             self.pending += 1
             queue = self._queues.get(tenant)
             if queue is None:
                 queue = self._queues[tenant] = collections.deque()
                 self._turn.append(tenant)
-            while queue and queue[0][1].cancelled():  # left by runs given up while queued
-                queue.popleft()
-            queue.append((fn, future))
+            queue.append(job)
             if len(self._workers) < self.threads:
                 self._start_worker()
             self._cond.notify()
-        future.add_done_callback(self._done)
+        future.add_done_callback(functools.partial(self._done, tenant, job))
         wrapped = asyncio.wrap_future(future)
         if timeout is None:
             return await wrapped
@@ -87,29 +107,39 @@ class Dispatcher:
         self._workers.append(worker)
         worker.start()
 
-    def _done(self, future: concurrent.futures.Future[Any]) -> None:
-        # On the guest thread, or on the loop when a queued run is cancelled.
+    def _done(self, tenant: str | None, job: _Job, future: concurrent.futures.Future[Any]
+              ) -> None:
+        # On the guest thread, or on the loop when a queued run is cancelled: then taken
+        # out of its queue, which held it (and all its closure holds) until its turn.
         with self._cond:
             self.pending -= 1
+            queue = self._queues.get(tenant)
+            if future.cancelled() and queue is not None:
+                with contextlib.suppress(ValueError):  # a worker took it meanwhile
+                    queue.remove(job)
+                if not queue:
+                    del self._queues[tenant]
+                    self._turn.remove(tenant)
 
     def _next(self) -> tuple[str | None, _Job] | None:
-        """The next run to start (the condition held): the first tenant in turn with a
-        run queued and a thread left to it, which then goes to the end of the turn."""
-        busy = len(self._turn) + sum(1 for tenant, held in self._running.items()
-                                     if held and tenant not in self._queues)
-        share = self.threads if busy < 2 else max(1, self.threads - 1)
-        for _ in range(len(self._turn)):
-            tenant = self._turn[0]
-            self._turn.rotate(-1)
-            if self._running.get(tenant, 0) >= share:
-                continue
-            queue = self._queues[tenant]
-            job = queue.popleft()
-            if not queue:
-                del self._queues[tenant]
-                self._turn.remove(tenant)
-            return tenant, job
-        return None
+        """The next run to start (the condition held): that of the first tenant in turn
+        holding no thread, else of the first with a thread left to it (`_share`); the
+        tenant goes to the end of the turn."""
+        running, turn = self._running, self._turn
+        free = [tenant for tenant in turn if tenant not in running]
+        if not free:
+            free = [tenant for tenant in turn if running[tenant] < self._share]
+            if not free:
+                return None
+        tenant = free[0]
+        turn.remove(tenant)
+        queue = self._queues[tenant]
+        job = queue.popleft()
+        if queue:
+            turn.append(tenant)
+        else:
+            del self._queues[tenant]
+        return tenant, job
 
     def _serve(self) -> None:
         while True:
@@ -126,8 +156,11 @@ class Dispatcher:
                 if future.set_running_or_notify_cancel():
                     try:
                         future.set_result(fn())
-                    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+                    except Exception as exc:  # noqa: BLE001 - handed to the awaiting side
                         future.set_exception(exc)
+                    except BaseException as exc:  # noqa: BLE001 - asyncio would re-raise it
+                        # out of the event loop, ending the server
+                        future.set_exception(RuntimeError(f"the run raised {exc!r}"))
             finally:
                 with self._cond:
                     held = self._running[tenant] - 1
@@ -142,10 +175,10 @@ class Dispatcher:
         queued ones are cancelled). Safe twice."""
         with self._cond:
             self._closed = True
+            queued = [future for queue in self._queues.values() for _, future in queue]
             if not wait:
-                for queue in self._queues.values():
-                    for _, future in queue:
-                        future.cancel()
+                for future in queued:  # each leaves its queue (`_done`)
+                    future.cancel()
             self._cond.notify_all()
             workers = list(self._workers)
         if wait:

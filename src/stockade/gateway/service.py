@@ -28,7 +28,7 @@ from .layers import Pipeline
 from .manifest import Manifest, load_manifest
 from .messages import Handler, Request, Response
 from .metrics import CONTENT_TYPE, Metrics, MetricsStore, render
-from .registry import Registry
+from .registry import Registry, Routes
 from .settings import ServerSettings
 from .tracing import Tracer
 
@@ -91,7 +91,7 @@ class GatewayService:
         self.registry = registry = Registry(
             self.executors, state, breakers=telemetry is not None and settings.breakers
             and manifest.state.shared)
-        registry.swap(manifest, registry.build(manifest))
+        self._swap(manifest, registry.build(manifest))
         self.handler = self._stack(registry, dispatcher)
 
     def _stack(self, registry: Registry, dispatcher: Dispatcher) -> Handler:
@@ -137,10 +137,17 @@ class GatewayService:
             if manifest.server != self.settings or (
                     registry.manifest is not None and manifest.state != registry.manifest.state):
                 logger.warning("[server] and [state] changes take effect at the next restart")
-            registry.swap(manifest, routes)
+            self._swap(manifest, routes)
             _settle()
             self.metrics.inc("stockade_gateway_reloads_total", (("result", "ok"),))
             return True
+
+    def _swap(self, manifest: Manifest, routes: Routes) -> None:
+        """Serve `routes` (of `manifest`), its tenants sharing the guest threads."""
+        if self.registry is not None:
+            self.registry.swap(manifest, routes)
+        if self.dispatcher is not None:
+            self.dispatcher.share_among([spec.tenant for spec in manifest.functions])
 
     def _state_fallback(self, reason: str) -> None:
         """Shared state was unavailable for a request (`fail_open`: decided here alone,
