@@ -72,3 +72,27 @@ def test_every_in_process_backend_holds_the_table_limit(
     finally:
         sandbox.close()
     assert result.outcome is Outcome.EXITED and result.stdout == b"refused\n", result
+
+
+def test_a_module_the_pool_refuses_is_named_in_the_error(tmp_path: Path) -> None:
+    """A module mapped from the AoT cache was named by the entry's file, a descriptor
+    under /proc: the gateway refused a module of two tables as "12: failed
+    deserialization for: /proc/self/fd/12; ..." (found by review)."""
+    from stockade.errors import ModuleError
+
+    (tmp_path / "tables.wat").write_text("""(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (table 1 funcref) (table 1 funcref)
+  (func (export "_start")))""")
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(f'[[function]]\nname = "tables"\nroute = "/t"\n'
+                        f'module = "{tmp_path / "tables.wat"}"\nisolate = "none"\n'
+                        f'[function.limits]\nmax_tables = 4\n')
+    executors = Executors("fast", threads=1)
+    try:
+        with pytest.raises(ModuleError) as refused:
+            executors.prepare(load_manifest(manifest).functions[0])
+    finally:
+        executors.close()
+    assert refused.value.message.startswith("tables.wat: "), refused.value.message

@@ -268,7 +268,7 @@ class FastExecutor:
         # Only a cache entry that passes the cache's owner, mode and MAC checks is mapped.
         with standard.cache.open(standard.fingerprint, loaded.sha256) as cached:
             if cached is not None:
-                return engine.deserialize_file(cached)
+                return engine.deserialize_file(cached, loaded.name)
         return engine.deserialize(bytes(loaded.module.serialize()), loaded.name)
 
     def close(self) -> None:

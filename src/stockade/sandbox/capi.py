@@ -174,7 +174,8 @@ class CapiSandbox:
             ident = file.ident()
             fingerprint = self._config.fingerprint()
             sha256 = self._cache.recall(ident)
-            cached = None if sha256 is None else self._from_cache(fingerprint, sha256)
+            cached = None if sha256 is None else self._from_cache(fingerprint, sha256,
+                                                                  path.name)
             if sha256 is not None and cached is not None:
                 return cached, sha256
             data = file.read()
@@ -195,7 +196,7 @@ class CapiSandbox:
                 return None
         fingerprint = self._config.fingerprint()
         sha256 = hashlib.sha256(data).hexdigest()
-        cached = self._from_cache(fingerprint, sha256)
+        cached = self._from_cache(fingerprint, sha256, name)
         if cached is None:
             cached = self._compile(data, name, fingerprint, sha256)
         if cached is None:
@@ -204,7 +205,7 @@ class CapiSandbox:
             self._cache.remember(ident, sha256)
         return cached, sha256
 
-    def _from_cache(self, fingerprint: str, sha256: str) -> FastModule | None:
+    def _from_cache(self, fingerprint: str, sha256: str, name: str) -> FastModule | None:
         """The module mapped from a verified cache entry, or None (see `AotCache.open`)."""
         try:
             engine = self.engine
@@ -214,7 +215,7 @@ class CapiSandbox:
             if entry is None:
                 return None
             try:
-                return engine.deserialize_file(entry)
+                return engine.deserialize_file(entry, name)
             except StockadeError:
                 pass
         self._cache.evict(fingerprint, sha256)

@@ -202,15 +202,16 @@ class FastEngine:
             lambda out: C.module_deserialize(self._engine, cwasm, len(cwasm), out), name
         )
 
-    def deserialize_file(self, path: str | Path) -> FastModule:
-        """Like `deserialize`, mapping the file instead of reading it. Raises
-        ModuleNotFound, ModuleError."""
+    def deserialize_file(self, path: str | Path, name: str | None = None) -> FastModule:
+        """Like `deserialize`, mapping the file instead of reading it; `name` is the
+        module's (default: the file's; an AoT cache entry's is a digest, or a descriptor's
+        number under /proc). Raises ModuleNotFound, ModuleError."""
         path = Path(path)
         if not path.is_file():
             raise ModuleNotFound(f"{path}: no such module file")
         encoded = os.fsencode(path)
         return self._load(lambda out: C.module_deserialize_file(self._engine, encoded, out),
-                          path.name)
+                          path.name if name is None else name)
 
     def _load(self, make: Callable[[Any], int | None], name: str) -> FastModule:
         if self._closed:
