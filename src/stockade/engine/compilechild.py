@@ -13,6 +13,8 @@ import resource
 import signal
 import sys
 
+from ..addrspace import vm_size
+
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
 
 
@@ -42,8 +44,7 @@ def limit_cpu(seconds: float, hard: int | None = None) -> int:
 
 def limit_space(space: int) -> None:
     """At most `space` more bytes of address space than this process maps now."""
-    with open("/proc/self/statm") as statm:
-        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    mapped = vm_size()
     resource.setrlimit(resource.RLIMIT_AS, (mapped + space, mapped + space))
 
 

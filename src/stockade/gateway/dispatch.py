@@ -175,9 +175,9 @@ class Dispatcher:
         queued ones are cancelled). Safe twice."""
         with self._cond:
             self._closed = True
-            queued = [future for queue in self._queues.values() for _, future in queue]
-            if not wait:
-                for future in queued:  # each leaves its queue (`_done`)
+            if not wait:  # each cancelled run leaves its queue (`_done`): a copy first
+                for future in [future for queue in self._queues.values()
+                               for _, future in queue]:
                     future.cancel()
             self._cond.notify_all()
             workers = list(self._workers)

@@ -26,6 +26,7 @@ inline: an abandoned run may have written to its directories.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -111,19 +112,15 @@ class FastFunction(_FastBase):
         inline_fuel = None if limits.fuel is None else min(limits.fuel, INLINE_FUEL)
         inline_timeout = INLINE_TIMEOUT if limits.timeout is None \
             else min(limits.timeout, INLINE_TIMEOUT)
-        plan = self._engine.plan
-        memory = limits.memory_cap(self._engine.config.gc)
-        # The pool's slots are shared and may be larger than this function's limits.
-        self._plan = plan(module, spec.args, fuel=limits.fuel, timeout_s=limits.timeout,
-                          max_memory=memory, max_output=limits.max_output,
-                          capture_stderr=spec.capture_stderr, max_hostcalls=limits.max_hostcalls,
-                          program=self.module_name, store_limits=limits.store_limits)
-        self._inline_plan = plan(module, spec.args, fuel=inline_fuel,
-                                 timeout_s=inline_timeout,
-                                 max_memory=memory, max_output=limits.max_output,
-                                 capture_stderr=spec.capture_stderr,
-                                 max_hostcalls=limits.max_hostcalls, program=self.module_name,
-                                 store_limits=limits.store_limits)
+        # The two plans differ in their fuel and deadline only. The store's limits are
+        # the function's: the pool's slots are shared and may be larger.
+        plan = functools.partial(
+            self._engine.plan, module, spec.args,
+            max_memory=limits.memory_cap(self._engine.config.gc), max_output=limits.max_output,
+            capture_stderr=spec.capture_stderr, max_hostcalls=limits.max_hostcalls,
+            program=self.module_name, store_limits=limits.store_limits)
+        self._plan = plan(fuel=limits.fuel, timeout_s=limits.timeout)
+        self._inline_plan = plan(fuel=inline_fuel, timeout_s=inline_timeout)
         self._inline_after = 0.0
         self._inline_strikes = 0
 

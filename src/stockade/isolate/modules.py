@@ -30,7 +30,6 @@ __all__ = ["ModuleFile", "open_module", "ModuleMemo", "FALLBACK"]
 FALLBACK = object()
 
 
-
 @dataclass(frozen=True)
 class ModuleFile:
     """A module file as the parent saw it: `name` (the file name, as results report

@@ -13,6 +13,7 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
+from ..addrspace import vm_size
 from ..policy.units import format_size
 from .protections import Protection
 
@@ -44,12 +45,6 @@ def cpu_used() -> float:
     """CPU seconds (user + system) this process has used so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def vm_size() -> int:
-    """This process's current address-space size in bytes (VmSize)."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[0]) * resource.getpagesize()
 
 
 def _set(kind: int, value: int) -> None:

@@ -42,7 +42,6 @@ def _count(value: Any) -> int:
     return number
 
 
-
 def _instances(value: Any) -> int:
     """A count >= 1: the module itself is an instance (0 refused every run on one
     backend and none on another, which count a forwarding trampoline's apart)."""

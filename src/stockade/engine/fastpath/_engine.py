@@ -9,7 +9,6 @@ releases the GIL); each uses its own store.
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import math
 import os
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...addrspace import vm_size
 from ...cancel import CancelToken, current_token
 from ...envblock import Env, EnvBlock, encode_args, encode_env
 from ...errors import ModuleError, ModuleNotFound, UsageError
@@ -643,17 +643,14 @@ def _check_address_space(memories: int) -> None:
     if soft == resource.RLIM_INFINITY:
         return
     need = memories * (MEMORY_RESERVATION + 2 * MEMORY_GUARD)  # a guard on either side
-    used = 0
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                used = int(line.split()[1]) * 1024
+    used = vm_size()
     if used + need > soft:
         raise UsageError(
             f"the fast path's memory pool reserves {format_size(need)} of address space "
             f"({memories} memories of {format_size(MEMORY_RESERVATION)}, reserved, not "
             f"used), more than this process's limit leaves ({format_size(max(0, soft - used))}"
             f" of `ulimit -v` {format_size(soft)}): raise or lift that limit")
+
 
 def _apply_settings(config: int, engine: EngineConfig) -> None:
     """Set `engine`'s settings on a `wasm_config_t*`: the table `EngineConfig.to_wasmtime`
