@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from stockade import Invocation, Policy
+from stockade.engine.fastpath._engine import POOL_TABLES
 from stockade.gateway.executor import Executors
 from stockade.gateway.manifest import load_manifest
 from stockade.isolate.factory import make_sandbox
 from stockade.result import Outcome
+
+from ..conftest import stockade
 
 # Grows a table by 90,000 elements and prints whether it could.
 TABLE_GROW = """(module
@@ -74,21 +77,62 @@ def test_every_in_process_backend_holds_the_table_limit(
     assert result.outcome is Outcome.EXITED and result.stdout == b"refused\n", result
 
 
+def _tables_module(path: Path, tables: int) -> Path:
+    """A command module defining `tables` tables that answers 200 over CGI."""
+    path.write_text(f"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  {" ".join(["(table 1 funcref)"] * tables)}
+  (data (i32.const 16) "content-type: text/plain\\n\\ntables\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 33))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))""")
+    return path
+
+
+def _manifest(tmp_path: Path, module: Path, isolate: str, max_tables: int) -> Path:
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(f'[server]\nworkers = 1\n[[function]]\nname = "tables"\n'
+                        f'route = "/t"\nmodule = "{module}"\nisolate = "{isolate}"\n'
+                        f'[function.limits]\nmax_tables = {max_tables}\n')
+    return manifest
+
+
+def test_a_module_of_several_tables_runs_on_every_fast_path(tmp_path: Path) -> None:
+    """The fast pool held one table per instance whatever the policy allowed: the gateway
+    refused a module of two tables at start, and `stockade run` compiled it on every run
+    before handing it to wasmtime-py."""
+    from stockade.sandbox.capi import CapiSandbox
+
+    module = _tables_module(tmp_path / "tables.wat", 3)
+    executors = Executors("fast", threads=1)
+    try:
+        function = executors.prepare(load_manifest(_manifest(tmp_path, module, "none", 4))
+                                     .functions[0])
+        inline, _ = function.try_inline(Invocation())  # type: ignore[attr-defined]
+        threaded = function.run(Invocation())  # type: ignore[attr-defined]
+    finally:
+        executors.close()
+    sandbox = CapiSandbox(Policy())
+    try:
+        alone = sandbox.run(module)
+        standard = sandbox._standard  # noqa: SLF001 - the fallback it must not need
+    finally:
+        sandbox.close()
+    for result in (inline, threaded, alone):
+        assert result is not None and result.outcome is Outcome.EXITED, result
+        assert result.stdout.endswith(b"\n\ntables\n")
+    assert standard is None
+
+
 def test_a_module_the_pool_refuses_is_named_in_the_error(tmp_path: Path) -> None:
     """A module mapped from the AoT cache was named by the entry's file, a descriptor
     under /proc: the gateway refused a module of two tables as "12: failed
     deserialization for: /proc/self/fd/12; ..." (found by review)."""
     from stockade.errors import ModuleError
 
-    (tmp_path / "tables.wat").write_text("""(module
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (table 1 funcref) (table 1 funcref)
-  (func (export "_start")))""")
-    manifest = tmp_path / "stockade.toml"
-    manifest.write_text(f'[[function]]\nname = "tables"\nroute = "/t"\n'
-                        f'module = "{tmp_path / "tables.wat"}"\nisolate = "none"\n'
-                        f'[function.limits]\nmax_tables = 4\n')
+    module = _tables_module(tmp_path / "tables.wat", POOL_TABLES + 1)
+    manifest = _manifest(tmp_path, module, "none", POOL_TABLES + 4)
     executors = Executors("fast", threads=1)
     try:
         with pytest.raises(ModuleError) as refused:
@@ -96,3 +140,15 @@ def test_a_module_the_pool_refuses_is_named_in_the_error(tmp_path: Path) -> None
     finally:
         executors.close()
     assert refused.value.message.startswith("tables.wat: "), refused.value.message
+
+
+@pytest.mark.parametrize("isolate", ["none", "process"])
+def test_a_function_the_gateway_cannot_load_is_one_line(tmp_path: Path, isolate: str) -> None:
+    """A pool worker that could not load a function died with two tracebacks and the
+    gateway said only that the worker exited with code 1."""
+    module = _tables_module(tmp_path / "tables.wat", POOL_TABLES + 1)
+    refused = stockade("serve", "-c", str(_manifest(tmp_path, module, isolate,
+                                                    POOL_TABLES + 4)), timeout=120)
+    log = refused.stderr.decode()
+    assert refused.returncode == 125 and "Traceback" not in log, log
+    assert "function tables: tables.wat: " in log and "exceeds the per-instance limit" in log

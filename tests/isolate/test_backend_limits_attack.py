@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from stockade import ModuleError, Policy
+from stockade.engine.fastpath._engine import POOL_TABLES
 from stockade.isolate import IsolatedSandbox
 from tests.conftest import guest
 
@@ -39,9 +40,10 @@ def test_both_workers_run_under_a_finite_address_space_limit() -> None:
         assert soft != "unlimited" and hard != "unlimited", (soft, hard)
 
 
-# Two tables: within strict's max_tables, past the C-API pool's one table per instance, so
-# the C-API worker answers `fallback` and a wasmtime-py worker runs the guest.
-_TWO_TABLES = """(module (table 1 funcref) (table 1 funcref) (memory 1)
+# More tables than the C-API pool holds per instance, within the policy's max_tables: the
+# C-API worker answers `fallback` and a wasmtime-py worker runs the guest.
+_TABLES = POOL_TABLES + 1
+_MANY_TABLES = "(module " + "(table 1 funcref) " * _TABLES + """(memory 1)
   (func (export "_start") %s))"""
 _GROW = "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable"
 _SPIN = "(loop $l (br $l))"
@@ -53,17 +55,19 @@ _SPIN = "(loop $l (br $l))"
 ])
 def test_limits_hold_for_a_module_the_c_api_sends_to_wasmtime_py(
         body: str, outcomes: tuple[str, ...]) -> None:
-    policy = Policy.from_profile("strict").with_limits(timeout=5.0, fuel=50_000_000)
+    policy = Policy.from_profile("strict").with_limits(timeout=5.0, fuel=50_000_000,
+                                                       max_tables=_TABLES)
     with IsolatedSandbox(policy) as sandbox:
-        result = sandbox.run((_TWO_TABLES % body).encode())
+        result = sandbox.run((_MANY_TABLES % body).encode())
         assert sandbox.worker_backend == "wasmtime"  # it did fall back
         assert result.outcome.value in outcomes, (result.outcome, result.message)
         assert result.usage.peak_memory_bytes <= policy.limits.max_memory
 
 
 def test_a_module_that_falls_back_does_not_respawn_workers_on_every_run() -> None:
-    module = (_TWO_TABLES % "").encode()
-    with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:
+    module = (_MANY_TABLES % "").encode()
+    with IsolatedSandbox(Policy.from_profile("strict").with_limits(max_tables=_TABLES)) \
+            as sandbox:
         assert sandbox.run(module).ok
         pids = set()
         for _ in range(3):

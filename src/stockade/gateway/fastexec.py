@@ -209,11 +209,13 @@ class _Pool(NamedTuple):
 
     config: EngineConfig
     memory: int
+    table_elements: int
     tables: int
 
     @classmethod
     def for_spec(cls, spec: FunctionSpec, loaded: LoadedModule) -> _Pool:
-        """The standard slots, or a function's own when its limits are larger; the
+        """The standard slots, or a function's own when its limits are larger, with as
+        many tables per instance as its policy allows (up to the pool's); the
         configuration `loaded` was compiled for (a tripwire's, or its epochs twin's for a
         module the rewriting cannot serve)."""
         limits = spec.policy.limits
@@ -221,7 +223,7 @@ class _Pool(NamedTuple):
         if config.tripwire and not loaded.tripwire:
             config = config.with_epochs()
         return cls(config, max(POOL_MEMORY, limits.max_memory),
-                   max(_TABLE_ELEMENTS, limits.max_table_elements))
+                   max(_TABLE_ELEMENTS, limits.max_table_elements), limits.max_tables)
 
 
 class FastExecutor:
@@ -247,7 +249,9 @@ class FastExecutor:
                 try:
                     # One slot per guest thread plus one for the event loop's inline runs.
                     engine = FastEngine(pool.config, max_instances=self._threads + 1,
-                                        max_memory=pool.memory, table_elements=pool.tables)
+                                        max_memory=pool.memory,
+                                        table_elements=pool.table_elements,
+                                        max_tables=pool.tables)
                 except UsageError as exc:
                     raise ModuleError(f"cannot hold its limits: {exc.message}") from None
                 self._engines[pool] = engine

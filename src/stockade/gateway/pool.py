@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ..errors import WorkerError
+from ..errors import StockadeError, WorkerError
 from ..invocation import Invocation
 from ..isolate.cgroup import CgroupLimits
 from ..isolate.handle import WorkerProcess
@@ -120,22 +120,27 @@ class WorkerPool:
         return worker
 
     def _ready(self, worker: WorkerProcess) -> None:
-        """Wait for `worker`'s `ready`. Raises WorkerError with the cause (the worker is
-        then closed)."""
+        """Wait for `worker`'s `ready`. Raises WorkerError with the cause, or the
+        ModuleError or ModuleNotFound of a function it cannot serve (the worker is then
+        closed)."""
         try:
             worker.wait_ready(START_TIMEOUT)
         except WorkerError as exc:
             worker.close()
             raise WorkerError(f"a pool worker did not start: {exc.message}") from None
+        except StockadeError:  # a function it cannot serve (named by the worker)
+            worker.close()
+            raise
 
     def start(self) -> None:
-        """Start every process and wait for all. Raises WorkerError."""
+        """Start every process and wait for all. Raises WorkerError, or the
+        ModuleError or ModuleNotFound of a function the processes cannot serve."""
         started: list[WorkerProcess] = []
         try:
             started += [self._spawn() for _ in range(self.size)]
             for worker in started:
                 self._ready(worker)
-        except WorkerError:
+        except StockadeError:
             for worker in started:
                 worker.close()
             raise
@@ -247,7 +252,7 @@ class WorkerPool:
         try:
             worker = self._spawn()
             self._ready(worker)
-        except WorkerError as exc:
+        except StockadeError as exc:  # a module changed since, too: said, retried later
             logger.error("cordon %s: %s", self.cordon, exc.message)
             worker = None
             time.sleep(1.0)  # the next run asks again; do not spin on a broken set-up

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import StockadeError
+from ..errors import ModuleError, ModuleNotFound, StockadeError
 from ..invocation import Invocation
 from ..isolate.harden import (
     harden_after_engine,
@@ -95,14 +95,20 @@ def serve(read_fd: int, write_fd: int) -> None:
     report = [_explained(p) for p in harden_before_engine(confinement).report]
     from ..engine import EngineConfig, get_engine
     from ..engine.seal import install_key, vouch
-    from .executor import Executors
+    from .executor import Executors, named_error
 
     if confinement.aot_key is not None:  # read by the parent, as for `isolate`'s workers
         install_key(confinement.aot_key)
     vouch(confinement.vouched)  # .cwasm files the parent checked under this host's key
 
     executors = Executors(plan.executor, 1)
-    prepared = {spec.name: executors.prepare(spec) for spec in plan.specs}
+    prepared = {}
+    for spec in plan.specs:
+        try:
+            prepared[spec.name] = executors.prepare(spec)
+        except (ModuleNotFound, ModuleError) as exc:  # told as the in-process gateway tells it
+            write_frame(write_fd, ("error", error_to_wire(named_error(exc, spec.name))))
+            return
     sandboxed = [spec for spec in plan.specs if prepared[spec.name].kind == "sandbox"]
     engine = get_engine(EngineConfig.for_limits(plan.specs[0].policy.limits)).wasmtime
     limit = _address_space(plan, sandboxed, engine)

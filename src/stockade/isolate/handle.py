@@ -41,7 +41,7 @@ from ..tempdirs import LockedTempDir
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan, inherited
 from .protections import Protection
-from .protocol import read_reply, write_file_frame, write_frame
+from .protocol import error_from_wire, read_reply, write_file_frame, write_frame
 
 __all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV", "WORKER_PROGRAM"]
 
@@ -214,7 +214,8 @@ class WorkerProcess:
     def wait_ready(self, timeout: float) -> list[Protection]:
         """Wait for the worker's `ready` and return every protection, cgroup's included.
 
-        Raises WorkerError (with the cause) when it dies or stays silent.
+        Raises WorkerError (with the cause) when it dies or stays silent, and the error
+        it reports when it refuses what it was to serve.
         """
         if self.protections is not None:
             return self.protections
@@ -225,6 +226,9 @@ class WorkerProcess:
             raise WorkerError(f"the worker did not start within {timeout:g} s") from None
         except EOFError:
             raise WorkerError(f"the worker failed to start: {self.death_cause()}") from None
+        if kind == "error":  # it refused what it was to serve (a module it cannot load)
+            self.kill()
+            raise error_from_wire(payload)
         if kind != "ready" or not isinstance(payload, dict):
             self.kill()
             raise WorkerError(f"the worker answered {kind!r} instead of 'ready'")

@@ -86,7 +86,8 @@ class CapiSandbox:
             limits = self.policy.limits
             self._engine = FastEngine(self._config, max_instances=1,
                                       max_memory=limits.memory_cap(self._config.gc),
-                                      table_elements=limits.max_table_elements)
+                                      table_elements=limits.max_table_elements,
+                                      max_tables=limits.max_tables)
         return self._engine
 
     def run(self, module: str | Path, invocation: Invocation | None = None) -> Result:

@@ -173,6 +173,7 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("wasmtime_pooling_allocation_config_total_memories_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_max_memories_per_module_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_total_tables_set", None, (_P, c_uint32)),
+    ("wasmtime_pooling_allocation_config_max_tables_per_module_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_total_stacks_set", None, (_P, c_uint32)),
     ("wasmtime_pooling_allocation_config_max_memory_size_set", None, (_P, c_size_t)),
     ("wasmtime_pooling_allocation_config_table_elements_set", None, (_P, c_size_t)),

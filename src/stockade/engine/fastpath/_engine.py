@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 __all__ = ["FastEngine", "encode_env"]
 
 _MAX_FUEL = (1 << 64) - 1
+# Tables an instance may define in a pool: most modules define one; a slot costs address
+# space only (table_elements x 8 bytes), mapped when a table uses it.
+POOL_TABLES = 16
+_POOL_TABLE_ELEMENTS = 1 << 35  # every table slot of a pool: 256 GiB of address space
 _PLANS_KEPT = 16  # checked plans each module keeps for `run`
 _UNTICKED = object()  # a run whose deadline the ticker does not keep (a tripwire's)
 
@@ -65,7 +69,9 @@ class FastEngine:
     required for timeouts), the wasm stack and code generator, exactly as the standard
     engine does, so `.cwasm` files are interchangeable with it. `max_instances` bounds
     concurrent runs (the pool's slots); `max_memory` is the largest linear memory any run
-    may get (bytes); `keep_resident` bytes of each freed memory are zeroed in place rather
+    may get (bytes); `max_tables` the tables one instance may define (a policy's count: the
+    pool holds at most `POOL_TABLES`, and refuses a module defining more at load), each of
+    up to `table_elements`; `keep_resident` bytes of each freed memory are zeroed in place rather
     than returned to the kernel (faster for small guests). Raises FastPathUnavailable off
     Linux.
     """
@@ -77,6 +83,7 @@ class FastEngine:
         max_instances: int = 64,
         max_memory: int = 128 * 1024**2,
         table_elements: int = 100_000,
+        max_tables: int = 1,
         keep_resident: int = 1024**2,
         tick_interval: float = TICK_SECONDS,
     ) -> None:
@@ -95,6 +102,11 @@ class FastEngine:
         self.config = config or EngineConfig()
         self.max_instances = max_instances
         self.max_memory = max_memory
+        self.max_tables = max(1, min(max_tables, POOL_TABLES))
+        if max_instances * self.max_tables * table_elements > _POOL_TABLE_ELEMENTS:
+            raise UsageError(f"FastEngine: {max_instances} instances of {self.max_tables} "
+                             f"tables of {table_elements} elements are more than the pool "
+                             f"maps ({_POOL_TABLE_ELEMENTS} elements in all)")
         _check_address_space(self._pool_memories())
         self._engine = C.wasm_engine_new_with_config(self._wasm_config(keep_resident,
                                                                        table_elements))
@@ -147,7 +159,9 @@ class FastEngine:
         for setter, value in (("total_core_instances", 2 * self.max_instances),
                               ("total_memories", self._pool_memories()),
                               ("max_memories_per_module", self._memories_per_module()),
-                              ("total_tables", self.max_instances),
+                              # A slot per table: a table is mapped only when used.
+                              ("total_tables", self.max_instances * self.max_tables),
+                              ("max_tables_per_module", self.max_tables),
                               # Fiber stacks serve async calls, which no run makes; the
                               # default 1,000 cost a guard-page mprotect each at start-up
                               # (~1,000 system calls and mappings, several ms per engine).
@@ -210,8 +224,14 @@ class FastEngine:
         if not path.is_file():
             raise ModuleNotFound(f"{path}: no such module file")
         encoded = os.fsencode(path)
-        return self._load(lambda out: C.module_deserialize_file(self._engine, encoded, out),
-                          path.name if name is None else name)
+        try:
+            return self._load(lambda out: C.module_deserialize_file(self._engine, encoded, out),
+                              path.name if name is None else name)
+        except ModuleError as exc:  # wasmtime names the file mapped: a cache entry's is ours
+            context = f"failed deserialization for: {path}; "
+            if type(exc) is not ModuleError or context not in exc.message:
+                raise
+            raise ModuleError(exc.message.replace(context, "")) from None
 
     def _load(self, make: Callable[[Any], int | None], name: str) -> FastModule:
         if self._closed:
