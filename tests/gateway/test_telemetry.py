@@ -12,6 +12,7 @@ from .conftest import Start, module, violate
 MANIFEST = f"""
 [server]
 workers = 1
+trusted_proxies = ["127.0.0.1"]  # the caller whose sampled flag is followed
 [tenant.a]
 [tenant.b]
 

@@ -20,14 +20,6 @@ from stockade.telemetry.audit import audit_key_path, record_hash
 from tests.conftest import guest, stockade
 
 
-@pytest.fixture
-def log(tmp_path: Path) -> AuditLog:
-    audit = AuditLog(tmp_path / "state" / "audit.jsonl")
-    for number in range(5):
-        audit.append("violation", f"timeout #{number}", module="m.wasm", outcome="timeout")
-    return audit
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines(keepends=True)
 
@@ -72,7 +64,7 @@ def test_a_rewritten_history_with_recomputed_unkeyed_hashes_fails(log: AuditLog)
     for record in written[1:]:
         record["prev"] = prev
         record["hash"] = prev = record_hash(record)
-    log.path.write_text("".join(json.dumps(r) + "\n" for r in written))
+    log.path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in written))
     report = verify(log.path)
     assert not report.ok and (report.line, report.seq) == (2, 2)
     assert "audit key" in report.problem

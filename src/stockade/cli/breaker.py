@@ -80,7 +80,7 @@ def list_(as_json: bool, config: Path | None) -> None:
         else:
             from ..telemetry import Breaker
 
-            with Breaker() as breakers:
+            with _local_database(), Breaker() as breakers:
                 entries = breakers.entries()
     if as_json:
         for entry in entries:
@@ -96,6 +96,21 @@ def list_(as_json: bool, config: Path | None) -> None:
         shown = _printable(key)
         click.echo(f"{shown:<24}  {_printable(e.tenant or '-'):<12}  {_printable(e.state):<9}  "
                    f"{e.violations:>10}  {e.denied:>7}  {e.trips:>5}  {until}")
+
+
+@contextmanager
+def _local_database() -> Iterator[None]:
+    """This host's breaker database, whose failures (a file that is no database, a newer
+    schema, one held locked) are one line (UsageError), not a traceback."""
+    import sqlite3
+
+    try:
+        yield
+    except sqlite3.Error as exc:
+        from ..telemetry.breaker import default_path
+
+        raise UsageError(f"breaker database {default_path()}: {exc} (another process may "
+                         "hold it; a damaged one can be moved aside to start afresh)") from None
 
 
 def _printable(text: str) -> str:
@@ -122,7 +137,7 @@ def reset(key: str, tenant: str | None, everything: bool, config: Path | None) -
     from ..telemetry import open_telemetry
 
     removed: list[BreakerEntry] = []
-    with _shared(config) as shared:
+    with _shared(config) as shared, _local_database():
         with open_telemetry(monitor=False) as telemetry:
             where = "" if shared is None else f" in {shared.settings.backend}"
             try:

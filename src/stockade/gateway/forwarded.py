@@ -97,6 +97,11 @@ class TrustedProxies:
     def trusted(self, address: _Address) -> bool:
         return any(address in network for network in self.networks)
 
+    def trusts(self, peer: str) -> bool:
+        """Whether `peer` (an address as a connection names it) is a trusted proxy."""
+        address = _address(peer)
+        return address is not None and self.trusted(address)
+
     def client(self, peer: str, headers: Headers) -> str:
         """The client's address: `peer`'s, unless `peer` is a trusted proxy and its
         `X-Forwarded-For` names one beyond (see the module docstring)."""

@@ -23,6 +23,7 @@ from .accesslog import AccessLog, access_logger
 from .clientbreaker import ClientBreakers
 from .dispatch import Dispatcher
 from .executor import Executors
+from .forwarded import TrustedProxies
 from .invoke import Invoker
 from .layers import Pipeline
 from .manifest import Manifest, load_manifest
@@ -103,7 +104,8 @@ class GatewayService:
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
         tracer = None
         if self.telemetry is not None and self.telemetry.settings.enabled:
-            tracer = Tracer(self.telemetry)
+            proxies = self.settings.trusted_proxies
+            tracer = Tracer(self.telemetry, TrustedProxies(proxies) if proxies else None)
         # `serve -q` quiets the access log for the worker's life: no line to format.
         access = None
         if self.settings.access_log != "off" and access_logger().isEnabledFor(logging.INFO):

@@ -54,6 +54,7 @@ from typing import Any, NamedTuple
 from ..errors import UsageError
 from ..keys import KeyFileError, config_dir, read_key
 from ..paths import state_dir
+from ..regularfile import append_whole, open_regular, read_regular
 from .log import logger
 
 __all__ = ["AuditLog", "AuditReport", "verify", "record_hash", "audit_key_path",
@@ -64,6 +65,9 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 KEY_ENV = "STOCKADE_AUDIT_KEY"
 MAX_BYTES_ENV = "STOCKADE_AUDIT_MAX_BYTES"
 _TAIL = 8192
+# What a line that is no record raises as it is read (`"seq": Infinity`, deep nesting).
+_UNREADABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
+_TAIL_MAX = 1 << 20  # bytes of a last line read (a record is a few hundred)
 _HEAD_SIZE = 256
 _KEY_PURPOSE = "audit key"
 
@@ -87,24 +91,6 @@ def counter_path(log: Path, key_path: Path) -> Path:
     return key_path.parent / f"audit-{digest}.seq"
 
 
-def _open_regular(path: Path, flags: int, mode: int = 0o600) -> int:
-    """`os.open` that never follows a symlink nor blocks on a FIFO, and refuses anything
-    but a regular file (OSError EINVAL naming the file)."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file (refused)", str(path))
-    return fd
-
-
-def _read_small(path: Path, limit: int) -> bytes:
-    fd = _open_regular(path, os.O_RDONLY)
-    try:
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 def private_dir(directory: Path) -> None:
     """Create `directory` 0700 when missing; refuse (UsageError) one owned by another uid
     or writable by group or others: whoever can write it can replace the log."""
@@ -122,6 +108,11 @@ def private_dir(directory: Path) -> None:
 def _canonical(record: dict[str, Any]) -> bytes:
     body = {k: v for k, v in record.items() if k != "hash"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _encoded(record: dict[str, Any]) -> bytes:
+    """A record's line, exactly as `append` writes it and `verify` expects it."""
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def record_hash(record: dict[str, Any], key: bytes | None = None) -> str:
@@ -152,22 +143,31 @@ def _segments(path: Path) -> list[Path]:
 
 
 def _last_line(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    chunk = b""
-    offset = size
-    while offset > 0:
+    """The file's last non-empty line, read backwards a block at a time: a long last line
+    costs its length (it cost its square, seconds for a few MiB under the lock). Past
+    `_TAIL_MAX` without a newline, its last `_TAIL_MAX` bytes: no record is that long."""
+    offset = os.fstat(fd).st_size
+    blocks: list[bytes] = []
+    kept = 0
+    while offset > 0 and kept < _TAIL_MAX:
         step = min(_TAIL, offset)
         offset -= step
-        chunk = os.pread(fd, step, offset) + chunk
-        lines = chunk.rstrip(b"\n").rsplit(b"\n", 1)
-        if len(lines) == 2 or offset == 0:
-            return lines[-1]
-    return b""
+        block = os.pread(fd, step, offset)
+        if not blocks:
+            block = block.rstrip(b"\n")  # the newlines after the last line
+            if not block:
+                continue
+        cut = block.rfind(b"\n")
+        blocks.append(block[cut + 1:])
+        kept += len(blocks[-1])
+        if cut >= 0:
+            break
+    return b"".join(reversed(blocks))[-_TAIL_MAX:]
 
 
 def _file_tail(path: Path) -> bytes:
     try:
-        fd = _open_regular(path, os.O_RDONLY)
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return b""
     try:
@@ -188,7 +188,7 @@ def _parse_link(raw: bytes) -> _Link | None:
     try:
         record = json.loads(raw)
         return _Link(int(record["seq"]), str(record["hash"]), str(record.get("prev")))
-    except (ValueError, KeyError, TypeError):
+    except _UNREADABLE:
         return None
 
 
@@ -233,7 +233,7 @@ class AuditLog:
         OSError when the file cannot be written, UsageError for an unusable key."""
         key = self.key
         private_dir(self.path.parent)
-        lock = _open_regular(self.lock_path, os.O_RDWR | os.O_CREAT)
+        lock = open_regular(self.lock_path, os.O_RDWR | os.O_CREAT)
         written: list[dict[str, Any]] = []
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -258,11 +258,13 @@ class AuditLog:
                 seq, prev = tamper["seq"], tamper["hash"]
             record = self._record(key, seq + 1, prev, kind, message, fields)
             written.append(record)
-            lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in written]
+            lines = [_encoded(r) for r in written]
             self._rotate_if_full()
-            fd = _open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
-                os.write(fd, "".join(lines).encode())
+                # All or nothing, before the head moves: half a record (a full disk) read
+                # as tampering at the next append, and broke the chain for good.
+                append_whole(fd, b"".join(lines))
             finally:
                 os.close(fd)
             self._write_head(key, record)
@@ -333,9 +335,10 @@ def _write_link(path: Path, key: bytes, record: dict[str, Any]) -> None:
     seq, last = int(record["seq"]), str(record["hash"])
     head = json.dumps({"seq": seq, "hash": last, "mac": _head_mac(key, seq, last)})
     data = head.encode().ljust(_HEAD_SIZE - 1) + b"\n"
-    fd = _open_regular(path, os.O_RDWR | os.O_CREAT)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)
     try:
-        os.pwrite(fd, data, 0)
+        if os.pwrite(fd, data, 0) != len(data):  # a new file on a full disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         if os.fstat(fd).st_size != _HEAD_SIZE:
             os.ftruncate(fd, _HEAD_SIZE)
     finally:
@@ -377,7 +380,7 @@ def _read_link(head_path: Path, key: bytes) -> tuple[_Link | None, str]:
     """A head or counter as a link, or a problem when it exists but is damaged, not
     keyed, or not a regular file."""
     try:
-        text = _read_small(head_path, _HEAD_SIZE * 2)
+        text = read_regular(head_path, _HEAD_SIZE * 2)
     except FileNotFoundError:
         return None, ""
     except OSError as exc:
@@ -385,7 +388,7 @@ def _read_link(head_path: Path, key: bytes) -> tuple[_Link | None, str]:
     try:
         head = json.loads(text)
         seq, last, mac = int(head["seq"]), str(head["hash"]), str(head["mac"])
-    except (ValueError, KeyError, TypeError):
+    except _UNREADABLE:
         return None, f"{head_path.name} is damaged"
     if not hmac.compare_digest(mac, _head_mac(key, seq, last)):
         return None, f"{head_path.name} was not written with the audit key (forged or replaced)"
@@ -435,8 +438,10 @@ class AuditReport(NamedTuple):
 
 def _lines(paths: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
     for path in paths:
-        with os.fdopen(_open_regular(path, os.O_RDONLY), "rb") as file:
-            for number, raw in enumerate(file, start=1):
+        with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as file:
+            number = 0
+            while raw := file.readline(_TAIL_MAX):  # a longer line is no record
+                number += 1
                 yield path, number, raw
 
 
@@ -473,11 +478,16 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
             record = json.loads(raw)
             seq = int(record["seq"])
             stored = str(record["hash"])
-        except (ValueError, KeyError, TypeError):
+        except _UNREADABLE:
             return broken("not a valid audit record")
         if not hmac.compare_digest(record_hash(record, key), stored):
             return broken("record was changed or not written with the audit key "
                           "(its keyed hash does not match its content)", seq)
+        if _encoded(record) != raw:
+            # The hash covers the parsed record: a key written twice showed a reader
+            # taking the first one text the hash never covered.
+            return broken("the record is not as it was written (a key repeated, or "
+                          "reformatted)", seq)
         if seq != expected:
             return broken(f"expected seq {expected}: records were removed or reordered", seq)
         if record.get("prev") != prev:
@@ -512,7 +522,7 @@ def _read_head_locked(path: Path, key: bytes,
     done, or a problem with either."""
     head_path = path.with_name(path.name + ".head")
     try:
-        lock = _open_regular(path.with_name(path.name + ".lock"), os.O_RDONLY)
+        lock = open_regular(path.with_name(path.name + ".lock"), os.O_RDONLY)
     except FileNotFoundError:
         lock = -1
     try:

@@ -58,6 +58,7 @@ _CLOUD_ENV = (
     ("FLY_APP_NAME", "fly_io"),
 )
 _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
+_CACHE_BYTES = 64 * 1024  # an environment.json is well under 1 KiB
 _ISOLATION = {
     "vm": "hardware", "container": "container", "bare-metal": "process", "wasm": "sandbox",
 }
@@ -249,14 +250,17 @@ def cached_environment(path: Path | None = None) -> Environment:
     """`detect_environment()`, remembered in `path` (default: `environment.json` in the
     state directory) for this boot and set of namespaces: detection reads a dozen files,
     which every `stockade run` would repeat. The CPU count is always read afresh."""
+    import contextlib
     import json
 
     from ..paths import state_dir
+    from ..regularfile import read_regular
 
     path = path or state_dir() / "environment.json"
     key = _cache_key()
     try:
-        data = json.loads(path.read_text())
+        # Never a FIFO planted there (it hung every run) nor a link's target.
+        data = json.loads(read_regular(path, _CACHE_BYTES))
         if data.get("key") == key:
             fields = data["environment"]
             fields["evidence"] = tuple(fields["evidence"])
@@ -267,7 +271,11 @@ def cached_environment(path: Path | None = None) -> Environment:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "environment": found._asdict()}))
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a stale one, or a link planted at the name: never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps({"key": key, "environment": found._asdict()}))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only state directory only costs the next run a detection

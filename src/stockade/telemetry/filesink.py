@@ -5,7 +5,8 @@ Spans and logs are buffered up to the profile's batch size, metrics aggregated a
 deltas and written on the profile's interval (and at `flush`); a write appends up to
 three lines (traces, metrics, logs) under an exclusive `flock`, so processes can share
 the file. Past `max_bytes` the file is rotated to
-`<name>.1`. Write failures are logged, never raised.
+`<name>.1`. Write failures are said on stderr (at most once a minute), never raised;
+the file must be a regular file (`regularfile.open_regular`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
+from ..regularfile import append_whole, open_regular
 from .aggregate import DeltaAggregator
 from .instruments import bounded_name
-from .log import logger
+from .log import logger, records_lost
 from .otlpjson import (
     encode_logs,
     encode_metrics,
@@ -173,6 +175,8 @@ class FileSink:
             if logs:
                 lines.append(encode_logs(resource, scope_, logs))
             self._append(lines)
+        except OSError as exc:  # a full disk, a planted FIFO: said, never raised
+            records_lost(f"the telemetry file {self.path}", exc)
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
             logger().warning("could not write telemetry to %s", self.path, exc_info=True)
 
@@ -180,15 +184,15 @@ class FileSink:
         data = "".join(line + "\n" for line in requests).encode()
         with self._write_lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.fstat(fd).st_size + len(data) > self._max_bytes:
                     self._rotate(fd)
                     os.close(fd)
-                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                     fcntl.flock(fd, fcntl.LOCK_EX)
-                os.write(fd, data)
+                append_whole(fd, data)  # half a line would be read as a damaged one
             finally:
                 os.close(fd)
 

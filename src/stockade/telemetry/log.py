@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import logging
 
-__all__ = ["logger"]
+__all__ = ["logger", "records_lost", "rare_warning"]
 
 _configured = False
+LOST_INTERVAL = 60.0  # seconds between lines about records lost at one place
+_lost: dict[str, tuple[float, int]] = {}  # key -> (last line, lines left unsaid since)
 
 
 def logger(name: str = "stockade.telemetry") -> logging.Logger:
@@ -27,3 +29,28 @@ def logger(name: str = "stockade.telemetry") -> logging.Logger:
         logging.getLogger("stockade.telemetry").addHandler(logging.NullHandler())
         _configured = True
     return logging.getLogger(name)
+
+
+def records_lost(place: str, exc: BaseException) -> None:
+    """Records meant for `place` (the audit log, the telemetry file: a path) were lost to
+    `exc` (a full disk lost the audit log's records without a word)."""
+    cause = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+    rare_warning(place, f"telemetry: could not write {place}: {cause} (records lost")
+
+
+def rare_warning(key: str, text: str) -> None:
+    """Say `text` (an open parenthesis it closes, with the count left unsaid) at most once
+    per `LOST_INTERVAL` per `key`, on a logger outside ``stockade.telemetry``: with no
+    logging configured the line reaches stderr, and a gateway failing on every request
+    writes a line a minute."""
+    import logging
+    import time
+
+    now = time.monotonic()
+    last, since = _lost.get(key, (-LOST_INTERVAL, 0))
+    if now - last < LOST_INTERVAL:
+        _lost[key] = (last, since + 1)
+        return
+    _lost[key] = (now, 0)
+    more = f"; {since} more times since the last such line" if since else ""
+    logging.getLogger("stockade.records").warning("%s%s)", text, more)

@@ -19,12 +19,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import StockadeError
 from ..invocation import Invocation
 from ..observe import RunInfo
 from ..result import Outcome
 from .filesink import FileSink
 from .instruments import Attributes
-from .log import logger
+from .log import logger, rare_warning, records_lost
 from .monitor import SecurityMonitor
 from .record import LIMIT_HIT, MONITOR_WARNING, InvocationRecord, LogEvent, SpanData
 from .settings import ExportSettings, resolve_settings
@@ -112,6 +113,11 @@ class _Observer:
             monitor.run_started(info)
 
 
+# Characters of a request's path kept on its span: a client's 64 KiB paths made each
+# span 64 KiB, and a flood of them rotated the file sink's history away.
+MAX_URL_PATH = 1024
+
+
 class Telemetry:
     """Telemetry for a process: `observer` for the sandbox, `admit` before a run,
     `close()` at exit (flushes; safe twice; also via `with`)."""
@@ -191,8 +197,10 @@ class Telemetry:
         try:
             decision = self.breaker.check(breaker_key(sha256, invocation), invocation.tenant,
                                           holder=invocation.invocation_id)
-        except Exception:  # noqa: BLE001 - a broken breaker database must not stop runs
+        except Exception as exc:  # noqa: BLE001 - a broken breaker database must not stop runs
             logger().warning("circuit breaker unavailable; run allowed", exc_info=True)
+            rare_warning("breaker", f"telemetry: circuit breaker unavailable, runs allowed: "
+                         f"{exc} (see `stockade breaker list`")
             return Decision(True, "unknown")
         if not decision.allowed:
             from ..policy import Policy
@@ -225,7 +233,7 @@ class Telemetry:
             # A refusal is not audited one by one: the breaker counts refusals and its
             # next transition reports them (a flood of refused requests stays small).
             if kind is not None and refused is None and self._use_audit:
-                self.audit.append(
+                self._append_audit(
                     kind, result.message or result.outcome.value,
                     module=info.module, sha256=info.sha256, tenant=info.invocation.tenant,
                     invocation_id=info.invocation.invocation_id,
@@ -236,7 +244,7 @@ class Telemetry:
                     span_id=format(span_id, "016x") if span_id else None,
                 )
             if result.cleanup_error:
-                self.audit.append(
+                self._append_audit(
                     "cleanup_failed", result.cleanup_error, module=info.module,
                     sha256=info.sha256, tenant=info.invocation.tenant,
                     invocation_id=info.invocation.invocation_id, outcome=result.outcome.value,
@@ -339,7 +347,8 @@ class Telemetry:
         if not self._recording:
             return
         context = span.context
-        attrs: Attributes = {"http.request.method": span.method, "url.path": span.target,
+        attrs: Attributes = {"http.request.method": span.method,
+                             "url.path": span.target[:MAX_URL_PATH],
                              "http.response.status_code": span.status}
         if span.route:
             attrs["http.route"] = span.route
@@ -376,13 +385,21 @@ class Telemetry:
         if not self._use_audit:
             return
         refused = f"; {change.denied} runs refused meanwhile" if change.denied else ""
-        self.audit.append(
+        self._append_audit(
             "breaker_transition",
             f"circuit breaker {change.old} -> {change.new}: {change.reason}{refused}",
             breaker=change.key, tenant=change.tenant, old=change.old, new=change.new,
             violations=change.violations, denied=change.denied or None,
             until=iso_time(change.until) if change.until is not None else None,
         )
+
+    def _append_audit(self, kind: str, message: str, **fields: Any) -> None:
+        """Append to the audit log; a failure (a full disk, an unusable key) is said on
+        stderr and lets the run's record go on (the breaker still counts the run)."""
+        try:
+            self.audit.append(kind, message, **fields)
+        except (OSError, StockadeError) as exc:
+            records_lost(f"the audit log {self.audit.path}", exc)
 
     def _audit_record(self, record: dict[str, Any]) -> None:
         attrs: dict[str, str | int | float | bool] = {

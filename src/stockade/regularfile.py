@@ -1,0 +1,58 @@
+"""Files in the state directory that whoever can write it may have planted or replaced.
+
+`open_regular` never follows a symlink (a link planted as the telemetry file made runs
+append to a file of the attacker's choosing) nor blocks on a FIFO (one planted as a file
+hung every run), and refuses anything but a regular file. `append_whole` appends all of
+its bytes or none: a short write on a full disk left half a record, which the audit
+log's next append took for tampering and `verify` for a broken chain, for good.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["open_regular", "append_whole", "read_regular"]
+
+
+def open_regular(path: Path | str, flags: int, mode: int = 0o600) -> int:
+    """`os.open` with O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC, refusing anything but a regular file
+    (OSError EINVAL naming the file)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (refused)", str(path))
+    return fd
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """At most `limit` bytes of the regular file at `path` (`open_regular`)."""
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def append_whole(fd: int, data: bytes) -> None:
+    """Append `data` to `fd` (opened O_APPEND, under an exclusive lock its writers share):
+    all of it, or the file is cut back to where it ended and OSError is raised (ENOSPC
+    for a write the disk stopped short)."""
+    end = os.fstat(fd).st_size
+    written = 0
+    try:
+        while written < len(data):
+            count = os.write(fd, data[written:])
+            if count == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written += count
+    except BaseException:
+        if written:
+            os.ftruncate(fd, end)
+        raise
