@@ -17,13 +17,17 @@ from pathlib import Path
 __all__ = ["open_regular", "append_whole", "read_regular"]
 
 
-def open_regular(path: Path | str, flags: int, mode: int = 0o600) -> int:
-    """`os.open` with O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC, refusing anything but a regular file
-    (OSError EINVAL naming the file)."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
+                 follow: bool = False) -> int:
+    """`os.open` with O_NOFOLLOW (unless `follow`: a path a user named)|O_NONBLOCK|
+    O_CLOEXEC, refusing anything but a regular file (OSError EINVAL naming the file).
+    Reads and writes on it then block as usual."""
+    nofollow = 0 if follow else os.O_NOFOLLOW
+    fd = os.open(path, flags | nofollow | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file (refused)", str(path))
+    os.set_blocking(fd, True)
     return fd
 
 

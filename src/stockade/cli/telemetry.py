@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 __all__ = ["telemetry", "parse_since"]
 
 FOLLOW_POLL = 0.5  # seconds between looks at the file in --follow
-MAX_PENDING = 64 * 1024**2  # bytes of an unfinished line kept while following
 
 
 @click.group("telemetry")
@@ -69,7 +69,8 @@ def parse_since(value: str, now: float | None = None) -> int:
 
 
 @telemetry.command("show")
-@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False),
+# No click checks on the path: `open_file` refuses what is not a file, in one line.
+@click.option("--file", "path", type=click.Path(path_type=Path),
               help="Telemetry file (default: telemetry.jsonl in the state directory).")
 @click.option("-n", "--last", default=10, show_default=True, type=click.IntRange(1),
               help="How many recent invocations to list.")
@@ -94,24 +95,25 @@ def show(path: Path | None, last: int, function: str | None, tenant: str | None,
     profile may sample.
     """
     from ..telemetry import resolve_settings
-    from ..telemetry.reader import Filters, summarise
+    from ..telemetry.reader import Filters, open_file, read_lines, summarise
 
     filters = Filters(function, tenant, outcome,
                       parse_since(since) if since is not None else None)
     path = path or resolve_settings().file
-    if not path.exists() and not follow:
-        click.echo(f"no telemetry at {path} yet: `stockade run` writes it when no OTLP "
-                   "endpoint is configured")
-        return
     offset = 0
     try:
-        if path.exists():
-            with open(path, "rb") as file:
-                summary = summarise(file, path, last, filters)
-                offset = file.tell()
-            _render(summary, as_json)
+        with open_file(path) as file:
+            summary = summarise(read_lines(file), path, last, filters)
+            offset = file.tell()
+    except FileNotFoundError:
+        if not follow:
+            click.echo(f"no telemetry at {path} yet: `stockade run` writes it when no OTLP "
+                       "endpoint is configured")
+            return
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    else:
+        _render(summary, as_json)
     if follow:
         _follow(path, offset, filters, as_json)
 
@@ -124,7 +126,8 @@ def _row_dict(row: InvocationRow | Rejection) -> dict[str, Any]:
 def _render(summary: Summary, as_json: bool) -> None:
     if as_json:
         data: dict[str, Any] = {
-            "file": str(summary.path), "invocations": summary.invocations,
+            "file": str(summary.path), "lines": summary.lines,
+            "skipped_lines": summary.bad_lines, "invocations": summary.invocations,
             "spans": summary.spans, "outcomes": dict(summary.outcomes),
             "violations": dict(summary.violations), "warnings": summary.warnings,
             "p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
@@ -149,7 +152,8 @@ def _render(summary: Summary, as_json: bool) -> None:
         f"({summary.spans} spans kept); duration of those that ran: p50 "
         f"[bold]{_ms(summary.p50_ms)} ms[/], p99 [bold]{_ms(summary.p99_ms)} ms[/]; "
         f"refused before running: {rejected}; monitor warnings: {summary.warnings}"
-        + (f"; {summary.bad_lines} unreadable lines" if summary.bad_lines else ""))
+        + (f"; [bold]{summary.bad_lines} lines skipped[/] (not OTLP/JSON as Stockade "
+           "writes it)" if summary.bad_lines else ""))
     counts = Table(title="Outcomes")
     counts.add_column("outcome")
     counts.add_column("invocations", justify="right")
@@ -220,32 +224,39 @@ def _line(row: InvocationRow | Rejection) -> str:
 def _follow(path: Path, offset: int, filters: Filters, as_json: bool) -> None:
     """Print rows appended to `path` from `offset` on, until interrupted. A file that
     shrinks (rotated, replaced) is read again from its start; a partial last line waits
-    for its end."""
-    from ..telemetry.reader import rows_of
+    for its end. Read a chunk at a time: a huge append is never held whole."""
+    from ..telemetry.reader import READ_CHUNK, LineSplitter, open_file, rows_of
 
-    pending = b""
+    lines = LineSplitter()
     try:
         while True:
             try:
-                size = path.stat().st_size
+                file = open_file(path)
             except FileNotFoundError:
-                size = 0
-            if size < offset:
-                offset, pending = 0, b""
-            if size > offset:
-                with open(path, "rb") as file:
+                file = None
+            if file is not None:
+                with file:
+                    size = os.fstat(file.fileno()).st_size
+                    if size < offset:
+                        offset, lines = 0, LineSplitter()
                     file.seek(offset)
-                    chunk = file.read(size - offset)
-                offset += len(chunk)
-                *complete, pending = (pending + chunk).split(b"\n")
-                if len(pending) > MAX_PENDING:  # not a line this file's writer makes
-                    pending = b""
-                for line in complete:
-                    for row in rows_of(line):
-                        if filters.keeps(row):
-                            click.echo(json.dumps(_row_dict(row)) if as_json else _line(row))
+                    while offset < size:
+                        chunk = file.read(min(READ_CHUNK, size - offset))
+                        if not chunk:
+                            break
+                        offset += len(chunk)
+                        for line in lines.feed(chunk):
+                            _print_rows(rows_of(line) if line is not None else [], filters,
+                                        as_json)
             time.sleep(FOLLOW_POLL)
     except KeyboardInterrupt:
         return
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _print_rows(rows: list[InvocationRow | Rejection], filters: Filters,
+                as_json: bool) -> None:
+    for row in rows:
+        if filters.keeps(row):
+            click.echo(json.dumps(_row_dict(row)) if as_json else _line(row))

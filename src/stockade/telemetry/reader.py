@@ -7,26 +7,35 @@ invocations, duration percentiles, warnings and filtered counts come from the sp
 gateway's HTTP server spans do not, and are read only for the requests the gateway
 refused before any guest ran (`REJECTED`: 408, 413, 429, 503), which are counted apart
 from the latency percentiles, as are invocations refused up front (outcome `denied`).
-Lines that are not OTLP/JSON are counted and skipped.
+Lines that are not OTLP/JSON of the shape the file sink writes (wrong types at any
+level, missing keys, numbers out of range, too deep, not UTF-8, longer than
+MAX_LINE_BYTES) are counted and skipped whole.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from ..regularfile import open_regular
 from .record import MONITOR_WARNING
 
 __all__ = ["InvocationRow", "Rejection", "Warning_", "Filters", "Summary", "read_summary",
-           "attributes_of", "percentile", "rows_of", "REJECTED"]
+           "attributes_of", "percentile", "rows_of", "REJECTED", "BadLine", "LineSplitter",
+           "read_lines", "open_file", "MAX_LINE_BYTES"]
 
 REJECTED = (408, 413, 429, 503)  # HTTP statuses the gateway answers without a guest
 _REFUSED_OUTCOMES = ("denied",)  # invocations stopped before the guest ran
+# The file sink's lines are a batch of spans or one metrics request: a few MB at most.
+# A longer line is skipped unparsed: JSON takes up to ~30 times its text in objects.
+MAX_LINE_BYTES = 16 * 1024**2
+READ_CHUNK = 1024**2
 
 
 @dataclass(frozen=True)
@@ -114,14 +123,106 @@ class Summary:
     warned: list[InvocationRow] = field(default_factory=list)  # latest with warnings
 
 
-def attributes_of(items: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """A plain dict from an OTLP/JSON `KeyValue` list (ints decoded from strings)."""
+class BadLine(ValueError):
+    """A line whose shape is not what the file sink writes: counted and skipped."""
+
+
+def _dicts(parent: dict[str, Any], key: str) -> Iterator[dict[str, Any]]:
+    """The objects of a repeated field: absent is empty (protobuf JSON), anything but a
+    list of objects (null included: the writer never writes one) is bad."""
+    items = parent.get(key, [])
+    if not isinstance(items, list):
+        raise BadLine(f"{key} is not a list")
+    for item in items:
+        yield _dict(item)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadLine("not an object")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise BadLine("not a string")
+    return value
+
+
+_INT_DIGITS = 20  # int64 and uint64 fit: longer digit strings are not parsed at all
+
+
+def _int(value: object, low: int, high: int) -> int:
+    """A 64-bit integer, as JSON number or decimal string (protobuf JSON allows both)."""
+    if isinstance(value, str) and len(value) <= _INT_DIGITS and value.isascii() and (
+            value.removeprefix("-").isdigit()):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadLine("not a 64-bit integer")
+    return value
+
+
+def _int64(value: object) -> int:
+    return _int(value, -(2**63), 2**63 - 1)
+
+
+def _uint64(value: object) -> int:
+    return _int(value, 0, 2**64 - 1)
+
+
+_NONFINITE = ("Infinity", "-Infinity", "NaN")  # how the writer spells them (strings)
+
+
+def _double(value: object) -> float:
+    if isinstance(value, str) and value in _NONFINITE:
+        return float(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
+        return float(value)
+    if isinstance(value, float) and math.isfinite(value):  # a bare 1e400 parses as inf
+        return value
+    raise BadLine("not a double")
+
+
+def _any_value(kind: str, raw: object) -> Any:
+    if kind == "stringValue":
+        return _str(raw)
+    if kind == "intValue":
+        return _int64(raw)
+    if kind == "doubleValue":
+        return _double(raw)
+    if kind == "boolValue":
+        if not isinstance(raw, bool):
+            raise BadLine("not a bool")
+        return raw
+    return raw  # arrays, kvlists, bytes: never read here, kept as they are
+
+
+def attributes_of(items: list[Any] | None) -> dict[str, Any]:
+    """A plain dict from an OTLP/JSON `KeyValue` list (ints decoded from strings).
+    Raises BadLine when it is not one."""
+    return _attributes({"attributes": items} if items is not None else {})
+
+
+def _attributes(parent: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in items or ():
-        value = item.get("value", {})
-        for kind, raw in value.items():
-            out[item["key"]] = int(raw) if kind == "intValue" else raw
+    for item in _dicts(parent, "attributes"):
+        key = _str(item.get("key"))
+        for kind, raw in _dict(item.get("value", {})).items():
+            out[key] = _any_value(kind, raw)
     return out
+
+
+def _text(attrs: dict[str, Any], key: str, default: str) -> str:
+    """A string attribute: `default` when absent, bad when of another type."""
+    return _str(attrs.get(key, default))
+
+
+def _real(attrs: dict[str, Any], key: str) -> float:
+    """A number attribute (int64 or double, both already in range): 0.0 when absent."""
+    value = attrs.get(key, 0.0)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise BadLine(f"{key} is not a number")
+    return float(value)
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -133,81 +234,157 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return ordered[rank - 1]
 
 
-def _spans(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return [span for rs in request.get("resourceSpans", ())
-            for ss in rs.get("scopeSpans", ()) for span in ss.get("spans", ())]
+def _spans(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for rs in _dicts(request, "resourceSpans"):
+        for ss in _dicts(rs, "scopeSpans"):
+            yield from _dicts(ss, "spans")
 
 
-def _points(request: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    out: list[tuple[str, dict[str, Any]]] = []
-    for rm in request.get("resourceMetrics", ()):
-        for sm in rm.get("scopeMetrics", ()):
-            for metric in sm.get("metrics", ()):
-                data = metric.get("sum") or metric.get("histogram") or {}
-                out.extend((metric["name"], p) for p in data.get("dataPoints", ()))
-    return out
+@dataclass(frozen=True)
+class _Count:
+    """A data point of a counter the summary adds up."""
+
+    metric: str
+    key: str  # outcome or violation kind ("" for warnings)
+    value: int
 
 
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
+_COUNTED = {"faas.invocations": "stockade.outcome",
+            "stockade.violations": "stockade.violation.kind",
+            "stockade.monitor.warnings": None}
+
+
+def _counts(request: dict[str, Any]) -> Iterator[_Count]:
+    for rm in _dicts(request, "resourceMetrics"):
+        for sm in _dicts(rm, "scopeMetrics"):
+            for metric in _dicts(sm, "metrics"):
+                name = _str(metric.get("name"))
+                data = _dict(metric["sum"] if "sum" in metric else metric.get("histogram", {}))
+                for point in _dicts(data, "dataPoints"):
+                    attrs = _attributes(point)
+                    if name not in _COUNTED:
+                        continue
+                    attribute = _COUNTED[name]
+                    key = _text(attrs, attribute, "?") if attribute else ""
+                    # counters of deltas: never negative
+                    yield _Count(name, key, _int(point.get("asInt", 0), 0, 2**63 - 1))
 
 
 def _row(span: dict[str, Any]) -> InvocationRow | Rejection | None:
     """The span as an invocation, a rejection, or None (any other span)."""
-    attrs = attributes_of(span.get("attributes"))
-    start, end = int(span["startTimeUnixNano"]), int(span["endTimeUnixNano"])
+    attrs = _attributes(span)
+    start = _uint64(span.get("startTimeUnixNano"))
+    end = _uint64(span.get("endTimeUnixNano"))
+    if end < start:
+        raise BadLine("span ends before it starts")
+    name = _text(attrs, "faas.name", _str(span.get("name", "")))
     if "faas.invocation_id" not in attrs:
         status = attrs.get("http.response.status_code")
         if isinstance(status, int) and status in REJECTED:
-            return Rejection(start, str(attrs.get("faas.name", "")), status)
+            return Rejection(start, name, status)
         return None
     warnings = tuple(
-        Warning_(str(a.get("stockade.warning.kind", "?")), _number(a.get("stockade.warning.value")),
-                 _number(a.get("stockade.warning.limit")),
-                 _number(a.get("stockade.warning.ratio")))
-        for a in (attributes_of(e.get("attributes")) for e in span.get("events", ())
+        Warning_(_text(a, "stockade.warning.kind", "?"), _real(a, "stockade.warning.value"),
+                 _real(a, "stockade.warning.limit"), _real(a, "stockade.warning.ratio"))
+        for a in (_attributes(e) for e in _dicts(span, "events")
                   if e.get("name") == MONITOR_WARNING))
     return InvocationRow(
-        start, str(attrs.get("faas.name", span.get("name", ""))),
-        str(attrs.get("stockade.outcome", "?")), (end - start) / 1e6,
-        str(attrs.get("faas.invocation_id", "")), str(attrs.get("stockade.module.sha256", "")),
-        str(attrs.get("stockade.limit.hit", "none")), len(warnings),
-        str(attrs.get("stockade.tenant", "")), warnings)
+        start, name, _text(attrs, "stockade.outcome", "?"), (end - start) / 1e6,
+        _text(attrs, "faas.invocation_id", ""), _text(attrs, "stockade.module.sha256", ""),
+        _text(attrs, "stockade.limit.hit", "none"), len(warnings),
+        _text(attrs, "stockade.tenant", ""), warnings)
 
 
-def rows_of(line: bytes) -> Iterator[InvocationRow | Rejection]:
-    """The invocations and rejections in one line of the file (none for a bad line)."""
+@dataclass(frozen=True)
+class _Line:
+    rows: list[InvocationRow | Rejection]
+    counts: list[_Count]
+
+
+def _parse(line: bytes | None) -> _Line | None:
+    """Everything the summary reads from one line, or None when any of it is not of the
+    writer's shape: a line is counted whole or not at all."""
+    if line is None:  # longer than MAX_LINE_BYTES
+        return None
     try:
-        request = json.loads(line)
-    except ValueError:
-        return
-    if isinstance(request, dict):
-        yield from _rows(request)
+        request = _dict(json.loads(line))
+        rows = [row for row in map(_row, _spans(request)) if row is not None]
+        return _Line(rows, list(_counts(request)))
+    except (ValueError, RecursionError, MemoryError):
+        # ValueError: BadLine, JSON and UTF-8 errors, ints past Python's digit limit.
+        # RecursionError: JSON nested deeper than the parser recurses. MemoryError: a
+        # line of tiny containers; what it built is freed as the error unwinds.
+        return None
 
 
-def _rows(request: dict[str, Any]) -> Iterator[InvocationRow | Rejection]:
-    for span in _spans(request):
-        try:
-            row = _row(span)
-        except (KeyError, TypeError, ValueError):
-            continue
-        if row is not None:
-            yield row
+def rows_of(line: bytes) -> list[InvocationRow | Rejection]:
+    """The invocations and rejections in one line of the file (none for a bad line)."""
+    parsed = _parse(line if len(line) <= MAX_LINE_BYTES else None)
+    return parsed.rows if parsed is not None else []
+
+
+class LineSplitter:
+    """Cuts bytes read in pieces into lines of at most MAX_LINE_BYTES; a longer line comes
+    out as None, and no more than MAX_LINE_BYTES of it is ever held."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._too_long = False
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        """The lines `data` completes."""
+        *complete, rest = data.split(b"\n")
+        lines = [self._end(part) for part in complete]
+        self._keep(rest)
+        return lines
+
+    def finish(self) -> list[bytes | None]:
+        """The last line, when the data did not end with a newline."""
+        if not self._pending and not self._too_long:
+            return []
+        return [self._end(b"")]
+
+    def _keep(self, part: bytes) -> None:
+        if self._too_long:
+            return
+        if len(self._pending) + len(part) > MAX_LINE_BYTES:
+            self._too_long = True
+            self._pending = bytearray()
+        else:
+            self._pending += part
+
+    def _end(self, part: bytes) -> bytes | None:
+        self._keep(part)
+        line = None if self._too_long else bytes(self._pending)
+        self._pending, self._too_long = bytearray(), False
+        return line
+
+
+def read_lines(file: BinaryIO) -> Iterator[bytes | None]:
+    """The lines of `file` from where it is to its end (see LineSplitter)."""
+    splitter = LineSplitter()
+    while chunk := file.read(READ_CHUNK):
+        yield from splitter.feed(chunk)
+    yield from splitter.finish()
+
+
+def open_file(path: Path | str) -> BinaryIO:
+    """`path` opened for reading, when it is a regular file. Raises OSError (strerror
+    says why) for anything else: a FIFO or device would block or never end."""
+    return os.fdopen(open_regular(path, os.O_RDONLY, follow=True), "rb")
 
 
 def read_summary(path: Path | str, recent: int = 10, filters: Filters | None = None
                  ) -> Summary:
     """Summarise the telemetry file at `path`, keeping the `recent` latest invocations
     that pass `filters`. Raises OSError when the file cannot be read."""
-    with open(path, "rb") as file:
-        return summarise(file, Path(path), recent, filters or Filters())
+    with open_file(path) as file:
+        return summarise(read_lines(file), Path(path), recent, filters or Filters())
 
 
-def summarise(lines: Iterable[bytes], path: Path, recent: int, filters: Filters) -> Summary:
-    """`read_summary` over lines already opened."""
+def summarise(lines: Iterable[bytes | None], path: Path, recent: int, filters: Filters
+              ) -> Summary:
+    """`read_summary` over lines already read (see `read_lines`; None for one too long)."""
     summary = Summary(path)
     durations: list[float] = []
     latest: deque[InvocationRow] = deque(maxlen=max(recent, 1))
@@ -216,15 +393,11 @@ def summarise(lines: Iterable[bytes], path: Path, recent: int, filters: Filters)
     span_warnings = 0
     for line in lines:
         summary.lines += 1
-        try:
-            request = json.loads(line)
-        except ValueError:
+        parsed = _parse(line)
+        if parsed is None:
             summary.bad_lines += 1
             continue
-        if not isinstance(request, dict):
-            summary.bad_lines += 1
-            continue
-        for row in _rows(request):
+        for row in parsed.rows:
             if not filters.keeps(row):
                 continue
             if isinstance(row, Rejection):
@@ -244,16 +417,14 @@ def summarise(lines: Iterable[bytes], path: Path, recent: int, filters: Filters)
                 warned.append(row)
         if filters.active:
             continue  # metrics cannot be filtered by tenant or time: spans count
-        for name, point in _points(request):
-            attrs = attributes_of(point.get("attributes"))
-            value = int(point.get("asInt", 0))
-            if name == "faas.invocations":
-                summary.outcomes[str(attrs.get("stockade.outcome"))] += value
-                summary.invocations += value
-            elif name == "stockade.violations":
-                summary.violations[str(attrs.get("stockade.violation.kind"))] += value
-            elif name == "stockade.monitor.warnings":
-                summary.warnings += value
+        for count in parsed.counts:
+            if count.metric == "faas.invocations":
+                summary.outcomes[count.key] += count.value
+                summary.invocations += count.value
+            elif count.metric == "stockade.violations":
+                summary.violations[count.key] += count.value
+            else:
+                summary.warnings += count.value
     if not summary.invocations:
         summary.outcomes = span_outcomes
         summary.invocations = summary.spans
