@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["open_regular", "append_whole", "read_regular"]
+__all__ = ["open_regular", "append_whole", "read_regular", "replace_file"]
 
 
 def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
@@ -59,4 +59,34 @@ def append_whole(fd: int, data: bytes) -> None:
     except BaseException:
         if written:
             os.ftruncate(fd, end)
+        raise
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Put `data` at `path` whole: written to a new file of a name no one can guess beside
+    it (a link planted at a predictable `.NAME.PID.tmp` had the write go through it),
+    then renamed over `path`. A `path` that exists as anything but a regular file (a
+    device, a symlink such as /dev/stdout) is refused: as root, the rename replaced
+    /dev/full with a file. Raises OSError."""
+    import contextlib
+    import tempfile
+
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(found.st_mode):
+            raise OSError(errno.EINVAL, "exists and is not a regular file (refused)",
+                          str(path))
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
+                                         dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            os.fchmod(out.fileno(), mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise

@@ -225,3 +225,43 @@ def test_verify_vouches_for_no_text(tmp_path: Path) -> None:
     text.write_text('(module (func (export "_start")))')
     done = stockade("verify", "--key", str(key), str(text))
     assert done.returncode == 126 and b"WebAssembly text" in done.stderr, done.stderr
+
+
+def test_sign_never_writes_a_module_verify_refuses() -> None:
+    """A module with 64 hash sets already was signed into 65, which `verify` refuses, and
+    `sign` exited 0 (found by review)."""
+    from stockade.errors import UsageError
+
+    body = guest("hello.wasm").read_bytes()[8:]
+    entry = (SignatureEntry(None, bytes(64)),)
+    sets = tuple(SignedHashes((bytes([n]) * 32,), entry) for n in range(64))
+    full = b"\0asm\x01\0\0\0" + SignatureData(sets).section() + body
+    with pytest.raises(UsageError, match="at most 64"):
+        sign_module(full, SecretKey(bytes(range(32))))
+
+
+@pytest.mark.parametrize("command", ["sign", "compile"])
+def test_an_output_is_written_through_no_planted_link(tmp_path: Path, command: str) -> None:
+    """`sign -o DIR/out.wasm` wrote `DIR/.out.wasm.<pid>.tmp`, following a link planted
+    there (the victim was overwritten); `-o /dev/full` replaced the device with a file
+    (found by review)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    for pid in range(last + 1, last + 400):
+        for name in (f".out.wasm.{pid}.tmp", f".out.wasm.{pid}.part"):
+            (shared / name).symlink_to(victim)
+    assert stockade("keygen", str(tmp_path / "k")).returncode == 0
+    key = ("--key", str(tmp_path / "k")) if command == "sign" else ()
+    done = stockade(command, *key, "-o", str(shared / "out.wasm"), str(guest("hello.wasm")))
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "precious\n"
+    out = shared / "out.wasm"
+    assert not out.is_symlink() and out.read_bytes()[:4] in (b"\0asm", b"\x7fELF")
+    os.symlink(victim, tmp_path / "link.wasm")  # a link as the output: refused, not replaced
+    refused = stockade(command, *key, "-o", str(tmp_path / "link.wasm"),
+                       str(guest("hello.wasm")))
+    assert refused.returncode == 125 and b"not a regular file" in refused.stderr, refused.stderr
+    assert (tmp_path / "link.wasm").is_symlink() and victim.read_text() == "precious\n"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -58,16 +55,9 @@ def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> 
 
 def _write(output: Path, data: bytes) -> None:
     """Write atomically through a private temp file beside `output` (mode 0600)."""
+    from ..regularfile import replace_file
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part",
-                                   dir=output.parent or Path("."))
+        replace_file(output, data)
     except OSError as exc:
-        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, output)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise UsageError(f"{output}: cannot write: {exc.strerror}") from None

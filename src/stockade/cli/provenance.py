@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -75,13 +74,11 @@ def sign(key: Path, output: Path, no_key_id: bool, as_json: bool, module: str) -
 
 def _write(path: Path, data: bytes) -> None:
     from ..errors import UsageError
+    from ..regularfile import replace_file
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        replace_file(path, data, 0o644)  # a module others may read, as `cp` would leave it
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..regularfile import replace_file
+
 __all__ = ["Cell", "Metrics", "MetricsStore", "render", "FAMILIES", "BUCKETS", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -133,10 +135,8 @@ class MetricsStore:
     def write(self, metrics: Metrics) -> None:
         """Replace this worker's snapshot atomically (errors are ignored: metrics never
         break serving)."""
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(metrics.snapshot()))
-            os.replace(tmp, self.path)
+            replace_file(self.path, json.dumps(metrics.snapshot()).encode())
         except OSError:
             pass
 

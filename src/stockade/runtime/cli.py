@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import click
 
 from ..errors import StockadeError, UsageError
 from ..paths import import_path, module_command
+from ..regularfile import replace_file
 from .state import ContainerState, container_dir, id_lock, lock_path, proc_start_time, status_of
 
 __all__ = ["main", "runtime"]
@@ -164,15 +164,7 @@ def _write_pid(path: Path, pid: int) -> None:
     """`pid` into `path`, whole: through a new file of a name no one can guess (a
     symlink planted at the fixed `.NAME.tmp` had root write the pid through it, found
     by review), renamed into place."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(str(pid))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    replace_file(path, str(pid).encode())
 
 
 def _console(path: Path) -> dict[str, Any]:

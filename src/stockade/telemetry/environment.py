@@ -250,11 +250,10 @@ def cached_environment(path: Path | None = None) -> Environment:
     """`detect_environment()`, remembered in `path` (default: `environment.json` in the
     state directory) for this boot and set of namespaces: detection reads a dozen files,
     which every `stockade run` would repeat. The CPU count is always read afresh."""
-    import contextlib
     import json
 
     from ..paths import state_dir
-    from ..regularfile import read_regular
+    from ..regularfile import read_regular, replace_file
 
     path = path or state_dir() / "environment.json"
     key = _cache_key()
@@ -270,13 +269,7 @@ def cached_environment(path: Path | None = None) -> Environment:
     found = detect_environment()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # a stale one, or a link planted at the name: never written through
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(json.dumps({"key": key, "environment": found._asdict()}))
-        os.replace(tmp, path)
+        replace_file(path, json.dumps({"key": key, "environment": found._asdict()}).encode())
     except OSError:
         pass  # a read-only state directory only costs the next run a detection
     return found

@@ -70,6 +70,10 @@ def sign_module(data: bytes, secret: SecretKey, with_key_id: bool = True) -> Sig
     else:
         sets.append(SignedHashes(tuple(hashes), (entry,)))
     module = assemble(SignatureData(tuple(sets)), body)
+    try:
+        split(module)  # what `verify` reads: a 65th hash set or 257th signature it refuses
+    except SignatureFormatError as exc:
+        raise UsageError(f"cannot sign: the signed module would break a bound: {exc}") from None
     return Signed(module, msg, entry.signature, key_id, tuple(hashes))
 
 
