@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SdkSink", "CLOSE_GRACE", "export_logger"]
 
+MAX_REPLY_BYTES = 64 * 1024  # of a collector's reply kept; a real one is a few bytes
+
 
 def _exporter(settings: ExportSettings, signal: str) -> Any:
     """The OTLP exporter for `signal` over the settings' protocol and compression."""
@@ -49,12 +51,16 @@ def _exporter(settings: ExportSettings, signal: str) -> Any:
         }
         grpc: Any = importlib.import_module("grpc")  # no type stubs installed
         compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
+        # gRPC's own default is 4 MiB a reply; its deadline is a whole call's already.
+        options = (("grpc.max_receive_message_length", MAX_REPLY_BYTES),)
         return grpc_classes[signal](endpoint=endpoint, headers=headers, compression=compression,
-                                    timeout=settings.timeout)
+                                    timeout=settings.timeout, channel_options=options)
     from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http import _log_exporter as http_logs
     from opentelemetry.exporter.otlp.proto.http import metric_exporter as http_metrics
     from opentelemetry.exporter.otlp.proto.http import trace_exporter as http_traces
+
+    from .otlphttp import BoundedSession
 
     http_classes = {
         "traces": http_traces.OTLPSpanExporter,
@@ -66,7 +72,31 @@ def _exporter(settings: ExportSettings, signal: str) -> Any:
         headers=headers,
         compression=Compression.Gzip if gzip else Compression.NoCompression,
         timeout=settings.timeout,
+        # The SDK's session read a reply whole, followed no redirect but counted a 3xx as
+        # success, and timed each read only (a trickling collector held it for good).
+        session=BoundedSession(settings.timeout, MAX_REPLY_BYTES),
     )
+
+
+def _reporting(exporter: Any, report: _FailureReport, lines: _ExporterLines) -> Any:
+    """`exporter`, its `export` telling `report` of each failed export with its cause. Per
+    export on the exporter's thread: nothing is added where spans are recorded."""
+    export = exporter.export
+
+    def reporting_export(*args: Any, **kwargs: Any) -> Any:
+        lines.forget_cause()
+        try:
+            result = export(*args, **kwargs)
+        except Exception as error:
+            report.failed(lines.cause() or _cause(str(error)))
+            raise
+        # SpanExportResult, MetricExportResult, LogRecordExportResult: SUCCESS or FAILURE.
+        if getattr(result, "name", "SUCCESS") != "SUCCESS":
+            report.failed(lines.cause())
+        return result
+
+    exporter.export = reporting_export
+    return exporter
 
 
 class _Preset(threading.local):
@@ -114,7 +144,8 @@ class SdkSink:
         from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
         self._settings = settings
-        self._failures = _ExportFailures.install()
+        self._exporter_lines = _ExporterLines.install()
+        self._report = _FailureReport(next(iter(settings.endpoints.values()), "?"))
         resource = Resource(resource_attributes(settings))
         delay_ms = settings.interval * 1000
         sampler: Sampler = TraceIdRatioBased(settings.sampling_ratio)
@@ -127,7 +158,7 @@ class SdkSink:
                                                shutdown_on_exit=False)
         if "traces" in settings.endpoints:
             self._tracer_provider.add_span_processor(BatchSpanProcessor(
-                _exporter(settings, "traces"),
+                self._reported(_exporter(settings, "traces")),
                 max_queue_size=max(2048, settings.batch_size * 4),
                 schedule_delay_millis=delay_ms,
                 max_export_batch_size=settings.batch_size,
@@ -135,14 +166,14 @@ class SdkSink:
         readers = []
         if "metrics" in settings.endpoints:
             readers.append(PeriodicExportingMetricReader(
-                _exporter(settings, "metrics"), export_interval_millis=delay_ms,
+                self._reported(_exporter(settings, "metrics")), export_interval_millis=delay_ms,
             ))
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers,
                                              shutdown_on_exit=False)
         self._logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         if "logs" in settings.endpoints:
             self._logger_provider.add_log_record_processor(BatchLogRecordProcessor(
-                _exporter(settings, "logs"),
+                self._reported(_exporter(settings, "logs")),
                 schedule_delay_millis=delay_ms,
                 max_export_batch_size=settings.batch_size,
             ))
@@ -165,6 +196,9 @@ class SdkSink:
                 meter.create_observable_counter(
                     name, [functools.partial(self._observe, name)], spec.unit, spec.description)
         self._closed = False
+
+    def _reported(self, exporter: Any) -> Any:
+        return _reporting(exporter, self._report, self._exporter_lines)
 
     def _observe(self, name: str, options: Any) -> list[Any]:
         from opentelemetry.metrics import Observation
@@ -276,10 +310,12 @@ class SdkSink:
     def close(self) -> None:
         """Flush and shut the providers down, all three at once and for at most the export
         timeout (plus `CLOSE_GRACE`): a collector that does not answer costs a run that
-        long and one warning line (`stockade.otlp`), whatever was dropped. Safe twice."""
+        long and one warning line (`stockade.otlp`), whatever was dropped. Failures while
+        running were said as they happened (`_FailureReport`). Safe twice."""
         if self._closed:
             return
         self._closed = True
+        earlier = self._report.closing()
         threads = [threading.Thread(target=_shutdown, args=(provider,), daemon=True,
                                     name="stockade-otlp-shutdown")
                    for provider in self._providers()]
@@ -289,15 +325,19 @@ class SdkSink:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = sum(thread.is_alive() for thread in threads)
-        failures, last = self._failures.take()
-        self._failures.uninstall()
-        if failures or unfinished:
-            endpoint = next(iter(self._settings.endpoints.values()), "?")
+        at_close, last = self._report.take_closing()
+        self._exporter_lines.uninstall()
+        if at_close or unfinished:
             cause = f": {last}" if last else ""
+            # A gateway closes after weeks: what is dropped now is what was pending.
+            before = f"; {earlier} exports had failed earlier, while running" if earlier else ""
             export_logger().warning(
                 "telemetry: could not export to %s within %.1f s%s (set "
-                "OTEL_EXPORTER_OTLP_TIMEOUT in ms to wait longer; this run's telemetry "
-                "is dropped)", endpoint, self._settings.timeout, cause)
+                "OTEL_EXPORTER_OTLP_TIMEOUT in ms to wait longer; the telemetry pending at "
+                "exit is dropped%s)", self._report.endpoint, self._settings.timeout, cause,
+                before)
+        else:
+            self._report.say_unsaid()
 
 
 CLOSE_GRACE = 0.25  # seconds on top of the export timeout for the shutdown itself
@@ -316,23 +356,84 @@ def _shutdown(provider: Any) -> None:
         logger().warning("telemetry shutdown failed", exc_info=True)
 
 
-class _ExportFailures(logging.Handler):
-    """Takes the OTLP exporters' own log lines (a warning per retry, an error per
-    dropped batch) off the console: counts the errors, keeps the last message, so
-    `SdkSink.close` reports them as one line. One instance per process, shared by the
-    sinks (the exporters' loggers are global)."""
+REPORT_INTERVAL = 60.0  # seconds between a sink's lines about failed exports while running
 
-    _installed: _ExportFailures | None = None
+
+class _FailureReport:
+    """One sink's failed exports, said on `export_logger` while the process runs: at once
+    for the first, then at most once per `REPORT_INTERVAL` with the count since the last
+    line and the last cause (a gateway said nothing until it exited). Once closing, they
+    are left to the close's own line. Called per failed export only."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self._unsaid = 0  # failed since the last line
+        self._before_close = 0
+        self._at_close = 0
+        self._closing = False
+        self._cause = ""
+        self._said_at: float | None = None
+
+    def failed(self, cause: str) -> None:
+        with self._lock:
+            if cause:
+                self._cause = cause
+            if self._closing:
+                self._at_close += 1
+                return
+            self._before_close += 1
+            self._unsaid += 1
+            now = time.monotonic()
+            if self._said_at is not None and now - self._said_at < REPORT_INTERVAL:
+                return
+            line = self._line(now)
+        export_logger().warning(*line)
+
+    def _line(self, now: float) -> tuple[Any, ...]:
+        since = ("start" if self._said_at is None
+                 else f"the last such line {now - self._said_at:.0f} s ago")
+        count, self._unsaid, self._said_at = self._unsaid, 0, now
+        return ("telemetry: exports to %s are failing: %d failed since %s, the last with "
+                "%s (their telemetry is dropped; said at most every %.0f s)",
+                self.endpoint, count, since, self._cause or "no cause given", REPORT_INTERVAL)
+
+    def closing(self) -> int:
+        """From now on failures belong to the close; how many failed before."""
+        with self._lock:
+            self._closing = True
+            self._cause = ""
+            return self._before_close
+
+    def take_closing(self) -> tuple[int, str]:
+        """(failures since `closing`, the last cause)."""
+        with self._lock:
+            return self._at_close, self._cause
+
+    def say_unsaid(self) -> None:
+        """Say the failures the interval held back, if any."""
+        with self._lock:
+            line = self._line(time.monotonic()) if self._unsaid else None
+        if line is not None:
+            export_logger().warning(*line)
+
+
+class _ExporterLines(logging.Handler):
+    """Takes the OTLP exporters' own log lines (a warning per retry, an error per
+    dropped batch) off the console and keeps, per thread, the cause they name, for the
+    export that thread is running (`_reporting`). One instance per process, shared by
+    the sinks (the exporters' loggers are global)."""
+
+    _installed: _ExporterLines | None = None
     _users = 0
     _lock = threading.Lock()
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.failures = 0
-        self.last = ""
+        self._causes = threading.local()
 
     @classmethod
-    def install(cls) -> _ExportFailures:
+    def install(cls) -> _ExporterLines:
         """The shared handler, attached to the exporters' loggers."""
         with cls._lock:
             if cls._installed is None:
@@ -357,20 +458,21 @@ class _ExportFailures(logging.Handler):
                 log.propagate = True
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Count an error, remember the cause (the last line of a retry's message)."""
+        """Remember the cause (a retry's names it better than the final error's)."""
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is still a failure
+        except Exception:  # noqa: BLE001 - a malformed record still names a failure
             message = str(record.msg)
-        if record.levelno >= logging.ERROR:
-            self.failures += 1
-        if "Transient error" in message or not self.last:
-            self.last = _cause(message)
+        if "Transient error" in message or not self.cause():
+            self._causes.last = _cause(message)
 
-    def take(self) -> tuple[int, str]:
-        """(errors, last cause) since the last call."""
-        failures, last, self.failures, self.last = self.failures, self.last, 0, ""
-        return failures, last
+    def forget_cause(self) -> None:
+        """A new export starts on this thread."""
+        self._causes.last = ""
+
+    def cause(self) -> str:
+        """The cause this thread's exporter last named."""
+        return str(getattr(self._causes, "last", ""))
 
 
 _EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.sdk._shared_internal")
@@ -378,7 +480,7 @@ _EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.sdk._shared_i
 
 def _cause(message: str) -> str:
     """The useful end of an exporter message: 'Connection refused' rather than a page."""
-    for marker in ("[Errno", "StatusCode.", "status code"):
+    for marker in ("[Errno", "StatusCode.", "status code", "export deadline"):
         at = message.find(marker)
         if at >= 0:
             cause = message[at:at + 120]
