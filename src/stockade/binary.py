@@ -2,9 +2,11 @@
 `advise` and signatures.
 
 Hostile files are the input here: every count and length is checked against the bytes
-that remain before anything is allocated for it, so a module claiming 2**32 imports costs
-no more than its own size to read, and a malformed one fails with the offset of the first
-byte that does not fit. Nothing is compiled and no guest code runs.
+that remain, and against the limit wasmtime's validator enforces (`MAX_IMPORTS`, ...),
+before anything is allocated for it, so a module claiming 2**32 imports costs no more
+than its own size to read, a file of millions of tiny entries no more than a module
+wasmtime loads, and a malformed one fails with the offset of the first byte that does
+not fit. Nothing is compiled and no guest code runs.
 
 `sections` walks the section headers; the `read_*` functions decode one section's
 payload. `code_shape` and `data_size` are lenient (a truncated module yields what its
@@ -23,7 +25,7 @@ __all__ = [
     "read_count", "read_start",
     "read_producers", "read_name_section", "read_bodies", "code_shape", "data_size",
     "skip_const_expr", "encode_leb",
-    "SECTION_NAMES", "PAGE", "MAX_SECTIONS",
+    "SECTION_NAMES", "PAGE", "MAX_SECTIONS", "MAX_NAME",
 ]
 
 MAGIC = b"\0asm\x01\0\0\0"
@@ -32,6 +34,19 @@ PAGE = 65536
 # (5.6M) cost the signature check 16 s and 1.1 GB, `stockade inspect` 47 s and 2.2 GB.
 # wasmtime has no such bound; a module has a dozen standard sections.
 MAX_SECTIONS = 10_000
+# wasmparser's limits, which wasmtime 50 enforces at each count before its entries: a
+# module past one is refused, so no reader here builds more entries than a loadable module
+# holds (8 MiB of 2-byte data segments cost `inspect` 490 MB before). Imports and exports
+# are 1,000,000 (100,000 in older wasmparsers): lower would refuse modules wasmtime loads.
+MAX_NAME = 100_000  # bytes of any name, custom section names included
+MAX_IMPORTS = MAX_EXPORTS = MAX_FUNCTIONS = MAX_TYPES = MAX_GLOBALS = MAX_TAGS = 1_000_000
+MAX_DATA_SEGMENTS = MAX_ELEMENT_SEGMENTS = 100_000
+MAX_ELEMENTS = 10_000_000  # entries of one element segment
+MAX_TABLES = MAX_MEMORIES = 100
+# No engine validates these custom sections: bounds of our own, far above what
+# toolchains write (three producers fields, a few tools each).
+MAX_PRODUCER_FIELDS = 100
+MAX_PRODUCERS = 1_000  # values of one field
 CUSTOM, TYPE, IMPORT, FUNCTION, TABLE, MEMORY, GLOBAL, EXPORT, START, ELEMENT, CODE, DATA, \
     DATA_COUNT, TAG = range(14)
 SECTION_NAMES = ("custom", "type", "import", "function", "table", "memory", "global",
@@ -110,13 +125,23 @@ class Cursor:
         self.pos += length
 
     def name(self) -> str:
-        """A length-prefixed UTF-8 name (invalid UTF-8 replaced, for display only)."""
-        return self.bytes(self.leb()).decode("utf-8", "replace")
+        """A length-prefixed UTF-8 name (invalid UTF-8 replaced, for display only) of at
+        most `MAX_NAME` bytes."""
+        start = self.pos
+        length = self.leb()
+        if length > MAX_NAME:
+            raise MalformedModule(f"name of {length} bytes at offset {start} exceeds the "
+                                  f"limit of {MAX_NAME:,}")
+        return self.bytes(length).decode("utf-8", "replace")
 
-    def count(self, what: str, least: int = 1) -> int:
-        """A vector length, refused when `least` bytes per item cannot fit."""
+    def count(self, what: str, least: int = 1, limit: int | None = None) -> int:
+        """A vector length, refused when `least` bytes per item cannot fit or when it
+        exceeds `limit`."""
         start = self.pos
         count = self.leb()
+        if limit is not None and count > limit:
+            raise MalformedModule(f"{what} count {count} at offset {start} exceeds the limit "
+                                  f"of {limit:,}")
         if count * least > self.end - self.pos:
             raise MalformedModule(f"{what} count {count} at offset {start} exceeds its section")
         return count
@@ -237,7 +262,16 @@ def _limits(cursor: Cursor) -> Limits:
     bits = 64 if flags & 4 else 32
     minimum = cursor.leb(bits)
     maximum = cursor.leb(bits) if flags & 1 else None
-    page = 1 << cursor.leb() if flags & 8 else PAGE
+    page = PAGE
+    if flags & 8:
+        # The custom-page-sizes proposal allows pages of 1 and 65536 bytes only; shifting
+        # by an unchecked LEB (up to 2**35 - 1) built a 4 GiB int from an 18-byte module.
+        start = cursor.pos
+        log2 = cursor.leb()
+        if log2 not in (0, 16):
+            raise MalformedModule(f"offset {start}: page size 2**{log2} (only 2**0 and 2**16 "
+                                  "are allowed)")
+        page = 1 << log2
     return Limits(minimum, maximum, bool(flags & 2), bool(flags & 4), page)
 
 
@@ -256,7 +290,7 @@ def read_imports(data: bytes, section: Section | None = None) -> list[Import]:
         if section is None:
             return []
     cursor = Cursor(data, section.start, section.end)
-    count = cursor.count("import", 4)
+    count = cursor.count("import", 4, MAX_IMPORTS)
     found: list[Import] = []
     append = found.append
     for _ in range(count):
@@ -290,7 +324,7 @@ def read_exports(data: bytes, section: Section) -> list[Export]:
     """The export section's entries."""
     cursor = Cursor(data, section.start, section.end)
     found: list[Export] = []
-    for _ in range(cursor.count("export", 3)):
+    for _ in range(cursor.count("export", 3, MAX_EXPORTS)):
         name = cursor.name()
         kind = cursor.byte()
         if kind >= len(_KINDS):
@@ -302,14 +336,14 @@ def read_exports(data: bytes, section: Section) -> list[Export]:
 def read_limits_section(data: bytes, section: Section) -> list[Limits]:
     """The memory section's limits."""
     cursor = Cursor(data, section.start, section.end)
-    return [_limits(cursor) for _ in range(cursor.count("memory", 2))]
+    return [_limits(cursor) for _ in range(cursor.count("memory", 2, MAX_MEMORIES))]
 
 
 def read_table_section(data: bytes, section: Section) -> list[Limits]:
     """The table section's limits (an initialiser expression, when present, skipped)."""
     cursor = Cursor(data, section.start, section.end)
     tables = []
-    for _ in range(cursor.count("table", 3)):
+    for _ in range(cursor.count("table", 3, MAX_TABLES)):
         if cursor.data[cursor.pos:cursor.pos + 2] == b"\x40\x00":
             cursor.pos += 2
             limits = _table_type(cursor)
@@ -320,9 +354,14 @@ def read_table_section(data: bytes, section: Section) -> list[Limits]:
     return tables
 
 
+_COUNT_LIMITS = {FUNCTION: MAX_FUNCTIONS, GLOBAL: MAX_GLOBALS, TYPE: MAX_TYPES, TAG: MAX_TAGS,
+                 MEMORY: MAX_MEMORIES, TABLE: MAX_TABLES}
+
+
 def read_count(data: bytes, section: Section) -> int:
     """The leading count of a vector section (functions, globals, types, tags)."""
-    return Cursor(data, section.start, section.end).count(section.kind)
+    cursor = Cursor(data, section.start, section.end)
+    return cursor.count(section.kind, 1, _COUNT_LIMITS.get(section.id))
 
 
 def read_start(data: bytes, section: Section) -> int:
@@ -366,7 +405,7 @@ def skip_const_expr(cursor: Cursor) -> None:
 
 
 def _data_segments(cursor: Cursor, found: list[DataSegment]) -> None:
-    for _ in range(cursor.count("data segment", 2)):
+    for _ in range(cursor.count("data segment", 2, MAX_DATA_SEGMENTS)):
         flags = cursor.leb()
         if flags == 2:
             cursor.leb()  # memory index
@@ -397,7 +436,7 @@ def element_segments(cursor: Cursor, expression: Callable[[Cursor], object],
     expression (offsets and entries), `function(index)` is told each entry given as a
     function index; returns each segment's entry count."""
     counts = []
-    for _ in range(cursor.count("element segment", 2)):
+    for _ in range(cursor.count("element segment", 2, MAX_ELEMENT_SEGMENTS)):
         flags = cursor.leb()
         if flags > 7:
             raise MalformedModule(f"offset {cursor.pos - 1}: unknown element flags {flags}")
@@ -410,7 +449,7 @@ def element_segments(cursor: Cursor, expression: Callable[[Cursor], object],
                 _value_type(cursor)  # a reference type: (ref null $t) has a heap type
             else:
                 cursor.byte()  # the element kind
-        entries = cursor.count("element", 1)
+        entries = cursor.count("element", 1, MAX_ELEMENTS)
         for _ in range(entries):
             if flags & 4:
                 expression(cursor)
@@ -424,13 +463,13 @@ def element_segments(cursor: Cursor, expression: Callable[[Cursor], object],
 
 def read_producers(data: bytes, section: Section) -> dict[str, list[tuple[str, str]]]:
     """The `producers` custom section: field (language, processed-by, sdk) to (name,
-    version) pairs."""
+    version) pairs; at most `MAX_PRODUCER_FIELDS` fields of `MAX_PRODUCERS` values."""
     cursor = Cursor(data, section.start, section.end)
     fields: dict[str, list[tuple[str, str]]] = {}
-    for _ in range(cursor.count("producers field", 2)):
+    for _ in range(cursor.count("producers field", 2, MAX_PRODUCER_FIELDS)):
         field_name = cursor.name()
         values = fields.setdefault(field_name, [])
-        for _ in range(cursor.count("producer", 2)):
+        for _ in range(cursor.count("producer", 2, MAX_PRODUCERS - len(values))):
             values.append((cursor.name(), cursor.name()))
     return fields
 
@@ -439,8 +478,15 @@ def read_name_section(data: bytes, section: Section) -> tuple[str | None, int]:
     """The `name` custom section: the module's name and how many functions are named."""
     cursor = Cursor(data, section.start, section.end)
     module_name, functions = None, 0
+    previous = -1
     while cursor.left:
         kind = cursor.byte()
+        # Each subsection comes once, in order of id: at most 256 of them to walk, not
+        # one per 2 bytes (32M empty subsections took 31 s).
+        if kind <= previous:
+            raise MalformedModule(f"offset {cursor.pos - 1}: name subsection {kind} after "
+                                  f"{previous} (out of order or repeated)")
+        previous = kind
         size = cursor.leb()
         sub = Cursor(data, cursor.pos, cursor.pos + size)
         if sub.end > cursor.end:
@@ -471,7 +517,7 @@ def read_bodies(data: bytes, section: Section) -> list[tuple[int, int]]:
     """(body size, declared locals) of every function body (strict)."""
     cursor = Cursor(data, section.start, section.end)
     shape = []
-    for _ in range(cursor.count("function body", 2)):
+    for _ in range(cursor.count("function body", 2, MAX_FUNCTIONS)):
         size = cursor.leb()
         body = Cursor(data, cursor.pos, cursor.pos + size)
         cursor.skip(size)

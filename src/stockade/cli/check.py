@@ -31,11 +31,16 @@ def check(policy_file: Path | None, manifest_file: Path | None, module: Path | N
     Each item passes, warns or fails with the reason and the fix. Exit 0 only when
     nothing fails (1 otherwise), so CI can gate a deployment on it.
     """
-    from ..errors import ModuleNotFound
+    from ..errors import ModuleError, ModuleNotFound
     from ..inspect.checklist import evaluate
 
-    if module is not None and not module.exists():
-        raise ModuleNotFound(f"{module}: no such module file")
+    if module is not None:
+        try:  # `exists()` is False for a symlink loop or a denied directory too
+            module.stat()
+        except FileNotFoundError:
+            raise ModuleNotFound(f"{module}: no such module file") from None
+        except OSError as exc:  # the words `inspect` uses (engine.loader.ModuleFile)
+            raise ModuleError(f"{module}: cannot read: {exc.strerror}") from None
     items = evaluate(policy_file, manifest_file, module, host=not no_host)
     counts = {status: sum(i.status == status for i in items) for status in ("pass", "warn",
                                                                             "fail")}

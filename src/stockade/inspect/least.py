@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ..display import printable
 from ..policy.profiles import PROFILES
 from ..policy.units import format_size
 
@@ -56,7 +57,7 @@ def least_privilege_policy(report: Inspection) -> str:
 
     caps = report.capabilities
     lines = [
-        f"# Least-privilege policy for {report.name} (sha256 {report.sha256[:16]}…),",
+        f"# Least-privilege policy for {printable(report.name)} (sha256 {report.sha256[:16]}…),",
         "# written by `stockade inspect --policy`: it grants only what the module imports.",
         'profile = "strict"',
         "",
@@ -66,7 +67,10 @@ def least_privilege_policy(report: Inspection) -> str:
         "[capabilities]",
     ]
     if caps.uses("filesystem"):
-        calls = ", ".join(name.split(".", 1)[1] for name in caps.groups["filesystem"][:4])
+        # Names come from the module and its file: escaped, as in every human output (a
+        # raw newline or escape sequence in a comment rewrites the terminal or the TOML).
+        calls = printable(", ".join(name.split(".", 1)[1]
+                                    for name in caps.groups["filesystem"][:4]))
         lines += [f"# It imports filesystem calls ({calls}, …): grant only the directories",
                   "# it needs, read-only unless it must write, e.g.",
                   '# dirs = ["/srv/data:/data:ro"]', "dirs = []"]
@@ -85,5 +89,5 @@ def least_privilege_policy(report: Inspection) -> str:
               "keys = []"]
     if caps.denied:
         lines += ["", "# It imports what Stockade refuses (no policy grants these):"]
-        lines += [f"#   {name}: {why}" for name, why in caps.denied[:20]]
+        lines += [f"#   {printable(name)}: {printable(why)}" for name, why in caps.denied[:20]]
     return "\n".join(lines) + "\n"
