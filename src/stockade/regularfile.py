@@ -31,9 +31,9 @@ def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
     return fd
 
 
-def read_regular(path: Path | str, limit: int) -> bytes:
+def read_regular(path: Path | str, limit: int, *, follow: bool = False) -> bytes:
     """At most `limit` bytes of the regular file at `path` (`open_regular`)."""
-    fd = open_regular(path, os.O_RDONLY)
+    fd = open_regular(path, os.O_RDONLY, follow=follow)
     try:
         chunks = []
         while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):

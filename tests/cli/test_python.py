@@ -143,3 +143,21 @@ def test_help_lists_run_options() -> None:
     for option in (b"--timeout", b"--max-memory", b"--dir", b"--json", b"-c CODE"):
         assert option in done.stdout
     assert sys.executable  # the same interpreter runs the CLI
+
+
+def test_a_script_that_is_no_small_file_is_refused(tmp_path: Path) -> None:
+    """A SCRIPT was copied whole: a sparse 4 GB file wrote 4 GB to /tmp before the guest
+    failed (found by review); a FIFO waited for a writer."""
+    sparse = tmp_path / "big.py"
+    with sparse.open("wb") as file:
+        file.truncate(4 * 1024**3)
+    fifo = tmp_path / "fifo.py"
+    os.mkfifo(fifo)
+    for script, reason in ((sparse, b"larger than 16 MiB"), (fifo, b"not a regular file")):
+        refused = stockade("python", str(script), timeout=60)
+        assert refused.returncode == 125 and reason in refused.stderr, refused.stderr
+    link = tmp_path / "link.py"
+    (tmp_path / "real.py").write_text("print('followed')\n")
+    link.symlink_to(tmp_path / "real.py")  # a path the user named: followed
+    done = stockade("python", str(link), timeout=300)
+    assert (done.returncode, done.stdout) == (0, b"followed\n"), done.stderr

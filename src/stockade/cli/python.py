@@ -7,7 +7,6 @@ build, fetched and verified on first use (see `stockade.cpython`).
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,13 @@ import click
 
 from ..cpython import GUEST_WORKDIR, PYTHON_LIMITS, python_args, python_module
 from ..errors import UsageError
+from ..regularfile import read_regular
 from .run import run
 
 __all__ = ["python"]
 
 _OWN = ("module", "args")
+MAX_SCRIPT = 16 * 1024**2  # bytes of a SCRIPT copied for the guest
 
 
 def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
@@ -63,10 +64,18 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
         ctx.invoke(run, module=str(module), args=python_args(code, None, rest), **options)
         return
     source = Path(script)
-    if not source.is_file():
-        raise UsageError(f"{script}: no such script file")
+    try:
+        # Bounded: a sparse or growing file was copied whole (4 GB of disk for one run).
+        text = read_regular(source, MAX_SCRIPT + 1, follow=True)
+    except FileNotFoundError:
+        raise UsageError(f"{script}: no such script file") from None
+    except OSError as exc:
+        raise UsageError(f"{script}: cannot read: {exc.strerror}") from None
+    if len(text) > MAX_SCRIPT:
+        raise UsageError(f"{script}: larger than {MAX_SCRIPT // 1024**2} MiB: not a script to "
+                         "copy (grant its directory with --dir instead)")
     with tempfile.TemporaryDirectory(prefix="stockade-script-") as tmp:
-        shutil.copyfile(source, Path(tmp) / source.name)
+        (Path(tmp) / source.name).write_bytes(text)
         options["dirs"] = (*options.get("dirs", ()), f"{tmp}:{GUEST_WORKDIR}:ro")
         guest = f"{GUEST_WORKDIR}/{source.name}"
         try:
