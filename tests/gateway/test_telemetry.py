@@ -73,3 +73,26 @@ def test_breaker_opens_per_function_and_tenant(start_gateway: Start) -> None:
     # The same module for another tenant has its own breaker.
     assert client.get("/fail-b", params={"kind": "none"}).status_code == 200
     assert client.get("/hello").status_code == 200
+
+
+def test_an_idle_worker_writes_what_it_holds(tmp_path: Path, shared_cache: Path) -> None:
+    """The file sink wrote only when a record came after its interval: a worker idle after
+    a burst held the burst's records, lost if it was killed (found by review)."""
+    import time
+
+    from .conftest import Gateway, gateway_env
+
+    (tmp_path / "stockade.toml").write_text(MANIFEST)
+    env = gateway_env(shared_cache, tmp_path / "state")
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = "1000"
+    gateway = Gateway(tmp_path / "stockade.toml", env, ())
+    try:
+        assert gateway.client.get("/fail", params={"kind": "none"}).status_code == 200
+        written = tmp_path / "state" / "telemetry.jsonl"
+        deadline = time.monotonic() + 20
+        while not (written.exists() and b"faas.invocations" in written.read_bytes()):
+            assert time.monotonic() < deadline, "nothing written while the worker was idle"
+            time.sleep(0.2)
+    finally:
+        gateway.process.kill()  # as an OOM kill would: no flush at exit
+        gateway.process.wait()

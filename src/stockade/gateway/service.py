@@ -114,12 +114,12 @@ class GatewayService:
                         clients)
 
     async def started(self) -> None:
-        """Begin background work (metrics snapshots) once the event loop runs."""
+        """Begin background work (metrics snapshots, idle telemetry) once the event loop
+        runs."""
         _settle()
         if self.store is not None:
             self.store.write(self.metrics)
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush_metrics(self.store))
+        self._flusher = asyncio.get_running_loop().create_task(self._tick())
 
     async def reload(self) -> bool:
         """Load the manifest again and swap the routes; on any error keep serving the old
@@ -156,10 +156,16 @@ class GatewayService:
         `fail_closed`: refused); counted by policy (on the event loop thread, as admissions)."""
         self.metrics.inc("stockade_gateway_state_unavailable_total", (("policy", reason),))
 
-    async def _flush_metrics(self, store: MetricsStore) -> None:
+    async def _tick(self) -> None:
+        """Each second: the metrics snapshot, and what the telemetry file holds once its
+        interval passed (written only when a request came after it: an idle worker kept
+        a burst's records, lost when it was killed)."""
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
-            store.write(self.metrics)
+            if self.store is not None:
+                self.store.write(self.metrics)
+            if self.telemetry is not None:
+                self.telemetry.flush_idle()
 
     # -- the gateway's own endpoints ---------------------------------------------------
 

@@ -98,7 +98,7 @@ class FileSink:
         # `_value_`, not `value`: an enum's `value` is a Python-level descriptor.
         self._metrics.add_usage(bounded_name(run_name(info)), result.outcome._value_,
                                 result.usage, was_cold(info, result))
-        if self._due():
+        if self.due():
             self.flush()
         return True
 
@@ -124,7 +124,7 @@ class FileSink:
 
     def _add_span(self, text: str | None) -> None:
         if text is None:  # an unsampled span: only the flush interval to look at
-            if self._due():
+            if self.due():
                 self.flush()
             return
         with self._lock:
@@ -142,12 +142,13 @@ class FileSink:
     def _flush_if(self, batch_full: bool) -> None:
         # Metrics go out on the interval only (like OTel's periodic metric reader); a
         # full batch of spans or logs is written without them.
-        if self._due():
+        if self.due():
             self.flush()
         elif batch_full:
             self._write(with_metrics=False)
 
-    def _due(self) -> bool:
+    def due(self) -> bool:
+        """Whether the interval passed since the last write of metrics."""
         return time.monotonic() - self._last_flush >= self._interval
 
     def flush(self) -> None:

@@ -420,6 +420,13 @@ class Telemetry:
         """Write out buffered telemetry."""
         self.sink.flush()
 
+    def flush_idle(self) -> None:
+        """Write what the file sink holds once its interval passed (it writes only when a
+        record comes after the interval); the SDK's exporters keep their own time."""
+        sink = self.sink
+        if isinstance(sink, FileSink) and sink.due():
+            sink.flush()
+
     def close(self) -> None:
         """Stop the monitor, flush and close the sink and the breaker database."""
         if self._closed:
