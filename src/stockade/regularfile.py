@@ -62,23 +62,27 @@ def append_whole(fd: int, data: bytes) -> None:
         raise
 
 
-def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+def replace_file(path: Path, data: bytes, mode: int | None = 0o600) -> None:
     """Put `data` at `path` whole: written to a new file of a name no one can guess beside
     it (a link planted at a predictable `.NAME.PID.tmp` had the write go through it),
     then renamed over `path`. A `path` that exists as anything but a regular file (a
     device, a symlink such as /dev/stdout) is refused: as root, the rename replaced
-    /dev/full with a file. Raises OSError."""
+    /dev/full with a file. `mode` None: the mode of the file replaced, else what the
+    umask leaves of 0666 (a user's output, as `cp` would write it). Raises OSError."""
     import contextlib
     import tempfile
 
     try:
         found = os.lstat(path)
     except FileNotFoundError:
-        pass
+        if mode is None:
+            mode = 0o666 & ~_umask()
     else:
         if not stat.S_ISREG(found.st_mode):
             raise OSError(errno.EINVAL, "exists and is not a regular file (refused)",
                           str(path))
+        if mode is None:
+            mode = stat.S_IMODE(found.st_mode)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
                                          dir=path.parent)
     try:
@@ -90,3 +94,15 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

@@ -1,7 +1,9 @@
 """A client's trace context costs the gateway what the profile allows, no more (found by
 review): the gateway followed any caller's sampled flag, so a client sending
 `traceparent: ...-01` had every request recorded (10x the spans), and its 64 KiB paths,
-kept whole as `url.path`, rotated the file sink's history of violations away."""
+kept whole as `url.path`, rotated the file sink's history of violations away. Sampled
+here instead, on its own trace id, a client choosing ids a `traceidratio` sampler keeps
+still had every request recorded (the fix's review): a client's context is ignored."""
 
 from __future__ import annotations
 
@@ -36,14 +38,15 @@ def _request(peer: str) -> Request:
     return Request("GET", "/hello", "", [(b"traceparent", CALLER)], client=(peer, 40000))
 
 
-def test_a_clients_sampled_flag_is_not_followed() -> None:
+def test_a_clients_trace_context_is_not_believed() -> None:
     recorder = Recorder()
     tracer = Tracer(recorder, TrustedProxies(["10.0.0.0/8"]))
     request = _request("192.0.2.7")
     assert tracer.begin(request) == 0  # not sampled: no span begun
     context = request.state["trace"]
-    assert context.trace_id == TRACE_ID and context.sampled is False  # the trace goes on
-    assert recorder.asked and TRACE_ID not in recorder.asked  # on an id drawn here
+    # A trace of its own, on an id drawn here: no sink samples on the client's id.
+    assert context.trace_id != TRACE_ID and context.parent_id == 0
+    assert context.sampled is False and recorder.asked == [context.trace_id]
     assert Tracer(recorder).begin(_request("127.0.0.1")) == 0  # no proxies: nobody trusted
 
 
@@ -52,7 +55,8 @@ def test_a_trusted_proxys_sampled_flag_is_followed() -> None:
     request = _request("10.1.2.3")
     assert tracer.begin(request) > 0
     assert request.state["trace"].sampled is True
-    unsampled = TraceContext.from_headers(CALLER[:-2] + b"00", lambda _: True, follow=True)
+    assert request.state["trace"].trace_id == TRACE_ID  # its trace continued
+    unsampled = TraceContext.from_headers(CALLER[:-2] + b"00", lambda _: True)
     assert unsampled.sampled is False
 
 

@@ -23,7 +23,7 @@ from stockade.trust.wasmsig import (
     encode_section,
     split,
 )
-from tests.conftest import guest, stockade
+from tests.conftest import STOCKADE, guest, stockade
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -265,3 +265,18 @@ def test_an_output_is_written_through_no_planted_link(tmp_path: Path, command: s
                        str(guest("hello.wasm")))
     assert refused.returncode == 125 and b"not a regular file" in refused.stderr, refused.stderr
     assert (tmp_path / "link.wasm").is_symlink() and victim.read_text() == "precious\n"
+
+
+def test_a_signed_module_keeps_the_umask_and_an_existing_files_mode(tmp_path: Path) -> None:
+    """The replacing write set 0644 whatever the umask (the fix's review)."""
+    assert stockade("keygen", str(tmp_path / "k")).returncode == 0
+    out = tmp_path / "s.wasm"
+    command = [*STOCKADE, "sign", "--key", str(tmp_path / "k"), "-o", str(out),
+               str(guest("hello.wasm"))]
+    done = subprocess.run(command, capture_output=True, check=False,
+                          preexec_fn=lambda: os.umask(0o077))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    out.chmod(0o640)
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640

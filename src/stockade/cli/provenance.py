@@ -77,7 +77,7 @@ def _write(path: Path, data: bytes) -> None:
     from ..regularfile import replace_file
 
     try:
-        replace_file(path, data, 0o644)  # a module others may read, as `cp` would leave it
+        replace_file(path, data, None)  # the user's file: its mode, or the umask's
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
 

@@ -5,12 +5,12 @@ ignored, as the W3C spec says, and a new trace starts). `Tracer` keeps the conte
 `request.state["trace"]` for the invocation span and hands the finished server span to a
 `SpanRecorder` (the telemetry pipeline), never raising into a request.
 
-Sampling is decided once, at the head: the flag of a caller among `[server]
-trusted_proxies` is followed; any other caller's trace is continued but sampled here by
-the recorder's ratio, on ids of the gateway's own drawing (a client that set the flag,
-or chose trace ids the ratio keeps, had every request recorded: the file sink's history
-of violations was rotated away by a flood of its spans). A trace that starts here is
-sampled by the recorder's ratio. The invocation span inherits the
+Sampling is decided once, at the head. A caller among `[server] trusted_proxies` is
+continued, its sampled flag followed; any other caller's trace context is ignored and a
+trace starts here (a client that set the flag, or chose trace ids the ratio keeps, had
+every request recorded: the file sink's history of violations was rotated away by a
+flood of its spans; continuing its trace id let a `traceidratio` sampler keep it). A
+trace that starts here is sampled by the recorder's ratio. The invocation span inherits the
 decision as its parent (`as_parent`), so a trace is kept or dropped whole, and an
 unsampled request builds no span at all.
 """
@@ -47,24 +47,20 @@ class TraceContext(NamedTuple):
 
     @classmethod
     def from_headers(cls, traceparent: bytes | None,
-                     sample: Callable[[int], bool] | None = None,
-                     follow: bool = True) -> TraceContext:
-        """Continue the caller's trace, or start one, sampled when `sample(trace_id)`
-        says so (None: undecided, left to whoever records the spans). `follow`: the
-        caller's sampled flag decides; else `sample` does, on an id drawn here."""
+                     sample: Callable[[int], bool] | None = None) -> TraceContext:
+        """Continue the caller's trace (a trusted one's: see the module docstring), or
+        start one, sampled when `sample(trace_id)` says so (None: undecided, left to
+        whoever records the spans)."""
         bits = random.getrandbits(192)  # a span id, and a trace id should one start here
         span_id = bits & _SPAN_MASK or 1
-        drawn = bits >> 64 or 1
-        sampled = None if sample is None else sample(drawn)
         if traceparent:
             match = _TRACEPARENT.match(traceparent.strip().lower())
             if match and match.group(1) != b"ff":
                 trace_id, parent_id = int(match.group(2), 16), int(match.group(3), 16)
                 if trace_id and parent_id:
-                    if follow:
-                        sampled = bool(int(match.group(4), 16) & 1)
-                    return cls(trace_id, parent_id, span_id, sampled)
-        return cls(drawn, 0, span_id, sampled)
+                    return cls(trace_id, parent_id, span_id, bool(int(match.group(4), 16) & 1))
+        trace_id = bits >> 64 or 1
+        return cls(trace_id, 0, span_id, None if sample is None else sample(trace_id))
 
     def as_parent(self) -> ParentContext:
         """This server span as the parent of the invocation it runs (sampled unless the
@@ -102,7 +98,7 @@ class Tracer:
     def __init__(self, recorder: SpanRecorder, proxies: TrustedProxies | None = None) -> None:
         self.recorder = recorder
         self._sample = recorder.samples
-        self._proxies = proxies  # callers whose sampled flag is followed
+        self._proxies = proxies  # callers whose trace context is continued
 
     def begin(self, request: Request) -> int:
         """Keep the request's trace context in `request.state["trace"]`; the span's start
@@ -110,9 +106,10 @@ class Tracer:
         no record)."""
         traceparent = header(request.headers, b"traceparent")
         proxies = self._proxies
-        follow = traceparent is not None and proxies is not None \
-            and request.client is not None and proxies.trusts(request.client[0])
-        context = TraceContext.from_headers(traceparent, self._sample, follow)
+        if traceparent is not None and (proxies is None or request.client is None
+                                        or not proxies.trusts(request.client[0])):
+            traceparent = None  # a client's: not believed (see the module docstring)
+        context = TraceContext.from_headers(traceparent, self._sample)
         request.state["trace"] = context
         return 0 if context.sampled is False else time.time_ns()
 
