@@ -140,6 +140,46 @@ def stockade(*args: str, stdin: bytes | None = None, timeout: float = 120) -> (
     )
 
 
+def refused(proc: subprocess.CompletedProcess[bytes], *words: str) -> str:
+    """The one line a command refused with (exit 125, no traceback), holding `words`."""
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 125, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+    for word in words:
+        assert word in err, err
+    return err
+
+
+# Runs its arguments under the rlimits given as its first argument ("AS CPU", 0: none) and
+# prints their exit status and peak RSS (KiB) on a first line, then their output.
+_MEASURE = """
+import resource, subprocess, sys
+space, cpu = map(int, sys.argv[1].split())
+if space:
+    resource.setrlimit(resource.RLIMIT_AS, (space, space))
+if cpu:
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+done = subprocess.run(sys.argv[2:], stdin=subprocess.DEVNULL, capture_output=True)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stdout.buffer.write(b"%d %d\\n" % (done.returncode, usage.ru_maxrss) + done.stdout)
+sys.stderr.buffer.write(done.stderr)
+"""
+
+
+def stockade_measured(*args: str, address_space: int = 0, cpu_seconds: int = 0,
+                      timeout: float = 120) -> tuple[int, bytes, bytes, int]:
+    """`stockade ARGS` as (exit status, stdout, stderr, peak RSS in bytes), under the
+    given address-space and CPU limits. Through a small launcher: a process forked from
+    this one (hundreds of MB by the end of a run) counts this one's pages in its peak,
+    exec or not."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, f"{address_space} {cpu_seconds}",
+                           *STOCKADE, *args], capture_output=True, timeout=timeout,
+                          check=False)
+    status, out = done.stdout.split(b"\n", 1)
+    returncode, peak_kib = map(int, status.split())
+    return returncode, out, done.stderr, peak_kib * 1024
+
+
 @pytest.fixture
 def tmpdir_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A TMPDIR of this test's own, where its runs make their scratch directories and

@@ -8,11 +8,7 @@ instead of eating the host) and its peak RSS is read from `wait4`.
 
 from __future__ import annotations
 
-import os
 import re
-import resource
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +19,7 @@ from stockade.binary import MalformedModule
 from stockade.binary import encode_leb as leb
 from stockade.inspect.report import Inspection, inspect_module
 from stockade.policy import load_policy
-from tests.conftest import STOCKADE, guest, stockade
+from tests.conftest import guest, stockade, stockade_measured
 
 MiB = 1 << 20
 PEAK = 200 * MiB  # a stockade process inspecting a few MiB needs ~60 MB
@@ -47,22 +43,11 @@ def _module(*sections: bytes) -> bytes:
     return wasm.MAGIC + b"".join(sections)
 
 
-def _limited() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-    resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
-
-
 def _run(*args: str) -> tuple[int, str, str, int]:
-    """`stockade ARGS` under `_limited`: (exit status, stdout, stderr, peak RSS bytes)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen([*STOCKADE, *args], stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=err, preexec_fn=_limited)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return (child.returncode, out.read().decode(errors="replace"),
-                err.read().decode(errors="replace"), usage.ru_maxrss * 1024)
+    """`stockade ARGS` within 2 GiB of address space and 60 s of CPU: (exit status,
+    stdout, stderr, peak RSS bytes)."""
+    status, out, err, peak = stockade_measured(*args, address_space=2 << 30, cpu_seconds=60)
+    return status, out.decode(errors="replace"), err.decode(errors="replace"), peak
 
 
 # -- 1. the custom-page-size bomb -------------------------------------------------------
