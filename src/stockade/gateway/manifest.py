@@ -42,8 +42,16 @@ from typing import Any
 
 from ..errors import PolicyError, StockadeError
 from ..isolate.factory import ISOLATION_MODES, default_isolation
-from ..policy import Capabilities, DirGrant, Policy, Trust, apply_limit, format_size
-from ..policy.loader import named_profile, read_toml, trust_from_mapping
+from ..policy import Capabilities, Policy, Trust, apply_limit, format_size, parse_duration
+from ..policy.loader import (
+    dir_grants,
+    env_names,
+    env_pairs,
+    named_profile,
+    read_toml,
+    trust_from_mapping,
+)
+from ..policy.units import shown
 from ..state.settings import StateSettings, parse_state
 from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
@@ -200,7 +208,12 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
     module = table.get("module")
     if not isinstance(module, str) or not module:
         raise PolicyError(f"{source}: {where}.module: required, a path to a .wasm/.cwasm file")
+    if "\0" in module:  # else a ValueError traceback when serve starts
+        raise PolicyError(f"{source}: {where}.module: the path contains a NUL character")
     tenant = table.get("tenant", DEFAULT_TENANT)
+    if not isinstance(tenant, str):
+        raise PolicyError(f"{source}: {where}.tenant: expected a tenant's name, not "
+                          f"{shown(tenant)}")
     if tenant not in tenants:
         raise PolicyError(f"{source}: {where}.tenant: {tenant!r} has no [tenant.{tenant}] table")
     max_response = size_or_none(table.get("max_response"), source, f"{where}.max_response") \
@@ -209,7 +222,7 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         raise PolicyError(f"{source}: {where}.max_response: {format_size(max_response)} is "
                           f"more than a worker holds of unsent answers "
                           f"({format_size(server.response_buffer)}: server.response_buffer)")
-    policy = _policy(table, source, where, base)
+    policy = _policy(table, source, where, base, server.request_timeout)
     # The server's request timeout caps every function's. The output cap is the response
     # limit plus room for CGI headers (a flood stops there), or less if set explicitly.
     timeout = policy.limits.timeout
@@ -277,39 +290,43 @@ def _cordon(value: Any, source: str, where: str) -> str:
     return value
 
 
-def _policy(table: Mapping[str, Any], source: str, where: str, base: Path) -> Policy:
+def _policy(table: Mapping[str, Any], source: str, where: str, base: Path,
+            request_timeout: float) -> Policy:
     policy = named_profile(table.get("profile", "strict"), f"{source}: {where}.profile")
     for key, value in _table(table.get("limits", {}), source, f"{where}.limits").items():
+        if key == "timeout" and _longer(value, request_timeout):
+            # Capped by request_timeout in any case (`_function`), so a timeout past the
+            # policy's ceiling is capped too, not refused.
+            value = request_timeout
         policy = apply_limit(policy, key, value, f"{source}: {where}.limits.{key}")
-    env = _table(table.get("env", {}), source, f"{where}.env")
-    if not all(isinstance(v, str) for v in env.values()):
-        raise PolicyError(f"{source}: {where}.env: values must be strings")
-    allow = table.get("env_allow", [])
-    if not isinstance(allow, list) or not all(isinstance(v, str) for v in allow):
-        raise PolicyError(f"{source}: {where}.env_allow: expected a list of names")
-    raw_dirs = table.get("dirs", [])
-    if not isinstance(raw_dirs, list):
-        raise PolicyError(f"{source}: {where}.dirs: expected a list of 'HOST[:GUEST][:ro|:rw]'")
-    dirs = []
-    for position, spec in enumerate(raw_dirs):
-        try:
-            grant = DirGrant.parse(spec if isinstance(spec, str) else "")
-        except ValueError as exc:
-            raise PolicyError(f"{source}: {where}.dirs[{position}]: {exc}") from None
-        if not grant.host.is_absolute():
-            grant = DirGrant(base / grant.host, grant.guest, grant.writable)
-        dirs.append(grant)
+    # The policy loader's checks: a NUL or `=` in a variable, a NUL in a path made every
+    # request fail (400 blaming the client, or 500) instead of the manifest.
+    env = env_pairs(table.get("env", {}), f"{source}: {where}.env")
+    allow = env_names(table.get("env_allow", []), f"{source}: {where}.env_allow")
+    dirs = dir_grants(table.get("dirs", []), f"{source}: {where}.dirs", base)
     precompiled = table.get("allow_precompiled", False)
     if not isinstance(precompiled, bool):
         raise PolicyError(f"{source}: {where}.allow_precompiled: expected true or false")
-    caps = Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow),
-                        allow_precompiled=precompiled)
+    caps = Capabilities(dirs=dirs, env=env, env_allow=allow, allow_precompiled=precompiled)
     return Policy(limits=policy.limits, capabilities=caps, profile=policy.profile)
 
 
+def _longer(value: Any, seconds: float) -> bool:
+    """True when `value` is a duration longer than `seconds` (False for anything else,
+    which the policy's parser then judges)."""
+    try:
+        return not isinstance(value, bool) and parse_duration(value) > seconds
+    except (ValueError, TypeError):
+        return False
+
+
 def _route(value: Any, source: str, where: str) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in "?#"):
-        raise PolicyError(f"{source}: {where}.route: required, a path prefix like '/hello'")
+    # No request line carries a control character or a blank: such a route was accepted
+    # and could never be reached.
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in "?#") \
+            or not value.isprintable() or any(c.isspace() for c in value):
+        raise PolicyError(f"{source}: {where}.route: required, a path prefix like '/hello' "
+                          "(no blanks or control characters)")
     route = "/" + value.strip("/") if value != "/" else "/"
     for reserved in RESERVED_PATHS:
         if route == reserved or route.startswith(reserved + "/"):

@@ -6,12 +6,15 @@ names the file and the key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..errors import PolicyError
 from ..policy import parse_duration, parse_size
+from ..policy.units import shown
+from ..policy.values import MAX_TIMEOUT
 from ..state.quota import Quota
 from .forwarded import parse_networks
 from .headers import WITHHELD
@@ -134,10 +137,24 @@ def _text(value: Any) -> str:
     return value
 
 
+# A host name or an address (`::1`, `fe80::1%eth0`): a NUL or a blank reached bind()
+# as a start-up traceback.
+_HOST = re.compile(r"[A-Za-z0-9._:%-]{1,253}")
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not _HOST.fullmatch(value):
+        raise ValueError(f"expected a host name or an IP address, not {shown(value)}")
+    return value
+
+
 def _seconds(value: Any) -> float:
+    # Bounded as a policy's timeout: request_timeout becomes functions' timeouts, and
+    # a wait of weeks overflows poll()'s milliseconds.
     seconds = parse_duration(value)
-    if not seconds > 0:
-        raise ValueError(f"expected a positive duration like '10s', not {value!r}")
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise ValueError(f"expected a positive duration like '10s', at most "
+                         f"{MAX_TIMEOUT:.0f}s, not {shown(value)}")
     return seconds
 
 
@@ -186,10 +203,10 @@ def _flag(value: Any) -> bool:
 
 
 _SERVER_PARSERS: dict[str, Any] = {
-    "host": _text, "port": _int(0, 65535), "workers": _int(1, 64), "threads": _int(1, 256),
+    "host": _host, "port": _int(0, 65535), "workers": _int(1, 64), "threads": _int(1, 256),
     "max_queue": _int(0, 100_000), "max_body": parse_size, "max_response": parse_size,
     "body_buffer": _bytes, "body_buffer_per_client": _bytes, "response_buffer": _bytes,
-    "request_timeout": parse_duration, "drain_timeout": parse_duration,
+    "request_timeout": _seconds, "drain_timeout": _seconds,
     "drain_grace": _grace,
     "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
     "inline": _flag, "breakers": _flag, "breaker_clients": _flag, "breaker_traps": _flag,

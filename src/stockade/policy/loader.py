@@ -13,12 +13,14 @@ from typing import Any
 
 from ..envblock import variable_problem
 from ..errors import PolicyError
-from .model import Capabilities, DirGrant, Policy, Trust
+from .model import Capabilities, DirGrant, Policy, Trust, scratch_problem
 from .profiles import profile
+from .tomlfile import read_toml
+from .units import shown
 from .values import LIMIT_PARSERS, suggest
 
 __all__ = ["load_policy", "policy_from_mapping", "apply_limit", "named_profile", "read_toml",
-           "trust_from_mapping", "LIMIT_PARSERS"]
+           "trust_from_mapping", "LIMIT_PARSERS", "dir_grants", "env_pairs", "env_names"]
 
 def apply_limit(policy: Policy, key: str, value: Any, label: str) -> Policy:
     """Return `policy` with limit `key` parsed from `value`; errors start with `label`
@@ -37,51 +39,82 @@ def apply_limit(policy: Policy, key: str, value: Any, label: str) -> Policy:
 def _dir_grant(item: Any, where: str) -> DirGrant:
     if isinstance(item, str):
         try:
-            return DirGrant.parse(item)
+            grant = DirGrant.parse(item)
         except ValueError as exc:
             raise PolicyError(f"{where}: {exc}") from None
-    if isinstance(item, Mapping) and isinstance(item.get("host"), str):
+    elif isinstance(item, Mapping) and isinstance(item.get("host"), str):
         mode = item.get("mode", "ro")
         if mode not in ("ro", "rw"):
-            raise PolicyError(f"{where}.mode: must be 'ro' or 'rw', not {mode!r}")
+            raise PolicyError(f"{where}.mode: must be 'ro' or 'rw', not {shown(mode)}")
         guest = item.get("guest", item["host"])
-        return DirGrant(host=Path(item["host"]), guest=str(guest), writable=mode == "rw")
-    raise PolicyError(f"{where}: expected 'HOST[:GUEST][:ro|:rw]' or {{host=..., mode=...}}")
+        if not isinstance(guest, str):
+            raise PolicyError(f"{where}.guest: expected a guest path, not {shown(guest)}")
+        grant = DirGrant(host=Path(item["host"]), guest=guest, writable=mode == "rw")
+    else:
+        raise PolicyError(f"{where}: expected 'HOST[:GUEST][:ro|:rw]' or "
+                          "{host=..., mode=...}")
+    # A NUL reached the first run as a ValueError traceback (gateway: every request's 500).
+    if "\0" in str(grant.host) or "\0" in grant.guest:
+        raise PolicyError(f"{where}: a path contains a NUL character")
+    return grant
+
+
+def dir_grants(raw: Any, where: str, base: Path) -> tuple[DirGrant, ...]:
+    """The directory grants listed at `where` (`HOST[:GUEST][:ro|:rw]` strings or
+    `{host, guest, mode}` tables); relative host paths resolve against `base`. Raises
+    PolicyError naming the entry."""
+    if not isinstance(raw, list):
+        raise PolicyError(f"{where}: expected a list of 'HOST[:GUEST][:ro|:rw]'")
+    grants = []
+    for index, item in enumerate(raw):
+        grant = _dir_grant(item, f"{where}[{index}]")
+        if not grant.host.is_absolute():
+            grant = replace(grant, host=base / grant.host)
+        grants.append(grant)
+    return tuple(grants)
+
+
+def env_pairs(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """The variables of the table at `where`, each one an environment can hold
+    (`variable_problem`). Raises PolicyError naming the variable."""
+    if not isinstance(raw, Mapping):
+        raise PolicyError(f"{where}: expected a table of strings")
+    for name, value in raw.items():
+        problem = variable_problem(name, value)
+        if problem is not None:
+            raise PolicyError(f"{where}: {shown(name)}: {problem}")
+    return tuple(raw.items())
+
+
+def env_names(raw: Any, where: str) -> tuple[str, ...]:
+    """The host variable names listed at `where`: each one a variable could have."""
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise PolicyError(f"{where}: expected a list of names")
+    for name in raw:
+        if variable_problem(name, "") is not None:
+            raise PolicyError(f"{where}: {shown(name)}: not a variable name (empty, or has "
+                              "'=' or NUL)")
+    return tuple(raw)
 
 
 def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabilities:
     known = {"dirs", "env", "env_allow", "scratch", "allow_precompiled"}
     for key in table:
         if key not in known:
-            raise PolicyError(f"{source}: unknown key capabilities.{key}{suggest(key, known)} "
-                              f"(known: {', '.join(sorted(known))})")
-    dirs = []
-    raw_dirs = table.get("dirs", [])
-    if not isinstance(raw_dirs, list):
-        raise PolicyError(f"{source}: capabilities.dirs: expected a list")
-    for index, item in enumerate(raw_dirs):
-        grant = _dir_grant(item, f"{source}: capabilities.dirs[{index}]")
-        if not grant.host.is_absolute():
-            grant = replace(grant, host=base / grant.host)
-        dirs.append(grant)
-    env = table.get("env", {})
-    if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
-        raise PolicyError(f"{source}: capabilities.env: expected a table of strings")
-    for name, value in env.items():
-        problem = variable_problem(name, value)
-        if problem is not None:
-            raise PolicyError(f"{source}: capabilities.env: {name!r}: {problem}")
-    allow = table.get("env_allow", [])
-    if not isinstance(allow, list) or not all(isinstance(v, str) for v in allow):
-        raise PolicyError(f"{source}: capabilities.env_allow: expected a list of names")
+            raise PolicyError(f"{source}: unknown key capabilities.{key}"
+                              f"{suggest(key, known)} (known: {', '.join(sorted(known))})")
+    dirs = dir_grants(table.get("dirs", []), f"{source}: capabilities.dirs", base)
+    env = env_pairs(table.get("env", {}), f"{source}: capabilities.env")
+    allow = env_names(table.get("env_allow", []), f"{source}: capabilities.env_allow")
     scratch = table.get("scratch")
-    if scratch is not None and not (isinstance(scratch, str) and scratch.startswith("/")):
-        raise PolicyError(f"{source}: capabilities.scratch: expected an absolute guest path")
+    problem = scratch_problem(scratch)
+    if problem is not None:
+        raise PolicyError(f"{source}: capabilities.scratch: {problem}")
     precompiled = table.get("allow_precompiled", False)
     if not isinstance(precompiled, bool):
         raise PolicyError(f"{source}: capabilities.allow_precompiled: expected true or false")
-    return Capabilities(dirs=tuple(dirs), env=tuple(env.items()), env_allow=tuple(allow),
-                        scratch=scratch, allow_precompiled=precompiled)
+    return Capabilities(dirs=dirs, env=env, env_allow=allow, scratch=scratch,
+                        allow_precompiled=precompiled)
 
 
 def trust_from_mapping(table: Any, where: str, base: Path) -> Trust:
@@ -149,18 +182,3 @@ def load_policy(path: str | Path, profile_name: str | None = None) -> Policy:
     path = Path(path)
     data = read_toml(path, "policy file")
     return policy_from_mapping(data, str(path), path.parent.resolve(), profile_name)
-
-
-def read_toml(path: Path, kind: str, hint: str = "") -> dict[str, Any]:
-    """The TOML document at `path` (a `kind` such as "policy file"). Raises PolicyError
-    naming the file for a missing (with `hint`), unreadable or invalid one."""
-    import tomllib  # only files need it: keeps `stockade run` start-up lean
-
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: {kind} not found{hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}: cannot read {kind}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: invalid TOML: {exc}") from None

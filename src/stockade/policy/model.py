@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from ..records import FrozenRecord, record
 
-__all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode"]
+__all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode",
+           "scratch_problem"]
 
 SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
 
@@ -190,6 +191,16 @@ class DirGrant(FrozenRecord):
         return f"{self.shown}:{self.guest}:{'rw' if self.writable else 'ro'}"
 
 
+def scratch_problem(scratch: object) -> str | None:
+    """Why `scratch` cannot be a scratch directory's guest path, or None: the one rule
+    for `capabilities.scratch` and `--scratch` (the flag once took a relative path)."""
+    if scratch is None:
+        return None
+    if not isinstance(scratch, str) or not scratch.startswith("/") or "\0" in scratch:
+        return "expected an absolute guest path such as /scratch"
+    return None
+
+
 @record(frozen=True, init=False, repr=False, eq=False)
 class Capabilities(FrozenRecord):
     """What the guest may touch: preopened directories and environment variables.
@@ -210,6 +221,13 @@ class Capabilities(FrozenRecord):
     def __init__(self, dirs: tuple[DirGrant, ...] = (), env: tuple[tuple[str, str], ...] = (),
                  env_allow: tuple[str, ...] = (), scratch: str | None = None,
                  keep_scratch: bool = False, allow_precompiled: bool = False) -> None:
+        problem = scratch_problem(scratch)
+        if problem is not None:
+            from ..errors import PolicyError
+            from .units import shown
+
+            raise PolicyError(f"scratch (--scratch, capabilities.scratch): {problem}, "
+                              f"not {shown(scratch)}")
         put = object.__setattr__
         put(self, "dirs", dirs)
         put(self, "env", env)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["parse_size", "parse_duration", "format_size", "format_duration"]
+__all__ = ["parse_size", "parse_duration", "format_size", "format_duration", "shown"]
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# No size past what a C int64 (off_t, ssize_t, the C API's) holds; limits bound tighter.
+_MAX_BYTES = (1 << 63) - 1
+
+# Matched whole against stripped text: blanks on both sides of an optional unit made
+# the match backtrack quadratically (a megabyte of blanks took hours).
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)")
 _SIZE_UNITS = {
     "": 1, "b": 1,
     "k": 1024, "kb": 1000, "kib": 1024,
@@ -15,7 +20,7 @@ _SIZE_UNITS = {
     "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
     "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)\s*$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0}
 
 
@@ -26,13 +31,22 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"not a size: {value!r}")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"size must not be negative: {value}")
-        return value
-    match = _SIZE.match(str(value))
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _SIZE_UNITS:
-        raise ValueError(f"not a size: {value!r} (use e.g. 64KiB, 16MiB, 1GiB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+            raise ValueError(f"size must not be negative: {shown(value)}")
+        size = value
+    else:
+        match = _SIZE.fullmatch(str(value).strip())
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _SIZE_UNITS:
+            raise ValueError(f"not a size: {shown(value)} (use e.g. 64KiB, 16MiB, 1GiB)")
+        # Exact integers: float() made 310 digits inf (OverflowError in int()).
+        whole, _, fraction = match.group(1).partition(".")
+        if len(whole.lstrip("0")) > 24:
+            raise ValueError(f"size too large: {shown(value)} (at most 2**63-1 bytes)")
+        fraction = fraction[:24]  # finer than a byte in any unit
+        size = int(whole + fraction) * _SIZE_UNITS[unit] // 10 ** len(fraction)
+    if size > _MAX_BYTES:
+        raise ValueError(f"size too large: {shown(value)} (at most 2**63-1 bytes)")
+    return size
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -43,14 +57,26 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
+        match = _DURATION.fullmatch(str(value).strip())
         unit = match.group(2).lower() if match else ""
         if not match or unit not in _DURATION_UNITS:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 2s, 1m)")
+            raise ValueError(f"not a duration: {shown(value)} (use e.g. 500ms, 2s, 1m)")
         seconds = float(match.group(1)) * _DURATION_UNITS[unit]
-    if seconds <= 0 or not math.isfinite(seconds):
-        raise ValueError(f"duration must be positive: {value!r}")
+    if math.isnan(seconds):
+        raise ValueError(f"not a duration: {shown(value)}")
+    if math.isinf(seconds):
+        raise ValueError(f"duration too long: {shown(value)}")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {shown(value)}")
     return seconds
+
+
+def shown(value: object, width: int = 40) -> str:
+    """`repr(value)`, cut to about `width` characters: errors quote what they refuse, and
+    a hostile value may be a megabyte long."""
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 128 \
+        else f"a {len(str(value))}-digit number"
+    return text if len(text) <= width else f"{text[:width - 3]}..."
 
 
 def format_size(size: int) -> str:
