@@ -95,3 +95,35 @@ def test_an_idle_worker_writes_what_it_holds(tmp_path: Path, shared_cache: Path)
             time.sleep(0.2)
     finally:
         gateway.stop()  # written before: no flush at exit was needed
+
+
+def test_a_held_telemetry_file_does_not_stop_the_worker(tmp_path: Path,
+                                                        shared_cache: Path) -> None:
+    """The idle flush ran on the event loop: a process holding the telemetry file's lock
+    stopped every request of the worker (the fix's review)."""
+    import fcntl
+    import time
+
+    import httpx
+
+    from .conftest import Gateway, gateway_env
+
+    (tmp_path / "stockade.toml").write_text(MANIFEST)
+    env = gateway_env(shared_cache, tmp_path / "state")
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = "1000"
+    gateway = Gateway(tmp_path / "stockade.toml", env, ())
+    try:
+        assert gateway.client.get("/hello").status_code == 200
+        written = tmp_path / "state" / "telemetry.jsonl"
+        written.parent.mkdir(parents=True, exist_ok=True)
+        with written.open("ab") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            assert gateway.client.get("/hello").status_code == 200  # records to flush
+            time.sleep(2.5)  # past the interval: the tick is waiting for the lock
+            try:
+                answered = gateway.client.get("/healthz", timeout=5.0).status_code
+            except httpx.TimeoutException:
+                answered = 0
+        assert answered == 200, "the worker stopped while the telemetry file was locked"
+    finally:
+        gateway.stop()

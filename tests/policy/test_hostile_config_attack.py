@@ -238,3 +238,27 @@ def test_relative_scratch_flag_is_refused_like_the_key(tmp_path: Path) -> None:
             "scratch", "absolute")
     with pytest.raises(PolicyError, match="capabilities.scratch"):
         load_policy(write(tmp_path, "[capabilities]\nscratch = 'relative'\n"))
+
+
+# Found by the fix's review: within the scan's bounds, but tracebacks all the same.
+_DEEP_DOTTED = ("{" + ".".join(["a"] * 31) + "=") * 60 + "1" + "}" * 60  # 1,860 dicts deep
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("sync", _DEEP_DOTTED),  # its error message's repr() recursed past the limit
+    ("fuel", "9" * 5000),  # tomllib's own ValueError: more than 4,300 digits
+    ("timeout", "9" * 400),  # float() of it raised OverflowError
+], ids=["deep-dotted", "5000-digits", "400-digit-timeout"])
+def test_values_within_the_scan_are_still_one_line(tmp_path: Path, key: str,
+                                                   value: str) -> None:
+    path = write(tmp_path, f"[limits]\n{key} = {value}\n")
+    refused(stockade("run", "--policy", str(path), str(guest("hello.wasm")), timeout=60),
+            str(path))
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(f'[server]\nrequest_timeout = {value}\n[[function]]\nname = "f"\n'
+                        f'route = "/f"\nmodule = "{guest("hello.wasm")}"\n'
+                        if key == "timeout" else
+                        f'[[function]]\nname = "f"\nroute = "/f"\n'
+                        f'module = "{guest("hello.wasm")}"\ntenant = {value}\n')
+    refused(stockade("check", "--no-host", "--manifest", str(manifest), timeout=60),
+            str(manifest))

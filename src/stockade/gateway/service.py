@@ -160,12 +160,15 @@ class GatewayService:
         """Each second: the metrics snapshot, and what the telemetry file holds once its
         interval passed (written only when a request came after it: an idle worker kept
         a burst's records, lost when it was killed)."""
+        flushing: asyncio.Future[None] | None = None
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
             if self.store is not None:
                 self.store.write(self.metrics)
-            if self.telemetry is not None:
-                self.telemetry.flush_idle()
+            # Off the loop (a file lock held elsewhere, a slow disk), one at a time.
+            if self.telemetry is not None and (flushing is None or flushing.done()):
+                flushing = asyncio.get_running_loop().run_in_executor(
+                    None, self.telemetry.flush_idle)
 
     # -- the gateway's own endpoints ---------------------------------------------------
 

@@ -118,7 +118,7 @@ class ServerSettings:
 def _int(lo: int, hi: int) -> Any:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"expected an integer from {lo} to {hi}, not {value!r}")
+            raise ValueError(f"expected an integer from {lo} to {hi}, not {shown(value)}")
         return int(value)
     return parse
 

@@ -70,11 +70,33 @@ def read_toml(path: Path, kind: str, hint: str = "") -> dict[str, Any]:
     if problem is not None:
         raise PolicyError(f"{path}: {kind} refused: {problem}")
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        document = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: ints of 4,300 digits
         raise PolicyError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:  # the scan bounds nesting; this is the backstop
         raise PolicyError(f"{path}: {kind} refused: nested too deeply") from None
+    if _depth(document) > MAX_NESTING:
+        # Dotted keys inside inline tables nest without brackets: 60 levels of 31 parts
+        # were 1,860 dicts deep, and every repr() of the value recursed past its limit.
+        raise PolicyError(f"{path}: {kind} refused: tables nested more than {MAX_NESTING} "
+                          "deep")
+    return document
+
+
+def _depth(document: dict[str, Any]) -> int:
+    """How deep tables and arrays nest in `document` (walked without recursion)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            break
+        children = node.values() if isinstance(node, dict) else node \
+            if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return deepest
 
 
 def _shape_problem(text: str) -> str | None:

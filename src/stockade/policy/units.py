@@ -55,7 +55,10 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int of 400 digits
+            raise ValueError(f"duration too long: {shown(value)}") from None
     else:
         match = _DURATION.fullmatch(str(value).strip())
         unit = match.group(2).lower() if match else ""
@@ -74,8 +77,11 @@ def parse_duration(value: str | int | float) -> float:
 def shown(value: object, width: int = 40) -> str:
     """`repr(value)`, cut to about `width` characters: errors quote what they refuse, and
     a hostile value may be a megabyte long."""
-    text = repr(value) if not isinstance(value, int) or value.bit_length() < 128 \
-        else f"a {len(str(value))}-digit number"
+    if isinstance(value, int) and value.bit_length() >= 128:  # str() of 4,300 digits raises
+        return f"a number of {value.bit_length()} bits"
+    if isinstance(value, dict | list | tuple):  # nested deep, repr() recursed past its limit
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
     return text if len(text) <= width else f"{text[:width - 3]}..."
 
 
