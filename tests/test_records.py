@@ -54,6 +54,8 @@ OTHER: dict[str, Any] = {
     "args": ("x",), "stdin": b"in", "env": (("K", "V"),), "name": "n", "tenant": "t",
     "invocation_id": "0" * 32, "traceparent": "tp", "breaker": "b", "fuel": 5,
     "timeout": 2.0, "hostcall_caps": (("random_get", 3),), "sync": "allow", "max_stack": 512 * 1024,
+    # Within their ceilings (a module declares at most 100 of each): not doubled past them.
+    "max_tables": 99, "max_instances": 99, "max_memories": 3,
     "writable": True, "dirs": (DirGrant(Path("/a"), "/a"),), "env_allow": ("HOME",),
     "scratch": "/s", "keep_scratch": True, "allow_precompiled": True, "wasm_gc": True, "gc": True,
     "require_signature": True, "keys": (Path("k.pub"),), "require_image_signature": True,

@@ -215,8 +215,9 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
         raise PolicyError(f"{source}: {where}.tenant: expected a tenant's name, not "
                           f"{shown(tenant)}")
     if tenant not in tenants:
-        raise PolicyError(f"{source}: {where}.tenant: {shown(tenant)} has no [tenant.NAME] "
-                          "table of that name")
+        table_name = tenant if shown(tenant) == repr(tenant) else "NAME"  # a short one
+        raise PolicyError(f"{source}: {where}.tenant: {shown(tenant)} has no "
+                          f"[tenant.{table_name}] table")
     max_response = size_or_none(table.get("max_response"), source, f"{where}.max_response") \
         or server.max_response
     if max_response > server.response_buffer:  # one answer would reset the others
