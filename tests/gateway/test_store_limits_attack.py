@@ -152,3 +152,21 @@ def test_a_function_the_gateway_cannot_load_is_one_line(tmp_path: Path, isolate:
     log = refused.stderr.decode()
     assert refused.returncode == 125 and "Traceback" not in log, log
     assert "function tables: tables.wat: " in log and "exceeds the per-instance limit" in log
+
+
+def test_limits_past_the_fast_pool_are_served_by_the_sandbox(tmp_path: Path) -> None:
+    """A function allowed more memory than the fast pool's slots stopped `serve` at start
+    ("FastEngine max_memory ... out of range") under the default executor (the second
+    fix review)."""
+    module = _tables_module(tmp_path / "big.wat", 1)
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(f'[[function]]\nname = "big"\nroute = "/big"\nmodule = "{module}"\n'
+                        f'isolate = "none"\n[function.limits]\nmax_memory = "5GiB"\n')
+    executors = Executors("auto", threads=1)
+    try:
+        function = executors.prepare(load_manifest(manifest).functions[0])
+        result = function.run(Invocation())  # type: ignore[attr-defined]
+    finally:
+        executors.close()
+    assert function.kind == "sandbox"
+    assert result.outcome is Outcome.EXITED and result.stdout.endswith(b"\n\ntables\n")

@@ -280,3 +280,15 @@ def test_a_signed_module_keeps_the_umask_and_an_existing_files_mode(tmp_path: Pa
     out.chmod(0o640)
     assert subprocess.run(command, capture_output=True, check=False).returncode == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+def test_sign_refuses_a_module_wasmtime_refuses(tmp_path: Path) -> None:
+    """`sign` signed structurally valid modules no engine loads, though its help says 126
+    for a malformed module (the CLI review)."""
+    assert stockade("keygen", str(tmp_path / "k")).returncode == 0
+    invalid = tmp_path / "invalid.wasm"
+    invalid.write_bytes(b"\0asm\x01\0\0\0" + bytes([3, 2, 1, 0]))  # a function, no type
+    done = stockade("sign", "--key", str(tmp_path / "k"), "-o", str(tmp_path / "s.wasm"),
+                    str(invalid))
+    assert done.returncode == 126 and b"wasmtime refuses it" in done.stderr, done.stderr
+    assert not (tmp_path / "s.wasm").exists()

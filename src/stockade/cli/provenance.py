@@ -51,12 +51,16 @@ def sign(key: Path, output: Path, no_key_id: bool, as_json: bool, module: str) -
     The signature is embedded as wasmsign2 embeds it (a `signature` custom section first),
     so wasmsign2 and `stockade verify` both check it. Exit 126 for a malformed module.
     """
+    from ..engine.validity import engine_verdict
     from ..errors import ModuleError, UsageError
     from ..trust import load_secret_key, sign_module
     from .inspect import read_module
 
     secret = load_secret_key(key)
     data, _ = read_module(module)
+    refused = engine_verdict(data).error  # signed, it would still never run
+    if refused is not None:
+        raise ModuleError(f"{module}: wasmtime refuses it: {refused}")
     try:
         signed = sign_module(data, secret, with_key_id=not no_key_id)
     except UsageError as exc:

@@ -123,10 +123,17 @@ class Executors:
             return DeniedFunction(spec, loaded.sha256, f"import {name} denied: {reason}",
                                   self.observers)
         fast = self._fast_executor()
+        verified = None if checked is None else checked.data
         if fast is None:
-            return self.sandbox.prepare(spec, loaded,
-                                        None if checked is None else checked.data)
-        return fast.prepare(spec, loaded)
+            return self.sandbox.prepare(spec, loaded, verified)
+        from .fastexec import LimitsTooLarge
+
+        try:
+            return fast.prepare(spec, loaded)
+        except LimitsTooLarge as exc:  # `serve` refused such a function at start
+            logger.warning("function %s: the fast path %s; served by the sandbox executor",
+                           spec.name, exc.message)
+            return self.sandbox.prepare(spec, loaded, verified)
 
     def _fast_executor(self) -> FastExecutor | None:
         if self._fast is None and not self._fast_failed:

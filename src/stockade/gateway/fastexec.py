@@ -204,6 +204,11 @@ class MeteredFunction(_FastBase):
         return result
 
 
+class LimitsTooLarge(ModuleError):
+    """No fast engine can be built for a function's limits (memory past the pool's 4 GiB
+    slots, tables past its elements): the sandbox executor serves it."""
+
+
 class _Pool(NamedTuple):
     """What a `FastEngine`'s pool is built for: its configuration and slot sizes."""
 
@@ -253,7 +258,7 @@ class FastExecutor:
                                         table_elements=pool.table_elements,
                                         max_tables=pool.tables)
                 except UsageError as exc:
-                    raise ModuleError(f"cannot hold its limits: {exc.message}") from None
+                    raise LimitsTooLarge(f"cannot hold its limits: {exc.message}") from None
                 self._engines[pool] = engine
             module = self._modules.get((pool, loaded.sha256))
             if module is None:
