@@ -35,14 +35,14 @@ def records_lost(place: str, exc: BaseException) -> None:
     """Records meant for `place` (the audit log, the telemetry file: a path) were lost to
     `exc` (a full disk lost the audit log's records without a word)."""
     cause = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
-    rare_warning(place, f"telemetry: could not write {place}: {cause} (records lost")
+    rare_warning(place, f"telemetry: could not write {place}: {cause}", "records lost")
 
 
-def rare_warning(key: str, text: str) -> None:
-    """Say `text` (an open parenthesis it closes, with the count left unsaid) at most once
-    per `LOST_INTERVAL` per `key`, on a logger outside ``stockade.telemetry``: with no
-    logging configured the line reaches stderr, and a gateway failing on every request
-    writes a line a minute."""
+def rare_warning(key: str, text: str, note: str) -> None:
+    """Say `text (note)` at most once per `LOST_INTERVAL` per `key`, the note telling how
+    many were left unsaid, on a logger outside ``stockade.telemetry``: with no logging
+    configured the line reaches stderr, and a gateway failing on every request writes a
+    line a minute."""
     import logging
     import time
 
@@ -53,4 +53,4 @@ def rare_warning(key: str, text: str) -> None:
         return
     _lost[key] = (now, 0)
     more = f"; {since} more times since the last such line" if since else ""
-    logging.getLogger("stockade.records").warning("%s%s)", text, more)
+    logging.getLogger("stockade.records").warning("%s (%s%s)", text, note, more)

@@ -200,7 +200,7 @@ class Telemetry:
         except Exception as exc:  # noqa: BLE001 - a broken breaker database must not stop runs
             logger().warning("circuit breaker unavailable; run allowed", exc_info=True)
             rare_warning("breaker", f"telemetry: circuit breaker unavailable, runs allowed: "
-                         f"{exc} (see `stockade breaker list`")
+                         f"{exc}", "see `stockade breaker list`")
             return Decision(True, "unknown")
         if not decision.allowed:
             from ..policy import Policy
