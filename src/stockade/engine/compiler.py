@@ -37,6 +37,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..allocator import arena_limit
 from ..compilecost import compile_deadline
 from ..errors import ModuleError, StockadeError
 from ..paths import import_path, module_command
@@ -169,10 +170,9 @@ def compile_in_child(settings: Settings, wasm: bytes, name: str, guard: CompileG
 
 
 def _environment() -> dict[str, str]:
-    """The child's: this process's, importing Stockade from where this process did."""
-    # Each malloc arena reserves 64 MiB of address space, which RLIMIT_AS counts.
-    return {**os.environ, "PYTHONPATH": import_path(),
-            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+    """The child's: this process's, importing Stockade from where this process did, with
+    few malloc arenas (its RLIMIT_AS counts their reservations)."""
+    return {**os.environ, "PYTHONPATH": import_path(), **arena_limit()}
 
 
 def _refusal(status: int, stderr: str, name: str, guard: CompileGuard | None) -> ModuleError:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..allocator import run_tunables
 from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
 from ..paths import import_path, module_command
 from ..replica import REPLICA_ENV, replica_id
@@ -111,7 +112,9 @@ class Supervisor:
     def _spawn(self, index: int) -> int:
         read, write = os.pipe()
         # Every worker of this server reports one replica (`service.instance.id`).
-        env = {**os.environ, REPLICA_ENV: replica_id(), "PYTHONPATH": import_path()}
+        # Functions run in the worker (unless isolated): the allocator sized for runs.
+        env = {**os.environ, REPLICA_ENV: replica_id(), "PYTHONPATH": import_path(),
+               **run_tunables()}
         # Never importing from the working directory (-P): whoever can write there
         # would run code in every worker.
         command = [*module_command("stockade.gateway.worker"),

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from ..allocator import arena_limit, run_tunables
 from ..engine.cache import AotCache
 from ..engine.seal import scoped_key
 from ..errors import WorkerError
@@ -67,8 +68,9 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     # Stockade must import from where this process imported it, never from the cwd (-P).
     env["PYTHONPATH"] = import_path()
-    # Fewer malloc arenas: each reserves 64 MiB of address space, which RLIMIT_AS counts.
-    env["MALLOC_ARENA_MAX"] = os.environ.get("MALLOC_ARENA_MAX", "2")
+    # Few malloc arenas (RLIMIT_AS counts their reservations), a cache sized for runs.
+    env.update(arena_limit())
+    env.update(run_tunables())
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker
     if plan.cache is not None:
         env["STOCKADE_CACHE_DIR"] = str(plan.cache)
