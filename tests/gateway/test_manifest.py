@@ -126,3 +126,17 @@ def test_a_response_larger_than_the_answers_budget_is_refused(tmp_path: Path) ->
     spec = load(tmp_path, '[server]\nresponse_buffer = "256MiB"\n' + BASE
                 + 'max_response = "100MiB"\n').functions[0]  # type: ignore[attr-defined]
     assert spec.max_response == 100 * 1024**2
+
+
+@pytest.mark.parametrize("name", ['"bogus"', '"Edge"', '"sdk"'])
+def test_an_unknown_telemetry_profile_is_refused_at_load(tmp_path: Path, name: str) -> None:
+    # It passed `check --manifest` and stopped `serve` at start, once the workers opened
+    # their telemetry.
+    with pytest.raises(PolicyError, match="server.telemetry.*expected one of"):
+        load(tmp_path, f"[server]\ntelemetry = {name}\n" + BASE)
+
+
+@pytest.mark.parametrize("name", ["default", "off", "edge", "cloud", "on-prem", "hybrid"])
+def test_every_telemetry_profile_loads(tmp_path: Path, name: str) -> None:
+    manifest = load(tmp_path, f'[server]\ntelemetry = "{name}"\n' + BASE)
+    assert manifest.server.telemetry == name  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from ..policy import parse_duration, parse_size
 from ..policy.units import shown
 from ..policy.values import MAX_TIMEOUT
 from ..state.quota import Quota
+from ..telemetry.profiles import PROFILE_NAMES
 from .forwarded import parse_networks
 from .headers import WITHHELD
 
@@ -36,12 +37,12 @@ class ServerSettings:
     `drain_timeout` bounds the SIGTERM drain, which begins with `drain_grace` of serving
     on while /readyz answers 503 (a load balancer stops sending first); `executor` is
     `auto` (the C-API fast path where a function qualifies), `fast` (the same, logged
-    when a function does not) or `sandbox`; `telemetry` an export profile name or `off`
-    (None: `STOCKADE_TELEMETRY`, else `hybrid`); `reuse_port` gives each worker its own
-    SO_REUSEPORT socket instead of sharing one; `inline` lets short fast-path runs
-    finish on the event loop thread (see `fastexec.py`); `pool_workers` is the number of
-    warm confined processes in each cordon's worker pool, per gateway worker (see
-    `pool.py`). `breakers` (circuit breakers per function and tenant), `breaker_traps`
+    when a function does not) or `sandbox`; `telemetry` an export profile name,
+    `default` or `off` (None: `STOCKADE_TELEMETRY`, else `hybrid`); `reuse_port` gives
+    each worker its own SO_REUSEPORT socket instead of sharing one; `inline` lets short
+    fast-path runs finish on the event loop thread (see `fastexec.py`); `pool_workers`
+    is the number of warm confined processes in each cordon's worker pool, per gateway
+    worker (see `pool.py`). `breakers` (circuit breakers per function and tenant), `breaker_traps`
     (traps count toward them; None: `STOCKADE_BREAKER_TRAPS`, else no) and `audit` (the
     audit log) are independent of `telemetry`: export `off` keeps them. With
     `breaker_clients` a client address's violations count once toward a function's
@@ -208,7 +209,8 @@ _SERVER_PARSERS: dict[str, Any] = {
     "body_buffer": _bytes, "body_buffer_per_client": _bytes, "response_buffer": _bytes,
     "request_timeout": _seconds, "drain_timeout": _seconds,
     "drain_grace": _grace,
-    "executor": _choice(*EXECUTORS), "telemetry": _text, "reuse_port": _flag,
+    "executor": _choice(*EXECUTORS), "telemetry": _choice("default", *PROFILE_NAMES),
+    "reuse_port": _flag,
     "inline": _flag, "breakers": _flag, "breaker_clients": _flag, "breaker_traps": _flag,
     "audit": _flag, "trusted_proxies": parse_networks,
     "header_timeout": _seconds, "max_header_size": _bytes,
