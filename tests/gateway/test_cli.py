@@ -45,6 +45,20 @@ def test_serve_reports_a_bad_manifest_in_one_line(tmp_path: Path) -> None:
     assert b"Traceback" not in absent.stderr
 
 
+def test_serve_refuses_an_unknown_telemetry_profile_before_starting(tmp_path: Path) -> None:
+    # Both ways of naming one: each used to start the workers, which then died with it.
+    (tmp_path / "stockade.toml").write_text(
+        '[[function]]\nname = "f"\nroute = "/f"\nmodule = "missing.wasm"\n')
+    flag = stockade("serve", "-c", str(tmp_path / "stockade.toml"), "--telemetry", "bogus")
+    assert flag.returncode == 125 and b"'bogus' is not one of" in flag.stderr
+    (tmp_path / "stockade.toml").write_text('[server]\ntelemetry = "bogus"\n')
+    manifest = stockade("serve", "-c", str(tmp_path / "stockade.toml"))
+    assert manifest.returncode == 125
+    assert manifest.stderr.decode().strip().endswith(
+        "server.telemetry: expected one of default, edge, cloud, on-prem, hybrid, off, "
+        "not 'bogus'")
+
+
 def test_serve_on_an_address_it_cannot_bind_is_one_line(tmp_path: Path) -> None:
     stockade("new", str(tmp_path))
     manifest = str(tmp_path / "stockade.toml")

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..telemetry.profiles import PROFILE_NAMES
+
 if TYPE_CHECKING:
     from ..gateway.manifest import Manifest
 
@@ -28,8 +30,9 @@ __all__ = ["serve"]
               help="Guest threads per worker (default: [server] threads, 8).")
 @click.option("--executor", type=click.Choice(["auto", "fast", "sandbox"]),
               help="How functions run: the C-API fast path where possible, or the sandbox.")
-@click.option("--telemetry", "telemetry", metavar="PROFILE",
-              help="OTLP export profile: edge, cloud, on-prem, hybrid, or off.")
+@click.option("--telemetry", "telemetry", type=click.Choice(["default", *PROFILE_NAMES]),
+              help="OTLP export profile (default: [server] telemetry, else "
+                   "STOCKADE_TELEMETRY, else hybrid).")
 @click.option("--reuse-port/--shared-socket", "reuse_port", default=None,
               help="One SO_REUSEPORT socket per worker, or one socket shared by all.")
 @click.option("--inline/--no-inline", "inline", default=None,
