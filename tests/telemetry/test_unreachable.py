@@ -94,3 +94,42 @@ def test_timeout_setting(tmp_path: Path) -> None:
     for bad in ("soon", "0", "-5"):
         with pytest.raises(UsageError, match="OTEL_EXPORTER_OTLP_TIMEOUT"):
             resolve_settings(env={"OTEL_EXPORTER_OTLP_TIMEOUT": bad})
+
+
+def test_the_line_names_the_endpoints_that_failed() -> None:
+    # It named the first signal's endpoint (the traces') whichever signal failed.
+    traces, metrics = closed_port(), closed_port()
+    traces_url = f"http://127.0.0.1:{traces}/v1/traces"
+    metrics_url = f"http://127.0.0.1:{metrics}/v1/metrics"
+    done, _ = run_hello("", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=traces_url,
+                        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=metrics_url,
+                        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    assert done.returncode == 0
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert traces_url in lines[0] and metrics_url in lines[0], lines
+
+
+def test_a_failing_signal_is_reported_under_its_own_endpoint(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from stockade.telemetry.sdksink import _FailureReport
+
+    report = _FailureReport(("http://c/v1/traces", "http://c/v1/metrics", "http://c/v1/logs"))
+    with caplog.at_level("WARNING", logger="stockade.otlp"):
+        report.failed("http://c/v1/metrics", "connection refused")
+    assert len(caplog.messages) == 1
+    assert caplog.messages[0].startswith(
+        "telemetry: exports to http://c/v1/metrics are failing: 1 failed since start"), \
+        caplog.messages
+    report.failed("http://c/v1/logs", "")  # within the interval: held back
+    report.failed("http://c/v1/traces", "timed out")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stockade.otlp"):
+        report.say_unsaid()
+    assert caplog.messages[0].startswith(
+        "telemetry: exports to http://c/v1/logs, http://c/v1/traces are failing: 2 failed"), \
+        caplog.messages
+    report.closing()
+    assert report.where() == "http://c/v1/traces, http://c/v1/metrics, http://c/v1/logs"
+    report.failed("http://c/v1/logs", "refused")
+    assert report.where() == "http://c/v1/logs"

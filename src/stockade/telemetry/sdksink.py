@@ -78,9 +78,11 @@ def _exporter(settings: ExportSettings, signal: str) -> Any:
     )
 
 
-def _reporting(exporter: Any, report: _FailureReport, lines: _ExporterLines) -> Any:
-    """`exporter`, its `export` telling `report` of each failed export with its cause. Per
-    export on the exporter's thread: nothing is added where spans are recorded."""
+def _reporting(exporter: Any, endpoint: str, report: _FailureReport,
+               lines: _ExporterLines) -> Any:
+    """`exporter` (sending to `endpoint`), its `export` telling `report` of each failed
+    export with its cause. Per export on the exporter's thread: nothing is added where
+    spans are recorded."""
     export = exporter.export
 
     def reporting_export(*args: Any, **kwargs: Any) -> Any:
@@ -88,11 +90,11 @@ def _reporting(exporter: Any, report: _FailureReport, lines: _ExporterLines) -> 
         try:
             result = export(*args, **kwargs)
         except Exception as error:
-            report.failed(lines.cause() or _cause(str(error)))
+            report.failed(endpoint, lines.cause() or _cause(str(error)))
             raise
         # SpanExportResult, MetricExportResult, LogRecordExportResult: SUCCESS or FAILURE.
         if getattr(result, "name", "SUCCESS") != "SUCCESS":
-            report.failed(lines.cause())
+            report.failed(endpoint, lines.cause())
         return result
 
     exporter.export = reporting_export
@@ -145,7 +147,7 @@ class SdkSink:
 
         self._settings = settings
         self._exporter_lines = _ExporterLines.install()
-        self._report = _FailureReport(next(iter(settings.endpoints.values()), "?"))
+        self._report = _FailureReport(tuple(settings.endpoints.values()))
         resource = Resource(resource_attributes(settings))
         delay_ms = settings.interval * 1000
         sampler: Sampler = TraceIdRatioBased(settings.sampling_ratio)
@@ -158,7 +160,7 @@ class SdkSink:
                                                shutdown_on_exit=False)
         if "traces" in settings.endpoints:
             self._tracer_provider.add_span_processor(BatchSpanProcessor(
-                self._reported(_exporter(settings, "traces")),
+                self._reported(settings, "traces"),
                 max_queue_size=max(2048, settings.batch_size * 4),
                 schedule_delay_millis=delay_ms,
                 max_export_batch_size=settings.batch_size,
@@ -166,14 +168,14 @@ class SdkSink:
         readers = []
         if "metrics" in settings.endpoints:
             readers.append(PeriodicExportingMetricReader(
-                self._reported(_exporter(settings, "metrics")), export_interval_millis=delay_ms,
+                self._reported(settings, "metrics"), export_interval_millis=delay_ms,
             ))
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers,
                                              shutdown_on_exit=False)
         self._logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         if "logs" in settings.endpoints:
             self._logger_provider.add_log_record_processor(BatchLogRecordProcessor(
-                self._reported(_exporter(settings, "logs")),
+                self._reported(settings, "logs"),
                 schedule_delay_millis=delay_ms,
                 max_export_batch_size=settings.batch_size,
             ))
@@ -197,8 +199,10 @@ class SdkSink:
                     name, [functools.partial(self._observe, name)], spec.unit, spec.description)
         self._closed = False
 
-    def _reported(self, exporter: Any) -> Any:
-        return _reporting(exporter, self._report, self._exporter_lines)
+    def _reported(self, settings: ExportSettings, signal: str) -> Any:
+        """The exporter of `signal`, its failures reported under its own endpoint."""
+        return _reporting(_exporter(settings, signal), settings.endpoints[signal],
+                          self._report, self._exporter_lines)
 
     def _observe(self, name: str, options: Any) -> list[Any]:
         from opentelemetry.metrics import Observation
@@ -334,7 +338,7 @@ class SdkSink:
             export_logger().warning(
                 "telemetry: could not export to %s within %.1f s%s (set "
                 "OTEL_EXPORTER_OTLP_TIMEOUT in ms to wait longer; the telemetry pending at "
-                "exit is dropped%s)", self._report.endpoint, self._settings.timeout, cause,
+                "exit is dropped%s)", self._report.where(), self._settings.timeout, cause,
                 before)
         else:
             self._report.say_unsaid()
@@ -362,11 +366,13 @@ REPORT_INTERVAL = 60.0  # seconds between a sink's lines about failed exports wh
 class _FailureReport:
     """One sink's failed exports, said on `export_logger` while the process runs: at once
     for the first, then at most once per `REPORT_INTERVAL` with the count since the last
-    line and the last cause (a gateway said nothing until it exited). Once closing, they
-    are left to the close's own line. Called per failed export only."""
+    line, the endpoints that failed and the last cause (a gateway said nothing until it
+    exited). Once closing, they are left to the close's own line. Called per failed
+    export only. `endpoints`: the sink's, one per signal."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoints: tuple[str, ...]) -> None:
+        self._endpoints = tuple(dict.fromkeys(endpoints)) or ("?",)
+        self._failing: dict[str, None] = {}  # since the last line (or since closing)
         self._lock = threading.Lock()
         self._unsaid = 0  # failed since the last line
         self._before_close = 0
@@ -375,10 +381,11 @@ class _FailureReport:
         self._cause = ""
         self._said_at: float | None = None
 
-    def failed(self, cause: str) -> None:
+    def failed(self, endpoint: str, cause: str) -> None:
         with self._lock:
             if cause:
                 self._cause = cause
+            self._failing[endpoint] = None
             if self._closing:
                 self._at_close += 1
                 return
@@ -394,15 +401,24 @@ class _FailureReport:
         since = ("start" if self._said_at is None
                  else f"the last such line {now - self._said_at:.0f} s ago")
         count, self._unsaid, self._said_at = self._unsaid, 0, now
+        where = ", ".join(self._failing)
+        self._failing = {}
         return ("telemetry: exports to %s are failing: %d failed since %s, the last with "
                 "%s (their telemetry is dropped; said at most every %.0f s)",
-                self.endpoint, count, since, self._cause or "no cause given", REPORT_INTERVAL)
+                where, count, since, self._cause or "no cause given", REPORT_INTERVAL)
+
+    def where(self) -> str:
+        """The endpoints that failed since closing, else all the sink's (an export cut
+        short at the close's deadline reported nothing)."""
+        with self._lock:
+            return ", ".join(self._failing or self._endpoints)
 
     def closing(self) -> int:
         """From now on failures belong to the close; how many failed before."""
         with self._lock:
             self._closing = True
             self._cause = ""
+            self._failing = {}
             return self._before_close
 
     def take_closing(self) -> tuple[int, str]:
