@@ -127,3 +127,45 @@ def test_a_held_telemetry_file_does_not_stop_the_worker(tmp_path: Path,
         assert answered == 200, "the worker stopped while the telemetry file was locked"
     finally:
         gateway.stop()
+
+
+def test_requests_never_wait_for_a_held_telemetry_file(tmp_path: Path,
+                                                       shared_cache: Path) -> None:
+    """A request recorded after the file sink's interval wrote the file on the event
+    loop: while another process held the file's lock, every request of the worker
+    waited for it."""
+    import fcntl
+    import time
+
+    import httpx
+
+    from .conftest import Gateway, gateway_env
+
+    (tmp_path / "stockade.toml").write_text(MANIFEST)
+    env = gateway_env(shared_cache, tmp_path / "state")
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
+    gateway = Gateway(tmp_path / "stockade.toml", env, ())
+    try:
+        assert gateway.client.get("/hello").status_code == 200
+        written = tmp_path / "state" / "telemetry.jsonl"
+        written.parent.mkdir(parents=True, exist_ok=True)
+        with written.open("ab") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            statuses = []
+            end = time.monotonic() + 3.0  # six intervals, each request recording
+            while time.monotonic() < end:
+                try:
+                    statuses.append(gateway.client.get("/hello", timeout=2.0).status_code)
+                except httpx.TimeoutException:
+                    statuses.append(0)
+                    break
+                time.sleep(0.05)
+            fcntl.flock(held, fcntl.LOCK_UN)
+        assert statuses and set(statuses) == {200}, statuses
+        # The lock released, what was recorded meanwhile is written.
+        deadline = time.monotonic() + 10
+        while written.stat().st_size == 0 or b"faas.invocations" not in written.read_bytes():
+            assert time.monotonic() < deadline, "nothing written once the lock was released"
+            time.sleep(0.2)
+    finally:
+        gateway.stop()

@@ -190,3 +190,98 @@ def test_processes_share_the_file(tmp_path: Path) -> None:
         assert worker.exitcode == 0
     summary = read_summary(path)
     assert summary.bad_lines == 0 and summary.invocations == 150 and summary.spans == 150
+
+
+def _background_sink(tmp_path: Path, interval_ms: str = "200") -> FileSink:
+    settings = resolve_settings("edge", env={"OTEL_TRACES_SAMPLER": "always_on",
+                                             "OTEL_METRIC_EXPORT_INTERVAL": interval_ms,
+                                             "STOCKADE_TELEMETRY_FILE": str(tmp_path / "t")})
+    sink = FileSink(settings)
+    sink.write_in_background()
+    return sink
+
+
+def test_a_background_writer_writes_on_its_interval_without_more_records(
+        tmp_path: Path) -> None:
+    import threading
+    import time
+
+    sink = _background_sink(tmp_path)
+    try:
+        writers = [t for t in threading.enumerate() if t.name == "stockade-telemetry-writer"]
+        assert len(writers) == 1
+        sink.write_in_background()  # twice: still one writer
+        assert [t for t in threading.enumerate()
+                if t.name == "stockade-telemetry-writer"] == writers
+        for _ in range(3):
+            info, result = make_run()
+            sink.record(InvocationRecord.build(info, result))
+        assert not (tmp_path / "t").exists()  # nothing written by the recording thread
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "t").exists() or read_summary(tmp_path / "t").invocations < 3:
+            assert time.monotonic() < deadline, "the writer wrote nothing on its interval"
+            time.sleep(0.05)
+        assert read_summary(tmp_path / "t").spans == 3
+    finally:
+        sink.close()
+    assert not writers[0].is_alive()
+    info, result = make_run()  # after close: written by the recording thread again
+    sink.record(InvocationRecord.build(info, result))
+    sink.close()
+    assert read_summary(tmp_path / "t").invocations == 4
+
+
+def test_a_stuck_background_writer_drops_spans_past_its_queue(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The file's lock held elsewhere: records keep coming, the writer cannot write.
+    What waits for it is bounded (the records past it dropped and said), the recording
+    thread never waits, and the metrics, aggregates, lose nothing."""
+    import fcntl
+    import time
+
+    from stockade.telemetry.filesink import QUEUED_BATCHES
+
+    (tmp_path / "t").touch()
+    sink = _background_sink(tmp_path, "100")
+    batch = 32  # the edge profile's
+    count = batch * QUEUED_BATCHES + 500
+    try:
+        with (tmp_path / "t").open("ab") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            time.sleep(0.3)  # the writer now waits for the lock, holding what it took
+            start = time.monotonic()
+            for _ in range(count):
+                info, result = make_run()
+                sink.record(InvocationRecord.build(info, result))
+            recording = time.monotonic() - start
+            queued = len(sink._spans)
+            fcntl.flock(held, fcntl.LOCK_UN)
+        assert queued <= batch * QUEUED_BATCHES
+        assert recording < 30  # it never waited for the lock (a wait would be forever)
+    finally:
+        sink.close()
+    summary = read_summary(tmp_path / "t")
+    assert summary.invocations == count  # metrics are aggregates: all counted
+    assert summary.spans < count  # spans past the queue were dropped
+    assert any("spans and logs were dropped: writing" in line for line in caplog.messages)
+
+
+def test_a_forked_child_writes_on_its_own_thread(tmp_path: Path) -> None:
+    import os
+
+    sink = _background_sink(tmp_path, "60000")
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: no writer thread came with it
+            code = 1
+            try:
+                info, result = make_run()
+                sink.record(InvocationRecord.build(info, result))
+                sink.flush()
+                code = 0 if read_summary(tmp_path / "t").invocations == 1 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        sink.close()

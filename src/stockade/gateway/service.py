@@ -65,7 +65,7 @@ class GatewayService:
         self.executors: Executors | None = None
         self.state: StateBackend | None = None
         self.handler: Handler | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._snapshots: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
 
     def load(self) -> Manifest:
@@ -114,12 +114,16 @@ class GatewayService:
                         clients)
 
     async def started(self) -> None:
-        """Begin background work (metrics snapshots, idle telemetry) once the event loop
-        runs."""
+        """Begin background work once the event loop runs: metrics snapshots, and the
+        telemetry file written by a thread of its own (a request never waits for it; an
+        idle worker writes a burst's records on the interval, not when it is killed)."""
         _settle()
+        if self.telemetry is not None:
+            self.telemetry.write_in_background()
         if self.store is not None:
             self.store.write(self.metrics)
-        self._flusher = asyncio.get_running_loop().create_task(self._tick())
+            self._snapshots = asyncio.get_running_loop().create_task(
+                self._snapshot(self.store))
 
     async def reload(self) -> bool:
         """Load the manifest again and swap the routes; on any error keep serving the old
@@ -156,19 +160,11 @@ class GatewayService:
         `fail_closed`: refused); counted by policy (on the event loop thread, as admissions)."""
         self.metrics.inc("stockade_gateway_state_unavailable_total", (("policy", reason),))
 
-    async def _tick(self) -> None:
-        """Each second: the metrics snapshot, and what the telemetry file holds once its
-        interval passed (written only when a request came after it: an idle worker kept
-        a burst's records, lost when it was killed)."""
-        flushing: asyncio.Future[None] | None = None
+    async def _snapshot(self, store: MetricsStore) -> None:
+        """Each second: the metrics snapshot the other workers' /metrics read."""
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
-            if self.store is not None:
-                self.store.write(self.metrics)
-            # Off the loop (a file lock held elsewhere, a slow disk), one at a time.
-            if self.telemetry is not None and (flushing is None or flushing.done()):
-                flushing = asyncio.get_running_loop().run_in_executor(
-                    None, self.telemetry.flush_idle)
+            store.write(self.metrics)
 
     # -- the gateway's own endpoints ---------------------------------------------------
 
@@ -192,9 +188,9 @@ class GatewayService:
     def close(self) -> None:
         """Wait for running guests, then free engines, flush telemetry and write the last
         metrics snapshot. Safe twice."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            self._snapshots = None
         if self.dispatcher is not None:
             self.dispatcher.close(wait=True)
         if self.executors is not None:

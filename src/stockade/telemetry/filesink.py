@@ -4,9 +4,15 @@ No OpenTelemetry SDK or protobuf is imported (start-up time of `stockade run`).
 Spans and logs are buffered up to the profile's batch size, metrics aggregated as
 deltas and written on the profile's interval (and at `flush`); a write appends up to
 three lines (traces, metrics, logs) under an exclusive `flock`, so processes can share
-the file. Past `max_bytes` the file is rotated to
-`<name>.1`. Write failures are said on stderr (at most once a minute), never raised;
-the file must be a regular file (`regularfile.open_regular`).
+the file. Past `max_bytes` the file is rotated to `<name>.1`. Write failures are said
+on stderr (at most once a minute), never raised; the file must be a regular file
+(`regularfile.open_regular`).
+
+A run writes on the thread that records (`stockade run` starts no thread for it). A
+server writes from a thread of the sink's own (`write_in_background`): a request never
+waits for the file (a disk that stalls, the lock held by another worker or process);
+what the writer has not taken yet is bounded, `QUEUED_BATCHES` batches of spans and of
+logs, past which records are dropped and said (metrics are aggregates: never dropped).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import TYPE_CHECKING
 from ..regularfile import append_whole, open_regular
 from .aggregate import DeltaAggregator
 from .instruments import bounded_name
-from .log import logger, records_lost
+from .log import logger, rare_warning, records_lost
 from .otlpjson import (
     encode_logs,
     encode_metrics,
@@ -44,13 +50,18 @@ __all__ = ["FileSink", "DEFAULT_MAX_BYTES"]
 
 DEFAULT_MAX_BYTES = 64 * 1024**2
 _ENTROPY_BLOCK = 24 * 64
+QUEUED_BATCHES = 16  # batches of spans (and of logs) a background writer may fall behind
+_STOP_WAIT = 5.0  # seconds `close` waits for the background writer's last write
 _SINKS: weakref.WeakSet[FileSink] = weakref.WeakSet()
 
 
 def _forget_entropy_after_fork() -> None:
-    # A forked child must not hand out the ids its parent will also use.
+    # A forked child must not hand out the ids its parent will also use, and has no
+    # writer thread (it writes on its own threads), nor the locks a parent's thread held.
     for sink in list(_SINKS):
         sink._entropy, sink._entropy_at = b"", 0
+        sink._writer = None
+        sink._lock, sink._write_lock = threading.Lock(), threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_entropy_after_fork)
@@ -76,7 +87,53 @@ class FileSink:
         self._resource: str | None = None
         self._entropy = b""
         self._entropy_at = 0
+        self._writer: threading.Thread | None = None  # see `write_in_background`
+        self._wake = threading.Event()
+        self._stopping = False
+        self._dropped = 0  # spans and logs the background writer had no room for
         _SINKS.add(self)
+
+    def write_in_background(self) -> None:
+        """Write from a thread of the sink's own from now on (until `close`), never on
+        the threads that record (see the module docstring). Safe twice."""
+        with self._lock:
+            if self._writer is not None:
+                return
+            self._stopping = False
+            self._writer = threading.Thread(target=self._writing, daemon=True,
+                                            name="stockade-telemetry-writer")
+            self._writer.start()
+
+    def _writing(self) -> None:
+        """The background writer: on the interval, and as soon as a batch is full."""
+        while not self._stopping:
+            left = self._interval - (time.monotonic() - self._last_flush)
+            self._wake.wait(max(left, 0.01))
+            self._wake.clear()
+            if self._stopping:
+                return
+            if self.due():
+                self.flush()
+            elif self._batch_full():
+                self._write(with_metrics=False)
+            with self._lock:
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                rare_warning(f"dropped:{self.path}", f"telemetry: {dropped} spans and logs "
+                             f"were dropped: writing {self.path} fell behind",
+                             f"at most {QUEUED_BATCHES} batches wait for it")
+
+    def _batch_full(self) -> bool:
+        with self._lock:
+            return len(self._spans) >= self._batch or len(self._logs) >= self._batch
+
+    def _queued(self, queue: list[str] | list[LogEvent]) -> bool:
+        """Whether one more record fits in `queue` (the lock held): always, unless a
+        background writer fell `QUEUED_BATCHES` behind (then it is counted, dropped)."""
+        if self._writer is None or len(queue) < self._batch * QUEUED_BATCHES:
+            return True
+        self._dropped += 1
+        return False
 
     def record(self, record: InvocationRecord) -> None:
         """Assign ids, keep the span if sampled, aggregate its measurements."""
@@ -98,8 +155,7 @@ class FileSink:
         # `_value_`, not `value`: an enum's `value` is a Python-level descriptor.
         self._metrics.add_usage(bounded_name(run_name(info)), result.outcome._value_,
                                 result.usage, was_cold(info, result))
-        if self.due():
-            self.flush()
+        self._flush_if(False)
         return True
 
     def _random_ids(self) -> bytes:
@@ -124,24 +180,29 @@ class FileSink:
 
     def _add_span(self, text: str | None) -> None:
         if text is None:  # an unsampled span: only the flush interval to look at
-            if self.due():
-                self.flush()
+            self._flush_if(False)
             return
         with self._lock:
-            self._spans.append(text)
+            if self._queued(self._spans):
+                self._spans.append(text)
             full = len(self._spans) >= self._batch
         self._flush_if(full)
 
     def log(self, event: LogEvent) -> None:
         """Buffer one log record."""
         with self._lock:
-            self._logs.append(event)
+            if self._queued(self._logs):
+                self._logs.append(event)
             full = len(self._logs) >= self._batch
         self._flush_if(full)
 
     def _flush_if(self, batch_full: bool) -> None:
         # Metrics go out on the interval only (like OTel's periodic metric reader); a
         # full batch of spans or logs is written without them.
+        if self._writer is not None:  # the writer's to do
+            if batch_full:
+                self._wake.set()
+            return
         if self.due():
             self.flush()
         elif batch_full:
@@ -203,5 +264,12 @@ class FileSink:
             os.replace(self.path, f"{self.path}.1")
 
     def close(self) -> None:
-        """Flush; later records are still accepted and written by the next flush."""
+        """Stop the background writer, if any, and flush; later records are still
+        accepted and written by the next flush (on the thread that records)."""
+        writer = self._writer
+        if writer is not None:
+            self._stopping = True
+            self._wake.set()
+            writer.join(_STOP_WAIT)  # a held lock: the flush below waits its turn
+            self._writer = None
         self.flush()

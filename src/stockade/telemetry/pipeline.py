@@ -420,12 +420,13 @@ class Telemetry:
         """Write out buffered telemetry."""
         self.sink.flush()
 
-    def flush_idle(self) -> None:
-        """Write what the file sink holds once its interval passed (it writes only when a
-        record comes after the interval); the SDK's exporters keep their own time."""
+    def write_in_background(self) -> None:
+        """A server's: the file sink writes from a thread of its own, on its interval
+        whether or not records come (`FileSink.write_in_background`); the SDK's
+        exporters have their own threads already."""
         sink = self.sink
-        if isinstance(sink, FileSink) and sink.due():
-            sink.flush()
+        if isinstance(sink, FileSink):
+            sink.write_in_background()
 
     def close(self) -> None:
         """Stop the monitor, flush and close the sink and the breaker database."""
