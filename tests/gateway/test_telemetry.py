@@ -3,11 +3,15 @@ the circuit breaker per function and tenant."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import Start, module, violate
+import httpx
+
+from .conftest import Gateway, Start, gateway_env, module, violate
 
 MANIFEST = f"""
 [server]
@@ -75,17 +79,18 @@ def test_breaker_opens_per_function_and_tenant(start_gateway: Start) -> None:
     assert client.get("/hello").status_code == 200
 
 
+def _writing_every(tmp_path: Path, shared_cache: Path, interval_ms: int) -> Gateway:
+    """A gateway whose telemetry file is written every `interval_ms`."""
+    (tmp_path / "stockade.toml").write_text(MANIFEST)
+    env = gateway_env(shared_cache, tmp_path / "state")
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = str(interval_ms)
+    return Gateway(tmp_path / "stockade.toml", env, ())
+
+
 def test_an_idle_worker_writes_what_it_holds(tmp_path: Path, shared_cache: Path) -> None:
     """The file sink wrote only when a record came after its interval: a worker idle after
     a burst held the burst's records, lost if it was killed (found by review)."""
-    import time
-
-    from .conftest import Gateway, gateway_env
-
-    (tmp_path / "stockade.toml").write_text(MANIFEST)
-    env = gateway_env(shared_cache, tmp_path / "state")
-    env["OTEL_METRIC_EXPORT_INTERVAL"] = "1000"
-    gateway = Gateway(tmp_path / "stockade.toml", env, ())
+    gateway = _writing_every(tmp_path, shared_cache, 1000)
     try:
         assert gateway.client.get("/fail", params={"kind": "none"}).status_code == 200
         written = tmp_path / "state" / "telemetry.jsonl"
@@ -101,17 +106,7 @@ def test_a_held_telemetry_file_does_not_stop_the_worker(tmp_path: Path,
                                                         shared_cache: Path) -> None:
     """The idle flush ran on the event loop: a process holding the telemetry file's lock
     stopped every request of the worker (the fix's review)."""
-    import fcntl
-    import time
-
-    import httpx
-
-    from .conftest import Gateway, gateway_env
-
-    (tmp_path / "stockade.toml").write_text(MANIFEST)
-    env = gateway_env(shared_cache, tmp_path / "state")
-    env["OTEL_METRIC_EXPORT_INTERVAL"] = "1000"
-    gateway = Gateway(tmp_path / "stockade.toml", env, ())
+    gateway = _writing_every(tmp_path, shared_cache, 1000)
     try:
         assert gateway.client.get("/hello").status_code == 200
         written = tmp_path / "state" / "telemetry.jsonl"
@@ -119,7 +114,7 @@ def test_a_held_telemetry_file_does_not_stop_the_worker(tmp_path: Path,
         with written.open("ab") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
             assert gateway.client.get("/hello").status_code == 200  # records to flush
-            time.sleep(2.5)  # past the interval: the tick is waiting for the lock
+            time.sleep(2.5)  # past the interval: the writer is waiting for the lock
             try:
                 answered = gateway.client.get("/healthz", timeout=5.0).status_code
             except httpx.TimeoutException:
@@ -134,17 +129,7 @@ def test_requests_never_wait_for_a_held_telemetry_file(tmp_path: Path,
     """A request recorded after the file sink's interval wrote the file on the event
     loop: while another process held the file's lock, every request of the worker
     waited for it."""
-    import fcntl
-    import time
-
-    import httpx
-
-    from .conftest import Gateway, gateway_env
-
-    (tmp_path / "stockade.toml").write_text(MANIFEST)
-    env = gateway_env(shared_cache, tmp_path / "state")
-    env["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
-    gateway = Gateway(tmp_path / "stockade.toml", env, ())
+    gateway = _writing_every(tmp_path, shared_cache, 500)
     try:
         assert gateway.client.get("/hello").status_code == 200
         written = tmp_path / "state" / "telemetry.jsonl"
