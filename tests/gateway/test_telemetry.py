@@ -154,3 +154,21 @@ def test_requests_never_wait_for_a_held_telemetry_file(tmp_path: Path,
             time.sleep(0.2)
     finally:
         gateway.stop()
+
+
+def test_a_clients_trace_is_linked_from_the_gateways(tmp_path: Path,
+                                                     shared_cache: Path) -> None:
+    (tmp_path / "stockade.toml").write_text(MANIFEST.replace(
+        'trusted_proxies = ["127.0.0.1"]', 'trusted_proxies = ["192.0.2.0/24"]'))
+    env = gateway_env(shared_cache, tmp_path / "state")
+    env["OTEL_TRACES_SAMPLER"] = "always_on"
+    gateway = Gateway(tmp_path / "stockade.toml", env, ())
+    try:
+        response = gateway.client.get(
+            "/hello", headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"})
+        assert response.status_code == 200
+    finally:
+        assert gateway.stop() == 0  # flushes telemetry
+    server = next(span for span in spans(tmp_path / "state") if span["name"] == "GET /hello")
+    assert server["traceId"] != TRACE_ID and "parentSpanId" not in server
+    assert server["links"] == [{"traceId": TRACE_ID, "spanId": CALLER_SPAN}]

@@ -47,6 +47,7 @@ def test_a_clients_trace_context_is_not_believed() -> None:
     # A trace of its own, on an id drawn here: no sink samples on the client's id.
     assert context.trace_id != TRACE_ID and context.parent_id == 0
     assert context.sampled is False and recorder.asked == [context.trace_id]
+    assert context.linked == (TRACE_ID, 0x00f067aa0ba902b7)  # only a link, if sampled
     assert Tracer(recorder).begin(_request("127.0.0.1")) == 0  # no proxies: nobody trusted
 
 
@@ -56,6 +57,7 @@ def test_a_trusted_proxys_sampled_flag_is_followed() -> None:
     assert tracer.begin(request) > 0
     assert request.state["trace"].sampled is True
     assert request.state["trace"].trace_id == TRACE_ID  # its trace continued
+    assert request.state["trace"].linked is None
     unsampled = TraceContext.from_headers(CALLER[:-2] + b"00", lambda _: True)
     assert unsampled.sampled is False
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from stockade.gateway.invoke import HttpInvocation
 from stockade.gateway.tracing import ServerSpan, TraceContext
 from stockade.invocation import Invocation
-from stockade.telemetry import Telemetry, open_telemetry
+from stockade.telemetry import Telemetry, open_telemetry, read_summary
 from stockade.telemetry.record import parse_traceparent
 
 from .receiver import HttpReceiver, attrs
@@ -116,3 +116,44 @@ def test_a_trace_starting_at_the_gateway_is_kept_or_dropped_whole(tmp_path: Path
 def test_without_a_recorder_the_decision_is_left_open() -> None:
     assert TraceContext.from_headers(None).sampled is None
     assert TraceContext.from_headers(CALLER, lambda _: False).sampled is True
+
+
+def serve_untrusted(telemetry: Telemetry, caller: bytes) -> TraceContext:
+    """A request from a client whose trace context is not believed, sampled here."""
+    context = TraceContext.from_headers(caller, lambda _: True, trusted=False)
+    telemetry.record_server_span(ServerSpan(context, "GET", "/hello", "/hello", 200,
+                                            time.time_ns(), time.time_ns(), "hello"))
+    return context
+
+
+def test_an_untrusted_callers_span_is_linked_not_continued(tmp_path: Path) -> None:
+    from .test_filesink import parse_lines
+
+    with open_telemetry(env={"OTEL_TRACES_SAMPLER": "always_on"}) as telemetry:
+        context = serve_untrusted(telemetry, CALLER)
+    assert context.trace_id != 0x4BF92F3577B34DA6A3CE929D0E0E4736 and context.parent_id == 0
+    written = tmp_path / "state" / "telemetry.jsonl"
+    line = json.loads(written.read_text().splitlines()[0])
+    (server,) = line["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert "parentSpanId" not in server
+    assert server["links"] == [{"traceId": CALLER[3:35].decode(),
+                                "spanId": CALLER[36:52].decode()}]
+    parse_lines(written)  # valid OTLP/JSON (the protobuf's strict parse)
+    summary = read_summary(written)  # and read whole (`stockade telemetry show`)
+    assert summary.lines == 1 and summary.bad_lines == 0
+    assert not TraceContext.from_headers(CALLER, trusted=True).linked
+    for bad in (b"00-xyz", b"ff-" + CALLER[3:], b"00-" + b"0" * 32 + CALLER[35:]):
+        assert TraceContext.from_headers(bad, trusted=False).linked is None
+
+
+def test_sdk_spans_carry_the_link(http_receiver: HttpReceiver) -> None:
+    with open_telemetry("cloud", endpoint=http_receiver.endpoint,
+                        env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                             "OTEL_TRACES_SAMPLER": "always_on"}) as telemetry:
+        context = serve_untrusted(telemetry, CALLER)
+    assert http_receiver.wait_for(lambda r: len(r.spans()) == 1)
+    ((_, server),) = http_receiver.spans()
+    assert int.from_bytes(server.trace_id, "big") == context.trace_id
+    ((link),) = server.links
+    assert link.trace_id.hex() == CALLER[3:35].decode()
+    assert link.span_id.hex() == CALLER[36:52].decode()

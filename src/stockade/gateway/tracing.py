@@ -6,11 +6,13 @@ ignored, as the W3C spec says, and a new trace starts). `Tracer` keeps the conte
 `SpanRecorder` (the telemetry pipeline), never raising into a request.
 
 Sampling is decided once, at the head. A caller among `[server] trusted_proxies` is
-continued, its sampled flag followed; any other caller's trace context is ignored and a
-trace starts here (a client that set the flag, or chose trace ids the ratio keeps, had
-every request recorded: the file sink's history of violations was rotated away by a
+continued, its sampled flag followed; any other caller's trace context is not believed
+and a trace starts here (a client that set the flag, or chose trace ids the ratio keeps,
+had every request recorded: the file sink's history of violations was rotated away by a
 flood of its spans; continuing its trace id let a `traceidratio` sampler keep it). A
-trace that starts here is sampled by the recorder's ratio. The invocation span inherits the
+trace that starts here is sampled by the recorder's ratio; the server span of a
+sampled one links to the client's span (`linked`, an OTel span link), so the client's
+trace and the gateway's can still be found from each other. The invocation span inherits the
 decision as its parent (`as_parent`), so a trace is kept or dropped whole, and an
 unsampled request builds no span at all.
 """
@@ -37,30 +39,38 @@ _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a
 
 class TraceContext(NamedTuple):
     """The trace a request belongs to: `trace_id`, the caller's span (`parent_id`, 0 when
-    the trace starts here), the server span's own id, and the caller's sampled flag
-    (None when there was no caller). A named tuple: one is made per request."""
+    the trace starts here), the server span's own id, the caller's sampled flag (None
+    when there was no caller), and an untrusted caller's (trace id, span id) the server
+    span links to (None: none). A named tuple: one is made per request."""
 
     trace_id: int
     parent_id: int
     span_id: int
     sampled: bool | None
+    linked: tuple[int, int] | None = None
 
     @classmethod
     def from_headers(cls, traceparent: bytes | None,
-                     sample: Callable[[int], bool] | None = None) -> TraceContext:
-        """Continue the caller's trace (a trusted one's: see the module docstring), or
+                     sample: Callable[[int], bool] | None = None,
+                     trusted: bool = True) -> TraceContext:
+        """Continue the caller's trace when `trusted` (see the module docstring), or
         start one, sampled when `sample(trace_id)` says so (None: undecided, left to
-        whoever records the spans)."""
+        whoever records the spans), linked to an untrusted caller's span."""
         bits = random.getrandbits(192)  # a span id, and a trace id should one start here
         span_id = bits & _SPAN_MASK or 1
+        linked = None
         if traceparent:
             match = _TRACEPARENT.match(traceparent.strip().lower())
             if match and match.group(1) != b"ff":
                 trace_id, parent_id = int(match.group(2), 16), int(match.group(3), 16)
                 if trace_id and parent_id:
-                    return cls(trace_id, parent_id, span_id, bool(int(match.group(4), 16) & 1))
+                    if trusted:
+                        return cls(trace_id, parent_id, span_id,
+                                   bool(int(match.group(4), 16) & 1))
+                    linked = (trace_id, parent_id)
         trace_id = bits >> 64 or 1
-        return cls(trace_id, 0, span_id, None if sample is None else sample(trace_id))
+        return cls(trace_id, 0, span_id, None if sample is None else sample(trace_id),
+                   linked)
 
     def as_parent(self) -> ParentContext:
         """This server span as the parent of the invocation it runs (sampled unless the
@@ -106,10 +116,10 @@ class Tracer:
         no record)."""
         traceparent = header(request.headers, b"traceparent")
         proxies = self._proxies
-        if traceparent is not None and (proxies is None or request.client is None
-                                        or not proxies.trusts(request.client[0])):
-            traceparent = None  # a client's: not believed (see the module docstring)
-        context = TraceContext.from_headers(traceparent, self._sample)
+        # A client's is not believed, only linked to (see the module docstring).
+        trusted = traceparent is None or (proxies is not None and request.client is not None
+                                          and proxies.trusts(request.client[0]))
+        context = TraceContext.from_headers(traceparent, self._sample, trusted)
         request.state["trace"] = context
         return 0 if context.sampled is False else time.time_ns()
 

@@ -158,6 +158,10 @@ def generic_span_json(span: SpanData) -> str:
     text += (',"name":' + _quote(span.name) + ',"kind":2,"startTimeUnixNano":"'
              + str(span.start_ns) + '","endTimeUnixNano":"' + str(span.end_ns)
              + '","attributes":' + attributes_json(span.attributes))
+    if span.links:
+        text += ',"links":[' + ",".join(
+            '{"traceId":"' + format(trace_id, "032x") + '","spanId":"'
+            + format(span_id, "016x") + '"}' for trace_id, span_id in span.links) + "]"
     if span.error:
         return text + ',"status":{"code":2,"message":' + _quote(span.error) + "}}"
     return text + ',"status":{}}'

@@ -75,6 +75,8 @@ class TraceContextLike(Protocol):
     def span_id(self) -> int: ...
     @property
     def sampled(self) -> bool | None: ...
+    @property
+    def linked(self) -> tuple[int, int] | None: ...
 
 
 class ServerSpanLike(Protocol):
@@ -359,7 +361,8 @@ class Telemetry:
                 f"{span.method} {span.route}" if span.route else span.method,
                 context.trace_id, context.span_id, context.parent_id, context.sampled,
                 span.start_ns, span.end_ns, attrs,
-                f"HTTP {span.status}" if span.status >= 500 else None))
+                f"HTTP {span.status}" if span.status >= 500 else None,
+                (context.linked,) if context.linked else ()))
         except Exception:  # noqa: BLE001 - telemetry never breaks a request
             logger().warning("could not record a server span", exc_info=True)
 

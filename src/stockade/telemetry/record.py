@@ -77,7 +77,8 @@ def parse_traceparent(value: str | bytes | None) -> ParentContext | None:
 
 class SpanData(FieldTuple):
     """A span other than an invocation's (the gateway's HTTP server span): ids given by
-    its producer, `sampled` the caller's decision (None: decide by trace id)."""
+    its producer, `sampled` the caller's decision (None: decide by trace id), `links`
+    the (trace id, span id) of spans it links to."""
 
     name: str
     trace_id: int
@@ -88,6 +89,7 @@ class SpanData(FieldTuple):
     end_ns: int
     attributes: Attributes
     error: str | None
+    links: tuple[tuple[int, int], ...] = ()
 
 
 class SpanEvent(FieldTuple):

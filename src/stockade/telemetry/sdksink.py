@@ -250,17 +250,19 @@ class SdkSink:
     def span(self, span: SpanData) -> None:
         """Export a span with the ids its producer chose: the SDK's id generator is told
         them for the duration of `start_span`."""
-        from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
         try:
             context = None
             if span.parent_id:
                 context = _parent(span.trace_id, span.parent_id, bool(span.sampled))
+            links = [Link(SpanContext(trace_id, span_id, is_remote=True))
+                     for trace_id, span_id in span.links]
             self._preset.trace_id, self._preset.span_id = span.trace_id, span.span_id
             try:
                 started = self._tracer.start_span(
                     span.name, kind=SpanKind.SERVER, attributes=span.attributes,
-                    start_time=span.start_ns, context=context)
+                    start_time=span.start_ns, context=context, links=links)
             finally:
                 self._preset.trace_id = self._preset.span_id = 0
             if span.error:
