@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING
 
 from ..errors import StockadeError
 from .bodybudget import SLOW, BodyBudget
-from .forwarded import TrustedProxies
 from .funclog import FunctionLog
 from .limits import admit, admit_now
 from .messages import Handler, Request, Response
@@ -45,6 +44,7 @@ from .registry import ambiguous_path, encoded_route
 if TYPE_CHECKING:
     from .accesslog import AccessLog
     from .clientbreaker import ClientBreakers
+    from .forwarded import TrustedProxies
     from .metrics import Cell, Labels, Metrics
     from .registry import Registry, Route
     from .settings import ServerSettings
@@ -64,13 +64,15 @@ SystemHandler = Callable[[Request], Awaitable[Response]]
 class Pipeline:
     """Answers every request of a worker (see the module docstring): the gateway's own
     endpoints from `system`, functions through `registry` and `invoker`, counted in
-    `metrics`, traced by `tracer` and logged by `access` when set."""
+    `metrics`, traced by `tracer` and logged by `access` when set; a client's address is
+    the one `proxies` (the `trusted_proxies`, the tracer's too) forward, else its peer's."""
 
     def __init__(self, invoker: Handler, registry: Registry,
                  system: Mapping[str, SystemHandler], metrics: Metrics,
                  settings: ServerSettings, tracer: Tracer | None = None,
                  access: AccessLog | None = None,
-                 clients: ClientBreakers | None = None) -> None:
+                 clients: ClientBreakers | None = None,
+                 proxies: TrustedProxies | None = None) -> None:
         self.invoker = invoker
         self.clients = clients
         self.registry = registry
@@ -81,8 +83,7 @@ class Pipeline:
         self.funclog = FunctionLog(settings)
         self.body_timeout = settings.body_timeout
         self.body_min_rate = settings.body_min_rate
-        self.proxies = TrustedProxies(settings.trusted_proxies) \
-            if settings.trusted_proxies else None
+        self.proxies = proxies
         self.budget = BodyBudget(settings.body_buffer, settings.body_buffer_per_client,
                                  settings.max_connections_ipv6_prefix,
                                  SLOW * settings.body_min_rate)

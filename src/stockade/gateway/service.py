@@ -102,16 +102,17 @@ class GatewayService:
         invoker = Invoker(dispatcher, self.metrics, self.telemetry, self.settings.inline,
                           clients)
         system = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
+        trusted = self.settings.trusted_proxies
+        proxies = TrustedProxies(trusted) if trusted else None  # one, the tracer's too
         tracer = None
         if self.telemetry is not None and self.telemetry.settings.enabled:
-            proxies = self.settings.trusted_proxies
-            tracer = Tracer(self.telemetry, TrustedProxies(proxies) if proxies else None)
+            tracer = Tracer(self.telemetry, proxies)
         # `serve -q` quiets the access log for the worker's life: no line to format.
         access = None
         if self.settings.access_log != "off" and access_logger().isEnabledFor(logging.INFO):
             access = AccessLog(self.settings.access_log)
         return Pipeline(invoker, registry, system, self.metrics, self.settings, tracer, access,
-                        clients)
+                        clients, proxies)
 
     async def started(self) -> None:
         """Begin background work once the event loop runs: metrics snapshots, and the
