@@ -15,7 +15,7 @@ from ..result import Outcome
 from .traps import TIMED_OUT, Ending
 
 __all__ = ["EXPORT", "START", "VERSION", "DEADLINE_GRACE", "NO_DEADLINE_THREAD", "Tripwire",
-           "available", "due_ns", "tripped"]
+           "available", "due_ns", "tripped", "with_page"]
 
 EXPORT = "__stockade_tripwire"  # the page's export: the host looks its address up by it
 # The module's start function, exported instead of run by instantiation: it runs once
@@ -29,6 +29,12 @@ VERSION = 4
 DEADLINE_GRACE = 0.005
 # What a run raises (RuntimeError) when the native library's deadline thread cannot start.
 NO_DEADLINE_THREAD = "cannot start the thread that keeps run deadlines"
+
+
+def with_page(memories: int, tripwire: bool) -> int:
+    """A count of memories with a `tripwire`'s page, a memory of the instance's own, on
+    every backend's store limits and reservations (-1, no limit, stays none)."""
+    return memories + 1 if tripwire and memories >= 0 else memories
 
 
 def available() -> bool:

@@ -22,6 +22,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..engine.compiler import compile_in_this_process
+from ..engine.trip import with_page
 from ..policy.units import format_size
 from .backend import preload
 from .confine import Confinement, Grants, apply_seccomp, confine_current_process
@@ -87,7 +88,7 @@ def run_reservation(limits: Limits, per_memory: int, tripwire: bool = False) -> 
     the GC heap a `wasm_gc` policy allows (wasmtime reserves it as one more memory), and
     for a tripwire's page, which only the gateway's pool counts (an isolated worker keeps
     its deadline by process)."""
-    memories = limits.max_memories + limits.wasm_gc + tripwire
+    memories = with_page(limits.max_memories + limits.wasm_gc, tripwire)
     return memories * (per_memory + limits.max_memory)
 
 

@@ -21,7 +21,7 @@ from ..engine.traps import (
 )
 from ..engine.trip import EXPORT as TRIPWIRE_EXPORT
 from ..engine.trip import START as TRIPWIRE_START
-from ..engine.trip import Tripwire, tripped
+from ..engine.trip import Tripwire, tripped, with_page
 from ..errors import ModuleError, PrecompiledRefused, UntrustedModule
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
@@ -196,7 +196,7 @@ class Sandbox:
         store.set_limits(memory_size=cap,
                          table_elements=limits.max_table_elements,
                          instances=limits.max_instances + 1, tables=limits.max_tables,
-                         memories=limits.max_memories + loaded.tripwire)
+                         memories=with_page(limits.max_memories, loaded.tripwire))
         if limits.fuel is not None and self.engine_config.fuel:
             store.set_fuel(limits.fuel)
         store.set_wasi(wasi_config(invocation, self.policy, loaded.name, preopens, grants))

@@ -29,6 +29,7 @@ from ...policy.units import format_size
 from ..config import MEMORY_GUARD, MEMORY_RESERVATION, EngineConfig
 from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ..traps import invalid_module
+from ..trip import with_page
 from ._capi import C, FastPathUnavailable, take_error
 from ._module import FastModule, prepare, raise_load
 from ._native import RunState
@@ -145,7 +146,7 @@ class FastEngine:
         return int(config)
 
     def _memories_per_module(self) -> int:
-        return 2 if self.config.tripwire else 1  # a tripwire's page is a second memory
+        return with_page(1, self.config.tripwire)
 
     def _pool_memories(self) -> int:
         # A module using GC types takes its GC heap from the memories too (a one-slot pool
@@ -336,9 +337,7 @@ class FastEngine:
         block = b"".join(arg + b"\0" for arg in argv)
         tripwire = self.config.tripwire
         elements, instances, tables, memories = store_limits
-        if tripwire and memories >= 0:
-            memories += 1  # the tripwire's page is a memory of the instance's own
-        limits = (elements, instances, tables, memories)
+        limits = (elements, instances, tables, with_page(memories, tripwire))
         native = native_plan(module._pre, block, len(argv), budget, memory, max_output,
                              capture_stderr, max_hostcalls, self.owns_stdio, tripwire, limits)
         return RunPlan(module, block, len(argv), budget, timeout_s, memory, max_output,

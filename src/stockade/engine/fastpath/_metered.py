@@ -33,6 +33,7 @@ from ...hostcalls.abi import MODULE, SHADOWED, GuestMemory
 from ...hostcalls.handlers import TRAMPOLINE_CALLS, arguments, serve, stopping, trampoline_wat
 from ...hostcalls.meter import Meter
 from ..traps import Ending, classify
+from ..trip import with_page
 from ._capi import EXTERN_FUNC, EXTERN_MEMORY, C, Extern, Instance, ValRaw, take_error
 from ._module import raise_load, wat2wasm
 from ._poll import CALLBACK_TYPE, define_func
@@ -131,7 +132,8 @@ class MeteredRun:
         the trampoline), memories (one more for a `tripwire`'s page), as the sandbox sets
         them."""
         elements, instances, tables, memories = self.meter.limits.store_limits
-        C.store_limiter(store, max_memory, elements, instances + 1, tables, memories + tripwire)
+        C.store_limiter(store, max_memory, elements, instances + 1, tables,
+                        with_page(memories, tripwire))
 
     def wasi_config(self, argv: list[bytes], names: list[bytes], values: list[bytes]) -> int:
         """The WASI context: argv, environment and the preopens (read-only unless
