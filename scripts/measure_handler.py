@@ -76,6 +76,8 @@ def child(mode: str, requests: int) -> dict[str, float]:
         service = GatewayService(manifest)
         service.load()
         service.start()
+        if service.telemetry is not None:  # as a serving worker's (`started`)
+            service.telemetry.write_in_background()
         try:
             return _measure(service, requests, Request, HttpInvocation, _run)
         finally:
@@ -176,7 +178,11 @@ def main() -> int:
                     out = subprocess.run(
                         [sys.executable, __file__, "--child", mode, "--requests",
                          str(args.requests)], env={**env, "PYTHONPATH": str(src)},
-                        check=True, capture_output=True, text=True)
+                        capture_output=True, text=True)
+                    if out.returncode != 0:
+                        print(f"measure_handler: {tree} tree, telemetry {mode}:\n"
+                              f"{out.stderr.strip()}", file=sys.stderr)
+                        return 1
                     samples.setdefault((tree, mode), []).append(json.loads(out.stdout))
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     report: dict[str, Any] = {}

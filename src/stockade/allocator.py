@@ -11,7 +11,9 @@ the environment when a process starts, never later).
   guest (the native run alone, 30,000 runs, median of 5 interleaved rounds) took
   ~13 µs of CPU with 64 against ~15-21 µs with 7; 256 and 1,000 did no better. The
   cache holds at most 64 classes x 64 chunks of up to 1,032 bytes: ~4 MiB a thread.
-  Added to the `GLIBC_TUNABLES` given, unless they set the cache's size themselves.
+  A gateway worker inherits its supervisor's `GLIBC_TUNABLES` with it added (unless
+  they size the cache themselves); an isolated worker, whose environment is an
+  allow-list, gets this one tunable only (another could undo its arena limit).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ def arena_limit() -> dict[str, str]:
     return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
 
 
-def run_tunables() -> dict[str, str]:
-    """`GLIBC_TUNABLES` for a child that runs guests: this process's, with the larger
-    per-thread cache unless they size it already."""
-    given = os.environ.get("GLIBC_TUNABLES", "")
+def run_tunables(inherited: bool = True) -> dict[str, str]:
+    """`GLIBC_TUNABLES` for a child that runs guests: the larger per-thread cache, after
+    this process's tunables when `inherited` (unless they size the cache already)."""
+    given = os.environ.get("GLIBC_TUNABLES", "") if inherited else ""
     if any(item.partition("=")[0] == _TCACHE for item in given.split(":")):
         return {"GLIBC_TUNABLES": given}
     ours = f"{_TCACHE}={TCACHE_COUNT}"

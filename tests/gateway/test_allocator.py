@@ -36,8 +36,10 @@ def test_a_users_tunables_are_kept(monkeypatch: pytest.MonkeyPatch, given: str |
     assert run_tunables() == {"GLIBC_TUNABLES": expected}
 
 
-def test_an_isolated_worker_gets_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+def test_an_isolated_worker_gets_ours_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its environment is an allow-list: a parent's tunables (8 arenas, say) could undo
+    # the arena limit its address-space limit counts on (found by review).
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=8")
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     env = worker_environment(plan_for(Policy(), IsolationConfig()))
     assert env["GLIBC_TUNABLES"] == OURS

@@ -285,3 +285,47 @@ def test_a_forked_child_writes_on_its_own_thread(tmp_path: Path) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         sink.close()
+
+
+def test_a_held_lock_costs_a_write_not_a_run(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A process holding the file's lock held every write (a run's exit, a server's stop)
+    for as long as it liked; a write now waits `LOCK_WAIT` seconds, then its records are
+    lost and said."""
+    import fcntl
+    import time
+
+    from stockade.telemetry.filesink import LOCK_WAIT
+
+    for background in (False, True):
+        path = tmp_path / f"t{background}"  # a line per file and minute says it
+        path.touch()
+        sink = FileSink(resolve_settings("edge", env={"OTEL_TRACES_SAMPLER": "always_on",
+                                                      "STOCKADE_TELEMETRY_FILE": str(path)}))
+        if background:
+            sink.write_in_background()
+        info, result = make_run()
+        sink.record(InvocationRecord.build(info, result))
+        with path.open("rb") as held:  # a read-only descriptor is enough
+            fcntl.flock(held, fcntl.LOCK_EX)
+            start = time.monotonic()
+            sink.close()
+            took = time.monotonic() - start
+        assert took < 3 * LOCK_WAIT + 2, took
+        assert any("its lock was held elsewhere" in line for line in caplog.messages)
+        assert path.stat().st_size == 0  # nothing half-written meanwhile
+        caplog.clear()
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("OTEL_METRIC_EXPORT_INTERVAL", "inf"), ("OTEL_METRIC_EXPORT_INTERVAL", "nan"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "1e13"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "inf"),
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100000000"),
+])
+def test_numbers_past_their_ceilings_are_refused(key: str, value: str) -> None:
+    # An infinite interval killed the background writer (`Event.wait` overflowed), a
+    # `nan` one spun it on a core (found by review).
+    from stockade.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"{key}=.*must be positive and at most"):
+        resolve_settings("edge", env={key: value})

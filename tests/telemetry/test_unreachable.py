@@ -133,3 +133,13 @@ def test_a_failing_signal_is_reported_under_its_own_endpoint(
     assert report.where() == "http://c/v1/traces, http://c/v1/metrics, http://c/v1/logs"
     report.failed("http://c/v1/logs", "refused")
     assert report.where() == "http://c/v1/logs"
+
+
+def test_credentials_in_an_endpoint_are_not_said() -> None:
+    port = closed_port()
+    url = f"http://user:s3cret@127.0.0.1:{port}/v1/metrics"
+    done, _ = run_hello("", OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=url,
+                        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    assert done.returncode == 0
+    assert f"http://127.0.0.1:{port}/v1/metrics" in done.stderr.decode()
+    assert b"s3cret" not in done.stderr and b"user" not in done.stderr

@@ -70,7 +70,7 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     env["PYTHONPATH"] = import_path()
     # Few malloc arenas (RLIMIT_AS counts their reservations), a cache sized for runs.
     env.update(arena_limit())
-    env.update(run_tunables())
+    env.update(run_tunables(inherited=False))
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker
     if plan.cache is not None:
         env["STOCKADE_CACHE_DIR"] = str(plan.cache)

@@ -13,10 +13,13 @@ server writes from a thread of the sink's own (`write_in_background`): a request
 waits for the file (a disk that stalls, the lock held by another worker or process);
 what the writer has not taken yet is bounded, `QUEUED_BATCHES` batches of spans and of
 logs, past which records are dropped and said (metrics are aggregates: never dropped).
+Either way the file's lock is waited for `LOCK_WAIT` seconds at most: a process holding
+it costs the records of that write (said), never a run or a server's stop that long.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -51,7 +54,9 @@ __all__ = ["FileSink", "DEFAULT_MAX_BYTES"]
 DEFAULT_MAX_BYTES = 64 * 1024**2
 _ENTROPY_BLOCK = 24 * 64
 QUEUED_BATCHES = 16  # batches of spans (and of logs) a background writer may fall behind
-_STOP_WAIT = 5.0  # seconds `close` waits for the background writer's last write
+LOCK_WAIT = 2.0  # seconds a write waits for the file's lock (a write holds it milliseconds)
+_STOP_WAIT = LOCK_WAIT + 1.0  # seconds `close` waits for the background writer's last write
+_LONGEST_SLEEP = 60.0  # the background writer looks at its interval at least this often
 _SINKS: weakref.WeakSet[FileSink] = weakref.WeakSet()
 
 
@@ -100,28 +105,40 @@ class FileSink:
             if self._writer is not None:
                 return
             self._stopping = False
-            self._writer = threading.Thread(target=self._writing, daemon=True,
-                                            name="stockade-telemetry-writer")
-            self._writer.start()
+            writer = threading.Thread(target=self._writing, daemon=True,
+                                      name="stockade-telemetry-writer")
+            try:
+                writer.start()
+            except RuntimeError as exc:  # no thread: records are written as they come
+                logger().warning("telemetry: no writer thread (%s); writing inline", exc)
+                return
+            self._writer = writer
 
     def _writing(self) -> None:
         """The background writer: on the interval, and as soon as a batch is full."""
         while not self._stopping:
             left = self._interval - (time.monotonic() - self._last_flush)
-            self._wake.wait(max(left, 0.01))
+            self._wake.wait(min(max(left, 0.01), _LONGEST_SLEEP))
             self._wake.clear()
             if self._stopping:
                 return
-            if self.due():
-                self.flush()
-            elif self._batch_full():
-                self._write(with_metrics=False)
+            try:
+                self._write_due()
+            except Exception:  # noqa: BLE001 - the writer outlives any one write
+                logger().warning("could not write telemetry to %s", self.path, exc_info=True)
+
+    def _write_due(self) -> None:
+        """The background writer's turn: what is due, and the drops not said yet."""
+        if self.due():
+            self.flush()
+        elif self._batch_full():
+            self._write(with_metrics=False)
+        dropped = self._dropped  # counted until said: the lines are rare
+        if dropped and rare_warning(f"dropped:{self.path}", f"telemetry: {dropped} spans and "
+                                    f"logs were dropped: writing {self.path} fell behind",
+                                    f"at most {QUEUED_BATCHES} batches wait for it"):
             with self._lock:
-                dropped, self._dropped = self._dropped, 0
-            if dropped:
-                rare_warning(f"dropped:{self.path}", f"telemetry: {dropped} spans and logs "
-                             f"were dropped: writing {self.path} fell behind",
-                             f"at most {QUEUED_BATCHES} batches wait for it")
+                self._dropped -= dropped
 
     def _batch_full(self) -> bool:
         with self._lock:
@@ -130,7 +147,9 @@ class FileSink:
     def _queued(self, queue: list[str] | list[LogEvent]) -> bool:
         """Whether one more record fits in `queue` (the lock held): always, unless a
         background writer fell `QUEUED_BATCHES` behind (then it is counted, dropped)."""
-        if self._writer is None or len(queue) < self._batch * QUEUED_BATCHES:
+        writer = self._writer
+        if len(queue) < self._batch * QUEUED_BATCHES or writer is None \
+                or not writer.is_alive():
             return True
         self._dropped += 1
         return False
@@ -199,10 +218,14 @@ class FileSink:
     def _flush_if(self, batch_full: bool) -> None:
         # Metrics go out on the interval only (like OTel's periodic metric reader); a
         # full batch of spans or logs is written without them.
-        if self._writer is not None:  # the writer's to do
-            if batch_full:
+        writer = self._writer
+        if writer is not None:  # the writer's to do, while it lives
+            if not batch_full:
+                return
+            if writer.is_alive():
                 self._wake.set()
-            return
+                return
+            self._writer = None  # it died: written as records come from now on
         if self.due():
             self.flush()
         elif batch_full:
@@ -248,12 +271,12 @@ class FileSink:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _lock_within(fd, LOCK_WAIT)
                 if os.fstat(fd).st_size + len(data) > self._max_bytes:
                     self._rotate(fd)
                     os.close(fd)
                     fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    _lock_within(fd, LOCK_WAIT)
                 append_whole(fd, data)  # half a line would be read as a damaged one
             finally:
                 os.close(fd)
@@ -273,3 +296,20 @@ class FileSink:
             writer.join(_STOP_WAIT)  # a held lock: the flush below waits its turn
             self._writer = None
         self.flush()
+
+
+def _lock_within(fd: int, seconds: float) -> None:
+    """Take `fd`'s exclusive lock, waiting `seconds` at most. Raises OSError (EAGAIN)
+    when another holds it that long."""
+    deadline = time.monotonic() + seconds
+    pause = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise OSError(errno.EAGAIN, f"its lock was held elsewhere for {seconds:g} s"
+                              ) from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.1)

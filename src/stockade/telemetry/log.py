@@ -38,11 +38,11 @@ def records_lost(place: str, exc: BaseException) -> None:
     rare_warning(place, f"telemetry: could not write {place}: {cause}", "records lost")
 
 
-def rare_warning(key: str, text: str, note: str) -> None:
+def rare_warning(key: str, text: str, note: str) -> bool:
     """Say `text (note)` at most once per `LOST_INTERVAL` per `key`, the note telling how
     many were left unsaid, on a logger outside ``stockade.telemetry``: with no logging
     configured the line reaches stderr, and a gateway failing on every request writes a
-    line a minute."""
+    line a minute. Returns whether it was said."""
     import logging
     import time
 
@@ -50,7 +50,8 @@ def rare_warning(key: str, text: str, note: str) -> None:
     last, since = _lost.get(key, (-LOST_INTERVAL, 0))
     if now - last < LOST_INTERVAL:
         _lost[key] = (last, since + 1)
-        return
+        return False
     _lost[key] = (now, 0)
     more = f"; {since} more times since the last such line" if since else ""
     logging.getLogger("stockade.records").warning("%s (%s%s)", text, note, more)
+    return True

@@ -365,15 +365,25 @@ def _shutdown(provider: Any) -> None:
 REPORT_INTERVAL = 60.0  # seconds between a sink's lines about failed exports while running
 
 
+def _shown(url: str) -> str:
+    """`url` without the user name and password it may carry (`http://user:pw@host`)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+
+
 class _FailureReport:
     """One sink's failed exports, said on `export_logger` while the process runs: at once
     for the first, then at most once per `REPORT_INTERVAL` with the count since the last
     line, the endpoints that failed and the last cause (a gateway said nothing until it
     exited). Once closing, they are left to the close's own line. Called per failed
-    export only. `endpoints`: the sink's, one per signal."""
+    export only. `endpoints`: the sink's, one per signal (said without the credentials
+    a URL may carry)."""
 
     def __init__(self, endpoints: tuple[str, ...]) -> None:
-        self._endpoints = tuple(dict.fromkeys(endpoints)) or ("?",)
+        self._endpoints = tuple(dict.fromkeys(map(_shown, endpoints))) or ("?",)
         self._failing: dict[str, None] = {}  # since the last line (or since closing)
         self._lock = threading.Lock()
         self._unsaid = 0  # failed since the last line
@@ -387,7 +397,7 @@ class _FailureReport:
         with self._lock:
             if cause:
                 self._cause = cause
-            self._failing[endpoint] = None
+            self._failing[_shown(endpoint)] = None
             if self._closing:
                 self._at_close += 1
                 return

@@ -25,6 +25,11 @@ __all__ = ["ExportSettings", "resolve_settings", "SIGNALS", "EXPORT_TIMEOUT"]
 # backoff per signal) held a one-millisecond `stockade run` for 14 s when the collector
 # was down: a run waits at most this long for a collector that does not answer.
 EXPORT_TIMEOUT = 1.0
+# Ceilings of the numbers the environment sets: spans and logs a batch (a sink holds a
+# few batches), the interval and the export timeout in milliseconds (a day, an hour).
+MAX_BATCH = 65_536
+MAX_INTERVAL_MS = 86_400_000.0
+MAX_TIMEOUT_MS = 3_600_000.0
 
 SIGNALS = ("traces", "metrics", "logs")
 _RATIO_SAMPLERS = {"traceidratio": False, "parentbased_traceidratio": True}
@@ -69,7 +74,10 @@ def _get(env: Mapping[str, str], key: str) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-def _number(env: Mapping[str, str], key: str, cast: type[float] | type[int]) -> float | None:
+def _number(env: Mapping[str, str], key: str, cast: type[float] | type[int],
+            ceiling: float) -> float | None:
+    """A positive number from the environment, at most `ceiling` (`inf` and `nan` are
+    floats too: an infinite interval killed a writer thread, a `nan` one spun it)."""
     raw = _get(env, key)
     if raw is None:
         return None
@@ -77,8 +85,9 @@ def _number(env: Mapping[str, str], key: str, cast: type[float] | type[int]) -> 
         value = cast(raw)
     except ValueError:
         raise UsageError(f"{key}={raw!r} (from the environment) is not a number") from None
-    if value <= 0:
-        raise UsageError(f"{key}={raw!r} (from the environment) must be positive")
+    if not 0 < value <= ceiling:  # false for nan
+        raise UsageError(f"{key}={raw[:40]!r} (from the environment) must be positive and "
+                         f"at most {ceiling:g}")
     return float(value)
 
 
@@ -195,10 +204,10 @@ def resolve_settings(
     resource = _resource(_get(env, "OTEL_RESOURCE_ATTRIBUTES"))
     resource_name = resource.pop("service.name", None)  # OTEL_SERVICE_NAME wins over it
     name = _get(env, "OTEL_SERVICE_NAME") or resource_name or service_name
-    batch = _number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", int)
-    interval_ms = _number(env, "OTEL_METRIC_EXPORT_INTERVAL", float)
+    batch = _number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", int, MAX_BATCH)
+    interval_ms = _number(env, "OTEL_METRIC_EXPORT_INTERVAL", float, MAX_INTERVAL_MS)
     file = _get(env, "STOCKADE_TELEMETRY_FILE")
-    timeout_ms = _number(env, "OTEL_EXPORTER_OTLP_TIMEOUT", float)
+    timeout_ms = _number(env, "OTEL_EXPORTER_OTLP_TIMEOUT", float, MAX_TIMEOUT_MS)
     if timeout_ms is not None:
         sources["timeout"] = "OTEL_EXPORTER_OTLP_TIMEOUT"
     return ExportSettings(
