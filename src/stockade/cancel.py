@@ -139,14 +139,19 @@ def current_token() -> CancelToken | None:
 
 
 @contextmanager
-def interrupt_cancels() -> Iterator[CancelToken | None]:
+def interrupt_cancels(stop: bool = False) -> Iterator[CancelToken | None]:
     """On the main thread, with Python's own SIGINT handler: Ctrl-C in the block cancels
     the runs made in it (the guest stops now), and KeyboardInterrupt is raised when the
     block ends. Inside the block Python's handler only notes the interrupt: raised inside
     a host call's ctypes callback, a KeyboardInterrupt (a second Ctrl-C while the first
     was handled) escaped it and crashed the process. Yields the token (None when nothing
     was set up: another thread, or SIGINT ignored or handled by the program). For runs
-    that take the token (in-process); a run that does not would not stop."""
+    that take the token (in-process); a run that does not would not stop.
+
+    `stop`: the caller stops once interrupted (a command): after a Ctrl-C the block
+    leaves SIGINT ignored, not Python's handler back, so another Ctrl-C pressed while it
+    stops cannot raise in the middle of its stopping (Ctrl-C pressed three times, 10 ms
+    apart, ended `stockade run` by SIGINT itself about once in ten under load)."""
     if threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield None
@@ -186,7 +191,8 @@ def interrupt_cancels() -> Iterator[CancelToken | None]:
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # as for the set-up
         try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if stop and noted
+                          else signal.default_int_handler)
             if previous is not None:
                 signal.set_wakeup_fd(previous)
             os.close(write_end)  # the watcher reads the end of the pipe and returns

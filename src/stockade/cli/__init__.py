@@ -54,14 +54,24 @@ def main(argv: list[str] | None = None) -> Any:
         sys.stderr.write(f"stockade: {printable(exc.message)}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping already: Ctrl-C again waits
+        _ignore_interrupts()  # stopping already: Ctrl-C again waits
         sys.stderr.write("stockade: interrupted\n")
         sys.exit(130)
     finally:
         if words[:1] == ["run"]:
             deferred.end_pause()
+
+
+def _ignore_interrupts() -> None:
+    """Ignore SIGINT from now on. Setting a handler first runs the Python handlers of
+    signals already received: a Ctrl-C pending as it is set raises there, and is this
+    same stop's (once more: the pending one was taken by the first try)."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _exit_now(done: SystemExit) -> None:

@@ -143,7 +143,8 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
         # one: its worker is killed when the interrupt reaches the wait for it).
         result: Result | None = None
         try:
-            with sandbox, interrupt_cancels() if mode == "none" else contextlib.nullcontext():
+            with sandbox, interrupt_cancels(stop=True) if mode == "none" \
+                    else contextlib.nullcontext():
                 try:
                     result = sandbox.run(module, invocation)
                 except BaseException:
