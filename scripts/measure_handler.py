@@ -9,17 +9,18 @@ and where within it:
   run, the response, metrics and telemetry), the `Request` as the worker's protocol
   builds it;
 - `run`: the function's inline run alone (`try_inline`: the engine, the result and
-  the telemetry observers), its parent span one the handler's tracer started;
+  the telemetry observers), each with a parent span the handler's tracer began;
 - `native`: the fast path's native run alone (a fresh instance of hello, `_start`).
 
 Each figure is CPU time (`time.process_time`) per request over `--requests`, in a fresh
 process per round and telemetry mode (`off` and the server's default), the rounds
-interleaved, each process with its own cache, state and configuration directories and a
-gateway worker's allocator settings (`stockade.allocator`); the median over `--rounds`.
-With `--against SRC` another source tree (its `src/`, its native library built) runs in
-the same rounds: a change measured side by side with what it changed. Medians of a few
-rounds still move by 10% from one run to the next on a shared machine: compare trees
-in one run, never with a figure from another.
+interleaved and their order rotating, each process with its own cache, state and
+configuration directories and a gateway worker's allocator settings
+(`stockade.allocator`); the median over `--rounds`. With `--against SRC` another source
+tree (its `src/`, its native library built) runs in the same rounds: a change measured
+side by side with what it changed. Medians of a few rounds still move by 10% from one
+run to the next on a shared machine: compare trees in one run, never with a figure from
+another.
 
     .venv/bin/python scripts/measure_handler.py [--rounds 5] [--requests 20000]
         [--against /tmp/base/src] [--json F]
@@ -76,8 +77,10 @@ def child(mode: str, requests: int) -> dict[str, float]:
         service = GatewayService(manifest)
         service.load()
         service.start()
-        if service.telemetry is not None:  # as a serving worker's (`started`)
-            service.telemetry.write_in_background()
+        # As a serving worker's (`started`); a tree from before it wrote inline.
+        background = getattr(service.telemetry, "write_in_background", None)
+        if background is not None:
+            background()
         try:
             return _measure(service, requests, Request, HttpInvocation, _run)
         finally:
@@ -104,14 +107,23 @@ def _measure(service: Any, requests: int, request_type: Any, invocation_type: An
                 raise SystemExit(f"measure_handler: hello answered {response.status}")
 
     prepared = route.prepared
-    # A parent as the handler's tracer makes one (an unsampled request's, mostly): the
-    # invocation's telemetry is then what it is behind the handler.
-    traced, tracer = request(), handler.tracer
-    if tracer is not None:
-        tracer.begin(traced)
-    parent = traced.state["trace"].as_parent() if "trace" in traced.state else None
-    invocation = invocation_type.of_request(b"", route.spec, (),
-                                            prepared.cgi.block(traced), parent)
+    tracer = handler.tracer
+
+    def invocations(count: int) -> list[Any]:
+        """Invocations as the handler makes them, each with a parent its tracer began
+        (sampled as the profile says: one parent for all would make every run sampled,
+        or none)."""
+        made = []
+        for _ in range(count):
+            traced = request()
+            if tracer is not None:
+                tracer.begin(traced)
+            parent = traced.state["trace"].as_parent() if "trace" in traced.state else None
+            made.append(invocation_type.of_request(b"", route.spec, (),
+                                                   prepared.cgi.block(traced), parent))
+        return made
+
+    invocation = invocations(1)[0]
     engine, plan = prepared._engine, prepared._inline_plan
     slot = engine._admit(plan.module)
     run_module._run_native(plan, slot, prepared._env(invocation), b"", 1 << 62)
@@ -121,9 +133,11 @@ def _measure(service: Any, requests: int, request_type: Any, invocation_type: An
     def handled() -> None:
         asyncio.run(answer(requests))
 
+    made = invocations(requests)  # built before: the run alone is measured
+
     def ran() -> None:
-        for _ in range(requests):
-            prepared.try_inline(invocation)
+        for each in made:
+            prepared.try_inline(each)
 
     def native_runs() -> None:
         for _ in range(requests):
@@ -172,18 +186,19 @@ def main() -> int:
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as base:
         env = environment(Path(base))
+        runs = [(tree, src, mode) for tree, src in trees.items() for mode in MODES]
         for round_ in range(args.rounds):
-            for tree, src in trees.items():
-                for mode in MODES:
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--child", mode, "--requests",
-                         str(args.requests)], env={**env, "PYTHONPATH": str(src)},
-                        capture_output=True, text=True)
-                    if out.returncode != 0:
-                        print(f"measure_handler: {tree} tree, telemetry {mode}:\n"
-                              f"{out.stderr.strip()}", file=sys.stderr)
-                        return 1
-                    samples.setdefault((tree, mode), []).append(json.loads(out.stdout))
+            turn = round_ % len(runs)  # the order rotates: no tree always runs first
+            for tree, src, mode in runs[turn:] + runs[:turn]:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", mode, "--requests",
+                     str(args.requests)], env={**env, "PYTHONPATH": str(src)},
+                    capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"measure_handler: {tree} tree, telemetry {mode}:\n"
+                          f"{out.stderr.strip()}", file=sys.stderr)
+                    return 1
+                samples.setdefault((tree, mode), []).append(json.loads(out.stdout))
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     report: dict[str, Any] = {}
     for (tree, mode), rounds in samples.items():
