@@ -191,8 +191,10 @@ def interrupt_cancels(stop: bool = False) -> Iterator[CancelToken | None]:
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # as for the set-up
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN if stop and noted
-                          else signal.default_int_handler)
+            if stop:  # ignored first: setting it runs the handler of a Ctrl-C pending
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if not (stop and noted):
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             if previous is not None:
                 signal.set_wakeup_fd(previous)
             os.close(write_end)  # the watcher reads the end of the pipe and returns

@@ -135,6 +135,20 @@ def test_a_failing_signal_is_reported_under_its_own_endpoint(
     assert report.where() == "http://c/v1/logs"
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://u:p@h:1/v1/x", "http://h:1/v1/x"),
+    ("user:pw@host:4318/v1", "host:4318/v1"),  # no scheme
+    ("http://host?x=a@evil", "http://host"),  # an @ past the authority
+    ("http://u:p@host#f@x", "http://host"),
+    ("http://[::1]:4318/a@b", "http://[::1]:4318/a@b"),  # an @ in the path is no user
+    ("https://h/v1/traces?token=abc", "https://h/v1/traces"),  # tokens in the query
+])
+def test_an_endpoint_is_said_without_secrets(url: str, shown: str) -> None:
+    from stockade.telemetry.sdksink import _shown
+
+    assert _shown(url) == shown
+
+
 def test_credentials_in_an_endpoint_are_not_said() -> None:
     port = closed_port()
     url = f"http://user:s3cret@127.0.0.1:{port}/v1/metrics"

@@ -78,10 +78,14 @@ def _exit_now(done: SystemExit) -> None:
     """End a finished run without tearing the interpreter down (about a tenth of a
     `stockade run` goes to freeing modules at exit). Only when nothing registered an
     exit handler: telemetry, audit and breaker records were written and closed by the
-    run itself; the standard streams are flushed here."""
+    run itself; the standard streams are flushed here. Otherwise the interpreter exits,
+    Ctrl-C ignored: it gives SIGINT its default action back as it finalizes, and a
+    Ctrl-C pressed just after the run (`--dir`, `--isolate process`) ended the command
+    by SIGINT, the run's exit code lost, nothing said."""
     import atexit
 
     if not isinstance(done.code, int | None) or atexit._ncallbacks():
+        _ignore_interrupts()  # the run is over: Ctrl-C again waits for the exit
         raise done  # a message to print, or handlers to run: the interpreter's exit
     try:
         sys.stdout.flush()

@@ -54,7 +54,7 @@ __all__ = ["FileSink", "DEFAULT_MAX_BYTES"]
 DEFAULT_MAX_BYTES = 64 * 1024**2
 _ENTROPY_BLOCK = 24 * 64
 QUEUED_BATCHES = 16  # batches of spans (and of logs) a background writer may fall behind
-LOCK_WAIT = 2.0  # seconds a write waits for the file's lock (a write holds it milliseconds)
+LOCK_WAIT = 5.0  # seconds a write waits for the file's lock (a write holds it milliseconds)
 _STOP_WAIT = LOCK_WAIT + 1.0  # seconds `close` waits for the background writer's last write
 _LONGEST_SLEEP = 60.0  # the background writer looks at its interval at least this often
 _SINKS: weakref.WeakSet[FileSink] = weakref.WeakSet()
@@ -133,7 +133,12 @@ class FileSink:
             self.flush()
         elif self._batch_full():
             self._write(with_metrics=False)
-        dropped = self._dropped  # counted until said: the lines are rare
+        self._say_drops()
+
+    def _say_drops(self) -> None:
+        """Say the records dropped for want of room (counted until said: the lines are
+        rare)."""
+        dropped = self._dropped
         if dropped and rare_warning(f"dropped:{self.path}", f"telemetry: {dropped} spans and "
                                     f"logs were dropped: writing {self.path} fell behind",
                                     f"at most {QUEUED_BATCHES} batches wait for it"):
@@ -296,6 +301,7 @@ class FileSink:
             writer.join(_STOP_WAIT)  # a held lock: the flush below waits its turn
             self._writer = None
         self.flush()
+        self._say_drops()
 
 
 def _lock_within(fd: int, seconds: float) -> None:

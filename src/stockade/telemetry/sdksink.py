@@ -366,12 +366,16 @@ REPORT_INTERVAL = 60.0  # seconds between a sink's lines about failed exports wh
 
 
 def _shown(url: str) -> str:
-    """`url` without the user name and password it may carry (`http://user:pw@host`)."""
+    """`url` as a line may say it: without the user name and password it may carry
+    (`http://user:pw@host`), nor its query and fragment (tokens travel there too)."""
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    cut = min((at for at in map(rest.find, "?#") if at >= 0), default=len(rest))
+    rest = rest[:cut]
     authority, slash, path = rest.partition("/")
-    if not sep or "@" not in authority:
-        return url
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{host}{slash}{path}"
 
 
 class _FailureReport:
