@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from stockade.result import Outcome
 from stockade.telemetry import open_telemetry
 from tests.conftest import stockade
@@ -86,3 +88,14 @@ def test_stockade_run_exports_over_grpc(grpc_receiver: GrpcReceiver) -> None:
     resource, span = grpc_receiver.spans()[0]
     assert attrs(span.attributes)["faas.name"] == "hello.wasm"
     assert "virtualization.type" in resource
+
+
+def test_doctor_says_endpoints_without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A doctor report is pasted where others read it (found by review).
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:s3cret@127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    for flags in ((), ("--json",)):
+        proc = stockade("doctor", "--no-worker", "--telemetry", "cloud", *flags)
+        assert proc.returncode == 0, proc.stderr
+        assert b"127.0.0.1:4318/v1/traces" in proc.stdout
+        assert b"s3cret" not in proc.stdout and b"user:" not in proc.stdout

@@ -50,7 +50,7 @@ def doctor(profile: str | None, no_worker: bool, as_json: bool) -> None:
     """Print the detected environment (bare metal, VM, container, Wasm), the telemetry
     export that applies, and which OS protections exist for isolation workers."""
     from ..telemetry import choose_profile, detect_environment, probe_protections
-    from ..telemetry.settings import resolve_settings
+    from ..telemetry.settings import resolve_settings, shown_endpoint
     from ..telemetry.sink import resource_attributes
 
     environment = detect_environment()
@@ -58,7 +58,9 @@ def doctor(profile: str | None, no_worker: bool, as_json: bool) -> None:
     hybrid, hybrid_reason = choose_profile("hybrid", environment)
     host = probe_protections()
     worker, worker_error = ([], "skipped (--no-worker)") if no_worker else _worker_report()
-    export = (f"OTLP {settings.protocol} to {', '.join(sorted(set(settings.endpoints.values())))}"
+    # Without credentials: a report is pasted where others read it.
+    endpoints = sorted({shown_endpoint(url) for url in settings.endpoints.values()})
+    export = (f"OTLP {settings.protocol} to {', '.join(endpoints)}"
               if settings.exports else f"local OTLP-JSON file {settings.file}")
     if not settings.enabled:
         export = "off"

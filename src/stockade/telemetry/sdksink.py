@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .instruments import INSTRUMENTS
 from .log import logger
+from .settings import shown_endpoint
 from .sink import resource_attributes, scope
 
 if TYPE_CHECKING:
@@ -365,19 +366,6 @@ def _shutdown(provider: Any) -> None:
 REPORT_INTERVAL = 60.0  # seconds between a sink's lines about failed exports while running
 
 
-def _shown(url: str) -> str:
-    """`url` as a line may say it: without the user name and password it may carry
-    (`http://user:pw@host`), nor its query and fragment (tokens travel there too)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    cut = min((at for at in map(rest.find, "?#") if at >= 0), default=len(rest))
-    rest = rest[:cut]
-    authority, slash, path = rest.partition("/")
-    host = authority.rpartition("@")[2]
-    return f"{scheme}{sep}{host}{slash}{path}"
-
-
 class _FailureReport:
     """One sink's failed exports, said on `export_logger` while the process runs: at once
     for the first, then at most once per `REPORT_INTERVAL` with the count since the last
@@ -387,7 +375,7 @@ class _FailureReport:
     a URL may carry)."""
 
     def __init__(self, endpoints: tuple[str, ...]) -> None:
-        self._endpoints = tuple(dict.fromkeys(map(_shown, endpoints))) or ("?",)
+        self._endpoints = tuple(dict.fromkeys(map(shown_endpoint, endpoints))) or ("?",)
         self._failing: dict[str, None] = {}  # since the last line (or since closing)
         self._lock = threading.Lock()
         self._unsaid = 0  # failed since the last line
@@ -401,7 +389,7 @@ class _FailureReport:
         with self._lock:
             if cause:
                 self._cause = cause
-            self._failing[_shown(endpoint)] = None
+            self._failing[shown_endpoint(endpoint)] = None
             if self._closing:
                 self._at_close += 1
                 return

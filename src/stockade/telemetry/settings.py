@@ -19,7 +19,7 @@ from ..paths import state_dir
 from ..records import FieldTuple
 from .profiles import Compression, ExportProfile, Protocol, choose_profile
 
-__all__ = ["ExportSettings", "resolve_settings", "SIGNALS", "EXPORT_TIMEOUT"]
+__all__ = ["ExportSettings", "resolve_settings", "SIGNALS", "EXPORT_TIMEOUT", "shown_endpoint"]
 
 # Seconds an export may take, retries included. The SDK's default (10 s, retried with
 # backoff per signal) held a one-millisecond `stockade run` for 14 s when the collector
@@ -228,3 +228,16 @@ def resolve_settings(
         sources=sources,
         timeout=timeout_ms / 1000 if timeout_ms else EXPORT_TIMEOUT,
     )
+
+
+def shown_endpoint(url: str) -> str:
+    """`url` as a line may say it: without the user name and password it may carry
+    (`http://user:pw@host`), nor its query and fragment (tokens travel there too)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    cut = min((at for at in map(rest.find, "?#") if at >= 0), default=len(rest))
+    rest = rest[:cut]
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{host}{slash}{path}"
