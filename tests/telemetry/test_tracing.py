@@ -142,6 +142,10 @@ def test_an_untrusted_callers_span_is_linked_not_continued(tmp_path: Path) -> No
     summary = read_summary(written)  # and read whole (`stockade telemetry show`)
     assert summary.lines == 1 and summary.bad_lines == 0
     assert not TraceContext.from_headers(CALLER, trusted=True).linked
+    # Only its first 55 bytes are read (a client's header may be KiBs: each was lowered
+    # and matched whole, ~56 µs a request for 60 KB).
+    long = TraceContext.from_headers(b" " + CALLER + b"x" * 65_000, trusted=False)
+    assert long.linked == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7)
     for bad in (b"00-xyz", b"ff-" + CALLER[3:], b"00-" + b"0" * 32 + CALLER[35:]):
         assert TraceContext.from_headers(bad, trusted=False).linked is None
 

@@ -60,7 +60,8 @@ class TraceContext(NamedTuple):
         span_id = bits & _SPAN_MASK or 1
         linked = None
         if traceparent:
-            match = _TRACEPARENT.match(traceparent.strip().lower())
+            # Its first 55 bytes, the version-00 form (a client's header may be KiBs).
+            match = _TRACEPARENT.match(traceparent.lstrip()[:55].lower())
             if match and match.group(1) != b"ff":
                 trace_id, parent_id = int(match.group(2), 16), int(match.group(3), 16)
                 if trace_id and parent_id:
