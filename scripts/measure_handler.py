@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -153,17 +152,13 @@ def _measure(service: Any, requests: int, request_type: Any, invocation_type: An
 
 
 def environment(base: Path) -> dict[str, str]:
-    """This process's environment with Stockade's directories under `base` (the default
-    telemetry writes its file there) and the allocator a gateway worker starts with."""
+    """`measure_startup`'s (Stockade's directories under `base`: the default telemetry
+    writes its file there) with the allocator a gateway worker starts with."""
+    from measure_startup import environment as fresh_directories  # this folder's
+
     from stockade.allocator import run_tunables
 
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("STOCKADE_", "OTEL_"))}
-    for name in ("CACHE", "STATE", "CONFIG"):
-        path = base / name.lower()
-        path.mkdir(mode=0o700)
-        env[f"STOCKADE_{name}_DIR"] = str(path)
-    return {**env, **run_tunables()}
+    return {**fresh_directories(base), **run_tunables()}
 
 
 def main() -> int:

@@ -3,9 +3,11 @@ the circuit breaker per function and tenant."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,17 @@ def _writing_every(tmp_path: Path, shared_cache: Path, interval_ms: int) -> Gate
     return Gateway(tmp_path / "stockade.toml", env, ())
 
 
+@contextlib.contextmanager
+def _locked_elsewhere(state: Path) -> Iterator[Path]:
+    """The telemetry file under `state`, its lock held as another process would hold it
+    (released when the block ends)."""
+    written = state / "telemetry.jsonl"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    with written.open("ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield written
+
+
 def test_an_idle_worker_writes_what_it_holds(tmp_path: Path, shared_cache: Path) -> None:
     """The file sink wrote only when a record came after its interval: a worker idle after
     a burst held the burst's records, lost if it was killed (found by review)."""
@@ -109,10 +122,7 @@ def test_a_held_telemetry_file_does_not_stop_the_worker(tmp_path: Path,
     gateway = _writing_every(tmp_path, shared_cache, 1000)
     try:
         assert gateway.client.get("/hello").status_code == 200
-        written = tmp_path / "state" / "telemetry.jsonl"
-        written.parent.mkdir(parents=True, exist_ok=True)
-        with written.open("ab") as held:
-            fcntl.flock(held, fcntl.LOCK_EX)
+        with _locked_elsewhere(tmp_path / "state"):
             assert gateway.client.get("/hello").status_code == 200  # records to flush
             time.sleep(2.5)  # past the interval: the writer is waiting for the lock
             try:
@@ -132,10 +142,7 @@ def test_requests_never_wait_for_a_held_telemetry_file(tmp_path: Path,
     gateway = _writing_every(tmp_path, shared_cache, 500)
     try:
         assert gateway.client.get("/hello").status_code == 200
-        written = tmp_path / "state" / "telemetry.jsonl"
-        written.parent.mkdir(parents=True, exist_ok=True)
-        with written.open("ab") as held:
-            fcntl.flock(held, fcntl.LOCK_EX)
+        with _locked_elsewhere(tmp_path / "state") as written:
             statuses = []
             end = time.monotonic() + 3.0  # six intervals, each request recording
             while time.monotonic() < end:
@@ -145,7 +152,6 @@ def test_requests_never_wait_for_a_held_telemetry_file(tmp_path: Path,
                     statuses.append(0)
                     break
                 time.sleep(0.05)
-            fcntl.flock(held, fcntl.LOCK_UN)
         assert statuses and set(statuses) == {200}, statuses
         # The lock released, what was recorded meanwhile is written.
         deadline = time.monotonic() + 10
