@@ -85,6 +85,7 @@ def _reporting(exporter: Any, endpoint: str, report: _FailureReport,
     export with its cause. Per export on the exporter's thread: nothing is added where
     spans are recorded."""
     export = exporter.export
+    endpoint = shown_endpoint(endpoint)  # as the report says it
 
     def reporting_export(*args: Any, **kwargs: Any) -> Any:
         lines.forget_cause()
@@ -386,10 +387,11 @@ class _FailureReport:
         self._said_at: float | None = None
 
     def failed(self, endpoint: str, cause: str) -> None:
+        """An export to `endpoint` (as shown: `shown_endpoint`) failed with `cause`."""
         with self._lock:
             if cause:
                 self._cause = cause
-            self._failing[shown_endpoint(endpoint)] = None
+            self._failing[endpoint] = None
             if self._closing:
                 self._at_close += 1
                 return

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from ..errors import UsageError
 from ..paths import state_dir
+from ..policy.units import shown
 from ..records import FieldTuple
 from .profiles import Compression, ExportProfile, Protocol, choose_profile
 
@@ -86,7 +87,7 @@ def _number(env: Mapping[str, str], key: str, cast: type[float] | type[int],
     except ValueError:
         raise UsageError(f"{key}={raw!r} (from the environment) is not a number") from None
     if not 0 < value <= ceiling:  # false for nan
-        raise UsageError(f"{key}={raw[:40]!r} (from the environment) must be positive and "
+        raise UsageError(f"{key}={shown(raw)} (from the environment) must be positive and "
                          f"at most {ceiling:g}")
     return float(value)
 
