@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import logging
 import math
@@ -290,6 +291,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._sweep: _Sweep | None = None
         self._ignoring = False  # input after a refused pipelined head or a half-close
         self._writes = WriteBatch.of(self.server_state, self.loop)
+        self._context = contextvars.copy_context()  # each answer runs in a copy of it
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -532,7 +534,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _start(self, cycle: Exchange) -> None:
         self._answering = cycle
-        task = self.loop.create_task(cycle.run(self.answer))
+        # In a copy of the connection's context, not the current one: a pipelined request
+        # is started at the end of the previous answer, and inherited what that one set.
+        task = self.loop.create_task(cycle.run(self.answer), context=self._context.copy())
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
