@@ -114,6 +114,38 @@ def violate(url: str, path: str = "/fail", params: dict[str, str] | None = None,
             assert response.status_code == status, response.text
 
 
+def unavailable_reason(response: httpx.Response) -> str | None:
+    """The `reason` of a 503 (`breaker`, `queue`, `state`...); None for another status."""
+    if response.status_code != 503:
+        return None
+    reason: str | None = response.json().get("reason")
+    return reason
+
+
+@pytest.fixture(params=["local", "redis"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A manifest's `[state]`: none (the server's own) or a real redis-server's."""
+    if request.param == "local":
+        yield ""
+        return
+    from ..state.conftest import RedisServer
+
+    server = RedisServer(tmp_path)
+    try:
+        yield f'[state]\nbackend = "{server.url}"\n'
+    finally:
+        server.stop()
+
+
+def breaker_gateway(folder: Path, cache: Path, manifest: str, cooldown: float) -> Gateway:
+    """A gateway serving `manifest` (written in `folder`, its state there too) whose
+    breakers half-open `cooldown` seconds after they open. Stop it."""
+    path = folder / "stockade.toml"
+    path.write_text(manifest)
+    env = {**gateway_env(cache, folder / "state"), "STOCKADE_BREAKER_COOLDOWN": f"{cooldown:g}s"}
+    return Gateway(path, env, ())
+
+
 def gateway_env(cache: Path, state: Path) -> dict[str, str]:
     """The host environment without STOCKADE_*, OTEL_*, XDG_*; cache and state given,
     and the session's host key (it seals the shared cache)."""

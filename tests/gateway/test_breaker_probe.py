@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from ..state.conftest import RedisServer
-from .conftest import Gateway, gateway_env, module, violate
+from .conftest import breaker_gateway, client_at, module, unavailable_reason, violate
 
 COOLDOWN = 6.0
 HOLD = 3.0  # how long the attacker's request holds the only guest thread
@@ -43,38 +40,14 @@ module = "{fail}"
 """
 
 
-def _reason(response: httpx.Response) -> str | None:
-    if response.status_code != 503:
-        return None
-    reason: str | None = response.json().get("reason")
-    return reason
-
-
-@pytest.fixture(params=["local", "redis"])
-def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The manifest's `[state]`: none (this server's) or a real redis-server's."""
-    if request.param == "local":
-        yield ""
-        return
-    server = RedisServer(tmp_path)
-    try:
-        yield f'[state]\nbackend = "{server.url}"\n'
-    finally:
-        server.stop()
-
-
 def test_a_probe_refused_before_it_ran_is_freed_for_the_next_request(
         tmp_path: Path, shared_cache: Path, state: str) -> None:
-    path = tmp_path / "stockade.toml"
-    path.write_text(_manifest(state))
-    env = {**gateway_env(shared_cache, tmp_path / "state"),
-           "STOCKADE_BREAKER_COOLDOWN": f"{COOLDOWN:g}s"}
-    gateway = Gateway(path, env, ())
+    gateway = breaker_gateway(tmp_path, shared_cache, _manifest(state), COOLDOWN)
     try:
         client = gateway.client
         violate(gateway.url)  # three clients' limit violations: the breaker opens
         time.sleep(0.1)  # admissions Redis granted ahead (`state.credit`) run out
-        assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
+        assert unavailable_reason(client.get("/fail", params={"kind": "none"})) == "breaker"
         time.sleep(COOLDOWN + 0.5)  # half-open: the next request is the probe
         # The attacker holds the only guest thread and nothing may queue: the probe (a
         # sleeper, too long to finish inline) is granted by the breaker, refused by the
@@ -86,7 +59,7 @@ def test_a_probe_refused_before_it_ran_is_freed_for_the_next_request(
         holder.start()
         time.sleep(1.0)
         probe = client.get("/fail", params={"kind": "sleep", "s": "1"})
-        assert _reason(probe) == "queue", probe.text
+        assert unavailable_reason(probe) == "queue", probe.text
         holder.join()
         assert held == [200]
         # Well within a cooldown of the refused probe: freed, the next request probes,
@@ -98,7 +71,7 @@ def test_a_probe_refused_before_it_ran_is_freed_for_the_next_request(
         gateway.stop()
 
 
-def _probe_manifest(state: str) -> str:
+def probe_manifest(state: str) -> str:
     return f"""
 [server]
 workers = 1
@@ -126,11 +99,7 @@ def test_only_the_probe_closes_a_half_open_breaker(
     half-open probe (a run that fails again) is still out. Taken as the probe's verdict,
     it closed the breaker of a function that still fails, and every request ran it
     again. Only the probe's own end may close (or re-open) a half-open breaker."""
-    path = tmp_path / "stockade.toml"
-    path.write_text(_probe_manifest(state))
-    env = {**gateway_env(shared_cache, tmp_path / "state"),
-           "STOCKADE_BREAKER_COOLDOWN": f"{SHORT_COOLDOWN:g}s"}
-    gateway = Gateway(path, env, ())
+    gateway = breaker_gateway(tmp_path, shared_cache, probe_manifest(state), SHORT_COOLDOWN)
     try:
         client = gateway.client
         # The attacker's ordinary run: admitted now, clean, ending after the probe starts.
@@ -143,7 +112,7 @@ def test_only_the_probe_closes_a_half_open_breaker(
         time.sleep(0.5)
         violate(gateway.url)  # three clients' limit violations: the breaker opens
         time.sleep(0.1)  # admissions Redis granted ahead (`state.credit`) run out
-        assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
+        assert unavailable_reason(client.get("/fail", params={"kind": "none"})) == "breaker"
         time.sleep(SHORT_COOLDOWN + 0.5)
         # The probe: it fails again, at its timeout, long after the ordinary run ends.
         probe: list[int] = []
@@ -157,12 +126,14 @@ def test_only_the_probe_closes_a_half_open_breaker(
             "too slow to test: the probe ended before the ordinary run"
         assert prober.is_alive()
         time.sleep(0.6)  # the Invoker's trust in a closed breaker (0.5 s) runs out
-        # The probe is still out: the breaker is half-open and refuses everyone else.
-        assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
-        prober.join()
-        assert probe == [504]
-        time.sleep(0.1)
-        # The probe failed: open again for a cooldown.
-        assert _reason(client.get("/fail", params={"kind": "none"})) == "breaker"
+        # The probe is still out: the breaker is half-open and refuses everyone else
+        # (but the ordinary run's address: in standing since, clientbreaker.py).
+        with client_at(gateway.url, "127.0.0.40") as newcomer:
+            assert unavailable_reason(newcomer.get("/fail", params={"kind": "none"})) == "breaker"
+            prober.join()
+            assert probe == [504]
+            time.sleep(0.1)
+            # The probe failed: open again for a cooldown.
+            assert unavailable_reason(newcomer.get("/fail", params={"kind": "none"})) == "breaker"
     finally:
         gateway.stop()

@@ -88,7 +88,10 @@ def test_traps_do_not_open_it_limit_violations_open_only_that_function(
         assert client.get("/fail", params={"kind": "trap"}).status_code == 502
     assert client.get("/fail", params={"kind": "none"}).status_code == 200
     violate(gateway.url)  # three clients' limit violations (the output cap)
-    assert is_breaker(client.get("/fail", params={"kind": "none"}))
+    with client_at(gateway.url, "127.0.0.40") as newcomer:  # never served: refused
+        assert is_breaker(newcomer.get("/fail", params={"kind": "none"}))
+    # Served before: in standing, not refused (clientbreaker.py).
+    assert client.get("/fail", params={"kind": "none"}).status_code == 200
     # Only that function: another function built from the same module still answers.
     assert client.get("/twin", params={"kind": "none"}).status_code == 200
     assert client.get("/hello").status_code == 200
@@ -288,8 +291,10 @@ def test_behind_a_trusted_proxy_clients_are_counted_apart(
     with client_at(proxy, "127.0.0.20") as other:
         assert other.get("/fail", params={"kind": "none"}).status_code == 200
     violate(proxy, clients=2)  # with the attacker, three clients through the balancer
-    with client_at(proxy, "127.0.0.20") as other:
-        assert is_breaker(other.get("/fail", params={"kind": "none"}))
+    with client_at(proxy, "127.0.0.21") as newcomer:  # the first never served: refused
+        assert is_breaker(newcomer.get("/fail", params={"kind": "none"}))
+    with client_at(proxy, "127.0.0.20") as other:  # its address, told apart: in standing
+        assert other.get("/fail", params={"kind": "none"}).status_code == 200
 
 
 def test_appending_bytes_to_the_module_does_not_escape(serve: Serve, tmp_path: Path) -> None:
@@ -387,8 +392,10 @@ timeout = "10s"
 def probe_while_the_pool_is_busy(url: str, client: Any) -> None:
     """Open `fail`'s breaker, wait until it half-opens, and have an honest request probe
     while an attacker holds the cordon's only pool worker: refused 503 before it ran.
-    Then the honest client's next request must probe again and close the breaker."""
-    assert client.get("/fail", params={"kind": "none"}).status_code == 200  # pool up
+    Then the honest client's next request must probe again and close the breaker. The
+    honest client was never served (one in standing asks no breaker, and probes none)."""
+    with client_at(url, "127.0.0.51") as warm:
+        assert warm.get("/fail", params={"kind": "none"}).status_code == 200  # pool up
     violate(url)
     assert is_breaker(client.get("/fail", params={"kind": "none"}))
     time.sleep(2.5)  # the cooldown (2 s) ends: the next request probes

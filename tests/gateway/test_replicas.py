@@ -284,7 +284,10 @@ def test_a_stopped_store_gives_each_policy_within_a_timeout_then_recovers(
         assert closed.client.get("/free").status_code == 200
         redis_server.stop()
         start = time.monotonic()
-        response = closed.client.get("/free")
+        # A client never served: one in standing asks no breaker, and a function without
+        # quotas nothing else of the store (clientbreaker.py).
+        with client_at(closed.url, "127.0.0.40") as newcomer:
+            response = newcomer.get("/free")
         assert time.monotonic() - start < 0.5 + 1.0  # one timeout, and slack
         assert response.status_code == 503 and response.json()["reason"] == "state"
         assert "fail_closed" in response.json()["detail"]
@@ -301,9 +304,10 @@ def test_a_stopped_store_gives_each_policy_within_a_timeout_then_recovers(
         while closed.client.get("/free").status_code != 200:
             assert time.monotonic() < deadline, "never reconnected"
             time.sleep(0.1)
-        opened.client.get("/free")
-        time.sleep(1.1)
-        opened.client.get("/free")
+        for newcomer in ("127.0.0.41", "127.0.0.42"):  # each asks the store (above)
+            with client_at(opened.url, newcomer) as client:
+                client.get("/free")
+            time.sleep(1.1)
         opened.wait_for_log("answers again")
     finally:
         closed.stop()

@@ -14,6 +14,19 @@ setting: replicas sharing a breaker must count clients alike. Refused here is on
 holder of the /48 moving to another /64 is refused there after `threshold` more runs and
 still opens no breaker. Kept per worker, in memory: a client spreading its connections
 over workers and replicas gets a threshold in each, still never the function's breaker.
+
+Standing: an address whose last run of a function exited (whatever its code) within
+`STANDING` seconds, and which hit no limit since, is not refused by the function's
+breaker (`in_standing`; the `Pipeline` admits it through the route's gate without the
+breaker, and the `Invoker` asks no breaker for it). Clients at `threshold + 1` rotated
+addresses could otherwise keep a function's breaker open for everyone: three opened
+it, and each time it half-opened a fresh one took the probe and hit a limit again. Now
+they keep it open only for clients the function has not served. A served client that
+hits a limit while the breaker is open runs that once: its standing goes with the
+violation, and no run grants it again while the breaker stays open (only runs admitted
+do). Kept per worker, in memory, by client as the function's breaker counts them
+(`source`: an IPv6 client's /48): one network's addresses cannot fill the table and
+push the clients it keeps out.
 """
 
 from __future__ import annotations
@@ -27,12 +40,14 @@ from ..telemetry.breaker import BreakerConfig
 from .connlimit import peer_key
 from .problem import TooManyRequests
 
-__all__ = ["ClientBreakers", "CLIENTS_KEPT", "SOURCE_IPV6_PREFIX", "REFUSED_IPV6_PREFIX"]
+__all__ = ["ClientBreakers", "CLIENTS_KEPT", "SOURCE_IPV6_PREFIX", "REFUSED_IPV6_PREFIX",
+           "STANDING"]
 
 logger = logging.getLogger("stockade.gateway")
 CLIENTS_KEPT = 4096  # (function, client) pairs remembered; the oldest is forgotten first
 SOURCE_IPV6_PREFIX = 48  # an IPv6 client, to a function's breaker: its site's network
 REFUSED_IPV6_PREFIX = 64  # and refused as: its host's network
+STANDING = 3600.0  # seconds a clean run keeps its address past the function's breaker
 
 _Key = tuple[str, str | None, str]  # function, tenant, client
 
@@ -45,6 +60,7 @@ class ClientBreakers:
         self._kept = kept
         self._violations: dict[_Key, deque[float]] = {}
         self._open: dict[_Key, float] = {}  # refused until (time.monotonic())
+        self._clean: dict[_Key, float] = {}  # by `source`: its last clean run's time
 
     def source(self, address: str | None) -> str | None:
         """The client an address counts as (None: no address, a Unix socket's peer)."""
@@ -68,11 +84,32 @@ class ClientBreakers:
             f"limit {self.config.threshold} times within {self.config.window:g} s",
             left, limit="client_breaker")
 
+    def ran_clean(self, function: str, tenant: str | None, source: str | None) -> None:
+        """The run of `function` of the client `source` exited: it is in standing (see
+        the module docstring) for `STANDING` seconds from now."""
+        if not source:
+            return
+        key, now = (function, tenant, source), time.monotonic()
+        clean = self._clean
+        last = clean.pop(key, None)  # re-inserted: the dict keeps LRU order
+        if last is None and len(clean) >= self._kept:
+            del clean[next(iter(clean))]
+        clean[key] = now
+
+    def in_standing(self, function: str, tenant: str | None, source: str | None) -> bool:
+        """Whether the client `source` passes `function`'s breaker: its last run of it
+        exited within `STANDING` seconds, and none hit a limit since."""
+        if not source:
+            return False
+        last = self._clean.get((function, tenant, source))
+        return last is not None and time.monotonic() - last <= STANDING
+
     def violated(self, function: str, tenant: str | None, address: str | None) -> None:
         """The run of `function` of the client at `address` hit a limit: counted, and its
-        breaker opened at the threshold."""
+        breaker opened at the threshold; the address loses its standing."""
         if not address:
             return
+        self._clean.pop((function, tenant, peer_key(address, SOURCE_IPV6_PREFIX)), None)
         config, now = self.config, time.monotonic()
         client = peer_key(address, REFUSED_IPV6_PREFIX)
         key = (function, tenant, client)

@@ -143,8 +143,10 @@ class Invoker:
             request.state["invocation_id"] = invocation_id  # for the logs
             if holder is not None:
                 self._refuse_counted_client(route, invocation)
-            # Short guests run right here (see fastexec.py); the breaker is asked first.
-            if self.inline:
+            # Short guests run right here (see fastexec.py); the breaker is asked first,
+            # unless the client is in standing (clientbreaker.py).
+            standing = "standing" in request.state
+            if self.inline and not standing:
                 probe = self._admit(route, invocation) or probe
         except BaseException:
             if holder is not None:
@@ -168,15 +170,18 @@ class Invoker:
             metrics = self.metrics
             metrics.add("stockade_gateway_inflight", route.labels, 1)
             try:
-                result = await self._dispatch(request, route, invocation, not self.inline,
-                                              probe)
+                result = await self._dispatch(request, route, invocation,
+                                              not self.inline and not standing, probe)
             finally:
                 metrics.add("stockade_gateway_inflight", route.labels, -1)
         request.state["result"] = result  # its stderr and outcome, for the logs
         guest_cpu = result.usage.cpu_ms / 1000
         cpu = abandoned + guest_cpu
         request.state["cpu_seconds"] = cpu
-        if result.outcome is not Outcome.EXITED and result.outcome.is_violation:
+        if result.outcome is Outcome.EXITED:
+            if self.clients is not None:
+                self.clients.ran_clean(spec.name, spec.tenant, source)
+        elif result.outcome.is_violation:
             self._violated(route, result.outcome, request.state.get("client"))
         # Counted as Metrics.inc would, through cells kept per series (see _new_series).
         key = (route.labels, result.outcome, route.prepared.kind)

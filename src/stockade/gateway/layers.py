@@ -141,18 +141,22 @@ class Pipeline:
                 await request.read_body(route.spec.max_body, self.body_timeout,
                                         self.body_min_rate, hold)
             clients = self.clients
+            gate = route.gate
             if clients is not None:
                 # Before any slot or breaker probe is taken: a refused client holds none.
                 proxies = self.proxies
                 if proxies is not None:
                     client = proxies.client(client, request.headers)
                 state["client"] = client
-                state["source"] = clients.source(client)
+                state["source"] = source = clients.source(client)
                 clients.check(route.spec.name, route.spec.tenant, client)
+                if clients.in_standing(route.spec.name, route.spec.tenant, source):
+                    state["standing"] = True  # no breaker is asked (clientbreaker.py)
+                    gate = route.standing_gate
             # Limits: the function's and the tenant's slots through the route's gate (429
             # when either is spent, 503 for an open breaker or unavailable shared state),
             # given back after the response, charging the guest's CPU time.
-            lease = admit_now(route.gate) or await admit(route.gate)
+            lease = admit_now(gate) or await admit(gate)
             if lease.degraded:  # decided by this replica alone: shared state unavailable
                 self.metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
             if lease.probe:  # the breaker's probe: freed by the Invoker if it never runs

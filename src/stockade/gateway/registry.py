@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -35,12 +35,16 @@ logger = logging.getLogger("stockade.gateway")
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A routed function: its prepared executor, admission gate and metric labels."""
+    """A routed function: its prepared executor, admission gate and metric labels.
+    `standing_gate` admits under the same quotas without asking the function's breaker:
+    for a client in standing (`clientbreaker.py`); `gate` itself when no breaker is
+    asked at admission."""
 
     spec: FunctionSpec
     prepared: Prepared
     gate: Gate
     labels: tuple[tuple[str, str], ...]
+    standing_gate: Gate
 
 
 class Routes:
@@ -148,12 +152,14 @@ class Registry:
             # A slot outlives no request, and no request its slot: the lease lasts as long
             # as the gateway may hold the request (a run that starts late included).
             timeout = spec.policy.limits.timeout or 60.0
-            gate = self.state.gate(GateSpec(
-                spec.name, spec.tenant, quotas[function_key], quotas[tenant_key],
-                longest_hold(timeout) + self.lease_grace,
-                f"function:{spec.name}" if self.breakers else None))
+            unbroken = GateSpec(spec.name, spec.tenant, quotas[function_key],
+                                quotas[tenant_key], longest_hold(timeout) + self.lease_grace)
+            gate = self.state.gate(replace(unbroken, breaker=f"function:{spec.name}")) \
+                if self.breakers else self.state.gate(unbroken)
+            standing_gate = self.state.gate(unbroken) if self.breakers else gate
             routes.append(Route(spec, prepared, gate,
-                                (("function", spec.name), ("tenant", spec.tenant))))
+                                (("function", spec.name), ("tenant", spec.tenant)),
+                                standing_gate))
         built = Routes(routes)
         built.quotas = quotas
         built.pools = pools
