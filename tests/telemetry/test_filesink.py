@@ -332,3 +332,30 @@ def test_numbers_past_their_ceilings_are_refused(key: str, value: str) -> None:
 
     with pytest.raises(UsageError, match=f"{key}=.*must be positive and at most"):
         resolve_settings("edge", env={key: value})
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_records_after_the_writer_died_are_written_on_the_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer thread ended by what no `except Exception` catches left the records
+    waiting until a whole batch filled (32 spans of the edge profile): a quiet server's
+    requests were never written. Its end hands the writing back to the recording threads."""
+    import threading
+    import time
+
+    sink = _background_sink(tmp_path, "50")
+    try:
+        def ended(self: FileSink) -> None:
+            raise SystemExit("the writer ends")
+
+        monkeypatch.setattr(FileSink, "_write_due", ended)
+        (writer,) = [t for t in threading.enumerate() if t.name == "stockade-telemetry-writer"]
+        writer.join(10)
+        assert not writer.is_alive()
+        monkeypatch.undo()
+        time.sleep(0.1)  # the interval has passed: the next record writes what is due
+        info, result = make_run()
+        sink.record(InvocationRecord.build(info, result))
+        assert read_summary(tmp_path / "t").invocations == 1  # written by this thread
+    finally:
+        sink.close()

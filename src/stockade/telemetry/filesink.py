@@ -115,17 +115,25 @@ class FileSink:
             self._writer = writer
 
     def _writing(self) -> None:
-        """The background writer: on the interval, and as soon as a batch is full."""
-        while not self._stopping:
-            left = self._interval - (time.monotonic() - self._last_flush)
-            self._wake.wait(min(max(left, 0.01), _LONGEST_SLEEP))
-            self._wake.clear()
-            if self._stopping:
-                return
-            try:
-                self._write_due()
-            except Exception:  # noqa: BLE001 - the writer outlives any one write
-                logger().warning("could not write telemetry to %s", self.path, exc_info=True)
+        """The background writer: on the interval, and as soon as a batch is full. Should
+        it end otherwise than by `close` (what no `except Exception` catches), the
+        recording threads write again, as records come (`_flush_if`)."""
+        try:
+            while not self._stopping:
+                left = self._interval - (time.monotonic() - self._last_flush)
+                self._wake.wait(min(max(left, 0.01), _LONGEST_SLEEP))
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    self._write_due()
+                except Exception:  # noqa: BLE001 - the writer outlives any one write
+                    logger().warning("could not write telemetry to %s", self.path,
+                                     exc_info=True)
+        finally:
+            with self._lock:
+                if self._writer is threading.current_thread():
+                    self._writer = None
 
     def _write_due(self) -> None:
         """The background writer's turn: what is due, and the drops not said yet."""
