@@ -9,13 +9,16 @@ the function has not served (on the local state and on a shared Redis)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from stockade.gateway.clientbreaker import STANDING, ClientBreakers
+from stockade.gateway.clientbreaker import ClientBreakers
+from stockade.gateway.standing import STANDING, Standing
 from stockade.telemetry.breaker import BreakerConfig
 
-from .conftest import breaker_gateway, client_at, unavailable_reason, violate
+from .conftest import breaker_gateway, client_at, module, unavailable_reason, violate
 from .test_breaker_probe import probe_manifest
 
 COOLDOWN = 2.0
@@ -49,37 +52,163 @@ def test_rotated_addresses_keep_the_breaker_open_only_for_clients_never_served(
         gateway.stop()
 
 
-def test_standing_is_a_clean_run_within_its_time_and_no_violation_since() -> None:
-    clients = ClientBreakers(BreakerConfig(threshold=2, window=60, cooldown=30), kept=2)
-    one, two, three = (clients.source(f"10.0.0.{n}") for n in (1, 2, 3))
-    assert not clients.in_standing("f", "t", one)
-    clients.ran_clean("f", "t", one)
-    assert clients.in_standing("f", "t", one)
-    assert not clients.in_standing("g", "t", one)  # per function
-    assert not clients.in_standing("f", "t", two)  # per client
-    assert not clients.in_standing("f", "t", None)
-    clients.violated("f", "t", "10.0.0.1")  # one violation, under the threshold: gone
-    assert not clients.in_standing("f", "t", one)
-    clients.ran_clean("f", "t", one)
-    assert clients.in_standing("f", "t", one)
-    clients.ran_clean("f", "t", two)
-    clients.ran_clean("f", "t", three)  # `kept` entries: the oldest is forgotten
-    assert not clients.in_standing("f", "t", one)
-    assert clients.in_standing("f", "t", three)
-    clients._clean[("f", "t", three)] -= STANDING + 1  # its clean run is too old
-    assert not clients.in_standing("f", "t", three)
+def _fail_manifest(state: str, server: str = "") -> str:
+    """`fail` with a 4 s timeout and four guest threads, under `[server]` lines `server`."""
+    return f"""
+[server]
+workers = 1
+threads = 4
+{server}
+{state}
+
+[[function]]
+name = "fail"
+route = "/fail"
+module = "{module("fail")}"
+max_response = "64KiB"
+
+[function.limits]
+timeout = "4s"
+"""
 
 
-def test_one_network_holds_one_standing_and_loses_it_from_any_of_its_addresses() -> None:
+def _status(url: str, params: dict[str, str], source: str = "127.0.0.2",
+            forwarded: str | None = None) -> int:
+    """One request's status, from `source` (and as `forwarded` by a trusted proxy)."""
+    headers = {"x-forwarded-for": forwarded} if forwarded else {}
+    with client_at(url, source) as client:
+        return client.get("/fail", params=params, headers=headers).status_code
+
+
+def _beside(work: Callable[[], int]) -> tuple[threading.Thread, list[int]]:
+    out: list[int] = []
+    thread = threading.Thread(target=lambda: out.append(work()))
+    thread.start()
+    return thread, out
+
+
+def test_a_clean_run_beside_each_violation_does_not_keep_the_standing(
+        tmp_path: Path, shared_cache: Path, state: str) -> None:
+    """Attack (review): standing was checked at admission and ended when a violating
+    run ended, so a clean run in flight beside each violation gave it again, and a
+    client served once ran an input hitting a limit as often as it liked while the
+    breaker was open. Now one request at a time holds it, and a run admitted before the
+    client's violation gives none."""
+    gateway = breaker_gateway(tmp_path, shared_cache, _fail_manifest(state), 30.0)
+    url, statuses = gateway.url, []
+    try:
+        assert _status(url, {"kind": "none"}) == 200
+        violate(url)
+        time.sleep(0.2)  # admissions Redis granted ahead (`state.credit`) run out
+        for _ in range(3):
+            clean, out = _beside(lambda: _status(url, {"kind": "sleep", "s": "1"}))
+            time.sleep(0.3)
+            statuses.append(_status(url, {"kind": "flood"}))
+            clean.join()
+            statuses += out
+        assert statuses.count(502) <= 1, statuses
+        assert _status(url, {"kind": "none"}, "127.0.0.3") == 503  # still open
+    finally:
+        gateway.stop()
+
+
+def test_a_burst_from_a_client_in_standing_runs_one_request(
+        tmp_path: Path, shared_cache: Path, state: str) -> None:
+    """Attack (review): every request a client in standing sent at once got past the
+    open breaker, each running to its timeout."""
+    gateway = breaker_gateway(tmp_path, shared_cache, _fail_manifest(state), 30.0)
+    url = gateway.url
+    try:
+        assert _status(url, {"kind": "none"}) == 200
+        violate(url)
+        time.sleep(0.2)
+        burst = [_beside(lambda: _status(url, {"kind": "sleep", "s": "20"}))
+                 for _ in range(4)]
+        for thread, _ in burst:
+            thread.join()
+        assert sorted(out[0] for _, out in burst) == [503, 503, 503, 504]
+    finally:
+        gateway.stop()
+
+
+def test_one_network_rotating_its_hosts_gets_one_violation_past_the_breaker(
+        tmp_path: Path, shared_cache: Path, state: str) -> None:
+    """Attack (review): standing is kept per /48 and a client refused per /64; a /48
+    served once ran violations from host after host, with no bound."""
+    text = _fail_manifest(state, 'trusted_proxies = ["127.0.0.1"]')
+    gateway = breaker_gateway(tmp_path, shared_cache, text, 30.0)
+    url, got = gateway.url, []
+    try:
+        assert _status(url, {"kind": "none"}, "127.0.0.1", "2001:db8:1::1") == 200
+        for network in (2, 3, 4):  # three other /48s open the breaker
+            assert _status(url, {"kind": "flood"}, "127.0.0.1",
+                           f"2001:db8:{network}::1") == 502
+        time.sleep(0.2)
+        for host in range(1, 7):
+            clean, _ = _beside(lambda: _status(url, {"kind": "sleep", "s": "1"}, "127.0.0.1",
+                                               "2001:db8:1:ffff::1"))
+            time.sleep(0.3)
+            got.append(_status(url, {"kind": "flood"}, "127.0.0.1",
+                               f"2001:db8:1:{host:x}::1"))
+            clean.join()
+        assert got.count(502) <= 1, got
+    finally:
+        gateway.stop()
+
+
+def test_a_ticket_is_taken_by_one_request_and_given_again_by_its_clean_run() -> None:
+    standing, now = Standing(kept=2), time.monotonic()
+    assert standing.take("f", "t", "10.0.0.1", now) is None
+    standing.ran_clean("f", "t", "10.0.0.1", now)
+    given = standing.take("f", "t", "10.0.0.1", now)
+    assert given is not None
+    assert standing.take("f", "t", "10.0.0.1", now) is None  # one request at a time
+    standing.give_back("f", "t", "10.0.0.1", given)  # refused before its run
+    assert standing.take("f", "t", "10.0.0.1", now) == given
+    standing.ran_clean("f", "t", "10.0.0.1", now)
+    assert standing.take("g", "t", "10.0.0.1", now) is None  # per function
+    assert standing.take("f", "u", "10.0.0.1", now) is None  # and tenant
+    assert standing.take("f", "t", None, now) is None
+    assert standing.take("f", "t", "10.0.0.1", now + STANDING + 1) is None  # expired
+
+
+def test_a_violation_ends_the_ticket_and_what_runs_admitted_before_it_give() -> None:
+    standing = Standing(kept=8)
+    admitted = time.monotonic()
+    standing.ran_clean("f", "t", "10.0.0.1", admitted)
+    given = standing.take("f", "t", "10.0.0.1", admitted)
+    assert given is not None
+    standing.violated("f", "t", "10.0.0.1")
+    standing.give_back("f", "t", "10.0.0.1", given)  # taken before the violation
+    standing.ran_clean("f", "t", "10.0.0.1", admitted)  # a run admitted before it
+    assert standing.take("f", "t", "10.0.0.1", time.monotonic()) is None
+    standing.ran_clean("f", "t", "10.0.0.1", time.monotonic())  # admitted after it
+    assert standing.take("f", "t", "10.0.0.1", time.monotonic()) is not None
+
+
+def test_another_functions_clients_never_push_a_client_out() -> None:
+    """Attack (review): one table for every function and tenant: 4,096 clean runs of
+    another tenant's function pushed out the standing of a function's clients."""
+    standing, now = Standing(kept=16), time.monotonic()
+    standing.ran_clean("f", "t", "192.0.2.7", now)
+    for host in range(5000):
+        standing.ran_clean("cheap", "other", f"10.0.{host >> 8}.{host & 255}", now)
+    assert standing.take("f", "t", "192.0.2.7", now) is not None
+    for host in range(16):  # its own function's clients do, least recent first
+        standing.ran_clean("f", "t", f"10.1.0.{host}", now)
+    assert standing.take("f", "t", "192.0.2.7", now) is None
+    assert standing.take("f", "t", "10.1.0.0", now) is not None
+
+
+def test_one_network_holds_one_ticket_and_loses_it_from_any_of_its_hosts() -> None:
     """Attack: clean runs from 4,096 addresses of one IPv6 /64 filled the table and
     pushed out the standing of every other client, whom rotated addresses could then
     keep out again. A network counts as one client, as to the function's breaker."""
     clients = ClientBreakers(BreakerConfig(threshold=2, window=60, cooldown=30), kept=16)
-    served = clients.source("192.0.2.7")
-    clients.ran_clean("f", "t", served)
+    now = time.monotonic()
+    clients.standing.ran_clean("f", "t", clients.source("192.0.2.7"), now)
     for host in range(5000):
-        clients.ran_clean("f", "t", clients.source(f"2001:db8:1:2::{host:x}"))
-    assert clients.in_standing("f", "t", served)
-    assert clients.in_standing("f", "t", clients.source("2001:db8:1:ffff::1"))  # its /48
+        clients.standing.ran_clean("f", "t", clients.source(f"2001:db8:1:2::{host:x}"), now)
+    assert clients.standing.take("f", "t", clients.source("192.0.2.7"), now) is not None
     clients.violated("f", "t", "2001:db8:1:2::1")
-    assert not clients.in_standing("f", "t", clients.source("2001:db8:1:2::2"))
+    assert clients.standing.take("f", "t", clients.source("2001:db8:1:ffff::1"), now) is None

@@ -15,18 +15,8 @@ holder of the /48 moving to another /64 is refused there after `threshold` more 
 still opens no breaker. Kept per worker, in memory: a client spreading its connections
 over workers and replicas gets a threshold in each, still never the function's breaker.
 
-Standing: an address whose last run of a function exited (whatever its code) within
-`STANDING` seconds, and which hit no limit since, is not refused by the function's
-breaker (`in_standing`; the `Pipeline` admits it through the route's gate without the
-breaker, and the `Invoker` asks no breaker for it). Clients at `threshold + 1` rotated
-addresses could otherwise keep a function's breaker open for everyone: three opened
-it, and each time it half-opened a fresh one took the probe and hit a limit again. Now
-they keep it open only for clients the function has not served. A served client that
-hits a limit while the breaker is open runs that once: its standing goes with the
-violation, and no run grants it again while the breaker stays open (only runs admitted
-do). Kept per worker, in memory, by client as the function's breaker counts them
-(`source`: an IPv6 client's /48): one network's addresses cannot fill the table and
-push the clients it keeps out.
+A client the function has served is not refused by the function's breaker
+(`standing.py`, `ClientBreakers.standing`): a violation here ends its standing.
 """
 
 from __future__ import annotations
@@ -34,20 +24,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from ..telemetry.breaker import BreakerConfig
 from .connlimit import peer_key
 from .problem import TooManyRequests
+from .standing import Standing
 
-__all__ = ["ClientBreakers", "CLIENTS_KEPT", "SOURCE_IPV6_PREFIX", "REFUSED_IPV6_PREFIX",
-           "STANDING"]
+__all__ = ["ClientBreakers", "CLIENTS_KEPT", "SOURCE_IPV6_PREFIX", "REFUSED_IPV6_PREFIX"]
 
 logger = logging.getLogger("stockade.gateway")
 CLIENTS_KEPT = 4096  # (function, client) pairs remembered; the oldest is forgotten first
 SOURCE_IPV6_PREFIX = 48  # an IPv6 client, to a function's breaker: its site's network
 REFUSED_IPV6_PREFIX = 64  # and refused as: its host's network
-STANDING = 3600.0  # seconds a clean run keeps its address past the function's breaker
 
 _Key = tuple[str, str | None, str]  # function, tenant, client
 
@@ -58,9 +47,9 @@ class ClientBreakers:
     def __init__(self, config: BreakerConfig, kept: int = CLIENTS_KEPT) -> None:
         self.config = config
         self._kept = kept
-        self._violations: dict[_Key, deque[float]] = {}
-        self._open: dict[_Key, float] = {}  # refused until (time.monotonic())
-        self._clean: dict[_Key, float] = {}  # by `source`: its last clean run's time
+        self._violations: OrderedDict[_Key, deque[float]] = OrderedDict()
+        self._open: OrderedDict[_Key, float] = OrderedDict()  # refused until (monotonic)
+        self.standing = Standing(kept)
 
     def source(self, address: str | None) -> str | None:
         """The client an address counts as (None: no address, a Unix socket's peer)."""
@@ -84,45 +73,27 @@ class ClientBreakers:
             f"limit {self.config.threshold} times within {self.config.window:g} s",
             left, limit="client_breaker")
 
-    def ran_clean(self, function: str, tenant: str | None, source: str | None) -> None:
-        """The run of `function` of the client `source` exited: it is in standing (see
-        the module docstring) for `STANDING` seconds from now."""
-        if not source:
-            return
-        key, now = (function, tenant, source), time.monotonic()
-        clean = self._clean
-        last = clean.pop(key, None)  # re-inserted: the dict keeps LRU order
-        if last is None and len(clean) >= self._kept:
-            del clean[next(iter(clean))]
-        clean[key] = now
-
-    def in_standing(self, function: str, tenant: str | None, source: str | None) -> bool:
-        """Whether the client `source` passes `function`'s breaker: its last run of it
-        exited within `STANDING` seconds, and none hit a limit since."""
-        if not source:
-            return False
-        last = self._clean.get((function, tenant, source))
-        return last is not None and time.monotonic() - last <= STANDING
-
     def violated(self, function: str, tenant: str | None, address: str | None) -> None:
         """The run of `function` of the client at `address` hit a limit: counted, and its
-        breaker opened at the threshold; the address loses its standing."""
+        breaker opened at the threshold; the client's standing ends."""
         if not address:
             return
-        self._clean.pop((function, tenant, peer_key(address, SOURCE_IPV6_PREFIX)), None)
+        self.standing.violated(function, tenant, peer_key(address, SOURCE_IPV6_PREFIX))
         config, now = self.config, time.monotonic()
         client = peer_key(address, REFUSED_IPV6_PREFIX)
         key = (function, tenant, client)
-        times = self._violations.pop(key, None)  # re-inserted: the dict keeps LRU order
+        violations = self._violations
+        times = violations.get(key)
         if times is None:
-            if len(self._violations) >= self._kept:
-                del self._violations[next(iter(self._violations))]
-            times = deque(maxlen=config.threshold)
+            if len(violations) >= self._kept:
+                violations.popitem(last=False)  # the least recent
+            times = violations[key] = deque(maxlen=config.threshold)
+        else:
+            violations.move_to_end(key)
         times.append(now)
-        self._violations[key] = times
         if len(times) >= config.threshold and now - times[0] <= config.window:
             if len(self._open) >= self._kept:
-                del self._open[next(iter(self._open))]
+                self._open.popitem(last=False)
             self._open[key] = now + config.cooldown
             times.clear()
             # One line per refusal period (a run each third violation at most): the

@@ -180,7 +180,8 @@ class Invoker:
         request.state["cpu_seconds"] = cpu
         if result.outcome is Outcome.EXITED:
             if self.clients is not None:
-                self.clients.ran_clean(spec.name, spec.tenant, source)
+                self.clients.standing.ran_clean(spec.name, spec.tenant, source,
+                                                request.state["admitted"])
         elif result.outcome.is_violation:
             self._violated(route, result.outcome, request.state.get("client"))
         # Counted as Metrics.inc would, through cells kept per series (see _new_series).

@@ -30,7 +30,7 @@ import logging
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StockadeError
 from .bodybudget import SLOW, BodyBudget
@@ -150,13 +150,19 @@ class Pipeline:
                 state["client"] = client
                 state["source"] = source = clients.source(client)
                 clients.check(route.spec.name, route.spec.tenant, client)
-                if clients.in_standing(route.spec.name, route.spec.tenant, source):
-                    state["standing"] = True  # no breaker is asked (clientbreaker.py)
+                state["admitted"] = now = time.monotonic()
+                ticket = clients.standing.take(route.spec.name, route.spec.tenant, source, now)
+                if ticket is not None:  # no breaker is asked for it (standing.py)
+                    state["standing"] = ticket
                     gate = route.standing_gate
             # Limits: the function's and the tenant's slots through the route's gate (429
             # when either is spent, 503 for an open breaker or unavailable shared state),
             # given back after the response, charging the guest's CPU time.
-            lease = admit_now(gate) or await admit(gate)
+            try:
+                lease = admit_now(gate) or await admit(gate)
+            except BaseException:
+                self._give_back(state)
+                raise
             if lease.degraded:  # decided by this replica alone: shared state unavailable
                 self.metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
             if lease.probe:  # the breaker's probe: freed by the Invoker if it never runs
@@ -165,9 +171,18 @@ class Pipeline:
                 return await self.invoker(request)
             finally:
                 lease.release(float(state.get("cpu_seconds", 0.0)))
+                if "cpu_seconds" not in state:  # no run began: refused, or gone before it
+                    self._give_back(state)
         finally:
             if hold is not None:  # most requests have no body: nothing was charged
                 hold.release()
+
+    def _give_back(self, state: dict[str, Any]) -> None:
+        """The standing this request took, given back: it was refused before its run."""
+        ticket = state.get("standing")
+        if ticket is not None and self.clients is not None:
+            spec = state["route"].spec
+            self.clients.standing.give_back(spec.name, spec.tenant, state["source"], ticket)
 
     def _refused(self, request: Request, exc: StockadeError) -> Response:
         """problem+json for `exc`; refusals (408, 413, 429, 503) counted by reason."""

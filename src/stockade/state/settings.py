@@ -2,7 +2,8 @@
 
     [state]
     backend = "redis://redis:6379/0"   # or "local" (the default: this server only)
-    on_unavailable = "fail_closed"     # 503 while Redis is unreachable; or "fail_open"
+    on_unavailable = "fail_closed"     # 503 while Redis is unreachable (to what needs it);
+                                       # or "fail_open"
     timeout = "1s"                     # per Redis call (connect, read, write)
 
 Credentials never go in the manifest: the password comes from `STOCKADE_REDIS_PASSWORD`
