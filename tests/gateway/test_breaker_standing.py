@@ -73,11 +73,11 @@ timeout = "4s"
 
 
 def _status(url: str, params: dict[str, str], source: str = "127.0.0.2",
-            forwarded: str | None = None) -> int:
+            forwarded: str | None = None, path: str = "/fail") -> int:
     """One request's status, from `source` (and as `forwarded` by a trusted proxy)."""
     headers = {"x-forwarded-for": forwarded} if forwarded else {}
     with client_at(url, source) as client:
-        return client.get("/fail", params=params, headers=headers).status_code
+        return client.get(path, params=params, headers=headers).status_code
 
 
 def _beside(work: Callable[[], int]) -> tuple[threading.Thread, list[int]]:
@@ -156,16 +156,54 @@ def test_one_network_rotating_its_hosts_gets_one_violation_past_the_breaker(
         gateway.stop()
 
 
-def test_a_ticket_is_taken_by_one_request_and_given_again_by_its_clean_run() -> None:
+def test_a_waiting_request_that_never_ran_keeps_its_clients_standing(
+        tmp_path: Path, shared_cache: Path) -> None:
+    """Attack (second review): a request that waited for a guest thread past its backstop
+    (504, its run never begun) spent its client's ticket, being charged the whole
+    timeout as if it had run: another client holding the only thread with long clean
+    runs of any function refused everyone the function had served, as before standing."""
+    text = _fail_manifest("").replace("threads = 4", "threads = 1").replace(
+        'timeout = "4s"', 'timeout = "2s"') + f"""
+[[function]]
+name = "slow"
+route = "/slow"
+module = "{module("fail")}"
+[function.limits]
+timeout = "20s"
+"""
+    gateway = breaker_gateway(tmp_path, shared_cache, text, 30.0)
+    url = gateway.url
+    slow = {"kind": "sleep", "s": "0.2"}  # too slow to finish inline: it waits a thread
+    try:
+        assert _status(url, slow) == 200
+        violate(url)
+        time.sleep(0.2)
+        holder, _ = _beside(lambda: _status(url, {"kind": "sleep", "s": "6"}, "127.0.0.40",
+                                            path="/slow"))
+        time.sleep(0.5)
+        assert _status(url, slow) == 504  # it waited out its backstop, never ran
+        holder.join()
+        assert _status(url, {"kind": "none"}) == 200
+    finally:
+        gateway.stop()
+
+
+def test_a_ticket_is_taken_by_one_request_and_settled_by_it() -> None:
     standing, now = Standing(kept=2), time.monotonic()
     assert standing.take("f", "t", "10.0.0.1", now) is None
     standing.ran_clean("f", "t", "10.0.0.1", now)
     given = standing.take("f", "t", "10.0.0.1", now)
     assert given is not None
     assert standing.take("f", "t", "10.0.0.1", now) is None  # one request at a time
-    standing.give_back("f", "t", "10.0.0.1", given)  # refused before its run
+    standing.settle("f", "t", "10.0.0.1", given, ran=False)  # refused before its run
     assert standing.take("f", "t", "10.0.0.1", now) == given
+    standing.settle("f", "t", "10.0.0.1", given, ran=True)  # a trap: spent
+    assert standing.take("f", "t", "10.0.0.1", now) is None
     standing.ran_clean("f", "t", "10.0.0.1", now)
+    taken = standing.take("f", "t", "10.0.0.1", now)
+    assert taken is not None
+    standing.ran_clean("f", "t", "10.0.0.1", now)  # its run exited: given again
+    standing.settle("f", "t", "10.0.0.1", taken, ran=True)  # then nothing to settle
     assert standing.take("g", "t", "10.0.0.1", now) is None  # per function
     assert standing.take("f", "u", "10.0.0.1", now) is None  # and tenant
     assert standing.take("f", "t", None, now) is None
@@ -179,11 +217,39 @@ def test_a_violation_ends_the_ticket_and_what_runs_admitted_before_it_give() -> 
     given = standing.take("f", "t", "10.0.0.1", admitted)
     assert given is not None
     standing.violated("f", "t", "10.0.0.1")
-    standing.give_back("f", "t", "10.0.0.1", given)  # taken before the violation
+    standing.settle("f", "t", "10.0.0.1", given, ran=False)  # taken before the violation
     standing.ran_clean("f", "t", "10.0.0.1", admitted)  # a run admitted before it
     assert standing.take("f", "t", "10.0.0.1", time.monotonic()) is None
     standing.ran_clean("f", "t", "10.0.0.1", time.monotonic())  # admitted after it
     assert standing.take("f", "t", "10.0.0.1", time.monotonic()) is not None
+
+
+def test_forgetting_a_violation_gives_no_ticket_to_a_run_admitted_before_it() -> None:
+    """Attack (second review): violations of other sources pushed a client's mark out,
+    and its long clean run admitted before its own violation then gave it a ticket."""
+    standing = Standing(kept=4)
+    admitted = time.monotonic()
+    standing.violated("f", "t", "10.0.0.1")
+    for host in range(10):
+        standing.violated("f", "t", f"10.0.1.{host}")
+    standing.ran_clean("f", "t", "10.0.0.1", admitted)
+    assert standing.take("f", "t", "10.0.0.1", time.monotonic()) is None
+
+
+def test_a_full_table_pushes_out_no_live_ticket() -> None:
+    """Attack (second review): one clean run from each of 4,096 sources, then the breaker
+    opened: every client served before them had been pushed out, and was refused."""
+    standing, now = Standing(kept=16), time.monotonic()
+    standing.ran_clean("f", "t", "192.0.2.7", now)
+    for host in range(100):
+        standing.ran_clean("f", "t", f"10.0.0.{host}", now)
+    assert standing.take("f", "t", "192.0.2.7", now) is not None  # kept: first served
+    assert standing.take("f", "t", "10.0.0.99", now) is None  # no place was left for it
+    standing.ran_clean("f", "t", "192.0.2.7", now)
+    later = now + STANDING + 1  # the oldest have expired: they make room
+    standing._tickets[("f", "t")]["10.0.0.0"] -= STANDING + 1
+    standing.ran_clean("f", "t", "10.0.0.99", later)
+    assert standing.take("f", "t", "10.0.0.99", time.monotonic()) is not None
 
 
 def test_another_functions_clients_never_push_a_client_out() -> None:
@@ -194,10 +260,6 @@ def test_another_functions_clients_never_push_a_client_out() -> None:
     for host in range(5000):
         standing.ran_clean("cheap", "other", f"10.0.{host >> 8}.{host & 255}", now)
     assert standing.take("f", "t", "192.0.2.7", now) is not None
-    for host in range(16):  # its own function's clients do, least recent first
-        standing.ran_clean("f", "t", f"10.1.0.{host}", now)
-    assert standing.take("f", "t", "192.0.2.7", now) is None
-    assert standing.take("f", "t", "10.1.0.0", now) is not None
 
 
 def test_one_network_holds_one_ticket_and_loses_it_from_any_of_its_hosts() -> None:

@@ -179,9 +179,7 @@ class Invoker:
         cpu = abandoned + guest_cpu
         request.state["cpu_seconds"] = cpu
         if result.outcome is Outcome.EXITED:
-            if self.clients is not None:
-                self.clients.standing.ran_clean(spec.name, spec.tenant, source,
-                                                request.state["admitted"])
+            self._ran_clean(route, request)
         elif result.outcome.is_violation:
             self._violated(route, result.outcome, request.state.get("client"))
         # Counted as Metrics.inc would, through cells kept per series (see _new_series).
@@ -196,6 +194,14 @@ class Invoker:
         if result.coldstart:  # a prepared function's first run only: not worth a cell
             self.metrics.inc("stockade_gateway_coldstarts_total", route.labels)
         return response_for(route, result)
+
+    def _ran_clean(self, route: Route, request: Request) -> None:
+        """A run here exited: its client's standing ticket (standing.py), again."""
+        clients = self.clients
+        if clients is not None:
+            state = request.state
+            clients.standing.ran_clean(route.spec.name, route.spec.tenant, state["source"],
+                                       state["admitted"])
 
     def _violated(self, route: Route, outcome: Outcome, client: str | None) -> None:
         """A run here hit a limit: the breaker is asked again, and the client's address
@@ -237,11 +243,11 @@ class Invoker:
             with lock:
                 abandoned = True
                 ran = started
-            # The guest still runs out its own deadline: charge the whole timeout.
-            request.state["cpu_seconds"] = timeout or 0.0
-            if not ran:
+            if not ran:  # nothing to charge; a standing ticket taken is given back
                 self._run_unused(route, invocation, probe)
             else:
+                # The guest still runs out its own deadline: charge the whole timeout.
+                request.state["cpu_seconds"] = timeout or 0.0
                 # The 504 waits until the run has stopped (its deadline, or its pool
                 # worker killed): the request's concurrency slot is not given to another
                 # run while this one still runs. Polled on the loop, not waited on an
@@ -255,9 +261,12 @@ class Invoker:
                                  "concurrency slot is released", route.spec.name,
                                  2 * (backstop or 0.0))
                     ended = Outcome.TIMEOUT  # it outlived its own deadline
-                if ended is not None and ended is not Outcome.EXITED and ended.is_violation:
-                    # Counted for its client as an answered one is: a client whose runs
-                    # wait out the backstop is not spared its own breaker.
+                # Counted for its client as an answered one is: a client whose runs wait
+                # out the backstop is not spared its own breaker, nor a clean one its
+                # standing.
+                if ended is Outcome.EXITED:
+                    self._ran_clean(route, request)
+                elif ended is not None and ended.is_violation:
                     self._violated(route, ended, request.state.get("client"))
             raise
         except BaseException:

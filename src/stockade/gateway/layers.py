@@ -161,7 +161,7 @@ class Pipeline:
             try:
                 lease = admit_now(gate) or await admit(gate)
             except BaseException:
-                self._give_back(state)
+                self._settle(state)
                 raise
             if lease.degraded:  # decided by this replica alone: shared state unavailable
                 self.metrics.inc("stockade_gateway_state_fallbacks_total", route.labels)
@@ -171,18 +171,19 @@ class Pipeline:
                 return await self.invoker(request)
             finally:
                 lease.release(float(state.get("cpu_seconds", 0.0)))
-                if "cpu_seconds" not in state:  # no run began: refused, or gone before it
-                    self._give_back(state)
+                self._settle(state)
         finally:
             if hold is not None:  # most requests have no body: nothing was charged
                 hold.release()
 
-    def _give_back(self, state: dict[str, Any]) -> None:
-        """The standing this request took, given back: it was refused before its run."""
+    def _settle(self, state: dict[str, Any]) -> None:
+        """The standing ticket this request took (if any), settled as it ends: a run began
+        when it was charged CPU time (`cpu_seconds`), else it was refused before."""
         ticket = state.get("standing")
         if ticket is not None and self.clients is not None:
             spec = state["route"].spec
-            self.clients.standing.give_back(spec.name, spec.tenant, state["source"], ticket)
+            self.clients.standing.settle(spec.name, spec.tenant, state["source"], ticket,
+                                         "cpu_seconds" in state)
 
     def _refused(self, request: Request, exc: StockadeError) -> Response:
         """problem+json for `exc`; refusals (408, 413, 429, 503) counted by reason."""

@@ -11,18 +11,21 @@ attack keeps out only the clients the function has not served.
 Standing is a ticket, one request at a time. A run of the function that exited
 (whatever its code) gives its client one, for `STANDING` seconds; a request takes it
 as it is admitted (`take`). Its run exiting gives it again (`ran_clean`), its run
-hitting a limit ends it (`violated`), and a request refused before its run gives it
-back (`give_back`). Otherwise (a trap, an error) it is spent. So a client in standing
-that sends inputs hitting a limit while the breaker is open gets one such run, however
-many requests it sends at once; and a clean run admitted before its client's violation
-(a long one, beside it) gives no standing when it ends after it.
+hitting a limit ends it (`violated`); otherwise `settle` gives it back to a request
+refused before its run, and ends it after a run that did neither (a trap, an error).
+So a client in standing that sends inputs hitting a limit while the breaker is open
+gets one such run in a worker, however many requests it sends at once; and a clean run
+admitted before its client's violation (a long one, beside it) gives no standing when
+it ends after it.
 
 Kept per worker, in memory, per function (and tenant), at most `kept` clients each
-(`clientbreaker.CLIENTS_KEPT`),
-the least recently served forgotten first: another function's clients never push
-these out. A client is its `source`, as the function's breaker counts it (an IPv6
-client's /48): one network's addresses cannot fill the table and push out the clients
-it keeps. A client whose connections land on another worker has no standing there.
+(`clientbreaker.CLIENTS_KEPT`; both tables full, ~1.2 MB a function): another
+function's clients never take these places. A live ticket is never pushed out: a table
+full of them gives no new one until the oldest expires (4,096 sources with one clean
+run each pushed out every client served before them, found by review). A client is its
+`source`, as the function's breaker counts it (an IPv6 client's /48): one network's
+hosts hold one place. A client whose connections land on another worker has no standing
+there, and one in standing in several workers gets a run past the breaker in each.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections import OrderedDict
 __all__ = ["Standing", "STANDING"]
 
 STANDING = 3600.0  # seconds a clean run keeps its client past the function's breaker
+_TAKEN = -1.0  # a ticket a request holds: its place is kept until the request settles it
 
 _Function = tuple[str, str | None]  # function, tenant
 
@@ -42,34 +46,43 @@ class Standing:
 
     def __init__(self, kept: int) -> None:
         self._kept = kept
-        # Per function: source -> when its ticket was given (time.monotonic()).
+        # Per function: source -> when its ticket was given (time.monotonic()), or _TAKEN.
         self._tickets: dict[_Function, OrderedDict[str, float]] = {}
-        # Per function: source -> when its last run hit a limit.
+        # Per function: source -> when its last run hit a limit; and the latest such time
+        # forgotten (a run admitted before it gives no ticket: it may be that source's).
         self._spoiled: dict[_Function, OrderedDict[str, float]] = {}
+        self._forgotten: dict[_Function, float] = {}
 
     def take(self, function: str, tenant: str | None, source: str | None,
              now: float) -> float | None:
         """Take the ticket of `source` for one request admitted at `now`: when it was
-        given, or None (it has none, or an expired one)."""
+        given, or None (none, taken by another request, or expired). The request then
+        `settle`s it, whatever happens."""
         tickets = self._tickets.get((function, tenant))
         if tickets is None or not source:
             return None
-        given = tickets.pop(source, None)
-        if given is None or now - given > STANDING:
+        given = tickets.get(source)
+        if given is None or given == _TAKEN:
             return None
+        if now - given > STANDING:
+            del tickets[source]
+            return None
+        tickets[source] = _TAKEN
+        tickets.move_to_end(source)  # the front stays the oldest given, for `_give`
         return given
 
-    def give_back(self, function: str, tenant: str | None, source: str | None,
-                  given: float) -> None:
-        """A request that took the ticket given at `given` was refused before its run:
-        the client's again (unless its run hit a limit since, or it has a newer one)."""
-        key = (function, tenant)
-        spoiled = self._spoiled.get(key)
-        if not source or (spoiled is not None and spoiled.get(source, -1.0) >= given):
+    def settle(self, function: str, tenant: str | None, source: str, given: float,
+               ran: bool) -> None:
+        """The request that took the ticket given at `given` is over: unless its run
+        gave it again or ended it, given back (`ran` False: refused before its run) or
+        ended (a run that neither exited nor hit a limit)."""
+        tickets = self._tickets.get((function, tenant))
+        if tickets is None or tickets.get(source) != _TAKEN:
             return
-        tickets = self._table(self._tickets, key)
-        if source not in tickets:
-            self._put(tickets, source, given)
+        if ran:
+            del tickets[source]
+        else:
+            tickets[source] = given
 
     def ran_clean(self, function: str, tenant: str | None, source: str | None,
                   admitted: float) -> None:
@@ -79,9 +92,10 @@ class Standing:
             return
         key = (function, tenant)
         spoiled = self._spoiled.get(key)
-        if spoiled is not None and spoiled.get(source, -1.0) >= admitted:
+        if spoiled is not None and (spoiled.get(source, -1.0) >= admitted
+                                    or self._forgotten[key] >= admitted):
             return
-        self._put(self._table(self._tickets, key), source, time.monotonic())
+        self._give(self._table(self._tickets, key), source, time.monotonic())
 
     def violated(self, function: str, tenant: str | None, source: str | None) -> None:
         """A run of the client `source` hit a limit: its ticket ends, and the runs of it
@@ -92,7 +106,13 @@ class Standing:
         tickets = self._tickets.get(key)
         if tickets is not None:
             tickets.pop(source, None)
-        self._put(self._table(self._spoiled, key), source, time.monotonic())
+        spoiled = self._table(self._spoiled, key)
+        now = time.monotonic()
+        spoiled[source] = now
+        spoiled.move_to_end(source)
+        self._forgotten.setdefault(key, -1.0)
+        if len(spoiled) > self._kept:
+            _, self._forgotten[key] = spoiled.popitem(last=False)
 
     @staticmethod
     def _table(tables: dict[_Function, OrderedDict[str, float]],
@@ -102,9 +122,13 @@ class Standing:
             table = tables[key] = OrderedDict()
         return table
 
-    def _put(self, table: OrderedDict[str, float], source: str, at: float) -> None:
-        """`source` at `at`, as the most recent; the least recent forgotten past `kept`."""
-        table[source] = at
-        table.move_to_end(source)
-        if len(table) > self._kept:
-            table.popitem(last=False)
+    def _give(self, tickets: OrderedDict[str, float], source: str, now: float) -> None:
+        """A ticket given to `source` now, as the most recent; to a new client of a full
+        table only in place of the oldest, expired (none is pushed out)."""
+        if source not in tickets and len(tickets) >= self._kept:
+            oldest, given = next(iter(tickets.items()))
+            if given == _TAKEN or now - given <= STANDING:
+                return
+            del tickets[oldest]
+        tickets[source] = now
+        tickets.move_to_end(source)
