@@ -192,32 +192,53 @@ def test_a_ticket_is_taken_by_one_request_and_settled_by_it() -> None:
     standing, now = Standing(kept=2), time.monotonic()
     assert standing.take("f", "t", "10.0.0.1", now) is None
     standing.ran_clean("f", "t", "10.0.0.1", now)
-    given = standing.take("f", "t", "10.0.0.1", now)
-    assert given is not None
+    held = standing.take("f", "t", "10.0.0.1", now)
+    assert held is not None
     assert standing.take("f", "t", "10.0.0.1", now) is None  # one request at a time
-    standing.settle("f", "t", "10.0.0.1", given, ran=False)  # refused before its run
-    assert standing.take("f", "t", "10.0.0.1", now) == given
-    standing.settle("f", "t", "10.0.0.1", given, ran=True)  # a trap: spent
+    standing.settle("f", "t", "10.0.0.1", held, ran=False)  # refused before its run
+    held = standing.take("f", "t", "10.0.0.1", now)
+    assert held is not None
+    standing.settle("f", "t", "10.0.0.1", held, ran=True)  # a trap: spent
     assert standing.take("f", "t", "10.0.0.1", now) is None
     standing.ran_clean("f", "t", "10.0.0.1", now)
-    taken = standing.take("f", "t", "10.0.0.1", now)
-    assert taken is not None
-    standing.ran_clean("f", "t", "10.0.0.1", now)  # its run exited: given again
-    standing.settle("f", "t", "10.0.0.1", taken, ran=True)  # then nothing to settle
+    held = standing.take("f", "t", "10.0.0.1", now)
+    assert held is not None
+    standing.ran_clean("f", "t", "10.0.0.1", now)  # its run exited: renewed, still held
+    assert standing.take("f", "t", "10.0.0.1", now) is None
+    standing.settle("f", "t", "10.0.0.1", held, ran=True)  # then given again
+    assert standing.take("f", "t", "10.0.0.1", now) is not None
     assert standing.take("g", "t", "10.0.0.1", now) is None  # per function
     assert standing.take("f", "u", "10.0.0.1", now) is None  # and tenant
     assert standing.take("f", "t", None, now) is None
-    assert standing.take("f", "t", "10.0.0.1", now + STANDING + 1) is None  # expired
+    standing.ran_clean("f", "t", "10.0.0.2", now)
+    assert standing.take("f", "t", "10.0.0.2", now + STANDING + 1) is None  # expired
+
+
+def test_clean_runs_beside_a_held_ticket_hand_out_no_second_one() -> None:
+    """Attack (third review): clean runs of a client admitted while the breaker was
+    closed each ended by handing out a fresh ticket while another request still held
+    one, and settling the old one overwrote a newer holder's place: several requests of
+    one client past the open breaker at once."""
+    standing, now = Standing(kept=8), time.monotonic()
+    standing.ran_clean("f", "t", "10.0.0.1", now)
+    first = standing.take("f", "t", "10.0.0.1", now)
+    assert first is not None
+    standing.ran_clean("f", "t", "10.0.0.1", now)  # another run beside it
+    standing.ran_clean("f", "t", "10.0.0.1", now)
+    assert standing.take("f", "t", "10.0.0.1", now) is None
+    standing.violated("f", "t", "10.0.0.1")  # the holder's run hit a limit
+    standing.settle("f", "t", "10.0.0.1", first, ran=True)
+    assert standing.take("f", "t", "10.0.0.1", time.monotonic()) is None
 
 
 def test_a_violation_ends_the_ticket_and_what_runs_admitted_before_it_give() -> None:
     standing = Standing(kept=8)
     admitted = time.monotonic()
     standing.ran_clean("f", "t", "10.0.0.1", admitted)
-    given = standing.take("f", "t", "10.0.0.1", admitted)
-    assert given is not None
+    held = standing.take("f", "t", "10.0.0.1", admitted)
+    assert held is not None
     standing.violated("f", "t", "10.0.0.1")
-    standing.settle("f", "t", "10.0.0.1", given, ran=False)  # taken before the violation
+    standing.settle("f", "t", "10.0.0.1", held, ran=False)  # taken before the violation
     standing.ran_clean("f", "t", "10.0.0.1", admitted)  # a run admitted before it
     assert standing.take("f", "t", "10.0.0.1", time.monotonic()) is None
     standing.ran_clean("f", "t", "10.0.0.1", time.monotonic())  # admitted after it
@@ -243,13 +264,15 @@ def test_a_full_table_pushes_out_no_live_ticket() -> None:
     standing.ran_clean("f", "t", "192.0.2.7", now)
     for host in range(100):
         standing.ran_clean("f", "t", f"10.0.0.{host}", now)
-    assert standing.take("f", "t", "192.0.2.7", now) is not None  # kept: first served
+    held = standing.take("f", "t", "192.0.2.7", now)
+    assert held is not None  # kept: first served
     assert standing.take("f", "t", "10.0.0.99", now) is None  # no place was left for it
-    standing.ran_clean("f", "t", "192.0.2.7", now)
-    later = now + STANDING + 1  # the oldest have expired: they make room
-    standing._tickets[("f", "t")]["10.0.0.0"] -= STANDING + 1
-    standing.ran_clean("f", "t", "10.0.0.99", later)
-    assert standing.take("f", "t", "10.0.0.99", time.monotonic()) is not None
+    tickets = standing._tickets[("f", "t")]
+    tickets["10.0.0.0"] -= STANDING + 1  # behind the held front: expired, it makes room
+    standing.ran_clean("f", "t", "10.0.0.99", now)
+    assert standing.take("f", "t", "10.0.0.99", now) is not None
+    standing.settle("f", "t", "192.0.2.7", held, ran=False)
+    assert standing.take("f", "t", "192.0.2.7", now) is not None
 
 
 def test_another_functions_clients_never_push_a_client_out() -> None:

@@ -165,6 +165,8 @@ class Invoker:
             elif route.prepared.inlines:
                 self.metrics.inc("stockade_gateway_offloaded_total", route.labels)
         if result is None:
+            if abandoned:  # charged however the rest goes
+                request.state["cpu_seconds"] = abandoned
             # In flight while it waits for a guest thread and runs there: an inline run
             # starts and ends within this call, where no one could see the gauge move.
             metrics = self.metrics
@@ -175,6 +177,7 @@ class Invoker:
             finally:
                 metrics.add("stockade_gateway_inflight", route.labels, -1)
         request.state["result"] = result  # its stderr and outcome, for the logs
+        request.state["ran"] = True  # a standing ticket is not given back (standing.py)
         guest_cpu = result.usage.cpu_ms / 1000
         cpu = abandoned + guest_cpu
         request.state["cpu_seconds"] = cpu
@@ -243,11 +246,12 @@ class Invoker:
             with lock:
                 abandoned = True
                 ran = started
-            if not ran:  # nothing to charge; a standing ticket taken is given back
+            if not ran:  # nothing more to charge; a standing ticket taken is given back
                 self._run_unused(route, invocation, probe)
             else:
                 # The guest still runs out its own deadline: charge the whole timeout.
                 request.state["cpu_seconds"] = timeout or 0.0
+                request.state["ran"] = True
                 # The 504 waits until the run has stopped (its deadline, or its pool
                 # worker killed): the request's concurrency slot is not given to another
                 # run while this one still runs. Polled on the loop, not waited on an

@@ -170,20 +170,21 @@ class Pipeline:
             try:
                 return await self.invoker(request)
             finally:
-                lease.release(float(state.get("cpu_seconds", 0.0)))
                 self._settle(state)
+                lease.release(float(state.get("cpu_seconds", 0.0)))
         finally:
             if hold is not None:  # most requests have no body: nothing was charged
                 hold.release()
 
     def _settle(self, state: dict[str, Any]) -> None:
-        """The standing ticket this request took (if any), settled as it ends: a run began
-        when it was charged CPU time (`cpu_seconds`), else it was refused before."""
-        ticket = state.get("standing")
-        if ticket is not None and self.clients is not None:
+        """The standing ticket this request took (if any), settled as it ends: its run
+        began (`ran`, the Invoker's), or it was refused before (an inline attempt that
+        outgrew its budget is not that run: a sleeping guest's, every time)."""
+        held = state.get("standing")
+        if held is not None and self.clients is not None:
             spec = state["route"].spec
-            self.clients.standing.settle(spec.name, spec.tenant, state["source"], ticket,
-                                         "cpu_seconds" in state)
+            self.clients.standing.settle(spec.name, spec.tenant, state["source"], held,
+                                         "ran" in state)
 
     def _refused(self, request: Request, exc: StockadeError) -> Response:
         """problem+json for `exc`; refusals (408, 413, 429, 503) counted by reason."""

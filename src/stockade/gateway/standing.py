@@ -10,7 +10,9 @@ attack keeps out only the clients the function has not served.
 
 Standing is a ticket, one request at a time. A run of the function that exited
 (whatever its code) gives its client one, for `STANDING` seconds; a request takes it
-as it is admitted (`take`). Its run exiting gives it again (`ran_clean`), its run
+as it is admitted (`take`), its place kept by a `Held` until the request settles it.
+A run of the client exiting gives it again (`ran_clean`: the holder's, or another's
+beside it, renews the held ticket rather than handing out a second one), its run
 hitting a limit ends it (`violated`); otherwise `settle` gives it back to a request
 refused before its run, and ends it after a run that did neither (a trap, an error).
 So a client in standing that sends inputs hitting a limit while the breaker is open
@@ -21,8 +23,9 @@ it ends after it.
 Kept per worker, in memory, per function (and tenant), at most `kept` clients each
 (`clientbreaker.CLIENTS_KEPT`; both tables full, ~1.2 MB a function): another
 function's clients never take these places. A live ticket is never pushed out: a table
-full of them gives no new one until the oldest expires (4,096 sources with one clean
-run each pushed out every client served before them, found by review). A client is its
+full of them gives no new one until one near its front expires (4,096 sources with one
+clean run each pushed out every client served before them, found by review; so such
+sources, refreshed hourly, keep new clients from standing instead). A client is its
 `source`, as the function's breaker counts it (an IPv6 client's /48): one network's
 hosts hold one place. A client whose connections land on another worker has no standing
 there, and one in standing in several workers gets a run past the breaker in each.
@@ -30,13 +33,28 @@ there, and one in standing in several workers gets a run past the breaker in eac
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
+from typing import Any
 
-__all__ = ["Standing", "STANDING"]
+__all__ = ["Held", "Standing", "STANDING"]
 
 STANDING = 3600.0  # seconds a clean run keeps its client past the function's breaker
-_TAKEN = -1.0  # a ticket a request holds: its place is kept until the request settles it
+_LOOKED_AT = 8  # entries from a full table's front looked at for an expired one
+
+
+class Held:
+    """A ticket a request holds, in its place in the table until the request settles
+    it: when it was given, and when a clean run of its client gave it again meanwhile
+    (that run's or another's: the holder's ticket is not replaced under it)."""
+
+    __slots__ = ("given", "renewed")
+
+    def __init__(self, given: float) -> None:
+        self.given = given
+        self.renewed: float | None = None
+
 
 _Function = tuple[str, str | None]  # function, tenant
 
@@ -46,43 +64,47 @@ class Standing:
 
     def __init__(self, kept: int) -> None:
         self._kept = kept
-        # Per function: source -> when its ticket was given (time.monotonic()), or _TAKEN.
-        self._tickets: dict[_Function, OrderedDict[str, float]] = {}
+        # Per function: source -> when its ticket was given (time.monotonic()), or the
+        # request holding it.
+        self._tickets: dict[_Function, OrderedDict[str, float | Held]] = {}
         # Per function: source -> when its last run hit a limit; and the latest such time
         # forgotten (a run admitted before it gives no ticket: it may be that source's).
         self._spoiled: dict[_Function, OrderedDict[str, float]] = {}
         self._forgotten: dict[_Function, float] = {}
 
     def take(self, function: str, tenant: str | None, source: str | None,
-             now: float) -> float | None:
-        """Take the ticket of `source` for one request admitted at `now`: when it was
-        given, or None (none, taken by another request, or expired). The request then
-        `settle`s it, whatever happens."""
+             now: float) -> Held | None:
+        """Take the ticket of `source` for one request admitted at `now`, or None (none,
+        held by another request, or expired). The request then `settle`s it, whatever
+        happens."""
         tickets = self._tickets.get((function, tenant))
         if tickets is None or not source:
             return None
         given = tickets.get(source)
-        if given is None or given == _TAKEN:
+        if given is None or isinstance(given, Held):
             return None
         if now - given > STANDING:
             del tickets[source]
             return None
-        tickets[source] = _TAKEN
-        tickets.move_to_end(source)  # the front stays the oldest given, for `_give`
-        return given
+        held = tickets[source] = Held(given)
+        return held
 
-    def settle(self, function: str, tenant: str | None, source: str, given: float,
+    def settle(self, function: str, tenant: str | None, source: str, held: Held,
                ran: bool) -> None:
-        """The request that took the ticket given at `given` is over: unless its run
-        gave it again or ended it, given back (`ran` False: refused before its run) or
-        ended (a run that neither exited nor hit a limit)."""
+        """The request holding `held` is over: its ticket is given again if a clean run
+        renewed it, given back if no run began (`ran` False: refused before its run),
+        else ended (a run that neither exited nor hit a limit). Nothing when a violation
+        ended it meanwhile."""
         tickets = self._tickets.get((function, tenant))
-        if tickets is None or tickets.get(source) != _TAKEN:
+        if tickets is None or tickets.get(source) is not held:
             return
-        if ran:
+        if held.renewed is not None:
+            tickets[source] = held.renewed
+            tickets.move_to_end(source)
+        elif ran:
             del tickets[source]
         else:
-            tickets[source] = given
+            tickets[source] = held.given
 
     def ran_clean(self, function: str, tenant: str | None, source: str | None,
                   admitted: float) -> None:
@@ -95,7 +117,12 @@ class Standing:
         if spoiled is not None and (spoiled.get(source, -1.0) >= admitted
                                     or self._forgotten[key] >= admitted):
             return
-        self._give(self._table(self._tickets, key), source, time.monotonic())
+        tickets, now = self._table(self._tickets, key), time.monotonic()
+        held = tickets.get(source)
+        if isinstance(held, Held):
+            held.renewed = now  # its holder settles it
+        else:
+            self._give(tickets, source, now)
 
     def violated(self, function: str, tenant: str | None, source: str | None) -> None:
         """A run of the client `source` hit a limit: its ticket ends, and the runs of it
@@ -115,20 +142,23 @@ class Standing:
             _, self._forgotten[key] = spoiled.popitem(last=False)
 
     @staticmethod
-    def _table(tables: dict[_Function, OrderedDict[str, float]],
-               key: _Function) -> OrderedDict[str, float]:
+    def _table(tables: dict[_Function, OrderedDict[str, Any]],
+               key: _Function) -> OrderedDict[str, Any]:
         table = tables.get(key)
         if table is None:
             table = tables[key] = OrderedDict()
         return table
 
-    def _give(self, tickets: OrderedDict[str, float], source: str, now: float) -> None:
+    def _give(self, tickets: OrderedDict[str, float | Held], source: str,
+              now: float) -> None:
         """A ticket given to `source` now, as the most recent; to a new client of a full
-        table only in place of the oldest, expired (none is pushed out)."""
+        table only in place of an expired one near its front (none is pushed out)."""
         if source not in tickets and len(tickets) >= self._kept:
-            oldest, given = next(iter(tickets.items()))
-            if given == _TAKEN or now - given <= STANDING:
+            for oldest, given in itertools.islice(tickets.items(), _LOOKED_AT):
+                if not isinstance(given, Held) and now - given > STANDING:
+                    del tickets[oldest]
+                    break
+            else:
                 return
-            del tickets[oldest]
         tickets[source] = now
         tickets.move_to_end(source)
