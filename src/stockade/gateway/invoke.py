@@ -144,7 +144,7 @@ class Invoker:
             if holder is not None:
                 self._refuse_counted_client(route, invocation)
             # Short guests run right here (see fastexec.py); the breaker is asked first,
-            # unless the client is in standing (clientbreaker.py).
+            # unless the client is in standing (standing.py).
             standing = "standing" in request.state
             if self.inline and not standing:
                 probe = self._admit(route, invocation) or probe

@@ -151,9 +151,9 @@ class Pipeline:
                 state["source"] = source = clients.source(client)
                 clients.check(route.spec.name, route.spec.tenant, client)
                 state["admitted"] = now = time.monotonic()
-                ticket = clients.standing.take(route.spec.name, route.spec.tenant, source, now)
-                if ticket is not None:  # no breaker is asked for it (standing.py)
-                    state["standing"] = ticket
+                held = clients.standing.take(route.spec.name, route.spec.tenant, source, now)
+                if held is not None:  # no breaker is asked for it (standing.py)
+                    state["standing"] = held
                     gate = route.standing_gate
             # Limits: the function's and the tenant's slots through the route's gate (429
             # when either is spent, 503 for an open breaker or unavailable shared state),

@@ -37,7 +37,7 @@ logger = logging.getLogger("stockade.gateway")
 class Route:
     """A routed function: its prepared executor, admission gate and metric labels.
     `standing_gate` admits under the same quotas without asking the function's breaker:
-    for a client in standing (`clientbreaker.py`); `gate` itself when no breaker is
+    for a client in standing (`standing.py`); `gate` itself when no breaker is
     asked at admission."""
 
     spec: FunctionSpec
