@@ -90,7 +90,7 @@ def test_traps_do_not_open_it_limit_violations_open_only_that_function(
     violate(gateway.url)  # three clients' limit violations (the output cap)
     with client_at(gateway.url, "127.0.0.40") as newcomer:  # never served: refused
         assert is_breaker(newcomer.get("/fail", params={"kind": "none"}))
-    # Served before: in standing, not refused (clientbreaker.py).
+    # Served before: in standing, not refused (standing.py).
     assert client.get("/fail", params={"kind": "none"}).status_code == 200
     # Only that function: another function built from the same module still answers.
     assert client.get("/twin", params={"kind": "none"}).status_code == 200

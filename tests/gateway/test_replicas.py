@@ -285,7 +285,7 @@ def test_a_stopped_store_gives_each_policy_within_a_timeout_then_recovers(
         redis_server.stop()
         start = time.monotonic()
         # A client never served: one in standing asks no breaker, and a function without
-        # quotas nothing else of the store (clientbreaker.py).
+        # quotas nothing else of the store (standing.py).
         with client_at(closed.url, "127.0.0.40") as newcomer:
             response = newcomer.get("/free")
         assert time.monotonic() - start < 0.5 + 1.0  # one timeout, and slack
