@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from .conftest import Start, module
+from .test_limits import metric
 
 MANIFEST = f"""
 [server]
@@ -140,3 +141,8 @@ def test_a_504_keeps_the_slot_until_the_pool_worker_stopped(start_gateway: Start
     # Concurrency 1: no second run of the tenant while its first still held a worker.
     assert not admitted_while_running
     assert gateway.client.get("/echo").status_code == 200
+    # Its quota was charged the whole timeout, and the metric of quota CPU says so (it
+    # counted only runs that returned a result).
+    charged = metric(gateway.client.get("/metrics").text,
+                     "stockade_gateway_quota_cpu_seconds_total", "stuck")
+    assert charged == pytest.approx(1.0)

@@ -249,9 +249,12 @@ class Invoker:
             if not ran:  # nothing more to charge; a standing ticket taken is given back
                 self._run_unused(route, invocation, probe)
             else:
-                # The guest still runs out its own deadline: charge the whole timeout.
+                # The guest still runs out its own deadline: charge the whole timeout
+                # (the lease's release), and count it as the quota's CPU.
                 request.state["cpu_seconds"] = timeout or 0.0
                 request.state["ran"] = True
+                self.metrics.inc("stockade_gateway_quota_cpu_seconds_total", route.labels,
+                                 timeout or 0.0)
                 # The 504 waits until the run has stopped (its deadline, or its pool
                 # worker killed): the request's concurrency slot is not given to another
                 # run while this one still runs. Polled on the loop, not waited on an
