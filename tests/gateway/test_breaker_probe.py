@@ -71,11 +71,18 @@ def test_a_probe_refused_before_it_ran_is_freed_for_the_next_request(
         gateway.stop()
 
 
-def probe_manifest(state: str) -> str:
+PROBE_TIMEOUT = 8.0  # the function's timeout: how long the failing probe stays out
+
+
+def probe_manifest(state: str, server: str = "", timeout: float = PROBE_TIMEOUT,
+                   threads: int = 4) -> str:
+    """`fail` with `timeout` seconds and `threads` guest threads, under `[server]` lines
+    `server` and the manifest's `[state]` (`state`)."""
     return f"""
 [server]
 workers = 1
-threads = 4
+threads = {threads}
+{server}
 {state}
 
 [[function]]
@@ -85,11 +92,10 @@ module = "{module("fail")}"
 max_response = "64KiB"
 
 [function.limits]
-timeout = "{PROBE_TIMEOUT:g}s"
+timeout = "{timeout:g}s"
 """
 
 
-PROBE_TIMEOUT = 8.0  # the function's timeout: how long the failing probe stays out
 SHORT_COOLDOWN = 3.0
 
 

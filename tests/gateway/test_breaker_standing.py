@@ -52,26 +52,6 @@ def test_rotated_addresses_keep_the_breaker_open_only_for_clients_never_served(
         gateway.stop()
 
 
-def _fail_manifest(state: str, server: str = "") -> str:
-    """`fail` with a 4 s timeout and four guest threads, under `[server]` lines `server`."""
-    return f"""
-[server]
-workers = 1
-threads = 4
-{server}
-{state}
-
-[[function]]
-name = "fail"
-route = "/fail"
-module = "{module("fail")}"
-max_response = "64KiB"
-
-[function.limits]
-timeout = "4s"
-"""
-
-
 def _status(url: str, params: dict[str, str], source: str = "127.0.0.2",
             forwarded: str | None = None, path: str = "/fail") -> int:
     """One request's status, from `source` (and as `forwarded` by a trusted proxy)."""
@@ -94,7 +74,7 @@ def test_a_clean_run_beside_each_violation_does_not_keep_the_standing(
     client served once ran an input hitting a limit as often as it liked while the
     breaker was open. Now one request at a time holds it, and a run admitted before the
     client's violation gives none."""
-    gateway = breaker_gateway(tmp_path, shared_cache, _fail_manifest(state), 30.0)
+    gateway = breaker_gateway(tmp_path, shared_cache, probe_manifest(state, timeout=4.0), 30.0)
     url, statuses = gateway.url, []
     try:
         assert _status(url, {"kind": "none"}) == 200
@@ -116,7 +96,7 @@ def test_a_burst_from_a_client_in_standing_runs_one_request(
         tmp_path: Path, shared_cache: Path, state: str) -> None:
     """Attack (review): every request a client in standing sent at once got past the
     open breaker, each running to its timeout."""
-    gateway = breaker_gateway(tmp_path, shared_cache, _fail_manifest(state), 30.0)
+    gateway = breaker_gateway(tmp_path, shared_cache, probe_manifest(state, timeout=4.0), 30.0)
     url = gateway.url
     try:
         assert _status(url, {"kind": "none"}) == 200
@@ -135,7 +115,7 @@ def test_one_network_rotating_its_hosts_gets_one_violation_past_the_breaker(
         tmp_path: Path, shared_cache: Path, state: str) -> None:
     """Attack (review): standing is kept per /48 and a client refused per /64; a /48
     served once ran violations from host after host, with no bound."""
-    text = _fail_manifest(state, 'trusted_proxies = ["127.0.0.1"]')
+    text = probe_manifest(state, 'trusted_proxies = ["127.0.0.1"]', timeout=4.0)
     gateway = breaker_gateway(tmp_path, shared_cache, text, 30.0)
     url, got = gateway.url, []
     try:
@@ -162,8 +142,7 @@ def test_a_waiting_request_that_never_ran_keeps_its_clients_standing(
     (504, its run never begun) spent its client's ticket, being charged the whole
     timeout as if it had run: another client holding the only thread with long clean
     runs of any function refused everyone the function had served, as before standing."""
-    text = _fail_manifest("").replace("threads = 4", "threads = 1").replace(
-        'timeout = "4s"', 'timeout = "2s"') + f"""
+    text = probe_manifest("", timeout=2.0, threads=1) + f"""
 [[function]]
 name = "slow"
 route = "/slow"

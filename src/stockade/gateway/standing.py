@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict
-from typing import Any
+from collections import OrderedDict, defaultdict
 
 __all__ = ["Held", "Standing", "STANDING"]
 
@@ -66,10 +65,12 @@ class Standing:
         self._kept = kept
         # Per function: source -> when its ticket was given (time.monotonic()), or the
         # request holding it.
-        self._tickets: dict[_Function, OrderedDict[str, float | Held]] = {}
+        self._tickets: defaultdict[_Function, OrderedDict[str, float | Held]] = \
+            defaultdict(OrderedDict)
         # Per function: source -> when its last run hit a limit; and the latest such time
         # forgotten (a run admitted before it gives no ticket: it may be that source's).
-        self._spoiled: dict[_Function, OrderedDict[str, float]] = {}
+        self._spoiled: defaultdict[_Function, OrderedDict[str, float]] = \
+            defaultdict(OrderedDict)
         self._forgotten: dict[_Function, float] = {}
 
     def take(self, function: str, tenant: str | None, source: str | None,
@@ -115,9 +116,9 @@ class Standing:
         key = (function, tenant)
         spoiled = self._spoiled.get(key)
         if spoiled is not None and (spoiled.get(source, -1.0) >= admitted
-                                    or self._forgotten[key] >= admitted):
+                                    or self._forgotten.get(key, -1.0) >= admitted):
             return
-        tickets, now = self._table(self._tickets, key), time.monotonic()
+        tickets, now = self._tickets[key], time.monotonic()
         held = tickets.get(source)
         if isinstance(held, Held):
             held.renewed = now  # its holder settles it
@@ -133,21 +134,11 @@ class Standing:
         tickets = self._tickets.get(key)
         if tickets is not None:
             tickets.pop(source, None)
-        spoiled = self._table(self._spoiled, key)
-        now = time.monotonic()
-        spoiled[source] = now
+        spoiled = self._spoiled[key]
+        spoiled[source] = time.monotonic()
         spoiled.move_to_end(source)
-        self._forgotten.setdefault(key, -1.0)
         if len(spoiled) > self._kept:
             _, self._forgotten[key] = spoiled.popitem(last=False)
-
-    @staticmethod
-    def _table(tables: dict[_Function, OrderedDict[str, Any]],
-               key: _Function) -> OrderedDict[str, Any]:
-        table = tables.get(key)
-        if table is None:
-            table = tables[key] = OrderedDict()
-        return table
 
     def _give(self, tickets: OrderedDict[str, float | Held], source: str,
               now: float) -> None:
