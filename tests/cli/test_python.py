@@ -32,6 +32,26 @@ def test_code_and_arguments_after_it() -> None:
     assert done.stdout == b"['a', '--json', '-c']\n", done.stderr
 
 
+def test_options_after_the_code_are_the_program_s(tmp_path: Path) -> None:
+    # As CPython's own `-c`: whatever follows the code is sys.argv, never Stockade's
+    # options. A wrapper passing its caller's arguments after the code granted them a
+    # host directory (`--dir`), or changed the output (`--json`) and the limits.
+    (tmp_path / "secret.txt").write_text("host secret")
+    code = ("import sys, os; print(sys.argv[1:]); "
+            "print(os.path.exists('/h/secret.txt'))")
+    done = stockade("python", "-c", code, "--dir", f"{tmp_path}:/h", "--json",
+                    "--timeout", "1s", "-c", "x", "--", "y")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"['--dir', '{tmp_path}:/h', '--json', '--timeout', '1s', "
+                           "'-c', 'x', '--', 'y']\nFalse\n").encode()
+    joined = stockade("python", f"-c{code}", "--dir", f"{tmp_path}:/h")
+    assert joined.stdout == f"['--dir', '{tmp_path}:/h']\nFalse\n".encode(), joined.stderr
+    # Options before the code are still Stockade's, values that look like -c included.
+    before = stockade("python", "--env", "A=-c", "--env-allow", "HOME", "--json", "-c",
+                      "import os; print(os.environ['A'])")
+    assert json.loads(before.stdout)["stdout"] == "-c\n", before.stderr
+
+
 def test_script_with_its_arguments(tmp_path: Path) -> None:
     script = tmp_path / "hello.py"
     script.write_text("import sys\nprint('script', sys.argv)\n")
@@ -91,7 +111,7 @@ def test_no_code_is_a_usage_error() -> None:
 
 def test_missing_script() -> None:
     done = stockade("python", "/nonexistent/x.py")
-    assert done.returncode == 125
+    assert done.returncode == 127  # not found, as `run`'s missing module
     assert b"no such script" in done.stderr
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ..cpython import GUEST_WORKDIR, PYTHON_LIMITS, python_args, python_module
-from ..errors import UsageError
+from ..errors import ModuleNotFound, UsageError
 from ..regularfile import read_regular
 from .run import run
 
@@ -68,7 +68,7 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
         # Bounded: a sparse or growing file was copied whole (4 GB of disk for one run).
         text = read_regular(source, MAX_SCRIPT + 1, follow=True)
     except FileNotFoundError:
-        raise UsageError(f"{script}: no such script file") from None
+        raise ModuleNotFound(f"{script}: no such script file") from None
     except OSError as exc:
         raise UsageError(f"{script}: cannot read: {exc.strerror}") from None
     if len(text) > MAX_SCRIPT:
@@ -84,7 +84,32 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
             raise
 
 
-python = click.Command(
+class _PythonCommand(click.Command):
+    """`-c CODE` ends Stockade's options, as it ends CPython's: what follows the code is
+    the program's sys.argv. Click would read `-c CODE --dir /:/h` as a grant, so a
+    wrapper passing its caller's arguments after the code handed them the host."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _end_options_at_code(self, args))
+
+
+def _end_options_at_code(command: click.Command, args: list[str]) -> list[str]:
+    """`args` with `--` after the first `-c CODE` (or `-cCODE`) among the options."""
+    takes_value = {name for param in command.params if isinstance(param, click.Option)
+                   and not param.is_flag for name in param.opts}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--" or arg == "-" or not arg.startswith("-"):
+            return args  # the options end here anyway
+        if arg.startswith("-c"):
+            end = index + 1 if len(arg) > 2 else index + 2
+            return [*args[:end], "--", *args[end:]] if end <= len(args) else args
+        index += 2 if arg in takes_value else 1  # `--name=value` is one argument
+    return args
+
+
+python = _PythonCommand(
     "python",
     callback=_python,
     params=[
