@@ -23,6 +23,7 @@ __all__ = [
     "UsageError",
     "PolicyError",
     "ModuleNotFound",
+    "StdinTimeout",
     "ModuleError",
     "DeniedImport",
     "PrecompiledRefused",
@@ -38,6 +39,8 @@ class StockadeError(Exception):
 
     exit_code = 125
     http_status = 500
+    outcome = "error"  # a run's `outcome` in the JSON error object
+    json_shown = False  # its JSON error object is printed already (`run --json`)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,6 +55,14 @@ class UsageError(StockadeError):
 
 class PolicyError(UsageError):
     """A policy (file, profile or override) is invalid; the message names the key and source."""
+
+
+class StdinTimeout(StockadeError):
+    """The guest's standard input did not end within the run's timeout (it is read
+    before the guest starts): the timeout's exit code and outcome."""
+
+    exit_code = 124
+    outcome = "timeout"
 
 
 class ModuleNotFound(StockadeError):

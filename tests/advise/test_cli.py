@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import ROOT, guest, stockade
+from ..conftest import ROOT, guest, refused, stockade
 
 SAVED_RUN = ROOT / "docs" / "benchmarks" / "2026-12-01" / "results.json"
+FRESH_RUN = ROOT / "docs" / "benchmarks" / "2026-12-06" / "results.json"
 
 
 def _advise(*args: str) -> dict[str, object]:
@@ -72,7 +73,6 @@ def test_human_output_numbers_its_sources() -> None:
     (("--startup-budget", "soon"), 125, b"--startup-budget"),
     (("--results", "/nonexistent/results.json"), 125, b"no such file"),
     (("--module", "/nonexistent.wasm"), 127, b"no such module"),
-    (("--module", "oci://localhost/app:1"), 125, b"oci://"),
 ])
 def test_bad_input_is_one_line(args: tuple[str, ...], code: int, words: bytes) -> None:
     done = stockade("advise", *args)
@@ -98,3 +98,72 @@ def test_a_results_file_of_another_kind_is_refused(tmp_path: Path) -> None:
     done = stockade("advise", "--results", str(other))
     assert done.returncode == 125
     assert b"stockade bench" in done.stderr
+
+
+def _results_with(tmp_path: Path, change: object) -> Path:
+    data = json.loads(FRESH_RUN.read_text())
+    change(data)  # type: ignore[operator]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set_metrics(value: object) -> object:
+    def change(data: dict[str, list[dict[str, object]]]) -> None:
+        for measurement in data["measurements"]:
+            measurement["metrics"] = value if not callable(value) else value(
+                measurement["metrics"])
+    return change
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (_set_metrics({"wall_ms": ["a", "b"]}), "measurements[0].metrics.wall_ms[0]"),
+    (_set_metrics(None), "measurements[0].metrics"),
+    (lambda data: data.update(workloads=5), "workloads"),
+    (lambda data: data.update(measurements=[7]), "measurements[0]"),
+    (_set_metrics(lambda m: {k: [-1.0] * len(v) for k, v in m.items()}), "negative"),
+    (_set_metrics(lambda m: {k: [float("nan")] for k in m}), "not a finite"),
+    (_set_metrics(lambda m: {k: [float("inf")] for k in m}), "not a finite"),
+])
+def test_a_malformed_results_file_is_one_line(tmp_path: Path, change: object,
+                                              words: str) -> None:
+    path = _results_with(tmp_path, change)
+    done = stockade("advise", "--startup-budget", "20ms", "--results", str(path))
+    err = refused(done, str(path), words)
+    assert "measured" not in done.stdout.decode(), err
+
+
+def test_a_truncated_module_is_refused_as_inspect_refuses_it(tmp_path: Path) -> None:
+    cut = tmp_path / "trunc.wasm"
+    cut.write_bytes(guest("hello.wasm").read_bytes()[:1000])
+    inspected = stockade("inspect", str(cut))
+    advised = stockade("advise", "--module", str(cut))
+    assert inspected.returncode == advised.returncode == 126, advised.stdout
+    assert b"Traceback" not in advised.stderr and advised.stderr.count(b"\n") == 1
+    assert b"malformed" in advised.stderr and advised.stdout == b""
+
+
+@pytest.mark.parametrize("name", ["noise.wasm", "noise.wat", "noise"])
+def test_binary_junk_is_not_read_as_text(tmp_path: Path, name: str) -> None:
+    noise = tmp_path / name
+    noise.write_bytes(bytes(range(256)) * 8)
+    for done in (stockade("advise", "--module", str(noise)),
+                 stockade("check", "--no-host", "--module", str(noise)),
+                 stockade("inspect", str(noise))):
+        err = done.stderr.decode()
+        assert done.returncode == 126, (done.args, err)
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        assert "\ufffd" not in err and "\\x" not in err and "\\u" not in err, err
+        assert "not a WebAssembly module" in err or "not WebAssembly text" in err, err
+
+
+def test_end_of_input_is_no_answer_not_an_interrupt() -> None:
+    done = stockade("advise", "--interactive", stdin=b"")
+    err = refused(done, "no answer: standard input ended")
+    assert "aborted" not in err
+
+
+@pytest.mark.parametrize("args", [("--language", ""), ("--language", " , "),
+                                  ("--startup-budget", "")])
+def test_empty_answers_are_refused(args: tuple[str, ...]) -> None:
+    refused(stockade("advise", *args), args[0], "empty")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import guest, stockade
+from tests.conftest import STOCKADE, guest, stockade
 
 
 def test_hello_passes_output_through() -> None:
@@ -38,6 +40,30 @@ def test_stdin_from_file(tmp_path: Path) -> None:
     assert proc.stdout.endswith(b"from a file\n")
 
 
+@pytest.mark.parametrize("source", ["inherited", "dash", "fifo"])
+def test_input_that_never_ends_is_bounded_by_the_timeout(tmp_path: Path, source: str) -> None:
+    # Input is read whole before the guest starts: a writer that never closes (or a
+    # FIFO nobody opens) held the run past its timeout, forever.
+    flags = {"inherited": [], "dash": ["--stdin", "-"],
+             "fifo": ["--stdin", str(tmp_path / "fifo")]}[source]
+    os.mkfifo(tmp_path / "fifo")
+    proc = subprocess.Popen([*STOCKADE, "run", "--json", "--timeout", "1s", *flags,
+                             str(guest("hello.wasm"))], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"some input, then nothing\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)  # its input still open
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    result = json.loads(out)
+    assert (proc.returncode, result["outcome"]) == (124, "timeout"), err
+    assert "standard input did not end within the timeout of 1s" in result["message"]
+    assert result["limits"]["timeout_ms"] == 1000 and result["sha256"] is None
+
+
 def test_stdin_dash() -> None:
     proc = stockade("run", "--stdin", "-", str(guest("hello.wasm")), stdin=b"piped\n")
     assert proc.stdout.endswith(b"piped\n")
@@ -63,6 +89,39 @@ def test_limits_map_to_exit_codes(args: list[str], code: int, outcome: str) -> N
     assert human.returncode == code
     if outcome != "exited":
         assert human.stderr.decode().splitlines()[-1].startswith(f"stockade: {outcome}: ")
+
+
+# One fd_write of 384 KiB to stdout (and, given any argument, another to stderr),
+# ignoring how much was written: a guest that never writes again.
+ONE_WRITE = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $a (param i32 i32) (result i32)))
+  (memory (export "memory") 8)
+  (data (i32.const 0) "\\00\\01\\00\\00\\00\\00\\06\\00")
+  (func (export "_start")
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (drop (call $a (i32.const 16) (i32.const 20)))
+    (if (i32.gt_u (i32.load (i32.const 16)) (i32.const 1))
+      (then (drop (call $w (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))))))
+"""
+
+
+@pytest.mark.parametrize("isolate", ["none", "process"])
+@pytest.mark.parametrize(("cap", "streams", "cut"), [
+    ("100KiB", 1, "stdout"), ("500KiB", 2, "stderr"), ("100KiB", 2, "stdout")])
+def test_one_write_past_the_output_cap_is_an_output_limit(
+        tmp_path: Path, isolate: str, cap: str, streams: int, cut: str) -> None:
+    module = tmp_path / "one_write.wat"
+    module.write_text(ONE_WRITE)
+    extra = ["both"] if streams == 2 else []
+    proc = stockade("run", "--json", "--isolate", isolate, "--max-output", cap,
+                    "--stdin", "none", str(module), *extra)
+    result = json.loads(proc.stdout)
+    assert (proc.returncode, result["outcome"]) == (153, "output_limit"), proc.stderr
+    limit = int(cap[:-3]) * 1024
+    assert len(result["stdout"]) + len(result["stderr"]) == limit
+    assert (result["stdout_truncated"], result["stderr_truncated"]) == (
+        cut == "stdout", cut == "stderr")
 
 
 def test_quota_flags(tmp_path: Path) -> None:
@@ -114,6 +173,23 @@ def test_truncated_module(tmp_path: Path) -> None:
     assert "invalid WebAssembly" in one_clean_line(proc)
 
 
+@pytest.mark.parametrize("isolate", ["none", "process"])
+@pytest.mark.parametrize(("module", "words"), [
+    ('(module (func (export "_start") (param i32)))', "`_start` takes or returns values"),
+    ('(module (func (export "_start") (result i32) (i32.const 0)))', "`_start` takes or"),
+    ('(module (memory (export "memory") 1 2 shared) (func (export "_start")))',
+     "shared memory"),
+])
+def test_a_module_that_cannot_be_a_command_cannot_run(tmp_path: Path, isolate: str,
+                                                      module: str, words: str) -> None:
+    # Not a trap (134): nothing of the guest ran.
+    path = tmp_path / "not_a_command.wat"
+    path.write_text(module)
+    proc = stockade("run", "--isolate", isolate, str(path))
+    assert proc.returncode == 126, proc.stderr
+    assert words in one_clean_line(proc)
+
+
 def test_bad_signature() -> None:
     proc = stockade("run", str(guest("bad_signature.wasm")))
     assert proc.returncode == 126
@@ -131,6 +207,9 @@ def test_broken_policy(tmp_path: Path) -> None:
 @pytest.mark.parametrize("flags", [
     ["--timeout", "soon"], ["--max-memory", "lots"], ["--fuel", "-5"], ["--bogus"],
     ["--profile", "lenient"], ["--dir", ":rw"], ["--env", "NOEQUALS"],
+    # Names the system refuses (ENAMETOOLONG) where a path is expected.
+    ["--policy", "p" * 5000 + ".toml"], ["--trust-key", "k" * 5000], ["--stdin", "s" * 5000],
+    ["--timeout", "2d"], ["--timeout", "10us"],
 ])
 def test_bad_flag_values(flags: list[str]) -> None:
     proc = stockade("run", *flags, str(guest("hello.wasm")))

@@ -183,9 +183,10 @@ def test_stderr_is_captured_or_discarded(engine: FastEngine) -> None:
     assert (captured.stdout, captured.stderr) == (b"out", b"err")
     discarded = module.run(capture_stderr=False)
     assert (discarded.stdout, discarded.stderr) == (b"out", b"")
-    # A write gets the room left under the cap (a WASI short write the guest ignores).
+    # A write past the cap keeps what fits and stops the guest, its stream marked cut.
     capped = module.run(max_output=4)
-    assert (capped.outcome, capped.stdout, capped.stderr) == (Outcome.EXITED, b"out", b"e")
+    assert (capped.outcome, capped.stdout, capped.stderr) == (Outcome.OUTPUT_LIMIT, b"out", b"e")
+    assert (capped.stdout_truncated, capped.stderr_truncated) == (False, True)
 
 
 def test_exit_code(engine: FastEngine) -> None:

@@ -14,10 +14,11 @@ from stockade.advise.needs import Needs, needs_from_module
 from stockade.cli.inspect import read_module as inspect_read
 from stockade.errors import ModuleError
 from stockade.inspect.checklist import _inspection
+from stockade.inspect.modulefile import inspect_file
 from stockade.oci.build import module_bytes
 
 READERS: dict[str, Callable[[Path], object]] = {
-    "advise": lambda path: needs_from_module(path, Needs()),
+    "advise": lambda path: needs_from_module(inspect_file(path, str(path)), Needs()),
     "oci": module_bytes,
     "inspect": lambda path: inspect_read(str(path)),
 }

@@ -74,7 +74,7 @@ ENDINGS = [
     ("huge exit code", b"x", {}, Outcome.TRAP),
     ("largest exit code", b"e", {}, Outcome.EXITED),
     ("memory growth refused", b"g", {}, Outcome.MEMORY_LIMIT),
-    ("short write at the output cap", b"", {"max_output": 10}, Outcome.EXITED),
+    ("write across the output cap", b"", {"max_output": 10}, Outcome.OUTPUT_LIMIT),
     ("write into a full output cap", b"", {"max_output": 7}, Outcome.OUTPUT_LIMIT),
     ("host-call budget", b"t", {"max_hostcalls": 2}, Outcome.HOSTCALL_LIMIT),
 ]
@@ -299,6 +299,17 @@ def test_output_kept_in_memory_then_in_files_reads_back_whole(
         assert len(native.stdout) + len(native.stderr) == cap
         assert native.stdout == pattern(len(native.stdout))
         assert native.stderr == pattern(len(native.stderr))
+        # The write that crossed the cap stopped the guest, its stream marked cut: the
+        # rest of it was not lost without a word (nor another stream blamed).
+        total, crossing = 0, 0
+        for fd, size in writes:
+            total += size
+            if total > cap:
+                crossing = fd
+                break
+        assert native.outcome is Outcome.OUTPUT_LIMIT
+        assert (native.stdout_truncated, native.stderr_truncated) == (crossing == 1,
+                                                                      crossing == 2)
     assert seen(native) == seen(ctypes_run(module, stdin=stdin, timeout_s=10.0,
                                            max_output=cap))
     # The profile's cap is far above these outputs.

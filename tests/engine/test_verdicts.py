@@ -147,3 +147,17 @@ def test_a_refusal_at_instantiation_names_its_real_cause() -> None:
     host = ending_of_error("failed to allocate memory: Cannot allocate memory (os error 12)",
                            None, started=False, max_memory=128 * 1024**2)
     assert host.outcome is Outcome.ERROR and "ulimit -v" in host.message
+
+
+@pytest.mark.parametrize(("peak", "limit", "judged"), [
+    (64 * 1024, 1024**2, False),  # a 1 MiB limit: a guest far below it failed on its own
+    (960 * 1024, 1024**2, True),  # within a quarter of it
+    (15 * 1024**2 + 512 * 1024, 16 * 1024**2, True),  # within 1 MiB of a larger one
+    (8 * 1024**2, 16 * 1024**2, False),
+])
+def test_a_failure_is_the_memory_limit_only_near_it(peak: int, limit: int,
+                                                    judged: bool) -> None:
+    for ending in (traps.Ending(Outcome.EXITED, "exited with code 42", 42),
+                   traps.Ending(Outcome.TRAP, "wasm trap: unreachable")):
+        verdict = traps.memory_verdict(ending, peak, limit)
+        assert (verdict.outcome is Outcome.MEMORY_LIMIT) is judged, (ending, verdict)

@@ -16,11 +16,14 @@ def test_human_units_are_accepted() -> None:
     assert (limits.timeout, limits.max_memory, limits.fuel, limits.max_output) == (
         2.0, 32 * 1024**2, 10**9, 1024**2)
     assert type(limits.fuel) is int
+    assert Policy().with_limits(timeout="1d").limits.timeout == 86_400.0
 
 
 @pytest.mark.parametrize(("changes", "names"), [
     ({"timeout": -1}, "timeout"),
     ({"timeout": "2 parsecs"}, "timeout"),
+    ({"timeout": "2d"}, "more than a day"),  # a unit it knows, past the ceiling
+    ({"timeout": "10us"}, "less than 1ms"),  # shown as 0 ms: no timeout, to a reader
     ({"fuel": 1.5}, "fuel"),
     ({"fuel": "lots"}, "fuel"),
     ({"max_memory": 16}, "max_memory"),
@@ -113,3 +116,10 @@ def test_an_environment_of_no_shape_is_refused(env: object) -> None:
     with pytest.raises(UsageError, match="Invocation env"):
         Invocation(env=env)  # type: ignore[arg-type]
     assert Invocation(env={}).env == () and Invocation(env=[]).env == ()
+
+
+def test_two_grants_at_one_guest_path_are_refused(tmp_path: Path) -> None:
+    # Which of two preopens at one guest path the guest resolves is the backend's luck.
+    grants = (DirGrant.parse(f"{tmp_path}:/data"), DirGrant.parse(f"{tmp_path}:/data/:rw"))
+    with pytest.raises(PolicyError, match="two directory grants at guest path /data"):
+        Policy().with_capabilities(dirs=grants)

@@ -86,8 +86,10 @@ def test_an_unreachable_store_is_one_line_and_exit_69(redis_server: RedisServer,
         start = time.monotonic()
         done = stockade("breaker", *args, "--config", str(path))
         assert done.returncode == 69, done
-        assert done.stdout == b""
         (line,) = done.stderr.decode().splitlines()
+        # Under --json the refusal is one JSON object too (cli.main).
+        assert done.stdout == b"" if "--json" not in args else json.loads(done.stdout) == {
+            "error": line.removeprefix("stockade: "), "exit_code": 69}
         assert line.startswith(f"stockade: shared state {redis_server.url} is unreachable")
         assert "Traceback" not in line
         assert time.monotonic() - start < 30  # a timeout, not a hang

@@ -292,3 +292,49 @@ def test_sign_refuses_a_module_wasmtime_refuses(tmp_path: Path) -> None:
                     str(invalid))
     assert done.returncode == 126 and b"wasmtime refuses it" in done.stderr, done.stderr
     assert not (tmp_path / "s.wasm").exists()
+
+
+@pytest.mark.parametrize("name", [".", "", "..", "/"])
+def test_keygen_refuses_a_name_that_is_no_file(tmp_path: Path, name: str) -> None:
+    done = subprocess.run([*STOCKADE, "keygen", name], cwd=tmp_path, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=60, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 125 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and "key file name" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_names_a_truncated_module_invalid(tmp_path: Path) -> None:
+    key = tmp_path / "signer.pub"
+    key.write_bytes(SecretKey(bytes([3]) * 32).public.pem())
+    cut = tmp_path / "trunc.wasm"
+    cut.write_bytes(guest("hello.wasm").read_bytes()[:1000])
+    done = stockade("verify", "--key", str(key), str(cut))
+    err = done.stderr.decode()
+    assert done.returncode == 126 and err.count("\n") == 1, err
+    assert "malformed module" in err and "signature unreadable" not in err, err
+
+
+def test_verify_reads_a_key_directory_as_trust_does(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COSIGN_PASSWORD", "")
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    signer = SecretKey(bytes([5]) * 32)
+    (keys / "signer.pub").write_bytes(signer.public.pem())
+    assert stockade("keygen", "--cosign", str(tmp_path / "ck")).returncode == 0
+    (keys / "ck.pub").write_bytes((tmp_path / "ck.pub").read_bytes())
+    signed = tmp_path / "signed.wasm"
+    signed.write_bytes(sign_module(guest("hello.wasm").read_bytes(), signer).module)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[trust]\nrequire_signature = true\nkeys = ["{keys}"]\n')
+    assert stockade("run", "--policy", str(policy), str(signed)).returncode == 0
+    done = stockade("verify", "--key", str(keys), str(signed))
+    assert done.returncode == 0, done.stderr
+    assert signer.public.key_id.hex().encode() in done.stdout
+    alone = stockade("verify", "--key", str(keys / "ck.pub"), str(signed))
+    assert alone.returncode == 125 and b"not an Ed25519 key" in alone.stderr, alone.stderr
+    (keys / "signer.pub").unlink()
+    only_cosign = stockade("verify", "--key", str(keys), str(signed))
+    assert only_cosign.returncode == 125 and b"Ed25519" in only_cosign.stderr
+

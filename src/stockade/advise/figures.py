@@ -112,15 +112,19 @@ def published() -> Figures:
 
 
 def load_results(path: Path) -> BenchResults:
-    """A saved `stockade bench` run. Raises UsageError for a missing or foreign file."""
+    """A saved `stockade bench` run. Raises UsageError for a missing, foreign or
+    malformed file (naming what is wrong)."""
     import json
 
-    from ..bench.results import BenchResults
+    from ..bench.results import BenchResults, MalformedResults
 
     try:
         return BenchResults.load(path)
     except FileNotFoundError:
         raise UsageError(f"--results: {path}: no such file") from None
+    except MalformedResults as exc:
+        raise UsageError(f"--results: {path}: not a results.json written by `stockade "
+                         f"bench`: {exc}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         kind = "not JSON" if isinstance(exc, json.JSONDecodeError) else "not a results.json"
         raise UsageError(f"--results: {path}: {kind} written by `stockade bench`") from None

@@ -8,10 +8,13 @@ only WASI preview 1 already runs under Stockade as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import ModuleError, UsageError
-from ..inspect import Import, MalformedModule, read_imports
+from ..errors import UsageError
+from ..inspect import Import
+
+if TYPE_CHECKING:
+    from ..inspect.report import Inspection
 
 __all__ = ["Needs", "ModuleFacts", "needs_from_module", "CHOICES", "LANGUAGE_SUPPORT"]
 
@@ -131,17 +134,9 @@ def module_facts(name: str, imports: list[Import]) -> ModuleFacts:
     return ModuleFacts(name, len(imports), tuple(sockets), threads, tuple(unknown))
 
 
-def needs_from_module(path: Path, needs: Needs) -> Needs:
-    """`needs` with what `path`'s imports imply: sockets mean a complex network (WASI
-    preview 1 has no way to open one). Raises ModuleNotFound or ModuleError."""
-    from ..engine.loader import read_module, wat_binary
-
-    data = read_module(path)
-    if not data.startswith(b"\0asm"):
-        data = wat_binary(data, str(path))
-    try:
-        facts = module_facts(path.name, read_imports(data))
-    except MalformedModule as exc:
-        raise ModuleError(f"{path}: {exc}") from None
+def needs_from_module(report: Inspection, needs: Needs) -> Needs:
+    """`needs` with what an inspected module's imports imply: sockets mean a complex
+    network (WASI preview 1 has no way to open one)."""
+    facts = module_facts(report.name, report.imports)
     network = "complex" if facts.sockets else needs.network
     return replace(needs, module=facts, network=network)

@@ -7,6 +7,7 @@ through results.json, so a report can be regenerated from a saved run.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from .hosts.base import Sample
 from .stats import Summary
 
-__all__ = ["Measurement", "BackendInfo", "BenchResults", "METRICS"]
+__all__ = ["Measurement", "BackendInfo", "BenchResults", "METRICS", "MalformedResults"]
 
 # metric name -> what it is (all from recorded, post-warm-up, successful samples)
 METRICS = {
@@ -25,6 +26,10 @@ METRICS = {
     "rss_kb": "peak resident set of the process that ran the guest, KiB",
     "hot_ms": "the guest's own timing of its hot loop, ms",
 }
+
+
+class MalformedResults(ValueError):
+    """A results.json that does not hold what `stockade bench` writes; says where."""
 
 
 def _round(value: float) -> float:
@@ -178,6 +183,71 @@ class BenchResults:
 
     @classmethod
     def load(cls, path: Path) -> BenchResults:
-        """Read results.json."""
-        data: dict[str, Any] = json.loads(path.read_text())
+        """Read results.json. Raises OSError, ValueError for text that is not JSON, or
+        MalformedResults naming the first field that is not what `stockade bench` writes
+        (a timing that is not a finite, non-negative number included)."""
+        data: Any = json.loads(path.read_text())
+        _check_results(data)
         return cls.from_dict(data)
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind):  # JSON true is no count
+        raise MalformedResults(f"{where}: {value!r:.40} is not {what}")
+
+
+def _check_results(data: Any) -> None:
+    """Raise MalformedResults unless `data` has the shape `BenchResults.to_dict` writes,
+    as far as reading it back and deriving figures from it needs."""
+    _expect(data, dict, "the file", "an object")
+    for key, kind, what in (("meta", dict, "an object"), ("backends", list, "a list"),
+                            ("workloads", list, "a list"), ("artifacts", dict, "an object"),
+                            ("measurements", list, "a list"),
+                            ("skipped_workloads", dict, "an object"),
+                            ("gateway", dict, "an object")):
+        if key not in data:
+            if key in ("skipped_workloads", "gateway"):  # older runs lack them
+                continue
+            raise MalformedResults(f"no {key!r}")
+        _expect(data[key], kind, key, what)
+    fields = set(BackendInfo.__dataclass_fields__)
+    for i, backend in enumerate(data["backends"]):
+        where = f"backends[{i}]"
+        _expect(backend, dict, where, "an object")
+        unknown = set(backend) - fields
+        if unknown or not {"name", "title", "kind"} <= set(backend):
+            raise MalformedResults(f"{where}: not a backend (fields {sorted(backend)})")
+        _expect(backend["name"], str, f"{where}.name", "a string")
+    for i, workload in enumerate(data["workloads"]):
+        where = f"workloads[{i}]"
+        _expect(workload, dict, where, "an object")
+        for key in ("key", "group"):
+            _expect(workload.get(key), str, f"{where}.{key}", "a string")
+        if workload["group"] == "io":
+            size = workload["key"].rsplit("/", 1)[-1]
+            if not size.isdigit():
+                raise MalformedResults(f"{where}.key: {workload['key']!r:.40} does not end "
+                                       "in a payload size")
+    for i, measurement in enumerate(data["measurements"]):
+        _check_measurement(measurement, f"measurements[{i}]")
+
+
+def _check_measurement(measurement: Any, where: str) -> None:
+    _expect(measurement, dict, where, "an object")
+    for key in ("backend", "workload", "error"):
+        _expect(measurement.get(key), str, f"{where}.{key}", "a string")
+    _expect(measurement.get("failures"), int, f"{where}.failures", "a count")
+    _expect(measurement.get("digests"), dict, f"{where}.digests", "an object")
+    for digest, count in measurement["digests"].items():
+        _expect(count, int, f"{where}.digests.{digest:.20}", "a count")
+    _expect(measurement.get("metrics"), dict, f"{where}.metrics", "an object")
+    for metric, values in measurement["metrics"].items():
+        _expect(values, list, f"{where}.metrics.{metric:.20}", "a list")
+        for j, value in enumerate(values):
+            spot = f"{where}.metrics.{metric:.20}[{j}]"
+            _expect(value, (int, float), spot, "a number")
+            if not math.isfinite(value):
+                raise MalformedResults(f"{spot}: {value} is not a finite number")
+            if value < 0:
+                raise MalformedResults(f"{spot}: {value} is negative (times and sizes "
+                                       "cannot be)")

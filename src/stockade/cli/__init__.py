@@ -50,9 +50,22 @@ def main(argv: list[str] | None = None) -> Any:
         return _click_main(words)
     except StockadeError as exc:
         from ..display import printable
+        from ..errors import UntrustedModule
 
+        # A verdict `verify --json` printed, or a run's error object: not twice.
+        if not isinstance(exc, UntrustedModule) and not exc.json_shown:
+            _json_error(words, exc.message, exc.exit_code)
         sys.stderr.write(f"stockade: {printable(exc.message)}\n")
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a path given that the system refuses (a name too long, ...)
+        from ..display import printable
+        from ..policy.units import shown
+
+        where = f"{shown(str(exc.filename), 60)}: " if exc.filename else ""
+        message = f"{where}{exc.strerror or exc}"
+        _json_error(words, message, 125)
+        sys.stderr.write(f"stockade: {printable(message)}\n")
+        sys.exit(125)
     except KeyboardInterrupt:
         _ignore_interrupts()  # stopping already: Ctrl-C again waits
         sys.stderr.write("stockade: interrupted\n")
@@ -116,5 +129,36 @@ def _click_main(words: list[str]) -> Any:
         click.echo("stockade: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        _json_error(words, exc.format_message(), 125)
         exc.show()
         sys.exit(125)
+
+
+def _json_error(words: list[str], message: str, exit_code: int) -> None:
+    """Under `--json`, a refusal is also one JSON object on stdout (a run's has the
+    result's shape: `execute.run_command`)."""
+    import json
+
+    if _asks_for_json(words):
+        sys.stdout.write(json.dumps({"error": message, "exit_code": exit_code}) + "\n")
+        sys.stdout.flush()
+
+
+def _asks_for_json(words: list[str]) -> bool:
+    """Whether the (sub)command `words` name is given `--json`, as click parses it."""
+    import click
+
+    from .group import cli
+
+    command: click.Command = cli
+    rest = list(words)
+    try:
+        while isinstance(command, click.Group):
+            found = command.get_command(click.Context(command), rest[0]) if rest else None
+            if found is None:
+                return False
+            command, rest = found, rest[1:]
+        ctx = command.make_context(command.name, rest, resilient_parsing=True)
+    except Exception:  # noqa: BLE001 - reporting an error already: no second one
+        return False
+    return bool(ctx.params.get("as_json"))

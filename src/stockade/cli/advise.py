@@ -21,6 +21,9 @@ def _duration_ms(value: str | None) -> float | None:
     from ..errors import UsageError
     from ..policy.units import parse_duration
 
+    if not value.strip():
+        raise UsageError("--startup-budget: an empty answer; give a duration, e.g. 50ms")
+
     try:
         return parse_duration(value) * 1000.0
     except ValueError as exc:
@@ -31,8 +34,31 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v.strip().lower() for item in values for v in item.split(",") if v.strip())
 
 
+def _languages(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The languages of `--language` flags, each naming at least one."""
+    from ..errors import UsageError
+
+    for value in values:
+        if not _split((value,)):
+            raise UsageError(f"--language: an empty answer ({value!r}); name a language, "
+                             "e.g. --language rust")
+    return _split(values)
+
+
 def _ask(answers: dict[str, Any]) -> dict[str, Any]:
-    """The questions, asked one by one on a terminal."""
+    """The questions, asked one by one; UsageError when standard input ends first (an
+    interrupt stays an interrupt)."""
+    from ..errors import UsageError
+
+    try:
+        return _questions(answers)
+    except click.Abort as exc:
+        if isinstance(exc.__context__, EOFError):  # click raises Abort from None
+            raise UsageError("no answer: standard input ended") from None
+        raise
+
+
+def _questions(answers: dict[str, Any]) -> dict[str, Any]:
     from ..advise import CHOICES
 
     answers["full_os"] = click.confirm("Does it need a full OS, kernel features or system "
@@ -72,7 +98,7 @@ def _ask(answers: dict[str, Any]) -> dict[str, Any]:
               default="tenant", show_default=True, help="Whose code it is.")
 @click.option("--gpu", is_flag=True, help="It needs a GPU.")
 @click.option("--module", "module", metavar="MODULE", default=None,
-              help="Read what a .wasm/.wat module imports (sockets, threads, ...).")
+              help="Read what a module (.wasm, .wat or oci://REF) imports (sockets, threads, ...).")
 @click.option("--results", "results", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Cite the figures of a `stockade bench` results.json.")
 @click.option("--probe", is_flag=True, help="Measure this machine first (under 30 s).")
@@ -103,13 +129,12 @@ def advise(full_os: bool, dependencies: str, languages: tuple[str, ...],
     """
     from ..advise import Needs, from_results, load_results, needs_from_module, published
     from ..advise import advise as decide
-    from ..errors import UsageError
 
     ctx = click.get_current_context()
     given = any(ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
                 for name in _QUESTION_FLAGS)
     answers: dict[str, Any] = {
-        "full_os": full_os, "dependencies": dependencies, "languages": _split(languages),
+        "full_os": full_os, "dependencies": dependencies, "languages": _languages(languages),
         "startup_budget_ms": _duration_ms(startup_budget),
         "rps": rps, "density": density, "io": io, "network": network,
         "isolation": isolation, "gpu": gpu,
@@ -120,10 +145,12 @@ def advise(full_os: bool, dependencies: str, languages: tuple[str, ...],
         answers = _ask(answers)
     needs = Needs(**answers)
     if module is not None:
-        if module.startswith("oci://"):
-            raise UsageError("--module: oci:// references need the OCI store (stockade oci "
-                             "pull), which this installation does not have yet")
-        needs = needs_from_module(Path(module), needs)
+        from ..errors import UsageError
+        from .inspect import inspected
+
+        if not module.strip():
+            raise UsageError("--module: an empty answer; give a module file or oci://REF")
+        needs = needs_from_module(inspected(module), needs)
     figures = published()
     if results is not None:
         figures = figures.with_measured(from_results(load_results(results), str(results)))

@@ -53,6 +53,7 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
     """Run MODULE with the options of `stockade run` (see `runspec.RUN_OPTIONS`) and exit
     with the result's exit code. Raises StockadeError (after printing the JSON error
     object under `as_json`)."""
+    policy: Policy | None = None
     limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
               "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files,
               "wasm_gc": True if wasm_gc else None}  # the flag turns it on, never off
@@ -67,7 +68,7 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
         if warning is not None:  # before the run: it may never end
             sys.stderr.write(f"stockade: warning: {warning}\n")
             sys.stderr.flush()
-        invocation = build_invocation(args, stdin)
+        invocation = build_invocation(args, stdin, policy.limits.timeout)
         if pinned is not None:  # an image run is named by its reference and digest
             from dataclasses import replace
 
@@ -81,11 +82,12 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
         if pinned is not None:
             result = replace(result, module=pinned)
     except StockadeError as exc:
-        if as_json:
+        if as_json:  # the result object's shape: nothing ran, nothing was hashed
             shown = module if module.startswith("oci://") else Path(module).name
-            error = {"module": shown, "outcome": "error", "exit_code": exc.exit_code,
-                     "message": exc.message}
-            sys.stdout.write(json.dumps(error) + "\n")
+            error = Result(shown, "", Outcome(exc.outcome), exc.exit_code, message=exc.message,
+                           limits=None if policy is None else policy.limits.as_dict())
+            sys.stdout.write(json.dumps({**error.to_dict(), "sha256": None}) + "\n")
+            exc.json_shown = True
         raise
     render(result, as_json, warning)
     sys.exit(result.exit_code)

@@ -11,31 +11,35 @@ import click
 if TYPE_CHECKING:
     from ..inspect.report import Inspection
 
-__all__ = ["inspect", "read_module"]
+__all__ = ["inspect", "read_module", "inspected"]
+
+
+def module_file(module: str) -> tuple[Path, str]:
+    """The file of a MODULE argument and its display name: `oci://REF` is resolved as
+    `run` resolves it (`oci.resolve`: from the local store, pulled once when absent)."""
+    if module.startswith("oci://"):
+        from ..oci import resolve
+
+        return resolve(module).path, module
+    path = Path(module)
+    return path, path.name
 
 
 def read_module(module: str, text: bool = True) -> tuple[bytes, str]:
-    """The binary bytes of MODULE (`.wasm`, or `.wat` translated unless not `text`) and
-    its display name. Raises ModuleNotFound, ModuleError or UsageError; reads at most
-    MAX_MODULE_BYTES."""
-    from ..engine.loader import read_module as read_file
-    from ..engine.loader import sniff_kind, wat_binary
-    from ..errors import ModuleError, UsageError
+    """The binary bytes of MODULE (`.wasm`, `oci://REF`, or `.wat` translated unless not
+    `text`) and its display name. Raises ModuleNotFound, ModuleError, UsageError or the
+    OCI errors; reads at most MAX_MODULE_BYTES."""
+    from ..inspect.modulefile import module_binary
 
-    if module.startswith("oci://"):
-        raise UsageError(f"{module}: OCI references are not supported by this command yet; "
-                         "pull the image and inspect its module file")
-    path = Path(module)
-    data = read_file(path)
-    kind = sniff_kind(data[:64], path.name)
-    if kind == "cwasm":
-        raise ModuleError(f"{module}: a precompiled .cwasm is native code; inspect the .wasm")
-    if kind == "wat":
-        if not text:
-            raise ModuleError(f"{module}: WebAssembly text carries no signature a run would "
-                              "accept (runs refuse it under [trust]); give the signed .wasm")
-        data = wat_binary(data, module)
-    return data, path.name
+    path, name = module_file(module)
+    return module_binary(path, name, text), name
+
+
+def inspected(module: str) -> Inspection:
+    """The inspection of MODULE (see `read_module`); ModuleError for a malformed one."""
+    from ..inspect.modulefile import inspect_file
+
+    return inspect_file(*module_file(module))
 
 
 @click.command("inspect")
@@ -44,7 +48,8 @@ def read_module(module: str, text: bool = True) -> tuple[bytes, str]:
 @click.option("--policy", "as_policy", is_flag=True,
               help="Print the least-privilege policy TOML that lets the module run.")
 def inspect(module: str, as_json: bool, as_policy: bool) -> None:
-    """Report what MODULE imports, declares and carries, without running it.
+    """Report what MODULE (.wasm, .wat or oci://REF) imports, declares and carries,
+    without running it.
 
     Imports are grouped by capability (anything Stockade refuses is named), with exports,
     memories and tables, data and element sizes, the start function, the largest
@@ -52,16 +57,9 @@ def inspect(module: str, as_json: bool, as_policy: bool) -> None:
     and findings ranked by risk. Exit 126 for a malformed module (the message names the
     offset).
     """
-    from ..errors import ModuleError
-    from ..inspect import MalformedModule
     from ..inspect.least import least_privilege_policy
-    from ..inspect.report import inspect_module
 
-    data, name = read_module(module)
-    try:
-        report = inspect_module(data, name)
-    except MalformedModule as exc:
-        raise ModuleError(f"{name}: malformed module: {exc}") from None
+    report = inspected(module)
     if as_policy:
         click.echo(least_privilege_policy(report), nl=False)
     elif as_json:

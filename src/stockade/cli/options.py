@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import PolicyError, UsageError
+from ..errors import PolicyError, StdinTimeout, UsageError
 from ..invocation import Invocation
-from ..policy import DirGrant, Policy, apply_limit, load_policy, profile
+from ..policy import DirGrant, Policy, apply_limit, format_duration, load_policy, profile
 
 __all__ = ["build_policy", "build_invocation", "parse_env", "guest_args", "read_stdin",
            "check_writable"]
@@ -87,12 +89,14 @@ def guest_args(args: tuple[str, ...]) -> tuple[str, ...]:
     return args[1:] if args[:1] == ("--",) else args
 
 
-def read_stdin(stdin: str | None) -> bytes:
+def read_stdin(stdin: str | None, timeout: float | None = None) -> bytes:
     """The guest's standard input for `--stdin FILE|-|none`.
 
     Unset: this process's stdin (as wasmtime inherits it), except a terminal, which
     gives empty input (input is read before the guest starts, so a guest that never
-    reads would otherwise wait for end-of-file). Raises UsageError past MAX_STDIN.
+    reads would otherwise wait for end-of-file). Input that has not ended within
+    `timeout` seconds (the run's) raises StdinTimeout: the run's timeout bounds the
+    wait for it too. Raises UsageError past MAX_STDIN.
     """
     if stdin == "none":
         return b""
@@ -103,25 +107,58 @@ def read_stdin(stdin: str | None) -> bytes:
         except (OSError, ValueError, AttributeError):
             return b""
         stdin = "-"
+    deadline = None if timeout is None else time.monotonic() + timeout
     if stdin == "-":
         try:
-            data = sys.stdin.buffer.read(MAX_STDIN + 1)
+            data = _read_until(sys.stdin.fileno(), deadline, timeout)
         except OSError as exc:
             raise UsageError(f"--stdin: cannot read standard input: {exc.strerror}") from None
     else:
         try:
-            with open(stdin, "rb") as handle:
-                data = handle.read(MAX_STDIN + 1)
+            # Not blocking: a FIFO's open waits for a writer, outside any deadline.
+            fd = os.open(stdin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise UsageError(f"--stdin {stdin}: {exc.strerror}") from None
+        try:
+            data = _read_until(fd, deadline, timeout)
+        except OSError as exc:
+            raise UsageError(f"--stdin {stdin}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
     if len(data) > MAX_STDIN:
         raise UsageError(f"--stdin: input larger than {MAX_STDIN // 1024**2} MiB")
     return data
 
 
-def build_invocation(args: tuple[str, ...], stdin: str | None) -> Invocation:
+def _read_until(fd: int, deadline: float | None, timeout: float | None) -> bytes:
+    """What `fd` holds up to its end, at most MAX_STDIN + 1 bytes, by `deadline`
+    (monotonic seconds). Waits with `select`, so a descriptor shared with other
+    processes keeps its blocking mode."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_STDIN:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise StdinTimeout(
+                    f"standard input did not end within the timeout of "
+                    f"{format_duration(timeout or 0.0)} (it is read whole before the guest "
+                    "starts: give a file with --stdin, or --stdin none)")
+        try:
+            chunk = os.read(fd, min(1 << 20, MAX_STDIN + 1 - size))
+        except BlockingIOError:
+            continue  # a FIFO opened without blocking, no writer yet
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def build_invocation(args: tuple[str, ...], stdin: str | None,
+                     timeout: float | None = None) -> Invocation:
     """The invocation: guest args and stdin bytes (see `read_stdin`)."""
-    return Invocation(args=args, stdin=read_stdin(stdin))
+    return Invocation(args=args, stdin=read_stdin(stdin, timeout))
 
 
 def with_trust(policy: Policy, trust_keys: tuple[Path, ...], require_signature: bool) -> Policy:

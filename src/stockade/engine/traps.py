@@ -19,7 +19,8 @@ from ..result import GuestStopped, Outcome
 
 __all__ = ["Ending", "TIMED_OUT", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT",
            "TRAP_OUT_OF_FUEL", "root_cause", "ending_of_trap", "ending_of_error",
-           "memory_verdict", "classify", "describe_load_error", "describe_load_message"]
+           "memory_verdict", "classify", "start_with_values", "describe_load_error",
+           "describe_load_message"]
 
 PAGE = 65536
 
@@ -125,6 +126,9 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
                 and "count too high" not in text:  # too many memories: not their size
             return Ending(Outcome.MEMORY_LIMIT, "declared memory exceeds the memory limit "
                           f"of {format_size(max_memory)}")
+        if "shared memory" in text:  # a module of the threads proposal, never run here
+            return Ending(Outcome.DENIED, "the module has a shared memory (threads), which "
+                          "Stockade does not provide")
         return Ending(Outcome.TRAP, f"instantiation refused: {cause}")
     if "all fuel consumed" in text:
         return _FUEL
@@ -136,10 +140,12 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
 def memory_verdict(ending: Ending, peak: int, limit: int) -> Ending:
     """A guest that failed with its memory near the limit was stopped by the limit: a
     denied `memory.grow` returns -1 rather than trapping, and the guest then traps or
-    exits non-zero on the failed allocation. `peak` and `limit` in bytes."""
+    exits non-zero on the failed allocation. `peak` and `limit` in bytes. Near: within
+    a 16th of the limit or 1 MiB, whichever is larger, but never more than a quarter
+    (under a 1 MiB limit every failure was judged the limit's)."""
     failed = ending.outcome is Outcome.TRAP or (
         ending.outcome is Outcome.EXITED and ending.guest_exit_code not in (0, None))
-    if failed and peak + max(limit // 16, 16 * PAGE) >= limit:
+    if failed and peak + min(max(limit // 16, 16 * PAGE), limit // 4) >= limit:
         return Ending(Outcome.MEMORY_LIMIT, f"memory limit of {format_size(limit)} reached "
                       f"(linear memory {format_size(peak)})")
     return ending
@@ -177,6 +183,13 @@ _CAUSE_NUMBER = re.compile(r"^\d+: ")
 def describe_load_error(error: BaseException) -> str:
     """`describe_load_message` of a wasmtime-py error."""
     return describe_load_message(str(error))
+
+
+def start_with_values(name: str) -> ModuleError:
+    """The refusal of module `name`, whose `_start` takes or returns values: refused
+    when loaded (126), not failed as a trap when called."""
+    return ModuleError(f"{name}: its `_start` takes or returns values: a WASI command's "
+                       "`_start` has neither")
 
 
 def invalid_module(name: str, error: BaseException | str, needs_gc: bool = False) -> ModuleError:

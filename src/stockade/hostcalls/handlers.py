@@ -135,8 +135,8 @@ def _stdio_buffer(mem: GuestMemory, iovs: int, n: int) -> tuple[int, int] | None
 
 def _fd_write(m: Meter, c: Host, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
     if fd in (1, 2) and m.stdio_owned[fd]:
-        # At most the room under the cap: a short write is legal WASI, and a write into
-        # a full cap stops the guest.
+        # Past the cap what fits is kept and the guest stops: a short write it may
+        # ignore would lose the rest without a word (the native streams' rule too).
         try:
             first = _stdio_buffer(mem, iovs, n)
         except ValueError:
@@ -146,8 +146,10 @@ def _fd_write(m: Meter, c: Host, mem: GuestMemory, fd: int, iovs: int, n: int, r
         data = b""
         if first is not None:
             buf, length = first
-            data = mem.read(buf, min(length, m.output_room(), MAX_IO_BYTES))
-            if not data:
+            room = m.output_room()
+            data = mem.read(buf, min(length, room, MAX_IO_BYTES))
+            if length > room and room < MAX_IO_BYTES:
+                m.capture(fd, data)
                 m.stop_output(fd)
         m.capture(fd, data)
         mem.put_u32(ret, len(data))

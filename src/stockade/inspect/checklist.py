@@ -124,14 +124,10 @@ _inspected: dict[Path, Any] = {}
 def _inspection(path: Path) -> Any:
     """The module's inspection, or None when it cannot be read (cached per path)."""
     if path not in _inspected:
-        from ..engine.loader import read_module, wat_binary
-        from .report import inspect_module
+        from .modulefile import inspect_file
 
         try:
-            data = read_module(path)
-            if not data.startswith(b"\0asm"):
-                data = wat_binary(data, str(path))
-            _inspected[path] = inspect_module(data, path.name)
+            _inspected[path] = inspect_file(path, path.name)
         except Exception as exc:  # noqa: BLE001 - unreadable, malformed, bad WAT: reported
             _inspected[path] = exc
     found = _inspected[path]
@@ -232,9 +228,13 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
              host: bool = True) -> list[Item]:
     """Every checklist item for the given policy file, manifest and module (the default
     profile when neither file is given); `host` adds this host's items. Raises
-    PolicyError for a broken file."""
+    PolicyError for a broken file, ModuleNotFound or ModuleError for a `module` that is
+    not one (as `inspect` refuses it)."""
     from ..policy import load_policy
+    from .modulefile import inspect_file
 
+    if module is not None:
+        _inspected[module] = inspect_file(module, module.name)
     subjects: list[Subject] = []
     server = None
     if policy_file is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import asdict, field, replace
 from pathlib import Path
@@ -228,6 +229,16 @@ class Capabilities(FrozenRecord):
 
             raise PolicyError(f"scratch (--scratch, capabilities.scratch): {problem}, "
                               f"not {shown(scratch)}")
+        seen: dict[str, DirGrant] = {}
+        for grant in dirs:  # two preopens at one guest path: which one the guest sees is luck
+            where = posixpath.normpath(grant.guest) if isinstance(grant, DirGrant) else None
+            if where is not None and where in seen:
+                from ..errors import PolicyError
+
+                raise PolicyError(f"two directory grants at guest path {where}: "
+                                  f"{seen[where]} and {grant}")
+            if where is not None:
+                seen[where] = grant
         put = object.__setattr__
         put(self, "dirs", dirs)
         put(self, "env", env)

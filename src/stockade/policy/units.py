@@ -21,7 +21,8 @@ _SIZE_UNITS = {
     "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
 }
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)")
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0,
+                   "d": 86400.0}
 
 
 def parse_size(value: str | int) -> int:
@@ -51,7 +52,7 @@ def parse_size(value: str | int) -> int:
 
 def parse_duration(value: str | int | float) -> float:
     """Parse a duration into seconds: a number (seconds) or a number with `us`, `ms`, `s`, `m`,
-    `h`. Raises ValueError."""
+    `h`, `d`. Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):

@@ -36,6 +36,7 @@ MAX_OPEN_FILES = 1 << 30  # the kernel's ceiling on RLIMIT_NOFILE (fs.nr_open)
 # the run) in one poll(), whose milliseconds are a C int (24.8 days); 10 days raised
 # OverflowError. Longer runs choose `none` deliberately.
 MAX_TIMEOUT = 86_400.0
+MIN_TIMEOUT = 0.001
 
 
 def _count(value: Any, top: int = MAX_COUNT, why: str = "what an int64 holds") -> int:
@@ -131,6 +132,8 @@ def _duration(value: Any) -> float:
         raise ValueError(f"expected a duration such as 2s or a number of seconds, not "
                          f"{type(value).__name__}")
     seconds = parse_duration(value)
+    if seconds < MIN_TIMEOUT:  # results show it in whole milliseconds: 0 read as none
+        raise ValueError(f"{shown(value)} is less than 1ms, too short to be a timeout")
     if seconds > MAX_TIMEOUT:
         raise ValueError(f"{shown(value)} is more than a day ({MAX_TIMEOUT:.0f}s; 'none' "
                          "for no timeout)")

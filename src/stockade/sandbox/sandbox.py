@@ -18,6 +18,7 @@ from ..engine.traps import (
     classify,
     describe_load_error,
     memory_verdict,
+    start_with_values,
 )
 from ..engine.trip import EXPORT as TRIPWIRE_EXPORT
 from ..engine.trip import START as TRIPWIRE_START
@@ -232,6 +233,9 @@ class Sandbox:
                 start = exports.get("_start")
                 if not isinstance(start, wasmtime.Func):
                     raise ModuleError(f"{loaded.name}: no _start export (not a WASI command)")
+                signature = start.type(store)
+                if signature.params or signature.results:
+                    raise start_with_values(loaded.name)
                 start(store)
                 ending = EXITED_OK
             except ModuleError:

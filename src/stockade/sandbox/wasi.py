@@ -73,9 +73,10 @@ def checked_preopens(policy: Policy) -> Preopens:
             try:
                 fd = os.open(grant.host, _DIR_FLAGS)
             except (FileNotFoundError, NotADirectoryError):
-                raise PolicyError(f"--dir {grant}: {grant.shown} is not a directory") from None
+                raise PolicyError(f"directory grant {grant}: {grant.shown} is not a "
+                                  "directory") from None
             except OSError as exc:
-                raise PolicyError(f"--dir {grant}: cannot open {grant.shown}: "
+                raise PolicyError(f"directory grant {grant}: cannot open {grant.shown}: "
                                   f"{exc.strerror}") from None
             preopens.hold(fd, grant.writable)
             fds.append(fd)
@@ -129,14 +130,14 @@ def _refuse_writable_read_only(held: list[tuple[DirGrant, int]]) -> None:
             continue
         lineage = _lineage(fd)
         if lineage is None:
-            raise PolicyError(f"--dir {grant}: cannot tell whether {grant.shown} lies inside "
-                              f"a writable grant (over {_MAX_DEPTH} directories deep); "
+            raise PolicyError(f"directory grant {grant}: cannot tell whether {grant.shown} "
+                              f"lies inside a writable grant (over {_MAX_DEPTH} directories deep); "
                               "grant it :rw, or a directory nearer /")
         for identity in lineage:
             if identity in writable:
                 where = "the directory of" if identity == file_identity(fd) else "inside"
-                raise PolicyError(f"--dir {grant}: {grant.shown} is {where} the writable "
-                                  f"grant --dir {writable[identity]}, so it would be writable "
+                raise PolicyError(f"directory grant {grant}: {grant.shown} is {where} the "
+                                  f"writable grant {writable[identity]}, so it would be writable "
                                   "(grant it :rw, or grant directories that do not nest)")
 
 
@@ -158,5 +159,5 @@ def wasi_config(
         try:
             config.preopen_dir(str(host), grant.guest, writable)
         except wasmtime.WasmtimeError:  # the directory went away: one line, not a traceback
-            raise PolicyError(f"--dir {grant}: cannot preopen {grant.shown}") from None
+            raise PolicyError(f"directory grant {grant}: cannot preopen {grant.shown}") from None
     return config

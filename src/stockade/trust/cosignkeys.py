@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from .keys import MAX_KEY_FILE, KeyFileError
+from .keys import MAX_KEY_FILE, KeyFileError, key_pair_paths
 
 __all__ = ["ImageKey", "CosignSecret", "encrypt_secret", "decrypt_secret", "load_cosign_key",
            "parse_image_key", "generate_cosign", "load_image_keys", "PEM_TYPES",
@@ -213,11 +213,7 @@ def parse_image_key(data: bytes, source: str) -> ImageKey | None:
 def generate_cosign(path: str | Path, password: bytes) -> tuple[Path, Path, CosignSecret]:
     """Write a new cosign key pair: `path` (encrypted, 0600, never over an existing file)
     and `path.pub` (SPKI PEM). Raises KeyFileError."""
-    secret_path = Path(path)
-    public_path = secret_path.with_name(secret_path.name + ".pub")
-    for target in (secret_path, public_path):
-        if target.exists() or target.is_symlink():
-            raise KeyFileError(f"{target}: already exists; not overwriting a key")
+    secret_path, public_path = key_pair_paths(path)
     secret = CosignSecret(ec.generate_private_key(ec.SECP256R1()))
     try:
         fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -25,7 +25,7 @@ from ..errors import UsageError
 
 __all__ = ["PublicKey", "SecretKey", "KeyFileError", "load_public_keys", "load_secret_key",
            "parse_public_keys", "parse_secret_key", "key_id_of", "generate", "MAX_KEY_FILE",
-           "read_key_file", "key_files"]
+           "read_key_file", "key_files", "key_pair_paths"]
 
 PK_PREFIX, SK_PREFIX = 0x01, 0x81
 MAX_KEY_FILE = 1024 * 1024  # a key file larger than this is not a key file
@@ -175,17 +175,19 @@ def parse_secret_key(data: bytes, source: str) -> SecretKey:
 
 
 def load_public_keys(path: str | Path) -> list[PublicKey]:
-    """The public keys of a file, or of every file in a directory (names starting with a
-    dot skipped). Raises KeyFileError naming the file."""
+    """The Ed25519 public keys of a file, or of a directory's files read as a policy's
+    `[trust] keys` reads them (names starting with a dot skipped; cosign image keys
+    beside them skipped too). Raises KeyFileError naming the file, or the directory when
+    it holds no Ed25519 key."""
     path = Path(path)
     if path.is_dir():
-        keys = []
-        for item in sorted(path.iterdir()):
-            if not item.name.startswith(".") and item.is_file():
-                keys.extend(parse_public_keys(_read(item), str(item)))
+        from .enforce import trusted_keys
+
+        keys = trusted_keys((path,))
         if not keys:
-            raise KeyFileError(f"{path}: a key directory without keys")
-        return keys
+            raise KeyFileError(f"{path}: no Ed25519 public key among its key files (cosign "
+                               "keys verify image signatures, not modules)")
+        return list(keys)
     return parse_public_keys(_read(path), str(path))
 
 
@@ -195,14 +197,24 @@ def load_secret_key(path: str | Path) -> SecretKey:
     return parse_secret_key(_read(path), str(path))
 
 
-def generate(path: str | Path) -> tuple[Path, Path, SecretKey]:
-    """Write a new secret key to `path` (PEM, mode 0600, never over an existing file) and
-    its public key to `path.pub`. Raises KeyFileError."""
+def key_pair_paths(path: str | Path) -> tuple[Path, Path]:
+    """(`path`, `path.pub`) for a key pair to write, neither existing. Raises
+    KeyFileError for a name that is no file's ("", ".", "..", "/") or an existing file."""
     secret_path = Path(path)
+    if secret_path.name in ("", "..") or str(path).endswith("/"):
+        raise KeyFileError(f"{str(path)!r}: not a key file name; give the file to write, "
+                           "e.g. signer.key")
     public_path = secret_path.with_name(secret_path.name + ".pub")
     for target in (secret_path, public_path):
         if target.exists() or target.is_symlink():
             raise KeyFileError(f"{target}: already exists; not overwriting a key")
+    return secret_path, public_path
+
+
+def generate(path: str | Path) -> tuple[Path, Path, SecretKey]:
+    """Write a new secret key to `path` (PEM, mode 0600, never over an existing file) and
+    its public key to `path.pub`. Raises KeyFileError."""
+    secret_path, public_path = key_pair_paths(path)
     secret = SecretKey(os.urandom(32))
     try:
         fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -192,6 +192,9 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("wasm_exporttype_name", POINTER(ByteVec), (_P,)),
     ("wasm_exporttype_type", _P, (_P,)),
     ("wasm_externtype_kind", c_uint8, (_P,)),
+    ("wasm_externtype_as_functype_const", _P, (_P,)),
+    ("wasm_functype_params", POINTER(ValTypeVec), (_P,)),
+    ("wasm_functype_results", POINTER(ValTypeVec), (_P,)),
     ("wasm_exporttype_vec_delete", None, (POINTER(ExportTypeVec),)),
     ("wasmtime_module_imports", None, (_P, POINTER(ExportTypeVec))),  # same vector layout
     ("wasm_importtype_module", POINTER(ByteVec), (_P,)),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...envblock import Env
 from ...errors import DeniedImport, ModuleError, UsageError
-from ..traps import describe_load_message
+from ..traps import describe_load_message, start_with_values
 from ._capi import EXTERN_FUNC, ByteVec, C, ExportTypeVec, take_error
 from ._run import FastResult, RunPlan
 
@@ -167,8 +167,13 @@ def _require_start(module: int, name: str) -> None:
             label = C.wasm_exporttype_name(export).contents
             if ctypes.string_at(label.data, label.size) == b"_start":
                 kind = C.wasm_externtype_kind(C.wasm_exporttype_type(export))
-                if kind == EXTERN_FUNC:
-                    return
+                if kind != EXTERN_FUNC:
+                    break
+                func = C.wasm_externtype_as_functype_const(C.wasm_exporttype_type(export))
+                if C.wasm_functype_params(func).contents.size \
+                        or C.wasm_functype_results(func).contents.size:
+                    raise start_with_values(name)
+                return
     finally:
         C.wasm_exporttype_vec_delete(ctypes.byref(exports))
     raise ModuleError(f"{name}: no `_start` function: not a WASI command module")

@@ -769,11 +769,12 @@ void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
         return NULL;
     }
     uint64_t room = MAX_IO_BYTES;
+    bool capped = false; /* the room is what the cap leaves */
     if (st->cap >= 0) {
         int64_t left = st->cap - st->out_size - st->err_size;
         if (left <= 0 && total) return stop(st, fd == 1 ? STOP_STDOUT : STOP_STDERR,
                                             "output limit reached");
-        if (left >= 0 && (uint64_t)left < room) room = (uint64_t)left;
+        if (left >= 0 && (uint64_t)left < room) { room = (uint64_t)left; capped = true; }
     }
     int64_t *written = fd == 1 ? &st->out_size : &st->err_size;
     uint32_t done = 0;
@@ -785,6 +786,10 @@ void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
         uint32_t put = put_output(st, fd, base + buf, take, written);
         done += put;
         room -= put;
+        /* Past the cap what fits is kept and the guest stops: a short write it may
+         * ignore would lose the rest without a word (hostcalls.handlers, alike). */
+        if (capped && len > take) return stop(st, fd == 1 ? STOP_STDOUT : STOP_STDERR,
+                                              "output limit reached");
         if (len) break; /* the first non-empty buffer only, as wasmtime's WASI writes */
     }
     put_u32(base, ret, done);

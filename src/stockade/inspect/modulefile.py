@@ -1,0 +1,63 @@
+"""A module file read for review (`inspect`, `advise`, `check`, `sign`, `verify`): the
+binary bytes, with one wording for a file that is not a module, truncated, or binary
+data passed off as text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..binary import MalformedModule, sections
+from ..errors import ModuleError
+
+if TYPE_CHECKING:
+    from .report import Inspection
+
+__all__ = ["module_binary", "inspect_file"]
+
+_TEXT_CONTROLS = frozenset(b"\t\n\r\f")
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not any((byte < 32 and byte not in _TEXT_CONTROLS) or byte == 127 for byte in data)
+
+
+def module_binary(path: Path, name: str, text: bool = True) -> bytes:
+    """The binary module of file `path` (`.wat` translated unless not `text`), shown as
+    `name` in errors. Its sections are walked, so a truncated module is refused here.
+    Raises ModuleNotFound, ModuleError; reads at most MAX_MODULE_BYTES."""
+    from ..engine.loader import read_module, sniff_kind, wat_binary
+
+    data = read_module(path)
+    kind = sniff_kind(data[:64], name)
+    if kind == "cwasm":
+        raise ModuleError(f"{name}: a precompiled .cwasm is native code; inspect the .wasm")
+    if kind == "wat":
+        if not _is_text(data):  # the parser's message would quote the binary junk
+            raise ModuleError(f"{name}: not a WebAssembly module (no \\0asm header) and not "
+                              "WebAssembly text (binary data)")
+        if not text:
+            raise ModuleError(f"{name}: WebAssembly text carries no signature a run would "
+                              "accept (runs refuse it under [trust]); give the signed .wasm")
+        data = wat_binary(data, str(path))  # the line and column are in that file
+    try:
+        for _ in sections(data):
+            pass
+    except MalformedModule as exc:
+        raise ModuleError(f"{name}: malformed module: {exc}") from None
+    return data
+
+
+def inspect_file(path: Path, name: str) -> Inspection:
+    """The inspection of module file `path` (see `module_binary`). Raises ModuleNotFound
+    or ModuleError (a malformed module: the message names the offset)."""
+    from .report import inspect_module
+
+    try:
+        return inspect_module(module_binary(path, name), name)
+    except MalformedModule as exc:
+        raise ModuleError(f"{name}: malformed module: {exc}") from None

@@ -1,0 +1,67 @@
+"""With `--json`, a command refused on bad input still prints one JSON object on stdout
+(`{"error": MESSAGE, "exit_code": N}`), and its one line on stderr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..conftest import guest, stockade
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int]]:
+    garbage = tmp / "garbage.wasm"
+    garbage.write_bytes(bytes(range(256)))
+    policy = tmp / "broken.toml"
+    policy.write_text("[limits\n")
+    key = tmp / "k.pub"
+    key.write_text("not a key\n")
+    absent = str(tmp / "absent.wasm")
+    return [
+        (("verify", "--json", "--key", str(tmp / "none.pub"), str(guest("hello.wasm"))), 125),
+        (("verify", "--json", "--key", str(key), str(guest("hello.wasm"))), 125),
+        (("inspect", "--json", absent), 127),
+        (("inspect", "--json", str(garbage)), 126),
+        (("check", "--json", "--no-host", "--policy", str(policy)), 125),
+        (("check", "--json", "--no-host", "--module", absent), 127),
+        (("advise", "--json", "--module", str(garbage)), 126),
+        (("advise", "--json", "--io", "medium"), 125),
+        (("oci", "inspect", "--json", "not a reference"), 125),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_a_refusal_is_one_json_object_too(tmp_path: Path, case: int) -> None:
+    args, code = _bad_inputs(tmp_path)[case]
+    done = stockade(*args)
+    err = done.stderr.decode()
+    assert done.returncode == code, err
+    assert "Traceback" not in err
+    error = json.loads(done.stdout)
+    assert error["exit_code"] == code
+    assert isinstance(error["error"], str) and error["error"] in err
+
+
+def test_without_json_nothing_goes_to_stdout(tmp_path: Path) -> None:
+    done = stockade("inspect", str(tmp_path / "absent.wasm"))
+    assert done.returncode == 127 and done.stdout == b""
+
+
+def test_a_failed_verification_is_still_its_one_report(tmp_path: Path) -> None:
+    from stockade.trust.keys import SecretKey
+
+    key = tmp_path / "k.pub"
+    key.write_bytes(SecretKey(bytes([9]) * 32).public.pem())
+    done = stockade("verify", "--json", "--key", str(key), str(guest("hello.wasm")))
+    assert done.returncode == 126
+    assert done.stdout.count(b"\n") == 1  # its report, no second object
+    report = json.loads(done.stdout)
+    assert report["verified"] is False and "exit_code" not in report
+
+
+def test_run_keeps_its_own_error_object(tmp_path: Path) -> None:
+    done = stockade("run", "--json", str(tmp_path / "absent.wasm"))
+    assert done.returncode == 127 and done.stdout.count(b"\n") == 1
+    assert json.loads(done.stdout)["outcome"] == "error"
