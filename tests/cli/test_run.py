@@ -190,6 +190,46 @@ def test_a_module_that_cannot_be_a_command_cannot_run(tmp_path: Path, isolate: s
     assert words in one_clean_line(proc)
 
 
+# Each sock_* call on descriptors 0, 1, 3 and 99; exits with how many did not answer
+# EBADF (8): no descriptor is a socket, whichever backend runs it.
+NO_SOCKETS = """(module
+  (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_recv"
+    (func $recv (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_send"
+    (func $send (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $shutdown (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func $bad (param $errno i32) (result i32) (i32.ne (local.get $errno) (i32.const 8)))
+  (func $each (param $fd i32) (result i32)
+    (i32.add (i32.add (call $bad (call $accept (local.get $fd) (i32.const 0) (i32.const 64)))
+                      (call $bad (call $recv (local.get $fd) (i32.const 0) (i32.const 1)
+                                             (i32.const 0) (i32.const 64) (i32.const 68))))
+             (i32.add (call $bad (call $send (local.get $fd) (i32.const 0) (i32.const 1)
+                                             (i32.const 0) (i32.const 64)))
+                      (call $bad (call $shutdown (local.get $fd) (i32.const 2))))))
+  (func (export "_start")
+    (call $exit (i32.add (i32.add (call $each (i32.const 0)) (call $each (i32.const 1)))
+                         (i32.add (call $each (i32.const 3)) (call $each (i32.const 99)))))))
+"""
+
+
+@pytest.mark.parametrize("how", ["native", "isolated", "metered", "wasmtime-py"])
+def test_the_socket_calls_answer_ebadf_on_every_backend(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    module = tmp_path / "no_sockets.wat"
+    module.write_text(NO_SOCKETS)
+    flags = {"native": [], "isolated": ["--isolate", "process"],
+             "metered": ["--dir", f"{tmp_path}:/data:rw"], "wasmtime-py": []}[how]
+    if how == "wasmtime-py":
+        monkeypatch.setenv("STOCKADE_BACKEND", "wasmtime")
+    proc = stockade("run", "--json", *flags, str(module))
+    result = json.loads(proc.stdout)
+    assert (proc.returncode, result["outcome"]) == (0, "exited"), result
+    assert result["usage"]["hostcalls"].get("sock_recv") == 4, result["usage"]
+
+
 def test_bad_signature() -> None:
     proc = stockade("run", str(guest("bad_signature.wasm")))
     assert proc.returncode == 126

@@ -139,7 +139,9 @@ def test_creates_on_an_unknown_descriptor_are_wasmtimes_to_answer(out: Path, cal
 def test_every_iovec_call_refuses_millions_of_iovecs(out: Path, call: str) -> None:
     result = run(writable(out), "iovecs", call, "2000000")
     assert result.outcome is Outcome.EXITED, result.message
-    assert result.stdout == f"iovecs {call}: errno {EINVAL} n 0\n".encode()
+    # No descriptor is a socket: the sock_* calls answer that before reading any iovec.
+    errno = EBADF if call.startswith("sock_") else EINVAL
+    assert result.stdout == f"iovecs {call}: errno {errno} n 0\n".encode()
 
 
 def test_pread_within_the_iovec_bound_still_reads(out: Path) -> None:

@@ -223,6 +223,11 @@ def _iovec_call(name: str, iovs_at: int, ret_at: int) -> Handler:
     return handler
 
 
+def _no_socket(m: Meter, c: Host, mem: GuestMemory, *args: int) -> int:
+    """A sock_* call: no descriptor is a socket (the host hands none over)."""
+    return Errno.BADF
+
+
 def _fd_read(m: Meter, c: Host, mem: GuestMemory, fd: int, iovs: int, n: int, ret: int) -> int:
     if fd == 0 and m.stdio_owned[0]:
         try:
@@ -622,8 +627,10 @@ HANDLERS.update(
     fd_pwrite=_fd_pwrite,
     fd_read=_fd_read,
     fd_pread=_iovec_call("fd_pread", 1, 4),
-    sock_recv=_iovec_call("sock_recv", 1, 4),
-    sock_send=_iovec_call("sock_send", 1, 4),
+    sock_accept=_no_socket,
+    sock_recv=_no_socket,
+    sock_send=_no_socket,
+    sock_shutdown=_no_socket,
     path_open=_path_open,
     path_create_directory=_creates("path_create_directory", 0),
     path_symlink=_path_symlink,

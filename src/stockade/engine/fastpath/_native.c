@@ -94,7 +94,7 @@ struct run_state {
     const uint8_t *stdin_data;
     uint64_t stdin_len, stdin_pos;
     int32_t closed[3];           /* fd_close'd standard descriptors */
-    uint64_t calls[7];           /* served calls by CALL_* (usage.hostcalls) */
+    uint64_t calls[11];          /* served calls by CALL_* (usage.hostcalls) */
     uint8_t *memory_base;        /* the guest's `memory` once instantiated, else NULL */
     trip_state *trip;            /* the slot's tripwire (NULL without one) */
     struct epoch_watch *watch;   /* an epochs run's deadline (NULL: none, or a tripwire) */
@@ -659,7 +659,8 @@ done:
 
 /* Indexes of `calls`; `_native.py` CALL_NAMES names them (poll_oneoff is `_poll.py`'s). */
 enum { CALL_FD_WRITE = 0, CALL_FD_READ = 1, CALL_FD_CLOSE = 2, CALL_RANDOM_GET = 3,
-       CALL_FD_SYNC = 5, CALL_FD_DATASYNC = 6 };
+       CALL_FD_SYNC = 5, CALL_FD_DATASYNC = 6, CALL_SOCK_ACCEPT = 7, CALL_SOCK_RECV = 8,
+       CALL_SOCK_SEND = 9, CALL_SOCK_SHUTDOWN = 10 };
 
 enum { STOP_NONE = 0, STOP_STDOUT = 1, STOP_STDERR = 2, STOP_HOSTCALLS = 3 };
 enum { E_SUCCESS = 0, E_BADF = 8, E_FAULT = 21, E_INVAL = 28 };
@@ -872,8 +873,9 @@ void *stockade_random_get(void *env, void *caller, val_raw *args, size_t nargs) 
 }
 
 /* fd_sync and fd_datasync: no descriptor here is a file (0-2 are streams, nothing else is
- * open), so EBADF, as wasmtime answers for a stream; counted like every owned call. */
-static void *no_file_sync(void *caller, int call, val_raw *args) {
+ * open), so EBADF, as wasmtime answers for a stream; the sock_* calls: no descriptor is a
+ * socket (none is handed over), so EBADF too. Counted like every owned call. */
+static void *no_such_descriptor(void *caller, int call, val_raw *args) {
     uint8_t *base; size_t size; void *trap;
     run_state *st = enter(caller, call, &base, &size, &trap);
     if (!st) return trap;
@@ -883,10 +885,20 @@ static void *no_file_sync(void *caller, int call, val_raw *args) {
 
 void *stockade_fd_sync(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
-    return no_file_sync(caller, CALL_FD_SYNC, args);
+    return no_such_descriptor(caller, CALL_FD_SYNC, args);
 }
 
 void *stockade_fd_datasync(void *env, void *caller, val_raw *args, size_t nargs) {
     (void)env; (void)nargs;
-    return no_file_sync(caller, CALL_FD_DATASYNC, args);
+    return no_such_descriptor(caller, CALL_FD_DATASYNC, args);
 }
+
+#define NO_SOCKET(name, call) \
+    void *stockade_##name(void *env, void *caller, val_raw *args, size_t nargs) { \
+        (void)env; (void)nargs; \
+        return no_such_descriptor(caller, call, args); \
+    }
+NO_SOCKET(sock_accept, CALL_SOCK_ACCEPT)
+NO_SOCKET(sock_recv, CALL_SOCK_RECV)
+NO_SOCKET(sock_send, CALL_SOCK_SEND)
+NO_SOCKET(sock_shutdown, CALL_SOCK_SHUTDOWN)

@@ -92,6 +92,13 @@ class RunOut(ctypes.Structure):
     ]
 
 
+# The owned calls `RunState.calls` counts, by index (`_native.c` CALL_*; poll_oneoff is
+# counted by `_poll.py`).
+CALL_NAMES = ("fd_write", "fd_read", "fd_close", "random_get", "poll_oneoff", "fd_sync",
+              "fd_datasync", "sock_accept", "sock_recv", "sock_send", "sock_shutdown")
+CALL_POLL = 4
+
+
 class RunState(ctypes.Structure):
     """`run_state` of `_native.c`: what the owned standard streams of one run share with
     Python (the store's data points at it). `stop` says why a host call stopped the
@@ -108,20 +115,13 @@ class RunState(ctypes.Structure):
         ("hostcalls", c_uint64), ("max_hostcalls", c_uint64),
         ("stdin_data", c_char_p), ("stdin_len", c_uint64), ("stdin_pos", c_uint64),
         ("closed", c_int32 * 3),
-        ("calls", c_uint64 * 7),
+        ("calls", c_uint64 * len(CALL_NAMES)),
         ("memory_base", c_void_p),
         ("trip", c_void_p),
         ("watch", c_void_p),
         ("out_spilled", c_int32), ("err_spilled", c_int32),
         ("out_inline", c_uint8 * INLINE_OUTPUT), ("err_inline", c_uint8 * INLINE_OUTPUT),
     ]
-
-
-# The owned calls `RunState.calls` counts, by index (`_native.c` CALL_*; poll_oneoff is
-# counted by `_poll.py`).
-CALL_NAMES = ("fd_write", "fd_read", "fd_close", "random_get", "poll_oneoff", "fd_sync",
-              "fd_datasync")
-CALL_POLL = 4
 
 
 STOP_STDOUT, STOP_STDERR, STOP_HOSTCALLS = 1, 2, 3
@@ -202,7 +202,8 @@ def _watch_functions(library: Any) -> dict[str, Any]:
 
 _LIBRARY: Any = _load()
 NATIVE_RUN: Any = None
-# Host functions (name -> address) of the owned standard streams, or None without the
+# Host functions (name -> address) of the owned calls (the standard streams, their syncs,
+# random_get, the sock_* calls on descriptors that are no sockets), or None without the
 # library: the fast path then counts no host calls and caps output with the ticker.
 STDIO: dict[str, int] | None = None
 # The tripwire's functions by name (fire, arm, disarm, due, undue; each takes a
@@ -220,8 +221,7 @@ if _LIBRARY is not None:
     NATIVE_RUN = _LIBRARY.stockade_fast_run
     NATIVE_RUN.argtypes, NATIVE_RUN.restype = [POINTER(RunIn), POINTER(RunOut)], c_int32
     STDIO = {name: ctypes.cast(getattr(_LIBRARY, f"stockade_{name}"), c_void_p).value or 0
-             for name in ("fd_write", "fd_read", "fd_close", "random_get", "fd_sync",
-                          "fd_datasync")}
+             for name in CALL_NAMES if name != "poll_oneoff"}
     TRIP = _trip_functions(_LIBRARY)
     WATCH = _watch_functions(_LIBRARY)
     EPOCH_DEADLINE = ctypes.cast(_LIBRARY.stockade_epoch_deadline, c_void_p).value

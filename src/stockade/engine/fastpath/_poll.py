@@ -40,8 +40,8 @@ CALLBACK_TYPE = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(ValRaw), c_size_
 
 def define_owned_calls(linker: int) -> bool:
     """Replace WASI's `poll_oneoff` in `linker` (already holding WASI) with this one, and
-    its `fd_write`, `fd_read`, `fd_close`, `random_get`, `fd_sync` and `fd_datasync` with
-    the native library's (`_native.STDIO`) when it is loaded. Whether the standard
+    its `fd_write`, `fd_read`, `fd_close`, `random_get`, `fd_sync`, `fd_datasync` and
+    `sock_*` with the native library's (`_native.STDIO`) when it is loaded. Whether the standard
     streams are owned (counted, capped)."""
     C.linker_allow_shadowing(linker, True)
     define_func(linker, b"poll_oneoff", INTERPOSED["poll_oneoff"],
