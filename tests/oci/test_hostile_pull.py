@@ -357,6 +357,39 @@ def test_the_total_of_a_pull_is_bounded(serve: Callable[[], Server], tmp_path: P
     pull_from(registry, "big", tmp_path / "again", max_total=200_000)
 
 
+def _blobs(store: Path) -> set[str]:
+    blobs = store / "blobs" / "sha256"
+    return {f"sha256:{path.name}" for path in blobs.iterdir()} if blobs.exists() else set()
+
+
+@pytest.mark.parametrize("failure", ["no layers", "bad layer digest", "linux/amd64"])
+def test_a_failed_pull_leaves_no_blob_behind(serve: Callable[[], Server], tmp_path: Path,
+                                             failure: str) -> None:
+    """The verified config (and layers fetched before the failure) stayed in the store,
+    untagged. Blobs another image uses stay."""
+    from stockade.oci.transfer import load_local
+
+    registry = serve()
+    shared = tar_layer("app.wasm", WASM)
+    image(registry, "good", [shared])
+    pull_from(registry, "good", tmp_path)
+    store = Store(tmp_path / "store")
+    kept = _blobs(store.root)
+    if failure == "no layers":
+        image(registry, "bad", [], config={"config": {"Entrypoint": ["/other.wasm"]}})
+    elif failure == "bad layer digest":
+        other = tar_layer("other.wasm", WASM)
+        image(registry, "bad", [shared, other])
+        registry.routes[f"/v2/bad/blobs/{sha(other)}"] = (200, {}, other[:-1] + b"!")
+    else:
+        image(registry, "bad", [shared], config={"os": "linux", "architecture": "amd64"})
+    with pytest.raises(StockadeError):
+        pull_from(registry, "bad", tmp_path)
+    assert _blobs(store.root) == kept
+    assert list((store.root / "tmp").iterdir()) == []
+    load_local(parse_reference(f"{registry.host}/good:1"), store)  # still whole
+
+
 # -- trickles and floods ------------------------------------------------------------------
 
 
@@ -385,6 +418,44 @@ def test_a_trickled_layer_is_refused_at_the_deadline(serve: Callable[[], Server]
             client.fetch_blob("app", {"digest": digest, "size": 100}, Store(tmp_path), 1 << 30,
                               "layer")
     assert time.monotonic() - begun < 15
+
+
+def _flood(sent: list[int]) -> Handler:
+    """A route answering 200 with no length and `x` until the client goes (at most 1 GiB),
+    counting in `sent` the bytes written."""
+
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        request.send_response(200)
+        request.end_headers()
+        request.close_connection = True
+        try:
+            for _ in range(1 << 14):
+                request.wfile.write(b"x" * (1 << 16))
+                sent[0] += 1 << 16
+        except OSError:
+            return
+
+    return answer
+
+
+def test_a_layer_longer_than_its_descriptor_is_cut_at_its_size(
+        serve: Callable[[], Server], tmp_path: Path) -> None:
+    """A layer listed at 28,817 bytes was read up to the 512 MiB limit, then refused as
+    too large (75): it is a content mismatch (65), found after size + 1 bytes."""
+    from .fixtures import cli, stockade_env
+
+    registry = serve()
+    layer = tar_layer("app.wasm", WASM)
+    image(registry, "flood", [layer])
+    sent = [0]
+    registry.routes[f"/v2/flood/blobs/{sha(layer)}"] = _flood(sent)
+    env = stockade_env(tmp_path / "cache", tmp_path / "state")
+    env.update(HOME=str(tmp_path), STOCKADE_INSECURE_REGISTRIES=registry.host)
+    done = cli(env, "oci", "pull", f"{registry.host}/flood:1")
+    assert done.returncode == 65, done.stderr
+    assert f"more than the {len(layer)} bytes its descriptor says" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sent[0] < 64 * 1024**2  # what the sockets buffer, not the 512 MiB limit
 
 
 def test_a_huge_tags_list_is_refused(serve: Callable[[], Server]) -> None:
@@ -621,6 +692,20 @@ def test_inspect_shows_a_config_descriptor_without_a_media_type(
     del manifest["config"]["mediaType"]
     registry.routes["/v2/bare/manifests/1"] = document(json.dumps(manifest).encode())
     assert "config      ? sha256:" in _inspect_text(registry, "bare", tmp_path)
+
+
+@pytest.mark.parametrize(("status", "said"), [
+    (403, "unknown (the registry refused to list tags: "),
+    (500, "unknown (registry unreachable: tags of "), (404, "none found")])
+def test_inspect_says_signatures_are_unknown_when_tags_cannot_be_listed(
+        serve: Callable[[], Server], tmp_path: Path, status: int, said: str) -> None:
+    """A refused or failed tags listing read as `none found`; only a 404 (no tags) is."""
+    registry = serve()
+    image(registry, "tagless", [tar_layer("app.wasm", WASM)])
+    registry.routes["/v2/tagless/tags/list"] = (status, {"Connection": "close"}, b"{}")
+    [row] = [line for line in _inspect_text(registry, "tagless", tmp_path).splitlines()
+             if line.startswith("signatures")]
+    assert said in row, row
 
 
 def test_inspect_escapes_what_the_registry_chose(serve: Callable[[], Server],

@@ -67,6 +67,17 @@ def test_round_trip_digests_match_skopeo(registry: Registry, tmp_path: Path, fmt
     assert inspected["digest"] == digest and inspected["platform"].endswith("/wasm")
 
 
+def test_push_json_names_the_reference_and_digest(registry: Registry, tmp_path: Path) -> None:
+    ref = f"{registry.host}/push-json:1"
+    env = env_for(tmp_path, registry)
+    built = cli(env, "oci", "build", str(unique_module(tmp_path, "pushjson")), "--tag", ref,
+                "--json")
+    assert built.returncode == 0, built.stderr
+    pushed = cli(env, "oci", "push", ref, "--json")
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout) == {"ref": ref, "digest": json.loads(built.stdout)["digest"]}
+
+
 def test_build_is_reproducible(tmp_path: Path) -> None:
     for fmt in ("artifact", "image"):
         digests = set()

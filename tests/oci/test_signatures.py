@@ -177,6 +177,27 @@ def test_wrong_password_and_hostile_key_files_refused(key: Path, tmp_path: Path,
 # -- interoperability ----------------------------------------------------------------------
 
 
+def test_inspect_says_signatures_are_unknown_when_the_registry_was_not_asked(
+        signed: tuple[str, str, Api], env: dict[str, str]) -> None:
+    """Not named insecure (so spoken to over HTTPS, which it does not speak), the registry
+    could not list tags: inspect said `none found` from the local tags, exit 0."""
+    ref, digest, _ = signed
+    asked = cli(env, "oci", "inspect", ref, "--json")
+    assert asked.returncode == 0, asked.stderr
+    report = json.loads(asked.stdout)
+    assert sig_tag(digest) in report["signatures"] and report["signatures_unknown"] is None
+    unlisted = {k: v for k, v in env.items() if k != "STOCKADE_INSECURE_REGISTRIES"}
+    text = cli(unlisted, "oci", "inspect", ref)
+    assert text.returncode == 0, text.stderr
+    [row] = [line for line in text.stdout.splitlines() if line.startswith("signatures")]
+    assert "unknown (registry unreachable: cannot reach registry" in row, row
+    assert "none found" not in text.stdout
+    as_json = cli(unlisted, "oci", "inspect", ref, "--json")
+    report = json.loads(as_json.stdout)
+    assert report["signatures"] is None, report
+    assert report["signatures_unknown"].startswith("registry unreachable: "), report
+
+
 def test_sig_manifest_has_cosigns_shape_and_openssl_verifies(
         signed: tuple[str, str, Api], key: Path, tmp_path: Path) -> None:
     ref, digest, api = signed

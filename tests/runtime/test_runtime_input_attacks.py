@@ -262,3 +262,42 @@ def test_a_lock_a_killed_create_left_is_removed_by_delete(tmp_path: Path) -> Non
     (root / ".c1.lock").touch()
     assert runtime(tmp_path, env, "delete", "--force", "c1").returncode == 0
     assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["999", "65"])
+def test_a_signal_number_out_of_range_is_a_usage_error(tmp_path: Path, name: str) -> None:
+    """`kill c1 999` reached os.kill: `[Errno 22] Invalid argument`, exit 1."""
+    env = host_policy_env(tmp_path, tmp_path)
+    created = create(tmp_path, env, _bundle(tmp_path))
+    assert created.pid is not None
+    try:
+        done = runtime(tmp_path, env, "kill", "c1", name)
+        assert done.returncode == 125, done.stderr
+        assert f"unknown signal '{name}'" in done.stderr and "Errno" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert runtime(tmp_path, env, "kill", "c1", "9").returncode == 0  # valid numbers
+    finally:
+        runtime(tmp_path, env, "delete", "--force", "c1")
+        wait_gone(created.pid)
+
+
+@pytest.mark.parametrize("where", ["missing directory", "a directory"])
+def test_a_pid_file_that_cannot_be_written_is_one_clear_line(tmp_path: Path,
+                                                              where: str) -> None:
+    """The error was the raw errno naming a temporary `.p.XXXXXXXX.part`, exit 1; and the
+    container process, its directory removed under it, added a line of its own."""
+    env = host_policy_env(tmp_path, tmp_path)
+    if where == "missing directory":
+        pid_file = tmp_path / "nonexistent" / "dir" / "p"
+        said = f"its directory {pid_file.parent} does not exist"
+    else:
+        pid_file = tmp_path / "p"
+        pid_file.mkdir()
+        said = f"--pid-file {pid_file}: cannot write it"
+    done = subprocess.run([RUNTIME, "--root", str(tmp_path / "root"), "create", "--bundle",
+                           str(_bundle(tmp_path)), "--pid-file", str(pid_file), "c1"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 125, done.stderr
+    assert said in done.stderr, done.stderr
+    assert ".part" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "root" / "c1").exists()

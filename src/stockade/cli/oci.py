@@ -49,7 +49,9 @@ def build(module: Path, tag: str, fmt: str, args: tuple[str, ...], env: tuple[st
           as_json: bool) -> None:
     """Build MODULE (.wasm or .wat) into the local store, reproducibly."""
     from ..oci import Store, build_image, parse_reference
+    from .options import parse_env
 
+    parse_env(env)  # as `stockade run --env` does; the image's Env took anything
     ref = parse_reference(tag)
     built = build_image(module, fmt, Store.default(), str(ref), args, env)
     if as_json:
@@ -62,7 +64,8 @@ def build(module: Path, tag: str, fmt: str, args: tuple[str, ...], env: tuple[st
 @oci.command()
 @click.argument("ref")
 @_INSECURE
-def push(ref: str, insecure: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def push(ref: str, insecure: tuple[str, ...], as_json: bool) -> None:
     """Push REF from the local store to its registry."""
     from ..oci import Store, parse_reference
     from ..oci import push as push_image
@@ -70,7 +73,10 @@ def push(ref: str, insecure: tuple[str, ...]) -> None:
 
     parsed = parse_reference(ref)
     digest = push_image(parsed, Store.default(), insecure_hosts(insecure))
-    click.echo(f"{digest} {parsed}")
+    if as_json:
+        _echo_json({"ref": str(parsed), "digest": digest})
+    else:
+        click.echo(f"{digest} {parsed}")
 
 
 @oci.command()
@@ -152,8 +158,12 @@ def _inspect_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     process = [*(report.get("entrypoint") or []), *(report.get("cmd") or [])]
     if process:
         rows.append(("process", " ".join(_shown(arg) for arg in process)))
-    signatures = [_shown(tag) for tag in report.get("signatures") or []]
-    rows.append(("signatures", ", ".join(signatures) or "none found"))
+    if report.get("signatures") is None:  # never "none found": the check did not run
+        reason = report.get("signatures_unknown") or "the registry was not asked"
+        rows.append(("signatures", f"unknown ({_shown(reason)})"))
+    else:
+        signatures = [_shown(tag) for tag in report["signatures"]]
+        rows.append(("signatures", ", ".join(signatures) or "none found"))
     return rows
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BlobTooLarge, RegistryUnavailable
+from .errors import BlobTooLarge, RegistryAuthError, RegistryUnavailable
 from .reference import parse_reference
 from .registry import RegistryClient, insecure_hosts
 from .resolve import resolve
-from .store import REF_ANNOTATION, Store
+from .store import Store
 
 __all__ = ["inspect_image", "signature_tags"]
 
@@ -22,20 +22,24 @@ def signature_tags(digest: str, tags: list[str]) -> list[str]:
 
 def inspect_image(text: str, insecure: tuple[str, ...] = ()) -> dict[str, Any]:
     """A JSON-ready report of image `text` (pulled into the store when absent). Signature
-    tags come from the registry when it answers, else from the local store."""
+    tags come from the registry; when it cannot list them, `signatures` is None and
+    `signatures_unknown` says why (local tags would read as a negative answer to a
+    check that never ran)."""
     store = Store.default()
     resolved = resolve(text, store, insecure)
     pulled = resolved.pulled
     ref = parse_reference(text)
-    tags: list[str] = []
+    signatures: list[str] | None = None
+    unknown: str | None = None
     try:
         with RegistryClient(ref, insecure_hosts(insecure), timeout=5.0) as client:
-            tags = client.tags(ref.repository)
-    except (RegistryUnavailable, BlobTooLarge):  # a hostile tags list: use the local ones
-        base = f"{ref.registry}/{ref.repository}:"
-        tags = [str(entry.get("annotations", {}).get(REF_ANNOTATION, ""))[len(base):]
-                for entry in store.entries()
-                if str(entry.get("annotations", {}).get(REF_ANNOTATION, "")).startswith(base)]
+            signatures = signature_tags(pulled.digest, client.tags(ref.repository))
+    except RegistryAuthError as exc:
+        unknown = f"the registry refused to list tags: {exc.message}"
+    except RegistryUnavailable as exc:
+        unknown = f"registry unreachable: {exc.message}"
+    except BlobTooLarge as exc:  # a hostile tags list
+        unknown = f"tags list refused: {exc.message}"
     image = pulled.image
     return {
         "ref": str(resolved.pinned), "digest": pulled.digest, "layout": image.layout,
@@ -44,5 +48,5 @@ def inspect_image(text: str, insecure: tuple[str, ...] = ()) -> dict[str, Any]:
         "annotations": pulled.manifest.get("annotations") or {},
         "module_digest": pulled.module_digest, "entrypoint": list(image.entrypoint),
         "cmd": list(image.cmd), "env": list(image.env), "working_dir": image.working_dir,
-        "signatures": signature_tags(pulled.digest, tags),
+        "signatures": signatures, "signatures_unknown": unknown,
     }

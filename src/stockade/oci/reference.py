@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .errors import BadReference
 
-__all__ = ["Reference", "parse_reference", "DEFAULT_REGISTRY"]
+__all__ = ["Reference", "parse_reference", "is_registry_host", "DEFAULT_REGISTRY"]
 
 DEFAULT_REGISTRY = "docker.io"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -15,6 +15,16 @@ _REPO = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?\Z|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?\Z")
+
+
+def is_registry_host(text: str) -> bool:
+    """Whether `text` is `HOST[:PORT]` (a name, an IPv4 or a bracketed IPv6 address; the
+    port 1-65535), with no scheme or path."""
+    if not _HOST.match(text):
+        return False
+    _, colon, port = text.rpartition("]")[2].rpartition(":")
+    # The pattern allows any 5 digits: 65536 and 0 were taken, then unreachable (69).
+    return not colon or 0 < int(port) <= 65535
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ def parse_reference(text: str) -> Reference:
     first, slash, rest = name.partition("/")
     if slash and (("." in first or ":" in first) or first == "localhost"):
         registry, path = first, rest
-        if not _HOST.match(registry):
+        if not is_registry_host(registry):
             raise BadReference(f"{text!r}: {registry!r} is not a registry host")
     else:
         registry, path = DEFAULT_REGISTRY, name

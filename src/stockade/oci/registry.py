@@ -42,7 +42,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .media import INDEX_TYPES, MANIFEST_TYPES, descriptor_size, sha256_digest, shown
-from .reference import Reference
+from .reference import Reference, is_registry_host
 
 if TYPE_CHECKING:
     import httpx
@@ -61,11 +61,34 @@ MAX_REDIRECTS = 10
 _ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 
 
+_WARNED: set[str] = set()
+
+
 def insecure_hosts(extra: tuple[str, ...] = ()) -> frozenset[str]:
     """Hosts spoken to over plain HTTP: `STOCKADE_INSECURE_REGISTRIES` (comma-separated
-    `host:port`) plus `extra` (the `--insecure` flags)."""
-    listed = os.environ.get("STOCKADE_INSECURE_REGISTRIES", "")
-    return frozenset(h.strip() for h in (*listed.split(","), *extra) if h.strip())
+    `host:port`) plus `extra` (the `--insecure` flags). A malformed flag is a UsageError;
+    a malformed entry of the variable is ignored with a warning on stderr (once). Either
+    matched no registry, so the registry was silently spoken to over HTTPS."""
+    import sys
+
+    from ..errors import UsageError
+
+    for host in extra:
+        if not is_registry_host(host.strip()):
+            raise UsageError(f"--insecure {shown(host)}: expected HOST[:PORT] (e.g. "
+                             "localhost:5000), without a scheme or a path")
+    hosts = {h.strip() for h in extra}
+    for host in os.environ.get("STOCKADE_INSECURE_REGISTRIES", "").split(","):
+        if not host.strip():
+            continue
+        if is_registry_host(host.strip()):
+            hosts.add(host.strip())
+        elif host not in _WARNED:
+            _WARNED.add(host)
+            sys.stderr.write(f"stockade: warning: STOCKADE_INSECURE_REGISTRIES: ignoring "
+                             f"{shown(host.strip())} (expected HOST[:PORT], e.g. "
+                             "localhost:5000)\n")
+    return frozenset(hosts)
 
 
 def realm_may_get_credentials(registry_scheme: str, realm: str) -> bool:
@@ -219,12 +242,15 @@ class RegistryClient:
         return data
 
     def tags(self, repo: str) -> list[str]:
-        """The repository's tags (empty when it has none or the listing is refused)."""
+        """The repository's tags (empty when it has none). Raises RegistryAuthError when
+        the listing is refused, RegistryUnavailable for another failure: no answer is not
+        an empty list."""
         what = f"tags of {self.host}/{repo}"
         with self._exchange(what, self.deadline, "GET", repo, f"/v2/{repo}/tags/list?n=1000",
                             ("pull",)) as response:
-            if response.status_code != 200:
+            if response.status_code == 404:
                 return []
+            self._check(response, what)
             body = b"".join(self._body(response, MAX_MANIFEST_BYTES, what))
         document = _json_object(body)
         tags = document.get("tags") if document is not None else None
@@ -256,8 +282,10 @@ class RegistryClient:
                 raise ImageNotFound(f"{what} {digest}: blob not found in {self.host}/{repo}")
             self._check(response, name)
             # the store bounds it by `limit`, with its own message
-            return store.put_stream(self._body(response, None, name), digest, size, limit,
-                                    what)
+            chunks = self._body(response, None, name)
+            if size is not None:  # not `limit`: an endless body was read to 512 MiB
+                chunks = _sized(chunks, size, name)
+            return store.put_stream(chunks, digest, size, limit, what)
 
     def has_blob(self, repo: str, digest: str) -> bool:
         """Whether the registry already holds `digest` in `repo`."""
@@ -486,6 +514,18 @@ class RegistryClient:
             raise RegistryAuthError(f"{what}: registry {self.host} refused access "
                                     f"(HTTP {status})")
         raise RegistryUnavailable(f"{what}: registry {self.host} answered HTTP {status}")
+
+
+def _sized(chunks: Iterator[bytes], size: int, what: str) -> Iterator[bytes]:
+    """`chunks`, stopped by IntegrityError as soon as they hold more than the `size`
+    bytes the descriptor says (the rest is never read)."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > size:
+            raise IntegrityError(f"{what}: the registry sent more than the {size} bytes "
+                                 "its descriptor says; refused")
+        yield chunk
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

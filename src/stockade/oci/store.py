@@ -35,6 +35,17 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._new: set[str] | None = None  # what `recording` collects
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[set[str]]:
+        """The digests of the blobs written inside the `with` that were not in the store
+        before (for `discard_unreferenced` when what wrote them fails)."""
+        saved, self._new = self._new, set()
+        try:
+            yield self._new
+        finally:
+            self._new = saved
 
     @classmethod
     def default(cls) -> Store:
@@ -85,7 +96,10 @@ class Store:
                 raise IntegrityError(f"{what} {digest}: {written} bytes, the descriptor "
                                      f"says {size}; refused")
             target = self.blob_path(digest)
+            existed = target.exists()
             os.replace(tmp, target)
+            if self._new is not None and not existed:
+                self._new.add(digest)
             return digest
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -159,6 +173,30 @@ class Store:
                     if m.get("annotations", {}).get(REF_ANNOTATION) != name]
             index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*kept, entry]}
             self._write_atomic(self.root / "index.json", canonical_json(index))
+
+    def discard_unreferenced(self, digests: Iterable[str]) -> None:
+        """Remove the blobs `digests` that no tagged image uses (its manifest, config,
+        layers or module), under the index lock. Never raises for what it cannot read:
+        a blob it cannot tell is unused is kept."""
+        with contextlib.suppress(OSError, StoreCorrupt), self._locked():
+            used: set[str] = set()
+            for entry in self.entries():
+                used.add(str(entry.get("digest")))
+                used.update(str(value) for value in (entry.get("annotations") or {}).values())
+                try:
+                    manifest = json.loads(self.blob_path(str(entry.get("digest"))).read_bytes())
+                except (OSError, ValueError, IntegrityError, RecursionError):
+                    return  # an entry whose blobs are unknown: keep everything
+                if not isinstance(manifest, dict):
+                    continue
+                layers = manifest.get("layers")
+                for descriptor in [manifest.get("config"),
+                                   *(layers if isinstance(layers, list) else [])]:
+                    if isinstance(descriptor, dict):
+                        used.add(str(descriptor.get("digest")))
+            for digest in set(digests) - used:
+                with contextlib.suppress(IntegrityError):
+                    self._discard(self.blob_path(digest))
 
     # -- internals -------------------------------------------------------------------
 

@@ -225,6 +225,18 @@ def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
     ImageNotFound, PlatformMismatch, IntegrityError, BlobTooLarge, RegistryUnavailable,
     ModuleError."""
     total = max(MAX_PULL_BYTES, max_layer) if max_total is None else max_total
+    with store.recording() as written:
+        try:
+            return _pull(ref, store, insecure, max_layer, total)
+        except BaseException:
+            # A failed pull leaves nothing behind: not the verified config or layers it
+            # fetched before the failure, unless another image uses them.
+            store.discard_unreferenced(written)
+            raise
+
+
+def _pull(ref: Reference, store: Store, insecure: frozenset[str], max_layer: int,
+          total: int) -> PulledImage:
     with RegistryClient(ref, insecure) as client:
         body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
         document = parse_json(body, f"{ref}: manifest")

@@ -184,15 +184,21 @@ def _read(path: Path, bundle_fd: int, held: HeldDirs) -> Bundle:
     policy = host or profile(str(annotations.get("io.stockade.profile", "default")))
     policy = _limits(policy, config, annotations)
     env = []
-    for item in process.get("env") or []:
-        key, sep, value = str(item).partition("=")
-        if sep and key:
-            # Refused here, at `create`, not when the guest starts (found by review).
-            problem = variable_problem(key, value)
-            if problem:
-                raise UnsupportedBundle(f"{where}: process.env {key[:40]!r}: {problem}")
-            (key + value).encode()  # a lone surrogate: UnicodeError, one line too
-            env.append((key, value))
+    for index, item in enumerate(_list(process, "env", f"{where}: process")):
+        # As runc: an entry that is no KEY=VALUE string is refused, not dropped.
+        if not isinstance(item, str):
+            raise UnsupportedBundle(f"{where}: process.env[{index}] is not a string "
+                                    f"({_shown(item)})")
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UnsupportedBundle(f"{where}: process.env[{index}] {item[:40]!r}: "
+                                    "expected KEY=VALUE")
+        # Refused here, at `create`, not when the guest starts (found by review).
+        problem = variable_problem(key, value)
+        if problem:
+            raise UnsupportedBundle(f"{where}: process.env {key[:40]!r}: {problem}")
+        (key + value).encode()  # a lone surrogate: UnicodeError, one line too
+        env.append((key, value))
     cwd = process.get("cwd")
     if isinstance(cwd, str) and cwd and not any(k == "PWD" for k, _ in env):
         env.append(("PWD", cwd))
@@ -226,15 +232,25 @@ def _grants(path: Path, root: str, config: dict[str, Any], host: Policy | None,
         options = [str(o) for o in _list(mount, "options", f"{where}: mounts[{index}]")]
         if not (mount.get("type") == "bind" or "bind" in options or "rbind" in options):
             continue
-        source = Path(str(mount.get("source") or ""))
+        raw_source, guest = mount.get("source"), mount.get("destination")
+        if not isinstance(raw_source, str) or not raw_source:  # Path("") is the cwd
+            raise UnsupportedBundle(f"{where}: mounts[{index}] is a bind mount without a "
+                                    "source")
+        if not isinstance(guest, str) or not guest.startswith("/"):
+            raise UnsupportedBundle(f"{where}: mounts[{index}] destination must be an "
+                                    "absolute path")
+        source = Path(raw_source)
         try:
             fd = held.open(source)
-        except OSError:  # not a directory (a file, a device) or gone: nothing granted
-            continue
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:  # as runc: the guest would miss what it asked for
+                raise UnsupportedBundle(f"{where}: mounts[{index}] source {str(source)!r} "
+                                        f"-> {str(mount.get('destination'))[:60]}: "
+                                        "no such file or directory") from None
+            continue  # not a directory (a file, a device): nothing granted
         # As mount(8): the last of ro/rw wins; read-only unless one says rw.
         modes = [o for o in options if o in ("ro", "rw")]
         writable = bool(modes) and modes[-1] == "rw"
-        guest = str(mount.get("destination"))
         # A read-only mount of the bundle's own files (Podman's `userdata/shm`) shows
         # no more of the host than the bundle itself; anything else is the policy's.
         if host is not None and (writable or not beneath(fd, bundle_fd)):
@@ -304,27 +320,68 @@ def _list(parent: dict[str, Any], key: str, where: str) -> list[Any]:
 
 
 def _limits(policy: Policy, config: dict[str, Any], annotations: dict[str, Any]) -> Policy:
+    """`policy` narrowed by the bundle's resources, rlimits and annotations. A value of
+    the wrong type or range is refused (UnsupportedBundle), as runc refuses it at
+    `create`: skipped, the guest ran without the limit the bundle asked for."""
     where = "config.json"
     resources = _table(_table(config, "linux", where), "resources", f"{where}: linux")
-    memory = _table(resources, "memory", f"{where}: linux.resources").get("limit")
-    if isinstance(memory, int) and memory > 0:
+    memory = _integer(_table(resources, "memory", f"{where}: linux.resources"), "limit",
+                      f"{where}: linux.resources.memory", minimum=-1)
+    if memory is not None and memory > 0:  # -1 is unlimited and 0 unset: the profile's
         policy = _narrow(policy, "max_memory", memory, "linux.resources.memory.limit")
     cpu = _table(resources, "cpu", f"{where}: linux.resources")
-    quota, period = cpu.get("quota"), cpu.get("period") or 100_000
-    if isinstance(quota, int) and quota > 0 and isinstance(period, int) and period > 0:
+    quota = _integer(cpu, "quota", f"{where}: linux.resources.cpu", minimum=-1)
+    period = _integer(cpu, "period", f"{where}: linux.resources.cpu", minimum=0) or 100_000
+    if quota is not None and quota > 0:
         share = min(1.0, quota / period)
         if policy.limits.fuel is not None:
             policy = policy.with_limits(fuel=max(1, int(policy.limits.fuel * share)))
-    for rlimit in _list(_table(config, "process", where), "rlimits", f"{where}: process"):
-        soft = rlimit.get("soft") if isinstance(rlimit, dict) else None
-        if not isinstance(soft, int) or soft < 0:
-            continue
-        if rlimit.get("type") == "RLIMIT_NOFILE":
+    rlimits = _list(_table(config, "process", where), "rlimits", f"{where}: process")
+    for index, rlimit in enumerate(rlimits):
+        at = f"{where}: process.rlimits[{index}]"
+        if not isinstance(rlimit, dict):
+            raise UnsupportedBundle(f"{at} is not an object")
+        kind = rlimit.get("type")
+        if kind not in _RLIMITS:
+            raise UnsupportedBundle(f"{at}.type: not an rlimit ({_shown(kind)})")
+        soft, hard = (_integer(rlimit, bound, at, minimum=0) for bound in ("soft", "hard"))
+        if soft is None or hard is None:
+            raise UnsupportedBundle(f"{at}: needs both soft and hard")
+        if soft > hard:
+            raise UnsupportedBundle(f"{at}: soft {soft} is above hard {hard}")
+        if kind == "RLIMIT_NOFILE":
             policy = _narrow(policy, "max_open_files", soft, "process.rlimits RLIMIT_NOFILE")
-        elif rlimit.get("type") == "RLIMIT_FSIZE":
+        elif kind == "RLIMIT_FSIZE":
             policy = _narrow(policy, "disk_quota", soft, "process.rlimits RLIMIT_FSIZE")
     for key in ("timeout", "fuel"):
         value = annotations.get(f"io.stockade.{key}")
         if value is not None:
             policy = _narrow(policy, key, value, f"annotation io.stockade.{key}")
     return policy
+
+
+_RLIMITS = frozenset(f"RLIMIT_{name}" for name in (
+    "AS", "CORE", "CPU", "DATA", "FSIZE", "LOCKS", "MEMLOCK", "MSGQUEUE", "NICE", "NOFILE",
+    "NPROC", "RSS", "RTPRIO", "RTTIME", "SIGPENDING", "STACK"))
+
+
+def _integer(parent: dict[str, Any], key: str, where: str, minimum: int) -> int | None:
+    """`parent[key]` when it is a JSON integer of at least `minimum`, None when absent;
+    UnsupportedBundle else. A string or a float is no integer, as in Go's decoding of
+    the spec (runc refuses it)."""
+    value = parent.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UnsupportedBundle(f"{where}.{key}: expected an integer of at least "
+                                f"{minimum}, not {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """`value` as JSON, cut short, for a one-line message."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -91,6 +91,9 @@ def create(ctx: _Context, /, container_id: str, bundle: Path, pid_file: Path | N
     from .bundle import read_bundle
 
     directory = container_dir(ctx.root, container_id)
+    if pid_file is not None and not pid_file.parent.is_dir():
+        raise UsageError(f"--pid-file {pid_file}: its directory {pid_file.parent} does not "
+                         "exist")
     bundle = bundle.resolve()
     spec = read_bundle(bundle)
     spec.close()  # judged here; the container process reads and holds it itself
@@ -130,6 +133,7 @@ def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, 
     # `start`: killed before its state was whole (SIGKILL cannot be deferred), `create`
     # left a process waiting on its FIFO for ever, which no command could find.
     created_r, created_w = os.pipe()
+    child: subprocess.Popen[bytes] | None = None
     try:
         os.mkfifo(directory / "exec.fifo", 0o600)
         stdio: dict[str, Any] = {}
@@ -153,18 +157,35 @@ def _create(directory: Path, container_id: str, bundle: Path, config: dict[str, 
             _write_pid(pid_file, child.pid)
         os.write(created_w, b"1")
     except BaseException:
+        if child is not None:
+            # Ended before its directory goes: removed under it, the process wrote a
+            # second error line (its module link's path) to the shim's stderr.
+            os.close(created_w)
+            created_w = -1
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         shutil.rmtree(directory, ignore_errors=True)
         raise
     finally:
         os.close(created_r)
-        os.close(created_w)  # closed without "1" (an error above): the process ends
+        if created_w >= 0:
+            os.close(created_w)  # closed without "1" (an error above): the process ends
 
 
 def _write_pid(path: Path, pid: int) -> None:
     """`pid` into `path`, whole: through a new file of a name no one can guess (a
     symlink planted at the fixed `.NAME.tmp` had root write the pid through it, found
     by review), renamed into place."""
-    replace_file(path, str(pid).encode())
+    try:
+        replace_file(path, str(pid).encode())
+    except OSError as exc:  # its text named the temporary file, not what to fix
+        if not path.parent.is_dir():
+            raise UsageError(f"--pid-file {path}: its directory {path.parent} does not "
+                             "exist") from None
+        raise UsageError(f"--pid-file {path}: cannot write it ({exc.strerror})") from None
 
 
 def _console(path: Path) -> dict[str, Any]:
@@ -239,8 +260,10 @@ def kill(ctx: _Context, container_id: str, signal_name: str, all_: bool) -> None
     number = int(signal_name) if signal_name.isascii() and signal_name.isdigit() \
         and len(signal_name) <= 3 else \
         _SIGNALS.get(signal_name.upper().removeprefix("SIG"))
-    if number is None:
-        raise UsageError(f"unknown signal {signal_name!r}")
+    # os.kill's EINVAL for a number no signal has was a bare errno, exit 1. 0 checks
+    # that the process exists, as kill(2) and runc take it.
+    if number is None or not 0 <= number <= signal.SIGRTMAX:
+        raise UsageError(f"unknown signal {signal_name!r} (a name, or 0-{signal.SIGRTMAX})")
     if status_of(saved, directory) == "stopped":
         raise UsageError(f"container {container_id!r} is not running")
     with contextlib.suppress(ProcessLookupError):
