@@ -124,6 +124,7 @@ def _set_metrics(value: object) -> object:
     (_set_metrics(lambda m: {k: [-1.0] * len(v) for k, v in m.items()}), "negative"),
     (_set_metrics(lambda m: {k: [float("nan")] for k in m}), "not a finite"),
     (_set_metrics(lambda m: {k: [float("inf")] for k in m}), "not a finite"),
+    (_set_metrics(lambda m: {k: [10**400] for k in m}), "a number of 401 digits"),
 ])
 def test_a_malformed_results_file_is_one_line(tmp_path: Path, change: object,
                                               words: str) -> None:
@@ -131,6 +132,12 @@ def test_a_malformed_results_file_is_one_line(tmp_path: Path, change: object,
     done = stockade("advise", "--startup-budget", "20ms", "--results", str(path))
     err = refused(done, str(path), words)
     assert "measured" not in done.stdout.decode(), err
+
+
+def test_a_results_file_nested_too_deep_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    refused(stockade("advise", "--results", str(path)), str(path), "nested too deeply")
 
 
 def test_a_truncated_module_is_refused_as_inspect_refuses_it(tmp_path: Path) -> None:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from ..conftest import guest, stockade
+from ..conftest import STOCKADE, guest, stockade
 
 
 def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int]]:
@@ -65,3 +67,22 @@ def test_run_keeps_its_own_error_object(tmp_path: Path) -> None:
     done = stockade("run", "--json", str(tmp_path / "absent.wasm"))
     assert done.returncode == 127 and done.stdout.count(b"\n") == 1
     assert json.loads(done.stdout)["outcome"] == "error"
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+@pytest.mark.parametrize("command", ["inspect", "run"])
+def test_a_stdout_that_takes_nothing_costs_the_json_not_the_line(tmp_path: Path, stdout: str,
+                                                                 command: str) -> None:
+    # Writing the error object raised inside the error handler: a traceback, exit 1.
+    target = str(tmp_path / "absent.wasm") if command == "inspect" else str(guest("hello.wasm"))
+    redirect = ">&-" if stdout == "closed" else ">/dev/full"
+    line = " ".join(shlex.quote(word) for word in (*STOCKADE, command, "--json", target))
+    done = subprocess.run(["sh", "-c", f"{line} {redirect}"], capture_output=True,
+                          timeout=120, check=False)
+    err = done.stderr.decode()
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    if command == "run" and stdout == "closed":  # nothing asked to see it: the run's own
+        assert (done.returncode, err) == (0, ""), err
+        return
+    assert done.returncode == (127 if command == "inspect" else 125), err
+    assert len(err.strip().splitlines()) == 1, err

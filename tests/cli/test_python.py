@@ -44,6 +44,12 @@ def test_options_after_the_code_are_the_program_s(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == (f"['--dir', '{tmp_path}:/h', '--json', '--timeout', '1s', "
                            "'-c', 'x', '--', 'y']\nFalse\n").encode()
+    # A `--` after the code is the program's too, as CPython passes it on.
+    dashes = stockade("python", "-c", "import sys; print(sys.argv)", "--", "y")
+    assert dashes.stdout == b"['-c', '--', 'y']\n", dashes.stderr
+    script = tmp_path / "argv.py"
+    script.write_text("import sys; print(sys.argv[1:])")
+    assert stockade("python", str(script), "--", "y").stdout == b"['--', 'y']\n"
     joined = stockade("python", f"-c{code}", "--dir", f"{tmp_path}:/h")
     assert joined.stdout == f"['--dir', '{tmp_path}:/h']\nFalse\n".encode(), joined.stderr
     # Options before the code are still Stockade's, values that look like -c included.

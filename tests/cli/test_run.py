@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +67,41 @@ def test_input_that_never_ends_is_bounded_by_the_timeout(tmp_path: Path, source:
     assert result["limits"]["timeout_ms"] == 1000 and result["sha256"] is None
 
 
+def test_a_fifo_without_a_timeout_waits_for_its_writer(tmp_path: Path) -> None:
+    # Opened without blocking (so a deadline can bound the wait), a FIFO nobody had
+    # opened yet read as empty input when there was no deadline.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def write_late() -> None:
+        time.sleep(1.0)
+        with open(fifo, "wb") as writer:
+            writer.write(b"late data\n")
+
+    writer = threading.Thread(target=write_late)
+    writer.start()
+    try:
+        proc = stockade("run", "--timeout", "none", "--stdin", str(fifo),
+                        str(guest("hello.wasm")), timeout=60)
+    finally:
+        writer.join(timeout=30)
+    assert proc.returncode == 0 and proc.stdout.endswith(b"late data\n"), proc.stderr
+
+
+def test_stdin_on_a_descriptor_past_1023_is_read(tmp_path: Path) -> None:
+    # select() refuses descriptors past 1023 (a traceback): a parent that leaves many
+    # open makes the input file's one of them.
+    source = tmp_path / "in.txt"
+    source.write_text("from a file\n")
+    parent = ("import os, subprocess, sys\n"
+              "held = [os.open('/dev/null', os.O_RDONLY) for _ in range(1100)]\n"
+              "sys.exit(subprocess.run(sys.argv[1:], pass_fds=held).returncode)\n")
+    proc = subprocess.run([sys.executable, "-c", parent, *STOCKADE, "run", "--timeout", "5s",
+                           "--stdin", str(source), str(guest("hello.wasm"))],
+                          capture_output=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.endswith(b"from a file\n"), proc.stderr
+
+
 def test_stdin_dash() -> None:
     proc = stockade("run", "--stdin", "-", str(guest("hello.wasm")), stdin=b"piped\n")
     assert proc.stdout.endswith(b"piped\n")
@@ -91,13 +129,15 @@ def test_limits_map_to_exit_codes(args: list[str], code: int, outcome: str) -> N
         assert human.stderr.decode().splitlines()[-1].startswith(f"stockade: {outcome}: ")
 
 
-# One fd_write of 384 KiB to stdout (and, given any argument, another to stderr),
+# One fd_write of SIZE bytes to stdout (and, given any argument, another to stderr),
 # ignoring how much was written: a guest that never writes again.
 ONE_WRITE = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "args_sizes_get" (func $a (param i32 i32) (result i32)))
-  (memory (export "memory") 8)
-  (data (i32.const 0) "\\00\\01\\00\\00\\00\\00\\06\\00")
+  (memory (export "memory") 80)
+  (data (i32.const 0) "\\00\\01\\00\\00")
+  (func $size (i32.store (i32.const 4) (i32.const SIZE)))
+  (start $size)
   (func (export "_start")
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
     (drop (call $a (i32.const 16) (i32.const 20)))
@@ -106,16 +146,20 @@ ONE_WRITE = """(module
 """
 
 
-@pytest.mark.parametrize("isolate", ["none", "process"])
-@pytest.mark.parametrize(("cap", "streams", "cut"), [
-    ("100KiB", 1, "stdout"), ("500KiB", 2, "stderr"), ("100KiB", 2, "stdout")])
+@pytest.mark.parametrize("how", ["none", "process", "metered"])
+@pytest.mark.parametrize(("size", "cap", "streams", "cut"), [
+    (384 * 1024, "100KiB", 1, "stdout"), (384 * 1024, "500KiB", 2, "stderr"),
+    (384 * 1024, "100KiB", 2, "stdout"),
+    (4 * 1024**2 + 100, "4096KiB", 1, "stdout"),  # room of exactly one call's most
+])
 def test_one_write_past_the_output_cap_is_an_output_limit(
-        tmp_path: Path, isolate: str, cap: str, streams: int, cut: str) -> None:
+        tmp_path: Path, how: str, size: int, cap: str, streams: int, cut: str) -> None:
     module = tmp_path / "one_write.wat"
-    module.write_text(ONE_WRITE)
+    module.write_text(ONE_WRITE.replace("SIZE", str(size)))
     extra = ["both"] if streams == 2 else []
-    proc = stockade("run", "--json", "--isolate", isolate, "--max-output", cap,
-                    "--stdin", "none", str(module), *extra)
+    flags = ["--dir", f"{tmp_path}:/out:rw"] if how == "metered" else ["--isolate", how]
+    proc = stockade("run", "--json", *flags, "--max-output", cap, "--stdin", "none",
+                    str(module), *extra)
     result = json.loads(proc.stdout)
     assert (proc.returncode, result["outcome"]) == (153, "output_limit"), proc.stderr
     limit = int(cap[:-3]) * 1024
@@ -228,6 +272,29 @@ def test_the_socket_calls_answer_ebadf_on_every_backend(
     result = json.loads(proc.stdout)
     assert (proc.returncode, result["outcome"]) == (0, "exited"), result
     assert result["usage"]["hostcalls"].get("sock_recv") == 4, result["usage"]
+
+
+@pytest.mark.parametrize("backend", ["auto", "wasmtime"])
+def test_a_start_with_values_is_refused_before_its_start_section_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    # The start section runs at instantiation, with every grant: the refusal comes first.
+    monkeypatch.setenv("STOCKADE_BACKEND", backend)
+    out = tmp_path / "out"
+    out.mkdir()
+    module = tmp_path / "start_then_bad.wat"
+    module.write_text("""(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "pwned")
+  (func $plant (drop (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 5)
+                               (i32.const 1) (i64.const -1) (i64.const -1) (i32.const 0)
+                               (i32.const 64))))
+  (start $plant)
+  (func (export "_start") (param i32)))""")
+    proc = stockade("run", "--dir", f"{out}:/out:rw", str(module))
+    assert proc.returncode == 126, proc.stderr
+    assert list(out.iterdir()) == []
 
 
 def test_bad_signature() -> None:

@@ -154,6 +154,7 @@ def test_a_refusal_at_instantiation_names_its_real_cause() -> None:
     (960 * 1024, 1024**2, True),  # within a quarter of it
     (15 * 1024**2 + 512 * 1024, 16 * 1024**2, True),  # within 1 MiB of a larger one
     (8 * 1024**2, 16 * 1024**2, False),
+    (65536, 100_000, True),  # one page is all a 100,000-byte limit lets memory reach
 ])
 def test_a_failure_is_the_memory_limit_only_near_it(peak: int, limit: int,
                                                     judged: bool) -> None:

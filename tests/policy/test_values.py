@@ -120,6 +120,7 @@ def test_an_environment_of_no_shape_is_refused(env: object) -> None:
 
 def test_two_grants_at_one_guest_path_are_refused(tmp_path: Path) -> None:
     # Which of two preopens at one guest path the guest resolves is the backend's luck.
-    grants = (DirGrant.parse(f"{tmp_path}:/data"), DirGrant.parse(f"{tmp_path}:/data/:rw"))
-    with pytest.raises(PolicyError, match="two directory grants at guest path /data"):
-        Policy().with_capabilities(dirs=grants)
+    for other in ("/data/", "//data", "data", "./data", "/x/../data"):
+        grants = (DirGrant.parse(f"{tmp_path}:/data"), DirGrant.parse(f"{tmp_path}:{other}:rw"))
+        with pytest.raises(PolicyError, match="two directory grants at guest path /data"):
+            Policy().with_capabilities(dirs=grants)

@@ -28,6 +28,9 @@ METRICS = {
 }
 
 
+MAX_RESULTS = 64 * 1024**2  # bytes of a results.json read (a full run writes ~1 MB)
+
+
 class MalformedResults(ValueError):
     """A results.json that does not hold what `stockade bench` writes; says where."""
 
@@ -186,7 +189,15 @@ class BenchResults:
         """Read results.json. Raises OSError, ValueError for text that is not JSON, or
         MalformedResults naming the first field that is not what `stockade bench` writes
         (a timing that is not a finite, non-negative number included)."""
-        data: Any = json.loads(path.read_text())
+        from ..regularfile import read_regular
+
+        text = read_regular(path, MAX_RESULTS + 1, follow=True)
+        if len(text) > MAX_RESULTS:
+            raise MalformedResults(f"larger than {MAX_RESULTS // 1024**2} MiB")
+        try:
+            data: Any = json.loads(text)
+        except RecursionError:  # arrays nested 200,000 deep
+            raise MalformedResults("nested too deeply") from None
         _check_results(data)
         return cls.from_dict(data)
 
@@ -246,6 +257,8 @@ def _check_measurement(measurement: Any, where: str) -> None:
         for j, value in enumerate(values):
             spot = f"{where}.metrics.{metric:.20}[{j}]"
             _expect(value, (int, float), spot, "a number")
+            if isinstance(value, int) and abs(value) > 2**63:  # isfinite() of 10**400 raises
+                raise MalformedResults(f"{spot}: a number of {len(str(abs(value)))} digits")
             if not math.isfinite(value):
                 raise MalformedResults(f"{spot}: {value} is not a finite number")
             if value < 0:

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> Any:
     from ..errors import StockadeError
 
     words = sys.argv[1:] if argv is None else list(argv)
+    for name in ("stdout", "stderr"):  # started with it closed: what it says goes nowhere
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
     fast = None
     if words[:1] == ["run"]:
         from . import deferred
@@ -137,11 +140,10 @@ def _click_main(words: list[str]) -> Any:
 def _json_error(words: list[str], message: str, exit_code: int) -> None:
     """Under `--json`, a refusal is also one JSON object on stdout (a run's has the
     result's shape: `execute.run_command`)."""
-    import json
-
     if _asks_for_json(words):
-        sys.stdout.write(json.dumps({"error": message, "exit_code": exit_code}) + "\n")
-        sys.stdout.flush()
+        from .jsonline import report_json
+
+        report_json({"error": message, "exit_code": exit_code})
 
 
 def _asks_for_json(words: list[str]) -> bool:

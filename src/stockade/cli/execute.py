@@ -20,6 +20,7 @@ from ..policy import Policy
 from ..progress import on_terminal
 from ..result import Outcome, Result
 from .deferred import resume_collection
+from .jsonline import report_json
 from .options import build_invocation, build_policy, guest_args, with_trust
 from .source import open_source
 
@@ -86,7 +87,7 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
             shown = module if module.startswith("oci://") else Path(module).name
             error = Result(shown, "", Outcome(exc.outcome), exc.exit_code, message=exc.message,
                            limits=None if policy is None else policy.limits.as_dict())
-            sys.stdout.write(json.dumps({**error.to_dict(), "sha256": None}) + "\n")
+            report_json({**error.to_dict(), "sha256": None})
             exc.json_shown = True
         raise
     render(result, as_json, warning)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import select
+import stat
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,17 +112,22 @@ def read_stdin(stdin: str | None, timeout: float | None = None) -> bytes:
     deadline = None if timeout is None else time.monotonic() + timeout
     if stdin == "-":
         try:
-            data = _read_until(sys.stdin.fileno(), deadline, timeout)
+            fd = sys.stdin.fileno()
+        except (OSError, ValueError, AttributeError):
+            raise UsageError("--stdin -: standard input is closed") from None
+        try:
+            data = _read_shared(fd, deadline, timeout)
         except OSError as exc:
             raise UsageError(f"--stdin: cannot read standard input: {exc.strerror}") from None
     else:
         try:
-            # Not blocking: a FIFO's open waits for a writer, outside any deadline.
+            # Not blocking, a description of its own: a FIFO's open waits for a writer,
+            # outside any deadline, and a read must never wait past one.
             fd = os.open(stdin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise UsageError(f"--stdin {stdin}: {exc.strerror}") from None
         try:
-            data = _read_until(fd, deadline, timeout)
+            data = _read_until(fd, lambda size: os.read(fd, size), deadline, timeout)
         except OSError as exc:
             raise UsageError(f"--stdin {stdin}: {exc.strerror}") from None
         finally:
@@ -130,24 +137,55 @@ def read_stdin(stdin: str | None, timeout: float | None = None) -> bytes:
     return data
 
 
-def _read_until(fd: int, deadline: float | None, timeout: float | None) -> bytes:
-    """What `fd` holds up to its end, at most MAX_STDIN + 1 bytes, by `deadline`
-    (monotonic seconds). Waits with `select`, so a descriptor shared with other
-    processes keeps its blocking mode."""
+def _read_shared(fd: int, deadline: float | None, timeout: float | None) -> bytes:
+    """`_read_until` on this process's standard input, which other processes may share:
+    read without blocking and without changing its blocking mode for them. A pipe through
+    a description of its own, a socket with MSG_DONTWAIT; a file never blocks."""
+    kind = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(kind):
+        try:
+            own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            own = None
+        if own is not None:
+            try:
+                return _read_until(own, lambda size: os.read(own, size), deadline, timeout)
+            finally:
+                os.close(own)
+    if stat.S_ISSOCK(kind):
+        import socket
+
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return _read_until(fd, lambda size: sock.recv(size, socket.MSG_DONTWAIT),
+                               deadline, timeout)
+    return _read_until(fd, lambda size: os.read(fd, size), deadline, timeout)
+
+
+def _read_until(fd: int, read: Callable[[int], bytes], deadline: float | None,
+                timeout: float | None) -> bytes:
+    """What `read` takes from `fd` up to its end, at most MAX_STDIN + 1 bytes, by
+    `deadline` (monotonic seconds; None: no deadline). `read` never blocks: a wake-up
+    whose bytes someone else took waits again."""
+    waiting = select.poll()  # not select(): a descriptor may be past 1023
+    waiting.register(fd, select.POLLIN)
     chunks: list[bytes] = []
     size = 0
     while size <= MAX_STDIN:
         if deadline is not None:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0:
                 raise StdinTimeout(
                     f"standard input did not end within the timeout of "
                     f"{format_duration(timeout or 0.0)} (it is read whole before the guest "
                     "starts: give a file with --stdin, or --stdin none)")
+            if not waiting.poll(max(1, math.ceil(left * 1000))):
+                continue
+        else:
+            waiting.poll()
         try:
-            chunk = os.read(fd, min(1 << 20, MAX_STDIN + 1 - size))
+            chunk = read(min(1 << 20, MAX_STDIN + 1 - size))
         except BlockingIOError:
-            continue  # a FIFO opened without blocking, no writer yet
+            continue
         if not chunk:
             break
         chunks.append(chunk)

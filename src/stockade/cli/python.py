@@ -47,9 +47,7 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
     if code is None and not args:
         raise UsageError("give the code to run: -c CODE, a SCRIPT, or - for standard input")
     script = None if code is not None else args[0]
-    rest = args if code is not None else args[1:]
-    if rest[:1] == ("--",):
-        rest = rest[1:]
+    rest = args if code is not None else args[1:]  # all of it, `--` too, as CPython
     if options.get("profile") is None and options.get("policy_file") is None:
         for key, value in PYTHON_LIMITS.items():  # sized for CPython; flags still win
             if options.get(key) is None:

@@ -145,7 +145,8 @@ def memory_verdict(ending: Ending, peak: int, limit: int) -> Ending:
     (under a 1 MiB limit every failure was judged the limit's)."""
     failed = ending.outcome is Outcome.TRAP or (
         ending.outcome is Outcome.EXITED and ending.guest_exit_code not in (0, None))
-    if failed and peak + min(max(limit // 16, 16 * PAGE), limit // 4) >= limit:
+    reachable = limit - limit % PAGE  # memory grows by whole pages
+    if failed and peak + min(max(limit // 16, 16 * PAGE), limit // 4) >= reachable:
         return Ending(Outcome.MEMORY_LIMIT, f"memory limit of {format_size(limit)} reached "
                       f"(linear memory {format_size(peak)})")
     return ending

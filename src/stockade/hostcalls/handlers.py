@@ -148,7 +148,7 @@ def _fd_write(m: Meter, c: Host, mem: GuestMemory, fd: int, iovs: int, n: int, r
             buf, length = first
             room = m.output_room()
             data = mem.read(buf, min(length, room, MAX_IO_BYTES))
-            if length > room and room < MAX_IO_BYTES:
+            if length > room and room <= MAX_IO_BYTES:
                 m.capture(fd, data)
                 m.stop_output(fd)
         m.capture(fd, data)

@@ -231,7 +231,9 @@ class Capabilities(FrozenRecord):
                               f"not {shown(scratch)}")
         seen: dict[str, DirGrant] = {}
         for grant in dirs:  # two preopens at one guest path: which one the guest sees is luck
-            where = posixpath.normpath(grant.guest) if isinstance(grant, DirGrant) else None
+            # As the guest's libc reads it: `//x`, `x` and `./x` are `/x` too.
+            where = "/" + posixpath.normpath("/" + grant.guest).lstrip("/") \
+                if isinstance(grant, DirGrant) else None
             if where is not None and where in seen:
                 from ..errors import PolicyError
 

@@ -142,6 +142,12 @@ class Sandbox:
                                   None, Usage(), coldstart)
             notify_finished(self.observers, info, result)
             return result
+        # Before instantiating: a start section would run first, with every grant.
+        start_type = next((item.type for item in loaded.module.exports
+                           if item.name == "_start"), None)
+        if isinstance(start_type, wasmtime.FuncType) and (start_type.params
+                                                          or start_type.results):
+            raise start_with_values(loaded.name)
         engine.linker(LINKER_NAME, build_linker)
         try:
             pre = engine.instance_pre(loaded, LINKER_NAME)
@@ -233,9 +239,6 @@ class Sandbox:
                 start = exports.get("_start")
                 if not isinstance(start, wasmtime.Func):
                     raise ModuleError(f"{loaded.name}: no _start export (not a WASI command)")
-                signature = start.type(store)
-                if signature.params or signature.results:
-                    raise start_with_values(loaded.name)
                 start(store)
                 ending = EXITED_OK
             except ModuleError:

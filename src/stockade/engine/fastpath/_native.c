@@ -775,7 +775,7 @@ void *stockade_fd_write(void *env, void *caller, val_raw *args, size_t nargs) {
         int64_t left = st->cap - st->out_size - st->err_size;
         if (left <= 0 && total) return stop(st, fd == 1 ? STOP_STDOUT : STOP_STDERR,
                                             "output limit reached");
-        if (left >= 0 && (uint64_t)left < room) { room = (uint64_t)left; capped = true; }
+        if (left >= 0 && (uint64_t)left <= room) { room = (uint64_t)left; capped = true; }
     }
     int64_t *written = fd == 1 ? &st->out_size : &st->err_size;
     uint32_t done = 0;
