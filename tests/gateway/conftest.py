@@ -32,11 +32,14 @@ def module(name: str) -> str:
 class Gateway:
     """A running gateway: `url`, `client`, its stderr lines, signals, `stop()`."""
 
-    def __init__(self, manifest: Path, env: dict[str, str], args: tuple[str, ...]) -> None:
+    def __init__(self, manifest: Path, env: dict[str, str], args: tuple[str, ...],
+                 port: str | None = "0") -> None:
+        """`port` None: the manifest's port, no `--port`."""
         self.manifest = manifest
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stockade", "serve", "-c", str(manifest), "--port", "0",
-             *args], stderr=subprocess.PIPE, env=env)
+            [sys.executable, "-m", "stockade", "serve", "-c", str(manifest),
+             *(("--port", port) if port is not None else ()), *args],
+            stderr=subprocess.PIPE, env=env)
         self.lines: list[str] = []
         self.url = self._wait_for_url()
         self._reader = threading.Thread(target=self._drain, daemon=True)

@@ -502,3 +502,61 @@ def test_pipelined_requests_past_the_head_limit_in_one_read_are_all_answered(
     answer = raw_exchange(host, port, [one * (count - 1) + last], 0.0)
     assert answer.count(b"HTTP/1.1 200 ") == count, answer[:300]
     assert b" 431 " not in answer
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("framing", [
+    b"Transfer-Encoding: chunked\r\n\r\n100000\r\n" + b"a" * MiB + b"\r\n100000\r\n"
+    + b"b" * MiB + b"\r\n0\r\n\r\n",
+    b"Content-Length: %d\r\n\r\n" % (2 * MiB) + b"a" * (2 * MiB),
+], ids=["chunked", "length"])
+def test_a_body_past_max_body_gets_one_413_and_the_connection_closes(
+        gateway: Gateway, framing: bytes) -> None:
+    """The rest of a refused body is never read: parsed on after the 413, it was taken
+    for the next request's head, and a second answer (431) followed the first."""
+    answer = raw_exchange(*address(gateway), [b"POST /echo HTTP/1.1\r\nHost: t\r\n" + framing],
+                          0.0)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
+    assert answer.lower().count(b"connection: close") == 1
+
+
+@pytest.mark.parametrize(("version", "fields", "status"), [
+    (b"1.1", b"Transfer-Encoding: gzip, chunked\r\n", 501),
+    (b"1.1", b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", 400),
+    (b"1.1", b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400),
+    (b"1.0", b"Transfer-Encoding: chunked\r\n", 400),
+], ids=["gzip-chunked", "two-fields", "chunked-twice", "http-1.0"])
+def test_a_transfer_coding_other_than_chunked_alone_is_refused(
+        gateway: Gateway, version: bytes, fields: bytes, status: int) -> None:
+    """RFC 9112 6.1: the chunks of `gzip, chunked` were decoded and the body reached the
+    function still gzipped, as if plain; HTTP/1.0 has no transfer codings (a proxy in
+    front may frame its body by the connection's end). Refused, and closed."""
+    answer = raw_exchange(*address(gateway), [
+        b"POST /echo HTTP/" + version + b"\r\nHost: t\r\n" + fields
+        + b"\r\n5\r\nhello\r\n0\r\n\r\n"], 0.0)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"connection: close" in answer.lower()
+    plain = raw_exchange(*address(gateway), [
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\nConnection: close"
+        b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"], 0.0)
+    assert plain.startswith(b"HTTP/1.1 200 ") and plain.endswith(b"\n\nhello"), plain[:300]
+
+
+def test_hop_by_hop_headers_never_reach_the_function(gateway: Gateway) -> None:
+    """They are about the client's connection to the gateway (RFC 9110 7.6.1), and so is
+    each header `Connection` names: a proxy in front drops those, so a function must not
+    take one for something the proxy vouched for."""
+    answer = raw_exchange(*address(gateway), [
+        b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, X-Secret\r\n"
+        b"X-Secret: s\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade-Insecure-Requests: 1"
+        b"\r\nProxy-Connection: keep-alive\r\nX-Kept: k\r\nConnection: close\r\n\r\n"], 0.0)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:300]
+    env = dict(line.split("=", 1) for line in body.decode().partition("\n\n")[0].splitlines())
+    for name in ("CONNECTION", "X_SECRET", "KEEP_ALIVE", "TE", "PROXY_CONNECTION",
+                 "TRANSFER_ENCODING", "UPGRADE"):
+        assert f"HTTP_{name}" not in env, name
+    assert env["HTTP_X_KEPT"] == "k" and env["HTTP_UPGRADE_INSECURE_REQUESTS"] == "1"

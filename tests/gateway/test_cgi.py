@@ -35,6 +35,23 @@ def test_environment_from_a_request() -> None:
     assert not any(key.startswith("HTTP_BAD") for key in env)
 
 
+def test_hop_by_hop_headers_and_those_connection_names_are_not_passed() -> None:
+    hop = [(b"host", b"h"), (b"connection", b"Keep-Alive, X-Secret"), (b"x-secret", b"s"),
+           (b"keep-alive", b"5"), (b"te", b"trailers"), (b"transfer-encoding", b"chunked"),
+           (b"upgrade", b"h2c"), (b"proxy-connection", b"x"), (b"connection", b" content-type"),
+           (b"content-type", b"a/b"), (b"x-kept", b"k")]
+    rules = HeaderRules.build("/fn", withhold=())  # none withheld: still none of those
+    env = dict(cgi_environ(request(headers=hop), "/fn", rules))
+    assert not {"HTTP_CONNECTION", "HTTP_X_SECRET", "HTTP_KEEP_ALIVE", "HTTP_TE",
+                "HTTP_TRANSFER_ENCODING", "HTTP_UPGRADE", "HTTP_PROXY_CONNECTION",
+                "CONTENT_TYPE"} & env.keys()
+    assert env["HTTP_X_KEPT"] == "k" and env["HTTP_HOST"] == "h"
+    # `Connection: close` or `keep-alive` names no header: the rest pass.
+    env = dict(cgi_environ(request(headers=[(b"connection", b"close"), (b"x-kept", b"k")]),
+                           "/fn"))
+    assert env["HTTP_X_KEPT"] == "k" and "HTTP_CONNECTION" not in env
+
+
 def test_the_full_url_is_the_target_as_sent() -> None:
     """An encoded `?` in the path is part of the path: built from the decoded path,
     X_FULL_URL showed it as a query the request did not have."""
@@ -71,6 +88,25 @@ def test_output_to_response() -> None:
 def test_malformed_output_is_bad_gateway(output: bytes) -> None:
     with pytest.raises(BadGateway):
         parse_output(output, 100, 100)
+
+
+@pytest.mark.parametrize("output", [
+    b"Status: 200\nStatus: 500\n\nbody", b"Status: 404\r\nX-A: 1\r\nstatus: 404\r\n\r\n",
+])
+def test_two_status_lines_are_bad_gateway(output: bytes) -> None:
+    """Which the function meant is unknown (the last one won)."""
+    with pytest.raises(BadGateway, match="more than one Status"):
+        parse_output(output, 100, 100)
+
+
+@pytest.mark.parametrize("separator", [b"\n\n", b"\r\n\r\n"])
+def test_a_header_block_past_the_allowance_is_said_to_be_so(separator: bytes) -> None:
+    """It was reported as no header block at all."""
+    output = b"X-A: 1\n" * 20 + separator + b"body"
+    with pytest.raises(BadGateway, match="header block is larger than 100B"):
+        parse_output(output, 100, 100)
+    with pytest.raises(BadGateway, match="wrote no CGI header block"):
+        parse_output(b"x" * 200, 100, 100)
 
 
 def test_a_header_block_seen_before_answers_the_same() -> None:

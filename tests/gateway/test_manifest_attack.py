@@ -48,6 +48,9 @@ def write(tmp_path: Path, text: str) -> Path:
     (f'[function.limits]\nmax_output = "{HUGE}"', f"{WHERE}.limits.max_output"),
     (f'[function.limits]\nmax_memory = "{2**64}"', f"{WHERE}.limits.max_memory"),
     (f"[function.limits]\nfuel = {2**64 + 5}", f"{WHERE}.limits.fuel"),
+    # Emptied to lock the function down, the list meant any method.
+    ("methods = []", f"{WHERE}.methods"),
+    ("rate = inf", f"{WHERE}.rate"),
 ])
 def test_function_values_are_checked_at_load(tmp_path: Path, extra: str, key: str) -> None:
     path = write(tmp_path, BASE + extra + "\n")
@@ -63,7 +66,8 @@ def test_a_module_path_with_nul_is_refused(tmp_path: Path, module: str) -> None:
         load_manifest(path)
 
 
-@pytest.mark.parametrize("route", ["/he\\u0000llo", "/he llo\\r\\n", "/a\\tb", "/x\\u007f"])
+@pytest.mark.parametrize("route", ["/he\\u0000llo", "/he llo\\r\\n", "/a\\tb", "/x\\u007f",
+                                   "/x/../y", "/./a", "/a/..;x", "/a//b"])
 def test_a_route_no_request_can_reach_is_refused(tmp_path: Path, route: str) -> None:
     path = write(tmp_path, BASE.replace('"/hello"', f'"{route}"'))
     with pytest.raises(PolicyError, match=rf"{re.escape(WHERE)}.route: "):
@@ -83,6 +87,19 @@ def test_server_values_are_checked_at_load(tmp_path: Path, server: str, key: str
     with pytest.raises(PolicyError) as info:
         load_manifest(path)
     assert info.value.message.startswith(f"{path}: {key}: "), info.value.message
+
+
+def test_an_infinite_tenant_rate_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[tenant.acme]\nrate = inf\n" + BASE + 'tenant = "acme"\n')
+    with pytest.raises(PolicyError) as info:
+        load_manifest(path)
+    assert info.value.message.startswith(f"{path}: tenant.acme.rate: "), info.value.message
+
+
+def test_serve_refuses_an_empty_methods_list_at_start(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 0\n" + BASE + "methods = []\n")
+    refused(stockade("serve", "-c", str(path), "--workers", "1", timeout=60),
+            f"{WHERE}.methods")
 
 
 def test_ordinary_values_still_load(tmp_path: Path) -> None:

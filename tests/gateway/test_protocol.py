@@ -669,25 +669,46 @@ def test_pipelined_requests_then_a_half_close_are_all_answered(gateway: Gateway)
     assert answer.lower().count(b"connection: close") == 1
 
 
+def _answered_before_its_body_ended(sock: socket.socket) -> None:
+    """Send a chunked POST to no route, its body begun, and read its whole 404."""
+    sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 404 ")
+    body_length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    rest = head.partition(b"\r\n\r\n")[2]
+    while len(rest) < body_length:
+        rest += sock.recv(65536)
+    assert len(rest) == body_length
+
+
 def test_late_trailers_of_an_answered_request_do_not_count_toward_the_next_head(
         gateway: Gateway) -> None:
     """A request answered before its chunked body ended (a 404): the rest of its body and
     its trailers (a Host among them) arrive after the answer, then the next request. They
     are not that request's headers (its one Host was taken for a second: 400)."""
     with connect(gateway) as sock:
-        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(65536)
-        assert head.startswith(b"HTTP/1.1 404 ")
-        body_length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        rest = head.partition(b"\r\n\r\n")[2]
-        while len(rest) < body_length:
-            rest += sock.recv(65536)
+        _answered_before_its_body_ended(sock)
         sock.sendall(b"0\r\nHost: evil.example\r\n\r\n" + REQUEST)
         [(status, _, body)], _ = read_responses(sock, 1)
         assert (status, body) == (200, b"Hello, world!\n")
+
+
+@pytest.mark.parametrize("rest", [
+    b"10000\r\n" + b"x" * 0x10000 + b"\r\n" * 2,  # past the head's limit: was 431
+    b"zz\r\n",  # a chunk size that is not one: was 400
+])
+def test_the_rest_of_an_answered_requests_body_gets_no_second_answer(
+        gateway: Gateway, rest: bytes) -> None:
+    """A request answered before its chunked body ended (a 404): the rest of the body is
+    dropped under the head's limits, and past them (or malformed) the connection closes,
+    with no second answer to the same request."""
+    with connect(gateway) as sock:
+        _answered_before_its_body_ended(sock)
+        _send_quietly(sock, rest)
+        assert closed_by_server(sock) == b""
 
 
 @pytest.mark.parametrize("bad_body", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Start, module
+from .conftest import Gateway, Start, gateway_env, module
 from .test_limits import in_background, wait_in_flight
 
 FUNCTIONS = f"""
@@ -81,6 +82,65 @@ def test_a_broken_manifest_is_not_applied(start_gateway: Start) -> None:
     gateway.signal(signal.SIGHUP)
     gateway.wait_for_log(r"reload refused, still serving the previous manifest: .*invalid TOML")
     assert gateway.client.get("/hello").status_code == 200
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    (('route = "/hello"', 'route = "/x/../hello"'), "route"),
+    (('route = "/hello"', 'route = "/hello"\nmethods = []'), "methods"),
+    (('route = "/hello"', 'route = "/hello"\nrate = inf'), "rate"),
+], ids=["dot-route", "no-methods", "infinite-rate"])
+def test_a_value_no_request_could_use_is_not_applied(
+        start_gateway: Start, change: tuple[str, str], key: str) -> None:
+    """Each was accepted: a route no request can reach (400 for a dot segment), an empty
+    `methods` meaning any method, a rate of no limit."""
+    text = MANIFEST.format(workers=1, name="hello")
+    gateway = start_gateway(text)
+    gateway.manifest.write_text(text.replace(*change))
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for_log(rf"reload refused, still serving the previous manifest: .*\(hello\)"
+                         rf"\.{key}: ")
+    assert gateway.client.get("/hello").status_code == 200
+
+
+def test_a_reload_names_the_changes_that_wait_for_a_restart(start_gateway: Start) -> None:
+    """`max_body` is read into each function: it applies at once. The message said
+    every [server] change waited, named none, and said nothing of `header_timeout`."""
+    text = MANIFEST.format(workers=1, name="hello")
+    gateway = start_gateway(text)
+    assert gateway.client.post("/hello", content=b"x" * 2048).status_code == 200
+    gateway.manifest.write_text(text.replace(
+        'telemetry = "off"', 'telemetry = "off"\nmax_body = "1KiB"\nheader_timeout = "3s"'
+        '\n[state]\ntimeout = "2s"'))
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for_log(r"take effect at the next restart: server\.header_timeout, "
+                         r"state\.timeout\n")
+    deadline = time.monotonic() + 30
+    while gateway.client.post("/hello", content=b"x" * 2048).status_code != 413:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "max_body" not in gateway.log()
+
+
+def test_a_changed_port_is_reported(tmp_path: Path, shared_cache: Path) -> None:
+    """The bound port became a command-line setting, so a changed [server] port was
+    hidden: a reload printed nothing."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    manifest = tmp_path / "stockade.toml"
+    text = MANIFEST.format(workers=1, name="hello") + "\n"
+    manifest.write_text(text.replace("[server]", f"[server]\nport = {ports[0]}"))
+    gateway = Gateway(manifest, gateway_env(shared_cache, tmp_path / "state"), (), port=None)
+    try:
+        assert gateway.url.endswith(f":{ports[0]}")
+        manifest.write_text(text.replace("[server]", f"[server]\nport = {ports[1]}"))
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for_log(r"take effect at the next restart: server\.port\n")
+        assert gateway.client.get("/hello").status_code == 200
+    finally:
+        gateway.stop()
 
 
 def test_workers_share_the_port_and_metrics(start_gateway: Start) -> None:

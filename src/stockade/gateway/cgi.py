@@ -8,8 +8,8 @@ never passed), `CONTENT_TYPE` without one. Which headers become `HTTP_*` is the
 function's `HeaderRules` (headers.py): no credentials, no `Cookie` unless it owns
 cookies, no name containing `_`.
 
-Out: header lines, an empty line, the body. `Status` sets the status, 200 to 599 only
-(default 200; 302 with only `Location`): an interim 1xx, `101 Switching Protocols`
+Out: header lines, an empty line, the body. `Status` sets the status, 200 to 599 only,
+once (default 200; 302 with only `Location`): an interim 1xx, `101 Switching Protocols`
 included, would let a function write the raw HTTP stream of the connection, so it is a
 malformed response (502). Other headers pass the function's response allow-list; the
 gateway sets `Content-Length` itself. 204 and 304 responses carry no body.
@@ -21,7 +21,7 @@ import re
 
 from ..envblock import EnvBlock
 from ..policy import format_size
-from .headers import DEFAULT_RULES, HeaderRules
+from .headers import DEFAULT_RULES, HOP_BY_HOP, HeaderRules
 from .messages import Headers, Request, Response
 from .problem import BadGateway, BadRequest
 from .response import FORBIDDEN_IN_VALUE, NO_BODY_STATUSES, header_lines
@@ -40,8 +40,12 @@ _FIXED = (b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"SERVER
           b"X_RAW_PATH_INFO", b"X_FULL_URL")
 _FIXED_NAMES = b"".join(name + b"\0" for name in _FIXED)
 _SOFTWARE = SERVER_SOFTWARE.encode()
-# The two headers CGI treats apart (b"": never an HTTP_* variable).
-_SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b""}
+# The headers CGI treats apart (b"": never an HTTP_* variable), the hop-by-hop ones among
+# them: known from the start, they cost no look-up in the rules.
+_SPECIAL_HEADERS = {b"content-type": b"CONTENT_TYPE", b"content-length": b"",
+                    **{name.encode(): b"" for name in HOP_BY_HOP}}
+# `Connection` values that name no other header (RFC 9112 9.3, 9.6; 7.8).
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade"})
 # The caches below are keyed by what clients and functions send: bounded in entries and,
 # by caching only short keys, in bytes. A header name or Host value can be most of a
 # 64 KiB request head, and a function's header block 64 KiB: 4,096 names of 60 KB held
@@ -95,6 +99,7 @@ class CgiEnvironment:
             if raw and raw.startswith(self._prefix_bytes) else path_info
         # One pass over the headers: the Host header and the HTTP_* variables.
         host_header: bytes | None = None
+        connection: bytes | None = None
         extra: dict[bytes, bytes] = {}
         keys = self._keys
         for name, value in request.headers:
@@ -104,12 +109,17 @@ class CgiEnvironment:
             if key is None:
                 key = self._header_key(name)
             if not key:
+                if name == b"connection":  # only among the headers not passed
+                    connection = value if connection is None else connection + b"," + value
                 continue
             if not value.isascii():
                 value = value.decode("latin-1").encode()
             if key in extra and key != b"CONTENT_TYPE":
                 value = extra[key] + b", " + value
             extra[key] = value
+        if connection is not None and extra \
+                and connection.lower() not in _CONNECTION_OPTIONS:
+            self._drop_connection_options(connection, extra)
         server = self._server(host_header, request.server)
         query = request.query.encode()
         # The URL as sent: from the decoded path, `/a%3Fb=1` would read as a query.
@@ -133,6 +143,18 @@ class CgiEnvironment:
         if joined.count(b"\0") != count:
             raise BadRequest("a request header contains a NUL byte")
         return EnvBlock(names, joined, count)
+
+    def _drop_connection_options(self, connection: bytes, extra: dict[bytes, bytes]) -> None:
+        """Drop from `extra` the variables of the headers `connection` names: they were
+        for the hop to the gateway only (RFC 9110 7.6.1), such as a credential a proxy
+        in front would have removed."""
+        for option in connection.split(b","):
+            name = option.strip().lower()
+            key = self._keys.get(name)
+            if key is None:
+                key = self._header_key(name)
+            if key:
+                extra.pop(key, None)
 
     def _server(self, host_header: bytes | None,
                 server: tuple[str, int | None] | None) -> tuple[bytes, bytes, bytes]:
@@ -230,6 +252,8 @@ def _parse_headers(block: bytes) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
             raise BadGateway("the function wrote a malformed CGI header line")
         key = name.lower()
         if key == b"status":
+            if status is not None:  # which one the function meant is unknown
+                raise BadGateway("the function wrote more than one Status header")
             status = _status(value)
         else:
             location = location or key == b"location"
@@ -248,6 +272,9 @@ def _header_end(stdout: bytes, max_header: int) -> tuple[int, int]:
     if lf < 0 and crlf < 0:
         if not stdout:
             raise BadGateway("the function wrote nothing (a CGI response needs headers)")
+        if b"\n\n" in stdout or b"\r\n\r\n" in stdout:  # past the allowance
+            raise BadGateway(f"the function's CGI header block is larger than "
+                             f"{format_size(max_header)}")
         raise BadGateway("the function wrote no CGI header block (header lines, then an "
                          "empty line, then the body)")
     if crlf >= 0 and (lf < 0 or crlf < lf):

@@ -7,7 +7,9 @@ is sent or may send is decided per function, by `HeaderRules`:
   `Cookie` only reaches a function that owns cookies (`cookies = "own"`), `Proxy` never
   does (it would become `HTTP_PROXY`, "httpoxy"), and a header whose name contains `_`
   is dropped, as nginx and Apache drop it: `X_Forwarded_For` and `X-Forwarded-For` would
-  otherwise become the same CGI variable and a client could pose as a proxy.
+  otherwise become the same CGI variable and a client could pose as a proxy. Hop-by-hop
+  headers (`HOP_BY_HOP`, and those a request's `Connection` names: cgi.py) describe the
+  client's connection to the gateway, not the request: never passed (RFC 9110 7.6.1).
 - Out: an allow-list (`ALLOWED_RESPONSE`, plus `X-*` names other than those a proxy in
   front acts on). Headers that act on the whole origin (`Strict-Transport-Security`,
   `Alt-Svc`, `Clear-Site-Data`, `Service-Worker-Allowed`...), on the connection or its
@@ -23,8 +25,8 @@ from dataclasses import dataclass, field
 
 from .messages import Headers
 
-__all__ = ["HeaderRules", "WITHHELD", "NEVER_PASSED", "COOKIE_MODES", "ALLOWED_RESPONSE",
-           "DEFAULT_RULES"]
+__all__ = ["HeaderRules", "WITHHELD", "NEVER_PASSED", "HOP_BY_HOP", "COOKIE_MODES",
+           "ALLOWED_RESPONSE", "DEFAULT_RULES"]
 
 COOKIE_MODES = ("none", "own")
 # Credentials by default: HTTP authentication, API keys and the tokens cloud load
@@ -38,7 +40,11 @@ WITHHELD = frozenset({
     "ocp-apim-subscription-key", "cf-access-jwt-assertion", "cf-access-token",
     "x-vault-token", "private-token",
 })
-NEVER_PASSED = frozenset({"proxy"})
+# RFC 9110 7.6.1 and 9112 6.1: about one connection, not the request (cgi.py also drops
+# the headers a request's `Connection` names).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te",
+                        "transfer-encoding", "upgrade"})
+NEVER_PASSED = frozenset({"proxy"}) | HOP_BY_HOP
 ALLOWED_RESPONSE = frozenset({
     b"content-type", b"content-language", b"content-encoding", b"content-disposition",
     b"content-range", b"cache-control", b"expires", b"etag", b"last-modified", b"vary",
@@ -73,7 +79,8 @@ class HeaderRules:
               withhold: frozenset[str] | tuple[str, ...] = WITHHELD,
               passed: tuple[str, ...] = ()) -> HeaderRules:
         """Rules for a function: the server's `withhold` list minus the function's
-        `passed` names; `Cookie` follows `cookies`, `Proxy` is always withheld."""
+        `passed` names; `Cookie` follows `cookies`, `Proxy` and the hop-by-hop headers
+        are always withheld."""
         names = {name.lower() for name in withhold} - {name.lower() for name in passed}
         names.discard("cookie")
         if cookies != "own":

@@ -12,7 +12,7 @@
     cpu_per_minute = "10s"        # guest CPU time per minute
     [[function]]
     name = "hello"
-    route = "/hello"              # path prefix; `methods` default to any
+    route = "/hello"              # path prefix; `methods` default to any (not [])
     module = "hello.wasm"         # relative to this file
     tenant = "acme"
     profile = "strict"            # plus [function.limits], env, env_allow, dirs,
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ from .settings import Quota, ServerSettings, header_names, parse_quota, parse_se
 DEFAULT_CORDON = "default"  # tenants without `cordon`: the gateway worker processes
 
 __all__ = ["FunctionSpec", "Manifest", "Quota", "ServerSettings", "load_manifest",
-           "parse_manifest", "RESERVED_PATHS", "HEADER_ALLOWANCE", "DEFAULT_CORDON"]
+           "parse_manifest", "RESERVED_PATHS", "HEADER_ALLOWANCE", "DEFAULT_CORDON",
+           "RELOADED_SERVER_KEYS", "restart_changes"]
 
 RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
 HEADER_ALLOWANCE = 64 * 1024  # bytes of CGI headers allowed on top of `max_response`
@@ -130,6 +131,24 @@ class Manifest:
     tenants: dict[str, Quota] = field(default_factory=dict)
     cordons: dict[str, str] = field(default_factory=dict)  # tenant -> cordon
     state: StateSettings = field(default_factory=StateSettings)
+
+
+# [server] keys a reload applies: they are read into each function's spec (`_function`).
+# The others are read once, when the server and its workers start.
+RELOADED_SERVER_KEYS = frozenset({"max_body", "max_response", "request_timeout",
+                                  "withhold_headers"})
+
+
+def restart_changes(running: Manifest, loaded: Manifest) -> list[str]:
+    """The keys `loaded` (a reloaded manifest) changes from `running` that wait for the
+    next restart, as `server.KEY` and `state.KEY`: [state], and [server] but for
+    `RELOADED_SERVER_KEYS` (and `stderr_limit` set to 0: nothing is captured from now)."""
+    changed = [f"server.{f.name}" for f in fields(ServerSettings)
+               if f.name not in RELOADED_SERVER_KEYS
+               and getattr(running.server, f.name) != getattr(loaded.server, f.name)
+               and not (f.name == "stderr_limit" and loaded.server.stderr_limit == 0)]
+    return changed + [f"state.{f.name}" for f in fields(StateSettings)
+                      if getattr(running.state, f.name) != getattr(loaded.state, f.name)]
 
 
 def load_manifest(path: str | Path, refresh_images: bool = False) -> Manifest:
@@ -245,7 +264,7 @@ def _function(table: Mapping[str, Any], index: int, source: str, base: Path,
     module_file, image = _module_file(module, base, source, where, images, trusts[tenant])
     return FunctionSpec(
         name=name, route=route,
-        methods=_methods(table.get("methods", []), source, where),
+        methods=_methods(table.get("methods"), source, where),
         module=module_file, image=image, policy=policy, tenant=tenant,
         quota=parse_quota(table, source, where, _FUNCTION_QUOTA),
         max_body=max_body,
@@ -330,6 +349,12 @@ def _route(value: Any, source: str, where: str) -> str:
         raise PolicyError(f"{source}: {where}.route: required, a path prefix like '/hello' "
                           "(no blanks or control characters)")
     route = "/" + value.strip("/") if value != "/" else "/"
+    # Every request at a path with one is refused (400: `registry.ambiguous_path`), so
+    # such a route could never be called. As that check reads them (`..;x`, `\`).
+    if "//" in route or any(part.split(";", 1)[0] in (".", "..")
+                            for part in route.replace("\\", "/").split("/")):
+        raise PolicyError(f"{source}: {where}.route: {route!r} has a dot segment (/./ or "
+                          "/../) or an empty one (//): no request could reach it")
     for reserved in RESERVED_PATHS:
         if route == reserved or route.startswith(reserved + "/"):
             raise PolicyError(f"{source}: {where}.route: {reserved} is reserved by the gateway")
@@ -337,6 +362,11 @@ def _route(value: Any, source: str, where: str) -> str:
 
 
 def _methods(value: Any, source: str, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()  # any method
+    if value == []:  # emptied to lock the function down, it would accept any method
+        raise PolicyError(f"{source}: {where}.methods: an empty list; name the methods "
+                          "it accepts, or leave `methods` out for any")
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):

@@ -10,7 +10,7 @@ layer renders::
         ├── NotFound                404  not-found
         ├── MethodNotAllowed        405  method-not-allowed  (Allow)
         ├── RequestTimeout          408  request-timeout     (Connection: close)
-        ├── PayloadTooLarge         413  payload-too-large
+        ├── PayloadTooLarge         413  payload-too-large   (Connection: close)
         ├── TooManyRequests         429  too-many-requests   (Retry-After)
         ├── BadGateway              502  bad-gateway
         ├── Unavailable             503  unavailable         (Retry-After)
@@ -109,9 +109,14 @@ class MethodNotAllowed(HttpProblem):
 
 
 class PayloadTooLarge(HttpProblem):
-    """The request body is larger than the function accepts."""
+    """The request body is larger than the function accepts; the connection is closed
+    after the answer: the rest of the body is never read (parsed on, it was taken for
+    the next request's head and answered a second time)."""
 
     http_status, slug, title = 413, "payload-too-large", "Request body too large"
+
+    def __init__(self, detail: str, **extra: str | int | float | None) -> None:
+        super().__init__(detail, headers=[(b"connection", b"close")], **extra)
 
 
 class RequestTimeout(HttpProblem):

@@ -12,7 +12,10 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - the head may be at most `max_header_size` bytes and `MAX_HEADER_FIELDS` header lines,
   counted as httptools parses them and fed to it no further than the limit (a head
   arriving whole in one read was never seen incomplete); otherwise 431 and close. An
-  HTTP/1.1 head without `Host`, or with two, is 400 (RFC 9112 3.2). The trailers after a
+  HTTP/1.1 head without `Host`, or with two, is 400 (RFC 9112 3.2); a `Transfer-Encoding`
+  other than `chunked` alone is 501, 400 in HTTP/1.0 (`_check_coding`). The rest of the
+  body of a request answered before it ended is dropped under the head's limits, and
+  past them the connection closes with no second answer. The trailers after a
   chunked body have the same limits (httptools keeps a field line whole until it ends)
   and are never kept: they come after the head's checks;
 - a head refused behind pipelined requests still owed an answer, and the client's
@@ -96,7 +99,7 @@ __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch"
 # Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            505: b"HTTP Version Not Supported"}
+            501: b"Not Implemented", 505: b"HTTP Version Not Supported"}
 _VERSIONS = ("1.1", "1.0")  # those served (RFC 9110 15.6.6: 505 for the others)
 # Header lines a head may have (Apache's LimitRequestFields is 100): each one costs a
 # tuple and a CGI variable on every request.
@@ -290,6 +293,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._idle_unsent = math.inf  # bytes unsent when the keep-alive time was last up
         self._sweep: _Sweep | None = None
         self._ignoring = False  # input after a refused pipelined head or a half-close
+        self._discarding = False  # parsing the rest of a body whose request was answered
         self._writes = WriteBatch.of(self.server_state, self.loop)
         self._context = contextvars.copy_context()  # each answer runs in a copy of it
 
@@ -335,6 +339,8 @@ class GuardedProtocol(HttpToolsProtocol):
             # Bytes after a response start the next head's clock, whatever they are: a
             # blank line starts no request (no `on_message_begin`) yet ends keep-alive.
             self._begin_head()
+            # Or they are the rest of the answered request's body (`_discarded_body_refused`).
+            self._discarding = self.cycle is not None and self.cycle.more_body
         # A head, and the trailers after a chunked body's last chunk, are fed no further
         # than their limit: bytes no callback reports (blank lines, padding, a field line
         # httptools keeps whole until it ends) count too. What follows one that completed
@@ -422,6 +428,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self._framed = False
+        self._discarding = False
         self._chunks = self._body_bytes = 0
         # What an answered request's late trailers counted is not this head's.
         self._head_size = self._head_fields = self._hosts = 0
@@ -448,10 +455,29 @@ class GuardedProtocol(HttpToolsProtocol):
                 raise _HeadRefused("more than one Host header")
         elif name == b"content-length" or name == b"transfer-encoding":
             self._framed = True  # a body may follow (`Request.read_body` reads it)
+            if name == b"transfer-encoding":
+                self._check_coding(value)
         value = value.rstrip(b" \t")  # as uvicorn: trailing whitespace is no part of it
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
+
+    def _check_coding(self, value: bytes) -> None:
+        """Refuse a `Transfer-Encoding` other than `chunked` alone (RFC 9112 6.1): httptools
+        decodes the chunks of `gzip, chunked` and the body reached the function still
+        gzipped, as if plain. HTTP/1.0 has no transfer codings (a proxy in front may frame
+        the body otherwise): 400; chunked not last: the body has no length (6.3), 400;
+        another coding before it (or a second header, if httptools let one by): 501.
+        The connection is closed."""
+        codings = [coding.strip() for coding in value.lower().split(b",")]
+        if codings == [b"chunked"] and self.parser.get_http_version() != "1.0" \
+                and not any(name == b"transfer-encoding" for name, _ in self.headers):
+            return
+        if self.parser.get_http_version() == "1.0" or codings[-1] != b"chunked":
+            self._refused_head = 400
+            raise _HeadRefused("a body of no length, or Transfer-Encoding in HTTP/1.0")
+        self._refused_head = 501
+        raise _HeadRefused("a transfer coding other than chunked")
 
     def _count_head(self, size: int) -> None:
         self._head_size += size
@@ -461,11 +487,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error, also what a callback's `_HeadRefused`
-        ends in: 431 for a head too large, 505 for a version not served."""
-        if self._refused_head in (431, 505):
+        ends in: 431 for a head too large, 501 for a transfer coding, 505 for a version
+        not served."""
+        if self._refused_head in (431, 501, 505):
             self._refuse(self._refused_head)
             return
-        if self._close_after_answers():
+        if self._discarded_body_refused() or self._close_after_answers():
             return
         self._writes.flush()
         super().send_400_response(msg)
@@ -694,6 +721,19 @@ class GuardedProtocol(HttpToolsProtocol):
         self._ignoring = True
         return True
 
+    def _discarded_body_refused(self) -> bool:
+        """The rest of an answered request's body is parsed (and dropped) under the
+        head's limits, its time and size: past them, or malformed, the connection closes
+        with no second answer to that request (a 431 or a 408 after its 404). True
+        when so."""
+        if not self._discarding:
+            return False
+        self._in_head = False
+        self._head_deadline = math.inf
+        self._writes.flush()
+        self.transport.close()
+        return True
+
     def _head_timed_out(self) -> None:
         if not self._in_head or self.transport.is_closing():
             return
@@ -709,7 +749,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int) -> None:
         """Answer `status` with an empty body and close the connection."""
-        if self._close_after_answers():
+        if self._discarded_body_refused() or self._close_after_answers():
             return
         self._in_head = False
         self._head_deadline = math.inf

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from ..tempdirs import LockedTempDir
 from .confine import log_protections, not_dumpable
 from .conntable import ConnectionTable, cells_for
 from .listener import bind_listener
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, load_manifest, restart_changes
 from .reload import FileWatcher, watched_files
 from .settings import ServerSettings
 
@@ -53,6 +54,10 @@ class Supervisor:
         self._watcher: FileWatcher | None = None
         self._watch = watch
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        # The command line's own: `overrides` gets the bound port, which would hide a
+        # changed [server] port from `reload`.
+        self._given = dict(self.overrides)
+        self._started: Manifest | None = None  # as started, with `_given` applied
         self.settings = ServerSettings()
         self.port = 0
         self._socket: socket.socket | None = None
@@ -90,6 +95,7 @@ class Supervisor:
         if self._watch:
             self._watcher = FileWatcher(watched_files(self.path, manifest))
         self.settings = manifest.server.override(**self.overrides)
+        self._started = replace(manifest, server=manifest.server.override(**self._given))
         # With reuse_port this socket only holds the port; each worker listens on its own.
         self._socket = bind_listener(self.settings.host, self.settings.port,
                                      self.settings.reuse_port, listen=not self.settings.reuse_port)
@@ -180,8 +186,12 @@ class Supervisor:
         self.manifest = manifest
         if self._watcher is not None:
             self._watcher.watch(watched_files(self.path, manifest))
-        if manifest.server.override(**self.overrides) != self.settings:
-            logger.warning("[server] changes take effect at the next restart")
+        if self._started is not None:
+            waiting = restart_changes(self._started, replace(
+                manifest, server=manifest.server.override(**self._given)))
+            if waiting:
+                logger.warning("reloaded; these changes take effect at the next restart: "
+                               "%s", ", ".join(waiting))
         for process in self._workers.values():
             process.send_signal(signal.SIGHUP)
         return True

@@ -141,9 +141,8 @@ class GatewayService:
                 logger.error("reload failed, still serving the previous manifest: %s", exc)
                 self.metrics.inc("stockade_gateway_reloads_total", (("result", "failed"),))
                 return False
-            if manifest.server != self.settings or (
-                    registry.manifest is not None and manifest.state != registry.manifest.state):
-                logger.warning("[server] and [state] changes take effect at the next restart")
+            # The changes that wait for a restart are reported once, by the supervisor
+            # (`restart_changes`), not by every worker.
             self._swap(manifest, routes)
             _settle()
             self.metrics.inc("stockade_gateway_reloads_total", (("result", "ok"),))

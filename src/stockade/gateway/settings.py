@@ -6,6 +6,7 @@ names the file and the key.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -239,7 +240,9 @@ def parse_server(table: Mapping[str, Any], source: str) -> ServerSettings:
 
 
 def _positive(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    # inf is no rate: a bucket refilling infinitely fast (leave the key out for none).
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
+            or not math.isfinite(value):
         raise ValueError(f"expected a positive number, not {value!r}")
     return float(value)
 
