@@ -51,6 +51,7 @@ def write(tmp_path: Path, text: str) -> Path:
     # Emptied to lock the function down, the list meant any method.
     ("methods = []", f"{WHERE}.methods"),
     ("rate = inf", f"{WHERE}.rate"),
+    ("rate = 1e-310", f"{WHERE}.rate"),  # the wait for its next request was infinite: 500
 ])
 def test_function_values_are_checked_at_load(tmp_path: Path, extra: str, key: str) -> None:
     path = write(tmp_path, BASE + extra + "\n")

@@ -669,6 +669,19 @@ def test_pipelined_requests_then_a_half_close_are_all_answered(gateway: Gateway)
     assert answer.lower().count(b"connection: close") == 1
 
 
+def test_an_answer_before_a_body_never_asked_for_closes_the_connection(
+        gateway: Gateway) -> None:
+    """`Expect: 100-continue`, answered 404 without a 100: the client may send the body
+    or its next request next. Kept open, a next request was read as that body and never
+    answered."""
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 40\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 404 ") and b"connection: close" in answer.lower()
+    assert b"100 Continue" not in answer
+
+
 def _answered_before_its_body_ended(sock: socket.socket) -> None:
     """Send a chunked POST to no route, its body begun, and read its whole 404."""
     sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -69,10 +69,16 @@ def _rlimit(**rlimit: Any) -> dict[str, Any]:
     (_config(env=["NOEQUALS"]), "process.env[0] 'NOEQUALS': expected KEY=VALUE"),
     (_config(env=["=v"]), "expected KEY=VALUE"),
     (_config(env="A=1"), "process: env is not an array"),
+    # Empty values of the wrong type read as absent.
+    (_config(env=""), "process: env is not an array"),
+    (_config(rlimits={}), "process: rlimits is not an array"),
+    ({**_config(), "linux": {"resources": 0}}, "resources is not an object"),
+    ({**_config(), "linux": {"resources": {"memory": False}}}, "memory is not an object"),
 ], ids=["memory-string", "memory-float", "memory-negative", "memory-bool", "cpu-string",
         "rlimit-hard-string", "rlimit-negative", "rlimit-soft-above-hard", "rlimit-type",
         "rlimit-no-hard", "rlimit-not-object", "env-number", "env-no-equals",
-        "env-no-name", "env-not-list"])
+        "env-no-name", "env-not-list", "env-empty-string", "rlimits-empty-object",
+        "resources-zero", "memory-false"])
 def test_a_malformed_value_is_refused_at_create(tmp_path: Path, config: dict[str, Any],
                                                said: str) -> None:
     errors = _refused(tmp_path, host_policy_env(tmp_path, tmp_path), _bundle(tmp_path, config))
@@ -130,6 +136,20 @@ def test_a_bind_mount_without_source_or_absolute_destination_is_refused(
     mount = {key: str(tmp_path) if value == "SRC" else value for key, value in mount.items()}
     errors = _refused(tmp_path, env, _bundle(tmp_path, {**_config(), "mounts": [mount]}))
     assert words in errors, errors
+
+
+@pytest.mark.parametrize("how", ["a loop of links", "a path through a file"])
+def test_a_bind_mount_no_directory_can_be_opened_at_is_refused(tmp_path: Path,
+                                                              how: str) -> None:
+    # Only a missing source was refused: these gave no grant and no error either.
+    env = host_policy_env(tmp_path, tmp_path)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    source = tmp_path / ("loop" if how == "a loop of links" else "file/inside")
+    config = {**_config(), "mounts": [{"destination": "/data", "type": "bind",
+                                       "source": str(source), "options": ["rbind"]}]}
+    errors = _refused(tmp_path, env, _bundle(tmp_path, config))
+    assert "/data" in errors, errors
 
 
 def test_a_bind_mount_of_a_file_is_still_skipped(tmp_path: Path) -> None:

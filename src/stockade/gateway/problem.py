@@ -129,9 +129,14 @@ class RequestTimeout(HttpProblem):
         super().__init__(detail, headers=[(b"connection", b"close")])
 
 
+MAX_RETRY_AFTER = 86_400  # seconds a Retry-After may ask for
+
+
 class _RetryLater(HttpProblem):
     def __init__(self, detail: str, retry_after: float, **extra: str | int | float | None) -> None:
-        seconds = max(1, math.ceil(retry_after))
+        # Bounded: a wait of days is no advice, and ceil() of an infinite one raised.
+        bounded = retry_after if retry_after < MAX_RETRY_AFTER else MAX_RETRY_AFTER  # NaN too
+        seconds = max(1, math.ceil(bounded))
         super().__init__(detail, headers=[(b"retry-after", str(seconds).encode())],
                          retry_after=seconds, **extra)
 

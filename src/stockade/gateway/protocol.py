@@ -929,7 +929,10 @@ def write_response(send: Callable[..., Any], response: Response, head: bool) -> 
     if length is not None:
         content += (b"content-length: ", length, b"\r\n")
     closing = _closing(response)  # its own `connection: close` is among its lines
-    keep_alive = cycle.keep_alive and not closing
+    # Answered before a body it never asked for (no 100 sent): the client may send that
+    # body or its next request next, and no one can tell which (RFC 9110 10.1.1): close.
+    unasked = cycle.waiting_for_100_continue and cycle.more_body
+    keep_alive = cycle.keep_alive and not closing and not unasked
     if closing:
         cycle.keep_alive = False
     elif not keep_alive:

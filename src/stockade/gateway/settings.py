@@ -239,11 +239,18 @@ def parse_server(table: Mapping[str, Any], source: str) -> ServerSettings:
     return ServerSettings(**values)
 
 
+MIN_RATE = 1e-6  # requests a second: one in 11.6 days
+
+
 def _positive(value: Any) -> float:
-    # inf is no rate: a bucket refilling infinitely fast (leave the key out for none).
+    # inf is no rate: a bucket refilling infinitely fast (leave the key out for none); a
+    # rate of 1e-310 made the wait before the next request infinite (a 500).
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
             or not math.isfinite(value):
         raise ValueError(f"expected a positive number, not {value!r}")
+    if value < MIN_RATE:
+        raise ValueError(f"{value!r} is less than {MIN_RATE:g} a second (one request in "
+                         "11.6 days)")
     return float(value)
 
 

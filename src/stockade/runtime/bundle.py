@@ -243,11 +243,12 @@ def _grants(path: Path, root: str, config: dict[str, Any], host: Policy | None,
         try:
             fd = held.open(source)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:  # as runc: the guest would miss what it asked for
-                raise UnsupportedBundle(f"{where}: mounts[{index}] source {str(source)!r} "
-                                        f"-> {str(mount.get('destination'))[:60]}: "
-                                        "no such file or directory") from None
-            continue  # not a directory (a file, a device): nothing granted
+            if exc.errno == errno.ENOTDIR and _names_no_directory(source):
+                continue  # a file or a device (Podman's /etc/hosts): nothing granted
+            # As runc: the guest would miss what it asked for (missing, a loop of
+            # links, a path through a file, unreadable).
+            raise UnsupportedBundle(f"{where}: mounts[{index}] source {str(source)[:200]!r} "
+                                    f"-> {guest[:60]}: {os.strerror(exc.errno or 0)}") from None
         # As mount(8): the last of ro/rw wins; read-only unless one says rw.
         modes = [o for o in options if o in ("ro", "rw")]
         writable = bool(modes) and modes[-1] == "rw"
@@ -257,6 +258,14 @@ def _grants(path: Path, root: str, config: dict[str, Any], host: Policy | None,
             _within_host(fd, guest, writable, allowed, "bind mount")
         grants.append(DirGrant.held(fd, guest, writable, source=source))
     return grants
+
+
+def _names_no_directory(source: Path) -> bool:
+    """Whether `source` leads to something that is there and is no directory."""
+    try:
+        return not stat.S_ISDIR(os.stat(source).st_mode)
+    except OSError:
+        return False
 
 
 def _allowed(host: Policy, held: HeldDirs) -> list[tuple[DirGrant, int]]:
@@ -304,16 +313,22 @@ def host_policy() -> Policy | None:
 
 
 def _table(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    """`parent[key]` when it is a JSON object ({} when absent); UnsupportedBundle else."""
-    value = parent.get(key) or {}
+    """`parent[key]` when it is a JSON object ({} when absent or null); UnsupportedBundle
+    else (0, false, [] or "" included: no object that asks for nothing)."""
+    value = parent.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise UnsupportedBundle(f"{where}: {key} is not an object")
     return value
 
 
 def _list(parent: dict[str, Any], key: str, where: str) -> list[Any]:
-    """`parent[key]` when it is a JSON array ([] when absent); UnsupportedBundle else."""
-    value = parent.get(key) or []
+    """`parent[key]` when it is a JSON array ([] when absent or null); UnsupportedBundle
+    else."""
+    value = parent.get(key)
+    if value is None:
+        return []
     if not isinstance(value, list):
         raise UnsupportedBundle(f"{where}: {key} is not an array")
     return value
