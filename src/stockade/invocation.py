@@ -12,7 +12,9 @@ from .envblock import variable_problem
 from .errors import UsageError
 from .records import FrozenRecord, record
 
-__all__ = ["Invocation", "new_invocation_id"]
+__all__ = ["Invocation", "new_invocation_id", "MAX_STDIN"]
+
+MAX_STDIN = 256 * 1024**2  # bytes of standard input a run takes (read whole before it)
 
 # Ids are a random per-process prefix and a counter: unique across processes without a
 # getrandom() system call per invocation (the gateway makes thousands a second).
@@ -69,6 +71,8 @@ class Invocation(FrozenRecord):
             args = _args(args)
         if type(stdin) is not bytes:
             stdin = _stdin(stdin)
+        if len(stdin) > MAX_STDIN:  # the CLI's bound too: held whole, in every backend
+            raise UsageError(f"Invocation stdin: larger than {MAX_STDIN // 1024**2} MiB")
         if type(env) is not tuple or env:
             env = _env(env)
         for label, value in (("name", name), ("tenant", tenant),

@@ -123,7 +123,7 @@ def test_run_async_of_a_sandbox() -> None:
     assert asyncio.run(main()).outcome is Outcome.EXITED  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("bad", [{"size": 0}, {"size": "4"}, {"max_waiting": -1}])
+@pytest.mark.parametrize("bad", [{"size": 0}, {"size": "4"}, {"size": 1025}, {"max_waiting": -1}])
 def test_bad_pool_arguments(bad: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         SandboxPool(Policy(), isolate="none", **bad)  # type: ignore[arg-type]

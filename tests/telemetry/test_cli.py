@@ -51,6 +51,16 @@ def test_audit_verify_names_the_tampered_record(tmp_path: Path) -> None:
     assert b"line 2 (seq 2)" in bad.stderr and b"changed" in bad.stderr
 
 
+def test_audit_verify_of_a_path_with_no_log_is_refused(tmp_path: Path) -> None:
+    """A mistyped PATH was reported as an intact log of 0 records, exit 0."""
+    missing = tmp_path / "typo" / "audit.jsonl"
+    bad = stockade("audit", "verify", str(missing))
+    assert bad.returncode == 125 and bad.stdout == b""
+    assert bad.stderr.decode().splitlines() == [f"stockade: {missing}: no audit log there"]
+    empty = stockade("audit", "verify")  # the default log: nothing audited yet
+    assert empty.returncode == 0 and empty.stdout == b"audit log intact: 0 records\n"
+
+
 def test_telemetry_show_without_a_file() -> None:
     proc = stockade("telemetry", "show")
     assert proc.returncode == 0 and b"no telemetry at" in proc.stdout

@@ -11,14 +11,18 @@ import json
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from stockade.telemetry import AuditLog, verify
+from stockade.telemetry import AuditLog, Breaker, BreakerConfig, verify
 from stockade.telemetry import audit as audit_module
 from tests.conftest import guest, stockade
+
+from .runs import DIGEST
 
 
 def test_a_record_the_disk_cuts_short_is_not_left_half_written(log: AuditLog) -> None:
@@ -151,6 +155,24 @@ def test_a_breaker_database_that_is_no_database_is_one_line(tmp_path: Path) -> N
     ran = stockade("run", "--breaker", "--timeout", "100ms", str(guest("spin.wasm")))
     assert ran.returncode == 124 and b"Traceback" not in ran.stderr
     assert b"circuit breaker unavailable, runs allowed" in ran.stderr, ran.stderr
+
+
+def test_a_breaker_row_of_the_wrong_types_is_one_line(tmp_path: Path) -> None:
+    """SQLite keeps text in a REAL column: `breaker list` ended in a TypeError traceback
+    and `--json` printed the text as the time."""
+    state = tmp_path / "state"
+    with Breaker(state / "breaker.db", BreakerConfig(threshold=1)) as breakers:
+        breakers.record(DIGEST, None, violated=True)
+    with closing(sqlite3.connect(state / "breaker.db")) as db, db:
+        db.execute("UPDATE breakers SET until='abc'")
+    for args in (("breaker", "list"), ("breaker", "list", "--json")):
+        refused = stockade(*args)
+        lines = (refused.stderr or refused.stdout).decode().splitlines()
+        assert refused.returncode == 125 and len(lines) == 1, (args, lines)
+        assert "breaker database" in lines[0] and "until holds 'abc'" in lines[0]
+        assert b'"until"' not in refused.stdout, (args, refused.stdout)
+    with Breaker(state / "breaker.db") as breakers, pytest.raises(sqlite3.DatabaseError):
+        breakers.check(DIGEST)
 
 
 @pytest.mark.parametrize("line", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def verify(path: Path | None) -> None:
     Exits 0 when every record is intact, 1 naming the first changed, removed, reordered
     or unkeyed record, a `tamper` record, or a head the log does not match (a deleted
     log included); 125 when the audit key cannot be used (missing is 1, others-readable
-    is 125).
+    is 125) or when PATH names no log at all.
     """
     from ..telemetry import verify as verify_log
 
@@ -34,6 +35,10 @@ def verify(path: Path | None) -> None:
         report = verify_log(path)
     except OSError as exc:
         raise UsageError(f"{path or 'audit log'}: cannot read: {exc.strerror}") from None
+    if path is not None and report.ok and not report.records and not os.path.lexists(path):
+        # Only the default log may be absent (nothing audited yet): a PATH with nothing
+        # there, head or rotated files included, is a typo, not an intact log.
+        raise UsageError(f"{path}: no audit log there")
     click.echo(str(report), err=not report.ok)
     if not report.ok:
         sys.exit(1)

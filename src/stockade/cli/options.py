@@ -13,13 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import PolicyError, StdinTimeout, UsageError
-from ..invocation import Invocation
+from ..invocation import MAX_STDIN, Invocation
 from ..policy import DirGrant, Policy, apply_limit, format_duration, load_policy, profile
 
 __all__ = ["build_policy", "build_invocation", "parse_env", "guest_args", "read_stdin",
            "check_writable"]
 
-MAX_STDIN = 256 * 1024**2
 
 
 def parse_env(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

@@ -36,21 +36,27 @@ if TYPE_CHECKING:
 
 __all__ = ["SandboxPool"]
 
+# Every sandbox is built up front, each a thread (and with `process`, a worker): a size
+# past this is a mistake that would exhaust the host before the first run.
+MAX_SIZE = 1024
+
 
 class SandboxPool:
     """`size` sandboxes for `policy`; see the module docstring.
 
-    `isolate` is `process`, `none` or None (the policy's default). `max_waiting` bounds
-    the callers waiting for a sandbox (None: unbounded). Raises UsageError for a bad
-    size or bound; `run` raises PoolBusy when the bound is reached and UsageError once
-    the pool is closed. Close with `await pool.aclose()` or `async with`.
+    `size` is at most `MAX_SIZE` (1024). `isolate` is `process`, `none` or None (the
+    policy's default). `max_waiting` bounds the callers waiting for a sandbox (None:
+    unbounded). Raises UsageError for a bad size or bound; `run` raises PoolBusy when
+    the bound is reached and UsageError once the pool is closed. Close with
+    `await pool.aclose()` or `async with`.
     """
 
     def __init__(self, policy: Policy | None = None, size: int = 4, *,
                  isolate: str | None = None, max_waiting: int | None = 1024,
                  observers: Sequence[RunObserver] = ()) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise UsageError(f"SandboxPool size: expected a whole number >= 1, not {size!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+            raise UsageError(f"SandboxPool size: expected a whole number from 1 to {MAX_SIZE}, "
+                             f"not {size!r}")
         if max_waiting is not None and (isinstance(max_waiting, bool) or
                                         not isinstance(max_waiting, int) or max_waiting < 0):
             raise UsageError(f"SandboxPool max_waiting: expected a whole number >= 0 or None, "

@@ -202,6 +202,51 @@ def scratch_problem(scratch: object) -> str | None:
     return None
 
 
+def _grants(dirs: Any) -> tuple[DirGrant, ...]:
+    """`dirs` as directory grants: PolicyError for anything else (a path string)."""
+    from ..errors import PolicyError
+
+    if isinstance(dirs, str | bytes) or not isinstance(dirs, tuple | list) \
+            or not all(isinstance(grant, DirGrant) for grant in dirs):
+        raise PolicyError("capabilities.dirs: expected directory grants (DirGrant.parse("
+                          "'HOST[:GUEST][:ro|:rw]'))")
+    return tuple(dirs)
+
+
+def _variables(env: Any) -> tuple[tuple[str, str], ...]:
+    """`env` (pairs or a mapping) as checked (name, value) pairs: PolicyError else."""
+    from ..envblock import variable_problem
+    from ..errors import PolicyError
+
+    pairs = list(env.items()) if isinstance(env, dict) else env
+    if not isinstance(pairs, tuple | list):
+        raise PolicyError("capabilities.env: expected (NAME, VALUE) pairs or a mapping")
+    checked = []
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise PolicyError("capabilities.env: expected (NAME, VALUE) pairs or a mapping")
+        problem = variable_problem(pair[0], pair[1])
+        if problem is not None:
+            raise PolicyError(f"capabilities.env: {str(pair[0])[:40]!r}: {problem}")
+        checked.append((pair[0], pair[1]))
+    return tuple(checked)
+
+
+def _names(names: Any) -> tuple[str, ...]:
+    """`env_allow` as checked variable names: PolicyError for a string (not split)."""
+    from ..envblock import variable_problem
+    from ..errors import PolicyError
+
+    if isinstance(names, str | bytes) or not isinstance(names, tuple | list):
+        raise PolicyError("capabilities.env_allow: expected a list of variable names, not "
+                          f"{type(names).__name__}")
+    for name in names:
+        if variable_problem(name, "") is not None:
+            raise PolicyError(f"capabilities.env_allow: {str(name)[:40]!r} is not a "
+                              "variable name")
+    return tuple(names)
+
+
 @record(frozen=True, init=False, repr=False, eq=False)
 class Capabilities(FrozenRecord):
     """What the guest may touch: preopened directories and environment variables.
@@ -222,13 +267,22 @@ class Capabilities(FrozenRecord):
     def __init__(self, dirs: tuple[DirGrant, ...] = (), env: tuple[tuple[str, str], ...] = (),
                  env_allow: tuple[str, ...] = (), scratch: str | None = None,
                  keep_scratch: bool = False, allow_precompiled: bool = False) -> None:
+        from ..errors import PolicyError
+
         problem = scratch_problem(scratch)
         if problem is not None:
-            from ..errors import PolicyError
             from .units import shown
 
             raise PolicyError(f"scratch (--scratch, capabilities.scratch): {problem}, "
                               f"not {shown(scratch)}")
+        # Checked as the policy file's loader checks them: "false" turned native code on,
+        # and a string of names was read one letter a name (host variables P, A, T, H).
+        for label, flag in (("allow_precompiled", allow_precompiled),
+                            ("keep_scratch", keep_scratch)):
+            if not isinstance(flag, bool):
+                raise PolicyError(f"capabilities.{label}: expected true or false, not "
+                                  f"{type(flag).__name__}")
+        dirs, env, env_allow = _grants(dirs), _variables(env), _names(env_allow)
         seen: dict[str, DirGrant] = {}
         for grant in dirs:  # two preopens at one guest path: which one the guest sees is luck
             # As the guest's libc reads it: `//x`, `x` and `./x` are `/x` too.

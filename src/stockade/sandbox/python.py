@@ -27,11 +27,12 @@ def python_invocation(code: str, args: Sequence[str] = (), stdin: bytes | str = 
     GUEST_WORKDIR is on the module search path. Raises UsageError for a non-string `code`."""
     if not isinstance(code, str):
         raise UsageError(f"code: expected a str of Python source, not {type(code).__name__}")
+    checked = Invocation(args=args).args  # type: ignore[arg-type]  # its checks: a str is not split
     pairs = tuple(env.items()) if isinstance(env, Mapping) else tuple(env)
     if with_files:
         pairs = (("PYTHONPATH", GUEST_WORKDIR), *pairs)
     data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-    return Invocation(args=("-c", code, *args), stdin=data, env=pairs, name="python")
+    return Invocation(args=("-c", code, *checked), stdin=data, env=pairs, name="python")
 
 
 def run_python(sandbox: SandboxLike, code: str, *, files: Mapping[str, str | bytes] | None = None,

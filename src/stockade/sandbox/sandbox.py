@@ -23,7 +23,7 @@ from ..engine.traps import (
 from ..engine.trip import EXPORT as TRIPWIRE_EXPORT
 from ..engine.trip import START as TRIPWIRE_START
 from ..engine.trip import Tripwire, tripped, with_page
-from ..errors import ModuleError, PrecompiledRefused, UntrustedModule
+from ..errors import ModuleError, PrecompiledRefused, UntrustedModule, UsageError
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
@@ -60,6 +60,9 @@ class Sandbox:
                  engine_config: EngineConfig | None = None,
                  allow_precompiled: bool | None = None) -> None:
         self.policy = policy or Policy.from_profile("default")
+        if not isinstance(self.policy, Policy):  # Sandbox("strict") failed at its first run
+            raise UsageError(f"Sandbox: expected a Policy (Policy.from_profile(...)), not "
+                             f"{type(self.policy).__name__}")
         if allow_precompiled is not None:
             self.policy = self.policy.with_capabilities(allow_precompiled=allow_precompiled)
         self.observers = tuple(observers)
@@ -74,6 +77,7 @@ class Sandbox:
         self._guard = CompileGuard.for_limits(limits)
         self._denied: dict[str, tuple[str, str] | None] = {}
         self._signed: set[str] = set()  # digests whose signatures this sandbox verified
+        self._closed = False
 
     @property
     def engine(self) -> Engine:
@@ -87,6 +91,7 @@ class Sandbox:
         """Compile (or fetch from the AoT cache) a module ahead of running it; `name`
         names module bytes in results and errors (default `<bytes>`). Raises
         ModuleNotFound, ModuleError or PrecompiledRefused."""
+        module = self._checked(module)
         allowed = self.policy.capabilities.allow_precompiled
         if isinstance(module, LoadedModule):
             if module.precompiled and not allowed:
@@ -104,7 +109,11 @@ class Sandbox:
     def run(self, module: str | Path | bytes | LoadedModule,
             invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in a fresh instance and report what happened."""
+        module = self._checked(module)
         invocation = invocation or Invocation()
+        if not isinstance(invocation, Invocation):
+            raise UsageError(f"Sandbox.run: expected an Invocation, not "
+                             f"{type(invocation).__name__}")
         try:
             if isinstance(module, LoadedModule):
                 if self.policy.trust.require_signature and module.sha256 not in self._signed:
@@ -305,9 +314,27 @@ class Sandbox:
             usage=usage, limits=dict(self._limits_dict), coldstart=coldstart,
         )
 
+    def _checked(self, module: object) -> str | Path | bytes | LoadedModule:
+        """`module` as `load` and `run` take it; UsageError for anything else, a path
+        with a NUL character, or a closed sandbox (it ran on, as the others do not)."""
+        if self._closed:
+            raise UsageError("this Sandbox is closed")
+        if isinstance(module, bytearray | memoryview):
+            return bytes(module)
+        if isinstance(module, os.PathLike) and not isinstance(module, Path):
+            module = Path(os.fspath(module))
+        if not isinstance(module, str | Path | bytes | LoadedModule):
+            raise UsageError(f"Sandbox: a module is a path, bytes or a LoadedModule, not "
+                             f"{type(module).__name__}")
+        if isinstance(module, str | Path) and "\0" in str(module):
+            raise UsageError("Sandbox: a module path cannot contain a NUL character")
+        return module
+
     def close(self) -> None:
-        """Release this sandbox (engines are shared per process and stay). Safe twice."""
+        """Release this sandbox (engines are shared per process and stay); later runs
+        raise UsageError. Safe twice."""
         self._engine = None
+        self._closed = True
 
     def __enter__(self) -> Sandbox:
         return self

@@ -49,13 +49,14 @@ probe is ever in flight.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from ..errors import UsageError
 from ..paths import state_dir
@@ -100,6 +101,31 @@ LIMIT_OUTCOMES = frozenset({
     Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome.FD_QUOTA, Outcome.HOSTCALL_LIMIT,
 })
 DENIAL_FLUSH = 1.0  # seconds between writes of a process's refusal count
+# What each column read back must hold: SQLite keeps any value in any column.
+_KINDS = {"key": "text", "tenant": "text", "state": "text", "opened_at": "time?",
+          "until": "time?", "probe_at": "time?", "updated": "time", "count": "count",
+          "trips": "count", "denied": "count"}
+
+
+def _checked(row: Sequence[Any], columns: str) -> tuple[Any, ...]:
+    """`row` as read from the `columns` (names, space-separated) of `breakers`. Raises
+    sqlite3.DatabaseError for a value of another type, as for a damaged file: a row
+    edited by hand would otherwise end a listing or a check in a TypeError."""
+    import sqlite3
+
+    for name, value in zip(columns.split(), row, strict=True):
+        kind = _KINDS[name]
+        if kind == "text":
+            ok = type(value) is str
+        elif kind == "count":
+            ok = type(value) is int and value >= 0
+        else:
+            ok = (value is None and kind == "time?") or (
+                type(value) in (int, float) and math.isfinite(value))
+        if not ok:
+            raise sqlite3.DatabaseError(f"breakers table: {name} holds {value!r:.40} "
+                                        f"({type(value).__name__}), not a {kind.rstrip('?')}")
+    return tuple(row)
 
 
 def default_path() -> Path:
@@ -358,7 +384,7 @@ class Breaker:
         row = self._db.execute(
             "SELECT state, until, probe_at, count FROM breakers WHERE key=? AND tenant=?",
             (key, tenant)).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3])
+        return None if row is None else _checked(row, "state until probe_at count")
 
     def check(self, key: str, tenant: str | None = None, now: float | None = None,
               holder: str | None = None) -> Decision:
@@ -420,7 +446,7 @@ class Breaker:
         row = self._db.execute("SELECT denied FROM breakers WHERE key=? AND tenant=?",
                                ident).fetchone()
         self._db.execute("UPDATE breakers SET denied=0 WHERE key=? AND tenant=?", ident)
-        return (row[0] if row else 0) + self._denied.pop(ident, 0)
+        return (_checked(row, "denied")[0] if row else 0) + self._denied.pop(ident, 0)
 
     def _refusal(self, key: str, until: float, count: int) -> str:
         reset = key[:12] if ":" not in key else key
@@ -571,6 +597,8 @@ class Breaker:
                 " (SELECT COUNT(*) FROM violations v WHERE v.key=b.key AND"
                 "  v.tenant=b.tenant AND v.at>=?), b.denied FROM breakers b"
                 " ORDER BY b.updated DESC", (now - self.config.window,)).fetchall()
+        rows = [(*_checked(r[:7], "key tenant state opened_at until trips updated"),
+                 r[7], *_checked(r[8:], "denied")) for r in rows]
         return [BreakerEntry(r[0], r[1] or None, r[2], r[7], r[3], r[4], r[5], r[6], r[8])
                 for r in rows]
 
@@ -590,6 +618,8 @@ class Breaker:
                 rows = self._db.execute(
                     f"SELECT key, tenant, state, opened_at, until, trips, updated, denied "
                     f"FROM breakers WHERE {where}", params).fetchall()
+                rows = [_checked(r, "key tenant state opened_at until trips updated denied")
+                        for r in rows]
                 self._db.execute(f"DELETE FROM breakers WHERE {where}", params)
                 self._db.execute(f"DELETE FROM violations WHERE {where}", params)
             for row in rows:

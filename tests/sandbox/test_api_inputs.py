@@ -1,0 +1,85 @@
+"""The Python API's inputs are checked when given, as the CLI's and the policy file's
+are: one documented exception (UsageError, PolicyError) with one line, never a raw
+TypeError, AttributeError or a setting read some other way than it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade import Invocation, Policy, PolicyError, Sandbox, UsageError
+from stockade.invocation import MAX_STDIN
+
+from ..conftest import guest
+
+STRICT = Policy.from_profile("strict")
+
+
+@pytest.mark.parametrize("changes", [
+    {"allow_precompiled": "false"},  # truthy: native code was accepted
+    {"allow_precompiled": 1},
+    {"keep_scratch": "no"},
+    {"env_allow": "PATH"},  # read as the names P, A, T, H: host variables passed
+    {"env_allow": ("A=B",)},
+    {"env": {"A": "x\0y"}},  # the guest saw A=x
+    {"env": {"A=B": "x"}},
+    {"env": {"": "e"}},
+    {"env": {1: 2}},  # a raw AttributeError at the run
+    {"env": "A=1"},
+    {"dirs": "/tmp"},
+])
+def test_capabilities_are_checked_when_built(changes: dict[str, Any]) -> None:
+    with pytest.raises(PolicyError, match="capabilities"):
+        STRICT.with_capabilities(**changes)
+
+
+def test_a_policy_s_environment_still_takes_pairs_and_mappings() -> None:
+    pairs = STRICT.with_capabilities(env=(("A", "1"),), env_allow=["HOME"]).capabilities
+    mapping = STRICT.with_capabilities(env={"A": "1"}).capabilities
+    assert pairs.env == mapping.env == (("A", "1"),) and pairs.env_allow == ("HOME",)
+
+
+@pytest.mark.parametrize("module", [123, None, ["hello.wasm"], "/tmp/a\0b.wasm"])
+def test_a_module_that_is_no_path_or_bytes_is_a_usage_error(module: Any) -> None:
+    with Sandbox(STRICT) as sandbox, pytest.raises(UsageError):
+        sandbox.run(module)
+
+
+def test_module_bytes_in_any_buffer_run() -> None:
+    data = guest("hello.wasm").read_bytes()
+    with Sandbox(STRICT) as sandbox:
+        for buffer in (bytearray(data), memoryview(data)):
+            assert sandbox.run(buffer).ok
+
+
+def test_a_sandbox_wants_a_policy_and_an_invocation() -> None:
+    with pytest.raises(UsageError, match="expected a Policy"):
+        Sandbox("strict")  # type: ignore[arg-type]
+    with Sandbox(STRICT) as sandbox, pytest.raises(UsageError, match="expected an Invocation"):
+        sandbox.run(guest("hello.wasm"), {"args": ["x"]})  # type: ignore[arg-type]
+
+
+def test_a_closed_sandbox_runs_nothing(tmp_path: Path) -> None:
+    sandbox = Sandbox(STRICT)
+    assert sandbox.run(guest("hello.wasm")).ok
+    sandbox.close()
+    with pytest.raises(UsageError, match="closed"):
+        sandbox.run(guest("hello.wasm"))
+
+
+def test_standard_input_past_the_cli_s_bound_is_refused() -> None:
+    # The CLI refused it; the API held 300 MB (935 MB of peak memory as a bytearray).
+    with pytest.raises(UsageError, match="larger than 256 MiB"):
+        Invocation(stdin=b"x" * (MAX_STDIN + 1))
+    assert len(Invocation(stdin=b"x" * 1024).stdin) == 1024
+
+
+def test_python_arguments_given_as_one_string_are_refused() -> None:
+    # ("-c", code, *args) passed "abc" as the arguments a, b and c.
+    from stockade.sandbox.python import python_invocation
+
+    with pytest.raises(UsageError, match="not one str"):
+        python_invocation("print(1)", args="abc")  # type: ignore[arg-type]
+    assert python_invocation("print(1)", args=["abc"]).args == ("-c", "print(1)", "abc")
