@@ -20,7 +20,6 @@ __all__ = ["build_policy", "build_invocation", "parse_env", "guest_args", "read_
            "check_writable"]
 
 
-
 def parse_env(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """`KEY=VALUE` strings to pairs; UsageError naming the bad one."""
     parsed = []
