@@ -390,6 +390,21 @@ def test_a_failed_pull_leaves_no_blob_behind(serve: Callable[[], Server], tmp_pa
     load_local(parse_reference(f"{registry.host}/good:1"), store)  # still whole
 
 
+def test_a_failed_pull_removes_nothing_while_another_writer_is_under_way(
+        serve: Callable[[], Server], tmp_path: Path) -> None:
+    """A blob the failed pull wrote may be one another pull (or build) found stored and
+    has not tagged yet: removing it left that image without it."""
+    registry = serve()
+    other = tar_layer("other.wasm", WASM)
+    image(registry, "bad", [tar_layer("app.wasm", WASM), other])
+    registry.routes[f"/v2/bad/blobs/{sha(other)}"] = (200, {}, other[:-1] + b"!")
+    store = Store(tmp_path / "store")
+    with store.recording():  # another writer, in this process: a hold of its own
+        with pytest.raises(StockadeError):
+            pull_from(registry, "bad", tmp_path)
+        assert _blobs(store.root), "the failed pull removed blobs another writer may need"
+
+
 # -- trickles and floods ------------------------------------------------------------------
 
 

@@ -98,6 +98,12 @@ def build_image(module: Path, fmt: str, store: Store, tag: str | None,
     `env` go in the image config (`image` layout only: the artifact has no process)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: choose artifact or image")
+    with store.recording():  # a writer of blobs not tagged yet (`Store.recording`)
+        return _build(module, fmt, store, tag, args, env)
+
+
+def _build(module: Path, fmt: str, store: Store, tag: str | None, args: tuple[str, ...],
+           env: tuple[str, ...]) -> BuiltImage:
     data = module_bytes(module)
     epoch, created = _created()
     module_digest = store.put(data)

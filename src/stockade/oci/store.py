@@ -36,16 +36,26 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._new: set[str] | None = None  # what `recording` collects
+        self._writing: int | None = None  # `recording`'s hold on writers.lock
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[set[str]]:
         """The digests of the blobs written inside the `with` that were not in the store
-        before (for `discard_unreferenced` when what wrote them fails)."""
+        before (for `discard_unreferenced` when what wrote them fails). Every writer of
+        blobs it tags only later (a pull, a build) records: it holds `writers.lock`
+        shared meanwhile, so a failed pull removes nothing while another is under way
+        (a blob it wrote may be one the other found stored and has not tagged yet)."""
+        self._prepare()
+        fd = os.open(self.root / "writers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
         saved, self._new = self._new, set()
+        held, self._writing = self._writing, fd
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
             yield self._new
         finally:
-            self._new = saved
+            self._new, self._writing = saved, held
+            os.close(fd)
 
     @classmethod
     def default(cls) -> Store:
@@ -177,7 +187,13 @@ class Store:
     def discard_unreferenced(self, digests: Iterable[str]) -> None:
         """Remove the blobs `digests` that no tagged image uses (its manifest, config,
         layers or module), under the index lock. Never raises for what it cannot read:
-        a blob it cannot tell is unused is kept."""
+        a blob it cannot tell is unused is kept, and all of them while another writer
+        records (`recording`)."""
+        if self._writing is not None:
+            try:  # alone: no other writer's shared hold (a failed upgrade ends this one)
+                fcntl.flock(self._writing, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return
         with contextlib.suppress(OSError, StoreCorrupt), self._locked():
             used: set[str] = set()
             for entry in self.entries():
