@@ -7,11 +7,13 @@ gateway's CGI block all use it, so what a variable may hold is decided once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .errors import UsageError
 from .records import FieldTuple
 
-__all__ = ["EnvBlock", "NO_ENV", "Env", "encode_env", "encode_args", "variable_problem"]
+__all__ = ["EnvBlock", "NO_ENV", "Env", "encode_env", "encode_args", "variable_problem",
+           "checked_env"]
 
 Env = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -40,6 +42,28 @@ def variable_problem(name: object, value: object) -> str | None:
     if "\0" in value:
         return "its value contains a NUL character"
     return None
+
+
+def checked_env(value: Any, where: str,
+                error: type[UsageError] = UsageError) -> tuple[tuple[str, str], ...]:
+    """`value`, a mapping or (NAME, VALUE) pairs, as checked pairs (`variable_problem`);
+    `error` naming `where` for anything else, a string included (not split)."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    if isinstance(pairs, str | bytes):
+        raise error(f"{where}: expected a mapping or (KEY, VALUE) pairs, not a string")
+    result = []
+    try:
+        for pair in pairs:
+            if not isinstance(pair, tuple | list):  # "AB" unpacked into A=B
+                raise TypeError
+            key, text = pair
+            problem = variable_problem(key, text)
+            if problem is not None:
+                raise error(f"{where}: {str(key)[:40]!r}: {problem}")
+            result.append((key, text))
+    except (TypeError, ValueError):
+        raise error(f"{where}: expected a mapping or (KEY, VALUE) pairs") from None
+    return tuple(result)
 
 
 def encode_env(env: Env) -> EnvBlock:

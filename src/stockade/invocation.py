@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
 from dataclasses import field
 from typing import Any
 
-from .envblock import variable_problem
+from .envblock import checked_env
 from .errors import UsageError
 from .records import FrozenRecord, record
 
@@ -74,7 +73,7 @@ class Invocation(FrozenRecord):
         if len(stdin) > MAX_STDIN:  # the CLI's bound too: held whole, in every backend
             raise UsageError(f"Invocation stdin: larger than {MAX_STDIN // 1024**2} MiB")
         if type(env) is not tuple or env:
-            env = _env(env)
+            env = checked_env(env, "Invocation env")
         for label, value in (("name", name), ("tenant", tenant),
                              ("traceparent", traceparent), ("breaker", breaker)):
             if value is not None and not isinstance(value, str):
@@ -119,19 +118,3 @@ def _stdin(value: Any) -> bytes:
     raise UsageError(f"Invocation stdin: expected bytes or str, not {type(value).__name__}")
 
 
-def _env(value: Any) -> tuple[tuple[str, str], ...]:
-    pairs = value.items() if isinstance(value, Mapping) else value
-    if isinstance(pairs, str | bytes):
-        raise UsageError("Invocation env: expected a mapping or (KEY, VALUE) pairs, not a "
-                         "string")
-    result = []
-    try:
-        for pair in pairs:
-            key, text = pair
-            problem = variable_problem(key, text)
-            if problem is not None:
-                raise UsageError(f"Invocation env: {key!r}: {problem}")
-            result.append((key, text))
-    except (TypeError, ValueError):
-        raise UsageError("Invocation env: expected a mapping or (KEY, VALUE) pairs") from None
-    return tuple(result)

@@ -213,25 +213,6 @@ def _grants(dirs: Any) -> tuple[DirGrant, ...]:
     return tuple(dirs)
 
 
-def _variables(env: Any) -> tuple[tuple[str, str], ...]:
-    """`env` (pairs or a mapping) as checked (name, value) pairs: PolicyError else."""
-    from ..envblock import variable_problem
-    from ..errors import PolicyError
-
-    pairs = list(env.items()) if isinstance(env, dict) else env
-    if not isinstance(pairs, tuple | list):
-        raise PolicyError("capabilities.env: expected (NAME, VALUE) pairs or a mapping")
-    checked = []
-    for pair in pairs:
-        if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise PolicyError("capabilities.env: expected (NAME, VALUE) pairs or a mapping")
-        problem = variable_problem(pair[0], pair[1])
-        if problem is not None:
-            raise PolicyError(f"capabilities.env: {str(pair[0])[:40]!r}: {problem}")
-        checked.append((pair[0], pair[1]))
-    return tuple(checked)
-
-
 def _names(names: Any) -> tuple[str, ...]:
     """`env_allow` as checked variable names: PolicyError for a string (not split)."""
     from ..envblock import variable_problem
@@ -282,7 +263,10 @@ class Capabilities(FrozenRecord):
             if not isinstance(flag, bool):
                 raise PolicyError(f"capabilities.{label}: expected true or false, not "
                                   f"{type(flag).__name__}")
-        dirs, env, env_allow = _grants(dirs), _variables(env), _names(env_allow)
+        from ..envblock import checked_env
+
+        dirs, env_allow = _grants(dirs), _names(env_allow)
+        env = checked_env(env, "capabilities.env", PolicyError)
         seen: dict[str, DirGrant] = {}
         for grant in dirs:  # two preopens at one guest path: which one the guest sees is luck
             # As the guest's libc reads it: `//x`, `x` and `./x` are `/x` too.

@@ -182,9 +182,6 @@ def _write_pid(path: Path, pid: int) -> None:
     try:
         replace_file(path, str(pid).encode())
     except OSError as exc:  # its text named the temporary file, not what to fix
-        if not path.parent.is_dir():
-            raise UsageError(f"--pid-file {path}: its directory {path.parent} does not "
-                             "exist") from None
         raise UsageError(f"--pid-file {path}: cannot write it ({exc.strerror})") from None
 
 
