@@ -57,6 +57,9 @@ def checked_env(value: Any, where: str,
             if not isinstance(pair, tuple | list):  # "AB" unpacked into A=B
                 raise TypeError
             key, text = pair
+            if isinstance(key, str) and isinstance(text, str):
+                # Plain copies, checked and kept: a subclass's `__contains__` may lie.
+                key, text = str.__str__(key), str.__str__(text)
             problem = variable_problem(key, text)
             if problem is not None:
                 raise error(f"{where}: {str(key)[:40]!r}: {problem}")

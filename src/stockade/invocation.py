@@ -96,8 +96,8 @@ def _args(value: Any) -> tuple[str, ...]:
         raise UsageError(f"Invocation args: expected a sequence of strings, not one "
                          f"{type(value).__name__} ({value[:40]!r}): write "
                          "args=('-c', 'print(1)') or args=shlex.split(line)")
-    try:
-        items = tuple(value)
+    try:  # plain copies, checked and kept: a subclass's `__contains__` may lie
+        items = tuple(str.__str__(item) if isinstance(item, str) else item for item in value)
     except TypeError:
         raise UsageError(f"Invocation args: expected a sequence of strings, not "
                          f"{type(value).__name__}") from None

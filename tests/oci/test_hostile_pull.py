@@ -405,6 +405,24 @@ def test_a_failed_pull_removes_nothing_while_another_writer_is_under_way(
         assert _blobs(store.root), "the failed pull removed blobs another writer may need"
 
 
+def test_recordings_of_one_store_left_out_of_order_keep_their_own_holds(
+        tmp_path: Path) -> None:
+    """Two recordings of one Store object, the first ended first: the second's cleanup
+    still knows of its own hold, and of the other writer it then meets."""
+    store = Store(tmp_path / "store")
+    digest = store.put(b"a blob")
+    first = store.recording()
+    first.__enter__()
+    with store.recording() as written:
+        other = Store(store.root).recording()  # a writer still under way elsewhere
+        other.__enter__()
+        first.__exit__(None, None, None)
+        written.add(digest)
+        store.discard_unreferenced(written)
+        assert store.has(digest), "removed while another writer held the lock"
+        other.__exit__(None, None, None)
+
+
 # -- trickles and floods ------------------------------------------------------------------
 
 

@@ -83,3 +83,32 @@ def test_python_arguments_given_as_one_string_are_refused() -> None:
     with pytest.raises(UsageError, match="not one str"):
         python_invocation("print(1)", args="abc")  # type: ignore[arg-type]
     assert python_invocation("print(1)", args=["abc"]).args == ("-c", "print(1)", "abc")
+
+
+class _Lying(str):
+    """A str whose `in` says no: checked by it, `A=B` passed as a name."""
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+
+class _Changing(tuple):  # type: ignore[type-arg]
+    """A tuple that gives other items each time it is read."""
+
+    reads = 0
+
+    def __iter__(self) -> Any:
+        type(self).reads += 1
+        return iter(("HOME",) if type(self).reads == 1 else ("A=B", "X\0Y"))
+
+
+def test_values_are_checked_as_kept_not_as_they_answer() -> None:
+    with pytest.raises(PolicyError, match="capabilities.env"):
+        STRICT.with_capabilities(env=[(_Lying("A=B"), "v")])
+    with pytest.raises(UsageError, match="Invocation env"):
+        Invocation(env=[(_Lying("A=B"), "v")])
+    with pytest.raises(UsageError, match="NUL"):
+        Invocation(args=(_Lying("a\0b"),))
+    _Changing.reads = 0
+    kept = STRICT.with_capabilities(env_allow=_Changing()).capabilities.env_allow
+    assert kept == ("HOME",) and type(kept[0]) is str

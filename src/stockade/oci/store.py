@@ -30,16 +30,22 @@ _LAYOUT = {"imageLayoutVersion": "1.0.0"}
 _CHUNK = 1 << 20
 
 
+class Recorded(set[str]):
+    """The digests `Store.recording` collects, and its hold on the store's writers lock
+    while the recording lasts (None after)."""
+
+    lock: int | None = None
+
+
 class Store:
     """An OCI image layout directory used as a verified blob store and tag index."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._new: set[str] | None = None  # what `recording` collects
-        self._writing: int | None = None  # `recording`'s hold on writers.lock
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator[set[str]]:
+    def recording(self) -> Iterator[Recorded]:
         """The digests of the blobs written inside the `with` that were not in the store
         before (for `discard_unreferenced` when what wrote them fails). Every writer of
         blobs it tags only later (a pull, a build) records: it holds `writers.lock`
@@ -48,13 +54,15 @@ class Store:
         self._prepare()
         fd = os.open(self.root / "writers.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
-        saved, self._new = self._new, set()
-        held, self._writing = self._writing, fd
+        recorded = Recorded()
+        recorded.lock = fd  # with the digests: no other recording's hold is taken for it
+        saved, self._new = self._new, recorded
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            yield self._new
+            yield recorded
         finally:
-            self._new, self._writing = saved, held
+            self._new = saved
+            recorded.lock = None
             os.close(fd)
 
     @classmethod
@@ -184,16 +192,17 @@ class Store:
             index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*kept, entry]}
             self._write_atomic(self.root / "index.json", canonical_json(index))
 
-    def discard_unreferenced(self, digests: Iterable[str]) -> None:
+    def discard_unreferenced(self, digests: Recorded) -> None:
         """Remove the blobs `digests` that no tagged image uses (its manifest, config,
         layers or module), under the index lock. Never raises for what it cannot read:
         a blob it cannot tell is unused is kept, and all of them while another writer
         records (`recording`)."""
-        if self._writing is not None:
-            try:  # alone: no other writer's shared hold (a failed upgrade ends this one)
-                fcntl.flock(self._writing, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return
+        if digests.lock is None:  # its recording is over: whether it is alone is unknown
+            return
+        try:  # alone: no other writer's shared hold (a failed upgrade ends this one)
+            fcntl.flock(digests.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return
         with contextlib.suppress(OSError, StoreCorrupt), self._locked():
             used: set[str] = set()
             for entry in self.entries():

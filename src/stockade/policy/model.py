@@ -206,11 +206,11 @@ def _grants(dirs: Any) -> tuple[DirGrant, ...]:
     """`dirs` as directory grants: PolicyError for anything else (a path string)."""
     from ..errors import PolicyError
 
-    if isinstance(dirs, str | bytes) or not isinstance(dirs, tuple | list) \
-            or not all(isinstance(grant, DirGrant) for grant in dirs):
+    grants = tuple(dirs) if isinstance(dirs, tuple | list) else None  # read once
+    if grants is None or not all(isinstance(grant, DirGrant) for grant in grants):
         raise PolicyError("capabilities.dirs: expected directory grants (DirGrant.parse("
                           "'HOST[:GUEST][:ro|:rw]'))")
-    return tuple(dirs)
+    return grants
 
 
 def _names(names: Any) -> tuple[str, ...]:
@@ -218,14 +218,16 @@ def _names(names: Any) -> tuple[str, ...]:
     from ..envblock import variable_problem
     from ..errors import PolicyError
 
-    if isinstance(names, str | bytes) or not isinstance(names, tuple | list):
+    if not isinstance(names, tuple | list):
         raise PolicyError("capabilities.env_allow: expected a list of variable names, not "
                           f"{type(names).__name__}")
-    for name in names:
+    # Read once, as plain copies, and those checked: a subclass may answer otherwise.
+    kept = tuple(str.__str__(name) if isinstance(name, str) else name for name in names)
+    for name in kept:
         if variable_problem(name, "") is not None:
             raise PolicyError(f"capabilities.env_allow: {str(name)[:40]!r} is not a "
                               "variable name")
-    return tuple(names)
+    return kept
 
 
 @record(frozen=True, init=False, repr=False, eq=False)
