@@ -4,6 +4,7 @@ TypeError, AttributeError or a setting read some other way than it says."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from stockade import Invocation, Policy, PolicyError, Sandbox, UsageError
 from stockade.invocation import MAX_STDIN
+from stockade.isolate.factory import make_sandbox
 
 from ..conftest import guest
 
@@ -41,17 +43,43 @@ def test_a_policy_s_environment_still_takes_pairs_and_mappings() -> None:
     assert pairs.env == mapping.env == (("A", "1"),) and pairs.env_allow == ("HOME",)
 
 
-@pytest.mark.parametrize("module", [123, None, ["hello.wasm"], "/tmp/a\0b.wasm"])
-def test_a_module_that_is_no_path_or_bytes_is_a_usage_error(module: Any) -> None:
-    with Sandbox(STRICT) as sandbox, pytest.raises(UsageError):
-        sandbox.run(module)
+class _BytesPath:
+    """A path-like whose `__fspath__` gives bytes, as `os.PathLike[bytes]` may."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return bytes(self.path)
 
 
-def test_module_bytes_in_any_buffer_run() -> None:
+class _NoPath:
+    def __fspath__(self) -> int:
+        return 7
+
+
+@pytest.fixture(params=["none", "process"])
+def any_sandbox(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The in-process sandbox and the isolated one: one check of what a module is."""
+    with make_sandbox(STRICT, request.param) as sandbox:
+        yield sandbox
+
+
+@pytest.mark.parametrize("module", [123, None, ["hello.wasm"], "/tmp/a\0b.wasm", _NoPath()])
+def test_a_module_that_is_no_path_or_bytes_is_a_usage_error(any_sandbox: Any,
+                                                            module: Any) -> None:
+    # The isolated sandbox raised ValueError for the NUL, the in-process one TypeError
+    # for a path-like that is no path.
+    with pytest.raises(UsageError, match="Sandbox: a module"):
+        any_sandbox.run(module)
+
+
+def test_module_bytes_in_any_buffer_and_any_path_like_run(any_sandbox: Any) -> None:
+    # The isolated sandbox refused buffers and path-likes; bytes from `__fspath__` were
+    # a raw TypeError in both.
     data = guest("hello.wasm").read_bytes()
-    with Sandbox(STRICT) as sandbox:
-        for buffer in (bytearray(data), memoryview(data)):
-            assert sandbox.run(buffer).ok
+    for module in (bytearray(data), memoryview(data), _BytesPath(guest("hello.wasm"))):
+        assert any_sandbox.run(module).ok
 
 
 def test_a_sandbox_wants_a_policy_and_an_invocation() -> None:

@@ -46,9 +46,10 @@ from typing import Any
 from ..cancel import CANCELLED, current_token
 from ..digests import sha256
 from ..engine.cache import AotCache
-from ..errors import PrecompiledRefused, UsageError, WorkerError
+from ..errors import PrecompiledRefused, WorkerError
 from ..fileid import path_key
 from ..invocation import Invocation
+from ..modulearg import module_argument
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
 from ..result import Outcome, Result, Usage
@@ -291,9 +292,7 @@ class IsolatedSandbox:
 
     def run(self, module: str | Path | bytes, invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in the worker and report what happened."""
-        if not isinstance(module, str | Path | bytes):
-            raise UsageError("an isolated sandbox runs a module path or module bytes, "
-                             f"not {type(module).__name__}")
+        module = module_argument(module, "isolated Sandbox")
         invocation = invocation or Invocation()
         verdict = gate(module, self.policy)  # here: the worker cannot read trusted keys
         if verdict is not None:

@@ -26,6 +26,7 @@ from ..engine.trip import Tripwire, tripped, with_page
 from ..errors import ModuleError, PrecompiledRefused, UntrustedModule, UsageError
 from ..hostcalls import LINKER_NAME, Meter, build_linker, metered
 from ..invocation import Invocation
+from ..modulearg import module_argument
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
 from ..result import Outcome, Result, Usage
@@ -319,16 +320,7 @@ class Sandbox:
         with a NUL character, or a closed sandbox (it ran on, as the others do not)."""
         if self._closed:
             raise UsageError("this Sandbox is closed")
-        if isinstance(module, bytearray | memoryview):
-            return bytes(module)
-        if isinstance(module, os.PathLike) and not isinstance(module, Path):
-            module = Path(os.fspath(module))
-        if not isinstance(module, str | Path | bytes | LoadedModule):
-            raise UsageError(f"Sandbox: a module is a path, bytes or a LoadedModule, not "
-                             f"{type(module).__name__}")
-        if isinstance(module, str | Path) and "\0" in str(module):
-            raise UsageError("Sandbox: a module path cannot contain a NUL character")
-        return module
+        return module_argument(module, "Sandbox", LoadedModule)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Release this sandbox (engines are shared per process and stay); later runs
