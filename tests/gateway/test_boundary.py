@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from stockade.gateway.protocol import MAX_PIPELINED
-from stockade.gateway.registry import encoded_route
+from stockade.gateway.reqpath import encoded_route
 
 from .conftest import Gateway, gateway_env, module
 

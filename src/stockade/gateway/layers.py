@@ -11,7 +11,7 @@ answered or raised::
     errors          any exception -> problem+json (status from its class)
     routing         /healthz, /readyz, /metrics; else the route (404, 405; 400 for
                     a dot segment, an encoded slash or an encoded route:
-                    registry.ambiguous_path, registry.encoded_route)
+                    reqpath.ambiguous_path, reqpath.encoded_route)
     body            the whole body: deadline 408, size 413, budget 503 (bodybudget.py)
     client breaker  a client whose runs keep hitting limits (429, clientbreaker.py)
     limits          quotas (429), shared state (503) (limits.py)
@@ -39,7 +39,7 @@ from .limits import admit, admit_now
 from .messages import Handler, Request, Response
 from .metrics import BUCKETS
 from .problem import BadRequest, HttpProblem, MethodNotAllowed, NotFound, render_error
-from .registry import ambiguous_path, encoded_route
+from .reqpath import ambiguous_path, encoded_route
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog

@@ -56,6 +56,7 @@ from ..state.settings import StateSettings, parse_state
 from .argv import parse_argv
 from .headers import COOKIE_MODES, NEVER_PASSED, HeaderRules
 from .images import Images, named, with_vouched
+from .reqpath import has_dot_segment
 from .settings import Quota, ServerSettings, header_names, parse_quota, parse_server, size_or_none
 
 DEFAULT_CORDON = "default"  # tenants without `cordon`: the gateway worker processes
@@ -349,11 +350,9 @@ def _route(value: Any, source: str, where: str) -> str:
         raise PolicyError(f"{source}: {where}.route: required, a path prefix like '/hello' "
                           "(no blanks or control characters)")
     route = "/" + value.strip("/") if value != "/" else "/"
-    # Every request at a path with one is refused (400: `registry.ambiguous_path`), so
-    # such a route could never be called. As that check reads them (`..;x`, `\`); not
-    # called from here: registry imports this module.
-    if "//" in route or any(part.split(";", 1)[0] in (".", "..")
-                            for part in route.replace("\\", "/").split("/")):
+    # Every request at a path with one is refused (400: `reqpath.ambiguous_path`), so
+    # such a route could never be called.
+    if "//" in route or has_dot_segment(route):
         raise PolicyError(f"{source}: {where}.route: {route!r} has a dot segment (/./ or "
                           "/../) or an empty one (//): no request could reach it")
     for reserved in RESERVED_PATHS:

@@ -10,12 +10,10 @@ over) in memory every worker of the server shares, or Redis shared by every repl
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from ..errors import ModuleError, ModuleNotFound
 from ..state import Gate, GateSpec, LocalState, Quota, StateBackend
@@ -28,7 +26,7 @@ from .prepared import Prepared
 if TYPE_CHECKING:
     from .pool import WorkerPool
 
-__all__ = ["Route", "Routes", "Registry", "ambiguous_path"]
+__all__ = ["Route", "Routes", "Registry"]
 
 logger = logging.getLogger("stockade.gateway")
 
@@ -74,48 +72,6 @@ class Routes:
                 if route is not None:
                     return route
         return by_prefix.get("/")
-
-
-def ambiguous_path(path: str, raw: bytes) -> str | None:
-    """Why the request path `path` (percent-decoded; `raw` as sent) may name another
-    function to a proxy in front than to this router, or None. A dot segment
-    (`/admin/../echo`, also `..;x` and with backslashes, as some proxies read them)
-    routes here by its first segment where a proxy that normalises sees `/echo`; an
-    encoded slash (`/admin%2Fx`) is one segment to such a proxy and two here. Either can
-    pass a proxy's rule for one function and reach another, so both are refused (as
-    Apache does encoded slashes by default)."""
-    if ("/." in path or "\\" in path) and any(  # `..;x` and `\` count: proxies differ
-            part.split(";", 1)[0] in (".", "..") for part in path.replace("\\", "/").split("/")):
-        return "the request path has a dot segment (/./ or /../): send it normalised"
-    if b"%" in raw and b"%2f" in raw.lower():
-        return "the request path has an encoded slash (%2F)"
-    if "//" in path:  # `/p//q` routes to `/p` here, to `/p/q` past a proxy merging slashes
-        return "the request path has an empty segment (//): send it normalised"
-    return None
-
-
-def encoded_route(route: str, raw: bytes) -> str | None:
-    """Why a request routed to the function at prefix `route` may reach it past a proxy's
-    rule for that prefix, or None: the prefix not sent in its one canonical form, the
-    route with only what must be percent-encoded encoded (`/%65cho` for `/echo`,
-    `/%63af%C3%A9` for `/café`, `/a|b` for `/a%7Cb`), which routes here decoded while a
-    proxy matching the path as sent sees another path (found by review). Hex digits'
-    case is free."""
-    if not raw:
-        return None
-    canonical = _canonical(route)
-    if raw[:len(canonical)].lower() == canonical:
-        return None
-    return ("the request path does not send its function's route as is (percent-encoded "
-            "only where a path must be)")
-
-
-@functools.lru_cache(maxsize=1024)  # routes come from the manifest
-def _canonical(route: str) -> bytes:
-    """`route` as a client sends it, lower-case: UTF-8, and percent-encoded only where a
-    path must be (RFC 3986: unreserved characters, sub-delimiters, `:`, `@`, `/` as they
-    are)."""
-    return quote(route, safe="/!$&'()*+,;=:@~").lower().encode()
 
 
 class Registry:
