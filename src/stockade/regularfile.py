@@ -2,7 +2,7 @@
 
 `open_regular` never follows a symlink (a link planted as the telemetry file made runs
 append to a file of the attacker's choosing) nor blocks on a FIFO (one planted as a file
-hung every run), and refuses anything but a regular file. `append_whole` appends all of
+hung every run), and refuses anything but a regular file. `append_lines` appends all of
 its bytes or none: a short write on a full disk left half a record, which the audit
 log's next append took for tampering and `verify` for a broken chain, for good.
 """
@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["open_regular", "append_whole", "read_regular", "replace_file"]
+__all__ = ["open_regular", "append_lines", "read_regular", "replace_file"]
 
 
 def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
@@ -44,11 +44,15 @@ def read_regular(path: Path | str, limit: int, *, follow: bool = False) -> bytes
         os.close(fd)
 
 
-def append_whole(fd: int, data: bytes) -> None:
-    """Append `data` to `fd` (opened O_APPEND, under an exclusive lock its writers share):
-    all of it, or the file is cut back to where it ended and OSError is raised (ENOSPC
-    for a write the disk stopped short)."""
+def append_lines(fd: int, data: bytes) -> None:
+    """Append the whole lines `data` to `fd` (opened O_APPEND and for reading, under an
+    exclusive lock its writers share): all of it, or the file is cut back to where it
+    ended and OSError is raised (ENOSPC for a write the disk stopped short). A file whose
+    last line was cut (by hand, or a crash) gets a newline first: the lines appended to
+    it were read as part of that damaged one, and lost with it."""
     end = os.fstat(fd).st_size
+    if end and os.pread(fd, 1, end - 1) != b"\n":
+        data = b"\n" + data
     written = 0
     try:
         while written < len(data):

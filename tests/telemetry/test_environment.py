@@ -6,6 +6,7 @@ import json
 import os
 import resource
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,26 @@ def test_the_detection_is_remembered_per_boot(tmp_path: Path) -> None:
     data["key"] = "another boot"
     path.write_text(json.dumps(data))
     assert cached_environment(path) == first
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: [], lambda data: None, lambda data: 1e999, lambda data: "[" * 100_000,
+    lambda data: {**data, "environment": []},
+    lambda data: {**data, "environment": {**data["environment"], "evidence": "abc"}},
+    lambda data: {**data, "environment": {**data["environment"], "hypervisor": 7}},
+    lambda data: {**data, "environment": {**data["environment"], "virtualization": "moon"}},
+    lambda data: {**data, "environment": {**data["environment"], "extra": 1}},
+])
+def test_a_remembered_detection_of_another_shape_is_detected_again(
+        tmp_path: Path, damage: Any) -> None:
+    # `[]` raised AttributeError past every run's telemetry (which stopped, unheard) and
+    # `stockade doctor`; deep nesting a RecursionError.
+    path = tmp_path / "environment.json"
+    first = cached_environment(path)
+    damaged = damage(json.loads(path.read_text()))
+    path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    assert cached_environment(path) == first
+    assert cached_environment(path) == first  # and written again whole
 
 
 def test_protections_of_this_process() -> None:

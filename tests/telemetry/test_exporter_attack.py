@@ -182,6 +182,21 @@ def test_a_redirect_is_a_failed_export_and_never_followed(
     assert lines and all("307" in line for line in lines), lines
 
 
+def test_a_collector_s_reason_phrase_cannot_write_to_the_terminal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Its cursor-up and erase-line codes went to stderr as they were, rewriting the lines
+    # above the warning; and a collector that answered at once was told to wait longer.
+    reason = "400 \x1b[1A\x1b[2Kstockade: run OK\x1b[8m\r"
+    with caplog.at_level(logging.WARNING, "stockade.otlp"), \
+            Collector(status_reply(reason)) as collector:
+        with exporting(collector.endpoint) as telemetry:
+            record_run(telemetry)
+    lines = export_lines(caplog)
+    assert lines and all("\x1b" not in line and "\r" not in line for line in lines), lines
+    assert any("\\x1b[1A" in line for line in lines), lines
+    assert "wait longer" not in lines[-1], lines
+
+
 @pytest.mark.parametrize("where", ["head", "body"])
 def test_a_trickling_collector_cannot_hold_an_export_past_its_deadline(
         where: str, caplog: pytest.LogCaptureFixture) -> None:

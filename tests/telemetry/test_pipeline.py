@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from stockade.errors import UsageError
 from stockade.invocation import Invocation
 from stockade.policy import Policy
 from stockade.result import Outcome, Usage
@@ -46,6 +47,34 @@ def test_three_violations_open_the_breaker_and_the_refusal_is_recorded(tmp_path:
         assert not again.admit("bad.wasm", DIGEST).allowed
         (entry,) = again.breaker.entries()
         assert entry.violations == 3  # the refusals did not count as violations
+
+
+@pytest.mark.parametrize("name, value", [
+    ("STOCKADE_AUDIT_MAX_BYTES", "abc"), ("STOCKADE_AUDIT_MAX_BYTES", "1500"),
+    ("STOCKADE_BREAKER_THRESHOLD", "abc"), ("STOCKADE_BREAKER_COOLDOWN", "soon"),
+])
+def test_malformed_breaker_and_audit_settings_are_refused_when_telemetry_opens(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    # Read at a run's first violation, they cost its audit record and breaker count,
+    # with nothing said: `stockade run --breaker` ran on unguarded.
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match=name):
+        open_telemetry()
+
+
+def test_an_audit_log_that_cannot_be_opened_still_lets_the_breaker_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The audit log is made at the first violation; its failure to open was reported by
+    # opening it again in the handler, which raised past the breaker's count, unheard.
+    with open_telemetry() as telemetry:
+        monkeypatch.setenv("STOCKADE_AUDIT_MAX_BYTES", "abc")
+        for _ in range(3):
+            info, result = make_run(Outcome.TIMEOUT)
+            telemetry.observer.run_finished(info, result)
+        assert not telemetry.admit("m.wasm", DIGEST).allowed
+    assert "could not write the audit log: STOCKADE_AUDIT_MAX_BYTES" in caplog.text
+    assert not (tmp_path / "state" / "audit.jsonl").exists()
 
 
 def test_audit_kinds_by_outcome() -> None:

@@ -85,10 +85,33 @@ def test_otel_variables_override_the_profile() -> None:
     ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
     ("OTEL_TRACES_SAMPLER", "sometimes"),
     ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-3"),
+    # Accepted before: each run said the SDK's words, cut mid-sentence, and advice to wait.
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:0"),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "localhost"),
+    # The SDK re-read these, printed its own complaint per exporter and sent them anyway.
+    ("OTEL_EXPORTER_OTLP_HEADERS", "a b=c"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "a=b%0d%0aX-Injected: 1"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "a%0a=b"),
 ])
 def test_bad_values_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(UsageError, match=key):
         resolve_settings(env={key: value})
+
+
+@pytest.mark.parametrize(("protocol", "endpoint"), [
+    ("http/protobuf", "http://collector:4318"), ("http/protobuf", "https://[::1]/otlp"),
+    ("grpc", "collector:4317"), ("grpc", "https://collector"),
+])
+def test_endpoints_an_exporter_takes_are_kept(protocol: str, endpoint: str) -> None:
+    settings = resolve_settings(env={"OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+                                     "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                                     "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=a%20b"})
+    assert settings.endpoints and settings.headers == (("x-api-key", "a b"),)
 
 
 def test_off_and_the_profile_variable() -> None:

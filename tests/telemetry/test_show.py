@@ -29,11 +29,15 @@ def show(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> dict[str, str]:
+def recorded(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path,
+             shared_config: Path) -> dict[str, str]:
     """Two hello runs, a timeout and a run that came close to its timeout (a warning)."""
     state = tmp_path_factory.mktemp("state")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKADE_", "OTEL_"))}
-    env.update(STOCKADE_STATE_DIR=str(state), STOCKADE_CACHE_DIR=str(shared_cache))
+    # The shared cache with its own key: under the user's, its entries were refused (and
+    # audited) by every later test that ran the same modules.
+    env.update(STOCKADE_STATE_DIR=str(state), STOCKADE_CACHE_DIR=str(shared_cache),
+               STOCKADE_CONFIG_DIR=str(shared_config / "stockade"))
     runs: list[tuple[tuple[str, ...], str, tuple[str, ...]]] = [
         ((), "hello.wasm", ()), ((), "hello.wasm", ()),
         (("--timeout", "200ms"), "spin.wasm", ()),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade.telemetry import AuditLog, Breaker, BreakerConfig, verify
+from stockade.telemetry import AuditLog, Breaker, BreakerConfig, read_summary, verify
 from stockade.telemetry import audit as audit_module
 from tests.conftest import guest, stockade
 
@@ -43,6 +43,30 @@ def test_a_record_the_disk_cuts_short_is_not_left_half_written(log: AuditLog) ->
     assert report.ok and report.records == 6, report
     assert [json.loads(line)["kind"] for line in log.path.read_text().splitlines()] \
         == ["violation"] * 6  # no `tamper` record
+
+
+def test_records_after_a_cut_last_line_start_a_line_of_their_own(log: AuditLog) -> None:
+    # The tamper record the next append writes was glued to the cut line, and so was
+    # every record after it: the evidence could not be read.
+    with log.path.open("r+b") as file:
+        file.truncate(log.path.stat().st_size - 50)
+    log.append("violation", "after the cut", module="m.wasm")
+    lines = log.path.read_bytes().splitlines()
+    assert len(lines) == 7
+    assert [json.loads(line)["kind"] for line in lines[5:]] == ["tamper", "violation"]
+    report = verify(log.path)
+    assert not report.ok and report.line == 5, report
+
+
+def test_telemetry_after_a_cut_last_line_is_read(tmp_path: Path) -> None:
+    # The next run's record was glued to the cut line and skipped with it.
+    telemetry = tmp_path / "state" / "telemetry.jsonl"
+    telemetry.parent.mkdir(mode=0o700)
+    telemetry.write_bytes(b'{"resourceSpans": [{"scopeSp')
+    done = stockade("run", str(guest("hello.wasm")))
+    assert done.returncode == 0, done.stderr
+    summary = read_summary(telemetry)
+    assert summary.spans == 1 and summary.bad_lines == 1, summary
 
 
 def test_a_record_with_a_key_written_twice_is_broken(log: AuditLog) -> None:

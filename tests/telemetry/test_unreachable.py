@@ -71,7 +71,8 @@ def test_a_collector_that_is_down_costs_a_second_and_one_line(protocol: str) -> 
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("telemetry: could not export to http://127.0.0.1:"), lines
-    assert f"within {EXPORT_TIMEOUT:.1f} s" in lines[0]
+    # Advice to wait longer only when the export took all its time.
+    assert ("wait longer" in lines[0]) == (f"within {EXPORT_TIMEOUT:.1f} s" in lines[0])
     # About a second over an ordinary run; generous for a loaded two-core machine.
     assert elapsed < baseline() + EXPORT_TIMEOUT + 3.0, elapsed
 

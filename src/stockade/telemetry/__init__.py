@@ -20,8 +20,9 @@ from ..lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from .audit import AuditLog, AuditReport, verify
-    from .breaker import Breaker, BreakerConfig, BreakerEntry, Decision, Transition, refusal_result
+    from .breaker import Breaker, BreakerEntry, Decision, Transition, refusal_result
     from .environment import Environment, detect_environment
+    from .envsettings import BreakerConfig
     from .filesink import FileSink
     from .instruments import INSTRUMENTS
     from .monitor import SecurityMonitor
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 # public name -> the module defining it
 _EXPORTS = {
     "AuditLog": "audit", "AuditReport": "audit", "verify": "audit",
-    "Breaker": "breaker", "BreakerConfig": "breaker", "BreakerEntry": "breaker",
+    "Breaker": "breaker", "BreakerConfig": "envsettings", "BreakerEntry": "breaker",
     "Decision": "decision", "Transition": "breaker", "refusal_result": "breaker",
     "Environment": "environment", "detect_environment": "environment",
     "FileSink": "filesink",

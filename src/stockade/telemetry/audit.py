@@ -54,16 +54,15 @@ from typing import Any, NamedTuple
 from ..errors import UsageError
 from ..keys import KeyFileError, config_dir, read_key
 from ..paths import state_dir
-from ..regularfile import append_whole, open_regular, read_regular
+from ..regularfile import append_lines, open_regular, read_regular
+from .envsettings import audit_max_bytes
 from .log import logger
 
 __all__ = ["AuditLog", "AuditReport", "verify", "record_hash", "audit_key_path",
-           "counter_path", "private_dir", "GENESIS", "DEFAULT_MAX_BYTES"]
+           "counter_path", "private_dir", "GENESIS"]
 
 GENESIS = "0" * 64
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 KEY_ENV = "STOCKADE_AUDIT_KEY"
-MAX_BYTES_ENV = "STOCKADE_AUDIT_MAX_BYTES"
 _TAIL = 8192
 # What a line that is no record raises as it is read (`"seq": Infinity`, deep nesting).
 _UNREADABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
@@ -208,7 +207,7 @@ class AuditLog:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.key_path = Path(key_path) if key_path is not None else audit_key_path()
         self.counter_path = counter_path(self.path, self.key_path)
-        self.max_bytes = max_bytes if max_bytes is not None else _max_bytes_from_env()
+        self.max_bytes = max_bytes if max_bytes is not None else audit_max_bytes()
         self._key = key
         self._emit = emit
 
@@ -260,11 +259,11 @@ class AuditLog:
             written.append(record)
             lines = [_encoded(r) for r in written]
             self._rotate_if_full()
-            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
                 # All or nothing, before the head moves: half a record (a full disk) read
                 # as tampering at the next append, and broke the chain for good.
-                append_whole(fd, b"".join(lines))
+                append_lines(fd, b"".join(lines))
             finally:
                 os.close(fd)
             self._write_head(key, record)
@@ -354,21 +353,6 @@ def _rolled_back(counter: _Link | None, last_seq: int) -> str:
                 "the log was erased")
     return (f"the log ends at seq {last_seq} but its counter (beside the key) records seq "
             f"{counter.seq}: the log was rolled back to an older copy")
-
-
-def _max_bytes_from_env() -> int:
-    raw = os.environ.get(MAX_BYTES_ENV)
-    if not raw:
-        return DEFAULT_MAX_BYTES
-    from ..policy.units import parse_size
-
-    try:
-        size = parse_size(raw)
-    except ValueError as exc:
-        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: {exc}") from None
-    if size < 4096:
-        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: use at least 4KiB")
-    return size
 
 
 def _read_head(head_path: Path, key: bytes) -> tuple[_Link | None, str]:

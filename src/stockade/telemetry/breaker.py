@@ -50,18 +50,17 @@ probe is ever in flight.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
-from ..errors import UsageError
 from ..paths import state_dir
 from ..result import Outcome, Result
 from .decision import Decision, iso_time
+from .envsettings import BreakerConfig
 
 if TYPE_CHECKING:
     import sqlite3
@@ -95,11 +94,6 @@ _SCHEMA = (
 )
 # Version 2 counted every violation; version 3 a client's once (`source`): kept.
 _FROM_2 = ("ALTER TABLE violations ADD COLUMN source TEXT", f"PRAGMA user_version = {_VERSION}")
-# Resource limits: what a breaker counts by default.
-LIMIT_OUTCOMES = frozenset({
-    Outcome.TIMEOUT, Outcome.FUEL_EXHAUSTED, Outcome.MEMORY_LIMIT, Outcome.OUTPUT_LIMIT,
-    Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome.FD_QUOTA, Outcome.HOSTCALL_LIMIT,
-})
 DENIAL_FLUSH = 1.0  # seconds between writes of a process's refusal count
 # What each column read back must hold: SQLite keeps any value in any column.
 _KINDS = {"key": "text", "tenant": "text", "state": "text", "opened_at": "time?",
@@ -131,64 +125,6 @@ def _checked(row: Sequence[Any], columns: str) -> tuple[Any, ...]:
 def default_path() -> Path:
     """Where breakers are kept: `breaker.db` in the state directory."""
     return state_dir() / "breaker.db"
-
-
-class BreakerConfig(NamedTuple):
-    """`threshold` violations within `window` seconds open a breaker for `cooldown`
-    seconds; a half-open probe not reported within `probe_timeout` (its process died)
-    is given up. Resource-limit violations count; traps only with `count_traps`."""
-
-    threshold: int = 3
-    window: float = 60.0
-    cooldown: float = 30.0
-    probe_timeout: float = 300.0
-    count_traps: bool = False
-
-    @property
-    def remembered(self) -> float:
-        """How long a client's violation keeps it counted (refused while the breaker is
-        half-open): the window and a cooldown, so that the clients that opened a breaker
-        are all still counted when it half-opens, not only the latest."""
-        return self.window + self.cooldown
-
-    def counts(self, outcome: Outcome) -> bool:
-        """Whether a run that ended with `outcome` counts toward opening a breaker."""
-        return outcome in LIMIT_OUTCOMES or (self.count_traps and outcome is Outcome.TRAP)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> BreakerConfig:
-        """Defaults overridden by `STOCKADE_BREAKER_THRESHOLD`, `STOCKADE_BREAKER_WINDOW`,
-        `STOCKADE_BREAKER_COOLDOWN` (durations like `60s`) and `STOCKADE_BREAKER_TRAPS`
-        (`1`/`true`/`on` or `0`/`false`/`off`). Raises UsageError."""
-        from ..policy.units import parse_duration
-
-        env = os.environ if env is None else env
-        config = cls()
-        for key in ("WINDOW", "COOLDOWN"):
-            raw = env.get(f"STOCKADE_BREAKER_{key}")
-            if raw:
-                try:
-                    seconds = parse_duration(raw)
-                except ValueError as exc:
-                    raise UsageError(f"STOCKADE_BREAKER_{key}: {exc}") from None
-                config = (config._replace(window=seconds) if key == "WINDOW"
-                          else config._replace(cooldown=seconds))
-        raw = env.get("STOCKADE_BREAKER_THRESHOLD")
-        if raw:
-            if not raw.isdigit() or int(raw) < 1:
-                raise UsageError(f"STOCKADE_BREAKER_THRESHOLD={raw!r}: use a positive integer")
-            config = config._replace(threshold=int(raw))
-        raw = env.get("STOCKADE_BREAKER_TRAPS")
-        if raw:
-            flag = _FLAGS.get(raw.strip().lower())
-            if flag is None:
-                raise UsageError(f"STOCKADE_BREAKER_TRAPS={raw!r}: use on or off")
-            config = config._replace(count_traps=flag)
-        return config
-
-
-_FLAGS = {"1": True, "true": True, "on": True, "yes": True,
-          "0": False, "false": False, "off": False, "no": False}
 
 
 class Transition(NamedTuple):

@@ -259,12 +259,10 @@ def cached_environment(path: Path | None = None) -> Environment:
     key = _cache_key()
     try:
         # Never a FIFO planted there (it hung every run) nor a link's target.
-        data = json.loads(read_regular(path, _CACHE_BYTES))
-        if data.get("key") == key:
-            fields = data["environment"]
-            fields["evidence"] = tuple(fields["evidence"])
-            return Environment(**fields)._replace(cpu_count=_cpus())
-    except (OSError, ValueError, KeyError, TypeError):
+        cached = _cached(json.loads(read_regular(path, _CACHE_BYTES)), key)
+        if cached is not None:
+            return cached._replace(cpu_count=_cpus())
+    except (OSError, ValueError, RecursionError):
         pass
     found = detect_environment()
     try:
@@ -273,6 +271,29 @@ def cached_environment(path: Path | None = None) -> Environment:
     except OSError:
         pass  # a read-only state directory only costs the next run a detection
     return found
+
+
+def _cached(data: object, key: str) -> Environment | None:
+    """The environment `data` (as read from the cache file) remembers for `key`, or None
+    when it is of another boot or of any other shape: `[]` there raised past every run's
+    telemetry (which stopped, unheard) and `stockade doctor`."""
+    if not isinstance(data, dict) or data.get("key") != key:
+        return None
+    fields = data.get("environment")
+    if not isinstance(fields, dict) or set(fields) != set(Environment._fields):
+        return None
+    evidence = fields["evidence"]
+    if not isinstance(evidence, list) or not all(isinstance(item, str) for item in evidence):
+        return None
+    texts = ("virtualization", "hypervisor", "container_runtime", "container_id",
+             "cloud_provider")
+    if fields["virtualization"] not in _ISOLATION or not all(
+            fields[name] is None or isinstance(fields[name], str) for name in texts):
+        return None
+    memory = fields["memory_bytes"]
+    if memory is not None and (type(memory) is not int or memory < 0):
+        return None
+    return Environment(**{**fields, "evidence": tuple(evidence)})
 
 
 def _detect(root: Path, env: Mapping[str, str]) -> Environment:

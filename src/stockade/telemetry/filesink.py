@@ -27,7 +27,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
-from ..regularfile import append_whole, open_regular
+from ..regularfile import append_lines, open_regular
 from .aggregate import DeltaAggregator
 from .instruments import bounded_name
 from .log import logger, rare_warning, records_lost
@@ -282,15 +282,15 @@ class FileSink:
         data = "".join(line + "\n" for line in requests).encode()
         with self._write_lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
                 _lock_within(fd, LOCK_WAIT)
                 if os.fstat(fd).st_size + len(data) > self._max_bytes:
                     self._rotate(fd)
                     os.close(fd)
-                    fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                    fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
                     _lock_within(fd, LOCK_WAIT)
-                append_whole(fd, data)  # half a line would be read as a damaged one
+                append_lines(fd, data)  # half a line would be read as a damaged one
             finally:
                 os.close(fd)
 

@@ -46,6 +46,8 @@ def rare_warning(key: str, text: str, note: str) -> bool:
     import logging
     import time
 
+    from ..display import printable
+
     now = time.monotonic()
     last, since = _lost.get(key, (-LOST_INTERVAL, 0))
     if now - last < LOST_INTERVAL:
@@ -53,5 +55,6 @@ def rare_warning(key: str, text: str, note: str) -> bool:
         return False
     _lost[key] = (now, 0)
     more = f"; {since} more times since the last such line" if since else ""
-    logging.getLogger("stockade.records").warning("%s (%s%s)", text, note, more)
+    # Causes come from outside (paths, a collector's words): no control characters.
+    logging.getLogger("stockade.records").warning("%s (%s%s)", printable(text), note, more)
     return True

@@ -23,6 +23,7 @@ from ..errors import StockadeError
 from ..invocation import Invocation
 from ..observe import RunInfo
 from ..result import Outcome
+from .envsettings import BreakerConfig, audit_max_bytes
 from .filesink import FileSink
 from .instruments import Attributes
 from .log import logger, rare_warning, records_lost
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ..result import Result
     from .audit import AuditLog
-    from .breaker import BreakerConfig, BreakerStore, BreakerStoreFactory, Decision, Transition
+    from .breaker import BreakerStore, BreakerStoreFactory, Decision, Transition
 
 __all__ = ["Telemetry", "open_telemetry", "event_kind", "breaker_key", "ServerSpanLike",
            "TraceContextLike"]
@@ -253,8 +254,10 @@ class Telemetry:
                 )
             if refused is None:
                 self._tell_breaker(info, result)
-        except Exception:  # noqa: BLE001 - telemetry never breaks a run
+        except Exception as exc:  # noqa: BLE001 - telemetry never breaks a run
             logger().warning("could not record run telemetry", exc_info=True)
+            # Also where it is heard: the logger above has no handler outside a server.
+            records_lost("a run's telemetry", exc)
 
     def _tell_breaker(self, info: RunInfo, result: Result) -> None:
         """Count the run for its breaker (a clean run only once a breaker exists). An
@@ -287,8 +290,6 @@ class Telemetry:
 
     def _config(self) -> BreakerConfig:
         if self._breaker_config is None:
-            from .breaker import BreakerConfig
-
             self._breaker_config = BreakerConfig.from_env()
         return self._breaker_config
 
@@ -399,10 +400,12 @@ class Telemetry:
     def _append_audit(self, kind: str, message: str, **fields: Any) -> None:
         """Append to the audit log; a failure (a full disk, an unusable key) is said on
         stderr and lets the run's record go on (the breaker still counts the run)."""
+        audit = None
         try:
-            self.audit.append(kind, message, **fields)
+            audit = self.audit
+            audit.append(kind, message, **fields)
         except (OSError, StockadeError) as exc:
-            records_lost(f"the audit log {self.audit.path}", exc)
+            records_lost(f"the audit log {audit.path}" if audit else "the audit log", exc)
 
     def _audit_record(self, record: dict[str, Any]) -> None:
         attrs: dict[str, str | int | float | bool] = {
@@ -476,6 +479,12 @@ def open_telemetry(
     on_transition)` opens the breakers' store (None from it: the local SQLite one)."""
     settings = resolve_settings(profile, endpoint=endpoint, service_name=service_name, env=env,
                                 fallback=fallback)
+    # Checked now, as OTEL_* are: read at a run's first violation, a malformed one cost
+    # its breaker count and audit record without a word.
+    if breaker and breaker_config is None:
+        breaker_config = BreakerConfig.from_env(env)
+    if audit:
+        audit_max_bytes(env)
     sink: Sink
     if not settings.enabled:
         sink = NullSink()

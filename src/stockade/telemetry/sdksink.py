@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..display import printable
 from .instruments import INSTRUMENTS
 from .log import logger
 from .settings import shown_endpoint
@@ -327,7 +328,8 @@ class SdkSink:
         threads = [threading.Thread(target=_shutdown, args=(provider,), daemon=True,
                                     name="stockade-otlp-shutdown")
                    for provider in self._providers()]
-        deadline = time.monotonic() + self._settings.timeout + CLOSE_GRACE
+        started = time.monotonic()
+        deadline = started + self._settings.timeout + CLOSE_GRACE
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -339,11 +341,14 @@ class SdkSink:
             cause = f": {last}" if last else ""
             # A gateway closes after weeks: what is dropped now is what was pending.
             before = f"; {earlier} exports had failed earlier, while running" if earlier else ""
+            # Waiting longer can help only an export that took all its time; a collector
+            # that answered with an error was told to wait longer.
+            spent = unfinished or time.monotonic() - started >= self._settings.timeout
+            within = f" within {self._settings.timeout:.1f} s" if spent else ""
+            advice = "set OTEL_EXPORTER_OTLP_TIMEOUT in ms to wait longer; " if spent else ""
             export_logger().warning(
-                "telemetry: could not export to %s within %.1f s%s (set "
-                "OTEL_EXPORTER_OTLP_TIMEOUT in ms to wait longer; the telemetry pending at "
-                "exit is dropped%s)", self._report.where(), self._settings.timeout, cause,
-                before)
+                "telemetry: could not export to %s%s%s (%sthe telemetry pending at exit is "
+                "dropped%s)", self._report.where(), within, cause, advice, before)
         else:
             self._report.say_unsaid()
 
@@ -389,8 +394,8 @@ class _FailureReport:
     def failed(self, endpoint: str, cause: str) -> None:
         """An export to `endpoint` (as shown: `shown_endpoint`) failed with `cause`."""
         with self._lock:
-            if cause:
-                self._cause = cause
+            if cause and (specific(cause) or not specific(self._cause)):
+                self._cause = cause  # a named cause is kept over "failed to export"
             self._failing[endpoint] = None
             if self._closing:
                 self._at_close += 1
@@ -485,7 +490,7 @@ class _ExporterLines(logging.Handler):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record still names a failure
             message = str(record.msg)
-        if "Transient error" in message or not self.cause():
+        if "Transient error" in message or not specific(self.cause()):
             self._causes.last = _cause(message)
 
     def forget_cause(self) -> None:
@@ -500,13 +505,24 @@ class _ExporterLines(logging.Handler):
 _EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.sdk._shared_internal")
 
 
+_MARKERS = ("[Errno", "StatusCode.", "status code", "export deadline")
+
+
+def specific(cause: str) -> bool:
+    """Whether `cause` names what failed (a refused connection, a status), not only that
+    an export did: which of the exporters' threads said it last was chance."""
+    return any(marker in cause for marker in _MARKERS)
+
+
 def _cause(message: str) -> str:
-    """The useful end of an exporter message: 'Connection refused' rather than a page."""
-    for marker in ("[Errno", "StatusCode.", "status code", "export deadline"):
+    """The useful end of an exporter message: 'Connection refused' rather than a page,
+    its control characters escaped (a collector's reason phrase moved the cursor and
+    rewrote the lines above it)."""
+    for marker in _MARKERS:
         at = message.find(marker)
         if at >= 0:
             cause = message[at:at + 120]
             for end in (" encountered", ")", "'", '"', ","):
                 cause = cause.split(end)[0]
-            return cause.strip()
-    return message[:120]
+            return printable(cause.strip())
+    return printable(message[:120])

@@ -9,6 +9,7 @@ where it came from.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import get_args
@@ -100,8 +101,20 @@ def _headers(raw: str) -> tuple[tuple[str, str], ...]:
             raise UsageError(
                 f"OTEL_EXPORTER_OTLP_HEADERS has {item!r} (from the environment): use key=value"
             )
-        pairs.append((unquote(key.strip()).lower(), unquote(value.strip())))
+        name, text = unquote(key.strip()).lower(), unquote(value.strip())
+        # Refused here, once: the SDK re-read the variable and printed its own complaint
+        # per exporter, then sent the name anyway, or failed every export on a CR/LF.
+        if not _TOKEN.fullmatch(name) or _HEADER_CONTROL.search(text):
+            raise UsageError(
+                f"OTEL_EXPORTER_OTLP_HEADERS has {item!r} (from the environment): a header "
+                "name is letters, digits and !#$%&'*+-.^_`|~, and a value has no control "
+                "characters")
+        pairs.append((name, text))
     return tuple(pairs)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # RFC 9110 5.6.2, lower-cased
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _resource(raw: str | None) -> dict[str, str]:
@@ -119,15 +132,40 @@ def _endpoints(
     base = explicit or _get(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
     if base:
         sources["endpoint"] = "argument" if explicit else "OTEL_EXPORTER_OTLP_ENDPOINT"
+    if base:
+        _check_endpoint(base, protocol, sources["endpoint"])
     result: dict[str, str] = {}
     for signal in SIGNALS:
         own = _get(env, f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
         if own and not explicit:
+            _check_endpoint(own, protocol, f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
             result[signal] = own
         elif base:
             # OTLP/HTTP appends the signal path to a base endpoint; gRPC uses it as is.
             result[signal] = base if protocol == "grpc" else f"{base.rstrip('/')}/v1/{signal}"
     return result
+
+
+def _check_endpoint(url: str, protocol: Protocol, source: str) -> None:
+    """Refuse an endpoint no export could reach (exit 125 at start), as the other OTEL_*
+    values are: each run said the SDK's words instead, cut mid-sentence, with advice to
+    wait longer. OTLP/HTTP needs an http(s) URL; gRPC also takes `host:port`."""
+    from urllib.parse import urlsplit
+
+    bare = protocol == "grpc" and "://" not in url
+    try:
+        parts = urlsplit(f"//{url}" if bare else url)
+        port = parts.port  # ValueError past 65535
+        ok = (bare or parts.scheme in ("http", "https")) and bool(parts.hostname) \
+            and (port is None or port > 0)
+    except ValueError:
+        ok = False
+    if not ok:
+        example = "http://collector:4317 or collector:4317" if protocol == "grpc" \
+            else "http://collector:4318"
+        given = f"OTLP endpoint {shown_endpoint(url)!r}" if source == "argument" else \
+            f"{source}={shown_endpoint(url)!r} (from the environment)"
+        raise UsageError(f"{given} is not an endpoint for {protocol}: use e.g. {example}")
 
 
 def _sampler(env: Mapping[str, str], ratio: float, sources: dict[str, str]) -> tuple[float, bool]:

@@ -1,0 +1,102 @@
+"""Settings of the circuit breakers and the audit log read from the environment
+(`STOCKADE_BREAKER_*`, `STOCKADE_AUDIT_MAX_BYTES`): checked when telemetry opens, as the
+`OTEL_*` variables are, so a malformed one stops a command with one line (125) instead of
+failing the first breaker count or audit record of a run, unheard.
+
+Kept apart from `breaker` and `audit`, whose imports a run without a violation never pays.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from ..errors import UsageError
+from ..result import Outcome
+
+__all__ = ["BreakerConfig", "LIMIT_OUTCOMES", "audit_max_bytes", "DEFAULT_AUDIT_MAX_BYTES",
+           "AUDIT_MAX_BYTES_ENV"]
+
+# Resource limits: what a breaker counts by default.
+LIMIT_OUTCOMES = frozenset({
+    Outcome.TIMEOUT, Outcome.FUEL_EXHAUSTED, Outcome.MEMORY_LIMIT, Outcome.OUTPUT_LIMIT,
+    Outcome.DISK_QUOTA, Outcome.FILE_QUOTA, Outcome.FD_QUOTA, Outcome.HOSTCALL_LIMIT,
+})
+DEFAULT_AUDIT_MAX_BYTES = 16 * 1024 * 1024
+AUDIT_MAX_BYTES_ENV = "STOCKADE_AUDIT_MAX_BYTES"
+
+
+class BreakerConfig(NamedTuple):
+    """`threshold` violations within `window` seconds open a breaker for `cooldown`
+    seconds; a half-open probe not reported within `probe_timeout` (its process died)
+    is given up. Resource-limit violations count; traps only with `count_traps`."""
+
+    threshold: int = 3
+    window: float = 60.0
+    cooldown: float = 30.0
+    probe_timeout: float = 300.0
+    count_traps: bool = False
+
+    @property
+    def remembered(self) -> float:
+        """How long a client's violation keeps it counted (refused while the breaker is
+        half-open): the window and a cooldown, so that the clients that opened a breaker
+        are all still counted when it half-opens, not only the latest."""
+        return self.window + self.cooldown
+
+    def counts(self, outcome: Outcome) -> bool:
+        """Whether a run that ended with `outcome` counts toward opening a breaker."""
+        return outcome in LIMIT_OUTCOMES or (self.count_traps and outcome is Outcome.TRAP)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BreakerConfig:
+        """Defaults overridden by `STOCKADE_BREAKER_THRESHOLD`, `STOCKADE_BREAKER_WINDOW`,
+        `STOCKADE_BREAKER_COOLDOWN` (durations like `60s`) and `STOCKADE_BREAKER_TRAPS`
+        (`1`/`true`/`on` or `0`/`false`/`off`). Raises UsageError."""
+        from ..policy.units import parse_duration
+
+        env = os.environ if env is None else env
+        config = cls()
+        for key in ("WINDOW", "COOLDOWN"):
+            raw = env.get(f"STOCKADE_BREAKER_{key}")
+            if raw:
+                try:
+                    seconds = parse_duration(raw)
+                except ValueError as exc:
+                    raise UsageError(f"STOCKADE_BREAKER_{key}: {exc}") from None
+                config = (config._replace(window=seconds) if key == "WINDOW"
+                          else config._replace(cooldown=seconds))
+        raw = env.get("STOCKADE_BREAKER_THRESHOLD")
+        if raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise UsageError(f"STOCKADE_BREAKER_THRESHOLD={raw!r}: use a positive integer")
+            config = config._replace(threshold=int(raw))
+        raw = env.get("STOCKADE_BREAKER_TRAPS")
+        if raw:
+            flag = _FLAGS.get(raw.strip().lower())
+            if flag is None:
+                raise UsageError(f"STOCKADE_BREAKER_TRAPS={raw!r}: use on or off")
+            config = config._replace(count_traps=flag)
+        return config
+
+
+_FLAGS = {"1": True, "true": True, "on": True, "yes": True,
+          "0": False, "false": False, "off": False, "no": False}
+
+
+def audit_max_bytes(env: Mapping[str, str] | None = None) -> int:
+    """The size at which the audit log rotates: `STOCKADE_AUDIT_MAX_BYTES`, at least 4 KiB,
+    else 16 MiB. Raises UsageError."""
+    raw = (os.environ if env is None else env).get(AUDIT_MAX_BYTES_ENV)
+    if not raw:
+        return DEFAULT_AUDIT_MAX_BYTES
+    from ..policy.units import parse_size
+
+    try:
+        size = parse_size(raw)
+    except ValueError as exc:
+        raise UsageError(f"{AUDIT_MAX_BYTES_ENV}={raw!r}: {exc}") from None
+    if size < 4096:
+        raise UsageError(f"{AUDIT_MAX_BYTES_ENV}={raw!r}: use at least 4KiB")
+    return size
