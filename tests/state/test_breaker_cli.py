@@ -16,7 +16,7 @@ from stockade.state.errors import BreakerOpen
 from stockade.state.keys import TenantKeys
 from stockade.state.redisstate import RedisState
 from stockade.telemetry.breaker import BreakerConfig
-from tests.conftest import stockade
+from tests.conftest import refused, stockade
 
 from .conftest import RedisServer
 
@@ -138,6 +138,19 @@ def test_a_local_or_broken_manifest(tmp_path: Path) -> None:
     assert missing.returncode == 125 and b"manifest not found" in missing.stderr
 
 
+@pytest.mark.parametrize("backend", [
+    "redis://127.0.0.1:6390/\u00b2", "redis://127.0.0.1:0/0", "redis://a b/0",
+    "redis://127.0.0.1:6390/99999999999999999999999"])
+def test_a_bad_backend_url_is_refused_at_load(tmp_path: Path, backend: str) -> None:
+    """`/²` was a ValueError traceback; port 0 reached Redis's default port; a database
+    past any Redis's, or a host with a blank, failed only at the first use (found by
+    review). Each is one line, exit 125, before anything is started."""
+    path = tmp_path / "m.toml"
+    path.write_text(f"[state]\nbackend = {json.dumps(backend)}\n")  # TOML reads JSON's
+    refused(stockade("breaker", "list", "-c", str(path)), "state.backend")
+    refused(stockade("serve", "-c", str(path), timeout=60), "state.backend")
+
+
 @pytest.mark.parametrize("until", ["soon", "1e20", "inf", "-inf", "nan"])
 def test_a_breaker_with_a_bad_field_is_listed_and_reset(redis_server: RedisServer,
                                                         tmp_path: Path, until: str) -> None:
@@ -208,3 +221,33 @@ def test_a_breaker_is_shown_and_audited_as_its_key_names_it(
              (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
     [record] = [r for r in audit if r.get("kind") == "breaker_reset"]
     assert (record["breaker"], record["tenant"]) == ("function:f", "alpha"), record
+
+
+def test_a_key_of_the_wrong_type_blocks_no_other_breaker(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """One key under a breaker's name that is no hash (a stray SET) made `list` exit 69
+    WRONGTYPE, and `reset` of another breaker fail with it, that one not reset (found
+    by review). It is skipped, with a line saying so; so is a breaker whose violations
+    are no sorted set, listed without them."""
+    path = manifest(tmp_path, redis_server.url)
+    raw = redis_server.client()
+    raw.hset("stockade:{t}:b:function:good", "state", "open")
+    raw.hset("stockade:{u}:b:function:other", "state", "open")
+    raw.set("stockade:{u}:v:function:other", "junk")
+    raw.set("stockade:{x}:b:function:bad", "junk")
+    listed = stockade("breaker", "list", "--json", "-c", str(path))
+    assert listed.returncode == 0, listed.stderr.decode()
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((r["key"], r["tenant"], r["violations"]) for r in rows) == [
+        ("function:good", "t", 0), ("function:other", "u", 0)]
+    [note] = listed.stderr.decode().splitlines()
+    assert "1 key of the wrong type" in note and "stockade:{x}:b:function:bad" in note, note
+    assert "violations" in note, note
+    reset = stockade("breaker", "reset", "function:good", "-c", str(path))
+    assert reset.returncode == 0, reset.stderr.decode()
+    assert reset.stdout.decode().startswith("reset 1 circuit breaker in ")
+    assert not raw.exists("stockade:{t}:b:function:good")
+    assert raw.get("stockade:{x}:b:function:bad") == "junk"  # not a breaker: left alone
+    everything = stockade("breaker", "reset", "--all", "-c", str(path))
+    assert everything.stdout.decode().startswith("reset 1 circuit breaker in "), everything
+    assert raw.keys("stockade:*") == ["stockade:{x}:b:function:bad"]

@@ -384,3 +384,98 @@ def test_a_reset_of_slow_breakers_ends_within_its_bound(
             breakers.reset("", None, removed)
         assert time.monotonic() - started < 1.0 + 3 * TIMEOUT
     assert 0 < len(removed) < 40
+
+
+def _slow(reply: bytes, seen: list[bytes], name: bytes, delay: float = 0.2) -> Answer:
+    def answer(conn: socket.socket) -> None:
+        seen.append(name)
+        time.sleep(delay)
+        conn.sendall(reply)
+    return answer
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("slow", ["every-command", "scripts"])
+def test_one_admission_has_one_timeout_in_all(
+        hostile_store: Callable[..., str], path: str, slow: str) -> None:
+    """A store answering every command after 0.45 s, and NOSCRIPT whatever was loaded:
+    one admission with a 0.5 s timeout made 11 calls (a connection's handshake, EVALSHA,
+    a second connection's handshake, three loads, EVALSHA again), each with a timeout of
+    its own, and got its 503 after 5 s (found by review). The round trip, handshake and
+    reload included, has one timeout; scripts are loaded on the connection it holds."""
+    timeout, seen = 0.5, []
+    handshake = 0.2 if slow == "every-command" else 0.0
+    url = hostile_store(_slow(b"-NOSCRIPT No matching script.\r\n", seen, b"EVALSHA"), {
+        b"CLIENT": _slow(b"+OK\r\n", seen, b"CLIENT", handshake),
+        b"SCRIPT": _slow(b"$40\r\n" + b"0" * 40 + b"\r\n", seen, b"SCRIPT")})
+    state = RedisState(StateSettings(url, "fail_closed", timeout), LocalState(), env={})
+    try:
+        gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))
+        began = time.monotonic()
+        with pytest.raises(StateUnavailable):
+            if path == "sync":
+                gate.admit()
+            else:
+                asyncio.run(gate.admit_async())
+        took = time.monotonic() - began
+    finally:
+        state.close()
+    assert took < timeout + 0.3, (took, seen)  # not 1 s, 2.2 s
+    assert seen.count(b"CLIENT") <= 3, seen  # one connection's handshake, not two
+
+
+def _huge_names(pages: int, size: int) -> Answer:
+    """SCAN pages of one breaker name `size` bytes long each, then one real name."""
+    scans = []
+
+    def answer(conn: socket.socket) -> None:
+        scans.append(1)
+        if len(scans) > pages:
+            conn.sendall(b"*2\r\n$1\r\n0\r\n" + _array(b"stockade:{acme}:b:function:f"))
+            return
+        name = b"stockade:{t%d}:b:" % len(scans) + b"x" * size
+        conn.sendall(b"*2\r\n$1\r\n1\r\n" + _array(name))
+    return answer
+
+
+def test_breaker_names_of_megabytes_are_skipped_and_memory_stays_small(
+        hostile_store: Callable[..., str], caplog: pytest.LogCaptureFixture) -> None:
+    """Each SCAN page naming one breaker of 8 MB, whose hash said `open`: every name was
+    kept whole (twice), and `breaker list` grew to 2.9 GB in 30 s within every bound it
+    had (16 MiB a reply, 100,000 names; found by review). A name longer than any real
+    one is skipped, and counted in one line."""
+    from stockade.state.breakers import MAX_NAME, SharedBreakers
+
+    url = hostile_store(_once(b"+OK\r\n"), {
+        b"TIME": _once(_array(b"1", b"0")), b"SCAN": _huge_names(30, 1024**2),
+        b"HGETALL": _once(_array(b"state", b"open")), b"ZCOUNT": _once(b":0\r\n")})
+    with SharedBreakers(StateSettings(url, "fail_closed", 2.0), env={}) as breakers:
+        tracemalloc.start()
+        try:
+            entries = breakers.entries()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert [(entry.key, entry.tenant) for entry in entries] == [("function:f", "acme")]
+    assert peak < 12 * 1024**2, peak  # one page at a time, not 30 x 2 MiB kept
+    [note] = [r.getMessage() for r in caplog.records if "shared breakers" in r.getMessage()]
+    assert f"30 names over {MAX_NAME} characters skipped" in note, note
+
+
+def test_the_text_a_listing_keeps_is_bounded(
+        hostile_store: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names within their bound, fields too long to be a breaker's are read as missing;
+    what the listing keeps in all is bounded as well (exit 69 past it)."""
+    from stockade.state import breakers as module
+    from stockade.state.breakers import SharedBreakers
+
+    commands = {b"TIME": _once(_array(b"1", b"0")), b"SCAN": _scan_of(200),
+                b"HGETALL": _once(_array(b"state", b"open" * 100_000, b"tenant", b"acme")),
+                b"ZCOUNT": _once(b":0\r\n")}
+    url = hostile_store(_once(b"+OK\r\n"), commands)
+    with SharedBreakers(StateSettings(url, "fail_closed", 2.0), env={}) as breakers:
+        entries = breakers.entries()
+        assert len(entries) == 200 and {entry.state for entry in entries} == {"closed"}
+        monkeypatch.setattr(module, "MAX_KEPT", 4096)
+        with pytest.raises(StateUnavailable, match="did not end.*more than 4 KiB"):
+            breakers.entries()

@@ -41,6 +41,42 @@ def test_bad_state_settings_name_the_key(table: dict[str, object], message: str)
     assert "hunter2" not in str(error.value)
 
 
+@pytest.mark.parametrize(("backend", "message"), [
+    ("redis://127.0.0.1:6390/\u00b2", "database number"),  # '²'.isdigit(): a traceback
+    ("redis://127.0.0.1:6390/\uff11", "database number"),  # full-width 1: was DB 1
+    ("redis://127.0.0.1:6390/99999999999999999999999", "database number"),
+    ("redis://127.0.0.1:6390/" + "9" * 5000, "database number"),  # past int()'s digits
+    ("redis://127.0.0.1:6390/2147483647", "database number"),
+    ("redis://127.0.0.1:0/0", "port"),  # redis-py took port 0 for 6379
+    ("redis://127.0.0.1:\uff16\uff13\uff19\uff10/0", "state.backend"),
+    ("redis://a b/0", "blanks or control characters"),
+    ("redis://h\u0000st/0", "blanks or control characters"),
+    ("redis://h\nst/0", "blanks or control characters"),  # urlsplit drops it: "hst"
+    ("redis://h\tst:6390/0", "blanks or control characters"),
+    (" redis://h/0", "blanks or control characters"),
+    ("redis://h\u00a0st/0", "blanks or control characters"),
+])
+def test_a_backend_url_is_checked_when_the_manifest_is_read(backend: str,
+                                                            message: str) -> None:
+    """Each was accepted at load and failed only when a request or `breaker list` first
+    used the store (a traceback for `/²`), or named another store than written (found
+    by review)."""
+    with pytest.raises(PolicyError) as error:
+        parse_state({"backend": backend}, "m.toml")
+    text = str(error.value)
+    assert message in text and text.startswith("m.toml: state.backend")
+    assert len(text.splitlines()) == 1 and text.isprintable(), text
+
+
+@pytest.mark.parametrize(("backend", "kept"), [
+    ("redis://h:1/2147483646", "redis://h:1/2147483646"),
+    ("redis://h:65535/007", "redis://h:65535/7"),
+    ("rediss://[::1]:6390", "rediss://[::1]:6390/0"),
+])
+def test_a_backend_url_in_range_is_kept(backend: str, kept: str) -> None:
+    assert parse_state({"backend": backend}, "m.toml").backend == kept
+
+
 def test_the_password_comes_from_the_environment() -> None:
     assert redis_password({"STOCKADE_REDIS_PASSWORD": "a", "REDIS_PASSWORD": "b"}) == "a"
     assert redis_password({"REDIS_PASSWORD": "b"}) == "b"

@@ -6,11 +6,21 @@ A breaker is the hash `stockade:{TENANT}:b:KEY` with its recent violations besid
 in `stockade:{TENANT}:v:KEY` (`keys.py`); resetting one deletes both, so the next
 admission on any replica finds it closed (replicas that cached it open see that
 within `REFUSAL_CACHE`).
+
+A listing reads a store it may not trust, so it ends within bounds whatever that
+answers: `LISTING_SECONDS`, `MAX_SCANS` pages, `MAX_BREAKERS` names, `MAX_KEPT`
+characters kept in all. A key it cannot read as a breaker is skipped, not the listing
+failed, and the keys skipped are counted in one warning: a name over `MAX_NAME`
+characters (a real one is under 200), a key of the wrong type (a stray SET made every
+`list` and `reset` fail). A field over `MAX_NAME`, like one that is no number, is read
+as missing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 
 import redis
@@ -24,6 +34,8 @@ from .settings import StateSettings
 
 __all__ = ["SharedBreakers", "breaker_entries", "reset_breakers"]
 
+logger = logging.getLogger("stockade.state")
+
 # What a reply of the wrong shape raises where it is read (a TIME of one element, a key
 # that is no text, a reply nested past the stack).
 _BAD_REPLY = (ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError)
@@ -32,6 +44,11 @@ _BAD_REPLY = (ValueError, TypeError, IndexError, KeyError, AttributeError, Recur
 LISTING_SECONDS = 60.0
 MAX_SCANS = 20_000  # pages of up to 500 names
 MAX_BREAKERS = 100_000
+# Each bound alone let a listing keep 100,000 names of 16 MiB: pages of one 8 MB name
+# grew `breaker list` to 2.9 GB in 30 s (found by review). A real name is prefix, tenant
+# and key, each of at most 80 (`keys.token`): under 200 characters.
+MAX_NAME = 1024  # characters of a name, or of a field, kept
+MAX_KEPT = 64 * 1024**2  # characters of names and fields kept in all (~300 a breaker)
 
 
 class ListingUnbounded(Exception):
@@ -55,7 +72,7 @@ def _int(fields: Mapping[str, str], name: str) -> int:
 
 def _text(fields: Mapping[str, str], name: str, default: str) -> str:
     value = fields.get(name)
-    return value if isinstance(value, str) and value else default
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_NAME else default
 
 
 def breaker_entries(client: redis.Redis, window: float,
@@ -72,33 +89,83 @@ def _stored(client: redis.Redis, window: float, prefix: str,
     Its key and tenant are those its name holds: a stored field is shown only when its
     name is that field's (a stray write listed one tenant's breaker as another's, and the
     audit log recorded the reset of a breaker that was not reset; found by review).
-    Raises ListingUnbounded past `LISTING_SECONDS` or `MAX_BREAKERS`."""
+    Keys it cannot read as breakers are skipped, and counted in one warning (see the
+    module docstring). Raises ListingUnbounded past `LISTING_SECONDS`, `MAX_BREAKERS`
+    or `MAX_KEPT`."""
     found: list[tuple[str, BreakerEntry]] = []
+    notes: Counter[str] = Counter()  # keys not read whole, by what was said of them
+    first: dict[str, str] = {}  # the first key of each
+    kept = 0
     deadline = time.monotonic() + LISTING_SECONDS if deadline is None else deadline
     seconds, micros = client.time()  # type: ignore[misc]
     # Violations are scored by Redis's clock: two numbers, not 400 digits.
     now = number(str(seconds)) + number(str(micros)) / 1e6
-    for count, name in enumerate(_names(client, prefix, deadline), 1):
-        # Every name costs two calls, each within the store's timeout: the bounds count
-        # names and time them, not pages alone (a page of slow names ran for minutes,
-        # found by review).
-        if count > MAX_BREAKERS or time.monotonic() > deadline:
-            raise ListingUnbounded(f"more than {count - 1} breakers in {LISTING_SECONDS:g} s"
-                                   if count <= MAX_BREAKERS else
-                                   f"more than {MAX_BREAKERS} breakers")
-        fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
-        if not fields:
-            continue
-        tag, _, breaker = name.partition("}:b:")  # a tenant's token never holds a brace
-        since = now - (_float(fields, "window") or window)
-        violations: int = client.zcount(  # type: ignore[assignment]
-            f"{tag}}}:v:{breaker}", since, "+inf")
-        found.append((name, BreakerEntry(
-            _named(fields, "key", breaker), _named(fields, "tenant", tag[len(prefix) + 2:])
-            or None, _text(fields, "state", "closed"), int(violations),
-            _float(fields, "opened_at"), _float(fields, "until"), _int(fields, "trips"),
-            _float(fields, "updated") or 0.0, _int(fields, "denied"))))
+    try:
+        for count, name in enumerate(_names(client, prefix, deadline), 1):
+            # Every name costs two calls, each within the store's timeout: the bounds
+            # count names and time them, not pages alone (a page of slow names ran for
+            # minutes, found by review).
+            if count > MAX_BREAKERS or time.monotonic() > deadline:
+                raise ListingUnbounded(f"more than {count - 1} breakers in "
+                                       f"{LISTING_SECONDS:g} s" if count <= MAX_BREAKERS
+                                       else f"more than {MAX_BREAKERS} breakers")
+            if len(name) > MAX_NAME:  # dropped here: only this page holds it
+                note = f"{{n}} name{{s}} over {MAX_NAME} characters skipped"
+                notes[note] += 1
+                first.setdefault(note, name[:81])  # enough to show (`_shown`)
+                continue
+            try:
+                fields: dict[str, str] = client.hgetall(name)  # type: ignore[assignment]
+            except redis.ResponseError as exc:
+                if not _wrong_type(exc):
+                    raise
+                notes[_WRONG_TYPE] += 1
+                first.setdefault(_WRONG_TYPE, name)
+                continue
+            if not fields:
+                continue
+            tag, _, breaker = name.partition("}:b:")  # a tenant's token never holds a brace
+            since = now - (_float(fields, "window") or window)
+            try:
+                violations: int = client.zcount(  # type: ignore[assignment]
+                    f"{tag}}}:v:{breaker}", since, "+inf")
+            except redis.ResponseError as exc:
+                if not _wrong_type(exc):
+                    raise
+                # Listed (and reset, both keys) without them: the breaker is one.
+                notes[_NO_VIOLATIONS] += 1
+                first.setdefault(_NO_VIOLATIONS, name)
+                violations = 0
+            entry = BreakerEntry(
+                _named(fields, "key", breaker), _named(fields, "tenant", tag[len(prefix) + 2:])
+                or None, _text(fields, "state", "closed"), int(violations),
+                _float(fields, "opened_at"), _float(fields, "until"), _int(fields, "trips"),
+                _float(fields, "updated") or 0.0, _int(fields, "denied"))
+            kept += len(name) + len(entry.key) + len(entry.tenant or "") + len(entry.state)
+            if kept > MAX_KEPT:
+                raise ListingUnbounded(f"more than {MAX_KEPT // 1024} KiB of names and fields")
+            found.append((name, entry))
+    finally:
+        if notes:
+            logger.warning("shared breakers: %s", "; ".join(
+                note.format(n=n, s="s" if n != 1 else "") + (
+                    f" ({_shown(first[note])}{', …' if n > 1 else ''})" if note in first
+                    else "") for note, n in notes.items()))
     return sorted(found, key=lambda stored: stored[1].updated, reverse=True)
+
+
+_WRONG_TYPE = "{n} key{s} of the wrong type skipped"
+_NO_VIOLATIONS = "{n} breaker{s} listed without violations (a key of the wrong type)"
+
+
+def _wrong_type(exc: redis.ResponseError) -> bool:
+    """Whether Redis refused a command for the type of the key it named."""
+    return str(exc).startswith("WRONGTYPE")
+
+
+def _shown(name: str) -> str:
+    """A key name for a line of text: quoted, escaped, cut at 80 characters."""
+    return repr(name[:80] + ("…" if len(name) > 80 else ""))
 
 
 def _names(client: redis.Redis, prefix: str, deadline: float) -> Iterator[str]:

@@ -9,11 +9,18 @@ every admission of a worker for as long as it liked, `fail_closed` never applyin
 reply announcing 4 GB grew the worker past 2.5 GB (found by review). So each
 connection's socket (`_Bounded`) gives the replies to one request `timeout` seconds and
 `MAX_REPLY` bytes in all, counted from the request sent.
+
+An exchange of several requests gets one timeout in all inside `round_trip()`: every
+connect, handshake, send and read its thread makes ends by the same deadline. A
+timeout per request let one admission make 11 calls (a connection's handshake, the
+script, NOSCRIPT, three loads, the script again) and answer after 5 s with a timeout of
+0.5 s (found by review).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,9 +31,58 @@ from redis.retry import Retry
 
 from .settings import StateSettings, redis_password
 
-__all__ = ["connect", "RoundTripFailed", "MAX_REPLY"]
+__all__ = ["connect", "round_trip", "RoundTripFailed", "MAX_REPLY"]
 
 MAX_REPLY = 16 * 1024**2  # bytes of replies to one request (an admission's are ~100 each)
+
+
+class _Deadline(threading.local):
+    """This thread's `round_trip`: when it ends (monotonic), and its seconds."""
+
+    at = float("inf")
+    seconds = 0.0
+
+
+_ROUND = _Deadline()
+
+
+def round_trip(seconds: float) -> _RoundTrip:
+    """Every exchange this thread has with Redis inside (`with round_trip(...)`) ends
+    within `seconds` from its start in all, connects and handshakes included (an outer
+    round trip's end stays if sooner); past it a read, send or connect raises
+    TimeoutError."""
+    return _RoundTrip(seconds)
+
+
+class _RoundTrip:
+    """`round_trip`'s context: a class, on the path of every admission (a generator's
+    context cost 3 µs, this one 1)."""
+
+    __slots__ = ("seconds", "outer")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.outer = (float("inf"), 0.0)
+
+    def __enter__(self) -> None:
+        self.outer = _ROUND.at, _ROUND.seconds
+        at = time.monotonic() + self.seconds
+        if at < self.outer[0]:
+            _ROUND.at, _ROUND.seconds = at, self.seconds
+
+    def __exit__(self, *exc: object) -> None:
+        _ROUND.at, _ROUND.seconds = self.outer
+
+
+def _round_left() -> float | None:
+    """Seconds left of this thread's round trip (None outside one). Raises TimeoutError
+    once it is over."""
+    if _ROUND.at == float("inf"):
+        return None
+    left = _ROUND.at - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"no answer within {_ROUND.seconds:g} s")
+    return left
 
 
 class RoundTripFailed(Exception):
@@ -57,7 +113,8 @@ def connect(settings: StateSettings, env: Mapping[str, str] | None = None,
 
 class _Bounded:
     """A connection's socket whose replies to one request (from its `sendall` on) get
-    `timeout` seconds and `MAX_REPLY` bytes in all; everything else is the socket's."""
+    `timeout` seconds and `MAX_REPLY` bytes in all, and whose sends and reads end with
+    this thread's `round_trip`; everything else is the socket's."""
 
     __slots__ = ("_sock", "_timeout", "_requested", "_deadline", "_left")
 
@@ -79,7 +136,13 @@ class _Bounded:
         if self._timeout is not None:
             self._deadline = time.monotonic() + self._timeout
         self._left = MAX_REPLY
-        self._sock.sendall(data, *flags)
+        # A request alone has the socket's timeout; what is left of a round trip, less.
+        cut = _ROUND.at != float("inf") and self._before()
+        try:
+            self._sock.sendall(data, *flags)
+        finally:
+            if cut:
+                self._sock.settimeout(self._requested)
 
     def recv(self, size: int, *flags: int) -> bytes:
         cut = self._before()
@@ -102,13 +165,16 @@ class _Bounded:
         return count
 
     def _before(self) -> bool:
-        """Wait no longer than what is left of the reply's time (a caller's poll, a
-        timeout of 0, stays one); whether the socket's timeout was cut for this read."""
-        if self._requested == 0 or self._deadline == float("inf"):
+        """Wait no longer than what is left of the reply's time or of the round trip's
+        (a caller's poll, a timeout of 0, stays one); whether the socket's timeout was
+        cut for this read or send."""
+        end = min(self._deadline, _ROUND.at)
+        if self._requested == 0 or end == float("inf"):
             return False
-        left = self._deadline - time.monotonic()
+        left = end - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"no whole reply within {self._timeout:g} s")
+            raise TimeoutError(f"no answer within {_ROUND.seconds:g} s" if end == _ROUND.at
+                               else f"no whole reply within {self._timeout:g} s")
         self._sock.settimeout(left if self._requested is None else min(left, self._requested))
         return True
 
@@ -122,9 +188,23 @@ class _BoundsReplies:
     """Mixed into redis-py's connection classes: their socket is a `_Bounded` one."""
 
     socket_timeout: float | None
+    socket_connect_timeout: float | None
 
     def _connect(self) -> Any:
-        return _Bounded(super()._connect(), self.socket_timeout)  # type: ignore[misc]
+        left = _round_left()
+        if left is None:
+            return _Bounded(super()._connect(), self.socket_timeout)  # type: ignore[misc]
+        # Inside a round trip the connect and a TLS handshake end with it too; the
+        # socket keeps its own timeout for what follows (`_Bounded` cuts each use).
+        timeouts = self.socket_connect_timeout, self.socket_timeout
+        self.socket_connect_timeout = min(left, timeouts[0] or left)
+        self.socket_timeout = min(left, timeouts[1] or left)
+        try:
+            sock = super()._connect()  # type: ignore[misc]
+        finally:
+            self.socket_connect_timeout, self.socket_timeout = timeouts
+        sock.settimeout(self.socket_timeout)
+        return _Bounded(sock, self.socket_timeout)
 
 
 class _BoundedConnection(_BoundsReplies, redis.Connection):

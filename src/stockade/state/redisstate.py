@@ -54,14 +54,14 @@ import redis
 from ..telemetry.breaker import BreakerEntry, Decision, ProbeGrants, Transition, iso_time
 from .base import GateSpec, Lease, OnTransition, StateBackend
 from .breakers import breaker_entries, reset_breakers
-from .client import RoundTripFailed, connect
+from .client import RoundTripFailed, connect, round_trip
 from .credit import HOLD
 from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
 from .local import LocalState
 from .quota import Quota
 from .redisgate import REFUSAL_CACHE, RedisGate
-from .resp import Releases, number
+from .resp import Releases, number, script_load
 from .scripts import ADMIT, COUNTED, PROBE_CLEAN, PROBE_UNUSED, REFUND, RELEASE, VIOLATION
 from .settings import StateSettings
 
@@ -145,13 +145,16 @@ class RedisState(StateBackend):
 
     @contextmanager
     def _round_trip(self) -> Iterator[None]:
-        """One exchange with Redis: refused at once while it is marked down; a lost
-        connection marks it down and raises RoundTripFailed; a failed script raises through
-        `_script_failed`; a success after an outage says it came back."""
+        """One exchange with Redis, within one `timeout` in all (`client.round_trip`: a
+        connect, its handshake and a reload of the scripts included): refused at once
+        while it is marked down; a lost connection marks it down and raises
+        RoundTripFailed; a failed script raises through `_script_failed`; a success
+        after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
-            yield
+            with round_trip(self.settings.timeout):
+                yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise RoundTripFailed(f"shared state {self.where} is unreachable") from None
@@ -321,9 +324,15 @@ class RedisState(StateBackend):
         pool = self.client.connection_pool
         with self._round_trip():
             connection: Any = pool.get_connection()
+            loads: list[bytes] = []
             try:
                 for attempt in range(2):
-                    connection.send_packed_command([b"".join(calls)])
+                    connection.send_packed_command([b"".join((*loads, *calls))])
+                    for _ in loads:  # shas known already; a failed load is NOSCRIPT below
+                        try:
+                            connection.read_response()
+                        except redis.ResponseError:
+                            pass
                     replies: list[Any] = []
                     for _ in calls:
                         try:
@@ -339,9 +348,10 @@ class RedisState(StateBackend):
                             # for three loads, found by review).
                             self._reload_after = time.monotonic() + RETRY_INTERVAL
                         break
-                    for script in (self.release_script, self.admit_script,
-                                   self.refund_script):  # restarted, or flushed
-                        self.client.script_load(script.script)
+                    # Restarted, or flushed: loaded ahead of the calls again, on this
+                    # connection and in one send (on another, each load waited for a
+                    # handshake of its own; found by review).
+                    loads = [script_load(source) for source in (RELEASE, ADMIT, REFUND)]
             except BaseException:
                 connection.disconnect()  # replies may be left unread on it
                 raise
@@ -409,7 +419,8 @@ class RedisState(StateBackend):
     def ping(self) -> bool:
         """Whether Redis answers now (logged when it does not)."""
         try:
-            return bool(self.client.ping())
+            with round_trip(self.settings.timeout):  # a reconnect's handshake included
+                return bool(self.client.ping())
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
             return False

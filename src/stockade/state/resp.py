@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["bulk", "bulks", "evalsha", "Releases", "number", "LATEST"]
+__all__ = ["bulk", "bulks", "evalsha", "script_load", "Releases", "number", "LATEST"]
 
 # Beyond any time (seconds since the epoch, year 2242), wait or count the store keeps.
 LATEST = 2.0**33
@@ -43,6 +43,11 @@ def evalsha(sha: str, count: int, numkeys: int, *parts: bytes) -> bytes:
     strings, keys first."""
     return b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (count + 3), bulk(sha),
                      bulk(str(numkeys)), *parts))
+
+
+def script_load(source: str) -> bytes:
+    """SCRIPT LOAD of the Lua `source`."""
+    return b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + bulk(source)
 
 
 class Releases:

@@ -4,11 +4,15 @@
     backend = "redis://redis:6379/0"   # or "local" (the default: this server only)
     on_unavailable = "fail_closed"     # 503 while Redis is unreachable (to what needs it);
                                        # or "fail_open"
-    timeout = "1s"                     # per Redis call (connect, read, write)
+    timeout = "1s"                     # per round trip with Redis, in all (an admission's:
+                                       # connect, handshake, script reload included)
 
 Credentials never go in the manifest: the password comes from `STOCKADE_REDIS_PASSWORD`
 (else `REDIS_PASSWORD`), the user name from `STOCKADE_REDIS_USERNAME`; `rediss://`
 uses TLS, checked against `STOCKADE_REDIS_CA_FILE` when set (else the system's CAs).
+
+The URL is checked whole when the manifest is read: ASCII digits, a port from 1 to
+65535, a database from 0 to `MAX_DATABASE`, no blanks or control characters.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ __all__ = ["StateSettings", "parse_state", "redis_password", "POLICIES"]
 
 POLICIES = ("fail_closed", "fail_open")
 _KEYS = ("backend", "on_unavailable", "timeout")
+MAX_DATABASE = 2**31 - 2  # Redis counts its databases in an int: 2^31 - 1 at most
 
 
 @dataclass(frozen=True)
 class StateSettings:
     """`backend` is `local` or a `redis://HOST:PORT/DB` / `rediss://…` URL without
     credentials; `on_unavailable` is `fail_closed` (503) or `fail_open` (this replica's
-    own limits); `timeout` bounds every Redis call, in seconds."""
+    own limits); `timeout` bounds each round trip with Redis in all (an admission's,
+its connect and script reload included), in seconds."""
 
     backend: str = "local"
     on_unavailable: str = "fail_closed"
@@ -52,11 +58,18 @@ def redis_password(env: Mapping[str, str] | None = None) -> str | None:
 
 
 def _backend(value: Any, where: str) -> str:
+    """A Redis URL checked whole here, not where it is first used: `/²` (isdigit, but
+    no int) was a traceback, a full-width `/１` database 1, port 0 redis-py's 6379, and a
+    database past any Redis's or a host with a blank failed only at the first request
+    (found by review)."""
     if value == "local":
         return "local"
     if not isinstance(value, str):
         raise PolicyError(f"{where}.backend: expected \"local\" or \"redis://HOST:PORT/DB\", "
                           f"not {value!r}")
+    # Before urlsplit, which drops tabs and new lines anywhere and blanks at the ends.
+    if not value.isprintable() or any(char.isspace() for char in value):
+        raise PolicyError(f"{where}.backend: blanks or control characters in {value!r}")
     try:
         url = urlsplit(value)
         port = url.port
@@ -68,10 +81,14 @@ def _backend(value: Any, where: str) -> str:
     if url.username or url.password:
         raise PolicyError(f"{where}.backend: credentials do not belong in the manifest: "
                           "set STOCKADE_REDIS_PASSWORD (and STOCKADE_REDIS_USERNAME)")
+    if port == 0:
+        raise PolicyError(f"{where}.backend: the port is 1 to 65535, not 0")
     database = url.path.strip("/") or "0"
-    if not database.isdigit() or url.query or url.fragment:
-        raise PolicyError(f"{where}.backend: the path is a database number, e.g. "
-                          f"redis://{url.hostname}:{port or 6379}/0")
+    # ASCII digits, and few enough for int() (it refuses 4,300 and more).
+    if not (database.isascii() and database.isdigit() and len(database) <= 12) \
+            or int(database) > MAX_DATABASE or url.query or url.fragment:
+        raise PolicyError(f"{where}.backend: the path is a database number from 0 to "
+                          f"{MAX_DATABASE}, e.g. redis://{url.hostname}:{port or 6379}/0")
     return f"{url.scheme}://{url.netloc}/{int(database)}"
 
 
