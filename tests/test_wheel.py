@@ -90,7 +90,7 @@ def test_attack_runs_from_the_wheel_including_a_generated_guest(
     done = _run(installed, "attack", "--json", "--only", "cpu_loop,huge_data,compile_bomb")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
-    assert report["summary"] == {"contained": 3, "degraded": 0, "escaped": 0}
+    assert report["summary"] == {"contained": 3, "degraded": 0, "escaped": 0, "error": 0}
     outcomes = {a["name"]: a["outcome"] for a in report["attacks"]}
     assert outcomes["cpu_loop"] in ("fuel_exhausted", "timeout")
     # generated at first use into the cache, then found there

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["open_regular", "append_lines", "read_regular", "replace_file"]
+__all__ = ["open_regular", "append_lines", "read_regular", "replace_file", "replaceable"]
 
 
 def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
@@ -66,6 +66,19 @@ def append_lines(fd: int, data: bytes) -> None:
         raise
 
 
+def replaceable(path: Path) -> os.stat_result | None:
+    """What `replace_file` would replace at `path` (its lstat), None when nothing is
+    there; for a command to refuse before its work rather than after. Raises OSError for
+    anything there but a regular file (a device, a symlink such as /dev/stdout)."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(found.st_mode):
+        raise OSError(errno.EINVAL, "exists and is not a regular file (refused)", str(path))
+    return found
+
+
 def replace_file(path: Path, data: bytes, mode: int | None = 0o600) -> None:
     """Put `data` at `path` whole: written to a new file of a name no one can guess beside
     it (a link planted at a predictable `.NAME.PID.tmp` had the write go through it),
@@ -76,17 +89,9 @@ def replace_file(path: Path, data: bytes, mode: int | None = 0o600) -> None:
     import contextlib
     import tempfile
 
-    try:
-        found = os.lstat(path)
-    except FileNotFoundError:
-        if mode is None:
-            mode = 0o666 & ~_umask()
-    else:
-        if not stat.S_ISREG(found.st_mode):
-            raise OSError(errno.EINVAL, "exists and is not a regular file (refused)",
-                          str(path))
-        if mode is None:
-            mode = stat.S_IMODE(found.st_mode)
+    found = replaceable(path)
+    if mode is None:
+        mode = 0o666 & ~_umask() if found is None else stat.S_IMODE(found.st_mode)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
                                          dir=path.parent)
     try:

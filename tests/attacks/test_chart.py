@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import stockade
+from tests.conftest import refused, stockade
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -47,3 +49,85 @@ def test_bad_reports_are_one_line_errors(tmp_path: Path) -> None:
     done = stockade("attack", "--from", str(other))
     assert done.returncode == 125 and b"--from needs --chart" in done.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def _report(attacks: object) -> str:
+    return json.dumps({"profile": "strict", "mode": "stockade", "attacks": attacks})
+
+
+GOOD = [{"name": "cpu_loop", "verdict": "contained", "outcome": "timeout",
+         "impact": {"cpu_user_s": 0.5, "cpu_sys_s": 0.1, "kernel_threads_s": 0.0}}]
+
+
+@pytest.mark.parametrize("text", [
+    '{"attacks": [1]}', '{"attacks": [{}]}', '{"attacks": [{"name": "a"}]}',
+    "[" * 100_000,
+    _report([{**GOOD[0], "impact": {"cpu_user_s": "x"}}]),
+    _report([{**GOOD[0], "impact": {"cpu_user_s": float("nan")}}]),
+    _report([{**GOOD[0], "name": ["a"]}]),
+    _report([{**GOOD[0], "name": f"a{i}"} for i in range(2000)]),
+])
+def test_malformed_reports_are_one_line_errors(tmp_path: Path, text: str) -> None:
+    report = tmp_path / "r.json"
+    report.write_text(text)
+    done = stockade("attack", "--chart", str(tmp_path / "x.png"), "--from", str(report))
+    refused(done, f"--from {report}")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_text_from_a_report_is_not_read_as_mathtext(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    report.write_text(_report([{**GOOD[0], "name": "$\\frac{$", "outcome": "$x^$"}]))
+    done = stockade("attack", "--chart", str(tmp_path / "x.png"), "--from", str(report))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "x.png").read_bytes().startswith(PNG)
+
+
+def test_reports_that_are_not_regular_files_are_not_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.json")
+    with (tmp_path / "sparse.json").open("wb") as sparse:
+        sparse.truncate(2 * 1024**3)
+    for source in (str(tmp_path / "pipe.json"), "/dev/zero", str(tmp_path / "sparse.json"),
+                   str(tmp_path / "missing.json"), str(tmp_path)):
+        done = stockade("attack", "--chart", str(tmp_path / "x.png"), "--from", source,
+                        timeout=30)
+        refused(done, f"--from {source}")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_chart_is_written_only_as_a_new_regular_file(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    report = tmp_path / "r.json"
+    report.write_text(_report(GOOD))
+    (tmp_path / "target").write_text("precious")
+    (tmp_path / "link.png").symlink_to(tmp_path / "target")
+    for chart in (str(tmp_path / "link.png"), "/dev/full", str(tmp_path / "x.wasm"),
+                  str(tmp_path / "noext"), str(tmp_path / "no" / "dir.png")):
+        done = stockade("attack", "--chart", chart, "--from", str(report))
+        refused(done, "--chart")
+    assert (tmp_path / "target").read_text() == "precious"
+    assert (tmp_path / "link.png").is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["link.png", "r.json", "target"]
+    svg = tmp_path / "r.svg"
+    assert stockade("attack", "--chart", str(svg), "--from", str(report)).returncode == 0
+    assert svg.read_bytes().lstrip().startswith(b"<?xml")
+
+
+def test_a_chart_of_reports_with_json_is_one_json_object(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    report.write_text(_report(GOOD))
+    chart = tmp_path / "r2.png"
+    done = stockade("attack", "--json", "--chart", str(chart), "--from", str(report))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"chart": str(chart), "reports": [str(report)]}
+    assert chart.read_bytes().startswith(PNG)
+    bad = stockade("attack", "--json", "--chart", str(tmp_path / "x.wasm"), "--from",
+                   str(report))
+    assert bad.returncode == 125 and json.loads(bad.stdout)["exit_code"] == 125
+
+
+def test_an_unsupported_chart_format_is_refused_before_the_suite_runs(tmp_path: Path) -> None:
+    done = stockade("attack", "--only", "cpu_loop", "--chart", str(tmp_path / "x.wasm"))
+    refused(done, "--chart")
+    assert b"cpu_loop" not in done.stdout + done.stderr  # nothing ran

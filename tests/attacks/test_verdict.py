@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from stockade.attacks import Impact, Verdict, bounds_for, judge
 from stockade.attacks.baseline import WATCHDOG_OUTCOME
+from stockade.attacks.modules import unloadable
 from stockade.attacks.verdict import MAX_FLUSHES
 from stockade.policy import Policy
+from tests.conftest import GUESTS
 
 MiB = 1024**2
 
@@ -96,3 +99,29 @@ def test_impact_serialises_to_json_types() -> None:
     assert data["wall_s"] == 1.234568
     assert data["guest_breaches"] == ["x"]
     assert data["device_flushes"] == 2
+
+
+def test_a_guest_that_cannot_be_loaded_is_an_error_whatever_the_numbers() -> None:
+    bounds = bounds_for(Policy.from_profile("default"))
+    for outcome in ("refused", "error"):
+        verdict, reasons = judge(quiet(), bounds, outcome,
+                                 unloadable="m.wasm: invalid WebAssembly: unexpected end")
+        assert verdict is Verdict.ERROR
+        assert reasons == ("never ran: its guest cannot be loaded under any policy: "
+                           "m.wasm: invalid WebAssembly: unexpected end",)
+    # refused by the policy (a valid module): judged on its numbers, as before
+    assert judge(quiet(), bounds, "refused") == (Verdict.CONTAINED, ())
+
+
+def test_unloadable_names_only_modules_wasmtime_would_not_load(tmp_path: Path) -> None:
+    whole = (GUESTS / "attacks" / "cpu_loop.wasm").read_bytes()
+    cut = tmp_path / "cut.wasm"
+    cut.write_bytes(whole[:100])
+    why = unloadable(cut)
+    assert why is not None
+    assert why.startswith("cut.wasm: invalid WebAssembly: unexpected end-of-file")
+    text = tmp_path / "text.wasm"
+    text.write_text("hello")
+    assert unloadable(text) == "text.wasm: not a WebAssembly binary (no \\0asm header)"
+    assert unloadable(GUESTS / "attacks" / "cpu_loop.wasm") is None
+    assert unloadable(GUESTS / "attacks" / "threads.wasm") is None  # denied, but valid

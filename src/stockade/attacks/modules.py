@@ -6,6 +6,7 @@ cache, or a huge module found in the cache's stat index, would measure nothing.
 same code: compiled again); with `link` it makes a new hard link (a new path, the same
 bytes: read and hashed again, compiled form reused, no data copied). `forget_compiled`
 drops a salted copy's compiled form from the cache so repeated suites do not fill it.
+`unloadable` tells a broken guest from one the policy refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from ..engine import AotCache
 from ..paths import cache_dir
 
-__all__ = ["fresh_copy", "forget_compiled"]
+__all__ = ["fresh_copy", "forget_compiled", "unloadable"]
 
 _SECTION_NAME = b"stockade.attack.salt"
 
@@ -41,3 +42,22 @@ def fresh_copy(module: Path, target: Path, how: str) -> Path:
 def forget_compiled(fingerprint: str, sha256: str) -> None:
     """Remove one module's compiled form from the AoT cache (missing is fine)."""
     AotCache(cache_dir()).evict(fingerprint, sha256)
+
+
+def unloadable(module: Path) -> str | None:
+    """Why `module` is not a module wasmtime would load under any policy (unreadable,
+    not WebAssembly, truncated, invalid), in one line, or None when its validator
+    accepts it (with Wasm GC allowed, as a policy may): then a refused load was the
+    policy's doing."""
+    from ..engine.loader import WASM_MAGIC, read_module
+    from ..engine.validity import engine_verdict
+    from ..errors import StockadeError
+
+    try:
+        data = read_module(module)
+    except StockadeError as exc:
+        return exc.message
+    if not data.startswith(WASM_MAGIC):  # guests are binaries: no text, no .cwasm
+        return f"{module.name}: not a WebAssembly binary (no \\0asm header)"
+    error = engine_verdict(data).error
+    return None if error is None else f"{module.name}: invalid WebAssembly: {error}"

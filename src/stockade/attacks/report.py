@@ -39,7 +39,8 @@ def report_dict(runs: Sequence[AttackRun], *, profile: str, mode: str, isolate: 
     }
 
 
-_STYLE = {Verdict.CONTAINED: "green", Verdict.DEGRADED: "yellow", Verdict.ESCAPED: "bold red"}
+_STYLE = {Verdict.CONTAINED: "green", Verdict.DEGRADED: "yellow", Verdict.ESCAPED: "bold red",
+          Verdict.ERROR: "bold magenta"}
 
 
 def _ms(value: float | None) -> str:

@@ -27,11 +27,15 @@ from ..policy import DirGrant, Policy
 from .baseline import run_plain
 from .catalogue import Attack
 from .impact import Impact, build_impact, entries_outside, guest_breaches
-from .modules import forget_compiled, fresh_copy
+from .modules import forget_compiled, fresh_copy, unloadable
 from .monitor import Monitor, Observed
 from .probes import disk_for
 from .tree import TreeUsage, remove_tree, tree_usage
 from .verdict import REFUSED, Bounds, Verdict, bounds_for, judge
+
+# How a run ends when its guest did not load: refused by Stockade (a ModuleError), or an
+# error (plain wasmtime's, in a baseline run). Then the guest itself is checked.
+_NOT_LOADED = frozenset({REFUSED, "error"})
 
 __all__ = ["RunnerOptions", "AttackRun", "AttackRunner"]
 
@@ -183,11 +187,12 @@ class AttackRunner:
                 outside=entries_outside(root, RUNNER_FILES), breaches=guest_breaches(raw.stdout))
             if raw.forget is not None:
                 forget_compiled(*raw.forget)
+            broken = unloadable(module) if raw.outcome in _NOT_LOADED else None
         finally:
             kept = str(root) if self.options.keep_scratch else None
             if kept is None:
                 remove_tree(root)
-        verdict, reasons = judge(impact, self.bounds, raw.outcome)
+        verdict, reasons = judge(impact, self.bounds, raw.outcome, broken)
         expected = () if self.options.baseline else attack.expected_for(self.policy.profile)
         tail = raw.stdout[-400:].decode(errors="replace")
         return AttackRun(attack, self.mode, raw.outcome, raw.message, verdict, reasons, impact,

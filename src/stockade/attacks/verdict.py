@@ -13,6 +13,10 @@ the kernel's own threads (work charged to nobody).
 - `escaped`: a forbidden action worked (a file outside the scratch dir, a device
   opened), or a bound was crossed and nothing but the guest itself ended the run, or
   nothing ended it at all (the outer watchdog of a baseline run had to).
+- `error`: the attack never ran: its guest cannot be loaded under any policy (not
+  WebAssembly, truncated, invalid). It proves nothing, so it fails the suite as an
+  escape does. A valid guest refused by the policy (a denied import, a compile budget)
+  is judged on its numbers like any other run.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Verdict(enum.StrEnum):
     CONTAINED = "contained"
     DEGRADED = "degraded"
     ESCAPED = "escaped"
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,14 @@ def _exceeded(impact: Impact, bounds: Bounds) -> list[str]:
     return reasons
 
 
-def judge(impact: Impact, bounds: Bounds, outcome: str) -> tuple[Verdict, tuple[str, ...]]:
-    """The verdict on one run and the reasons for it (empty when contained)."""
+def judge(impact: Impact, bounds: Bounds, outcome: str,
+          unloadable: str | None = None) -> tuple[Verdict, tuple[str, ...]]:
+    """The verdict on one run and the reasons for it (empty when contained).
+    `unloadable`: why the guest cannot be loaded under any policy (`modules.unloadable`),
+    when the run failed to load it: an `error` verdict."""
+    if unloadable is not None:
+        return Verdict.ERROR, (f"never ran: its guest cannot be loaded under any policy: "
+                               f"{unloadable}",)
     forbidden = []
     if impact.guest_breaches:
         counts = Counter(impact.guest_breaches)

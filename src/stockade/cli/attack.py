@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -60,10 +61,12 @@ def _isolation(isolate: str | None, profile: str, baseline: bool) -> str:
               help="Directory of built guest modules (scripts/build_guests.py) "
                    "[default: the installed package's, or the checkout's build/guests].")
 @click.option("--list", "list_only", is_flag=True, help="List the attacks and exit.")
-@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              metavar="PNG", help="Also write a chart of this run (or of the --from reports).")
+# Paths checked here, not by click: its refusals were three-line usage errors.
+@click.option("--chart", type=click.Path(path_type=Path), default=None,
+              metavar="PNG", help="Also write a chart of this run (or of the --from reports): "
+                                  ".png, .svg or .pdf.")
 @click.option("--from", "reports", multiple=True, metavar="REPORT.json",
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              type=click.Path(path_type=Path),
               help="With --chart: chart these `--json` reports side by side (e.g. strict, "
                    "default, --baseline) instead of running the suite.")
 def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
@@ -72,15 +75,18 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
            reports: tuple[Path, ...]) -> None:
     """Run the attack suite: each hostile module in a fresh sandbox, its host impact
     measured from outside (CPU, kernel time, device flushes and writes, memory,
-    descriptors, files, output) and judged contained, degraded or escaped.
+    descriptors, files, output) and judged contained, degraded or escaped (or error:
+    its guest cannot be loaded at all, so it never ran).
 
     Exits 0 only when every attack is contained, 1 otherwise.
     """
     from ..attacks import AttackRun, AttackRunner, RunnerOptions, find_attacks
     from ..attacks.report import all_contained, report_dict
 
+    if chart is not None:
+        _check_chart(chart)  # before the suite runs, not minutes later
     if reports:
-        _chart_reports(reports, chart)
+        _chart_reports(reports, chart, as_json)
         return
     names = tuple(name.strip() for item in only for name in item.split(",") if name.strip())
     attacks = find_attacks(names)
@@ -102,9 +108,7 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
     report = report_dict(runs, profile=profile, mode=runner.mode, isolate=mode,
                          timeout=runner.policy.limits.timeout, bounds=runner.bounds)
     if chart is not None:
-        from ..bench.attackchart import render_attack_chart
-
-        render_attack_chart([report], chart)
+        _render_chart([report], chart)
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -124,22 +128,75 @@ def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,
         sys.exit(1)
 
 
-def _chart_reports(paths: tuple[Path, ...], chart: Path | None) -> None:
+# A saved report of the whole suite is some 40 KiB: this bounds what a --from reads.
+MAX_REPORT_BYTES = 4 * 1024**2
+
+
+def _chart_reports(paths: tuple[Path, ...], chart: Path | None, as_json: bool) -> None:
     """`--from`: chart saved reports without running anything."""
-    from ..bench.attackchart import render_attack_chart
+    from ..bench.attackchart import check_report
     from ..errors import UsageError
+    from ..regularfile import read_regular
 
     if chart is None:
         raise UsageError("--from needs --chart PNG (where to write the chart)")
     loaded = []
     for path in paths:
+        try:  # a regular file (no FIFO to block on, no device), read to a bound
+            text = read_regular(path, MAX_REPORT_BYTES + 1, follow=True)
+        except OSError as exc:
+            raise UsageError(f"--from {path}: cannot read: {exc.strerror}") from None
+        if len(text) > MAX_REPORT_BYTES:
+            raise UsageError(f"--from {path}: larger than {MAX_REPORT_BYTES // 1024**2} MiB, "
+                             "not a `stockade attack --json` report")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--from {path}: not a JSON report: {exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("attacks"), list):
-            raise UsageError(f"--from {path}: not a `stockade attack --json` report")
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # nested too deep: RecursionError
+            reason = exc if isinstance(exc, ValueError) else "nested too deep"
+            raise UsageError(f"--from {path}: not a JSON report: {reason}") from None
+        try:
+            check_report(data)
+        except ValueError as exc:
+            raise UsageError(f"--from {path}: not a `stockade attack --json` report: "
+                             f"{exc}") from None
         loaded.append(data)
-    if not render_attack_chart(loaded, chart):
+    if not _render_chart(loaded, chart):
         raise UsageError("--from: the reports hold no attack")
-    click.echo(f"wrote {chart}")
+    if as_json:
+        click.echo(json.dumps({"chart": str(chart), "reports": [str(p) for p in paths]}))
+    else:
+        click.echo(f"wrote {chart}")
+
+
+def _check_chart(chart: Path) -> None:
+    """Refuse a --chart that could not be written (UsageError): a format matplotlib's
+    own backends do not write, matplotlib missing, or a link, a device or a directory
+    in its place (`replace_file` would refuse it after the work)."""
+    from ..bench.attackchart import chart_format
+    from ..bench.charts import NO_CHARTS, charts_available
+    from ..errors import UsageError
+    from ..regularfile import replaceable
+
+    try:
+        chart_format(chart)
+    except ValueError as exc:
+        raise UsageError(f"--chart {chart}: {exc}") from None
+    if not charts_available():
+        raise UsageError(f"--chart: {NO_CHARTS}")
+    try:
+        replaceable(chart)
+    except OSError as exc:
+        raise UsageError(f"--chart {chart}: cannot write: {exc.strerror}") from None
+
+
+def _render_chart(reports: list[dict[str, Any]], chart: Path) -> bool:
+    """`render_attack_chart`, its refusals one line (UsageError)."""
+    from ..bench.attackchart import render_attack_chart
+    from ..errors import UsageError
+
+    try:
+        return render_attack_chart(reports, chart)
+    except ValueError as exc:
+        raise UsageError(f"--chart {chart}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"--chart {chart}: cannot write: {exc.strerror}") from None

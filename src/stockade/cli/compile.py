@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from ..errors import UsageError
+from ..errors import ModuleError, ModuleNotFound, UsageError
 
 __all__ = ["compile_"]
 
 
 @click.command("compile")
-@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+# SOURCE is read as `run` and `inspect` read a module (`ModuleFile`: one line, 127 or
+# 126), OUTPUT checked before compiling: click's checks were a three-line usage error.
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output file (default: SOURCE with .cwasm).")
 @click.option("--profile", type=click.Choice(["strict", "default", "permissive"]),
               default="default", show_default=True,
               help="The engine configuration follows the profile (fuel, stack size).")
 @click.option("--wasm-gc", is_flag=True,
               help="For runs with --wasm-gc: the Wasm GC and exception-handling proposals.")
-def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> None:
+def compile_(source: str, output: Path | None, profile: str, wasm_gc: bool) -> None:
     """Compile SOURCE (.wasm or .wat) for this machine and wasmtime version.
 
     The .cwasm is sealed with this host's key (HMAC-SHA256, see SECURITY.md): only this
@@ -28,6 +31,7 @@ def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> 
     --profile (and --wasm-gc). Deleting the key (`~/.config/stockade/aot.key`) revokes every .cwasm.
     """
     from ..engine import CompileGuard, Engine, EngineConfig
+    from ..engine.loader import ModuleFile, sniff_kind
     from ..engine.seal import KeyUnavailable, host_key, seal, strip
     from ..policy import profile as get_profile
 
@@ -36,7 +40,19 @@ def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> 
     chosen = get_profile(profile)
     limits = (chosen.with_limits(wasm_gc=True) if wasm_gc else chosen).limits
     config = EngineConfig.for_limits(limits, tripwire=False)
-    output = output or source.with_suffix(".cwasm")
+    guard = CompileGuard.for_limits(limits)
+    if not source:  # Path("") is ".": an empty name names no file
+        raise ModuleNotFound("'': no such module file")
+    path = Path(source)
+    # The bytes compiled are those of the file checked here: read once.
+    with ModuleFile(path, guard.max_module_size) as file:
+        data = file.read()
+        info = file.info
+    if sniff_kind(data[:64], path.name) == "cwasm":
+        raise ModuleError(f"{path}: already compiled (a .cwasm is native code); compile "
+                          "the .wasm or .wat it was made from")
+    output = output or path.with_suffix(".cwasm")  # a regular file's name: never empty
+    _check_output(output, info)
     try:
         key = host_key()
     except KeyUnavailable as exc:
@@ -45,12 +61,30 @@ def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> 
     with Engine(config) as engine:
         # The profile's compile limits: a module the profile would refuse to run is not
         # compiled for it either (nor without any bound).
-        loaded = engine.load(source, guard=CompileGuard.for_limits(limits))
-        data = strip(bytes(loaded.module.serialize()))
-        trailer = seal(data, engine.fingerprint, "cwasm", key)
-    _write(output, data + trailer)
-    click.echo(f"{output}: {len(data) / 1024:.0f} KiB, {config.describe()}, "
+        loaded = engine.load(data, path.name, guard=guard)
+        native = strip(bytes(loaded.module.serialize()))
+        trailer = seal(native, engine.fingerprint, "cwasm", key)
+    _write(output, native + trailer)
+    click.echo(f"{output}: {len(native) / 1024:.0f} KiB, {config.describe()}, "
                f"sha256 {loaded.sha256[:16]}…, sealed for this host", err=True)
+
+
+def _check_output(output: Path, source: os.stat_result) -> None:
+    """Refuse, before compiling, an output that is the source itself (by any name: a
+    hard link, another spelling; its module was replaced by native code) or that exists
+    as anything but a regular file (`replace_file` would refuse it after the compile)."""
+    from ..regularfile import replaceable
+
+    try:  # through a link too: it would be refused below, but say why
+        same = os.path.samestat(os.stat(output), source)
+    except OSError:  # nothing there, or a dangling link
+        same = False
+    if same:
+        raise UsageError(f"{output} is the module compiled: name another output (-o)")
+    try:
+        replaceable(output)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
 
 
 def _write(output: Path, data: bytes) -> None:

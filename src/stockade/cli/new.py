@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import click
 
 from ..errors import UsageError
+from ..regularfile import replace_file
 from .templates import C_BUILD, HELLO_WAT, LANGUAGES, TEMPLATES, manifest
 
 __all__ = ["new", "MANIFEST", "HELLO_WAT"]
@@ -47,15 +50,19 @@ def new(directory: Path, lang: str, python_wasm: Path | None, force: bool) -> No
         python = str(python_wasm.resolve())
     files = {directory / "stockade.toml": manifest(lang, python)}
     files.update({directory / name: text for name, text in TEMPLATES[lang].items()})
-    existing = [str(path) for path in files if path.exists()]
+    # What the C build writes is checked with the rest, before anything is written.
+    built = [directory / "hello.wasm"] if lang == "c" else []
+    existing = [str(path) for path in [*files, *built] if _existing(directory, path)]
     if existing and not force:
         raise UsageError(f"{', '.join(existing)} already exists (use --force to overwrite)")
-    try:
-        for path, text in files.items():
+    for path, text in files.items():
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write to {directory}: {exc.strerror}") from None
+            # A new file renamed into place: a link planted since the check is replaced,
+            # never written through; an existing file keeps its mode.
+            replace_file(path, text.encode(), mode=None)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     for path in files:
         click.echo(f"wrote {path}")
     if lang == "c":
@@ -64,6 +71,37 @@ def new(directory: Path, lang: str, python_wasm: Path | None, force: bool) -> No
         click.echo(f"next: put CPython for WASI at {directory / 'python.wasm'}, or run "
                    "`stockade new --lang python --python-wasm PATH --force`", err=True)
     click.echo(f"next: stockade serve --config {directory / 'stockade.toml'} --reload")
+
+
+def _existing(directory: Path, path: Path) -> bool:
+    """Whether `path` (inside `directory`) exists as a regular file. A symlink, FIFO,
+    directory or device there, or on the way to it, is refused (UsageError), --force or
+    not: writing through a link planted in a shared directory wrote where its planter
+    chose (a dangling one even counted as no file), and opening a FIFO blocked.
+    `directory` itself was named by the user and may be a link."""
+    inside = path.relative_to(directory).parts
+    for depth in range(1, len(inside) + 1):
+        step = directory.joinpath(*inside[:depth])
+        try:
+            mode = os.lstat(step).st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        wanted = stat.S_ISREG if step == path else stat.S_ISDIR
+        if not wanted(mode):
+            raise UsageError(f"{step} is {_kind(mode)}: refused, even with --force (remove "
+                             "it first)")
+    return True
+
+
+def _kind(mode: int) -> str:
+    """What a file of `mode` is, in words."""
+    for test, words in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"),
+                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "a regular file, not a directory" if stat.S_ISREG(mode) else "a device"
 
 
 def _build_c(directory: Path) -> None:
