@@ -4,6 +4,7 @@ its reasons, signatures a trust policy requires are checked, the JSON form."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from stockade.trust import sign_module
@@ -87,3 +88,20 @@ def test_bad_input_is_one_line() -> None:
     done = stockade("check", "--policy", "/nonexistent/policy.toml")
     assert done.returncode == 125 and b"Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_breaker_database_that_cannot_be_read_fails_the_breaker_item(tmp_path: Path) -> None:
+    """Breakers fail open on a database that is no database (every run allowed), and the
+    breaker item passed, "breakers on" (found by review)."""
+    manifest = str(ROOT / "examples" / "stockade.toml")
+    _, report = _check("--manifest", manifest)
+    [item] = [i for i in _items(report) if i["check"] == "circuit breaker"]
+    assert item["status"] == "pass", item  # no database yet: made at the first use
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / "breaker.db").write_bytes(os.urandom(4096))
+    code, report = _check("--manifest", manifest)
+    [item] = [i for i in _items(report) if i["check"] == "circuit breaker"]
+    assert code == 1 and item["status"] == "fail", item
+    assert "breaker.db" in item["reason"] and "not a database" in item["reason"], item
+    assert "fail open" in item["reason"] and item["fix"], item

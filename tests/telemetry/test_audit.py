@@ -314,3 +314,63 @@ def test_the_state_dir_is_private_and_checked(tmp_path: Path) -> None:
     open_dir.chmod(0o777)
     with pytest.raises(UsageError, match="0777"):
         AuditLog(open_dir / "audit.jsonl").append("violation", "x")
+
+
+def _one_line(proc: Any, code: int, *words: str) -> str:
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.returncode, proc.stdout, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_a_symlink_loop_planted_as_the_log_is_said_and_judged(tmp_path: Path) -> None:
+    """`Path.resolve` raised RuntimeError on a link loop planted as the log (naming its
+    counter): a run's audit record went without the audit log's "records lost" line,
+    and `audit verify` and `check` ended in a traceback (found by review)."""
+    state = tmp_path / "state"
+    AuditLog(state / "audit.jsonl").append("violation", "before")
+    (state / "audit.jsonl").rename(state / "audit.moved")
+    (state / "audit.jsonl").symlink_to("audit.jsonl")
+    with pytest.raises(OSError):
+        AuditLog(state / "audit.jsonl").append("violation", "after")
+    report = verify(state / "audit.jsonl")
+    assert not report.ok and "symbolic link" in report.problem, report
+    run = stockade("run", "--timeout", "1s", str(guest("spin.wasm")), timeout=60)
+    assert run.returncode == 124 and b"Traceback" not in run.stderr, run.stderr
+    lost = [line for line in run.stderr.decode().splitlines() if "records lost" in line]
+    assert len(lost) == 1 and "could not write the audit log" in lost[0], run.stderr
+    _one_line(stockade("audit", "verify"), 1, "audit log broken", "symbolic link")
+    checked = stockade("check", "--json")
+    assert b"Traceback" not in checked.stderr, checked.stderr
+    [item] = [i for i in json.loads(checked.stdout)["items"] if i["check"] == "audit log"]
+    assert item["status"] == "fail" and "symbolic link" in item["reason"], item
+
+
+@pytest.mark.parametrize("target", ["copy", "/dev/zero", "dangling"])
+def test_a_symlink_as_the_log_is_a_broken_log(log: AuditLog, tmp_path: Path,
+                                              target: str) -> None:
+    """A symlink where a log should be was "cannot read" (125, as for no log) and a
+    dangling one an intact log of 0 records (0): it is a log replaced (found by
+    review)."""
+    copy = tmp_path / "copy" / "audit.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(log.path.read_bytes())
+    link = tmp_path / "elsewhere" / "audit.jsonl"
+    link.parent.mkdir()
+    link.symlink_to({"copy": str(copy), "dangling": str(tmp_path / "none")}.get(target, target))
+    _one_line(stockade("audit", "verify", str(link)), 1, "broken", "symbolic link")
+    log.path.unlink()  # the default log too
+    log.path.symlink_to(link.resolve() if target != "dangling" else tmp_path / "none")
+    _one_line(stockade("audit", "verify"), 1, "broken", "symbolic link")
+
+
+def test_a_state_dir_that_cannot_hold_a_log_is_refused(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run there loses its records, yet `verify` said intact: 0 records, exit 0
+    (found by review)."""
+    monkeypatch.setenv("STOCKADE_STATE_DIR", "/proc/self/nonexist")
+    _one_line(stockade("audit", "verify"), 125, "/proc/self/nonexist")
+    with pytest.raises(UsageError):
+        verify()

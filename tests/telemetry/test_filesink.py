@@ -359,3 +359,17 @@ def test_records_after_the_writer_died_are_written_on_the_interval(
         assert read_summary(tmp_path / "t").invocations == 1  # written by this thread
     finally:
         sink.close()
+
+
+def test_a_file_the_user_named_is_written_where_they_chose(tmp_path: Path) -> None:
+    """The state directory's file keeps the audit log's rule (a directory others can
+    write is refused: `test_state_files_attack`); a file named by STOCKADE_TELEMETRY_FILE
+    is written where the user chose, a shared directory included."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o1777)
+    sink = FileSink(resolve_settings(env={"STOCKADE_TELEMETRY_FILE": str(open_dir / "t")}))
+    info, result = make_run()
+    sink.record(InvocationRecord.build(info, result))
+    sink.close()
+    assert read_summary(open_dir / "t").spans == 1

@@ -336,3 +336,36 @@ def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
 def test_a_missing_file_is_not_an_error(tmp_path: Path) -> None:
     done = stockade("telemetry", "show", "--file", str(tmp_path / "none"))
     assert done.returncode == 0 and b"no telemetry at" in done.stdout
+
+
+@pytest.mark.parametrize("last", ["99999999999999999999999", "100001"])
+def test_a_huge_last_is_refused(last: str) -> None:
+    """`-n` had no ceiling: the deque it sized raised OverflowError, a traceback (found
+    by review); each row it keeps is memory."""
+    path = record_runs()
+    done = stockade("telemetry", "show", "-n", last)
+    # click's usage error, as for any option's value out of its range
+    assert done.returncode == 125 and b"Traceback" not in done.stderr, done.stderr
+    assert b"'--last': " in done.stderr and b"1<=x<=10000" in done.stderr, done.stderr
+    done = stockade("telemetry", "show", "--json", "-n", last)
+    assert done.returncode == 125 and b"Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 125
+    with pytest.raises(ValueError):
+        read_summary(path, recent=int(last))
+    assert show_json("-n", "10000")["invocations"] == 3
+
+
+def test_a_missing_file_under_json_is_a_json_object(tmp_path: Path) -> None:
+    """It printed the human sentence on stdout (found by review)."""
+    for args in (("--file", str(tmp_path / "none")), ()):
+        data = show_json(*args)
+        assert data["invocations"] == 0 and data["lines"] == 0 and data["recent"] == []
+        assert data["file"] == str(tmp_path / ("none" if args else "state/telemetry.jsonl"))
+
+
+def test_a_long_since_is_quoted_short() -> None:
+    """A 5,000-digit --since was echoed whole (found by review)."""
+    for value in ("9" * 5000, "x" * 5000):
+        done = stockade("telemetry", "show", "--since", value)
+        _one_line_error(done, "--since")
+        assert len(done.stderr) < 200, done.stderr

@@ -212,3 +212,41 @@ def test_verify_names_a_line_that_is_no_record(log: AuditLog, line: bytes) -> No
     report = verify(log.path)
     assert not report.ok and report.line == 6 and "not a valid audit record" in report.problem
     log.append("violation", "after", module="m.wasm")  # the damaged tail is chained to
+
+
+def test_a_state_directory_others_can_write_gets_no_telemetry_file(tmp_path: Path) -> None:
+    """The audit log was refused there, the telemetry file written (found by review)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    ran = stockade("run", str(guest("hello.wasm")))
+    assert ran.returncode == 0 and b"Traceback" not in ran.stderr, ran.stderr
+    lost = [line for line in ran.stderr.decode().splitlines() if "records lost" in line]
+    assert len(lost) == 1 and "the telemetry file" in lost[0] and "chmod 700" in lost[0], lost
+    assert not (state / "telemetry.jsonl").exists()
+
+
+@pytest.mark.parametrize("until", [1e12, 1e20, -1.0])
+def test_a_breaker_time_no_date_can_show_is_one_line(tmp_path: Path, until: float) -> None:
+    """Any finite float passed the row check: `breaker list` ended in a ValueError (year
+    33658) or OverflowError traceback showing it (found by review). Times are bounded
+    as the shared store's are (0 to 2**33 s)."""
+    state = tmp_path / "state"
+    with Breaker(state / "breaker.db", BreakerConfig(threshold=1)) as breakers:
+        breakers.record(DIGEST, None, violated=True)
+    with closing(sqlite3.connect(state / "breaker.db")) as db, db:
+        db.execute("UPDATE breakers SET until=?", (until,))
+    for args in (("breaker", "list"), ("breaker", "list", "--json")):
+        refused = stockade(*args)
+        lines = refused.stderr.decode().splitlines()
+        assert refused.returncode == 125 and len(lines) == 1, (args, lines)
+        assert "breaker database" in lines[0] and "until holds" in lines[0], lines
+    with Breaker(state / "breaker.db") as breakers, pytest.raises(sqlite3.DatabaseError):
+        breakers.check(DIGEST)  # a run says it and goes ahead (fails open)
+
+
+@pytest.mark.parametrize("timestamp", [1e12, 1e20, -1e20, float("inf"), float("nan")])
+def test_iso_time_shows_any_time(timestamp: float) -> None:
+    from stockade.telemetry.decision import iso_time
+
+    assert iso_time(timestamp)

@@ -25,9 +25,12 @@ def verify(path: Path | None) -> None:
     files (PATH.1, PATH.2, ...) and its head.
 
     Exits 0 when every record is intact, 1 naming the first changed, removed, reordered
-    or unkeyed record, a `tamper` record, or a head the log does not match (a deleted
-    log included); 125 when the audit key cannot be used (missing is 1, others-readable
-    is 125) or when PATH names no log at all.
+    or unkeyed record, a `tamper` record, a head the log does not match (a deleted log
+    included), or a symlink or anything but a regular file where a log file should be
+    (a log replaced, even by a link to a good copy); 125 when the audit key cannot be
+    used (missing is 1, others-readable is 125), when a file cannot be read, when
+    PATH names no log at all, or when the state directory can hold none (every run
+    there loses its record).
     """
     from ..telemetry import verify as verify_log
 

@@ -66,11 +66,13 @@ def _shared(config: Path | None) -> Iterator[Any]:
 
 
 @breaker.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line, a breaker each (none: no line).")
 @_config_option
 def list_(as_json: bool, config: Path | None) -> None:
     """List breakers: key (function:NAME or module sha256), tenant, state, recent
     violations, runs refused in the current open period, until when open."""
+    from ..display import printable
     from ..telemetry.breaker import iso_time
 
     with _shared(config) as shared:
@@ -83,6 +85,7 @@ def list_(as_json: bool, config: Path | None) -> None:
             with _local_database(), Breaker() as breakers:
                 entries = breakers.entries()
     if as_json:
+        # JSON lines: `[]` or `{}` for none would be read as a breaker by each line's reader.
         for entry in entries:
             click.echo(json.dumps(entry._asdict()))
         return
@@ -93,8 +96,9 @@ def list_(as_json: bool, config: Path | None) -> None:
     for e in entries:
         until = iso_time(e.until) if e.until is not None and e.state == "open" else "-"
         key = e.key if ":" in e.key else e.key[:16]
-        shown = _printable(key)
-        click.echo(f"{shown:<24}  {_printable(e.tenant or '-'):<12}  {_printable(e.state):<9}  "
+        # Names come from manifests and shared stores: escaped before a terminal.
+        shown = printable(key)
+        click.echo(f"{shown:<24}  {printable(e.tenant or '-'):<12}  {printable(e.state):<9}  "
                    f"{e.violations:>10}  {e.denied:>7}  {e.trips:>5}  {until}")
 
 
@@ -113,11 +117,6 @@ def _local_database() -> Iterator[None]:
                          "hold it; a damaged one can be moved aside to start afresh)") from None
 
 
-def _printable(text: str) -> str:
-    """Names come from manifests: escape control characters before they reach a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 @breaker.command("reset")
 @click.argument("key", required=False, default="")
 @click.option("--tenant", help="Only this tenant's breaker.")
@@ -125,13 +124,19 @@ def _printable(text: str) -> str:
 @_config_option
 def reset(key: str, tenant: str | None, everything: bool, config: Path | None) -> None:
     """Close and forget a breaker: KEY is `function:NAME` (exact), or a module's sha256
-    (a hex prefix is enough; modules' breakers are this host's only)."""
+    (a hex prefix is enough; modules' breakers are this host's only); or, with --all and
+    no KEY, every breaker (only TENANT's with --tenant)."""
+    if key and everything:  # which was meant is not for us to guess
+        raise UsageError("give KEY or --all, not both")
     if not key and not everything:
         raise UsageError("name a breaker to reset (function:NAME or a module digest prefix), "
                          "or pass --all")
     if key and not key.startswith("function:") and not all(
             c in "0123456789abcdef" for c in key.lower()):
-        raise UsageError(f"{key!r} is neither function:NAME nor a sha256 digest prefix (hex)")
+        from ..policy.units import shown
+
+        raise UsageError(f"{shown(key)} is neither function:NAME nor a sha256 digest prefix "
+                         "(hex)")
     if not key.startswith("function:"):
         key = key.lower()
     from ..telemetry import open_telemetry

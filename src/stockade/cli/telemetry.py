@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import UsageError
+from ..telemetry.reader import MAX_RECENT
 
 if TYPE_CHECKING:
     from ..telemetry.reader import Filters, InvocationRow, Rejection, Summary
@@ -53,6 +54,7 @@ def parse_since(value: str, now: float | None = None) -> int:
     from datetime import datetime
 
     from ..policy import parse_duration
+    from ..policy.units import shown
 
     now = time.time() if now is None else now
     try:
@@ -61,10 +63,11 @@ def parse_since(value: str, now: float | None = None) -> int:
         try:
             return int(datetime.fromisoformat(value).timestamp() * 1e9)
         except ValueError:
-            raise UsageError(f"--since {value!r}: give a duration like 10m or 2h, or a time "
-                             "like 2026-12-02T04:00:00") from None
+            # Quoted short: a value of 5,000 digits was echoed whole.
+            raise UsageError(f"--since {shown(value)}: give a duration like 10m or 2h, or "
+                             "a time like 2026-12-02T04:00:00") from None
     if seconds is None or seconds < 0:
-        raise UsageError(f"--since {value!r}: give a positive duration like 10m")
+        raise UsageError(f"--since {shown(value)}: give a positive duration like 10m")
     return int((now - seconds) * 1e9)
 
 
@@ -72,7 +75,9 @@ def parse_since(value: str, now: float | None = None) -> int:
 # No click checks on the path: `open_file` refuses what is not a file, in one line.
 @click.option("--file", "path", type=click.Path(path_type=Path),
               help="Telemetry file (default: telemetry.jsonl in the state directory).")
-@click.option("-n", "--last", default=10, show_default=True, type=click.IntRange(1),
+# Bounded: each row listed is held until the end (a huge one was a traceback).
+@click.option("-n", "--last", default=10, show_default=True,
+              type=click.IntRange(1, MAX_RECENT),
               help="How many recent invocations to list.")
 @click.option("--function", help="Only invocations of this function (module file name "
                                  "for `stockade run`).")
@@ -95,7 +100,7 @@ def show(path: Path | None, last: int, function: str | None, tenant: str | None,
     profile may sample.
     """
     from ..telemetry import resolve_settings
-    from ..telemetry.reader import Filters, open_file, read_lines, summarise
+    from ..telemetry.reader import Filters, Summary, open_file, read_lines, summarise
 
     filters = Filters(function, tenant, outcome,
                       parse_since(since) if since is not None else None)
@@ -106,6 +111,9 @@ def show(path: Path | None, last: int, function: str | None, tenant: str | None,
             summary = summarise(read_lines(file), path, last, filters)
             offset = file.tell()
     except FileNotFoundError:
+        if as_json and not follow:
+            _render(Summary(path), as_json)  # one JSON object: an empty file's summary
+            return
         if not follow:
             click.echo(f"no telemetry at {path} yet: `stockade run` writes it when no OTLP "
                        "endpoint is configured")

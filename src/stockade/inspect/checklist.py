@@ -4,7 +4,8 @@ warn or fail with the reason and the fix.
 Thresholds (the recommended value passes, up to the second warns, beyond fails):
 memory 128 MiB / 512 MiB; timeout 30 s / 120 s (none fails). A policy with neither
 fuel nor a timeout fails; so does a module with high-risk findings, a signature a trust
-policy requires and does not find, a disabled or broken audit log.
+policy requires and does not find, a disabled or broken audit log, breakers disabled or
+kept in a database they cannot use (they fail open).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def _module_items(subject: Subject) -> list[Item]:
     return items
 
 
-def _host_items(server: Any | None) -> list[Item]:
+def _host_items(server: Any | None, state: Any | None = None) -> list[Item]:
     items = []
     try:
         from ..isolate.protections import protections
@@ -194,16 +195,33 @@ def _host_items(server: Any | None) -> list[Item]:
         items.append(Item("runtime", "circuit breaker", "host", "warn",
                           "`stockade run` consults breakers only with --breaker",
                           "serve functions through the gateway, or run with --breaker"))
+    elif not server.breakers:
+        items.append(Item("runtime", "circuit breaker", "manifest", "fail",
+                          "breakers = false", "remove `breakers = false` from [server]"))
     else:
-        items.append(Item("runtime", "circuit breaker", "manifest",
-                          "pass" if server.breakers else "fail",
-                          "breakers on" if server.breakers else "breakers = false",
-                          "" if server.breakers else "remove `breakers = false` from [server]"))
+        items.append(_breaker_item(state))
     items.append(_audit_item(server))
     items.append(Item("review", "attack suite", "host", "warn",
                       "containment on this host is not recorded here",
                       "run `stockade attack` on this host before deploying"))
     return items
+
+
+def _breaker_item(state: Any | None) -> Item:
+    """Breakers on: kept in the shared store, or in this host's database, which must be
+    one they can use (on a damaged one they fail open: every run allowed)."""
+    if state is not None and state.shared:
+        return Item("runtime", "circuit breaker", "manifest", "pass",
+                    "breakers on (shared by the replicas)")
+    from ..telemetry.breaker import default_path, unusable
+
+    problem = unusable()
+    if problem:
+        return Item("runtime", "circuit breaker", "host", "fail",
+                    f"breaker database {default_path()}: {problem}: breakers fail open "
+                    "(every run allowed)",
+                    "move it aside (the next run makes a new one); see `stockade breaker list`")
+    return Item("runtime", "circuit breaker", "manifest", "pass", "breakers on")
 
 
 def _audit_item(server: Any | None) -> Item:
@@ -236,14 +254,14 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
     if module is not None:
         _inspected[module] = inspect_file(module, module.name)
     subjects: list[Subject] = []
-    server = None
+    server = state = None
     if policy_file is not None:
         subjects.append(Subject(policy_file.name, load_policy(policy_file), module))
     if manifest_file is not None:
         from ..gateway.manifest import load_manifest
 
         manifest = load_manifest(manifest_file)
-        server = manifest.server
+        server, state = manifest.server, manifest.state
         for spec in manifest.functions:
             subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module))
     if not subjects:
@@ -254,6 +272,6 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
         if subject.module is not None:
             items += _module_items(subject)
     if host:
-        items += _host_items(server)
+        items += _host_items(server, state)
     order = ("pre-deploy", "runtime", "review")
     return sorted(items, key=lambda item: order.index(item.section))

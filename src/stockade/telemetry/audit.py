@@ -84,9 +84,16 @@ def _secret_key(path: Path, create: bool) -> bytes | None:
         raise UsageError(f"{_KEY_PURPOSE}: {exc.reason}") from None
 
 
+def _real(path: Path) -> str:
+    """`path` with its links followed as far as they go. `Path.resolve` raises
+    RuntimeError on a link loop, which whoever can write the state directory can plant
+    as the log: a run lost its record unsaid and `verify` ended in a traceback."""
+    return os.path.realpath(path)
+
+
 def counter_path(log: Path, key_path: Path) -> Path:
     """The freshness counter of the log at `log`: beside the key, named after the log."""
-    digest = hashlib.sha256(str(log.resolve()).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(_real(log).encode()).hexdigest()[:16]
     return key_path.parent / f"audit-{digest}.seq"
 
 
@@ -94,14 +101,35 @@ def private_dir(directory: Path) -> None:
     """Create `directory` 0700 when missing; refuse (UsageError) one owned by another uid
     or writable by group or others: whoever can write it can replace the log."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    problem = _not_private(directory)
+    if problem:
+        raise UsageError(problem)
+
+
+def _not_private(directory: Path) -> str:
+    """Why `private_dir` refuses the existing `directory`, or ""."""
     info = os.stat(directory)
     if info.st_uid != os.geteuid():
-        raise UsageError(f"state directory {directory}: owned by uid {info.st_uid}, not by "
-                         f"this user (uid {os.geteuid()}): refused")
+        return (f"state directory {directory}: owned by uid {info.st_uid}, not by "
+                f"this user (uid {os.geteuid()}): refused")
     if info.st_mode & 0o022:
-        raise UsageError(f"state directory {directory}: mode "
-                         f"{stat.S_IMODE(info.st_mode):04o} lets others replace its files: "
-                         "refused (chmod 700 it)")
+        return (f"state directory {directory}: mode {stat.S_IMODE(info.st_mode):04o} lets "
+                "others replace its files: refused (chmod 700 it)")
+    return ""
+
+
+def _cannot_hold(directory: Path) -> str:
+    """Why `append` could keep no log in `directory`, or "": it must be a private
+    directory, or one `private_dir` can make (its nearest existing parent a directory
+    this user can write). Raises OSError."""
+    found = directory
+    while not os.path.lexists(found) and found != found.parent:
+        found = found.parent
+    if found == directory and found.is_dir():
+        return _not_private(directory)
+    if not found.is_dir() or not os.access(found, os.W_OK | os.X_OK):
+        return f"{directory} cannot be made ({found} is no directory this user can write)"
+    return ""
 
 
 def _canonical(record: dict[str, Any]) -> bytes:
@@ -216,7 +244,7 @@ class AuditLog:
         """The audit key, read (or created) on first use. Raises UsageError for a key file
         others can read or change, or that lies inside the log's own directory."""
         if self._key is None:
-            if self.key_path.resolve().parent == self.path.resolve().parent:
+            if Path(_real(self.key_path)).parent == Path(_real(self.path)).parent:
                 raise UsageError(f"audit key {self.key_path}: it lies beside the audit log; "
                                  f"keep it outside the state directory ({KEY_ENV})")
             key = _secret_key(self.key_path, create=True)
@@ -414,10 +442,24 @@ class AuditReport(NamedTuple):
     def __str__(self) -> str:
         if self.ok:
             return f"audit log intact: {self.records} records"
-        where = (f"{self.file} " if self.file else "") + (
-            f"line {self.line}" if self.line is not None else "its head")
+        if self.line is None:  # the head, or a file that is no log file (`file`)
+            where = self.file or "its head"
+        else:
+            where = (f"{self.file} " if self.file else "") + f"line {self.line}"
         where += f" (seq {self.seq})" if self.seq is not None else ""
         return f"audit log broken at {where}: {self.problem}"
+
+
+def _not_a_log_file(path: Path) -> str:
+    """Why `path` is no log file (a symlink, a FIFO, a device planted where the log or a
+    rotated file should be), or "". Reading it is refused either way (`open_regular`):
+    said as a log replaced, not as a log that cannot be read."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        return "it is a symbolic link, not the log: the log was replaced"
+    if not stat.S_ISREG(mode):
+        return "it is not a regular file: the log was replaced"
+    return ""
 
 
 def _lines(paths: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
@@ -433,15 +475,26 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
            key_path: Path | str | None = None) -> AuditReport:
     """Check the keyed hash chain of the audit log at `path` (default: the state
     directory's), its rotated files first, and its head. No log and no head is an
-    intact, empty log; a head without a log is not. A `tamper` record makes the log
-    broken. Raises OSError when it cannot be read, UsageError for an unusable key."""
+    intact, empty log; a head without a log is not, nor is a symlink or anything but a
+    regular file in the log's place. A `tamper` record makes the log broken. Raises
+    OSError when it cannot be read, UsageError for an unusable key or for a place that
+    can hold no log (no log there, nor ever one: every run's record is lost)."""
     path = Path(path) if path is not None else state_dir() / "audit.jsonl"
-    files = [*_segments(path), *([path] if path.exists() else [])]
+    # lexists: a link planted as a file is a log replaced, not a log absent.
+    files = [*_segments(path), *([path] if os.path.lexists(path) else [])]
     head_path = path.with_name(path.name + ".head")
     where = Path(key_path) if key_path is not None else audit_key_path()
     counter_file = counter_path(path, where)
-    if not files and not head_path.exists() and not os.path.lexists(counter_file):
+    if not files and not os.path.lexists(head_path) and not os.path.lexists(counter_file):
+        # Nothing audited yet, unless nothing can be: then every run loses its records.
+        problem = _cannot_hold(path.parent)
+        if problem:
+            raise UsageError(f"{path}: no audit log can be kept there: {problem}")
         return AuditReport(True, 0)
+    for file in files:
+        odd = _not_a_log_file(file)
+        if odd:
+            return AuditReport(False, 0, None, None, odd, file.name)
     if key is None:
         key = _secret_key(where, create=False)
         if key is None:

@@ -49,7 +49,8 @@ probe is ever in flight.
 
 from __future__ import annotations
 
-import math
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -77,6 +78,7 @@ __all__ = [
     "refusal_result",
     "iso_time",
     "default_path",
+    "unusable",
 ]
 
 _VERSION = 3
@@ -96,6 +98,10 @@ _SCHEMA = (
 _FROM_2 = ("ALTER TABLE violations ADD COLUMN source TEXT", f"PRAGMA user_version = {_VERSION}")
 DENIAL_FLUSH = 1.0  # seconds between writes of a process's refusal count
 # What each column read back must hold: SQLite keeps any value in any column.
+# Times are seconds since the epoch up to 2**33 (the year 2242), as the shared store's
+# (`state.resp.LATEST`): any finite float passed, and 1e12 (the year 33658) ended `breaker
+# list` in a traceback where it was shown.
+_LATEST = 2.0**33
 _KINDS = {"key": "text", "tenant": "text", "state": "text", "opened_at": "time?",
           "until": "time?", "probe_at": "time?", "updated": "time", "count": "count",
           "trips": "count", "denied": "count"}
@@ -108,23 +114,54 @@ def _checked(row: Sequence[Any], columns: str) -> tuple[Any, ...]:
     import sqlite3
 
     for name, value in zip(columns.split(), row, strict=True):
-        kind = _KINDS[name]
+        kind = wanted = _KINDS[name]
         if kind == "text":
             ok = type(value) is str
         elif kind == "count":
             ok = type(value) is int and value >= 0
         else:
             ok = (value is None and kind == "time?") or (
-                type(value) in (int, float) and math.isfinite(value))
+                type(value) in (int, float) and 0 <= value <= _LATEST)  # NaN fails too
+            wanted = "time from 0 to 2**33 s since the epoch"
         if not ok:
             raise sqlite3.DatabaseError(f"breakers table: {name} holds {value!r:.40} "
-                                        f"({type(value).__name__}), not a {kind.rstrip('?')}")
+                                        f"({type(value).__name__}), not a {wanted}")
     return tuple(row)
 
 
 def default_path() -> Path:
     """Where breakers are kept: `breaker.db` in the state directory."""
     return state_dir() / "breaker.db"
+
+
+def unusable(path: Path | str | None = None) -> str:
+    """Why the breaker database at `path` (default: `default_path()`) cannot be used, on
+    which breakers fail open (every run allowed), or "": also when there is none yet,
+    or one of an older schema (the first use makes or upgrades it). Read only: opened
+    read-only, each row checked as `entries` checks it."""
+    import sqlite3
+
+    path = Path(path) if path is not None else default_path()
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang the open
+            return "not a regular file"
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    columns = "key tenant state opened_at until probe_at count trips denied updated"
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
+                return ""
+            for row in db.execute(f"SELECT {', '.join(columns.split())} FROM breakers"):
+                _checked(row, columns)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return ""
 
 
 class Transition(NamedTuple):

@@ -12,10 +12,15 @@ __all__ = ["Decision", "iso_time"]
 
 
 def iso_time(timestamp: float) -> str:
-    """Local ISO-8601 time with offset, to the second."""
+    """Local ISO-8601 time with offset, to the second; a time no date can show (past the
+    year 9999, infinite: read from a store someone changed) as seconds since the epoch,
+    never an exception where it is shown."""
     from datetime import datetime
 
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return f"{timestamp:.6g} s since the epoch"
 
 
 class Decision(FieldTuple):

@@ -6,7 +6,8 @@ deltas and written on the profile's interval (and at `flush`); a write appends u
 three lines (traces, metrics, logs) under an exclusive `flock`, so processes can share
 the file. Past `max_bytes` the file is rotated to `<name>.1`. Write failures are said
 on stderr (at most once a minute), never raised; the file must be a regular file
-(`regularfile.open_regular`).
+(`regularfile.open_regular`) in a directory only this user can write (the audit log's
+rule, `audit.private_dir`).
 
 A run writes on the thread that records (`stockade run` starts no thread for it). A
 server writes from a thread of the sink's own (`write_in_background`): a request never
@@ -27,6 +28,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
+from ..errors import UsageError
 from ..regularfile import append_lines, open_regular
 from .aggregate import DeltaAggregator
 from .instruments import bounded_name
@@ -44,6 +46,8 @@ from .record import run_name, was_cold
 from .sink import is_sampled, ratio_bound, resource_attributes, scope
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..observe import RunInfo
     from ..result import Result
     from .record import InvocationRecord, LogEvent, SpanData
@@ -78,6 +82,9 @@ class FileSink:
 
     def __init__(self, settings: ExportSettings, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = settings.file
+        # The state directory's file keeps the audit log's rule; one a user named is
+        # where they chose (a shared /tmp included).
+        self._private = "file" not in settings.sources
         self._settings = settings
         self._bound = ratio_bound(settings.sampling_ratio)
         self._batch = max(1, settings.batch_size)
@@ -273,7 +280,8 @@ class FileSink:
             if logs:
                 lines.append(encode_logs(resource, scope_, logs))
             self._append(lines)
-        except OSError as exc:  # a full disk, a planted FIFO: said, never raised
+        except (OSError, UsageError) as exc:  # a full disk, a planted FIFO, an open
+            # directory: said, never raised
             records_lost(f"the telemetry file {self.path}", exc)
         except Exception:  # noqa: BLE001 - telemetry never breaks a run
             logger().warning("could not write telemetry to %s", self.path, exc_info=True)
@@ -281,7 +289,10 @@ class FileSink:
     def _append(self, requests: list[str]) -> None:
         data = "".join(line + "\n" for line in requests).encode()
         with self._write_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._private:
+                _private_dir(self.path.parent)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
                 _lock_within(fd, LOCK_WAIT)
@@ -310,6 +321,19 @@ class FileSink:
             self._writer = None
         self.flush()
         self._say_drops()
+
+
+def _private_dir(directory: Path) -> None:
+    """The audit log's rule for its directory (`audit.private_dir`): made 0700 when
+    missing, refused (UsageError) when another uid owns it or group or others can write
+    it, for whoever can write it can replace the file and what runs recorded. The audit
+    module is imported only to refuse: its hashlib and hmac (OpenSSL) cost every run."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.stat(directory)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        from .audit import private_dir
+
+        private_dir(directory)
 
 
 def _lock_within(fd: int, seconds: float) -> None:

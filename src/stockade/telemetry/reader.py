@@ -28,7 +28,7 @@ from .record import MONITOR_WARNING
 
 __all__ = ["InvocationRow", "Rejection", "Warning_", "Filters", "Summary", "read_summary",
            "attributes_of", "percentile", "rows_of", "REJECTED", "BadLine", "LineSplitter",
-           "read_lines", "open_file", "MAX_LINE_BYTES"]
+           "read_lines", "open_file", "MAX_LINE_BYTES", "MAX_RECENT"]
 
 REJECTED = (408, 413, 429, 503)  # HTTP statuses the gateway answers without a guest
 _REFUSED_OUTCOMES = ("denied",)  # invocations stopped before the guest ran
@@ -36,6 +36,9 @@ _REFUSED_OUTCOMES = ("denied",)  # invocations stopped before the guest ran
 # A longer line is skipped unparsed: JSON takes up to ~30 times its text in objects.
 MAX_LINE_BYTES = 16 * 1024**2
 READ_CHUNK = 1024**2
+# Invocations listed at most (`recent`): each row is kept until the end, twice with
+# warnings. A number past it raised OverflowError sizing the deque (found by review).
+MAX_RECENT = 10_000
 
 
 @dataclass(frozen=True)
@@ -377,7 +380,8 @@ def open_file(path: Path | str) -> BinaryIO:
 def read_summary(path: Path | str, recent: int = 10, filters: Filters | None = None
                  ) -> Summary:
     """Summarise the telemetry file at `path`, keeping the `recent` latest invocations
-    that pass `filters`. Raises OSError when the file cannot be read."""
+    (at most `MAX_RECENT`) that pass `filters`. Raises OSError when the file cannot be
+    read, ValueError for a `recent` past `MAX_RECENT`."""
     with open_file(path) as file:
         return summarise(read_lines(file), Path(path), recent, filters or Filters())
 
@@ -385,6 +389,8 @@ def read_summary(path: Path | str, recent: int = 10, filters: Filters | None = N
 def summarise(lines: Iterable[bytes | None], path: Path, recent: int, filters: Filters
               ) -> Summary:
     """`read_summary` over lines already read (see `read_lines`; None for one too long)."""
+    if recent > MAX_RECENT:
+        raise ValueError(f"recent: at most {MAX_RECENT} invocations are listed")
     summary = Summary(path)
     durations: list[float] = []
     latest: deque[InvocationRow] = deque(maxlen=max(recent, 1))

@@ -246,6 +246,8 @@ def resolve_settings(
     batch = _number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", int, MAX_BATCH)
     interval_ms = _number(env, "OTEL_METRIC_EXPORT_INTERVAL", float, MAX_INTERVAL_MS)
     file = _get(env, "STOCKADE_TELEMETRY_FILE")
+    if file:
+        sources["file"] = "STOCKADE_TELEMETRY_FILE"
     timeout_ms = _number(env, "OTEL_EXPORTER_OTLP_TIMEOUT", float, MAX_TIMEOUT_MS)
     if timeout_ms is not None:
         sources["timeout"] = "OTEL_EXPORTER_OTLP_TIMEOUT"
