@@ -66,6 +66,9 @@ GOOD = [{"name": "cpu_loop", "verdict": "contained", "outcome": "timeout",
     _report([{**GOOD[0], "impact": {"cpu_user_s": float("nan")}}]),
     _report([{**GOOD[0], "name": ["a"]}]),
     _report([{**GOOD[0], "name": f"a{i}"} for i in range(2000)]),
+    # Drawn as they were: a name of 1 MB took matplotlib minutes and 700 MB.
+    _report([{**GOOD[0], "name": "A" * 1_000_000}]),
+    _report([{**GOOD[0], "outcome": "ab\n" * 1000}]),
 ])
 def test_malformed_reports_are_one_line_errors(tmp_path: Path, text: str) -> None:
     report = tmp_path / "r.json"

@@ -125,3 +125,7 @@ def test_unloadable_names_only_modules_wasmtime_would_not_load(tmp_path: Path) -
     assert unloadable(text) == "text.wasm: not a WebAssembly binary (no \\0asm header)"
     assert unloadable(GUESTS / "attacks" / "cpu_loop.wasm") is None
     assert unloadable(GUESTS / "attacks" / "threads.wasm") is None  # denied, but valid
+    # Valid with nothing to run: refused by every sandbox, it passed as contained.
+    empty = tmp_path / "empty.wasm"
+    empty.write_bytes(b"\0asm\x01\0\0\0")
+    assert unloadable(empty) == "empty.wasm: no _start function export (not a WASI command)"

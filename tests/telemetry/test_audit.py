@@ -348,6 +348,22 @@ def test_a_symlink_loop_planted_as_the_log_is_said_and_judged(tmp_path: Path) ->
     assert item["status"] == "fail" and "symbolic link" in item["reason"], item
 
 
+def test_a_state_directory_replaced_by_a_link_is_an_erased_log(tmp_path: Path) -> None:
+    """Whoever can write the state directory's parent moved it away and linked another
+    private directory in its place: the counter was named after where the link led, so
+    there was none, and `verify` said intact, 0 records (found by review)."""
+    state = tmp_path / "p" / "state"
+    AuditLog(state / "audit.jsonl").append("violation", "one")
+    AuditLog(state / "audit.jsonl").append("violation", "two")
+    assert verify(state / "audit.jsonl").ok
+    state.rename(tmp_path / "p" / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    state.symlink_to(elsewhere)
+    report = verify(state / "audit.jsonl")
+    assert not report.ok and "erased" in report.problem, report
+
+
 @pytest.mark.parametrize("target", ["copy", "/dev/zero", "dangling"])
 def test_a_symlink_as_the_log_is_a_broken_log(log: AuditLog, tmp_path: Path,
                                               target: str) -> None:

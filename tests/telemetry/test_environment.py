@@ -117,6 +117,16 @@ def test_a_remembered_detection_of_another_shape_is_detected_again(
     assert cached_environment(path) == first  # and written again whole
 
 
+def test_the_state_directory_it_makes_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    # Made 0775 under umask 002, which the audit log and telemetry file then refused.
+    previous = os.umask(0o002)
+    try:
+        cached_environment(tmp_path / "state" / "environment.json")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
 def test_protections_of_this_process() -> None:
     found = probe_protections()
     assert found.rlimits["NOFILE"] == resource.getrlimit(resource.RLIMIT_NOFILE)

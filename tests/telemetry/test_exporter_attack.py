@@ -21,6 +21,7 @@ import pytest
 
 from stockade.telemetry import open_telemetry, sdksink
 from stockade.telemetry.pipeline import Telemetry
+from tests.conftest import guest, stockade
 
 from .receiver import HttpReceiver
 from .runs import make_run
@@ -299,3 +300,33 @@ def test_a_collector_cannot_plant_cookies() -> None:
             telemetry.sink.flush()
         assert len(collector.requests) >= 2
     assert not any("cookie" in headers for headers in collector.requests)
+
+
+def test_a_grpc_status_detail_cannot_write_to_the_terminal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A malformed retry-info trailer made the SDK's metrics reader log the exporter's
+    # exception with its traceback, which held the collector's detail unescaped: escape
+    # codes on the user's terminal (found by review).
+    def abort(request: bytes, context: Any) -> bytes:
+        context.set_trailing_metadata([("google.rpc.retryinfo-bin", b"\xff\xff\xff\xff")])
+        context.abort(grpc.StatusCode.UNAVAILABLE, "\x1b[2J\x1b]0;pwn\x07 details")
+        return b""
+
+    class Hostile(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                abort, request_deserializer=bytes, response_serializer=bytes)
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((Hostile(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    try:
+        done = stockade("run", str(guest("hello.wasm")))
+    finally:
+        server.stop(grace=None).wait()
+    assert done.returncode == 0, done.stderr
+    assert b"\x1b" not in done.stderr and b"\x07" not in done.stderr, done.stderr
+    assert b"Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

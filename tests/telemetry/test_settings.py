@@ -97,6 +97,7 @@ def test_otel_variables_override_the_profile() -> None:
     ("OTEL_EXPORTER_OTLP_HEADERS", "a b=c"),
     ("OTEL_EXPORTER_OTLP_HEADERS", "a=b%0d%0aX-Injected: 1"),
     ("OTEL_EXPORTER_OTLP_HEADERS", "a%0a=b"),
+    ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "bad name=1"),  # read by the SDK itself
 ])
 def test_bad_values_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(UsageError, match=key):
@@ -106,6 +107,7 @@ def test_bad_values_name_the_variable(key: str, value: str) -> None:
 @pytest.mark.parametrize(("protocol", "endpoint"), [
     ("http/protobuf", "http://collector:4318"), ("http/protobuf", "https://[::1]/otlp"),
     ("grpc", "collector:4317"), ("grpc", "https://collector"),
+    ("grpc", "unix:///run/otel.sock"), ("grpc", "dns:///collector:4317"),
 ])
 def test_endpoints_an_exporter_takes_are_kept(protocol: str, endpoint: str) -> None:
     settings = resolve_settings(env={"OTEL_EXPORTER_OTLP_PROTOCOL": protocol,

@@ -60,4 +60,21 @@ def unloadable(module: Path) -> str | None:
     if not data.startswith(WASM_MAGIC):  # guests are binaries: no text, no .cwasm
         return f"{module.name}: not a WebAssembly binary (no \\0asm header)"
     error = engine_verdict(data).error
-    return None if error is None else f"{module.name}: invalid WebAssembly: {error}"
+    if error is not None:
+        return f"{module.name}: invalid WebAssembly: {error}"
+    # Valid but nothing to run: refused by every sandbox, judged on its (zero) numbers
+    # it passed as contained (found by review).
+    if not _has_start(data):
+        return f"{module.name}: no _start function export (not a WASI command)"
+    return None
+
+
+def _has_start(data: bytes) -> bool:
+    from ..binary import MalformedModule, read_exports, sections
+
+    try:
+        return any(export.name == "_start" and export.kind == "func"
+                   for section in sections(data) if section.kind == "export"
+                   for export in read_exports(data, section))
+    except MalformedModule:
+        return False

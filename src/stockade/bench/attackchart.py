@@ -29,6 +29,7 @@ _FLOOR_S = 0.001  # a log axis needs a floor: below a millisecond reads as "noth
 # What matplotlib's own backends write (Agg, SVG, PDF), with nothing else installed.
 CHART_FORMATS = ("png", "svg", "pdf")
 MAX_ATTACKS = 120  # distinct attacks on one chart (the catalogue has 30)
+MAX_TEXT = 200  # characters of a name, outcome or verdict drawn (real ones: under 40)
 MAX_RUNS = 12  # reports side by side
 _IMPACT = ("cpu_user_s", "cpu_sys_s", "kernel_threads_s")  # what the bars add up
 _MAX_SECONDS = 1e9  # their sum stays finite on a log axis
@@ -52,8 +53,8 @@ def check_report(data: object) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("attacks"), list):
         raise ValueError('no "attacks" list')
     for key in ("mode", "profile", "isolate"):
-        if not isinstance(data.get(key), str | None):
-            raise ValueError(f"{key}: not a string")
+        if not _short(data.get(key), none=True):
+            raise ValueError(f"{key}: not a string of one line, at most {MAX_TEXT} characters")
     if len(data["attacks"]) > MAX_ATTACKS:
         raise ValueError(f"{len(data['attacks'])} attacks, more than the {MAX_ATTACKS} a "
                          "chart shows")
@@ -62,8 +63,9 @@ def check_report(data: object) -> None:
         if not isinstance(attack, dict):
             raise ValueError(f"{where}: not an object")
         for key in ("name", "outcome", "verdict"):
-            if not isinstance(attack.get(key), str):
-                raise ValueError(f"{where}.{key}: missing or not a string")
+            if not _short(attack.get(key)):
+                raise ValueError(f"{where}.{key}: missing or not a string of one line, at "
+                                 f"most {MAX_TEXT} characters")
         impact = attack.get("impact", {})
         if not isinstance(impact, dict):
             raise ValueError(f"{where}.impact: not an object")
@@ -72,6 +74,15 @@ def check_report(data: object) -> None:
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not 0 <= value <= _MAX_SECONDS:  # NaN too: json reads it
                 raise ValueError(f"{where}.impact.{key}: not a number of seconds")
+
+
+def _short(value: object, none: bool = False) -> bool:
+    """Whether `value` is text a chart can draw quickly: one line of at most MAX_TEXT
+    characters (a name of 1 MB took matplotlib minutes and 700 MB)."""
+    if value is None:
+        return none
+    return isinstance(value, str) and len(value) <= MAX_TEXT and "\n" not in value \
+        and "\r" not in value
 
 
 def run_label(report: Mapping[str, Any]) -> str:

@@ -92,8 +92,11 @@ def _real(path: Path) -> str:
 
 
 def counter_path(log: Path, key_path: Path) -> Path:
-    """The freshness counter of the log at `log`: beside the key, named after the log."""
-    digest = hashlib.sha256(_real(log).encode()).hexdigest()[:16]
+    """The freshness counter of the log at `log`: beside the key, named after the log's
+    absolute path as given, links not followed. Named after where the links led, a
+    state directory replaced by a link to another directory had a counter of its own,
+    none: the log was erased and `verify` said intact (found by review)."""
+    digest = hashlib.sha256(os.path.abspath(log).encode()).hexdigest()[:16]
     return key_path.parent / f"audit-{digest}.seq"
 
 

@@ -325,7 +325,8 @@ class Breaker:
         self._denied: dict[tuple[str, str], int] = {}
         self._flushed: dict[tuple[str, str], float] = {}
         self._closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Private, as the audit log's (whoever can write it can replace the database).
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._db: sqlite3.Connection = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")

@@ -266,7 +266,9 @@ def cached_environment(path: Path | None = None) -> Environment:
         pass
     found = detect_environment()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0700 whatever the umask: the first run makes the state directory, and the audit
+        # log refuses one group can write (under umask 002 every record was lost).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         replace_file(path, json.dumps({"key": key, "environment": found._asdict()}).encode())
     except OSError:
         pass  # a read-only state directory only costs the next run a detection

@@ -502,7 +502,11 @@ class _ExporterLines(logging.Handler):
         return str(getattr(self._causes, "last", ""))
 
 
-_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.sdk._shared_internal")
+# The SDK's processors log an exporter's exception with its traceback, which holds the
+# collector's words unescaped (a gRPC status detail of escape codes, found by review).
+_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.sdk._shared_internal",
+                     "opentelemetry.sdk.metrics._internal.export",
+                     "opentelemetry.sdk.trace.export", "opentelemetry.sdk._logs._internal.export")
 
 
 _MARKERS = ("[Errno", "StatusCode.", "status code", "export deadline")

@@ -93,22 +93,19 @@ def _number(env: Mapping[str, str], key: str, cast: type[float] | type[int],
     return float(value)
 
 
-def _headers(raw: str) -> tuple[tuple[str, str], ...]:
+def _headers(raw: str, variable: str) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in raw.split(","):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(
-                f"OTEL_EXPORTER_OTLP_HEADERS has {item!r} (from the environment): use key=value"
-            )
+            raise UsageError(f"{variable} has {item!r} (from the environment): use key=value")
         name, text = unquote(key.strip()).lower(), unquote(value.strip())
         # Refused here, once: the SDK re-read the variable and printed its own complaint
         # per exporter, then sent the name anyway, or failed every export on a CR/LF.
         if not _TOKEN.fullmatch(name) or _HEADER_CONTROL.search(text):
             raise UsageError(
-                f"OTEL_EXPORTER_OTLP_HEADERS has {item!r} (from the environment): a header "
-                "name is letters, digits and !#$%&'*+-.^_`|~, and a value has no control "
-                "characters")
+                f"{variable} has {item!r} (from the environment): a header name is letters, "
+                "digits and !#$%&'*+-.^_`|~, and a value has no control characters")
         pairs.append((name, text))
     return tuple(pairs)
 
@@ -146,12 +143,17 @@ def _endpoints(
     return result
 
 
+_GRPC_NAMED = ("unix", "unix-abstract", "dns")
+
+
 def _check_endpoint(url: str, protocol: Protocol, source: str) -> None:
     """Refuse an endpoint no export could reach (exit 125 at start), as the other OTEL_*
     values are: each run said the SDK's words instead, cut mid-sentence, with advice to
     wait longer. OTLP/HTTP needs an http(s) URL; gRPC also takes `host:port`."""
     from urllib.parse import urlsplit
 
+    if protocol == "grpc" and url.partition(":")[0] in _GRPC_NAMED and url.partition(":")[2]:
+        return  # a gRPC target name: `unix:///path`, `dns:///host:port`
     bare = protocol == "grpc" and "://" not in url
     try:
         parts = urlsplit(f"//{url}" if bare else url)
@@ -240,6 +242,10 @@ def resolve_settings(
         sources["compression"] = "OTEL_EXPORTER_OTLP_COMPRESSION"
     ratio, parent_based = _sampler(env, chosen.sampling_ratio, sources)
     raw_headers = _get(env, "OTEL_EXPORTER_OTLP_HEADERS")
+    for signal in SIGNALS:  # the SDK reads these itself: checked here all the same
+        own_headers = f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS"
+        if _get(env, own_headers):
+            _headers(_get(env, own_headers) or "", own_headers)
     resource = _resource(_get(env, "OTEL_RESOURCE_ATTRIBUTES"))
     resource_name = resource.pop("service.name", None)  # OTEL_SERVICE_NAME wins over it
     name = _get(env, "OTEL_SERVICE_NAME") or resource_name or service_name
@@ -258,7 +264,7 @@ def resolve_settings(
         endpoints={} if disabled else _endpoints(endpoint, env, protocol, sources),
         protocol=protocol,
         compression=compression,
-        headers=_headers(raw_headers) if raw_headers else (),
+        headers=_headers(raw_headers, "OTEL_EXPORTER_OTLP_HEADERS") if raw_headers else (),
         sampling_ratio=ratio,
         parent_based=parent_based,
         batch_size=int(batch) if batch else chosen.batch_size,
