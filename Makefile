@@ -36,6 +36,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The guest modules, and build/native/bench: the benchmark's native binaries and its
+# launcher (`rusage`, which measures a process's own peak RSS for `stockade bench`).
 guests: venv
 	$(PY) scripts/build_guests.py
 

@@ -2,7 +2,9 @@
 
 - ``*.c``   -> clang --target=wasm32-wasi (flags from ``// build: ...`` lines,
                target from ``// target: ...``); with ``// native: yes`` also a
-               native binary in build/native/ from the same source.
+               native binary in build/native/ from the same source; ``// native: only``
+               builds the native binary alone (a helper of the benchmark, such as
+               ``bench/rusage``, its launcher that measures a process's own peak RSS).
 - ``*.wat`` -> binary wasm via wasmtime's wat2wasm.
 - ``gen_*.py`` -> run as ``python gen_x.py OUT_DIR``: generators for modules too
                big or too regular to keep as source (compile bombs, huge files).
@@ -52,14 +54,14 @@ def build_c(source: Path) -> None:
     flags = opts.get("build", "-O2").split()
     target = opts.get("target", "wasm32-wasi")
     out = OUT / rel.with_suffix(".wasm")
-    out.parent.mkdir(parents=True, exist_ok=True)
     headers = sorted(source.parent.glob("*.h"))
-    if stale(out, source, Path(__file__), *headers):
+    if opts.get("native") != "only" and stale(out, source, Path(__file__), *headers):
+        out.parent.mkdir(parents=True, exist_ok=True)
         cmd = ["clang", f"--target={target}", *flags, "-Wl,--strip-all"]
         cmd += ["-o", str(out), str(source)]
         cmd += opts.get("link", "").split()
         run(cmd, source)
-    if opts.get("native") == "yes":
+    if opts.get("native") in ("yes", "only"):
         native = NATIVE / rel
         native.parent.mkdir(parents=True, exist_ok=True)
         if stale(native, source, Path(__file__), *headers):

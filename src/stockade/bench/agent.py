@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import resource
+import signal
 import sys
 import tempfile
 import traceback
@@ -84,8 +85,17 @@ def serve(lines: IO[str], answers: IO[str], capture_fd: int) -> None:
         host.close()
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (the harness stopping, or `timeout` signalling the process group) ends the
+    agent as Ctrl-C does: the host's `close` runs (scratch directories in /dev/shm, a
+    warm VM, node) instead of the process just vanishing."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop: let the cleanup finish
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of `python -m stockade.bench.agent`."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     capture = tempfile.TemporaryFile(dir=scratch_root())
     os.dup2(capture.fileno(), 1)

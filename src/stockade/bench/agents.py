@@ -79,10 +79,14 @@ class AgentHandle:
         found: dict[str, int] = self._ask({"op": "artifacts"}, 60.0)["artifacts"]
         return found
 
-    def close(self) -> None:
-        """Ask the agent to stop; kill it if it does not. Safe to call twice."""
+    def close(self, interrupt: bool = False) -> None:
+        """Ask the agent to stop; kill it if it does not. `interrupt`: the run is being
+        stopped (Ctrl-C, SIGTERM): SIGTERM it first, which ends even a batch in progress
+        through its host's cleanup. Safe to call twice."""
         proc, self.proc = self.proc, None
         if proc is not None:
+            if interrupt and proc.poll() is None:
+                proc.terminate()
             try:
                 if proc.stdin is not None:
                     proc.stdin.write(json.dumps({"op": "close"}) + "\n")

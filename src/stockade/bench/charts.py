@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .derive import BASELINE, cold_start_ms, compute_ratios, hello, io_ratios, workload_keys
+from .derive import (
+    BASELINE,
+    cold_start_measured,
+    cold_start_ms,
+    compute_ratios,
+    hello,
+    io_ratios,
+    workload_keys,
+)
 from .results import BenchResults
 
 __all__ = ["render_charts", "charts_available", "CHARTS", "NO_CHARTS"]
@@ -36,8 +44,15 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
+    """Render to memory, then `replace_file`: never through a link planted at `path`."""
+    import io
+
+    from ..regularfile import replace_file
+
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=_DPI, format="png")
+    replace_file(path, image.getvalue(), mode=None)
     fig.clf()
 
 
@@ -112,12 +127,12 @@ def _cold_start(plt: Any, results: BenchResults, path: Path) -> bool:
     rows: list[tuple[str, float, str]] = []
     for info in results.ran():
         found = hello(results, info.name)
-        if info.kind == "process":
+        if cold_start_measured(info.kind, found):
             value = cold_start_ms(found)
             kind = "cold: new process, request to first output"
-        else:
+        else:  # the isolated worker too: a warm process, request to completion
             value = found.p50() if found else None
-            kind = "warm: in-process fresh instance, for scale"
+            kind = "warm: fresh instance in a running host, for scale"
         if value is not None:
             rows.append((info.name, value, kind))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from .results import BenchResults, Measurement
 from .stats import BenchError, geomean, ratio
 
-__all__ = ["BASELINE", "cold_start_ms", "compute_ratios", "compute_geomean", "io_ratios",
-           "micro_figure", "workload_keys", "hello"]
+__all__ = ["BASELINE", "cold_start_ms", "cold_start_measured", "compute_ratios",
+           "compute_geomean", "io_ratios", "micro_figure", "workload_keys", "hello"]
 
 BASELINE = "native"
 HELLO = "startup/hello"
@@ -28,6 +28,15 @@ def cold_start_ms(measurement: Measurement | None) -> float | None:
     if measurement is None:
         return None
     return measurement.p50("first_ms") or measurement.p50("wall_ms")
+
+
+def cold_start_measured(kind: str, measurement: Measurement | None) -> bool:
+    """Whether a backend's hello shows a cold start: a new process per request (`kind`
+    "process") whose first output was timed. The isolated worker's kind is "process" (its
+    worker is one) but it is warm and times no first output: `cold_start_ms` would fall
+    back to its request time and show it as a cold start faster than a native process."""
+    return kind == "process" and measurement is not None and \
+        measurement.p50("first_ms") is not None
 
 
 def compute_ratios(results: BenchResults, backend: str) -> dict[str, float]:

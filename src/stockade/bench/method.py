@@ -11,9 +11,13 @@ __all__ = ["method_section"]
 TEXT = """\
 - **Timing.** Every backend is driven by its own agent process (`python -m
   stockade.bench.agent`), so the harness's progress bars never share a process with a
-  measurement. Process backends: the clock starts before `fork` and stops when the child is
-  reaped (`wait4`, which also gives CPU time and peak RSS of the child and its reaped
-  children); *first output* is the first byte on its stdout. In-process backends: the clock
+  measurement. Process backends run through a small static launcher (`rusage`, built with
+  the native guests): the clock starts just before its `vfork` and stops when it reaps the
+  child (`wait4`, which also gives CPU time and peak RSS of the child and its reaped
+  children); *first output* is the first byte on its stdout. Linux counts the memory a
+  process had before `exec` in the peak RSS of what it execs: forked from the agent, every
+  process showed the agent's ~22 MB; forked from the launcher, its own (a static hello
+  about 0.5 MiB). In-process backends: the clock
   covers creating the instance, running `_start` and collecting the output; the module is
   compiled or loaded from the cache before the clock starts. Kernels time their own hot loop
   (`hot_ns`), so compute ratios exclude start-up.
@@ -23,7 +27,9 @@ TEXT = """\
   `python -c "import wasmtime"` is the reference floor for a Python CLI.
 - **Warm latency** is per request in a long-lived host with a fresh instance each time
   (Stockade `Sandbox`, bare wasmtime-py, Pulley, node:wasi, Extism); for process backends
-  every request is a new process, so their warm and cold rows are the same runs.
+  every request is a new process, so their warm and cold rows are the same runs. The
+  isolated worker is a process too, but a warm one that times no first output: it has no
+  cold-start figure.
 - **Interleaving.** For each workload the backends run round-robin in rounds, the order
   rotating every round, so drift on this shared machine hits all of them alike.
 - **Warm-up and outliers.** Each backend first runs unrecorded warm-up iterations. No sample

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from .claims import ClaimRow, goal_rows, paper_rows
 from .derive import (
     BASELINE,
+    cold_start_measured,
     cold_start_ms,
     compute_geomean,
     compute_ratios,
@@ -34,6 +35,21 @@ def _ms(value: float | None) -> str:
         f"{value:.0f} ms"
 
 
+def _mib(kib: float | None) -> str:
+    """A peak RSS: a static native process is about 0.5 MiB, which whole MiB showed as 1."""
+    if kib is None:
+        return "—"
+    return f"{kib / 1024:.1f} MiB" if kib < 10 * 1024 else f"{kib / 1024:.0f} MiB"
+
+
+def _rate(per_second: float) -> str:
+    """Requests a second with the digits a slow backend needs (a microVM per request is
+    0.11/s, which whole numbers showed as 0/s)."""
+    if per_second >= 100:
+        return f"{per_second:,.0f}/s"
+    return f"{per_second:.3g}/s"
+
+
 def summary_table(results: BenchResults) -> str:
     """One row per backend that ran: the headline figures."""
     rows = []
@@ -43,7 +59,7 @@ def summary_table(results: BenchResults) -> str:
         summary = hello_m.summary() if hello_m else None
         latency = "—" if summary is None else \
             f"{_ms(summary.p50)} / {_ms(summary.p95)} / {_ms(summary.p99)}"
-        cold = cold_start_ms(hello_m) if info.kind == "process" else None
+        cold = cold_start_ms(hello_m) if cold_start_measured(info.kind, hello_m) else None
         io = io_ratios(results, info.name).get(16 << 20)
         python = results.get(info.name, "real/python")
         peak = hello_m.p50("rss_kb") if hello_m else None
@@ -52,7 +68,7 @@ def summary_table(results: BenchResults) -> str:
             _n(compute_geomean(results, info.name), 2, "x"),
             _n(io, 2, "x") if results.get(info.name, big) else "—",
             _ms(python.p50() if python else None),
-            _n(None if peak is None else peak / 1024, 0, " MiB"),
+            _mib(peak),
         ])
     headers = ["backend", "cold start (hello, first output p50)",
                "hello latency p50 / p95 / p99", "compute vs native (geomean, hot loop)",
@@ -74,7 +90,7 @@ def _startup(results: BenchResults) -> str:
                      f"{_ms(wall.min)} / {_ms(wall.p50)} / {_ms(wall.max)}" if wall else "—",
                      f"{_ms(wall.p95)} / {_ms(wall.p99)}" if wall else "—",
                      str(wall.outliers) if wall else "—",
-                     f"{1000 / wall.mean:,.0f}/s" if wall and wall.mean > 0 else "—",
+                     _rate(1000 / wall.mean) if wall and wall.mean > 0 else "—",
                      _ms(cpu), _n(None if rss is None else rss / 1024, 1, " MiB")])
     return markdown_table(["backend", "kind", "n", "first output p50", "min / median / max",
                            "p95 / p99", "outliers", "throughput (1 caller)", "CPU p50",

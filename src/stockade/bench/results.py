@@ -181,8 +181,12 @@ class BenchResults:
                    measurements=[Measurement.from_dict(m) for m in data["measurements"]])
 
     def save(self, path: Path) -> None:
-        """Write results.json."""
-        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
+        """Write results.json (whole, through no link: `regularfile.replace_file`;
+        raises OSError for anything at `path` but a regular file)."""
+        from ..regularfile import replace_file
+
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
+        replace_file(path, text.encode(), mode=None)
 
     @classmethod
     def load(cls, path: Path) -> BenchResults:

@@ -145,7 +145,11 @@ def run_bench(options: Options, progress: Progress | None = None) -> BenchResult
                     agent.start()
                     agents[backend.name] = agent
                 except AgentFailed as exc:
+                    agent.close(interrupt=True)  # one that did not answer in time too
                     info.skipped = str(exc)
+                except BaseException:
+                    agent.close(interrupt=True)
+                    raise
             if info.skipped is not None:
                 sink.note(f"skipped {backend.name}: {info.skipped}")
         live = [b for b in backends if b.name in agents]
@@ -153,6 +157,10 @@ def run_bench(options: Options, progress: Progress | None = None) -> BenchResult
             if backends else []
         artifacts = collect_artifacts(layout, ctx.cache_dir, workdir, agents) \
             if backends else {}
+    except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: the agents too, now
+        for agent in agents.values():
+            agent.close(interrupt=True)
+        raise
     finally:
         for agent in agents.values():
             agent.close()

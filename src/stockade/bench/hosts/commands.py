@@ -12,7 +12,7 @@ from typing import Any
 from ...rmtree import remove_tree
 from .base import Host, HostUnavailable, Layout, Request, Sample
 from .node import NODE_FLAGS
-from .process import measure_process
+from .process import LAUNCHER, measure_process
 
 __all__ = ["CommandHost", "STOCKADE_RUN_FLAGS"]
 
@@ -34,6 +34,10 @@ class CommandHost(Host):
         self.kind = str(options.get("kind"))
         if self.kind not in KINDS:
             raise HostUnavailable(f"unknown process backend {self.kind!r}")
+        self.launcher = layout.native(LAUNCHER)
+        if not self.launcher.is_file():
+            raise HostUnavailable(f"no launcher {self.launcher} (run: python "
+                                  "scripts/build_guests.py)")
         self.env = dict(os.environ)
         if self.kind == "stockade-run":
             self.env["STOCKADE_CACHE_DIR"] = str(options["cache_dir"])
@@ -66,7 +70,8 @@ class CommandHost(Host):
             env = {**self.env, "STOCKADE_CACHE_DIR": scratch}
         stdin = None if self.kind == "python-import" else request.stdin
         try:
-            return measure_process(self.command(request), stdin, env).sample
+            return measure_process(self.command(request), stdin, env,
+                                   launcher=self.launcher).sample
         finally:
             if scratch:
                 failure = remove_tree(scratch)

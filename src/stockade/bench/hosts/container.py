@@ -21,7 +21,7 @@ from typing import Any
 
 from ...rmtree import remove_tree
 from .base import Host, HostUnavailable, Layout, Request, Sample
-from .process import measure_process
+from .process import LAUNCHER, measure_process
 
 __all__ = ["ContainerHost", "build_rootfs", "HYBRID_MOUNT"]
 
@@ -112,7 +112,8 @@ class ContainerHost(Host):
         name = f"bench-{os.getpid()}-{next(self.ids)}"
         cmd = [self.crun, "--cgroup-manager=disabled", "--root", str(self.state), "run",
                "--bundle", str(bundle), name]
-        return measure_process(cmd, request.stdin).sample
+        return measure_process(cmd, request.stdin,
+                               launcher=self.layout.native(LAUNCHER)).sample
 
     def artifacts(self) -> dict[str, int]:
         """Size of the container root filesystem."""

@@ -19,18 +19,22 @@ loaded host stalled the kernel's timer calibration at boot.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import selectors
 import shutil
+import signal
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..guestio import fingerprint
 from .base import Host, HostUnavailable, Layout, Request, Sample
+from .process import LAUNCHER, Launched, launch
 
 __all__ = ["VmHost", "choose_accel", "write_initramfs", "VM_DIR"]
 
@@ -38,6 +42,7 @@ VM_DIR = Path("build") / "vm"
 _GUESTS = ("noop", "compute", "echo", "micro")
 _READY, _OUT, _ERR, _END = b"@@ready\n", b"@@out\n", b"@@err\n", b"@@end "
 _BOOT_TIMEOUT = 120.0
+_PR_SET_PDEATHSIG = 1
 # The serial console moves about 30 KiB/s under TCG: larger payloads are not measured.
 MAX_PAYLOAD = 64 * 1024
 # The program's stderr goes to a file shown after its stdout: the console carries both.
@@ -129,6 +134,10 @@ class VmHost(Host):
         if not kernel.exists() or not busybox.exists():
             raise HostUnavailable(f"no kernel or busybox in {vm_dir} "
                                   "(run: python scripts/fetch_vm.py)")
+        self.launcher = layout.native(LAUNCHER)
+        if not self.launcher.is_file():
+            raise HostUnavailable(f"no launcher {self.launcher} (run: python "
+                                  "scripts/build_guests.py)")
         self.mode = str(options.get("mode", "boot"))
         self.accel = choose_accel(options.get("accel"))
         workdir = Path(options["workdir"])
@@ -163,22 +172,37 @@ class VmHost(Host):
         if request.stdin:
             return Sample(wall_ms=0.0, ok=False, error="boot mode takes no stdin payload")
         argv = " ".join((request.guest, *request.args))
+        # Through the launcher: its report is QEMU's own peak RSS, not this agent's
+        # (see hosts/process.py), and QEMU dies with this agent.
         started = time.perf_counter()
-        proc = subprocess.Popen([*self.command, "-append", f"{self.append} -- {argv}"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        raw, first = _collect(proc, started + _BOOT_TIMEOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = (time.perf_counter() - started) * 1000.0
-        return _sample(raw, first, started, wall, usage.ru_maxrss,
-                       (usage.ru_utime + usage.ru_stime) * 1000.0)
+        run = launch([*self.command, "-append", f"{self.append} -- {argv}"], self.launcher,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL)
+        try:
+            raw, first = _collect(run, started + _BOOT_TIMEOUT)
+        except BaseException:  # interrupted: leave no VM running
+            run.kill()
+            with contextlib.suppress(OSError):
+                run.finish()
+            if run.proc.stdout is not None:
+                run.proc.stdout.close()
+            raise
+        usage = run.finish()
+        if usage is None:
+            wall = (time.perf_counter() - started) * 1000.0
+            return Sample(wall_ms=wall, ok=False, error=f"killed after {_BOOT_TIMEOUT:g} s")
+        wall = (usage.reaped - usage.forked) * 1000.0
+        return _sample(raw, None if first is None else min(first, usage.reaped), usage.forked,
+                       wall, usage.rss_kb, usage.cpu_ms)
 
     # -- warm: one VM, requests over the serial console ---------------------------------
 
     def _boot_warm(self) -> None:
+        # QEMU dies with this agent, however the agent ends (SIGKILL included).
         self.vm = subprocess.Popen([*self.command, "-append", self.append],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL)
+                                   stderr=subprocess.DEVNULL,
+                                   preexec_fn=_die_with_parent(os.getpid()))
         try:
             self._until(_READY, time.perf_counter() + _BOOT_TIMEOUT)
         except HostUnavailable:
@@ -257,15 +281,30 @@ def _select(fd: int, timeout: float) -> tuple[list[Any], list[Any], list[Any]]:
     return [key for key, _ in events], [], []
 
 
-def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, float | None]:
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A `preexec_fn` that has the child killed when `parent` (this thread) ends."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arrange() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent ended before the line above
+            os._exit(1)
+
+    return arrange
+
+
+def _collect(run: Launched, deadline: float) -> tuple[bytes, float | None]:
     """Everything a boot-mode VM printed, and when the program's output began."""
+    proc = run.proc
     assert proc.stdout is not None
     raw, first = b"", None
     fd = proc.stdout.fileno()
     while True:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
-            proc.kill()
+            run.kill()
             break
         ready, _, _ = _select(fd, remaining)
         if not ready:
@@ -276,8 +315,6 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, flo
         raw += chunk
         if first is None and _OUT in raw:
             first = time.perf_counter()
-    if proc.stderr is not None:
-        proc.stderr.close()
     proc.stdout.close()
     return raw, first
 
