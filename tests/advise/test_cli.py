@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from ..conftest import ROOT, guest, refused, stockade
+from ..conftest import ROOT, STOCKADE, guest, refused, stockade
 
 SAVED_RUN = ROOT / "docs" / "benchmarks" / "2026-12-01" / "results.json"
 FRESH_RUN = ROOT / "docs" / "benchmarks" / "2026-12-06" / "results.json"
@@ -55,7 +56,8 @@ def test_advice_cites_measured_figures_from_a_results_file() -> None:
     cited = data["cited"]
     assert isinstance(cited, list)
     measured = [f for f in cited if f["measured"]]
-    assert measured and all(f["source"] == str(SAVED_RUN) for f in measured)
+    source = f"{SAVED_RUN} (stockade bench of 2026-12-01, AMD EPYC, 2 cores)"
+    assert measured and all(f["source"] == source for f in measured)
     warm = next(f for f in measured if f["key"] == "wasm.warm_ms")
     assert warm["value"] == pytest.approx(0.0443, rel=0.01)  # the saved run's fast-path p50
 
@@ -174,3 +176,106 @@ def test_end_of_input_is_no_answer_not_an_interrupt() -> None:
                                   ("--startup-budget", "")])
 def test_empty_answers_are_refused(args: tuple[str, ...]) -> None:
     refused(stockade("advise", *args), args[0], "empty")
+
+
+# --- the outside review: prompts, closed input, honest reasons, hostile results ----------
+
+def test_the_prompts_keep_the_flags_given_and_go_to_stderr() -> None:
+    done = stockade("advise", "--interactive", "--json", "--full-os", "--language", "java",
+                    "--startup-budget", "200ms", stdin=b"\n\n\n\n\n\n5ms\n\n")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)  # the prompts are not on stdout
+    assert data["recommendation"] == "vm"
+    assert data["needs"]["full_os"] is True and data["needs"]["languages"] == ["java"]
+    assert data["needs"]["startup_budget_ms"] == 200
+    err = done.stderr.decode()
+    assert "Dependencies" in err and "full OS" not in err and "Languages" not in err
+
+
+def test_every_prompt_goes_to_stderr() -> None:
+    done = stockade("advise", "--interactive", "--json", stdin=b"y\n" + b"\n" * 10)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["recommendation"] == "vm"
+    assert b"full OS" in done.stderr
+
+
+def _closed_stdin(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", *STOCKADE, "advise", *args],
+                          capture_output=True, timeout=120, check=False)
+
+
+def test_a_closed_standard_input_is_an_ended_one() -> None:
+    done = _closed_stdin()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == stockade("advise").stdout  # as with </dev/null
+    refused(_closed_stdin("--interactive"), "no answer: standard input ended")
+    as_json = _closed_stdin("--interactive", "--json")
+    assert as_json.returncode == 125 and b"Traceback" not in as_json.stderr
+    assert json.loads(as_json.stdout)["error"] == "no answer: standard input ended"
+
+
+def test_a_budget_wasm_cannot_meet_from_a_run_is_said_plainly() -> None:
+    data = _advise("--startup-budget", "20ms", "--results", str(FRESH_RUN))
+    text = " ".join(r["text"] for r in data["reasons"])  # type: ignore[index, union-attr]
+    assert data["recommendation"] == "wasm" and data["caveats"] == []
+    assert "66.3 ms" in text and "over" in text and "against" not in text
+    python = _advise("--startup-budget", "20ms", "--language", "python",
+                     "--results", str(FRESH_RUN))
+    assert python["recommendation"] == "wasm"
+    caveats = python["caveats"]
+    assert isinstance(caveats, list) and caveats and "CPython" in caveats[0]
+    shown = stockade("advise", "--startup-budget", "20ms", "--language", "python",
+                     "--results", str(FRESH_RUN)).stdout.decode()
+    assert "Caveat" in shown and caveats[0] in shown.replace("\n  ", " ")
+
+
+def test_a_results_file_is_cited_with_its_machine_and_date() -> None:
+    data = _advise("--module", str(guest("hello.wasm")), "--results", str(FRESH_RUN))
+    cited = data["cited"]
+    assert isinstance(cited, list)
+    sources = {f["source"] for f in cited if f["measured"]}
+    assert sources == {f"{FRESH_RUN} (stockade bench of 2026-12-06, Intel(R) Xeon(R) "
+                       "Processor, 2 cores)"}
+
+
+def _compute(stockade_ms: float, native_ms: float) -> object:
+    def change(data: dict[str, list[dict[str, object]]]) -> None:
+        for measurement in data["measurements"]:
+            if str(measurement["workload"]).startswith("compute/"):
+                value = {"stockade": stockade_ms, "native": native_ms}.get(
+                    str(measurement["backend"]))
+                if value is not None:
+                    measurement["metrics"]["hot_ms"] = [value]  # type: ignore[index]
+    return change
+
+
+@pytest.mark.parametrize(("stockade_ms", "native_ms", "words"), [
+    (1e308, 1e-300, "hot_ms"),
+    (50.0, 1e-300, "hot_ms"),
+    (8e7, 1e-5, "wasm.compute_ratio"),
+])
+def test_implausible_results_values_are_refused(tmp_path: Path, stockade_ms: float,
+                                                native_ms: float, words: str) -> None:
+    path = _results_with(tmp_path, _compute(stockade_ms, native_ms))
+    for args in (("--module", str(guest("hello.wasm"))), ("--json",)):
+        done = stockade("advise", "--results", str(path), *args)
+        refused(done, str(path), words)
+        assert b"Infinity" not in done.stdout and b"infx" not in done.stdout
+
+
+def test_a_results_file_without_measurements_is_warned_of(tmp_path: Path) -> None:
+    path = _results_with(tmp_path, lambda data: data.update(measurements=[]))
+    shown = stockade("advise", "--results", str(path))
+    assert shown.returncode == 0
+    assert shown.stderr.decode().count("\n") == 1 and b"no usable measurements" in shown.stderr
+    data = _advise("--results", str(path))
+    assert data["figures"] == "published"
+    assert "no usable measurements" in data["warnings"][0]  # type: ignore[index]
+
+
+def test_rps_is_not_asked_for_nothing() -> None:
+    done = stockade("advise", "--json", "--rps", "100")
+    assert done.returncode == 0
+    data = json.loads(done.stdout)
+    assert "rps" not in data["needs"]
+    assert "--rps" in data["warnings"][0] and b"--rps" in done.stderr

@@ -10,6 +10,8 @@ from stockade.advise import RULES, Figure, Needs, advise, published
 from stockade.advise.rules import HYBRID_LAYERS
 from stockade.errors import UsageError
 
+from ..conftest import ROOT
+
 SEED = published()
 
 
@@ -135,3 +137,71 @@ def test_answers_outside_their_range_are_refused(field: str, value: object) -> N
     flag = {"languages": "--language", "startup_budget_ms": "--startup-budget"}.get(
         field, f"--{field}")
     assert raised.value.message.startswith(flag)
+
+
+# --- the review of the tree's order and of its reasons' honesty -------------------------
+
+FRESH_RUN = ROOT / "docs" / "benchmarks" / "2026-12-06" / "results.json"
+
+
+@pytest.mark.parametrize("needs", [
+    Needs(full_os=True, gpu=True), Needs(full_os=True, startup_budget_ms=5),
+    Needs(full_os=True, density=5000, languages=("python",)),
+    Needs(full_os=True, network="complex", gpu=True, startup_budget_ms=1),
+])
+def test_a_full_os_is_never_wasm_nor_a_container(needs: Needs) -> None:
+    assert _platform(needs) == "vm"
+
+
+def test_a_gpu_with_a_full_os_is_a_vm_with_the_gpu_passed_through() -> None:
+    advice = advise(Needs(full_os=True, gpu=True), SEED)
+    assert advice.platform == "vm" and "gpu-vm" in advice.path
+    assert any("passthrough" in change for change in advice.changes)
+
+
+def test_the_cold_start_reason_compares_the_budget_with_the_form_it_recommends() -> None:
+    advice = advise(Needs(startup_budget_ms=20), SEED)
+    assert advice.platform == "wasm" and advice.caveats == ()
+    text = " ".join(reason.text for reason in advice.reasons)
+    assert "within" in text and "over" in text  # a warm instance is, `stockade run` is not
+    assert "against" not in text  # no "66 ms against 5 ms for a container" any more
+
+
+def test_python_under_a_tight_budget_says_wasm_cannot_meet_it() -> None:
+    advice = advise(Needs(startup_budget_ms=20, languages=("python",)), SEED)
+    assert advice.platform == "wasm"  # the seed's tree still decides
+    assert advice.caveats and "20 ms" in advice.caveats[0]
+    assert "CPython" in advice.caveats[0]
+    assert advice.to_dict()["caveats"] == list(advice.caveats)
+    roomy = advise(Needs(startup_budget_ms=45, languages=("python",)), SEED)
+    assert roomy.caveats == ()
+
+
+def test_a_vm_over_the_budget_says_so() -> None:
+    advice = advise(Needs(full_os=True, startup_budget_ms=5), SEED)
+    assert advice.platform == "vm"
+    assert advice.caveats and "125 ms" in advice.caveats[0] and "5 ms" in advice.caveats[0]
+
+
+def test_the_io_reason_never_claims_a_cost_its_figure_contradicts() -> None:
+    def reason(ratio: float) -> str:
+        mine = Figure("wasm.io_ratio", ratio, "x", "echo", "mine", measured=True)
+        return advise(Needs(io="heavy"), SEED.with_measured([mine])).reasons[0].text
+
+    assert "2.05x" in reason(2.05) and "crosses" in reason(2.05)
+    assert "0.85x" in reason(0.85) and "crosses" not in reason(0.85)
+
+
+def test_default_figures_are_the_latest_committed_run() -> None:
+    from stockade.advise import from_results, load_results
+
+    latest = sorted(p for p in (ROOT / "docs" / "benchmarks").glob("*/results.json")
+                    if p.parent.name[:10].replace("-", "").isdigit())[-1]
+    assert latest.parent.name.startswith("2026-12-06")
+    run = {f.key: f for f in from_results(load_results(FRESH_RUN), "run")}
+    for key in ("wasm.warm_ms", "wasm.cold_ms", "container.startup_ms", "wasm.compute_ratio",
+                "wasm.io_ratio", "python.warm_ms", "python.cold_ms", "python.native_ms"):
+        mine = SEED.get(key)
+        assert mine is not None and "2026-12-06" in mine.source, key
+        assert mine.value == pytest.approx(run[key].value, rel=0.005), key
+    assert "Edera" not in SEED.get("container.startup_ms").source  # type: ignore[union-attr]

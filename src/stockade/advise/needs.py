@@ -62,7 +62,8 @@ class Needs:
     """The workload, as answers to the decision tree's questions.
 
     `startup_budget_ms` is the cold start the workload can afford (None: not a concern);
-    `rps` requests per second and `density` instances per host (None: not stated).
+    `density` instances per host (None: not stated). (No rule decides on a request rate,
+    so none is asked.)
     Raises UsageError naming the question for an answer outside its range.
     """
 
@@ -70,7 +71,6 @@ class Needs:
     dependencies: str = "few"
     languages: tuple[str, ...] = ()
     startup_budget_ms: float | None = None
-    rps: float | None = None
     density: int | None = None
     io: str = "light"
     network: str = "none"
@@ -83,7 +83,7 @@ class Needs:
             value = getattr(self, question)
             if value not in allowed:
                 raise UsageError(f"--{question}: {value!r} is not one of {', '.join(allowed)}")
-        for question in ("startup_budget_ms", "rps", "density"):
+        for question in ("startup_budget_ms", "density"):
             value = getattr(self, question)
             if value is not None and value <= 0:
                 flag = question.removesuffix("_ms").replace("_", "-")
@@ -105,7 +105,7 @@ class Needs:
         data: dict[str, object] = {
             "full_os": self.full_os, "dependencies": self.dependencies,
             "languages": list(self.languages), "startup_budget_ms": self.startup_budget_ms,
-            "rps": self.rps, "density": self.density, "io": self.io, "network": self.network,
+            "density": self.density, "io": self.io, "network": self.network,
             "isolation": self.isolation, "gpu": self.gpu,
         }
         if self.module is not None:

@@ -8,7 +8,7 @@ full OS or complex dependencies -> VM; cold start under 50 ms -> WebAssembly; I/
 -> containers; otherwise a hybrid. The other rules answer questions the tree does not
 ask (GPUs, sockets, languages without a WASI toolchain, density, a module that already
 runs) and are placed so that a workload described only by the seed's questions gets the
-seed's answer.
+seed's answer, and one that needs a full OS always gets a VM (whatever else it needs).
 
 A condition is `(question, operator, value)` on `Needs` (or on the module's facts for
 questions starting with `module.`); reasons are templates whose `{figure.key}` fields
@@ -57,18 +57,20 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("gpu", "choose", (("gpu", "is", True),), "container",
-         "WASI gives guests no GPU: run GPU work in a container with the device plugin "
-         "(or a VM with the device passed through)."),
     Rule("seed-full-os", "choose", (("full_os", "is", True),), "vm",
          "It needs a full OS or kernel features: only a VM gives it its own kernel. A "
          "microVM boots in {vm.boot_ms} ({vm.boot_ms.source}); Edera's near-container VMs "
-         "pay {edera.cpu_pct} CPU and up to {edera.memory_pct} memory over Docker.",
+         "measured {edera.cpu_pct} CPU and up to {edera.memory_pct} memory against Docker.",
          cites=("vm.boot_ms", "edera.cpu_pct", "edera.memory_pct"), seed=True),
     Rule("seed-complex-deps", "choose", (("dependencies", "is", "complex"),), "vm",
          "Its dependencies need a whole system (packages, services, kernel modules): a VM "
          "holds them with its own kernel; a microVM boots in {vm.boot_ms}.",
          cites=("vm.boot_ms",), seed=True),
+    # Below the full-OS rules: a container gives no OS of its own, so a workload that
+    # needs one and a GPU gets a VM with the GPU passed through (rule gpu-vm).
+    Rule("gpu", "choose", (("gpu", "is", True),), "container",
+         "WASI gives guests no GPU: run GPU work in a container with the device plugin "
+         "(or a VM with the device passed through)."),
     Rule("sockets", "choose", (("network", "is", "complex"),), "container",
          "It opens its own sockets (several ports or protocols): WASI preview 1 cannot, "
          "and Stockade refuses WASIX sockets; a container has a network namespace of its "
@@ -76,16 +78,15 @@ RULES: tuple[Rule, ...] = (
     Rule("no-toolchain", "choose", (("language_support", "is", "poor"),), "container",
          "Its language has no production WASI toolchain: a container runs its usual "
          "runtime as it is."),
+    # The budget itself is compared with the start-up of the form recommended (and of
+    # the others) by `advice._budget`, for every platform: the seed's 50 ms decides the
+    # platform, the measured figures decide whether it meets the workload's budget.
     Rule("seed-cold-start", "choose", (("startup_budget_ms", "lt", 50),), "wasm",
-         "A cold start under {wasm.cold_budget_ms} calls for WebAssembly: a fresh instance "
-         "takes {wasm.warm_ms} in-process and {wasm.cold_ms} as a new `stockade run` "
-         "process, against {container.startup_ms} for a container and {vm.boot_ms} for a "
-         "microVM.",
-         cites=("wasm.cold_budget_ms", "wasm.warm_ms", "wasm.cold_ms", "container.startup_ms",
-                "vm.boot_ms"), seed=True),
+         "A cold start under {wasm.cold_budget_ms} calls for WebAssembly (the seed's tree): "
+         "an instance in a running host needs no process, kernel or image of its own.",
+         cites=("wasm.cold_budget_ms",), seed=True),
     Rule("seed-io-heavy", "choose", (("io", "is", "heavy"),), "container",
-         "It is I/O-heavy: every WASI read and write crosses the host-call boundary "
-         "({wasm.io_ratio} of native on a large echo); a container does I/O natively.",
+         "It is I/O-heavy: {io_cost}; a container's program calls the kernel directly.",
          cites=("wasm.io_ratio",), seed=True),
     Rule("density", "choose", (("density", "ge", 1000),), "wasm",
          "{density} instances per host: a Wasm instance costs kilobytes of host memory and "
@@ -112,11 +113,17 @@ RULES: tuple[Rule, ...] = (
          "Containers share the host kernel with hostile code: run them in microVMs "
          "(boot {vm.boot_ms}, {vm.overhead_mib} each) or a user-space kernel.",
          cites=("vm.boot_ms", "vm.overhead_mib"), change="run the containers in microVMs"),
+    Rule("gpu-vm", "harden", (("gpu", "is", True),), "vm",
+         "It needs a GPU too: WASI gives guests none, and a container no OS of its own; give "
+         "the VM the device by PCI passthrough (VFIO, e.g. QEMU or Cloud Hypervisor).",
+         change="GPU passthrough (VFIO) to the VM"),
     Rule("interpreted", "harden", (("language_support", "is", "interpreter"),), "wasm",
          "Its language runs as an interpreter compiled to Wasm (CPython, QuickJS): pure "
-         "code only, no native extensions, and interpreted code runs slower than compiled "
-         "(up to {wasm.io_overhead} on I/O, Lumos).",
-         cites=("wasm.io_overhead",), change="interpreter module; no native extensions"),
+         "code only, no native extensions. CPython for WASI prints 1 in {python.warm_ms} "
+         "as a fresh instance in a running host and {python.cold_ms} as a new `stockade "
+         "run` process, where native CPython takes {python.native_ms}.",
+         cites=("python.warm_ms", "python.cold_ms", "python.native_ms"),
+         change="interpreter module; no native extensions"),
 )
 
 

@@ -11,8 +11,8 @@ import click
 
 __all__ = ["advise"]
 
-_QUESTION_FLAGS = ("full_os", "dependencies", "languages", "startup_budget", "rps", "density",
-                   "io", "network", "isolation", "gpu", "module")
+_QUESTION_FLAGS = ("full_os", "dependencies", "languages", "startup_budget", "density", "io",
+                   "network", "isolation", "gpu", "module")
 
 
 def _duration_ms(value: str | None) -> float | None:
@@ -45,36 +45,77 @@ def _languages(values: tuple[str, ...]) -> tuple[str, ...]:
     return _split(values)
 
 
-def _ask(answers: dict[str, Any]) -> dict[str, Any]:
-    """The questions, asked one by one; UsageError when standard input ends first (an
-    interrupt stays an interrupt)."""
+def _ask(answers: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The questions not answered by a flag (`given`), asked one by one on stderr;
+    UsageError when standard input ends first, or is closed (an interrupt stays an
+    interrupt)."""
     from ..errors import UsageError
 
+    if sys.stdin is None:  # started with fd 0 closed: input() would raise RuntimeError
+        raise UsageError("no answer: standard input ended")
     try:
-        return _questions(answers)
+        return _questions(answers, given)
     except click.Abort as exc:
         if isinstance(exc.__context__, EOFError):  # click raises Abort from None
             raise UsageError("no answer: standard input ended") from None
         raise
 
 
-def _questions(answers: dict[str, Any]) -> dict[str, Any]:
+def _questions(answers: dict[str, Any], given: set[str]) -> dict[str, Any]:
     from ..advise import CHOICES
 
-    answers["full_os"] = click.confirm("Does it need a full OS, kernel features or system "
-                                       "services?", default=False)
+    # A flag given with --interactive is an answer: asking again with another default
+    # made Enter drop it (--full-os became No, and the advice Wasm). Prompts go to
+    # stderr so that --json's stdout stays one JSON object.
+    if "full_os" not in given:
+        answers["full_os"] = click.confirm("Does it need a full OS, kernel features or "
+                                           "system services?", default=False, err=True)
     for question, prompt in (("dependencies", "Dependencies"), ("io", "I/O profile"),
                              ("network", "Network needs"), ("isolation", "Whose code is it")):
-        answers[question] = click.prompt(prompt, type=click.Choice(CHOICES[question]),
-                                         default=answers[question])
-    languages = click.prompt("Languages (comma-separated, empty for none)", default="",
-                             show_default=False)
-    answers["languages"] = _split((languages,))
-    budget = click.prompt("Cold-start budget (e.g. 50ms; empty if it does not matter)",
-                          default="", show_default=False)
-    answers["startup_budget_ms"] = _duration_ms(budget or None)
-    answers["gpu"] = click.confirm("Does it need a GPU?", default=False)
+        if question not in given:
+            answers[question] = click.prompt(prompt, type=click.Choice(CHOICES[question]),
+                                             default=answers[question], err=True)
+    if "languages" not in given:
+        languages = click.prompt("Languages (comma-separated, empty for none)", default="",
+                                 show_default=False, err=True)
+        answers["languages"] = _split((languages,))
+    if "startup_budget" not in given:
+        budget = click.prompt("Cold-start budget (e.g. 50ms; empty if it does not matter)",
+                              default="", show_default=False, err=True)
+        answers["startup_budget_ms"] = _duration_ms(budget or None)
+    if "gpu" not in given:
+        answers["gpu"] = click.confirm("Does it need a GPU?", default=False, err=True)
     return answers
+
+
+def _figures(results: Path | None, probe: bool, build: Path | None, as_json: bool,
+             warnings: list[str]) -> Any:
+    """The figures to cite: published ones, replaced by --results' and --probe's."""
+    from ..advise import from_results, load_results, published, results_source
+    from ..advise.figures import ImplausibleResults
+    from ..errors import UsageError
+
+    figures = published()
+    if results is not None:
+        run = load_results(results)
+        try:
+            measured = from_results(run, results_source(run, str(results)))
+        except ImplausibleResults as exc:
+            raise UsageError(f"--results: {results}: {exc}") from None
+        if not measured:  # else it reads as advice from the user's own machine
+            warnings.append(f"--results: {results}: no usable measurements; citing "
+                            "published figures")
+        figures = figures.with_measured(measured)
+    if probe:
+        from ..advise.probe import probe as run_probe
+
+        if not as_json:
+            click.echo("stockade: measuring this machine (about 10-30 s) ...", err=True)
+        try:
+            figures = figures.with_measured(run_probe(build))
+        except ImplausibleResults as exc:
+            raise UsageError(f"--probe: {exc}") from None
+    return figures
 
 
 @click.command("advise")
@@ -87,7 +128,7 @@ def _questions(answers: dict[str, Any]) -> dict[str, Any]:
 @click.option("--startup-budget", "startup_budget", metavar="DURATION", default=None,
               help="The cold start it can afford, e.g. 50ms.")
 @click.option("--rps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Requests per second it must serve.")
+              hidden=True, help="Not used: no rule decides on it (kept so scripts run).")
 @click.option("--density", type=click.IntRange(min=1), default=None,
               help="Instances per host.")
 @click.option("--io", type=click.Choice(["light", "heavy"]), default="light", show_default=True,
@@ -115,11 +156,15 @@ def advise(full_os: bool, dependencies: str, languages: tuple[str, ...],
     """Recommend WebAssembly under Stockade, a container, a microVM or a hybrid for a
     workload, following the seed's decision tree (full OS -> VM; cold start under 50 ms
     -> Wasm; I/O-heavy -> containers; otherwise a hybrid by layer), with the reasons in
-    numbers, the OTLP export profile and the Stockade policy to start from.
+    numbers, the OTLP export profile and the Stockade policy to start from. A
+    --startup-budget is compared with the measured start-up of the form recommended; a
+    "Caveat:" line says when it cannot be met.
 
     \b
     Figures come from --results (a saved `stockade bench` run), from --probe (measured
-    now), or from published sources, each labelled with where it comes from.
+    now), or else from the project's latest committed run and published sources, each
+    labelled with where it comes from. With --interactive, only the questions no flag
+    answered are asked (on stderr).
 
     \b
     Examples:
@@ -127,22 +172,28 @@ def advise(full_os: bool, dependencies: str, languages: tuple[str, ...],
       stockade advise --module app.wasm --results bench-results/2026-12-01/results.json
       stockade advise --io heavy --language java --json
     """
-    from ..advise import Needs, from_results, load_results, needs_from_module, published
+    from ..advise import Needs, needs_from_module
     from ..advise import advise as decide
 
     ctx = click.get_current_context()
-    given = any(ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-                for name in _QUESTION_FLAGS)
+    given = {name for name in _QUESTION_FLAGS
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    warnings: list[str] = []
+    if rps is not None:  # the seed's tree has no rule on a request rate
+        warnings.append("--rps: not used (no rule of the decision tree decides on it); "
+                        "ignored")
     answers: dict[str, Any] = {
         "full_os": full_os, "dependencies": dependencies, "languages": _languages(languages),
         "startup_budget_ms": _duration_ms(startup_budget),
-        "rps": rps, "density": density, "io": io, "network": network,
+        "density": density, "io": io, "network": network,
         "isolation": isolation, "gpu": gpu,
     }
-    if interactive is None:
-        interactive = not given and not as_json and sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive is None:  # a closed stream (None) is no terminal
+        interactive = (not given and not as_json and sys.stdin is not None
+                       and sys.stdin.isatty() and sys.stdout is not None
+                       and sys.stdout.isatty())
     if interactive:
-        answers = _ask(answers)
+        answers = _ask(answers, given)
     needs = Needs(**answers)
     if module is not None:
         from ..errors import UsageError
@@ -151,21 +202,16 @@ def advise(full_os: bool, dependencies: str, languages: tuple[str, ...],
         if not module.strip():
             raise UsageError("--module: an empty answer; give a module file or oci://REF")
         needs = needs_from_module(inspected(module), needs)
-    figures = published()
-    if results is not None:
-        figures = figures.with_measured(from_results(load_results(results), str(results)))
-    if probe:
-        from ..advise.probe import probe as run_probe
-
-        if not as_json:
-            click.echo("stockade: measuring this machine (about 10-30 s) ...", err=True)
-        figures = figures.with_measured(run_probe(build))
+    figures = _figures(results, probe, build, as_json, warnings)
     advice = decide(needs, figures)
+    for warning in warnings:
+        click.echo(f"stockade: warning: {warning}", err=True)
     if as_json:
         data = advice.to_dict()
         data["needs"] = needs.to_dict()
         data["cited"] = [f.to_dict() for r in advice.reasons for f in r.figures]
-        click.echo(json.dumps(data, indent=1))
+        data["warnings"] = warnings
+        click.echo(json.dumps(data, indent=1, allow_nan=False))
         return
     click.echo(_render(advice))
 
@@ -175,6 +221,8 @@ def _render(advice: Any) -> str:
     if advice.layers:
         for layer, (platform, otlp_name) in advice.layers.items():
             lines.append(f"  {layer:<9} {platform:<16} OTLP profile {otlp_name}")
+    # Right under the recommendation: what it cannot do is not a footnote.
+    lines += [f"Caveat: {caveat}" for caveat in advice.caveats]
     lines += ["", "Why:"]
     sources: list[str] = []
     for reason in advice.reasons:
