@@ -92,3 +92,16 @@ def test_serve_logs_escape_names_from_modules(tmp_path: Path, shared_cache: Path
         assert "evil\\x1b[2J\\x1b]0;owned\\x07.wasm" in log
     finally:
         gateway.stop()
+
+
+def test_serve_checks_its_flags_as_the_manifest_keys(tmp_path: Path) -> None:
+    """`--host ''` listened on every interface (and announced `http://:PORT/`), while
+    `[server] host = ""` was refused."""
+    stockade("new", str(tmp_path))
+    manifest = str(tmp_path / "stockade.toml")
+    for host in ("", " ", "a\tb"):
+        refused = stockade("serve", "-c", manifest, "--port", "0", "--host", host,
+                           timeout=60)
+        lines = refused.stderr.decode().splitlines()
+        assert refused.returncode == 125, (host, lines)
+        assert len(lines) == 1 and "expected a host name or an IP address" in lines[0], lines

@@ -170,3 +170,96 @@ def test_a_killed_worker_is_restarted(start_gateway: Start) -> None:
             pass  # the connection may have gone to the dying worker
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def _fresh_statuses(url: str, path: str, seconds: float) -> set[int]:
+    """The statuses of `path` asked on a new connection each time for `seconds` (each
+    worker gets some of them)."""
+    seen = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with httpx.Client(base_url=url) as fresh:
+                seen.add(fresh.get(path).status_code)
+        except httpx.HTTPError:
+            pass  # the connection may have gone to the dying worker
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.mark.parametrize("change", ["refused", "not-reloaded"])
+def test_a_restarted_worker_serves_the_manifest_the_others_do(
+        start_gateway: Start, change: str) -> None:
+    """A replacement read the file on disk: after a refused reload it died on the broken
+    manifest until the supervisor gave up (exit 1); after an edit nobody reloaded it
+    served another manifest than its siblings."""
+    gateway = start_gateway(MANIFEST.format(workers=2, name="hello"))
+    if change == "refused":
+        gateway.manifest.write_text("garbage = [\n")
+        gateway.signal(signal.SIGHUP)
+        gateway.wait_for_log(r"reload refused, still serving the previous manifest")
+    else:
+        gateway.manifest.write_text(MANIFEST.format(workers=2, name="hi"))
+    pid = gateway.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    os.kill(int(children.split()[0]), signal.SIGKILL)
+    gateway.wait_for_log(r"exited with -9; restarting it")
+    assert _fresh_statuses(gateway.url, "/hi", 8.0) == {404}
+    assert _fresh_statuses(gateway.url, "/hello", 1.0) == {200}
+    assert gateway.process.poll() is None
+    log = gateway.log()
+    assert "Traceback" not in log and log.count("restarting it") == 1, log
+
+
+def test_workers_load_the_manifest_text_the_supervisor_accepted(tmp_path: Path) -> None:
+    """Workers read the file again after the supervisor's check: one replaced in between
+    (a few ms) was served unchecked. Module paths stay relative to the manifest."""
+    from stockade.gateway.server import Supervisor
+    from stockade.gateway.service import GatewayService
+
+    (tmp_path / "hello.wasm").write_bytes(Path(module("hello")).read_bytes())
+    path = tmp_path / "stockade.toml"
+    text = '[server]\ntelemetry = "off"\n[[function]]\nname = "{name}"\nroute = "/{name}"\n' \
+           'module = "hello.wasm"\n'
+    path.write_text(text.format(name="hello"))
+    supervisor = Supervisor(path)
+    try:
+        supervisor.manifest = supervisor.prepare()
+        path.write_text(text.format(name="hi"))  # after the check, before any worker
+        loaded = GatewayService(path, snapshot=supervisor.snapshot).load()
+        assert [spec.name for spec in loaded.functions] == ["hello"]
+        assert loaded.functions[0].module == tmp_path / "hello.wasm"
+        assert loaded.source == path.resolve()
+        path.write_text("garbage = [\n")
+        assert not supervisor.reload()
+        assert [spec.name for spec in GatewayService(path, snapshot=supervisor.snapshot)
+                .load().functions] == ["hello"]
+    finally:
+        supervisor.stop()
+
+
+def test_sigterm_during_a_slow_reload_drains_at_once(start_gateway: Start) -> None:
+    """The supervisor checked a reload on its signal loop: against a registry that never
+    answers, SIGTERM waited for the registry's timeout (~30 s) and nothing drained."""
+    text = MANIFEST.format(workers=1, name="hello")
+    gateway = start_gateway(text)
+    with socket.socket() as registry:
+        registry.bind(("127.0.0.1", 0))
+        registry.listen()
+        held: list[socket.socket] = []
+        accepting = threading.Thread(target=lambda: held.append(registry.accept()[0]),
+                                     daemon=True)
+        accepting.start()
+        port = registry.getsockname()[1]
+        gateway.manifest.write_text(text + f'\n[[function]]\nname = "img"\nroute = "/img"\n'
+                                           f'module = "oci://127.0.0.1:{port}/app:v1"\n')
+        gateway.signal(signal.SIGHUP)
+        accepting.join(30)
+        assert held, "the reload never asked the registry"
+        began = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        assert gateway.process.wait(15) == 0
+        assert time.monotonic() - began < 10
+        for connection in held:
+            connection.close()
+    assert "draining 1 workers" in gateway.log()

@@ -152,12 +152,20 @@ def restart_changes(running: Manifest, loaded: Manifest) -> list[str]:
                       if getattr(running.state, f.name) != getattr(loaded.state, f.name)]
 
 
-def load_manifest(path: str | Path, refresh_images: bool = False) -> Manifest:
+def load_manifest(path: str | Path, refresh_images: bool = False,
+                  snapshot: Path | None = None) -> Manifest:
     """Read and resolve a manifest file. Raises PolicyError naming the key. `oci://`
     modules run the digests of the manifest's lock file; `refresh_images` (a reload)
-    resolves their tags again and rewrites the lock."""
+    resolves their tags again and rewrites the lock. `snapshot`: a copy of the file's
+    bytes to read instead (the text a supervisor accepted), all else as at `path`."""
     path = Path(path)
-    data = read_toml(path, "manifest", " (create one with `stockade new`)")
+    if snapshot is None:
+        data = read_toml(path, "manifest", " (create one with `stockade new`)")
+    else:
+        try:
+            data = read_toml(snapshot, "manifest")
+        except PolicyError as exc:  # named as the user's file, which it copies
+            raise PolicyError(exc.message.replace(str(snapshot), str(path), 1)) from None
     return parse_manifest(data, path, refresh_images)
 
 

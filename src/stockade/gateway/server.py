@@ -6,7 +6,8 @@ Signals: SIGTERM or SIGINT drain (workers finish in-flight requests, then exit);
 SIGHUP reloads (the manifest is checked here first; a bad one is reported and the old
 one kept; a good one is loaded by every worker without dropping requests); with
 `watch` (`--reload`), so does a change to the manifest or a module. A worker that dies
-unexpectedly is restarted.
+unexpectedly is restarted. Workers, started, restarted or reloaded, load the manifest
+text checked here last (`Supervisor.snapshot`), never the file as it is by then.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..allocator import run_tunables
-from ..errors import ModuleError, ModuleNotFound, StockadeError, WorkerError
+from ..errors import ModuleError, ModuleNotFound, PolicyError, StockadeError, WorkerError
 from ..paths import import_path, module_command
+from ..policy.tomlfile import MAX_TOML
+from ..regularfile import read_regular
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
 from ..tempdirs import LockedTempDir
@@ -54,6 +58,7 @@ class Supervisor:
         self._watcher: FileWatcher | None = None
         self._watch = watch
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        ServerSettings().override(**self.overrides)  # a bad flag: refused before any work
         # The command line's own: `overrides` gets the bound port, which would hide a
         # changed [server] port from `reload`.
         self._given = dict(self.overrides)
@@ -66,16 +71,24 @@ class Supervisor:
         # Locked while this process lives: one killed outright leaves it to the next.
         self._metrics = LockedTempDir("stockade-gateway-")
         self._metrics_dir = self._metrics.path
+        # The accepted manifest's bytes, which workers read instead of the file.
+        self.snapshot = self._metrics_dir / "manifest.toml"
         self._stopping = False
         self._restarts: list[float] = []
         self.failed = False
+        # A reload's check runs off the signal loop (a registry may take its timeout to
+        # answer, SIGTERM must not wait): the thread and its result, and whether another
+        # reload was asked for meanwhile (run after it).
+        self._checking: tuple[threading.Thread, list[Manifest | None]] | None = None
+        self._again = False
 
     def prepare(self, refresh_images: bool = False) -> Manifest:
         """Load the manifest and compile every module into the AoT cache (so workers
         map it in rather than each compiling); `refresh_images` resolves `oci://` tags
         again and rewrites the lock the workers then read. Raises StockadeError naming
-        the problem."""
-        manifest = load_manifest(self.path, refresh_images)
+        the problem. The text checked becomes `snapshot` (accepted) once all passed."""
+        staged = self._stage()
+        manifest = load_manifest(self.path, refresh_images, staged)
         from ..sandbox.provenance import gate
         from .executor import load_standard, named_error
 
@@ -87,7 +100,20 @@ class Supervisor:
                 load_standard(spec, checked.data if checked is not None else None)
             except (ModuleNotFound, ModuleError) as exc:
                 raise named_error(exc, spec.name) from None
+        os.replace(staged, self.snapshot)  # whole: a worker reads the old or the new
         return manifest
+
+    def _stage(self) -> Path:
+        """The manifest's bytes as they are now, copied for checking: the file may change
+        again before a worker loads it (a replacement long after)."""
+        try:
+            data = read_regular(self.path, MAX_TOML + 1, follow=True)
+        except (OSError, ValueError):
+            load_manifest(self.path)  # raises, naming the problem
+            raise PolicyError(f"{self.path}: cannot read manifest") from None
+        staged = self._metrics_dir / "manifest.toml.new"
+        staged.write_bytes(data)  # a directory only this server's user enters
+        return staged
 
     def start(self) -> None:
         """Prepare, listen, start the workers and wait until all are ready."""
@@ -124,7 +150,8 @@ class Supervisor:
         # Never importing from the working directory (-P): whoever can write there
         # would run code in every worker.
         command = [*module_command("stockade.gateway.worker"),
-                   "--manifest", str(self.path), "--overrides", json.dumps(self.overrides),
+                   "--manifest", str(self.path), "--snapshot", str(self.snapshot),
+                   "--overrides", json.dumps(self.overrides),
                    "--index", str(index), "--workers", str(self.settings.workers),
                    "--metrics-dir", str(self._metrics_dir), "--ready-fd", str(write),
                    "--log-level", logging.getLevelName(logger.getEffectiveLevel())]
@@ -155,12 +182,13 @@ class Supervisor:
         workers kept dying)."""
         wait = 1.0 if self._watcher is None else self._watcher.interval
         while not self._stopping:
-            info = signal.sigtimedwait(_SIGNALS, wait)
+            info = signal.sigtimedwait(_SIGNALS, wait if self._checking is None else 0.05)
             if info is None or info.si_signo == signal.SIGCHLD:
                 self._reap()
+                self._finish_reload()
                 self._check_files()
             elif info.si_signo == signal.SIGHUP:
-                self.reload()
+                self._begin_reload()
             else:
                 logger.info("draining %d workers", len(self._workers))
                 self.stop()
@@ -173,16 +201,54 @@ class Supervisor:
         changed = self._watcher.changed()
         if changed:
             logger.info("%s changed: reloading", ", ".join(path.name for path in changed))
-            self.reload()
+            self._begin_reload()
+
+    def _begin_reload(self) -> None:
+        """Start checking the manifest in a thread (`_finish_reload` applies it)."""
+        if self._checking is not None:
+            self._again = True
+            return
+        result: list[Manifest | None] = []
+
+        def check() -> None:
+            try:
+                result.append(self._check())
+            except Exception:  # noqa: BLE001 - stopped meanwhile: its directory is gone
+                if not self._stopping:
+                    raise
+
+        thread = threading.Thread(target=check, name="stockade-reload", daemon=True)
+        self._checking = (thread, result)
+        thread.start()
+
+    def _finish_reload(self) -> None:
+        """Apply a finished check; start the one asked for meanwhile."""
+        if self._checking is None or self._checking[0].is_alive() or self._stopping:
+            return
+        result = self._checking[1]
+        self._checking = None
+        if result and result[0] is not None:
+            self._apply(result[0])
+        if self._again:
+            self._again = False
+            self._begin_reload()
 
     def reload(self) -> bool:
         """Check the manifest, then have every worker load it. Returns success."""
+        manifest = self._check()
+        return manifest is not None and self._apply(manifest)
+
+    def _check(self) -> Manifest | None:
+        """The manifest, prepared and accepted; None (logged) when refused."""
         try:
-            manifest = self.prepare(refresh_images=True)
+            return self.prepare(refresh_images=True)
         except StockadeError as exc:
             logger.error("reload refused, still serving the previous manifest: %s",
                          exc.message)
-            return False
+            return None
+
+    def _apply(self, manifest: Manifest) -> bool:
+        """Have every worker load the accepted `manifest` (its text: `snapshot`)."""
         self.manifest = manifest
         if self._watcher is not None:
             self._watcher.watch(watched_files(self.path, manifest))

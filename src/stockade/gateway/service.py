@@ -46,11 +46,15 @@ GATEWAY_TELEMETRY = "hybrid"  # the export profile when neither manifest nor env
 
 class GatewayService:
     """One worker's gateway for the manifest at `path`; `overrides` are server settings
-    given on the command line (they win over `[server]`, also after a reload)."""
+    given on the command line (they win over `[server]`, also after a reload);
+    `snapshot`, the supervisor's copy of the manifest text it last accepted, is read
+    instead of `path` (`load_manifest`)."""
 
     def __init__(self, path: Path, overrides: Mapping[str, Any] | None = None, *,
-                 index: int = 0, workers: int = 1, metrics_dir: Path | None = None) -> None:
+                 index: int = 0, workers: int = 1, metrics_dir: Path | None = None,
+                 snapshot: Path | None = None) -> None:
         self.path = path
+        self.snapshot = snapshot
         self.overrides = dict(overrides or {})
         self.index = index
         self.workers = workers
@@ -70,7 +74,7 @@ class GatewayService:
 
     def load(self) -> Manifest:
         """Read the manifest with the command line's server settings applied."""
-        manifest = load_manifest(self.path)
+        manifest = load_manifest(self.path, snapshot=self.snapshot)
         return replace(manifest, server=manifest.server.override(**self.overrides))
 
     def start(self) -> None:

@@ -1,7 +1,7 @@
 """Server settings (`[server]`) and quotas (`[tenant.NAME]`, per function) of a manifest.
 
-Command-line flags override `[server]` (see `ServerSettings.override`); every error
-names the file and the key.
+Command-line flags override `[server]` (see `ServerSettings.override`), checked as its
+keys are; every error names the file and the key (or the flag).
 """
 
 from __future__ import annotations
@@ -113,8 +113,22 @@ class ServerSettings:
     log_rate: float = 10.0
 
     def override(self, **changes: Any) -> ServerSettings:
-        """A copy with the given settings (None values are ignored: flag not given)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given settings (None values are ignored: flag not given),
+        checked as `[server]`'s are: `--host ''` listened on every interface. Raises
+        PolicyError naming the flag."""
+        values: dict[str, Any] = {}
+        for key, value in changes.items():
+            if value is None:
+                continue
+            flag = f"--{key.replace('_', '-')}"
+            parser = _SERVER_PARSERS.get(key)
+            if parser is None:
+                raise PolicyError(f"{flag}: not a server setting")
+            try:
+                values[key] = parser(value)
+            except (ValueError, TypeError) as exc:
+                raise PolicyError(f"{flag}: {exc}") from None
+        return replace(self, **values)
 
 
 def _int(lo: int, hi: int) -> Any:

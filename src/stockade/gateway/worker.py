@@ -6,7 +6,8 @@ once it holds it (`confine.py`: the one call site), then receives the connection
 (`conntable.py`) on a socket from the supervisor, reports readiness
 on a pipe once its functions are loaded and it accepts connections, drains on
 SIGTERM/SIGINT (first `drain_grace` seconds of serving on with /readyz at 503, so a load
-balancer stops sending before the listener closes), reloads the manifest on SIGHUP,
+balancer stops sending before the listener closes), reloads the manifest on SIGHUP (the
+text the supervisor accepted: `--snapshot`, never the file as it is now),
 and exits if the supervisor dies.
 """
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one worker until it is told to stop; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="stockade.gateway.worker")
     parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--snapshot", type=Path,
+                        help="the manifest text the supervisor accepted (read instead)")
     parser.add_argument("--overrides", default="{}", help="server settings as JSON")
     parser.add_argument("--fd", type=int, help="inherited listening socket")
     parser.add_argument("--index", type=int, default=0)
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(PrintableFormatter(f"stockade serve [worker {args.index}]: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     service = GatewayService(args.manifest, json.loads(args.overrides), index=args.index,
-                             workers=args.workers, metrics_dir=args.metrics_dir)
+                             workers=args.workers, metrics_dir=args.metrics_dir,
+                             snapshot=args.snapshot)
     settings = service.load().server
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
