@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..errors import StockadeError, WorkerError
 from ..invocation import Invocation
@@ -72,9 +73,6 @@ class WorkerPool:
         guest = max(s.policy.limits.max_memory * s.policy.limits.max_memories
                     for s in self.specs)
         self.memory_limit = guest + MEMORY_OVERHEAD
-        timeouts = [s.policy.limits.timeout or START_TIMEOUT for s in self.specs]
-        # After a reload: how long this pool keeps serving runs routed before it.
-        self.retire_after = 2 * (max(timeouts) + GRACE)
         self._worker_plan = worker_plan(self.specs)
         self._plan = PoolPlan(cordon, self.specs, executor,
                               log_level=logging.getLevelName(logger.getEffectiveLevel()))
@@ -100,13 +98,37 @@ class WorkerPool:
         self._starting = 0
         self._cond = threading.Condition()
         self._closed = False
+        # Replaced by a reload: a process ends with its run, not kept idle (old pools
+        # kept for 2x their longest timeout piled up under frequent reloads: review).
+        self._retired = False
         self.functions: dict[str, tuple[str, str]] = {}  # name -> (sha256, kind)
+        # name -> why it is not served: its module changed on disk (or went) before a
+        # replacement process loaded it; 503 until a reload builds the routes again.
+        self.refused: dict[str, str] = {}
         self.protections: list[Protection] = []
 
     @property
     def closed(self) -> bool:
         """True once `close` was called."""
         return self._closed
+
+    @property
+    def drained(self) -> bool:
+        """True once closed or retired with no process left or starting."""
+        with self._cond:
+            return (self._closed or self._retired) and not self._all and not self._starting
+
+    def retire(self) -> None:
+        """The routes were replaced: close idle processes now and busy ones when their
+        run ends. A run routed before the swap that asks later still gets one, started
+        for it (and closed after)."""
+        with self._cond:
+            self._retired = True
+            idle, self._idle = self._idle, []
+            for worker in idle:
+                self._all.discard(worker)
+        for worker in idle:
+            worker.close()
 
     def _spawn(self) -> WorkerProcess:
         """A new pool process, sent its plans (not yet ready). Raises WorkerError."""
@@ -147,6 +169,10 @@ class WorkerPool:
         first = started[0]
         functions = first.ready.get("functions", {})
         self.functions = {str(k): (str(v[0]), str(v[1])) for k, v in functions.items()}
+        # Replacements load exactly these modules (checked by digest in the worker),
+        # never what the files hold by then.
+        self._plan = replace(self._plan, digests=tuple(
+            (name, sha256) for name, (sha256, _) in self.functions.items()))
         self.protections = list(first.protections or ())
         with self._cond:
             self._all.update(started)
@@ -226,9 +252,10 @@ class WorkerPool:
 
     def _give_back(self, worker: WorkerProcess) -> None:
         with self._cond:
-            if self._closed:
+            if self._closed or self._retired:
                 self._all.discard(worker)
                 worker.close()
+                self._cond.notify_all()  # a late run waiting starts its own
                 return
             self._idle.append(worker)
             self._cond.notify()
@@ -238,8 +265,9 @@ class WorkerPool:
         worker.close()
         with self._cond:
             self._all.discard(worker)
-            if not self._closed:
+            if not self._closed and not self._retired:
                 self._replace_later()
+            self._cond.notify_all()
 
     def _replace_later(self) -> None:
         # Called with the condition held.
@@ -252,6 +280,7 @@ class WorkerPool:
         try:
             worker = self._spawn()
             self._ready(worker)
+            self._refuse(worker.ready.get("refused"))
         except StockadeError as exc:  # a module changed since, too: said, retried later
             logger.error("cordon %s: %s", self.cordon, exc.message)
             worker = None
@@ -260,23 +289,44 @@ class WorkerPool:
             with self._cond:
                 self._starting -= 1
                 if worker is not None:
-                    if self._closed:
+                    if self._closed or (self._retired and not any(self._waiting.values())):
                         worker.close()
                     else:
                         self._all.add(worker)
                         self._idle.append(worker)
                 self._cond.notify_all()
 
+    def _refuse(self, refused: object) -> None:
+        """Stop serving the functions a replacement could not load as validated (said
+        once each: a replacement after every death said it again)."""
+        if not isinstance(refused, dict):
+            return
+        with self._cond:
+            for name, message in refused.items():
+                if name in self.functions and name not in self.refused:
+                    self.refused[name] = str(message)
+                    logger.error("cordon %s: %s; it answers 503 until a reload",
+                                 self.cordon, message)
+
     def run(self, spec: FunctionSpec, invocation: Invocation) -> Result:
         """Run `spec` once in a pool process. Raises Unavailable when no process is free
         within the function's timeout, or the Stockade error the worker reported."""
         timeout = spec.policy.limits.timeout
         wait = timeout if timeout is not None else START_TIMEOUT
+        self._check_served(spec)
         worker = self._take(time.monotonic() + wait, spec.tenant)
         try:
+            if spec.name in self.refused:  # learnt from the replacement it waited for
+                self._give_back(worker)
+                self._check_served(spec)
             return self._run_on(worker, spec, invocation)
         finally:
             self._let_go(spec.tenant)
+
+    def _check_served(self, spec: FunctionSpec) -> None:
+        refused = self.refused.get(spec.name)
+        if refused is not None:
+            raise Unavailable(refused, 60.0, reason="module")
 
     def _run_on(self, worker: WorkerProcess, spec: FunctionSpec,
                 invocation: Invocation) -> Result:

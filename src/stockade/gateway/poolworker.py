@@ -67,6 +67,10 @@ class PoolPlan:
     executor: str
     heap_headroom: int = HEAP_HEADROOM
     log_level: str = "WARNING"
+    # (name, sha256) of each module as the routes' first processes loaded it: a
+    # replacement serves those bytes or not the function (a file changed without a
+    # reload ran the new one, found by review). Empty for the first processes.
+    digests: tuple[tuple[str, str], ...] = ()
 
 
 def _address_space(plan: PoolPlan, sandboxed: list[FunctionSpec], engine: Any) -> int:
@@ -103,13 +107,26 @@ def serve(read_fd: int, write_fd: int) -> None:
 
     executors = Executors(plan.executor, 1)
     prepared = {}
+    refused: dict[str, str] = {}  # name -> why a replacement does not serve it
+    digests = dict(plan.digests)
     for spec in plan.specs:
         try:
-            prepared[spec.name] = executors.prepare(spec)
+            function = executors.prepare(spec)
+            expected = digests.get(spec.name)
+            if expected is not None and function.sha256 != expected:
+                raise ModuleError(f"{spec.module.name} changed since the routes were built "
+                                  f"(sha256 {function.sha256[:16]}, not {expected[:16]}); "
+                                  "a reload serves the new file")
         except (ModuleNotFound, ModuleError) as exc:  # told as the in-process gateway tells it
-            write_frame(write_fd, ("error", error_to_wire(named_error(exc, spec.name))))
-            return
-    sandboxed = [spec for spec in plan.specs if prepared[spec.name].kind == "sandbox"]
+            error = named_error(exc, spec.name)
+            if not digests:  # the routes' first processes: the manifest is refused
+                write_frame(write_fd, ("error", error_to_wire(error)))
+                return
+            # A replacement: the cordon's other functions are still served.
+            refused[spec.name] = error.message
+            continue
+        prepared[spec.name] = function
+    sandboxed = [p.spec for p in prepared.values() if p.kind == "sandbox"]
     engine = get_engine(EngineConfig.for_limits(plan.specs[0].policy.limits)).wasmtime
     limit = _address_space(plan, sandboxed, engine)
     report += harden_after_engine(replace(confinement, address_space=limit), engine)
@@ -117,6 +134,7 @@ def serve(read_fd: int, write_fd: int) -> None:
     write_frame(write_fd, ("ready", {
         "pid": os.getpid(),
         "functions": {name: [p.sha256, p.kind] for name, p in prepared.items()},
+        "refused": refused,
         "protections": [tuple(p) for p in report]}))
     while True:
         try:

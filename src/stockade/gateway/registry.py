@@ -11,11 +11,11 @@ over) in memory every worker of the server shares, or Redis shared by every repl
 from __future__ import annotations
 
 import logging
-import threading
+import resource
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from ..errors import ModuleError, ModuleNotFound
+from ..errors import ModuleError, ModuleNotFound, UsageError
 from ..state import Gate, GateSpec, LocalState, Quota, StateBackend
 from .executor import Executors, named_error
 from .invoke import longest_hold
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["Route", "Routes", "Registry"]
 
 logger = logging.getLogger("stockade.gateway")
+# The share of the worker's open-file limit a manifest's quota cells and pool processes
+# may take; the rest is for connections, modules, guests' files, logs and telemetry
+# (a fixed reserve of 1,024 refused every manifest under a limit of 640).
+MANIFEST_SHARE = 0.5
+POOL_DESCRIPTORS = 4  # held per pool process: its pipes, and a log's
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,50 +95,80 @@ class Registry:
 
     def build(self, manifest: Manifest) -> Routes:
         """Prepare every function (blocking: module loading may compile). Raises
-        ModuleNotFound or ModuleError naming the function; nothing changes until `swap`."""
-        routes = []
+        ModuleNotFound or ModuleError naming the function, or UsageError for a manifest
+        needing more descriptors than the worker has; nothing changes until `swap`, and
+        a failed build releases the pools and quota cells it opened."""
         quotas: dict[str, Quota] = {}
+        for spec in manifest.functions:
+            quotas[f"function:{spec.name}"] = spec.quota
+            quotas[f"tenant:{spec.tenant}"] = manifest.tenants.get(spec.tenant, Quota())
+        self._check_descriptors(manifest, quotas)
         pools = start_pools(manifest.functions, self.executors.mode,
                             self.executors.pool_workers)
-        for spec in manifest.functions:
-            try:
-                prepared = self.executors.prepare(spec, pools)
-            except (ModuleNotFound, ModuleError) as exc:
-                for pool in pools.values():
-                    pool.close()
-                raise named_error(exc, spec.name) from None
-            function_key, tenant_key = f"function:{spec.name}", f"tenant:{spec.tenant}"
-            quotas[function_key] = spec.quota
-            quotas[tenant_key] = manifest.tenants.get(spec.tenant, Quota())
-            # A slot outlives no request, and no request its slot: the lease lasts as long
-            # as the gateway may hold the request (a run that starts late included).
-            timeout = spec.policy.limits.timeout or 60.0
-            unbroken = GateSpec(spec.name, spec.tenant, quotas[function_key],
-                                quotas[tenant_key], longest_hold(timeout) + self.lease_grace)
-            gate = self.state.gate(replace(unbroken, breaker=f"function:{spec.name}")) \
-                if self.breakers else self.state.gate(unbroken)
-            standing_gate = self.state.gate(unbroken) if self.breakers else gate
-            routes.append(Route(spec, prepared, gate,
-                                (("function", spec.name), ("tenant", spec.tenant)),
-                                standing_gate))
+        try:
+            routes = [self._route(spec, pools, quotas) for spec in manifest.functions]
+        except BaseException:
+            # Cells opened for names the live routes do not use went with the build
+            # (kept, an EMFILE mid-build left the worker none to serve with).
+            for pool in pools.values():
+                pool.close()
+            self.state.retain(self.routes.quotas)
+            raise
         built = Routes(routes)
         built.quotas = quotas
         built.pools = pools
         return built
 
+    def _route(self, spec: FunctionSpec, pools: dict[str, WorkerPool],
+               quotas: dict[str, Quota]) -> Route:
+        try:
+            prepared = self.executors.prepare(spec, pools)
+        except (ModuleNotFound, ModuleError) as exc:
+            raise named_error(exc, spec.name) from None
+        function_key, tenant_key = f"function:{spec.name}", f"tenant:{spec.tenant}"
+        # A slot outlives no request, and no request its slot: the lease lasts as long
+        # as the gateway may hold the request (a run that starts late included).
+        timeout = spec.policy.limits.timeout or 60.0
+        unbroken = GateSpec(spec.name, spec.tenant, quotas[function_key],
+                            quotas[tenant_key], longest_hold(timeout) + self.lease_grace)
+        gate = self.state.gate(replace(unbroken, breaker=f"function:{spec.name}")) \
+            if self.breakers else self.state.gate(unbroken)
+        standing_gate = self.state.gate(unbroken) if self.breakers else gate
+        return Route(spec, prepared, gate, (("function", spec.name), ("tenant", spec.tenant)),
+                     standing_gate)
+
+    def _check_descriptors(self, manifest: Manifest, quotas: dict[str, Quota]) -> None:
+        """Refuse a manifest whose quota cells and pool processes need more descriptors
+        than `MANIFEST_SHARE` of the open-file limit (the cells of the routes served now
+        included: they stay open until the swap). Raises UsageError."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return
+        cordons = {spec.cordon for spec in manifest.functions if spec.pooled}
+        needed = self.state.descriptors(quotas) + \
+            POOL_DESCRIPTORS * self.executors.pool_workers * len(cordons)
+        available = int(soft * MANIFEST_SHARE)
+        if needed > available:
+            raise UsageError(
+                f"{len(manifest.functions)} functions need {needed} descriptors (quota "
+                f"cells and pool workers, beside those served now), more than the "
+                f"{available} a manifest may take of this worker's open-file limit of "
+                f"{soft} (the rest is kept for connections): raise `ulimit -n` or serve "
+                "fewer functions")
+
     def swap(self, manifest: Manifest, routes: Routes) -> None:
         """Serve `routes` from now on, applying their quotas to the live state (the
         event loop thread calls this)."""
         self.state.update(routes.quotas)
+        # The quotas of names no route uses now are released (once their leases are).
+        self.state.retain(routes.quotas)
         self.manifest = manifest
         old, self.routes = self.routes, routes
-        self._retiring = [pool for pool in self._retiring if not pool.closed]
+        self._retiring = [pool for pool in self._retiring if not pool.drained]
         for pool in old.pools.values():
             # Requests routed before the swap may still ask the old pool for a process:
-            # it serves them until the longest of its functions' deadlines has passed.
-            timer = threading.Timer(pool.retire_after, pool.close)
-            timer.daemon = True
-            timer.start()
+            # it starts one for each such late run; the rest end with their runs.
+            pool.retire()
             self._retiring.append(pool)
         logger.info("serving %d functions from %s", len(manifest.functions),
                     manifest.source.name)

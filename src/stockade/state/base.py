@@ -5,6 +5,7 @@
     │   └── admit() -> Lease          concurrency, rate (GCRA) and CPU per minute of
     │       └── release(cpu_seconds)  the function and its tenant, and its breaker
     ├── update(quotas)                a reloaded manifest's quotas, applied at the swap
+    ├── retain(keys)                  release the quotas no route uses any more
     └── breakers(config, on_transition) -> BreakerStore | None
                                       the circuit breakers' store (None: the local
                                       SQLite one telemetry opens itself)
@@ -17,7 +18,7 @@ StateUnavailable (`errors.py`); the gateway renders them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -113,6 +114,17 @@ class StateBackend(ABC):
     @abstractmethod
     def update(self, quotas: Mapping[str, Quota]) -> None:
         """Apply a reloaded manifest's quotas (keys `function:NAME`, `tenant:NAME`)."""
+
+    def retain(self, keys: Collection[str]) -> None:
+        """Release what the quotas of keys not in `keys` hold (their routes were replaced,
+        or never served: a failed build), once the leases taken from them are given
+        back. Nothing by default."""
+        return None
+
+    def descriptors(self, keys: Collection[str]) -> int:
+        """Descriptors this backend will hold once gates of `keys` are made, until the
+        next `retain` (those of live keys included). None held by default."""
+        return 0
 
     def breakers(self, config: BreakerConfig,
                  on_transition: OnTransition | None) -> BreakerStore | None:

@@ -7,7 +7,8 @@ replica's fallback under `fail_open` while Redis is unreachable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from .base import FreeLease, Gate, GateSpec, Lease, StateBackend
@@ -73,14 +74,25 @@ class LocalState(StateBackend):
         self.store = QuotaStore(directory, index)
         self.degraded = degraded
         self._limiters: dict[str, Limiter] = {}
+        # Limiters `retain` dropped, open until their leases are given back. Each holds
+        # two descriptors (a file and its mapping): kept for every name a reload ever
+        # saw, they took all of a worker's (found by review).
+        self._retiring: dict[str, Limiter] = {}
+        self._lock = threading.Lock()  # builds run off the event loop
 
     def limiter(self, key: str, label: str, quota: Quota) -> Limiter:
         """The live limiter of `key` (`function:NAME`, `tenant:NAME`), made with `quota`
         on first use; its quota changes only at `update`."""
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            limiter = self._limiters[key] = Limiter(label, quota, cell=self.store.cell(key))
-        return limiter
+        with self._lock:
+            limiter = self._limiters.get(key)
+            if limiter is None:
+                # A retiring one still counts its requests in flight: opening the cell
+                # again would forget them (`reset_own`).
+                limiter = self._retiring.pop(key, None)
+                if limiter is None or not limiter.revive():
+                    limiter = Limiter(label, quota, cell=self.store.cell(key))
+                self._limiters[key] = limiter
+            return limiter
 
     def gate(self, spec: GateSpec) -> LocalGate:
         function_label, tenant_label = spec.labels
@@ -95,7 +107,22 @@ class LocalState(StateBackend):
             if limiter is not None:
                 limiter.update(quota)
 
+    def retain(self, keys: Collection[str]) -> None:
+        with self._lock:
+            self._retiring = {k: v for k, v in self._retiring.items() if not v.closed}
+            for key in [key for key in self._limiters if key not in keys]:
+                limiter = self._retiring[key] = self._limiters.pop(key)
+                limiter.retire()
+
+    def descriptors(self, keys: Collection[str]) -> int:
+        if self.store.directory is None:
+            return 0  # anonymous mappings
+        with self._lock:
+            return 2 * len({*keys, *self._limiters, *self._retiring})
+
     def close(self) -> None:
-        for limiter in self._limiters.values():
-            limiter.close()
-        self._limiters.clear()
+        with self._lock:
+            for limiter in [*self._limiters.values(), *self._retiring.values()]:
+                limiter.close()
+            self._limiters.clear()
+            self._retiring.clear()

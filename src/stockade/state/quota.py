@@ -19,6 +19,7 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +104,11 @@ class QuotaCell:
         """Forget this worker index's in-flight count (a replaced worker's leftovers)."""
         struct.pack_into("<i", self._buffer, _HEAD.size + 4 * self.worker, 0)
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return bool(self._buffer.closed)
+
     def close(self) -> None:
         """Unmap and close. Safe twice."""
         if not self._buffer.closed:
@@ -165,7 +171,37 @@ class Limiter:
         self._clock = clock
         self._cell = cell if cell is not None else QuotaStore().cell(label)
         self.quota = quota
+        # Slots this process took and has not given back: a retired limiter (its
+        # routes replaced) is closed when they are, not under a request holding one.
+        self.leases = 0
+        self._retired = False
+        self._closing = threading.Lock()
         self.update(quota)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (`close`, or retired with no lease left)."""
+        return self._cell.closed
+
+    def retire(self) -> None:
+        """No route uses this limiter any more: close it now, or when the last slot
+        taken from it is given back (requests routed before a reload finish)."""
+        self._retired = True
+        self._close_unused()
+
+    def revive(self) -> bool:
+        """Take a retiring limiter back into use (a reload naming it again): False when
+        it is already closed."""
+        with self._closing:
+            if self._cell.closed:
+                return False
+            self._retired = False
+            return True
+
+    def _close_unused(self) -> None:
+        with self._closing:
+            if self._retired and not self.leases:
+                self._cell.close()
 
     def update(self, quota: Quota) -> None:
         """Apply a new quota (manifest reload), keeping in-flight counts and balances
@@ -202,6 +238,8 @@ class Limiter:
         quota = self.quota
         if self.unlimited:
             return False  # nothing to count: no lock, no shared write on the hot path
+        if self._cell.closed:
+            return False  # retired: a request routed before a reload dropped its function
         with self._cell as cell:
             limit = quota.concurrency
             if limit is not None and cell.active() >= limit:
@@ -225,6 +263,7 @@ class Limiter:
                 rate -= 1.0
             cell.set_head(rate, now, cpu, now, charged)
             cell.add_active(1)
+        self.leases += 1
         return True
 
     def release(self, cpu_seconds: float = 0.0, taken: bool = True) -> None:
@@ -232,7 +271,7 @@ class Limiter:
         `cpu_seconds` of guest CPU. Decided by the admission, not by the quota now: a
         reload between the two must neither drop a counted slot nor free an uncounted
         one (either left the count off by one for the worker's life)."""
-        if not taken:
+        if not taken or self._cell.closed:  # closed: the state was (server shutdown)
             return
         with self._cell as cell:
             cell.add_active(-1)
@@ -243,6 +282,9 @@ class Limiter:
                     cpu = _refill(cpu, cpu_stamp, now, self.quota.cpu_per_minute / 60.0,
                                   self._cpu_capacity) - cpu_seconds
                 cell.set_head(rate, rate_stamp, cpu, now, charged + cpu_seconds)
+        self.leases -= 1
+        if self._retired:
+            self._close_unused()
 
     def close(self) -> None:
         """Release the shared state. Safe twice."""

@@ -45,7 +45,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
@@ -415,6 +415,12 @@ class RedisState(StateBackend):
 
     def update(self, quotas: Mapping[str, Quota]) -> None:
         self.fallback.update(quotas)  # Redis gets each gate's quotas with every call
+
+    def retain(self, keys: Collection[str]) -> None:
+        self.fallback.retain(keys)  # its cells are this worker's, as without Redis
+
+    def descriptors(self, keys: Collection[str]) -> int:
+        return self.fallback.descriptors(keys)
 
     def ping(self) -> bool:
         """Whether Redis answers now (logged when it does not)."""
