@@ -86,3 +86,23 @@ def test_a_manifest_past_the_descriptor_limit_is_refused(
         reload(registry, manifest(tmp_path, [f"f{i}" for i in range(20)]))  # 42: fits
     finally:
         registry.close()
+
+
+def test_the_supervisor_refuses_what_every_worker_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It accepted a manifest every worker refused for its descriptors and wrote it as the
+    # snapshot, on which a restarted worker died until the server stopped (found by review).
+    from stockade.gateway.server import Supervisor
+
+    path = manifest(tmp_path, ["hello"])
+    supervisor = Supervisor(path)
+    try:
+        supervisor.manifest = supervisor.prepare()
+        accepted = supervisor.snapshot.read_bytes()
+        monkeypatch.setattr(registry_module.resource, "getrlimit", lambda _: (
+            100, resource.RLIM_INFINITY))  # 50 for a manifest
+        manifest(tmp_path, [f"f{i}" for i in range(40)])
+        assert not supervisor.reload()
+        assert supervisor.snapshot.read_bytes() == accepted
+    finally:
+        supervisor.stop()

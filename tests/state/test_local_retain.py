@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade.state import GateSpec, LocalState, Quota, QuotaExceeded
+from stockade.state import GateSpec, LocalState, Quota, QuotaExceeded, StateError
 
 
 def descriptors() -> int:
@@ -39,8 +39,11 @@ def test_a_lease_held_across_retain_is_given_back_then_closed(tmp_path: Path) ->
     assert descriptors() == before + 4
     lease.release(0.5)
     assert descriptors() == before
-    # A request routed before the swap, admitted after it: counted by nothing, no crash.
-    gate.admit().release(0.0)
+    # A request routed before the swap, admitted after it, is refused (503): admitted
+    # uncounted, such requests held open across a reload and back ran past the new
+    # limiter's `concurrency = 1` (found by review).
+    with pytest.raises(StateError, match="reloaded"):
+        gate.admit()
     state.close()
 
 

@@ -324,9 +324,10 @@ class WorkerPool:
             self._let_go(spec.tenant)
 
     def _check_served(self, spec: FunctionSpec) -> None:
-        refused = self.refused.get(spec.name)
-        if refused is not None:
-            raise Unavailable(refused, 60.0, reason="module")
+        if spec.name in self.refused:  # the file's name and digests go to the log only
+            raise Unavailable(f"function {spec.name}: its module changed since the routes "
+                              "were built; it is served again after a reload", 60.0,
+                              reason="module")
 
     def _run_on(self, worker: WorkerProcess, spec: FunctionSpec,
                 invocation: Invocation) -> Result:

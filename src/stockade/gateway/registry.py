@@ -79,6 +79,35 @@ class Routes:
         return by_prefix.get("/")
 
 
+def manifest_quotas(manifest: Manifest) -> dict[str, Quota]:
+    """The quota of each key a manifest's routes count under (`function:F`, `tenant:T`)."""
+    quotas: dict[str, Quota] = {}
+    for spec in manifest.functions:
+        quotas[f"function:{spec.name}"] = spec.quota
+        quotas[f"tenant:{spec.tenant}"] = manifest.tenants.get(spec.tenant, Quota())
+    return quotas
+
+
+def check_descriptors(manifest: Manifest, cells: int, pool_workers: int) -> None:
+    """Refuse a manifest whose quota cells (`cells` descriptors) and pool processes need
+    more descriptors than `MANIFEST_SHARE` of the open-file limit. Raises UsageError.
+    The supervisor checks it too, for a fresh worker: one that accepted what every worker
+    refuses wrote it as the snapshot a restarted worker died on (found by review)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    cordons = {spec.cordon for spec in manifest.functions if spec.pooled}
+    needed = cells + POOL_DESCRIPTORS * pool_workers * len(cordons)
+    available = int(soft * MANIFEST_SHARE)
+    if needed > available:
+        raise UsageError(
+            f"{len(manifest.functions)} functions need {needed} descriptors (quota "
+            f"cells and pool workers, beside those served now), more than the "
+            f"{available} a manifest may take of this worker's open-file limit of "
+            f"{soft} (the rest is kept for connections): raise `ulimit -n` or serve "
+            "fewer functions")
+
+
 class Registry:
     """The current manifest and routes of one worker; quotas live in `state`."""
 
@@ -98,10 +127,7 @@ class Registry:
         ModuleNotFound or ModuleError naming the function, or UsageError for a manifest
         needing more descriptors than the worker has; nothing changes until `swap`, and
         a failed build releases the pools and quota cells it opened."""
-        quotas: dict[str, Quota] = {}
-        for spec in manifest.functions:
-            quotas[f"function:{spec.name}"] = spec.quota
-            quotas[f"tenant:{spec.tenant}"] = manifest.tenants.get(spec.tenant, Quota())
+        quotas = manifest_quotas(manifest)
         self._check_descriptors(manifest, quotas)
         pools = start_pools(manifest.functions, self.executors.mode,
                             self.executors.pool_workers)
@@ -138,23 +164,10 @@ class Registry:
                      standing_gate)
 
     def _check_descriptors(self, manifest: Manifest, quotas: dict[str, Quota]) -> None:
-        """Refuse a manifest whose quota cells and pool processes need more descriptors
-        than `MANIFEST_SHARE` of the open-file limit (the cells of the routes served now
-        included: they stay open until the swap). Raises UsageError."""
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return
-        cordons = {spec.cordon for spec in manifest.functions if spec.pooled}
-        needed = self.state.descriptors(quotas) + \
-            POOL_DESCRIPTORS * self.executors.pool_workers * len(cordons)
-        available = int(soft * MANIFEST_SHARE)
-        if needed > available:
-            raise UsageError(
-                f"{len(manifest.functions)} functions need {needed} descriptors (quota "
-                f"cells and pool workers, beside those served now), more than the "
-                f"{available} a manifest may take of this worker's open-file limit of "
-                f"{soft} (the rest is kept for connections): raise `ulimit -n` or serve "
-                "fewer functions")
+        """`check_descriptors`, the cells of the routes served now included (they stay
+        open until the swap)."""
+        check_descriptors(manifest, self.state.descriptors(quotas),
+                          self.executors.pool_workers)
 
     def swap(self, manifest: Manifest, routes: Routes) -> None:
         """Serve `routes` from now on, applying their quotas to the live state (the

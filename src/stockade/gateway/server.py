@@ -91,6 +91,11 @@ class Supervisor:
         manifest = load_manifest(self.path, refresh_images, staged)
         from ..sandbox.provenance import gate
         from .executor import load_standard, named_error
+        from .registry import check_descriptors, manifest_quotas
+
+        # As a fresh worker will (two descriptors a file-backed quota cell).
+        settings = manifest.server.override(**self.overrides)
+        check_descriptors(manifest, 2 * len(manifest_quotas(manifest)), settings.pool_workers)
 
         for spec in manifest.functions:
             try:

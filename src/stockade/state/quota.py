@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import QuotaExceeded
+from .errors import QuotaExceeded, StateError
 
 __all__ = ["Quota", "Limiter", "QuotaStore", "QuotaCell", "MAX_WORKERS"]
 
@@ -239,7 +239,11 @@ class Limiter:
         if self.unlimited:
             return False  # nothing to count: no lock, no shared write on the hot path
         if self._cell.closed:
-            return False  # retired: a request routed before a reload dropped its function
+            # Retired: routed before a reload dropped its function or tenant. Refused, not
+            # admitted uncounted: requests held open across a reload and back ran beside
+            # the new limiter's, past `concurrency = 1` (found by review).
+            raise StateError(f"{self.label}: the manifest was reloaded since this request "
+                             "was routed; send it again", 1.0)
         with self._cell as cell:
             limit = quota.concurrency
             if limit is not None and cell.active() >= limit:
