@@ -14,7 +14,10 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["open_regular", "append_lines", "read_regular", "replace_file", "replaceable"]
+from .errors import UsageError
+
+__all__ = ["open_regular", "append_lines", "read_regular", "replace_file", "replaceable",
+           "private_dir", "not_private"]
 
 
 def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
@@ -115,3 +118,25 @@ def _umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o022
+
+
+def private_dir(directory: Path) -> None:
+    """Create `directory` 0700 when missing; refuse (UsageError) one owned by another uid
+    or writable by group or others: whoever can write it can replace the files kept
+    there (the audit log, the telemetry file)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    problem = not_private(directory)
+    if problem:
+        raise UsageError(problem)
+
+
+def not_private(directory: Path) -> str:
+    """Why `private_dir` refuses the existing `directory`, or "" (one `stat`)."""
+    info = os.stat(directory)
+    if info.st_uid != os.geteuid():
+        return (f"state directory {directory}: owned by uid {info.st_uid}, not by "
+                f"this user (uid {os.geteuid()}): refused")
+    if info.st_mode & 0o022:
+        return (f"state directory {directory}: mode {stat.S_IMODE(info.st_mode):04o} lets "
+                "others replace its files: refused (chmod 700 it)")
+    return ""

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["bulk", "bulks", "evalsha", "script_load", "Releases", "number", "LATEST"]
+from ..telemetry.decision import LATEST  # beyond any time, wait or count the store keeps
 
-# Beyond any time (seconds since the epoch, year 2242), wait or count the store keeps.
-LATEST = 2.0**33
+__all__ = ["bulk", "bulks", "evalsha", "script_load", "Releases", "number", "LATEST"]
 
 
 def number(text: object, at_most: float = LATEST) -> float:

@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 from ..errors import UsageError
 from ..keys import KeyFileError, config_dir, read_key
 from ..paths import state_dir
-from ..regularfile import append_lines, open_regular, read_regular
+from ..regularfile import append_lines, not_private, open_regular, private_dir, read_regular
 from .envsettings import audit_max_bytes
 from .log import logger
 
@@ -100,27 +100,6 @@ def counter_path(log: Path, key_path: Path) -> Path:
     return key_path.parent / f"audit-{digest}.seq"
 
 
-def private_dir(directory: Path) -> None:
-    """Create `directory` 0700 when missing; refuse (UsageError) one owned by another uid
-    or writable by group or others: whoever can write it can replace the log."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    problem = _not_private(directory)
-    if problem:
-        raise UsageError(problem)
-
-
-def _not_private(directory: Path) -> str:
-    """Why `private_dir` refuses the existing `directory`, or ""."""
-    info = os.stat(directory)
-    if info.st_uid != os.geteuid():
-        return (f"state directory {directory}: owned by uid {info.st_uid}, not by "
-                f"this user (uid {os.geteuid()}): refused")
-    if info.st_mode & 0o022:
-        return (f"state directory {directory}: mode {stat.S_IMODE(info.st_mode):04o} lets "
-                "others replace its files: refused (chmod 700 it)")
-    return ""
-
-
 def _cannot_hold(directory: Path) -> str:
     """Why `append` could keep no log in `directory`, or "": it must be a private
     directory, or one `private_dir` can make (its nearest existing parent a directory
@@ -129,7 +108,7 @@ def _cannot_hold(directory: Path) -> str:
     while not os.path.lexists(found) and found != found.parent:
         found = found.parent
     if found == directory and found.is_dir():
-        return _not_private(directory)
+        return not_private(directory)
     if not found.is_dir() or not os.access(found, os.W_OK | os.X_OK):
         return f"{directory} cannot be made ({found} is no directory this user can write)"
     return ""

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from ..paths import state_dir
 from ..result import Outcome, Result
-from .decision import Decision, iso_time
+from .decision import LATEST, Decision, iso_time
 from .envsettings import BreakerConfig
 
 if TYPE_CHECKING:
@@ -98,10 +98,9 @@ _SCHEMA = (
 _FROM_2 = ("ALTER TABLE violations ADD COLUMN source TEXT", f"PRAGMA user_version = {_VERSION}")
 DENIAL_FLUSH = 1.0  # seconds between writes of a process's refusal count
 # What each column read back must hold: SQLite keeps any value in any column.
-# Times are seconds since the epoch up to 2**33 (the year 2242), as the shared store's
-# (`state.resp.LATEST`): any finite float passed, and 1e12 (the year 33658) ended `breaker
-# list` in a traceback where it was shown.
-_LATEST = 2.0**33
+# Times are seconds since the epoch up to `LATEST` (the year 2242), as the shared store's:
+# any finite float passed, and 1e12 (the year 33658) ended `breaker list` in a traceback
+# where it was shown.
 _KINDS = {"key": "text", "tenant": "text", "state": "text", "opened_at": "time?",
           "until": "time?", "probe_at": "time?", "updated": "time", "count": "count",
           "trips": "count", "denied": "count"}
@@ -121,7 +120,7 @@ def _checked(row: Sequence[Any], columns: str) -> tuple[Any, ...]:
             ok = type(value) is int and value >= 0
         else:
             ok = (value is None and kind == "time?") or (
-                type(value) in (int, float) and 0 <= value <= _LATEST)  # NaN fails too
+                type(value) in (int, float) and 0 <= value <= LATEST)  # NaN fails too
             wanted = "time from 0 to 2**33 s since the epoch"
         if not ok:
             raise sqlite3.DatabaseError(f"breakers table: {name} holds {value!r:.40} "

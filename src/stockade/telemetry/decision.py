@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from ..records import FieldTuple
 
-__all__ = ["Decision", "iso_time"]
+__all__ = ["Decision", "iso_time", "LATEST"]
+
+# Beyond any time a breaker or quota keeps (seconds since the epoch: the year 2242), in
+# this host's database and in the shared store alike.
+LATEST = 2.0**33
 
 
 def iso_time(timestamp: float) -> str:

@@ -7,7 +7,7 @@ three lines (traces, metrics, logs) under an exclusive `flock`, so processes can
 the file. Past `max_bytes` the file is rotated to `<name>.1`. Write failures are said
 on stderr (at most once a minute), never raised; the file must be a regular file
 (`regularfile.open_regular`) in a directory only this user can write (the audit log's
-rule, `audit.private_dir`).
+rule, `regularfile.private_dir`).
 
 A run writes on the thread that records (`stockade run` starts no thread for it). A
 server writes from a thread of the sink's own (`write_in_background`): a request never
@@ -29,7 +29,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..regularfile import append_lines, open_regular
+from ..regularfile import append_lines, open_regular, private_dir
 from .aggregate import DeltaAggregator
 from .instruments import bounded_name
 from .log import logger, rare_warning, records_lost
@@ -46,7 +46,6 @@ from .record import run_name, was_cold
 from .sink import is_sampled, ratio_bound, resource_attributes, scope
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     from ..observe import RunInfo
     from ..result import Result
@@ -290,7 +289,7 @@ class FileSink:
         data = "".join(line + "\n" for line in requests).encode()
         with self._write_lock:
             if self._private:
-                _private_dir(self.path.parent)
+                private_dir(self.path.parent)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
@@ -321,19 +320,6 @@ class FileSink:
             self._writer = None
         self.flush()
         self._say_drops()
-
-
-def _private_dir(directory: Path) -> None:
-    """The audit log's rule for its directory (`audit.private_dir`): made 0700 when
-    missing, refused (UsageError) when another uid owns it or group or others can write
-    it, for whoever can write it can replace the file and what runs recorded. The audit
-    module is imported only to refuse: its hashlib and hmac (OpenSSL) cost every run."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.stat(directory)
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        from .audit import private_dir
-
-        private_dir(directory)
 
 
 def _lock_within(fd: int, seconds: float) -> None:
