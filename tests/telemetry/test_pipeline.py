@@ -67,13 +67,15 @@ def test_an_audit_log_that_cannot_be_opened_still_lets_the_breaker_count(
         caplog: pytest.LogCaptureFixture) -> None:
     # The audit log is made at the first violation; its failure to open was reported by
     # opening it again in the handler, which raised past the breaker's count, unheard.
+    # A key kept beside the log is refused at the first append, not when telemetry opens.
+    monkeypatch.setenv("STOCKADE_AUDIT_KEY", str(tmp_path / "state" / "audit.key"))
     with open_telemetry() as telemetry:
-        monkeypatch.setenv("STOCKADE_AUDIT_MAX_BYTES", "abc")
         for _ in range(3):
             info, result = make_run(Outcome.TIMEOUT)
             telemetry.observer.run_finished(info, result)
         assert not telemetry.admit("m.wasm", DIGEST).allowed
-    assert "could not write the audit log: STOCKADE_AUDIT_MAX_BYTES" in caplog.text
+    assert "could not write the audit log" in caplog.text
+    assert "lies beside the audit log" in caplog.text
     assert not (tmp_path / "state" / "audit.jsonl").exists()
 
 

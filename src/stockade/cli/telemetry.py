@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import UsageError
-from ..telemetry.reader import MAX_RECENT
+from ..telemetry.reader import EXACT_LIMIT, MAX_RECENT
 
 if TYPE_CHECKING:
     from ..telemetry.reader import Filters, InvocationRow, Rejection, Summary
@@ -97,7 +97,7 @@ def show(path: Path | None, last: int, function: str | None, tenant: str | None,
 
     Counts come from the metrics (every invocation) unless a filter is given; the list,
     the percentiles, warnings and filtered counts come from the spans, which the export
-    profile may sample.
+    profile may sample. Percentiles are exact up to 10,000 spans, then within 1 %.
     """
     from ..telemetry import resolve_settings
     from ..telemetry.reader import Filters, Summary, open_file, read_lines, summarise
@@ -139,6 +139,7 @@ def _render(summary: Summary, as_json: bool) -> None:
             "spans": summary.spans, "outcomes": dict(summary.outcomes),
             "violations": dict(summary.violations), "warnings": summary.warnings,
             "p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
+            "percentile_error": summary.percentile_error,
             "rejections": dict(summary.rejections),
             "recent": [asdict(row) for row in summary.recent],
             "warned": [asdict(row) for row in summary.warned],
@@ -158,7 +159,9 @@ def _render(summary: Summary, as_json: bool) -> None:
     console.print(
         f"[bold]{summary.invocations}[/] invocations in {_shown(printable(str(summary.path)))} "
         f"({summary.spans} spans kept); duration of those that ran: p50 "
-        f"[bold]{_ms(summary.p50_ms)} ms[/], p99 [bold]{_ms(summary.p99_ms)} ms[/]; "
+        f"[bold]{_ms(summary.p50_ms)} ms[/], p99 [bold]{_ms(summary.p99_ms)} ms[/]"
+        + (f" (each within {summary.percentile_error:.0%}: over {EXACT_LIMIT} spans)"
+           if summary.percentile_error else "") + "; "
         f"refused before running: {rejected}; monitor warnings: {summary.warnings}"
         + (f"; [bold]{summary.bad_lines} lines skipped[/] (not OTLP/JSON as Stockade "
            "writes it)" if summary.bad_lines else ""))

@@ -22,6 +22,7 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..digests import sha256 as _sha256
 from ..errors import UsageError
@@ -39,6 +40,9 @@ from .seal import (
     unseal,
 )
 
+if TYPE_CHECKING:
+    from ..telemetry.envsettings import AuditSettings
+
 __all__ = ["AotCache"]
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -53,14 +57,24 @@ class AotCache:
 
     `open` yields a verified entry for `deserialize_file`; `store` seals and writes one
     atomically. `key` returns this host's key (raising `KeyUnavailable`); tests pass
-    another. Safe to share between threads and processes.
+    another. `audit` is how its audit records are kept (default: the environment's,
+    checked now: raises UsageError for a malformed `STOCKADE_AUDIT_MAX_BYTES`). Safe to
+    share between threads and processes.
     """
 
-    def __init__(self, root: Path, key: Callable[[], bytes] = host_key) -> None:
+    def __init__(self, root: Path, key: Callable[[], bytes] = host_key, *,
+                 audit: AuditSettings | None = None) -> None:
         self.root = root
         self._key_source = key
         self._trusted: set[Path] = set()
         self._key_refused = False
+        if audit is None:
+            # Checked when made, as when telemetry opens, and with the same words: read
+            # at a refusal, a malformed one lost its record to a warning (`compile`).
+            from ..telemetry.envsettings import AuditSettings
+
+            audit = AuditSettings.from_env()
+        self._audit_settings = audit
 
     def path(self, fingerprint: str, sha256: str) -> Path:
         """Where the compiled form of a module lives."""
@@ -84,7 +98,7 @@ class AotCache:
         from this cache's. What such a worker seals is accepted only there."""
         source = self._key_source
         return AotCache(self.root / "scopes" / scope_name(scope),
-                        key=lambda: scoped_key(source(), scope))
+                        key=lambda: scoped_key(source(), scope), audit=self._audit_settings)
 
     def reseal(self, into: AotCache, fingerprint: str, sha256: str) -> bool:
         """Copy this cache's entry for a module into `into` (a scope's cache), sealed with
@@ -207,8 +221,8 @@ class AotCache:
         except KeyUnavailable as exc:
             if exc.insecure and not self._key_refused:
                 self._key_refused = True
-                _audit(self.root, f"AoT cache not used: the host key is refused: {exc.reason}",
-                       reason=exc.reason)
+                self._audit(self.root, "AoT cache not used: the host key is refused: "
+                            f"{exc.reason}", reason=exc.reason)
             return None
 
     def _directory(self, path: Path, *, create: bool) -> bool:
@@ -237,10 +251,11 @@ class AotCache:
             if info.st_uid == os.geteuid() and stat.S_ISDIR(info.st_mode):
                 # Ours but group/other-writable (umask 002, a shared setting): close it;
                 # whatever was planted meanwhile still has to pass each entry's checks.
-                _audit(path, f"AoT cache {path}: {problem}; tightened to 0700", reason=problem)
+                self._audit(path, f"AoT cache {path}: {problem}; tightened to 0700",
+                            reason=problem)
                 problem = None
             else:
-                _audit(path, f"AoT cache {path} not used: {problem}", reason=problem)
+                self._audit(path, f"AoT cache {path} not used: {problem}", reason=problem)
                 return False
         if problem is not None:
             return self._set_aside(path, problem) and self._directory(path, create=create)
@@ -261,7 +276,7 @@ class AotCache:
             moved, where = True, f"; moved to {aside}"
         except OSError as exc:
             moved, where = False, f"; could not move it ({exc.strerror})"
-        _audit(path, f"AoT cache directory {path} refused: {problem}{where}", reason=problem)
+        self._audit(path, f"AoT cache directory {path} refused: {problem}{where}", reason=problem)
         return moved
 
     def _refuse(self, path: Path, problem: str) -> None:
@@ -270,8 +285,23 @@ class AotCache:
             removed = "deleted"
         except OSError as exc:
             removed = f"not deleted ({exc.strerror})"
-        _audit(path, f"AoT cache entry {path} refused: {problem}; {removed}, compiling again",
-               reason=problem)
+        self._audit(path, f"AoT cache entry {path} refused: {problem}; {removed}, compiling "
+                    "again", reason=problem)
+
+    def _audit(self, path: Path, message: str, **fields: str) -> None:
+        """One `cache_refused` audit record and a warning; never raises into a run."""
+        # The audit log is a leaf of the telemetry package (it needs only the state dir),
+        # and this happens only when something is wrong: imported here, not at start-up.
+        from ..telemetry.audit import AuditLog
+        from ..telemetry.log import logger
+
+        logger("stockade.engine").warning("%s", message)
+        settings = self._audit_settings
+        try:
+            AuditLog(key_path=settings.key_path, max_bytes=settings.max_bytes).append(
+                "cache_refused", message, path=str(path), **fields)
+        except (OSError, UsageError) as exc:  # an unusable state dir or key: logged
+            logger("stockade.engine").warning("could not write the audit record: %s", exc)
 
     def _index_path(self, ident: str) -> Path:
         return self.root / _INDEX / _sha256(ident.encode()).hexdigest()[:32]
@@ -361,17 +391,3 @@ def _write_atomic(target: Path, chunks: tuple[bytes | memoryview, ...]) -> bool:
     finally:
         os.close(directory)
     return True
-
-
-def _audit(path: Path, message: str, **fields: str) -> None:
-    """One `cache_refused` audit record and a warning; never raises into a run."""
-    # The audit log is a leaf of the telemetry package (it needs only the state dir), and
-    # this happens only when something is wrong: imported here, not at start-up.
-    from ..telemetry.audit import AuditLog
-    from ..telemetry.log import logger
-
-    logger("stockade.engine").warning("%s", message)
-    try:
-        AuditLog().append("cache_refused", message, path=str(path), **fields)
-    except (OSError, UsageError) as exc:  # an unusable state dir or key: logged
-        logger("stockade.engine").warning("could not write the audit record: %s", exc)

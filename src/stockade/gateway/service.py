@@ -225,18 +225,14 @@ def _open_telemetry(settings: ServerSettings, state: StateBackend) -> Telemetry 
     export only; None when all three are off. Breakers live where `state` keeps them.
     Raises UsageError (an unusable audit key)."""
     from ..telemetry import open_telemetry
-    from ..telemetry.breaker import BreakerConfig
 
     if settings.telemetry == "off" and not settings.breakers and not settings.audit:
         return None
-    config = BreakerConfig.from_env()
-    if settings.breaker_traps is not None:
-        config = config._replace(count_traps=settings.breaker_traps)
     # A server answers thousands of requests a second: unless told otherwise it samples
     # as the environment suggests (edge on a small host: 10 %).
     telemetry = open_telemetry(settings.telemetry, "stockade-gateway",
                                fallback=GATEWAY_TELEMETRY, breaker=settings.breakers,
-                               audit=settings.audit, breaker_config=config,
+                               audit=settings.audit, breaker_traps=settings.breaker_traps,
                                breaker_store=state.breakers)
     try:
         telemetry.prepare()  # the audit key is read before any confinement

@@ -52,29 +52,23 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import UsageError
-from ..keys import KeyFileError, config_dir, read_key
+from ..keys import KeyFileError, read_key
 from ..paths import state_dir
 from ..regularfile import append_lines, not_private, open_regular, private_dir, read_regular
-from .envsettings import audit_max_bytes
+from .envsettings import AUDIT_KEY_ENV, audit_key_path, audit_max_bytes
 from .log import logger
 
 __all__ = ["AuditLog", "AuditReport", "verify", "record_hash", "audit_key_path",
            "counter_path", "private_dir", "GENESIS"]
 
 GENESIS = "0" * 64
-KEY_ENV = "STOCKADE_AUDIT_KEY"
+KEY_ENV = AUDIT_KEY_ENV
 _TAIL = 8192
 # What a line that is no record raises as it is read (`"seq": Infinity`, deep nesting).
 _UNREADABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
 _TAIL_MAX = 1 << 20  # bytes of a last line read (a record is a few hundred)
 _HEAD_SIZE = 256
 _KEY_PURPOSE = "audit key"
-
-
-def audit_key_path() -> Path:
-    """`$STOCKADE_AUDIT_KEY`, else `audit.key` in the config directory."""
-    explicit = os.environ.get(KEY_ENV)
-    return Path(explicit) if explicit else config_dir() / "audit.key"
 
 
 def _secret_key(path: Path, create: bool) -> bytes | None:

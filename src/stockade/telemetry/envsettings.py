@@ -1,7 +1,9 @@
 """Settings of the circuit breakers and the audit log read from the environment
-(`STOCKADE_BREAKER_*`, `STOCKADE_AUDIT_MAX_BYTES`): checked when telemetry opens, as the
-`OTEL_*` variables are, so a malformed one stops a command with one line (125) instead of
-failing the first breaker count or audit record of a run, unheard.
+(`STOCKADE_BREAKER_*`, `STOCKADE_AUDIT_MAX_BYTES`, `STOCKADE_AUDIT_KEY`): read and checked
+here only, once, when telemetry opens (as the `OTEL_*` variables are) or when the AoT
+cache, which writes audit records of its own, is made. A malformed one stops a command
+with one line (125) instead of failing the first breaker count or audit record of a run,
+unheard; what was checked is what is used, whatever the variables say later.
 
 Kept apart from `breaker` and `audit`, whose imports a run without a violation never pays.
 """
@@ -9,14 +11,16 @@ Kept apart from `breaker` and `audit`, whose imports a run without a violation n
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import UsageError
 from ..result import Outcome
 
-__all__ = ["BreakerConfig", "LIMIT_OUTCOMES", "audit_max_bytes", "DEFAULT_AUDIT_MAX_BYTES",
-           "AUDIT_MAX_BYTES_ENV"]
+__all__ = ["BreakerConfig", "AuditSettings", "LIMIT_OUTCOMES", "audit_max_bytes",
+           "audit_key_path", "unused_settings", "DEFAULT_AUDIT_MAX_BYTES",
+           "AUDIT_MAX_BYTES_ENV", "AUDIT_KEY_ENV"]
 
 # Resource limits: what a breaker counts by default.
 LIMIT_OUTCOMES = frozenset({
@@ -25,6 +29,7 @@ LIMIT_OUTCOMES = frozenset({
 })
 DEFAULT_AUDIT_MAX_BYTES = 16 * 1024 * 1024
 AUDIT_MAX_BYTES_ENV = "STOCKADE_AUDIT_MAX_BYTES"
+AUDIT_KEY_ENV = "STOCKADE_AUDIT_KEY"
 
 
 class BreakerConfig(NamedTuple):
@@ -100,3 +105,44 @@ def audit_max_bytes(env: Mapping[str, str] | None = None) -> int:
     if size < 4096:
         raise UsageError(f"{AUDIT_MAX_BYTES_ENV}={raw!r}: use at least 4KiB")
     return size
+
+
+def audit_key_path(env: Mapping[str, str] | None = None) -> Path:
+    """`STOCKADE_AUDIT_KEY` in `env` (default `os.environ`), else `audit.key` in the
+    config directory."""
+    from ..paths import config_dir
+
+    explicit = (os.environ if env is None else env).get(AUDIT_KEY_ENV)
+    return Path(explicit) if explicit else config_dir() / "audit.key"
+
+
+class AuditSettings(NamedTuple):
+    """How the audit log is kept: it rotates at `max_bytes`; its key is at `key_path`."""
+
+    max_bytes: int
+    key_path: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AuditSettings:
+        """`audit_max_bytes(env)` and `audit_key_path(env)`. Raises UsageError."""
+        return cls(audit_max_bytes(env), audit_key_path(env))
+
+
+def unused_settings(env: Mapping[str, str] | None = None, *, breaker: bool,
+                    audit: bool) -> list[str]:
+    """Lines for a warning: what is wrong with the variables of each feature turned off
+    (`breaker`, `audit` False), which would refuse them were it on. Nothing is checked
+    of a feature that is on."""
+    checks: list[tuple[bool, Callable[[Mapping[str, str] | None], object], str]] = [
+        (breaker, BreakerConfig.from_env, "circuit breakers are off"),
+        (audit, audit_max_bytes, "the audit log is off"),
+    ]
+    found = []
+    for on, check, why in checks:
+        if on:
+            continue
+        try:
+            check(env)
+        except UsageError as exc:
+            found.append(f"{exc.message} (ignored: {why})")
+    return found

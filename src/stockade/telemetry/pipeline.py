@@ -23,7 +23,7 @@ from ..errors import StockadeError
 from ..invocation import Invocation
 from ..observe import RunInfo
 from ..result import Outcome
-from .envsettings import BreakerConfig, audit_max_bytes
+from .envsettings import AuditSettings, BreakerConfig, unused_settings
 from .filesink import FileSink
 from .instruments import Attributes
 from .log import logger, rare_warning, records_lost
@@ -128,7 +128,8 @@ class Telemetry:
     def __init__(self, settings: ExportSettings, sink: Sink, *, monitor: bool = True,
                  breaker: bool = True, audit: bool = True,
                  breaker_config: BreakerConfig | None = None,
-                 breaker_store: BreakerStoreFactory | None = None) -> None:
+                 breaker_store: BreakerStoreFactory | None = None,
+                 audit_settings: AuditSettings | None = None) -> None:
         self.settings = settings
         self.sink = sink
         self._recording = not isinstance(sink, NullSink)
@@ -142,6 +143,7 @@ class Telemetry:
         self._use_audit = audit
         self._breaker_config = breaker_config
         self._breaker_store = breaker_store
+        self._audit_settings = audit_settings
         self._breaker: BreakerStore | None = None
         self._audit: AuditLog | None = None
         self._lazy = threading.Lock()  # gateway threads may ask for these at once
@@ -164,12 +166,17 @@ class Telemetry:
 
     @property
     def audit(self) -> AuditLog:
-        """The audit log (every record is also emitted as a log record)."""
+        """The audit log (every record is also emitted as a log record), kept as the
+        `audit_settings` checked when telemetry opened say."""
         with self._lazy:
             if self._audit is None:
                 from .audit import AuditLog
 
-                self._audit = AuditLog(emit=self._audit_record)
+                if self._audit_settings is None:
+                    self._audit_settings = AuditSettings.from_env()
+                self._audit = AuditLog(emit=self._audit_record,
+                                       key_path=self._audit_settings.key_path,
+                                       max_bytes=self._audit_settings.max_bytes)
             return self._audit
 
     def prepare(self) -> None:
@@ -467,6 +474,7 @@ def open_telemetry(
     breaker_config: BreakerConfig | None = None,
     fallback: str | None = None,
     breaker_store: BreakerStoreFactory | None = None,
+    breaker_traps: bool | None = None,
 ) -> Telemetry:
     """Telemetry for `profile` (`edge`, `cloud`, `on-prem`, `hybrid`, `off`, or None).
     With an OTLP endpoint (argument or `OTEL_EXPORTER_OTLP_*ENDPOINT`) the SDK exports
@@ -475,16 +483,25 @@ def open_telemetry(
     file with a warning. `fallback` is the profile when neither `profile` nor
     `STOCKADE_TELEMETRY` names one (None: the SDK defaults). `breaker` and `audit` are
     independent of export: profile `off` keeps them (it drops the sink and monitor);
-    `breaker_config` defaults to `BreakerConfig.from_env()`; `breaker_store(config,
-    on_transition)` opens the breakers' store (None from it: the local SQLite one)."""
+    `breaker_config` defaults to `BreakerConfig.from_env(env)`, whose `count_traps`
+    `breaker_traps` overrides when not None; `breaker_store(config, on_transition)` opens
+    the breakers' store (None from it: the local SQLite one). The `STOCKADE_BREAKER_*` and
+    `STOCKADE_AUDIT_*` variables are read from `env` (default `os.environ`) once, here,
+    and refused only for the features turned on: a malformed one of a feature that is
+    off is a warning on the `stockade.telemetry` logger."""
     settings = resolve_settings(profile, endpoint=endpoint, service_name=service_name, env=env,
                                 fallback=fallback)
     # Checked now, as OTEL_* are: read at a run's first violation, a malformed one cost
-    # its breaker count and audit record without a word.
-    if breaker and breaker_config is None:
-        breaker_config = BreakerConfig.from_env(env)
-    if audit:
-        audit_max_bytes(env)
+    # its breaker count and audit record without a word. And what is checked is what is
+    # used: the audit log read os.environ whatever `env` said.
+    if breaker:
+        if breaker_config is None:
+            breaker_config = BreakerConfig.from_env(env)
+        if breaker_traps is not None:
+            breaker_config = breaker_config._replace(count_traps=breaker_traps)
+    audit_settings = AuditSettings.from_env(env) if audit else None
+    for line in unused_settings(env, breaker=breaker, audit=audit):
+        logger().warning("%s", line)
     sink: Sink
     if not settings.enabled:
         sink = NullSink()
@@ -500,4 +517,4 @@ def open_telemetry(
         sink = FileSink(settings)
     return Telemetry(settings, sink, monitor=monitor and settings.enabled, breaker=breaker,
                      audit=audit, breaker_config=breaker_config,
-                     breaker_store=breaker_store)
+                     breaker_store=breaker_store, audit_settings=audit_settings)

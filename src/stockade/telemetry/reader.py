@@ -3,7 +3,9 @@ violations and monitor warnings, optionally filtered.
 
 Counts come from the metrics (never sampled) when no filter is given; recent
 invocations, duration percentiles, warnings and filtered counts come from the spans
-(sampled at the profile's ratio). An invocation span carries `faas.invocation_id`; the
+(sampled at the profile's ratio); the percentiles are exact up to `EXACT_LIMIT` spans,
+then within `RELATIVE_ERROR` of exact, in memory that does not grow with the file
+(`quantiles.Quantiles`). An invocation span carries `faas.invocation_id`; the
 gateway's HTTP server spans do not, and are read only for the requests the gateway
 refused before any guest ran (`REJECTED`: 408, 413, 429, 503), which are counted apart
 from the latency percentiles, as are invocations refused up front (outcome `denied`).
@@ -24,11 +26,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..regularfile import open_regular
+from .quantiles import EXACT_LIMIT, RELATIVE_ERROR, Quantiles, percentile
 from .record import MONITOR_WARNING
 
 __all__ = ["InvocationRow", "Rejection", "Warning_", "Filters", "Summary", "read_summary",
            "attributes_of", "percentile", "rows_of", "REJECTED", "BadLine", "LineSplitter",
-           "read_lines", "open_file", "MAX_LINE_BYTES", "MAX_RECENT"]
+           "read_lines", "open_file", "MAX_LINE_BYTES", "MAX_RECENT", "EXACT_LIMIT",
+           "RELATIVE_ERROR"]
 
 REJECTED = (408, 413, 429, 503)  # HTTP statuses the gateway answers without a guest
 _REFUSED_OUTCOMES = ("denied",)  # invocations stopped before the guest ran
@@ -109,7 +113,8 @@ class Filters:
 @dataclass
 class Summary:
     """What the file holds. Percentiles are in milliseconds over invocations whose guest
-    ran (None without any)."""
+    ran (None without any), each within `percentile_error` of exact, relatively (0.0:
+    exact; `RELATIVE_ERROR` past `EXACT_LIMIT` spans)."""
 
     path: Path
     lines: int = 0
@@ -121,6 +126,7 @@ class Summary:
     warnings: int = 0
     p50_ms: float | None = None
     p99_ms: float | None = None
+    percentile_error: float = 0.0
     recent: list[InvocationRow] = field(default_factory=list)
     rejections: Counter[str] = field(default_factory=Counter)  # "function 429" -> count
     warned: list[InvocationRow] = field(default_factory=list)  # latest with warnings
@@ -226,15 +232,6 @@ def _real(attrs: dict[str, Any], key: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise BadLine(f"{key} is not a number")
     return float(value)
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of `values` (None when empty)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
 
 
 def _spans(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -392,7 +389,7 @@ def summarise(lines: Iterable[bytes | None], path: Path, recent: int, filters: F
     if recent > MAX_RECENT:
         raise ValueError(f"recent: at most {MAX_RECENT} invocations are listed")
     summary = Summary(path)
-    durations: list[float] = []
+    durations = Quantiles()  # one float a span grew without bound on a huge file
     latest: deque[InvocationRow] = deque(maxlen=max(recent, 1))
     warned: deque[InvocationRow] = deque(maxlen=max(recent, 1))
     span_outcomes: Counter[str] = Counter()
@@ -415,7 +412,7 @@ def summarise(lines: Iterable[bytes | None], path: Path, recent: int, filters: F
             if row.outcome in _REFUSED_OUTCOMES:
                 summary.rejections[f"{row.name} {row.outcome}"] += 1
             else:
-                durations.append(row.duration_ms)
+                durations.add(row.duration_ms)
             if filters.active and row.limit_hit not in ("none", ""):
                 summary.violations[row.limit_hit] += 1
             latest.append(row)
@@ -435,8 +432,9 @@ def summarise(lines: Iterable[bytes | None], path: Path, recent: int, filters: F
         summary.outcomes = span_outcomes
         summary.invocations = summary.spans
         summary.warnings = max(summary.warnings, span_warnings)
-    summary.p50_ms = percentile(durations, 0.50)
-    summary.p99_ms = percentile(durations, 0.99)
+    summary.p50_ms = durations.percentile(0.50)
+    summary.p99_ms = durations.percentile(0.99)
+    summary.percentile_error = durations.relative_error
     summary.recent = sorted(latest, key=lambda r: r.start_ns, reverse=True)[:recent]
     summary.warned = sorted(warned, key=lambda r: r.start_ns, reverse=True)
     return summary
