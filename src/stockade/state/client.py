@@ -11,15 +11,28 @@ connection's socket (`_Bounded`) gives the replies to one request `timeout` seco
 `MAX_REPLY` bytes in all, counted from the request sent.
 
 An exchange of several requests gets one timeout in all inside `round_trip()`: every
-connect, handshake, send and read its thread makes ends by the same deadline. A
-timeout per request let one admission make 11 calls (a connection's handshake, the
-script, NOSCRIPT, three loads, the script again) and answer after 5 s with a timeout of
-0.5 s (found by review).
+send and read its thread makes ends by the same deadline, and so does its wait for a
+connection. A timeout per request let one admission make 11 calls (a connection's
+handshake, the script, NOSCRIPT, three loads, the script again) and answer after 5 s
+with a timeout of 0.5 s (found by review).
+
+A connection is made off the round trip's path, on a thread of its own: resolving the
+name, connecting, TLS and the handshake (AUTH, CLIENT SETNAME, CLIENT SETINFO twice,
+SELECT), each step within `timeout`. The round trip waits for it only as long as it has
+left; one it gave up on is still made, and kept, for the next. Sharing the round trip's
+deadline, a store answering each command after a quarter of the timeout never finished
+a handshake, and so never admitted anyone; `getaddrinfo`, which has no timeout, held
+the admission as long as a dead resolver liked (found by review). Outside a round trip
+(`stockade breaker list`) a connection is made on the caller's thread, each step within
+`timeout`, the name's resolution too (`resolve`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -31,7 +44,7 @@ from redis.retry import Retry
 
 from .settings import StateSettings, redis_password
 
-__all__ = ["connect", "round_trip", "RoundTripFailed", "MAX_REPLY"]
+__all__ = ["connect", "round_trip", "resolve", "RoundTripFailed", "MAX_REPLY"]
 
 MAX_REPLY = 16 * 1024**2  # bytes of replies to one request (an admission's are ~100 each)
 
@@ -46,27 +59,29 @@ class _Deadline(threading.local):
 _ROUND = _Deadline()
 
 
-def round_trip(seconds: float) -> _RoundTrip:
+def round_trip(seconds: float, since: float | None = None) -> _RoundTrip:
     """Every exchange this thread has with Redis inside (`with round_trip(...)`) ends
-    within `seconds` from its start in all, connects and handshakes included (an outer
-    round trip's end stays if sooner); past it a read, send or connect raises
+    within `seconds` in all, waiting for a connection included, counted from `since`
+    (monotonic: when the request was made) or else from now (an outer round trip's end
+    stays if sooner); past it a read, send or wait for a connection raises
     TimeoutError."""
-    return _RoundTrip(seconds)
+    return _RoundTrip(seconds, since)
 
 
 class _RoundTrip:
     """`round_trip`'s context: a class, on the path of every admission (a generator's
     context cost 3 µs, this one 1)."""
 
-    __slots__ = ("seconds", "outer")
+    __slots__ = ("seconds", "since", "outer")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, since: float | None) -> None:
         self.seconds = seconds
+        self.since = since
         self.outer = (float("inf"), 0.0)
 
     def __enter__(self) -> None:
         self.outer = _ROUND.at, _ROUND.seconds
-        at = time.monotonic() + self.seconds
+        at = (time.monotonic() if self.since is None else self.since) + self.seconds
         if at < self.outer[0]:
             _ROUND.at, _ROUND.seconds = at, self.seconds
 
@@ -184,34 +199,161 @@ class _Bounded:
             raise redis.ConnectionError(f"a reply of over {MAX_REPLY // 1024**2} MiB")
 
 
+_Addresses = list[tuple[Any, ...]]
+_LOOKUPS: dict[tuple[str, int, int], concurrent.futures.Future[_Addresses]] = {}
+_LOOKUPS_LOCK = threading.Lock()
+
+
+def _forget_lookups() -> None:
+    # A child has none of its parent's threads: their lookups would never end there.
+    global _LOOKUPS_LOCK
+    _LOOKUPS.clear()
+    _LOOKUPS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lookups)
+
+
+def resolve(host: str, port: int, family: int = 0,
+            timeout: float | None = None) -> _Addresses:
+    """`socket.getaddrinfo` of a TCP `host`, within `timeout` seconds (None: as long as
+    it takes). A name is looked up on a thread of its own, one lookup of it at a time
+    however many wait (a resolver that never answers holds one thread, not one per
+    connection). Raises TimeoutError past `timeout`, OSError as getaddrinfo does."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:  # an address: nothing to ask a resolver
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    key = (host, port, family)
+    with _LOOKUPS_LOCK:
+        lookup = _LOOKUPS.get(key)
+        if lookup is None:
+            lookup = _LOOKUPS[key] = concurrent.futures.Future()
+            threading.Thread(target=_look_up, args=(key, lookup), daemon=True,
+                             name="stockade-state-resolve").start()
+    try:
+        return lookup.result(timeout)
+    except TimeoutError:
+        if lookup.done():
+            raise
+        raise TimeoutError(f"{host} not resolved within {timeout:g} s") from None
+
+
+def _look_up(key: tuple[str, int, int], lookup: concurrent.futures.Future[_Addresses]) -> None:
+    host, port, family = key
+    try:
+        addresses = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+        with _LOOKUPS_LOCK:
+            _LOOKUPS.pop(key, None)
+        lookup.set_exception(exc)
+    else:
+        with _LOOKUPS_LOCK:
+            _LOOKUPS.pop(key, None)
+        lookup.set_result(addresses)
+
+
+class _Resolving(redis.Connection):
+    """redis-py's TCP connect, its name resolved by `resolve` within the connect timeout
+    (redis-py calls `getaddrinfo`, which has no timeout)."""
+
+    def _connect(self) -> socket.socket:
+        error: OSError | None = None
+        for family, kind, proto, _, address in resolve(
+                self.host, self.port, self.socket_type, self.socket_connect_timeout):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.socket_keepalive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                    for option, value in self.socket_keepalive_options.items():
+                        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+                sock.settimeout(self.socket_connect_timeout)
+                sock.connect(address)
+            except OSError as exc:
+                error = exc
+                sock.close()
+                continue
+            sock.settimeout(self.socket_timeout)
+            return sock
+        raise error or OSError(f"{self.host}: no address")
+
+
 class _BoundsReplies:
-    """Mixed into redis-py's connection classes: their socket is a `_Bounded` one."""
+    """Mixed into redis-py's connection classes: their socket is a `_Bounded` one, and
+    inside a round trip they are made on a thread of their own (see the module
+    docstring)."""
 
     socket_timeout: float | None
-    socket_connect_timeout: float | None
+    _sock: Any
+    _making: concurrent.futures.Future[None] | None = None  # the connect under way
+    _drops = 0  # disconnects so far: one during a connect drops what it made
 
     def _connect(self) -> Any:
+        return _Bounded(super()._connect(), self.socket_timeout)  # type: ignore[misc]
+
+    def connect(self) -> None:
+        self._ready(True)
+
+    def connect_check_health(self, check_health: bool = True,
+                             retry_socket_connect: bool = True) -> None:
+        self._ready(check_health)
+
+    def disconnect(self, *args: Any) -> None:
+        self._drops += 1
+        super().disconnect(*args)  # type: ignore[misc]
+
+    def _ready(self, check_health: bool) -> None:
+        """Connected, or raise. Called by the connection's holder (from its pool) only;
+        while it is being made, whoever holds it waits for that (inside a round trip no
+        longer than the round trip has left), never uses it half made."""
+        making = self._making
+        if making is None or making.done():
+            if self._sock is not None:
+                return
+            if _ROUND.at == float("inf"):
+                self._establish(check_health)
+                return
+            making = self._making = concurrent.futures.Future()
+            threading.Thread(target=self._make, args=(making, check_health), daemon=True,
+                             name="stockade-state-connect").start()
         left = _round_left()
-        if left is None:
-            return _Bounded(super()._connect(), self.socket_timeout)  # type: ignore[misc]
-        # Inside a round trip the connect and a TLS handshake end with it too; the
-        # socket keeps its own timeout for what follows (`_Bounded` cuts each use).
-        timeouts = self.socket_connect_timeout, self.socket_timeout
-        self.socket_connect_timeout = min(left, timeouts[0] or left)
-        self.socket_timeout = min(left, timeouts[1] or left)
         try:
-            sock = super()._connect()  # type: ignore[misc]
-        finally:
-            self.socket_connect_timeout, self.socket_timeout = timeouts
-        sock.settimeout(self.socket_timeout)
-        return _Bounded(sock, self.socket_timeout)
+            making.result(left)
+        except TimeoutError:
+            if making.done():
+                raise
+            raise TimeoutError(f"no connection within {_ROUND.seconds:g} s (still being "
+                               "made, for the next request)") from None
+
+    def _make(self, making: concurrent.futures.Future[None], check_health: bool) -> None:
+        drops = self._drops
+        try:
+            self._establish(check_health)
+            if self._drops != drops:  # closed meanwhile: not kept
+                raise redis.ConnectionError("disconnected while connecting")
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            self.disconnect()  # a handshake cut short leaves no usable connection
+            making.set_exception(exc)
+        else:
+            making.set_result(None)
+
+    def _establish(self, check_health: bool) -> None:
+        """redis-py's own connect and handshake, on this thread."""
+        connect = getattr(super(), "connect_check_health", None)
+        if connect is None:  # redis-py 5
+            super().connect()  # type: ignore[misc]
+        else:
+            connect(check_health)
 
 
-class _BoundedConnection(_BoundsReplies, redis.Connection):
+class _BoundedConnection(_BoundsReplies, _Resolving):
     pass
 
 
-class _BoundedSSLConnection(_BoundsReplies, redis.SSLConnection):
+class _BoundedSSLConnection(_BoundsReplies, redis.SSLConnection, _Resolving):
     pass
 
 

@@ -158,10 +158,11 @@ class RedisGate(Gate):
         (see `credit`)."""
         if self.free:
             return FREE_LEASE
-        self._demand.add(time.monotonic())
+        now = asked = time.monotonic()
+        self._demand.add(now)
         waits = 0
         while True:
-            lease = self._take(time.monotonic())
+            lease = self._take(now)
             if lease is not None:
                 return lease
             granting = self._granting
@@ -172,14 +173,22 @@ class RedisGate(Gate):
                 want = 1  # the limits cut the last grant short: each asks alone
                 break
             self._waiting += 1  # a grant is on its way: wait for it
-            await asyncio.shield(granting)
+            # Within this request's timeout: a wait for another's grant, then a round
+            # trip of its own, answered it after two (found by review).
+            timeout = self.state.settings.timeout
+            try:
+                await asyncio.wait_for(asyncio.shield(granting), asked + timeout - now)
+            except TimeoutError:
+                return self.state.unavailable(self, f"shared state {self.state.where}: "
+                                                    f"no answer within {timeout:g} s")
             waits += 1
+            now = time.monotonic()
         lease_id, pending = self._prepare()
         if not want:
             self._granting = granting = asyncio.get_running_loop().create_future()
             self._waiting = 0
         try:
-            reply = await self.state.admit_async(self, lease_id, pending, want)
+            reply = await self.state.admit_async(self, lease_id, pending, want, asked)
         except RoundTripFailed as exc:
             self._pending_denials += pending
             return self.state.unavailable(self, str(exc))
@@ -194,6 +203,21 @@ class RedisGate(Gate):
         each request waiting on this grant (remembered, see `_decide`)."""
         self._asked = max(self._demand.want(), min(MAX_GRANT, 1 + self._waiting))
         return self._asked
+
+    def abandon(self, lease_id: str, reply: Sequence[str]) -> None:
+        """Redis admitted `lease_id` (`reply`, well formed) for a request no longer
+        waiting for it: its slots are released, its admissions refunded, and a probe it
+        was let through freed."""
+        granted = min(int(reply[4]), MAX_GRANT)
+        if reply[1] == "1":
+            self.state.free_probe(self, reply[3])
+        if self._concurrent:
+            for index in range(min(int(reply[5]), granted)):
+                self.state.queue_release(self, f"{lease_id}.{index}" if index else lease_id,
+                                         "0")
+        spec = self.spec
+        if spec.function_quota.rate is not None or spec.tenant_quota.rate is not None:
+            self.state.queue_refund(self, granted)
 
     def _take(self, now: float) -> Lease | None:
         """An admission from this gate's credit, or None (none, spent, or over)."""

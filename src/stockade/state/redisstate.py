@@ -17,8 +17,12 @@ hand-off to the state thread, measured at 1,000 requests/s on a gate with a brea
 1 hand-off in 11 requests before, 1 in 21 after). Only a release of the admission's
 own tenant rides with it: its keys share the tenant's hash tag, so one script still
 touches one Redis Cluster slot. On an event loop the round trips run on one thread of
-the state's own, in order. A slot may stay taken that much after its response (never
-less: the limit holds).
+the state's own, in order; admissions asked for while it is busy wait for it in one
+pipeline, whose round trip ends by the earliest of their deadlines: a request's
+`timeout` counts from when it asked, its time queued included (queued round trips
+each had a timeout of their own, and the last of five was answered after five, found
+by review). A slot may stay taken that much after its response (never less: the limit
+holds).
 
 What is decided here, and why the limits hold: refusals are cached briefly
 (`redisgate`). On an event loop, a gate that takes two or more
@@ -79,6 +83,18 @@ _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
 _Waiting = tuple["RedisGate", str, int, int, "asyncio.Future[Any]"]
 
 
+class _Batch:
+    """Admissions sent in one pipeline: those asked for until the state thread takes it.
+    `since` is when the first of them was asked (monotonic)."""
+
+    __slots__ = ("waiting", "calls", "since")
+
+    def __init__(self, waiting: list[_Waiting], calls: list[bytes], since: float) -> None:
+        self.waiting = waiting
+        self.calls = calls
+        self.since = since
+
+
 class RedisState(StateBackend):
     """Quotas and breakers in the Redis `settings.backend` names; `fallback` holds this
     server's own limits for `fail_open`; `on_fallback(policy)` counts each request the
@@ -123,6 +139,9 @@ class RedisState(StateBackend):
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._admissions: list[_Waiting] = []
+        self._since = float("inf")  # when the first of `_admissions` was asked
+        self._batch: _Batch | None = None  # sent, not yet taken by the state thread
+        self._batch_lock = threading.Lock()
         # Round trips for the event loop: one thread keeps them in order (releases
         # before the admissions after them); it never runs guest code.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "stockade-state")
@@ -144,16 +163,16 @@ class RedisState(StateBackend):
         return reply
 
     @contextmanager
-    def _round_trip(self) -> Iterator[None]:
-        """One exchange with Redis, within one `timeout` in all (`client.round_trip`: a
-        connect, its handshake and a reload of the scripts included): refused at once
-        while it is marked down; a lost connection marks it down and raises
-        RoundTripFailed; a failed script raises through `_script_failed`; a success
-        after an outage says it came back."""
+    def _round_trip(self, since: float | None = None) -> Iterator[None]:
+        """One exchange with Redis, within one `timeout` in all from `since` (when the
+        request was made; None: now), see `client.round_trip` (waiting for a connection
+        and a reload of the scripts included): refused at once while it is marked down;
+        a lost connection marks it down and raises RoundTripFailed; a failed script
+        raises through `_script_failed`; a success after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
-            with round_trip(self.settings.timeout):
+            with round_trip(self.settings.timeout, since):
                 yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
@@ -271,14 +290,17 @@ class RedisState(StateBackend):
         return reply
 
     async def admit_async(self, gate: RedisGate, lease_id: str, pending: int,
-                          want: int) -> Any:
+                          want: int, since: float) -> Any:
         """`admit` for up to `want` admissions (0: as many as the gate `wanted` when the
-        pipeline is sent), batched: every admission queued in this
-        turn of the event loop goes in one pipeline, sent once the turn's ready work
-        has run. Raises RoundTripFailed like `run`."""
+        pipeline is sent) of a request made at `since` (monotonic), answered within
+        `timeout` from then; batched: every admission queued in this turn of the event
+        loop goes in one pipeline, sent once the turn's ready work has run, or with the
+        pipeline still waiting for the state thread. Raises RoundTripFailed like `run`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._admissions.append((gate, lease_id, pending, want, future))
+        if since < self._since:
+            self._since = since
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
         return await future
@@ -287,16 +309,37 @@ class RedisState(StateBackend):
         # On the loop: the round trip runs on the state's thread, so a slow store never
         # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
+        since, self._since = self._since, float("inf")
         calls = [self._command(gate, lease_id, pending, want or gate.wanted())
                  for gate, lease_id, pending, want, _ in waiting]
+        with self._batch_lock:
+            batch = self._batch
+            if batch is not None and time.monotonic() < batch.since + self.settings.timeout:
+                # The state thread is busy: these ride with the pipeline waiting for it,
+                # not in one more behind it (a slow store's queue stays one pipeline);
+                # not with one whose time is over, which is never sent.
+                batch.waiting += waiting
+                batch.calls += calls
+                batch.since = min(batch.since, since)
+                return
+            batch = self._batch = _Batch(waiting, calls, since)
         try:
-            sent = self._executor.submit(self._pipeline, calls)
+            sent = self._executor.submit(self._send, batch)
         except RuntimeError:  # closed: nothing more goes to the store
+            with self._batch_lock:
+                self._batch = None
             for *_, future in waiting:
                 future.set_exception(RoundTripFailed(f"shared state {self.where} is closed"))
             return
         asyncio.wrap_future(sent).add_done_callback(
-            lambda done: self._answer(waiting, done))
+            lambda done: self._answer(batch.waiting, done))
+
+    def _send(self, batch: _Batch) -> list[Any]:
+        """On the state thread: `batch`, taken as it is now (nothing joins it after)."""
+        with self._batch_lock:
+            if self._batch is batch:
+                self._batch = None
+        return self._pipeline(batch.calls, batch.since)
 
     def _answer(self, waiting: list[_Waiting], done: asyncio.Future[Any]) -> None:
         exc = done.exception()
@@ -307,8 +350,12 @@ class RedisState(StateBackend):
                 if not future.done():
                     future.set_exception(RoundTripFailed(str(exc)))
             return
-        for (*_, future), reply in zip(waiting, done.result(), strict=True):
+        for (gate, lease_id, *_, future), reply in zip(waiting, done.result(), strict=True):
             if future.done():
+                # Cancelled (its client went away): what Redis granted it goes back now,
+                # not when its leases expire (a client dropping requests held the slots).
+                if isinstance(reply, list) and _well_formed(reply) and reply[0] == "ok":
+                    gate.abandon(lease_id, reply)
                 continue
             if isinstance(reply, Exception) or not _well_formed(reply):
                 try:
@@ -318,11 +365,17 @@ class RedisState(StateBackend):
             else:
                 future.set_result(reply)
 
-    def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
-        """`calls` (encoded script calls, see `resp`) sent in one round trip; the
-        replies (errors as values). Raises RoundTripFailed when Redis is down."""
+    def _pipeline(self, calls: Sequence[bytes], since: float | None = None) -> list[Any]:
+        """`calls` (encoded script calls, see `resp`) sent in one round trip, ending
+        `timeout` after `since` (None: now); the replies (errors as values). Raises
+        RoundTripFailed when Redis is down, or the time was spent before its turn."""
+        timeout = self.settings.timeout
+        if since is not None and time.monotonic() >= since + timeout:
+            # Nothing was asked: the store is not marked down for it.
+            raise RoundTripFailed(f"shared state {self.where}: no answer within "
+                                  f"{timeout:g} s (queued behind slower round trips)")
         pool = self.client.connection_pool
-        with self._round_trip():
+        with self._round_trip(since):
             connection: Any = pool.get_connection()
             loads: list[bytes] = []
             try:
@@ -358,6 +411,21 @@ class RedisState(StateBackend):
             finally:
                 pool.release(connection)
         return replies
+
+    def free_probe(self, gate: RedisGate, probe_at: str) -> None:
+        """Free the half-open probe Redis let through for an admission nobody waits for
+        any more (stored as `probe_at`), off the event loop; a lost round trip leaves it
+        to `probe_timeout`."""
+        try:
+            self._executor.submit(self._free_probe, gate.keys.breaker, probe_at)
+        except RuntimeError:
+            pass  # closed
+
+    def _free_probe(self, breaker: str, probe_at: str) -> None:
+        try:
+            self.run(self.unused_script, [breaker], [probe_at])
+        except RoundTripFailed:
+            pass  # logged by `run`
 
     def flush(self) -> None:
         """Send the releases no admission carried, one script per tenant (a lost one

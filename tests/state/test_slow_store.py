@@ -1,0 +1,417 @@
+"""A real Redis that answers slowly, or whose name does not resolve, costs an admission
+at most its `[state] timeout`, counted from the moment it was asked, and a slow store is
+still used once a connection to it is made.
+
+Found by review: a connection's handshake (AUTH, CLIENT SETNAME, CLIENT SETINFO twice,
+SELECT) shared the admission's one deadline, so a store answering each command after a
+quarter of the timeout never admitted anyone; an admission queued on the state thread
+behind others, or waiting for another request's grant, was answered several timeouts
+after it was asked; and a resolver that did not answer held an admission as long as it
+liked. The store here is a real `redis-server` behind a proxy that holds each reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade.state import (
+    GateSpec,
+    Lease,
+    LocalState,
+    Quota,
+    QuotaExceeded,
+    StateSettings,
+    StateUnavailable,
+)
+from stockade.state.breakers import SharedBreakers
+from stockade.state.redisstate import RETRY_INTERVAL, RedisState
+
+from .conftest import RedisServer
+
+TIMEOUT = 0.5
+SLACK = 0.3  # scheduling on a busy machine; far below any delay that is being tested
+PASSWORD = "slow-store-secret"
+
+
+class SlowProxy:
+    """A TCP proxy to `port` on 127.0.0.1 holding each chunk of replies `delay` seconds
+    (set it at any time): a store whose every command takes that long to answer."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.delay = 0.0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self.connections = 0
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, database: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{database}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self._open += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True),
+                             daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, held: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if held and self.delay:
+                    time.sleep(self.delay)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.listener.close()
+        for sock in self._open:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+@pytest.fixture
+def secured_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A `redis-server` asking for a password: its handshake has AUTH too."""
+    server = RedisServer(tmp_path, PASSWORD)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def slow_proxy(secured_server: RedisServer) -> Iterator[SlowProxy]:
+    proxy = SlowProxy(secured_server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _state(url: str, policy: str = "fail_closed", timeout: float = TIMEOUT) -> RedisState:
+    return RedisState(StateSettings(url, policy, timeout), LocalState(),
+                      env={"STOCKADE_REDIS_PASSWORD": PASSWORD})
+
+
+def _spec(function: str = "f", **quota: float) -> GateSpec:
+    return GateSpec(function, "acme", Quota(**quota), Quota(), 30.0,  # type: ignore[arg-type]
+                    None)
+
+
+def _admit(gate: Any, path: str) -> Lease:
+    if path == "sync":
+        lease: Lease = gate.admit()
+        return lease
+
+    async def admitted() -> Lease:
+        lease: Lease = await gate.admit_async()
+        return lease
+
+    return asyncio.run(admitted())
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_store_slow_to_answer_each_command_is_used_once_connected(
+        slow_proxy: SlowProxy, path: str) -> None:
+    """Every command answered after 0.3 of the timeout: the handshake of a connection
+    (AUTH, CLIENT SETNAME, CLIENT SETINFO x2, SELECT: 1.5 timeouts) is finished off the
+    admission's path and the connection kept, so admissions come through within a few
+    tries, each of them within its timeout; it was every admission a 503, for ever."""
+    slow_proxy.delay = 0.3 * TIMEOUT
+    state = _state(slow_proxy.url(1))
+    try:
+        gate = state.gate(_spec(concurrency=5))
+        lease = None
+        for _ in range(6):
+            began = time.monotonic()
+            try:
+                lease = _admit(gate, path)
+            except StateUnavailable:
+                pass
+            took = time.monotonic() - began
+            assert took < TIMEOUT + SLACK, took
+            if lease is not None:
+                break
+            time.sleep(RETRY_INTERVAL)
+        assert lease is not None and not lease.degraded, "a slow store never admitted"
+        lease.release()
+        for _ in range(3):  # and from then on, one command each: within the timeout
+            began = time.monotonic()
+            _admit(gate, path).release()
+            assert time.monotonic() - began < TIMEOUT + SLACK
+        assert slow_proxy.connections <= 3, slow_proxy.connections  # kept, not remade
+    finally:
+        state.close()
+
+
+def test_time_queued_on_the_state_thread_counts_against_the_timeout(
+        slow_proxy: SlowProxy) -> None:
+    """Five gates asked one after another, each in its own turn of the loop, of a store
+    answering after half the timeout: their round trips queued on the state thread one
+    behind the other and the last was answered after five of them (1.2 s with a
+    timeout of 0.5 s). Each is answered within the timeout from when it asked."""
+    state = _state(slow_proxy.url())
+    gates = [state.gate(_spec(f"f{n}", concurrency=5)) for n in range(5)]
+    answers: list[tuple[str, float]] = []
+
+    async def ask(gate: Any) -> None:
+        began = time.monotonic()
+        try:
+            (await gate.admit_async()).release()
+            answers.append(("admitted", time.monotonic() - began))
+        except StateUnavailable:
+            answers.append(("unavailable", time.monotonic() - began))
+
+    async def scenario() -> None:
+        for gate in gates:  # connected, scripts loaded: only the delay counts below
+            (await gate.admit_async()).release()
+        await asyncio.sleep(0.1)  # the releases sent
+        slow_proxy.delay = 0.5 * TIMEOUT
+        asked = []
+        for gate in gates:
+            asked.append(asyncio.create_task(ask(gate)))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*asked)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        state.close()
+    assert len(answers) == 5
+    assert all(took < TIMEOUT + SLACK for _, took in answers), answers
+    assert answers[0][0] == "admitted", answers  # the first had the store to itself
+
+
+def test_time_waiting_for_another_requests_grant_counts_against_the_timeout(
+        slow_proxy: SlowProxy) -> None:
+    """A request that waited for the grant another request of its gate had asked for,
+    then asked alone (the grant had no slot for it), was answered after two round trips
+    (1.5 s with a timeout of 1 s). Its wait counts: it is answered within its timeout."""
+    timeout = 1.0
+    state = _state(slow_proxy.url(), timeout=timeout)
+    gate = state.gate(_spec(concurrency=1))
+    answers: list[tuple[str, float]] = []
+
+    async def ask() -> Lease | None:
+        began = time.monotonic()
+        try:
+            lease: Lease = await gate.admit_async()
+        except (StateUnavailable, QuotaExceeded) as exc:
+            answers.append((type(exc).__name__, time.monotonic() - began))
+            return None
+        answers.append(("admitted", time.monotonic() - began))
+        return lease
+
+    async def scenario() -> None:
+        (await gate.admit_async()).release()  # connected, scripts loaded
+        await asyncio.sleep(0.1)
+        slow_proxy.delay = 0.75 * timeout
+        first = asyncio.create_task(ask())
+        await asyncio.sleep(0.02)
+        second = asyncio.create_task(ask())
+        for lease in await asyncio.gather(first, second):
+            if lease is not None:
+                lease.release()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        state.close()
+    assert len(answers) == 2 and answers[0][0] == "admitted", answers
+    assert all(took < timeout + SLACK for _, took in answers), answers
+
+
+class Resolver:
+    """`dead` names resolve only after 5 s (a resolver that does not answer; then a
+    failure), `known` ones to the address given, every other name as before."""
+
+    def __init__(self) -> None:
+        self.dead: set[str] = set()
+        self.known: dict[str, str] = {}
+        self.released = threading.Event()
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Resolver]:
+    """Only the resolver function is replaced (see `Resolver`)."""
+    real = socket.getaddrinfo
+    names = Resolver()
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in names.dead:
+            names.released.wait(5.0)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(names.known.get(host, host), *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield names
+    names.released.set()
+
+
+@pytest.fixture
+def dead_resolver(resolver: Resolver) -> Callable[[str], None]:
+    """Names given to it do not resolve (see `Resolver`)."""
+    return resolver.dead.add
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
+def test_a_resolver_that_does_not_answer_costs_an_admission_its_timeout(
+        dead_resolver: Callable[[str], None], path: str, policy: str) -> None:
+    """The store's name resolved on the admission's path without any bound: a resolver
+    that did not answer held every admission for as long as it took (here 5 s). The
+    admission gets `on_unavailable` within its timeout."""
+    dead_resolver("redis.state.invalid")
+    state = RedisState(StateSettings("redis://redis.state.invalid:6379/0", policy, TIMEOUT),
+                       LocalState(degraded=True), env={})
+    try:
+        gate = state.gate(_spec(concurrency=5))
+        began = time.monotonic()
+        if policy == "fail_closed":
+            with pytest.raises(StateUnavailable):
+                _admit(gate, path)
+        else:
+            lease = _admit(gate, path)
+            assert lease.degraded
+            lease.release()
+        assert time.monotonic() - began < TIMEOUT + SLACK
+    finally:
+        state.close()
+
+
+def test_a_listing_whose_store_name_does_not_resolve_ends_within_the_timeout(
+        dead_resolver: Callable[[str], None]) -> None:
+    """`stockade breaker list` resolves the name within its connect timeout too."""
+    dead_resolver("redis.state.invalid")
+    settings = StateSettings("redis://redis.state.invalid:6379/0", "fail_closed", TIMEOUT)
+    with SharedBreakers(settings, env={}) as breakers:
+        began = time.monotonic()
+        with pytest.raises(StateUnavailable):
+            breakers.entries()
+        assert time.monotonic() - began < TIMEOUT + SLACK
+
+
+def test_a_resolver_that_does_not_answer_is_asked_once_at_a_time(
+        dead_resolver: Callable[[str], None]) -> None:
+    """Admissions after admissions while the resolver hangs: one lookup (and one
+    connection being made) at a time, not a thread each."""
+    dead_resolver("redis.state.invalid")
+    state = RedisState(StateSettings("redis://redis.state.invalid:6379/0", "fail_closed",
+                                     0.1), LocalState(), env={})
+    try:
+        gate = state.gate(_spec(concurrency=5))
+        before = threading.active_count()
+        for _ in range(10):
+            state._retry_at = 0.0  # as once the retry interval is over
+            with pytest.raises(StateUnavailable):
+                gate.admit()
+        assert threading.active_count() - before <= 2
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize("held", ["slot", "rate", "probe"])
+def test_an_admission_cancelled_in_flight_gives_back_what_redis_granted(
+        secured_server: RedisServer, slow_proxy: SlowProxy, held: str) -> None:
+    """A request cancelled (its client gone) while its admission was on its way: the
+    concurrency slot, rate or half-open probe Redis granted it stayed taken until the
+    lease expired (30 s here), the rate's interval passed (5 s here) or `probe_timeout`
+    (5 minutes): a client sending and dropping requests held a tenant's slots, spent
+    its rate and kept a breaker from closing. Each goes back as soon as the answer
+    comes."""
+    from stockade.state import BreakerOpen
+    from stockade.telemetry.breaker import BreakerConfig
+
+    near, far = _state(secured_server.url), _state(slow_proxy.url())
+    breaker = "function:f" if held == "probe" else None
+    quota = {"slot": {"concurrency": 1}, "rate": {"rate": 0.2, "burst": 1}}.get(held, {})
+    spec = GateSpec("f", "acme", Quota(**quota), Quota(), 30.0, breaker)  # type: ignore[arg-type]
+    try:
+        if breaker is not None:
+            config = BreakerConfig(threshold=1, window=60, cooldown=0.2)
+            near.breakers(config, None).record(breaker, "acme", True)
+            far.breakers(config, None)
+            time.sleep(0.3)  # cooldown over: the next admission is the probe
+        gate = far.gate(spec)
+
+        warm = far.gate(_spec("warm", concurrency=5))
+
+        async def cancelled() -> None:
+            (await warm.admit_async()).release()  # connected, scripts loaded
+            await asyncio.sleep(0.1)
+            slow_proxy.delay = 0.2
+            asking = asyncio.create_task(gate.admit_async())
+            await asyncio.sleep(0.05)  # sent, not answered
+            asking.cancel()
+            await asyncio.sleep(0.8)  # answered; what it got given back through the proxy
+
+        asyncio.run(cancelled())
+        try:
+            lease = near.gate(spec).admit()
+        except (QuotaExceeded, BreakerOpen) as exc:
+            pytest.fail(f"still held by the cancelled request: {exc}")
+        assert lease.probe == (breaker is not None)
+        lease.release()
+    finally:
+        near.close()
+        far.close()
+
+
+def test_a_lookup_under_way_when_the_process_forks_does_not_hold_the_child(
+        resolver: Resolver) -> None:
+    """A worker forked while a lookup of the store's name was under way: the child has
+    no thread to finish it, and must not wait for it."""
+    import os
+
+    from stockade.state.client import resolve
+
+    resolver.dead.add("redis.state.invalid")
+    with pytest.raises(TimeoutError):
+        resolve("redis.state.invalid", 6379, 0, 0.05)  # left under way
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's outcome is its exit status
+        code = 1
+        try:
+            resolver.dead.clear()
+            resolver.known["redis.state.invalid"] = "127.0.0.1"
+            code = 0 if resolve("redis.state.invalid", 6379, 0, 1.0) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child waited on its parent's lookup"
