@@ -133,8 +133,24 @@ def _click_main(words: list[str]) -> Any:
         sys.exit(130)
     except click.ClickException as exc:
         _json_error(words, exc.format_message(), 125)
-        exc.show()
+        if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+            exc.show()  # a group given no command: its help
+        else:
+            from ..display import printable
+
+            sys.stderr.write(f"stockade: {printable(_one_line(exc))}\n")
         sys.exit(125)
+
+
+def _one_line(exc: Any) -> str:
+    """Click's words for a refusal (a `click.ClickException`) as one line: the usage
+    block it would print first says nothing the message and its hint do not."""
+    message: str = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or ctx.command.get_help_option(ctx) is None:
+        return message
+    names = ctx.command.get_help_option_names(ctx)
+    return f"{message} Try '{ctx.command_path} {max(names, key=len)}' for help."
 
 
 def _json_error(words: list[str], message: str, exit_code: int) -> None:

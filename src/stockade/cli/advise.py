@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from .paths import PathParam
+
 __all__ = ["advise"]
 
 _QUESTION_FLAGS = ("full_os", "dependencies", "languages", "startup_budget", "density", "io",
@@ -140,10 +142,10 @@ def _figures(results: Path | None, probe: bool, build: Path | None, as_json: boo
 @click.option("--gpu", is_flag=True, help="It needs a GPU.")
 @click.option("--module", "module", metavar="MODULE", default=None,
               help="Read what a module (.wasm, .wat or oci://REF) imports (sockets, threads, ...).")
-@click.option("--results", "results", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--results", "results", type=PathParam("file", "results file"),
               default=None, help="Cite the figures of a `stockade bench` results.json.")
 @click.option("--probe", is_flag=True, help="Measure this machine first (under 30 s).")
-@click.option("--build", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--build", type=PathParam("directory"), default=None,
               help="Build directory with the benchmark guests (--probe) [default: the "
                    "installed package's, or the checkout's build/].")
 @click.option("--interactive/--no-interactive", default=None,

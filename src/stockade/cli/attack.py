@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from .paths import PathParam
+
 __all__ = ["attack"]
 
 
@@ -57,16 +59,16 @@ def _isolation(isolate: str | None, profile: str, baseline: bool) -> str:
                    "'none' keeps the profile's.")
 @click.option("--watchdog", default="3s", show_default=True, metavar="DURATION",
               help="Outer limit of each --baseline run (SIGKILL).")
-@click.option("--guests", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--guests", type=PathParam("directory"), default=None,
               help="Directory of built guest modules (scripts/build_guests.py) "
                    "[default: the installed package's, or the checkout's build/guests].")
 @click.option("--list", "list_only", is_flag=True, help="List the attacks and exit.")
-# Paths checked here, not by click: its refusals were three-line usage errors.
-@click.option("--chart", type=click.Path(path_type=Path), default=None,
+# The chart's place is checked by the command (`_check_chart`): links and devices too.
+@click.option("--chart", type=PathParam("any", "chart file"), default=None,
               metavar="PNG", help="Also write a chart of this run (or of the --from reports): "
                                   ".png, .svg or .pdf.")
 @click.option("--from", "reports", multiple=True, metavar="REPORT.json",
-              type=click.Path(path_type=Path),
+              type=PathParam("file", "report file"),
               help="With --chart: chart these `--json` reports side by side (e.g. strict, "
                    "default, --baseline) instead of running the suite.")
 def attack(profile: str, only: tuple[str, ...], as_json: bool, baseline: bool,

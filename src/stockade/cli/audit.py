@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
+from .paths import PathParam
 
 __all__ = ["audit"]
 
@@ -19,7 +20,7 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.argument("path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("path", required=False, type=PathParam("file", "audit log file"))
 def verify(path: Path | None) -> None:
     """Verify the audit log (default: audit.jsonl in the state directory), its rotated
     files (PATH.1, PATH.2, ...) and its head.

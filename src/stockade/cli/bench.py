@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..rmtree import remove_tree
+from .paths import PathParam
 
 if TYPE_CHECKING:
     from ..bench.hosts.base import Layout
@@ -97,9 +98,9 @@ def _rescue(results: Any, target: Path, failure: OSError) -> str:
 @click.option("--only", "only", multiple=True, metavar="BACKEND[,BACKEND]",
               help="Run only these backends (native is kept as the baseline); "
                    "`gateway`: the gateway's ratio to its server's ceiling.")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", type=PathParam("directory"),
               default=None, help="Output directory (default: bench-results/<date>).")
-@click.option("--build", "build", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--build", "build", type=PathParam("directory"),
               default=None,
               help="Build directory with guests/bench, native/bench and real/ "
                    "[default: the installed package's, or the checkout's build/].")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import UsageError
+from .paths import PathParam
 
 if TYPE_CHECKING:
     from ..telemetry.breaker import BreakerEntry
@@ -37,7 +38,7 @@ def breaker() -> None:
 
 def _config_option(function: Any) -> Any:
     return click.option("-c", "--config", "--manifest", "config", default=None,
-                        type=click.Path(path_type=Path, dir_okay=False),
+                        type=PathParam("file", "manifest file"),
                         help=_CONFIG_HELP)(function)
 
 

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import click
 
+from .paths import PathParam
+
 __all__ = ["check"]
 
 _MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
 
 
 @click.command("check")
-@click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--policy", "policy_file", type=PathParam("file", "policy file"),
               help="A policy TOML file to check.")
-@click.option("--manifest", "manifest_file", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--manifest", "manifest_file", type=PathParam("file", "manifest file"),
               help="A gateway manifest (stockade.toml): every function is checked.")
-# Not click's file checks: a module that is not a regular file is 126 in one line, as
-# `run` and `inspect` say it (`ModuleFile`), not a three-line usage error.
-@click.option("--module", type=click.Path(path_type=Path),
+@click.option("--module", type=PathParam("module"),
               help="The module to review (default: each manifest function's own).")
 @click.option("--no-host", is_flag=True, help="Skip this host's items (worker, telemetry, audit).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
@@ -33,13 +33,8 @@ def check(policy_file: Path | None, manifest_file: Path | None, module: Path | N
     Each item passes, warns or fails with the reason and the fix. Exit 0 only when
     nothing fails (1 otherwise), so CI can gate a deployment on it.
     """
-    from ..engine.loader import MAX_MODULE_BYTES, ModuleFile
     from ..inspect.checklist import evaluate
 
-    if module is not None:
-        # Refused up front with the words of `run` and `inspect`: ModuleNotFound (127),
-        # ModuleError (126) for a directory, a FIFO, a denied or looping path.
-        ModuleFile(module, MAX_MODULE_BYTES).close()
     items = evaluate(policy_file, manifest_file, module, host=not no_host)
     counts = {status: sum(i.status == status for i in items) for status in ("pass", "warn",
                                                                             "fail")}

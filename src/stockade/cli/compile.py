@@ -7,23 +7,23 @@ from pathlib import Path
 
 import click
 
-from ..errors import ModuleError, ModuleNotFound, UsageError
+from ..errors import ModuleError, UsageError
+from .paths import PathParam
 
 __all__ = ["compile_"]
 
 
 @click.command("compile")
-# SOURCE is read as `run` and `inspect` read a module (`ModuleFile`: one line, 127 or
-# 126), OUTPUT checked before compiling: click's checks were a three-line usage error.
-@click.argument("source")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
+# OUTPUT is checked before compiling (`_check_output`): a link or device there too.
+@click.argument("source", type=PathParam("module"))
+@click.option("-o", "--output", type=PathParam("any", "output file"),
               help="Output file (default: SOURCE with .cwasm).")
 @click.option("--profile", type=click.Choice(["strict", "default", "permissive"]),
               default="default", show_default=True,
               help="The engine configuration follows the profile (fuel, stack size).")
 @click.option("--wasm-gc", is_flag=True,
               help="For runs with --wasm-gc: the Wasm GC and exception-handling proposals.")
-def compile_(source: str, output: Path | None, profile: str, wasm_gc: bool) -> None:
+def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> None:
     """Compile SOURCE (.wasm or .wat) for this machine and wasmtime version.
 
     The .cwasm is sealed with this host's key (HMAC-SHA256, see SECURITY.md): only this
@@ -41,17 +41,14 @@ def compile_(source: str, output: Path | None, profile: str, wasm_gc: bool) -> N
     limits = (chosen.with_limits(wasm_gc=True) if wasm_gc else chosen).limits
     config = EngineConfig.for_limits(limits, tripwire=False)
     guard = CompileGuard.for_limits(limits)
-    if not source:  # Path("") is ".": an empty name names no file
-        raise ModuleNotFound("'': no such module file")
-    path = Path(source)
     # The bytes compiled are those of the file checked here: read once.
-    with ModuleFile(path, guard.max_module_size) as file:
+    with ModuleFile(source, guard.max_module_size) as file:
         data = file.read()
         info = file.info
-    if sniff_kind(data[:64], path.name) == "cwasm":
-        raise ModuleError(f"{path}: already compiled (a .cwasm is native code); compile "
+    if sniff_kind(data[:64], source.name) == "cwasm":
+        raise ModuleError(f"{source}: already compiled (a .cwasm is native code); compile "
                           "the .wasm or .wat it was made from")
-    output = output or path.with_suffix(".cwasm")  # a regular file's name: never empty
+    output = output or source.with_suffix(".cwasm")  # a regular file's name: never empty
     _check_output(output, info)
     try:
         key = host_key()
@@ -61,7 +58,7 @@ def compile_(source: str, output: Path | None, profile: str, wasm_gc: bool) -> N
     with Engine(config) as engine:
         # The profile's compile limits: a module the profile would refuse to run is not
         # compiled for it either (nor without any bound).
-        loaded = engine.load(data, path.name, guard=guard)
+        loaded = engine.load(data, source.name, guard=guard)
         native = strip(bytes(loaded.module.serialize()))
         trailer = seal(native, engine.fingerprint, "cwasm", key)
     _write(output, native + trailer)

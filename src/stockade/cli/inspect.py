@@ -17,11 +17,13 @@ __all__ = ["inspect", "read_module", "inspected"]
 def module_file(module: str) -> tuple[Path, str]:
     """The file of a MODULE argument and its display name: `oci://REF` is resolved as
     `run` resolves it (`oci.resolve`: from the local store, pulled once when absent)."""
+    from .source import module_path
+
     if module.startswith("oci://"):
         from ..oci import resolve
 
         return resolve(module).path, module
-    path = Path(module)
+    path = module_path(module)
     return path, path.name
 
 

@@ -12,6 +12,7 @@ import click
 
 from ..errors import UsageError
 from ..regularfile import replace_file
+from .paths import PathParam
 from .templates import C_BUILD, HELLO_WAT, LANGUAGES, TEMPLATES, manifest
 
 __all__ = ["new", "MANIFEST", "HELLO_WAT"]
@@ -22,11 +23,11 @@ BUILD_TIMEOUT = 120.0  # seconds the C template's build may take
 
 
 @click.command()
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False),
+@click.argument("directory", type=PathParam("directory"),
                 default=Path("."))
 @click.option("--lang", type=click.Choice(LANGUAGES), default="wat", show_default=True,
               help="The example function's language.")
-@click.option("--python-wasm", "python_wasm", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--python-wasm", "python_wasm", type=PathParam("file", "module file"),
               help="CPython for WASI to serve the Python handler with (default: "
                    "python.wasm beside the manifest).")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
@@ -45,8 +46,9 @@ def new(directory: Path, lang: str, python_wasm: Path | None, force: bool) -> No
     """
     python = "python.wasm"
     if lang == "python" and python_wasm is not None:
-        if not python_wasm.is_file():
-            raise UsageError(f"--python-wasm {python_wasm}: no such file")
+        if not os.path.isfile(python_wasm):
+            why = "not a regular file" if os.path.exists(python_wasm) else "no such file"
+            raise UsageError(f"--python-wasm {python_wasm}: {why}")
         python = str(python_wasm.resolve())
     files = {directory / "stockade.toml": manifest(lang, python)}
     files.update({directory / name: text for name, text in TEMPLATES[lang].items()})

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from .paths import PathParam
+
 __all__ = ["oci", "cosign_password"]
 
 _INSECURE = click.option("--insecure", "insecure", multiple=True, metavar="HOST[:PORT]",
@@ -37,7 +39,7 @@ def oci() -> None:
 
 
 @oci.command()
-@click.argument("module", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("module", type=PathParam("module"))
 @click.option("--tag", "tag", required=True, metavar="REF", help="Reference to store it as.")
 @click.option("--format", "fmt", type=click.Choice(["artifact", "image"]), default="artifact",
               show_default=True, help="CNCF Wasm artifact, or a Docker+Wasm wasi/wasm image.")
@@ -208,7 +210,7 @@ def cosign_password(confirm: bool = False) -> bytes:
 
 @oci.command()
 @click.argument("ref")
-@click.option("--key", "key", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--key", "key", required=True, type=PathParam("file", "cosign key file"),
               metavar="COSIGN_KEY", help="cosign's encrypted key file (password from "
                                          "COSIGN_PASSWORD or a prompt).")
 @_INSECURE
@@ -241,7 +243,8 @@ def sign(ref: str, key: Path, insecure: tuple[str, ...], no_bundle: bool, as_jso
 
 @oci.command()
 @click.argument("ref")
-@click.option("--key", "keys", required=True, multiple=True, type=click.Path(path_type=Path),
+@click.option("--key", "keys", required=True, multiple=True,
+              type=PathParam("any", "key file or directory"),
               metavar="PUB", help="A trusted cosign public key (file or directory; "
                                   "repeatable).")
 @_INSECURE

@@ -100,6 +100,8 @@ def read_stdin(stdin: str | None, timeout: float | None = None) -> bytes:
     """
     if stdin == "none":
         return b""
+    if stdin == "":
+        raise UsageError("--stdin '': an empty name; give a FILE, - (standard input) or none")
     if stdin is None:
         try:
             if sys.stdin is None or os.isatty(sys.stdin.fileno()):

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
+from .paths import PathParam
+
 __all__ = ["keygen", "sign", "verify"]
 
 
 @click.command("keygen")
-@click.argument("key", type=click.Path(path_type=Path))
+# The name is judged by `trust.key_pair_paths` ('', '.', '..', an existing file).
+@click.argument("key", type=PathParam("new", "key file"))
 @click.option("--cosign", "cosign", is_flag=True,
               help="An image signing key pair as cosign writes it: ECDSA P-256, KEY encrypted "
                    "(password from COSIGN_PASSWORD or a prompt), KEY.pub SPKI PEM.")
@@ -37,9 +40,9 @@ def keygen(key: Path, cosign: bool) -> None:
 
 
 @click.command("sign")
-@click.option("--key", "key", required=True, type=click.Path(path_type=Path),
+@click.option("--key", "key", required=True, type=PathParam("any", "secret key file"),
               help="Secret key (PEM, DER, raw or OpenSSH).")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=PathParam("any", "output file"),
               help="Where to write the signed module.")
 @click.option("--no-key-id", is_flag=True, help="Leave the key id out of the signature.")
 @click.option("--json", "as_json", is_flag=True,
@@ -87,7 +90,8 @@ def _write(path: Path, data: bytes) -> None:
 
 
 @click.command("verify")
-@click.option("--key", "keys", multiple=True, required=True, type=click.Path(path_type=Path),
+@click.option("--key", "keys", multiple=True, required=True,
+              type=PathParam("any", "key file or directory"),
               help="A trusted public key file or directory (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.argument("module")

@@ -47,6 +47,8 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
     if code is None and not args:
         raise UsageError("give the code to run: -c CODE, a SCRIPT, or - for standard input")
     script = None if code is not None else args[0]
+    if script == "":  # Path('') is '.': the current directory, no script
+        raise ModuleNotFound("'': no such script file")
     rest = args if code is not None else args[1:]  # all of it, `--` too, as CPython
     if options.get("profile") is None and options.get("policy_file") is None:
         for key, value in PYTHON_LIMITS.items():  # sized for CPython; flags still win

@@ -6,12 +6,12 @@ The click command, built from the option table in `runspec` (which the fast lane
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 from .execute import render, run_command, run_observed
+from .paths import PathParam
 from .runspec import RUN_OPTIONS
 
 __all__ = ["run", "run_observed", "render"]
@@ -40,7 +40,7 @@ def _param(option: Any) -> click.Option:
     if option.choices:
         kind = click.Choice(list(option.choices))
     elif option.path:
-        kind = click.Path(path_type=Path, dir_okay=option.dir_okay)
+        kind = PathParam("file" if not option.dir_okay else "any", option.what)
     extra: dict[str, Any] = {}
     if option.kind == "flag":
         extra["is_flag"] = True

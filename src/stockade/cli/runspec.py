@@ -4,12 +4,14 @@
 well-formed `run` command line with the same table and no click (importing click costs
 about three quarters of `import wasmtime`, the start-up budget of a whole run). Anything
 `parse_run` does not take as plainly valid (help, an unknown or malformed option, a
-value outside its choices, `--` before MODULE) returns None, and click parses it,
-with its own messages. A test holds both parsers to the same answers.
+value outside its choices, a path of the wrong kind, `--` before MODULE) returns None,
+and click parses it, with its own messages. A test holds both parsers to the same
+answers.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ __all__ = ["Option", "RUN_OPTIONS", "parse_run", "defaults"]
 class Option(FieldTuple):
     """One option: `flags` (the first is its name on the command line), the parameter
     `dest`, `kind` (`value`, `flag` or `multiple`), allowed `choices`, `path` when the
-    value is a path (`dir_okay=False`: not a directory), and its help."""
+    value is a path (`dir_okay=False`: not a directory; `what` names it in messages),
+    and its help."""
 
     flags: tuple[str, ...]
     dest: str
@@ -31,6 +34,7 @@ class Option(FieldTuple):
     path: bool = False
     metavar: str | None = None
     dir_okay: bool = True
+    what: str = "file"
 
 
 RUN_OPTIONS: tuple[Option, ...] = (
@@ -38,7 +42,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
            choices=("strict", "default", "permissive")),
     Option(("--policy",), "policy_file",
            "Limits and capabilities from a TOML file; flags override it.", path=True,
-           dir_okay=False),
+           dir_okay=False, what="policy file"),
     Option(("--fuel",), "fuel", "Instruction budget (wasmtime fuel), or 'unlimited'."),
     Option(("--timeout",), "timeout", "Wall-clock limit, e.g. 500ms, 2s, 1m."),
     Option(("--max-memory",), "max_memory", "Linear memory limit, e.g. 16MiB."),
@@ -75,7 +79,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "only one this host's key authenticates (made by `stockade compile` here).",
            kind="flag"),
     Option(("--trust-key",), "trust_keys", "Trust this public key (file or directory); "
-           "requires a signature.", kind="multiple", path=True, metavar="PUB"),
+           "requires a signature.", kind="multiple", path=True, metavar="PUB",
+           what="key file or directory"),
     Option(("--require-signature",), "require_signature", "Refuse modules without a valid "
            "signature by a trusted key (exit 126).", kind="flag"),
     Option(("--json",), "as_json", "Print one JSON result object instead.", kind="flag"),
@@ -118,8 +123,9 @@ def parse_run(argv: list[str]) -> dict[str, Any] | None:
                 return None
             index += 1
         index += 1
-        if (option.choices and value not in option.choices) or (
-                not option.dir_okay and Path(value).is_dir()):
+        # A path of the wrong kind: click's parameter type (`paths.PathParam`) words it.
+        if (option.choices and value not in option.choices) or (option.path and (
+                not value or (not option.dir_okay and os.path.isdir(value)))):
             return None
         converted: Any = Path(value) if option.path else value
         if option.kind == "multiple":

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..telemetry.profiles import PROFILE_NAMES
+from .paths import PathParam
 
 if TYPE_CHECKING:
     from ..gateway.manifest import Manifest
@@ -18,7 +19,7 @@ __all__ = ["serve"]
 
 
 @click.command()
-@click.option("-c", "--config", "config", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("-c", "--config", "config", type=PathParam("file", "manifest file"),
               default=Path("stockade.toml"), show_default=True,
               help="The manifest: functions, tenants, [server] settings.")
 @click.option("--host", help="Address to listen on (default: [server] host, 127.0.0.1).")

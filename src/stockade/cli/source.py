@@ -6,9 +6,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import ModuleNotFound
 from ..policy import Policy
 
-__all__ = ["open_source"]
+__all__ = ["open_source", "module_path"]
+
+
+def module_path(module: str) -> Path:
+    """The file a MODULE argument names. An empty name names no file: ModuleNotFound
+    (127), as for any missing module; `Path('')` would be `.`, the current directory."""
+    if not module:
+        raise ModuleNotFound("'': no such module file")
+    return Path(module)
 
 
 def open_source(module: str, args: tuple[str, ...],
@@ -20,7 +29,7 @@ def open_source(module: str, args: tuple[str, ...],
     requires signatures, the image's signatures are checked (`oci.trusted.vouch`).
     Raises the OCI errors (`stockade.oci.errors`)."""
     if not module.startswith("oci://"):
-        return Path(module), args, policy, None
+        return module_path(module), args, policy, None
     from ..oci import guest_process, resolve
     from ..oci.trusted import vouch
 

@@ -13,6 +13,7 @@ import click
 
 from ..errors import UsageError
 from ..telemetry.reader import EXACT_LIMIT, MAX_RECENT
+from .paths import PathParam
 
 if TYPE_CHECKING:
     from ..telemetry.reader import Filters, InvocationRow, Rejection, Summary
@@ -72,8 +73,8 @@ def parse_since(value: str, now: float | None = None) -> int:
 
 
 @telemetry.command("show")
-# No click checks on the path: `open_file` refuses what is not a file, in one line.
-@click.option("--file", "path", type=click.Path(path_type=Path),
+# `open_file` refuses what is not a file, in one line; an empty name is not `.`.
+@click.option("--file", "path", type=PathParam("file", "telemetry file"),
               help="Telemetry file (default: telemetry.jsonl in the state directory).")
 # Bounded: each row listed is held until the end (a huge one was a traceback).
 @click.option("-n", "--last", default=10, show_default=True,
