@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import UsageError
 
 __all__ = ["open_regular", "append_lines", "read_regular", "replace_file", "replaceable",
-           "private_dir", "not_private"]
+           "private_dir", "not_private", "owner_problem"]
 
 
 def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
@@ -132,11 +132,20 @@ def private_dir(directory: Path) -> None:
 
 def not_private(directory: Path) -> str:
     """Why `private_dir` refuses the existing `directory`, or "" (one `stat`)."""
-    info = os.stat(directory)
-    if info.st_uid != os.geteuid():
-        return (f"state directory {directory}: owned by uid {info.st_uid}, not by "
-                f"this user (uid {os.geteuid()}): refused")
+    problem = owner_problem(os.stat(directory))
+    if not problem:
+        return ""
+    fix = "" if problem.startswith("owned") else " (chmod 700 it)"
+    return f"state directory {directory}: {problem}: refused{fix}"
+
+
+def owner_problem(info: os.stat_result, owners: tuple[int, ...] = ()) -> str:
+    """Why a file or directory with status `info` is one another user could have written,
+    or "": owned by a uid other than this user's (and `owners`'), or writable by group or
+    others. The rule of the state directory (`not_private`), the local image store and
+    trust keys."""
+    if info.st_uid != os.geteuid() and info.st_uid not in owners:
+        return f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
     if info.st_mode & 0o022:
-        return (f"state directory {directory}: mode {stat.S_IMODE(info.st_mode):04o} lets "
-                "others replace its files: refused (chmod 700 it)")
+        return f"mode {stat.S_IMODE(info.st_mode):04o} lets others replace its files"
     return ""

@@ -251,8 +251,9 @@ def sign(ref: str, key: Path, insecure: tuple[str, ...], no_bundle: bool, as_jso
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(ref: str, keys: tuple[Path, ...], insecure: tuple[str, ...], as_json: bool) -> None:
     """Check that a trusted key signed the image REF resolves to (cosign's .sig tag or a
-    Sigstore bundle referrer, over exactly that digest). Exit 0 when one did, 126 when
-    none did."""
+    Sigstore bundle referrer, over that digest; for an image behind an index, over the
+    index or the wasi/wasm manifest it lists, as `run` accepts). Exit 0 when one did, 126
+    when none did."""
     from ..errors import UntrustedModule
     from ..oci import parse_reference
     from ..oci.registry import insecure_hosts

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..digests import sha256 as _sha256
 from ..errors import UsageError
+from ..regularfile import owner_problem
 from .seal import (
     TRAILER_SIZE,
     KeyUnavailable,
@@ -321,11 +322,7 @@ def _file_problem(info: os.stat_result) -> str | None:
 
 def _owner_problem(info: os.stat_result) -> str | None:
     """Why an entry someone else could have written is not ours to trust, or None."""
-    if info.st_uid != os.geteuid():
-        return f"owned by uid {info.st_uid}, not {os.geteuid()}"
-    if info.st_mode & 0o022:
-        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
-    return None
+    return owner_problem(info) or None
 
 
 def _seal_problem(fd: int, size: int, fingerprint: str, purpose: str,

@@ -4,12 +4,15 @@ warn or fail with the reason and the fix.
 Thresholds (the recommended value passes, up to the second warns, beyond fails):
 memory 128 MiB / 512 MiB; timeout 30 s / 120 s (none fails). A policy with neither
 fuel nor a timeout fails; so does a module with high-risk findings, a signature a trust
-policy requires and does not find, a disabled or broken audit log, breakers disabled or
+policy requires and does not find, a trust another user could rewrite (its policy or
+manifest file, or a key file or directory, not this user's or root's or writable by
+others: refused when keys are read), a disabled or broken audit log, breakers disabled or
 kept in a database they cannot use (they fail open).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +47,13 @@ class Item:
 
 @dataclass(frozen=True)
 class Subject:
-    """What is checked: a policy, under a label, and optionally the module it runs."""
+    """What is checked: a policy, under a label, and optionally the module it runs and
+    the file the policy was read from."""
 
     label: str
     policy: Policy
     module: Path | None = None
+    source: Path | None = None
 
 
 def _graded(value: float, bounds: tuple[float, float]) -> str:
@@ -81,7 +86,13 @@ def _policy_items(subject: Subject) -> list[Item]:
                           "" if status == "pass" else 'set limits.timeout = "30s" or less'))
     items.append(_grants(subject, caps))
     trust = subject.policy.trust
-    if trust.require_signature:
+    shared = _shared_trust(subject) if trust.require_signature else []
+    if shared:
+        items.append(Item("review", "signature required", label, "fail",
+                          "; ".join(shared) + " (whoever can rewrite the trust chooses what "
+                          "runs)", "make each file this user's, not writable by group or "
+                          "others (chmod go-w FILE)"))
+    elif trust.require_signature:
         items.append(Item("review", "signature required", label, "pass",
                           f"[trust] requires a signature by {len(trust.keys)} key source(s)"))
     else:
@@ -89,6 +100,32 @@ def _policy_items(subject: Subject) -> list[Item]:
                           "modules run without a signature check",
                           '[trust] require_signature = true, keys = ["signer.pub"]'))
     return items
+
+
+def _shared_trust(subject: Subject) -> list[str]:
+    """Why another user could rewrite `subject`'s trust: its policy file, or a key file
+    or directory (as reading the keys refuses them), by `regularfile.owner_problem`."""
+    from ..regularfile import owner_problem
+    from ..trust.enforce import trusted_keys
+    from ..trust.keys import KeyFileError
+
+    problems = []
+    if subject.source is not None:
+        try:
+            problem = owner_problem(os.stat(subject.source), (0,))
+        except OSError:
+            problem = ""  # reading it would have failed first
+        if problem:
+            real = subject.source.resolve()
+            shown = subject.source if real == subject.source.absolute() else \
+                f"{subject.source} -> {real}"
+            problems.append(f"{shown} (holds the [trust]): {problem}")
+    for key in subject.policy.trust.keys:
+        try:
+            trusted_keys((key,))
+        except KeyFileError as exc:
+            problems.append(exc.message)
+    return problems
 
 
 def _grants(subject: Subject, caps: Any) -> Item:
@@ -256,14 +293,16 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
     subjects: list[Subject] = []
     server = state = None
     if policy_file is not None:
-        subjects.append(Subject(policy_file.name, load_policy(policy_file), module))
+        subjects.append(Subject(policy_file.name, load_policy(policy_file), module,
+                                policy_file))
     if manifest_file is not None:
         from ..gateway.manifest import load_manifest
 
         manifest = load_manifest(manifest_file)
         server, state = manifest.server, manifest.state
         for spec in manifest.functions:
-            subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module))
+            subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module,
+                                    manifest_file))
     if not subjects:
         subjects.append(Subject("default profile", Policy.from_profile("default"), module))
     items = []

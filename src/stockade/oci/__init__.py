@@ -16,6 +16,7 @@ from .errors import (
     RegistryAuthError,
     RegistryUnavailable,
     StoreCorrupt,
+    StoreRefused,
     UnsupportedBundle,
 )
 from .image import WasmImage
@@ -29,5 +30,6 @@ __all__ = [
     "PulledImage", "pull", "push", "load_local", "ResolvedModule", "resolve", "is_oci",
     "guest_process",
     "BadReference", "BlobTooLarge", "ImageNotFound", "IntegrityError", "PlatformMismatch",
-    "RegistryAuthError", "RegistryUnavailable", "StoreCorrupt", "UnsupportedBundle",
+    "RegistryAuthError", "RegistryUnavailable", "StoreCorrupt", "StoreRefused",
+    "UnsupportedBundle",
 ]

@@ -2,7 +2,8 @@
 
     StockadeError
     ├── UsageError
-    │   └── BadReference            125 / 400   not an image reference
+    │   ├── BadReference            125 / 400   not an image reference
+    │   └── StoreRefused            125 / 500   a local store another user owns or can write
     ├── ModuleNotFound
     │   └── ImageNotFound           127 / 404   no such repository, tag or digest
     ├── ModuleError
@@ -27,6 +28,7 @@ __all__ = [
     "RegistryAuthError",
     "IntegrityError",
     "StoreCorrupt",
+    "StoreRefused",
     "BlobTooLarge",
     "UnsupportedBundle",
 ]
@@ -68,6 +70,14 @@ class StoreCorrupt(StockadeError):
     """A blob of the local store does not match its digest; it has been removed."""
 
     exit_code = 74
+    http_status = 500
+
+
+class StoreRefused(UsageError):
+    """The local store, the cache directory holding it, or a file in it is owned by
+    another user or writable by group or others: whoever can write it chooses the module
+    a reference runs. The message names the path."""
+
     http_status = 500
 
 

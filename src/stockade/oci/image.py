@@ -4,7 +4,15 @@ Reads OCI and Docker manifests and indexes, picks the wasi/wasm entry of an inde
 validates the CNCF Wasm artifact's config by the rules rust-oci-wasm applies (required
 fields, one `application/wasm` layer, `layerDigests` naming it), and finds the module
 of a Docker+Wasm image (`Entrypoint`, else `Cmd`, `#export` suffix dropped) inside its
-layers without unpacking anything to disk.
+layers without unpacking anything to disk, as the layers applied in order leave it: OCI
+whiteouts (`.wh.NAME`, opaque `.wh..wh..opq`) delete what lower layers hold, and a layer
+holding the module's path twice is refused (tar, umoci and containerd keep the last copy;
+which one runs must not depend on who unpacks it).
+
+A layer is read one member at a time and its members are not kept (tarfile would keep
+them all: 470 bytes each, a million of them in a 2.7 MB gzipped layer); at most
+`MAX_LAYER_MEMBERS` tar headers per layer and `MAX_PULL_MEMBERS` over every layer one
+search reads, extended headers included.
 
 tarfile reads a layer, but never an oversized extended header (pax, GNU long name or
 link): CPython 3.11.7's pax parser backtracks quadratically over digits (CVE-2024-6232; a
@@ -20,6 +28,7 @@ import contextlib
 import gzip
 import io
 import json
+import posixpath
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,11 +52,18 @@ from .media import (
 
 __all__ = ["WasmImage", "UnpackBudget", "parse_json", "select_platform",
            "validate_wasm_config", "describe", "extract_module", "manifest_kind", "open_layer",
-           "field", "strings", "MAX_EXTENDED_HEADER", "EXTENDED_HEADER_WORK"]
+           "field", "strings", "MAX_EXTENDED_HEADER", "EXTENDED_HEADER_WORK",
+           "MAX_LAYER_MEMBERS", "MAX_PULL_MEMBERS"]
 
 MAX_EXTENDED_HEADER = 64 * 1024  # legitimate ones hold a path, times, an xattr or two
 # ~5 s of CPU for the worst 64 KiB header; 10,000 headers of 200 bytes use a tenth of it
 EXTENDED_HEADER_WORK = MAX_EXTENDED_HEADER ** 2
+# Tar headers read per layer and per search, ~15 µs of CPU each (2.3 s in all at most);
+# CPython for WASI with its whole standard library is a few thousand files.
+MAX_LAYER_MEMBERS = 50_000
+MAX_PULL_MEMBERS = 150_000
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
 _EXTENDED = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global",
              tarfile.SOLARIS_XHDTYPE: "Solaris pax", tarfile.GNUTYPE_LONGNAME: "GNU long-name",
              tarfile.GNUTYPE_LONGLINK: "GNU long-link"}
@@ -200,7 +216,7 @@ class UnpackBudget:
     must not buy minutes of CPU."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.used, self.header_work = limit, 0, 0
+        self.limit, self.used, self.header_work, self.members = limit, 0, 0, 0
 
     def charge(self, count: int) -> None:
         """Count `count` more unpacked bytes. Raises BlobTooLarge past the limit."""
@@ -221,10 +237,23 @@ class UnpackBudget:
             raise ModuleError(f"{where}: extended tar headers (pax, GNU long names) too many "
                               "or too large in all; refused")
 
+    def charge_member(self, in_layer: int, where: str) -> None:
+        """Count one more tar header, the `in_layer`th of its layer. Raises BlobTooLarge
+        over `MAX_LAYER_MEMBERS` in the layer or `MAX_PULL_MEMBERS` in all."""
+        self.members += 1
+        if in_layer > MAX_LAYER_MEMBERS:
+            raise BlobTooLarge(f"{where}: more than {MAX_LAYER_MEMBERS} entries (tar "
+                               "headers); refused")
+        if self.members > MAX_PULL_MEMBERS:
+            raise BlobTooLarge(f"{where}: layers of more than {MAX_PULL_MEMBERS} entries "
+                               "(tar headers) in all; refused")
+
 
 def _guarded(budget: UnpackBudget, where: str) -> type[tarfile.TarInfo]:
     """A TarInfo class for `tarfile.open(tarinfo=...)`: tarfile parses every header block
-    with `frombuf`, so each extended header is charged to `budget` before it is read."""
+    with `frombuf`, so each header is counted, and each extended header charged to
+    `budget` before it is read."""
+    headers = 0
 
     def sparse(*_: object) -> NoReturn:
         # tarfile reads a sparse member's map into a Python int per number while parsing
@@ -234,6 +263,9 @@ def _guarded(budget: UnpackBudget, where: str) -> type[tarfile.TarInfo]:
     class Guarded(tarfile.TarInfo):
         @classmethod
         def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+            nonlocal headers
+            headers += 1
+            budget.charge_member(headers, where)
             info = super().frombuf(buf, encoding, errors)
             kind = _EXTENDED.get(info.type)
             if kind is not None:
@@ -282,14 +314,80 @@ def open_layer(descriptor: dict[str, Any], path: Path) -> Iterator[io.BufferedIO
             yield unpacked
 
 
+def _normal(name: str) -> str:
+    """A member name as a path below the image root: `./a//b/` and `/a/b` are `a/b`."""
+    path = posixpath.normpath("/" + name).lstrip("/")
+    return "" if path == "." else path
+
+
+def _parents(path: str) -> list[str]:
+    """The directories above `path` below the root: `a/b/c` -> `a`, `a/b`."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+
+
+@dataclass
+class _Found:
+    """What one layer says about the module path: its bytes, and why it hides what
+    lower layers hold there ("" when it does not)."""
+
+    data: bytes | None = None
+    hides: str = ""
+
+
+def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str) -> _Found:
+    """What the whole layer `tar` says about path `wanted` (`path` as the image names it)."""
+    found = _Found()
+    parents = _parents(wanted)
+    while (member := tar.next()) is not None:
+        # tarfile keeps every member read: a million empty ones held 470 MB.
+        tar.members.clear()  # type: ignore[attr-defined]  # (not in typeshed)
+        name = _normal(member.name)
+        # Any member's size, before tarfile seeks past it: a read per 10 KiB of it, none
+        # charged once the data has run out (2**80 bytes in a 63-byte layer spun for
+        # ever; -5 made the module empty).
+        if member.size < 0:
+            raise ModuleError(f"{where}: a member of {member.size} bytes; refused")
+        if member.size > limit:
+            raise BlobTooLarge(
+                f"{path}: {member.size} bytes, over the module limit of {limit}"
+                if name == wanted else f"{where}: a member of {member.size} bytes, more "
+                "than a layer may unpack to; refused")
+        base, directory = posixpath.basename(name), posixpath.dirname(name)
+        if base == OPAQUE and (not directory or directory in parents):
+            found.hides = f"{directory or '/'} made opaque ({OPAQUE})"
+        elif base.startswith(WHITEOUT) and base != OPAQUE:
+            target = posixpath.join(directory, base[len(WHITEOUT):])
+            if target == wanted or target in parents:
+                found.hides = f"whiteout {name}"
+        elif name in parents and not member.isdir():
+            found.hides = f"/{name} replaced by a file that is not a directory"
+        elif name == wanted:
+            if found.data is not None:
+                raise ModuleError(f"{where} holds {path} twice (tar keeps the last copy, "
+                                  "a first match the first); refused")
+            if not member.isfile():
+                raise ModuleError(f"{path}: not a regular file in the image")
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise ModuleError(f"{path}: not readable in the image")
+            found.data = handle.read()
+    return found
+
+
 def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
                    limit: int, budget: UnpackBudget | None = None) -> bytes:
-    """The bytes of file `path` from the topmost layer holding it (tar or tar+gzip files,
-    at most `limit` unpacked bytes per layer, all of them and their extended headers
-    charged to `budget`). A layer listed again is not searched again: it did not hold the
-    file the first time. Raises ModuleError when no layer has it as a regular file or an
-    extended header is too large, BlobTooLarge over a limit."""
-    wanted = path.lstrip("/").removeprefix("./")
+    """The bytes of file `path` as the layers (tar or tar+gzip files, lowest first)
+    applied in order leave it: from the topmost layer holding it, unless a layer above
+    deletes it (a whiteout `.wh.NAME` of it or of a directory above it, an opaque
+    `.wh..wh..opq` in a directory above it, a directory above it replaced by another
+    kind of file). A whiteout hides only what lower layers hold, as OCI says. At most
+    `limit` unpacked bytes per layer, all of them, their headers and extended headers
+    charged to `budget`. A layer listed again is not searched again: it held nothing
+    of the path the first time. Raises ModuleError when no layer leaves the path a
+    regular file, a layer holds it twice, or an extended header is too large;
+    BlobTooLarge over a limit."""
+    wanted = _normal(path)
     searched: set[object] = set()
     if budget is None:
         budget = UnpackBudget(limit * len(layers))
@@ -297,34 +395,18 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
         if descriptor.get("digest") in searched:
             continue
         searched.add(descriptor.get("digest"))
-        guarded = _guarded(budget, f"layer {descriptor.get('digest')}")
+        where = f"layer {descriptor.get('digest')}"
         try:
             with open_layer(descriptor, blob) as raw, \
                     tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit, budget)),
-                                 mode="r|", tarinfo=guarded) as tar:
-                for member in tar:
-                    found = member.name.lstrip("/").removeprefix("./") == wanted
-                    # Any member's size, before tarfile seeks past it: a read per 10 KiB
-                    # of it, none charged once the data has run out (2**80 bytes in a
-                    # 63-byte layer spun for ever; -5 made the module empty; review).
-                    if member.size < 0:
-                        raise ModuleError(f"layer {descriptor.get('digest')}: a member of "
-                                          f"{member.size} bytes; refused")
-                    if member.size > limit:
-                        raise BlobTooLarge(
-                            f"{path}: {member.size} bytes, over the module limit of {limit}"
-                            if found else f"layer {descriptor.get('digest')}: a member of "
-                            f"{member.size} bytes, more than a layer may unpack to; refused")
-                    if not found:
-                        continue
-                    if not member.isfile():
-                        raise ModuleError(f"{path}: not a regular file in the image")
-                    handle = tar.extractfile(member)
-                    if handle is None:
-                        raise ModuleError(f"{path}: not readable in the image")
-                    return handle.read()
+                                 mode="r|", tarinfo=_guarded(budget, where)) as tar:
+                found = _scan(tar, wanted, path, limit, where)
         # ValueError: tarfile's own, for numbers in pax headers it cannot read.
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise ModuleError(f"layer {descriptor.get('digest')}: not a readable tar "
-                              f"({exc})") from None
+            raise ModuleError(f"{where}: not a readable tar ({exc})") from None
+        if found.data is not None:
+            return found.data
+        if found.hides:
+            raise ModuleError(f"{path}: deleted by an upper layer of the image ({where}: "
+                              f"{found.hides}); refused")
     raise ModuleError(f"{path}: the image's Entrypoint names a file no layer holds")

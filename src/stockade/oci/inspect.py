@@ -33,7 +33,10 @@ def inspect_image(text: str, insecure: tuple[str, ...] = ()) -> dict[str, Any]:
     unknown: str | None = None
     try:
         with RegistryClient(ref, insecure_hosts(insecure), timeout=5.0) as client:
-            signatures = signature_tags(pulled.digest, client.tags(ref.repository))
+            tags = client.tags(ref.repository)
+            signatures = signature_tags(pulled.digest, tags)
+            if pulled.index_digest is not None:  # signed as the index it came through
+                signatures += signature_tags(pulled.index_digest, tags)
     except RegistryAuthError as exc:
         unknown = f"the registry refused to list tags: {exc.message}"
     except RegistryUnavailable as exc:
@@ -42,7 +45,8 @@ def inspect_image(text: str, insecure: tuple[str, ...] = ()) -> dict[str, Any]:
         unknown = f"tags list refused: {exc.message}"
     image = pulled.image
     return {
-        "ref": str(resolved.pinned), "digest": pulled.digest, "layout": image.layout,
+        "ref": str(resolved.pinned), "digest": pulled.digest, "index": pulled.index_digest,
+        "layout": image.layout,
         "platform": image.platform, "mediaType": pulled.descriptor.get("mediaType"),
         "config": pulled.manifest.get("config"), "layers": pulled.manifest.get("layers"),
         "annotations": pulled.manifest.get("annotations") or {},

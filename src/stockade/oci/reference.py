@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .errors import BadReference
 
-__all__ = ["Reference", "parse_reference", "is_registry_host", "DEFAULT_REGISTRY"]
+__all__ = ["Reference", "parse_reference", "is_registry_host", "is_digest", "DEFAULT_REGISTRY"]
 
 DEFAULT_REGISTRY = "docker.io"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -25,6 +25,11 @@ def is_registry_host(text: str) -> bool:
     _, colon, port = text.rpartition("]")[2].rpartition(":")
     # The pattern allows any 5 digits: 65536 and 0 were taken, then unreachable (69).
     return not colon or 0 < int(port) <= 65535
+
+
+def is_digest(value: object) -> bool:
+    """Whether `value` is a `sha256:HEX` digest string (64 lowercase hex digits)."""
+    return isinstance(value, str) and _DIGEST.match(value) is not None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@
   tag `sha256-HEX`, an image index listing the referrers.
 
 `verify_image` reads both back and counts a signature when a trusted key verifies it over
-exactly that digest. Everything read is bounded: at most `MAX_SIGNATURES` layers and
+exactly that digest. An image behind an index (a multi-platform tag) is signed over the
+index's digest by `sign_image`, as cosign signs it; it runs as the wasi/wasm manifest the
+index lists. So a signature counts over either: the manifest that runs, or the index it
+was reached through (whose digest covers the manifest's, listed as its wasi/wasm
+entry). `run` under trust (`trusted.vouch`) and `oci verify` apply this same rule.
+Everything read is bounded: at most `MAX_SIGNATURES` layers and
 `MAX_REFERRERS` referrers looked at, payloads of `MAX_PAYLOAD` and bundles of `MAX_BUNDLE`
 bytes (declared sizes over them are refused without downloading), each blob checked
 against its digest, and the whole check done within `VERIFY_DEADLINE` (each document's
@@ -24,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModuleError
+from ..errors import ModuleError, StockadeError
 from ..trust.cosignkeys import CosignSecret, ImageKey
 from ..trust.imagesig import (
     BUNDLE_TYPE,
@@ -36,9 +41,9 @@ from ..trust.imagesig import (
     payload,
 )
 from .errors import BlobTooLarge, ImageNotFound, IntegrityError
-from .image import parse_json
+from .image import manifest_kind, parse_json, select_platform
 from .media import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, sha256_digest
-from .reference import Reference
+from .reference import Reference, is_digest
 from .registry import Deadline, RegistryClient
 from .transfer import fetch_manifest
 
@@ -177,73 +182,102 @@ def _attach_bundle(client: RegistryClient, ref: Reference, secret: CosignSecret,
 
 @dataclass(frozen=True)
 class ImageVerification:
-    """What an image's signatures say about a set of trusted keys."""
+    """What an image's signatures say about a set of trusted keys: those over the
+    manifest `digest`, and over the `index` it was reached through (None when none)."""
 
     ref: Reference
     digest: str
-    verified: tuple[tuple[str, str], ...] = ()  # (kind, key id)
+    verified: tuple[tuple[str, str, str], ...] = ()  # (kind, key id, digest signed)
     refused: tuple[str, ...] = ()
     wanted: tuple[str, ...] = ()
     found: int = field(default=0)
+    index: str | None = None
 
     @property
     def ok(self) -> bool:
-        """True when a trusted key signed this digest (cosign signature or bundle)."""
+        """True when a trusted key signed the manifest or its index (cosign signature or
+        bundle)."""
         return bool(self.verified)
 
     def describe(self) -> str:
         """One line naming what was found and which key ids are trusted."""
         wanted = ", ".join(self.wanted) or "none"
+        image = f"image {self.digest}" + (f" (index {self.index})" if self.index else "")
         if self.ok:
-            by = ", ".join(f"{key} ({kind})" for kind, key in self.verified)
-            return f"image {self.digest} signed by trusted key {by}"
+            by = ", ".join(f"{key} ({kind}{', over the index' if signed == self.index else ''})"
+                           for kind, key, signed in self.verified)
+            return f"{image} signed by trusted key {by}"
         if not self.found:
-            return f"image {self.digest} has no signatures; trusted image key ids: {wanted}"
+            return f"{image} has no signatures; trusted image key ids: {wanted}"
         reasons = "; ".join(dict.fromkeys(self.refused))[:400]
-        return (f"image {self.digest}: no valid signature by a trusted key ({self.found} "
+        return (f"{image}: no valid signature by a trusted key ({self.found} "
                 f"found: {reasons}); trusted image key ids: {wanted}")
 
     def as_dict(self) -> dict[str, object]:
         """JSON form."""
-        return {"ref": str(self.ref), "digest": self.digest, "verified": self.ok,
-                "signatures_found": self.found,
-                "verified_by": [{"kind": kind, "key_id": key} for kind, key in self.verified],
+        return {"ref": str(self.ref), "digest": self.digest, "index": self.index,
+                "verified": self.ok, "signatures_found": self.found,
+                "verified_by": [{"kind": kind, "key_id": key, "digest": signed}
+                                for kind, key, signed in self.verified],
                 "refused": list(self.refused), "key_ids_trusted": list(self.wanted)}
 
 
 class _Checks:
-    def __init__(self, digest: str, keys: Sequence[ImageKey]) -> None:
-        self.digest, self.keys = digest, keys
-        self.verified: list[tuple[str, str]] = []
+    def __init__(self, digest: str, keys: Sequence[ImageKey], label: str = "") -> None:
+        self.digest, self.keys, self.label = digest, keys, label
+        self.verified: list[tuple[str, str, str]] = []
         self.refused: list[str] = []
         self.found = 0
 
     def outcome(self, kind: str, key: ImageKey | None, reason: str) -> None:
         self.found += 1
         if key is not None:
-            self.verified.append((kind, key.key_id))
+            self.verified.append((kind, key.key_id, self.digest))
         else:
-            self.refused.append(f"{kind}: {reason}")
+            self.refused.append(f"{self.label}{kind}: {reason}")
 
 
 def verify_image(ref: Reference, keys: Sequence[ImageKey],
                  insecure: frozenset[str] = frozenset(), digest: str | None = None,
-                 ) -> ImageVerification:
-    """Check the signatures of image `digest` (default: what `ref` resolves to now) in
-    `ref`'s repository against `keys`. Raises RegistryUnavailable, ImageNotFound for the
-    image itself; anything wrong with a signature is a refusal in the result, but the
-    check not done within `VERIFY_DEADLINE` is RegistryUnavailable."""
+                 index: str | None = None) -> ImageVerification:
+    """Check the signatures of image manifest `digest`, and of the `index` it was reached
+    through when given, in `ref`'s repository against `keys`. Without `digest`, what `ref`
+    resolves to now: a manifest, or an index and its wasi/wasm manifest. Raises
+    RegistryUnavailable, ImageNotFound for the image itself; anything wrong with a
+    signature is a refusal in the result, but the check not done within
+    `VERIFY_DEADLINE` is RegistryUnavailable."""
     late = f"the signature check did not finish within {VERIFY_DEADLINE:g} s; refused"
     with RegistryClient(ref, insecure) as client, \
             client.within(Deadline.after(VERIFY_DEADLINE), late):
         if digest is None:
-            body, _ = fetch_manifest(client, ref, ref.selector, ref.digest)
-            digest = sha256_digest(body)
-        checks = _Checks(digest, keys)
-        _check_cosign(client, ref, checks)
-        _check_bundles(client, ref, checks)
-    return ImageVerification(ref.with_digest(digest), digest, tuple(checks.verified),
-                             tuple(checks.refused), tuple(k.key_id for k in keys), checks.found)
+            digest, index = _resolved(client, ref)
+        checks = [_Checks(digest, keys)]
+        if index is not None:
+            checks.append(_Checks(index, keys, "index "))
+        for each in checks:
+            _check_cosign(client, ref, each)
+            _check_bundles(client, ref, each)
+    return ImageVerification(
+        ref.with_digest(index or digest), digest,
+        tuple(item for each in checks for item in each.verified),
+        tuple(item for each in checks for item in each.refused),
+        tuple(k.key_id for k in keys), sum(each.found for each in checks), index)
+
+
+def _resolved(client: RegistryClient, ref: Reference) -> tuple[str, str | None]:
+    """(manifest digest, index digest or None) of what `ref` names in the registry: an
+    index's wasi/wasm entry and the index, else the document itself (an index with no
+    such entry, or no image at all, is checked as it is)."""
+    body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
+    digest = sha256_digest(body)
+    try:
+        document = parse_json(body, f"{ref}: manifest")
+        if manifest_kind(document, media_type) != "index":
+            return digest, None
+        entry = select_platform(document, str(ref)).get("digest")
+    except StockadeError:
+        return digest, None
+    return (entry, digest) if is_digest(entry) and isinstance(entry, str) else (digest, None)
 
 
 def _small_blob(client: RegistryClient, repo: str, descriptor: dict[str, Any], limit: int,

@@ -6,6 +6,14 @@ match is removed and reported). `index.json` maps reference names to manifest
 descriptors; it is replaced whole under a lock, after every blob it points to is in
 place, so a failed pull leaves no reference to half of an image. Directories are 0700,
 files 0600 (the store holds what runs as the caller, like the AoT cache).
+
+Whoever can write `index.json` chooses what a tag names, so the store is used only when
+nobody else can write it, by the rule of the AoT cache beside it and of the state
+directory (`regularfile.owner_problem`): the cache directory holding the default store,
+the store and its directories must be this user's (one of ours that others can write is
+closed to 0700, as the AoT cache closes its root: every file in it is checked in turn),
+and `index.json` and every blob read must be this user's files that nobody else can
+write. Anything else is refused (`StoreRefused`), naming the path.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..paths import cache_dir
-from .errors import BlobTooLarge, IntegrityError, StoreCorrupt
+from ..regularfile import open_regular, owner_problem
+from .errors import BlobTooLarge, IntegrityError, StoreCorrupt, StoreRefused
 from .media import OCI_INDEX, canonical_json
 
 __all__ = ["Store", "REF_ANNOTATION"]
@@ -40,9 +50,13 @@ class Recorded(set[str]):
 class Store:
     """An OCI image layout directory used as a verified blob store and tag index."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, within: Path | None = None) -> None:
+        """A store at `root`; `within`, a directory holding it that must be private too
+        (the cache directory, for `default`)."""
         self.root = root
+        self.within = within
         self._new: set[str] | None = None  # what `recording` collects
+        self._private = False  # the directories passed `_check_directories`
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[Recorded]:
@@ -68,7 +82,7 @@ class Store:
     @classmethod
     def default(cls) -> Store:
         """The store of this user: `<cache dir>/oci`."""
-        return cls(cache_dir() / "oci")
+        return cls(cache_dir() / "oci", within=cache_dir())
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -126,14 +140,11 @@ class Store:
     def get(self, digest: str, limit: int | None = None) -> bytes:
         """The verified bytes of a blob. Raises StoreCorrupt (and removes the blob) when
         they do not match; a missing blob is StoreCorrupt too, since something pointed
-        at it. BlobTooLarge over `limit` bytes."""
+        at it. BlobTooLarge over `limit` bytes; StoreRefused for a blob (or store) another
+        user can write."""
         path = self.blob_path(digest)
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read() if limit is None else handle.read(limit + 1)
-        except FileNotFoundError:
-            raise StoreCorrupt(f"local store: blob {digest} is missing; pull the image "
-                               "again") from None
+        with self._open_blob(path, digest) as handle:
+            data = handle.read() if limit is None else handle.read(limit + 1)
         if limit is not None and len(data) > limit:
             raise BlobTooLarge(f"local store: blob {digest} is larger than {limit} bytes")
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
@@ -143,16 +154,13 @@ class Store:
         return data
 
     def verified_path(self, digest: str) -> Path:
-        """The path of a blob after hashing the file through. Raises StoreCorrupt."""
+        """The path of a blob after hashing the file through. Raises StoreCorrupt,
+        StoreRefused."""
         path = self.blob_path(digest)
         hasher = hashlib.sha256()
-        try:
-            with open(path, "rb") as handle:
-                while chunk := handle.read(_CHUNK):
-                    hasher.update(chunk)
-        except FileNotFoundError:
-            raise StoreCorrupt(f"local store: blob {digest} is missing; pull the image "
-                               "again") from None
+        with self._open_blob(path, digest) as handle:
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
         if "sha256:" + hasher.hexdigest() != digest:
             self._discard(path)
             raise StoreCorrupt(f"local store: blob {digest} does not match its digest "
@@ -169,9 +177,12 @@ class Store:
         return None
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every manifest descriptor of `index.json` (empty for a new store)."""
+        """Every manifest descriptor of `index.json` (empty for a new store). Raises
+        StoreRefused for a store (or an `index.json`) another user can write."""
+        path = self.root / "index.json"
         try:
-            index = json.loads((self.root / "index.json").read_bytes())
+            with self._open_owned(path) as handle:
+                index = json.loads(handle.read())
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as exc:
@@ -203,7 +214,7 @@ class Store:
             fcntl.flock(digests.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return
-        with contextlib.suppress(OSError, StoreCorrupt), self._locked():
+        with contextlib.suppress(OSError, StoreCorrupt, StoreRefused), self._locked():
             used: set[str] = set()
             for entry in self.entries():
                 used.add(str(entry.get("digest")))
@@ -226,12 +237,74 @@ class Store:
     # -- internals -------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        for directory in (self.root, self.root / "blobs", self.root / "blobs" / "sha256",
-                          self.root / "tmp"):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._check_directories(create=True)
         layout = self.root / "oci-layout"
         if not layout.exists():
             self._write_atomic(layout, canonical_json(_LAYOUT))
+
+    def _check_directories(self, create: bool) -> None:
+        """Make (when `create`) and check the store's directories: each a directory of
+        this user, closed to 0700 when others could write it. Raises StoreRefused for one
+        of another user or not a directory. Without `create`, a missing one is passed
+        over (nothing in it to read) and the check is made again next time."""
+        if self._private:
+            return
+        inner = (self.root, self.root / "blobs", self.root / "blobs" / "sha256",
+                 self.root / "tmp")
+        directories = inner if self.within is None else (self.within, *inner)
+        complete = True
+        for number, directory in enumerate(directories):
+            if create:
+                # `parents` only for the outermost: parents made by mkdir get the
+                # umask's mode, not 0700.
+                directory.mkdir(mode=0o700, parents=number == 0, exist_ok=True)
+            try:
+                # The outermost may be a symlink the user chose; nothing below it may be.
+                info = os.stat(directory) if number == 0 else os.lstat(directory)
+            except FileNotFoundError:
+                if create:
+                    raise
+                complete = False
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                raise StoreRefused(f"local store: {directory} is not a directory; refused")
+            problem = owner_problem(info)
+            if problem and info.st_uid == os.geteuid():
+                # Ours, but open to others: closed as the AoT cache closes its root;
+                # what others may have put in it meanwhile is checked as it is read.
+                os.chmod(directory, 0o700)
+            elif problem:
+                raise StoreRefused(f"local store: {directory}: {problem}; refused (a store "
+                                   "another user can write chooses what runs)")
+        self._private = complete
+
+    @contextlib.contextmanager
+    def _open_owned(self, path: Path) -> Iterator[BinaryIO]:
+        """`path` opened for reading, in a store whose directories passed their check: a
+        regular file (no symlink followed, no FIFO waited on) of this user that nobody
+        else can write. Raises StoreRefused, OSError (FileNotFoundError when missing)."""
+        self._check_directories(create=False)
+        fd = open_regular(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as handle:
+            problem = owner_problem(os.fstat(fd))
+            if problem:
+                raise StoreRefused(f"local store: {path}: {problem}; refused (remove it and "
+                                   "pull again)")
+            yield handle
+
+    @contextlib.contextmanager
+    def _open_blob(self, path: Path, digest: str) -> Iterator[BinaryIO]:
+        """A blob file opened by `_open_owned`. Raises StoreCorrupt when it is missing or
+        is not a regular file, StoreRefused as `_open_owned`."""
+        try:
+            with self._open_owned(path) as handle:
+                yield handle
+        except FileNotFoundError:
+            raise StoreCorrupt(f"local store: blob {digest} is missing; pull the image "
+                               "again") from None
+        except OSError as exc:
+            raise StoreCorrupt(f"local store: blob {digest} cannot be read "
+                               f"({exc.strerror}); pull the image again") from None
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         if target.name != "oci-layout":

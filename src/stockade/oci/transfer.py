@@ -5,7 +5,13 @@ index entry, or the registry's `Docker-Content-Digest`), refuses a non-Wasm plat
 before downloading layers, streams each blob into the store through its digest and size,
 checks a Docker+Wasm image's `diff_ids`, and extracts the module as a blob of its own, so
 the AoT cache sees the same bytes whichever layout brought them. Only then is the
-reference tagged in the store: a failed pull leaves no tag and no unverified file.
+reference tagged in the store: a failed pull leaves no tag and no unverified file. An
+image reached through an index keeps the index's digest beside the manifest's.
+
+`load_local` takes nothing on the store's word: the entry's manifest digest must be the
+one a pinned reference names (or its index's), an index it names must list that manifest
+as its wasi/wasm entry, and the module is what the manifest holds, checked on every load
+(the artifact's layer digest; an image's layers, re-hashed and searched again).
 
 A pull is bounded whatever the manifest lists: at most `MAX_LAYERS` layers, each config
 and layer descriptor with the integer `size` OCI requires, a `diff_ids` entry for each
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError
-from .errors import BlobTooLarge, ImageNotFound, IntegrityError
+from .errors import BlobTooLarge, ImageNotFound, IntegrityError, StoreCorrupt
 from .image import (
     UnpackBudget,
     WasmImage,
@@ -38,14 +44,14 @@ from .image import (
     parse_json,
     select_platform,
 )
-from .media import OCI_MANIFEST, descriptor_size, sha256_digest
-from .reference import Reference
+from .media import OCI_MANIFEST, descriptor_size, sha256_digest, shown
+from .reference import Reference, is_digest
 from .registry import DOCUMENT_DEADLINE, MIN_BLOB_RATE, Deadline, RegistryClient
 from .store import Store
 
 __all__ = ["PulledImage", "pull", "push", "load_local", "MAX_LAYER_BYTES", "MAX_CONFIG_BYTES",
            "MAX_LAYERS", "MAX_PULL_BYTES", "MODULE_ANNOTATION", "LAYOUT_ANNOTATION",
-           "PULL_GRACE", "BLOB_GRACE", "fetch_manifest"]
+           "INDEX_ANNOTATION", "PULL_GRACE", "BLOB_GRACE", "fetch_manifest"]
 
 # The engine's own cap on a module (512 MiB), without importing the engine.
 MAX_LAYER_BYTES = 512 * 1024**2
@@ -59,6 +65,7 @@ PULL_GRACE = DOCUMENT_DEADLINE
 BLOB_GRACE = 2.0
 MODULE_ANNOTATION = "io.stockade.module.digest"
 LAYOUT_ANNOTATION = "io.stockade.layout"
+INDEX_ANNOTATION = "io.stockade.index.digest"  # the index an image was pulled through
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,16 @@ class PulledImage:
 
     @property
     def module_digest(self) -> str:
-        """The digest of the raw module bytes in the store."""
+        """The digest of the raw module bytes in the store (checked against the manifest
+        by `load_local`)."""
         return str(self.descriptor["annotations"][MODULE_ANNOTATION])
+
+    @property
+    def index_digest(self) -> str | None:
+        """The digest of the index this manifest was reached through (its wasi/wasm
+        entry), or None."""
+        index = (self.descriptor.get("annotations") or {}).get(INDEX_ANNOTATION)
+        return None if index is None else str(index)
 
 
 def fetch_manifest(client: RegistryClient, ref: Reference, selector: str,
@@ -240,9 +255,10 @@ def _pull(ref: Reference, store: Store, insecure: frozenset[str], max_layer: int
     with RegistryClient(ref, insecure) as client:
         body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
         document = parse_json(body, f"{ref}: manifest")
+        index_digest = None
         if manifest_kind(document, media_type) == "index":
             entry = select_platform(document, str(ref))
-            store.put(body)
+            index_digest = store.put(body)
             body, media_type = fetch_manifest(client, ref, str(entry.get("digest")),
                                                   str(entry.get("digest")))
             document = parse_json(body, f"{ref}: manifest")
@@ -267,10 +283,11 @@ def _pull(ref: Reference, store: Store, insecure: frozenset[str], max_layer: int
         module_digest = store.put(extract_module(layers, image.module_path or "", max_layer,
                                                  budget))
     manifest_digest = store.put(body)
+    annotations = {MODULE_ANNOTATION: module_digest, LAYOUT_ANNOTATION: image.layout}
+    if index_digest is not None:
+        annotations[INDEX_ANNOTATION] = index_digest
     descriptor = {"mediaType": document.get("mediaType") or media_type or OCI_MANIFEST,
-                  "digest": manifest_digest, "size": len(body),
-                  "annotations": {MODULE_ANNOTATION: module_digest,
-                                  LAYOUT_ANNOTATION: image.layout}}
+                  "digest": manifest_digest, "size": len(body), "annotations": annotations}
     store.tag(str(ref), descriptor)
     if ref.digest is None:
         store.tag(str(ref.with_digest(manifest_digest)), descriptor)
@@ -279,22 +296,71 @@ def _pull(ref: Reference, store: Store, insecure: frozenset[str], max_layer: int
 
 def load_local(ref: Reference, store: Store) -> PulledImage:
     """The image stored under `ref` (or, for a digest reference, any entry with that
-    manifest digest), every blob re-verified. Raises ImageNotFound when absent,
-    StoreCorrupt when a blob no longer matches."""
+    manifest or index digest), every blob re-verified and the module checked against
+    the manifest. Raises ImageNotFound when absent, StoreCorrupt when a blob no longer
+    matches or the entry names another manifest or module than the manifest holds,
+    StoreRefused for a store another user can write."""
     descriptor = store.lookup(str(ref))
+    named = descriptor is not None
     if descriptor is None and ref.digest is not None:
-        descriptor = next((d for d in store.entries() if d.get("digest") == ref.digest), None)
+        descriptor = next((d for d in store.entries() if ref.digest in
+                           (d.get("digest"), (d.get("annotations") or {}).get(INDEX_ANNOTATION))),
+                          None)
     if descriptor is None:
         raise ImageNotFound(f"{ref}: not in the local store ({store.root}); "
                             "`stockade oci pull` it first")
-    manifest = parse_json(store.get(str(descriptor["digest"]), MAX_CONFIG_BYTES),
-                          f"{ref}: manifest")
+    annotations = descriptor.get("annotations")
+    if not isinstance(annotations, dict) or MODULE_ANNOTATION not in annotations:
+        raise ImageNotFound(f"{ref}: the store entry names no module; pull it again")
+    digest, index = descriptor.get("digest"), annotations.get(INDEX_ANNOTATION)
+    if not isinstance(digest, str) or not is_digest(digest) or \
+            (index is not None and not is_digest(index)):
+        raise StoreCorrupt(f"{ref}: the store entry's digests are malformed; pull the "
+                           "image again")
+    if ref.digest is not None and ref.digest not in (digest, index):
+        raise StoreCorrupt(f"{ref}: the store entry names manifest {digest}; pull the "
+                           "image again")
+    if index is not None and not (named or ref.digest == index):
+        # Found by the manifest's own digest: not reached through that index.
+        annotations = {k: v for k, v in annotations.items() if k != INDEX_ANNOTATION}
+        index = None
+    if index is not None:
+        _check_index(ref, store, str(index), digest)
+    manifest = parse_json(store.get(digest, MAX_CONFIG_BYTES), f"{ref}: manifest")
     config_digest = str((field(manifest, "config", dict, f"{ref}: manifest") or {}).get("digest"))
     config = parse_json(store.get(config_digest, MAX_CONFIG_BYTES), f"{ref}: config")
     image = describe(manifest, config, str(ref))
-    if MODULE_ANNOTATION not in (descriptor.get("annotations") or {}):
-        raise ImageNotFound(f"{ref}: the store entry names no module; pull it again")
-    return PulledImage(ref, descriptor, manifest, config, image)
+    held = _held_module(ref, store, manifest, image)
+    named_module = annotations[MODULE_ANNOTATION]
+    if named_module != held:
+        said = named_module if is_digest(named_module) else shown(named_module)
+        raise StoreCorrupt(f"{ref}: the store entry names module {said}, the manifest "
+                           f"holds {held}; pull the image again")
+    return PulledImage(ref, {**descriptor, "annotations": annotations}, manifest, config, image)
+
+
+def _check_index(ref: Reference, store: Store, index: str, digest: str) -> None:
+    """Refuse (StoreCorrupt) an index that does not list manifest `digest` as its
+    wasi/wasm entry."""
+    document = parse_json(store.get(index, MAX_CONFIG_BYTES), f"{ref}: index")
+    if manifest_kind(document, None) != "index" or \
+            select_platform(document, str(ref)).get("digest") != digest:
+        raise StoreCorrupt(f"{ref}: the store entry's index {index} does not list manifest "
+                           f"{digest} as its wasi/wasm image; pull the image again")
+
+
+def _held_module(ref: Reference, store: Store, manifest: dict[str, Any],
+                 image: WasmImage) -> str:
+    """The digest of the module `manifest` holds: the artifact's layer, or the file an
+    image's layers (each re-hashed first) leave at its Entrypoint."""
+    if image.layout == "artifact":
+        return str(image.module_layer.get("digest"))
+    descriptors = _layer_descriptors(manifest, str(ref))
+    paths = {str(d["digest"]): store.verified_path(str(d["digest"])) for d in descriptors}
+    layers = [(layer, paths[str(layer["digest"])]) for layer in descriptors]
+    total = max(MAX_PULL_BYTES, MAX_LAYER_BYTES)
+    module = extract_module(layers, image.module_path or "", total, UnpackBudget(total))
+    return sha256_digest(module)
 
 
 def push(ref: Reference, store: Store, insecure: frozenset[str] = frozenset()) -> str:

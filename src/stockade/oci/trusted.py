@@ -1,11 +1,14 @@
 """`vouch`: an `oci://` module's image signatures, checked against a trust policy.
 
 Under `require_signature`, the cosign keys among the policy's keys are asked whether they
-signed the exact manifest digest the module was pulled as (cosign's `.sig` tag or a
-Sigstore bundle referrer, `signatures.verify_image`). When one did, the module's digest
-is added to `Trust.vouched`, and the sandbox's trust gate accepts those bytes, hashed
-again as they are loaded. Otherwise nothing changes: an embedded module signature may
-still count, unless the policy says `require_image_signature`.
+signed the exact manifest digest the module was pulled as, or the digest of the index it
+was reached through (cosign's `.sig` tag or a Sigstore bundle referrer,
+`signatures.verify_image`: the rule `oci verify` applies). When one did, the module's
+digest is added to `Trust.vouched`, and the sandbox's trust gate accepts those bytes,
+hashed again as they are loaded. That digest is the module the manifest holds, as
+`transfer.load_local` and `pull` derive it, never the store's word alone. Otherwise
+nothing changes: an embedded module signature may still count, unless the policy says
+`require_image_signature`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def vouch(resolved: ResolvedModule, trust: Trust, insecure: tuple[str, ...] = ()
     pulled = resolved.pulled
     try:
         verification: ImageVerification = verify_image(
-            pulled.ref, keys, insecure_hosts(insecure), digest=pulled.digest)
+            pulled.ref, keys, insecure_hosts(insecure), digest=pulled.digest,
+            index=pulled.index_digest)
     except StockadeError as exc:
         return trust, f"image signatures of {resolved.pinned} unreadable: {exc.message}"
     if not verification.ok:

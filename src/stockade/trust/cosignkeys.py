@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from .keys import MAX_KEY_FILE, KeyFileError, key_pair_paths
+from .keys import KeyFileError, key_files, key_pair_paths, read_key_file, write_key_file
 
 __all__ = ["ImageKey", "CosignSecret", "encrypt_secret", "decrypt_secret", "load_cosign_key",
            "parse_image_key", "generate_cosign", "load_image_keys", "PEM_TYPES",
@@ -174,21 +174,10 @@ def decrypt_secret(data: bytes, password: bytes, source: str) -> CosignSecret:
     return CosignSecret(key)
 
 
-def _read(path: Path) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE} bytes: not a key file")
-    return data
-
-
 def load_cosign_key(path: str | Path, password: bytes) -> CosignSecret:
     """Read and decrypt a cosign key file. Raises KeyFileError naming the file."""
     path = Path(path)
-    return decrypt_secret(_read(path), password, str(path))
+    return decrypt_secret(read_key_file(path), password, str(path))
 
 
 def parse_image_key(data: bytes, source: str) -> ImageKey | None:
@@ -216,10 +205,8 @@ def generate_cosign(path: str | Path, password: bytes) -> tuple[Path, Path, Cosi
     secret_path, public_path = key_pair_paths(path)
     secret = CosignSecret(ec.generate_private_key(ec.SECP256R1()))
     try:
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encrypt_secret(secret, password))
-        public_path.write_bytes(secret.public.pem())
+        write_key_file(secret_path, encrypt_secret(secret, password), 0o600)
+        write_key_file(public_path, secret.public.pem(), 0o644)
     except OSError as exc:
         raise KeyFileError(f"{exc.filename or secret_path}: cannot write key: "
                            f"{exc.strerror}") from None
@@ -230,8 +217,6 @@ def load_image_keys(path: str | Path) -> list[ImageKey]:
     """The cosign (ECDSA P-256) public keys of a file or of a directory's files; files
     holding other keys are skipped in a directory and refused on their own. Raises
     KeyFileError naming the file."""
-    from .keys import key_files, read_key_file
-
     path = Path(path)
     keys = []
     for item in key_files(path):

@@ -5,14 +5,21 @@ Formats accepted, as wasmsign2 accepts them: PEM (PKCS#8 secret, SPKI public), D
 OpenSSH (`ssh-ed25519 …` lines, several per file; unencrypted `OPENSSH PRIVATE KEY`).
 A key id is wasmsign2's default: the first 12 bytes of HMAC-SHA256(key = the raw public
 key, message = "key_id").
+
+Every key file, module or image signer's, public or secret, is read by `read_key_file`:
+never blocking (a FIFO named as a key held the command for ever), a regular file only,
+and refused when another user could have written it (or a key directory holding it), by
+the owner/mode rule of the state directory and the image store
+(`regularfile.owner_problem`), root's files counting as the user's own: whoever can
+replace a trusted key chooses what runs.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +29,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import UsageError
+from ..regularfile import open_regular, owner_problem
 
 __all__ = ["PublicKey", "SecretKey", "KeyFileError", "load_public_keys", "load_secret_key",
            "parse_public_keys", "parse_secret_key", "key_id_of", "generate", "MAX_KEY_FILE",
-           "read_key_file", "key_files", "key_pair_paths"]
+           "read_key_file", "write_key_file", "key_files", "key_pair_paths"]
 
 PK_PREFIX, SK_PREFIX = 0x01, 0x81
 MAX_KEY_FILE = 1024 * 1024  # a key file larger than this is not a key file
+_ROOT = (0,)  # root can replace any file: its key files are as good as the user's
 
 
 class KeyFileError(UsageError):
@@ -94,31 +103,42 @@ class SecretKey:
 
 
 def read_key_file(path: Path) -> bytes:
-    """The bytes of a key file, at most `MAX_KEY_FILE`. Raises KeyFileError."""
-    return _read(path)
-
-
-def key_files(path: Path) -> list[Path]:
-    """`path`, or the files of directory `path` (names starting with a dot skipped)."""
-    if path.is_dir():
-        return [item for item in sorted(path.iterdir())
-                if not item.name.startswith(".") and item.is_file()]
-    return [path]
-
-
-def _read(path: Path) -> bytes:
+    """The bytes of a key file (a path the user named: a symlink is followed), at most
+    `MAX_KEY_FILE`: opened without blocking, a regular file of this user (or root) that
+    nobody else can write. Raises KeyFileError naming the file."""
     try:
         # Not blocking: a FIFO as a key file held the run, or a gateway's load, for ever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise KeyFileError(f"{path}: not a regular file: not a key file")
-            data = handle.read(MAX_KEY_FILE + 1)
+        fd = open_regular(path, os.O_RDONLY | os.O_NOCTTY, follow=True)
     except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise KeyFileError(f"{path}: not a regular file: not a key file") from None
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        _refuse_shared(path, os.fstat(fd), "key file")
+        try:
+            data = handle.read(MAX_KEY_FILE + 1)
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
     if len(data) > MAX_KEY_FILE:
         raise KeyFileError(f"{path}: larger than {MAX_KEY_FILE} bytes: not a key file")
     return data
+
+
+def _refuse_shared(path: Path, info: os.stat_result, what: str) -> None:
+    problem = owner_problem(info, _ROOT)
+    if problem:
+        raise KeyFileError(f"{path}: {problem}: a {what} another user could replace is "
+                           "not trusted")
+
+
+def key_files(path: Path) -> list[Path]:
+    """`path`, or the files of directory `path` (names starting with a dot skipped): a
+    directory of this user (or root) that nobody else can write. Raises KeyFileError."""
+    if path.is_dir():
+        _refuse_shared(path, os.stat(path), "key directory")
+        return [item for item in sorted(path.iterdir())
+                if not item.name.startswith(".") and item.is_file()]
+    return [path]
 
 
 def _public_raw(key: object, source: str) -> bytes:
@@ -188,13 +208,13 @@ def load_public_keys(path: str | Path) -> list[PublicKey]:
             raise KeyFileError(f"{path}: no Ed25519 public key among its key files (cosign "
                                "keys verify image signatures, not modules)")
         return list(keys)
-    return parse_public_keys(_read(path), str(path))
+    return parse_public_keys(read_key_file(path), str(path))
 
 
 def load_secret_key(path: str | Path) -> SecretKey:
     """The secret key of a file. Raises KeyFileError naming the file."""
     path = Path(path)
-    return parse_secret_key(_read(path), str(path))
+    return parse_secret_key(read_key_file(path), str(path))
 
 
 def key_pair_paths(path: str | Path) -> tuple[Path, Path]:
@@ -217,11 +237,20 @@ def generate(path: str | Path) -> tuple[Path, Path, SecretKey]:
     secret_path, public_path = key_pair_paths(path)
     secret = SecretKey(os.urandom(32))
     try:
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secret.pem())
-        public_path.write_bytes(secret.public.pem())
+        write_key_file(secret_path, secret.pem(), 0o600)
+        write_key_file(public_path, secret.public.pem(), 0o644)
     except OSError as exc:
         where = exc.filename or secret_path
         raise KeyFileError(f"{where}: cannot write key: {exc.strerror}") from None
     return secret_path, public_path, secret
+
+
+def write_key_file(path: Path, data: bytes, mode: int) -> None:
+    """Write a new key file (never over an existing one, nor through a link) of `mode`
+    whatever the umask: under umask 002 a `.pub` came out group-writable, a key
+    `read_key_file` refuses. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(data)

@@ -1,0 +1,189 @@
+"""Finding the module across a Docker+Wasm image's layers as a container runtime would:
+OCI whiteouts (`.wh.NAME`, the opaque `.wh..wh..opq`) delete what lower layers hold, a
+parent path replaced by a file hides what was below it, a layer holding the module path
+twice is refused (tar takes the last copy, a first-match search the first), and a layer of
+a million empty members is refused at a bounded count without keeping them all."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stockade.errors import ModuleError
+from stockade.oci.errors import BlobTooLarge
+from stockade.oci.image import extract_module
+from stockade.oci.reference import parse_reference
+from stockade.oci.store import Store
+from stockade.oci.transfer import PulledImage, pull
+
+from .test_hostile_pull import WASM, Server, _gzip_image, image, serve, sha  # noqa: F401
+
+__all__ = ["serve"]
+
+LOWER = WASM + b"lower"
+UPPER = WASM + b"upper"
+Entry = tuple[str, bytes | None] | tuple[str, bytes | None, bytes]
+
+
+def layer(*entries: Entry) -> bytes:
+    """A tar layer of (name, data) regular files, (name, None) directories, or
+    (name, b"", type) members of another type."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, *kind in entries:
+            info = tarfile.TarInfo(name)
+            if kind:
+                info.type = kind[0]
+                if info.type == tarfile.SYMTYPE:
+                    info.linkname = "/elsewhere"
+            elif data is None:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return out.getvalue()
+
+
+def pulled(server: Server, repo: str, layers: list[bytes], tmp_path: Path,
+           entry: str = "/app.wasm") -> PulledImage:
+    image(server, repo, layers, config={"config": {"Entrypoint": [entry]}})
+    return pull(parse_reference(f"{server.host}/{repo}:1"), Store(tmp_path / repo),
+                frozenset({server.host}))
+
+
+# -- duplicates ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("second", ["app.wasm", "./app.wasm", "/app.wasm"])
+def test_a_layer_holding_the_module_twice_is_refused(serve: Callable[[], Server],
+                                                     tmp_path: Path, second: str) -> None:
+    # tar, umoci and containerd keep the last copy; the first was run (found by review)
+    registry = serve()
+    with pytest.raises(ModuleError, match="holds /app.wasm twice") as caught:
+        pulled(registry, "dup", [layer(("app.wasm", LOWER), (second, UPPER))], tmp_path)
+    assert type(caught.value) is ModuleError and "\n" not in caught.value.message
+
+
+def test_the_same_path_in_two_layers_is_the_upper_one(serve: Callable[[], Server],
+                                                      tmp_path: Path) -> None:
+    registry = serve()
+    done = pulled(registry, "two", [layer(("app.wasm", LOWER)), layer(("app.wasm", UPPER))],
+                  tmp_path)
+    assert done.module_digest == sha(UPPER)
+
+
+# -- whiteouts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("upper", "entry"), [
+    (layer((".wh.app.wasm", b"")), "/app.wasm"),
+    (layer(("bin/.wh.app.wasm", b"")), "/bin/app.wasm"),
+    (layer((".wh.bin", b"")), "/bin/app.wasm"),
+    (layer(("bin/.wh..wh..opq", b"")), "/bin/app.wasm"),
+    (layer((".wh..wh..opq", b"")), "/bin/app.wasm"),
+    (layer(("bin", b"not a directory")), "/bin/app.wasm"),
+    (layer(("bin", b"", tarfile.SYMTYPE)), "/bin/app.wasm"),
+], ids=["whiteout", "whiteout-in-dir", "parent-whiteout", "opaque-dir", "opaque-root",
+        "parent-a-file", "parent-a-symlink"])
+def test_a_module_an_upper_layer_deletes_is_not_run(serve: Callable[[], Server],
+                                                    tmp_path: Path, upper: bytes,
+                                                    entry: str) -> None:
+    # the lower layer's module was found and run as if no upper layer deleted it
+    registry = serve()
+    lower = layer((entry.lstrip("/"), LOWER))
+    with pytest.raises(ModuleError, match="deleted|replaced") as caught:
+        pulled(registry, "gone", [lower, upper, layer(("other", b"x"))], tmp_path, entry)
+    assert type(caught.value) is ModuleError and "\n" not in caught.value.message
+    assert entry in caught.value.message
+
+
+@pytest.mark.parametrize("upper", [
+    layer((".wh.other.wasm", b"")),
+    layer(("bin/.wh.app.wasm", b"")),
+    layer(("lib/.wh..wh..opq", b"")),
+    layer(("app.wasm.d", b"")),
+], ids=["other-file", "other-dir", "opaque-other-dir", "prefix-not-parent"])
+def test_whiteouts_of_other_paths_leave_the_module(serve: Callable[[], Server], tmp_path: Path,
+                                                   upper: bytes) -> None:
+    registry = serve()
+    done = pulled(registry, "kept", [layer(("app.wasm", LOWER)), upper], tmp_path)
+    assert done.module_digest == sha(LOWER)
+
+
+def test_a_whiteout_hides_only_lower_layers(serve: Callable[[], Server], tmp_path: Path) -> None:
+    """In its own layer a whiteout (or opaque directory) hides nothing; a layer above it
+    may add the path again."""
+    registry = serve()
+    same = pulled(registry, "same", [layer(("bin/app.wasm", LOWER)),
+                                     layer(("bin/.wh..wh..opq", b""), ("bin/app.wasm", UPPER))],
+                  tmp_path, "/bin/app.wasm")
+    assert same.module_digest == sha(UPPER)
+    again = pulled(registry, "again", [layer(("app.wasm", LOWER)), layer((".wh.app.wasm", b"")),
+                                       layer(("app.wasm", UPPER))], tmp_path)
+    assert again.module_digest == sha(UPPER)
+
+
+# -- member counts ---------------------------------------------------------------------------
+
+
+def _many_members(count: int) -> bytes:
+    """A tar+gzip layer: `count` empty members, then the module (a few KB gzipped)."""
+    empty = tarfile.TarInfo("f").tobuf(format=tarfile.USTAR_FORMAT)
+    return gzip.compress(empty * count + layer(("app.wasm", WASM)), 6, mtime=0)
+
+
+def test_a_layer_of_too_many_members_is_one_line_from_the_cli(
+        serve: Callable[[], Server], tmp_path: Path) -> None:
+    # 1,000,000 empty headers (2.7 MB gzipped) cost 16 s of CPU and 470 MB to pull
+    from stockade.oci.image import MAX_LAYER_MEMBERS
+
+    from .fixtures import cli, stockade_env
+
+    registry = serve()
+    _gzip_image(registry, "many", _many_members(MAX_LAYER_MEMBERS + 1))
+    env = stockade_env(tmp_path / "cache", tmp_path / "state")
+    env.update(HOME=str(tmp_path), STOCKADE_INSECURE_REGISTRIES=registry.host)
+    done = cli(env, "oci", "pull", f"{registry.host}/many:1", timeout=120)
+    assert done.returncode == BlobTooLarge.exit_code, done.stderr
+    assert f"more than {MAX_LAYER_MEMBERS} entries" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_the_members_of_a_layer_are_not_kept(tmp_path: Path) -> None:
+    """tarfile keeps every member it has read in `TarFile.members`: 470 bytes each."""
+    count = 20_000
+    blob = tmp_path / "layer"
+    blob.write_bytes(_many_members(count))
+    descriptor = {"digest": sha(blob.read_bytes()),
+                  "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}
+    tracemalloc.start()
+    try:
+        found = extract_module([(descriptor, blob)], "/app.wasm", 1 << 30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == WASM
+    assert peak < 2 * 1024**2, f"{peak} bytes traced for {count} members"
+
+
+def test_members_are_counted_over_the_layers_of_a_pull(tmp_path: Path) -> None:
+    """Each layer just under the cap, searched top down in vain but the lowest."""
+    from stockade.oci.image import MAX_LAYER_MEMBERS, MAX_PULL_MEMBERS, UnpackBudget
+
+    per_layer = MAX_LAYER_MEMBERS - 10
+    empty = tarfile.TarInfo("f").tobuf(format=tarfile.USTAR_FORMAT)
+    upper = gzip.compress(empty * per_layer + b"\0" * 1024, 6, mtime=0)
+    layers = []
+    for number in range(MAX_PULL_MEMBERS // per_layer + 1):
+        blob = tmp_path / f"layer{number}"
+        blob.write_bytes(upper if number else _many_members(per_layer))
+        layers.append(({"digest": f"sha256:{number:064x}"}, blob))
+    with pytest.raises(BlobTooLarge, match=r"entries \(tar headers\) in all") as caught:
+        extract_module(layers, "/app.wasm", 1 << 30, UnpackBudget(1 << 40))
+    assert "\n" not in caught.value.message
