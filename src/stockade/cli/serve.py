@@ -35,7 +35,8 @@ __all__ = ["serve"]
               help="OTLP export profile (default: [server] telemetry, else "
                    "STOCKADE_TELEMETRY, else hybrid).")
 @click.option("--reuse-port/--shared-socket", "reuse_port", default=None,
-              help="One SO_REUSEPORT socket per worker, or one socket shared by all.")
+              help="One SO_REUSEPORT socket per worker, or one socket shared by all (a "
+                   "port another server listens on is refused either way).")
 @click.option("--inline/--no-inline", "inline", default=None,
               help="Let short fast-path runs finish on the event loop (default: on).")
 @click.option("--reload", "watch", is_flag=True,

@@ -11,7 +11,8 @@ result with the function's timeout plus `GRACE`; no process is started per reque
 process that dies (crash, OOM kill, address-space limit), outlives its deadline, or
 ends a run above the pool's memory limit is killed and replaced in the background; the
 run that caused it gets `memory_limit`, `timeout` or `error`. Each process has its own
-cgroup (memory, one core, tasks) when this machine has one.
+cgroup (memory, one core, tasks) when this machine has one. A reload keeps a pool whose
+cordon's functions and modules did not change (`serves`) and retires the others.
 
 A pool serving several tenants' functions keeps one of its processes from any single
 tenant (`tenant_share`, all but one), and a tenant waiting for its first process comes
@@ -32,7 +33,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from ..errors import StockadeError, WorkerError
@@ -117,6 +118,28 @@ class WorkerPool:
         """True once closed or retired with no process left or starting."""
         with self._cond:
             return (self._closed or self._retired) and not self._all and not self._starting
+
+    def serves(self, specs: Sequence[FunctionSpec], executor: str, size: int) -> bool:
+        """Whether this pool is the one `start_pools` would start for `specs`: the same
+        functions, executor and size, none refused since, and each module file still
+        holding the bytes its processes loaded (its sha256, from the AoT cache's stat
+        index when the file is unchanged). A reload keeps such a pool running."""
+        if self._closed or self._retired or self.refused or tuple(specs) != self.specs \
+                or executor != self._plan.executor or size != self.size:
+            return False
+        from ..engine.cache import AotCache
+        from ..engine.loader import digest
+        from ..paths import cache_dir
+
+        cache = AotCache(cache_dir())
+        for spec in self.specs:
+            try:
+                sha256 = digest(spec.module, cache, spec.policy.limits.max_module_size)
+            except StockadeError:
+                return False
+            if sha256 != self.functions.get(spec.name, ("", ""))[0]:
+                return False
+        return True
 
     def retire(self) -> None:
         """The routes were replaced: close idle processes now and busy ones when their
@@ -421,22 +444,32 @@ class PooledFunction(Prepared):
         return result
 
 
-def start_pools(specs: Sequence[FunctionSpec], executor: str,
-                size: int) -> dict[str, WorkerPool]:
-    """Start a warm `WorkerPool` of `size` processes per cordon for the pooled functions
-    among `specs` (blocking); `executor` is the `[server] executor` mode inside them.
-    Raises WorkerError when a pool cannot start (the others are closed)."""
+def start_pools(specs: Sequence[FunctionSpec], executor: str, size: int,
+                running: Mapping[str, WorkerPool] | None = None) -> dict[str, WorkerPool]:
+    """A warm `WorkerPool` of `size` processes per cordon for the pooled functions among
+    `specs` (blocking); `executor` is the `[server] executor` mode inside them. A pool
+    of `running` (cordon -> pool: the routes served now) that `serves` its cordon's
+    functions as they are is kept, not started again. Raises WorkerError when a pool
+    cannot start (those started here are closed; kept ones are left running)."""
     cordons: dict[str, list[FunctionSpec]] = {}
     for spec in specs:
         if spec.pooled:
             cordons.setdefault(spec.cordon, []).append(spec)
     pools: dict[str, WorkerPool] = {}
+    started: list[WorkerPool] = []
     try:
         for cordon, members in cordons.items():
+            kept = (running or {}).get(cordon)
+            if kept is not None and kept.serves(members, executor, size):
+                pools[cordon] = kept
+                logger.info("cordon %s: its functions did not change; its %d pool "
+                            "workers are kept", cordon, kept.size)
+                continue
             pools[cordon] = pool = WorkerPool(cordon, members, size, executor)
+            started.append(pool)
             pool.start()
     except BaseException:
-        for pool in pools.values():
+        for pool in started:
             pool.close()
         raise
     return pools

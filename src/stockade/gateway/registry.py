@@ -2,10 +2,12 @@
 
 A `Routes` table is immutable once built: a reload prepares every function of the new
 manifest off the event loop, then swaps the table in one assignment, so requests in
-flight finish with the function they started with. Each route has a `Gate`
-of the worker's state backend (`stockade.state`): local limiters kept by name across
-reloads (quotas updated in place at the swap, so in-flight counts and budgets carry
-over) in memory every worker of the server shares, or Redis shared by every replica.
+flight finish with the function they started with; a cordon's worker pool whose
+functions and modules did not change is kept by the new table, processes and all. Each
+route has a `Gate` of the worker's state backend (`stockade.state`): local limiters kept
+by name across reloads (quotas updated in place at the swap, so in-flight counts and
+budgets carry over) in memory every worker of the server shares, or Redis shared by
+every replica.
 """
 
 from __future__ import annotations
@@ -129,15 +131,17 @@ class Registry:
         a failed build releases the pools and quota cells it opened."""
         quotas = manifest_quotas(manifest)
         self._check_descriptors(manifest, quotas)
+        running = self.routes.pools
         pools = start_pools(manifest.functions, self.executors.mode,
-                            self.executors.pool_workers)
+                            self.executors.pool_workers, running)
         try:
             routes = [self._route(spec, pools, quotas) for spec in manifest.functions]
         except BaseException:
             # Cells opened for names the live routes do not use went with the build
             # (kept, an EMFILE mid-build left the worker none to serve with).
-            for pool in pools.values():
-                pool.close()
+            for cordon, pool in pools.items():
+                if running.get(cordon) is not pool:  # the live routes' pools serve on
+                    pool.close()
             self.state.retain(self.routes.quotas)
             raise
         built = Routes(routes)
@@ -178,7 +182,10 @@ class Registry:
         self.manifest = manifest
         old, self.routes = self.routes, routes
         self._retiring = [pool for pool in self._retiring if not pool.drained]
+        kept = {id(pool) for pool in routes.pools.values()}
         for pool in old.pools.values():
+            if id(pool) in kept:
+                continue  # its cordon's functions did not change (`start_pools`)
             # Requests routed before the swap may still ask the old pool for a process:
             # it starts one for each such late run; the rest end with their runs.
             pool.retire()

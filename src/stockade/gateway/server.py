@@ -218,9 +218,12 @@ class Supervisor:
         def check() -> None:
             try:
                 result.append(self._check())
-            except Exception:  # noqa: BLE001 - stopped meanwhile: its directory is gone
-                if not self._stopping:
-                    raise
+            except Exception as exc:  # noqa: BLE001 - the previous manifest serves on
+                if self._stopping:
+                    return  # stopped meanwhile: its directory is gone
+                logger.error("reload failed, still serving the previous manifest: %s: %s",
+                             type(exc).__name__, exc)
+                logger.debug("the reload check failed", exc_info=True)
 
         thread = threading.Thread(target=check, name="stockade-reload", daemon=True)
         self._checking = (thread, result)

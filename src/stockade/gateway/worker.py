@@ -8,7 +8,8 @@ on a pipe once its functions are loaded and it accepts connections, drains on
 SIGTERM/SIGINT (first `drain_grace` seconds of serving on with /readyz at 503, so a load
 balancer stops sending before the listener closes), reloads the manifest on SIGHUP (the
 text the supervisor accepted: `--snapshot`, never the file as it is now),
-and exits if the supervisor dies.
+and exits if the supervisor dies. A signal that comes before it serves is acted on once it
+does (`EarlySignals`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .listener import bind_listener
 from .protocol import guarded_protocol
 from .service import GatewayService
 
-__all__ = ["main", "WorkerServer", "received_table"]
+__all__ = ["main", "WorkerServer", "EarlySignals", "received_table"]
 
 logger = logging.getLogger("stockade.gateway")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -51,10 +52,11 @@ class WorkerServer(uvicorn.Server):
     SIGHUP and readiness once it accepts connections."""
 
     def __init__(self, config: uvicorn.Config, service: GatewayService,
-                 ready_fd: int | None) -> None:
+                 ready_fd: int | None, early: EarlySignals | None = None) -> None:
         super().__init__(config)
         self.service = service
         self.ready_fd = ready_fd
+        self.early = early or EarlySignals()
         self._parent = os.getppid()
         self._tasks: set[asyncio.Task[object]] = set()
         self._close_at: float | None = None  # end of the drain grace (monotonic)
@@ -79,7 +81,8 @@ class WorkerServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's start-up, then SIGHUP, the parent watch and the readiness report."""
+        """uvicorn's start-up, then SIGHUP, the parent watch and the readiness report;
+        then the signals that came before their handlers (`EarlySignals`)."""
         await super().startup(sockets)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._reload)
@@ -91,6 +94,11 @@ class WorkerServer(uvicorn.Server):
                 pass  # a restarted worker: nobody waits for it
             os.close(self.ready_fd)
             self.ready_fd = None
+        for sig in self.early.take():
+            if sig != signal.SIGHUP:
+                self.handle_exit(sig, None)
+            elif not self.should_exit:
+                self._reload()  # the snapshot may be newer than the one loaded
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -108,6 +116,32 @@ class WorkerServer(uvicorn.Server):
                 logger.warning("supervisor is gone: draining and exiting")
                 self.service.draining = True
                 self.should_exit = True
+
+
+class EarlySignals:
+    """Notes the signals a worker gets before it serves; `WorkerServer.startup` acts on
+    them. The supervisor spawns workers with these signals blocked and the worker
+    unblocks them only once this is their handler: a SIGHUP (a reload) sent to a
+    replacement before it had a handler killed it, as a crash. uvicorn, at its exit,
+    restores this handler and raises again the signal it drained for: noted, no more."""
+
+    def __init__(self) -> None:
+        self._seen: list[int] = []
+
+    def install(self) -> None:
+        """Become the handler of `_SIGNALS`, then unblock them (pending ones arrive)."""
+        for sig in _SIGNALS:
+            signal.signal(sig, self._note)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+    def _note(self, sig: int, frame: FrameType | None) -> None:
+        if sig not in self._seen:
+            self._seen.append(sig)
+
+    def take(self) -> list[int]:
+        """The signals noted so far, in order, once each; forgotten from here."""
+        seen, self._seen = self._seen, []
+        return seen
 
 
 def received_table(fd: int) -> int:
@@ -129,6 +163,10 @@ def received_table(fd: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one worker until it is told to stop; returns the process exit code."""
+    # Blocked since before the fork (the supervisor waits for them; children inherit
+    # its mask): pending ones reach this handler, never the default action.
+    early = EarlySignals()
+    early.install()
     parser = argparse.ArgumentParser(prog="stockade.gateway.worker")
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--snapshot", type=Path,
@@ -143,11 +181,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="socket the connection table's descriptor arrives on")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    # The supervisor blocks these signals to wait for them; children inherit the mask.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    # uvicorn re-raises the signal it drained for after restoring this handler.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(PrintableFormatter(f"stockade serve [worker {args.index}]: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
@@ -158,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
     else:
-        sock = bind_listener(settings.host, settings.port, reuse_port=True)
+        sock = bind_listener(settings.host, settings.port, reuse_port=True, join=True)
     # Bound: from here on the worker needs no privilege (before any thread starts).
     log_protections(confine_server_process())
     try:
@@ -187,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_timeout)),
     )
-    server = WorkerServer(config, service, args.ready_fd)
+    server = WorkerServer(config, service, args.ready_fd, early)
     server.run(sockets=[sock])
     return 0 if server.started else 3
 
