@@ -658,15 +658,21 @@ def test_a_refusal_inside_a_requests_own_body_is_answered_at_once(
 
 
 def test_pipelined_requests_then_a_half_close_are_all_answered(gateway: Gateway) -> None:
-    """Whole requests sent before the client's half-close are answered, in order, the last
-    closing the connection."""
+    """Whole requests sent before the client's half-close are answered, in order, each
+    whole, then the connection closes. Only the last may say `connection: close`, and
+    does only if the half-close reached the worker before it was handed over: the write
+    and the half-close are two system calls, and on a busy machine the FIN came after all
+    three answers in up to 5 % of runs (`test_protocol_halfclose.py` holds each order)."""
     with connect(gateway) as sock:
         sock.sendall(REQUEST * 3)
         sock.shutdown(socket.SHUT_WR)
-        answer = closed_by_server(sock)
-    assert answer.count(b"HTTP/1.1 200 ") == 3, answer[:400]
-    assert answer.endswith(b"Hello, world!\n")
-    assert answer.lower().count(b"connection: close") == 1
+        responses, conn = read_responses(sock, 3)
+        rest = closed_by_server(sock)
+    assert [(status, body) for status, _, body in responses] == \
+        [(200, b"Hello, world!\n")] * 3
+    assert conn.trailing_data[0] == b"" and rest == b""
+    assert [b"close" in headers.get(b"connection", b"").lower()
+            for _, headers, _ in responses[:2]] == [False, False]
 
 
 def test_an_answer_before_a_body_never_asked_for_closes_the_connection(

@@ -574,7 +574,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
         """The client's half-close. Requests that came whole and are still being answered
         (pipelined) are answered, the last closing the connection (one queued with its
-        body unfinished is dropped); otherwise it closes now, after what was answered."""
+        body unfinished is dropped); otherwise it closes now, after what was answered.
+        An answer handed over before the half-close was seen keeps its keep-alive head:
+        this close is what ends the connection after it. Seen only once no request
+        waits (reading is paused meanwhile), so it comes behind the last one begun."""
         self._writes.flush()
         # As for a refused head: no more input comes. True: open for the answers.
         return True if self._close_after_answers() else None
