@@ -9,13 +9,16 @@ Stockade error printed a bare traceback from its thread.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from .conftest import Gateway, Start, module
+from .conftest import Gateway, Start, gateway_env, module
 
 MANIFEST = f"""
 [server]
@@ -44,6 +47,17 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def _compiling(pid: int) -> bool:
+    """Whether `pid` runs its compile child (`engine.compilechild`) now."""
+    for child in _children(pid):
+        try:
+            if b"stockade.engine.compilechild" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return True
+        except FileNotFoundError:
+            pass
+    return False
 
 
 def _serves(gateway: Gateway, path: str, status: int, timeout: float = 30.0) -> None:
@@ -129,3 +143,41 @@ def test_an_unexpected_error_in_a_reload_check_is_one_line(start_gateway: Start)
     assert gateway.client.get("/hello").status_code == 404
     assert "Traceback" not in gateway.log()
     assert gateway.process.poll() is None
+
+
+def test_a_reload_asked_while_the_server_compiles_waits_for_it(tmp_path: Path) -> None:
+    """The supervisor blocked its signals only once its modules were compiled: a SIGHUP
+    (a config tool's reload) during that compile killed it with the default action."""
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(MANIFEST.format(name="hello"))
+    env = gateway_env(tmp_path / "cache", tmp_path / "state")  # empty: it compiles
+    server = subprocess.Popen([sys.executable, "-m", "stockade", "serve", "-c", str(manifest),
+                               "--port", "0"], stderr=subprocess.PIPE, env=env)
+    assert server.stderr is not None
+    os.set_blocking(server.stderr.fileno(), False)
+    said = b""
+    deadline = time.monotonic() + 60
+    sent = 0
+    try:
+        # While it compiles (in a child of its own), then until it listens.
+        while b"listening on" not in said and server.poll() is None:
+            assert time.monotonic() < deadline, said.decode(errors="replace")
+            time.sleep(0.002)
+            if sent or _compiling(server.pid):
+                server.send_signal(signal.SIGHUP)
+                sent += 1
+            said += server.stderr.read() or b""
+        log = said.decode(errors="replace")
+        assert sent, log
+        assert server.poll() is None, f"exit {server.returncode}: {log}"
+        url = re.search(r"listening on (http://\S+)", log)
+        assert url is not None, log
+        assert httpx.get(f"{url.group(1)}/hello", timeout=30).status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stderr.close()

@@ -122,6 +122,9 @@ class Supervisor:
 
     def start(self) -> None:
         """Prepare, listen, start the workers and wait until all are ready."""
+        # A reload asked for while the modules compile waits for the signal loop: its
+        # default action ended the server.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         self.manifest = manifest = self.prepare()
         if self._watch:
             self._watcher = FileWatcher(watched_files(self.path, manifest))
