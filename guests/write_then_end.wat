@@ -1,7 +1,7 @@
 ;; Writes "before\n" to stdout and stderr, then ends as the first byte of stdin says:
 ;;   't' traps (unreachable) in the middle of the run,
-;;   'x' exits with status 0xFFFFFFFF (no valid exit code: WASI allows 0..125),
-;;   'e' exits with status 125 (the largest valid one),
+;;   'x' exits with status 0xFFFFFFFF (C's exit(-1): past what a process exits with),
+;;   'e' exits with status 125 (the largest wasmtime's own WASI accepts),
 ;;   'g' grows memory one page at a time until refused, then traps,
 ;;   anything else (or no stdin) returns from _start.
 ;; Limits set before the run (output cap, host-call budget, memory) must hold, and the

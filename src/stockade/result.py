@@ -8,7 +8,7 @@ from typing import Any
 
 from .records import Record, record
 
-__all__ = ["Outcome", "Usage", "Result", "GuestStopped"]
+__all__ = ["Outcome", "Usage", "Result", "GuestStopped", "GuestExited", "exit_status"]
 
 
 class Outcome(enum.StrEnum):
@@ -29,7 +29,8 @@ class Outcome(enum.StrEnum):
 
     @property
     def exit_code(self) -> int:
-        """Process exit code for this outcome (`exited` uses the guest's own code instead)."""
+        """Process exit code for this outcome (`exited` uses the guest's own code instead,
+        see `exit_status`)."""
         return _EXIT_CODES[self]
 
     @property
@@ -54,10 +55,21 @@ _EXIT_CODES = {
 }
 
 
+def exit_status(guest_exit_code: int) -> int:
+    """What a process running a guest that exited with `guest_exit_code` (WASI's u32)
+    exits with: the code itself within 0-255, else 255 (a process's status holds 8 bits:
+    256 would read as 0, a success)."""
+    return guest_exit_code if 0 <= guest_exit_code <= 255 else 255
+
+
 @record(init=False, repr=False, eq=False, slots=True)
 class Usage(Record):
     """Resources one invocation used. Times in milliseconds, sizes in bytes;
-    `fuel_consumed` is None when the run was not metered (no instruction budget)."""
+    `fuel_consumed` is None when the run was not metered (no instruction budget), or
+    when its deadline (or a cancellation) stopped the guest in its own code: wasmtime
+    writes the count to the store only at calls and returns, and the rest is lost with
+    the stopped frame (a loop without calls read 0). A guest stopped inside a host call
+    has its count, which the call wrote."""
 
     wall_ms: float = 0.0
     cpu_ms: float = 0.0
@@ -172,6 +184,15 @@ class Result(Record):
             scratch=data.get("scratch"),
             cleanup_error=data.get("cleanup_error"),
         )
+
+
+class GuestExited(Exception):
+    """Raised inside `proc_exit` to end the guest with its own exit code (WASI's u32,
+    any value): the sandbox turns it into an `exited` result. Not an error."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exited with code {code}")
+        self.code = code
 
 
 class GuestStopped(Exception):

@@ -208,6 +208,31 @@ def test_timeout(engine: FastEngine) -> None:
     assert result.wall_s >= 0.05
 
 
+def test_no_fuel_count_after_a_timeout_in_guest_code(engine: FastEngine) -> None:
+    # wasmtime writes the count to the store at calls and returns: a loop without calls
+    # stopped by its deadline left 0 there. Not known, so none (tests/sandbox has more).
+    result = engine.compile(SPIN, "spin.wasm").run(fuel=10**13, timeout_s=0.1)
+    assert result.outcome is Outcome.TIMEOUT
+    assert result.fuel_consumed is None
+
+
+@pytest.mark.parametrize(("code", "process_code"), [(126, 126), (200, 200), (255, 255),
+                                                    (256, 255), (-1, 255)])
+def test_exit_codes_of_126_or_more_are_exits(engine: FastEngine, code: int,
+                                             process_code: int) -> None:
+    result = engine.compile(wat(f"(call $proc_exit (i32.const {code}))"), "exits.wasm").run()
+    assert (result.outcome, result.guest_exit_code, result.exit_code) == (
+        Outcome.EXITED, code & 0xFFFFFFFF, process_code), result.message
+
+
+def test_a_refused_grow_then_a_failure_is_the_memory_limit(engine: FastEngine) -> None:
+    module = engine.compile(wat("(if (i32.eq (memory.grow (i32.const 16384)) (i32.const -1)) "
+                                "(then (call $proc_exit (i32.const 1))))"), "grows.wasm")
+    result = module.run(max_memory=16 * 1024**2)
+    assert (result.outcome, result.exit_code) == (Outcome.MEMORY_LIMIT, 137), result.message
+    assert result.memory_bytes == 65536
+
+
 POLL = """(import "wasi_snapshot_preview1" "poll_oneoff"
              (func $poll (param i32 i32 i32 i32) (result i32)))"""
 

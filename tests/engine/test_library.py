@@ -26,6 +26,7 @@ def test_the_same_library_wasmtime_py_loads() -> None:
     ("ExportTypeVec", "wasm_exporttype_vec_t"),
     ("ValTypeVec", "wasm_valtype_vec_t"),
     ("ValRaw", "wasmtime_val_raw_t"),
+    ("Val", "wasmtime_val_t"),
 ])
 def test_struct_layouts_match_the_generated_bindings(ours: str, theirs: str) -> None:
     from wasmtime import _bindings

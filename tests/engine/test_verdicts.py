@@ -31,6 +31,9 @@ CASES: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Outcome]] = {
     "fuel": ("spin.wasm", (), {"fuel": 1_000_000}, Outcome.FUEL_EXHAUSTED),
     "timeout": ("spin.wasm", (), {"fuel": None, "timeout": 0.3}, Outcome.TIMEOUT),
     "exit code": ("exitcode.wasm", ("7",), {}, Outcome.EXITED),
+    "exit code past 125": ("exitcode.wasm", ("200",), {}, Outcome.EXITED),
+    "memory limit (one allocation)": ("bigalloc.wasm", ("1024",), {"max_memory": 16 * MiB},
+                                      Outcome.MEMORY_LIMIT),
 }
 
 

@@ -46,6 +46,7 @@ from ..policy.units import format_size
 # Imported with this module, not when a module is refused: an isolated worker compiles
 # after its confinement hides the installation (a fresh checkout under /tmp: every
 # isolated compile failed, 125).
+from .growwatch import watch
 from .validity import needs_gc
 
 if TYPE_CHECKING:
@@ -88,16 +89,22 @@ def address_space(memory_budget: int) -> int:
 
 def checked_code(wasm: bytes, name: str, guard: CompileGuard | None, tripwire: bool,
                  validate: Callable[[bytes], object]) -> bytes:
-    """The bytes to compile for module `wasm`: validated (`validate` raises ModuleError)
-    when a guard or the rewriting will read it, checked by `guard`, rewritten with its
-    tripwire (`engine.tripwire`). Raises ModuleError or tripwire.Unsupported."""
+    """The bytes to compile for module `wasm`: validated (`validate` raises ModuleError),
+    checked by `guard`, its `memory.grow`s watched (`engine.growwatch`), rewritten with
+    its tripwire (`engine.tripwire`). Raises ModuleError or tripwire.Unsupported."""
     work = None
-    if guard is not None or tripwire:
-        # Valid first: the guard's scan and the rewriting read only what wasmtime accepts
-        # (a module of 8M types cost the scan 20 s before wasmtime's refusal).
-        validate(wasm)
+    # Valid first: the guard's scan and the rewritings read only what wasmtime accepts
+    # (a module of 8M types cost the scan 20 s before wasmtime's refusal).
+    validate(wasm)
     if guard is not None:
         work = guard.check_code(wasm, name)
+    watched = watch(wasm)
+    if watched is not wasm:
+        try:
+            validate(watched)
+            wasm = watched
+        except ModuleError:  # never expected: the module then runs unwatched
+            pass
     if tripwire:
         from .tripwire import rewrite
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..digests import sha256
 from ..errors import UsageError
 from ..records import FrozenRecord, record
+from .grow import VERSION as GROWWATCH
 
 if TYPE_CHECKING:
     import wasmtime
@@ -148,7 +149,8 @@ class EngineConfig(FrozenRecord):
     def fingerprint(self) -> str:
         """A short digest of this configuration's settings and the wasmtime version (the
         AoT cache key)."""
-        text = f"wasmtime={wasmtime_version()};{self.settings()!r}"
+        # Every configuration compiles modules with their grows watched (growwatch).
+        text = f"wasmtime={wasmtime_version()};{self.settings()!r};growwatch={GROWWATCH}"
         if self.tripwire:  # same wasmtime settings, other code: the rewritten module's
             from .trip import VERSION
 

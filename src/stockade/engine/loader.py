@@ -20,6 +20,7 @@ from ..policy.units import format_size
 from ..progress import progress
 from ..records import FrozenRecord, record
 from .cache import AotCache
+from .grow import EXPORT as GROWN
 from .seal import KeyUnavailable, SealError, host_key, unseal, vouched
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class LoadedModule(FrozenRecord):
     `precompiled` marks native code the caller supplied (a `.cwasm`), which only callers
     that allow precompiled input may run; `tripwire` marks code rewritten with a tripwire
     (`engine.tripwire`), whose runs must arm it. `exports` are the module's as given:
-    `module.exports` also shows what the rewriting added. A frozen record
+    `module.exports` also shows what the rewritings added. A frozen record
     (`stockade.records`).
     """
 
@@ -160,13 +161,14 @@ class LoadedModule(FrozenRecord):
 
     @property
     def exports(self) -> list[wasmtime.ExportType]:
-        """The exports of the module as given, without the tripwire's page and start."""
-        exports = self.module.exports
-        if not self.tripwire:
-            return exports
-        from .trip import EXPORT, START
+        """The exports of the module as given, without what the rewritings added (the
+        tripwire's page and start, the refused grows' global)."""
+        added = {GROWN}
+        if self.tripwire:
+            from .trip import EXPORT, START
 
-        return [export for export in exports if export.name not in (EXPORT, START)]
+            added |= {EXPORT, START}
+        return [export for export in self.module.exports if export.name not in added]
 
 
 def refuse_precompiled(name: str, sha256: str = "") -> PrecompiledRefused:

@@ -15,12 +15,12 @@ import sys
 from ..errors import ModuleError
 from ..policy.units import format_size
 from ..records import FrozenRecord, record
-from ..result import GuestStopped, Outcome
+from ..result import GuestExited, GuestStopped, Outcome
 
 __all__ = ["Ending", "TIMED_OUT", "EXITED_OK", "TRAP_STACK_OVERFLOW", "TRAP_INTERRUPT",
-           "TRAP_OUT_OF_FUEL", "root_cause", "ending_of_trap", "ending_of_error",
-           "memory_verdict", "classify", "start_with_values", "describe_load_error",
-           "describe_load_message"]
+           "TRAP_OUT_OF_FUEL", "root_cause", "exited", "ending_of_trap", "ending_of_error",
+           "memory_verdict", "fuel_consumed", "classify", "start_with_values",
+           "describe_load_error", "describe_load_message"]
 
 PAGE = 65536
 
@@ -41,6 +41,13 @@ class Ending(FrozenRecord):
 
 
 EXITED_OK = Ending(Outcome.EXITED, "exited with code 0", 0)
+
+
+def exited(code: int) -> Ending:
+    """The guest's own exit with `code` (WASI's u32: every backend serves `proc_exit`
+    itself, as wasmtime's fails codes past 125), `EXITED_OK` for 0."""
+    return EXITED_OK if code == 0 else Ending(Outcome.EXITED, f"exited with code {code}", code)
+
 
 # wasmtime_trap_code_t values (wasmtime/trap.h; wasmtime.TrapCode has the same numbers).
 TRAP_STACK_OVERFLOW = 0
@@ -112,7 +119,7 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     `timeout`, which breakers count.
     """
     if exit_status is not None:
-        return Ending(Outcome.EXITED, f"exited with code {exit_status}", exit_status)
+        return exited(exit_status)
     cause = root_cause(message)
     gc_heap = _gc_heap_full(cause, max_memory)
     if gc_heap is not None:
@@ -137,19 +144,43 @@ def ending_of_error(message: str, exit_status: int | None, *, started: bool,
     return Ending(Outcome.TRAP, cause)
 
 
-def memory_verdict(ending: Ending, peak: int, limit: int) -> Ending:
-    """A guest that failed with its memory near the limit was stopped by the limit: a
-    denied `memory.grow` returns -1 rather than trapping, and the guest then traps or
-    exits non-zero on the failed allocation. `peak` and `limit` in bytes. Near: within
-    a 16th of the limit or 1 MiB, whichever is larger, but never more than a quarter
-    (under a 1 MiB limit every failure was judged the limit's)."""
+def memory_verdict(ending: Ending, peak: int, limit: int, refused: int = 0) -> Ending:
+    """A guest that failed after the memory limit refused it memory was stopped by the
+    limit: a denied `memory.grow` returns -1 rather than trapping, and the guest then
+    traps or exits non-zero on the failed allocation. `peak` and `limit` in bytes.
+    Refused: `refused` (bytes), the largest size a refused grow asked for
+    (`engine.growwatch`), is past the limit; or its memory was near the limit, which
+    also serves a module whose grows are not watched: within a 16th of the limit or
+    1 MiB, whichever is larger, but never more than a quarter (under a 1 MiB limit every
+    failure was judged the limit's). A refused grow alone is no violation: a guest that
+    copes with it and exits 0 has exited."""
     failed = ending.outcome is Outcome.TRAP or (
         ending.outcome is Outcome.EXITED and ending.guest_exit_code not in (0, None))
+    if not failed:
+        return ending
+    if refused > limit:
+        return Ending(Outcome.MEMORY_LIMIT, f"memory limit of {format_size(limit)} reached: "
+                      f"a memory.grow to {format_size(refused)} was refused")
     reachable = limit - limit % PAGE  # memory grows by whole pages
-    if failed and peak + min(max(limit // 16, 16 * PAGE), limit // 4) >= reachable:
+    if peak + min(max(limit // 16, 16 * PAGE), limit // 4) >= reachable:
         return Ending(Outcome.MEMORY_LIMIT, f"memory limit of {format_size(limit)} reached "
                       f"(linear memory {format_size(peak)})")
     return ending
+
+
+def fuel_consumed(budget: int | None, left: int, ending: Ending,
+                  in_host_call: bool) -> int | None:
+    """The fuel a run consumed, from its `budget` (None: not metered) and what the
+    store says is `left`; None when the deadline, a cancellation or the host stopped the
+    guest in its own code (`ending` a timeout or an error, not `in_host_call`): wasmtime
+    writes a function's count to the store only at calls, returns and its out-of-fuel
+    check, and the rest is lost with the stopped frame (a loop without calls read 0)."""
+    if budget is None or (ending.outcome in _STOPPED_FROM_OUTSIDE and not in_host_call):
+        return None
+    return budget - left
+
+
+_STOPPED_FROM_OUTSIDE = (Outcome.TIMEOUT, Outcome.ERROR)
 
 
 def classify(error: BaseException, *, started: bool = True, max_memory: int = 0) -> Ending:
@@ -159,6 +190,8 @@ def classify(error: BaseException, *, started: bool = True, max_memory: int = 0)
     `ending_of_error`; anything else is `error`."""
     if isinstance(error, GuestStopped):  # before the import: the C-API backend's only case
         return Ending(error.outcome, error.message)
+    if isinstance(error, GuestExited):  # the guest's `proc_exit`
+        return exited(error.code)
     # Without wasmtime-py loaded, `error` is none of its exceptions: not imported for it
     # (a confined C-API worker cannot import it, and its failure then hid the error).
     wasmtime = sys.modules.get("wasmtime")
@@ -166,7 +199,7 @@ def classify(error: BaseException, *, started: bool = True, max_memory: int = 0)
         return Ending(Outcome.ERROR, f"{type(error).__name__}: {error}")
 
     if isinstance(error, wasmtime.ExitTrap):
-        return Ending(Outcome.EXITED, f"exited with code {error.code}", error.code)
+        return exited(error.code)
     if isinstance(error, wasmtime.Trap):
         code = error.trap_code
         return ending_of_trap(None if code is None else int(code.value), error.message)

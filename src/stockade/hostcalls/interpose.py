@@ -21,6 +21,7 @@ from typing import Any
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from ..result import GuestExited
 from .abi import MODULE, SHADOWED, GuestMemory
 from .handlers import TRAMPOLINE_CALLS, arguments, serve, stopping, trampoline_wat
 from .meter import Meter
@@ -188,25 +189,44 @@ def _trap(message: str) -> int:
 
 
 def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
-    """A linker with all of WASI preview 1, the costly calls shadowed by metered versions."""
+    """A linker with all of WASI preview 1, the costly calls shadowed by metered versions
+    and `proc_exit` by one taking every exit code."""
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     linker.allow_shadowing = True
     types = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
-    module = MODULE.encode()
     for name, params in SHADOWED.items():
-        functype = wasmtime.FuncType([types[p] for p in params], [types["i32"]])
-        raw_name = name.encode()
-        error = ffi.wasmtime_linker_define_func_unchecked(
-            linker.ptr(), ctypes.create_string_buffer(module), len(module),
-            ctypes.create_string_buffer(raw_name), len(raw_name), functype.ptr(),
-            _CALLBACKS[name], None, _NO_FINALIZER)
-        if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
+        _define(linker, name, wasmtime.FuncType([types[p] for p in params], [types["i32"]]),
+                _CALLBACKS[name])
+    _define(linker, "proc_exit", wasmtime.FuncType([types["i32"]], []), _PROC_EXIT)
     return linker
+
+
+def _define(linker: wasmtime.Linker, name: str, functype: wasmtime.FuncType,
+            callback: Any) -> None:
+    module, raw_name = MODULE.encode(), name.encode()
+    error = ffi.wasmtime_linker_define_func_unchecked(
+        linker.ptr(), ctypes.create_string_buffer(module), len(module),
+        ctypes.create_string_buffer(raw_name), len(raw_name), functype.ptr(), callback, None,
+        _NO_FINALIZER)
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+def _proc_exit(_env: Any, _caller: Any, slots: Any, _count: int) -> int:
+    """WASI `proc_exit`, any code: wasmtime's fails codes past 125, which read as a trap.
+    The code is kept on the meter (`GuestExited`) and the guest stopped with a trap."""
+    try:
+        meter: Meter | None = getattr(_local, "meter", None)
+        if meter is None:
+            return _trap("proc_exit called outside a metered run")
+        return _trap(stopping(meter, "proc_exit", GuestExited(slots[0].i32 & 0xFFFFFFFF)))
+    except BaseException:  # noqa: BLE001 - never unwind into wasmtime
+        return _trap("proc_exit failed in the host")
 
 
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
 # One per call, made once (at import, under the import lock: two engines building their
 # linkers at once must not replace one another's) and alive as long as the process.
 _CALLBACKS: dict[str, Any] = {name: _entry(name, params) for name, params in SHADOWED.items()}
+_PROC_EXIT = _Callback(_proc_exit)

@@ -11,12 +11,15 @@ from pathlib import Path
 import wasmtime
 
 from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, get_engine
+from ..engine.grow import EXPORT as GROW_EXPORT
+from ..engine.grow import refused_bytes
 from ..engine.loader import refuse_precompiled
 from ..engine.traps import (
     EXITED_OK,
     Ending,
     classify,
     describe_load_error,
+    fuel_consumed,
     memory_verdict,
     start_with_values,
 )
@@ -29,7 +32,7 @@ from ..invocation import Invocation
 from ..modulearg import module_argument
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
-from ..result import Outcome, Result, Usage
+from ..result import Outcome, Result, Usage, exit_status
 from .cancel import EpochDeadline, current_token, native_deadlines
 from .imports import denied_import
 from .provenance import Gate, denied_result, gate
@@ -220,6 +223,7 @@ class Sandbox:
         deadline = None if limits.timeout is None else started + limits.timeout
         meter = Meter(limits, deadline, preopens, invocation.stdin)
         instance: wasmtime.Instance | None = None
+        in_host_call = False
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         token = current_token()
@@ -254,6 +258,7 @@ class Sandbox:
             except ModuleError:
                 raise
             except (wasmtime.WasmtimeError, wasmtime.Trap, Exception) as exc:  # noqa: B014
+                in_host_call = meter.failure is not None  # a host call stopped the guest
                 ending = classify(meter.failure or exc, started=instance is not None,
                                   max_memory=cap)
                 # The traceback's frames hold this Store (a ~4 GiB reservation) in a cycle
@@ -277,14 +282,16 @@ class Sandbox:
         usage = Usage(
             wall_ms=(time.perf_counter() - wall0) * 1000,
             cpu_ms=(time.thread_time() - cpu0) * 1000,
-            fuel_consumed=limits.fuel - _fuel_left(store)
-            if limits.fuel is not None and self.engine_config.fuel else None,
+            fuel_consumed=fuel_consumed(
+                limits.fuel if self.engine_config.fuel else None, _fuel_left(store), ending,
+                in_host_call),
             peak_memory_bytes=_memory_size(instance, store),
             files_created=meter.files_created,
             bytes_written=meter.bytes_written,
             hostcalls=dict(meter.counts),
         )
-        ending = memory_verdict(ending, usage.peak_memory_bytes, cap)
+        ending = memory_verdict(ending, usage.peak_memory_bytes, cap,
+                                _refused(instance, store))
         return self._result(loaded, ending, meter, usage, coldstart)
 
     def _refused(self, module: str | Path | bytes | LoadedModule, invocation: Invocation,
@@ -303,8 +310,8 @@ class Sandbox:
 
     def _result(self, loaded: LoadedModule, ending: Ending, meter: Meter | None, usage: Usage,
                 coldstart: bool) -> Result:
-        exit_code = (ending.guest_exit_code or 0) if ending.outcome is Outcome.EXITED \
-            else ending.outcome.exit_code
+        exit_code = exit_status(ending.guest_exit_code or 0) \
+            if ending.outcome is Outcome.EXITED else ending.outcome.exit_code
         return Result(
             module=loaded.name, sha256=loaded.sha256, outcome=ending.outcome, exit_code=exit_code,
             guest_exit_code=ending.guest_exit_code, message=ending.message,
@@ -354,6 +361,17 @@ def _fuel_left(store: wasmtime.Store) -> int:
         return left
     except wasmtime.WasmtimeError:
         return 0
+
+
+def _refused(instance: wasmtime.Instance | None, store: wasmtime.Store) -> int:
+    """Bytes the largest `memory.grow` the limit refused asked for (`engine.grow`); 0
+    for none, or a module whose grows are not watched."""
+    if instance is None:
+        return 0
+    grown = instance.exports(store).get(GROW_EXPORT)
+    if isinstance(grown, wasmtime.Global):
+        return refused_bytes(int(grown.value(store)))
+    return 0
 
 
 def _memory_size(instance: wasmtime.Instance | None, store: wasmtime.Store) -> int:

@@ -40,7 +40,9 @@ __all__ = [
     "ExportTypeVec",
     "ValTypeVec",
     "ValRaw",
+    "Val",
     "EXTERN_FUNC",
+    "EXTERN_GLOBAL",
     "EXTERN_MEMORY",
     "take_error",
     "take_trap",
@@ -127,7 +129,25 @@ class ValRaw(ctypes.Union):
                 ("externref", c_uint32), ("exnref", c_uint32), ("funcref", c_void_p)]
 
 
+class _Ref(ctypes.Structure):  # wasmtime_anyref_t, wasmtime_exnref_t (the union's largest)
+    _fields_ = [("store_id", c_uint64), ("private1", c_uint32), ("private2", c_uint32),
+                ("private3", c_void_p)]
+
+
+class _ValUnion(ctypes.Union):
+    _fields_ = [("i32", c_int32), ("i64", c_int64), ("f32", ctypes.c_float),
+                ("f64", ctypes.c_double), ("anyref", _Ref), ("externref", _Ref),
+                ("exnref", _Ref), ("funcref", _Func), ("v128", c_uint8 * 16)]
+
+
+class Val(ctypes.Structure):
+    """`wasmtime_val_t`: a kind and the value (what `wasmtime_global_get` writes)."""
+
+    _fields_ = [("kind", c_uint8), ("of", _ValUnion)]
+
+
 EXTERN_FUNC = 0  # WASMTIME_EXTERN_FUNC
+EXTERN_GLOBAL = 1  # WASMTIME_EXTERN_GLOBAL
 EXTERN_MEMORY = 3  # WASMTIME_EXTERN_MEMORY
 _P = c_void_p
 _PP = POINTER(c_void_p)
@@ -246,6 +266,7 @@ _SIGNATURES: list[tuple[str, Any, tuple[Any, ...]]] = [
                                               POINTER(Extern))),
     ("wasmtime_func_call", _P, (_P, _P, _P, c_size_t, _P, c_size_t, _PP)),
     ("wasmtime_memory_data_size", c_size_t, (_P, _P)),
+    ("wasmtime_global_get", None, (_P, _P, _P)),
     # results
     ("wasm_byte_vec_new", None, (POINTER(ByteVec), c_size_t, c_char_p)),
     ("wasm_byte_vec_delete", None, (POINTER(ByteVec),)),

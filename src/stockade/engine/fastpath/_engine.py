@@ -31,6 +31,7 @@ from ..ticker import NO_DEADLINE, TICK_SECONDS, EpochTicker
 from ..traps import invalid_module
 from ..trip import with_page
 from ._capi import C, FastPathUnavailable, take_error
+from ._exit import define_exit
 from ._module import FastModule, prepare, raise_load
 from ._native import RunState
 from ._poll import define_owned_calls
@@ -115,6 +116,7 @@ class FastEngine:
         raise_load(C.linker_define_wasi(self._linker), "WASI")
         # Owned (counted, capped as they are written) when the native library is loaded.
         self.owns_stdio = define_owned_calls(self._linker)
+        define_exit(self._linker)
         self._metered: MeteredLinking | None = None  # made by the first metered run
         self.tick_interval = tick_interval
         self._lock = threading.Lock()

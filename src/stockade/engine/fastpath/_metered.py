@@ -35,6 +35,7 @@ from ...hostcalls.meter import Meter
 from ..traps import Ending, classify
 from ..trip import with_page
 from ._capi import EXTERN_FUNC, EXTERN_MEMORY, C, Extern, Instance, ValRaw, take_error
+from ._exit import define_exit
 from ._module import raise_load, wat2wasm
 from ._poll import CALLBACK_TYPE, define_func
 from ._run import RunSlot, _strings
@@ -62,6 +63,7 @@ class MeteredLinking:
             for name, params in SHADOWED.items():
                 define_func(self.linker, name.encode(), params,
                             ctypes.cast(_CALLBACKS[name], c_void_p))
+            define_exit(self.linker)
             self.wasi = int(C.linker_new(engine))
             raise_load(C.linker_define_wasi(self.wasi), "WASI")
             self.trampoline = _compile(engine, trampoline_wat())

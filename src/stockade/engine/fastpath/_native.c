@@ -40,7 +40,7 @@ enum {
     F_WASI_STDIN_BYTES, F_WASI_STDOUT_FILE, F_WASI_STDERR_FILE, F_BYTE_VEC_NEW,
     F_PRE_INSTANTIATE, F_EXPORT_GET, F_FUNC_CALL, F_MEMORY_DATA_SIZE, F_ERROR_DELETE,
     F_CALLER_CONTEXT, F_CONTEXT_GET_DATA, F_CALLER_EXPORT_GET, F_MEMORY_DATA, F_TRAP_NEW,
-    F_ERROR_NEW, F_INCREMENT_EPOCH, F_EPOCH_CALLBACK, F_COUNT
+    F_ERROR_NEW, F_INCREMENT_EPOCH, F_EPOCH_CALLBACK, F_GLOBAL_GET, F_COUNT
 };
 
 static void *fn[F_COUNT];
@@ -334,12 +334,21 @@ typedef struct {
     int32_t called, status;
     uint64_t wall_ns, cpu_ns; /* of this call, on this thread */
     int64_t out_size, err_size; /* bytes the guest wrote (-1: not read) */
+    int64_t grow_refused;  /* pages the largest refused memory.grow asked for (0: none) */
 } run_out;
 
+/* `wasmtime_val_t`: a kind, then the value at offset 8 (`_capi.py`'s `Val`). */
+typedef struct {
+    uint8_t kind;
+    union { int64_t i64; uint8_t bytes[24]; } of;
+} val_t;
+
 #define MAX_STRINGS 1024 /* argv and environment entries; more take the Python path */
-/* The tripwire's exports (engine/tripwire.py EXPORT and START). */
+/* The tripwire's exports (engine/trip.py EXPORT and START), and the refused grows'
+ * global (engine/grow.py EXPORT). */
 #define TRIP_EXPORT "__stockade_tripwire"
 #define TRIP_START "__stockade_start"
+#define GROW_EXPORT "__stockade_grow_refused"
 
 void stockade_trip_arm(trip_state *t, uint8_t *page);
 void stockade_trip_disarm(trip_state *t);
@@ -429,7 +438,7 @@ static const size_t layout[] = {
     sizeof(run_in),
     AT(run_out, error), AT(run_out, trap), AT(run_out, memory_bytes), AT(run_out, fuel_left),
     AT(run_out, called), AT(run_out, status), AT(run_out, wall_ns), AT(run_out, cpu_ns),
-    AT(run_out, out_size), AT(run_out, err_size), sizeof(run_out),
+    AT(run_out, out_size), AT(run_out, err_size), AT(run_out, grow_refused), sizeof(run_out),
     AT(due_entry, deadline_ns), AT(due_entry, next), AT(due_entry, prev),
     AT(due_entry, target), AT(due_entry, kind), AT(due_entry, listed), sizeof(due_entry),
     AT(trip_state, lock), AT(trip_state, fired), AT(trip_state, revoked),
@@ -639,6 +648,14 @@ static int fast_run(const run_in *in, const run_plan *plan, run_out *out) {
             cx, instance, "memory", 6, item) && item[0] == 3 /* WASMTIME_EXTERN_MEMORY */)
         out->memory_bytes = CALL(F_MEMORY_DATA_SIZE, size_t (*)(void *, void *))(
             cx, item + extern_of);
+    if (out->called  /* the largest grow the limit refused, for the memory verdict */
+        && CALL(F_EXPORT_GET, bool (*)(void *, void *, const char *, size_t, void *))(
+            cx, instance, GROW_EXPORT, sizeof GROW_EXPORT - 1, item)
+        && item[0] == 1 /* WASMTIME_EXTERN_GLOBAL */) {
+        val_t value;
+        CALL(F_GLOBAL_GET, void (*)(void *, void *, val_t *))(cx, item + extern_of, &value);
+        out->grow_refused = value.of.i64;
+    }
     if (plan->has_fuel) {
         void *error = CALL(F_GET_FUEL, void *(*)(void *, uint64_t *))(cx, &out->fuel_left);
         if (error && !out->error) { out->error = error; out->status = RUN_FUEL; }

@@ -44,7 +44,7 @@ _FUNCTIONS = (
     "wasmtime_error_delete", "wasmtime_caller_context", "wasmtime_context_get_data",
     "wasmtime_caller_export_get", "wasmtime_memory_data", "wasmtime_trap_new",
     "wasmtime_error_new", "wasmtime_engine_increment_epoch",
-    "wasmtime_store_epoch_deadline_callback",
+    "wasmtime_store_epoch_deadline_callback", "wasmtime_global_get",
 )
 
 
@@ -82,13 +82,14 @@ class RunIn(ctypes.Structure):
 
 class RunOut(ctypes.Structure):
     """`run_out` of `_native.c`: owned error and trap pointers, sizes, status, the
-    call's wall and thread CPU time, and the sizes of the guest's output files."""
+    call's wall and thread CPU time, the sizes of the guest's output files, and the
+    refused grows' global (pages, `engine.grow`)."""
 
     _fields_ = [
         ("error", c_void_p), ("trap", c_void_p), ("memory_bytes", c_uint64),
         ("fuel_left", c_uint64), ("called", c_int32), ("status", c_int32),
         ("wall_ns", c_uint64), ("cpu_ns", c_uint64), ("out_size", c_int64),
-        ("err_size", c_int64),
+        ("err_size", c_int64), ("grow_refused", c_int64),
     ]
 
 

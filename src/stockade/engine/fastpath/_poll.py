@@ -53,16 +53,18 @@ def define_owned_calls(linker: int) -> bool:
     return True
 
 
-def define_func(linker: int, name: bytes, params: tuple[str, ...], callback: c_void_p) -> None:
+def define_func(linker: int, name: bytes, params: tuple[str, ...], callback: Any,
+                results: tuple[str, ...] = ("i32",)) -> None:
     """Define WASI's `name` in `linker` as the raw host function at `callback` (a
-    `wasmtime_func_unchecked_callback_t`) taking `params` ("i32"/"i64"), returning i32."""
-    kinds = [_VALTYPES[param] for param in (*params, "i32")]
-    valtypes = [C.wasm_valtype_new(kind) for kind in kinds]
-    args, results = ValTypeVec(), ValTypeVec()
-    count = len(params)
+    `wasmtime_func_unchecked_callback_t`) taking `params` ("i32"/"i64"), returning
+    `results` (an i32, an errno, but for `proc_exit`)."""
+    valtypes = [C.wasm_valtype_new(_VALTYPES[kind]) for kind in (*params, *results)]
+    args, outs = ValTypeVec(), ValTypeVec()
+    count, returned = len(params), len(results)
     C.wasm_valtype_vec_new(ctypes.byref(args), count, (c_void_p * count)(*valtypes[:count]))
-    C.wasm_valtype_vec_new(ctypes.byref(results), 1, (c_void_p * 1)(valtypes[count]))
-    functype = C.wasm_functype_new(ctypes.byref(args), ctypes.byref(results))
+    C.wasm_valtype_vec_new(ctypes.byref(outs), returned,
+                           (c_void_p * returned)(*valtypes[count:]))
+    functype = C.wasm_functype_new(ctypes.byref(args), ctypes.byref(outs))
     module = MODULE.encode()
     error = C.linker_define_func_unchecked(linker, module, len(module), name, len(name),
                                            functype, callback, None, None)

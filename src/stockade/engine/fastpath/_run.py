@@ -30,7 +30,9 @@ from ...errors import ModuleError
 from ...hostcalls.poll import Stoppable
 from ...policy.units import format_size
 from ...records import FieldTuple, Record, record
-from ...result import Outcome, Result, Usage
+from ...result import Outcome, Result, Usage, exit_status
+from ..grow import EXPORT as GROW_EXPORT
+from ..grow import refused_bytes
 from ..traps import (
     EXITED_OK,
     TIMED_OUT,
@@ -38,17 +40,21 @@ from ..traps import (
     Ending,
     ending_of_error,
     ending_of_trap,
+    exited,
+    fuel_consumed,
     memory_verdict,
 )
 from ..trip import EXPORT, NO_DEADLINE_THREAD, START, Tripwire, due_ns, tripped
 from ..trip import available as tripwire_available
 from ._capi import (
     EXTERN_FUNC,
+    EXTERN_GLOBAL,
     EXTERN_MEMORY,
     ByteVec,
     C,
     Extern,
     Instance,
+    Val,
     take_error,
     take_trap,
 )
@@ -86,6 +92,7 @@ _SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _RELEASE_BYTES = 1 << 20
 _UNLIMITED = (1 << 64) - 1  # a host-call budget of none
 _TRIP_PAGE, _TRIP_START = EXPORT.encode(), START.encode()  # the tripwire's exports
+_GROWN = GROW_EXPORT.encode()  # the refused grows' global (`engine.growwatch`)
 # A store's limits besides memory: table elements, instances, tables, memories (-1: none).
 StoreLimits = tuple[int, int, int, int]
 NO_STORE_LIMITS: StoreLimits = (-1, -1, -1, -1)
@@ -157,11 +164,12 @@ RunPlan._replace = _replace_plan  # type: ignore[method-assign,assignment]
 class FastResult(Record):
     """What one fast-path run produced. Times in seconds, sizes in bytes.
 
-    `guest_exit_code` is set when the guest exited (WASI `proc_exit` or returning from
-    `_start`, which is 0); `memory_bytes` is the final (= peak) size of its memory;
-    `fuel_consumed` is None when the run was not metered (no budget, or an engine
-    without fuel). A metered run (`FastEngine.run_metered`) also reports its meter's
-    `files_created`, `bytes_written` and `hostcalls` (calls per owned WASI function).
+    `guest_exit_code` is set when the guest exited (WASI `proc_exit`, any u32, or
+    returning from `_start`, which is 0); `memory_bytes` is the final (= peak) size of
+    its memory; `fuel_consumed` is None when the run was not metered (no budget, or an
+    engine without fuel) or its count is not known (`traps.fuel_consumed`). A metered
+    run (`FastEngine.run_metered`) also reports its meter's `files_created`,
+    `bytes_written` and `hostcalls` (calls per owned WASI function).
     """
 
     outcome: Outcome
@@ -201,9 +209,10 @@ class FastResult(Record):
 
     @property
     def exit_code(self) -> int:
-        """The process exit code: the guest's own when it exited, else the outcome's."""
+        """The process exit code: the guest's own when it exited (`exit_status`), else
+        the outcome's."""
         if self.outcome is Outcome.EXITED and self.guest_exit_code is not None:
-            return self.guest_exit_code
+            return exit_status(self.guest_exit_code)
         return self.outcome.exit_code
 
     def to_result(self, module: str, sha256: str, limits: dict[str, Any] | None = None) -> Result:
@@ -231,11 +240,12 @@ class RunSlot(Stoppable):
 
     `cap` is the running guest's combined output limit, set once its files are open
     (None: unlimited, or not running); `sealed` is set by `seal_if_over` (the engine's
-    ticker thread) and means the slot must be replaced. `deadline` (monotonic seconds)
-    and `stopped` serve the owned `poll_oneoff`, which finds the slot through `live`
-    by the store's data word. `trip` is the slot's tripwire (None without the native
-    library, whose engines keep epochs); `watch` an epochs engine's deadline, which the
-    native library keeps (None without it, or without epochs).
+    ticker thread) and means the slot must be replaced. `exit_code` is the code the
+    running guest gave `proc_exit` (`_exit`), None until it does. `deadline`
+    (monotonic seconds) and `stopped` serve the owned `poll_oneoff`, which finds the
+    slot through `live` by the store's data word. `trip` is the slot's tripwire (None
+    without the native library, whose engines keep epochs); `watch` an epochs engine's
+    deadline, which the native library keeps (None without it, or without epochs).
     """
 
     live: ClassVar[dict[int, RunSlot]] = {}
@@ -243,7 +253,8 @@ class RunSlot(Stoppable):
     __slots__ = ("out", "err", "out_path", "err_path", "cap_cell", "capture_err", "sealed",
                  "stopped", "clock_base", "instance", "item", "trap", "fuel_left",
                  "native_in", "native_out", "native_args", "env", "state", "key", "metered",
-                 "plan", "trip", "watch", "out_kept", "err_kept", "interrupted")
+                 "plan", "trip", "watch", "out_kept", "err_kept", "interrupted", "exit_code",
+                 "grown")
 
     def __init__(self, engine: int = 0, epochs: bool = False) -> None:
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
@@ -260,6 +271,8 @@ class RunSlot(Stoppable):
         self.stopped = False
         self.wake = threading.Event()  # set by `stop_now`: the owned poll_oneoff returns
         self.interrupted = False  # Ctrl-C reached a host call: raised once the run ends
+        self.exit_code: int | None = None
+        self.grown = Val()  # the refused grows' global, read after a ctypes run
         self.clock_base = 0
         self.instance = Instance()
         self.item = Extern()
@@ -381,6 +394,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     (`output_limit`).
     """
     slot.stopped = slot.interrupted = False
+    slot.exit_code = None
     slot.plan = plan
     metered = slot.metered  # its host calls are Python: the ctypes run costs nothing more
     if metered is None and NATIVE_RUN is not None and plan.native is not None \
@@ -389,7 +403,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     else:
         _start_state(slot, plan, stdin)
         ran = _run_python(engine, plan, slot, env, stdin, deadline_ticks)
-    error, trap, called, memory_bytes, fuel_left, wall, cpu, n_out, n_err = ran
+    error, trap, called, memory_bytes, fuel_left, wall, cpu, n_out, n_err, refused = ran
     if trap:
         message, trap_code = take_trap(trap)
         ending = ending_of_trap(trap_code, message)
@@ -398,6 +412,11 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
         ending = ending_of_error(message, status, started=called, max_memory=plan.max_memory)
     else:
         ending = EXITED_OK
+    if slot.exit_code is not None:  # the trap was `proc_exit`'s (`_exit`)
+        ending, slot.exit_code = exited(slot.exit_code), None
+    # What stopped the guest in a host call (a sleep cut short, a meter's limit) left
+    # its fuel count written (`traps.fuel_consumed`).
+    in_host_call = slot.stopped or (metered is not None and metered.meter.failure is not None)
     if metered is not None:
         ending = metered.ending(ending)
     if ending is not EXITED_OK:  # only a trap is the tripwire's
@@ -412,17 +431,21 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
     if slot.interrupted:  # Ctrl-C in a host call, which stopped the guest for it
         slot.interrupted = False
         raise KeyboardInterrupt
-    return conclude(plan, slot, ending, memory_bytes, fuel_left, wall, cpu, n_out, n_err)
+    return conclude(plan, slot, ending, memory_bytes, fuel_left, wall, cpu, n_out, n_err,
+                    refused_bytes(refused), in_host_call)
 
 
 def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fuel_left: int,
-             wall: float, cpu: float, n_out: int, n_err: int) -> FastResult:
+             wall: float, cpu: float, n_out: int, n_err: int, refused: int = 0,
+             in_host_call: bool = False) -> FastResult:
     """The result of a run that ended as `ending` (the trap's or exit's, then the
-    meter's): the verdicts after those (the memory limit, the host-call budget, the
-    output cap). Also for a run its process stops at the deadline (`overdue`)."""
+    meter's): the verdicts after those (the memory limit, given the largest grow it
+    `refused` in bytes; the host-call budget, the output cap). `in_host_call`: a host
+    call stopped the guest (its fuel count is known). Also for a run its process stops
+    at the deadline (`overdue`)."""
     metered = slot.metered
     if ending is not EXITED_OK:  # a clean exit did not fail on an allocation
-        ending = memory_verdict(ending, memory_bytes, plan.max_memory)
+        ending = memory_verdict(ending, memory_bytes, plan.max_memory, refused)
     outcome, message, code = ending.outcome, ending.message, ending.guest_exit_code
     out, err, out_cut, err_cut = slot.collect(n_out, n_err, plan.owned_stdio) \
         if metered is None else metered.output()
@@ -436,11 +459,10 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     if (out_cut or err_cut) and metered is None:  # a meter's cap stopped the guest itself
         outcome, message = Outcome.OUTPUT_LIMIT, \
             f"output cap of {format_size(plan.max_output or 0)} reached"
-    fuel = plan.fuel
     calls = slot.state.calls[:]
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
-        fuel - fuel_left if fuel is not None else None, wall, cpu, memory_bytes,
+        fuel_consumed(plan.fuel, fuel_left, ending, in_host_call), wall, cpu, memory_bytes,
         hostcalls=dict(filter(_CALLED, zip(CALL_NAMES, calls, strict=True))),
     )
 
@@ -481,8 +503,9 @@ def _start_state(slot: RunSlot, plan: RunPlan, stdin: bytes) -> None:
 _CALLED = operator.itemgetter(1)  # a (name, count) pair of a call made
 
 
-# error, trap, called, memory, fuel left, wall and CPU seconds, stdout and stderr sizes
-_Ran = tuple[int | None, int | None, bool, int, int, float, float, int, int]
+# error, trap, called, memory, fuel left, wall and CPU seconds, stdout and stderr sizes,
+# the refused grows' global (pages)
+_Ran = tuple[int | None, int | None, bool, int, int, float, float, int, int, int]
 
 
 def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
@@ -517,7 +540,7 @@ def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
         message, _ = take_error(out.error) if out.error else ("unknown error", None)
         raise RuntimeError(f"wasmtime: {message}")
     return (out.error, out.trap, bool(out.called), out.memory_bytes, out.fuel_left,
-            out.wall_ns / 1e9, out.cpu_ns / 1e9, out.out_size, out.err_size)
+            out.wall_ns / 1e9, out.cpu_ns / 1e9, out.out_size, out.err_size, out.grow_refused)
 
 
 def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
@@ -541,7 +564,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
     slot.state.watch = None if watched is None else ctypes.addressof(watched)
     store = C.store_new(engine, slot.key, None)
     error: int | None = None
-    memory_bytes = fuel_left = 0
+    memory_bytes = fuel_left = refused = 0
     called = False
     armed: Tripwire | None = None
     try:
@@ -588,6 +611,9 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
             called = True
         if called and _export(cx, instance, b"memory", item) and item.kind == EXTERN_MEMORY:
             memory_bytes = C.memory_data_size(cx, byref(item.of.memory))
+        if called and _export(cx, instance, _GROWN, item) and item.kind == EXTERN_GLOBAL:
+            C.global_get(cx, byref(item.of.global_), byref(slot.grown))
+            refused = slot.grown.of.i64
         if fuel is not None:
             _check(C.context_get_fuel(cx, byref(slot.fuel_left)))
             fuel_left = slot.fuel_left.value
@@ -601,7 +627,7 @@ def _run_python(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock,
         C.store_delete(store)
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     sizes = (0, 0) if metered is not None else slot.written(plan)  # a meter keeps its own
-    return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *sizes)
+    return (error, trap.value, called, memory_bytes, fuel_left, wall, cpu, *sizes, refused)
 
 
 def _export(cx: int, instance: Any, name: bytes, item: Extern) -> bool:

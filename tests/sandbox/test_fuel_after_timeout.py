@@ -1,0 +1,63 @@
+"""A run stopped at its deadline never reports a false count of the fuel it consumed.
+
+wasmtime keeps a function's fuel count in a register and writes it to the store only
+at calls, returns and its own out-of-fuel check: a guest an epoch interrupt or a
+tripwire stops in its own code unwinds with the rest of its count unwritten, and the
+store said 0 for a loop without calls (`fuel_consumed: 0` after seconds of spinning).
+That count cannot be read, so it is null. A guest the deadline stops inside a host call
+(a sleep cut short) had its count written by the call: that one is exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stockade import Invocation, Outcome, Policy, Result, Sandbox
+from stockade.engine import EngineConfig
+from stockade.sandbox.capi import CapiSandbox
+from tests.conftest import guest
+
+from .backends import IN_PROCESS, run_on
+
+BUDGET = 10**13  # hours of spinning: the deadline comes first
+
+
+def _stopped(result: Result) -> int | None:
+    assert (result.outcome, result.exit_code) == (Outcome.TIMEOUT, 124), result.message
+    assert result.to_dict()["usage"]["fuel_consumed"] == result.usage.fuel_consumed
+    return result.usage.fuel_consumed
+
+
+@pytest.mark.parametrize("backend", IN_PROCESS)
+def test_a_guest_stopped_in_its_own_code_has_no_count(backend: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = Policy.from_profile("default").with_limits(fuel=BUDGET, timeout=0.3)
+    result = run_on(backend, policy, guest("spin.wasm"), Invocation(), tmp_path, monkeypatch)
+    assert _stopped(result) is None
+
+
+@pytest.mark.parametrize("backend", IN_PROCESS)
+def test_a_guest_stopped_in_a_host_call_has_its_count(backend: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = Policy.from_profile("default").with_limits(fuel=BUDGET, timeout=0.3)
+    result = run_on(backend, policy, guest("sleeper.wasm"), Invocation(args=("8",)),
+                    tmp_path, monkeypatch)
+    fuel = _stopped(result)
+    assert fuel is not None and 0 < fuel < 1_000_000, fuel
+    # The same guest sleeping 0 s exits: its count up to the sleep is about the same.
+    done = run_on(backend, policy, guest("sleeper.wasm"), Invocation(args=("0",)),
+                  tmp_path, monkeypatch)
+    assert done.ok and done.usage.fuel_consumed is not None
+    assert fuel <= done.usage.fuel_consumed
+
+
+@pytest.mark.parametrize("sandbox_class", [Sandbox, CapiSandbox])
+def test_a_tripwire_stop_has_no_count(sandbox_class: type[Sandbox] | type[CapiSandbox]) -> None:
+    # An engine that meters fuel and keeps its deadline by a tripwire (an API caller's
+    # configuration: a policy with a budget keeps epochs).
+    policy = Policy.from_profile("default").with_limits(fuel=BUDGET, timeout=0.3)
+    config = EngineConfig(fuel=True, epochs=False, tripwire=True)
+    with sandbox_class(policy, engine_config=config) as sandbox:
+        assert _stopped(sandbox.run(guest("spin.wasm"))) is None
