@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stockade import Invocation, Outcome, Policy
+from stockade.errors import ModuleError
 from tests.conftest import guest
 
 from .backends import IN_PROCESS, run_on
@@ -74,3 +75,31 @@ def test_malloc_of_a_gibibyte_under_16_mib(backend: str, args: tuple[str, ...],
     if args[-1] == "graceful":
         assert result.stderr == b"malloc(1024 MiB) failed\n"
     assert result.usage.peak_memory_bytes < 16 * MiB
+
+
+FORGED = {
+    # No memory, no grow: an i64 named like the watch's, then a trap.
+    "an i64": '''(module (global (export "__stockade_grow_refused") i64 (i64.const 4096))
+  (func (export "_start") unreachable))''',
+    # An f64 infinity: converting it was a traceback out of a clean run.
+    "an f64": '''(module (memory (export "memory") 1)
+  (global (export "__stockade_grow_refused") f64 (f64.const inf))
+  (func (export "_start")))''',
+    "a function": '''(module (func (export "__stockade_grow_refused"))
+  (func (export "_start") unreachable))''',
+}
+
+
+@pytest.mark.parametrize("backend", IN_PROCESS)
+@pytest.mark.parametrize("case", list(FORGED))
+def test_a_module_exporting_the_watchs_name_is_refused(
+        case: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host read any export of that name as the watch's: a module forged a
+    `memory_limit` for its own trap (breakers count it: three opened its breaker)."""
+    module = tmp_path / "forged.wat"
+    module.write_text(FORGED[case])
+    for fuel in (None, 10**9):
+        policy = Policy.from_profile("default").with_limits(fuel=fuel)
+        with pytest.raises(ModuleError, match="reserves"):
+            run_on(backend, policy, module, Invocation(), tmp_path, monkeypatch)
+        monkeypatch.undo()

@@ -46,7 +46,8 @@ from ..policy.units import format_size
 # Imported with this module, not when a module is refused: an isolated worker compiles
 # after its confinement hides the installation (a fresh checkout under /tmp: every
 # isolated compile failed, 125).
-from .growwatch import watch
+from .grow import EXPORT as GROW_EXPORT
+from .growwatch import exports_reserved, watch
 from .validity import needs_gc
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ def checked_code(wasm: bytes, name: str, guard: CompileGuard | None, tripwire: b
     # Valid first: the guard's scan and the rewritings read only what wasmtime accepts
     # (a module of 8M types cost the scan 20 s before wasmtime's refusal).
     validate(wasm)
+    if exports_reserved(wasm):
+        raise ModuleError(f"{name}: exports {GROW_EXPORT!r}, a name Stockade reserves for "
+                          "the memory limit's verdict")
     if guard is not None:
         work = guard.check_code(wasm, name)
     watched = watch(wasm)

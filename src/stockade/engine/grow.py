@@ -11,7 +11,7 @@ __all__ = ["EXPORT", "VERSION", "refused_bytes"]
 
 # The global holding the largest size, in pages, a refused `memory.grow` asked for.
 EXPORT = "__stockade_grow_refused"
-VERSION = 1  # of the rewriting (part of the AoT cache key)
+VERSION = 2  # of the rewriting (part of the AoT cache key)
 _PAGE = 65536
 _U64 = (1 << 64) - 1
 

@@ -80,6 +80,17 @@ class _Unwatchable(Exception):
     pass
 
 
+def exports_reserved(wasm: bytes) -> bool:
+    """Whether valid module `wasm` exports `grow.EXPORT` itself: the host would read that
+    export as the watch's, a verdict the guest forged (`memory_limit` for any failure)."""
+    try:
+        return any(section.id == EXPORT_SECTION and any(
+            item.name == EXPORT for item in read_exports(wasm, section))
+            for section in sections(wasm))
+    except MalformedModule:
+        return False  # not valid: wasmtime's validation says so first
+
+
 def _watch(wasm: bytes) -> bytes:
     found = list(sections(wasm))
     by_id = {section.id: section for section in found if section.id}

@@ -370,7 +370,9 @@ def _refused(instance: wasmtime.Instance | None, store: wasmtime.Store) -> int:
         return 0
     grown = instance.exports(store).get(GROW_EXPORT)
     if isinstance(grown, wasmtime.Global):
-        return refused_bytes(int(grown.value(store)))
+        value = grown.value(store)  # an i64 the rewriting added (compiling refuses others)
+        if isinstance(value, int):
+            return refused_bytes(value)
     return 0
 
 
