@@ -7,7 +7,11 @@ SELECT) shared the admission's one deadline, so a store answering each command a
 quarter of the timeout never admitted anyone; an admission queued on the state thread
 behind others, or waiting for another request's grant, was answered several timeouts
 after it was asked; and a resolver that did not answer held an admission as long as it
-liked. The store here is a real `redis-server` behind a proxy that holds each reply.
+liked. Each admission gives up at its own deadline, not an earlier one's that it
+was sent with; time queued is not the store's (it is not marked down for it); what it
+carries (releases, refunds) is sent all the same, and what the store grants it later
+goes back. The store here is a real `redis-server` behind a proxy that holds
+each reply.
 """
 
 from __future__ import annotations
@@ -257,6 +261,200 @@ def test_time_waiting_for_another_requests_grant_counts_against_the_timeout(
     assert all(took < timeout + SLACK for _, took in answers), answers
 
 
+async def _answered(gate: Any) -> tuple[str, float]:
+    """`gate`'s admission: "admitted" (released at once) or "unavailable", and how long
+    it took."""
+    began = time.monotonic()
+    try:
+        (await gate.admit_async()).release()
+    except StateUnavailable:
+        return "unavailable", time.monotonic() - began
+    return "admitted", time.monotonic() - began
+
+
+def test_a_store_answering_within_the_timeout_is_not_taken_for_down_by_queueing(
+        secured_server: RedisServer, slow_proxy: SlowProxy) -> None:
+    """Two requests on two gates 20 ms apart every 0.94 s, and a store answering each
+    round trip in 0.6 of the timeout: the second waits for the first's round trip, so
+    it cannot be answered within its timeout, and gets `on_unavailable` at its own
+    deadline. That deadline passing while it waited marked the store down (every
+    admission for `RETRY_INTERVAL` then got 503 without asking) and dropped the
+    connection (the next paid a handshake): most requests got 503. The store is never
+    marked down for it, the connection is kept, and what the store granted the second,
+    answered late, goes back in the flush after (not one more round trip, which kept
+    the state thread busy when the next pair came)."""
+    state = _state(slow_proxy.url())
+    gates = [state.gate(_spec(f"f{n}", concurrency=5)) for n in range(2)]
+    rounds: list[tuple[tuple[str, float], ...]] = []
+
+    async def scenario() -> None:
+        for gate in gates:  # connected, scripts loaded: only the delay counts below
+            (await gate.admit_async()).release()
+        await asyncio.sleep(0.1)
+        slow_proxy.delay = 0.6 * TIMEOUT
+        for _ in range(4):  # round trips: the first, the second, their give-backs
+            first = asyncio.create_task(_answered(gates[0]))
+            await asyncio.sleep(0.02)
+            second = asyncio.create_task(_answered(gates[1]))
+            rounds.append(tuple(await asyncio.gather(first, second)))
+            await asyncio.sleep(0.42)  # less than RETRY_INTERVAL: no retry in between
+        slow_proxy.delay = 0.0
+
+    try:
+        asyncio.run(scenario())
+        held = secured_server.client().zcard(gates[1].keys.function_leases)
+    finally:
+        state.close()
+    assert all(took < TIMEOUT + SLACK for answers in rounds for _, took in answers), rounds
+    assert [first for (first, _), _ in rounds] == ["admitted"] * 4, rounds
+    assert held == 0, "what the store granted a request that gave up stayed taken"
+    assert slow_proxy.connections == 1, slow_proxy.connections
+
+
+def test_an_admission_joining_a_queued_pipeline_keeps_its_own_deadline(
+        slow_proxy: SlowProxy) -> None:
+    """Admissions asked while the state thread is busy go in one pipeline, which took
+    the deadline of the earliest of them: one asked just before that deadline got 503
+    at once, though the store answered it well within its own timeout. Each gives up at
+    its own deadline, and no earlier."""
+    timeout = 1.0
+    state = _state(slow_proxy.url(), timeout=timeout)
+    gates = [state.gate(_spec(f"f{n}", concurrency=5)) for n in range(3)]
+
+    async def scenario() -> list[tuple[str, float]]:
+        for gate in gates:
+            (await gate.admit_async()).release()
+        await asyncio.sleep(0.1)
+        slow_proxy.delay = 0.6 * timeout
+        first = asyncio.create_task(_answered(gates[0]))  # the thread's, for 0.6 s
+        await asyncio.sleep(0.04)
+        second = asyncio.create_task(_answered(gates[1]))  # sent at 0.6, answered at 1.2
+        await asyncio.sleep(0.46)
+        third = asyncio.create_task(_answered(gates[2]))  # with the second: 0.7 s
+        return list(await asyncio.gather(first, second, third))
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        state.close()
+    assert all(took < timeout + SLACK for _, took in answers), answers
+    assert answers[0][0] == "admitted" and answers[2][0] == "admitted", answers
+    assert answers[1][0] == "unavailable" and answers[1][1] >= timeout - 0.05, answers
+
+
+def test_releases_carried_by_an_admission_that_gave_up_in_the_queue_are_sent(
+        secured_server: RedisServer, slow_proxy: SlowProxy) -> None:
+    """A lease given back rides with the next admission of its tenant; that admission,
+    queued behind two slow round trips, gave up before it was sent, and the release
+    was lost with it: a gate of one slot refused everyone until the lease expired (30 s
+    here). The release is sent when the state thread comes to it."""
+    state = _state(slow_proxy.url())
+    gate = state.gate(_spec("g", concurrency=1))
+    others = [state.gate(GateSpec("o", tenant, Quota(concurrency=5), Quota(), 30.0, None))
+              for tenant in ("other1", "other2")]
+
+    async def scenario() -> tuple[str, float]:
+        held = [await other.admit_async() for other in others]
+        lease = await gate.admit_async()
+        await asyncio.sleep(0.1)
+        slow_proxy.delay = 0.8 * TIMEOUT
+        held[0].release()  # sent alone, 0.4 s on the state thread
+        await asyncio.sleep(0.01)
+        held[1].release()  # then this one, another 0.4 s
+        await asyncio.sleep(0.01)
+        lease.release()  # rides with the admission below, queued behind both
+        answer = await _answered(gate)
+        await asyncio.sleep(0.8)  # the queue drained
+        slow_proxy.delay = 0.0
+        return answer
+
+    try:
+        answer = asyncio.run(scenario())
+        held = secured_server.client().zcard(gate.keys.function_leases)
+        again = state.gate(_spec("g", concurrency=1))
+        lease = again.admit()  # raises QuotaExceeded while the lost lease holds the slot
+        lease.release()
+    finally:
+        state.close()
+    assert answer[0] == "unavailable" and answer[1] < TIMEOUT + SLACK, answer
+    assert held == 0
+
+
+def test_a_refund_carried_by_an_admission_that_gave_up_in_the_queue_is_sent(
+        secured_server: RedisServer, slow_proxy: SlowProxy) -> None:
+    """A busy gate's credit ran out: its unspent admissions ride with the gate's next
+    admission. That admission, queued behind two slow round trips, gave up before it
+    was sent, and the refund was lost with it: the tenant's rate stayed spent. It is
+    sent when the state thread comes to it."""
+    from stockade.state.credit import HOLD
+
+    state = _state(slow_proxy.url())
+    # One admission a second, a burst of 100: a grant of twelve moves its time 12 s.
+    gate = state.gate(_spec("g", rate=1, burst=100))
+    others = [state.gate(GateSpec("o", tenant, Quota(concurrency=5), Quota(), 30.0, None))
+              for tenant in ("other1", "other2")]
+
+    async def scenario() -> tuple[str, float]:
+        held = [await other.admit_async() for other in others]
+        await asyncio.sleep(0.1)
+        for lease in await asyncio.gather(*(gate.admit_async() for _ in range(6))):
+            lease.release()  # six spent of a grant of twelve; its credit lasts HOLD
+        assert gate._credit is not None, "no credit: nothing to refund"
+        slow_proxy.delay = 0.8 * TIMEOUT
+        busy = asyncio.create_task(_answered(others[0]))  # 0.4 s on the state thread
+        held[1].release()  # flushed after HOLD: another 0.4 s
+        await asyncio.sleep(HOLD + 0.02)  # the credit is over, not settled yet
+        answer = await _answered(gate)  # carries the refund of the six unspent
+        await busy
+        await asyncio.sleep(0.6)  # the queue drained
+        slow_proxy.delay = 0.0
+        return answer
+
+    try:
+        answer = asyncio.run(scenario())
+        client = secured_server.client()
+        tat = float(client.hget(gate.keys.function_quota, "tat") or 0)  # type: ignore[arg-type]
+        seconds, micros = client.time()  # type: ignore[misc]
+        ahead = tat - (seconds + micros / 1e6)
+    finally:
+        state.close()
+    assert answer[0] == "unavailable" and answer[1] < TIMEOUT + SLACK, answer
+    # Six used, at one a second: the rate's time at most 6 s ahead (12 s: not refunded).
+    assert ahead <= 6.0, ahead
+
+
+def test_a_steady_stream_of_releases_does_not_starve_admissions(
+        slow_proxy: SlowProxy) -> None:
+    """Releases of another tenant every 5 ms, to a store answering each round trip in a
+    fifth of the timeout: each release timer queued one more flush on the state thread,
+    each a round trip while releases kept coming, so an admission queued behind them
+    got `on_unavailable`. One flush waits at a time, taking all that is queued: the
+    admission waits for two round trips at most."""
+    state = _state(slow_proxy.url())
+    gate = state.gate(_spec("g", concurrency=5))
+    other = state.gate(GateSpec("o", "other", Quota(concurrency=400), Quota(), 30.0, None))
+    leases = [other.admit() for _ in range(300)]
+    gate.admit().release()  # scripts loaded, the connection made
+
+    async def scenario() -> tuple[str, float]:
+        await asyncio.sleep(0.1)
+        slow_proxy.delay = 0.16 * TIMEOUT
+        asked: asyncio.Task[tuple[str, float]] | None = None
+        for count, lease in enumerate(leases):  # 1.5 s of releases
+            lease.release()
+            await asyncio.sleep(0.005)
+            if count == 120:
+                asked = asyncio.create_task(_answered(gate))
+        assert asked is not None
+        return await asked
+
+    try:
+        answer = asyncio.run(scenario())
+    finally:
+        state.close()
+    assert answer[0] == "admitted" and answer[1] < TIMEOUT + SLACK, answer
+
+
 class Resolver:
     """`dead` names resolve only after 5 s (a resolver that does not answer; then a
     failure), `known` ones to the address given, every other name as before."""
@@ -346,15 +544,18 @@ def test_a_resolver_that_does_not_answer_is_asked_once_at_a_time(
         state.close()
 
 
+@pytest.mark.parametrize("when", ["in flight", "as answered"])
 @pytest.mark.parametrize("held", ["slot", "rate", "probe"])
 def test_an_admission_cancelled_in_flight_gives_back_what_redis_granted(
-        secured_server: RedisServer, slow_proxy: SlowProxy, held: str) -> None:
+        secured_server: RedisServer, slow_proxy: SlowProxy, monkeypatch: pytest.MonkeyPatch,
+        held: str, when: str) -> None:
     """A request cancelled (its client gone) while its admission was on its way: the
     concurrency slot, rate or half-open probe Redis granted it stayed taken until the
     lease expired (30 s here), the rate's interval passed (5 s here) or `probe_timeout`
     (5 minutes): a client sending and dropping requests held a tenant's slots, spent
     its rate and kept a breaker from closing. Each goes back as soon as the answer
-    comes."""
+    comes; so it does when the request is cancelled in the very turn of the event loop
+    its answer came in, before it could resume (then nothing was given back)."""
     from stockade.state import BreakerOpen
     from stockade.telemetry.breaker import BreakerConfig
 
@@ -371,15 +572,29 @@ def test_an_admission_cancelled_in_flight_gives_back_what_redis_granted(
         gate = far.gate(spec)
 
         warm = far.gate(_spec("warm", concurrency=5))
+        asking: list[asyncio.Task[Lease]] = []
+        answer = far._answer
+
+        def answered(*args: Any) -> None:
+            answer(*args)
+            if asking:  # the client goes away in the turn its answer came in
+                asking.pop().cancel()
+
+        if when == "as answered":
+            monkeypatch.setattr(far, "_answer", answered)
 
         async def cancelled() -> None:
             (await warm.admit_async()).release()  # connected, scripts loaded
             await asyncio.sleep(0.1)
             slow_proxy.delay = 0.2
-            asking = asyncio.create_task(gate.admit_async())
-            await asyncio.sleep(0.05)  # sent, not answered
-            asking.cancel()
+            task = asyncio.create_task(gate.admit_async())
+            if when == "as answered":
+                asking.append(task)
+            else:
+                await asyncio.sleep(0.05)  # sent, not answered
+                task.cancel()
             await asyncio.sleep(0.8)  # answered; what it got given back through the proxy
+            assert task.cancelled()
 
         asyncio.run(cancelled())
         try:

@@ -59,29 +59,27 @@ class _Deadline(threading.local):
 _ROUND = _Deadline()
 
 
-def round_trip(seconds: float, since: float | None = None) -> _RoundTrip:
+def round_trip(seconds: float) -> _RoundTrip:
     """Every exchange this thread has with Redis inside (`with round_trip(...)`) ends
-    within `seconds` in all, waiting for a connection included, counted from `since`
-    (monotonic: when the request was made) or else from now (an outer round trip's end
-    stays if sooner); past it a read, send or wait for a connection raises
+    within `seconds` in all from now, waiting for a connection included (an outer round
+    trip's end stays if sooner); past it a read, send or wait for a connection raises
     TimeoutError."""
-    return _RoundTrip(seconds, since)
+    return _RoundTrip(seconds)
 
 
 class _RoundTrip:
     """`round_trip`'s context: a class, on the path of every admission (a generator's
     context cost 3 µs, this one 1)."""
 
-    __slots__ = ("seconds", "since", "outer")
+    __slots__ = ("seconds", "outer")
 
-    def __init__(self, seconds: float, since: float | None) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.since = since
         self.outer = (float("inf"), 0.0)
 
     def __enter__(self) -> None:
         self.outer = _ROUND.at, _ROUND.seconds
-        at = (time.monotonic() if self.since is None else self.since) + self.seconds
+        at = time.monotonic() + self.seconds
         if at < self.outer[0]:
             _ROUND.at, _ROUND.seconds = at, self.seconds
 

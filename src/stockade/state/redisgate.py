@@ -114,11 +114,16 @@ class RedisGate(Gate):
         pending, self._pending_denials = self._pending_denials, 0
         return self.state.lease_id(), pending
 
-    def command(self, lease_id: str, pending: int, want: int,
-                releases: Releases | None) -> bytes:
-        """The admission script's call for `want` admissions, carrying `releases` (of
-        this tenant) and the refund of this gate's last credit."""
+    def take_refund(self) -> int:
+        """The unspent admissions of this gate's last credit not sent yet (for its next
+        admission to carry), taken."""
         refund, self._refund_due = self._refund_due, 0
+        return refund
+
+    def command(self, lease_id: str, pending: int, want: int,
+                releases: Releases | None, refund: int) -> bytes:
+        """The admission script's call for `want` admissions, carrying `releases` (of
+        this tenant) and `refund` unspent admissions of this gate's last credit."""
         # Slots: about as many as run here at once (they are reused within a credit),
         # not one per admission: each is a sorted-set member to add and remove.
         slots = min(want, 2 * max(self._peak, self._inflight) + 2)
@@ -206,18 +211,19 @@ class RedisGate(Gate):
 
     def abandon(self, lease_id: str, reply: Sequence[str]) -> None:
         """Redis admitted `lease_id` (`reply`, well formed) for a request no longer
-        waiting for it: its slots are released, its admissions refunded, and a probe it
-        was let through freed."""
+        waiting for it: its slots are released and its admissions refunded with the
+        state's next flush (the caller sees to it), a probe it was let through freed.
+        Reads nothing that changes: the state's thread calls it too."""
         granted = min(int(reply[4]), MAX_GRANT)
         if reply[1] == "1":
             self.state.free_probe(self, reply[3])
         if self._concurrent:
             for index in range(min(int(reply[5]), granted)):
                 self.state.queue_release(self, f"{lease_id}.{index}" if index else lease_id,
-                                         "0")
+                                         "0", flush=False)
         spec = self.spec
         if spec.function_quota.rate is not None or spec.tenant_quota.rate is not None:
-            self.state.queue_refund(self, granted)
+            self.state.queue_refund(self, granted, flush=False)
 
     def _take(self, now: float) -> Lease | None:
         """An admission from this gate's credit, or None (none, spent, or over)."""

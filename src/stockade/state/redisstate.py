@@ -18,11 +18,16 @@ hand-off to the state thread, measured at 1,000 requests/s on a gate with a brea
 own tenant rides with it: its keys share the tenant's hash tag, so one script still
 touches one Redis Cluster slot. On an event loop the round trips run on one thread of
 the state's own, in order; admissions asked for while it is busy wait for it in one
-pipeline, whose round trip ends by the earliest of their deadlines: a request's
-`timeout` counts from when it asked, its time queued included (queued round trips
-each had a timeout of their own, and the last of five was answered after five, found
-by review). A slot may stay taken that much after its response (never less: the limit
-holds).
+pipeline (one at most, and one flush of releases), and each round trip has the whole
+`timeout`. A request waits no longer than its own `timeout` from when it asked, its
+time queued included (queued round trips each had a timeout of their own, and the
+last of five was answered after five, found by review); past it, it gets
+`on_unavailable`, and what the store grants it later goes back (an admission not sent
+yet is not sent, the releases and refund it carries are). Only a round trip taking
+longer than `timeout` marks the store down: a pipeline given the deadline of its
+earliest request, its time queued counted as the store's, had a store answering each
+round trip well within the timeout marked down under two requests at once. A slot
+may stay taken that much after its response (never less: the limit holds).
 
 What is decided here, and why the limits hold: refusals are cached briefly
 (`redisgate`). On an event loop, a gate that takes two or more
@@ -77,22 +82,38 @@ __all__ = ["RedisState", "RedisGate", "RedisBreakers", "REFUSAL_CACHE", "RETRY_I
 logger = logging.getLogger("stockade.state")
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
 RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
-_LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts
+_LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts, late answers
 
 
-_Waiting = tuple["RedisGate", str, int, int, "asyncio.Future[Any]"]
+class _Asked:
+    """One request's admission on the event loop, answered through `future`: its call
+    (`call`, None until built, see `_send_admissions`), and the releases and refund the
+    call carries. `gave_up`: the request waits no more (its time is over, or it was
+    cancelled); read by the state thread, which then sends only what it carries."""
+
+    __slots__ = ("gate", "lease_id", "pending", "want", "future", "call", "releases",
+                 "refund", "gave_up")
+
+    def __init__(self, gate: RedisGate, lease_id: str, pending: int, want: int,
+                 future: asyncio.Future[Any]) -> None:
+        self.gate = gate
+        self.lease_id = lease_id
+        self.pending = pending
+        self.want = want
+        self.future = future
+        self.call: bytes | None = None
+        self.releases: Releases | None = None
+        self.refund = 0
+        self.gave_up = False
 
 
 class _Batch:
-    """Admissions sent in one pipeline: those asked for until the state thread takes it.
-    `since` is when the first of them was asked (monotonic)."""
+    """Admissions sent in one pipeline: those asked for until the state thread takes it."""
 
-    __slots__ = ("waiting", "calls", "since")
+    __slots__ = ("asked",)
 
-    def __init__(self, waiting: list[_Waiting], calls: list[bytes], since: float) -> None:
-        self.waiting = waiting
-        self.calls = calls
-        self.since = since
+    def __init__(self, asked: list[_Asked]) -> None:
+        self.asked = asked
 
 
 class RedisState(StateBackend):
@@ -127,6 +148,7 @@ class RedisState(StateBackend):
         self._down_since: float | None = None
         self._decided_alone = 0
         self._logged_error = 0.0
+        self._logged_late = 0.0
         # Probes this process was let through: the `probe_at` Redis stored for each, and
         # the run holding it (None until the gateway names it, `RedisBreakers.probe_held`).
         self._probes: ProbeGrants[str] = ProbeGrants()
@@ -138,10 +160,10 @@ class RedisState(StateBackend):
         self.holding: set[RedisGate] = set()  # gates with a live credit
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._admissions: list[_Waiting] = []
-        self._since = float("inf")  # when the first of `_admissions` was asked
+        self._admissions: list[_Asked] = []
         self._batch: _Batch | None = None  # sent, not yet taken by the state thread
         self._batch_lock = threading.Lock()
+        self._flush_queued = False  # a flush waits for the state thread
         # Round trips for the event loop: one thread keeps them in order (releases
         # before the admissions after them); it never runs guest code.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "stockade-state")
@@ -163,16 +185,16 @@ class RedisState(StateBackend):
         return reply
 
     @contextmanager
-    def _round_trip(self, since: float | None = None) -> Iterator[None]:
-        """One exchange with Redis, within one `timeout` in all from `since` (when the
-        request was made; None: now), see `client.round_trip` (waiting for a connection
-        and a reload of the scripts included): refused at once while it is marked down;
-        a lost connection marks it down and raises RoundTripFailed; a failed script
-        raises through `_script_failed`; a success after an outage says it came back."""
+    def _round_trip(self) -> Iterator[None]:
+        """One exchange with Redis, within one `timeout` in all from now, see
+        `client.round_trip` (waiting for a connection and a reload of the scripts
+        included): refused at once while it is marked down; a lost connection or one
+        taking longer marks it down and raises RoundTripFailed; a failed script raises
+        through `_script_failed`; a success after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
-            with round_trip(self.settings.timeout, since):
+            with round_trip(self.settings.timeout):
                 yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
@@ -224,22 +246,27 @@ class RedisState(StateBackend):
 
     # -- releases, carried by admissions ------------------------------------------
 
-    def queue_release(self, gate: RedisGate, lease_id: str, cpu_seconds: str) -> None:
+    def queue_release(self, gate: RedisGate, lease_id: str, cpu_seconds: str,
+                      flush: bool = True) -> None:
         """Send this release of `gate`'s lease with the next admission of its tenant,
-        or within `RELEASE_DELAY` (at once when called off an event loop)."""
+        or within `RELEASE_DELAY` (at once when called off an event loop); with `flush`
+        False, with the next flush the caller sees to."""
         tenant = gate.keys.tenant_quota
         with self._release_lock:
             batch = self._releases.get(tenant)
             if batch is None:
                 batch = self._releases[tenant] = Releases(tenant, gate.keys.tenant_leases)
             batch.add(gate._function_leases, lease_id, cpu_seconds, gate._cpu_limit)
-        self._flush_soon()
+        if flush:
+            self._flush_soon()
 
-    def queue_refund(self, gate: RedisGate, tokens: int) -> None:
-        """Give `tokens` unspent admissions of `gate`'s credit back with the next flush."""
+    def queue_refund(self, gate: RedisGate, tokens: int, flush: bool = True) -> None:
+        """Give `tokens` unspent admissions of `gate`'s credit back with the next flush
+        (which the caller sees to when `flush` is False)."""
         with self._release_lock:
             self._refunds.append(gate.refund(tokens))
-        self._flush_soon()
+        if flush:
+            self._flush_soon()
 
     def _flush_soon(self) -> None:
         """Flush within `RELEASE_DELAY` on an event loop (within `credit.HOLD` while a
@@ -259,6 +286,8 @@ class RedisState(StateBackend):
         self._timer = None
         if self._closed or not (self._releases or self._refunds):
             return
+        if self._flush_queued:
+            return  # the flush waiting for the state thread takes these too
         if not self._refunds and self.holding:
             # Releases of tenants spending a credit ride with its renewal, due within a
             # hold (one round trip fewer on the state thread); while one waits its
@@ -270,21 +299,37 @@ class RedisState(StateBackend):
             if carried:
                 self._timer = asyncio.get_running_loop().call_later(HOLD, self._flush_later)
                 return
+        # One flush queued at most: one per timer had a slow store's thread fall further
+        # behind with every release, the admissions queued after them all.
+        self._flush_queued = True
         self._executor.submit(self.flush)
 
-    def _command(self, gate: RedisGate, lease_id: str, pending: int, want: int) -> bytes:
-        """`gate`'s admission, carrying the queued releases of its tenant (taken off
-        the queue)."""
+    def _flush_next(self) -> None:
+        """On the state thread: the queued releases and refunds go with the flush after
+        the round trip running now (the one queued already, or one more)."""
+        if self._flush_queued:
+            return
+        self._flush_queued = True
+        try:
+            self._executor.submit(self.flush)
+        except RuntimeError:
+            pass  # closing: `close` flushes them
+
+    def _command(self, gate: RedisGate, lease_id: str, pending: int,
+                 want: int) -> tuple[bytes, Releases | None, int]:
+        """`gate`'s admission, carrying the queued releases of its tenant and the refund
+        its last credit left (both taken off their queues, and returned with it)."""
         releases = None
         if self._releases:
             with self._release_lock:
                 releases = self._releases.pop(gate.keys.tenant_quota, None)
-        return gate.command(lease_id, pending, want, releases)
+        refund = gate.take_refund()
+        return gate.command(lease_id, pending, want, releases, refund), releases, refund
 
     def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
         """The admission script for one request, carrying its tenant's queued releases
         (one script, one round trip). Raises RoundTripFailed like `run`."""
-        reply = self._pipeline([self._command(gate, lease_id, pending, 1)])[0]
+        reply = self._pipeline([self._command(gate, lease_id, pending, 1)[0]])[0]
         if isinstance(reply, Exception) or not _well_formed(reply):
             self._script_failed(_malformed(reply))
         return reply
@@ -293,69 +338,141 @@ class RedisState(StateBackend):
                           want: int, since: float) -> Any:
         """`admit` for up to `want` admissions (0: as many as the gate `wanted` when the
         pipeline is sent) of a request made at `since` (monotonic), answered within
-        `timeout` from then; batched: every admission queued in this turn of the event
-        loop goes in one pipeline, sent once the turn's ready work has run, or with the
-        pipeline still waiting for the state thread. Raises RoundTripFailed like `run`."""
+        `timeout` from then (else RoundTripFailed then, see the module docstring);
+        batched: every admission queued in this turn of the event loop goes in one
+        pipeline, sent once the turn's ready work has run, or with the pipeline still
+        waiting for the state thread. Raises RoundTripFailed like `run`."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._admissions.append((gate, lease_id, pending, want, future))
-        if since < self._since:
-            self._since = since
+        asked = _Asked(gate, lease_id, pending, want, loop.create_future())
+        self._admissions.append(asked)
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
-        return await future
+        expiry = loop.call_later(since + self.settings.timeout - time.monotonic(),
+                                 self._give_up, asked)
+        future = asked.future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            asked.gave_up = True
+            if future.done() and not future.cancelled() and future.exception() is None \
+                    and self._abandon(asked, future.result()):
+                # Answered, then cancelled in the same turn, before this resumed: what
+                # the store granted goes back (it stayed taken for the lease's time).
+                self._flush_soon()
+            raise
+        finally:
+            expiry.cancel()
+
+    def _give_up(self, asked: _Asked) -> None:
+        """`asked`'s time is over: `on_unavailable` now, whatever its round trip does."""
+        if asked.future.done():
+            return
+        asked.gave_up = True
+        timeout = self.settings.timeout
+        now = time.monotonic()
+        if now - self._logged_late >= _LOG_INTERVAL:  # not an outage: no other line says it
+            self._logged_late = now
+            logger.warning("shared state %s: a request had no answer within %g s of asking "
+                           "(time waiting for other round trips included): %s", self.where,
+                           timeout, self.settings.on_unavailable)
+        asked.future.set_exception(RoundTripFailed(
+            f"shared state {self.where}: no answer within {timeout:g} s"))
+
+    def _abandon(self, asked: _Asked, reply: Any) -> bool:
+        """What the store granted `asked` (its `reply`) after it gave up is queued to go
+        back with the next flush, which the caller sees to, not when its leases expire
+        (a client dropping requests held the slots); whether there was any. Thread-safe:
+        the gate's part reads only what never changes."""
+        if isinstance(reply, list) and _well_formed(reply) and reply[0] == "ok":
+            asked.gate.abandon(asked.lease_id, reply)
+            return True
+        return False
 
     def _send_admissions(self) -> None:
         # On the loop: the round trip runs on the state's thread, so a slow store never
         # stalls the loop (other requests, other responses) while it answers.
         waiting, self._admissions = self._admissions, []
-        since, self._since = self._since, float("inf")
-        calls = [self._command(gate, lease_id, pending, want or gate.wanted())
-                 for gate, lease_id, pending, want, _ in waiting]
+        for asked in waiting:
+            if not asked.future.done():  # one cancelled already asks nothing
+                asked.call, asked.releases, asked.refund = self._command(
+                    asked.gate, asked.lease_id, asked.pending,
+                    asked.want or asked.gate.wanted())
         with self._batch_lock:
             batch = self._batch
-            if batch is not None and time.monotonic() < batch.since + self.settings.timeout:
+            if batch is not None:
                 # The state thread is busy: these ride with the pipeline waiting for it,
-                # not in one more behind it (a slow store's queue stays one pipeline);
-                # not with one whose time is over, which is never sent.
-                batch.waiting += waiting
-                batch.calls += calls
-                batch.since = min(batch.since, since)
+                # not in one more behind it (a slow store's queue stays one pipeline).
+                batch.asked += waiting
                 return
-            batch = self._batch = _Batch(waiting, calls, since)
+            batch = self._batch = _Batch(waiting)
         try:
             sent = self._executor.submit(self._send, batch)
         except RuntimeError:  # closed: nothing more goes to the store
             with self._batch_lock:
                 self._batch = None
-            for *_, future in waiting:
-                future.set_exception(RoundTripFailed(f"shared state {self.where} is closed"))
+            for asked in waiting:
+                if not asked.future.done():
+                    asked.future.set_exception(
+                        RoundTripFailed(f"shared state {self.where} is closed"))
             return
         asyncio.wrap_future(sent).add_done_callback(
-            lambda done: self._answer(batch.waiting, done))
+            lambda done: self._answer(batch.asked, done))
 
-    def _send(self, batch: _Batch) -> list[Any]:
-        """On the state thread: `batch`, taken as it is now (nothing joins it after)."""
+    def _send(self, batch: _Batch) -> list[tuple[_Asked, Any]]:
+        """On the state thread: `batch`, taken as it is now (nothing joins it after);
+        each admission sent with its reply. Of a request that gave up meanwhile only the
+        releases and refund are sent: they are not admissions, and were lost with it
+        (a gate of one slot then refused everyone for the lease's time)."""
         with self._batch_lock:
             if self._batch is batch:
                 self._batch = None
-        return self._pipeline(batch.calls, batch.since)
+        calls: list[bytes] = []
+        owners: list[_Asked | None] = []  # whose answer each reply is (None: nobody's)
+        for asked in batch.asked:
+            if asked.call is None:
+                continue
+            if not asked.gave_up:
+                calls.append(asked.call)
+                owners.append(asked)
+                continue
+            if asked.releases is not None:
+                calls.append(asked.releases.release(self.release_script.sha))
+                owners.append(None)
+            if asked.refund:
+                calls.append(asked.gate.refund(asked.refund))
+                owners.append(None)
+        if not calls:
+            return []
+        answered: list[tuple[_Asked, Any]] = []
+        late = False
+        for owner, reply in zip(owners, self._pipeline(calls), strict=True):
+            if owner is None:
+                continue
+            if owner.gave_up:
+                # Given back from here: the flush already waiting for this thread takes
+                # it along (from the loop, it came just after that flush had started,
+                # one more round trip on a thread a slow store keeps busy).
+                late = self._abandon(owner, reply) or late
+            else:
+                answered.append((owner, reply))
+        if late:
+            self._flush_next()
+        return answered
 
-    def _answer(self, waiting: list[_Waiting], done: asyncio.Future[Any]) -> None:
+    def _answer(self, asked: list[_Asked], done: asyncio.Future[Any]) -> None:
         exc = done.exception()
         if exc is not None:
             if not isinstance(exc, RoundTripFailed):
                 logger.error("shared state %s: admissions failed: %r", self.where, exc)
-            for *_, future in waiting:
-                if not future.done():
-                    future.set_exception(RoundTripFailed(str(exc)))
+            for each in asked:
+                if not each.future.done():
+                    each.future.set_exception(RoundTripFailed(str(exc)))
             return
-        for (gate, lease_id, *_, future), reply in zip(waiting, done.result(), strict=True):
-            if future.done():
-                # Cancelled (its client went away): what Redis granted it goes back now,
-                # not when its leases expire (a client dropping requests held the slots).
-                if isinstance(reply, list) and _well_formed(reply) and reply[0] == "ok":
-                    gate.abandon(lease_id, reply)
+        late = False
+        for each, reply in done.result():
+            future = each.future
+            if future.done():  # gave up or cancelled as its answer came
+                late = self._abandon(each, reply) or late
                 continue
             if isinstance(reply, Exception) or not _well_formed(reply):
                 try:
@@ -364,18 +481,15 @@ class RedisState(StateBackend):
                     future.set_exception(failed)
             else:
                 future.set_result(reply)
+        if late:
+            self._flush_soon()
 
-    def _pipeline(self, calls: Sequence[bytes], since: float | None = None) -> list[Any]:
-        """`calls` (encoded script calls, see `resp`) sent in one round trip, ending
-        `timeout` after `since` (None: now); the replies (errors as values). Raises
-        RoundTripFailed when Redis is down, or the time was spent before its turn."""
-        timeout = self.settings.timeout
-        if since is not None and time.monotonic() >= since + timeout:
-            # Nothing was asked: the store is not marked down for it.
-            raise RoundTripFailed(f"shared state {self.where}: no answer within "
-                                  f"{timeout:g} s (queued behind slower round trips)")
+    def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
+        """`calls` (encoded script calls, see `resp`) sent in one round trip, within
+        `timeout` from now; the replies (errors as values). Raises RoundTripFailed when
+        Redis is down or takes longer."""
         pool = self.client.connection_pool
-        with self._round_trip(since):
+        with self._round_trip():
             connection: Any = pool.get_connection()
             loads: list[bytes] = []
             try:
@@ -431,6 +545,7 @@ class RedisState(StateBackend):
         """Send the releases no admission carried, one script per tenant (a lost one
         just expires)."""
         with self._release_lock:
+            self._flush_queued = False  # what is queued from now on needs another
             batches, self._releases = self._releases, {}
             refunds, self._refunds = self._refunds, []
         if batches or refunds:

@@ -6,9 +6,11 @@
                                        # or "fail_open"
     timeout = "1s"                     # what an admission may wait for Redis in all, from
                                        # when it is asked (time queued, a wait for a
-                                       # connection, a script reload included); also each
-                                       # step of making a connection, which goes on in the
-                                       # background when the admission stops waiting
+                                       # connection, a script reload included); also what
+                                       # one round trip may take before Redis counts as
+                                       # down, and each step of making a connection, which
+                                       # goes on in the background when the admission
+                                       # stops waiting
 
 Credentials never go in the manifest: the password comes from `STOCKADE_REDIS_PASSWORD`
 (else `REDIS_PASSWORD`), the user name from `STOCKADE_REDIS_USERNAME`; `rediss://`
@@ -40,9 +42,10 @@ MAX_DATABASE = 2**31 - 2  # Redis counts its databases in an int: 2^31 - 1 at mo
 class StateSettings:
     """`backend` is `local` or a `redis://HOST:PORT/DB` / `rediss://…` URL without
     credentials; `on_unavailable` is `fail_closed` (503) or `fail_open` (this replica's
-    own limits); `timeout` bounds each round trip with Redis in all, from when it was
-asked (an admission's time queued, its wait for a connection and a script reload
-included), and each step of making a connection (`client`), in seconds."""
+    own limits); `timeout` is what an admission may wait for Redis in all, from when it
+    was asked (its time queued, its wait for a connection and a script reload included),
+    what one round trip may take before the store counts as down, and each step of
+    making a connection (`client`), in seconds."""
 
     backend: str = "local"
     on_unavailable: str = "fail_closed"
