@@ -11,20 +11,23 @@ connection's socket (`_Bounded`) gives the replies to one request `timeout` seco
 `MAX_REPLY` bytes in all, counted from the request sent.
 
 An exchange of several requests gets one timeout in all inside `round_trip()`: every
-send and read its thread makes ends by the same deadline, and so does its wait for a
-connection. A timeout per request let one admission make 11 calls (a connection's
+send and read its thread makes ends by the same deadline, counted from its first
+request sent. A timeout per request let one admission make 11 calls (a connection's
 handshake, the script, NOSCRIPT, three loads, the script again) and answer after 5 s
 with a timeout of 0.5 s (found by review).
 
 A connection is made off the round trip's path, on a thread of its own: resolving the
 name, connecting, TLS and the handshake (AUTH, CLIENT SETNAME, CLIENT SETINFO twice,
-SELECT), each step within `timeout`. The round trip waits for it only as long as it has
-left; one it gave up on is still made, and kept, for the next. Sharing the round trip's
-deadline, a store answering each command after a quarter of the timeout never finished
-a handshake, and so never admitted anyone; `getaddrinfo`, which has no timeout, held
-the admission as long as a dead resolver liked (found by review). Outside a round trip
-(`stockade breaker list`) a connection is made on the caller's thread, each step within
-`timeout`, the name's resolution too (`resolve`).
+SELECT), each step within `timeout`. The round trip waits for it as long as its caller
+says (`round_trip`'s `wait`), then raises ConnectionPending: not the store's failure,
+and the connection is still made, and kept, for the next. A step that fails is raised
+to whoever waits, or else to the next to ask for the connection. Counting that wait as
+the round trip's own time, a store answering each command after a quarter of the
+timeout never admitted anyone: a handshake ending inside the wait left the script too
+little, so it timed out, the connection was dropped and the store marked down;
+`getaddrinfo`, which has no timeout, held the admission as long as a dead resolver
+liked. Outside a round trip (`stockade breaker list`) a connection is made on the
+caller's thread, each step within `timeout`, the name's resolution too (`resolve`).
 """
 
 from __future__ import annotations
@@ -44,58 +47,53 @@ from redis.retry import Retry
 
 from .settings import StateSettings, redis_password
 
-__all__ = ["connect", "round_trip", "resolve", "RoundTripFailed", "MAX_REPLY"]
+__all__ = ["connect", "round_trip", "resolve", "ConnectionPending", "RoundTripFailed",
+           "MAX_REPLY"]
 
 MAX_REPLY = 16 * 1024**2  # bytes of replies to one request (an admission's are ~100 each)
 
 
 class _Deadline(threading.local):
-    """This thread's `round_trip`: when it ends (monotonic), and its seconds."""
+    """This thread's `round_trip`: when it ends (monotonic; inf until its first send),
+    its seconds, and until when it waits for a connection (inf outside one)."""
 
     at = float("inf")
     seconds = 0.0
+    wait_until = float("inf")
 
 
 _ROUND = _Deadline()
 
 
-def round_trip(seconds: float) -> _RoundTrip:
+def round_trip(seconds: float, wait: float | None = None) -> _RoundTrip:
     """Every exchange this thread has with Redis inside (`with round_trip(...)`) ends
-    within `seconds` in all from now, waiting for a connection included (an outer round
-    trip's end stays if sooner); past it a read, send or wait for a connection raises
-    TimeoutError."""
-    return _RoundTrip(seconds)
+    within `seconds` in all from its first request sent; past it a read or send raises
+    TimeoutError. A wait for a connection being made lasts `wait` seconds from now at
+    most (`seconds` when None), then raises ConnectionPending. Not nested."""
+    return _RoundTrip(seconds, wait)
+
+
+class ConnectionPending(Exception):
+    """A round trip's wait for a connection ended while it was still being made (it
+    is kept for the next): the store did not fail."""
 
 
 class _RoundTrip:
     """`round_trip`'s context: a class, on the path of every admission (a generator's
     context cost 3 µs, this one 1)."""
 
-    __slots__ = ("seconds", "outer")
+    __slots__ = ("seconds", "wait")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, wait: float | None) -> None:
         self.seconds = seconds
-        self.outer = (float("inf"), 0.0)
+        self.wait = seconds if wait is None else wait
 
     def __enter__(self) -> None:
-        self.outer = _ROUND.at, _ROUND.seconds
-        at = time.monotonic() + self.seconds
-        if at < self.outer[0]:
-            _ROUND.at, _ROUND.seconds = at, self.seconds
+        _ROUND.at, _ROUND.seconds = float("inf"), self.seconds
+        _ROUND.wait_until = time.monotonic() + self.wait
 
     def __exit__(self, *exc: object) -> None:
-        _ROUND.at, _ROUND.seconds = self.outer
-
-
-def _round_left() -> float | None:
-    """Seconds left of this thread's round trip (None outside one). Raises TimeoutError
-    once it is over."""
-    if _ROUND.at == float("inf"):
-        return None
-    left = _ROUND.at - time.monotonic()
-    if left <= 0:
-        raise TimeoutError(f"no answer within {_ROUND.seconds:g} s")
-    return left
+        _ROUND.at, _ROUND.wait_until = float("inf"), float("inf")
 
 
 class RoundTripFailed(Exception):
@@ -149,6 +147,10 @@ class _Bounded:
         if self._timeout is not None:
             self._deadline = time.monotonic() + self._timeout
         self._left = MAX_REPLY
+        if _ROUND.at == float("inf") and _ROUND.wait_until != float("inf"):
+            # The round trip's time starts with its first request, not before: a wait
+            # for the connection is not the store's answering.
+            _ROUND.at = time.monotonic() + _ROUND.seconds
         # A request alone has the socket's timeout; what is left of a round trip, less.
         cut = _ROUND.at != float("inf") and self._before()
         try:
@@ -287,6 +289,7 @@ class _BoundsReplies:
     socket_timeout: float | None
     _sock: Any
     _making: concurrent.futures.Future[None] | None = None  # the connect under way
+    _failed: tuple[BaseException, float] | None = None  # a connect's error nobody saw
     _drops = 0  # disconnects so far: one during a connect drops what it made
 
     def _connect(self) -> Any:
@@ -306,25 +309,34 @@ class _BoundsReplies:
     def _ready(self, check_health: bool) -> None:
         """Connected, or raise. Called by the connection's holder (from its pool) only;
         while it is being made, whoever holds it waits for that (inside a round trip no
-        longer than the round trip has left), never uses it half made."""
+        longer than its `wait`, then ConnectionPending), never uses it half made. A
+        connect that failed while nobody waited is raised to the next holder within a
+        timeout of its failure (a store that is down is marked so), once."""
         making = self._making
         if making is None or making.done():
             if self._sock is not None:
                 return
-            if _ROUND.at == float("inf"):
+            failed, self._failed = self._failed, None
+            if failed is not None and time.monotonic() - failed[1] < (
+                    self.socket_timeout or 0.0):
+                raise failed[0]
+            if _ROUND.wait_until == float("inf"):
                 self._establish(check_health)
                 return
             making = self._making = concurrent.futures.Future()
             threading.Thread(target=self._make, args=(making, check_health), daemon=True,
                              name="stockade-state-connect").start()
-        left = _round_left()
         try:
-            making.result(left)
+            making.result(max(0.0, _ROUND.wait_until - time.monotonic()))
         except TimeoutError:
             if making.done():
+                self._failed = None  # seen here
                 raise
-            raise TimeoutError(f"no connection within {_ROUND.seconds:g} s (still being "
-                               "made, for the next request)") from None
+            raise ConnectionPending("no connection yet (still being made, for the next "
+                                    "request)") from None
+        except BaseException:
+            self._failed = None  # seen here
+            raise
 
     def _make(self, making: concurrent.futures.Future[None], check_health: bool) -> None:
         drops = self._drops
@@ -334,6 +346,7 @@ class _BoundsReplies:
                 raise redis.ConnectionError("disconnected while connecting")
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
             self.disconnect()  # a handshake cut short leaves no usable connection
+            self._failed = exc, time.monotonic()
             making.set_exception(exc)
         else:
             making.set_result(None)

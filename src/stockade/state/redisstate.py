@@ -18,10 +18,14 @@ hand-off to the state thread, measured at 1,000 requests/s on a gate with a brea
 own tenant rides with it: its keys share the tenant's hash tag, so one script still
 touches one Redis Cluster slot. On an event loop the round trips run on one thread of
 the state's own, in order; admissions asked for while it is busy wait for it in one
-pipeline (one at most, and one flush of releases), and each round trip has the whole
-`timeout`. A request waits no longer than its own `timeout` from when it asked, its
-time queued included (queued round trips each had a timeout of their own, and the
-last of five was answered after five, found by review); past it, it gets
+pipeline (one at most, and one flush of releases, run only when no admission waits:
+the admissions carry every release and refund queued, a flush of their own ahead of
+them made each wait for three round trips), and each round trip has the whole
+`timeout` from when it is sent (a wait for a connection being made is not the store's
+time, and lasts until the last admission of the pipeline gives up). A request waits
+no longer than its own `timeout` from when it asked, its time queued included (queued
+round trips each had a timeout of their own, and the last of five was answered after
+five, found by review); past it, it gets
 `on_unavailable`, and what the store grants it later goes back (an admission not sent
 yet is not sent, the releases and refund it carries are). Only a round trip taking
 longer than `timeout` marks the store down: a pipeline given the deadline of its
@@ -63,7 +67,7 @@ import redis
 from ..telemetry.breaker import BreakerEntry, Decision, ProbeGrants, Transition, iso_time
 from .base import GateSpec, Lease, OnTransition, StateBackend
 from .breakers import breaker_entries, reset_breakers
-from .client import RoundTripFailed, connect, round_trip
+from .client import ConnectionPending, RoundTripFailed, connect, round_trip
 from .credit import HOLD
 from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
@@ -89,18 +93,20 @@ class _Asked:
     """One request's admission on the event loop, answered through `future`: its call
     (`call`, None until built, see `_send_admissions`), and the releases and refund the
     call carries. `gave_up`: the request waits no more (its time is over, or it was
-    cancelled); read by the state thread, which then sends only what it carries."""
+    cancelled); read by the state thread, which then sends only what it carries.
+    `deadline`: when it gives up (monotonic)."""
 
-    __slots__ = ("gate", "lease_id", "pending", "want", "future", "call", "releases",
-                 "refund", "gave_up")
+    __slots__ = ("gate", "lease_id", "pending", "want", "future", "deadline", "call",
+                 "releases", "refund", "gave_up")
 
     def __init__(self, gate: RedisGate, lease_id: str, pending: int, want: int,
-                 future: asyncio.Future[Any]) -> None:
+                 future: asyncio.Future[Any], deadline: float) -> None:
         self.gate = gate
         self.lease_id = lease_id
         self.pending = pending
         self.want = want
         self.future = future
+        self.deadline = deadline
         self.call: bytes | None = None
         self.releases: Releases | None = None
         self.refund = 0
@@ -185,17 +191,22 @@ class RedisState(StateBackend):
         return reply
 
     @contextmanager
-    def _round_trip(self) -> Iterator[None]:
-        """One exchange with Redis, within one `timeout` in all from now, see
-        `client.round_trip` (waiting for a connection and a reload of the scripts
-        included): refused at once while it is marked down; a lost connection or one
-        taking longer marks it down and raises RoundTripFailed; a failed script raises
-        through `_script_failed`; a success after an outage says it came back."""
+    def _round_trip(self, wait: float | None = None) -> Iterator[None]:
+        """One exchange with Redis, within one `timeout` in all from its first request
+        sent (a reload of the scripts included), after a wait for a connection being
+        made of `wait` seconds at most (`timeout` when None), see `client.round_trip`:
+        refused at once while it is marked down; a connection still being made raises
+        RoundTripFailed (the store is not marked down: it has not been asked); a lost
+        connection or one taking longer marks it down and raises RoundTripFailed; a
+        failed script raises through `_script_failed`; a success after an outage says
+        it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
-            with round_trip(self.settings.timeout):
+            with round_trip(self.settings.timeout, wait):
                 yield
+        except ConnectionPending as exc:
+            raise RoundTripFailed(f"shared state {self.where}: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
             raise RoundTripFailed(f"shared state {self.where} is unreachable") from None
@@ -302,18 +313,38 @@ class RedisState(StateBackend):
         # One flush queued at most: one per timer had a slow store's thread fall further
         # behind with every release, the admissions queued after them all.
         self._flush_queued = True
-        self._executor.submit(self.flush)
+        self._executor.submit(self._flush_turn)
 
     def _flush_next(self) -> None:
-        """On the state thread: the queued releases and refunds go with the flush after
-        the round trip running now (the one queued already, or one more)."""
+        """On the state thread: the queued releases and refunds go with the next round
+        trip after the one running now (the flush queued already, one more, or the
+        admissions waiting, see `_flush_turn`)."""
         if self._flush_queued:
             return
         self._flush_queued = True
         try:
-            self._executor.submit(self.flush)
+            self._executor.submit(self._flush_turn)
         except RuntimeError:
             pass  # closing: `close` flushes them
+
+    def _flush_turn(self) -> None:
+        """On the state thread: the queued flush, unless admissions wait for the thread:
+        they carry what is queued (`_send`). A flush of its own ahead of them made each
+        wait for three round trips, not two, and a slow store answered them too late."""
+        with self._batch_lock:
+            waiting = self._batch is not None
+        if waiting:
+            self._flush_queued = False  # what is queued from now on needs another
+            return
+        self.flush()
+
+    def _take_queued(self) -> list[bytes]:
+        """The releases and refunds queued, as calls (taken off their queues)."""
+        with self._release_lock:
+            batches, self._releases = self._releases, {}
+            refunds, self._refunds = self._refunds, []
+        sha = self.release_script.sha
+        return [batch.release(sha) for batch in batches.values()] + refunds
 
     def _command(self, gate: RedisGate, lease_id: str, pending: int,
                  want: int) -> tuple[bytes, Releases | None, int]:
@@ -328,7 +359,8 @@ class RedisState(StateBackend):
 
     def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
         """The admission script for one request, carrying its tenant's queued releases
-        (one script, one round trip). Raises RoundTripFailed like `run`."""
+        (one script, one round trip), after a wait of `timeout` at most for a
+        connection being made. Raises RoundTripFailed like `run`."""
         reply = self._pipeline([self._command(gate, lease_id, pending, 1)[0]])[0]
         if isinstance(reply, Exception) or not _well_formed(reply):
             self._script_failed(_malformed(reply))
@@ -343,7 +375,8 @@ class RedisState(StateBackend):
         pipeline, sent once the turn's ready work has run, or with the pipeline still
         waiting for the state thread. Raises RoundTripFailed like `run`."""
         loop = asyncio.get_running_loop()
-        asked = _Asked(gate, lease_id, pending, want, loop.create_future())
+        asked = _Asked(gate, lease_id, pending, want, loop.create_future(),
+                       since + self.settings.timeout)
         self._admissions.append(asked)
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
@@ -419,21 +452,27 @@ class RedisState(StateBackend):
             lambda done: self._answer(batch.asked, done))
 
     def _send(self, batch: _Batch) -> list[tuple[_Asked, Any]]:
-        """On the state thread: `batch`, taken as it is now (nothing joins it after);
-        each admission sent with its reply. Of a request that gave up meanwhile only the
-        releases and refund are sent: they are not admissions, and were lost with it
-        (a gate of one slot then refused everyone for the lease's time)."""
+        """On the state thread: `batch`, taken as it is now (nothing joins it after),
+        after every release and refund queued (they give slots back before the
+        admissions decide, in the same round trip); each admission sent with its reply.
+        Of a request that gave up meanwhile only the releases and refund are sent: they
+        are not admissions, and were lost with it (a gate of one slot then refused
+        everyone for the lease's time). The wait for a connection being made lasts
+        until the last admission's deadline (the store's own time, `timeout`, starts
+        when the pipeline is sent)."""
         with self._batch_lock:
             if self._batch is batch:
                 self._batch = None
-        calls: list[bytes] = []
-        owners: list[_Asked | None] = []  # whose answer each reply is (None: nobody's)
+        calls = self._take_queued()
+        owners: list[_Asked | None] = [None] * len(calls)  # whose answer each reply is
+        latest = 0.0
         for asked in batch.asked:
             if asked.call is None:
                 continue
             if not asked.gave_up:
                 calls.append(asked.call)
                 owners.append(asked)
+                latest = max(latest, asked.deadline)
                 continue
             if asked.releases is not None:
                 calls.append(asked.releases.release(self.release_script.sha))
@@ -445,13 +484,14 @@ class RedisState(StateBackend):
             return []
         answered: list[tuple[_Asked, Any]] = []
         late = False
-        for owner, reply in zip(owners, self._pipeline(calls), strict=True):
+        wait = max(0.0, latest - time.monotonic()) if latest else None
+        for owner, reply in zip(owners, self._pipeline(calls, wait), strict=True):
             if owner is None:
                 continue
             if owner.gave_up:
-                # Given back from here: the flush already waiting for this thread takes
-                # it along (from the loop, it came just after that flush had started,
-                # one more round trip on a thread a slow store keeps busy).
+                # Given back from here, with the next round trip (from the loop, it
+                # came one turn later: one more round trip, on a thread a slow store
+                # keeps busy).
                 late = self._abandon(owner, reply) or late
             else:
                 answered.append((owner, reply))
@@ -484,12 +524,14 @@ class RedisState(StateBackend):
         if late:
             self._flush_soon()
 
-    def _pipeline(self, calls: Sequence[bytes]) -> list[Any]:
+    def _pipeline(self, calls: Sequence[bytes], wait: float | None = None) -> list[Any]:
         """`calls` (encoded script calls, see `resp`) sent in one round trip, within
-        `timeout` from now; the replies (errors as values). Raises RoundTripFailed when
-        Redis is down or takes longer."""
+        `timeout` from when they are sent, after a wait of `wait` seconds at most for a
+        connection being made (see `_round_trip`); the replies (errors as values).
+        Raises RoundTripFailed when Redis is down or takes longer, or the connection is
+        not made yet."""
         pool = self.client.connection_pool
-        with self._round_trip():
+        with self._round_trip(wait):
             connection: Any = pool.get_connection()
             loads: list[bytes] = []
             try:
@@ -610,6 +652,8 @@ class RedisState(StateBackend):
         try:
             with round_trip(self.settings.timeout):  # a reconnect's handshake included
                 return bool(self.client.ping())
+        except ConnectionPending:
+            return False  # being made: not down
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
             return False
