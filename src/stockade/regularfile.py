@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UsageError
@@ -34,10 +35,15 @@ def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
     return fd
 
 
-def read_regular(path: Path | str, limit: int, *, follow: bool = False) -> bytes:
-    """At most `limit` bytes of the regular file at `path` (`open_regular`)."""
+def read_regular(path: Path | str, limit: int, *, follow: bool = False,
+                 vet: Callable[[os.stat_result], None] | None = None) -> bytes:
+    """At most `limit` bytes of the regular file at `path` (`open_regular`). `vet`, when
+    given, is shown the opened file's status (`fstat`) before a byte is read, and raises
+    to refuse it: the file judged is the one read, whatever its path names by then."""
     fd = open_regular(path, os.O_RDONLY, follow=follow)
     try:
+        if vet is not None:
+            vet(os.fstat(fd))
         chunks = []
         while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
             chunks.append(chunk)

@@ -14,7 +14,7 @@ import pytest
 
 from stockade.trust import KeyFileError
 from stockade.trust.keys import SecretKey, read_key_file
-from tests.conftest import STOCKADE, guest, stockade
+from tests.conftest import STOCKADE, guest, refused, stockade
 
 SIGNER = SecretKey(bytes(range(32)))
 
@@ -119,13 +119,20 @@ def _check(policy: Path) -> dict[str, str]:
 @pytest.mark.parametrize("loose", ["policy", "key", "neither"])
 def test_check_fails_a_trust_others_can_rewrite(tmp_path: Path, loose: str) -> None:
     """A world-writable policy (through a symlink) naming a world-writable key: `check`
-    said `PASS signature required`."""
+    said `PASS signature required`. The policy is refused when loaded, by `check` as by
+    `run` (which used it); a key when read."""
     key = _public_key(tmp_path / "ww.pub", 0o666 if loose == "key" else 0o644)
     policy = tmp_path / "pol.toml"
     policy.write_text(f'[trust]\nrequire_signature = true\nkeys = ["{key}"]\n')
     policy.chmod(0o666 if loose == "policy" else 0o644)
     link = tmp_path / "pol-link.toml"
     link.symlink_to(policy)
+    if loose == "policy":
+        for command in (["check", "--no-host"], ["run"]):
+            args = [*command, "--policy", str(link)]
+            refused(stockade(*args, *([str(guest("hello.wasm"))] if command == ["run"] else [])),
+                    f"{link}: mode 0666 lets others replace")
+        return
     item = _check(link)
     if loose == "neither":
         assert item["status"] == "pass", item

@@ -51,6 +51,7 @@ from ..policy.loader import (
     read_toml,
     trust_from_mapping,
 )
+from ..policy.tomlfile import refuse_shared
 from ..policy.units import shown
 from ..state.settings import StateSettings, parse_state
 from .argv import parse_argv
@@ -157,13 +158,18 @@ def load_manifest(path: str | Path, refresh_images: bool = False,
     """Read and resolve a manifest file. Raises PolicyError naming the key. `oci://`
     modules run the digests of the manifest's lock file; `refresh_images` (a reload)
     resolves their tags again and rewrites the lock. `snapshot`: a copy of the file's
-    bytes to read instead (the text a supervisor accepted), all else as at `path`."""
+    bytes to read instead (the text a supervisor accepted), all else as at `path`. A
+    manifest another user could rewrite is refused (`tomlfile.refuse_shared`): with a
+    `snapshot`, the file at `path` is judged, when there is one, not the copy."""
     path = Path(path)
     if snapshot is None:
         data = read_toml(path, "manifest", " (create one with `stockade new`)")
     else:
+        # The copy sits in a directory only the server's user enters, its mode the
+        # umask's; the file it copies grants what it grants, and may be gone by now.
+        refuse_shared(path, "manifest")
         try:
-            data = read_toml(snapshot, "manifest")
+            data = read_toml(snapshot, "manifest", shared=True)
         except PolicyError as exc:  # named as the user's file, which it copies
             raise PolicyError(exc.message.replace(str(snapshot), str(path), 1)) from None
     return parse_manifest(data, path, refresh_images)

@@ -7,7 +7,10 @@ of a Docker+Wasm image (`Entrypoint`, else `Cmd`, `#export` suffix dropped) insi
 layers without unpacking anything to disk, as the layers applied in order leave it: OCI
 whiteouts (`.wh.NAME`, opaque `.wh..wh..opq`) delete what lower layers hold, and a layer
 holding the module's path twice is refused (tar, umoci and containerd keep the last copy;
-which one runs must not depend on who unpacks it).
+which one runs must not depend on who unpacks it). So is an image where a member or
+whiteout of any layer, or the module's path, passes through a symbolic link of any layer
+(`a/app.wasm` over a link `a -> b`): unpackers write and delete through it, a search by
+name does not, and the order of a layer's members would decide (`_Links`).
 
 A layer is read one member at a time and its members are not kept (tarfile would keep
 them all: 470 bytes each, a million of them in a 2.7 MB gzipped layer); at most
@@ -24,6 +27,7 @@ most `EXTENDED_HEADER_WORK` in all, so many headers just under the limit cost no
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gzip
 import io
@@ -53,7 +57,7 @@ from .media import (
 __all__ = ["WasmImage", "UnpackBudget", "parse_json", "select_platform",
            "validate_wasm_config", "describe", "extract_module", "manifest_kind", "open_layer",
            "field", "strings", "MAX_EXTENDED_HEADER", "EXTENDED_HEADER_WORK",
-           "MAX_LAYER_MEMBERS", "MAX_PULL_MEMBERS"]
+           "MAX_LAYER_MEMBERS", "MAX_PULL_MEMBERS", "MAX_PATH_RECORD"]
 
 MAX_EXTENDED_HEADER = 64 * 1024  # legitimate ones hold a path, times, an xattr or two
 # ~5 s of CPU for the worst 64 KiB header; 10,000 headers of 200 bytes use a tenth of it
@@ -62,6 +66,9 @@ EXTENDED_HEADER_WORK = MAX_EXTENDED_HEADER ** 2
 # CPython for WASI with its whole standard library is a few thousand files.
 MAX_LAYER_MEMBERS = 50_000
 MAX_PULL_MEMBERS = 150_000
+# Bytes of directory and link names kept for the symbolic-link check over one search:
+# a real image's directories are KBs of names; this is 34,000 distinct ones of 246 bytes.
+MAX_PATH_RECORD = 8 * 1024**2
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _EXTENDED = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global",
@@ -326,6 +333,80 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
 
 
+def _passes(raw: str, name: str) -> list[str]:
+    """The deepest directories a path written `raw` (`name` normalized) is reached
+    through, "" (the root) left out: its parent, and the one each `..` leaves (the
+    kernel resolves `a/../b` through `a`; normalized, it is `b`)."""
+    directory = posixpath.dirname(name)
+    passed = [directory] if directory else []
+    if ".." in raw and ".." in (parts := raw.split("/")):
+        passed += [left for end, part in enumerate(parts)
+                   if part == ".." and (left := _normal("/".join(parts[:end])))]
+    return passed
+
+
+class _Links:
+    """The symbolic links of every layer of one search and the directories their members
+    and whiteouts pass through, to refuse an image where a path passes through a link.
+
+    A layer is a stream read once, top layer first, and a link may come after the members
+    below it (later in its layer, or in a lower layer), so both are kept until every
+    layer has been read: each link once, each directory a member sits in (or a `..`
+    leaves) once, not the directories above it nor the members. Their names are at most
+    `MAX_PATH_RECORD` bytes in all (BlobTooLarge past it); their count is at most one per
+    member and `..`, within `MAX_PULL_MEMBERS` headers. Sorted once at the end, when
+    there is a link, each link's directories are found by bisection."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, str] = {}  # a link's path -> the layer holding it
+        self.directories: dict[str, str] = {}  # a directory passed -> a layer passing it
+        self._kept = 0
+
+    def add(self, member: tarfile.TarInfo, name: str, where: str) -> None:
+        """Record `member` (`name` normalized) of the layer `where`. Raises ModuleError
+        for a link as the image root, BlobTooLarge past `MAX_PATH_RECORD`."""
+        for directory in _passes(member.name, name):
+            self._keep(self.directories, directory, where)
+        if member.issym():
+            if not name:
+                raise ModuleError(f"{where}: the image root / is a symbolic link, which "
+                                  "every path passes through; refused")
+            self._keep(self.links, name, where)
+
+    def _keep(self, table: dict[str, str], name: str, where: str) -> None:
+        if name in table:
+            return
+        self._kept += len(name)
+        if self._kept > MAX_PATH_RECORD:
+            raise BlobTooLarge(f"{where}: directory and link names of more than "
+                               f"{MAX_PATH_RECORD} bytes in all; refused")
+        table[name] = where
+
+    def through(self, directories: list[str]) -> tuple[str, str] | None:
+        """The first link (and its layer) that one of `directories`, or a directory
+        above one, is: what a path reached through them passes through."""
+        for directory in directories:
+            for above in (*_parents(directory), directory):
+                if above in self.links:
+                    return above, self.links[above]
+        return None
+
+    def crossed(self) -> tuple[str, str, str] | None:
+        """A link some recorded member passes through: (the link, its layer, the
+        member's layer), or None."""
+        if not self.links:
+            return None
+        ordered = sorted(self.directories)
+        for link, where in self.links.items():
+            if link in self.directories:
+                return link, where, self.directories[link]
+            # The names below `link/` sort together, from the first at or after it.
+            first = bisect.bisect_left(ordered, link + "/")
+            if first < len(ordered) and ordered[first].startswith(link + "/"):
+                return link, where, self.directories[ordered[first]]
+        return None
+
+
 @dataclass
 class _Found:
     """What one layer says about the module path: its bytes, and why it hides what
@@ -335,14 +416,18 @@ class _Found:
     hides: str = ""
 
 
-def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str) -> _Found:
-    """What the whole layer `tar` says about path `wanted` (`path` as the image names it)."""
+def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str,
+          links: _Links, decided: bool) -> _Found:
+    """What the whole layer `tar` says about path `wanted` (`path` as the image names it),
+    each member recorded in `links`. `decided`: an upper layer has said (its module is
+    neither read nor held to the rules of one)."""
     found = _Found()
     parents = _parents(wanted)
     while (member := tar.next()) is not None:
         # tarfile keeps every member read: a million empty ones held 470 MB.
         tar.members.clear()  # type: ignore[attr-defined]  # (not in typeshed)
         name = _normal(member.name)
+        links.add(member, name, where)
         # Any member's size, before tarfile seeks past it: a read per 10 KiB of it, none
         # charged once the data has run out (2**80 bytes in a 63-byte layer spun for
         # ever; -5 made the module empty).
@@ -354,6 +439,8 @@ def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str) 
                 if name == wanted else f"{where}: a member of {member.size} bytes, more "
                 "than a layer may unpack to; refused")
         base, directory = posixpath.basename(name), posixpath.dirname(name)
+        if decided:
+            continue
         if base == OPAQUE and (not directory or directory in parents):
             found.hides = f"{directory or '/'} made opaque ({OPAQUE})"
         elif base.startswith(WHITEOUT) and base != OPAQUE:
@@ -381,16 +468,19 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
     applied in order leave it: from the topmost layer holding it, unless a layer above
     deletes it (a whiteout `.wh.NAME` of it or of a directory above it, an opaque
     `.wh..wh..opq` in a directory above it, a directory above it replaced by another
-    kind of file). A whiteout hides only what lower layers hold, as OCI says. At most
-    `limit` unpacked bytes per layer, all of them, their headers and extended headers
-    charged to `budget`. A layer listed again is not searched again: it held nothing
-    of the path the first time. Raises ModuleError when no layer leaves the path a
-    regular file, a layer holds it twice, or an extended header is too large;
-    BlobTooLarge over a limit."""
+    kind of file). A whiteout hides only what lower layers hold, as OCI says. Every
+    layer is read, for its symbolic links (`_Links`). At most `limit` unpacked bytes
+    per layer, all of them, their headers and extended headers charged to `budget`. A
+    layer listed again is not read again: its links and paths are those it had. Raises
+    ModuleError when no layer leaves the path a regular file, a layer holds it twice, a
+    member, whiteout or `path` passes through a symbolic link, or an extended header is
+    too large; BlobTooLarge over a limit."""
     wanted = _normal(path)
     searched: set[object] = set()
     if budget is None:
         budget = UnpackBudget(limit * len(layers))
+    links = _Links()
+    decided: tuple[_Found, str] | None = None
     for descriptor, blob in reversed(layers):
         if descriptor.get("digest") in searched:
             continue
@@ -400,13 +490,27 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
             with open_layer(descriptor, blob) as raw, \
                     tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit, budget)),
                                  mode="r|", tarinfo=_guarded(budget, where)) as tar:
-                found = _scan(tar, wanted, path, limit, where)
+                found = _scan(tar, wanted, path, limit, where, links, decided is not None)
         # ValueError: tarfile's own, for numbers in pax headers it cannot read.
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise ModuleError(f"{where}: not a readable tar ({exc})") from None
-        if found.data is not None:
-            return found.data
-        if found.hides:
-            raise ModuleError(f"{path}: deleted by an upper layer of the image ({where}: "
-                              f"{found.hides}); refused")
-    raise ModuleError(f"{path}: the image's Entrypoint names a file no layer holds")
+        if decided is None and (found.data is not None or found.hides):
+            decided = found, where
+    passed = links.through(_passes(path, wanted))
+    if passed is not None:
+        raise ModuleError(f"{path} passes through the symbolic link /{passed[0]} "
+                          f"({passed[1]}); unpackers follow it, so which file runs would "
+                          "depend on the unpacker; refused")
+    crossed = links.crossed()
+    if crossed is not None:
+        link, at, member = crossed
+        raise ModuleError(f"{path}: {member} holds a path that passes through the symbolic "
+                          f"link /{link} ({at}); unpackers write through it, so which file "
+                          "runs would depend on the unpacker; refused")
+    if decided is None:
+        raise ModuleError(f"{path}: the image's Entrypoint names a file no layer holds")
+    found, where = decided
+    if found.data is None:
+        raise ModuleError(f"{path}: deleted by an upper layer of the image ({where}: "
+                          f"{found.hides}); refused")
+    return found.data

@@ -6,19 +6,27 @@ sees the text, a linear scan refuses what tomllib pays for out of proportion: ne
 deeper than `MAX_NESTING` (5,000 levels raised RecursionError), dotted keys of more
 than `MAX_KEY_PARTS` parts (one key of 50,000 parts, 100 KB, took tomllib minutes: each
 part costs about the length of the key) and more than `MAX_DOTS` dots in all.
+
+A policy or manifest says what a module may touch and which signatures it needs, so one
+another user could rewrite is refused (`regularfile.owner_problem`, the rule of the
+trust keys: owned by this user or root, writable by no group or other), judged on the
+file opened, not on its path: a 0666 policy requiring signatures was anyone's to turn
+the requirement off in.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError
-from ..regularfile import read_regular
+from ..regularfile import open_regular, owner_problem, read_regular
 
-__all__ = ["read_toml", "MAX_TOML", "MAX_NESTING", "MAX_KEY_PARTS", "MAX_DOTS"]
+__all__ = ["read_toml", "refuse_shared", "MAX_TOML", "MAX_NESTING", "MAX_KEY_PARTS",
+           "MAX_DOTS"]
 
 # Measured: 1 MiB of the costliest shapes within these bounds (dotted headers, many
 # tables) parses in about 1.5 s and 160 MiB; real policies and manifests are KiBs.
@@ -43,17 +51,23 @@ _LONG_KEY = re.compile(r"(?:(?<=[\[\]{}=,\n])|\A)(?:[^\[\]{}=,\n.]*\.)"
                        f"{{{MAX_KEY_PARTS}}}")
 _BRACKETS = re.compile(r"[^\[\]{}]+")
 _DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1}
+_ROOT = (0,)  # root can replace any file: its files are as good as the user's
 
 
-def read_toml(path: Path, kind: str, hint: str = "") -> dict[str, Any]:
+def read_toml(path: Path, kind: str, hint: str = "", *,
+              shared: bool = False) -> dict[str, Any]:
     """The TOML document at `path` (a `kind` such as "policy file"). Raises PolicyError
     naming the file for a missing (with `hint`), unreadable, oversized, too deep or
-    invalid one."""
+    invalid one, and (unless `shared`: a copy in a private directory) for one another
+    user could rewrite (`refuse_shared`)."""
     import tomllib  # only files need it: keeps `stockade run` start-up lean
+
+    def vet(info: os.stat_result) -> None:
+        _refuse(path, info, kind)
 
     try:
         # A path the user named: a symlink (a config map's file) is followed.
-        data = read_regular(path, MAX_TOML + 1, follow=True)
+        data = read_regular(path, MAX_TOML + 1, follow=True, vet=None if shared else vet)
     except FileNotFoundError:
         raise PolicyError(f"{path}: {kind} not found{hint}") from None
     except OSError as exc:
@@ -81,6 +95,29 @@ def read_toml(path: Path, kind: str, hint: str = "") -> dict[str, Any]:
         raise PolicyError(f"{path}: {kind} refused: tables nested more than {MAX_NESTING} "
                           "deep")
     return document
+
+
+def refuse_shared(path: Path, kind: str) -> None:
+    """Raise PolicyError when the file at `path` (followed when a link), opened, is one
+    another user could rewrite: owned by a uid other than this user's or root's, or
+    writable by group or others. A file that cannot be opened passes: reading it
+    reports that."""
+    try:
+        fd = open_regular(path, os.O_RDONLY, follow=True)
+    except (OSError, ValueError):
+        return
+    try:
+        _refuse(path, os.fstat(fd), kind)
+    finally:
+        os.close(fd)
+
+
+def _refuse(path: Path, info: os.stat_result, kind: str) -> None:
+    problem = owner_problem(info, _ROOT)
+    if problem:
+        fix = "" if problem.startswith("owned") else " (chmod go-w it)"
+        raise PolicyError(f"{path}: {problem}: a {kind} another user could rewrite is "
+                          f"refused{fix}")
 
 
 def _depth(document: dict[str, Any]) -> int:
