@@ -88,19 +88,24 @@ def replaceable(path: Path) -> os.stat_result | None:
     return found
 
 
-def replace_file(path: Path, data: bytes, mode: int | None = 0o600) -> None:
+def replace_file(path: Path, data: bytes, mode: int | None = 0o600, *,
+                 others_write: bool = True) -> None:
     """Put `data` at `path` whole: written to a new file of a name no one can guess beside
     it (a link planted at a predictable `.NAME.PID.tmp` had the write go through it),
     then renamed over `path`. A `path` that exists as anything but a regular file (a
     device, a symlink such as /dev/stdout) is refused: as root, the rename replaced
     /dev/full with a file. `mode` None: the mode of the file replaced, else what the
-    umask leaves of 0666 (a user's output, as `cp` would write it). Raises OSError."""
+    umask leaves of 0666 (a user's output, as `cp` would write it). `others_write` False:
+    never writable by group or others, whatever the umask or the mode replaced (a
+    manifest or policy so writable is refused when read). Raises OSError."""
     import contextlib
     import tempfile
 
     found = replaceable(path)
     if mode is None:
         mode = 0o666 & ~_umask() if found is None else stat.S_IMODE(found.st_mode)
+    if not others_write:
+        mode &= ~0o022
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
                                          dir=path.parent)
     try:

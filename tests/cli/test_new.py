@@ -5,11 +5,12 @@ every file it would write (the C starter's hello.wasm too) before writing any.""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from ..conftest import refused, stockade
+from ..conftest import STOCKADE, refused, stockade
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -68,3 +69,21 @@ def test_force_replaces_regular_files_and_keeps_their_mode(tmp_path: Path) -> No
     assert (tmp_path / "hello.wat").read_text().startswith(";;")
     assert (tmp_path / "hello.wat").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "keep").read_text() == "old"
+
+
+def test_the_starter_manifest_is_never_writable_by_others(tmp_path: Path) -> None:
+    """Under umask 002 the starter's stockade.toml was 0664, and `serve` (which refuses a
+    manifest others could rewrite) refused the manifest `new` had just written."""
+    (tmp_path / "stockade.toml").write_text("old")
+    (tmp_path / "stockade.toml").chmod(0o666)  # replaced with --force: keeps 0644 of it
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for where, flags in ((fresh, ()), (tmp_path, ("--force",))):
+        done = subprocess.run(["sh", "-c", 'umask 002 && exec "$@"', "sh", *STOCKADE, "new",
+                               *flags, str(where)], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        assert (where / "stockade.toml").stat().st_mode & 0o777 == 0o644
+        checked = stockade("check", "--no-host", "--manifest", str(where / "stockade.toml"),
+                           timeout=60)
+        assert b"could rewrite" not in checked.stdout + checked.stderr

@@ -61,8 +61,10 @@ def new(directory: Path, lang: str, python_wasm: Path | None, force: bool) -> No
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # A new file renamed into place: a link planted since the check is replaced,
-            # never written through; an existing file keeps its mode.
-            replace_file(path, text.encode(), mode=None)
+            # never written through; an existing file keeps its mode, less the group's
+            # and others' write (`serve` refuses a manifest others can rewrite: under
+            # umask 002 the starter's own was refused).
+            replace_file(path, text.encode(), mode=None, others_write=False)
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     for path in files:

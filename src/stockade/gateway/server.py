@@ -27,7 +27,7 @@ from typing import Any
 from ..allocator import run_tunables
 from ..errors import ModuleError, ModuleNotFound, PolicyError, StockadeError, WorkerError
 from ..paths import import_path, module_command
-from ..policy.tomlfile import MAX_TOML
+from ..policy.tomlfile import MAX_TOML, shared_vet
 from ..regularfile import read_regular
 from ..replica import REPLICA_ENV, replica_id
 from ..rmtree import remove_tree
@@ -112,7 +112,8 @@ class Supervisor:
         """The manifest's bytes as they are now, copied for checking: the file may change
         again before a worker loads it (a replacement long after)."""
         try:
-            data = read_regular(self.path, MAX_TOML + 1, follow=True)
+            data = read_regular(self.path, MAX_TOML + 1, follow=True,
+                                vet=shared_vet(self.path, "manifest"))
         except (OSError, ValueError):
             load_manifest(self.path)  # raises, naming the problem
             raise PolicyError(f"{self.path}: cannot read manifest") from None

@@ -16,8 +16,10 @@ the requirement off in.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,12 @@ def refuse_shared(path: Path, kind: str) -> None:
         _refuse(path, os.fstat(fd), kind)
     finally:
         os.close(fd)
+
+
+def shared_vet(path: Path, kind: str) -> Callable[[os.stat_result], None]:
+    """What `read_regular(..., vet=)` takes to refuse, as `refuse_shared` does, the very
+    file it reads (no second open between the check and the read)."""
+    return functools.partial(_refuse, path, kind=kind)
 
 
 def _refuse(path: Path, info: os.stat_result, kind: str) -> None:
