@@ -1,11 +1,16 @@
-"""Invocation ids are unique within and across processes."""
+"""Invocation ids are unique within and across processes; what an Invocation holds is
+checked when it is built."""
 
 from __future__ import annotations
 
 import os
 import re
 import warnings
+from collections.abc import Callable
 
+import pytest
+
+from stockade import UsageError
 from stockade.invocation import Invocation, new_invocation_id
 
 
@@ -28,3 +33,30 @@ def test_a_forked_child_draws_a_new_prefix() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert child[:16] != new_invocation_id()[:16]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Invocation(args=("ok", "\ud800")),
+    lambda: Invocation(args=["\udc80x"]),
+    lambda: Invocation(env={"\ud800": "x"}),
+    lambda: Invocation(env=(("A", "x\udfff"),)),
+    lambda: Invocation(stdin="\ud800"),
+], ids=["args", "args-list", "env-name", "env-value", "stdin"])
+def test_text_that_is_not_unicode_is_a_usage_error(build: Callable[[], Invocation]) -> None:
+    """A lone surrogate was a raw UnicodeEncodeError from deep in a run in process (the
+    isolated worker said "is not valid Unicode text"): one check, when built."""
+    with pytest.raises(UsageError, match="not valid Unicode text"):
+        build()
+
+
+def test_text_beyond_ascii_is_kept() -> None:
+    invocation = Invocation(args=("héllo", "日本"), env={"CLÉ": "välue"}, stdin="ß")
+    assert invocation.args == ("héllo", "日本") and invocation.stdin == "ß".encode()
+    assert invocation.env == (("CLÉ", "välue"),)
+
+
+@pytest.mark.parametrize("value", [5, b"id", 1.5])
+def test_an_invocation_id_is_text(value: object) -> None:
+    with pytest.raises(UsageError, match="invocation_id"):
+        Invocation(invocation_id=value)  # type: ignore[arg-type]
+    assert Invocation(invocation_id="abc").invocation_id == "abc"

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .envblock import checked_text
 from .errors import ModuleError, UsageError
 from .paths import cache_dir
 from .progress import on_terminal
@@ -157,15 +158,20 @@ def python_args(code: str | None, script: str | None, args: tuple[str, ...]) -> 
 
 def write_files(root: Path, files: Mapping[str, str | bytes]) -> None:
     """Write `files` (relative guest paths under GUEST_WORKDIR -> text or bytes) into
-    `root`. Raises UsageError for an absolute or climbing path, or too many bytes."""
+    `root`. Raises UsageError for anything but such a mapping, an absolute or climbing
+    path, text that is not valid Unicode, or too many bytes."""
+    if not isinstance(files, Mapping):
+        raise UsageError(f"files: expected a mapping of relative paths to text or bytes, "
+                         f"not {type(files).__name__}")
     total = 0
     for name, content in files.items():
         if not isinstance(name, str) or not name or name.startswith("/") or \
                 ".." in Path(name).parts:
             raise UsageError(f"files: {name!r} must be a relative path inside "
                              f"{GUEST_WORKDIR} without '..'")
+        checked_text(name, "files: the name")
         if isinstance(content, str):
-            data = content.encode("utf-8")
+            data = checked_text(content, f"files[{name!r}]:").encode("utf-8")
         elif isinstance(content, bytes | bytearray | memoryview):
             data = bytes(content)
         else:

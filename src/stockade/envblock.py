@@ -13,7 +13,7 @@ from .errors import UsageError
 from .records import FieldTuple
 
 __all__ = ["EnvBlock", "NO_ENV", "Env", "encode_env", "encode_args", "variable_problem",
-           "checked_env"]
+           "checked_env", "unicode_problem", "checked_text"]
 
 Env = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -32,15 +32,38 @@ class EnvBlock(FieldTuple):
 NO_ENV = EnvBlock(b"", b"", 0)
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why `text` cannot reach a guest, which takes UTF-8 (a lone surrogate, as from
+    `os.fsdecode` of undecodable bytes), or None. ASCII costs one flag test."""
+    if text.isascii():
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode text (a lone surrogate at position {exc.start})"
+    return None
+
+
+def checked_text(value: str, what: str, error: type[UsageError] = UsageError) -> str:
+    """`value` when `unicode_problem` finds nothing; else `error` naming `what`."""
+    problem = unicode_problem(value)
+    if problem is not None:
+        raise error(f"{what} {value[:40]!r} {problem}")
+    return value
+
+
 def variable_problem(name: object, value: object) -> str | None:
-    """Why (`name`, `value`) cannot be an environment variable, or None: both text, the
-    name not empty and without `=`, neither with a NUL character."""
+    """Why (`name`, `value`) cannot be an environment variable, or None: both text (valid
+    Unicode), the name not empty and without `=`, neither with a NUL character."""
     if not isinstance(name, str) or not isinstance(value, str):
         return "names and values must be str"
     if not name or "=" in name or "\0" in name:
         return "not a variable name (empty, or has '=' or NUL)"
     if "\0" in value:
         return "its value contains a NUL character"
+    problem = unicode_problem(name) or unicode_problem(value)
+    if problem is not None:
+        return f"the name or value {problem}"
     return None
 
 
@@ -110,7 +133,4 @@ def _text(value: object, what: str, forbidden: str = "") -> bytes:
         raise UsageError(f"{what} {value!r} must be a string")
     if "\0" in value or (forbidden and forbidden in value):
         raise UsageError(f"{what} {value!r} contains a NUL byte or {forbidden or 'NUL'!r}")
-    try:
-        return value.encode()
-    except UnicodeEncodeError:
-        raise UsageError(f"{what} {value!r} is not valid Unicode text") from None
+    return checked_text(value, what).encode()

@@ -7,7 +7,7 @@ import os
 from dataclasses import field
 from typing import Any
 
-from .envblock import checked_env
+from .envblock import checked_env, checked_text, unicode_problem
 from .errors import UsageError
 from .records import FrozenRecord, record
 
@@ -46,7 +46,8 @@ class Invocation(FrozenRecord):
 
     Checked when built: `args` is a sequence of strings (a single string is refused, it
     would otherwise become one argument per character), `stdin` bytes or text (UTF-8),
-    `env` pairs or a mapping of strings. Raises UsageError naming the parameter.
+    `env` pairs or a mapping of strings, all text valid Unicode (no lone surrogates:
+    a guest takes UTF-8), and the labels text. Raises UsageError naming the parameter.
     """
 
     args: tuple[str, ...] = ()
@@ -58,7 +59,7 @@ class Invocation(FrozenRecord):
     traceparent: str | None = None
     breaker: str | None = None
 
-    def __init__(self, args: tuple[str, ...] = (), stdin: bytes = b"",
+    def __init__(self, args: tuple[str, ...] = (), stdin: bytes | str = b"",
                  env: tuple[tuple[str, str], ...] = (),
                  name: str | None = None, tenant: str | None = None,
                  invocation_id: str | None = None, traceparent: str | None = None,
@@ -66,7 +67,8 @@ class Invocation(FrozenRecord):
         # The gateway builds thousands a second: the common, valid shapes cost two checks.
         # A NUL, or a name with `=`, reaches no backend: the in-process one cut the text
         # there silently, where a worker refused it (found by review).
-        if type(args) is not tuple or not all(type(a) is str and "\0" not in a for a in args):
+        if type(args) is not tuple or not all(type(a) is str and "\0" not in a
+                                              and a.isascii() for a in args):
             args = _args(args)
         if type(stdin) is not bytes:
             stdin = _stdin(stdin)
@@ -75,6 +77,7 @@ class Invocation(FrozenRecord):
         if type(env) is not tuple or env:
             env = checked_env(env, "Invocation env")
         for label, value in (("name", name), ("tenant", tenant),
+                             ("invocation_id", invocation_id),
                              ("traceparent", traceparent), ("breaker", breaker)):
             if value is not None and not isinstance(value, str):
                 raise UsageError(f"Invocation {label}: expected a str or None, not "
@@ -107,12 +110,15 @@ def _args(value: Any) -> tuple[str, ...]:
                              f"{type(item).__name__}")
         if "\0" in item:
             raise UsageError(f"Invocation args[{index}]: contains a NUL character")
+        problem = unicode_problem(item)
+        if problem is not None:
+            raise UsageError(f"Invocation args[{index}]: {item[:40]!r} {problem}")
     return items
 
 
 def _stdin(value: Any) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return checked_text(value, "Invocation stdin: text").encode("utf-8")
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise UsageError(f"Invocation stdin: expected bytes or str, not {type(value).__name__}")

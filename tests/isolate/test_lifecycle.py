@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from stockade import Invocation, Outcome, Policy, WorkerError
+from stockade import Invocation, Outcome, Policy, UsageError, WorkerError
 from stockade.isolate import IsolatedSandbox, IsolationConfig
 from stockade.observe import RunInfo
 from stockade.result import Result
@@ -41,26 +43,91 @@ def test_worker_killed_by_sigkill_gives_error_and_is_replaced() -> None:
         assert sandbox.run(guest("hello.wasm")).ok
 
 
-def test_hung_worker_is_killed_at_timeout_plus_grace() -> None:
-    # The guest would sleep 10 s; stopped, the worker cannot even honour its own 1 s limit.
-    policy = Policy.from_profile("strict").with_limits(timeout=1.0)
+def _slow_to_compile(tmp_path: Path, functions: int = 40_000) -> Path:
+    """A module of many functions, new to the AoT cache: compiling it takes seconds."""
+    body = "".join(f"(func $f{i} (result i32) (i32.add (i32.const {i}) (i32.const 1)))"
+                   for i in range(functions))
+    nonce = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    module = tmp_path / "slow.wat"
+    module.write_text(f'(module (global i32 (i32.const {nonce})) {body} '
+                      '(func (export "_start")))')
+    return module
+
+
+def _wait_for_state(pid: int, state: str) -> None:
+    gone_by = time.monotonic() + 10
+    while time.monotonic() < gone_by:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == state:
+                return
+        time.sleep(0.01)
+    pytest.fail(f"process {pid} never reached state {state}")
+
+
+def test_a_worker_stopped_during_a_run_is_a_worker_failure_not_a_timeout() -> None:
+    """A SIGSTOP while the guest ran was reported as the guest's `timeout` (124), after
+    the whole timeout and grace: the worker's failure is `error`, found in `grace`."""
+    policy = Policy.from_profile("strict").with_limits(timeout=20.0)
     stopper = SignalOnStart(signal.SIGSTOP)
-    config = IsolationConfig(grace=0.5)
+    config = IsolationConfig(grace=1.0)
     with IsolatedSandbox(policy, observers=[stopper], config=config) as sandbox:
+        began = time.monotonic()
         result = sandbox.run(guest("sleeper.wasm"), Invocation(args=("10",)))
-        assert result.outcome is Outcome.TIMEOUT
-        assert result.exit_code == 124
-        assert "1 s timeout + 0.5 s grace" in result.message
+        waited = time.monotonic() - began
+        assert result.outcome is Outcome.ERROR and result.exit_code == Outcome.ERROR.exit_code
+        assert "stopped" in result.message and "SIGKILL" in result.message
+        assert waited < 10, waited  # far from the 20 s timeout + grace
+        sandbox.observers = ()
+        assert sandbox.run(guest("hello.wasm")).ok
 
 
-def test_load_timeout_bounds_the_time_before_the_guest_starts() -> None:
-    config = IsolationConfig(load_timeout=0.5)
-    with IsolatedSandbox(Policy.from_profile("strict"), config=config) as sandbox:
+def test_an_idle_stopped_worker_does_not_cost_the_next_run() -> None:
+    """A worker stopped between runs made the next run wait the whole load timeout
+    (36 s under a 3 s policy) and reported "loading the module took longer", `timeout`:
+    a stopped worker is replaced before it is handed the run."""
+    policy = Policy.from_profile("strict").with_limits(timeout=3.0)
+    with IsolatedSandbox(policy) as sandbox:
         sandbox.protections()
         pid = sandbox.worker_pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
+        _wait_for_state(pid, "T")  # a signal takes effect after `kill` returns
+        began = time.monotonic()
         result = sandbox.run(guest("hello.wasm"))
+        assert result.ok, result.message
+        assert time.monotonic() - began < 3 + 2
+        assert sandbox.worker_pid != pid
+        gone_by = time.monotonic() + 5
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}"), "the stopped worker was left behind"
+
+
+def test_a_worker_stopped_while_loading_is_a_worker_failure(tmp_path: Path) -> None:
+    """Stopped after it was handed the run, before the guest started: not the guest's
+    `timeout` after the whole load timeout, but `error` about as soon as it is seen."""
+    policy = Policy.from_profile("strict").with_limits(timeout=3.0)
+    module = _slow_to_compile(tmp_path)
+    with IsolatedSandbox(policy, config=IsolationConfig(grace=1.0)) as sandbox:
+        sandbox.protections()
+        pid = sandbox.worker_pid
+        assert pid is not None
+        threading.Timer(0.3, os.kill, (pid, signal.SIGSTOP)).start()
+        began = time.monotonic()
+        result = sandbox.run(module)
+        waited = time.monotonic() - began
+        assert result.outcome is Outcome.ERROR, result.message
+        assert "stopped" in result.message
+        assert waited < 3 + 1 + 2, waited
+        assert sandbox.run(guest("hello.wasm")).ok
+
+
+def test_load_timeout_bounds_the_time_before_the_guest_starts(tmp_path: Path) -> None:
+    config = IsolationConfig(load_timeout=0.5)
+    with IsolatedSandbox(Policy.from_profile("strict"), config=config) as sandbox:
+        sandbox.protections()
+        pid = sandbox.worker_pid
+        result = sandbox.run(_slow_to_compile(tmp_path))
         assert result.outcome is Outcome.TIMEOUT
         assert "loading the module" in result.message
         assert sandbox.worker_pid != pid
@@ -94,7 +161,7 @@ def test_close_is_idempotent_and_final() -> None:
     sandbox.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    with pytest.raises(WorkerError):
+    with pytest.raises(UsageError, match="closed"):  # as for `Sandbox` (README)
         sandbox.run(guest("hello.wasm"))
 
 

@@ -123,3 +123,23 @@ def test_observers_run_in_the_caller_with_the_worker_pid() -> None:
     info, finished = recorder.finished[0]
     assert finished is result and info is recorder.started[0]
     assert info.module == "hello.wasm" and info.sha256 == result.sha256
+
+
+@pytest.mark.cpython
+@pytest.mark.parametrize("isolate", ["none", "process"])
+def test_both_sandboxes_run_python_and_run_async(python_wasm: Path, isolate: str) -> None:
+    """`make_sandbox(policy, "process")` has the "same interface as Sandbox" (README):
+    the isolated one had neither `run_python` nor `run_async`."""
+    import asyncio
+
+    from stockade.cpython import python_policy
+    from stockade.isolate import make_sandbox
+
+    with make_sandbox(python_policy(), isolate) as sandbox:
+        result = sandbox.run_python(  # type: ignore[attr-defined]
+            "import helper, sys; print(helper.twice(21), sys.stdin.read(), sys.argv[1:])",
+            files={"helper.py": "def twice(x): return 2 * x\n"}, args=["a"], stdin="in")
+        assert result.stdout == b"42 in ['a']\n", result.stderr
+        ran = asyncio.run(sandbox.run_async(  # type: ignore[attr-defined]
+            guest("hello.wasm"), Invocation(args=("async",))))
+        assert ran.ok and b"arg 1: async" in ran.stdout

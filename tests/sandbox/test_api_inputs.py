@@ -4,14 +4,23 @@ TypeError, AttributeError or a setting read some other way than it says."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stockade import Invocation, Policy, PolicyError, Sandbox, UsageError
+from stockade import (
+    AsyncSandbox,
+    Invocation,
+    Policy,
+    PolicyError,
+    Sandbox,
+    SandboxPool,
+    UsageError,
+)
 from stockade.invocation import MAX_STDIN
+from stockade.isolate import IsolatedSandbox
 from stockade.isolate.factory import make_sandbox
 
 from ..conftest import guest
@@ -140,3 +149,67 @@ def test_values_are_checked_as_kept_not_as_they_answer() -> None:
     _Changing.reads = 0
     kept = STRICT.with_capabilities(env_allow=_Changing()).capabilities.env_allow
     assert kept == ("HOME",) and type(kept[0]) is str
+
+
+@pytest.mark.parametrize("policy", ["strict", 5, {"timeout": 1}])
+@pytest.mark.parametrize("make", [
+    lambda policy: Sandbox(policy),
+    lambda policy: IsolatedSandbox(policy),
+    lambda policy: AsyncSandbox(policy),
+    lambda policy: AsyncSandbox(policy, isolate="process"),
+    lambda policy: SandboxPool(policy, size=1),
+    lambda policy: make_sandbox(policy, "process"),
+    lambda policy: make_sandbox(policy),
+], ids=["Sandbox", "IsolatedSandbox", "AsyncSandbox", "AsyncSandbox-process", "SandboxPool",
+        "make_sandbox-process", "make_sandbox"])
+def test_every_sandbox_wants_a_policy(make: Callable[[Any], object], policy: object) -> None:
+    # Only the in-process Sandbox said so: the others raised AttributeError from inside.
+    with pytest.raises(UsageError, match="expected a Policy"):
+        make(policy)
+
+
+@pytest.mark.parametrize("invocation", ["x", {"args": ["x"]}, ("x",)])
+def test_every_sandbox_wants_an_invocation(any_sandbox: Any, invocation: object) -> None:
+    # The isolated sandbox sent it to its worker: WorkerError ("'str' object has no
+    # attribute 'env'").
+    with pytest.raises(UsageError, match="expected an Invocation"):
+        any_sandbox.run(guest("hello.wasm"), invocation)
+
+
+def test_a_closed_isolated_sandbox_runs_nothing() -> None:
+    # A WorkerError, where the README promises UsageError as for `Sandbox`.
+    sandbox = IsolatedSandbox(STRICT)
+    assert sandbox.run(guest("hello.wasm")).ok
+    sandbox.close()
+    with pytest.raises(UsageError, match="closed"):
+        sandbox.run(guest("hello.wasm"))
+    with pytest.raises(UsageError, match="closed"):
+        sandbox.protections()
+
+
+@pytest.mark.parametrize("arguments", [
+    {"code": "print('\ud800')"},
+    {"code": "1", "files": {"a.txt": "\ud800"}},
+    {"code": "1", "files": {"\ud800.txt": "x"}},
+    {"code": "1", "args": ["\udc80"]},
+    {"code": "1", "env": {"A": "\ud800"}},
+    {"code": "1", "stdin": "\ud800"},
+], ids=["code", "file-text", "file-name", "args", "env", "stdin"])
+def test_python_text_that_is_not_unicode_is_a_usage_error(arguments: dict[str, Any]) -> None:
+    # Raw UnicodeEncodeError tracebacks, from wasmtime-py's WASI or `write_files`.
+    with Sandbox(STRICT) as sandbox, pytest.raises(UsageError, match="not valid Unicode text"):
+        sandbox.run_python(**arguments)
+
+
+@pytest.mark.parametrize(("arguments", "words"), [
+    ({"files": [("a.txt", "b")]}, "files: expected a mapping"),  # AttributeError
+    ({"files": "a.txt"}, "files: expected a mapping"),
+    ({"env": 5}, "env: expected a mapping"),  # TypeError
+    ({"env": [("A",)]}, "env: expected a mapping"),
+    ({"code": "print(1)\0"}, "code: contains a NUL"),
+])
+def test_python_arguments_of_the_wrong_kind_are_usage_errors(arguments: dict[str, Any],
+                                                             words: str) -> None:
+    arguments = {"code": "1", **arguments}
+    with Sandbox(STRICT) as sandbox, pytest.raises(UsageError, match=words):
+        sandbox.run_python(**arguments)

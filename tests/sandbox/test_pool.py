@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -149,3 +150,89 @@ def test_closing_with_callers_waiting_refuses_them_all(isolate: str) -> None:
     assert ran.outcome is Outcome.EXITED
     assert all(isinstance(error, UsageError) and "closed" in str(error)
                for error in refusals), refusals
+
+
+class _SlowToFinish:
+    """An observer that holds the run's thread `seconds` after its first run ends: no
+    cancellation reaches it, so the thread outlives the awaiting task's loop."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    def run_started(self, info: object) -> None:
+        pass
+
+    def run_finished(self, info: object, result: object) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize("isolate", ["none", "process"])
+def test_a_run_outliving_its_event_loop_gives_its_sandbox_back(isolate: str) -> None:
+    """The sandbox went back to the pool through a callback on the caller's loop: once
+    that loop had ended (`asyncio.run` returned while the run's thread went on), the
+    pool's only sandbox was lost for good and the next caller waited for ever."""
+    slow = _SlowToFinish(4.0)
+    pool = SandboxPool(Policy().with_limits(timeout="20s"), size=1, isolate=isolate,
+                       observers=[slow])
+
+    async def abandoned() -> None:
+        with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+            await asyncio.wait_for(pool.run(guest("hello.wasm")), 0.5)
+
+    async def later() -> Result:
+        return await asyncio.wait_for(pool.run(guest("hello.wasm"), Invocation(args=("b",))),
+                                      20)
+
+    try:
+        asyncio.run(abandoned())
+        time.sleep(slow.seconds)  # the first run's thread ends meanwhile, its loop gone
+        assert asyncio.run(later()).ok
+    finally:
+        asyncio.run(pool.aclose())
+
+
+def test_a_pool_serves_callers_on_one_loop_after_another() -> None:
+    """The idle queue belonged to the first loop that used it: concurrent runs from a
+    second `asyncio.run` raised RuntimeError ("bound to a different event loop")."""
+    pool = SandboxPool(Policy().with_limits(timeout="20s"), size=1, isolate="none")
+
+    async def batch(tag: str) -> list[Result]:
+        return list(await asyncio.gather(*(
+            pool.run(guest("hello.wasm"), Invocation(args=(f"{tag}{index}",)))
+            for index in range(3))))
+
+    try:
+        for tag in ("first", "second", "third"):
+            results = asyncio.run(batch(tag))
+            assert [r.stdout.splitlines()[1] for r in results] == [
+                f"arg 1: {tag}{index}".encode() for index in range(3)]
+    finally:
+        asyncio.run(pool.aclose())
+
+
+def test_a_pool_serves_two_loops_on_two_threads_at_once() -> None:
+    pool = SandboxPool(Policy().with_limits(timeout="20s"), size=1, isolate="none")
+    outcomes: list[object] = []
+
+    async def batch() -> list[Result]:
+        return list(await asyncio.gather(*(
+            pool.run(guest("sleeper.wasm"), Invocation(args=("0",))) for _ in range(3))))
+
+    def on_a_thread() -> None:
+        try:
+            outcomes.extend(asyncio.run(batch()))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=on_a_thread) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(outcomes) == 6 and all(getattr(o, "ok", False) for o in outcomes), outcomes
+    finally:
+        asyncio.run(pool.aclose())

@@ -187,7 +187,11 @@ def classify(error: BaseException, *, started: bool = True, max_memory: int = 0)
     """The `Ending` of an exception raised by wasmtime-py while instantiating
     (`started=False`) or running a guest. `ExitTrap` is a normal exit; `GuestStopped`
     comes from Stockade's own host calls; traps and errors as `ending_of_trap` and
-    `ending_of_error`; anything else is `error`."""
+    `ending_of_error`; anything else is `error`. A KeyboardInterrupt (Ctrl-C in a host
+    call, which stopped the guest for it) is no outcome: it is raised again (a fresh
+    one: the caught one's traceback holds the run's frames)."""
+    if isinstance(error, KeyboardInterrupt):
+        raise KeyboardInterrupt from None
     if isinstance(error, GuestStopped):  # before the import: the C-API backend's only case
         return Ending(error.outcome, error.message)
     if isinstance(error, GuestExited):  # the guest's `proc_exit`

@@ -9,14 +9,24 @@ wasm code it finds the trampoline's (the guest's own).
 
 The meter of the run is found through a thread-local: a guest runs on the thread
 that called `_start`, and its host calls arrive on that same thread.
+
+Ctrl-C: a KeyboardInterrupt raised as a ctypes callback is entered, before its `try`,
+cannot be caught there: ctypes prints "Exception ignored", and the callback returns
+garbage to wasmtime (a trap pointer it frees). So while a run on the main thread has
+Python's own SIGINT handler, `metered` puts one in its place that raises only inside a
+host call's body (the call then stops the guest with a trap, as for any failure) and
+elsewhere notes the interrupt: the next host call stops the guest, and the sandbox
+raises KeyboardInterrupt once the guest has stopped (`metered.interrupted`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import signal
 import threading
 import weakref
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import wasmtime
 from wasmtime import _ffi as ffi
@@ -29,7 +39,18 @@ from .meter import Meter
 __all__ = ["build_linker", "metered", "LINKER_NAME"]
 
 LINKER_NAME = "stockade-metered"
-_local = threading.local()
+
+
+class _Local(threading.local):
+    """The run of this thread (class defaults: no AttributeError caught per call)."""
+
+    meter: Meter | None = None
+    engine: wasmtime.Engine | None = None
+    raisable = False  # in a host call's body: an interrupt raised there stops the guest
+    interrupted = False  # Ctrl-C noted where it could not be raised
+
+
+_local = _Local()
 # Keyed by the engine itself, never its `id`: an address is reused once an engine is
 # freed, and a module compiled for the dead engine cannot run in the new one.
 _trampolines: weakref.WeakKeyDictionary[wasmtime.Engine, wasmtime.Module] = \
@@ -38,21 +59,45 @@ _trampolines_lock = threading.Lock()
 
 
 class metered:  # noqa: N801 - used as a context manager like a function
-    """Context manager installing `meter` for host calls made on this thread."""
+    """Context manager installing `meter` for host calls made on this thread, and on
+    the main thread the run's SIGINT handler (module docstring). `interrupted` says,
+    once it has exited, whether Ctrl-C came during the run: the caller raises
+    KeyboardInterrupt then."""
 
     def __init__(self, meter: Meter, engine: wasmtime.Engine) -> None:
         self.meter = meter
         self.engine = engine
+        self.interrupted = False
+        self._handler = False
 
     def __enter__(self) -> Meter:
         _local.meter = self.meter
         _local.engine = self.engine
+        _local.interrupted = _local.raisable = False
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
+            self._handler = True
         return self.meter
 
     def __exit__(self, *exc: object) -> None:
-        _local.meter = None
-        _local.engine = None
-        self.meter.close()
+        try:
+            if self._handler:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        finally:
+            self.interrupted = _local.interrupted
+            _local.interrupted = _local.raisable = False
+            _local.meter = None
+            _local.engine = None
+            self.meter.close()
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    """SIGINT during a run on the main thread: raised in a host call's body, noted
+    anywhere else (a callback's entry cannot catch it)."""
+    if _local.raisable:
+        raise KeyboardInterrupt
+    _local.interrupted = True
 
 
 def _trampoline_module(engine: wasmtime.Engine) -> wasmtime.Module:
@@ -111,7 +156,7 @@ class _Host:
     def forward(self, name: str, *args: int) -> int:
         meter, caller = self.meter, self.caller
         if meter.trampoline is None:
-            engine: wasmtime.Engine = _local.engine
+            engine = cast(wasmtime.Engine, _local.engine)  # set with the meter
             linker = wasmtime.Linker(engine)
             linker.define_wasi()
             linker.define(caller, "env", "memory", caller["memory"])
@@ -166,17 +211,24 @@ def _entry(name: str, params: tuple[str, ...]) -> Any:
     wide = tuple(param == "i64" for param in params)
 
     def host_call(_env: Any, caller_ptr: Any, slots: Any, _count: int) -> int:
-        meter: Meter | None = getattr(_local, "meter", None)
+        local = _local
+        meter = local.meter
         if meter is None:
             return _trap(f"{name} called outside a metered run")
         caller = wasmtime.Caller(caller_ptr)
         try:
+            # Nothing between here and the `try` checks for signals (no call).
+            local.raisable = True
+            if local.interrupted:  # Ctrl-C noted since the last call: stop the guest
+                raise KeyboardInterrupt
             host = _Host(meter, caller)
             slots[0].i32 = serve(name, meter, host, host.memory, arguments(slots, wide))
             return 0
         except BaseException as exc:  # noqa: BLE001 - the sandbox classifies it
+            local.raisable = False
             return _trap(stopping(meter, name, exc))
         finally:
+            local.raisable = False
             caller._invalidate()
 
     return _Callback(host_call)
@@ -217,7 +269,7 @@ def _proc_exit(_env: Any, _caller: Any, slots: Any, _count: int) -> int:
     """WASI `proc_exit`, any code: wasmtime's fails codes past 125, which read as a trap.
     The code is kept on the meter (`GuestExited`) and the guest stopped with a trap."""
     try:
-        meter: Meter | None = getattr(_local, "meter", None)
+        meter = _local.meter
         if meter is None:
             return _trap("proc_exit called outside a metered run")
         return _trap(stopping(meter, "proc_exit", GuestExited(slots[0].i32 & 0xFFFFFFFF)))

@@ -60,6 +60,29 @@ class WorkerCgroup:
                                          f"cannot move the worker into {path}: {exc.strerror}"))
         return failed
 
+    def set_memory(self, limit: int) -> bool:
+        """Set the memory limit to `limit` bytes, the worker running or not; False when
+        there is no memory controller or the kernel refused."""
+        path = self.dirs.get("memory")
+        if path is None:
+            return False
+        try:
+            if self.version == 2:
+                (path / "memory.max").write_text(str(limit))
+                return True
+            # v1: memory+swap may never be below memory: raised first, lowered last.
+            raising = limit > int((path / "memory.limit_in_bytes").read_text())
+            if raising:
+                with contextlib.suppress(OSError):
+                    (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+            (path / "memory.limit_in_bytes").write_text(str(limit))
+            if not raising:
+                with contextlib.suppress(OSError):
+                    (path / "memory.memsw.limit_in_bytes").write_text(str(limit))
+            return True
+        except (OSError, ValueError):
+            return False
+
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer has killed in this cgroup."""
         path = self.dirs.get("memory")

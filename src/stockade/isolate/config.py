@@ -33,7 +33,8 @@ class IsolationConfig:
       starts (a compile bomb is stopped here); `None` for no bound; by default it
       follows the policy's compile budget (`compilecost.load_deadline`).
     - `memory_overhead`: the worker's own memory on top of the guest's linear memory,
-      charged to the cgroup; `memory_limit` replaces the sum when set.
+      charged to the cgroup; `memory_limit` replaces the sum when set. A run handed a
+      standard input past 16 MiB is allowed twice its size on top, for that run.
     - `cpu_quota`: cores the cgroup lets the worker use (CFS quota); `pids_max`: tasks.
     - `io_*`: device throttling (bytes/s, operations/s) of the disks the worker writes.
     - `address_space`: RLIMIT_AS; `None` sizes it from wasmtime's measured reservation

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..sandbox.arguments import policy_argument
 
 if TYPE_CHECKING:
     from ..observe import RunObserver
@@ -28,8 +29,9 @@ def make_sandbox(policy: Policy, isolate: str | None = None,
                  config: IsolationConfig | None = None) -> SandboxLike:
     """A sandbox for `policy`: in this process (`none`) or in a hardened worker
     (`process`); `None` picks `default_isolation(policy)`. Raises UsageError for an
-    unknown mode. Only the chosen kind is imported.
+    unknown mode or a `policy` that is no Policy. Only the chosen kind is imported.
     """
+    policy = policy_argument(policy, "make_sandbox")
     mode = default_isolation(policy) if isolate is None else isolate
     if mode == "none":
         from ..sandbox import Sandbox

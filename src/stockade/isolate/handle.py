@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -42,12 +43,25 @@ from ..tempdirs import LockedTempDir
 from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan, inherited
 from .protections import Protection
-from .protocol import error_from_wire, read_reply, write_file_frame, write_frame
+from .protocol import (
+    error_from_wire,
+    read_reply,
+    write_bytes_frame,
+    write_file_frame,
+    write_frame,
+)
 
-__all__ = ["WorkerProcess", "worker_environment", "INHERITED_ENV", "WORKER_PROGRAM"]
+__all__ = ["WorkerProcess", "WorkerStopped", "worker_environment", "INHERITED_ENV",
+           "WORKER_PROGRAM"]
 
 WORKER_PROGRAM = "stockade.isolate.worker"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_STALL_CHECK = 0.25  # seconds between looks at a silent worker's state
+
+
+class WorkerStopped(Exception):
+    """The worker stayed stopped (SIGSTOP, a tracer) while an answer was awaited: it
+    cannot answer, and no guest is to blame for that."""
 
 
 logger = logging.getLogger(__name__)
@@ -161,6 +175,7 @@ class WorkerProcess:
                  program: str = WORKER_PROGRAM, env: Mapping[str, str] | None = None,
                  log: bool = False) -> None:
         self.memory_limit = limits.memory if limits is not None else None
+        self._memory_extra = 0  # bytes allowed over `memory_limit` now (`allow_memory`)
         # The worker's own temporary directory (scratch directories go there): the only
         # place besides the grants and the cache that it may write.
         # Locked while this process lives: one killed outright leaves it to the next.
@@ -213,19 +228,23 @@ class WorkerProcess:
         self.runs = 0
         write_frame(self._to_worker, plan)
 
-    def wait_ready(self, timeout: float) -> list[Protection]:
+    def wait_ready(self, timeout: float, stall: float | None = None) -> list[Protection]:
         """Wait for the worker's `ready` and return every protection, cgroup's included.
 
-        Raises WorkerError (with the cause) when it dies or stays silent, and the error
-        it reports when it refuses what it was to serve.
+        Raises WorkerError (with the cause) when it dies, stays silent, or stays
+        stopped `stall` seconds (see `receive`), and the error it reports when it
+        refuses what it was to serve.
         """
         if self.protections is not None:
             return self.protections
         try:
-            kind, payload = self.receive(time.monotonic() + timeout, 1 << 20)
+            kind, payload = self.receive(time.monotonic() + timeout, 1 << 20, stall)
         except TimeoutError:
             self.kill()
             raise WorkerError(f"the worker did not start within {timeout:g} s") from None
+        except WorkerStopped as exc:
+            self.kill()
+            raise WorkerError(f"the worker did not start: {exc}") from None
         except EOFError:
             raise WorkerError(f"the worker failed to start: {self.death_cause()}") from None
         if kind == "error":  # it refused what it was to serve (a module it cannot load)
@@ -256,10 +275,63 @@ class WorkerProcess:
         except (BrokenPipeError, OSError):
             raise EOFError("the worker is gone") from None
 
-    def receive(self, deadline: float | None, limit: int) -> tuple[str, Any]:
+    def send_bytes(self, data: bytes) -> None:
+        """Send `data` as one raw frame, without copying it. Raises EOFError when the
+        worker is gone."""
+        try:
+            write_bytes_frame(self._to_worker, data)
+        except (BrokenPipeError, OSError):
+            raise EOFError("the worker is gone") from None
+
+    def allow_memory(self, extra: int) -> None:
+        """Let the worker's cgroup hold `extra` bytes over its memory limit (0: back to
+        the limit): what a run hands it on top of the guest's memory and its own (a
+        large standard input) must not read as the guest's violation."""
+        if self.memory_limit is None or extra == self._memory_extra:
+            return
+        if self.cgroup.set_memory(self.memory_limit + extra):
+            self._memory_extra = extra
+
+    def receive(self, deadline: float | None, limit: int,
+                stall: float | None = None) -> tuple[str, Any]:
         """The next reply as (kind, payload). Raises TimeoutError at `deadline`
-        (`time.monotonic()`), EOFError when the worker died, WorkerError when malformed."""
+        (`time.monotonic()`), EOFError when the worker died, WorkerError when malformed,
+        and, with `stall` (seconds), WorkerStopped once the worker has stayed stopped
+        that long without a word."""
+        if stall is not None:
+            self._await_reply(deadline, stall)
         return read_reply(self._from_worker, deadline, limit)
+
+    def _await_reply(self, deadline: float | None, stall: float) -> None:
+        """Return once a reply begins (or the pipe closes, or `deadline` passes); look at
+        the worker's state between: a stopped worker would otherwise hold the caller to
+        the deadline, and be taken for a guest that overran it."""
+        poller = select.poll()
+        poller.register(self._from_worker, select.POLLIN | select.POLLHUP | select.POLLERR)
+        since: float | None = None
+        while True:
+            wait = _STALL_CHECK if deadline is None \
+                else min(_STALL_CHECK, deadline - time.monotonic())
+            if wait <= 0 or poller.poll(wait * 1000):
+                return
+            if not self.stopped():
+                since = None
+                continue
+            now = time.monotonic()
+            since = now if since is None else since
+            if now - since >= stall:
+                raise WorkerStopped(f"the worker was stopped (SIGSTOP or a tracer) and gave "
+                                    f"no answer for {now - since:.1f} s")
+
+    def stopped(self) -> bool:
+        """Whether the worker is stopped (SIGSTOP, SIGTSTP, a tracer): it answers nothing
+        until continued."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state in (b"T", b"t")
 
     def resident(self) -> int:
         """Resident memory of the worker in bytes (0 once it is gone)."""
@@ -287,7 +359,8 @@ class WorkerProcess:
         code = self.proc.wait()
         if self.oom_killed():
             self.ended_as = Outcome.MEMORY_LIMIT
-            limit = format_size(self.memory_limit) if self.memory_limit else "?"
+            limit = format_size(self.memory_limit + self._memory_extra) \
+                if self.memory_limit else "?"
             return (f"the worker was killed by the kernel OOM killer (SIGKILL): its cgroup "
                     f"memory limit of {limit} was reached")
         if code < 0:

@@ -11,6 +11,10 @@ isolated sandbox whose worker ends itself at a timeout also keeps a spare, see
 `process`). A caller waits for a free sandbox; past `max_waiting` waiting callers, `run`
 raises PoolBusy at once instead of queueing without bound. A run that breaks a limit
 ends in its `Result` and the sandbox goes back to the pool for the next caller.
+
+A pool serves callers on any event loop, one after another (`asyncio.run` twice) or at
+once on several threads: a sandbox goes back from the run's own thread as the run ends,
+whatever became of the loop that awaited it.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import PoolBusy, UsageError
-from ..sandbox.aio import run_in_thread
+from ..sandbox.aio import ExecutorShutDown, run_in_thread
+from ..sandbox.arguments import policy_argument
 from .factory import make_sandbox
 
 if TYPE_CHECKING:
@@ -39,6 +45,85 @@ __all__ = ["SandboxPool"]
 # Every sandbox is built up front, each a thread (and with `process`, a worker): a size
 # past this is a mistake that would exhaust the host before the first run.
 MAX_SIZE = 1024
+
+T = TypeVar("T")
+
+
+class _Idle(Generic[T]):
+    """The free sandboxes, for callers on any event loop: `put` from any thread, `take`
+    awaited on the caller's loop. A woken waiter takes its sandbox itself, so a wake-up
+    lost with its loop loses no sandbox; each free one not promised to a woken waiter
+    wakes the oldest waiter."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self._lock = threading.Lock()
+        self._free: deque[T] = deque(items)
+        self._waiters: deque[asyncio.Future[None]] = deque()  # oldest first, not woken
+        self._woken: set[asyncio.Future[None]] = set()  # each promised a free one
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a sandbox."""
+        return len(self._waiters) + len(self._woken)
+
+    def available(self) -> bool:
+        """Whether a caller would get a sandbox without waiting."""
+        with self._lock:
+            self._forget_gone()
+            return len(self._free) > len(self._woken)
+
+    def put(self, item: T) -> None:
+        """Give `item` back (any thread)."""
+        with self._lock:
+            self._free.append(item)
+            self._wake()
+
+    async def take(self) -> T:
+        """A free item, waiting (first come, first served) for one."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._forget_gone()
+            if not self._waiters and len(self._free) > len(self._woken):
+                return self._free.popleft()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            with self._lock:
+                if waiter in self._woken:  # its promise goes to the next waiter
+                    self._woken.discard(waiter)
+                    self._wake()
+                else:
+                    self._waiters.remove(waiter)
+            raise
+        with self._lock:
+            self._woken.discard(waiter)
+            return self._free.popleft()
+
+    def _wake(self) -> None:
+        """Wake a waiter per free item not promised yet (under the lock)."""
+        while self._waiters and len(self._free) > len(self._woken):
+            waiter = self._waiters.popleft()
+            try:
+                waiter.get_loop().call_soon_threadsafe(_wake_up, waiter)
+            except RuntimeError:  # its loop is closed: that caller is gone
+                continue
+            self._woken.add(waiter)
+
+    def _forget_gone(self) -> None:
+        """Drop the waiters whose loop is closed: they will take nothing (under the
+        lock)."""
+        gone = {w for w in (*self._waiters, *self._woken) if w.get_loop().is_closed()}
+        if gone:
+            self._waiters = deque(w for w in self._waiters if w not in gone)
+            self._woken -= gone
+            self._wake()
+
+
+def _wake_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # a cancelled waiter passes its promise on itself
+        waiter.set_result(None)
 
 
 class SandboxPool:
@@ -61,27 +146,15 @@ class SandboxPool:
                                         not isinstance(max_waiting, int) or max_waiting < 0):
             raise UsageError(f"SandboxPool max_waiting: expected a whole number >= 0 or None, "
                              f"not {max_waiting!r}")
-        if policy is None:
-            from ..policy import Policy as PolicyClass
-
-            policy = PolicyClass.from_profile("default")
-        self.policy = policy
+        self.policy = policy = policy_argument(policy, "SandboxPool")
         self.size = size
         self.max_waiting = max_waiting
         self._sandboxes: list[SandboxLike] = [
             make_sandbox(policy, isolate, observers) for _ in range(size)]
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="stockade-pool")
-        self._idle: asyncio.Queue[SandboxLike] | None = None
-        self._waiting = 0
+        self._idle: _Idle[SandboxLike] = _Idle(self._sandboxes)
         self._closed = False
         self._closing: concurrent.futures.Future[None] | None = None
-
-    def _queue(self) -> asyncio.Queue[SandboxLike]:
-        if self._idle is None:
-            self._idle = asyncio.Queue()
-            for sandbox in self._sandboxes:
-                self._idle.put_nowait(sandbox)
-        return self._idle
 
     async def warm(self, module: str | Path | bytes | None = None) -> None:
         """Make every sandbox ready now rather than on its first run: start isolated
@@ -103,26 +176,26 @@ class SandboxPool:
     async def _call(self, work: Any) -> Result:
         if self._closed:
             raise UsageError("this SandboxPool is closed")
-        idle = self._queue()
-        if idle.empty() and self.max_waiting is not None and self._waiting >= self.max_waiting:
-            raise PoolBusy(f"all {self.size} sandboxes are busy and {self._waiting} callers "
+        idle = self._idle
+        waiting = idle.waiting
+        if self.max_waiting is not None and waiting >= self.max_waiting \
+                and not idle.available():
+            raise PoolBusy(f"all {self.size} sandboxes are busy and {waiting} callers "
                            "are waiting; try again later")
-        self._waiting += 1
-        try:
-            sandbox = await idle.get()
-        finally:
-            self._waiting -= 1
+        sandbox = await idle.take()
         if self._closed:
             # Closed while this caller waited: the sandbox goes on to the next waiter,
             # who is refused too (the first got RuntimeError from the executor shut down
             # and kept the sandbox, and the rest waited for ever: found by review).
-            idle.put_nowait(sandbox)
+            idle.put(sandbox)
             raise UsageError("this SandboxPool is closed")
-        # The sandbox goes back when its thread is done, even after a cancellation (the
-        # callback of the loop's future runs on the loop).
-        result: Result = await run_in_thread(
-            lambda: work(sandbox), self._executor,
-            on_done=lambda: idle.put_nowait(sandbox))
+        # The sandbox goes back from the run's thread as it ends, even after a
+        # cancellation, and whether or not this loop is still there.
+        try:
+            result: Result = await run_in_thread(
+                lambda: work(sandbox), self._executor, on_done=lambda: idle.put(sandbox))
+        except ExecutorShutDown:  # closed as the run was handed over: it was given back
+            raise UsageError("this SandboxPool is closed") from None
         return result
 
     async def run(self, module: str | Path | bytes, invocation: Invocation | None = None

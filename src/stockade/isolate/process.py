@@ -7,7 +7,10 @@ One worker process serves the runs of one `IsolatedSandbox`, one at a time, and 
 reused while it lives. The parent holds the deadline, on its own clock: loading may
 take `load_timeout`, then the guest gets the policy's timeout plus `grace` (never past
 `load_timeout` + timeout + `grace` from the request, whatever the worker sends), after
-which the worker is killed (outcome `timeout`). A C-API worker under a policy without a
+which the worker is killed (outcome `timeout`). A worker that stays stopped (SIGSTOP, a
+tracer) `grace` seconds while an answer is awaited is killed then (outcome `error`: the
+host's failure, not the guest's, loading or running); one found stopped between runs is
+replaced before it is handed the next. A C-API worker under a policy without a
 fuel budget has no epoch checks in its compiled code (`IsolationConfig.process_deadline`):
 at the guest's timeout it sends the result an epoch interrupt would have made
 (`overran`) and ends itself (`isolate.overrun`); it is reaped and replaced, as a killed
@@ -46,7 +49,7 @@ from typing import Any
 from ..cancel import CANCELLED, current_token
 from ..digests import sha256
 from ..engine.cache import AotCache
-from ..errors import PrecompiledRefused, WorkerError
+from ..errors import PrecompiledRefused, StockadeError, UsageError, WorkerError
 from ..fileid import path_key
 from ..invocation import Invocation
 from ..modulearg import module_argument
@@ -54,11 +57,13 @@ from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import Policy
 from ..result import Outcome, Result, Usage
 from ..rmtree import remove_tree
+from ..sandbox.arguments import invocation_argument, policy_argument
 from ..sandbox.backend import Backend, use_capi
+from ..sandbox.methods import RunMethods
 from ..sandbox.provenance import denied_result, gate
 from ..sandbox.wasi import checked_preopens
 from .config import IsolationConfig
-from .handle import WorkerProcess
+from .handle import WorkerProcess, WorkerStopped
 from .modules import ModuleFile, open_module
 from .plan import WorkerPlan, cgroup_limits_for, plan_for, vouched_files
 from .protections import Protection
@@ -73,6 +78,8 @@ _MAX_LEFT_TO_WASMTIME = 256
 # The `.cwasm` digests a sandbox vouches for (most recently run first kept) and a worker
 # may hold: a worker told of one more starts afresh with the most recent ones.
 _MAX_VOUCHED = 64
+# Standard input a worker's memory overhead (`IsolationConfig.memory_overhead`) covers.
+_STDIN_COVERED = 16 * 1024**2
 
 
 def _module_key(module: str | Path | bytes) -> object | None:
@@ -84,19 +91,20 @@ def _module_key(module: str | Path | bytes) -> object | None:
     return path_key(module)
 
 
-class IsolatedSandbox:
+class IsolatedSandbox(RunMethods):
     """Runs modules under one policy in a worker process (see the module docstring).
 
-    Same methods as `stockade.Sandbox`: `run(module, invocation) -> Result`, `close()`,
-    `with`. `module` is a path or module bytes (UsageError otherwise). Raises
-    ModuleNotFound, ModuleError or PolicyError as the in-process sandbox does (reported
-    by the worker), and WorkerError when no worker can be started. Thread-safe: runs
+    Same methods as `stockade.Sandbox`: `run(module, invocation) -> Result`,
+    `run_python`, `run_async`, `close()`, `with`. `module` is a path or module bytes
+    (UsageError otherwise, and once closed). Raises ModuleNotFound, ModuleError or
+    PolicyError as the in-process sandbox does (reported by the worker), and
+    WorkerError when no worker can be started. Thread-safe: runs
     are serialised (use one `IsolatedSandbox` per concurrent run).
     """
 
     def __init__(self, policy: Policy | None = None, *, observers: Sequence[RunObserver] = (),
                  config: IsolationConfig | None = None) -> None:
-        self.policy = policy or Policy.from_profile("default")
+        self.policy = policy_argument(policy, "IsolatedSandbox")
         self.observers = tuple(observers)
         self.config = config or IsolationConfig()
         self._plan = plan_for(self.policy, self.config)
@@ -151,7 +159,7 @@ class IsolatedSandbox:
         if spare is None or backend != self._plan.backend:
             return None
         self._spare = None
-        if spare.alive:
+        if spare.alive and not spare.stopped():
             return spare
         spare.close()
         return None
@@ -205,18 +213,28 @@ class IsolatedSandbox:
     def _ready_worker(self, backend: Backend | None = None,
                       fresh: bool = False) -> WorkerProcess:
         if self._closed:
-            raise WorkerError("this isolated sandbox is closed")
+            raise UsageError("this IsolatedSandbox is closed")
         backend = backend or self._plan.backend
         worker = self._worker
-        if fresh or worker is None or not worker.alive or self._worker_backend != backend:
+        # A stopped worker (SIGSTOP) would hold the run to its load timeout: replaced.
+        if fresh or worker is None or not worker.alive or self._worker_backend != backend \
+                or worker.stopped():
             self._discard()
             worker = self._spawn(backend, fresh)
         try:
-            worker.wait_ready(self.config.start_timeout)
+            worker.wait_ready(self.config.start_timeout, self.config.grace)
         except WorkerError:
             self._discard()
             raise
         return worker
+
+    def _lose(self, worker: WorkerProcess) -> None:
+        """Kill `worker`, whose pipe may hold part of a request or a reply no one will
+        read (the next run would take it for its own); a fresh worker serves the next
+        run."""
+        worker.kill()
+        if self._worker is worker:
+            self._discard()
 
     def _discard(self, respawn: bool = False) -> None:
         """Drop the current worker; with `respawn`, its replacement (same backend) is the
@@ -278,13 +296,18 @@ class IsolatedSandbox:
             try:
                 worker.send(("check", name, arg))
                 kind, payload = worker.receive(time.monotonic() + self.config.start_timeout,
-                                               self._reply_limit)
-            except (EOFError, TimeoutError) as exc:
+                                               self._reply_limit, self.config.grace)
+            except (EOFError, TimeoutError, WorkerStopped) as exc:
                 worker.kill()
-                cause = worker.death_cause() if isinstance(exc, EOFError) else "no answer"
+                cause = worker.death_cause() if isinstance(exc, EOFError) else \
+                    str(exc) if isinstance(exc, WorkerStopped) else "no answer"
                 self._discard(respawn=True)
                 raise WorkerError(f"check {name!r}: {cause}") from None
+            except BaseException:  # its answer would be read as the next request's
+                self._lose(worker)
+                raise
             if kind != "checked" or not isinstance(payload, dict):
+                self._lose(worker)
                 raise WorkerError(f"check {name!r}: unexpected reply {kind!r}")
             return payload
 
@@ -293,7 +316,9 @@ class IsolatedSandbox:
     def run(self, module: str | Path | bytes, invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in the worker and report what happened."""
         module = module_argument(module, "isolated Sandbox")
-        invocation = invocation or Invocation()
+        invocation = invocation_argument(invocation, "IsolatedSandbox.run")
+        if self._closed:
+            raise UsageError("this IsolatedSandbox is closed")
         verdict = gate(module, self.policy)  # here: the worker cannot read trusted keys
         if verdict is not None:
             if verdict.data is None:
@@ -326,10 +351,14 @@ class IsolatedSandbox:
                 try:
                     if found and not self._hand_over(worker, found):
                         worker = self._ready_worker(backend, fresh=True)
+                    worker.allow_memory(_stdin_allowance(invocation))
                     request = self._request(worker, module, invocation, env)
                 except EOFError:
                     self._discard()
                     continue
+                except BaseException:  # part of a request may be in the pipe
+                    self._lose(worker)
+                    raise
                 begun = time.monotonic()
                 stop = _StopWorker(worker)
                 # This run's token stops this run's worker, never the sandbox's current
@@ -339,7 +368,13 @@ class IsolatedSandbox:
                     token.attach(None, stop, None)
                 try:
                     outcome = self._collect(worker, module, invocation, request, loaded, stop)
+                except BaseException:
+                    # Ctrl-C (or any exception) between the request and its reply: the
+                    # worker would go on and its reply be read as the next run's.
+                    self._lose(worker)
+                    raise
                 finally:
+                    worker.allow_memory(0)
                     if token is not None:
                         token.disarm()
                     # Killed, maybe after its answer was read (a result or an error):
@@ -358,6 +393,8 @@ class IsolatedSandbox:
                         while len(self._left_to_wasmtime) > _MAX_LEFT_TO_WASMTIME:
                             self._left_to_wasmtime.popitem(last=False)
                     continue
+                if isinstance(outcome, StockadeError):  # the worker's answer: it goes on
+                    raise outcome
                 if not isinstance(outcome, Result):  # retired: its CPU budget is spent
                     self._discard(respawn=True)
                     continue
@@ -383,7 +420,12 @@ class IsolatedSandbox:
             held = not resend and self._held(worker, path)
             source, fd = open_module(path, self.policy.limits.max_module_size, held)
             worker.sent.add(source.key)
-        request = ("run", source, invocation, env, os.getcwd())
+        # The standard input follows as a raw frame: pickled, 256 MiB cost the worker
+        # three times that while it read the request.
+        stdin = invocation.stdin
+        if stdin:
+            invocation = dataclasses.replace(invocation, stdin=b"")
+        request = ("run", source, invocation, env, os.getcwd(), len(stdin))
         try:
             if self._resealer is not None and (fd is not None or isinstance(source, bytes)):
                 # Before the load timeout is armed (`_collect`): the copy is this side's.
@@ -392,6 +434,8 @@ class IsolatedSandbox:
             worker.send(request)
             if fd is not None:
                 worker.send_file(fd, source.size if isinstance(source, ModuleFile) else 0)
+            if stdin:
+                worker.send_bytes(stdin)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -421,10 +465,17 @@ class IsolatedSandbox:
         resent = False
         while True:
             try:
-                kind, payload = worker.receive(deadline, self._reply_limit)
-            except TimeoutError:
+                kind, payload = worker.receive(deadline, self._reply_limit, self.config.grace)
+            except (TimeoutError, WorkerStopped) as exc:
+                # A stopped worker is the host's failure, whoever stopped it: no guest
+                # overran its time in a process that could not run.
+                cause = str(exc) if isinstance(exc, WorkerStopped) else \
+                    "the worker was stopped (SIGSTOP or a tracer) and gave no answer by its " \
+                    "deadline" if worker.stopped() else None
                 worker.kill()
-                result = self._killed(module, info, begun, started=info is not None)
+                result = self._killed(module, info, begun, started=info is not None) \
+                    if cause is None else self._synthetic(
+                        module, info, begun, Outcome.ERROR, f"{cause}; it was killed (SIGKILL)")
                 self._discard(respawn=True)
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
@@ -467,14 +518,16 @@ class IsolatedSandbox:
                                               error.message)
                     refused.sha256 = error.sha256
                     return self._finish(info, refused, worker.pid, invocation)
-                raise error
+                return error
             elif kind == "retire":
                 return _RETIRE
             elif kind == "fallback" and info is None and self._worker_backend == "capi":
                 return _FALLBACK
-            else:
+            elif kind == "failed":  # the run's answer: the worker goes on
                 message = payload.get("message") if isinstance(payload, dict) else payload
-                raise WorkerError(f"the worker failed: {message}")
+                return WorkerError(f"the worker failed: {message}")
+            else:  # out of turn: the pipe cannot be trusted (the caller kills the worker)
+                raise WorkerError(f"the worker answered {kind!r} out of turn")
 
     def _info(self, payload: dict[str, Any], pid: int, invocation: Invocation) -> RunInfo:
         dirs = payload.get("writable_dirs")
@@ -565,6 +618,14 @@ class IsolatedSandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stdin_allowance(invocation: Invocation) -> int:
+    """Bytes a worker's cgroup must hold for a run on top of its usual limit: the
+    standard input, held once by the worker and copied once more by an engine that
+    takes it whole (WASI's `stdin_bytes`); none for what its overhead covers."""
+    size = len(invocation.stdin)
+    return 2 * size if size > _STDIN_COVERED else 0
 
 
 class _StopWorker:

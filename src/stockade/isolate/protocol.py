@@ -24,7 +24,8 @@ from .. import errors
 from ..errors import StockadeError, WorkerError
 from ..result import Outcome, Result, Usage
 
-__all__ = ["DeadlineExceeded", "write_frame", "write_file_frame", "read_frame", "read_raw_frame",
+__all__ = ["DeadlineExceeded", "write_frame", "write_file_frame", "write_bytes_frame",
+           "read_frame", "read_raw_frame",
            "loads_plain", "read_reply",
            "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
 
@@ -62,6 +63,15 @@ def write_file_frame(fd: int, source: int, size: int) -> None:
     padding = size - offset
     while padding > 0:
         padding -= os.write(fd, bytes(min(padding, 1 << 16)))
+
+
+def write_bytes_frame(fd: int, data: bytes) -> None:
+    """Write `data` as one raw frame (`read_raw_frame`), from where it lies: a standard
+    input of hundreds of MiB is not copied into a pickle, nor that into a frame."""
+    os.write(fd, _HEADER.pack(len(data)))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:

@@ -4,14 +4,16 @@ It reads a `WorkerPlan`, hardens itself (`harden`), answers `ready` with the rep
 its protections and the backend it runs, then serves requests until its parent closes
 the pipe:
 
-- `("run", module, invocation, env, cwd)` -> `started` (as the guest starts), then `result`,
+- `("run", module, invocation, env, cwd, stdin_size)` -> `started` (as the guest starts),
+  then `result`,
   `error` (a Stockade error: bad module, bad policy) or `failed` (anything else), or,
   before `started`, `fallback`: this worker's backend (the plan's: the C API or
   wasmtime-py, `isolate.backend`) leaves the module to wasmtime-py's, the parent sends
   the run to a wasmtime-py worker;
   `module` is bytes or a `ModuleFile` read by the parent (the worker cannot open the
   caller's files); `resend` asks for a module file's bytes again when the worker no
-  longer holds the one the parent left out;
+  longer holds the one the parent left out; a non-zero `stdin_size` says the
+  invocation's standard input follows (after the module's bytes) as one raw frame;
 - `("vouch", digests)` -> no reply: the sha256 digests of more `.cwasm` files the parent
   checked under this host's key (`seal.vouch_for`), as the plan's `vouched`;
 - `("check", name, arg)` -> `checked` (see `checks`);
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StockadeError
+from ..invocation import MAX_STDIN
 from .backend import open_backend
 from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
@@ -151,6 +154,17 @@ def _run(backend: WorkerBackend, modules: ModuleMemo,
         return "failed", {"message": f"{type(exc).__name__}: {exc}"}
 
 
+def _with_stdin(request: tuple[Any, ...], read_fd: int) -> tuple[Any, ...]:
+    """A run request whose standard input follows it as one raw frame of the announced
+    size (`IsolatedSandbox._request`): the request as `_run` takes it, that input put
+    back into its invocation (held once, never a copy)."""
+    kind, module, invocation, env, cwd, size = request
+    if size:
+        stdin = read_raw_frame(read_fd, MAX_STDIN)
+        invocation = dataclasses.replace(invocation, stdin=stdin)
+    return kind, module, invocation, env, cwd
+
+
 def _probe(source: str | None) -> Any:
     """Run the plan's test-only probe (its `result` variable is the reply)."""
     if source is None:
@@ -218,6 +232,8 @@ def serve(read_fd: int, write_fd: int) -> None:
             module = request[1]  # its bytes follow as one raw frame of the announced size
             request = (kind, dataclasses.replace(
                 module, data=read_raw_frame(read_fd, module.size)), *request[2:])
+        if kind == "run" and len(request) > 5:
+            request = _with_stdin(request, read_fd)
         if kind == "run":
             cpu = plan.rlimits
             if cpu.run_cpu is not None:
@@ -228,6 +244,9 @@ def serve(read_fd: int, write_fd: int) -> None:
             arguments = list(request[1:])
             del request  # the module's bytes live only as long as loading needs them
             reply = _run(backend, modules, arguments)
+            # The standard input goes before the reply: the parent then takes back the
+            # memory it allowed for it (`WorkerProcess.allow_memory`).
+            del arguments
             if overrun is not None:
                 with overrun.lock:  # the run's one reply: this or the deadline's
                     overrun.disarm()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import UsageError
+from .arguments import policy_argument
 from .cancel import CancelToken, cancellable
 
 if TYPE_CHECKING:
@@ -29,9 +30,13 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ..result import Result
 
-__all__ = ["AsyncSandbox", "run_in_thread", "CANCEL_GRACE"]
+__all__ = ["AsyncSandbox", "run_in_thread", "CANCEL_GRACE", "ExecutorShutDown"]
 
 T = TypeVar("T")
+
+
+class ExecutorShutDown(RuntimeError):
+    """`run_in_thread` was given an executor that is shut down: nothing ran."""
 
 
 # How long a cancelled await waits for its guest to stop before propagating anyway (a
@@ -47,8 +52,11 @@ async def run_in_thread(call: Callable[[], T],
 
     On cancellation the run is stopped (its `CancelToken`: a run still waiting for the
     sandbox never starts) and the cancellation propagates once the thread is done or
-    after `CANCEL_GRACE` seconds. `on_done` runs on the loop once the thread has
-    finished, however the await ended (a pool returns the sandbox then, not before).
+    after `CANCEL_GRACE` seconds. `on_done` (which needs an `executor`) runs once the
+    call has finished or was cancelled before it began, however the await ended, on
+    the thread that ended it, never the loop: the loop may be gone by then (a pool
+    returns the sandbox then, not before). Raises ExecutorShutDown when `executor` is
+    shut down (`on_done` has run then).
     """
     token = CancelToken()
     return await _awaited(_started(call, executor, on_done, token), token)
@@ -62,10 +70,23 @@ def _started(call: Callable[[], T], executor: Executor | None,
         with cancellable(token):
             return call()
 
-    future = asyncio.get_running_loop().run_in_executor(executor, cancellable_call)
+    loop = asyncio.get_running_loop()
+    if executor is None:
+        if on_done is not None:
+            raise UsageError("run_in_thread: on_done needs an executor")
+        return loop.run_in_executor(None, cancellable_call)
+    try:
+        submitted = executor.submit(cancellable_call)
+    except RuntimeError:  # shut down: nothing will run
+        if on_done is not None:
+            on_done()
+        raise ExecutorShutDown("the executor is shut down") from None
     if on_done is not None:
-        future.add_done_callback(lambda _: on_done())
-    return future
+        # Called on the run's thread as it ends (or at once, if it is over already):
+        # a callback on the loop was lost with the loop (`asyncio.run` returned while
+        # the thread went on), and with it a pool's sandbox.
+        submitted.add_done_callback(lambda _: on_done())
+    return asyncio.wrap_future(submitted, loop=loop)
 
 
 async def _awaited(future: asyncio.Future[T], token: CancelToken) -> T:
@@ -92,14 +113,14 @@ class AsyncSandbox:
                  sandbox: Any = None) -> None:
         if sandbox is None:
             from ..isolate.factory import make_sandbox
-            from ..policy import Policy as PolicyClass
 
-            sandbox = make_sandbox(policy or PolicyClass.from_profile("default"), isolate)
+            sandbox = make_sandbox(policy_argument(policy, "AsyncSandbox"), isolate)
         self.sandbox = sandbox
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="stockade-async")
         # Runs are taken, and closing begins, under the lock: `close` may come from any
         # thread, and a run taken as it closed escaped its cancellation (found by review).
-        self._lock = threading.Lock()
+        # Reentrant: a run that ends before `_call` has left it forgets its token there.
+        self._lock = threading.RLock()
         self._closed = False  # no more runs are taken
         self._shut = False  # the sandbox's close is on its way
         self._tokens: set[CancelToken] = set()  # of the runs not yet done, for `close`

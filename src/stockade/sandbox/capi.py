@@ -38,6 +38,7 @@ from ..invocation import Invocation
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..paths import cache_dir
 from ..progress import progress
+from .arguments import invocation_argument, policy_argument
 from .provenance import denied_result, gate
 from .scratch import Scratch
 from .wasi import checked_preopens, guest_env
@@ -68,7 +69,7 @@ class CapiSandbox:
     def __init__(self, policy: Policy, *, observers: Sequence[RunObserver] = (),
                  cache: AotCache | None = None,
                  engine_config: EngineConfig | None = None) -> None:
-        self.policy = policy
+        self.policy = policy = policy_argument(policy, "CapiSandbox")
         self.observers = tuple(observers)
         limits = policy.limits
         self._config = engine_config or EngineConfig.for_limits(limits)
@@ -92,7 +93,7 @@ class CapiSandbox:
 
     def run(self, module: str | Path, invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in a fresh instance and report what happened."""
-        invocation = invocation or Invocation()
+        invocation = invocation_argument(invocation, "CapiSandbox.run")
         path = Path(module)
         verdict = gate(path, self.policy)  # None unless a signature is required
         if verdict is None:

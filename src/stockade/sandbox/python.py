@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cpython import GUEST_WORKDIR, python_module, write_files
+from ..envblock import checked_env, checked_text
 from ..errors import UsageError
 from ..invocation import Invocation
 from ..policy import DirGrant, Policy
@@ -24,15 +25,18 @@ def python_invocation(code: str, args: Sequence[str] = (), stdin: bytes | str = 
                       env: Mapping[str, str] | Sequence[tuple[str, str]] = (),
                       with_files: bool = False) -> Invocation:
     """The invocation running `code` as `python -c CODE ARGS...`; with `with_files`,
-    GUEST_WORKDIR is on the module search path. Raises UsageError for a non-string `code`."""
+    GUEST_WORKDIR is on the module search path. Raises UsageError for a `code` that is
+    no text (not a str, a NUL character, a lone surrogate), and as `Invocation` does."""
     if not isinstance(code, str):
         raise UsageError(f"code: expected a str of Python source, not {type(code).__name__}")
+    if "\0" in code:
+        raise UsageError("code: contains a NUL character")
+    checked_text(code, "code:")
     checked = Invocation(args=args).args  # type: ignore[arg-type]  # its checks: a str is not split
-    pairs = tuple(env.items()) if isinstance(env, Mapping) else tuple(env)
+    pairs = checked_env(env, "run_python env")
     if with_files:
         pairs = (("PYTHONPATH", GUEST_WORKDIR), *pairs)
-    data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-    return Invocation(args=("-c", code, *checked), stdin=data, env=pairs, name="python")
+    return Invocation(args=("-c", code, *checked), stdin=stdin, env=pairs, name="python")
 
 
 def run_python(sandbox: SandboxLike, code: str, *, files: Mapping[str, str | bytes] | None = None,
@@ -45,8 +49,8 @@ def run_python(sandbox: SandboxLike, code: str, *, files: Mapping[str, str | byt
     guest sees read-only at `/work` (on its import path, so `files={"util.py": ...}` can
     be imported). Raises UsageError for bad arguments; guest failures are in the Result.
     """
-    module = python_module()
     invocation = python_invocation(code, args, stdin, env, with_files=bool(files))
+    module = python_module()  # after the checks: the first use fetches it
     if not files:
         return sandbox.run(module, invocation)
     with tempfile.TemporaryDirectory(prefix="stockade-files-") as tmp:

@@ -33,8 +33,10 @@ from ..modulearg import module_argument
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
 from ..result import Outcome, Result, Usage, exit_status
+from .arguments import invocation_argument, policy_argument
 from .cancel import EpochDeadline, current_token, native_deadlines
 from .imports import denied_import
+from .methods import RunMethods
 from .provenance import Gate, denied_result, gate
 from .scratch import Scratch
 from .wasi import checked_preopens, wasi_config
@@ -42,7 +44,7 @@ from .wasi import checked_preopens, wasi_config
 __all__ = ["Sandbox"]
 
 
-class Sandbox:
+class Sandbox(RunMethods):
     """Runs modules under one policy, each run in a fresh instance.
 
     ``Sandbox(policy).run(module, Invocation(...)) -> Result``. `module` is a path to a
@@ -63,10 +65,7 @@ class Sandbox:
                  observers: Sequence[RunObserver] = (),
                  engine_config: EngineConfig | None = None,
                  allow_precompiled: bool | None = None) -> None:
-        self.policy = policy or Policy.from_profile("default")
-        if not isinstance(self.policy, Policy):  # Sandbox("strict") failed at its first run
-            raise UsageError(f"Sandbox: expected a Policy (Policy.from_profile(...)), not "
-                             f"{type(self.policy).__name__}")
+        self.policy = policy_argument(policy, "Sandbox")
         if allow_precompiled is not None:
             self.policy = self.policy.with_capabilities(allow_precompiled=allow_precompiled)
         self.observers = tuple(observers)
@@ -114,10 +113,7 @@ class Sandbox:
             invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in a fresh instance and report what happened."""
         module = self._checked(module)
-        invocation = invocation or Invocation()
-        if not isinstance(invocation, Invocation):
-            raise UsageError(f"Sandbox.run: expected an Invocation, not "
-                             f"{type(invocation).__name__}")
+        invocation = invocation_argument(invocation, "Sandbox.run")
         try:
             if isinstance(module, LoadedModule):
                 if self.policy.trust.require_signature and module.sha256 not in self._signed:
@@ -181,30 +177,6 @@ class Sandbox:
         notify_finished(self.observers, info, result)
         return result
 
-    def run_python(self, code: str, *, files: Mapping[str, str | bytes] | None = None,
-                   args: Sequence[str] = (), stdin: bytes | str = b"",
-                   env: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> Result:
-        """Run Python source `code` in CPython for WASI under this sandbox's policy.
-
-        CPython (26 MB) is fetched on first use and verified by its pinned sha256, then
-        compiled once per engine configuration (see `stockade.cpython`). `files` maps
-        relative paths to text or bytes, readable by the guest under `/work` (and
-        importable); `args` follow `-c CODE` in `sys.argv`. Raises UsageError for bad
-        arguments, ModuleError when CPython cannot be fetched; the guest's own failures
-        (exceptions, limits) are in the `Result`.
-        """
-        from .python import run_python
-
-        return run_python(self, code, files=files, args=args, stdin=stdin, env=env)
-
-    async def run_async(self, module: str | Path | bytes | LoadedModule,
-                        invocation: Invocation | None = None) -> Result:
-        """`run` for asyncio: the run is made on a thread, so the event loop goes on.
-        Cancelling the caller stops the guest (see `stockade.sandbox.aio`)."""
-        from .aio import run_in_thread
-
-        return await run_in_thread(lambda: self.run(module, invocation))
-
     def _execute(self, engine: Engine, loaded: LoadedModule, pre: wasmtime.InstancePre,
                  invocation: Invocation, preopens: list[tuple[Path, bool]],
                  grants: tuple[DirGrant, ...], started: float, coldstart: bool) -> Result:
@@ -232,8 +204,8 @@ class Sandbox:
         # The native library keeps a tripwire's deadline (`Tripwire.due`) and an epochs
         # run's (`EpochDeadline`); the ticker only when it is not built.
         ticked = trip is None and not (engine.config.epochs and native_deadlines())
-        with engine.ticker.deadline(remaining if ticked else None) as ticks, \
-                metered(meter, engine.wasmtime):
+        interrupt = metered(meter, engine.wasmtime)
+        with engine.ticker.deadline(remaining if ticked else None) as ticks, interrupt:
             try:
                 # Inside the `try`: whatever raises after a deadline is listed, the
                 # `finally` takes it off before its memory goes.
@@ -259,12 +231,15 @@ class Sandbox:
                 raise
             except (wasmtime.WasmtimeError, wasmtime.Trap, Exception) as exc:  # noqa: B014
                 in_host_call = meter.failure is not None  # a host call stopped the guest
-                ending = classify(meter.failure or exc, started=instance is not None,
-                                  max_memory=cap)
+                failure, meter.failure = meter.failure or exc, None
                 # The traceback's frames hold this Store (a ~4 GiB reservation) in a cycle
                 # only the garbage collector would break: cut it now.
-                exc.__traceback__ = None
-                exc.__context__ = None
+                for cut in (exc, failure):
+                    cut.__traceback__ = None
+                    cut.__context__ = None
+                # Raises KeyboardInterrupt again (Ctrl-C in a host call): once the
+                # guest's deadline and token are off it, below.
+                ending = classify(failure, started=instance is not None, max_memory=cap)
             finally:
                 if epoch is not None:  # its deadline moves the epoch no more
                     epoch.close()
@@ -273,8 +248,10 @@ class Sandbox:
                     trip.disarm()
                 if token is not None:
                     token.disarm()
-        ending = tripped(ending, trip)
         meter.failure = None  # its traceback holds the store, like the exception above
+        if interrupt.interrupted:  # Ctrl-C where it could not stop the guest at once
+            raise KeyboardInterrupt
+        ending = tripped(ending, trip)
         watcher = epoch if epoch is not None else token
         stopped = watcher.ending(ending.outcome) if watcher is not None else None
         if stopped is not None:
