@@ -17,12 +17,15 @@ __all__ = ["module_argument"]
 
 
 def module_argument(module: object, who: str, *also: type) -> Any:
-    """`module` as a str path, a Path, or bytes (a bytearray or memoryview copied), or
-    an instance of one of `also`; UsageError naming `who` for anything else and for a
-    path with a NUL character. A path-like's bytes are decoded as `open` decodes them."""
+    """`module` as a str path, a Path, or bytes (a bytearray, memoryview or subclass of
+    bytes copied), or an instance of one of `also`; UsageError naming `who` for anything
+    else and for a path with a NUL character. A path-like's bytes are decoded as `open`
+    decodes them."""
     if also and isinstance(module, also):
         return module
-    if isinstance(module, bytearray | memoryview):
+    if isinstance(module, bytearray | memoryview) or (
+            isinstance(module, bytes) and type(module) is not bytes):
+        # A subclass as plain bytes: an isolated worker cannot unpickle the caller's class.
         return bytes(module)
     if isinstance(module, os.PathLike) and not isinstance(module, Path):
         try:

@@ -87,8 +87,14 @@ def test_module_bytes_in_any_buffer_and_any_path_like_run(any_sandbox: Any) -> N
     # The isolated sandbox refused buffers and path-likes; bytes from `__fspath__` were
     # a raw TypeError in both.
     data = guest("hello.wasm").read_bytes()
-    for module in (bytearray(data), memoryview(data), _BytesPath(guest("hello.wasm"))):
+    for module in (bytearray(data), memoryview(data), _BytesPath(guest("hello.wasm")),
+                   _Bytes(data)):
         assert any_sandbox.run(module).ok
+
+
+class _Bytes(bytes):
+    """A subclass of bytes defined here: an isolated worker could not unpickle it, and
+    died (an `error` where the in-process sandbox ran the module)."""
 
 
 def test_a_sandbox_wants_a_policy_and_an_invocation() -> None:
