@@ -12,7 +12,6 @@ kept in a database they cannot use (they fail open).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +46,11 @@ class Item:
 
 @dataclass(frozen=True)
 class Subject:
-    """What is checked: a policy, under a label, and optionally the module it runs and
-    the file the policy was read from."""
+    """What is checked: a policy, under a label, and optionally the module it runs."""
 
     label: str
     policy: Policy
     module: Path | None = None
-    source: Path | None = None
 
 
 def _graded(value: float, bounds: tuple[float, float]) -> str:
@@ -103,23 +100,13 @@ def _policy_items(subject: Subject) -> list[Item]:
 
 
 def _shared_trust(subject: Subject) -> list[str]:
-    """Why another user could rewrite `subject`'s trust: its policy file, or a key file
-    or directory (as reading the keys refuses them), by `regularfile.owner_problem`."""
-    from ..regularfile import owner_problem
+    """Why another user could rewrite `subject`'s trust: a key file or directory, as
+    reading the keys refuses them (a policy file or manifest so writable is refused when
+    loaded, before any item is checked)."""
     from ..trust.enforce import trusted_keys
     from ..trust.keys import KeyFileError
 
     problems = []
-    if subject.source is not None:
-        try:
-            problem = owner_problem(os.stat(subject.source), (0,))
-        except OSError:
-            problem = ""  # reading it would have failed first
-        if problem:
-            real = subject.source.resolve()
-            shown = subject.source if real == subject.source.absolute() else \
-                f"{subject.source} -> {real}"
-            problems.append(f"{shown} (holds the [trust]): {problem}")
     for key in subject.policy.trust.keys:
         try:
             trusted_keys((key,))
@@ -293,16 +280,14 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
     subjects: list[Subject] = []
     server = state = None
     if policy_file is not None:
-        subjects.append(Subject(policy_file.name, load_policy(policy_file), module,
-                                policy_file))
+        subjects.append(Subject(policy_file.name, load_policy(policy_file), module))
     if manifest_file is not None:
         from ..gateway.manifest import load_manifest
 
         manifest = load_manifest(manifest_file)
         server, state = manifest.server, manifest.state
         for spec in manifest.functions:
-            subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module,
-                                    manifest_file))
+            subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module))
     if not subjects:
         subjects.append(Subject("default profile", Policy.from_profile("default"), module))
     items = []
