@@ -20,7 +20,8 @@ moves: the type, functions and global are added after every existing one.
 
 `watch(wasm)` returns the module as given when there is nothing to watch (no
 `memory.grow`) or it cannot (an instruction the decoder does not know, a custom page
-size, the reserved export name): such a module runs as before, judged by the margin.
+size): such a module runs as before, judged by the margin. A module exporting the reserved
+name itself (`exports_reserved`) is refused by compiling, before it is watched.
 Every engine configuration compiles watched modules (part of the AoT cache key), so
 fuel counts stay the same on every backend.
 """
@@ -106,8 +107,7 @@ def _watch(wasm: bytes) -> bytes:
         globals_ += item.kind == "global"
     if MEMORY in by_id:
         memories += [_index_64(limits) for limits in read_limits_section(wasm, by_id[MEMORY])]
-    if EXPORT_SECTION in by_id and any(
-            item.name == EXPORT for item in read_exports(wasm, by_id[EXPORT_SECTION])):
+    if exports_reserved(wasm):  # compiling refuses it first (`compiler.checked_code`)
         raise _Unwatchable
     defined = read_count(wasm, by_id[FUNCTION]) if FUNCTION in by_id else 0
     globals_ += read_count(wasm, by_id[GLOBAL]) if GLOBAL in by_id else 0
