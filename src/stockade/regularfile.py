@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import UsageError
 
 __all__ = ["open_regular", "append_lines", "read_regular", "replace_file", "replaceable",
-           "private_dir", "not_private", "owner_problem"]
+           "private_dir", "not_private", "owner_problem", "ROOT_OWNED"]
 
 
 def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
@@ -148,6 +148,11 @@ def not_private(directory: Path) -> str:
         return ""
     fix = "" if problem.startswith("owned") else " (chmod 700 it)"
     return f"state directory {directory}: {problem}: refused{fix}"
+
+
+# Root can replace any file anyway: its files are as good as the user's (trust keys,
+# policies, manifests; not what this user writes, such as a cache or a store).
+ROOT_OWNED = (0,)
 
 
 def owner_problem(info: os.stat_result, owners: tuple[int, ...] = ()) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError
-from ..regularfile import open_regular, owner_problem, read_regular
+from ..regularfile import ROOT_OWNED, open_regular, owner_problem, read_regular
 
 __all__ = ["read_toml", "refuse_shared", "MAX_TOML", "MAX_NESTING", "MAX_KEY_PARTS",
            "MAX_DOTS"]
@@ -53,7 +53,6 @@ _LONG_KEY = re.compile(r"(?:(?<=[\[\]{}=,\n])|\A)(?:[^\[\]{}=,\n.]*\.)"
                        f"{{{MAX_KEY_PARTS}}}")
 _BRACKETS = re.compile(r"[^\[\]{}]+")
 _DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1}
-_ROOT = (0,)  # root can replace any file: its files are as good as the user's
 
 
 def read_toml(path: Path, kind: str, hint: str = "", *,
@@ -121,7 +120,7 @@ def shared_vet(path: Path, kind: str) -> Callable[[os.stat_result], None]:
 
 
 def _refuse(path: Path, info: os.stat_result, kind: str) -> None:
-    problem = owner_problem(info, _ROOT)
+    problem = owner_problem(info, ROOT_OWNED)
     if problem:
         fix = "" if problem.startswith("owned") else " (chmod go-w it)"
         raise PolicyError(f"{path}: {problem}: a {kind} another user could rewrite is "

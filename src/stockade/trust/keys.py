@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import UsageError
-from ..regularfile import open_regular, owner_problem
+from ..regularfile import ROOT_OWNED, open_regular, owner_problem
 
 __all__ = ["PublicKey", "SecretKey", "KeyFileError", "load_public_keys", "load_secret_key",
            "parse_public_keys", "parse_secret_key", "key_id_of", "generate", "MAX_KEY_FILE",
@@ -37,7 +37,6 @@ __all__ = ["PublicKey", "SecretKey", "KeyFileError", "load_public_keys", "load_s
 
 PK_PREFIX, SK_PREFIX = 0x01, 0x81
 MAX_KEY_FILE = 1024 * 1024  # a key file larger than this is not a key file
-_ROOT = (0,)  # root can replace any file: its key files are as good as the user's
 
 
 class KeyFileError(UsageError):
@@ -125,7 +124,7 @@ def read_key_file(path: Path) -> bytes:
 
 
 def _refuse_shared(path: Path, info: os.stat_result, what: str) -> None:
-    problem = owner_problem(info, _ROOT)
+    problem = owner_problem(info, ROOT_OWNED)
     if problem:
         raise KeyFileError(f"{path}: {problem}: a {what} another user could replace is "
                            "not trusted")
