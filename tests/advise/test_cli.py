@@ -11,7 +11,7 @@ import pytest
 from ..conftest import ROOT, STOCKADE, guest, refused, stockade
 
 SAVED_RUN = ROOT / "docs" / "benchmarks" / "2026-12-01" / "results.json"
-FRESH_RUN = ROOT / "docs" / "benchmarks" / "2026-12-06" / "results.json"
+FRESH_RUN = ROOT / "docs" / "benchmarks" / "2026-12-07" / "results.json"
 
 
 def _advise(*args: str) -> dict[str, object]:
@@ -218,7 +218,7 @@ def test_a_budget_wasm_cannot_meet_from_a_run_is_said_plainly() -> None:
     data = _advise("--startup-budget", "20ms", "--results", str(FRESH_RUN))
     text = " ".join(r["text"] for r in data["reasons"])  # type: ignore[index, union-attr]
     assert data["recommendation"] == "wasm" and data["caveats"] == []
-    assert "66.3 ms" in text and "over" in text and "against" not in text
+    assert "41 ms" in text and "over" in text and "against" not in text
     python = _advise("--startup-budget", "20ms", "--language", "python",
                      "--results", str(FRESH_RUN))
     assert python["recommendation"] == "wasm"
@@ -234,8 +234,8 @@ def test_a_results_file_is_cited_with_its_machine_and_date() -> None:
     cited = data["cited"]
     assert isinstance(cited, list)
     sources = {f["source"] for f in cited if f["measured"]}
-    assert sources == {f"{FRESH_RUN} (stockade bench of 2026-12-06, Intel(R) Xeon(R) "
-                       "Processor, 2 cores)"}
+    assert sources == {f"{FRESH_RUN} (stockade bench of 2026-12-07, AMD EPYC, "
+                       "2 cores)"}
 
 
 def _compute(stockade_ms: float, native_ms: float) -> object:

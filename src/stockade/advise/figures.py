@@ -73,11 +73,11 @@ _LUMOS = "Lumos, arXiv:2510.05118"
 _ISOLATION = "Wasm resource isolation, arXiv:2509.11242 (USENIX Security 2025)"
 _SEED = "seed decision tree (2025 research summary)"
 # The project's latest committed run: every figure it measured is cited from it alone,
-# so no reason sets one machine's numbers against a paper's (a 66 ms `stockade run`
-# against Docker's 177 ms, when the same run timed crun at 5.06 ms). Its microVM boot is
+# so no reason sets one machine's numbers against a paper's (a 41 ms `stockade run`
+# against Docker's 177 ms, when the same run timed crun at 4.5 ms). Its microVM boot is
 # TCG emulation (nested KVM stalls there), not a VM's cost: that one stays Firecracker's.
 # tests/advise/test_rules.py checks these against the run's results.json.
-_OURS = "Stockade benchmark of 2026-12-06, Intel Xeon, 2 cores: docs/benchmarks/2026-12-06"
+_OURS = "Stockade benchmark of 2026-12-07, AMD EPYC, 2 cores: docs/benchmarks/2026-12-07"
 
 PUBLISHED: tuple[Figure, ...] = (
     Figure("vm.boot_ms", 125, "ms", "microVM boot to guest init", _FIRECRACKER),
@@ -93,21 +93,21 @@ PUBLISHED: tuple[Figure, ...] = (
     Figure("wasm.io_overhead", 10, "x", "interpreted Wasm I/O serialization overhead (max)",
            _LUMOS),
     Figure("wasm.cold_budget_ms", 50, "ms", "cold start that calls for WebAssembly", _SEED),
-    Figure("wasm.warm_ms", 0.0253, "ms",
+    Figure("wasm.warm_ms", 0.0130, "ms",
            "Stockade fresh instance per request (warm, in-process)", _OURS),
-    Figure("wasm.cold_ms", 66.3, "ms", "`stockade run` hello, new process, AoT cache", _OURS),
-    Figure("container.startup_ms", 5.06, "ms",
+    Figure("wasm.cold_ms", 41.0, "ms", "`stockade run` hello, new process, AoT cache", _OURS),
+    Figure("container.startup_ms", 4.50, "ms",
            "container (crun) hello, create to first output", _OURS),
-    Figure("native.startup_ms", 0.393, "ms", "native process hello", _OURS),
-    Figure("python.warm_ms", 38.2, "ms",
+    Figure("native.startup_ms", 0.326, "ms", "native process hello", _OURS),
+    Figure("python.warm_ms", 23.4, "ms",
            "CPython for WASI print(1), fresh instance per request (warm, in-process)", _OURS),
-    Figure("python.cold_ms", 128, "ms",
+    Figure("python.cold_ms", 94.1, "ms",
            "CPython for WASI print(1) as a new `stockade run` process, to first output",
            _OURS),
-    Figure("python.native_ms", 8.15, "ms", "native CPython print(1), to first output", _OURS),
-    Figure("wasm.compute_ratio", 1.14, "x",
+    Figure("python.native_ms", 7.03, "ms", "native CPython print(1), to first output", _OURS),
+    Figure("wasm.compute_ratio", 1.08, "x",
            "Stockade compute time over native (geometric mean)", _OURS),
-    Figure("wasm.io_ratio", 2.05, "x", "Stockade echo of 16 MiB over native", _OURS),
+    Figure("wasm.io_ratio", 0.985, "x", "Stockade echo of 16 MiB over native", _OURS),
     Figure("wasm.kernel_attacks", 10, "kinds",
            "resource attacks that bypass Wasm's own limits (fsync storms, inode exhaustion, "
            "pseudo-terminals, entropy, ...)", _ISOLATION),
