@@ -61,3 +61,39 @@ def test_a_tripwire_stop_has_no_count(sandbox_class: type[Sandbox] | type[CapiSa
     config = EngineConfig(fuel=True, epochs=False, tripwire=True)
     with sandbox_class(policy, engine_config=config) as sandbox:
         assert _stopped(sandbox.run(guest("spin.wasm"))) is None
+
+
+# A loop without calls, `n` iterations long, then `trap` with no call between.
+def _looping_then(trap: str, n: int = 200_000) -> bytes:
+    import wasmtime
+
+    return wasmtime.wat2wasm(f"""
+      (module
+        (memory 1)
+        (func (export "_start") (local $i i32)
+          (loop $l
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const {n}))))
+          {trap}))""")
+
+
+TRAPS = {
+    "out of bounds": "(drop (i32.load (i32.const 0x7ffffff0)))",
+    "divide by zero": "(drop (i32.div_u (local.get $i) (i32.const 0)))",
+    "unreachable": "unreachable",
+}
+
+
+@pytest.mark.parametrize("trap", sorted(TRAPS))
+@pytest.mark.parametrize("backend", IN_PROCESS)
+def test_a_trap_in_the_guests_own_code_never_reports_a_false_count(
+        backend: str, trap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The count of a trap wasmtime raises from a fault (a bad address, a zero divisor) is
+    # the register's, lost with the frame: the store still says what the last call left.
+    module = tmp_path / "loop.wasm"
+    module.write_bytes(_looping_then(TRAPS[trap]))
+    policy = Policy.from_profile("default").with_limits(fuel=BUDGET)
+    result = run_on(backend, policy, module, Invocation(), tmp_path, monkeypatch)
+    assert result.outcome is Outcome.TRAP, result.message
+    fuel = result.usage.fuel_consumed
+    assert fuel is None or fuel >= 200_000, (result.message, fuel)

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from stockade.result import Outcome
+from stockade.result import Outcome, Usage
 from stockade.telemetry import FileSink, open_telemetry, read_summary, resolve_settings
 from stockade.telemetry.otlpjson import span_json
 from stockade.telemetry.reader import attributes_of
@@ -116,6 +116,16 @@ def test_the_span_template_writes_the_sdk_attributes() -> None:
                                "attributes": [{"key": "note", "value": {"stringValue": "x"}}]}]
     assert span["status"] == {"code": 2, "message": "memory_limit"}
     assert (span["traceId"], span["spanId"]) == ("0" * 31 + "1", "0" * 15 + "2")
+
+
+def test_a_count_not_known_is_no_attribute_rather_than_zero() -> None:
+    # A run without fuel, or one whose count the engine lost (`traps.fuel_consumed`):
+    # 0 would read as a guest that ran no instruction.
+    info, result = make_run(Outcome.TRAP, usage=Usage(wall_ms=1.0, fuel_consumed=None))
+    record = InvocationRecord.build(info, result)
+    span = json.loads(span_json(record))
+    assert attributes_of(span["attributes"]) == record.attributes
+    assert "stockade.fuel.consumed" not in record.attributes
 
 
 def test_summary_reads_outcomes_percentiles_and_violations() -> None:

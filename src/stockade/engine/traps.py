@@ -171,16 +171,28 @@ def memory_verdict(ending: Ending, peak: int, limit: int, refused: int = 0) -> E
 def fuel_consumed(budget: int | None, left: int, ending: Ending,
                   in_host_call: bool) -> int | None:
     """The fuel a run consumed, from its `budget` (None: not metered) and what the
-    store says is `left`; None when the deadline, a cancellation or the host stopped the
-    guest in its own code (`ending` a timeout or an error, not `in_host_call`): wasmtime
-    writes a function's count to the store only at calls, returns and its out-of-fuel
-    check, and the rest is lost with the stopped frame (a loop without calls read 0)."""
-    if budget is None or (ending.outcome in _STOPPED_FROM_OUTSIDE and not in_host_call):
+    store says is `left`; None when that count is not known. wasmtime keeps a function's
+    count in a register and writes it to the store only at calls, returns, `unreachable`
+    and its out-of-fuel check: a guest stopped in its own code elsewhere (the deadline,
+    a cancellation, a fault such as a bad address or a zero divisor) unwinds with the
+    rest of its count unwritten (a loop without calls read 0). `ending` is the engine's,
+    before any verdict on memory; `in_host_call`: a host call stopped the guest."""
+    if budget is None or not (in_host_call or _count_written(ending)):
         return None
     return budget - left
 
 
-_STOPPED_FROM_OUTSIDE = (Outcome.TIMEOUT, Outcome.ERROR)
+def _count_written(ending: Ending) -> bool:
+    """Whether the store holds the whole count of a guest `ending` stopped in its own code."""
+    if ending.outcome is Outcome.TRAP:
+        return ending.message in _WRITTEN_BY_TRAP
+    return ending.outcome in (Outcome.EXITED, Outcome.FUEL_EXHAUSTED)
+
+
+# `unreachable` writes the count first; a stack overflow traps on entry to a function,
+# after its caller's call wrote it.
+_WRITTEN_BY_TRAP = ("wasm `unreachable` instruction executed",
+                    _TRAP_ENDINGS[TRAP_STACK_OVERFLOW].message)
 
 
 def classify(error: BaseException, *, started: bool = True, max_memory: int = 0) -> Ending:

@@ -61,7 +61,7 @@ class DeltaAggregator:
     def add(self, record: InvocationRecord) -> None:
         """Add one invocation's measurements."""
         observation = (record.wall_s, record.cpu_ms / 1000, float(record.peak_memory),
-                       int(record.coldstart), record.fuel_consumed, record.files_created,
+                       int(record.coldstart), record.fuel_consumed or 0, record.files_created,
                        record.bytes_written, record.warnings)
         self._add((record.metric_name, record.outcome), observation, record.violation)
 

@@ -108,8 +108,7 @@ _SPAN = ('{"traceId":"%032x","spanId":"%016x","name":%s,"kind":2,'
          '{"key":"faas.max_memory","value":{"intValue":"%d"}},'
          '{"key":"stockade.module.sha256","value":{"stringValue":%s}},'
          '{"key":"stockade.outcome","value":{"stringValue":%s}},'
-         '{"key":"stockade.exit_code","value":{"intValue":"%d"}},'
-         '{"key":"stockade.fuel.consumed","value":{"intValue":"%d"}},'
+         '{"key":"stockade.exit_code","value":{"intValue":"%d"}},%s'
          '{"key":"stockade.memory.peak","value":{"intValue":"%d"}},'
          '{"key":"stockade.cpu.time_ms","value":{"doubleValue":%s}},'
          '{"key":"stockade.files.created","value":{"intValue":"%d"}},'
@@ -125,7 +124,10 @@ def span_json(record: InvocationRecord) -> str:
         record.trace_id, record.span_id, name, record.start_ns, record.end_ns, name,
         _quote(record.invocation_id), "true" if record.coldstart else "false",
         record.max_memory, _quote(record.sha256), _quote(record.outcome), record.exit_code,
-        record.fuel_consumed, record.peak_memory, _double(record.cpu_ms),
+        "" if record.fuel_consumed is None else
+        '{"key":"stockade.fuel.consumed","value":{"intValue":"' + str(record.fuel_consumed)
+        + '"}},',
+        record.peak_memory, _double(record.cpu_ms),
         record.files_created, record.bytes_written, _quote(record.profile),
         _quote(record.limit_hit),
     )

@@ -153,7 +153,7 @@ class InvocationRecord:
         self.outcome: str = outcome.value
         self.exit_code: int = result.exit_code
         self.guest_exit_code: int | None = result.guest_exit_code
-        self.fuel_consumed: int = usage.fuel_consumed or 0  # 0: not metered
+        self.fuel_consumed: int | None = usage.fuel_consumed  # None: not metered or not known
         self.peak_memory: int = usage.peak_memory_bytes
         self.cpu_ms: float = usage.cpu_ms
         self.wall_s: float = usage.wall_ms / 1000 if usage.wall_ms else (end - start) / 1e9
@@ -195,7 +195,6 @@ class InvocationRecord:
             "stockade.module.sha256": self.sha256,
             "stockade.outcome": self.outcome,
             "stockade.exit_code": self.exit_code,
-            "stockade.fuel.consumed": self.fuel_consumed,
             "stockade.memory.peak": self.peak_memory,
             "stockade.cpu.time_ms": self.cpu_ms,
             "stockade.files.created": self.files_created,
@@ -203,6 +202,8 @@ class InvocationRecord:
             "stockade.policy.profile": self.profile,
             "stockade.limit.hit": self.limit_hit,
         }
+        if self.fuel_consumed is not None:
+            attrs["stockade.fuel.consumed"] = self.fuel_consumed
         if self.guest_exit_code is not None:
             attrs["stockade.guest.exit_code"] = self.guest_exit_code
         if self.tenant:
@@ -219,7 +220,7 @@ class InvocationRecord:
             ("faas.cpu_usage", self.cpu_ms / 1000, base),
             ("faas.mem_usage", float(self.peak_memory), base),
             ("faas.invocations", 1.0, base),
-            ("stockade.fuel.consumed", float(self.fuel_consumed), base),
+            ("stockade.fuel.consumed", float(self.fuel_consumed or 0), base),
             ("stockade.files.created", float(self.files_created), base),
             ("stockade.bytes.written", float(self.bytes_written), base),
         ]

@@ -444,6 +444,7 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     call stopped the guest (its fuel count is known). Also for a run its process stops
     at the deadline (`overdue`)."""
     metered = slot.metered
+    fuel = fuel_consumed(plan.fuel, fuel_left, ending, in_host_call)
     if ending is not EXITED_OK:  # a clean exit did not fail on an allocation
         ending = memory_verdict(ending, memory_bytes, plan.max_memory, refused)
     outcome, message, code = ending.outcome, ending.message, ending.guest_exit_code
@@ -462,7 +463,7 @@ def conclude(plan: RunPlan, slot: RunSlot, ending: Ending, memory_bytes: int, fu
     calls = slot.state.calls[:]
     return FastResult(
         outcome, code, out, err, out_cut, err_cut, message,
-        fuel_consumed(plan.fuel, fuel_left, ending, in_host_call), wall, cpu, memory_bytes,
+        fuel, wall, cpu, memory_bytes,
         hostcalls=dict(filter(_CALLED, zip(CALL_NAMES, calls, strict=True))),
     )
 
