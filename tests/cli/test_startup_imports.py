@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import guest
 
@@ -45,6 +46,25 @@ def test_a_cached_hello_run_imports_no_heavy_module() -> None:
     assert _heavy(names) == set()
     # Breakers are off by default: neither they nor SQLite are loaded.
     assert {"stockade.telemetry.breaker", "sqlite3"} & names == set()
+
+
+def test_no_module_of_a_cached_run_defines_a_typing_named_tuple() -> None:
+    # `typing.NamedTuple` compiles each field's annotation (~0.1 ms a class of five):
+    # modules on this path use `records.FieldTuple`, the same `collections.namedtuple`.
+    import importlib.util
+    import re
+
+    hello = str(guest("hello.wasm"))
+    _imported("run", hello)
+    _, _, names = _imported("run", hello)
+    typed = re.compile(r"^class \w+\((typing\.)?NamedTuple\b", re.MULTILINE)
+    found = set()
+    for name in sorted(n for n in names if n.startswith("stockade")):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        if typed.search(Path(spec.origin).read_text()):
+            found.add(name)
+    assert found == set()
 
 
 def test_the_probe_sees_a_heavy_module_when_one_is_imported() -> None:

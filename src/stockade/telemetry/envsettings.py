@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from ..errors import UsageError
+from ..records import FieldTuple
 from ..result import Outcome
 
 __all__ = ["BreakerConfig", "AuditSettings", "LIMIT_OUTCOMES", "audit_max_bytes",
@@ -32,7 +32,7 @@ AUDIT_MAX_BYTES_ENV = "STOCKADE_AUDIT_MAX_BYTES"
 AUDIT_KEY_ENV = "STOCKADE_AUDIT_KEY"
 
 
-class BreakerConfig(NamedTuple):
+class BreakerConfig(FieldTuple):
     """`threshold` violations within `window` seconds open a breaker for `cooldown`
     seconds; a half-open probe not reported within `probe_timeout` (its process died)
     is given up. Resource-limit violations count; traps only with `count_traps`."""
@@ -116,7 +116,7 @@ def audit_key_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(explicit) if explicit else config_dir() / "audit.key"
 
 
-class AuditSettings(NamedTuple):
+class AuditSettings(FieldTuple):
     """How the audit log is kept: it rotates at `max_bytes`; its key is at `key_path`."""
 
     max_bytes: int
