@@ -8,7 +8,10 @@ import pytest
 
 from stockade import Invocation, Outcome, Policy
 from stockade.isolate import IsolatedSandbox, IsolationConfig
+from stockade.isolate.cgroup import WorkerCgroup
 from stockade.isolate.devices import IoThrottle, block_devices
+from stockade.observe import RunInfo
+from stockade.result import Result
 from tests.conftest import guest
 from tests.isolate.conftest import require
 
@@ -69,6 +72,81 @@ def test_within_the_limit_the_same_guest_finishes() -> None:
     with IsolatedSandbox(policy, config=IsolationConfig(memory_limit=160 * MiB)) as sandbox:
         result = sandbox.run(guest("memhog.wasm"), Invocation(args=("32",)))
         assert result.ok, result.message
+
+
+def _memory_limit(pid: int) -> int:
+    """The memory limit, in bytes, of the cgroup Stockade made for worker `pid`."""
+    mounts = _mounts()
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "/stockade-" not in path:
+            continue
+        if "memory" in controllers.split(","):
+            return int((mounts["memory"] / path.lstrip("/") / "memory.limit_in_bytes")
+                       .read_text())
+        if controllers == "" and (mounts[""] / path.lstrip("/") / "memory.max").exists():
+            return int((mounts[""] / path.lstrip("/") / "memory.max").read_text())
+    raise AssertionError(f"worker {pid} is in no memory cgroup of Stockade's")
+
+
+class _LimitAtStart:
+    """An observer noting, as each guest starts, its worker's cgroup memory limit."""
+
+    def __init__(self) -> None:
+        self.limits: list[int] = []
+
+    def run_started(self, info: RunInfo) -> None:
+        self.limits.append(_memory_limit(info.pid))
+
+    def run_finished(self, info: RunInfo, result: Result) -> None:
+        pass
+
+
+def test_the_memory_allowed_for_a_large_standard_input_ends_with_its_run() -> None:
+    """A standard input larger than the worker's limit less ~30 MiB: taking back what
+    was allowed for it failed (v1: EBUSY, the worker still held that input), silently,
+    and the next guest ran with the limit raised by twice the input. The next guest
+    runs under the configured limit, in a worker replaced if need be."""
+    limit = 160 * MiB
+    policy = Policy.from_profile("default").with_limits(max_memory=64 * MiB)
+    watch = _LimitAtStart()
+    config = IsolationConfig(memory_limit=limit)
+    with IsolatedSandbox(policy, observers=[watch], config=config) as sandbox:
+        require(sandbox, "cgroup memory")
+        large = sandbox.run(guest("exitcode.wasm"),
+                            Invocation(args=("0",), stdin=bytes(200 * MiB)))
+        assert large.outcome is Outcome.EXITED and large.exit_code == 0, large.message
+        after = sandbox.run(guest("hello.wasm"), Invocation(stdin=b"after\n"))
+        assert after.ok and after.stdout.endswith(b"after\n"), after.message
+        assert watch.limits[0] > limit  # what the input was allowed, for its run only
+        assert watch.limits[1] == limit, f"the next guest ran under {watch.limits[1]} bytes"
+
+
+def test_a_worker_lets_go_of_a_large_standard_input_when_its_run_ends() -> None:
+    """The worker holds nothing of a run once it has answered, so the memory allowed
+    for a large standard input comes back and the worker serves the next run."""
+    limit = 160 * MiB
+    policy = Policy.from_profile("default").with_limits(max_memory=64 * MiB)
+    with IsolatedSandbox(policy, config=IsolationConfig(memory_limit=limit)) as sandbox:
+        require(sandbox, "cgroup memory")
+        pid = sandbox.worker_pid
+        large = sandbox.run(guest("exitcode.wasm"),
+                            Invocation(args=("0",), stdin=bytes(200 * MiB)))
+        assert large.outcome is Outcome.EXITED and large.exit_code == 0, large.message
+        assert sandbox.worker_pid == pid, "the worker could not be brought back under its limit"
+
+
+def test_a_v2_limit_is_not_lowered_below_what_the_worker_holds(tmp_path: Path) -> None:
+    """cgroup v2 takes a `memory.max` below the usage and then OOM-kills the (idle)
+    worker, whose next request would be reported as its guest's memory violation: the
+    limit is left as it was, as v1 refuses it (EBUSY), and the caller is told."""
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text(f"{300 * MiB}\n")
+    group = WorkerCgroup(2, {"memory": tmp_path})
+    assert not group.set_memory(160 * MiB)
+    assert (tmp_path / "memory.max").read_text() == "max\n"
+    assert group.set_memory(512 * MiB)
+    assert (tmp_path / "memory.max").read_text() == str(512 * MiB)
 
 
 def test_cgroup_limits_are_written() -> None:

@@ -15,6 +15,7 @@ from stockade.isolate import IsolatedSandbox, IsolationConfig
 from stockade.observe import RunInfo
 from stockade.result import Result
 from tests.conftest import guest
+from tests.isolate.conftest import gone, stop_after_reading, wait_for_state
 
 
 class SignalOnStart:
@@ -54,16 +55,6 @@ def _slow_to_compile(tmp_path: Path, functions: int = 40_000) -> Path:
     return module
 
 
-def _wait_for_state(pid: int, state: str) -> None:
-    gone_by = time.monotonic() + 10
-    while time.monotonic() < gone_by:
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] == state:
-                return
-        time.sleep(0.01)
-    pytest.fail(f"process {pid} never reached state {state}")
-
-
 def test_a_worker_stopped_during_a_run_is_a_worker_failure_not_a_timeout() -> None:
     """A SIGSTOP while the guest ran was reported as the guest's `timeout` (124), after
     the whole timeout and grace: the worker's failure is `error`, found in `grace`."""
@@ -91,7 +82,7 @@ def test_an_idle_stopped_worker_does_not_cost_the_next_run() -> None:
         pid = sandbox.worker_pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
-        _wait_for_state(pid, "T")  # a signal takes effect after `kill` returns
+        wait_for_state(pid, "T")  # a signal takes effect after `kill` returns
         began = time.monotonic()
         result = sandbox.run(guest("hello.wasm"))
         assert result.ok, result.message
@@ -120,6 +111,42 @@ def test_a_worker_stopped_while_loading_is_a_worker_failure(tmp_path: Path) -> N
         assert "stopped" in result.message
         assert waited < 3 + 1 + 2, waited
         assert sandbox.run(guest("hello.wasm")).ok
+
+
+def test_a_worker_stopped_while_its_request_is_written_is_a_worker_failure() -> None:
+    """Stopped while its standard input was being written to it: the write blocked
+    for ever (the stopped-worker check ran only while a reply was awaited), and the
+    caller with it. It is `error` about as soon as it is seen, as a worker stopped
+    while its reply is awaited, and that worker is never handed another run."""
+    policy = Policy.from_profile("default").with_limits(timeout=20.0)
+    stdin = bytes(64 * 1024**2)  # far more than the pipe holds: the parent is writing
+    with IsolatedSandbox(policy, config=IsolationConfig(grace=1.0)) as sandbox:
+        sandbox.protections()
+        pid = sandbox.worker_pid
+        assert pid is not None
+        watcher = stop_after_reading(pid, 4 * 1024**2)
+        results: list[Result] = []
+        runner = threading.Thread(target=lambda: results.append(sandbox.run(
+            guest("exitcode.wasm"), Invocation(args=("0",), stdin=stdin))), daemon=True)
+        began = time.monotonic()
+        runner.start()
+        runner.join(20)
+        waited = time.monotonic() - began
+        watcher.join(1)
+        if runner.is_alive():  # let the stuck caller go before failing
+            os.kill(pid, signal.SIGKILL)
+            runner.join(20)
+            pytest.fail(f"the run was still writing to the stopped worker after {waited:.0f} s")
+        result = results[0]
+        assert result.outcome is Outcome.ERROR, result.message
+        assert "stopped" in result.message and "SIGKILL" in result.message, result.message
+        assert waited < 1 + 4, waited
+        assert sandbox.worker_pid != pid
+        gone_by = time.monotonic() + 5
+        while not gone(pid) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        assert gone(pid), "the stopped worker was left behind"
+        assert sandbox.run(guest("hello.wasm"), Invocation(stdin=b"after\n")).ok
 
 
 def test_load_timeout_bounds_the_time_before_the_guest_starts(tmp_path: Path) -> None:

@@ -62,12 +62,19 @@ class WorkerCgroup:
 
     def set_memory(self, limit: int) -> bool:
         """Set the memory limit to `limit` bytes, the worker running or not; False when
-        there is no memory controller or the kernel refused."""
+        there is no memory controller, or the kernel refused (v1: the cgroup holds more
+        than `limit`), or, under v2, the cgroup holds more than `limit` (the limit is
+        then left as it was)."""
         path = self.dirs.get("memory")
         if path is None:
             return False
         try:
             if self.version == 2:
+                # v2 takes a limit below the usage, then OOM-kills the worker to meet it:
+                # an idle worker killed so that its next run would read as its guest's
+                # memory violation. Refused here, as v1 refuses it (EBUSY).
+                if int((path / "memory.current").read_text()) > limit:
+                    return False
                 (path / "memory.max").write_text(str(limit))
                 return True
             # v1: memory+swap may never be below memory: raised first, lowered last.

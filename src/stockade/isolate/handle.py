@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +44,7 @@ from .cgroup import CgroupLimits, WorkerCgroup, create_cgroup
 from .plan import WorkerPlan, inherited
 from .protections import Protection
 from .protocol import (
+    Wait,
     error_from_wire,
     read_reply,
     write_bytes_frame,
@@ -60,8 +61,8 @@ _STALL_CHECK = 0.25  # seconds between looks at a silent worker's state
 
 
 class WorkerStopped(Exception):
-    """The worker stayed stopped (SIGSTOP, a tracer) while an answer was awaited: it
-    cannot answer, and no guest is to blame for that."""
+    """The worker stayed stopped (SIGSTOP, a tracer) while it was handed a request or
+    an answer was awaited: it can do neither, and no guest is to blame for that."""
 
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,9 @@ class WorkerProcess:
         self.ready: dict[str, Any] = {}  # the worker's `ready` payload
         self.runs = 0
         write_frame(self._to_worker, plan)
+        # From here every write can wait for room watching the worker (`_await`): a
+        # blocking write to a worker that stopped reading would hold the caller for ever.
+        os.set_blocking(self._to_worker, False)
 
     def wait_ready(self, timeout: float, stall: float | None = None) -> list[Protection]:
         """Wait for the worker's `ready` and return every protection, cgroup's included.
@@ -260,37 +264,52 @@ class WorkerProcess:
         self.protections = cgroup + worker
         return self.protections
 
-    def send(self, message: Any) -> None:
-        """Send one request. Raises EOFError when the worker is gone."""
+    def send(self, message: Any, deadline: float | None = None,
+             stall: float | None = None) -> None:
+        """Send one request. Raises EOFError when the worker is gone, TimeoutError when
+        it has not taken the whole request by `deadline` (`time.monotonic()`), and, with
+        `stall` (seconds), WorkerStopped once it has stayed stopped that long without
+        taking more of it. On TimeoutError or WorkerStopped part of the request may be
+        in the pipe: the worker must not be handed another."""
+        self._write(lambda wait: write_frame(self._to_worker, message, wait), deadline, stall)
+
+    def send_file(self, fd: int, size: int, deadline: float | None = None,
+                  stall: float | None = None) -> None:
+        """Send `size` bytes of the open file `fd` as one raw frame. Raises as `send`."""
+        self._write(lambda wait: write_file_frame(self._to_worker, fd, size, wait),
+                    deadline, stall)
+
+    def send_bytes(self, data: bytes, deadline: float | None = None,
+                   stall: float | None = None) -> None:
+        """Send `data` as one raw frame, without copying it. Raises as `send`."""
+        self._write(lambda wait: write_bytes_frame(self._to_worker, data, wait),
+                    deadline, stall)
+
+    def _write(self, write: Callable[[Wait], None], deadline: float | None,
+               stall: float | None) -> None:
+        def wait() -> None:
+            self._await(self._to_worker, select.POLLOUT, deadline, stall,
+                        "took no more of its request")
+
         try:
-            write_frame(self._to_worker, message)
-        except (BrokenPipeError, OSError):
+            write(wait)
+        except TimeoutError:  # an OSError, but the worker is not gone
+            raise
+        except OSError:  # BrokenPipeError: no reader left
             raise EOFError("the worker is gone") from None
 
-    def send_file(self, fd: int, size: int) -> None:
-        """Send `size` bytes of the open file `fd` as one raw frame. Raises EOFError
-        when the worker is gone."""
-        try:
-            write_file_frame(self._to_worker, fd, size)
-        except (BrokenPipeError, OSError):
-            raise EOFError("the worker is gone") from None
-
-    def send_bytes(self, data: bytes) -> None:
-        """Send `data` as one raw frame, without copying it. Raises EOFError when the
-        worker is gone."""
-        try:
-            write_bytes_frame(self._to_worker, data)
-        except (BrokenPipeError, OSError):
-            raise EOFError("the worker is gone") from None
-
-    def allow_memory(self, extra: int) -> None:
+    def allow_memory(self, extra: int) -> bool:
         """Let the worker's cgroup hold `extra` bytes over its memory limit (0: back to
         the limit): what a run hands it on top of the guest's memory and its own (a
-        large standard input) must not read as the guest's violation."""
+        large standard input) must not read as the guest's violation. False when the
+        limit could not be set (the kernel refused: the worker holds more than that):
+        the limit in force is then still the earlier one."""
         if self.memory_limit is None or extra == self._memory_extra:
-            return
-        if self.cgroup.set_memory(self.memory_limit + extra):
-            self._memory_extra = extra
+            return True
+        if not self.cgroup.set_memory(self.memory_limit + extra):
+            return False
+        self._memory_extra = extra
+        return True
 
     def receive(self, deadline: float | None, limit: int,
                 stall: float | None = None) -> tuple[str, Any]:
@@ -299,29 +318,37 @@ class WorkerProcess:
         and, with `stall` (seconds), WorkerStopped once the worker has stayed stopped
         that long without a word."""
         if stall is not None:
-            self._await_reply(deadline, stall)
+            self._await(self._from_worker, select.POLLIN, deadline, stall, "gave no answer")
         return read_reply(self._from_worker, deadline, limit)
 
-    def _await_reply(self, deadline: float | None, stall: float) -> None:
-        """Return once a reply begins (or the pipe closes, or `deadline` passes); look at
-        the worker's state between: a stopped worker would otherwise hold the caller to
-        the deadline, and be taken for a guest that overran it."""
+    def _await(self, fd: int, events: int, deadline: float | None, stall: float | None,
+               stalled: str) -> None:
+        """Return once the pipe `fd` is ready for `events` (or its other end is closed).
+        Raises TimeoutError at `deadline` and, with `stall`, WorkerStopped once the
+        worker has been stopped `stall` seconds (`stalled` says what it did not do): the
+        worker's state is looked at between, as a stopped worker would otherwise hold
+        the caller to the deadline (for ever without one) and be taken for a guest that
+        overran it."""
         poller = select.poll()
-        poller.register(self._from_worker, select.POLLIN | select.POLLHUP | select.POLLERR)
+        poller.register(fd, events | select.POLLHUP | select.POLLERR)
         since: float | None = None
         while True:
-            wait = _STALL_CHECK if deadline is None \
-                else min(_STALL_CHECK, deadline - time.monotonic())
-            if wait <= 0 or poller.poll(wait * 1000):
+            wait = None if stall is None else _STALL_CHECK
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                wait = left if wait is None else min(wait, left)
+            if poller.poll(None if wait is None else wait * 1000):
                 return
-            if not self.stopped():
+            if stall is None or not self.stopped():
                 since = None
                 continue
             now = time.monotonic()
             since = now if since is None else since
             if now - since >= stall:
-                raise WorkerStopped(f"the worker was stopped (SIGSTOP or a tracer) and gave "
-                                    f"no answer for {now - since:.1f} s")
+                raise WorkerStopped(f"the worker was stopped (SIGSTOP or a tracer) and "
+                                    f"{stalled} for {now - since:.1f} s")
 
     def stopped(self) -> bool:
         """Whether the worker is stopped (SIGSTOP, SIGTSTP, a tracer): it answers nothing

@@ -7,11 +7,15 @@ One worker process serves the runs of one `IsolatedSandbox`, one at a time, and 
 reused while it lives. The parent holds the deadline, on its own clock: loading may
 take `load_timeout`, then the guest gets the policy's timeout plus `grace` (never past
 `load_timeout` + timeout + `grace` from the request, whatever the worker sends), after
-which the worker is killed (outcome `timeout`). A worker that stays stopped (SIGSTOP, a
-tracer) `grace` seconds while an answer is awaited is killed then (outcome `error`: the
-host's failure, not the guest's, loading or running); one found stopped between runs is
-replaced before it is handed the next. A C-API worker under a policy without a
-fuel budget has no epoch checks in its compiled code (`IsolationConfig.process_deadline`):
+which the worker is killed (outcome `timeout`); writing the request counts as loading. A
+worker that stays stopped (SIGSTOP, a tracer) `grace` seconds while it is handed a run or
+an answer is awaited is killed then (outcome `error`: the host's failure, not the
+guest's, loading or running); one found stopped between runs is replaced before it is
+handed the next. A run's `CancelToken` reaches its worker from the first byte of the
+request. The memory a large standard input is allowed (`IsolationConfig`) ends with
+its run: a worker whose limit cannot be brought back (it still holds more) is replaced.
+A C-API worker under a policy without a fuel budget has no epoch checks in its compiled
+code (`IsolationConfig.process_deadline`):
 at the guest's timeout it sends the result an epoch interrupt would have made
 (`overran`) and ends itself (`isolate.overrun`); it is reaped and replaced, as a killed
 one is. So that the run after a timeout does not wait for a worker to start and harden,
@@ -74,6 +78,7 @@ __all__ = ["IsolatedSandbox"]
 
 _RETIRE = object()
 _FALLBACK = object()
+_LOST = object()  # the worker was gone before it took the run
 _MAX_LEFT_TO_WASMTIME = 256
 # The `.cwasm` digests a sandbox vouches for (most recently run first kept) and a worker
 # may hold: a worker told of one more starts afresh with the most recent ones.
@@ -351,22 +356,23 @@ class IsolatedSandbox(RunMethods):
                 try:
                     if found and not self._hand_over(worker, found):
                         worker = self._ready_worker(backend, fresh=True)
-                    worker.allow_memory(_stdin_allowance(invocation))
-                    request = self._request(worker, module, invocation, env)
                 except EOFError:
                     self._discard()
                     continue
                 except BaseException:  # part of a request may be in the pipe
                     self._lose(worker)
                     raise
+                request = self._request(worker, module, invocation, env)
                 begun = time.monotonic()
                 stop = _StopWorker(worker)
                 # This run's token stops this run's worker, never the sandbox's current
                 # one: `interrupt()` from a cancelled task killed whichever run was in
-                # progress, another caller's (found by review).
+                # progress, another caller's (found by review). Attached before the
+                # request is written: a worker that stops reading holds the write too.
                 if token is not None:
                     token.attach(None, stop, None)
                 try:
+                    worker.allow_memory(_stdin_allowance(invocation))
                     outcome = self._collect(worker, module, invocation, request, loaded, stop)
                 except BaseException:
                     # Ctrl-C (or any exception) between the request and its reply: the
@@ -374,14 +380,22 @@ class IsolatedSandbox(RunMethods):
                     self._lose(worker)
                     raise
                 finally:
-                    worker.allow_memory(0)
+                    request.close()
+                    # The memory allowed for a large standard input must not outlive
+                    # its run: a worker the kernel cannot bring back under its limit
+                    # (it holds more) would run the next guest with the limit raised.
+                    lowered = worker.allow_memory(0)
                     if token is not None:
                         token.disarm()
                     # Killed, maybe after its answer was read (a result or an error):
                     # never the next run's worker (a late cancellation killed the next
                     # caller's run, found by review).
-                    if stop.fired and self._worker is worker:
+                    if (stop.fired or not lowered) and self._worker is worker:
                         self._discard(respawn=True)
+                if outcome is _LOST:
+                    if self._worker is worker:
+                        self._discard()
+                    continue
                 if outcome is _FALLBACK:
                     # The next worker gives the canonical answer, within what is left of
                     # the one load timeout: a module the C API compiles slowly and then
@@ -399,7 +413,8 @@ class IsolatedSandbox(RunMethods):
                     self._discard(respawn=True)
                     continue
                 worker.runs += 1
-                if self.config.max_runs is not None and worker.runs >= self.config.max_runs:
+                if self.config.max_runs is not None and worker.runs >= self.config.max_runs \
+                        and self._worker is worker:
                     self._discard(respawn=True)
                 self._served += 1
                 self._refill()
@@ -408,9 +423,9 @@ class IsolatedSandbox(RunMethods):
 
     def _request(self, worker: WorkerProcess, module: str | Path | bytes,
                  invocation: Invocation, env: dict[str, str | None],
-                 resend: bool = False) -> tuple[Any, ...]:
-        """Send the run request; a module path is opened here (the worker cannot) and
-        its bytes follow the request. Raises EOFError when the worker is gone."""
+                 resend: bool = False) -> _Request:
+        """The run request, to be sent (`_Request.send`) and closed: a module path is
+        opened here (the worker cannot), and its bytes follow the request."""
         source: ModuleFile | bytes
         fd = None
         if isinstance(module, bytes):
@@ -420,26 +435,18 @@ class IsolatedSandbox(RunMethods):
             held = not resend and self._held(worker, path)
             source, fd = open_module(path, self.policy.limits.max_module_size, held)
             worker.sent.add(source.key)
+        if self._resealer is not None and (fd is not None or isinstance(source, bytes)):
+            # Before the load timeout is armed (`_collect`): the copy is this side's.
+            deadline = self._plans[self._worker_backend].process_deadline
+            self._resealer.prepare(module, self._worker_backend, deadline)
         # The standard input follows as a raw frame: pickled, 256 MiB cost the worker
         # three times that while it read the request.
         stdin = invocation.stdin
         if stdin:
             invocation = dataclasses.replace(invocation, stdin=b"")
-        request = ("run", source, invocation, env, os.getcwd(), len(stdin))
-        try:
-            if self._resealer is not None and (fd is not None or isinstance(source, bytes)):
-                # Before the load timeout is armed (`_collect`): the copy is this side's.
-                deadline = self._plans[self._worker_backend].process_deadline
-                self._resealer.prepare(module, self._worker_backend, deadline)
-            worker.send(request)
-            if fd is not None:
-                worker.send_file(fd, source.size if isinstance(source, ModuleFile) else 0)
-            if stdin:
-                worker.send_bytes(stdin)
-        finally:
-            if fd is not None:
-                os.close(fd)
-        return request
+        size = source.size if isinstance(source, ModuleFile) else 0
+        return _Request(("run", source, invocation, env, os.getcwd(), len(stdin)), fd, size,
+                        stdin)
 
     @staticmethod
     def _held(worker: WorkerProcess, path: Path) -> bool:
@@ -447,13 +454,16 @@ class IsolatedSandbox(RunMethods):
         return key is not None and key in worker.sent
 
     def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
-                 invocation: Invocation, request: tuple[Any, ...],
+                 invocation: Invocation, request: _Request,
                  loaded: float = 0.0, stop: _StopWorker | None = None) -> Result | object:
+        """Send `request` and see the run through to its answer (a Result, an error to
+        raise, or what the caller does next: `_RETIRE`, `_FALLBACK`, `_LOST`)."""
         # The deadline is this process's alone, armed from its own clock: loading may
         # take `load_timeout` (less the `loaded` seconds an earlier worker spent on this
         # run), the guest its timeout + grace, and nothing the worker sends moves either
         # (a worker that took over its guest could otherwise hold the caller forever
-        # with `started` frames).
+        # with `started` frames). Writing the request counts as loading: a worker that
+        # stops reading it is found stopped, or timed out, as one that stops answering.
         begun = time.monotonic()
         load = self.config.load_seconds(self.policy)
         if load is not None:
@@ -463,8 +473,16 @@ class IsolatedSandbox(RunMethods):
         final = None if load is None or limit is None else begun + load + limit
         info: RunInfo | None = None
         resent = False
+        sending: _Request | None = request  # written before the next reply is awaited
         while True:
             try:
+                if sending is not None:
+                    try:
+                        sending.send(worker, deadline, self.config.grace)
+                    finally:
+                        if sending is not request:  # a resend's: the caller closes `request`
+                            sending.close()
+                    sending = None
                 kind, payload = worker.receive(deadline, self._reply_limit, self.config.grace)
             except (TimeoutError, WorkerStopped) as exc:
                 # A stopped worker is the host's failure, whoever stopped it: no guest
@@ -480,6 +498,8 @@ class IsolatedSandbox(RunMethods):
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
+                if sending is request and not (stop is not None and stop.fired):
+                    return _LOST  # gone before it took the run: another worker takes it
                 cause = worker.death_cause()
                 if stop is not None and stop.fired and worker.ended_as is Outcome.ERROR:
                     cause = CANCELLED.message  # its token's kill: said so to observers too
@@ -499,10 +519,8 @@ class IsolatedSandbox(RunMethods):
                 continue  # only the first one counts; the deadline stays where it is
             elif kind == "resend" and not resent and info is None:
                 resent = True
-                try:
-                    self._request(worker, module, invocation, request[3], resend=True)
-                except EOFError:
-                    continue  # the next receive reports the death
+                sending = self._request(worker, module, invocation, request.message[3],
+                                        resend=True)
             elif kind == "result":
                 return self._finish(info, result_from_wire(payload), worker.pid, invocation)
             elif kind == "overran":  # its deadline's result; the worker is ending itself
@@ -626,6 +644,31 @@ def _stdin_allowance(invocation: Invocation) -> int:
     takes it whole (WASI's `stdin_bytes`); none for what its overhead covers."""
     size = len(invocation.stdin)
     return 2 * size if size > _STDIN_COVERED else 0
+
+
+@dataclasses.dataclass
+class _Request:
+    """A run request as the worker reads it: `message`, then, when `fd` is set, `size`
+    bytes of the module file it is open on, then `stdin` (each a raw frame)."""
+
+    message: tuple[Any, ...]
+    fd: int | None
+    size: int
+    stdin: bytes
+
+    def send(self, worker: WorkerProcess, deadline: float | None, stall: float) -> None:
+        """Write it all. Raises as `WorkerProcess.send`."""
+        worker.send(self.message, deadline, stall)
+        if self.fd is not None:
+            worker.send_file(self.fd, self.size, deadline, stall)
+        if self.stdin:
+            worker.send_bytes(self.stdin, deadline, stall)
+
+    def close(self) -> None:
+        """Close the module file. Safe twice."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class _StopWorker:

@@ -1,5 +1,8 @@
 """The pipe protocol between a parent and its worker: length-prefixed pickled frames.
 
+Writes go to blocking or non-blocking pipes alike: on a full non-blocking pipe a
+writer calls the `wait` it was given (the parent's, which watches a worker that stopped
+reading: `WorkerProcess`), or else waits for room.
 Requests (parent -> worker) are ordinary pickles: the worker trusts its parent.
 Replies (worker -> parent) are unpickled with *no* globals allowed, so they can hold
 only plain data (dicts, lists, tuples, str, bytes, numbers): a worker taken over by its
@@ -17,6 +20,7 @@ import select
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -24,7 +28,7 @@ from .. import errors
 from ..errors import StockadeError, WorkerError
 from ..result import Outcome, Result, Usage
 
-__all__ = ["DeadlineExceeded", "write_frame", "write_file_frame", "write_bytes_frame",
+__all__ = ["DeadlineExceeded", "Wait", "write_frame", "write_file_frame", "write_bytes_frame",
            "read_frame", "read_raw_frame",
            "loads_plain", "read_reply",
            "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
@@ -41,37 +45,63 @@ class DeadlineExceeded(Exception):
     """No complete frame arrived before the deadline."""
 
 
-def write_frame(fd: int, message: Any) -> None:
-    """Pickle `message` and write it as one frame (blocking)."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
+# Called when a non-blocking pipe is full; returns once it may take more, or raises.
+Wait = Callable[[], None]
+
+
+def _blocked(fd: int, wait: Wait | None) -> None:
+    """`fd`, a non-blocking pipe, is full: return once it may take more (or its reader
+    is gone), by `wait` when given (raising what it raises), else without bound."""
+    if wait is not None:
+        wait()
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT | select.POLLERR)
+    poller.poll()
+
+
+def _write_all(fd: int, data: bytes | memoryview, wait: Wait | None) -> None:
+    view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            _blocked(fd, wait)
 
 
-def write_file_frame(fd: int, source: int, size: int) -> None:
+def write_frame(fd: int, message: Any, wait: Wait | None = None) -> None:
+    """Pickle `message` and write it as one frame (`wait`: see the module docstring)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, _HEADER.pack(len(data)) + data, wait)
+
+
+def write_file_frame(fd: int, source: int, size: int, wait: Wait | None = None) -> None:
     """Write `size` bytes of the file `source` (from its start) as one raw frame, by
     sendfile: the bytes never enter this process's memory. A file that shrank since
     its size was taken is padded with zeros (the frame keeps its announced length)."""
-    os.write(fd, _HEADER.pack(size))
+    _write_all(fd, _HEADER.pack(size), wait)
     offset = 0
     while offset < size:
-        sent = os.sendfile(fd, source, offset, min(size - offset, 1 << 24))
+        try:
+            sent = os.sendfile(fd, source, offset, min(size - offset, 1 << 24))
+        except BlockingIOError:
+            _blocked(fd, wait)
+            continue
         if sent == 0:
             break
         offset += sent
     padding = size - offset
     while padding > 0:
-        padding -= os.write(fd, bytes(min(padding, 1 << 16)))
+        chunk = min(padding, 1 << 16)
+        _write_all(fd, bytes(chunk), wait)
+        padding -= chunk
 
 
-def write_bytes_frame(fd: int, data: bytes) -> None:
+def write_bytes_frame(fd: int, data: bytes, wait: Wait | None = None) -> None:
     """Write `data` as one raw frame (`read_raw_frame`), from where it lies: a standard
     input of hundreds of MiB is not copied into a pickle, nor that into a frame."""
-    os.write(fd, _HEADER.pack(len(data)))
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    _write_all(fd, _HEADER.pack(len(data)), wait)
+    _write_all(fd, data, wait)
 
 
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:

@@ -245,7 +245,8 @@ def serve(read_fd: int, write_fd: int) -> None:
             del request  # the module's bytes live only as long as loading needs them
             reply = _run(backend, modules, arguments)
             # The standard input goes before the reply: the parent then takes back the
-            # memory it allowed for it (`WorkerProcess.allow_memory`).
+            # memory it allowed for it (`WorkerProcess.allow_memory`), and replaces this
+            # worker if it cannot (anything still holding the input keeps it charged).
             del arguments
             if overrun is not None:
                 with overrun.lock:  # the run's one reply: this or the deadline's

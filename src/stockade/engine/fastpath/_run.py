@@ -97,6 +97,11 @@ _GROWN = GROW_EXPORT.encode()  # the refused grows' global (`engine.growwatch`)
 StoreLimits = tuple[int, int, int, int]
 NO_STORE_LIMITS: StoreLimits = (-1, -1, -1, -1)
 
+# What a slot's stdin field holds between runs. Not None: ctypes keeps the object a
+# `c_char_p` field was last given while it is None, so the last request's body (256 MiB
+# in a worker, above its cgroup limit) stayed alive until the next run replaced it.
+_NO_STDIN = b""
+
 
 class RunPlan(FieldTuple):
     """A run's checked arguments and limits (`FastEngine.plan`), reused across runs:
@@ -427,7 +432,7 @@ def execute(engine: int, plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: byt
             ending = TIMED_OUT
     if slot.stopped:
         ending = Ending(Outcome.TIMEOUT, "wall-clock timeout (guest was sleeping)")
-    slot.state.stdin_data = None  # do not keep the request body alive in the slot
+    slot.state.stdin_data, slot.state.stdin_len = _NO_STDIN, 0  # the body is not kept
     if slot.interrupted:  # Ctrl-C in a host call, which stopped the guest for it
         slot.interrupted = False
         raise KeyboardInterrupt
@@ -525,7 +530,7 @@ def _run_native(plan: RunPlan, slot: RunSlot, env: EnvBlock, stdin: bytes,
     slot.capture_err = plan.capture_stderr
     slot.clock_base = time.monotonic_ns()  # the guest's monotonic clock starts here
     NATIVE_RUN(*slot.native_args)
-    args.stdin_data = None  # do not keep the request body alive in the slot
+    args.stdin_data, args.stdin_len = _NO_STDIN, 0  # the request body is not kept
     status = out.status
     if status != RUN_OK:
         if status == RUN_WASI_FILES:
