@@ -12,6 +12,11 @@ must carry a MAC made with this host's key (kept outside the cache) before wasmt
 it. A refused entry is deleted (a refused directory moved aside), an audit record is
 written, and the caller compiles again. A cache that cannot be written or trusted at all is
 skipped: modules are then compiled in memory each time.
+
+The entries under a root total at most `STOCKADE_CACHE_MAX_BYTES` (default 2 GiB): every
+distinct module a host is handed, runnable or not, leaves a compiled copy about its size,
+so past the cap the least recently used go (a hit counts as a use), and an entry larger
+than the cap is not kept.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,13 +50,38 @@ from .seal import (
 if TYPE_CHECKING:
     from ..telemetry.envsettings import AuditSettings
 
-__all__ = ["AotCache"]
+__all__ = ["AotCache", "cache_max_bytes", "DEFAULT_MAX_BYTES", "MAX_BYTES_ENV"]
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _INDEX = "stat"
 _INDEX_MAX = 256  # bytes: "<64 hex> <64 hex>\n"
+DEFAULT_MAX_BYTES = 2 << 30
+MAX_BYTES_ENV = "STOCKADE_CACHE_MAX_BYTES"
+_MIN_MAX_BYTES = 1 << 20
+_FINGERPRINT_LENGTH = 16  # `EngineConfig.fingerprint`: the only directories holding entries
+_HEX = frozenset("0123456789abcdef")
+# A use refreshes an entry's time at most this often: one metadata write an hour, not one
+# a run. A writer's `.part` file this old is a crashed one's.
+_STALE_SECONDS = 3600.0
+
+
+def cache_max_bytes(env: Mapping[str, str] | None = None) -> int:
+    """The most the entries under a cache root may total: `STOCKADE_CACHE_MAX_BYTES` (a
+    size, at least 1 MiB), else 2 GiB. Raises UsageError."""
+    raw = (os.environ if env is None else env).get(MAX_BYTES_ENV)
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    from ..policy.units import parse_size
+
+    try:
+        size = parse_size(raw)
+    except ValueError as exc:
+        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: {exc}") from None
+    if size < _MIN_MAX_BYTES:
+        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: use at least 1MiB")
+    return size
 
 
 class AotCache:
@@ -58,17 +89,19 @@ class AotCache:
 
     `open` yields a verified entry for `deserialize_file`; `store` seals and writes one
     atomically. `key` returns this host's key (raising `KeyUnavailable`); tests pass
-    another. `audit` is how its audit records are kept (default: the environment's,
-    checked now: raises UsageError for a malformed `STOCKADE_AUDIT_MAX_BYTES`). Safe to
-    share between threads and processes.
+    another. `audit` is how its audit records are kept, `max_bytes` the most its entries
+    total (defaults: the environment's, checked now: raises UsageError for a malformed
+    `STOCKADE_AUDIT_MAX_BYTES` or `STOCKADE_CACHE_MAX_BYTES`). Safe to share between
+    threads and processes.
     """
 
     def __init__(self, root: Path, key: Callable[[], bytes] = host_key, *,
-                 audit: AuditSettings | None = None) -> None:
+                 audit: AuditSettings | None = None, max_bytes: int | None = None) -> None:
         self.root = root
         self._key_source = key
         self._trusted: set[Path] = set()
         self._key_refused = False
+        self.max_bytes = cache_max_bytes() if max_bytes is None else max_bytes
         if audit is None:
             # Checked when made, as when telemetry opens, and with the same words: read
             # at a refusal, a malformed one lost its record to a warning (`compile`).
@@ -99,7 +132,8 @@ class AotCache:
         from this cache's. What such a worker seals is accepted only there."""
         source = self._key_source
         return AotCache(self.root / "scopes" / scope_name(scope),
-                        key=lambda: scoped_key(source(), scope), audit=self._audit_settings)
+                        key=lambda: scoped_key(source(), scope), audit=self._audit_settings,
+                        max_bytes=self.max_bytes)
 
     def reseal(self, into: AotCache, fingerprint: str, sha256: str) -> bool:
         """Copy this cache's entry for a module into `into` (a scope's cache), sealed with
@@ -127,13 +161,19 @@ class AotCache:
             os.close(fd)
 
     def store(self, fingerprint: str, sha256: str, data: bytes | memoryview) -> Path | None:
-        """Seal and save compiled bytes; the path, or None when the cache is unusable."""
+        """Seal and save compiled bytes, then trim the cache to its cap; the path, or
+        None when the cache is unusable or the entry alone would pass the cap."""
         key = self._key()
         target = self.path(fingerprint, sha256)
+        if len(data) + TRAILER_SIZE > self.max_bytes:
+            return None  # kept, it would push every other entry out
         if key is None or not self._directory(target.parent, create=True):
             return None
         trailer = seal(data, fingerprint, _purpose(sha256), key)
-        return target if _write_atomic(target, (data, trailer)) else None
+        if not _write_atomic(target, (data, trailer)):
+            return None
+        self._trim(target)
+        return target
 
     def evict(self, fingerprint: str, sha256: str) -> None:
         """Remove an entry that failed to load (corrupt or stale)."""
@@ -214,7 +254,45 @@ class AotCache:
             # version's): sealed again, so the next run checks it the cheaper way (and a
             # small module without OpenSSL). The open descriptor keeps this copy.
             self.store(fingerprint, sha256, legacy)
+        elif time.time() - info.st_mtime > _STALE_SECONDS:
+            try:  # a use: the entry is among the last to go when the cache is trimmed
+                os.utime(fd)
+            except OSError:
+                pass
         return fd
+
+    def _trim(self, kept: Path) -> None:
+        """Remove the least recently used entries (by their last use or write) until
+        those under the root total at most `max_bytes`, never `kept`; and the `.part`
+        files of writers that crashed. Best effort: another process may trim, write or
+        load meanwhile (a loader holds its entry open: removing it costs a compile)."""
+        entries: list[tuple[float, int, str]] = []
+        total, stale = 0, time.time() - _STALE_SECONDS
+        try:
+            with os.scandir(self.root) as found:
+                folders = [entry.path for entry in found if _holds_entries(entry)]
+            for folder in folders:
+                with os.scandir(folder) as found:
+                    for entry in found:
+                        info = entry.stat(follow_symlinks=False)
+                        if not stat.S_ISREG(info.st_mode):
+                            continue
+                        if entry.name.endswith(".part"):
+                            if info.st_mtime < stale:
+                                _unlink(entry.path)
+                            continue
+                        if entry.name.endswith(".cwasm"):
+                            total += info.st_size
+                            used = max(info.st_mtime, info.st_atime)
+                            entries.append((used, info.st_size, entry.path))
+        except OSError:
+            return
+        entries.sort()
+        for _, size, path in entries:
+            if total <= self.max_bytes:
+                break
+            if path != str(kept) and _unlink(path):
+                total -= size
 
     def _key(self) -> bytes | None:
         try:
@@ -310,6 +388,22 @@ class AotCache:
 
 def _purpose(sha256: str) -> str:
     return f"cache:{sha256}"
+
+
+def _holds_entries(entry: os.DirEntry[str]) -> bool:
+    """Whether `entry` of the root is a fingerprint's directory (not `stat`, `scopes`
+    or the OCI store, which share the root)."""
+    name = entry.name
+    return len(name) == _FINGERPRINT_LENGTH and set(name) <= _HEX \
+        and entry.is_dir(follow_symlinks=False)
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
 
 
 def _directory_problem(info: os.stat_result) -> str | None:

@@ -1,0 +1,143 @@
+"""The AoT cache keeps at most `STOCKADE_CACHE_MAX_BYTES` of compiled modules.
+
+Every distinct module a host is handed, runnable or not, left a compiled copy about its
+own size, and nothing removed one: a host running untrusted submissions filled its disk
+(found by review). Past the cap the least recently used entries go; a hit counts as a
+use, and an entry larger than the whole cap is not kept at all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from stockade.engine.cache import AotCache
+from stockade.errors import UsageError
+
+from ..conftest import guest, stockade
+
+KEY = b"k" * 32
+FINGERPRINT = "0123456789abcdef"
+MiB = 1 << 20
+
+
+def _cache(root: Path, max_bytes: int) -> AotCache:
+    return AotCache(root, key=lambda: KEY, max_bytes=max_bytes)
+
+
+def _store(cache: AotCache, name: str, size: int, age: float = 0.0) -> Path:
+    sha = name * 64
+    stored = cache.store(FINGERPRINT, sha[:64], bytes(size))
+    assert stored is not None
+    if age:
+        then = time.time() - age
+        os.utime(stored, (then, then))
+    return stored
+
+
+def _entries(root: Path) -> set[str]:
+    return {path.name[0] for path in root.glob("*/*.cwasm")}
+
+
+def _total(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.glob("*/*.cwasm"))
+
+
+def test_the_least_recently_used_entries_go_past_the_cap(tmp_path: Path) -> None:
+    cache = _cache(tmp_path, 3 * MiB)
+    for age, name in ((400, "a"), (300, "b"), (200, "c")):
+        _store(cache, name, MiB - 4096, age)
+    assert _entries(tmp_path) == {"a", "b", "c"}
+    _store(cache, "d", MiB - 4096)
+    assert _entries(tmp_path) == {"b", "c", "d"}
+    _store(cache, "e", 2 * MiB)
+    assert _entries(tmp_path) == {"e"} | ({"d"} if _total(tmp_path) <= 3 * MiB else set())
+    assert _total(tmp_path) <= 3 * MiB
+
+
+def test_a_hit_counts_as_a_use(tmp_path: Path) -> None:
+    cache = _cache(tmp_path, 3 * MiB)
+    _store(cache, "a", MiB - 4096, age=7200)
+    _store(cache, "b", MiB - 4096, age=3600)
+    with cache.open(FINGERPRINT, "a" * 64) as found:
+        assert found is not None  # verified: its use is recorded
+    _store(cache, "c", MiB - 4096)
+    _store(cache, "d", MiB - 4096)
+    assert _entries(tmp_path) == {"a", "c", "d"}
+
+
+def test_an_entry_larger_than_the_cap_is_not_kept(tmp_path: Path) -> None:
+    cache = _cache(tmp_path, 2 * MiB)
+    _store(cache, "a", MiB)
+    assert cache.store(FINGERPRINT, "b" * 64, bytes(3 * MiB)) is None
+    assert _entries(tmp_path) == {"a"}  # the others are not flushed for it
+
+
+def test_what_is_not_an_entry_is_left_alone(tmp_path: Path) -> None:
+    cache = _cache(tmp_path, MiB)
+    other = tmp_path / "oci" / "blobs"
+    other.mkdir(parents=True)
+    (other / "layer").write_bytes(bytes(2 * MiB))  # the OCI store shares the directory
+    _store(cache, "a", MiB // 2)
+    _store(cache, "b", MiB // 2)
+    assert (other / "layer").stat().st_size == 2 * MiB
+    assert _total(tmp_path) <= MiB
+
+
+def test_a_crashed_writers_leftovers_go_with_the_old_entries(tmp_path: Path) -> None:
+    cache = _cache(tmp_path, 4 * MiB)
+    _store(cache, "a", MiB)
+    part = tmp_path / FINGERPRINT / ".x.cwasm.123.abcd.part"
+    part.write_bytes(bytes(MiB))
+    old = time.time() - 7200
+    os.utime(part, (old, old))
+    fresh = tmp_path / FINGERPRINT / ".y.cwasm.124.abcd.part"
+    fresh.write_bytes(bytes(MiB))  # another process may be writing it now
+    _store(cache, "b", MiB)
+    assert not part.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1KiB", "99999999999999999999999TiB"])
+def test_a_malformed_cap_is_refused_when_the_cache_is_made(
+        value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STOCKADE_CACHE_MAX_BYTES", value)
+    with pytest.raises(UsageError, match="STOCKADE_CACHE_MAX_BYTES"):
+        AotCache(tmp_path, key=lambda: KEY)
+
+
+def _module_with_data(path: Path, seed: int, size: int = 300 * 1024) -> Path:
+    """A module that exits at once, with `size` bytes of data of its own (compiled in)."""
+    import wasmtime
+
+    text = f"\\{seed + 1:02x}" * size
+    path.write_bytes(wasmtime.wat2wasm(
+        f'(module (memory 8) (data (i32.const 0) "{text}") (func (export "_start")))'))
+    return path
+
+
+def test_a_host_handed_many_modules_keeps_its_cache_under_the_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STOCKADE_CACHE_DIR", str(root))
+    monkeypatch.setenv("STOCKADE_CACHE_MAX_BYTES", "1MiB")
+    for seed in range(6):  # ~1.8 MiB compiled
+        module = _module_with_data(tmp_path / f"m{seed}.wasm", seed)
+        done = stockade("run", str(module))
+        assert done.returncode == 0, done.stderr
+        assert 0 < _total(root) <= MiB
+    assert 0 < len(list(root.glob("*/*.cwasm"))) < 6
+    done = stockade("run", str(guest("hello.wasm")))
+    assert done.returncode == 0 and b"Hello" in done.stdout
+
+
+def test_the_command_line_refuses_a_malformed_cap_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKADE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STOCKADE_CACHE_MAX_BYTES", "lots")
+    done = stockade("run", str(guest("hello.wasm")))
+    assert done.returncode == 125, done.stderr
+    assert done.stderr.decode().count("\n") == 1
+    assert "STOCKADE_CACHE_MAX_BYTES" in done.stderr.decode()
