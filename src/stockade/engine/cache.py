@@ -70,18 +70,9 @@ _STALE_SECONDS = 3600.0
 def cache_max_bytes(env: Mapping[str, str] | None = None) -> int:
     """The most the entries under a cache root may total: `STOCKADE_CACHE_MAX_BYTES` (a
     size, at least 1 MiB), else 2 GiB. Raises UsageError."""
-    raw = (os.environ if env is None else env).get(MAX_BYTES_ENV)
-    if not raw:
-        return DEFAULT_MAX_BYTES
-    from ..policy.units import parse_size
+    from ..policy.units import size_variable
 
-    try:
-        size = parse_size(raw)
-    except ValueError as exc:
-        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: {exc}") from None
-    if size < _MIN_MAX_BYTES:
-        raise UsageError(f"{MAX_BYTES_ENV}={raw!r}: use at least 1MiB")
-    return size
+    return size_variable(MAX_BYTES_ENV, env, DEFAULT_MAX_BYTES, _MIN_MAX_BYTES)
 
 
 class AotCache:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
-__all__ = ["parse_size", "parse_duration", "format_size", "format_duration", "shown"]
+__all__ = ["parse_size", "parse_duration", "format_size", "format_duration", "shown",
+           "size_variable"]
 
 # No size past what a C int64 (off_t, ssize_t, the C API's) holds; limits bound tighter.
 _MAX_BYTES = (1 << 63) - 1
@@ -84,6 +86,26 @@ def shown(value: object, width: int = 40) -> str:
         return f"a {type(value).__name__} of {len(value)} items"
     text = repr(value)
     return text if len(text) <= width else f"{text[:width - 3]}..."
+
+
+def size_variable(name: str, env: Mapping[str, str] | None, default: int,
+                  minimum: int) -> int:
+    """The size the environment variable `name` sets in `env` (default `os.environ`), at
+    least `minimum` bytes, else `default`. Raises UsageError naming the variable."""
+    import os
+
+    from ..errors import UsageError
+
+    raw = (os.environ if env is None else env).get(name)
+    if not raw:
+        return default
+    try:
+        size = parse_size(raw)
+    except ValueError as exc:
+        raise UsageError(f"{name}={raw!r}: {exc}") from None
+    if size < minimum:
+        raise UsageError(f"{name}={raw!r}: use at least {format_size(minimum)}")
+    return size
 
 
 def format_size(size: int) -> str:

@@ -93,18 +93,9 @@ _FLAGS = {"1": True, "true": True, "on": True, "yes": True,
 def audit_max_bytes(env: Mapping[str, str] | None = None) -> int:
     """The size at which the audit log rotates: `STOCKADE_AUDIT_MAX_BYTES`, at least 4 KiB,
     else 16 MiB. Raises UsageError."""
-    raw = (os.environ if env is None else env).get(AUDIT_MAX_BYTES_ENV)
-    if not raw:
-        return DEFAULT_AUDIT_MAX_BYTES
-    from ..policy.units import parse_size
+    from ..policy.units import size_variable
 
-    try:
-        size = parse_size(raw)
-    except ValueError as exc:
-        raise UsageError(f"{AUDIT_MAX_BYTES_ENV}={raw!r}: {exc}") from None
-    if size < 4096:
-        raise UsageError(f"{AUDIT_MAX_BYTES_ENV}={raw!r}: use at least 4KiB")
-    return size
+    return size_variable(AUDIT_MAX_BYTES_ENV, env, DEFAULT_AUDIT_MAX_BYTES, 4096)
 
 
 def audit_key_path(env: Mapping[str, str] | None = None) -> Path:
