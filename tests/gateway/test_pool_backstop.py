@@ -83,6 +83,50 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+def _freeze(pid: int) -> Path:
+    """Freeze `pid` (cgroup v1's freezer): a worker that makes no progress and is not
+    stopped, as a guest that ignores its deadline (a stopped worker is the host's
+    failure, found by the pool within its grace)."""
+    if not (FREEZER / "cgroup.procs").exists():
+        pytest.skip("no cgroup v1 freezer on this machine to hold a worker without stopping it")
+    group = FREEZER / f"frozen-by-test-{os.getpid()}-{pid}"
+    group.mkdir()
+    (group / "cgroup.procs").write_text(str(pid))
+    (group / "freezer.state").write_text("FROZEN")
+    return group
+
+
+def _killed_while_frozen(pid: int) -> bool:
+    """Whether SIGKILL waits for `pid` to thaw (a frozen task takes no signal)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    pending = [int(line.split()[1], 16) for line in status.splitlines()
+               if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGKILL - 1)) for mask in pending)
+
+
+def _thaw(group: Path) -> None:
+    if not group.exists():
+        return
+    (group / "freezer.state").write_text("THAWED")
+    for pid in (group / "cgroup.procs").read_text().split():
+        try:
+            (FREEZER / "cgroup.procs").write_text(pid)
+        except OSError:  # gone meanwhile
+            pass
+    for _ in range(100):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -125,18 +169,22 @@ def test_a_504_keeps_the_slot_until_the_pool_worker_stopped(start_gateway: Start
         busy = [pid for pid in workers if _cpu_ticks(pid) > before[pid] + 5]
         runner = busy[0] if busy else None
     assert runner is not None, "no pool worker ran the guest"
-    os.kill(runner, signal.SIGSTOP)
+    frozen = _freeze(runner)
     admitted_while_running = []
-    # Until the frozen worker is gone (the pool kills it at its deadline + grace).
-    deadline = time.monotonic() + 30
-    while _running(runner) and time.monotonic() < deadline:
-        response = gateway.client.get("/echo")
-        if response.status_code == 200 and _running(runner):
-            admitted_while_running.append(time.monotonic())
-        time.sleep(0.05)
-    stuck.join()
-    if _running(runner):
-        os.kill(runner, signal.SIGCONT)
+    try:
+        # Until the frozen worker is gone (the pool kills it at its deadline + grace,
+        # which it takes once thawed).
+        deadline = time.monotonic() + 30
+        while _running(runner) and time.monotonic() < deadline:
+            if _killed_while_frozen(runner):
+                _thaw(frozen)
+            response = gateway.client.get("/echo")
+            if response.status_code == 200 and _running(runner):
+                admitted_while_running.append(time.monotonic())
+            time.sleep(0.05)
+        stuck.join()
+    finally:
+        _thaw(frozen)
     assert statuses["stuck"] == 504, statuses
     # Concurrency 1: no second run of the tenant while its first still held a worker.
     assert not admitted_while_running

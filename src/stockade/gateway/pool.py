@@ -39,7 +39,7 @@ from dataclasses import replace
 from ..errors import StockadeError, WorkerError
 from ..invocation import Invocation
 from ..isolate.cgroup import CgroupLimits
-from ..isolate.handle import WorkerProcess
+from ..isolate.handle import WorkerProcess, WorkerStopped
 from ..isolate.protections import Protection
 from ..isolate.protocol import error_from_wire, result_from_wire
 from ..observe import RunObserver, notify_finished, notify_started
@@ -359,8 +359,16 @@ class WorkerPool:
         begun = time.monotonic()
         deadline = None if timeout is None else begun + timeout + GRACE
         try:
-            worker.send(("run", spec.name, invocation.stdin, tuple(invocation.env)))
-            kind, payload = worker.receive(deadline, self._reply_limit)
+            # Watched while the request is written as while its answer is awaited: a
+            # stopped worker held the request's thread for ever, or until the deadline
+            # blamed the guest.
+            worker.send(("run", spec.name, invocation.stdin, tuple(invocation.env)), deadline,
+                        GRACE)
+            kind, payload = worker.receive(deadline, self._reply_limit, GRACE)
+        except WorkerStopped as exc:
+            self._retire(worker)
+            return self._failed(spec, begun, Outcome.ERROR, f"{exc}; its pool worker was "
+                                "killed and replaced")
         except TimeoutError:
             self._retire(worker)
             return self._failed(spec, begun, Outcome.TIMEOUT,
