@@ -158,10 +158,15 @@ ROOT_OWNED = (0,)
 def owner_problem(info: os.stat_result, owners: tuple[int, ...] = ()) -> str:
     """Why a file or directory with status `info` is one another user could have written,
     or "": owned by a uid other than this user's (and `owners`'), or writable by group or
-    others. The rule of the state directory (`not_private`), the local image store and
-    trust keys."""
+    others (the mode, and which of them). The rule of the state directory (`not_private`),
+    the local image store and trust keys."""
     if info.st_uid != os.geteuid() and info.st_uid not in owners:
         return f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
-    if info.st_mode & 0o022:
-        return f"mode {stat.S_IMODE(info.st_mode):04o} lets others replace its files"
-    return ""
+    writable = info.st_mode & 0o022
+    if not writable:
+        return ""
+    who = {0o020: "its group", 0o002: "others"}.get(writable, "group and others")
+    # Writing a directory replaces the files in it; writing a file, what it holds.
+    what = "its files" if stat.S_ISDIR(info.st_mode) else "it"
+    return (f"mode {stat.S_IMODE(info.st_mode):04o} lets others replace {what} "
+            f"(writable by {who})")

@@ -189,3 +189,117 @@ def test_members_are_counted_over_the_layers_of_a_pull(tmp_path: Path) -> None:
     with pytest.raises(BlobTooLarge, match=r"entries \(tar headers\) in all") as caught:
         extract_module(layers, "/app.wasm", 1 << 30, UnpackBudget(1 << 40))
     assert "\n" not in caught.value.message
+
+
+# -- one read per layer ----------------------------------------------------------------------
+
+
+def _gzipped(server: Server, repo: str, tars: list[bytes], *,
+             packed: list[bytes] | None = None, diff_ids: list[str] | None = None) -> None:
+    """A Docker+Wasm image under `repo:1` of tar+gzip layers: `tars` gzipped (or the
+    blobs `packed`), `diff_ids` the digests of `tars` unless given."""
+    import json
+
+    from .test_hostile_pull import TGZ, document
+
+    blobs = packed or [gzip.compress(tar, 1, mtime=0) for tar in tars]
+    image(server, repo, tars, config={
+        "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha(tar) for tar in tars]}})
+    manifest = json.loads(server.routes[f"/v2/{repo}/manifests/1"][2])  # type: ignore[index]
+    manifest["layers"] = [{"mediaType": TGZ, "digest": sha(blob), "size": len(blob)}
+                          for blob in blobs]
+    for blob in blobs:
+        server.routes[f"/v2/{repo}/blobs/{sha(blob)}"] = (200, {}, blob)
+    server.routes[f"/v2/{repo}/manifests/1"] = document(json.dumps(manifest).encode())
+
+
+def _padding(number: int, size: int) -> bytes:
+    """A tar layer of one file of `size` zero bytes (a few KiB gzipped)."""
+    return layer((f"pad{number}", bytes(size)))
+
+
+def test_a_pull_reads_each_layer_once(serve: Callable[[], Server], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its diff_id is checked in the read that searches it: a pull read every layer
+    twice, once for `rootfs.diff_ids`, once for the module and its links."""
+    import stockade.oci.image as image_module
+    import stockade.oci.transfer as transfer_module
+
+    registry = serve()
+    tars = [_padding(0, 1 << 20), _padding(1, 1 << 20), layer(("app.wasm", UPPER))]
+    _gzipped(registry, "once", tars)
+    opened: list[str] = []
+    real = image_module.open_layer
+
+    def counting(descriptor: dict[str, object], path: Path) -> object:
+        opened.append(str(descriptor["digest"]))
+        return real(descriptor, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(image_module, "open_layer", counting)
+    monkeypatch.setattr(transfer_module, "open_layer", counting, raising=False)
+    done = pull(parse_reference(f"{registry.host}/once:1"), Store(tmp_path / "store"),
+                frozenset({registry.host}))
+    assert done.module_digest == sha(UPPER)
+    assert len(opened) == len(tars) == len(set(opened)), opened
+
+
+def test_unpacked_bytes_are_charged_once(serve: Callable[[], Server], tmp_path: Path) -> None:
+    """12 MiB unpacked under a 20 MiB budget: charged twice (24 MiB) it was refused, so a
+    default pull (2 GiB) refused images of more than 1 GiB."""
+    registry = serve()
+    mib = 1 << 20
+    tars = [_padding(0, 6 * mib), _padding(1, 6 * mib), layer(("app.wasm", UPPER))]
+    _gzipped(registry, "budget", tars)
+    ref = parse_reference(f"{registry.host}/budget:1")
+    done = pull(ref, Store(tmp_path / "store"), frozenset({registry.host}), max_total=20 * mib)
+    assert done.module_digest == sha(UPPER)
+    with pytest.raises(BlobTooLarge, match="unpack to more than"):
+        pull(ref, Store(tmp_path / "under"), frozenset({registry.host}), max_total=10 * mib)
+
+
+def test_a_layer_unlike_its_diff_id_is_still_refused(serve: Callable[[], Server],
+                                                      tmp_path: Path) -> None:
+    """The one read checks every byte of the layer as unpacked, past the end of its tar
+    archive too (there the search stops reading)."""
+    from stockade.oci.errors import IntegrityError
+
+    registry = serve()
+    module = layer(("app.wasm", UPPER))
+    trailing = module + b"bytes after the archive's end" + bytes(4096)
+    _gzipped(registry, "trailing", [trailing])
+    store = Store(tmp_path / "store")
+    assert pull(parse_reference(f"{registry.host}/trailing:1"), store,
+                frozenset({registry.host})).module_digest == sha(UPPER)
+    _gzipped(registry, "unlike", [trailing], diff_ids=[sha(module)])
+    with pytest.raises(IntegrityError, match="rootfs.diff_ids says") as caught:
+        pull(parse_reference(f"{registry.host}/unlike:1"), store, frozenset({registry.host}))
+    assert sha(module) in caught.value.message and "\n" not in caught.value.message
+
+
+def test_a_gzip_stream_broken_after_the_archive_is_refused(serve: Callable[[], Server],
+                                                           tmp_path: Path) -> None:
+    """A gzip checksum is read at the stream's end, which the search alone never reaches."""
+    registry = serve()
+    module = layer(("app.wasm", UPPER))
+    packed = bytearray(gzip.compress(module, 6, mtime=0))
+    packed[-8] ^= 0xFF  # the CRC-32 of the unpacked bytes
+    _gzipped(registry, "crc", [module], packed=[bytes(packed)])
+    with pytest.raises(ModuleError, match="CRC") as caught:
+        pull(parse_reference(f"{registry.host}/crc:1"), Store(tmp_path / "store"),
+             frozenset({registry.host}))
+    assert caught.value.exit_code == 126 and "\n" not in caught.value.message
+
+
+def test_a_layer_of_corrupt_deflate_data_is_the_modules_error(serve: Callable[[], Server],
+                                                               tmp_path: Path) -> None:
+    """gzip raises zlib.error, no OSError, for a broken deflate block: it left the pull
+    as a traceback."""
+    registry = serve()
+    module = layer(("app.wasm", WASM + bytes(range(256)) * 400))
+    packed = bytearray(gzip.compress(module, 6, mtime=0))
+    packed[10] ^= 0x55  # the first block's header
+    _gzipped(registry, "deflate", [module], packed=[bytes(packed)])
+    with pytest.raises(ModuleError, match="not a readable") as caught:
+        pull(parse_reference(f"{registry.host}/deflate:1"), Store(tmp_path / "store"),
+             frozenset({registry.host}))
+    assert caught.value.exit_code == 126 and "\n" not in caught.value.message

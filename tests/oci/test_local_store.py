@@ -167,3 +167,97 @@ def test_the_review_reproducer_is_refused(registry: Registry, tmp_path: Path,
     assert refused.returncode not in (0, 7, 22), refused.stderr
     assert refused.returncode == 125 and "owned by uid 65534" in refused.stderr
     one_line(refused.stderr)
+
+
+def _refusal(shared: dict[str, str], ref: str) -> str:
+    refused = cli(shared, "run", f"oci://{ref}")
+    assert refused.returncode == 125, refused.stderr
+    one_line(refused.stderr)
+    return refused.stderr
+
+
+def test_a_store_of_another_user_says_it_is_theirs(registry: Registry, tmp_path: Path,
+                                                   env: dict[str, str]) -> None:
+    """Another user's store that only its owner can write (0755) was refused as one
+    "another user can write": chmod cannot fix it, a store of one's own does."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another uid needs root")
+    ref = f"{registry.host}/theirs-{os.urandom(4).hex()}:1"
+    pushed(env, tmp_path, ref, "theirs")
+    shared, cache = _shared_cache(tmp_path, registry)
+    assert cli(shared, "oci", "pull", ref).returncode == 0
+    for path in (cache, *(cache / "oci").rglob("*"), cache / "oci"):
+        os.chown(path, 65534, 65534, follow_symlinks=False)
+    message = _refusal(shared, ref)
+    assert f"{cache}: owned by uid 65534, not by this user (uid 0)" in message
+    assert "can write" not in message and "STOCKADE_CACHE_DIR" in message
+
+
+@pytest.mark.parametrize(("mode", "who"), [(0o664, "its group"), (0o646, "others"),
+                                           (0o666, "group and others")],
+                         ids=["group", "others", "both"])
+def test_a_store_file_others_can_write_says_who(registry: Registry, tmp_path: Path,
+                                                env: dict[str, str], mode: int,
+                                                who: str) -> None:
+    """A file's mode named what it lets others do to "its files", as a directory's."""
+    ref = f"{registry.host}/loose-{os.urandom(4).hex()}:1"
+    pushed(env, tmp_path, ref, "loose")
+    shared, cache = _shared_cache(tmp_path, registry)
+    assert cli(shared, "oci", "pull", ref).returncode == 0
+    index = cache / "oci" / "index.json"
+    index.chmod(mode)
+    message = _refusal(shared, ref)
+    assert f"{index}: mode {mode:04o} lets others replace it (writable by {who})" in message
+    assert "its files" not in message
+
+
+_AS_ANOTHER_USER = """
+import os, sys
+from pathlib import Path
+from stockade.oci.errors import StoreRefused
+from stockade.oci.store import Store
+store = Store(Path(sys.argv[1]) / "oci", within=Path(sys.argv[1]))
+os.setegid(65534)
+os.seteuid(65534)
+try:
+    store.entries()
+except StoreRefused as exc:
+    print(exc.message)
+else:
+    print("not refused")
+"""
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["reachable", "private-parent"])
+def test_a_root_store_used_by_another_user_says_it_is_roots(reachable: bool) -> None:
+    """A shared store root made, read by a user (the module imported as root, then the
+    effective uid dropped: the interpreter of this run is not another user's to start).
+    One in a directory the user cannot enter was "unreadable; remove it and pull again"."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("acting as another user needs root")
+    # Beside, not inside, pytest's own temp directory: that one is private to root.
+    base = Path(tempfile.mkdtemp(prefix="stockade-shared-"))
+    try:
+        base.chmod(0o755 if reachable else 0o700)
+        cache = base / "cache"
+        (cache / "oci").mkdir(parents=True)
+        for path in (cache, cache / "oci"):
+            path.chmod(0o755)
+        done = subprocess.run([sys.executable, "-c", _AS_ANOTHER_USER, str(cache)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(base)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    message = done.stdout.strip()
+    if reachable:
+        assert message.startswith(f"local store: {cache}: owned by uid 0, not by this user "
+                                  "(uid 65534); refused"), message
+    else:
+        assert message.startswith(f"local store: {cache}: this user cannot reach it "
+                                  "(Permission denied); refused"), message
+    assert "can write" not in message and "STOCKADE_CACHE_DIR" in message

@@ -75,8 +75,9 @@ class StoreCorrupt(StockadeError):
 
 class StoreRefused(UsageError):
     """The local store, the cache directory holding it, or a file in it is owned by
-    another user or writable by group or others: whoever can write it chooses the module
-    a reference runs. The message names the path."""
+    another user or writable by group or others (whoever can write it chooses the module
+    a reference runs), or out of this user's reach. The message names the path and which
+    of these it is."""
 
     http_status = 500
 

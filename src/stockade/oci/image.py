@@ -10,10 +10,16 @@ holding the module's path twice is refused (tar, umoci and containerd keep the l
 which one runs must not depend on who unpacks it). So is an image where a member or
 whiteout of any layer, or the module's path, passes through a symbolic link of any layer
 (`a/app.wasm` over a link `a -> b`): unpackers write and delete through it, a search by
-name does not, and the order of a layer's members would decide (`_Links`).
+name does not, and the order of a layer's members would decide (`_Links`). Within a
+layer the last member at a path wins, as GNU tar and containerd apply it; where they
+would leave different things at the module's path (a parent replaced by a file after
+the module, the module replacing a directory that holds something, a whiteout or a
+member below the module after it) or neither could write it (below a file), the image
+is refused (`_InOrder`).
 
-A layer is read one member at a time and its members are not kept (tarfile would keep
-them all: 470 bytes each, a million of them in a 2.7 MB gzipped layer); at most
+A layer is read once, one member at a time, and its members are not kept (tarfile would
+keep them all: 470 bytes each, a million of them in a 2.7 MB gzipped layer); a pull
+checks its `rootfs.diff_ids` entry in the same read, to the end of the stream. At most
 `MAX_LAYER_MEMBERS` tar headers per layer and `MAX_PULL_MEMBERS` over every layer one
 search reads, extended headers included.
 
@@ -30,18 +36,20 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, Self
 
 from ..errors import ModuleError
-from .errors import BlobTooLarge, PlatformMismatch
+from .errors import BlobTooLarge, IntegrityError, PlatformMismatch
 from .media import (
     GZIP_LAYERS,
     INDEX_TYPES,
@@ -218,9 +226,9 @@ def describe(manifest: dict[str, Any], config: dict[str, Any], ref: str) -> Wasm
 
 
 class UnpackBudget:
-    """The unpacked bytes one pull may read in all, over every layer and every pass
-    (`diff_ids`, then the search for the module): a small gzip bomb listed many times
-    must not buy minutes of CPU."""
+    """The unpacked bytes one pull may read in all, over every layer (each read once, for
+    its `diff_ids` entry and the search for the module together): a small gzip bomb
+    listed many times must not buy minutes of CPU."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used, self.header_work, self.members = limit, 0, 0, 0
@@ -287,11 +295,12 @@ def _guarded(budget: UnpackBudget, where: str) -> type[tarfile.TarInfo]:
 
 class _Bounded(io.RawIOBase):
     """A reader that refuses to yield more than `limit` bytes (a gzip bomb stops here),
-    each byte also charged to `budget`."""
+    each byte also charged to `budget` and shown to `seen` (a hash's `update`)."""
 
     def __init__(self, inner: io.BufferedIOBase, limit: int,
-                 budget: UnpackBudget | None = None) -> None:
-        self._inner, self._left, self._budget = inner, limit, budget
+                 budget: UnpackBudget | None = None,
+                 seen: Callable[[bytes], object] | None = None) -> None:
+        self._inner, self._left, self._budget, self._seen = inner, limit, budget, seen
 
     def readable(self) -> bool:
         return True
@@ -302,6 +311,8 @@ class _Bounded(io.RawIOBase):
             raise BlobTooLarge("a layer unpacks to more than the module size limit")
         if self._budget is not None:
             self._budget.charge(len(data))
+        if self._seen is not None:
+            self._seen(data)
         self._left -= len(data)
         buffer[:len(data)] = data
         return len(data)
@@ -416,13 +427,116 @@ class _Found:
     hides: str = ""
 
 
+_KINDS = {tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symbolic link",
+          tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device",
+          tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
+_FILE = "regular file"
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    return _FILE if member.isfile() else _KINDS.get(member.type, "special file")
+
+
+class _InOrder:
+    """What the module's path is once one layer's members are applied in order, as GNU
+    tar (`tar -x`) and containerd apply them: the last member at a path wins. Where they
+    part the layer is refused: tar cannot replace a directory that is not empty nor
+    write below a file (it goes on without that member), containerd replaces a whole
+    tree, stops at a member below a file, and deletes for a whiteout what its own layer
+    wrote (OCI: a whiteout hides lower layers only)."""
+
+    def __init__(self, wanted: str, path: str, where: str) -> None:
+        self.wanted, self.path, self.where = wanted, path, where
+        self.parents = _parents(wanted)
+        self.found = _Found()
+        self.last = ""  # the kind of the last member at the module's path
+        self.below = ""  # a member below the module's path, making it a directory
+        # Parents last named as a file that is not a directory (links left out: `_Links`
+        # refuses a path through one, saying so).
+        self.not_directories: set[str] = set()
+
+    def add(self, member: tarfile.TarInfo, name: str, tar: tarfile.TarFile) -> None:
+        """Apply `member` (`name` normalized), reading the module's bytes from `tar`.
+        Raises ModuleError where unpackers would leave different things, or none."""
+        base, directory = posixpath.basename(name), posixpath.dirname(name)
+        if name.startswith(self.wanted + "/"):
+            self._below(name)
+        elif base == OPAQUE and (not directory or directory in self.parents):
+            # containerd keeps what the layer itself holds, wherever the marker is
+            self.found.hides = f"{directory or '/'} made opaque ({OPAQUE})"
+        elif base.startswith(WHITEOUT) and base != OPAQUE:
+            target = posixpath.join(directory, base[len(WHITEOUT):])
+            if target == self.wanted or target in self.parents:
+                self._whiteout(name)
+        elif name in self.parents:
+            self._parent(member, name)
+        elif name == self.wanted:
+            self._module(member, tar)
+
+    def result(self) -> _Found:
+        """The layer's module, or why it hides lower layers'. Raises ModuleError when the
+        path is left as anything but a regular file."""
+        if self.last and self.last != _FILE:
+            raise ModuleError(f"{self.path}: not a regular file in the image (the last of "
+                              f"its members in {self.where} is a {self.last}); refused")
+        if not self.last and self.below:
+            raise ModuleError(f"{self.path}: not a regular file in the image ({self.where} "
+                              f"holds /{self.below} below it); refused")
+        return self.found
+
+    def _refuse(self, what: str, why: str) -> NoReturn:
+        raise ModuleError(f"{self.path}: {self.where} {what}: {why}; refused")
+
+    def _below(self, name: str) -> None:
+        if self.last == _FILE:
+            self._refuse(f"holds it, then /{name} below it", "tar keeps the module and "
+                         "cannot write that member, containerd stops at it")
+        self.below = self.below or name
+
+    def _whiteout(self, name: str) -> None:
+        if self.last == _FILE:
+            self._refuse(f"holds it, then the whiteout {name} after it", "OCI and tar keep "
+                         "what the layer itself holds, containerd deletes it")
+        self.found.hides = f"whiteout {name}"
+
+    def _parent(self, member: tarfile.TarInfo, name: str) -> None:
+        if member.isdir():
+            self.not_directories.discard(name)
+            return
+        if not member.issym():
+            if self.last == _FILE:
+                self._refuse(f"holds it, then /{name} replaced by a file that is not a "
+                             "directory after it", "tar keeps the module (it cannot replace "
+                             "a directory that is not empty), containerd removes it")
+            self.not_directories.add(name)
+        self.found.hides = f"/{name} replaced by a file that is not a directory"
+
+    def _module(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        kind = _kind(member)
+        if self.below and not member.isdir():
+            self._refuse(f"replaces a directory holding /{self.below} with a {kind}",
+                         "containerd does, tar cannot (the directory is not empty)")
+        if member.isfile():
+            if self.found.data is not None:
+                raise ModuleError(f"{self.where} holds {self.path} twice (tar keeps the last "
+                                  "copy, a first match the first); refused")
+            blocked = next((p for p in self.parents if p in self.not_directories), None)
+            if blocked is not None:
+                self._refuse(f"writes it below /{blocked}, a file that is not a directory",
+                             "neither tar nor containerd can write it there")
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise ModuleError(f"{self.path}: not readable in the image")
+            self.found.data = handle.read()
+        self.last = kind
+
+
 def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str,
           links: _Links, decided: bool) -> _Found:
     """What the whole layer `tar` says about path `wanted` (`path` as the image names it),
     each member recorded in `links`. `decided`: an upper layer has said (its module is
     neither read nor held to the rules of one)."""
-    found = _Found()
-    parents = _parents(wanted)
+    in_order = None if decided else _InOrder(wanted, path, where)
     while (member := tar.next()) is not None:
         # tarfile keeps every member read: a million empty ones held 470 MB.
         tar.members.clear()  # type: ignore[attr-defined]  # (not in typeshed)
@@ -438,43 +552,54 @@ def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str,
                 f"{path}: {member.size} bytes, over the module limit of {limit}"
                 if name == wanted else f"{where}: a member of {member.size} bytes, more "
                 "than a layer may unpack to; refused")
-        base, directory = posixpath.basename(name), posixpath.dirname(name)
-        if decided:
-            continue
-        if base == OPAQUE and (not directory or directory in parents):
-            found.hides = f"{directory or '/'} made opaque ({OPAQUE})"
-        elif base.startswith(WHITEOUT) and base != OPAQUE:
-            target = posixpath.join(directory, base[len(WHITEOUT):])
-            if target == wanted or target in parents:
-                found.hides = f"whiteout {name}"
-        elif name in parents and not member.isdir():
-            found.hides = f"/{name} replaced by a file that is not a directory"
-        elif name == wanted:
-            if found.data is not None:
-                raise ModuleError(f"{where} holds {path} twice (tar keeps the last copy, "
-                                  "a first match the first); refused")
-            if not member.isfile():
-                raise ModuleError(f"{path}: not a regular file in the image")
-            handle = tar.extractfile(member)
-            if handle is None:
-                raise ModuleError(f"{path}: not readable in the image")
-            found.data = handle.read()
+        if in_order is not None:
+            in_order.add(member, name, tar)
+    return _Found() if in_order is None else in_order.result()
+
+
+def _read_layer(descriptor: dict[str, Any], blob: Path, wanted: str, path: str, limit: int,
+                budget: UnpackBudget, links: _Links, decided: bool,
+                hashed: Callable[[bytes], object] | None) -> _Found:
+    """`_scan` of one layer file, read once: every unpacked byte charged to `budget` and,
+    given `hashed` (a hash's `update`), shown to it to the end of the stream, past the
+    end of the tar archive where the search stops."""
+    where = f"layer {descriptor.get('digest')}"
+    try:
+        with open_layer(descriptor, blob) as raw:
+            unpacked = io.BufferedReader(_Bounded(raw, limit, budget, hashed))
+            with tarfile.open(fileobj=unpacked, mode="r|",
+                              tarinfo=_guarded(budget, where)) as tar:
+                found = _scan(tar, wanted, path, limit, where, links, decided)
+            while hashed is not None and unpacked.read(1 << 20):
+                pass
+    # ValueError: tarfile's own, for numbers in pax headers it cannot read; zlib.error:
+    # gzip's for a broken deflate block (tarfile converts it only in a header).
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise ModuleError(f"{where}: not a readable tar ({exc})") from None
     return found
 
 
 def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
-                   limit: int, budget: UnpackBudget | None = None) -> bytes:
+                   limit: int, budget: UnpackBudget | None = None,
+                   diff_ids: Sequence[str] | None = None) -> bytes:
     """The bytes of file `path` as the layers (tar or tar+gzip files, lowest first)
     applied in order leave it: from the topmost layer holding it, unless a layer above
     deletes it (a whiteout `.wh.NAME` of it or of a directory above it, an opaque
     `.wh..wh..opq` in a directory above it, a directory above it replaced by another
-    kind of file). A whiteout hides only what lower layers hold, as OCI says. Every
-    layer is read, for its symbolic links (`_Links`). At most `limit` unpacked bytes
-    per layer, all of them, their headers and extended headers charged to `budget`. A
-    layer listed again is not read again: its links and paths are those it had. Raises
-    ModuleError when no layer leaves the path a regular file, a layer holds it twice, a
-    member, whiteout or `path` passes through a symbolic link, or an extended header is
-    too large; BlobTooLarge over a limit."""
+    kind of file) or makes it a directory (a member below it). A whiteout hides only
+    what lower layers hold, as OCI says. Within a layer the last member at a path wins,
+    as tar and containerd apply it; a layer they would leave differently is refused
+    (`_InOrder`). Every layer is read, once, for its symbolic links (`_Links`) and,
+    given `diff_ids` (one per layer, `rootfs.diff_ids`), to check the digest of its
+    bytes unpacked in the same read. At most `limit` unpacked bytes per layer, all of
+    them, their headers and extended headers charged to `budget`. A layer listed again
+    is not read again: its links, paths and digest are those it had. Raises ModuleError
+    when no layer leaves the path a regular file, a layer holds it twice or leaves it as
+    unpackers would not agree, a member, whiteout or `path` passes through a symbolic
+    link, or an extended header is too large; IntegrityError for a layer unlike its
+    `diff_ids` entry; BlobTooLarge over a limit."""
+    if diff_ids is not None and len(diff_ids) != len(layers):
+        raise ValueError(f"{len(diff_ids)} diff_ids for {len(layers)} layers")
     wanted = _normal(path)
     searched: set[object] = set()
     if budget is None:
@@ -482,20 +607,17 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
     links = _Links()
     decided: tuple[_Found, str] | None = None
     for descriptor, blob in reversed(layers):
-        if descriptor.get("digest") in searched:
+        digest = descriptor.get("digest")
+        if digest in searched:
             continue
-        searched.add(descriptor.get("digest"))
-        where = f"layer {descriptor.get('digest')}"
-        try:
-            with open_layer(descriptor, blob) as raw, \
-                    tarfile.open(fileobj=io.BufferedReader(_Bounded(raw, limit, budget)),
-                                 mode="r|", tarinfo=_guarded(budget, where)) as tar:
-                found = _scan(tar, wanted, path, limit, where, links, decided is not None)
-        # ValueError: tarfile's own, for numbers in pax headers it cannot read.
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise ModuleError(f"{where}: not a readable tar ({exc})") from None
+        searched.add(digest)
+        hasher = None if diff_ids is None else hashlib.sha256()
+        found = _read_layer(descriptor, blob, wanted, path, limit, budget, links,
+                            decided is not None, None if hasher is None else hasher.update)
+        if hasher is not None and diff_ids is not None:
+            _check_diff_id(digest, "sha256:" + hasher.hexdigest(), layers, diff_ids)
         if decided is None and (found.data is not None or found.hides):
-            decided = found, where
+            decided = found, f"layer {digest}"
     passed = links.through(_passes(path, wanted))
     if passed is not None:
         raise ModuleError(f"{path} passes through the symbolic link /{passed[0]} "
@@ -514,3 +636,14 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
         raise ModuleError(f"{path}: deleted by an upper layer of the image ({where}: "
                           f"{found.hides}); refused")
     return found.data
+
+
+def _check_diff_id(digest: object, unpacked: str,
+                   layers: Sequence[tuple[dict[str, Any], Path]],
+                   diff_ids: Sequence[str]) -> None:
+    """Refuse (IntegrityError) layer `digest`, unpacked to `unpacked`, when a `diff_ids`
+    entry for it (one for each time it is listed) says otherwise."""
+    for (descriptor, _), expected in zip(layers, diff_ids, strict=True):
+        if descriptor.get("digest") == digest and expected != unpacked:
+            raise IntegrityError(f"layer {digest} unpacks to {unpacked}, rootfs.diff_ids "
+                                 f"says {expected}; refused")

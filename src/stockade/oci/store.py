@@ -13,7 +13,9 @@ directory (`regularfile.owner_problem`): the cache directory holding the default
 the store and its directories must be this user's (one of ours that others can write is
 closed to 0700, as the AoT cache closes its root: every file in it is checked in turn),
 and `index.json` and every blob read must be this user's files that nobody else can
-write. Anything else is refused (`StoreRefused`), naming the path.
+write. Anything else is refused (`StoreRefused`), naming the path and what is wrong:
+another user's (no mode fixes that: each user keeps a store of their own), writable by
+group or others, or out of this user's reach.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .media import OCI_INDEX, canonical_json
 __all__ = ["Store", "REF_ANNOTATION"]
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
+# What a user refused another's store can do: each user keeps a store of their own.
+_OWN_STORE = "set STOCKADE_CACHE_DIR to a directory of your own"
 _LAYOUT = {"imageLayoutVersion": "1.0.0"}
 _CHUNK = 1 << 20
 
@@ -140,8 +144,8 @@ class Store:
     def get(self, digest: str, limit: int | None = None) -> bytes:
         """The verified bytes of a blob. Raises StoreCorrupt (and removes the blob) when
         they do not match; a missing blob is StoreCorrupt too, since something pointed
-        at it. BlobTooLarge over `limit` bytes; StoreRefused for a blob (or store) another
-        user can write."""
+        at it. BlobTooLarge over `limit` bytes; StoreRefused for a blob (or store) of
+        another user or writable by group or others."""
         path = self.blob_path(digest)
         with self._open_blob(path, digest) as handle:
             data = handle.read() if limit is None else handle.read(limit + 1)
@@ -178,7 +182,8 @@ class Store:
 
     def entries(self) -> list[dict[str, Any]]:
         """Every manifest descriptor of `index.json` (empty for a new store). Raises
-        StoreRefused for a store (or an `index.json`) another user can write."""
+        StoreRefused for a store (or an `index.json`) of another user or writable by group
+        or others."""
         path = self.root / "index.json"
         try:
             with self._open_owned(path) as handle:
@@ -245,8 +250,9 @@ class Store:
     def _check_directories(self, create: bool) -> None:
         """Make (when `create`) and check the store's directories: each a directory of
         this user, closed to 0700 when others could write it. Raises StoreRefused for one
-        of another user or not a directory. Without `create`, a missing one is passed
-        over (nothing in it to read) and the check is made again next time."""
+        of another user, one this user cannot reach, or not a directory. Without
+        `create`, a missing one is passed over (nothing in it to read) and the check is
+        made again next time."""
         if self._private:
             return
         inner = (self.root, self.root / "blobs", self.root / "blobs" / "sha256",
@@ -254,11 +260,11 @@ class Store:
         directories = inner if self.within is None else (self.within, *inner)
         complete = True
         for number, directory in enumerate(directories):
-            if create:
-                # `parents` only for the outermost: parents made by mkdir get the
-                # umask's mode, not 0700.
-                directory.mkdir(mode=0o700, parents=number == 0, exist_ok=True)
             try:
+                if create:
+                    # `parents` only for the outermost: parents made by mkdir get the
+                    # umask's mode, not 0700.
+                    directory.mkdir(mode=0o700, parents=number == 0, exist_ok=True)
                 # The outermost may be a symlink the user chose; nothing below it may be.
                 info = os.stat(directory) if number == 0 else os.lstat(directory)
             except FileNotFoundError:
@@ -266,16 +272,20 @@ class Store:
                     raise
                 complete = False
                 continue
+            except PermissionError as exc:  # another user's, in a directory of theirs
+                raise StoreRefused(f"local store: {directory}: this user cannot reach it "
+                                   f"({exc.strerror}); refused ({_OWN_STORE})") from None
             if not stat.S_ISDIR(info.st_mode):
                 raise StoreRefused(f"local store: {directory} is not a directory; refused")
-            problem = owner_problem(info)
-            if problem and info.st_uid == os.geteuid():
+            if info.st_uid != os.geteuid():
+                # Not fixable by a mode: its owner can write it whatever the mode says.
+                raise StoreRefused(f"local store: {directory}: {owner_problem(info)}; "
+                                   "refused: whoever owns a store chooses what its images "
+                                   f"run ({_OWN_STORE})")
+            if owner_problem(info):
                 # Ours, but open to others: closed as the AoT cache closes its root;
                 # what others may have put in it meanwhile is checked as it is read.
                 os.chmod(directory, 0o700)
-            elif problem:
-                raise StoreRefused(f"local store: {directory}: {problem}; refused (a store "
-                                   "another user can write chooses what runs)")
         self._private = complete
 
     @contextlib.contextmanager

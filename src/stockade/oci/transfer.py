@@ -17,15 +17,14 @@ A pull is bounded whatever the manifest lists: at most `MAX_LAYERS` layers, each
 and layer descriptor with the integer `size` OCI requires, a `diff_ids` entry for each
 layer checked before any is fetched, at most `MAX_PULL_BYTES` of layers in all (a layer
 listed twice counts twice) and as many unpacked bytes in all (each distinct layer is
-unpacked once for `diff_ids`, once at most in the search for the module), the config and
-layers within one deadline (`PULL_GRACE`, `BLOB_GRACE` per distinct blob, and their
-listed sizes at `MIN_BLOB_RATE`), and layers are read from the store's files one at a
-time, never all held in memory.
+read and unpacked once: its `diff_ids` entry is checked in the read that searches it for
+the module and its links), the config and layers within one deadline (`PULL_GRACE`,
+`BLOB_GRACE` per distinct blob, and their listed sizes at `MIN_BLOB_RATE`), and layers
+are read from the store's files one at a time, never all held in memory.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,6 @@ from .image import (
     extract_module,
     field,
     manifest_kind,
-    open_layer,
     parse_json,
     select_platform,
 )
@@ -198,40 +196,6 @@ def _fetch_layers(client: RegistryClient, ref: Reference, store: Store,
     return [(descriptor, fetched[descriptor["digest"]]) for descriptor in layers]
 
 
-def _unpacked_digest(descriptor: dict[str, Any], path: Path, limit: int, ref: str,
-                     budget: UnpackBudget) -> str:
-    """SHA-256 of a layer file as unpacked (gunzipped), at most `limit` bytes, streamed,
-    every byte charged to `budget`."""
-    hasher, total = hashlib.sha256(), 0
-    try:
-        with open_layer(descriptor, path) as unpacked:
-            while chunk := unpacked.read(1 << 20):
-                total += len(chunk)
-                if total > limit:
-                    raise BlobTooLarge(f"{ref}: a layer unpacks to more than {limit} bytes")
-                budget.charge(len(chunk))
-                hasher.update(chunk)
-    except (OSError, EOFError) as exc:
-        raise ModuleError(f"{ref}: layer {descriptor.get('digest')} is not valid "
-                          f"gzip ({exc})") from None
-    return "sha256:" + hasher.hexdigest()
-
-
-def _check_diff_ids(diff_ids: list[str], layers: list[tuple[dict[str, Any], Path]],
-                    limit: int, ref: str, budget: UnpackBudget) -> None:
-    """Each layer's unpacked digest against its `diff_ids` entry; a layer listed again is
-    not unpacked again (its blob is the same verified file)."""
-    unpacked: dict[str, str] = {}
-    for expected, (descriptor, path) in zip(diff_ids, layers, strict=True):
-        digest = str(descriptor["digest"])
-        if digest not in unpacked:
-            unpacked[digest] = _unpacked_digest(descriptor, path, limit, ref, budget)
-        actual = unpacked[digest]
-        if actual != expected:
-            raise IntegrityError(f"{ref}: layer {descriptor.get('digest')} unpacks to "
-                                 f"{actual}, rootfs.diff_ids says {expected}; refused")
-
-
 def pull(ref: Reference, store: Store, insecure: frozenset[str] = frozenset(),
          max_layer: int = MAX_LAYER_BYTES, max_total: int | None = None) -> PulledImage:
     """Pull `ref` into `store` and tag it there under `str(ref)`; `max_total` bounds the
@@ -278,10 +242,8 @@ def _pull(ref: Reference, store: Store, insecure: frozenset[str], max_layer: int
     if image.layout == "artifact":
         module_digest = str(image.module_layer["digest"])
     else:
-        budget = UnpackBudget(total)
-        _check_diff_ids(diff_ids, layers, max_layer, str(ref), budget)
         module_digest = store.put(extract_module(layers, image.module_path or "", max_layer,
-                                                 budget))
+                                                 UnpackBudget(total), diff_ids))
     manifest_digest = store.put(body)
     annotations = {MODULE_ANNOTATION: module_digest, LAYOUT_ANNOTATION: image.layout}
     if index_digest is not None:
@@ -299,7 +261,7 @@ def load_local(ref: Reference, store: Store) -> PulledImage:
     manifest or index digest), every blob re-verified and the module checked against
     the manifest. Raises ImageNotFound when absent, StoreCorrupt when a blob no longer
     matches or the entry names another manifest or module than the manifest holds,
-    StoreRefused for a store another user can write."""
+    StoreRefused for a store of another user or writable by group or others."""
     descriptor = store.lookup(str(ref))
     named = descriptor is not None
     if descriptor is None and ref.digest is not None:
