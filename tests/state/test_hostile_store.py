@@ -15,6 +15,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,14 @@ from stockade.state.redisstate import RedisState
 
 TIMEOUT = 0.3
 Answer = Callable[[socket.socket], None]
+
+
+def _admit(gate: Any, path: str) -> None:
+    """One admission through `gate` on `path`: "sync" (off a loop) or on an event loop."""
+    if path == "sync":
+        gate.admit()
+    else:
+        asyncio.run(gate.admit_async())
 
 
 def _trickle(conn: socket.socket) -> None:
@@ -243,10 +252,7 @@ def test_an_answer_that_cannot_be_read_is_a_failed_decision(
     try:
         gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))
         with pytest.raises(StateUnavailable):
-            if path == "sync":
-                gate.admit()
-            else:
-                asyncio.run(gate.admit_async())
+            _admit(gate, path)
     finally:
         state.close()
 
@@ -413,10 +419,7 @@ def test_one_admission_has_one_timeout_in_all(
         gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))
         began = time.monotonic()
         with pytest.raises(StateUnavailable):
-            if path == "sync":
-                gate.admit()
-            else:
-                asyncio.run(gate.admit_async())
+            _admit(gate, path)
         took = time.monotonic() - began
     finally:
         state.close()
@@ -479,3 +482,33 @@ def test_the_text_a_listing_keeps_is_bounded(
         monkeypatch.setattr(module, "MAX_KEPT", 4096)
         with pytest.raises(StateUnavailable, match="did not end.*more than 4 KiB"):
             breakers.entries()
+
+
+@pytest.mark.parametrize(("answer", "longest"), [
+    (_array(b"breaker", b"open", b"8000000000", b"3", b"1"), 5.0),
+    (_array(b"rate", b"function", b"8000000000"), 1 / 4),
+    (_array(b"cpu", b"tenant", b"8000000000"), 60.0),
+], ids=["breaker-open", "rate", "cpu"])
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_refusal_asks_no_longer_wait_than_its_limit_can(
+        hostile_store: Callable[..., str], answer: bytes, longest: float,
+        path: str) -> None:
+    """A store answering a refusal whose wait is 253 years (within 2^33 s, so read as
+    a number) made the refusal ask for it: a Retry-After no client should follow, and a
+    breaker reset by hand or a quota refilled did not change it. A wait is at most what
+    the limit that refuses can ask: a breaker opens for its cooldown, a rate's refusal
+    is one interval from a slot, a CPU budget refills within its minute."""
+    from stockade.state import BreakerOpen, QuotaExceeded
+    from stockade.telemetry.breaker import BreakerConfig
+
+    url = hostile_store(_once(answer))
+    state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
+    try:
+        state.breakers(BreakerConfig(threshold=1, cooldown=5.0), None)
+        gate = state.gate(GateSpec("f", "acme", Quota(rate=4, burst=4),
+                                   Quota(cpu_per_minute=10), 30.0, "function:f"))
+        with pytest.raises((BreakerOpen, QuotaExceeded)) as refused:
+            _admit(gate, path)
+    finally:
+        state.close()
+    assert 0 < refused.value.retry_after <= longest, refused.value.retry_after

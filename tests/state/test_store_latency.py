@@ -24,7 +24,14 @@ from typing import Any
 
 import pytest
 
-from stockade.state import GateSpec, LocalState, Quota, StateSettings, StateUnavailable
+from stockade.state import (
+    GateSpec,
+    Lease,
+    LocalState,
+    Quota,
+    StateSettings,
+    StateUnavailable,
+)
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
 
 from .conftest import RedisServer
@@ -153,17 +160,16 @@ def test_a_release_queued_between_two_admissions_rides_with_the_second(
     assert held == 0, "the release was not sent"
 
 
-def test_steady_admissions_among_releases_are_answered_within_the_timeout(
-        redis_server: RedisServer, delay_line: DelayLine) -> None:
-    """A request every 3 ms, each on a gate of its own (none waits for another's grant),
-    a lease of another tenant given back every 5 ms (no admission of its tenant to
-    carry it), a store answering each round trip in 0.36 of the timeout: flushes of the
-    releases took turns with the admissions on the state thread, so an admission waited
-    for three round trips and got 503. Releases ride with the admissions: an admission
-    waits for two round trips at most, and none gets 503."""
+def _steady_load(delay_line: DelayLine, functions: int,
+                 quota: Quota) -> tuple[dict[str, int], list[float], bool]:
+    """A request every 3 ms for 2.5 s, round robin over `functions` gates of one tenant
+    with `quota` each, and a lease of another tenant given back every 5 ms, against a
+    store answering each round trip in 0.36 of the timeout (1 s): the count of each
+    answer, how long each admission took, and whether the store was marked down."""
     timeout = 1.0
     state = _state(delay_line.url(), timeout)
-    gates = [state.gate(_spec(f"s{n}", concurrency=5)) for n in range(1000)]
+    gates = [state.gate(GateSpec(f"s{n}", "acme", quota, Quota(), 30.0, None))
+             for n in range(functions)]
     other = state.gate(GateSpec("o", "other", Quota(concurrency=1000), Quota(), 30.0, None))
     leases = [other.admit() for _ in range(600)]
     answers = {"admitted": 0, "unavailable": 0}
@@ -203,8 +209,111 @@ def test_steady_admissions_among_releases_are_answered_within_the_timeout(
         down = state._down_since is not None
     finally:
         state.close()
+    return answers, took, down
+
+
+def test_steady_admissions_among_releases_are_answered_within_the_timeout(
+        delay_line: DelayLine) -> None:
+    """A request every 3 ms, each on a gate of its own (none waits for another's grant),
+    a lease of another tenant given back every 5 ms (no admission of its tenant to
+    carry it), a store answering each round trip in 0.36 of the timeout: flushes of the
+    releases took turns with the admissions on the state thread, so an admission waited
+    for three round trips and got 503. Releases ride with the admissions: an admission
+    waits for two round trips at most, and none gets 503."""
+    answers, took, down = _steady_load(delay_line, 1000, Quota(concurrency=5))
     total = answers["admitted"] + answers["unavailable"]
     # None expected; a few allowed for a loaded machine (it was most of them).
     assert answers["unavailable"] <= total // 20, answers
-    assert max(took) < timeout + SLACK, max(took)
+    assert max(took) < 1.0 + SLACK, max(took)
     assert not down
+
+
+@pytest.mark.parametrize(("functions", "quota"), [
+    (200, Quota(concurrency=5)), (1, Quota(concurrency=1000))],
+    ids=["each-gate-every-0.6s", "one-busy-gate"])
+def test_steady_admissions_waiting_for_a_grant_are_answered_within_the_timeout(
+        delay_line: DelayLine, functions: int, quota: Quota) -> None:
+    """The steady load above on gates asked again while their last grant is on its way:
+    a request waited for that grant, which had no share for it (sized before it came,
+    or taken by requests that came after it), then for each grant after, up to three,
+    each behind the round trip the state thread had started meanwhile: 0-20 % of the
+    admissions (200 gates) and 62-95 % (one gate) got 503. A request waits only for a
+    grant that counts it, takes its share as the grant comes, and otherwise asks in
+    the next pipeline: one round trip more at most."""
+    answers, took, down = _steady_load(delay_line, functions, quota)
+    total = answers["admitted"] + answers["unavailable"]
+    assert answers["unavailable"] <= total // 20, answers
+    assert max(took) < 1.0 + SLACK, max(took)
+    assert not down
+
+
+def test_a_request_whose_gates_grant_has_no_share_for_it_asks_in_the_next_pipeline(
+        delay_line: DelayLine) -> None:
+    """A's grant of one on its way (the gate was idle), another gate's admission queued
+    behind it, then B on A's gate, each round trip 0.4 of the timeout: B waited for A's
+    grant, found nothing for it, and asked behind the round trip the state thread had
+    started meanwhile (the other gate's): three round trips, 503 at its deadline. A
+    grant that cannot count B is not waited for: B asks with the other gate's
+    admission, and is answered after two round trips."""
+    timeout = 1.0
+    state = _state(delay_line.url(), timeout)
+    a, other = (state.gate(_spec(name, concurrency=50)) for name in ("a", "other"))
+
+    async def scenario() -> list[tuple[str, float]]:
+        for gate in (a, other):  # connected, scripts loaded
+            (await gate.admit_async()).release()
+        await asyncio.sleep(0.2)  # the releases sent, the gates idle
+        delay_line.delay = 0.4 * timeout
+        first = asyncio.create_task(_answered(a))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(_answered(other))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(_answered(a))
+        return list(await asyncio.gather(first, queued, second))
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        state.close()
+    assert [kind for kind, _ in answers] == ["admitted"] * 3, answers
+    assert answers[2][1] < 2 * 0.4 * timeout + SLACK, answers
+
+
+def test_an_admission_waiting_for_a_fresh_connection_keeps_its_timeout_off_a_loop(
+        redis_server: RedisServer, delay_line: DelayLine) -> None:
+    """The connection broken, an admission off an event loop waited for a fresh one (its
+    handshake three commands, each answered in 0.25 of the timeout), then gave its
+    script a whole timeout of its own from when it was sent: a store taking 0.8 of the
+    timeout to answer it (writes paused) answered the admission after 1.55 timeouts. It
+    is answered within its timeout; the store, which answered within its own, is not
+    marked down, the fresh connection is kept, and what it granted late goes back."""
+    timeout = 1.0
+    state = _state(delay_line.url(), timeout)
+    gate = state.gate(_spec(concurrency=1))
+    store = redis_server.client()
+    try:
+        gate.admit().release()  # connected, scripts loaded
+        store.client_kill_filter(_type="normal", skipme=True)  # the connection breaks
+        time.sleep(0.1)
+        delay_line.delay = 0.25 * timeout
+        store.client_pause(1300, all=False)  # writes (scripts) wait, the handshake not
+        began = time.monotonic()
+        try:
+            late: Lease | None = gate.admit()
+        except StateUnavailable:
+            late = None
+        took = time.monotonic() - began
+        if late is not None:
+            late.release()
+        time.sleep(1.2)  # answered at 1.55 s, its grant given back by 1.8 s
+        delay_line.delay = 0.0
+        marked_down = state._retry_at > began
+        held = store.zcard(gate.keys.function_leases)
+        gate.admit().release()  # a slot of one: refused while the late grant held it
+    finally:
+        state.close()
+    assert took < timeout + 0.1, took
+    assert late is None, "answered after its timeout"
+    assert not marked_down, "a store answering within its timeout was marked down"
+    assert held == 0, "the grant answered after the admission gave up stayed taken"
+    assert delay_line.connections == 2, delay_line.connections  # kept, not made again

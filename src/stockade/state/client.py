@@ -28,6 +28,16 @@ little, so it timed out, the connection was dropped and the store marked down;
 `getaddrinfo`, which has no timeout, held the admission as long as a dead resolver
 liked. Outside a round trip (`stockade breaker list`) a connection is made on the
 caller's thread, each step within `timeout`, the name's resolution too (`resolve`).
+
+A caller that waits for the answer on the round trip's own thread (an admission off an
+event loop) says until when (`answer_by`): once the round trip has waited for a
+connection being made, reads end then too (without a wait the store's time, from the
+first send, ends within microseconds of it), and a read cut by it while the store
+still has time (`answer_late`) leaves the connection whole, its answers to be read by
+another thread within what is left of the store's time (`continued`). A wait for a
+fresh connection then a script with a whole timeout of its own took up to twice the
+timeout; cut at the caller's end and the connection dropped, a store answering each
+command in 0.28 of the timeout would never be used.
 """
 
 from __future__ import annotations
@@ -47,30 +57,59 @@ from redis.retry import Retry
 
 from .settings import StateSettings, redis_password
 
-__all__ = ["connect", "round_trip", "resolve", "ConnectionPending", "RoundTripFailed",
-           "MAX_REPLY"]
+__all__ = ["connect", "round_trip", "continued", "answer_late", "store_deadline", "resolve",
+           "AnswerLate", "ConnectionPending", "RoundTripFailed", "MAX_REPLY"]
 
 MAX_REPLY = 16 * 1024**2  # bytes of replies to one request (an admission's are ~100 each)
 
 
 class _Deadline(threading.local):
     """This thread's `round_trip`: when it ends (monotonic; inf until its first send),
-    its seconds, and until when it waits for a connection (inf outside one)."""
+    its seconds, until when it waits for a connection (inf outside one), and until
+    when its caller waits for answers: `caller_until` as given, `answer_by` once in
+    force (inf: as long as the store's time lasts)."""
 
     at = float("inf")
     seconds = 0.0
     wait_until = float("inf")
+    caller_until = float("inf")
+    answer_by = float("inf")
 
 
 _ROUND = _Deadline()
 
 
-def round_trip(seconds: float, wait: float | None = None) -> _RoundTrip:
+def round_trip(seconds: float, wait: float | None = None,
+               answer_by: float | None = None) -> _RoundTrip:
     """Every exchange this thread has with Redis inside (`with round_trip(...)`) ends
     within `seconds` in all from its first request sent; past it a read or send raises
     TimeoutError. A wait for a connection being made lasts `wait` seconds from now at
-    most (`seconds` when None), then raises ConnectionPending. Not nested."""
-    return _RoundTrip(seconds, wait)
+    most (`seconds` when None), then raises ConnectionPending. Once it has waited for
+    one, reads end by `answer_by` (monotonic) too, when given: see `answer_late`.
+    Not nested."""
+    return _RoundTrip(seconds, wait, answer_by)
+
+
+def continued(at: float, seconds: float) -> _RoundTrip:
+    """A round trip another thread started, its store's time (`seconds`) ending `at`
+    (monotonic): for reading the answers its caller no longer waited for."""
+    trip = _RoundTrip(seconds, None, None)
+    trip.at = at
+    return trip
+
+
+def answer_late() -> bool:
+    """Whether this thread's round trip passed its `answer_by` with the store's own time
+    not over: what timed out was the caller's wait, not the store, and the connection
+    is whole (its replies are owed, not lost)."""
+    now = time.monotonic()
+    return _ROUND.answer_by <= now < _ROUND.at
+
+
+def store_deadline() -> float:
+    """When this thread's round trip's store time ends (monotonic; inf before its first
+    request is sent)."""
+    return _ROUND.at
 
 
 class ConnectionPending(Exception):
@@ -78,22 +117,31 @@ class ConnectionPending(Exception):
     is kept for the next): the store did not fail."""
 
 
+class AnswerLate(Exception):
+    """A round trip's caller stopped waiting (its `answer_by`) while the store still had
+    time to answer; its answers are read on another thread: the store did not fail."""
+
+
 class _RoundTrip:
     """`round_trip`'s context: a class, on the path of every admission (a generator's
     context cost 3 µs, this one 1)."""
 
-    __slots__ = ("seconds", "wait")
+    __slots__ = ("seconds", "wait", "answer_by", "at")
 
-    def __init__(self, seconds: float, wait: float | None) -> None:
+    def __init__(self, seconds: float, wait: float | None, answer_by: float | None) -> None:
         self.seconds = seconds
         self.wait = seconds if wait is None else wait
+        self.answer_by = float("inf") if answer_by is None else answer_by
+        self.at = float("inf")  # from the first request sent, unless `continued`
 
     def __enter__(self) -> None:
-        _ROUND.at, _ROUND.seconds = float("inf"), self.seconds
+        _ROUND.at, _ROUND.seconds = self.at, self.seconds
         _ROUND.wait_until = time.monotonic() + self.wait
+        _ROUND.caller_until, _ROUND.answer_by = self.answer_by, float("inf")
 
     def __exit__(self, *exc: object) -> None:
         _ROUND.at, _ROUND.wait_until = float("inf"), float("inf")
+        _ROUND.caller_until = _ROUND.answer_by = float("inf")
 
 
 class RoundTripFailed(Exception):
@@ -152,7 +200,7 @@ class _Bounded:
             # for the connection is not the store's answering.
             _ROUND.at = time.monotonic() + _ROUND.seconds
         # A request alone has the socket's timeout; what is left of a round trip, less.
-        cut = _ROUND.at != float("inf") and self._before()
+        cut = _ROUND.at != float("inf") and self._before(False)
         try:
             self._sock.sendall(data, *flags)
         finally:
@@ -160,7 +208,7 @@ class _Bounded:
                 self._sock.settimeout(self._requested)
 
     def recv(self, size: int, *flags: int) -> bytes:
-        cut = self._before()
+        cut = self._before(True)
         try:
             data: bytes = self._sock.recv(size, *flags)
         finally:
@@ -170,7 +218,7 @@ class _Bounded:
         return data
 
     def recv_into(self, buffer: Any, size: int = 0, *flags: int) -> int:
-        cut = self._before()
+        cut = self._before(True)
         try:
             count: int = self._sock.recv_into(buffer, size, *flags)
         finally:
@@ -179,16 +227,19 @@ class _Bounded:
         self._count(count)
         return count
 
-    def _before(self) -> bool:
-        """Wait no longer than what is left of the reply's time or of the round trip's
-        (a caller's poll, a timeout of 0, stays one); whether the socket's timeout was
-        cut for this read or send."""
+    def _before(self, reading: bool) -> bool:
+        """Wait no longer than what is left of the reply's time or of the round trip's,
+        or, `reading`, of its caller's (a caller's poll, a timeout of 0, stays one);
+        whether the socket's timeout was cut for this read or send."""
         end = min(self._deadline, _ROUND.at)
+        if reading and _ROUND.answer_by < end:
+            end = _ROUND.answer_by  # a request once sent is sent whole: never cut
         if self._requested == 0 or end == float("inf"):
             return False
         left = end - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"no answer within {_ROUND.seconds:g} s" if end == _ROUND.at
+                               else "its caller waits no more" if end == _ROUND.answer_by
                                else f"no whole reply within {self._timeout:g} s")
         self._sock.settimeout(left if self._requested is None else min(left, self._requested))
         return True
@@ -328,6 +379,9 @@ class _BoundsReplies:
                              name="stockade-state-connect").start()
         try:
             making.result(max(0.0, _ROUND.wait_until - time.monotonic()))
+            # The wait took the caller's time: its answers are due by its end, not a
+            # whole store's time after the first send.
+            _ROUND.answer_by = _ROUND.caller_until
         except TimeoutError:
             if making.done():
                 self._failed = None  # seen here

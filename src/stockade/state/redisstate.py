@@ -60,26 +60,39 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import redis
 
-from ..telemetry.breaker import BreakerEntry, Decision, ProbeGrants, Transition, iso_time
+from ..telemetry.breaker import (
+    BreakerConfig,
+    BreakerEntry,
+    Decision,
+    ProbeGrants,
+    Transition,
+    iso_time,
+)
 from .base import GateSpec, Lease, OnTransition, StateBackend
 from .breakers import breaker_entries, reset_breakers
-from .client import ConnectionPending, RoundTripFailed, connect, round_trip
+from .client import (
+    AnswerLate,
+    ConnectionPending,
+    RoundTripFailed,
+    answer_late,
+    connect,
+    continued,
+    round_trip,
+    store_deadline,
+)
 from .credit import HOLD
 from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
 from .local import LocalState
 from .quota import Quota
-from .redisgate import REFUSAL_CACHE, RedisGate
+from .redisgate import REFUSAL_CACHE, Grant, RedisGate
 from .resp import Releases, number, script_load
 from .scripts import ADMIT, COUNTED, PROBE_CLEAN, PROBE_UNUSED, REFUND, RELEASE, VIOLATION
 from .settings import StateSettings
-
-if TYPE_CHECKING:
-    from ..telemetry.breaker import BreakerConfig
 
 __all__ = ["RedisState", "RedisGate", "RedisBreakers", "REFUSAL_CACHE", "RETRY_INTERVAL"]
 
@@ -91,20 +104,21 @@ _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts, late an
 
 class _Asked:
     """One request's admission on the event loop, answered through `future`: its call
-    (`call`, None until built, see `_send_admissions`), and the releases and refund the
-    call carries. `gave_up`: the request waits no more (its time is over, or it was
-    cancelled); read by the state thread, which then sends only what it carries.
-    `deadline`: when it gives up (monotonic)."""
+    (`call`, None until built, see `_send_admissions`; for one admission, or for
+    `grant`, sized then), and the releases and refund the call carries. `gave_up`: the
+    request waits no more (its time is over, or it was cancelled); read by the state
+    thread, which then sends only what it carries. `deadline`: when it gives up
+    (monotonic)."""
 
-    __slots__ = ("gate", "lease_id", "pending", "want", "future", "deadline", "call",
+    __slots__ = ("gate", "lease_id", "pending", "grant", "future", "deadline", "call",
                  "releases", "refund", "gave_up")
 
-    def __init__(self, gate: RedisGate, lease_id: str, pending: int, want: int,
+    def __init__(self, gate: RedisGate, lease_id: str, pending: int, grant: Grant | None,
                  future: asyncio.Future[Any], deadline: float) -> None:
         self.gate = gate
         self.lease_id = lease_id
         self.pending = pending
-        self.want = want
+        self.grant = grant
         self.future = future
         self.deadline = deadline
         self.call: bytes | None = None
@@ -137,6 +151,7 @@ class RedisState(StateBackend):
         self.fallback = fallback
         self.prefix = prefix
         self.probe_timeout = 300.0
+        self.cooldown = BreakerConfig().cooldown  # how long an opened breaker refuses
         self._on_fallback = on_fallback
         self.client = connect(settings, env)
         self.admit_script = self.client.register_script(ADMIT)
@@ -191,21 +206,23 @@ class RedisState(StateBackend):
         return reply
 
     @contextmanager
-    def _round_trip(self, wait: float | None = None) -> Iterator[None]:
+    def _round_trip(self, wait: float | None = None,
+                    answer_by: float | None = None) -> Iterator[None]:
         """One exchange with Redis, within one `timeout` in all from its first request
         sent (a reload of the scripts included), after a wait for a connection being
-        made of `wait` seconds at most (`timeout` when None), see `client.round_trip`:
-        refused at once while it is marked down; a connection still being made raises
-        RoundTripFailed (the store is not marked down: it has not been asked); a lost
-        connection or one taking longer marks it down and raises RoundTripFailed; a
-        failed script raises through `_script_failed`; a success after an outage says
-        it came back."""
+        made of `wait` seconds at most (`timeout` when None), its caller waiting for
+        answers until `answer_by` at most, see `client.round_trip`: refused at once
+        while it is marked down; a connection still being made, or the caller's time
+        over first (`AnswerLate`), raises RoundTripFailed (the store is not marked
+        down: it has not failed); a lost connection or one taking longer marks it down
+        and raises RoundTripFailed; a failed script raises through `_script_failed`; a
+        success after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at:
             raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
-            with round_trip(self.settings.timeout, wait):
+            with round_trip(self.settings.timeout, wait, answer_by):
                 yield
-        except ConnectionPending as exc:
+        except (ConnectionPending, AnswerLate) as exc:
             raise RoundTripFailed(f"shared state {self.where}: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
@@ -347,35 +364,46 @@ class RedisState(StateBackend):
         return [batch.release(sha) for batch in batches.values()] + refunds
 
     def _command(self, gate: RedisGate, lease_id: str, pending: int,
-                 want: int) -> tuple[bytes, Releases | None, int]:
-        """`gate`'s admission, carrying the queued releases of its tenant and the refund
-        its last credit left (both taken off their queues, and returned with it)."""
+                 grant: Grant | None = None) -> tuple[bytes, Releases | None, int]:
+        """`gate`'s admission (of one request, or asking for `grant`, sized now),
+        carrying the queued releases of its tenant and the refund its last credit left
+        (both taken off their queues, and returned with it)."""
         releases = None
         if self._releases:
             with self._release_lock:
                 releases = self._releases.pop(gate.keys.tenant_quota, None)
         refund = gate.take_refund()
-        return gate.command(lease_id, pending, want, releases, refund), releases, refund
+        want = 1 if grant is None else gate.wanted(grant)
+        return gate.command(lease_id, pending, want, releases, refund, grant), releases, refund
 
     def admit(self, gate: RedisGate, lease_id: str, pending: int) -> Any:
         """The admission script for one request, carrying its tenant's queued releases
-        (one script, one round trip), after a wait of `timeout` at most for a
-        connection being made. Raises RoundTripFailed like `run`."""
-        reply = self._pipeline([self._command(gate, lease_id, pending, 1)[0]])[0]
+        (one script, one round trip), answered within `timeout` of the call, a wait
+        for a connection being made included (else RoundTripFailed then; the store's
+        answer, due within `timeout` of the script's send, is read on a thread of its
+        own, and what it granted goes back). Raises RoundTripFailed like `run`."""
+        answer_by = time.monotonic() + self.settings.timeout
+        call = self._command(gate, lease_id, pending)[0]
+
+        def late(replies: list[Any]) -> None:
+            if self._abandon_reply(gate, lease_id, replies[0]):
+                self.flush()
+
+        reply = self._pipeline([call], answer_by - time.monotonic(), answer_by, late)[0]
         if isinstance(reply, Exception) or not _well_formed(reply):
             self._script_failed(_malformed(reply))
         return reply
 
     async def admit_async(self, gate: RedisGate, lease_id: str, pending: int,
-                          want: int, since: float) -> Any:
-        """`admit` for up to `want` admissions (0: as many as the gate `wanted` when the
-        pipeline is sent) of a request made at `since` (monotonic), answered within
+                          since: float, grant: Grant | None = None) -> Any:
+        """`admit` for one admission, or for `grant` (as many as the gate `wanted` when
+        its call is built), of a request made at `since` (monotonic), answered within
         `timeout` from then (else RoundTripFailed then, see the module docstring);
         batched: every admission queued in this turn of the event loop goes in one
         pipeline, sent once the turn's ready work has run, or with the pipeline still
         waiting for the state thread. Raises RoundTripFailed like `run`."""
         loop = asyncio.get_running_loop()
-        asked = _Asked(gate, lease_id, pending, want, loop.create_future(),
+        asked = _Asked(gate, lease_id, pending, grant, loop.create_future(),
                        since + self.settings.timeout)
         self._admissions.append(asked)
         if len(self._admissions) == 1:
@@ -414,10 +442,14 @@ class RedisState(StateBackend):
     def _abandon(self, asked: _Asked, reply: Any) -> bool:
         """What the store granted `asked` (its `reply`) after it gave up is queued to go
         back with the next flush, which the caller sees to, not when its leases expire
-        (a client dropping requests held the slots); whether there was any. Thread-safe:
-        the gate's part reads only what never changes."""
+        (a client dropping requests held the slots); whether there was any."""
+        return self._abandon_reply(asked.gate, asked.lease_id, reply)
+
+    def _abandon_reply(self, gate: RedisGate, lease_id: str, reply: Any) -> bool:
+        """`_abandon` of `gate`'s admission `lease_id`. Thread-safe: the gate's part
+        reads only what never changes."""
         if isinstance(reply, list) and _well_formed(reply) and reply[0] == "ok":
-            asked.gate.abandon(asked.lease_id, reply)
+            gate.abandon(lease_id, reply)
             return True
         return False
 
@@ -428,8 +460,7 @@ class RedisState(StateBackend):
         for asked in waiting:
             if not asked.future.done():  # one cancelled already asks nothing
                 asked.call, asked.releases, asked.refund = self._command(
-                    asked.gate, asked.lease_id, asked.pending,
-                    asked.want or asked.gate.wanted())
+                    asked.gate, asked.lease_id, asked.pending, asked.grant)
         with self._batch_lock:
             batch = self._batch
             if batch is not None:
@@ -524,30 +555,31 @@ class RedisState(StateBackend):
         if late:
             self._flush_soon()
 
-    def _pipeline(self, calls: Sequence[bytes], wait: float | None = None) -> list[Any]:
+    def _pipeline(self, calls: Sequence[bytes], wait: float | None = None,
+                  answer_by: float | None = None,
+                  late: Callable[[list[Any]], None] | None = None) -> list[Any]:
         """`calls` (encoded script calls, see `resp`) sent in one round trip, within
         `timeout` from when they are sent, after a wait of `wait` seconds at most for a
         connection being made (see `_round_trip`); the replies (errors as values).
         Raises RoundTripFailed when Redis is down or takes longer, or the connection is
-        not made yet."""
+        not made yet, or at `answer_by` (monotonic) when it comes first: the replies
+        are then read on a thread of their own and given to `late`."""
         pool = self.client.connection_pool
-        with self._round_trip(wait):
+        with self._round_trip(wait, answer_by):
             connection: Any = pool.get_connection()
             loads: list[bytes] = []
+            replies: list[Any] = []
+            owed = 0  # replies to what was sent, not read yet
             try:
                 for attempt in range(2):
                     connection.send_packed_command([b"".join((*loads, *calls))])
+                    replies, owed = [], len(loads) + len(calls)
                     for _ in loads:  # shas known already; a failed load is NOSCRIPT below
-                        try:
-                            connection.read_response()
-                        except redis.ResponseError:
-                            pass
-                    replies: list[Any] = []
+                        _reply(connection)
+                        owed -= 1
                     for _ in calls:
-                        try:
-                            replies.append(connection.read_response())
-                        except redis.ResponseError as error:  # this call's, the rest follow
-                            replies.append(error)
+                        replies.append(_reply(connection))
+                        owed -= 1
                     unknown = any(isinstance(r, redis.exceptions.NoScriptError)
                                   for r in replies)
                     if attempt or not unknown or time.monotonic() < self._reload_after:
@@ -561,12 +593,51 @@ class RedisState(StateBackend):
                     # connection and in one send (on another, each load waited for a
                     # handshake of its own; found by review).
                     loads = [script_load(source) for source in (RELEASE, ADMIT, REFUND)]
+            except redis.TimeoutError:
+                if late is None or not answer_late():
+                    connection.disconnect()  # replies may be left unread on it
+                    raise
+                # The caller's time is over, not the store's: the connection is kept
+                # (dropped, a store slower than what a fresh one's handshake left of
+                # the caller's time would never be used) and its replies read later.
+                self._read_later(connection, owed, replies, len(calls), late)
+                connection = None
+                raise AnswerLate(f"no answer within {self.settings.timeout:g} s of "
+                                 "asking (a wait for a connection included)") from None
             except BaseException:
                 connection.disconnect()  # replies may be left unread on it
                 raise
             finally:
-                pool.release(connection)
+                if connection is not None:
+                    pool.release(connection)
         return replies
+
+    def _read_later(self, connection: Any, owed: int, read: list[Any], calls: int,
+                    late: Callable[[list[Any]], None]) -> None:
+        """On a thread of its own: the `owed` replies on `connection` read within what is
+        left of this round trip's store time, then the replies to the round trip's
+        `calls` (those `read` already first) given to `late`, and the connection back
+        to its pool; a store that does not answer in its time is marked down."""
+        at = store_deadline()
+
+        def finish() -> None:
+            pool = self.client.connection_pool
+            try:
+                with continued(at, self.settings.timeout):
+                    rest = [_reply(connection) for _ in range(owed)]
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                connection.disconnect()
+                if not self._closed:  # closing cuts the read short, the store is not down
+                    self._went_down(exc)
+                return
+            except BaseException:  # noqa: BLE001 - a reply it cannot read: nothing owed
+                connection.disconnect()
+                return
+            finally:
+                pool.release(connection)
+            late((read + rest)[-calls:])
+
+        threading.Thread(target=finish, daemon=True, name="stockade-state-late").start()
 
     def free_probe(self, gate: RedisGate, probe_at: str) -> None:
         """Free the half-open probe Redis let through for an admission nobody waits for
@@ -630,6 +701,7 @@ class RedisState(StateBackend):
     def breakers(self, config: BreakerConfig,
                  on_transition: OnTransition | None) -> RedisBreakers:
         self.probe_timeout = config.probe_timeout
+        self.cooldown = config.cooldown
         self._breakers = RedisBreakers(self, config, on_transition)
         return self._breakers
 
@@ -804,6 +876,15 @@ class RedisBreakers:
 
     def close(self) -> None:
         """Nothing to flush: every count went to Redis when it happened."""
+
+
+def _reply(connection: Any) -> Any:
+    """The next reply on `connection`, an error reply as a value. A read cut short
+    leaves the connection as it was (redis-py reads the reply again from its start)."""
+    try:
+        return connection.read_response(disconnect_on_error=False)
+    except redis.ResponseError as error:
+        return error
 
 
 def _member(source: str) -> str:
