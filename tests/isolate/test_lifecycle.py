@@ -284,3 +284,65 @@ def test_a_worker_dies_with_a_killed_caller_after_dropping_its_uid(tmp_path: Pat
         cli.kill()
         if worker is not None and os.path.exists(f"/proc/{worker}"):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_a_request_written_past_the_load_timeout_is_not_the_guests_timeout() -> None:
+    # Writing the request counts as loading; a worker that takes it slowly (a large
+    # standard input on a slow host) is the host's failure: `timeout` is the guest's,
+    # which breakers count.
+    policy = Policy.from_profile("default").with_limits(timeout=20.0)
+    config = IsolationConfig(load_timeout=0.01)
+    with IsolatedSandbox(policy, config=config) as sandbox:
+        sandbox.protections()
+        result = sandbox.run(guest("exitcode.wasm"),
+                             Invocation(args=("0",), stdin=bytes(256 * 1024**2)))
+    if result.outcome is Outcome.EXITED:
+        pytest.skip("this machine wrote 256 MiB to the worker within 10 ms")
+    assert result.outcome is Outcome.ERROR, result.message
+    assert "whole request" in result.message, result.message
+
+
+def test_interrupt_while_the_request_is_written_ends_that_run() -> None:
+    """`interrupt()` promises the run in progress ends as `error`: a worker it killed
+    while its request was being written was taken for one that died before its run,
+    and the run was quietly handed to a fresh worker."""
+    policy = Policy.from_profile("default").with_limits(timeout=20.0)
+    with IsolatedSandbox(policy, config=IsolationConfig(grace=30.0)) as sandbox:
+        sandbox.protections()
+        pid = sandbox.worker_pid
+        assert pid is not None
+        watcher = stop_after_reading(pid, 4 * 1024**2)
+        results: list[Result] = []
+        runner = threading.Thread(target=lambda: results.append(sandbox.run(
+            guest("exitcode.wasm"), Invocation(args=("7",), stdin=bytes(64 * 1024**2)))),
+            daemon=True)
+        runner.start()
+        watcher.join(20)
+        wait_for_state(pid, "T")  # stopped partway through its request
+        sandbox.interrupt()
+        runner.join(20)
+        assert not runner.is_alive()
+        assert results[0].outcome is Outcome.ERROR, results[0].message
+
+
+def test_a_module_file_is_closed_when_the_request_cannot_be_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C while a module's copy is hashed for the worker's cache (or a deleted working
+    # directory) left the module's descriptor open, one a run.
+    from stockade.isolate import reseal
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reseal.Resealer, "prepare", interrupted)
+    with IsolatedSandbox(Policy.from_profile("default")) as sandbox:
+        if sandbox._resealer is None:
+            pytest.skip("this sandbox's workers share the caller's cache: nothing to hash")
+        counts = []
+        for index in range(6):
+            module = tmp_path / f"m{index}.wasm"
+            module.write_bytes(guest("hello.wasm").read_bytes())
+            with pytest.raises(KeyboardInterrupt):
+                sandbox.run(module)
+            counts.append(len(os.listdir("/proc/self/fd")))
+        assert counts[-1] <= counts[1], counts  # the first may start a spare worker

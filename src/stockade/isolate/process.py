@@ -124,6 +124,8 @@ class IsolatedSandbox(RunMethods):
         # start-up. Kept from a sandbox's second run on (a one-shot sandbox pays for none).
         self._spare: WorkerProcess | None = None
         self._served = 0  # runs answered
+        self._interrupted: WorkerProcess | None = None  # the worker `interrupt()` killed
+        self._lost_cause: str | None = None  # why the last worker went before its run
         # `.cwasm` digests this host vouched for, oldest first (at most _MAX_VOUCHED).
         self._vouched: OrderedDict[str, None] = OrderedDict()
         # Modules the C-API loader left to wasmtime-py: sent straight there next time, so a
@@ -348,6 +350,7 @@ class IsolatedSandbox(RunMethods):
         with self._lock:
             if found:
                 self._remember(found)
+            self._lost_cause = None
             for _ in range(3):
                 worker = self._ready_worker(backend)  # kept for the next run if cancelled
                 if token is not None and token.cancelled:  # waiting for the lock or the worker
@@ -410,7 +413,8 @@ class IsolatedSandbox(RunMethods):
                 if isinstance(outcome, StockadeError):  # the worker's answer: it goes on
                     raise outcome
                 if not isinstance(outcome, Result):  # retired: its CPU budget is spent
-                    self._discard(respawn=True)
+                    if self._worker is worker:  # not the spare promoted in its place
+                        self._discard(respawn=True)
                     continue
                 worker.runs += 1
                 if self.config.max_runs is not None and worker.runs >= self.config.max_runs \
@@ -419,7 +423,9 @@ class IsolatedSandbox(RunMethods):
                 self._served += 1
                 self._refill()
                 return outcome
-        raise WorkerError("the worker could not take the run (CPU budget or start-up)")
+        cause, self._lost_cause = self._lost_cause, None
+        raise WorkerError("the worker could not take the run (CPU budget or start-up)"
+                          + (f": {cause}" if cause else ""))
 
     def _request(self, worker: WorkerProcess, module: str | Path | bytes,
                  invocation: Invocation, env: dict[str, str | None],
@@ -434,19 +440,25 @@ class IsolatedSandbox(RunMethods):
             path = Path(module)
             held = not resend and self._held(worker, path)
             source, fd = open_module(path, self.policy.limits.max_module_size, held)
+        try:
+            if self._resealer is not None and (fd is not None or isinstance(source, bytes)):
+                # Before the load timeout is armed (`_collect`): the copy is this side's.
+                deadline = self._plans[self._worker_backend].process_deadline
+                self._resealer.prepare(module, self._worker_backend, deadline)
+            # The standard input follows as a raw frame: pickled, 256 MiB cost the worker
+            # three times that while it read the request.
+            stdin = invocation.stdin
+            if stdin:
+                invocation = dataclasses.replace(invocation, stdin=b"")
+            message = ("run", source, invocation, env, os.getcwd(), len(stdin))
+        except BaseException:  # Ctrl-C while the copy is hashed; a deleted working directory
+            if fd is not None:
+                os.close(fd)
+            raise
+        if isinstance(source, ModuleFile):
             worker.sent.add(source.key)
-        if self._resealer is not None and (fd is not None or isinstance(source, bytes)):
-            # Before the load timeout is armed (`_collect`): the copy is this side's.
-            deadline = self._plans[self._worker_backend].process_deadline
-            self._resealer.prepare(module, self._worker_backend, deadline)
-        # The standard input follows as a raw frame: pickled, 256 MiB cost the worker
-        # three times that while it read the request.
-        stdin = invocation.stdin
-        if stdin:
-            invocation = dataclasses.replace(invocation, stdin=b"")
-        size = source.size if isinstance(source, ModuleFile) else 0
-        return _Request(("run", source, invocation, env, os.getcwd(), len(stdin)), fd, size,
-                        stdin)
+            return _Request(message, fd, source.size, stdin)
+        return _Request(message, fd, 0, stdin)
 
     @staticmethod
     def _held(worker: WorkerProcess, path: Path) -> bool:
@@ -475,6 +487,7 @@ class IsolatedSandbox(RunMethods):
         resent = False
         sending: _Request | None = request  # written before the next reply is awaited
         while True:
+            writing = sending is not None
             try:
                 if sending is not None:
                     try:
@@ -483,13 +496,16 @@ class IsolatedSandbox(RunMethods):
                         if sending is not request:  # a resend's: the caller closes `request`
                             sending.close()
                     sending = None
+                writing = False
                 kind, payload = worker.receive(deadline, self._reply_limit, self.config.grace)
             except (TimeoutError, WorkerStopped) as exc:
                 # A stopped worker is the host's failure, whoever stopped it: no guest
                 # overran its time in a process that could not run.
                 cause = str(exc) if isinstance(exc, WorkerStopped) else \
                     "the worker was stopped (SIGSTOP or a tracer) and gave no answer by its " \
-                    "deadline" if worker.stopped() else None
+                    "deadline" if worker.stopped() else \
+                    "the worker did not take the whole request within the load timeout " \
+                    "(a large module or standard input on a slow host)" if writing else None
                 worker.kill()
                 result = self._killed(module, info, begun, started=info is not None) \
                     if cause is None else self._synthetic(
@@ -498,8 +514,12 @@ class IsolatedSandbox(RunMethods):
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
-                if sending is request and not (stop is not None and stop.fired):
-                    return _LOST  # gone before it took the run: another worker takes it
+                stopped = (stop is not None and stop.fired) or self._interrupted is worker
+                if sending is request and not stopped:
+                    # Gone before it took the run: another worker takes it, and if none
+                    # can, the caller is told why this one went.
+                    self._lost_cause = worker.death_cause()
+                    return _LOST
                 cause = worker.death_cause()
                 if stop is not None and stop.fired and worker.ended_as is Outcome.ERROR:
                     cause = CANCELLED.message  # its token's kill: said so to observers too
@@ -618,6 +638,7 @@ class IsolatedSandbox(RunMethods):
         `AsyncSandbox` and `SandboxPool` do: this stops another's run if that one ended."""
         worker = self._worker
         if worker is not None and worker.alive:
+            self._interrupted = worker  # its run ends as `error`, not retried elsewhere
             worker.kill()
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -238,6 +238,7 @@ def serve(read_fd: int, write_fd: int) -> None:
             cpu = plan.rlimits
             if cpu.run_cpu is not None:
                 if not cpu_room(cpu.per_request_cpu()):
+                    del request  # its stdin: held, the parent could not lower the limit
                     write_frame(write_fd, ("retire", {"cpu_used": cpu_used()}))
                     continue
                 step_cpu_limit(cpu.load_cpu)
