@@ -75,3 +75,13 @@ def test_compile_refuses_an_output_that_is_not_a_regular_file_before_compiling(
         one_line(done, 125, "not a regular file")
     assert (tmp_path / "target").read_text() == "precious"
     assert (tmp_path / "link.cwasm").is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_the_output_name_is_shown_escaped(tmp_path: Path) -> None:
+    """The success line wrote the output's name raw (an escape sequence or a newline in
+    it rewrote the terminal)."""
+    output = tmp_path / "out\x1b]0;pwned\x07\x1b[2J\n.cwasm"
+    done = stockade("compile", "-o", str(output), str(guest("hello.wasm")))
+    assert done.returncode == 0, done.stderr
+    assert b"\x1b" not in done.stderr and done.stderr.count(b"\n") == 1, done.stderr
+    assert b"\\x1b" in done.stderr

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from stockade.trust import sign_module
 from stockade.trust.keys import SecretKey
 from tests.conftest import ROOT, guest, stockade
@@ -105,3 +107,54 @@ def test_a_breaker_database_that_cannot_be_read_fails_the_breaker_item(tmp_path:
     assert code == 1 and item["status"] == "fail", item
     assert "breaker.db" in item["reason"] and "not a database" in item["reason"], item
     assert "fail open" in item["reason"] and item["fix"], item
+
+
+def test_the_signature_checked_is_that_of_the_bytes_inspected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` read the module a second time for its signature (unbounded, blocking on
+    a FIFO): what it verified could be other bytes than those it inspected. Here the
+    file is replaced by an unsigned module right after its one read."""
+    import stockade.engine.loader as loader
+    from stockade.inspect.checklist import evaluate
+
+    key = tmp_path / "signer.pub"
+    key.write_bytes(SIGNER.public.pem())
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[trust]\nrequire_signature = true\nkeys = ["signer.pub"]\n')
+    hello = guest("hello.wasm").read_bytes()
+    module = tmp_path / "signed.wasm"
+    module.write_bytes(sign_module(hello, SIGNER).module)
+    read = loader.read_module
+
+    def read_then_swap(path: Path, limit: int = loader.MAX_MODULE_BYTES) -> bytes:
+        data = read(path, limit)
+        path.write_bytes(hello)  # another module under the same name, unsigned
+        return data
+
+    monkeypatch.setattr(loader, "read_module", read_then_swap)
+    items = evaluate(policy, None, module, host=False)
+    verdict = next(item for item in items if item.check == "signature valid")
+    assert verdict.status == "pass", verdict
+
+
+def test_text_is_never_a_signed_module(tmp_path: Path) -> None:
+    """Under [trust] `run` refuses text, even text whose binary carries a valid
+    signature (a `@custom` annotation): so does the checklist."""
+    import wasmtime
+
+    from stockade.binary import sections
+    from stockade.inspect.checklist import evaluate
+
+    (tmp_path / "signer.pub").write_bytes(SIGNER.public.pem())
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[trust]\nrequire_signature = true\nkeys = ["signer.pub"]\n')
+    text = '(func (export "_start"))'
+    signed = sign_module(bytes(wasmtime.wat2wasm(f"(module {text})")), SIGNER).module
+    first = next(iter(sections(signed)))
+    payload = "".join(f"\\{byte:02x}" for byte in signed[first.start:first.end])
+    wat = tmp_path / "signed.wat"
+    wat.write_text(f'(module (@custom "signature" (before first) "{payload}") {text})')
+    assert bytes(wasmtime.wat2wasm(wat.read_text())) == signed
+    items = evaluate(policy, None, wat, host=False)
+    verdict = next(item for item in items if item.check == "signature valid")
+    assert verdict.status == "fail" and "text" in verdict.reason, verdict

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,60 @@ def test_check_names_the_real_reason_a_module_cannot_be_opened(tmp_path: Path) -
     missing = stockade("check", "--no-host", "--module", str(tmp_path / "absent.wasm"))
     assert missing.returncode == 127 and b"no such module file" in missing.stderr
     assert stockade("check", "--no-host", "--module", str(guest("hello.wasm"))).returncode in (0, 1)
+
+
+# -- 5. a type section the validator holds many times over ----------------------------
+
+def _type_bomb(types: int) -> bytes:
+    """`types` distinct function types of 1,000 parameters and 1,000 results (2 KB each).
+    wasmtime's validator keeps ~16 bytes per byte of them (478 MiB of them: 8.4 GB), and
+    pricing their code read each value type in Python (~130 ns a byte)."""
+    def one(index: int) -> bytes:
+        distinct = bytes(0x7F if (index >> bit) & 1 else 0x7E for bit in range(18))
+        return b"\x60" + leb(1_000) + distinct + b"\x7d" * 982 + leb(1_000) + b"\x7c" * 1_000
+
+    return _module(_section(1, leb(types) + b"".join(one(i) for i in range(types))))
+
+
+@pytest.fixture(scope="module")
+def type_bomb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """64 MB of function types: the validator wants ~1 GB for them."""
+    path = tmp_path_factory.mktemp("types") / "types.wasm"
+    path.write_bytes(_type_bomb(32_000))
+    yield path
+    path.unlink()
+
+
+@pytest.mark.parametrize("command", ["inspect", "sign", "check"])
+def test_a_module_the_validator_holds_many_times_over_is_refused_at_a_bound(
+        command: str, type_bomb: Path, tmp_path: Path) -> None:
+    # Before: validated in the command's own process without a bound (478 MiB: 79 s and
+    # 8.4 GB; under an address-space limit, exit 134 and a Rust backtrace).
+    if command == "sign":
+        assert stockade("keygen", str(tmp_path / "k")).returncode == 0
+        args = ["sign", "--key", str(tmp_path / "k"), "-o", str(tmp_path / "s.wasm")]
+    else:
+        args = ["check", "--no-host", "--module"] if command == "check" else ["inspect"]
+    started = time.monotonic()
+    status, _, err, peak = _run(*args, str(type_bomb))
+    assert status == 126 and err.count("\n") == 1, (status, err[-2000:])
+    assert "types.wasm: validating it needed more than 768MiB of memory" in err, err
+    assert peak < 1 << 30, peak
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "s.wasm").exists()
+
+
+def test_pricing_a_type_section_costs_no_python_per_value_type() -> None:
+    from stockade.codework import TRAMPOLINE_BASE, TRAMPOLINE_PARAM, TRAMPOLINE_RESULT, code_work
+
+    data = _type_bomb(4_000)  # 8 MB: ~1.5 s of CPU before
+    started = time.process_time()
+    work = code_work(data)
+    assert time.process_time() - started < 0.5
+    each = TRAMPOLINE_BASE + 1_000 * TRAMPOLINE_PARAM + 1_000 * TRAMPOLINE_RESULT
+    assert work == [(0, 0.0, each)] * 4_000
+    # A reference type's heap type is read as before: (ref null 0) is two bytes, one value.
+    mixed = _module(_section(1, leb(1) + b"\x60" + leb(3) + b"\x7f\x63\x00\x7e"
+                             + leb(2) + b"\x64\x70\x7f"))
+    assert code_work(mixed) == [(0, 0.0, TRAMPOLINE_BASE + 3 * TRAMPOLINE_PARAM
+                                 + 2 * TRAMPOLINE_RESULT)]

@@ -17,6 +17,9 @@ from stockade.inspect.least import least_privilege_policy
 from stockade.inspect.report import inspect_module
 from stockade.policy import load_policy
 from stockade.sandbox.imports import denied_import
+from stockade.trust import sign_module
+from stockade.trust.keys import SecretKey
+from stockade.trust.wasmsig import SignatureData, SignatureEntry, SignedHashes, split
 from tests.conftest import GUESTS, REAL, guest, stockade
 
 ALL_GUESTS = sorted(GUESTS.rglob("*.wasm"))
@@ -263,7 +266,11 @@ def test_a_module_wasmtime_refuses_is_refused_before_its_code_is_priced(
     def priced(_: bytes) -> list[object]:
         raise AssertionError("the code of a module wasmtime refuses was priced")
 
-    monkeypatch.setattr("stockade.inspect.report.code_work", priced)
+    with pytest.raises(MalformedModule, match=f"wasmtime refuses it: {reason}"):
+        inspect_module(data, "bad.wasm")  # in the bounded child
+    # and as a bounded worker asks, in its own process, where pricing can be watched
+    monkeypatch.setattr("stockade.engine.compiler._in_child", False)
+    monkeypatch.setattr("stockade.codework.code_work", priced)
     with pytest.raises(MalformedModule, match=f"wasmtime refuses it: {reason}"):
         inspect_module(data, "bad.wasm")
 
@@ -276,3 +283,60 @@ def test_inspect_refuses_what_run_refuses_with_the_same_exit_code(tmp_path: Path
     assert inspected.returncode == ran.returncode == 126
     message = inspected.stderr.decode()
     assert "type mismatch" in message and message.count("\n") == 1
+
+
+def _with_signature(data: bytes, *sets: SignedHashes) -> bytes:
+    """`data` with a `signature` section of `sets` first (replacing any it had)."""
+    _, rest = split(data)
+    start = rest[0].offset if rest else len(data)
+    return data[:8] + SignatureData(sets).section() + data[start:]
+
+
+def test_a_signature_over_other_bytes_is_no_signer(tmp_path: Path) -> None:
+    """A `signature` section naming a trusted signer's key id, 64 zero bytes as its
+    signature, over a hash set covering nothing, was shown as signed by that key:
+    `inspect` listed it, `--policy` wrote `# Signed by key id(s)`, the "not signed"
+    finding went away and `check` warned "signed, but no trusted keys"."""
+    release = SecretKey(bytes([9]) * 32)
+    key_id = release.public.key_id
+    forged = SignedHashes((bytes(32),), (SignatureEntry(key_id, bytes(64)),))
+    data = _with_signature(guest("hello.wasm").read_bytes(), forged)
+    report = inspect_module(data, "forged.wasm")
+    assert report.signatures == []
+    high = [f.message for f in report.findings if f.risk == "high"]
+    assert any(key_id.hex() in m and "not this module's" in m for m in high), high
+    assert ("low", "not signed") in [(f.risk, f.message) for f in report.findings]
+    assert "Signed by" not in least_privilege_policy(report)
+    path = tmp_path / "forged.wasm"
+    path.write_bytes(data)
+    shown = stockade("inspect", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert b"signatures: none" in shown.stdout and b"HIGH" in shown.stdout
+    assert b"Signed by" not in stockade("inspect", "--policy", str(path)).stdout
+    checked = stockade("check", "--no-host", "--json", "--module", str(path))
+    items = json.loads(checked.stdout)["items"]
+    assert not any("signed, but" in item["reason"] for item in items), items
+    inspected = next(item for item in items if item["check"] == "module inspected")
+    assert inspected["status"] == "fail" and key_id.hex() in inspected["reason"]
+    # A set that does cover the module still names its signer (unverified: no key here),
+    # beside a forged one.
+    signed = sign_module(guest("hello.wasm").read_bytes(), release).module
+    both = _with_signature(signed, forged, *not_none(split(signed)[0]).sets)
+    report = inspect_module(both, "both.wasm")
+    assert [s["key_id"] for s in report.signatures] == [key_id.hex()]
+    assert len(report.as_dict()["signatures_invalid"]) == 1
+    assert f"Signed by key id(s) {key_id.hex()}" in least_privilege_policy(report)
+
+
+def not_none(value: SignatureData | None) -> SignatureData:
+    assert value is not None
+    return value
+
+
+def test_a_truncated_header_is_called_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "short.wasm"
+    path.write_bytes(b"\0asm\x01\0")
+    done = stockade("inspect", str(path))
+    err = done.stderr.decode()
+    assert done.returncode == 126 and err.count("\n") == 1, err
+    assert "truncated" in err and "component" not in err, err

@@ -338,3 +338,44 @@ def test_verify_reads_a_key_directory_as_trust_does(tmp_path: Path,
     only_cosign = stockade("verify", "--key", str(keys), str(signed))
     assert only_cosign.returncode == 125 and b"Ed25519" in only_cosign.stderr
 
+
+
+def test_file_names_are_shown_escaped_on_success(tmp_path: Path) -> None:
+    """The success lines of `keygen`, `sign` and `verify` wrote file names raw: a name
+    holding an escape sequence or a newline rewrote the terminal (the error lines escape
+    them)."""
+    evil = "x\x1b]0;pwned\x07\x1b[2J\n"
+    done = stockade("keygen", str(tmp_path / f"k{evil}"))
+    assert done.returncode == 0, done.stderr
+    signed = tmp_path / f"s{evil}.wasm"
+    key = ("--key", str(tmp_path / f"k{evil}"))
+    outputs = [done.stdout, stockade("sign", *key, "-o", str(signed),
+                                     str(guest("hello.wasm"))).stdout]
+    outputs.append(stockade("verify", "--key", str(tmp_path / f"k{evil}.pub"),
+                            str(signed)).stdout)
+    for out in outputs:
+        assert b"\x1b" not in out and b"\x07" not in out and out.count(b"\n") == 1, out
+        assert b"\\x1b" in out, out
+
+
+def test_verification_against_many_keys_is_bounded() -> None:
+    """64 sets of 256 signatures without a key id, against thousands of trusted keys:
+    every key rebuilt the list of candidates, and the cap on checks only ended the
+    inner loop (10,000 keys: 22.8 s)."""
+    import time
+
+    from stockade.trust.wasmsig import content_hash
+
+    body = guest("hello.wasm").read_bytes()[8:]
+    data = b"\0asm\x01\0\0\0" + body
+    _, rest = split(data)
+    entries = tuple(SignatureEntry(None, bytes(64)) for _ in range(256))
+    sets = tuple(SignedHashes((content_hash(data, rest),), entries) for _ in range(64))
+    data = b"\0asm\x01\0\0\0" + SignatureData(sets).section() + body
+    keys = [SecretKey(n.to_bytes(32, "big")).public for n in range(2_000)]
+    started = time.process_time()
+    verification = verify_module(data, keys)
+    assert time.process_time() - started < 1.0  # 3 s before
+    assert not verification.ok and verification.checks == MAX_CHECKS
+    shown = verification.describe()
+    assert len(shown) < 1_000 and "1,992 more" in shown, shown

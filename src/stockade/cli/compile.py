@@ -30,6 +30,7 @@ def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> 
     user on this host can run it, with `stockade run --allow-precompiled` and the same
     --profile (and --wasm-gc). Deleting the key (`~/.config/stockade/aot.key`) revokes every .cwasm.
     """
+    from ..display import printable
     from ..engine import CompileGuard, Engine, EngineConfig
     from ..engine.loader import ModuleFile, sniff_kind
     from ..engine.seal import KeyUnavailable, host_key, seal, strip
@@ -62,7 +63,7 @@ def compile_(source: Path, output: Path | None, profile: str, wasm_gc: bool) -> 
         native = strip(bytes(loaded.module.serialize()))
         trailer = seal(native, engine.fingerprint, "cwasm", key)
     _write(output, native + trailer)
-    click.echo(f"{output}: {len(native) / 1024:.0f} KiB, {config.describe()}, "
+    click.echo(f"{printable(str(output))}: {len(native) / 1024:.0f} KiB, {config.describe()}, "
                f"sha256 {loaded.sha256[:16]}…, sealed for this host", err=True)
 
 

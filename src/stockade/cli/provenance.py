@@ -24,6 +24,7 @@ def keygen(key: Path, cosign: bool) -> None:
 
     Never overwrites an existing file (exit 125).
     """
+    from ..display import printable as p
     from ..trust import generate
 
     if cosign:
@@ -31,11 +32,11 @@ def keygen(key: Path, cosign: bool) -> None:
         from .oci import cosign_password
 
         secret_file, public_file, pair = generate_cosign(key, cosign_password(confirm=True))
-        click.echo(f"wrote {secret_file} (cosign encrypted, 0600) and {public_file}; "
-                   f"key id {pair.public.key_id}")
+        click.echo(f"wrote {p(str(secret_file))} (cosign encrypted, 0600) and "
+                   f"{p(str(public_file))}; key id {pair.public.key_id}")
         return
     secret_path, public_path, secret = generate(key)
-    click.echo(f"wrote {secret_path} (secret, 0600) and {public_path}; "
+    click.echo(f"wrote {p(str(secret_path))} (secret, 0600) and {p(str(public_path))}; "
                f"key id {secret.public.key_id.hex()}")
 
 
@@ -54,14 +55,16 @@ def sign(key: Path, output: Path, no_key_id: bool, as_json: bool, module: str) -
     The signature is embedded as wasmsign2 embeds it (a `signature` custom section first),
     so wasmsign2 and `stockade verify` both check it. Exit 126 for a malformed module.
     """
-    from ..engine.validity import engine_verdict
+    from ..display import printable
     from ..errors import ModuleError, UsageError
+    from ..inspect.validation import review
     from ..trust import load_secret_key, sign_module
     from .inspect import read_module
 
     secret = load_secret_key(key)
-    data, _ = read_module(module)
-    refused = engine_verdict(data).error  # signed, it would still never run
+    data, name = read_module(module)
+    # Signed, it would still never run. Asked in a bounded child, as `inspect` asks.
+    refused = review(data, name, price=False).error
     if refused is not None:
         raise ModuleError(f"{module}: wasmtime refuses it: {refused}")
     try:
@@ -76,7 +79,7 @@ def sign(key: Path, output: Path, no_key_id: bool, as_json: bool, module: str) -
             "hashes": [h.hex() for h in signed.hashes]}))
     else:
         key_id = signed.key_id.hex() if signed.key_id else "(none)"
-        click.echo(f"signed {output} with key id {key_id}")
+        click.echo(f"signed {printable(str(output))} with key id {key_id}")
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -114,4 +117,6 @@ def verify(keys: tuple[Path, ...], as_json: bool, module: str) -> None:
     if not verification.ok:
         raise UntrustedModule(f"{name}: {verification.describe()}")
     if not as_json:
-        click.echo(f"{name}: {verification.describe()}")
+        from ..display import printable
+
+        click.echo(printable(f"{name}: {verification.describe()}"))

@@ -2,6 +2,11 @@
 budgets, the tripwire), then the module, on stdin; the serialized code on stdout. Exit
 statuses are `compiler`'s; Cranelift refused memory aborts (SIGABRT, "memory allocation
 of N bytes failed"), and past its CPU the child gets SIGXCPU.
+
+With `"task": "review"` it compiles nothing: under the same limits it asks wasmtime's
+validator (`validity.engine_verdict`) and, for a module it accepts and `"price"`, prices
+its code (`codework.code_work`), and writes both as one JSON object (for
+`inspect.validation.review`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import resource
 import signal
 import sys
+from typing import Any
 
 from ..addrspace import vm_size
 
@@ -33,19 +39,27 @@ def follow_parent(parent: int) -> bool:
 
 def limit_cpu(seconds: float, hard: int | None = None) -> int:
     """At most `seconds` more of CPU (SIGXCPU), not past `hard` (total seconds, SIGKILL;
-    None: twice `seconds` more, for a second phase); returns the hard limit."""
+    None: twice `seconds` more, for a second phase) nor the limit this process was
+    started with (raising a hard limit is refused); returns the hard limit."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = usage.ru_utime + usage.ru_stime
     if hard is None:
         hard = math.ceil(used + 2 * seconds) + 1
+    _, started = resource.getrlimit(resource.RLIMIT_CPU)
+    if started != resource.RLIM_INFINITY:
+        hard = min(hard, started)
     resource.setrlimit(resource.RLIMIT_CPU, (min(math.ceil(used + seconds), hard - 1), hard))
     return hard
 
 
 def limit_space(space: int) -> None:
-    """At most `space` more bytes of address space than this process maps now."""
-    mapped = vm_size()
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + space, mapped + space))
+    """At most `space` more bytes of address space than this process maps now, within
+    the limit it was started with (raising a hard limit is refused)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = vm_size() + space
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def main() -> int:
@@ -58,6 +72,8 @@ def main() -> int:
         wasm = sys.stdin.buffer.read()
     except MemoryError:
         return OUT_OF_MEMORY
+    if spec.get("task") == "review":
+        return _review(wasm, spec)
     import wasmtime
 
     from ..errors import ModuleError
@@ -88,6 +104,29 @@ def main() -> int:
     except MemoryError:
         return OUT_OF_MEMORY
     sys.stdout.buffer.write(compiled)
+    return 0
+
+
+def _review(wasm: bytes, spec: dict[str, Any]) -> int:
+    """wasmtime's verdict on `wasm`, and its code's price when asked, as JSON on stdout,
+    within the guard's CPU budget and the address space given."""
+    from ..codework import code_work
+    from .compiler import OUT_OF_MEMORY
+    from .validity import engine_verdict
+
+    budget = (spec["guard"] or {}).get("compile_budget")
+    if budget is not None:
+        limit_cpu(budget)
+    if spec["address_space"] is not None:
+        limit_space(spec["address_space"])
+    try:
+        verdict = engine_verdict(wasm)
+        work = code_work(wasm) if spec["price"] and verdict.error is None else None
+        answer = json.dumps({"needs_gc": verdict.needs_gc, "error": verdict.error,
+                             "work": work}).encode()
+    except MemoryError:
+        return OUT_OF_MEMORY
+    sys.stdout.buffer.write(answer)
     return 0
 
 

@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from .guard import CompileGuard
 
 __all__ = ["compiles_in_child", "compile_in_this_process", "compile_in_child",
-           "checked_code", "compile_checked", "address_space", "REFUSED", "UNSUPPORTED",
-           "OUT_OF_MEMORY", "PARENT_GONE"]
+           "checked_code", "compile_checked", "address_space", "run_child", "child_refusal",
+           "REFUSED", "UNSUPPORTED", "OUT_OF_MEMORY", "PARENT_GONE"]
 
 Settings = Sequence[tuple[str, bool | int | str]]
 
@@ -149,23 +149,8 @@ def compile_in_child(settings: Settings, wasm: bytes, name: str, guard: CompileG
     key = (hashlib.sha256(wasm).hexdigest(), repr(settings), json.dumps(bounds), tripwire)
     if key in _refused:
         raise _refused[key]
-    spec = {"settings": [list(pair) for pair in settings], "name": name, "guard": bounds,
-            "tripwire": tripwire, "parent": os.getpid(),
-            "address_space": None if guard is None or guard.memory_budget is None
-            else address_space(guard.memory_budget)}
-    cpu = None if guard is None else guard.compile_budget
-    deadline = None if cpu is None else compile_deadline(cpu)
-    try:
-        done = subprocess.run(module_command("stockade.engine.compilechild"),
-                              input=json.dumps(spec).encode() + b"\n" + wasm,
-                              capture_output=True, env=_environment(), cwd="/",
-                              timeout=deadline, check=False)
-    except subprocess.TimeoutExpired:
-        raise ModuleError(f"{name}: compiling took longer than {deadline:.0f} s; "
-                          "refused") from None
-    except OSError as exc:
-        raise StockadeError(f"cannot start the compiler ({sys.executable}): "
-                            f"{exc.strerror}") from None
+    spec = {"settings": [list(pair) for pair in settings], "tripwire": tripwire}
+    done = run_child(spec, wasm, name, guard)
     if done.returncode == 0:
         return done.stdout
     stderr = done.stderr.decode(errors="replace").strip()
@@ -173,11 +158,36 @@ def compile_in_child(settings: Settings, wasm: bytes, name: str, guard: CompileG
         from .tripwire import Unsupported
 
         raise Unsupported(stderr)
-    refusal = _refusal(done.returncode, stderr, name, guard)
+    refusal = child_refusal(done.returncode, stderr, name, guard)
     if len(_refused) >= _REMEMBERED:
         _refused.pop(next(iter(_refused)))
     _refused[key] = refusal
     raise refusal
+
+
+def run_child(spec: dict[str, object], wasm: bytes, name: str, guard: CompileGuard | None,
+              doing: str = "compiling") -> subprocess.CompletedProcess[bytes]:
+    """`engine.compilechild` given `spec` (its task), `wasm` and `guard`'s budgets: CPU
+    (`RLIMIT_CPU`), address space (`address_space` of the memory budget), killed past
+    `compile_deadline`. Raises ModuleError past that deadline (`doing` says what took
+    long), StockadeError when no child starts."""
+    bounds = None if guard is None else dataclasses.asdict(guard)
+    spec = {**spec, "name": name, "guard": bounds, "parent": os.getpid(),
+            "address_space": None if guard is None or guard.memory_budget is None
+            else address_space(guard.memory_budget)}
+    cpu = None if guard is None else guard.compile_budget
+    deadline = None if cpu is None else compile_deadline(cpu)
+    try:
+        return subprocess.run(module_command("stockade.engine.compilechild"),
+                              input=json.dumps(spec).encode() + b"\n" + wasm,
+                              capture_output=True, env=_environment(), cwd="/",
+                              timeout=deadline, check=False)
+    except subprocess.TimeoutExpired:
+        raise ModuleError(f"{name}: {doing} took longer than {deadline:.0f} s; "
+                          "refused") from None
+    except OSError as exc:
+        raise StockadeError(f"cannot start the compiler ({sys.executable}): "
+                            f"{exc.strerror}") from None
 
 
 def _environment() -> dict[str, str]:
@@ -186,23 +196,26 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": import_path(), **arena_limit()}
 
 
-def _refusal(status: int, stderr: str, name: str, guard: CompileGuard | None) -> ModuleError:
-    """Why the child compiled nothing, in one line."""
+def child_refusal(status: int, stderr: str, name: str, guard: CompileGuard | None,
+                  doing: str = "compiling",
+                  bound: str = "the policy's compile budget") -> ModuleError:
+    """Why the child (`run_child`, `doing` its task) gave nothing back, in one line
+    naming the `bound` it met."""
     if status == REFUSED:
         return ModuleError(stderr.splitlines()[-1] if stderr else f"{name}: refused")
     if status == -signal.SIGXCPU and guard is not None and guard.compile_budget is not None:
-        return ModuleError(f"{name}: compiling it took more than the policy's compile "
-                           f"budget of {guard.compile_budget:.0f} s of CPU; refused")
+        return ModuleError(f"{name}: {doing} it took more than {bound} of "
+                           f"{guard.compile_budget:.0f} s of CPU; refused")
     # Rust aborts on an allocation refused ("memory allocation of N bytes failed").
     if status == OUT_OF_MEMORY or (status == -signal.SIGABRT and "memory allocation" in stderr):
         if guard is None or guard.memory_budget is None:
-            return ModuleError(f"{name}: compiling it ran out of memory; refused")
-        return ModuleError(f"{name}: compiling it needed more than "
+            return ModuleError(f"{name}: {doing} it ran out of memory; refused")
+        return ModuleError(f"{name}: {doing} it needed more than "
                            f"{format_size(address_space(guard.memory_budget))} of memory "
-                           "(the policy's compile budget); refused")
+                           f"({bound}); refused")
     if status == -signal.SIGKILL:
-        return ModuleError(f"{name}: the compiler was killed (SIGKILL: out of memory on "
-                           "this machine or in its cgroup?); refused")
+        return ModuleError(f"{name}: the process {doing} it was killed (SIGKILL: out of "
+                           "memory on this machine or in its cgroup?); refused")
     last = stderr.splitlines()[-1:] or ["no message"]
     how = f"signal {-status}" if status < 0 else f"status {status}"
-    return ModuleError(f"{name}: the compiler failed ({how}): {last[0][:200]}")
+    return ModuleError(f"{name}: the process {doing} it failed ({how}): {last[0][:200]}")

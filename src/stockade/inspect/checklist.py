@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..policy import Policy
 from ..policy.units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from .report import Inspection
 
 __all__ = ["Item", "Subject", "evaluate", "STATUSES"]
 
@@ -143,20 +146,33 @@ def _grants(subject: Subject, caps: Any) -> Item:
                 "grants match what the module imports")
 
 
-_inspected: dict[Path, Any] = {}
+# Per path: the inspection and whether the file was text, or why it failed.
+_inspected: dict[Path, tuple[Inspection, bool] | Exception] = {}
 
 
-def _inspection(path: Path) -> Any:
+def _inspect(path: Path) -> None:
+    """Read and inspect `path` once (its signatures are verified from that reading).
+    Raises ModuleNotFound or ModuleError."""
+    from .modulefile import inspect_read
+
+    _inspected[path] = inspect_read(path, path.name)
+
+
+def _inspection(path: Path) -> Inspection | None:
     """The module's inspection, or None when it cannot be read (cached per path)."""
     if path not in _inspected:
-        from .modulefile import inspect_file
-
         try:
-            _inspected[path] = inspect_file(path, path.name)
+            _inspect(path)
         except Exception as exc:  # noqa: BLE001 - unreadable, malformed, bad WAT: reported
             _inspected[path] = exc
     found = _inspected[path]
-    return None if isinstance(found, Exception) else found
+    return None if isinstance(found, Exception) else found[0]
+
+
+def _was_text(path: Path) -> bool:
+    """Whether the module inspected at `path` was WebAssembly text."""
+    found = _inspected.get(path)
+    return isinstance(found, tuple) and found[1]
 
 
 def _module_items(subject: Subject) -> list[Item]:
@@ -172,10 +188,16 @@ def _module_items(subject: Subject) -> list[Item]:
                   f"no high-risk findings ({sum(f.risk == 'medium' for f in report.findings)} "
                   "medium)", "see `stockade inspect`" if high else "")]
     trust = subject.policy.trust
-    if trust.require_signature:
+    if trust.require_signature and _was_text(path):
+        from .modulefile import TEXT_UNSIGNED
+
+        items.append(Item("review", "signature valid", label, "fail", TEXT_UNSIGNED,
+                          "sign the .wasm it compiles to: stockade sign --key KEY"))
+    elif trust.require_signature:
         from ..trust.enforce import check
 
-        verification = check(path.read_bytes(), trust)
+        # Those of the bytes inspected: a second read could meet others (or a FIFO).
+        verification = check(report.signature_data, trust)
         items.append(Item("review", "signature valid", label,
                           "pass" if verification.ok else "fail", verification.describe(),
                           "" if verification.ok else "sign it: stockade sign --key KEY"))
@@ -273,10 +295,9 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
     PolicyError for a broken file, ModuleNotFound or ModuleError for a `module` that is
     not one (as `inspect` refuses it)."""
     from ..policy import load_policy
-    from .modulefile import inspect_file
 
     if module is not None:
-        _inspected[module] = inspect_file(module, module.name)
+        _inspect(module)
     subjects: list[Subject] = []
     server = state = None
     if policy_file is not None:

@@ -1,7 +1,8 @@
 """Findings of a static inspection, ranked by risk.
 
 `high`: the module cannot run under Stockade as it is, or hides something (denied
-imports, an unreadable signature, memory or data no profile admits). `medium`: it can run
+imports, an unreadable signature or one over other bytes, memory or data no profile
+admits). `medium`: it can run
 but deserves a look before it does (unbounded or huge memory, a start function, large
 compile cost, filesystem access). `low`: facts a reviewer should know.
 """
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..engine.guard import COMPILE_HEAVY
 from ..policy.profiles import PROFILES
 from ..policy.units import format_size
+from ..trust.signing import shown_ids
 
 if TYPE_CHECKING:
     from .report import Finding, Inspection
@@ -54,6 +56,12 @@ def assess(report: Inspection) -> list[Finding]:
                     "its linear memory half of max_memory each")
     if report.signature_error:
         add("high", f"signature section unreadable: {report.signature_error}")
+    if report.signatures_invalid:
+        invalid = report.signatures_invalid
+        ids = shown_ids(dict.fromkeys(s["key_id"] for s in invalid))
+        add("high", f"{len(invalid)} signature(s) over other bytes than this module's (key "
+                    f"id(s) {ids}): not this module's signature, forged or from another "
+                    "build; no key verifies them")
     data = report.data_bytes
     for limits, _ in report.memories:
         page = limits.page_size

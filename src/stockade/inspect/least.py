@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..display import printable
 from ..policy.profiles import PROFILES
 from ..policy.units import format_size
+from ..trust.signing import shown_ids
 
 if TYPE_CHECKING:
     from .report import Inspection
@@ -82,9 +83,11 @@ def least_privilege_policy(report: Inspection) -> str:
     else:
         lines += ["env_allow = []"]
     lines += ["", "[trust]"]
+    # Only signatures over this module's bytes (none is verified here: no key is given).
     signers = sorted({s["key_id"] for s in report.signatures if s["key_id"]})
     if signers:
-        lines.append(f"# Signed by key id(s) {', '.join(signers)}: list their public keys.")
+        lines.append(f"# Signed by key id(s) {shown_ids(signers)}: "
+                     "list their public keys.")
     lines += ["require_signature = false  # true, with keys, once the module is signed",
               "keys = []"]
     if caps.denied:

@@ -19,7 +19,7 @@ from ..fileid import FileKey, path_key
 from ..policy.model import Trust
 from .cosignkeys import ImageKey, parse_image_key
 from .keys import KeyFileError, PublicKey, key_files, parse_public_keys, read_key_file
-from .signing import Verification, verify_module
+from .signing import Signatures, Verification, verify_module, verify_signatures
 
 __all__ = ["refusal", "trusted_keys", "image_keys", "check"]
 
@@ -90,9 +90,13 @@ def image_keys(paths: tuple[Path, ...]) -> list[ImageKey]:
     return _keys(paths)[1]
 
 
-def check(data: bytes, trust: Trust) -> Verification:
-    """Verify `data`'s embedded signatures against the module keys `trust` names."""
-    return verify_module(data, trusted_keys(trust.keys))
+def check(data: bytes | Signatures, trust: Trust) -> Verification:
+    """Verify `data`'s embedded signatures (or those `read_signatures` read of it)
+    against the module keys `trust` names."""
+    keys = trusted_keys(trust.keys)
+    if isinstance(data, Signatures):
+        return verify_signatures(data, keys)
+    return verify_module(data, keys)
 
 
 def refusal(data: bytes, trust: Trust) -> str | None:
