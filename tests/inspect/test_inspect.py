@@ -340,3 +340,18 @@ def test_a_truncated_header_is_called_truncated(tmp_path: Path) -> None:
     err = done.stderr.decode()
     assert done.returncode == 126 and err.count("\n") == 1, err
     assert "truncated" in err and "component" not in err, err
+
+
+def test_the_signatures_line_is_bounded(tmp_path: Path) -> None:
+    # A module can carry any number of signatures: the report names a few and counts
+    # the rest, and says that nothing was verified.
+    data = guest("hello.wasm").read_bytes()
+    for _ in range(12):
+        data = sign_module(data, SecretKey(os.urandom(32))).module
+    module = tmp_path / "many.wasm"
+    module.write_bytes(data)
+    shown = stockade("inspect", str(module))
+    assert shown.returncode == 0, shown.stderr
+    line = next(line for line in shown.stdout.decode().splitlines()
+                if line.startswith("signatures"))
+    assert "not verified" in line and "(12 in all)" in line and line.count("key id") == 8

@@ -132,10 +132,12 @@ def render(report: Inspection) -> str:
     if report.signature_error:
         out.append(f"signatures: unreadable ({report.signature_error})")
     elif report.signatures:
-        out.append("signatures: " + ", ".join(
-            f"key id {s['key_id'] or '(none)'} ({s['algorithm']})" for s in report.signatures))
+        out.append("signatures (not verified: `verify --key`): " + _list(
+            [f"key id {s['key_id'] or '(none)'} ({s['algorithm']})" for s in report.signatures]))
     else:
         out.append("signatures: none")
+    if report.signatures_invalid:
+        out.append(f"signatures over other bytes: {len(report.signatures_invalid)}")
     out.append("findings:" if report.findings else "findings: none")
     for finding in report.findings:
         out.append(f"  {finding.risk.upper():<7} {p(finding.message)}")
