@@ -646,3 +646,39 @@ def test_a_rate_limit_stores_its_times_exactly(redis_server: RedisServer) -> Non
     assert stored is not None
     decimals = stored.split(".")[1] if "." in stored else ""
     assert len(decimals) >= 6, stored  # the 14 digits of `tostring` leave 4
+
+
+def test_a_bucket_far_ahead_outlives_the_hour_its_key_was_kept(
+        redis_server: RedisServer) -> None:
+    # A bucket's key expired an hour after its last admission whatever its window: at one
+    # request in 10,000 s the next was admitted an hour later, and a rate of one a minute
+    # with a burst of 100 got the whole burst back after an hour idle.
+    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                       env={})
+    try:
+        state.gate(spec(tenant="slow", rate=1e-4, burst=1)).admit().release()
+    finally:
+        state.close()
+    keys = TenantKeys.of("slow", "f", "")
+    assert redis_server.client().ttl(keys.tenant_quota) >= 10_000
+
+
+def test_a_refusal_after_a_reload_tells_the_whole_wait(redis_server: RedisServer) -> None:
+    # The bucket an earlier manifest filled (a window of 50 s) still holds when a reload
+    # shortens the window to a second: the client is told the store's wait, not one
+    # interval of the new rate (told 1 s, refused again eight times in 8 s).
+    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                       env={})
+    try:
+        before = state.gate(spec(tenant="reload", rate=0.2, burst=10))
+        for _ in range(10):
+            try:
+                before.admit().release()
+            except QuotaExceeded:
+                break
+        after = state.gate(spec(tenant="reload", rate=1, burst=1))
+        with pytest.raises(QuotaExceeded) as refused:
+            after.admit()
+    finally:
+        state.close()
+    assert refused.value.retry_after > 30, refused.value.retry_after

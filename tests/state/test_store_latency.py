@@ -317,3 +317,45 @@ def test_an_admission_waiting_for_a_fresh_connection_keeps_its_timeout_off_a_loo
     assert not marked_down, "a store answering within its timeout was marked down"
     assert held == 0, "the grant answered after the admission gave up stayed taken"
     assert delay_line.connections == 2, delay_line.connections  # kept, not made again
+
+
+def test_a_late_answer_no_thread_can_read_is_never_the_next_admissions(
+        redis_server: RedisServer, delay_line: DelayLine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no thread to read a late answer (the process out of threads), the connection
+    went back to its pool still owing it: the next admission read it as its own grant,
+    under the other's lease id, which no release ever freed."""
+    start = threading.Thread.start
+
+    def no_late_reader(thread: threading.Thread) -> None:
+        if thread.name == "stockade-state-late":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    timeout = 1.0
+    state = _state(delay_line.url(), timeout)
+    gate = state.gate(_spec(concurrency=1))
+    store = redis_server.client()
+    try:
+        gate.admit().release()  # connected, scripts loaded
+        store.client_kill_filter(_type="normal", skipme=True)  # the connection breaks
+        time.sleep(0.1)
+        delay_line.delay = 0.25 * timeout
+        store.client_pause(1300, all=False)  # writes (scripts) wait, the handshake not
+        monkeypatch.setattr(threading.Thread, "start", no_late_reader)
+        with pytest.raises((StateUnavailable, RuntimeError)):
+            gate.admit()
+        monkeypatch.setattr(threading.Thread, "start", start)
+        time.sleep(1.4)  # the store answers the abandoned script meanwhile
+        delay_line.delay = 0.0
+        for _ in range(3):
+            gate.admit().release()
+        state.flush()
+        time.sleep(0.2)
+        held = store.zcard(gate.keys.function_leases)
+    finally:
+        state.close()
+    # The abandoned grant's lease expires on its own (nobody read it); none other is
+    # held: each admission read its own answer and released its own lease.
+    assert held <= 1, held
+    assert len({m for m in store.zrange(gate.keys.function_leases, 0, -1)}) <= 1

@@ -40,6 +40,7 @@ __all__ = ["RedisGate", "Grant", "REFUSAL_CACHE", "CPU_REFILL"]
 
 REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered locally
 CPU_REFILL = 60.0  # seconds in which a spent CPU budget (`cpu_per_minute`) refills whole
+RATE_WINDOW_FLOOR = 3600.0  # seconds: the longest wait told for any rate window
 
 
 def _number(value: float | int | None) -> str:
@@ -381,11 +382,13 @@ class RedisGate(Gate):
         if kind == "concurrency":
             raise QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at most",
                                 1.0, "concurrency")
-        # No longer than the limit can make a client wait (the store may say up to 2^33
-        # s): a rate's refusal (GCRA) is at most one interval from a free slot, and a
-        # CPU budget refills whole within CPU_REFILL (a run that overdrew it by more is
-        # refused again then, with what is left).
-        wait = min(float(reply[2]), 1 / limit if kind == "rate" else CPU_REFILL)
+        # No longer than a limit can make a client wait (the store may say up to 2^33
+        # s): a rate's bucket is at most its window ahead (burst / rate; a window an
+        # earlier manifest set, before a reload, may be longer: at least the hour its key
+        # outlived it by before), and a CPU budget refills whole within CPU_REFILL (a run
+        # that overdrew it by more is refused again then, with what is left).
+        wait = min(float(reply[2]), max(quota.bucket / limit, RATE_WINDOW_FLOOR)
+                   if kind == "rate" else CPU_REFILL)
         if kind == "cpu":
             error = QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
                                   "minute spent", wait, "cpu")

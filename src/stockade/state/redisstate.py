@@ -600,7 +600,11 @@ class RedisState(StateBackend):
                 # The caller's time is over, not the store's: the connection is kept
                 # (dropped, a store slower than what a fresh one's handshake left of
                 # the caller's time would never be used) and its replies read later.
-                self._read_later(connection, owed, replies, len(calls), late)
+                try:
+                    self._read_later(connection, owed, replies, len(calls), late)
+                except BaseException:  # no thread: its replies would be the next call's
+                    connection.disconnect()
+                    raise
                 connection = None
                 raise AnswerLate(f"no answer within {self.settings.timeout:g} s of "
                                  "asking (a wait for a connection included)") from None

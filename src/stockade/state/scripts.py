@@ -18,6 +18,16 @@ _EXACT = """
 local function exact(x) return string.format('%.17g', x) end
 """
 
+# Keeps `key` for at least `seconds` (never shortens what another quota field needs): a
+# bucket or CPU budget that expired before it caught up was a fresh one (a rate of one a
+# minute with a burst of 100, or below one an hour, was reset after an hour idle).
+_KEEP = """
+local function keep(key, seconds)
+  seconds = math.ceil(math.min(math.max(3600, seconds), 2592000))  -- an hour to 30 days
+  if redis.call('TTL', key) < seconds then redis.call('EXPIRE', key, seconds) end
+end
+"""
+
 # Gives back `n` admissions of a grant that were not spent: KEYS[1] the tenant's quota,
 # KEYS[2] the function's. Each rate's `tat` moves back as many intervals, never before
 # now (the burst never grows beyond itself).
@@ -55,7 +65,7 @@ local function release(tq, tl, first, arg, now)
       level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * cpu / 60)
       redis.call('HSET', KEYS[tq], 'cpu', exact(level - used), 'cpu_at', exact(now))
       redis.call('HINCRBYFLOAT', KEYS[tq], 'charged', used)
-      redis.call('EXPIRE', KEYS[tq], 3600)
+      keep(KEYS[tq], (cpu - (level - used)) * 60 / math.max(cpu, 1e-9) + 60)
     end
   end
 end
@@ -74,7 +84,7 @@ end
 # (n) and each concurrency limit (m), with the CPU budget above half and the breaker
 # closed. The slots are leases: the lease id, then the lease id followed by `.1`, ...
 # Returns {'ok', probe taken (0/1), refusals while half open, now, n, m}.
-ADMIT = _EXACT + _REFUND + _RELEASES + """
+ADMIT = _EXACT + _KEEP + _REFUND + _RELEASES + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 release(1, 3, 6, 16, now)
@@ -146,12 +156,14 @@ if fwait > 0 then return {'rate', 'function', tostring(fwait)} end
 local ttat, twait = gcra(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[8]))
 if twait > 0 then return {'rate', 'tenant', tostring(twait)} end
 if ftat then
-  redis.call('HSET', KEYS[2], 'tat', exact(ftat + n / tonumber(ARGV[4])))
-  redis.call('EXPIRE', KEYS[2], 3600)
+  local tat = ftat + n / tonumber(ARGV[4])
+  redis.call('HSET', KEYS[2], 'tat', exact(tat))
+  keep(KEYS[2], tat - now + 60)
 end
 if ttat then
-  redis.call('HSET', KEYS[1], 'tat', exact(ttat + n / tonumber(ARGV[7])))
-  redis.call('EXPIRE', KEYS[1], 3600)
+  local tat = ttat + n / tonumber(ARGV[7])
+  redis.call('HSET', KEYS[1], 'tat', exact(tat))
+  keep(KEYS[1], tat - now + 60)
 end
 m = math.min(m, n)
 local expiry = now + tonumber(ARGV[2])
@@ -190,7 +202,7 @@ return 1
 
 # KEYS: tenant quota, tenant leases, then each release's function leases
 # ARGV: three per release (see _RELEASES)
-RELEASE = _EXACT + _RELEASES + """
+RELEASE = _EXACT + _KEEP + _RELEASES + """
 release(1, 2, 3, 1, nil)
 return 1
 """
