@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,7 +116,8 @@ def _module_with_data(path: Path, seed: int, size: int = 300 * 1024) -> Path:
 
     text = f"\\{seed + 1:02x}" * size
     path.write_bytes(wasmtime.wat2wasm(
-        f'(module (memory 8) (data (i32.const 0) "{text}") (func (export "_start")))'))
+        f'(module (memory {size // 65536 + 1}) (data (i32.const 0) "{text}") '
+        '(func (export "_start")))'))
     return path
 
 
@@ -141,3 +144,101 @@ def test_the_command_line_refuses_a_malformed_cap_in_one_line(
     assert done.returncode == 125, done.stderr
     assert done.stderr.decode().count("\n") == 1
     assert "STOCKADE_CACHE_MAX_BYTES" in done.stderr.decode()
+
+
+def _after_listing(monkeypatch: pytest.MonkeyPatch, directory: Path,
+                   then: Callable[[], None]) -> None:
+    """Call `then` once, right after `directory` is listed (by path or descriptor)."""
+    listdir, scandir = os.listdir, os.scandir
+    done: list[bool] = []
+
+    def names(target: object) -> bool:
+        if isinstance(target, int):
+            try:
+                return os.readlink(f"/proc/self/fd/{target}") == str(directory)
+            except OSError:
+                return False
+        return str(target) == str(directory)
+
+    def listed(target: Any = ".") -> Any:
+        found = listdir(target)
+        if names(target) and not done:
+            done.append(True)
+            then()
+        return found
+
+    def scanned(target: Any = ".") -> Any:
+        found = list(scandir(target))
+        if names(target) and not done:
+            done.append(True)
+            then()
+        return _Entries(found)
+
+    monkeypatch.setattr(os, "listdir", listed)
+    monkeypatch.setattr(os, "scandir", scanned)
+
+
+class _Entries(list):  # type: ignore[type-arg]
+    """A listing `with os.scandir(...)` can use."""
+
+    def __enter__(self) -> _Entries:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+def test_a_folder_swapped_for_a_link_after_it_was_listed_leads_nowhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A scope's directories are its workers' to write: a worker that swapped a
+    # fingerprint's folder for a link once the host had listed the root made the host's
+    # trim delete files of its choosing elsewhere (found by review).
+    root = tmp_path / "cache"
+    cache = _cache(root, 2 * MiB)
+    _store(cache, "a", MiB, age=600)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in ("a" * 64 + ".cwasm", "report.cwasm", "download.part"):
+        (victim / name).write_bytes(bytes(2 * MiB))
+        os.utime(victim / name, (0, 0))  # the oldest there is
+
+    def swap() -> None:
+        (root / FINGERPRINT).rename(tmp_path / "moved")
+        (root / FINGERPRINT).symlink_to(victim)
+
+    _after_listing(monkeypatch, root, swap)
+    (root / "fedcba9876543210").mkdir(mode=0o700)
+    cache.store("fedcba9876543210", "b" * 64, bytes(MiB))
+    assert sorted(path.name for path in victim.iterdir()) == sorted(
+        ["a" * 64 + ".cwasm", "report.cwasm", "download.part"])
+
+
+def test_an_entry_gone_while_trimming_does_not_end_the_trim(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process trimming or evicting at the same moment: the entry it removed was
+    # an error that ended this trim, and the cache stayed over its cap.
+    cache = _cache(tmp_path, 3 * MiB)
+    for age, name in ((400, "a"), (300, "b"), (200, "c")):
+        _store(cache, name, MiB - 4096, age)
+    gone = _store(cache, "e", 1024, age=100)
+    _after_listing(monkeypatch, gone.parent, gone.unlink)
+    _store(cache, "d", MiB - 4096)
+    assert _total(tmp_path) <= 3 * MiB
+    assert _entries(tmp_path) == {"b", "c", "d"}
+
+
+def test_an_isolated_workers_cache_keeps_the_callers_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker's environment is an allow-list: its scope's cache kept the 2 GiB default
+    # whatever the caller's cap said.
+    from stockade import Policy
+    from stockade.isolate import IsolatedSandbox
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STOCKADE_CACHE_DIR", str(root))
+    monkeypatch.setenv("STOCKADE_CACHE_MAX_BYTES", "1MiB")
+    module = _module_with_data(tmp_path / "big.wasm", 7, size=1536 * 1024)
+    with IsolatedSandbox(Policy.from_profile("default")) as sandbox:
+        assert sandbox.run(module).ok
+    kept = list(root.glob("**/*.cwasm"))
+    assert all(path.stat().st_size <= MiB for path in kept), kept

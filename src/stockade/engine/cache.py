@@ -256,34 +256,57 @@ class AotCache:
         """Remove the least recently used entries (by their last use or write) until
         those under the root total at most `max_bytes`, never `kept`; and the `.part`
         files of writers that crashed. Best effort: another process may trim, write or
-        load meanwhile (a loader holds its entry open: removing it costs a compile)."""
-        entries: list[tuple[float, int, str]] = []
+        load meanwhile (a loader holds its entry open: removing it costs a compile).
+
+        Walked by descriptors, never by path: a scope's directories are written by its
+        workers too, and one that swapped a fingerprint's directory for a link after it
+        was listed made this process delete files of its choosing elsewhere (found by
+        review). Only names this cache writes are removed; what cannot be read is
+        skipped, not the whole trim."""
+        entries: list[tuple[float, int, int, str]] = []  # (used, size, folder index, name)
+        folders: list[tuple[int, str]] = []  # open, and the fingerprint it was opened as
         total, stale = 0, time.time() - _STALE_SECONDS
         try:
-            with os.scandir(self.root) as found:
-                folders = [entry.path for entry in found if _holds_entries(entry)]
-            for folder in folders:
-                with os.scandir(folder) as found:
-                    for entry in found:
-                        info = entry.stat(follow_symlinks=False)
-                        if not stat.S_ISREG(info.st_mode):
-                            continue
-                        if entry.name.endswith(".part"):
-                            if info.st_mtime < stale:
-                                _unlink(entry.path)
-                            continue
-                        if entry.name.endswith(".cwasm"):
-                            total += info.st_size
-                            used = max(info.st_mtime, info.st_atime)
-                            entries.append((used, info.st_size, entry.path))
+            root = os.open(self.root, _OPEN_DIR)
         except OSError:
             return
-        entries.sort()
-        for _, size, path in entries:
-            if total <= self.max_bytes:
-                break
-            if path != str(kept) and _unlink(path):
-                total -= size
+        try:
+            for name in _listing(root):
+                if not _is_fingerprint(name):
+                    continue
+                try:
+                    folder = os.open(name, _OPEN_DIR, dir_fd=root)
+                except OSError:  # a link or a file in its place, or gone: not a folder
+                    continue
+                folders.append((folder, name))
+                if _directory_problem(os.fstat(folder)) is not None:
+                    continue
+                for entry in _listing(folder):
+                    try:
+                        info = os.stat(entry, dir_fd=folder, follow_symlinks=False)
+                    except OSError:  # removed meanwhile
+                        continue
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    if _is_part(entry):
+                        if info.st_mtime < stale:
+                            _unlink(entry, folder)
+                    elif _is_entry(entry):
+                        total += info.st_size
+                        used = max(info.st_mtime, info.st_atime)
+                        entries.append((used, info.st_size, len(folders) - 1, entry))
+            entries.sort()
+            kept_at = (kept.parent.name, kept.name)
+            for _, size, index, name in entries:
+                if total <= self.max_bytes:
+                    break
+                folder, fingerprint = folders[index]
+                if (fingerprint, name) != kept_at and _unlink(name, folder):
+                    total -= size
+        finally:
+            for folder, _ in folders:
+                os.close(folder)
+            os.close(root)
 
     def _key(self) -> bytes | None:
         try:
@@ -381,17 +404,34 @@ def _purpose(sha256: str) -> str:
     return f"cache:{sha256}"
 
 
-def _holds_entries(entry: os.DirEntry[str]) -> bool:
-    """Whether `entry` of the root is a fingerprint's directory (not `stat`, `scopes`
-    or the OCI store, which share the root)."""
-    name = entry.name
-    return len(name) == _FINGERPRINT_LENGTH and set(name) <= _HEX \
-        and entry.is_dir(follow_symlinks=False)
+def _is_fingerprint(name: str) -> bool:
+    """Whether `name` in the root is a fingerprint's (not `stat`, `scopes` or the OCI
+    store, which share the root)."""
+    return len(name) == _FINGERPRINT_LENGTH and set(name) <= _HEX
 
 
-def _unlink(path: str) -> bool:
+def _is_entry(name: str) -> bool:
+    """`<sha256>.cwasm`: the only entries `store` writes."""
+    digest, dot, suffix = name.partition(".")
+    return suffix == "cwasm" and len(digest) == 64 and set(digest) <= _HEX
+
+
+def _is_part(name: str) -> bool:
+    """`.<entry>.<pid>.<hex>.part`: what `_write_atomic` writes before its rename."""
+    return name.startswith(".") and name.endswith(".part") and ".cwasm." in name
+
+
+def _listing(directory: int) -> list[str]:
+    """The names in the open `directory`, or none when it cannot be read."""
     try:
-        os.unlink(path)
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def _unlink(name: str, directory: int) -> bool:
+    try:
+        os.unlink(name, dir_fd=directory)
     except OSError:
         return False
     return True

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..allocator import arena_limit, run_tunables
-from ..engine.cache import AotCache
+from ..engine.cache import MAX_BYTES_ENV, AotCache, cache_max_bytes
 from ..engine.seal import scoped_key
 from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
@@ -89,6 +89,7 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker
     if plan.cache is not None:
         env["STOCKADE_CACHE_DIR"] = str(plan.cache)
+        env[MAX_BYTES_ENV] = str(cache_max_bytes())  # its scope's cap is this one's
     env["STOCKADE_CONFIG_DIR"] = str(config_dir())  # so key paths agree with the parent's
     if plan.temp_dir is not None:
         env["TMPDIR"] = env["HOME"] = str(plan.temp_dir)

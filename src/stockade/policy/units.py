@@ -102,9 +102,9 @@ def size_variable(name: str, env: Mapping[str, str] | None, default: int,
     try:
         size = parse_size(raw)
     except ValueError as exc:
-        raise UsageError(f"{name}={raw!r}: {exc}") from None
+        raise UsageError(f"{name}={shown(raw)}: {exc}") from None
     if size < minimum:
-        raise UsageError(f"{name}={raw!r}: use at least {format_size(minimum)}")
+        raise UsageError(f"{name}={shown(raw)}: use at least {format_size(minimum)}")
     return size
 
 
