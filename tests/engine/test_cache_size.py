@@ -242,3 +242,12 @@ def test_an_isolated_workers_cache_keeps_the_callers_cap(
         assert sandbox.run(module).ok
     kept = list(root.glob("**/*.cwasm"))
     assert all(path.stat().st_size <= MiB for path in kept), kept
+
+
+def test_a_root_the_user_linked_is_trimmed_too(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    cache = _cache(tmp_path / "linked", 2 * MiB)
+    for age, name in ((400, "a"), (300, "b"), (200, "c")):
+        _store(cache, name, MiB - 4096, age)
+    assert _total(tmp_path / "real") <= 2 * MiB

@@ -267,10 +267,14 @@ class AotCache:
         folders: list[tuple[int, str]] = []  # open, and the fingerprint it was opened as
         total, stale = 0, time.time() - _STALE_SECONDS
         try:
-            root = os.open(self.root, _OPEN_DIR)
+            # The root may be a link the user chose (as `_directory` allows), never what
+            # is below it.
+            root = os.open(self.root, _OPEN_DIR & ~os.O_NOFOLLOW)
         except OSError:
             return
         try:
+            if _directory_problem(os.fstat(root)) is not None:
+                return
             for name in _listing(root):
                 if not _is_fingerprint(name):
                     continue
