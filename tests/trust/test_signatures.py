@@ -379,3 +379,4 @@ def test_verification_against_many_keys_is_bounded() -> None:
     assert not verification.ok and verification.checks == MAX_CHECKS
     shown = verification.describe()
     assert len(shown) < 1_000 and "1,992 more" in shown, shown
+    assert f"stopped at {MAX_CHECKS} signature checks" in shown  # not "no valid signature" alone

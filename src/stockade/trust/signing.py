@@ -110,7 +110,9 @@ class Verification:
         found = shown_ids(self.found)
         if self.ok:
             return f"signed by trusted key id {shown_ids(k.key_id for k in self.verified)}"
-        return (f"no valid signature by a trusted key: key ids found {found}; "
+        limit = f" (stopped at {MAX_CHECKS} signature checks: give each signature its " \
+            "key id, or trust fewer keys)" if self.checks >= MAX_CHECKS else ""
+        return (f"no valid signature by a trusted key{limit}: key ids found {found}; "
                 f"trusted key ids {wanted}")
 
     def as_dict(self) -> dict[str, object]:
