@@ -997,13 +997,16 @@ def test_a_signature_check_has_one_deadline(serve: Callable[[], Server],
 
 def _pax_layer(sizes: list[int], kind: bytes = tarfile.XHDTYPE) -> bytes:
     """A tar+gzip layer: members each after an extended header (pax, or a GNU long name)
-    of as many digits as `sizes` says, then the module (as the review's craft.py)."""
+    of as many digits as `sizes` says (a pax one as one record, a comment of digits), then
+    the module (as the review's craft.py)."""
     out = io.BytesIO()
     for number, size in enumerate(sizes):
         header = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
         header.type, header.size = kind, size
         out.write(header.tobuf(format=tarfile.USTAR_FORMAT))
-        out.write(b"1" * size + b"\0" * (-size % 512))
+        start = b"%d comment=" % size if kind == tarfile.XHDTYPE else b""
+        end = b"\n" if start else b""
+        out.write(start + b"1" * (size - len(start) - len(end)) + end + b"\0" * (-size % 512))
         member = tarfile.TarInfo(f"pad{number}")
         out.write(member.tobuf(format=tarfile.USTAR_FORMAT))
     out.write(tar_layer("app.wasm", WASM))

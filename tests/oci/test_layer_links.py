@@ -106,8 +106,9 @@ def test_a_link_and_a_path_through_it_in_one_layer_are_refused(
 
 
 def test_a_dotdot_through_a_link_is_refused(tmp_path: Path) -> None:
-    """`a/../app.wasm` is `app.wasm` by name, `c/app.wasm` to the kernel when `a -> c/d`."""
-    with pytest.raises(ModuleError, match="passes through the symbolic link /a "):
+    """`a/../app.wasm` is `app.wasm` by name, `c/app.wasm` to the kernel when `a -> c/d`:
+    refused as any member named with a `..` is (GNU tar skips it, containerd writes it)."""
+    with pytest.raises(ModuleError, match="a/../app.wasm: a '..' component"):
         found(tmp_path, [layer(("a", "c/d"), ("app.wasm", X)), layer(("a/../app.wasm", Y))],
               "/app.wasm")
 

@@ -1,8 +1,9 @@
 """The order of a layer's members, as unpackers apply it: a path named first as a file and
 later as a directory (or the reverse), the module's path both ways, a whiteout or a
-member below the module after it. The module is found where GNU tar (`tar -x`, the last
-member wins) and containerd's unpacking both leave it, and refused (126) where they
-leave different things or fail.
+member below the module after it, an opaque marker after it over a directory the layer
+holds no member for. The module is found where GNU tar (`tar -x`, the last member wins)
+and containerd's unpacking both leave it, and refused (126) where they leave different
+things or fail.
 
 Each case is unpacked by the real GNU tar here; what containerd 1.6 left (overlayfs and
 native snapshotters alike, each case pulled and mounted with `ctr images mount`) is
@@ -45,8 +46,8 @@ def layer(*entries: Member) -> bytes:
     return out.getvalue()
 
 
-def gnu_tar(layers: list[bytes], root: Path) -> tuple[bytes | str, bool]:
-    """What `tar -x` of each layer in turn leaves at ENTRY under `root` (its bytes, or
+def gnu_tar(layers: list[bytes], root: Path, entry: str = ENTRY) -> tuple[bytes | str, bool]:
+    """What `tar -x` of each layer in turn leaves at `entry` under `root` (its bytes, or
     "directory" / "nothing" / "not a directory above it"), and whether every tar
     exited 0."""
     root.mkdir()
@@ -55,7 +56,7 @@ def gnu_tar(layers: list[bytes], root: Path) -> tuple[bytes | str, bool]:
         done = subprocess.run([require("tar"), "-x", "-C", str(root)], input=blob,
                               capture_output=True, timeout=60, check=False)
         clean = clean and done.returncode == 0
-    target = root / ENTRY.lstrip("/")
+    target = root / entry.lstrip("/")
     if target.parent.exists() and not target.parent.is_dir():
         return "not a directory above it", clean
     if target.is_dir():
@@ -97,23 +98,45 @@ CASES: dict[str, tuple[list[bytes], str]] = {
     "module-then-opaque": (
         [layer(("bin/app.wasm", b"lower")),
          layer(("bin", None), ("bin/app.wasm", X), ("bin/.wh..wh..opq", b""))], "X"),
+    # containerd's native unpacking keeps, for an opaque marker, the paths its layer has
+    # unpacked so far: not a directory only implied by a member below it
+    "module-then-opaque-over-its-implied-parent": (
+        [layer(("bin/app.wasm", b"lower")),
+         layer(("bin/app.wasm", X), (".wh..wh..opq", b""))], "nothing (native), X (overlayfs)"),
+    "module-then-opaque-over-its-listed-parent": (
+        [layer(("bin/app.wasm", b"lower")),
+         layer(("bin", None), ("bin/app.wasm", X), (".wh..wh..opq", b""))], "X"),
+    "module-then-opaque-then-its-parent": (
+        [layer(("bin/app.wasm", b"lower")),
+         layer(("bin/app.wasm", X), (".wh..wh..opq", b""), ("bin", None))],
+        "nothing (native), X (overlayfs)"),
+    "module-then-opaque-in-its-implied-parent": (
+        [layer(("bin/app.wasm", b"lower")),
+         layer(("bin/app.wasm", X), ("bin/.wh..wh..opq", b""))], "X"),
 }
+
+
+def judged(registry: Server, tmp_path: Path, layers: list[bytes], containerd: str,
+           entry: str = ENTRY) -> ModuleError | None:
+    """Pull `layers`, Entrypoint `entry`: None when GNU tar (run here, exiting 0) and
+    containerd (`containerd`, what it left) both leave X there and the pull runs X;
+    else the refusal, checked to be a ModuleError of 126 in one line."""
+    left, clean = gnu_tar(layers, tmp_path / "tar", entry)
+    if left == X and clean and containerd == "X":
+        assert pulled(registry, "order", layers, tmp_path, entry).module_digest == sha(X)
+        return None
+    with pytest.raises(ModuleError) as caught:
+        pulled(registry, "order", layers, tmp_path, entry)
+    assert type(caught.value) is ModuleError and caught.value.exit_code == 126
+    assert "\n" not in caught.value.message
+    return caught.value
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_module_is_what_every_unpacker_leaves(serve: Callable[[], Server], tmp_path: Path,
                                                    case: str) -> None:
-    layers, containerd = CASES[case]
-    left, clean = gnu_tar(layers, tmp_path / "tar")
-    agreed = left == X and clean and containerd == "X"
-    registry = serve()
-    if agreed:
-        assert pulled(registry, "order", layers, tmp_path, ENTRY).module_digest == sha(X)
-        return
-    with pytest.raises(ModuleError) as caught:
-        pulled(registry, "order", layers, tmp_path, ENTRY)
-    assert type(caught.value) is ModuleError and caught.value.exit_code == 126
-    assert "\n" not in caught.value.message and ENTRY in caught.value.message
+    refusal = judged(serve(), tmp_path, *CASES[case])
+    assert refusal is None or ENTRY in refusal.message
 
 
 @pytest.mark.parametrize(("case", "says"), [
@@ -125,6 +148,10 @@ def test_the_module_is_what_every_unpacker_leaves(serve: Callable[[], Server], t
     ("a-member-below-a-lower-module", "/bin/app.wasm/x below it"),
     ("module-then-its-whiteout", "whiteout bin/.wh.app.wasm after it"),
     ("module-then-a-parents-whiteout", "whiteout .wh.bin after it"),
+    ("module-then-opaque-over-its-implied-parent",
+     "opaque marker .wh..wh..opq after it, /bin having no member of its own"),
+    ("module-then-opaque-then-its-parent",
+     "opaque marker .wh..wh..opq after it, /bin having no member of its own"),
 ])
 def test_the_refusal_says_which_members_disagree(serve: Callable[[], Server], tmp_path: Path,
                                                  case: str, says: str) -> None:

@@ -14,8 +14,10 @@ name does not, and the order of a layer's members would decide (`_Links`). Withi
 layer the last member at a path wins, as GNU tar and containerd apply it; where they
 would leave different things at the module's path (a parent replaced by a file after
 the module, the module replacing a directory that holds something, a whiteout or a
-member below the module after it) or neither could write it (below a file), the image
-is refused (`_InOrder`).
+member below the module after it, an opaque marker after it over a directory the layer
+has no member for) or neither could write it (below a file), the image is refused
+(`_InOrder`). So is a member whose name GNU tar does not write as named and containerd
+does (a `..` component, a trailing `/.`, a file named as a directory: `_check_name`).
 
 A layer is read once, one member at a time, and its members are not kept (tarfile would
 keep them all: 470 bytes each, a million of them in a 2.7 MB gzipped layer); a pull
@@ -23,12 +25,14 @@ checks its `rootfs.diff_ids` entry in the same read, to the end of the stream. A
 `MAX_LAYER_MEMBERS` tar headers per layer and `MAX_PULL_MEMBERS` over every layer one
 search reads, extended headers included.
 
-tarfile reads a layer, but never an oversized extended header (pax, GNU long name or
-link): CPython 3.11.7's pax parser backtracks quadratically over digits (CVE-2024-6232; a
-1 MiB header, 14 KB gzipped, took hours of CPU). Each header is checked as tarfile parses
-its 512-byte block, before it reads what the block announces: at most
-`MAX_EXTENDED_HEADER` bytes each, and their sizes squared (the parser's worst case) at
-most `EXTENDED_HEADER_WORK` in all, so many headers just under the limit cost no more.
+tarfile reads a layer, but its headers are checked as it parses each 512-byte block and
+read as GNU tar and Go's archive/tar read them, or refused (`tarheaders.guarded`). No
+extended header (pax, GNU long name or link) is read oversized: CPython 3.11.7's pax
+parser backtracks quadratically over digits (CVE-2024-6232; a 1 MiB header, 14 KB
+gzipped, took hours of CPU; `tarheaders` parses pax records itself now). Each is
+charged before it is read: at most `MAX_EXTENDED_HEADER` bytes each, and their sizes
+squared (that parser's worst case) at most `EXTENDED_HEADER_WORK` in all, so many
+headers just under the limit cost no more.
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn
 
+from ..display import printable
 from ..errors import ModuleError
 from .errors import BlobTooLarge, IntegrityError, PlatformMismatch
 from .media import (
@@ -61,6 +66,7 @@ from .media import (
     platform_name,
     shown,
 )
+from .tarheaders import guarded
 
 __all__ = ["WasmImage", "UnpackBudget", "parse_json", "select_platform",
            "validate_wasm_config", "describe", "extract_module", "manifest_kind", "open_layer",
@@ -79,9 +85,6 @@ MAX_PULL_MEMBERS = 150_000
 MAX_PATH_RECORD = 8 * 1024**2
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-_EXTENDED = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global",
-             tarfile.SOLARIS_XHDTYPE: "Solaris pax", tarfile.GNUTYPE_LONGNAME: "GNU long-name",
-             tarfile.GNUTYPE_LONGLINK: "GNU long-link"}
 
 
 @dataclass(frozen=True)
@@ -264,35 +267,6 @@ class UnpackBudget:
                                "(tar headers) in all; refused")
 
 
-def _guarded(budget: UnpackBudget, where: str) -> type[tarfile.TarInfo]:
-    """A TarInfo class for `tarfile.open(tarinfo=...)`: tarfile parses every header block
-    with `frombuf`, so each header is counted, and each extended header charged to
-    `budget` before it is read."""
-    headers = 0
-
-    def sparse(*_: object) -> NoReturn:
-        # tarfile reads a sparse member's map into a Python int per number while parsing
-        # its header (a 65 KB gzipped layer: 1.7 GB, 24 s); a module is no sparse file.
-        raise ModuleError(f"{where}: a sparse file (a Wasm image holds none); refused")
-
-    class Guarded(tarfile.TarInfo):
-        @classmethod
-        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
-            nonlocal headers
-            headers += 1
-            budget.charge_member(headers, where)
-            info = super().frombuf(buf, encoding, errors)
-            kind = _EXTENDED.get(info.type)
-            if kind is not None:
-                budget.charge_header(kind, info.size, where)
-            return info
-
-        # Every sparse format tarfile knows: old GNU, and GNU's pax 0.0, 0.1 and 1.0.
-        _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = sparse
-
-    return Guarded
-
-
 class _Bounded(io.RawIOBase):
     """A reader that refuses to yield more than `limit` bytes (a gzip bomb stops here),
     each byte also charged to `budget` and shown to `seen` (a hash's `update`)."""
@@ -443,7 +417,9 @@ class _InOrder:
     part the layer is refused: tar cannot replace a directory that is not empty nor
     write below a file (it goes on without that member), containerd replaces a whole
     tree, stops at a member below a file, and deletes for a whiteout what its own layer
-    wrote (OCI: a whiteout hides lower layers only)."""
+    wrote (OCI: a whiteout hides lower layers only); for an opaque marker its native
+    unpacking keeps the paths its layer has unpacked so far, not a directory a member
+    below it only implies."""
 
     def __init__(self, wanted: str, path: str, where: str) -> None:
         self.wanted, self.path, self.where = wanted, path, where
@@ -454,6 +430,7 @@ class _InOrder:
         # Parents last named as a file that is not a directory (links left out: `_Links`
         # refuses a path through one, saying so).
         self.not_directories: set[str] = set()
+        self.listed: set[str] = set()  # parents the layer has a member for, so far
 
     def add(self, member: tarfile.TarInfo, name: str, tar: tarfile.TarFile) -> None:
         """Apply `member` (`name` normalized), reading the module's bytes from `tar`.
@@ -462,8 +439,7 @@ class _InOrder:
         if name.startswith(self.wanted + "/"):
             self._below(name)
         elif base == OPAQUE and (not directory or directory in self.parents):
-            # containerd keeps what the layer itself holds, wherever the marker is
-            self.found.hides = f"{directory or '/'} made opaque ({OPAQUE})"
+            self._opaque(name, directory)
         elif base.startswith(WHITEOUT) and base != OPAQUE:
             target = posixpath.join(directory, base[len(WHITEOUT):])
             if target == self.wanted or target in self.parents:
@@ -499,7 +475,18 @@ class _InOrder:
                          "what the layer itself holds, containerd deletes it")
         self.found.hides = f"whiteout {name}"
 
+    def _opaque(self, name: str, directory: str) -> None:
+        implied = [parent for parent in self.parents if parent not in self.listed
+                   and (not directory or parent.startswith(directory + "/"))]
+        if self.last == _FILE and implied:
+            self._refuse(f"holds it, then the opaque marker {name} after it, /{implied[0]} "
+                         "having no member of its own", "OCI, tar and overlayfs keep what the "
+                         "layer itself holds, containerd's native unpacking removes a "
+                         "directory its layer did not list, and the module in it")
+        self.found.hides = f"{directory or '/'} made opaque ({OPAQUE})"
+
     def _parent(self, member: tarfile.TarInfo, name: str) -> None:
+        self.listed.add(name)
         if member.isdir():
             self.not_directories.discard(name)
             return
@@ -531,6 +518,27 @@ class _InOrder:
         self.last = kind
 
 
+def _check_name(member: tarfile.TarInfo, where: str) -> None:
+    """Refuse (ModuleError) a member name GNU tar does not write as named where containerd
+    writes it, cleaned: one with a `..` component (tar skips the member), one ending in
+    `/.` (tar cannot open it), a directory's name (a trailing `/`, `.`, or none) for
+    another kind of file (tar makes a directory or fails)."""
+    parts = member.name.split("/")
+    if ".." in parts:
+        problem = ("the member {}: a '..' component (GNU tar skips it, containerd writes it "
+                   "where the name leads)")
+    elif member.name.endswith("/."):
+        problem = ("the member {}: a name ending in /. (GNU tar cannot open it, containerd "
+                   "writes it)")
+    elif parts[-1] in ("", ".") and not member.isdir():
+        kind = _kind(member)
+        problem = (f"a {kind} named {{}}, a directory's name (GNU tar makes a directory or "
+                   f"fails, containerd writes the {kind})")
+    else:
+        return
+    raise ModuleError(f"{where}: {problem.format(printable(member.name) or repr(''))}; refused")
+
+
 def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str,
           links: _Links, decided: bool) -> _Found:
     """What the whole layer `tar` says about path `wanted` (`path` as the image names it),
@@ -542,6 +550,7 @@ def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str,
         tar.members.clear()  # type: ignore[attr-defined]  # (not in typeshed)
         name = _normal(member.name)
         links.add(member, name, where)
+        _check_name(member, where)
         # Any member's size, before tarfile seeks past it: a read per 10 KiB of it, none
         # charged once the data has run out (2**80 bytes in a 63-byte layer spun for
         # ever; -5 made the module empty).
@@ -568,7 +577,7 @@ def _read_layer(descriptor: dict[str, Any], blob: Path, wanted: str, path: str, 
         with open_layer(descriptor, blob) as raw:
             unpacked = io.BufferedReader(_Bounded(raw, limit, budget, hashed))
             with tarfile.open(fileobj=unpacked, mode="r|",
-                              tarinfo=_guarded(budget, where)) as tar:
+                              tarinfo=guarded(budget, where)) as tar:
                 found = _scan(tar, wanted, path, limit, where, links, decided)
             while hashed is not None and unpacked.read(1 << 20):
                 pass
@@ -596,8 +605,9 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
     is not read again: its links, paths and digest are those it had. Raises ModuleError
     when no layer leaves the path a regular file, a layer holds it twice or leaves it as
     unpackers would not agree, a member, whiteout or `path` passes through a symbolic
-    link, or an extended header is too large; IntegrityError for a layer unlike its
-    `diff_ids` entry; BlobTooLarge over a limit."""
+    link, a header or member name unpackers read otherwise (`tarheaders`,
+    `_check_name`), or an extended header is too large; IntegrityError for a layer unlike
+    its `diff_ids` entry; BlobTooLarge over a limit."""
     if diff_ids is not None and len(diff_ids) != len(layers):
         raise ValueError(f"{len(diff_ids)} diff_ids for {len(layers)} layers")
     wanted = _normal(path)
