@@ -149,6 +149,16 @@ CASES: dict[str, tuple[bytes, str]] = {
         + member("bin/app.wasm", OTHER) + END, "fails"),
     "lone-zero-block-then-members": (
         member("bin/app.wasm", X) + bytes(512) + member("bin/app.wasm", OTHER) + END, "fails"),
+    # GNU long names: tarfile and GNU tar read the blocks to a NUL, Go the header's size;
+    # an empty one Go ignores (the member keeps its own name)
+    "long-name-past-its-size": (
+        header("././@LongLink", 5, tarfile.GNUTYPE_LONGNAME) + b"bin/app.wasm"
+        + bytes(500) + member("zz", X) + END, "OTHER"),
+    "empty-long-name-on-a-directory": (
+        member("././@LongLink", b"\0x", tarfile.GNUTYPE_LONGNAME)
+        + member("bin/app.wasm", kind=tarfile.DIRTYPE) + END, "a directory"),
+    # a contiguous file: a file to tarfile and GNU tar, none to containerd
+    "contiguous-file": (member("bin/app.wasm", X, tarfile.CONTTYPE) + END, "fails"),
     "no-end-of-archive": (member("bin/app.wasm", X), "X"),
     "one-zero-block-at-the-end": (member("bin/app.wasm", X) + bytes(512), "X"),
 }
@@ -187,6 +197,8 @@ def test_the_module_is_what_both_unpackers_read(serve: Callable[[], Server], tmp
     ("v7-directory-renamed-by-a-pax-path", "a directory named by a trailing /"),
     ("invalid-header-then-members", "a block at byte 1024 that is no tar header"),
     ("lone-zero-block-then-members", "a lone zero block at byte 1024 before more"),
+    ("long-name-past-its-size", "a GNU long name running past its header's size of 5"),
+    ("empty-long-name-on-a-directory", "an empty GNU long name"),
 ])
 def test_the_refusal_names_the_header(serve: Callable[[], Server], tmp_path: Path, case: str,
                                       says: str) -> None:
@@ -255,3 +267,13 @@ def test_the_cli_refuses_it_in_one_line(serve: Callable[[], Server], tmp_path: P
     assert done.returncode == 126, done.stderr
     assert f"layer {sha(upper)}: two pax headers before one member" in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_an_entrypoint_that_is_not_unicode_is_refused(serve: Callable[[], Server],
+                                                      tmp_path: Path) -> None:
+    # A lone surrogate (`\\udcff` in the config's JSON) matched a member named with the
+    # raw byte 0xff here, where Go's JSON reads U+FFFD and names another member.
+    upper = layer(("bin/\udcff.wasm", X), ("bin/\ufffd.wasm", OTHER))
+    with pytest.raises(ModuleError, match="lone surrogate") as caught:
+        pulled(serve(), "surrogate", [LOWER, upper], tmp_path, "/bin/\udcff.wasm")
+    assert caught.value.exit_code == 126 and "\n" not in caught.value.message

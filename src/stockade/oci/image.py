@@ -129,10 +129,18 @@ def field(document: dict[str, Any], key: str, kind: type, what: str) -> Any:
 
 
 def strings(document: dict[str, Any], key: str, what: str) -> tuple[str, ...]:
-    """`document[key]` as a list of strings (empty when absent). Raises ModuleError."""
+    """`document[key]` as a list of strings (empty when absent), each valid Unicode: a
+    lone surrogate (`\\udcff` in the JSON) matched a member named with the raw byte here,
+    where Go's JSON makes it U+FFFD and names another. Raises ModuleError."""
     values = field(document, key, list, what) or []
     if not all(isinstance(v, str) for v in values):
         raise ModuleError(f"{what}: {key!r} is not a list of strings")
+    for value in values:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ModuleError(f"{what}: {key!r} holds a lone surrogate (not valid Unicode: "
+                              "runtimes read it differently)") from None
     return tuple(values)
 
 
@@ -408,6 +416,10 @@ _FILE = "regular file"
 
 
 def _kind(member: tarfile.TarInfo) -> str:
+    # A contiguous file (type 7) is a file to tarfile and GNU tar, one containerd cannot
+    # unpack: no module comes from it.
+    if member.type == tarfile.CONTTYPE:
+        return "contiguous file"
     return _FILE if member.isfile() else _KINDS.get(member.type, "special file")
 
 
@@ -500,6 +512,9 @@ class _InOrder:
 
     def _module(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         kind = _kind(member)
+        if member.type == tarfile.CONTTYPE:
+            self._refuse("holds it as a contiguous file (type 7)",
+                         "tar writes a file, containerd cannot unpack it")
         if self.below and not member.isdir():
             self._refuse(f"replaces a directory holding /{self.below} with a {kind}",
                          "containerd does, tar cannot (the directory is not empty)")
@@ -576,8 +591,10 @@ def _read_layer(descriptor: dict[str, Any], blob: Path, wanted: str, path: str, 
     try:
         with open_layer(descriptor, blob) as raw:
             unpacked = io.BufferedReader(_Bounded(raw, limit, budget, hashed))
-            with tarfile.open(fileobj=unpacked, mode="r|",
-                              tarinfo=guarded(budget, where)) as tar:
+            # Names as bytes in UTF-8, whatever this process's locale: pax paths are read
+            # so, and a Latin-1 locale read the same bytes in a ustar name otherwise.
+            with tarfile.open(fileobj=unpacked, mode="r|", tarinfo=guarded(budget, where),
+                              encoding="utf-8", errors="surrogateescape") as tar:
                 found = _scan(tar, wanted, path, limit, where, links, decided)
             while hashed is not None and unpacked.read(1 << 20):
                 pass

@@ -157,6 +157,22 @@ class _Headers:
                         f"takes the pax {field}, Go the {_GNU_NAME[field]})")
         self.named[field] = by
 
+    def long_name(self, padded: bytes, size: int, kind: bytes) -> bytes:
+        """The name a GNU long-name or long-link header's `padded` data blocks give, as
+        tarfile, GNU tar and Go all read it; refused where they do not: tarfile and GNU
+        tar read to the first NUL of the blocks, Go only the header's `size` bytes, and an
+        empty name is used by them and ignored by Go (the member keeps its own)."""
+        what = _GNU_NAME[_NAMING[kind]]
+        cut = padded.find(b"\0")
+        end = len(padded) if cut < 0 else cut
+        if end > size:
+            self.refuse(f"a {what} running past its header's size of {size} (tarfile and GNU "
+                        "tar read on to a NUL, Go stops at the size)")
+        if end == 0:
+            self.refuse(f"an empty {what} (tarfile and GNU tar use it, Go keeps the member's "
+                        "own name)")
+        return padded[:end]
+
     def pax(self, data: bytes) -> dict[str, str]:
         """The records of a pax header's `data`, `"%d %s=%s\\n"` each, checked."""
         records: dict[str, str] = {}
@@ -241,6 +257,23 @@ def guarded(budget: HeaderBudget, where: str) -> type[tarfile.TarInfo]:
             info = super().frombuf(buf, encoding, errors)
             headers.block(buf, info)
             return info
+
+        def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+            padded = tar.fileobj.read(_blocks(self.size))
+            if len(padded) < self.size:
+                raise tarfile.ReadError("unexpected end of data")
+            text = headers.long_name(padded, self.size, self.type).decode(
+                tar.encoding, tar.errors)
+            try:
+                member = self.fromtarfile(tar)
+            except tarfile.HeaderError as exc:
+                raise tarfile.ReadError(f"after a GNU long name: {exc}") from None
+            member.offset = self.offset
+            if self.type == tarfile.GNUTYPE_LONGNAME:  # as tarfile: a directory's `/` goes
+                member.name = text.removesuffix("/") if member.isdir() else text
+            else:
+                member.linkname = text
+            return member
 
         def _proc_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
             data = tar.fileobj.read(_blocks(self.size))[:self.size]
