@@ -8,11 +8,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
 from .conftest import Start, module
+from .test_pool_backstop import _pool_workers
 
 MANIFEST = f"""
 [server]
@@ -35,15 +35,7 @@ timeout = "20s"
 
 
 def _pool_worker(root: int) -> int:
-    def descendants(pid: int) -> list[int]:
-        found: list[int] = []
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                found += [int(child), *descendants(int(child))]
-        return found
-
-    workers = [pid for pid in descendants(root)
-               if b"poolworker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = _pool_workers(root)
     assert len(workers) == 1, workers
     return workers[0]
 

@@ -613,21 +613,10 @@ def _bomb_image(server: Server, bomb: bytes, listed: int) -> None:
 
 def test_a_layer_listed_many_times_is_unpacked_once(serve: Callable[[], Server], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import stockade.oci.image as image_module
-    import stockade.oci.transfer as transfer_module
-
     registry = serve()
     bomb = _bomb(64 * 1024**2)
     _bomb_image(registry, bomb, 40)
-    opened: list[str] = []
-    real = image_module.open_layer
-
-    def counting(descriptor: dict[str, object], path: Path) -> object:
-        opened.append(str(descriptor["digest"]))
-        return real(descriptor, path)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(image_module, "open_layer", counting)
-    monkeypatch.setattr(transfer_module, "open_layer", counting, raising=False)
+    opened = count_layer_opens(monkeypatch)
     pull_from(registry, "bomb", tmp_path, max_total=200 * 1024**2)
     assert opened.count(sha(bomb)) == 1  # its diff_id checked in the read that searches it
 
@@ -1262,3 +1251,20 @@ def test_a_name_idna_cannot_encode_is_a_connect_error(host: str) -> None:
     for _ in range(wire.MAX_LOOKUPS + 1):  # no slot is kept
         with pytest.raises(httpcore.ConnectError):
             wire._addresses(host, 80, 5.0)
+
+
+def count_layer_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The digest of every layer opened from now on, in order (pulls and runs)."""
+    import stockade.oci.image as image_module
+    import stockade.oci.transfer as transfer_module
+
+    opened: list[str] = []
+    real = image_module.open_layer
+
+    def counting(descriptor: dict[str, object], path: Path) -> object:
+        opened.append(str(descriptor["digest"]))
+        return real(descriptor, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(image_module, "open_layer", counting)
+    monkeypatch.setattr(transfer_module, "open_layer", counting, raising=False)
+    return opened

@@ -22,7 +22,15 @@ from stockade.oci.reference import parse_reference
 from stockade.oci.store import Store
 from stockade.oci.transfer import PulledImage, pull
 
-from .test_hostile_pull import WASM, Server, _gzip_image, image, serve, sha  # noqa: F401
+from .test_hostile_pull import (  # noqa: F401
+    WASM,
+    Server,
+    _gzip_image,
+    count_layer_opens,
+    image,
+    serve,
+    sha,
+)
 
 __all__ = ["serve"]
 
@@ -222,21 +230,10 @@ def test_a_pull_reads_each_layer_once(serve: Callable[[], Server], tmp_path: Pat
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Its diff_id is checked in the read that searches it: a pull read every layer
     twice, once for `rootfs.diff_ids`, once for the module and its links."""
-    import stockade.oci.image as image_module
-    import stockade.oci.transfer as transfer_module
-
     registry = serve()
     tars = [_padding(0, 1 << 20), _padding(1, 1 << 20), layer(("app.wasm", UPPER))]
     _gzipped(registry, "once", tars)
-    opened: list[str] = []
-    real = image_module.open_layer
-
-    def counting(descriptor: dict[str, object], path: Path) -> object:
-        opened.append(str(descriptor["digest"]))
-        return real(descriptor, path)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(image_module, "open_layer", counting)
-    monkeypatch.setattr(transfer_module, "open_layer", counting, raising=False)
+    opened = count_layer_opens(monkeypatch)
     done = pull(parse_reference(f"{registry.host}/once:1"), Store(tmp_path / "store"),
                 frozenset({registry.host}))
     assert done.module_digest == sha(UPPER)
