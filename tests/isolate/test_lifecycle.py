@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -346,3 +347,67 @@ def test_a_module_file_is_closed_when_the_request_cannot_be_made(
                 sandbox.run(module)
             counts.append(len(os.listdir("/proc/self/fd")))
         assert counts[-1] <= counts[1], counts  # the first may start a spare worker
+
+
+def test_a_module_that_cannot_be_read_as_it_is_sent_fails_the_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read error on the module file while it was sent (a disk, NFS or FUSE error) was
+    taken for the worker's death: the run waited for ever on a live worker, holding the
+    sandbox, and `interrupt()` then had it retried elsewhere (found by review)."""
+    import errno
+
+    failures = [OSError(errno.EIO, "Input/output error")]
+    sendfile = os.sendfile
+
+    def failing(*args: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return sendfile(*args)
+
+    with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:
+        sandbox.protections()
+        monkeypatch.setattr(os, "sendfile", failing)
+        outcome: list[object] = []
+
+        def run() -> None:
+            try:
+                outcome.append(sandbox.run(guest("hello.wasm")))
+            except Exception as exc:  # noqa: BLE001 - what the caller sees is the point
+                outcome.append(exc)
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        runner.join(20)
+        assert not runner.is_alive(), "the run hung on a live worker"
+        assert isinstance(outcome[0], OSError), outcome
+        assert sandbox.run(guest("hello.wasm")).ok  # the sandbox serves the next run
+
+
+def test_interrupt_while_the_run_moves_to_another_worker_ends_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`interrupt()` reached no worker while a run moved from a lost one to the next
+    (none current yet), and the run went on there and exited (found by review)."""
+    from stockade.isolate import process
+
+    with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:
+        sandbox.protections()
+        send, start = process._Request.send, process.IsolatedSandbox._start
+        killed: list[bool] = []
+
+        def lost(request: Any, worker: Any, *args: Any) -> None:
+            if not killed:  # the worker dies before it takes the run
+                killed.append(True)
+                worker.kill()
+            send(request, worker, *args)
+
+        def interrupted_first(self: Any, *args: Any) -> Any:
+            if killed and len(killed) == 1:
+                killed.append(True)
+                self.interrupt()  # no current worker to kill now
+            return start(self, *args)
+
+        monkeypatch.setattr(process._Request, "send", lost)
+        monkeypatch.setattr(process.IsolatedSandbox, "_start", interrupted_first)
+        result = sandbox.run(guest("exitcode.wasm"), Invocation(args=("0",)))
+    assert len(killed) == 2, "the run was not moved to another worker"
+    assert result.outcome is Outcome.ERROR, result.message

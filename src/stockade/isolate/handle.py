@@ -294,10 +294,10 @@ class WorkerProcess:
 
         try:
             write(wait)
-        except TimeoutError:  # an OSError, but the worker is not gone
-            raise
-        except OSError:  # BrokenPipeError: no reader left
+        except BrokenPipeError:  # no reader left
             raise EOFError("the worker is gone") from None
+        # Any other OSError (TimeoutError; a module file that cannot be read as it is
+        # sent) is raised as it is: the worker, alive, waits for the rest of its frame.
 
     def allow_memory(self, extra: int) -> bool:
         """Let the worker's cgroup hold `extra` bytes over its memory limit (0: back to

@@ -125,6 +125,7 @@ class IsolatedSandbox(RunMethods):
         self._spare: WorkerProcess | None = None
         self._served = 0  # runs answered
         self._interrupted: WorkerProcess | None = None  # the worker `interrupt()` killed
+        self._interrupts = 0  # `interrupt()` calls, so that a run between workers sees one
         self._lost_cause: str | None = None  # why the last worker went before its run
         # `.cwasm` digests this host vouched for, oldest first (at most _MAX_VOUCHED).
         self._vouched: OrderedDict[str, None] = OrderedDict()
@@ -351,8 +352,15 @@ class IsolatedSandbox(RunMethods):
             if found:
                 self._remember(found)
             self._lost_cause = None
+            interrupts = self._interrupts
             for _ in range(3):
                 worker = self._ready_worker(backend)  # kept for the next run if cancelled
+                if self._interrupts != interrupts:
+                    # `interrupt()` while this run moved to another worker, which it
+                    # could not reach yet: the run ends as it promises.
+                    return self._synthetic(module, None, time.monotonic(), Outcome.ERROR,
+                                           "interrupted (IsolatedSandbox.interrupt) while "
+                                           "the run moved to another worker")
                 if token is not None and token.cancelled:  # waiting for the lock or the worker
                     return self._synthetic(module, None, time.monotonic(), CANCELLED.outcome,
                                            CANCELLED.message)
@@ -636,6 +644,7 @@ class IsolatedSandbox(RunMethods):
         the run reports outcome `error`, and a fresh worker serves the next run. Callable
         from any thread. To stop one run, cancel its `CancelToken` (`cancellable`), as
         `AsyncSandbox` and `SandboxPool` do: this stops another's run if that one ended."""
+        self._interrupts += 1
         worker = self._worker
         if worker is not None and worker.alive:
             self._interrupted = worker  # its run ends as `error`, not retried elsewhere
