@@ -124,8 +124,7 @@ class IsolatedSandbox(RunMethods):
         # start-up. Kept from a sandbox's second run on (a one-shot sandbox pays for none).
         self._spare: WorkerProcess | None = None
         self._served = 0  # runs answered
-        self._interrupted: WorkerProcess | None = None  # the worker `interrupt()` killed
-        self._interrupts = 0  # `interrupt()` calls, so that a run between workers sees one
+        self._interrupts = 0  # `interrupt()` calls: a run sees one made while it went on
         self._lost_cause: str | None = None  # why the last worker went before its run
         # `.cwasm` digests this host vouched for, oldest first (at most _MAX_VOUCHED).
         self._vouched: OrderedDict[str, None] = OrderedDict()
@@ -384,7 +383,8 @@ class IsolatedSandbox(RunMethods):
                     token.attach(None, stop, None)
                 try:
                     worker.allow_memory(_stdin_allowance(invocation))
-                    outcome = self._collect(worker, module, invocation, request, loaded, stop)
+                    outcome = self._collect(worker, module, invocation, request, loaded, stop,
+                                            interrupts=interrupts)
                 except BaseException:
                     # Ctrl-C (or any exception) between the request and its reply: the
                     # worker would go on and its reply be read as the next run's.
@@ -475,9 +475,10 @@ class IsolatedSandbox(RunMethods):
 
     def _collect(self, worker: WorkerProcess, module: str | Path | bytes,
                  invocation: Invocation, request: _Request,
-                 loaded: float = 0.0, stop: _StopWorker | None = None) -> Result | object:
+                 loaded: float, stop: _StopWorker, *, interrupts: int) -> Result | object:
         """Send `request` and see the run through to its answer (a Result, an error to
-        raise, or what the caller does next: `_RETIRE`, `_FALLBACK`, `_LOST`)."""
+        raise, or what the caller does next: `_RETIRE`, `_FALLBACK`, `_LOST`);
+        `interrupts`: the count of `interrupt()` calls when the run began."""
         # The deadline is this process's alone, armed from its own clock: loading may
         # take `load_timeout` (less the `loaded` seconds an earlier worker spent on this
         # run), the guest its timeout + grace, and nothing the worker sends moves either
@@ -522,14 +523,15 @@ class IsolatedSandbox(RunMethods):
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
             except EOFError:
-                stopped = (stop is not None and stop.fired) or self._interrupted is worker
+                # Killed by its token or by `interrupt()`: its run ends, not retried.
+                stopped = stop.fired or self._interrupts != interrupts
                 if sending is request and not stopped:
                     # Gone before it took the run: another worker takes it, and if none
                     # can, the caller is told why this one went.
                     self._lost_cause = worker.death_cause()
                     return _LOST
                 cause = worker.death_cause()
-                if stop is not None and stop.fired and worker.ended_as is Outcome.ERROR:
+                if stop.fired and worker.ended_as is Outcome.ERROR:
                     cause = CANCELLED.message  # its token's kill: said so to observers too
                 result = self._synthetic(module, info, begun, worker.ended_as, cause)
                 self._discard(respawn=True)
@@ -644,10 +646,9 @@ class IsolatedSandbox(RunMethods):
         the run reports outcome `error`, and a fresh worker serves the next run. Callable
         from any thread. To stop one run, cancel its `CancelToken` (`cancellable`), as
         `AsyncSandbox` and `SandboxPool` do: this stops another's run if that one ended."""
-        self._interrupts += 1
+        self._interrupts += 1  # first: the run sees it as soon as its worker is gone
         worker = self._worker
         if worker is not None and worker.alive:
-            self._interrupted = worker  # its run ends as `error`, not retried elsewhere
             worker.kill()
 
     # -- lifecycle ----------------------------------------------------------------------
