@@ -114,6 +114,22 @@ def test_a_worker_stopped_while_loading_is_a_worker_failure(tmp_path: Path) -> N
         assert sandbox.run(guest("hello.wasm")).ok
 
 
+def _run_stopped_mid_request(sandbox: IsolatedSandbox, code: str, stdin: bytes) -> tuple[
+        int, threading.Thread, threading.Thread, list[Result]]:
+    """Start, on a thread, a run of exitcode.wasm exiting `code` with `stdin` (far more
+    than the pipe holds), its worker SIGSTOPped once it has read 4 MiB of the request:
+    (the worker's pid, the stopping thread, the running one, where its result goes)."""
+    sandbox.protections()
+    pid = sandbox.worker_pid
+    assert pid is not None
+    watcher = stop_after_reading(pid, 4 * 1024**2)
+    results: list[Result] = []
+    runner = threading.Thread(target=lambda: results.append(sandbox.run(
+        guest("exitcode.wasm"), Invocation(args=(code,), stdin=stdin))), daemon=True)
+    runner.start()
+    return pid, watcher, runner, results
+
+
 def test_a_worker_stopped_while_its_request_is_written_is_a_worker_failure() -> None:
     """Stopped while its standard input was being written to it: the write blocked
     for ever (the stopped-worker check ran only while a reply was awaited), and the
@@ -122,15 +138,9 @@ def test_a_worker_stopped_while_its_request_is_written_is_a_worker_failure() -> 
     policy = Policy.from_profile("default").with_limits(timeout=20.0)
     stdin = bytes(64 * 1024**2)  # far more than the pipe holds: the parent is writing
     with IsolatedSandbox(policy, config=IsolationConfig(grace=1.0)) as sandbox:
-        sandbox.protections()
-        pid = sandbox.worker_pid
-        assert pid is not None
-        watcher = stop_after_reading(pid, 4 * 1024**2)
-        results: list[Result] = []
-        runner = threading.Thread(target=lambda: results.append(sandbox.run(
-            guest("exitcode.wasm"), Invocation(args=("0",), stdin=stdin))), daemon=True)
+        sandbox.protections()  # the worker ready: the wait below is the run's alone
         began = time.monotonic()
-        runner.start()
+        pid, watcher, runner, results = _run_stopped_mid_request(sandbox, "0", stdin)
         runner.join(20)
         waited = time.monotonic() - began
         watcher.join(1)
@@ -309,15 +319,8 @@ def test_interrupt_while_the_request_is_written_ends_that_run() -> None:
     and the run was quietly handed to a fresh worker."""
     policy = Policy.from_profile("default").with_limits(timeout=20.0)
     with IsolatedSandbox(policy, config=IsolationConfig(grace=30.0)) as sandbox:
-        sandbox.protections()
-        pid = sandbox.worker_pid
-        assert pid is not None
-        watcher = stop_after_reading(pid, 4 * 1024**2)
-        results: list[Result] = []
-        runner = threading.Thread(target=lambda: results.append(sandbox.run(
-            guest("exitcode.wasm"), Invocation(args=("7",), stdin=bytes(64 * 1024**2)))),
-            daemon=True)
-        runner.start()
+        pid, watcher, runner, results = _run_stopped_mid_request(
+            sandbox, "7", bytes(64 * 1024**2))
         watcher.join(20)
         wait_for_state(pid, "T")  # stopped partway through its request
         sandbox.interrupt()

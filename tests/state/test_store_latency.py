@@ -279,6 +279,17 @@ def test_a_request_whose_gates_grant_has_no_share_for_it_asks_in_the_next_pipeli
     assert answers[2][1] < 2 * 0.4 * timeout + SLACK, answers
 
 
+def _broken_then_slow(gate: Any, store: Any, delay_line: DelayLine, timeout: float) -> None:
+    """Connect `gate` (its scripts loaded), break its connection, then have the store
+    answer each command in 0.25 of `timeout` and hold scripts for 1.3 s (writes paused,
+    the handshake not): the next admission waits for a fresh connection, then longer."""
+    gate.admit().release()  # connected, scripts loaded
+    store.client_kill_filter(_type="normal", skipme=True)  # the connection breaks
+    time.sleep(0.1)
+    delay_line.delay = 0.25 * timeout
+    store.client_pause(1300, all=False)  # writes (scripts) wait, the handshake not
+
+
 def test_an_admission_waiting_for_a_fresh_connection_keeps_its_timeout_off_a_loop(
         redis_server: RedisServer, delay_line: DelayLine) -> None:
     """The connection broken, an admission off an event loop waited for a fresh one (its
@@ -292,11 +303,7 @@ def test_an_admission_waiting_for_a_fresh_connection_keeps_its_timeout_off_a_loo
     gate = state.gate(_spec(concurrency=1))
     store = redis_server.client()
     try:
-        gate.admit().release()  # connected, scripts loaded
-        store.client_kill_filter(_type="normal", skipme=True)  # the connection breaks
-        time.sleep(0.1)
-        delay_line.delay = 0.25 * timeout
-        store.client_pause(1300, all=False)  # writes (scripts) wait, the handshake not
+        _broken_then_slow(gate, store, delay_line, timeout)
         began = time.monotonic()
         try:
             late: Lease | None = gate.admit()
@@ -337,11 +344,7 @@ def test_a_late_answer_no_thread_can_read_is_never_the_next_admissions(
     gate = state.gate(_spec(concurrency=1))
     store = redis_server.client()
     try:
-        gate.admit().release()  # connected, scripts loaded
-        store.client_kill_filter(_type="normal", skipme=True)  # the connection breaks
-        time.sleep(0.1)
-        delay_line.delay = 0.25 * timeout
-        store.client_pause(1300, all=False)  # writes (scripts) wait, the handshake not
+        _broken_then_slow(gate, store, delay_line, timeout)
         monkeypatch.setattr(threading.Thread, "start", no_late_reader)
         with pytest.raises((StateUnavailable, RuntimeError)):
             gate.admit()
