@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stockade import Invocation, Outcome, Policy, UsageError, WorkerError
+from stockade import Invocation, ModuleError, Outcome, Policy, UsageError, WorkerError
 from stockade.isolate import IsolatedSandbox, IsolationConfig
 from stockade.observe import RunInfo
 from stockade.result import Result
@@ -352,11 +352,31 @@ def test_a_module_file_is_closed_when_the_request_cannot_be_made(
         assert counts[-1] <= counts[1], counts  # the first may start a spare worker
 
 
+def _run_on_thread(sandbox: IsolatedSandbox, module: Path) -> object:
+    """What `sandbox.run(module)` gives (a Result or the exception), from a thread that
+    must be done within 20 s: a run that hangs holds the sandbox for ever."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(sandbox.run(module))
+        except Exception as exc:  # noqa: BLE001 - what the caller sees is the point
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(20)
+    assert not runner.is_alive(), "the run hung on a live worker"
+    return outcome[0]
+
+
 def test_a_module_that_cannot_be_read_as_it_is_sent_fails_the_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A read error on the module file while it was sent (a disk, NFS or FUSE error) was
     taken for the worker's death: the run waited for ever on a live worker, holding the
-    sandbox, and `interrupt()` then had it retried elsewhere (found by review)."""
+    sandbox, and `interrupt()` then had it retried elsewhere (found by review). Then it
+    reached the caller as a bare OSError (a traceback, exit 125 at the command line):
+    it is the in-process sandbox's ModuleError, naming the file (126)."""
     import errno
 
     failures = [OSError(errno.EIO, "Input/output error")]
@@ -369,21 +389,78 @@ def test_a_module_that_cannot_be_read_as_it_is_sent_fails_the_run(
 
     with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:
         sandbox.protections()
+        pid = sandbox.worker_pid
+        assert pid is not None
         monkeypatch.setattr(os, "sendfile", failing)
-        outcome: list[object] = []
-
-        def run() -> None:
-            try:
-                outcome.append(sandbox.run(guest("hello.wasm")))
-            except Exception as exc:  # noqa: BLE001 - what the caller sees is the point
-                outcome.append(exc)
-
-        runner = threading.Thread(target=run, daemon=True)
-        runner.start()
-        runner.join(20)
-        assert not runner.is_alive(), "the run hung on a live worker"
-        assert isinstance(outcome[0], OSError), outcome
+        error = _run_on_thread(sandbox, guest("hello.wasm"))
+        assert isinstance(error, ModuleError), error
+        assert error.exit_code == 126
+        assert error.message == f"{guest('hello.wasm')}: cannot read: Input/output error"
+        assert gone(pid), "the worker handed part of a request lives on"
         assert sandbox.run(guest("hello.wasm")).ok  # the sandbox serves the next run
+
+
+def test_a_module_that_shrinks_as_it_is_sent_fails_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module file cut short while it was sent (another process rewriting it) was
+    padded with zeros up to the size it had when opened, and the worker compiled that:
+    the caller learnt of an invalid module, not of a file that changed under it."""
+    module = tmp_path / "shrinking.wasm"
+    module.write_bytes(guest("hello.wasm").read_bytes())
+    sendfile = os.sendfile
+    cut: list[int] = []
+
+    def truncated_first(out: int, source: int, offset: int, count: int) -> int:
+        if not cut:
+            cut.append(module.stat().st_size)
+            os.truncate(module, 100)
+        return sendfile(out, source, offset, count)
+
+    with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:
+        sandbox.protections()
+        pid = sandbox.worker_pid
+        assert pid is not None
+        monkeypatch.setattr(os, "sendfile", truncated_first)
+        error = _run_on_thread(sandbox, module)
+        assert cut, "the module was not sent from its file"
+        assert isinstance(error, ModuleError), error
+        assert error.exit_code == 126
+        assert error.message == (f"{module}: it shrank to 100 bytes as it was read (it "
+                                 f"held {cut[0]} when it was opened)")
+        assert gone(pid), "the worker handed part of a request lives on"
+        monkeypatch.undo()
+        module.write_bytes(guest("hello.wasm").read_bytes())
+        assert sandbox.run(module).ok
+
+
+def test_interrupt_while_the_worker_starts_ends_that_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`interrupt()` while the run's worker was starting raised WorkerError ("the worker
+    failed to start: ... killed") where it promises a Result with outcome `error`, as at
+    any other moment of the run; the next run starts a fresh worker."""
+    from stockade.isolate import handle
+
+    wait_ready = handle.WorkerProcess.wait_ready
+    starting: list[int] = []
+
+    def interrupted(worker: Any, *args: Any) -> Any:
+        if not starting and worker.protections is None:
+            starting.append(worker.pid)
+            sandbox.interrupt()  # it kills the worker the run waits for
+        return wait_ready(worker, *args)
+
+    with IsolatedSandbox(Policy.from_profile("strict")) as sandbox:
+        monkeypatch.setattr(handle.WorkerProcess, "wait_ready", interrupted)
+        result = sandbox.run(guest("hello.wasm"))
+        assert starting, "no worker started for the run"
+        assert result.outcome is Outcome.ERROR, result.message
+        assert result.exit_code == Outcome.ERROR.exit_code
+        assert "interrupt" in result.message, result.message
+        assert gone(starting[0])
+        monkeypatch.undo()
+        after = sandbox.run(guest("hello.wasm"), Invocation(args=("next",)))
+        assert after.ok and b"arg 1: next" in after.stdout
+        assert sandbox.worker_pid != starting[0]
 
 
 def test_interrupt_while_the_run_moves_to_another_worker_ends_it(

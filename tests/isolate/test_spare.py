@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from stockade import Outcome, Policy
+import pytest
+
+from stockade import Invocation, Outcome, Policy
+from stockade.cancel import CANCELLED, CancelToken, cancellable
 from stockade.isolate import IsolatedSandbox, IsolationConfig
 from stockade.isolate.handle import _temp_base
 from tests.conftest import guest
@@ -118,3 +122,46 @@ def test_a_sandbox_told_to_keep_no_spare_keeps_none() -> None:
         for _ in range(3):
             assert sandbox.run(guest("hello.wasm")).ok
         assert sandbox.spare_pid is None
+
+
+def test_a_retiring_workers_discard_keeps_the_spare_promoted_in_its_place(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose CPU budget is spent answers `retire`; a cancellation landing as
+    that answer is read has the run's clean-up discard it already, promoting the spare.
+    Discarding the retired worker again must not kill that spare, now the current
+    worker, and start yet another in its place."""
+    from stockade.isolate import process
+
+    collect = process.IsolatedSandbox._collect
+    token = CancelToken()  # each run's own, below
+    retired: list[tuple[int, int]] = []  # (the retired worker, the spare then)
+
+    def cancelled_as_it_retires(self: Any, worker: Any, *args: Any, **kwargs: Any) -> Any:
+        outcome = collect(self, worker, *args, **kwargs)
+        if outcome is process._RETIRE and self.spare_pid is not None:
+            retired.append((worker.pid, self.spare_pid))
+            token.cancel()
+        return outcome
+
+    monkeypatch.setattr(process.IsolatedSandbox, "_collect", cancelled_as_it_retires)
+    # One request's CPU budget (RLIMIT_CPU) per worker, whole seconds: a second of
+    # spinning spends what is left of it, and the worker retires at its next request.
+    config = IsolationConfig(grace=GRACE, cpu_budget_runs=1)
+    policy = Policy.from_profile("default").with_limits(timeout=20.0, max_memory="8MiB")
+    with IsolatedSandbox(policy, config=config) as sandbox:
+        for _ in range(200):
+            token = CancelToken()
+            with cancellable(token):
+                result = sandbox.run(guest("spin.wasm"), Invocation(args=("50000000",)))
+            if retired:
+                break
+            assert result.ok, result.message
+        else:
+            pytest.fail("no worker retired while a spare was kept")
+        old, spare = retired[-1]
+        assert result.outcome is Outcome.ERROR and result.message == CANCELLED.message
+        assert gone(old)
+        assert sandbox.worker_pid == spare, "the promoted spare was discarded too"
+        assert not gone(spare)
+        assert sandbox.run(guest("hello.wasm")).ok
+        assert sandbox.worker_pid == spare

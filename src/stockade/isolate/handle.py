@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..allocator import arena_limit, run_tunables
-from ..engine.cache import MAX_BYTES_ENV, AotCache, cache_max_bytes
+from ..engine.cache import MAX_BYTES_ENV, AotCache
 from ..engine.seal import scoped_key
 from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
@@ -89,7 +89,7 @@ def worker_environment(plan: WorkerPlan) -> dict[str, str]:
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the package is read-only to the worker
     if plan.cache is not None:
         env["STOCKADE_CACHE_DIR"] = str(plan.cache)
-        env[MAX_BYTES_ENV] = str(cache_max_bytes())  # its scope's cap is this one's
+        env[MAX_BYTES_ENV] = str(plan.cache_max_bytes)  # its sandbox's checked cap
     env["STOCKADE_CONFIG_DIR"] = str(config_dir())  # so key paths agree with the parent's
     if plan.temp_dir is not None:
         env["TMPDIR"] = env["HOME"] = str(plan.temp_dir)
@@ -108,7 +108,8 @@ def _scoped(plan: WorkerPlan) -> WorkerPlan:
         key = None
     if not plan.cache_scope:  # this host's own cache (see WorkerPlan.cache_scope)
         return dataclasses.replace(plan, aot_key=key)
-    cache = plan.cache and AotCache(plan.cache).scope(plan.cache_scope).root
+    cache = plan.cache and AotCache(
+        plan.cache, max_bytes=plan.cache_max_bytes).scope(plan.cache_scope).root
     return dataclasses.replace(
         plan, cache=cache, aot_key=key and scoped_key(key, plan.cache_scope))
 
@@ -276,7 +277,9 @@ class WorkerProcess:
 
     def send_file(self, fd: int, size: int, deadline: float | None = None,
                   stall: float | None = None) -> None:
-        """Send `size` bytes of the open file `fd` as one raw frame. Raises as `send`."""
+        """Send `size` bytes of the open file `fd` as one raw frame. Raises as `send`,
+        and SourceUnreadable when the file cannot be read to `size` bytes (a read error,
+        or it shrank): part of the frame is then in the pipe, as at a TimeoutError."""
         self._write(lambda wait: write_file_frame(self._to_worker, fd, size, wait),
                     deadline, stall)
 
@@ -296,8 +299,8 @@ class WorkerProcess:
             write(wait)
         except BrokenPipeError:  # no reader left
             raise EOFError("the worker is gone") from None
-        # Any other OSError (TimeoutError; a module file that cannot be read as it is
-        # sent) is raised as it is: the worker, alive, waits for the rest of its frame.
+        # Anything else (TimeoutError, WorkerStopped, SourceUnreadable) is raised as it
+        # is: the worker, alive, waits for the rest of its frame.
 
     def allow_memory(self, extra: int) -> bool:
         """Let the worker's cgroup hold `extra` bytes over its memory limit (0: back to

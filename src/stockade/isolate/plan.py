@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..engine.cache import cache_max_bytes
 from ..paths import PACKAGE_ROOT, cache_dir
 from ..policy import Policy, Trust
 from ..sandbox.backend import Backend, worker_backend
@@ -75,6 +76,11 @@ class WorkerPlan:
     # sha256 digests of `.cwasm` files the parent verified under this host's key (the
     # worker, holding only its scope's key, could not): `seal.vouch_for`.
     vouched: frozenset[str] = frozenset()
+    # The most the entries of the worker's AoT cache may total: `STOCKADE_CACHE_MAX_BYTES`,
+    # read and checked once, as the plan is made (UsageError), and handed to each of its
+    # workers (`handle.worker_environment`) and to its sandbox's own cache: one cap for
+    # all, whatever the variable holds by the time a worker starts.
+    cache_max_bytes: int = dataclasses.field(default_factory=cache_max_bytes)
 
     @property
     def all_grants(self) -> tuple[tuple[Path, bool], ...]:

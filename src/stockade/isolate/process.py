@@ -22,8 +22,12 @@ one is. So that the run after a timeout does not wait for a worker to start and 
 such a sandbox keeps one spare worker, started from its second run on (a one-shot
 sandbox pays for none), which takes over when the current one is lost; never more than
 one. Module files are read here and sent as bytes: the worker cannot open the caller's
-files. A worker that dies (cgroup OOM kill, crash, SIGKILL) yields outcome `error` with
-the cause; either way a fresh worker (or the spare) replaces it and the caller goes on.
+files; one that cannot be read to its end as it is sent (a read error, or it shrank)
+fails the run with ModuleError naming it, as in process, and the worker handed part
+of it is replaced. A worker that dies (cgroup OOM kill, crash, SIGKILL) yields outcome
+`error` with the cause; either way a fresh worker (or the spare) replaces it and the
+caller goes on. `interrupt()` ends the run in progress the same way (outcome `error`),
+whenever it lands: while its worker starts, as its request is written, or later.
 
 The worker runs the C-API backend (`CapiSandbox`) unless `sandbox.backend` refuses the
 policy or the module (then wasmtime-py's `Sandbox`); a module the C-API worker leaves to
@@ -53,7 +57,7 @@ from typing import Any
 from ..cancel import CANCELLED, current_token
 from ..digests import sha256
 from ..engine.cache import AotCache
-from ..errors import PrecompiledRefused, StockadeError, UsageError, WorkerError
+from ..errors import ModuleError, PrecompiledRefused, StockadeError, UsageError, WorkerError
 from ..fileid import path_key
 from ..invocation import Invocation
 from ..modulearg import module_argument
@@ -71,7 +75,7 @@ from .handle import WorkerProcess, WorkerStopped
 from .modules import ModuleFile, open_module
 from .plan import WorkerPlan, cgroup_limits_for, plan_for, vouched_files
 from .protections import Protection
-from .protocol import error_from_wire, result_from_wire
+from .protocol import SourceUnreadable, error_from_wire, result_from_wire
 from .reseal import Resealer
 
 __all__ = ["IsolatedSandbox"]
@@ -134,8 +138,10 @@ class IsolatedSandbox(RunMethods):
         self._closed = False
         # This host's compiled code, copied into the workers' AoT scope before a module
         # is sent: a scoped worker must not compile what this host already has.
-        self._resealer = (Resealer(AotCache(self._plan.cache), self._plan.cache_scope,
-                                   self.policy.limits)
+        # Under the cap its workers are handed (`WorkerPlan.cache_max_bytes`).
+        self._resealer = (Resealer(AotCache(self._plan.cache,
+                                            max_bytes=self._plan.cache_max_bytes),
+                                   self._plan.cache_scope, self.policy.limits)
                           if self._plan.cache is not None and self._plan.cache_scope else None)
         limits = self.policy.limits
         self._reply_limit = 2 * limits.max_output + 16 * 1024**2
@@ -353,13 +359,15 @@ class IsolatedSandbox(RunMethods):
             self._lost_cause = None
             interrupts = self._interrupts
             for _ in range(3):
-                worker = self._ready_worker(backend)  # kept for the next run if cancelled
+                try:
+                    worker = self._ready_worker(backend)  # kept for the next run if cancelled
+                except WorkerError:
+                    if self._interrupts == interrupts:
+                        raise
+                    return self._interrupted(module)  # it killed the worker as it started
                 if self._interrupts != interrupts:
-                    # `interrupt()` while this run moved to another worker, which it
-                    # could not reach yet: the run ends as it promises.
-                    return self._synthetic(module, None, time.monotonic(), Outcome.ERROR,
-                                           "interrupted (IsolatedSandbox.interrupt) while "
-                                           "the run moved to another worker")
+                    # While this run moved to another worker, which it could not reach yet.
+                    return self._interrupted(module)
                 if token is not None and token.cancelled:  # waiting for the lock or the worker
                     return self._synthetic(module, None, time.monotonic(), CANCELLED.outcome,
                                            CANCELLED.message)
@@ -369,6 +377,10 @@ class IsolatedSandbox(RunMethods):
                 except EOFError:
                     self._discard()
                     continue
+                except WorkerError:  # the fresh worker did not start (it is discarded)
+                    if self._interrupts == interrupts:
+                        raise
+                    return self._interrupted(module)
                 except BaseException:  # part of a request may be in the pipe
                     self._lose(worker)
                     raise
@@ -465,7 +477,7 @@ class IsolatedSandbox(RunMethods):
             raise
         if isinstance(source, ModuleFile):
             worker.sent.add(source.key)
-            return _Request(message, fd, source.size, stdin)
+            return _Request(message, fd, source.size, stdin, source.path)
         return _Request(message, fd, 0, stdin)
 
     @staticmethod
@@ -630,6 +642,14 @@ class IsolatedSandbox(RunMethods):
             limits=self.policy.limits.as_dict(), coldstart=info.coldstart if info else False,
         )
 
+    def _interrupted(self, module: str | Path | bytes) -> Result:
+        """The run `interrupt()` stopped before a worker took it (the worker it was to
+        have was starting, or the run was moving to another): outcome `error`, as an
+        interrupt at any other moment of a run gives; the next run gets a fresh worker."""
+        return self._synthetic(module, None, time.monotonic(), Outcome.ERROR,
+                               "interrupted (IsolatedSandbox.interrupt) before a worker "
+                               "took the run")
+
     def _killed(self, module: str | Path | bytes, info: RunInfo | None, begun: float,
                 started: bool) -> Result:
         if started:
@@ -680,18 +700,26 @@ def _stdin_allowance(invocation: Invocation) -> int:
 @dataclasses.dataclass
 class _Request:
     """A run request as the worker reads it: `message`, then, when `fd` is set, `size`
-    bytes of the module file it is open on, then `stdin` (each a raw frame)."""
+    bytes of the module file it is open on (`path`, as the caller named it), then `stdin`
+    (each a raw frame)."""
 
     message: tuple[Any, ...]
     fd: int | None
     size: int
     stdin: bytes
+    path: str = ""
 
     def send(self, worker: WorkerProcess, deadline: float | None, stall: float) -> None:
-        """Write it all. Raises as `WorkerProcess.send`."""
+        """Write it all. Raises as `WorkerProcess.send`, and ModuleError naming the
+        module file when it cannot be read to its end (a read error, or it shrank), as
+        the in-process sandbox reports a file it cannot read; the worker, handed part of
+        the request, must then be killed (as after any exception here)."""
         worker.send(self.message, deadline, stall)
         if self.fd is not None:
-            worker.send_file(self.fd, self.size, deadline, stall)
+            try:
+                worker.send_file(self.fd, self.size, deadline, stall)
+            except SourceUnreadable as exc:
+                raise ModuleError(f"{self.path}: {exc}") from None
         if self.stdin:
             worker.send_bytes(self.stdin, deadline, stall)
 

@@ -28,8 +28,8 @@ from .. import errors
 from ..errors import StockadeError, WorkerError
 from ..result import Outcome, Result, Usage
 
-__all__ = ["DeadlineExceeded", "Wait", "write_frame", "write_file_frame", "write_bytes_frame",
-           "read_frame", "read_raw_frame",
+__all__ = ["DeadlineExceeded", "SourceUnreadable", "Wait", "write_frame", "write_file_frame",
+           "write_bytes_frame", "read_frame", "read_raw_frame",
            "loads_plain", "read_reply",
            "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
 
@@ -43,6 +43,12 @@ _ERRORS: dict[str, type[StockadeError]] = {
 
 class DeadlineExceeded(Exception):
     """No complete frame arrived before the deadline."""
+
+
+class SourceUnreadable(Exception):
+    """The file a raw frame is sent from could not be read to the frame's announced
+    length (`write_file_frame`; the message says why): the frame is cut short, and its
+    reader, waiting for the rest, must be handed nothing more."""
 
 
 # Called when a non-blocking pipe is full; returns once it may take more, or raises.
@@ -77,8 +83,9 @@ def write_frame(fd: int, message: Any, wait: Wait | None = None) -> None:
 
 def write_file_frame(fd: int, source: int, size: int, wait: Wait | None = None) -> None:
     """Write `size` bytes of the file `source` (from its start) as one raw frame, by
-    sendfile: the bytes never enter this process's memory. A file that shrank since
-    its size was taken is padded with zeros (the frame keeps its announced length)."""
+    sendfile: the bytes never enter this process's memory. Raises SourceUnreadable when
+    the file cannot be read (an I/O error) or holds fewer bytes than `size` (it shrank
+    since its size was taken): the frame is then cut short."""
     _write_all(fd, _HEADER.pack(size), wait)
     offset = 0
     while offset < size:
@@ -87,14 +94,14 @@ def write_file_frame(fd: int, source: int, size: int, wait: Wait | None = None) 
         except BlockingIOError:
             _blocked(fd, wait)
             continue
+        except BrokenPipeError:
+            raise  # the reader is gone, not the file
+        except OSError as exc:
+            raise SourceUnreadable(f"cannot read: {exc.strerror or exc}") from None
         if sent == 0:
-            break
+            raise SourceUnreadable(f"it shrank to {offset} bytes as it was read (it held "
+                                   f"{size} when it was opened)")
         offset += sent
-    padding = size - offset
-    while padding > 0:
-        chunk = min(padding, 1 << 16)
-        _write_all(fd, bytes(chunk), wait)
-        padding -= chunk
 
 
 def write_bytes_frame(fd: int, data: bytes, wait: Wait | None = None) -> None:
