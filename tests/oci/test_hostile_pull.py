@@ -1261,9 +1261,9 @@ def count_layer_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     opened: list[str] = []
     real = image_module.open_layer
 
-    def counting(descriptor: dict[str, object], path: Path) -> object:
+    def counting(descriptor: dict[str, object], handle: object) -> object:
         opened.append(str(descriptor["digest"]))
-        return real(descriptor, path)  # type: ignore[arg-type]
+        return real(descriptor, handle)  # type: ignore[arg-type]
 
     monkeypatch.setattr(image_module, "open_layer", counting)
     monkeypatch.setattr(transfer_module, "open_layer", counting, raising=False)

@@ -78,6 +78,7 @@ def long_name(name: str, kind: bytes = tarfile.GNUTYPE_LONGNAME) -> bytes:
 # The module's path in a member's data, read as a header where tarfile misreads the size.
 HIDDEN = member("bin/app.wasm", X)
 SIZE = b"%011o\0" % len(HIDDEN)
+TIMES = b"15305524154\0" * 2  # as GNU tar --incremental writes them at byte 345
 
 # (the upper layer over LOWER, what containerd left at /bin/app.wasm)
 CASES: dict[str, tuple[bytes, str]] = {
@@ -87,6 +88,19 @@ CASES: dict[str, tuple[bytes, str]] = {
         member("app.wasm", X, magic=bytes(8), prefix=b"bin\0") + END, "OTHER"),
     "prefix-with-gnu-magic": (
         member("app.wasm", X, magic=b"ustar  \0", prefix=b"bin\0") + END, "X"),
+    # (the next three read from Go's archive/tar and containerd's apply code) ustar's
+    # magic whatever its version: GNU tar and Go join the prefix, as tarfile does
+    "ustar-prefix-of-another-version": (
+        member("app.wasm", X, magic=b"ustar\0xx", prefix=b"bin\0") + END, "X"),
+    # a GNU header's access and change times (GNU tar's incremental archives), where
+    # ustar has its prefix: read as times by GNU tar and Go, joined to the name by tarfile
+    "gnu-header-with-times": (
+        member("bin/app.wasm", X, magic=b"ustar  \0", prefix=TIMES) + END, "X"),
+    # GNU tar takes a negative size for no header (exit 2, and makes /bin for the
+    # member below it), Go ignores a directory's size
+    "directory-of-a-negative-size": (
+        member("bin", kind=tarfile.DIRTYPE, size=b"\xff" * 12) + member("bin/app.wasm", X)
+        + END, "X"),
     # extended headers: tarfile keeps the first of a kind, GNU tar and Go the last; GNU
     # tar lets a pax path win over a long name, Go the long name
     "one-pax-header": (
@@ -173,8 +187,11 @@ def test_the_module_is_what_both_unpackers_read(serve: Callable[[], Server], tmp
 
 
 @pytest.mark.parametrize(("case", "says"), [
-    ("prefix-without-magic", "a name prefix in a header that is not POSIX ustar"),
-    ("prefix-with-gnu-magic", "a name prefix in a header that is not POSIX ustar"),
+    ("prefix-without-magic", "a name prefix in a header whose magic is not ustar's"),
+    ("prefix-with-gnu-magic", "a GNU header whose access and change times (bytes 345-368) "
+                              "b'bin\\x00"),
+    ("directory-of-a-negative-size", "a header of a negative size, -1 (GNU tar takes it for "
+                                     "no header"),
     ("two-pax-headers", "two pax headers before one member"),
     ("two-long-names", "two GNU long-name headers before one member"),
     ("pax-path-then-long-name", "a pax path and a GNU long name for one member"),
@@ -255,6 +272,36 @@ def test_layers_gnu_tar_writes_are_read(serve: Callable[[], Server], tmp_path: P
     entry = "/" + str(module.relative_to(tree))
     done = pulled(serve(), "gnu", [made.stdout], tmp_path, entry)
     assert done.module_digest == sha(X)
+
+
+def incremental(tmp_path: Path, *names: str) -> bytes:
+    """A layer GNU tar writes as an incremental archive (`-G`) of a tree holding X at
+    bin/app.wasm: `names` as given, a dump directory (type D) for each directory."""
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "app.wasm").write_bytes(X)
+    made = subprocess.run([require("tar"), "--format=gnu", "-G", "-C", str(tree), "-cf", "-",
+                           *names],
+                          capture_output=True, timeout=60, check=True)
+    return made.stdout
+
+
+def test_an_incremental_archive_is_read_by_its_names(serve: Callable[[], Server],
+                                                     tmp_path: Path) -> None:
+    """Its headers hold times at byte 345, which tarfile joined to every name."""
+    upper = incremental(tmp_path, "bin/app.wasm")
+    assert upper[345:357].rstrip(b"\0").isdigit()
+    assert gnu_tar([LOWER, upper], tmp_path / "tar") == (X, True)
+    assert pulled(serve(), "incremental", [LOWER, upper], tmp_path, ENTRY).module_digest == \
+        sha(X)
+
+
+def test_a_dump_directory_is_refused(serve: Callable[[], Server], tmp_path: Path) -> None:
+    upper = incremental(tmp_path, ".")
+    with pytest.raises(ModuleError) as caught:
+        pulled(serve(), "incremental", [LOWER, upper], tmp_path, ENTRY)
+    assert caught.value.message.startswith(f"layer {sha(upper)}: a GNU dump directory (type D"), \
+        caught.value.message
 
 
 def test_the_cli_refuses_it_in_one_line(serve: Callable[[], Server], tmp_path: Path) -> None:

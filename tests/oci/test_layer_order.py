@@ -113,6 +113,26 @@ CASES: dict[str, tuple[list[bytes], str]] = {
     "module-then-opaque-in-its-implied-parent": (
         [layer(("bin/app.wasm", b"lower")),
          layer(("bin/app.wasm", X), ("bin/.wh..wh..opq", b""))], "X"),
+    # across layers: the module written below what a lower layer leaves a file (overlayfs
+    # hides the file under the upper layer's directory, native unpacking stops at it)
+    "module-over-a-lower-file": (
+        [layer(("bin", b"F")), layer(("bin/app.wasm", X))],
+        "fails (native), X (overlayfs)"),
+    "module-over-a-lower-file-replaced-by-a-directory": (
+        [layer(("bin", b"F")), layer(("bin", None), ("bin/app.wasm", X))], "X"),
+    "module-over-a-lower-file-a-middle-layer-replaced": (
+        [layer(("bin", b"F")), layer(("bin", None)), layer(("bin/app.wasm", X))], "X"),
+    "module-over-a-lower-file-below-a-middle-directory": (
+        [layer(("bin", b"F")), layer(("bin/other", b"c")), layer(("bin/app.wasm", X))],
+        "fails (native), X (overlayfs)"),
+    # a whiteout of the module's parent, then the module, in one layer: overlayfs makes the
+    # whiteout a device at /bin and stops at the module below it
+    "parent-whiteout-then-module": (
+        [layer(("bin", None), ("bin/app.wasm", b"lower")),
+         layer((".wh.bin", b""), ("bin/app.wasm", X))], "X (native), fails (overlayfs)"),
+    "parent-whiteout-then-the-parent-then-module": (
+        [layer(("bin", None), ("bin/app.wasm", b"lower")),
+         layer((".wh.bin", b""), ("bin", None), ("bin/app.wasm", X))], "X"),
 }
 
 
@@ -152,12 +172,48 @@ def test_the_module_is_what_every_unpacker_leaves(serve: Callable[[], Server], t
      "opaque marker .wh..wh..opq after it, /bin having no member of its own"),
     ("module-then-opaque-then-its-parent",
      "opaque marker .wh..wh..opq after it, /bin having no member of its own"),
+    ("module-over-a-lower-file", "writes it below /bin, which layer sha256:"),
+    ("module-over-a-lower-file-below-a-middle-directory",
+     "writes it below /bin, which layer sha256:"),
+    ("parent-whiteout-then-module", "writes it below /bin, the whiteout .wh.bin of it"),
 ])
 def test_the_refusal_says_which_members_disagree(serve: Callable[[], Server], tmp_path: Path,
                                                  case: str, says: str) -> None:
     with pytest.raises(ModuleError) as caught:
         pulled(serve(), "order", CASES[case][0], tmp_path, ENTRY)
     assert says in caught.value.message, caught.value.message
+
+
+def test_a_lower_file_is_named_with_its_layer(serve: Callable[[], Server],
+                                             tmp_path: Path) -> None:
+    layers = CASES["module-over-a-lower-file"][0]
+    with pytest.raises(ModuleError) as caught:
+        pulled(serve(), "order", layers, tmp_path, ENTRY)
+    assert caught.value.message.startswith(
+        f"{ENTRY}: layer {sha(layers[1])} writes it below /bin, which layer {sha(layers[0])} "
+        "holds as a regular file"), caught.value.message
+
+
+def test_a_lower_whiteout_settles_the_parent(serve: Callable[[], Server],
+                                             tmp_path: Path) -> None:
+    """A middle layer deleting the lower file (OCI: a whiteout hides the layers below)
+    leaves nothing the module is written below: every unpacker writes it."""
+    layers = [layer(("bin", b"F")), layer((".wh.bin", b"")), layer(("bin/app.wasm", X))]
+    assert pulled(serve(), "order", layers, tmp_path, ENTRY).module_digest == sha(X)
+
+
+@pytest.mark.parametrize("case", ["module-over-a-lower-file", "parent-whiteout-then-module"])
+def test_the_cli_refuses_an_image_across_layers_in_one_line(
+        serve: Callable[[], Server], tmp_path: Path, case: str) -> None:
+    registry = serve()
+    layers = CASES[case][0]
+    image(registry, "across", layers, config={"config": {"Entrypoint": [ENTRY]}})
+    env = stockade_env(tmp_path / "cache", tmp_path / "state")
+    env.update(HOME=str(tmp_path), STOCKADE_INSECURE_REGISTRIES=registry.host)
+    done = cli(env, "oci", "pull", f"{registry.host}/across:1")
+    assert done.returncode == 126, done.stderr
+    assert "writes it below /bin" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 
 def test_the_cli_refuses_it_in_one_line(serve: Callable[[], Server], tmp_path: Path) -> None:

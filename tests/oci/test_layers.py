@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from stockade.errors import ModuleError
-from stockade.oci.errors import BlobTooLarge
+from stockade.oci.errors import BlobTooLarge, StoreCorrupt
 from stockade.oci.image import extract_module
 from stockade.oci.reference import parse_reference
 from stockade.oci.store import Store
-from stockade.oci.transfer import PulledImage, pull
+from stockade.oci.transfer import PulledImage, load_local, pull
 
 from .test_hostile_pull import (  # noqa: F401
     WASM,
@@ -238,6 +238,54 @@ def test_a_pull_reads_each_layer_once(serve: Callable[[], Server], tmp_path: Pat
                 frozenset({registry.host}))
     assert done.module_digest == sha(UPPER)
     assert len(opened) == len(tars) == len(set(opened)), opened
+
+
+def _bytes_read() -> int:
+    """What this process has read so far through read(2) and its kin, in bytes."""
+    io_file = Path("/proc/self/io")
+    if not io_file.exists():
+        pytest.skip("no /proc/self/io to count the bytes read")
+    return next(int(line.split()[1]) for line in io_file.read_text().splitlines()
+                if line.startswith("rchar:"))
+
+
+def test_a_run_from_the_store_reads_each_layer_once(serve: Callable[[], Server],
+                                                    tmp_path: Path) -> None:
+    """`load_local` (every `run oci://` of a stored image) hashed each layer file through,
+    then read it again to search it: 2x the image's bytes. Now the hash is taken in the
+    read that searches it, and a changed layer is still caught."""
+    registry = serve()
+    tars = [_padding(0, 24 << 20), layer(("app.wasm", UPPER))]
+    image(registry, "stored", tars)
+    ref = parse_reference(f"{registry.host}/stored:1")
+    store = Store(tmp_path / "store")
+    pull(ref, store, frozenset({registry.host}))
+    before = _bytes_read()
+    assert load_local(ref, store).module_digest == sha(UPPER)
+    read = _bytes_read() - before
+    assert sum(map(len, tars)) <= read < 1.25 * sum(map(len, tars)), read
+    blob = store.blob_path(sha(tars[0]))
+    blob.write_bytes(blob.read_bytes()[:-1] + b"!")  # in the archive's end, past the search
+    with pytest.raises(StoreCorrupt, match="does not match its digest"):
+        load_local(ref, store)
+    assert not blob.exists()
+
+
+def test_a_stored_layer_changed_into_no_tar_is_reported_as_corrupt(
+        serve: Callable[[], Server], tmp_path: Path) -> None:
+    """The search fails on the changed bytes before the hash is complete: the blob's own
+    digest, not what its bytes made of the search, is the error."""
+    registry = serve()
+    tars = [layer(("app.wasm", UPPER))]
+    image(registry, "garbled", tars)
+    ref = parse_reference(f"{registry.host}/garbled:1")
+    store = Store(tmp_path / "store")
+    pull(ref, store, frozenset({registry.host}))
+    blob = store.blob_path(sha(tars[0]))
+    blob.write_bytes(b"no tar header" + bytes(len(tars[0])))
+    with pytest.raises(StoreCorrupt):
+        load_local(ref, store)
+    assert not blob.exists()
 
 
 def test_unpacked_bytes_are_charged_once(serve: Callable[[], Server], tmp_path: Path) -> None:

@@ -15,13 +15,18 @@ layer the last member at a path wins, as GNU tar and containerd apply it; where 
 would leave different things at the module's path (a parent replaced by a file after
 the module, the module replacing a directory that holds something, a whiteout or a
 member below the module after it, an opaque marker after it over a directory the layer
-has no member for) or neither could write it (below a file), the image is refused
-(`_InOrder`). So is a member whose name GNU tar does not write as named and containerd
-does (a `..` component, a trailing `/.`, a file named as a directory: `_check_name`).
+has no member for) or one of them could not write it (below a file; below a whiteout of
+its directory, which overlayfs unpacks as a device), the image is refused (`_InOrder`).
+So is an image whose module is written below what a lower layer leaves a file
+(`_Beneath`: overlayfs hides the file under the upper directory, tar and containerd's
+native unpacking cannot write there), and a member whose name GNU tar does not write as
+named and containerd does (a `..` component, a trailing `/.`, a file named as a
+directory: `_check_name`).
 
 A layer is read once, one member at a time, and its members are not kept (tarfile would
 keep them all: 470 bytes each, a million of them in a 2.7 MB gzipped layer); a pull
-checks its `rootfs.diff_ids` entry in the same read, to the end of the stream. At most
+checks its `rootfs.diff_ids` entry in the same read, to the end of the stream, and a
+load from the store the blob's own digest (`Store.verifying`), to the end of the file. At most
 `MAX_LAYER_MEMBERS` tar headers per layer and `MAX_PULL_MEMBERS` over every layer one
 search reads, extended headers included.
 
@@ -47,6 +52,7 @@ import posixpath
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -71,7 +77,7 @@ from .tarheaders import guarded
 __all__ = ["WasmImage", "UnpackBudget", "parse_json", "select_platform",
            "validate_wasm_config", "describe", "extract_module", "manifest_kind", "open_layer",
            "field", "strings", "MAX_EXTENDED_HEADER", "EXTENDED_HEADER_WORK",
-           "MAX_LAYER_MEMBERS", "MAX_PULL_MEMBERS", "MAX_PATH_RECORD"]
+           "MAX_LAYER_MEMBERS", "MAX_PULL_MEMBERS", "MAX_PATH_RECORD", "BlobOpener"]
 
 MAX_EXTENDED_HEADER = 64 * 1024  # legitimate ones hold a path, times, an xattr or two
 # ~5 s of CPU for the worst 64 KiB header; 10,000 headers of 200 bytes use a tenth of it
@@ -300,18 +306,22 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
+# Opens a layer's blob, by its digest, for one read through (`Store.verifying`).
+BlobOpener = Callable[[str], AbstractContextManager[io.BufferedReader]]
+
+
 @contextlib.contextmanager
-def open_layer(descriptor: dict[str, Any], path: Path) -> Iterator[io.BufferedIOBase]:
-    """The unpacked bytes of a layer file: gunzipped when its media type or its magic says
-    gzip. Read from the file as needed, so no layer is held in memory whole."""
-    with open(path, "rb") as handle:
-        packed = descriptor.get("mediaType") in GZIP_LAYERS or handle.read(2) == b"\x1f\x8b"
-        handle.seek(0)
-        if not packed:
-            yield handle
-            return
-        with gzip.GzipFile(fileobj=handle, mode="rb") as unpacked:
-            yield unpacked
+def open_layer(descriptor: dict[str, Any],
+               handle: io.BufferedReader) -> Iterator[io.BufferedIOBase]:
+    """The unpacked bytes of a layer file opened as `handle`: gunzipped when its media
+    type or its magic says gzip. Read from `handle` as needed and once, never sought
+    back (whoever opened it may be hashing it), so no layer is held in memory whole."""
+    packed = descriptor.get("mediaType") in GZIP_LAYERS or handle.peek(2)[:2] == b"\x1f\x8b"
+    if not packed:
+        yield handle
+        return
+    with gzip.GzipFile(fileobj=handle, mode="rb") as unpacked:
+        yield unpacked
 
 
 def _normal(name: str) -> str:
@@ -407,6 +417,9 @@ class _Found:
 
     data: bytes | None = None
     hides: str = ""
+    # The module's parents its layer did not make directories before it: what the
+    # layers below leave there decides whether it can be written (`_Beneath`).
+    open_parents: tuple[str, ...] = ()
 
 
 _KINDS = {tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symbolic link",
@@ -439,10 +452,14 @@ class _InOrder:
         self.found = _Found()
         self.last = ""  # the kind of the last member at the module's path
         self.below = ""  # a member below the module's path, making it a directory
-        # Parents last named as a file that is not a directory (links left out: `_Links`
-        # refuses a path through one, saying so).
-        self.not_directories: set[str] = set()
+        # Parents left as no directory, by a file or a whiteout, and why the module
+        # cannot be written below them (links left out: `_Links` refuses a path through
+        # one, saying so).
+        self.not_directories: dict[str, tuple[str, str]] = {}
         self.listed: set[str] = set()  # parents the layer has a member for, so far
+        # Parents the layer has made directories, whatever the layers below hold there:
+        # last named as a directory, or below an opaque marker.
+        self.made: set[str] = set()
 
     def add(self, member: tarfile.TarInfo, name: str, tar: tarfile.TarFile) -> None:
         """Apply `member` (`name` normalized), reading the module's bytes from `tar`.
@@ -455,7 +472,7 @@ class _InOrder:
         elif base.startswith(WHITEOUT) and base != OPAQUE:
             target = posixpath.join(directory, base[len(WHITEOUT):])
             if target == self.wanted or target in self.parents:
-                self._whiteout(name)
+                self._whiteout(name, target)
         elif name in self.parents:
             self._parent(member, name)
         elif name == self.wanted:
@@ -481,10 +498,17 @@ class _InOrder:
                          "cannot write that member, containerd stops at it")
         self.below = self.below or name
 
-    def _whiteout(self, name: str) -> None:
+    def _whiteout(self, name: str, target: str) -> None:
         if self.last == _FILE:
             self._refuse(f"holds it, then the whiteout {name} after it", "OCI and tar keep "
                          "what the layer itself holds, containerd deletes it")
+        if target != self.wanted:
+            # overlayfs unpacks a whiteout as a device at its path, and stops at a member
+            # below it; tar and native unpacking write the module in a directory there.
+            self.not_directories[target] = (
+                f"the whiteout {name} of it", "overlayfs leaves a whiteout device there and "
+                "cannot write below it, tar and containerd's native unpacking write it")
+            self.made.discard(target)
         self.found.hides = f"whiteout {name}"
 
     def _opaque(self, name: str, directory: str) -> None:
@@ -495,19 +519,26 @@ class _InOrder:
                          "having no member of its own", "OCI, tar and overlayfs keep what the "
                          "layer itself holds, containerd's native unpacking removes a "
                          "directory its layer did not list, and the module in it")
+        # Nothing of the layers below is left in it: the directories below it are this
+        # layer's to make.
+        self.made.update(parent for parent in self.parents
+                         if not directory or parent.startswith(directory + "/"))
         self.found.hides = f"{directory or '/'} made opaque ({OPAQUE})"
 
     def _parent(self, member: tarfile.TarInfo, name: str) -> None:
         self.listed.add(name)
         if member.isdir():
-            self.not_directories.discard(name)
+            self.not_directories.pop(name, None)
+            self.made.add(name)
             return
+        self.made.discard(name)
         if not member.issym():
             if self.last == _FILE:
                 self._refuse(f"holds it, then /{name} replaced by a file that is not a "
                              "directory after it", "tar keeps the module (it cannot replace "
                              "a directory that is not empty), containerd removes it")
-            self.not_directories.add(name)
+            self.not_directories[name] = ("a file that is not a directory",
+                                          "neither tar nor containerd can write it there")
         self.found.hides = f"/{name} replaced by a file that is not a directory"
 
     def _module(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
@@ -524,13 +555,63 @@ class _InOrder:
                                   "copy, a first match the first); refused")
             blocked = next((p for p in self.parents if p in self.not_directories), None)
             if blocked is not None:
-                self._refuse(f"writes it below /{blocked}, a file that is not a directory",
-                             "neither tar nor containerd can write it there")
+                what, why = self.not_directories[blocked]
+                self._refuse(f"writes it below /{blocked}, {what}", why)
             handle = tar.extractfile(member)
             if handle is None:
                 raise ModuleError(f"{self.path}: not readable in the image")
             self.found.data = handle.read()
+            self.found.open_parents = tuple(p for p in self.parents if p not in self.made)
         self.last = kind
+
+
+class _Beneath:
+    """The module's parents its layer left to the layers below (`_Found.open_parents`),
+    as each of them, top down, leaves them: a directory there, or a deletion (a whiteout
+    of it or above it, an opaque marker above it), settles a parent; a file that is not
+    a directory refuses the image. The module's layer writes below it, which neither
+    tar nor containerd's native unpacking can (it stops there), while overlayfs hides
+    the file under the layer's directory and runs the module."""
+
+    def __init__(self, found: _Found, path: str, where: str) -> None:
+        self.open = list(found.open_parents)  # shallowest first
+        self.path, self.where = path, where
+        self.kinds: dict[str, str] = {}  # an open parent -> its last member's kind here
+        self.deleted: set[str] = set()  # open parents this layer deletes from below
+
+    def add(self, member: tarfile.TarInfo, name: str, tar: tarfile.TarFile) -> None:
+        """Note what `member` (`name` normalized) of the layer being read leaves at an
+        open parent."""
+        if not self.open:
+            return
+        base, directory = posixpath.basename(name), posixpath.dirname(name)
+        if base == OPAQUE:
+            self.deleted.update(p for p in self.open
+                                if not directory or p.startswith(directory + "/"))
+        elif base.startswith(WHITEOUT):
+            target = posixpath.join(directory, base[len(WHITEOUT):])
+            self.deleted.update(p for p in self.open
+                                if p == target or p.startswith(target + "/"))
+        elif name in self.open and not member.issym():  # a link: `_Links` refuses it
+            self.kinds[name] = _kind(member)
+
+    def settle(self, where: str) -> None:
+        """Settle the open parents by the layer `where` just read. Raises ModuleError
+        where it leaves one a file that is not a directory."""
+        for parent in list(self.open):
+            kind = self.kinds.get(parent)
+            if kind is not None and kind != "directory":
+                raise ModuleError(
+                    f"{self.path}: {self.where} writes it below /{parent}, which {where} "
+                    f"holds as a {kind}: tar and containerd's native unpacking cannot write "
+                    f"it there, overlayfs hides that {kind} under a directory; refused")
+            if parent in self.deleted:  # and the parents below it
+                self.open = [p for p in self.open
+                             if p != parent and not p.startswith(parent + "/")]
+            elif kind is not None:
+                self.open.remove(parent)
+        self.kinds.clear()
+        self.deleted.clear()
 
 
 def _check_name(member: tarfile.TarInfo, where: str) -> None:
@@ -555,11 +636,12 @@ def _check_name(member: tarfile.TarInfo, where: str) -> None:
 
 
 def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str,
-          links: _Links, decided: bool) -> _Found:
+          links: _Links, beneath: _Beneath | None) -> _Found:
     """What the whole layer `tar` says about path `wanted` (`path` as the image names it),
-    each member recorded in `links`. `decided`: an upper layer has said (its module is
-    neither read nor held to the rules of one)."""
-    in_order = None if decided else _InOrder(wanted, path, where)
+    each member recorded in `links`. `beneath`, once an upper layer has said: its module
+    is neither read nor held to the rules of one, the parents left to this layer are
+    settled."""
+    in_order = _InOrder(wanted, path, where) if beneath is None else beneath
     while (member := tar.next()) is not None:
         # tarfile keeps every member read: a million empty ones held 470 MB.
         tar.members.clear()  # type: ignore[attr-defined]  # (not in typeshed)
@@ -568,34 +650,37 @@ def _scan(tar: tarfile.TarFile, wanted: str, path: str, limit: int, where: str,
         _check_name(member, where)
         # Any member's size, before tarfile seeks past it: a read per 10 KiB of it, none
         # charged once the data has run out (2**80 bytes in a 63-byte layer spun for
-        # ever; -5 made the module empty).
-        if member.size < 0:
-            raise ModuleError(f"{where}: a member of {member.size} bytes; refused")
+        # ever). A negative one is refused with its header (`tarheaders`).
         if member.size > limit:
             raise BlobTooLarge(
                 f"{path}: {member.size} bytes, over the module limit of {limit}"
                 if name == wanted else f"{where}: a member of {member.size} bytes, more "
                 "than a layer may unpack to; refused")
-        if in_order is not None:
-            in_order.add(member, name, tar)
-    return _Found() if in_order is None else in_order.result()
+        in_order.add(member, name, tar)
+    if isinstance(in_order, _Beneath):
+        in_order.settle(where)
+        return _Found()
+    return in_order.result()
 
 
 def _read_layer(descriptor: dict[str, Any], blob: Path, wanted: str, path: str, limit: int,
-                budget: UnpackBudget, links: _Links, decided: bool,
-                hashed: Callable[[bytes], object] | None) -> _Found:
+                budget: UnpackBudget, links: _Links, beneath: _Beneath | None,
+                hashed: Callable[[bytes], object] | None,
+                open_blob: BlobOpener | None) -> _Found:
     """`_scan` of one layer file, read once: every unpacked byte charged to `budget` and,
     given `hashed` (a hash's `update`), shown to it to the end of the stream, past the
-    end of the tar archive where the search stops."""
+    end of the tar archive where the search stops. The file is opened by `open_blob`
+    when given (which may check it as it is read), else from `blob`."""
     where = f"layer {descriptor.get('digest')}"
     try:
-        with open_layer(descriptor, blob) as raw:
+        opened = open(blob, "rb") if open_blob is None else open_blob(str(descriptor["digest"]))
+        with opened as handle, open_layer(descriptor, handle) as raw:
             unpacked = io.BufferedReader(_Bounded(raw, limit, budget, hashed))
             # Names as bytes in UTF-8, whatever this process's locale: pax paths are read
             # so, and a Latin-1 locale read the same bytes in a ustar name otherwise.
             with tarfile.open(fileobj=unpacked, mode="r|", tarinfo=guarded(budget, where),
                               encoding="utf-8", errors="surrogateescape") as tar:
-                found = _scan(tar, wanted, path, limit, where, links, decided)
+                found = _scan(tar, wanted, path, limit, where, links, beneath)
             while hashed is not None and unpacked.read(1 << 20):
                 pass
     # ValueError: tarfile's own, for numbers in pax headers it cannot read; zlib.error:
@@ -607,7 +692,8 @@ def _read_layer(descriptor: dict[str, Any], blob: Path, wanted: str, path: str, 
 
 def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
                    limit: int, budget: UnpackBudget | None = None,
-                   diff_ids: Sequence[str] | None = None) -> bytes:
+                   diff_ids: Sequence[str] | None = None,
+                   open_blob: BlobOpener | None = None) -> bytes:
     """The bytes of file `path` as the layers (tar or tar+gzip files, lowest first)
     applied in order leave it: from the topmost layer holding it, unless a layer above
     deletes it (a whiteout `.wh.NAME` of it or of a directory above it, an opaque
@@ -615,9 +701,12 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
     kind of file) or makes it a directory (a member below it). A whiteout hides only
     what lower layers hold, as OCI says. Within a layer the last member at a path wins,
     as tar and containerd apply it; a layer they would leave differently is refused
-    (`_InOrder`). Every layer is read, once, for its symbolic links (`_Links`) and,
-    given `diff_ids` (one per layer, `rootfs.diff_ids`), to check the digest of its
-    bytes unpacked in the same read. At most `limit` unpacked bytes per layer, all of
+    (`_InOrder`), and so is an image where the module is written below what a lower
+    layer leaves a file (`_Beneath`). Every layer is read, once, for its symbolic links
+    (`_Links`) and, given `diff_ids` (one per layer, `rootfs.diff_ids`), to check the
+    digest of its bytes unpacked in the same read; given `open_blob`, layer files are
+    opened by it (`Store.verifying`, which checks the blob's own digest in that read),
+    not from their paths. At most `limit` unpacked bytes per layer, all of
     them, their headers and extended headers charged to `budget`. A layer listed again
     is not read again: its links, paths and digest are those it had. Raises ModuleError
     when no layer leaves the path a regular file, a layer holds it twice or leaves it as
@@ -633,18 +722,20 @@ def extract_module(layers: Sequence[tuple[dict[str, Any], Path]], path: str,
         budget = UnpackBudget(limit * len(layers))
     links = _Links()
     decided: tuple[_Found, str] | None = None
+    beneath: _Beneath | None = None
     for descriptor, blob in reversed(layers):
         digest = descriptor.get("digest")
         if digest in searched:
             continue
         searched.add(digest)
         hasher = None if diff_ids is None else hashlib.sha256()
-        found = _read_layer(descriptor, blob, wanted, path, limit, budget, links,
-                            decided is not None, None if hasher is None else hasher.update)
+        found = _read_layer(descriptor, blob, wanted, path, limit, budget, links, beneath,
+                            None if hasher is None else hasher.update, open_blob)
         if hasher is not None and diff_ids is not None:
             _check_diff_id(digest, "sha256:" + hasher.hexdigest(), layers, diff_ids)
         if decided is None and (found.data is not None or found.hides):
             decided = found, f"layer {digest}"
+            beneath = _Beneath(found, path, decided[1])
     passed = links.through(_passes(path, wanted))
     if passed is not None:
         raise ModuleError(f"{path} passes through the symbolic link /{passed[0]} "

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from ..paths import cache_dir
 from ..regularfile import open_regular, owner_problem
@@ -152,24 +153,35 @@ class Store:
         if limit is not None and len(data) > limit:
             raise BlobTooLarge(f"local store: blob {digest} is larger than {limit} bytes")
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            self._discard(path)
-            raise StoreCorrupt(f"local store: blob {digest} does not match its digest "
-                               f"(removed from {self.root}); pull the image again")
+            self._corrupt(path, digest)
         return data
 
     def verified_path(self, digest: str) -> Path:
         """The path of a blob after hashing the file through. Raises StoreCorrupt,
         StoreRefused."""
+        with self.verifying(digest):
+            pass
+        return self.blob_path(digest)
+
+    @contextlib.contextmanager
+    def verifying(self, digest: str) -> Iterator[io.BufferedReader[Any]]:
+        """A blob opened for one read through, hashed as it is read (so whoever reads it
+        reads it once): when the `with` ends, what was left unread is hashed too, and a
+        blob that does not match is removed and reported as StoreCorrupt, also in place
+        of an error raised inside, which its bytes may have caused. Raises StoreCorrupt,
+        StoreRefused."""
         path = self.blob_path(digest)
-        hasher = hashlib.sha256()
         with self._open_blob(path, digest) as handle:
-            while chunk := handle.read(_CHUNK):
-                hasher.update(chunk)
-        if "sha256:" + hasher.hexdigest() != digest:
-            self._discard(path)
-            raise StoreCorrupt(f"local store: blob {digest} does not match its digest "
-                               f"(removed from {self.root}); pull the image again")
-        return path
+            hashing = _Hashing(handle)
+            reader = io.BufferedReader(hashing, _CHUNK)
+            try:
+                yield reader
+            except Exception:
+                if self._matches(reader, hashing, digest):
+                    raise
+                self._corrupt(path, digest)
+            if not self._matches(reader, hashing, digest):
+                self._corrupt(path, digest)
 
     # -- references ------------------------------------------------------------------
 
@@ -342,9 +354,37 @@ class Store:
             os.close(fd)
 
     @staticmethod
+    def _matches(reader: io.BufferedReader[Any], hashing: _Hashing, digest: str) -> bool:
+        """Whether the blob `reader` reads has `digest`, once read to its end."""
+        while reader.read(_CHUNK):
+            pass
+        return "sha256:" + hashing.hasher.hexdigest() == digest
+
+    def _corrupt(self, path: Path, digest: str) -> NoReturn:
+        self._discard(path)
+        raise StoreCorrupt(f"local store: blob {digest} does not match its digest "
+                           f"(removed from {self.root}); pull the image again") from None
+
+    @staticmethod
     def _discard(path: Path) -> None:
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+class _Hashing(io.RawIOBase):
+    """A blob file read through a hash: each byte is hashed once, as it is read."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._inner.readinto(buffer)  # type: ignore[attr-defined]  # a file's
+        self.hasher.update(memoryview(buffer)[:count])
+        return int(count)
 
 
 def _is_hex(text: str) -> bool:

@@ -6,9 +6,16 @@ Stockade and another to them. `guarded` gives tarfile a `TarInfo` class that che
 header as tarfile parses it and refuses (ModuleError, 126) what they would read
 differently:
 
-- a name prefix (byte 345) in a header that is not POSIX ustar (`ustar\\0` `00`): tarfile
-  joins it to the name whatever the magic, GNU tar and Go only for ustar; a STAR trailer
-  (`tar\\0` at byte 508), whose prefix Go reads as 131 bytes;
+- a name prefix (byte 345) in a header whose magic is not ustar's (`ustar\\0`, any
+  version): tarfile joins it to the name whatever the magic, GNU tar and Go only under
+  that magic; a STAR trailer (`tar\\0` at byte 508), whose prefix Go reads as 131 bytes.
+  A GNU header (`ustar  \\0`) holds an access and a change time there (GNU tar's
+  incremental archives): read as times by GNU tar and Go, so the name is taken without
+  what tarfile joined, unless they are no octal numbers (Go then joins them as a prefix);
+- a negative base-256 size (GNU tar takes the block for no header and skips it, Go
+  ignores it for a directory, a link or a device and refuses a file's); a GNU dump
+  directory (type `D` of incremental archives: GNU tar makes a directory, containerd
+  cannot unpack it);
 - a numeric field tarfile reads leniently (`int(field, 8)` after the first NUL: a size
   `\\0 00002000` is 0 to it, 1024 to GNU tar and Go);
 - two extended headers of a kind before one member (tarfile takes the first, GNU tar and
@@ -41,7 +48,10 @@ from .media import shown
 __all__ = ["HeaderBudget", "guarded"]
 
 BLOCK = tarfile.BLOCKSIZE
-_USTAR = b"ustar\x0000"
+_USTAR_MAGIC = b"ustar\0"  # GNU tar and Go join the prefix under it, whatever the version
+_GNU_MAGIC = b"ustar  \0"
+_GNU_TIMES = ((345, 357), (357, 369))  # a GNU header's atime and ctime, where ustar's prefix is
+_DUMPDIR = b"D"
 _STAR_TRAILER = b"tar\0"
 _EXTENDED = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global",
              tarfile.SOLARIS_XHDTYPE: "Solaris pax", tarfile.GNUTYPE_LONGNAME: "GNU long-name",
@@ -52,6 +62,8 @@ _REFUSED_TYPES = {
     tarfile.SOLARIS_XHDTYPE: "a Solaris pax header (tarfile and GNU tar read it as pax, "
                              "containerd cannot unpack it)",
     tarfile.GNUTYPE_SPARSE: "a sparse file (a Wasm image holds none)",
+    _DUMPDIR: "a GNU dump directory (type D of an incremental archive: GNU tar makes a "
+              "directory, containerd cannot unpack it)",
 }
 # Octal fields of a header, as GNU tar and Go agree to read them: blanks, digits, then
 # NULs or blanks; no digit and a NUL (0); base-256, a first byte of 0x80 or 0xff (Go reads
@@ -109,17 +121,20 @@ class _Headers:
     def refuse(self, what: str) -> NoReturn:
         raise ModuleError(f"{self.where}: {what}; refused")
 
-    def block(self, buf: bytes | bytearray, info: tarfile.TarInfo) -> None:
-        """Check a header block tarfile has parsed into `info`, before it reads what the
-        block announces."""
+    def block(self, buf: bytes | bytearray, info: tarfile.TarInfo, encoding: str,
+              errors: str) -> None:
+        """Check a header block tarfile has parsed into `info` (names decoded by
+        `encoding` and `errors`), before it reads what the block announces."""
         for field, start, end in _NUMBERS:
             if _OCTAL.fullmatch(buf, start, end) is None and (buf[start] not in _BASE_256
                                                                or field == "chksum"):
                 self.refuse(f"a header whose {field} field {buf[start:end]!r} is no number as "
                             "GNU tar and Go read one")
-        if buf[345] and buf[257:265] != _USTAR:
-            self.refuse("a name prefix in a header that is not POSIX ustar (tarfile joins it "
-                        "to the name, GNU tar and Go do not)")
+        if buf[124] == 0xFF:  # base-256 with the sign bit: negative
+            self.refuse(f"a header of a negative size, {info.size} (GNU tar takes it for no "
+                        "header and skips it, Go ignores a directory's and refuses a file's)")
+        if buf[345] and buf[257:263] != _USTAR_MAGIC:
+            self._not_a_prefix(buf, info, encoding, errors)
         if buf[508:512] == _STAR_TRAILER:
             self.refuse("a STAR header (its prefix is 131 bytes to Go, 155 to tarfile and GNU "
                         "tar)")
@@ -132,6 +147,22 @@ class _Headers:
             self._extended(info.type, kind)
         else:
             self._member(buf)
+
+    def _not_a_prefix(self, buf: bytes | bytearray, info: tarfile.TarInfo, encoding: str,
+                      errors: str) -> None:
+        """Bytes at 345 of a header without ustar's magic, which tarfile joined to the name
+        as a prefix (not for its GNU types): GNU tar and Go join nothing for a GNU header
+        holding two octal times there, so neither does this; otherwise refused."""
+        if buf[257:265] != _GNU_MAGIC:
+            self.refuse("a name prefix in a header whose magic is not ustar's (tarfile joins "
+                        "it to the name, GNU tar and Go do not)")
+        if not all(_OCTAL.fullmatch(buf, start, end) for start, end in _GNU_TIMES):
+            self.refuse(f"a GNU header whose access and change times (bytes 345-368) "
+                        f"{bytes(buf[345:369])!r} are no octal numbers (Go joins them to the "
+                        "name as a prefix, GNU tar does not)")
+        if info.type not in tarfile.GNU_TYPES:
+            joined = bytes(buf[345:500]).split(b"\0", 1)[0].decode(encoding, errors)
+            info.name = info.name.removeprefix(joined + "/")
 
     def _extended(self, kind: bytes, shown_kind: str) -> None:
         if kind in self.pending:
@@ -255,7 +286,7 @@ def guarded(budget: HeaderBudget, where: str) -> type[tarfile.TarInfo]:
             headers.count += 1
             budget.charge_member(headers.count, where)
             info = super().frombuf(buf, encoding, errors)
-            headers.block(buf, info)
+            headers.block(buf, info, encoding, errors)
             return info
 
         def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:

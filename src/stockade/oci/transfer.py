@@ -11,7 +11,8 @@ image reached through an index keeps the index's digest beside the manifest's.
 `load_local` takes nothing on the store's word: the entry's manifest digest must be the
 one a pinned reference names (or its index's), an index it names must list that manifest
 as its wasi/wasm entry, and the module is what the manifest holds, checked on every load
-(the artifact's layer digest; an image's layers, re-hashed and searched again).
+(the artifact's layer digest; an image's layers, searched again and re-hashed in that
+same read, one read per layer).
 
 A pull is bounded whatever the manifest lists: at most `MAX_LAYERS` layers, each config
 and layer descriptor with the integer `size` OCI requires, a `diff_ids` entry for each
@@ -314,14 +315,15 @@ def _check_index(ref: Reference, store: Store, index: str, digest: str) -> None:
 def _held_module(ref: Reference, store: Store, manifest: dict[str, Any],
                  image: WasmImage) -> str:
     """The digest of the module `manifest` holds: the artifact's layer, or the file an
-    image's layers (each re-hashed first) leave at its Entrypoint."""
+    image's layers leave at its Entrypoint (each layer re-hashed in the read that searches
+    it: one read per layer)."""
     if image.layout == "artifact":
         return str(image.module_layer.get("digest"))
     descriptors = _layer_descriptors(manifest, str(ref))
-    paths = {str(d["digest"]): store.verified_path(str(d["digest"])) for d in descriptors}
-    layers = [(layer, paths[str(layer["digest"])]) for layer in descriptors]
+    layers = [(layer, store.blob_path(str(layer["digest"]))) for layer in descriptors]
     total = max(MAX_PULL_BYTES, MAX_LAYER_BYTES)
-    module = extract_module(layers, image.module_path or "", total, UnpackBudget(total))
+    module = extract_module(layers, image.module_path or "", total, UnpackBudget(total),
+                            open_blob=store.verifying)
     return sha256_digest(module)
 
 
