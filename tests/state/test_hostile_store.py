@@ -56,6 +56,10 @@ def _array(*fields: bytes) -> bytes:
                                                for field in fields)
 
 
+# An admission answer's tail when every request it counts is granted (`scripts.ADMIT`).
+_WHOLE = (b"none", b"-", b"1")
+
+
 def _once(reply: bytes) -> Answer:
     return lambda conn: conn.sendall(reply)
 
@@ -136,12 +140,15 @@ def hostile_store() -> Iterator[Callable[..., str]]:
     _once(_array(b"rate", b"tenant", b"1e300")),
     _once(_array(b"breaker", b"open", b"1e20", b"0", b"1")),
     _once(_array(b"breaker", b"closing", b"1", b"0", b"1")),
-    _once(_array(b"ok", b"1", b"x", b"1", b"1", b"1")),
-    _once(_array(b"ok", b"0", b"0", b"1", b"1.5", b"1")),
+    _once(_array(b"ok", b"1", b"x", b"1", b"1", b"1", *_WHOLE)),
+    _once(_array(b"ok", b"0", b"0", b"1", b"1.5", b"1", *_WHOLE)),
+    _once(_array(b"ok", b"0", b"0", b"1", b"1", b"1")),
+    _once(_array(b"ok", b"0", b"0", b"1", b"1", b"1", b"rate", b"half_open", b"1")),
+    _once(_array(b"ok", b"0", b"0", b"1", b"1", b"1", b"rate", b"tenant", b"inf")),
     _once(_array(b"rate", b"function", b"1")),
 ], ids=["trickle", "huge-bulk", "huge-array", "endless-line", "short", "nil", "integer",
         "not-text", "deep", "inf-wait", "nan-wait", "huge-wait", "far-until", "odd-state",
-        "odd-denied", "odd-grant", "no-such-quota"])
+        "odd-denied", "odd-grant", "no-cut", "odd-cut", "inf-cut-wait", "no-such-quota"])
 def test_a_hostile_store_is_unavailable_within_its_timeout(
         hostile_store: Callable[..., str], answer: Answer) -> None:
     url = hostile_store(answer)
@@ -233,10 +240,10 @@ def test_a_hostile_store_cannot_break_breaker_list(
 
 
 @pytest.mark.parametrize("answer", [
-    _once(_array(b"ok", b"1", b"0", b"x", b"1", b"1")),
-    _once(_array(b"ok", b"0", b"0", b"1", b"0" * 5000 + b"1", b"1")),
-    _once(_array(b"ok", b"0", b"0", b"1", "١".encode(), b"1")),
-    _once(_array(b"ok", b"0", b"\xff\xfe", b"1", b"1", b"1")),
+    _once(_array(b"ok", b"1", b"0", b"x", b"1", b"1", *_WHOLE)),
+    _once(_array(b"ok", b"0", b"0", b"1", b"0" * 5000 + b"1", b"1", *_WHOLE)),
+    _once(_array(b"ok", b"0", b"0", b"1", "١".encode(), b"1", *_WHOLE)),
+    _once(_array(b"ok", b"0", b"\xff\xfe", b"1", b"1", b"1", *_WHOLE)),
     _once(b":x\r\n"),
     _once(b"*x\r\n"),
 ], ids=["probe-at-text", "count-past-int", "count-not-ascii", "not-utf8", "integer-not-one",
@@ -263,7 +270,8 @@ def test_a_grant_is_never_more_than_a_gate_asks_for(
     2.5 s; 2^33 would have killed the worker; found by review)."""
     from stockade.state.credit import MAX_GRANT
 
-    url = hostile_store(_once(_array(b"ok", b"0", b"0", b"1", b"8000000", b"8000000")))
+    url = hostile_store(_once(_array(b"ok", b"0", b"0", b"1", b"8000000", b"8000000",
+                                     *_WHOLE)))
     state = RedisState(StateSettings(url, "fail_closed", TIMEOUT), LocalState(), env={})
     try:
         gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=5), 30.0, None))

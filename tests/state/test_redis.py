@@ -154,6 +154,28 @@ def test_a_breaker_opened_through_one_replica_refuses_on_another_at_once(
     replicas[2].gate(spec(breaker="function:f")).admit()
 
 
+def test_a_refusal_names_the_end_the_store_holds_not_this_replicas_cooldown(
+        redis_server: RedisServer, replicas: list[RedisState]) -> None:
+    """A breaker opened through a replica with a cooldown of 300 s, refused on one whose
+    own is 5 s: the wait told is at most 5 s (then asked again), but the text said the
+    breaker was refused until 5 s from now, which was not true. It names the end the
+    store holds."""
+    from stockade.telemetry.breaker import iso_time
+
+    replicas[0].breakers(BreakerConfig(threshold=1, window=60, cooldown=300), None).record(
+        "function:f", "acme", True)
+    replicas[1].breakers(BreakerConfig(threshold=1, window=60, cooldown=5), None)
+    gate = replicas[1].gate(spec(breaker="function:f"))
+    for admit in (gate.admit, lambda: asyncio.run(gate.admit_async())):
+        with pytest.raises(BreakerOpen) as error:
+            admit()
+        gate._refused = None  # asked of the store, not of the cached refusal
+        until = float(redis_server.client().hget(  # type: ignore[arg-type]
+            gate.keys.breaker, "until"))
+        assert f"refused until {iso_time(until)}:" in str(error.value), str(error.value)
+        assert 1.0 <= error.value.retry_after <= 5.0
+
+
 def test_half_open_lets_exactly_one_probe_through_across_replicas(
         replicas: list[RedisState]) -> None:
     config = BreakerConfig(threshold=1, window=60, cooldown=0.2)

@@ -29,6 +29,7 @@ from stockade.state import (
     Lease,
     LocalState,
     Quota,
+    QuotaExceeded,
     StateSettings,
     StateUnavailable,
 )
@@ -362,3 +363,195 @@ def test_a_late_answer_no_thread_can_read_is_never_the_next_admissions(
     # held: each admission read its own answer and released its own lease.
     assert held <= 1, held
     assert len({m for m in store.zrange(gate.keys.function_leases, 0, -1)}) <= 1
+
+
+def _outcome(gate: Any, leases: list[Lease]) -> Any:
+    """`gate`'s admission on the running loop: "admitted" (the lease kept in `leases`),
+    "refused" or "unavailable", and how long it took."""
+
+    async def asked() -> tuple[str, float]:
+        began = time.monotonic()
+        try:
+            leases.append(await gate.admit_async())
+        except QuotaExceeded:
+            return "refused", time.monotonic() - began
+        except StateUnavailable:
+            return "unavailable", time.monotonic() - began
+        return "admitted", time.monotonic() - began
+
+    return asyncio.create_task(asked())
+
+
+def _scripts_run(server: RedisServer) -> int:
+    stats: Any = server.client().info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["sent-at-once", "behind-another"])
+def test_requests_waiting_for_a_grant_cut_short_get_a_slot_or_a_refusal_from_it(
+        redis_server: RedisServer, delay_line: DelayLine, queued: bool) -> None:
+    """Three requests at once on a gate of four slots, two of them held by another
+    replica: the grant counting the three was halved to one slot (half of what was
+    free), so the two waiting for it asked again, a round trip more each (two, behind
+    one in flight). The grant gives those waiting for it what is free and refuses the
+    rest in the same answer: two admitted, one refused, by one script; so when they
+    join a grant already built and queued behind another round trip."""
+    timeout = 1.0
+    state = _state(delay_line.url(), timeout)
+    near = _state(redis_server.url, timeout)
+    gate, other = state.gate(_spec(concurrency=4)), state.gate(_spec("o", concurrency=5))
+    held = [near.gate(_spec(concurrency=4)).admit() for _ in range(2)]
+    leases: list[Lease] = []
+
+    async def scenario() -> tuple[list[tuple[str, float]], int]:
+        for each in (gate, other):  # connected, scripts loaded
+            (await each.admit_async()).release()
+        await asyncio.sleep(0.2)  # the releases sent
+        delay_line.delay = 0.3 * timeout
+        before = _scripts_run(redis_server)
+        busy = _outcome(other, leases) if queued else None
+        await asyncio.sleep(0.05 if queued else 0.0)
+        first = _outcome(gate, leases)
+        await asyncio.sleep(0.05 if queued else 0.0)  # its call built, queued
+        answers = list(await asyncio.gather(first, _outcome(gate, leases),
+                                            _outcome(gate, leases)))
+        if busy is not None:
+            await busy
+        return answers, _scripts_run(redis_server) - before
+
+    try:
+        answers, scripts = asyncio.run(scenario())
+    finally:
+        for lease in leases + held:
+            lease.release()
+        state.close()
+        near.close()
+    assert sorted(kind for kind, _ in answers) == ["admitted", "admitted", "refused"], answers
+    assert scripts == (2 if queued else 1), f"{scripts} scripts: those waiting asked again"
+    rounds = 2 if queued else 1  # the one in flight first
+    assert all(took < (rounds + 0.5) * 0.3 * timeout for _, took in answers), answers
+
+
+def _near_limit_load(delay_line: DelayLine, policy: str,
+                     limit: int = 20) -> tuple[dict[str, int], int, float]:
+    """A request every 3 ms for 2.5 s on one gate of `limit` slots, each holding its
+    lease 0.2 s, against a store answering each round trip in 0.3 of the timeout (1 s),
+    under `policy`: the count of each answer ("degraded": admitted by the local
+    fallback), the most leases held here at once, and the longest admission."""
+    timeout = 1.0
+    state = RedisState(StateSettings(delay_line.url(), policy, timeout),
+                       LocalState(degraded=True), env={})
+    gate = state.gate(_spec(concurrency=limit))
+    answers = {"admitted": 0, "degraded": 0, "refused": 0, "unavailable": 0}
+    held, peak, took = 0, 0, 0.0
+
+    async def one() -> None:
+        nonlocal held, peak, took
+        began = time.monotonic()
+        try:
+            lease = await gate.admit_async()
+        except QuotaExceeded:
+            answers["refused"] += 1
+            return
+        except StateUnavailable:
+            answers["unavailable"] += 1
+            return
+        finally:
+            took = max(took, time.monotonic() - began)
+        answers["degraded" if lease.degraded else "admitted"] += 1
+        held += 1
+        peak = max(peak, held)
+        await asyncio.sleep(0.2)
+        held -= 1
+        lease.release()
+
+    async def scenario() -> None:
+        (await gate.admit_async()).release()  # connected, scripts loaded
+        await asyncio.sleep(0.1)
+        delay_line.delay = 0.3 * timeout
+        asked: list[asyncio.Task[None]] = []
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            asked.append(asyncio.create_task(one()))
+            await asyncio.sleep(0.003)
+        await asyncio.gather(*asked)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        state.close()
+    return answers, peak, took
+
+
+def test_admissions_near_a_concurrency_limit_are_decided_by_the_store(
+        delay_line: DelayLine) -> None:
+    """Near a concurrency limit grants are cut to half of what is free: those waiting
+    for one asked again, behind the round trip in flight, three or four round trips in
+    all, and 8-11 % of the admissions got 503 from a store answering each in 0.3 of the
+    timeout. Each is admitted or refused by the grant it waits for."""
+    answers, _, took = _near_limit_load(delay_line, "fail_closed")
+    total = sum(answers.values())
+    assert answers["unavailable"] <= total // 100, answers
+    assert answers["admitted"] and answers["refused"], answers
+    assert took < 1.0, took
+
+
+def test_fail_open_admits_no_more_than_the_limit_while_the_store_answers(
+        delay_line: DelayLine) -> None:
+    """The same load under `fail_open`: the requests a cut-short grant sent to ask again
+    ran out of time and were admitted by the local fallback, which knows nothing of the
+    slots the store leased: 39 leases held at once against a limit of 20. The store
+    answers every round trip within its timeout: it decides every admission."""
+    answers, peak, _ = _near_limit_load(delay_line, "fail_open")
+    assert answers["degraded"] == 0 and peak <= 20, (answers, peak)
+    assert answers["admitted"], answers
+
+
+@pytest.mark.parametrize("call", ["violation", "counted", "probe-unused", "ping"])
+def test_a_breaker_call_waiting_for_a_fresh_connection_keeps_its_timeout(
+        redis_server: RedisServer, delay_line: DelayLine, call: str) -> None:
+    """The connection broken, a breaker's record (or a probe's, or a ping) waited for a
+    fresh one, then had a whole timeout of its own from when it was sent: 1.3-1.55
+    timeouts for a store answering in its time. Each is answered within the caller's
+    timeout, as an admission is; the store is not marked down, the fresh connection is
+    kept, and a violation answered late is counted all the same."""
+    from stockade.telemetry.breaker import BreakerConfig
+
+    timeout = 1.0
+    state = _state(delay_line.url(), timeout)
+    breakers = state.breakers(BreakerConfig(threshold=100, window=60, cooldown=30), None)
+    gate = state.gate(_spec(concurrency=1))
+    store = redis_server.client()
+    for script in (state.violation_script, state.counted_script, state.unused_script):
+        store.script_load(script.script)  # as once used: the first answer is no NOSCRIPT
+    try:
+        if call == "ping":  # not paused: a handshake and a ping of 0.32 timeouts each
+            gate.admit().release()
+            store.client_kill_filter(_type="normal", skipme=True)
+            time.sleep(0.1)
+            delay_line.delay = 0.32 * timeout
+        else:
+            _broken_then_slow(gate, store, delay_line, timeout)
+        began = time.monotonic()
+        if call == "violation":
+            breakers.record("function:f", "acme", True, source="10.0.0.1")
+        elif call == "counted":
+            breakers.counted("function:f", "acme", "10.0.0.1")
+        elif call == "probe-unused":
+            with state._lock:
+                state._probes.grant(("function:f", "acme"), "1.0")
+            breakers.probe_unused("function:f", "acme")
+        else:
+            state.ping()
+        took = time.monotonic() - began
+        time.sleep(1.0)  # the store answers meanwhile
+        delay_line.delay = 0.0
+        marked_down = state._retry_at > began
+        violations = store.zcard(gate.keys.violations.replace(":v:-", ":v:function:f"))
+    finally:
+        state.close()
+    assert took < timeout + 0.1, took
+    assert not marked_down, "a store answering within its timeout was marked down"
+    assert delay_line.connections == 2, delay_line.connections  # kept, not made again
+    if call == "violation":
+        assert violations == 1, "the violation answered late was not counted"

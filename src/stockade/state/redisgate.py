@@ -7,34 +7,39 @@ succeed (other replicas can only push that moment later), and an open breaker, e
 for at most `REFUSAL_CACHE` seconds (a breaker reset by hand is seen within that).
 
 On an event loop, a request that finds its gate's credit spent while a grant is on its
-way waits for that grant only when the grant counts it (its call not built yet, or
-built with a share left for one more), takes its share as the grant comes (requests
-arriving meanwhile cannot take it first), and otherwise asks in the next pipeline: one
-round trip after the grant's at most. It waited for up to three grants, each sized
-before it came and spent by requests arriving after it, each grant's pipeline behind
-one the state thread had started meanwhile: at a store answering each round trip in
-0.36 of the timeout, 0-20 % of the admissions of a steady load got 503 at 200 gates,
-62-95 % at one busy gate, though every round trip was answered well within it.
+way waits for that grant only when the grant is not sent yet (its call is then sized,
+or sized again, to count it: `RedisState.join`), and otherwise asks with a grant of
+its own in the next pipeline. The script answers every request a grant counts: a
+slot, or a refusal (`scripts.ADMIT`'s cut), so a request waits for one grant, and the
+grant for the round trip in flight at most. Each takes its share as the grant comes
+(requests arriving meanwhile cannot take it first). It waited for up to three grants,
+each sized before it came and spent by requests arriving after it: at a store
+answering each round trip in 0.36 of the timeout, 0-20 % of the admissions of a
+steady load got 503 at 200 gates, 62-95 % at one busy gate; and near a concurrency
+limit, a grant halved to what was free sent those waiting for it to ask again (2-9 %
+got 503; under `fail_open` they were admitted by the local fallback, a replica
+holding 39 leases against a limit of 20), though every round trip was answered
+well within the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .base import FREE_LEASE, Gate, GateSpec, Lease
 from .client import RoundTripFailed
 from .credit import MAX_GRANT, Credit, Demand, hold_for
-from .errors import BreakerOpen, QuotaExceeded
+from .errors import BreakerOpen, QuotaExceeded, StateError
 from .keys import TenantKeys
 from .local import LocalGate
 from .resp import Releases, bulk, bulks, evalsha
 from .scripts import UNLIMITED
 
 if TYPE_CHECKING:
-    from .redisstate import RedisState
+    from .redisstate import RedisState, _Asked
 
 __all__ = ["RedisGate", "Grant", "REFUSAL_CACHE", "CPU_REFILL"]
 
@@ -45,6 +50,12 @@ RATE_WINDOW_FLOOR = 3600.0  # seconds: the longest wait told for any rate window
 
 def _number(value: float | int | None) -> str:
     return str(UNLIMITED) if value is None else repr(float(value))
+
+
+def _again(refusal: QuotaExceeded) -> Callable[[], StateError]:
+    """`refusal` made anew for each request it refuses (one instance raised in several
+    tasks gathers all their tracebacks)."""
+    return lambda: QuotaExceeded(str(refusal), refusal.retry_after, refusal.limit)
 
 
 class _RedisLease:
@@ -75,22 +86,22 @@ class _RedisLease:
 
 class Grant:
     """A grant one request asked for, on its way: the requests waiting for a share of it
-    (each answered with a lease from the credit it brings, or None), and what it asks
-    for (`asked` admissions, `slots` of them at once; 0 until its call is built)."""
+    (each answered with a lease from the credit it brings, the refusal `refuse` makes,
+    or None when the grant failed), and what it asks for (`asked` admissions, `slots`
+    of them at once, `need` of them for the requests it counts; 0 until its call is
+    built). `request` is its admission in the state's queue; `sent` is set by the
+    state's thread (under its batch lock) once nobody may join it."""
 
-    __slots__ = ("waiting", "asked", "slots")
+    __slots__ = ("waiting", "asked", "slots", "need", "refuse", "request", "sent")
 
     def __init__(self) -> None:
         self.waiting: list[asyncio.Future[Lease | None]] = []
         self.asked = 0
         self.slots = 0
-
-    def counts_one_more(self) -> bool:
-        """Whether a request that waits for this grant now is counted in it: before its
-        call is built, its size follows those waiting (`RedisGate.wanted`); after, what
-        it asked for beyond its own request's and those already waiting."""
-        share = min(self.asked, self.slots) if self.asked else MAX_GRANT
-        return len(self.waiting) + 1 < share
+        self.need = 0
+        self.refuse: Callable[[], StateError] | None = None
+        self.request: _Asked | None = None
+        self.sent = False
 
 
 class RedisGate(Gate):
@@ -125,7 +136,6 @@ class RedisGate(Gate):
         self._grant: Grant | None = None  # the latest grant asked for, on its way
         self._inflight = 0  # its admissions not released yet, here
         self._peak = 0  # the most at once since its last grant
-        self._short = False  # whether the last grant gave fewer (the tenant nears a limit)
         self._refund_due = 0  # unspent admissions of a settled credit, not yet sent
 
     def _prepare(self) -> tuple[str, int]:
@@ -152,14 +162,14 @@ class RedisGate(Gate):
         """The admission script's call for `want` admissions (those of `grant`, sized
         by `wanted`, when it asks for one), carrying `releases` (of this tenant) and
         `refund` unspent admissions of this gate's last credit."""
-        slots = 1 if grant is None else grant.slots
-        tail = b"%s%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)),
-                              bulk(str(slots)))
+        slots, need = (1, 1) if grant is None else (grant.slots, grant.need)
+        tail = b"%s%s%s%s%s" % (bulk(str(pending)), bulk(str(want)), bulk(str(refund)),
+                                bulk(str(slots)), bulk(str(need)))
         if releases is None:
-            return evalsha(self.state.admit_script.sha, 20, 5, self._keys, bulk(lease_id),
+            return evalsha(self.state.admit_script.sha, 21, 5, self._keys, bulk(lease_id),
                            self._args, tail)
         count = releases.count
-        return evalsha(self.state.admit_script.sha, 20 + 4 * count, 5 + count, self._keys,
+        return evalsha(self.state.admit_script.sha, 21 + 4 * count, 5 + count, self._keys,
                        *releases.keys, bulk(lease_id), self._args, tail, *releases.args)
 
     def refund(self, tokens: int) -> bytes:
@@ -185,8 +195,9 @@ class RedisGate(Gate):
         """`admit`, from this gate's credit when it has one (no round trip), else sent
         in one pipeline with the admissions of other requests that reached this point
         in the same turn of the event loop, asking for a credit when the gate is busy
-        (see `credit`), or from a grant on its way that counts this request (see the
-        module docstring); within the state's timeout from when it was called."""
+        (see `credit`), or from a grant not sent yet, which then counts this request
+        (see the module docstring); within the state's timeout from when it was
+        called."""
         if self.free:
             return FREE_LEASE
         asked = time.monotonic()
@@ -195,16 +206,15 @@ class RedisGate(Gate):
         if lease is not None:
             return lease
         on_its_way = self._grant
+        share = None if on_its_way is None else self.state.join(self, on_its_way)
         grant: Grant | None = None
-        if on_its_way is not None and not self._short and on_its_way.counts_one_more():
-            lease = await self._share_of(on_its_way, asked)
+        if on_its_way is not None and share is not None:
+            lease = await self._share_of(share, asked)
             if lease is not None:
                 return lease
-            # None left for it (the limits cut the grant short, or it failed): a grant
-            # of its own now could be cut as well, and cost another round trip.
-        elif on_its_way is None or not self._short:
+            # The grant failed (its request gave up, or went away): asked alone.
+        else:
             grant = Grant()  # sized when its call is built, those waiting counted
-        # else the limits cut the last grant short: each asks alone until one is whole
         lease_id, pending = self._prepare()
         if grant is not None:
             self._grant = grant
@@ -219,16 +229,16 @@ class RedisGate(Gate):
             if grant is not None:
                 self._hand_out(grant)
 
-    async def _share_of(self, grant: Grant, asked: float) -> Lease | None:
-        """This request's share of `grant` once it comes: a lease, or None when it has
-        none for it; `on_unavailable` when the state's timeout from `asked` ends first."""
-        share: asyncio.Future[Lease | None] = asyncio.get_running_loop().create_future()
-        grant.waiting.append(share)
+    async def _share_of(self, share: asyncio.Future[Lease | None],
+                        asked: float) -> Lease | None:
+        """This request's `share` of a grant once it comes: a lease, or None when the
+        grant failed; its refusal raised; `on_unavailable` when the state's timeout
+        from `asked` ends first."""
         timeout = self.state.settings.timeout
         try:
             await asyncio.wait((share,), timeout=asked + timeout - time.monotonic())
         except asyncio.CancelledError:
-            if share.done() and not share.cancelled():
+            if share.done() and not share.cancelled() and share.exception() is None:
                 lease = share.result()
                 if lease is not None:  # handed over as the request went away
                     lease.release()
@@ -243,19 +253,33 @@ class RedisGate(Gate):
     def _hand_out(self, grant: Grant) -> None:
         """`grant` came (or failed, or its request went away): each request still
         waiting for it takes its share now, from this gate's credit, before any request
-        arriving later can; None for those it has none for."""
+        arriving later can; those it has none for get its refusal (`grant.refuse`), or
+        None when it failed."""
         if self._grant is grant:
             self._grant = None
         now = time.monotonic()
         for share in grant.waiting:
-            if not share.done():
-                share.set_result(self._take(now))
+            if share.done():
+                continue
+            lease = self._take(now)
+            if lease is None and grant.refuse is not None:
+                share.set_exception(grant.refuse())
+            else:
+                share.set_result(lease)
+
+    def recount(self, grant: Grant, counted: int) -> None:
+        """`grant`, its call built, counts `counted` requests: at least one admission
+        and one slot each."""
+        grant.need = min(MAX_GRANT, counted)
+        grant.asked = max(grant.asked, grant.need)
+        grant.slots = max(grant.slots, grant.need) if self._concurrent else grant.asked
 
     def wanted(self, grant: Grant) -> int:
         """Admissions `grant` asks for, its call being built now: what the gate's demand
         says, and at least one for each request waiting for it; its slots too."""
         waiting = len(grant.waiting)
-        want = max(self._demand.want(), min(MAX_GRANT, 1 + waiting))
+        grant.need = min(MAX_GRANT, 1 + waiting)
+        want = max(self._demand.want(), grant.need)
         # Slots: about as many as run here at once (they are reused within a credit),
         # not one per admission (each is a sorted-set member to add and remove), and
         # one for each request that starts with this grant: a credit with the tokens
@@ -336,11 +360,9 @@ class RedisGate(Gate):
     def _decide(self, reply: Sequence[str], lease_id: str, on_loop: bool,
                 grant: Grant | None = None) -> Lease:
         """`reply` to the admission of `lease_id` (asking for `grant`, if any): a lease,
-        or the refusal raised."""
+        or the refusal raised; `grant.refuse` is set to make the refusal of the
+        requests waiting for it that its credit has no admission for."""
         kind = reply[0]
-        if grant is not None:  # refused, or fewer: the tenant nears a limit
-            self._short = kind != "ok" or int(reply[4]) < grant.asked \
-                or int(reply[5]) < min(grant.slots, int(reply[4]))
         if kind == "ok":
             probe = reply[1] == "1"
             if probe:
@@ -351,52 +373,96 @@ class RedisGate(Gate):
                 # make as many lease ids (found by review).
                 granted = min(int(reply[4]), MAX_GRANT)
                 credit = self._credit_from(granted, min(int(reply[5]), granted), lease_id)
+            if grant is not None and reply[6] != "none":
+                grant.refuse = self._cut(reply[6], reply[7], reply[8])
             return _RedisLease(self, lease_id, credit, probe)
-        spec = self.spec
         if kind == "breaker":
-            until, now = float(reply[2]), float(reply[4])
-            if reply[1] == "open":
-                # A breaker opens for its cooldown: a later end (a stray write, a hostile
-                # store, 2^33 s passed as a number) is no wait to tell a client. Another
-                # replica's longer cooldown is told again when this one's is over.
-                until = min(until, now + self.state.cooldown)
-            retry = max(1.0, until - now) if reply[1] == "open" else 1.0
-            error: Exception = BreakerOpen(self.state.breaker_message(
-                spec.function, reply[1], until, int(float(reply[3]))), retry)
-            self.state.saw_open(self.ident, until if reply[1] == "open" else None, now)
-            self._cache(error, min(retry, REFUSAL_CACHE))
+            error = self._breaker_refusal(reply[1], float(reply[2]), float(reply[4]),
+                                          int(float(reply[3])), seen=True)
+            if grant is not None:
+                grant.refuse = lambda: self._breaker_refusal(
+                    reply[1], float(reply[2]), float(reply[4]), int(float(reply[3])))
             raise error
+        refusal = self._quota_refusal(kind, reply[1], reply[2])
+        if refusal is not None and grant is not None:
+            grant.refuse = _again(refusal)
         if on_loop:  # a grant that came with this refusal still has some: not refused
             lease = self._take(time.monotonic())
             if lease is not None:
                 return lease
-        scope = reply[1]
+        if refusal is None:  # an answer that is not this gate's: no such quota here
+            scope = reply[1]
+            label = f"{scope} {self.spec.function if scope == 'function' else self.spec.tenant}"
+            return self.state.unavailable(self, f"shared state {self.state.where} answered "
+                                                f"a {kind} refusal for {label}, which has "
+                                                f"no {kind} quota")
+        if kind != "concurrency":
+            self._cache(refusal, refusal.retry_after)
+        raise refusal
+
+    def _cut(self, kind: str, scope: str, number: str) -> Callable[[], StateError] | None:
+        """What refuses the requests a grant counted beyond what it granted (the
+        script's cut: `kind`, `scope`, its number); None when the answer is not this
+        gate's (they ask again)."""
+        if kind == "breaker":  # the grant holds the half-open probe
+            at = float(number)
+            return lambda: self._breaker_refusal("half_open", at, at, 0)
+        refusal = self._quota_refusal(kind, scope, number)
+        if refusal is None:
+            return None
+        if kind == "rate":
+            self._cache(refusal, refusal.retry_after)
+        return _again(refusal)
+
+    def _breaker_refusal(self, state: str, until: float, now: float, count: int,
+                         seen: bool = False) -> BreakerOpen:
+        """The refusal of a breaker the store found `state` (`open` until `until`, or
+        `half_open` with its probe out since `until`), by Redis's clock `now`, after
+        `count` violations; a refusal the store did not count is counted with the next
+        admission. `seen`: the store answered it (remembered, cached)."""
+        shown = until
+        if state == "open":
+            # A breaker opens for its cooldown: a later end (a stray write, a hostile
+            # store, 2^33 s passed as a number) is no wait to tell a client. Another
+            # replica's longer cooldown is told again when this one's is over; the text
+            # says the end the store holds (the capped one was not true).
+            until = min(until, now + self.state.cooldown)
+        retry = max(1.0, until - now) if state == "open" else 1.0
+        error = BreakerOpen(self.state.breaker_message(self.spec.function, state, shown,
+                                                       count), retry)
+        if seen:
+            self.state.saw_open(self.ident, until if state == "open" else None, now)
+            self._cache(error, min(retry, REFUSAL_CACHE))
+        else:
+            self._pending_denials += 1
+        return error
+
+    def _quota_refusal(self, kind: str, scope: str, number: str) -> QuotaExceeded | None:
+        """The refusal for `kind` (concurrency, rate, cpu) of `scope` (function, tenant)
+        the store answered, with its wait `number`; None when this gate has no such
+        quota."""
+        spec = self.spec
         label = f"{scope} {spec.function if scope == 'function' else spec.tenant}"
         quota = spec.function_quota if scope == "function" else spec.tenant_quota
         limit = {"concurrency": quota.concurrency, "cpu": quota.cpu_per_minute,
                  "rate": quota.rate}[kind]
-        if limit is None:  # an answer that is not this gate's: no such quota here
-            return self.state.unavailable(self, f"shared state {self.state.where} answered "
-                                                f"a {kind} refusal for {label}, which has "
-                                                f"no {kind} quota")
+        if limit is None:
+            return None
         if kind == "concurrency":
-            raise QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at most",
-                                1.0, "concurrency")
+            return QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at "
+                                 "most", 1.0, "concurrency")
         # No longer than a limit can make a client wait (the store may say up to 2^33
         # s): a rate's bucket is at most its window ahead (burst / rate; a window an
         # earlier manifest set, before a reload, may be longer: at least the hour its key
         # outlived it by before), and a CPU budget refills whole within CPU_REFILL (a run
         # that overdrew it by more is refused again then, with what is left).
-        wait = min(float(reply[2]), max(quota.bucket / limit, RATE_WINDOW_FLOOR)
+        wait = min(float(number), max(quota.bucket / limit, RATE_WINDOW_FLOOR)
                    if kind == "rate" else CPU_REFILL)
         if kind == "cpu":
-            error = QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
-                                  "minute spent", wait, "cpu")
-        else:
-            error = QuotaExceeded(f"{label}: more than {quota.rate:g} requests per second",
-                                  wait, "rate")
-        self._cache(error, wait)
-        raise error
+            return QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
+                                 "minute spent", wait, "cpu")
+        return QuotaExceeded(f"{label}: more than {quota.rate:g} requests per second",
+                             wait, "rate")
 
     def _cache(self, error: Exception, seconds: float) -> None:
         # Only refusals no other replica can lift sooner (see the module docstring).

@@ -84,13 +84,13 @@ from .client import (
     round_trip,
     store_deadline,
 )
-from .credit import HOLD
+from .credit import HOLD, MAX_GRANT
 from .errors import StateUnavailable
 from .keys import PREFIX, TenantKeys
 from .local import LocalState
 from .quota import Quota
 from .redisgate import REFUSAL_CACHE, Grant, RedisGate
-from .resp import Releases, number, script_load
+from .resp import Releases, bulks, evalsha, number, script_load
 from .scripts import ADMIT, COUNTED, PROBE_CLEAN, PROBE_UNUSED, REFUND, RELEASE, VIOLATION
 from .settings import StateSettings
 
@@ -100,6 +100,7 @@ logger = logging.getLogger("stockade.state")
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
 RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
 _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts, late answers
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 class _Asked:
@@ -198,26 +199,41 @@ class RedisState(StateBackend):
         """A lease id unique across replicas."""
         return f"{self._id_prefix}{next(self._ids)}"
 
-    def run(self, script: Any, keys: list[str], args: list[str]) -> Any:
-        """Run `script`; raises RoundTripFailed when Redis is down (then not tried again for
-        `RETRY_INTERVAL` s) or the script failed."""
-        with self._round_trip():
-            reply = script(keys=keys, args=args)
+    def run(self, script: Any, keys: list[str], args: list[str],
+            late: Callable[[Any], None] | None = None) -> Any:
+        """Run `script` (registered with this state's client), answered within `timeout`
+        of the call, a wait for a connection being made included, as an admission off
+        an event loop is (`admit`): past it RoundTripFailed, and the store's answer, due
+        within `timeout` of the script's send, is read on a thread of its own and given
+        to `late` (dropped when None or an error). A breaker's record waited for a fresh
+        connection, then a whole timeout more. Raises RoundTripFailed when Redis is down
+        (then not tried again for `RETRY_INTERVAL` s) or the script failed."""
+        answer_by = time.monotonic() + self.settings.timeout
+        call = evalsha(script.sha, len(keys) + len(args), len(keys), bulks(keys), bulks(args))
+
+        def answered(replies: list[Any]) -> None:
+            if late is not None and not isinstance(replies[0], Exception):
+                late(replies[0])
+
+        reply = self._pipeline([call], answer_by - time.monotonic(), answer_by, answered,
+                               (script.script,))[0]
+        if isinstance(reply, Exception):
+            self._script_failed(reply)
         return reply
 
     @contextmanager
-    def _round_trip(self, wait: float | None = None,
-                    answer_by: float | None = None) -> Iterator[None]:
+    def _round_trip(self, wait: float | None = None, answer_by: float | None = None,
+                    even_if_down: bool = False) -> Iterator[None]:
         """One exchange with Redis, within one `timeout` in all from its first request
         sent (a reload of the scripts included), after a wait for a connection being
         made of `wait` seconds at most (`timeout` when None), its caller waiting for
         answers until `answer_by` at most, see `client.round_trip`: refused at once
-        while it is marked down; a connection still being made, or the caller's time
-        over first (`AnswerLate`), raises RoundTripFailed (the store is not marked
-        down: it has not failed); a lost connection or one taking longer marks it down
-        and raises RoundTripFailed; a failed script raises through `_script_failed`; a
-        success after an outage says it came back."""
-        if self._retry_at and time.monotonic() < self._retry_at:
+        while it is marked down (unless `even_if_down`); a connection still being
+        made, or the caller's time over first (`AnswerLate`), raises RoundTripFailed
+        (the store is not marked down: it has not failed); a lost connection or one
+        taking longer marks it down and raises RoundTripFailed; a failed script raises
+        through `_script_failed`; a success after an outage says it came back."""
+        if self._retry_at and time.monotonic() < self._retry_at and not even_if_down:
             raise RoundTripFailed(f"shared state {self.where} is unreachable")
         try:
             with round_trip(self.settings.timeout, wait, answer_by):
@@ -405,6 +421,8 @@ class RedisState(StateBackend):
         loop = asyncio.get_running_loop()
         asked = _Asked(gate, lease_id, pending, grant, loop.create_future(),
                        since + self.settings.timeout)
+        if grant is not None:
+            grant.request = asked
         self._admissions.append(asked)
         if len(self._admissions) == 1:
             loop.call_soon(self._send_admissions)
@@ -423,6 +441,22 @@ class RedisState(StateBackend):
             raise
         finally:
             expiry.cancel()
+
+    def join(self, gate: RedisGate, grant: Grant) -> asyncio.Future[Lease | None] | None:
+        """A share of `grant` (of `gate`) for one more request, which the grant then
+        counts (its call, when built, built again: it is answered a slot or a refusal,
+        see `scripts.ADMIT`); None once the grant is sent, or counts all it may."""
+        with self._batch_lock:  # the state thread takes the calls under it
+            if grant.sent or len(grant.waiting) + 1 >= MAX_GRANT:
+                return None
+            share: asyncio.Future[Lease | None] = asyncio.get_running_loop().create_future()
+            grant.waiting.append(share)
+            asked = grant.request
+            if asked is not None and asked.call is not None:
+                gate.recount(grant, 1 + len(grant.waiting))
+                asked.call = gate.command(asked.lease_id, asked.pending, grant.asked,
+                                          asked.releases, asked.refund, grant)
+            return share
 
     def _give_up(self, asked: _Asked) -> None:
         """`asked`'s time is over: `on_unavailable` now, whatever its round trip does."""
@@ -494,6 +528,9 @@ class RedisState(StateBackend):
         with self._batch_lock:
             if self._batch is batch:
                 self._batch = None
+            for asked in batch.asked:
+                if asked.grant is not None:
+                    asked.grant.sent = True  # nobody joins it now (`join`)
         calls = self._take_queued()
         owners: list[_Asked | None] = [None] * len(calls)  # whose answer each reply is
         latest = 0.0
@@ -557,15 +594,18 @@ class RedisState(StateBackend):
 
     def _pipeline(self, calls: Sequence[bytes], wait: float | None = None,
                   answer_by: float | None = None,
-                  late: Callable[[list[Any]], None] | None = None) -> list[Any]:
-        """`calls` (encoded script calls, see `resp`) sent in one round trip, within
-        `timeout` from when they are sent, after a wait of `wait` seconds at most for a
-        connection being made (see `_round_trip`); the replies (errors as values).
-        Raises RoundTripFailed when Redis is down or takes longer, or the connection is
-        not made yet, or at `answer_by` (monotonic) when it comes first: the replies
-        are then read on a thread of their own and given to `late`."""
+                  late: Callable[[list[Any]], None] | None = None,
+                  sources: Sequence[str] = (RELEASE, ADMIT, REFUND),
+                  even_if_down: bool = False) -> list[Any]:
+        """`calls` (encoded commands, see `resp`: script calls of `sources`) sent in one
+        round trip, within `timeout` from when they are sent, after a wait of `wait`
+        seconds at most for a connection being made (see `_round_trip`, also for
+        `even_if_down`); the replies (errors as values). Raises RoundTripFailed when
+        Redis is down or takes longer, or the connection is not made yet, or at
+        `answer_by` (monotonic) when it comes first: the replies are then read on a
+        thread of their own and given to `late`."""
         pool = self.client.connection_pool
-        with self._round_trip(wait, answer_by):
+        with self._round_trip(wait, answer_by, even_if_down):
             connection: Any = pool.get_connection()
             loads: list[bytes] = []
             replies: list[Any] = []
@@ -592,7 +632,7 @@ class RedisState(StateBackend):
                     # Restarted, or flushed: loaded ahead of the calls again, on this
                     # connection and in one send (on another, each load waited for a
                     # handshake of its own; found by review).
-                    loads = [script_load(source) for source in (RELEASE, ADMIT, REFUND)]
+                    loads = [script_load(source) for source in sources]
             except redis.TimeoutError:
                 if late is None or not answer_late():
                     connection.disconnect()  # replies may be left unread on it
@@ -639,7 +679,11 @@ class RedisState(StateBackend):
                 return
             finally:
                 pool.release(connection)
-            late((read + rest)[-calls:])
+            try:
+                late((read + rest)[-calls:])
+            except Exception:  # noqa: BLE001 - a thread of its own: nobody to raise to
+                logger.exception("shared state %s: a late answer could not be used",
+                                 self.where)
 
         threading.Thread(target=finish, daemon=True, name="stockade-state-late").start()
 
@@ -724,15 +768,17 @@ class RedisState(StateBackend):
         return self.fallback.descriptors(keys)
 
     def ping(self) -> bool:
-        """Whether Redis answers now (logged when it does not)."""
+        """Whether Redis answers now, within `timeout` of the call (a wait for a
+        connection being made included, as for `run`; asked even while marked down).
+        A store that fails is marked down and logged; one still connecting, or
+        answering after the caller's time, is not."""
+        answer_by = time.monotonic() + self.settings.timeout
         try:
-            with round_trip(self.settings.timeout):  # a reconnect's handshake included
-                return bool(self.client.ping())
-        except ConnectionPending:
-            return False  # being made: not down
-        except (redis.RedisError, OSError) as exc:
-            self._went_down(exc)
+            reply = self._pipeline([_PING], self.settings.timeout, answer_by,
+                                   lambda replies: None, (), even_if_down=True)[0]
+        except RoundTripFailed:
             return False
+        return bool(reply == "PONG")
 
     def close(self) -> None:
         if self._closed:
@@ -793,6 +839,14 @@ class RedisBreakers:
             probe_at = state._probes.take(ident, holder) or ""
         if not violated and not probe_at:
             return None
+
+        def late(reply: Any) -> None:
+            # Answered after the caller's time: what it changed is told all the same.
+            try:
+                self.notify(self._transition(key, tenant, reply))
+            except RoundTripFailed:
+                pass  # logged by `_script_failed`
+
         try:
             if violated:
                 cfg = self.config
@@ -801,12 +855,14 @@ class RedisBreakers:
                     # A client's violation replaces its last one: it counts once.
                     _member(source) if source is not None
                     else f"{state.lease_id()}:{next(self._ids)}", key, tenant or "", probe_at,
-                    repr(cfg.remembered)])
+                    repr(cfg.remembered)], late)
             else:
-                reply = state.run(state.probe_script, self._keys(key, tenant), [probe_at])
+                reply = state.run(state.probe_script, self._keys(key, tenant), [probe_at],
+                                  late)
             transition = self._transition(key, tenant, reply)
         except RoundTripFailed:
-            return None  # logged by `run`; the count is lost, the store decides nothing
+            # Logged by `run`; the count is lost, or told when it is answered late.
+            return None
         self.notify(transition)
         return transition
 
@@ -905,12 +961,15 @@ class _Answer(NamedTuple):
     numbers: tuple[int, ...]
 
 
-_ANSWERS = {"ok": _Answer(("0", "1"), (2, 3, 4, 5)),
+_ANSWERS = {"ok": _Answer(("0", "1"), (2, 3, 4, 5, 8)),
             "breaker": _Answer(("open", "half_open"), (2, 3, 4)),
             "concurrency": _Answer(("function", "tenant"), (2,)),
             "cpu": _Answer(("function", "tenant"), (2,)),
             "rate": _Answer(("function", "tenant"), (2,))}
 _COUNTS = (2, 4, 5)  # an `ok` answer's counts: read with int()
+# An `ok` answer's refusal of the waiting requests beyond those granted (kind, scope).
+_CUTS = {("none", "-"), ("concurrency", "function"), ("concurrency", "tenant"),
+         ("rate", "function"), ("rate", "tenant"), ("breaker", "half_open")}
 _COUNT_DIGITS = 12  # int() of 5,000 digits raised ValueError past `_well_formed`
 
 
@@ -930,7 +989,7 @@ def _well_formed(reply: Any) -> bool:
             number(reply[index])
     except ValueError:
         return False
-    return reply[0] != "ok" or all(
+    return reply[0] != "ok" or (reply[6], reply[7]) in _CUTS and all(
         reply[index].isascii() and reply[index].isdigit()
         and len(reply[index]) <= _COUNT_DIGITS for index in _COUNTS)
 

@@ -77,20 +77,36 @@ end
 #       rate, burst, CPU seconds per minute, check breaker (0/1), probe timeout,
 #       refusals counted locally since the last call, admissions wanted (see `credit`),
 #       unspent admissions of this gate's last grant (refunded first, see REFUND), slots
-#       wanted, then three per release (see _RELEASES), given back first so that their
-#       slots and CPU count for this request
+#       wanted, requests waiting for this answer (the asking one included), then three
+#       per release (see _RELEASES), given back first so that their slots and CPU count
+#       for this request
 # Grants n admissions (1 <= n <= wanted) and m concurrency slots (1 <= m <= n, slots
-# wanted): more than one only from the upper half of what is left of each rate's burst
-# (n) and each concurrency limit (m), with the CPU budget above half and the breaker
-# closed. The slots are leases: the lease id, then the lease id followed by `.1`, ...
-# Returns {'ok', probe taken (0/1), refusals while half open, now, n, m}.
+# wanted): one for each request waiting while the limits leave one, more only from the
+# upper half of what is left of each rate's burst (n) and each concurrency limit (m),
+# with the CPU budget above half and the breaker closed. The waiting requests the
+# limits leave none for are refused in the same answer (`cut`): a grant halved below
+# them sent them to ask again, three or four round trips in all. The slots are leases:
+# the lease id, then the lease id followed by `.1`, ...
+# Returns {'ok', probe taken (0/1), refusals while half open, now, n, m, then the
+# refusal of the waiting requests beyond what was granted: kind ('none' when all have
+# one, 'concurrency', 'rate', 'breaker'), scope ('-', 'function', 'tenant',
+# 'half_open'), and a number (a rate's wait in seconds, the probe's time, else 1)}.
 ADMIT = _EXACT + _KEEP + _REFUND + _RELEASES + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-release(1, 3, 6, 16, now)
+release(1, 3, 6, 17, now)
 refund(tonumber(ARGV[14]), tonumber(ARGV[4]), tonumber(ARGV[7]), now)
 local n = math.max(1, math.floor(tonumber(ARGV[13])))
 local m = math.max(1, math.floor(tonumber(ARGV[15])))
+local need = math.min(math.max(1, math.floor(tonumber(ARGV[16]))), n, m)
+local cut = {'none', '-', '1'}
+-- At most `count` of the waiting requests can be admitted, the others refused for `why`.
+local function limit_to(count, kind, scope, number)
+  if count < need then
+    need = count
+    cut = {kind, scope, number}
+  end
+end
 local probe = false
 if ARGV[10] == '1' then
   local pending = tonumber(ARGV[12])
@@ -113,19 +129,23 @@ if ARGV[10] == '1' then
     end
     probe = true
   end
-  if b[1] and b[1] ~= 'closed' then n = 1 end
+  if b[1] and b[1] ~= 'closed' then
+    n = 1  -- the probe alone
+    limit_to(1, 'breaker', 'half_open', tostring(now))
+  end
 end
-local function busy(key, limit)
+local function busy(key, limit, scope)
   if limit < 0 then return false end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  local count = redis.call('ZCARD', key)
-  if count >= limit then return true end
-  m = math.min(m, math.max(1, math.floor((limit - count) / 2)))
+  local free = limit - redis.call('ZCARD', key)
+  if free <= 0 then return true end
+  limit_to(free, 'concurrency', scope, '1')
+  m = math.min(m, math.max(need, math.floor(free / 2)))
   return false
 end
 local fconc, tconc = tonumber(ARGV[3]), tonumber(ARGV[6])
-if busy(KEYS[4], fconc) then return {'concurrency', 'function', '1'} end
-if busy(KEYS[3], tconc) then return {'concurrency', 'tenant', '1'} end
+if busy(KEYS[4], fconc, 'function') then return {'concurrency', 'function', '1'} end
+if busy(KEYS[3], tconc, 'tenant') then return {'concurrency', 'tenant', '1'} end
 local cpu = tonumber(ARGV[9])
 if cpu >= 0 then
   local c = redis.call('HMGET', KEYS[1], 'cpu', 'cpu_at')
@@ -134,13 +154,13 @@ if cpu >= 0 then
     local per = cpu / 60
     level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * per)
     if level < 0 then return {'cpu', 'tenant', tostring(-level / per)} end
-    if level < cpu / 2 then n = 1 end
+    if level < cpu / 2 then n = need end  -- each would be admitted alone
   end
 end
 -- GCRA: the theoretical arrival time `tat` moves one interval per admitted request;
 -- a request is early (refused) when it comes before tat - burst intervals. `left` is
 -- what is left of the burst now (at most `burst`).
-local function gcra(key, rate, burst)
+local function gcra(key, rate, burst, scope)
   if rate < 0 then return nil, 0 end
   local interval = 1 / rate
   local tat = tonumber(redis.call('HGET', key, 'tat')) or now
@@ -148,12 +168,15 @@ local function gcra(key, rate, burst)
   local allowed = tat + interval - burst * interval
   if now < allowed then return nil, allowed - now end
   local left = burst - (tat - now) / interval
-  n = math.min(n, math.max(1, math.floor(left - burst / 2)))
+  -- Once `whole` are taken, the next is early by (whole + 1 - left) intervals.
+  local whole = math.floor(left)
+  limit_to(whole, 'rate', scope, exact((whole + 1 - left) * interval))
+  n = math.min(n, math.max(need, math.floor(left - burst / 2)))
   return tat, 0
 end
-local ftat, fwait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))
+local ftat, fwait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), 'function')
 if fwait > 0 then return {'rate', 'function', tostring(fwait)} end
-local ttat, twait = gcra(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[8]))
+local ttat, twait = gcra(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[8]), 'tenant')
 if twait > 0 then return {'rate', 'tenant', tostring(twait)} end
 if ftat then
   local tat = ftat + n / tonumber(ARGV[4])
@@ -188,7 +211,7 @@ if probe then
              'updated', tostring(now), 'denied', 0)
 end
 return {'ok', probe and '1' or '0', tostring(denied), tostring(now), tostring(n),
-        tostring(m)}
+        tostring(m), cut[1], cut[2], cut[3]}
 """
 
 # KEYS: tenant quota, function quota
