@@ -4,6 +4,7 @@ trusted only as far as this host can authenticate them.
     <root>/                      0700, this uid
       <fingerprint>/<sha256>.cwasm   0600, sealed for `cache:<sha256>` (see `seal`)
       stat/<digest of path facts>    0600, "<sha256> <tag>": which module a path holds
+      .usage                         0600, what the two above occupy (`cacheusage`)
 
 Anyone who can write the cache could otherwise make the next run execute their machine
 code as the caller. So every directory must be a directory of this uid that nobody else can
@@ -13,16 +14,25 @@ it. A refused entry is deleted (a refused directory moved aside), an audit recor
 written, and the caller compiles again. A cache that cannot be written or trusted at all is
 skipped: modules are then compiled in memory each time.
 
-The entries under a root total at most `STOCKADE_CACHE_MAX_BYTES` (default 2 GiB): every
-distinct module a host is handed, runnable or not, leaves a compiled copy about its size,
-so past the cap the least recently used go (a hit counts as a use), and an entry larger
-than the cap is not kept.
+The entries and stat records under a root occupy at most `STOCKADE_CACHE_MAX_BYTES`
+(default 2 GiB) of disk: every distinct module a host is handed, runnable or not, leaves
+a compiled copy about its size, and every distinct file a record (a 4 KiB block). Past
+the cap the least recently used of both go (a hit counts as a use) until they occupy
+1/16 of the cap less, so that a full cache is not walked at every store; an entry
+larger than the cap is not kept.
+
+Whether the cap is near is read from a running total (`cacheusage.Usage`), not from a
+walk of every entry. The total is only a belief: a walk corrects it when it says the
+cap is passed, when it cannot be read, and, in case it lies, by chance at each store in
+proportion to the bytes stored (one walk per 1/16 of the cap stored, on average: a
+total that lies lets the cache pass its cap by about that much, for about that long).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import random
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +43,7 @@ from typing import TYPE_CHECKING
 from ..digests import sha256 as _sha256
 from ..errors import UsageError
 from ..regularfile import owner_problem
+from .cacheusage import Usage
 from .seal import (
     TRAILER_SIZE,
     KeyUnavailable,
@@ -57,6 +68,9 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _INDEX = "stat"
 _INDEX_MAX = 256  # bytes: "<64 hex> <64 hex>\n"
+_RECORD_NAME = 32  # hex digits naming a stat record
+_BLOCK = 4096  # what a small file occupies on disk (a stat record: ~130 bytes)
+_HEADROOM = 16  # a trim leaves 1/16 of the cap free
 DEFAULT_MAX_BYTES = 2 << 30
 MAX_BYTES_ENV = "STOCKADE_CACHE_MAX_BYTES"
 _MIN_MAX_BYTES = 1 << 20
@@ -152,8 +166,9 @@ class AotCache:
             os.close(fd)
 
     def store(self, fingerprint: str, sha256: str, data: bytes | memoryview) -> Path | None:
-        """Seal and save compiled bytes, then trim the cache to its cap; the path, or
-        None when the cache is unusable or the entry alone would pass the cap."""
+        """Seal and save compiled bytes, then charge them to the cache's running total,
+        which trims it when near its cap (`_account`); the path, or None when the cache
+        is unusable or the entry alone would pass the cap."""
         key = self._key()
         target = self.path(fingerprint, sha256)
         if len(data) + TRAILER_SIZE > self.max_bytes:
@@ -163,7 +178,7 @@ class AotCache:
         trailer = seal(data, fingerprint, _purpose(sha256), key)
         if not _write_atomic(target, (data, trailer)):
             return None
-        self._trim(target)
+        self._account(target, _blocks(len(data) + TRAILER_SIZE))
         return target
 
     def evict(self, fingerprint: str, sha256: str) -> None:
@@ -190,8 +205,15 @@ class AotCache:
             self._refuse(path, f"cannot be opened safely ({exc.strerror})")
             return None
         try:
-            problem = _file_problem(os.fstat(fd))
+            info = os.fstat(fd)
+            problem = _file_problem(info)
             text = "" if problem else os.read(fd, _INDEX_MAX).decode("ascii", "replace")
+            if problem is None and time.time() - info.st_mtime > _STALE_SECONDS:
+                # A use, as for entries: the record is among the last to be trimmed (a
+                # forged one is deleted below all the same).
+                os.utime(fd)
+        except OSError:
+            pass
         finally:
             os.close(fd)
         sha, _, mac = text.strip().partition(" ")
@@ -211,7 +233,8 @@ class AotCache:
         if key is None or not self._directory(path.parent, create=True):
             return
         record = f"{sha256} {tag(key, _INDEX, ident, sha256)}\n".encode()
-        _write_atomic(path, (record,))
+        if _write_atomic(path, (record,)):
+            self._account(path, _BLOCK)
 
     # -- trust checks ------------------------------------------------------------------
 
@@ -252,31 +275,69 @@ class AotCache:
                 pass
         return fd
 
-    def _trim(self, kept: Path) -> None:
-        """Remove the least recently used entries (by their last use or write) until
-        those under the root total at most `max_bytes`, never `kept`; and the `.part`
-        files of writers that crashed. Best effort: another process may trim, write or
-        load meanwhile (a loader holds its entry open: removing it costs a compile).
+    def _account(self, kept: Path, added: int) -> None:
+        """Charge `added` bytes (what `kept`, just written, occupies) to the running
+        total, and walk the cache to trim it (`_trim`) when the total says the cap is
+        passed, when there is no total to trust, or by chance: with probability `added`
+        over the headroom a trim leaves, so that a total that lies is found out after
+        about that many bytes are stored, whoever wrote it."""
+        root = self._open_root()
+        if root is None:
+            return
+        try:
+            usage = Usage.open(root)
+            if usage is None:
+                self._trim(root, kept)
+                return
+            with usage:
+                total, charged = usage.charge(added)
+                if (total is not None and total <= self.max_bytes
+                        and random.random() * self._headroom() >= added):
+                    return
+                found = self._trim(root, kept)
+                if found is not None:
+                    usage.settle(found, charged)
+        finally:
+            os.close(root)
+
+    def _headroom(self) -> int:
+        return max(self.max_bytes // _HEADROOM, 1)
+
+    def _open_root(self) -> int | None:
+        """The root, open, when it is a directory only this uid can write."""
+        try:
+            # The root may be a link the user chose (as `_directory` allows), never what
+            # is below it.
+            root = os.open(self.root, _OPEN_DIR & ~os.O_NOFOLLOW)
+        except OSError:
+            return None
+        if _directory_problem(os.fstat(root)) is not None:
+            os.close(root)
+            return None
+        return root
+
+    def _trim(self, root: int, kept: Path) -> int | None:
+        """When the entries and stat records under the open `root` occupy more than
+        `max_bytes`, remove the least recently used (by their last use or write) until
+        they occupy at most the cap less its headroom, never `kept`; and the `.part`
+        files of writers that crashed. Returns what they occupy then (None when the
+        root cannot be read). Best effort: another process may trim, write or load
+        meanwhile (a loader holds its entry open: removing it costs a compile).
 
         Walked by descriptors, never by path: a scope's directories are written by its
         workers too, and one that swapped a fingerprint's directory for a link after it
         was listed made this process delete files of its choosing elsewhere (found by
         review). Only names this cache writes are removed; what cannot be read is
         skipped, not the whole trim."""
-        entries: list[tuple[float, int, int, str]] = []  # (used, size, folder index, name)
-        folders: list[tuple[int, str]] = []  # open, and the fingerprint it was opened as
+        files: list[tuple[float, int, int, str]] = []  # (used, bytes, folder index, name)
+        folders: list[tuple[int, str]] = []  # open, and the name it was opened as
         total, stale = 0, time.time() - _STALE_SECONDS
         try:
-            # The root may be a link the user chose (as `_directory` allows), never what
-            # is below it.
-            root = os.open(self.root, _OPEN_DIR & ~os.O_NOFOLLOW)
-        except OSError:
-            return
-        try:
-            if _directory_problem(os.fstat(root)) is not None:
-                return
-            for name in _listing(root):
-                if not _is_fingerprint(name):
+            names = _listing(root)
+            if not names:
+                return None
+            for name in names:
+                if not _is_fingerprint(name) and name != _INDEX:
                     continue
                 try:
                     folder = os.open(name, _OPEN_DIR, dir_fd=root)
@@ -285,6 +346,7 @@ class AotCache:
                 folders.append((folder, name))
                 if _directory_problem(os.fstat(folder)) is not None:
                     continue
+                kept_here = _is_record if name == _INDEX else _is_entry
                 for entry in _listing(folder):
                     try:
                         info = os.stat(entry, dir_fd=folder, follow_symlinks=False)
@@ -292,25 +354,28 @@ class AotCache:
                         continue
                     if not stat.S_ISREG(info.st_mode):
                         continue
-                    if _is_part(entry):
+                    if _is_part(entry, kept_here):
                         if info.st_mtime < stale:
                             _unlink(entry, folder)
-                    elif _is_entry(entry):
-                        total += info.st_size
+                    elif kept_here(entry):
+                        size = _footprint(info)
+                        total += size
                         used = max(info.st_mtime, info.st_atime)
-                        entries.append((used, info.st_size, len(folders) - 1, entry))
-            entries.sort()
+                        files.append((used, size, len(folders) - 1, entry))
+            if total <= self.max_bytes:
+                return total
+            files.sort()
             kept_at = (kept.parent.name, kept.name)
-            for _, size, index, name in entries:
-                if total <= self.max_bytes:
+            for _, size, index, name in files:
+                if total <= self.max_bytes - self._headroom():
                     break
-                folder, fingerprint = folders[index]
-                if (fingerprint, name) != kept_at and _unlink(name, folder):
+                folder, folder_name = folders[index]
+                if (folder_name, name) != kept_at and _unlink(name, folder):
                     total -= size
+            return total
         finally:
             for folder, _ in folders:
                 os.close(folder)
-            os.close(root)
 
     def _key(self) -> bytes | None:
         try:
@@ -420,9 +485,29 @@ def _is_entry(name: str) -> bool:
     return suffix == "cwasm" and len(digest) == 64 and set(digest) <= _HEX
 
 
-def _is_part(name: str) -> bool:
-    """`.<entry>.<pid>.<hex>.part`: what `_write_atomic` writes before its rename."""
-    return name.startswith(".") and name.endswith(".part") and ".cwasm." in name
+def _is_record(name: str) -> bool:
+    """A stat record's name (`_index_path`)."""
+    return len(name) == _RECORD_NAME and set(name) <= _HEX
+
+
+def _is_part(name: str, kept: Callable[[str], bool]) -> bool:
+    """`.<name>.<pid>.<hex>.part` where `kept(name)`: what `_write_atomic` writes
+    before its rename."""
+    if not (name.startswith(".") and name.endswith(".part")):
+        return False
+    written, _, rest = name[1:].rpartition(".")[0].rpartition(".")[0].rpartition(".")
+    return bool(written) and kept(written) and rest.isdigit()
+
+
+def _footprint(info: os.stat_result) -> int:
+    """The bytes a file occupies: its blocks (a small file takes a whole one), or its
+    size when larger (a sparse file is refilled when copied)."""
+    return max(info.st_size, info.st_blocks * 512)
+
+
+def _blocks(size: int) -> int:
+    """What a file of `size` bytes is expected to occupy: whole blocks."""
+    return -(-size // _BLOCK) * _BLOCK
 
 
 def _listing(directory: int) -> list[str]:

@@ -52,14 +52,30 @@ def limit_cpu(seconds: float, hard: int | None = None) -> int:
     return hard
 
 
-def limit_space(space: int) -> None:
-    """At most `space` more bytes of address space than this process maps now, within
-    the limit it was started with (raising a hard limit is refused)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = vm_size() + space
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def limit_space(space: int | None) -> int | None:
+    """At most `space` more bytes of address space than this process maps now (None: no
+    bound of its own), within the limit it was started with (raising a hard limit is
+    refused). Returns how many more it may map under the limit in force (None: no
+    limit), which is less than `space` when the inherited limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    mapped = vm_size()
+    if space is not None:
+        soft = mapped + space if hard == resource.RLIM_INFINITY else min(mapped + space, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
+    return None if soft == resource.RLIM_INFINITY else max(0, soft - mapped)
+
+
+def report_space(spec: dict[str, Any]) -> None:
+    """Set the address-space limit (`limit_space`) and tell the caller, on the descriptor
+    it passed (`compiler.run_child`), the space in force: its refusal names that."""
+    space = limit_space(spec["address_space"])
+    report = spec.get("report")
+    if isinstance(report, int):
+        try:
+            os.write(report, json.dumps({"space": space}).encode())
+            os.close(report)
+        except OSError:  # the caller reads it only to word a refusal
+            pass
 
 
 def main() -> int:
@@ -89,8 +105,7 @@ def main() -> int:
     cpu = None if guard is None else guard.compile_budget
     # The checks and the compile each get the CPU budget; the memory bound is one.
     hard = None if cpu is None else limit_cpu(cpu)
-    if spec["address_space"] is not None:
-        limit_space(spec["address_space"])
+    report_space(spec)
     try:
         compiled = compile_checked(
             engine, wasm, spec["name"], guard, spec["tripwire"],
@@ -117,8 +132,7 @@ def _review(wasm: bytes, spec: dict[str, Any]) -> int:
     budget = (spec["guard"] or {}).get("compile_budget")
     if budget is not None:
         limit_cpu(budget)
-    if spec["address_space"] is not None:
-        limit_space(spec["address_space"])
+    report_space(spec)
     try:
         verdict = engine_verdict(wasm)
         work = code_work(wasm) if spec["price"] and verdict.error is None else None

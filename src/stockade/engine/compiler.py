@@ -16,8 +16,10 @@ again for the compile) and `RLIMIT_AS` (`address_space`, from its memory budget)
 child writes the serialized code back and the caller deserializes it (wasmtime checks
 that it was made for the same engine settings). What meets a limit is refused with it
 (`ModuleError`), and remembered: the same bytes under the same budgets are refused again
-without a child. One that outlives `compile_deadline` is killed; the child dies with its
-caller.
+without a child. One that outlives `compile_deadline`, or stays stopped (SIGSTOP: it
+spends no CPU, so only that deadline, minutes later, ended it), is killed and refused;
+the child dies with its caller. A refusal for memory names the address space the child
+had: its budget's, or a lower `RLIMIT_AS` it inherited.
 
 A process that is itself a bounded, disposable worker (an isolated worker, a gateway
 pool worker: `RLIMIT_CPU` and `RLIMIT_AS` of their own, and seccomp that forbids new
@@ -35,7 +37,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..allocator import arena_limit
 from ..compilecost import compile_deadline
@@ -46,6 +48,7 @@ from ..policy.units import format_size
 # Imported with this module, not when a module is refused: an isolated worker compiles
 # after its confinement hides the installation (a fresh checkout under /tmp: every
 # isolated compile failed, 125).
+from .childpipe import ChildStopped, DeadlinePassed, exchange
 from .grow import EXPORT as GROW_EXPORT
 from .growwatch import exports_reserved, watch
 from .validity import needs_gc
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = ["compiles_in_child", "compile_in_this_process", "compile_in_child",
            "checked_code", "compile_checked", "address_space", "run_child", "child_refusal",
+           "ChildResult",
            "REFUSED", "UNSUPPORTED", "OUT_OF_MEMORY", "PARENT_GONE"]
 
 Settings = Sequence[tuple[str, bool | int | str]]
@@ -153,41 +157,82 @@ def compile_in_child(settings: Settings, wasm: bytes, name: str, guard: CompileG
     done = run_child(spec, wasm, name, guard)
     if done.returncode == 0:
         return done.stdout
-    stderr = done.stderr.decode(errors="replace").strip()
     if done.returncode == UNSUPPORTED:
         from .tripwire import Unsupported
 
-        raise Unsupported(stderr)
-    refusal = child_refusal(done.returncode, stderr, name, guard)
+        raise Unsupported(done.stderr.decode(errors="replace").strip())
+    refusal = child_refusal(done, name, guard)
     if len(_refused) >= _REMEMBERED:
         _refused.pop(next(iter(_refused)))
     _refused[key] = refusal
     raise refusal
 
 
+class ChildResult(NamedTuple):
+    """What the compiler child gave back: its exit status (negative: the signal that
+    ended it), stdout, stderr, and the bytes of address space it could map beyond what
+    it mapped when it set its limit (`compilechild.limit_space`: its budget's, or a
+    lower limit it inherited; None when unbounded or not reported)."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    space: int | None
+
+
 def run_child(spec: dict[str, object], wasm: bytes, name: str, guard: CompileGuard | None,
-              doing: str = "compiling") -> subprocess.CompletedProcess[bytes]:
+              doing: str = "compiling") -> ChildResult:
     """`engine.compilechild` given `spec` (its task), `wasm` and `guard`'s budgets: CPU
     (`RLIMIT_CPU`), address space (`address_space` of the memory budget), killed past
-    `compile_deadline`. Raises ModuleError past that deadline (`doing` says what took
-    long), StockadeError when no child starts."""
+    `compile_deadline` or when it stays stopped (`childpipe.STOPPED_FOR`). Raises
+    ModuleError for either (`doing` says what it was doing), StockadeError when no child
+    starts."""
     bounds = None if guard is None else dataclasses.asdict(guard)
-    spec = {**spec, "name": name, "guard": bounds, "parent": os.getpid(),
-            "address_space": None if guard is None or guard.memory_budget is None
-            else address_space(guard.memory_budget)}
     cpu = None if guard is None else guard.compile_budget
     deadline = None if cpu is None else compile_deadline(cpu)
+    report, reported = os.pipe()  # the child's address space in force, as JSON
     try:
-        return subprocess.run(module_command("stockade.engine.compilechild"),
-                              input=json.dumps(spec).encode() + b"\n" + wasm,
-                              capture_output=True, env=_environment(), cwd="/",
-                              timeout=deadline, check=False)
-    except subprocess.TimeoutExpired:
-        raise ModuleError(f"{name}: {doing} took longer than {deadline:.0f} s; "
-                          "refused") from None
-    except OSError as exc:
-        raise StockadeError(f"cannot start the compiler ({sys.executable}): "
-                            f"{exc.strerror}") from None
+        header = json.dumps({
+            **spec, "name": name, "guard": bounds, "parent": os.getpid(), "report": reported,
+            "address_space": None if guard is None or guard.memory_budget is None
+            else address_space(guard.memory_budget)}).encode() + b"\n"
+        try:
+            process = subprocess.Popen(
+                module_command("stockade.engine.compilechild"), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_environment(),
+                cwd="/", pass_fds=(reported,))
+        except OSError as exc:
+            raise StockadeError(f"cannot start the compiler ({sys.executable}): "
+                                f"{exc.strerror}") from None
+        finally:
+            os.close(reported)
+        with process:
+            try:
+                # Written from the caller's buffer: the module is never held twice.
+                out, err, (space,) = exchange(
+                    process, (header, wasm), deadline, (report,))
+            except DeadlinePassed:
+                raise ModuleError(f"{name}: {doing} took longer than {deadline:.0f} s; "
+                                  "refused") from None
+            except ChildStopped as exc:
+                raise ModuleError(f"{name}: the process {doing} it was stopped "
+                                  f"({exc.signal_name}) and killed; refused") from None
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    finally:
+        os.close(report)
+    return ChildResult(process.returncode, out, err, _space(space))
+
+
+def _space(report: bytes) -> int | None:
+    """The address space the child reported (`compilechild.report_space`), or None."""
+    try:
+        space = json.loads(report)["space"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return space if isinstance(space, int) and not isinstance(space, bool) else None
 
 
 def _environment() -> dict[str, str]:
@@ -196,11 +241,13 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": import_path(), **arena_limit()}
 
 
-def child_refusal(status: int, stderr: str, name: str, guard: CompileGuard | None,
+def child_refusal(done: ChildResult, name: str, guard: CompileGuard | None,
                   doing: str = "compiling",
                   bound: str = "the policy's compile budget") -> ModuleError:
     """Why the child (`run_child`, `doing` its task) gave nothing back, in one line
-    naming the `bound` it met."""
+    naming the bound it met: `bound` (what set its budgets), or the lower address-space
+    limit it inherited."""
+    status, stderr = done.returncode, done.stderr.decode(errors="replace").strip()
     if status == REFUSED:
         return ModuleError(stderr.splitlines()[-1] if stderr else f"{name}: refused")
     if status == -signal.SIGXCPU and guard is not None and guard.compile_budget is not None:
@@ -208,11 +255,16 @@ def child_refusal(status: int, stderr: str, name: str, guard: CompileGuard | Non
                            f"{guard.compile_budget:.0f} s of CPU; refused")
     # Rust aborts on an allocation refused ("memory allocation of N bytes failed").
     if status == OUT_OF_MEMORY or (status == -signal.SIGABRT and "memory allocation" in stderr):
-        if guard is None or guard.memory_budget is None:
+        budget = None if guard is None or guard.memory_budget is None \
+            else address_space(guard.memory_budget)
+        if done.space is not None and (budget is None or done.space < budget):
+            return ModuleError(f"{name}: {doing} it needed more than "
+                               f"{format_size(done.space)} of memory (the address-space "
+                               "limit this process was started with); refused")
+        if budget is None:
             return ModuleError(f"{name}: {doing} it ran out of memory; refused")
-        return ModuleError(f"{name}: {doing} it needed more than "
-                           f"{format_size(address_space(guard.memory_budget))} of memory "
-                           f"({bound}); refused")
+        return ModuleError(f"{name}: {doing} it needed more than {format_size(budget)} "
+                           f"of memory ({bound}); refused")
     if status == -signal.SIGKILL:
         return ModuleError(f"{name}: the process {doing} it was killed (SIGKILL: out of "
                            "memory on this machine or in its cgroup?); refused")

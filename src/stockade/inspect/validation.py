@@ -8,7 +8,8 @@ or under an address-space limit an abort with a Rust backtrace, exit 134), and p
 their code (`codework`) read them in Python. So both run where `stockade run` checks and
 compiles a module: in the compiler's child (`engine.compiler.run_child`), under the
 default profile's compile budgets (120 s of CPU, 768 MiB of address space beyond what
-the child maps). A module that meets one is refused in one line naming it (126). A
+the child maps, or less under a lower `RLIMIT_AS` this process was started with). A
+module that meets one is refused in one line naming it (126). A
 process that compiles in place (a bounded worker, `compiles_in_child` False) asks here:
 its own limits bound it.
 """
@@ -53,8 +54,7 @@ def review(data: bytes, name: str, price: bool = True) -> Review:
     guard = CompileGuard.for_limits(PROFILES["default"])
     done = run_child({"task": "review", "price": price}, data, name, guard, "validating")
     if done.returncode != 0:
-        stderr = done.stderr.decode(errors="replace").strip()
-        raise child_refusal(done.returncode, stderr, name, guard, "validating", BOUND)
+        raise child_refusal(done, name, guard, "validating", BOUND)
     answer = json.loads(done.stdout)
     work = answer["work"]
     return Review(answer["needs_gc"], answer["error"],
