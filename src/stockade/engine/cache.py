@@ -61,7 +61,7 @@ from .seal import (
 if TYPE_CHECKING:
     from ..telemetry.envsettings import AuditSettings
 
-__all__ = ["AotCache", "cache_max_bytes", "DEFAULT_MAX_BYTES", "MAX_BYTES_ENV"]
+__all__ = ["AotCache", "scope_root", "cache_max_bytes", "DEFAULT_MAX_BYTES", "MAX_BYTES_ENV"]
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -136,7 +136,7 @@ class AotCache:
         `<root>/scopes/<scope_name>`, sealed with the scope's key (`seal.scoped_key`) derived
         from this cache's. What such a worker seals is accepted only there."""
         source = self._key_source
-        return AotCache(self.root / "scopes" / scope_name(scope),
+        return AotCache(scope_root(self.root, scope),
                         key=lambda: scoped_key(source(), scope), audit=self._audit_settings,
                         max_bytes=self.max_bytes)
 
@@ -477,6 +477,11 @@ def _is_fingerprint(name: str) -> bool:
     """Whether `name` in the root is a fingerprint's (not `stat`, `scopes` or the OCI
     store, which share the root)."""
     return len(name) == _FINGERPRINT_LENGTH and set(name) <= _HEX
+
+
+def scope_root(root: Path, scope: str) -> Path:
+    """The directory of `scope`'s cache under the cache `root` (`AotCache.scope`)."""
+    return root / "scopes" / scope_name(scope)
 
 
 def _is_entry(name: str) -> bool:

@@ -361,9 +361,13 @@ class WorkerPool:
         try:
             # Watched while the request is written as while its answer is awaited: a
             # stopped worker held the request's thread for ever, or until the deadline
-            # blamed the guest.
-            worker.send(("run", spec.name, invocation.stdin, tuple(invocation.env)), deadline,
+            # blamed the guest. The body follows as a raw frame, from where it lies:
+            # pickled, a 16 MiB body cost this process two more copies of it.
+            stdin = invocation.stdin
+            worker.send(("run", spec.name, len(stdin), tuple(invocation.env)), deadline,
                         GRACE)
+            if stdin:
+                worker.send_bytes(stdin, deadline, GRACE)
             kind, payload = worker.receive(deadline, self._reply_limit, GRACE)
         except WorkerStopped as exc:
             self._retire(worker)

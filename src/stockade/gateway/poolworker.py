@@ -10,9 +10,11 @@ its address space
 and installs the seccomp filter, and answers `ready` with the functions it holds and
 its protections. Then, one at a time until its parent closes the pipe:
 
-- `("run", name, stdin, env)` -> `("result", wire result)`, `("error", wire error)`
-  for a Stockade error, `("memory", {"limit"})` when the run hit the address-space
-  limit (the worker then exits), `("failed", {"message"})` for anything else.
+- `("run", name, stdin_size, env)`, then, when `stdin_size` is not zero, the request's
+  body as one raw frame (`read_raw_frame`: read into one bytes object, never a pickle)
+  -> `("result", wire result)`, `("error", wire error)` for a Stockade error,
+  `("memory", {"limit"})` when the run hit the address-space limit (the worker then
+  exits), `("failed", {"message"})` for anything else.
 
 Replies are plain data (see `stockade.isolate.protocol`): the parent trusts nothing a
 worker whose guest got loose could forge beyond a checked `Result`.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModuleError, ModuleNotFound, StockadeError
-from ..invocation import Invocation
+from ..invocation import MAX_STDIN, Invocation
 from ..isolate.harden import (
     harden_after_engine,
     harden_before_engine,
@@ -39,7 +41,13 @@ from ..isolate.harden import (
 )
 from ..isolate.plan import WorkerPlan, interpreter_paths, vouched_files
 from ..isolate.protections import Protection
-from ..isolate.protocol import error_to_wire, read_frame, result_to_wire, write_frame
+from ..isolate.protocol import (
+    error_to_wire,
+    read_frame,
+    read_raw_frame,
+    result_to_wire,
+    write_frame,
+)
 from ..isolate.rlimits import RlimitPlan, vm_size
 from ..isolate.worker import worker_main
 from ..paths import cache_dir
@@ -139,12 +147,16 @@ def serve(read_fd: int, write_fd: int) -> None:
     while True:
         try:
             request = pickle.loads(read_frame(read_fd))
+            # The body announced is read even for a request refused below: left in the
+            # pipe, it would be read as the next request.
+            stdin = read_raw_frame(read_fd, MAX_STDIN) \
+                if request[0] == "run" and request[2] else b""
         except EOFError:
             return
         if request[0] != "run" or request[1] not in prepared:
             write_frame(write_fd, ("failed", {"message": f"unknown request {request[:2]!r}"}))
             continue
-        _, name, stdin, env = request
+        _, name, _, env = request
         function = prepared[name]
         # The command line is the function's (manifest `argv`), never the request's.
         invocation = Invocation(stdin=stdin, env=tuple(env), name=name,

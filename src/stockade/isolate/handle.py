@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..allocator import arena_limit, run_tunables
-from ..engine.cache import MAX_BYTES_ENV, AotCache
+from ..engine.cache import MAX_BYTES_ENV, scope_root
 from ..engine.seal import scoped_key
 from ..errors import WorkerError
 from ..keys import KeyFileError, aot_key_path, config_dir, read_key
@@ -108,8 +108,9 @@ def _scoped(plan: WorkerPlan) -> WorkerPlan:
         key = None
     if not plan.cache_scope:  # this host's own cache (see WorkerPlan.cache_scope)
         return dataclasses.replace(plan, aot_key=key)
-    cache = plan.cache and AotCache(
-        plan.cache, max_bytes=plan.cache_max_bytes).scope(plan.cache_scope).root
+    # The directory `AotCache.scope` opens, named without building a cache (which reads
+    # and checks the audit settings: a malformed one would fail every worker's start).
+    cache = plan.cache and scope_root(plan.cache, plan.cache_scope)
     return dataclasses.replace(
         plan, cache=cache, aot_key=key and scoped_key(key, plan.cache_scope))
 
@@ -179,44 +180,52 @@ class WorkerProcess:
                  log: bool = False) -> None:
         self.memory_limit = limits.memory if limits is not None else None
         self._memory_extra = 0  # bytes allowed over `memory_limit` now (`allow_memory`)
-        # The worker's own temporary directory (scratch directories go there): the only
-        # place besides the grants and the cache that it may write.
-        # Locked while this process lives: one killed outright leaves it to the next.
-        self._temp = LockedTempDir("stockade-worker-", _temp_base(), kept=SCRATCH_PREFIX)
-        self.temp_dir = self._temp.path
         self._keep_temp = plan.policy.capabilities.keep_scratch
-        plan = _scoped(dataclasses.replace(plan, temp_dir=self.temp_dir))
-        plan, held = inherited(plan)  # directories granted from descriptors we hold
-        if plan.cache is not None:
-            with contextlib.suppress(OSError):
-                plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.cgroup = create_cgroup(limits) if limits is not None else WorkerCgroup(
-            0, {}, [Protection("cgroup", False, "turned off by configuration")])
-        to_worker_r, self._to_worker = os.pipe()
-        self._from_worker, from_worker_w = os.pipe()
-        self._stderr = None if log else tempfile.TemporaryFile()
-        try:
-            self.proc = subprocess.Popen(
-                module_command(program, str(to_worker_r), str(from_worker_w),
-                               str(os.getpid()), str(int(_on_main_thread())), python=python),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                pass_fds=(to_worker_r, from_worker_w, *held), start_new_session=True,
-                env={**worker_environment(plan), **(env or {})},
-            )
-        except OSError as exc:
-            self.cgroup.remove()
+        # Until the finalizer owns them, whatever fails (not only an OSError: a ValueError
+        # from Popen, Ctrl-C) takes back what was made so far, last made first.
+        with contextlib.ExitStack() as undo:
+            # The worker's own temporary directory (scratch directories go there): the
+            # only place besides the grants and the cache that it may write. Locked
+            # while this process lives: one killed outright leaves it to the next.
+            self._temp = LockedTempDir("stockade-worker-", _temp_base(), kept=SCRATCH_PREFIX)
+            undo.callback(self._temp.close)
+            self.temp_dir = self._temp.path
+            undo.callback(_remove_temp, self.temp_dir, False)
+            plan = _scoped(dataclasses.replace(plan, temp_dir=self.temp_dir))
+            plan, held = inherited(plan)  # directories granted from descriptors we hold
+            if plan.cache is not None:
+                with contextlib.suppress(OSError):
+                    plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.cgroup = create_cgroup(limits) if limits is not None else WorkerCgroup(
+                0, {}, [Protection("cgroup", False, "turned off by configuration")])
+            undo.callback(self.cgroup.remove)
+            to_worker_r, self._to_worker = os.pipe()
+            undo.callback(os.close, self._to_worker)
+            self._from_worker, from_worker_w = os.pipe()
+            undo.callback(os.close, self._from_worker)
+            self._stderr = None if log else tempfile.TemporaryFile()
             if self._stderr is not None:
-                self._stderr.close()
-            _remove_temp(self.temp_dir, False)
-            self._temp.close()
-            raise WorkerError(f"cannot start a worker with {python}: {exc.strerror}") from None
-        finally:
-            os.close(to_worker_r)
-            os.close(from_worker_w)
-        self.pid = self.proc.pid
-        self._fds = [self._to_worker, self._from_worker]
-        self._finalizer = weakref.finalize(self, _reap, self.proc, self.cgroup, self._fds,
-                                          self._stderr, self._temp, self._keep_temp)
+                undo.callback(self._stderr.close)
+            try:
+                self.proc = subprocess.Popen(
+                    module_command(program, str(to_worker_r), str(from_worker_w),
+                                   str(os.getpid()), str(int(_on_main_thread())),
+                                   python=python),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                    pass_fds=(to_worker_r, from_worker_w, *held), start_new_session=True,
+                    env={**worker_environment(plan), **(env or {})},
+                )
+            except OSError as exc:
+                raise WorkerError(
+                    f"cannot start a worker with {python}: {exc.strerror}") from None
+            finally:
+                os.close(to_worker_r)
+                os.close(from_worker_w)
+            self.pid = self.proc.pid
+            self._fds = [self._to_worker, self._from_worker]
+            self._finalizer = weakref.finalize(self, _reap, self.proc, self.cgroup, self._fds,
+                                              self._stderr, self._temp, self._keep_temp)
+            undo.pop_all()
         self.sent: set[tuple[int, ...]] = set()  # modules the worker holds (see process)
         self.vouched: set[str] = set(plan.vouched)  # `.cwasm` digests it accepts (process)
         self._join_failures = self.cgroup.add(self.pid)
@@ -229,7 +238,11 @@ class WorkerProcess:
         self.protections: list[Protection] | None = None
         self.ready: dict[str, Any] = {}  # the worker's `ready` payload
         self.runs = 0
-        write_frame(self._to_worker, plan)
+        try:
+            write_frame(self._to_worker, plan)
+        except BaseException:  # it died at once, or Ctrl-C: reaped now, not when collected
+            self.close()
+            raise
         # From here every write can wait for room watching the worker (`_await`): a
         # blocking write to a worker that stopped reading would hold the caller for ever.
         os.set_blocking(self._to_worker, False)

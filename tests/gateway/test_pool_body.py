@@ -1,0 +1,114 @@
+"""A pooled run's request body goes to its pool worker as a raw frame, from where it lies:
+pickled with the request, a 16 MiB body cost the gateway worker two more copies of it
+(the pickle, and the pickle joined to its frame header) and the pool worker three (the
+frame read, copied to bytes, unpickled)."""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stockade.gateway.manifest import load_manifest
+from stockade.gateway.pool import WorkerPool, start_pools
+from stockade.invocation import Invocation
+from stockade.result import Outcome
+
+from .conftest import Start, module
+from .test_confine import gateway_workers, status
+from .test_pool_backstop import _pool_workers
+
+MiB = 1024**2
+BODY = 16 * MiB
+
+MANIFEST = """
+[server]
+workers = 1
+threads = 4
+pool_workers = 1
+telemetry = "off"
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{hello}"
+isolate = "process"
+max_body = "16MiB"
+[function.limits]
+timeout = "20s"
+[[function]]
+name = "echo"
+route = "/echo"
+module = "{echo}"
+isolate = "process"
+[function.limits]
+timeout = "20s"
+"""
+
+
+def _manifest() -> str:
+    return MANIFEST.format(hello=module("hello"), echo=module("echo"))
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[WorkerPool]:
+    """A started one-process pool serving `hello` and `echo` (closed after the test)."""
+    path = tmp_path / "stockade.toml"
+    path.write_text(_manifest())
+    pools = start_pools(load_manifest(path).functions, "auto", 1)
+    try:
+        yield pools["default"]
+    finally:
+        for started in pools.values():
+            started.close()
+
+
+def _peak(pid: int) -> int:
+    return int(status(pid)["VmHWM"].split()[0]) * 1024
+
+
+def test_a_pooled_run_sends_its_body_without_copying_it(pool: WorkerPool) -> None:
+    specs = {spec.name: spec for spec in pool.specs}
+    body = os.urandom(BODY)  # made before tracing: only copies of it are counted
+    tracemalloc.start()
+    try:
+        result = pool.run(specs["hello"], Invocation(stdin=body))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.outcome is Outcome.EXITED, result
+    # Pickled: 32 MiB (the pickle, then the pickle behind its frame header).
+    assert peak < BODY // 4, peak
+
+
+def test_the_body_of_a_refused_request_is_not_read_as_the_next_request(
+        pool: WorkerPool) -> None:
+    specs = {spec.name: spec for spec in pool.specs}
+    (worker,) = pool._idle
+    worker.send(("run", "unknown", 5, ()), time.monotonic() + 10, 1.0)
+    worker.send_bytes(b"stray", time.monotonic() + 10, 1.0)
+    kind, payload = worker.receive(time.monotonic() + 10, 1 << 20, 1.0)
+    assert kind == "failed" and "unknown" in payload["message"], (kind, payload)
+    # The same process serves the next run, its body whole and nothing else.
+    result = pool.run(specs["echo"], Invocation(stdin=b"next"))
+    assert result.outcome is Outcome.EXITED and result.stdout.endswith(b"next"), result
+    assert pool._all == {worker}
+
+
+def test_a_16_mib_post_costs_the_gateway_worker_its_body_once(start_gateway: Start) -> None:
+    gateway = start_gateway(_manifest())
+    (worker,) = gateway_workers(gateway)
+    assert gateway.client.post("/hello", content=b"up").status_code == 200
+    (pooled,) = _pool_workers(gateway.process.pid)
+    before, pool_before = _peak(worker), _peak(pooled)
+    response = gateway.client.post("/hello", content=os.urandom(BODY))
+    assert response.status_code == 200, response.text
+    grown, pool_grown = _peak(worker) - before, _peak(pooled) - pool_before
+    # The HTTP layer holds the body twice as it hands it over (read, then made bytes);
+    # the pool adds nothing to that (pickled, it added 32 MiB: 48 in all).
+    assert grown < 2 * BODY + 8 * MiB, grown
+    # The pool worker reads it into one bytes object (pickled: 32 MiB).
+    assert pool_grown < BODY + 8 * MiB, pool_grown
