@@ -78,6 +78,10 @@ timeout = "1m"
     ("[server]\nworkers = 0\n" + BASE, "server.workers: expected an integer from 1 to 64"),
     ("[server]\nspeed = 1\n" + BASE, "unknown key server.speed"),
     ("[tenant.t]\nrate = -1\n" + BASE, "tenant.t.rate: expected a positive number"),
+    ('[tenant.t]\ncpu_per_minute = "1us"\n' + BASE,
+     "tenant.t.cpu_per_minute: '1us' is less than 1ms of CPU a minute"),
+    ("[tenant.t]\ncpu_per_minute = 1e-300\n" + BASE,
+     "tenant.t.cpu_per_minute: 1e-300 is less than 1ms of CPU a minute"),
     # `$` matched before a final newline: a name is whole or refused.
     (BASE.replace('name = "hello"', 'name = "hello\\n"'), "name"),
     ('[tenant."t\\n"]\n' + BASE, "tenant"),

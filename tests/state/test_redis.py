@@ -685,22 +685,103 @@ def test_a_bucket_far_ahead_outlives_the_hour_its_key_was_kept(
     assert redis_server.client().ttl(keys.tenant_quota) >= 10_000
 
 
-def test_a_refusal_after_a_reload_tells_the_whole_wait(redis_server: RedisServer) -> None:
-    # The bucket an earlier manifest filled (a window of 50 s) still holds when a reload
-    # shortens the window to a second: the client is told the store's wait, not one
-    # interval of the new rate (told 1 s, refused again eight times in 8 s).
+def _spend(gate: Any, most: int = 1000) -> int:
+    """Admissions `gate` gets before its first refusal."""
+    for taken in range(most):
+        try:
+            gate.admit().release()
+        except QuotaExceeded:
+            return taken
+    return most
+
+
+def _redis_now(server: RedisServer) -> float:
+    seconds, micros = server.client().time()
+    return float(seconds) + micros / 1e6
+
+
+def test_a_reload_to_a_faster_rate_takes_effect_at_once(redis_server: RedisServer) -> None:
+    # A bucket an earlier, slower manifest spent (100 at one in 1,000 s: its `tat`
+    # 100,000 s ahead) held after a reload to 100/s until it caught up, and the
+    # refusals told an hour. Now it is at most the new window ahead: a refusal tells
+    # the real wait, and a retry after it is admitted.
     state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
                        env={})
     try:
-        before = state.gate(spec(tenant="reload", rate=0.2, burst=10))
-        for _ in range(10):
+        assert _spend(state.gate(spec(tenant="reload", rate=1e-3, burst=100))) == 100
+        after = state.gate(spec(tenant="reload", rate=100, burst=100))
+        admitted, deadline = 0, time.monotonic() + 2.0
+        while admitted < 5:
             try:
-                before.admit().release()
-            except QuotaExceeded:
-                break
-        after = state.gate(spec(tenant="reload", rate=1, burst=1))
-        with pytest.raises(QuotaExceeded) as refused:
-            after.admit()
+                after.admit().release()
+                admitted += 1
+            except QuotaExceeded as refused:
+                assert 0 < refused.retry_after <= 0.0101, refused.retry_after  # an interval
+                time.sleep(refused.retry_after)
+                after.admit().release()  # told no shorter than the real wait
+                admitted += 1
+            assert time.monotonic() < deadline, admitted
     finally:
         state.close()
-    assert refused.value.retry_after > 30, refused.value.retry_after
+
+
+def test_a_refusal_after_a_reload_is_told_its_whole_wait(redis_server: RedisServer) -> None:
+    # The same bucket, reloaded to a window of 10,000 s (one in 100 s): the refusal was
+    # bounded by that window while the bucket it read stayed 90,000 s from admitting.
+    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                       env={})
+    try:
+        assert _spend(state.gate(spec(tenant="reload", rate=1e-3, burst=100))) == 100
+        with pytest.raises(QuotaExceeded) as refused:
+            state.gate(spec(tenant="reload", rate=1e-2, burst=100)).admit()
+    finally:
+        state.close()
+    tat = float(redis_server.client().hget(TenantKeys.of("reload", "f", "").tenant_quota,
+                                           "tat") or 0)
+    real = tat - 100 * 100 + 100 - _redis_now(redis_server)  # the next admission, from now
+    assert real <= refused.value.retry_after <= 100, (real, refused.value.retry_after)
+
+
+def test_a_bucket_is_kept_as_long_as_its_window(redis_server: RedisServer) -> None:
+    # At one in 100,000 s with a burst of 100, a spent bucket is 115.7 days ahead: its
+    # key expired after 30 days idle and the tenant had all 100 back, not ~26.
+    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                       env={})
+    try:
+        assert _spend(state.gate(spec(tenant="patient", rate=1e-5, burst=100))) == 100
+    finally:
+        state.close()
+    ttl = redis_server.client().ttl(TenantKeys.of("patient", "f", "").tenant_quota)
+    assert 100 / 1e-5 - 120 <= ttl <= 100 / 1e-5 + 120, ttl
+
+
+@pytest.mark.parametrize(("quota", "charge", "limit", "longest"), [
+    ({"cpu_per_minute": 1e-6}, 200.0, "cpu", 60.0),  # refused again then, if still owed
+    ({"rate": 1e-10, "burst": 1}, 0.0, "rate", 2.0**33),
+], ids=["cpu", "rate"])
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_wait_past_what_a_reply_may_hold_is_still_a_refusal(
+        redis_server: RedisServer, tmp_path: Path, quota: dict[str, float], charge: float,
+        limit: str, longest: float, path: str) -> None:
+    # 200 s of CPU against a microsecond a minute is 380 years of waiting (1e10 s for
+    # one request at 1e-10/s): past the longest wait a reply may hold, so the honest
+    # refusal was read as a malformed reply and `fail_open` admitted the tenant.
+    counted: list[str] = []
+    state = RedisState(StateSettings(redis_server.url, "fail_open", TIMEOUT),
+                       LocalState(tmp_path, 0, degraded=True), counted.append, env={})
+    try:
+        gate = state.gate(spec(tenant="debtor", **quota))
+        gate.admit().release(charge)
+        with pytest.raises(QuotaExceeded) as refused:
+            if path == "sync":
+                gate.admit()
+            else:
+                asyncio.run(gate.admit_async())
+        if path == "async" and limit == "rate":  # and those a grant refuses beyond one
+            results = asyncio.run(burst([state.gate(spec(tenant="many", **quota))], 4))
+            assert len(admitted(results)) == 1
+    finally:
+        state.close()
+    assert refused.value.limit == limit and refused.value.http_status == 429
+    assert 0 < refused.value.retry_after <= longest, refused.value.retry_after
+    assert counted == []

@@ -268,9 +268,22 @@ def _positive(value: Any) -> float:
     return float(value)
 
 
+MIN_CPU_PER_MINUTE = 1e-3  # seconds of guest CPU a minute
+
+
+def _cpu_budget(value: Any) -> float:
+    # A run overdraws a budget by what it used: 200 s against a microsecond a minute was
+    # a wait of 380 years, past what the shared store's answer may hold. At a millisecond
+    # a minute, a run of hours waits years, within it.
+    seconds = parse_duration(value)
+    if seconds < MIN_CPU_PER_MINUTE:
+        raise ValueError(f"{shown(value)} is less than 1ms of CPU a minute")
+    return seconds
+
+
 _QUOTA_PARSERS: dict[str, Any] = {
     "concurrency": _int(1, 1_000_000), "rate": _positive, "burst": _int(1, 10_000_000),
-    "cpu_per_minute": parse_duration,
+    "cpu_per_minute": _cpu_budget,
 }
 
 

@@ -45,7 +45,6 @@ __all__ = ["RedisGate", "Grant", "REFUSAL_CACHE", "CPU_REFILL"]
 
 REFUSAL_CACHE = 0.1  # seconds a refusal (rate, CPU, open breaker) is answered locally
 CPU_REFILL = 60.0  # seconds in which a spent CPU budget (`cpu_per_minute`) refills whole
-RATE_WINDOW_FLOOR = 3600.0  # seconds: the longest wait told for any rate window
 
 
 def _number(value: float | int | None) -> str:
@@ -452,12 +451,11 @@ class RedisGate(Gate):
             return QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at "
                                  "most", 1.0, "concurrency")
         # No longer than a limit can make a client wait (the store may say up to 2^33
-        # s): a rate's bucket is at most its window ahead (burst / rate; a window an
-        # earlier manifest set, before a reload, may be longer: at least the hour its key
-        # outlived it by before), and a CPU budget refills whole within CPU_REFILL (a run
-        # that overdrew it by more is refused again then, with what is left).
-        wait = min(float(number), max(quota.bucket / limit, RATE_WINDOW_FLOOR)
-                   if kind == "rate" else CPU_REFILL)
+        # s): a rate's bucket is at most its window ahead (burst / rate: the script
+        # clamps one an earlier manifest filled), so its wait is one interval, within
+        # the window; a CPU budget refills whole within CPU_REFILL (a run that overdrew
+        # it by more is refused again then, with what is left).
+        wait = min(float(number), quota.bucket / limit if kind == "rate" else CPU_REFILL)
         if kind == "cpu":
             return QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "
                                  "minute spent", wait, "cpu")

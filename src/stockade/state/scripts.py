@@ -6,6 +6,8 @@ Numbers come back as strings: Redis truncates Lua numbers to integers.
 
 from __future__ import annotations
 
+from .resp import LATEST
+
 __all__ = ["ADMIT", "REFUND", "RELEASE", "VIOLATION", "PROBE_CLEAN", "PROBE_UNUSED",
            "COUNTED", "UNLIMITED"]
 
@@ -18,12 +20,21 @@ _EXACT = """
 local function exact(x) return string.format('%.17g', x) end
 """
 
+# A refusal's wait, at most the longest a reply may hold (`resp.number`): a CPU debt
+# against a tiny budget (200 s at 1 µs a minute: 380 years) answered more, the reply
+# was read as malformed, and `fail_open` admitted the tenant (found by review).
+_WAIT = _EXACT + f"""
+local function wait(x) return exact(math.min(x, {LATEST:.0f})) end
+"""
+
 # Keeps `key` for at least `seconds` (never shortens what another quota field needs): a
 # bucket or CPU budget that expired before it caught up was a fresh one (a rate of one a
-# minute with a burst of 100, or below one an hour, was reset after an hour idle).
-_KEEP = """
+# minute with a burst of 100, or below one an hour, was reset after an hour idle; one in
+# 100,000 s with a burst of 100, 115.7 days ahead, after 30 days). At most the longest
+# time the store holds, which EXPIRE takes whole.
+_KEEP = f"""
 local function keep(key, seconds)
-  seconds = math.ceil(math.min(math.max(3600, seconds), 2592000))  -- an hour to 30 days
+  seconds = math.ceil(math.min(math.max(3600, seconds), {LATEST:.0f}))
   if redis.call('TTL', key) < seconds then redis.call('EXPIRE', key, seconds) end
 end
 """
@@ -91,7 +102,7 @@ end
 # refusal of the waiting requests beyond what was granted: kind ('none' when all have
 # one, 'concurrency', 'rate', 'breaker'), scope ('-', 'function', 'tenant',
 # 'half_open'), and a number (a rate's wait in seconds, the probe's time, else 1)}.
-ADMIT = _EXACT + _KEEP + _REFUND + _RELEASES + """
+ADMIT = _WAIT + _KEEP + _REFUND + _RELEASES + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 release(1, 3, 6, 17, now)
@@ -153,7 +164,7 @@ if cpu >= 0 then
   if level then
     local per = cpu / 60
     level = math.min(cpu, level + math.max(0, now - (tonumber(c[2]) or now)) * per)
-    if level < 0 then return {'cpu', 'tenant', tostring(-level / per)} end
+    if level < 0 then return {'cpu', 'tenant', wait(-level / per)} end
     if level < cpu / 2 then n = need end  -- each would be admitted alone
   end
 end
@@ -165,19 +176,29 @@ local function gcra(key, rate, burst, scope)
   local interval = 1 / rate
   local tat = tonumber(redis.call('HGET', key, 'tat')) or now
   if tat < now then tat = now end
-  local allowed = tat + interval - burst * interval
-  if now < allowed then return nil, allowed - now end
+  -- A bucket is at most its window ahead: one an earlier manifest filled (a slower rate,
+  -- a larger burst) held the tenant until it caught up, days after a reload. Stored, so
+  -- that it catches up from here (clamped anew at each call, it never would).
+  if tat > now + burst * interval then
+    tat = now + burst * interval
+    redis.call('HSET', key, 'tat', exact(tat))
+  end
+  -- Early by how far it is ahead beyond burst - 1 intervals: compared as differences,
+  -- as the time `tat + interval - burst * interval` lost the microseconds of `now` to
+  -- a window of 1e10 s and refused the first request of a fresh bucket.
+  local early = (tat - now) - (burst - 1) * interval
+  if early > 0 then return nil, early end
   local left = burst - (tat - now) / interval
   -- Once `whole` are taken, the next is early by (whole + 1 - left) intervals.
   local whole = math.floor(left)
-  limit_to(whole, 'rate', scope, exact((whole + 1 - left) * interval))
+  limit_to(whole, 'rate', scope, wait((whole + 1 - left) * interval))
   n = math.min(n, math.max(need, math.floor(left - burst / 2)))
   return tat, 0
 end
 local ftat, fwait = gcra(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]), 'function')
-if fwait > 0 then return {'rate', 'function', tostring(fwait)} end
+if fwait > 0 then return {'rate', 'function', wait(fwait)} end
 local ttat, twait = gcra(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[8]), 'tenant')
-if twait > 0 then return {'rate', 'tenant', tostring(twait)} end
+if twait > 0 then return {'rate', 'tenant', wait(twait)} end
 if ftat then
   local tat = ftat + n / tonumber(ARGV[4])
   redis.call('HSET', KEYS[2], 'tat', exact(tat))
