@@ -25,7 +25,9 @@ Whether the cap is near is read from a running total (`cacheusage.Usage`), not f
 walk of every entry. The total is only a belief: a walk corrects it when it says the
 cap is passed, when it cannot be read, and, in case it lies, by chance at each store in
 proportion to the bytes stored (one walk per 1/16 of the cap stored, on average: a
-total that lies lets the cache pass its cap by about that much, for about that long).
+total that lies keeps the cap off until about that much more is stored here; what a
+scope's worker writes meanwhile is its own disk use, which only a filesystem quota
+bounds, as it is for files under names the cache never writes).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ MAX_BYTES_ENV = "STOCKADE_CACHE_MAX_BYTES"
 _MIN_MAX_BYTES = 1 << 20
 _FINGERPRINT_LENGTH = 16  # `EngineConfig.fingerprint`: the only directories holding entries
 _HEX = frozenset("0123456789abcdef")
+_MOST_FOLDERS = 64  # fingerprints a trim lists: an engine makes a handful, a worker any
 # A use refreshes an entry's time at most this often: one metadata write an hour, not one
 # a run. A writer's `.part` file this old is a crashed one's.
 _STALE_SECONDS = 3600.0
@@ -177,6 +180,8 @@ class AotCache:
             return None
         trailer = seal(data, fingerprint, _purpose(sha256), key)
         if not _write_atomic(target, (data, trailer)):
+            # Checked again next time: another process's trim may have removed it empty.
+            self._trusted.discard(target.parent)
             return None
         self._account(target, _blocks(len(data) + TRAILER_SIZE))
         return target
@@ -235,6 +240,8 @@ class AotCache:
         record = f"{sha256} {tag(key, _INDEX, ident, sha256)}\n".encode()
         if _write_atomic(path, (record,)):
             self._account(path, _BLOCK)
+        else:
+            self._trusted.discard(path.parent)
 
     # -- trust checks ------------------------------------------------------------------
 
@@ -328,54 +335,55 @@ class AotCache:
         workers too, and one that swapped a fingerprint's directory for a link after it
         was listed made this process delete files of its choosing elsewhere (found by
         review). Only names this cache writes are removed; what cannot be read is
-        skipped, not the whole trim."""
-        files: list[tuple[float, int, int, str]] = []  # (used, bytes, folder index, name)
-        folders: list[tuple[int, str]] = []  # open, and the name it was opened as
-        total, stale = 0, time.time() - _STALE_SECONDS
+        skipped, not the whole trim. Each folder is closed once listed and opened again
+        (and checked to be the one listed) to remove from it, and at most
+        `_MOST_FOLDERS` fingerprints are listed: holding thousands of planted folders
+        open at once took every descriptor this process may have (found by review)."""
+        files: list[tuple[float, int, str, str]] = []  # (used, bytes, folder, name)
+        listed: dict[str, tuple[int, int]] = {}  # folder name: (st_dev, st_ino) listed
+        names = _listing(root)
+        if not names:
+            return None
+        # The folder just written to comes first: folders a worker planted must not push
+        # it past the bound (its entries were then never counted nor trimmed).
+        fingerprints = sorted((name for name in names if _is_fingerprint(name)),
+                              key=lambda name: name != kept.parent.name)
+        walked = fingerprints[:_MOST_FOLDERS] + ([_INDEX] if _INDEX in names else [])
+        # Past the bound: not listed, but removed when empty and charged when not, so a
+        # worker's folders cost its own scope room, never the host a walk of each.
+        total = sum(_past_bound(name, root) for name in fingerprints[_MOST_FOLDERS:])
+        stale = time.time() - _STALE_SECONDS
+        for name in walked:
+            found = _walk(name, root, stale)
+            if found is not None:
+                listed[name] = found[0]
+                for used, size, entry in found[1]:
+                    total += size
+                    files.append((used, size, name, entry))
+        if total <= self.max_bytes:
+            return total
+        files.sort()
+        kept_at = (kept.parent.name, kept.name)
+        # One folder open at a time, opened again by name and removed from only when it
+        # is still the folder that was listed.
+        open_name, folder = "", -1
         try:
-            names = _listing(root)
-            if not names:
-                return None
-            for name in names:
-                if not _is_fingerprint(name) and name != _INDEX:
-                    continue
-                try:
-                    folder = os.open(name, _OPEN_DIR, dir_fd=root)
-                except OSError:  # a link or a file in its place, or gone: not a folder
-                    continue
-                folders.append((folder, name))
-                if _directory_problem(os.fstat(folder)) is not None:
-                    continue
-                kept_here = _is_record if name == _INDEX else _is_entry
-                for entry in _listing(folder):
-                    try:
-                        info = os.stat(entry, dir_fd=folder, follow_symlinks=False)
-                    except OSError:  # removed meanwhile
-                        continue
-                    if not stat.S_ISREG(info.st_mode):
-                        continue
-                    if _is_part(entry, kept_here):
-                        if info.st_mtime < stale:
-                            _unlink(entry, folder)
-                    elif kept_here(entry):
-                        size = _footprint(info)
-                        total += size
-                        used = max(info.st_mtime, info.st_atime)
-                        files.append((used, size, len(folders) - 1, entry))
-            if total <= self.max_bytes:
-                return total
-            files.sort()
-            kept_at = (kept.parent.name, kept.name)
-            for _, size, index, name in files:
+            for _, size, folder_name, name in files:
                 if total <= self.max_bytes - self._headroom():
                     break
-                folder, folder_name = folders[index]
-                if (folder_name, name) != kept_at and _unlink(name, folder):
+                if (folder_name, name) == kept_at:
+                    continue
+                if folder_name != open_name:
+                    if folder >= 0:
+                        os.close(folder)
+                    open_name, folder = folder_name, _reopen(folder_name, root,
+                                                             listed[folder_name])
+                if folder >= 0 and _unlink(name, folder):
                     total -= size
-            return total
         finally:
-            for folder, _ in folders:
+            if folder >= 0:
                 os.close(folder)
+        return total
 
     def _key(self) -> bytes | None:
         try:
@@ -421,11 +429,9 @@ class AotCache:
                 return False
         if problem is not None:
             return self._set_aside(path, problem) and self._directory(path, create=create)
-        if stat.S_IMODE(info.st_mode) != 0o700:
-            try:
-                os.chmod(path, 0o700)
-            except OSError:
-                return False
+        if stat.S_IMODE(info.st_mode) != 0o700 and not _tighten(path, info,
+                                                                follow=path == self.root):
+            return False
         self._trusted.add(path)
         return True
 
@@ -523,11 +529,102 @@ def _listing(directory: int) -> list[str]:
         return []
 
 
+def _walk(name: str, root: int, stale: float) -> tuple[
+        tuple[int, int], list[tuple[float, int, str]]] | None:
+    """The folder `name` in the open `root`, listed then closed: ((st_dev, st_ino) of
+    the folder, (last use, bytes, name) of each entry or record in it), or None when
+    it is not a folder only this uid can write. `.part` files older than `stale` go."""
+    try:
+        folder = os.open(name, _OPEN_DIR, dir_fd=root)
+    except OSError:  # a link or a file in its place, or gone: not a folder
+        return None
+    try:
+        info = os.fstat(folder)
+        if _directory_problem(info) is not None:
+            return None
+        kept_here = _is_record if name == _INDEX else _is_entry
+        found: list[tuple[float, int, str]] = []
+        for entry in _listing(folder):
+            part = _is_part(entry, kept_here)
+            if not part and not kept_here(entry):
+                continue  # judged by its name first: what a worker plants costs no stat
+            try:
+                entry_info = os.stat(entry, dir_fd=folder, follow_symlinks=False)
+            except OSError:  # removed meanwhile
+                continue
+            if not stat.S_ISREG(entry_info.st_mode):
+                continue
+            if part:
+                if entry_info.st_mtime < stale:
+                    _unlink(entry, folder)
+                continue
+            used = max(entry_info.st_mtime, entry_info.st_atime)
+            found.append((used, _footprint(entry_info), entry))
+        return (info.st_dev, info.st_ino), found
+    except OSError:
+        return None
+    finally:
+        os.close(folder)
+
+
+def _reopen(name: str, root: int, identity: tuple[int, int]) -> int:
+    """The folder `name` in the open `root`, open again when it is still the folder
+    (st_dev, st_ino) `identity` that was listed; else -1."""
+    try:
+        folder = os.open(name, _OPEN_DIR, dir_fd=root)
+    except OSError:
+        return -1
+    try:
+        info = os.fstat(folder)
+    except OSError:
+        info = None
+    if info is None or (info.st_dev, info.st_ino) != identity:
+        os.close(folder)
+        return -1
+    return folder
+
+
+def _past_bound(name: str, root: int) -> int:
+    """What the fingerprint folder `name` past `_MOST_FOLDERS` is charged: nothing once
+    removed (it was empty), a block at least when it holds something."""
+    try:
+        os.rmdir(name, dir_fd=root)
+        return 0
+    except OSError:  # not empty, not a folder, or gone
+        pass
+    try:
+        info = os.stat(name, dir_fd=root, follow_symlinks=False)
+    except OSError:
+        return 0
+    return max(_footprint(info), _BLOCK) if stat.S_ISDIR(info.st_mode) else 0
+
+
 def _unlink(name: str, directory: int) -> bool:
     try:
         os.unlink(name, dir_fd=directory)
     except OSError:
         return False
+    return True
+
+
+def _tighten(path: Path, info: os.stat_result, *, follow: bool) -> bool:
+    """Make the directory at `path` 0700 when it is still the one `info` describes:
+    through a descriptor, never the path. A worker that swapped its folder for a link
+    after it was looked at made a `chmod` by path tighten a file of its choosing (found
+    by review). `follow` for the root only, which may be a link the user chose."""
+    try:
+        directory = os.open(path, _OPEN_DIR & ~os.O_NOFOLLOW if follow else _OPEN_DIR)
+    except OSError:  # a link or a file in its place now, or gone
+        return False
+    try:
+        now = os.fstat(directory)
+        if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+            return False
+        os.fchmod(directory, 0o700)
+    except OSError:
+        return False
+    finally:
+        os.close(directory)
     return True
 
 

@@ -17,6 +17,7 @@ import fcntl
 import os
 import stat
 import time
+from collections.abc import Callable
 
 from ..regularfile import owner_problem
 
@@ -24,7 +25,10 @@ __all__ = ["Usage", "USAGE_NAME"]
 
 USAGE_NAME = ".usage"
 _OPEN = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-_WAIT = 1.0  # seconds to wait for the lock before walking without the total
+# Seconds to wait for the lock before walking without the total. Writers hold it for a
+# read and a write (microseconds); a scope's worker may hold it for good, and a second
+# made each host store into that scope a second longer (found by review).
+_WAIT = 0.05
 _MOST = 1 << 62  # a larger number is not a total but a lie
 
 
@@ -34,6 +38,7 @@ class Usage:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._wait = _WAIT  # none once the lock was not had: its holder is stuck
 
     @classmethod
     def open(cls, root: int) -> Usage | None:
@@ -56,7 +61,7 @@ class Usage:
     def charge(self, added: int) -> tuple[int | None, int]:
         """Add `added` bytes; (the total now, or None when the file held no total; the
         bytes charged so far, for `settle`). Returns (None, 0) when the lock is not
-        had within a second."""
+        had within `_WAIT` seconds (50 ms)."""
         with self._locked() as locked:
             if not locked:
                 return None, 0
@@ -91,7 +96,10 @@ class Usage:
         self.close()
 
     def _locked(self) -> _Lock:
-        return _Lock(self._fd)
+        return _Lock(self._fd, self._wait, self._gave_up)
+
+    def _gave_up(self) -> None:
+        self._wait = 0.0
 
     def _read(self) -> tuple[int | None, int]:
         try:
@@ -112,24 +120,28 @@ class Usage:
 
 
 class _Lock:
-    """An exclusive `flock` on `fd`, waited for at most `_WAIT` seconds (a holder that
-    never lets go must not stop a store): true inside `with` when it was had."""
+    """An exclusive `flock` on `fd`, waited for at most `wait` seconds (a holder that
+    never lets go must not stop a store), `gave_up` called when it was not had: true
+    inside `with` when it was had."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, wait: float, gave_up: Callable[[], None]) -> None:
         self._fd = fd
+        self._wait = wait
+        self._gave_up = gave_up
         self._held = False
 
     def __enter__(self) -> bool:
-        end = time.monotonic() + _WAIT
+        end = time.monotonic() + self._wait
         pause = 0.001
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if time.monotonic() >= end:
+                    self._gave_up()
                     return False
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+                time.sleep(min(pause, max(end - time.monotonic(), 0.0)))
+                pause = min(pause * 2, 0.01)
                 continue
             except OSError:
                 return False
