@@ -86,6 +86,36 @@ def test_a_worker_that_cannot_start_leaves_nothing_behind(
     assert not [path for path in made if path.exists()], made
 
 
+def test_a_worker_out_of_descriptors_leaves_none_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE at the second pipe left the first pipe's worker end open (closed only once
+    the interpreter had started), and came out as a bare OSError, not WorkerError."""
+    import errno
+
+    base = tmp_path / "temp"
+    base.mkdir()
+    monkeypatch.setattr(handle, "_temp_base", lambda: str(base))
+    pipe = os.pipe
+    made: list[int] = []
+
+    def second_fails() -> tuple[int, int]:
+        if made:
+            raise OSError(errno.EMFILE, "Too many open files")
+        ends = pipe()
+        made.extend(ends)
+        return ends
+
+    plan = plan_for(Policy.from_profile("strict"), IsolationConfig())
+    before = _open_fds()
+    monkeypatch.setattr(handle.os, "pipe", second_fails)
+    with pytest.raises(WorkerError, match="cannot start a worker: Too many open files"):
+        WorkerProcess(plan, None, sys.executable)
+    monkeypatch.undo()
+    assert made, "no pipe was made"
+    assert _open_fds() == before
+    assert list(base.iterdir()) == []
+
+
 def test_a_scoped_plan_names_its_cache_without_reading_the_audit_settings(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker's scope directory is the one `AotCache.scope` opens, named without

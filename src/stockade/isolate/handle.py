@@ -183,29 +183,37 @@ class WorkerProcess:
         self._keep_temp = plan.policy.capabilities.keep_scratch
         # Until the finalizer owns them, whatever fails (not only an OSError: a ValueError
         # from Popen, Ctrl-C) takes back what was made so far, last made first.
-        with contextlib.ExitStack() as undo:
-            # The worker's own temporary directory (scratch directories go there): the
-            # only place besides the grants and the cache that it may write. Locked
-            # while this process lives: one killed outright leaves it to the next.
-            self._temp = LockedTempDir("stockade-worker-", _temp_base(), kept=SCRATCH_PREFIX)
-            undo.callback(self._temp.close)
-            self.temp_dir = self._temp.path
-            undo.callback(_remove_temp, self.temp_dir, False)
-            plan = _scoped(dataclasses.replace(plan, temp_dir=self.temp_dir))
-            plan, held = inherited(plan)  # directories granted from descriptors we hold
-            if plan.cache is not None:
-                with contextlib.suppress(OSError):
-                    plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.cgroup = create_cgroup(limits) if limits is not None else WorkerCgroup(
-                0, {}, [Protection("cgroup", False, "turned off by configuration")])
-            undo.callback(self.cgroup.remove)
-            to_worker_r, self._to_worker = os.pipe()
-            undo.callback(os.close, self._to_worker)
-            self._from_worker, from_worker_w = os.pipe()
-            undo.callback(os.close, self._from_worker)
-            self._stderr = None if log else tempfile.TemporaryFile()
-            if self._stderr is not None:
-                undo.callback(self._stderr.close)
+        with contextlib.ExitStack() as undo, contextlib.ExitStack() as child_ends:
+            try:
+                # The worker's own temporary directory (scratch directories go there): the
+                # only place besides the grants and the cache that it may write. Locked
+                # while this process lives: one killed outright leaves it to the next.
+                self._temp = LockedTempDir("stockade-worker-", _temp_base(),
+                                           kept=SCRATCH_PREFIX)
+                undo.callback(self._temp.close)
+                self.temp_dir = self._temp.path
+                undo.callback(_remove_temp, self.temp_dir, False)
+                plan = _scoped(dataclasses.replace(plan, temp_dir=self.temp_dir))
+                plan, held = inherited(plan)  # directories granted from descriptors we hold
+                if plan.cache is not None:
+                    with contextlib.suppress(OSError):
+                        plan.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.cgroup = create_cgroup(limits) if limits is not None else WorkerCgroup(
+                    0, {}, [Protection("cgroup", False, "turned off by configuration")])
+                undo.callback(self.cgroup.remove)
+                # The worker's ends are closed here once it has its copies, or as soon as
+                # anything fails (EMFILE at the next pipe left them open).
+                to_worker_r, self._to_worker = os.pipe()
+                child_ends.callback(os.close, to_worker_r)
+                undo.callback(os.close, self._to_worker)
+                self._from_worker, from_worker_w = os.pipe()
+                child_ends.callback(os.close, from_worker_w)
+                undo.callback(os.close, self._from_worker)
+                self._stderr = None if log else tempfile.TemporaryFile()
+                if self._stderr is not None:
+                    undo.callback(self._stderr.close)
+            except OSError as exc:  # descriptors, the temporary directory, the cgroup
+                raise WorkerError(f"cannot start a worker: {exc.strerror or exc}") from None
             try:
                 self.proc = subprocess.Popen(
                     module_command(program, str(to_worker_r), str(from_worker_w),
@@ -218,9 +226,7 @@ class WorkerProcess:
             except OSError as exc:
                 raise WorkerError(
                     f"cannot start a worker with {python}: {exc.strerror}") from None
-            finally:
-                os.close(to_worker_r)
-                os.close(from_worker_w)
+            child_ends.close()
             self.pid = self.proc.pid
             self._fds = [self._to_worker, self._from_worker]
             self._finalizer = weakref.finalize(self, _reap, self.proc, self.cgroup, self._fds,
