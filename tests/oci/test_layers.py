@@ -348,3 +348,17 @@ def test_a_layer_of_corrupt_deflate_data_is_the_modules_error(serve: Callable[[]
         pull(parse_reference(f"{registry.host}/deflate:1"), Store(tmp_path / "store"),
              frozenset({registry.host}))
     assert caught.value.exit_code == 126 and "\n" not in caught.value.message
+
+
+def test_a_stored_layer_that_is_no_gzip_is_the_images_fault_not_the_stores(
+        tmp_path: Path) -> None:
+    """A blob that matches its digest but is no gzip made gzip raise BadGzipFile (an
+    OSError) inside the store's read: it was reported as a store that cannot be read."""
+    store = Store(tmp_path / "store")
+    digest = store.put(b"\x1f\x8bnot really gzip" + bytes(600))
+    layer_ = {"digest": digest, "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}
+    with pytest.raises(ModuleError, match="not a readable tar") as raised:
+        extract_module([(layer_, store.blob_path(digest))], "/app.wasm", 1 << 20,
+                       open_blob=store.verifying)
+    assert not isinstance(raised.value, StoreCorrupt)
+    assert store.blob_path(digest).exists()  # its bytes are what was pulled

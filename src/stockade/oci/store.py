@@ -149,7 +149,10 @@ class Store:
         another user or writable by group or others."""
         path = self.blob_path(digest)
         with self._open_blob(path, digest) as handle:
-            data = handle.read() if limit is None else handle.read(limit + 1)
+            try:
+                data = handle.read() if limit is None else handle.read(limit + 1)
+            except OSError as exc:
+                raise _unreadable(digest, exc) from None
         if limit is not None and len(data) > limit:
             raise BlobTooLarge(f"local store: blob {digest} is larger than {limit} bytes")
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
@@ -172,7 +175,7 @@ class Store:
         StoreRefused."""
         path = self.blob_path(digest)
         with self._open_blob(path, digest) as handle:
-            hashing = _Hashing(handle)
+            hashing = _Hashing(handle, digest)
             reader = io.BufferedReader(hashing, _CHUNK)
             try:
                 yield reader
@@ -318,15 +321,17 @@ class Store:
     def _open_blob(self, path: Path, digest: str) -> Iterator[BinaryIO]:
         """A blob file opened by `_open_owned`. Raises StoreCorrupt when it is missing or
         is not a regular file, StoreRefused as `_open_owned`."""
-        try:
-            with self._open_owned(path) as handle:
-                yield handle
-        except FileNotFoundError:
-            raise StoreCorrupt(f"local store: blob {digest} is missing; pull the image "
-                               "again") from None
-        except OSError as exc:
-            raise StoreCorrupt(f"local store: blob {digest} cannot be read "
-                               f"({exc.strerror}); pull the image again") from None
+        with contextlib.ExitStack() as stack:
+            try:
+                handle = stack.enter_context(self._open_owned(path))
+            except FileNotFoundError:
+                raise StoreCorrupt(f"local store: blob {digest} is missing; pull the image "
+                                   "again") from None
+            except OSError as exc:
+                raise _unreadable(digest, exc) from None
+            # Only the open's errors are the store's: an OSError raised by what reads the
+            # handle (gzip's BadGzipFile on a layer that is no gzip) is the reader's.
+            yield handle
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         if target.name != "oci-layout":
@@ -374,17 +379,26 @@ class Store:
 class _Hashing(io.RawIOBase):
     """A blob file read through a hash: each byte is hashed once, as it is read."""
 
-    def __init__(self, inner: BinaryIO) -> None:
+    def __init__(self, inner: BinaryIO, digest: str) -> None:
         self._inner = inner
+        self.digest = digest
         self.hasher = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        count = self._inner.readinto(buffer)  # type: ignore[attr-defined]  # a file's
+        try:
+            count = self._inner.readinto(buffer)  # type: ignore[attr-defined]  # a file's
+        except OSError as exc:
+            raise _unreadable(self.digest, exc) from None
         self.hasher.update(memoryview(buffer)[:count])
         return int(count)
+
+
+def _unreadable(digest: str, exc: OSError) -> StoreCorrupt:
+    return StoreCorrupt(f"local store: blob {digest} cannot be read "
+                        f"({exc.strerror or exc}); pull the image again")
 
 
 def _is_hex(text: str) -> bool:
