@@ -1,11 +1,14 @@
 """A pooled run's request body goes to its pool worker as a raw frame, from where it lies:
 pickled with the request, a 16 MiB body cost the gateway worker two more copies of it
 (the pickle, and the pickle joined to its frame header) and the pool worker three (the
-frame read, copied to bytes, unpickled)."""
+frame read, copied to bytes, unpickled). Its result's output comes back the same way
+(`write_reply`), and a pool worker lying about it is replaced."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -13,10 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from stockade import Policy
 from stockade.gateway.manifest import load_manifest
 from stockade.gateway.pool import WorkerPool, start_pools
 from stockade.invocation import Invocation
+from stockade.isolate import IsolationConfig, protocol
+from stockade.isolate.handle import WorkerProcess
+from stockade.isolate.plan import plan_for
 from stockade.result import Outcome
+from tests.isolate.test_reply_output import HOSTILE
 
 from .conftest import Start, module
 from .test_confine import gateway_workers, status
@@ -44,6 +52,7 @@ name = "echo"
 route = "/echo"
 module = "{echo}"
 isolate = "process"
+max_response = "17MiB"
 [function.limits]
 timeout = "20s"
 """
@@ -112,3 +121,65 @@ def test_a_16_mib_post_costs_the_gateway_worker_its_body_once(start_gateway: Sta
     assert grown < 2 * BODY + 8 * MiB, grown
     # The pool worker reads it into one bytes object (pickled: 32 MiB).
     assert pool_grown < BODY + 8 * MiB, pool_grown
+
+
+def test_a_16_mib_reply_costs_the_gateway_worker_its_output_once(pool: WorkerPool) -> None:
+    specs = {spec.name: spec for spec in pool.specs}
+    body = os.urandom(BODY)  # made before tracing: only copies of it are counted
+    tracemalloc.start()
+    try:
+        result = pool.run(specs["echo"], Invocation(stdin=body))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.outcome is Outcome.EXITED and result.stdout.endswith(body), result
+    # The result's own stdout, once. Pickled in the reply: 34 MiB at its peak.
+    assert peak < BODY + BODY // 4, peak
+
+
+# Stands for a pool worker its guest took over (the plan's test-only probe, run in an
+# isolated worker): it answers every run with `HOSTILE`'s lie about the result's output.
+TAKE_OVER = '''
+import os, pickle, sys, time
+from stockade.isolate.protocol import read_frame, read_raw_frame, write_frame
+read_fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
+write_frame(write_fd, ("probed", {{}}))
+while True:
+    request = pickle.loads(read_frame(read_fd))
+    if request[2]:
+        read_raw_frame(read_fd, 1 << 30)
+    wire = {{"module": "echo.wasm", "sha256": "", "outcome": "exited", "exit_code": 0}}
+    write_frame(write_fd, ("result", wire, {sizes!r}))
+    os.write(write_fd, {tail!r})
+    if {exits!r}:
+        os._exit(0)
+    time.sleep(600)
+'''
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_pool_worker_lying_about_its_output_is_replaced(
+        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    sizes, tail, exits, said = HOSTILE[case]
+    monkeypatch.setattr(protocol, "OUTPUT_WAIT", 0.5)
+    specs = {spec.name: spec for spec in pool.specs}
+    source = TAKE_OVER.format(sizes=sizes, tail=tail, exits=exits)
+    config = IsolationConfig()
+    taken = WorkerProcess(dataclasses.replace(plan_for(Policy(), config), probe=source),
+                          None, sys.executable)
+    taken.wait_ready(config.start_timeout)
+    taken.send(("probe",))
+    assert taken.receive(time.monotonic() + 30, 1 << 20)[0] == "probed"
+    with pool._cond:  # in place of the pool's one process
+        (real,) = pool._idle
+        pool._idle[:] = [taken]
+        pool._all = {taken}
+    real.close()
+    begun = time.monotonic()
+    result = pool.run(specs["echo"], Invocation(stdin=b"lied to"))
+    assert time.monotonic() - begun < 10
+    assert result.outcome is Outcome.ERROR and said in result.message, result
+    assert "replaced" in result.message and not taken.alive
+    after = pool.run(specs["echo"], Invocation(stdin=b"next"))
+    assert after.outcome is Outcome.EXITED and after.stdout.endswith(b"next"), after
+    assert taken not in pool._all

@@ -12,7 +12,8 @@ its protections. Then, one at a time until its parent closes the pipe:
 
 - `("run", name, stdin_size, env)`, then, when `stdin_size` is not zero, the request's
   body as one raw frame (`read_raw_frame`: read into one bytes object, never a pickle)
-  -> `("result", wire result)`, `("error", wire error)` for a Stockade error,
+  -> `("result", wire result)` (its stdout and stderr following as raw frames:
+  `write_reply`), `("error", wire error)` for a Stockade error,
   `("memory", {"limit"})` when the run hit the address-space limit (the worker then
   exits), `("failed", {"message"})` for anything else.
 
@@ -45,8 +46,8 @@ from ..isolate.protocol import (
     error_to_wire,
     read_frame,
     read_raw_frame,
-    result_to_wire,
     write_frame,
+    write_reply,
 )
 from ..isolate.rlimits import RlimitPlan, vm_size
 from ..isolate.worker import worker_main
@@ -168,7 +169,7 @@ def serve(read_fd: int, write_fd: int) -> None:
             # its type; MemoryError there means the address-space limit held.
             if result.outcome is Outcome.ERROR and result.message.startswith("MemoryError"):
                 raise MemoryError
-            reply = ("result", result_to_wire(result))
+            reply = ("result", result)
         except StockadeError as exc:
             reply = ("error", error_to_wire(exc))
         except MemoryError:
@@ -183,7 +184,7 @@ def serve(read_fd: int, write_fd: int) -> None:
         # until the cycle collector runs; the address-space limit has room for one.
         if vm_size() > baseline + _RECLAIM_BYTES:
             gc.collect()
-        write_frame(write_fd, reply)
+        write_reply(write_fd, *reply)
 
 
 def _explained(protection: Protection) -> Protection:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..engine.ticker import TICK_SECONDS
-from .protocol import result_to_wire, write_frame
+from .protocol import write_reply
 
 if TYPE_CHECKING:
     from ..result import Result
@@ -94,7 +94,7 @@ class Overrun:
                 try:
                     result = self.report(wall, cpu)
                     if result is not None:
-                        write_frame(self.write_fd, ("overran", result_to_wire(result)))
+                        write_reply(self.write_fd, "overran", result)
                 except BaseException as exc:  # noqa: BLE001 - the guest must stop anyway
                     # The parent reports the death (`error`) with this line as its cause.
                     os.write(2, f"deadline passed; no result: {exc!r}\n".encode())

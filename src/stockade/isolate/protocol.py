@@ -7,7 +7,9 @@ Requests (parent -> worker) are ordinary pickles: the worker trusts its parent.
 Replies (worker -> parent) are unpickled with *no* globals allowed, so they can hold
 only plain data (dicts, lists, tuples, str, bytes, numbers): a worker taken over by its
 guest cannot make the parent build arbitrary objects. `Result`s and errors are turned
-into plain data and checked field by field on the way back.
+into plain data and checked field by field on the way back. A result's stdout and stderr
+follow its reply as raw frames of the sizes it announces (`write_reply`, `read_reply`):
+pickled, a 16 MiB output cost the parent two more copies of it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ from ..errors import StockadeError, WorkerError
 from ..result import Outcome, Result, Usage
 
 __all__ = ["DeadlineExceeded", "SourceUnreadable", "Wait", "write_frame", "write_file_frame",
-           "write_bytes_frame", "read_frame", "read_raw_frame",
-           "loads_plain", "read_reply",
+           "write_bytes_frame", "write_reply", "read_frame", "read_raw_frame",
+           "loads_plain", "read_reply", "OUTPUT_WAIT",
            "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
 
 _HEADER = struct.Struct(">Q")
+# The fields of a result sent as raw frames after its reply, in this order.
+_STREAMS = ("stdout", "stderr")
+# Seconds a result's output may take to arrive once its reply has: the guest is done, and
+# what is left is a copy through a pipe, which a working worker never leaves waiting.
+OUTPUT_WAIT = 10.0
 _ERRORS: dict[str, type[StockadeError]] = {
     cls.__name__: cls for cls in (errors.StockadeError, errors.UsageError, errors.PolicyError,
                                   errors.ModuleNotFound, errors.ModuleError, WorkerError,
@@ -111,6 +118,20 @@ def write_bytes_frame(fd: int, data: bytes, wait: Wait | None = None) -> None:
     _write_all(fd, data, wait)
 
 
+def write_reply(fd: int, kind: str, payload: Any, wait: Wait | None = None) -> None:
+    """Write a worker's reply `(kind, payload)`. A `Result` payload goes as plain data
+    (`result_to_wire`) less its stdout and stderr, whose sizes the reply announces; each
+    then follows as a raw frame, from where it lies (`read_reply` puts them back)."""
+    if not isinstance(payload, Result):
+        write_frame(fd, (kind, payload), wait)
+        return
+    wire = result_to_wire(payload)
+    streams = [wire.pop(name) for name in _STREAMS]
+    write_frame(fd, (kind, wire, tuple(len(data) for data in streams)), wait)
+    for data in streams:
+        write_bytes_frame(fd, data, wait)
+
+
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     chunks = bytearray()
     poller = select.poll()
@@ -135,23 +156,35 @@ _new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 _BYTES_DATA = sys.getsizeof(b"") - 1  # offset of a bytes object's data (CPython)
 
 
+def _read_into(fd: int, size: int, deadline: float | None) -> bytes:
+    """The next `size` bytes of `fd`, read into a single bytes object. Raises
+    DeadlineExceeded, or EOFError (saying how many bytes came) at the end of the pipe."""
+    if size == 0:
+        return b""
+    data: bytes = _new_bytes(None, size)
+    view = memoryview((ctypes.c_char * size).from_address(id(data) + _BYTES_DATA)).cast("B")
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    done = 0
+    while done < size:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not poller.poll(wait * 1000):
+                raise DeadlineExceeded
+        count = os.readv(fd, [view[done:]])
+        if not count:
+            raise EOFError(f"the pipe closed after {done} of the frame's {size} bytes")
+        done += count
+    return data
+
+
 def read_raw_frame(fd: int, limit: int) -> bytes:
     """Read one raw frame (`write_file_frame`) of at most `limit` bytes, blocking, into
     a single bytes object. Raises EOFError or WorkerError (over `limit`)."""
     (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, None))
     if size > limit:
         raise WorkerError(f"a {size}-byte frame, over the {limit}-byte bound")
-    if size == 0:
-        return b""
-    data: bytes = _new_bytes(None, size)
-    view = memoryview((ctypes.c_char * size).from_address(id(data) + _BYTES_DATA)).cast("B")
-    done = 0
-    while done < size:
-        count = os.readv(fd, [view[done:]])
-        if not count:
-            raise EOFError("the parent closed its pipe")
-        done += count
-    return data
+    return _read_into(fd, size, None)
 
 
 def read_frame(fd: int, deadline: float | None = None, limit: int = 1 << 30) -> bytes:
@@ -180,15 +213,51 @@ def loads_plain(data: bytes) -> Any:
 
 
 def read_reply(fd: int, deadline: float | None, limit: int) -> tuple[str, Any]:
-    """A worker's next reply as (kind, payload). Raises TimeoutError at `deadline`
-    (`time.monotonic()`), EOFError when the worker is gone, WorkerError when malformed."""
+    """A worker's next reply as (kind, payload), a result's stdout and stderr read back
+    into its payload (`write_reply`), all of it within `limit` bytes. Raises TimeoutError
+    at `deadline` (`time.monotonic()`) before the reply begins, EOFError when the worker
+    is gone, WorkerError when malformed, over `limit`, or when its output stops short
+    or takes over `OUTPUT_WAIT` seconds to arrive."""
     try:
-        reply = loads_plain(read_frame(fd, deadline, limit))
+        frame = read_frame(fd, deadline, limit)
     except DeadlineExceeded:
         raise TimeoutError from None
-    if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
+    reply = loads_plain(frame)
+    if not (isinstance(reply, tuple) and len(reply) in (2, 3) and isinstance(reply[0], str)):
         raise WorkerError("the worker sent a reply of the wrong shape")
-    return reply[0], reply[1]
+    if len(reply) == 2:
+        return reply[0], reply[1]
+    kind, payload, sizes = reply
+    return kind, _with_output(fd, payload, sizes, limit - len(frame))
+
+
+def _with_output(fd: int, payload: Any, sizes: Any, room: int) -> dict[str, Any]:
+    """`payload` with the streams whose `sizes` its reply announced, read from `fd`:
+    at most `room` bytes in all, each into a bytes object of its announced size."""
+    if not (isinstance(payload, dict) and isinstance(sizes, tuple)
+            and len(sizes) == len(_STREAMS)
+            and all(type(size) is int and size >= 0 for size in sizes)):
+        raise WorkerError("the worker sent a malformed result (its output's sizes)")
+    if sum(sizes) > room:
+        raise WorkerError(f"the worker announced {sum(sizes)} bytes of output, over the "
+                          f"{room} bytes left of the reply's bound")
+    # The reply came, so the guest is done: a worker that stops partway through its
+    # output is broken (the host's error), never a guest over its time.
+    deadline = time.monotonic() + OUTPUT_WAIT
+    for name, size in zip(_STREAMS, sizes, strict=True):
+        try:
+            (sent,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+            if sent != size:
+                raise WorkerError(f"the worker sent a {sent}-byte {name} where its reply "
+                                  f"announced {size} bytes")
+            payload[name] = _read_into(fd, size, deadline)
+        except DeadlineExceeded:
+            raise WorkerError(f"the worker's {name} ({size} bytes) did not arrive within "
+                              f"{OUTPUT_WAIT:g} s of its reply") from None
+        except EOFError as exc:
+            raise WorkerError(f"the worker's {name} ({size} bytes) stopped short: "
+                              f"{exc}") from None
+    return payload
 
 
 def result_to_wire(result: Result) -> dict[str, Any]:

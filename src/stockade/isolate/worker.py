@@ -5,7 +5,7 @@ its protections and the backend it runs, then serves requests until its parent c
 the pipe:
 
 - `("run", module, invocation, env, cwd, stdin_size)` -> `started` (as the guest starts),
-  then `result`,
+  then `result` (its stdout and stderr following as raw frames: `write_reply`),
   `error` (a Stockade error: bad module, bad policy) or `failed` (anything else), or,
   before `started`, `fallback`: this worker's backend (the plan's: the C API or
   wasmtime-py, `isolate.backend`) leaves the module to wasmtime-py's, the parent sends
@@ -51,7 +51,7 @@ from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
 from .modules import FALLBACK, ModuleFile, ModuleMemo
 from .overrun import Overrun  # imported before confinement, like everything a run uses
-from .protocol import error_to_wire, read_frame, read_raw_frame, result_to_wire, write_frame
+from .protocol import error_to_wire, read_frame, read_raw_frame, write_frame, write_reply
 from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def _run(backend: WorkerBackend, modules: ModuleMemo,
             return "resend", None
         if loaded is FALLBACK:
             return "fallback", None
-        return "result", result_to_wire(backend.run(loaded, invocation))
+        return "result", backend.run(loaded, invocation)
     except StockadeError as exc:
         return "error", error_to_wire(exc)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
@@ -256,7 +256,7 @@ def serve(read_fd: int, write_fd: int) -> None:
             # alive until the cycle collector runs; RLIMIT_AS has room for one at a time.
             if vm_size() > baseline + _RECLAIM_BYTES:
                 gc.collect()
-            write_frame(write_fd, reply)
+            write_reply(write_fd, *reply)
         elif kind == "vouch":  # more `.cwasm` files the parent checked; no reply
             digests = request[1]
             if isinstance(digests, frozenset) and all(isinstance(d, str) for d in digests):
