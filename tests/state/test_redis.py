@@ -28,6 +28,7 @@ from stockade.state.breakers import SharedBreakers
 from stockade.state.credit import HOLD
 from stockade.state.keys import TenantKeys, token
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
+from stockade.state.scripts import FIELDS, bucket_field
 from stockade.telemetry.breaker import BreakerConfig, Transition
 
 from .conftest import RedisServer
@@ -566,7 +567,8 @@ def test_a_busy_replica_spends_credits_and_returns_what_it_did_not_spend(
         calls = evalsha_calls(redis_server) - before
         await asyncio.sleep(3 * HOLD + 0.1)
         client = redis_server.client()
-        tat = float(client.hget(gates[0].keys.tenant_quota, "tat") or 0)  # type: ignore[arg-type]
+        tat = float(client.hget(gates[0].keys.tenant_quota,  # type: ignore[arg-type]
+                                bucket_field(1000, 1000)))
         seconds, micros = client.time()  # type: ignore[misc]
         now = seconds + micros / 1e6
         return taken, calls, tat - now
@@ -664,7 +666,7 @@ def test_a_rate_limit_stores_its_times_exactly(redis_server: RedisServer) -> Non
     finally:
         state.close()
     keys = TenantKeys.of("exact", "f", "")
-    stored = redis_server.client().hget(keys.tenant_quota, "tat")
+    stored = redis_server.client().hget(keys.tenant_quota, bucket_field(3, 1))
     assert stored is not None
     decimals = stored.split(".")[1] if "." in stored else ""
     assert len(decimals) >= 6, stored  # the 14 digits of `tostring` leave 4
@@ -725,21 +727,114 @@ def test_a_reload_to_a_faster_rate_takes_effect_at_once(redis_server: RedisServe
         state.close()
 
 
-def test_a_refusal_after_a_reload_is_told_its_whole_wait(redis_server: RedisServer) -> None:
-    # The same bucket, reloaded to a window of 10,000 s (one in 100 s): the refusal was
-    # bounded by that window while the bucket it read stayed 90,000 s from admitting.
+def _round_robin(gates: list[Any], seconds: float) -> tuple[list[int], float]:
+    """Requests sent round robin over `gates` (as a load balancer spreads them) for
+    `seconds`: the admissions of each gate, and the time they took."""
+    taken = [0] * len(gates)
+    start = time.monotonic()
+    turn = 0
+    while time.monotonic() - start < seconds:
+        index = turn % len(gates)
+        turn += 1
+        try:
+            gates[index].admit().release()
+            taken[index] += 1
+        except QuotaExceeded:
+            pass
+    return taken, time.monotonic() - start
+
+
+def test_a_rollout_gives_a_tenant_at_most_each_manifests_own_limit(
+        redis_server: RedisServer) -> None:
+    # Mid-rollout, three replicas say 1000/s with a burst of 1, one says 1/s with a
+    # burst of 100. They shared one bucket, and the fast ones reset it to their own
+    # window at every request (refused ones too): 24,030 admitted in 2 s where the
+    # strict manifest allows 102 and the loose one 2,001. Each manifest's bucket is its
+    # own: the tenant gets at most the sum of the two limits.
+    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                         env={}) for _ in range(4)]
+    try:
+        gates = [state.gate(spec(tenant="rolling", rate=1000, burst=1))
+                 for state in states[:3]]
+        gates.append(states[3].gate(spec(tenant="rolling", rate=1, burst=100)))
+        taken, elapsed = _round_robin(gates, 2.0)
+    finally:
+        for state in states:
+            state.close()
+    loose, strict = sum(taken[:3]), taken[3]
+    assert strict <= 100 + 1 * elapsed + 1, (strict, elapsed)
+    assert loose <= 1 + 1000 * elapsed + 1, (loose, elapsed)
+
+
+def test_a_reload_to_a_slower_rate_is_not_evaded(redis_server: RedisServer) -> None:
+    # A rolling reload from 100/s (a burst of 100) to 1/s (a burst of 2): a replica not
+    # yet reloaded reset the bucket to its own, shorter window at each request, so the
+    # reloaded one admitted every other request. The slower limit holds on the replicas
+    # that have it, whatever the others do, and once all have it.
+    fast, slow = {"rate": 100, "burst": 100}, {"rate": 1, "burst": 2}
+    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                         env={}) for _ in range(2)]
+    try:
+        old = [state.gate(spec(tenant="slowing", **fast)) for state in states]
+        _round_robin(old, 0.3)
+        new = [state.gate(spec(tenant="slowing", **slow)) for state in states]
+        reloaded = time.monotonic()
+        during, _ = _round_robin([old[0], new[1]], 0.7)  # one replica reloaded
+        after, _ = _round_robin(new, 0.5)  # both
+        elapsed = time.monotonic() - reloaded
+    finally:
+        for state in states:
+            state.close()
+    assert during[1] + sum(after) <= 2 + 1 * elapsed + 1, (during, after, elapsed)
+
+
+
+def test_a_quota_hash_keeps_a_few_buckets_however_many_reloads(
+        redis_server: RedisServer) -> None:
+    # Each quota's bucket is a field of its own: twenty reloads, each to a new rate,
+    # would leave twenty fields for as long as the slowest keeps the key. Those caught
+    # up go, and of the others the furthest ahead stay, the one in use among them.
+    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+                       env={})
+    try:
+        state.gate(spec(tenant="fickle", rate=1000, burst=1)).admit().release()
+        time.sleep(0.01)  # caught up: as good as none
+        for n in range(1, 21):
+            state.gate(spec(tenant="fickle", rate=1e-3 * n, burst=1)).admit().release()
+        with pytest.raises(QuotaExceeded):  # the bucket in use is still spent
+            state.gate(spec(tenant="fickle", rate=2e-2, burst=1)).admit()
+    finally:
+        state.close()
+    stored = redis_server.client().hgetall(TenantKeys.of("fickle", "f", "").tenant_quota)
+    buckets = sorted((float(at), field) for field, at in stored.items()
+                     if field.startswith("tat"))
+    assert len(stored) <= FIELDS and len(buckets) <= FIELDS, stored
+    assert bucket_field(1000, 1) not in stored, stored
+    assert bucket_field(2e-2, 1) in stored, stored
+    assert buckets[-1][1] == bucket_field(1e-3, 1), buckets  # the furthest ahead
+
+def test_a_refusal_after_a_reload_is_told_its_own_buckets_wait(
+        redis_server: RedisServer) -> None:
+    # A reload from one in 1,000 s to one in 100 s (a burst of 100 each) starts the new
+    # quota's bucket: its burst, then a refusal telling the wait of that bucket (one
+    # interval at most), while the bucket the old quota filled stays as it was.
     state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
                        env={})
     try:
         assert _spend(state.gate(spec(tenant="reload", rate=1e-3, burst=100))) == 100
+        after = state.gate(spec(tenant="reload", rate=1e-2, burst=100))
+        for _ in range(100):
+            after.admit().release()
         with pytest.raises(QuotaExceeded) as refused:
-            state.gate(spec(tenant="reload", rate=1e-2, burst=100)).admit()
+            after.admit()
     finally:
         state.close()
-    tat = float(redis_server.client().hget(TenantKeys.of("reload", "f", "").tenant_quota,
-                                           "tat") or 0)
-    real = tat - 100 * 100 + 100 - _redis_now(redis_server)  # the next admission, from now
+    stored = redis_server.client().hgetall(TenantKeys.of("reload", "f", "").tenant_quota)
+    now = _redis_now(redis_server)
+    tat = float(stored[bucket_field(1e-2, 100)])
+    real = tat - 100 * 100 + 100 - now  # the next admission, from now
     assert real <= refused.value.retry_after <= 100, (real, refused.value.retry_after)
+    assert float(stored[bucket_field(1e-3, 100)]) - now > 99_000, stored
 
 
 def test_a_bucket_is_kept_as_long_as_its_window(redis_server: RedisServer) -> None:

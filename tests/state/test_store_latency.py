@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from stockade.state import (
     GateSpec,
@@ -32,7 +33,9 @@ from stockade.state import (
     QuotaExceeded,
     StateSettings,
     StateUnavailable,
+    open_state,
 )
+from stockade.state.keys import TenantKeys
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
 
 from .conftest import RedisServer
@@ -555,3 +558,92 @@ def test_a_breaker_call_waiting_for_a_fresh_connection_keeps_its_timeout(
     assert delay_line.connections == 2, delay_line.connections  # kept, not made again
     if call == "violation":
         assert violations == 1, "the violation answered late was not counted"
+
+
+def test_a_fresh_replica_under_fail_open_is_decided_by_the_store_from_its_first_request(
+        delay_line: DelayLine) -> None:
+    """A replica just started, every command answered in 0.08 s, a timeout of 0.3 s:
+    the connection's handshake (three commands) and the scripts' load took the first
+    requests' whole time, and under `fail_open` the local fallback admitted them though
+    the store never failed (31-35 in flight against a concurrency of 20). The state
+    the gateway opens is connected, its scripts loaded, before it serves: the store
+    decides every request."""
+    delay_line.delay = 0.08
+    counted: list[str] = []
+    state = open_state(StateSettings(delay_line.url(), "fail_open", 0.3),
+                       on_fallback=counted.append)
+    gate = state.gate(_spec(concurrency=20))
+    leases: list[Lease] = []
+
+    async def scenario() -> list[tuple[str, float]]:
+        answers = [_outcome(gate, leases) for _ in range(40)]
+        return list(await asyncio.gather(*answers))
+
+    try:
+        answers = asyncio.run(scenario())
+        degraded = sum(lease.degraded for lease in leases)
+    finally:
+        for lease in leases:
+            lease.release()
+        state.close()
+    kinds = sorted(kind for kind, _ in answers)
+    assert degraded == 0 and counted == [], (degraded, counted)
+    assert kinds == ["admitted"] * 20 + ["refused"] * 20, kinds
+
+
+@pytest.mark.parametrize("store", ["refused", "silent"])
+def test_a_replica_started_while_the_store_is_down_fails_open_at_once(store: str) -> None:
+    """Connecting before serving keeps `fail_open`'s meaning: a store down when the
+    replica starts (nothing listening, or a peer that never answers) is found down
+    within a timeout, and the first request is decided here alone without waiting."""
+    timeout = 0.3
+    with socket.socket() as peer:
+        peer.bind(("127.0.0.1", 0))
+        if store == "silent":
+            peer.listen(16)
+        url = f"redis://127.0.0.1:{peer.getsockname()[1]}/0"
+        counted: list[str] = []
+        began = time.monotonic()
+        state = open_state(StateSettings(url, "fail_open", timeout),
+                           on_fallback=counted.append)
+        opened = time.monotonic() - began
+        try:
+            began = time.monotonic()
+            lease = state.gate(_spec(concurrency=1)).admit()
+            took = time.monotonic() - began
+            lease.release()
+        finally:
+            state.close()
+    assert opened < timeout + SLACK, opened
+    assert lease.degraded and counted == ["fail_open"], counted
+    assert took < 0.05, took
+
+
+def test_a_violation_recorded_while_a_fresh_connection_is_made_is_not_lost(
+        delay_line: DelayLine) -> None:
+    """Three clients' violations, threshold 3, through a connection still being made
+    (every command answered in 0.1 s, a timeout of 0.3 s: the handshake alone takes
+    the first record's time): the first was given up at its deadline and never sent,
+    two were counted and the breaker stayed closed. It is sent once the connection is
+    ready, and what it changed is told."""
+    from stockade.telemetry.breaker import BreakerConfig, Transition
+
+    delay_line.delay = 0.1
+    state = _state(delay_line.url(), 0.3)
+    told: list[Transition] = []
+    breakers = state.breakers(BreakerConfig(threshold=3, window=60, cooldown=30),
+                              told.append)
+    keys = TenantKeys.of("acme", "-", "function:f")
+    try:
+        for client in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+            breakers.record("function:f", "acme", True, source=client)
+        deadline = time.monotonic() + 3.0
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store = redis.Redis(port=delay_line.target, decode_responses=True)
+        counted = store.zcard(keys.violations)
+        opened = store.hget(keys.breaker, "state")
+    finally:
+        state.close()
+    assert counted == 3, f"{counted} of 3 violations counted"
+    assert opened == "open" and [t.new for t in told] == ["open"], (opened, told)

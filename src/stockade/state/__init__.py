@@ -47,9 +47,14 @@ def open_state(settings: StateSettings, directory: Path | None = None, index: in
     """The state backend `settings` name, for worker `index` of a server whose workers
     share `directory` (None: this process only). `on_fallback(reason)` is called when a
     Redis backend decides alone (`fail_open`) or refuses (`fail_closed`) because the
-    store is unavailable. Raises PolicyError for an unusable URL."""
+    store is unavailable. A Redis backend is connected, its scripts loaded, before it is
+    returned (as long as a connection's steps may take, each within the timeout; a
+    store that fails is marked down): the gateway serves only then. Raises PolicyError
+    for an unusable URL."""
     if not settings.shared:
         return LocalState(directory, index)
     from .redisstate import RedisState
 
-    return RedisState(settings, LocalState(directory, index, degraded=True), on_fallback)
+    state = RedisState(settings, LocalState(directory, index, degraded=True), on_fallback)
+    state.connect()
+    return state

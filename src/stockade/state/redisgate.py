@@ -124,7 +124,8 @@ class RedisGate(Gate):
             "1" if spec.breaker else "0", _number(state.probe_timeout)])
         self._function_leases = bulk(self.keys.function_leases)
         self._cpu_limit = bulk(self._cpu)
-        self._refund = (bulks(self.keys[:2]), bulks([_number(fq.rate), _number(tq.rate)]))
+        self._refund = (bulks(self.keys[:2]), bulks([_number(fq.rate), _number(fq.bucket),
+                                                     _number(tq.rate), _number(tq.bucket)]))
         self._refused: tuple[float, Exception] | None = None  # (monotonic until, refusal)
         self._pending_denials = 0
         # Nothing to count or check: no round trip at all.
@@ -173,8 +174,8 @@ class RedisGate(Gate):
 
     def refund(self, tokens: int) -> bytes:
         """The `REFUND` script's call giving back `tokens` unspent admissions."""
-        keys, rates = self._refund
-        return evalsha(self.state.refund_script.sha, 5, 2, keys, bulk(str(tokens)), rates)
+        keys, quotas = self._refund
+        return evalsha(self.state.refund_script.sha, 7, 2, keys, bulk(str(tokens)), quotas)
 
     def admit(self) -> Lease:
         if self.free:
@@ -451,10 +452,10 @@ class RedisGate(Gate):
             return QuotaExceeded(f"{label}: {quota.concurrency} concurrent invocations at "
                                  "most", 1.0, "concurrency")
         # No longer than a limit can make a client wait (the store may say up to 2^33
-        # s): a rate's bucket is at most its window ahead (burst / rate: the script
-        # clamps one an earlier manifest filled), so its wait is one interval, within
-        # the window; a CPU budget refills whole within CPU_REFILL (a run that overdrew
-        # it by more is refused again then, with what is left).
+        # s): a rate's bucket is its quota's own, at most its window ahead (burst /
+        # rate), so its wait is one interval, within the window; a CPU budget refills
+        # whole within CPU_REFILL (a run that overdrew it by more is refused again
+        # then, with what is left).
         wait = min(float(number), quota.bucket / limit if kind == "rate" else CPU_REFILL)
         if kind == "cpu":
             return QuotaExceeded(f"{label}: CPU budget of {quota.cpu_per_minute:g} s per "

@@ -40,6 +40,10 @@ far from its limits, and spends them here for `credit.HOLD` seconds (see `credit
 Redis counted them all when it granted them; what is not spent goes back). A gate
 whose function and tenant have no quota and no breaker asks Redis nothing.
 
+The gateway's state is connected, its scripts loaded, before it serves (`connect`,
+called by `open_state`): a fresh replica's first requests are not left to wait for a
+handshake, and a store down at start-up is marked so at once.
+
 When Redis does not answer within the timeout (or answers with an error: a Lua error,
 a key of the wrong type), the request gets `on_unavailable`: `fail_closed` raises
 StateUnavailable (503), `fail_open` admits through this server's own limits
@@ -99,8 +103,16 @@ __all__ = ["RedisState", "RedisGate", "RedisBreakers", "REFUSAL_CACHE", "RETRY_I
 logger = logging.getLogger("stockade.state")
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis is unreachable
 RELEASE_DELAY = 0.002  # seconds a release waits for an admission to carry it
+# A connection's steps (name lookup, connect, TLS, AUTH, CLIENT SETNAME, CLIENT SETINFO
+# twice, SELECT), each within `timeout`: how long a wait for one may last in all.
+CONNECT_STEPS = 8
 _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts, late answers
 _PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+class _Connecting(RoundTripFailed):
+    """A round trip's wait for a connection being made ended first: nothing was sent,
+    and the store did not fail."""
 
 
 class _Asked:
@@ -199,15 +211,36 @@ class RedisState(StateBackend):
         """A lease id unique across replicas."""
         return f"{self._id_prefix}{next(self._ids)}"
 
+    def connect(self) -> bool:
+        """Make the connection to the store and load the scripts now, before the gateway
+        serves (`open_state`): a fresh replica's first requests waited for the handshake
+        (against a store answering each command in a third of the timeout, longer than
+        their time), and under `fail_open` the local fallback admitted them though the
+        store never failed (found by review). Waits as long as a connection's steps may
+        take, each within `timeout`; a store that fails is marked down and logged, so
+        `on_unavailable` applies from the first request, without a wait. Returns
+        whether the store answered."""
+        scripts = (ADMIT, REFUND, RELEASE, VIOLATION, PROBE_CLEAN, PROBE_UNUSED, COUNTED)
+        try:
+            replies = self._pipeline([script_load(source) for source in scripts],
+                                     CONNECT_STEPS * self.settings.timeout,
+                                     even_if_down=True)
+        except RoundTripFailed:
+            return False  # logged when the store failed; else still connecting
+        return not any(isinstance(reply, Exception) for reply in replies)
+
     def run(self, script: Any, keys: list[str], args: list[str],
-            late: Callable[[Any], None] | None = None) -> Any:
+            late: Callable[[Any], None] | None = None, keep: bool = False) -> Any:
         """Run `script` (registered with this state's client), answered within `timeout`
         of the call, a wait for a connection being made included, as an admission off
         an event loop is (`admit`): past it RoundTripFailed, and the store's answer, due
         within `timeout` of the script's send, is read on a thread of its own and given
         to `late` (dropped when None or an error). A breaker's record waited for a fresh
-        connection, then a whole timeout more. Raises RoundTripFailed when Redis is down
-        (then not tried again for `RETRY_INTERVAL` s) or the script failed."""
+        connection, then a whole timeout more. `keep`: a change the store must get (a
+        violation, a probe's end): when the wait for a connection being made ends
+        first, it is sent once the connection is ready, its answer given to `late` (a
+        violation was lost so, found by review). Raises RoundTripFailed when Redis is
+        down (then not tried again for `RETRY_INTERVAL` s) or the script failed."""
         answer_by = time.monotonic() + self.settings.timeout
         call = evalsha(script.sha, len(keys) + len(args), len(keys), bulks(keys), bulks(args))
 
@@ -215,11 +248,43 @@ class RedisState(StateBackend):
             if late is not None and not isinstance(replies[0], Exception):
                 late(replies[0])
 
-        reply = self._pipeline([call], answer_by - time.monotonic(), answer_by, answered,
-                               (script.script,))[0]
+        try:
+            reply = self._pipeline([call], answer_by - time.monotonic(), answer_by,
+                                   answered, (script.script,))[0]
+        except _Connecting:
+            if keep:
+                self._send_when_connected(call, script.script, answered)
+            raise
         if isinstance(reply, Exception):
             self._script_failed(reply)
         return reply
+
+    def _send_when_connected(self, call: bytes, source: str,
+                             answered: Callable[[list[Any]], None]) -> None:
+        """On a thread of its own: `call` (of the script `source`), nothing of it sent
+        yet, sent once the connection being made is ready (as long as its steps may
+        take), its replies given to `answered`; lost only when the store fails (marked
+        down and logged) or this state closes."""
+
+        def send() -> None:
+            if self._closed:
+                return
+            try:
+                replies = self._pipeline([call], CONNECT_STEPS * self.settings.timeout,
+                                         sources=(source,))
+            except RoundTripFailed:
+                return  # logged when the store failed
+            try:
+                answered(replies)
+            except Exception:  # noqa: BLE001 - a thread of its own: nobody to raise to
+                logger.exception("shared state %s: a late answer could not be used",
+                                 self.where)
+
+        try:
+            threading.Thread(target=send, daemon=True, name="stockade-state-send").start()
+        except RuntimeError:
+            logger.error("shared state %s: a call waiting for a connection was dropped "
+                         "(no thread to send it)", self.where)
 
     @contextmanager
     def _round_trip(self, wait: float | None = None, answer_by: float | None = None,
@@ -238,7 +303,9 @@ class RedisState(StateBackend):
         try:
             with round_trip(self.settings.timeout, wait, answer_by):
                 yield
-        except (ConnectionPending, AnswerLate) as exc:
+        except ConnectionPending as exc:
+            raise _Connecting(f"shared state {self.where}: {exc}") from None
+        except AnswerLate as exc:
             raise RoundTripFailed(f"shared state {self.where}: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._went_down(exc)
@@ -259,6 +326,8 @@ class RedisState(StateBackend):
         raise RoundTripFailed(f"shared state {self.where} failed to decide") from None
 
     def _went_down(self, exc: BaseException) -> None:
+        if self._closed:
+            return  # closing cuts round trips short: the store did not fail
         with self._lock:
             self._retry_at = time.monotonic() + RETRY_INTERVAL
             if self._down_since is None:
@@ -698,7 +767,7 @@ class RedisState(StateBackend):
 
     def _free_probe(self, breaker: str, probe_at: str) -> None:
         try:
-            self.run(self.unused_script, [breaker], [probe_at])
+            self.run(self.unused_script, [breaker], [probe_at], keep=True)
         except RoundTripFailed:
             pass  # logged by `run`
 
@@ -855,13 +924,14 @@ class RedisBreakers:
                     # A client's violation replaces its last one: it counts once.
                     _member(source) if source is not None
                     else f"{state.lease_id()}:{next(self._ids)}", key, tenant or "", probe_at,
-                    repr(cfg.remembered)], late)
+                    repr(cfg.remembered)], late, keep=True)
             else:
                 reply = state.run(state.probe_script, self._keys(key, tenant), [probe_at],
-                                  late)
+                                  late, keep=True)
             transition = self._transition(key, tenant, reply)
         except RoundTripFailed:
-            # Logged by `run`; the count is lost, or told when it is answered late.
+            # Logged by `run`; lost with a store that failed, else told when it is
+            # answered late (or sent once a connection being made is ready).
             return None
         self.notify(transition)
         return transition
@@ -923,7 +993,8 @@ class RedisBreakers:
         if probe_at is None:
             return
         try:
-            state.run(state.unused_script, self._keys(key, tenant)[:1], [probe_at])
+            state.run(state.unused_script, self._keys(key, tenant)[:1], [probe_at],
+                      keep=True)
         except RoundTripFailed:
             pass  # logged by `run`
 
