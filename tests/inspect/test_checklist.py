@@ -158,3 +158,41 @@ def test_text_is_never_a_signed_module(tmp_path: Path) -> None:
     items = evaluate(policy, None, wat, host=False)
     verdict = next(item for item in items if item.check == "signature valid")
     assert verdict.status == "fail" and "text" in verdict.reason, verdict
+
+
+def test_check_decides_as_run_does_when_image_signatures_are_required(tmp_path: Path) -> None:
+    """Under `require_image_signature` a module file's embedded signature never admits
+    it (`run` refuses it, 126): `check` passed it as signed by a trusted key. A policy
+    requiring image signatures with no image key among its keys admits nothing."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stockade.trust.cosignkeys import CosignSecret
+
+    (tmp_path / "signer.pub").write_bytes(SIGNER.public.pem())
+    policy = tmp_path / "policy.toml"
+    policy.write_text('profile = "strict"\n[trust]\nrequire_image_signature = true\n'
+                      'keys = ["signer.pub"]\n')
+    signed = tmp_path / "signed.wasm"
+    signed.write_bytes(sign_module(guest("hello.wasm").read_bytes(), SIGNER).module)
+    ran = stockade("run", "--policy", str(policy), str(signed))
+    assert ran.returncode == 126, ran.stderr
+    code, report = _check("--no-host", "--policy", str(policy), "--module", str(signed))
+    assert code == 1, report
+    failed = {i["check"]: i for i in _items(report) if i["status"] == "fail"}
+    assert set(failed) == {"signature required", "signature valid"}, report
+    assert "no image" in failed["signature required"]["reason"]
+    assert "cosign" in failed["signature required"]["fix"]
+    verdict = failed["signature valid"]
+    assert "no image signature by a trusted key covers module" in verdict["reason"]
+    assert verdict["reason"] in ran.stderr.decode()  # run's own words
+
+    # With an image key the policy can admit an image, never this module file.
+    image_key = CosignSecret(ec.derive_private_key(0xC051, ec.SECP256R1())).public
+    (tmp_path / "cosign.pub").write_bytes(image_key.pem())
+    policy.write_text('profile = "strict"\n[trust]\nrequire_image_signature = true\n'
+                      'keys = ["signer.pub", "cosign.pub"]\n')
+    code, report = _check("--no-host", "--policy", str(policy), "--module", str(signed))
+    statuses = {i["check"]: i["status"] for i in _items(report)}
+    assert code == 1 and statuses["signature required"] == "pass", report
+    assert statuses["signature valid"] == "fail", report
+    assert stockade("run", "--policy", str(policy), str(signed)).returncode == 126

@@ -6,7 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import ModuleNotFound
+from ..errors import ModuleNotFound, UntrustedModule
 from ..policy import Policy
 
 __all__ = ["open_source", "module_path"]
@@ -26,11 +26,14 @@ def open_source(module: str, args: tuple[str, ...],
     argument. For `oci://REF` the image is pulled once into the store, its Entrypoint/Cmd
     become the arguments (the caller's replace Cmd) and its Env the variables the caller
     did not set; limits and capabilities stay the caller's. Under a `[trust]` that
-    requires signatures, the image's signatures are checked (`oci.trusted.vouch`).
-    Raises the OCI errors (`stockade.oci.errors`)."""
+    requires signatures, the image's signatures are checked (`oci.trusted.vouch`); when
+    none by a trusted key covers the image, its process is covered by no signature (the
+    module's covers its bytes only), and one that would reach the guest is refused.
+    Raises the OCI errors (`stockade.oci.errors`), UntrustedModule (126)."""
     if not module.startswith("oci://"):
         return module_path(module), args, policy, None
     from ..oci import guest_process, resolve
+    from ..oci.resolve import unsigned_process
     from ..oci.trusted import vouch
 
     resolved = resolve(module)
@@ -40,5 +43,10 @@ def open_source(module: str, args: tuple[str, ...],
     trust, note = vouch(resolved, policy.trust)
     if note is not None and trust is policy.trust:
         sys.stderr.write(f"stockade: {note}\n")  # why the image signature did not count
+    module_digest = resolved.pulled.module_digest.removeprefix("sha256:")
+    if trust.require_signature and module_digest not in trust.vouched:
+        refusal = unsigned_process(resolved.pulled, args, given)
+        if refusal is not None:
+            raise UntrustedModule(refusal)
     policy = replace(policy.with_capabilities(env=image_env + tuple(caps.env)), trust=trust)
     return resolved.path, guest_args, policy, str(resolved.pinned)

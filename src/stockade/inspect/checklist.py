@@ -4,10 +4,12 @@ warn or fail with the reason and the fix.
 Thresholds (the recommended value passes, up to the second warns, beyond fails):
 memory 128 MiB / 512 MiB; timeout 30 s / 120 s (none fails). A policy with neither
 fuel nor a timeout fails; so does a module with high-risk findings, a signature a trust
-policy requires and does not find, a trust another user could rewrite (its policy or
-manifest file, or a key file or directory, not this user's or root's or writable by
-others: refused when keys are read), a disabled or broken audit log, breakers disabled or
-kept in a database they cannot use (they fail open).
+policy requires and does not find (decided as `run` decides: `trust.enforce.verdict`), a
+policy requiring image signatures with no image (cosign) key to verify one, a trust
+another user could rewrite (its policy or manifest file, or a key file or directory, not
+this user's or root's or writable by others: refused when keys are read), a disabled or
+broken audit log, breakers disabled or kept in a database they cannot use (they fail
+open).
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ def _policy_items(subject: Subject) -> list[Item]:
                           "; ".join(shared) + " (whoever can rewrite the trust chooses what "
                           "runs)", "make each file this user's, not writable by group or "
                           "others (chmod go-w FILE)"))
+    elif trust.require_image_signature and not _image_keys(subject):
+        items.append(Item("review", "signature required", label, "fail",
+                          "require_image_signature = true, but no image (cosign) key among "
+                          f"the {len(trust.keys)} key source(s): no module can ever run",
+                          "add the image signer's cosign public key (cosign.pub) to "
+                          "[trust] keys"))
     elif trust.require_signature:
         items.append(Item("review", "signature required", label, "pass",
                           f"[trust] requires a signature by {len(trust.keys)} key source(s)"))
@@ -100,6 +108,14 @@ def _policy_items(subject: Subject) -> list[Item]:
                           "modules run without a signature check",
                           '[trust] require_signature = true, keys = ["signer.pub"]'))
     return items
+
+
+def _image_keys(subject: Subject) -> int:
+    """How many image (cosign) keys `subject`'s trust holds (its key files are readable:
+    `_shared_trust` found no problem)."""
+    from ..trust.enforce import image_keys
+
+    return len(image_keys(subject.policy.trust.keys))
 
 
 def _shared_trust(subject: Subject) -> list[str]:
@@ -194,13 +210,20 @@ def _module_items(subject: Subject) -> list[Item]:
         items.append(Item("review", "signature valid", label, "fail", TEXT_UNSIGNED,
                           "sign the .wasm it compiles to: stockade sign --key KEY"))
     elif trust.require_signature:
-        from ..trust.enforce import check
+        from ..trust.enforce import verdict
+        from ..trust.keys import KeyFileError
 
-        # Those of the bytes inspected: a second read could meet others (or a FIFO).
-        verification = check(report.signature_data, trust)
-        items.append(Item("review", "signature valid", label,
-                          "pass" if verification.ok else "fail", verification.describe(),
-                          "" if verification.ok else "sign it: stockade sign --key KEY"))
+        # `run`'s own decision, on the signatures of the bytes inspected: a second read
+        # could meet others (or a FIFO).
+        try:
+            admitted, why = verdict(report.sha256, report.signature_data, trust)
+        except KeyFileError as exc:  # the policy item says why the keys are refused
+            admitted, why = False, exc.message
+        fix = ("run it as an oci:// image signed by a trusted cosign key: stockade oci sign "
+               "--key cosign.key REF" if trust.require_image_signature
+               else "sign it: stockade sign --key KEY")
+        items.append(Item("review", "signature valid", label, "pass" if admitted else "fail",
+                          why, "" if admitted else fix))
     elif report.signatures:
         items.append(Item("review", "signature valid", label, "warn",
                           "signed, but no trusted keys to verify it with",

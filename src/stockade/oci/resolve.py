@@ -4,6 +4,12 @@ Also turns the image's process (`Entrypoint`/`Cmd`, `Env`, `WorkingDir`) into gu
 arguments and variables the way a container runtime would: arguments given by the caller
 replace `Cmd`; the caller's variables win over the image's. Limits and capabilities are
 never taken from the image.
+
+The image config is covered by an image signature (over the manifest, which names the
+config by digest), never by the module's own signature: a signed interpreter re-wrapped in
+a new image whose `Cmd` carries other code would run that code as if it were signed.
+`unsigned_process` says what of the image's process would reach the guest, for a caller
+whose trust rests on the module signature alone to refuse it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from .registry import insecure_hosts
 from .store import Store
 from .transfer import PulledImage, load_local, pull
 
-__all__ = ["ResolvedModule", "resolve", "is_oci", "guest_process"]
+__all__ = ["ResolvedModule", "resolve", "is_oci", "guest_process", "unsigned_process"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +81,31 @@ def guest_process(pulled: PulledImage, args: tuple[str, ...],
     if image.working_dir and "PWD" not in given:
         extra.append(("PWD", image.working_dir))
     return tuple(argv[1:]), tuple(extra)
+
+
+def unsigned_process(pulled: PulledImage, args: tuple[str, ...],
+                     env: tuple[tuple[str, str], ...]) -> str | None:
+    """Why the image's process may not reach the guest when no image signature covers
+    it (one line: what the config sets, and how to proceed), or None when nothing of it
+    would (`guest_process` gives the guest no argument and no variable from the image;
+    `argv[0]`, the module's path, never reaches it)."""
+    image = pulled.image
+    _, image_env = guest_process(pulled, args, env)
+    from_workdir = bool(image.working_dir) and ("PWD", image.working_dir) in image_env \
+        and not any(item.startswith("PWD=") for item in image.env)
+    fields = []
+    if image.entrypoint[1:]:
+        fields.append("Entrypoint arguments")
+    if not args and image.cmd[0 if image.entrypoint else 1:]:  # the caller's replace Cmd
+        fields.append("Cmd")
+    if len(image_env) > from_workdir:
+        fields.append("Env")
+    if from_workdir:
+        fields.append("WorkingDir")
+    if not fields:
+        return None
+    how = "sign the image with a trusted cosign key (stockade oci sign)"
+    if fields == ["Cmd"]:
+        how += ", or give the arguments on the command line"
+    return (f"refused: the image config of {pulled.ref} sets {', '.join(fields)}, not covered "
+            f"by a signature (the module's signature covers its bytes only): {how}")

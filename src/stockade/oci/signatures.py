@@ -9,16 +9,24 @@
   tag `sha256-HEX`, an image index listing the referrers.
 
 `verify_image` reads both back and counts a signature when a trusted key verifies it over
-exactly that digest. An image behind an index (a multi-platform tag) is signed over the
-index's digest by `sign_image`, as cosign signs it; it runs as the wasi/wasm manifest the
-index lists. So a signature counts over either: the manifest that runs, or the index it
-was reached through (whose digest covers the manifest's, listed as its wasi/wasm
-entry). `run` under trust (`trusted.vouch`) and `oci verify` apply this same rule.
-Everything read is bounded: at most `MAX_SIGNATURES` layers and
-`MAX_REFERRERS` referrers looked at, payloads of `MAX_PAYLOAD` and bundles of `MAX_BUNDLE`
-bytes (declared sizes over them are refused without downloading), each blob checked
-against its digest, and the whole check done within `VERIFY_DEADLINE` (each document's
-own deadline alone let 64 payloads and 256 referrers take hours).
+exactly that digest. The two share a key and a primitive, so each stays in its domain
+(`imagesig`): a cosign payload must be a simple-signing document naming this repository,
+never a manifest; a bundle counts only when the document it signs is an image manifest or
+index, never a simple-signing payload; and `sign_image` refuses to sign a manifest that
+carries a payload's top-level `critical` (cosign's own verifier reads a payload with
+extra keys allowed, so that signature would be one over a payload there).
+
+An image behind an index (a multi-platform tag) is signed over the index's digest by
+`sign_image`, as cosign signs it; it runs as the wasi/wasm manifest the index lists. So
+a signature counts over either: the manifest that runs, or the index it was reached
+through (whose digest covers the manifest's, listed as its wasi/wasm entry). `run` under
+trust (`trusted.vouch`) and `oci verify` apply this same rule.
+
+Everything read is bounded: at most `MAX_SIGNATURES` layers and `MAX_REFERRERS`
+referrers looked at, payloads of `MAX_PAYLOAD` and bundles of `MAX_BUNDLE` bytes
+(declared sizes over them are refused without downloading), each blob checked against
+its digest, and the whole check done within `VERIFY_DEADLINE` (each document's own
+deadline alone let 64 payloads and 256 referrers take hours).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from ..trust.imagesig import (
     bundle,
     check_bundle,
     check_payload,
+    image_document_refusal,
     payload,
 )
 from .errors import BlobTooLarge, ImageNotFound, IntegrityError
@@ -113,15 +122,20 @@ def sign_image(ref: Reference, secret: CosignSecret, insecure: frozenset[str] = 
                with_bundle: bool = True) -> SignedImage:
     """Sign the manifest `ref` resolves to in its registry (cosign layout and, with
     `with_bundle`, a Sigstore bundle referrer). Raises the registry errors, ImageNotFound
-    when the image is not pushed, ModuleError for a malformed existing signature tag;
-    RegistryUnavailable too when it is not done within `SIGN_DEADLINE` (each exchange
-    just within its own deadline held a signing for minutes)."""
+    when the image is not pushed, ModuleError for a malformed existing signature tag or
+    a document that is not an image manifest or index (one carrying a payload's
+    `critical` included); RegistryUnavailable too when it is not done within
+    `SIGN_DEADLINE` (each exchange just within its own deadline held a signing for
+    minutes)."""
     late = f"signing did not finish within {SIGN_DEADLINE:g} s; refused"
     with RegistryClient(ref, insecure) as client, \
             client.within(Deadline.after(SIGN_DEADLINE), late):
         repo = ref.repository
         body, media_type = fetch_manifest(client, ref, ref.selector, ref.digest)
         digest = sha256_digest(body)
+        refused = image_document_refusal(parse_json(body, f"{ref}: manifest"))
+        if refused is not None:
+            raise ModuleError(f"{ref}: refused to sign: {refused}")
         data = payload(f"{ref.registry}/{repo}", digest)
         signature = base64.b64encode(secret.sign(data)).decode()
         tag = signature_tag(digest)
@@ -228,6 +242,8 @@ class _Checks:
         self.verified: list[tuple[str, str, str]] = []
         self.refused: list[str] = []
         self.found = 0
+        self.document_read = False
+        self.document_refusal: str | None = None  # of the signed document, once read
 
     def outcome(self, kind: str, key: ImageKey | None, reason: str) -> None:
         self.found += 1
@@ -332,7 +348,8 @@ def _check_cosign(client: RegistryClient, ref: Reference, checks: _Checks) -> No
             continue
         annotation = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION) \
             if isinstance(layer.get("annotations"), dict) else None
-        checks.outcome("cosign", *check_payload(data, annotation, checks.digest, checks.keys))
+        checks.outcome("cosign", *check_payload(data, annotation, checks.digest, checks.keys,
+                                                f"{ref.registry}/{ref.repository}"))
     if len(layers) > MAX_SIGNATURES:
         checks.refused.append(f"cosign: {len(layers) - MAX_SIGNATURES} signatures past the "
                               f"first {MAX_SIGNATURES} not looked at")
@@ -382,4 +399,21 @@ def _check_bundles(client: RegistryClient, ref: Reference, checks: _Checks) -> N
         if isinstance(data, str):
             checks.outcome("bundle", None, data)
             continue
-        checks.outcome("bundle", *check_bundle(data, checks.digest, checks.keys))
+        key, reason = check_bundle(data, checks.digest, checks.keys)
+        if key is not None:
+            reason = _signed_document(client, repo, checks) or ""
+            key = None if reason else key
+        checks.outcome("bundle", key, reason)
+
+
+def _signed_document(client: RegistryClient, repo: str, checks: _Checks) -> str | None:
+    """Why the document whose digest a bundle signs is not an image manifest or index,
+    or None. Read only once a bundle verifies: a cosign signature over a simple-signing
+    payload is a valid bundle signature over that payload's digest."""
+    if not checks.document_read:
+        document = _manifest(client, repo, checks.digest, f"image {checks.digest}")
+        checks.document_read = True
+        checks.document_refusal = (document if isinstance(document, str)
+                                   else f"image {checks.digest} is missing" if document is None
+                                   else image_document_refusal(document))
+    return checks.document_refusal

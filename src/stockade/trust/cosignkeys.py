@@ -21,7 +21,14 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from .keys import KeyFileError, key_files, key_pair_paths, read_key_file, write_key_file
+from .keys import (
+    KeyFileError,
+    key_files,
+    key_pair_paths,
+    pem_block,
+    read_key_file,
+    write_key_file,
+)
 
 __all__ = ["ImageKey", "CosignSecret", "encrypt_secret", "decrypt_secret", "load_cosign_key",
            "parse_image_key", "generate_cosign", "load_image_keys", "PEM_TYPES",
@@ -182,21 +189,21 @@ def load_cosign_key(path: str | Path, password: bytes) -> CosignSecret:
 
 def parse_image_key(data: bytes, source: str) -> ImageKey | None:
     """The ECDSA P-256 public key of `data` (SPKI PEM or DER), or None when it holds
-    another kind of key (an Ed25519 module signer's). Raises KeyFileError for P-384 etc."""
-    for loader in (serialization.load_pem_public_key, serialization.load_der_public_key):
-        try:
-            key = loader(data)
-        except (ValueError, UnsupportedAlgorithm, TypeError):
-            continue
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            return None
-        if key.curve.name != "secp256r1":
-            raise KeyFileError(f"{source}: ECDSA key on {key.curve.name}; cosign keys are "
-                               "P-256")
-        return ImageKey(key.public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo),
-                        source)
-    return None
+    another kind of key (an Ed25519 module signer's). Raises KeyFileError for P-384 etc.,
+    and for a file of several PEM blocks (`keys.pem_block`): reading the first alone
+    dropped an Ed25519 key after a cosign key without a word."""
+    block = pem_block(data, source)
+    try:
+        key = (serialization.load_pem_public_key(block) if block is not None
+               else serialization.load_der_public_key(data))
+    except (ValueError, UnsupportedAlgorithm, TypeError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return None
+    if key.curve.name != "secp256r1":
+        raise KeyFileError(f"{source}: ECDSA key on {key.curve.name}; cosign keys are P-256")
+    return ImageKey(key.public_bytes(serialization.Encoding.DER,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo), source)
 
 
 def generate_cosign(path: str | Path, password: bytes) -> tuple[Path, Path, CosignSecret]:

@@ -1,7 +1,10 @@
 """Trust policies applied: which modules may run at all.
 
 `refusal` answers for one module's bytes under a `Trust`: None when it may run, else one
-line naming the key ids found and the key ids trusted. A trust's key files may hold both
+line naming the key ids found and the key ids trusted. It is `verdict`'s answer, the one
+decision both `run` (the sandbox's trust gate) and `check` make: `check` once passed a
+module `run` refused, its embedded signature counted where the policy required an image
+signature (found by review). A trust's key files may hold both
 kinds of signer: Ed25519 keys verify embedded module signatures, cosign (ECDSA P-256)
 keys verify image signatures (`stockade.oci.signatures`), whose verified modules arrive
 here as `Trust.vouched` digests. Keys are read once per set of key files (re-read when a
@@ -21,7 +24,7 @@ from .cosignkeys import ImageKey, parse_image_key
 from .keys import KeyFileError, PublicKey, key_files, parse_public_keys, read_key_file
 from .signing import Signatures, Verification, verify_module, verify_signatures
 
-__all__ = ["refusal", "trusted_keys", "image_keys", "check"]
+__all__ = ["refusal", "verdict", "trusted_keys", "image_keys", "check"]
 
 _lock = threading.Lock()
 _Stamp = tuple[str, FileKey | None]  # None: missing, or a directory's files unread
@@ -99,17 +102,31 @@ def check(data: bytes | Signatures, trust: Trust) -> Verification:
     return verify_module(data, keys)
 
 
+def verdict(sha256: str, data: bytes | Signatures, trust: Trust) -> tuple[bool, str]:
+    """(whether `trust` admits the module whose sha256 hex digest is `sha256` and whose
+    signatures are `data`, its bytes or what `read_signatures` read of them; one line
+    saying why: `refusal`'s words when refused). Raises KeyFileError for a key file that
+    cannot be read."""
+    if not trust.require_signature:
+        return True, "no signature required"
+    if sha256 in trust.vouched:
+        return True, "an image signature by a trusted key covers it"
+    if trust.require_image_signature:
+        wanted = ", ".join(k.key_id for k in image_keys(trust.keys))
+        # A module file can never be admitted here, nor any image without an image key.
+        trusted = (f"trusted image key ids: {wanted}" if wanted else
+                   "no image (cosign) key among the trusted keys: nothing can run")
+        return False, (f"refused: no image signature by a trusted key covers module "
+                       f"sha256:{sha256} (image signatures required; {trusted})")
+    verification = check(data, trust)
+    return verification.ok, (verification.describe() if verification.ok
+                             else f"refused: {verification.describe()}")
+
+
 def refusal(data: bytes, trust: Trust) -> str | None:
-    """Why `trust` refuses these module bytes, or None. Raises KeyFileError for a key
-    file that cannot be read (a configuration error, never a silent pass)."""
+    """Why `trust` refuses these module bytes, or None (`verdict`). Raises KeyFileError
+    for a key file that cannot be read (a configuration error, never a silent pass)."""
     if not trust.require_signature:
         return None
-    sha = hashlib.sha256(data).hexdigest()
-    if sha in trust.vouched:
-        return None
-    if trust.require_image_signature:
-        wanted = ", ".join(k.key_id for k in image_keys(trust.keys)) or "none"
-        return (f"refused: no image signature by a trusted key covers module sha256:{sha} "
-                f"(image signatures required; trusted image key ids: {wanted})")
-    verification = check(data, trust)
-    return None if verification.ok else f"refused: {verification.describe()}"
+    admitted, why = verdict(hashlib.sha256(data).hexdigest(), data, trust)
+    return None if admitted else why

@@ -8,8 +8,17 @@
   signature: a `messageSignature` whose message is the image manifest itself (its digest
   is the image digest), the signer named by a public-key hint, no transparency log entry.
 
+Both sign with the same key and the same primitive, so their domains are kept apart by
+what is signed: a payload is exactly cosign's simple-signing document (top-level keys
+`critical` and `optional` only, `critical` exactly `identity`, `image` and `type`, as
+containers/image reads it), which no image manifest or index can be (they carry
+`schemaVersion`); a bundle counts only over an image manifest or index
+(`image_document_refusal`), never over a simple-signing document. Without that, a
+manifest signed as an image, carrying a top-level `critical` that names another image,
+was that other image's payload signature (found by review).
+
 Every check here is on bytes already bounded by the caller; nothing raises for bad input:
-`check_payload` and `check_bundle` return the reason they refuse.
+`check_payload`, `check_bundle` and `image_document_refusal` return the reason they refuse.
 """
 
 from __future__ import annotations
@@ -23,13 +32,18 @@ from .cosignkeys import CosignSecret, ImageKey
 
 __all__ = ["PAYLOAD_TYPE", "SIGNATURE_ANNOTATION", "BUNDLE_TYPE", "SIGNATURE_TYPE",
            "payload", "check_payload", "bundle", "check_bundle", "decode_signature",
-           "MAX_SIGNATURE_B64"]
+           "image_document_refusal", "same_repository", "MAX_SIGNATURE_B64"]
 
 PAYLOAD_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 SIGNATURE_TYPE = "cosign container image signature"
 MAX_SIGNATURE_B64 = 512  # a DER P-256 signature is at most 72 bytes
+# Top-level keys of OCI and Docker manifests and indexes: never in a payload.
+MANIFEST_KEYS = ("schemaVersion", "mediaType", "config", "layers", "manifests", "subject",
+                 "artifactType", "annotations")
+# Docker Hub's names for itself: cosign writes `index.docker.io/...`.
+_DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
 def payload(repository: str, digest: str) -> bytes:
@@ -58,28 +72,103 @@ def _shown(value: object, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else type(value).__name__
 
 
+def _exactly(value: object, keys: set[str], what: str) -> str | None:
+    """Why `value` is not a JSON object with exactly `keys`, or None."""
+    if not isinstance(value, dict):
+        return f"{what} is not a JSON object"
+    extra = sorted(set(value) - keys)
+    missing = sorted(keys - set(value))
+    if extra or missing:
+        return f"{what} has {'key' if extra else 'no key'} {_shown((extra or missing)[0], 40)}"
+    return None
+
+
+def _simple_signing_refusal(document: object) -> str | None:
+    """Why `document` is not cosign's simple-signing payload, or None. Strict: an image
+    manifest that also carries `critical` must never pass for one."""
+    if not isinstance(document, dict):
+        return "not a JSON object"
+    manifest = [key for key in MANIFEST_KEYS if key in document]
+    if manifest:
+        return f"it has top-level key {manifest[0]} (a manifest's)"
+    if "optional" in document and document["optional"] is not None \
+            and not isinstance(document["optional"], dict):
+        return "optional is not a JSON object or null"
+    refused = (_exactly({k: v for k, v in document.items() if k != "optional"}, {"critical"},
+                        "the document")
+               or _exactly(document["critical"], {"identity", "image", "type"}, "critical"))
+    if refused is not None:
+        return refused
+    critical = document["critical"]
+    return (_exactly(critical["identity"], {"docker-reference"}, "critical.identity")
+            or _exactly(critical["image"], {"docker-manifest-digest"}, "critical.image"))
+
+
+def _repository_of(reference: str) -> str:
+    """The `registry/repository` a docker-reference names: its tag or digest dropped,
+    Docker Hub's names for itself made one."""
+    name = reference.partition("@")[0]
+    if name.rfind(":") > name.rfind("/"):
+        name = name[:name.rfind(":")]
+    registry, slash, path = name.partition("/")
+    if slash and registry in _DOCKER_HUB:
+        return f"docker.io/{path if '/' in path else 'library/' + path}"
+    return name
+
+
+def same_repository(reference: str, repository: str) -> bool:
+    """Whether docker-reference `reference` (cosign writes `registry/repository`; others
+    add a tag or a digest) names `repository` (`registry/repository`)."""
+    return bool(reference) and _repository_of(reference) == _repository_of(repository)
+
+
 def check_payload(data: bytes, signature_b64: object, digest: str,
-                  keys: Sequence[ImageKey]) -> tuple[ImageKey | None, str]:
+                  keys: Sequence[ImageKey], repository: str | None = None,
+                  ) -> tuple[ImageKey | None, str]:
     """(the trusted key whose signature over `data` is valid and whose payload names
-    `digest`, or None; the reason when None)."""
+    `digest`, and `repository` (`registry/repository`) when given, or None; the reason
+    when None). `data` must be exactly a simple-signing document, never a manifest."""
     signature = decode_signature(signature_b64)
     if signature is None:
         return None, "signature annotation missing or not base64"
     try:
         document = json.loads(data)
-        critical = document["critical"]
-        named = critical["image"]["docker-manifest-digest"]
-        kind = critical["type"]
-    except (ValueError, KeyError, TypeError, RecursionError):  # too deep is not one either
-        return None, "payload is not a cosign simple-signing document"
-    if kind != SIGNATURE_TYPE:
-        return None, f"payload type {_shown(kind, 80)!r}"
+        shape = _simple_signing_refusal(document)
+    except (ValueError, RecursionError):  # too deep is not one either
+        shape = "not JSON"
+    if shape is not None:
+        return None, f"payload is not a cosign simple-signing document: {shape}"
+    critical = document["critical"]
+    named = critical["image"]["docker-manifest-digest"]
+    reference = critical["identity"]["docker-reference"]
+    if critical["type"] != SIGNATURE_TYPE:
+        return None, f"payload type {_shown(critical['type'], 80)!r}"
     if named != digest:
         return None, f"payload signs {_shown(named, 80)}, not {digest}"
+    if not isinstance(reference, str):
+        return None, "payload docker-reference is not a string"
+    if repository is not None and not same_repository(reference, repository):
+        return None, (f"payload docker-reference {_shown(reference, 200)} is not "
+                      f"{repository}")
     for key in keys:
         if key.verify(signature, data):
             return key, ""
     return None, "no trusted key verifies the signature"
+
+
+def image_document_refusal(document: object) -> str | None:
+    """Why parsed `document` is not an image manifest or index a bundle may sign (a
+    simple-signing payload signed by the same key is not one), or None."""
+    if not isinstance(document, dict):
+        return "the image document is not a JSON object"
+    if "critical" in document:
+        return ("the image document has a top-level critical, a cosign simple-signing "
+                "payload's key, never an image manifest's")
+    version = document.get("schemaVersion")
+    if type(version) is not int or version != 2:
+        shown = version if type(version) is int else _shown(version, 20)
+        return f"the image document has schemaVersion {shown}, not 2"
+    return None
 
 
 def _hex_digest(digest: str) -> bytes:

@@ -6,20 +6,31 @@ OpenSSH (`ssh-ed25519 …` lines, several per file; unencrypted `OPENSSH PRIVATE
 A key id is wasmsign2's default: the first 12 bytes of HMAC-SHA256(key = the raw public
 key, message = "key_id").
 
+A public key file is one key format: raw or DER bytes, one PEM block (blank and `#`
+lines around it allowed), or text of OpenSSH key lines, `#` comments and blank lines only
+(a module whose data held a `ssh-ed25519` line was read as a key file; a second PEM block
+was dropped without a word). A small-order or non-canonical Ed25519 point is refused when
+a key is made: the identity point "verifies" R = identity, S = 0 over any message.
+
 Every key file, module or image signer's, public or secret, is read by `read_key_file`:
 never blocking (a FIFO named as a key held the command for ever), a regular file only,
-and refused when another user could have written it (or a key directory holding it), by
-the owner/mode rule of the state directory and the image store
-(`regularfile.owner_problem`), root's files counting as the user's own: whoever can
-replace a trusted key chooses what runs.
+and refused when another user could have written it, or any directory on its path (links
+followed), by the owner/mode rule of the state directory and the image store
+(`regularfile.owner_problem`), root's counting as the user's own, as OpenSSH's
+StrictModes walks an `authorized_keys` path: a directory others may write passes only
+when it is sticky (/tmp) and what the path takes from it is the user's or root's. Whoever
+can replace a trusted key chooses what runs.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import hmac
 import os
+import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +44,23 @@ from ..regularfile import ROOT_OWNED, open_regular, owner_problem
 
 __all__ = ["PublicKey", "SecretKey", "KeyFileError", "load_public_keys", "load_secret_key",
            "parse_public_keys", "parse_secret_key", "key_id_of", "generate", "MAX_KEY_FILE",
-           "read_key_file", "write_key_file", "key_files", "key_pair_paths"]
+           "read_key_file", "write_key_file", "key_files", "key_pair_paths", "pem_block",
+           "path_problem", "weak_point"]
 
 PK_PREFIX, SK_PREFIX = 0x01, 0x81
 MAX_KEY_FILE = 1024 * 1024  # a key file larger than this is not a key file
+_MAX_LINKS = 40  # links followed on a key path, as the kernel follows them (ELOOP)
+
+_P = 2**255 - 19
+# The y of every point of order dividing 8 (libsodium's blocklist, either sign of x):
+# 0 and p-1 (orders 4, 2), 1 (the identity) and the two points of order 8.
+_SMALL_ORDER_Y = frozenset((
+    0, 1, _P - 1,
+    0x05FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826,
+    0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7,
+))
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_KEY_TYPE = re.compile(r"[a-z0-9][a-z0-9@.-]*")
 
 
 class KeyFileError(UsageError):
@@ -48,12 +72,31 @@ def key_id_of(raw_public: bytes) -> bytes:
     return hmac.new(raw_public, b"key_id", hashlib.sha256).digest()[:12]
 
 
+def weak_point(raw: bytes) -> str:
+    """Why `raw` is no signer's Ed25519 public key, or "": not 32 bytes, a y coordinate
+    of p or more (a non-canonical encoding), or a point of small order (for which
+    signatures verify that no secret made)."""
+    if len(raw) != 32:
+        return f"{len(raw)} bytes, not a 32-byte Ed25519 public key"
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)  # the top bit is the sign of x
+    if y >= _P or y in _SMALL_ORDER_Y:
+        return ("a small-order or non-canonical Ed25519 point, not a signer's key (it "
+                "would accept signatures no secret key made)")
+    return ""
+
+
 @dataclass(frozen=True)
 class PublicKey:
-    """A trusted signer's public key and where it came from."""
+    """A trusted signer's public key and where it came from. Raises KeyFileError, naming
+    `source`, for a point no signer's key can be (`weak_point`)."""
 
     raw: bytes
     source: str = ""
+
+    def __post_init__(self) -> None:
+        problem = weak_point(self.raw)
+        if problem:
+            raise KeyFileError(f"{self.source or 'public key'}: {problem}")
 
     @property
     def key_id(self) -> bytes:
@@ -104,7 +147,8 @@ class SecretKey:
 def read_key_file(path: Path) -> bytes:
     """The bytes of a key file (a path the user named: a symlink is followed), at most
     `MAX_KEY_FILE`: opened without blocking, a regular file of this user (or root) that
-    nobody else can write. Raises KeyFileError naming the file."""
+    nobody else can write, on a path no other user can change (`path_problem`). Raises
+    KeyFileError naming the file."""
     try:
         # Not blocking: a FIFO as a key file held the run, or a gateway's load, for ever.
         fd = open_regular(path, os.O_RDONLY | os.O_NOCTTY, follow=True)
@@ -114,6 +158,7 @@ def read_key_file(path: Path) -> bytes:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         _refuse_shared(path, os.fstat(fd), "key file")
+        _refuse_path(path, "key file")
         try:
             data = handle.read(MAX_KEY_FILE + 1)
         except OSError as exc:
@@ -130,11 +175,78 @@ def _refuse_shared(path: Path, info: os.stat_result, what: str) -> None:
                            "not trusted")
 
 
+def _refuse_path(path: Path, what: str) -> None:
+    problem = path_problem(path)
+    if problem:
+        raise KeyFileError(f"{path}: {problem}: a {what} another user could replace is "
+                           "not trusted")
+
+
+def _ours(info: os.stat_result) -> bool:
+    return info.st_uid == os.geteuid() or info.st_uid in ROOT_OWNED
+
+
+def path_problem(path: Path) -> str:
+    """Why another user could change which file `path` names, or "": a directory on the
+    way (from the root, links followed) owned by another user, or writable by others
+    and not sticky, or a link, or an entry of a sticky directory others may write, owned
+    by another user. The last component's own owner and mode are the caller's to check.
+    A path that cannot be walked gives "" (opening it says why)."""
+    whole = Path(os.getcwd(), path)  # an absolute `path` stays itself
+    todo = list(reversed(whole.parts[1:]))
+    current = Path("/")
+    try:
+        problem = _directory_problem(current, os.stat(current))
+        links = 0
+        while todo and not problem:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":  # `current` holds no link: its parent is the real one
+                current = current.parent
+                continue
+            entry = current / name
+            info = os.lstat(entry)
+            if stat.S_ISLNK(info.st_mode):
+                if not _ours(info):
+                    return f"link {entry} is owned by uid {info.st_uid}, not by this user"
+                links += 1
+                if links > _MAX_LINKS:
+                    return ""
+                target = Path(os.readlink(entry))
+                if target.is_absolute():
+                    current = Path("/")
+                todo.extend(reversed(target.parts[1:] if target.is_absolute()
+                                     else target.parts))
+            elif todo:  # a directory on the way
+                problem = _directory_problem(entry, info)
+                current = entry
+    except OSError:
+        return ""
+    return problem
+
+
+def _directory_problem(directory: Path, info: os.stat_result) -> str:
+    if not stat.S_ISDIR(info.st_mode):
+        return ""  # opening the path fails (ENOTDIR)
+    problem = owner_problem(info, ROOT_OWNED)
+    if not problem or not _ours(info):
+        return f"{directory}: {problem}" if problem else ""
+    if info.st_mode & stat.S_ISVTX:
+        # Sticky, as /tmp: others may add entries, never replace ours. The entries this
+        # path takes from it are checked as they are reached (links and directories
+        # here, the file by its reader).
+        return ""
+    return f"{directory}: {problem}, and it is not sticky"
+
+
 def key_files(path: Path) -> list[Path]:
     """`path`, or the files of directory `path` (names starting with a dot skipped): a
-    directory of this user (or root) that nobody else can write. Raises KeyFileError."""
+    directory of this user (or root) that nobody else can write, on a path nobody else
+    can change (`path_problem`). Raises KeyFileError."""
     if path.is_dir():
         _refuse_shared(path, os.stat(path), "key directory")
+        _refuse_path(path, "key directory")
         return [item for item in sorted(path.iterdir())
                 if not item.name.startswith(".") and item.is_file()]
     return [path]
@@ -146,29 +258,95 @@ def _public_raw(key: object, source: str) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def _text(data: bytes) -> str | None:
+    """`data` as text (UTF-8, no control characters but tab, CR and LF), or None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if _CONTROL.search(text) else text
+
+
+def _meaningful(line: str) -> bool:
+    line = line.strip()
+    return bool(line) and not line.startswith("#")
+
+
+def pem_block(data: bytes, source: str) -> bytes | None:
+    """The one PEM block of a PEM key file (blank and `#` lines around it allowed), or
+    None when `data` is not PEM text (its first line other than those does not begin a
+    block). Raises KeyFileError naming `source` for a second block or other text: a
+    reader taking the first block dropped the rest without a word."""
+    text = _text(data)
+    if text is None:
+        return None
+    lines = [line for line in text.split("\n") if _meaningful(line)]
+    if not lines or not lines[0].strip().startswith("-----BEGIN "):
+        return None
+    blocks = sum(line.strip().startswith("-----BEGIN ") for line in lines)
+    end = next((n for n, line in enumerate(lines) if line.strip().startswith("-----END ")),
+               None)
+    if blocks > 1 or end is None or end != len(lines) - 1:
+        found = f"{blocks} PEM blocks" if blocks > 1 else "a PEM block and other text"
+        raise KeyFileError(f"{source}: {found}: one PEM key per file (give each key a file "
+                           "of its own, in a key directory)")
+    return "\n".join(line.strip() for line in lines).encode() + b"\n"
+
+
 def parse_public_keys(data: bytes, source: str) -> list[PublicKey]:
-    """Every Ed25519 public key in `data` (raw, DER, PEM, or OpenSSH lines). Raises
-    KeyFileError naming `source` when there is none."""
+    """Every Ed25519 public key in `data`: raw, DER, one PEM block, or text of OpenSSH
+    key lines, comments and blanks. Raises KeyFileError naming `source` when there is
+    none, for a file of several PEM blocks or of text other than key lines, and for a
+    small-order or non-canonical point."""
     if len(data) == 33 and data[0] == PK_PREFIX:
         return [PublicKey(data[1:], source)]
-    loaders = (serialization.load_der_public_key, serialization.load_pem_public_key)
-    for loader in loaders:
+    block = pem_block(data, source)
+    if block is not None:
         try:
-            return [PublicKey(_public_raw(loader(data), source), source)]
+            return [PublicKey(_public_raw(serialization.load_pem_public_key(block), source),
+                              source)]
         except (ValueError, UnsupportedAlgorithm, TypeError):
-            continue
-    keys = []
-    for line in data.splitlines():
-        line = line.strip()
-        if line.startswith(b"ssh-ed25519 "):
-            try:
-                keys.append(PublicKey(_public_raw(
-                    serialization.load_ssh_public_key(line), source), source))
-            except (ValueError, UnsupportedAlgorithm):
-                continue
+            raise KeyFileError(f"{source}: its PEM block is no public key") from None
+    text = _text(data)
+    if text is None:
+        try:
+            return [PublicKey(_public_raw(serialization.load_der_public_key(data), source),
+                              source)]
+        except (ValueError, UnsupportedAlgorithm, TypeError):
+            raise KeyFileError(f"{source}: not a text file, nor a raw or DER key: no "
+                               "Ed25519 public key (expected PEM, DER, raw or OpenSSH)") from None
+    keys = [key for number, line in enumerate(text.split("\n"), 1)
+            if (key := _ssh_line(line, number, source)) is not None]
     if not keys:
         raise KeyFileError(f"{source}: no Ed25519 public key (expected PEM, DER, raw or OpenSSH)")
     return keys
+
+
+def _ssh_line(line: str, number: int, source: str) -> PublicKey | None:
+    """The Ed25519 key of one line of an OpenSSH key file (None: a comment, a blank, or
+    another algorithm's key). Raises KeyFileError for any other line: a key file is all
+    key lines, or none of it is read."""
+    if not _meaningful(line):
+        return None
+    fields = line.split(None, 2)
+    where = f"{source}: line {number}"
+    if len(fields) < 2 or not _KEY_TYPE.fullmatch(fields[0]):
+        raise KeyFileError(f"{where} is not an OpenSSH key line (a key file holds key "
+                           "lines, # comments and blank lines only)")
+    kind = fields[0].encode()
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except ValueError:
+        raise KeyFileError(f"{where}: the key is not base64") from None
+    if blob[:4 + len(kind)] != len(kind).to_bytes(4, "big") + kind:
+        raise KeyFileError(f"{where}: the key is not of type {fields[0]}")
+    if fields[0] != "ssh-ed25519":
+        return None  # another algorithm's signer: no module signature names it
+    try:
+        key = serialization.load_ssh_public_key(f"{fields[0]} {fields[1]}".encode())
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{where}: not a valid ssh-ed25519 key") from None
+    return PublicKey(_public_raw(key, where), source)
 
 
 def parse_secret_key(data: bytes, source: str) -> SecretKey:

@@ -8,8 +8,11 @@ delimiter hashes to one of them, so accepting any hash of the set (as wasmsign2 
 would pass a module missing its later sections. No partial verification is offered.
 Work is bounded whatever the module claims: the sets that cover the module are found
 once (`read_signatures`, which also tells a reader without keys which sets cover
-nothing), each key tries only the signatures naming its id or none, and at most
-`MAX_CHECKS` Ed25519 verifications are made per call, over every key (64 sets of 256
+nothing), each key tries the signatures naming its id first, every one of them (each entry names one
+key, so the section's bounds, 16,384 entries, bound these checks whatever the number of
+keys: junk entries naming a signer, which anyone relaying a module may add, must not use
+up a cap before its real signature is reached), then those naming no key, of which at
+most `MAX_CHECKS` Ed25519 verifications are made per call, over every key (64 sets of 256
 signatures without a key id against 10,000 keys took 22.8 s when each key listed its
 candidates again and the cap ended only its own loop).
 """
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 
 from ..binary import MalformedModule
 from ..errors import UsageError
@@ -71,7 +73,7 @@ def sign_module(data: bytes, secret: SecretKey, with_key_id: bool = True) -> Sig
             if any(e.key_id == entry.key_id and e.signature == entry.signature
                    for e in signed.signatures):
                 raise UsageError("cannot sign: already signed by this key")
-            sets[index] = SignedHashes(signed.hashes, (*signed.signatures, entry))
+            sets[index] = SignedHashes(signed.hashes, (*signed.signatures, entry), signed.kept)
             break
     else:
         sets.append(SignedHashes(tuple(hashes), (entry,)))
@@ -93,6 +95,7 @@ class Verification:
     verified: tuple[PublicKey, ...] = ()
     error: str | None = None
     checks: int = field(default=0, compare=False)
+    stopped: bool = field(default=False, compare=False)  # the cap ended the checks
 
     @property
     def ok(self) -> bool:
@@ -111,7 +114,7 @@ class Verification:
         if self.ok:
             return f"signed by trusted key id {shown_ids(k.key_id for k in self.verified)}"
         limit = f" (stopped at {MAX_CHECKS} signature checks: give each signature its " \
-            "key id, or trust fewer keys)" if self.checks >= MAX_CHECKS else ""
+            "key id, or trust fewer keys)" if self.stopped else ""
         return (f"no valid signature by a trusted key{limit}: key ids found {found}; "
                 f"trusted key ids {wanted}")
 
@@ -197,16 +200,33 @@ def verify_signatures(read: Signatures, keys: Sequence[PublicKey]) -> Verificati
         for entry in signed.signatures:
             named.setdefault(entry.key_id, []).append((signed_message, entry))
     anyone = named.pop(None, [])
+    unique = list({k.raw: k for k in keys}.values())  # a key listed twice is tried once
     verified: list[PublicKey] = []
     checks = 0
-    for key in {k.raw: k for k in keys}.values():  # a key listed twice is tried once
-        if checks >= MAX_CHECKS:
-            break
-        for signed_message, entry in chain(named.get(key.key_id, ()), anyone):
-            if checks >= MAX_CHECKS:
-                break
+    # Every entry naming a trusted key is tried, by that key alone: each is checked at
+    # most once whatever the number of keys, so the section's own bounds (16,384 entries)
+    # bound the work, and junk entries naming a signer cannot use up a cap before its
+    # real signature is reached (nobody signs the signature section itself).
+    untried: list[PublicKey] = []
+    for key in unique:
+        for signed_message, entry in named.get(key.key_id, ()):
             checks += 1
             if key.verify(entry.signature, signed_message):
                 verified.append(key)
                 break
-    return Verification(True, found, wanted, tuple(verified), checks=checks)
+        else:
+            untried.append(key)
+    # Entries without a key id, tried by every other key: that product is capped.
+    anonymous = 0
+    for key in untried:
+        if anonymous >= MAX_CHECKS:
+            break
+        for signed_message, entry in anyone:
+            if anonymous >= MAX_CHECKS:
+                break
+            anonymous += 1
+            if key.verify(entry.signature, signed_message):
+                verified.append(key)
+                break
+    return Verification(True, found, wanted, tuple(verified), checks=checks + anonymous,
+                        stopped=anonymous >= MAX_CHECKS)

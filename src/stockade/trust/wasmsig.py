@@ -63,19 +63,24 @@ class SignatureEntry:
 
 @dataclass(frozen=True)
 class SignedHashes:
-    """Hashes of a module's section runs and the signatures over them."""
+    """Hashes of a module's section runs and the signatures over them: `signatures`, the
+    Ed25519 entries read; `kept`, the bytes of entries not read (another algorithm's, or
+    not in the format), written back as they were so that re-signing drops nobody's."""
 
     hashes: tuple[bytes, ...]
     signatures: tuple[SignatureEntry, ...]
+    kept: tuple[bytes, ...] = ()
 
     def serialize(self) -> bytes:
         """The set as wasmsign2 writes it (without its outer length)."""
         out = bytearray(encode_leb(len(self.hashes)))
         for digest in self.hashes:
             out += digest
-        out += encode_leb(len(self.signatures))
+        out += encode_leb(len(self.signatures) + len(self.kept))
         for entry in self.signatures:
             out += _slice(entry.serialize())
+        for raw in self.kept:
+            out += _slice(raw)
         return bytes(out)
 
 
@@ -141,20 +146,23 @@ def _signed_hashes(cursor: Cursor) -> SignedHashes:
     if count > MAX_SIGNATURES:
         raise SignatureFormatError(
             f"signature section: {count} signatures (at most {MAX_SIGNATURES})")
-    entries = []
+    entries, kept = [], []
     for _ in range(count):
         length = cursor.leb()
-        entry = Cursor(cursor.data, cursor.pos, cursor.pos + length)
+        start = cursor.pos
+        entry = Cursor(cursor.data, start, start + length)
         cursor.skip(length)
         try:
             key_id = entry.bytes(entry.leb())
             algorithm = entry.byte()
             signature = entry.bytes(entry.leb())
         except MalformedModule:
-            continue  # wasmsign2 skips entries it cannot read, and other algorithms
+            algorithm = -1
         if algorithm == ED25519:
             entries.append(SignatureEntry(key_id or None, signature, algorithm))
-    return SignedHashes(hashes, tuple(entries))
+        else:  # skipped as wasmsign2 skips them, but kept for whoever reads them
+            kept.append(bytes(cursor.data[start:start + length]))
+    return SignedHashes(hashes, tuple(entries), tuple(kept))
 
 
 def encode_section(section_id: int, payload: bytes) -> bytes:
