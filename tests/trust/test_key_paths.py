@@ -128,3 +128,43 @@ def test_key_lines_comments_and_blanks_are_a_key_file() -> None:
             + b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 rsa signer\n" + _ssh_line(other))
     assert [k.raw for k in parse_public_keys(data, "keys")] == [SIGNER.public.raw,
                                                                 other.public.raw]
+
+
+def test_a_key_path_that_fails_to_walk_after_the_open_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user renaming their directory back and forth made the walk after the open
+    fail (ENOENT), and a walk that failed passed: about one load in ten accepted the file
+    the open had reached through that directory."""
+    from stockade.trust import keys
+
+    trusted = _key(_directory(tmp_path / "keys", 0o755) / "release.pub")
+    lstat = os.lstat
+
+    def vanished(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if Path(str(path)) == trusted.parent:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keys.os, "lstat", vanished)
+    with pytest.raises(KeyFileError, match="changed as it was read"):
+        read_key_file(trusted)
+
+
+def test_a_key_path_that_names_another_file_than_the_one_opened_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open went through a path another user changed, then changed back: the walk,
+    however clean, must end at the file that was read."""
+    from stockade.trust import keys
+
+    trusted = _key(_directory(tmp_path / "keys", 0o755) / "release.pub")
+    planted = _key(tmp_path / "planted.pub")
+    opened = keys.open_regular
+
+    def elsewhere(path: Path, *args: object, **kwargs: object) -> int:
+        return opened(planted, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keys, "open_regular", elsewhere)
+    with pytest.raises(KeyFileError, match="another file than the one read"):
+        read_key_file(trusted)
+    monkeypatch.undo()
+    assert read_key_file(trusted) == trusted.read_bytes()

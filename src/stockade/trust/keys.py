@@ -157,8 +157,9 @@ def read_key_file(path: Path) -> bytes:
             raise KeyFileError(f"{path}: not a regular file: not a key file") from None
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
-        _refuse_shared(path, os.fstat(fd), "key file")
-        _refuse_path(path, "key file")
+        opened = os.fstat(fd)
+        _refuse_shared(path, opened, "key file")
+        _refuse_path(path, "key file", opened)
         try:
             data = handle.read(MAX_KEY_FILE + 1)
         except OSError as exc:
@@ -175,8 +176,8 @@ def _refuse_shared(path: Path, info: os.stat_result, what: str) -> None:
                            "not trusted")
 
 
-def _refuse_path(path: Path, what: str) -> None:
-    problem = path_problem(path)
+def _refuse_path(path: Path, what: str, opened: os.stat_result | None = None) -> None:
+    problem = path_problem(path, opened)
     if problem:
         raise KeyFileError(f"{path}: {problem}: a {what} another user could replace is "
                            "not trusted")
@@ -186,15 +187,20 @@ def _ours(info: os.stat_result) -> bool:
     return info.st_uid == os.geteuid() or info.st_uid in ROOT_OWNED
 
 
-def path_problem(path: Path) -> str:
+def path_problem(path: Path, opened: os.stat_result | None = None) -> str:
     """Why another user could change which file `path` names, or "": a directory on the
     way (from the root, links followed) owned by another user, or writable by others
     and not sticky, or a link, or an entry of a sticky directory others may write, owned
     by another user. The last component's own owner and mode are the caller's to check.
-    A path that cannot be walked gives "" (opening it says why)."""
+    A path that cannot be walked gives "" (opening it says why), unless it was `opened`
+    already: then the walk must end at that very file (`st_dev`, `st_ino`), as a walk
+    that failed, or ended elsewhere, met a path someone changed after the open (another
+    user renaming their directory back and forth passed the check; found by review)."""
     whole = Path(os.getcwd(), path)  # an absolute `path` stays itself
     todo = list(reversed(whole.parts[1:]))
     current = Path("/")
+    changed = "it changed as it was read"
+    info: os.stat_result | None = None
     try:
         problem = _directory_problem(current, os.stat(current))
         links = 0
@@ -212,18 +218,23 @@ def path_problem(path: Path) -> str:
                     return f"link {entry} is owned by uid {info.st_uid}, not by this user"
                 links += 1
                 if links > _MAX_LINKS:
-                    return ""
+                    return "" if opened is None else f"too many links ({changed})"
                 target = Path(os.readlink(entry))
                 if target.is_absolute():
                     current = Path("/")
                 todo.extend(reversed(target.parts[1:] if target.is_absolute()
                                      else target.parts))
+                info = None
             elif todo:  # a directory on the way
                 problem = _directory_problem(entry, info)
                 current = entry
-    except OSError:
-        return ""
-    return problem
+    except OSError as exc:
+        return "" if opened is None else f"{exc.strerror or exc} ({changed})"
+    if problem or opened is None:
+        return problem
+    if info is None or (info.st_dev, info.st_ino) != (opened.st_dev, opened.st_ino):
+        return f"it names another file than the one read ({changed})"
+    return ""
 
 
 def _directory_problem(directory: Path, info: os.stat_result) -> str:
