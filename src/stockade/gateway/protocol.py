@@ -12,12 +12,19 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - the head may be at most `max_header_size` bytes and `MAX_HEADER_FIELDS` header lines,
   counted as httptools parses them and fed to it no further than the limit (a head
   arriving whole in one read was never seen incomplete); otherwise 431 and close. An
-  HTTP/1.1 head without `Host`, or with two, is 400 (RFC 9112 3.2); a `Transfer-Encoding`
-  other than `chunked` alone is 501, 400 in HTTP/1.0 (`_check_coding`). The rest of the
-  body of a request answered before it ended is dropped under the head's limits, and
-  past them the connection closes with no second answer. The trailers after a
-  chunked body have the same limits (httptools keeps a field line whole until it ends)
-  and are never kept: they come after the head's checks;
+  HTTP/1.1 head without `Host`, or with two, is 400 (RFC 9112 3.2), and so is a target
+  not in origin form (`http://host/path` names a host besides Host: the gateway is an
+  origin server); a `Transfer-Encoding` other than `chunked` alone is 501, 400 in
+  HTTP/1.0 (`_check_coding`). What follows a whole request counts toward the next head
+  from the request's end, blank lines included, while that request is still answered.
+  The rest of the body of a request answered before it ended is dropped under the
+  head's limits, and past them the connection closes with no second answer. The
+  trailers after a chunked body have the same limits (httptools keeps a field line
+  whole until it ends) and are never kept: they come after the head's checks;
+- a chunked body's bytes that are not its data (size lines and their extensions, line
+  ends, trailers: llhttp reports none of them) may be `FRAMING_PER_BYTE` per byte of its
+  data beyond twice `max_header_size`, and its chunks `MAX_CHUNKS` and one per
+  `CHUNK_DATA` bytes of data; otherwise 400 and close (`_feed_framed`, `on_chunk_header`);
 - a head refused behind pipelined requests still owed an answer, and the client's
   half-close, let those answers go out first, in order, the last closing the connection;
 - the warnings uvicorn logs for what a client sends (a malformed request) are written at
@@ -25,13 +32,17 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
   (`ClientWarnings`): a client cannot fill the log at request rate;
 - a request asking to upgrade is answered over HTTP and the requests pipelined after it
   are parsed on (uvicorn dropped them, and the client waited for the idle timeout);
-- at most `MAX_PIPELINED` requests wait behind the one answered, and no input is read
-  while any waits (a queued request's body would grow past its limits); the answers'
-  bytes must keep leaving at `send_min_rate`, or the connection is aborted (`_sending`),
-  and past `response_buffer` bytes held unsent by all connections together, connections
-  are reset until the rest fits, slow and lasting ones first (`sendbudget.py` gives the
-  order); a request is not begun while its connection's last answer waits above the
-  transport's high-water mark (one unsent answer a connection);
+- at most `MAX_PIPELINED` requests wait behind the one answered, their heads together
+  within `QUEUED_HEADS` heads' limits (bytes and header lines), and no input is read
+  while any waits (a queued request's body would grow past its limits); past either
+  bound the next head is refused as above. Input after a refusal is read and dropped
+  (a close with unread input would reset the answers owed) up to `IGNORED_MAX`, then
+  no longer read. The answers' bytes must keep leaving at `send_min_rate`, or the
+  connection is aborted (`_sending`), and past `response_buffer` bytes held unsent by
+  all connections together, connections are reset until the rest fits, slow and
+  lasting ones first (`sendbudget.py` gives the order); a request is not begun while
+  its connection's last answer waits above the transport's high-water mark (one unsent
+  answer a connection);
 - one peer address holds at most `max_connections_per_ip` connections on the server
   (`connlimit.py`), and a worker at most `max_connections` (its descriptor limit less a
   reserve for modules, files and logs); one more is answered 503 and closed when it is
@@ -98,8 +109,9 @@ __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch"
 
 # Bounds on the sweep's period (seconds): an eighth of the shortest timeout between them.
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            501: b"Not Implemented", 505: b"HTTP Version Not Supported"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout",
+            431: b"Request Header Fields Too Large", 501: b"Not Implemented",
+            505: b"HTTP Version Not Supported"}
 _VERSIONS = ("1.1", "1.0")  # those served (RFC 9110 15.6.6: 505 for the others)
 # Header lines a head may have (Apache's LimitRequestFields is 100): each one costs a
 # tuple and a CGI variable on every request.
@@ -110,11 +122,27 @@ MAX_HEADER_FIELDS = 256
 # what it has sent before its answers, the connection closes after answering them: a
 # client sending more at once is cut off even if it reads (none of the usual ones does).
 MAX_PIPELINED = 100
+# The requests queued behind an answer may hold together as much as this many heads at
+# their limits (`max_header_size` bytes and `MAX_HEADER_FIELDS` lines each). A header line
+# is a tuple of two bytes objects, ~100 B of the worker for 4 bytes sent: 99 heads of 255
+# one-byte lines held ~1 MB for 104 KB sent (found by review). Four heads' bytes are what
+# one read brings (256 KiB); their lines are ten a request at `MAX_PIPELINED`'s depth.
+QUEUED_HEADS = 4
 # A chunked body may have this many chunks, and one more per CHUNK_DATA bytes of its data:
 # each costs the event loop three Python callbacks, and `max_body` counts data only (1
 # MiB in 1-byte chunks cost 0.9 s of a worker's CPU, found by review). A client writing a
 # line per chunk is never near it; a ratio of 64 refused one sending 20-byte lines.
 MAX_CHUNKS, CHUNK_DATA = 4096, 8
+# A chunked body's bytes that are not its data (size lines and their extensions, line
+# ends, trailers) may be FRAMING_PER_BYTE per byte of its data, beyond twice the head's
+# limit: llhttp skips extensions without storing them, but parsing them costs the loop
+# CPU, and 3.6 GB of one endless extension came in 5 s (found by review). A client
+# naming each chunk, or sending 8-byte chunks with 8-digit sizes, is well inside it.
+FRAMING_PER_BYTE = 2
+# Input still read, and dropped, once none is taken (after a refused head or an upgrade)
+# while answers are owed: a close with unread input resets the connection, and the
+# answers still in the kernel's send queue with it. Past this, reading stops.
+IGNORED_MAX = 1024**2
 
 
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, for 0 s: close() resets, unsent dropped
@@ -202,6 +230,7 @@ class Exchange(RequestResponseCycle):
     request: Request
     writes: WriteBatch
     sweep: _Sweep
+    queued = (0, 0)  # (bytes, header lines) of its head, while it waits in the pipeline
 
     async def send(self, message: Any) -> None:
         """uvicorn's (the answer's bytes written apart, once the transport drained: see
@@ -286,6 +315,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._chunks = self._body_bytes = 0  # of the request being parsed
         self._trailing = False  # after a chunk's size line, before its data or its end
         self._trailer_bytes = 0
+        self._chunked = False  # inside a chunked body (after its head, before its end)
+        self._framing = 0  # bytes of that body fed that were not its data
+        self._charged = False  # the input being fed is counted in `_framing`
+        self._queued_size = self._queued_fields = 0  # of the heads in `pipeline`
+        self._ignored = 0  # bytes read and dropped while `_ignoring`
         self._answering: Exchange | None = None  # the request answered last or now
         self._send_deadline = math.inf  # loop time the unsent answers must be gone by
         self._unsent = 0  # bytes unsent at the last sweep (the transport's and the kernel's)
@@ -323,6 +357,7 @@ class GuardedProtocol(HttpToolsProtocol):
         # Requests queued behind the one answered will never start: freed now, not when a
         # full collection finds the queue and this protocol holding each other.
         self.pipeline.clear()
+        self._queued_size = self._queued_fields = 0
         answering = self._answering
         if answering is not None and answering is not self.cycle \
                 and not answering.response_complete:
@@ -334,13 +369,20 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._ignoring:  # the connection closes after its last answer
+            self._ignored += len(data)
+            if self._ignored > IGNORED_MAX:
+                self.flow.pause_reading()
             return
-        if not self._in_head and self._idle_deadline != math.inf:
+        if self._idle_deadline != math.inf:
             # Bytes after a response start the next head's clock, whatever they are: a
             # blank line starts no request (no `on_message_begin`) yet ends keep-alive.
-            self._begin_head()
-            # Or they are the rest of the answered request's body (`_discarded_body_refused`).
-            self._discarding = self.cycle is not None and self.cycle.more_body
+            if self._in_head:  # counted since the last request ended (`on_message_complete`)
+                self._time_head()
+            else:
+                self._begin_head()
+                # Or they are the rest of the answered request's body
+                # (`_discarded_body_refused`).
+                self._discarding = self.cycle is not None and self.cycle.more_body
         # A head, and the trailers after a chunked body's last chunk, are fed no further
         # than their limit: bytes no callback reports (blank lines, padding, a field line
         # httptools keeps whole until it ends) count too. What follows one that completed
@@ -349,22 +391,41 @@ class GuardedProtocol(HttpToolsProtocol):
         while counted is not None and len(data) > (room := self.max_header_size + 1 - counted):
             phases = self._phases
             self._count(room)
-            self._feed(data[:room])
-            data = data[room:]
-            if self.transport.is_closing():
+            if not self._feed_framed(data[:room]):
                 return
+            data = data[room:]
             counted = self._counted()
             if self._phases == phases and counted is not None:
                 self._refuse(431)  # the same head or trailers, past the limit
                 return
         if counted is not None:
             self._count(len(data))
-        self._feed(data)
+        if not self._feed_framed(data):
+            return
         # Still inside the same part after this chunk: the chunk was all its bytes.
         counted = self._counted()
-        if counted is not None and counted > self.max_header_size \
-                and not self.transport.is_closing():
+        if counted is not None and counted > self.max_header_size:
             self._refuse(431)
+
+    def _feed_framed(self, data: bytes) -> bool:
+        """`_feed` `data`, what it holds of a chunked body's framing counted: input fed
+        inside such a body is charged whole and its data (`on_body`) taken back, so size
+        lines, extensions, line ends and trailers are what is left, exactly but for the
+        read in which the body begins (at most a head's limit) or ends. Past
+        `FRAMING_PER_BYTE` per byte of data and twice `max_header_size`, 400 and close.
+        False when no more input is to be fed (the connection closes, or ignores it)."""
+        charged = self._charged = self._chunked
+        if charged:
+            self._framing += len(data)
+        self._feed(data)
+        self._charged = False
+        if self.transport.is_closing() or self._ignoring:
+            return False
+        if self._chunked and self._framing > 2 * self.max_header_size \
+                + FRAMING_PER_BYTE * self._body_bytes:
+            self._refuse(400)
+            return False
+        return True
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's `data_received`, except for a request asking to upgrade: no protocol
@@ -412,6 +473,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self._end_trailers()  # it was a chunk's data
         self._body_bytes += len(body)
+        if self._charged:
+            self._framing -= len(body)  # data: charged with the input, not framing
         super().on_body(body)
 
     def on_chunk_complete(self) -> None:
@@ -427,13 +490,27 @@ class GuardedProtocol(HttpToolsProtocol):
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
-        self._framed = False
+        self._framed = self._chunked = False
         self._discarding = False
-        self._chunks = self._body_bytes = 0
+        self._chunks = self._body_bytes = self._framing = 0
         # What an answered request's late trailers counted is not this head's.
         self._head_size = self._head_fields = self._hosts = 0
         if not self._in_head:
             self._begin_head()
+        else:  # counted since the last request ended: its time runs from its first byte
+            self._time_head()
+
+    def on_message_complete(self) -> None:
+        """uvicorn's; what comes next counts toward the next head from here, not once the
+        answer is out: blank lines sent while a request was answered (they start no
+        request) were read and counted nowhere, 247 MB in a 5 s answer (found by review).
+        Its time starts with its first byte after the answer (`data_received`), or with
+        the request's own (`on_message_begin`)."""
+        self._end_trailers()
+        self._chunked = self._charged = False  # what follows in this input is no body's
+        super().on_message_complete()
+        if not self._in_head:
+            self._begin_head(timed=False)
 
     def on_url(self, url: bytes) -> None:
         self._count_head(len(url))
@@ -508,6 +585,12 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self._hosts and version == "1.1":
             self._refused_head = 400  # RFC 9112 3.2: an HTTP/1.1 request names its host
             raise _HeadRefused("no Host header")
+        if self.url[:1] != b"/" and self.url != b"*":
+            # Absolute form names a host besides Host, and the target's would win (RFC
+            # 9112 3.2.2): the function read the Host header's. A gateway is an origin
+            # server, sent origin-form targets by clients and by the proxies in front.
+            self._refused_head = 400
+            raise _HeadRefused("a request target in absolute or authority form")
         if parser.should_upgrade() and (self._framed or parser.get_method() == b"CONNECT"):
             # httptools ends an upgrade request at its head, whatever it declares: its body
             # would be parsed as the next request (smuggled past a proxy framing it by its
@@ -515,7 +598,12 @@ class GuardedProtocol(HttpToolsProtocol):
             # bytes into. Neither is served.
             self._refused_head = 400
             raise _HeadRefused("an upgrade request with a body, or CONNECT")
+        # A body in chunks: their framing is counted from here (`_feed_framed`). Any
+        # Transfer-Encoding left is `chunked` alone (`_check_coding`).
+        self._chunked = self._framed and any(
+            name == b"transfer-encoding" for name, _ in self.headers)
         # Trailers, if any, are counted apart.
+        size, fields = self._head_size, self._head_fields
         self._head_size = self._head_fields = self._hosts = 0
         self._in_head = False
         self._head_deadline = math.inf
@@ -550,14 +638,26 @@ class GuardedProtocol(HttpToolsProtocol):
         if previous is None or previous.response_complete:
             self.cycle = cycle
             self._start(cycle)
-        elif len(self.pipeline) >= MAX_PIPELINED:
+        elif len(self.pipeline) >= MAX_PIPELINED \
+                or self._queued_size + size > QUEUED_HEADS * self.max_header_size \
+                or self._queued_fields + fields > QUEUED_HEADS * MAX_HEADER_FIELDS:
             # Refused before it is kept: those queued are answered, the last closing the
             # connection, and the rest of the input is ignored (`send_400_response`).
-            raise _HeadRefused(f"more than {MAX_PIPELINED} pipelined requests")
+            raise _HeadRefused(f"more than {MAX_PIPELINED} pipelined requests, or more "
+                               f"than {QUEUED_HEADS} heads' bytes or header lines queued")
         else:  # pipelined: started when the previous response is complete
             self.cycle = cycle
             self.flow.pause_reading()
+            cycle.queued = size, fields
+            self._queued_size += size
+            self._queued_fields += fields
             self.pipeline.appendleft((cycle, self.app))
+
+    def _dequeued(self, cycle: Exchange) -> None:
+        """`cycle` left the pipeline: its head no longer counts toward what is queued."""
+        size, fields = cycle.queued
+        self._queued_size -= size
+        self._queued_fields -= fields
 
     def _start(self, cycle: Exchange) -> None:
         self._answering = cycle
@@ -590,7 +690,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._idle_deadline = math.inf
         if self.pipeline:  # a pipelined request waits: start it
             cycle, _ = self.pipeline.pop()
-            self._start(cycle)  # type: ignore[arg-type]  # only ever an Exchange
+            self._dequeued(cycle)  # type: ignore[arg-type]  # only ever an Exchange
+            self._start(cycle)  # type: ignore[arg-type]
         else:
             self._idle_deadline = self.loop.time() + self.timeout_keep_alive
             self._idle_unsent = math.inf
@@ -609,12 +710,18 @@ class GuardedProtocol(HttpToolsProtocol):
         # uvicorn calls this on every chunk received and when the connection is lost.
         self._idle_deadline = math.inf
 
-    def _begin_head(self) -> None:
+    def _begin_head(self, timed: bool = True) -> None:
+        """Count what comes as the next head, from now; its deadline too when `timed`."""
         self._phases += 1
         self._in_head = True
         self._head_bytes = self._head_size = self._head_fields = self._hosts = 0
         self._refused_head = 0
-        self._head_deadline = self.loop.time() + self.header_timeout
+        self._head_deadline = self.loop.time() + self.header_timeout if timed else math.inf
+
+    def _time_head(self) -> None:
+        """Start the deadline of the head being counted, unless it runs already."""
+        if self._head_deadline == math.inf:
+            self._head_deadline = self.loop.time() + self.header_timeout
 
     def _expire(self, now: float) -> Holding[GuardedProtocol] | None:
         """Called by the sweep: act on a deadline that has passed. What the connection
@@ -714,7 +821,7 @@ class GuardedProtocol(HttpToolsProtocol):
             # one before it is the last answered.
             if not self.pipeline or self.pipeline[0][0] is not cycle:
                 return False
-            self.pipeline.popleft()
+            self._dequeued(self.pipeline.popleft()[0])  # type: ignore[arg-type]
             cycle = self.pipeline[0][0] if self.pipeline else self._answering
         if cycle is None or cycle.response_complete:
             return False  # nothing owed

@@ -1,0 +1,236 @@
+"""The worker's HTTP protocol against bytes no callback reports and requests held queued,
+over real connections: chunk extensions and line ends around a chunked body's data,
+blank lines sent while a request is answered, pipelined heads dense with header lines,
+and request targets in absolute form."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import Gateway, gateway_env, module
+from .test_protocol import connected
+
+MANIFEST = f"""
+[server]
+workers = 1
+telemetry = "off"
+breakers = false
+header_timeout = "2s"
+keep_alive_timeout = "1s"
+body_timeout = "3s"
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+
+[[function]]
+name = "echo"
+route = "/echo"
+module = "{module("echo")}"
+
+[[function]]
+name = "spin"
+route = "/spin"
+module = "{module("spin")}"
+[function.limits]
+timeout = "700ms"
+fuel = "unlimited"
+"""
+REQUEST = b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+CHUNKED_HEAD = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("framing")
+    manifest = root / "stockade.toml"
+    manifest.write_text(MANIFEST)
+    server = Gateway(manifest, gateway_env(shared_cache, root / "state"), ())
+    yield server
+    server.stop()
+
+
+def connect(gateway: Gateway) -> socket.socket:
+    url = httpx.URL(gateway.url)
+    assert url.host and url.port
+    # The socket timeout is the test's bound: a guard that never fires fails it.
+    return socket.create_connection((url.host, url.port), timeout=20)
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send `data`; the server closing the connection halfway is expected."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_an_endless_chunk_extension_is_refused(gateway: Gateway) -> None:
+    """A chunk's size line and its extensions are neither body, head nor trailers: one
+    connection streamed 3.6 GB of extension in 5 s (3.2 s of the worker's CPU) until the
+    body's deadline (found by review). A chunked body's bytes that are not data are
+    bounded: 400, and the connection closes."""
+    with connect(gateway) as sock:
+        sock.sendall(CHUNKED_HEAD + b"1;a=")
+        try:
+            for _ in range(64):  # 4 MiB at most; refused after 128 KiB
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+
+
+def test_extensions_on_chunks_of_data_are_bounded_by_that_data(gateway: Gateway) -> None:
+    """A chunk of data now and then kept a body above `body_min_rate`, and each size line
+    carried extensions at will (3.5 GB beside 7.7 KB of data in 6 s, for `max_body` /
+    `body_min_rate` seconds). Framing beyond twice the data, and two heads' worth, is
+    refused: 400, closed."""
+    line = b"1;e=" + b"x" * 10_000 + b"\r\nd\r\n"
+    with connect(gateway) as sock:
+        sock.sendall(CHUNKED_HEAD)
+        send_quietly(sock, line * 200 + b"0\r\n\r\n")  # 2 MB of extension, 200 data bytes
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1
+
+
+def test_chunks_with_modest_extensions_are_served(gateway: Gateway) -> None:
+    """A client naming each chunk (`1000;name=value`) is far inside the bound, and so is
+    one writing small chunks with long hexadecimal sizes."""
+    body = (b"1000;name=value\r\n" + b"b" * 0x1000 + b"\r\n") * 100 \
+        + (b"00000008\r\n" + b"c" * 8 + b"\r\n") * 3000 + b"0\r\n\r\n"
+    with connect(gateway) as sock:
+        sock.sendall(CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                     + body)
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert answer.endswith(b"b" * 0x1000 * 100 + b"c" * 8 * 3000)
+
+
+def test_blank_lines_sent_while_a_request_is_answered_count_toward_the_next_head(
+        gateway: Gateway) -> None:
+    """Bytes after a whole request count toward the next head from the request's end, not
+    once its answer went out: 247 MB of blank lines were read, counted nowhere, during a
+    5 s answer (found by review). Past the head's limit the next head is refused as one
+    too large: the answer owed goes out, closing the connection."""
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /spin HTTP/1.1\r\nHost: t\r\n\r\n")  # answered in 0.7 s
+        sender = threading.Thread(target=send_quietly, args=(sock, b"\r\n" * 262_144),
+                                  daemon=True)
+        sender.start()
+        answer = closed_by_server(sock)
+        sender.join(20)
+    assert answer.startswith(b"HTTP/1.1 504 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert b"connection: close" in answer.lower()
+
+
+def test_input_ignored_while_answers_are_owed_is_read_only_so_far() -> None:
+    """Once the next head is refused, what the client sends while the answer owed is made
+    is read and dropped (a close with unread input resets the connection, and the answer
+    with it), but only up to 1 MiB: then reading stops. Before, it was read for as long
+    as the answer took."""
+    from stockade.gateway.protocol import IGNORED_MAX, write_response
+    from stockade.gateway.response import Response
+
+    gate = asyncio.Event()
+
+    async def answer(request: object, send: object) -> None:
+        await gate.wait()
+        assert write_response(send, Response(200, [], b"ok"), False)
+
+    async def scenario() -> tuple[list[bool], list[bytes]]:
+        protocol, transport = connected(answer)
+        protocol.data_received(REQUEST)
+        await asyncio.sleep(0)
+        reading = []
+        for _ in range(4 * IGNORED_MAX // 65536):
+            protocol.data_received(b"\r\n" * 32768)  # past the head's limit: refused
+            reading.append(transport.reading)
+        gate.set()
+        for _ in range(4):
+            await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        return reading, transport.written
+
+    reading, written = asyncio.run(scenario())
+    assert reading[:16] == [True] * 16 and not reading[-1], reading
+    assert len(written) == 1 and written[0].startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in written[0].lower()
+
+
+def dense_head(fields: int) -> bytes:
+    """A request with `fields` header lines, all but Host one byte each."""
+    return b"GET /hello HTTP/1.1\r\nHost: t\r\n" + b"a:\r\n" * (fields - 1) + b"\r\n"
+
+
+def test_pipelined_heads_dense_with_header_lines_hold_a_bounded_queue(
+        gateway: Gateway) -> None:
+    """99 heads of 255 one-byte header lines queued behind an answer read slowly held ~1
+    MB of the worker per connection for 104 KB sent (a worker grew 79 -> 343 MB from one
+    address). What one connection holds queued is at most four heads' worth together
+    (`max_header_size` bytes and 256 header lines each): past it the next head is refused
+    as one past `MAX_PIPELINED` is (those queued answered, the last closing the
+    connection)."""
+    with connect(gateway) as sock:
+        sock.sendall(REQUEST + dense_head(255) * 10)
+        answer = closed_by_server(sock)
+    # The one answered, then four heads of 255 lines (1,020); the fifth passed 1,024.
+    assert answer.count(b"HTTP/1.1 200 ") == 5, answer.count(b"HTTP/1.1 200 ")
+    assert b" 400 " not in answer and b" 431 " not in answer
+    assert answer.lower().count(b"connection: close") == 1
+    assert answer.endswith(b"Hello, world!\n")
+
+
+def test_a_pipelining_client_with_ordinary_heads_keeps_its_connection(
+        gateway: Gateway) -> None:
+    """Sixty pipelined requests of eight header lines each (what a client sends) are
+    inside the queue's bounds: all answered, and the connection stays open."""
+    head = (b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: pipeliner/1.0\r\n"
+            b"Accept: */*\r\nAccept-Encoding: identity\r\nAccept-Language: en\r\n"
+            b"X-Request-Id: 0123456789abcdef\r\nCache-Control: no-cache\r\n"
+            b"Referer: http://gateway.test/index.html\r\n\r\n")
+    with connect(gateway) as sock:
+        sock.sendall(head * 60)
+        answer = b""
+        while answer.count(b"Hello, world!\n") < 60:
+            data = sock.recv(65536)
+            assert data, answer[-300:]
+            answer += data
+        assert answer.count(b"HTTP/1.1 200 ") == 60
+        assert b"connection: close" not in answer.lower()
+        sock.sendall(REQUEST)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("target", [b"https://evil:99/echo?q=1", b"http://t/echo"])
+def test_a_target_in_absolute_form_is_refused(gateway: Gateway, target: bytes) -> None:
+    """`GET https://evil:99/echo` with `Host: a` was served as `http://a/echo`: the Host
+    header won over the target's authority (RFC 9112 3.2.2 says the target's wins). A
+    gateway is an origin server, sent origin-form targets: one in absolute form names a
+    second host, and is refused (400, closed)."""
+    with connect(gateway) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"evil" not in answer and b"X_FULL_URL" not in answer
