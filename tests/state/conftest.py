@@ -6,7 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,11 +24,14 @@ def free_port() -> int:
 
 class RedisServer:
     """`redis-server` started by the test: `url`, `stop()`, `start()` again (same port);
-    with `password`, clients must authenticate (`requirepass`)."""
+    with `password`, clients must authenticate (`requirepass`); `options` are more
+    of its command-line options."""
 
-    def __init__(self, directory: Path, password: str = "") -> None:
+    def __init__(self, directory: Path, password: str = "",
+                 options: Sequence[str] = ()) -> None:
         self.directory = directory
         self.password = password
+        self.options = list(options)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -43,6 +46,7 @@ class RedisServer:
                 "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
+        argv += self.options
         self.process = process = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                   stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT

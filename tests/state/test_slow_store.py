@@ -632,3 +632,28 @@ def test_a_lookup_under_way_when_the_process_forks_does_not_hold_the_child(
             os._exit(code)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child waited on its parent's lookup"
+
+
+def test_a_violation_waiting_for_a_connection_is_sent_before_the_state_closes(
+        secured_server: RedisServer, slow_proxy: SlowProxy,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh replica's violation recorded while its connection is being made waits
+    for it, then is sent; closed meanwhile (a reload, a shutdown), the state dropped it
+    and logged "a script failed: I/O operation on closed file" (found by review).
+    Closing now waits for it, as long as its connection may take."""
+    from stockade.telemetry.breaker import BreakerConfig
+
+    slow_proxy.delay = 0.3 * TIMEOUT  # each step within the timeout: the store is up
+    state = _state(slow_proxy.url())
+    try:
+        breakers = state.breakers(BreakerConfig(threshold=1), None)
+        assert breakers.record("function:f", "acme", True) is None  # still connecting
+        time.sleep(0.05)
+    finally:
+        began = time.monotonic()
+        state.close()
+        closing = time.monotonic() - began
+    keys = secured_server.client().keys("*")
+    assert any(key.endswith(":v:function:f") for key in keys), keys
+    assert closing < 10 * TIMEOUT, closing
+    assert not [record for record in caplog.records if "closed file" in record.getMessage()]

@@ -93,8 +93,10 @@ class Credit:
 
     def give_back(self, lease_id: str, cpu_seconds: float) -> bool:
         """A run of this credit ended: its slot is free again here (its lease in Redis
-        stays). False when the credit was settled meanwhile (release it to Redis)."""
-        if not self.live:
+        stays). False when the credit was settled meanwhile, or has no admission left
+        to use the slot for (release it to Redis: kept here, it stayed taken for
+        every replica with nothing running until the credit settled)."""
+        if not self.live or self.tokens <= 0:
             return False
         if self.free is not None:
             self.free.append(lease_id)

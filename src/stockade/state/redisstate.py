@@ -9,8 +9,8 @@ holding slots gives them back once they expire. Releases (slots to give
 back, CPU to charge) are not waited for: the next admission of the same tenant carries
 them as extra arguments of its own script, which gives them back before deciding (a
 slot given back counts for it), so a request is one script in one round trip. The
-releases no admission took within `RELEASE_DELAY` (`credit.HOLD` while this replica
-spends credits) are sent by a timer on the event loop, one script per tenant (at
+releases no admission took within `RELEASE_DELAY` (`credit.HOLD` while their tenant
+spends a credit here) are sent by a timer on the event loop, one script per tenant (at
 once, off a loop); while every tenant they belong to spends a credit, they wait for
 its renewal instead (due within a hold; a flush of its own was about every other
 hand-off to the state thread, measured at 1,000 requests/s on a gate with a breaker:
@@ -183,12 +183,18 @@ class RedisState(StateBackend):
         self._decided_alone = 0
         self._logged_error = 0.0
         self._logged_late = 0.0
+        self._logged_drop = 0.0
+        self._drops = 0  # releases and refunds lost since the last line saying so
         # Probes this process was let through: the `probe_at` Redis stored for each, and
         # the run holding it (None until the gateway names it, `RedisBreakers.probe_held`).
         self._probes: ProbeGrants[str] = ProbeGrants()
         self._open: dict[tuple[str, str], float] = {}  # ident -> monotonic until
         self._breakers: RedisBreakers | None = None
         self._closed = False
+        self._client_closed = False  # set as `close` closes the client
+        # Breaker records waiting for a connection (`_send_when_connected`): each one's
+        # thread and when it gives up (monotonic), for `close` to wait for.
+        self._sending: dict[threading.Thread, float] = {}
         self._releases: dict[str, Releases] = {}  # to send, by tenant quota key
         self._refunds: list[bytes] = []  # unspent admissions of credits, to send
         self.holding: set[RedisGate] = set()  # gates with a live credit
@@ -263,28 +269,46 @@ class RedisState(StateBackend):
                              answered: Callable[[list[Any]], None]) -> None:
         """On a thread of its own: `call` (of the script `source`), nothing of it sent
         yet, sent once the connection being made is ready (as long as its steps may
-        take), its replies given to `answered`; lost only when the store fails (marked
-        down and logged) or this state closes."""
+        take, and a timeout for the store's answer), its replies given to `answered`;
+        lost only when the store fails (marked down and logged). `close` waits for it
+        that long (closed meanwhile, it was lost, logged as a failed script)."""
+        deadline = time.monotonic() + (CONNECT_STEPS + 1) * self.settings.timeout
 
         def send() -> None:
-            if self._closed:
-                return
             try:
-                replies = self._pipeline([call], CONNECT_STEPS * self.settings.timeout,
-                                         sources=(source,))
-            except RoundTripFailed:
-                return  # logged when the store failed
-            try:
-                answered(replies)
-            except Exception:  # noqa: BLE001 - a thread of its own: nobody to raise to
-                logger.exception("shared state %s: a late answer could not be used",
-                                 self.where)
+                try:
+                    replies = self._pipeline([call], CONNECT_STEPS * self.settings.timeout,
+                                             sources=(source,))
+                except RoundTripFailed:
+                    with self._lock:  # said by `close` when it gave up waiting for it
+                        unsaid = self._client_closed and thread in self._sending
+                    if unsaid:
+                        self._lost_at_close(1)
+                    return  # else logged when the store failed
+                try:
+                    answered(replies)
+                except Exception:  # noqa: BLE001 - a thread of its own: nobody to raise to
+                    logger.exception("shared state %s: a late answer could not be used",
+                                     self.where)
+            finally:
+                with self._lock:
+                    self._sending.pop(thread, None)
 
+        thread = threading.Thread(target=send, daemon=True, name="stockade-state-send")
+        with self._lock:
+            self._sending[thread] = deadline
         try:
-            threading.Thread(target=send, daemon=True, name="stockade-state-send").start()
+            thread.start()
         except RuntimeError:
+            with self._lock:
+                self._sending.pop(thread, None)
             logger.error("shared state %s: a call waiting for a connection was dropped "
                          "(no thread to send it)", self.where)
+
+    def _lost_at_close(self, count: int) -> None:
+        logger.error("shared state %s: %d breaker record%s (a violation, a probe's end) "
+                     "waiting for a connection %s lost: the state closed first", self.where,
+                     count, "" if count == 1 else "s", "was" if count == 1 else "were")
 
     @contextmanager
     def _round_trip(self, wait: float | None = None, answer_by: float | None = None,
@@ -318,9 +342,11 @@ class RedisState(StateBackend):
             self._came_back()
 
     def _script_failed(self, exc: BaseException) -> NoReturn:
-        """A Lua error, a key of the wrong type: this decision fails, the store is up."""
+        """A Lua error, a key of the wrong type: this decision fails, the store is up.
+        After `close` closed the client, what fails is the closed connection: said by
+        whoever loses something to it."""
         now = time.monotonic()
-        if now - self._logged_error >= _LOG_INTERVAL:
+        if not self._client_closed and now - self._logged_error >= _LOG_INTERVAL:
             self._logged_error = now
             logger.error("shared state %s: a script failed: %s", self.where, exc)
         raise RoundTripFailed(f"shared state {self.where} failed to decide") from None
@@ -371,7 +397,7 @@ class RedisState(StateBackend):
                 batch = self._releases[tenant] = Releases(tenant, gate.keys.tenant_leases)
             batch.add(gate._function_leases, lease_id, cpu_seconds, gate._cpu_limit)
         if flush:
-            self._flush_soon()
+            self._flush_soon(tenant)
 
     def queue_refund(self, gate: RedisGate, tokens: int, flush: bool = True) -> None:
         """Give `tokens` unspent admissions of `gate`'s credit back with the next flush
@@ -379,21 +405,33 @@ class RedisState(StateBackend):
         with self._release_lock:
             self._refunds.append(gate.refund(tokens))
         if flush:
-            self._flush_soon()
+            self._flush_soon(gate.keys.tenant_quota)
 
-    def _flush_soon(self) -> None:
-        """Flush within `RELEASE_DELAY` on an event loop (within `credit.HOLD` while a
-        gate spends a credit: its renewal, due by then, carries them; see
-        `_flush_later`), at once off one."""
-        if self._timer is not None:
-            return
+    def _flush_soon(self, tenant: str | None = None) -> None:
+        """Flush within `RELEASE_DELAY` on an event loop (within `credit.HOLD` when
+        `tenant`, the quota key of the tenant whose release or refund this is, spends a
+        credit here: its renewal, due by then, carries them; see `_flush_later`), at
+        once off one. Only the tenant's own credit counts: any gate's made every
+        tenant's releases wait a hold (one tenant's traffic kept another's slots taken,
+        found by review); a timer due later is brought forward."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.flush()
+            if self._timer is None:
+                self.flush()
             return
-        self._timer = loop.call_later(HOLD if self.holding else RELEASE_DELAY,
-                                      self._flush_later)
+        timer, now = self._timer, loop.time()
+        if timer is not None and timer.when() <= now + RELEASE_DELAY:
+            return  # soon enough for any release
+        delay = RELEASE_DELAY
+        if tenant is not None and any(gate.keys.tenant_quota == tenant
+                                      for gate in self.holding):
+            delay = HOLD
+        if timer is not None:
+            if timer.when() <= now + delay:
+                return
+            timer.cancel()
+        self._timer = loop.call_later(delay, self._flush_later)
 
     def _flush_later(self) -> None:
         self._timer = None
@@ -622,7 +660,10 @@ class RedisState(StateBackend):
         answered: list[tuple[_Asked, Any]] = []
         late = False
         wait = max(0.0, latest - time.monotonic()) if latest else None
-        for owner, reply in zip(owners, self._pipeline(calls, wait), strict=True):
+        replies = self._pipeline(calls, wait)
+        self._dropped([reply for owner, reply in zip(owners, replies, strict=True)
+                       if owner is None])
+        for owner, reply in zip(owners, replies, strict=True):
             if owner is None:
                 continue
             if owner.gave_up:
@@ -677,20 +718,28 @@ class RedisState(StateBackend):
         with self._round_trip(wait, answer_by, even_if_down):
             connection: Any = pool.get_connection()
             loads: list[bytes] = []
-            replies: list[Any] = []
+            replies: list[Any] = [None] * len(calls)
+            sent = list(range(len(calls)))  # the calls of this send, by index
+            read: list[Any] = []  # replies to them read so far
             owed = 0  # replies to what was sent, not read yet
             try:
                 for attempt in range(2):
-                    connection.send_packed_command([b"".join((*loads, *calls))])
-                    replies, owed = [], len(loads) + len(calls)
+                    connection.send_packed_command(
+                        [b"".join((*loads, *(calls[index] for index in sent)))])
+                    read, owed = [], len(loads) + len(sent)
                     for _ in loads:  # shas known already; a failed load is NOSCRIPT below
                         _reply(connection)
                         owed -= 1
-                    for _ in calls:
-                        replies.append(_reply(connection))
+                    for index in sent:
+                        replies[index] = _reply(connection)
+                        read.append(replies[index])
                         owed -= 1
-                    unknown = any(isinstance(r, redis.exceptions.NoScriptError)
-                                  for r in replies)
+                    # NOSCRIPT: that call did not run. Only those are sent again: a
+                    # flush landing mid-pipeline (read in chunks) left the calls before
+                    # it run, and sending them all again ran those twice (refunds given
+                    # back twice, CPU charged twice; found by review).
+                    unknown = [index for index in sent
+                               if isinstance(replies[index], redis.exceptions.NoScriptError)]
                     if attempt or not unknown or time.monotonic() < self._reload_after:
                         if attempt and unknown:
                             # Loading them did not help: not again for RETRY_INTERVAL (a
@@ -702,6 +751,7 @@ class RedisState(StateBackend):
                     # connection and in one send (on another, each load waited for a
                     # handshake of its own; found by review).
                     loads = [script_load(source) for source in sources]
+                    sent = unknown
             except redis.TimeoutError:
                 if late is None or not answer_late():
                     connection.disconnect()  # replies may be left unread on it
@@ -709,8 +759,15 @@ class RedisState(StateBackend):
                 # The caller's time is over, not the store's: the connection is kept
                 # (dropped, a store slower than what a fresh one's handshake left of
                 # the caller's time would never be used) and its replies read later.
+                resent, answered = sent, late
+
+                def merged(rest: list[Any]) -> None:
+                    for index, reply in zip(resent, rest, strict=True):
+                        replies[index] = reply
+                    answered(replies)
+
                 try:
-                    self._read_later(connection, owed, replies, len(calls), late)
+                    self._read_later(connection, owed, read, len(sent), merged)
                 except BaseException:  # no thread: its replies would be the next call's
                     connection.disconnect()
                     raise
@@ -724,6 +781,29 @@ class RedisState(StateBackend):
                 if connection is not None:
                     pool.release(connection)
         return replies
+
+    def _dropped(self, replies: Sequence[Any]) -> None:
+        """Say that releases or refunds answered `replies` with errors were lost (a
+        store answering NOSCRIPT after the scripts were loaded again, a key of the wrong
+        type): their slots come back only when their leases expire, their admissions
+        not at all. One line per `_LOG_INTERVAL` at most, with the count since the
+        last."""
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if not errors:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._drops += len(errors)
+            if now - self._logged_drop < _LOG_INTERVAL:
+                return
+            self._logged_drop, count, self._drops = now, self._drops, 0
+        cause = errors[0]
+        what = "NOSCRIPT after loading the scripts again" if isinstance(
+            cause, redis.exceptions.NoScriptError) else str(cause)
+        logger.warning("shared state %s: %d release%s or refund%s dropped (%s): their "
+                       "slots come back when their leases expire, their admissions are "
+                       "not given back", self.where, count, "" if count == 1 else "s",
+                       "" if count == 1 else "s", what)
 
     def _read_later(self, connection: Any, owed: int, read: list[Any], calls: int,
                     late: Callable[[list[Any]], None]) -> None:
@@ -780,8 +860,8 @@ class RedisState(StateBackend):
             refunds, self._refunds = self._refunds, []
         if batches or refunds:
             try:
-                self._pipeline([batch.release(self.release_script.sha)
-                                for batch in batches.values()] + refunds)
+                self._dropped(self._pipeline([batch.release(self.release_script.sha)
+                                              for batch in batches.values()] + refunds))
             except RoundTripFailed:
                 pass  # the leases expire by themselves, unspent admissions are lost
 
@@ -858,6 +938,18 @@ class RedisState(StateBackend):
             if gate._credit is not None:
                 gate.settle(gate._credit)
         self.flush()
+        # Breaker records waiting for a connection are sent before the client goes (a
+        # violation was lost so), each within its bound; those still waiting are lost.
+        with self._lock:
+            sending = list(self._sending.items())
+        for thread, deadline in sending:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._client_closed = True
+            left = len(self._sending)
+            self._sending.clear()  # said here, not again by their threads
+        if left:
+            self._lost_at_close(left)
         self.client.close()
         self.fallback.close()
 

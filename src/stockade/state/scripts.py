@@ -9,12 +9,10 @@ from __future__ import annotations
 from .resp import LATEST
 
 __all__ = ["ADMIT", "REFUND", "RELEASE", "VIOLATION", "PROBE_CLEAN", "PROBE_UNUSED",
-           "COUNTED", "UNLIMITED", "FIELDS", "BUCKETS", "bucket_field"]
+           "COUNTED", "UNLIMITED", "FIELDS", "bucket_field"]
 
 UNLIMITED = -1  # a quota field that limits nothing
-FIELDS = 8  # fields of a quota's hash past which its buckets caught up are dropped
-BUCKETS = 4  # buckets still ahead a hash keeps at most (the one written included)
-
+FIELDS = 8  # buckets in a quota's hash past which those caught up are dropped
 
 def bucket_field(rate: float, burst: float) -> str:
     """The field of a quota's hash holding the bucket (`tat`) of `rate` per second with
@@ -36,45 +34,46 @@ _WAIT = _EXACT + f"""
 local function wait(x) return exact(math.min(x, {LATEST:.0f})) end
 """
 
-# Keeps `key` for at least `seconds` (never shortens what another quota field needs): a
-# bucket or CPU budget that expired before it caught up was a fresh one (a rate of one a
-# minute with a burst of 100, or below one an hour, was reset after an hour idle; one in
-# 100,000 s with a burst of 100, 115.7 days ahead, after 30 days). At most the longest
-# time the store holds, which EXPIRE takes whole.
+# Keeps `key` for at least `seconds` (`extend`: never shortens what another field or
+# lease needs). A bucket or CPU budget (`keep`) lives an hour at least: one that
+# expired before it caught up was a fresh one (a rate of one a minute with a burst of
+# 100, or below one an hour, was reset after an hour idle; one in 100,000 s with a
+# burst of 100, 115.7 days ahead, after 30 days). At most the longest time the store
+# holds, which EXPIRE takes whole.
 _KEEP = f"""
-local function keep(key, seconds)
-  seconds = math.ceil(math.min(math.max(3600, seconds), {LATEST:.0f}))
+local function extend(key, seconds)
+  seconds = math.ceil(math.min(seconds, {LATEST:.0f}))
   if redis.call('TTL', key) < seconds then redis.call('EXPIRE', key, seconds) end
 end
+local function keep(key, seconds) extend(key, math.max(3600, seconds)) end
 """
 
 # Each quota's bucket is a field of its own in its hash, named by the quota it enforces
 # (`bucket_field`): one `tat` per tenant or function, whatever the manifest, let a
 # rolling reload's faster replicas reset, at every request, the bucket a slower
 # manifest's replicas filled (24,030 admitted in 2 s where the two manifests allowed
-# 102 and 2,001, found by review). A hash keeps the buckets still ahead of now (one
-# caught up is as good as none): past `FIELDS` fields, those caught up go, and of the
-# others the `BUCKETS` - 1 furthest ahead stay beside the one written.
+# 102 and 2,001, found by review). Past `FIELDS` buckets (the CPU budget's fields not
+# counted), those caught up go: one caught up is as good as none. A bucket still ahead
+# is never dropped, however many: dropping one gave its quota a full burst again (25
+# admitted where 5 were allowed with nine manifests, found by review). They are at
+# most as many as the manifests that admitted within their windows, and each goes
+# once caught up (the key lives until the furthest is, see `keep`).
 _BUCKETS = f"""
 local function bucket(rate, burst) return 'tat:' .. exact(rate) .. ':' .. exact(burst) end
 local function store(key, name, tat, now)
   redis.call('HSET', key, name, exact(tat))
   if redis.call('HLEN', key) <= {FIELDS} then return end
   local all = redis.call('HGETALL', key)
-  local ahead = {{}}
+  local caught_up, count = {{}}, 0
   for i = 1, #all, 2 do
     local field = all[i]
-    if field ~= name and (field == 'tat' or string.sub(field, 1, 4) == 'tat:') then
+    if field == 'tat' or string.sub(field, 1, 4) == 'tat:' then
+      count = count + 1
       local at = tonumber(all[i + 1])
-      if at and at > now then
-        ahead[#ahead + 1] = {{at, field}}
-      else
-        redis.call('HDEL', key, field)
-      end
+      if field ~= name and not (at and at > now) then caught_up[#caught_up + 1] = field end
     end
   end
-  table.sort(ahead, function(a, b) return a[1] > b[1] end)
-  for i = {BUCKETS}, #ahead do redis.call('HDEL', key, ahead[i][2]) end
+  if count > {FIELDS} and #caught_up > 0 then redis.call('HDEL', key, unpack(caught_up)) end
 end
 """
 
@@ -135,7 +134,8 @@ end
 # Grants n admissions (1 <= n <= wanted) and m concurrency slots (1 <= m <= n, slots
 # wanted): one for each request waiting while the limits leave one, more only from the
 # upper half of what is left of each rate's burst (n) and each concurrency limit (m),
-# with the CPU budget above half and the breaker closed. The waiting requests the
+# with the CPU budget above half, the breaker closed, and the slots granted fewer than
+# those free (n no more than the requests waiting otherwise). The waiting requests the
 # limits leave none for are refused in the same answer (`cut`): a grant halved below
 # them sent them to ask again, three or four round trips in all. The slots are leases:
 # the lease id, then the lease id followed by `.1`, ...
@@ -187,6 +187,7 @@ if ARGV[10] == '1' then
     limit_to(1, 'breaker', 'half_open', tostring(now))
   end
 end
+local at_limit = false  -- every free slot of a concurrency limit granted
 local function busy(key, limit, scope)
   if limit < 0 then return false end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -194,11 +195,17 @@ local function busy(key, limit, scope)
   if free <= 0 then return true end
   limit_to(free, 'concurrency', scope, '1')
   m = math.min(m, math.max(need, math.floor(free / 2)))
+  if m >= free then at_limit = true end
   return false
 end
 local fconc, tconc = tonumber(ARGV[3]), tonumber(ARGV[6])
 if busy(KEYS[4], fconc, 'function') then return {'concurrency', 'function', '1'} end
 if busy(KEYS[3], tconc, 'tenant') then return {'concurrency', 'tenant', '1'} end
+-- At a concurrency limit, one admission for each waiting request and no more: a credit
+-- with admissions left kept each slot its runs gave back for them, taken in the store
+-- with nothing running, until it settled (two holds: another replica refused a tenant
+-- of one slot for ~104 ms, found by review). Spent at once, its slots go straight back.
+if at_limit then n = need end
 local cpu = tonumber(ARGV[9])
 if cpu >= 0 then
   local c = redis.call('HMGET', KEYS[1], 'cpu', 'cpu_at')
@@ -250,7 +257,6 @@ if ttat then
 end
 m = math.min(m, n)
 local expiry = now + tonumber(ARGV[2])
-local keep = math.ceil(tonumber(ARGV[2])) + 60
 if fconc >= 0 or tconc >= 0 then
   local members = {expiry, ARGV[1]}
   for i = 1, m - 1 do
@@ -260,7 +266,13 @@ if fconc >= 0 or tconc >= 0 then
   for _, spec in ipairs({{KEYS[4], fconc}, {KEYS[3], tconc}}) do
     if spec[2] >= 0 then
       redis.call('ZADD', spec[1], unpack(members))
-      redis.call('EXPIRE', spec[1], keep)
+      -- Until its furthest lease expires, and a minute: a set shared by leases of
+      -- several lengths (a tenant's functions, a reload to a shorter timeout) was
+      -- given the expiry of the last one written, and a short one cut what a long
+      -- run's lease relied on: the set expired under it, every replica forgot the
+      -- slot, and a tenant ran more than its concurrency (found by review).
+      local last = redis.call('ZRANGE', spec[1], -1, -1, 'WITHSCORES')
+      extend(spec[1], tonumber(last[2]) - now + 60)
     end
   end
 end
