@@ -104,6 +104,7 @@ class UntrustedModule(ModuleError):
     """A trust policy requires a valid signature by a trusted key and the module has none."""
 
     http_status = 403
+    outcome = "denied"  # a trust refusal, as the trust gate's denied results say
 
 
 class WorkerError(StockadeError):

@@ -196,3 +196,41 @@ def test_check_decides_as_run_does_when_image_signatures_are_required(tmp_path: 
     assert code == 1 and statuses["signature required"] == "pass", report
     assert statuses["signature valid"] == "fail", report
     assert stockade("run", "--policy", str(policy), str(signed)).returncode == 126
+
+
+def test_an_image_process_the_gateway_never_applies_is_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signed interpreter re-wrapped in an unsigned image whose `Cmd` and `Env` carry
+    other code: `run` refuses that process under module-signature trust (126), and
+    `check --manifest` passed the gateway function serving that image without a word.
+    The gateway never applies an image's process (arguments come from requests,
+    variables from the manifest), so the check says so as a warning."""
+    monkeypatch.setenv("STOCKADE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "signer.pub").write_bytes(SIGNER.public.pem())
+    signed = tmp_path / "probe.signed.wasm"
+    signed.write_bytes(sign_module(guest("probe.wasm").read_bytes(), SIGNER).module)
+    for ref, process in (("localhost/rewrapped:1", ("--arg", "/attacker-chosen", "--env",
+                                                   "INJECTED=1")),
+                         ("localhost/plain:1", ())):
+        built = stockade("oci", "build", str(signed), "--format", "image", "--tag", ref,
+                         *process)
+        assert built.returncode == 0, built.stderr
+    trust = ("--trust-key", str(tmp_path / "signer.pub"), "--require-signature")
+    assert stockade("run", *trust, "oci://localhost/rewrapped:1").returncode == 126
+
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text(
+        '[trust]\nrequire_signature = true\nkeys = ["signer.pub"]\n'
+        '[[function]]\nname = "rewrapped"\nroute = "/rewrapped"\n'
+        'module = "oci://localhost/rewrapped:1"\nprofile = "strict"\n'
+        '[[function]]\nname = "plain"\nroute = "/plain"\n'
+        'module = "oci://localhost/plain:1"\nprofile = "strict"\n')
+    code, report = _check("--no-host", "--manifest", str(manifest))
+    assert code == 0, report  # the module is signed; its image's process is not used
+    processes = [i for i in _items(report) if i["check"] == "image process"]
+    assert [i["subject"] for i in processes] == ["function rewrapped"], report
+    [item] = processes
+    assert item["status"] == "warn" and item["section"] == "review", item
+    for words in ("Cmd", "Env", "not used", "localhost/rewrapped:1"):
+        assert words in item["reason"], item
+    assert item["fix"], item

@@ -7,6 +7,7 @@ arguments run."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -83,3 +84,36 @@ def test_the_callers_arguments_replace_an_unsigned_cmd(
     # An image whose process is only its module (what `oci build` writes) runs as before.
     plain = cli(env, "run", *trust, f"oci://{repo}:plain")
     assert plain.returncode == 0, plain.stderr
+
+
+def test_the_refusal_is_a_denied_run_with_an_audit_record(
+        registry: Registry, tmp_path: Path, env: dict[str, str]) -> None:
+    """The refusal of an unsigned image process was an `error` in `--json` and left no
+    audit record, where the trust gate's refusals are `denied` (126) and audited."""
+    import json
+
+    module, module_key = _signed_probe(env, tmp_path)
+    repo = f"{registry.host}/audited-{os.urandom(4).hex()}"
+    _image(env, module, f"{repo}:cmd", "--arg", "/attacker-chosen")
+    trust = ("--trust-key", str(module_key), "--require-signature")
+
+    refused = cli(env, "run", "--json", *trust, f"oci://{repo}:cmd")
+    assert refused.returncode == 126, refused.stdout + refused.stderr
+    [line] = refused.stdout.splitlines()
+    shown = json.loads(line)
+    assert shown["outcome"] == "denied" and shown["exit_code"] == 126, shown
+    assert "Cmd" in shown["message"] and "not covered by a signature" in shown["message"]
+    assert shown["module"].startswith(f"{repo}:cmd@sha256:"), shown
+    assert shown["sha256"] == hashlib.sha256(module.read_bytes()).hexdigest(), shown
+
+    human = cli(env, "run", *trust, f"oci://{repo}:cmd")
+    assert human.returncode == 126 and "/attacker-chosen" not in human.stdout
+    assert len(human.stderr.strip().splitlines()) == 1, human.stderr
+
+    records = [json.loads(text) for text in
+               (Path(env["STOCKADE_STATE_DIR"]) / "audit.jsonl").read_text().splitlines()]
+    denials = [r for r in records if r.get("kind") == "denial"]
+    assert len(denials) == 2, records
+    for record in denials:
+        assert record["outcome"] == "denied" and "Cmd" in record["message"], record
+        assert record["sha256"] == shown["sha256"], record

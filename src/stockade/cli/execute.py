@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..isolate.base import SandboxLike
     from ..sandbox.capi import CapiSandbox
 
-__all__ = ["run_command", "run_observed", "render", "unbounded_warning"]
+__all__ = ["run_command", "run_observed", "refuse_observed", "render", "unbounded_warning"]
 
 
 def unbounded_warning(policy: Policy) -> str | None:
@@ -64,7 +64,8 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
         policy = with_trust(policy, trust_keys, require_signature)
         if scratch is not None:
             policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
-        path, args, policy, pinned = open_source(module, guest_args(args), policy)
+        source = open_source(module, guest_args(args), policy)
+        path, args, policy, pinned = source.path, source.args, source.policy, source.pinned
         warning = unbounded_warning(policy)
         if warning is not None:  # before the run: it may never end
             sys.stderr.write(f"stockade: warning: {warning}\n")
@@ -75,8 +76,12 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
 
             invocation = replace(invocation, name=pinned)
         try:
-            result = run_observed(path, policy, invocation, isolate, telemetry_profile,
-                                  use_breaker)
+            if source.refusal is not None:
+                result = refuse_observed(path, policy, invocation, source.refusal,
+                                         telemetry_profile, use_breaker, source.sha256)
+            else:
+                result = run_observed(path, policy, invocation, isolate, telemetry_profile,
+                                      use_breaker)
         except Interrupted as stopped:
             render(stopped.result, as_json)  # what the guest wrote until Ctrl-C
             raise
@@ -158,6 +163,27 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
                 raise Interrupted(result) from None
             raise
         return result
+
+
+def refuse_observed(module: Path, policy: Policy, invocation: Invocation, refusal: str,
+                    telemetry_profile: str | None, use_breaker: bool = False,
+                    sha256: str | None = None) -> Result:
+    """The `denied` result (126) of a module its trust refuses to run as asked (an image's
+    or a bundle's process no signature covers), made before anything is loaded and
+    recorded in telemetry and the audit log as the trust gate's refusals are
+    (`sandbox.provenance.denied_result`). `sha256` is the module's digest, hashed from
+    the file when None. Raises ModuleNotFound or ModuleError for a file that cannot be
+    read."""
+    from ..sandbox.provenance import Gate, denied_result
+    from ..telemetry import open_telemetry
+
+    if sha256 is None:
+        from ..engine.loader import digest
+
+        sha256 = digest(module, None, policy.limits.max_module_size)
+    with open_telemetry(telemetry_profile, breaker=use_breaker) as telemetry:
+        return denied_result(Gate(None, module.name, sha256, refusal), policy, invocation,
+                             (telemetry.observer,))
 
 
 def render(result: Result, as_json: bool, warning: str | None = None) -> None:

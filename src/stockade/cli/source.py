@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ModuleNotFound, UntrustedModule
+from ..errors import ModuleNotFound
 from ..policy import Policy
 
-__all__ = ["open_source", "module_path"]
+__all__ = ["Source", "open_source", "module_path"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A MODULE argument opened: the module file, the guest's arguments and the policy to
+    run it under; for an image, its pinned `REF@sha256:…` and module digest, and why its
+    trust refuses the image's process (None: it may run)."""
+
+    path: Path
+    args: tuple[str, ...]
+    policy: Policy
+    pinned: str | None = None
+    sha256: str | None = None
+    refusal: str | None = None
 
 
 def module_path(module: str) -> Path:
@@ -20,18 +34,17 @@ def module_path(module: str) -> Path:
     return Path(module)
 
 
-def open_source(module: str, args: tuple[str, ...],
-                policy: Policy) -> tuple[Path, tuple[str, ...], Policy, str | None]:
-    """(module file, guest args, policy, the pinned `REF@sha256:…` or None) for a MODULE
-    argument. For `oci://REF` the image is pulled once into the store, its Entrypoint/Cmd
-    become the arguments (the caller's replace Cmd) and its Env the variables the caller
-    did not set; limits and capabilities stay the caller's. Under a `[trust]` that
-    requires signatures, the image's signatures are checked (`oci.trusted.vouch`); when
-    none by a trusted key covers the image, its process is covered by no signature (the
-    module's covers its bytes only), and one that would reach the guest is refused.
-    Raises the OCI errors (`stockade.oci.errors`), UntrustedModule (126)."""
+def open_source(module: str, args: tuple[str, ...], policy: Policy) -> Source:
+    """The `Source` of a MODULE argument. For `oci://REF` the image is pulled once into
+    the store, its Entrypoint/Cmd become the arguments (the caller's replace Cmd) and its
+    Env the variables the caller did not set; limits and capabilities stay the caller's.
+    Under a `[trust]` that requires signatures, the image's signatures are checked
+    (`oci.trusted.vouch`); when none by a trusted key covers the image, its process is
+    covered by no signature (the module's covers its bytes only), and one that would
+    reach the guest is refused: `refusal` says why, for the caller to deny the run as the
+    trust gate denies it (126, audited). Raises the OCI errors (`stockade.oci.errors`)."""
     if not module.startswith("oci://"):
-        return module_path(module), args, policy, None
+        return Source(module_path(module), args, policy)
     from ..oci import guest_process, resolve
     from ..oci.resolve import unsigned_process
     from ..oci.trusted import vouch
@@ -44,9 +57,12 @@ def open_source(module: str, args: tuple[str, ...],
     if note is not None and trust is policy.trust:
         sys.stderr.write(f"stockade: {note}\n")  # why the image signature did not count
     module_digest = resolved.pulled.module_digest.removeprefix("sha256:")
+    refusal = None
     if trust.require_signature and module_digest not in trust.vouched:
         refusal = unsigned_process(resolved.pulled, args, given)
-        if refusal is not None:
-            raise UntrustedModule(refusal)
+    if refusal is not None:  # nothing of the image's process reaches the policy
+        policy = replace(policy, trust=trust)
+        return Source(resolved.path, args, policy, str(resolved.pinned), module_digest,
+                      refusal)
     policy = replace(policy.with_capabilities(env=image_env + tuple(caps.env)), trust=trust)
-    return resolved.path, guest_args, policy, str(resolved.pinned)
+    return Source(resolved.path, guest_args, policy, str(resolved.pinned), module_digest)

@@ -9,7 +9,10 @@ policy requiring image signatures with no image (cosign) key to verify one, a tr
 another user could rewrite (its policy or manifest file, or a key file or directory, not
 this user's or root's or writable by others: refused when keys are read), a disabled or
 broken audit log, breakers disabled or kept in a database they cannot use (they fail
-open).
+open). A gateway function's `oci://` image whose config sets a process (`Entrypoint`
+arguments, `Cmd`, `Env`, `WorkingDir`) warns: the gateway never applies it (arguments
+come from requests, variables from the manifest), where `run` would, and under
+module-signature trust refuses it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Subject:
     label: str
     policy: Policy
     module: Path | None = None
+    image: str | None = None  # a gateway function's pinned `REF@sha256:…` it serves
 
 
 def _graded(value: float, bounds: tuple[float, float]) -> str:
@@ -231,6 +235,38 @@ def _module_items(subject: Subject) -> list[Item]:
     return items
 
 
+def _image_item(subject: Subject) -> Item | None:
+    """What of its image's process a gateway function uses: none (`gateway` hands the
+    guest a request's arguments and the manifest's variables, never the image config's),
+    said as a warning when the image sets one, which `run` would apply; None when it
+    sets none."""
+    from ..errors import StockadeError
+    from ..oci import resolve
+    from ..oci.resolve import process_fields
+
+    label = subject.label
+    try:  # pinned by digest, pulled when the manifest was loaded: read from the store
+        resolved = resolve(f"oci://{subject.image}")
+    except StockadeError as exc:
+        return Item("review", "image process", label, "warn",
+                    f"cannot read the image {subject.image}: {exc.message}",
+                    "pull it again: stockade oci pull REF")
+    fields = process_fields(resolved.pulled, (), ())
+    if not fields:
+        return None
+    trust = subject.policy.trust
+    digest = resolved.pulled.module_digest.removeprefix("sha256:")
+    run = (" (`stockade run` of the image would refuse it: no image signature by a "
+           "trusted key covers it)"
+           if trust.require_signature and digest not in trust.vouched else "")
+    return Item("review", "image process", label, "warn",
+                f"the image config of {subject.image} sets {', '.join(fields)}: not used, "
+                "the gateway never applies an image's process (arguments come from "
+                f"requests, variables from the manifest){run}",
+                "give the function what it needs in the manifest (env), or build the image "
+                "without a process of its own")
+
+
 def _host_items(server: Any | None, state: Any | None = None) -> list[Item]:
     items = []
     try:
@@ -331,7 +367,8 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
         manifest = load_manifest(manifest_file)
         server, state = manifest.server, manifest.state
         for spec in manifest.functions:
-            subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module))
+            subjects.append(Subject(f"function {spec.name}", spec.policy, module or spec.module,
+                                    None if module is not None else spec.image))
     if not subjects:
         subjects.append(Subject("default profile", Policy.from_profile("default"), module))
     items = []
@@ -339,6 +376,9 @@ def evaluate(policy_file: Path | None, manifest_file: Path | None, module: Path 
         items += _policy_items(subject)
         if subject.module is not None:
             items += _module_items(subject)
+        image = _image_item(subject) if subject.image is not None else None
+        if image is not None:
+            items.append(image)
     if host:
         items += _host_items(server, state)
     order = ("pre-deploy", "runtime", "review")

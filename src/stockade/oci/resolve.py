@@ -8,8 +8,8 @@ never taken from the image.
 The image config is covered by an image signature (over the manifest, which names the
 config by digest), never by the module's own signature: a signed interpreter re-wrapped in
 a new image whose `Cmd` carries other code would run that code as if it were signed.
-`unsigned_process` says what of the image's process would reach the guest, for a caller
-whose trust rests on the module signature alone to refuse it.
+`process_fields` says what of the image's process would reach the guest, `unsigned_process`
+why a caller whose trust rests on the module signature alone refuses it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from .registry import insecure_hosts
 from .store import Store
 from .transfer import PulledImage, load_local, pull
 
-__all__ = ["ResolvedModule", "resolve", "is_oci", "guest_process", "unsigned_process"]
+__all__ = ["ResolvedModule", "resolve", "is_oci", "guest_process", "process_fields",
+           "unsigned_process"]
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,12 @@ def guest_process(pulled: PulledImage, args: tuple[str, ...],
     return tuple(argv[1:]), tuple(extra)
 
 
-def unsigned_process(pulled: PulledImage, args: tuple[str, ...],
-                     env: tuple[tuple[str, str], ...]) -> str | None:
-    """Why the image's process may not reach the guest when no image signature covers
-    it (one line: what the config sets, and how to proceed), or None when nothing of it
-    would (`guest_process` gives the guest no argument and no variable from the image;
-    `argv[0]`, the module's path, never reaches it)."""
+def process_fields(pulled: PulledImage, args: tuple[str, ...],
+                   env: tuple[tuple[str, str], ...]) -> list[str]:
+    """The fields of the image config whose values `guest_process` would hand the guest
+    (`Entrypoint arguments`, `Cmd`, `Env`, `WorkingDir`, in that order) for a caller
+    giving `args` and setting `env`; [] when none would (`argv[0]`, the module's path,
+    never reaches it)."""
     image = pulled.image
     _, image_env = guest_process(pulled, args, env)
     from_workdir = bool(image.working_dir) and ("PWD", image.working_dir) in image_env \
@@ -102,6 +103,15 @@ def unsigned_process(pulled: PulledImage, args: tuple[str, ...],
         fields.append("Env")
     if from_workdir:
         fields.append("WorkingDir")
+    return fields
+
+
+def unsigned_process(pulled: PulledImage, args: tuple[str, ...],
+                     env: tuple[tuple[str, str], ...]) -> str | None:
+    """Why the image's process may not reach the guest when no image signature covers
+    it (one line: what the config sets, and how to proceed), or None when nothing of it
+    would (`process_fields`)."""
+    fields = process_fields(pulled, args, env)
     if not fields:
         return None
     how = "sign the image with a trusted cosign key (stockade oci sign)"

@@ -21,9 +21,10 @@ def main(argv: list[str]) -> int:
 
     state_dir, bundle_path = Path(argv[0]), Path(argv[1])
     try:
-        from ..cli.run import run_observed
+        from ..cli.execute import refuse_observed, run_observed
         from ..invocation import Invocation
         from .bundle import read_bundle
+        from .process import unsigned_process
 
         read_bundle(bundle_path, state_dir).close()  # refused at `create` already, where it can be
         if not _created(int(argv[2])):
@@ -40,7 +41,13 @@ def main(argv: list[str]) -> int:
         with read_bundle(bundle_path, state_dir) as bundle:
             name = bundle.config.get("annotations", {}).get("io.kubernetes.cri.container-name")
             invocation = Invocation(args=bundle.args, name=name or state_dir.name)
-            result = run_observed(bundle.module, bundle.policy, invocation, None, None)
+            # Denied as an unsigned module is (126, audited): config.json is signed by no one.
+            refusal = unsigned_process(bundle)
+            if refusal is not None:
+                result = refuse_observed(bundle.module, bundle.policy, invocation, refusal,
+                                         None)
+            else:
+                result = run_observed(bundle.module, bundle.policy, invocation, None, None)
     except StockadeError as exc:
         sys.stderr.write(f"stockade-runtime: {exc.message}\n")
         return exc.exit_code
