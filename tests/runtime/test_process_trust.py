@@ -211,3 +211,23 @@ def test_podman_denies_an_unsigned_image_process(
     assert "attacker-chosen" not in refused.stdout
     assert "process.env INJECTED" in refused.stderr, refused.stderr
     assert _denials(tmp_path / "state"), "no audit record"
+
+
+def test_the_image_files_are_not_the_guests_under_a_signature_requiring_host(
+        tmp_path: Path) -> None:
+    """The process check left the rootfs at `/`, which no signature covers: a signed
+    python.wasm given only an empty `/pyvenv.cfg` and a `.pth` file beside it ran the
+    image's code. The module is still read from the rootfs; its other files are not
+    granted (the signed lister finds no `/d`)."""
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs" / "d").mkdir(parents=True)
+    (bundle / "rootfs" / "d" / "planted").write_text("the image's, unsigned\n")
+    signed = sign_module(guest("readdir_list.wasm").read_bytes(), SIGNER).module
+    (bundle / "rootfs" / "lister.wasm").write_bytes(signed)
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/lister.wasm"], "env": [DEFAULT_PATH], "cwd": "/"}}))
+    output, errors, _ = _started(tmp_path, bundle)
+    assert "planted" not in output, output
+    assert "opendir" in errors, output + errors  # it ran, and found nothing at /d
+    assert not _denials(tmp_path / "state"), errors

@@ -6,9 +6,10 @@ bundle, only ever narrowing the profile's (`io.stockade.profile` annotation, def
 `default`): `linux.resources.memory.limit` caps linear memory, a CPU quota below one CPU
 scales the fuel budget, `RLIMIT_NOFILE` caps open files, `RLIMIT_FSIZE` the disk quota,
 `io.stockade.timeout` / `io.stockade.fuel` annotations narrow time and fuel. The rootfs is
-preopened read-only at `/`; bind mounts of directories are preopened at their destination,
-read-only unless their options say `rw`. Anything that is not a Wasm module is refused,
-naming its platform.
+preopened read-only at `/` (not under a host trust that requires signatures: the module
+is read from it, but no signature covers its other files); bind mounts of directories are
+preopened at their destination, read-only unless their options say `rw`. Anything that
+is not a Wasm module is refused, naming its platform.
 
 The host's policy, when there is one (`STOCKADE_RUNTIME_POLICY`, else
 `/etc/stockade/runtime.toml`), replaces the profile as the starting point (the
@@ -204,6 +205,11 @@ def _read(path: Path, bundle_fd: int, held: HeldDirs) -> Bundle:
         env.append(("PWD", cwd))
     grants = _grants(path, root, config, host, held, bundle_fd)
     module = _module(grants[0], args[0], held)
+    if host is not None and host.trust.require_signature:
+        # The module comes from the rootfs, but its other files are not the guest's: no
+        # signature covers them, and a signed interpreter loads code from them (an empty
+        # `/pyvenv.cfg` made python.wasm run the image's `.pth` files; found by review).
+        grants = grants[1:]
     policy = policy.with_capabilities(dirs=tuple(grants), env=tuple(env), env_allow=())
     return Bundle(path, module, tuple(args[1:]), policy, config, held)
 
