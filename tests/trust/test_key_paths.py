@@ -168,3 +168,40 @@ def test_a_key_path_that_names_another_file_than_the_one_opened_is_refused(
         read_key_file(trusted)
     monkeypatch.undo()
     assert read_key_file(trusted) == trusted.read_bytes()
+
+
+def test_a_key_path_too_long_to_check_says_so(tmp_path: Path) -> None:
+    """A path past PATH_MAX once its links are followed (the kernel resolves it a
+    component at a time) cannot be walked by name: refused, but as what it is, not as a
+    path that changed."""
+    name = "d" * 200
+    levels = [name] * 12
+
+    def tree(top: Path) -> Path:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in levels:
+                os.mkdir(name, dir_fd=fd)
+                inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+        finally:
+            os.close(fd)
+        return top
+
+    upper = tree(_directory(tmp_path / "a", 0o755))
+    os.symlink("/".join(["a", *levels]), tmp_path / "l1")
+    lower = tmp_path / "l1"  # the 12th level, reached through the link
+    os.mkdir(lower / "b")
+    tree(lower / "b")
+    os.symlink("/".join(["b", *levels, "release.pub"]), lower / "l2")
+    base = os.open(lower, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open("/".join(["b", *levels]), os.O_RDONLY | os.O_DIRECTORY, dir_fd=base)
+    key = os.open("release.pub", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(key, SIGNER.public.pem())
+    for each in (key, fd, base):
+        os.close(each)
+    assert upper.exists()
+    with pytest.raises(KeyFileError, match="too long to check") as refused_:
+        read_key_file(lower / "l2")
+    assert "changed" not in refused_.value.message

@@ -229,7 +229,11 @@ def path_problem(path: Path, opened: os.stat_result | None = None) -> str:
                 problem = _directory_problem(entry, info)
                 current = entry
     except OSError as exc:
-        return "" if opened is None else f"{exc.strerror or exc} ({changed})"
+        if opened is None:
+            return ""
+        if exc.errno == errno.ENAMETOOLONG:  # fails closed, but nothing changed
+            return "its path, links followed, is too long to check"
+        return f"{exc.strerror or exc} ({changed})"
     if problem or opened is None:
         return problem
     if info is None or (info.st_dev, info.st_ino) != (opened.st_dev, opened.st_ino):
