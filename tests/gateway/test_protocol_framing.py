@@ -188,15 +188,15 @@ def test_pipelined_heads_dense_with_header_lines_hold_a_bounded_queue(
         gateway: Gateway) -> None:
     """99 heads of 255 one-byte header lines queued behind an answer read slowly held ~1
     MB of the worker per connection for 104 KB sent (a worker grew 79 -> 343 MB from one
-    address). What one connection holds queued is at most four heads' worth together
-    (`max_header_size` bytes and 256 header lines each): past it the next head is refused
+    address). What one connection holds queued is at most four heads' bytes and 16 header
+    lines a request at `MAX_PIPELINED`'s depth (1,600): past it the next head is refused
     as one past `MAX_PIPELINED` is (those queued answered, the last closing the
     connection)."""
     with connect(gateway) as sock:
         sock.sendall(REQUEST + dense_head(255) * 10)
         answer = closed_by_server(sock)
-    # The one answered, then four heads of 255 lines (1,020); the fifth passed 1,024.
-    assert answer.count(b"HTTP/1.1 200 ") == 5, answer.count(b"HTTP/1.1 200 ")
+    # The one answered, then six heads of 255 lines (1,530); the seventh passed 1,600.
+    assert answer.count(b"HTTP/1.1 200 ") == 7, answer.count(b"HTTP/1.1 200 ")
     assert b" 400 " not in answer and b" 431 " not in answer
     assert answer.lower().count(b"connection: close") == 1
     assert answer.endswith(b"Hello, world!\n")
@@ -204,20 +204,22 @@ def test_pipelined_heads_dense_with_header_lines_hold_a_bounded_queue(
 
 def test_a_pipelining_client_with_ordinary_heads_keeps_its_connection(
         gateway: Gateway) -> None:
-    """Sixty pipelined requests of eight header lines each (what a client sends) are
-    inside the queue's bounds: all answered, and the connection stays open."""
+    """A hundred pipelined requests of sixteen header lines each (what proxies and
+    clients send; ten lines a request cut such a pipeline short at first) are inside the
+    queue's bounds: all answered, and the connection stays open."""
     head = (b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: pipeliner/1.0\r\n"
             b"Accept: */*\r\nAccept-Encoding: identity\r\nAccept-Language: en\r\n"
             b"X-Request-Id: 0123456789abcdef\r\nCache-Control: no-cache\r\n"
-            b"Referer: http://gateway.test/index.html\r\n\r\n")
+            b"Referer: http://gateway.test/index.html\r\n"
+            + b"".join(b"X-Trace-%d: abcdef0123456789\r\n" % n for n in range(8)) + b"\r\n")
     with connect(gateway) as sock:
-        sock.sendall(head * 60)
+        sock.sendall(head * 100)
         answer = b""
-        while answer.count(b"Hello, world!\n") < 60:
+        while answer.count(b"Hello, world!\n") < 100:
             data = sock.recv(65536)
             assert data, answer[-300:]
             answer += data
-        assert answer.count(b"HTTP/1.1 200 ") == 60
+        assert answer.count(b"HTTP/1.1 200 ") == 100
         assert b"connection: close" not in answer.lower()
         sock.sendall(REQUEST)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")

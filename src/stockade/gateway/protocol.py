@@ -33,9 +33,9 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - a request asking to upgrade is answered over HTTP and the requests pipelined after it
   are parsed on (uvicorn dropped them, and the client waited for the idle timeout);
 - at most `MAX_PIPELINED` requests wait behind the one answered, their heads together
-  within `QUEUED_HEADS` heads' limits (bytes and header lines), and no input is read
-  while any waits (a queued request's body would grow past its limits); past either
-  bound the next head is refused as above. Input after a refusal is read and dropped
+  within `QUEUED_HEADS` heads' bytes and `QUEUED_LINES` header lines a request, and no
+  input is read while any waits (a queued request's body would grow past its limits);
+  past either bound the next head is refused as above. Input after a refusal is read and dropped
   (a close with unread input would reset the answers owed) up to `IGNORED_MAX`, then
   no longer read. The answers' bytes must keep leaving at `send_min_rate`, or the
   connection is aborted (`_sending`), and past `response_buffer` bytes held unsent by
@@ -122,12 +122,15 @@ MAX_HEADER_FIELDS = 256
 # what it has sent before its answers, the connection closes after answering them: a
 # client sending more at once is cut off even if it reads (none of the usual ones does).
 MAX_PIPELINED = 100
-# The requests queued behind an answer may hold together as much as this many heads at
-# their limits (`max_header_size` bytes and `MAX_HEADER_FIELDS` lines each). A header line
-# is a tuple of two bytes objects, ~100 B of the worker for 4 bytes sent: 99 heads of 255
-# one-byte lines held ~1 MB for 104 KB sent (found by review). Four heads' bytes are what
-# one read brings (256 KiB); their lines are ten a request at `MAX_PIPELINED`'s depth.
+# The requests queued behind an answer may hold together as many bytes as this many heads
+# at their limit (`max_header_size` each: four are what one read brings, 256 KiB), and
+# `QUEUED_LINES` header lines a request at `MAX_PIPELINED`'s depth. A header line is a
+# tuple of two bytes objects, ~100 B of the worker for 4 bytes sent: 99 heads of 255
+# one-byte lines held ~1 MB for 104 KB sent (found by review); at 16 lines a request
+# (what proxies and clients send: ten lines a request cut their pipelines short) it is
+# ~160 KB at most.
 QUEUED_HEADS = 4
+QUEUED_LINES = 16
 # A chunked body may have this many chunks, and one more per CHUNK_DATA bytes of its data:
 # each costs the event loop three Python callbacks, and `max_body` counts data only (1
 # MiB in 1-byte chunks cost 0.9 s of a worker's CPU, found by review). A client writing a
@@ -640,11 +643,12 @@ class GuardedProtocol(HttpToolsProtocol):
             self._start(cycle)
         elif len(self.pipeline) >= MAX_PIPELINED \
                 or self._queued_size + size > QUEUED_HEADS * self.max_header_size \
-                or self._queued_fields + fields > QUEUED_HEADS * MAX_HEADER_FIELDS:
+                or self._queued_fields + fields > QUEUED_LINES * MAX_PIPELINED:
             # Refused before it is kept: those queued are answered, the last closing the
             # connection, and the rest of the input is ignored (`send_400_response`).
             raise _HeadRefused(f"more than {MAX_PIPELINED} pipelined requests, or more "
-                               f"than {QUEUED_HEADS} heads' bytes or header lines queued")
+                               f"than {QUEUED_HEADS} heads' bytes or "
+                               f"{QUEUED_LINES * MAX_PIPELINED} header lines queued")
         else:  # pipelined: started when the previous response is complete
             self.cycle = cycle
             self.flow.pause_reading()
