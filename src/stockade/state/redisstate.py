@@ -31,7 +31,12 @@ yet is not sent, the releases and refund it carries are). Only a round trip taki
 longer than `timeout` marks the store down: a pipeline given the deadline of its
 earliest request, its time queued counted as the store's, had a store answering each
 round trip well within the timeout marked down under two requests at once. A slot
-may stay taken that much after its response (never less: the limit holds).
+may stay taken that much after its response (never less: the limit holds). A round
+trip that fails after some of its replies were read acts on them (what they granted
+goes back: a resend of NOSCRIPT calls past the round trip's time dropped an `ok`
+already read, and the slot stayed taken for the lease's time); releases and refunds a
+round trip refused before sending anything (marked down, a connection not made yet)
+wait for the next one.
 
 What is decided here, and why the limits hold: refusals are cached briefly
 (`redisgate`). On an event loop, a gate that takes two or more
@@ -110,9 +115,22 @@ _LOG_INTERVAL = 10.0  # seconds between log lines about failing scripts, late an
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-class _Connecting(RoundTripFailed):
+class _NotSent(RoundTripFailed):
+    """A round trip refused before anything of it was sent: the store is marked down."""
+
+
+class _Connecting(_NotSent):
     """A round trip's wait for a connection being made ended first: nothing was sent,
     and the store did not fail."""
+
+
+class _PartlyAnswered(RoundTripFailed):
+    """A round trip that failed after some of its replies were read: `replies`, by
+    call, None for each call whose answer was not read (it may have run or not)."""
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = replies
 
 
 class _Asked:
@@ -197,6 +215,10 @@ class RedisState(StateBackend):
         self._sending: dict[threading.Thread, float] = {}
         self._releases: dict[str, Releases] = {}  # to send, by tenant quota key
         self._refunds: list[bytes] = []  # unspent admissions of credits, to send
+        # Releases and refunds, as calls, that a round trip refused before sending
+        # anything (`_hold`): for the next round trip.
+        self._held: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop admissions run on
         self.holding: set[RedisGate] = set()  # gates with a live credit
         self._release_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
@@ -323,7 +345,7 @@ class RedisState(StateBackend):
         taking longer marks it down and raises RoundTripFailed; a failed script raises
         through `_script_failed`; a success after an outage says it came back."""
         if self._retry_at and time.monotonic() < self._retry_at and not even_if_down:
-            raise RoundTripFailed(f"shared state {self.where} is unreachable")
+            raise _NotSent(f"shared state {self.where} is unreachable")
         try:
             with round_trip(self.settings.timeout, wait, answer_by):
                 yield
@@ -407,26 +429,28 @@ class RedisState(StateBackend):
         if flush:
             self._flush_soon(gate.keys.tenant_quota)
 
-    def _flush_soon(self, tenant: str | None = None) -> None:
+    def _flush_soon(self, tenant: str | None = None, at_least: float = 0.0) -> None:
         """Flush within `RELEASE_DELAY` on an event loop (within `credit.HOLD` when
         `tenant`, the quota key of the tenant whose release or refund this is, spends a
         credit here: its renewal, due by then, carries them; see `_flush_later`), at
         once off one. Only the tenant's own credit counts: any gate's made every
         tenant's releases wait a hold (one tenant's traffic kept another's slots taken,
-        found by review); a timer due later is brought forward."""
+        found by review); a timer due later is brought forward. Not before `at_least`
+        seconds (on an event loop only)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             if self._timer is None:
                 self.flush()
             return
+        self._loop = loop
         timer, now = self._timer, loop.time()
-        if timer is not None and timer.when() <= now + RELEASE_DELAY:
+        if timer is not None and timer.when() <= now + max(RELEASE_DELAY, at_least):
             return  # soon enough for any release
-        delay = RELEASE_DELAY
+        delay = max(RELEASE_DELAY, at_least)
         if tenant is not None and any(gate.keys.tenant_quota == tenant
                                       for gate in self.holding):
-            delay = HOLD
+            delay = max(HOLD, at_least)
         if timer is not None:
             if timer.when() <= now + delay:
                 return
@@ -435,11 +459,11 @@ class RedisState(StateBackend):
 
     def _flush_later(self) -> None:
         self._timer = None
-        if self._closed or not (self._releases or self._refunds):
+        if self._closed or not (self._releases or self._refunds or self._held):
             return
         if self._flush_queued:
             return  # the flush waiting for the state thread takes these too
-        if not self._refunds and self.holding:
+        if not self._refunds and not self._held and self.holding:
             # Releases of tenants spending a credit ride with its renewal, due within a
             # hold (one round trip fewer on the state thread); while one waits its
             # slot stays taken here, never shorter. Traffic gone, the credit settles
@@ -479,12 +503,33 @@ class RedisState(StateBackend):
         self.flush()
 
     def _take_queued(self) -> list[bytes]:
-        """The releases and refunds queued, as calls (taken off their queues)."""
+        """The releases and refunds queued, as calls (taken off their queues), those
+        held from a round trip refused first."""
         with self._release_lock:
+            held, self._held = self._held, []
             batches, self._releases = self._releases, {}
             refunds, self._refunds = self._refunds, []
         sha = self.release_script.sha
-        return [batch.release(sha) for batch in batches.values()] + refunds
+        return held + [batch.release(sha) for batch in batches.values()] + refunds
+
+    def _hold(self, calls: list[bytes]) -> None:
+        """Releases and refunds (`calls`) of a round trip refused before it sent
+        anything (the store marked down, a connection not made yet): they go with the
+        next round trip, and on an event loop a flush is due once the store may be
+        tried again. Dropped, a slot given back after a failed round trip (a grant
+        read before the round trip failed) stayed taken for the lease's time."""
+        if not calls or self._closed:
+            return
+        with self._release_lock:
+            self._held.extend(calls)
+        loop = self._loop
+        if loop is None:
+            return  # off a loop: the next round trip carries them
+        delay = max(0.0, self._retry_at - time.monotonic())
+        try:
+            loop.call_soon_threadsafe(self._flush_soon, None, delay)
+        except RuntimeError:
+            pass  # the loop is closed: the next round trip carries them
 
     def _command(self, gate: RedisGate, lease_id: str, pending: int,
                  grant: Grant | None = None) -> tuple[bytes, Releases | None, int]:
@@ -525,7 +570,7 @@ class RedisState(StateBackend):
         batched: every admission queued in this turn of the event loop goes in one
         pipeline, sent once the turn's ready work has run, or with the pipeline still
         waiting for the state thread. Raises RoundTripFailed like `run`."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         asked = _Asked(gate, lease_id, pending, grant, loop.create_future(),
                        since + self.settings.timeout)
         if grant is not None:
@@ -660,7 +705,30 @@ class RedisState(StateBackend):
         answered: list[tuple[_Asked, Any]] = []
         late = False
         wait = max(0.0, latest - time.monotonic()) if latest else None
-        replies = self._pipeline(calls, wait)
+        try:
+            replies = self._pipeline(calls, wait)
+        except _NotSent:
+            # What the admissions carry is not lost with them (nor with the store
+            # marked down): the next round trip sends it.
+            held = [call for owner, call in zip(owners, calls, strict=True) if owner is None]
+            for owner in owners:
+                if owner is not None:
+                    if owner.releases is not None:
+                        held.append(owner.releases.release(self.release_script.sha))
+                    if owner.refund:
+                        held.append(owner.gate.refund(owner.refund))
+            self._hold(held)
+            raise
+        except _PartlyAnswered as failed:
+            # The replies read before the round trip failed are acted on: a grant goes
+            # back (dropped with the rest, a slot read as granted stayed taken for the
+            # lease's time, its request refused 503, found by review).
+            self._dropped([reply for owner, reply in zip(owners, failed.replies,
+                                                         strict=True) if owner is None])
+            if any([self._abandon(owner, reply) for owner, reply
+                    in zip(owners, failed.replies, strict=True) if owner is not None]):
+                self._flush_next()
+            raise
         self._dropped([reply for owner, reply in zip(owners, replies, strict=True)
                        if owner is None])
         for owner, reply in zip(owners, replies, strict=True):
@@ -714,19 +782,42 @@ class RedisState(StateBackend):
         Redis is down or takes longer, or the connection is not made yet, or at
         `answer_by` (monotonic) when it comes first: the replies are then read on a
         thread of their own and given to `late`."""
+        replies: list[Any] = [None] * len(calls)
+        sent = list(range(len(calls)))  # the calls of the last send, by index
+        read: list[Any] = []  # replies to them read so far
+        try:
+            self._exchange(calls, replies, sent, read, wait, answer_by, late, sources,
+                           even_if_down)
+        except _NotSent:
+            raise
+        except RoundTripFailed as exc:
+            if late is not None:
+                raise  # what was read is given to `late` when it is answered late
+            known = list(replies)
+            for index in sent[len(read):]:
+                known[index] = None  # sent, not answered: it may have run, or not
+            if any(reply is not None for reply in known):
+                raise _PartlyAnswered(str(exc), known) from None
+            raise
+        return replies
+
+    def _exchange(self, calls: Sequence[bytes], replies: list[Any], sent: list[int],
+                  read: list[Any], wait: float | None, answer_by: float | None,
+                  late: Callable[[list[Any]], None] | None, sources: Sequence[str],
+                  even_if_down: bool) -> None:
+        """`_pipeline`'s round trip: each reply read is put in `replies` as it comes;
+        `sent` and `read` end as the calls of the last send and their replies read."""
         pool = self.client.connection_pool
         with self._round_trip(wait, answer_by, even_if_down):
             connection: Any = pool.get_connection()
             loads: list[bytes] = []
-            replies: list[Any] = [None] * len(calls)
-            sent = list(range(len(calls)))  # the calls of this send, by index
-            read: list[Any] = []  # replies to them read so far
             owed = 0  # replies to what was sent, not read yet
             try:
                 for attempt in range(2):
+                    read.clear()
+                    owed = len(loads) + len(sent)
                     connection.send_packed_command(
                         [b"".join((*loads, *(calls[index] for index in sent)))])
-                    read, owed = [], len(loads) + len(sent)
                     for _ in loads:  # shas known already; a failed load is NOSCRIPT below
                         _reply(connection)
                         owed -= 1
@@ -751,7 +842,7 @@ class RedisState(StateBackend):
                     # connection and in one send (on another, each load waited for a
                     # handshake of its own; found by review).
                     loads = [script_load(source) for source in sources]
-                    sent = unknown
+                    sent[:] = unknown
             except redis.TimeoutError:
                 if late is None or not answer_late():
                     connection.disconnect()  # replies may be left unread on it
@@ -759,7 +850,7 @@ class RedisState(StateBackend):
                 # The caller's time is over, not the store's: the connection is kept
                 # (dropped, a store slower than what a fresh one's handshake left of
                 # the caller's time would never be used) and its replies read later.
-                resent, answered = sent, late
+                resent, answered = list(sent), late
 
                 def merged(rest: list[Any]) -> None:
                     for index, reply in zip(resent, rest, strict=True):
@@ -780,7 +871,6 @@ class RedisState(StateBackend):
             finally:
                 if connection is not None:
                     pool.release(connection)
-        return replies
 
     def _dropped(self, replies: Sequence[Any]) -> None:
         """Say that releases or refunds answered `replies` with errors were lost (a
@@ -853,15 +943,18 @@ class RedisState(StateBackend):
 
     def flush(self) -> None:
         """Send the releases no admission carried, one script per tenant (a lost one
-        just expires)."""
+        just expires; one refused before it was sent waits for the next round trip,
+        see `_hold`)."""
         with self._release_lock:
             self._flush_queued = False  # what is queued from now on needs another
-            batches, self._releases = self._releases, {}
-            refunds, self._refunds = self._refunds, []
-        if batches or refunds:
+        calls = self._take_queued()
+        if calls:
             try:
-                self._dropped(self._pipeline([batch.release(self.release_script.sha)
-                                              for batch in batches.values()] + refunds))
+                self._dropped(self._pipeline(calls))
+            except _NotSent:
+                self._hold(calls)
+            except _PartlyAnswered as failed:
+                self._dropped(failed.replies)  # the others' leases expire by themselves
             except RoundTripFailed:
                 pass  # the leases expire by themselves, unspent admissions are lost
 
