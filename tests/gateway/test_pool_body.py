@@ -2,17 +2,21 @@
 pickled with the request, a 16 MiB body cost the gateway worker two more copies of it
 (the pickle, and the pickle joined to its frame header) and the pool worker three (the
 frame read, copied to bytes, unpickled). Its result's output comes back the same way
-(`write_reply`), and a pool worker lying about it is replaced."""
+(`write_reply`), however slowly a busy gateway worker reads it; a pool worker lying about
+it is replaced, and one that dies as it sends it is reported as any death is."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +28,7 @@ from stockade.isolate import IsolationConfig, protocol
 from stockade.isolate.handle import WorkerProcess
 from stockade.isolate.plan import plan_for
 from stockade.result import Outcome
-from tests.isolate.test_reply_output import HOSTILE
+from tests.isolate.test_reply_output import ENDED, HOSTILE
 
 from .conftest import Start, module
 from .test_confine import gateway_workers, status
@@ -157,24 +161,29 @@ while True:
 '''
 
 
-@pytest.mark.parametrize("case", HOSTILE)
-def test_a_pool_worker_lying_about_its_output_is_replaced(
-        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    sizes, tail, exits, said = HOSTILE[case]
-    monkeypatch.setattr(protocol, "OUTPUT_WAIT", 0.5)
-    specs = {spec.name: spec for spec in pool.specs}
-    source = TAKE_OVER.format(sizes=sizes, tail=tail, exits=exits)
+def _take_over(pool: WorkerPool, source: str) -> WorkerProcess:
+    """A worker running `source` (`TAKE_OVER`), in place of `pool`'s one process."""
     config = IsolationConfig()
     taken = WorkerProcess(dataclasses.replace(plan_for(Policy(), config), probe=source),
                           None, sys.executable)
     taken.wait_ready(config.start_timeout)
     taken.send(("probe",))
     assert taken.receive(time.monotonic() + 30, 1 << 20)[0] == "probed"
-    with pool._cond:  # in place of the pool's one process
+    with pool._cond:
         (real,) = pool._idle
         pool._idle[:] = [taken]
         pool._all = {taken}
     real.close()
+    return taken
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_pool_worker_lying_about_its_output_is_replaced(
+        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    sizes, tail, exits, said = HOSTILE[case]
+    monkeypatch.setattr(protocol, "OUTPUT_WAIT", 0.5)
+    specs = {spec.name: spec for spec in pool.specs}
+    taken = _take_over(pool, TAKE_OVER.format(sizes=sizes, tail=tail, exits=exits))
     begun = time.monotonic()
     result = pool.run(specs["echo"], Invocation(stdin=b"lied to"))
     assert time.monotonic() - begun < 10
@@ -183,3 +192,57 @@ def test_a_pool_worker_lying_about_its_output_is_replaced(
     after = pool.run(specs["echo"], Invocation(stdin=b"next"))
     assert after.outcome is Outcome.EXITED and after.stdout.endswith(b"next"), after
     assert taken not in pool._all
+
+
+@pytest.mark.parametrize("how", [how for how in ENDED if how != "cancelled"])
+def test_a_pool_worker_ended_mid_output_reports_why(
+        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Its death is told as before its reply: the CPU limit is the guest's timeout."""
+    outcome, said = ENDED[how]
+    specs = {spec.name: spec for spec in pool.specs}
+    header = protocol._HEADER.pack(MiB)
+    taken = _take_over(pool, TAKE_OVER.format(sizes=(MiB, 0), tail=header + b"x" * 1000,
+                                              exits=False))
+    read_into = protocol._read_into
+
+    def ended_as_it_reads(fd: int, size: int, *args: Any) -> bytes:
+        if size:  # the output, its reply read: end the worker now
+            os.kill(taken.pid, getattr(signal, how))
+        return read_into(fd, size, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(protocol, "_read_into", ended_as_it_reads)
+        result = pool.run(specs["echo"], Invocation(stdin=b"ended"))
+    assert result.outcome is outcome and said in result.message, result
+    assert "replaced" in result.message and not taken.alive
+    after = pool.run(specs["echo"], Invocation(stdin=b"next"))
+    assert after.outcome is Outcome.EXITED and after.stdout.endswith(b"next"), after
+
+
+def test_a_large_output_arrives_however_busy_the_gateway_worker(
+        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pipeful read waits for the GIL while other threads hold it (a gateway worker's
+    event loop and request threads under load): 16 MiB took 20 s with 8 of them spinning.
+    The output is held to coming steadily, not to a time for the whole copy."""
+    monkeypatch.setattr(protocol, "OUTPUT_WAIT", 0.5)  # well under the whole copy's time
+    specs = {spec.name: spec for spec in pool.specs}
+    body = os.urandom(4 * MiB)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    threads = [threading.Thread(target=spin) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        begun = time.monotonic()
+        result = pool.run(specs["echo"], Invocation(stdin=body))
+        took = time.monotonic() - begun
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert result.outcome is Outcome.EXITED and result.stdout.endswith(body), result
+    assert took > 0.5, took  # else the test proves nothing: the wait was never in play

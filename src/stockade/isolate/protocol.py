@@ -32,15 +32,25 @@ from ..result import Outcome, Result, Usage
 
 __all__ = ["DeadlineExceeded", "SourceUnreadable", "Wait", "write_frame", "write_file_frame",
            "write_bytes_frame", "write_reply", "read_frame", "read_raw_frame",
-           "loads_plain", "read_reply", "OUTPUT_WAIT",
+           "loads_plain", "read_reply", "OUTPUT_WAIT", "OUTPUT_MARGIN", "OUTPUT_RATE",
            "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
 
 _HEADER = struct.Struct(">Q")
 # The fields of a result sent as raw frames after its reply, in this order.
 _STREAMS = ("stdout", "stderr")
-# Seconds a result's output may take to arrive once its reply has: the guest is done, and
-# what is left is a copy through a pipe, which a working worker never leaves waiting.
+# The reply kinds that carry a result, the only ones whose output may follow them: on any
+# other (`started`), sizes would let a worker hold the caller past its deadline.
+_WITH_OUTPUT = frozenset({"result", "overran"})
+# Seconds a result's output may go without a byte once its reply has come: the guest is
+# done, and a working worker writes as fast as the pipe drains. Progress, not the whole
+# copy, is bounded by it: under a parent whose other threads are busy each pipeful waits
+# for the GIL, and 16 MiB took 20 s with 8 of them spinning.
 OUTPUT_WAIT = 10.0
+# Seconds past the caller's deadline that output whose reply came before it may take.
+OUTPUT_MARGIN = 2.0
+# Without a deadline, the output's bound: `OUTPUT_WAIT` and a second for each this many
+# bytes (a pipeful a second: 8 busy threads still let the parent read 0.8 MiB a second).
+OUTPUT_RATE = 64 * 1024
 _ERRORS: dict[str, type[StockadeError]] = {
     cls.__name__: cls for cls in (errors.StockadeError, errors.UsageError, errors.PolicyError,
                                   errors.ModuleNotFound, errors.ModuleError, WorkerError,
@@ -50,6 +60,10 @@ _ERRORS: dict[str, type[StockadeError]] = {
 
 class DeadlineExceeded(Exception):
     """No complete frame arrived before the deadline."""
+
+
+class _Idle(Exception):
+    """No byte came for the `idle` seconds a read allowed."""
 
 
 class SourceUnreadable(Exception):
@@ -132,15 +146,29 @@ def write_reply(fd: int, kind: str, payload: Any, wait: Wait | None = None) -> N
         write_bytes_frame(fd, data, wait)
 
 
-def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
+def _await_bytes(poller: select.poll, deadline: float | None, idle: float | None) -> None:
+    """Return once `poller`'s pipe has bytes (or is closed). Raises DeadlineExceeded at
+    `deadline`, or _Idle when nothing came for `idle` seconds first (None: no bound)."""
+    wait = idle
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded
+        wait = left if wait is None else min(wait, left)
+    if wait is None or poller.poll(wait * 1000):
+        return
+    if deadline is not None and (idle is None or left <= idle):
+        raise DeadlineExceeded
+    raise _Idle
+
+
+def _read_exact(fd: int, size: int, deadline: float | None,
+                idle: float | None = None) -> bytes:
     chunks = bytearray()
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while len(chunks) < size:
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not poller.poll(wait * 1000):
-                raise DeadlineExceeded
+        _await_bytes(poller, deadline, idle)
         chunk = os.read(fd, min(size - len(chunks), 1 << 20))
         if not chunk:
             raise EOFError("the worker closed its pipe")
@@ -156,9 +184,11 @@ _new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 _BYTES_DATA = sys.getsizeof(b"") - 1  # offset of a bytes object's data (CPython)
 
 
-def _read_into(fd: int, size: int, deadline: float | None) -> bytes:
+def _read_into(fd: int, size: int, deadline: float | None,
+               idle: float | None = None) -> bytes:
     """The next `size` bytes of `fd`, read into a single bytes object. Raises
-    DeadlineExceeded, or EOFError (saying how many bytes came) at the end of the pipe."""
+    DeadlineExceeded, _Idle (no byte for `idle` seconds), or EOFError (saying how many
+    bytes came) at the end of the pipe."""
     if size == 0:
         return b""
     data: bytes = _new_bytes(None, size)
@@ -167,10 +197,7 @@ def _read_into(fd: int, size: int, deadline: float | None) -> bytes:
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     done = 0
     while done < size:
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not poller.poll(wait * 1000):
-                raise DeadlineExceeded
+        _await_bytes(poller, deadline, idle)
         count = os.readv(fd, [view[done:]])
         if not count:
             raise EOFError(f"the pipe closed after {done} of the frame's {size} bytes")
@@ -215,9 +242,12 @@ def loads_plain(data: bytes) -> Any:
 def read_reply(fd: int, deadline: float | None, limit: int) -> tuple[str, Any]:
     """A worker's next reply as (kind, payload), a result's stdout and stderr read back
     into its payload (`write_reply`), all of it within `limit` bytes. Raises TimeoutError
-    at `deadline` (`time.monotonic()`) before the reply begins, EOFError when the worker
-    is gone, WorkerError when malformed, over `limit`, or when its output stops short
-    or takes over `OUTPUT_WAIT` seconds to arrive."""
+    at `deadline` (`time.monotonic()`), or, for output whose reply came before it,
+    `OUTPUT_MARGIN` seconds later: nothing the worker sends moves the caller's deadline.
+    Raises EOFError when the worker is gone (mid-output too: its callers tell why it
+    ended), WorkerError when malformed, over `limit`, output on a reply that carries no
+    result, or output that stalls `OUTPUT_WAIT` seconds or, without a deadline, takes
+    longer than its size allows (`OUTPUT_RATE`)."""
     try:
         frame = read_frame(fd, deadline, limit)
     except DeadlineExceeded:
@@ -228,12 +258,17 @@ def read_reply(fd: int, deadline: float | None, limit: int) -> tuple[str, Any]:
     if len(reply) == 2:
         return reply[0], reply[1]
     kind, payload, sizes = reply
-    return kind, _with_output(fd, payload, sizes, limit - len(frame))
+    if kind not in _WITH_OUTPUT:
+        raise WorkerError(f"the worker sent output after a {kind!r} reply, which carries "
+                          "no result")
+    return kind, _with_output(fd, payload, sizes, limit - len(frame), deadline)
 
 
-def _with_output(fd: int, payload: Any, sizes: Any, room: int) -> dict[str, Any]:
+def _with_output(fd: int, payload: Any, sizes: Any, room: int,
+                 deadline: float | None) -> dict[str, Any]:
     """`payload` with the streams whose `sizes` its reply announced, read from `fd`:
-    at most `room` bytes in all, each into a bytes object of its announced size."""
+    at most `room` bytes in all, each into a bytes object of its announced size, by the
+    caller's `deadline` (plus `OUTPUT_MARGIN`) or, without one, the output's own."""
     if not (isinstance(payload, dict) and isinstance(sizes, tuple)
             and len(sizes) == len(_STREAMS)
             and all(type(size) is int and size >= 0 for size in sizes)):
@@ -241,22 +276,29 @@ def _with_output(fd: int, payload: Any, sizes: Any, room: int) -> dict[str, Any]
     if sum(sizes) > room:
         raise WorkerError(f"the worker announced {sum(sizes)} bytes of output, over the "
                           f"{room} bytes left of the reply's bound")
-    # The reply came, so the guest is done: a worker that stops partway through its
-    # output is broken (the host's error), never a guest over its time.
-    deadline = time.monotonic() + OUTPUT_WAIT
+    # The reply came, so the guest is done: output that stops coming is a broken worker
+    # (the host's error). Its whole copy is bounded too, as the reply was: by the
+    # caller's deadline (a little later, for a reply that came just before it), else by
+    # its size, so that a worker trickling bytes cannot hold the caller.
+    allowed = OUTPUT_WAIT + sum(sizes) / OUTPUT_RATE
+    ends = time.monotonic() + allowed if deadline is None else deadline + OUTPUT_MARGIN
     for name, size in zip(_STREAMS, sizes, strict=True):
         try:
-            (sent,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+            (sent,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, ends, OUTPUT_WAIT))
             if sent != size:
                 raise WorkerError(f"the worker sent a {sent}-byte {name} where its reply "
                                   f"announced {size} bytes")
-            payload[name] = _read_into(fd, size, deadline)
+            payload[name] = _read_into(fd, size, ends, OUTPUT_WAIT)
+        except _Idle:
+            raise WorkerError(f"the worker's {name} ({size} bytes) stalled: no byte of it "
+                              f"came for {OUTPUT_WAIT:g} s") from None
         except DeadlineExceeded:
+            if deadline is not None:
+                raise TimeoutError from None
             raise WorkerError(f"the worker's {name} ({size} bytes) did not arrive within "
-                              f"{OUTPUT_WAIT:g} s of its reply") from None
-        except EOFError as exc:
-            raise WorkerError(f"the worker's {name} ({size} bytes) stopped short: "
-                              f"{exc}") from None
+                              f"{allowed:.1f} s of its reply") from None
+        # EOFError goes to the caller as it would before the reply: the worker died (a
+        # cancellation's kill, the CPU limit, the OOM killer), which only it can tell.
     return payload
 
 
