@@ -11,11 +11,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from .conftest import Gateway, gateway_env, module
-from .test_protocol import connected
+from .test_protocol import closed_by_server, connect, connected
 
 MANIFEST = f"""
 [server]
@@ -58,30 +57,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Ite
     server.stop()
 
 
-def connect(gateway: Gateway) -> socket.socket:
-    url = httpx.URL(gateway.url)
-    assert url.host and url.port
-    # The socket timeout is the test's bound: a guard that never fires fails it.
-    return socket.create_connection((url.host, url.port), timeout=20)
-
-
 def send_quietly(sock: socket.socket, data: bytes) -> None:
     """Send `data`; the server closing the connection halfway is expected."""
     try:
         sock.sendall(data)
     except OSError:
         pass
-
-
-def closed_by_server(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def test_an_endless_chunk_extension_is_refused(gateway: Gateway) -> None:
