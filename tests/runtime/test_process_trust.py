@@ -231,3 +231,26 @@ def test_the_image_files_are_not_the_guests_under_a_signature_requiring_host(
     assert "planted" not in output, output
     assert "opendir" in errors, output + errors  # it ran, and found nothing at /d
     assert not _denials(tmp_path / "state"), errors
+
+
+@pytest.mark.parametrize("source", ["rootfs", "rootfs/lib", "."])
+def test_a_mount_showing_the_rootfs_is_refused_under_a_signature_requiring_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    """A read-only bind mount from inside the bundle passed unchecked, and one of the
+    rootfs (or of a folder in it, or of the bundle holding it) put back at `/` the files
+    no signature covers, which the rootfs itself no longer is."""
+    from stockade.runtime.bundle import UnsupportedBundle, read_bundle
+
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs" / "lib").mkdir(parents=True)
+    (bundle / "rootfs" / "pyvenv.cfg").write_text("")
+    signed = sign_module(guest("hello.wasm").read_bytes(), SIGNER).module
+    (bundle / "rootfs" / "hello.wasm").write_bytes(signed)
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["/hello.wasm"], "env": [DEFAULT_PATH], "cwd": "/"},
+        "mounts": [{"type": "bind", "source": str(bundle / source), "destination": "/",
+                    "options": ["rbind", "ro"]}]}))
+    monkeypatch.setenv("STOCKADE_RUNTIME_POLICY", str(_trust_policy(tmp_path)))
+    with pytest.raises(UnsupportedBundle, match="shows the rootfs, which no signature"):
+        read_bundle(bundle)

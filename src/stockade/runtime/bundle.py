@@ -255,6 +255,13 @@ def _grants(path: Path, root: str, config: dict[str, Any], host: Policy | None,
             # links, a path through a file, unreadable).
             raise UnsupportedBundle(f"{where}: mounts[{index}] source {str(source)[:200]!r} "
                                     f"-> {guest[:60]}: {os.strerror(exc.errno or 0)}") from None
+        if host is not None and host.trust.require_signature \
+                and (beneath(fd, rootfs_fd) or beneath(rootfs_fd, fd)):
+            # The rootfs is not the guest's under such a host (see `_read`): mounted
+            # back, or within a mount of its parent, it would be (found by review).
+            raise UnsupportedBundle(f"{where}: mounts[{index}] source {str(source)[:200]!r} "
+                                    f"-> {guest[:60]}: shows the rootfs, which no "
+                                    "signature covers")
         # As mount(8): the last of ro/rw wins; read-only unless one says rw.
         modes = [o for o in options if o in ("ro", "rw")]
         writable = bool(modes) and modes[-1] == "rw"
