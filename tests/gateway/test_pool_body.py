@@ -27,7 +27,7 @@ from stockade.invocation import Invocation
 from stockade.isolate import IsolationConfig, protocol
 from stockade.isolate.handle import WorkerProcess
 from stockade.isolate.plan import plan_for
-from stockade.result import Outcome
+from stockade.result import Outcome, Result
 from tests.isolate.test_reply_output import ENDED, HOSTILE
 
 from .conftest import Start, module
@@ -83,15 +83,21 @@ def _peak(pid: int) -> int:
     return int(status(pid)["VmHWM"].split()[0]) * 1024
 
 
-def test_a_pooled_run_sends_its_body_without_copying_it(pool: WorkerPool) -> None:
-    specs = {spec.name: spec for spec in pool.specs}
-    body = os.urandom(BODY)  # made before tracing: only copies of it are counted
+def _traced_run(pool: WorkerPool, function: str, body: bytes) -> tuple[Result, int]:
+    """`function`'s pooled run of `body` (made before: only copies of it count) and the
+    peak of what this process allocated meanwhile."""
+    spec = next(spec for spec in pool.specs if spec.name == function)
     tracemalloc.start()
     try:
-        result = pool.run(specs["hello"], Invocation(stdin=body))
+        result = pool.run(spec, Invocation(stdin=body))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return result, peak
+
+
+def test_a_pooled_run_sends_its_body_without_copying_it(pool: WorkerPool) -> None:
+    result, peak = _traced_run(pool, "hello", os.urandom(BODY))
     assert result.outcome is Outcome.EXITED, result
     # Pickled: 32 MiB (the pickle, then the pickle behind its frame header).
     assert peak < BODY // 4, peak
@@ -128,14 +134,8 @@ def test_a_16_mib_post_costs_the_gateway_worker_its_body_once(start_gateway: Sta
 
 
 def test_a_16_mib_reply_costs_the_gateway_worker_its_output_once(pool: WorkerPool) -> None:
-    specs = {spec.name: spec for spec in pool.specs}
-    body = os.urandom(BODY)  # made before tracing: only copies of it are counted
-    tracemalloc.start()
-    try:
-        result = pool.run(specs["echo"], Invocation(stdin=body))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    body = os.urandom(BODY)
+    result, peak = _traced_run(pool, "echo", body)
     assert result.outcome is Outcome.EXITED and result.stdout.endswith(body), result
     # The result's own stdout, once. Pickled in the reply: 34 MiB at its peak.
     assert peak < BODY + BODY // 4, peak

@@ -21,6 +21,15 @@ def strict_sandbox() -> Iterator[IsolatedSandbox]:
         yield sandbox
 
 
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """A pipe (read end, write end), closed after the test."""
+    read_fd, write_fd = os.pipe()
+    yield read_fd, write_fd
+    os.close(read_fd)
+    os.close(write_fd)
+
+
 def protection(sandbox: IsolatedSandbox, name: str) -> Protection:
     """The named protection of the sandbox's worker."""
     found = [item for item in sandbox.protections() if item.name == name]

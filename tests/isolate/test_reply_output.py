@@ -52,14 +52,6 @@ HOSTILE = {
 
 
 @pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    yield read_fd, write_fd
-    os.close(read_fd)
-    os.close(write_fd)
-
-
-@pytest.fixture
 def short_wait(monkeypatch: pytest.MonkeyPatch) -> float:
     """A short `OUTPUT_WAIT`: a frame that never comes is told within it."""
     monkeypatch.setattr(protocol, "OUTPUT_WAIT", 0.5)
