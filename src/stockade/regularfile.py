@@ -5,20 +5,24 @@ append to a file of the attacker's choosing) nor blocks on a FIFO (one planted a
 hung every run), and refuses anything but a regular file. `append_lines` appends all of
 its bytes or none: a short write on a full disk left half a record, which the audit
 log's next append took for tampering and `verify` for a broken chain, for good.
+`lock_within` waits a bounded time for a file's lock: a holder that never lets go (a
+hostile worker sharing the file) must not stop the caller for good.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UsageError
 
 __all__ = ["open_regular", "append_lines", "read_regular", "replace_file", "replaceable",
-           "private_dir", "not_private", "owner_problem", "ROOT_OWNED"]
+           "private_dir", "not_private", "owner_problem", "lock_within", "ROOT_OWNED"]
 
 
 def open_regular(path: Path | str, flags: int, mode: int = 0o600, *,
@@ -73,6 +77,25 @@ def append_lines(fd: int, data: bytes) -> None:
         if written:
             os.ftruncate(fd, end)
         raise
+
+
+def lock_within(fd: int, seconds: float) -> None:
+    """Take `fd`'s exclusive `flock`, waiting `seconds` at most (0: one try). Raises
+    BlockingIOError (EAGAIN) when another holds it that long, OSError when it cannot be
+    taken at all."""
+    deadline = time.monotonic() + seconds
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BlockingIOError(errno.EAGAIN, f"its lock was held elsewhere for "
+                                      f"{seconds:g} s") from None
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, 0.05)
 
 
 def replaceable(path: Path) -> os.stat_result | None:

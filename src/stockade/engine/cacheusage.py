@@ -16,10 +16,9 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import time
 from collections.abc import Callable
 
-from ..regularfile import owner_problem
+from ..regularfile import lock_within, owner_problem
 
 __all__ = ["Usage", "USAGE_NAME"]
 
@@ -131,22 +130,15 @@ class _Lock:
         self._held = False
 
     def __enter__(self) -> bool:
-        end = time.monotonic() + self._wait
-        pause = 0.001
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= end:
-                    self._gave_up()
-                    return False
-                time.sleep(min(pause, max(end - time.monotonic(), 0.0)))
-                pause = min(pause * 2, 0.01)
-                continue
-            except OSError:
-                return False
-            self._held = True
-            return True
+        try:
+            lock_within(self._fd, self._wait)
+        except BlockingIOError:
+            self._gave_up()
+            return False
+        except OSError:
+            return False
+        self._held = True
+        return True
 
     def __exit__(self, *_: object) -> None:
         if self._held:

@@ -20,8 +20,6 @@ it costs the records of that write (said), never a run or a server's stop that l
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import threading
 import time
@@ -29,7 +27,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..regularfile import append_lines, open_regular, private_dir
+from ..regularfile import append_lines, lock_within, open_regular, private_dir
 from .aggregate import DeltaAggregator
 from .instruments import bounded_name
 from .log import logger, rare_warning, records_lost
@@ -294,12 +292,12 @@ class FileSink:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
-                _lock_within(fd, LOCK_WAIT)
+                lock_within(fd, LOCK_WAIT)
                 if os.fstat(fd).st_size + len(data) > self._max_bytes:
                     self._rotate(fd)
                     os.close(fd)
                     fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-                    _lock_within(fd, LOCK_WAIT)
+                    lock_within(fd, LOCK_WAIT)
                 append_lines(fd, data)  # half a line would be read as a damaged one
             finally:
                 os.close(fd)
@@ -320,20 +318,3 @@ class FileSink:
             self._writer = None
         self.flush()
         self._say_drops()
-
-
-def _lock_within(fd: int, seconds: float) -> None:
-    """Take `fd`'s exclusive lock, waiting `seconds` at most. Raises OSError (EAGAIN)
-    when another holds it that long."""
-    deadline = time.monotonic() + seconds
-    pause = 0.002
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise OSError(errno.EAGAIN, f"its lock was held elsewhere for {seconds:g} s"
-                              ) from None
-            time.sleep(pause)
-            pause = min(2 * pause, 0.1)
