@@ -11,10 +11,9 @@ Names are imported from their modules on first use: `import stockade.cli` (every
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .lazyexports import lazy_exports
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .errors import (
         DeniedImport,

@@ -17,12 +17,14 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
 
 from .engine.traps import Ending
 from .result import Outcome, Result
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import wasmtime
 
 __all__ = ["CancelToken", "cancellable", "current_token", "interrupt_cancels", "CANCELLED",

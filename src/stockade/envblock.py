@@ -7,10 +7,13 @@ gateway's CGI block all use it, so what a variable may hold is decided once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from .errors import UsageError
 from .records import FieldTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["EnvBlock", "NO_ENV", "Env", "encode_env", "encode_args", "variable_problem",
            "checked_env", "unicode_problem", "checked_text"]

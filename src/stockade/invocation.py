@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import field
-from typing import Any
 
 from .envblock import checked_env, checked_text, unicode_problem
 from .errors import UsageError
 from .records import FrozenRecord, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Invocation", "new_invocation_id", "MAX_STDIN"]
 

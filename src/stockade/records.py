@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
 
 __all__ = ["Record", "FrozenRecord", "record", "FieldTuple"]
 
-_T = TypeVar("_T")
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T")
     from dataclasses import dataclass as record
     from typing import NamedTuple as FieldTuple
 else:
@@ -60,9 +61,8 @@ else:
 
 
 def _dataclasses() -> Any:
-    """`dataclasses`, imported when first needed: it imports `inspect` (with `ast`, `dis`
-    and `tokenize`), which `stockade run` defers (`cli.deferred`) only after parsing its
-    command line with `cli.runspec`, whose `Option` is a `FieldTuple` from here."""
+    """`dataclasses`, imported when a record is first made: a program that only makes
+    `FieldTuple`s never loads it (nor `inspect`, which it imports at its top)."""
     import dataclasses
 
     return dataclasses

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, field
-from typing import Any
 
 from .records import Record, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Outcome", "Usage", "Result", "GuestStopped", "GuestExited", "exit_status"]
 

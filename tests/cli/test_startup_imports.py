@@ -16,11 +16,12 @@ from tests.conftest import guest
 
 # Top-level names of modules that cost a measurable share of a cached run and that the
 # run does not need: wasmtime-py's generated bindings, click, `inspect` and what it pulls
-# in, OpenSSL (`_hashlib`, `hmac`; `hashlib` and `inspect` are deferred by
-# `stockade.cli.deferred`), the event loop, TLS, sockets, the OTLP SDK.
+# in, OpenSSL (`_hashlib`, `hmac`; `hashlib`, `inspect` and `ipaddress` are deferred by
+# `stockade.cli.deferred`), `typing` (~2 ms: modules on this path import it only for type
+# checkers), the event loop, TLS, sockets, the OTLP SDK.
 HEAVY = frozenset({"wasmtime", "click", "inspect", "ast", "dis", "tokenize", "asyncio",
-                   "_hashlib", "hashlib", "hmac", "ssl", "socket", "selectors",
-                   "opentelemetry", "google"})
+                   "_hashlib", "hashlib", "hmac", "ipaddress", "typing", "ssl", "socket",
+                   "selectors", "opentelemetry", "google"})
 
 
 def _imported(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, set[str]]:
@@ -114,6 +115,22 @@ def test_deferred_hashlib_becomes_the_real_module_on_first_use() -> None:
         "from hashlib import blake2b\n"
         "print(sys.modules['hashlib'].blake2b is blake2b, '_hashlib' in sys.modules)\n")
     assert out.splitlines() == ["False", "ba7816bf", "342e519c", "True True"]
+
+
+def test_deferred_ipaddress_becomes_the_real_module_on_first_use() -> None:
+    out = _python(
+        "import sys\n"
+        "from stockade.cli.deferred import defer_modules\n"
+        "defer_modules()\n"
+        "from urllib.parse import urlsplit\n"
+        "print(type(sys.modules['ipaddress']).__name__)\n"
+        "try:\n"
+        "    urlsplit('http://[1.2.3.4]/')\n"  # urllib.parse checks a bracketed host with it
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+        "import ipaddress\n"
+        "print(urlsplit('http://[::1]:80/').hostname, ipaddress.ip_address('::1').version)\n")
+    assert out.splitlines() == ["_Deferred", "An IPv4 address cannot be in brackets", "::1 6"]
 
 
 def test_an_imported_module_is_left_alone() -> None:

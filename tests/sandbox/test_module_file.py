@@ -135,6 +135,7 @@ def test_a_module_the_trust_gate_refuses_is_never_compiled(
     """On a terminal `stockade run` compiled the module first, to show progress, before
     the sandbox's trust gate refused it: unsigned bytes reached the compiler and the AoT
     cache (found by review)."""
+    from stockade import progress
     from stockade.cli import execute
     from stockade.invocation import Invocation
     from stockade.policy.model import Trust
@@ -142,7 +143,7 @@ def test_a_module_the_trust_gate_refuses_is_never_compiled(
 
     monkeypatch.setenv("STOCKADE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("STOCKADE_BACKEND", "wasmtime")
-    monkeypatch.setattr(execute, "on_terminal", lambda: True)
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
     key = tmp_path / "signer.pub"
     key.write_bytes(SecretKey(bytes([1]) * 32).public.pem())
     base = Policy.from_profile("default")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .group import cli
 
 __all__ = ["main", "cli"]
@@ -40,9 +42,9 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         if words[:1] == ["run"]:  # in the `try`: Ctrl-C during its imports is an interrupt
             deferred.pause_collection()
+            deferred.defer_modules()  # before the command line's parser imports `pathlib`
             fast = _fast_run(words)
         if fast is not None:
-            deferred.defer_modules()
             from .execute import run_command
 
             try:

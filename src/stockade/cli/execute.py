@@ -9,7 +9,6 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..cancel import Interrupted, interrupt_cancels
 from ..display import printable
@@ -17,13 +16,12 @@ from ..engine.cache import AotCache
 from ..errors import StockadeError
 from ..invocation import Invocation
 from ..policy import Policy
-from ..progress import on_terminal
 from ..result import Outcome, Result
 from .deferred import resume_collection
-from .jsonline import report_json
 from .options import build_invocation, build_policy, guest_args, with_trust
 from .source import open_source
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..isolate.base import SandboxLike
     from ..sandbox.capi import CapiSandbox
@@ -89,6 +87,8 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
             result = replace(result, module=pinned)
     except StockadeError as exc:
         if as_json:  # the result object's shape: nothing ran, nothing was hashed
+            from .jsonline import report_json
+
             shown = module if module.startswith("oci://") else Path(module).name
             error = Result(shown, "", Outcome(exc.outcome), exc.exit_code, message=exc.message,
                            limits=None if policy is None else policy.limits.as_dict())
@@ -125,6 +125,8 @@ def run_observed(module: Path, policy: Policy, invocation: Invocation, isolate: 
 
         engine = get_engine(EngineConfig.for_limits(policy.limits))
         sha256 = engine.digest(module, policy.limits.max_module_size)
+        from ..progress import on_terminal
+
         if on_terminal() and not policy.trust.require_signature:
             # Compile here, where progress can be shown, also for a worker (it shares the
             # AoT cache); a cached module costs a map of its file. Never before the trust

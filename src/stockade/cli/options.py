@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import PolicyError, StdinTimeout, UsageError
 from ..invocation import MAX_STDIN, Invocation
-from ..policy import DirGrant, Policy, apply_limit, format_duration, load_policy, profile
+from ..policy import DirGrant, Policy, format_duration, profile
 
 __all__ = ["build_policy", "build_invocation", "parse_env", "guest_args", "read_stdin",
            "check_writable"]
@@ -43,12 +43,18 @@ def build_policy(
 ) -> Policy:
     """The run's policy. `limits` maps limit names to raw flag values (None = not given);
     `allow_precompiled` (the flag) turns the policy's opt-in on, never off."""
+    # The policy file reader and the limit parsers are imported only for a run that
+    # gives a file or a limit flag.
     if policy_file is not None:
+        from ..policy.loader import load_policy
+
         policy = load_policy(policy_file, profile_name)
     else:
         policy = profile(profile_name or "default")
     for key, value in limits.items():
         if value is not None:
+            from ..policy.loader import apply_limit
+
             policy = apply_limit(policy, key, value, f"--{key.replace('_', '-')}")
     grants = list(policy.capabilities.dirs)
     for spec in dirs:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ModuleNotFound
 from ..policy import Policy
+from ..records import FieldTuple
 
 __all__ = ["Source", "open_source", "module_path"]
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(FieldTuple):
     """A MODULE argument opened: the module file, the guest's arguments and the policy to
     run it under; for an image, its pinned `REF@sha256:…` and module digest, and why its
     trust refuses the image's process (None: it may run)."""

@@ -7,10 +7,9 @@ C-API fast path must stay usable without importing wasmtime-py (`engine.engine` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..lazyexports import lazy_exports
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .cache import AotCache
     from .config import EngineConfig

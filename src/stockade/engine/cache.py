@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..digests import sha256 as _sha256
 from ..errors import UsageError
@@ -60,6 +59,7 @@ from .seal import (
     unseal,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..telemetry.envsettings import AuditSettings
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING
 
 from ..digests import sha256
 from ..errors import UsageError
 from ..records import FrozenRecord, record
 from .grow import VERSION as GROWWATCH
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import wasmtime
 

@@ -62,8 +62,10 @@ def installed_version() -> str:
     """The installed wasmtime-py version, from its dist-info directory's name (reading
     package metadata through importlib costs ~25 ms of imports)."""
     site = _package_dir().resolve().parent
-    for info in site.glob("wasmtime-*.dist-info"):
-        return info.name.removeprefix("wasmtime-").removesuffix(".dist-info")
+    with os.scandir(site) as entries:  # not `Path.glob`: it compiles a pattern first
+        for entry in entries:
+            if entry.name.startswith("wasmtime-") and entry.name.endswith(".dist-info"):
+                return entry.name.removeprefix("wasmtime-").removesuffix(".dist-info")
     from importlib.metadata import version  # an unusual layout: ask the slow way
 
     return version("wasmtime")

@@ -13,7 +13,6 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import FastPathUnavailable, ModuleError, ModuleNotFound, PrecompiledRefused
 from ..policy.units import format_size
@@ -23,6 +22,7 @@ from .cache import AotCache
 from .grow import EXPORT as GROWN
 from .seal import KeyUnavailable, SealError, host_key, unseal, vouched
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import wasmtime
 

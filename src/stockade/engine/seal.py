@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..digests import compare_digest, keyed_blake2b
 from ..keys import KEY_BYTES, KeyFileError, aot_key_path, read_key
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 

@@ -12,7 +12,10 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["EpochTicker", "TICK_SECONDS", "NO_DEADLINE"]
 
@@ -216,8 +219,9 @@ def _log_failure(what: str) -> None:
     logging.getLogger(__name__).exception("epoch ticker: %s failed", what)
 
 
-# [epoch number, sequence, state]: compared by the first two.
-_Entry = list[Any]
+if TYPE_CHECKING:
+    # [epoch number, sequence, state]: compared by the first two.
+    _Entry = list[Any]
 # An entry's state: its run waits for it; passed (popped) while the run goes on; left
 # behind in the heap by a run that ended first; ended (out of the heap).
 _WAITING, _PASSED, _LEFT, _ENDED = range(4)

@@ -225,9 +225,10 @@ def classify(error: BaseException, *, started: bool = True, max_memory: int = 0)
 
 
 # wat2wasm's errors point at the source: "message\n --> <anon>:LINE:COL\n | ...".
-_WAT_LOCATION = re.compile(r"^\s*-->\s*\S*?:(\d+):(\d+)\s*$", re.MULTILINE)
-_WAT_SOURCE = re.compile(r"^\s*\d+\s*\|\s?(.*)$", re.MULTILINE)
-_CAUSE_NUMBER = re.compile(r"^\d+: ")
+# Compiled on first use (`re` keeps them): most runs end without a message to read.
+_WAT_LOCATION = r"(?m)^\s*-->\s*\S*?:(\d+):(\d+)\s*$"
+_WAT_SOURCE = r"(?m)^\s*\d+\s*\|\s?(.*)$"
+_CAUSE_NUMBER = r"^\d+: "
 
 
 def describe_load_error(error: BaseException) -> str:
@@ -259,15 +260,15 @@ def describe_load_message(text: str) -> str:
     """A one-line reason a module could not be compiled, validated, linked or
     deserialized: the context and its causes joined by `; `; for WAT,
     `line L, column C: message (near `source line`)`."""
-    where = _WAT_LOCATION.search(text)
+    where = re.search(_WAT_LOCATION, text)
     if where is not None:
         message = text[:where.start()].strip().splitlines()
-        source = _WAT_SOURCE.search(text, where.end())
+        source = re.compile(_WAT_SOURCE).search(text, where.end())
         near = f" (near `{source.group(1).strip()[:60]}`)" if source and source.group(1).strip() \
             else ""
         reason = message[-1].strip() if message else "syntax error"
         return f"line {where.group(1)}, column {where.group(2)}: {reason}{near}"
-    lines = [_CAUSE_NUMBER.sub("", line.strip()) for line in text.strip().splitlines()]
+    lines = [re.sub(_CAUSE_NUMBER, "", line.strip()) for line in text.strip().splitlines()]
     # wasmtime puts the context first and the root cause last ("Caused by: ...").
     noise = ("caused by", "stack backtrace")
     useful = [line for line in lines if line and not line.lower().startswith(noise)]

@@ -9,10 +9,13 @@ implementation (`fastpath/_native.c`), whose lock orders fire, arm and disarm.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
 
 from ..result import Outcome
 from .traps import TIMED_OUT, Ending
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["EXPORT", "START", "VERSION", "DEADLINE_GRACE", "NO_DEADLINE_THREAD", "Tripwire",
            "available", "due_ns", "tripped", "with_page"]

@@ -6,10 +6,9 @@ C-API fast path, using `poll` alone, must not pay for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..lazyexports import lazy_exports
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .abi import INTERPOSED, MODULE, PREVIEW1_FUNCTIONS
     from .interpose import LINKER_NAME, build_linker, metered

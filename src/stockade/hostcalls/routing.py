@@ -11,10 +11,10 @@ backend counts the same calls of `handlers.HANDLERS` and stops the guest at the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from .abi import INTERPOSED, MODULE
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..policy import Policy
 

@@ -12,8 +12,12 @@ The worker machinery is imported on first use, so choosing `none` costs nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+# Eager, and cheap: a name equal to its submodule's would otherwise be shadowed by the
+# submodule once something imports `stockade.isolate.protections`.
+from ..lazyexports import lazy_exports
+from .protections import Protection, format_protections, protections
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .base import SandboxLike
     from .config import IsolationConfig
@@ -21,10 +25,6 @@ if TYPE_CHECKING:
     from .factory import ISOLATION_MODES, default_isolation, make_sandbox
     from .process import IsolatedSandbox
 
-# Eager, and cheap: a name equal to its submodule's would otherwise be shadowed by the
-# submodule once something imports `stockade.isolate.protections`.
-from ..lazyexports import lazy_exports
-from .protections import Protection, format_protections, protections  # noqa: E402
 
 __all__ = [
     "IsolatedSandbox",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..sandbox.arguments import policy_argument
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..observe import RunObserver
     from ..policy import Policy

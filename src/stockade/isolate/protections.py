@@ -7,10 +7,9 @@ worker on this machine rather than a guess.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..records import FieldTuple
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..policy import Policy
     from .config import IsolationConfig

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from ..envblock import variable_problem
 from ..errors import PolicyError
@@ -18,6 +17,10 @@ from .profiles import profile
 from .tomlfile import read_toml
 from .units import shown
 from .values import LIMIT_PARSERS, suggest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["load_policy", "policy_from_mapping", "apply_limit", "named_profile", "read_toml",
            "trust_from_mapping", "LIMIT_PARSERS", "dir_grants", "env_pairs", "env_names"]

@@ -7,16 +7,22 @@ import posixpath
 import re
 from dataclasses import asdict, field, replace
 from pathlib import Path
-from typing import Any, Literal
 
 from ..records import FrozenRecord, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 __all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode",
            "scratch_problem"]
 
-SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
+if TYPE_CHECKING:
+    SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
+else:
+    SyncMode = str
 
-_HELD = re.compile(r"^/proc/(?:[0-9]+|self)/fd/([0-9]+)\Z")  # `DirGrant.held`
+_HELD = r"^/proc/(?:[0-9]+|self)/fd/([0-9]+)\Z"  # `DirGrant.held`, compiled on first use
 
 
 @record(frozen=True, init=False, repr=False, eq=False)
@@ -175,7 +181,7 @@ class DirGrant(FrozenRecord):
 
     def held_fd(self) -> int | None:
         """The descriptor number when this grant is one this process holds (`held`)."""
-        found = _HELD.match(str(self.host))
+        found = re.match(_HELD, str(self.host))
         if found is None or not str(self.host).startswith(f"/proc/{os.getpid()}/"):
             return None
         return int(found.group(1))
@@ -184,7 +190,7 @@ class DirGrant(FrozenRecord):
         """The host directory with every symlink resolved; a held descriptor (`held`)
         is kept as it is, so the directory is opened from the descriptor a decision
         was made on, never from the path it had then."""
-        if _HELD.match(str(self.host)):
+        if re.match(_HELD, str(self.host)):
             return self.host
         return self.host.resolve()
 

@@ -22,10 +22,13 @@ import re
 from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
 
 from ..errors import PolicyError
 from ..regularfile import ROOT_OWNED, open_regular, owner_problem, read_regular
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["read_toml", "refuse_shared", "MAX_TOML", "MAX_NESTING", "MAX_KEY_PARTS",
            "MAX_DOTS"]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from .units import format_size, parse_duration, parse_size, shown
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["LIMIT_PARSERS", "parse_limit", "suggest", "MAX_MEMORY", "MAX_TIMEOUT"]
 

@@ -6,9 +6,10 @@ backend choice (`backend`) live here too and must not load wasmtime-py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .sandbox import Sandbox
 
 __all__ = ["Sandbox"]

@@ -8,10 +8,9 @@ No wasmtime here: the isolated sandbox's parent uses it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..invocation import Invocation
     from ..policy import Policy

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 from ..errors import FastPathUnavailable, UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Literal
+
     from ..policy import Policy
 
 __all__ = ["BACKENDS", "ENV_VAR", "Backend", "capi_refusal", "policy_refusal", "use_capi",
@@ -27,7 +29,10 @@ __all__ = ["BACKENDS", "ENV_VAR", "Backend", "capi_refusal", "policy_refusal", "
 
 BACKENDS = ("auto", "capi", "wasmtime")
 ENV_VAR = "STOCKADE_BACKEND"
-Backend = Literal["capi", "wasmtime"]
+if TYPE_CHECKING:
+    Backend = Literal["capi", "wasmtime"]
+else:
+    Backend = str
 # What a FastEngine's pool can be built with (FastEngine refuses more).
 _MAX_MEMORY = 4 * 1024**3
 _MAX_TABLE_ELEMENTS = 10_000_000

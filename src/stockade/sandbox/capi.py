@@ -26,7 +26,6 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..engine.cache import AotCache
 from ..engine.config import EngineConfig
@@ -43,6 +42,7 @@ from .provenance import denied_result, gate
 from .scratch import Scratch
 from .wasi import checked_preopens, guest_env
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..policy import Policy
     from ..result import Result

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import PolicyError
 from ..fileid import file_identity
 from ..invocation import Invocation
 from ..policy import DirGrant, Policy
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import wasmtime
 

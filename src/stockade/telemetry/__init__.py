@@ -14,10 +14,9 @@ an OTLP endpoint is configured. Names are imported from their modules on first u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..lazyexports import lazy_exports
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .audit import AuditLog, AuditReport, verify
     from .breaker import Breaker, BreakerEntry, Decision, Transition, refusal_result

@@ -15,12 +15,14 @@ import bisect
 import threading
 import time
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
 
 from .instruments import COUNTERS, HISTOGRAMS, VIOLATIONS
 from .otlpjson import key_values
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..result import Usage
     from .record import InvocationRecord
 

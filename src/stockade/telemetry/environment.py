@@ -57,7 +57,7 @@ _CLOUD_ENV = (
     ("WEBSITE_SITE_NAME", "azure"),
     ("FLY_APP_NAME", "fly_io"),
 )
-_CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
+_CONTAINER_ID = r"([0-9a-f]{64})"  # compiled on first use
 _CACHE_BYTES = 64 * 1024  # an environment.json is well under 1 KiB
 _ISOLATION = {
     "vm": "hardware", "container": "container", "bare-metal": "process", "wasm": "sandbox",
@@ -189,7 +189,7 @@ def _container(root: Path, env: Mapping[str, str], evidence: list[str]) -> tuple
         evidence.append(f"container={runtime}")
     if runtime is None:
         return None, None
-    match = _CONTAINER_ID.search(cgroups)
+    match = re.search(_CONTAINER_ID, cgroups)
     if match is None:
         mounts = _read(root, "/proc/self/mountinfo", 1 << 20)
         match = re.search(r"/(?:containers|overlay-containers)/([0-9a-f]{64})/", mounts)

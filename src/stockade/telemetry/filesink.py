@@ -24,7 +24,6 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..regularfile import append_lines, lock_within, open_regular, private_dir
@@ -43,6 +42,7 @@ from .otlpjson import (
 from .record import run_name, was_cold
 from .sink import is_sampled, ratio_bound, resource_attributes, scope
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
 
     from ..observe import RunInfo

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
 
 from ..records import FieldTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Attributes",

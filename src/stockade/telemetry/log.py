@@ -7,8 +7,7 @@ instead of holding a module-level logger.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
 

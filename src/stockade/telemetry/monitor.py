@@ -19,11 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .log import logger
 from .record import LIMIT_HIT, MONITOR_WARNING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..observe import RunInfo
     from ..result import Result

@@ -12,9 +12,12 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import encode_basestring
-from typing import Any
 
 from .record import InvocationRecord, LogEvent, SpanData
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "any_value",

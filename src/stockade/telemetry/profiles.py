@@ -6,12 +6,13 @@ standard `OTEL_*` variables override it (see `settings.py`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
 from ..errors import UsageError
 from ..records import FieldTuple
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Literal
+
     from .environment import Environment
 
 __all__ = [
@@ -21,11 +22,19 @@ __all__ = [
     "PROFILE_NAMES",
     "Protocol",
     "Compression",
+    "PROTOCOLS",
+    "COMPRESSIONS",
     "choose_profile",
 ]
 
-Protocol = Literal["http/protobuf", "grpc"]
-Compression = Literal["gzip", "none"]
+# The values each may take, checked at run time (the aliases are for type checkers).
+PROTOCOLS = ("http/protobuf", "grpc")
+COMPRESSIONS = ("gzip", "none")
+if TYPE_CHECKING:
+    Protocol = Literal["http/protobuf", "grpc"]
+    Compression = Literal["gzip", "none"]
+else:
+    Protocol = Compression = str
 
 GiB = 1024**3
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
 from ..records import FieldTuple
 from ..result import Outcome
 from .instruments import Attributes, Measurement, attribute_set, bounded_name
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..observe import RunInfo
     from ..result import Result

@@ -12,14 +12,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import get_args
 from urllib.parse import unquote
 
 from ..errors import UsageError
 from ..paths import state_dir
 from ..policy.units import shown
 from ..records import FieldTuple
-from .profiles import Compression, ExportProfile, Protocol, choose_profile
+from .profiles import COMPRESSIONS, PROTOCOLS, Compression, ExportProfile, Protocol, choose_profile
 
 __all__ = ["ExportSettings", "resolve_settings", "SIGNALS", "EXPORT_TIMEOUT", "shown_endpoint"]
 
@@ -102,7 +101,7 @@ def _headers(raw: str, variable: str) -> tuple[tuple[str, str], ...]:
         name, text = unquote(key.strip()).lower(), unquote(value.strip())
         # Refused here, once: the SDK re-read the variable and printed its own complaint
         # per exporter, then sent the name anyway, or failed every export on a CR/LF.
-        if not _TOKEN.fullmatch(name) or _HEADER_CONTROL.search(text):
+        if not re.fullmatch(_TOKEN, name) or re.search(_HEADER_CONTROL, text):
             raise UsageError(
                 f"{variable} has {item!r} (from the environment): a header name is letters, "
                 "digits and !#$%&'*+-.^_`|~, and a value has no control characters")
@@ -110,8 +109,9 @@ def _headers(raw: str, variable: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # RFC 9110 5.6.2, lower-cased
-_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Compiled on first use (`re` keeps them): only a run given OTLP headers reads them.
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9a-z]+"  # RFC 9110 5.6.2, lower-cased
+_HEADER_CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
 
 
 def _resource(raw: str | None) -> dict[str, str]:
@@ -223,7 +223,7 @@ def resolve_settings(
     protocol: Protocol = chosen.protocol
     raw_protocol = _get(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
     if raw_protocol is not None:
-        if raw_protocol not in get_args(Protocol):
+        if raw_protocol not in PROTOCOLS:
             raise UsageError(
                 f"OTEL_EXPORTER_OTLP_PROTOCOL={raw_protocol!r} (from the environment) is not "
                 f"supported: use grpc or http/protobuf"
@@ -233,7 +233,7 @@ def resolve_settings(
     compression: Compression = chosen.compression
     raw_compression = _get(env, "OTEL_EXPORTER_OTLP_COMPRESSION")
     if raw_compression is not None:
-        if raw_compression not in get_args(Compression):
+        if raw_compression not in COMPRESSIONS:
             raise UsageError(
                 f"OTEL_EXPORTER_OTLP_COMPRESSION={raw_compression!r} (from the environment) "
                 f"is not supported: use gzip or none"

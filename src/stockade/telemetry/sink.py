@@ -4,11 +4,15 @@ shares (resource attributes, instrumentation scope, trace-id ratio sampling)."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Protocol
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from .record import InvocationRecord, LogEvent, SpanData
     from .settings import ExportSettings
+else:
+    Protocol = object  # `typing` costs `stockade run` ~2 ms; at run time a plain base
 
 __all__ = ["Sink", "NullSink", "resource_attributes", "scope", "ratio_bound", "is_sampled"]
 

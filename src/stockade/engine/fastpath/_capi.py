@@ -25,10 +25,13 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from typing import Any
 
 from ...errors import FastPathUnavailable
 from ..library import installed_version, load_library
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "FastPathUnavailable",

@@ -19,7 +19,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ...addrspace import vm_size
 from ...cancel import CancelToken, current_token
@@ -46,7 +45,10 @@ from ._run import (
     overdue,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ...hostcalls.meter import Meter
     from ...hostcalls.poll import Stoppable
     from ..guard import CompileGuard

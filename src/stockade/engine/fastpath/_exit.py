@@ -11,11 +11,14 @@ linker and the metered one alike.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
 
 from ._capi import C
 from ._poll import CALLBACK_TYPE, define_func
 from ._run import RunSlot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["define_exit"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
 
 from ...envblock import Env
 from ...errors import DeniedImport, ModuleError, UsageError
@@ -17,12 +16,15 @@ from ..traps import describe_load_message, start_with_values
 from ._capi import EXTERN_FUNC, ByteVec, C, ExportTypeVec, take_error
 from ._run import FastResult, RunPlan
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._engine import FastEngine
 
 __all__ = ["FastModule", "Env", "prepare", "raise_load", "wat2wasm"]
 
-_UNKNOWN_IMPORT = re.compile(r"unknown import: `([^`]+)`")
+_UNKNOWN_IMPORT = r"unknown import: `([^`]+)`"  # compiled on first use
 
 
 
@@ -119,7 +121,7 @@ def prepare(linker: int, make: Callable[[Any], int | None], name: str) -> tuple[
         error = C.linker_instantiate_pre(linker, module, ctypes.byref(pre))
         if error:
             message, _ = take_error(error)
-            found = _UNKNOWN_IMPORT.search(message)
+            found = re.search(_UNKNOWN_IMPORT, message)
             if found:
                 raise DeniedImport(
                     f"{name}: imports {found.group(1)}, which Stockade does not provide "

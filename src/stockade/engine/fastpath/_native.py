@@ -12,9 +12,12 @@ import ctypes
 import os
 from ctypes import POINTER, c_char_p, c_int32, c_int64, c_size_t, c_uint8, c_uint64, c_void_p
 from pathlib import Path
-from typing import Any
 
 from ._capi import DLL, Extern
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["CALL_NAMES", "CALL_POLL", "EPOCH_DEADLINE", "EpochWatch", "NATIVE_RUN", "STDIO",
            "RunIn", "RunOut", "RunPlanC", "WATCH", "WATCH_CANCELLED", "WATCH_TIMEOUT",

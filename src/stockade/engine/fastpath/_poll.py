@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import time
 from ctypes import CFUNCTYPE, POINTER, c_size_t, c_void_p
-from typing import Any
 
 from ...hostcalls import poll
 from ...hostcalls.abi import INTERPOSED, MODULE, GuestMemory
@@ -27,6 +26,10 @@ from ...result import GuestStopped
 from ._capi import EXTERN_MEMORY, C, Extern, ValRaw, ValTypeVec, take_error
 from ._native import CALL_POLL, STDIO, STOP_HOSTCALLS
 from ._run import RunSlot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["define_owned_calls", "define_func", "CALLBACK_TYPE"]
 

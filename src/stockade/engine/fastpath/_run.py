@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import field
-from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...envblock import EnvBlock
 from ...errors import ModuleError
@@ -80,7 +79,10 @@ from ._native import (
     RunState,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
     from ._metered import MeteredRun
     from ._module import FastModule
 
