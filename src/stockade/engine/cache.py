@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import random
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -297,6 +296,8 @@ class AotCache:
                 self._trim(root, kept)
                 return
             with usage:
+                import random  # only here: a cached run stores nothing
+
                 total, charged = usage.charge(added)
                 if (total is not None and total <= self.max_bytes
                         and random.random() * self._headroom() >= added):
