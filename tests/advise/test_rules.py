@@ -141,7 +141,7 @@ def test_answers_outside_their_range_are_refused(field: str, value: object) -> N
 
 # --- the review of the tree's order and of its reasons' honesty -------------------------
 
-FRESH_RUN = ROOT / "docs" / "benchmarks" / "2026-12-07" / "results.json"
+FRESH_RUN = ROOT / "docs" / "benchmarks" / "2026-12-07-startup" / "results.json"
 
 
 @pytest.mark.parametrize("needs", [
@@ -197,7 +197,7 @@ def test_default_figures_are_the_latest_committed_run() -> None:
 
     latest = sorted(p for p in (ROOT / "docs" / "benchmarks").glob("*/results.json")
                     if p.parent.name[:10].replace("-", "").isdigit())[-1]
-    assert latest.parent.name.startswith("2026-12-07")
+    assert latest.parent.name == "2026-12-07-startup"
     run = {f.key: f for f in from_results(load_results(FRESH_RUN), "run")}
     for key in ("wasm.warm_ms", "wasm.cold_ms", "container.startup_ms", "wasm.compute_ratio",
                 "wasm.io_ratio", "python.warm_ms", "python.cold_ms", "python.native_ms"):

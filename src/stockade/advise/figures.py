@@ -77,7 +77,8 @@ _SEED = "seed decision tree (2025 research summary)"
 # against Docker's 177 ms, when the same run timed crun at 4.5 ms). Its microVM boot is
 # TCG emulation (nested KVM stalls there), not a VM's cost: that one stays Firecracker's.
 # tests/advise/test_rules.py checks these against the run's results.json.
-_OURS = "Stockade benchmark of 2026-12-07, AMD EPYC, 2 cores: docs/benchmarks/2026-12-07"
+_OURS = ("Stockade benchmark of 2026-12-07 (start-up), AMD EPYC, 2 cores: "
+         "docs/benchmarks/2026-12-07-startup")
 
 PUBLISHED: tuple[Figure, ...] = (
     Figure("vm.boot_ms", 125, "ms", "microVM boot to guest init", _FIRECRACKER),
@@ -93,21 +94,21 @@ PUBLISHED: tuple[Figure, ...] = (
     Figure("wasm.io_overhead", 10, "x", "interpreted Wasm I/O serialization overhead (max)",
            _LUMOS),
     Figure("wasm.cold_budget_ms", 50, "ms", "cold start that calls for WebAssembly", _SEED),
-    Figure("wasm.warm_ms", 0.0130, "ms",
+    Figure("wasm.warm_ms", 0.0142, "ms",
            "Stockade fresh instance per request (warm, in-process)", _OURS),
-    Figure("wasm.cold_ms", 41.0, "ms", "`stockade run` hello, new process, AoT cache", _OURS),
-    Figure("container.startup_ms", 4.50, "ms",
+    Figure("wasm.cold_ms", 39.6, "ms", "`stockade run` hello, new process, AoT cache", _OURS),
+    Figure("container.startup_ms", 5.37, "ms",
            "container (crun) hello, create to first output", _OURS),
-    Figure("native.startup_ms", 0.326, "ms", "native process hello", _OURS),
-    Figure("python.warm_ms", 23.4, "ms",
+    Figure("native.startup_ms", 0.371, "ms", "native process hello", _OURS),
+    Figure("python.warm_ms", 26.2, "ms",
            "CPython for WASI print(1), fresh instance per request (warm, in-process)", _OURS),
-    Figure("python.cold_ms", 94.1, "ms",
+    Figure("python.cold_ms", 96.4, "ms",
            "CPython for WASI print(1) as a new `stockade run` process, to first output",
            _OURS),
-    Figure("python.native_ms", 7.03, "ms", "native CPython print(1), to first output", _OURS),
-    Figure("wasm.compute_ratio", 1.08, "x",
+    Figure("python.native_ms", 7.88, "ms", "native CPython print(1), to first output", _OURS),
+    Figure("wasm.compute_ratio", 1.10, "x",
            "Stockade compute time over native (geometric mean)", _OURS),
-    Figure("wasm.io_ratio", 0.985, "x", "Stockade echo of 16 MiB over native", _OURS),
+    Figure("wasm.io_ratio", 1.077, "x", "Stockade echo of 16 MiB over native", _OURS),
     Figure("wasm.kernel_attacks", 10, "kinds",
            "resource attacks that bypass Wasm's own limits (fsync storms, inode exhaustion, "
            "pseudo-terminals, entropy, ...)", _ISOLATION),
