@@ -92,7 +92,8 @@ class Record:
     """Equality and repr over the dataclass fields of a subclass (see the module doc)."""
 
     __slots__ = ()
-    __dataclass_fields__: dict[str, Any]
+    if TYPE_CHECKING:  # for type checkers only: `get_type_hints` has no `Any` to read here
+        __dataclass_fields__: dict[str, Any]
 
     def _values(self) -> tuple[Any, ...]:
         return tuple([getattr(self, name) for name in self.__dataclass_fields__])

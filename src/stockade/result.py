@@ -116,7 +116,7 @@ class Result(Record):
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     usage: Usage = field(default_factory=Usage)
-    limits: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, object] = field(default_factory=dict)  # `Limits.as_dict()`
     coldstart: bool = False
     scratch: str | None = None
     cleanup_error: str | None = None
