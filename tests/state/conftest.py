@@ -7,10 +7,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
+
+from stockade.state import LocalState, StateSettings
+from stockade.state.redisstate import RedisState
 
 START_TIMEOUT = 10.0
 
@@ -80,6 +84,17 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@contextmanager
+def connected_state(url: str, timeout: float) -> Iterator[RedisState]:
+    """One replica's state backend on `url` (fail_closed), connected, closed after."""
+    backend = RedisState(StateSettings(url, timeout=timeout), LocalState(), env={})
+    assert backend.connect()
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 @pytest.fixture

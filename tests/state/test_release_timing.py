@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from stockade.state import GateSpec, LocalState, Quota, StateSettings
+from stockade.state import GateSpec, Quota
 from stockade.state.credit import HOLD
 from stockade.state.redisstate import RedisState
 
-from .conftest import RedisServer
+from .conftest import RedisServer, connected_state
 
 TIMEOUT = 1.0
 
@@ -22,11 +22,8 @@ TIMEOUT = 1.0
 @pytest.fixture
 def state(redis_server: RedisServer) -> Iterator[RedisState]:
     """One replica's state backend on the test's Redis (fail_closed)."""
-    backend = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
-                         env={})
-    assert backend.connect()
-    yield backend
-    backend.close()
+    with connected_state(redis_server.url, TIMEOUT) as backend:
+        yield backend
 
 
 async def _freed_after(redis_server: RedisServer, leases: str) -> float:

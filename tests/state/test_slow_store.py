@@ -48,11 +48,14 @@ PASSWORD = "slow-store-secret"
 
 class SlowProxy:
     """A TCP proxy to `port` on 127.0.0.1 holding each chunk of replies `delay` seconds
-    (set it at any time): a store whose every command takes that long to answer."""
+    (set it at any time): a store whose every command takes that long to answer; while
+    `swallow` is set, it throws away what clients send (requests that never reach the
+    store, their answers never come)."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.delay = 0.0
+        self.swallow = False
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -88,7 +91,8 @@ class SlowProxy:
             while data := source.recv(65536):
                 if held and self.delay:
                     time.sleep(self.delay)
-                sink.sendall(data)
+                if held or not self.swallow:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:

@@ -35,8 +35,12 @@ may stay taken that much after its response (never less: the limit holds). A rou
 trip that fails after some of its replies were read acts on them (what they granted
 goes back: a resend of NOSCRIPT calls past the round trip's time dropped an `ok`
 already read, and the slot stayed taken for the lease's time); releases and refunds a
-round trip refused before sending anything (marked down, a connection not made yet)
-wait for the next one.
+round trip refused before sending anything (marked down, a connection not made yet or
+failing) wait for the next one. Releases it sent without reading their answers may
+have run or not: their slots go with the next one again (a lease removed twice is
+removed once), their CPU charges and refunds do not (they would count twice). Dropped,
+an outage of more than a second kept a tenant's slots taken until their leases
+expired (found by review).
 
 What is decided here, and why the limits hold: refusals are cached briefly
 (`redisgate`). On an event loop, a gate that takes two or more
@@ -116,7 +120,8 @@ _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 class _NotSent(RoundTripFailed):
-    """A round trip refused before anything of it was sent: the store is marked down."""
+    """A round trip that failed before anything of it was sent: the store is marked
+    down, or its connection failed as it was made."""
 
 
 class _Connecting(_NotSent):
@@ -131,6 +136,14 @@ class _PartlyAnswered(RoundTripFailed):
     def __init__(self, message: str, replies: list[Any]) -> None:
         super().__init__(message)
         self.replies = replies
+
+
+class _Queued(NamedTuple):
+    """A release's or refund's call for a round trip, and the releases it gives back
+    (None for a refund): what may be sent again when its answer was not read."""
+
+    call: bytes
+    releases: Releases | None
 
 
 class _Asked:
@@ -215,9 +228,9 @@ class RedisState(StateBackend):
         self._sending: dict[threading.Thread, float] = {}
         self._releases: dict[str, Releases] = {}  # to send, by tenant quota key
         self._refunds: list[bytes] = []  # unspent admissions of credits, to send
-        # Releases and refunds, as calls, that a round trip refused before sending
-        # anything (`_hold`): for the next round trip.
-        self._held: list[bytes] = []
+        # Releases and refunds, as calls, that a round trip failed to deliver (`_hold`),
+        # each with the releases it gives back (None for a refund): for the next one.
+        self._held: list[_Queued] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop admissions run on
         self.holding: set[RedisGate] = set()  # gates with a live credit
         self._release_lock = threading.Lock()
@@ -502,34 +515,52 @@ class RedisState(StateBackend):
             return
         self.flush()
 
-    def _take_queued(self) -> list[bytes]:
+    def _take_queued(self) -> list[_Queued]:
         """The releases and refunds queued, as calls (taken off their queues), those
-        held from a round trip refused first."""
+        held from a round trip that failed first."""
         with self._release_lock:
             held, self._held = self._held, []
             batches, self._releases = self._releases, {}
             refunds, self._refunds = self._refunds, []
         sha = self.release_script.sha
-        return held + [batch.release(sha) for batch in batches.values()] + refunds
+        return held + [_Queued(batch.release(sha), batch) for batch in batches.values()] \
+            + [_Queued(refund, None) for refund in refunds]
 
-    def _hold(self, calls: list[bytes]) -> None:
-        """Releases and refunds (`calls`) of a round trip refused before it sent
-        anything (the store marked down, a connection not made yet): they go with the
-        next round trip, and on an event loop a flush is due once the store may be
-        tried again. Dropped, a slot given back after a failed round trip (a grant
-        read before the round trip failed) stayed taken for the lease's time."""
-        if not calls or self._closed:
+    def _hold(self, queued: list[_Queued], at_least: float = 0.0) -> None:
+        """Releases and refunds (`queued`) a round trip failed to deliver: they go with
+        the next round trip, and on an event loop a flush is due once the store may be
+        tried again (not before `at_least` seconds). Dropped, a slot given back after
+        a failed round trip (a grant read before it failed; a release held while the
+        store was down, at the first retry that failed) stayed taken for the lease's
+        time."""
+        if not queued or self._closed:
             return
         with self._release_lock:
-            self._held.extend(calls)
+            self._held.extend(queued)
         loop = self._loop
         if loop is None:
             return  # off a loop: the next round trip carries them
-        delay = max(0.0, self._retry_at - time.monotonic())
+        delay = max(at_least, self._retry_at - time.monotonic())
         try:
             loop.call_soon_threadsafe(self._flush_soon, None, delay)
         except RuntimeError:
             pass  # the loop is closed: the next round trip carries them
+
+    def _hold_unanswered(self, queued: Sequence[_Queued],
+                         replies: Sequence[Any] | None = None) -> None:
+        """After a round trip that failed once sent: the releases of `queued` whose
+        `replies` were not read (None: none was) may have run or not, so their slots
+        are held again, their CPU not (charged twice, see `Releases.slots_only`).
+        Refunds are not: one that ran would give its admissions back twice. Its flush
+        waits `RETRY_INTERVAL` at least: a store answering what cannot be read (not
+        marked down) is not asked again at once, over and over."""
+        sha = self.release_script.sha
+        again: list[_Queued] = []
+        for index, (_, releases) in enumerate(queued):
+            if releases is not None and (replies is None or replies[index] is None):
+                slots = releases.slots_only()
+                again.append(_Queued(slots.release(sha), slots))
+        self._hold(again, RETRY_INTERVAL)
 
     def _command(self, gate: RedisGate, lease_id: str, pending: int,
                  grant: Grant | None = None) -> tuple[bytes, Releases | None, int]:
@@ -683,8 +714,10 @@ class RedisState(StateBackend):
             for asked in batch.asked:
                 if asked.grant is not None:
                     asked.grant.sent = True  # nobody joins it now (`join`)
-        calls = self._take_queued()
+        queued = self._take_queued()
+        calls = [call for call, _ in queued]
         owners: list[_Asked | None] = [None] * len(calls)  # whose answer each reply is
+        sha = self.release_script.sha
         latest = 0.0
         for asked in batch.asked:
             if asked.call is None:
@@ -692,13 +725,16 @@ class RedisState(StateBackend):
             if not asked.gave_up:
                 calls.append(asked.call)
                 owners.append(asked)
+                queued.append(_Queued(asked.call, asked.releases))
                 latest = max(latest, asked.deadline)
                 continue
             if asked.releases is not None:
-                calls.append(asked.releases.release(self.release_script.sha))
+                queued.append(_Queued(asked.releases.release(sha), asked.releases))
+                calls.append(queued[-1].call)
                 owners.append(None)
             if asked.refund:
-                calls.append(asked.gate.refund(asked.refund))
+                queued.append(_Queued(asked.gate.refund(asked.refund), None))
+                calls.append(queued[-1].call)
                 owners.append(None)
         if not calls:
             return []
@@ -710,13 +746,14 @@ class RedisState(StateBackend):
         except _NotSent:
             # What the admissions carry is not lost with them (nor with the store
             # marked down): the next round trip sends it.
-            held = [call for owner, call in zip(owners, calls, strict=True) if owner is None]
+            held = [each for owner, each in zip(owners, queued, strict=True)
+                    if owner is None]
             for owner in owners:
                 if owner is not None:
                     if owner.releases is not None:
-                        held.append(owner.releases.release(self.release_script.sha))
+                        held.append(_Queued(owner.releases.release(sha), owner.releases))
                     if owner.refund:
-                        held.append(owner.gate.refund(owner.refund))
+                        held.append(_Queued(owner.gate.refund(owner.refund), None))
             self._hold(held)
             raise
         except _PartlyAnswered as failed:
@@ -725,9 +762,13 @@ class RedisState(StateBackend):
             # lease's time, its request refused 503, found by review).
             self._dropped([reply for owner, reply in zip(owners, failed.replies,
                                                          strict=True) if owner is None])
+            self._hold_unanswered(queued, failed.replies)
             if any([self._abandon(owner, reply) for owner, reply
                     in zip(owners, failed.replies, strict=True) if owner is not None]):
                 self._flush_next()
+            raise
+        except RoundTripFailed:
+            self._hold_unanswered(queued)  # sent, no answer read
             raise
         self._dropped([reply for owner, reply in zip(owners, replies, strict=True)
                        if owner is None])
@@ -808,69 +849,80 @@ class RedisState(StateBackend):
         """`_pipeline`'s round trip: each reply read is put in `replies` as it comes;
         `sent` and `read` end as the calls of the last send and their replies read."""
         pool = self.client.connection_pool
-        with self._round_trip(wait, answer_by, even_if_down):
-            connection: Any = pool.get_connection()
-            loads: list[bytes] = []
-            owed = 0  # replies to what was sent, not read yet
-            try:
-                for attempt in range(2):
-                    read.clear()
-                    owed = len(loads) + len(sent)
-                    connection.send_packed_command(
-                        [b"".join((*loads, *(calls[index] for index in sent)))])
-                    for _ in loads:  # shas known already; a failed load is NOSCRIPT below
-                        _reply(connection)
-                        owed -= 1
-                    for index in sent:
-                        replies[index] = _reply(connection)
-                        read.append(replies[index])
-                        owed -= 1
-                    # NOSCRIPT: that call did not run. Only those are sent again: a
-                    # flush landing mid-pipeline (read in chunks) left the calls before
-                    # it run, and sending them all again ran those twice (refunds given
-                    # back twice, CPU charged twice; found by review).
-                    unknown = [index for index in sent
-                               if isinstance(replies[index], redis.exceptions.NoScriptError)]
-                    if attempt or not unknown or time.monotonic() < self._reload_after:
-                        if attempt and unknown:
-                            # Loading them did not help: not again for RETRY_INTERVAL (a
-                            # store answering NOSCRIPT every time had each admission wait
-                            # for three loads, found by review).
-                            self._reload_after = time.monotonic() + RETRY_INTERVAL
-                        break
-                    # Restarted, or flushed: loaded ahead of the calls again, on this
-                    # connection and in one send (on another, each load waited for a
-                    # handshake of its own; found by review).
-                    loads = [script_load(source) for source in sources]
-                    sent[:] = unknown
-            except redis.TimeoutError:
-                if late is None or not answer_late():
+        sending = False  # set as the first request goes: nothing was sent before
+        try:
+            with self._round_trip(wait, answer_by, even_if_down):
+                connection: Any = pool.get_connection()
+                loads: list[bytes] = []
+                owed = 0  # replies to what was sent, not read yet
+                try:
+                    for attempt in range(2):
+                        read.clear()
+                        owed = len(loads) + len(sent)
+                        sending = True
+                        connection.send_packed_command(
+                            [b"".join((*loads, *(calls[index] for index in sent)))])
+                        for _ in loads:  # shas known already; a failed load is NOSCRIPT below
+                            _reply(connection)
+                            owed -= 1
+                        for index in sent:
+                            replies[index] = _reply(connection)
+                            read.append(replies[index])
+                            owed -= 1
+                        # NOSCRIPT: that call did not run. Only those are sent again: a
+                        # flush landing mid-pipeline (read in chunks) left the calls before
+                        # it run, and sending them all again ran those twice (refunds given
+                        # back twice, CPU charged twice; found by review).
+                        unknown = [index for index in sent
+                                   if isinstance(replies[index], redis.exceptions.NoScriptError)]
+                        if attempt or not unknown or time.monotonic() < self._reload_after:
+                            if attempt and unknown:
+                                # Loading them did not help: not again for RETRY_INTERVAL (a
+                                # store answering NOSCRIPT every time had each admission wait
+                                # for three loads, found by review).
+                                self._reload_after = time.monotonic() + RETRY_INTERVAL
+                            break
+                        # Restarted, or flushed: loaded ahead of the calls again, on this
+                        # connection and in one send (on another, each load waited for a
+                        # handshake of its own; found by review).
+                        loads = [script_load(source) for source in sources]
+                        sent[:] = unknown
+                except redis.TimeoutError:
+                    if late is None or not answer_late():
+                        connection.disconnect()  # replies may be left unread on it
+                        raise
+                    # The caller's time is over, not the store's: the connection is kept
+                    # (dropped, a store slower than what a fresh one's handshake left of
+                    # the caller's time would never be used) and its replies read later.
+                    resent, answered = list(sent), late
+
+                    def merged(rest: list[Any]) -> None:
+                        for index, reply in zip(resent, rest, strict=True):
+                            replies[index] = reply
+                        answered(replies)
+
+                    try:
+                        self._read_later(connection, owed, read, len(sent), merged)
+                    except BaseException:  # no thread: its replies would be the next call's
+                        connection.disconnect()
+                        raise
+                    connection = None
+                    raise AnswerLate(f"no answer within {self.settings.timeout:g} s of "
+                                     "asking (a wait for a connection included)") from None
+                except BaseException:
                     connection.disconnect()  # replies may be left unread on it
                     raise
-                # The caller's time is over, not the store's: the connection is kept
-                # (dropped, a store slower than what a fresh one's handshake left of
-                # the caller's time would never be used) and its replies read later.
-                resent, answered = list(sent), late
-
-                def merged(rest: list[Any]) -> None:
-                    for index, reply in zip(resent, rest, strict=True):
-                        replies[index] = reply
-                    answered(replies)
-
-                try:
-                    self._read_later(connection, owed, read, len(sent), merged)
-                except BaseException:  # no thread: its replies would be the next call's
-                    connection.disconnect()
-                    raise
-                connection = None
-                raise AnswerLate(f"no answer within {self.settings.timeout:g} s of "
-                                 "asking (a wait for a connection included)") from None
-            except BaseException:
-                connection.disconnect()  # replies may be left unread on it
-                raise
-            finally:
-                if connection is not None:
-                    pool.release(connection)
+                finally:
+                    if connection is not None:
+                        pool.release(connection)
+        except _NotSent:
+            raise
+        except RoundTripFailed as exc:
+            if sending or not self._retry_at:
+                raise  # sent: it may have run; or the store did not fail (not retried)
+            # Its connection failed as it was made (a store down, or paused): what it
+            # carries may all go with the next round trip, refunds too.
+            raise _NotSent(str(exc)) from None
 
     def _dropped(self, replies: Sequence[Any]) -> None:
         """Say that releases or refunds answered `replies` with errors were lost (a
@@ -942,21 +994,22 @@ class RedisState(StateBackend):
             pass  # logged by `run`
 
     def flush(self) -> None:
-        """Send the releases no admission carried, one script per tenant (a lost one
-        just expires; one refused before it was sent waits for the next round trip,
-        see `_hold`)."""
+        """Send the releases no admission carried, one script per tenant (one answered
+        with an error just expires; one not sent, or sent with no answer read, waits
+        for the next round trip, see `_hold`, `_hold_unanswered`)."""
         with self._release_lock:
             self._flush_queued = False  # what is queued from now on needs another
-        calls = self._take_queued()
-        if calls:
+        queued = self._take_queued()
+        if queued:
             try:
-                self._dropped(self._pipeline(calls))
+                self._dropped(self._pipeline([call for call, _ in queued]))
             except _NotSent:
-                self._hold(calls)
+                self._hold(queued)
             except _PartlyAnswered as failed:
-                self._dropped(failed.replies)  # the others' leases expire by themselves
+                self._dropped(failed.replies)
+                self._hold_unanswered(queued, failed.replies)
             except RoundTripFailed:
-                pass  # the leases expire by themselves, unspent admissions are lost
+                self._hold_unanswered(queued)  # sent, no answer read
 
     # -- breakers: what admissions saw, for `RedisBreakers.check` -------------------------
 

@@ -1,0 +1,131 @@
+"""Releases across an outage, against a real redis-server paused with SIGSTOP: slots
+given back while the store is down, or by a round trip that failed, are freed once it
+answers again, not when their leases expire; and nothing that is not idempotent (a
+refund, a CPU charge) is sent twice.
+
+Found by review: releases held while the store was marked down were dropped at the
+first retry that failed (a connection not made to a store still paused), and those of
+a round trip that failed once sent were dropped at once: after an outage of more than
+a second a tenant's slots stayed taken until their leases expired (at a concurrency of
+1, the tenant was refused for the lease's length).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from stockade.state import GateSpec, LocalState, Quota, StateSettings, StateUnavailable
+from stockade.state.redisstate import RETRY_INTERVAL, RedisState
+from stockade.state.scripts import bucket_field
+
+from .conftest import RedisServer, connected_state
+from .test_slow_store import SlowProxy
+
+TIMEOUT = 0.5
+LEASE = 30.0  # far longer than the test: a slot freed only by its expiry stays taken
+RATE, BURST = 0.01, 5  # a refund moves the tenant's `tat` back 100 s
+CPU_PER_MINUTE = 600.0
+
+
+@pytest.fixture
+def state(redis_server: RedisServer) -> Iterator[RedisState]:
+    """One replica's state backend on the test's Redis (fail_closed)."""
+    with connected_state(redis_server.url, TIMEOUT) as backend:
+        yield backend
+
+
+async def _until(done: Callable[[], object], seconds: float) -> bool:
+    """Poll `done()` every 10 ms for `seconds` at most; its last answer."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return bool(done())
+
+
+def test_releases_held_through_an_outage_free_their_slots_once_it_answers(
+        redis_server: RedisServer, state: RedisState) -> None:
+    tenant = Quota(concurrency=2, rate=RATE, burst=BURST, cpu_per_minute=CPU_PER_MINUTE)
+    gate = state.gate(GateSpec("f", "acme", Quota(), tenant, LEASE))
+    client = redis_server.client()
+    first, second = gate.admit(), gate.admit()  # off a loop: no credit, two slots taken
+    assert client.zcard(gate.keys.tenant_leases) == 2
+    bucket = bucket_field(RATE, BURST)
+    tat = float(client.hget(gate.keys.tenant_quota, bucket))  # type: ignore[arg-type]
+    process = redis_server.process
+    assert process is not None
+
+    async def scenario() -> None:
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            # Sent on the open connection, then no answer: the store is marked down.
+            # Redis runs what it was sent once it goes on, so this refund and this
+            # release reach it once; sent again, the refund would count twice.
+            state.queue_refund(gate, 1)
+            first.release(0.25)
+            assert await _until(lambda: state._down_since is not None, TIMEOUT + 1.0)
+            retry_at = state._retry_at
+            # Marked down: held, not sent.
+            second.release(0.5)
+            # The first retry fails too (a connection to a paused store is not made),
+            # and marks it down again.
+            assert await _until(lambda: state._retry_at > retry_at,
+                                RETRY_INTERVAL + 4 * TIMEOUT + 1.0), "never retried"
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        # The store answers again: the held releases go with the next retry, well
+        # before the leases expire.
+        await _until(lambda: not client.zcard(gate.keys.tenant_leases),
+                     RETRY_INTERVAL + 3.0)
+
+    began = time.monotonic()
+    asyncio.run(scenario())
+    assert client.zrange(gate.keys.tenant_leases, 0, -1) == []
+    assert time.monotonic() - began < LEASE / 3
+    assert state._down_since is None  # said to answer again
+    # The refund counted once (100 s back), the CPU of each run was charged once.
+    after = float(client.hget(gate.keys.tenant_quota, bucket))  # type: ignore[arg-type]
+    assert after == pytest.approx(tat - 1 / RATE, abs=1e-3)
+    charged = float(client.hget(gate.keys.tenant_quota, "charged"))  # type: ignore[arg-type]
+    assert charged == pytest.approx(0.75)
+
+
+def test_a_release_an_admission_carried_into_a_failed_round_trip_is_sent_again(
+        redis_server: RedisServer) -> None:
+    # The admission carrying the release is sent, never answered (it never reached the
+    # store): its release goes with the next round trip, its slot only (the store may
+    # have run it: a CPU charge sent again would count twice).
+    proxy = SlowProxy(redis_server.port)
+    state = RedisState(StateSettings(proxy.url(), timeout=TIMEOUT), LocalState(), env={})
+    try:
+        assert state.connect()
+        tenant = Quota(concurrency=2, cpu_per_minute=CPU_PER_MINUTE)
+        gate = state.gate(GateSpec("f", "acme", Quota(), tenant, LEASE))
+        client = redis_server.client()
+        first, second = gate.admit(), gate.admit()
+        assert client.zcard(gate.keys.tenant_leases) == 2
+
+        async def scenario() -> None:
+            proxy.swallow = True
+            first.release(0.25)  # queued: the next admission of the tenant carries it
+            with pytest.raises(StateUnavailable):
+                await gate.admit_async()
+            assert await _until(lambda: state._down_since is not None, 1.0)
+            proxy.swallow = False
+            leases = gate.keys.tenant_leases
+            await _until(lambda: client.zcard(leases) != 2, RETRY_INTERVAL + 3.0)
+
+        began = time.monotonic()
+        asyncio.run(scenario())
+        assert client.zcard(gate.keys.tenant_leases) == 1  # the second run's, still going
+        assert time.monotonic() - began < LEASE / 3
+        assert state._down_since is None
+        second.release()
+    finally:
+        state.close()
+        proxy.close()
