@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,37 @@ def test_a_release_an_admission_carried_into_a_failed_round_trip_is_sent_again(
     finally:
         state.close()
         proxy.close()
+
+
+def test_a_store_back_with_a_failing_handshake_is_not_asked_again_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After an outage the store comes back, but answers the connection's handshake with
+    # an error (here `CLIENT` renamed: redis-py's SETNAME fails): nothing of a flush is
+    # sent, and the store is not marked down again. The held release waited for nothing:
+    # a flush every ~2 ms, each with a new connection (found by review).
+    server = RedisServer(tmp_path)
+    try:
+        with connected_state(server.url, TIMEOUT) as state:
+            gate = state.gate(GateSpec("f", "acme", Quota(),
+                                       Quota(concurrency=2, cpu_per_minute=CPU_PER_MINUTE),
+                                       LEASE))
+            lease = gate.admit()
+            server.stop()
+            flushes = []
+            flush = state.flush
+            monkeypatch.setattr(state, "flush", lambda: (flushes.append(1), flush())[1])
+
+            async def scenario() -> float:
+                lease.release(0.25)
+                assert await _until(lambda: state._retry_at, 1.0)
+                server.options = ["--rename-command", "CLIENT", "CLIENTX"]
+                server.start()
+                await asyncio.sleep(RETRY_INTERVAL + 0.5)  # past the store's retry time
+                before, began = len(flushes), time.monotonic()
+                await asyncio.sleep(2.0)
+                return (len(flushes) - before) / (time.monotonic() - began)
+
+            assert asyncio.run(scenario()) < 3  # one a RETRY_INTERVAL, not hundreds
+            assert len(state._held) == 1  # still held, whole: nothing of it was sent
+    finally:
+        server.stop()

@@ -121,7 +121,12 @@ _PING = b"*1\r\n$4\r\nPING\r\n"
 
 class _NotSent(RoundTripFailed):
     """A round trip that failed before anything of it was sent: the store is marked
-    down, or its connection failed as it was made."""
+    down, or its connection failed as it was made. What it carried is held for the
+    next round trip, tried no sooner than `retry_in` seconds (or the store's retry)."""
+
+    def __init__(self, message: str, retry_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 class _Connecting(_NotSent):
@@ -743,7 +748,7 @@ class RedisState(StateBackend):
         wait = max(0.0, latest - time.monotonic()) if latest else None
         try:
             replies = self._pipeline(calls, wait)
-        except _NotSent:
+        except _NotSent as refused:
             # What the admissions carry is not lost with them (nor with the store
             # marked down): the next round trip sends it.
             held = [each for owner, each in zip(owners, queued, strict=True)
@@ -754,7 +759,7 @@ class RedisState(StateBackend):
                         held.append(_Queued(owner.releases.release(sha), owner.releases))
                     if owner.refund:
                         held.append(_Queued(owner.gate.refund(owner.refund), None))
-            self._hold(held)
+            self._hold(held, refused.retry_in)
             raise
         except _PartlyAnswered as failed:
             # The replies read before the round trip failed are acted on: a grant goes
@@ -850,6 +855,7 @@ class RedisState(StateBackend):
         `sent` and `read` end as the calls of the last send and their replies read."""
         pool = self.client.connection_pool
         sending = False  # set as the first request goes: nothing was sent before
+        retry_at = self._retry_at  # changed by this round trip when it marks the store down
         try:
             with self._round_trip(wait, answer_by, even_if_down):
                 connection: Any = pool.get_connection()
@@ -918,11 +924,15 @@ class RedisState(StateBackend):
         except _NotSent:
             raise
         except RoundTripFailed as exc:
-            if sending or not self._retry_at:
-                raise  # sent: it may have run; or the store did not fail (not retried)
-            # Its connection failed as it was made (a store down, or paused): what it
-            # carries may all go with the next round trip, refunds too.
-            raise _NotSent(str(exc)) from None
+            if sending:
+                raise  # sent: it may have run
+            # Nothing went out: what it carries may all go with the next round trip,
+            # refunds too. Not at once when the store did not fail here but answered
+            # the connection's handshake with an error (a `CLIENT` renamed, a missing
+            # database): a flush every few milliseconds, each with a new connection
+            # (found by review).
+            marked_down = self._retry_at != retry_at
+            raise _NotSent(str(exc), 0.0 if marked_down else RETRY_INTERVAL) from None
 
     def _dropped(self, replies: Sequence[Any]) -> None:
         """Say that releases or refunds answered `replies` with errors were lost (a
@@ -1003,8 +1013,8 @@ class RedisState(StateBackend):
         if queued:
             try:
                 self._dropped(self._pipeline([call for call, _ in queued]))
-            except _NotSent:
-                self._hold(queued)
+            except _NotSent as refused:
+                self._hold(queued, refused.retry_in)
             except _PartlyAnswered as failed:
                 self._dropped(failed.replies)
                 self._hold_unanswered(queued, failed.replies)
