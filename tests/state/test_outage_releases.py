@@ -13,6 +13,7 @@ a second a tenant's slots stayed taken until their leases expired (at a concurre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -162,5 +163,39 @@ def test_a_store_back_with_a_failing_handshake_is_not_asked_again_at_once(
 
             assert asyncio.run(scenario()) < 3  # one a RETRY_INTERVAL, not hundreds
             assert len(state._held) == 1  # still held, whole: nothing of it was sent
+    finally:
+        server.stop()
+
+
+def test_a_store_refusing_the_handshake_is_down_not_reconnected_per_request(
+        tmp_path: Path) -> None:
+    # A restarted store that answers redis-py's handshake with an error (`CLIENT`
+    # renamed) is unusable; not marked down, each admission made a new connection and
+    # handshake (~170 a second at one request every 5 ms; found by review).
+    server = RedisServer(tmp_path)
+    try:
+        with connected_state(server.url, TIMEOUT) as state:
+            gate = state.gate(GateSpec("f", "acme", Quota(), Quota(concurrency=50), LEASE))
+            server.stop()
+            server.options = ["--rename-command", "CLIENT", "CLIENTX"]
+            server.start()
+
+            async def one() -> None:
+                with contextlib.suppress(StateUnavailable):
+                    (await gate.admit_async()).release(0.0)
+
+            async def scenario() -> float:
+                began, asked = time.monotonic(), []
+                while time.monotonic() - began < 2.0:
+                    asked.append(asyncio.ensure_future(one()))
+                    await asyncio.sleep(0.005)
+                await asyncio.gather(*asked)
+                return time.monotonic() - began
+
+            seconds = asyncio.run(scenario())
+            made = int(server.client().info("stats")["total_connections_received"])
+            # One attempt a RETRY_INTERVAL (and this client's), not one a request (~400).
+            assert made <= 2 * seconds / RETRY_INTERVAL + 3
+            assert state._down_since is not None
     finally:
         server.stop()
