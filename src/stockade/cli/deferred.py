@@ -10,8 +10,9 @@
 - `ipaddress`: `urllib.parse` imports it at its top (and `pathlib` imports
   `urllib.parse`), about 0.6 ms of a cached run, for URLs with a bracketed host.
 
-The fast lane stands a placeholder module in for each: the real module is imported on
-the first attribute anyone reads, so code that does use it sees no difference.
+`stockade run` stands a placeholder module in for each before it reads its command line
+(the click fallback for an unusual one keeps them): the real module is imported on the
+first attribute anyone reads, so code that does use it sees no difference.
 
 Garbage collection waits too: start-up allocates some 100,000 objects and frees almost
 none, so the collections their allocation triggers (4 % of a cached run) find nothing.
