@@ -546,6 +546,16 @@ class RedisState(StateBackend):
         except RuntimeError:
             pass  # the loop is closed: the next round trip carries them
 
+    def _carried(self, asked: _Asked) -> list[_Queued]:
+        """The releases and refund `asked`'s admission carries, as calls of their own."""
+        carried = []
+        if asked.releases is not None:
+            carried.append(_Queued(asked.releases.release(self.release_script.sha),
+                                   asked.releases))
+        if asked.refund:
+            carried.append(_Queued(asked.gate.refund(asked.refund), None))
+        return carried
+
     def _hold_unanswered(self, queued: Sequence[_Queued],
                          replies: Sequence[Any] | None = None) -> None:
         """After a round trip that failed once sent: the releases of `queued` whose
@@ -715,29 +725,22 @@ class RedisState(StateBackend):
                 if asked.grant is not None:
                     asked.grant.sent = True  # nobody joins it now (`join`)
         queued = self._take_queued()
-        calls = [call for call, _ in queued]
-        owners: list[_Asked | None] = [None] * len(calls)  # whose answer each reply is
-        sha = self.release_script.sha
+        owners: list[_Asked | None] = [None] * len(queued)  # whose answer each reply is
         latest = 0.0
         for asked in batch.asked:
             if asked.call is None:
                 continue
             if not asked.gave_up:
-                calls.append(asked.call)
-                owners.append(asked)
                 queued.append(_Queued(asked.call, asked.releases))
+                owners.append(asked)
                 latest = max(latest, asked.deadline)
                 continue
-            if asked.releases is not None:
-                queued.append(_Queued(asked.releases.release(sha), asked.releases))
-                calls.append(queued[-1].call)
-                owners.append(None)
-            if asked.refund:
-                queued.append(_Queued(asked.gate.refund(asked.refund), None))
-                calls.append(queued[-1].call)
-                owners.append(None)
-        if not calls:
+            carried = self._carried(asked)
+            queued += carried
+            owners += [None] * len(carried)
+        if not queued:
             return []
+        calls = [call for call, _ in queued]
         answered: list[tuple[_Asked, Any]] = []
         late = False
         wait = max(0.0, latest - time.monotonic()) if latest else None
@@ -750,10 +753,7 @@ class RedisState(StateBackend):
                     if owner is None]
             for owner in owners:
                 if owner is not None:
-                    if owner.releases is not None:
-                        held.append(_Queued(owner.releases.release(sha), owner.releases))
-                    if owner.refund:
-                        held.append(_Queued(owner.gate.refund(owner.refund), None))
+                    held += self._carried(owner)
             self._hold(held)
             raise
         except _PartlyAnswered as failed:
