@@ -26,8 +26,7 @@ from stockade.state import GateSpec, LocalState, Quota, StateSettings, StateUnav
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
 from stockade.state.scripts import bucket_field
 
-from .conftest import RedisServer, connected_state
-from .test_slow_store import SlowProxy
+from .conftest import RedisServer, SlowProxy, connected_state
 
 TIMEOUT = 0.5
 LEASE = 30.0  # far longer than the test: a slot freed only by its expiry stays taken

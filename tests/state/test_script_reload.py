@@ -24,8 +24,8 @@ from stockade.state.keys import TenantKeys
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
 from stockade.state.scripts import ADMIT, bucket_field
 
-from .conftest import RedisServer
-from .test_slow_store import SLACK, SlowProxy
+from .conftest import RedisServer, SlowProxy
+from .test_slow_store import SLACK
 
 TIMEOUT = 0.5
 SCRIPT_FLUSH = b"*2\r\n$6\r\nSCRIPT\r\n$5\r\nFLUSH\r\n"
@@ -84,16 +84,6 @@ def test_releases_a_store_keeps_refusing_are_said_to_be_dropped(
     dropped = [record.getMessage() for record in caplog.records
                if "dropped" in record.getMessage()]
     assert dropped and "1 release" in dropped[0] and "NOSCRIPT" in dropped[0], dropped
-
-
-@pytest.fixture
-def slow_proxy(redis_server: RedisServer) -> Iterator[SlowProxy]:
-    """The test's `redis-server` behind a proxy holding each reply (`delay`)."""
-    proxy = SlowProxy(redis_server.port)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
 
 
 def test_a_slot_granted_before_a_resend_that_fails_goes_back(

@@ -39,79 +39,11 @@ from stockade.state.breakers import SharedBreakers
 from stockade.state.redisstate import RETRY_INTERVAL, RedisState
 from stockade.state.scripts import bucket_field
 
-from .conftest import RedisServer
+from .conftest import RedisServer, SlowProxy
 
 TIMEOUT = 0.5
 SLACK = 0.3  # scheduling on a busy machine; far below any delay that is being tested
 PASSWORD = "slow-store-secret"
-
-
-class SlowProxy:
-    """A TCP proxy to `port` on 127.0.0.1 holding each chunk of replies `delay` seconds
-    (set it at any time): a store whose every command takes that long to answer; while
-    `swallow` is set, it throws away what clients send (requests that never reach the
-    store, their answers never come)."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.delay = 0.0
-        self.swallow = False
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.1)
-        self.port = int(self.listener.getsockname()[1])
-        self.connections = 0
-        self._open: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def url(self, database: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{database}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            server = socket.create_connection(("127.0.0.1", self.target))
-            self._open += [client, server]
-            threading.Thread(target=self._pipe, args=(client, server, False),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True),
-                             daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, held: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if held and self.delay:
-                    time.sleep(self.delay)
-                if held or not self.swallow:
-                    sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.listener.close()
-        for sock in self._open:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
 
 
 @pytest.fixture
