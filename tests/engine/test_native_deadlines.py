@@ -96,6 +96,42 @@ def test_listing_again_moves_the_deadline() -> None:
     trip.undue()
 
 
+def _deadline_thread_wakes() -> int:
+    """How often the library's deadline thread has slept and woken (its voluntary
+    context switches), found by its name."""
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm") as comm:
+            if comm.read().strip() != "stockade-due":
+                continue
+        with open(f"/proc/self/task/{task}/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    raise AssertionError("no thread named stockade-due")
+
+
+def test_runs_far_shorter_than_their_deadlines_do_not_wake_the_thread_each() -> None:
+    """Each run of a gateway's hello woke the thread (a signal and two context switches,
+    ~15 % of the request's CPU): it had found the list emptied and slept without a time.
+    An emptied list keeps it sleeping as long as the runs' time; a shorter deadline
+    listed meanwhile still wakes it and fires on time."""
+    trip = Tripwire()
+    trip.due(time.monotonic() + 30.0)
+    trip.undue()
+    time.sleep(0.01)
+    before = _deadline_thread_wakes()
+    for _ in range(300):
+        trip.due(time.monotonic() + 30.0)
+        trip.undue()  # a run shorter than the thread's wake-up: it finds the list empty
+        time.sleep(0.0005)
+    assert _deadline_thread_wakes() - before < 10
+    start = time.monotonic()
+    trip.due(start + 0.05)
+    assert _wait_for(lambda: trip.fired)
+    assert time.monotonic() - start < 5.0
+    trip.undue()
+
+
 def test_a_forked_child_keeps_its_own_deadlines() -> None:
     """fork() copies no thread: the child starts its own at its first deadline, and a
     deadline its parent listed (another thread's run) is not the child's."""

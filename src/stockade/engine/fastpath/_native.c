@@ -185,12 +185,22 @@ static uint64_t now_ns(clockid_t clock) {
  * it off before its store goes; the thread sleeps until the earliest deadline listed and
  * acts under the list's lock, so a deadline taken off is never acted on afterwards. In
  * C, not in Python's epoch ticker: a run's deadline costs it no Python and no lock the
- * interpreter sees. The list is as long as the runs in flight. */
+ * interpreter sees. The list is as long as the runs in flight.
+ *
+ * Waking the thread costs a signal and two context switches, which a run far shorter than
+ * the thread's wake-up (a gateway's hello) paid each time: the thread woke to an emptied
+ * list, slept without a time, and the next run had to wake it again. So an emptied list
+ * still keeps the thread's timed sleep, as long as the shortest run time given since its
+ * last wake-up (`due_span`): a run listed in that time, with that time or a longer one,
+ * is due after the thread wakes by itself and needs no signal. Only a wake-up with no
+ * run listed since the last sleeps without a time. */
 static pthread_mutex_t due_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t due_cond;
 static bool due_cond_ready, due_running; /* the thread exists in this process */
 static due_entry *due_first;             /* listed deadlines, unordered */
 static int64_t due_wake = INT64_MAX;     /* when the thread wakes by itself next */
+static int64_t due_span = INT64_MAX;     /* the shortest deadline - listing time since */
+#define DUE_SHORTEST_SLEEP 1000000       /* ns: an emptied list never keeps it spinning */
 
 static void due_remove(due_entry *e) {
     if (e->prev) e->prev->next = e->next;
@@ -215,6 +225,9 @@ static void *due_loop(void *unused) {
                 next = e->deadline_ns;
             }
         }
+        if (next == INT64_MAX && due_span != INT64_MAX) /* runs come and go: see above */
+            next = now + (due_span > DUE_SHORTEST_SLEEP ? due_span : DUE_SHORTEST_SLEEP);
+        due_span = INT64_MAX;
         due_wake = next;
         if (next == INT64_MAX) {
             pthread_cond_wait(&due_cond, &due_lock);
@@ -246,6 +259,7 @@ static bool due_start(void) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_t thread;
     int failed = pthread_create(&thread, &attr, due_loop, NULL);
+    if (!failed) pthread_setname_np(thread, "stockade-due"); /* as `ps -L` shows it */
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
     return !failed;
@@ -263,7 +277,7 @@ static void due_after_fork_child(void) {
     }
     due_running = due_cond_ready = false;
     due_first = NULL;
-    due_wake = INT64_MAX;
+    due_wake = due_span = INT64_MAX;
     pthread_mutex_unlock(&due_lock);
 }
 
@@ -288,6 +302,8 @@ static int due_list(due_entry *e, int32_t kind, void *target, int64_t deadline_n
     if (due_first) due_first->prev = e;
     due_first = e;
     e->listed = 1;
+    int64_t span = deadline_ns - (int64_t)now_ns(CLOCK_MONOTONIC);
+    if (span < due_span) due_span = span;
     if (deadline_ns < due_wake) { /* it would sleep past this one */
         due_wake = deadline_ns;
         pthread_cond_signal(&due_cond);
