@@ -241,6 +241,35 @@ def test_a_background_writer_writes_on_its_interval_without_more_records(
     assert read_summary(tmp_path / "t").invocations == 4
 
 
+def test_a_background_writer_is_woken_for_several_batches_not_each(tmp_path: Path) -> None:
+    """Each wake of the writer takes the interpreter's lock from the serving thread at
+    each of its system calls: woken for every batch (32 spans), it cost a gateway's hello
+    15 % of its CPU. Before its interval, it now writes once `WAKE_BATCHES` batches wait."""
+    import time
+
+    from stockade.telemetry.filesink import WAKE_BATCHES
+
+    batch = 32  # the edge profile's
+    sink = _background_sink(tmp_path, "600000")
+    try:
+        def record(count: int) -> None:
+            for _ in range(count):
+                info, result = make_run()
+                sink.record(InvocationRecord.build(info, result))
+
+        record(batch * WAKE_BATCHES - 1)
+        time.sleep(0.5)  # a writer woken by a full batch has written by now
+        assert not (tmp_path / "t").exists()
+        record(1)
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "t").exists() or \
+                read_summary(tmp_path / "t").spans < batch * WAKE_BATCHES:
+            assert time.monotonic() < deadline, "the writer was not woken"
+            time.sleep(0.02)
+    finally:
+        sink.close()
+
+
 def test_a_stuck_background_writer_drops_spans_past_its_queue(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The file's lock held elsewhere: records keep coming, the writer cannot write.

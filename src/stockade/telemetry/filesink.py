@@ -14,6 +14,9 @@ server writes from a thread of the sink's own (`write_in_background`): a request
 waits for the file (a disk that stalls, the lock held by another worker or process);
 what the writer has not taken yet is bounded, `QUEUED_BATCHES` batches of spans and of
 logs, past which records are dropped and said (metrics are aggregates: never dropped).
+The writer is woken for `WAKE_BATCHES` batches, not for each, and on the interval: each
+time it runs it takes the interpreter's lock from the serving thread at each of its
+system calls, which cost a gateway's hello 15 % of its CPU when it woke for every batch.
 Either way the file's lock is waited for `LOCK_WAIT` seconds at most: a process holding
 it costs the records of that write (said), never a run or a server's stop that long.
 """
@@ -55,6 +58,7 @@ __all__ = ["FileSink", "DEFAULT_MAX_BYTES"]
 DEFAULT_MAX_BYTES = 64 * 1024**2
 _ENTROPY_BLOCK = 24 * 64
 QUEUED_BATCHES = 16  # batches of spans (and of logs) a background writer may fall behind
+WAKE_BATCHES = QUEUED_BATCHES // 2  # batches waiting that wake it before its interval
 LOCK_WAIT = 5.0  # seconds a write waits for the file's lock (a write holds it milliseconds)
 _STOP_WAIT = LOCK_WAIT + 1.0  # seconds `close` waits for the background writer's last write
 _LONGEST_SLEEP = 60.0  # the background writer looks at its interval at least this often
@@ -119,7 +123,7 @@ class FileSink:
             self._writer = writer
 
     def _writing(self) -> None:
-        """The background writer: on the interval, and as soon as a batch is full. Should
+        """The background writer: on the interval, and when `WAKE_BATCHES` wait. Should
         it end otherwise than by `close` (what no `except Exception` catches), the
         recording threads write again, as records come (`_flush_if`)."""
         try:
@@ -191,7 +195,7 @@ class FileSink:
         # `_value_`, not `value`: an enum's `value` is a Python-level descriptor.
         self._metrics.add_usage(bounded_name(run_name(info)), result.outcome._value_,
                                 result.usage, was_cold(info, result))
-        self._flush_if(False)
+        self._flush_if(0)
         return True
 
     def _random_ids(self) -> bytes:
@@ -216,28 +220,29 @@ class FileSink:
 
     def _add_span(self, text: str | None) -> None:
         if text is None:  # an unsampled span: only the flush interval to look at
-            self._flush_if(False)
+            self._flush_if(0)
             return
         with self._lock:
             if self._queued(self._spans):
                 self._spans.append(text)
-            full = len(self._spans) >= self._batch
-        self._flush_if(full)
+            waiting = len(self._spans)
+        self._flush_if(waiting)
 
     def log(self, event: LogEvent) -> None:
         """Buffer one log record."""
         with self._lock:
             if self._queued(self._logs):
                 self._logs.append(event)
-            full = len(self._logs) >= self._batch
-        self._flush_if(full)
+            waiting = len(self._logs)
+        self._flush_if(waiting)
 
-    def _flush_if(self, batch_full: bool) -> None:
+    def _flush_if(self, waiting: int) -> None:
+        """After a record, `waiting` spans or logs in its queue: write what is due."""
         # Metrics go out on the interval only (like OTel's periodic metric reader); a
         # full batch of spans or logs is written without them.
         writer = self._writer
         if writer is not None:  # the writer's to do, while it lives
-            if not batch_full:
+            if waiting < self._batch * WAKE_BATCHES:
                 return
             if writer.is_alive():
                 self._wake.set()
@@ -245,7 +250,7 @@ class FileSink:
             self._writer = None  # it died: written as records come from now on
         if self.due():
             self.flush()
-        elif batch_full:
+        elif waiting >= self._batch:
             self._write(with_metrics=False)
 
     def due(self) -> bool:
