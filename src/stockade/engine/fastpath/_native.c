@@ -225,8 +225,10 @@ static void *due_loop(void *unused) {
                 next = e->deadline_ns;
             }
         }
-        if (next == INT64_MAX && due_span != INT64_MAX) /* runs come and go: see above */
-            next = now + (due_span > DUE_SHORTEST_SLEEP ? due_span : DUE_SHORTEST_SLEEP);
+        if (next == INT64_MAX && due_span != INT64_MAX) { /* runs come and go: see above */
+            int64_t linger = due_span > DUE_SHORTEST_SLEEP ? due_span : DUE_SHORTEST_SLEEP;
+            next = linger < INT64_MAX - now ? now + linger : INT64_MAX; /* no overflow */
+        }
         due_span = INT64_MAX;
         due_wake = next;
         if (next == INT64_MAX) {
