@@ -198,3 +198,35 @@ def test_a_store_refusing_the_handshake_is_down_not_reconnected_per_request(
             assert state._down_since is not None
     finally:
         server.stop()
+
+
+def test_releases_a_blocking_admission_carried_are_held_when_it_is_not_sent(
+        redis_server: RedisServer, state: RedisState) -> None:
+    # An admission made off an event loop (`admit`, not `admit_async`) carries its
+    # tenant's queued releases too; refused before anything was sent (the store marked
+    # down), it dropped them: their slots stayed taken until the leases expired.
+    tenant = Quota(concurrency=2, cpu_per_minute=CPU_PER_MINUTE)
+    gate = state.gate(GateSpec("f", "acme", Quota(), tenant, LEASE))
+    client = redis_server.client()
+    first, second = gate.admit(), gate.admit()
+    assert client.zcard(gate.keys.tenant_leases) == 2
+    process = redis_server.process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StateUnavailable):
+            gate.admit()  # sent, never answered: the store is marked down
+        assert state._down_since is not None
+
+        async def scenario() -> None:
+            first.release(0.25)  # queued on this loop, for the next admission to carry
+            with pytest.raises(StateUnavailable):
+                gate.admit()  # carries it; not sent: the store is down
+
+        asyncio.run(scenario())
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    time.sleep(RETRY_INTERVAL + 0.2)
+    state.flush()  # off a loop: the next round trip carries what was held
+    assert client.zcard(gate.keys.tenant_leases) == 1  # the second run's, still going
+    second.release()

@@ -546,14 +546,15 @@ class RedisState(StateBackend):
         except RuntimeError:
             pass  # the loop is closed: the next round trip carries them
 
-    def _carried(self, asked: _Asked) -> list[_Queued]:
-        """The releases and refund `asked`'s admission carries, as calls of their own."""
+    def _carried(self, gate: RedisGate, releases: Releases | None,
+                 refund: int) -> list[_Queued]:
+        """The `releases` and `refund` an admission of `gate` carries, as calls of
+        their own."""
         carried = []
-        if asked.releases is not None:
-            carried.append(_Queued(asked.releases.release(self.release_script.sha),
-                                   asked.releases))
-        if asked.refund:
-            carried.append(_Queued(asked.gate.refund(asked.refund), None))
+        if releases is not None:
+            carried.append(_Queued(releases.release(self.release_script.sha), releases))
+        if refund:
+            carried.append(_Queued(gate.refund(refund), None))
         return carried
 
     def _hold_unanswered(self, queued: Sequence[_Queued],
@@ -592,13 +593,22 @@ class RedisState(StateBackend):
         answer, due within `timeout` of the script's send, is read on a thread of its
         own, and what it granted goes back). Raises RoundTripFailed like `run`."""
         answer_by = time.monotonic() + self.settings.timeout
-        call = self._command(gate, lease_id, pending)[0]
+        call, releases, refund = self._command(gate, lease_id, pending)
 
         def late(replies: list[Any]) -> None:
             if self._abandon_reply(gate, lease_id, replies[0]):
                 self.flush()
 
-        reply = self._pipeline([call], answer_by - time.monotonic(), answer_by, late)[0]
+        # What the call carries is not lost with it, as in `_send` (found by review: a
+        # refused admission dropped its tenant's releases).
+        try:
+            reply = self._pipeline([call], answer_by - time.monotonic(), answer_by, late)[0]
+        except _NotSent:
+            self._hold(self._carried(gate, releases, refund))
+            raise
+        except RoundTripFailed:
+            self._hold_unanswered([_Queued(call, releases)])  # sent, no answer read
+            raise
         if isinstance(reply, Exception) or not _well_formed(reply):
             self._script_failed(_malformed(reply))
         return reply
@@ -735,7 +745,7 @@ class RedisState(StateBackend):
                 owners.append(asked)
                 latest = max(latest, asked.deadline)
                 continue
-            carried = self._carried(asked)
+            carried = self._carried(asked.gate, asked.releases, asked.refund)
             queued += carried
             owners += [None] * len(carried)
         if not queued:
@@ -753,7 +763,7 @@ class RedisState(StateBackend):
                     if owner is None]
             for owner in owners:
                 if owner is not None:
-                    held += self._carried(owner)
+                    held += self._carried(owner.gate, owner.releases, owner.refund)
             self._hold(held)
             raise
         except _PartlyAnswered as failed:
