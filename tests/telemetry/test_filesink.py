@@ -270,6 +270,31 @@ def test_a_background_writer_is_woken_for_several_batches_not_each(tmp_path: Pat
         sink.close()
 
 
+def test_a_writer_that_died_unnoticed_is_found_at_a_full_batch(tmp_path: Path) -> None:
+    """A writer thread that ended without its own `finally` (an asynchronous exception
+    there): the recording thread finds it dead at a full batch and writes, as before
+    the writer was woken for several (found by review)."""
+    import threading
+
+    sink = _background_sink(tmp_path, "600000")
+    try:
+        writer = sink._writer
+        assert writer is not None
+        sink._stopping = True
+        sink._wake.set()
+        writer.join(10)
+        dead = threading.Thread(target=lambda: None)
+        dead.start()
+        dead.join()
+        sink._writer, sink._stopping = dead, False  # ended, and not cleared
+        for _ in range(32):  # the edge profile's batch
+            info, result = make_run()
+            sink.record(InvocationRecord.build(info, result))
+        assert read_summary(tmp_path / "t").spans == 32  # written by this thread
+    finally:
+        sink.close()
+
+
 def test_a_stuck_background_writer_drops_spans_past_its_queue(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The file's lock held elsewhere: records keep coming, the writer cannot write.

@@ -242,10 +242,11 @@ class FileSink:
         # full batch of spans or logs is written without them.
         writer = self._writer
         if writer is not None:  # the writer's to do, while it lives
-            if waiting < self._batch * WAKE_BATCHES:
+            if waiting < self._batch:
                 return
-            if writer.is_alive():
-                self._wake.set()
+            if writer.is_alive():  # asked from a full batch on: a dead one is found then
+                if waiting >= self._batch * WAKE_BATCHES:
+                    self._wake.set()
                 return
             self._writer = None  # it died: written as records come from now on
         if self.due():

@@ -304,7 +304,8 @@ static int due_list(due_entry *e, int32_t kind, void *target, int64_t deadline_n
     if (due_first) due_first->prev = e;
     due_first = e;
     e->listed = 1;
-    int64_t span = deadline_ns - (int64_t)now_ns(CLOCK_MONOTONIC);
+    int64_t now = (int64_t)now_ns(CLOCK_MONOTONIC);
+    int64_t span = deadline_ns > now ? deadline_ns - now : 0; /* no overflow either */
     if (span < due_span) due_span = span;
     if (deadline_ns < due_wake) { /* it would sleep past this one */
         due_wake = deadline_ns;
