@@ -453,6 +453,8 @@ class RedisState(StateBackend):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            if self._timer is not None and self._loop is not None and self._loop.is_closed():
+                self._timer = None  # its loop ended: it never fires (found by review)
             if self._timer is None:
                 self.flush()
             return
@@ -593,6 +595,10 @@ class RedisState(StateBackend):
         answer, due within `timeout` of the script's send, is read on a thread of its
         own, and what it granted goes back). Raises RoundTripFailed like `run`."""
         answer_by = time.monotonic() + self.settings.timeout
+        if self._held and answer_by - self.settings.timeout >= self._retry_at:
+            # Off a loop nothing else sends what a failed round trip held: the slots it
+            # gives back go first (found by review: the tenant stayed refused).
+            self.flush()
         call, releases, refund = self._command(gate, lease_id, pending)
 
         def late(replies: list[Any]) -> None:
