@@ -111,8 +111,8 @@ def _deadline_thread_wakes() -> int:
 
 
 def test_runs_far_shorter_than_their_deadlines_do_not_wake_the_thread_each() -> None:
-    """Each run of a gateway's hello woke the thread (a signal and two context switches,
-    ~15 % of the request's CPU): it had found the list emptied and slept without a time.
+    """Each run of a gateway's hello woke the thread (a signal and two context switches)
+    where a core was free to run it: it had found the list emptied and slept untimed.
     An emptied list keeps it sleeping as long as the runs' time; a shorter deadline
     listed meanwhile still wakes it and fires on time."""
     trip = Tripwire()

@@ -244,7 +244,7 @@ def test_a_background_writer_writes_on_its_interval_without_more_records(
 def test_a_background_writer_is_woken_for_several_batches_not_each(tmp_path: Path) -> None:
     """Each wake of the writer takes the interpreter's lock from the serving thread at
     each of its system calls: woken for every batch (32 spans), it cost a gateway's hello
-    15 % of its CPU. Before its interval, it now writes once `WAKE_BATCHES` batches wait."""
+    ~10 µs in-process. Before its interval, it now writes once `WAKE_BATCHES` batches wait."""
     import time
 
     from stockade.telemetry.filesink import WAKE_BATCHES
