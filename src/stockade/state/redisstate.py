@@ -594,8 +594,9 @@ class RedisState(StateBackend):
         for a connection being made included (else RoundTripFailed then; the store's
         answer, due within `timeout` of the script's send, is read on a thread of its
         own, and what it granted goes back). Raises RoundTripFailed like `run`."""
-        answer_by = time.monotonic() + self.settings.timeout
-        if self._held and answer_by - self.settings.timeout >= self._retry_at:
+        now = time.monotonic()
+        answer_by = now + self.settings.timeout
+        if self._held and now >= self._retry_at:
             # Off a loop nothing else sends what a failed round trip held: the slots it
             # gives back go first (found by review: the tenant stayed refused).
             self.flush()
