@@ -226,7 +226,8 @@ def test_a_large_output_arrives_however_busy_the_gateway_worker(
     The output is held to coming steadily, not to a time for the whole copy."""
     monkeypatch.setattr(protocol, "OUTPUT_WAIT", 0.5)  # well under the whole copy's time
     specs = {spec.name: spec for spec in pool.specs}
-    body = os.urandom(4 * MiB)
+    # 4 MiB took 0.48 s once (under 0.5: the test then proved nothing, and failed).
+    body = os.urandom(8 * MiB)
     stop = threading.Event()
 
     def spin() -> None:
