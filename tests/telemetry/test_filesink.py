@@ -33,6 +33,13 @@ _TYPES: dict[str, Any] = {"resourceSpans": ExportTraceServiceRequest,
           "resourceLogs": ExportLogsServiceRequest}
 
 
+def _record(sink: FileSink, count: int = 1) -> None:
+    """Record `count` finished runs (made by `make_run`) in `sink`."""
+    for _ in range(count):
+        info, result = make_run()
+        sink.record(InvocationRecord.build(info, result))
+
+
 def _ids_to_base64(data: Any) -> Any:
     # OTLP/JSON writes ids as hex; protobuf's canonical JSON expects base64 bytes.
     if isinstance(data, dict):
@@ -152,9 +159,7 @@ def test_batches_flush_at_the_batch_size(tmp_path: Path) -> None:
     settings = resolve_settings("edge", env={"OTEL_TRACES_SAMPLER": "always_on",
                                              "STOCKADE_TELEMETRY_FILE": str(tmp_path / "t")})
     sink = FileSink(settings)
-    for _ in range(70):
-        info, result = make_run()
-        sink.record(InvocationRecord.build(info, result))
+    _record(sink, 70)
     # two full batches of 32 were written on the way; 6 spans wait for close()
     spans_per_line = [len(m.resource_spans[0].scope_spans[0].spans)
                       for m in parse_lines(tmp_path / "t")
@@ -172,8 +177,7 @@ def test_file_is_rotated_past_its_size(tmp_path: Path) -> None:
     settings = resolve_settings(env={"STOCKADE_TELEMETRY_FILE": str(tmp_path / "t.jsonl")})
     sink = FileSink(settings, max_bytes=20_000)
     for _ in range(10):
-        info, result = make_run()
-        sink.record(InvocationRecord.build(info, result))
+        _record(sink)
         sink.flush()
     assert (tmp_path / "t.jsonl.1").exists()
     assert (tmp_path / "t.jsonl").stat().st_size <= 20_000
@@ -184,8 +188,7 @@ def _writer(path: str, count: int) -> None:
     settings = resolve_settings(env={"STOCKADE_TELEMETRY_FILE": path})
     sink = FileSink(settings)
     for _ in range(count):
-        info, result = make_run()
-        sink.record(InvocationRecord.build(info, result))
+        _record(sink)
         sink.flush()
 
 
@@ -223,9 +226,7 @@ def test_a_background_writer_writes_on_its_interval_without_more_records(
         sink.write_in_background()  # twice: still one writer
         assert [t for t in threading.enumerate()
                 if t.name == "stockade-telemetry-writer"] == writers
-        for _ in range(3):
-            info, result = make_run()
-            sink.record(InvocationRecord.build(info, result))
+        _record(sink, 3)
         assert not (tmp_path / "t").exists()  # nothing written by the recording thread
         deadline = time.monotonic() + 10
         while not (tmp_path / "t").exists() or read_summary(tmp_path / "t").invocations < 3:
@@ -235,8 +236,7 @@ def test_a_background_writer_writes_on_its_interval_without_more_records(
     finally:
         sink.close()
     assert not writers[0].is_alive()
-    info, result = make_run()  # after close: written by the recording thread again
-    sink.record(InvocationRecord.build(info, result))
+    _record(sink)  # after close: written by the recording thread again
     sink.close()
     assert read_summary(tmp_path / "t").invocations == 4
 
@@ -252,15 +252,10 @@ def test_a_background_writer_is_woken_for_several_batches_not_each(tmp_path: Pat
     batch = 32  # the edge profile's
     sink = _background_sink(tmp_path, "600000")
     try:
-        def record(count: int) -> None:
-            for _ in range(count):
-                info, result = make_run()
-                sink.record(InvocationRecord.build(info, result))
-
-        record(batch * WAKE_BATCHES - 1)
+        _record(sink, batch * WAKE_BATCHES - 1)
         time.sleep(0.5)  # a writer woken by a full batch has written by now
         assert not (tmp_path / "t").exists()
-        record(1)
+        _record(sink)
         deadline = time.monotonic() + 10
         while not (tmp_path / "t").exists() or \
                 read_summary(tmp_path / "t").spans < batch * WAKE_BATCHES:
@@ -287,9 +282,7 @@ def test_a_writer_that_died_unnoticed_is_found_at_a_full_batch(tmp_path: Path) -
         dead.start()
         dead.join()
         sink._writer, sink._stopping = dead, False  # ended, and not cleared
-        for _ in range(32):  # the edge profile's batch
-            info, result = make_run()
-            sink.record(InvocationRecord.build(info, result))
+        _record(sink, 32)  # the edge profile's batch
         assert read_summary(tmp_path / "t").spans == 32  # written by this thread
     finally:
         sink.close()
@@ -314,9 +307,7 @@ def test_a_stuck_background_writer_drops_spans_past_its_queue(
             fcntl.flock(held, fcntl.LOCK_EX)
             time.sleep(0.3)  # the writer now waits for the lock, holding what it took
             start = time.monotonic()
-            for _ in range(count):
-                info, result = make_run()
-                sink.record(InvocationRecord.build(info, result))
+            _record(sink, count)
             recording = time.monotonic() - start
             queued = len(sink._spans)
             fcntl.flock(held, fcntl.LOCK_UN)
@@ -339,8 +330,7 @@ def test_a_forked_child_writes_on_its_own_thread(tmp_path: Path) -> None:
         if pid == 0:  # the child: no writer thread came with it
             code = 1
             try:
-                info, result = make_run()
-                sink.record(InvocationRecord.build(info, result))
+                _record(sink)
                 sink.flush()
                 code = 0 if read_summary(tmp_path / "t").invocations == 1 else 2
             finally:
@@ -371,8 +361,7 @@ def test_a_held_lock_costs_a_write_not_a_run(tmp_path: Path, caplog: pytest.LogC
                                                       "STOCKADE_TELEMETRY_FILE": str(path)}))
         if background:
             sink.write_in_background()
-        info, result = make_run()
-        sink.record(InvocationRecord.build(info, result))
+        _record(sink)
         with path.open("rb") as held:  # a read-only descriptor is enough
             fcntl.flock(held, fcntl.LOCK_EX)
             start = time.monotonic()
@@ -418,8 +407,7 @@ def test_records_after_the_writer_died_are_written_on_the_interval(
         assert not writer.is_alive()
         monkeypatch.undo()
         time.sleep(0.1)  # the interval has passed: the next record writes what is due
-        info, result = make_run()
-        sink.record(InvocationRecord.build(info, result))
+        _record(sink)
         assert read_summary(tmp_path / "t").invocations == 1  # written by this thread
     finally:
         sink.close()
@@ -433,7 +421,6 @@ def test_a_file_the_user_named_is_written_where_they_chose(tmp_path: Path) -> No
     open_dir.mkdir()
     open_dir.chmod(0o1777)
     sink = FileSink(resolve_settings(env={"STOCKADE_TELEMETRY_FILE": str(open_dir / "t")}))
-    info, result = make_run()
-    sink.record(InvocationRecord.build(info, result))
+    _record(sink)
     sink.close()
     assert read_summary(open_dir / "t").spans == 1
