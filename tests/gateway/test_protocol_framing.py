@@ -1,7 +1,7 @@
 """The worker's HTTP protocol against bytes no callback reports and requests held queued,
 over real connections: chunk extensions and line ends around a chunked body's data,
 blank lines sent while a request is answered, pipelined heads dense with header lines,
-and request targets in absolute form."""
+and request targets in absolute form (served as origin form when they name Host's host)."""
 
 from __future__ import annotations
 
@@ -206,14 +206,59 @@ def test_a_pipelining_client_with_ordinary_heads_keeps_its_connection(
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
-@pytest.mark.parametrize("target", [b"https://evil:99/echo?q=1", b"http://t/echo"])
-def test_a_target_in_absolute_form_is_refused(gateway: Gateway, target: bytes) -> None:
-    """`GET https://evil:99/echo` with `Host: a` was served as `http://a/echo`: the Host
-    header won over the target's authority (RFC 9112 3.2.2 says the target's wins). A
-    gateway is an origin server, sent origin-form targets: one in absolute form names a
-    second host, and is refused (400, closed)."""
+def echoed(answer: bytes) -> dict[str, str]:
+    """The variables the echo function printed (its body's first block)."""
+    body = answer.split(b"\r\n\r\n", 1)[1].decode()
+    return dict(line.split("=", 1) for line in body.split("\n\n", 1)[0].splitlines())
+
+
+@pytest.mark.parametrize(("target", "path", "query"), [
+    (b"http://t/echo/a%20b?q=1", "/a%20b", "q=1"),
+    (b"HTTPS://T/echo", "", ""),
+    (b"http://t/echo?", "", ""),
+])
+def test_a_target_in_absolute_form_naming_the_host_header_is_served(
+        gateway: Gateway, target: bytes, path: str, query: str) -> None:
+    """RFC 9112 3.2.2: a server must accept a target in absolute form. Served as the
+    origin-form target it names when its authority is the Host header's (as RFC 9112 3.2
+    has clients send it; case aside): the function sees one host, the path and the
+    query as an origin-form request would have given them."""
     with connect(gateway) as sock:
-        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    env = echoed(answer)
+    assert env["SERVER_NAME"] == "t" and env["SCRIPT_NAME"] == "/echo"
+    assert env["X_RAW_PATH_INFO"] == path and env["QUERY_STRING"] == query
+    assert env["X_FULL_URL"] == "http://t/echo" + path + ("?" + query if query else "")
+
+
+@pytest.mark.parametrize("target", [
+    b"https://evil:99/echo?q=1",  # another host than Host's
+    b"http://t:80/echo",  # the same origin, another spelling: not the Host header's
+    b"http://u@t/echo", b"http://t@t/echo",  # credentials in the target (RFC 9110 4.2.4)
+    b"ftp://t/echo", b"http:/t/echo", b"http://", b"t:80",  # authority form
+    b"http://t#/echo",
+])
+def test_a_target_in_absolute_form_naming_another_host_is_refused(
+        gateway: Gateway, target: bytes) -> None:
+    """`GET https://evil:99/echo` with `Host: t` was served as `http://t/echo`: the Host
+    header won over the target's authority (RFC 9112 3.2.2 says the target's wins). A
+    target whose authority is not the Host header's, with credentials, of another scheme,
+    without a path, or in authority form is refused (400, closed): taking the target's
+    host would trust a client over the Host a proxy in front routed by."""
+    with connect(gateway) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = closed_by_server(sock)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"evil" not in answer and b"X_FULL_URL" not in answer
+
+
+def test_a_target_in_absolute_form_without_a_host_header_is_refused(gateway: Gateway) -> None:
+    """HTTP/1.0 needs no Host header: the target's authority would then be the request's
+    only host, which the function would not see (it reads Host). Refused, 400."""
+    with connect(gateway) as sock:
+        sock.sendall(b"GET http://t/echo HTTP/1.0\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") or answer.startswith(b"HTTP/1.0 400 "), \
+        answer[:200]

@@ -588,12 +588,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self._hosts and version == "1.1":
             self._refused_head = 400  # RFC 9112 3.2: an HTTP/1.1 request names its host
             raise _HeadRefused("no Host header")
-        if self.url[:1] != b"/" and self.url != b"*":
-            # Absolute form names a host besides Host, and the target's would win (RFC
-            # 9112 3.2.2): the function read the Host header's. A gateway is an origin
-            # server, sent origin-form targets by clients and by the proxies in front.
-            self._refused_head = 400
-            raise _HeadRefused("a request target in absolute or authority form")
+        target = self.url
+        if target[:1] != b"/" and target != b"*":
+            target = self._origin_form(target)
         if parser.should_upgrade() and (self._framed or parser.get_method() == b"CONNECT"):
             # httptools ends an upgrade request at its head, whatever it declares: its body
             # would be parsed as the next request (smuggled past a proxy framing it by its
@@ -613,7 +610,7 @@ class GuardedProtocol(HttpToolsProtocol):
         # What uvicorn's does (less the WebSocket upgrade: the worker serves none), into a
         # `Request` instead of a scope.
         method = parser.get_method().decode("ascii")
-        url = httptools.parse_url(self.url)
+        url = httptools.parse_url(target)
         raw_path = url.path
         path = raw_path.decode("ascii")
         if "%" in path:
@@ -656,6 +653,27 @@ class GuardedProtocol(HttpToolsProtocol):
             self._queued_size += size
             self._queued_fields += fields
             self.pipeline.appendleft((cycle, self.app))
+
+    def _origin_form(self, target: bytes) -> bytes:
+        """The origin-form target an absolute-form one names (RFC 9112 3.2.2: servers
+        accept absolute form). Only when its authority is the Host header's, as RFC 9112
+        3.2 has clients send it (case aside): the target's authority would win over
+        Host, and the function reads Host's, so one host per request leaves the function
+        and a proxy in front nothing to disagree on. Another host or spelling of it,
+        credentials, a scheme other than HTTP's, a fragment, or authority form: 400."""
+        scheme, slashes, rest = target.partition(b"://")
+        end = min((at for at in (rest.find(b"/"), rest.find(b"?")) if at >= 0),
+                  default=len(rest))
+        authority = rest[:end].lower()
+        hosts = [value for name, value in self.headers if name == b"host"]
+        if not slashes or scheme.lower() not in (b"http", b"https") or not authority \
+                or b"@" in authority or b"#" in rest \
+                or [host.lower() for host in hosts] != [authority]:
+            self._refused_head = 400
+            raise _HeadRefused("a request target in absolute form naming another host "
+                               "than Host's, or in authority form")
+        origin = rest[end:]
+        return origin if origin[:1] == b"/" else b"/" + origin
 
     def _dequeued(self, cycle: Exchange) -> None:
         """`cycle` left the pipeline: its head no longer counts toward what is queued."""
