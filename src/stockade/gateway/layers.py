@@ -118,6 +118,11 @@ class Pipeline:
         handler = self.system.get(request.path)
         if handler is not None:
             state["labels"] = GATEWAY
+            # Sent in its one form, as a function's route: `/%6detrics` past a proxy's
+            # rule for `/metrics` read every tenant's counts.
+            encoded = encoded_route(request.path, request.raw_path)
+            if encoded is not None:
+                raise BadRequest(encoded)
             return await handler(request)
         ambiguous = ambiguous_path(request.path, request.raw_path)
         if ambiguous is not None:

@@ -48,7 +48,7 @@ def encoded_route(route: str, raw: bytes) -> str | None:
     canonical = _canonical(route)
     if raw[:len(canonical)].lower() == canonical:
         return None
-    return ("the request path does not send its function's route as is (percent-encoded "
+    return ("the request path does not send its route as is (percent-encoded "
             "only where a path must be)")
 
 
