@@ -262,3 +262,26 @@ def test_a_target_in_absolute_form_without_a_host_header_is_refused(gateway: Gat
         answer = closed_by_server(sock)
     assert answer.startswith(b"HTTP/1.1 400 ") or answer.startswith(b"HTTP/1.0 400 "), \
         answer[:200]
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_an_interim_100_goes_to_http_1_1_clients_only(gateway: Gateway, version: bytes) -> None:
+    """`Expect: 100-continue` from an HTTP/1.0 client is ignored (RFC 9110 10.1.1), and no
+    1xx goes to one (15.2): an HTTP/1.0 proxy would take `100 Continue` for the answer,
+    and the answer for its body (found by review)."""
+    with connect(gateway) as sock:
+        sock.sendall(b"POST /echo HTTP/" + version + b"\r\nHost: t\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 5\r\n\r\n")
+        sock.settimeout(0.5)
+        try:
+            interim = sock.recv(65536)
+        except TimeoutError:
+            interim = b""
+        sock.settimeout(20)
+        sock.sendall(b"hello")
+        answer = interim + closed_by_server(sock) if version == b"1.0" else interim
+    if version == b"1.1":
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    else:
+        assert interim == b"" and answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert answer.endswith(b"\n\nhello")

@@ -538,7 +538,10 @@ class GuardedProtocol(HttpToolsProtocol):
             if name == b"transfer-encoding":
                 self._check_coding(value)
         value = value.rstrip(b" \t")  # as uvicorn: trailing whitespace is no part of it
-        if name == b"expect" and value.lower() == b"100-continue":
+        # Ignored from HTTP/1.0 (RFC 9110 10.1.1), which no 1xx may reach (15.2): a 1.0
+        # proxy took `100 Continue` for the answer, and the answer for its body.
+        if name == b"expect" and value.lower() == b"100-continue" \
+                and self.parser.get_http_version() != "1.0":
             self.expect_100_continue = True
         self.headers.append((name, value))
 
