@@ -205,3 +205,49 @@ def test_a_run_cancelled_while_queued_is_let_go_at_once() -> None:
 
     alive, queued = asyncio.run(scenario())
     assert (alive, queued) == (0, 0)
+
+
+def test_a_tenant_filling_the_queue_leaves_room_for_the_others() -> None:
+    """The queue's bound was shared: a tenant with no concurrency quota (or a large one)
+    filled it with its own runs, and every other tenant's run was refused 503 while its
+    reserved thread sat idle (found by review). A full queue now gives a run of a tenant
+    with fewer queued the place of the newest run of the tenant with the most (refused
+    503 in its stead); a tenant with as many queued as the longest is refused."""
+    import asyncio
+
+    import pytest
+
+    from stockade.gateway.dispatch import Dispatcher
+    from stockade.gateway.problem import Unavailable
+
+    jobs = TenantJobs()
+    release, started, job = jobs.release, jobs.started, jobs.run
+
+    async def scenario() -> tuple[list[str], list[object]]:
+        dispatcher = Dispatcher(threads=2, max_queue=4)
+        dispatcher.share_among(["a", "b"])
+        # One running (a's share of the threads), five queued: the bound counts both
+        # threads.
+        flood = [asyncio.create_task(dispatcher.run(lambda n=n: job(f"a{n}"), None, "a"))
+                 for n in range(6)]
+        try:
+            while len(started) < 1:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
+            with pytest.raises(Unavailable):  # a's own runs past the bound are refused
+                await dispatcher.run(lambda: job("a-more"), None, "a")
+            other = await asyncio.wait_for(dispatcher.run(lambda: job("b"), None, "b"), 5)
+            assert other == "b"  # ran on the thread left to b
+            second = asyncio.create_task(dispatcher.run(lambda: job("b2"), None, "b"))
+            await asyncio.sleep(0.2)  # b holds no thread: its next run starts too
+        finally:
+            release.set()
+        await asyncio.wait_for(second, 20)
+        outcomes = await asyncio.gather(*flood, return_exceptions=True)
+        dispatcher.close()
+        return started, outcomes
+
+    order, outcomes = asyncio.run(scenario())
+    assert "b" in order and "b2" in order, order
+    assert [type(each) for each in outcomes].count(Unavailable) == 1, outcomes
+    assert isinstance(outcomes[-1], Unavailable)  # a's newest gave its place

@@ -11,8 +11,11 @@ all threads but one, whether the others have runs yet or not: the worker pool's
 `tenant_share` rule. A single queue let a tenant keeping many runs queued (within its
 quotas, or with none) delay every other tenant's run behind its whole backlog, and a
 share counted only among tenants with runs let one take every thread while the others
-were idle, whose next runs then waited out its runs (found by review). Runs are not
-preempted.
+were idle, whose next runs then waited out its runs (found by review). The queue's
+bound is shared the same way: when it is full, a run of a tenant with fewer queued takes
+the place of the newest run of the tenant with the most, which is refused (503) instead;
+one tenant filling it refused every other tenant's runs, their threads idle (review).
+Runs are not preempted.
 """
 
 from __future__ import annotations
@@ -80,9 +83,12 @@ class Dispatcher:
             if self._closed:
                 raise Unavailable("the server is shutting down", 1.0, reason="draining")
             if self.pending >= self.threads + self.max_queue:
-                raise Unavailable(f"all {self.threads} guest threads are busy and "
-                                  f"{self.max_queue} requests are queued", 1.0,
-                                  reason="queue")
+                pushed = self._push_out(tenant)
+                if pushed is None:
+                    raise Unavailable(self._full(), 1.0, reason="queue")
+                # Cancelled meanwhile (its `_done` waits for the lock): let go already.
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    pushed.set_exception(Unavailable(self._full(), 1.0, reason="queue"))
             self.pending += 1
             queue = self._queues.get(tenant)
             if queue is None:
@@ -100,6 +106,29 @@ class Dispatcher:
             return await asyncio.wait_for(wrapped, timeout)
         except TimeoutError:
             raise GatewayTimeout(f"no response within {timeout:g} s") from None
+
+    def _full(self) -> str:
+        return (f"all {self.threads} guest threads are busy and {self.max_queue} requests "
+                "are queued")
+
+    def _push_out(self, tenant: str | None) -> concurrent.futures.Future[Any] | None:
+        """With the queue full (the condition held): take out the newest run of the
+        tenant with the most queued, for a run of `tenant` with fewer by two or more (its
+        run then queued, one more), and return its future to refuse; None: `tenant`
+        has as many as the longest, and is refused. One tenant filling the queue
+        (no concurrency quota, or a large one) refused every other tenant's runs."""
+        longest = max(self._turn, key=lambda queued: len(self._queues[queued]), default=None)
+        if longest is None or longest == tenant:
+            return None
+        queue = self._queues[longest]
+        own = self._queues.get(tenant)
+        if len(queue) <= (0 if own is None else len(own)) + 1:
+            return None
+        _, future = queue.pop()
+        if not queue:
+            del self._queues[longest]
+            self._turn.remove(longest)
+        return future
 
     def _start_worker(self) -> None:
         worker = threading.Thread(target=self._serve, daemon=True,
