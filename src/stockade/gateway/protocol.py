@@ -533,6 +533,12 @@ class GuardedProtocol(HttpToolsProtocol):
             if self._hosts > 1:
                 self._refused_head = 400
                 raise _HeadRefused("more than one Host header")
+        elif name == b"content-type" and any(
+                known == b"content-type" for known, _ in self.headers):
+            # The function read the last, where a proxy's filter in front may read the
+            # first (RFC 9110 5.3: a field of one value).
+            self._refused_head = 400
+            raise _HeadRefused("more than one Content-Type header")
         elif name == b"content-length" or name == b"transfer-encoding":
             self._framed = True  # a body may follow (`Request.read_body` reads it)
             if name == b"transfer-encoding":
@@ -592,6 +598,11 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refused_head = 400  # RFC 9112 3.2: an HTTP/1.1 request names its host
             raise _HeadRefused("no Host header")
         target = self.url
+        if b"#" in target:
+            # No part of a request target (RFC 9112 3.2): dropped here, while a proxy in
+            # front may match a path that goes on past it.
+            self._refused_head = 400
+            raise _HeadRefused("a fragment in the request target")
         if target[:1] != b"/" and target != b"*":
             target = self._origin_form(target)
         if parser.should_upgrade() and (self._framed or parser.get_method() == b"CONNECT"):
@@ -663,15 +674,14 @@ class GuardedProtocol(HttpToolsProtocol):
         3.2 has clients send it (case aside): the target's authority would win over
         Host, and the function reads Host's, so one host per request leaves the function
         and a proxy in front nothing to disagree on. Another host or spelling of it,
-        credentials, a scheme other than HTTP's, a fragment, or authority form: 400."""
+        credentials, a scheme other than HTTP's, or authority form: 400."""
         scheme, slashes, rest = target.partition(b"://")
         end = min((at for at in (rest.find(b"/"), rest.find(b"?")) if at >= 0),
                   default=len(rest))
         authority = rest[:end].lower()
         hosts = [value for name, value in self.headers if name == b"host"]
         if not slashes or scheme.lower() not in (b"http", b"https") or not authority \
-                or b"@" in authority or b"#" in rest \
-                or [host.lower() for host in hosts] != [authority]:
+                or b"@" in authority or [host.lower() for host in hosts] != [authority]:
             self._refused_head = 400
             raise _HeadRefused("a request target in absolute form naming another host "
                                "than Host's, or in authority form")
