@@ -305,3 +305,22 @@ def test_a_head_a_proxy_may_read_otherwise_is_refused(gateway: Gateway, head: by
         answer = closed_by_server(sock)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"X_FULL_URL" not in answer
+
+
+@pytest.mark.parametrize("target", [b"/echo/%FF", b"/echo/%c3", b"/echo/%C3%28"])
+def test_a_path_whose_escapes_are_not_utf_8_is_refused(gateway: Gateway, target: bytes) -> None:
+    """Escapes that decode to no UTF-8 text were replaced by U+FFFD, so `/echo/%FF` and
+    `/echo/%FE` reached the function as one path while a proxy in front tells them apart
+    (found by review): 400, closed."""
+    with connect(gateway) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+
+
+def test_a_path_whose_escapes_are_utf_8_is_served(gateway: Gateway) -> None:
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /echo/caf%C3%A9 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert echoed(answer)["PATH_INFO"] == "/café"

@@ -628,7 +628,13 @@ class GuardedProtocol(HttpToolsProtocol):
         raw_path = url.path
         path = raw_path.decode("ascii")
         if "%" in path:
-            path = urllib.parse.unquote(path)
+            try:
+                path = urllib.parse.unquote(path, errors="strict")
+            except UnicodeDecodeError:
+                # Replaced by U+FFFD, `/a/%FF` and `/a/%FE` were one path here, two to
+                # a proxy in front.
+                self._refused_head = 400
+                raise _HeadRefused("percent-escapes in the path that are not UTF-8") from None
         cycle = Exchange(
             scope={"method": method},  # type: ignore[typeddict-item]  # what `send` reads
             transport=self.transport, flow=self.flow, logger=self.logger,
