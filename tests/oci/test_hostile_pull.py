@@ -1268,3 +1268,58 @@ def count_layer_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(image_module, "open_layer", counting)
     monkeypatch.setattr(transfer_module, "open_layer", counting, raising=False)
     return opened
+
+
+def _planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> Path:
+    """A credential file named by REGISTRY_AUTH_FILE that is not one to read whole."""
+    import os
+
+    auth = tmp_path / "auth.json"
+    if kind == "fifo":
+        os.mkfifo(auth)
+    elif kind == "device":
+        auth.symlink_to("/dev/zero")
+    elif kind == "deep":
+        auth.write_text('{"auths": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif kind == "large":
+        with auth.open("wb") as out:
+            out.truncate(64 * 1024**2)  # sparse: nothing written
+    elif kind == "typed":
+        auth.write_text('{"auths": 5}')
+    else:
+        auth.write_text("not json")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    return auth
+
+
+KINDS = ["fifo", "device", "deep", "large", "typed", "garbage"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_credential_files_are_read_only_when_a_registry_asks(
+        serve: Callable[[], Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """Read on every pull, a FIFO there hung it, `/dev/zero` grew it without bound, a
+    deep nesting or `{"auths": 5}` raised a traceback (found by review), though the
+    registry asked for no credentials. They are read when a registry asks."""
+    registry = serve()
+    image(registry, "app", [tar_layer("app.wasm", WASM)])
+    _planted(tmp_path, monkeypatch, kind)
+    pull_from(registry, "app", tmp_path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_credential_file_that_cannot_be_used_is_one_line(
+        serve: Callable[[], Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """When a registry asks: not a regular file, past `MAX_CREDENTIAL_FILE`, nested
+    deeper than JSON may be read or not the documented shape: RegistryAuthError (77)
+    naming the file, at once."""
+    registry = serve()
+    registry.routes["*"] = lambda request: _basic(request) and None
+    auth = _planted(tmp_path, monkeypatch, kind)
+    started = time.monotonic()
+    with pytest.raises(RegistryAuthError) as caught:
+        pull_from(registry, "app", tmp_path)
+    assert time.monotonic() - started < 10
+    assert str(auth) in caught.value.message and "\n" not in caught.value.message

@@ -10,15 +10,22 @@ helpers (`credHelpers`, `credsStore`) are not run: Stockade executes no helper b
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import re
 from pathlib import Path
 
-__all__ = ["Credentials", "find_credentials", "credential_files", "parse_challenge"]
+from ..display import printable
+from ..regularfile import read_regular
+from .errors import RegistryAuthError
+
+__all__ = ["Credentials", "find_credentials", "credential_files", "parse_challenge",
+           "MAX_CREDENTIAL_FILE"]
 
 Credentials = tuple[str, str]
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
+MAX_CREDENTIAL_FILE = 1024**2  # bytes; a Docker or Podman one holds a few entries
 
 
 def credential_files() -> list[Path]:
@@ -58,12 +65,15 @@ def _decode(entry: object) -> Credentials | None:
 
 
 def find_credentials(registry: str, repository: str) -> Credentials | None:
-    """(user, password) for `registry/repository`, or None. Unreadable files are skipped."""
+    """(user, password) for `registry/repository`, or None: asked only once a registry
+    wants credentials. A missing file is skipped; one that is no regular file, larger
+    than `MAX_CREDENTIAL_FILE`, unreadable or not the documented JSON (`{"auths": {…}}`)
+    raises RegistryAuthError naming it: a FIFO there hung every pull, and `/dev/zero`
+    grew it without bound."""
     keys = _keys_for(registry, repository)
     for path in credential_files():
-        try:
-            auths = json.loads(path.read_bytes()).get("auths") or {}
-        except (OSError, ValueError, AttributeError):
+        auths = _auths(path)
+        if auths is None:
             continue
         normalised = {key.removeprefix("https://").removeprefix("http://").rstrip("/"): value
                       for key, value in auths.items() if isinstance(key, str)}
@@ -72,6 +82,30 @@ def find_credentials(registry: str, repository: str) -> Credentials | None:
             if found is not None:
                 return found
     return None
+
+
+def _auths(path: Path) -> dict[object, object] | None:
+    """The `auths` table of the credential file at `path` (None: no file there)."""
+    try:
+        data = read_regular(path, MAX_CREDENTIAL_FILE + 1, follow=True)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = "not a regular file" if exc.errno == errno.EINVAL else \
+            (exc.strerror or str(exc))
+        raise RegistryAuthError(f"credential file {printable(str(path))}: {reason}") from None
+    if len(data) > MAX_CREDENTIAL_FILE:
+        raise RegistryAuthError(f"credential file {printable(str(path))}: larger than "
+                                f"{MAX_CREDENTIAL_FILE // 1024**2} MiB")
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        document = None
+    auths = document.get("auths", {}) if isinstance(document, dict) else None
+    if not isinstance(auths, dict):
+        raise RegistryAuthError(f"credential file {printable(str(path))}: not a JSON object with "
+                                'an "auths" object')
+    return auths
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import math
 import os
@@ -163,7 +164,7 @@ class RegistryClient:
         self.deadline = DOCUMENT_DEADLINE if deadline is None else deadline
         self.host = ref.api_host
         self.scheme = "http" if ref.registry in insecure or self.host in insecure else "https"
-        self._credentials: Credentials | None = find_credentials(ref.registry, ref.repository)
+        self._ref = ref
         self._tokens: dict[str, str] = {}
         self._clock: ExchangeClock = ExchangeClock()
         self._windows: list[_Window] = []  # the deadlines running, outermost first
@@ -442,6 +443,11 @@ class RegistryClient:
 
         own = httpx.URL(self._url("/v2/"))
         return (url.scheme, url.netloc) == (own.scheme, own.netloc)
+
+    @functools.cached_property
+    def _credentials(self) -> Credentials | None:
+        """Read once a registry asks for them: not every pull reads the user's files."""
+        return find_credentials(self._ref.registry, self._ref.repository)
 
     def _authenticate(self, challenge: str, scope: str) -> None:
         scheme, params = parse_challenge(challenge)
