@@ -73,3 +73,24 @@ def test_an_image_env_entry_that_is_no_key_value_is_refused(env: dict[str, str],
     built = cli(env, "oci", "build", str(guest("hello.wasm")), "--format", "image", "--tag",
                 "localhost:1/t:3", "--env", "A=1", "--env", "EMPTY=", "--json")
     assert built.returncode == 0, built.stderr
+
+
+@pytest.mark.parametrize("kind", ["deep", "large"])
+def test_an_index_too_deep_or_too_large_is_a_corrupt_store(env: dict[str, str],
+                                                           kind: str) -> None:
+    """`index.json` nested 100,000 deep raised a traceback; a 3 GiB one took 6.3 GB to
+    list (found by review). Both are a corrupt store: one line, 74."""
+    built = cli(env, "oci", "build", str(guest("hello.wasm")), "--tag", "localhost:1/t:1")
+    assert built.returncode == 0, built.stderr
+    index = Path(env["STOCKADE_CACHE_DIR"]) / "oci" / "index.json"
+    if kind == "deep":
+        index.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        with index.open("r+b") as out:
+            out.truncate(2 * 1024**3)  # sparse
+    for args in (("oci", "ls"), ("oci", "ls", "--json"),
+                 ("run", "oci://localhost:1/t:1")):
+        done = cli(env, *args)
+        assert done.returncode == 74, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "index.json" in done.stderr and "Traceback" not in done.stderr

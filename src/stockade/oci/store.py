@@ -43,6 +43,7 @@ REF_ANNOTATION = "org.opencontainers.image.ref.name"
 _OWN_STORE = "set STOCKADE_CACHE_DIR to a directory of your own"
 _LAYOUT = {"imageLayoutVersion": "1.0.0"}
 _CHUNK = 1 << 20
+MAX_INDEX_BYTES = 16 * 1024**2  # tens of thousands of tags
 
 
 class Recorded(set[str]):
@@ -202,12 +203,18 @@ class Store:
         path = self.root / "index.json"
         try:
             with self._open_owned(path) as handle:
-                index = json.loads(handle.read())
+                data = handle.read(MAX_INDEX_BYTES + 1)
+            if len(data) > MAX_INDEX_BYTES:
+                raise ValueError(f"larger than {MAX_INDEX_BYTES // 1024**2} MiB")
+            index = json.loads(data)
         except FileNotFoundError:
             return []
+        except RecursionError:
+            raise StoreCorrupt(f"local store: {path} is unreadable (nested too deep); "
+                               "remove it and pull again") from None
         except (OSError, ValueError) as exc:
-            raise StoreCorrupt(f"local store: {self.root / 'index.json'} is unreadable "
-                               f"({exc}); remove it and pull again") from None
+            raise StoreCorrupt(f"local store: {path} is unreadable ({exc}); remove it and "
+                               "pull again") from None
         manifests = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(manifests, list):
             raise StoreCorrupt(f"local store: {self.root / 'index.json'} has no manifests list")
