@@ -94,3 +94,22 @@ def test_an_index_too_deep_or_too_large_is_a_corrupt_store(env: dict[str, str],
         assert done.returncode == 74, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "index.json" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [("keygen", "--cosign", "{dir}/c"),
+                                  ("oci", "sign", "--key", "{dir}/c.key", "localhost:1/t:1")])
+def test_no_password_and_no_standard_input_is_one_line(env: dict[str, str], tmp_path: Path,
+                                                       args: tuple[str, ...]) -> None:
+    """Started with descriptor 0 closed and no COSIGN_PASSWORD: a traceback
+    (`sys.stdin` is None), found by review. The line that asks for COSIGN_PASSWORD, 125."""
+    import os
+    import subprocess
+
+    from .fixtures import BIN
+
+    (tmp_path / "c.key").write_text("not read before the password")
+    done = subprocess.run([str(BIN / "stockade"), *(a.format(dir=tmp_path) for a in args)],
+                          env=env, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(0))  # noqa: PLW1509 - the point
+    assert done.returncode == 125, done.stderr
+    assert "COSIGN_PASSWORD" in done.stderr and "Traceback" not in done.stderr

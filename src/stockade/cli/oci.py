@@ -200,7 +200,7 @@ def cosign_password(confirm: bool = False) -> bytes:
 
     if "COSIGN_PASSWORD" in os.environ:
         return os.environ["COSIGN_PASSWORD"].encode()
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():  # None: started with fd 0 closed
         raise UsageError("the cosign key's password: set COSIGN_PASSWORD (no terminal to "
                          "prompt on)")
     return str(click.prompt("Enter password for private key", hide_input=True,
