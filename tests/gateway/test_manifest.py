@@ -144,3 +144,23 @@ def test_an_unknown_telemetry_profile_is_refused_at_load(tmp_path: Path, name: s
 def test_every_telemetry_profile_loads(tmp_path: Path, name: str) -> None:
     manifest = load(tmp_path, f'[server]\ntelemetry = "{name}"\n' + BASE)
     assert manifest.server.telemetry == name  # type: ignore[attr-defined]
+
+
+def test_a_tenant_naming_its_signers_requires_their_signature(tmp_path: Path) -> None:
+    """README's `[tenant.acme] trust = { keys = ["acme.pub"] }`, the tenant's own
+    signers, served acme's unsigned modules when the manifest required no signature
+    (found by review): keys listed require one, for that tenant's functions only."""
+    (tmp_path / "acme.pub").write_text("read when a module is checked")
+    manifest = load(tmp_path, BASE + 'tenant = "acme"\n' + """
+[[function]]
+name = "other"
+route = "/other"
+module = "hello.wasm"
+
+[tenant.acme]
+trust = { keys = ["acme.pub"] }
+""")
+    acme, other = manifest.functions  # type: ignore[attr-defined]
+    assert acme.policy.trust.require_signature
+    assert acme.policy.trust.keys == (tmp_path / "acme.pub",)
+    assert not other.policy.trust.require_signature

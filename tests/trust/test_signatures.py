@@ -340,6 +340,25 @@ def test_verify_reads_a_key_directory_as_trust_does(tmp_path: Path,
 
 
 
+@pytest.mark.parametrize(("required", "unsigned_code"), [(None, 126), ("true", 126),
+                                                         ("false", 0)])
+def test_a_trust_table_listing_keys_requires_a_signature(
+        tmp_path: Path, required: str | None, unsigned_code: int) -> None:
+    """`[trust] keys = [...]` alone checked nothing and said nothing, while `--trust-key`
+    requires a signature (found by review): keys listed require one unless the table
+    says `require_signature = false`."""
+    signer = SecretKey(bytes([6]) * 32)
+    (tmp_path / "signer.pub").write_bytes(signer.public.pem())
+    signed = tmp_path / "signed.wasm"
+    signed.write_bytes(sign_module(guest("hello.wasm").read_bytes(), signer).module)
+    policy = tmp_path / "policy.toml"
+    line = "" if required is None else f"require_signature = {required}\n"
+    policy.write_text(f'[trust]\n{line}keys = ["signer.pub"]\n')
+    unsigned = stockade("run", "--policy", str(policy), str(guest("hello.wasm")))
+    assert unsigned.returncode == unsigned_code, unsigned.stderr
+    assert stockade("run", "--policy", str(policy), str(signed)).returncode == 0
+
+
 def test_file_names_are_shown_escaped_on_success(tmp_path: Path) -> None:
     """The success lines of `keygen`, `sign` and `verify` wrote file names raw: a name
     holding an escape sequence or a newline rewrote the terminal (the error lines escape

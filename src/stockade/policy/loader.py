@@ -121,21 +121,23 @@ def _capabilities(table: Mapping[str, Any], source: str, base: Path) -> Capabili
 
 
 def trust_from_mapping(table: Any, where: str, base: Path) -> Trust:
-    """The `[trust]` table found at `where`: `require_signature` (bool) and `keys` (paths
-    of public keys or key directories, relative to `base`). Raises PolicyError."""
+    """The `[trust]` table found at `where`: `require_signature` (bool; default true when
+    `keys` are listed, as `--trust-key` requires one: a table naming signers checked
+    nothing, and said nothing, unless it also said `require_signature = true`) and `keys`
+    (paths of public keys or key directories, relative to `base`). Raises PolicyError."""
     if not isinstance(table, Mapping):
         raise PolicyError(f"{where}: expected a table")
     for key in table:
         if key not in ("require_signature", "require_image_signature", "keys"):
             raise PolicyError(f"{where}.{key}: unknown key (known: keys, require_signature, "
                               "require_image_signature)")
-    required = table.get("require_signature", False)
+    keys = table.get("keys", [])
+    required = table.get("require_signature", bool(keys))
     image = table.get("require_image_signature", False)
     for name, value in (("require_signature", required), ("require_image_signature", image)):
         if not isinstance(value, bool):
             raise PolicyError(f"{where}.{name}: expected true or false")
     required = required or image
-    keys = table.get("keys", [])
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
         raise PolicyError(f"{where}.keys: expected a list of public key files or directories")
     if required and not keys:
