@@ -161,6 +161,19 @@ def gateway_env(cache: Path, state: Path) -> dict[str, str]:
     return env
 
 
+def gateway_with_open_files(manifest: Path, env: dict[str, str], soft: int) -> Gateway:
+    """A gateway started under an open-file limit of `soft` (it inherits this process's,
+    put back once it started)."""
+    import resource
+
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        return Gateway(manifest, env, ())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before, hard))
+
+
 Start = Callable[..., Gateway]
 
 

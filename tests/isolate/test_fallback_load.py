@@ -54,7 +54,10 @@ def test_a_module_the_c_api_refuses_after_compiling_costs_one_load_timeout(
         except ModuleError as exc:  # both loads finished within the one timeout
             outcome, message = None, exc.message
         elapsed = time.monotonic() - begun
-    assert outcome in (Outcome.TIMEOUT, None), (outcome, message)
+    # On a loaded machine the timeout may already end the module's transfer to the worker
+    # (`error`, the worker killed): within the one timeout all the same.
+    assert outcome in (Outcome.TIMEOUT, None) or (
+        outcome is Outcome.ERROR and "within the load timeout" in message), (outcome, message)
     if outcome is Outcome.TIMEOUT:
         assert "loading the module took longer than" in message
     # One load timeout and a wasmtime-py worker's start (with slack for a busy machine);

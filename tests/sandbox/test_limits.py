@@ -162,3 +162,49 @@ def test_a_cpu_burn_under_the_default_profile_stops_at_its_timeout() -> None:
     assert (result.outcome, result.exit_code) == (Outcome.TIMEOUT, 124)
     assert result.usage.fuel_consumed is None
     assert 300 <= result.usage.wall_ms < 300 + 2000  # generous: a shared, noisy machine
+
+
+SHARED_DESCRIPTORS = """
+import asyncio, json, os, resource, sys
+from pathlib import Path
+from stockade import Invocation, Policy, SandboxPool
+from stockade.policy import DirGrant
+
+data, module = Path(sys.argv[1]), sys.argv[2]
+policy = Policy.from_profile("default").with_capabilities(dirs=(DirGrant(data, "/data"),))
+policy = policy.with_limits(max_open_files=100)
+
+async def main() -> list[list[object]]:
+    async with SandboxPool(policy, size=4) as pool:
+        await pool.warm()
+        # Room for 250 more descriptors: four runs wanting 90 each cannot all have them.
+        room = len(os.listdir("/proc/self/fd")) + 250
+        resource.setrlimit(resource.RLIMIT_NOFILE, (room, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+        runs = await asyncio.gather(*(pool.run(module, Invocation(
+            args=("/data/f", "90", "1"))) for _ in range(4)))
+    return [[run.outcome.value, run.stdout.decode()] for run in runs]
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_runs_in_one_process_share_its_descriptors(tmp_path: Path) -> None:
+    """Each run's descriptor cap was what the process could still open when it started:
+    concurrent runs each claimed the same room, and the last ones' opens failed (EIO, or
+    EACCES), outcome `exited`, where the README promises `fd_quota` (found by review). A
+    run now takes its room from what the live runs may still open: those past it are
+    stopped at their quota."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "f").write_text("x")
+    done = subprocess.run([sys.executable, "-c", SHARED_DESCRIPTORS, str(tmp_path),
+                           str(guest("fdhold.wasm"))], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout)
+    assert all("failed" not in stdout for _, stdout in runs), runs
+    outcomes = sorted(outcome for outcome, _ in runs)
+    assert outcomes.count("exited") >= 2 and "fd_quota" in outcomes, runs

@@ -32,12 +32,13 @@ from typing import Any
 import uvicorn
 
 from ..display import PrintableFormatter
+from ..hostcalls.fdroom import DESCRIPTORS
 from .app import GatewayApp
 from .confine import confine_server_process, log_protections
 from .connlimit import PeerConnections
 from .conntable import ConnectionTable
 from .listener import bind_listener
-from .protocol import guarded_protocol
+from .protocol import guarded_protocol, guest_descriptors
 from .service import GatewayService
 
 __all__ = ["main", "WorkerServer", "EarlySignals", "received_table"]
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda: metrics.inc("stockade_gateway_connections_refused_total", ()),
         settings.max_connections_ipv6_prefix,
         lambda: metrics.inc("stockade_gateway_connection_table_full_total", ()))
+    # The guests' part of the descriptors: the rest is the connections' and the worker's.
+    DESCRIPTORS.limit(guest_descriptors(), settings.threads)  # inline runs open none
     app = GatewayApp(service)
     config = uvicorn.Config(
         # No proxy headers: REMOTE_ADDR is the peer's address, never a client's claim.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import resource
 import threading
 import time
 from pathlib import Path
@@ -12,21 +10,10 @@ from ..policy import Limits
 from ..policy.units import format_size
 from ..result import GuestStopped, Outcome
 from .descriptors import Descriptors, FdEntry
+from .fdroom import DESCRIPTORS
 from .poll import Stoppable
 
 __all__ = ["Meter"]
-
-# Descriptors a host call may open for a moment beyond the ones it keeps (lookups, the
-# parent walk of a symlink check): left free under the process's own limit.
-_TRANSIENT_FDS = 8
-
-
-def _host_room() -> int:
-    """Descriptors this process may still open under its RLIMIT_NOFILE soft limit."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    return soft - len(os.listdir("/proc/self/fd")) - _TRANSIENT_FDS
 
 
 class Meter(Stoppable):
@@ -72,8 +59,10 @@ class Meter(Stoppable):
         self.preopens = tuple(preopens)
         self.fds = Descriptors(preopens)
         # The cap counts what the host holds (wasmtime's descriptors and Stockade's own),
-        # and never more than the process can still open: the quota, not EIO, comes first.
-        self.fd_cap = min(limits.max_open_files, 3 + self.fds.held() + _host_room())
+        # and never more than the process can still open beside its other runs
+        # (`fdroom`): the quota, not EIO, comes first.
+        self.fd_cap = 0
+        DESCRIPTORS.cap(self, limits.max_open_files, self.fds.held())
         self.guest_opened = 0
         self.trampoline: dict[str, object] | None = None
         self.memory: object | None = None  # the guest's memory export, once looked up
@@ -200,6 +189,17 @@ class Meter(Stoppable):
             self.stdio_owned[target] = False
         self.fds.put(target, entry)
 
+    def fds_held(self) -> int:
+        """Host descriptors held for the guest's now (`Descriptors.held`). Also read by
+        another run's thread (`fdroom`): a count the run's own thread changed midway is
+        taken again (the room keeps `TRANSIENT_FDS` for one off by a call's worth)."""
+        while True:
+            try:
+                return self.fds.held()
+            except RuntimeError:  # the dictionary changed size during the count
+                continue
+
     def close(self) -> None:
-        """Release the host descriptors held for the guest's. Safe twice."""
+        """Release the host descriptors held for the guest's, and its room. Safe twice."""
         self.fds.close()
+        DESCRIPTORS.release(self)
