@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import wasmtime
 
 __all__ = ["CancelToken", "cancellable", "current_token", "interrupt_cancels", "CANCELLED",
-           "Interrupted"]
+           "Interrupted", "INTERRUPTED_EXIT"]
 
 
 class _Local(threading.local):
@@ -113,6 +113,7 @@ class CancelToken:
 
 
 CANCELLED = Ending(Outcome.ERROR, "cancelled by the caller before the guest finished")
+INTERRUPTED_EXIT = 130  # a command stopped by Ctrl-C: 128 + SIGINT, as shells report it
 
 
 class Interrupted(KeyboardInterrupt):

@@ -137,9 +137,10 @@ def test_what_the_guest_wrote_before_ctrl_c_is_shown(flags: list[str], tmp_path:
 
         shown = json.loads(stdout)
         assert shown["stdout"].startswith("partial") and shown["outcome"] == "error", shown
+        assert shown["exit_code"] == 130, shown  # the command's, as it exits (was 125)
     else:
         assert stdout.startswith(b"partial"), (stdout, stderr)
-        assert b"err" in stderr
+        assert b"err" in stderr and b"[exit 130" in stderr, stderr
 
 
 

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         _ignore_interrupts()  # stopping already: Ctrl-C again waits
         sys.stderr.write("stockade: interrupted\n")
-        sys.exit(130)
+        from ..cancel import INTERRUPTED_EXIT
+
+        sys.exit(INTERRUPTED_EXIT)
     finally:
         if words[:1] == ["run"]:
             deferred.end_pause()
@@ -132,7 +134,9 @@ def _click_main(words: list[str]) -> Any:
         sys.exit(exc.exit_code)
     except click.Abort:
         click.echo("stockade: aborted", err=True)
-        sys.exit(130)
+        from ..cancel import INTERRUPTED_EXIT
+
+        sys.exit(INTERRUPTED_EXIT)
     except click.ClickException as exc:
         _json_error(words, exc.format_message(), 125)
         if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):

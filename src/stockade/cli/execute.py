@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cancel import Interrupted, interrupt_cancels
+from ..cancel import INTERRUPTED_EXIT, Interrupted, interrupt_cancels
 from ..display import printable
 from ..engine.cache import AotCache
 from ..errors import StockadeError
@@ -52,6 +52,8 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
     """Run MODULE with the options of `stockade run` (see `runspec.RUN_OPTIONS`) and exit
     with the result's exit code. Raises StockadeError (after printing the JSON error
     object under `as_json`)."""
+    from dataclasses import replace
+
     policy: Policy | None = None
     limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
               "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files,
@@ -70,8 +72,6 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
             sys.stderr.flush()
         invocation = build_invocation(args, stdin, policy.limits.timeout)
         if pinned is not None:  # an image run is named by its reference and digest
-            from dataclasses import replace
-
             invocation = replace(invocation, name=pinned)
         try:
             if source.refusal is not None:
@@ -80,8 +80,9 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
             else:
                 result = run_observed(path, policy, invocation, isolate, telemetry_profile,
                                       use_breaker)
-        except Interrupted as stopped:
-            render(stopped.result, as_json)  # what the guest wrote until Ctrl-C
+        except Interrupted as stopped:  # what the guest wrote until Ctrl-C, and the
+            # command's exit code, not its cancelled run's (`error`)
+            render(replace(stopped.result, exit_code=INTERRUPTED_EXIT), as_json)
             raise
         if pinned is not None:
             result = replace(result, module=pinned)
