@@ -113,3 +113,14 @@ def test_no_password_and_no_standard_input_is_one_line(env: dict[str, str], tmp_
                           preexec_fn=lambda: os.close(0))  # noqa: PLW1509 - the point
     assert done.returncode == 125, done.stderr
     assert "COSIGN_PASSWORD" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_module_cut_short_is_not_built(env: dict[str, str], tmp_path: Path) -> None:
+    """`oci build` stored the first 100 bytes of a module and exited 0; the image failed
+    only at its first run (found by review). Invalid: 126, one line, nothing stored."""
+    cut = tmp_path / "cut.wasm"
+    cut.write_bytes(guest("hello.wasm").read_bytes()[:100])
+    done = cli(env, "oci", "build", str(cut), "--tag", "localhost:1/cut:1")
+    assert done.returncode == 126, done.stderr
+    assert "invalid WebAssembly" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert json.loads(cli(env, "oci", "ls", "--json").stdout) == []

@@ -65,7 +65,23 @@ def module_bytes(path: Path) -> bytes:
     if data[4:8] != _CORE_VERSION:
         raise ModuleError(f"{path}: a WebAssembly component, not a core module; Stockade "
                           "runs core modules (wasip1)")
+    _validate(data, path)
     return data
+
+
+def _validate(data: bytes, path: Path) -> None:
+    """Refuse bytes no engine would run (a module cut short was built, and refused only
+    at its first run: found by review). The GC and exception proposals are allowed: a
+    run's policy decides on them (`--wasm-gc`)."""
+    import wasmtime
+
+    from ..engine.config import EngineConfig
+    from ..engine.traps import invalid_module
+
+    try:
+        wasmtime.Module.validate(wasmtime.Engine(EngineConfig(gc=True).to_wasmtime()), data)
+    except wasmtime.WasmtimeError as exc:
+        raise invalid_module(str(path), exc) from None
 
 
 def _created() -> tuple[int, str]:
