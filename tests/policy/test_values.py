@@ -118,6 +118,18 @@ def test_an_environment_of_no_shape_is_refused(env: object) -> None:
     assert Invocation(env={}).env == () and Invocation(env=[]).env == ()
 
 
+@pytest.mark.parametrize("scratch", ["/x", "/x/", "//x", "/y/../x"])
+def test_a_scratch_directory_at_a_granted_guest_path_is_refused(tmp_path: Path,
+                                                                scratch: str) -> None:
+    """`--scratch /x --dir D:/x`: the scratch directory, preopened last, hid the grant
+    (the host file was not there for the guest), where two grants at one path are
+    refused (found by review)."""
+    grants = (DirGrant.parse(f"{tmp_path}:/x"),)
+    with pytest.raises(PolicyError, match="scratch directory's guest path .* also granted"):
+        Policy().with_capabilities(dirs=grants, scratch=scratch)
+    assert Policy().with_capabilities(dirs=grants, scratch="/y").capabilities.scratch == "/y"
+
+
 def test_two_grants_at_one_guest_path_are_refused(tmp_path: Path) -> None:
     # Which of two preopens at one guest path the guest resolves is the backend's luck.
     for other in ("/data/", "//data", "data", "./data", "/x/../data"):

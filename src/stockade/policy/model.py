@@ -287,6 +287,12 @@ class Capabilities(FrozenRecord):
                                   f"{seen[where]} and {grant}")
             if where is not None:
                 seen[where] = grant
+        # The scratch directory is preopened last, where it would hide a grant (review).
+        shadowed = None if scratch is None else seen.get(
+            "/" + posixpath.normpath("/" + scratch).lstrip("/"))
+        if shadowed is not None:
+            raise PolicyError(f"the scratch directory's guest path {scratch} is also "
+                              f"granted: {shadowed}")
         put = object.__setattr__
         put(self, "dirs", dirs)
         put(self, "env", env)
