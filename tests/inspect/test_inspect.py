@@ -115,6 +115,15 @@ def test_least_privilege_policy_by_the_command_line(tmp_path: Path) -> None:
     assert b"world" in ran.stdout
 
 
+def test_policy_and_json_together_are_refused() -> None:
+    """`--policy --json` printed TOML where JSON was asked for (found by review)."""
+    import json
+
+    done = stockade("inspect", "--policy", "--json", str(guest("hello.wasm")))
+    assert done.returncode == 125
+    assert json.loads(done.stdout)["exit_code"] == 125 and b"choose one" in done.stderr
+
+
 def test_json_report_shape() -> None:
     done = stockade("inspect", "--json", str(guest("hello.wasm")))
     assert done.returncode == 0, done.stderr

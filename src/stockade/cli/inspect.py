@@ -59,8 +59,11 @@ def inspect(module: str, as_json: bool, as_policy: bool) -> None:
     and findings ranked by risk. Exit 126 for a malformed module (the message names the
     offset).
     """
+    from ..errors import UsageError
     from ..inspect.least import least_privilege_policy
 
+    if as_policy and as_json:  # TOML was printed where JSON was asked for
+        raise UsageError("--policy prints TOML, --json one JSON report: choose one")
     report = inspected(module)
     if as_policy:
         click.echo(least_privilege_policy(report), nl=False)
