@@ -251,3 +251,19 @@ def test_python_wasm_that_is_a_fifo_is_not_called_missing(place: Path) -> None:
                     str(place / "app"))
     one_line(done, 125, "--python-wasm", "not a regular file")
     assert not (place / "app").exists()
+
+
+@pytest.mark.parametrize(("args", "code", "said"), [
+    (("--timeout", "nan", "-c", "x"), 125, b"timeout"),
+    (("/nonexistent/x.py",), 127, b"no such script"),
+])
+def test_python_tells_a_bad_flag_or_script_before_it_finds_cpython(
+        tmp_path: Path, args: tuple[str, ...], code: int, said: bytes) -> None:
+    """`stockade python` fetched CPython (26 MB from PyPI) before it read its flags and
+    script, and reported the fetch's failure instead of theirs (found by review). Here
+    no CPython can be found: the flag's or script's error comes first."""
+    env = {**os.environ, "STOCKADE_PYTHON_WASM": str(tmp_path / "absent.wasm")}
+    done = subprocess.run([*STOCKADE, "python", *args], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr and b"STOCKADE_PYTHON_WASM" not in done.stderr, done.stderr

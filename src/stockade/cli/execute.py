@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from ..isolate.base import SandboxLike
     from ..sandbox.capi import CapiSandbox
 
-__all__ = ["run_command", "run_observed", "refuse_observed", "render", "unbounded_warning"]
+__all__ = ["run_command", "run_policy", "run_observed", "refuse_observed", "render",
+           "unbounded_warning"]
 
 
 def unbounded_warning(policy: Policy) -> str | None:
@@ -38,6 +39,26 @@ def unbounded_warning(policy: Policy) -> str | None:
         return ("no timeout: fuel bounds the instructions this run executes, not how long "
                 "it runs (a guest that blocks in a host call runs on)")
     return "no timeout: nothing bounds how long this run runs (a guest that spins runs on)"
+
+
+def run_policy(profile: str | None, policy_file: Path | None, fuel: str | None,
+               timeout: str | None, max_memory: str | None, max_output: str | None,
+               wasm_gc: bool, dirs: tuple[str, ...], scratch: str | None, keep_scratch: bool,
+               disk_quota: str | None, max_files: str | None, env: tuple[str, ...],
+               env_allow: tuple[str, ...], allow_precompiled: bool,
+               trust_keys: tuple[Path, ...], require_signature: bool,
+               **_others: object) -> Policy:
+    """The policy the options of `stockade run` make (the others, `_others`, are not
+    the policy's). Raises StockadeError for a bad one."""
+    limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
+              "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files,
+              "wasm_gc": True if wasm_gc else None}  # the flag turns it on, never off
+    policy = build_policy(profile, policy_file, limits, dirs, env, env_allow,
+                          allow_precompiled=allow_precompiled)
+    policy = with_trust(policy, trust_keys, require_signature)
+    if scratch is not None:
+        policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
+    return policy
 
 
 def run_command(module: str, args: tuple[str, ...], profile: str | None,
@@ -55,15 +76,10 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
     from dataclasses import replace
 
     policy: Policy | None = None
-    limits = {"fuel": fuel, "timeout": timeout, "max_memory": max_memory,
-              "max_output": max_output, "disk_quota": disk_quota, "max_files": max_files,
-              "wasm_gc": True if wasm_gc else None}  # the flag turns it on, never off
     try:
-        policy = build_policy(profile, policy_file, limits, dirs, env, env_allow,
-                              allow_precompiled=allow_precompiled)
-        policy = with_trust(policy, trust_keys, require_signature)
-        if scratch is not None:
-            policy = policy.with_capabilities(scratch=scratch, keep_scratch=keep_scratch)
+        policy = run_policy(profile, policy_file, fuel, timeout, max_memory, max_output,
+                            wasm_gc, dirs, scratch, keep_scratch, disk_quota, max_files, env,
+                            env_allow, allow_precompiled, trust_keys, require_signature)
         source = open_source(module, guest_args(args), policy)
         path, args, policy, pinned = source.path, source.args, source.policy, source.pinned
         warning = unbounded_warning(policy)

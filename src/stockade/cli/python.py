@@ -16,6 +16,7 @@ import click
 from ..cpython import GUEST_WORKDIR, PYTHON_LIMITS, python_args, python_module
 from ..errors import ModuleNotFound, UsageError
 from ..regularfile import read_regular
+from .execute import run_policy
 from .run import run
 
 __all__ = ["python"]
@@ -54,26 +55,19 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
         for key, value in PYTHON_LIMITS.items():  # sized for CPython; flags still win
             if options.get(key) is None:
                 options[key] = str(value)
+    # A bad flag or script is told before CPython is fetched.
+    run_policy(**options)
+    text = None if script is None or script == "-" else _script(script)
     module = python_module()
     if script == "-":
         if options.get("stdin") is None:
             options["stdin"] = "-"  # the program itself comes from standard input
         ctx.invoke(run, module=str(module), args=python_args(None, "-", rest), **options)
         return
-    if script is None:
+    if script is None or text is None:
         ctx.invoke(run, module=str(module), args=python_args(code, None, rest), **options)
         return
     source = Path(script)
-    try:
-        # Bounded: a sparse or growing file was copied whole (4 GB of disk for one run).
-        text = read_regular(source, MAX_SCRIPT + 1, follow=True)
-    except FileNotFoundError:
-        raise ModuleNotFound(f"{script}: no such script file") from None
-    except OSError as exc:
-        raise UsageError(f"{script}: cannot read: {exc.strerror}") from None
-    if len(text) > MAX_SCRIPT:
-        raise UsageError(f"{script}: larger than {MAX_SCRIPT // 1024**2} MiB: not a script to "
-                         "copy (grant its directory with --dir instead)")
     with tempfile.TemporaryDirectory(prefix="stockade-script-") as tmp:
         (Path(tmp) / source.name).write_bytes(text)
         options["dirs"] = (*options.get("dirs", ()), f"{tmp}:{GUEST_WORKDIR}:ro")
@@ -82,6 +76,21 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
             ctx.invoke(run, module=str(module), args=python_args(None, guest, rest), **options)
         except SystemExit:
             raise
+
+
+def _script(script: str) -> bytes:
+    """The script's bytes. Raises ModuleNotFound, UsageError."""
+    try:
+        # Bounded: a sparse or growing file was copied whole (4 GB of disk for one run).
+        text = read_regular(Path(script), MAX_SCRIPT + 1, follow=True)
+    except FileNotFoundError:
+        raise ModuleNotFound(f"{script}: no such script file") from None
+    except OSError as exc:
+        raise UsageError(f"{script}: cannot read: {exc.strerror}") from None
+    if len(text) > MAX_SCRIPT:
+        raise UsageError(f"{script}: larger than {MAX_SCRIPT // 1024**2} MiB: not a script to "
+                         "copy (grant its directory with --dir instead)")
+    return text
 
 
 class _PythonCommand(click.Command):
