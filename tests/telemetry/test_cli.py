@@ -79,6 +79,11 @@ def test_audit_verify_of_a_path_with_no_log_is_refused(tmp_path: Path) -> None:
     bad = stockade("audit", "verify", str(missing))
     assert bad.returncode == 125 and bad.stdout == b""
     assert bad.stderr.decode().splitlines() == [f"stockade: {missing}: no audit log there"]
+    # In a directory no log may be kept in (/tmp, mode 1777): still no log there, not a
+    # complaint about the directory, which is the state directory's (found by review).
+    elsewhere = stockade("audit", "verify", "/tmp/stockade-no-such-log.jsonl")
+    assert elsewhere.stderr.decode().splitlines() == [
+        "stockade: /tmp/stockade-no-such-log.jsonl: no audit log there"]
     empty = stockade("audit", "verify")  # the default log: nothing audited yet
     assert empty.returncode == 0 and empty.stdout == b"audit log intact: 0 records\n"
 

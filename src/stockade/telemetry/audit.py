@@ -455,6 +455,7 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
     regular file in the log's place. A `tamper` record makes the log broken. Raises
     OSError when it cannot be read, UsageError for an unusable key or for a place that
     can hold no log (no log there, nor ever one: every run's record is lost)."""
+    default = path is None
     path = Path(path) if path is not None else state_dir() / "audit.jsonl"
     # lexists: a link planted as a file is a log replaced, not a log absent.
     files = [*_segments(path), *([path] if os.path.lexists(path) else [])]
@@ -462,8 +463,9 @@ def verify(path: Path | str | None = None, *, key: bytes | None = None,
     where = Path(key_path) if key_path is not None else audit_key_path()
     counter_file = counter_path(path, where)
     if not files and not os.path.lexists(head_path) and not os.path.lexists(counter_file):
-        # Nothing audited yet, unless nothing can be: then every run loses its records.
-        problem = _cannot_hold(path.parent)
+        # Nothing audited yet, unless nothing can be: then every run loses its records
+        # (where runs keep it: a path named is simply no log, `/tmp/x.jsonl` included).
+        problem = _cannot_hold(path.parent) if default else None
         if problem:
             raise UsageError(f"{path}: no audit log can be kept there: {problem}")
         return AuditReport(True, 0)
