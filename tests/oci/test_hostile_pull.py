@@ -517,6 +517,10 @@ def _malformed(server: Server, name: str) -> None:
         server.routes["/v2/bad/manifests/1"] = document(index, INDEX)
     elif name == "layer a string":
         image(server, "bad", [layer], listed=["junk", good])
+    elif name == "layer digest a path":  # 65, an integrity error, before (review)
+        image(server, "bad", [layer], listed=[{**good, "digest": "sha256:../../etc/passwd"}])
+    elif name == "layer digest sha512":
+        image(server, "bad", [layer], listed=[{**good, "digest": "sha512:" + "0" * 128}])
     elif name == "config.config a list":
         image(server, "bad", [layer], config={"config": ["a"]})
     elif name == "Entrypoint a number":
@@ -536,6 +540,7 @@ def _malformed(server: Server, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["deep manifest", "platform a string", "layer a string",
+                                  "layer digest a path", "layer digest sha512",
                                   "config.config a list", "Entrypoint a number",
                                   "rootfs a string", "deep config"])
 def test_malformed_json_is_the_modules_own_error(name: str, serve: Callable[[], Server],
@@ -545,6 +550,8 @@ def test_malformed_json_is_the_modules_own_error(name: str, serve: Callable[[], 
     with pytest.raises(StockadeError) as caught:
         pull_from(registry, "bad", tmp_path)
     assert "\n" not in caught.value.message
+    if name.startswith("layer digest"):
+        assert isinstance(caught.value, ModuleError), caught.value  # 126, malformed
 
 
 def test_deeply_nested_signatures_are_refused_not_raised() -> None:

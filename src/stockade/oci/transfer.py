@@ -128,6 +128,9 @@ def _layer_descriptors(manifest: dict[str, Any], ref: str) -> list[dict[str, Any
     for number, layer in enumerate(layers):
         if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
             raise ModuleError(f"{ref}: manifest layer {number} is not a descriptor")
+        if not is_digest(layer["digest"]):  # `sha256:../x` was an integrity error (65)
+            raise ModuleError(f"{ref}: manifest layer {number} digest "
+                              f"{shown(layer['digest'])} is not sha256:HEX; refused")
         if not _has_size(layer):
             raise ModuleError(f"{ref}: manifest layer {number} has no size (a non-negative "
                               "integer); refused")
@@ -139,6 +142,9 @@ def _config_descriptor(manifest: dict[str, Any], ref: str) -> dict[str, Any]:
     config = manifest.get("config")
     if not isinstance(config, dict):
         raise ModuleError(f"{ref}: manifest has no config descriptor")
+    if not is_digest(config.get("digest")):
+        raise ModuleError(f"{ref}: manifest config digest {shown(config.get('digest'))} is "
+                          "not sha256:HEX; refused")
     if not _has_size(config):
         raise ModuleError(f"{ref}: manifest config descriptor has no size (a non-negative "
                           "integer); refused")
