@@ -208,3 +208,28 @@ def test_runs_in_one_process_share_its_descriptors(tmp_path: Path) -> None:
     assert all("failed" not in stdout for _, stdout in runs), runs
     outcomes = sorted(outcome for outcome, _ in runs)
     assert outcomes.count("exited") >= 2 and "fd_quota" in outcomes, runs
+
+
+def test_symlink_targets_count_toward_the_disk_quota(tmp_path: Path) -> None:
+    """A symlink's target is stored on the disk, yet no write carries it: 5,000 links of
+    4,000 bytes stored 20 MB under a 1 MiB quota, `bytes_written` 0 (found by review).
+    Each target is charged as its link is made, on every backend."""
+    import json
+
+    from tests.conftest import stockade
+
+    policy = Policy.from_profile("permissive").with_limits(
+        disk_quota=MiB, max_files=5000).with_capabilities(
+        dirs=(DirGrant(tmp_path / "in", "/w", writable=True),))
+    (tmp_path / "in").mkdir()
+    result = Sandbox(policy).run(guest("symfill.wasm"), Invocation(args=("5000",)))
+    assert result.outcome is Outcome.DISK_QUOTA, (result.outcome, result.stdout)
+    assert MiB - 4000 < result.usage.bytes_written <= MiB
+    assert len(list((tmp_path / "in").iterdir())) <= MiB // 3999
+    (tmp_path / "cli").mkdir()
+    done = stockade("run", "--json", "--profile", "permissive", "--disk-quota", "1MiB",
+                    "--max-files", "5000", "--dir", f"{tmp_path / 'cli'}:/w:rw",
+                    str(guest("symfill.wasm")), "5000")
+    shown = json.loads(done.stdout)
+    assert shown["outcome"] == "disk_quota", shown
+    assert MiB - 4000 < shown["usage"]["bytes_written"] <= MiB
