@@ -221,6 +221,32 @@ def test_a_mixed_poll_returns_the_ready_descriptor(fast: Fast, tmp_path: Path) -
     assert result.usage.wall_ms <= (1.1 + SLACK_S) * 1000
 
 
+@pytest.mark.parametrize("backend", ["metered", "fast", "isolated", "wasmtime"])
+def test_a_poll_naming_a_descriptor_that_is_not_there_is_ebadf(
+        fast: Fast, tmp_path: Path, backend: str) -> None:
+    """wasmtime (and so the sandbox) answers EBADF for the whole call; the unmetered fast
+    path answered each subscription, that one with EBADF, and the call with success: a
+    guest told its backend by it (found by review)."""
+    import os
+    import subprocess
+
+    from tests.conftest import STOCKADE
+
+    args = ("mixed", "8", "99")
+    if backend == "metered":
+        result = same(both(fast, tmp_path, profile(timeout=1.0), "poll_bomb.wasm", *args))
+        stdout = result.stdout
+    else:
+        env = {**os.environ, "STOCKADE_BACKEND": "wasmtime"} if backend == "wasmtime" \
+            else dict(os.environ)
+        isolate = ("--isolate", "process" if backend == "isolated" else "none")
+        done = subprocess.run([*STOCKADE, "run", *isolate, str(guest("poll_bomb.wasm")),
+                               *args], env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=60, check=False)
+        stdout = done.stdout
+    assert b"poll_bomb: errno 8 events 0" in stdout, stdout
+
+
 @pytest.mark.parametrize("target", ["stdout", "file", "stdin"])
 def test_millions_of_zero_length_iovecs_are_refused(fast: Fast, tmp_path: Path,
                                                     target: str) -> None:
