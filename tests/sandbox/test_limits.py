@@ -170,44 +170,58 @@ from pathlib import Path
 from stockade import Invocation, Policy, SandboxPool
 from stockade.policy import DirGrant
 
-data, module = Path(sys.argv[1]), sys.argv[2]
+data, module, runs, each, room = Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:])
 policy = Policy.from_profile("default").with_capabilities(dirs=(DirGrant(data, "/data"),))
 policy = policy.with_limits(max_open_files=100)
 
 async def main() -> list[list[object]]:
-    async with SandboxPool(policy, size=4) as pool:
+    async with SandboxPool(policy, size=runs) as pool:
         await pool.warm()
-        # Room for 250 more descriptors: four runs wanting 90 each cannot all have them.
-        room = len(os.listdir("/proc/self/fd")) + 250
-        resource.setrlimit(resource.RLIMIT_NOFILE, (room, resource.getrlimit(
-            resource.RLIMIT_NOFILE)[1]))
-        runs = await asyncio.gather(*(pool.run(module, Invocation(
-            args=("/data/f", "90", "1"))) for _ in range(4)))
-    return [[run.outcome.value, run.stdout.decode()] for run in runs]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + room,
+                                                    resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        done = await asyncio.gather(*(pool.run(module, Invocation(
+            args=("/data/f", str(each), "1"))) for _ in range(runs)))
+    return [[run.outcome.value, run.stdout.decode()] for run in done]
 
 print(json.dumps(asyncio.run(main())))
 """
 
 
-def test_runs_in_one_process_share_its_descriptors(tmp_path: Path) -> None:
-    """Each run's descriptor cap was what the process could still open when it started:
-    concurrent runs each claimed the same room, and the last ones' opens failed (EIO, or
-    EACCES), outcome `exited`, where the README promises `fd_quota` (found by review). A
-    run now takes its room from what the live runs may still open: those past it are
-    stopped at their quota."""
+def _shared(tmp_path: Path, runs: int, each: int, room: int) -> list[tuple[str, str]]:
+    """`runs` runs at once in one process, each holding `each` files for a second, with
+    room for `room` more descriptors: (outcome, stdout) of each."""
     import json
     import subprocess
     import sys
 
     (tmp_path / "f").write_text("x")
     done = subprocess.run([sys.executable, "-c", SHARED_DESCRIPTORS, str(tmp_path),
-                           str(guest("fdhold.wasm"))], capture_output=True, text=True,
-                          timeout=120, check=False)
+                           str(guest("fdhold.wasm")), str(runs), str(each), str(room)],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    runs = json.loads(done.stdout)
+    return [(outcome, stdout) for outcome, stdout in json.loads(done.stdout)]
+
+
+def test_runs_in_one_process_share_its_descriptors(tmp_path: Path) -> None:
+    """Each run's descriptor cap was what the process could still open when it started:
+    concurrent runs each claimed the same room, and the last ones' opens failed (EIO, or
+    EACCES), outcome `exited`, where the README promises `fd_quota` (found by review). A
+    run now books its descriptors from what the others have not: those past it are
+    stopped at their quota."""
+    runs = _shared(tmp_path, 4, 90, 250)  # four runs wanting 90 each cannot all have them
     assert all("failed" not in stdout for _, stdout in runs), runs
     outcomes = sorted(outcome for outcome, _ in runs)
     assert outcomes.count("exited") >= 2 and "fd_quota" in outcomes, runs
+
+
+def test_runs_opening_a_few_files_are_not_refused_for_what_others_might_open(
+        tmp_path: Path) -> None:
+    """Booking each run's whole cap (100) as it started stopped half of eight runs
+    holding 3 files each before their first open, with 400 descriptors free (found by
+    the fix's review). Room is booked as files are opened."""
+    runs = _shared(tmp_path, 8, 3, 400)
+    assert [outcome for outcome, _ in runs] == ["exited"] * 8, runs
+    assert all(stdout == "held 3 descriptors\n" for _, stdout in runs), runs
 
 
 def test_symlink_targets_count_toward_the_disk_quota(tmp_path: Path) -> None:

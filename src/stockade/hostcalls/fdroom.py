@@ -4,13 +4,16 @@ A run's descriptor cap (`Meter.fd_cap`) was what the process could still open as
 started: concurrent runs each claimed the same room and together took the process past
 its RLIMIT_NOFILE, so the later ones' opens failed (EIO to the guest, outcome `exited`)
 instead of meeting their quota, and a gateway worker's new connections were reset
-(found by review). A run now takes its room from one ledger: what the process may still
-open less what the live runs may still open (their caps less what they hold), and,
-where the process sets a share (`limit`), within that many descriptors for all runs
-together and an even part of it for each of the runs it may make at once (a gateway
-worker keeps the rest for its connections and itself, and one tenant's run holding
-files cannot leave another's none). A run that was never closed leaves the ledger when
-it is collected.
+(found by review). A run now books descriptors from one ledger as it opens them,
+`BOOKING` at a time: what the process may still open less what the other live runs
+booked and do not hold yet, and, where the process sets a share (`limit`), within that
+many descriptors for all runs together and an even part of it for each of the runs it
+may make at once (a gateway worker keeps the rest for its connections and itself, and
+one tenant's run holding files cannot leave another's none). A run that cannot book
+what it opens meets `fd_quota`. Booking as it opens, not its whole cap as it starts:
+runs that open a few files each are not refused for what others might open (found by
+the fix's review: half of a pool of eight stopped before their first open). A run that
+was never closed leaves the ledger when it is collected.
 """
 
 from __future__ import annotations
@@ -21,17 +24,20 @@ import threading
 import weakref
 from typing import Protocol
 
-__all__ = ["DescriptorRoom", "DESCRIPTORS", "TRANSIENT_FDS"]
+__all__ = ["DescriptorRoom", "DESCRIPTORS", "TRANSIENT_FDS", "BOOKING"]
 
 # Descriptors a host call may open for a moment beyond the ones it keeps (lookups, the
 # parent walk of a symlink check): left free under the process's own limit.
 TRANSIENT_FDS = 8
+BOOKING = 16  # descriptors booked at a time: one look at /proc/self/fd per 16 opens
 
 
 class Holder(Protocol):
-    """A run's meter as the ledger sees it: its cap (stdio counted) and what it holds."""
+    """A run's meter as the ledger sees it: its cap beyond stdio, what it booked, and
+    what it holds now (`fds_held`)."""
 
     fd_cap: int
+    fd_booked: int
 
     def fds_held(self) -> int: ...
 
@@ -58,23 +64,27 @@ class DescriptorRoom:
         how many the process makes at once)."""
         self.share, self.each = share, max(1, share // max(1, runs))
 
-    def cap(self, holder: Holder, wanted: int, held: int) -> int:
-        """The cap (stdio counted) of a run wanting `wanted` and holding `held` now
-        (its directories), taken from the ledger: `holder` counts among the live runs
-        (its `fd_cap` set to the answer) until `release`."""
+    def book(self, holder: Holder, needed: int) -> int:
+        """Book for `holder` (a live run from now until `release`) room to hold at least
+        `needed` descriptors beyond stdio, `BOOKING` more when there is room, within its
+        cap; returns what it has booked now, which is less than `needed` when the
+        process or the share has not that room."""
         with self._lock:
-            live = list(self._live)
-            room = _host_room() - sum(max(0, other.fd_cap - 3 - other.fds_held())
-                                      for other in live)
-            if self.share is not None and self.each is not None:
-                room = min(room, self.each - held, self.share - held
-                           - sum(max(0, other.fd_cap - 3) for other in live))
-            holder.fd_cap = min(wanted, 3 + held + max(0, room))
             self._live.add(holder)
-        return holder.fd_cap
+            others = [other for other in self._live if other is not holder]
+            held = holder.fds_held()
+            wanted = min(holder.fd_cap - 3, max(needed, holder.fd_booked + BOOKING))
+            free = _host_room() - sum(max(0, other.fd_booked - other.fds_held())
+                                      for other in others)
+            booked = min(wanted, held + max(0, free))
+            if self.share is not None and self.each is not None:
+                booked = min(booked, self.each,
+                             self.share - sum(other.fd_booked for other in others))
+            holder.fd_booked = max(holder.fd_booked, booked)
+            return holder.fd_booked
 
     def release(self, holder: Holder) -> None:
-        """`holder`'s run has ended: what it could open is free again. Safe twice."""
+        """`holder`'s run has ended: what it booked is free again. Safe twice."""
         with self._lock:
             self._live.discard(holder)
 

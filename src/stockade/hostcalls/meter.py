@@ -58,11 +58,11 @@ class Meter(Stoppable):
         # Preopened directories get descriptors 3, 4, ... in order.
         self.preopens = tuple(preopens)
         self.fds = Descriptors(preopens)
-        # The cap counts what the host holds (wasmtime's descriptors and Stockade's own),
-        # and never more than the process can still open beside its other runs
+        # The cap counts what the host holds (wasmtime's descriptors and Stockade's own);
+        # what it opens is booked from the process's room beside its other runs
         # (`fdroom`): the quota, not EIO, comes first.
-        self.fd_cap = 0
-        DESCRIPTORS.cap(self, limits.max_open_files, self.fds.held())
+        self.fd_cap = limits.max_open_files
+        self.fd_booked = 0  # beyond stdio
         self.guest_opened = 0
         self.trampoline: dict[str, object] | None = None
         self.memory: object | None = None  # the guest's memory export, once looked up
@@ -167,9 +167,15 @@ class Meter(Stoppable):
     def reserve_fd(self) -> None:
         """Stop the guest when an open could take the host past the descriptor cap: the
         guest's descriptors (stdio counted) and Stockade's own behind them, plus the
-        two a new open may add."""
-        if 3 + self.fds.held() + 2 > self.fd_cap:
+        two a new open may add; or past what the process has room for beside its other
+        runs (`fdroom`)."""
+        needed = self.fds_held() + 2
+        if 3 + needed > self.fd_cap:
             raise GuestStopped(Outcome.FD_QUOTA, f"descriptor cap of {self.fd_cap} reached")
+        if needed > self.fd_booked and DESCRIPTORS.book(self, needed) < needed:
+            raise GuestStopped(Outcome.FD_QUOTA, f"descriptor cap of {3 + self.fd_booked} "
+                               "reached (the process's other runs hold the rest of its "
+                               "descriptors)")
 
     def opened(self, fd: int, entry: FdEntry) -> None:
         """Record a descriptor returned by path_open."""
