@@ -1321,7 +1321,7 @@ def test_a_credential_file_that_cannot_be_used_is_one_line(
         kind: str) -> None:
     """When a registry asks: not a regular file, past `MAX_CREDENTIAL_FILE`, nested
     deeper than JSON may be read or not the documented shape: RegistryAuthError (77)
-    naming the file, at once."""
+    naming the file (passed over), at once."""
     registry = serve()
     registry.routes["*"] = lambda request: _basic(request) and None
     auth = _planted(tmp_path, monkeypatch, kind)
@@ -1330,3 +1330,36 @@ def test_a_credential_file_that_cannot_be_used_is_one_line(
         pull_from(registry, "app", tmp_path)
     assert time.monotonic() - started < 10
     assert str(auth) in caught.value.message and "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("text", ["", "  \n", '{"auths": null}', "{}"])
+def test_an_empty_credential_file_holds_no_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """Read as a file of no entries, as Docker reads an empty `config.json`: refused, it
+    refused anonymous pulls from registries that challenge every client for a token
+    (found by review)."""
+    from stockade.oci.auth import find_credentials
+
+    auth = tmp_path / "auth.json"
+    auth.write_text(text)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    assert find_credentials("r.example", "app") == (None, ())
+
+
+def test_a_file_passed_over_leaves_the_next_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unusable file ahead of a good one stopped the search: passed over, said why."""
+    from stockade.oci.auth import find_credentials
+
+    bad, good = tmp_path / "auth.json", tmp_path / "docker"
+    bad.write_text('{"auths": 5}')
+    good.mkdir()
+    pair = base64.b64encode(b"alice:pw").decode()
+    (good / "config.json").write_text(json.dumps({"auths": {"r.example": {"auth": pair}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(bad))
+    monkeypatch.setenv("DOCKER_CONFIG", str(good))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    credentials, passed_over = find_credentials("r.example", "app")
+    assert credentials == ("alice", "pw")
+    assert passed_over == (f'{bad}: not a JSON object with an "auths" object',)

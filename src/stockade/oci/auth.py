@@ -15,12 +15,12 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from ..display import printable
 from ..regularfile import read_regular
-from .errors import RegistryAuthError
 
-__all__ = ["Credentials", "find_credentials", "credential_files", "parse_challenge",
+__all__ = ["Credentials", "Found", "find_credentials", "credential_files", "parse_challenge",
            "MAX_CREDENTIAL_FILE"]
 
 Credentials = tuple[str, str]
@@ -64,47 +64,62 @@ def _decode(entry: object) -> Credentials | None:
     return None
 
 
-def find_credentials(registry: str, repository: str) -> Credentials | None:
-    """(user, password) for `registry/repository`, or None: asked only once a registry
-    wants credentials. A missing file is skipped; one that is no regular file, larger
-    than `MAX_CREDENTIAL_FILE`, unreadable or not the documented JSON (`{"auths": {…}}`)
-    raises RegistryAuthError naming it: a FIFO there hung every pull, and `/dev/zero`
-    grew it without bound."""
+class Found(NamedTuple):
+    """What the credential files hold for a registry: its credentials (None: none), and
+    why each file that could not be used was passed over (for the error that follows
+    when the registry wants credentials)."""
+
+    credentials: Credentials | None
+    passed_over: tuple[str, ...]
+
+
+def find_credentials(registry: str, repository: str) -> Found:
+    """The credentials for `registry/repository`, asked only once a registry wants some.
+    A missing or empty file, or one whose `auths` is null, holds none. One that is no
+    regular file, larger than `MAX_CREDENTIAL_FILE`, unreadable or not the documented
+    JSON (`{"auths": {…}}`) is passed over and said why (a FIFO there hung every pull,
+    `/dev/zero` grew it without bound; refusing it refused anonymous pulls too, where
+    Docker reads an empty file as no credentials)."""
     keys = _keys_for(registry, repository)
+    passed_over = []
     for path in credential_files():
-        auths = _auths(path)
-        if auths is None:
+        try:
+            auths = _auths(path)
+        except ValueError as exc:
+            passed_over.append(f"{printable(str(path))}: {exc}")
             continue
         normalised = {key.removeprefix("https://").removeprefix("http://").rstrip("/"): value
                       for key, value in auths.items() if isinstance(key, str)}
         for key in keys:
             found = _decode(normalised.get(key.removeprefix("https://").rstrip("/")))
             if found is not None:
-                return found
-    return None
+                return Found(found, tuple(passed_over))
+    return Found(None, tuple(passed_over))
 
 
-def _auths(path: Path) -> dict[object, object] | None:
-    """The `auths` table of the credential file at `path` (None: no file there)."""
+def _auths(path: Path) -> dict[object, object]:
+    """The `auths` table of the credential file at `path` (empty: no file there, an
+    empty one, or no entries). Raises ValueError saying why it cannot be used."""
     try:
         data = read_regular(path, MAX_CREDENTIAL_FILE + 1, follow=True)
     except FileNotFoundError:
-        return None
+        return {}
     except OSError as exc:
-        reason = "not a regular file" if exc.errno == errno.EINVAL else \
-            (exc.strerror or str(exc))
-        raise RegistryAuthError(f"credential file {printable(str(path))}: {reason}") from None
+        raise ValueError("not a regular file" if exc.errno == errno.EINVAL
+                         else exc.strerror or str(exc)) from None
     if len(data) > MAX_CREDENTIAL_FILE:
-        raise RegistryAuthError(f"credential file {printable(str(path))}: larger than "
-                                f"{MAX_CREDENTIAL_FILE // 1024**2} MiB")
+        raise ValueError(f"larger than {MAX_CREDENTIAL_FILE // 1024**2} MiB")
+    if not data.strip():
+        return {}
     try:
         document = json.loads(data)
     except (ValueError, RecursionError):
         document = None
-    auths = document.get("auths", {}) if isinstance(document, dict) else None
+    auths = document.get("auths") if isinstance(document, dict) else ()
+    if auths is None:
+        return {}
     if not isinstance(auths, dict):
-        raise RegistryAuthError(f"credential file {printable(str(path))}: not a JSON object with "
-                                'an "auths" object')
+        raise ValueError('not a JSON object with an "auths" object')
     return auths
 
 

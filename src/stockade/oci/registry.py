@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from .auth import Credentials, find_credentials, parse_challenge
+from .auth import Credentials, Found, find_credentials, parse_challenge
 from .errors import (
     BlobTooLarge,
     ImageNotFound,
@@ -445,17 +445,20 @@ class RegistryClient:
         return (url.scheme, url.netloc) == (own.scheme, own.netloc)
 
     @functools.cached_property
-    def _credentials(self) -> Credentials | None:
-        """Read once a registry asks for them: not every pull reads the user's files."""
+    def _found(self) -> Found:
+        """Read once a registry asks for credentials: not every pull reads the user's
+        files."""
         return find_credentials(self._ref.registry, self._ref.repository)
 
     def _authenticate(self, challenge: str, scope: str) -> None:
         scheme, params = parse_challenge(challenge)
-        creds = self._credentials
+        creds = self._found.credentials
         if scheme == "basic":
             if creds is None:
+                passed = "; ".join(self._found.passed_over)
                 raise RegistryAuthError(f"{self.host}: the registry wants credentials and none "
-                                        "are in the Docker/Podman credential files")
+                                        "are in the Docker/Podman credential files"
+                                        + (f" (passed over: {passed})" if passed else ""))
             pair = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
             self._tokens[scope] = f"Basic {pair}"
             return
