@@ -256,12 +256,18 @@ def test_python_wasm_that_is_a_fifo_is_not_called_missing(place: Path) -> None:
 @pytest.mark.parametrize(("args", "code", "said"), [
     (("--timeout", "nan", "-c", "x"), 125, b"timeout"),
     (("/nonexistent/x.py",), 127, b"no such script"),
+    # the script's guest path, granted again: the error named its temporary directory
+    (("--dir", "/tmp:/work", "{script}"), 125, b"--dir /tmp:/work: /work is where"),
+    (("--scratch", "/work/", "{script}"), 125, b"--scratch /work/: /work is where"),
 ])
 def test_python_tells_a_bad_flag_or_script_before_it_finds_cpython(
         tmp_path: Path, args: tuple[str, ...], code: int, said: bytes) -> None:
     """`stockade python` fetched CPython (26 MB from PyPI) before it read its flags and
     script, and reported the fetch's failure instead of theirs (found by review). Here
     no CPython can be found: the flag's or script's error comes first."""
+    script = tmp_path / "s.py"
+    script.write_text("print(1)\n")
+    args = tuple(arg.format(script=script) for arg in args)
     env = {**os.environ, "STOCKADE_PYTHON_WASM": str(tmp_path / "absent.wasm")}
     done = subprocess.run([*STOCKADE, "python", *args], env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, timeout=60, check=False)

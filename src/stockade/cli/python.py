@@ -58,6 +58,8 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
     # A bad flag or script is told before CPython is fetched.
     run_policy(**options)
     text = None if script is None or script == "-" else _script(script)
+    if text is not None:
+        _workdir_free(options)
     module = python_module()
     if script == "-":
         if options.get("stdin") is None:
@@ -91,6 +93,26 @@ def _script(script: str) -> bytes:
         raise UsageError(f"{script}: larger than {MAX_SCRIPT // 1024**2} MiB: not a script to "
                          "copy (grant its directory with --dir instead)")
     return text
+
+
+def _workdir_free(options: dict[str, Any]) -> None:
+    """Refuse a `--dir` or `--scratch` at the guest path the script is put at: the run
+    was refused (after fetching CPython) naming the script's temporary directory."""
+    import posixpath
+
+    from ..policy import DirGrant
+
+    def taken(guest: str) -> bool:
+        return "/" + posixpath.normpath("/" + guest).lstrip("/") == GUEST_WORKDIR
+
+    flags = [("--dir", spec, DirGrant.parse(spec).guest) for spec in options.get("dirs", ())]
+    scratch = options.get("scratch")
+    if scratch is not None:
+        flags.append(("--scratch", scratch, scratch))
+    for flag, value, guest in flags:
+        if taken(guest):
+            raise UsageError(f"{flag} {value}: {GUEST_WORKDIR} is where the script goes; "
+                             "use another guest path")
 
 
 class _PythonCommand(click.Command):
