@@ -70,3 +70,15 @@ def test_saving_never_writes_through_a_planted_temporary_symlink(
     assert victim.read_text() == "precious\n"
     assert json.loads(fallback.read_text())["images"][REF]["digest"] == DIGEST
     assert Images(manifest)._pinned == {REF: DIGEST}
+
+
+def test_a_lock_nested_too_deep_is_read_as_none(manifest: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """`serve` died at start with a RecursionError traceback (found by review): a lock it
+    cannot read has tags resolved again, as any unreadable one."""
+    path = lock_paths(manifest)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    os.chmod(path, 0o600)
+    assert Images(manifest)._pinned == {}
+    assert "unreadable lock file (RecursionError)" in caplog.text

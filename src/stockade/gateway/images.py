@@ -87,9 +87,11 @@ class Images:
                 images = data["images"]
                 return {str(ref): str(entry["digest"]) for ref, entry in images.items()
                         if str(entry.get("digest", "")).startswith("sha256:")}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                    RecursionError) as exc:  # nested too deep: a traceback at start (review)
                 logger.warning("%s: unreadable lock file (%s); resolving tags again",
-                               path, exc)
+                               path, type(exc).__name__ if isinstance(exc, RecursionError)
+                               else exc)
                 return {}
         return {}
 
