@@ -265,3 +265,21 @@ def test_long_header_blocks_from_functions_are_not_remembered() -> None:
     assert _retained(answer, 200) < 2 * LONG
     assert parse_output(b"X-Pad: " + b"p" * LONG + b"\n\nok", 1024, 64 * 1024, rules).body \
         == b"ok"
+
+
+@pytest.mark.parametrize(("host", "server", "name", "url"), [
+    (b"[::1]:8080", ("::1", 8080), "[::1]", "http://[::1]:8080/fn/a/b?q=1"),
+    (b"[::1]", ("::1", 80), "[::1]", "http://[::1]/fn/a/b?q=1"),
+    (None, ("::1", 8080), "[::1]", "http://[::1]/fn/a/b?q=1"),
+    (b"example.test:8080", ("127.0.0.1", 8080), "example.test",
+     "http://example.test:8080/fn/a/b?q=1"),
+])
+def test_an_ipv6_host_is_named_without_its_port(host: bytes | None,
+                                                server: tuple[str, int], name: str,
+                                                url: str) -> None:
+    """`Host: [::1]:8080` gave SERVER_NAME `[::1]:8080`, its port included (its colons
+    hid it); with no Host, an IPv6 listening address went unbracketed into the URL."""
+    headers = [] if host is None else [(b"host", host)]
+    env = dict(cgi_environ(request(headers=headers, server=server), "/fn"))
+    assert (env["SERVER_NAME"], env["SERVER_PORT"], env["X_FULL_URL"]) == \
+        (name, str(server[1]), url)

@@ -175,8 +175,13 @@ class CgiEnvironment:
         known = self._servers.get(key)
         if known is None:
             server_host, server_port = server or ("", None)
-            host = _text(host_header) if host_header else server_host.encode()
-            name = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+            if host_header:
+                host = _text(host_header)
+            else:  # an IPv6 address is bracketed in a URL and in SERVER_NAME (RFC 3875)
+                host = (f"[{server_host}]" if ":" in server_host else server_host).encode()
+            # Less the port: `[::1]:8080` is `[::1]` (its colons are the address's).
+            name = host[:host.index(b"]") + 1] if host.startswith(b"[") and b"]" in host \
+                else host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
             port = b"" if server_port is None else str(server_port).encode()
             known = (host, name, port)
             if host_header is None or len(host_header) <= _CACHED_KEY_MAX:
