@@ -176,3 +176,40 @@ def test_host_descriptors_are_released_after_each_run(out: Path) -> None:
         for name in ("d", "e"):
             os.rename(out / name, out / f"{name}{index}")
     assert held() == before
+
+
+def test_preopens_opened_before_one_that_fails_are_closed(tmp_path: Path) -> None:
+    """Out of descriptors halfway through a run's directories (EMFILE), those already
+    opened were kept for good: each failed start leaked up to one per directory (found
+    by review)."""
+    from stockade.hostcalls.descriptors import Descriptors
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileNotFoundError):
+        Descriptors([(tmp_path / "a", True), (tmp_path / "b", False),
+                     (tmp_path / "missing", True)])
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_process_that_cannot_list_its_descriptors_has_no_room(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing /proc/self/fd takes a descriptor: out of them, the listing raised EMFILE
+    and the run ended `error` (found by review). No room: the run meets its quota."""
+    import errno
+
+    from stockade.hostcalls import fdroom
+
+    class Run:
+        fd_cap, fd_booked = 100, 0
+
+        def fds_held(self) -> int:
+            return 1
+
+    def out_of_descriptors(path: str) -> list[str]:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+
+    room = fdroom.DescriptorRoom()
+    monkeypatch.setattr(fdroom.os, "listdir", out_of_descriptors)
+    assert room.book(Run(), 3) == 1  # what it holds, nothing more

@@ -1363,3 +1363,15 @@ def test_a_file_passed_over_leaves_the_next_ones(
     credentials, passed_over = find_credentials("r.example", "app")
     assert credentials == ("alice", "pw")
     assert passed_over == (f'{bad}: not a JSON object with an "auths" object',)
+
+
+def test_credentials_that_cannot_be_sent_are_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`"username": "al\\ud800ice"` (a lone surrogate JSON allows) raised UnicodeEncodeError
+    as the header was built: a traceback (found by review)."""
+    from stockade.oci.auth import find_credentials
+
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {"r.example": {"username": "al\\ud800ice", "password": "p"}}}')
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    assert find_credentials("r.example", "app") == (None, ())

@@ -138,12 +138,15 @@ class Descriptors(dict[int, FdEntry]):
     def __init__(self, preopens: list[tuple[Path, bool]]) -> None:
         super().__init__()
         self.roots: set[tuple[int, int]] = set()
-        for index, (host, writable) in enumerate(preopens):
-            fd = os.open(host, _PATH_FLAGS | os.O_DIRECTORY)
-            info = os.fstat(fd)
-            root = (info.st_dev, info.st_ino)
-            self.roots.add(root)
-            self[3 + index] = FdEntry(writable, is_dir=True, host=fd)
+        try:
+            for index, (host, writable) in enumerate(preopens):
+                fd = os.open(host, _PATH_FLAGS | os.O_DIRECTORY)
+                self[3 + index] = FdEntry(writable, is_dir=True, host=fd)
+                info = os.fstat(fd)
+                self.roots.add((info.st_dev, info.st_ino))
+        except BaseException:  # EMFILE halfway: those opened were kept for good (review)
+            self.close()
+            raise
 
     def put(self, fd: int, entry: FdEntry | None) -> None:
         """Record `entry` at `fd` (None: forget it), closing what `fd` held before."""

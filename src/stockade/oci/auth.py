@@ -60,8 +60,18 @@ def _decode(entry: object) -> Credentials | None:
             return None
         return (user, password) if sep else None
     if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-        return entry["username"], entry["password"]
+        return _encodable(entry["username"], entry["password"])
     return None
+
+
+def _encodable(user: str, password: str) -> Credentials | None:
+    """The pair, or None when it cannot be sent (a lone surrogate `\ud800` in the JSON
+    raised UnicodeEncodeError as the header was built: found by review)."""
+    try:
+        f"{user}:{password}".encode()
+    except UnicodeEncodeError:
+        return None
+    return user, password
 
 
 class Found(NamedTuple):
