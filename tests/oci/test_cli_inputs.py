@@ -97,7 +97,7 @@ def test_an_index_too_deep_or_too_large_is_a_corrupt_store(env: dict[str, str],
 
 
 @pytest.mark.parametrize("args", [("keygen", "--cosign", "{dir}/c"),
-                                  ("oci", "sign", "--key", "{dir}/c.key", "localhost:1/t:1")])
+                                  ("oci", "sign", "--key", "{dir}/k", "localhost:1/t:1")])
 def test_no_password_and_no_standard_input_is_one_line(env: dict[str, str], tmp_path: Path,
                                                        args: tuple[str, ...]) -> None:
     """Started with descriptor 0 closed and no COSIGN_PASSWORD: a traceback
@@ -107,7 +107,8 @@ def test_no_password_and_no_standard_input_is_one_line(env: dict[str, str], tmp_
 
     from .fixtures import BIN
 
-    (tmp_path / "c.key").write_text("not read before the password")
+    made = cli({**env, "COSIGN_PASSWORD": ""}, "keygen", "--cosign", str(tmp_path / "k"))
+    assert made.returncode == 0, made.stderr
     done = subprocess.run([str(BIN / "stockade"), *(a.format(dir=tmp_path) for a in args)],
                           env=env, capture_output=True, text=True, timeout=120,
                           preexec_fn=lambda: os.close(0))  # noqa: PLW1509 - the point
@@ -124,3 +125,15 @@ def test_a_module_cut_short_is_not_built(env: dict[str, str], tmp_path: Path) ->
     assert done.returncode == 126, done.stderr
     assert "invalid WebAssembly" in done.stderr and len(done.stderr.splitlines()) == 1
     assert json.loads(cli(env, "oci", "ls", "--json").stdout) == []
+
+
+def test_a_key_that_is_no_cosign_key_is_told_before_a_password_is_asked(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """`oci sign --key` given an Ed25519 module key asked for COSIGN_PASSWORD first
+    (found by review): the key's kind is told first."""
+    made = cli(env, "keygen", str(tmp_path / "signer"))
+    assert made.returncode == 0, made.stderr
+    done = cli({k: v for k, v in env.items() if k != "COSIGN_PASSWORD"}, "oci", "sign",
+               "--key", str(tmp_path / "signer"), "localhost:1/t:1")
+    assert done.returncode != 0 and "COSIGN_PASSWORD" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr

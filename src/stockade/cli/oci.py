@@ -226,7 +226,7 @@ def sign(ref: str, key: Path, insecure: tuple[str, ...], no_bundle: bool, as_jso
     from ..oci.signatures import sign_image
     from ..trust.cosignkeys import load_cosign_key
 
-    secret = load_cosign_key(key, cosign_password())
+    secret = load_cosign_key(key, cosign_password)  # asked once the file is a cosign key
     signed = sign_image(parse_reference(ref), secret, insecure_hosts(insecure),
                         with_bundle=not no_bundle)
     if as_json:

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +144,12 @@ def _b64(value: object, what: str, source: str) -> bytes:
         raise KeyFileError(f"{source}: {what} is not base64") from None
 
 
-def decrypt_secret(data: bytes, password: bytes, source: str) -> CosignSecret:
+def decrypt_secret(data: bytes, password: bytes | Callable[[], bytes],
+                   source: str) -> CosignSecret:
     """The secret key of a cosign key file. Raises KeyFileError for another format,
-    unexpected scrypt parameters (checked before deriving), or a wrong password."""
+    unexpected scrypt parameters (checked before deriving), or a wrong password.
+    `password` may be asked for (a callable) once the file is known to be a cosign key:
+    given an Ed25519 key, `oci sign` asked for a password before saying so."""
     from nacl.exceptions import CryptoError
     from nacl.secret import SecretBox
 
@@ -167,6 +171,8 @@ def decrypt_secret(data: bytes, password: bytes, source: str) -> CosignSecret:
     sealed = _b64(document.get("ciphertext"), "ciphertext", source)
     if len(nonce) != _NONCE or not salt:
         raise KeyFileError(f"{source}: bad salt or nonce size")
+    if callable(password):
+        password = password()
     try:
         der = SecretBox(_scrypt(password, salt)).decrypt(sealed, nonce)
     except CryptoError:
@@ -181,7 +187,7 @@ def decrypt_secret(data: bytes, password: bytes, source: str) -> CosignSecret:
     return CosignSecret(key)
 
 
-def load_cosign_key(path: str | Path, password: bytes) -> CosignSecret:
+def load_cosign_key(path: str | Path, password: bytes | Callable[[], bytes]) -> CosignSecret:
     """Read and decrypt a cosign key file. Raises KeyFileError naming the file."""
     path = Path(path)
     return decrypt_secret(read_key_file(path), password, str(path))
