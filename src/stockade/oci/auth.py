@@ -65,7 +65,7 @@ def _decode(entry: object) -> Credentials | None:
 
 
 def _encodable(user: str, password: str) -> Credentials | None:
-    """The pair, or None when it cannot be sent (a lone surrogate `\ud800` in the JSON
+    """The pair, or None when it cannot be sent (a lone surrogate `\\ud800` in the JSON
     raised UnicodeEncodeError as the header was built: found by review)."""
     try:
         f"{user}:{password}".encode()
