@@ -98,19 +98,15 @@ def _script(script: str) -> bytes:
 def _workdir_free(options: dict[str, Any]) -> None:
     """Refuse a `--dir` or `--scratch` at the guest path the script is put at: the run
     was refused (after fetching CPython) naming the script's temporary directory."""
-    import posixpath
-
     from ..policy import DirGrant
-
-    def taken(guest: str) -> bool:
-        return "/" + posixpath.normpath("/" + guest).lstrip("/") == GUEST_WORKDIR
+    from ..policy.model import guest_path
 
     flags = [("--dir", spec, DirGrant.parse(spec).guest) for spec in options.get("dirs", ())]
     scratch = options.get("scratch")
     if scratch is not None:
         flags.append(("--scratch", scratch, scratch))
     for flag, value, guest in flags:
-        if taken(guest):
+        if guest_path(guest) == GUEST_WORKDIR:
             raise UsageError(f"{flag} {value}: {GUEST_WORKDIR} is where the script goes; "
                              "use another guest path")
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from typing import Any, Literal
 
 __all__ = ["Limits", "DirGrant", "Capabilities", "Trust", "Policy", "SyncMode",
-           "scratch_problem"]
+           "scratch_problem", "guest_path"]
 
 if TYPE_CHECKING:
     SyncMode = Literal["ignore", "allow"] | str  # or "limit:N"
@@ -198,6 +198,12 @@ class DirGrant(FrozenRecord):
         return f"{self.shown}:{self.guest}:{'rw' if self.writable else 'ro'}"
 
 
+def guest_path(path: str) -> str:
+    """`path` as the guest's libc reads it: `//x`, `x`, `./x` and `/y/../x` are `/x`.
+    Two directories at one guest path are one preopen hiding the other."""
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
 def scratch_problem(scratch: object) -> str | None:
     """Why `scratch` cannot be a scratch directory's guest path, or None: the one rule
     for `capabilities.scratch` and `--scratch` (the flag once took a relative path)."""
@@ -277,9 +283,7 @@ class Capabilities(FrozenRecord):
         env = checked_env(env, "capabilities.env", PolicyError)
         seen: dict[str, DirGrant] = {}
         for grant in dirs:  # two preopens at one guest path: which one the guest sees is luck
-            # As the guest's libc reads it: `//x`, `x` and `./x` are `/x` too.
-            where = "/" + posixpath.normpath("/" + grant.guest).lstrip("/") \
-                if isinstance(grant, DirGrant) else None
+            where = guest_path(grant.guest) if isinstance(grant, DirGrant) else None
             if where is not None and where in seen:
                 from ..errors import PolicyError
 
@@ -288,8 +292,7 @@ class Capabilities(FrozenRecord):
             if where is not None:
                 seen[where] = grant
         # The scratch directory is preopened last, where it would hide a grant (review).
-        shadowed = None if scratch is None else seen.get(
-            "/" + posixpath.normpath("/" + scratch).lstrip("/"))
+        shadowed = None if scratch is None else seen.get(guest_path(scratch))
         if shadowed is not None:
             raise PolicyError(f"the scratch directory's guest path {scratch} is also "
                               f"granted: {shadowed}")
