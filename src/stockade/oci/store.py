@@ -217,7 +217,7 @@ class Store:
                                "pull again") from None
         manifests = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(manifests, list):
-            raise StoreCorrupt(f"local store: {self.root / 'index.json'} has no manifests list")
+            raise StoreCorrupt(f"local store: {path} has no manifests list")
         return [m for m in manifests if isinstance(m, dict)]
 
     def tag(self, name: str, descriptor: dict[str, Any]) -> None:
