@@ -74,10 +74,7 @@ def _python(code: str | None, args: tuple[str, ...], **options: Any) -> None:
         (Path(tmp) / source.name).write_bytes(text)
         options["dirs"] = (*options.get("dirs", ()), f"{tmp}:{GUEST_WORKDIR}:ro")
         guest = f"{GUEST_WORKDIR}/{source.name}"
-        try:
-            ctx.invoke(run, module=str(module), args=python_args(None, guest, rest), **options)
-        except SystemExit:
-            raise
+        ctx.invoke(run, module=str(module), args=python_args(None, guest, rest), **options)
 
 
 def _script(script: str) -> bytes:
