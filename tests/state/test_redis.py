@@ -33,13 +33,15 @@ from stockade.telemetry.breaker import BreakerConfig, Transition
 
 from .conftest import RedisServer
 
-TIMEOUT = 0.2
+TIMEOUT = 0.2  # how long a store that fails may take to be found down
+# A live store's answers: generous, so a loaded machine is not read as a store gone.
+ANSWERED = 2.0
 
 
 @pytest.fixture
 def replicas(redis_server: RedisServer) -> Iterator[list[RedisState]]:
     """Three replicas' state backends on one Redis (fail_closed)."""
-    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    states = [RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                          env={}) for _ in range(3)]
     yield states
     for state in states:
@@ -520,7 +522,7 @@ def test_bursts_at_many_replicas_never_get_more_than_the_rate(
         redis_server: RedisServer) -> None:
     """A tenant at (and far above) its rate, bursting through five busy replicas at once:
     credits never let it past burst + rate x elapsed (GCRA's own bound)."""
-    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    states = [RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                          env={}) for _ in range(5)]
     gates = [state.gate(spec(rate=200, burst=200, concurrency=1000)) for state in states]
 
@@ -659,7 +661,7 @@ def test_a_rate_limit_stores_its_times_exactly(redis_server: RedisServer) -> Non
     theoretical arrival time then did not move by an interval under 50 µs (every
     request at 20,000/s and up admitted) and moved by a rounded one below (found by
     review). One admission at 3/s moves it by a third of a second, to the microsecond."""
-    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    state = RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                        env={})
     try:
         state.gate(spec(tenant="exact", rate=3, burst=1)).admit().release()
@@ -677,7 +679,7 @@ def test_a_bucket_far_ahead_outlives_the_hour_its_key_was_kept(
     # A bucket's key expired an hour after its last admission whatever its window: at one
     # request in 10,000 s the next was admitted an hour later, and a rate of one a minute
     # with a burst of 100 got the whole burst back after an hour idle.
-    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    state = RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                        env={})
     try:
         state.gate(spec(tenant="slow", rate=1e-4, burst=1)).admit().release()
@@ -707,7 +709,7 @@ def test_a_reload_to_a_faster_rate_takes_effect_at_once(redis_server: RedisServe
     # 100,000 s ahead) held after a reload to 100/s until it caught up, and the
     # refusals told an hour. Now it is at most the new window ahead: a refusal tells
     # the real wait, and a retry after it is admitted.
-    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    state = RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                        env={})
     try:
         assert _spend(state.gate(spec(tenant="reload", rate=1e-3, burst=100))) == 100
@@ -751,7 +753,7 @@ def test_a_rollout_gives_a_tenant_at_most_each_manifests_own_limit(
     # window at every request (refused ones too): 24,030 admitted in 2 s where the
     # strict manifest allows 102 and the loose one 2,001. Each manifest's bucket is its
     # own: the tenant gets at most the sum of the two limits.
-    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    states = [RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                          env={}) for _ in range(4)]
     try:
         gates = [state.gate(spec(tenant="rolling", rate=1000, burst=1))
@@ -772,7 +774,7 @@ def test_a_reload_to_a_slower_rate_is_not_evaded(redis_server: RedisServer) -> N
     # reloaded one admitted every other request. The slower limit holds on the replicas
     # that have it, whatever the others do, and once all have it.
     fast, slow = {"rate": 100, "burst": 100}, {"rate": 1, "burst": 2}
-    states = [RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    states = [RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                          env={}) for _ in range(2)]
     try:
         old = [state.gate(spec(tenant="slowing", **fast)) for state in states]
@@ -794,7 +796,7 @@ def test_a_quota_hash_keeps_the_buckets_ahead_however_many_reloads(
     # Each quota's bucket is a field of its own: twenty reloads, each to a new rate,
     # leave twenty buckets ahead, all kept (dropping one gave its quota its burst
     # back); past the bound, those caught up go.
-    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    state = RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                        env={})
     try:
         state.gate(spec(tenant="fickle", rate=1000, burst=1)).admit().release()
@@ -817,7 +819,7 @@ def test_a_refusal_after_a_reload_is_told_its_own_buckets_wait(
     # A reload from one in 1,000 s to one in 100 s (a burst of 100 each) starts the new
     # quota's bucket: its burst, then a refusal telling the wait of that bucket (one
     # interval at most), while the bucket the old quota filled stays as it was.
-    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    state = RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                        env={})
     try:
         assert _spend(state.gate(spec(tenant="reload", rate=1e-3, burst=100))) == 100
@@ -839,7 +841,7 @@ def test_a_refusal_after_a_reload_is_told_its_own_buckets_wait(
 def test_a_bucket_is_kept_as_long_as_its_window(redis_server: RedisServer) -> None:
     # At one in 100,000 s with a burst of 100, a spent bucket is 115.7 days ahead: its
     # key expired after 30 days idle and the tenant had all 100 back, not ~26.
-    state = RedisState(StateSettings(redis_server.url, timeout=TIMEOUT), LocalState(),
+    state = RedisState(StateSettings(redis_server.url, timeout=ANSWERED), LocalState(),
                        env={})
     try:
         assert _spend(state.gate(spec(tenant="patient", rate=1e-5, burst=100))) == 100
@@ -861,7 +863,7 @@ def test_a_wait_past_what_a_reply_may_hold_is_still_a_refusal(
     # one request at 1e-10/s): past the longest wait a reply may hold, so the honest
     # refusal was read as a malformed reply and `fail_open` admitted the tenant.
     counted: list[str] = []
-    state = RedisState(StateSettings(redis_server.url, "fail_open", TIMEOUT),
+    state = RedisState(StateSettings(redis_server.url, "fail_open", ANSWERED),
                        LocalState(tmp_path, 0, degraded=True), counted.append, env={})
     try:
         gate = state.gate(spec(tenant="debtor", **quota))
