@@ -15,8 +15,8 @@ import pytest
 
 from stockade.errors import PolicyError, StockadeError
 from stockade.gateway import load_manifest
-from stockade.gateway.bodybudget import BodyBudget
 from stockade.gateway.messages import Request
+from stockade.gateway.requestbudget import RequestBudget
 
 from .conftest import Start, module
 from .test_confine import gateway_workers, status
@@ -142,7 +142,7 @@ def test_a_body_budget_share_is_a_hosts_not_an_addresss() -> None:
     """`body_buffer_per_client` counts an IPv6 client as its /64, as the connection cap
     does: a host given a whole /64 shares one allowance among its addresses (it took a
     worker's whole body budget with four of them)."""
-    budget = BodyBudget(100, 10)
+    budget = RequestBudget(100, 10)
     first = budget.hold("2001:db8:1:2::1")
     first.charge(8, None)
     with pytest.raises(StockadeError, match="this client"):
@@ -155,9 +155,13 @@ def test_a_body_budget_share_is_a_hosts_not_an_addresss() -> None:
     first.release()  # twice gives back nothing more
     budget.hold("2001:db8:1:2::2").charge(8, None)
     assert budget.held == 24
-    wide = BodyBudget(100, 10, ipv6_prefix=128)  # `max_connections_ipv6_prefix = 128`
+    wide = RequestBudget(100, 10, ipv6_prefix=128)  # `max_connections_ipv6_prefix = 128`
     wide.hold("2001:db8:1:2::1").charge(8, None)
     wide.hold("2001:db8:1:2::2").charge(8, None)
+
+
+def _reading() -> None:
+    """A hold's `stop` where no read is there to end: its `cut` tells."""
 
 
 class Clock:
@@ -178,7 +182,7 @@ def test_a_full_budget_cuts_off_the_largest_holder_above_its_share() -> None:
 
     async def scenario() -> None:
         clock = Clock()
-        budget = BodyBudget(100, 40, clock=clock)
+        budget = RequestBudget(100, 40, clock=clock)
         reads = []
         for address, size in (("10.0.0.1", 40), ("10.0.0.2", 35), ("10.0.0.3", 25)):
             request = Request("POST", "/f", "", [(b"content-length", b"1000")],
@@ -222,21 +226,21 @@ def test_a_few_bytes_from_new_addresses_do_not_cut_off_a_fast_upload() -> None:
 
     async def scenario() -> None:
         clock = Clock()
-        budget = BodyBudget(100, 60, slow_rate=5, clock=clock)
+        budget = RequestBudget(100, 60, slow_rate=5, clock=clock)
         fast = budget.hold("10.0.0.1")
-        fast.charge(30, asyncio.timeout(None))
+        fast.charge(30, _reading)
         clock.now += 0.5
-        fast.charge(30, asyncio.timeout(None))  # 60 bytes in 0.5 s: fast
+        fast.charge(30, _reading)  # 60 bytes in 0.5 s: fast
         slow = [budget.hold("10.0.0.2") for _ in range(2)]
-        slow[0].charge(25, asyncio.timeout(None))
-        slow[1].charge(15, asyncio.timeout(None))
+        slow[0].charge(25, _reading)
+        slow[1].charge(15, _reading)
         clock.now += 0.5
-        fast.charge(0, asyncio.timeout(None))  # and still arriving
+        fast.charge(0, _reading)  # and still arriving
         with pytest.raises(StockadeError, match="too many request bodies"):
             budget.hold("10.0.0.3").charge(10, None)
         assert not fast.cut
         clock.now += 6  # 10.0.0.2's bodies stalled; the upload still comes, fast enough
-        fast.charge(0, asyncio.timeout(None))
+        fast.charge(0, _reading)
         budget.hold("10.0.0.3").charge(10, None)
         assert (fast.cut, slow[0].cut, slow[1].cut) == (False, False, True)
 
@@ -250,12 +254,12 @@ def test_a_burst_then_a_trickle_is_slow() -> None:
 
     async def scenario() -> None:
         clock = Clock()
-        budget = BodyBudget(100, 60, slow_rate=5, clock=clock)
+        budget = RequestBudget(100, 60, slow_rate=5, clock=clock)
         trickle = budget.hold("10.0.0.1")
-        trickle.charge(50, asyncio.timeout(None))
+        trickle.charge(50, _reading)
         for _ in range(8):
             clock.now += 0.9
-            trickle.charge(1, asyncio.timeout(None))
+            trickle.charge(1, _reading)
         budget.hold("10.0.0.2").charge(40, None)
         budget.hold("10.0.0.3").charge(10, None)  # 58 in 7.2 s, but 2-3 bytes of late
         assert trickle.cut
@@ -271,10 +275,10 @@ def test_a_holder_counted_twice_is_cut_off_once() -> None:
 
     async def scenario() -> None:
         clock = Clock()
-        budget = BodyBudget(100, 100, clock=clock)
+        budget = RequestBudget(100, 100, clock=clock)
         bodies = [budget.hold("10.0.0.3") for _ in range(3)]
         for body in bodies:
-            body.charge(10, asyncio.timeout(None))
+            body.charge(10, _reading)
         short = budget.hold("10.0.0.3")
         short.charge(5, None)
         short.read()
@@ -301,7 +305,7 @@ def test_a_body_cut_off_with_its_last_chunk_on_the_way_stays_cut_off() -> None:
 
     async def scenario() -> None:
         clock = Clock()
-        budget = BodyBudget(100, 100, clock=clock)
+        budget = RequestBudget(100, 100, clock=clock)
         chunks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         request = Request("POST", "/f", "", [(b"content-length", b"70")],
                           client=("10.0.0.1", 1), receive=chunks.get)
@@ -324,7 +328,7 @@ def test_a_body_cut_off_with_its_last_chunk_on_the_way_stays_cut_off() -> None:
 
 def test_bodies_read_whole_are_never_cut_off() -> None:
     clock = Clock()
-    budget = BodyBudget(100, 60, clock=clock)
+    budget = RequestBudget(100, 60, clock=clock)
     whole = budget.hold("10.0.0.1")
     whole.charge(60, None)
     whole.read()
@@ -340,12 +344,12 @@ def test_nothing_is_cut_off_for_a_body_that_still_would_not_fit() -> None:
 
     async def scenario() -> None:
         clock = Clock()
-        budget = BodyBudget(100, 60, clock=clock)
+        budget = RequestBudget(100, 60, clock=clock)
         whole = budget.hold("10.0.0.1")
         whole.charge(50, None)
         whole.read()
         reading = budget.hold("10.0.0.1")
-        reading.charge(10, asyncio.timeout(None))  # never entered: never rescheduled
+        reading.charge(10, _reading)
         budget.hold("10.0.0.2").charge(40, None)
         clock.now += 6
         with pytest.raises(StockadeError, match="too many request bodies"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stockade.gateway.bodybudget import RECENT
+from stockade.gateway.requestbudget import RECENT
 from stockade.gateway.sendbudget import FIRST_LOOK, Holding, Pace, SendBudget
 
 MiB = 1024**2

@@ -12,7 +12,7 @@ answered or raised::
     routing         /healthz, /readyz, /metrics; else the route (404, 405; 400 for
                     a dot segment, an encoded slash or an encoded route:
                     reqpath.ambiguous_path, reqpath.encoded_route)
-    body            the whole body: deadline 408, size 413, budget 503 (bodybudget.py)
+    body            the whole body: deadline 408, size 413, budget 503 (requestbudget.py)
     client breaker  a client whose runs keep hitting limits (429, clientbreaker.py)
     limits          quotas (429), shared state (503) (limits.py)
     Invoker         CGI in, guest run, CGI out (invoke.py)
@@ -33,13 +33,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StockadeError
-from .bodybudget import SLOW, BodyBudget
 from .funclog import FunctionLog
 from .limits import admit, admit_now
 from .messages import Handler, Request, Response
 from .metrics import BUCKETS
 from .problem import BadRequest, HttpProblem, MethodNotAllowed, NotFound, render_error
 from .reqpath import ambiguous_path, encoded_route
+from .requestbudget import SLOW, RequestBudget
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -84,9 +84,9 @@ class Pipeline:
         self.body_timeout = settings.body_timeout
         self.body_min_rate = settings.body_min_rate
         self.proxies = proxies
-        self.budget = BodyBudget(settings.body_buffer, settings.body_buffer_per_client,
-                                 settings.max_connections_ipv6_prefix,
-                                 SLOW * settings.body_min_rate)
+        self.budget = RequestBudget(settings.body_buffer, settings.body_buffer_per_client,
+                                    settings.max_connections_ipv6_prefix,
+                                    SLOW * settings.body_min_rate)
         # (labels, status) -> the request counter's cell and the duration histogram's
         # data, looked up in `metrics` once per series, not once per request.
         self._series: dict[tuple[Labels, int], tuple[Cell, list[float]]] = {}

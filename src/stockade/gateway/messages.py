@@ -8,6 +8,7 @@ to the other. Headers are lists of `(name, value)` byte pairs, names lower-case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,17 +22,17 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class BodyCharge(Protocol):
-    """What a body's bytes are charged to while it is read (`bodybudget.BodyHold`)."""
+    """What a body's bytes are charged to while it is read (`requestbudget.Hold`)."""
 
-    def charge(self, size: int, deadline: asyncio.Timeout | None) -> None:
-        """`size` more bytes arrived under the read's `deadline` (which it may move to
-        now, to end the read); raises to refuse them."""
+    def charge(self, size: int, stop: Callable[[], None] | None) -> None:
+        """`size` more bytes arrived; `stop` (which it may call) ends the read. Raises
+        to refuse them."""
 
     def read(self) -> None:
         """The whole body arrived (raises to refuse it all the same)."""
 
     def refusal(self) -> HttpProblem | None:
-        """Why the read's deadline was moved to now, if it was."""
+        """Why the read was stopped, if it was."""
 
 
 async def _no_body() -> dict[str, Any]:
@@ -79,6 +80,11 @@ class Request:
                                   f"at most {limit}", max_body=limit)
         chunks, size = [], 0
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:  # the deadline, moved to now: the read ends with TimeoutError
+            with contextlib.suppress(RuntimeError):  # it is ending already
+                deadline.reschedule(-1.0)
+
         try:
             async with asyncio.timeout(timeout) as deadline:
                 while True:
@@ -91,7 +97,7 @@ class Request:
                     if message["type"] == "http.disconnect":
                         raise BadRequest("the client disconnected while sending the body")
                     if hold is not None and chunk:
-                        hold.charge(len(chunk), deadline)
+                        hold.charge(len(chunk), stop)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break

@@ -9,6 +9,12 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - the head (request line and headers) must be complete within `header_timeout` seconds
   of the connection being made or of its first byte; otherwise 408 and close (a
   connection that sent nothing is closed silently);
+- the heads a worker holds, still arriving or queued behind an answer, are bounded
+  together and per client address by a `RequestBudget` (`header_buffer`): a head left
+  incomplete after a read is charged what was fed of it and `LINE_COST` a header line,
+  a queued one its size and lines; past the budget the connection is answered 503 and
+  closed, or, for a client within its fair share, the slow heads of the client holding
+  the most are (requestbudget.py). A head that arrives whole in one read costs nothing;
 - the head may be at most `max_header_size` bytes and `MAX_HEADER_FIELDS` header lines,
   counted as httptools parses them and fed to it no further than the limit (a head
   arriving whole in one read was never seen incomplete); otherwise 431 and close. An
@@ -98,9 +104,10 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from .bodybudget import SLOW
 from .connlimit import IPV6_PREFIX, REFUSAL, PeerConnections, peer_key
 from .messages import Request
+from .problem import Unavailable
+from .requestbudget import RETRY_AFTER, SLOW, Hold, RequestBudget
 from .response import Response, framing, header_lines
 from .sendbudget import FIRST_LOOK, LARGE, Holding, Pace, SendBudget
 
@@ -111,11 +118,15 @@ __all__ = ["guarded_protocol", "GuardedProtocol", "write_response", "WriteBatch"
 _SWEEP_MIN, _SWEEP_MAX = 0.05, 0.5
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout",
             431: b"Request Header Fields Too Large", 501: b"Not Implemented",
-            505: b"HTTP Version Not Supported"}
+            503: b"Service Unavailable", 505: b"HTTP Version Not Supported"}
+_RETRY_AFTER = b"retry-after: %d\r\n" % RETRY_AFTER  # a head budget's 503
 _VERSIONS = ("1.1", "1.0")  # those served (RFC 9110 15.6.6: 505 for the others)
 # Header lines a head may have (Apache's LimitRequestFields is 100): each one costs a
 # tuple and a CGI variable on every request.
 MAX_HEADER_FIELDS = 256
+# Bytes of the worker a header line holds beyond its own (a tuple of two bytes objects),
+# charged to the head budget with it: 255 one-byte lines cost ~100 B each for 4 sent.
+LINE_COST = 100
 # Requests parsed ahead of their answers on one connection (pipelined). One read of tiny
 # pipelined heads held ~7,000 queued requests, and each answer let one more read in: a
 # client that never read its answers grew a worker by 1.3 GB in 15 s. Past this many in
@@ -300,6 +311,7 @@ class GuardedProtocol(HttpToolsProtocol):
     ipv6_prefix = IPV6_PREFIX  # an IPv6 client's network, counted as one client
     max_connections = 10_000
     per_ip: PeerConnections | None = None
+    head_budget: RequestBudget | None = None  # the worker's, for heads (`guarded_protocol`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -322,6 +334,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._framing = 0  # bytes of that body fed that were not its data
         self._charged = False  # the input being fed is counted in `_framing`
         self._queued_size = self._queued_fields = 0  # of the heads in `pipeline`
+        # The head budget's charges: the head or trailers being read (bytes charged to
+        # `_head_hold` so far), and the heads queued in `pipeline`.
+        self._head_hold: Hold | None = None
+        self._queued_hold: Hold | None = None
+        self._head_charged = 0
         self._ignored = 0  # bytes read and dropped while `_ignoring`
         self._answering: Exchange | None = None  # the request answered last or now
         self._send_deadline = math.inf  # loop time the unsent answers must be gone by
@@ -349,6 +366,10 @@ class GuardedProtocol(HttpToolsProtocol):
                 transport.close()
                 return
             self._cell = cell
+        budget = self.head_budget
+        if budget is not None:
+            peer = self.client[0] if self.client else ""
+            self._head_hold, self._queued_hold = budget.hold(peer), budget.hold(peer)
         self._sweep = _Sweep.watch(self)
         self._begin_head()
 
@@ -361,6 +382,9 @@ class GuardedProtocol(HttpToolsProtocol):
         # full collection finds the queue and this protocol holding each other.
         self.pipeline.clear()
         self._queued_size = self._queued_fields = 0
+        self._uncharge()
+        if self._queued_hold is not None:
+            self._queued_hold.release()
         answering = self._answering
         if answering is not None and answering is not self.cycle \
                 and not answering.response_complete:
@@ -409,6 +433,39 @@ class GuardedProtocol(HttpToolsProtocol):
         counted = self._counted()
         if counted is not None and counted > self.max_header_size:
             self._refuse(431)
+        elif counted:  # held until more comes: charged (a head fed whole never is)
+            self._charge_head(counted + LINE_COST * self._head_fields)
+
+    def _charge_head(self, held: int) -> None:
+        """The head (or trailers) being read holds `held` bytes of the worker: what is
+        not charged yet goes to the head budget; past it, 503 and close."""
+        hold = self._head_hold
+        if hold is None or held <= self._head_charged:
+            return
+        try:
+            hold.charge(held - self._head_charged, self._cut_head)
+        except Unavailable as refused:
+            self.client_warnings.warning("%s: request head refused: %s",
+                                         self.client[0] if self.client else "a client",
+                                         refused.message)
+            self._refuse(503)
+            return
+        self._head_charged = held
+
+    def _uncharge(self) -> None:
+        """The head or trailers being read are over: their charge is given back."""
+        if self._head_charged:
+            self._head_charged = 0
+            self._head_hold.release()  # type: ignore[union-attr]  # charged: it has one
+
+    def _cut_head(self) -> None:
+        """The head budget cut this head off to make room (it came slowly from a client
+        holding more than its share): 503 and close, its charge given back already."""
+        self._head_charged = 0
+        self.client_warnings.warning("%s: request head cut off: the worker holds too many "
+                                     "heads arriving, and this client more than its share",
+                                     self.client[0] if self.client else "a client")
+        self._refuse(503)
 
     def _feed_framed(self, data: bytes) -> bool:
         """`_feed` `data`, what it holds of a chunked body's framing counted: input fed
@@ -487,6 +544,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._trailing:
             self._trailing = False
             self._phases += 1
+            self._uncharge()
 
     def on_message_begin(self) -> None:
         # uvicorn's makes an ASGI scope here; the request is made once its head is whole.
@@ -578,7 +636,7 @@ class GuardedProtocol(HttpToolsProtocol):
         """uvicorn's answer to a parser error, also what a callback's `_HeadRefused`
         ends in: 431 for a head too large, 501 for a transfer coding, 505 for a version
         not served."""
-        if self._refused_head in (431, 501, 505):
+        if self._refused_head in (431, 501, 503, 505):
             self._refuse(self._refused_head)
             return
         if self._discarded_body_refused() or self._close_after_answers():
@@ -627,6 +685,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_size = self._head_fields = self._hosts = 0
         self._in_head = False
         self._head_deadline = math.inf
+        if self._head_charged:  # (inline: once a request)
+            self._uncharge()
         # What uvicorn's does (less the WebSocket upgrade: the worker serves none), into a
         # `Request` instead of a scope.
         method = parser.get_method().decode("ascii")
@@ -673,6 +733,12 @@ class GuardedProtocol(HttpToolsProtocol):
                                f"than {QUEUED_HEADS} heads' bytes or "
                                f"{QUEUED_LINES * MAX_PIPELINED} header lines queued")
         else:  # pipelined: started when the previous response is complete
+            if self._queued_hold is not None:
+                try:  # held until its turn: never cut off, as a body read whole
+                    self._queued_hold.charge(size + LINE_COST * fields, None)
+                except Unavailable as refused:
+                    self._refused_head = 503
+                    raise _HeadRefused(refused.message) from None
             self.cycle = cycle
             self.flow.pause_reading()
             cycle.queued = size, fields
@@ -685,6 +751,8 @@ class GuardedProtocol(HttpToolsProtocol):
         size, fields = cycle.queued
         self._queued_size -= size
         self._queued_fields -= fields
+        if self._queued_hold is not None:
+            self._queued_hold.release(size + LINE_COST * fields)
 
     def _start(self, cycle: Exchange) -> None:
         self._answering = cycle
@@ -741,6 +809,8 @@ class GuardedProtocol(HttpToolsProtocol):
         """Count what comes as the next head, from now; its deadline too when `timed`."""
         self._phases += 1
         self._in_head = True
+        if self._head_charged:  # (inline: once a request)
+            self._uncharge()
         self._head_bytes = self._head_size = self._head_fields = self._hosts = 0
         self._refused_head = 0
         self._head_deadline = self.loop.time() + self.header_timeout if timed else math.inf
@@ -855,6 +925,7 @@ class GuardedProtocol(HttpToolsProtocol):
         cycle.keep_alive = False
         self._in_head = False
         self._head_deadline = math.inf
+        self._uncharge()
         self._ignoring = True
         return True
 
@@ -890,9 +961,11 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._in_head = False
         self._head_deadline = math.inf
+        self._uncharge()
         self._writes.flush()
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                             % (status, _REASONS[status]))
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\n%sconnection: close\r\n\r\n"
+                             % (status, _REASONS[status],
+                                _RETRY_AFTER if status == 503 else b""))
         self.transport.close()
 
 
@@ -1007,13 +1080,14 @@ def guarded_protocol(answer: Answer, header_timeout: float, max_header_size: int
                      per_ip: PeerConnections | None = None,
                      max_connections: int | None = None, send_timeout: float = 10.0,
                      send_min_rate: int = 1024, response_buffer: int = 64 * 1024**2,
-                     ipv6_prefix: int = IPV6_PREFIX) -> type[GuardedProtocol]:
+                     ipv6_prefix: int = IPV6_PREFIX, header_buffer: int = 32 * 1024**2,
+                     header_buffer_per_client: int = 4 * 1024**2) -> type[GuardedProtocol]:
     """A `GuardedProtocol` class handing requests to `answer` (`GatewayApp.answer`) with
     these limits (seconds, bytes, connections per peer address, connections of this
     worker: None for its descriptor limit less a reserve; how long unsent answers may
     wait, how fast a client must take them, and how many bytes of them all connections
-    may hold, an IPv6 client counted as its `/ipv6_prefix` network), for uvicorn's
-    `http` setting."""
+    may hold, an IPv6 client counted as its `/ipv6_prefix` network; how many bytes of
+    heads all connections and one client's may hold), for uvicorn's `http` setting."""
     return type("GuardedProtocol", (GuardedProtocol,), {
         "answer": staticmethod(answer),
         "client_warnings": ClientWarnings(logging.getLogger("uvicorn.error")),
@@ -1021,6 +1095,9 @@ def guarded_protocol(answer: Answer, header_timeout: float, max_header_size: int
         "send_timeout": send_timeout, "send_min_rate": send_min_rate,
         "response_buffer": response_buffer, "ipv6_prefix": ipv6_prefix,
         "per_ip": per_ip,
+        "head_budget": RequestBudget(header_buffer, header_buffer_per_client, ipv6_prefix,
+                                     SLOW * send_min_rate, what="request heads",
+                                     reason="header_buffer"),
         "max_connections": max_connections if max_connections is not None
         else descriptor_budget()})
 

@@ -33,7 +33,7 @@ import heapq
 from collections.abc import Sequence
 from typing import Generic, NamedTuple, TypeVar
 
-from .bodybudget import RECENT
+from .requestbudget import RECENT
 
 __all__ = ["SendBudget", "Pace", "Holding", "LARGE"]
 

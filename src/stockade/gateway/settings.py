@@ -52,22 +52,24 @@ class ServerSettings:
     violation counts. Behind a proxy that sends `X-Forwarded-For`, `trusted_proxies` (its
     addresses or networks) makes its clients the clients counted (`forwarded.py`).
 
-    Slow clients: a request head (line and headers, at most `max_header_size` bytes)
-    must arrive within `header_timeout`, and a body's bytes must keep coming: it has
-    `body_timeout`, each byte adds `1 / body_min_rate` s, never past `body_timeout` ahead (408
-    otherwise; bodies are read before a function or tenant slot is taken), and the
-    answers' bytes must keep leaving at the same pace (the connection aborted); a worker
-    holds at most `body_buffer` bytes of request bodies at once,
-    `body_buffer_per_client` of them for one client address (503 past either,
-    `bodybudget.py`), and about `response_buffer` bytes of answers unsent (past it,
-    connections are reset in the order `sendbudget.py` gives); an idle keep-alive
-    connection is closed after `keep_alive_timeout`; one peer address holds at most
-    `max_connections_per_ip` connections on the whole server (503 and closed past it,
-    `connlimit.py`), which tracks `max_connection_addresses` addresses at once (past it,
-    new ones get 503): an IPv4-mapped IPv6 address counts as its IPv4 address, an IPv6
-    address as its `/max_connections_ipv6_prefix` network (one host's /64 is one address).
-    `withhold_headers` are the request headers no function is sent unless it lists them
-    in `pass_headers` (`headers.py`).
+    Slow clients: a request head (line and headers, at most `max_header_size` bytes) must
+    arrive within `header_timeout`, the heads a worker holds still arriving or queued behind
+    an answer at most `header_buffer` bytes together, `header_buffer_per_client` of them for
+    one client address (503 and closed past either, a header line counted as 100 bytes more
+    than it is: its objects), and a body's bytes must keep coming: it has `body_timeout`,
+    each byte adds `1 / body_min_rate` s, never past `body_timeout` ahead (408 otherwise;
+    bodies are read before a function or tenant slot is taken), and the answers' bytes must
+    keep leaving at the same pace (the connection aborted); a worker holds at most
+    `body_buffer` bytes of request bodies at once, `body_buffer_per_client` of them for one
+    client address (503 past either, `requestbudget.py`), and about `response_buffer` bytes
+    of answers unsent (past it, connections are reset in the order `sendbudget.py` gives);
+    an idle keep-alive connection is closed after `keep_alive_timeout`; one peer address
+    holds at most `max_connections_per_ip` connections on the whole server (503 and closed
+    past it, `connlimit.py`), which tracks `max_connection_addresses` addresses at once
+    (past it, new ones get 503): an IPv4-mapped IPv6 address counts as its IPv4 address, an
+    IPv6 address as its `/max_connections_ipv6_prefix` network (one host's /64 is one
+    address). `withhold_headers` are the request headers no function is sent unless it lists
+    them in `pass_headers` (`headers.py`).
 
     Logs (`funclog.py`, `accesslog.py`): `access_log` is `common` (Apache's Common Log
     Format), `json` (one object a line) or `off`; each request's function stderr is
@@ -100,6 +102,8 @@ class ServerSettings:
     audit: bool = True
     header_timeout: float = 10.0
     max_header_size: int = 64 * 1024
+    header_buffer: int = 32 * MiB
+    header_buffer_per_client: int = 4 * MiB
     body_timeout: float = 10.0
     body_min_rate: int = 1024
     keep_alive_timeout: float = 5.0
@@ -128,7 +132,7 @@ class ServerSettings:
                 values[key] = parser(value)
             except (ValueError, TypeError) as exc:
                 raise PolicyError(f"{flag}: {exc}") from None
-        return replace(self, **values)
+        return _heads_fit(replace(self, **values), "")
 
 
 def _int(lo: int, hi: int) -> Any:
@@ -229,6 +233,7 @@ _SERVER_PARSERS: dict[str, Any] = {
     "inline": _flag, "breakers": _flag, "breaker_clients": _flag, "breaker_traps": _flag,
     "audit": _flag, "trusted_proxies": parse_networks,
     "header_timeout": _seconds, "max_header_size": _bytes,
+    "header_buffer": _bytes, "header_buffer_per_client": _bytes,
     "body_timeout": _seconds, "body_min_rate": _bytes, "keep_alive_timeout": _seconds,
     "max_connections_per_ip": _int(1, 1_000_000),
     "max_connections_ipv6_prefix": _int(32, 128),
@@ -250,7 +255,18 @@ def parse_server(table: Mapping[str, Any], source: str) -> ServerSettings:
             values[key] = parser(value)
         except (ValueError, TypeError) as exc:
             raise PolicyError(f"{source}: server.{key}: {exc}") from None
-    return ServerSettings(**values)
+    return _heads_fit(ServerSettings(**values), f"{source}: server.")
+
+
+def _heads_fit(settings: ServerSettings, where: str) -> ServerSettings:
+    """`settings`, checked that one client may send two heads at `max_header_size`.
+    Raises PolicyError naming the settings at `where`."""
+    room = min(settings.header_buffer, settings.header_buffer_per_client)
+    if room < 2 * settings.max_header_size:
+        raise PolicyError(f"{where}header_buffer and header_buffer_per_client must hold two "
+                          f"heads at max_header_size ({settings.max_header_size} bytes), "
+                          f"not {room}")
+    return settings
 
 
 MIN_RATE = 1e-6  # requests a second: one in 11.6 days

@@ -1,0 +1,323 @@
+"""Request heads a worker holds, bounded together and per client (`header_buffer`).
+
+Attack (found by review): each connection may hold a head of up to `max_header_size`
+until `header_timeout`, and four more queued behind an answer; only the connection cap
+bounded them, about 1.2 GiB a worker from one IPv6 /56. Heads still arriving after a
+read and heads queued are charged to the worker's head budget (`requestbudget.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from stockade.errors import PolicyError
+from stockade.gateway import load_manifest
+from stockade.gateway.messages import Request
+from stockade.gateway.protocol import LINE_COST, Answer, GuardedProtocol, guarded_protocol
+from stockade.gateway.requestbudget import RequestBudget
+from stockade.gateway.response import Response
+
+from .conftest import Start, module
+
+KiB = 1024
+REQUEST = b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+
+
+class Clock:
+    """A monotonic clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _no_asgi(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("requests go to the protocol's answer, never the ASGI app")
+
+
+async def _hello(request: Request, send: Callable[..., Awaitable[None]]) -> None:
+    from stockade.gateway.protocol import write_response
+
+    assert write_response(send, Response(200, [], b"hello\n"), False)
+
+
+def gated(gate: asyncio.Event) -> Answer:
+    """`_hello`, once `gate` is set."""
+
+    async def answer(request: Request, send: Callable[..., Awaitable[None]]) -> None:
+        await gate.wait()
+        await _hello(request, send)
+
+    return answer
+
+
+class Server:
+    """A worker's protocol on a real loopback socket, its head budget given."""
+
+    def __init__(self, answer: Answer = _hello, total: int = 256 * KiB,
+                 per_client: int = 128 * KiB) -> None:
+        config = uvicorn.Config(_no_asgi, log_config=None)
+        config.load()
+        self.state = ServerState()
+        self.protocol = guarded_protocol(answer, 10.0, 64 * KiB, max_connections=64,
+                                         header_buffer=total,
+                                         header_buffer_per_client=per_client)
+        self.clock = Clock()
+        budget = self.protocol.head_budget
+        assert budget is not None
+        budget.clock = self.clock
+        self.budget: RequestBudget = budget
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Server:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: self.protocol(config=uvicorn.Config(_no_asgi, log_config=None),
+                                  server_state=self.state, app_state={}),
+            "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        for connection in list(self.state.connections):
+            connection.transport.close()
+        self.server.close()
+
+    async def connect(self, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A client's connection from the loopback address `source` (closed at the end)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port,
+                                                       local_addr=(source, 0))
+        self.writers.append(writer)
+        return reader, writer
+
+
+async def settle() -> None:
+    """A few turns of the loop: sent bytes reach the server's protocol."""
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+
+
+async def answer_of(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed (or within two seconds)."""
+    try:
+        return await asyncio.wait_for(reader.read(4096), 2.0)
+    except TimeoutError:
+        return b""
+
+
+def incomplete_head(size: int) -> bytes:
+    """A head `size` bytes long that never ends: its last header line goes on."""
+    start = b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\nX-Pad: "
+    return start + b"a" * (size - len(start))
+
+
+def test_heads_left_incomplete_are_bounded_per_client_and_in_total() -> None:
+    """Three heads of 40 KiB from one address fit its 128 KiB; the fourth is 503 and
+    closed. Whatever is sent, the worker's heads stay within the budget."""
+
+    async def scenario() -> None:
+        async with Server() as server:
+            held = []
+            for _ in range(3):
+                reader, writer = await server.connect("127.0.0.2")
+                writer.write(incomplete_head(40 * KiB))
+                held.append((reader, writer))
+            await settle()
+            assert server.budget.held == 3 * (40 * KiB + LINE_COST)  # Host: one line
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(incomplete_head(40 * KiB))
+            answer = await answer_of(reader)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 5" in answer
+            assert server.budget.held == 3 * (40 * KiB + LINE_COST)
+            # Another address has an allowance of its own, within the total.
+            other, sender = await server.connect("127.0.0.3")
+            sender.write(incomplete_head(40 * KiB))
+            await settle()
+            assert server.budget.held == 4 * (40 * KiB + LINE_COST) <= server.budget.total
+            for _, each in held:
+                each.close()
+            sender.close()
+            await settle()
+            assert server.budget.held == 0  # a connection's charge goes with it
+
+    asyncio.run(scenario())
+
+
+def test_a_client_within_its_share_cuts_off_the_stalled_heads_of_the_largest_holder() -> None:
+    """The budget full of stalled heads from two addresses above their share: a third
+    client's head is served, and one of the largest holder's heads is cut off (503)."""
+
+    async def scenario() -> None:
+        async with Server() as server:
+            attackers = []
+            for source, count in (("127.0.0.2", 3), ("127.0.0.3", 3)):
+                for _ in range(count):
+                    reader, writer = await server.connect(source)
+                    writer.write(incomplete_head(40 * KiB))
+                    attackers.append((reader, writer))
+            await settle()
+            assert server.budget.held == 6 * (40 * KiB + LINE_COST)
+            # Still arriving (all at once): a newcomer past the total is refused.
+            reader, writer = await server.connect("127.0.0.4")
+            writer.write(incomplete_head(20 * KiB))
+            assert (await answer_of(reader)).startswith(b"HTTP/1.1 503 ")
+            server.clock.now += 6  # nothing more came: stalled
+            reader, writer = await server.connect("127.0.0.4")
+            writer.write(incomplete_head(20 * KiB))
+            await settle()
+            assert server.budget.held == 5 * (40 * KiB + LINE_COST) + 20 * KiB + LINE_COST
+            writer.write(b"\r\n\r\n")  # the newcomer's head ends: answered
+            assert (await answer_of(reader)).startswith(b"HTTP/1.1 200 ")
+            answers = []
+            for each, _ in attackers:
+                try:
+                    answers.append(await asyncio.wait_for(each.read(4096), 0.2))
+                except TimeoutError:
+                    answers.append(b"")
+            refused = [answer.startswith(b"HTTP/1.1 503 ") for answer in answers]
+            assert refused.count(True) == 1 and refused.index(True) < 3  # the first's
+            for _, each in attackers:
+                each.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_head_that_arrives_whole_costs_nothing_and_one_in_pieces_is_given_back() -> None:
+    async def scenario() -> None:
+        async with Server() as server:
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(REQUEST)
+            assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            assert server.budget.held == 0
+            writer.write(REQUEST[:20])
+            await settle()
+            assert server.budget.held == 20
+            writer.write(REQUEST[20:])
+            assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            assert server.budget.held == 0
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_header_lines_are_charged_what_they_cost_the_worker() -> None:
+    """255 one-byte lines are ~1 KB sent and ~25 KB held: charged as held."""
+
+    async def scenario() -> None:
+        async with Server() as server:
+            reader, writer = await server.connect("127.0.0.2")
+            head = b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\n" + b"a:\r\n" * 200
+            writer.write(head)
+            await settle()
+            # Each line counts once parsed: the last waits for what follows it.
+            assert server.budget.held == len(head) + 200 * LINE_COST
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_heads_queued_behind_an_answer_are_charged_until_they_begin() -> None:
+    """Pipelined heads wait behind a slow answer: charged as queued (never cut off),
+    given back as each begins; past the client's allowance the queue is refused."""
+
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        slow = gated(gate)
+        async with Server(slow) as server:
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(REQUEST * 3)
+            await settle()
+            # The first is being answered; two wait, each its bytes and its Host line.
+            queued = 2 * (len(b"GET/hello") + len(b"hostgateway.test") + 4 + LINE_COST)
+            assert 0 < server.budget.held <= queued + 2 * len(REQUEST)
+            gate.set()
+            for _ in range(3):
+                assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            await settle()
+            assert server.budget.held == 0
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_queued_heads_past_the_allowance_are_refused_after_the_answers_owed() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        slow = gated(gate)
+        # Room for the first queued head of 60 lines, not the second.
+        head = b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\n" + b"a:\r\n" * 60 + b"\r\n"
+        async with Server(slow, total=256 * KiB, per_client=128 * KiB) as server:
+            server.budget.per_client = 8 * KiB
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(head * 3)
+            await settle()
+            assert server.budget.held <= server.budget.per_client
+            gate.set()
+            data = await asyncio.wait_for(reader.read(), 5.0)  # closed after the answers
+            assert data.count(b"HTTP/1.1 200 ") == 2 and data.count(b"HTTP/1.1 503 ") == 0
+            assert server.budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_budget_must_hold_two_heads_at_their_limit(tmp_path: Path) -> None:
+    manifest = tmp_path / "stockade.toml"
+    manifest.write_text('[server]\nheader_buffer_per_client = "64KiB"\n')
+    with pytest.raises(PolicyError, match="header_buffer and header_buffer_per_client"):
+        load_manifest(manifest)
+
+
+def test_a_served_gateway_holds_its_heads_to_its_header_buffer(start_gateway: Start) -> None:
+    """End to end: `[server] header_buffer_per_client` reaches the worker's protocol."""
+    gateway = start_gateway(f"""
+[server]
+workers = 1
+threads = 2
+telemetry = "off"
+header_buffer_per_client = "128KiB"
+
+[[function]]
+name = "hello"
+route = "/hello"
+module = "{module("hello")}"
+""")
+    host, port = gateway.url.removeprefix("http://").split(":")
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection((host, int(port)), timeout=20)
+            sock.sendall(incomplete_head(60 * KiB))
+            held.append(sock)
+        last = socket.create_connection((host, int(port)), timeout=20)
+        held.append(last)
+        last.sendall(incomplete_head(60 * KiB))
+        answer = last.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"retry-after: 5" in answer
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_protocol_class_has_its_own_head_budget() -> None:
+    first = guarded_protocol(_hello, 10.0, 64 * KiB)
+    second = guarded_protocol(_hello, 10.0, 64 * KiB)
+    assert issubclass(first, GuardedProtocol)
+    assert first.head_budget is not second.head_budget
