@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     import logging
     from typing import Any
 
-__all__ = ["printable", "PrintableFormatter"]
+__all__ = ["printable", "error_line", "shortened", "PrintableFormatter", "ERROR_LINE"]
+
+# Characters of an error line at most: errors quote what they refuse, and a hostile or
+# mistaken argument (a 100 KB `--dir`) made a line of 200 KB.
+ERROR_LINE = 1000
 
 
 @functools.cache
@@ -42,6 +46,20 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """`text` with control and invisible direction characters escaped (one line)."""
     return _unsafe().sub(_escape, text)
+
+
+def shortened(text: str) -> str:
+    """`text`, at most about `ERROR_LINE` characters: a longer one keeps its start (what
+    was refused) and its end (why), the middle left out."""
+    if len(text) <= ERROR_LINE:
+        return text
+    head, tail = ERROR_LINE * 3 // 4, ERROR_LINE // 4
+    return f"{text[:head]}[... {len(text) - head - tail} characters ...]{text[-tail:]}"
+
+
+def error_line(text: str) -> str:
+    """`text` shortened, then printable: one line (escapes only lengthen it)."""
+    return printable(shortened(text))
 
 
 if TYPE_CHECKING:

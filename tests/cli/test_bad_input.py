@@ -273,3 +273,24 @@ def test_python_tells_a_bad_flag_or_script_before_it_finds_cpython(
                           capture_output=True, timeout=60, check=False)
     assert done.returncode == code, done.stderr
     assert said in done.stderr and b"STOCKADE_PYTHON_WASM" not in done.stderr, done.stderr
+
+
+LONG = "a" * 100_000  # a mistaken or hostile argument: a whole file pasted into a flag
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["run", "--dir", f"/nonexistent/{LONG}:/x", "HELLO"], 125),
+    (["run", "--env", LONG, "HELLO"], 125),
+    (["run", "--policy", LONG, "HELLO"], 125),
+    (["run", f"{LONG}.wasm"], 126),
+    (["inspect", LONG], 126),
+], ids=["run --dir", "run --env", "run --policy", "run MODULE", "inspect MODULE"])
+def test_an_error_quoting_a_huge_argument_is_one_short_line(args: list[str], code: int) -> None:
+    """Errors quote what they refuse: a 100 KB `--dir` made a 200 KB line (and its JSON
+    object as much). The line keeps its start and its end (why), the middle left out."""
+    hello = str(guest("hello.wasm"))
+    words = [hello if word == "HELLO" else word for word in args]
+    err = one_line(stockade(*words), code)
+    assert len(err) < 1100 and "characters ...]" in err, err[:200]
+    shown = stockade(*words[:1], "--json", *words[1:])
+    assert len(shown.stdout) < 4000 and json.loads(shown.stdout)["exit_code"] == code

@@ -54,22 +54,22 @@ def main(argv: list[str] | None = None) -> Any:
             return None
         return _click_main(words)
     except StockadeError as exc:
-        from ..display import printable
+        from ..display import error_line
         from ..errors import UntrustedModule
 
         # A verdict `verify --json` printed, or a run's error object: not twice.
         if not isinstance(exc, UntrustedModule) and not exc.json_shown:
             _json_error(words, exc.message, exc.exit_code)
-        sys.stderr.write(f"stockade: {printable(exc.message)}\n")
+        sys.stderr.write(f"stockade: {error_line(exc.message)}\n")
         sys.exit(exc.exit_code)
     except OSError as exc:  # a path given that the system refuses (a name too long, ...)
-        from ..display import printable
+        from ..display import error_line
         from ..policy.units import shown
 
         where = f"{shown(str(exc.filename), 60)}: " if exc.filename else ""
         message = f"{where}{exc.strerror or exc}"
         _json_error(words, message, 125)
-        sys.stderr.write(f"stockade: {printable(message)}\n")
+        sys.stderr.write(f"stockade: {error_line(message)}\n")
         sys.exit(125)
     except KeyboardInterrupt:
         _ignore_interrupts()  # stopping already: Ctrl-C again waits
@@ -142,9 +142,9 @@ def _click_main(words: list[str]) -> Any:
         if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
             exc.show()  # a group given no command: its help
         else:
-            from ..display import printable
+            from ..display import error_line
 
-            sys.stderr.write(f"stockade: {printable(_one_line(exc))}\n")
+            sys.stderr.write(f"stockade: {error_line(_one_line(exc))}\n")
         sys.exit(125)
 
 
@@ -163,9 +163,10 @@ def _json_error(words: list[str], message: str, exit_code: int) -> None:
     """Under `--json`, a refusal is also one JSON object on stdout (a run's has the
     result's shape: `execute.run_command`)."""
     if _asks_for_json(words):
+        from ..display import shortened
         from .jsonline import report_json
 
-        report_json({"error": message, "exit_code": exit_code})
+        report_json({"error": shortened(message), "exit_code": exit_code})
 
 
 def _asks_for_json(words: list[str]) -> bool:

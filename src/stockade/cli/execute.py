@@ -104,10 +104,12 @@ def run_command(module: str, args: tuple[str, ...], profile: str | None,
             result = replace(result, module=pinned)
     except StockadeError as exc:
         if as_json:  # the result object's shape: nothing ran, nothing was hashed
+            from ..display import shortened
             from .jsonline import report_json
 
             shown = module if module.startswith("oci://") else Path(module).name
-            error = Result(shown, "", Outcome(exc.outcome), exc.exit_code, message=exc.message,
+            error = Result(shortened(shown), "", Outcome(exc.outcome), exc.exit_code,
+                           message=shortened(exc.message),
                            limits=None if policy is None else policy.limits.as_dict())
             report_json({**error.to_dict(), "sha256": None})
             exc.json_shown = True
