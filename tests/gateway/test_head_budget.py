@@ -160,25 +160,22 @@ def test_heads_left_incomplete_are_bounded_per_client_and_in_total() -> None:
     asyncio.run(scenario())
 
 
-def test_a_client_within_its_share_cuts_off_the_stalled_heads_of_the_largest_holder() -> None:
-    """The budget full of stalled heads from two addresses above their share: a third
-    client's head is served, and one of the largest holder's heads is cut off (503)."""
+def test_a_client_within_its_share_cuts_off_a_head_of_the_largest_holder() -> None:
+    """The budget full of heads still arriving from two addresses above their share: a
+    third client's head is served, and one of the largest holder's heads is cut off
+    (503) at once. Heads are not judged by pace: an attacker churning its connections
+    every second kept them all too young to be judged slow (found by review)."""
 
     async def scenario() -> None:
         async with Server() as server:
             attackers = []
-            for source, count in (("127.0.0.2", 3), ("127.0.0.3", 3)):
-                for _ in range(count):
+            for source in ("127.0.0.2", "127.0.0.3"):
+                for _ in range(3):
                     reader, writer = await server.connect(source)
                     writer.write(incomplete_head(40 * KiB))
                     attackers.append((reader, writer))
-            await settle()
+                await settle()
             assert server.budget.held == 6 * (40 * KiB + LINE_COST)
-            # Still arriving (all at once): a newcomer past the total is refused.
-            reader, writer = await server.connect("127.0.0.4")
-            writer.write(incomplete_head(20 * KiB))
-            assert (await answer_of(reader)).startswith(b"HTTP/1.1 503 ")
-            server.clock.now += 6  # nothing more came: stalled
             reader, writer = await server.connect("127.0.0.4")
             writer.write(incomplete_head(20 * KiB))
             await settle()
@@ -192,9 +189,7 @@ def test_a_client_within_its_share_cuts_off_the_stalled_heads_of_the_largest_hol
                 except TimeoutError:
                     answers.append(b"")
             refused = [answer.startswith(b"HTTP/1.1 503 ") for answer in answers]
-            assert refused.count(True) == 1 and refused.index(True) < 3  # the first's
-            for _, each in attackers:
-                each.close()
+            assert refused.count(True) == 1, answers
 
     asyncio.run(scenario())
 
@@ -343,3 +338,89 @@ def test_a_connections_next_head_is_judged_from_its_own_start() -> None:
     with pytest.raises(StockadeError, match="too many request heads"):
         budget.hold("10.0.0.3").charge(10, None)
     assert not head.cut and budget.held == 95
+
+
+def head_cost(url: bytes, *headers: tuple[bytes, bytes]) -> int:
+    """What a whole head is charged: its target and fields, and LINE_COST a line."""
+    return len(url) + sum(len(name) + len(value) + 4 + LINE_COST for name, value in headers)
+
+
+async def _echo(request: Request, send: Callable[..., Awaitable[None]]) -> None:
+    from stockade.gateway.protocol import write_response
+
+    body = await request.read_body(1 << 20, 10.0)
+    assert write_response(send, Response(200, [], b"got %d\n" % len(body)), False)
+
+
+def test_a_whole_head_waiting_for_its_body_stays_charged() -> None:
+    """Attack (the review of the budget): a head arriving whole, declaring a body never
+    sent, was given back at once and held for `body_timeout` (longer, the body
+    trickling) charged to nothing: 2,000 such heads of 240 lines took a worker from 44
+    to 258 MiB. It is charged until its body has come."""
+
+    async def scenario() -> None:
+        async with Server(_echo) as server:
+            reader, writer = await server.connect("127.0.0.2")
+            head = (b"POST /echo HTTP/1.1\r\nHost: gateway.test\r\ncontent-length: 5\r\n"
+                    + b"x-a: b\r\n" * 100 + b"\r\n")
+            writer.write(head)
+            await settle()
+            cost = head_cost(b"/echo", (b"host", b"gateway.test"), (b"content-length", b"5"),
+                             *[(b"x-a", b"b")] * 100)
+            assert server.budget.held == cost
+            writer.write(b"hello")
+            assert (await reader.readuntil(b"got 5\n")).startswith(b"HTTP/1.1 200 ")
+            assert server.budget.held == 0
+            # Past the client's allowance: 503 and closed, before the body is awaited.
+            server.budget.per_client = cost - 1
+            reader, writer = await server.connect("127.0.0.3")
+            writer.write(head)
+            assert (await answer_of(reader)).startswith(b"HTTP/1.1 503 ")
+            assert server.budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_body_bytes_a_queued_request_brought_are_charged_until_it_begins() -> None:
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def answer(request: Request, send: Callable[..., Awaitable[None]]) -> None:
+            await gate.wait()
+            await _echo(request, send)
+
+        async with Server(answer) as server:
+            reader, writer = await server.connect("127.0.0.2")
+            post = b"POST /echo HTTP/1.1\r\nHost: gateway.test\r\ncontent-length: 5000\r\n\r\n"
+            writer.write(REQUEST + post + b"b" * 5000)
+            await settle()
+            cost = head_cost(b"/echo", (b"host", b"gateway.test"),
+                             (b"content-length", b"5000"))
+            assert server.budget.held == cost + 5000
+            gate.set()
+            assert (await reader.readuntil(b"got 5000\n")).count(b"HTTP/1.1 200 ") == 2
+            assert server.budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_rest_of_an_answered_body_does_not_count_toward_the_next_head() -> None:
+    """The review of the budget: the dropped rest of a body answered before it ended
+    stayed charged as a head after it ended, and counted toward the next head: an 8 KB
+    head after 60 KB dropped was 431."""
+
+    async def scenario() -> None:
+        async with Server() as server:  # `_hello` answers without reading the body
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(b"POST /nf HTTP/1.1\r\nHost: t\r\ncontent-length: 60000\r\n\r\n")
+            assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            writer.write(b"x" * 30000)
+            await settle()
+            writer.write(b"x" * 30000)
+            await settle()
+            assert server.budget.held == 0
+            writer.write(b"GET /hello HTTP/1.1\r\nHost: t\r\nx-pad: " + b"p" * 8000 + b"\r\n\r\n")
+            assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            assert server.budget.held == 0
+
+    asyncio.run(scenario())

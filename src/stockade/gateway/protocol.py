@@ -9,12 +9,13 @@ a connection (and a file descriptor) forever, and one streaming headers fills me
 - the head (request line and headers) must be complete within `header_timeout` seconds
   of the connection being made or of its first byte; otherwise 408 and close (a
   connection that sent nothing is closed silently);
-- the heads a worker holds, still arriving or queued behind an answer, are bounded
-  together and per client address by a `RequestBudget` (`header_buffer`): a head left
-  incomplete after a read is charged what was fed of it and `LINE_COST` a header line,
-  a queued one its size and lines; past the budget the connection is answered 503 and
-  closed, or, for a client within its fair share, the slow heads of the client holding
-  the most are (requestbudget.py). A head that arrives whole in one read costs nothing;
+- the heads a worker holds are bounded together and per client address by a
+  `RequestBudget` (`header_buffer`): a head left incomplete after a read is charged
+  what was fed of it and `LINE_COST` a header line; a whole one its size and lines
+  while it waits in the pipeline (with the body bytes it brought) or for its body.
+  Past the budget the connection is answered 503 and closed, or, for a client within
+  its fair share, the heads still arriving of the client holding the most are
+  (requestbudget.py). A head without a body arriving whole in one read costs nothing;
 - the head may be at most `max_header_size` bytes and `MAX_HEADER_FIELDS` header lines,
   counted as httptools parses them and fed to it no further than the limit (a head
   arriving whole in one read was never seen incomplete); otherwise 431 and close. An
@@ -245,6 +246,9 @@ class Exchange(RequestResponseCycle):
     writes: WriteBatch
     sweep: _Sweep
     queued = (0, 0)  # (bytes, header lines) of its head, while it waits in the pipeline
+    waiting = False  # in the pipeline
+    complete = False  # its body was parsed to its end (or it had none)
+    charged = 0  # bytes of the head budget it holds: its head, and its body while queued
 
     async def send(self, message: Any) -> None:
         """uvicorn's (the answer's bytes written apart, once the transport drained: see
@@ -335,9 +339,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._charged = False  # the input being fed is counted in `_framing`
         self._queued_size = self._queued_fields = 0  # of the heads in `pipeline`
         # The head budget's charges: the head or trailers being read (bytes charged to
-        # `_head_hold` so far), and the heads queued in `pipeline`.
+        # `_head_hold` so far); and, never cut off, the heads of requests queued or whose
+        # body is still coming, and the bodies of queued ones (`Exchange.charged`).
         self._head_hold: Hold | None = None
-        self._queued_hold: Hold | None = None
+        self._parsed_hold: Hold | None = None
         self._head_charged = 0
         self._ignored = 0  # bytes read and dropped while `_ignoring`
         self._answering: Exchange | None = None  # the request answered last or now
@@ -369,7 +374,7 @@ class GuardedProtocol(HttpToolsProtocol):
         budget = self.head_budget
         if budget is not None:
             peer = self.client[0] if self.client else ""
-            self._head_hold, self._queued_hold = budget.hold(peer), budget.hold(peer)
+            self._head_hold, self._parsed_hold = budget.hold(peer), budget.hold(peer)
         self._sweep = _Sweep.watch(self)
         self._begin_head()
 
@@ -383,8 +388,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.pipeline.clear()
         self._queued_size = self._queued_fields = 0
         self._uncharge()
-        if self._queued_hold is not None:
-            self._queued_hold.release()
+        if self._parsed_hold is not None:
+            self._parsed_hold.release()
         answering = self._answering
         if answering is not None and answering is not self.cycle \
                 and not answering.response_complete:
@@ -535,6 +540,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_bytes += len(body)
         if self._charged:
             self._framing -= len(body)  # data: charged with the input, not framing
+        cycle: Exchange | None = self.cycle  # type: ignore[assignment]  # only ever one
+        if cycle is not None and cycle.waiting:  # kept until its turn: no body budget yet
+            self._hold_parsed(cycle, len(body))
         super().on_body(body)
 
     def on_chunk_complete(self) -> None:
@@ -570,7 +578,16 @@ class GuardedProtocol(HttpToolsProtocol):
         self._end_trailers()
         self._chunked = self._charged = False  # what follows in this input is no body's
         super().on_message_complete()
-        if not self._in_head:
+        cycle: Exchange | None = self.cycle  # type: ignore[assignment]  # only ever one
+        if cycle is not None and cycle.charged:
+            cycle.complete = True
+            if not cycle.waiting:
+                self._release_parsed(cycle)
+        # The rest of an answered request's body ended (`_discarding`): it counted toward
+        # the next head, which now starts (its bytes stayed charged as a head, found by
+        # review, and an 8 KB head after a 60 KB one dropped was 431).
+        if not self._in_head or self._discarding:
+            self._discarding = False
             self._begin_head(timed=False)
 
     def on_url(self, url: bytes) -> None:
@@ -722,6 +739,8 @@ class GuardedProtocol(HttpToolsProtocol):
             body_read=not self._framed)  # neither length nor chunks: no body (RFC 9112 6.3)
         previous = self.cycle
         if previous is None or previous.response_complete:
+            if self._framed:  # held while its body comes (the body budget charges that)
+                self._hold_parsed(cycle, size + LINE_COST * fields)
             self.cycle = cycle
             self._start(cycle)
         elif len(self.pipeline) >= MAX_PIPELINED \
@@ -733,12 +752,8 @@ class GuardedProtocol(HttpToolsProtocol):
                                f"than {QUEUED_HEADS} heads' bytes or "
                                f"{QUEUED_LINES * MAX_PIPELINED} header lines queued")
         else:  # pipelined: started when the previous response is complete
-            if self._queued_hold is not None:
-                try:  # held until its turn: never cut off, as a body read whole
-                    self._queued_hold.charge(size + LINE_COST * fields, None)
-                except Unavailable as refused:
-                    self._refused_head = 503
-                    raise _HeadRefused(refused.message) from None
+            self._hold_parsed(cycle, size + LINE_COST * fields)  # until its turn
+            cycle.waiting = True
             self.cycle = cycle
             self.flow.pause_reading()
             cycle.queued = size, fields
@@ -751,8 +766,28 @@ class GuardedProtocol(HttpToolsProtocol):
         size, fields = cycle.queued
         self._queued_size -= size
         self._queued_fields -= fields
-        if self._queued_hold is not None:
-            self._queued_hold.release(size + LINE_COST * fields)
+        cycle.waiting = False
+        if cycle.complete:
+            self._release_parsed(cycle)
+
+    def _hold_parsed(self, cycle: Exchange, size: int) -> None:
+        """Charge `size` bytes `cycle` holds to the head budget, never cut off (as a body
+        read whole); past it, the head (or queued body) is refused 503 (`_HeadRefused`)."""
+        hold = self._parsed_hold
+        if hold is None or not size:
+            return
+        try:
+            hold.charge(size, None)
+        except Unavailable as refused:
+            self._refused_head = 503
+            raise _HeadRefused(refused.message) from None
+        cycle.charged += size
+
+    def _release_parsed(self, cycle: Exchange) -> None:
+        """`cycle` began and its body ended: what it held is the body budget's, or gone."""
+        if self._parsed_hold is not None:
+            self._parsed_hold.release(cycle.charged)
+        cycle.charged = 0
 
     def _start(self, cycle: Exchange) -> None:
         self._answering = cycle
@@ -1097,7 +1132,7 @@ def guarded_protocol(answer: Answer, header_timeout: float, max_header_size: int
         "per_ip": per_ip,
         "head_budget": RequestBudget(header_buffer, header_buffer_per_client, ipv6_prefix,
                                      SLOW * send_min_rate, what="request heads",
-                                     reason="header_buffer"),
+                                     reason="header_buffer", paced=False),
         "max_connections": max_connections if max_connections is not None
         else descriptor_budget()})
 

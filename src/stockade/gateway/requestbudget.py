@@ -18,19 +18,21 @@ A bound alone lets `total / per_client` addresses (four, by default) hold the wh
 budget, and then every other client's body is refused until they let go. So when the
 budget is full, a client within its fair share (the budget divided among the clients
 holding bytes, itself included) takes room from the client holding the most, while that
-one holds more than its share: its holds still arriving that come slowly (below
-`SLOW` times `body_min_rate` over the last `RECENT` to twice that seconds: a burst then
-a trickle is slow) or stalled (nothing for `STALLED` seconds), the
-smallest one that makes the room or else the largest first, are cut off (503, closed;
-the client may send it again, and gets its share). Nothing is cut off unless enough
-room is made. A fast upload, which frees its room soon by itself, and what arrived whole
-(a body waiting for its run, which ends within its timeout; a head queued behind an
-answer) are never cut off: cutting them let a few tiny requests from new addresses kill
-honest uploads.
+one holds more than its share: its holds still arriving that come slowly (below `SLOW`
+times `body_min_rate` over the last `RECENT` to twice that seconds: a burst then a
+trickle is slow) or stalled (nothing for `STALLED` seconds), the smallest one that makes
+the room or else the largest first, are cut off (503, closed; the client may send it
+again, and gets its share). Nothing is cut off unless enough room is made. Heads are not
+judged by pace (`paced`): any head still arriving of a client above its share may be cut
+off, since an honest head arrives within a round trip, and heads on connections a client
+churned every second or so were never old enough to be judged slow (found by review). A
+fast upload, which frees its room soon by itself, and what arrived whole (a body waiting
+for its run, which ends within its timeout; a head queued behind an answer) are never
+cut off: cutting them let a few tiny requests from new addresses kill honest uploads.
 
 Bytes are charged as they arrive and given back when they are no longer held (a body's
-when its response is ready, a head's once its request begins). Used on the event loop
-thread only.
+when its response is ready, a head's once its request has begun and its body arrived).
+Used on the event loop thread only.
 """
 
 from __future__ import annotations
@@ -112,14 +114,17 @@ class RequestBudget:
     """At most `total` bytes of `what` held ("request bodies", "request heads"), at most
     `per_client` of them for one client address (an IPv6 address counted as its
     `/ipv6_prefix` network); holds arriving slower than `slow_rate` bytes a second of
-    late, or stalled, may be cut off to make room. A refusal names `reason`, the
-    setting. `clock` is `time.monotonic` (a test's own)."""
+    late, or stalled, may be cut off to make room; unless `paced`, any still arriving
+    may. A refusal names `reason`, the setting. `clock` is `time.monotonic` (a test's
+    own)."""
 
     def __init__(self, total: int, per_client: int, ipv6_prefix: int = IPV6_PREFIX,
                  slow_rate: int = SLOW * 1024,
                  clock: Callable[[], float] = time.monotonic,
-                 what: str = "request bodies", reason: str = "body_buffer") -> None:
+                 what: str = "request bodies", reason: str = "body_buffer",
+                 paced: bool = True) -> None:
         self.what = what
+        self.paced = paced
         self.reason = reason
         self.total = total
         self.per_client = per_client
@@ -174,6 +179,8 @@ class RequestBudget:
         by itself and is never cut off."""
         if hold.stop is None:
             return False
+        if not self.paced:
+            return True
         since, then = hold.marks[0]
         return now - hold.grew > STALLED or (
             now - since >= RECENT and hold.held - then < self.slow_rate * (now - since))
