@@ -41,7 +41,7 @@ from ..invocation import Invocation
 from ..isolate.cgroup import CgroupLimits
 from ..isolate.handle import WorkerProcess, WorkerStopped
 from ..isolate.protections import Protection
-from ..isolate.protocol import error_from_wire, result_from_wire
+from ..isolate.protocol import error_from_wire, result_from_wire, text_of
 from ..observe import RunObserver, notify_finished, notify_started
 from ..policy.units import format_size
 from ..result import Outcome, Result, Usage
@@ -406,8 +406,8 @@ class WorkerPool:
             return result_from_wire(payload)
         if kind == "error":
             raise error_from_wire(payload)
-        message = payload.get("message") if isinstance(payload, dict) else payload
-        return self._failed(spec, begun, Outcome.ERROR, f"its pool worker failed: {message}")
+        return self._failed(spec, begun, Outcome.ERROR,
+                            f"its pool worker failed: {text_of(payload)}")
 
     def prepare(self, spec: FunctionSpec, observers: Sequence[RunObserver]) -> PooledFunction:
         """`spec`, one of this pool's functions, as run by the pool."""

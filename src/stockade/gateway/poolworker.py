@@ -43,6 +43,7 @@ from ..isolate.harden import (
 from ..isolate.plan import WorkerPlan, interpreter_paths, vouched_files
 from ..isolate.protections import Protection
 from ..isolate.protocol import (
+    bounded_message,
     error_to_wire,
     read_frame,
     read_raw_frame,
@@ -179,7 +180,7 @@ def serve(read_fd: int, write_fd: int) -> None:
             write_frame(write_fd, ("memory", {"limit": limit}))
             os._exit(3)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
-            reply = ("failed", {"message": f"{type(exc).__name__}: {exc}"})
+            reply = ("failed", {"message": bounded_message(f"{type(exc).__name__}: {exc}")})
         # A trap's traceback keeps its Store (a whole linear-memory reservation) alive
         # until the cycle collector runs; the address-space limit has room for one.
         if vm_size() > baseline + _RECLAIM_BYTES:

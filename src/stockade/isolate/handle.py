@@ -75,6 +75,9 @@ _OUT_OF_MEMORY = ("memory allocation of", "MemoryError", "Cannot allocate memory
                   "out of memory")
 
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
+# Seconds a worker whose channel closed has to exit before it is killed (`death_cause`):
+# an exiting interpreter closes it last, within milliseconds.
+EXIT_GRACE = 2.0
 
 
 def worker_environment(plan: WorkerPlan) -> dict[str, str]:
@@ -278,10 +281,15 @@ class WorkerProcess:
         if kind != "ready" or not isinstance(payload, dict):
             self.kill()
             raise WorkerError(f"the worker answered {kind!r} instead of 'ready'")
+        try:
+            worker = [Protection(str(name)[:200], bool(active), str(detail)[:2000])
+                      for name, active, detail in payload["protections"]]
+        except (KeyError, TypeError, ValueError, RecursionError):
+            self.kill()
+            raise WorkerError("the worker sent a malformed 'ready'") from None
         self.ready = payload
         failed = {item.name for item in self._join_failures}
         cgroup = [p for p in self.cgroup.report if p.name not in failed] + self._join_failures
-        worker = [Protection(str(n), bool(a), str(d)) for n, a, d in payload["protections"]]
         self.protections = cgroup + worker
         return self.protections
 
@@ -405,8 +413,16 @@ class WorkerProcess:
 
     def death_cause(self) -> str:
         """Why the worker ended, in words: OOM kill, signal, CPU limit, exit code, and
-        the last line it wrote to stderr. Waits for the worker to exit; sets `ended_as`."""
-        code = self.proc.wait()
+        the last line it wrote to stderr. Waits for the worker to exit, `EXIT_GRACE`
+        seconds at most after its channel closed: one that closed it and lives on is
+        killed (it hung its caller for ever, and a pool's slot with it: found by
+        review). Sets `ended_as`."""
+        try:
+            code = self.proc.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return (f"the worker closed its channel but did not exit within "
+                    f"{EXIT_GRACE:g} s: killed")
         if self.oom_killed():
             self.ended_as = Outcome.MEMORY_LIMIT
             limit = format_size(self.memory_limit + self._memory_extra) \

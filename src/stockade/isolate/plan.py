@@ -168,8 +168,13 @@ def plan_for(policy: Policy, config: IsolationConfig) -> WorkerPlan:
 def interpreter_paths() -> tuple[Path, ...]:
     """What the worker's interpreter reads after Landlock: its standard library,
     extension modules and installed packages (`sys.path`, this package's root), all
-    code, no data. Existing directories only."""
-    roots = {Path(os.path.realpath(entry)) for entry in (*sys.path, PACKAGE_ROOT) if entry}
+    code, no data. Existing directories only. Not this process's first entry unless it
+    runs with `-P` (`sys.flags.safe_path`): that is its script's directory or its
+    working directory, never a worker's (`module_command` starts it with `-P`); from
+    `/`, `python -m stockade run` granted the worker the whole filesystem (found by
+    review)."""
+    entries = sys.path if sys.flags.safe_path else sys.path[1:]
+    roots = {Path(os.path.realpath(entry)) for entry in (*entries, PACKAGE_ROOT) if entry}
     kept = [root for root in roots if root.is_dir()]
     return tuple(sorted(root for root in kept
                         if not any(root != other and root.is_relative_to(other)

@@ -75,7 +75,7 @@ from .handle import WorkerProcess, WorkerStopped
 from .modules import ModuleFile, open_module
 from .plan import WorkerPlan, cgroup_limits_for, plan_for, vouched_files
 from .protections import Protection
-from .protocol import SourceUnreadable, error_from_wire, result_from_wire
+from .protocol import SourceUnreadable, error_from_wire, result_from_wire, text_of
 from .reseal import Resealer
 
 __all__ = ["IsolatedSandbox"]
@@ -550,7 +550,7 @@ class IsolatedSandbox(RunMethods):
                 result.cleanup_error = self._remove_scratch(info, worker)
                 return self._finish(info, result, worker.pid, invocation)
             if kind == "started" and isinstance(payload, dict) and info is None:
-                info = self._info(payload, worker.pid, invocation)
+                info = self._info(payload, worker, invocation)
                 notify_started(self.observers, info)
                 if limit is None:
                     deadline = None
@@ -584,20 +584,29 @@ class IsolatedSandbox(RunMethods):
             elif kind == "fallback" and info is None and self._worker_backend == "capi":
                 return _FALLBACK
             elif kind == "failed":  # the run's answer: the worker goes on
-                message = payload.get("message") if isinstance(payload, dict) else payload
-                return WorkerError(f"the worker failed: {message}")
+                return WorkerError(f"the worker failed: {text_of(payload)}")
             else:  # out of turn: the pipe cannot be trusted (the caller kills the worker)
                 raise WorkerError(f"the worker answered {kind!r} out of turn")
 
-    def _info(self, payload: dict[str, Any], pid: int, invocation: Invocation) -> RunInfo:
+    def _info(self, payload: dict[str, Any], worker: WorkerProcess,
+              invocation: Invocation) -> RunInfo:
+        """The run the worker's `started` tells of. The directories it names as written
+        (which the monitor walks, as this process) are taken only when they are the
+        policy's writable grants or directly in the worker's temporary directory (its
+        scratch directory): a taken-over worker named `/`."""
+        granted = [g.host for g in self.policy.capabilities.dirs if g.writable]
         dirs = payload.get("writable_dirs")
-        writable = tuple(Path(d) for d in dirs if isinstance(d, str)) if isinstance(
-            dirs, list) else tuple(g.host for g in self.policy.capabilities.dirs if g.writable)
+        writable = tuple(granted)
+        if isinstance(dirs, list):
+            allowed = {str(host) for host in granted}
+            temp = os.path.normpath(worker.temp_dir)
+            writable = tuple(Path(d) for d in dirs[:len(granted) + 1] if isinstance(d, str) and (
+                d in allowed or os.path.dirname(os.path.normpath(d)) == temp))
         started = payload.get("started")
         return RunInfo(
-            module=str(payload.get("module", "")), sha256=str(payload.get("sha256", "")),
+            module=text_of(payload, "module"), sha256=text_of(payload, "sha256"),
             invocation=invocation, policy=self.policy,
-            started=started if isinstance(started, float) else time.time(), pid=pid,
+            started=started if isinstance(started, float) else time.time(), pid=worker.pid,
             writable_dirs=writable, coldstart=bool(payload.get("coldstart", False)),
         )
 

@@ -33,7 +33,8 @@ from ..result import Outcome, Result, Usage
 __all__ = ["DeadlineExceeded", "SourceUnreadable", "Wait", "write_frame", "write_file_frame",
            "write_bytes_frame", "write_reply", "read_frame", "read_raw_frame",
            "loads_plain", "read_reply", "OUTPUT_WAIT", "OUTPUT_MARGIN", "OUTPUT_RATE",
-           "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire"]
+           "result_to_wire", "result_from_wire", "error_to_wire", "error_from_wire",
+           "PICKLED_REPLY", "bounded_message", "text_of"]
 
 _HEADER = struct.Struct(">Q")
 # The fields of a result sent as raw frames after its reply, in this order.
@@ -51,6 +52,12 @@ OUTPUT_MARGIN = 2.0
 # Without a deadline, the output's bound: `OUTPUT_WAIT` and a second for each this many
 # bytes (a pipeful a second: 8 busy threads still let the parent read 0.8 MiB a second).
 OUTPUT_RATE = 64 * 1024
+# Bytes a reply's pickle may have (its output follows as raw frames): a pickle builds
+# ~240 bytes of objects from each byte (an empty set from one opcode), and a taken-over
+# worker's 10 MB reply took its parent to 2.4 GB (found by review); at this bound, 60 MB.
+PICKLED_REPLY = 256 * 1024
+# Characters of a message a worker sends (a trap's, an error's): well within that bound.
+MESSAGE_CHARS = 16 * 1024
 _ERRORS: dict[str, type[StockadeError]] = {
     cls.__name__: cls for cls in (errors.StockadeError, errors.UsageError, errors.PolicyError,
                                   errors.ModuleNotFound, errors.ModuleError, WorkerError,
@@ -249,7 +256,7 @@ def read_reply(fd: int, deadline: float | None, limit: int) -> tuple[str, Any]:
     result, or output that stalls `OUTPUT_WAIT` seconds or, without a deadline, takes
     longer than its size allows (`OUTPUT_RATE`)."""
     try:
-        frame = read_frame(fd, deadline, limit)
+        frame = read_frame(fd, deadline, min(limit, PICKLED_REPLY))
     except DeadlineExceeded:
         raise TimeoutError from None
     reply = loads_plain(frame)
@@ -303,8 +310,10 @@ def _with_output(fd: int, payload: Any, sizes: Any, room: int,
 
 
 def result_to_wire(result: Result) -> dict[str, Any]:
-    """A `Result` as plain data (bytes kept as bytes)."""
+    """A `Result` as plain data (bytes kept as bytes), its message within
+    `MESSAGE_CHARS`."""
     data = {f.name: getattr(result, f.name) for f in fields(Result)}
+    data["message"] = bounded_message(result.message)
     data["outcome"] = result.outcome.value
     data["usage"] = asdict(result.usage)
     return data
@@ -360,10 +369,26 @@ def result_from_wire(data: Any) -> Result:
 
 
 def error_to_wire(exc: StockadeError) -> dict[str, Any]:
-    """A Stockade error as plain data."""
-    return {"type": type(exc).__name__, "message": exc.message,
+    """A Stockade error as plain data, its message within `MESSAGE_CHARS`."""
+    return {"type": type(exc).__name__, "message": bounded_message(exc.message),
             "import_name": getattr(exc, "import_name", None),
             "sha256": getattr(exc, "sha256", None)}
+
+
+def bounded_message(text: str) -> str:
+    """`text`, its end cut to `MESSAGE_CHARS` characters (a trap's backtrace may be
+    longer than the reply it goes in may be)."""
+    if len(text) <= MESSAGE_CHARS:
+        return text
+    return f"{text[:MESSAGE_CHARS]} [{len(text) - MESSAGE_CHARS} more characters]"
+
+
+def text_of(value: Any, key: str = "message") -> str:
+    """The text at `key` of a worker's payload (a dict), bounded; "" when it is no text.
+    A worker's value, whatever it is, never reaches `str()`: a deeply nested one raised
+    RecursionError in its parent (found by review)."""
+    text = value.get(key) if isinstance(value, dict) else None
+    return bounded_message(text) if isinstance(text, str) else ""
 
 
 def error_from_wire(data: Any) -> StockadeError:

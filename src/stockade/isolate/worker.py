@@ -51,7 +51,14 @@ from .checks import run_check
 from .harden import harden_after_engine, harden_before_engine
 from .modules import FALLBACK, ModuleFile, ModuleMemo
 from .overrun import Overrun  # imported before confinement, like everything a run uses
-from .protocol import error_to_wire, read_frame, read_raw_frame, write_frame, write_reply
+from .protocol import (
+    bounded_message,
+    error_to_wire,
+    read_frame,
+    read_raw_frame,
+    write_frame,
+    write_reply,
+)
 from .rlimits import cpu_room, cpu_used, step_cpu_limit, vm_size
 
 if TYPE_CHECKING:
@@ -151,7 +158,7 @@ def _run(backend: WorkerBackend, modules: ModuleMemo,
     except StockadeError as exc:
         return "error", error_to_wire(exc)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
-        return "failed", {"message": f"{type(exc).__name__}: {exc}"}
+        return "failed", {"message": bounded_message(f"{type(exc).__name__}: {exc}")}
 
 
 def _with_stdin(request: tuple[Any, ...], read_fd: int) -> tuple[Any, ...]:
