@@ -318,28 +318,6 @@ def test_a_protocol_class_has_its_own_head_budget() -> None:
     assert first.head_budget is not second.head_budget
 
 
-def test_a_connections_next_head_is_judged_from_its_own_start() -> None:
-    """A connection's hold serves each of its heads: one begun now is not judged slow by
-    the pace of an earlier head (the marks of a body's hold, made once per body, were
-    kept), and is not cut off to make room."""
-    from stockade.errors import StockadeError
-
-    clock = Clock()
-    budget = RequestBudget(100, 60, slow_rate=5, clock=clock, what="request heads",
-                           reason="header_buffer")
-    head = budget.hold("10.0.0.1")
-    head.charge(50, lambda: None)
-    clock.now += 3
-    head.charge(1, lambda: None)  # the earlier head, slowly
-    head.release()
-    clock.now += 30
-    head.charge(55, lambda: None)  # the next head, all of it now
-    budget.hold("10.0.0.2").charge(40, None)
-    with pytest.raises(StockadeError, match="too many request heads"):
-        budget.hold("10.0.0.3").charge(10, None)
-    assert not head.cut and budget.held == 95
-
-
 def head_cost(url: bytes, *headers: tuple[bytes, bytes]) -> int:
     """What a whole head is charged: its target and fields, and LINE_COST a line."""
     return len(url) + sum(len(name) + len(value) + 4 + LINE_COST for name, value in headers)

@@ -77,9 +77,6 @@ class Hold:
         bytes were on their way: the cut must hold, its bytes were given back)."""
         if self.cut:
             raise self._cut_off()
-        if not self.held:  # held again (a connection's next head): its pace starts again
-            self.grew = now = self.budget.clock()
-            self.marks = [(now, 0), (now, 0)]
         self.stop = stop
         self.budget._take(self, size)
         self.grew = now = self.budget.clock()
