@@ -50,5 +50,9 @@ def module_command(module: str, *args: str, python: str | None = None) -> list[s
 
 def import_path() -> str:
     """`PYTHONPATH` for a Python process Stockade starts (with `-P`, never from its
-    working directory): this package's root first, so it imports the same Stockade."""
-    return os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+    working directory): this package's root first, so it imports the same Stockade;
+    then this process's absolute entries (an empty or relative one is the working
+    directory again)."""
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.pathsep.join([PACKAGE_ROOT, *(entry for entry in inherited
+                                            if os.path.isabs(entry))])

@@ -334,7 +334,7 @@ def test_a_whole_head_waiting_for_its_body_stays_charged() -> None:
     """Attack (the review of the budget): a head arriving whole, declaring a body never
     sent, was given back at once and held for `body_timeout` (longer, the body
     trickling) charged to nothing: 2,000 such heads of 240 lines took a worker from 44
-    to 258 MiB. It is charged until its body has come."""
+    to 258 MiB. It is charged until its body has come, chunked bodies too."""
 
     async def scenario() -> None:
         async with Server(_echo) as server:
@@ -349,12 +349,77 @@ def test_a_whole_head_waiting_for_its_body_stays_charged() -> None:
             writer.write(b"hello")
             assert (await reader.readuntil(b"got 5\n")).startswith(b"HTTP/1.1 200 ")
             assert server.budget.held == 0
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: gateway.test\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await settle()
+            cost = head_cost(b"/echo", (b"host", b"gateway.test"),
+                             (b"transfer-encoding", b"chunked"))
+            assert server.budget.held == cost  # past its first chunk: still held
+            writer.write(b"2\r\nde\r\n0\r\n\r\n")
+            assert (await reader.readuntil(b"got 5\n")).startswith(b"HTTP/1.1 200 ")
+            assert server.budget.held == 0
             # Past the client's allowance: 503 and closed, before the body is awaited.
             server.budget.per_client = cost - 1
             reader, writer = await server.connect("127.0.0.3")
             writer.write(head)
             assert (await answer_of(reader)).startswith(b"HTTP/1.1 503 ")
             assert server.budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_head_waiting_for_a_slow_body_is_cut_off_to_make_room() -> None:
+    """The fix's review: held uncuttable, heads behind bodies trickled by six addresses
+    kept every honest POST out. One of the largest holder's is cut off (503)."""
+
+    async def scenario() -> None:
+        async with Server(_echo, total=2000, per_client=2000) as server:
+            waiting = []
+            for _ in range(2):  # 789 bytes each
+                reader, writer = await server.connect("127.0.0.2")
+                writer.write(b"POST /echo HTTP/1.1\r\nHost: gateway.test\r\n"
+                             b"content-length: 900000\r\n" + b"x-a: b\r\n" * 5 + b"\r\n")
+                waiting.append(reader)
+            await settle()
+            assert server.budget.held > 1500
+            reader, writer = await server.connect("127.0.0.9")
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: gateway.test\r\ncontent-length: 2"
+                         b"\r\n" + b"x-a: b\r\n" * 5 + b"\r\n")  # its body comes later
+            await settle()
+            writer.write(b"ok")
+            assert (await reader.readuntil(b"got 2\n")).startswith(b"HTTP/1.1 200 ")
+            answers = []
+            for each in waiting:
+                try:
+                    answers.append(await asyncio.wait_for(each.read(4096), 0.2))
+                except TimeoutError:
+                    answers.append(b"")
+            assert sum(answer.startswith(b"HTTP/1.1 503 ") for answer in answers) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_head_begun_behind_a_whole_request_in_one_read_is_charged() -> None:
+    """The fix's review: a head following a whole request in the same read was counted
+    toward that request, and never charged: 200 connections each holding 15 KiB
+    behind a GET passed a 32 KiB allowance."""
+
+    async def scenario() -> None:
+        async with Server() as server:
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(REQUEST + incomplete_head(40 * KiB))
+            assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            await settle()
+            assert server.budget.held >= 40 * KiB
+            held = []
+            for _ in range(3):  # 40 KiB more each: the 128 KiB allowance ends at the third
+                each, sender = await server.connect("127.0.0.2")
+                sender.write(REQUEST + incomplete_head(40 * KiB))
+                held.append(each)
+            answers = [await answer_of(each) for each in held]
+            # Refused behind the GET owed an answer: that answer closes the connection.
+            assert sum(b"connection: close" in answer for answer in answers) == 1, answers
+            assert server.budget.held <= server.budget.per_client
 
     asyncio.run(scenario())
 

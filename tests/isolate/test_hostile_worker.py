@@ -115,3 +115,33 @@ def test_the_callers_working_directory_is_not_granted_to_its_workers(tmp_path: P
                            capture_output=True, text=True, timeout=60, check=True)
     granted = [Path(line) for line in shown.stdout.splitlines()]
     assert granted and not any(tmp_path.is_relative_to(path) for path in granted), granted
+
+
+def test_an_empty_pythonpath_entry_does_not_grant_the_working_directory(
+        tmp_path: Path) -> None:
+    """The fix's review: `PYTHONPATH=$PYTHONPATH:/app` with it unset has an empty entry,
+    which Python makes the working directory: started from `/`, the workers were granted
+    `/` again, and imported from there too."""
+    shown = subprocess.run(
+        [sys.executable, "-c",
+         "from stockade.isolate.plan import interpreter_paths\n"
+         "from stockade.paths import import_path\n"
+         "print(import_path()); print('\\n'.join(map(str, interpreter_paths())))\n"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{PACKAGE_ROOT}{os.pathsep}"},
+        capture_output=True, text=True, timeout=60, check=True)
+    passed, *granted = shown.stdout.splitlines()
+    assert passed.split(os.pathsep) == [PACKAGE_ROOT, PACKAGE_ROOT]  # no empty entry
+    assert granted and not any(tmp_path.is_relative_to(path) for path in granted), granted
+
+
+def test_the_monitor_never_walks_a_named_directory_that_is_a_link(tmp_path: Path) -> None:
+    """The fix's review: a scratch directory the worker named, made a link to `/usr`,
+    had its parent walk `/usr` (10,000 entries a sample)."""
+    from stockade.telemetry.monitor import _dir_usage
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "file").write_bytes(b"x" * 100)
+    (tmp_path / "link").symlink_to(real)
+    assert _dir_usage((tmp_path / "link",)) == (0, 0)
+    assert _dir_usage((real,)) == (100, 1)

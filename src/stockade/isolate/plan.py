@@ -174,7 +174,14 @@ def interpreter_paths() -> tuple[Path, ...]:
     `/`, `python -m stockade run` granted the worker the whole filesystem (found by
     review)."""
     entries = sys.path if sys.flags.safe_path else sys.path[1:]
-    roots = {Path(os.path.realpath(entry)) for entry in (*entries, PACKAGE_ROOT) if entry}
+    # Nor what an empty entry of PYTHONPATH (`$PYTHONPATH:/app` with it unset) made of
+    # the working directory (found by the fix's review): `import_path` drops it too.
+    try:
+        here = os.path.realpath(os.getcwd())
+    except OSError:  # removed: nothing resolves to it
+        here = None
+    roots = {Path(real) for entry in entries if entry
+             if (real := os.path.realpath(entry)) != here} | {Path(PACKAGE_ROOT)}
     kept = [root for root in roots if root.is_dir()]
     return tuple(sorted(root for root in kept
                         if not any(root != other and root.is_relative_to(other)

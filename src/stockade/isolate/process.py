@@ -599,9 +599,9 @@ class IsolatedSandbox(RunMethods):
         writable = tuple(granted)
         if isinstance(dirs, list):
             allowed = {str(host) for host in granted}
-            temp = os.path.normpath(worker.temp_dir)
+            temp = os.path.realpath(worker.temp_dir)
             writable = tuple(Path(d) for d in dirs[:len(granted) + 1] if isinstance(d, str) and (
-                d in allowed or os.path.dirname(os.path.normpath(d)) == temp))
+                d in allowed or os.path.dirname(os.path.realpath(d)) == temp))
         started = payload.get("started")
         return RunInfo(
             module=text_of(payload, "module"), sha256=text_of(payload, "sha256"),

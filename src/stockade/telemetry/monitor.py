@@ -65,9 +65,11 @@ def _rss_bytes(pid: int, fd: int | None = None) -> int | None:
 
 
 def _dir_usage(dirs: tuple[Path, ...]) -> tuple[int, int]:
-    """(bytes, files) under `dirs`, stopping after `_MAX_WALK` entries."""
+    """(bytes, files) under `dirs`, stopping after `_MAX_WALK` entries. A directory
+    that is a symbolic link is not followed (a taken-over worker's scratch directory
+    made one to `/usr`, walked by its parent)."""
     total = files = seen = 0
-    stack = [str(d) for d in dirs]
+    stack = [str(d) for d in dirs if not os.path.islink(d)]
     while stack and seen < _MAX_WALK:
         try:
             entries = list(os.scandir(stack.pop()))
