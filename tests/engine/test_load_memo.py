@@ -47,3 +47,29 @@ def test_a_file_changed_with_its_size_and_mtime_kept_is_loaded_again(
         assert new.sha256 != old.sha256
     finally:
         engine.close()
+
+
+def test_an_engine_keeps_only_its_most_recently_used_modules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host running whatever modules it is given grew ~34 KB a distinct module for
+    as long as it lived: every load and pre-instantiation was kept (found by review).
+    An engine keeps `KEPT_MODULES`, the most recently used; the others load again."""
+    from stockade.engine import engine as engine_module
+    from stockade.hostcalls import LINKER_NAME, build_linker
+
+    monkeypatch.setattr(engine_module, "KEPT_MODULES", 3)
+    engine = Engine(EngineConfig(), cache=None)
+    try:
+        engine.linker(LINKER_NAME, build_linker)
+        paths, loaded = [], []
+        for number in range(5):
+            path = tmp_path / f"m{number}.wat"
+            path.write_text(f'(module (func (export "_start")) (global i32 (i32.const {number})))')
+            paths.append(path)
+            loaded.append(engine.load(path))
+            engine.instance_pre(loaded[-1], LINKER_NAME)
+        assert len(engine._by_path) == len(engine._pres) == 3
+        assert engine.load(paths[-1]) is loaded[-1]  # kept: from memory
+        assert engine.load(paths[0]) is not loaded[0]  # forgotten: loaded again
+    finally:
+        engine.close()

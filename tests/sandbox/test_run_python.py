@@ -32,6 +32,19 @@ def test_files_are_read_only(python_wasm: Path) -> None:
     assert b"OSError" in result.stderr or b"PermissionError" in result.stderr
 
 
+def test_a_closed_sandbox_runs_no_python_with_files_either(python_wasm: Path) -> None:
+    """With `files` a sibling sandbox carries the grant: it ran on a closed sandbox,
+    where `run` raises UsageError (found by review)."""
+    from stockade.isolate import IsolatedSandbox
+
+    for sandbox in (Sandbox(python_policy()), IsolatedSandbox(python_policy())):
+        sandbox.close()
+        assert sandbox.closed
+        for files in (None, {"a.txt": "hi"}):
+            with pytest.raises(UsageError, match="is closed"):
+                sandbox.run_python("print(open('/work/a.txt').read())", files=files)
+
+
 def test_stdin_as_text(python_wasm: Path) -> None:
     result = Sandbox(python_policy()).run_python("import sys; print(sys.stdin.read().upper())",
                                                  stdin="quiet\n")

@@ -11,6 +11,7 @@ import wasmtime
 
 from ..fileid import FileKey, path_key
 from ..paths import cache_dir
+from ..recent import Recent
 from .cache import AotCache
 from .config import EngineConfig
 from .guard import CompileGuard
@@ -20,6 +21,10 @@ from .ticker import EpochTicker
 __all__ = ["Engine", "get_engine", "close_engines"]
 
 LinkerFactory = Callable[[wasmtime.Engine], wasmtime.Linker]
+# Modules an engine keeps loaded and pre-instantiated, the most recently used: a host
+# running whatever it is given grew by every distinct module (found by review). Past
+# it, a module loads again from the AoT cache.
+KEPT_MODULES = 512
 
 
 # The path and the version of the file there (`fileid.file_key`): the size and mtime
@@ -49,9 +54,9 @@ class Engine:
         self.ticker = EpochTicker(self.wasmtime.increment_epoch)
         self._loader = ModuleLoader(self.wasmtime, config, self.cache)
         self._lock = threading.Lock()
-        self._by_path: dict[_LoadKey, LoadedModule] = {}
+        self._by_path: Recent[_LoadKey, LoadedModule] = Recent(KEPT_MODULES)
         self._linkers: dict[str, wasmtime.Linker] = {}
-        self._pres: dict[tuple[str, str], wasmtime.InstancePre] = {}
+        self._pres: Recent[tuple[str, str], wasmtime.InstancePre] = Recent(KEPT_MODULES)
         self._closed = False
 
     def load(self, source: str | Path | bytes, name: str | None = None,
@@ -70,10 +75,11 @@ class Engine:
                 source, name or "<bytes>", guard, allow_precompiled=allow_precompiled))
         path = Path(source)
         key = _load_key(path)
-        if key is not None and key in self._by_path:
+        with self._lock:
+            known = self._by_path.get(key) if key is not None else None
+        if key is not None and known is not None:
             if guard is not None:
                 guard.check_size(key[1][2], str(path))
-            known = self._by_path[key]
             if known.precompiled and not allow_precompiled:
                 raise refuse_precompiled(path.name, known.sha256)
             return known
@@ -81,7 +87,7 @@ class Engine:
             path, guard, allow_precompiled=allow_precompiled))
         if key is not None and _load_key(path) == key:  # not changed while it loaded
             with self._lock:
-                self._by_path[key] = loaded
+                self._by_path.put(key, loaded)
         return loaded
 
     def for_module(self, loaded: LoadedModule) -> Engine:
@@ -120,7 +126,8 @@ class Engine:
         with self._lock:
             pre = self._pres.get(key)
             if pre is None:
-                pre = self._pres[key] = self._linkers[linker_name].instantiate_pre(loaded.module)
+                pre = self._pres.put(key, self._linkers[linker_name].instantiate_pre(
+                    loaded.module))
             return pre
 
     def is_warm(self, loaded: LoadedModule, linker_name: str) -> bool:

@@ -1171,12 +1171,9 @@ GUEST_SHARE = 4  # one in four
 def guest_descriptors() -> int:
     """What a worker's in-process guests may hold together: `1 / GUEST_SHARE` of its
     open-file limit."""
-    import resource
+    from ..hostcalls.fdroom import limit_part
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return soft // GUEST_SHARE
+    return limit_part(GUEST_SHARE)
 
 
 def descriptor_budget() -> int:

@@ -691,6 +691,11 @@ class IsolatedSandbox(RunMethods):
             if spare is not None:
                 spare.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called (runs then raise UsageError)."""
+        return self._closed
+
     def __enter__(self) -> IsolatedSandbox:
         return self
 

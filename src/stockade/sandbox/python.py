@@ -49,6 +49,8 @@ def run_python(sandbox: SandboxLike, code: str, *, files: Mapping[str, str | byt
     guest sees read-only at `/work` (on its import path, so `files={"util.py": ...}` can
     be imported). Raises UsageError for bad arguments; guest failures are in the Result.
     """
+    if sandbox.closed:  # with `files` a sibling runs it: that one is open
+        raise UsageError(f"this {type(sandbox).__name__} is closed")
     invocation = python_invocation(code, args, stdin, env, with_files=bool(files))
     module = python_module()  # after the checks: the first use fetches it
     if not files:

@@ -11,6 +11,7 @@ from pathlib import Path
 import wasmtime
 
 from ..engine import CompileGuard, Engine, EngineConfig, LoadedModule, get_engine
+from ..engine.engine import KEPT_MODULES
 from ..engine.grow import EXPORT as GROW_EXPORT
 from ..engine.grow import refused_bytes
 from ..engine.loader import refuse_precompiled
@@ -32,6 +33,7 @@ from ..invocation import Invocation
 from ..modulearg import module_argument
 from ..observe import RunInfo, RunObserver, notify_finished, notify_started
 from ..policy import DirGrant, Policy
+from ..recent import Recent
 from ..result import Outcome, Result, Usage, exit_status
 from .arguments import invocation_argument, policy_argument
 from .cancel import EpochDeadline, current_token, native_deadlines
@@ -78,7 +80,8 @@ class Sandbox(RunMethods):
         self._engine: Engine | None = None
         self._limits_dict = self.policy.limits.as_dict()
         self._guard = CompileGuard.for_limits(limits)
-        self._denied: dict[str, tuple[str, str] | None] = {}
+        # Import verdicts by module digest (`None`: none denied), the most recent kept.
+        self._denied: Recent[str, tuple[str, str] | tuple[()]] = Recent(KEPT_MODULES)
         self._signed: set[str] = set()  # digests whose signatures this sandbox verified
         self._closed = False
 
@@ -142,10 +145,10 @@ class Sandbox(RunMethods):
             started=time.time(), pid=os.getpid(), coldstart=coldstart,
             writable_dirs=tuple(g.shown for g in self.policy.capabilities.dirs if g.writable),
         )
-        if loaded.sha256 not in self._denied:
-            self._denied[loaded.sha256] = denied_import(loaded.module)
-        denied = self._denied[loaded.sha256]
-        if denied is not None:
+        denied = self._denied.get(loaded.sha256)
+        if denied is None:
+            denied = self._denied.put(loaded.sha256, denied_import(loaded.module) or ())
+        if denied:
             name, reason = denied
             result = self._result(loaded, Ending(Outcome.DENIED, f"import {name} denied: {reason}"),
                                   None, Usage(), coldstart)
@@ -311,6 +314,11 @@ class Sandbox(RunMethods):
         raise UsageError. Safe twice."""
         self._engine = None
         self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called (runs then raise UsageError)."""
+        return self._closed
 
     def __enter__(self) -> Sandbox:
         return self
