@@ -165,72 +165,41 @@ def test_a_cpu_burn_under_the_default_profile_stops_at_its_timeout() -> None:
 
 
 SHARED_DESCRIPTORS = """
-import asyncio, json, os, resource, sys, threading
+import asyncio, json, os, resource, sys
 from pathlib import Path
 from stockade import Invocation, Policy, SandboxPool
-from stockade.hostcalls.fdroom import DESCRIPTORS
 from stockade.policy import DirGrant
 
-data, module, runs, each, room, cap, whole = Path(sys.argv[1]), sys.argv[2], *map(
-    int, sys.argv[3:])
+data, module, runs, each, room = Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:])
 policy = Policy.from_profile("default").with_capabilities(dirs=(DirGrant(data, "/data"),))
-policy = policy.with_limits(max_open_files=cap)
-if whole:  # the process gives its guests all its room (not the default half)
-    DESCRIPTORS.limit(1 << 30, 1)
-refused = []
-
-def host_opens() -> None:  # the host's own work while its guests hold their files
-    held = []
-    try:
-        for _ in range(200):
-            try:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-            except OSError:
-                refused.append(1)
-            threading.Event().wait(0.002)
-    finally:
-        for fd in held:
-            os.close(fd)
+policy = policy.with_limits(max_open_files=100)
 
 async def main() -> list[list[object]]:
     async with SandboxPool(policy, size=runs) as pool:
         await pool.warm()
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + room,
                                                     resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        host = threading.Thread(target=host_opens)
-        started = pool.run(module, Invocation(args=("/data/f", str(each), "1")))
-        done = asyncio.gather(started, *(pool.run(module, Invocation(
-            args=("/data/f", str(each), "1"))) for _ in range(runs - 1)))
-        if not whole:  # the host works beside them
-            await asyncio.sleep(0.3)  # the guests hold theirs
-            host.start()
-        done = await done
-        if not whole:
-            host.join()
+        done = await asyncio.gather(*(pool.run(module, Invocation(
+            args=("/data/f", str(each), "1"))) for _ in range(runs)))
     return [[run.outcome.value, run.stdout.decode()] for run in done]
 
-print(json.dumps([asyncio.run(main()), len(refused)]))
+print(json.dumps(asyncio.run(main())))
 """
 
 
-def _shared(tmp_path: Path, runs: int, each: int, room: int, cap: int = 100,
-            whole: bool = True) -> tuple[list[tuple[str, str]], int]:
-    """`runs` runs at once in one process, each holding `each` files (at most `cap`) for
-    a second, with room for `room` more descriptors, all of it theirs when `whole`:
-    (outcome, stdout) of each, and (unless `whole`) how many of 200 opens of the host
-    failed meanwhile."""
+def _shared(tmp_path: Path, runs: int, each: int, room: int) -> list[tuple[str, str]]:
+    """`runs` runs at once in one process, each holding `each` files for a second, with
+    room for `room` more descriptors: (outcome, stdout) of each."""
     import json
     import subprocess
     import sys
 
     (tmp_path / "f").write_text("x")
     done = subprocess.run([sys.executable, "-c", SHARED_DESCRIPTORS, str(tmp_path),
-                           str(guest("fdhold.wasm")), str(runs), str(each), str(room),
-                           str(cap), str(int(whole))],
+                           str(guest("fdhold.wasm")), str(runs), str(each), str(room)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    runs_done, refused = json.loads(done.stdout)
-    return [(outcome, stdout) for outcome, stdout in runs_done], refused
+    return [(outcome, stdout) for outcome, stdout in json.loads(done.stdout)]
 
 
 def test_runs_in_one_process_share_its_descriptors(tmp_path: Path) -> None:
@@ -239,7 +208,7 @@ def test_runs_in_one_process_share_its_descriptors(tmp_path: Path) -> None:
     EACCES), outcome `exited`, where the README promises `fd_quota` (found by review). A
     run now books its descriptors from what the others have not: those past it are
     stopped at their quota."""
-    runs, _ = _shared(tmp_path, 4, 90, 250)  # four runs wanting 90 each: not all fit
+    runs = _shared(tmp_path, 4, 90, 250)  # four runs wanting 90 each cannot all have them
     assert all("failed" not in stdout for _, stdout in runs), runs
     outcomes = sorted(outcome for outcome, _ in runs)
     assert outcomes.count("exited") >= 2 and "fd_quota" in outcomes, runs
@@ -250,20 +219,9 @@ def test_runs_opening_a_few_files_are_not_refused_for_what_others_might_open(
     """Booking each run's whole cap (100) as it started stopped half of eight runs
     holding 3 files each before their first open, with 400 descriptors free (found by
     the fix's review). Room is booked as files are opened."""
-    runs, _ = _shared(tmp_path, 8, 3, 400)
+    runs = _shared(tmp_path, 8, 3, 400)
     assert [outcome for outcome, _ in runs] == ["exited"] * 8, runs
     assert all(stdout == "held 3 descriptors\n" for _, stdout in runs), runs
-
-
-def test_a_library_hosts_guests_leave_it_half_its_descriptors(tmp_path: Path) -> None:
-    """Four guests of a `SandboxPool` each holding 250 files took all but 8 of a
-    process's 1,024 descriptors, and the host's own opens failed with EMFILE (found by
-    review). Unless the host sets a share, its guests hold at most half its limit
-    together: those past it meet their quota, and the host's opens go on."""
-    runs, refused = _shared(tmp_path, 4, 250, 1000, cap=256, whole=False)
-    assert refused == 0, runs
-    outcomes = [outcome for outcome, _ in runs]
-    assert outcomes.count("fd_quota") >= 2 and "exited" in outcomes, runs
 
 
 def test_symlink_targets_count_toward_the_disk_quota(tmp_path: Path) -> None:

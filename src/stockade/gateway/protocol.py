@@ -1171,9 +1171,12 @@ GUEST_SHARE = 4  # one in four
 def guest_descriptors() -> int:
     """What a worker's in-process guests may hold together: `1 / GUEST_SHARE` of its
     open-file limit."""
-    from ..hostcalls.fdroom import limit_part
+    import resource
 
-    return limit_part(GUEST_SHARE)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return soft // GUEST_SHARE
 
 
 def descriptor_budget() -> int:

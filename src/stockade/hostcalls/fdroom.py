@@ -3,20 +3,20 @@
 A run's descriptor cap (`Meter.fd_cap`) was what the process could still open as the run
 started: concurrent runs each claimed the same room and together took the process past
 its RLIMIT_NOFILE, so the later ones' opens failed (EIO to the guest, outcome `exited`)
-instead of meeting their quota, and a gateway worker's new connections were reset (found
-by review). A run now books descriptors from one ledger as it opens them, doubling what
-it booked each time (by `BOOKING` at least): what the process may still open less what
-the other live runs booked and do not hold yet, within a share for all runs together:
-half of the process's limit (`DEFAULT_SHARE`), or what the process sets (`limit`) with
-an even part of it for each of the runs it may make at once (a gateway worker keeps the
-rest for its connections and itself, and one tenant's run holding files cannot leave
+instead of meeting their quota, and a gateway worker's new connections were reset
+(found by review). A run now books descriptors from one ledger as it opens them,
+doubling what it booked each time (by `BOOKING` at least): what the process may still
+open less what the other live runs booked and do not hold yet, and, where the process
+sets a share (`limit`), within that many descriptors for all runs together and an even
+part of it for each of the runs it may make at once (a gateway worker keeps the rest
+for its connections and itself, and one tenant's run holding files cannot leave
 another's none). A run that cannot book what it opens meets `fd_quota`. Booking as it
 opens, not its whole cap as it starts: runs that open a few files each are not refused
 for what others might open (found by the fix's review: half of a pool of eight stopped
 before their first open). Doubling: a run opening thousands of files looks at
 /proc/self/fd, which costs as many entries as the process holds, a dozen times (by 16,
-it took 32 ms a booking with 16,000 open). A run that was never closed leaves the ledger
-when it is collected.
+it took 32 ms a booking with 16,000 open). A run that was never closed leaves the
+ledger when it is collected.
 """
 
 from __future__ import annotations
@@ -27,18 +27,12 @@ import threading
 import weakref
 from typing import Protocol
 
-__all__ = ["DescriptorRoom", "DESCRIPTORS", "TRANSIENT_FDS", "BOOKING", "DEFAULT_SHARE",
-           "limit_part"]
+__all__ = ["DescriptorRoom", "DESCRIPTORS", "TRANSIENT_FDS", "BOOKING"]
 
 # Descriptors a host call may open for a moment beyond the ones it keeps (lookups, the
 # parent walk of a symlink check): left free under the process's own limit.
 TRANSIENT_FDS = 8
 BOOKING = 16  # descriptors booked at least at a time (a look at /proc/self/fd each)
-# The part of its open-file limit a process's in-process guests hold together unless it
-# sets its own share (`DescriptorRoom.limit`, as a gateway worker does): four guests of a
-# library host's `SandboxPool` took all but 8 of 1,024, and the host's own opens failed
-# with EMFILE (found by review).
-DEFAULT_SHARE = 2  # one half
 
 
 class Holder(Protocol):
@@ -61,14 +55,6 @@ def _host_room() -> int:
         return soft - len(os.listdir("/proc/self/fd")) - TRANSIENT_FDS
     except OSError:  # EMFILE: no room, and the run meets its quota
         return 0
-
-
-def limit_part(parts: int) -> int:
-    """One `parts`th of this process's open-file limit (its soft limit)."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return soft // parts
 
 
 class DescriptorRoom:
@@ -101,11 +87,9 @@ class DescriptorRoom:
                          max(needed, holder.fd_booked + max(BOOKING, holder.fd_booked)))
             free = room - sum(max(0, other.fd_booked - other.fds_held()) for other in others)
             booked = min(wanted, held + max(0, free))
-            # Without a share of its own the process keeps the default's rest: its runs
-            # together, and one alone, hold at most `DEFAULT_SHARE`'s part.
-            share = self.share if self.share is not None else limit_part(DEFAULT_SHARE)
-            each = self.each if self.each is not None else share
-            booked = min(booked, each, share - sum(other.fd_booked for other in others))
+            if self.share is not None and self.each is not None:
+                booked = min(booked, self.each,
+                             self.share - sum(other.fd_booked for other in others))
             holder.fd_booked = max(holder.fd_booked, booked)
             return holder.fd_booked
 
