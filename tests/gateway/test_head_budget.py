@@ -122,6 +122,17 @@ async def answer_of(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
+async def answered(readers: list[asyncio.StreamReader]) -> list[bytes]:
+    """What each of `readers` was sent within 0.2 s (b"": nothing)."""
+    answers = []
+    for reader in readers:
+        try:
+            answers.append(await asyncio.wait_for(reader.read(4096), 0.2))
+        except TimeoutError:
+            answers.append(b"")
+    return answers
+
+
 def incomplete_head(size: int) -> bytes:
     """A head `size` bytes long that never ends: its last header line goes on."""
     start = b"GET /hello HTTP/1.1\r\nHost: gateway.test\r\nX-Pad: "
@@ -182,12 +193,7 @@ def test_a_client_within_its_share_cuts_off_a_head_of_the_largest_holder() -> No
             assert server.budget.held == 5 * (40 * KiB + LINE_COST) + 20 * KiB + LINE_COST
             writer.write(b"\r\n\r\n")  # the newcomer's head ends: answered
             assert (await answer_of(reader)).startswith(b"HTTP/1.1 200 ")
-            answers = []
-            for each, _ in attackers:
-                try:
-                    answers.append(await asyncio.wait_for(each.read(4096), 0.2))
-                except TimeoutError:
-                    answers.append(b"")
+            answers = await answered([each for each, _ in attackers])
             refused = [answer.startswith(b"HTTP/1.1 503 ") for answer in answers]
             assert refused.count(True) == 1, answers
 
@@ -388,12 +394,7 @@ def test_a_head_waiting_for_a_slow_body_is_cut_off_to_make_room() -> None:
             await settle()
             writer.write(b"ok")
             assert (await reader.readuntil(b"got 2\n")).startswith(b"HTTP/1.1 200 ")
-            answers = []
-            for each in waiting:
-                try:
-                    answers.append(await asyncio.wait_for(each.read(4096), 0.2))
-                except TimeoutError:
-                    answers.append(b"")
+            answers = await answered(waiting)
             assert sum(answer.startswith(b"HTTP/1.1 503 ") for answer in answers) == 1
 
     asyncio.run(scenario())
@@ -465,5 +466,73 @@ def test_the_rest_of_an_answered_body_does_not_count_toward_the_next_head() -> N
             writer.write(b"GET /hello HTTP/1.1\r\nHost: t\r\nx-pad: " + b"p" * 8000 + b"\r\n\r\n")
             assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
             assert server.budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_pipelined_head_whose_body_trickles_is_charged_when_it_begins() -> None:
+    """The second fix review: a POST queued behind a GET was given back as it began,
+    its body still coming: 20 such heads of 8 KB held nothing charged."""
+    gate = asyncio.Event()
+
+    async def answer(request: Request, send: Callable[..., Awaitable[None]]) -> None:
+        if request.method == "GET":
+            await gate.wait()
+        await _echo(request, send)
+
+    async def scenario() -> None:
+        async with Server(answer) as server:
+            reader, writer = await server.connect("127.0.0.2")
+            post = (b"POST /echo HTTP/1.1\r\nHost: gateway.test\r\ncontent-length: 5\r\n"
+                    b"x-pad: " + b"p" * 8000 + b"\r\n\r\n")
+            writer.write(REQUEST + post)
+            await settle()
+            gate.set()
+            assert (await reader.readuntil(b"got 0\n")).startswith(b"HTTP/1.1 200 ")
+            await settle()
+            cost = head_cost(b"/echo", (b"host", b"gateway.test"), (b"content-length", b"5"),
+                             (b"x-pad", b"p" * 8000))
+            assert server.budget.held == cost  # begun, its body awaited: still held
+            writer.write(b"hello")
+            assert (await reader.readuntil(b"got 5\n")).startswith(b"HTTP/1.1 200 ")
+            assert server.budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_head_begun_behind_a_whole_request_counts_what_came_with_it_later() -> None:
+    """The second fix review: the read a head began in (behind a whole request) was
+    charged, then forgotten at the next read: 120 KB held, charged 60 KB."""
+
+    async def scenario() -> None:
+        async with Server() as server:
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(REQUEST + incomplete_head(30 * KiB))
+            assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            await settle()
+            first = server.budget.held
+            writer.write(b"a" * 20 * KiB)
+            await settle()
+            assert server.budget.held >= first + 20 * KiB
+
+    asyncio.run(scenario())
+
+
+def test_a_cut_after_the_answer_closes_without_a_second_answer() -> None:
+    """The second fix review: a POST answered before its body ended, then cut off to
+    make room, got a 503 after its 200: a proxy reads it as its next request's."""
+
+    async def scenario() -> None:
+        async with Server(total=20000, per_client=20000) as server:  # `_hello`: no body read
+            reader, writer = await server.connect("127.0.0.2")
+            writer.write(b"POST /f HTTP/1.1\r\nHost: t\r\ncontent-length: 900000\r\n"
+                         + b"x-a: b\r\n" * 100 + b"\r\n")
+            assert (await reader.readuntil(b"hello\n")).startswith(b"HTTP/1.1 200 ")
+            await settle()
+            assert server.budget.held > 10000  # its head, its body still coming
+            other, sender = await server.connect("127.0.0.3")
+            sender.write(incomplete_head(9000))
+            await settle()
+            assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed, nothing more
 
     asyncio.run(scenario())

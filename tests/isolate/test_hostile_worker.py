@@ -145,3 +145,34 @@ def test_the_monitor_never_walks_a_named_directory_that_is_a_link(tmp_path: Path
     (tmp_path / "link").symlink_to(real)
     assert _dir_usage((tmp_path / "link",)) == (0, 0)
     assert _dir_usage((real,)) == (100, 1)
+
+
+def test_a_relative_pythonpath_entry_grants_no_parent_of_the_working_directory(
+        tmp_path: Path) -> None:
+    """The second fix review: `..` in PYTHONPATH, made absolute by Python, granted the
+    working directory's parent (and so the directory) to the workers."""
+    inner = tmp_path / "project" / "sub"
+    inner.mkdir(parents=True)
+    shown = subprocess.run(
+        [sys.executable, "-c",
+         "from stockade.isolate.plan import interpreter_paths\n"
+         "print('\\n'.join(map(str, interpreter_paths())))\n"],
+        cwd=inner, env={**os.environ, "PYTHONPATH": f"{PACKAGE_ROOT}{os.pathsep}.."},
+        capture_output=True, text=True, timeout=60, check=True)
+    granted = [Path(line) for line in shown.stdout.splitlines()]
+    assert granted and not any(inner.is_relative_to(path) for path in granted), granted
+
+
+def test_an_isolated_sandbox_runs_module_bytes_without_end() -> None:
+    """The second fix review: each run of module bytes loaded them again and their
+    engine kept every one: at the ~300th run the worker was out of descriptors, and
+    every run after failed. Bytes are kept by digest, and a module forgotten is freed."""
+    from stockade import Outcome
+    from stockade.isolate import IsolatedSandbox
+
+    modules = [f'(module (func (export "_start")) (global i32 (i32.const {n})))'.encode()
+               for n in range(60)]
+    with IsolatedSandbox(Policy.from_profile("default")) as sandbox:
+        for number in range(360):
+            result = sandbox.run(modules[number % 60] if number % 2 else modules[0])
+            assert result.outcome is Outcome.EXITED, (number, result.message)

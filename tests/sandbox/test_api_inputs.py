@@ -219,3 +219,31 @@ def test_python_arguments_of_the_wrong_kind_are_usage_errors(arguments: dict[str
     arguments = {"code": "1", **arguments}
     with Sandbox(STRICT) as sandbox, pytest.raises(UsageError, match=words):
         sandbox.run_python(**arguments)
+
+
+def test_every_sandbox_says_whether_it_is_closed_and_runs_nothing_after() -> None:
+    """The second fix review: `closed` was on two of five, so `run_python` on a
+    `CapiSandbox` raised AttributeError, and a closed `CapiSandbox` made its engine
+    again and ran on."""
+    import asyncio
+
+    from stockade.sandbox.capi import CapiSandbox
+    from stockade.sandbox.python import run_python
+
+    hello = guest("hello.wasm")
+    for sandbox in (Sandbox(STRICT), IsolatedSandbox(STRICT), CapiSandbox(STRICT)):
+        assert not sandbox.closed
+        sandbox.close()
+        assert sandbox.closed
+        with pytest.raises(UsageError, match="closed"):
+            sandbox.run(hello)
+        with pytest.raises(UsageError, match="closed"):
+            run_python(sandbox, "print(1)")  # type: ignore[arg-type]
+
+    async def pooled() -> None:
+        for made in (AsyncSandbox(STRICT), SandboxPool(STRICT, size=1)):
+            assert not made.closed
+            await made.aclose()
+            assert made.closed
+
+    asyncio.run(pooled())

@@ -347,6 +347,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._parsed_hold: Hold | None = None
         self._head_charged = 0
         self._awaiting_body = 0  # `_head_hold`'s bytes of a whole head whose body comes
+        self._head_floor = 0  # bytes of a head begun behind a whole request in one read
         self._began = False  # a head began in the input being fed, and is not whole yet
         self._ignored = 0  # bytes read and dropped while `_ignoring`
         self._answering: Exchange | None = None  # the request answered last or now
@@ -449,7 +450,9 @@ class GuardedProtocol(HttpToolsProtocol):
             # toward the request before it, and nothing saw where that ended, so the
             # head holds at most all of it (uncharged, 200 heads behind a GET each held
             # 15 KiB past a 32 KiB allowance: found by review).
-            held = max(counted, size) if self._began and self._in_head else counted
+            if self._began and self._in_head:  # what of this read no count saw
+                self._head_floor = size - counted  # (what comes next counts on top)
+            held = counted + self._head_floor
             if held:
                 self._charge_head(held + LINE_COST * self._head_fields)
 
@@ -482,6 +485,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self.client_warnings.warning("%s: request head cut off: the worker holds too many "
                                      "heads arriving, and this client more than its share",
                                      self.client[0] if self.client else "a client")
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and cycle.more_body:
+            # Answered before its body ended: a 503 now would be a second answer, which a
+            # proxy reads as its next request's (found by the fix's review).
+            self._in_head = False
+            self._head_deadline = math.inf
+            self._writes.flush()
+            self.transport.close()
+            return
         self._refuse(503)
 
     def _feed_framed(self, data: bytes) -> bool:
@@ -714,6 +726,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = self._began = False
         self._head_deadline = math.inf
         if self._head_charged:  # (inline: once a request)
+            self._head_floor = 0
             self._uncharge()
         # What uvicorn's does (less the WebSocket upgrade: the worker serves none), into a
         # `Request` instead of a scope.
@@ -782,6 +795,26 @@ class GuardedProtocol(HttpToolsProtocol):
             self._parsed_hold.release(cycle.charged)
             cycle.charged = 0
 
+    def _begin_queued(self, cycle: Exchange) -> bool:
+        """`cycle`, out of the pipeline, is about to begin: with its body still coming,
+        its head is held as a begun one's is (released at its turn, a body trickled
+        behind a pipelined head held it uncharged: found by review). False, the
+        connection closed, when the head budget has no room for it."""
+        size, fields = cycle.queued
+        if not cycle.more_body or self._head_hold is None:
+            return True
+        try:
+            self._head_hold.charge(size + LINE_COST * fields, self._cut_head)
+        except Unavailable as refused:
+            self.client_warnings.warning("%s: request head refused: %s",
+                                         self.client[0] if self.client else "a client",
+                                         refused.message)
+            self._writes.flush()
+            self.transport.close()
+            return False
+        self._awaiting_body += size + LINE_COST * fields
+        return True
+
     def _hold_head_for_body(self, size: int) -> None:
         """A whole head of `size` bytes whose body is still to come: held until its body
         ends (`on_message_complete`), charged as a head still arriving
@@ -843,7 +876,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.pipeline:  # a pipelined request waits: start it
             cycle, _ = self.pipeline.pop()
             self._dequeued(cycle)  # type: ignore[arg-type]  # only ever an Exchange
-            self._start(cycle)  # type: ignore[arg-type]
+            if self._begin_queued(cycle):  # type: ignore[arg-type]
+                self._start(cycle)  # type: ignore[arg-type]
         else:
             self._idle_deadline = self.loop.time() + self.timeout_keep_alive
             self._idle_unsent = math.inf
@@ -867,6 +901,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._phases += 1
         self._in_head = True
         if self._head_charged:  # (inline: once a request)
+            self._head_floor = 0
             self._uncharge()
         self._head_bytes = self._head_size = self._head_fields = self._hosts = 0
         self._refused_head = 0

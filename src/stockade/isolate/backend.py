@@ -111,6 +111,10 @@ class _Loaded:
     name: str
     ran: bool = False
 
+    def close(self) -> None:
+        """Free the module (the worker forgot it: `ModuleMemo`)."""
+        self.fast.close()
+
 
 class _Capi:
     """`CapiSandbox` in a worker: a one-slot pooling engine made before confinement."""

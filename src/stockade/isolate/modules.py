@@ -78,15 +78,28 @@ class ModuleMemo:
 
     def __init__(self, capacity: int = 32) -> None:
         self.capacity = capacity
-        self._loaded: OrderedDict[FileKey, Any] = OrderedDict()
+        self._loaded: OrderedDict[FileKey | bytes, Any] = OrderedDict()
 
     def load(self, backend: WorkerBackend, module: ModuleFile | bytes) -> Any:
         """The module compiled (or from the AoT cache); None when the parent left the
         bytes out and this worker does not hold them; `FALLBACK` when `backend` leaves
-        the module to wasmtime-py's (see `isolate.backend`). Raises ModuleError."""
+        the module to wasmtime-py's (see `isolate.backend`). Raises ModuleError. Module
+        bytes are kept by their digest, as files by their identity: loaded again for
+        every run, each kept by its engine, a worker ran out of descriptors at its
+        ~300th run of bytes and failed every run after (found by review)."""
         if isinstance(module, bytes):
-            loaded = backend.load(module, "<bytes>")
-            return FALLBACK if loaded is None else loaded
+            import hashlib
+
+            digest = hashlib.sha256(module).digest()
+            loaded = self._loaded.get(digest)
+            if loaded is None:
+                loaded = backend.load(module, "<bytes>")
+                if loaded is None:
+                    return FALLBACK
+                self._keep(digest, loaded)
+            else:
+                self._loaded.move_to_end(digest)
+            return loaded
         if module.data is None:
             if module.size > backend.policy.limits.max_module_size:
                 from ..engine.guard import CompileGuard
@@ -100,8 +113,16 @@ class ModuleMemo:
         loaded = backend.load(module.data, module.name)
         if loaded is None:
             return FALLBACK
-        self._loaded[module.key] = loaded
-        while len(self._loaded) > self.capacity:
-            self._loaded.popitem(last=False)
+        self._keep(module.key, loaded)
         return loaded
+
+    def _keep(self, key: Any, loaded: Any) -> None:
+        """Keep `loaded` under `key`; the least recent past `capacity` is forgotten and,
+        a fast-path module, freed (its engine kept it, and its memory, until closed)."""
+        self._loaded[key] = loaded
+        while len(self._loaded) > self.capacity:
+            _, dropped = self._loaded.popitem(last=False)
+            close = getattr(dropped, "close", None)
+            if close is not None and dropped is not loaded:
+                close()
 

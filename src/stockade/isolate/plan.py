@@ -174,14 +174,17 @@ def interpreter_paths() -> tuple[Path, ...]:
     `/`, `python -m stockade run` granted the worker the whole filesystem (found by
     review)."""
     entries = sys.path if sys.flags.safe_path else sys.path[1:]
-    # Nor what an empty entry of PYTHONPATH (`$PYTHONPATH:/app` with it unset) made of
-    # the working directory (found by the fix's review): `import_path` drops it too.
+    # Nor what the empty and relative entries of PYTHONPATH made of the working directory
+    # and its parents (`$PYTHONPATH:/app` with it unset, `..`: found by the fixes'
+    # reviews): `import_path` passes none of them to a worker.
     try:
-        here = os.path.realpath(os.getcwd())
-    except OSError:  # removed: nothing resolves to it
-        here = None
+        relative = {os.path.realpath(entry)
+                    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                    if not os.path.isabs(entry)}
+    except OSError:  # the working directory was removed: nothing resolves to it
+        relative = set()
     roots = {Path(real) for entry in entries if entry
-             if (real := os.path.realpath(entry)) != here} | {Path(PACKAGE_ROOT)}
+             if (real := os.path.realpath(entry)) not in relative} | {Path(PACKAGE_ROOT)}
     kept = [root for root in roots if root.is_dir()]
     return tuple(sorted(root for root in kept
                         if not any(root != other and root.is_relative_to(other)

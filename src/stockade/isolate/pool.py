@@ -237,6 +237,11 @@ class SandboxPool:
         for sandbox in self._sandboxes:
             sandbox.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether it was closed (runs then raise UsageError)."""
+        return self._closed
+
     async def __aenter__(self) -> SandboxPool:
         return self
 

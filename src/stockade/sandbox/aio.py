@@ -181,6 +181,11 @@ class AsyncSandbox:
         self._executor.shutdown(wait=True)
         self.sandbox.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether it was closed (runs then raise UsageError)."""
+        return self._closed
+
     async def __aenter__(self) -> AsyncSandbox:
         return self
 

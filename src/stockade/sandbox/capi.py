@@ -79,10 +79,14 @@ class CapiSandbox:
         self._metered: dict[str, bool] = {}
         self._engine: FastEngine | None = None
         self._standard: Sandbox | None = None
+        self._closed = False
 
     @property
     def engine(self) -> FastEngine:
-        """This sandbox's one-slot engine (made on first use)."""
+        """This sandbox's one-slot engine (made on first use). Raises UsageError once
+        the sandbox is closed (a run had made it again)."""
+        if self._closed:
+            raise UsageError("this CapiSandbox is closed")
         if self._engine is None:
             limits = self.policy.limits
             self._engine = FastEngine(self._config, max_instances=1,
@@ -93,6 +97,8 @@ class CapiSandbox:
 
     def run(self, module: str | Path, invocation: Invocation | None = None) -> Result:
         """Run the module's `_start` once in a fresh instance and report what happened."""
+        if self._closed:  # its fallback would be made again, too
+            raise UsageError("this CapiSandbox is closed")
         invocation = invocation_argument(invocation, "CapiSandbox.run")
         path = Path(module)
         verdict = gate(path, self.policy)  # None unless a signature is required
@@ -249,12 +255,19 @@ class CapiSandbox:
         return self._standard
 
     def close(self) -> None:
-        """Free the engine and its modules. Safe to call twice."""
+        """Free the engine and its modules; later runs raise UsageError. Safe to call
+        twice."""
+        self._closed = True
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()
         if self._standard is not None:
             self._standard.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called (runs then raise UsageError)."""
+        return self._closed
 
     def __enter__(self) -> CapiSandbox:
         return self
