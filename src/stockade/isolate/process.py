@@ -597,8 +597,9 @@ class IsolatedSandbox(RunMethods):
         granted = [g.host for g in self.policy.capabilities.dirs if g.writable]
         dirs = payload.get("writable_dirs")
         writable = tuple(granted)
-        if isinstance(dirs, list):
-            allowed = {str(host) for host in granted}
+        if isinstance(dirs, list):  # a grant as the policy holds it, or as it is shown
+            allowed = {str(path) for grant in self.policy.capabilities.dirs if grant.writable
+                       for path in (grant.host, grant.shown)}
             temp = os.path.realpath(worker.temp_dir)
             writable = tuple(Path(d) for d in dirs[:len(granted) + 1] if isinstance(d, str) and (
                 d in allowed or os.path.dirname(os.path.realpath(d)) == temp))
