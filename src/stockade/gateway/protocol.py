@@ -465,12 +465,17 @@ class GuardedProtocol(HttpToolsProtocol):
         try:
             hold.charge(held - self._head_charged, self._cut_head)
         except Unavailable as refused:
-            self.client_warnings.warning("%s: request head refused: %s",
-                                         self.client[0] if self.client else "a client",
-                                         refused.message)
+            self._head_refused(refused)
             self._refuse(503)
             return
         self._head_charged = held
+
+    def _head_refused(self, refused: Unavailable) -> None:
+        """Say why the head budget refused this connection's head (at most once per
+        `CLIENT_WARNING_INTERVAL` for the worker: `ClientWarnings`)."""
+        self.client_warnings.warning("%s: request head refused: %s",
+                                     self.client[0] if self.client else "a client",
+                                     refused.message)
 
     def _uncharge(self) -> None:
         """The head or trailers being read are over: their charge is given back."""
@@ -806,9 +811,7 @@ class GuardedProtocol(HttpToolsProtocol):
         try:
             self._head_hold.charge(size + LINE_COST * fields, self._cut_head)
         except Unavailable as refused:
-            self.client_warnings.warning("%s: request head refused: %s",
-                                         self.client[0] if self.client else "a client",
-                                         refused.message)
+            self._head_refused(refused)
             self._writes.flush()
             self.transport.close()
             return False
