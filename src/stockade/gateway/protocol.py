@@ -451,7 +451,7 @@ class GuardedProtocol(HttpToolsProtocol):
             # head holds at most all of it (uncharged, 200 heads behind a GET each held
             # 15 KiB past a 32 KiB allowance: found by review).
             if self._began and self._in_head:  # what of this read no count saw
-                self._head_floor = size - counted  # (what comes next counts on top)
+                self._head_floor = max(0, size - counted)  # (what comes next is on top)
             held = counted + self._head_floor
             if held:
                 self._charge_head(held + LINE_COST * self._head_fields)
@@ -803,8 +803,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def _begin_queued(self, cycle: Exchange) -> bool:
         """`cycle`, out of the pipeline, is about to begin: with its body still coming,
         its head is held as a begun one's is (released at its turn, a body trickled
-        behind a pipelined head held it uncharged: found by review). False, the
-        connection closed, when the head budget has no room for it."""
+        behind a pipelined head held it uncharged: found by review). False, answered 503
+        and the connection closed, when the head budget has no room for it."""
         size, fields = cycle.queued
         if not cycle.more_body or self._head_hold is None:
             return True
@@ -812,8 +812,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_hold.charge(size + LINE_COST * fields, self._cut_head)
         except Unavailable as refused:
             self._head_refused(refused)
-            self._writes.flush()
-            self.transport.close()
+            self._refuse(503)  # its answer: nothing was written for it
             return False
         self._awaiting_body += size + LINE_COST * fields
         return True
